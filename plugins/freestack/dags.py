@@ -1,0 +1,105 @@
+"""Build every pipeline's DAGs from its spec. Imported by the DAG files at parse time.
+
+Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
+A broken spec yields an import error that names its file and field, without hiding the others.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from freestack.config import PipelineSpec, discover_specs, pipelines_dir
+from freestack.errors import SpecError
+from freestack.operators.ingest import IngestOperator, LandingSensor, lake_asset
+
+
+class BrokenSpecDag(DAG):
+    """Stands in for the pipelines whose specs are invalid. Airflow's DagBag calls ``validate()`` on
+    every DAG a file defines and records the exception as that file's import error, while the
+    file's other DAGs still load; the message names each broken spec file and field."""
+
+    def validate(self):
+        raise _combined(_BROKEN.get(self.dag_id, []))
+
+
+_BROKEN: dict[str, list[SpecError]] = {}
+
+
+def _combined(errors: list[SpecError]) -> SpecError:
+    if len(errors) == 1:
+        return errors[0]
+    return SpecError(f"{len(errors)} pipeline specs are invalid", None, "\n" + "\n".join(str(e) for e in errors))
+
+
+def _schedule(spec: PipelineSpec):
+    if spec.schedule is None:
+        return None
+    if spec.schedule.startswith("@") and spec.schedule in ("@once", "@continuous"):
+        return spec.schedule
+    # classic data intervals: the run for day D starts once D has ended, and {{ ds }} is D
+    return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+
+
+def _default_args(spec: PipelineSpec) -> dict[str, Any]:
+    return {"owner": spec.owner, "retries": spec.retries, "retry_delay": spec.retry_delay}
+
+
+def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=timezone.utc)
+    policy = spec.source.policy
+    with DAG(
+        dag_id=f"{spec.name}_ingest",
+        description=f"Ingest landing files of {spec.name} into the lake" + (f": {spec.description}" if spec.description else ""),
+        schedule=_schedule(spec),
+        start_date=start,
+        catchup=spec.catchup,
+        max_active_runs=4,
+        default_args=_default_args(spec),
+        tags=sorted({"freestack", "ingest", f"pipeline:{spec.name}", *spec.tags}),
+        doc_md=(
+            f"### {spec.name}: ingest\n\n{spec.description}\n\n"
+            f"For data interval D, reads `{spec.source.landing}` (format `{spec.source.format}`), validates "
+            f"every row against the schema and writes `lake/{spec.name}/ds=D/part.parquet`; rejected rows "
+            f"go to `_quarantine.parquet` with a reason each. Spec: `{spec_path}`."
+        ),
+    ) as dag:
+        ingest = IngestOperator(
+            task_id="ingest",
+            spec_path=spec_path,
+            outlets=[lake_asset(spec.name)],
+            doc_md="Validate and publish the lake partition; emits the lake asset event.",
+        )
+        if policy.on_missing == "wait":
+            wait = LandingSensor(
+                task_id="wait_for_landing",
+                spec_path=spec_path,
+                poke_interval=policy.wait_poke_seconds,
+                timeout=policy.wait_timeout_minutes * 60,
+                mode="reschedule",
+            )
+            wait >> ingest
+    return dag
+
+
+def build_all(namespace: dict[str, Any], directory: str | Path | None = None) -> list[DAG]:
+    """Add every pipeline's DAGs to ``namespace`` (a DAG file's ``globals()``)."""
+    folder = Path(directory) if directory else pipelines_dir()
+    built: list[DAG] = []
+    broken: list[SpecError] = []
+    for stem, spec in discover_specs(folder).items():
+        if isinstance(spec, SpecError):
+            broken.append(spec)
+            continue
+        path = str(folder / f"{stem}.yaml") if (folder / f"{stem}.yaml").exists() else str(folder / f"{stem}.yml")
+        dag = ingest_dag(spec, path)
+        namespace[dag.dag_id] = dag
+        built.append(dag)
+    if broken:
+        _BROKEN["freestack_broken_specs"] = broken
+        placeholder = BrokenSpecDag(dag_id="freestack_broken_specs", schedule=None)
+        namespace["freestack_broken_specs"] = placeholder
+    return built

@@ -1,0 +1,34 @@
+"""Errors that carry a message a person can act on."""
+
+from __future__ import annotations
+
+
+class FreestackError(Exception):
+    """Base class: the message says what is wrong and what to do."""
+
+
+class SpecError(FreestackError):
+    """A pipeline spec is invalid. The message names the file and the field."""
+
+    def __init__(self, path: str, field: str | None, message: str):
+        self.path = path
+        self.field = field
+        self.detail = message
+        where = f"{path}: {field}" if field else path
+        super().__init__(f"{where}: {message}")
+
+
+class UnsafePathError(FreestackError, ValueError):
+    """A path tried to leave its root (``..``, an absolute path, an encoded form of either)."""
+
+
+class LandingDataMissing(FreestackError):
+    """No landing data for a data interval."""
+
+
+class SchemaDriftError(FreestackError):
+    """Landing columns differ from the schema beyond what the spec's policy allows."""
+
+
+class QuarantineLimitExceeded(FreestackError):
+    """Too many rows were rejected for a partition to be published."""

@@ -1,0 +1,1 @@
+"""Ingest: landing files -> validated lake partitions. Plain Python, no Airflow."""

@@ -1,0 +1,414 @@
+"""Ingest one data interval: landing files -> validated lake partition + quarantine.
+
+Plain Python over object storage; no Airflow import. Streams in batches, so memory stays bounded
+whatever the file size. Deterministic: the same landing files give byte-identical outputs.
+
+    landing/<pipeline>/<ds>/*                      (CSV, Parquet or JSON lines)
+    lake/<pipeline>/ds=<ds>/part.parquet           good rows, typed
+    lake/<pipeline>/ds=<ds>/_quarantine.parquet    rejected rows, raw values and a reason each
+    lake/<pipeline>/ds=<ds>/_manifest.json         counts, hashes, sources, spec hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from freestack.config import Column, PipelineSpec
+from freestack.errors import LandingDataMissing, QuarantineLimitExceeded, SchemaDriftError
+from freestack.ingest.keyset import KeySet, hash_keys
+from freestack.ingest.validate import (
+    Validated,
+    arrow_schema,
+    malformed_rows,
+    quarantine_schema,
+    validate_batch,
+)
+from freestack.storage import AtomicWriter, join, list_objects, storage_root, to_path, write_json
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+PART = "part.parquet"
+QUARANTINE = "_quarantine.parquet"
+MANIFEST = "_manifest.json"
+_FORMAT_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# locations
+
+
+def template_vars(spec: PipelineSpec, ds: str) -> dict[str, str]:
+    y, m, d = ds.split("-")
+    return {"pipeline": spec.name, "ds": ds, "ds_nodash": f"{y}{m}{d}", "yyyy": y, "mm": m, "dd": d}
+
+
+def landing_dir(spec: PipelineSpec, ds: str) -> ObjectStoragePath:
+    rel = spec.source.landing.format(**template_vars(spec, ds))
+    if "://" in rel:
+        return to_path(rel.rstrip("/"))
+    return join(storage_root(spec.storage_root), rel)
+
+
+def lake_dir(spec: PipelineSpec) -> ObjectStoragePath:
+    return join(storage_root(spec.storage_root), "lake", spec.name)
+
+
+def partition_dir(spec: PipelineSpec, ds: str) -> ObjectStoragePath:
+    return join(lake_dir(spec), f"ds={ds}")
+
+
+def landing_files(spec: PipelineSpec, ds: str) -> list[ObjectStoragePath]:
+    folder = landing_dir(spec, ds)
+    return [p for p in list_objects(folder) if not p.name.startswith("_")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# readers: yield (batch of text columns, malformed rows)
+
+
+class _HashingReader(io.RawIOBase):
+    """Wraps a binary file; hashes every byte read (one pass gives both data and sha256)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self._f.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.sha256.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while chunk := self._f.read(1 << 20):
+            self.sha256.update(chunk)
+            self.size += len(chunk)
+
+
+def _csv_header(f, opts) -> list[str]:
+    import csv
+
+    first = f.readline()
+    if not first:
+        return []
+    text = first.decode(opts.encoding, errors="replace").lstrip("\ufeff")
+    row = next(csv.reader([text], delimiter=opts.delimiter, quotechar=opts.quote_char), [])
+    return [c.strip() for c in row]
+
+
+def _read_csv(
+    path: ObjectStoragePath, stream, spec: PipelineSpec, declared: list[Column], sink: list
+) -> Iterator[pa.RecordBatch]:
+    opts = spec.source.csv
+    policy = spec.source.policy
+    if opts.header:
+        with path.open("rb") as f:
+            names = _csv_header(f, opts)
+        if not names:
+            return
+    else:
+        names = [c.name for c in declared]
+    _check_drift(path, names, declared, spec)
+
+    def on_invalid(row) -> str:
+        sink.append(
+            (
+                row.number,
+                f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}",
+                row.text,
+            )
+        )
+        return "skip"
+
+    read_opts = pacsv.ReadOptions(
+        block_size=policy.block_size_mb << 20,
+        use_threads=True,
+        column_names=names,
+        skip_rows=1 if opts.header else 0,
+        encoding="utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding,
+    )
+    parse_opts = pacsv.ParseOptions(
+        delimiter=opts.delimiter, quote_char=opts.quote_char, invalid_row_handler=on_invalid
+    )
+    convert_opts = pacsv.ConvertOptions(
+        column_types={n: pa.binary() for n in names},
+        null_values=opts.null_values,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    try:
+        reader = pacsv.open_csv(
+            stream, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
+        )
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        raise
+    yield from reader
+
+
+def _read_parquet(
+    path: ObjectStoragePath, stream, spec: PipelineSpec, declared: list[Column], sink: list
+) -> Iterator[pa.RecordBatch]:
+    with path.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        _check_drift(path, names, declared, spec)
+        wanted = [c.name for c in declared if c.name in names]
+        for batch in pf.iter_batches(batch_size=65_536, columns=wanted):
+            cols = {}
+            for name in batch.schema.names:
+                col = batch.column(name)
+                if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+                    cols[name] = pa.compute.cast(col, pa.string())
+                elif not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
+                    cols[name] = pa.compute.cast(col, pa.string())
+                else:
+                    cols[name] = col
+            yield pa.RecordBatch.from_pydict(cols)
+
+
+def _json_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _read_jsonl(
+    path: ObjectStoragePath, stream, spec: PipelineSpec, declared: list[Column], sink: list
+) -> Iterator[pa.RecordBatch]:
+    names = [c.name for c in declared]
+    batch_rows = 50_000
+    seen_keys: set[str] = set()
+    checked = False
+    buf: dict[str, list] = {n: [] for n in names}
+    with io.BufferedReader(stream, buffer_size=1 << 20) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except UnicodeDecodeError:
+                sink.append((lineno, "malformed row: not valid UTF-8 text", line.decode("utf-8", "replace")))
+                continue
+            except json.JSONDecodeError as exc:
+                sink.append((lineno, f"malformed row: invalid JSON ({exc.msg})", line.decode("utf-8", "replace")))
+                continue
+            if not isinstance(obj, dict):
+                sink.append((lineno, "malformed row: a JSON object is expected", line.decode("utf-8", "replace")))
+                continue
+            if not checked:
+                seen_keys.update(obj)
+            for n in names:
+                buf[n].append(_json_text(obj.get(n)))
+            if len(buf[names[0]]) >= batch_rows:
+                if not checked:
+                    _check_drift(path, sorted(seen_keys), declared, spec)
+                    checked = True
+                yield pa.RecordBatch.from_pydict({n: pa.array(buf[n], pa.string()) for n in names})
+                buf = {n: [] for n in names}
+    if not checked and seen_keys:
+        _check_drift(path, sorted(seen_keys), declared, spec)
+    if buf[names[0]]:
+        yield pa.RecordBatch.from_pydict({n: pa.array(buf[n], pa.string()) for n in names})
+
+
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}
+
+
+def _check_drift(path: ObjectStoragePath, names: list[str], declared: list[Column], spec: PipelineSpec) -> None:
+    policy = spec.source.policy
+    declared_names = [c.name for c in declared]
+    missing = [n for n in declared_names if n not in names]
+    extra = [n for n in names if n not in declared_names]
+    if missing and policy.missing_columns == "fail":
+        raise SchemaDriftError(
+            f"{path}: missing column(s) {missing[:10]}{' ...' if len(missing) > 10 else ''} declared in "
+            f"the schema of pipeline {spec.name!r}. Fix the file, or set source.policy.missing_columns: null "
+            "to load them as nulls."
+        )
+    if extra:
+        if policy.extra_columns == "fail":
+            raise SchemaDriftError(
+                f"{path}: column(s) {extra[:10]} are not in the schema of pipeline {spec.name!r}. Add them "
+                "to source.schema.columns, or set source.policy.extra_columns: drop."
+            )
+        log.warning("%s: dropping column(s) not in the schema: %s", path, extra)
+    if missing:
+        log.warning("%s: missing column(s) loaded as null: %s", path, missing)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ingest
+
+
+@dataclass
+class IngestResult:
+    pipeline: str
+    ds: str
+    partition: str
+    rows_in: int = 0
+    rows_good: int = 0
+    rows_quarantined: int = 0
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    part: dict[str, Any] | None = None
+    quarantine: dict[str, Any] | None = None
+    spec_hash: str = ""
+    seconds: float = 0.0
+
+    @property
+    def quarantine_fraction(self) -> float:
+        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "ds": self.ds,
+            "partition": self.partition,
+            "rows_in": self.rows_in,
+            "rows_good": self.rows_good,
+            "rows_quarantined": self.rows_quarantined,
+            "quarantine_fraction": round(self.quarantine_fraction, 6),
+            "sources": self.sources,
+            "part": self.part,
+            "quarantine": self.quarantine,
+            "spec_hash": self.spec_hash,
+        }
+
+
+def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePath] | None = None) -> IngestResult:
+    """Validate the landing files of interval ``ds`` and publish the lake partition.
+
+    Raises LandingDataMissing (no files), SchemaDriftError (columns beyond policy) or
+    QuarantineLimitExceeded (too many bad rows; the quarantine is still written so it can be read,
+    and the previous partition, if any, is left as it was).
+    """
+    started = time.monotonic()
+    schema = spec.source.schema_
+    declared = schema.fields
+    files = landing_files(spec, ds) if files is None else files
+    folder = landing_dir(spec, ds)
+    if not files:
+        raise LandingDataMissing(
+            f"no landing data for pipeline {spec.name!r} interval {ds}: {folder} is missing or empty. "
+            "Drop the files there and clear the task, or set source.policy.on_missing to skip or wait."
+        )
+    out_dir = partition_dir(spec, ds)
+    result = IngestResult(pipeline=spec.name, ds=ds, partition=str(out_dir), spec_hash=spec.spec_hash())
+    keys = KeySet() if (schema.key and spec.source.policy.unique_key) else None
+
+    part_w = AtomicWriter(join(out_dir, PART))
+    quar_w = AtomicWriter(join(out_dir, QUARANTINE))
+    try:
+        part_pq = pq.ParquetWriter(part_w, arrow_schema(declared), compression="zstd")
+        quar_pq = pq.ParquetWriter(quar_w, quarantine_schema(declared), compression="zstd")
+        for path in files:
+            fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)
+            source = {"name": path.name, "format": fmt, "rows": 0}
+            malformed: list = []
+            raw = path.open("rb")
+            hashed = _HashingReader(raw)
+            # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
+            # Parquet needs random access, so its bytes are hashed by the drain() below.
+            for batch in _READERS[fmt](path, hashed, spec, declared, malformed):
+                dup = None
+                if keys is not None and schema.key in batch.schema.names:
+                    kcol = batch.column(schema.key)
+                    present = pa.compute.is_valid(kcol)
+                    mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
+                    dup = pa.compute.and_(pa.array(mask), present)
+                v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key)
+                if v.good.num_rows:
+                    part_pq.write_table(v.good)
+                if v.rejected.num_rows:
+                    quar_pq.write_table(v.rejected)
+                result.rows_in += batch.num_rows
+                result.rows_good += v.good.num_rows
+                result.rows_quarantined += v.rejected.num_rows
+                source["rows"] += batch.num_rows
+            if malformed:
+                malformed.sort(key=lambda r: (r[0] is None, r[0] or 0, r[2]))
+                quar_pq.write_table(malformed_rows(malformed, declared, path.name))
+                result.rows_in += len(malformed)
+                result.rows_quarantined += len(malformed)
+                source["rows"] += len(malformed)
+            hashed.drain()
+            raw.close()
+            source.update(size=hashed.size, sha256=hashed.sha256.hexdigest())
+            result.sources.append(source)
+            log.info(
+                "%s: %d rows read (%d malformed)", path, source["rows"], len(malformed)
+            )
+        part_pq.close()
+        quar_pq.close()
+    except BaseException:
+        part_w.abort()
+        quar_w.abort()
+        raise
+
+    limit = spec.source.policy.max_quarantine_fraction
+    if result.rows_quarantined:
+        result.quarantine = quar_w.commit().as_dict()
+    else:
+        quar_w.abort()
+        stale = join(out_dir, QUARANTINE)
+        if stale.exists():
+            stale.unlink()
+    if result.quarantine_fraction > limit:
+        part_w.abort()
+        raise QuarantineLimitExceeded(
+            f"pipeline {spec.name!r} interval {ds}: {result.rows_quarantined} of {result.rows_in} rows "
+            f"({result.quarantine_fraction:.1%}) were rejected, over the limit of {limit:.1%} "
+            f"(source.policy.max_quarantine_fraction). The partition was not published; read the "
+            f"reasons in {join(out_dir, QUARANTINE)}, fix the landing files and clear the task."
+        )
+    result.part = part_w.commit().as_dict()
+    result.seconds = time.monotonic() - started
+    write_json(join(out_dir, MANIFEST), result.as_dict())
+    return result
+
+
+def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:
+    path = join(partition_dir(spec, ds), MANIFEST)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str]:
+    """The ds values of published partitions, sorted; with ``until``, only ds <= until."""
+    folder = lake_dir(spec)
+    if not folder.exists():
+        return []
+    out = []
+    for p in folder.iterdir():
+        name = p.name
+        if name.startswith("ds=") and (p / PART).exists():
+            ds = name[3:]
+            if until is None or ds <= until:
+                out.append(ds)
+    return sorted(out)

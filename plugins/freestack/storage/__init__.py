@@ -1,0 +1,34 @@
+"""Object storage for freestack: one root (file://, s3://, data://), safe paths, atomic writes.
+
+Importing this package registers the ``data://`` scheme with fsspec and universal-pathlib.
+"""
+
+from __future__ import annotations
+
+from freestack.storage import datafs as _datafs  # noqa: F401  (registers data://)
+from freestack.storage.objects import (
+    AtomicWriter,
+    WrittenObject,
+    atomic_write,
+    list_objects,
+    sha256_of,
+    to_path,
+    write_bytes,
+    write_json,
+)
+from freestack.storage.paths import check_relative, join, storage_root, uri_of
+
+__all__ = [
+    "AtomicWriter",
+    "WrittenObject",
+    "atomic_write",
+    "check_relative",
+    "join",
+    "list_objects",
+    "sha256_of",
+    "storage_root",
+    "to_path",
+    "uri_of",
+    "write_bytes",
+    "write_json",
+]

@@ -1,0 +1,246 @@
+"""Atomic, hashed writes and small read helpers over ObjectStoragePath.
+
+A reader never sees a partial object, whatever the backend and even after ``kill -9``:
+- local folders (``file://`` and ``data://`` over a folder): the bytes go to a hidden temporary
+  file beside the target, are fsynced, then renamed over it (``os.replace`` is atomic);
+- S3: an object appears only when its PUT or multipart upload completes; on error the upload is
+  aborted, so an exception never publishes the bytes written so far.
+The sha256 of the content is computed while writing, for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+TMP_MARK = ".freestack-tmp-"
+CHUNK = 8 * 1024 * 1024
+
+
+def to_path(uri: Any) -> ObjectStoragePath:
+    """An ObjectStoragePath for a URI (``file://``, ``s3://[conn@]bucket/key``, ``data://...``)."""
+    from airflow.sdk import ObjectStoragePath
+
+    import freestack.storage.datafs  # noqa: F401  (data:// must be registered before parsing)
+
+    if isinstance(uri, ObjectStoragePath):
+        return uri
+    text = str(uri)
+    if "://" not in text:
+        raise FreestackError(
+            f"{text!r} is not a storage URI; use file:///abs/path, s3://conn@bucket/prefix or data://owner/coll"
+        )
+    return ObjectStoragePath(text)
+
+
+def local_os_path(path: ObjectStoragePath) -> str | None:
+    """The operating-system path behind ``path`` if it lives on a local disk, else None."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from freestack.storage.datafs import DataFileSystem
+
+    fs = path.fs
+    if isinstance(fs, LocalFileSystem):
+        return fs._strip_protocol(path.path)
+    if isinstance(fs, DataFileSystem) and fs.is_local:
+        return fs.local_path(path.path)
+    return None
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    uri: str
+    sha256: str
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
+
+
+class AtomicWriter:
+    """A binary, write-only file object that publishes its target only on ``commit()``.
+
+    Use as a context manager: leaving the block normally commits, an exception aborts. With
+    ``if_absent=True`` the commit fails if the target exists (create-if-absent), atomically.
+    """
+
+    def __init__(self, path: ObjectStoragePath, *, if_absent: bool = False):
+        self._done = True  # until the handle below is open, there is nothing to abort
+        self.path = path
+        self.if_absent = if_absent
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self.result: WrittenObject | None = None
+        self._local = local_os_path(path)
+        if self._local is not None:
+            folder, name = os.path.split(self._local)
+            os.makedirs(folder, exist_ok=True)
+            self._tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
+            self._fh = open(self._tmp, "wb")  # noqa: SIM115  (closed in commit/abort)
+        else:
+            self._tmp = None
+            self._fh = path.fs.open(path.path, "xb" if if_absent else "wb")
+        self._done = False
+
+    # file-object protocol (what pyarrow and json need)
+    def write(self, data) -> int:
+        if self._done:
+            raise ValueError(f"write to {self.path} after commit/abort")
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        self._fh.write(view)
+        self._size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        if not self._done and self._local is not None:
+            self._fh.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._done
+
+    def close(self) -> None:
+        """Closing is commit: callers that only know ``close()`` (pyarrow, json) publish the object."""
+        if not self._done:
+            self.commit()
+
+    def commit(self) -> WrittenObject:
+        if self._done:
+            if self.result is None:
+                raise FreestackError(f"{self.path} was aborted; it cannot be committed")
+            return self.result
+        try:
+            if self._local is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                if self.if_absent:
+                    try:
+                        os.link(self._tmp, self._local)
+                    except FileExistsError:
+                        raise FileExistsError(f"{self.path} already exists") from None
+                    finally:
+                        os.unlink(self._tmp)
+                else:
+                    os.replace(self._tmp, self._local)
+                _fsync_dir(os.path.dirname(self._local))
+            else:
+                self._fh.close()
+        except BaseException:
+            self._done = True
+            self._cleanup()
+            raise
+        self._done = True
+        self.result = WrittenObject(uri=str(self.path), sha256=self._hash.hexdigest(), size=self._size)
+        return self.result
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._local is not None:
+            try:
+                self._fh.close()
+            finally:
+                if self._tmp and os.path.exists(self._tmp):
+                    os.unlink(self._tmp)
+        else:
+            discard = getattr(self._fh, "discard", None)
+            if callable(discard):
+                discard()
+            # mark closed so neither close() nor __del__ uploads what was buffered
+            try:
+                self._fh.closed = True
+            except AttributeError:
+                pass
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __del__(self):
+        if not getattr(self, "_done", True):
+            self.abort()
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: ObjectStoragePath, *, if_absent: bool = False) -> Iterator[AtomicWriter]:
+    writer = AtomicWriter(path, if_absent=if_absent)
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+
+
+def write_bytes(path: ObjectStoragePath, data: bytes, *, if_absent: bool = False) -> WrittenObject:
+    with atomic_write(path, if_absent=if_absent) as w:
+        w.write(data)
+    return w.result  # type: ignore[return-value]
+
+
+def write_json(path: ObjectStoragePath, obj: Any, *, if_absent: bool = False) -> WrittenObject:
+    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    return write_bytes(path, data, if_absent=if_absent)
+
+
+def sha256_of(path: ObjectStoragePath) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_objects(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    """Files directly in ``folder``, sorted by name, hiding temporaries and dot-files."""
+    if not folder.exists():
+        return []
+    out = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
+    return sorted(out, key=lambda p: p.name)

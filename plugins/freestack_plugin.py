@@ -1,0 +1,23 @@
+"""The freestack AirflowPlugin: macros and the data:// registration in every Airflow process."""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+import freestack
+import freestack.storage  # noqa: F401  (registers data:// with fsspec and universal-pathlib)
+
+
+def storage_root() -> str:
+    """Macro ``{{ macros.freestack.storage_root() }}``: the configured storage root URI."""
+    from freestack.config import default_storage_root
+
+    return default_storage_root()
+
+
+class FreestackPlugin(AirflowPlugin):
+    name = "freestack"
+    macros = [storage_root]
+
+
+__all__ = ["FreestackPlugin", "freestack"]
