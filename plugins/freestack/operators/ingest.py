@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Context
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.config import load_spec, pipelines_dir
 
@@ -43,16 +43,28 @@ class IngestOperator(_SpecMixin, BaseOperator):
         self.ds = ds
 
     def execute(self, context: Context) -> str:
-        from freestack.errors import LandingDataMissing
+        from freestack.errors import (
+            LandingDataMissing,
+            QuarantineLimitExceeded,
+            SchemaDriftError,
+            SpecError,
+            UnsafePathError,
+        )
         from freestack.ingest.core import ingest_partition
 
-        spec = self._spec()
+        try:
+            spec = self._spec()
+        except SpecError as exc:
+            raise AirflowFailException(str(exc)) from None
         try:
             result = ingest_partition(spec, self.ds)
         except LandingDataMissing as exc:
             if spec.source.policy.on_missing == "skip":
                 raise AirflowSkipException(f"{exc} (policy on_missing: skip)") from None
-            raise
+            raise AirflowFailException(str(exc)) from None
+        except (SchemaDriftError, QuarantineLimitExceeded, UnsafePathError, SpecError) as exc:
+            # the data itself is wrong: retrying cannot help, so fail now with the reason
+            raise AirflowFailException(str(exc)) from None
         summary = result.as_dict()
         self.log.info(
             "partition %s: %d rows in, %d good, %d quarantined (%.2f%%); part sha256 %s",

@@ -1,0 +1,224 @@
+"""``freestack`` command line: the demo, the local Airflow, and a look into the lake.
+
+    freestack demo              land the demo data and run the pipeline DAGs on it
+    freestack up | down         airflow standalone on 127.0.0.1, in the background
+    freestack lake PIPELINE     partitions, row counts and quarantine reasons
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from freestack.config import checkout_dir, project_home
+
+DEMO_START = date(2026, 11, 1)
+DEMO_DAYS = 5
+
+
+def airflow_env() -> dict[str, str]:
+    """Environment for the embedded Airflow: home, dags and plugins inside the project, 127.0.0.1."""
+    home = checkout_dir()
+    port = os.environ.get("AIRFLOW_PORT", "8080")
+    defaults = {
+        "AIRFLOW_HOME": str(home / ".airflow"),
+        "FREESTACK_HOME": str(project_home()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": port,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    env = dict(os.environ)
+    for k, v in defaults.items():
+        env.setdefault(k, v)
+    return env
+
+
+def _apply_env() -> None:
+    for k, v in airflow_env().items():
+        os.environ.setdefault(k, v)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# lake summary
+
+
+def lake_report(pipeline: str) -> str:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.ingest.core import QUARANTINE, lake_partitions, partition_dir, read_manifest
+    from freestack.storage import join
+
+    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
+    lines = [f"lake of {pipeline!r} under {spec.root}:"]
+    for ds in lake_partitions(spec):
+        m = read_manifest(spec, ds) or {}
+        lines.append(
+            f"  ds={ds}  {m.get('rows_good', '?'):>5} rows  {m.get('rows_quarantined', 0):>3} quarantined  "
+            f"part sha256 {str((m.get('part') or {}).get('sha256', '?'))[:12]}"
+        )
+        qpath = join(partition_dir(spec, ds), QUARANTINE)
+        if qpath.exists():
+            with qpath.open("rb") as f:
+                q = pq.read_table(f, columns=["_reason"])
+            counts = pc.value_counts(q.column("_reason")).to_pylist()
+            for c in counts:
+                lines.append(f"      quarantine: {c['counts']} x {c['values']}")
+    if len(lines) == 1:
+        lines.append("  (no partitions yet)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# demo
+
+
+def demo(args: argparse.Namespace) -> int:
+    _apply_env()
+    sys.path.insert(0, str(checkout_dir() / "include"))
+    from demo.landing import make_landing
+
+    from freestack.config import default_storage_root
+
+    root = default_storage_root()
+    print(f"storage root: {root}")
+    uris = make_landing(root, DEMO_START, DEMO_DAYS)
+    print(f"landed {len(uris)} daily drops of real digits (with a few malformed rows each):")
+    for u in uris:
+        print(f"  {u}")
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        for path, err in bag.import_errors.items():
+            print(f"DAG import error in {path}:\n{err}", file=sys.stderr)
+        return 1
+    dag = bag.get_dag("digits_ingest")
+    failed = 0
+    for k in range(DEMO_DAYS):
+        day = DEMO_START + timedelta(days=k)
+        run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+        print(f"digits_ingest {day}: {run.state}")
+        failed += run.state != "success"
+    print()
+    print(lake_report("digits"))
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# airflow standalone
+
+
+def _paths(env: dict[str, str]) -> tuple[Path, Path, Path]:
+    home = Path(env["AIRFLOW_HOME"])
+    return home / "standalone.pid", home / "standalone.log", home / "simple_auth_manager_passwords.json.generated"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def up(args: argparse.Namespace) -> int:
+    env = airflow_env()
+    pid_file, log_file, pw_file = _paths(env)
+    url = env["AIRFLOW__API__BASE_URL"]
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    if pid_file.exists() and _alive(int(pid_file.read_text())):
+        print(f"airflow standalone already running (pid {pid_file.read_text().strip()}) at {url}")
+    else:
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(
+                [airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        pid_file.write_text(str(proc.pid))
+        print(f"starting airflow standalone (pid {proc.pid}), log: {log_file}")
+        deadline = time.monotonic() + args.timeout
+        while not _healthy(url):
+            if proc.poll() is not None:
+                print(f"airflow standalone exited with {proc.returncode}; see {log_file}", file=sys.stderr)
+                return 1
+            if time.monotonic() > deadline:
+                print(f"airflow did not answer at {url} within {args.timeout}s; see {log_file}", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    password = "(see the log)"
+    for _ in range(30):
+        if pw_file.exists():
+            password = json.loads(pw_file.read_text()).get("admin", password)
+            break
+        time.sleep(1)
+    print(f"Airflow UI: {url}\n  user:     admin\n  password: {password}")
+    print("stop it with: make down")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def down(args: argparse.Namespace) -> int:
+    env = airflow_env()
+    pid_file, _, _ = _paths(env)
+    if not pid_file.exists():
+        print("airflow standalone is not running (no pid file)")
+        return 0
+    pid = int(pid_file.read_text())
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(60):
+            if not _alive(pid):
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    print(f"stopped airflow standalone (pid {pid})")
+    return 0
+
+
+def lake(args: argparse.Namespace) -> int:
+    print(lake_report(args.pipeline))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="freestack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("demo", help="land the demo data and run the pipeline on it").set_defaults(fn=demo)
+    p_up = sub.add_parser("up", help="start airflow standalone on 127.0.0.1")
+    p_up.add_argument("--timeout", type=float, default=240)
+    p_up.set_defaults(fn=up)
+    sub.add_parser("down", help="stop the airflow standalone started by `up`").set_defaults(fn=down)
+    p_lake = sub.add_parser("lake", help="show a pipeline's lake partitions and quarantine")
+    p_lake.add_argument("pipeline")
+    p_lake.set_defaults(fn=lake)
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
