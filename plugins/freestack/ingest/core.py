@@ -323,9 +323,12 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
 
     part_w = AtomicWriter(join(out_dir, PART))
     quar_w = AtomicWriter(join(out_dir, QUARANTINE))
+    writers: list[pq.ParquetWriter] = []
     try:
         part_pq = pq.ParquetWriter(part_w, arrow_schema(declared), compression="zstd")
+        writers.append(part_pq)
         quar_pq = pq.ParquetWriter(quar_w, quarantine_schema(declared), compression="zstd")
+        writers.append(quar_pq)
         for path in files:
             fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)
             source = {"name": path.name, "format": fmt, "rows": 0}
@@ -366,8 +369,13 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
         part_pq.close()
         quar_pq.close()
     except BaseException:
+        for w in writers:  # finish the parquet footers into the temporaries, then throw them away
+            try:
+                w.close()
+            except Exception:
+                pass
+        quar_w.abort()  # reverse order of creation, so the first one can remove the folders it made
         part_w.abort()
-        quar_w.abort()
         raise
 
     limit = spec.source.policy.max_quarantine_fraction

@@ -85,7 +85,7 @@ class AtomicWriter:
         self._local = local_os_path(path)
         if self._local is not None:
             folder, name = os.path.split(self._local)
-            os.makedirs(folder, exist_ok=True)
+            self._made = _makedirs(folder)
             self._tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
             self._fh = open(self._tmp, "wb")  # noqa: SIM115  (closed in commit/abort)
         else:
@@ -171,6 +171,11 @@ class AtomicWriter:
             finally:
                 if self._tmp and os.path.exists(self._tmp):
                     os.unlink(self._tmp)
+                for folder in self._made:  # only folders this writer created, and only if empty
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
         else:
             discard = getattr(self._fh, "discard", None)
             if callable(discard):
@@ -193,6 +198,20 @@ class AtomicWriter:
     def __del__(self):
         if not getattr(self, "_done", True):
             self.abort()
+
+
+def _makedirs(folder: str) -> list[str]:
+    """Create ``folder`` and missing parents; return those created, deepest first."""
+    made: list[str] = []
+    cur = os.path.abspath(folder)
+    while not os.path.isdir(cur):
+        made.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    os.makedirs(folder, exist_ok=True)
+    return made
 
 
 def _fsync_dir(folder: str) -> None:

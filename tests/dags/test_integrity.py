@@ -1,0 +1,96 @@
+"""DAG integrity: import errors, parse-time weight, no connection use, tags, retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "pandas", "pyarrow", "wandb", "sklearn", "huggingface_hub")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert "digits_ingest" in dagbag.dag_ids
+
+
+def test_tags_and_retries(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert "freestack" in dag.tags and any(t.startswith("pipeline:") for t in dag.tags), dag_id
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} does I/O and needs retries"
+
+
+def test_ingest_emits_the_lake_asset(dagbag):
+    task = dagbag.get_dag("digits_ingest").get_task("ingest")
+    assert [o.uri for o in task.outlets] == ["freestack://lake/digits"]
+
+
+PARSE_PROBE = r"""
+import json, sys
+calls = []
+def refuse(*a, **k):
+    calls.append(repr(a))
+    raise RuntimeError("connection used at parse time")
+from airflow.sdk.bases.hook import BaseHook
+BaseHook.get_connection = classmethod(refuse)
+from airflow.models.connection import Connection
+Connection.get_connection_from_secrets = classmethod(refuse)
+import socket
+real_connect = socket.socket.connect
+def no_net(self, addr):
+    calls.append("socket " + repr(addr))
+    raise OSError("network used at parse time")
+socket.socket.connect = no_net
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+heavy = [m for m in sys.argv[2].split(",") if m in sys.modules]
+print(json.dumps({"dags": sorted(bag.dag_ids), "errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy": heavy, "calls": calls}))
+"""
+
+
+def _parse(env_extra: dict[str, str] | None = None) -> dict:
+    env = dict(os.environ, **(env_extra or {}))
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_PROBE, str(ROOT / "dags"), ",".join(HEAVY)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_parsing_is_light_and_touches_no_connection():
+    result = _parse()
+    assert result["errors"] == {}
+    assert "digits_ingest" in result["dags"]
+    assert result["heavy"] == [], f"parse-time imports of heavy libraries: {result['heavy']}"
+    assert result["calls"] == []
+
+
+def test_a_broken_spec_breaks_only_its_own_pipeline(tmp_path):
+    shutil.copy(ROOT / "include" / "pipelines" / "digits.yaml", tmp_path / "digits.yaml")
+    (tmp_path / "broken.yaml").write_text(
+        "name: broken\nsource:\n  format: xml\n  schema: {columns: [{name: a}]}\n"
+    )
+    (tmp_path / "garbled.yaml").write_text("name: [garbled\n")
+    result = _parse({"FREESTACK_PIPELINES_DIR": str(tmp_path)})
+    assert "digits_ingest" in result["dags"]
+    assert not any(d.startswith(("broken", "garbled")) for d in result["dags"])
+    (message,) = result["errors"].values()
+    assert "broken.yaml: source.format" in message
+    assert "garbled.yaml: invalid YAML at line" in message
