@@ -91,8 +91,13 @@ def _chunk(rng, start: int, n: int):
     token_for_bad = rng.integers(0, len(NON_NUMBERS), size=len(bad))
     nonnum: dict[int, list[tuple[int, str]]] = {}
     bad_ts = []
-    counts = {"px_out_of_range": 0, "px_not_a_number": 0, "label_not_allowed": 0,
-              "timestamp_invalid": 0, "duplicate_id": 0}
+    counts = {
+        "px_out_of_range": 0,
+        "px_not_a_number": 0,
+        "label_not_allowed": 0,
+        "timestamp_invalid": 0,
+        "duplicate_id": 0,
+    }
     for row, kind, col, tok in zip(bad, kinds, cols_for_bad, token_for_bad, strict=True):
         if kind == 0:
             px[row, col] = float(rng.choice([16.5, 17.0, 25.25, 99.0, -0.5, -3.0]))
@@ -217,9 +222,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     if args.child == "freestack":
         # import everything ingest needs (Airflow's ObjectStoragePath included) before the clock starts:
         # in an Airflow task these are loaded already.
-        from airflow.sdk import ObjectStoragePath  # noqa: F401
-
         import freestack.ingest.core as core
+        from airflow.sdk import ObjectStoragePath  # noqa: F401
         from freestack.storage import storage_root
 
         storage_root()
@@ -318,9 +322,19 @@ def machine() -> dict[str, Any]:
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     cmd = [
-        sys.executable, "-m", "bench.ingest.run", "--child", mode,
-        "--csv", ctx["csv"], "--scratch", ctx["scratch"], "--spec", ctx["spec"],
-        "--block-size-mb", str(ctx["block_size_mb"]),
+        sys.executable,
+        "-m",
+        "bench.ingest.run",
+        "--child",
+        mode,
+        "--csv",
+        ctx["csv"],
+        "--scratch",
+        ctx["scratch"],
+        "--spec",
+        ctx["spec"],
+        "--block-size-mb",
+        str(ctx["block_size_mb"]),
     ]
     if ctx.get("profile") and mode == "freestack":
         cmd.append("--profile")
@@ -330,6 +344,7 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
     env["FREESTACK_STORAGE_ROOT"] = ctx["root"]
     env.setdefault("AIRFLOW_HOME", str(Path(ctx["workdir"]) / "airflow"))
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -344,7 +359,7 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
         lake = Path(ctx["workdir"]) / "storage" / "lake"
         if lake.exists():
             shutil.rmtree(lake)
-    if ctx.get("profile") and proc.stderr:
+    if (ctx.get("profile") or ctx.get("patch")) and proc.stderr:
         sys.stderr.write(proc.stderr)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -357,6 +372,8 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
         }
     sample = json.loads(lines[-1])
     sample["process_s"] = time.perf_counter() - started
+    # the 1-minute load average when the child started: other work on the machine skews wall times
+    sample["loadavg_1m_before"] = load
     return sample
 
 
@@ -418,7 +435,9 @@ def summarise(samples: dict[str, list[dict[str, Any]]], size_mb: float) -> dict[
             "errors": sum(1 for s in samples[mode] if "error" in s),
         }
     stream_rps = summary["streaming"]["rows_per_s"]
-    summary["throughput_ratio_vs_streaming"] = round(fs_rps / stream_rps, 4) if (fs_rps and stream_rps) else None
+    summary["throughput_ratio_vs_streaming"] = (
+        round(fs_rps / stream_rps, 4) if (fs_rps and stream_rps) else None
+    )
     summary["checks"] = {
         "throughput_ratio_ok": None if ratio is None else ratio >= 0.7,
         # the RSS target is stated for a 2 GiB input; smaller runs report it but do not judge it

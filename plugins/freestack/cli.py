@@ -46,6 +46,29 @@ def airflow_env() -> dict[str, str]:
     return env
 
 
+def standalone_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the PATH shim that keeps every standalone component on 127.0.0.1."""
+    out = dict(env)
+    venv_bin = str(Path(sys.executable).parent)
+    out["FREESTACK_AIRFLOW_BIN"] = str(Path(venv_bin) / "airflow")
+    out["PATH"] = os.pathsep.join([str(checkout_dir() / "include" / "bin"), venv_bin, env.get("PATH", "")])
+    return out
+
+
+def start_standalone(env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    """Start ``airflow standalone`` in its own session (so it can be stopped as a group)."""
+    env = standalone_env(env)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            [env["FREESTACK_AIRFLOW_BIN"], "standalone"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def _apply_env() -> None:
     for k, v in airflow_env().items():
         os.environ.setdefault(k, v)
@@ -145,11 +168,7 @@ def up(args: argparse.Namespace) -> int:
     if pid_file.exists() and _alive(int(pid_file.read_text())):
         print(f"airflow standalone already running (pid {pid_file.read_text().strip()}) at {url}")
     else:
-        airflow = str(Path(sys.executable).with_name("airflow"))
-        with open(log_file, "ab") as log:
-            proc = subprocess.Popen(
-                [airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        proc = start_standalone(env, log_file)
         pid_file.write_text(str(proc.pid))
         print(f"starting airflow standalone (pid {proc.pid}), log: {log_file}")
         deadline = time.monotonic() + args.timeout

@@ -20,7 +20,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-
 from freestack.errors import UnsafePathError
 from freestack.storage import (
     AtomicWriter,
@@ -91,7 +90,7 @@ def test_round_trip_hash_and_listing(s3_conn):
     s3.s3.put_object(Bucket=s3.bucket, Key="prefix/.hidden", Body=b"h")
     s3.s3.put_object(Bucket=s3.bucket, Key="prefix/.a.bin.freestack-tmp-123", Body=b"t")
     s3.s3.put_object(Bucket=s3.bucket, Key="prefix/sub/c.txt", Body=b"c")
-    base.fs.invalidate_cache()
+    base.fs.invalidate_cache()  # those puts bypassed this process's listing cache (see the last test)
     assert [p.name for p in list_objects(base)] == ["a.bin", "b.json"]
     assert [str(p) for p in list_objects(base)] == [s3.uri("prefix/a.bin"), s3.uri("prefix/b.json")]
     assert list_objects(join(base, "missing")) == []
@@ -188,16 +187,18 @@ _KILL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_kill_9_mid_multipart_publishes_nothing(s3_conn):
+def test_kill_9_mid_multipart_publishes_nothing(s3_conn, tmp_path):
     s3 = s3_conn
     s3.s3.put_object(Bucket=s3.bucket, Key="k/existing.bin", Body=b"previous version")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILL_SCRIPT, s3.uri("k/fresh.bin"), s3.uri("k/existing.bin")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(os.environ),
-        cwd=ROOT,
-    )
+    errlog = tmp_path / "writer.stderr"
+    with open(errlog, "wb") as err:  # a file, not a pipe: a chatty child cannot block on it
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILL_SCRIPT, s3.uri("k/fresh.bin"), s3.uri("k/existing.bin")],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=dict(os.environ),
+            cwd=ROOT,
+        )
     try:
         written = 0
         deadline = time.monotonic() + 90
@@ -208,7 +209,7 @@ def test_kill_9_mid_multipart_publishes_nothing(s3_conn):
             assert "COMMITTED" not in line
             if line.startswith("wrote "):
                 written = int(line.split()[1])
-        assert written >= 12, f"writer did not progress: rc={proc.poll()} stderr={proc.stderr.read().decode()[-3000:]}"
+        assert written >= 12, f"writer did not progress: rc={proc.poll()} stderr={errlog.read_text()[-3000:]}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -216,7 +217,6 @@ def test_kill_9_mid_multipart_publishes_nothing(s3_conn):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         proc.stdout.close()
-        proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
     # it was killed in the middle of two multipart uploads ...
@@ -282,7 +282,6 @@ def _make_landing():
 
 def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     import pyarrow.parquet as pq
-
     from freestack.config import load_spec
     from freestack.ingest.core import ingest_partition
 
@@ -332,3 +331,61 @@ def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     )
     assert s3.pending_uploads() == []
     assert not [k for k in s3.keys() if ".freestack-tmp-" in k]
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# create-if-absent
+
+
+def test_if_absent_is_exclusive(s3_conn):
+    """``if_absent=True`` maps to a conditional PUT / CompleteMultipartUpload (If-None-Match: *):
+    the first writer wins, a later one fails and leaves the object and the bucket as they were."""
+    s3 = s3_conn
+    lease = to_path(s3.uri("lease/owner.json"))
+    write_json(lease, {"owner": "first"}, if_absent=True)
+    with pytest.raises(OSError):
+        write_json(lease, {"owner": "second"}, if_absent=True)
+    assert json.loads(s3.get("lease/owner.json")) == {"owner": "first"}
+
+    big = to_path(s3.uri("lease/big.bin"))
+    small_parts(big)
+    s3.s3.put_object(Bucket=s3.bucket, Key="lease/big.bin", Body=b"old")
+    with pytest.raises(OSError):
+        with atomic_write(big, if_absent=True) as w:
+            for _ in range(11):  # multipart: the condition is checked at CompleteMultipartUpload
+                w.write(b"\x02" * MiB)
+    assert w.result is None
+    assert s3.get("lease/big.bin") == b"old"
+    assert s3.pending_uploads() == [], "a refused conditional commit must abort its multipart upload"
+    assert s3.keys() == ["lease/big.bin", "lease/owner.json"]
+
+
+def test_if_absent_conflict_is_file_exists_error(s3_conn):
+    """The documented contract (and the file:// behaviour) is FileExistsError on every backend,
+    whatever the server puts in its 412 answer."""
+    s3 = s3_conn
+    lease = to_path(s3.uri("lease/owner.json"))
+    write_bytes(lease, b"first", if_absent=True)
+    try:
+        write_bytes(lease, b"second", if_absent=True)
+    except OSError as exc:
+        raised = exc
+    else:
+        raised = None
+    assert isinstance(raised, FileExistsError), f"expected FileExistsError, got {raised!r}"
+    assert s3.get("lease/owner.json") == b"first"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# listings in a long-lived process
+
+
+def test_listing_sees_objects_written_by_other_processes(s3_conn):
+    s3 = s3_conn
+    uri = s3.uri("landing/digits/2026-11-01")
+    s3.s3.put_object(Bucket=s3.bucket, Key="landing/digits/2026-11-01/a.csv", Body=b"a")
+    assert [p.name for p in list_objects(to_path(uri))] == ["a.csv"]
+    # an upstream system drops a second file; this process lists the same folder again
+    s3.s3.put_object(Bucket=s3.bucket, Key="landing/digits/2026-11-01/b.csv", Body=b"b")
+    assert [p.name for p in list_objects(to_path(uri))] == ["a.csv", "b.csv"]

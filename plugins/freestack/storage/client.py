@@ -449,7 +449,11 @@ class DataDirectory(DataObject):
         return self
 
     def delete(self, force: bool = False) -> bool:
-        """Delete the directory; a non-empty one only with ``force=True`` (everything under it goes)."""
+        """Delete the directory; a non-empty one only with ``force=True`` (everything under it goes).
+
+        Only listed entries count: a directory holding nothing but hidden leftovers (temporaries of
+        killed writers) is empty, and goes with them.
+        """
         if "/" not in self.path:
             raise DataApiError(
                 f"refusing to delete {self._where()}: it is an owner's whole namespace; "

@@ -57,9 +57,19 @@ class DataFileSystem(DirFileSystem):
             path = path[len("data:") :]
         return path.strip("/")
 
+    @staticmethod
+    def _get_kwargs_from_urls(path):
+        """``data://<conn_id>@<owner>/...`` names the connection: plain fsspec picks it up from here."""
+        head = DataFileSystem._strip_protocol(path).split("/", 1)[0]
+        conn_id, at, _ = head.rpartition("@")
+        return {"conn_id": conn_id or None} if at else {}
+
     def resolve(self, path: str) -> str:
         """``owner/collection/...`` with ``.my`` replaced and every segment checked."""
         path = self._strip_protocol(path)
+        head, sep, rest = path.partition("/")
+        if "@" in head:  # data://<conn_id>@<owner>/...: the connection was chosen when this fs was built
+            path = head.rpartition("@")[2] + sep + rest
         if not path:
             return ""
         rel = check_relative(path, what="data:// path")

@@ -86,7 +86,8 @@ class AtomicWriter:
         if self._local is not None:
             folder, name = os.path.split(self._local)
             self._made = _makedirs(folder)
-            self._tmp = os.path.join(folder, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
+            # the name is shortened so that any name the OS accepts still leaves room for the suffix
+            self._tmp = os.path.join(folder, f".{name[:40]}{TMP_MARK}{uuid.uuid4().hex}")
             self._fh = open(self._tmp, "wb")  # noqa: SIM115  (closed in commit/abort)
         else:
             self._tmp = None
@@ -149,7 +150,12 @@ class AtomicWriter:
                     os.replace(self._tmp, self._local)
                 _fsync_dir(os.path.dirname(self._local))
             else:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError as exc:
+                    if self.if_absent and _precondition_failed(exc):
+                        raise FileExistsError(f"{self.path} already exists") from exc
+                    raise
         except BaseException:
             self._done = True
             self._cleanup()
@@ -198,6 +204,19 @@ class AtomicWriter:
     def __del__(self):
         if not getattr(self, "_done", True):
             self.abort()
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 conditional write (If-None-Match) lost: 412 PreconditionFailed, however the client wraps it."""
+    if isinstance(exc, FileExistsError):
+        return True
+    for err in (exc, exc.__cause__, exc.__context__):
+        resp = getattr(err, "response", None) or {}
+        if resp.get("Error", {}).get("Code") == "PreconditionFailed":
+            return True
+        if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+            return True
+    return False
 
 
 def _makedirs(folder: str) -> list[str]:
@@ -259,6 +278,9 @@ def sha256_of(path: ObjectStoragePath) -> str:
 
 def list_objects(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     """Files directly in ``folder``, sorted by name, hiding temporaries and dot-files."""
+    # object stores cache listings per process (s3fs, forever): look again, so files written
+    # meanwhile by other processes are seen
+    folder.fs.invalidate_cache(folder.path)
     if not folder.exists():
         return []
     out = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
