@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from freestack.config import checkout_dir, project_home
@@ -114,7 +114,6 @@ def demo(args: argparse.Namespace) -> int:
     _apply_env()
     sys.path.insert(0, str(checkout_dir() / "include"))
     from demo.landing import make_landing
-
     from freestack.config import default_storage_root
 
     root = default_storage_root()
@@ -135,7 +134,7 @@ def demo(args: argparse.Namespace) -> int:
     failed = 0
     for k in range(DEMO_DAYS):
         day = DEMO_START + timedelta(days=k)
-        run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=timezone.utc))
+        run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC))
         print(f"digits_ingest {day}: {run.state}")
         failed += run.state != "success"
     print()

@@ -6,7 +6,7 @@ A broken spec yields an import error that names its file and field, without hidi
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def _default_args(spec: PipelineSpec) -> dict[str, Any]:
 
 
 def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=timezone.utc)
+    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
     policy = spec.source.policy
     with DAG(
         dag_id=f"{spec.name}_ingest",
@@ -79,7 +79,6 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
                 spec_path=spec_path,
                 poke_interval=policy.wait_poke_seconds,
                 timeout=policy.wait_timeout_minutes * 60,
-                mode="reschedule",
             )
             wait >> ingest
     return dag

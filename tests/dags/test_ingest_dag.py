@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,7 +25,7 @@ def _dag(specs: Path, monkeypatch, name: str = "digits"):
 
 def _run(dag, ds: str):
     d = date.fromisoformat(ds)
-    run = dag.test(logical_date=datetime(d.year, d.month, d.day, tzinfo=timezone.utc))
+    run = dag.test(logical_date=datetime(d.year, d.month, d.day, tzinfo=UTC))
     return run, {ti.task_id: ti.state for ti in run.get_task_instances()}
 
 
@@ -89,6 +89,7 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
 def test_rerun_is_byte_identical_and_emits_asset_event(specs, storage, monkeypatch):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
+
     from demo.landing import make_landing
 
     root = Path(storage.removeprefix("file://"))
@@ -139,3 +140,27 @@ def test_policies_skip_schema_drift_and_quarantine_limit(specs, storage, monkeyp
     part_dir = root / "lake/digits/ds=2026-11-12"
     assert not (part_dir / "part.parquet").exists(), "a partition over the quarantine limit must not be published"
     assert pq.read_table(part_dir / "_quarantine.parquet").num_rows == 5
+
+
+def test_wait_policy_defers_until_the_landing_files_arrive(specs, storage, monkeypatch):
+    import threading
+
+    from demo.landing import make_landing
+
+    text = (specs / "digits.yaml").read_text()
+    (specs / "digits.yaml").write_text(
+        text.replace("on_missing: fail", "on_missing: wait\n    wait_poke_seconds: 1")
+    )
+    dag = _dag(specs, monkeypatch)
+    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_landing", "ingest"]
+    assert dag.get_task("wait_for_landing").deferrable
+
+    arrive = threading.Timer(4.0, make_landing, args=(storage, date(2026, 11, 1), 1))
+    arrive.start()
+    try:
+        run, states = _run(dag, "2026-11-01")
+    finally:
+        arrive.cancel()
+    assert run.state == "success" and states == {"wait_for_landing": "success", "ingest": "success"}
+    root = Path(storage.removeprefix("file://"))
+    assert (root / "lake/digits/ds=2026-11-01/part.parquet").exists()

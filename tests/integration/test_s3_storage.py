@@ -20,6 +20,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+
 from freestack.errors import UnsafePathError
 from freestack.storage import (
     AtomicWriter,
@@ -282,6 +283,7 @@ def _make_landing():
 
 def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     import pyarrow.parquet as pq
+
     from freestack.config import load_spec
     from freestack.ingest.core import ingest_partition
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
 from freestack.errors import FreestackError, UnsafePathError
 from freestack.storage.client import (
     DataApiError,

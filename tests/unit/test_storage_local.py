@@ -13,7 +13,15 @@ import time
 import pytest
 
 from freestack.errors import UnsafePathError
-from freestack.storage import atomic_write, check_relative, join, list_objects, to_path, write_bytes, write_json
+from freestack.storage import (
+    atomic_write,
+    check_relative,
+    join,
+    list_objects,
+    to_path,
+    write_bytes,
+    write_json,
+)
 
 
 def test_write_read_hash_and_list(tmp_path):

@@ -99,11 +99,11 @@ class LandingSensor(_SpecMixin, BaseSensorOperator):
     template_fields: Sequence[str] = ("ds",)
     ui_color = "#f7f1d8"
 
-    def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", **kwargs: Any) -> None:
-        kwargs.setdefault("deferrable", True)
+    def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", deferrable: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec_path = spec_path
         self.ds = ds
+        self.deferrable = deferrable
 
     def _uri(self) -> str:
         from freestack.ingest.core import landing_dir
