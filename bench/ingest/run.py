@@ -220,10 +220,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
     if args.child == "freestack":
-        # import everything ingest needs (Airflow's ObjectStoragePath included) before the clock starts:
-        # in an Airflow task these are loaded already.
-        import freestack.ingest.core as core
+        # freestack and Airflow's ObjectStoragePath are imported before the clock starts (a task process
+        # has them loaded); first-use costs inside ingest_partition (Airflow's filesystem discovery, the
+        # pandas import in keyset.hash_keys: about 0.3 s) are timed.
         from airflow.sdk import ObjectStoragePath  # noqa: F401
+
+        import freestack.ingest.core as core
         from freestack.storage import storage_root
 
         storage_root()

@@ -84,7 +84,8 @@ class KeySet:
         while needed * 2 > size:
             size <<= 1
         old = self._table[self._table != _EMPTY]
+        self._table = None  # free the old table before allocating the new one
         self._table = np.zeros(size, dtype=np.uint64)
         self._count = 0
-        if len(old):
-            self.add_batch(old)
+        for i in range(0, len(old), 1 << 18):  # in slices: bounded temporaries
+            self.add_batch(old[i : i + (1 << 18)])

@@ -8,6 +8,7 @@ per-value checks for that column only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -62,22 +63,36 @@ class _Reasons:
         self.n = n
         self.reason = pa.nulls(n, pa.string())
 
-    def add(self, fail: pa.Array, message: pa.Array | str) -> None:
-        fail = pc.fill_null(fail, False)
-        if not pc.any(fail).as_py():
+    def add(self, fail: pa.Array, message: str | Callable[[pa.Array], pa.Array]) -> None:
+        """Record ``message`` for the rows where ``fail`` is true and no earlier reason exists.
+
+        ``message`` is a constant, or a builder called with the mask of newly failing rows that
+        returns one message per such row: per-row messages are only built when something failed.
+        """
+        if not pc.any(fail).as_py():  # nulls count as "not failed"
             return
-        msg = pa.scalar(message, pa.string()) if isinstance(message, str) else message
+        if fail.null_count:
+            fail = pc.fill_null(fail, False)
         first = pc.and_(fail, pc.is_null(self.reason))
-        self.reason = pc.if_else(first, msg, self.reason)
+        if callable(message):
+            self.reason = pc.replace_with_mask(self.reason, first, message(first))
+        else:
+            self.reason = pc.if_else(first, pa.scalar(message, pa.string()), self.reason)
 
     @property
     def bad(self) -> pa.Array:
         return pc.is_valid(self.reason)
 
 
-def _with_value(prefix: str, values: pa.Array) -> pa.Array:
-    shown = pc.utf8_slice_codeunits(pc.fill_null(values, ""), 0, 80)
-    return pc.binary_join_element_wise(pa.scalar(prefix), pc.binary_join_element_wise("'", shown, "'", ""), "")
+def _with_value(prefix: str, values: pa.Array) -> Callable[[pa.Array], pa.Array]:
+    """A message builder: ``prefix 'value'`` for the rows of a mask (value cut at 80 characters)."""
+
+    def build(mask: pa.Array) -> pa.Array:
+        shown = pc.utf8_slice_codeunits(pc.fill_null(pc.filter(values, mask), ""), 0, 80)
+        quoted = pc.binary_join_element_wise("'", shown, "'", "")
+        return pc.binary_join_element_wise(pa.scalar(prefix), quoted, "")
+
+    return build
 
 
 def decode_utf8(col: pa.Array) -> tuple[pa.Array, pa.Array | None]:
