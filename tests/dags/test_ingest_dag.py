@@ -14,12 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
-def _dag(specs: Path, monkeypatch, name: str = "digits"):
+def _dag(specs: Path, monkeypatch, name: str = "digits", broken: tuple[str, ...] = ()):
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
+    errors = "\n".join(bag.import_errors.values())
+    for stem in broken:
+        assert f"{stem}.yaml" in errors, errors
+    if not broken:
+        assert not bag.import_errors, bag.import_errors
     return bag.get_dag(f"{name}_ingest")
 
 
@@ -54,7 +58,9 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
     (root / "landing/digits/2026-11-06").mkdir(parents=True)
     (root / "landing/digits/2026-11-06/day.csv").write_bytes(b"\n".join([good[0], *good[30:60], bad_row]) + b"\n")
 
-    dag = _dag(specs, monkeypatch)
+    # a broken spec beside it: an import error naming it, and digits still loads and runs
+    (specs / "broken.yaml").write_text("name: broken\nsource:\n  format: csv\n  schema: {columns: []}\n")
+    dag = _dag(specs, monkeypatch, broken=("broken",))
     for ds in ("2026-11-01", "2026-11-02", "2026-11-03"):
         run, states = _run(dag, ds)
         assert run.state == "success" and states == {"ingest": "success"}, (ds, states)
