@@ -6,6 +6,7 @@ from airflow.plugins_manager import AirflowPlugin
 
 import freestack
 import freestack.storage  # noqa: F401  (registers data:// with fsspec and universal-pathlib)
+from freestack.links import wandb_app
 
 
 def storage_root() -> str:
@@ -18,6 +19,8 @@ def storage_root() -> str:
 class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
+    # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
+    fastapi_apps = [{"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"}]
 
 
 __all__ = ["FreestackPlugin", "freestack"]

@@ -21,5 +21,10 @@ def get_provider_info() -> dict:
                 "hook-class-name": "freestack.hooks.datastore.DataStoreHook",
                 "connection-type": "freestack_data",
             },
+            {
+                "hook-class-name": "freestack.tracking.wandb.WandbHook",
+                "connection-type": "wandb",
+            },
         ],
+        "extra-links": ["freestack.links.WandbRunLink"],
     }

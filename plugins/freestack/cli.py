@@ -139,7 +139,43 @@ def demo(args: argparse.Namespace) -> int:
         failed += run.state != "success"
     print()
     print(lake_report("digits"))
-    return 1 if failed else 0
+    if failed:
+        return 1
+
+    last = (DEMO_START + timedelta(days=DEMO_DAYS - 1)).isoformat()
+    run = bag.get_dag("digits_train").test(run_conf={"end_ds": last})
+    print(f"\ndigits_train up to {last}: {run.state}")
+    if run.state != "success":
+        return 1
+    print(train_report("digits", run.run_id))
+    return 0
+
+
+def train_report(pipeline: str, run_id: str) -> str:
+    """Test metrics, model version and W&B run of the training done by ``run_id``."""
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.storage import join, storage_root
+
+    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
+    models = join(storage_root(spec.storage_root), "registry", spec.model_name)
+    for version in sorted(models.iterdir(), key=lambda p: p.name, reverse=True) if models.exists() else []:
+        lineage_path = version / "lineage.json"
+        if not lineage_path.exists():
+            continue
+        lineage = json.loads(lineage_path.read_text())
+        if lineage.get("airflow", {}).get("run_id") != run_id:
+            continue
+        metrics = json.loads((version / "metrics.json").read_text())
+        wb = lineage.get("wandb") or {}
+        lines = [f"model version: {version}"]
+        lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]
+        lines.append(f"  trained on {len(lineage['partitions'])} partitions up to {lineage['window']['end_ds']}")
+        if wb.get("url"):
+            lines.append(f"W&B run: {wb['url']}")
+        elif wb.get("run_dir"):
+            lines.append(f"W&B offline run: {wb['run_dir']}\n  upload later with: {wb['sync_command']}")
+        return "\n".join(lines)
+    return f"no model version of run {run_id} under {models}"
 
 
 # ---------------------------------------------------------------------------------------------------------

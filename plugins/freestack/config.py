@@ -208,6 +208,51 @@ class Source(_Model):
         return v
 
 
+class ModelSpec(_Model):
+    """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given."""
+
+    name: str | None = Field(default=None, description="registry name; default: the pipeline name")
+    type: Literal["auto", "mlp", "cnn"] = "auto"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
+    image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64])
+    channels: list[int] = Field(default_factory=lambda: [16, 32])
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(d < 1 for d in v):
+            raise ValueError(f"image_shape {v} must have positive sizes")
+        return v
+
+    @model_validator(mode="after")
+    def _cnn(self) -> ModelSpec:
+        if self.type == "cnn" and self.image_shape is None:
+            raise ValueError("type: cnn needs image_shape (e.g. [8, 8] or [channels, height, width])")
+        return self
+
+
+class TrainSpec(_Model):
+    """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
+
+    schedule: str | None = Field(default=None, description="a cron; default: run on each lake update")
+    window_days: int = Field(default=30, ge=1, le=3660)
+    epochs: int = Field(default=30, ge=1, le=10_000)
+    learning_rate: float = Field(default=3e-3, gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    patience: int = Field(default=5, ge=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    scheduler: Literal["cosine", "constant", "onecycle"] = "cosine"
+    warmup_epochs: int = Field(default=1, ge=0)
+    seed: int = 42
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class PipelineSpec(_Model):
     name: str
     description: str = ""
@@ -220,9 +265,9 @@ class PipelineSpec(_Model):
     retry_delay_seconds: float = Field(default=30, ge=0)
     tags: list[str] = Field(default_factory=list)
     source: Source
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
     # blocks read by later stages; validated by them
-    model: dict[str, Any] | None = None
-    train: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
     deploy: dict[str, Any] | None = None
@@ -243,6 +288,42 @@ class PipelineSpec(_Model):
         if scheme not in ("file", "s3", "data"):
             raise ValueError(f"storage_root {v!r} must start with file://, s3:// or data://")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _model_fits_source(self) -> PipelineSpec:
+        schema = self.source.schema_
+        cols = {c.name: c for c in schema.fields}
+        if self.model.features is not None:
+            unknown = [f for f in self.model.features if f not in cols]
+            if unknown:
+                raise ValueError(f"model.features {unknown} are not columns of source.schema")
+        if self.model.image_shape is not None:
+            n = len(self.model_features)
+            size = 1
+            for d in self.model.image_shape:
+                size *= d
+            if size != n:
+                raise ValueError(
+                    f"model.image_shape {self.model.image_shape} holds {size} values but there are {n} "
+                    "feature columns; list model.features or fix the shape"
+                )
+        return self
+
+    @property
+    def model_features(self) -> list[str]:
+        """The feature columns: ``model.features``, else every int/float/bool column but key and target."""
+        schema = self.source.schema_
+        if self.model.features is not None:
+            return list(self.model.features)
+        return [
+            c.name
+            for c in schema.fields
+            if c.type in ("int", "float", "bool") and c.name not in (schema.key, schema.target)
+        ]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or self.name
 
     @property
     def root(self) -> str:

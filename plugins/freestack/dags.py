@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from freestack.config import PipelineSpec, discover_specs, pipelines_dir
 from freestack.errors import SpecError
@@ -84,6 +84,41 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     return dag
 
 
+def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.operators.train import TrainOperator
+
+    t = spec.train
+    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
+    schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC") if t.schedule else [lake_asset(spec.name)]
+    with DAG(
+        dag_id=f"{spec.name}_train",
+        description=f"Train the {spec.model_name} model on the {spec.name} lake",
+        schedule=schedule,
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec),
+        tags=sorted({"freestack", "train", f"pipeline:{spec.name}", *spec.tags}),
+        params={
+            "end_ds": Param(None, type=["null", "string"], format="date",
+                            description="Train on partitions up to this day (default: the triggering lake update)"),
+            "window_days": Param(t.window_days, type="integer", minimum=1, description="Days of lake data to train on"),
+            "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10000),
+            "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0),
+            "batch_size": Param(t.batch_size, type="integer", minimum=1),
+            "sweep": Param(False, type="boolean",
+                           description="Run a hyperparameter sweep (spec's sweep: block) instead of one training"),
+        },
+        doc_md=(
+            f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window ending at the "
+            "triggering partition; writes a model version in Hugging Face layout under "
+            f"`registry/{spec.model_name}/` and one W&B run. Spec: `{spec_path}`."
+        ),
+    ) as dag:
+        TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.")
+    return dag
+
+
 def build_all(namespace: dict[str, Any], directory: str | Path | None = None) -> list[DAG]:
     """Add every pipeline's DAGs to ``namespace`` (a DAG file's ``globals()``)."""
     folder = Path(directory) if directory else pipelines_dir()
@@ -94,9 +129,12 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
             broken.append(spec)
             continue
         path = str(folder / f"{stem}.yaml") if (folder / f"{stem}.yaml").exists() else str(folder / f"{stem}.yml")
-        dag = ingest_dag(spec, path)
-        namespace[dag.dag_id] = dag
-        built.append(dag)
+        dags = [ingest_dag(spec, path)]
+        if spec.source.schema_.target is not None:
+            dags.append(train_dag(spec, path))
+        for dag in dags:
+            namespace[dag.dag_id] = dag
+            built.append(dag)
     if broken:
         _BROKEN["freestack_broken_specs"] = broken
         placeholder = BrokenSpecDag(dag_id="freestack_broken_specs", schedule=None)

@@ -35,7 +35,7 @@ def test_tags_and_retries(dagbag):
 
 
 def test_ingest_emits_the_lake_asset(dagbag):
-    task = dagbag.get_dag("digits_ingest").get_task("ingest")
+    task = dagbag.dags["digits_ingest"].get_task("ingest")
     assert [o.uri for o in task.outlets] == ["freestack://lake/digits"]
 
 

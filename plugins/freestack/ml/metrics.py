@@ -1,0 +1,46 @@
+"""Metrics for classification (loss, accuracy, macro-F1, log-loss) and regression (RMSE, MAE, R²)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# the metric each task early-stops on, and whether higher is better
+PRIMARY = {"classification": ("accuracy", True), "regression": ("rmse", False)}
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    n_classes = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    eps = 1e-12
+    log_loss = float(-np.mean(np.log(np.clip(proba[np.arange(len(y_true)), y_true], eps, 1.0))))
+    f1s = []
+    for c in range(n_classes):
+        tp = np.sum((pred == c) & (y_true == c))
+        fp = np.sum((pred == c) & (y_true != c))
+        fn = np.sum((pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": float(np.mean(pred == y_true)) if len(y_true) else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "log_loss": log_loss,
+    }
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    err = y_pred - y_true
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2)) if len(y_true) else 0.0
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))) if len(err) else 0.0,
+        "mae": float(np.mean(np.abs(err))) if len(err) else 0.0,
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+    }
+
+
+def is_better(task: str, new: float, best: float | None) -> bool:
+    _, higher = PRIMARY[task]
+    if best is None:
+        return True
+    return new > best if higher else new < best

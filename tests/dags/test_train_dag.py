@@ -1,0 +1,173 @@
+"""The train DAG run for real through dag.test(): digits to a model version and an offline W&B run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+@pytest.fixture
+def lake(tmp_path, storage, monkeypatch):
+    """Five ingested days of the demo digits, with W&B offline under tmp_path."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from demo.landing import make_landing
+
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    shutil.copy(ROOT / "include" / "pipelines" / "digits.yaml", specs / "digits.yaml")
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb" / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    make_landing(storage, date(2026, 11, 1), 5)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    ingest = bag.get_dag("digits_ingest")
+    for d in range(1, 6):
+        assert ingest.test(logical_date=datetime(2026, 11, d, tzinfo=UTC)).state == "success"
+    return {"bag": bag, "root": Path(storage.removeprefix("file://")), "specs": specs}
+
+
+def _lineage(root: Path, run_id: str) -> tuple[Path, dict]:
+    for p in (root / "registry" / "digits").glob("*/lineage.json"):
+        data = json.loads(p.read_text())
+        if data["airflow"]["run_id"] == run_id:
+            return p.parent, data
+    raise AssertionError(f"no version for {run_id}")
+
+
+def test_train_dag_reaches_accuracy_and_records_everything(lake):
+    dag = lake["bag"].get_dag("digits_train")
+    assert "freestack://lake/digits" in repr(dag.timetable.asset_condition)  # scheduled on the lake
+    assert set(dag.params.keys()) == {"end_ds", "window_days", "epochs", "learning_rate", "batch_size", "sweep"}
+    run = dag.test(run_conf={"end_ds": "2026-11-05"})
+    assert run.state == "success"
+    version, lineage = _lineage(lake["root"], run.run_id)
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.9, metrics
+    assert metrics["train"]["train_seconds"] < 60
+    assert {p.name for p in version.iterdir()} >= {
+        "config.json", "model.safetensors", "preprocessing.json", "metrics.json", "lineage.json", "history.json"
+    }
+    assert [p["ds"] for p in lineage["partitions"]] == [f"2026-11-0{d}" for d in range(1, 6)]
+    assert all(len(p["sha256"]) == 64 for p in lineage["partitions"])
+    assert lineage["airflow"]["dag_id"] == "digits_train" and len(lineage["spec_hash"]) == 64
+
+    # the version loads back without Airflow through huggingface_hub's mixin, and predicts
+    probe = (
+        "import sys, json, torch\n"
+        "from freestack.ml.models import FreestackNet\n"
+        "m = FreestackNet.from_pretrained(sys.argv[1])\n"
+        "print(json.dumps({'kind': m.kind, 'classes': m.classes, 'out': list(m.predict(torch.zeros(2, 64)).shape)}))\n"
+        "print('airflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(version)], capture_output=True, text=True, check=True)
+    loaded, airflow_imported = out.stdout.strip().splitlines()[-2:]
+    assert json.loads(loaded) == {"kind": "cnn", "classes": list(range(10)), "out": [2]}
+    assert airflow_imported == "False"
+
+    # the offline W&B run holds the config and per-epoch metrics, read back by wandb itself
+    wb = lineage["wandb"]
+    assert wb["mode"] == "offline" and wb["sync_command"].startswith("wandb sync ")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", wb["run_dir"]],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    kinds = {next(iter(r)) if len(r) == 1 else r.get("record_type", "") for r in records}
+    text = proc.stdout
+    assert '"pipeline"' in text and "digits" in text, kinds
+    assert "val_accuracy" in text and "train_loss" in text
+    assert "pipeline:digits" in text and "interval:2026-11-05" in text
+
+
+def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
+    dag = lake["bag"].get_dag("digits_train")
+    runs = [dag.test(run_conf={"end_ds": "2026-11-03", "epochs": 6}) for _ in range(2)]
+    assert all(r.state == "success" for r in runs)
+    (_, a), (va, b) = (_lineage(lake["root"], r.run_id) for r in runs)
+    ma = json.loads((_lineage(lake["root"], runs[0].run_id)[0] / "metrics.json").read_text())
+    mb = json.loads((va / "metrics.json").read_text())
+    assert {k: v for k, v in ma.items() if k.startswith("test_")} == {k: v for k, v in mb.items() if k.startswith("test_")}
+    # an interval in the past reads only the partitions up to it
+    assert [p["ds"] for p in a["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ("  image_shape: [8, 8]", "  type: transformer", ),
+        ("  image_shape: [8, 8]", "  image_shape: [8, 9]"),
+        ("    target: label", "    target: colour"),
+    ],
+)
+def test_bad_model_specs_fail_clearly(tmp_path, edit, message):
+    from freestack.config import load_spec
+    from freestack.errors import SpecError
+
+    text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
+    assert edit in text
+    (tmp_path / "digits.yaml").write_text(text.replace(edit, message))
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "digits.yaml")
+    msg = str(info.value)
+    if "transformer" in message:
+        assert "model.type" in msg and "'mlp'" in msg
+    elif "[8, 9]" in message:
+        assert "image_shape [8, 9] holds 72 values but there are 64 feature columns" in msg
+    else:
+        assert "target 'colour' is not one of the declared columns" in msg
+
+
+def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
+    """kill -9 a training process after an epoch's checkpoint; the retry (same task instance,
+    so the same run key) resumes there instead of starting over."""
+    import signal
+    import time
+
+    from freestack.config import load_spec
+    from freestack.training import TrainRequest, train
+
+    ckpt = lake["root"] / "runs" / "digits" / "digits_train_retry-1" / "train" / "checkpoint.safetensors"
+    child = (
+        "from freestack.config import load_spec\n"
+        "from freestack.training import TrainRequest, train\n"
+        "from freestack.tracking import WandbHook\n"
+        f"spec = load_spec({str(lake['specs'] / 'digits.yaml')!r})\n"
+        "train(spec, TrainRequest(end_ds='2026-11-05', epochs=60, run_key='digits_train/retry-1'),"
+        " tracking_settings=WandbHook().settings())\n"
+    )
+    spec_text = (lake["specs"] / "digits.yaml").read_text()
+    (lake["specs"] / "digits.yaml").write_text(spec_text.replace("tags: [demo, vision]", "tags: [demo, vision]\ntrain: {patience: 1000}"))
+    proc = subprocess.Popen([sys.executable, "-c", child], env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        saved_epoch = json.loads(f.metadata()["freestack"])["epoch"]
+    assert saved_epoch >= 1
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    outcome = train(spec, TrainRequest(end_ds="2026-11-05", epochs=60, run_key="digits_train/retry-1"))
+    assert outcome.summary["resumed_from"] >= saved_epoch
+    assert outcome.summary["epochs_run"] == 60
