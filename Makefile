@@ -71,6 +71,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest.run
+	$(BIN)/python -m bench.train.run --kind mlp
+	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json
 
 clean:
 	rm -rf .freestack .airflow
