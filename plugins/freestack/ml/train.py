@@ -138,7 +138,9 @@ def _unpack(data: bytes, model: nn.Module, opt: torch.optim.Optimizer, device: t
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, x: torch.Tensor, batch: int = 8192, amp_dtype=None) -> torch.Tensor:
+def predict_outputs(model: nn.Module, x: torch.Tensor, batch: int | None = None, amp_dtype=None) -> torch.Tensor:
+    if batch is None:  # large batches help a GPU; on a CPU they only thrash the caches
+        batch = 8192 if x.device.type == "cuda" else 2048
     model.eval()
     outs = []
     for i in range(0, len(x), batch):
@@ -207,7 +209,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     # all gradients live in one flat buffer: zeroing and clipping are one kernel each, not one
     # per parameter (backward accumulates into these views in place)
-    flat_grad = torch.zeros(sum(p.numel() for p in params), device=device)
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        raise ValueError(f"the model's trainable parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+    flat_grad = torch.zeros(sum(p.numel() for p in params), device=device, dtype=dtypes.pop())
     offset = 0
     for p in params:
         p.grad = flat_grad[offset : offset + p.numel()].view_as(p)
@@ -262,7 +267,7 @@ def fit(
             xb, yb = xt[idx], yt[idx]
             with autocast():
                 loss = loss_fn(model(xb), yb)
-            flat_grad.zero_()
+            flat_grad.zero_()  # never zero_grad(set_to_none=True): .grad must stay views of flat_grad
             if scaler is None:
                 loss.backward()
                 if config.grad_clip:
