@@ -44,12 +44,16 @@ def _schedule(spec: PipelineSpec):
     return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
 
 
+def _start(spec: PipelineSpec) -> datetime:
+    return datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
+
+
 def _default_args(spec: PipelineSpec) -> dict[str, Any]:
     return {"owner": spec.owner, "retries": spec.retries, "retry_delay": spec.retry_delay}
 
 
 def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
+    start = _start(spec)
     policy = spec.source.policy
     with DAG(
         dag_id=f"{spec.name}_ingest",
@@ -88,7 +92,7 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.operators.train import TrainOperator
 
     t = spec.train
-    start = datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
+    start = _start(spec)
     schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC") if t.schedule else [lake_asset(spec.name)]
     with DAG(
         dag_id=f"{spec.name}_train",

@@ -290,11 +290,4 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
     )
 
 
-def with_overrides(spec: PipelineSpec, **train_fields: Any) -> PipelineSpec:
-    """A copy of ``spec`` whose ``train:`` block has these fields replaced (validated)."""
-    data = spec.train.model_dump()
-    data.update({k: v for k, v in train_fields.items() if v is not None})
-    return spec.model_copy(update={"train": type(spec.train).model_validate(data)})
-
-
-__all__ = ["TrainOutcome", "TrainRequest", "TrainingError", "load_window", "train", "window_partitions", "with_overrides"]
+__all__ = ["TrainOutcome", "TrainRequest", "TrainingError", "load_window", "train", "window_partitions"]

@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack.config import load_spec, pipelines_dir
+from freestack.config import load_spec
 
 
 def lake_asset(pipeline: str) -> Asset:
@@ -134,4 +134,4 @@ class LandingSensor(_SpecMixin, BaseSensorOperator):
         self.log.info("landing files arrived in %s: %s", event["uri"], event["files"])
 
 
-__all__ = ["IngestOperator", "LandingSensor", "lake_asset", "pipelines_dir"]
+__all__ = ["IngestOperator", "LandingSensor", "lake_asset"]

@@ -49,7 +49,7 @@ class TrainOperator(BaseOperator):
         self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.errors import FreestackError, SpecError
+        from freestack.errors import SpecError
         from freestack.tracking.wandb import WandbHook
         from freestack.training import TrainingError, TrainRequest, train
 
@@ -82,7 +82,5 @@ class TrainOperator(BaseOperator):
             outcome = train(spec, req, tracking_settings=WandbHook().settings())
         except (TrainingError, SpecError) as exc:
             raise AirflowFailException(str(exc)) from None
-        except FreestackError:
-            raise
         ti.xcom_push(key="wandb", value=outcome.tracking)
         return outcome.as_dict()
