@@ -1,4 +1,5 @@
-"""The freestack AirflowPlugin: macros and the data:// registration in every Airflow process."""
+"""The freestack AirflowPlugin: macros, the data:// registration in every Airflow process, and the web
+apps the Airflow API server hosts (the W&B offline-run page, the Data API)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from airflow.plugins_manager import AirflowPlugin
 
 import freestack
 import freestack.storage  # noqa: F401  (registers data:// with fsspec and universal-pathlib)
+from freestack.dataapi import PLUGIN_URL_PREFIX
+from freestack.dataapi.app import data_api_app
 from freestack.links import wandb_app
+from freestack.pools import pool_listener
 
 
 def storage_root() -> str:
@@ -19,8 +23,14 @@ def storage_root() -> str:
 class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
-    # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
-    fastapi_apps = [{"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"}]
+    # creates the freestack_sweep pool (sweep agents) when the scheduler starts, if it is missing
+    listeners = [pool_listener]
+    fastapi_apps = [
+        # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
+        {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},
+        # the Algorithmia-compatible Data API: Algorithmia.client(key, "http://<airflow>/freestack/data")
+        {"app": data_api_app, "url_prefix": PLUGIN_URL_PREFIX, "name": "freestack Data API"},
+    ]
 
 
 __all__ = ["FreestackPlugin", "freestack"]

@@ -279,6 +279,15 @@ class PipelineSpec(_Model):
             raise ValueError(f"pipeline name {v!r} must match {_NAME_RE.pattern}")
         return v
 
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        from freestack.sweeps.config import validate  # imports the sweeps engine only when a spec has one
+
+        return validate(v)
+
     @field_validator("storage_root")
     @classmethod
     def _root(cls, v: str | None) -> str | None:

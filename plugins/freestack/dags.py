@@ -89,6 +89,13 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.operators.sweep import (
+        POOL,
+        ChooseTrainingOperator,
+        CreateSweepOperator,
+        SelectBestOperator,
+        SweepAgentOperator,
+    )
     from freestack.operators.train import TrainOperator
 
     t = spec.train
@@ -110,16 +117,39 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10000),
             "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0),
             "batch_size": Param(t.batch_size, type="integer", minimum=1),
-            "sweep": Param(False, type="boolean",
-                           description="Run a hyperparameter sweep (spec's sweep: block) instead of one training"),
+            "sweep": Param(spec.sweep is not None, type="boolean",
+                           description="Run the spec's hyperparameter sweep (sweep: block) instead of one training"),
+            "sweep_agents": Param(2, type="integer", minimum=1, maximum=64,
+                                  description=f"Parallel sweep agents (mapped tasks in the {POOL} pool)"),
         },
         doc_md=(
             f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window ending at the "
-            "triggering partition; writes a model version in Hugging Face layout under "
-            f"`registry/{spec.model_name}/` and one W&B run. Spec: `{spec_path}`."
+            "triggering partition, once (`train`) or as a hyperparameter sweep (`create_sweep` -> `agent` x N "
+            "-> `select_best`, W&B sweep semantics); writes a model version in Hugging Face layout under "
+            f"`registry/{spec.model_name}/` and W&B runs. Spec: `{spec_path}`."
         ),
     ) as dag:
-        TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.")
+        choose = ChooseTrainingOperator(
+            task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep)."
+        )
+        single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.")
+        create = CreateSweepOperator(
+            task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run."
+        )
+        agents = SweepAgentOperator.partial(
+            task_id="agent",
+            spec_path=spec_path,
+            pool=POOL,
+            doc_md="Lease trials, train them, report epochs, stop when hyperband says so.",
+        ).expand_kwargs(create.output)
+        best = SelectBestOperator(
+            task_id="select_best",
+            spec_path=spec_path,
+            trigger_rule="all_done_min_one_success",  # select among finished trials even if an agent failed
+            doc_md="Trial table (CSV/JSON/W&B), metric-vs-parameter plot, the best model as a version.",
+        )
+        choose >> [single, create]
+        create >> agents >> best
     return dag
 
 

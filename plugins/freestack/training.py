@@ -60,6 +60,15 @@ class TrainRequest:
     seed: int | None = None
     run_key: str = "manual"
     airflow: dict[str, Any] = field(default_factory=dict)  # dag_id, run_id, data interval
+    #: per-run changes to the spec's ``train:`` and ``model:`` blocks (a sweep trial's parameters);
+    #: they win over the fields above and are validated like the spec itself
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where the model folder goes (default ``registry/<model>/<version>``) and the checkpoints
+    #: (default ``runs/<pipeline>/<run_key>/train``)
+    output_uri: str | None = None
+    checkpoint_uri: str | None = None
+    #: W&B run options: name, group, job_type, extra tags, extra config
+    tracking: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +130,32 @@ def load_window(spec: PipelineSpec, end_ds: str, window_days: int):
     return pd.concat(frames, ignore_index=True), parts
 
 
+def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
+    """The spec with the request's form values and overrides applied, validated like the spec itself."""
+    from pydantic import ValidationError
+
+    from freestack.config import ModelSpec, TrainSpec
+
+    train_values = spec.train.model_dump()
+    for key in ("window_days", "epochs", "learning_rate", "batch_size", "seed"):
+        if getattr(req, key) is not None:
+            train_values[key] = getattr(req, key)
+    train_values.update(req.overrides.get("train") or {})
+    model_values = {**spec.model.model_dump(), **(req.overrides.get("model") or {})}
+    unknown = set(req.overrides) - {"train", "model"}
+    if unknown:
+        raise TrainingError(f"overrides {sorted(unknown)} are not spec blocks; only train and model can change")
+    try:
+        return spec.model_copy(
+            update={"train": TrainSpec.model_validate(train_values), "model": ModelSpec.model_validate(model_values)}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise TrainingError(f"the run's hyperparameters are invalid: {problems}") from None
+
+
 def _version_name(spec: PipelineSpec, req: TrainRequest) -> str:
     digest = hashlib.sha256(f"{spec.name}|{req.run_key}|{req.end_ds}".encode()).hexdigest()[:8]
     return f"v{req.end_ds.replace('-', '')}-{digest}"
@@ -130,13 +165,22 @@ def _safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
 
 
-def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> TrainOutcome:
+def train(
+    spec: PipelineSpec,
+    req: TrainRequest,
+    *,
+    tracking_settings=None,
+    on_epoch=None,
+    window=None,
+) -> TrainOutcome:
+    """Train one model. ``on_epoch(row)`` sees each epoch's metrics and may return True to stop;
+    ``window`` is a ``load_window`` result to reuse (an agent running several trials loads it once)."""
     import torch
 
     from freestack.ml.models import FreestackNet
     from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
     from freestack.ml.train import TrainConfig, evaluate, fit
-    from freestack.storage import join, storage_root, write_bytes, write_json
+    from freestack.storage import join, storage_root, to_path, write_bytes, write_json
 
     schema = spec.source.schema_
     if schema.target is None:
@@ -146,21 +190,22 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
     features = spec.model_features
     if not features:
         raise TrainingError(f"pipeline {spec.name!r} has no numeric feature columns; list model.features")
+    spec = effective_spec(spec, req)
     t = spec.train
     cfg = TrainConfig(
-        epochs=req.epochs or t.epochs,
-        learning_rate=req.learning_rate or t.learning_rate,
-        batch_size=req.batch_size or t.batch_size,
+        epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        batch_size=t.batch_size,
         weight_decay=t.weight_decay,
         patience=t.patience,
         grad_clip=t.grad_clip,
         scheduler=t.scheduler,
         warmup_epochs=t.warmup_epochs,
-        seed=t.seed if req.seed is None else req.seed,
+        seed=t.seed,
         device=t.device,
     )
-    window = req.window_days or t.window_days
-    df, parts = load_window(spec, req.end_ds, window)
+    days = t.window_days
+    df, parts = window if window is not None else load_window(spec, req.end_ds, days)
     target_type = next(c.type for c in schema.fields if c.name == schema.target)
     task = spec.model.task if spec.model.task != "auto" else infer_task(df[schema.target], target_type)
     split = split_of_keys(df[schema.key], t.val_fraction, t.test_fraction, salt=spec.name)
@@ -195,18 +240,22 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
     model.set_target_scaling(pre.target_mean, pre.target_std)
 
     root = storage_root(spec.storage_root)
-    run_dir = join(root, "runs", spec.name, _safe_key(req.run_key), "train")
+    if req.checkpoint_uri:
+        run_dir = to_path(req.checkpoint_uri)
+    else:
+        run_dir = join(root, "runs", spec.name, _safe_key(req.run_key), "train")
     version = _version_name(spec, req)
-    version_dir = join(root, "registry", spec.model_name, version)
+    version_dir = to_path(req.output_uri) if req.output_uri else join(root, "registry", spec.model_name, version)
     config_for_tracking = {
         "pipeline": spec.name,
         "model": spec.model.model_dump(),
-        "train": {**cfg.__dict__, "window_days": window},
+        "train": {**cfg.__dict__, "window_days": days},
         "task": task,
         "kind": kind,
         "features": len(features),
         "rows": {"train": len(train_df), "val": len(val_df), "test": len(test_df)},
         "end_ds": req.end_ds,
+        **(req.tracking.get("config") or {}),
     }
     from freestack.tracking.wandb import WandbHook, start_run
 
@@ -216,14 +265,21 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
     tags = [f"pipeline:{spec.name}", f"interval:{req.end_ds}"]
     if req.airflow.get("run_id"):
         tags.append(f"airflow_run:{req.airflow['run_id']}"[:64])
+    tags.extend(req.tracking.get("tags") or [])
+
+    def epoch_done(row: dict[str, float]) -> bool:
+        run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        return bool(on_epoch(row)) if on_epoch is not None else False
+
     with start_run(
         tracking_settings,
         project=spec.name,
-        name=f"{spec.name}-{version}",
+        name=req.tracking.get("name") or f"{spec.name}-{version}",
         config=config_for_tracking,
         tags=tags,
-        group=None,
-        job_type="train",
+        group=req.tracking.get("group"),
+        job_type=req.tracking.get("job_type", "train"),
+        existing=req.tracking.get("run"),
     ) as run:
         result = fit(
             model,
@@ -234,7 +290,7 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
             cfg,
             task=task,
             checkpoints=StoreCheckpoints(run_dir),
-            on_epoch=lambda row: run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]),
+            on_epoch=epoch_done,
         )
         device = next(model.parameters()).device
         test = evaluate(
@@ -251,12 +307,15 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
             "model": spec.model_name,
             "version": version,
             "partitions": parts,
-            "window": {"end_ds": req.end_ds, "days": window},
+            "window": {"end_ds": req.end_ds, "days": days},
             "spec_hash": spec.spec_hash(),
             "code_version": __version__,
             "wandb": run.as_dict(),
             "airflow": req.airflow,
             "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": schema.key},
+            "hyperparameters": {"train": {**cfg.__dict__, "window_days": days}, "model": spec.model.model_dump()},
+            "overrides": req.overrides,
+            **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         }
         with tempfile.TemporaryDirectory() as tmp:
             model.to("cpu").save_pretrained(tmp)
@@ -290,4 +349,6 @@ def train(spec: PipelineSpec, req: TrainRequest, *, tracking_settings=None) -> T
     )
 
 
-__all__ = ["TrainOutcome", "TrainRequest", "TrainingError", "load_window", "train", "window_partitions"]
+__all__ = [
+    "TrainOutcome", "TrainRequest", "TrainingError", "effective_spec", "load_window", "train", "window_partitions",
+]  # fmt: skip

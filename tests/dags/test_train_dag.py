@@ -51,8 +51,10 @@ def _lineage(root: Path, run_id: str) -> tuple[Path, dict]:
 def test_train_dag_reaches_accuracy_and_records_everything(lake):
     dag = lake["bag"].get_dag("digits_train")
     assert "freestack://lake/digits" in repr(dag.timetable.asset_condition)  # scheduled on the lake
-    assert set(dag.params.keys()) == {"end_ds", "window_days", "epochs", "learning_rate", "batch_size", "sweep"}
-    run = dag.test(run_conf={"end_ds": "2026-11-05"})
+    assert set(dag.params.keys()) == {
+        "end_ds", "window_days", "epochs", "learning_rate", "batch_size", "sweep", "sweep_agents"
+    }
+    run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False})
     assert run.state == "success"
     version, lineage = _lineage(lake["root"], run.run_id)
     metrics = json.loads((version / "metrics.json").read_text())
@@ -96,7 +98,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
 
 def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
     dag = lake["bag"].get_dag("digits_train")
-    runs = [dag.test(run_conf={"end_ds": "2026-11-03", "epochs": 6}) for _ in range(2)]
+    runs = [dag.test(run_conf={"end_ds": "2026-11-03", "epochs": 6, "sweep": False}) for _ in range(2)]
     assert all(r.state == "success" for r in runs)
     (_, a), (va, b) = (_lineage(lake["root"], r.run_id) for r in runs)
     ma = json.loads((_lineage(lake["root"], runs[0].run_id)[0] / "metrics.json").read_text())

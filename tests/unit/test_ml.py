@@ -80,8 +80,8 @@ def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_result
 
     store = DictStore()
 
-    def die_after_3(row):
-        if row["epoch"] == 3:
+    def die_after_3(row):  # killed while epoch 4 is being reported: its checkpoint was not written
+        if row["epoch"] == 4:
             raise KeyboardInterrupt("killed")
 
     first = _net(seed=3)
@@ -138,3 +138,16 @@ def test_regression_metrics():
     metrics = evaluate(m, torch.tensor(x[400:]), torch.tensor(ys[400:]), "regression")
     assert metrics["r2"] > 0.9 and metrics["rmse"] < 0.35 * yraw.std()
     assert set(metrics) == {"loss", "rmse", "mae", "r2"}
+
+
+def test_a_requested_stop_ends_training_and_survives_a_resume():
+    x, y = _blobs(seed=2)
+    cfg = TrainConfig(epochs=10, batch_size=32, seed=5, patience=100)
+    store = DictStore()
+    m = _net(seed=5)
+    m.set_scaling(x.mean(0), x.std(0))
+    res = fit(m, x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store,
+              on_epoch=lambda row: row["epoch"] == 2)
+    assert res.epochs_run == 2 and res.stopped_early and res.stop_reason == "requested"
+    again = fit(_net(seed=5), x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store)
+    assert again.epochs_run == 2 and again.stop_reason == "requested" and again.resumed_from == 2

@@ -60,6 +60,7 @@ class TrainResult:
     epochs_run: int = 0
     resumed_from: int | None = None
     stopped_early: bool = False
+    stop_reason: str | None = None  # "patience" (no improvement) or "requested" (on_epoch said stop)
     device: str = "cpu"
     amp: str | None = None
     train_seconds: float = 0.0
@@ -177,9 +178,13 @@ def fit(
     *,
     task: str,
     checkpoints: CheckpointStore | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; return it with the best validation weights loaded."""
+    """Train ``model`` in place; return it with the best validation weights loaded.
+
+    ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
+    sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
+    """
     device = resolve_device(config.device)
     _seed_all(config.seed)
     if device.type == "cuda":
@@ -246,6 +251,7 @@ def fit(
             result.best_epoch, result.best_metric = meta["best_epoch"], meta["best_metric"]
             result.resumed_from = meta["epoch"]
             result.stopped_early = meta.get("stopped", False)
+            result.stop_reason = meta.get("stop_reason")
             log.info("resuming from the checkpoint of epoch %d/%d", meta["epoch"], config.epochs)
 
     epoch_seconds: list[float] = []
@@ -296,8 +302,11 @@ def fit(
             best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        result.stopped_early = bad_epochs >= config.patience and epoch < config.epochs
         result.history.append(row)
+        if bad_epochs >= config.patience and epoch < config.epochs:
+            result.stopped_early, result.stop_reason = True, "patience"
+        if on_epoch is not None and on_epoch(row) and epoch < config.epochs:
+            result.stopped_early, result.stop_reason = True, "requested"
         if checkpoints is not None:
             meta = {
                 "epoch": epoch,
@@ -306,6 +315,7 @@ def fit(
                 "best_epoch": result.best_epoch,
                 "best_metric": result.best_metric,
                 "stopped": result.stopped_early,
+                "stop_reason": result.stop_reason,
                 "config": asdict(config),
                 "n_train": n,
             }
@@ -324,10 +334,12 @@ def fit(
             lr,
             f"{row['samples_per_s']:,.0f}",
             _fmt_eta(0 if result.stopped_early else remaining),
-            f"  (early stop: no improvement in {config.patience} epochs)" if result.stopped_early else "",
+            {
+                None: "",
+                "patience": f"  (early stop: no improvement in {config.patience} epochs)",
+                "requested": "  (stopped: early termination requested)",
+            }[result.stop_reason],
         )
-        if on_epoch is not None:
-            on_epoch(row)
     result.epochs_run = len(result.history)
     trained = [r for r in result.history if r["epoch"] >= start_epoch]
     if result.train_seconds > 0 and trained:

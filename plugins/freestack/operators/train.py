@@ -37,6 +37,20 @@ def resolve_end_ds(context: Context, spec) -> str:
     return parts[-1]
 
 
+def airflow_info(context: Context) -> dict[str, Any]:
+    """What lineage records of the Airflow run: dag, run, task, try and data interval."""
+    ti = context["ti"]
+    dag_run = context.get("dag_run")
+    return {
+        "dag_id": ti.dag_id,
+        "run_id": ti.run_id,
+        "task_id": ti.task_id,
+        "try_number": ti.try_number,
+        "data_interval_start": str(getattr(dag_run, "data_interval_start", None) or ""),
+        "data_interval_end": str(getattr(dag_run, "data_interval_end", None) or ""),
+    }
+
+
 class TrainOperator(BaseOperator):
     """Train once with the spec's defaults, overridden by the Params form."""
 
@@ -60,7 +74,6 @@ class TrainOperator(BaseOperator):
         params = context.get("params") or {}
         end_ds = resolve_end_ds(context, spec)
         ti = context["ti"]
-        dag_run = context.get("dag_run")
         req = TrainRequest(
             end_ds=end_ds,
             window_days=params.get("window_days"),
@@ -68,14 +81,7 @@ class TrainOperator(BaseOperator):
             learning_rate=params.get("learning_rate"),
             batch_size=params.get("batch_size"),
             run_key=f"{ti.dag_id}/{ti.run_id}",
-            airflow={
-                "dag_id": ti.dag_id,
-                "run_id": ti.run_id,
-                "task_id": ti.task_id,
-                "try_number": ti.try_number,
-                "data_interval_start": str(getattr(dag_run, "data_interval_start", None) or ""),
-                "data_interval_end": str(getattr(dag_run, "data_interval_end", None) or ""),
-            },
+            airflow=airflow_info(context),
         )
         self.log.info("training %s on the lake up to %s", spec.name, end_ds)
         try:

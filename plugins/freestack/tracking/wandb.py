@@ -342,6 +342,33 @@ class TrackingRun:
         except Exception as exc:
             self._tolerate("update the summary", exc)
 
+    def log_table(self, key: str, columns: list[str], data: list[list[Any]]) -> None:
+        """Log a table (a ``wandb.Table``) under ``key``."""
+        if self._mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self._run.log({key: wandb.Table(columns=list(columns), data=_json_safe(data))})
+        except Exception as exc:
+            self._tolerate(f"log table {key!r}", exc)
+
+    def log_image(self, key: str, uri: str) -> None:
+        """Log the PNG at ``uri`` (any storage URI) as an image under ``key``."""
+        if self._mode == "disabled":
+            return
+        try:
+            import wandb
+
+            from freestack.storage import to_path
+
+            local = Path(self.run_dir or ".") / "freestack" / f"{_artifact_name(key)}.png"
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(to_path(uri).read_bytes())
+            self._run.log({key: wandb.Image(str(local))})
+        except Exception as exc:
+            self._tolerate(f"log image {key!r}", exc)
+
     def log_artifact_reference(
         self, name: str, type: str, uri: str, metadata: dict[str, Any] | None = None
     ) -> Any:
@@ -459,9 +486,19 @@ def start_run(
     group: str | None = None,
     job_type: str | None = "train",
     run_dir: str | os.PathLike | None = None,
+    existing: Any = None,
 ) -> TrackingRun:
-    """Start a run. Online trouble (unreachable server, failing init) means offline, never an error."""
+    """Start a run. Online trouble (unreachable server, failing init) means offline, never an error.
+
+    ``existing``: a run already started (by ``wandb.agent`` for a server sweep's trial) to record into.
+    """
     project = project or settings.project
+    if existing is not None:
+        try:
+            existing.config.update(dict(config or {}), allow_val_change=True)
+        except Exception as exc:
+            log.warning("W&B could not add the training config to run %s: %s", getattr(existing, "id", None), exc)
+        return TrackingRun(existing, mode=settings.mode, project=project, entity=settings.entity)
     kwargs = dict(project=project, name=name, config=config, tags=tags, group=group, job_type=job_type)
     mode: Mode = settings.mode
 

@@ -1,0 +1,215 @@
+"""``select_best``: the table of a sweep's trials, a plot of the metric against each parameter, and the
+best trial's model published as a model version in the registry.
+
+    runs/<pipeline>/<sweep_id>/results.csv, results.json    one row per trial
+    runs/<pipeline>/<sweep_id>/metric_vs_params.png          the sweep metric against each parameter
+    runs/<pipeline>/<sweep_id>/best.json                     the selection
+    registry/<model>/<version>/                              the best trial's model (HF layout)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from typing import Any
+
+from freestack.config import PipelineSpec
+from freestack.sweeps.controller import SweepError, best_of, load_sweep, load_trials, sweep_dir
+
+log = logging.getLogger(__name__)
+
+
+def sweep_metric(config: dict[str, Any], task: str | None) -> tuple[str, str]:
+    """The metric trials are compared on: the sweep's, else the trainer's primary validation metric."""
+    from freestack.ml.metrics import PRIMARY
+
+    metric = config.get("metric")
+    if metric:
+        return metric["name"], metric.get("goal", "minimize")
+    name, higher = PRIMARY[task or "classification"]
+    return f"val_{name}", "maximize" if higher else "minimize"
+
+
+def trial_table(spec: PipelineSpec, sweep_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], str, str]:
+    sweep = load_sweep(spec, sweep_id)
+    trials = [d for d, _ in load_trials(spec, sweep_id)]
+    task = next((t["summary"].get("task") for t in trials if t.get("summary", {}).get("task")), None)
+    metric, goal = sweep_metric(sweep["config"], task)
+    rows = []
+    for t in trials:
+        hist = t.get("history") or []
+        row = {
+            "trial": t["id"],
+            "state": t["state"],
+            "stopped_early": bool(t.get("stopped")),
+            "epochs": len(hist),
+            metric: best_of(hist, metric, goal),
+            **{f"param.{k}": v for k, v in sorted(t["params"].items())},
+            **{k: v for k, v in sorted((t.get("summary") or {}).items()) if k.startswith("test_")},
+            "attempts": len(t.get("attempts") or []),
+            "model_uri": t.get("model_uri"),
+            "wandb_run": (t.get("wandb") or {}).get("id"),
+            "error": t.get("error"),
+        }
+        rows.append(row)
+    return sweep, rows, metric, goal
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()})
+    return buf.getvalue().encode()
+
+
+def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, config: dict[str, Any]) -> bytes:
+    """One panel per parameter: the metric of every trial (finished in blue, stopped early in grey)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from freestack.sweeps.config import leaf_parameters
+
+    leaves = leaf_parameters(config["parameters"])
+    params = [k[len("param."):] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
+    params = params or ["(none)"]
+    cols = min(3, len(params))
+    nrows = math.ceil(len(params) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    scored = [r for r in rows if isinstance(r.get(metric), int | float)]
+    best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric]) if scored else None
+    for ax, name in zip(axes.flat, params, strict=False):
+        values = [r.get(f"param.{name}") for r in scored]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) and values
+        if numeric:
+            xs = values
+        else:  # categorical (lists, strings): evenly spaced labels
+            labels = list(dict.fromkeys(json.dumps(v) for v in values))
+            xs = [labels.index(json.dumps(v)) for v in values]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        colors = ["#9e9e9e" if r["stopped_early"] else "#1f77b4" for r in scored]
+        ax.scatter(xs, [r[metric] for r in scored], c=colors, s=28)
+        if best is not None:
+            bx = xs[scored.index(best)]
+            ax.scatter([bx], [best[metric]], marker="*", s=180, c="#d62728", label="best")
+        dist = (leaves.get(name) or {}).get("distribution", "")
+        if numeric and ("log" in dist or (min(values) > 0 and max(values) / min(values) > 50)):
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle(f"{metric} ({goal}) by parameter; grey: stopped early, star: best", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def publish_best(spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any]) -> str:
+    """Copy the best trial's model folder into ``registry/<model>/<version>``; return its URI."""
+    from freestack.storage import join, list_objects, storage_root, to_path, write_bytes, write_json
+
+    src = to_path(best["model_uri"])
+    end_ds = sweep["request"]["end_ds"]
+    digest = hashlib.sha256(f"{spec.name}|{sweep['id']}|{best['trial']}".encode()).hexdigest()[:8]
+    version = f"v{end_ds.replace('-', '')}-{digest}"
+    dest = join(storage_root(spec.storage_root), "registry", spec.model_name, version)
+    for obj in list_objects(src):
+        if obj.name == "lineage.json":
+            continue
+        write_bytes(join(dest, obj.name), obj.read_bytes())
+    lineage = json.loads(join(src, "lineage.json").read_text())
+    lineage["version"] = version
+    lineage["sweep"] = {
+        **(lineage.get("sweep") or {}),
+        "id": sweep["id"],
+        "trial": best["trial"],
+        "method": sweep["config"]["method"],
+        "trials_uri": str(sweep_dir(spec, sweep["id"])),
+        "selected_on": best["metric"],
+    }
+    write_json(join(dest, "lineage.json"), lineage)
+    return str(dest)
+
+
+def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None) -> dict[str, Any]:
+    """Write the table and the plot, publish the best trial's model, log both to W&B."""
+    from freestack.storage import join, write_bytes, write_json
+
+    sweep, rows, metric, goal = trial_table(spec, sweep_id)
+    folder = sweep_dir(spec, sweep_id)
+    done = [r for r in rows if r["state"] == "finished" and isinstance(r.get(metric), int | float)]
+    if not done:
+        states = {r["trial"]: r["state"] for r in rows}
+        raise SweepError(
+            f"sweep {sweep_id} has no finished trial to select from (trials: {states or 'none'}); "
+            "see the agents' logs and each trial.json's 'error'"
+        )
+    best = (max if goal == "maximize" else min)(done, key=lambda r: r[metric])
+    table = write_json(join(folder, "results.json"), {"metric": metric, "goal": goal, "trials": rows})
+    table_csv = write_bytes(join(folder, "results.csv"), _csv(rows))
+    plot = write_bytes(join(folder, "metric_vs_params.png"), plot_metric_vs_params(rows, metric, goal, sweep["config"]))
+    version_uri = publish_best(spec, sweep, {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}})
+    epochs_total = sum(r["epochs"] for r in rows)
+    summary = {
+        "sweep_id": sweep_id,
+        "method": sweep["config"]["method"],
+        "metric": metric,
+        "goal": goal,
+        "best_trial": best["trial"],
+        "best_value": best[metric],
+        "best_params": {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")},
+        "version_uri": version_uri,
+        "trials": len(rows),
+        "finished": sum(r["state"] == "finished" for r in rows),
+        "stopped_early": sum(r["stopped_early"] for r in rows),
+        "failed": sum(r["state"] in ("failed", "crashed") for r in rows),
+        "unfinished": sum(r["state"] == "running" for r in rows),
+        "epochs_total": epochs_total,
+        "results_csv": table_csv.uri,
+        "results_json": table.uri,
+        "plot": plot.uri,
+    }
+    summary["wandb"] = _log_to_wandb(spec, sweep, rows, summary, tracking_settings)
+    write_json(join(folder, "best.json"), summary)
+    log.info(
+        "sweep %s: best trial %s with %s %.4f of %d trials (%d stopped early, %d epochs in all); model %s",
+        sweep_id, best["trial"], metric, best[metric], len(rows), summary["stopped_early"], epochs_total, version_uri,
+    )  # fmt: skip
+    return summary
+
+
+def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, Any]:
+    from freestack.tracking.wandb import WandbHook, start_run
+
+    if tracking_settings is None:
+        tracking_settings = WandbHook().settings()
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    data = [[json.dumps(r.get(c)) if isinstance(r.get(c), list | dict) else r.get(c) for c in columns] for r in rows]
+    with start_run(
+        tracking_settings,
+        project=spec.name,
+        name=f"{sweep['id']}-summary",
+        config={"sweep_id": sweep["id"], "sweep": sweep["config"]},
+        tags=[f"pipeline:{spec.name}", f"sweep:{sweep['id']}"[:64]],
+        group=sweep["id"],
+        job_type="sweep-summary",
+    ) as run:
+        run.log_table("sweep_trials", columns, data)
+        run.log_image("metric_vs_params", summary["plot"])
+        run.summary_update({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
+        return run.as_dict()
+
+
+__all__ = ["plot_metric_vs_params", "publish_best", "select_best", "sweep_metric", "trial_table"]

@@ -1,0 +1,146 @@
+"""Sweeps on a W&B server: when the ``wandb`` connection has an API key and its server answers.
+
+``create_server_sweep`` registers the spec's sweep config with ``wandb.sweep`` (so it appears in the
+W&B sweep UI, with the server's search, run cap and hyperband) and records it in ``sweep.json`` beside
+local sweeps; each agent task runs ``wandb.agent(sweep_id, function=...)``, whose function trains one
+trial with the server's suggested config, inside the run the agent opened. Each trial also writes its
+``trial.json`` (params, per-epoch history, result, model folder) to the storage root, so
+``select_best`` reads server and local sweeps the same way.
+
+With no key, or an unreachable server, the local controller runs instead (``server_settings`` is None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from freestack.config import PipelineSpec
+from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
+from freestack.sweeps.controller import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
+
+log = logging.getLogger(__name__)
+
+
+def server_settings():
+    """The W&B settings when sweeps should go to a server, else None (local controller)."""
+    from freestack.tracking.wandb import WandbHook, probe_server
+
+    settings = WandbHook().settings()
+    if settings.mode != "online" or not settings.api_key:
+        return None
+    problem = probe_server(settings.base_url)
+    if problem is not None:
+        log.warning("W&B server %s cannot be reached (%s); the sweep runs on the local controller",
+                    settings.base_url, problem)
+        return None
+    return settings
+
+
+@contextlib.contextmanager
+def _wandb_env(settings):
+    saved = {k: os.environ.get(k) for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE")}
+    os.environ.update({"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int, settings):
+    """``wandb.sweep`` once per DAG run (``sweep.json`` remembers the server's id for retries)."""
+    import wandb
+
+    from freestack.storage import cas, join
+
+    path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
+    got = cas.read(path)
+    if got is not None:
+        return json.loads(got.data)
+    config = dict(spec.sweep)
+    project = settings.project or spec.name
+    with _wandb_env(settings):
+        server_id = wandb.sweep(sweep=config, project=project, entity=settings.entity)
+    doc = {
+        "id": sweep_id,
+        "pipeline": spec.name,
+        "mode": "wandb",
+        "server_id": server_id,
+        "project": project,
+        "entity": settings.entity,
+        "config": config,
+        "run_cap": config.get("run_cap"),
+        "max_trials": config.get("run_cap"),
+        "request": request,
+        "agents": agents,
+        "spec_hash": spec.spec_hash(),
+        "uri": str(sweep_dir(spec, sweep_id)),
+    }
+    try:
+        cas.create(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+    except cas.CasConflict:
+        return json.loads(cas.read(path).data)
+    log.info("W&B sweep %s created on %s (project %s)", server_id, settings.base_url, project)
+    return doc
+
+
+def run_server_agent(spec: PipelineSpec, sweep: dict[str, Any], *, agent_id: str) -> dict[str, Any]:
+    """``wandb.agent`` until the server has no more trials for this sweep."""
+    import wandb
+
+    from freestack.storage import join, write_json
+    from freestack.tracking.wandb import WandbHook
+    from freestack.training import TrainRequest, train
+
+    settings = WandbHook().settings()
+    request = sweep["request"]
+    names = set(engine_part(sweep["config"])["parameters"])
+    done: list[str] = []
+
+    def one_trial() -> None:
+        run = wandb.init(group=sweep["id"], job_type="sweep-trial", tags=[f"sweep:{sweep['id']}"[:64]])
+        config = {k: v for k, v in dict(run.config).items() if k in names}
+        folder = join(sweep_dir(spec, sweep["id"]), "trials", f"w-{run.id}")
+        history: list[dict[str, Any]] = []
+        doc = {"id": f"w-{run.id}", "sweep_id": sweep["id"], "config": config, "params": plain_values(config),
+               "state": "running", "stopped": False, "history": history, "summary": {},
+               "attempts": [{"owner": agent_id}], "wandb": {"id": run.id, "url": run.url}}
+
+        def report(row):
+            history.append(dict(row))
+            return False  # the server stops runs itself: wandb.agent interrupts this thread
+
+        try:
+            outcome = train(spec, TrainRequest(
+                end_ds=request["end_ds"], window_days=request.get("window_days"), epochs=request.get("epochs"),
+                learning_rate=request.get("learning_rate"), batch_size=request.get("batch_size"),
+                run_key=f"{sweep['id']}/{run.id}", airflow=request.get("airflow") or {},
+                overrides=to_overrides(config), output_uri=str(join(folder, "model")),
+                checkpoint_uri=str(join(folder, "train")),
+                tracking={"run": run, "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id}},
+            ), tracking_settings=settings, on_epoch=report)
+            doc.update(state="finished", summary={**outcome.metrics, "task": outcome.summary.get("task")},
+                       model_uri=outcome.version_uri, epochs_run=outcome.summary.get("epochs_run"))
+        except BaseException as exc:  # the agent stops a run by raising in this thread
+            doc.update(state="finished" if history else "failed", stopped=bool(history), error=repr(exc))
+            raise
+        finally:
+            write_json(join(folder, TRIAL_FILE), json_safe(doc))
+            done.append(doc["id"])
+
+    with _wandb_env(settings):
+        try:
+            wandb.agent(sweep["server_id"], function=one_trial, project=sweep["project"], entity=sweep["entity"])
+        except Exception as exc:
+            raise SweepError(f"wandb.agent for sweep {sweep['server_id']} failed: {exc}") from exc
+    return {"agent": agent_id, "trials": done, "server_id": sweep["server_id"]}
+
+
+__all__ = ["create_server_sweep", "run_server_agent", "server_settings"]

@@ -1,0 +1,68 @@
+"""One sweep trial = one training (``freestack.training.train``) with the trial's hyperparameters.
+
+Each trial is its own W&B run (grouped by sweep id, job type ``sweep-trial``), checkpoints under the
+trial's folder (so a taken-over trial resumes) and writes its model into the trial's folder; only
+the selected trial becomes a model version in the registry (``report.select_best``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freestack.config import PipelineSpec
+from freestack.sweeps.config import to_overrides
+from freestack.sweeps.controller import TrialRunner, sweep_dir
+
+
+def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
+    from freestack.storage import join
+
+    return join(sweep_dir(spec, sweep_id), "trials", tid)
+
+
+def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
+    """The function an agent calls per trial. The lake window is loaded once per agent and window size."""
+    from freestack.storage import join
+    from freestack.training import TrainRequest, effective_spec, load_window, train
+
+    request = sweep["request"]
+    windows: dict[int, Any] = {}
+
+    def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
+        folder = trial_folder(spec, sweep["id"], doc["id"])
+        req = TrainRequest(
+            end_ds=request["end_ds"],
+            window_days=request.get("window_days"),
+            epochs=request.get("epochs"),
+            learning_rate=request.get("learning_rate"),
+            batch_size=request.get("batch_size"),
+            run_key=f"{sweep['id']}/{doc['id']}",
+            airflow=request.get("airflow") or {},
+            overrides=to_overrides(doc["config"]),
+            output_uri=str(join(folder, "model")),
+            checkpoint_uri=str(join(folder, "train")),
+            tracking={
+                "name": f"{sweep['id']}-{doc['id']}",
+                "group": sweep["id"],
+                "job_type": "sweep-trial",
+                "tags": [f"sweep:{sweep['id']}"[:64], f"trial:{doc['id']}"],
+                "config": {"sweep_id": sweep["id"], "trial": doc["id"], "sweep_params": doc["params"]},
+                "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
+            },
+        )
+        days = effective_spec(spec, req).train.window_days
+        if days not in windows:
+            windows[days] = load_window(spec, req.end_ds, days)
+        outcome = train(spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=windows[days])
+        return {
+            "summary": {**outcome.metrics, "task": outcome.summary.get("task")},
+            "epochs_run": outcome.summary.get("epochs_run"),
+            "stop_reason": outcome.summary.get("stop_reason"),
+            "model_uri": outcome.version_uri,
+            "wandb": outcome.tracking,
+        }
+
+    return run
+
+
+__all__ = ["make_trial_runner", "trial_folder"]

@@ -1,0 +1,112 @@
+"""The sweep step of the train DAG, run for real: create_sweep -> agent x N -> select_best."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _states(run) -> dict[str, list[str]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+        ).all()
+        out: dict[str, list[str]] = {}
+        for ti in tis:
+            out.setdefault(ti.task_id, []).append(str(ti.state))
+    return out
+
+
+def _sweep_folder(root, run_id):
+    found = [p for p in (root / "runs" / "digits").glob("sweep-*/sweep.json")
+             if json.loads(p.read_text())["request"]["airflow"]["run_id"] == run_id]
+    assert len(found) == 1, found
+    return found[0].parent
+
+
+def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
+    dag = lake["bag"].get_dag("digits_train")
+    assert dag.params["sweep"] is True  # the spec has a sweep: block
+    run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep_agents": 2, "epochs": 8})
+    assert run.state == "success"
+    states = _states(run)
+    assert states["train"] == ["skipped"] and states["create_sweep"] == ["success"]
+    assert sorted(states["agent"]) == ["success", "success"] and states["select_best"] == ["success"]
+
+    folder = _sweep_folder(lake["root"], run.run_id)
+    trials = [json.loads(p.read_text()) for p in sorted(folder.glob("trials/*/trial.json"))]
+    assert [t["id"] for t in trials] == [f"t{i:04d}" for i in range(8)]  # run_cap: 8, exactly
+    assert all(t["state"] == "finished" for t in trials)
+    configs = Counter(json.dumps(t["params"], sort_keys=True) for t in trials)
+    assert max(configs.values()) == 1
+    for t in trials:
+        p = t["params"]
+        assert 1e-4 <= p["learning_rate"] <= 3e-2 and p["batch_size"] in (32, 64, 128)
+        assert 0 <= p["model.dropout"] <= 0.4 and p["model.channels"] in ([8, 16], [16, 32])
+        assert len(t["history"]) == t["epochs_run"] <= 8
+
+    best = json.loads((folder / "best.json").read_text())
+    table = json.loads((folder / "results.json").read_text())
+    assert len(table["trials"]) == 8 and table["metric"] == "val_accuracy"
+    scored = [r["val_accuracy"] for r in table["trials"]]
+    assert best["best_value"] == max(scored) and best["best_value"] > 0.9
+    assert (folder / "results.csv").read_text().count("\n") == 9
+    assert (folder / "metric_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the best trial became a model version with the sweep in its lineage
+    version = lake["root"] / best["version_uri"].removeprefix("file://" + str(lake["root"]))[1:]
+    lineage = json.loads((version / "lineage.json").read_text())
+    assert lineage["sweep"]["id"] == folder.name and lineage["sweep"]["trial"] == best["best_trial"]
+    assert lineage["airflow"]["run_id"] == run.run_id
+    assert (version / "model.safetensors").stat().st_size > 0
+    # each trial is its own offline W&B run, grouped by the sweep
+    wandb_dirs = {t["wandb"]["run_dir"] for t in trials}
+    assert len(wandb_dirs) == 8 and all(os.path.isdir(d) for d in wandb_dirs)
+
+
+def test_a_retried_agent_continues_the_sweep_without_repeating_trials(lake):  # noqa: F811
+    """An agent task that Airflow retries finds the sweep where it stands."""
+    from freestack.config import load_spec
+    from freestack.sweeps.controller import LocalAgent, create_sweep, load_trials
+    from freestack.sweeps.trials import make_trial_runner
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    sweep = create_sweep(spec, "sweep-retry", {"end_ds": "2026-11-05", "epochs": 3}, agents=1)
+    runner = make_trial_runner(spec, sweep)
+    calls = []
+
+    def crash_on_third(doc, report):
+        calls.append(doc["id"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the worker was killed")  # not an Exception: the agent dies
+        return runner(doc, report)
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalAgent(spec, "sweep-retry", crash_on_third, ttl=1.0).run()
+    done = {d["id"]: d["state"] for d, _ in load_trials(spec, "sweep-retry")}
+    assert done == {"t0000": "finished", "t0001": "finished", "t0002": "running"}
+    ran = []
+    LocalAgent(spec, "sweep-retry", lambda d, r: ran.append(d["id"]) or runner(d, r), ttl=1.0).run()
+    # the dead agent's trial is taken over once its lease expires; finished ones are not repeated
+    assert sorted(ran) == [f"t{i:04d}" for i in range(2, 8)]
+    trials = {d["id"]: d for d, _ in load_trials(spec, "sweep-retry")}
+    assert all(d["state"] == "finished" for d in trials.values()) and len(trials) == 8
+    assert len(trials["t0002"]["attempts"]) == 2 and trials["t0002"]["lease"]["attempt"] == 1
+
+
+def test_the_form_can_ask_for_one_training_instead(lake):  # noqa: F811
+    dag = lake["bag"].get_dag("digits_train")
+    run = dag.test(run_conf={"end_ds": "2026-11-02", "sweep": False, "epochs": 2})
+    assert run.state == "success"
+    states = _states(run)
+    assert states["train"] == ["success"] and states["create_sweep"] == ["skipped"]
+    assert states["select_best"] == ["skipped"]
