@@ -279,9 +279,9 @@ class PipelineSpec(_Model):
             raise ValueError(f"pipeline name {v!r} must match {_NAME_RE.pattern}")
         return v
 
-    @field_validator("sweep")
+    @field_validator("sweep", mode="before")
     @classmethod
-    def _sweep(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _sweep(cls, v: Any) -> dict[str, Any] | None:
         if v is None:
             return v
         from freestack.sweeps.config import validate  # imports the sweeps engine only when a spec has one

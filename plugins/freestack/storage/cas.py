@@ -159,7 +159,8 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
         raise CasConflict(f"{path} no longer exists") from None
     except Exception as exc:
         if _precondition_failed(exc) or _conflict(exc):
-            raise CasConflict(f"{path} changed since it was read") from None
+            gone = read(path) is None  # some servers answer 412 rather than 404 for a missing key
+            raise CasConflict(f"{path} {'no longer exists' if gone else 'changed since it was read'}") from None
         raise
     fs.invalidate_cache(f"{bucket}/{key}")
     return resp["ETag"]

@@ -97,6 +97,8 @@ def validate(block: Any) -> dict[str, Any]:
     config = copy.deepcopy(block)
     if "method" not in config:
         raise SweepConfigError("method is missing: use grid, random or bayes")
+    if config["method"] not in ("grid", "random", "bayes"):
+        raise SweepConfigError(f"method {config['method']!r} is not supported: use grid, random or bayes")
     if not isinstance(config.get("parameters"), dict) or not config["parameters"]:
         raise SweepConfigError("parameters is missing or empty: name at least one hyperparameter to search")
     engine = sweeps_engine()
