@@ -110,3 +110,4 @@ def test_the_form_can_ask_for_one_training_instead(lake):  # noqa: F811
     states = _states(run)
     assert states["train"] == ["success"] and states["create_sweep"] == ["skipped"]
     assert states["select_best"] == ["skipped"]
+

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,7 +38,10 @@ def standalone(tmp_path_factory):
     base = tmp_path_factory.mktemp("standalone")
     specs = base / "pipelines"
     specs.mkdir()
-    shutil.copy(ROOT / "include" / "pipelines" / "digits.yaml", specs / "digits.yaml")
+    # train on demand only (a yearly cron): the lake updates of the backfill must not start sweeps
+    text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
+    assert "\ntrain:\n" in text
+    (specs / "digits.yaml").write_text(text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1))
     port = _free_port()
     env = airflow_env()
     env.update(
@@ -196,3 +198,47 @@ def _conns(proc: psutil.Process):
         return proc.net_connections(kind="inet")
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return []
+
+
+def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
+    """After the backfill filled the lake: a sweep with two agents under the LocalExecutor."""
+    import sqlite3
+
+    env = standalone["env"]
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    conf = json.dumps({"end_ds": DAYS[-1], "sweep": True, "sweep_agents": 2, "epochs": 6})
+    deadline = time.monotonic() + 120
+    while _airflow(env, "dags", "trigger", "digits_train", "--run-id", "sweep-e2e", "--conf", conf,
+                   check=False).returncode != 0:
+        assert time.monotonic() < deadline, "digits_train could not be triggered"
+        time.sleep(3)
+    _airflow(env, "dags", "unpause", "digits_train")
+    deadline = time.monotonic() + 480
+    state = None
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db, timeout=30) as c:
+            row = c.execute("select state from dag_run where dag_id='digits_train' and run_id='sweep-e2e'").fetchone()
+        state = row[0] if row else None
+        if state in ("success", "failed"):
+            break
+        time.sleep(3)
+    with sqlite3.connect(db, timeout=30) as c:
+        tis = c.execute(
+            "select task_id, map_index, state, start_date, end_date, pid, pool from task_instance "
+            "where dag_id='digits_train' and run_id='sweep-e2e'"
+        ).fetchall()
+        pool = c.execute("select slots from slot_pool where pool='freestack_sweep'").fetchone()
+    assert state == "success", tis
+    assert pool is not None and pool[0] >= 1  # created by the plugin's listener when the scheduler started
+    agents = sorted((t[3], t[4], t[5], t[6]) for t in tis if t[0] == "agent")
+    assert len(agents) == 2 and all(a[3] == "freestack_sweep" for a in agents)
+    if pool[0] >= 2:  # on a machine with 2+ cores the pool lets both agents train at once
+        assert agents[1][0] < agents[0][1], agents
+    assert agents[0][2] != agents[1][2]  # two worker processes
+    states = {t[0]: t[2] for t in tis}
+    assert states["train"] == "skipped" and states["select_best"] == "success"
+    sweeps = list((standalone["base"] / "storage" / "runs" / "digits").glob("sweep-*/trials/*/trial.json"))
+    trials = [json.loads(p.read_text()) for p in sweeps]
+    assert len(trials) == 8 and all(len(t["attempts"]) == 1 and t["state"] == "finished" for t in trials)
+    owners = {t["attempts"][0]["owner"].split("/")[1] for t in trials}
+    assert owners == {"agent0", "agent1"}, owners
