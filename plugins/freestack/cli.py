@@ -22,6 +22,7 @@ from freestack.config import checkout_dir, project_home
 
 DEMO_START = date(2026, 11, 1)
 DEMO_DAYS = 5
+DEMO_AGENTS = 2
 
 
 def airflow_env() -> dict[str, str]:
@@ -142,13 +143,51 @@ def demo(args: argparse.Namespace) -> int:
     if failed:
         return 1
 
+    from freestack.pools import ensure_pool
+
+    ensure_pool()  # the sweep agents' pool (dag.test runs them one after the other; `make up` in parallel)
     last = (DEMO_START + timedelta(days=DEMO_DAYS - 1)).isoformat()
-    run = bag.get_dag("digits_train").test(run_conf={"end_ds": last})
+    run = bag.get_dag("digits_train").test(run_conf={"end_ds": last, "sweep_agents": DEMO_AGENTS})
     print(f"\ndigits_train up to {last}: {run.state}")
     if run.state != "success":
         return 1
+    print(sweep_report("digits", run.run_id))
     print(train_report("digits", run.run_id))
     return 0
+
+
+def sweep_report(pipeline: str, run_id: str) -> str:
+    """The sweep of ``run_id``, if it ran one: trials, early stops, epochs, the best, the table and plot."""
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.storage import join, storage_root
+
+    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
+    runs = join(storage_root(spec.storage_root), "runs", spec.name)
+    for folder in sorted(runs.iterdir(), key=lambda p: p.name) if runs.exists() else []:
+        best_path, sweep_path = folder / "best.json", folder / "sweep.json"
+        if not (sweep_path.exists() and best_path.exists()):
+            continue
+        if json.loads(sweep_path.read_text())["request"].get("airflow", {}).get("run_id") != run_id:
+            continue
+        best = json.loads(best_path.read_text())
+        trials = json.loads(join(folder, "results.json").read_text())["trials"]
+        lines = [
+            f"sweep {best['sweep_id']} ({best['method']}, {best['trials']} trials): "
+            f"{best['stopped_early']} stopped early by hyperband, {best['epochs_total']} epochs in all",
+            f"  {'trial':<6} {'state':<9} {'epochs':>6} {best['metric']:>13}  params",
+        ]
+        for t in trials:
+            params = ", ".join(
+                f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}" for k, v in t.items() if k.startswith("param.")
+            )
+            value = t.get(best["metric"])
+            mark = " *" if t["trial"] == best["best_trial"] else ""
+            state = "stopped" if t["stopped_early"] else t["state"]
+            lines.append(f"  {t['trial']:<6} {state:<9} {t['epochs']:>6} {value if value is None else f'{value:.4f}':>13}  {params}{mark}")
+        lines.append(f"  best: {best['best_trial']} {best['metric']} {best['best_value']:.4f}")
+        lines.append(f"  table: {best['results_csv']}\n  plot:  {best['plot']}")
+        return "\n".join(lines)
+    return "(no sweep in this run)"
 
 
 def train_report(pipeline: str, run_id: str) -> str:
