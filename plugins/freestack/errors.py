@@ -32,3 +32,12 @@ class SchemaDriftError(FreestackError):
 
 class QuarantineLimitExceeded(FreestackError):
     """Too many rows were rejected for a partition to be published."""
+
+
+class AccessDenied(FreestackError, PermissionError):
+    """A ``data://`` collection's ACL does not let this user do this. ``anonymous`` is True when no
+    user was identified at all (the Data API answers 401 then, 403 otherwise)."""
+
+    def __init__(self, message: str, *, anonymous: bool = False):
+        super().__init__(message)
+        self.anonymous = anonymous

@@ -249,8 +249,12 @@ def test_data_namespace_on_s3(data_conn):
     assert to_path("data://alice/coll/file.json").read_bytes() == stored
     assert [q.name for q in list_objects(to_path("data://.my/coll"))] == ["file.json"]
 
-    # another owner's collection lands beside it, under the same root
-    write_bytes(to_path("data://bob/shared/x.bin"), b"bob")
+    # another owner's collection lies beside it, under the same root, and its ACL applies to alice
+    s3.s3.put_object(Bucket=s3.bucket, Key="data/bob/shared/x.bin", Body=b"bob")
+    with pytest.raises(PermissionError, match="may not read data://bob/shared"):
+        to_path("data://bob/shared/x.bin").read_bytes()
+    with pytest.raises(PermissionError):
+        write_bytes(to_path("data://bob/shared/x.bin"), b"alice")
     assert s3.get("data/bob/shared/x.bin") == b"bob"
 
     # escaping the namespace is refused, whatever the spelling; nothing is written

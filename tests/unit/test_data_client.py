@@ -11,6 +11,7 @@ import pytest
 
 from freestack.errors import FreestackError, UnsafePathError
 from freestack.storage.client import (
+    DataAccessDenied,
     DataApiError,
     DataClient,
     DataDirectory,
@@ -130,8 +131,13 @@ def test_my_resolves_to_owner(dc: DataClient, root: Path) -> None:
     assert (root / "alice" / "models" / "m.txt").read_text() == "x"
     assert dc.file("data://alice/models/m.txt").getString() == "x"
     assert dc.owner == "alice"
-    # another owner's namespace is addressed by name
-    dc.file("data://bob/shared/s.txt").put("y")
+    # another owner's namespace is addressed by name, and its ACL applies (private by default)
+    (root / "bob" / "shared").mkdir(parents=True)
+    (root / "bob" / "shared" / "s.txt").write_text("y")
+    with pytest.raises(DataAccessDenied, match="user 'alice' may not read data://bob/shared"):
+        dc.file("data://bob/shared/s.txt").getString()
+    with pytest.raises(DataAccessDenied):
+        dc.file("data://bob/shared/s.txt").put("overwritten")
     assert (root / "bob" / "shared" / "s.txt").read_text() == "y"
 
 

@@ -23,8 +23,11 @@ Differences from Algorithmia worth knowing when porting:
 
 - only ``data://`` is served (Algorithmia connectors such as ``s3://`` or ``dropbox://`` are not);
   use :func:`freestack.storage.to_path` for ``file://`` and ``s3://`` URIs;
-- ``DataDirectory.create(acl=...)`` accepts an ACL and ignores it: ACLs come with the Data API
-  service; until then whoever can reach the backing store can read it;
+- ACLs: ``DataDirectory.create(acl=...)``, ``get_permissions()`` and ``update_permissions()`` work on
+  collections as in Algorithmia (``Algorithmia.acl.ReadAcl`` objects, freestack's
+  ``freestack.dataapi.acl.Acl`` or a plain ``{"read": [...]}``), and every call is checked against
+  them for the connection's user: another owner's private collection raises :class:`DataApiError`
+  (also a ``PermissionError``). See freestack.dataapi.acl for private / public / team;
 - ``DataDirectory.create()`` also creates missing parents, and ``put*`` creates missing directories;
 - ``DataFile.sha256`` (an extra) holds the content hash after a ``put*``, for lineage.
 """
@@ -45,6 +48,7 @@ from freestack.errors import FreestackError, UnsafePathError
 from freestack.storage.paths import check_relative
 
 __all__ = [
+    "DataAccessDenied",
     "DataApiError",
     "DataClient",
     "DataDirectory",
@@ -66,6 +70,10 @@ class DataApiError(FreestackError):
 
     Same name as ``Algorithmia.errors.DataApiError`` so ported ``except DataApiError`` blocks keep working.
     """
+
+
+class DataAccessDenied(DataApiError, PermissionError):
+    """The collection's ACL does not allow this call for the connection's user."""
 
 
 class DataObjectType(Enum):
@@ -132,6 +140,21 @@ def _to_datetime(info: dict[str, Any]) -> datetime | None:
     except ValueError:
         return None
     return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def _acl(acl: Any):
+    """A freestack Acl from what Algorithmia code passes: an ``Algorithmia.acl.Acl`` (``to_api_param()``),
+    a freestack Acl, a ``{"read": [...]}`` dict, or None."""
+    from freestack.dataapi.acl import Acl, AclError
+
+    if acl is None or isinstance(acl, Acl):
+        return acl
+    if hasattr(acl, "to_api_param"):
+        acl = acl.to_api_param()
+    try:
+        return Acl.parse(acl, where="acl")
+    except AclError as exc:
+        raise DataApiError(str(exc)) from exc
 
 
 class DataClient:
@@ -224,6 +247,8 @@ class DataObject:
             return self._fs.info(self.path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except PermissionError as exc:
+            raise DataAccessDenied(f"{self._where()}: {exc}") from exc
 
     def _where(self) -> str:
         """``data://.my/c/x`` plus where ``.my`` points, for error messages."""
@@ -242,6 +267,8 @@ class DataObject:
             yield
         except FileNotFoundError as exc:
             raise DataApiError(f"unable to {action} {self._where()}: it does not exist ({exc})") from exc
+        except PermissionError as exc:
+            raise DataAccessDenied(f"unable to {action} {self._where()}: {exc}") from exc
         except OSError as exc:
             raise DataApiError(f"unable to {action} {self._where()}: {exc}") from exc
 
@@ -429,11 +456,11 @@ class DataDirectory(DataObject):
     def create(self, acl: Any = None) -> DataDirectory:
         """Create the directory (and missing parents). Fails if it already exists.
 
-        ``acl`` is accepted for Algorithmia compatibility and ignored: ACLs come with the Data API
-        service; until then anyone who can reach the backing store can read what is in it.
+        ``acl`` (collections only: ``data://<owner>/<collection>``) sets who may read it:
+        ``Algorithmia.acl.ReadAcl.public`` / ``.private``, a freestack ``Acl``, or
+        ``{"read": ["user://*"]}``. Without it a new collection is private.
         """
-        from freestack.storage.objects import write_bytes
-
+        parsed = _acl(acl)
         info = self._info()
         if info is not None:
             kind = "directory" if info.get("type") == "directory" else "file"
@@ -442,11 +469,37 @@ class DataDirectory(DataObject):
                 + ("; check dir.exists() before create()" if kind == "directory" else "")
             )
         with self._storage_errors("create"):
-            fs = self._fs
-            fs.makedirs(self.path, exist_ok=True)
-            if not fs.is_local:  # object stores have no empty folders: a hidden marker makes it exist
-                write_bytes(self.storage_path / DIR_MARKER, b"")
+            try:
+                self._fs.create_dir(self.path, acl=parsed)
+            except FreestackError as exc:
+                if isinstance(exc, DataApiError):
+                    raise
+                raise DataApiError(f"unable to create {self._where()}: {exc}") from exc
         return self
+
+    def get_permissions(self):
+        """The collection's ACL (a freestack ``Acl``: ``.read``, ``.write``, ``.kind``)."""
+        with self._storage_errors("read the ACL of"):
+            try:
+                return self._fs.get_acl(self.path)
+            except FreestackError as exc:
+                if isinstance(exc, DataApiError):
+                    raise
+                raise DataApiError(str(exc)) from exc
+
+    def update_permissions(self, acl: Any) -> bool:
+        """Replace the collection's ACL (the owner only), like Algorithmia's ``update_permissions``."""
+        parsed = _acl(acl)
+        if parsed is None:
+            raise DataApiError("update_permissions needs an ACL, e.g. ReadAcl.public or {'read': []}")
+        with self._storage_errors("change the ACL of"):
+            try:
+                self._fs.set_acl(self.path, parsed)
+            except FreestackError as exc:
+                if isinstance(exc, DataApiError):
+                    raise
+                raise DataApiError(str(exc)) from exc
+        return True
 
     def delete(self, force: bool = False) -> bool:
         """Delete the directory; a non-empty one only with ``force=True`` (everything under it goes).

@@ -1,7 +1,14 @@
 """``data://`` — an Algorithmia-style Data API namespace as an fsspec filesystem.
 
-``data://<owner>/<collection>/<path>`` maps onto a backing store (a local folder or an S3 prefix)
-named by a ``freestack_data`` connection; ``data://.my/<collection>`` means the connection's owner.
+``data://<owner>/<collection>/<path>`` maps onto a backing store named by a ``freestack_data``
+connection; ``data://.my/<collection>`` means the connection's user. The backing store is either
+
+- **direct**: a local folder or an S3 prefix. Every operation is checked against the collection's
+  ACL (freestack.dataapi.acl) for the connection's user, as the Data API service checks it; or
+- **the Data API service** (the connection's root is its ``http(s)://`` URL, its password an API key):
+  the filesystem talks HTTP to the service (freestack.dataapi.httpfs), which checks the ACLs for the
+  key's user; ``.my`` is whoever the key belongs to.
+
 The module follows the provider filesystem contract (``schemes`` + ``get_fs``), so
 ``ObjectStoragePath("data://.my/models/x.json")`` works in every Airflow process.
 """
@@ -16,35 +23,65 @@ from fsspec.implementations.local import LocalFileSystem
 from upath.implementations.cloud import CloudPath
 from upath.registry import register_implementation as _register_upath
 
-from freestack.errors import UnsafePathError
+from freestack.dataapi.acl import ACL_NAME, READ, WRITE, AclStore, check_access, visible_collections
+from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.storage.paths import check_relative
 
 schemes = ["data"]
 MY = ".my"
+_WRITE_MODE = frozenset("wax+")
 
 
 class DataFileSystem(DirFileSystem):
-    """A DirFileSystem over the backing store that resolves ``.my`` and refuses escaping paths."""
+    """A DirFileSystem over the backing store that resolves ``.my``, refuses escaping paths and
+    applies the collections' ACLs for its user (``owner``; None: anonymous, as in the Data API)."""
 
     protocol = "data"
     root_marker = ""
     sep = "/"  # a class attribute: universal-pathlib reads it from the class
     cachable = False
 
-    def __init__(self, path: str, fs: Any, owner: str, **kwargs: Any):
+    def __init__(self, path: str, fs: Any, owner: str | None, *, check_acl: bool = True, **kwargs: Any):
         super().__init__(path=path, fs=fs, **kwargs)
-        self.owner = owner
+        if not path:  # DirFileSystem would read "" as "no path given"; here it means the store's root
+            self.path = ""
+        self._owner = owner
+        #: False when the backing store is the Data API service, which checks ACLs itself
+        self.check_acl = check_acl and not self.is_remote_api
+        self.acls = AclStore(fs, self.path) if self.check_acl else None
 
     @classmethod
     def from_config(cls, config) -> DataFileSystem:
+        if config.is_remote_api:
+            from freestack.dataapi.httpfs import DataApiHttpFileSystem
+
+            http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner)
+            return cls(path="", fs=http, owner=None, check_acl=False)
         from freestack.storage.objects import to_path
 
         backing = to_path(config.root)
         return cls(path=backing.path, fs=backing.fs, owner=config.owner)
 
     @property
+    def owner(self) -> str | None:
+        """The user: what ``.my`` means and whose rights apply (None: anonymous)."""
+        if self._owner is None and self.is_remote_api:
+            self._owner = self.fs.whoami()
+        return self._owner
+
+    @property
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def is_remote_api(self) -> bool:
+        """True when the backing store is a Data API service reached over HTTP."""
+        return bool(getattr(self.fs, "is_data_api", False))
+
+    @property
+    def needs_dir_marker(self) -> bool:
+        """Object stores have no empty folders: a hidden marker object makes a created one exist."""
+        return not self.is_local and not self.is_remote_api
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -76,28 +113,291 @@ class DataFileSystem(DirFileSystem):
         head, _, rest = rel.partition("/")
         if head == MY:
             head = self.owner
+            if head is None:
+                raise AccessDenied(
+                    "data://.my means the caller, and no user is signed in: send an API key "
+                    "(header 'Authorization: Simple <key>') or name the owner (data://<owner>/...)",
+                    anonymous=True,
+                )
         if head.startswith("."):
             raise UnsafePathError(f"data:// owner {head!r} is not valid; use data://.my/... or a user name")
+        if ACL_NAME in rest.split("/"):
+            raise UnsafePathError(
+                f"data:// path {path!r}: {ACL_NAME!r} is the collection's ACL document; change it with "
+                "update_permissions() / PATCH, not as a file"
+            )
         return f"{head}/{rest}" if rest else head
 
-    def local_path(self, path: str) -> str | None:
-        """The OS path behind ``path`` when the backing store is a local folder, else None."""
-        return self._join(path) if self.is_local else None
+    def check(self, rel: str, mode: str = READ) -> None:
+        """AccessDenied unless this filesystem's user may ``mode`` the resolved path ``rel``."""
+        if self.check_acl:
+            check_access(self.owner, rel, mode, self.acls.get)
+
+    def _full(self, path, mode: str = READ):
+        """The backing-store path for ``path`` (a string, list or dict of them), after the checks."""
+        if isinstance(path, str):
+            rel = self.resolve(path)
+            self.check(rel, mode)
+            return DirFileSystem._join(self, rel)
+        if isinstance(path, dict):
+            return {self._full(p, mode): v for p, v in path.items()}
+        return [self._full(p, mode) for p in path]
 
     def _join(self, path):
-        if isinstance(path, str):
-            return super()._join(self.resolve(path))
-        return super()._join(path)
+        return self._full(path, READ)
+
+    def _w(self, path):
+        return self._full(path, WRITE)
+
+    def local_path(self, path: str, *, write: bool = False) -> str | None:
+        """The OS path behind ``path`` when the backing store is a local folder, else None; the ACL is
+        checked for reading, or for writing with ``write=True``."""
+        return self._full(path, WRITE if write else READ) if self.is_local else None
+
+    # -- ACLs ------------------------------------------------------------------------------------------
+
+    def _collection(self, path: str, *, action: str) -> tuple[str, str]:
+        rel = self.resolve(path)
+        parts = rel.split("/") if rel else []
+        if len(parts) != 2:
+            raise FreestackError(
+                f"{action} applies to a collection (data://<owner>/<collection>), not {('data://' + rel)!r}: "
+                "ACLs are set per collection and hold for everything inside it"
+            )
+        return parts[0], parts[1]
+
+    def get_acl(self, path: str):
+        """The ACL of the collection ``path`` names or lies in (an Acl)."""
+        if self.is_remote_api:
+            return self.fs.get_acl(self.resolve(path))
+        rel = self.resolve(path)
+        parts = rel.split("/")
+        if len(parts) < 2:
+            raise FreestackError(f"data://{rel} is not inside a collection; ACLs belong to collections")
+        self.check(rel, READ)
+        store = self.acls or AclStore(self.fs, self.path)
+        return store.get(parts[0], parts[1])
+
+    def set_acl(self, path: str, acl) -> None:
+        """Replace the ACL of the collection ``path`` (owner only; the collection must exist)."""
+        owner, collection = self._collection(path, action="set_acl")
+        if self.is_remote_api:
+            return self.fs.set_acl(f"{owner}/{collection}", acl)
+        if self.check_acl and self.owner != owner:
+            who = f"user {self.owner!r}" if self.owner else "an anonymous caller (no API key)"
+            raise AccessDenied(
+                f"{who} cannot change the ACL of data://{owner}/{collection}: only {owner!r} can",
+                anonymous=self.owner is None,
+            )
+        full = DirFileSystem._join(self, f"{owner}/{collection}")
+        if not self.fs.isdir(full):
+            raise FileNotFoundError(f"data://{owner}/{collection} does not exist; create it first")
+        (self.acls or AclStore(self.fs, self.path)).set(owner, collection, acl)
+
+    def create_dir(self, path: str, acl=None) -> None:
+        """Create a directory (and missing parents); with ``acl``, set it (collections only)."""
+        rel = self.resolve(path)
+        if acl is not None:
+            self._collection(rel, action="an ACL")
+        if self.is_remote_api:
+            return self.fs.makedirs(rel, exist_ok=False, acl=acl)
+        self.makedirs(rel, exist_ok=True)
+        if self.needs_dir_marker:
+            from freestack.storage.client import DIR_MARKER
+            from freestack.storage.objects import write_bytes
+
+            write_bytes(_Target(self, f"{rel}/{DIR_MARKER}"), b"")
+        if acl is not None:
+            self.set_acl(rel, acl)
+
+    # -- reads that list: hide the ACL documents and the collections the user may not read -------------
+
+    def _visible(self, rel: str) -> bool:
+        """Whether a listed path (resolved, ``owner/...``) is shown to this filesystem's user."""
+        parts = rel.split("/") if rel else []
+        if ACL_NAME in parts:
+            return False
+        if not self.check_acl or len(parts) < 2:
+            return True
+        try:
+            check_access(self.owner, "/".join(parts[:2]), READ, self.acls.get)
+        except AccessDenied:
+            return False
+        return True
+
+    def _filter_owners(self, names: list[str]) -> list[str]:
+        """Root listing: the owners that are this user or hold a collection the user may read."""
+        if not self.check_acl:
+            return names
+        out = []
+        for name in names:
+            owner = name.rstrip("/").rsplit("/", 1)[-1]
+            if owner == self.owner:
+                out.append(name)
+                continue
+            try:
+                collections = [
+                    c.rstrip("/").rsplit("/", 1)[-1] for c in self.fs.ls(DirFileSystem._join(self, owner), detail=False)
+                ]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if visible_collections(self.owner, owner, collections, self.acls.get):
+                out.append(name)
+        return out
+
+    def ls(self, path, detail=True, **kwargs):
+        rel = self.resolve(path)
+        entries = super().ls(path, detail=detail, **kwargs)
+        names = [e["name"] if detail else e for e in entries]
+        keep = [self._visible(n) for n in names]
+        entries = [e for e, k in zip(entries, keep, strict=True) if k]
+        if self.check_acl and not rel:
+            allowed = set(self._filter_owners([e["name"] if detail else e for e in entries]))
+            entries = [e for e in entries if (e["name"] if detail else e) in allowed]
+        return entries
+
+    def find(self, path, *args, **kwargs):
+        out = super().find(path, *args, **kwargs)
+        if isinstance(out, dict):
+            return {k: v for k, v in out.items() if self._visible(k)}
+        return [p for p in out if self._visible(p)]
+
+    def glob(self, path, **kwargs):
+        out = super().glob(path, **kwargs)
+        if isinstance(out, dict):
+            return {k: v for k, v in out.items() if self._visible(k)}
+        return [p for p in out if self._visible(p)]
+
+    def expand_path(self, path, *args, **kwargs):
+        return [p for p in super().expand_path(path, *args, **kwargs) if self._visible(p)]
+
+    def walk(self, path, *args, **kwargs):
+        for root, dirs, files in super().walk(path, *args, **kwargs):
+            if not self._visible(root):
+                continue
+            prefix = f"{root}/" if root else ""
+            if isinstance(dirs, dict):
+                for name in [n for n in dirs if not self._visible(prefix + n)]:
+                    del dirs[name]
+                files = {n: v for n, v in files.items() if self._visible(prefix + n)}
+            else:
+                dirs[:] = [n for n in dirs if self._visible(prefix + n)]
+                files = [n for n in files if self._visible(prefix + n)]
+            yield root, dirs, files
+
+    def du(self, path, *args, **kwargs):
+        if not kwargs.get("total", True):
+            return {k: v for k, v in super().du(path, *args, **kwargs).items() if self._visible(k)}
+        return sum(self.du(path, *args, **{**kwargs, "total": False}).values())
+
+    # -- writes: the ACL's write rule ------------------------------------------------------------------
+
+    def rm_file(self, path, **kwargs):
+        return self.fs.rm_file(self._w(path), **kwargs)
+
+    def rm(self, path, *args, **kwargs):
+        return self.fs.rm(self._w(path), *args, **kwargs)
+
+    def delete(self, path, recursive=False, maxdepth=None):
+        return self.fs.delete(self._w(path), recursive=recursive, maxdepth=maxdepth)
+
+    def cp_file(self, path1, path2, **kwargs):
+        return self.fs.cp_file(self._join(path1), self._w(path2), **kwargs)
+
+    def copy(self, path1, path2, *args, **kwargs):
+        return self.fs.copy(self._join(path1), self._w(path2), *args, **kwargs)
+
+    def pipe(self, path, *args, **kwargs):
+        return self.fs.pipe(self._w(path), *args, **kwargs)
+
+    def pipe_file(self, path, *args, **kwargs):
+        return self.fs.pipe_file(self._w(path), *args, **kwargs)
+
+    def write_text(self, path, value, encoding=None, errors=None, newline=None, **kwargs):
+        return self.fs.write_text(
+            self._w(path), value, encoding=encoding, errors=errors, newline=newline, **kwargs
+        )
+
+    def put_file(self, lpath, rpath, **kwargs):
+        return self.fs.put_file(lpath, self._w(rpath), **kwargs)
+
+    def put(self, lpath, rpath, *args, **kwargs):
+        return self.fs.put(lpath, self._w(rpath), *args, **kwargs)
+
+    def mkdir(self, path, *args, **kwargs):
+        return self.fs.mkdir(self._w(path), *args, **kwargs)
+
+    def makedirs(self, path, *args, **kwargs):
+        return self.fs.makedirs(self._w(path), *args, **kwargs)
+
+    def rmdir(self, path):
+        return self.fs.rmdir(self._w(path))
+
+    def mv(self, path1, path2, **kwargs):
+        return self.fs.mv(self._w(path1), self._w(path2), **kwargs)
+
+    def touch(self, path, **kwargs):
+        return self.fs.touch(self._w(path), **kwargs)
+
+    def open(self, path, mode="rb", *args, **kwargs):
+        target = self._w(path) if _WRITE_MODE & set(mode) else self._join(path)
+        return self.fs.open(target, mode, *args, **kwargs)
+
+    async def _rm_file(self, path, **kwargs):
+        return await self.fs._rm_file(self._w(path), **kwargs)
+
+    async def _rm(self, path, *args, **kwargs):
+        return await self.fs._rm(self._w(path), *args, **kwargs)
+
+    async def _cp_file(self, path1, path2, **kwargs):
+        return await self.fs._cp_file(self._join(path1), self._w(path2), **kwargs)
+
+    async def _copy(self, path1, path2, *args, **kwargs):
+        return await self.fs._copy(self._join(path1), self._w(path2), *args, **kwargs)
+
+    async def _pipe(self, path, *args, **kwargs):
+        return await self.fs._pipe(self._w(path), *args, **kwargs)
+
+    async def _pipe_file(self, path, *args, **kwargs):
+        return await self.fs._pipe_file(self._w(path), *args, **kwargs)
+
+    async def _put_file(self, lpath, rpath, **kwargs):
+        return await self.fs._put_file(lpath, self._w(rpath), **kwargs)
+
+    async def _put(self, lpath, rpath, *args, **kwargs):
+        return await self.fs._put(lpath, self._w(rpath), *args, **kwargs)
+
+    async def _mkdir(self, path, *args, **kwargs):
+        return await self.fs._mkdir(self._w(path), *args, **kwargs)
+
+    async def _makedirs(self, path, *args, **kwargs):
+        return await self.fs._makedirs(self._w(path), *args, **kwargs)
+
+    async def open_async(self, path, mode="rb", *args, **kwargs):
+        target = self._w(path) if _WRITE_MODE & set(mode) else self._join(path)
+        return await self.fs.open_async(target, mode, *args, **kwargs)
 
     def __reduce__(self):
-        return (_rebuild, (self.path, self.fs, self.owner))
+        return (_rebuild, (self.path, self.fs, self._owner, self.check_acl))
 
     def __repr__(self) -> str:
-        return f"DataFileSystem(owner={self.owner!r}, root={self.fs.unstrip_protocol(self.path)!r})"
+        where = self.fs.unstrip_protocol(self.path) if self.path or not self.is_remote_api else self.fs.url
+        return f"DataFileSystem(owner={self._owner!r}, root={where!r})"
 
 
-def _rebuild(path, fs, owner):
-    return DataFileSystem(path=path, fs=fs, owner=owner)
+class _Target:
+    """What AtomicWriter needs of an ObjectStoragePath: a filesystem and a path on it."""
+
+    def __init__(self, fs: Any, path: str):
+        self.fs = fs
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"data://{self.path}"
+
+
+def _rebuild(path, fs, owner, check_acl=True):
+    return DataFileSystem(path=path, fs=fs, owner=owner, check_acl=check_acl)
 
 
 class DataPath(CloudPath):

@@ -44,8 +44,11 @@ def to_path(uri: Any) -> ObjectStoragePath:
     return ObjectStoragePath(text)
 
 
-def local_os_path(path: ObjectStoragePath) -> str | None:
-    """The operating-system path behind ``path`` if it lives on a local disk, else None."""
+def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None:
+    """The operating-system path behind ``path`` if it lives on a local disk, else None.
+
+    For ``data://`` the collection's ACL is checked first (AccessDenied): reading, or writing when
+    ``write`` is true, since the caller then bypasses the filesystem object."""
     from fsspec.implementations.local import LocalFileSystem
 
     from freestack.storage.datafs import DataFileSystem
@@ -54,7 +57,7 @@ def local_os_path(path: ObjectStoragePath) -> str | None:
     if isinstance(fs, LocalFileSystem):
         return fs._strip_protocol(path.path)
     if isinstance(fs, DataFileSystem) and fs.is_local:
-        return fs.local_path(path.path)
+        return fs.local_path(path.path, write=write)
     return None
 
 
@@ -82,7 +85,7 @@ class AtomicWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         self.result: WrittenObject | None = None
-        self._local = local_os_path(path)
+        self._local = local_os_path(path, write=True)
         if self._local is not None:
             folder, name = os.path.split(self._local)
             self._made = _makedirs(folder)
