@@ -3,6 +3,7 @@
     freestack demo              land the demo data and run the pipeline DAGs on it
     freestack up | down         airflow standalone on 127.0.0.1, in the background
     freestack lake PIPELINE     partitions, row counts and quarantine reasons
+    freestack data-api          the Algorithmia-compatible Data API on 127.0.0.1 (keys, acl: its users)
 """
 
 from __future__ import annotations
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p_lake = sub.add_parser("lake", help="show a pipeline's lake partitions and quarantine")
     p_lake.add_argument("pipeline")
     p_lake.set_defaults(fn=lake)
+    from freestack.dataapi.cli import register as register_data_api
+
+    register_data_api(sub)  # data-api, keys, acl
     args = ap.parse_args(argv)
     return args.fn(args)
 

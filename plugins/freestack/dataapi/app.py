@@ -1,0 +1,791 @@
+"""The Data API service: Algorithmia's ``/v1/data`` REST protocol over freestack's data store.
+
+Wire behaviour (what ``algorithmia==2.0.5`` and Algorithmia's other clients expect):
+
+==========================================  =========================================================
+``GET /v1/data/<path>``                     a file's bytes (``Range`` supported), or a directory's
+                                            listing ``{"folders": [{"name"}], "files": [{"filename",
+                                            "size", "last_modified"}], "marker"}``; ``?marker=`` pages
+                                            on, ``?acl=true`` adds the collection's ``"acl"``
+``HEAD /v1/data/<path>``                    200 with ``X-Data-Type: file|directory``,
+                                            ``Content-Length``, ``Last-Modified``; errors carry
+                                            ``X-Error-Message``
+``PUT /v1/data/<owner>/<coll>/<name...>``   stores the body (streamed; published atomically only once
+                                            the whole body arrived); ``If-None-Match: *`` = create only
+``POST /v1/data/<parent>``                  ``{"name": "...", "acl": {"read": [...]}}`` creates a
+                                            directory (a collection when the parent is an owner)
+``PATCH /v1/data/<owner>/<coll>``           ``{"acl": {...}}`` replaces the collection's ACL (owner)
+``DELETE /v1/data/<path>[?force=true]``     a file, an empty directory, or (force) a whole tree;
+                                            answers ``{"result": {"deleted": N}}``
+==========================================  =========================================================
+
+``/v1/connector/data/...`` is an alias (older clients). Errors are ``{"error": {"message": ...}}``
+with 400 (bad path or body), 401 (no/invalid/revoked key where one is needed), 403 (the ACL says
+no), 404, 409 (exists, not empty, is a directory), 412, 416 or 431 (headers too large).
+
+The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
+examples), the bare key (the Python client), or ``Bearer <key>``. Without it the caller is anonymous
+and may only read public collections. ``.my`` is the key's user. The access rules are the ones every
+``data://`` filesystem applies (freestack.dataapi.acl): the service builds one DataFileSystem per
+request for the caller over the backing store.
+
+freestack extensions: ``GET /v1/freestack/whoami``, ``GET /v1/freestack/health``, ``"write"`` lists in
+ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write this file?).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import formatdate
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from freestack.dataapi.acl import READ, USER_RE, WRITE, Acl, AclError
+from freestack.errors import AccessDenied, FreestackError, UnsafePathError
+from freestack.storage.paths import check_relative
+
+log = logging.getLogger("freestack.dataapi")
+
+CHUNK = 1024 * 1024  # bytes handed to the storage thread at a time, up and down
+MAX_JSON_BODY = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # request line + all headers
+MAX_HEADER_VALUE = 8 * 1024
+MAX_NAME_BYTES = 255
+DEFAULT_PAGE_SIZE = 1000
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, message, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# settings and the backing store
+
+
+@dataclass
+class DataApiSettings:
+    """Where the service keeps data and keys. None means: from the environment, then the defaults."""
+
+    root: str | None = None
+    keys_path: str | None = None
+    page_size: int | None = None
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+
+def resolve_root(explicit: str | None = None) -> str:
+    """The backing store the service serves: ``explicit``, else ``FREESTACK_DATA_API_ROOT``, else the
+    ``freestack_data_default`` connection's root if it is a store (not itself a service URL), else the
+    embedded default (``FREESTACK_DATA_ROOT`` or ``<project>/.freestack/data``)."""
+    root = explicit or os.environ.get("FREESTACK_DATA_API_ROOT")
+    if not root:
+        from freestack.hooks.datastore import DataStoreHook, embedded_default
+
+        try:
+            config = DataStoreHook().config
+            root = None if config.is_remote_api else config.root
+        except Exception:  # no connection (or no way to ask for one here): the embedded default
+            root = None
+        root = root or embedded_default().root
+    root = root.rstrip("/")
+    if root.startswith(("http://", "https://")):
+        raise FreestackError(
+            f"the Data API needs a store to serve (file:///path or s3://conn@bucket/prefix), not another "
+            f"service ({root}); pass --root or set FREESTACK_DATA_API_ROOT"
+        )
+    if root.startswith("data://") or "://" not in root:
+        raise FreestackError(
+            f"Data API root {root!r} must be a file:// or s3:// URI (e.g. file:///srv/freestack/data)"
+        )
+    return root
+
+
+class _Service:
+    """What every request needs, set up on the first one (so importing the app stays cheap)."""
+
+    def __init__(self, settings: DataApiSettings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._ready = False
+        self.root = ""
+        self.fs: Any = None
+        self.base = ""
+        self.keys: Any = None
+        self.page_size = DEFAULT_PAGE_SIZE
+        self._per_user: dict[str | None, Any] = {}
+
+    def ensure(self) -> _Service:
+        if self._ready:
+            return self
+        with self._lock:
+            if self._ready:
+                return self
+            from fsspec.implementations.local import LocalFileSystem
+
+            from freestack.dataapi.keys import KeyStore
+            from freestack.storage.objects import to_path
+
+            self.root = resolve_root(self.settings.root)
+            backing = to_path(self.root)
+            self.fs = backing.fs
+            self.base = backing.path
+            if isinstance(self.fs, LocalFileSystem):
+                os.makedirs(self.fs._strip_protocol(self.base), exist_ok=True)
+            self.keys = KeyStore(self.settings.keys_path or os.environ.get("FREESTACK_DATA_API_KEYS") or None)
+            size = self.settings.page_size or int(os.environ.get("FREESTACK_DATA_API_PAGE_SIZE") or 0)
+            self.page_size = size if size > 0 else DEFAULT_PAGE_SIZE
+            log.info("freestack Data API serving %s (keys: %s)", self.root, self.keys.path)
+            self._ready = True
+        return self
+
+    def fs_for(self, user: str | None):
+        """A DataFileSystem over the backing store for this caller: ``.my`` and the ACLs are theirs.
+        (One per user, kept: building one costs more than most requests.)"""
+        fs = self._per_user.get(user)
+        if fs is None:
+            from freestack.storage.datafs import DataFileSystem
+
+            fs = DataFileSystem(path=self.base, fs=self.fs, owner=user)
+            if len(self._per_user) >= 1024:
+                self._per_user.clear()
+            self._per_user[user] = fs
+        return fs
+
+    def known_user(self, name: str) -> bool:
+        return name in set(self.keys.users())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _api_key(request: Request) -> str | None:
+    raw = request.headers.get("authorization")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    scheme, _, rest = raw.partition(" ")
+    if rest and scheme.lower() in ("simple", "bearer"):
+        return rest.strip()
+    if not rest and raw:
+        return raw
+    raise ApiError(
+        401,
+        "the Authorization header must be 'Simple <key>' (or the bare key); "
+        "create a key with `freestack keys create <user>`",
+    )
+
+
+def _authenticate(svc: _Service, key: str | None) -> str | None:
+    """The user of ``key`` (None: no key); ApiError 401 for a key that is unknown or revoked."""
+    if key is None:
+        return None
+    user = svc.keys.authenticate(key)
+    if user is None:
+        raise ApiError(
+            401,
+            "the API key is not valid: it is unknown or was revoked. Create a new one with "
+            "`freestack keys create <user>` (and check the client sends it unchanged)",
+        )
+    return user
+
+
+async def _caller(request: Request, svc: _Service) -> str | None:
+    key = _api_key(request)
+    if key is None:
+        return None
+    return await _run(_authenticate, svc, key)
+
+
+def parse_data_path(raw: str) -> str:
+    """The request's data path, normalised; ApiError 400 if it could escape or is malformed."""
+    try:
+        rel = check_relative(raw, what="data path")
+    except UnsafePathError as exc:
+        raise ApiError(400, str(exc)) from None
+    parts = rel.split("/") if rel else []
+    for i, seg in enumerate(parts):
+        if i == 0 and seg == ".my":
+            continue
+        if seg.startswith("."):
+            raise ApiError(
+                400,
+                f"data path {raw!r}: {seg!r} starts with '.', which is reserved (hidden temporaries and ACL "
+                "documents); rename it without the leading dot",
+            )
+        if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ApiError(400, f"data path {raw!r}: a name is longer than {MAX_NAME_BYTES} bytes")
+    if parts and parts[0] != ".my" and not USER_RE.match(parts[0]):
+        raise ApiError(
+            400,
+            f"data path {raw!r}: {parts[0]!r} is not a user name; paths are <owner>/<collection>/<name> "
+            "(or .my/<collection>/<name>)",
+        )
+    return rel
+
+
+def _header_safe(message: str) -> str:
+    text = message.replace("\r", " ").replace("\n", " ")
+    return text.encode("ascii", "backslashreplace").decode("ascii")[:1000]
+
+
+def error_response(status: int, message: str, *, head: bool = False, headers: dict[str, str] | None = None):
+    out = {"X-Error-Message": _header_safe(message), "Cache-Control": "no-store"}
+    if status == 401:
+        out["WWW-Authenticate"] = 'Simple realm="freestack data"'
+    out.update(headers or {})
+    if head:
+        return Response(status_code=status, headers=out)
+    return JSONResponse({"error": {"message": message}}, status_code=status, headers=out)
+
+
+def _exception_response(exc: BaseException, display: str, *, head: bool) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.message, head=head, headers=exc.headers)
+    if isinstance(exc, AccessDenied):
+        return error_response(401 if exc.anonymous else 403, str(exc), head=head)
+    if isinstance(exc, UnsafePathError | AclError):
+        return error_response(400, str(exc), head=head)
+    if isinstance(exc, FileNotFoundError):
+        return error_response(404, f"{display} does not exist", head=head)
+    if isinstance(exc, FileExistsError):
+        return error_response(409, f"{display} already exists", head=head)
+    if isinstance(exc, IsADirectoryError):
+        return error_response(409, f"{display} is a directory", head=head)
+    if isinstance(exc, NotADirectoryError):
+        return error_response(409, f"{display}: a file is in the way (a path segment is a file)", head=head)
+    if isinstance(exc, FreestackError):
+        return error_response(400, str(exc), head=head)
+    log.error("Data API failure on %s", display, exc_info=exc)
+    if isinstance(exc, OSError):
+        return error_response(
+            502, f"the storage behind the Data API failed on {display} ({type(exc).__name__}); see the service log",
+            head=head,
+        )
+    return error_response(500, f"internal error on {display} ({type(exc).__name__}); see the service log", head=head)
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _listing_time(dt: datetime | None) -> str:
+    dt = dt or datetime(1970, 1, 1, tzinfo=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _hidden(rel: str) -> bool:
+    return any(seg.startswith(".") for seg in rel.split("/"))
+
+
+def _depth(rel: str) -> int:
+    return len(rel.split("/")) if rel else 0
+
+
+def _info(svc: _Service, fs, rel: str, user: str | None) -> dict[str, Any] | None:
+    """The object at ``rel`` (``type`` file or directory), None if absent; access is checked (READ).
+    The root and the caller's (or any known user's) namespace always exist."""
+    resolved = fs.resolve(rel)
+    if _depth(resolved) <= 1:
+        fs.check(resolved, READ)
+        if not resolved:
+            return {"name": "", "type": "directory", "size": 0}
+        try:
+            info = fs.info(resolved)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            return info
+        if resolved == user or svc.known_user(resolved):
+            return {"name": resolved, "type": "directory", "size": 0}
+        return None
+    try:
+        return fs.info(resolved)
+    except FileNotFoundError:
+        return None
+
+
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """``(first, last)`` byte of a single ``bytes=`` range, None for the whole file (no/odd header)."""
+    if not value:
+        return None
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise ValueError
+            start, end = max(size - n, 0), size - 1
+        else:
+            start = int(first)
+            end = min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or start >= size or start > end:
+        raise ApiError(
+            416, f"range {value!r} is outside the file ({size} bytes)", {"Content-Range": f"bytes */{size}"}
+        )
+    return start, end
+
+
+def _marker(key: tuple) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _unmarker(text: str) -> tuple:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        value = json.loads(raw)
+        if isinstance(value, list) and len(value) == 3:
+            return (int(value[0]), int(value[1]), str(value[2]))
+    except (ValueError, TypeError):
+        pass
+    raise ApiError(400, f"marker {text!r} is not one this service handed out; list again without it")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            raise ApiError(413, f"the request body is over {MAX_JSON_BODY // 1024} KiB; send a small JSON object")
+        chunks.append(chunk)
+    raw = b"".join(chunks).strip() or b"{}"
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, 'the request body must be JSON, e.g. {"name": "my_collection"}') from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _run(fn, *args):
+    return anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the operations
+
+
+def _get_sync(svc: _Service, key: str | None, rel: str, display: str, head: bool, query, range_header):
+    """GET and HEAD, everything that blocks in one go (one thread hop a request): who is asking, the
+    ACL, what the path is, and for a file its opening (small files are read here, whole)."""
+    user = _authenticate(svc, key)
+    fs = svc.fs_for(user)
+    if head and query.get("access") == "write":
+        _check_writable(svc, fs, rel, user, display)
+        return Response(status_code=200, headers={"Cache-Control": "no-store"})
+    info = _info(svc, fs, rel, user)
+    if info is None:
+        raise ApiError(404, f"{display} does not exist")
+    if info.get("type") == "directory":
+        headers = {"X-Data-Type": "directory", "Cache-Control": "no-store"}
+        if head:
+            return Response(status_code=200, headers=headers)
+        want_acl = query.get("acl", "").lower() in ("true", "1", "yes")
+        return JSONResponse(_listing(svc, fs, rel, user, query.get("marker"), want_acl), headers=headers)
+    return _open_file(fs, rel, info, head, range_header)
+
+
+def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str) -> None:
+    if _depth(rel) < 3:
+        raise ApiError(400, f"{display} is not a file path: files live in a collection (<owner>/<collection>/<name>)")
+    fs.check(fs.resolve(rel), WRITE)
+    info = _info(svc, fs, rel, user)
+    if info is not None and info.get("type") == "directory":
+        raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
+
+
+def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, want_acl: bool) -> dict:
+    resolved = fs.resolve(rel)
+    try:
+        entries = fs.ls(resolved, detail=True)
+    except FileNotFoundError:
+        entries = []
+    root = not resolved
+    items: list[tuple[tuple, dict | None]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if not name or name.startswith(".") or name in seen:
+            continue
+        seen.add(name)
+        is_dir = entry.get("type") == "directory"
+        key = (0 if is_dir else 1, 0 if (root and name == user) else 1, name)
+        items.append((key, None if is_dir else entry))
+    if root and user and user not in seen:  # the caller's own namespace, first (Algorithmia's username())
+        items.append(((0, 0, user), None))
+    items.sort(key=lambda item: item[0])
+    keys = [k for k, _ in items]
+    start = bisect.bisect_right(keys, _unmarker(marker)) if marker else 0
+    page = items[start : start + svc.page_size]
+    more = start + svc.page_size < len(items)
+    body: dict[str, Any] = {
+        "folders": [{"name": k[2]} for k, e in page if k[0] == 0],
+        "files": [
+            {"filename": k[2], "size": int(e.get("size") or 0), "last_modified": _listing_time(_mtime(e))}
+            for k, e in page
+            if k[0] == 1
+        ],
+        "marker": _marker(page[-1][0]) if (more and page) else None,
+    }
+    if want_acl and _depth(resolved) >= 2:
+        body["acl"] = fs.get_acl(resolved).to_json()
+    return body
+
+
+@dataclass
+class _FileStream:
+    """A file to stream back: the open handle, the status and headers, how many bytes from where."""
+
+    f: Any
+    status: int
+    headers: dict[str, str]
+    length: int
+
+    def response(self) -> StreamingResponse:
+        f, length = self.f, self.length
+
+        async def body():
+            remaining = length
+            try:
+                while remaining > 0:
+                    chunk = await _run(f.read, min(CHUNK, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    yield chunk
+            finally:
+                f.close()
+
+        return StreamingResponse(body(), status_code=self.status, headers=self.headers)
+
+
+def _open_file(fs, rel: str, info: dict[str, Any], head: bool, range_header: str | None):
+    headers = {
+        "X-Data-Type": "file",
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        # never re-encoded by a compressing middleware (the Airflow API server has one): ranges and
+        # Content-Length stay those of the stored bytes
+        "Content-Encoding": "identity",
+        "Cache-Control": "no-store",
+    }
+    mtime = _mtime(info)
+    if mtime is not None:
+        headers["Last-Modified"] = formatdate(mtime.timestamp(), usegmt=True)
+    if head:
+        headers["Content-Length"] = str(int(info.get("size") or 0))
+        return Response(status_code=200, headers=headers)
+    f = fs.open(rel, "rb")
+    try:
+        size = _size_of(f)  # of the version opened (a replace meanwhile does not change it)
+        rng = _parse_range(range_header, size)
+        status, start, length = 200, 0, size
+        if rng is not None:
+            start, end = rng
+            status, length = 206, end - start + 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            f.seek(start)
+        headers["Content-Length"] = str(length)
+        if length <= CHUNK:  # small: read now, answer in one piece
+            data = f.read(length)
+            f.close()
+            return Response(content=data, status_code=status, headers=headers)
+    except BaseException:
+        f.close()
+        raise
+    return _FileStream(f, status, headers, length)
+
+
+def _size_of(f) -> int:
+    size = getattr(f, "size", None)
+    if isinstance(size, int):
+        return size
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(0)
+    return size
+
+
+async def _put(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
+    from freestack.storage.datafs import _Target
+    from freestack.storage.objects import AtomicWriter
+
+    if _depth(rel) < 3:
+        raise ApiError(
+            400,
+            f"{display} is not a file path: files live in a collection (PUT /v1/data/<owner>/<collection>/<name>); "
+            'to create a directory, POST {"name": ...} to its parent',
+        )
+    if_absent = request.headers.get("if-none-match", "").strip() == "*"
+    expected = request.headers.get("content-length")
+    try:
+        expected_n = int(expected) if expected is not None else None
+    except ValueError:
+        raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
+    info = await _run(_info, svc, fs, rel, user)
+    if info is not None and info.get("type") == "directory":
+        raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
+    if if_absent and info is not None:
+        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
+    writer = await _run(lambda: AtomicWriter(_Target(fs, rel), if_absent=if_absent))
+    received = 0
+    pending: list[bytes] = []
+    pending_n = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            received += len(chunk)
+            pending.append(chunk)
+            pending_n += len(chunk)
+            if pending_n >= CHUNK:
+                data = b"".join(pending)
+                pending, pending_n = [], 0
+                await _run(writer.write, data)
+        if pending:
+            await _run(writer.write, b"".join(pending))
+        if expected_n is not None and received != expected_n:
+            raise ApiError(
+                400, f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written"
+            )
+        await _run(writer.commit)
+    except ClientDisconnect:
+        writer.abort()
+        log.warning("upload of %s interrupted after %d bytes: discarded, nothing was written", display, received)
+        return Response(status_code=400)  # nobody is listening any more
+    except FileExistsError:
+        writer.abort()
+        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
+    except BaseException:
+        writer.abort()
+        raise
+    return JSONResponse({"result": display})
+
+
+async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
+    body = await _json_body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name or "/" in name.strip("/"):
+        raise ApiError(400, 'POST creates one directory: send {"name": "<name>"} (one name, no "/") to its parent')
+    name = name.strip("/")
+    if name.startswith(".") or name in ("..", "."):
+        raise ApiError(400, f"directory name {name!r} starts with '.', which is reserved; choose another")
+    child = parse_data_path(f"{rel}/{name}" if rel else name)
+    if not rel:
+        raise ApiError(400, "owners' namespaces are not created by POST: a user exists once they have a key")
+    acl = Acl.parse(body["acl"], where="acl") if body.get("acl") is not None else None
+    child_display = f"data://{child}"
+
+    def work() -> None:
+        parent = _info(svc, fs, rel, user)
+        if parent is None:
+            raise ApiError(404, f"{display} does not exist; create it first")
+        if parent.get("type") != "directory":
+            raise ApiError(409, f"{display} is a file, not a directory")
+        resolved = fs.resolve(child)
+        if _depth(resolved) != 2 and acl is not None:
+            raise ApiError(
+                400,
+                f"{child_display}: ACLs are set per collection (data://<owner>/<collection>) and hold for "
+                "everything inside it; create this directory without an acl",
+            )
+        fs.check(resolved, WRITE)
+        if fs.exists(resolved):
+            raise ApiError(409, f"{child_display} already exists")
+        fs.create_dir(resolved, acl=acl)
+
+    await _run(work)
+    return JSONResponse({"result": child_display})
+
+
+async def _patch(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
+    body = await _json_body(request)
+    if "acl" not in body:
+        raise ApiError(400, 'PATCH changes a collection\'s ACL: send {"acl": {"read": ["user://*"]}} or {"acl": {"read": []}}')
+    acl = Acl.parse(body["acl"], where="acl")
+
+    def work() -> None:
+        resolved = fs.resolve(rel)
+        if _depth(resolved) != 2:
+            raise ApiError(
+                400,
+                f"{display}: ACLs are set per collection (data://<owner>/<collection>); "
+                "patch the collection this lies in",
+            )
+        fs.set_acl(resolved, acl)
+
+    await _run(work)
+    return JSONResponse({"result": display, "acl": acl.to_json()})
+
+
+async def _delete(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
+    force = request.query_params.get("force", "").lower() in ("true", "1", "yes")
+
+    def work() -> int:
+        info = _info(svc, fs, rel, user)
+        if info is None:
+            raise ApiError(404, f"{display} does not exist")
+        resolved = fs.resolve(rel)
+        if info.get("type") != "directory":
+            fs.rm_file(resolved)
+            return 1
+        if _depth(resolved) < 2:
+            raise ApiError(400, f"refusing to delete {display}: it is a whole namespace; delete its collections one by one")
+        fs.check(resolved, WRITE)
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(resolved, detail=False)]
+        visible = sorted(n for n in names if n and not n.startswith("."))
+        if visible and not force:
+            shown = ", ".join(visible[:5]) + (", ..." if len(visible) > 5 else "")
+            raise ApiError(
+                409,
+                f"{display} is not empty ({len(visible)} entries: {shown}); delete them first or add ?force=true",
+            )
+        files = [p for p in fs.find(resolved) if not _hidden(p)]
+        fs.rm(resolved, recursive=True)
+        return len(files)
+
+    deleted = await _run(work)
+    return JSONResponse({"result": {"deleted": deleted}})
+
+
+_METHODS = {"PUT": _put, "POST": _post, "PATCH": _patch, "DELETE": _delete}
+
+
+async def data_endpoint(request: Request) -> Response:
+    svc: _Service = request.app.state.freestack_data
+    head = request.method == "HEAD"
+    raw = request.path_params.get("path", "")
+    display = f"data://{raw.strip('/')}"
+    try:
+        if not svc._ready:
+            await _run(svc.ensure)
+        rel = parse_data_path(raw)
+        display = f"data://{rel}"
+        if request.method in ("GET", "HEAD"):
+            out = await _run(
+                _get_sync, svc, _api_key(request), rel, display, head, request.query_params,
+                request.headers.get("range"),
+            )
+            return out.response() if isinstance(out, _FileStream) else out
+        user = await _caller(request, svc)
+        fs = svc.fs_for(user)
+        return await _METHODS[request.method](request, svc, fs, rel, user, display)
+    except Exception as exc:  # every failure is a JSON error (and X-Error-Message)
+        return _exception_response(exc, display, head=head)
+
+
+async def whoami(request: Request) -> Response:
+    svc: _Service = request.app.state.freestack_data
+    try:
+        await _run(svc.ensure)
+        user = await _caller(request, svc)
+    except Exception as exc:
+        return _exception_response(exc, "whoami", head=False)
+    if user is None:
+        return error_response(401, "no API key: send 'Authorization: Simple <key>'")
+    return JSONResponse({"username": user})
+
+
+async def health(request: Request) -> Response:
+    svc: _Service = request.app.state.freestack_data
+    try:
+        await _run(svc.ensure)
+    except Exception as exc:
+        return error_response(503, f"the Data API cannot serve: {exc}")
+    return JSONResponse({"status": "ok", "root": svc.root})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# headers over the limit: refused before anything else runs
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for a request line plus headers over ``max_total`` bytes, or one header value
+    over ``max_value``. (The standalone server also caps what it buffers before a request is parsed:
+    freestack.dataapi.server.)"""
+
+    def __init__(self, app, max_total: int = MAX_HEADER_BYTES, max_value: int = MAX_HEADER_VALUE):
+        self.app = app
+        self.max_total = max_total
+        self.max_value = max_value
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            total = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            biggest = 0
+            for name, value in scope.get("headers", []):
+                total += len(name) + len(value) + 4
+                biggest = max(biggest, len(value))
+            if total > self.max_total or biggest > self.max_value:
+                message = (
+                    f"request headers too large ({total} bytes, largest value {biggest}); the limits are "
+                    f"{self.max_total} bytes in all and {self.max_value} per value"
+                )
+                response = error_response(431, message, head=scope.get("method") == "HEAD")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: DataApiSettings | None = None) -> FastAPI:
+    """The Data API as a FastAPI app; the backing store and keys are looked up on the first request."""
+    settings = settings or DataApiSettings()
+    app = FastAPI(title="freestack Data API", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.freestack_data = _Service(settings)
+    methods = ["GET", "HEAD", *_METHODS]
+    for prefix in ("/v1/data", "/v1/connector/data"):
+        app.add_route(prefix, data_endpoint, methods=methods, include_in_schema=False)
+        app.add_route(prefix + "/{path:path}", data_endpoint, methods=methods, include_in_schema=False)
+    app.add_route("/v1/freestack/whoami", whoami, methods=["GET"], include_in_schema=False)
+    app.add_route("/v1/freestack/health", health, methods=["GET"], include_in_schema=False)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"{request.url.path} is not part of the Data API; data lives under /v1/data/<owner>/..."
+        return error_response(exc.status_code, message, head=request.method == "HEAD")
+
+    app.add_middleware(HeaderLimit, max_total=settings.max_header_bytes)
+    return app
+
+
+#: the app the freestack AirflowPlugin mounts in the Airflow API server (settings from the environment)
+data_api_app = create_app()
+
+__all__ = ["ApiError", "DataApiSettings", "HeaderLimit", "create_app", "data_api_app", "resolve_root"]
