@@ -147,7 +147,12 @@ class DataApi:
         return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def start_service(workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, extra_args=()) -> DataApi:
+def start_service(
+    workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, extra_args=(), root_uri: str | None = None,
+    env: dict[str, str] | None = None,
+) -> DataApi:
+    """Start the service over ``workdir/data`` (or ``root_uri``, e.g. an S3 prefix, with ``env`` holding
+    its connection), with a key for each of ``users``."""
     root = workdir / "data"
     root.mkdir(parents=True, exist_ok=True)
     keys_path = workdir / "keys.sqlite"
@@ -156,13 +161,13 @@ def start_service(workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, ext
     url = f"http://{HOST}:{port}"
     cmd = [
         str(BIN / "freestack"), "data-api", "--host", HOST, "--port", str(port),
-        "--root", root.as_uri(), "--keys", str(keys_path), "--page-size", str(page_size),
+        "--root", root_uri or root.as_uri(), "--keys", str(keys_path), "--page-size", str(page_size),
         "--log-level", "warning", *extra_args,
     ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home")), start_new_session=True,
+            env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home"), **(env or {})), start_new_session=True,
         )
     try:
         wait_healthy(url, proc, log)

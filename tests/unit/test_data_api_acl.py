@@ -289,3 +289,43 @@ def test_connection_kinds(monkeypatch):
     assert c.root == "http://airflow:8080/freestack/data" and c.api_key == "fsk_y" and c.owner == "alice"
     fs = DataStoreHook("d_http").get_conn()
     assert fs.is_remote_api and not fs.is_local and not fs.check_acl and not fs.needs_dir_marker
+
+
+def test_acl_cli(tmp_path, capsys):
+    from freestack.cli import main
+
+    root = tmp_path / "data"
+    (root / "alice" / "models").mkdir(parents=True)
+    uri = root.as_uri()
+    assert main(["acl", "set", "data://alice/models", "--team", "bob,carol", "--writers", "bob", "--root", uri]) == 0
+    assert "team: readers bob, carol" in capsys.readouterr().out
+    assert main(["acl", "show", "data://alice/models", "--root", uri]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kind"] == "team" and shown["acl"] == {
+        "read": ["user://bob", "user://carol"], "write": ["user://bob"]}
+    assert json.loads((root / "alice" / "models" / ACL_NAME).read_text()) == shown["acl"]
+    assert main(["acl", "set", "data://alice/models", "--public", "--root", uri]) == 0
+    assert "public" in capsys.readouterr().out
+    assert main(["acl", "set", "data://alice/models", "--team", "../x", "--root", uri]) == 2
+    assert "team member '../x' is not valid" in capsys.readouterr().err
+    assert main(["acl", "set", "data://alice/nothing", "--private", "--root", uri]) == 2
+    assert "create it first" in capsys.readouterr().err
+    assert main(["keys", "revoke", "nope", "--keys", str(tmp_path / "k.sqlite")]) == 2
+    assert "freestack keys list" in capsys.readouterr().err
+
+
+def test_service_unreachable_says_so(monkeypatch, clean_stores):
+    import socket
+
+    from freestack.dataapi.httpfs import DataApiUnavailable
+    from freestack.storage import to_path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_D_DOWN",
+        json.dumps({"conn_type": "freestack_data", "host": f"http://127.0.0.1:{port}", "password": "fsk_x"}),
+    )
+    with pytest.raises(DataApiUnavailable, match="cannot be reached.*freestack data-api"):
+        to_path("data://d_down@alice/c/x.txt").read_bytes()

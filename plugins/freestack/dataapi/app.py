@@ -35,6 +35,7 @@ ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
 import json
@@ -541,10 +542,37 @@ def _size_of(f) -> int:
     return size
 
 
-async def _put(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
+def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent: bool):
+    """Who is asking, may they write, is the name free: then the atomic writer (one thread hop)."""
     from freestack.storage.datafs import _Target
     from freestack.storage.objects import AtomicWriter
 
+    user = _authenticate(svc, key)
+    fs = svc.fs_for(user)
+    info = _info(svc, fs, rel, user)
+    if info is not None and info.get("type") == "directory":
+        raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
+    if if_absent and info is not None:
+        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
+    return AtomicWriter(_Target(fs, rel), if_absent=if_absent)  # checks the write ACL
+
+
+async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:
+    """Hand ``item`` to the storage worker; if the worker failed meanwhile, raise its error."""
+    if worker.done():
+        worker.result()
+        raise ApiError(500, "the storage worker stopped")
+    put = asyncio.ensure_future(queue.put(item))
+    done, _ = await asyncio.wait({put, worker}, return_when=asyncio.FIRST_COMPLETED)
+    if put not in done:
+        put.cancel()
+        worker.result()
+        raise ApiError(500, "the storage worker stopped")
+
+
+async def _put(request: Request, svc: _Service, key: str | None, rel: str, display: str):
+    """Store the body: received in the event loop while the previous chunk is written in a thread
+    (at most ``2 + 1`` chunks of CHUNK bytes in memory); published only once it all arrived."""
     if _depth(rel) < 3:
         raise ApiError(
             400,
@@ -557,12 +585,15 @@ async def _put(request: Request, svc: _Service, fs, rel: str, user: str | None, 
         expected_n = int(expected) if expected is not None else None
     except ValueError:
         raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
-    info = await _run(_info, svc, fs, rel, user)
-    if info is not None and info.get("type") == "directory":
-        raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
-    if if_absent and info is not None:
-        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
-    writer = await _run(lambda: AtomicWriter(_Target(fs, rel), if_absent=if_absent))
+    writer = await _run(_begin_put, svc, key, rel, display, if_absent)
+
+    queue: asyncio.Queue = asyncio.Queue(maxsize=2)
+
+    async def drain() -> None:
+        while (data := await queue.get()) is not None:
+            await _run(writer.write, data)
+
+    worker = asyncio.ensure_future(drain())
     received = 0
     pending: list[bytes] = []
     pending_n = 0
@@ -576,23 +607,29 @@ async def _put(request: Request, svc: _Service, fs, rel: str, user: str | None, 
             if pending_n >= CHUNK:
                 data = b"".join(pending)
                 pending, pending_n = [], 0
-                await _run(writer.write, data)
+                await _feed(queue, data, worker)
         if pending:
-            await _run(writer.write, b"".join(pending))
+            await _feed(queue, b"".join(pending), worker)
+        await _feed(queue, None, worker)
+        await worker
         if expected_n is not None and received != expected_n:
             raise ApiError(
                 400, f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written"
             )
         await _run(writer.commit)
-    except ClientDisconnect:
+    except BaseException as exc:
+        if not worker.done():
+            worker.cancel()
+            try:  # a write in progress finishes first: abort never races it
+                await worker
+            except BaseException:  # noqa: BLE001  (its outcome no longer matters)
+                pass
         writer.abort()
-        log.warning("upload of %s interrupted after %d bytes: discarded, nothing was written", display, received)
-        return Response(status_code=400)  # nobody is listening any more
-    except FileExistsError:
-        writer.abort()
-        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
-    except BaseException:
-        writer.abort()
+        if isinstance(exc, ClientDisconnect):
+            log.warning("upload of %s interrupted after %d bytes: discarded, nothing was written", display, received)
+            return Response(status_code=400)  # nobody is listening any more
+        if isinstance(exc, FileExistsError):
+            raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
         raise
     return JSONResponse({"result": display})
 
@@ -683,7 +720,7 @@ async def _delete(request: Request, svc: _Service, fs, rel: str, user: str | Non
     return JSONResponse({"result": {"deleted": deleted}})
 
 
-_METHODS = {"PUT": _put, "POST": _post, "PATCH": _patch, "DELETE": _delete}
+_METHODS = {"POST": _post, "PATCH": _patch, "DELETE": _delete}
 
 
 async def data_endpoint(request: Request) -> Response:
@@ -702,6 +739,8 @@ async def data_endpoint(request: Request) -> Response:
                 request.headers.get("range"),
             )
             return out.response() if isinstance(out, _FileStream) else out
+        if request.method == "PUT":
+            return await _put(request, svc, _api_key(request), rel, display)
         user = await _caller(request, svc)
         fs = svc.fs_for(user)
         return await _METHODS[request.method](request, svc, fs, rel, user, display)
@@ -767,7 +806,7 @@ def create_app(settings: DataApiSettings | None = None) -> FastAPI:
     settings = settings or DataApiSettings()
     app = FastAPI(title="freestack Data API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.freestack_data = _Service(settings)
-    methods = ["GET", "HEAD", *_METHODS]
+    methods = ["GET", "HEAD", "PUT", *_METHODS]
     for prefix in ("/v1/data", "/v1/connector/data"):
         app.add_route(prefix, data_endpoint, methods=methods, include_in_schema=False)
         app.add_route(prefix + "/{path:path}", data_endpoint, methods=methods, include_in_schema=False)

@@ -107,6 +107,21 @@ def cmd_acl_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clean_errors(fn):
+    """Run a command; a FreestackError or OSError is printed as one line (what is wrong, what to do)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from freestack.errors import FreestackError
+
+        try:
+            return fn(args)
+        except (FreestackError, OSError) as exc:
+            print(f"freestack {args.cmd}: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``data-api``, ``keys`` and ``acl`` to the ``freestack`` command line."""
     p = sub.add_parser("data-api", help="serve the Algorithmia-compatible Data API (/v1/data/...)")
@@ -117,20 +132,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--page-size", type=int, default=None, help="entries per directory listing page (default 1000)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    p.set_defaults(fn=cmd_data_api)
+    p.set_defaults(fn=_clean_errors(cmd_data_api))
 
     keys = sub.add_parser("keys", help="Data API users and API keys").add_subparsers(dest="keys_cmd", required=True)
     kc = keys.add_parser("create", help="create an API key for USER (the user is created if new)")
     kc.add_argument("user")
     kc.add_argument("--label", help="what the key is for (shown by list)")
-    kc.set_defaults(fn=cmd_keys_create)
+    kc.set_defaults(fn=_clean_errors(cmd_keys_create))
     kl = keys.add_parser("list", help="list API keys (ids, users, states), never the keys themselves")
     kl.add_argument("user", nargs="?")
     kl.add_argument("--active", action="store_true", help="only keys that are not revoked")
-    kl.set_defaults(fn=cmd_keys_list)
+    kl.set_defaults(fn=_clean_errors(cmd_keys_list))
     kr = keys.add_parser("revoke", help="revoke an API key by its id")
     kr.add_argument("key_id")
-    kr.set_defaults(fn=cmd_keys_revoke)
+    kr.set_defaults(fn=_clean_errors(cmd_keys_revoke))
     for k in (kc, kl, kr):
         k.add_argument("--keys", help="API keys file (default FREESTACK_DATA_API_KEYS or .freestack/data-api/keys.sqlite)")
         k.add_argument("--json", action="store_true", help="machine-readable output")
@@ -138,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     acl = sub.add_parser("acl", help="show or set a data:// collection's ACL").add_subparsers(dest="acl_cmd", required=True)
     ash = acl.add_parser("show", help="print a collection's ACL")
     ash.add_argument("uri", help="data://<owner>/<collection>")
-    ash.set_defaults(fn=cmd_acl_show)
+    ash.set_defaults(fn=_clean_errors(cmd_acl_show))
     ase = acl.add_parser("set", help="replace a collection's ACL")
     ase.add_argument("uri", help="data://<owner>/<collection>")
     who = ase.add_mutually_exclusive_group(required=True)
@@ -146,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument("--private", action="store_true", help="the owner only")
     who.add_argument("--team", metavar="USERS", help="comma-separated users who may read")
     ase.add_argument("--writers", metavar="USERS", help="comma-separated users who may also write")
-    ase.set_defaults(fn=cmd_acl_set)
+    ase.set_defaults(fn=_clean_errors(cmd_acl_set))
     for a in (ash, ase):
         a.add_argument("--root", help="backing store URI (default: as `freestack data-api` chooses it)")
 
