@@ -308,7 +308,8 @@ class LocalAgent:
         self.run_trial = run_trial
         self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.ttl = ttl if ttl is not None else lease_seconds()
-        self.poll = poll_seconds if poll_seconds is not None else min(5.0, self.ttl / 4)
+        # an agent with nothing to start looks again this often (others may finish, or die)
+        self.poll = poll_seconds if poll_seconds is not None else min(1.0, self.ttl / 4)
         self.sweep = load_sweep(spec, sweep_id)
         self.config = self.sweep["config"]
         self.max_trials = int(self.sweep["max_trials"])
