@@ -95,7 +95,6 @@ def write_spec(folder: Path, sweep: dict[str, Any], epochs: int, trials: int | N
 def child_setup(args: argparse.Namespace) -> None:
     """Land and ingest the demo days (in the storage root of this process's environment)."""
     from demo.landing import make_landing
-
     from freestack.config import default_storage_root, load_spec
     from freestack.ingest.core import ingest_partition
 
