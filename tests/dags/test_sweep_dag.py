@@ -71,6 +71,11 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
     # each trial is its own offline W&B run, grouped by the sweep
     wandb_dirs = {t["wandb"]["run_dir"] for t in trials}
     assert len(wandb_dirs) == 8 and all(os.path.isdir(d) for d in wandb_dirs)
+    # and select_best's run holds the trial table and the plot
+    assert os.path.isdir(best["wandb"]["run_dir"]) and best["wandb"]["run_dir"] not in wandb_dirs
+    media = os.path.join(best["wandb"]["run_dir"], "files", "media")
+    assert any(n.endswith(".table.json") for _, _, names in os.walk(media) for n in names)
+    assert any(n.endswith(".png") for _, _, names in os.walk(media) for n in names)
 
 
 def test_a_retried_agent_continues_the_sweep_without_repeating_trials(lake):  # noqa: F811

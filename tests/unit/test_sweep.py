@@ -284,3 +284,17 @@ def test_a_stale_lease_holder_cannot_write_after_a_take_over(tmp_path, storage, 
         old.update(lambda d: d["history"].append({"epoch": 1}))
     (doc_now, _), = load_trials(spec, "fence")
     assert doc_now["history"] == [] and doc_now["lease"]["owner"] == "b" and doc_now["id"] == tid(0)
+
+
+def test_without_a_reachable_wandb_server_the_local_controller_runs(monkeypatch, caplog):
+    from freestack.sweeps.server import server_settings
+
+    monkeypatch.delenv("AIRFLOW_CONN_WANDB_DEFAULT", raising=False)
+    assert server_settings() is None  # no key: local
+    # a key, but the server does not answer: local, with a warning saying so
+    monkeypatch.setenv("AIRFLOW_CONN_WANDB_DEFAULT", json.dumps(
+        {"conn_type": "wandb", "password": "x" * 40, "host": "http://127.0.0.1:9", "extra": {"mode": "online"}}
+    ))
+    with caplog.at_level("WARNING"):
+        assert server_settings() is None
+    assert "cannot be reached" in caplog.text and "local controller" in caplog.text
