@@ -1,7 +1,7 @@
 """Data API benchmark: upload and download MB/s through the service against direct access to the
 same backing store, in the same run.
 
-    python -m bench.data_api.run [--sizes-mib 1,256] [--repeats 1:20,256:3] [--out bench/results/data_api.json]
+    python -m bench.data_api.run [--sizes-mib 1,256] [--repeats 1:30,256:5] [--out bench/results/data_api.json]
 
 1. Starts ``freestack data-api`` (uvicorn, httptools, one process) on 127.0.0.1 over a fresh local
    backing folder, creates a user and an API key, and writes one payload file per size (random bytes).
@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("direct", "service_http", "service_datafs")
 SIZES_MIB = (1, 256)
-DEFAULT_REPEATS = {1: 20, 256: 3}
+DEFAULT_REPEATS = {1: 30, 256: 5}
 BLOCK = 8 * 1024 * 1024
 USER = "bench"
 COLLECTION = "bench"
@@ -287,7 +287,7 @@ def _repeats(text: str | None, sizes: list[int]) -> dict[int, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.data_api.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)")
-    ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:20,256:3)")
+    ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:30,256:5)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "data_api.json"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")

@@ -269,6 +269,10 @@ def test_truncated_uploads_never_become_files(data_api):  # noqa: F811
     coll, stored = _seed(data_api, "alice")
     folder = data_api.root / "alice" / coll
     c = data_api.client("alice")
+    # a small body (taken whole before anything is written) cut short: nothing appears
+    _truncated_put(data_api, f"/v1/data/alice/{coll}/small.bin", chunked=False, send=100_000, declared=500_000)
+    _truncated_put(data_api, f"/v1/data/alice/{coll}/secret.txt", chunked=False, send=10, declared=100)
+    assert _settled(folder) == ["model.bin", "secret.txt"]
     for chunked in (False, True):
         # a new file: nothing appears, not even a temporary
         _truncated_put(data_api, f"/v1/data/alice/{coll}/new.bin", chunked=chunked, send=3 * 1024 * 1024,

@@ -59,7 +59,8 @@ from freestack.storage.paths import check_relative
 
 log = logging.getLogger("freestack.dataapi")
 
-CHUNK = 1024 * 1024  # bytes handed to the storage thread at a time, up and down
+CHUNK = 1024 * 1024  # upload bytes handed to the storage thread at a time
+READ_CHUNK = 4 * 1024 * 1024  # download bytes read (in a thread) and sent at a time
 MAX_JSON_BODY = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # request line + all headers
 MAX_HEADER_VALUE = 8 * 1024
@@ -481,15 +482,25 @@ class _FileStream:
         f, length = self.f, self.length
 
         async def body():
+            # the next chunk is read (in a thread) while this one is being sent
             remaining = length
+            ahead = asyncio.ensure_future(_run(f.read, min(READ_CHUNK, remaining)))
             try:
                 while remaining > 0:
-                    chunk = await _run(f.read, min(CHUNK, remaining))
+                    chunk = await ahead
                     if not chunk:
                         break
                     remaining -= len(chunk)
+                    if remaining > 0:
+                        ahead = asyncio.ensure_future(_run(f.read, min(READ_CHUNK, remaining)))
                     yield chunk
             finally:
+                if not ahead.done():
+                    ahead.cancel()
+                    try:  # a read in progress finishes before the file is closed
+                        await ahead
+                    except BaseException:  # noqa: BLE001
+                        pass
                 f.close()
 
         return StreamingResponse(body(), status_code=self.status, headers=self.headers)
@@ -522,7 +533,7 @@ def _open_file(fs, rel: str, info: dict[str, Any], head: bool, range_header: str
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
             f.seek(start)
         headers["Content-Length"] = str(length)
-        if length <= CHUNK:  # small: read now, answer in one piece
+        if length <= READ_CHUNK:  # small: read now, answer in one piece
             data = f.read(length)
             f.close()
             return Response(content=data, status_code=status, headers=headers)
@@ -570,6 +581,38 @@ async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:
         raise ApiError(500, "the storage worker stopped")
 
 
+async def _put_small(request: Request, svc: _Service, key: str | None, rel: str, display: str,
+                     if_absent: bool, expected_n: int) -> Response:
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        log.warning("upload of %s interrupted after %d bytes: nothing was written", display, received)
+        return Response(status_code=400)
+    if received != expected_n:
+        raise ApiError(
+            400, f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written"
+        )
+
+    def store() -> None:
+        writer = _begin_put(svc, key, rel, display, if_absent)
+        try:
+            writer.write(b"".join(chunks))
+            writer.commit()
+        except FileExistsError:
+            writer.abort()
+            raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
+        except BaseException:
+            writer.abort()
+            raise
+
+    await _run(store)
+    return JSONResponse({"result": display})
+
+
 async def _put(request: Request, svc: _Service, key: str | None, rel: str, display: str):
     """Store the body: received in the event loop while the previous chunk is written in a thread
     (at most ``2 + 1`` chunks of CHUNK bytes in memory); published only once it all arrived."""
@@ -585,6 +628,8 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
         expected_n = int(expected) if expected is not None else None
     except ValueError:
         raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
+    if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
+        return await _put_small(request, svc, key, rel, display, if_absent, expected_n)
     writer = await _run(_begin_put, svc, key, rel, display, if_absent)
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=2)
