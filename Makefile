@@ -73,6 +73,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.train.run --kind mlp
 	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json
+	$(BIN)/python -m bench.sweep.run
+	$(BIN)/python -m bench.data_api.run
 
 clean:
 	rm -rf .freestack .airflow
