@@ -1,6 +1,6 @@
 """Sweep benchmark: parallel agents, and hyperband's savings, with the real controller and trainer.
 
-    python -m bench.sweep.run [--days 5] [--trials 8] [--epochs 12] [--hb-trials 16] [--hb-epochs 30]
+    python -m bench.sweep.run [--days 5] [--trials 16] [--epochs 12] [--hb-trials 16] [--hb-epochs 30]
                               [--out bench/results/sweep.json]
 
 Setup: ``--days`` days of the demo digits (8x8 images, sklearn's copy of UCI) are landed and ingested
@@ -48,6 +48,7 @@ GRID = {
     "parameters": {
         "learning_rate": {"values": [3e-3, 1e-2]},
         "batch_size": {"values": [32, 64]},
+        "weight_decay": {"values": [0.0, 1e-4]},
         "model": {"parameters": {"dropout": {"values": [0.0, 0.2]}}},
     },
 }
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=int, default=5)
-    ap.add_argument("--trials", type=int, default=8, help="grid trials for the parallel-agents part (<= 8)")
+    ap.add_argument("--trials", type=int, default=16, help="grid trials for the parallel-agents part (<= 16)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--hb-trials", type=int, default=16)
     ap.add_argument("--hb-epochs", type=int, default=30)

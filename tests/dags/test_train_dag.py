@@ -152,8 +152,11 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
         "train(spec, TrainRequest(end_ds='2026-11-05', epochs=60, run_key='digits_train/retry-1'),"
         " tracking_settings=WandbHook().settings())\n"
     )
-    spec_text = (lake["specs"] / "digits.yaml").read_text()
-    (lake["specs"] / "digits.yaml").write_text(spec_text.replace("tags: [demo, vision]", "tags: [demo, vision]\ntrain: {patience: 1000}"))
+    import yaml
+
+    data = yaml.safe_load((lake["specs"] / "digits.yaml").read_text())
+    data["train"] = {**data.get("train", {}), "patience": 1000}  # no early stop: all 60 epochs run
+    (lake["specs"] / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     proc = subprocess.Popen([sys.executable, "-c", child], env=dict(os.environ))
     deadline = time.monotonic() + 120
     while not ckpt.exists():

@@ -62,8 +62,8 @@ def _s3_target(path: ObjectStoragePath) -> tuple[Any, str, str] | None:
     return fs, bucket, key
 
 
-def _backend(path: ObjectStoragePath) -> tuple[str, Any]:
-    local = local_os_path(path)
+def _backend(path: ObjectStoragePath, *, write: bool) -> tuple[str, Any]:
+    local = local_os_path(path, write=write)  # data:// checks the collection's ACL for this access
     if local is not None:
         return "local", local
     s3 = _s3_target(path)
@@ -87,7 +87,7 @@ def _s3_call(fs, method: str, **kwargs):
 
 def read(path: ObjectStoragePath) -> Versioned | None:
     """The object's bytes and version token, or None if it does not exist."""
-    kind, target = _backend(path)
+    kind, target = _backend(path, write=False)
     if kind == "local":
         try:
             with open(target, "rb") as f:
@@ -112,7 +112,7 @@ def read(path: ObjectStoragePath) -> Versioned | None:
 
 def create(path: ObjectStoragePath, data: bytes) -> str:
     """Create ``path`` with ``data`` if it does not exist; return the token. CasConflict if it does."""
-    kind, target = _backend(path)
+    kind, target = _backend(path, write=True)
     if kind == "local":
         folder = os.path.dirname(target)
         _makedirs(folder)
@@ -138,7 +138,7 @@ def create(path: ObjectStoragePath, data: bytes) -> str:
 
 def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
     """Replace ``path`` with ``data`` if it is still the version ``token``; return the new token."""
-    kind, target = _backend(path)
+    kind, target = _backend(path, write=True)
     if kind == "local":
         with _locked(target):
             try:
