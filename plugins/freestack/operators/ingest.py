@@ -44,6 +44,7 @@ class IngestOperator(_SpecMixin, BaseOperator):
 
     def execute(self, context: Context) -> str:
         from freestack.errors import (
+            AccessDenied,
             LandingDataMissing,
             QuarantineLimitExceeded,
             SchemaDriftError,
@@ -62,8 +63,9 @@ class IngestOperator(_SpecMixin, BaseOperator):
             if spec.source.policy.on_missing == "skip":
                 raise AirflowSkipException(f"{exc} (policy on_missing: skip)") from None
             raise AirflowFailException(str(exc)) from None
-        except (SchemaDriftError, QuarantineLimitExceeded, UnsafePathError, SpecError) as exc:
-            # the data itself is wrong: retrying cannot help, so fail now with the reason
+        except (SchemaDriftError, QuarantineLimitExceeded, UnsafePathError, SpecError, AccessDenied) as exc:
+            # the data is wrong, or data:// refused the access: retrying cannot help, so fail now
+            # with the reason
             raise AirflowFailException(str(exc)) from None
         summary = result.as_dict()
         self.log.info(
