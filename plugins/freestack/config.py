@@ -288,6 +288,27 @@ class PipelineSpec(_Model):
 
         return validate(v)
 
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate(cls, v: Any) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(f"must be a mapping (metric, min_value, min_improvement, ...), got {type(v).__name__}")
+        from pydantic import ValidationError as _VE
+
+        from freestack.evaluate.gate import GateSpec
+
+        try:
+            return GateSpec.model_validate(v).model_dump()
+        except _VE as exc:
+            raise ValueError(
+                "; ".join(
+                    (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                    for e in exc.errors()
+                )
+            ) from None
+
     @field_validator("storage_root")
     @classmethod
     def _root(cls, v: str | None) -> str | None:

@@ -1,0 +1,1 @@
+"""Evaluate a candidate against the champion, and the promotion gate."""

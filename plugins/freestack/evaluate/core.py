@@ -1,0 +1,340 @@
+"""Evaluate a candidate model (and the current champion) on the same held-out test split.
+
+The test split is the one the trainer holds out: rows of the lake window ``(end_ds - days, end_ds]``
+whose key hashes into ``test`` (``freestack.ml.prep.split_of_keys``, salted with the pipeline name).
+Both models are scored on exactly those rows, each through its own preprocessing, with metrics
+computed in label space (a class the champion never saw counts as its error).
+
+Writes ``<version>/evaluation/``: ``metrics.json``, PNG plots (confusion matrix or residuals,
+per-class metrics, learning curves from ``history.json``) and ``report.html`` with the plots embedded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from freestack.config import PipelineSpec
+from freestack.errors import FreestackError
+
+log = logging.getLogger(__name__)
+EPS = 1e-12
+
+
+class EvaluationError(FreestackError):
+    """The candidate cannot be evaluated; the message says why."""
+
+
+def load_model_folder(uri: str):
+    """(model, preprocessing, metrics, lineage, history) of a model folder on any storage backend."""
+    from freestack.ml.models import FreestackNet
+    from freestack.ml.prep import Preprocessing
+    from freestack.storage import join, list_objects, to_path
+    from freestack.storage.objects import local_os_path
+
+    folder = to_path(uri)
+    if not join(folder, "config.json").exists():
+        raise EvaluationError(f"{uri} is not a model folder (no config.json); pass a model version URI")
+    local = local_os_path(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        if local is None:  # object storage: fetch the few files first
+            for obj in list_objects(folder):
+                with open(os.path.join(tmp, obj.name), "wb") as f:
+                    f.write(obj.read_bytes())
+            local = tmp
+        model = FreestackNet.from_pretrained(local)
+        side = {}
+        for name in ("preprocessing.json", "metrics.json", "lineage.json", "history.json"):
+            path = os.path.join(local, name)
+            side[name] = json.loads(open(path).read()) if os.path.exists(path) else None
+    if side["preprocessing.json"] is None:
+        raise EvaluationError(f"{uri} has no preprocessing.json; it was not written by freestack's trainer")
+    return (
+        model,
+        Preprocessing.from_dict(side["preprocessing.json"]),
+        side["metrics.json"] or {},
+        side["lineage.json"] or {},
+        side["history.json"] or [],
+    )
+
+
+def test_split(spec: PipelineSpec, end_ds: str, days: int):
+    """The held-out test rows of the window, and the window's partitions."""
+    from freestack.ml.prep import split_of_keys
+    from freestack.training import load_window
+
+    df, parts = load_window(spec, end_ds, days)
+    schema = spec.source.schema_
+    split = split_of_keys(df[schema.key], spec.train.val_fraction, spec.train.test_fraction, salt=spec.name)
+    test = df[split == "test"]
+    if len(test) == 0:
+        raise EvaluationError(f"the window up to {end_ds} has no test rows; widen window_days")
+    return test, parts
+
+
+def score(model, pre, test, target: str) -> dict[str, Any]:
+    """Metrics of one model on the test rows, in the target's own labels/units."""
+    import torch
+
+    x = torch.as_tensor(pre.features_array(test))
+    y = test[target].to_numpy()
+    with torch.no_grad():
+        if pre.task == "classification":
+            proba = model.predict_proba(x).numpy()
+            classes = list(pre.classes)
+            return classification_report(y, proba, classes)
+        pred = model.predict(x).numpy().astype(np.float64)
+    return regression_report(y.astype(np.float64), pred)
+
+
+def classification_report(y: np.ndarray, proba: np.ndarray, classes: list[Any]) -> dict[str, Any]:
+    labels = sorted({*classes, *y.tolist()}, key=lambda v: (str(type(v)), v))
+    pred = np.array([classes[i] for i in proba.argmax(axis=1)], dtype=object)
+    index = {c: i for i, c in enumerate(classes)}
+    p_true = np.array([proba[r, index[v]] if v in index else 0.0 for r, v in enumerate(y.tolist())])
+    per_class, f1s = {}, []
+    matrix = [[int(np.sum((y == a) & (pred == b))) for b in labels] for a in labels]
+    for c in labels:
+        tp = int(np.sum((pred == c) & (y == c)))
+        fp = int(np.sum((pred == c) & (y != c)))
+        fn = int(np.sum((pred != c) & (y == c)))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        per_class[str(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(y == c))}
+        if tp + fp + fn:
+            f1s.append(f1)
+    return {
+        "task": "classification",
+        "rows": len(y),
+        "accuracy": float(np.mean(pred == y)),
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
+        "log_loss": float(-np.mean(np.log(np.clip(p_true, EPS, 1.0)))),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": [str(c) for c in labels], "matrix": matrix},
+    }
+
+
+def regression_report(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
+    err = pred - y
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    q = np.quantile(err, [0.05, 0.25, 0.5, 0.75, 0.95]).tolist() if len(err) else [0.0] * 5
+    return {
+        "task": "regression",
+        "rows": len(y),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else 0.0,
+        "residuals": {
+            "mean": float(err.mean()), "std": float(err.std()),
+            "quantiles": dict(zip(("p05", "p25", "p50", "p75", "p95"), q, strict=True)),
+            "max_abs": float(np.abs(err).max()) if len(err) else 0.0,
+        },  # fmt: skip
+        "_points": {"y": y.tolist(), "pred": pred.tolist()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plots and the report
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, bytes] = {}
+    if report["task"] == "classification":
+        cm = report["confusion_matrix"]
+        m = np.array(cm["matrix"])
+        fig, ax = plt.subplots(figsize=(5.5, 4.8))
+        im = ax.imshow(m, cmap="Blues")
+        ax.set_xticks(range(len(cm["labels"])), cm["labels"])
+        ax.set_yticks(range(len(cm["labels"])), cm["labels"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if m[i, j]:
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > m.max() / 2 else "black")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.4f})")
+        out["confusion_matrix.png"] = _png(fig)
+        names = list(report["per_class"])
+        fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.6))
+        w = 0.27
+        for k, metric in enumerate(("precision", "recall", "f1")):
+            ax.bar(np.arange(len(names)) + (k - 1) * w, [report["per_class"][n][metric] for n in names], w, label=metric)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title("per-class metrics")
+        out["per_class.png"] = _png(fig)
+    else:
+        pts = report["_points"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        axes[0].scatter(pts["y"], pts["pred"], s=6, alpha=0.5)
+        lo, hi = min(pts["y"] + pts["pred"]), max(pts["y"] + pts["pred"])
+        axes[0].plot([lo, hi], [lo, hi], "r--", lw=1)
+        axes[0].set_xlabel("true")
+        axes[0].set_ylabel("predicted")
+        axes[1].hist(np.array(pts["pred"]) - np.array(pts["y"]), bins=40)
+        axes[1].set_xlabel("residual (predicted - true)")
+        fig.suptitle(f"residuals (RMSE {report['rmse']:.4g}, R² {report['r2']:.4f})")
+        out["residuals.png"] = _png(fig)
+    if history:
+        keys = [k for k in history[0] if k.startswith(("train_loss", "val_")) and k != "val_loss"]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        epochs = [r["epoch"] for r in history]
+        axes[0].plot(epochs, [r["train_loss"] for r in history], label="train loss")
+        axes[0].plot(epochs, [r["val_loss"] for r in history], label="validation loss")
+        axes[0].set_xlabel("epoch")
+        axes[0].legend(fontsize=8)
+        for k in keys:
+            if k != "train_loss":
+                axes[1].plot(epochs, [r[k] for r in history], label=k)
+        axes[1].set_xlabel("epoch")
+        axes[1].legend(fontsize=8)
+        fig.suptitle("learning curves")
+        out["learning_curves.png"] = _png(fig)
+    return out
+
+
+def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -> str:
+    """A self-contained page: the metrics tables and every plot inlined as data: URIs."""
+
+    def table(rows: list[tuple[str, Any]]) -> str:
+        cells = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table>{cells}</table>"
+
+    cand = summary["candidate"]
+    champ = summary.get("champion")
+    scalar = [k for k, v in cand.items() if isinstance(v, int | float) and not k.startswith("_")]
+    comparison = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{cand[k]:.6g}</td><td>{'' if not champ else f'{champ[k]:.6g}'}</td></tr>"
+        for k in scalar
+        if isinstance(cand[k], float)
+    )
+    imgs = "".join(
+        f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(b).decode()}">'
+        f"<figcaption>{html.escape(n)}</figcaption></figure>"
+        for n, b in images.items()
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+        "th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}figure{display:inline-block;margin:.5em}"
+        "img{max-width:100%}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>"
+        + table([("version", summary["version"]), ("test rows", cand["rows"]), ("window", summary["window"])])
+        + "<h2>test metrics: candidate vs champion</h2>"
+        f"<table><tr><th>metric</th><th>candidate</th><th>champion {html.escape(str(summary.get('champion_version') or '(none)'))}</th></tr>"
+        f"{comparison}</table><h2>plots</h2>{imgs}</body></html>"
+    )
+
+
+def evaluate(
+    spec: PipelineSpec,
+    candidate_uri: str,
+    *,
+    champion_uri: str | None = None,
+    end_ds: str | None = None,
+    tracking_settings=None,
+) -> dict[str, Any]:
+    """Score the candidate (and the champion) on the candidate's window's test split; write
+    ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
+    from freestack.storage import join, to_path, write_bytes, write_json
+
+    model, pre, _metrics, lineage, history = load_model_folder(candidate_uri)
+    window = lineage.get("window") or {}
+    end_ds = end_ds or window.get("end_ds")
+    days = int(window.get("days") or spec.train.window_days)
+    if not end_ds:
+        raise EvaluationError(f"{candidate_uri}: lineage.json names no window; pass end_ds")
+    test, parts = test_split(spec, end_ds, days)
+    target = spec.source.schema_.target
+    cand = score(model, pre, test, target)
+    champ = None
+    if champion_uri:
+        c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
+        champ = score(c_model, c_pre, test, target)
+    folder = join(to_path(candidate_uri), "evaluation")
+    images = plots(cand, history, champ)
+    for name, data in images.items():
+        write_bytes(join(folder, name), data)
+    version = lineage.get("version") or to_path(candidate_uri).name
+    summary = {
+        "version": version,
+        "candidate_uri": str(candidate_uri),
+        "champion_uri": champion_uri,
+        "champion_version": (c_lineage.get("version") if champion_uri else None),
+        "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
+        "candidate": {k: v for k, v in cand.items() if k != "_points"},
+        "champion": {k: v for k, v in champ.items() if k != "_points"} if champ else None,
+        "plots": {n: str(join(folder, n)) for n in images},
+    }
+    write_json(join(folder, "metrics.json"), summary)
+    page = render_html(f"{spec.model_name} {version}: evaluation", summary, images)
+    report = write_bytes(join(folder, "report.html"), page.encode())
+    summary["report"] = report.uri
+    summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
+    log.info(
+        "evaluated %s on %d test rows up to %s: %s%s; report %s",
+        version, cand["rows"], end_ds,
+        ", ".join(f"{k} {v:.4f}" for k, v in summary["candidate"].items() if isinstance(v, float)),
+        "" if not champ else " (champion: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in summary["champion"].items() if isinstance(v, float)) + ")",
+        report.uri,
+    )  # fmt: skip
+    return summary
+
+
+def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str, Any]:
+    from freestack.tracking.wandb import WandbHook, start_run
+
+    if tracking_settings is None:
+        tracking_settings = WandbHook().settings()
+    trained_in = (lineage.get("wandb") or {}).get("id")
+    with start_run(
+        tracking_settings,
+        project=spec.name,
+        name=f"{spec.name}-{version}-evaluate",
+        config={"version": version, "trained_in_run": trained_in, "window": summary["window"]},
+        tags=[f"pipeline:{spec.name}", f"version:{version}"[:64]],
+        group=((lineage.get("sweep") or {}).get("id")) or trained_in,
+        job_type="evaluate",
+    ) as run:
+        flat = {f"eval/{k}": v for k, v in summary["candidate"].items() if isinstance(v, int | float)}
+        if summary["champion"]:
+            flat.update({f"champion/{k}": v for k, v in summary["champion"].items() if isinstance(v, int | float)})
+        run.summary_update(flat)
+        for name in images:
+            run.log_image(f"eval/{name.removesuffix('.png')}", summary["plots"][name])
+        return run.as_dict()
+
+
+__all__ = ["EvaluationError", "evaluate", "load_model_folder", "score", "test_split"]
