@@ -1,0 +1,859 @@
+"""The model registry: immutable versions in Hugging Face layout, CAS-moved aliases, model cards.
+
+Layout under a storage root (``file://``, ``s3://conn@bucket/prefix`` or ``data://``)::
+
+    registry/<model>/<version>/            config.json, model.safetensors, README.md (model card),
+                                           preprocessing.json, metrics.json, history.json,
+                                           lineage.json, evaluation/..., _REGISTERED.json
+    registry/<model>/aliases.json          {"production": v, "staging": v, "previous": v, "history": [...]}
+
+**Versions are immutable.** Registering copies the files first and then creates ``_REGISTERED.json``
+with create-if-absent (:func:`freestack.storage.cas.create`): that marker is the commit point. A
+folder without it (a crash half-way through a copy, or ``train()`` output not registered yet) is
+not a version: listings ignore it and a retry of the registration overwrites it. Once the marker
+exists, registering the same version again fails with :class:`VersionExists`. The marker holds a
+manifest (sha256 and size of every file), so :meth:`ModelRegistry.verify` and :meth:`load` notice a
+file changed behind the registry's back.
+
+**Aliases move atomically**: ``aliases.json`` is read with its token and replaced with
+compare-and-swap (``If-Match`` on S3, a locked compare on local disk); a lost race reads again and
+retries, so concurrent promotions serialise and the history keeps every move.
+
+No Airflow import happens at module level: the registry is plain Python usable from a notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from freestack.ml.models import FreestackNet
+
+log = logging.getLogger(__name__)
+
+MARKER = "_REGISTERED.json"
+ALIASES = "aliases.json"
+KNOWN_ALIASES = ("production", "staging", "previous")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_RESERVED = {"history", "latest"}
+#: files that describe a version rather than make it up: the card may be rendered before commit
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+class RegistryError(FreestackError):
+    """A registry operation could not be done."""
+
+
+class VersionExists(RegistryError):  # noqa: N818  (reads as the condition)
+    """The version is already registered: versions are immutable."""
+
+
+class VersionNotFound(RegistryError):  # noqa: N818
+    """No committed version (or alias) of that name."""
+
+
+class IntegrityError(RegistryError):
+    """A registered file no longer matches the manifest recorded at registration."""
+
+
+@dataclass
+class CardInfo:
+    """What the model card says beyond what ``lineage.json`` / ``metrics.json`` hold already.
+
+    Every field is optional; missing ones are read from the version's ``metrics.json`` (metrics) and
+    ``lineage.json`` (window, partitions, train_config = hyperparameters, sweep, gate)."""
+
+    metrics: dict[str, Any] | None = None
+    window: dict[str, Any] | None = None
+    partitions: list[dict[str, Any]] | None = None
+    train_config: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+    license: str = "apache-2.0"
+    tags: list[str] = field(default_factory=list)
+    library_name: str = "freestack"
+    dataset_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, info: CardInfo | dict[str, Any] | None) -> CardInfo:
+        if info is None:
+            return cls()
+        if isinstance(info, CardInfo):
+            return info
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = {k: v for k, v in info.items() if k not in known}
+        return cls(**{k: v for k, v in info.items() if k in known}, extra=dict(info.get("extra") or {}) | {
+            k: v for k, v in unknown.items() if k != "extra"
+        })
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION_RE.match(version) or version in _RESERVED:
+        raise RegistryError(
+            f"version {version!r} is not a valid version name: use letters, digits, '.', '_' or '-' "
+            "(at most 128, starting with a letter or digit), e.g. v20240105-1a2b3c4d"
+        )
+    return version
+
+
+def check_alias(alias: str) -> str:
+    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or alias in _RESERVED:
+        raise RegistryError(
+            f"alias {alias!r} is not valid: lower-case letters, digits, '_' or '-', starting with a letter "
+            f"(not {sorted(_RESERVED)}); e.g. production, staging, previous"
+        )
+    return alias
+
+
+def walk_files(folder: ObjectStoragePath) -> list[tuple[str, ObjectStoragePath]]:
+    """(relative path, path) of every file under ``folder``, recursively, sorted; hides dot-files and
+    temporaries at any depth."""
+    from freestack.storage import join
+    from freestack.storage.objects import TMP_MARK
+
+    fs = folder.fs
+    base = folder.path.rstrip("/")
+    fs.invalidate_cache(base)
+    try:
+        found = fs.find(base)
+    except FileNotFoundError:
+        return []
+    out = []
+    for full in found:
+        full = str(full)
+        if not full.startswith(base + "/"):
+            continue
+        rel = full[len(base) + 1 :]
+        parts = rel.split("/")
+        if any(p.startswith(".") or TMP_MARK in p for p in parts):
+            continue
+        out.append((rel, join(folder, rel)))
+    return sorted(out)
+
+
+class ModelRegistry:
+    """Versions and aliases of one model under ``<root>/registry/<model>/``."""
+
+    def __init__(self, root_uri: str | ObjectStoragePath, model: str):
+        from freestack.storage import check_relative, join, to_path
+
+        self.model = check_relative(model, what="model name")
+        if not self.model or "/" in self.model:
+            raise RegistryError(f"model name {model!r} must be one plain path segment")
+        self.root = to_path(root_uri)
+        self.folder = join(self.root, "registry", self.model)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({str(self.root)!r}, {self.model!r})"
+
+    # -- paths ----------------------------------------------------------------------------------------
+    def version_path(self, version: str) -> ObjectStoragePath:
+        from freestack.storage import join
+
+        return join(self.folder, check_version(version))
+
+    def version_uri(self, version: str) -> str:
+        return str(self.version_path(version))
+
+    def _marker(self, version: str) -> ObjectStoragePath:
+        from freestack.storage import join
+
+        return join(self.version_path(version), MARKER)
+
+    def _aliases_path(self) -> ObjectStoragePath:
+        from freestack.storage import join
+
+        return join(self.folder, ALIASES)
+
+    def _read_marker(self, version: str) -> dict[str, Any] | None:
+        from freestack.storage import cas
+
+        got = cas.read(self._marker(version))
+        return json.loads(got.data) if got is not None else None
+
+    def is_registered(self, version: str) -> bool:
+        return self._read_marker(version) is not None
+
+    # -- registration -----------------------------------------------------------------------------------
+    def register(
+        self,
+        src_uri: str | ObjectStoragePath,
+        version: str,
+        *,
+        lineage_updates: dict[str, Any] | None = None,
+        card: CardInfo | dict[str, Any] | None = None,
+    ) -> str:
+        """Copy the model folder ``src_uri`` (with its subfolders) to ``registry/<model>/<version>/``
+        and commit it; return the version's URI. :class:`VersionExists` if it is registered already.
+
+        ``lineage_updates`` are merged (top-level keys) into the copied ``lineage.json`` (e.g. the
+        gate decision); the model card ``README.md`` is rendered from ``card`` plus the version's
+        metrics and lineage."""
+        from freestack.storage import join, to_path, write_bytes
+
+        check_version(version)
+        self._refuse_existing(version)
+        src = to_path(src_uri)
+        files = walk_files(src)
+        names = {rel for rel, _ in files}
+        missing = [n for n in MODEL_FILES if n not in names]
+        if missing:
+            raise RegistryError(
+                f"{src} is not a model folder in Hugging Face layout: {', '.join(missing)} missing "
+                f"(found: {sorted(names) or 'nothing'})"
+            )
+        dest = self.version_path(version)
+        if str(dest).rstrip("/") == str(src).rstrip("/"):
+            return self.register_in_place(version, lineage_updates=lineage_updates, card=card)
+        for rel, path in walk_files(dest):  # left over by an earlier, crashed attempt
+            if rel not in names:
+                path.unlink()
+        for rel, path in files:
+            if rel == MARKER or rel in ("README.md", "lineage.json"):
+                continue
+            write_bytes(join(dest, rel), path.read_bytes())
+        lineage = json.loads(join(src, "lineage.json").read_text()) if "lineage.json" in names else {}
+        lineage.setdefault("registered_from", str(src))
+        self._finish(version, lineage, lineage_updates, card)
+        return self._commit(version, source=str(src))
+
+    def register_in_place(
+        self,
+        version: str,
+        *,
+        lineage_updates: dict[str, Any] | None = None,
+        card: CardInfo | dict[str, Any] | None = None,
+    ) -> str:
+        """Commit a folder already written at ``registry/<model>/<version>/`` (by ``train()`` or
+        ``publish_best()``); return its URI. :class:`VersionExists` if it is committed already."""
+        check_version(version)
+        self._refuse_existing(version)
+        names = {rel for rel, _ in walk_files(self.version_path(version))}
+        missing = [n for n in MODEL_FILES if n not in names]
+        if missing:
+            raise RegistryError(
+                f"{self.version_path(version)} holds no model to register: {', '.join(missing)} missing"
+            )
+        lineage = self._read_json(version, "lineage.json") or {}
+        self._finish(version, lineage, lineage_updates, card)
+        return self._commit(version, source=None)
+
+    def _refuse_existing(self, version: str) -> None:
+        marker = self._read_marker(version)
+        if marker is not None:
+            raise VersionExists(
+                f"version {version!r} of model {self.model!r} is already registered (at "
+                f"{marker.get('registered_at')}) and versions are immutable; register under a new version"
+            )
+
+    def _finish(
+        self,
+        version: str,
+        lineage: dict[str, Any],
+        lineage_updates: dict[str, Any] | None,
+        card: CardInfo | dict[str, Any] | None,
+    ) -> None:
+        from freestack.storage import join, write_json
+
+        lineage = {**lineage, **(lineage_updates or {})}
+        lineage["model"] = lineage.get("model") or self.model
+        lineage["version"] = version
+        write_json(join(self.version_path(version), "lineage.json"), lineage)
+        self.write_card(version, card)  # always ours: replaces the generic card save_pretrained writes
+
+    def _commit(self, version: str, *, source: str | None) -> str:
+        from freestack.storage import cas, sha256_of
+
+        files = {
+            rel: {"sha256": sha256_of(path), "size": path.stat().st_size}
+            for rel, path in walk_files(self.version_path(version))
+            if rel != MARKER
+        }
+        marker = {
+            "model": self.model,
+            "version": version,
+            "registered_at": _now(),
+            "source": source,
+            "files": files,
+        }
+        try:
+            cas.create(self._marker(version), _dumps(marker))
+        except cas.CasConflict:
+            raise VersionExists(
+                f"version {version!r} of model {self.model!r} was registered by someone else meanwhile; "
+                "versions are immutable: register under a new version"
+            ) from None
+        log.info("registered %s %s at %s (%d files)", self.model, version, self.version_path(version), len(files))
+        return self.version_uri(version)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def _read_json(self, version: str, name: str) -> Any:
+        from freestack.storage import join
+
+        p = join(self.version_path(version), name)
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+
+    def versions(self) -> list[dict[str, Any]]:
+        """The committed versions, oldest first: version, created, uri, metrics summary, aliases."""
+        self.folder.fs.invalidate_cache(self.folder.path)
+        if not self.folder.exists():
+            return []
+        aliases = self.aliases()
+        out = []
+        for p in self.folder.iterdir():
+            if p.name.startswith(".") or not _VERSION_RE.match(p.name) or not p.is_dir():
+                continue
+            marker = self._read_marker(p.name)
+            if marker is None:
+                continue  # a crashed or unfinished registration: not a version
+            out.append(self._summary(p.name, marker, aliases))
+        return sorted(out, key=lambda v: (v["created"], v["version"]))
+
+    def _summary(self, version: str, marker: dict[str, Any], aliases: dict[str, Any]) -> dict[str, Any]:
+        metrics = self._read_json(version, "metrics.json") or {}
+        return {
+            "version": version,
+            "created": marker.get("registered_at"),
+            "uri": self.version_uri(version),
+            "metrics": metrics_summary(metrics),
+            "aliases": sorted(a for a, v in aliases.items() if a != "history" and v == version),
+        }
+
+    def get(self, version_or_alias: str) -> dict[str, Any]:
+        """One committed version: the summary plus its full metrics, lineage, files and card text."""
+        from freestack.storage import join
+
+        version = self.resolve(version_or_alias)
+        marker = self._read_marker(version)
+        assert marker is not None
+        out = self._summary(version, marker, self.aliases())
+        readme = join(self.version_path(version), "README.md")
+        out.update(
+            metrics_full=self._read_json(version, "metrics.json") or {},
+            lineage=self._read_json(version, "lineage.json") or {},
+            files=marker.get("files", {}),
+            source=marker.get("source"),
+            card=readme.read_text() if readme.exists() else None,
+        )
+        return out
+
+    def resolve(self, version_or_alias: str) -> str:
+        """The committed version an alias (``production``...), ``latest`` or a version name means."""
+        if version_or_alias == "latest":
+            vs = self.versions()
+            if not vs:
+                raise VersionNotFound(f"model {self.model!r} has no registered version yet")
+            return vs[-1]["version"]
+        if _ALIAS_RE.match(version_or_alias) and version_or_alias not in _RESERVED:
+            target = self.aliases().get(version_or_alias)
+            if isinstance(target, str):
+                return target
+        if _VERSION_RE.match(version_or_alias) and self.is_registered(version_or_alias):
+            return version_or_alias
+        known = ", ".join(v["version"] for v in self.versions()[-5:]) or "none"
+        raise VersionNotFound(
+            f"{version_or_alias!r} is not registered as a version or alias of model {self.model!r} (recent "
+            f"versions: {known}; "
+            f"aliases: {', '.join(a for a in self.aliases() if a != 'history') or 'none'})"
+        )
+
+    def verify(self, version: str) -> None:
+        """Raise :class:`IntegrityError` unless every file matches the registration manifest."""
+        from freestack.storage import join, sha256_of
+
+        marker = self._read_marker(version)
+        if marker is None:
+            raise VersionNotFound(f"version {version!r} of model {self.model!r} is not registered")
+        for rel, info in marker.get("files", {}).items():
+            p = join(self.version_path(version), rel)
+            if not p.exists() or sha256_of(p) != info["sha256"]:
+                raise IntegrityError(
+                    f"{p} does not match what was registered (sha256 {info['sha256'][:12]}...); the version "
+                    "was changed behind the registry's back"
+                )
+
+    # -- aliases ------------------------------------------------------------------------------------------
+    def aliases(self) -> dict[str, Any]:
+        from freestack.storage import cas
+
+        got = cas.read(self._aliases_path())
+        return json.loads(got.data) if got is not None else {}
+
+    def _move(self, change, *, attempts: int = 200) -> dict[str, Any]:
+        """Apply ``change(aliases) -> aliases`` with compare-and-swap, retrying lost races."""
+        from freestack.storage import cas
+
+        path = self._aliases_path()
+        for attempt in range(attempts):
+            got = cas.read(path)
+            current = json.loads(got.data) if got is not None else {}
+            new = change(json.loads(json.dumps(current)))
+            try:
+                if got is None:
+                    cas.create(path, _dumps(new))
+                else:
+                    cas.replace(path, _dumps(new), got.token)
+                return new
+            except cas.CasConflict:
+                time.sleep(min(0.002 * (attempt + 1), 0.05))
+        raise RegistryError(f"{path}: gave up after {attempts} lost races to move an alias")
+
+    def _require_committed(self, version: str) -> str:
+        check_version(version)
+        if not self.is_registered(version):
+            raise VersionNotFound(
+                f"version {version!r} of model {self.model!r} is not registered; aliases may only point at "
+                "registered versions (register it first)"
+            )
+        return version
+
+    def promote(self, version_or_alias: str, *, reason: str | None = None) -> dict[str, Any]:
+        """production ← version and previous ← the old production, atomically; return the aliases."""
+        version = self._require_committed(self.resolve(version_or_alias))
+
+        def change(a: dict[str, Any]) -> dict[str, Any]:
+            old = a.get("production")
+            if old == version:
+                return a
+            if old:
+                a["previous"] = old
+            a["production"] = version
+            a.setdefault("history", []).append(_event("promote", "production", version, old, reason))
+            return a
+
+        out = self._move(change)
+        log.info("model %s: production -> %s (previous %s)", self.model, version, out.get("previous"))
+        return out
+
+    def set_alias(self, alias: str, version_or_alias: str, *, reason: str | None = None) -> dict[str, Any]:
+        """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`)."""
+        check_alias(alias)
+        if alias == "production":
+            return self.promote(version_or_alias, reason=reason)
+        version = self._require_committed(self.resolve(version_or_alias))
+
+        def change(a: dict[str, Any]) -> dict[str, Any]:
+            old = a.get(alias)
+            if old == version:
+                return a
+            a[alias] = version
+            a.setdefault("history", []).append(_event("set", alias, version, old, reason))
+            return a
+
+        return self._move(change)
+
+    def rollback(self, *, reason: str | None = None) -> dict[str, Any]:
+        """production ← previous (and previous ← the rolled-back version); return the aliases."""
+
+        def change(a: dict[str, Any]) -> dict[str, Any]:
+            prev, cur = a.get("previous"), a.get("production")
+            if not prev:
+                raise RegistryError(
+                    f"model {self.model!r} has no 'previous' version to roll back to "
+                    f"(production: {cur or 'none'})"
+                )
+            a["production"], a["previous"] = prev, cur
+            a.setdefault("history", []).append(_event("rollback", "production", prev, cur, reason))
+            return a
+
+        out = self._move(change)
+        log.info("model %s: rolled back production to %s", self.model, out["production"])
+        return out
+
+    # -- model card -----------------------------------------------------------------------------------------
+    def write_card(self, version: str, info: CardInfo | dict[str, Any] | None = None) -> str:
+        """Render ``README.md`` (a Hugging Face model card) for a version that is not committed yet;
+        return its text. Committed versions are immutable: :class:`VersionExists`."""
+        from freestack.storage import join, write_bytes
+
+        self._refuse_existing(version)
+        card = render_card(
+            self.model,
+            version,
+            CardInfo.coerce(info),
+            metrics=self._read_json(version, "metrics.json") or {},
+            lineage=self._read_json(version, "lineage.json") or {},
+        )
+        write_bytes(join(self.version_path(version), "README.md"), card.encode())
+        return card
+
+    # -- loading ----------------------------------------------------------------------------------------------
+    def local_copy(self, version: str, dest: str | os.PathLike, *, verify: bool = True) -> Path:
+        """Download the committed version's files (without the marker) to the local folder ``dest``."""
+        marker = self._read_marker(version)
+        if marker is None:
+            raise VersionNotFound(f"version {version!r} of model {self.model!r} is not registered")
+        import hashlib
+
+        from freestack.storage import join
+
+        out = Path(dest)
+        for rel in marker.get("files", {}):
+            data = join(self.version_path(version), rel).read_bytes()
+            if verify and hashlib.sha256(data).hexdigest() != marker["files"][rel]["sha256"]:
+                raise IntegrityError(f"{rel} of {self.model} {version} does not match what was registered")
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return out
+
+    def load(self, version_or_alias: str = "production", *, map_location: str = "cpu") -> FreestackNet:
+        """The registered model as a :class:`FreestackNet`, from local disk or (via a temporary
+        folder) from S3; the model files are checked against the registration manifest."""
+        from freestack.ml.models import FreestackNet
+        from freestack.storage.objects import local_os_path
+
+        version = self.resolve(version_or_alias)
+        path = self.version_path(version)
+        local = local_os_path(path)
+        if local is not None:
+            self._verify_files(version, MODEL_FILES)
+            return FreestackNet.from_pretrained(local, map_location=map_location)
+        with tempfile.TemporaryDirectory(prefix="freestack-model-") as tmp:
+            self.local_copy(version, tmp)
+            return FreestackNet.from_pretrained(tmp, map_location=map_location)
+
+    def _verify_files(self, version: str, names: tuple[str, ...]) -> None:
+        from freestack.storage import join, sha256_of
+
+        marker = self._read_marker(version) or {}
+        for name in names:
+            want = (marker.get("files") or {}).get(name, {}).get("sha256")
+            if want and sha256_of(join(self.version_path(version), name)) != want:
+                raise IntegrityError(f"{name} of {self.model} {version} does not match what was registered")
+
+    # -- Hugging Face Hub ---------------------------------------------------------------------------------------
+    def push_to_hub(
+        self,
+        version_or_alias: str,
+        repo_id: str,
+        token: str | None,
+        *,
+        endpoint: str | None = None,
+        private: bool | None = None,
+    ) -> dict[str, Any] | None:
+        """Push a registered version to the Hub as **one commit** tagged with the version; return
+        ``{"repo_id", "version", "commit", "commit_url", "tag"}``, or None (logged) without a token."""
+        version = self.resolve(version_or_alias)
+        if not token:
+            log.info(
+                "not pushing %s %s to the Hugging Face Hub: no token (set a 'huggingface' connection with "
+                "the token as password); the version stays local at %s",
+                self.model,
+                version,
+                self.version_uri(version),
+            )
+            return None
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=token)
+        api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+        with tempfile.TemporaryDirectory(prefix="freestack-push-") as tmp:
+            self.local_copy(version, tmp)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                repo_type="model",
+                commit_message=f"{self.model} {version}",
+                commit_description=f"freestack registry version {version} of model {self.model}",
+            )
+        api.create_tag(repo_id, tag=version, revision=commit.oid, tag_message=f"{self.model} {version}")
+        log.info("pushed %s %s to %s as commit %s, tagged %s", self.model, version, repo_id, commit.oid, version)
+        return {
+            "repo_id": repo_id,
+            "version": version,
+            "commit": commit.oid,
+            "commit_url": str(commit.commit_url),
+            "tag": version,
+        }
+
+
+def promote_on_hub(
+    repo_id: str,
+    version: str,
+    token: str | None,
+    *,
+    endpoint: str | None = None,
+    ref: str = "production",
+    kind: str = "tag",
+) -> bool:
+    """Move the Hub ref ``production`` (a tag, or a branch with ``kind="branch"``) to the commit
+    tagged ``version``: delete it if present, then create it. False (logged) without a token."""
+    if not token:
+        log.info("not moving %s on the Hugging Face Hub to %s: no token", ref, version)
+        return False
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if kind not in ("tag", "branch"):
+        raise RegistryError(f"kind must be 'tag' or 'branch', not {kind!r}")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        if kind == "tag":
+            api.delete_tag(repo_id, tag=ref)
+        else:
+            api.delete_branch(repo_id, branch=ref)
+    except HfHubHTTPError as exc:
+        if exc.response is None or exc.response.status_code != 404:
+            raise
+    if kind == "tag":
+        api.create_tag(repo_id, tag=ref, revision=version, tag_message=f"{ref}: {version}")
+    else:
+        api.create_branch(repo_id, branch=ref, revision=version)
+    log.info("Hub %s: %s %s -> %s", repo_id, kind, ref, version)
+    return True
+
+
+def load_from_hub(repo_id: str, revision: str | None = None, **kwargs: Any) -> FreestackNet:
+    """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit)."""
+    from freestack.ml.models import FreestackNet
+
+    return FreestackNet.from_pretrained(repo_id, revision=revision, **kwargs)
+
+
+def _event(action: str, alias: str, version: str, old: str | None, reason: str | None) -> dict[str, Any]:
+    ev = {"at": _now(), "action": action, "alias": alias, "version": version, "from": old, "pid": os.getpid()}
+    if reason:
+        ev["reason"] = reason
+    return ev
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The top-level numeric metrics (``test_*``, ``best_val_*``...), without nested sections."""
+    return {
+        k: float(v)
+        for k, v in sorted(metrics.items())
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "best_epoch"
+    }
+
+
+# -- model cards --------------------------------------------------------------------------------------------
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model }} {{ version }}
+
+A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` +
+`model.safetensors`, loadable with `FreestackNet.from_pretrained`.
+
+## Intended use
+
+{{ intended_use }}
+
+## Limitations
+
+{{ limitations }}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{% for k, v in metrics.items() -%}
+| {{ k }} | {{ "%.6g"|format(v) }} |
+{% endfor %}
+## Training data
+
+Window: {{ window_text }}.
+
+| partition | rows | sha256 |
+|---|---|---|
+{% for p in partitions -%}
+| {{ p.ds }} | {{ p.rows }} | `{{ p.sha256 }}` |
+{% endfor %}
+## Gate decision
+
+{{ gate_text }}
+
+## Lineage
+
+- spec hash: `{{ lineage.spec_hash }}`
+- code version: `{{ lineage.code_version }}`
+- Airflow: {{ airflow_text }}
+- W&B run: {{ wandb_text }}
+- sweep: {{ sweep_text }}
+
+## How to load
+
+```python
+from freestack.ml.models import FreestackNet
+
+model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
+```
+"""
+
+
+def _task_type(task: str, kind: str) -> str:
+    if kind == "cnn":
+        return "image-classification" if task == "classification" else "image-to-text"
+    return "tabular-regression" if task == "regression" else "tabular-classification"
+
+
+def render_card(
+    model: str, version: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]
+) -> str:
+    """The model card text: YAML front matter (``ModelCardData``, with model-index eval results and a
+    ``freestack`` section) and a Markdown body."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    task = str(metrics.get("task") or (lineage.get("hyperparameters") or {}).get("model", {}).get("task") or "")
+    kind = str(((lineage.get("hyperparameters") or {}).get("model") or {}).get("kind") or "mlp")
+    task = task or "classification"
+    nums = metrics_summary(info.metrics if info.metrics is not None else metrics)
+    window = info.window if info.window is not None else (lineage.get("window") or {})
+    partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
+    train_config = info.train_config if info.train_config is not None else (lineage.get("hyperparameters") or {})
+    sweep = info.sweep if info.sweep is not None else (lineage.get("sweep") or None)
+    gate = info.gate if info.gate is not None else (lineage.get("gate") or None)
+    pipeline = lineage.get("pipeline") or model
+    dataset = info.dataset_name or f"{pipeline} lake window"
+    split = "test"
+    evals = [
+        EvalResult(
+            task_type=_task_type(task, kind),
+            dataset_type=f"freestack/{pipeline}",
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type=name.removeprefix("test_").removeprefix("best_val_"),
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in nums.items()
+    ]
+    parts = [
+        {k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions
+    ]
+    freestack = {
+        "model": model,
+        "version": version,
+        "metrics": nums,
+        "window": window,
+        "partitions": parts,
+        "train_config": train_config,
+        "sweep": sweep,
+        "gate": gate,
+        "spec_hash": lineage.get("spec_hash"),
+        "code_version": lineage.get("code_version"),
+        "airflow": lineage.get("airflow") or None,
+        "wandb": _wandb_ref(lineage.get("wandb")),
+        **info.extra,
+    }
+    data = ModelCardData(
+        model_name=f"{model}-{version}",
+        library_name=info.library_name,
+        license=info.license,
+        tags=sorted({"freestack", task, *info.tags}),
+        pipeline_tag=_task_type(task, kind),
+        eval_results=evals or None,
+        freestack=json.loads(json.dumps(freestack, default=str)),  # plain YAML types only
+    )
+    intended = info.intended_use or (
+        f"Predicting `{pipeline}` {task} targets for rows shaped like the training window's "
+        "(same features, same units); a starting point for experiments and demos."
+    )
+    limits = info.limitations or (
+        "Trained on a bounded time window of one pipeline's data: it inherits that window's biases and "
+        "can drift as the data changes. Check the metrics on your own data before relying on it."
+    )
+    card = ModelCard.from_template(
+        data,
+        template_str=CARD_TEMPLATE,
+        model=model,
+        version=version,
+        task=task,
+        kind=kind,
+        intended_use=intended,
+        limitations=limits,
+        metrics=nums,
+        partitions=parts,
+        window_text=_window_text(window),
+        gate_text=_gate_text(gate),
+        lineage=_Attr(lineage),
+        airflow_text=_kv_text(lineage.get("airflow")),
+        wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
+        sweep_text=_kv_text(sweep),
+    )
+    return str(card)
+
+
+class _Attr(dict):
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name, "n/a")
+
+
+def _wandb_ref(w: Any) -> dict[str, Any] | None:
+    if not isinstance(w, dict):
+        return None
+    keys = ("id", "run_id", "name", "project", "entity", "url", "mode", "sweep_id")
+    return {k: w[k] for k in keys if w.get(k) is not None} or None
+
+
+def _window_text(window: dict[str, Any]) -> str:
+    if not window:
+        return "not recorded"
+    return ", ".join(f"{k} {v}" for k, v in window.items())
+
+
+def _gate_text(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "No gate decision recorded for this version."
+    decision = gate.get("decision") or ("promote" if gate.get("promote") or gate.get("passed") else None)
+    head = f"**{decision}**" if decision else "recorded"
+    reasons = gate.get("reasons") or []
+    lines = [head] + [f"- {r}" for r in reasons]
+    return "\n".join(lines)
+
+
+def _kv_text(d: Any) -> str:
+    if not d:
+        return "n/a"
+    if isinstance(d, dict):
+        return ", ".join(f"{k} `{v}`" for k, v in d.items() if not isinstance(v, dict | list))
+    return str(d)
+
+
+__all__ = [
+    "CardInfo",
+    "IntegrityError",
+    "ModelRegistry",
+    "RegistryError",
+    "VersionExists",
+    "VersionNotFound",
+    "load_from_hub",
+    "metrics_summary",
+    "promote_on_hub",
+    "render_card",
+    "walk_files",
+]
