@@ -635,11 +635,31 @@ def promote_on_hub(
     return True
 
 
-def load_from_hub(repo_id: str, revision: str | None = None, **kwargs: Any) -> FreestackNet:
-    """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit)."""
+def load_from_hub(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    map_location: str = "cpu",
+) -> FreestackNet:
+    """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit).
+
+    Only ``config.json`` and ``model.safetensors`` are fetched (never a pickled ``.bin``); the
+    weights are fetched at the commit the config came from, so a tag moving in between cannot mix
+    two versions."""
+    from huggingface_hub import hf_hub_download
+
     from freestack.ml.models import FreestackNet
 
-    return FreestackNet.from_pretrained(repo_id, revision=revision, **kwargs)
+    kw: dict[str, Any] = {"repo_id": repo_id, "token": token, "endpoint": endpoint, "cache_dir": cache_dir}
+    config = Path(hf_hub_download(filename="config.json", revision=revision, **kw))
+    commit = config.parent.name  # .../snapshots/<commit>/config.json
+    weights = Path(hf_hub_download(filename="model.safetensors", revision=commit, **kw))
+    if weights.parent != config.parent:
+        raise RegistryError(f"{repo_id}@{revision}: config.json and model.safetensors came from different commits")
+    return FreestackNet.from_pretrained(str(config.parent), map_location=map_location)
 
 
 def _event(action: str, alias: str, version: str, old: str | None, reason: str | None) -> dict[str, Any]:

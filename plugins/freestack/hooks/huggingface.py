@@ -1,0 +1,92 @@
+"""HuggingFaceHook: the ``huggingface`` connection behind pushing registry versions to the Hub.
+
+Connection type ``huggingface``: ``password`` is the access token (write scope), extra
+``{"endpoint": "https://huggingface.co", "namespace": "my-org"}`` (both optional; ``host`` may give
+the endpoint too). With no connection named ``huggingface_default`` (or one without a token),
+nothing is pushed: the registry stays local and the push is skipped with a log line saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk.bases.hook import BaseHook
+
+from freestack.errors import FreestackError
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    token: str | None = None
+    endpoint: str | None = None
+    namespace: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    def __repr__(self) -> str:  # never print the token
+        return f"HubSettings(token={'***' if self.token else None}, endpoint={self.endpoint!r})"
+
+
+class HuggingFaceHook(BaseHook):
+    conn_name_attr = "huggingface_conn_id"
+    default_conn_name = "huggingface_default"
+    conn_type = "huggingface"
+    hook_name = "Hugging Face Hub"
+
+    def __init__(self, huggingface_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.huggingface_conn_id = huggingface_conn_id or self.default_conn_name
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"password": "Access token (write)", "host": "Hub endpoint (optional)"},
+            "placeholders": {
+                "host": "https://huggingface.co",
+                "extra": '{"endpoint": "https://huggingface.co", "namespace": "my-org"}',
+            },
+        }
+
+    @cached_property
+    def settings(self) -> HubSettings:
+        try:
+            conn = self.get_connection(self.huggingface_conn_id)
+        except Exception as exc:  # AirflowNotFoundException, or no metadata/API to ask
+            if self.huggingface_conn_id == self.default_conn_name:
+                return HubSettings()
+            raise FreestackError(
+                f"Hugging Face connection {self.huggingface_conn_id!r} was not found ({exc}). Create it with "
+                "conn_type 'huggingface', password = access token, extra {\"endpoint\": ...} (optional)"
+            ) from None
+        extra = conn.extra_dejson or {}
+        endpoint = extra.get("endpoint") or conn.host or None
+        if endpoint and "://" not in endpoint:
+            endpoint = f"https://{endpoint}"
+        token = (conn.password or extra.get("token") or "").strip() or None
+        return HubSettings(
+            token=token, endpoint=endpoint.rstrip("/") if endpoint else None, namespace=extra.get("namespace")
+        )
+
+    def get_conn(self):
+        """An ``HfApi`` for the connection (None without a token)."""
+        s = self.settings
+        if not s.enabled:
+            return None
+        from huggingface_hub import HfApi
+
+        return HfApi(endpoint=s.endpoint, token=s.token)
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            api = self.get_conn()
+            if api is None:
+                return False, "no token: set the access token as the connection's password"
+            who = api.whoami()
+            return True, f"signed in to {self.settings.endpoint or 'https://huggingface.co'} as {who.get('name')!r}"
+        except Exception as exc:
+            return False, str(exc)
