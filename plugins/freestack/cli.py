@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     from freestack.dataapi.cli import register as register_data_api
 
     register_data_api(sub)  # data-api, keys, acl
+    from freestack.registry.cli import register as register_models
+
+    register_models(sub)  # models list|show|promote|rollback|alias|push
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -311,3 +311,35 @@ def test_load_round_trip_predicts_like_the_source(reg, src):
         assert torch.allclose(got, want)
     net = reg.load("v1")
     assert net.features == [f"f{i}" for i in range(6)] and torch.equal(net.mean, torch.arange(6.0))
+
+
+def test_cli_lists_shows_promotes_and_rolls_back(reg, tmp_path, capsys):
+    from freestack.cli import main
+
+    root = (tmp_path / "store").as_uri()
+    for i, v in enumerate(("v1", "v2")):
+        reg.register(make_model_folder(tmp_path / v, seed=i, accuracy=0.8 + i / 10).as_uri(), v,
+                     lineage_updates={"gate": GATE})
+    assert main(["models", "promote", "digits", "v1", "--root", root]) == 0
+    assert main(["models", "promote", "digits", "v2", "--root", root, "--reason", "better"]) == 0
+    capsys.readouterr()
+    assert main(["models", "list", "digits", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "v2" in out and "test_accuracy" in out and "0.9000" in out
+    assert "production -> v2" in out and "previous -> v1" in out
+    assert main(["models", "list", "digits", "--root", root, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed["versions"]] == ["v1", "v2"]
+    assert listed["aliases"] == {"production": "v2", "previous": "v1"}
+    assert main(["models", "show", "digits", "production", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digits v2") and "test_accuracy" in out and "model-index:" in out
+    assert "first model: test_accuracy" in out  # the gate decision
+    assert main(["models", "rollback", "digits", "--root", root]) == 0
+    assert "production -> v1" in capsys.readouterr().out
+    assert main(["models", "alias", "digits", "staging", "v2", "--root", root]) == 0
+    assert reg.resolve("staging") == "v2"
+    assert main(["models", "promote", "digits", "v9", "--root", root]) == 1
+    assert "'v9' is not registered" in capsys.readouterr().err
+    assert main(["models", "push", "digits", "v1", "--repo", "me/digits", "--root", root]) == 0
+    assert "not pushed" in capsys.readouterr().err
