@@ -219,6 +219,9 @@ class ModelSpec(_Model):
     hidden: list[int] = Field(default_factory=lambda: [128, 64])
     channels: list[int] = Field(default_factory=lambda: [16, 32])
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    hub_repo: str | None = Field(
+        default=None, description="Hugging Face Hub repo (org/name) registered versions are pushed to"
+    )
 
     @field_validator("image_shape")
     @classmethod

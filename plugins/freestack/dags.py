@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from freestack.config import PipelineSpec, discover_specs, pipelines_dir
@@ -89,6 +91,13 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.operators.promote import (
+        EvaluateOperator,
+        GateOperator,
+        PromoteOperator,
+        RegisterOperator,
+        RouteOperator,
+    )
     from freestack.operators.sweep import (
         POOL,
         ChooseTrainingOperator,
@@ -150,6 +159,37 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         )
         choose >> [single, create]
         create >> agents >> best
+        evaluate = EvaluateOperator(
+            task_id="evaluate",
+            spec_path=spec_path,
+            trigger_rule="none_failed_min_one_success",  # after train or after select_best
+            doc_md="Candidate and production scored on the same held-out test split; HTML report.",
+        )
+        gate = GateOperator(task_id="gate", spec_path=spec_path, doc_md="The spec's gate: promote or block, with reasons.")
+        register = RegisterOperator(
+            task_id="register", spec_path=spec_path, doc_md="Commit the immutable version, its model card and decision."
+        )
+        route = RouteOperator(task_id="route", spec_path=spec_path, doc_md="promote, approve first, or blocked.")
+        approve = ApprovalOperator(
+            task_id="approve",
+            subject=f"Promote a new {spec.model_name} version to production?",
+            body=(
+                "{% set d = ti.xcom_pull(task_ids='gate') %}"
+                "Candidate **{{ d.candidate_version }}** vs production **{{ d.champion_version or '(none)' }}**: "
+                "{{ d.metric }} {{ '%.4f' % d.candidate }}.\n\n"
+                "{% for r in d.reasons %}- {{ r }}\n{% endfor %}"
+            ),
+            doc_md="A human approves the promotion (the spec's gate says approval: required).",
+        )
+        promote = PromoteOperator(
+            task_id="promote",
+            spec_path=spec_path,
+            trigger_rule="none_failed_min_one_success",  # straight from route, or after approve
+            doc_md="Move production (and previous) to the new version.",
+        )
+        blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
+        [single, best] >> evaluate >> gate >> register >> route >> [approve, promote, blocked]
+        approve >> promote
     return dag
 
 

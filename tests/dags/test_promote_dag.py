@@ -1,0 +1,108 @@
+"""Champion/challenger in the train DAG: evaluate -> gate -> register -> (approve) -> promote | blocked."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import yaml
+
+from tests.dags.test_sweep_dag import _states
+from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _registry(lake):  # noqa: F811
+    from freestack.registry.core import ModelRegistry
+
+    return ModelRegistry(lake["root"].as_uri(), "digits")
+
+
+def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
+    dag = lake["bag"].get_dag("digits_train")
+    reg = _registry(lake)
+
+    first = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 3, "learning_rate": 3e-3})
+    assert first.state == "success"
+    s = _states(first)
+    assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
+    v1 = reg.resolve("production")
+    lineage = reg.get(v1)["lineage"]
+    assert lineage["gate"]["promote"] and "no production model yet" in " ".join(lineage["gate"]["reasons"])
+    assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
+    card = reg.get(v1)["card"]
+    assert card.startswith("---\n") and "test_accuracy" in card and lineage["partitions"][0]["sha256"] in card
+
+    # a deliberately worse candidate: one epoch at a tiny learning rate
+    worse = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 1, "learning_rate": 1e-5})
+    assert worse.state == "success"  # blocked is not a failure
+    s = _states(worse)
+    assert s["blocked"] == ["success"] and s["promote"] == ["skipped"]
+    assert reg.resolve("production") == v1
+    versions = [v["version"] for v in reg.versions()]
+    assert len(versions) == 2  # the blocked candidate is registered too, with its decision
+    v2 = next(v for v in versions if v != v1)
+    gate = reg.get(v2)["lineage"]["gate"]
+    assert not gate["promote"] and gate["champion_version"] == v1 and "worse" in gate["reasons"][-1]
+    ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
+    assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
+
+    better = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 25, "learning_rate": 3e-3})
+    assert better.state == "success"
+    assert _states(better)["promote"] == ["success"]
+    aliases = reg.aliases()
+    assert aliases["previous"] == v1 and aliases["production"] not in (v1, v2)
+
+
+def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
+    """approval: required -> the run parks on the Approval task until someone answers in the UI/API."""
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+
+    from tests.dags.test_train_dag import ROOT
+
+    spec = lake["specs"] / "digits.yaml"
+    data = yaml.safe_load(spec.read_text())
+    data["gate"] = {"metric": "accuracy", "min_value": 0.5, "approval": "required"}
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
+    answered = {}
+
+    class Reviewer:
+        def get_id(self):
+            return "reviewer"
+
+        def get_name(self):
+            return "reviewer"
+
+    def respond():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            with create_session() as session:
+                row = session.query(HITLDetail).filter(HITLDetail.response_received.is_(False)).first()
+                if row is not None:
+                    ti = row.task_instance
+                    answered["body"] = row.body
+                    update_hitl_detail(
+                        dag_id=ti.dag_id, dag_run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
+                        update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=["Approve"]),
+                        user=Reviewer(), session=session,
+                    )
+                    return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=respond, daemon=True)
+    t.start()
+    run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 3})
+    t.join(timeout=10)
+    assert run.state == "success"
+    s = _states(run)
+    assert s["approve"] == ["success"] and s["promote"] == ["success"]
+    assert "vs production" in answered["body"] and "meets the minimum 0.5000" in answered["body"]
+    assert _registry(lake).resolve("production")
