@@ -120,6 +120,7 @@ def test_hook_reads_the_huggingface_connection(monkeypatch):
         {"conn_type": "huggingface", "password": TOKEN, "extra": {"endpoint": "http://127.0.0.1:1/"}}))
     s = HuggingFaceHook().settings
     assert s.token == TOKEN and s.endpoint == "http://127.0.0.1:1" and TOKEN not in repr(s)
+    assert (HuggingFaceHook().token(), HuggingFaceHook().endpoint()) == (TOKEN, "http://127.0.0.1:1")
     with pytest.raises(FreestackError, match="conn_type 'huggingface'"):
         HuggingFaceHook("hf_missing").settings  # noqa: B018
     ok, msg = HuggingFaceHook().test_connection()

@@ -72,6 +72,14 @@ class HuggingFaceHook(BaseHook):
             token=token, endpoint=endpoint.rstrip("/") if endpoint else None, namespace=extra.get("namespace")
         )
 
+    def token(self) -> str | None:
+        """The access token, or None (then nothing is pushed)."""
+        return self.settings.token
+
+    def endpoint(self) -> str | None:
+        """The Hub endpoint, or None for huggingface_hub's default (``HF_ENDPOINT`` or huggingface.co)."""
+        return self.settings.endpoint
+
     def get_conn(self):
         """An ``HfApi`` for the connection (None without a token)."""
         s = self.settings
