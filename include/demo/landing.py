@@ -17,7 +17,10 @@ from datetime import date, datetime, timedelta
 from freestack.storage import join, to_path, write_bytes
 
 
-def day_rows(day_index: int, days: int) -> list[list[str]]:
+def day_rows(day_index: int, days: int, variant: int = 0) -> list[list[str]]:
+    """Day ``day_index`` of the digits split over ``days`` days. ``variant`` > 0 gives new rows of the
+    same distribution (each image shifted ``variant`` pixel(s) right, new keys): later demo rounds."""
+    import numpy as np
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -27,8 +30,13 @@ def day_rows(day_index: int, days: int) -> list[list[str]]:
     rows = []
     for i in range(lo, hi):
         ts = datetime(2026, 1, 1) + timedelta(minutes=7 * i)
-        pixels = [f"{v:g}" for v in digits.data[i]]
-        rows.append([f"digit-{i:05d}", ts.isoformat(), *pixels, str(int(digits.target[i]))])
+        image = digits.data[i].reshape(8, 8)
+        if variant:
+            image = np.roll(image, variant, axis=1)
+            image[:, :variant] = 0
+        pixels = [f"{v:g}" for v in image.reshape(-1)]
+        key = f"digit-{i:05d}" + (f"-v{variant}" if variant else "")
+        rows.append([key, ts.isoformat(), *pixels, str(int(digits.target[i]))])
     return rows
 
 
@@ -58,12 +66,12 @@ def render(rows: list) -> bytes:
     return buf.getvalue().encode()
 
 
-def make_landing(root: str, start: date, days: int, pipeline: str = "digits") -> list[str]:
+def make_landing(root: str, start: date, days: int, pipeline: str = "digits", variant: int = 0) -> list[str]:
     base = to_path(root)
     written = []
     for k in range(days):
         ds = (start + timedelta(days=k)).isoformat()
-        data = render(corrupt(day_rows(k, days), k))
+        data = render(corrupt(day_rows(k, days, variant), k))
         obj = write_bytes(join(base, "landing", pipeline, ds, "digits.csv"), data)
         written.append(obj.uri)
     return written

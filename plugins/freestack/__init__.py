@@ -25,6 +25,10 @@ def get_provider_info() -> dict:
                 "hook-class-name": "freestack.tracking.wandb.WandbHook",
                 "connection-type": "wandb",
             },
+            {
+                "hook-class-name": "freestack.hooks.huggingface.HuggingFaceHook",
+                "connection-type": "huggingface",
+            },
         ],
         "extra-links": ["freestack.links.WandbRunLink"],
     }

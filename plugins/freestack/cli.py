@@ -116,11 +116,15 @@ def demo(args: argparse.Namespace) -> int:
     _apply_env()
     sys.path.insert(0, str(checkout_dir() / "include"))
     from demo.landing import make_landing
-    from freestack.config import default_storage_root
+    from freestack.config import default_storage_root, load_spec, pipelines_dir
+    from freestack.ingest.core import lake_partitions
 
     root = default_storage_root()
     print(f"storage root: {root}")
-    uris = make_landing(root, DEMO_START, DEMO_DAYS)
+    # a second run lands the next days (new rows of the same digits) and retrains: champion vs challenger
+    done = len(lake_partitions(load_spec(pipelines_dir() / "digits.yaml")))
+    start = DEMO_START + timedelta(days=done)
+    uris = make_landing(root, start, DEMO_DAYS, variant=done // DEMO_DAYS)
     print(f"landed {len(uris)} daily drops of real digits (with a few malformed rows each):")
     for u in uris:
         print(f"  {u}")
@@ -135,7 +139,7 @@ def demo(args: argparse.Namespace) -> int:
     dag = bag.get_dag("digits_ingest")
     failed = 0
     for k in range(DEMO_DAYS):
-        day = DEMO_START + timedelta(days=k)
+        day = start + timedelta(days=k)
         run = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=UTC))
         print(f"digits_ingest {day}: {run.state}")
         failed += run.state != "success"
@@ -147,14 +151,41 @@ def demo(args: argparse.Namespace) -> int:
     from freestack.pools import ensure_pool
 
     ensure_pool()  # the sweep agents' pool (dag.test runs them one after the other; `make up` in parallel)
-    last = (DEMO_START + timedelta(days=DEMO_DAYS - 1)).isoformat()
+    last = (start + timedelta(days=DEMO_DAYS - 1)).isoformat()
     run = bag.get_dag("digits_train").test(run_conf={"end_ds": last, "sweep_agents": DEMO_AGENTS})
     print(f"\ndigits_train up to {last}: {run.state}")
     if run.state != "success":
         return 1
     print(sweep_report("digits", run.run_id))
     print(train_report("digits", run.run_id))
+    print(gate_report("digits", run.run_id))
+    if not done:
+        print("\nrun `make demo` again: it lands 5 more days, retrains, and compares the new model with this one")
     return 0
+
+
+def gate_report(pipeline: str, run_id: str) -> str:
+    """Champion vs challenger of ``run_id``: the gate's decision and reasons, the report, the aliases."""
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.registry.core import ModelRegistry
+    from freestack.storage import storage_root
+
+    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
+    reg = ModelRegistry(storage_root(spec.storage_root), spec.model_name)
+    for v in reversed(reg.versions()):
+        lineage = reg.get(v["version"])["lineage"]
+        if lineage.get("airflow", {}).get("run_id") != run_id:
+            continue
+        gate, ev = lineage.get("gate") or {}, lineage.get("evaluation") or {}
+        verdict = "PROMOTED to production" if gate.get("promote") else "BLOCKED (production unchanged)"
+        lines = [f"gate: {v['version']} {verdict}"]
+        lines += [f"  - {r}" for r in gate.get("reasons", [])]
+        lines.append(f"  registry: {reg.version_uri(v['version'])} (model card: README.md)")
+        lines.append(f"  evaluation report: {ev.get('report')}")
+        aliases = reg.aliases()
+        lines.append(f"  aliases: production={aliases.get('production')} previous={aliases.get('previous')}")
+        return "\n".join(lines)
+    return f"(no registered version for run {run_id})"
 
 
 def sweep_report(pipeline: str, run_id: str) -> str:

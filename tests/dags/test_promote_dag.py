@@ -25,7 +25,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     dag = lake["bag"].get_dag("digits_train")
     reg = _registry(lake)
 
-    first = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 3, "learning_rate": 3e-3})
+    first = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 8, "learning_rate": 3e-3})
     assert first.state == "success"
     s = _states(first)
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
