@@ -138,3 +138,41 @@ def test_pipeline_tasks_obey_the_collection_acl(pipeline):
     state, tis = _ingest(bag, "2026-11-01")
     assert state == "success", tis
     assert pq.read_table(backing / "lake" / "digits" / "ds=2026-11-01" / "part.parquet").num_rows > 300
+
+
+def test_compare_and_swap_through_the_data_api(pipeline):
+    """Sweep state and registry aliases need conditional writes: the service gives If-None-Match and
+    If-Match (on the content's sha256), so data:// over HTTP coordinates like S3 and local disk."""
+    import threading
+
+    from freestack.storage import cas, join, to_path
+
+    p = join(to_path(f"data://.my/{pipeline['coll']}"), "state", "doc.json")
+    assert cas.read(p) is None
+    token = cas.create(p, b"v1")
+    with pytest.raises(cas.CasConflict, match="already exists"):
+        cas.create(p, b"other")
+    t2 = cas.replace(p, b"v2", token)
+    with pytest.raises(cas.CasConflict, match="changed since it was read"):
+        cas.replace(p, b"stale", token)
+    assert cas.read(p).data == b"v2" and cas.read(p).token == t2
+    with pytest.raises(cas.CasConflict, match="no longer exists"):
+        cas.replace(join(p.parent, "missing.json"), b"x", t2)
+    # racing replaces of the same version: exactly one wins
+    wins, losses = [], []
+
+    def racer(i):
+        try:
+            cas.replace(p, f"racer {i}".encode(), t2)
+            wins.append(i)
+        except cas.CasConflict:
+            losses.append(i)
+
+    threads = [threading.Thread(target=racer, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 5
+    assert cas.read(p).data == f"racer {wins[0]}".encode()
+    assert (pipeline["backing"] / "state" / "doc.json").read_bytes() == f"racer {wins[0]}".encode()

@@ -255,12 +255,18 @@ def _truncated_put(api, path: str, *, chunked: bool, send: int, declared: int = 
         s.shutdown(socket.SHUT_RDWR)
 
 
-def _settled(folder: Path, timeout: float = 10.0) -> list[str]:
-    """The folder's entries once the service has cleaned up after an interrupted upload."""
+def _settled(folder: Path, timeout: float = 10.0, quiet: float = 1.0) -> list[str]:
+    """The folder's entries once the service has cleaned up after an interrupted upload: no temporary
+    for ``quiet`` seconds in a row (on a busy machine the server may reach a cut request only after
+    the client has given up on it, and only then create, and remove, its temporary)."""
     deadline = time.monotonic() + timeout
+    clean_since = None
     while True:
         names = sorted(p.name for p in folder.iterdir())
-        if not any(n.startswith(".") and "freestack-tmp" in n for n in names) or time.monotonic() > deadline:
+        busy = any(n.startswith(".") and "freestack-tmp" in n for n in names)
+        now = time.monotonic()
+        clean_since = None if busy else (clean_since or now)
+        if (clean_since is not None and now - clean_since >= quiet) or now > deadline:
             return names
         time.sleep(0.1)
 

@@ -581,8 +581,32 @@ async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:
         raise ApiError(500, "the storage worker stopped")
 
 
+#: serializes conditional replaces (If-Match) of one object within this service process
+_CAS_LOCKS: dict[str, threading.Lock] = {}
+_CAS_GUARD = threading.Lock()
+
+
+def _cas_lock(rel: str) -> threading.Lock:
+    with _CAS_GUARD:
+        return _CAS_LOCKS.setdefault(rel, threading.Lock())
+
+
+def _check_match(svc: _Service, key: str | None, rel: str, display: str, if_match: str) -> None:
+    """If-Match: the object's current content must hash (sha256, hex) to the given tag."""
+    import hashlib
+
+    user = _authenticate(svc, key)
+    fs = svc.fs_for(user)
+    try:
+        current = hashlib.sha256(fs.cat_file(rel)).hexdigest()  # checks the caller's read access
+    except FileNotFoundError:
+        raise ApiError(412, f"{display} does not exist (If-Match asks to replace a version of it)") from None
+    if current != if_match:
+        raise ApiError(412, f"{display} changed since it was read (If-Match {if_match[:12]}... is not current)")
+
+
 async def _put_small(request: Request, svc: _Service, key: str | None, rel: str, display: str,
-                     if_absent: bool, expected_n: int) -> Response:
+                     if_absent: bool, expected_n: int, if_match: str | None = None) -> Response:
     chunks: list[bytes] = []
     received = 0
     try:
@@ -609,7 +633,12 @@ async def _put_small(request: Request, svc: _Service, key: str | None, rel: str,
             writer.abort()
             raise
 
-    await _run(store)
+    def store_if_match() -> None:
+        with _cas_lock(rel):  # compare and write as one step
+            _check_match(svc, key, rel, display, if_match)
+            store()
+
+    await _run(store if if_match is None else store_if_match)
     return JSONResponse({"result": display})
 
 
@@ -623,13 +652,19 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
             'to create a directory, POST {"name": ...} to its parent',
         )
     if_absent = request.headers.get("if-none-match", "").strip() == "*"
+    if_match = request.headers.get("if-match", "").strip().strip('"') or None
     expected = request.headers.get("content-length")
     try:
         expected_n = int(expected) if expected is not None else None
     except ValueError:
         raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
+    if if_match is not None and (expected_n is None or expected_n > CHUNK):
+        raise ApiError(
+            400, f"If-Match (compare-and-swap) is for objects up to {CHUNK} bytes with a Content-Length; "
+            f"{display} is larger or has none"
+        )
     if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
-        return await _put_small(request, svc, key, rel, display, if_absent, expected_n)
+        return await _put_small(request, svc, key, rel, display, if_absent, expected_n, if_match)
     writer = await _run(_begin_put, svc, key, rel, display, if_absent)
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=2)

@@ -146,12 +146,16 @@ def walk_files(folder: ObjectStoragePath) -> list[tuple[str, ObjectStoragePath]]
         found = fs.find(base)
     except FileNotFoundError:
         return []
+    # data:// lists paths under the owner's name where the folder was named through ".my"
+    owner = getattr(fs, "owner", None) if base.startswith(".my/") else None
+    bases = [base] + ([f"{owner}/{base[4:]}"] if owner else [])
     out = []
     for full in found:
         full = str(full)
-        if not full.startswith(base + "/"):
+        prefix = next((b for b in bases if full.startswith(b + "/")), None)
+        if prefix is None:
             continue
-        rel = full[len(base) + 1 :]
+        rel = full[len(prefix) + 1 :]
         parts = rel.split("/")
         if any(p.startswith(".") or TMP_MARK in p for p in parts):
             continue

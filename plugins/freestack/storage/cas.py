@@ -11,7 +11,11 @@ it expects and fails with :class:`CasConflict` if anyone changed the object in b
   while holding an exclusive ``flock`` on a hidden lock file beside the object. Readers take no lock:
   a rename is atomic, so they see either version, whole.
 
-Other backends (an HTTP filesystem, say) have no conditional write; they get a clear error.
+- ``data://`` served by the Data API service: the token is the content's sha256; creation is a PUT
+  with ``If-None-Match: *``, replacement a PUT with ``If-Match: "<sha256>"``, which the service checks
+  and applies as one step (objects up to 1 MiB, serialized within the service process).
+
+Other backends have no conditional write; they get a clear error.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ def _s3_target(path: ObjectStoragePath) -> tuple[Any, str, str] | None:
     return fs, bucket, key
 
 
+def _http_target(path: ObjectStoragePath) -> tuple[Any, str] | None:
+    """data:// served by a Data API service: (its HTTP filesystem, the path there)."""
+    from freestack.storage.datafs import DataFileSystem
+
+    fs = path.fs
+    if isinstance(fs, DataFileSystem) and fs.is_remote_api:
+        return fs.fs, fs._join(path.path)
+    return None
+
+
 def _backend(path: ObjectStoragePath, *, write: bool) -> tuple[str, Any]:
     local = local_os_path(path, write=write)  # data:// checks the collection's ACL for this access
     if local is not None:
@@ -69,6 +83,9 @@ def _backend(path: ObjectStoragePath, *, write: bool) -> tuple[str, Any]:
     s3 = _s3_target(path)
     if s3 is not None:
         return "s3", s3
+    http = _http_target(path)
+    if http is not None:  # the service does If-None-Match and If-Match (tag: the content's sha256)
+        return "http", http
     raise CasUnsupported(
         f"{path} is on a backend without conditional writes ({type(path.fs).__name__}); sweep state "
         "needs a storage root on local disk or on S3 (or an S3-compatible server)"
@@ -95,6 +112,12 @@ def read(path: ObjectStoragePath) -> Versioned | None:
         except FileNotFoundError:
             return None
         return Versioned(data, _sha(data))
+    if kind == "http":
+        fs, full = target
+        resp = fs.request("GET", full, ok=(200, 404), what=f"read of {path}")
+        if resp.status_code == 404:
+            return None
+        return Versioned(resp.content, _sha(resp.content))
     fs, bucket, key = target
     try:
         resp = _s3_call(fs, "get_object", Bucket=bucket, Key=key)
@@ -125,6 +148,13 @@ def create(path: ObjectStoragePath, data: bytes) -> str:
             os.unlink(tmp)
         _fsync_dir(folder)
         return _sha(data)
+    if kind == "http":
+        fs, full = target
+        resp = fs.request("PUT", full, ok=(200, 412), data=data, what=f"create of {path}",
+                          headers={"If-None-Match": "*", "Content-Type": "application/octet-stream"})
+        if resp.status_code == 412:
+            raise CasConflict(f"{path} already exists")
+        return _sha(data)
     fs, bucket, key = target
     try:
         resp = _s3_call(fs, "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
@@ -151,6 +181,13 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
             tmp = _write_tmp(target, data)
             os.replace(tmp, target)
             _fsync_dir(os.path.dirname(target))
+        return _sha(data)
+    if kind == "http":
+        fs, full = target
+        resp = fs.request("PUT", full, ok=(200, 412), data=data, what=f"replace of {path}",
+                          headers={"If-Match": f'"{token}"', "Content-Type": "application/octet-stream"})
+        if resp.status_code == 412:
+            raise CasConflict(f"{path} {'no longer exists' if read(path) is None else 'changed since it was read'}")
         return _sha(data)
     fs, bucket, key = target
     try:
