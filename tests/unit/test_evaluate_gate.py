@@ -99,3 +99,24 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
     assert json.loads((folder / "metrics.json").read_text())["candidate"]["accuracy"] == summary["candidate"]["accuracy"]
     decision = decide(GateSpec(), summary["candidate"], summary["champion"])
     assert decision["promote"] == (summary["candidate"]["accuracy"] >= summary["champion"]["accuracy"])
+
+
+def test_regression_report_and_plots():
+    import numpy as np
+
+    from freestack.evaluate.core import plots, regression_report, render_html
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(10, 3, 400)
+    pred = y + rng.normal(0, 0.5, 400)
+    rep = regression_report(y, pred)
+    assert rep["rmse"] == pytest.approx(0.5, rel=0.15) and rep["r2"] > 0.95
+    assert rep["mae"] < rep["rmse"] and abs(rep["residuals"]["mean"]) < 0.1
+    assert rep["residuals"]["quantiles"]["p05"] < 0 < rep["residuals"]["quantiles"]["p95"]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_rmse": 2 / e} for e in range(1, 6)]
+    images = plots(rep, history, None)
+    assert set(images) == {"residuals.png", "learning_curves.png"}
+    assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in images.values())
+    page = render_html("t", {"version": "v1", "window": {}, "candidate": {k: v for k, v in rep.items() if k != "_points"},
+                             "champion": None}, images)
+    assert page.count("data:image/png;base64,") == 2 and "rmse" in page
