@@ -5,24 +5,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.config import load_spec
 from freestack.links import WandbRunLink
-
-
-def _spec(path: str):
-    from freestack.errors import SpecError
-
-    try:
-        return load_spec(path)
-    except SpecError as exc:
-        raise AirflowFailException(str(exc)) from None
+from freestack.operators.base import PipelineOperator
 
 
 def _registry(spec):
@@ -57,23 +47,18 @@ def candidate_of(context: Context) -> dict[str, Any]:
     raise AirflowFailException("neither train nor select_best produced a model version in this run")
 
 
-class EvaluateOperator(BaseOperator):
+class EvaluateOperator(PipelineOperator):
     """Score the candidate and the current production model on the same held-out test split."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     operator_extra_links = (WandbRunLink(),)
     ui_color = "#d8f0e4"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.evaluate.core import EvaluationError, evaluate
         from freestack.registry.core import RegistryError
         from freestack.tracking.wandb import WandbHook
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         cand = candidate_of(context)
         reg = _registry(spec)
         champion_version = None
@@ -97,20 +82,15 @@ class EvaluateOperator(BaseOperator):
         return summary
 
 
-class GateOperator(BaseOperator):
+class GateOperator(PipelineOperator):
     """Decide promotion by the spec's ``gate:`` block; the reasons go to the log and to lineage."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     ui_color = "#d8f0e4"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.evaluate.gate import GateSpec, decide
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         ev = context["ti"].xcom_pull(task_ids="evaluate")
         gate = GateSpec.model_validate(spec.gate or {})
         try:
@@ -127,20 +107,15 @@ class GateOperator(BaseOperator):
         return decision
 
 
-class RegisterOperator(BaseOperator):
+class RegisterOperator(PipelineOperator):
     """Commit the candidate as an immutable registry version with its model card and gate decision."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     ui_color = "#d8f0e4"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.registry.core import RegistryError, VersionExists
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         ti = context["ti"]
         ev = ti.xcom_pull(task_ids="evaluate")
         decision = ti.xcom_pull(task_ids="gate")
@@ -186,14 +161,9 @@ class RegisterOperator(BaseOperator):
         return {"version": version, "version_uri": uri, "hub": pushed, "promote": decision["promote"]}
 
 
-class RouteOperator(BaseBranchOperator):
+class RouteOperator(PipelineOperator, BaseBranchOperator):
     """Promotion (``promote``), a human approval first (``approve``), or ``blocked``."""
 
-    template_fields: Sequence[str] = ("spec_path",)
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def choose_branch(self, context: Context) -> str:
         decision = context["ti"].xcom_pull(task_ids="gate")
@@ -202,20 +172,15 @@ class RouteOperator(BaseBranchOperator):
         return "approve" if decision.get("approval") == "required" else "promote"
 
 
-class PromoteOperator(BaseOperator):
+class PromoteOperator(PipelineOperator):
     """Move ``production`` (and ``previous``) to the new version atomically; on the Hub too."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     ui_color = "#c8ecd4"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.registry.core import promote_on_hub
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         ti = context["ti"]
         registered = ti.xcom_pull(task_ids="register")
         decision = ti.xcom_pull(task_ids="gate")

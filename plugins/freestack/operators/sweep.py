@@ -7,40 +7,25 @@ server when the ``wandb`` connection has a key and the server answers.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.config import load_spec
 from freestack.links import WandbRunLink
+from freestack.operators.base import PipelineOperator
 from freestack.operators.train import airflow_info, resolve_end_ds
 
 POOL = "freestack_sweep"
 
 
-def _spec(path: str):
-    from freestack.errors import SpecError
-
-    try:
-        return load_spec(path)
-    except SpecError as exc:
-        raise AirflowFailException(str(exc)) from None
-
-
-class ChooseTrainingOperator(BaseBranchOperator):
+class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
     """One training (``train``) or a sweep (``create_sweep``), as the Params form's ``sweep`` says."""
 
-    template_fields: Sequence[str] = ("spec_path",)
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def choose_branch(self, context: Context) -> str:
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         wanted = bool((context.get("params") or {}).get("sweep"))
         if wanted and spec.sweep is None:
             raise AirflowFailException(
@@ -50,22 +35,17 @@ class ChooseTrainingOperator(BaseBranchOperator):
         return "create_sweep" if wanted else "train"
 
 
-class CreateSweepOperator(BaseOperator):
+class CreateSweepOperator(PipelineOperator):
     """Create the sweep (once per DAG run; a retry finds it) and hand out the agent indexes."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     ui_color = "#fde9c9"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """One entry per agent (the ``agent`` task is mapped over them with ``expand_kwargs``)."""
         from freestack.sweeps.controller import SweepError, create_sweep, sweep_id_for
         from freestack.sweeps.server import server_settings
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         params = context.get("params") or {}
         end_ds = resolve_end_ds(context, spec)
         agents = int(params.get("sweep_agents") or 1)
@@ -99,16 +79,14 @@ class CreateSweepOperator(BaseOperator):
         ]
 
 
-class SweepAgentOperator(BaseOperator):
+class SweepAgentOperator(PipelineOperator):
     """One agent: lease a trial, train it, report each epoch, stop when told; until the sweep is done."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     ui_color = "#fde9c9"
 
     def __init__(
         self,
         *,
-        spec_path: str,
         sweep_id: str,
         agent_index: int = 0,
         agents: int = 1,
@@ -116,7 +94,6 @@ class SweepAgentOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.spec_path = spec_path
         self.sweep_id = sweep_id
         self.agent_index = agent_index
         self.agents = agents
@@ -127,7 +104,7 @@ class SweepAgentOperator(BaseOperator):
         from freestack.sweeps.trials import make_trial_runner
         from freestack.tracking.wandb import WandbHook
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         ti = context["ti"]
         threads = agent_threads(self.agents)
         if threads:
@@ -170,24 +147,19 @@ def default_pool_slots() -> int:
     return gpu_count() or os.cpu_count() or 1
 
 
-class SelectBestOperator(BaseOperator):
+class SelectBestOperator(PipelineOperator):
     """The table of trials (CSV, JSON, W&B table), the metric-against-parameter plot, and the best
     trial's model published as a version; returns its URI like ``train`` does."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     operator_extra_links = (WandbRunLink(),)
     ui_color = "#fde9c9"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.sweeps.controller import SweepError
         from freestack.sweeps.report import select_best
         from freestack.tracking.wandb import WandbHook
 
-        spec = _spec(self.spec_path)
+        spec = self.pipeline_spec()
         ti = context["ti"]
         created = ti.xcom_pull(task_ids="create_sweep")
         if not created:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.config import load_spec
 from freestack.links import WandbRunLink
+from freestack.operators.base import PipelineOperator
 
 
 def resolve_end_ds(context: Context, spec) -> str:
@@ -51,26 +50,18 @@ def airflow_info(context: Context) -> dict[str, Any]:
     }
 
 
-class TrainOperator(BaseOperator):
+class TrainOperator(PipelineOperator):
     """Train once with the spec's defaults, overridden by the Params form."""
 
-    template_fields: Sequence[str] = ("spec_path",)
     operator_extra_links = (WandbRunLink(),)
     ui_color = "#e4d8f7"
-
-    def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.errors import SpecError
         from freestack.tracking.wandb import WandbHook
         from freestack.training import TrainingError, TrainRequest, train
 
-        try:
-            spec = load_spec(self.spec_path)
-        except SpecError as exc:
-            raise AirflowFailException(str(exc)) from None
+        spec = self.pipeline_spec()
         params = context.get("params") or {}
         end_ds = resolve_end_ds(context, spec)
         ti = context["ti"]
