@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import torch
@@ -55,3 +56,31 @@ def sample_input(n: int = 16, seed: int = 1) -> torch.Tensor:
 
 def source_predictions(folder: Path, x: torch.Tensor) -> torch.Tensor:
     return FreestackNet.from_pretrained(str(folder)).predict_proba(x)
+
+
+def race_promotions(reg, a: str, b: str, *, timeout: float = 30.0) -> None:
+    """Promote ``a`` and ``b`` from two threads that both read ``aliases.json`` before either
+    writes it (a barrier inside the alias move): a real race, which the compare-and-swap settles."""
+    barrier = threading.Barrier(2)
+    real_move = reg._move
+
+    def move(change, **kw):
+        first = [True]
+
+        def gated(cur):
+            if first[0]:
+                first[0] = False
+                barrier.wait(timeout)
+            return change(cur)
+
+        return real_move(gated, **kw)
+
+    reg._move = move
+    try:
+        threads = [threading.Thread(target=reg.promote, args=(v,)) for v in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del reg._move

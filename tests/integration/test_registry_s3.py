@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
 
-from tests.registry_helpers import make_model_folder, sample_input, source_predictions
+from tests.registry_helpers import make_model_folder, race_promotions, sample_input, source_predictions
 
 pytestmark = pytest.mark.s3
 
@@ -64,27 +63,7 @@ def test_racing_promotions_on_s3_stay_consistent(s3_conn, tmp_path):
         reg.register(make_model_folder(tmp_path / v, seed=i).as_uri(), v)
     for _round in range(3):
         reg.promote("v0")
-        barrier = threading.Barrier(2)
-        real_move = reg._move
-
-        def move(change, barrier=barrier, real_move=real_move, **kw):
-            first = [True]
-
-            def gated(cur):
-                if first[0]:
-                    first[0] = False
-                    barrier.wait(30)
-                return change(cur)
-
-            return real_move(gated, **kw)
-
-        reg._move = move
-        ts = [threading.Thread(target=reg.promote, args=(v,)) for v in ("va", "vb")]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        del reg._move
+        race_promotions(reg, "va", "vb")
         a = reg.aliases()
         assert {a["production"], a["previous"]} == {"va", "vb"}
         assert [h["from"] for h in a["history"][-2:]] == ["v0", a["previous"]]

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.registry_helpers import PARTITIONS, make_model_folder, sample_input, source_predictions
+from tests.registry_helpers import (
+    PARTITIONS,
+    make_model_folder,
+    race_promotions,
+    sample_input,
+    source_predictions,
+)
 
 GATE = {
     "decision": "promote",
@@ -191,7 +196,7 @@ def test_two_racing_promotions_in_threads_leave_consistent_aliases(reg, tmp_path
 
     for i, v in enumerate(("v0", "va", "vb")):
         reg.register(make_model_folder(tmp_path / v, seed=i).as_uri(), v)
-    real_replace, real_move = cas.replace, reg._move
+    real_replace = cas.replace
     lost = []
 
     def counting_replace(path, data, token):
@@ -204,26 +209,7 @@ def test_two_racing_promotions_in_threads_leave_consistent_aliases(reg, tmp_path
     monkeypatch.setattr(cas, "replace", counting_replace)
     for _round in range(10):
         reg.promote("v0")
-        barrier = threading.Barrier(2)
-
-        def move(change, barrier=barrier, **kw):  # both read aliases.json before either writes: a race
-            first = [True]
-
-            def gated(a):
-                if first[0]:
-                    first[0] = False
-                    barrier.wait(10)
-                return change(a)
-
-            return real_move(gated, **kw)
-
-        reg._move = move
-        ts = [threading.Thread(target=reg.promote, args=(v,)) for v in ("va", "vb")]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        del reg._move
+        race_promotions(reg, "va", "vb", timeout=10)  # both read aliases.json before either writes
         _check_race(reg.aliases(), "va", "vb", "v0")
     assert len(lost) == 10  # one loser per round, which read again and retried
     assert len(reg.aliases()["history"]) == 30
