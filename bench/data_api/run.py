@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -42,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import host
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("direct", "service_http", "service_datafs")
@@ -228,31 +229,10 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        pass
     import fastapi
     import uvicorn
 
-    return {
-        "cpu_model": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gib": round(mem / (1 << 30), 1) if mem else None,
-        "python": platform.python_version(),
-        "uvicorn": uvicorn.__version__,
-        "fastapi": fastapi.__version__,
-        "platform": platform.platform(),
-    }
+    return {**host(), "uvicorn": uvicorn.__version__, "fastapi": fastapi.__version__}
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -34,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import host, peak_rss_mib
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "2026-11-01"
@@ -205,11 +206,6 @@ def _rss_now_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-def _peak_rss_mib() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)
-
-
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -279,7 +275,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
         "rows": rows,
         "rss_before_mib": rss_before,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "pyarrow_pool_max_mib": pa.default_memory_pool().max_memory() / (1 << 20),
         **extra,
     }
@@ -293,33 +289,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import pyarrow as pa
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        import psutil
-
-        mem = psutil.virtual_memory().total
-    except ImportError:
-        try:
-            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError):
-            pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": cpu,
-        "cores": affinity,
-        "memory_gib": round(mem / (1 << 30), 1) if mem else None,
-        "python": platform.python_version(),
-        "pyarrow_version": pa.__version__,
-        "platform": platform.platform(),
-    }
+    return {**host(), "pyarrow_version": pa.__version__}
 
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:

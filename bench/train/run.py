@@ -35,7 +35,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -45,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import host, peak_rss_mib, usable_cores
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261101  # the data
@@ -222,15 +223,6 @@ def baseline_fit(model, x_train, y_train, *, epochs: int, batch_size: int, devic
     return loss
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _peak_rss_mib() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)
-
-
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -330,7 +322,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             "val_loss": val["loss"],
             "threads": torch.get_num_threads(),
             "device": str(device),
-            "peak_rss_mib": _peak_rss_mib(),
+            "peak_rss_mib": peak_rss_mib(),
         }
     )
     if mode == "baseline":
@@ -367,29 +359,10 @@ def machine(device: str) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        pass
-    affinity = _usable_cores()
     out = {
-        "cpu_model": cpu,
-        "cores": affinity,
-        "memory_gib": round(mem / (1 << 30), 1) if mem else None,
-        "python": platform.python_version(),
+        **host(),
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
-        "platform": platform.platform(),
         "device": device,
         "cuda_available": torch.cuda.is_available(),
     }
@@ -631,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.threads is None:
-        args.threads = _usable_cores()
+        args.threads = usable_cores()
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return 0
@@ -661,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "threads": args.threads,
-            "cores": _usable_cores(),
+            "cores": usable_cores(),
             "device": args.device,
             "profile": args.profile,
             "patch": str(Path(args.patch).resolve()) if args.patch else None,
