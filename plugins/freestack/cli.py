@@ -166,26 +166,20 @@ def demo(args: argparse.Namespace) -> int:
 
 def gate_report(pipeline: str, run_id: str) -> str:
     """Champion vs challenger of ``run_id``: the gate's decision and reasons, the report, the aliases."""
-    from freestack.config import load_spec, pipelines_dir
     from freestack.registry.core import ModelRegistry
-    from freestack.storage import storage_root
 
-    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
-    reg = ModelRegistry(storage_root(spec.storage_root), spec.model_name)
-    for v in reversed(reg.versions()):
-        lineage = reg.get(v["version"])["lineage"]
-        if lineage.get("airflow", {}).get("run_id") != run_id:
-            continue
-        gate, ev = lineage.get("gate") or {}, lineage.get("evaluation") or {}
-        verdict = "PROMOTED to production" if gate.get("promote") else "BLOCKED (production unchanged)"
-        lines = [f"gate: {v['version']} {verdict}"]
-        lines += [f"  - {r}" for r in gate.get("reasons", [])]
-        lines.append(f"  registry: {reg.version_uri(v['version'])} (model card: README.md)")
-        lines.append(f"  evaluation report: {ev.get('report')}")
-        aliases = reg.aliases()
-        lines.append(f"  aliases: production={aliases.get('production')} previous={aliases.get('previous')}")
-        return "\n".join(lines)
-    return f"(no registered version for run {run_id})"
+    models, version, lineage = version_of_run(pipeline, run_id)
+    if version is None:
+        return f"(no registered version for run {run_id})"
+    gate, ev = lineage.get("gate") or {}, lineage.get("evaluation") or {}
+    verdict = "PROMOTED to production" if gate.get("promote") else "BLOCKED (production unchanged)"
+    lines = [f"gate: {version.name} {verdict}"]
+    lines += [f"  - {r}" for r in gate.get("reasons", [])]
+    lines.append(f"  registry: {version} (model card: README.md)")
+    lines.append(f"  evaluation report: {ev.get('report')}")
+    aliases = ModelRegistry(models.parent.parent, models.name).aliases()
+    lines.append(f"  aliases: production={aliases.get('production')} previous={aliases.get('previous')}")
+    return "\n".join(lines)
 
 
 def sweep_report(pipeline: str, run_id: str) -> str:
@@ -222,8 +216,8 @@ def sweep_report(pipeline: str, run_id: str) -> str:
     return "(no sweep in this run)"
 
 
-def train_report(pipeline: str, run_id: str) -> str:
-    """Test metrics, model version and W&B run of the training done by ``run_id``."""
+def version_of_run(pipeline: str, run_id: str):
+    """(the registry folder, the model folder, its lineage) of the model Airflow run ``run_id`` made."""
     from freestack.config import load_spec, pipelines_dir
     from freestack.storage import join, storage_root
 
@@ -234,19 +228,26 @@ def train_report(pipeline: str, run_id: str) -> str:
         if not lineage_path.exists():
             continue
         lineage = json.loads(lineage_path.read_text())
-        if lineage.get("airflow", {}).get("run_id") != run_id:
-            continue
-        metrics = json.loads((version / "metrics.json").read_text())
-        wb = lineage.get("wandb") or {}
-        lines = [f"model version: {version}"]
-        lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]
-        lines.append(f"  trained on {len(lineage['partitions'])} partitions up to {lineage['window']['end_ds']}")
-        if wb.get("url"):
-            lines.append(f"W&B run: {wb['url']}")
-        elif wb.get("run_dir"):
-            lines.append(f"W&B offline run: {wb['run_dir']}\n  upload later with: {wb['sync_command']}")
-        return "\n".join(lines)
-    return f"no model version of run {run_id} under {models}"
+        if lineage.get("airflow", {}).get("run_id") == run_id:
+            return models, version, lineage
+    return models, None, None
+
+
+def train_report(pipeline: str, run_id: str) -> str:
+    """Test metrics, model version and W&B run of the training done by ``run_id``."""
+    models, version, lineage = version_of_run(pipeline, run_id)
+    if version is None:
+        return f"no model version of run {run_id} under {models}"
+    metrics = json.loads((version / "metrics.json").read_text())
+    wb = lineage.get("wandb") or {}
+    lines = [f"model version: {version}"]
+    lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]
+    lines.append(f"  trained on {len(lineage['partitions'])} partitions up to {lineage['window']['end_ds']}")
+    if wb.get("url"):
+        lines.append(f"W&B run: {wb['url']}")
+    elif wb.get("run_dir"):
+        lines.append(f"W&B offline run: {wb['run_dir']}\n  upload later with: {wb['sync_command']}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
