@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.freestack-installed
+# the model server's own environment: seldon-core 1.17.1's pins cannot live beside Airflow 3
+SERVING_VENV := .venv-serving
+SERVING_STAMP := $(SERVING_VENV)/.freestack-installed
 
 # the embedded default: everything lives inside the project, git-ignored
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -26,7 +29,7 @@ export WANDB_CACHE_DIR ?= $(CURDIR)/.freestack/wandb/cache
 export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv demo test test-fast test-slow up down lint bench clean
+.PHONY: help venv serving-venv demo test test-fast test-slow up down lint bench clean
 
 help:
 	@echo "make demo   - land the demo data and run the pipeline DAGs on it (embedded defaults)"
@@ -44,23 +47,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+serving-venv: $(SERVING_STAMP)
+
+$(SERVING_STAMP): include/serving/requirements.txt
+	test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip install -q --upgrade pip
+	$(SERVING_VENV)/bin/pip install -q torch==2.13.0
+	$(SERVING_VENV)/bin/pip install -q -r include/serving/requirements.txt
+	touch $@
+
 $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 	mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate >/dev/null
 
-demo: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli demo
 
-test: $(STAMP)
+test: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m pytest -q -ra -m slow tests
 
-up: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+up: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli up
 
 down: $(STAMP)
@@ -69,7 +81,7 @@ down: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check plugins dags tests bench include
 
-bench: $(STAMP)
+bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.train.run --kind mlp
 	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json

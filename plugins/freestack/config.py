@@ -273,7 +273,7 @@ class PipelineSpec(_Model):
     # blocks read by later stages; validated by them
     sweep: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
-    deploy: dict[str, Any] | None = None
+    deploy: dict[str, Any] = Field(default_factory=lambda: _default_deploy())
 
     @field_validator("name")
     @classmethod
@@ -311,6 +311,13 @@ class PipelineSpec(_Model):
                     for e in exc.errors()
                 )
             ) from None
+
+    @field_validator("deploy", mode="before")
+    @classmethod
+    def _deploy(cls, v: Any) -> dict[str, Any]:
+        from freestack.serving.spec import parse_deploy
+
+        return parse_deploy(v)
 
     @field_validator("storage_root")
     @classmethod
@@ -359,6 +366,19 @@ class PipelineSpec(_Model):
         return self.model.name or self.name
 
     @property
+    def deploy_spec(self):
+        """The ``deploy:`` block as a typed ``freestack.serving.spec.DeploySpec``."""
+        from freestack.serving.spec import DeploySpec
+
+        return DeploySpec.model_validate(self.deploy)
+
+    @property
+    def deployment_name(self) -> str:
+        from freestack.serving.spec import deploy_name
+
+        return deploy_name(self.deploy_spec, self.model_name)
+
+    @property
     def root(self) -> str:
         return self.storage_root or default_storage_root()
 
@@ -369,6 +389,12 @@ class PipelineSpec(_Model):
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _default_deploy() -> dict[str, Any]:
+    from freestack.serving.spec import parse_deploy
+
+    return parse_deploy({})
 
 
 def _field_path(loc: tuple) -> str:

@@ -1,0 +1,456 @@
+"""freestack's Seldon Core model: serves one registered model version.
+
+A Seldon Python model class (seldon-core 1.17.1): ``seldon-core-microservice Model`` runs it as is,
+and so does freestack's local launcher (``freestack.serving.server``). Parameters come from Seldon's
+``--parameters`` or the environment:
+
+- ``model_uri`` / ``FREESTACK_MODEL_URI``: the registry version (``file://``, ``s3://`` or ``data://``);
+- ``max_batch_rows`` / ``FREESTACK_MAX_BATCH_ROWS``: the most rows one request may carry (413 above);
+- ``request_log_uri`` / ``FREESTACK_REQUEST_LOG_URI`` and ``request_log_rate`` /
+  ``FREESTACK_REQUEST_LOG_RATE``: where a sample of requests and predictions goes, and how large a
+  sample (0 to 1), for drift checks;
+- ``torch_threads`` / ``FREESTACK_TORCH_THREADS``: intra-op threads per worker (default 1: gunicorn's
+  workers already use the cores).
+
+Payloads: ``{"data": {"ndarray": [[...], ...], "names": [...]}}``, ``{"data": {"tensor": {"shape":
+[n, f], "values": [...]}}}`` or ``{"jsonData": {"instances": [{feature: value, ...}, ...]}}`` (or one
+record). Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
+500: the checks run before Seldon's own parsing (``model_error_handler``'s ``before_app_request``).
+Classification answers are class probabilities named by class; regression answers are values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, jsonify, request
+from seldon_core.flask_utils import SeldonMicroserviceException
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PREDICT_PATHS = frozenset(("/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"))
+MAX_BODY_BYTES = int(os.environ.get("FREESTACK_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+
+
+def _bad(message: str, status: int = 400, reason: str = "BAD_PAYLOAD") -> SeldonMicroserviceException:
+    return SeldonMicroserviceException(message, status_code=status, reason=reason)
+
+
+def _error_response(message: str, status: int, reason: str):
+    resp = jsonify({"status": {"status": 1, "info": message, "code": -1, "reason": reason}})
+    resp.status_code = status
+    return resp
+
+
+# ------------------------------------------------------------------------------------------------------
+# request checks that must run before Seldon parses the body (its parser answers 500 on some shapes)
+
+model_error_handler = Blueprint("freestack_payload", __name__)
+
+
+@model_error_handler.before_app_request
+def _check_envelope():
+    if request.method != "POST" or request.path not in PREDICT_PATHS:
+        return None
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        return _error_response(
+            f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are accepted: send fewer rows per request",
+            413, "PAYLOAD_TOO_LARGE",
+        )  # fmt: skip
+    ctype = (request.mimetype or "").lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raw = request.form.get("json")
+        if raw is None:
+            return _error_response("a form request needs a 'json' field holding the Seldon message", 400, "BAD_PAYLOAD")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return _error_response(f"the 'json' field is not valid JSON: {exc}", 400, "INVALID_JSON")
+    elif ctype != "application/json" and not ctype.endswith("+json"):
+        return _error_response(
+            f"Content-Type {request.mimetype or '(none)'!r} is not supported: send application/json",
+            415, "UNSUPPORTED_MEDIA_TYPE",
+        )  # fmt: skip
+    else:
+        data = request.get_data(cache=True)
+        if not data:
+            return _error_response("the request body is empty: send a Seldon message such as "
+                                   '{"data": {"ndarray": [[...]]}}', 400, "EMPTY_PAYLOAD")  # fmt: skip
+        try:
+            body = request.get_json(force=True, cache=True)
+        except HTTPException:
+            try:
+                json.loads(data)
+            except (ValueError, UnicodeDecodeError) as exc:
+                return _error_response(f"the request body is not valid JSON: {exc}", 400, "INVALID_JSON")
+            return _error_response("the request body is not valid JSON", 400, "INVALID_JSON")
+    problem = envelope_problem(body)
+    if problem:
+        return _error_response(problem, 400, "BAD_PAYLOAD")
+    return None
+
+
+@model_error_handler.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    # without this, Seldon's catch-all handler turns a 404/405/413 into a 500
+    return _error_response(exc.description or exc.name, exc.code or 400, exc.name.upper().replace(" ", "_"))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def envelope_problem(body: Any) -> str | None:
+    """What is structurally wrong with a Seldon message, or None. Values are checked by ``predict``."""
+    if not isinstance(body, dict):
+        return f"the body must be a JSON object (a Seldon message), not {type(body).__name__}"
+    kinds = [k for k in ("data", "jsonData", "strData", "binData") if k in body]
+    if not kinds:
+        return 'the message has no "data" or "jsonData": send {"data": {"ndarray": [[...], ...]}}'
+    if len(kinds) > 1:
+        return f"the message carries {kinds}; send exactly one of them"
+    if "meta" in body and not isinstance(body["meta"], dict):
+        return '"meta" must be an object'
+    kind = kinds[0]
+    if kind in ("strData", "binData"):
+        return f'"{kind}" is not accepted by this model: send numbers in "data" (ndarray or tensor) or "jsonData"'
+    if kind == "jsonData":
+        if not isinstance(body["jsonData"], dict):
+            return '"jsonData" must be an object: {"instances": [{feature: value, ...}, ...]} or one record'
+        return None
+    data = body["data"]
+    if not isinstance(data, dict):
+        return '"data" must be an object holding "ndarray" or "tensor"'
+    names = data.get("names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        return '"data.names" must be a list of feature names (strings)'
+    if "tftensor" in data:
+        return '"data.tftensor" is not accepted: send "ndarray" or "tensor"'
+    if "tensor" in data:
+        t = data["tensor"]
+        if not isinstance(t, dict):
+            return '"data.tensor" must be an object with "shape" and "values"'
+        shape, values = t.get("shape"), t.get("values")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                              and d >= 0 for d in shape):  # fmt: skip
+            return '"data.tensor.shape" must be a list of non-negative integers, e.g. [rows, features]'
+        if not isinstance(values, list):
+            return '"data.tensor.values" must be a flat list of numbers'
+        if math.prod(shape) != len(values):
+            return f'"data.tensor.shape" {shape} holds {math.prod(shape)} values but "values" has {len(values)}'
+        return None
+    if "ndarray" in data:
+        arr = data["ndarray"]
+        if not isinstance(arr, list):
+            return '"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...]'
+        if arr and isinstance(arr[0], list):
+            width = len(arr[0])
+            for i, row in enumerate(arr):
+                if not isinstance(row, list) or len(row) != width:
+                    return f'"data.ndarray" is ragged: row {i} is not a list of {width} values like row 0'
+                if row and isinstance(row[0], list):
+                    return f'"data.ndarray" row {i} is nested deeper than [rows, features]'
+        return None
+    return '"data" must hold "ndarray" or "tensor"'
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+class Model:
+    """One registered freestack model version behind Seldon's protocol."""
+
+    #: Seldon registers this blueprint on its Flask app: the envelope checks and 4xx error handler
+    model_error_handler = model_error_handler
+
+    def __init__(
+        self,
+        model_uri: str = "",
+        max_batch_rows: int = 0,
+        request_log_uri: str = "",
+        request_log_rate: float = -1.0,
+        torch_threads: int = 0,
+    ):
+        self.model_uri = (model_uri or os.environ.get("FREESTACK_MODEL_URI", "")).rstrip("/")
+        if not self.model_uri:
+            raise ValueError("no model to serve: pass the model_uri parameter or set FREESTACK_MODEL_URI")
+        self.max_batch_rows = int(max_batch_rows or os.environ.get("FREESTACK_MAX_BATCH_ROWS", "10000"))
+        self.request_log_uri = request_log_uri or os.environ.get("FREESTACK_REQUEST_LOG_URI", "")
+        rate = float(request_log_rate) if float(request_log_rate) >= 0 else float(
+            os.environ.get("FREESTACK_REQUEST_LOG_RATE", "0") or 0)  # fmt: skip
+        self.request_log_rate = min(max(rate, 0.0), 1.0)
+        self.torch_threads = int(torch_threads or os.environ.get("FREESTACK_TORCH_THREADS", "1"))
+        self.cache_dir = os.environ.get("FREESTACK_SERVING_CACHE") or tempfile.mkdtemp(prefix="freestack-model-")
+        self.net = None
+        self.ready = False
+        self._described: dict[str, Any] | None = None
+        self._local = threading.local()
+        self._sampler: RequestSampler | None = None
+
+    # -- loading --------------------------------------------------------------------------------------
+    def _describe(self) -> dict[str, Any]:
+        """Model name, version, features and classes from the small JSON files: no torch involved, so it
+        is safe in gunicorn's master before workers fork."""
+        if self._described is None:
+            from freestack.serving.fetch import fetch_version
+
+            marker = fetch_version(self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json"))
+            config = json.loads(open(os.path.join(self.cache_dir, "config.json")).read())
+            pre = json.loads(open(os.path.join(self.cache_dir, "preprocessing.json")).read())
+            self._described = {
+                "model": marker.get("model") or "model",
+                "version": marker.get("version") or "unknown",
+                "task": pre.get("task") or config.get("task", "classification"),
+                "features": list(pre.get("features") or config.get("features") or []),
+                "classes": list(pre.get("classes") or config.get("classes") or []),
+                "target": pre.get("target") or "",
+                "config": config,
+            }
+        return self._described
+
+    def load(self) -> None:
+        import torch
+
+        from freestack.ml.models import FreestackNet
+        from freestack.serving.fetch import fetch_version
+
+        torch.set_num_threads(max(1, self.torch_threads))
+        info = self._describe()
+        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors",))
+        net = FreestackNet.from_pretrained(self.cache_dir)
+        net.eval()
+        self.net = net
+        self.version = info["version"]
+        self.features = info["features"]
+        self.n_features = len(self.features) or int(info["config"].get("n_features", 0))
+        self._feature_index = {f: i for i, f in enumerate(self.features)}
+        self.task = info["task"]
+        self.classes = info["classes"]
+        self._class_names = [str(c) for c in self.classes] if self.task == "classification" else [info["target"] or "prediction"]
+        self._torch = torch
+        # one real forward pass before answering health checks: a broken model fails here, not on traffic
+        out = self._forward(np.zeros((1, self.n_features), dtype=np.float32))
+        if not np.all(np.isfinite(out)):
+            raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
+        if self.request_log_uri and self.request_log_rate > 0:
+            self._sampler = RequestSampler(self.request_log_uri, self.request_log_rate, info["model"], self.version)
+        self.ready = True
+        log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
+                 self.n_features, self.task)  # fmt: skip
+
+    # -- Seldon's hooks -------------------------------------------------------------------------------
+    def class_names(self) -> list[str]:
+        return self._class_names
+
+    def init_metadata(self) -> dict[str, Any]:
+        info = self._describe()
+        n = len(info["features"])
+        outputs = info["classes"] if info["task"] == "classification" else [info["target"] or "prediction"]
+        return {
+            "name": info["model"],
+            "versions": [info["version"]],
+            "platform": "freestack",
+            "inputs": [{"messagetype": "tensor", "schema": {"names": info["features"], "shape": [n]}},
+                       {"messagetype": "jsonData", "schema": {"instances": "[{feature: number}]"}}],
+            "outputs": [{"messagetype": "tensor", "schema": {"names": [str(c) for c in outputs],
+                                                             "shape": [len(outputs)]}}],
+            "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32",
+                       "max_batch_rows": str(self.max_batch_rows)},
+        }  # fmt: skip
+
+    def health_status(self) -> list[float]:
+        if not self.ready:
+            raise _bad("the model is still loading", 503, "NOT_READY")
+        return self._forward(np.zeros((1, self.n_features), dtype=np.float32)).tolist()
+
+    def tags(self) -> dict[str, Any]:
+        return {"model": self._described["model"] if self._described else "", "model_version": self.version}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        last = getattr(self._local, "last", None)
+        if last is None:
+            return []
+        self._local.last = None
+        rows, ms, counts = last
+        out = [
+            {"type": "COUNTER", "key": "freestack_prediction_rows_total", "value": rows},
+            {"type": "TIMER", "key": "freestack_model_predict_seconds", "value": ms},
+        ]
+        for label, n in counts:
+            out.append({"type": "COUNTER", "key": "freestack_predictions_total", "value": n, "tags": {"class": label}})
+        return out
+
+    # -- predict --------------------------------------------------------------------------------------
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(x)
+            if self.task == "classification":
+                return torch.softmax(self.net(t), dim=-1).numpy()
+            return self.net.predict(t).numpy()
+
+    def _matrix(self, X: Any, names: list[str] | None) -> np.ndarray:
+        if isinstance(X, dict):
+            X, names = self._records(X)
+        if not isinstance(X, np.ndarray):
+            raise _bad("expected numeric features (data.ndarray, data.tensor or jsonData records)")
+        if X.dtype.kind not in "iuf":
+            kind = {"U": "strings", "S": "bytes", "O": "mixed or non-numeric values", "b": "booleans"}.get(
+                X.dtype.kind, f"dtype {X.dtype}")  # fmt: skip
+            raise _bad(f"features must be numbers; the payload holds {kind}")
+        if X.ndim == 1:
+            if X.size == 0:
+                raise _bad("the payload holds no rows: send at least one row of features")
+            X = X.reshape(1, -1)
+        if X.ndim != 2:
+            raise _bad(f"features must be a 2-D array [rows, {self.n_features}], got shape {list(X.shape)}")
+        rows, width = X.shape
+        if rows == 0:
+            raise _bad("the payload holds no rows: send at least one row of features")
+        if rows > self.max_batch_rows:
+            raise _bad(f"{rows} rows in one request; at most {self.max_batch_rows}: split the batch", 413,
+                       "PAYLOAD_TOO_LARGE")  # fmt: skip
+        if names:
+            if len(names) != width:
+                raise _bad(f"data.names lists {len(names)} names for {width} columns")
+            if names != self.features:
+                unknown = [n for n in names if n not in self._feature_index]
+                missing = [f for f in self.features if f not in set(names)]
+                if unknown or missing:
+                    raise _bad(f"feature names do not match the model's: unknown {unknown[:10]}, missing {missing[:10]}")
+                X = X[:, [names.index(f) for f in self.features]]
+        if X.shape[1] != self.n_features:
+            raise _bad(f"each row must hold {self.n_features} features ({', '.join(self.features[:4])}, ...), "
+                       f"got {width}")  # fmt: skip
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if not np.isfinite(X).all():
+            r, c = np.argwhere(~np.isfinite(X))[0]
+            raise _bad(f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite values "
+                       "are not accepted; impute them first")  # fmt: skip
+        if np.abs(X).max(initial=0.0) > 3.0e38:
+            raise _bad("feature values overflow float32")
+        return X
+
+    def _records(self, payload: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+        records = payload.get("instances", payload if "instances" not in payload else None)
+        if isinstance(records, dict):
+            records = [records]
+        if not isinstance(records, list) or not records:
+            raise _bad('jsonData must be {"instances": [{feature: value, ...}, ...]} with at least one record')
+        if len(records) > self.max_batch_rows:
+            raise _bad(f"{len(records)} records in one request; at most {self.max_batch_rows}", 413, "PAYLOAD_TOO_LARGE")
+        out = np.empty((len(records), self.n_features), dtype=np.float64)
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise _bad(f"jsonData record {i} must be an object of feature: value")
+            missing = [f for f in self.features if f not in rec]
+            if missing:
+                raise _bad(f"jsonData record {i} lacks features {missing[:10]}")
+            for j, f in enumerate(self.features):
+                v = rec[f]
+                if not _is_number(v):
+                    raise _bad(f"jsonData record {i}, feature {f}: expected a number, got {type(v).__name__}")
+                out[i, j] = v
+        return out, list(self.features)
+
+    def predict(self, X: Any, features_names: list[str] | None = None, meta: dict | None = None):
+        if not self.ready:
+            raise _bad("the model is still loading", 503, "NOT_READY")
+        started = time.perf_counter()
+        json_request = isinstance(X, dict)
+        x = self._matrix(X, features_names)
+        out = self._forward(x)
+        if self.task == "classification":
+            idx = out.argmax(axis=1)
+            counts = np.bincount(idx, minlength=len(self._class_names))
+            per_class = [(self._class_names[i], int(n)) for i, n in enumerate(counts) if n]
+        else:
+            idx, per_class = None, []
+        ms = (time.perf_counter() - started) * 1000.0
+        self._local.last = (int(x.shape[0]), ms, per_class)
+        if self._sampler is not None and random.random() < self._sampler.rate:
+            self._sampler.add(x, out, idx, self._class_names)
+        if json_request:
+            if self.task == "classification":
+                preds = [{"label": self.classes[i], "probabilities": dict(zip(self._class_names, p.tolist(), strict=True))}
+                         for i, p in zip(idx.tolist(), out, strict=True)]  # fmt: skip
+            else:
+                preds = [{"value": float(v)} for v in out.tolist()]
+            return {"predictions": preds, "model_version": self.version}
+        return out
+
+
+class RequestSampler:
+    """A sample of requests and predictions, appended to JSON-lines files in storage for drift checks.
+
+    Each worker buffers its records and writes one new object per flush (every ``flush_seconds`` or
+    ``flush_records``) under ``<uri>/ds=<date>/<version>-<pid>-<time>.jsonl``: objects are written
+    whole, never appended to, so a reader never sees half a file.
+    """
+
+    def __init__(self, uri: str, rate: float, model: str, version: str, *, flush_seconds: float = 5.0,
+                 flush_records: int = 200, max_rows_per_record: int = 64):  # fmt: skip
+        self.uri, self.rate, self.model, self.version = uri.rstrip("/"), rate, model, version
+        self.flush_seconds, self.flush_records, self.max_rows = flush_seconds, flush_records, max_rows_per_record
+        self._buf: list[str] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def add(self, x: np.ndarray, out: np.ndarray, idx: np.ndarray | None, names: list[str]) -> None:
+        n = min(len(x), self.max_rows)
+        rec = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "model": self.model,
+            "version": self.version,
+            "rows": int(len(x)),
+            "features": x[:n].tolist(),
+            "outputs": out[:n].tolist(),
+        }
+        if idx is not None:
+            rec["predicted"] = [names[i] for i in idx[:n].tolist()]
+        line = json.dumps(rec, separators=(",", ":"))
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():  # first use in this (forked) worker
+                self._pid = os.getpid()
+                self._buf = []
+                self._thread = threading.Thread(target=self._loop, name="freestack-request-log", daemon=True)
+                self._thread.start()
+            self._buf.append(line)
+            full = len(self._buf) >= self.flush_records
+        if full:
+            self.flush()
+
+    def _loop(self) -> None:
+        import atexit
+
+        atexit.register(self.flush)
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._buf = self._buf, []
+        if not lines:
+            return
+        from freestack.serving.fetch import put_bytes
+
+        now = datetime.now(UTC)
+        name = f"ds={now:%Y-%m-%d}/{self.version}-{os.getpid()}-{now:%H%M%S%f}.jsonl"
+        try:
+            put_bytes(f"{self.uri}/{name}", ("\n".join(lines) + "\n").encode())
+        except Exception as exc:  # a full disk or an unreachable store must not take serving down
+            log.warning("could not write %d request log records to %s: %s", len(lines), self.uri, exc)

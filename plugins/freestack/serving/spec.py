@@ -1,0 +1,137 @@
+"""A pipeline spec's ``deploy:`` block: where and how a promoted version is served.
+
+    deploy:
+      target: local                 # local (supervised seldon-core-microservice) | kubernetes
+      name: digits                  # deployment name; default: the model name
+      local:
+        port: 9000                  # blue/green: the new version takes port or port + 1
+        workers: 2                  # gunicorn workers and threads per worker
+        threads: 1
+        smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
+        log_sample_rate: 0.1        # fraction of requests written to storage for drift checks
+      kubernetes:
+        conn_id: kubernetes_default
+        namespace: seldon
+        image: freestack/serving:0.1.0
+        replicas: 2
+        resources: {requests: {cpu: 500m, memory: 1Gi}, limits: {cpu: "1", memory: 2Gi}}
+        canary: {traffic: 10, replicas: 1}   # a second predictor takes this % of traffic
+        env_secret: s3-credentials           # a Secret with AWS_* (or FREESTACK_DATA_API_*) variables
+        timeout_minutes: 15
+
+No Airflow, no heavy imports: the spec loader validates it at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalTarget(_Spec):
+    host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
+    port: int = Field(default=9000, ge=1024, le=65534, description="blue uses port, green port + 1")
+    metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
+    workers: int = Field(default=2, ge=1, le=64)
+    threads: int = Field(default=1, ge=1, le=64)
+    worker_class: Literal["sync", "gthread"] = "sync"
+    timeout_seconds: int = Field(default=30, ge=1, le=3600)
+    start_timeout_seconds: float = Field(default=120, gt=0, le=3600)
+    smoke_rows: int = Field(default=32, ge=1, le=10_000)
+    log_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+class Canary(_Spec):
+    traffic: int = Field(default=10, ge=1, le=99, description="percent of requests to the canary predictor")
+    replicas: int = Field(default=1, ge=1, le=100)
+
+
+class KubernetesTarget(_Spec):
+    conn_id: str = "kubernetes_default"
+    namespace: str = "default"
+    image: str = "freestack/serving:0.1.0"
+    replicas: int = Field(default=1, ge=1, le=1000)
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    )
+    canary: Canary | None = None
+    env_secret: str | None = Field(default=None, description="Secret whose keys become the container's env")
+    service_account: str | None = None
+    workers: int = Field(default=2, ge=1, le=64)
+    threads: int = Field(default=1, ge=1, le=64)
+    timeout_minutes: float = Field(default=15, gt=0, le=24 * 60)
+    poll_seconds: float = Field(default=10, gt=0, le=600)
+
+    @field_validator("namespace")
+    @classmethod
+    def _ns(cls, v: str) -> str:
+        if not _DNS1123.match(v) or len(v) > 63:
+            raise ValueError(f"namespace {v!r} is not a valid Kubernetes name (lowercase letters, digits, '-')")
+        return v
+
+    @field_validator("resources")
+    @classmethod
+    def _res(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        bad = [k for k in v if k not in ("requests", "limits")]
+        if bad:
+            raise ValueError(f"resources may hold 'requests' and 'limits', not {bad}")
+        return {k: {r: str(q) for r, q in d.items()} for k, d in v.items()}
+
+
+class DeploySpec(_Spec):
+    target: Literal["local", "kubernetes"] = "local"
+    name: str | None = Field(default=None, description="deployment name; default: the model name")
+    alias: str = Field(default="production", description="the registry alias that is served")
+    local: LocalTarget = Field(default_factory=LocalTarget)
+    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and (not _DNS1123.match(v) or len(v) > 50):
+            raise ValueError(
+                f"deploy.name {v!r} must be a Kubernetes name: lowercase letters, digits and '-', at most 50"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _ports(self) -> DeploySpec:
+        mp = self.local.metrics_port
+        if mp is not None and mp in (self.local.port, self.local.port + 1):
+            raise ValueError(f"deploy.local.metrics_port {mp} collides with the serving ports (port, port + 1)")
+        return self
+
+
+def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
+    """The deployment's name: ``deploy.name``, else the model name made a valid Kubernetes name."""
+    if spec_deploy.name:
+        return spec_deploy.name
+    return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
+
+
+def parse_deploy(v: Any) -> dict[str, Any]:
+    """Validate a ``deploy:`` block; ValueError with every problem on one line."""
+    from pydantic import ValidationError
+
+    if v is None:
+        v = {}
+    if not isinstance(v, dict):
+        raise ValueError(f"must be a mapping (target, local, kubernetes), got {type(v).__name__}")
+    try:
+        return DeploySpec.model_validate(v).model_dump()
+    except ValidationError as exc:
+        raise ValueError(
+            "; ".join(
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+        ) from None
