@@ -159,9 +159,45 @@ def demo(args: argparse.Namespace) -> int:
     print(sweep_report("digits", run.run_id))
     print(train_report("digits", run.run_id))
     print(gate_report("digits", run.run_id))
+    print(serve_report("digits"))
     if not done:
         print("\nrun `make demo` again: it lands 5 more days, retrains, and compares the new model with this one")
     return 0
+
+
+def serve_report(pipeline: str) -> str:
+    """What is served now: the URL, a curl command with one real test digit, and the running server's answer."""
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.serving.cli import sample_request
+    from freestack.serving.local import Deployments, http_json
+    from freestack.storage import storage_root
+
+    spec = load_spec(pipelines_dir() / f"{pipeline}.yaml")
+    rec = Deployments(str(storage_root(spec.storage_root)), spec.model_name).get(spec.deployment_name)
+    if not rec or rec.get("state") != "serving":
+        return "\nnothing is served (the gate blocked every version so far?)"
+    payload, labels = sample_request(rec)
+    row = [int(v) if float(v).is_integer() else v for v in payload["data"]["ndarray"][0]]
+    body = json.dumps({"data": {"ndarray": [row]}}, separators=(",", ":"))
+    code, answer = http_json(rec["predict_url"], payload)
+    lines = [
+        f"\nserved: {spec.model_name} {rec['version']} by seldon-core-microservice (pid {rec['pid']}) at {rec['url']}",
+        f"  smoke test: {rec['smoke']['rows']} test rows answered exactly as in evaluation "
+        f"(max |diff| {rec['smoke']['max_abs_diff']:.1e})",
+        "  try it:",
+        f"    curl -s -H 'Content-Type: application/json' -d '{body}' {rec['predict_url']}",
+    ]
+    if code == 200:
+        names, probs = answer["data"]["names"], answer["data"]["ndarray"][0]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        lines.append(f"  the server answered: digit {names[best]} (p={probs[best]:.3f}); true label: {labels[0]}")
+    else:
+        lines.append(f"  the server answered HTTP {code}: {answer}")
+    lines += [
+        f"  metrics (Prometheus): {rec['metrics_url']}",
+        f"  manage it: freestack serve status | logs {rec['name']} | predict {rec['name']} | stop {rec['name']}",
+    ]
+    return "\n".join(lines)
 
 
 def gate_report(pipeline: str, run_id: str) -> str:
@@ -348,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     from freestack.registry.cli import register as register_models
 
     register_models(sub)  # models list|show|promote|rollback|alias|push
+    from freestack.serving.cli import register as register_serve
+
+    register_serve(sub)  # serve status|stop|logs|predict|deploy
     args = ap.parse_args(argv)
     return args.fn(args)
 

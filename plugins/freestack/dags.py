@@ -91,6 +91,7 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.operators.deploy import DeployOperator
     from freestack.operators.promote import (
         EvaluateOperator,
         GateOperator,
@@ -188,8 +189,51 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             doc_md="Move production (and previous) to the new version.",
         )
         blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
+        target = spec.deploy_spec.target
+        deploy = DeployOperator(
+            task_id="deploy",
+            spec_path=spec_path,
+            doc_md=(
+                "Serve production with Seldon Core: "
+                + ("a supervised seldon-core-microservice on 127.0.0.1, smoke-tested, switched blue/green."
+                   if target == "local" else "a SeldonDeployment on Kubernetes, waited on until Available.")
+            ),
+        )  # fmt: skip
         [single, best] >> evaluate >> gate >> register >> route >> [approve, promote, blocked]
-        approve >> promote
+        approve >> promote >> deploy
+    return dag
+
+
+def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.operators.deploy import DeployOperator, RollbackOperator
+
+    with DAG(
+        dag_id=f"{spec.name}_rollback",
+        description=f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
+        schedule=None,
+        start_date=_start(spec),
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(spec),
+        tags=sorted({"freestack", "rollback", f"pipeline:{spec.name}", *spec.tags}),
+        params={
+            "version": Param("previous", type="string", minLength=1,
+                             description="The version to serve again: 'previous' (the one before production) "
+                                         "or a registered version name (see `freestack models list`)"),
+        },  # fmt: skip
+        doc_md=(
+            f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
+            "in the form (default `previous`) and redeploys it the way `deploy` does "
+            f"(target `{spec.deploy_spec.target}`): the old server keeps serving until the new one passed its "
+            f"smoke test. Spec: `{spec_path}`."
+        ),
+    ) as dag:
+        move = RollbackOperator(
+            task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
+            doc_md="production <- the chosen version (previous <- the current one).",
+        )  # fmt: skip
+        deploy = DeployOperator(task_id="deploy", spec_path=spec_path, doc_md="Serve the new production.")
+        move >> deploy
     return dag
 
 
@@ -206,6 +250,7 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         dags = [ingest_dag(spec, path)]
         if spec.source.schema_.target is not None:
             dags.append(train_dag(spec, path))
+            dags.append(rollback_dag(spec, path))
         for dag in dags:
             namespace[dag.dag_id] = dag
             built.append(dag)

@@ -95,6 +95,30 @@ def score(model, pre, test, target: str) -> dict[str, Any]:
     return regression_report(y.astype(np.float64), pred)
 
 
+def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[str, Any]:
+    """Up to ``n`` test rows (lowest keys first, so the sample is stable) with the model's in-process
+    outputs: what the deploy stage sends to a freshly started server, whose answers must equal these."""
+    import torch
+
+    rows = test.sort_values(key).head(n) if key in test.columns else test.head(n)
+    x = pre.features_array(rows)
+    with torch.no_grad():
+        t = torch.as_tensor(x)
+        out = model.predict_proba(t) if pre.task == "classification" else model.predict(t)
+    sample = {
+        "task": pre.task,
+        "features": list(pre.features),
+        "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
+        "rows": x.tolist(),
+        "labels": rows[target].tolist(),
+        "outputs": out.numpy().tolist(),
+    }
+    if pre.task == "classification":
+        sample["classes"] = [str(c) for c in pre.classes]
+        sample["predicted"] = [pre.classes[i] for i in out.argmax(dim=-1).tolist()]
+    return sample
+
+
 def classification_report(y: np.ndarray, proba: np.ndarray, classes: list[Any]) -> dict[str, Any]:
     labels = sorted({*classes, *y.tolist()}, key=lambda v: (str(type(v)), v))
     pred = np.array([classes[i] for i in proba.argmax(axis=1)], dtype=object)
@@ -283,6 +307,8 @@ def evaluate(
         c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
         champ = score(c_model, c_pre, test, target)
     folder = join(to_path(candidate_uri), "evaluation")
+    schema = spec.source.schema_
+    write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, schema.key, target))
     images = plots(cand, history, champ)
     for name, data in images.items():
         write_bytes(join(folder, name), data)
@@ -337,4 +363,4 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
         return run.as_dict()
 
 
-__all__ = ["EvaluationError", "evaluate", "load_model_folder", "score", "test_split"]
+__all__ = ["EvaluationError", "evaluate", "load_model_folder", "score", "smoke_sample", "test_split"]
