@@ -33,12 +33,58 @@ os.environ.update(
         "WANDB_CONFIG_DIR": str(_BASE / "wandb" / "config"),
     }
 )
+
+
+def _free_port_block() -> int:
+    """A port P with P, P+1 (blue/green) and P+100, P+101 (their metrics) free on 127.0.0.1."""
+    import random
+    import socket
+
+    for _ in range(200):
+        p = random.randint(20000, 40000)
+        ok = True
+        for q in (p, p + 1, p + 100, p + 101):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", q))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return p
+    raise RuntimeError("no free port block on 127.0.0.1")
+
+
+# model servers started by the tests: their own ports and folder, stopped at the end of the session
+os.environ["FREESTACK_SERVE_PORT"] = str(_free_port_block())
+os.environ["FREESTACK_SERVING_DIR"] = str(_BASE / "serving")
 os.environ.pop("FREESTACK_PIPELINES_DIR", None)
 os.environ.pop("FREESTACK_DATA_ROOT", None)
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_model_servers():
+    """Stop every model server this test session started (found by their serving folder)."""
+    yield
+    import signal
+
+    marker = os.environ["FREESTACK_SERVING_DIR"]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "freestack.serving.server supervise" in cmd and marker in cmd:
+            try:
+                os.killpg(int(entry.name), signal.SIGTERM)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ No Airflow, no heavy imports: the spec loader validates it at DAG parse time.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -38,7 +39,12 @@ class _Spec(BaseModel):
 
 class LocalTarget(_Spec):
     host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
-    port: int = Field(default=9000, ge=1024, le=65534, description="blue uses port, green port + 1")
+    port: int = Field(
+        default_factory=lambda: int(os.environ.get("FREESTACK_SERVE_PORT") or 9000),
+        ge=1024,
+        le=65534,
+        description="blue uses port, green port + 1; default FREESTACK_SERVE_PORT, else 9000",
+    )
     metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=1, ge=1, le=64)

@@ -1,0 +1,225 @@
+"""The local deploy target against the real seldon-core-microservice (Seldon's app from .venv-serving):
+predictions equal in-process ones, blue/green survives a broken version, bad payloads get 4xx JSON,
+request samples and Prometheus metrics are written."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from freestack.serving.local import DeployError, Deployments, deploy_local, describe, http_json, stop_local
+from freestack.serving.spec import LocalTarget
+from tests.serving_helpers import in_process, make_version
+
+ROOT = Path(__file__).resolve().parents[2]
+N_FEATURES = 8
+MAX_ROWS = 50
+MAX_BODY = 64 * 1024
+
+pytestmark = pytest.mark.skipif(
+    not (ROOT / ".venv-serving" / "bin" / "python").exists() and not os.environ.get("FREESTACK_SERVING_PYTHON"),
+    reason="the serving environment is missing: run `make serving-venv`",
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Versions v1, v2 and a broken one of model 'm'; v1 deployed (blue)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FREESTACK_MAX_BODY_BYTES", str(MAX_BODY))  # reaches the server through its environment
+    work = tmp_path_factory.mktemp("serving")
+    root = (work / "storage").as_uri()
+    uris = {v: make_version(root, "m", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
+    uris["vbad"] = make_version(root, "m", "vbad", work, seed=9, broken=True)
+    local = LocalTarget(workers=1, threads=1, smoke_rows=16, log_sample_rate=1.0, start_timeout_seconds=90,
+                        max_batch_rows=MAX_ROWS)  # fmt: skip
+    rec = deploy_local(root_uri=root, model="m", name="m", version="v1", version_uri=uris["v1"], local=local)
+    yield {"root": root, "uris": uris, "local": local, "record": rec, "work": work}
+    mp.undo()
+    try:
+        stop_local(root, "m", "m")
+    except DeployError:
+        pass
+
+
+def _post(url: str, body: bytes, content_type: str | None = "application/json", method: str = "POST"):
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Content-Type": content_type} if content_type else {}
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    ctype = resp.getheader("Content-Type", "")
+    conn.close()
+    return resp.status, ctype, data
+
+
+def test_served_predictions_equal_in_process(served):
+    rec = served["record"]
+    assert rec["state"] == "serving" and rec["version"] == "v1" and rec["color"] == "blue"
+    assert rec["host"] == "127.0.0.1" and rec["smoke"]["rows"] == 16 and rec["smoke"]["max_abs_diff"] < 1e-5
+    rows = np.random.default_rng(7).normal(size=(40, N_FEATURES)) * 4
+    code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
+    assert code == 200, body
+    got = np.asarray(body["data"]["ndarray"])
+    want = in_process(served["uris"]["v1"], rows)
+    assert body["data"]["names"] == ["0", "1", "2"]
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+    assert np.abs(got - want).max() < 1e-5
+    assert body["meta"]["tags"]["model_version"] == "v1"
+    # the tensor form and named, reordered columns give the same answer
+    code, body = http_json(rec["predict_url"], {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}})
+    assert code == 200 and np.abs(np.asarray(body["data"]["tensor"]["values"]).reshape(got.shape) - got).max() < 1e-6
+    names = [f"f{i}" for i in range(N_FEATURES)][::-1]
+    code, body = http_json(rec["predict_url"], {"data": {"names": names, "ndarray": rows[:, ::-1].tolist()}})
+    assert code == 200 and np.abs(np.asarray(body["data"]["ndarray"]) - got).max() < 1e-6
+    # jsonData records answer labels and probabilities
+    records = [{f"f{i}": float(v) for i, v in enumerate(r)} for r in rows[:3]]
+    code, body = http_json(rec["predict_url"], {"jsonData": {"instances": records}})
+    assert code == 200
+    assert [p["label"] for p in body["jsonData"]["predictions"]] == want[:3].argmax(1).tolist()
+    # metadata: the schema behind /api/v1.0/metadata
+    code, meta = http_json(f"{rec['url']}/api/v1.0/metadata")
+    assert code == 200 and meta["versions"] == ["v1"]
+    assert meta["inputs"][0]["schema"]["names"] == [f"f{i}" for i in range(N_FEATURES)]
+
+
+def _malformed(n: int) -> list[tuple[str, bytes, str | None]]:
+    good_row = [0.5] * n
+    J = "application/json"  # noqa: N806
+
+    def j(obj) -> bytes:
+        return json.dumps(obj).encode()
+
+    cases: list[tuple[str, bytes, str | None]] = [
+        ("text/plain", j({"data": {"ndarray": [good_row]}}), "text/plain"),
+        ("xml", b"<data/>", "application/xml"),
+        ("no content type", j({"data": {"ndarray": [good_row]}}), None),
+        ("octet-stream", j({"data": {"ndarray": [good_row]}}), "application/octet-stream"),
+        ("form without json", b"a=1", "application/x-www-form-urlencoded"),
+        ("form with bad json", b"json=%7B", "application/x-www-form-urlencoded"),
+        ("empty body", b"", J),
+        ("whitespace body", b"   ", J),
+    ]
+    for bad in (b"{", b'{"data":', b"nul", b"[1,2", b"{'a': 1}", b"\xff\xfe\x00", b'{"data": {"ndarray": [[1,2,]]}}',
+                b"{}}", b'{"a" 1}', b"NaNx"):  # fmt: skip
+        cases.append((f"invalid json {bad[:12]!r}", bad, J))
+    for body in ([], 1, "str", None, True, 2.5):
+        cases.append((f"not an object {body!r}", j(body), J))
+    for body in ({}, {"meta": {}}, {"foo": 1}, {"data": {"ndarray": [good_row]}, "jsonData": {}},
+                 {"strData": "hello"}, {"binData": "aGVsbG8="}, {"data": []}, {"data": 1}, {"data": "x"},
+                 {"data": {}}, {"data": {"names": []}}, {"data": {"tftensor": {}}},
+                 {"data": {"ndarray": [good_row]}, "meta": []}):  # fmt: skip
+        cases.append((f"envelope {json.dumps(body)[:40]}", j(body), J))
+    for t in (1, [], {"values": [1.0] * n}, {"shape": [1, n]}, {"shape": "1x8", "values": good_row},
+              {"shape": [1, -n], "values": good_row}, {"shape": [1.5, n], "values": good_row},
+              {"shape": [1, n], "values": "x"}, {"shape": [2, n], "values": good_row}, {"shape": [], "values": []},
+              {"shape": [1, n + 1], "values": [0.0] * (n + 1)}):  # fmt: skip
+        cases.append((f"tensor {json.dumps(t)[:40]}", j({"data": {"tensor": t}}), J))
+    for arr in (1, "x", {}, [[1.0, 2.0], [3.0]], [good_row, [1.0]], [good_row, "row"], [[[0.0] * n]], [], [[]],
+                [[None] * n], [["a"] * n], [[*good_row[:-1], "1"]], [[True] * n], [[float("nan")] * n],
+                [[*good_row[:-1], float("inf")]], [[float("-inf"), *good_row[1:]]], [[1e39] * n],
+                [good_row] * (MAX_ROWS + 1)):  # fmt: skip
+        cases.append((f"ndarray {json.dumps(arr)[:40]}", j({"data": {"ndarray": arr}}), J))
+    for width in [w for w in range(0, n + 21) if w != n]:
+        cases.append((f"width {width}", j({"data": {"ndarray": [[0.1] * width]}}), J))
+    for names in (["f0"], [f"g{i}" for i in range(n)], [1] * n, "f0"):
+        cases.append((f"names {json.dumps(names)[:30]}", j({"data": {"names": names, "ndarray": [good_row]}}), J))
+    rec = {f"f{i}": 0.5 for i in range(n)}
+    for jd in ([], {"instances": 1}, {"instances": []}, {"instances": [1]}, {"instances": [{"f0": 1.0}]},
+               {"instances": [{**rec, "f0": "1"}]}, {"instances": [{**rec, "f0": None}]},
+               {"instances": [{**rec, "f0": True}]}, {"instances": [rec] * (MAX_ROWS + 1)}, "x"):  # fmt: skip
+        cases.append((f"jsonData {json.dumps(jd)[:40]}", j({"jsonData": jd}), J))
+    cases.append(("body over the size limit", j({"data": {"ndarray": [good_row] * 2000}}), J))
+    return cases
+
+
+def test_malformed_payloads_get_4xx_json(served):
+    url = served["record"]["predict_url"]
+    cases = _malformed(N_FEATURES)
+    assert len(cases) >= 100
+    failures = []
+    for what, body, ctype in cases:
+        status, got_type, data = _post(url, body, ctype)
+        ok = 400 <= status < 500 and "json" in got_type
+        if ok:
+            info = json.loads(data)["status"]
+            ok = bool(info.get("info")) and info.get("status") == 1
+        if not ok:
+            failures.append(f"{what}: HTTP {status} {got_type} {data[:200]!r}")
+    assert not failures, "\n".join(failures)
+    # a wrong method and an unknown path are 4xx JSON too, not Seldon's 500
+    for path, method in (("/api/v1.0/predictions", "GET"), ("/nope", "POST")):
+        status, got_type, data = _post(served["record"]["url"] + path, b"{}", "application/json", method)
+        assert 400 <= status < 500 and "json" in got_type, (path, status, data)
+    # and the server still answers
+    code, _ = http_json(url, {"data": {"ndarray": [[0.1] * N_FEATURES]}})
+    assert code == 200
+
+
+def test_broken_version_leaves_the_old_one_serving_then_switch(served):
+    root, uris, local = served["root"], served["uris"], served["local"]
+    before = Deployments(root, "m").get("m")
+    with pytest.raises(DeployError, match="exited with code|not healthy"):
+        deploy_local(root_uri=root, model="m", name="m", version="vbad", version_uri=uris["vbad"], local=local)
+    after = Deployments(root, "m").get("m")
+    assert after == before  # the record never moved
+    assert describe(after)["health"] == "ok"
+    code, body = http_json(after["predict_url"], {"data": {"ndarray": [[0.2] * N_FEATURES]}})
+    assert code == 200 and body["meta"]["tags"]["model_version"] == "v1"
+
+    rec = deploy_local(root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local)
+    assert rec["version"] == "v2" and rec["color"] == "green" and rec["port"] == before["port"] + 1
+    assert rec["previous"]["version"] == "v1"
+    assert not describe(before)["alive"]  # the blue server was stopped after the switch
+    rows = np.random.default_rng(3).normal(size=(5, N_FEATURES))
+    code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
+    assert code == 200 and np.abs(np.asarray(body["data"]["ndarray"]) - in_process(uris["v2"], rows)).max() < 1e-5
+    again = deploy_local(root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local)
+    assert again.get("unchanged") and again["pid"] == rec["pid"]
+    served["record"] = rec
+
+
+def test_metrics_and_request_log(served):
+    rec = Deployments(served["root"], "m").get("m")
+    for _ in range(5):
+        assert http_json(rec["predict_url"], {"data": {"ndarray": [[0.3] * N_FEATURES] * 2}})[0] == 200
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline and "freestack_predictions_total" not in text:
+        time.sleep(0.5)
+        text = http_json(rec["metrics_url"])[1]
+    assert "freestack_predictions_total" in text and "freestack_prediction_rows_total" in text
+    logs = Path(rec["request_log_uri"].removeprefix("file://"))
+    lines: list[dict] = []
+    while time.monotonic() < deadline + 10 and not lines:
+        time.sleep(0.5)
+        lines = [json.loads(ln) for p in logs.glob("ds=*/*.jsonl") for ln in p.read_text().splitlines()]
+    assert lines, f"no request samples under {logs}"
+    assert all(r["version"] in ("v1", "v2") and len(r["features"][0]) == N_FEATURES for r in lines)
+    assert not list(logs.glob("ds=*/.*"))  # no half-written object left behind
+
+
+def test_cli_status_predict_stop(served, capsys, monkeypatch):
+    from freestack.cli import main
+
+    root = served["root"]
+    assert main(["serve", "--root", root, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "m/m: v2 serving" in out and "health: ok" in out
+    assert main(["serve", "--root", root, "predict", "m"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted" in out and "true label" in out
+    assert main(["serve", "--root", root, "predict", "m", '{"data": {"ndarray": [[1, 2]]}}']) == 1
+    assert "each row must hold 8 features" in capsys.readouterr().out
+    rec = Deployments(root, "m").get("m")
+    assert main(["serve", "--root", root, "stop", "m"]) == 0
+    assert Deployments(root, "m").get("m")["state"] == "stopped"
+    assert not describe(rec)["alive"]
