@@ -83,3 +83,61 @@ def test_rollback_dag_restores_the_previous_version(pipeline):
         assert reg.aliases()["production"] == "v2" and _served(root)[1]["health"] == "ok"
     finally:
         stop_local(root, "digits", "digits")
+
+
+def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, storage, monkeypatch):
+    """target: kubernetes through the deploy task (dag.test runs the trigger inline) against a local
+    Kubernetes API: main predictor first, then a new production version as a 10% canary."""
+    import json
+
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.registry import ModelRegistry
+    from freestack.serving import k8s
+    from freestack.serving.local import Deployments
+    from tests.k8s_api_fake import FakeKubeAPI
+
+    api = FakeKubeAPI().start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_KUBE_TEST",
+                           json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+        specs = tmp_path / "pipelines"
+        specs.mkdir()
+        data = yaml.safe_load((ROOT / "include" / "pipelines" / "digits.yaml").read_text())
+        data["deploy"] = {"target": "kubernetes", "kubernetes": {
+            "conn_id": "kube_test", "namespace": "models", "image": "freestack/serving:test", "replicas": 2,
+            "canary": {"traffic": 10}, "poll_seconds": 0.2, "timeout_minutes": 1}}  # fmt: skip
+        (specs / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
+        for i, v in enumerate(("v1", "v2"), start=1):
+            make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
+        reg = ModelRegistry(storage, "digits")
+        reg.promote("v1")
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        deploy = bag.get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
+        assert deploy.test().state == "success"
+        obj = k8s.get("digits", "models", "kube_test")
+        assert k8s.summary(obj)["predictors"][0]["version"] == "v1"
+        assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
+        k8s.validate_manifest({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")} | {
+            "metadata": {"name": obj["metadata"]["name"], "namespace": "models", "labels": obj["metadata"].get("labels", {})}})
+        rec = Deployments(storage, "digits").get("digits")
+        assert rec["state"] == "serving" and rec["target"] == "kubernetes" and rec["version"] == "v1"
+
+        reg.promote("v2")  # the next production version goes out as a canary beside v1
+        assert deploy.test().state == "success"
+        obj = k8s.get("digits", "models", "kube_test")
+        traffic = {p["name"]: p["traffic"] for p in obj["spec"]["predictors"]}
+        assert traffic == {"main": 90, "canary": 10}
+        rec = Deployments(storage, "digits").get("digits")
+        assert rec["canary_version"] == "v2" and rec["version"] == "v1" and rec["state"] == "serving"
+
+        from freestack.cli import main
+
+        assert main(["serve", "--root", storage, "canary", "digits", "promote"]) == 0
+        obj = k8s.get("digits", "models", "kube_test")
+        assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
+        assert Deployments(storage, "digits").get("digits")["version"] == "v2"
+    finally:
+        api.stop()

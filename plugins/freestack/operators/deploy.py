@@ -111,12 +111,15 @@ class DeployOperator(PipelineOperator):
         deployments.write(name, {**(old or {}), **record}, token)
         self.log.info("applied SeldonDeployment %s/%s (%s %s); waiting for Available", target.namespace, name, role,
                       version)  # fmt: skip
+        from datetime import timedelta
+
         self.defer(
             trigger=SeldonDeploymentAvailableTrigger(
                 name=name, namespace=target.namespace, conn_id=target.conn_id,
                 timeout_seconds=target.timeout_minutes * 60, poll_seconds=target.poll_seconds,
             ),
             method_name="execute_complete",
+            timeout=timedelta(minutes=target.timeout_minutes + 5),
         )  # fmt: skip
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

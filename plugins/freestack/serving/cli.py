@@ -6,6 +6,8 @@
     freestack serve predict NAME [JSON | -]         send a Seldon message (default: one test row of
                                                     the served version's evaluation) and print the answer
     freestack serve deploy PIPELINE [--version V]   deploy production (or V) now, as the DAG's deploy does
+    freestack serve canary PIPELINE promote|rollback|traffic [--percent N]
+                                                    Kubernetes: the canary takes over, is removed, or gets N%
 
 NAME is a deployment name (``deploy.name``, default the model name); ``--model`` picks among models
 that share one. ``--root`` picks the storage root (default: ``FREESTACK_STORAGE_ROOT``, else the project's).
@@ -156,6 +158,43 @@ def deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def canary(args: argparse.Namespace) -> int:
+    from freestack.config import load_spec, pipelines_dir
+    from freestack.serving import k8s
+    from freestack.serving.local import Deployments
+    from freestack.storage import storage_root
+
+    spec = load_spec(pipelines_dir() / f"{args.pipeline}.yaml")
+    if spec.deploy_spec.target != "kubernetes":
+        print("canaries are a Kubernetes feature: this pipeline deploys locally (blue/green)", file=sys.stderr)
+        return 2
+    t = spec.deploy_spec.kubernetes
+    name = spec.deployment_name
+    if args.action == "promote":
+        obj = k8s.promote_canary(name, t.namespace, t.conn_id)
+    elif args.action == "rollback":
+        obj = k8s.rollback_canary(name, t.namespace, t.conn_id)
+    else:
+        if args.percent is None:
+            print("traffic needs --percent N (0-100)", file=sys.stderr)
+            return 2
+        obj = k8s.set_traffic(name, t.namespace, t.conn_id, canary_traffic=args.percent)
+    summary = k8s.summary(obj)
+    deployments = Deployments(args.root or str(storage_root(spec.storage_root)), spec.model_name)
+    record, token = deployments.read(name)
+    record = dict(record or {"name": name, "model": spec.model_name, "target": "kubernetes"})
+    if args.action == "promote":
+        record.update(version=record.get("canary_version") or record.get("version"), canary_version=None,
+                      canary_traffic=0)  # fmt: skip
+    elif args.action == "rollback":
+        record.update(canary_version=None, canary_traffic=0)
+    else:
+        record.update(canary_traffic=args.percent)
+    deployments.write(name, record, token)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("serve", help="what is served: status, stop, logs, predict, deploy",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -179,3 +218,8 @@ def register(sub) -> None:
     d.add_argument("pipeline")
     d.add_argument("--version", default=None)
     d.set_defaults(fn=deploy)
+    c = ss.add_parser("canary", help="Kubernetes: promote or roll back the canary, or set its traffic")
+    c.add_argument("pipeline")
+    c.add_argument("action", choices=("promote", "rollback", "traffic"))
+    c.add_argument("--percent", type=int, default=None)
+    c.set_defaults(fn=canary)
