@@ -66,13 +66,10 @@ if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _stop_model_servers():
-    """Stop every model server this test session started (found by their serving folder)."""
-    yield
-    import signal
-
+def _model_servers() -> set[int]:
+    """Supervisor pids of the model servers started under this session's serving folder."""
     marker = os.environ["FREESTACK_SERVING_DIR"]
+    out = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -81,10 +78,47 @@ def _stop_model_servers():
         except OSError:
             continue
         if "freestack.serving.server supervise" in cmd and marker in cmd:
+            out.add(int(entry.name))
+    return out
+
+
+def _stop(pids) -> None:
+    import signal
+    import time
+
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _model_servers() & set(pids):
+        for pid in pids:
             try:
-                os.killpg(int(entry.name), signal.SIGTERM)
-            except OSError:
+                os.waitpid(pid, os.WNOHANG)
+            except (ChildProcessError, OSError):
                 pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def _stop_new_model_servers(request):
+    """A test that deploys (a DAG run's deploy task, say) leaves no server behind to hold the ports the
+    next test's deployment uses; servers of wider-scoped fixtures started earlier are left alone, and a
+    module whose tests share servers on purpose sets ``KEEP_MODEL_SERVERS = True``."""
+    if getattr(request.module, "KEEP_MODEL_SERVERS", False):
+        yield
+        return
+    before = _model_servers()
+    yield
+    _stop(_model_servers() - before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_model_servers():
+    """Stop every model server this test session started."""
+    yield
+    _stop(_model_servers())
 
 
 @pytest.fixture(scope="session")

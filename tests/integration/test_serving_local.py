@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8
 MAX_ROWS = 50
 MAX_BODY = 64 * 1024
+KEEP_MODEL_SERVERS = True  # the tests below walk one deployment through its versions (see conftest)
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / ".venv-serving" / "bin" / "python").exists() and not os.environ.get("FREESTACK_SERVING_PYTHON"),
