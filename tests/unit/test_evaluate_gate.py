@@ -92,8 +92,11 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
     assert set(summary["candidate"]["per_class"]) == {str(i) for i in range(10)}
     folder = tmp_path / "storage" / a.version_uri.split("/storage/", 1)[1] / "evaluation"
     assert {p.name for p in folder.iterdir()} == {
-        "metrics.json", "report.html", "confusion_matrix.png", "per_class.png", "learning_curves.png"
+        "metrics.json", "report.html", "confusion_matrix.png", "per_class.png", "learning_curves.png", "smoke.json"
     }
+    smoke = json.loads((folder / "smoke.json").read_text())  # the rows deploy's smoke test sends
+    assert len(smoke["rows"]) == len(smoke["outputs"]) == len(smoke["labels"]) > 0
+    assert len(smoke["rows"][0]) == 64 and smoke["classes"] == [str(i) for i in range(10)]
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "champion" in page and "<script" not in page
     assert json.loads((folder / "metrics.json").read_text())["candidate"]["accuracy"] == summary["candidate"]["accuracy"]
