@@ -68,18 +68,9 @@ if str(ROOT / "include") not in sys.path:
 
 def _model_servers() -> set[int]:
     """Supervisor pids of the model servers started under this session's serving folder."""
-    marker = os.environ["FREESTACK_SERVING_DIR"]
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "freestack.serving.server supervise" in cmd and marker in cmd:
-            out.add(int(entry.name))
-    return out
+    from freestack.serving.local import supervisors
+
+    return set(supervisors(os.environ["FREESTACK_SERVING_DIR"]))
 
 
 def _stop(pids) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -350,13 +349,9 @@ def down(args: argparse.Namespace) -> int:
         return 0
     pid = int(pid_file.read_text())
     if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(60):
-            if not _alive(pid):
-                break
-            time.sleep(0.5)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        from freestack.serving.local import stop_process
+
+        stop_process(pid, grace_seconds=30.0)  # SIGTERM to its session's group, SIGKILL after the grace
     pid_file.unlink(missing_ok=True)
     print(f"stopped airflow standalone (pid {pid})")
     return 0

@@ -305,12 +305,7 @@ class PipelineSpec(_Model):
         try:
             return GateSpec.model_validate(v).model_dump()
         except _VE as exc:
-            raise ValueError(
-                "; ".join(
-                    (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-                    for e in exc.errors()
-                )
-            ) from None
+            raise ValueError(block_problems(exc)) from None
 
     @field_validator("deploy", mode="before")
     @classmethod
@@ -389,6 +384,15 @@ class PipelineSpec(_Model):
     def spec_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def block_problems(exc: ValidationError) -> str:
+    """A nested block's validation errors on one line (``field.path: message; ...``): the spec loader
+    puts the block's own name in front."""
+    return "; ".join(
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()
+    )
 
 
 def _default_deploy() -> dict[str, Any]:

@@ -273,9 +273,8 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _strays(name: str) -> list[int]:
-    """Supervisors started for deployment ``name`` from this serving dir (left by a killed deploy task)."""
-    marker = str(serving_dir() / name) + "/"
+def supervisors(marker: str) -> list[int]:
+    """Pids of the live model-server supervisors whose command line contains ``marker`` (a path)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -283,6 +282,11 @@ def _strays(name: str) -> list[int]:
             if "freestack.serving.server supervise" in cmd and marker in cmd:
                 out.append(int(entry.name))
     return out
+
+
+def _strays(name: str) -> list[int]:
+    """Supervisors started for deployment ``name`` from this serving dir (left by a killed deploy task)."""
+    return supervisors(str(serving_dir() / name) + "/")
 
 
 def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:

@@ -132,12 +132,9 @@ def parse_deploy(v: Any) -> dict[str, Any]:
         v = {}
     if not isinstance(v, dict):
         raise ValueError(f"must be a mapping (target, local, kubernetes), got {type(v).__name__}")
+    from freestack.config import block_problems
+
     try:
         return DeploySpec.model_validate(v).model_dump()
     except ValidationError as exc:
-        raise ValueError(
-            "; ".join(
-                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-                for e in exc.errors()
-            )
-        ) from None
+        raise ValueError(block_problems(exc)) from None
