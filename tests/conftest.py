@@ -36,12 +36,21 @@ os.environ.update(
 
 
 def _free_port_block() -> int:
-    """A port P with P, P+1 (blue/green) and P+100, P+101 (their metrics) free on 127.0.0.1."""
+    """A port P with P, P+1 (blue/green) and P+100, P+101 (their metrics) free on 127.0.0.1.
+
+    The block lies below the kernel's ephemeral range: the tests open thousands of client
+    connections, and any of them may take an ephemeral port that a later deploy wants to bind.
+    """
     import random
     import socket
 
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - 200, 12000)
     for _ in range(200):
-        p = random.randint(20000, 40000)
+        p = random.randint(10000, top)
         ok = True
         for q in (p, p + 1, p + 100, p + 101):
             with socket.socket() as s:
