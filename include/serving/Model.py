@@ -61,17 +61,18 @@ model_error_handler = Blueprint("freestack_payload", __name__)
 
 @model_error_handler.before_app_request
 def _check_envelope():
-    if request.method != "POST" or request.path not in PREDICT_PATHS:
+    request_ = request._get_current_object()  # one context lookup instead of one per attribute
+    if request_.method != "POST" or request_.path not in PREDICT_PATHS:
         return None
-    length = request.content_length
+    length = request_.content_length
     if length is not None and length > MAX_BODY_BYTES:
         return _error_response(
             f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are accepted: send fewer rows per request",
             413, "PAYLOAD_TOO_LARGE",
         )  # fmt: skip
-    ctype = (request.mimetype or "").lower()
+    ctype = (request_.mimetype or "").lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raw = request.form.get("json")
+        raw = request_.form.get("json")
         if raw is None:
             return _error_response("a form request needs a 'json' field holding the Seldon message", 400, "BAD_PAYLOAD")
         try:
@@ -80,16 +81,16 @@ def _check_envelope():
             return _error_response(f"the 'json' field is not valid JSON: {exc}", 400, "INVALID_JSON")
     elif ctype != "application/json" and not ctype.endswith("+json"):
         return _error_response(
-            f"Content-Type {request.mimetype or '(none)'!r} is not supported: send application/json",
+            f"Content-Type {request_.mimetype or '(none)'!r} is not supported: send application/json",
             415, "UNSUPPORTED_MEDIA_TYPE",
         )  # fmt: skip
     else:
-        data = request.get_data(cache=True)
+        data = request_.get_data(cache=True)
         if not data:
             return _error_response("the request body is empty: send a Seldon message such as "
                                    '{"data": {"ndarray": [[...]]}}', 400, "EMPTY_PAYLOAD")  # fmt: skip
         try:
-            body = request.get_json(force=True, cache=True)
+            body = request_.get_json(force=True, cache=True)
         except HTTPException:
             try:
                 json.loads(data)
@@ -335,11 +336,12 @@ class Model:
             raise _bad(f"each row must hold {self.n_features} features ({', '.join(self.features[:4])}, ...), "
                        f"got {width}")  # fmt: skip
         X = np.ascontiguousarray(X, dtype=np.float32)
-        if not np.isfinite(X).all():
-            r, c = np.argwhere(~np.isfinite(X))[0]
-            raise _bad(f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite values "
-                       "are not accepted; impute them first")  # fmt: skip
-        if np.abs(X).max(initial=0.0) > 3.0e38:
+        # one pass for the common case: the largest magnitude is NaN if any value is NaN
+        if not np.abs(X).max(initial=0.0) <= 3.0e38:
+            if not np.isfinite(X).all():
+                r, c = np.argwhere(~np.isfinite(X))[0]
+                raise _bad(f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite values "
+                           "are not accepted; impute them first")  # fmt: skip
             raise _bad("feature values overflow float32")
         return X
 
@@ -374,8 +376,11 @@ class Model:
         out = self._forward(x)
         if self.task == "classification":
             idx = out.argmax(axis=1)
-            counts = np.bincount(idx, minlength=len(self._class_names))
-            per_class = [(self._class_names[i], int(n)) for i, n in enumerate(counts) if n]
+            if len(idx) == 1:
+                per_class = [(self._class_names[int(idx[0])], 1)]
+            else:
+                counts = np.bincount(idx, minlength=len(self._class_names)).tolist()
+                per_class = [(self._class_names[i], n) for i, n in enumerate(counts) if n]
         else:
             idx, per_class = None, []
         ms = (time.perf_counter() - started) * 1000.0
