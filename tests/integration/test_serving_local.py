@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def served(tmp_path_factory):
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "m", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
     uris["vbad"] = make_version(root, "m", "vbad", work, seed=9, broken=True)
-    local = LocalTarget(workers=1, threads=1, smoke_rows=16, log_sample_rate=1.0, start_timeout_seconds=90,
+    local = LocalTarget(workers=2, smoke_rows=16, log_sample_rate=1.0, start_timeout_seconds=90,
                         max_batch_rows=MAX_ROWS)  # fmt: skip
     rec = deploy_local(root_uri=root, model="m", name="m", version="v1", version_uri=uris["v1"], local=local)
     yield {"root": root, "uris": uris, "local": local, "record": rec, "work": work}
@@ -160,9 +161,89 @@ def test_malformed_payloads_get_4xx_json(served):
     for path, method in (("/api/v1.0/predictions", "GET"), ("/nope", "POST")):
         status, got_type, data = _post(served["record"]["url"] + path, b"{}", "application/json", method)
         assert 400 <= status < 500 and "json" in got_type, (path, status, data)
+    # bodies the fast JSON parser refuses reach Python's json and our own checks: NaN gets its own
+    # message, an integer beyond 64 bits is still a number
+    status, _, data = _post(url, b'{"data": {"ndarray": [[NaN' + b", 0" * (N_FEATURES - 1) + b"]]}}")
+    assert status == 400 and "NaN or infinite" in json.loads(data)["status"]["info"], data
+    status, _, data = _post(url, b'{"data": {"ndarray": [[' + str(2**70).encode() + b", 0" * (N_FEATURES - 1) + b"]]}}")
+    assert status == 200 and len(json.loads(data)["data"]["ndarray"][0]) > 0, data
     # and the server still answers
     code, _ = http_json(url, {"data": {"ndarray": [[0.1] * N_FEATURES]}})
     assert code == 200
+
+
+def _read_response(sock: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
+    """One HTTP response off a raw socket: (status, body, bytes left over for the next one)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {buf[:200]!r}"
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    length = next(int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        rest += chunk
+    return int(head.split(b" ", 2)[1]), rest[:length], rest[length:]
+
+
+def _request(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body  # fmt: skip
+
+
+def test_keep_alive_worker_pipelining_slow_clients_and_balance(served):
+    """The default worker class (freestack): keep-alive, pipelined and chunked requests, a client that
+    stalls mid-request holds up no one, and connections are spread across both workers."""
+    import psutil
+
+    rec = served["record"]
+    port, path = rec["port"], "/api/v1.0/predictions"
+    body = json.dumps({"data": {"ndarray": [[0.5] * N_FEATURES]}}).encode()
+    want = in_process(served["uris"]["v1"], np.full((1, N_FEATURES), 0.5))
+    # a client that sends half a request and then nothing
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    for s in stalled:
+        s.sendall(_request(path, body)[:40])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        # three pipelined requests in one write, then 20 more on the same connection
+        s.sendall(_request(path, body) * 3)
+        buf = b""
+        for _ in range(3):
+            status, data, buf = _read_response(s, buf)
+            assert status == 200 and np.allclose(json.loads(data)["data"]["ndarray"], want, atol=1e-5)
+        t0 = time.monotonic()
+        for _ in range(20):
+            s.sendall(_request(path, body))
+            status, _, buf = _read_response(s, buf)
+            assert status == 200
+        assert time.monotonic() - t0 < 10  # not waiting on the stalled clients
+        # a chunked body
+        chunked = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n").encode()  # fmt: skip
+        half = len(body) // 2
+        for part in (body[:half], body[half:]):
+            chunked += f"{len(part):x}\r\n".encode() + part + b"\r\n"
+        s.sendall(chunked + b"0\r\n\r\n")
+        status, data, buf = _read_response(s, buf)
+        assert status == 200 and np.allclose(json.loads(data)["data"]["ndarray"], want, atol=1e-5)
+    for s in stalled:
+        s.close()
+
+    # eight keep-alive clients end up on both workers, four each (give or take one)
+    clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
+    for c in clients:
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = c.getresponse()
+        assert resp.status == 200 and resp.read()
+    held: dict[int, int] = {}
+    for proc in psutil.Process(int(rec["pid"])).children(recursive=True):
+        n = sum(1 for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
+        if n:
+            held[proc.pid] = n
+    for c in clients:
+        c.close()
+    assert len(held) == 2 and sum(held.values()) == 8 and max(held.values()) <= 5, held
 
 
 def test_broken_version_leaves_the_old_one_serving_then_switch(served):

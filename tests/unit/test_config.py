@@ -40,6 +40,10 @@ def test_demo_spec_loads_and_expands_repeated_columns():
         (lambda d: d["source"]["policy"] if False else d["source"].update(policy={"max_quarantine_fraction": 2}), "source.policy.max_quarantine_fraction", "1"),
         (lambda d: d.update(storage_root="ftp://x"), "storage_root", "s3://"),
         (lambda d: d.update(colour="blue"), "colour", "Extra inputs"),
+        (lambda d: d.update(deploy={"target": "cloud"}), "deploy", "'local' or 'kubernetes'"),
+        (lambda d: d.update(deploy={"local": {"worker_class": "eventlet"}}), "deploy", "'freestack', 'gthread' or 'sync'"),
+        (lambda d: d.update(deploy={"local": {"threads": 4}}), "deploy", "needs worker_class: gthread"),
+        (lambda d: d.update(deploy={"kubernetes": {"canary": {"traffic": 100}}}), "deploy", "kubernetes.canary.traffic"),
     ],
 )
 def test_invalid_specs_name_file_and_field(mutate, field, words):

@@ -5,8 +5,8 @@
       name: digits                  # deployment name; default: the model name
       local:
         port: 9000                  # blue/green: the new version takes port or port + 1
-        workers: 2                  # gunicorn workers and threads per worker
-        threads: 1
+        workers: 2                  # gunicorn workers (one model copy each)
+        worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
         log_sample_rate: 0.1        # fraction of requests written to storage for drift checks
       kubernetes:
@@ -48,12 +48,26 @@ class LocalTarget(_Spec):
     metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
     workers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=1, ge=1, le=64)
-    worker_class: Literal["sync", "gthread"] = "sync"
+    worker_class: Literal["freestack", "gthread", "sync"] = Field(
+        default="freestack",
+        description="freestack: keep-alive event-loop worker, one thread, connections balanced across "
+        "workers (the fastest here, see bench/serve); gthread: gunicorn's threaded worker (threads > 1); "
+        "sync: gunicorn's default, a new connection per request",
+    )
     timeout_seconds: int = Field(default=30, ge=1, le=3600)
     start_timeout_seconds: float = Field(default=120, gt=0, le=3600)
     smoke_rows: int = Field(default=32, ge=1, le=10_000)
     log_sample_rate: float = Field(default=0.1, ge=0, le=1)
     max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _threads_need_gthread(self) -> LocalTarget:
+        if self.threads > 1 and self.worker_class != "gthread":
+            raise ValueError(
+                f"threads: {self.threads} needs worker_class: gthread (the {self.worker_class} worker runs "
+                "one thread per worker); or keep threads: 1 and raise workers"
+            )
+        return self
 
 
 class Canary(_Spec):
