@@ -1,0 +1,611 @@
+"""Serving benchmark: requests/s and p50/p99 latency of the Seldon server against a bare HTTP server
+and in-process predict, same model, same payloads, same load generator, in the same run.
+
+    python -m bench.serve.run [--quick] [--repeats 3] [--warmup 2] [--duration 8] [--out bench/results/serve.json]
+
+1. Makes a small digits MLP (``FreestackNet(kind="mlp")``, 64 features, 10 classes, hidden 128/64,
+   fixed seed) and registers it as ``bench`` ``v1`` in a temporary ``file://`` registry.
+2. Starts the servers, each bound to 127.0.0.1 except the stock one:
+   - ``seldon``: ``freestack.serving.server`` (Seldon 1.17.1's REST app and wrapper under Seldon's
+     gunicorn application, ``include/serving/Model.py``) with the tuned settings (``TUNED``);
+   - ``seldon_sync``: the same launcher with gunicorn's ``sync`` worker, 2 workers x 1 thread (the
+     deploy spec's defaults before this benchmark);
+   - ``seldon_stock``: ``seldon-core-microservice Model --service-type MODEL`` with its defaults (1 sync
+     worker, stock metrics); it binds 0.0.0.0, so it is started once, measured, and stopped;
+   - ``bare``: ``bench/serve/bare.py``, uvicorn + starlette, 2 processes on SO_REUSEPORT sockets (the
+     baseline);
+   - ``inproc``: the bare server's per-request work (``json.loads``, forward, ``json.dumps``) in a loop,
+     no HTTP; at concurrency c it runs min(c, cores) such processes at once: the machine's ceiling;
+   - ``inproc_seldon`` (diagnostic, concurrency 1 only): one request through Seldon's
+     ``seldon_methods.predict`` and our envelope check, without Flask, gunicorn or HTTP.
+3. For every server: concurrency 1, 8 and 32 with one 64-feature row per request, and one batch cell
+   (32 rows per request at concurrency 8), ``--repeats`` rounds interleaved across servers (the stock
+   server's rounds run back to back). Each cell is a fresh ``bench.serve.load`` process (asyncio,
+   keep-alive connections, pre-encoded request bytes): ``--warmup`` seconds not counted, then
+   ``--duration`` seconds measured. Per cell: requests/s, p50/p90/p99/max latency and quantiles,
+   errors (non-200 answers or lost connections: must be 0), the generator's CPU seconds, the server's
+   CPU seconds (all its processes, from /proc, and the busiest ones) and how busy the machine was.
+4. Summary: medians over rounds; ``ratio_rps`` = server / ``bare`` at the same cell, and the same
+   ratio within each round (``ratio_rps_by_round``). Target:
+   ``seldon`` >= 0.5 of ``bare``'s requests/s at concurrency 8, with p99 < 15 ms
+   (``summary.checks``). Writes the JSON report (machine, params, raw samples, summary) and prints a
+   table. ``--quick`` is a smoke size (one round, ~1.5 s per cell).
+
+The load generator and the servers share the machine (2 cores in CI): the generator's own CPU share
+is reported per cell, so a ratio can be read with what the load cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.common import host, usable_cores
+
+REPO = Path(__file__).resolve().parents[2]
+SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
+STOCK_BIN = REPO / ".venv-serving" / "bin" / "seldon-core-microservice"
+ROUTE = "/api/v1.0/predictions"
+N_FEATURES = 64
+CLASSES = list(range(10))
+HIDDEN = [128, 64]
+CONCURRENCY = (1, 8, 32)
+BATCH_ROWS = 32
+BATCH_CONCURRENCY = 8
+SERVERS = ("seldon", "seldon_sync", "seldon_stock", "bare", "inproc", "inproc_seldon")
+HTTP_SERVERS = ("seldon", "seldon_sync", "seldon_stock", "bare")
+
+#: our launcher's settings under test (the config keys freestack.serving.server reads)
+TUNED: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "freestack"}
+#: the deploy spec's LocalTarget defaults before this benchmark
+SPEC_DEFAULTS: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "sync"}
+BARE_WORKERS = 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model and the payloads
+
+
+def make_model(workdir: Path) -> tuple[str, Path]:
+    """Register the benchmark's MLP; return (version URI, local version folder)."""
+    import numpy as np
+    import torch
+
+    from freestack.ml.models import FreestackNet
+    from freestack.registry import ModelRegistry
+
+    features = [f"px_{i}" for i in range(N_FEATURES)]
+    torch.manual_seed(0)
+    net = FreestackNet(kind="mlp", task="classification", n_features=N_FEATURES, n_outputs=len(CLASSES),
+                       hidden=HIDDEN, features=features, classes=CLASSES)  # fmt: skip
+    rng = np.random.default_rng(0)
+    mean, std = rng.uniform(0, 8, N_FEATURES), rng.uniform(1, 6, N_FEATURES)
+    net.set_scaling(mean, std)
+    src = workdir / "model"
+    for old in (src, workdir / "registry"):  # a kept --workdir: register afresh
+        shutil.rmtree(old, ignore_errors=True)
+    net.save_pretrained(src)
+    pre = {"task": "classification", "features": features, "mean": mean.tolist(), "std": std.tolist(),
+           "classes": CLASSES, "target": "label", "target_mean": 0.0, "target_std": 1.0}  # fmt: skip
+    (src / "preprocessing.json").write_text(json.dumps(pre))
+    root = (workdir / "registry").as_uri()
+    uri = ModelRegistry(root, "bench").register(src.as_uri(), "v1")
+    return uri, workdir / "registry" / "registry" / "bench" / "v1"
+
+
+def make_bodies(workdir: Path) -> dict[str, Path]:
+    """One digits row (pixels 0..16 as JSON floats) and a batch of BATCH_ROWS rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, 17, size=(BATCH_ROWS, N_FEATURES)).astype(float).tolist()
+    out = {}
+    for name, data in (("row", rows[:1]), ("batch", rows)):
+        path = workdir / f"body-{name}.json"
+        path.write_text(json.dumps({"data": {"ndarray": data}}))
+        out[name] = path
+    return out
+
+
+def check_answer(name: str, answer: dict[str, Any], expected: list[list[float]]) -> None:
+    """Every server must answer the same probabilities (Seldon's and the bare server's shape alike)."""
+    import numpy as np
+
+    got = np.asarray(answer.get("data", {}).get("ndarray"), dtype=np.float64)
+    if got.shape != np.shape(expected) or not np.allclose(got, expected, atol=1e-5):
+        raise SystemExit(f"{name} answered {json.dumps(answer)[:500]}, expected probabilities {expected}")
+
+
+def expected_probs(folder: Path, body: bytes) -> list[list[float]]:
+    import torch
+
+    from freestack.ml.models import FreestackNet
+
+    net = FreestackNet.from_pretrained(str(folder))
+    x = torch.tensor(json.loads(body)["data"]["ndarray"], dtype=torch.float32)
+    return net.predict_proba(x).tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# processes
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "FREESTACK_"))}
+    env.update(extra)
+    return env
+
+
+class Server:
+    """One server under test: its process group, port and log."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, *, env: dict[str, str], cwd: Path,
+                 description: str, settings: dict[str, Any]):  # fmt: skip
+        self.name, self.cmd, self.port, self.log = name, cmd, port, log
+        self.description, self.settings = description, settings
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=cwd, start_new_session=True)  # fmt: skip
+
+    def wait_ready(self, body: bytes, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{ROUTE}", data=body,
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.3)
+        self.stop()
+        raise SystemExit(f"{self.name} did not answer within {timeout:.0f} s ({last}):\n{self.log.read_text()[-3000:]}")
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        return _group_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _group_cpu(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in process group ``pgid``."""
+    per = _group_cpu_by_pid(pgid)
+    return sum(u for u, _ in per.values()), sum(s for _, s in per.values())
+
+
+def _group_cpu_by_pid(pgid: int) -> dict[int, tuple[float, float]]:
+    """{pid: (user, system) CPU seconds} of the live processes in process group ``pgid``."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            out[int(entry.name)] = (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+    return out
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals) - idle, sum(vals)
+
+
+def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body: bytes) -> dict[str, Server]:
+    servers: dict[str, Server] = {}
+    plugins = str(REPO / "plugins")
+    for name in names:
+        port = _free_port()
+        log = workdir / f"{name}.log"
+        if name in ("seldon", "seldon_sync"):
+            settings = dict(TUNED if name == "seldon" else SPEC_DEFAULTS)
+            cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(REPO / "include" / "serving"),
+                   "host": "127.0.0.1", "port": port, "metrics_port": _free_port(), "log_level": "warning",
+                   "parameters": {"model_uri": uri}, **settings}  # fmt: skip
+            cfg_path = workdir / f"{name}.json"
+            cfg_path.write_text(json.dumps(cfg))
+            servers[name] = Server(
+                name, [str(SERVING_PY), "-m", "freestack.serving.server", "supervise", str(cfg_path)], port, log,
+                env=_env(PYTHONPATH=plugins), cwd=REPO, settings=settings,
+                description="freestack.serving.server: Seldon's REST app + UserModelApplication (gunicorn) on "
+                            "127.0.0.1, buffered metrics",
+            )  # fmt: skip
+        elif name == "seldon_stock":
+            cmd = [str(STOCK_BIN), "Model", "--service-type", "MODEL", "--http-port", str(port),
+                   "--metrics-port", str(_free_port()), "--grpc-port", str(_free_port())]  # fmt: skip
+            servers[name] = Server(
+                name, cmd, port, log, env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri),
+                cwd=REPO / "include" / "serving", settings={"workers": 1, "threads": 1, "worker_class": "sync"},
+                description="seldon-core-microservice Model --service-type MODEL, all defaults (binds 0.0.0.0)",
+            )  # fmt: skip
+        elif name == "bare":
+            cmd = [sys.executable, "-m", "bench.serve.bare", "--port", str(port), "--workers", str(BARE_WORKERS)]
+            servers[name] = Server(
+                name, cmd, port, log, env=_env(BENCH_SERVE_MODEL_DIR=str(folder), PYTHONPATH=str(REPO)), cwd=REPO,
+                settings={"workers": BARE_WORKERS}, description="uvicorn + starlette (bench/serve/bare.py)",
+            )  # fmt: skip
+    expected = expected_probs(folder, body)
+    for s in servers.values():
+        s.first_answer = s.wait_ready(body)
+        check_answer(s.name, s.first_answer, expected)
+    wait_idle(list(servers.values()))
+    return servers
+
+
+def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
+    """Answering once means one worker is up; wait until every worker has loaded (the servers' CPU
+    time stops growing) so that no cell starts while a sibling is still booting."""
+    deadline = time.monotonic() + timeout
+    last = sum(sum(s.cpu_seconds()) for s in servers)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(sum(s.cpu_seconds()) for s in servers)
+        if now - last < 0.05 * max(1, len(servers)):
+            return
+        last = now
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the measurements
+
+
+def measure_http(server: Server, body: Path, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.serve.load", "--port", str(server.port), "--path", ROUTE,
+           "--body-file", str(body), "--concurrency", str(concurrency), "--warmup", str(warmup),
+           "--duration", str(duration)]  # fmt: skip
+    load = os.getloadavg()[0]
+    gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=_env(PYTHONPATH=str(REPO)))  # fmt: skip
+    marks: dict[str, Any] = {}
+    result = None
+    for line in gen.stdout:
+        line = line.strip()
+        if line == "W":
+            marks["cpu0"], marks["busy0"] = _group_cpu_by_pid(server.proc.pid), _machine_busy()
+        elif line == "E":
+            marks["cpu1"], marks["busy1"] = _group_cpu_by_pid(server.proc.pid), _machine_busy()
+        elif line.startswith("{"):
+            result = json.loads(line)
+    err = gen.stderr.read()
+    gen.wait(timeout=60)
+    if result is None:
+        raise SystemExit(f"the load generator failed on {server.name} (exit {gen.returncode}):\n{err[-3000:]}")
+    window = result["duration_s"]
+    before, after = marks["cpu0"], marks["cpu1"]
+    per_pid = {pid: (u - before.get(pid, (0.0, 0.0))[0], s - before.get(pid, (0.0, 0.0))[1])
+               for pid, (u, s) in after.items()}  # fmt: skip
+    user, system = sum(u for u, _ in per_pid.values()), sum(s for _, s in per_pid.values())
+    cpu = user + system
+    busy = marks["busy1"][0] - marks["busy0"][0]
+    total = marks["busy1"][1] - marks["busy0"][1]
+    result.update({
+        "server_cpu_s": round(cpu, 3),
+        "server_system_cpu_fraction": round(system / cpu, 3) if cpu else None,
+        # the busiest processes' CPU seconds: how evenly the workers shared the load
+        "server_process_cpu_s": sorted((round(u + s, 2) for u, s in per_pid.values() if u + s >= 0.01),
+                                       reverse=True)[:4],
+        "server_cores_busy": round(cpu / window, 3) if window else None,
+        "server_cpu_us_per_request": round(cpu / result["requests"] * 1e6, 1) if result["requests"] else None,
+        "machine_busy_fraction": round(busy / total, 3) if total else None,
+        "loadavg_1m_before": load,
+    })  # fmt: skip
+    return result
+
+
+def measure_inproc(mode: str, body: Path, procs: int, warmup: float, duration: float, *, folder: Path,
+                   uri: str) -> dict[str, Any]:  # fmt: skip
+    from bench.serve.load import summarize_hist
+
+    if mode == "bare":
+        cmd = [sys.executable, "-m", "bench.serve.inproc", "--mode", "bare", "--model-dir", str(folder)]
+        env = _env(PYTHONPATH=str(REPO))
+    else:
+        cmd = [str(SERVING_PY), "-m", "bench.serve.inproc", "--mode", "seldon", "--model-dir",
+               str(REPO / "include" / "serving"), "--model-uri", uri]  # fmt: skip
+        env = _env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins")]))
+    cmd += ["--body-file", str(body), "--warmup", str(warmup), "--duration", str(duration)]
+    load = os.getloadavg()[0]
+    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+                           cwd=REPO, env=env) for _ in range(procs)]  # fmt: skip
+    for p in ps:  # every process loaded and warm: start them together
+        line = p.stdout.readline()
+        while line and line.strip() != "ready":  # libraries may print while loading
+            line = p.stdout.readline()
+        if line.strip() != "ready":
+            for q in ps:
+                q.kill()
+            raise SystemExit(f"in-process {mode} failed before its loop:\n{p.stderr.read()[-3000:]}")
+    for p in ps:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = []
+    for p in ps:
+        out, err = p.communicate(timeout=warmup + duration + 180)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if p.returncode != 0 or not lines:
+            raise SystemExit(f"in-process {mode} failed (exit {p.returncode}):\n{err[-3000:]}")
+        outs.append(json.loads(lines[-1]))
+    hist: dict[int, int] = {}
+    for o in outs:
+        for k, v in o["latency_us_hist"].items():
+            hist[int(k)] = hist.get(int(k), 0) + v
+    n = sum(o["requests"] for o in outs)
+    return {
+        "processes": procs,
+        "duration_s": min(o["duration_s"] for o in outs),
+        "requests": n,
+        "errors": sum(o["errors"] for o in outs),
+        "rps": round(sum(o["rps"] for o in outs), 2),
+        **summarize_hist(hist),
+        "per_process_rps": [o["rps"] for o in outs],
+        "cpu_us_per_request": round(sum(o["cpu_s"] for o in outs) / n * 1e6, 2) if n else None,
+        "latency_us_hist": {str(k): v for k, v in sorted(hist.items())},
+        "loadavg_1m_before": load,
+    }
+
+
+QUANTILES = (1, 10, 25, 50, 75, 90, 95, 99, 99.9)
+
+
+def latency_quantiles(hist: dict[str, int]) -> dict[str, float | None]:
+    """What the report keeps of a sample's latency histogram: its quantiles in ms (the sample's own
+    p50/p99 fields come from the same 3-significant-digit histogram)."""
+    from bench.serve.load import percentile
+
+    h = {int(k): v for k, v in hist.items()}
+    return {f"p{q:g}": (None if (v := percentile(h, q)) is None else round(v / 1000.0, 3)) for q in QUANTILES}
+
+
+def cells(concurrency: list[int]) -> list[tuple[str, str, int]]:
+    """(cell label, body name, concurrency)."""
+    out = [(f"c{c}", "row", c) for c in concurrency]
+    out.append((f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", "batch", BATCH_CONCURRENCY))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the report
+
+
+def _median(samples: list[dict[str, Any]], key: str) -> float | None:
+    vals = [s[key] for s in samples if s.get(key) is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"statistic": "median over rounds; ratio_rps = server / bare at the same cell (medians); "
+                                        "ratio_rps_by_round = the same within each round"}
+    for server, per_cell in samples.items():
+        row = {}
+        for cell, ss in per_cell.items():
+            r = {k: _median(ss, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
+            r["errors"] = sum(s["errors"] for s in ss)
+            r["rounds"] = len(ss)
+            for k in ("generator_cpu_fraction", "server_cores_busy", "server_cpu_us_per_request",
+                      "machine_busy_fraction", "cpu_us_per_request"):  # fmt: skip
+                if any(k in s for s in ss):
+                    r[k] = _median(ss, k)
+            row[cell] = r
+        out[server] = row
+    base = out.get("bare", {})
+    for server, row in out.items():
+        if server in ("statistic", "bare") or not isinstance(row, dict):
+            continue
+        for cell, r in row.items():
+            b = base.get(cell)
+            if b and b.get("rps") and r.get("rps"):
+                r["ratio_rps"] = round(r["rps"] / b["rps"], 3)
+            # the same ratio within each round (both measured minutes apart at most), then the median
+            bare_rounds = {s["round"]: s["rps"] for s in samples.get("bare", {}).get(cell, []) if s.get("rps")}
+            rounds = [round(s["rps"] / bare_rounds[s["round"]], 3) for s in samples[server][cell]
+                      if s.get("rps") and s.get("round") in bare_rounds]  # fmt: skip
+            if rounds and server != "seldon_stock":  # the stock server's rounds run after the others
+                r["ratio_rps_by_round"] = rounds
+                r["ratio_rps_same_round_median"] = round(statistics.median(rounds), 3)
+    s8 = out.get("seldon", {}).get("c8", {})
+    if s8:
+        out["checks"] = {
+            "target": "seldon >= 0.5 x bare requests/s at concurrency 8, p99 < 15 ms, 0 errors",
+            "seldon_c8_ratio": s8.get("ratio_rps"),
+            "seldon_c8_ratio_same_round_median": s8.get("ratio_rps_same_round_median"),
+            "seldon_c8_p99_ms": s8.get("p99_ms"),
+            "ratio_ok": bool(s8.get("ratio_rps") and s8["ratio_rps"] >= 0.5),
+            "p99_ok": bool(s8.get("p99_ms") is not None and s8["p99_ms"] < 15.0),
+            "errors_ok": all(r.get("errors", 0) == 0 for srv, row in out.items() if isinstance(row, dict)
+                             and srv != "checks" for r in row.values() if isinstance(r, dict)),
+        }  # fmt: skip
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import starlette
+    import torch
+    import uvicorn
+
+    info = {**host(), "torch": torch.__version__, "uvicorn": uvicorn.__version__, "starlette": starlette.__version__}
+    try:
+        import uvloop
+
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        pass
+    if SERVING_PY.exists():
+        code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+                "('seldon-core', 'flask', 'werkzeug', 'gunicorn', 'flask-cors', 'torch', 'numpy')}))")  # fmt: skip
+        got = subprocess.run([str(SERVING_PY), "-c", code], capture_output=True, text=True, timeout=60)
+        if got.returncode == 0:
+            info["serving_env"] = json.loads(got.stdout)
+    return info
+
+
+def print_table(report: dict[str, Any]) -> None:
+    s = report["summary"]
+    print(f"\nServing benchmark ({report['machine']['cores']} cores, {report['params']['repeats']} round(s), "
+          f"{report['params']['duration_s']} s per cell): medians")  # fmt: skip
+    print(f"{'server':<14} {'cell':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'ratio':>6} "
+          f"{'srv cores':>9} {'gen cpu':>7}")  # fmt: skip
+    for server in SERVERS:
+        if server not in s:
+            continue
+        for cell, r in s[server].items():
+            print(f"{server:<14} {cell:<12} {r['rps'] or 0:>9.1f} {r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f} "
+                  f"{r['errors']:>6} {r.get('ratio_rps', '') or '':>6} {r.get('server_cores_busy', '') or '':>9} "
+                  f"{r.get('generator_cpu_fraction', '') or '':>7}")  # fmt: skip
+    if "checks" in s:
+        c = s["checks"]
+        print(f"\nseldon at c=8: {c['seldon_c8_ratio']} x bare, p99 {c['seldon_c8_p99_ms']} ms "
+              f"(ratio_ok={c['ratio_ok']}, p99_ok={c['p99_ok']}, errors_ok={c['errors_ok']})")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.serve.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke size: 1 round, 0.5 s warm-up, 1 s per cell")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3; 1 with --quick)")
+    ap.add_argument("--warmup", type=float, default=None, help="seconds not counted per cell (default 2)")
+    ap.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 8)")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve.json"))
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
+    duration = args.duration if args.duration is not None else (1.0 if args.quick else 8.0)
+    conc = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if set(names) - set(SERVERS):
+        ap.error(f"--servers must be a subset of {','.join(SERVERS)}")
+    if any(n.startswith("seldon") for n in names) and not SERVING_PY.exists():
+        ap.error(f"{SERVING_PY} is missing: run `make serving-venv` first")
+
+    own = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="freestack-bench-serve-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRFLOW_HOME", str(workdir / "airflow"))
+    servers: dict[str, Server] = {}
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    try:
+        uri, folder = make_model(workdir)
+        bodies = make_bodies(workdir)
+        row_body = bodies["row"].read_bytes()
+        plan = cells(conc)
+        for n in names:
+            samples[n] = {label: [] for label, _, c in plan if n != "inproc_seldon" or (label == "c1")}
+        interleaved = [n for n in names if n in HTTP_SERVERS and n != "seldon_stock"]
+        print(f"model {uri}; servers {', '.join(names)}; {repeats} round(s) of {warmup}+{duration} s per cell",
+              flush=True)  # fmt: skip
+        servers = start_servers(interleaved, workdir, uri, folder, row_body)
+        answers = {n: s.first_answer for n, s in servers.items()}
+
+        def one(name: str, label: str, body: str, c: int, r: int) -> None:
+            if name in servers:
+                s = measure_http(servers[name], bodies[body], c, warmup, duration)
+            else:
+                procs = 1 if name == "inproc_seldon" else min(c, usable_cores())
+                s = measure_inproc("bare" if name == "inproc" else "seldon", bodies[body], procs, warmup, duration,
+                                   folder=folder, uri=uri)  # fmt: skip
+            s["round"] = r
+            samples[name][label].append(s)
+            print(f"  {name:<14} {label:<12} {s['rps']:>9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
+                  f"  errors {s['errors']}", flush=True)  # fmt: skip
+
+        for r in range(repeats):
+            print(f"round {r + 1}/{repeats}", flush=True)
+            for name in names:
+                if name == "seldon_stock":
+                    continue
+                for label, body, c in plan:
+                    if label in samples[name]:
+                        one(name, label, body, c, r)
+        for srv in list(servers.values()):
+            srv.stop()
+        if "seldon_stock" in names:
+            print("seldon_stock (started once, measured, stopped)", flush=True)
+            stock = start_servers(["seldon_stock"], workdir, uri, folder, row_body)
+            servers.update(stock)
+            answers["seldon_stock"] = stock["seldon_stock"].first_answer
+            try:
+                for r in range(repeats):
+                    for label, body, c in plan:
+                        one("seldon_stock", label, body, c, r)
+            finally:
+                stock["seldon_stock"].stop()
+        for per_cell in samples.values():
+            for ss in per_cell.values():
+                for sample in ss:
+                    sample["latency_ms_quantiles"] = latency_quantiles(sample.pop("latency_us_hist"))
+        report = {
+            "name": "serve",
+            "machine": machine(),
+            "params": {
+                "repeats": repeats, "warmup_s": warmup, "duration_s": duration, "concurrency": conc,
+                "cells": {label: {"rows_per_request": BATCH_ROWS if body == "batch" else 1, "concurrency": c}
+                          for label, body, c in plan},
+                "model": {"kind": "mlp", "n_features": N_FEATURES, "hidden": HIDDEN, "classes": len(CLASSES),
+                          "torch_threads_per_process": 1},
+                "payload": "{\"data\": {\"ndarray\": [[64 floats 0..16]]}} POSTed to " + ROUTE,
+                "request_bytes": {k: v.stat().st_size for k, v in bodies.items()},
+                "servers": {n: {"description": s.description, "settings": s.settings} for n, s in servers.items()},
+                "inproc": "the bare server's per-request work in a loop, min(c, cores) processes at concurrency c",
+                "inproc_seldon": "json.loads + envelope check + seldon_methods.predict + json.dumps, 1 process",
+                "load_generator": "bench/serve/load.py: 1 process, asyncio (uvloop), keep-alive raw connections, "
+                                  "closed loop, pre-encoded request",
+                "latency_ms_quantiles": "per sample, from the generator's latency histogram (us, 3 significant digits)",
+            },  # fmt: skip
+            "first_answers": answers,
+            "samples": samples,
+            "summary": summarise(samples),
+        }
+    finally:
+        for srv in servers.values():
+            srv.stop()
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print_table(report)
+    print(f"\nreport: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
