@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "pandas", "pyarrow", "wandb", "sklearn", "huggingface_hub")
+HEAVY = ("torch", "pandas", "pyarrow", "wandb", "sklearn", "scipy", "huggingface_hub")
 
 
 @pytest.fixture(scope="module")

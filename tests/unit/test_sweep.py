@@ -298,3 +298,34 @@ def test_without_a_reachable_wandb_server_the_local_controller_runs(monkeypatch,
     with caplog.at_level("WARNING"):
         assert server_settings() is None
     assert "cannot be reached" in caplog.text and "local controller" in caplog.text
+
+
+def test_validation_is_the_engines_without_scipy_and_a_fresh_process_still_reaches_the_engine():
+    """Parse-time validation gives the engine's messages without importing scipy (1-2 s per DAG
+    parse); a task process that never parsed a spec still finds ``sweeps.params`` through the engine."""
+
+    probe = (
+        "import sys, warnings, json\n"
+        "warnings.simplefilter('ignore')\n"
+        "from freestack.sweeps.config import schema_violations\n"
+        "configs = [\n"
+        " {'method': 'random', 'parameters': {'lr': {'distribution': 'log_uniform', 'min': -9, 'max': -2}}},\n"
+        " {'method': 'random', 'parameters': {'lr': {'distribution': 'uniform', 'min': 0}}},\n"
+        " {'method': 'random', 'parameters': {'lr': {'min': 5, 'max': 1}}},\n"
+        " {'method': 'bogus', 'parameters': {'lr': {'values': [1], 'probabilities': [0.4]}}},\n"
+        " {'method': 'grid', 'parameters': {'m': {'parameters': {'d': {'values': [1, 2]}}}}},\n"
+        "]\n"
+        "ours = [schema_violations(c) for c in configs]\n"
+        "light = 'scipy' not in sys.modules\n"
+        "from freestack.sweeps.config import sweeps_engine\n"
+        "engine = sweeps_engine()\n"
+        "theirs = [engine.schema_violations_from_proposed_config(c) for c in configs]\n"
+        "print(json.dumps({'light': light, 'same': ours == theirs, 'ours': ours, 'theirs': theirs,\n"
+        "                  'delim': engine.params.HyperParameterSet.NESTING_DELIMITER}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["light"], "validating a sweep block imported scipy"
+    assert result["same"], (result["ours"], result["theirs"])
+    assert any("base-e exponents" in m for m in result["ours"][0])
+    assert result["delim"]

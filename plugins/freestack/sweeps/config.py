@@ -48,12 +48,66 @@ class SweepConfigError(ValueError):
 
 
 def sweeps_engine():
-    """The ``sweeps`` package, imported quietly (it declares pydantic-v1 settings that v2 renames)."""
+    """The ``sweeps`` package, imported quietly (it declares pydantic-v1 settings that v2 renames),
+    with the submodules the controller reaches through it (``sweeps.params`` imports scipy.stats, so
+    only a run pays for it, never a DAG parse: see :func:`schema_violations`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import sweeps
+        import sweeps.params  # noqa: F401
 
     return sweeps
+
+
+# W&B's v1 log distributions (min/max are base-e exponents) and their v2 replacements, by schema name
+_DEPRECATED_LOG = (("param_loguniform", "param_loguniform_v2"), ("param_inv_loguniform", "param_inv_loguniform_v2"),
+                   ("param_qloguniform", "param_qloguniform_v2"))  # fmt: skip
+
+
+def schema_violations(config: dict[str, Any]) -> list[str]:
+    """What ``sweeps.schema_violations_from_proposed_config`` reports, without importing scipy.
+
+    The engine's last check (deprecated log distributions) builds a ``sweeps.params.HyperParameter``,
+    whose module imports ``scipy.stats``: 1.0-1.7 s at every DAG parse (``bench/orchestration``). The
+    same check reads the distribution's name against the engine's own schema here; the messages are
+    the engine's, word for word."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sweeps.config import schema
+    problems = [f"{error.message}" for error in schema.validator.iter_errors(config)]
+    if not isinstance(config, dict):
+        raise ValueError("Sweep config must be parsable as a JSON object.")
+    defs = schema.dereferenced_sweep_config_jsonschema["definitions"]
+
+    def name_of(definition: str) -> str:
+        return defs[definition]["properties"]["distribution"]["enum"][0]
+
+    for parameter_name, parameter_dict in (config.get("parameters") or {}).items():
+        if not isinstance(parameter_dict, dict):
+            raise ValueError(f"Invalid configuration for hyperparameter '{parameter_name}'")
+        for check in (schema.validate_min_max, schema.validate_categorical_prob):
+            try:
+                check(parameter_name, parameter_dict)
+            except ValueError as e:
+                problems.append(e.args[0])
+            except TypeError:  # the engine compares min and max without checking their types
+                problems.append(f"{parameter_name}: min, max and probabilities must be numbers")
+        # the engine's check_for_deprecated_distributions, minus the HyperParameter object around it
+        try:
+            found = schema.fill_parameter(parameter_name, parameter_dict)
+        except schema.ParamValidationError:
+            continue
+        except (ValueError, TypeError) as e:
+            problems.append(str(e.args[0]) if e.args else str(e))
+            continue
+        if found is None:
+            problems.append(f"invalid hyperparameter configuration: {parameter_name}")
+            continue
+        for old, new in _DEPRECATED_LOG:
+            if found[0] == old:
+                problems.append(f"{parameter_name} uses {name_of(old)}, where min/max specify base-e exponents. "
+                                f"Use {name_of(new)} to specify limit values.")  # fmt: skip
+    return problems
 
 
 def engine_part(config: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +155,8 @@ def validate(block: Any) -> dict[str, Any]:
         raise SweepConfigError(f"method {config['method']!r} is not supported: use grid, random or bayes")
     if not isinstance(config.get("parameters"), dict) or not config["parameters"]:
         raise SweepConfigError("parameters is missing or empty: name at least one hyperparameter to search")
-    engine = sweeps_engine()
     try:
-        problems = engine.schema_violations_from_proposed_config(engine_part(config))
+        problems = schema_violations(engine_part(config))
     except ValueError as exc:  # the engine raises for shapes it cannot even walk
         problems = [str(exc)]
     if problems:
