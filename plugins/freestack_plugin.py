@@ -11,6 +11,9 @@ from freestack.dataapi import PLUGIN_URL_PREFIX
 from freestack.dataapi.app import data_api_app
 from freestack.links import wandb_app
 from freestack.pools import pool_listener
+from freestack.preload import preload_listener
+from freestack.timings import enabled as timings_enabled
+from freestack.timings import task_timings
 
 
 def storage_root() -> str:
@@ -24,7 +27,10 @@ class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
     # creates the freestack_sweep pool (sweep agents) when the scheduler starts, if it is missing
-    listeners = [pool_listener]
+    # FREESTACK_TASK_TIMINGS=file: when each task's execute starts and ends (bench/orchestration)
+    # preload_listener: the scheduler imports torch, pandas, ... once, before the LocalExecutor forks its
+    # workers, so that task processes start with them (freestack.preload; FREESTACK_PRELOAD=0 turns it off)
+    listeners = [pool_listener, preload_listener, *([task_timings] if timings_enabled() else [])]
     fastapi_apps = [
         # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
         {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},

@@ -43,6 +43,8 @@ class PoolListener:
 
     @hookimpl
     def on_starting(self, component) -> None:
+        if type(component).__name__ != "Job":  # a task process (no database access there)
+            return
         try:
             ensure_pool()
         except Exception as exc:  # never keep Airflow from starting

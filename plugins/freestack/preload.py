@@ -1,0 +1,149 @@
+"""Preload the pipeline's libraries in the scheduler, so that every task starts with them imported.
+
+With the LocalExecutor, the scheduler forks its worker processes when the executor starts, and each
+worker forks a process per task (Airflow's task supervisor). Without help, every task process then
+imports torch, pandas, pyarrow, scikit-learn and wandb again, and parses the pipeline's DAG file with
+freestack's operators: 1-3 s per task, paid again for every task of every run (``bench/orchestration``).
+
+The freestack plugin's :data:`preload_listener` imports them once, in the scheduler, when its job
+starts (Airflow's ``on_starting`` listener hook, before the executor forks its workers). The forked
+processes share those pages copy-on-write (Airflow freezes the garbage collector around the fork), so
+memory grows by the scheduler's share once, not per task.
+
+- Only the ``airflow scheduler`` process preloads (``airflow standalone`` runs one), and only for an
+  executor that forks (LocalExecutor); the DAG processor, API server and triggerer do not.
+- ``FREESTACK_PRELOAD=0`` turns it off; ``FREESTACK_PRELOAD=a,b`` names the modules instead.
+- Importing a library starts none of its threads (torch's pools start on first use, in the task), so
+  the fork is safe; a module that fails to import is skipped with a warning, and the task imports it
+  itself as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+
+from airflow.listeners import hookimpl
+
+log = logging.getLogger(__name__)
+
+ENV = "FREESTACK_PRELOAD"
+
+#: what the train and ingest tasks import, heaviest first; then freestack's own modules
+MODULES: tuple[str, ...] = (
+    "torch",
+    "pandas",
+    "pyarrow",
+    "pyarrow.parquet",
+    "pyarrow.csv",
+    "pyarrow.compute",
+    "sklearn.metrics",
+    "sklearn.gaussian_process",
+    "scipy.stats",
+    "wandb",
+    "safetensors.torch",
+    "huggingface_hub",
+    "boto3",
+    "sweeps",
+    "sweeps.config",
+    "sweeps.params",
+    "airflow.providers.amazon.aws.hooks.s3",
+    "freestack.dags",
+    "freestack.operators.ingest",
+    "freestack.operators.train",
+    "freestack.operators.sweep",
+    "freestack.operators.promote",
+    "freestack.operators.deploy",
+    "freestack.ingest.core",
+    "freestack.training",
+    "freestack.ml.train",
+    "freestack.evaluate.core",
+    "freestack.registry.core",
+    "freestack.sweeps.controller",
+    "freestack.sweeps.trials",
+    "freestack.sweeps.report",
+    "freestack.tracking.wandb",
+    "freestack.serving.local",
+)
+
+
+def wanted() -> tuple[str, ...]:
+    value = os.environ.get(ENV, "").strip()
+    if value.lower() in ("0", "false", "no", "off"):
+        return ()
+    if value and value.lower() not in ("1", "true", "yes", "on"):
+        return tuple(m.strip() for m in value.split(",") if m.strip())
+    return MODULES
+
+
+def is_forking_scheduler() -> bool:
+    """This process is ``airflow scheduler`` and its executor forks the task processes."""
+    if len(sys.argv) < 2 or os.path.basename(sys.argv[0]) != "airflow" or sys.argv[1] != "scheduler":
+        return False
+    try:
+        from airflow.configuration import conf
+
+        executor = conf.get("core", "executor", fallback="LocalExecutor")
+        start = conf.get("core", "mp_start_method", fallback=None)
+    except Exception:
+        return False
+    import multiprocessing
+
+    return "LocalExecutor" in executor and (start or multiprocessing.get_start_method(allow_none=True) or "fork") == "fork"
+
+
+def _warm_asset_uri_handlers() -> None:
+    """The task SDK discovers every provider's asset URI handlers (importing boto3 and the amazon
+    provider's S3 hook) the first time a DAG file makes an Asset: once per task process, unless the
+    discovery is done here and inherited."""
+    from airflow.sdk import Asset
+
+    Asset("file:///freestack-preload")
+
+
+def preload(modules: tuple[str, ...]) -> dict[str, float]:
+    """Import ``modules``; the seconds each took (a failure is logged and skipped)."""
+    took: dict[str, float] = {}
+    for name in modules:
+        t0 = time.perf_counter()
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional library: the task imports what it needs itself
+            log.warning("freestack preload: could not import %s (%s); tasks will import it themselves", name, exc)
+            continue
+        took[name] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    try:
+        _warm_asset_uri_handlers()
+        took["asset URI handlers"] = round(time.perf_counter() - t0, 3)
+    except Exception as exc:
+        log.warning("freestack preload: asset URI handlers not discovered (%s)", exc)
+    return took
+
+
+class PreloadListener:
+    """Imports :data:`MODULES` in the scheduler when its job starts, before the executor forks."""
+
+    done = False
+
+    @hookimpl
+    def on_starting(self, component) -> None:
+        # an Airflow Job (the scheduler's); task processes forked from it call this hook too
+        if self.done or type(component).__name__ != "Job":
+            return
+        modules = wanted()
+        if not modules or not is_forking_scheduler():
+            return
+        PreloadListener.done = True
+        t0 = time.perf_counter()
+        took = preload(modules)
+        log.info("freestack preload: %d modules in %.1f s for the task processes (%s)", len(took),
+                 time.perf_counter() - t0, ", ".join(f"{k} {v:.2f}s" for k, v in took.items() if v >= 0.1))  # fmt: skip
+
+
+preload_listener = PreloadListener()
+
+__all__ = ["MODULES", "PreloadListener", "is_forking_scheduler", "preload", "preload_listener", "wanted"]

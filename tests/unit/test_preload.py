@@ -1,0 +1,57 @@
+"""freestack.preload: the scheduler (and only it, and only with a forking executor) imports the task
+libraries once, when its job starts; FREESTACK_PRELOAD turns it off or names the modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from freestack import preload
+
+PROBE = r"""
+import json, os, sys
+sys.argv = [os.path.join(os.path.dirname(sys.executable), "airflow"), *sys.argv[1:]]
+from freestack.preload import PreloadListener
+
+class Job:  # what Airflow's scheduler hands on_starting
+    pass
+
+class TaskRunner:
+    pass
+
+PreloadListener().on_starting(component=TaskRunner())
+after_task = "tabnanny" in sys.modules
+PreloadListener().on_starting(component=Job())
+print(json.dumps({"after_task": after_task, "after_job": "tabnanny" in sys.modules, "done": PreloadListener.done}))
+"""
+
+
+def _probe(*argv: str, **env: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env})  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_which_modules(monkeypatch):
+    monkeypatch.delenv(preload.ENV, raising=False)
+    assert preload.wanted() == preload.MODULES and "torch" in preload.MODULES
+    monkeypatch.setenv(preload.ENV, "0")
+    assert preload.wanted() == ()
+    monkeypatch.setenv(preload.ENV, "tabnanny, json")
+    assert preload.wanted() == ("tabnanny", "json")
+    assert not preload.is_forking_scheduler()  # pytest is no scheduler
+
+
+def test_only_the_scheduler_job_with_a_forking_executor_preloads():
+    env = {"FREESTACK_PRELOAD": "tabnanny", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+    assert _probe("scheduler", **env) == {"after_task": False, "after_job": True, "done": True}
+    assert _probe("api-server", **env)["after_job"] is False
+    assert _probe("scheduler", **{**env, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"})["after_job"] is False
+    assert _probe("scheduler", **{**env, "FREESTACK_PRELOAD": "0"})["after_job"] is False
+
+
+def test_a_module_that_fails_to_import_is_skipped():
+    took = preload.preload(("json", "freestack_no_such_module"))
+    assert "json" in took and "freestack_no_such_module" not in took
