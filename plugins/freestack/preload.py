@@ -16,6 +16,8 @@ memory grows by the scheduler's share once, not per task.
 - Importing a library starts none of its threads (torch's pools start on first use, in the task), so
   the fork is safe; a module that fails to import is skipped with a warning, and the task imports it
   itself as before.
+- It also starts one wandb-core service that the tasks share (``wandb.setup()``), instead of one
+  started and torn down by every task that logs to W&B (``FREESTACK_SHARED_WANDB_SERVICE=0``: off).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from airflow.listeners import hookimpl
 log = logging.getLogger(__name__)
 
 ENV = "FREESTACK_PRELOAD"
+#: "0" keeps the W&B service per task (by default the scheduler starts one that all tasks share)
+ENV_WANDB_SERVICE = "FREESTACK_SHARED_WANDB_SERVICE"
 
 #: what the train and ingest tasks import, heaviest first; then freestack's own modules
 MODULES: tuple[str, ...] = (
@@ -104,6 +108,19 @@ def _warm_asset_uri_handlers() -> None:
     Asset("file:///freestack-preload")
 
 
+def _start_wandb_service() -> bool:
+    """Start one wandb-core service for every task (``wandb.setup()``, W&B's documented way to share
+    it with child processes: it sets ``WANDB_SERVICE``, which the forked tasks inherit). Without it
+    each task that logs to W&B starts and tears down its own service: about 2 s per task here. A task
+    whose inherited service does not answer starts its own (``freestack.tracking.wandb``)."""
+    if os.environ.get("WANDB_SERVICE") or os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return False
+    import wandb
+
+    wandb.setup()
+    return bool(os.environ.get("WANDB_SERVICE"))
+
+
 def preload(modules: tuple[str, ...]) -> dict[str, float]:
     """Import ``modules``; the seconds each took (a failure is logged and skipped)."""
     took: dict[str, float] = {}
@@ -121,6 +138,13 @@ def preload(modules: tuple[str, ...]) -> dict[str, float]:
         took["asset URI handlers"] = round(time.perf_counter() - t0, 3)
     except Exception as exc:
         log.warning("freestack preload: asset URI handlers not discovered (%s)", exc)
+    if "wandb" in took and os.environ.get(ENV_WANDB_SERVICE, "1").lower() not in ("0", "false", "no", "off"):
+        t0 = time.perf_counter()
+        try:
+            if _start_wandb_service():
+                took["W&B service"] = round(time.perf_counter() - t0, 3)
+        except Exception as exc:  # tasks then start their own, as without the preload
+            log.warning("freestack preload: no shared W&B service (%s)", exc)
     return took
 
 

@@ -438,6 +438,34 @@ class TrackingRun:
         return f"TrackingRun(mode={self.mode!r}, id={self.id!r}, run_dir={self.run_dir!r}, url={self.url!r})"
 
 
+def shared_service_or_own() -> bool:
+    """Whether this process will use a shared wandb-core service (``WANDB_SERVICE``, set by the
+    scheduler's preload for every task it forks). If the variable names a service that no longer
+    answers (its scheduler is gone, or it crashed), it is dropped: ``wandb.init`` then starts this
+    process's own service, as it would without the preload, instead of failing the task."""
+    import socket
+
+    token = os.environ.get("WANDB_SERVICE")
+    if not token:
+        return False
+    parts = token.split("-")
+    try:
+        if "tcp" in parts:
+            with socket.create_connection((parts[-2], int(parts[-1])), timeout=1):
+                return True
+        elif "unix" in parts:
+            path = token.split("-unix-", 1)[1]
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(path)
+                return True
+    except (OSError, ValueError, IndexError):
+        pass
+    log.warning("the shared W&B service (WANDB_SERVICE=%s) does not answer; starting this task's own", token)
+    os.environ.pop("WANDB_SERVICE", None)
+    return False
+
+
 def _init(
     mode: Mode,
     settings: WandbSettings,
@@ -452,6 +480,7 @@ def _init(
 ) -> Any:
     import wandb
 
+    shared_service_or_own()
     extra: dict[str, Any] = {}
     if mode == "online":
         extra = {"api_key": settings.api_key, "base_url": settings.base_url, "init_timeout": INIT_TIMEOUT_S}
