@@ -55,3 +55,22 @@ def test_only_the_scheduler_job_with_a_forking_executor_preloads():
 def test_a_module_that_fails_to_import_is_skipped():
     took = preload.preload(("json", "freestack_no_such_module"))
     assert "json" in took and "freestack_no_such_module" not in took
+
+
+def test_a_task_drops_a_shared_wandb_service_that_does_not_answer(monkeypatch, tmp_path):
+    import socket
+
+    from freestack.tracking.wandb import shared_service_or_own
+
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    assert shared_service_or_own() is False
+    with socket.socket() as live:
+        live.bind(("127.0.0.1", 0))
+        live.listen()
+        monkeypatch.setenv("WANDB_SERVICE", f"2-{os.getpid()}-tcp-localhost-{live.getsockname()[1]}")
+        assert shared_service_or_own() is True and os.environ["WANDB_SERVICE"]
+        dead = live.getsockname()[1]
+    monkeypatch.setenv("WANDB_SERVICE", f"2-{os.getpid()}-tcp-localhost-{dead}")
+    assert shared_service_or_own() is False and "WANDB_SERVICE" not in os.environ
+    monkeypatch.setenv("WANDB_SERVICE", f"2-{os.getpid()}-unix-{tmp_path / 'no-such.sock'}")
+    assert shared_service_or_own() is False and "WANDB_SERVICE" not in os.environ

@@ -1,0 +1,581 @@
+"""Orchestration benchmark: what Airflow costs around the demo pipeline's work, and DAG parse time.
+
+    python -m bench.orchestration.run [--quick] [--days 5] [--specs 50] [--out bench/results/orchestration.json]
+
+1. **Parse time.** The dags file (``dags/freestack_pipelines.py``) over a folder of 1 spec (the demo's)
+   and of ``--specs`` specs (copies of it), three ways:
+   - ``python -X importtime`` of a fresh interpreter running the file: every import it pays, and the
+     wall time of the file itself once Airflow is imported (what a DAG-processor child pays, as the
+     processor has Airflow loaded already); and the heavy libraries left in ``sys.modules`` (must be
+     none of torch, pandas, pyarrow, wandb);
+   - what the DAG processor records: ``airflow dag-processor --num-runs 1`` against a fresh metadata
+     database, with Airflow's StatsD metrics sent to a UDP listener here: its
+     ``dag_processing.last_duration`` timing for the file.
+2. **The demo pipeline under ``airflow standalone``** (LocalExecutor, SQLite, 127.0.0.1): ``--days``
+   days of landing data (the last complete days), ``<p>_ingest`` unpaused with catchup so that the
+   scheduler makes one run per day, then ``<p>_train`` triggered with the sweep (``--agents`` agents)
+   through promote and deploy. The freestack plugin's task-timings
+   listener (``FREESTACK_TASK_TIMINGS``) records when each task's ``execute`` started; the metadata
+   database has when it was queued (``queued_dttm``), when ``execute`` returned (``end_date``, taken in
+   the task process) and when the success was committed (``updated_at``). Per task: queued -> code
+   start, code end -> success committed, and scheduled -> queued (the scheduler's own latency);
+   median and p90.
+   End-to-end: the ingest runs' span (first run queued to last run done) plus the train run's.
+3. **The same pipeline in one plain process** (:mod:`bench.orchestration.plain`): the same operators'
+   ``execute`` in order, agents in parallel processes, on a fresh storage root. Ratio = (2) / (3).
+
+Targets (``summary.checks``): median per-task overhead <= 0.5 s; end-to-end <= 1.3 x plain; 50 specs
+parse in < 5 s; no heavy import at parse time. ``--quick`` (the test suite's smoke size): 1 day, a
+2-trial sweep of 2 epochs, 3 specs for parse time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import host
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILE = REPO / "dags" / "freestack_pipelines.py"
+DIGITS = REPO / "include" / "pipelines" / "digits.yaml"
+HEAVY = ("torch", "pandas", "pyarrow", "wandb", "sklearn", "numpy", "safetensors", "huggingface_hub")
+MUST_NOT = ("torch", "pandas", "pyarrow", "wandb")
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# specs
+
+
+def write_specs(folder: Path, n: int, *, quick: bool = False, first_day: str | None = None) -> list[Path]:
+    """``n`` pipeline specs: the demo's as ``digits``, then copies named ``p01``... (each its own pipeline).
+    Training runs on demand only (a yearly cron), so that lake updates start no train runs by themselves.
+    With ``first_day``, ingest starts that day with catchup: the scheduler itself creates one run per
+    day from then to the last complete day."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = DIGITS.read_text()
+    for line in ("\ntrain:\n", "\nname: digits\n", "\nstart_date: 2026-11-01\n", "\ncatchup: false\n"):
+        assert line in text, f"the demo spec changed shape: no {line.strip()!r}"
+    text = text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1)
+    if first_day:
+        text = text.replace("\nstart_date: 2026-11-01\n", f"\nstart_date: {first_day}\n", 1)
+        text = text.replace("\ncatchup: false\n", "\ncatchup: true\n", 1)
+    if quick:
+        text = re.sub(r"\n  run_cap: \d+\n", "\n  run_cap: 2\n", text, count=1)
+        text = re.sub(r"\n  epochs: \d+\n", "\n  epochs: 2\n", text, count=1)
+        # two epochs do not make a good model: let the gate promote it, so that deploy runs
+        text = re.sub(r"\n  min_value: [0-9.]+\n", "\n  min_value: 0.0\n", text, count=1)
+        text = re.sub(r"\n  max_regression: .*\n", "\n", text, count=1)
+    paths = []
+    for i in range(n):
+        name = "digits" if i == 0 else f"p{i:02d}"
+        p = folder / f"{name}.yaml"
+        p.write_text(text.replace("\nname: digits\n", f"\nname: {name}\n", 1))
+        paths.append(p)
+    return paths
+
+
+def _env(base: Path, specs: Path, **extra: str) -> dict[str, str]:
+    from freestack.cli import airflow_env
+
+    env = airflow_env()
+    env.update({
+        "AIRFLOW_HOME": str(base / "airflow"),
+        "FREESTACK_HOME": str(base),
+        "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
+        "FREESTACK_PIPELINES_DIR": str(specs),
+        "FREESTACK_SERVING_DIR": str(base / "serving"),
+        "WANDB_MODE": "offline",
+        **{k: str(base / "wandb" / k.lower()) for k in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR",
+                                                       "WANDB_CONFIG_DIR")},
+        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+        **extra,
+    })  # fmt: skip
+    env.pop("FREESTACK_TASK_TIMINGS", None)
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. parse time
+
+_PARSE_PROBE = r"""
+import json, runpy, sys, time
+t0 = time.perf_counter()
+import airflow.sdk  # what a DAG-processor child has loaded before it runs a DAG file
+t1 = time.perf_counter()
+ns = runpy.run_path(sys.argv[1])
+t2 = time.perf_counter()
+from airflow.sdk import DAG
+dags = [v for v in ns.values() if isinstance(v, DAG)]
+print(json.dumps({"airflow_import_s": t1 - t0, "file_s": t2 - t1, "dags": len(dags),
+                  "tasks": sum(len(d.tasks) for d in dags),
+                  "modules": sorted(m for m in sys.modules if m.split(".")[0] in %r and "." not in m)}))
+"""
+
+
+def importtime(specs: Path, base: Path) -> dict[str, Any]:
+    env = _env(base, specs)
+    probe = _PARSE_PROBE % (HEAVY,)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", probe, str(DAG_FILE)], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"parsing the dags file failed:\n{out.stderr[-4000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # "import time: self [us] | cumulative | imported package"; top-level lines have no indentation
+    rows = []
+    for line in out.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
+        if m:
+            rows.append((int(m.group(1)), int(m.group(2)), len(m.group(3)), m.group(4)))
+    top = sorted(((cum, name) for _, cum, depth, name in rows if depth == 0), reverse=True)[:12]
+    freestack = sum(self_ for self_, _, _, name in rows if name.startswith("freestack"))
+    return {
+        "interpreter_wall_s": round(wall, 3),
+        "imports_total_s": round(sum(r[0] for r in rows) / 1e6, 3),
+        "airflow_import_s": round(result["airflow_import_s"], 3),
+        "file_s": round(result["file_s"], 3),
+        "freestack_modules_self_s": round(freestack / 1e6, 3),
+        "dags": result["dags"],
+        "tasks": result["tasks"],
+        "heavy_modules_loaded": result["modules"],
+        "top_imports_cumulative_ms": [{"module": n, "ms": round(c / 1000, 1)} for c, n in top],
+    }
+
+
+class StatsdListener:
+    """A UDP socket on 127.0.0.1 collecting StatsD lines (``name:value|type[|#tags]``)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+def dag_processor(specs: Path, base: Path) -> dict[str, Any]:
+    """``airflow dag-processor --num-runs 1`` and its ``dag_processing.last_duration`` StatsD timing."""
+    listener = StatsdListener()
+    env = _env(base, specs, AIRFLOW__METRICS__STATSD_ON="True", AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+               AIRFLOW__METRICS__STATSD_PORT=str(listener.port), AIRFLOW__METRICS__STATSD_PREFIX="airflow")  # fmt: skip
+    try:
+        if not (base / "airflow" / "airflow.db").exists():
+            subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=True, timeout=600)
+        t0 = time.perf_counter()
+        out = subprocess.run([AIRFLOW, "dag-processor", "--num-runs", "1"], env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        wall = time.perf_counter() - t0
+        time.sleep(0.5)
+    finally:
+        listener.close()
+    if out.returncode != 0:
+        raise SystemExit(f"airflow dag-processor failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    durations = []
+    for line in listener.lines:
+        if "dag_processing.last_duration" in line and "freestack_pipelines" in line:
+            m = re.search(r":([0-9.]+)\|ms", line)
+            if m:  # Airflow hands the timer its duration in seconds (a float), which goes out as is
+                durations.append(float(m.group(1)))
+    if not durations:
+        raise SystemExit("the DAG processor sent no dag_processing.last_duration metric for the dags file; "
+                         f"it sent: {sorted({ln.split(':')[0] for ln in listener.lines})[:20]}")  # fmt: skip
+    return {"last_duration_s": round(durations[-1], 3), "processor_wall_s": round(wall, 3)}
+
+
+def parse_bench(n_specs: int, work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in (1, n_specs):
+        specs = work / f"specs_{n}"
+        write_specs(specs, n)
+        base = work / f"parse_{n}"
+        base.mkdir(parents=True, exist_ok=True)
+        out[f"specs_{n}"] = {"specs": n, "importtime": importtime(specs, base), "dag_processor": dag_processor(specs, base)}
+        print(f"parse {n:>3} spec(s): file {out[f'specs_{n}']['importtime']['file_s']:.2f} s "
+              f"(+ Airflow import {out[f'specs_{n}']['importtime']['airflow_import_s']:.2f} s), "
+              f"dag processor {out[f'specs_{n}']['dag_processor']['last_duration_s']:.2f} s, "
+              f"{out[f'specs_{n}']['importtime']['dags']} DAGs", flush=True)  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. the pipeline under airflow standalone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_port() -> int:
+    """A port P with P, P+1, P+100, P+101 free (the model server's blue/green and metrics)."""
+    import random
+
+    for _ in range(200):
+        p = random.randint(10000, 30000)
+        try:
+            for q in (p, p + 1, p + 100, p + 101):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+        except OSError:
+            continue
+        return p
+    raise SystemExit("no free port block for the model server")
+
+
+def _airflow(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check and out.returncode != 0:
+        raise SystemExit(f"airflow {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def _db_rows(db: Path, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def _ts(value: Any) -> float | None:
+    if value is None:
+        return None
+    text = str(value).replace("Z", "+00:00")
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _wait_runs(db: Path, dag_id: str, n: int, timeout: float, log: Path) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            runs = _db_rows(db, "SELECT run_id, state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = ?",
+                            (dag_id,))  # fmt: skip
+        except sqlite3.OperationalError:
+            runs = []
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        if len(done) >= n:
+            failed = [r for r in done if r["state"] != "success"]
+            if failed:
+                raise SystemExit(f"{dag_id} runs failed: {failed}; see {log}")
+            return done
+        time.sleep(1)
+    raise SystemExit(f"{dag_id}: {n} runs did not finish in {timeout:.0f} s; see {log}")
+
+
+def standalone_bench(work: Path, days: list[str], agents: int, quick: bool) -> dict[str, Any]:
+    from freestack.cli import start_standalone, warm_execution_api
+
+    base = work / "standalone"
+    specs = base / "pipelines"
+    write_specs(specs, 1, quick=quick, first_day=days[0])
+    port = _free_port()
+    timings = base / "task_timings.jsonl"
+    env = _env(base, specs, FREESTACK_TASK_TIMINGS=str(timings), FREESTACK_SERVE_PORT=str(_serve_port()),
+               AIRFLOW__API__PORT=str(port), AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+               AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/")  # fmt: skip
+    log = base / "standalone.log"
+    proc = start_standalone(env, log)
+    db = base / "airflow" / "airflow.db"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"airflow standalone did not start; see {log}")
+            time.sleep(1)
+        warm_execution_api(f"http://127.0.0.1:{port}")  # what `freestack up` does before it returns
+        sys.path.insert(0, str(REPO / "include"))
+        from demo.landing import make_landing
+
+        make_landing(env["FREESTACK_STORAGE_ROOT"], date.fromisoformat(days[0]), len(days))
+        deadline = time.monotonic() + 240
+        while True:  # the DAG processor has serialized both DAGs
+            try:
+                got = {r["dag_id"] for r in _db_rows(db, "SELECT dag_id FROM serialized_dag")}
+            except sqlite3.OperationalError:
+                got = set()
+            if {"digits_ingest", "digits_train"} <= got:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the DAGs were not serialized in time; see {log}")
+            time.sleep(1)
+        # unpausing lets the scheduler catch up: one ingest run per day, days[0] to days[-1] (yesterday)
+        for dag_id in ("digits_train", "digits_ingest"):
+            _airflow(env, "dags", "unpause", dag_id)
+        ingest_runs = _wait_runs(db, "digits_ingest", len(days), 900, log)
+        conf = json.dumps({"end_ds": days[-1], "sweep_agents": agents})
+        _airflow(env, "dags", "trigger", "digits_train", "--conf", conf)
+        train_runs = _wait_runs(db, "digits_train", 1, 1800, log)
+        memory = _executor_memory(proc.pid)
+        tis = _db_rows(db, "SELECT dag_id, run_id, task_id, map_index, try_number, state, scheduled_dttm, queued_dttm, "
+                           "start_date, end_date, updated_at, duration FROM task_instance")  # fmt: skip
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _stop_model_servers(env)
+    events: dict[tuple, dict[str, float]] = {}
+    for line in timings.read_text().splitlines() if timings.exists() else []:
+        e = json.loads(line)
+        key = (e["dag_id"], e["run_id"], e["task_id"], e["map_index"] if e["map_index"] is not None else -1)
+        events.setdefault(key, {})[e["event"]] = e["t"]
+    tasks = []
+    for ti in tis:
+        if ti["state"] != "success":
+            continue
+        key = (ti["dag_id"], ti["run_id"], ti["task_id"], ti["map_index"])
+        ev = events.get(key, {})
+        queued, end, done = _ts(ti["queued_dttm"]), _ts(ti["end_date"]), _ts(ti["updated_at"])
+        if "start" not in ev or queued is None or end is None or done is None:
+            continue  # a branch's skipped tasks never ran
+        # end_date is taken in the task process as soon as execute returns (before the listener's
+        # "end"); updated_at is when the API server committed the success to the database
+        tasks.append({
+            "dag_id": ti["dag_id"], "task_id": ti["task_id"], "map_index": ti["map_index"],
+            "scheduled_to_queued_s": round(queued - _ts(ti["scheduled_dttm"]), 3) if ti["scheduled_dttm"] else None,
+            "queued_to_code_s": round(ev["start"] - queued, 3),
+            "queued_to_started_s": round(_ts(ti["start_date"]) - queued, 3) if ti["start_date"] else None,
+            "code_s": round(end - ev["start"], 3),
+            "code_to_success_s": round(done - end, 3),
+        })  # fmt: skip
+    ingest_span = max(_ts(r["end_date"]) for r in ingest_runs) - min(_ts(r["queued_at"]) for r in ingest_runs)
+    train = train_runs[-1]
+    train_span = _ts(train["end_date"]) - _ts(train["queued_at"])
+    return {"tasks": tasks, "ingest_span_s": round(ingest_span, 3), "train_span_s": round(train_span, 3),
+            "wall_s": round(ingest_span + train_span, 3), "tasks_run": len(tasks), "train_run_id": train["run_id"],
+            "scheduler_and_workers_memory": memory,
+            "trial_epochs": _trial_epochs(Path(env["FREESTACK_STORAGE_ROOT"].removeprefix("file://")))}  # fmt: skip
+
+
+def _executor_memory(pgid: int) -> dict[str, Any]:
+    """Memory of the scheduler and its LocalExecutor workers: PSS (each shared page counted once, split
+    among the processes sharing it) is what they cost together; the RSS sum counts shared pages again
+    for every process."""
+    import psutil
+
+    pss = rss = n = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if not ("airflow scheduler" in cmd or "LocalExecutor" in cmd):
+            continue
+        try:
+            if os.getpgid(p.pid) != pgid:
+                continue
+            m = p.memory_full_info()
+        except (psutil.Error, OSError):
+            continue
+        pss, rss, n = pss + m.pss, rss + m.rss, n + 1
+    return {"processes": n, "pss_mib": round(pss / 2**20), "rss_sum_mib": round(rss / 2**20)}
+
+
+def _trial_epochs(storage: Path) -> int:
+    """Epochs the sweep's trials trained (the work), from the controller's trial records."""
+    total = 0
+    for path in storage.glob("runs/*/*/trials/*/trial.json"):
+        try:
+            total += int(json.loads(path.read_text()).get("epochs_run") or 0)
+        except (ValueError, OSError):
+            continue
+    return total
+
+
+def _stop_model_servers(env: dict[str, str]) -> None:
+    """Stop the model server the pipeline's deploy started (it outlives Airflow on purpose)."""
+    subprocess.run([sys.executable, "-m", "freestack.cli", "serve", "--root", env["FREESTACK_STORAGE_ROOT"], "stop",
+                    "digits"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. the same pipeline in one plain process
+
+
+def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: str | None) -> dict[str, Any]:
+    base = work / "plain"
+    specs = base / "pipelines"
+    write_specs(specs, 1, quick=quick)
+    env = _env(base, specs, FREESTACK_SERVE_PORT=str(_serve_port()))
+    sys.path.insert(0, str(REPO / "include"))
+    from demo.landing import make_landing
+
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "from bench.orchestration.plain import run_pipeline\n"
+        "from freestack.preload import MODULES, preload\n"
+        "preload(MODULES)  # before the clock, as the scheduler does before the run\n"
+        f"bag = DagBag(dag_folder={str(DAG_FILE)!r})\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        f"print(json.dumps(run_pipeline(bag.dags, 'digits', {days!r}, {days[-1]!r}, {agents}, {run_id!r})))\n"
+    )
+    make_landing(env["FREESTACK_STORAGE_ROOT"], date.fromisoformat(days[0]), len(days))
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=3600)  # fmt: skip
+    finally:
+        _stop_model_servers(env)
+    if out.returncode != 0:
+        raise SystemExit(f"the plain pipeline failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["trial_epochs"] = _trial_epochs(base / "storage")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report
+
+
+def _q(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
+
+
+def summarise(parse: dict[str, Any], airflow: dict[str, Any], plain: dict[str, Any], n_specs: int) -> dict[str, Any]:
+    tasks = airflow["tasks"]
+    before = [t["queued_to_code_s"] for t in tasks]
+    after = [t["code_to_success_s"] for t in tasks]
+    total = [t["queued_to_code_s"] + t["code_to_success_s"] for t in tasks]
+    sched = [t["scheduled_to_queued_s"] for t in tasks if t["scheduled_to_queued_s"] is not None]
+    many = parse[f"specs_{n_specs}"]
+    heavy = sorted({m for k in parse.values() for m in k["importtime"]["heavy_modules_loaded"]} & set(MUST_NOT))
+    summary = {
+        "tasks": len(tasks),
+        "queued_to_code_s": {"median": _q(before, 0.5), "p90": _q(before, 0.9)},
+        "code_to_success_s": {"median": _q(after, 0.5), "p90": _q(after, 0.9)},
+        "overhead_per_task_s": {"median": _q(total, 0.5), "p90": _q(total, 0.9)},
+        "scheduled_to_queued_s": {"median": _q(sched, 0.5), "p90": _q(sched, 0.9)},
+        "pipeline_airflow_s": airflow["wall_s"],
+        "pipeline_plain_s": plain["wall_s"],
+        "ratio": round(airflow["wall_s"] / plain["wall_s"], 3) if plain["wall_s"] else None,
+        "parse_1_spec_s": parse["specs_1"]["dag_processor"]["last_duration_s"],
+        f"parse_{n_specs}_specs_s": many["dag_processor"]["last_duration_s"],
+        "parse_heavy_imports": heavy,
+    }
+    summary["checks"] = {
+        "target": "median per-task overhead <= 0.5 s; pipeline <= 1.3 x plain; 50 specs parse < 5 s; "
+                  "no torch/pandas/pyarrow/wandb at parse time",
+        "overhead_ok": summary["overhead_per_task_s"]["median"] is not None
+        and summary["overhead_per_task_s"]["median"] <= 0.5,
+        "ratio_ok": summary["ratio"] is not None and summary["ratio"] <= 1.3,
+        "parse_ok": many["dag_processor"]["last_duration_s"] < 5 if n_specs >= 50 else None,
+        "imports_ok": not heavy,
+    }  # fmt: skip
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    m = host()
+    m["airflow"] = version("apache-airflow")
+    m["executor"] = "LocalExecutor (airflow standalone, SQLite)"
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke size: 1 day, 2-trial sweep of 2 epochs, 3 specs")
+    ap.add_argument("--days", type=int, default=None, help="days of landing data (default 5; 1 with --quick)")
+    ap.add_argument("--specs", type=int, default=None, help="specs in the parse-time folder (default 50; 3 quick)")
+    ap.add_argument("--agents", type=int, default=2)
+    ap.add_argument("--parts", default="parse,airflow,plain", help="a subset of parse,airflow,plain")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
+    args = ap.parse_args(argv)
+    n_days = args.days or (1 if args.quick else 5)
+    n_specs = args.specs or (3 if args.quick else 50)
+    # the last complete days (UTC), so that the scheduler's catchup makes exactly these runs
+    today = datetime.now(UTC).date()
+    days = [(today - timedelta(days=n_days - i)).isoformat() for i in range(n_days)]
+    parts = set(args.parts.split(","))
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="freestack-bench-orch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        parse = parse_bench(n_specs, work) if "parse" in parts else {}
+        airflow = standalone_bench(work, days, args.agents, args.quick) if "airflow" in parts else {}
+        if airflow:
+            print(f"airflow standalone: {airflow['wall_s']:.1f} s ({airflow['tasks_run']} tasks)", flush=True)
+        # the scheduler's train run id seeds the sweep: the plain run trains the very same trials
+        plain = plain_bench(work, days, args.agents, args.quick, airflow.get("train_run_id")) if "plain" in parts else {}
+        if plain:
+            print(f"plain process: {plain['wall_s']:.1f} s", flush=True)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    report: dict[str, Any] = {
+        "name": "orchestration",
+        "machine": machine(),
+        "params": {"days": days, "agents": args.agents, "specs": n_specs, "quick": args.quick,
+                   "pipeline": "digits_ingest x days (scheduler catchup), then digits_train (sweep -> deploy)"},  # fmt: skip
+        "samples": {"parse": parse, "airflow": airflow, "plain": plain},
+    }
+    if parse and airflow and plain:
+        report["summary"] = summarise(parse, airflow, plain, n_specs)
+        report["ratio"] = report["summary"]["ratio"]
+        s = report["summary"]
+        print(f"per-task overhead: median {s['overhead_per_task_s']['median']} s, p90 {s['overhead_per_task_s']['p90']} s "
+              f"(queued->code {s['queued_to_code_s']['median']} s, code->success {s['code_to_success_s']['median']} s)")
+        print(f"pipeline: airflow {s['pipeline_airflow_s']} s vs plain {s['pipeline_plain_s']} s = {s['ratio']}x")
+        print(f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
+              f"heavy imports: {s['parse_heavy_imports'] or 'none'}")  # fmt: skip
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"report: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Smoke test of the orchestration benchmark (bench/orchestration/run.py) at its smallest size: a real
+`airflow standalone` runs one ingest day and the train DAG (2-trial sweep through deploy), the same
+stage code runs in one plain process, and three specs are parsed. No timing assertions: only that the
+report is complete and the measured things happened (the scheduler preloaded the libraries, every task
+was timed, no heavy import at parse time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
+                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+def test_orchestration_benchmark_quick_run(tmp_path):
+    out, work = tmp_path / "orchestration.json", tmp_path / "work"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")] if p)
+    proc = subprocess.run([sys.executable, "-m", "bench.orchestration.run", "--quick", "--out", str(out),
+                           "--workdir", str(work)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = json.loads(out.read_text())
+    assert report["name"] == "orchestration" and report["machine"]["cores"] >= 1
+    s = report["summary"]
+    assert s["parse_heavy_imports"] == [] and s["checks"]["imports_ok"] is True
+    assert s["parse_1_spec_s"] > 0 and s["parse_3_specs_s"] > 0
+    parse = report["samples"]["parse"]["specs_3"]["importtime"]
+    assert parse["dags"] == 9 and parse["file_s"] > 0
+    airflow = report["samples"]["airflow"]
+    ran = {t["task_id"] for t in airflow["tasks"]}
+    assert {"ingest", "choose", "create_sweep", "agent", "select_best", "evaluate", "gate", "register", "route",
+            "promote", "deploy"} <= ran, ran  # fmt: skip
+    for t in airflow["tasks"]:
+        assert t["queued_to_code_s"] > 0 and t["code_s"] >= 0 and t["code_to_success_s"] >= -0.01, t
+    assert s["overhead_per_task_s"]["median"] > 0 and report["ratio"] > 0
+    plain = report["samples"]["plain"]
+    assert [st["stage"] for st in plain["stages"]][-1] == "deploy" and plain["deployed"]
+    # the scheduler imported the libraries once for every task process
+    log = (work / "standalone" / "standalone.log").read_text()
+    assert "freestack preload:" in log and "torch" in log.split("freestack preload:", 1)[1].splitlines()[0]
