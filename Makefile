@@ -88,6 +88,8 @@ bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.sweep.run
 	$(BIN)/python -m bench.data_api.run
 	$(BIN)/python -m bench.serve.run
+	$(BIN)/python -m bench.orchestration.run
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf .freestack .airflow

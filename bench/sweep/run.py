@@ -279,9 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    args.out.write_text(json.dumps(with_summary(report), indent=2, default=str) + "\n")
     print(f"report: {args.out}")
     return 0
+
+
+def with_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """``name``, ``summary`` and ``ratio`` (two agents' speed-up over one) first, like every benchmark."""
+    par, hb = report.get("parallel") or {}, report.get("hyperband") or {}
+    summary = {
+        "speedup_two_agents": par.get("speedup"), "speedup_target": par.get("target"), "speedup_met": par.get("met"),
+        "hyperband_epochs_ratio": hb.get("epochs_ratio"), "hyperband_best_gap": hb.get("best_gap"),
+        "hyperband_met": hb.get("met"),
+    }  # fmt: skip
+    return {"name": "sweep", **report, "summary": summary, "ratio": par.get("speedup")}
 
 
 if __name__ == "__main__":

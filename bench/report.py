@@ -1,0 +1,322 @@
+"""One report from every benchmark's results: ``bench/results/README.md``, PNG charts beside it, and the
+performance table of the project's README (between its ``bench-table`` markers).
+
+    python -m bench.report [--results bench/results] [--readme README.md]
+
+Reads every ``bench/results/*.json`` (each written by one ``bench/<name>/run.py``: the machine, the
+raw samples, and the ratio against its baseline), takes each one's headline figures (what freestack
+did, what the baseline did on the same machine in the same run, their ratio and the target), and
+writes them as one table, a section per benchmark, and charts. Nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+@dataclass
+class Row:
+    bench: str
+    measure: str
+    freestack: str
+    baseline: str
+    ratio: float | None
+    target: str
+    met: bool | None
+    #: what the ratio means: "higher" (freestack / baseline, more is better) or "lower"
+    better: str = "higher"
+
+
+def _n(v: Any, digits: int = 0, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int | float):
+        text = f"{v:,.{digits}f}"
+        return f"{text} {unit}".strip()
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# each benchmark's headline rows
+
+
+def _ingest(r: dict[str, Any], file: str) -> list[Row]:
+    s, t = r["summary"], r.get("targets") or {}
+    mib = (r.get("params") or {}).get("csv_mib")
+    size = "" if not mib else (f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib:g} MiB")
+    label = f"CSV -> validated Parquet{f' ({size})' if size else ''}"
+    rows = [Row("ingest", label + ", rows/s", _n(s["freestack_rows_per_s"]), f"{_n(s['baseline_rows_per_s'])} "
+                f"(raw pyarrow, {s.get('ratio_against', 'eager')})", s.get("throughput_ratio"),
+                f">= {t.get('throughput_ratio_min', 0.7)}", (s.get("checks") or {}).get("throughput_ratio_ok"))]  # fmt: skip
+    rss_ok = (s.get("checks") or {}).get("peak_rss_ok_for_2gib")
+    if rss_ok is not None:
+        rows.append(Row("ingest", label + ", peak memory", _n(s["freestack_peak_rss_mib"], 0, "MiB"),
+                        _n(s["baseline_peak_rss_mib"], 0, "MiB"),
+                        round(s["freestack_peak_rss_mib"] / s["baseline_peak_rss_mib"], 3),
+                        f"< {t.get('peak_rss_mib_max_for_2gib', 1024)} MiB", rss_ok, better="lower"))  # fmt: skip
+    return rows
+
+
+def _train(r: dict[str, Any], file: str) -> list[Row]:
+    s, t = r["summary"], r.get("targets") or {}
+    kind = (r.get("params") or {}).get("kind") or ("cnn" if "cnn" in file else "mlp")
+    ratio = s.get("ratio")
+    return [Row("train", f"{kind.upper()} training, samples/s", _n(s["freestack_samples_per_s"]),
+                f"{_n(s['baseline_samples_per_s'])} (plain PyTorch loop)", ratio, f">= {t.get('ratio_min', 0.95)}",
+                ratio is not None and ratio >= t.get("ratio_min", 0.95))]  # fmt: skip
+
+
+def _sweep(r: dict[str, Any], file: str) -> list[Row]:
+    rows = []
+    par = r.get("parallel")
+    if par:
+        w = par.get("median_wall_s", {})
+        rows.append(Row("sweep", "2 agents vs 1, wall time", _n(w.get("two_agents"), 1, "s"),
+                        f"{_n(w.get('one_agent_same_threads'), 1, 's')} (1 agent)", par.get("speedup"),
+                        f">= {par.get('target')} speed-up", par.get("met")))  # fmt: skip
+    hb = r.get("hyperband")
+    if hb:
+        rows.append(Row("sweep", "hyperband, trial-epochs", _n(hb["with"]["epochs"]),
+                        f"{_n(hb['without']['epochs'])} (no early termination)", hb.get("epochs_ratio"),
+                        f">= {hb['target']['epochs_ratio']}x fewer, best within {hb['target']['best_gap']:.0%}",
+                        hb.get("met")))  # fmt: skip
+    return rows
+
+
+def _data_api(r: dict[str, Any], file: str) -> list[Row]:
+    rows = []
+    for size, v in (r.get("summary") or {}).items():
+        if not isinstance(v, dict) or "direct" not in v:
+            continue
+        http = v["service_http"]
+        rows.append(Row("data_api", f"{size} upload, MB/s", _n(http["upload_mb_s"]),
+                        f"{_n(v['direct']['upload_mb_s'])} (direct write)", http.get("upload_ratio"), "-", None))  # fmt: skip
+        rows.append(Row("data_api", f"{size} download, MB/s", _n(http["download_mb_s"]),
+                        f"{_n(v['direct']['download_mb_s'])} (direct read)", http.get("download_ratio"), "-", None))  # fmt: skip
+    return rows
+
+
+def _serve(r: dict[str, Any], file: str) -> list[Row]:
+    s = r["summary"]
+    c = s.get("checks") or {}
+    seldon, bare = s["seldon"]["c8"], s["bare"]["c8"]
+    return [
+        Row("serve", "Seldon model server, c=8, req/s", _n(seldon["rps"]), f"{_n(bare['rps'])} (bare uvicorn)",
+            c.get("seldon_c8_ratio"), ">= 0.5", c.get("ratio_ok")),
+        Row("serve", "Seldon model server, c=8, p99", _n(seldon["p99_ms"], 1, "ms"), _n(bare["p99_ms"], 1, "ms"),
+            round(seldon["p99_ms"] / bare["p99_ms"], 3) if bare.get("p99_ms") else None, "< 15 ms", c.get("p99_ok"),
+            better="lower"),
+    ]  # fmt: skip
+
+
+def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
+    s = r.get("summary")
+    if not s:
+        return []
+    c = s["checks"]
+    n = r["params"]["specs"]
+    return [
+        Row("orchestration", "per-task overhead (median)", _n(s["overhead_per_task_s"]["median"], 2, "s"),
+            "published: ~3 s stock Airflow", None, "<= 0.5 s", c.get("overhead_ok"), better="lower"),
+        Row("orchestration", "demo pipeline, wall time", _n(s["pipeline_airflow_s"], 1, "s"),
+            f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)", s.get("ratio"), "<= 1.3",
+            c.get("ratio_ok"), better="lower"),
+        Row("orchestration", f"parse {n} pipeline specs", _n(s.get(f"parse_{n}_specs_s"), 2, "s"), "-", None,
+            "< 5 s", c.get("parse_ok"), better="lower"),
+    ]  # fmt: skip
+
+
+EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
+    "ingest": _ingest, "train": _train, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "orchestration": _orchestration,
+}  # fmt: skip
+ORDER = list(EXTRACT)
+
+
+def load(results: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(name, file stem, report)`` of every results file, in the benchmarks' order."""
+    found = []
+    for path in sorted(results.glob("*.json")):
+        report = json.loads(path.read_text())
+        name = report.get("name") or path.stem.split("_")[0]
+        if name not in EXTRACT:
+            name = next((n for n in EXTRACT if path.stem.startswith(n)), name)
+        found.append((name, path.stem, report))
+    return sorted(found, key=lambda x: (ORDER.index(x[0]) if x[0] in ORDER else 99, x[1]))
+
+
+def rows_of(found: list[tuple[str, str, dict[str, Any]]]) -> list[Row]:
+    rows: list[Row] = []
+    for name, stem, report in found:
+        if name in EXTRACT:
+            rows.extend(EXTRACT[name](report, stem))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| benchmark | measure | freestack | baseline (same machine, same run) | ratio | target | met |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r.met]
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
+        out.append(f"| {r.bench} | {r.measure} | {r.freestack} | {r.baseline} | {ratio} | {r.target} | {met} |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# charts
+
+
+def charts(found: list[tuple[str, str, dict[str, Any]]], rows: list[Row], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    # 1. every headline ratio against 1 (the baseline)
+    ratios = [r for r in rows if r.ratio is not None]
+    if ratios:
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(ratios) + 1.2))
+        labels = [f"{r.bench}: {r.measure}" for r in ratios]
+        colors = ["#3b7dd8" if r.better == "higher" else "#d8843b" for r in ratios]
+        ax.barh(range(len(ratios)), [r.ratio for r in ratios], color=colors)
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(ratios)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("freestack / baseline (blue: higher is better; orange: lower is better)")
+        ax.set_title("freestack against its baselines")
+        fig.tight_layout()
+        fig.savefig(out / "ratios.png", dpi=110)
+        plt.close(fig)
+        made.append("ratios.png")
+    by_name = {name: report for name, _, report in found}
+    # 2. serving: requests/s per concurrency, each server
+    serve = by_name.get("serve")
+    if serve:
+        s = serve["summary"]
+        cells = [c for c in ("c1", "c8", "c32") if c in s.get("bare", {})]
+        servers = [k for k in ("bare", "seldon", "seldon_sync", "seldon_stock") if k in s]
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        width = 0.8 / max(1, len(servers))
+        for i, srv in enumerate(servers):
+            ax.bar([j + i * width for j in range(len(cells))], [s[srv][c]["rps"] for c in cells], width, label=srv)
+        ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(cells))], cells)
+        ax.set_ylabel("requests/s")
+        ax.set_title("serving: one 64-feature row per request")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "serve.png", dpi=110)
+        plt.close(fig)
+        made.append("serve.png")
+    # 3. orchestration: where a task's time goes, and the pipeline
+    orch = by_name.get("orchestration")
+    if orch and orch.get("summary"):
+        tasks = orch["samples"]["airflow"]["tasks"]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+        names, seen = [], {}
+        for t in tasks:  # one bar per task instance: ingest runs once per day
+            base = f"{t['task_id']}{'' if t['map_index'] < 0 else t['map_index']}"
+            seen[base] = seen.get(base, 0) + 1
+            names.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+        before = [t["queued_to_code_s"] for t in tasks]
+        code = [t["code_s"] for t in tasks]
+        after = [max(0.0, t["code_to_success_s"]) for t in tasks]
+        ax1.barh(names, before, color="#d8843b", label="queued -> code starts")
+        ax1.barh(names, code, left=before, color="#3b7dd8", label="the task's code")
+        ax1.barh(names, after, left=[b + c for b, c in zip(before, code, strict=True)], color="#888",
+                 label="code ends -> success")  # fmt: skip
+        ax1.invert_yaxis()
+        ax1.tick_params(axis="y", labelsize=7)
+        ax1.set_xlabel("seconds")
+        ax1.legend(fontsize=7)
+        ax1.set_title("each task under airflow standalone")
+        s = orch["summary"]
+        ax2.bar(["plain", "airflow"], [s["pipeline_plain_s"], s["pipeline_airflow_s"]], color=["#888", "#3b7dd8"])
+        ax2.set_ylabel("seconds")
+        ax2.set_title(f"demo pipeline ({s['ratio']:.2f}x)")
+        fig.tight_layout()
+        fig.savefig(out / "orchestration.png", dpi=110)
+        plt.close(fig)
+        made.append("orchestration.png")
+    return made
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the documents
+
+
+def machine_line(report: dict[str, Any]) -> str:
+    m = report.get("machine") or {}
+    parts = [m.get("cpu_model"), f"{m.get('cores')} cores" if m.get("cores") else None,
+             f"{m.get('memory_gib')} GiB" if m.get("memory_gib") else None,
+             f"Python {m.get('python')}" if m.get("python") else None]  # fmt: skip
+    return ", ".join(p for p in parts if p)
+
+
+def results_readme(found: list[tuple[str, str, dict[str, Any]]], rows: list[Row], images: list[str]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m bench.report` from the JSON files in this folder (`make bench` runs every",
+        "benchmark, then this). Each JSON holds the machine, the raw samples and the ratio against the",
+        "benchmark's baseline, run on the same machine in the same run; see `bench/README.md` for how each",
+        "one measures. Do not edit this file by hand.",
+        "",
+        table(rows),
+        "",
+    ]
+    for img in images:
+        lines += [f"![{img[:-4]}]({img})", ""]
+    lines += ["## Machines and files", ""]
+    for name, stem, report in found:
+        lines.append(f"- `{stem}.json` ({name}): {machine_line(report) or 'machine not recorded'}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, rows: list[Row]) -> bool:
+    """Replace the table between the markers; False if the README has no markers."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        return False
+    body = f"{START}\n<!-- generated by `python -m bench.report` from bench/results/*.json -->\n{table(rows)}\n{END}"
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: body, text, count=1, flags=re.S)
+    if new != text:
+        readme.write_text(new)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md", help="'' to leave the README alone")
+    ap.add_argument("--no-charts", action="store_true")
+    args = ap.parse_args(argv)
+    found = load(args.results)
+    if not found:
+        print(f"no results in {args.results}: run `make bench` first", file=sys.stderr)
+        return 1
+    rows = rows_of(found)
+    images = [] if args.no_charts else charts(found, rows, args.results)
+    (args.results / "README.md").write_text(results_readme(found, rows, images))
+    print(table(rows))
+    if str(args.readme) and args.readme.name:
+        if not update_readme(args.readme, rows):
+            print(f"{args.readme} has no {START} ... {END} markers: its table was not updated", file=sys.stderr)
+    print(f"\nwrote {args.results / 'README.md'} and {', '.join(images) or 'no charts'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
