@@ -44,6 +44,11 @@ def airflow_env() -> dict[str, str]:
         # between every task and the next one of a pipeline (bench/orchestration)
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
     }
+    # W&B (the scheduler starts the tasks' shared wandb-core service) writes inside the project
+    wandb_home = project_home() / ".freestack" / "wandb"
+    for key, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_CONFIG_DIR", "config")):  # fmt: skip
+        defaults[key] = str(wandb_home / sub) if sub else str(wandb_home)
     env = dict(os.environ)
     for k, v in defaults.items():
         env.setdefault(k, v)
