@@ -48,6 +48,13 @@ MODULES: tuple[str, ...] = (
     "sklearn.gaussian_process",
     "scipy.stats",
     "wandb",
+    # what the first wandb.init of a process imports (0.45 s of its 0.6 s)
+    "wandb.sdk.wandb_init",
+    "wandb.sdk.wandb_run",
+    "wandb.apis.public",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "requests",
     "safetensors.torch",
     "huggingface_hub",
     "boto3",
@@ -124,6 +131,13 @@ def _start_wandb_service() -> bool:
 def preload(modules: tuple[str, ...]) -> dict[str, float]:
     """Import ``modules``; the seconds each took (a failure is logged and skipped)."""
     took: dict[str, float] = {}
+    if "matplotlib.pyplot" in modules:
+        try:  # the tasks draw to files (Agg), as freestack.evaluate and freestack.sweeps.report ask
+            import matplotlib
+
+            matplotlib.use("Agg")
+        except Exception as exc:
+            log.warning("freestack preload: matplotlib not set to Agg (%s)", exc)
     for name in modules:
         t0 = time.perf_counter()
         try:

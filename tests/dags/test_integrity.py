@@ -94,3 +94,26 @@ def test_a_broken_spec_breaks_only_its_own_pipeline(tmp_path):
     (message,) = result["errors"].values()
     assert "broken.yaml: source.format" in message
     assert "garbled.yaml: invalid YAML at line" in message
+
+
+def test_a_task_process_builds_only_its_own_dag(tmp_path, monkeypatch):
+    """Airflow's task runner names the DAG it parses for (the parsing context): only that pipeline's
+    spec is read and only that DAG built, so a task's start does not grow with the number of specs."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager
+
+    text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
+    for name in ("digits", "other_one"):
+        (tmp_path / f"{name}.yaml").write_text(text.replace("\nname: digits\n", f"\nname: {name}\n", 1))
+    (tmp_path / "broken.yaml").write_text("name: broken\nsource:\n  format: xml\n")
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(tmp_path))
+    for dag_id in ("other_one_train", "digits_ingest", "other_one_rollback"):
+        with _airflow_parsing_context_manager(dag_id=dag_id, task_id="any"):
+            bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert sorted(bag.dag_ids) == [dag_id] and bag.import_errors == {}
+    full = {f"{n}_{k}" for n in ("digits", "other_one") for k in ("ingest", "train", "rollback")}
+    # not a pipeline's DAG (or a broken one's): the whole folder, with its errors, as at parse time
+    for dag_id in ("freestack_broken_specs", "broken_ingest"):
+        with _airflow_parsing_context_manager(dag_id=dag_id, task_id="any"):
+            bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert full <= set(bag.dag_ids) and len(bag.import_errors) == 1
