@@ -64,6 +64,7 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.hitl import HITLDetail
     from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
 
     from tests.dags.test_train_dag import ROOT
 
@@ -86,7 +87,9 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
         while time.monotonic() < deadline:
             with create_session() as session:
                 row = session.query(HITLDetail).filter(HITLDetail.response_received.is_(False)).first()
-                if row is not None:
+                # answer as a person would: once the task waits for input (an answer recorded before
+                # the task has parked itself is never picked up, and the run would wait forever)
+                if row is not None and row.task_instance.state == TaskInstanceState.AWAITING_INPUT:
                     ti = row.task_instance
                     answered["body"] = row.body
                     update_hitl_detail(
