@@ -230,19 +230,25 @@ def test_keep_alive_worker_pipelining_slow_clients_and_balance(served):
     for s in stalled:
         s.close()
 
-    # eight keep-alive clients end up on both workers, four each (give or take one)
-    clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
-    for c in clients:
-        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        resp = c.getresponse()
-        assert resp.status == 200 and resp.read()
-    held: dict[int, int] = {}
-    for proc in psutil.Process(int(rec["pid"])).children(recursive=True):
-        n = sum(1 for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
-        if n:
-            held[proc.pid] = n
-    for c in clients:
-        c.close()
+    # eight keep-alive clients end up on both workers, four each (give or take one); deploy waits
+    # for one healthy worker, so the other may still be loading the model: give it a few seconds
+    deadline = time.monotonic() + 30
+    while True:
+        clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
+        for c in clients:
+            c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            resp = c.getresponse()
+            assert resp.status == 200 and resp.read()
+        held: dict[int, int] = {}
+        for proc in psutil.Process(int(rec["pid"])).children(recursive=True):
+            n = sum(1 for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
+            if n:
+                held[proc.pid] = n
+        for c in clients:
+            c.close()
+        if len(held) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert len(held) == 2 and sum(held.values()) == 8 and max(held.values()) <= 5, held
 
 
