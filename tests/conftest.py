@@ -35,37 +35,10 @@ os.environ.update(
 )
 
 
-def _free_port_block() -> int:
-    """A port P with P, P+1 (blue/green) and P+100, P+101 (their metrics) free on 127.0.0.1.
-
-    The block lies below the kernel's ephemeral range: the tests open thousands of client
-    connections, and any of them may take an ephemeral port that a later deploy wants to bind.
-    """
-    import random
-    import socket
-
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    top = max(low - 200, 12000)
-    for _ in range(200):
-        p = random.randint(10000, top)
-        ok = True
-        for q in (p, p + 1, p + 100, p + 101):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", q))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return p
-    raise RuntimeError("no free port block on 127.0.0.1")
-
-
 # model servers started by the tests: their own ports and folder, stopped at the end of the session
-os.environ["FREESTACK_SERVE_PORT"] = str(_free_port_block())
+from freestack.serving.local import free_port_block  # noqa: E402  (after the environment above)
+
+os.environ["FREESTACK_SERVE_PORT"] = str(free_port_block())
 os.environ["FREESTACK_SERVING_DIR"] = str(_BASE / "serving")
 os.environ.pop("FREESTACK_PIPELINES_DIR", None)
 os.environ.pop("FREESTACK_DATA_ROOT", None)

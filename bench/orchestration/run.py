@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -44,12 +43,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import host
+from bench.common import free_port, host, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "freestack_pipelines.py"
@@ -238,28 +236,6 @@ def parse_bench(n_specs: int, work: Path) -> dict[str, Any]:
 # 2. the pipeline under airflow standalone
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve_port() -> int:
-    """A port P with P, P+1, P+100, P+101 free (the model server's blue/green and metrics)."""
-    import random
-
-    for _ in range(200):
-        p = random.randint(10000, 30000)
-        try:
-            for q in (p, p + 1, p + 100, p + 101):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", q))
-        except OSError:
-            continue
-        return p
-    raise SystemExit("no free port block for the model server")
-
-
 def _airflow(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
     out = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300)
     if check and out.returncode != 0:
@@ -305,14 +281,15 @@ def _wait_runs(db: Path, dag_id: str, n: int, timeout: float, log: Path) -> list
 
 
 def standalone_bench(work: Path, days: list[str], agents: int, quick: bool) -> dict[str, Any]:
-    from freestack.cli import start_standalone, warm_execution_api
+    from freestack.cli import healthy, start_standalone, warm_execution_api
+    from freestack.serving.local import free_port_block, stop_process
 
     base = work / "standalone"
     specs = base / "pipelines"
     write_specs(specs, 1, quick=quick, first_day=days[0])
-    port = _free_port()
+    port = free_port()
     timings = base / "task_timings.jsonl"
-    env = _env(base, specs, FREESTACK_TASK_TIMINGS=str(timings), FREESTACK_SERVE_PORT=str(_serve_port()),
+    env = _env(base, specs, FREESTACK_TASK_TIMINGS=str(timings), FREESTACK_SERVE_PORT=str(free_port_block()),
                AIRFLOW__API__PORT=str(port), AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
                AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/")  # fmt: skip
     log = base / "standalone.log"
@@ -320,13 +297,7 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool) -> d
     db = base / "airflow" / "airflow.db"
     try:
         deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+        while not healthy(f"http://127.0.0.1:{port}"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"airflow standalone did not start; see {log}")
             time.sleep(1)
@@ -357,12 +328,7 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool) -> d
         tis = _db_rows(db, "SELECT dag_id, run_id, task_id, map_index, try_number, state, scheduled_dttm, queued_dttm, "
                            "start_date, end_date, updated_at, duration FROM task_instance")  # fmt: skip
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
         _stop_model_servers(env)
     events: dict[tuple, dict[str, float]] = {}
     for line in timings.read_text().splitlines() if timings.exists() else []:
@@ -440,10 +406,12 @@ def _stop_model_servers(env: dict[str, str]) -> None:
 
 
 def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: str | None) -> dict[str, Any]:
+    from freestack.serving.local import free_port_block
+
     base = work / "plain"
     specs = base / "pipelines"
     write_specs(specs, 1, quick=quick)
-    env = _env(base, specs, FREESTACK_SERVE_PORT=str(_serve_port()))
+    env = _env(base, specs, FREESTACK_SERVE_PORT=str(free_port_block()))
     sys.path.insert(0, str(REPO / "include"))
     from demo.landing import make_landing
 
@@ -571,9 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline: airflow {s['pipeline_airflow_s']} s vs plain {s['pipeline_plain_s']} s = {s['ratio']}x")
         print(f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
               f"heavy imports: {s['parse_heavy_imports'] or 'none'}")  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(f"report: {args.out}")
+    print(f"report: {write_report(report, args.out, indent=1)}")
     return 0
 
 

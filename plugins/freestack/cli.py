@@ -306,7 +306,8 @@ def _paths(env: dict[str, str]) -> tuple[Path, Path, Path]:
     return home / "standalone.pid", home / "standalone.log", home / "simple_auth_manager_passwords.json.generated"
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether the Airflow API server at ``url`` answers its health check."""
     try:
         with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as r:
             return r.status == 200
@@ -339,7 +340,7 @@ def up(args: argparse.Namespace) -> int:
         pid_file.write_text(str(proc.pid))
         print(f"starting airflow standalone (pid {proc.pid}), log: {log_file}")
         deadline = time.monotonic() + args.timeout
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None:
                 print(f"airflow standalone exited with {proc.returncode}; see {log_file}", file=sys.stderr)
                 return 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     from freestack.cli import airflow_env, start_standalone
+    from freestack.serving.local import stop_process
 
     base = tmp_path_factory.mktemp("standalone")
     specs = base / "pipelines"
@@ -75,12 +75,7 @@ def standalone(tmp_path_factory):
             pytest.fail(f"airflow standalone did not start:\n{log.read_text()[-4000:]}")
         time.sleep(2)
     yield {"env": env, "base": base, "proc": proc, "log": log}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
 
 
 def _airflow(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -273,6 +273,35 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def free_port_block(host: str = "127.0.0.1") -> int:
+    """A ``port`` for ``deploy.local`` whose four ports are free on ``host``: blue (P), green (P+1)
+    and their metrics (P+100, P+101), as ``FREESTACK_SERVE_PORT`` for tests and benchmarks.
+
+    The block lies below the kernel's ephemeral range: a process that opens thousands of client
+    connections may otherwise have one of them take a port that a later deploy wants to bind.
+    """
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - 200, 12000)
+    for _ in range(200):
+        p = random.randint(10000, top)
+        ok = True
+        for q in (p, p + 1, p + 100, p + 101):
+            with socket.socket() as s:
+                try:
+                    s.bind((host, q))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return p
+    raise RuntimeError(f"no free port block on {host}")
+
+
 def supervisors(marker: str) -> list[int]:
     """Pids of the live model-server supervisors whose command line contains ``marker`` (a path)."""
     out = []
