@@ -29,11 +29,9 @@ its own, and the direct baseline uses only this process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host
+from bench.common import free_port, host, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("direct", "service_http", "service_datafs")
@@ -57,16 +55,10 @@ COLLECTION = "bench"
 # the service
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_service(workdir: Path, root: Path, keys: Path) -> tuple[subprocess.Popen, str, Path]:
     import requests
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "data-api.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
@@ -340,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_service(proc)
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print_table(report)
     print(f"\nreport: {out}")
     return 0

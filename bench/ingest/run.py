@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, peak_rss_mib
+from bench.common import host, peak_rss_mib, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 DS = "2026-11-01"
@@ -557,9 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarise(samples, args.size_mb),
             "targets": {"throughput_ratio_min": 0.7, "peak_rss_mib_max_for_2gib": 1024},
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        out = write_report(report, args.out)
         print_table(report)
         print(f"wrote {out}")
         return 0

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, usable_cores
+from bench.common import free_port, host, usable_cores, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
@@ -142,12 +141,6 @@ def expected_probs(folder: Path, body: bytes) -> list[list[float]]:
 # processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "FREESTACK_"))}
     env.update(extra)
@@ -233,12 +226,12 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body:
     servers: dict[str, Server] = {}
     plugins = str(REPO / "plugins")
     for name in names:
-        port = _free_port()
+        port = free_port()
         log = workdir / f"{name}.log"
         if name in ("seldon", "seldon_sync"):
             settings = dict(TUNED if name == "seldon" else SPEC_DEFAULTS)
             cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(REPO / "include" / "serving"),
-                   "host": "127.0.0.1", "port": port, "metrics_port": _free_port(), "log_level": "warning",
+                   "host": "127.0.0.1", "port": port, "metrics_port": free_port(), "log_level": "warning",
                    "parameters": {"model_uri": uri}, **settings}  # fmt: skip
             cfg_path = workdir / f"{name}.json"
             cfg_path.write_text(json.dumps(cfg))
@@ -250,7 +243,7 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body:
             )  # fmt: skip
         elif name == "seldon_stock":
             cmd = [str(STOCK_BIN), "Model", "--service-type", "MODEL", "--http-port", str(port),
-                   "--metrics-port", str(_free_port()), "--grpc-port", str(_free_port())]  # fmt: skip
+                   "--metrics-port", str(free_port()), "--grpc-port", str(free_port())]  # fmt: skip
             servers[name] = Server(
                 name, cmd, port, log, env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri),
                 cwd=REPO / "include" / "serving", settings={"workers": 1, "threads": 1, "worker_class": "sync"},
@@ -599,9 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             srv.stop()
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = write_report(report, args.out, indent=1)
     print_table(report)
     print(f"\nreport: {out}")
     return 0

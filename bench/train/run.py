@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, peak_rss_mib, usable_cores
+from bench.common import host, peak_rss_mib, usable_cores, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261101  # the data
@@ -715,9 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarise(samples),
             "targets": {"ratio_min": TARGET_RATIO},
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        out = write_report(report, args.out)
         print_table(report)
         print(f"wrote {out}")
         return 0
