@@ -35,6 +35,11 @@ os.environ.update(
 )
 
 
+# SQLite metadata: writers wait for the lock (as under `freestack up`), see freestack.metadb
+from freestack.metadb import settings_for  # noqa: E402
+
+os.environ.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
+
 # model servers started by the tests: their own ports and folder, stopped at the end of the session
 from freestack.serving.local import free_port_block  # noqa: E402  (after the environment above)
 

@@ -53,6 +53,10 @@ def airflow_env() -> dict[str, str]:
     for key, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
                      ("WANDB_CONFIG_DIR", "config")):  # fmt: skip
         defaults[key] = str(wandb_home / sub) if sub else str(wandb_home)
+    # SQLite metadata (the default): writers wait for the lock instead of failing after 5 s
+    from freestack.metadb import settings_for
+
+    defaults.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
     env = dict(os.environ)
     for k, v in defaults.items():
         env.setdefault(k, v)

@@ -74,6 +74,7 @@ def standalone(tmp_path_factory):
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"airflow standalone did not start:\n{log.read_text()[-4000:]}")
         time.sleep(2)
+    _LOG[:] = [log]
     yield {"env": env, "base": base, "proc": proc, "log": log}
     stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
 
@@ -121,7 +122,17 @@ def _wait_backfill(env, since: float, timeout: float = 420) -> list[dict]:
         if len(fresh) >= len(DAYS):
             return runs
         time.sleep(5)
-    raise AssertionError(f"backfill did not finish: {_runs(env)}")
+    raise AssertionError(f"backfill did not finish: {_runs(env)}\n{_log_tail()}")
+
+
+_LOG: list[Path] = []
+
+
+def _log_tail(chars: int = 6000) -> str:
+    """The end of the standalone log, for a failure message (a crashed component shows there)."""
+    if not _LOG or not _LOG[0].exists():
+        return ""
+    return "standalone log, last lines:\n" + _LOG[0].read_text(errors="replace")[-chars:]
 
 
 def _ts(text: str) -> float:
@@ -223,7 +234,7 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
             "where dag_id='digits_train' and run_id='sweep-e2e'"
         ).fetchall()
         pool = c.execute("select slots from slot_pool where pool='freestack_sweep'").fetchone()
-    assert state == "success", tis
+    assert state == "success", f"{tis}\n{_log_tail()}"
     assert pool is not None and pool[0] >= 1  # created by the plugin's listener when the scheduler started
     agents = sorted((t[3], t[4], t[5], t[6]) for t in tis if t[0] == "agent")
     assert len(agents) == 2 and all(a[3] == "freestack_sweep" for a in agents)
@@ -237,3 +248,49 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     assert len(trials) == 8 and all(len(t["attempts"]) == 1 and t["state"] == "finished" for t in trials)
     owners = {t["attempts"][0]["owner"].split("/")[1] for t in trials}
     assert owners == {"agent0", "agent1"}, owners
+
+
+def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
+    """The scheduler dies (SIGKILL); freestack's component supervisor starts it again and a new run
+    succeeds, instead of every later run staying queued."""
+    import signal
+
+    env, log = standalone["env"], standalone["log"]
+    shims = [
+        p for p in psutil.process_iter(["pid", "cmdline"])
+        if _in_group(p, standalone["proc"].pid)
+        and any(a.endswith("include/bin/airflow") for a in (p.info["cmdline"] or []))
+        and "scheduler" in (p.info["cmdline"] or [])
+    ]
+    assert len(shims) == 1, [p.info["cmdline"] for p in shims]
+    scheduler = [c for c in shims[0].children() if "scheduler" in c.cmdline()]
+    assert len(scheduler) == 1, scheduler
+    old_pid = scheduler[0].pid
+    scheduler[0].send_signal(signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    while "airflow scheduler exited (status" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, _log_tail()
+        time.sleep(1)
+    deadline = time.monotonic() + 30
+    while not (restarted := [c.pid for c in shims[0].children() if "scheduler" in c.cmdline()]):
+        assert time.monotonic() < deadline, _log_tail()
+        time.sleep(0.5)
+    assert restarted[0] != old_pid
+
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 6), 1)  # a day no earlier test ingested
+    _airflow(env, "dags", "unpause", "digits_ingest")  # (already, when the backfill test ran first)
+    _airflow(env, "dags", "trigger", "digits_ingest", "--run-id", "after-crash",
+             "--logical-date", "2026-11-06T00:00:00+00:00")
+    deadline = time.monotonic() + 240
+    while True:
+        states = {r["run_id"]: r["state"] for r in _runs(env)}
+        if states.get("after-crash") in ("success", "failed"):
+            break
+        assert time.monotonic() < deadline, f"{states}\n{_log_tail()}"
+        time.sleep(3)
+    assert states["after-crash"] == "success", _log_tail()
+    assert (standalone["base"] / "storage/lake/digits/ds=2026-11-06/part.parquet").exists()
