@@ -329,3 +329,26 @@ def test_validation_is_the_engines_without_scipy_and_a_fresh_process_still_reach
     assert result["same"], (result["ours"], result["theirs"])
     assert any("base-e exponents" in m for m in result["ours"][0])
     assert result["delim"]
+
+
+def test_an_orphaned_agent_stops_and_leaves_its_trial_to_be_taken_over(make_spec, monkeypatch):
+    """Its worker died (the task process was re-parented): a trial that then breaks (a closed pipe to
+    the dead supervisor) is not marked failed, and the agent takes no further trial."""
+    from freestack.sweeps.controller import LocalAgent, SweepError, create_sweep, load_trials
+
+    spec = make_spec({"method": "random", "run_cap": 4, "parameters": {"learning_rate": LR}})
+    create_sweep(spec, "orphan", {"end_ds": "2026-11-05"}, agents=1)
+    real_ppid = os.getppid()
+    state = {"ppid": real_ppid}
+    monkeypatch.setattr(os, "getppid", lambda: state["ppid"])
+
+    def trial(doc, report_epoch):
+        state["ppid"] = 1  # the supervisor dies while this trial trains
+        raise BrokenPipeError(32, "Broken pipe")
+
+    agent = LocalAgent(spec, "orphan", trial, agent_id="orphan", ttl=30)
+    with pytest.raises(SweepError, match="supervising process is gone"):
+        agent.run()
+    (doc,) = [d for d, _ in load_trials(spec, "orphan")]
+    assert doc["state"] == "running" and "error" not in doc  # its lease expires; another agent resumes it
+    assert agent.report.lost == [doc["id"]]

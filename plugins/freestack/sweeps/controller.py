@@ -314,11 +314,23 @@ class LocalAgent:
         self.config = self.sweep["config"]
         self.max_trials = int(self.sweep["max_trials"])
         self.report = AgentReport(agent=self.agent_id)
+        # the process that started this agent (Airflow's task supervisor): when it dies (its worker was
+        # killed) this process is re-parented and must stop, not go on taking and failing trials
+        self._parent = os.getppid()
+
+    def orphaned(self) -> bool:
+        """The supervising process is gone: this agent's results could no longer be reported."""
+        return os.getppid() != self._parent
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> AgentReport:
         failures = 0
         while True:
+            if self.orphaned():
+                raise SweepError(
+                    f"agent {self.agent_id}: its supervising process is gone (the worker died); it takes no "
+                    "more trials, and the one it held is taken over by another agent when its lease expires"
+                )
             trials = load_trials(self.spec, self.sweep_id)
             claimed = self._take_over_expired(trials) or self._propose(trials)
             if claimed == "retry":
@@ -447,7 +459,7 @@ class LocalAgent:
                 self.report.lost.append(doc["id"])
                 return True
             except Exception as exc:
-                if lease.lost:
+                if lease.lost or self.orphaned():  # not the trial's fault: another agent takes it over
                     self.report.lost.append(doc["id"])
                     return True
                 log.exception("trial %s failed", doc["id"])
