@@ -29,11 +29,12 @@ export WANDB_CACHE_DIR ?= $(CURDIR)/.freestack/wandb/cache
 export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv demo test test-fast test-slow up down lint bench clean
+.PHONY: help venv serving-venv demo test test-fast test-slow test-scaleout scaleout-deps up down lint bench clean
 
 help:
 	@echo "make demo   - land the demo data and run the pipeline DAGs on it (embedded defaults)"
 	@echo "make test   - install everything and run the whole test suite"
+	@echo "make test-scaleout - only the scaled-out stack (Postgres, Celery + Redis, S3) tests"
 	@echo "make up     - start airflow standalone on http://127.0.0.1:$(AIRFLOW_PORT) (make down stops it)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks in bench/"
@@ -44,7 +45,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,scaleout]'
 	touch $@
 
 serving-venv: $(SERVING_STAMP)
@@ -63,8 +64,19 @@ $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli demo
 
-test: $(STAMP) $(SERVING_STAMP)
+test: $(STAMP) $(SERVING_STAMP) scaleout-deps
 	$(BIN)/python -m pytest -q -ra tests
+
+# the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
+# (SeaweedFS comes from PyPI with the dev extra); installed only when missing
+scaleout-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql redis-server; \
+	fi
+
+test-scaleout: $(STAMP) $(SERVING_STAMP) scaleout-deps
+	$(BIN)/python -m pytest -q -ra -m scaleout tests
 
 test-fast: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
