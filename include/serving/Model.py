@@ -4,7 +4,10 @@ A Seldon Python model class (seldon-core 1.17.1): ``seldon-core-microservice Mod
 and so does freestack's local launcher (``freestack.serving.server``). Parameters come from Seldon's
 ``--parameters`` or the environment:
 
-- ``model_uri`` / ``FREESTACK_MODEL_URI``: the registry version (``file://``, ``s3://`` or ``data://``);
+- ``model_uri`` / ``FREESTACK_MODEL_URI``: the registry version (``file://``, ``s3://`` or ``data://``),
+  or an alias of it, ``<root>/registry/<model>@production``: resolved once, when the model is first
+  described, to the version the alias names then (a server keeps serving that version; restart it to
+  follow a promotion);
 - ``max_batch_rows`` / ``FREESTACK_MAX_BATCH_ROWS``: the most rows one request may carry (413 above);
 - ``request_log_uri`` / ``FREESTACK_REQUEST_LOG_URI`` and ``request_log_rate`` /
   ``FREESTACK_REQUEST_LOG_RATE``: where a sample of requests and predictions goes, and how large a
@@ -187,6 +190,8 @@ class Model:
         self.model_uri = (model_uri or os.environ.get("FREESTACK_MODEL_URI", "")).rstrip("/")
         if not self.model_uri:
             raise ValueError("no model to serve: pass the model_uri parameter or set FREESTACK_MODEL_URI")
+        #: what was asked for: the version URI, or an alias URI that ``model_uri`` is resolved from
+        self.requested_uri = self.model_uri
         self.max_batch_rows = int(max_batch_rows or os.environ.get("FREESTACK_MAX_BATCH_ROWS", "10000"))
         self.request_log_uri = request_log_uri or os.environ.get("FREESTACK_REQUEST_LOG_URI", "")
         rate = float(request_log_rate) if float(request_log_rate) >= 0 else float(
@@ -205,8 +210,11 @@ class Model:
         """Model name, version, features and classes from the small JSON files: no torch involved, so it
         is safe in gunicorn's master before workers fork."""
         if self._described is None:
-            from freestack.serving.fetch import fetch_version
+            from freestack.serving.fetch import fetch_version, resolve_uri
 
+            # an alias (registry/<model>@production) is read once: every later fetch, in this process and
+            # in the workers forked from it, uses the one version it named, never a mix of two
+            self.model_uri = resolve_uri(self.model_uri)
             marker = fetch_version(self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json"))
             config = json.loads(open(os.path.join(self.cache_dir, "config.json")).read())
             pre = json.loads(open(os.path.join(self.cache_dir, "preprocessing.json")).read())
@@ -268,7 +276,8 @@ class Model:
             "outputs": [{"messagetype": "tensor", "schema": {"names": [str(c) for c in outputs],
                                                              "shape": [len(outputs)]}}],
             "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32",
-                       "max_batch_rows": str(self.max_batch_rows)},
+                       "max_batch_rows": str(self.max_batch_rows),
+                       **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {})},
         }  # fmt: skip
 
     def health_status(self) -> list[float]:

@@ -12,6 +12,10 @@ providers), so it speaks to each store with the plainest client there is:
 
 A folder is a version only when its ``_REGISTERED.json`` commit marker exists; every file used is
 checked against the sha256 the marker records, so a half-copied or altered version never loads.
+
+A URI may also name an alias instead of a version: ``<root>/registry/<model>@production`` (any alias
+the registry keeps in ``registry/<model>/aliases.json``) is resolved by :func:`resolve_uri` to the
+version the alias points at when it is read; every other URI is used as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -28,6 +33,12 @@ from pathlib import Path
 
 MARKER = "_REGISTERED.json"
 NEEDED = ("config.json", "model.safetensors", "preprocessing.json")
+#: the registry's alias file, ``registry/<model>/aliases.json`` (``freestack.registry.core.ALIASES``)
+ALIASES = "aliases.json"
+# the registry's own rules for alias and version names (``freestack.registry.core``): a version is one
+# path segment, so an alias file can never point outside its model's folder
+_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class FetchError(Exception):
@@ -112,10 +123,53 @@ def reader(uri: str):
     raise FetchError(f"cannot serve from {uri!r}: use a file://, s3:// or data:// model version URI")
 
 
+def split_alias(uri: str) -> tuple[str, str, str] | None:
+    """``(model folder URI, model, alias)`` when ``uri`` is ``<root>/registry/<model>@<alias>``, else None."""
+    parent, sep, last = uri.rstrip("/").rpartition("/")
+    if not sep or "@" not in last or parent.rpartition("/")[2] != "registry":
+        return None
+    model, _, alias = last.partition("@")
+    if not model or not _ALIAS_RE.match(alias):
+        return None
+    return f"{parent}/{model}", model, alias
+
+
+def resolve_uri(uri: str) -> str:
+    """The version URI that ``uri`` means now: ``<root>/registry/<model>@<alias>`` becomes
+    ``<root>/registry/<model>/<version>`` as ``registry/<model>/aliases.json`` says at this moment; any
+    other URI is returned as it is (without reading anything)."""
+    parts = split_alias(uri)
+    if parts is None:
+        return uri
+    folder, model, alias = parts
+    try:
+        aliases = json.loads(reader(folder)(folder, ALIASES))
+    except FileNotFoundError:
+        raise FetchError(
+            f"{uri}: model {model!r} has no {ALIASES} under {folder}: no version has been promoted to "
+            f"{alias!r} yet (or the model name is wrong)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise FetchError(f"{folder}/{ALIASES} is not valid JSON ({exc})") from None
+    if not isinstance(aliases, dict):
+        raise FetchError(f"{folder}/{ALIASES} is not a JSON object of alias: version")
+    version = aliases.get(alias)
+    if not isinstance(version, str):
+        known = sorted(a for a, v in aliases.items() if a != "history" and isinstance(v, str))
+        raise FetchError(
+            f"{uri}: model {model!r} has no {alias!r} alias (aliases: {', '.join(known) or 'none'}); "
+            "promote a version first"
+        )
+    if not _VERSION_RE.match(version):
+        raise FetchError(f"{folder}/{ALIASES}: {alias!r} points at {version!r}, which is not a version name")
+    return f"{folder}/{version}"
+
+
 def fetch_version(uri: str, dest: str | os.PathLike, names: tuple[str, ...] = NEEDED) -> dict:
     """Copy a registered version's serving files (``names``) into ``dest`` after checking them against
-    the registration manifest; returns the marker (model, version, files)."""
-    uri = uri.rstrip("/")
+    the registration manifest; returns the marker (model, version, files). An alias URI
+    (``.../registry/<model>@production``) is resolved first (:func:`resolve_uri`)."""
+    uri = resolve_uri(uri.rstrip("/"))
     read = reader(uri)
     try:
         marker = json.loads(read(uri, MARKER))
