@@ -254,6 +254,9 @@ class TrainSpec(_Model):
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the executor queue of the training tasks (``train`` and the sweep's ``agent``s): ``gpu`` sends them
+    # to GPU workers (a Celery worker consuming ``gpu``, or the Helm values' GPU pod template)
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class PipelineSpec(_Model):

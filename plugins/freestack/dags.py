@@ -142,7 +142,11 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         choose = ChooseTrainingOperator(
             task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep)."
         )
-        single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.")
+        # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
+        on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
+        single = TrainOperator(
+            task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue
+        )
         create = CreateSweepOperator(
             task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run."
         )
@@ -151,6 +155,7 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             spec_path=spec_path,
             pool=POOL,
             doc_md="Lease trials, train them, report epochs, stop when hyperband says so.",
+            **on_queue,
         ).expand_kwargs(create.output)
         best = SelectBestOperator(
             task_id="select_best",

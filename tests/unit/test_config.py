@@ -44,6 +44,7 @@ def test_demo_spec_loads_and_expands_repeated_columns():
         (lambda d: d.update(deploy={"local": {"worker_class": "eventlet"}}), "deploy", "'freestack', 'gthread' or 'sync'"),
         (lambda d: d.update(deploy={"local": {"threads": 4}}), "deploy", "needs worker_class: gthread"),
         (lambda d: d.update(deploy={"kubernetes": {"canary": {"traffic": 100}}}), "deploy", "kubernetes.canary.traffic"),
+        (lambda d: d.update(train={"queue": "gpu queue"}), "train.queue", "pattern"),
     ],
 )
 def test_invalid_specs_name_file_and_field(mutate, field, words):
@@ -82,3 +83,20 @@ def test_discover_keeps_good_specs_beside_broken_ones(tmp_path):
     assert not isinstance(found["digits"], SpecError)
     assert isinstance(found["broken"], SpecError)
     assert "broken.yaml: source.schema" in str(found["broken"])
+
+
+def test_train_queue_puts_the_training_tasks_on_it():
+    """``train.queue: gpu`` sends ``train`` and the sweep agents to the gpu queue (Celery workers that
+    consume it, or the Helm values' GPU pod template); every other task stays on the default queue."""
+    import yaml
+
+    from freestack.dags import train_dag
+
+    data = yaml.safe_load(DIGITS.read_text())
+    data["train"]["queue"] = "gpu"
+    dag = train_dag(parse_spec(data, str(DIGITS)), str(DIGITS))
+    queues = {t.task_id: t.queue for t in dag.tasks}
+    assert queues["train"] == queues["agent"] == "gpu"
+    assert {q for tid, q in queues.items() if tid not in ("train", "agent")} == {"default"}
+    plain = train_dag(load_spec(DIGITS), str(DIGITS))
+    assert {t.queue for t in plain.tasks} == {"default"}
