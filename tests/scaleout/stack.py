@@ -48,10 +48,9 @@ def free_ports(n: int) -> list[int]:
     """``n`` distinct free ports below the ephemeral range (client sockets never take them)."""
     import random
 
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
+    from freestack.serving.local import ephemeral_port_floor
+
+    low = ephemeral_port_floor()
     out: list[int] = []
     while len(out) < n:
         p = random.randint(12000, low - 300)
@@ -175,7 +174,7 @@ class Stack:
     def __post_init__(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         names = ["pg", "redis", "api", "s3", "master", "master_g", "volume", "volume_g", "filer", "filer_g",
-                 "s3_g", "admin", "admin_g"] + [f"serve{i}" for i in range(self.workers)]  # fmt: skip
+                 "s3_g", "admin", "admin_g"]  # fmt: skip
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         from freestack.serving.local import free_port_block
 

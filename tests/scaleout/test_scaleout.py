@@ -44,22 +44,15 @@ def stack(tmp_path_factory):
 def _land(s: Stack, days: list[date]) -> None:
     """Landing files in S3, written by this process through the same S3 connection as the workers."""
     import os
+    from unittest import mock
 
     sys.path.insert(0, str(ROOT / "include"))
     from demo.landing import make_landing
 
-    env = s.control_env()
-    saved = {k: os.environ.get(k) for k in env if k.startswith("AIRFLOW_CONN_")}
-    os.environ.update({k: env[k] for k in saved})
-    try:
+    conns = {k: v for k, v in s.control_env().items() if k.startswith("AIRFLOW_CONN_")}
+    with mock.patch.dict(os.environ, conns):
         for d in days:
             make_landing(s.storage_root, d, 1)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _keys(s: Stack, prefix: str) -> list[str]:

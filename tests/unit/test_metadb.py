@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -19,8 +18,7 @@ def test_sqlite_gets_the_busy_timeout_and_postgres_is_left_alone():
 
 def test_airflow_engine_waits_for_the_lock(tmp_path):
     """Airflow's own engine, configured by airflow_env, sets SQLite's busy timeout to 60 s."""
-    env = {**os.environ, **airflow_env(), "AIRFLOW_HOME": str(tmp_path)}
-    env.update(settings_for(None))
+    env = {**airflow_env(), "AIRFLOW_HOME": str(tmp_path)}
     code = (
         "from sqlalchemy import text\n"
         "from airflow import settings\n"

@@ -273,6 +273,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def ephemeral_port_floor() -> int:
+    """The lowest port the kernel hands to client sockets (``ip_local_port_range``; 32768 if unknown).
+    Servers that must be able to bind a chosen port later pick it below this."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_block(host: str = "127.0.0.1") -> int:
     """A ``port`` for ``deploy.local`` whose four ports are free on ``host``: blue (P), green (P+1)
     and their metrics (P+100, P+101), as ``FREESTACK_SERVE_PORT`` for tests and benchmarks.
@@ -282,11 +291,7 @@ def free_port_block(host: str = "127.0.0.1") -> int:
     """
     import random
 
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    top = max(low - 200, 12000)
+    top = max(ephemeral_port_floor() - 200, 12000)
     for _ in range(200):
         p = random.randint(10000, top)
         ok = True
