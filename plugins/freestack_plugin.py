@@ -14,6 +14,7 @@ from freestack.pools import pool_listener
 from freestack.preload import preload_listener
 from freestack.timings import enabled as timings_enabled
 from freestack.timings import task_timings
+from freestack.wake import wake_listener
 
 
 def storage_root() -> str:
@@ -30,7 +31,8 @@ class FreestackPlugin(AirflowPlugin):
     # FREESTACK_TASK_TIMINGS=file: when each task's execute starts and ends (bench/orchestration)
     # preload_listener: the scheduler imports torch, pandas, ... once, before the LocalExecutor forks its
     # workers, so that task processes start with them (freestack.preload; FREESTACK_PRELOAD=0 turns it off)
-    listeners = [pool_listener, preload_listener, *([task_timings] if timings_enabled() else [])]
+    # wake_listener: the scheduler's idle sleep ends when a LocalExecutor task ends (freestack.wake)
+    listeners = [pool_listener, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])]
     fastapi_apps = [
         # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
         {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},

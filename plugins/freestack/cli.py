@@ -40,9 +40,6 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__PORT": port,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        # an idle scheduler loop waits this long before looking again: Airflow's 1 s default is paid
-        # between every task and the next one of a pipeline (bench/orchestration)
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
         # the LocalExecutor forks this many workers up front (Airflow's default: 32), each a copy of
         # the scheduler with its preloaded libraries: 4 per core (8 at least, 32 at most) is plenty on
         # one machine, and on 2 cores saves 245 MiB (bench/orchestration)

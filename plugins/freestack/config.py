@@ -267,6 +267,9 @@ class PipelineSpec(_Model):
     schedule: str | None = "@daily"
     start_date: date = date(2026, 1, 1)
     catchup: bool = False
+    #: ingest runs (days) at once: catch-up, scheduled and backfill runs (a backfill's own
+    #: --max-active-runs wins for it); each is one light task
+    max_active_runs: int = Field(default=8, ge=1, le=64)
     retries: int = Field(default=2, ge=0, le=20)
     retry_delay_seconds: float = Field(default=30, ge=0)
     tags: list[str] = Field(default_factory=list)

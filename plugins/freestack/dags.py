@@ -63,7 +63,7 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         schedule=_schedule(spec),
         start_date=start,
         catchup=spec.catchup,
-        max_active_runs=4,
+        max_active_runs=spec.max_active_runs,
         default_args=_default_args(spec),
         tags=sorted({"freestack", "ingest", f"pipeline:{spec.name}", *spec.tags}),
         doc_md=(
@@ -96,8 +96,6 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         EvaluateOperator,
         GateOperator,
         PromoteOperator,
-        RegisterOperator,
-        RouteOperator,
     )
     from freestack.operators.sweep import (
         POOL,
@@ -171,11 +169,15 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             trigger_rule="none_failed_min_one_success",  # after train or after select_best
             doc_md="Candidate and production scored on the same held-out test split; HTML report.",
         )
-        gate = GateOperator(task_id="gate", spec_path=spec_path, doc_md="The spec's gate: promote or block, with reasons.")
-        register = RegisterOperator(
-            task_id="register", spec_path=spec_path, doc_md="Commit the immutable version, its model card and decision."
+        gate = GateOperator(
+            task_id="gate",
+            spec_path=spec_path,
+            doc_md=(
+                "The spec's gate decides promote or block, with reasons; the candidate is committed as an "
+                "immutable version with its model card and that decision (blocked ones too); then on to "
+                "`promote`, `approve` first, or `blocked`."
+            ),
         )
-        route = RouteOperator(task_id="route", spec_path=spec_path, doc_md="promote, approve first, or blocked.")
         approve = ApprovalOperator(
             task_id="approve",
             subject=f"Promote a new {spec.model_name} version to production?",
@@ -190,7 +192,7 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         promote = PromoteOperator(
             task_id="promote",
             spec_path=spec_path,
-            trigger_rule="none_failed_min_one_success",  # straight from route, or after approve
+            trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
             doc_md="Move production (and previous) to the new version.",
         )
         blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
@@ -204,7 +206,7 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
                    if target == "local" else "a SeldonDeployment on Kubernetes, waited on until Available.")
             ),
         )  # fmt: skip
-        [single, best] >> evaluate >> gate >> register >> route >> [approve, promote, blocked]
+        [single, best] >> evaluate >> gate >> [approve, promote, blocked]
         approve >> promote >> deploy
     return dag
 

@@ -21,6 +21,27 @@ def _registry(lake):  # noqa: F811
     return ModelRegistry(lake["root"].as_uri(), "digits")
 
 
+def _gate_retry_is_safe(dag, lake, version, run_id, decision):  # noqa: F811
+    """The gate task run again (a retry after its commit) takes the version it registered as it is; any
+    other run trying to register that version is told versions are immutable."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from freestack.operators.promote import route_for
+
+    folder = lake["root"] / "registry" / "digits" / version
+    ev = json.loads((folder / "evaluation" / "metrics.json").read_text())
+    ev.update(candidate_version=version, champion_version=None, sweep=None)
+    gate = dag.get_task("gate")
+    again = gate.decide(ev)
+    assert again["promote"] == decision["promote"] and route_for(again) == "promote"
+    before = (folder / "lineage.json").read_bytes()
+    got = gate.register(ev, again, run_id)
+    assert got["version"] == version and got["version_uri"].rstrip("/").endswith(version)
+    assert (folder / "lineage.json").read_bytes() == before
+    with pytest.raises(AirflowFailException, match="registered already by another run"):
+        gate.register(ev, again, "manual__someone_else")
+
+
 def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     dag = lake["bag"].get_dag("digits_train")
     reg = _registry(lake)
@@ -35,6 +56,9 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
     card = reg.get(v1)["card"]
     assert card.startswith("---\n") and "test_accuracy" in card and lineage["partitions"][0]["sha256"] in card
+    # decide, register and route are one task, `gate`
+    assert s["gate"] == ["success"] and not {"register", "route"} & set(dag.task_ids)
+    _gate_retry_is_safe(dag, lake, v1, first.run_id, lineage["gate"])
 
     # a deliberately worse candidate: one epoch at a tiny learning rate
     worse = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 1, "learning_rate": 1e-5})

@@ -236,7 +236,6 @@ class Stack:
             "AIRFLOW__API__BASE_URL": self.api,
             "AIRFLOW__API__SECRET_KEY": self.api_secret,
             "AIRFLOW__API_AUTH__JWT_SECRET": self.jwt_secret,
-            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             # a task whose worker died is failed (and retried) after 30 s without a heartbeat, not 5 min
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",

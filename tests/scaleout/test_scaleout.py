@@ -2,7 +2,7 @@
 
 Everything is started natively on 127.0.0.1 (``tests/scaleout/stack.py``, what ``docker/compose.yaml``
 runs). The pipeline is driven as a user would, through Airflow's REST API: a 3-day backfill of
-``digits_ingest``, then ``digits_train`` (a 2-agent sweep -> evaluate -> register -> deploy). Then the
+``digits_ingest``, then ``digits_train`` (a 2-agent sweep -> evaluate -> gate -> deploy). Then the
 failure cases: a worker killed in the middle of a sweep, PostgreSQL restarted during a run, and the S3
 server unreachable for a while. Run apart with ``make test-scaleout`` (``-m scaleout``).
 """
@@ -138,7 +138,7 @@ def test_pipeline_through_the_rest_api_on_celery_postgres_and_s3(stack):
     for d in DAYS:
         assert f"freestack/lake/digits/ds={d}/part.parquet" in lake, lake
 
-    # the train pipeline (sweep with two agents -> evaluate -> register -> promote -> deploy)
+    # the train pipeline (sweep with two agents -> evaluate -> gate (registers) -> promote -> deploy)
     conf = {"end_ds": str(DAYS[-1]), "sweep": True, "sweep_agents": 2, "epochs": 4}
     s.rest(
         "POST", "/dags/digits_train/dagRuns", {"dag_run_id": "scaleout", "logical_date": None, "conf": conf}

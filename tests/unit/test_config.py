@@ -85,6 +85,21 @@ def test_discover_keeps_good_specs_beside_broken_ones(tmp_path):
     assert "broken.yaml: source.schema" in str(found["broken"])
 
 
+def test_max_active_runs_bounds_the_ingest_days_at_once():
+    import yaml
+    from pydantic import ValidationError
+
+    from freestack.dags import ingest_dag
+
+    assert ingest_dag(load_spec(DIGITS), str(DIGITS)).max_active_runs == 8
+    data = yaml.safe_load(DIGITS.read_text())
+    data["max_active_runs"] = 2
+    assert ingest_dag(parse_spec(data, str(DIGITS)), str(DIGITS)).max_active_runs == 2
+    data["max_active_runs"] = 0
+    with pytest.raises((SpecError, ValidationError), match="max_active_runs"):
+        parse_spec(data, str(DIGITS))
+
+
 def test_train_queue_puts_the_training_tasks_on_it():
     """``train.queue: gpu`` sends ``train`` and the sweep agents to the gpu queue (Celery workers that
     consume it, or the Helm values' GPU pod template); every other task stays on the default queue."""

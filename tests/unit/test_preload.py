@@ -74,3 +74,32 @@ def test_a_task_drops_a_shared_wandb_service_that_does_not_answer(monkeypatch, t
     assert shared_service_or_own() is False and "WANDB_SERVICE" not in os.environ
     monkeypatch.setenv("WANDB_SERVICE", f"2-{os.getpid()}-unix-{tmp_path / 'no-such.sock'}")
     assert shared_service_or_own() is False and "WANDB_SERVICE" not in os.environ
+
+
+WARM_PROBE = r"""
+import json, sys, time
+from freestack import preload
+took = preload.preload(("airflow.sdk.execution_time.supervisor", "freestack.dags"))
+from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+rt = ProvidersManagerTaskRuntime()
+# the asset URI handlers were discovered (a later Asset pays nothing) and the DAGs were built once
+t0 = time.perf_counter()
+from freestack.dags import build_all
+n = len(build_all({}))
+print(json.dumps({"took": took, "handlers": sorted(rt._asset_uri_handlers), "rebuild_s": time.perf_counter() - t0,
+                  "dags": n}))
+"""
+
+
+def test_preload_warms_asset_handlers_and_dag_building(monkeypatch):
+    """The first DAG build in a process discovers every provider's asset URI handlers and fills the spec
+    validators' caches: preloading does it once, in the scheduler, so that task processes start warm."""
+    env = {**os.environ, "FREESTACK_PIPELINES_DIR": str(preload.__file__).rsplit("/plugins/", 1)[0]
+           + "/include/pipelines"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", WARM_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "asset URI handlers" in got["took"] and "DAG building" in got["took"]
+    assert "API client SSL context" in got["took"]
+    assert "s3" in got["handlers"]  # the amazon provider's, discovered by the warm-up
+    assert got["dags"] >= 2

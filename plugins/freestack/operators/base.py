@@ -12,11 +12,16 @@ from freestack.config import PipelineSpec, load_spec
 
 
 class PipelineOperator(BaseOperator):
-    """An operator of one pipeline: a templated ``spec_path``, and ``pipeline_spec()`` which loads it
-    at run time (never at parse time) and fails the task at once if it is broken: retrying cannot
-    fix a spec. Branch operators list it before ``BaseBranchOperator``."""
+    """An operator of one pipeline: a ``spec_path``, and ``pipeline_spec()`` which loads it at run time
+    (never at parse time) and fails the task at once if it is broken: retrying cannot fix a spec.
+    Branch operators list it before ``BaseBranchOperator``.
 
-    template_fields: Sequence[str] = ("spec_path",)
+    ``spec_path`` is not a template field: the DAG factory sets it to the spec file's path, so rendering
+    it changed nothing, and a task with template fields sends them to the API server before its code
+    starts (one round trip per task, 50 ms alone and several times that when tasks start together;
+    ``bench/orchestration``). Subclasses with real templates (``version``) declare them."""
+
+    template_fields: Sequence[str] = ()
 
     def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -35,7 +35,7 @@ def _root(spec) -> str:
 class DeployOperator(PipelineOperator):
     """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``)."""
 
-    template_fields = (*PipelineOperator.template_fields, "version")
+    template_fields = ("version",)
     ui_color = "#d6e4f5"
 
     def __init__(self, *, version: str | None = None, reason: str | None = None, **kwargs: Any) -> None:
@@ -157,7 +157,7 @@ def _served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
 class RollbackOperator(PipelineOperator):
     """Move ``production`` to ``version`` (``previous``: the version before the current one)."""
 
-    template_fields = (*PipelineOperator.template_fields, "version")
+    template_fields = ("version",)
     ui_color = "#f5dcd6"
 
     def __init__(self, *, version: str = "previous", **kwargs: Any) -> None:

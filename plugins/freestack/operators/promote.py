@@ -1,4 +1,4 @@
-"""Champion/challenger after training: ``evaluate`` -> ``gate`` -> ``register`` -> ``route`` ->
+"""Champion/challenger after training: ``evaluate`` -> ``gate`` (decide, register, route) ->
 (``approve``) -> ``promote``, or ``blocked``. Thin operators over ``freestack.evaluate`` and
 ``freestack.registry``; a blocked candidate skips promotion and the DAG run still ends green.
 """
@@ -82,16 +82,42 @@ class EvaluateOperator(PipelineOperator):
         return summary
 
 
-class GateOperator(PipelineOperator):
-    """Decide promotion by the spec's ``gate:`` block; the reasons go to the log and to lineage."""
+def route_for(decision: dict[str, Any]) -> str:
+    """The task after the gate: ``promote``, ``approve`` (a human first) or ``blocked``."""
+    if not decision["promote"]:
+        return "blocked"
+    return "approve" if decision.get("approval") == "required" else "promote"
+
+
+class GateOperator(PipelineOperator, BaseBranchOperator):
+    """Decide promotion by the spec's ``gate:`` block, register the candidate as an immutable version
+    with that decision and its model card, and branch: ``promote``, ``approve`` first, or ``blocked``.
+
+    One task for the three steps: each is a few milliseconds of work, and as separate tasks each cost a
+    task start and a scheduler hop (``bench/orchestration``). The log gives the decision and its
+    reasons, then the registration; the decision is the task's XCom (``ti.xcom_pull(task_ids='gate')``,
+    as the approval form shows it), the registration its ``registered`` XCom. A retry is safe: the
+    decision is computed again from the evaluation, and a version this run registered already is
+    taken as it is."""
 
     ui_color = "#d8f0e4"
 
     def execute(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        ev = ti.xcom_pull(task_ids="evaluate")
+        decision = self.decide(ev)
+        registered = self.register(ev, decision, ti.run_id)
+        ti.xcom_push(key="registered", value=registered)
+        # skipping the branches not taken ends the task by an exception (Airflow 3's task runner then
+        # pushes no return value), so the decision is pushed first, under the return value's key
+        ti.xcom_push(key="return_value", value=decision)
+        self.do_branch(context, route_for(decision))
+        return decision
+
+    def decide(self, ev: dict[str, Any]) -> dict[str, Any]:
         from freestack.evaluate.gate import GateSpec, decide
 
         spec = self.pipeline_spec()
-        ev = context["ti"].xcom_pull(task_ids="evaluate")
         gate = GateSpec.model_validate(spec.gate or {})
         try:
             decision = decide(gate, ev["candidate"], ev.get("champion"))
@@ -106,19 +132,11 @@ class GateOperator(PipelineOperator):
             self.log.info("  - %s", reason)
         return decision
 
-
-class RegisterOperator(PipelineOperator):
-    """Commit the candidate as an immutable registry version with its model card and gate decision."""
-
-    ui_color = "#d8f0e4"
-
-    def execute(self, context: Context) -> dict[str, Any]:
+    def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Commit the candidate (blocked ones too) with its model card and the decision."""
         from freestack.registry.core import RegistryError, VersionExists
 
         spec = self.pipeline_spec()
-        ti = context["ti"]
-        ev = ti.xcom_pull(task_ids="evaluate")
-        decision = ti.xcom_pull(task_ids="gate")
         version = ev["candidate_version"]
         reg = _registry(spec)
         sweep = ev.get("sweep") or None
@@ -145,7 +163,7 @@ class RegisterOperator(PipelineOperator):
         except VersionExists:
             # a retry of this task after its commit: the version is this run's, nothing to redo
             got = reg.get(version)
-            if (got.get("lineage") or {}).get("airflow", {}).get("run_id") != ti.run_id:
+            if (got.get("lineage") or {}).get("airflow", {}).get("run_id") != run_id:
                 raise AirflowFailException(
                     f"version {version} of {spec.model_name} is registered already by another run; versions "
                     "are immutable"
@@ -161,17 +179,6 @@ class RegisterOperator(PipelineOperator):
         return {"version": version, "version_uri": uri, "hub": pushed, "promote": decision["promote"]}
 
 
-class RouteOperator(PipelineOperator, BaseBranchOperator):
-    """Promotion (``promote``), a human approval first (``approve``), or ``blocked``."""
-
-
-    def choose_branch(self, context: Context) -> str:
-        decision = context["ti"].xcom_pull(task_ids="gate")
-        if not decision["promote"]:
-            return "blocked"
-        return "approve" if decision.get("approval") == "required" else "promote"
-
-
 class PromoteOperator(PipelineOperator):
     """Move ``production`` (and ``previous``) to the new version atomically; on the Hub too."""
 
@@ -182,7 +189,7 @@ class PromoteOperator(PipelineOperator):
 
         spec = self.pipeline_spec()
         ti = context["ti"]
-        registered = ti.xcom_pull(task_ids="register")
+        registered = ti.xcom_pull(task_ids="gate", key="registered")
         decision = ti.xcom_pull(task_ids="gate")
         reg = _registry(spec)
         aliases = reg.promote(registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500])
@@ -195,6 +202,5 @@ class PromoteOperator(PipelineOperator):
 
 
 __all__ = [
-    "EvaluateOperator", "GateOperator", "PromoteOperator", "RegisterOperator", "RouteOperator", "candidate_of",
-    "hub_settings",
+    "EvaluateOperator", "GateOperator", "PromoteOperator", "candidate_of", "hub_settings", "route_for",
 ]  # fmt: skip
