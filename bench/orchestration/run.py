@@ -534,14 +534,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--specs", type=int, default=None, help="specs in the parse-time folder (default 50; 3 quick)")
     ap.add_argument("--agents", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=None,
-                    help="pipeline runs under Airflow and plain, alternating (default 3; 1 with --quick)")
+                    help="pipeline runs under Airflow and plain, alternating (default 5; 1 with --quick)")
     ap.add_argument("--parts", default="parse,airflow,plain", help="a subset of parse,airflow,plain")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
     n_days = args.days or (1 if args.quick else 5)
     n_specs = args.specs or (3 if args.quick else 50)
-    repeats = max(1, args.repeat or (1 if args.quick else 3))
+    repeats = max(1, args.repeat or (1 if args.quick else 5))
     # the last complete days (UTC), so that the scheduler's catchup makes exactly these runs
     today = datetime.now(UTC).date()
     days = [(today - timedelta(days=n_days - i)).isoformat() for i in range(n_days)]
