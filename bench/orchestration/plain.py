@@ -62,8 +62,9 @@ def _agent(spec_path: str, kwargs: dict[str, Any], run_id: str, params: dict[str
 
 def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: str, agents: int,
                  run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run ingest for ``days``, then the train DAG's path (sweep, evaluate, gate, promote, deploy), and return the wall time of each stage and of the whole. ``run_id``: the train run's id,
-    which seeds the sweep's proposals (give the scheduler's run id for the very same trials)."""
+    """Run ingest for ``days``, then the train DAG's path (sweep, evaluate, gate, promote, deploy), and
+    return the wall time of each stage and of the whole. ``run_id``: the train run's id, which seeds
+    the sweep's proposals (give the scheduler's run id for the very same trials)."""
     stages: list[dict[str, Any]] = []
     t_all = time.perf_counter()
 

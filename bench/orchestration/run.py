@@ -283,12 +283,15 @@ def _wait_runs(db: Path, dag_id: str, n: int, timeout: float, log: Path) -> list
     raise SystemExit(f"{dag_id}: {n} runs did not finish in {timeout:.0f} s; see {log}")
 
 
-def _rest(url: str, airflow_home: Path, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A call to Airflow's public REST API as the admin that ``airflow standalone`` made (its password
-    file), with a JWT from ``/auth/token``."""
+def _rest(env: dict[str, str], method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A call to Airflow's public REST API as the admin that ``airflow standalone`` made (the password
+    file ``freestack up`` reads too), with a JWT from ``/auth/token``."""
     import urllib.request
 
-    password = json.loads((airflow_home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    from freestack.cli import _paths
+
+    url = env["AIRFLOW__API__BASE_URL"]
+    password = json.loads(_paths(env)[2].read_text())["admin"]
     req = urllib.request.Request(f"{url}/auth/token", data=json.dumps({"username": "admin", "password": password}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
     with urllib.request.urlopen(req, timeout=60) as r:
@@ -342,7 +345,7 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
         ingest_runs = _wait_runs(db, "digits_ingest", len(days), 900, log)
         # triggered the way the UI's Trigger button does it: the REST API, as the standalone admin
         t_trigger = time.time()
-        run = _rest(f"http://127.0.0.1:{port}", base / "airflow", "POST", "/dags/digits_train/dagRuns",
+        run = _rest(env, "POST", "/dags/digits_train/dagRuns",
                     {"logical_date": None, "conf": {"end_ds": days[-1], "sweep_agents": agents}})  # fmt: skip
         trigger_s = time.time() - t_trigger
         train_runs = _wait_runs(db, "digits_train", 1, 1800, log)

@@ -90,18 +90,32 @@ MODULES: tuple[str, ...] = (
 )
 
 
+#: values of an on/off variable that mean off
+OFF = ("0", "false", "no", "off")
+
+
+def switched_on(name: str) -> bool:
+    """An on/off environment variable that is on unless set to one of :data:`OFF`."""
+    return os.environ.get(name, "1").strip().lower() not in OFF
+
+
 def wanted() -> tuple[str, ...]:
     value = os.environ.get(ENV, "").strip()
-    if value.lower() in ("0", "false", "no", "off"):
+    if value.lower() in OFF:
         return ()
     if value and value.lower() not in ("1", "true", "yes", "on"):
         return tuple(m.strip() for m in value.split(",") if m.strip())
     return MODULES
 
 
+def is_scheduler() -> bool:
+    """This process is ``airflow scheduler``."""
+    return len(sys.argv) >= 2 and os.path.basename(sys.argv[0]) == "airflow" and sys.argv[1] == "scheduler"
+
+
 def is_forking_scheduler() -> bool:
     """This process is ``airflow scheduler`` and its executor forks the task processes."""
-    if len(sys.argv) < 2 or os.path.basename(sys.argv[0]) != "airflow" or sys.argv[1] != "scheduler":
+    if not is_scheduler():
         return False
     try:
         from airflow.configuration import conf
@@ -115,7 +129,7 @@ def is_forking_scheduler() -> bool:
     return "LocalExecutor" in executor and (start or multiprocessing.get_start_method(allow_none=True) or "fork") == "fork"
 
 
-def _warm_asset_uri_handlers() -> None:
+def _warm_asset_uri_handlers() -> bool:
     """The task SDK discovers every provider's asset URI handlers (importing boto3, the amazon
     provider's S3 hook and Airflow's asset ORM models) the first time a DAG file makes an Asset with a
     scheme other than ``file``: once per task process, unless the discovery is done here and
@@ -123,24 +137,26 @@ def _warm_asset_uri_handlers() -> None:
     from airflow.sdk import Asset
 
     Asset(name="freestack_preload", uri="freestack://preload/warm")
+    return True
 
 
-def _warm_api_client() -> None:
+def _warm_api_client() -> bool:
     """The task supervisor's Execution API client builds its SSL context (the certifi bundle: about
     40 ms) once per process, in each LocalExecutor worker's first task unless it is built here."""
     from airflow.sdk.api.client import API_SSL_CA_FILE_PATH, API_SSL_CERT_PATH, Client
 
     Client._get_ssl_context_cached(API_SSL_CA_FILE_PATH, API_SSL_CERT_PATH)
+    return True
 
 
-def _warm_dag_building() -> int:
+def _warm_dag_building() -> bool:
     """Build the pipelines' DAGs once, as the DAG file does in every task process, and throw them away:
     what the first build pays on top of later ones (spec and sweep-config validators, Airflow's operator
     machinery) is then paid here once, not in each task. Touches no connection, database or network,
-    like the DAG file itself. Returns how many DAGs were built."""
+    like the DAG file itself. False when there was no DAG to build."""
     from freestack.dags import build_all
 
-    return len(build_all({}))
+    return bool(build_all({}))
 
 
 def _start_wandb_service() -> bool:
@@ -154,6 +170,17 @@ def _start_wandb_service() -> bool:
 
     wandb.setup()
     return bool(os.environ.get("WANDB_SERVICE"))
+
+
+def _warm(took: dict[str, float], label: str, step, failed: str) -> None:
+    """Run one warm-up ``step`` (True: done); its seconds go into ``took`` under ``label``. A failure is
+    logged as ``failed`` and skipped: the tasks then do that work themselves, as without the preload."""
+    t0 = time.perf_counter()
+    try:
+        if step():
+            took[label] = round(time.perf_counter() - t0, 3)
+    except Exception as exc:
+        log.warning("freestack preload: %s (%s)", failed, exc)
 
 
 def preload(modules: tuple[str, ...]) -> dict[str, float]:
@@ -174,33 +201,15 @@ def preload(modules: tuple[str, ...]) -> dict[str, float]:
             log.warning("freestack preload: could not import %s (%s); tasks will import it themselves", name, exc)
             continue
         took[name] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
-    try:
-        _warm_asset_uri_handlers()
-        took["asset URI handlers"] = round(time.perf_counter() - t0, 3)
-    except Exception as exc:
-        log.warning("freestack preload: asset URI handlers not discovered (%s)", exc)
+    _warm(took, "asset URI handlers", _warm_asset_uri_handlers, "asset URI handlers not discovered")
     if "airflow.sdk.execution_time.supervisor" in took:
-        t0 = time.perf_counter()
-        try:
-            _warm_api_client()
-            took["API client SSL context"] = round(time.perf_counter() - t0, 3)
-        except Exception as exc:
-            log.warning("freestack preload: the Execution API client was not warmed (%s)", exc)
+        _warm(took, "API client SSL context", _warm_api_client, "the Execution API client was not warmed")
     if "freestack.dags" in took:
-        t0 = time.perf_counter()
-        try:
-            if _warm_dag_building():
-                took["DAG building"] = round(time.perf_counter() - t0, 3)
-        except Exception as exc:  # a broken spec: the DAG processor reports it; tasks build as before
-            log.warning("freestack preload: the pipelines' DAGs were not built ahead (%s)", exc)
-    if "wandb" in took and os.environ.get(ENV_WANDB_SERVICE, "1").lower() not in ("0", "false", "no", "off"):
-        t0 = time.perf_counter()
-        try:
-            if _start_wandb_service():
-                took["W&B service"] = round(time.perf_counter() - t0, 3)
-        except Exception as exc:  # tasks then start their own, as without the preload
-            log.warning("freestack preload: no shared W&B service (%s)", exc)
+        # a broken spec: the DAG processor reports it; tasks build as before
+        _warm(took, "DAG building", _warm_dag_building, "the pipelines' DAGs were not built ahead")
+    if "wandb" in took and switched_on(ENV_WANDB_SERVICE):
+        # tasks then start their own, as without the preload
+        _warm(took, "W&B service", _start_wandb_service, "no shared W&B service")
     return took
 
 
@@ -226,4 +235,7 @@ class PreloadListener:
 
 preload_listener = PreloadListener()
 
-__all__ = ["MODULES", "PreloadListener", "is_forking_scheduler", "preload", "preload_listener", "wanted"]
+__all__ = [
+    "MODULES", "OFF", "PreloadListener", "is_forking_scheduler", "is_scheduler", "preload", "preload_listener",
+    "switched_on", "wanted",
+]  # fmt: skip

@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing.connection
-import os
 import sys
 import time as _time
 from typing import Any
 
 from airflow.listeners import hookimpl
+
+from freestack.preload import is_scheduler, switched_on
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ LOOP = "_run_scheduler_loop"
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(ENV)
 
 
 def result_readers(runner: Any) -> list[Any]:
@@ -78,6 +79,10 @@ WORK_QUERY = (
 )
 
 
+#: the failing wake-up query is reported once
+_warned = False
+
+
 def work_signature(engine: Any) -> tuple[int, ...] | None:
     """The four figures of :data:`WORK_QUERY` (None when the database cannot be read now)."""
     if engine is None:
@@ -94,9 +99,6 @@ def work_signature(engine: Any) -> tuple[int, ...] | None:
             _warned = True
             log.warning("freestack: the scheduler's wake-up query failed (%s); it sleeps as before meanwhile", exc)
         return None
-
-
-_warned = False
 
 
 def more_work(before: tuple[int, ...] | None, now: tuple[int, ...] | None) -> bool:
@@ -179,10 +181,6 @@ def install() -> bool:
         return False
     scheduler.time = SchedulerClock()
     return True
-
-
-def is_scheduler() -> bool:
-    return len(sys.argv) >= 2 and os.path.basename(sys.argv[0]) == "airflow" and sys.argv[1] == "scheduler"
 
 
 class WakeListener:
