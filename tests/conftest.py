@@ -36,12 +36,12 @@ os.environ.update(
 
 
 # SQLite metadata: writers wait for the lock (as under `freestack up`), see freestack.metadb
-from freestack.metadb import settings_for  # noqa: E402
+from freestack.embedded import settings_for  # noqa: E402
 
 os.environ.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
 
 # model servers started by the tests: their own ports and folder, stopped at the end of the session
-from freestack.serving.local import free_port_block  # noqa: E402  (after the environment above)
+from freestack.serving.processes import free_port_block  # noqa: E402  (after the environment above)
 
 os.environ["FREESTACK_SERVE_PORT"] = str(free_port_block())
 os.environ["FREESTACK_SERVING_DIR"] = str(_BASE / "serving")
@@ -55,7 +55,7 @@ if str(ROOT / "include") not in sys.path:
 
 def _model_servers() -> set[int]:
     """Supervisor pids of the model servers started under this session's serving folder."""
-    from freestack.serving.local import supervisors
+    from freestack.serving.processes import supervisors
 
     return set(supervisors(os.environ["FREESTACK_SERVING_DIR"]))
 

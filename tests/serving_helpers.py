@@ -16,7 +16,7 @@ def make_version(root: str, model: str, version: str, work: Path, *, seed: int =
                  classes: tuple = (0, 1, 2), broken: bool = False) -> str:  # fmt: skip
     """Register ``version`` of ``model`` under ``root``; ``broken``: its config no longer fits its weights,
     so the version is intact in storage but fails to load."""
-    from freestack.registry import ModelRegistry
+    from freestack.registry.core import ModelRegistry
 
     torch.manual_seed(seed)
     features = [f"f{i}" for i in range(n_features)]

@@ -62,8 +62,8 @@ def objective(epochs: int = 8, sleep: float = 0.0, log_file: str | None = None):
 
 
 def main(argv: list[str]) -> None:
-    from freestack.config import load_spec
-    from freestack.sweeps.controller import LocalAgent
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import LocalAgent
 
     spec_path, sweep_id, agent_id, sleep, ttl = argv[:5]
     log_file = argv[5] if len(argv) > 5 else None

@@ -115,8 +115,8 @@ class Contenders:
     def __init__(self, url: str, key: str, root: Path):
         import requests
 
-        from freestack.dataapi.httpfs import DataApiHttpFileSystem
         from freestack.storage.datafs import DataFileSystem
+        from freestack.storage.httpfs import DataApiHttpFileSystem
 
         self.url = url
         self.key = key

@@ -64,7 +64,7 @@ def spec_data(max_quarantine_fraction: float = 0.5) -> dict[str, Any]:
 
 
 def build_spec(data: dict[str, Any]):
-    from freestack.config import parse_spec
+    from freestack.spec import parse_spec
 
     return parse_spec(data, f"{PIPELINE}.yaml")
 

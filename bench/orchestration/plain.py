@@ -5,7 +5,7 @@ operator the scheduler runs, taken from the same DAG objects, with a small in-me
 instance whose XComs live in a dict, the DAG's Params with the run's conf, the run's ``ds``. Nothing
 of Airflow's scheduling, database, task processes or logs is involved. Stages run in the DAG's order;
 the sweep agents run at once, as the scheduler runs them (one forked process each), so that the
-comparison is of orchestration cost and not of parallelism. Like the scheduler (``freestack.preload``),
+comparison is of orchestration cost and not of parallelism. Like the scheduler (``freestack.runtime.preload``),
 the process imports the libraries before the clock starts; the agents inherit them.
 
     from bench.orchestration.plain import run_pipeline
@@ -52,7 +52,7 @@ def _context(ti: PlainTI, params: dict[str, Any], logical: datetime, conf: dict[
 
 def _agent(spec_path: str, kwargs: dict[str, Any], run_id: str, params: dict[str, Any], logical: datetime,
            conf: dict[str, Any], out) -> None:  # fmt: skip
-    from freestack.operators.sweep import SweepAgentOperator
+    from freestack.sweeps.operators import SweepAgentOperator
 
     op = SweepAgentOperator(task_id="agent", spec_path=spec_path, **kwargs)
     store: dict = {}
@@ -124,7 +124,7 @@ def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: s
         timed(task_id, lambda task_id=task_id: call(task_id))
 
     def gate() -> str:  # the gate's execute, less the skipping of the branches not taken (Airflow's part)
-        from freestack.operators.promote import route_for
+        from freestack.evaluate.operators import route_for
 
         task, ti = dag.get_task("gate"), PlainTI(store, dag.dag_id, run_id, "gate")
         ev = store[("evaluate", "return_value")]

@@ -93,7 +93,7 @@ def write_specs(folder: Path, n: int, *, quick: bool = False, first_day: str | N
 
 
 def _env(base: Path, specs: Path, **extra: str) -> dict[str, str]:
-    from freestack.cli import airflow_env
+    from freestack.embedded import airflow_env
 
     env = airflow_env()
     env.update({
@@ -288,10 +288,10 @@ def _rest(env: dict[str, str], method: str, path: str, body: dict[str, Any]) -> 
     file ``freestack up`` reads too), with a JWT from ``/auth/token``."""
     import urllib.request
 
-    from freestack.cli import _paths
+    from freestack.embedded import standalone_files
 
     url = env["AIRFLOW__API__BASE_URL"]
-    password = json.loads(_paths(env)[2].read_text())["admin"]
+    password = json.loads(standalone_files(env)[2].read_text())["admin"]
     req = urllib.request.Request(f"{url}/auth/token", data=json.dumps({"username": "admin", "password": password}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
     with urllib.request.urlopen(req, timeout=60) as r:
@@ -303,8 +303,8 @@ def _rest(env: dict[str, str], method: str, path: str, body: dict[str, Any]) -> 
 
 
 def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name: str = "standalone") -> dict[str, Any]:
-    from freestack.cli import healthy, start_standalone, warm_execution_api
-    from freestack.serving.local import free_port_block, stop_process
+    from freestack.embedded import healthy, start_standalone, warm_execution_api
+    from freestack.serving.processes import free_port_block, stop_process
 
     base = work / name
     specs = base / "pipelines"
@@ -436,7 +436,7 @@ def _stop_model_servers(env: dict[str, str]) -> None:
 
 def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: str | None,
                 name: str = "plain") -> dict[str, Any]:  # fmt: skip
-    from freestack.serving.local import free_port_block
+    from freestack.serving.processes import free_port_block
 
     base = work / name
     specs = base / "pipelines"
@@ -449,7 +449,7 @@ def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: s
         "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         "from bench.orchestration.plain import run_pipeline\n"
-        "from freestack.preload import MODULES, preload\n"
+        "from freestack.runtime.preload import MODULES, preload\n"
         "preload(MODULES)  # before the clock, as the scheduler does before the run\n"
         f"bag = DagBag(dag_folder={str(DAG_FILE)!r})\n"
         "assert not bag.import_errors, bag.import_errors\n"

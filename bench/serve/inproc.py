@@ -55,11 +55,11 @@ def _seldon(model_uri: str, model_dir: str):
     from Model import Model, envelope_problem
     from seldon_core import seldon_methods
 
-    from freestack.serving.server import buffered_metrics_class
+    from freestack.serving.server.metrics import BufferedSeldonMetrics
 
     model = Model(model_uri=model_uri)
     model.load()
-    metrics = buffered_metrics_class()(worker_id_func=os.getpid)
+    metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
 
     def call(body: bytes) -> bytes:
         req = json.loads(body)

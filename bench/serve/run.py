@@ -83,7 +83,7 @@ def make_model(workdir: Path) -> tuple[str, Path]:
     import torch
 
     from freestack.ml.models import FreestackNet
-    from freestack.registry import ModelRegistry
+    from freestack.registry.core import ModelRegistry
 
     features = [f"px_{i}" for i in range(N_FEATURES)]
     torch.manual_seed(0)

@@ -5,7 +5,7 @@
 
 Setup: ``--days`` days of the demo digits (8x8 images, sklearn's copy of UCI) are landed and ingested
 into a fresh storage root, exactly as ``make demo`` does; every trial trains the digits CNN with
-``freestack.training.train`` on that lake window, through ``LocalAgent`` (leases, per-epoch reports
+``freestack.train.core.train`` on that lake window, through ``LocalAgent`` (leases, per-epoch reports
 into ``trial.json``, the engine's proposals and stop decisions). W&B is disabled, so its run start-up
 is not part of what is measured. Each agent is its own process, started together, like the mapped
 tasks of the DAG under the LocalExecutor.
@@ -96,8 +96,9 @@ def write_spec(folder: Path, sweep: dict[str, Any], epochs: int, trials: int | N
 def child_setup(args: argparse.Namespace) -> None:
     """Land and ingest the demo days (in the storage root of this process's environment)."""
     from demo.landing import make_landing
-    from freestack.config import default_storage_root, load_spec
     from freestack.ingest.core import ingest_partition
+    from freestack.settings import default_storage_root
+    from freestack.spec import load_spec
 
     spec = load_spec(args.spec)
     make_landing(default_storage_root(), START, args.days)
@@ -108,15 +109,15 @@ def child_setup(args: argparse.Namespace) -> None:
 def child_agent(args: argparse.Namespace) -> None:
     import torch
 
-    from freestack.config import load_spec
-    from freestack.sweeps.controller import LocalAgent, load_sweep
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import LocalAgent, load_sweep
     from freestack.sweeps.trials import make_trial_runner
     from freestack.tracking.wandb import WandbSettings
 
     torch.set_num_threads(args.threads)
     # what the first trial would otherwise import lazily (start-up, not the sweep's work)
+    import freestack.ml.loop  # noqa: F401
     import freestack.ml.models  # noqa: F401
-    import freestack.ml.train  # noqa: F401
     import freestack.storage.datafs  # noqa: F401
     from freestack.sweeps.config import sweeps_engine
 
@@ -134,8 +135,8 @@ def child_agent(args: argparse.Namespace) -> None:
 
 
 def child_create(args: argparse.Namespace) -> None:
-    from freestack.config import load_spec
-    from freestack.sweeps.controller import create_sweep
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import create_sweep
 
     spec = load_spec(args.spec)
     create_sweep(spec, args.sweep_id, {"end_ds": args.end_ds}, agents=args.agents)

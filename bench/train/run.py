@@ -1,4 +1,4 @@
-"""Training benchmark: ``freestack.ml.train.fit`` against a minimal hand-written PyTorch loop.
+"""Training benchmark: ``freestack.ml.loop.fit`` against a minimal hand-written PyTorch loop.
 
     python -m bench.train.run [--rows 100000] [--epochs 3] [--batch-size 64] [--kind mlp|cnn]
                               [--repeats 3] [--device auto|cpu|cuda] [--out bench/results/train.json]
@@ -115,7 +115,7 @@ def load_data(folder: Path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# checkpoint stores (freestack.ml.train.CheckpointStore)
+# checkpoint stores (freestack.ml.loop.CheckpointStore)
 
 
 class FileCheckpoints:
@@ -227,7 +227,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    import freestack.ml.train as train_mod
+    import freestack.ml.loop as train_mod
 
     if args.patch:  # an experiment: a Python file whose install() monkeypatches freestack
         import runpy
@@ -388,8 +388,8 @@ def _children_cpu_s() -> float:
 
 
 def fit_source() -> dict[str, Any]:
-    """Which freestack.ml.train was measured: its sha256, and the git commit with a dirty flag."""
-    import freestack.ml.train as train_mod
+    """Which freestack.ml.loop was measured: its sha256, and the git commit with a dirty flag."""
+    import freestack.ml.loop as train_mod
 
     path = Path(train_mod.__file__)
     out: dict[str, Any] = {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from freestack.ml.train import TrainConfig, resolve_device
+    from freestack.ml.loop import TrainConfig, resolve_device
 
     device = resolve_device(args.device).type  # fail here, not in a child, if cuda is missing
     defaults = TrainConfig()
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                 "no validation, clipping, schedule or checkpoints"
                 + ("; autocast bf16 like fit" if device == "cuda" else ""),
                 "candidates": {
-                    "freestack": "freestack.ml.train.fit with a local-file checkpoint store (temp file, "
+                    "freestack": "freestack.ml.loop.fit with a local-file checkpoint store (temp file, "
                     "fsync, os.replace, fsync of the folder), as the train stage calls it; the target",
                     "freestack_memckpt": "fit with an in-memory dict checkpoint store",
                     "freestack_nockpt": "fit with checkpoints=None",

@@ -40,10 +40,12 @@ from flask import Blueprint, jsonify, request
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
+from freestack.settings import settings
+
 log = logging.getLogger(__name__)
 
 PREDICT_PATHS = frozenset(("/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"))
-MAX_BODY_BYTES = int(os.environ.get("FREESTACK_MAX_BODY_BYTES", str(32 * 1024 * 1024)))
+MAX_BODY_BYTES = settings().max_body_bytes
 
 
 def _bad(message: str, status: int = 400, reason: str = "BAD_PAYLOAD") -> SeldonMicroserviceException:
@@ -187,18 +189,18 @@ class Model:
         request_log_rate: float = -1.0,
         torch_threads: int = 0,
     ):
-        self.model_uri = (model_uri or os.environ.get("FREESTACK_MODEL_URI", "")).rstrip("/")
+        config = settings()
+        self.model_uri = (model_uri or config.model_uri or "").rstrip("/")
         if not self.model_uri:
             raise ValueError("no model to serve: pass the model_uri parameter or set FREESTACK_MODEL_URI")
         #: what was asked for: the version URI, or an alias URI that ``model_uri`` is resolved from
         self.requested_uri = self.model_uri
-        self.max_batch_rows = int(max_batch_rows or os.environ.get("FREESTACK_MAX_BATCH_ROWS", "10000"))
-        self.request_log_uri = request_log_uri or os.environ.get("FREESTACK_REQUEST_LOG_URI", "")
-        rate = float(request_log_rate) if float(request_log_rate) >= 0 else float(
-            os.environ.get("FREESTACK_REQUEST_LOG_RATE", "0") or 0)  # fmt: skip
+        self.max_batch_rows = int(max_batch_rows or config.max_batch_rows)
+        self.request_log_uri = request_log_uri or config.request_log_uri or ""
+        rate = float(request_log_rate) if float(request_log_rate) >= 0 else config.request_log_rate
         self.request_log_rate = min(max(rate, 0.0), 1.0)
-        self.torch_threads = int(torch_threads or os.environ.get("FREESTACK_TORCH_THREADS", "1"))
-        self.cache_dir = os.environ.get("FREESTACK_SERVING_CACHE") or tempfile.mkdtemp(prefix="freestack-model-")
+        self.torch_threads = int(torch_threads or config.torch_threads)
+        self.cache_dir = str(config.serving_cache or tempfile.mkdtemp(prefix="freestack-model-"))
         self.net = None
         self.ready = False
         self._described: dict[str, Any] | None = None
@@ -210,7 +212,7 @@ class Model:
         """Model name, version, features and classes from the small JSON files: no torch involved, so it
         is safe in gunicorn's master before workers fork."""
         if self._described is None:
-            from freestack.serving.fetch import fetch_version, resolve_uri
+            from freestack.serving.server.fetch import fetch_version, resolve_uri
 
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
@@ -233,7 +235,7 @@ class Model:
         import torch
 
         from freestack.ml.models import FreestackNet
-        from freestack.serving.fetch import fetch_version
+        from freestack.serving.server.fetch import fetch_version
 
         torch.set_num_threads(max(1, self.torch_threads))
         info = self._describe()
@@ -460,7 +462,7 @@ class RequestSampler:
             lines, self._buf = self._buf, []
         if not lines:
             return
-        from freestack.serving.fetch import put_bytes
+        from freestack.serving.server.fetch import put_bytes
 
         now = datetime.now(UTC)
         name = f"ds={now:%Y-%m-%d}/{self.version}-{os.getpid()}-{now:%H%M%S%f}.jsonl"

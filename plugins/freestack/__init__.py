@@ -22,7 +22,7 @@ def get_provider_info() -> dict:
                 "connection-type": "freestack_data",
             },
             {
-                "hook-class-name": "freestack.tracking.wandb.WandbHook",
+                "hook-class-name": "freestack.hooks.wandb.WandbHook",
                 "connection-type": "wandb",
             },
             {
@@ -30,5 +30,5 @@ def get_provider_info() -> dict:
                 "connection-type": "huggingface",
             },
         ],
-        "extra-links": ["freestack.links.WandbRunLink"],
+        "extra-links": ["freestack.ui.links.WandbRunLink"],
     }

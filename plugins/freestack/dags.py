@@ -1,4 +1,10 @@
-"""Build every pipeline's DAGs from its spec. Imported by the DAG files at parse time.
+"""The DAG factory: every pipeline's DAGs, wired from its spec and the stages' operators. Imported by the
+DAG files at parse time.
+
+    <p>_ingest     [wait_for_landing] -> ingest                                        (ingest)
+    <p>_train      choose -> train | create_sweep -> agent x N -> select_best          (train, sweeps)
+                   -> evaluate -> gate -> [approve] -> promote -> deploy | blocked      (evaluate, registry, serving)
+    <p>_rollback   move_production -> deploy                                           (registry, serving)
 
 Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
 A broken spec yields an import error that names its file and field, without hiding the others.
@@ -14,9 +20,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
-from freestack.config import PipelineSpec, discover_specs, load_spec, pipelines_dir
 from freestack.errors import SpecError
-from freestack.operators.ingest import IngestOperator, LandingSensor, lake_asset
+from freestack.ingest.operators import IngestOperator, LandingSensor, lake_asset
+from freestack.settings import pipelines_dir
+from freestack.spec import PipelineSpec, discover_specs, load_spec
 
 
 class BrokenSpecDag(DAG):
@@ -50,28 +57,34 @@ def _start(spec: PipelineSpec) -> datetime:
     return datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
 
 
-def _default_args(spec: PipelineSpec) -> dict[str, Any]:
-    return {"owner": spec.owner, "retries": spec.retries, "retry_delay": spec.retry_delay}
+def _common(spec: PipelineSpec, kind: str) -> dict[str, Any]:
+    """What every DAG of a pipeline shares: start, owner, retries, tags."""
+    return {
+        "start_date": _start(spec),
+        "default_args": {"owner": spec.owner, "retries": spec.retries, "retry_delay": spec.retry_delay},
+        "tags": sorted({"freestack", kind, f"pipeline:{spec.name}", *spec.tags}),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# <p>_ingest
 
 
 def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    start = _start(spec)
     policy = spec.source.policy
     with DAG(
         dag_id=f"{spec.name}_ingest",
         description=f"Ingest landing files of {spec.name} into the lake" + (f": {spec.description}" if spec.description else ""),
         schedule=_schedule(spec),
-        start_date=start,
         catchup=spec.catchup,
         max_active_runs=spec.max_active_runs,
-        default_args=_default_args(spec),
-        tags=sorted({"freestack", "ingest", f"pipeline:{spec.name}", *spec.tags}),
         doc_md=(
             f"### {spec.name}: ingest\n\n{spec.description}\n\n"
             f"For data interval D, reads `{spec.source.landing}` (format `{spec.source.format}`), validates "
             f"every row against the schema and writes `lake/{spec.name}/ds=D/part.parquet`; rejected rows "
             f"go to `_quarantine.parquet` with a reason each. Spec: `{spec_path}`."
         ),
+        **_common(spec, "ingest"),
     ) as dag:
         ingest = IngestOperator(
             task_id="ingest",
@@ -90,139 +103,149 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     return dag
 
 
-def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.operators.deploy import DeployOperator
-    from freestack.operators.promote import (
-        EvaluateOperator,
-        GateOperator,
-        PromoteOperator,
-    )
-    from freestack.operators.sweep import (
-        POOL,
+# ---------------------------------------------------------------------------------------------------------
+# <p>_train
+
+
+def train_params(spec: PipelineSpec) -> dict[str, Param]:
+    """The Trigger form of ``<p>_train``: the spec's ``train:`` defaults, changeable per run."""
+    from freestack.sweeps.spec import POOL
+
+    t = spec.train
+    return {
+        "end_ds": Param(None, type=["null", "string"], format="date",
+                        description="Train on partitions up to this day (default: the triggering lake update)"),
+        "window_days": Param(t.window_days, type="integer", minimum=1, description="Days of lake data to train on"),
+        "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10000),
+        "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0),
+        "batch_size": Param(t.batch_size, type="integer", minimum=1),
+        "sweep": Param(spec.sweep is not None, type="boolean",
+                       description="Run the spec's hyperparameter sweep (sweep: block) instead of one training"),
+        "sweep_agents": Param(2, type="integer", minimum=1, maximum=64,
+                              description=f"Parallel sweep agents (mapped tasks in the {POOL} pool)"),
+    }  # fmt: skip
+
+
+def training_tasks(spec: PipelineSpec, spec_path: str):
+    """``choose`` -> ``train`` | ``create_sweep`` -> ``agent`` x N -> ``select_best``; returns the two ends
+    a candidate comes from (``train``, ``select_best``)."""
+    from freestack.sweeps.operators import (
         ChooseTrainingOperator,
         CreateSweepOperator,
         SelectBestOperator,
         SweepAgentOperator,
     )
-    from freestack.operators.train import TrainOperator
+    from freestack.sweeps.spec import POOL
+    from freestack.train.operators import TrainOperator
 
+    # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
+    on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
+    choose = ChooseTrainingOperator(task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep).")
+    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue)
+    create = CreateSweepOperator(task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run.")
+    agents = SweepAgentOperator.partial(
+        task_id="agent", spec_path=spec_path, pool=POOL,
+        doc_md="Lease trials, train them, report epochs, stop when hyperband says so.", **on_queue,
+    ).expand_kwargs(create.output)
+    best = SelectBestOperator(
+        task_id="select_best", spec_path=spec_path,
+        trigger_rule="all_done_min_one_success",  # select among finished trials even if an agent failed
+        doc_md="Trial table (CSV/JSON/W&B), metric-vs-parameter plot, the best model as a version.",
+    )
+    choose >> [single, create]
+    create >> agents >> best
+    return single, best  # fmt: skip
+
+
+def promotion_tasks(spec: PipelineSpec, spec_path: str):
+    """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
+    from freestack.evaluate.operators import EvaluateOperator, GateOperator
+    from freestack.registry.operators import PromoteOperator
+
+    evaluate = EvaluateOperator(
+        task_id="evaluate", spec_path=spec_path,
+        trigger_rule="none_failed_min_one_success",  # after train or after select_best
+        doc_md="Candidate and production scored on the same held-out test split; HTML report.",
+    )  # fmt: skip
+    gate = GateOperator(
+        task_id="gate", spec_path=spec_path,
+        doc_md=(
+            "The spec's gate decides promote or block, with reasons; the candidate is committed as an "
+            "immutable version with its model card and that decision (blocked ones too); then on to "
+            "`promote`, `approve` first, or `blocked`."
+        ),
+    )  # fmt: skip
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject=f"Promote a new {spec.model_name} version to production?",
+        body=(
+            "{% set d = ti.xcom_pull(task_ids='gate') %}"
+            "Candidate **{{ d.candidate_version }}** vs production **{{ d.champion_version or '(none)' }}**: "
+            "{{ d.metric }} {{ '%.4f' % d.candidate }}.\n\n"
+            "{% for r in d.reasons %}- {{ r }}\n{% endfor %}"
+        ),
+        doc_md="A human approves the promotion (the spec's gate says approval: required).",
+    )
+    promote = PromoteOperator(
+        task_id="promote", spec_path=spec_path,
+        trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
+        doc_md="Move production (and previous) to the new version.",
+    )  # fmt: skip
+    blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
+    evaluate >> gate >> [approve, promote, blocked]
+    approve >> promote
+    return evaluate, promote
+
+
+def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None):
+    from freestack.serving.operators import DeployOperator
+
+    how = (
+        "a supervised seldon-core-microservice on 127.0.0.1, smoke-tested, switched blue/green."
+        if spec.deploy.target == "local"
+        else "a SeldonDeployment on Kubernetes, waited on until Available."
+    )
+    return DeployOperator(task_id="deploy", spec_path=spec_path, doc_md=doc_md or f"Serve production with Seldon Core: {how}")
+
+
+def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     t = spec.train
-    start = _start(spec)
     schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC") if t.schedule else [lake_asset(spec.name)]
     with DAG(
         dag_id=f"{spec.name}_train",
         description=f"Train the {spec.model_name} model on the {spec.name} lake",
         schedule=schedule,
-        start_date=start,
         catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec),
-        tags=sorted({"freestack", "train", f"pipeline:{spec.name}", *spec.tags}),
-        params={
-            "end_ds": Param(None, type=["null", "string"], format="date",
-                            description="Train on partitions up to this day (default: the triggering lake update)"),
-            "window_days": Param(t.window_days, type="integer", minimum=1, description="Days of lake data to train on"),
-            "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10000),
-            "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0),
-            "batch_size": Param(t.batch_size, type="integer", minimum=1),
-            "sweep": Param(spec.sweep is not None, type="boolean",
-                           description="Run the spec's hyperparameter sweep (sweep: block) instead of one training"),
-            "sweep_agents": Param(2, type="integer", minimum=1, maximum=64,
-                                  description=f"Parallel sweep agents (mapped tasks in the {POOL} pool)"),
-        },
+        params=train_params(spec),
         doc_md=(
             f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window ending at the "
             "triggering partition, once (`train`) or as a hyperparameter sweep (`create_sweep` -> `agent` x N "
             "-> `select_best`, W&B sweep semantics); writes a model version in Hugging Face layout under "
             f"`registry/{spec.model_name}/` and W&B runs. Spec: `{spec_path}`."
         ),
+        **_common(spec, "train"),
     ) as dag:
-        choose = ChooseTrainingOperator(
-            task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep)."
-        )
-        # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
-        on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
-        single = TrainOperator(
-            task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue
-        )
-        create = CreateSweepOperator(
-            task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run."
-        )
-        agents = SweepAgentOperator.partial(
-            task_id="agent",
-            spec_path=spec_path,
-            pool=POOL,
-            doc_md="Lease trials, train them, report epochs, stop when hyperband says so.",
-            **on_queue,
-        ).expand_kwargs(create.output)
-        best = SelectBestOperator(
-            task_id="select_best",
-            spec_path=spec_path,
-            trigger_rule="all_done_min_one_success",  # select among finished trials even if an agent failed
-            doc_md="Trial table (CSV/JSON/W&B), metric-vs-parameter plot, the best model as a version.",
-        )
-        choose >> [single, create]
-        create >> agents >> best
-        evaluate = EvaluateOperator(
-            task_id="evaluate",
-            spec_path=spec_path,
-            trigger_rule="none_failed_min_one_success",  # after train or after select_best
-            doc_md="Candidate and production scored on the same held-out test split; HTML report.",
-        )
-        gate = GateOperator(
-            task_id="gate",
-            spec_path=spec_path,
-            doc_md=(
-                "The spec's gate decides promote or block, with reasons; the candidate is committed as an "
-                "immutable version with its model card and that decision (blocked ones too); then on to "
-                "`promote`, `approve` first, or `blocked`."
-            ),
-        )
-        approve = ApprovalOperator(
-            task_id="approve",
-            subject=f"Promote a new {spec.model_name} version to production?",
-            body=(
-                "{% set d = ti.xcom_pull(task_ids='gate') %}"
-                "Candidate **{{ d.candidate_version }}** vs production **{{ d.champion_version or '(none)' }}**: "
-                "{{ d.metric }} {{ '%.4f' % d.candidate }}.\n\n"
-                "{% for r in d.reasons %}- {{ r }}\n{% endfor %}"
-            ),
-            doc_md="A human approves the promotion (the spec's gate says approval: required).",
-        )
-        promote = PromoteOperator(
-            task_id="promote",
-            spec_path=spec_path,
-            trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
-            doc_md="Move production (and previous) to the new version.",
-        )
-        blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
-        target = spec.deploy_spec.target
-        deploy = DeployOperator(
-            task_id="deploy",
-            spec_path=spec_path,
-            doc_md=(
-                "Serve production with Seldon Core: "
-                + ("a supervised seldon-core-microservice on 127.0.0.1, smoke-tested, switched blue/green."
-                   if target == "local" else "a SeldonDeployment on Kubernetes, waited on until Available.")
-            ),
-        )  # fmt: skip
-        [single, best] >> evaluate >> gate >> [approve, promote, blocked]
-        approve >> promote >> deploy
+        single, best = training_tasks(spec, spec_path)
+        evaluate, promote = promotion_tasks(spec, spec_path)
+        [single, best] >> evaluate
+        promote >> deploy_task(spec, spec_path)
     return dag
 
 
+# ---------------------------------------------------------------------------------------------------------
+# <p>_rollback
+
+
 def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.operators.deploy import DeployOperator, RollbackOperator
+    from freestack.registry.operators import RollbackOperator
 
     with DAG(
         dag_id=f"{spec.name}_rollback",
         description=f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
         schedule=None,
-        start_date=_start(spec),
         catchup=False,
         max_active_runs=1,
-        default_args=_default_args(spec),
-        tags=sorted({"freestack", "rollback", f"pipeline:{spec.name}", *spec.tags}),
         params={
             "version": Param("previous", type="string", minLength=1,
                              description="The version to serve again: 'previous' (the one before production) "
@@ -231,18 +254,21 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         doc_md=(
             f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
             "in the form (default `previous`) and redeploys it the way `deploy` does "
-            f"(target `{spec.deploy_spec.target}`): the old server keeps serving until the new one passed its "
+            f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
             f"smoke test. Spec: `{spec_path}`."
         ),
+        **_common(spec, "rollback"),
     ) as dag:
         move = RollbackOperator(
             task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
             doc_md="production <- the chosen version (previous <- the current one).",
         )  # fmt: skip
-        deploy = DeployOperator(task_id="deploy", spec_path=spec_path, doc_md="Serve the new production.")
-        move >> deploy
+        move >> deploy_task(spec, spec_path, doc_md="Serve the new production.")
     return dag
 
+
+# ---------------------------------------------------------------------------------------------------------
+# every pipeline
 
 _KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag}
 
@@ -304,3 +330,6 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         placeholder = BrokenSpecDag(dag_id="freestack_broken_specs", schedule=None)
         namespace["freestack_broken_specs"] = placeholder
     return built
+
+
+__all__ = ["BrokenSpecDag", "build_all", "ingest_dag", "rollback_dag", "train_dag"]

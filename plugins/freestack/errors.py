@@ -41,3 +41,12 @@ class AccessDenied(FreestackError, PermissionError):
     def __init__(self, message: str, *, anonymous: bool = False):
         super().__init__(message)
         self.anonymous = anonymous
+
+
+class DeployError(FreestackError):
+    """A deployment could not be made or changed; the message says why and what to do. ``status`` is the
+    HTTP status an API server answered (Kubernetes), when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status

@@ -37,15 +37,17 @@ def pipeline(tmp_path, storage, monkeypatch):
 
 
 def _served(root: str):
-    from freestack.serving.local import Deployments, describe
+    from freestack.serving.local import describe
+    from freestack.serving.records import Deployments
 
     rec = Deployments(root, "digits").get("digits")
     return rec, describe(rec)
 
 
 def test_rollback_dag_restores_the_previous_version(pipeline):
-    from freestack.registry import ModelRegistry
-    from freestack.serving.local import http_json, stop_local
+    from freestack.registry.core import ModelRegistry
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
 
     root, uris = pipeline["root"], pipeline["uris"]
     reg = ModelRegistry(root, "digits")
@@ -93,9 +95,9 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
-    from freestack.registry import ModelRegistry
-    from freestack.serving import k8s
-    from freestack.serving.local import Deployments
+    from freestack.registry.core import ModelRegistry
+    from freestack.serving import k8s, manifests
+    from freestack.serving.records import Deployments
     from tests.k8s_api_fake import FakeKubeAPI
 
     api = FakeKubeAPI().start()
@@ -118,9 +120,9 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         deploy = bag.get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
         assert deploy.test().state == "success"
         obj = k8s.get("digits", "models", "kube_test")
-        assert k8s.summary(obj)["predictors"][0]["version"] == "v1"
+        assert manifests.summary(obj)["predictors"][0]["version"] == "v1"
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
-        k8s.validate_manifest({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")} | {
+        manifests.validate_manifest({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")} | {
             "metadata": {"name": obj["metadata"]["name"], "namespace": "models", "labels": obj["metadata"].get("labels", {})}})
         rec = Deployments(storage, "digits").get("digits")
         assert rec["state"] == "serving" and rec["target"] == "kubernetes" and rec["version"] == "v1"

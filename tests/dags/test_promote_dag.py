@@ -26,7 +26,7 @@ def _gate_retry_is_safe(dag, lake, version, run_id, decision):  # noqa: F811
     other run trying to register that version is told versions are immutable."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from freestack.operators.promote import route_for
+    from freestack.evaluate.operators import route_for
 
     folder = lake["root"] / "registry" / "digits" / version
     ev = json.loads((folder / "evaluation" / "metrics.json").read_text())

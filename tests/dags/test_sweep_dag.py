@@ -80,8 +80,8 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
 
 def test_a_retried_agent_continues_the_sweep_without_repeating_trials(lake):  # noqa: F811
     """An agent task that Airflow retries finds the sweep where it stands."""
-    from freestack.config import load_spec
-    from freestack.sweeps.controller import LocalAgent, create_sweep, load_trials
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
     from freestack.sweeps.trials import make_trial_runner
 
     spec = load_spec(lake["specs"] / "digits.yaml")

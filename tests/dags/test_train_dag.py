@@ -117,8 +117,8 @@ def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
     ],
 )
 def test_bad_model_specs_fail_clearly(tmp_path, edit, message):
-    from freestack.config import load_spec
     from freestack.errors import SpecError
+    from freestack.spec import load_spec
 
     text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
     assert edit in text
@@ -140,14 +140,14 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
     import signal
     import time
 
-    from freestack.config import load_spec
-    from freestack.training import TrainRequest, train
+    from freestack.spec import load_spec
+    from freestack.train.core import TrainRequest, train
 
     ckpt = lake["root"] / "runs" / "digits" / "digits_train_retry-1" / "train" / "checkpoint.safetensors"
     child = (
-        "from freestack.config import load_spec\n"
-        "from freestack.training import TrainRequest, train\n"
-        "from freestack.tracking import WandbHook\n"
+        "from freestack.spec import load_spec\n"
+        "from freestack.train.core import TrainRequest, train\n"
+        "from freestack.hooks.wandb import WandbHook\n"
         f"spec = load_spec({str(lake['specs'] / 'digits.yaml')!r})\n"
         "train(spec, TrainRequest(end_ds='2026-11-05', epochs=60, run_key='digits_train/retry-1'),"
         " tracking_settings=WandbHook().settings())\n"

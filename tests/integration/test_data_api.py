@@ -269,7 +269,7 @@ def test_key_forms_whoami_head_and_ranges(data_api):  # noqa: F811
 
 def test_freestack_client_through_the_service(data_api, monkeypatch, clean_stores):  # noqa: F811
     """freestack's own data:// client pointed at the service (a connection whose host is its URL)."""
-    from freestack.storage.client import DataAccessDenied, DataApiError, DataClient
+    from freestack.dataapi.client import DataAccessDenied, DataApiError, DataClient
 
     coll = data_api.collection()
     for user in ("alice", "bob"):

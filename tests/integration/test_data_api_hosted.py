@@ -117,7 +117,7 @@ def test_one_gib_up_and_down_in_bounded_memory(tmp_path):
         assert size == GiB and got.hexdigest() == want.hexdigest()
 
         # freestack's data:// writer and reader over HTTP: the same file, streamed through bounded buffers
-        from freestack.dataapi.httpfs import DataApiHttpFileSystem
+        from freestack.storage.httpfs import DataApiHttpFileSystem
 
         fs = DataApiHttpFileSystem(api.url, api_key=api.keys["alice"])
         with fs.open("alice/big/copy.bin", "wb") as f:

@@ -293,7 +293,7 @@ def test_truncated_uploads_never_become_files(data_api):  # noqa: F811
     assert data_api.files_under("alice", coll) == stored
 
     # freestack's own writer through the service: an exception mid-write publishes nothing
-    from freestack.dataapi.httpfs import DataApiHttpFileSystem
+    from freestack.storage.httpfs import DataApiHttpFileSystem
 
     fs = DataApiHttpFileSystem(data_api.url, api_key=data_api.keys["alice"])
     f = fs.open(f"alice/{coll}/partial.bin", "wb")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.s3
 
 
 def test_registry_round_trip_and_aliases_on_s3(s3_conn, tmp_path):
-    from freestack.registry import ModelRegistry, VersionExists, VersionNotFound
+    from freestack.registry.core import ModelRegistry, VersionExists, VersionNotFound
 
     reg = ModelRegistry(s3_conn.uri("root"), "digits")
     src = make_model_folder(tmp_path / "candidate")
@@ -56,7 +56,7 @@ def test_registry_round_trip_and_aliases_on_s3(s3_conn, tmp_path):
 
 
 def test_racing_promotions_on_s3_stay_consistent(s3_conn, tmp_path):
-    from freestack.registry import ModelRegistry
+    from freestack.registry.core import ModelRegistry
 
     reg = ModelRegistry(s3_conn.uri("root"), "digits")
     for i, v in enumerate(("v0", "va", "vb")):

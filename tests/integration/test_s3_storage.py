@@ -288,8 +288,8 @@ def _make_landing():
 def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     import pyarrow.parquet as pq
 
-    from freestack.config import load_spec
     from freestack.ingest.core import ingest_partition
+    from freestack.spec import load_spec
 
     s3 = s3_conn
     root = s3.uri("root")

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freestack.serving.local import DeployError, Deployments, deploy_local, describe, http_json, stop_local
+from freestack.errors import DeployError
+from freestack.serving.local import deploy_local, describe, stop_local
+from freestack.serving.records import Deployments
+from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
 from tests.serving_helpers import in_process, make_version
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.sweep_helpers import write_spec
-from tests.unit.test_sweep import LR, assert_no_duplicates, run_two_agents
+from tests.unit.sweeps.test_sweeps import LR, assert_no_duplicates, run_two_agents
 
 pytestmark = pytest.mark.s3
 

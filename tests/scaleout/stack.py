@@ -48,7 +48,7 @@ def free_ports(n: int) -> list[int]:
     """``n`` distinct free ports below the ephemeral range (client sockets never take them)."""
     import random
 
-    from freestack.serving.local import ephemeral_port_floor
+    from freestack.serving.processes import ephemeral_port_floor
 
     low = ephemeral_port_floor()
     out: list[int] = []
@@ -176,7 +176,7 @@ class Stack:
         names = ["pg", "redis", "api", "s3", "master", "master_g", "volume", "volume_g", "filer", "filer_g",
                  "s3_g", "admin", "admin_g"]  # fmt: skip
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        from freestack.serving.local import free_port_block
+        from freestack.serving.processes import free_port_block
 
         for i in range(self.workers):  # a model-server port block per worker (blue, green, metrics)
             self.ports[f"serve{i}"] = free_port_block()
@@ -486,7 +486,7 @@ class Stack:
         for name in order:
             if name in self.procs:
                 self.procs[name].stop(grace=20, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
-        from freestack.serving.local import supervisors
+        from freestack.serving.processes import supervisors
 
         for i in range(self.workers):  # model servers the deploy tasks started (their own sessions)
             for pid in supervisors(str(self.base / f"worker{i}" / "serving")):

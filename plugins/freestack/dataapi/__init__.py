@@ -1,19 +1,21 @@
-"""The freestack Data API: an Algorithmia-compatible REST service (``/v1/data/...``) over the data store.
+"""The freestack Data API: an Algorithmia-compatible REST service (``/v1/data/...``) and client, over the
+``data://`` store (:mod:`freestack.storage.datafs`, whose ACL rules are :mod:`freestack.storage.acl`).
 
-- :mod:`freestack.dataapi.acl`    collections, ACLs (private / public / team) and the access rules,
-  shared by the service and by ``data://`` in every task (``freestack.storage.datafs``);
 - :mod:`freestack.dataapi.keys`   users and API keys, stored only as SHA-256 hashes in SQLite;
 - :mod:`freestack.dataapi.app`    the FastAPI app (hosted by the Airflow API server through the
   freestack plugin, or standalone);
 - :mod:`freestack.dataapi.server` ``freestack data-api``: the app under uvicorn on 127.0.0.1;
-- :mod:`freestack.dataapi.httpfs` the fsspec filesystem a ``data://`` connection uses when its root
-  is the service's URL, so tasks read and write through the service with their API key.
+- :mod:`freestack.dataapi.client` Algorithmia's Python client API (``client().file(...).getJson()``)
+  over ``data://``, for code ported from Algorithmia.
 
-This package's ``__init__`` imports nothing heavy: ``freestack.storage.datafs`` imports the ACL rules
-in every Airflow process.
+A ``data://`` connection whose root is the service's URL reads and writes through it with its API
+key (:mod:`freestack.storage.httpfs`).
 """
 
 from __future__ import annotations
 
-API_PREFIX = "/v1/data"
+from freestack.storage.httpfs import API_PREFIX
+
 PLUGIN_URL_PREFIX = "/freestack/data"
+
+__all__ = ["API_PREFIX", "PLUGIN_URL_PREFIX"]

@@ -26,7 +26,7 @@ no), 404, 409 (exists, not empty, is a directory), 412, 416 or 431 (headers too 
 The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
 examples), the bare key (the Python client), or ``Bearer <key>``. Without it the caller is anonymous
 and may only read public collections. ``.my`` is the key's user. The access rules are the ones every
-``data://`` filesystem applies (freestack.dataapi.acl): the service builds one DataFileSystem per
+``data://`` filesystem applies (freestack.storage.acl): the service builds one DataFileSystem per
 request for the caller over the backing store.
 
 freestack extensions: ``GET /v1/freestack/whoami``, ``GET /v1/freestack/health``, ``"write"`` lists in
@@ -53,8 +53,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from freestack.dataapi.acl import READ, USER_RE, WRITE, Acl, AclError
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
+from freestack.settings import settings
+from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
 from freestack.storage.paths import check_relative
 
 log = logging.getLogger("freestack.dataapi")
@@ -93,15 +94,15 @@ class DataApiSettings:
 
 
 def resolve_root(explicit: str | None = None) -> str:
-    """The backing store the service serves: ``explicit``, else ``FREESTACK_DATA_API_ROOT``, else the
+    """The backing store the service serves: ``explicit``, else the ``data_api_root`` setting, else the
     ``freestack_data_default`` connection's root if it is a store (not itself a service URL), else the
-    embedded default (``FREESTACK_DATA_ROOT`` or ``<project>/.freestack/data``)."""
-    root = explicit or os.environ.get("FREESTACK_DATA_API_ROOT")
+    embedded default (the ``data_root`` setting or ``<home>/.freestack/data``)."""
+    root = explicit or settings().data_api_root
     if not root:
-        from freestack.hooks.datastore import DataStoreHook, embedded_default
+        from freestack.storage.connection import embedded_default, store_config
 
         try:
-            config = DataStoreHook().config
+            config = store_config()
             root = None if config.is_remote_api else config.root
         except Exception:  # no connection (or no way to ask for one here): the embedded default
             root = None
@@ -142,7 +143,7 @@ class _Service:
             from fsspec.implementations.local import LocalFileSystem
 
             from freestack.dataapi.keys import KeyStore
-            from freestack.storage.objects import to_path
+            from freestack.storage.schemes import to_path
 
             self.root = resolve_root(self.settings.root)
             backing = to_path(self.root)
@@ -150,9 +151,8 @@ class _Service:
             self.base = backing.path
             if isinstance(self.fs, LocalFileSystem):
                 os.makedirs(self.fs._strip_protocol(self.base), exist_ok=True)
-            self.keys = KeyStore(self.settings.keys_path or os.environ.get("FREESTACK_DATA_API_KEYS") or None)
-            size = self.settings.page_size or int(os.environ.get("FREESTACK_DATA_API_PAGE_SIZE") or 0)
-            self.page_size = size if size > 0 else DEFAULT_PAGE_SIZE
+            self.keys = KeyStore(self.settings.keys_path or None)
+            self.page_size = self.settings.page_size or settings().data_api_page_size or DEFAULT_PAGE_SIZE
             log.info("freestack Data API serving %s (keys: %s)", self.root, self.keys.path)
             self._ready = True
         return self

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from freestack.dataapi.acl import check_user
 from freestack.errors import FreestackError
+from freestack.storage.acl import check_user
 
 KEY_PREFIX = "fsk_"
 MAX_KEY_LENGTH = 256
@@ -51,12 +51,13 @@ class KeyError_(FreestackError):  # noqa: N801  (KeyError is a builtin)
 
 
 def default_keys_path() -> Path:
-    from freestack.config import project_home
+    """The ``data_api_keys`` setting, else ``<home>/.freestack/data-api/keys.sqlite``."""
+    from freestack.settings import settings
 
-    env = os.environ.get("FREESTACK_DATA_API_KEYS")
-    if env:
-        return Path(env).expanduser().resolve()
-    return project_home() / ".freestack" / "data-api" / "keys.sqlite"
+    current = settings()
+    if current.data_api_keys:
+        return current.data_api_keys.expanduser().resolve()
+    return current.project_home / ".freestack" / "data-api" / "keys.sqlite"
 
 
 def hash_key(key: str) -> str:

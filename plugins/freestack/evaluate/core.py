@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack.config import PipelineSpec
 from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -69,7 +71,7 @@ def load_model_folder(uri: str):
 def test_split(spec: PipelineSpec, end_ds: str, days: int):
     """The held-out test rows of the window, and the window's partitions."""
     from freestack.ml.prep import split_of_keys
-    from freestack.training import load_window
+    from freestack.train.core import load_window
 
     df, parts = load_window(spec, end_ds, days)
     schema = spec.source.schema_
@@ -340,10 +342,10 @@ def evaluate(
 
 
 def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str, Any]:
-    from freestack.tracking.wandb import WandbHook, start_run
+    from freestack.tracking.wandb import WandbSettings, start_run
 
     if tracking_settings is None:
-        tracking_settings = WandbHook().settings()
+        tracking_settings = WandbSettings.from_environment()
     trained_in = (lineage.get("wandb") or {}).get("id")
     with start_run(
         tracking_settings,

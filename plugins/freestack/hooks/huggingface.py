@@ -98,3 +98,16 @@ class HuggingFaceHook(BaseHook):
             return True, f"signed in to {self.settings.endpoint or 'https://huggingface.co'} as {who.get('name')!r}"
         except Exception as exc:
             return False, str(exc)
+
+
+def hub_settings() -> tuple[str | None, str | None]:
+    """(token, endpoint) of the ``huggingface_default`` connection; (None, None) without one, and then
+    the registry stays local (every push says so in the task log)."""
+    try:
+        hook = HuggingFaceHook()
+        return hook.token(), hook.endpoint()
+    except Exception:  # no connection, or no way to ask for one: everything stays local
+        return None, None
+
+
+__all__ = ["HuggingFaceHook", "HubSettings", "hub_settings"]

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from freestack.config import Column, PipelineSpec
 from freestack.errors import LandingDataMissing, QuarantineLimitExceeded, SchemaDriftError
 from freestack.ingest.keyset import KeySet, hash_keys
+from freestack.ingest.spec import Column
 from freestack.ingest.validate import (
     Validated,
     arrow_schema,
@@ -41,6 +41,8 @@ from freestack.storage import AtomicWriter, join, list_objects, storage_root, to
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -426,64 +428,37 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
     and the previous partition, if any, is left as it was).
     """
     started = time.monotonic()
-    schema = spec.source.schema_
-    declared = schema.fields
     files = landing_files(spec, ds) if files is None else files
-    folder = landing_dir(spec, ds)
     if not files:
         raise LandingDataMissing(
-            f"no landing data for pipeline {spec.name!r} interval {ds}: {folder} is missing or empty. "
+            f"no landing data for pipeline {spec.name!r} interval {ds}: {landing_dir(spec, ds)} is missing or empty. "
             "Drop the files there and clear the task, or set source.policy.on_missing to skip or wait."
         )
     out_dir = partition_dir(spec, ds)
     result = IngestResult(pipeline=spec.name, ds=ds, partition=str(out_dir), spec_hash=spec.spec_hash())
-    keys = KeySet() if (schema.key and spec.source.policy.unique_key) else None
-
     part_w = AtomicWriter(join(out_dir, PART))
     quar_w = AtomicWriter(join(out_dir, QUARANTINE))
+    _write_partition(spec, files, part_w, quar_w, result)
+    _publish(spec, ds, out_dir, part_w, quar_w, result)
+    result.seconds = time.monotonic() - started
+    write_json(join(out_dir, MANIFEST), result.as_dict())
+    return result
+
+
+def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w: AtomicWriter,
+                     quar_w: AtomicWriter, result: IngestResult) -> None:  # fmt: skip
+    """Stream every file through validation into the partition's and the quarantine's temporaries; on
+    any error both are thrown away (nothing becomes visible)."""
+    declared = spec.source.schema_.fields
     writers: list[_BackgroundWriter] = []
     try:
         part_pq = _BackgroundWriter(part_w, arrow_schema(declared), compression="zstd")
         writers.append(part_pq)
         quar_pq = _BackgroundWriter(quar_w, quarantine_schema(declared), compression="zstd")
         writers.append(quar_pq)
+        keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key) else None
         for path in files:
-            fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)
-            source = {"name": path.name, "format": fmt, "rows": 0}
-            malformed: list = []
-            raw = path.open("rb")
-            hashed = _HashingReader(raw)
-            # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
-            # Parquet needs random access, so its bytes are hashed by the drain() below.
-            for batch in _prefetch(_READERS[fmt](path, hashed, spec, declared, malformed)):
-                dup = None
-                if keys is not None and schema.key in batch.schema.names:
-                    kcol = batch.column(schema.key)
-                    present = pa.compute.is_valid(kcol)
-                    mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
-                    dup = pa.compute.and_(pa.array(mask), present)
-                v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key)
-                if v.good.num_rows:
-                    part_pq.write_table(v.good)
-                if v.rejected.num_rows:
-                    quar_pq.write_table(v.rejected)
-                result.rows_in += batch.num_rows
-                result.rows_good += v.good.num_rows
-                result.rows_quarantined += v.rejected.num_rows
-                source["rows"] += batch.num_rows
-            if malformed:
-                malformed.sort(key=lambda r: (r[0] is None, r[0] or 0, r[2]))
-                quar_pq.write_table(malformed_rows(malformed, declared, path.name))
-                result.rows_in += len(malformed)
-                result.rows_quarantined += len(malformed)
-                source["rows"] += len(malformed)
-            hashed.drain()
-            raw.close()
-            source.update(size=hashed.size, sha256=hashed.sha256.hexdigest())
-            result.sources.append(source)
-            log.info(
-                "%s: %d rows read (%d malformed)", path, source["rows"], len(malformed)
-            )
+            result.sources.append(_ingest_file(spec, path, part_pq, quar_pq, keys, result))
         part_pq.close()
         quar_pq.close()
     except BaseException:
@@ -496,6 +471,52 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
         part_w.abort()
         raise
 
+
+def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _BackgroundWriter, quar_pq: _BackgroundWriter,
+                 keys: KeySet | None, result: IngestResult) -> dict[str, Any]:  # fmt: skip
+    """One landing file, batch by batch: good rows to the partition, rejected ones (and malformed lines)
+    to the quarantine, each with its reason. Returns the file's source record (rows, size, sha256)."""
+    schema = spec.source.schema_
+    declared = schema.fields
+    fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)
+    source = {"name": path.name, "format": fmt, "rows": 0}
+    malformed: list = []
+    raw = path.open("rb")
+    hashed = _HashingReader(raw)
+    # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
+    # Parquet needs random access, so its bytes are hashed by the drain() below.
+    for batch in _prefetch(_READERS[fmt](path, hashed, spec, declared, malformed)):
+        dup = None
+        if keys is not None and schema.key in batch.schema.names:
+            kcol = batch.column(schema.key)
+            present = pa.compute.is_valid(kcol)
+            mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
+            dup = pa.compute.and_(pa.array(mask), present)
+        v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key)
+        if v.good.num_rows:
+            part_pq.write_table(v.good)
+        if v.rejected.num_rows:
+            quar_pq.write_table(v.rejected)
+        result.rows_in += batch.num_rows
+        result.rows_good += v.good.num_rows
+        result.rows_quarantined += v.rejected.num_rows
+        source["rows"] += batch.num_rows
+    if malformed:
+        malformed.sort(key=lambda r: (r[0] is None, r[0] or 0, r[2]))
+        quar_pq.write_table(malformed_rows(malformed, declared, path.name))
+        result.rows_in += len(malformed)
+        result.rows_quarantined += len(malformed)
+        source["rows"] += len(malformed)
+    hashed.drain()
+    raw.close()
+    source.update(size=hashed.size, sha256=hashed.sha256.hexdigest())
+    log.info("%s: %d rows read (%d malformed)", path, source["rows"], len(malformed))
+    return source
+
+
+def _publish(spec: PipelineSpec, ds: str, out_dir: ObjectStoragePath, part_w: AtomicWriter, quar_w: AtomicWriter,
+             result: IngestResult) -> None:  # fmt: skip
+    """Commit the quarantine (if any rows were rejected), then the partition, unless too many were."""
     limit = spec.source.policy.max_quarantine_fraction
     if result.rows_quarantined:
         result.quarantine = quar_w.commit().as_dict()
@@ -513,9 +534,6 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
             f"reasons in {join(out_dir, QUARANTINE)}, fix the landing files and clear the task."
         )
     result.part = part_w.commit().as_dict()
-    result.seconds = time.monotonic() - started
-    write_json(join(out_dir, MANIFEST), result.as_dict())
-    return result
 
 
 def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:

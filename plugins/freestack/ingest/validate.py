@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from freestack.config import Column
+from freestack.ingest.spec import Column
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),

@@ -1,25 +1,10 @@
-"""Model registry: immutable versions in Hugging Face layout, aliases, model cards, Hub push."""
+"""The model registry stage: immutable versions in Hugging Face layout, aliases, model cards, the Hub.
 
-from __future__ import annotations
+- :mod:`freestack.registry.names`     the layout and naming rules (shared with the model server)
+- :mod:`freestack.registry.core`      versions and aliases (:class:`~freestack.registry.core.ModelRegistry`)
+- :mod:`freestack.registry.card`      model cards
+- :mod:`freestack.registry.hub`       push to / load from the Hugging Face Hub
+- :mod:`freestack.registry.operators` ``promote`` and ``move_production`` (Airflow)
 
-from freestack.registry.core import (
-    CardInfo,
-    IntegrityError,
-    ModelRegistry,
-    RegistryError,
-    VersionExists,
-    VersionNotFound,
-    load_from_hub,
-    promote_on_hub,
-)
-
-__all__ = [
-    "CardInfo",
-    "IntegrityError",
-    "ModelRegistry",
-    "RegistryError",
-    "VersionExists",
-    "VersionNotFound",
-    "load_from_hub",
-    "promote_on_hub",
-]
+Imports nothing: the model server imports :mod:`~freestack.registry.names` alone.
+"""

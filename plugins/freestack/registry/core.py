@@ -27,31 +27,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.registry.card import CardInfo, metrics_summary, render_card
+from freestack.registry.names import ALIAS_RE, ALIASES, MARKER, MODEL_FILES, RESERVED, VERSION_RE
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from freestack.ml.models import FreestackNet
+    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
-
-MARKER = "_REGISTERED.json"
-ALIASES = "aliases.json"
-KNOWN_ALIASES = ("production", "staging", "previous")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_RESERVED = {"history", "latest"}
-#: files that describe a version rather than make it up: the card may be rendered before commit
-MODEL_FILES = ("config.json", "model.safetensors")
 
 
 class RegistryError(FreestackError):
@@ -70,43 +62,6 @@ class IntegrityError(RegistryError):
     """A registered file no longer matches the manifest recorded at registration."""
 
 
-@dataclass
-class CardInfo:
-    """What the model card says beyond what ``lineage.json`` / ``metrics.json`` hold already.
-
-    Every field is optional; missing ones are read from the version's ``metrics.json`` (metrics) and
-    ``lineage.json`` (window, partitions, train_config = hyperparameters, sweep, gate)."""
-
-    metrics: dict[str, Any] | None = None
-    window: dict[str, Any] | None = None
-    partitions: list[dict[str, Any]] | None = None
-    train_config: dict[str, Any] | None = None
-    sweep: dict[str, Any] | None = None
-    gate: dict[str, Any] | None = None
-    intended_use: str | None = None
-    limitations: str | None = None
-    license: str = "apache-2.0"
-    tags: list[str] = field(default_factory=list)
-    library_name: str = "freestack"
-    dataset_name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def coerce(cls, info: CardInfo | dict[str, Any] | None) -> CardInfo:
-        if info is None:
-            return cls()
-        if isinstance(info, CardInfo):
-            return info
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        unknown = {k: v for k, v in info.items() if k not in known}
-        return cls(**{k: v for k, v in info.items() if k in known}, extra=dict(info.get("extra") or {}) | {
-            k: v for k, v in unknown.items() if k != "extra"
-        })
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -116,7 +71,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not _VERSION_RE.match(version) or version in _RESERVED:
+    if not isinstance(version, str) or not VERSION_RE.match(version) or version in RESERVED:
         raise RegistryError(
             f"version {version!r} is not a valid version name: use letters, digits, '.', '_' or '-' "
             "(at most 128, starting with a letter or digit), e.g. v20240105-1a2b3c4d"
@@ -125,10 +80,10 @@ def check_version(version: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not isinstance(alias, str) or not _ALIAS_RE.match(alias) or alias in _RESERVED:
+    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias in RESERVED:
         raise RegistryError(
             f"alias {alias!r} is not valid: lower-case letters, digits, '_' or '-', starting with a letter "
-            f"(not {sorted(_RESERVED)}); e.g. production, staging, previous"
+            f"(not {sorted(RESERVED)}); e.g. production, staging, previous"
         )
     return alias
 
@@ -336,7 +291,7 @@ class ModelRegistry:
         aliases = self.aliases()
         out = []
         for p in self.folder.iterdir():
-            if p.name.startswith(".") or not _VERSION_RE.match(p.name) or not p.is_dir():
+            if p.name.startswith(".") or not VERSION_RE.match(p.name) or not p.is_dir():
                 continue
             marker = self._read_marker(p.name)
             if marker is None:
@@ -379,11 +334,11 @@ class ModelRegistry:
             if not vs:
                 raise VersionNotFound(f"model {self.model!r} has no registered version yet")
             return vs[-1]["version"]
-        if _ALIAS_RE.match(version_or_alias) and version_or_alias not in _RESERVED:
+        if ALIAS_RE.match(version_or_alias) and version_or_alias not in RESERVED:
             target = self.aliases().get(version_or_alias)
             if isinstance(target, str):
                 return target
-        if _VERSION_RE.match(version_or_alias) and self.is_registered(version_or_alias):
+        if VERSION_RE.match(version_or_alias) and self.is_registered(version_or_alias):
             return version_or_alias
         known = ", ".join(v["version"] for v in self.versions()[-5:]) or "none"
         raise VersionNotFound(
@@ -557,113 +512,13 @@ class ModelRegistry:
             if want and sha256_of(join(self.version_path(version), name)) != want:
                 raise IntegrityError(f"{name} of {self.model} {version} does not match what was registered")
 
-    # -- Hugging Face Hub ---------------------------------------------------------------------------------------
-    def push_to_hub(
-        self,
-        version_or_alias: str,
-        repo_id: str,
-        token: str | None,
-        *,
-        endpoint: str | None = None,
-        private: bool | None = None,
-    ) -> dict[str, Any] | None:
-        """Push a registered version to the Hub as **one commit** tagged with the version; return
-        ``{"repo_id", "version", "commit", "commit_url", "tag"}``, or None (logged) without a token."""
-        version = self.resolve(version_or_alias)
-        if not token:
-            log.info(
-                "not pushing %s %s to the Hugging Face Hub: no token (set a 'huggingface' connection with "
-                "the token as password); the version stays local at %s",
-                self.model,
-                version,
-                self.version_uri(version),
-            )
-            return None
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=endpoint, token=token)
-        api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
-        with tempfile.TemporaryDirectory(prefix="freestack-push-") as tmp:
-            self.local_copy(version, tmp)
-            commit = api.upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                repo_type="model",
-                commit_message=f"{self.model} {version}",
-                commit_description=f"freestack registry version {version} of model {self.model}",
-            )
-        api.create_tag(repo_id, tag=version, revision=commit.oid, tag_message=f"{self.model} {version}")
-        log.info("pushed %s %s to %s as commit %s, tagged %s", self.model, version, repo_id, commit.oid, version)
-        return {
-            "repo_id": repo_id,
-            "version": version,
-            "commit": commit.oid,
-            "commit_url": str(commit.commit_url),
-            "tag": version,
-        }
 
 
-def promote_on_hub(
-    repo_id: str,
-    version: str,
-    token: str | None,
-    *,
-    endpoint: str | None = None,
-    ref: str = "production",
-    kind: str = "tag",
-) -> bool:
-    """Move the Hub ref ``production`` (a tag, or a branch with ``kind="branch"``) to the commit
-    tagged ``version``: delete it if present, then create it. False (logged) without a token."""
-    if not token:
-        log.info("not moving %s on the Hugging Face Hub to %s: no token", ref, version)
-        return False
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+def registry_for(spec: PipelineSpec) -> ModelRegistry:
+    """The registry of a pipeline's model, under the pipeline's storage root."""
+    from freestack.storage import storage_root
 
-    if kind not in ("tag", "branch"):
-        raise RegistryError(f"kind must be 'tag' or 'branch', not {kind!r}")
-    api = HfApi(endpoint=endpoint, token=token)
-    try:
-        if kind == "tag":
-            api.delete_tag(repo_id, tag=ref)
-        else:
-            api.delete_branch(repo_id, branch=ref)
-    except HfHubHTTPError as exc:
-        if exc.response is None or exc.response.status_code != 404:
-            raise
-    if kind == "tag":
-        api.create_tag(repo_id, tag=ref, revision=version, tag_message=f"{ref}: {version}")
-    else:
-        api.create_branch(repo_id, branch=ref, revision=version)
-    log.info("Hub %s: %s %s -> %s", repo_id, kind, ref, version)
-    return True
-
-
-def load_from_hub(
-    repo_id: str,
-    revision: str | None = None,
-    *,
-    token: str | None = None,
-    endpoint: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    map_location: str = "cpu",
-) -> FreestackNet:
-    """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit).
-
-    Only ``config.json`` and ``model.safetensors`` are fetched (never a pickled ``.bin``); the
-    weights are fetched at the commit the config came from, so a tag moving in between cannot mix
-    two versions."""
-    from huggingface_hub import hf_hub_download
-
-    from freestack.ml.models import FreestackNet
-
-    kw: dict[str, Any] = {"repo_id": repo_id, "token": token, "endpoint": endpoint, "cache_dir": cache_dir}
-    config = Path(hf_hub_download(filename="config.json", revision=revision, **kw))
-    commit = config.parent.name  # .../snapshots/<commit>/config.json
-    weights = Path(hf_hub_download(filename="model.safetensors", revision=commit, **kw))
-    if weights.parent != config.parent:
-        raise RegistryError(f"{repo_id}@{revision}: config.json and model.safetensors came from different commits")
-    return FreestackNet.from_pretrained(str(config.parent), map_location=map_location)
+    return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
 
 
 def _event(action: str, alias: str, version: str, old: str | None, reason: str | None) -> dict[str, Any]:
@@ -673,211 +528,7 @@ def _event(action: str, alias: str, version: str, old: str | None, reason: str |
     return ev
 
 
-def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
-    """The top-level numeric metrics (``test_*``, ``best_val_*``...), without nested sections."""
-    return {
-        k: float(v)
-        for k, v in sorted(metrics.items())
-        if isinstance(v, int | float) and not isinstance(v, bool) and k != "best_epoch"
-    }
-
-
-# -- model cards --------------------------------------------------------------------------------------------
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model }} {{ version }}
-
-A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` +
-`model.safetensors`, loadable with `FreestackNet.from_pretrained`.
-
-## Intended use
-
-{{ intended_use }}
-
-## Limitations
-
-{{ limitations }}
-
-## Metrics
-
-| metric | value |
-|---|---|
-{% for k, v in metrics.items() -%}
-| {{ k }} | {{ "%.6g"|format(v) }} |
-{% endfor %}
-## Training data
-
-Window: {{ window_text }}.
-
-| partition | rows | sha256 |
-|---|---|---|
-{% for p in partitions -%}
-| {{ p.ds }} | {{ p.rows }} | `{{ p.sha256 }}` |
-{% endfor %}
-## Gate decision
-
-{{ gate_text }}
-
-## Lineage
-
-- spec hash: `{{ lineage.spec_hash }}`
-- code version: `{{ lineage.code_version }}`
-- Airflow: {{ airflow_text }}
-- W&B run: {{ wandb_text }}
-- sweep: {{ sweep_text }}
-
-## How to load
-
-```python
-from freestack.ml.models import FreestackNet
-
-model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
-```
-"""
-
-
-def _task_type(task: str, kind: str) -> str:
-    if kind == "cnn":
-        return "image-classification" if task == "classification" else "image-to-text"
-    return "tabular-regression" if task == "regression" else "tabular-classification"
-
-
-def render_card(
-    model: str, version: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]
-) -> str:
-    """The model card text: YAML front matter (``ModelCardData``, with model-index eval results and a
-    ``freestack`` section) and a Markdown body."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    task = str(metrics.get("task") or (lineage.get("hyperparameters") or {}).get("model", {}).get("task") or "")
-    kind = str(((lineage.get("hyperparameters") or {}).get("model") or {}).get("kind") or "mlp")
-    task = task or "classification"
-    nums = metrics_summary(info.metrics if info.metrics is not None else metrics)
-    window = info.window if info.window is not None else (lineage.get("window") or {})
-    partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
-    train_config = info.train_config if info.train_config is not None else (lineage.get("hyperparameters") or {})
-    sweep = info.sweep if info.sweep is not None else (lineage.get("sweep") or None)
-    gate = info.gate if info.gate is not None else (lineage.get("gate") or None)
-    pipeline = lineage.get("pipeline") or model
-    dataset = info.dataset_name or f"{pipeline} lake window"
-    split = "test"
-    evals = [
-        EvalResult(
-            task_type=_task_type(task, kind),
-            dataset_type=f"freestack/{pipeline}",
-            dataset_name=dataset,
-            dataset_split=split,
-            metric_type=name.removeprefix("test_").removeprefix("best_val_"),
-            metric_name=name,
-            metric_value=value,
-        )
-        for name, value in nums.items()
-    ]
-    parts = [
-        {k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions
-    ]
-    freestack = {
-        "model": model,
-        "version": version,
-        "metrics": nums,
-        "window": window,
-        "partitions": parts,
-        "train_config": train_config,
-        "sweep": sweep,
-        "gate": gate,
-        "spec_hash": lineage.get("spec_hash"),
-        "code_version": lineage.get("code_version"),
-        "airflow": lineage.get("airflow") or None,
-        "wandb": _wandb_ref(lineage.get("wandb")),
-        **info.extra,
-    }
-    data = ModelCardData(
-        model_name=f"{model}-{version}",
-        library_name=info.library_name,
-        license=info.license,
-        tags=sorted({"freestack", task, *info.tags}),
-        pipeline_tag=_task_type(task, kind),
-        eval_results=evals or None,
-        freestack=json.loads(json.dumps(freestack, default=str)),  # plain YAML types only
-    )
-    intended = info.intended_use or (
-        f"Predicting `{pipeline}` {task} targets for rows shaped like the training window's "
-        "(same features, same units); a starting point for experiments and demos."
-    )
-    limits = info.limitations or (
-        "Trained on a bounded time window of one pipeline's data: it inherits that window's biases and "
-        "can drift as the data changes. Check the metrics on your own data before relying on it."
-    )
-    card = ModelCard.from_template(
-        data,
-        template_str=CARD_TEMPLATE,
-        model=model,
-        version=version,
-        task=task,
-        kind=kind,
-        intended_use=intended,
-        limitations=limits,
-        metrics=nums,
-        partitions=parts,
-        window_text=_window_text(window),
-        gate_text=_gate_text(gate),
-        lineage=_Attr(lineage),
-        airflow_text=_kv_text(lineage.get("airflow")),
-        wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
-        sweep_text=_kv_text(sweep),
-    )
-    return str(card)
-
-
-class _Attr(dict):
-    def __getattr__(self, name: str) -> Any:
-        return self.get(name, "n/a")
-
-
-def _wandb_ref(w: Any) -> dict[str, Any] | None:
-    if not isinstance(w, dict):
-        return None
-    keys = ("id", "run_id", "name", "project", "entity", "url", "mode", "sweep_id")
-    return {k: w[k] for k in keys if w.get(k) is not None} or None
-
-
-def _window_text(window: dict[str, Any]) -> str:
-    if not window:
-        return "not recorded"
-    return ", ".join(f"{k} {v}" for k, v in window.items())
-
-
-def _gate_text(gate: dict[str, Any] | None) -> str:
-    if not gate:
-        return "No gate decision recorded for this version."
-    decision = gate.get("decision") or ("promote" if gate.get("promote") or gate.get("passed") else None)
-    head = f"**{decision}**" if decision else "recorded"
-    reasons = gate.get("reasons") or []
-    lines = [head] + [f"- {r}" for r in reasons]
-    return "\n".join(lines)
-
-
-def _kv_text(d: Any) -> str:
-    if not d:
-        return "n/a"
-    if isinstance(d, dict):
-        return ", ".join(f"{k} `{v}`" for k, v in d.items() if not isinstance(v, dict | list))
-    return str(d)
-
-
 __all__ = [
-    "CardInfo",
-    "IntegrityError",
-    "ModelRegistry",
-    "RegistryError",
-    "VersionExists",
-    "VersionNotFound",
-    "load_from_hub",
-    "metrics_summary",
-    "promote_on_hub",
-    "render_card",
-    "walk_files",
-]
+    "IntegrityError", "ModelRegistry", "RegistryError", "VersionExists", "VersionNotFound", "check_alias",
+    "check_version", "registry_for", "walk_files",
+]  # fmt: skip

@@ -1,12 +1,9 @@
-"""Seldon Core v1 on Kubernetes: SeldonDeployment manifests, validation against the CRD, apply, traffic.
+"""Seldon Core v1 on Kubernetes: apply SeldonDeployments, follow their rollout, move canary traffic.
 
-The deploy stage's Kubernetes target. Pure functions over plain dicts, plus thin calls to the
-API server through the cncf.kubernetes provider's ``KubernetesHook`` (its connection says which
-cluster and which credentials)::
+The deploy stage's Kubernetes target, over the cncf.kubernetes provider's ``KubernetesHook`` (its
+connection says which cluster and which credentials); the manifests themselves are
+:mod:`freestack.serving.manifests`::
 
-    manifest = build_manifest("digits", model="digits", version="3", model_uri="s3://.../3",
-                              target=spec.deploy_spec.kubernetes, canary_version=..., canary_uri=...)
-    validate_manifest(manifest)              # ManifestInvalid names every violation's path
     stored = apply(manifest, conn_id)        # create, or replace carrying resourceVersion
     # ... SeldonDeploymentAvailableTrigger waits for status.state == Available ...
     promote_canary(name, namespace, conn_id) # or rollback_canary / set_traffic
@@ -15,407 +12,47 @@ Every call that reaches the cluster raises ``DeployError`` (or its ``KubernetesU
 subclass when the cluster cannot be reached or is failing) with a message naming the API
 server, the namespace, the object and what to check.
 
-Light at import: ``kubernetes``, ``jsonschema`` and Airflow are imported inside the functions.
+Light at import: ``kubernetes`` and Airflow are imported inside the functions.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from freestack.errors import FreestackError
-
-if TYPE_CHECKING:
-    from freestack.serving.spec import KubernetesTarget
-
-GROUP = "machinelearning.seldon.io"
-VERSION = "v1"
-PLURAL = "seldondeployments"
-KIND = "SeldonDeployment"
-API_VERSION = f"{GROUP}/{VERSION}"
-CRD_NAME = f"{PLURAL}.{GROUP}"
-
-MAIN = "main"
-CANARY = "canary"
-CONTAINER = "model"
-HTTP_PORT = 9000
-HEALTH_PATH = "/health/ping"
-
-MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "freestack"
-MODEL_KEY = "freestack.io/model"
-VERSION_KEY = "freestack.io/version"
-CANARY_VERSION_KEY = "freestack.io/canary-version"
-MODEL_URI_KEY = "freestack.io/model-uri"
-CANARY_URI_KEY = "freestack.io/canary-uri"
-
-ENV_URI = "FREESTACK_MODEL_URI"
-ENV_VERSION = "FREESTACK_MODEL_VERSION"
-ENV_NAME = "FREESTACK_MODEL_NAME"
-
-CRD_ENV = "FREESTACK_SELDON_CRD"
-
-_CONFLICT_RETRIES = 5
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-_QUALIFIED_KEY = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+from freestack.errors import DeployError
+from freestack.serving.manifests import (
+    CANARY,
+    CANARY_URI_KEY,
+    CANARY_VERSION_KEY,
+    CRD_NAME,
+    ENV_URI,
+    GROUP,
+    MAIN,
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+    MODEL_URI_KEY,
+    PLURAL,
+    VERSION,
+    VERSION_KEY,
+    label_value,
+    predictor_env,
+    predictor_version,
+    split_predictors,
 )
 
-# ---------------------------------------------------------------------------------------------------------
-# errors
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
-try:  # one DeployError for every deploy target, if the package defines a shared one
-    from freestack.errors import DeployError as _DeployBase  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on what freestack.errors holds
-    _DeployBase = FreestackError
-
-
-class DeployError(_DeployBase):
-    """The Kubernetes API refused a deploy step (RBAC, missing CRD or namespace, invalid object, ...).
-
-    ``status`` is the HTTP status the API server answered, when there was one."""
-
-    def __init__(self, message: str, *, status: int | None = None):
-        Exception.__init__(self, message)
-        self.status = status
+_CONFLICT_RETRIES = 5
 
 
 class KubernetesUnavailable(DeployError):
     """The API server could not be reached, its configuration could not be loaded, or it is failing
     (5xx, 429, rejected credentials). Retrying later may help."""
-
-
-class ManifestInvalid(FreestackError, ValueError):
-    """A manifest does not match the SeldonDeployment CRD. ``violations`` holds (JSON path, message)."""
-
-    def __init__(self, message: str, violations: list[tuple[str, str]]):
-        super().__init__(message)
-        self.violations = violations
-
-
-# ---------------------------------------------------------------------------------------------------------
-# manifests
-
-
-def label_value(value: Any) -> str:
-    """``value`` made a valid Kubernetes label value: at most 63 of ``[A-Za-z0-9_.-]``, alphanumeric at both
-    ends (other characters become ``-``). The exact value goes into an annotation next to it."""
-    v = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value))[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
-
-
-def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str) -> dict[str, Any]:
-    env = [
-        {"name": ENV_URI, "value": model_uri},
-        {"name": ENV_VERSION, "value": version},
-        {"name": ENV_NAME, "value": model},
-        {"name": "GUNICORN_WORKERS", "value": str(target.workers)},
-        {"name": "GUNICORN_THREADS", "value": str(target.threads)},
-    ]
-    probe = {"httpGet": {"path": HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
-    # loading a model (a download from object storage) may take a while: the startup probe allows up to
-    # the deploy timeout before liveness starts counting
-    startup_failures = max(12, int(target.timeout_minutes * 60 / 5))
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": target.image,
-        "imagePullPolicy": "IfNotPresent",
-        "env": env,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "resources": copy.deepcopy(target.resources),
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": startup_failures},
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
-        "securityContext": {"allowPrivilegeEscalation": False},
-    }
-    if target.env_secret:
-        container["envFrom"] = [{"secretRef": {"name": target.env_secret}}]
-    return container
-
-
-def _predictor(
-    name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str
-) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [_container(target, model=model, version=version, model_uri=uri)]}
-    if target.service_account:
-        pod["serviceAccountName"] = target.service_account
-    return {
-        "name": name,
-        "replicas": replicas,
-        "traffic": traffic,
-        "labels": {VERSION_KEY: label_value(version), MANAGED_BY_KEY: MANAGED_BY},
-        "progressDeadlineSeconds": int(target.timeout_minutes * 60),
-        "componentSpecs": [{"spec": pod}],
-        "graph": {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}, "children": []},
-    }
-
-
-def build_manifest(
-    name: str,
-    *,
-    model: str,
-    version: str,
-    model_uri: str,
-    target: KubernetesTarget | dict[str, Any],
-    canary_version: str | None = None,
-    canary_uri: str | None = None,
-    labels: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``.
-
-    One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
-    predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
-    from freestack.serving.spec import KubernetesTarget
-
-    if isinstance(target, dict):
-        target = KubernetesTarget.model_validate(target)
-    if not _DNS1123_LABEL.match(name) or len(name) > 63:
-        raise ValueError(
-            f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
-            "at most 63 characters (set deploy.name in the pipeline spec)"
-        )
-    for what, v in (("model", model), ("version", version), ("model_uri", model_uri)):
-        if not isinstance(v, str) or not v:
-            raise ValueError(f"{what} must be a non-empty string, got {v!r}")
-    if (canary_version is None) != (canary_uri is None):
-        given, missing = ("canary_version", "canary_uri") if canary_uri is None else ("canary_uri", "canary_version")
-        raise ValueError(f"{given} was given without {missing}: a canary needs both its version and its URI")
-    canary = canary_version is not None
-    if canary and target.canary is None:
-        raise ValueError(
-            f"canary version {canary_version!r} was given but deploy.kubernetes.canary is not set: add "
-            "'canary: {traffic: 10, replicas: 1}' to the deploy block, or deploy without a canary"
-        )
-
-    meta_labels = {MANAGED_BY_KEY: MANAGED_BY, MODEL_KEY: label_value(model), VERSION_KEY: label_value(version)}
-    annotations = {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri}
-    if canary:
-        meta_labels[CANARY_VERSION_KEY] = label_value(canary_version)
-        annotations[CANARY_VERSION_KEY] = canary_version
-        annotations[CANARY_URI_KEY] = canary_uri
-    for key, value in (labels or {}).items():
-        if not re.match(_QUALIFIED_KEY, str(key)) or len(str(key)) > 316:
-            raise ValueError(
-                f"label key {key!r} is not a valid Kubernetes label key ([prefix/]name; name at most 63 of "
-                "letters, digits, '-', '_', '.')"
-            )
-        meta_labels.setdefault(str(key), label_value(value))
-
-    main_traffic = 100 - target.canary.traffic if canary else 100
-    predictors = [
-        _predictor(MAIN, target, replicas=target.replicas, traffic=main_traffic, model=model, version=version,
-                   uri=model_uri)
-    ]
-    if canary:
-        predictors.append(
-            _predictor(CANARY, target, replicas=target.canary.replicas, traffic=target.canary.traffic,
-                       model=model, version=canary_version, uri=canary_uri)
-        )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name, "namespace": target.namespace, "labels": meta_labels,
-                     "annotations": annotations},
-        "spec": {"name": name, "protocol": "seldon", "predictors": predictors},
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------
-# validation against the CRD
-
-
-def default_crd_path() -> Path:
-    """The SeldonDeployment CRD to validate against: ``FREESTACK_SELDON_CRD``, else the copy in the
-    checkout (``include/serving/seldondeployment-crd.yaml``), else ``../shared/seldon/`` next to it."""
-    env = os.environ.get(CRD_ENV)
-    if env:
-        return Path(env).expanduser()
-    from freestack.config import checkout_dir
-
-    root = checkout_dir()
-    candidates = [
-        root / "include" / "serving" / "seldondeployment-crd.yaml",
-        root.parent / "shared" / "seldon" / "seldondeployment-crd.yaml",
-    ]
-    return next((p for p in candidates if p.is_file()), candidates[0])
-
-
-def _convert(node: Any, strict: bool) -> Any:
-    """A Kubernetes structural schema node as plain JSON Schema (draft 7).
-
-    - ``x-kubernetes-int-or-string: true`` accepts an integer or a string (any ``pattern`` applies to strings);
-    - ``nullable: true`` also accepts null;
-    - with ``strict``, objects that list ``properties`` reject unknown fields (as ``kubectl --validate=strict``
-      and ``fieldValidation=Strict`` do) unless they say ``x-kubernetes-preserve-unknown-fields``.
-    """
-    if not isinstance(node, dict):
-        return node
-    out = {k: v for k, v in node.items() if k != "description"}
-    if isinstance(out.get("properties"), dict):
-        out["properties"] = {k: _convert(v, strict) for k, v in out["properties"].items()}
-    if isinstance(out.get("items"), dict):
-        out["items"] = _convert(out["items"], strict)
-    if isinstance(out.get("additionalProperties"), dict):
-        out["additionalProperties"] = _convert(out["additionalProperties"], strict)
-    for kw in ("anyOf", "allOf", "oneOf"):
-        if isinstance(out.get(kw), list):
-            out[kw] = [_convert(s, strict) for s in out[kw]]
-    if isinstance(out.get("not"), dict):
-        out["not"] = _convert(out["not"], strict)
-    if out.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
-    if out.get("nullable") and "type" in out:
-        t = out["type"]
-        out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
-        if isinstance(out.get("enum"), list):
-            out["enum"] = [*out["enum"], None]
-    if (
-        strict
-        and out.get("type") == "object"
-        and "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-def _object_meta_schema() -> dict[str, Any]:
-    # The CRD leaves metadata open (``type: object``): the API server checks it. Check what a deploy sets.
-    return {
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
-            "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
-            "labels": {
-                "type": "object",
-                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
-                "additionalProperties": {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE},
-            },
-            "annotations": {
-                "type": "object",
-                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
-                "additionalProperties": {"type": "string"},
-            },
-            "resourceVersion": {"type": "string"},
-            "generation": {"type": "integer"},
-            "uid": {"type": "string"},
-        },
-    }
-
-
-@lru_cache(maxsize=4)
-def _validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
-    import jsonschema
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            docs = [d for d in yaml.load_all(fh, Loader=loader) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise FreestackError(f"cannot read the SeldonDeployment CRD {path}: {exc}") from None
-    crd = next((d for d in docs if d.get("kind") == "CustomResourceDefinition"), None)
-    versions = ((crd or {}).get("spec") or {}).get("versions") or []
-    version = next((v for v in versions if v.get("name") == VERSION), None)
-    schema = ((version or {}).get("schema") or {}).get("openAPIV3Schema")
-    if not schema:
-        raise FreestackError(
-            f"{path} is not the SeldonDeployment CRD with an openAPIV3Schema for version {VERSION}; "
-            f"point {CRD_ENV} at seldondeployment-crd.yaml from Seldon Core 1.17"
-        )
-    schema = _convert(schema, strict=True)
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-    props = schema.setdefault("properties", {})
-    props["apiVersion"] = {"const": API_VERSION}
-    props["kind"] = {"const": KIND}
-    props["metadata"] = _object_meta_schema()
-    props["status"] = {"type": "object"}  # the controller's to write: accepted as it is on a stored object
-    schema["additionalProperties"] = False
-
-    def _int_range(bits: int):
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        return lambda v: not isinstance(v, int) or isinstance(v, bool) or lo <= v <= hi
-
-    checker = jsonschema.FormatChecker(formats=())
-    checker.checks("int32")(_int_range(32))
-    checker.checks("int64")(_int_range(64))
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    return cls(schema, format_checker=checker)
-
-
-def _semantic_violations(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """What Seldon's admission webhook rejects that the schema does not say."""
-    out: list[tuple[str, str]] = []
-    predictors = (manifest.get("spec") or {}).get("predictors") or []
-    seen: set[str] = set()
-    total, counted = 0, 0
-    for i, p in enumerate(predictors):
-        where = f"$.spec.predictors[{i}]"
-        if p.get("name") in seen:
-            out.append((f"{where}.name", f"predictor name {p['name']!r} is used twice"))
-        seen.add(p.get("name"))
-        if not p.get("shadow"):
-            total += p.get("traffic") or 0
-            counted += 1
-        containers = {
-            c.get("name")
-            for cs in p.get("componentSpecs") or []
-            for c in ((cs or {}).get("spec") or {}).get("containers") or []
-        }
-        graph = p.get("graph") or {}
-        if not graph.get("implementation") and graph.get("name") not in containers:
-            out.append(
-                (f"{where}.graph.name",
-                 f"graph node {graph.get('name')!r} has no container of that name in componentSpecs "
-                 f"(containers: {sorted(c for c in containers if c)})")
-            )
-    if counted > 1 and total != 100:
-        out.append(("$.spec.predictors", f"the predictors' traffic adds up to {total}, not 100"))
-    return out
-
-
-def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | None = None) -> None:
-    """Check ``manifest`` against the SeldonDeployment CRD's ``openAPIV3Schema`` (version v1) and the rules
-    Seldon's admission webhook adds; raise ``ManifestInvalid`` listing each violation's JSON path."""
-    path = Path(crd_path) if crd_path is not None else default_crd_path()
-    try:
-        st = path.stat()
-    except OSError:
-        raise FreestackError(
-            f"the SeldonDeployment CRD is not at {path}: set {CRD_ENV} to the path of seldondeployment-crd.yaml "
-            "(Seldon Core 1.17), or restore include/serving/seldondeployment-crd.yaml in the checkout"
-        ) from None
-    validator = _validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    violations = sorted(
-        ((e.json_path, e.message) for e in validator.iter_errors(manifest)), key=lambda v: (v[0], v[1])
-    )
-    if not violations:
-        violations = _semantic_violations(manifest)
-    if violations:
-        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        what = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
-        shown = [f"  {p}: {m}" for p, m in violations[:25]]
-        if len(violations) > 25:
-            shown.append(f"  ... and {len(violations) - 25} more")
-        raise ManifestInvalid(
-            f"SeldonDeployment {what} does not match the Seldon Core v1 CRD ({path}):\n"
-            + "\n".join(shown)
-            + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
-            violations,
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -726,33 +363,6 @@ def _update(
         )
 
 
-def _predictors(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    meta = obj.get("metadata") or {}
-    preds = (obj.get("spec") or {}).get("predictors") or []
-    main = next((p for p in preds if p.get("name") == MAIN), None)
-    if main is None:
-        raise DeployError(
-            f"SeldonDeployment {meta.get('namespace')}/{meta.get('name')} has no predictor named {MAIN!r} "
-            f"(it has {[p.get('name') for p in preds]}): it was not made by freestack; redeploy it with freestack"
-        )
-    return main, next((p for p in preds if p.get("name") == CANARY), None)
-
-
-def _env(pred: dict[str, Any], key: str) -> str | None:
-    for cs in pred.get("componentSpecs") or []:
-        for c in ((cs or {}).get("spec") or {}).get("containers") or []:
-            if c.get("name") == CONTAINER:
-                for e in c.get("env") or []:
-                    if e.get("name") == key:
-                        return e.get("value")
-    return None
-
-
-def predictor_version(pred: dict[str, Any]) -> str | None:
-    """The model version a predictor serves (its container's ``FREESTACK_MODEL_VERSION``)."""
-    return _env(pred, ENV_VERSION)
-
-
 def set_traffic(name: str, namespace: str, conn_id: str, *, canary_traffic: int) -> dict[str, Any]:
     """Send ``canary_traffic`` percent of requests to the canary predictor and the rest to main (a merge
     patch conditioned on the resourceVersion just read)."""
@@ -760,7 +370,7 @@ def set_traffic(name: str, namespace: str, conn_id: str, *, canary_traffic: int)
         raise ValueError(f"canary_traffic must be an integer percentage 0..100, got {canary_traffic!r}")
 
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
-        main, canary = _predictors(obj)
+        main, canary = split_predictors(obj)
         if canary is None:
             raise DeployError(
                 f"SeldonDeployment {namespace}/{name} has no {CANARY!r} predictor to send traffic to; deploy a "
@@ -780,7 +390,7 @@ def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | No
     already serves it, nothing changes (so a retried task is harmless)."""
 
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
-        main, canary = _predictors(obj)
+        main, canary = split_predictors(obj)
         if canary is None:
             if version is not None and predictor_version(main) == version and main.get("traffic") in (100, None):
                 return None
@@ -805,7 +415,7 @@ def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | No
         if new_version is not None:
             labels[VERSION_KEY] = label_value(new_version)
             annotations[VERSION_KEY] = new_version
-        uri = _env(canary, ENV_URI)
+        uri = predictor_env(canary, ENV_URI)
         if uri is not None:
             annotations[MODEL_URI_KEY] = uri
         annotations.pop(CANARY_VERSION_KEY, None)
@@ -819,7 +429,7 @@ def rollback_canary(name: str, namespace: str, conn_id: str) -> dict[str, Any]:
     """Remove the canary predictor; main takes all traffic. Nothing changes when there is no canary."""
 
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
-        main, canary = _predictors(obj)
+        main, canary = split_predictors(obj)
         if canary is None and main.get("traffic") in (100, None):
             return None
         main["traffic"] = 100
@@ -834,61 +444,60 @@ def rollback_canary(name: str, namespace: str, conn_id: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# status
+# a deploy's rollout
 
 
-def _replica_summary(status: dict[str, Any]) -> tuple[str, list[str]]:
-    parts, short = [], []
-    for dep, st in sorted((status.get("deploymentStatus") or {}).items()):
-        st = st or {}
-        avail, want = st.get("availableReplicas") or 0, st.get("replicas") or 0
-        parts.append(f"{dep} {avail}/{want} available" + (f" ({st['description']})" if st.get("description") else ""))
-        if avail < want:
-            short.append(dep)
-    return "; ".join(parts), short
+def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: str) -> dict[str, Any]:
+    """Apply the SeldonDeployment that serves ``version`` (from ``model_uri``, as the pod reads it) and
+    record the rollout; the caller then waits for Available. With a canary in the spec and another
+    version serving, the new one becomes the canary predictor; otherwise it replaces the main one."""
+    from freestack.serving.manifests import build_manifest, served_version, validate_manifest
+    from freestack.serving.records import Deployments
+    from freestack.storage import storage_root
+
+    target = spec.deploy.kubernetes
+    name = spec.deployment_name
+    serving = served_version(get(name, target.namespace, target.conn_id))
+    canary = target.canary is not None and serving is not None and serving[0] != version
+    if canary:
+        manifest = build_manifest(name, model=spec.model_name, version=serving[0], model_uri=serving[1],
+                                  target=target, canary_version=version, canary_uri=model_uri)  # fmt: skip
+    else:
+        manifest = build_manifest(name, model=spec.model_name, version=version, model_uri=model_uri, target=target)
+    validate_manifest(manifest)
+    stored = apply(manifest, target.conn_id)
+    deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
+    old, token = deployments.read(name)
+    record = {
+        "name": name, "model": spec.model_name, "target": "kubernetes", "state": "rolling-out",
+        "version": (old or {}).get("version", serving[0]) if canary else version,
+        "canary_version": version if canary else None,
+        "canary_traffic": target.canary.traffic if canary else 0,
+        "namespace": target.namespace, "conn_id": target.conn_id, "role": CANARY if canary else MAIN,
+        "generation": (stored.get("metadata") or {}).get("generation"), "reason": reason,
+    }  # fmt: skip
+    deployments.write(name, {**(old or {}), **record}, token)
+    return record
 
 
-def availability(obj: dict[str, Any]) -> tuple[str, str]:
-    """``("available" | "failed" | "progressing", message)`` from a SeldonDeployment's Seldon v1 status.
+def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
+    """Record what the wait for Available ended with; DeployError when it did not become Available."""
+    from freestack.serving.records import Deployments
+    from freestack.storage import storage_root
 
-    A status whose ``observedGeneration`` is older than ``metadata.generation`` describes the previous spec
-    and counts as progressing, however Available it says it is."""
-    meta = obj.get("metadata") or {}
-    status = obj.get("status") or {}
-    what = f"SeldonDeployment {meta.get('namespace')}/{meta.get('name')}"
-    state = status.get("state") or ""
-    desc = status.get("description") or ""
-    replicas, short = _replica_summary(status)
-    gen, observed = meta.get("generation"), status.get("observedGeneration")
-    if gen is not None and observed is not None and observed < gen:
-        return "progressing", (
-            f"{what}: Seldon has not processed generation {gen} yet (observed {observed}); "
-            f"state {state or 'unknown'} is the previous spec's"
+    if event.get("status") != "available":
+        raise DeployError(
+            f"SeldonDeployment {event.get('namespace')}/{event.get('name')} did not become Available "
+            f"({event.get('status')}): {event.get('message')}"
         )
-    if state == "Failed":
-        return "failed", f"{what}: Seldon reports Failed: {desc or 'no description'}" + (
-            f" [{replicas}]" if replicas else ""
-        )
-    if state == "Available" and not short:
-        return "available", f"{what} is Available" + (f": {replicas}" if replicas else "")
-    shown = state or "no status yet"
-    return "progressing", f"{what}: {shown}" + (f": {desc}" if desc else "") + (f" [{replicas}]" if replicas else "")
+    deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
+    record, token = deployments.read(spec.deployment_name)
+    record = {**(record or {}), "state": "serving", "message": event.get("message")}
+    deployments.write(spec.deployment_name, record, token)
+    return record
 
 
-def summary(obj: dict[str, Any]) -> dict[str, Any]:
-    """A short record of what an object serves: name, namespace, generation, and per predictor the version,
-    model URI, traffic, replicas and image (for ``deployments/<model>/<name>.json``)."""
-    meta = obj.get("metadata") or {}
-    preds = []
-    for p in (obj.get("spec") or {}).get("predictors") or []:
-        image = next(
-            (c.get("image") for cs in p.get("componentSpecs") or []
-             for c in ((cs or {}).get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER),
-            None,
-        )
-        preds.append({"name": p.get("name"), "version": predictor_version(p), "model_uri": _env(p, ENV_URI),
-                      "traffic": p.get("traffic"), "replicas": p.get("replicas"), "image": image})
-    state, message = availability(obj)
-    return {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
-            "resource_version": meta.get("resourceVersion"), "predictors": preds, "state": state,
-            "message": message}
+__all__ = [
+    "DeployError", "KubernetesUnavailable", "api_error", "apply", "delete", "finish_rollout", "get", "object_missing",
+    "promote_canary", "rollback_canary", "set_traffic", "start_rollout", "unreachable",
+]  # fmt: skip

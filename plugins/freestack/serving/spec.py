@@ -19,31 +19,29 @@
         env_secret: s3-credentials           # a Secret with AWS_* (or FREESTACK_DATA_API_*) variables
         timeout_minutes: 15
 
-No Airflow, no heavy imports: the spec loader validates it at DAG parse time.
+No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from freestack.settings import settings
+from freestack.specbase import SpecModel
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LocalTarget(_Spec):
+class LocalTarget(SpecModel):
     host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
     port: int = Field(
-        default_factory=lambda: int(os.environ.get("FREESTACK_SERVE_PORT") or 9000),
+        default_factory=lambda: settings().serve_port,
         ge=1024,
         le=65534,
-        description="blue uses port, green port + 1; default FREESTACK_SERVE_PORT, else 9000",
+        description="blue uses port, green port + 1; default: the serve_port setting (9000)",
     )
     metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
     workers: int = Field(default=2, ge=1, le=64)
@@ -70,12 +68,12 @@ class LocalTarget(_Spec):
         return self
 
 
-class Canary(_Spec):
+class Canary(SpecModel):
     traffic: int = Field(default=10, ge=1, le=99, description="percent of requests to the canary predictor")
     replicas: int = Field(default=1, ge=1, le=100)
 
 
-class KubernetesTarget(_Spec):
+class KubernetesTarget(SpecModel):
     conn_id: str = "kubernetes_default"
     namespace: str = "default"
     image: str = "freestack/serving:0.1.0"
@@ -107,7 +105,7 @@ class KubernetesTarget(_Spec):
         return {k: {r: str(q) for r, q in d.items()} for k, d in v.items()}
 
 
-class DeploySpec(_Spec):
+class DeploySpec(SpecModel):
     target: Literal["local", "kubernetes"] = "local"
     name: str | None = Field(default=None, description="deployment name; default: the model name")
     alias: str = Field(default="production", description="the registry alias that is served")
@@ -138,17 +136,4 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
 
 
-def parse_deploy(v: Any) -> dict[str, Any]:
-    """Validate a ``deploy:`` block; ValueError with every problem on one line."""
-    from pydantic import ValidationError
-
-    if v is None:
-        v = {}
-    if not isinstance(v, dict):
-        raise ValueError(f"must be a mapping (target, local, kubernetes), got {type(v).__name__}")
-    from freestack.config import block_problems
-
-    try:
-        return DeploySpec.model_validate(v).model_dump()
-    except ValidationError as exc:
-        raise ValueError(block_problems(exc)) from None
+__all__ = ["Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]

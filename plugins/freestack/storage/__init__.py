@@ -5,18 +5,17 @@ Importing this package registers the ``data://`` scheme with fsspec and universa
 
 from __future__ import annotations
 
-from freestack.storage import datafs as _datafs  # noqa: F401  (registers data://)
 from freestack.storage.objects import (
     AtomicWriter,
     WrittenObject,
     atomic_write,
     list_objects,
     sha256_of,
-    to_path,
     write_bytes,
     write_json,
 )
-from freestack.storage.paths import check_relative, join, storage_root, uri_of
+from freestack.storage.paths import check_relative, join, uri_of
+from freestack.storage.schemes import storage_root, to_path  # registers data:// with fsspec and upath
 
 __all__ = [
     "AtomicWriter",

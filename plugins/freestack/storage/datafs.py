@@ -4,9 +4,9 @@
 connection; ``data://.my/<collection>`` means the connection's user. The backing store is either
 
 - **direct**: a local folder or an S3 prefix. Every operation is checked against the collection's
-  ACL (freestack.dataapi.acl) for the connection's user, as the Data API service checks it; or
+  ACL (freestack.storage.acl) for the connection's user, as the Data API service checks it; or
 - **the Data API service** (the connection's root is its ``http(s)://`` URL, its password an API key):
-  the filesystem talks HTTP to the service (freestack.dataapi.httpfs), which checks the ACLs for the
+  the filesystem talks HTTP to the service (freestack.storage.httpfs), which checks the ACLs for the
   key's user; ``.my`` is whoever the key belongs to.
 
 The module follows the provider filesystem contract (``schemes`` + ``get_fs``), so
@@ -17,18 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
-from upath.implementations.cloud import CloudPath
-from upath.registry import register_implementation as _register_upath
 
-from freestack.dataapi.acl import ACL_NAME, READ, WRITE, AclStore, check_access, visible_collections
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
+from freestack.storage.acl import ACL_NAME, READ, WRITE, AclStore, check_access, visible_collections
 from freestack.storage.paths import check_relative
 
 schemes = ["data"]
 MY = ".my"
+#: hidden object that makes an empty directory exist on object stores
+DIR_MARKER = ".freestack-dir"
 _WRITE_MODE = frozenset("wax+")
 
 
@@ -53,11 +52,11 @@ class DataFileSystem(DirFileSystem):
     @classmethod
     def from_config(cls, config) -> DataFileSystem:
         if config.is_remote_api:
-            from freestack.dataapi.httpfs import DataApiHttpFileSystem
+            from freestack.storage.httpfs import DataApiHttpFileSystem
 
             http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner)
             return cls(path="", fs=http, owner=None, check_acl=False)
-        from freestack.storage.objects import to_path
+        from freestack.storage.schemes import to_path
 
         backing = to_path(config.root)
         return cls(path=backing.path, fs=backing.fs, owner=config.owner)
@@ -203,7 +202,6 @@ class DataFileSystem(DirFileSystem):
             return self.fs.makedirs(rel, exist_ok=False, acl=acl)
         self.makedirs(rel, exist_ok=True)
         if self.needs_dir_marker:
-            from freestack.storage.client import DIR_MARKER
             from freestack.storage.objects import write_bytes
 
             write_bytes(_Target(self, f"{rel}/{DIR_MARKER}"), b"")
@@ -400,26 +398,11 @@ def _rebuild(path, fs, owner, check_acl=True):
     return DataFileSystem(path=path, fs=fs, owner=owner, check_acl=check_acl)
 
 
-class DataPath(CloudPath):
-    """UPath flavour for ``data://owner/collection/key`` (netloc is the owner)."""
-
-    __slots__ = ()
-
-
 def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -> DataFileSystem:
-    from freestack.hooks.datastore import DataStoreHook
+    """The provider filesystem contract: ``data://`` through connection ``conn_id`` (or the default)."""
+    from freestack.storage.connection import store_config
 
-    return DataStoreHook(conn_id).get_conn()
-
-
-def register() -> None:
-    """Make ``data://`` resolve to this filesystem in fsspec and universal-pathlib.
-
-    Both libraries ship an unrelated read-only ``data:`` (RFC 2397 inline data URL) handler;
-    freestack's ``data://`` namespace replaces it in the processes that import freestack.storage.
-    """
-    fsspec.register_implementation("data", _DefaultDataFileSystem, clobber=True)
-    _register_upath("data", DataPath, clobber=True)
+    return DataFileSystem.from_config(store_config(conn_id))
 
 
 class _DefaultDataFileSystem(DataFileSystem):
@@ -428,5 +411,3 @@ class _DefaultDataFileSystem(DataFileSystem):
     def __new__(cls, *args, **kwargs):
         return get_fs(kwargs.pop("conn_id", None))
 
-
-register()

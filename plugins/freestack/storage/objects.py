@@ -28,22 +28,6 @@ TMP_MARK = ".freestack-tmp-"
 CHUNK = 8 * 1024 * 1024
 
 
-def to_path(uri: Any) -> ObjectStoragePath:
-    """An ObjectStoragePath for a URI (``file://``, ``s3://[conn@]bucket/key``, ``data://...``)."""
-    from airflow.sdk import ObjectStoragePath
-
-    import freestack.storage.datafs  # noqa: F401  (data:// must be registered before parsing)
-
-    if isinstance(uri, ObjectStoragePath):
-        return uri
-    text = str(uri)
-    if "://" not in text:
-        raise FreestackError(
-            f"{text!r} is not a storage URI; use file:///abs/path, s3://conn@bucket/prefix or data://owner/coll"
-        )
-    return ObjectStoragePath(text)
-
-
 def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None:
     """The operating-system path behind ``path`` if it lives on a local disk, else None.
 
@@ -51,12 +35,10 @@ def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None
     ``write`` is true, since the caller then bypasses the filesystem object."""
     from fsspec.implementations.local import LocalFileSystem
 
-    from freestack.storage.datafs import DataFileSystem
-
     fs = path.fs
     if isinstance(fs, LocalFileSystem):
         return fs._strip_protocol(path.path)
-    if isinstance(fs, DataFileSystem) and fs.is_local:
+    if getattr(fs, "protocol", None) == "data" and getattr(fs, "is_local", False):  # freestack.storage.datafs
         return fs.local_path(path.path, write=write)
     return None
 

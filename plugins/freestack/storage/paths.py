@@ -10,7 +10,6 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from freestack.config import default_storage_root
 from freestack.errors import UnsafePathError
 
 if TYPE_CHECKING:
@@ -51,14 +50,6 @@ def check_relative(path: str, *, what: str = "path") -> str:
                 "give a plain relative path"
             )
     return "/".join(s for s in path.split("/") if s)
-
-
-def storage_root(override: str | None = None) -> ObjectStoragePath:
-    """The storage root as an ObjectStoragePath: the override (a spec's ``storage_root``),
-    else ``FREESTACK_STORAGE_ROOT``, else ``file://<project>/.freestack/storage``."""
-    from freestack.storage.objects import to_path
-
-    return to_path(override or default_storage_root())
 
 
 def join(root: ObjectStoragePath, *parts: str) -> ObjectStoragePath:

@@ -15,10 +15,12 @@ import io
 import json
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from freestack.config import PipelineSpec
-from freestack.sweeps.controller import SweepError, best_of, load_sweep, load_trials, sweep_dir
+from freestack.sweeps.core import SweepError, best_of, load_sweep, load_trials, sweep_dir
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, co
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from freestack.sweeps.config import leaf_parameters
+    from freestack.sweeps.spec import leaf_parameters
 
     leaves = leaf_parameters(config["parameters"])
     params = [k[len("param."):] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
@@ -191,10 +193,10 @@ def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None) ->
 
 
 def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, Any]:
-    from freestack.tracking.wandb import WandbHook, start_run
+    from freestack.tracking.wandb import WandbSettings, start_run
 
     if tracking_settings is None:
-        tracking_settings = WandbHook().settings()
+        tracking_settings = WandbSettings.from_environment()
     columns = list(dict.fromkeys(k for r in rows for k in r))
     data = [[json.dumps(r.get(c)) if isinstance(r.get(c), list | dict) else r.get(c) for c in columns] for r in rows]
     with start_run(

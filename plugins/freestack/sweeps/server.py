@@ -16,20 +16,22 @@ import contextlib
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from freestack.config import PipelineSpec
 from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
-from freestack.sweeps.controller import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
+from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
+from freestack.tracking.wandb import WandbSettings
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
 
-def server_settings():
-    """The W&B settings when sweeps should go to a server, else None (local controller)."""
-    from freestack.tracking.wandb import WandbHook, probe_server
+def server_settings(settings: WandbSettings) -> WandbSettings | None:
+    """``settings`` when sweeps should go to their W&B server, else None (the local controller)."""
+    from freestack.tracking.wandb import probe_server
 
-    settings = WandbHook().settings()
     if settings.mode != "online" or not settings.api_key:
         return None
     problem = probe_server(settings.base_url)
@@ -64,7 +66,7 @@ def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, An
     got = cas.read(path)
     if got is not None:
         return json.loads(got.data)
-    config = dict(spec.sweep)
+    config = spec.sweep.config()
     project = settings.project or spec.name
     with _wandb_env(settings):
         server_id = wandb.sweep(sweep=config, project=project, entity=settings.entity)
@@ -91,15 +93,15 @@ def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, An
     return doc
 
 
-def run_server_agent(spec: PipelineSpec, sweep: dict[str, Any], *, agent_id: str) -> dict[str, Any]:
+def run_server_agent(
+    spec: PipelineSpec, sweep: dict[str, Any], *, agent_id: str, settings: WandbSettings
+) -> dict[str, Any]:
     """``wandb.agent`` until the server has no more trials for this sweep."""
     import wandb
 
     from freestack.storage import join, write_json
-    from freestack.tracking.wandb import WandbHook
-    from freestack.training import TrainRequest, train
+    from freestack.train.core import TrainRequest, train
 
-    settings = WandbHook().settings()
     request = sweep["request"]
     names = set(engine_part(sweep["config"])["parameters"])
     done: list[str] = []

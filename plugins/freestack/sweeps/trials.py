@@ -1,4 +1,4 @@
-"""One sweep trial = one training (``freestack.training.train``) with the trial's hyperparameters.
+"""One sweep trial = one training (``freestack.train.core.train``) with the trial's hyperparameters.
 
 Each trial is its own W&B run (grouped by sweep id, job type ``sweep-trial``), checkpoints under the
 trial's folder (so a taken-over trial resumes) and writes its model into the trial's folder; only
@@ -7,11 +7,13 @@ the selected trial becomes a model version in the registry (``report.select_best
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from freestack.config import PipelineSpec
 from freestack.sweeps.config import to_overrides
-from freestack.sweeps.controller import TrialRunner, sweep_dir
+from freestack.sweeps.core import TrialRunner, sweep_dir
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
 
 def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
@@ -23,7 +25,7 @@ def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
 def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
     """The function an agent calls per trial. The lake window is loaded once per agent and window size."""
     from freestack.storage import join
-    from freestack.training import TrainRequest, effective_spec, load_window, train
+    from freestack.train.core import TrainRequest, effective_spec, load_window, train
 
     request = sweep["request"]
     windows: dict[int, Any] = {}

@@ -1,6 +1,6 @@
 """Experiment tracking: Weights & Biases runs that never make training fail.
 
-``WandbHook`` reads the ``wandb`` connection; ``start_run`` opens a ``TrackingRun`` (online, offline
+``start_run`` opens a ``TrackingRun`` (online, offline
 or disabled), falling back to offline when the server cannot be reached.
 
 This package imports ``wandb`` only when a run starts.
@@ -8,19 +8,11 @@ This package imports ``wandb`` only when a run starts.
 
 from __future__ import annotations
 
-from freestack.tracking.wandb import (
-    DEFAULT_BASE_URL,
-    TrackingRun,
-    WandbHook,
-    WandbSettings,
-    start_run,
-    wandb_root,
-)
+from freestack.tracking.wandb import DEFAULT_BASE_URL, TrackingRun, WandbSettings, start_run, wandb_root
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "TrackingRun",
-    "WandbHook",
     "WandbSettings",
     "start_run",
     "wandb_root",

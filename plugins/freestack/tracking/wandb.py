@@ -1,13 +1,9 @@
-"""Weights & Biases tracking: the ``wandb`` connection, and runs that never make training fail.
-
-Connection type ``wandb``:
-- ``password``: the API key;
-- ``host``: a self-hosted server URL (optional; default ``https://api.wandb.ai``);
-- extra ``{"entity": ..., "project": ..., "mode": "online" | "offline" | "disabled"}``.
+"""Weights & Biases runs that never make training fail (the ``wandb`` connection is read by
+:class:`freestack.hooks.wandb.WandbHook` into :class:`WandbSettings`).
 
 Mode: the connection's ``mode`` wins; else ``WANDB_MODE`` when it says ``disabled`` or ``offline``;
-else ``online`` when there is an API key, otherwise ``offline``. With no connection named
-``wandb_default`` a run is offline with no key.
+else ``online`` when there is an API key, otherwise ``offline``. Without a connection (a notebook, a
+script), :meth:`WandbSettings.from_environment` applies the same rules to ``WANDB_API_KEY``.
 
 Offline runs go under ``run_dir``, else ``$WANDB_DIR``, else ``<project home>/.freestack/wandb``
 (wandb adds its own ``wandb/offline-run-...`` folder); the log says which ``wandb sync`` uploads
@@ -29,10 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from airflow.sdk.bases.hook import BaseHook
-
-from freestack.config import project_home
 from freestack.errors import FreestackError
+from freestack.settings import project_home
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +57,19 @@ class WandbSettings:
     base_url: str = DEFAULT_BASE_URL
     entity: str | None = None
     project: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> WandbSettings:
+        """Settings without an Airflow connection (a notebook, a script): ``WANDB_API_KEY``,
+        ``WANDB_BASE_URL``, ``WANDB_ENTITY``, ``WANDB_PROJECT``, and the mode by the rules above."""
+        api_key = (os.environ.get("WANDB_API_KEY") or "").strip() or None
+        return cls(
+            mode=resolve_mode(None, api_key),
+            api_key=api_key,
+            base_url=normalize_base_url(os.environ.get("WANDB_BASE_URL")),
+            entity=os.environ.get("WANDB_ENTITY") or None,
+            project=os.environ.get("WANDB_PROJECT") or None,
+        )
 
     def __repr__(self) -> str:  # never print the key
         key = "***" if self.api_key else None
@@ -139,90 +146,6 @@ def check_api_key(base_url: str, api_key: str, timeout: float = PROBE_TIMEOUT_S)
         return False, f"W&B server {base_url} does not accept the API key"
     who = viewer.get("username") or viewer.get("entity") or viewer.get("id")
     return True, f"W&B server {base_url} reachable; API key accepted (user {who})"
-
-
-class WandbHook(BaseHook):
-    """The ``wandb`` connection: API key, optional self-hosted server, entity/project/mode."""
-
-    conn_name_attr = "wandb_conn_id"
-    default_conn_name = "wandb_default"
-    conn_type = "wandb"
-    hook_name = "Weights & Biases"
-
-    def __init__(self, wandb_conn_id: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.wandb_conn_id = wandb_conn_id or self.default_conn_name
-        self._settings: WandbSettings | None = None
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"password": "API key", "host": "Server URL (self-hosted, optional)"},
-            "placeholders": {
-                "host": DEFAULT_BASE_URL,
-                "extra": '{"entity": "my-team", "project": "my-project", "mode": "online"}',
-            },
-        }
-
-    def settings(self) -> WandbSettings:
-        """The resolved settings (read once per hook)."""
-        if self._settings is None:
-            self._settings = self._read_settings()
-        return self._settings
-
-    def _read_settings(self) -> WandbSettings:
-        try:
-            conn = self.get_connection(self.wandb_conn_id)
-        except Exception as exc:  # AirflowNotFoundException, or no metadata/API to ask
-            if self.wandb_conn_id == self.default_conn_name:
-                return WandbSettings(mode=resolve_mode(None, None))
-            raise FreestackError(
-                f"W&B connection {self.wandb_conn_id!r} was not found ({exc}). Create it with "
-                "conn_type 'wandb', password = API key, host = server URL (optional), "
-                'extra {"entity": ..., "project": ..., "mode": "online|offline|disabled"}'
-            ) from None
-        extra = conn.extra_dejson or {}
-        api_key = (conn.password or "").strip() or None
-        try:
-            mode = resolve_mode(extra.get("mode"), api_key)
-        except FreestackError as exc:
-            raise FreestackError(f"connection {self.wandb_conn_id!r}: {exc}") from None
-        return WandbSettings(
-            mode=mode,
-            api_key=api_key,
-            base_url=normalize_base_url(conn.host, conn.port),
-            entity=extra.get("entity") or None,
-            project=extra.get("project") or None,
-        )
-
-    def get_conn(self) -> WandbSettings:
-        return self.settings()
-
-    def start_run(self, **kwargs: Any) -> TrackingRun:
-        """``start_run`` with this connection's settings; ``project`` defaults to the connection's."""
-        s = self.settings()
-        kwargs.setdefault("project", s.project)
-        return start_run(s, **kwargs)
-
-    def test_connection(self) -> tuple[bool, str]:
-        try:
-            s = self.settings()
-        except Exception as exc:
-            return False, str(exc)
-        if s.mode == "disabled":
-            return True, "W&B is disabled for this connection: runs record nothing"
-        if s.mode == "offline":
-            return True, (
-                f"offline mode: runs are written under {wandb_root()} (or the task's run_dir) and "
-                "uploaded later with `wandb sync <folder>`; no server is contacted"
-            )
-        if not s.api_key:
-            return False, "online mode needs an API key (the connection's password)"
-        problem = probe_server(s.base_url)
-        if problem:
-            return False, f"W&B server {s.base_url} is not reachable: {problem}"
-        return check_api_key(s.base_url, s.api_key)
 
 
 # ---------------------------------------------------------------------------------------------------------

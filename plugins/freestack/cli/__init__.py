@@ -1,0 +1,42 @@
+"""``freestack`` command line: the demo, the local Airflow, and a look into the lake, models, serving
+and the Data API.
+
+    freestack demo              land the demo data and run the pipeline DAGs on it
+    freestack up | down         airflow standalone on 127.0.0.1, in the background
+    freestack lake PIPELINE     partitions, row counts and quarantine reasons
+    freestack models ...        registered versions, aliases, promote, rollback, push to the Hub
+    freestack serve ...         deployments: status, logs, predict, deploy, stop, canary
+    freestack data-api          the Algorithmia-compatible Data API on 127.0.0.1 (keys, acl: its users)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    from freestack.cli.demo import demo
+    from freestack.cli.stack import down, lake, up
+
+    ap = argparse.ArgumentParser(prog="freestack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("demo", help="land the demo data and run the pipeline on it").set_defaults(fn=demo)
+    p_up = sub.add_parser("up", help="start airflow standalone on 127.0.0.1")
+    p_up.add_argument("--timeout", type=float, default=240)
+    p_up.set_defaults(fn=up)
+    sub.add_parser("down", help="stop the airflow standalone started by `up`").set_defaults(fn=down)
+    p_lake = sub.add_parser("lake", help="show a pipeline's lake partitions and quarantine")
+    p_lake.add_argument("pipeline")
+    p_lake.set_defaults(fn=lake)
+    from freestack.cli.data import register as register_data_api
+
+    register_data_api(sub)  # data-api, keys, acl
+    from freestack.cli.models import register as register_models
+
+    register_models(sub)  # models list|show|promote|rollback|alias|push
+    from freestack.cli.serve import register as register_serve
+
+    register_serve(sub)  # serve status|stop|logs|predict|deploy
+    args = ap.parse_args(argv)
+    return args.fn(args)
+

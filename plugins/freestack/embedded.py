@@ -1,0 +1,143 @@
+"""The embedded stack: ``airflow standalone`` with this project's DAGs and plugins, everything inside
+the project and on 127.0.0.1 (``freestack up``, ``make demo``, the end-to-end tests and benchmarks).
+
+:func:`airflow_env` is the environment it runs with. It is also where the embedded stack's SQLite
+metadata database gets its busy timeout: ``airflow standalone`` keeps its metadata in SQLite (WAL
+mode), one writer at a time, and a writer that finds the database locked waits up to the driver's
+busy timeout, 5 s by default, then fails with ``database is locked``. Under load (a scheduler, a DAG
+processor, an API server answering every task, and CLI commands such as ``airflow backfill create``,
+all on two cores) 5 s is not always enough, and Airflow does not always survive the failure:
+``backfill create`` deletes the runs it had already committed, and a scheduler that was scheduling one
+of them crashed on the vanished row (``ObjectDeletedError``), which left every later run queued. So
+``[database] sql_alchemy_connect_args`` (a documented setting) points at :data:`SQLITE_CONNECT_ARGS`
+here: a writer waits up to :data:`BUSY_TIMEOUT_S` for the lock. Postgres deployments (``docker/``,
+Helm) do not use these settings.
+
+Airflow imports this module in every process (through that setting), so it stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+#: seconds a SQLite writer waits for the lock before ``database is locked``
+BUSY_TIMEOUT_S = 60.0
+
+#: ``[database] sql_alchemy_connect_args`` (sqlite3.connect keyword arguments)
+SQLITE_CONNECT_ARGS: dict = {"timeout": BUSY_TIMEOUT_S}
+
+#: ``[database] sql_alchemy_connect_args_async`` (aiosqlite passes them to sqlite3.connect)
+SQLITE_CONNECT_ARGS_ASYNC: dict = {"timeout": BUSY_TIMEOUT_S}
+
+
+def settings_for(sql_alchemy_conn: str | None) -> dict[str, str]:
+    """The ``AIRFLOW__DATABASE__*`` variables for this metadata connection: the busy timeout for
+    SQLite (also when unset: Airflow's default is SQLite), nothing for any other database."""
+    if sql_alchemy_conn and not sql_alchemy_conn.startswith("sqlite"):
+        return {}
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": f"{__name__}.SQLITE_CONNECT_ARGS_ASYNC",
+    }
+
+
+def airflow_env() -> dict[str, str]:
+    """Environment for the embedded Airflow: home, dags and plugins inside the project, 127.0.0.1, and
+    the runtime wing's speed-ups on (``FREESTACK_SPEEDUPS=0`` in the environment keeps them off)."""
+    from freestack.settings import checkout_dir, project_home
+
+    home = checkout_dir()
+    port = os.environ.get("AIRFLOW_PORT", "8080")
+    defaults = {
+        "AIRFLOW_HOME": str(home / ".airflow"),
+        "FREESTACK_HOME": str(project_home()),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": port,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        # the LocalExecutor forks this many workers up front (Airflow's default: 32), each a copy of
+        # the scheduler with its preloaded libraries: 4 per core (8 at least, 32 at most) is plenty on
+        # one machine, and on 2 cores saves 245 MiB (bench/orchestration)
+        "AIRFLOW__CORE__PARALLELISM": str(min(32, max(8, 4 * (os.cpu_count() or 1)))),
+        # freestack.runtime: preloading, the scheduler's wake-up, SQLite's fractional now()
+        "FREESTACK_SPEEDUPS": "1",
+    }
+    # W&B (the scheduler starts the tasks' shared wandb-core service) writes inside the project
+    wandb_home = project_home() / ".freestack" / "wandb"
+    for key, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
+                     ("WANDB_CONFIG_DIR", "config")):  # fmt: skip
+        defaults[key] = str(wandb_home / sub) if sub else str(wandb_home)
+    # SQLite metadata (the default): writers wait for the lock instead of failing after 5 s
+    defaults.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
+    env = dict(os.environ)
+    for k, v in defaults.items():
+        env.setdefault(k, v)
+    return env
+
+
+def standalone_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus the PATH shim that keeps every standalone component on 127.0.0.1."""
+    from freestack.settings import checkout_dir
+
+    out = dict(env)
+    venv_bin = str(Path(sys.executable).parent)
+    out["FREESTACK_AIRFLOW_BIN"] = str(Path(venv_bin) / "airflow")
+    out["PATH"] = os.pathsep.join([str(checkout_dir() / "include" / "bin"), venv_bin, env.get("PATH", "")])
+    return out
+
+
+def start_standalone(env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    """Start ``airflow standalone`` in its own session (so it can be stopped as a group)."""
+    env = standalone_env(env)
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            [env["FREESTACK_AIRFLOW_BIN"], "standalone"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def standalone_files(env: dict[str, str]) -> tuple[Path, Path, Path]:
+    """``airflow standalone``'s pid file, log and generated admin password file under ``AIRFLOW_HOME``."""
+    home = Path(env["AIRFLOW_HOME"])
+    return home / "standalone.pid", home / "standalone.log", home / "simple_auth_manager_passwords.json.generated"
+
+
+def healthy(url: str) -> bool:
+    """Whether the Airflow API server at ``url`` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def warm_execution_api(url: str) -> float:
+    """Answer the API server's first Task Execution API request now: the mounted app builds itself on
+    its first request (about 3 s here), which would otherwise delay the first task of the first run.
+    Returns the seconds it took (0 if the server did not answer; the first task then pays it)."""
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"{url}/execution/health", timeout=60) as r:
+            r.read()
+    except OSError:
+        return 0.0
+    return time.monotonic() - t0
+
+
+__all__ = [
+    "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "healthy", "settings_for",
+    "standalone_env", "standalone_files", "start_standalone", "warm_execution_api",
+]  # fmt: skip

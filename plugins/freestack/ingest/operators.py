@@ -1,0 +1,139 @@
+"""Airflow operators for ingest: thin wrappers over ``freestack.ingest``.
+
+Heavy libraries (pyarrow, pandas) are imported inside ``execute``, never at DAG parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from freestack.spec import load_spec
+
+
+def lake_asset(pipeline: str) -> Asset:
+    """The asset a pipeline's ingest updates and its training is scheduled on."""
+    return Asset(name=f"{pipeline}_lake", uri=f"freestack://lake/{pipeline}", group="freestack")
+
+
+class _SpecMixin:
+    spec_path: str
+
+    def _spec(self):
+        return load_spec(self.spec_path)
+
+
+class IngestOperator(_SpecMixin, BaseOperator):
+    """Validate interval ``ds``'s landing files and publish ``lake/<pipeline>/ds=<ds>/``.
+
+    Returns the partition URI (XCom) and sets the outlet asset event's extra to the row counts
+    and content hashes.
+    """
+
+    template_fields: Sequence[str] = ("ds",)
+    ui_color = "#d8ecf7"
+
+    def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec_path = spec_path
+        self.ds = ds
+
+    def execute(self, context: Context) -> str:
+        from freestack.errors import (
+            AccessDenied,
+            LandingDataMissing,
+            QuarantineLimitExceeded,
+            SchemaDriftError,
+            SpecError,
+            UnsafePathError,
+        )
+        from freestack.ingest.core import ingest_partition
+
+        try:
+            spec = self._spec()
+        except SpecError as exc:
+            raise AirflowFailException(str(exc)) from None
+        try:
+            result = ingest_partition(spec, self.ds)
+        except LandingDataMissing as exc:
+            if spec.source.policy.on_missing == "skip":
+                raise AirflowSkipException(f"{exc} (policy on_missing: skip)") from None
+            raise AirflowFailException(str(exc)) from None
+        except (SchemaDriftError, QuarantineLimitExceeded, UnsafePathError, SpecError, AccessDenied) as exc:
+            # the data is wrong, or data:// refused the access: retrying cannot help, so fail now
+            # with the reason
+            raise AirflowFailException(str(exc)) from None
+        summary = result.as_dict()
+        self.log.info(
+            "partition %s: %d rows in, %d good, %d quarantined (%.2f%%); part sha256 %s",
+            result.partition,
+            result.rows_in,
+            result.rows_good,
+            result.rows_quarantined,
+            100 * result.quarantine_fraction,
+            result.part["sha256"] if result.part else "-",
+        )
+        if result.quarantine:
+            self.log.warning("rejected rows and their reasons: %s", result.quarantine["uri"])
+        extra = {
+            "ds": result.ds,
+            "partition": result.partition,
+            "rows_in": result.rows_in,
+            "rows_good": result.rows_good,
+            "rows_quarantined": result.rows_quarantined,
+            "part_sha256": result.part["sha256"] if result.part else None,
+            "quarantine_sha256": result.quarantine["sha256"] if result.quarantine else None,
+            "spec_hash": result.spec_hash,
+        }
+        outlet_events = context.get("outlet_events")
+        if outlet_events is not None:
+            outlet_events[lake_asset(spec.name)].extra = extra
+        return summary["partition"]
+
+
+class LandingSensor(_SpecMixin, BaseSensorOperator):
+    """Wait for interval ``ds``'s landing files, deferred to the triggerer (no worker slot held)."""
+
+    template_fields: Sequence[str] = ("ds",)
+    ui_color = "#f7f1d8"
+
+    def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec_path = spec_path
+        self.ds = ds
+        self.deferrable = deferrable
+
+    def _uri(self) -> str:
+        from freestack.ingest.core import landing_dir
+
+        return str(landing_dir(self._spec(), self.ds))
+
+    def poke(self, context: Context) -> bool:
+        from freestack.ingest.triggers import _has_files
+
+        return bool(_has_files(self._uri()))
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        if self.poke(context):
+            return None
+        from freestack.ingest.triggers import LandingTrigger
+
+        self.defer(
+            trigger=LandingTrigger(uri=self._uri(), poke_interval=self.poke_interval),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
+        if not event or event.get("status") != "found":
+            raise RuntimeError(f"landing sensor ended without files: {event}")
+        self.log.info("landing files arrived in %s: %s", event["uri"], event["files"])
+
+
+__all__ = ["IngestOperator", "LandingSensor", "lake_asset"]

@@ -1,0 +1,383 @@
+"""The training loop: AdamW, warm-up + cosine (or constant, or one-cycle) learning rate
+(:mod:`~freestack.ml.schedule`), gradient clipping, early stopping on the validation metric, a fixed
+seed, automatic device choice (CUDA with mixed precision when present) and a checkpoint every epoch
+that a retried run resumes from (:mod:`~freestack.ml.checkpoint`: safetensors, nothing unpickled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, unpack
+from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
+from freestack.ml.schedule import lr_factor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    learning_rate: float = 3e-3
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    patience: int = 5
+    grad_clip: float | None = 1.0
+    scheduler: str = "cosine"  # cosine | constant | onecycle
+    warmup_epochs: int = 1
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    task: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float | None = None
+    metric: str = ""
+    epochs_run: int = 0
+    resumed_from: int | None = None
+    stopped_early: bool = False
+    stop_reason: str | None = None  # "patience" (no improvement) or "requested" (on_epoch said stop)
+    device: str = "cpu"
+    amp: str | None = None
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the model and the per-epoch history (which is saved on its own)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "history")}
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA device is visible; use auto or cpu")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, x: torch.Tensor, batch: int | None = None, amp_dtype=None) -> torch.Tensor:
+    if batch is None:  # large batches help a GPU; on a CPU they only thrash the caches
+        batch = 8192 if x.device.type == "cuda" else 2048
+    model.eval()
+    outs = []
+    for i in range(0, len(x), batch):
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outs.append(model(x[i : i + batch]).float())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, amp_dtype=None) -> dict[str, float]:
+    out = predict_outputs(model, x, amp_dtype=amp_dtype)
+    if task == "classification":
+        loss = float(nn.functional.cross_entropy(out, y)) if len(y) else 0.0
+        proba = torch.softmax(out, dim=-1).cpu().numpy()
+        return {"loss": loss, **classification_metrics(y.cpu().numpy(), proba)}
+    loss = float(nn.functional.mse_loss(out, y)) if len(y) else 0.0
+    y_std = float(getattr(model, "y_std", torch.tensor(1.0)))
+    y_mean = float(getattr(model, "y_mean", torch.tensor(0.0)))
+    pred = out.cpu().numpy() * y_std + y_mean
+    true = y.cpu().numpy() * y_std + y_mean
+    return {"loss": loss, **regression_metrics(true, pred)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop's parts
+
+
+@dataclass
+class Precision:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16 with a loss scaler); none on a CPU."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Precision:
+        if device.type != "cuda":
+            return cls(device)
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return cls(device, amp_dtype, torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+class FlatGradients:
+    """All gradients in one flat buffer: zeroing and clipping are one kernel each, not one per parameter
+    (backward accumulates into the parameters' ``.grad`` views of it in place)."""
+
+    def __init__(self, params: list[nn.Parameter], device: torch.device):
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            raise ValueError(f"the model's trainable parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+        self.buffer = torch.zeros(sum(p.numel() for p in params), device=device, dtype=dtypes.pop())
+        offset = 0
+        for p in params:
+            p.grad = self.buffer[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def zero_(self) -> None:
+        self.buffer.zero_()  # never zero_grad(set_to_none=True): .grad must stay views of the buffer
+
+    def clip_(self, max_norm: float) -> None:
+        """``clip_grad_norm_`` over the flat buffer: the same arithmetic, without a host sync."""
+        norm = torch.linalg.vector_norm(self.buffer)
+        self.buffer.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+class EarlyStopping:
+    """Tracks the best validation metric; ``bad_epochs`` counts the epochs since it last improved."""
+
+    def __init__(self, task: str, patience: int):
+        self.task, self.patience = task, patience
+        self.bad_epochs = 0
+        self.best: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the CPU
+
+    def update(self, result: TrainResult, model: nn.Module, epoch: int, value: float) -> None:
+        if is_better(self.task, value, result.best_metric):
+            result.best_metric, result.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    def exhausted(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class _Run:
+    """What one ``fit`` call works with."""
+
+    model: nn.Module
+    config: TrainConfig
+    task: str
+    device: torch.device
+    precision: Precision
+    grads: FlatGradients
+    new_optimizer: Callable[[], torch.optim.Optimizer]
+    opt: torch.optim.Optimizer
+    loss_fn: nn.Module
+    n: int
+    steps_per_epoch: int
+    stopping: EarlyStopping
+    result: TrainResult
+
+
+def _setup(model: nn.Module, n: int, config: TrainConfig, task: str) -> _Run:
+    device = resolve_device(config.device)
+    _seed_all(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    precision = Precision.for_device(device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = FlatGradients(params, device)
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        try:  # the fused kernel: one call per step for all parameters
+            return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+        except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
+            return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    amp = str(precision.amp_dtype) if precision.amp_dtype else None
+    result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp)
+    return _Run(
+        model=model, config=config, task=task, device=device, precision=precision, grads=grads,
+        new_optimizer=new_optimizer, opt=new_optimizer(),
+        loss_fn=nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss(), n=n,
+        steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience),
+        result=result,
+    )  # fmt: skip
+
+
+def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
+    """The first epoch to train: after the checkpoint's, when it matches this run's config and data;
+    otherwise 1, from a fresh start."""
+    blob = checkpoints.load(CHECKPOINT)
+    if blob is None:
+        return 1
+    result, config = run.result, run.config
+    best, meta = unpack(blob, run.model, run.opt, run.device)
+    if meta.get("config") != asdict(config) or meta.get("n_train") != run.n:
+        log.warning("checkpoint does not match this run's config or data; starting over")
+        _seed_all(config.seed)
+        run.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        run.opt = run.new_optimizer()
+        return 1
+    run.stopping.best, run.stopping.bad_epochs = best, meta["bad_epochs"]
+    result.history = meta["history"]
+    result.best_epoch, result.best_metric = meta["best_epoch"], meta["best_metric"]
+    result.resumed_from = meta["epoch"]
+    result.stopped_early = meta.get("stopped", False)
+    result.stop_reason = meta.get("stop_reason")
+    log.info("resuming from the checkpoint of epoch %d/%d", meta["epoch"], config.epochs)
+    return meta["epoch"] + 1
+
+
+def _train_epoch(run: _Run, xt: torch.Tensor, yt: torch.Tensor, epoch: int) -> tuple[float, float]:
+    """One pass over the training split in a seeded order; (mean training loss, the last learning rate)."""
+    config, opt, model, scaler = run.config, run.opt, run.model, run.precision.scaler
+    model.train()
+    gen = torch.Generator(device=run.device).manual_seed(config.seed * 1_000_003 + epoch)
+    torch.manual_seed(config.seed + epoch)  # dropout: the same masks on a resumed run
+    perm = torch.randperm(run.n, generator=gen, device=run.device)
+    running = torch.zeros((), device=run.device)
+    total_steps = run.steps_per_epoch * config.epochs
+    warmup_steps = run.steps_per_epoch * config.warmup_epochs
+    step = (epoch - 1) * run.steps_per_epoch
+    lr = config.learning_rate
+    for i in range(0, run.n, config.batch_size):
+        lr = config.learning_rate * lr_factor(step, total_steps, warmup_steps, config.scheduler)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = perm[i : i + config.batch_size]
+        xb, yb = xt[idx], yt[idx]
+        with run.precision.autocast():
+            loss = run.loss_fn(model(xb), yb)
+        run.grads.zero_()
+        if scaler is None:
+            loss.backward()
+            if config.grad_clip:
+                run.grads.clip_(config.grad_clip)
+            opt.step()
+        else:  # float16 on CUDA: scale the loss against underflow
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(opt)
+                run.grads.clip_(config.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        running += loss.detach() * len(idx)
+        step += 1
+    return float(running) / run.n, lr
+
+
+def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
+    result = run.result
+    meta = {
+        "epoch": epoch, "bad_epochs": run.stopping.bad_epochs, "history": result.history,
+        "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stopped": result.stopped_early,
+        "stop_reason": result.stop_reason, "config": asdict(run.config), "n_train": run.n,
+    }  # fmt: skip
+    checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
+
+
+def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float) -> None:
+    config, result = run.config, run.result
+    stop = {
+        None: "",
+        "patience": f"  (early stop: no improvement in {config.patience} epochs)",
+        "requested": "  (stopped: early termination requested)",
+    }[result.stop_reason]
+    log.info(
+        "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.4f  lr %.2e  %s samples/s  ETA %s%s",
+        epoch, config.epochs, row["train_loss"], row["val_loss"], result.metric, row[f"val_{result.metric}"],
+        row["lr"], f"{row['samples_per_s']:,.0f}", _fmt_eta(0 if result.stopped_early else eta_seconds), stop,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def fit(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: TrainConfig,
+    *,
+    task: str,
+    checkpoints: CheckpointStore | None = None,
+    on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; return it with the best validation weights loaded.
+
+    ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
+    sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
+    """
+    if len(x_train) == 0:
+        raise ValueError("the training split is empty: the window holds no rows for training")
+    run = _setup(model, len(x_train), config, task)
+    device, result = run.device, run.result
+    xt = torch.tensor(x_train, device=device)  # copies: the inputs may be read-only views
+    yt = torch.tensor(y_train, device=device)
+    xv = torch.tensor(x_val, device=device)
+    yv = torch.tensor(y_val, device=device)
+    start_epoch = _resume(run, checkpoints) if checkpoints is not None else 1
+    epoch_seconds: list[float] = []
+    for epoch in range(start_epoch, config.epochs + 1):
+        if result.stopped_early:
+            break
+        t0 = time.perf_counter()
+        train_loss, lr = _train_epoch(run, xt, yt, epoch)
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(model, xv, yv, task, run.precision.amp_dtype)
+        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}, "lr": lr,
+               "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0}  # fmt: skip
+        run.stopping.update(result, model, epoch, val[result.metric])
+        result.history.append(row)
+        if run.stopping.exhausted() and epoch < config.epochs:
+            result.stopped_early, result.stop_reason = True, "patience"
+        if on_epoch is not None and on_epoch(row) and epoch < config.epochs:
+            result.stopped_early, result.stop_reason = True, "requested"
+        if checkpoints is not None:
+            _checkpoint(run, checkpoints, epoch)
+        epoch_seconds.append(time.perf_counter() - t0)
+        result.train_seconds += train_seconds
+        _log_epoch(run, row, epoch, (config.epochs - epoch) * (sum(epoch_seconds) / len(epoch_seconds)))
+    _finish(run, start_epoch)
+    return result
+
+
+def _finish(run: _Run, start_epoch: int) -> None:
+    """Throughput over the epochs trained here, and the best epoch's weights back in the model."""
+    result = run.result
+    result.epochs_run = len(result.history)
+    trained = [r for r in result.history if r["epoch"] >= start_epoch]
+    if result.train_seconds > 0 and trained:
+        result.samples_per_s = run.n * len(trained) / result.train_seconds
+    if run.stopping.best is not None:
+        run.model.load_state_dict({k: v.to(run.device) for k, v in run.stopping.best.items()})
+    run.model.eval()
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+__all__ = [
+    "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
+    "evaluate", "fit", "lr_factor", "predict_outputs", "resolve_device",
+]  # fmt: skip

@@ -1,0 +1,231 @@
+"""Model cards: the ``README.md`` of a registry version, a Hugging Face model card (YAML front matter
+with model-index eval results and a ``freestack`` section, then Markdown) rendered from the version's
+metrics and lineage and what the registering stage adds (:class:`CardInfo`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class CardInfo:
+    """What the model card says beyond what ``lineage.json`` / ``metrics.json`` hold already.
+
+    Every field is optional; missing ones are read from the version's ``metrics.json`` (metrics) and
+    ``lineage.json`` (window, partitions, train_config = hyperparameters, sweep, gate)."""
+
+    metrics: dict[str, Any] | None = None
+    window: dict[str, Any] | None = None
+    partitions: list[dict[str, Any]] | None = None
+    train_config: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    intended_use: str | None = None
+    limitations: str | None = None
+    license: str = "apache-2.0"
+    tags: list[str] = field(default_factory=list)
+    library_name: str = "freestack"
+    dataset_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, info: CardInfo | dict[str, Any] | None) -> CardInfo:
+        if info is None:
+            return cls()
+        if isinstance(info, CardInfo):
+            return info
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        unknown = {k: v for k, v in info.items() if k not in known}
+        return cls(**{k: v for k, v in info.items() if k in known}, extra=dict(info.get("extra") or {}) | {
+            k: v for k, v in unknown.items() if k != "extra"
+        })
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The top-level numeric metrics (``test_*``, ``best_val_*``...), without nested sections."""
+    return {
+        k: float(v)
+        for k, v in sorted(metrics.items())
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "best_epoch"
+    }
+
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model }} {{ version }}
+
+A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` +
+`model.safetensors`, loadable with `FreestackNet.from_pretrained`.
+
+## Intended use
+
+{{ intended_use }}
+
+## Limitations
+
+{{ limitations }}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{% for k, v in metrics.items() -%}
+| {{ k }} | {{ "%.6g"|format(v) }} |
+{% endfor %}
+## Training data
+
+Window: {{ window_text }}.
+
+| partition | rows | sha256 |
+|---|---|---|
+{% for p in partitions -%}
+| {{ p.ds }} | {{ p.rows }} | `{{ p.sha256 }}` |
+{% endfor %}
+## Gate decision
+
+{{ gate_text }}
+
+## Lineage
+
+- spec hash: `{{ lineage.spec_hash }}`
+- code version: `{{ lineage.code_version }}`
+- Airflow: {{ airflow_text }}
+- W&B run: {{ wandb_text }}
+- sweep: {{ sweep_text }}
+
+## How to load
+
+```python
+from freestack.ml.models import FreestackNet
+
+model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
+```
+"""
+
+
+def _task_type(task: str, kind: str) -> str:
+    if kind == "cnn":
+        return "image-classification" if task == "classification" else "image-to-text"
+    return "tabular-regression" if task == "regression" else "tabular-classification"
+
+
+def render_card(
+    model: str, version: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]
+) -> str:
+    """The model card text: YAML front matter (``ModelCardData``, with model-index eval results and a
+    ``freestack`` section) and a Markdown body."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    facts = _facts(model, info, metrics=metrics, lineage=lineage)
+    task, kind, pipeline = facts["task"], facts["kind"], facts["pipeline"]
+    freestack = {
+        "model": model, "version": version, "metrics": facts["metrics"], "window": facts["window"],
+        "partitions": facts["partitions"], "train_config": facts["train_config"], "sweep": facts["sweep"],
+        "gate": facts["gate"], "spec_hash": lineage.get("spec_hash"), "code_version": lineage.get("code_version"),
+        "airflow": lineage.get("airflow") or None, "wandb": _wandb_ref(lineage.get("wandb")), **info.extra,
+    }  # fmt: skip
+    data = ModelCardData(
+        model_name=f"{model}-{version}",
+        library_name=info.library_name,
+        license=info.license,
+        tags=sorted({"freestack", task, *info.tags}),
+        pipeline_tag=_task_type(task, kind),
+        eval_results=_eval_results(facts, info) or None,
+        freestack=json.loads(json.dumps(freestack, default=str)),  # plain YAML types only
+    )
+    intended = info.intended_use or (
+        f"Predicting `{pipeline}` {task} targets for rows shaped like the training window's "
+        "(same features, same units); a starting point for experiments and demos."
+    )
+    limits = info.limitations or (
+        "Trained on a bounded time window of one pipeline's data: it inherits that window's biases and "
+        "can drift as the data changes. Check the metrics on your own data before relying on it."
+    )
+    card = ModelCard.from_template(
+        data, template_str=CARD_TEMPLATE, model=model, version=version, task=task, kind=kind,
+        intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
+        window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
+        airflow_text=_kv_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
+        sweep_text=_kv_text(facts["sweep"]),
+    )  # fmt: skip
+    return str(card)
+
+
+def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+    """What the card says, each from ``info`` when the registering stage gave it, else from the lineage."""
+    hyper = lineage.get("hyperparameters") or {}
+    task = str(metrics.get("task") or hyper.get("model", {}).get("task") or "") or "classification"
+    partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
+    return {
+        "task": task,
+        "kind": str((hyper.get("model") or {}).get("kind") or "mlp"),
+        "pipeline": lineage.get("pipeline") or model,
+        "metrics": metrics_summary(info.metrics if info.metrics is not None else metrics),
+        "window": info.window if info.window is not None else (lineage.get("window") or {}),
+        "partitions": [{k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions],
+        "train_config": info.train_config if info.train_config is not None else hyper,
+        "sweep": info.sweep if info.sweep is not None else (lineage.get("sweep") or None),
+        "gate": info.gate if info.gate is not None else (lineage.get("gate") or None),
+    }
+
+
+def _eval_results(facts: dict[str, Any], info: CardInfo) -> list:
+    """The model-index entries: one per metric, on the test split of the pipeline's lake window."""
+    from huggingface_hub import EvalResult
+
+    pipeline = facts["pipeline"]
+    return [
+        EvalResult(
+            task_type=_task_type(facts["task"], facts["kind"]), dataset_type=f"freestack/{pipeline}",
+            dataset_name=info.dataset_name or f"{pipeline} lake window", dataset_split="test",
+            metric_type=name.removeprefix("test_").removeprefix("best_val_"), metric_name=name, metric_value=value,
+        )  # fmt: skip
+        for name, value in facts["metrics"].items()
+    ]
+
+
+class _Attr(dict):
+    def __getattr__(self, name: str) -> Any:
+        return self.get(name, "n/a")
+
+
+def _wandb_ref(w: Any) -> dict[str, Any] | None:
+    if not isinstance(w, dict):
+        return None
+    keys = ("id", "run_id", "name", "project", "entity", "url", "mode", "sweep_id")
+    return {k: w[k] for k in keys if w.get(k) is not None} or None
+
+
+def _window_text(window: dict[str, Any]) -> str:
+    if not window:
+        return "not recorded"
+    return ", ".join(f"{k} {v}" for k, v in window.items())
+
+
+def _gate_text(gate: dict[str, Any] | None) -> str:
+    if not gate:
+        return "No gate decision recorded for this version."
+    decision = gate.get("decision") or ("promote" if gate.get("promote") or gate.get("passed") else None)
+    head = f"**{decision}**" if decision else "recorded"
+    reasons = gate.get("reasons") or []
+    lines = [head] + [f"- {r}" for r in reasons]
+    return "\n".join(lines)
+
+
+def _kv_text(d: Any) -> str:
+    if not d:
+        return "n/a"
+    if isinstance(d, dict):
+        return ", ".join(f"{k} `{v}`" for k, v in d.items() if not isinstance(v, dict | list))
+    return str(d)
+
+
+__all__ = ["CARD_TEMPLATE", "CardInfo", "metrics_summary", "render_card"]

@@ -1,0 +1,495 @@
+"""Seldon Core v1 SeldonDeployment manifests: built from a spec's ``deploy.kubernetes`` block, validated
+against the CRD, and read back (which version each predictor serves, whether it is Available).
+
+Pure functions over plain dicts; talking to a cluster is :mod:`freestack.serving.k8s`::
+
+    manifest = build_manifest("digits", model="digits", version="3", model_uri="s3://.../3",
+                              target=spec.deploy.kubernetes, canary_version=..., canary_uri=...)
+    validate_manifest(manifest)              # ManifestInvalid names every violation's path
+
+Light at import: ``jsonschema`` and ``yaml`` are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import DeployError, FreestackError
+from freestack.settings import checkout_dir, settings
+
+if TYPE_CHECKING:
+    from freestack.serving.spec import KubernetesTarget
+
+GROUP = "machinelearning.seldon.io"
+VERSION = "v1"
+PLURAL = "seldondeployments"
+KIND = "SeldonDeployment"
+API_VERSION = f"{GROUP}/{VERSION}"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+MAIN = "main"
+CANARY = "canary"
+CONTAINER = "model"
+HTTP_PORT = 9000
+HEALTH_PATH = "/health/ping"
+
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "freestack"
+MODEL_KEY = "freestack.io/model"
+VERSION_KEY = "freestack.io/version"
+CANARY_VERSION_KEY = "freestack.io/canary-version"
+MODEL_URI_KEY = "freestack.io/model-uri"
+CANARY_URI_KEY = "freestack.io/canary-uri"
+
+#: the setting that names the CRD file (``seldon_crd``), as an environment variable
+CRD_ENV = "FREESTACK_SELDON_CRD"
+
+ENV_URI = "FREESTACK_MODEL_URI"
+ENV_VERSION = "FREESTACK_MODEL_VERSION"
+ENV_NAME = "FREESTACK_MODEL_NAME"
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_QUALIFIED_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+
+
+
+class ManifestInvalid(FreestackError, ValueError):
+    """A manifest does not match the SeldonDeployment CRD. ``violations`` holds (JSON path, message)."""
+
+    def __init__(self, message: str, violations: list[tuple[str, str]]):
+        super().__init__(message)
+        self.violations = violations
+
+
+# ---------------------------------------------------------------------------------------------------------
+# manifests
+
+
+def label_value(value: Any) -> str:
+    """``value`` made a valid Kubernetes label value: at most 63 of ``[A-Za-z0-9_.-]``, alphanumeric at both
+    ends (other characters become ``-``). The exact value goes into an annotation next to it."""
+    v = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value))[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
+
+
+def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str) -> dict[str, Any]:
+    env = [
+        {"name": ENV_URI, "value": model_uri},
+        {"name": ENV_VERSION, "value": version},
+        {"name": ENV_NAME, "value": model},
+        {"name": "GUNICORN_WORKERS", "value": str(target.workers)},
+        {"name": "GUNICORN_THREADS", "value": str(target.threads)},
+    ]
+    probe = {"httpGet": {"path": HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
+    # loading a model (a download from object storage) may take a while: the startup probe allows up to
+    # the deploy timeout before liveness starts counting
+    startup_failures = max(12, int(target.timeout_minutes * 60 / 5))
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": target.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": env,
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "resources": copy.deepcopy(target.resources),
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": startup_failures},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    if target.env_secret:
+        container["envFrom"] = [{"secretRef": {"name": target.env_secret}}]
+    return container
+
+
+def _predictor(
+    name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {"containers": [_container(target, model=model, version=version, model_uri=uri)]}
+    if target.service_account:
+        pod["serviceAccountName"] = target.service_account
+    return {
+        "name": name,
+        "replicas": replicas,
+        "traffic": traffic,
+        "labels": {VERSION_KEY: label_value(version), MANAGED_BY_KEY: MANAGED_BY},
+        "progressDeadlineSeconds": int(target.timeout_minutes * 60),
+        "componentSpecs": [{"spec": pod}],
+        "graph": {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}, "children": []},
+    }
+
+
+def build_manifest(
+    name: str,
+    *,
+    model: str,
+    version: str,
+    model_uri: str,
+    target: KubernetesTarget | dict[str, Any],
+    canary_version: str | None = None,
+    canary_uri: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``.
+
+    One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
+    predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
+    from freestack.serving.spec import KubernetesTarget
+
+    if isinstance(target, dict):
+        target = KubernetesTarget.model_validate(target)
+    if not _DNS1123_LABEL.match(name) or len(name) > 63:
+        raise ValueError(
+            f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
+            "at most 63 characters (set deploy.name in the pipeline spec)"
+        )
+    for what, v in (("model", model), ("version", version), ("model_uri", model_uri)):
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{what} must be a non-empty string, got {v!r}")
+    if (canary_version is None) != (canary_uri is None):
+        given, missing = ("canary_version", "canary_uri") if canary_uri is None else ("canary_uri", "canary_version")
+        raise ValueError(f"{given} was given without {missing}: a canary needs both its version and its URI")
+    canary = canary_version is not None
+    if canary and target.canary is None:
+        raise ValueError(
+            f"canary version {canary_version!r} was given but deploy.kubernetes.canary is not set: add "
+            "'canary: {traffic: 10, replicas: 1}' to the deploy block, or deploy without a canary"
+        )
+
+    meta_labels = {MANAGED_BY_KEY: MANAGED_BY, MODEL_KEY: label_value(model), VERSION_KEY: label_value(version)}
+    annotations = {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri}
+    if canary:
+        meta_labels[CANARY_VERSION_KEY] = label_value(canary_version)
+        annotations[CANARY_VERSION_KEY] = canary_version
+        annotations[CANARY_URI_KEY] = canary_uri
+    for key, value in (labels or {}).items():
+        if not re.match(_QUALIFIED_KEY, str(key)) or len(str(key)) > 316:
+            raise ValueError(
+                f"label key {key!r} is not a valid Kubernetes label key ([prefix/]name; name at most 63 of "
+                "letters, digits, '-', '_', '.')"
+            )
+        meta_labels.setdefault(str(key), label_value(value))
+
+    main_traffic = 100 - target.canary.traffic if canary else 100
+    predictors = [
+        _predictor(MAIN, target, replicas=target.replicas, traffic=main_traffic, model=model, version=version,
+                   uri=model_uri)
+    ]
+    if canary:
+        predictors.append(
+            _predictor(CANARY, target, replicas=target.canary.replicas, traffic=target.canary.traffic,
+                       model=model, version=canary_version, uri=canary_uri)
+        )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": target.namespace, "labels": meta_labels,
+                     "annotations": annotations},
+        "spec": {"name": name, "protocol": "seldon", "predictors": predictors},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation against the CRD
+
+
+def default_crd_path() -> Path:
+    """The SeldonDeployment CRD to validate against: the ``seldon_crd`` setting, else the copy in the
+    checkout (``include/serving/seldondeployment-crd.yaml``), else ``../shared/seldon/`` next to it."""
+    configured = settings().seldon_crd
+    if configured:
+        return configured.expanduser()
+    root = checkout_dir()
+    candidates = [
+        root / "include" / "serving" / "seldondeployment-crd.yaml",
+        root.parent / "shared" / "seldon" / "seldondeployment-crd.yaml",
+    ]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def _convert(node: Any, strict: bool) -> Any:
+    """A Kubernetes structural schema node as plain JSON Schema (draft 7).
+
+    - ``x-kubernetes-int-or-string: true`` accepts an integer or a string (any ``pattern`` applies to strings);
+    - ``nullable: true`` also accepts null;
+    - with ``strict``, objects that list ``properties`` reject unknown fields (as ``kubectl --validate=strict``
+      and ``fieldValidation=Strict`` do) unless they say ``x-kubernetes-preserve-unknown-fields``.
+    """
+    if not isinstance(node, dict):
+        return node
+    out = {k: v for k, v in node.items() if k != "description"}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: _convert(v, strict) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _convert(out["items"], strict)
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _convert(out["additionalProperties"], strict)
+    for kw in ("anyOf", "allOf", "oneOf"):
+        if isinstance(out.get(kw), list):
+            out[kw] = [_convert(s, strict) for s in out[kw]]
+    if isinstance(out.get("not"), dict):
+        out["not"] = _convert(out["not"], strict)
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if out.get("nullable") and "type" in out:
+        t = out["type"]
+        out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
+        if isinstance(out.get("enum"), list):
+            out["enum"] = [*out["enum"], None]
+    if (
+        strict
+        and out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def _object_meta_schema() -> dict[str, Any]:
+    # The CRD leaves metadata open (``type: object``): the API server checks it. Check what a deploy sets.
+    return {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
+            "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
+            "labels": {
+                "type": "object",
+                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
+                "additionalProperties": {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE},
+            },
+            "annotations": {
+                "type": "object",
+                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
+                "additionalProperties": {"type": "string"},
+            },
+            "resourceVersion": {"type": "string"},
+            "generation": {"type": "integer"},
+            "uid": {"type": "string"},
+        },
+    }
+
+
+@lru_cache(maxsize=4)
+def _validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
+    import jsonschema
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = [d for d in yaml.load_all(fh, Loader=loader) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise FreestackError(f"cannot read the SeldonDeployment CRD {path}: {exc}") from None
+    crd = next((d for d in docs if d.get("kind") == "CustomResourceDefinition"), None)
+    versions = ((crd or {}).get("spec") or {}).get("versions") or []
+    version = next((v for v in versions if v.get("name") == VERSION), None)
+    schema = ((version or {}).get("schema") or {}).get("openAPIV3Schema")
+    if not schema:
+        raise FreestackError(
+            f"{path} is not the SeldonDeployment CRD with an openAPIV3Schema for version {VERSION}; "
+            f"point {CRD_ENV} at seldondeployment-crd.yaml from Seldon Core 1.17"
+        )
+    schema = _convert(schema, strict=True)
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    props = schema.setdefault("properties", {})
+    props["apiVersion"] = {"const": API_VERSION}
+    props["kind"] = {"const": KIND}
+    props["metadata"] = _object_meta_schema()
+    props["status"] = {"type": "object"}  # the controller's to write: accepted as it is on a stored object
+    schema["additionalProperties"] = False
+
+    def _int_range(bits: int):
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return lambda v: not isinstance(v, int) or isinstance(v, bool) or lo <= v <= hi
+
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("int32")(_int_range(32))
+    checker.checks("int64")(_int_range(64))
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+    return cls(schema, format_checker=checker)
+
+
+def _semantic_violations(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """What Seldon's admission webhook rejects that the schema does not say."""
+    out: list[tuple[str, str]] = []
+    predictors = (manifest.get("spec") or {}).get("predictors") or []
+    seen: set[str] = set()
+    total, counted = 0, 0
+    for i, p in enumerate(predictors):
+        where = f"$.spec.predictors[{i}]"
+        if p.get("name") in seen:
+            out.append((f"{where}.name", f"predictor name {p['name']!r} is used twice"))
+        seen.add(p.get("name"))
+        if not p.get("shadow"):
+            total += p.get("traffic") or 0
+            counted += 1
+        containers = {
+            c.get("name")
+            for cs in p.get("componentSpecs") or []
+            for c in ((cs or {}).get("spec") or {}).get("containers") or []
+        }
+        graph = p.get("graph") or {}
+        if not graph.get("implementation") and graph.get("name") not in containers:
+            out.append(
+                (f"{where}.graph.name",
+                 f"graph node {graph.get('name')!r} has no container of that name in componentSpecs "
+                 f"(containers: {sorted(c for c in containers if c)})")
+            )
+    if counted > 1 and total != 100:
+        out.append(("$.spec.predictors", f"the predictors' traffic adds up to {total}, not 100"))
+    return out
+
+
+def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | None = None) -> None:
+    """Check ``manifest`` against the SeldonDeployment CRD's ``openAPIV3Schema`` (version v1) and the rules
+    Seldon's admission webhook adds; raise ``ManifestInvalid`` listing each violation's JSON path."""
+    path = Path(crd_path) if crd_path is not None else default_crd_path()
+    try:
+        st = path.stat()
+    except OSError:
+        raise FreestackError(
+            f"the SeldonDeployment CRD is not at {path}: set {CRD_ENV} to the path of seldondeployment-crd.yaml "
+            "(Seldon Core 1.17), or restore include/serving/seldondeployment-crd.yaml in the checkout"
+        ) from None
+    validator = _validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    violations = sorted(
+        ((e.json_path, e.message) for e in validator.iter_errors(manifest)), key=lambda v: (v[0], v[1])
+    )
+    if not violations:
+        violations = _semantic_violations(manifest)
+    if violations:
+        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        what = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
+        shown = [f"  {p}: {m}" for p, m in violations[:25]]
+        if len(violations) > 25:
+            shown.append(f"  ... and {len(violations) - 25} more")
+        raise ManifestInvalid(
+            f"SeldonDeployment {what} does not match the Seldon Core v1 CRD ({path}):\n"
+            + "\n".join(shown)
+            + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
+            violations,
+        )
+
+
+def split_predictors(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    meta = obj.get("metadata") or {}
+    preds = (obj.get("spec") or {}).get("predictors") or []
+    main = next((p for p in preds if p.get("name") == MAIN), None)
+    if main is None:
+        raise DeployError(
+            f"SeldonDeployment {meta.get('namespace')}/{meta.get('name')} has no predictor named {MAIN!r} "
+            f"(it has {[p.get('name') for p in preds]}): it was not made by freestack; redeploy it with freestack"
+        )
+    return main, next((p for p in preds if p.get("name") == CANARY), None)
+
+
+def predictor_env(pred: dict[str, Any], key: str) -> str | None:
+    for cs in pred.get("componentSpecs") or []:
+        for c in ((cs or {}).get("spec") or {}).get("containers") or []:
+            if c.get("name") == CONTAINER:
+                for e in c.get("env") or []:
+                    if e.get("name") == key:
+                        return e.get("value")
+    return None
+
+
+def predictor_version(pred: dict[str, Any]) -> str | None:
+    """The model version a predictor serves (its container's ``FREESTACK_MODEL_VERSION``)."""
+    return predictor_env(pred, ENV_VERSION)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# status
+
+
+def _replica_summary(status: dict[str, Any]) -> tuple[str, list[str]]:
+    parts, short = [], []
+    for dep, st in sorted((status.get("deploymentStatus") or {}).items()):
+        st = st or {}
+        avail, want = st.get("availableReplicas") or 0, st.get("replicas") or 0
+        parts.append(f"{dep} {avail}/{want} available" + (f" ({st['description']})" if st.get("description") else ""))
+        if avail < want:
+            short.append(dep)
+    return "; ".join(parts), short
+
+
+def availability(obj: dict[str, Any]) -> tuple[str, str]:
+    """``("available" | "failed" | "progressing", message)`` from a SeldonDeployment's Seldon v1 status.
+
+    A status whose ``observedGeneration`` is older than ``metadata.generation`` describes the previous spec
+    and counts as progressing, however Available it says it is."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    what = f"SeldonDeployment {meta.get('namespace')}/{meta.get('name')}"
+    state = status.get("state") or ""
+    desc = status.get("description") or ""
+    replicas, short = _replica_summary(status)
+    gen, observed = meta.get("generation"), status.get("observedGeneration")
+    if gen is not None and observed is not None and observed < gen:
+        return "progressing", (
+            f"{what}: Seldon has not processed generation {gen} yet (observed {observed}); "
+            f"state {state or 'unknown'} is the previous spec's"
+        )
+    if state == "Failed":
+        return "failed", f"{what}: Seldon reports Failed: {desc or 'no description'}" + (
+            f" [{replicas}]" if replicas else ""
+        )
+    if state == "Available" and not short:
+        return "available", f"{what} is Available" + (f": {replicas}" if replicas else "")
+    shown = state or "no status yet"
+    return "progressing", f"{what}: {shown}" + (f": {desc}" if desc else "") + (f" [{replicas}]" if replicas else "")
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    """A short record of what an object serves: name, namespace, generation, and per predictor the version,
+    model URI, traffic, replicas and image (for ``deployments/<model>/<name>.json``)."""
+    meta = obj.get("metadata") or {}
+    preds = []
+    for p in (obj.get("spec") or {}).get("predictors") or []:
+        image = next(
+            (c.get("image") for cs in p.get("componentSpecs") or []
+             for c in ((cs or {}).get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER),
+            None,
+        )
+        preds.append({"name": p.get("name"), "version": predictor_version(p), "model_uri": predictor_env(p, ENV_URI),
+                      "traffic": p.get("traffic"), "replicas": p.get("replicas"), "image": image})
+    state, message = availability(obj)
+    return {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
+            "resource_version": meta.get("resourceVersion"), "predictors": preds, "state": state,
+            "message": message}
+
+
+def served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(version, model URI) of the main predictor of an existing SeldonDeployment."""
+    if not obj:
+        return None
+    for pred in (obj.get("spec") or {}).get("predictors", []):
+        if pred.get("name") != "main":
+            continue
+        for comp in pred.get("componentSpecs") or []:
+            for c in (comp.get("spec") or {}).get("containers", []):
+                env = {e.get("name"): e.get("value") for e in c.get("env", [])}
+                if env.get("FREESTACK_MODEL_VERSION") and env.get("FREESTACK_MODEL_URI"):
+                    return env["FREESTACK_MODEL_VERSION"], env["FREESTACK_MODEL_URI"]
+    return None
+
+
+__all__ = [
+    "API_VERSION", "CANARY", "CONTAINER", "CRD_ENV", "CRD_NAME", "ENV_NAME", "ENV_URI", "ENV_VERSION", "GROUP", "KIND", "MAIN",
+    "PLURAL", "VERSION", "ManifestInvalid", "availability", "build_manifest", "default_crd_path", "label_value",
+    "predictor_env", "predictor_version", "served_version", "split_predictors", "summary", "validate_manifest",
+]  # fmt: skip

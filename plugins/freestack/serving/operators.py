@@ -1,0 +1,102 @@
+"""Deploy: serve the registry's ``production`` version with Seldon Core, locally or on Kubernetes. A thin
+operator over :mod:`freestack.serving` and :mod:`freestack.registry`.
+
+- local (the default): :func:`freestack.serving.local.deploy_local` starts the version's supervised
+  ``seldon-core-microservice`` on 127.0.0.1, smoke-tests it against the evaluation's own predictions and
+  switches the deployment record blue/green; a failure leaves the old version serving.
+- kubernetes: a ``SeldonDeployment`` (validated against the CRD) is applied through the ``kubernetes``
+  connection (:func:`freestack.serving.k8s.start_rollout`), and the task defers to a trigger until
+  Seldon reports it ``Available``. With a canary in the spec, a new version first takes the canary
+  predictor's share of the traffic.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from freestack.hooks.credentials import model_source
+from freestack.pipeline_operator import PipelineOperator
+
+
+class DeployOperator(PipelineOperator):
+    """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``)."""
+
+    template_fields = ("version",)
+    ui_color = "#d6e4f5"
+
+    def __init__(self, *, version: str | None = None, reason: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version = version
+        self.reason = reason
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from freestack.errors import DeployError
+        from freestack.registry.core import RegistryError, registry_for
+
+        spec = self.pipeline_spec()
+        reg = registry_for(spec)
+        try:
+            version = reg.resolve(self.version or spec.deploy.alias)
+        except RegistryError as exc:
+            raise AirflowFailException(f"nothing to deploy: {exc}") from None
+        uri = reg.version_uri(version)
+        reason = self.reason or f"{context['dag'].dag_id} run {context['run_id']}"
+        try:
+            if spec.deploy.target == "kubernetes":
+                return self._kubernetes(spec, version, uri, reason)
+            return self._local(spec, version, uri, reason)
+        except DeployError as exc:
+            raise RuntimeError(str(exc)) from None  # retried: a port, the machine or the cluster may be busy
+
+    def _local(self, spec, version: str, uri: str, reason: str) -> dict[str, Any]:
+        from freestack.serving.local import deploy_local
+        from freestack.storage import storage_root
+
+        record = deploy_local(
+            root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
+            version=version, version_uri=uri, local=spec.deploy.local, spec=spec, reason=reason,
+            source=model_source(uri),
+        )  # fmt: skip
+        self.log.info(
+            "%s %s is served at %s (pid %s, %s); try:\n  curl -s -H 'Content-Type: application/json' -d "
+            "'{\"data\": {\"ndarray\": [[...%d features...]]}}' %s\nmetrics (Prometheus): %s",
+            spec.model_name, version, record["url"], record["pid"], record["color"], len(spec.model_features),
+            record["predict_url"], record["metrics_url"],
+        )  # fmt: skip
+        return {k: v for k, v in record.items() if k != "history"}
+
+    def _kubernetes(self, spec, version: str, uri: str, reason: str) -> None:
+        from freestack.serving.k8s import start_rollout
+        from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
+
+        target = spec.deploy.kubernetes
+        model_uri, _env = model_source(uri)  # credentials reach the pod through target.env_secret
+        record = start_rollout(spec, version, model_uri, reason=reason)
+        self.log.info("applied SeldonDeployment %s/%s (%s %s); waiting for Available", target.namespace,
+                      record["name"], record["role"], version)  # fmt: skip
+        self.defer(
+            trigger=SeldonDeploymentAvailableTrigger(
+                name=record["name"], namespace=target.namespace, conn_id=target.conn_id,
+                timeout_seconds=target.timeout_minutes * 60, poll_seconds=target.poll_seconds,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(minutes=target.timeout_minutes + 5),
+        )  # fmt: skip
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        from freestack.errors import DeployError
+        from freestack.serving.k8s import finish_rollout
+
+        try:
+            record = finish_rollout(self.pipeline_spec(), event)
+        except DeployError as exc:
+            raise RuntimeError(str(exc)) from None
+        self.log.info("SeldonDeployment %s/%s is Available", event.get("namespace"), event.get("name"))
+        return {k: v for k, v in record.items() if k != "history"}
+
+
+__all__ = ["DeployOperator"]

@@ -1,0 +1,82 @@
+"""Deployment records: ``deployments/<model>/<name>.json`` under the storage root says what is served
+where, which version, since when, and the history of switches. Replaced by compare-and-swap, so two
+deploys of one deployment never both win.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from freestack.errors import DeployError
+
+
+class Deployments:
+    """``deployments/<model>/<name>.json`` under a storage root, replaced by compare-and-swap."""
+
+    def __init__(self, root_uri: str, model: str):
+        from freestack.storage import join, to_path
+
+        self.root = to_path(root_uri)
+        self.model = model
+        self.folder = join(self.root, "deployments", model)
+
+    def path(self, name: str):
+        from freestack.storage import join
+
+        return join(self.folder, f"{name}.json")
+
+    def read(self, name: str) -> tuple[dict[str, Any] | None, Any]:
+        from freestack.storage import cas
+
+        got = cas.read(self.path(name))
+        if got is None:
+            return None, None
+        return json.loads(got.data), got.token
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.read(name)[0]
+
+    def write(self, name: str, record: dict[str, Any], token: Any) -> None:
+        from freestack.storage import cas
+
+        data = json.dumps(record, indent=2, sort_keys=True).encode()
+        try:
+            if token is None:
+                cas.create(self.path(name), data)
+            else:
+                cas.replace(self.path(name), data, token)
+        except cas.CasConflict:
+            raise DeployError(
+                f"deployment {self.model}/{name} was changed by someone else meanwhile; retry the deploy"
+            ) from None
+
+    def names(self) -> list[str]:
+        from freestack.storage import list_objects
+
+        try:
+            return sorted(p.name[: -len(".json")] for p in list_objects(self.folder) if p.name.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
+
+def all_deployments(root_uri: str) -> list[dict[str, Any]]:
+    """Every deployment record under the root, with its model and name."""
+    from freestack.storage import join, to_path
+
+    folder = join(to_path(root_uri), "deployments")
+    out = []
+    try:
+        models = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for model in models:
+        d = Deployments(root_uri, model)
+        for name in d.names():
+            rec = d.get(name)
+            if rec:
+                out.append(rec)
+    return out
+
+
+__all__ = ["Deployments", "all_deployments"]

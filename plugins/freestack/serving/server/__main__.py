@@ -1,0 +1,7 @@
+"""``python -m freestack.serving.server run|supervise CONFIG.json`` (see :mod:`freestack.serving.server.app`)."""
+
+import sys
+
+from freestack.serving.server.app import main
+
+sys.exit(main())

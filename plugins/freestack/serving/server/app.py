@@ -1,0 +1,221 @@
+"""The local Seldon server: seldon-core 1.17.1's own REST app and gunicorn application, bound to the
+address we choose, under a small supervisor. Runs in the serving environment (``.venv-serving``).
+
+``python -m freestack.serving.server supervise CONFIG.json`` starts the supervisor, which runs
+``... run CONFIG.json`` as its child and restarts it when it dies unexpectedly (a worker that fails to
+boot, exit code 3, is not restarted: that is a broken model, and the deploy task reports it).
+
+``run`` is what ``seldon-core-microservice Model --service-type MODEL`` does, with these changes:
+
+- every listener binds ``host`` (127.0.0.1 locally) instead of 0.0.0.0, the REST port and the
+  metrics port are ours, and no gRPC server is started (``grpc_port`` enables one, on ``host`` too);
+- gunicorn's workers, threads, worker class and timeout come from the pipeline spec; besides
+  gunicorn's own classes, ``worker_class: freestack`` is a keep-alive worker with one thread and no
+  thread pool whose workers share new connections evenly (:mod:`freestack.serving.server.worker`);
+- Seldon's custom metrics are buffered per worker and published to the shared store once a second
+  (:mod:`freestack.serving.server.metrics`);
+- each worker freezes the objects it holds after loading the model (``gc.freeze``; config
+  ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask
+  (a 130-170 ms stall of the worker each time);
+- flask_cors's after-request hook answers the common case (no ``Origin`` header, not a preflight)
+  directly, three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON
+  provider is backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`);
+  config ``lighter_app: false`` turns them off.
+
+The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("freestack.serving")
+
+BOOT_ERROR = 3  # gunicorn's exit code when a worker cannot boot (the model failed to load)
+
+
+def _labels_env(cfg: dict[str, Any]) -> None:
+    """Seldon reads its metric labels from these variables at import time."""
+    os.environ.setdefault("SELDON_DEPLOYMENT_ID", cfg.get("name") or "freestack")
+    os.environ.setdefault("PREDICTIVE_UNIT_ID", cfg.get("model") or "model")
+    os.environ.setdefault("PREDICTIVE_UNIT_IMAGE", f"freestack/{cfg.get('model') or 'model'}:{cfg.get('version') or 'unknown'}")
+    os.environ.setdefault("PREDICTOR_ID", cfg.get("predictor") or "local")
+    os.environ.setdefault("PREDICTOR_LABELS", json.dumps({"version": cfg.get("version") or "unknown"}))
+    # Seldon copies every custom metric into each response's meta unless told not to; Prometheus has them
+    os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
+
+
+def _post_worker_init(worker, *, seldon_hook, freeze: bool) -> None:
+    """Seldon's hook, then (``gc_freeze``, default on) move everything the worker holds once the
+    model is loaded (torch, Flask, the model: some 230,000 objects) out of the garbage collector's
+    reach. Requests leave few survivors, so full collections are rare, but each one walked all of
+    those objects and stalled the worker for 130-170 ms (measured here): a latency spike for every
+    request queued on it. ``gc.freeze`` is what the Python docs suggest for pre-fork servers."""
+    seldon_hook(worker)
+    if freeze:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit when the process that started us is gone (no orphaned metrics server holding a port)."""
+
+    def loop():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def _metrics_server(seldon_metrics, host: str, port: int, parent: int) -> None:
+    from seldon_core import wrapper
+    from seldon_core.gunicorn_utils import StandaloneApplication, post_worker_init
+
+    _watch_parent(parent)
+    app = wrapper.get_metrics_microservice(seldon_metrics)
+    options = {"bind": f"{host}:{port}", "workers": 1, "timeout": 60, "loglevel": "warning",
+               "post_worker_init": post_worker_init, "accesslog": None}  # fmt: skip
+    StandaloneApplication(app, options=options).run()
+
+
+def run(cfg: dict[str, Any]) -> None:
+    """Start Seldon's REST microservice for ``cfg`` (blocks; gunicorn's arbiter exits the process)."""
+    import multiprocessing as mp
+
+    _labels_env(cfg)
+    model_dir = cfg.get("model_dir")
+    if model_dir and model_dir not in sys.path:
+        sys.path.insert(0, model_dir)
+    import importlib
+
+    from seldon_core import wrapper
+    from seldon_core.gunicorn_utils import UserModelApplication, post_worker_init, worker_exit
+
+    user_class = getattr(importlib.import_module(cfg.get("interface", "Model")), cfg.get("class", "Model"))
+    user_object = user_class(**(cfg.get("parameters") or {}))
+    seldon_metrics = _metrics(cfg)
+    app = wrapper.get_rest_microservice(user_object, seldon_metrics)
+    if cfg.get("lighter_app", True):
+        from freestack.serving.server.tuning import faster_json, lighter_cors, lighter_flask
+
+        lighter_cors(app)
+        lighter_flask(app)
+        faster_json(app)
+    host = cfg.get("host", "127.0.0.1")
+    if cfg.get("metrics_port"):
+        mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
+                   daemon=True).start()  # fmt: skip
+    options = _gunicorn_options(cfg, host, seldon_metrics, post_worker_init, worker_exit)
+    log.info("serving %s %s on http://%s/ (metrics on %s)", cfg.get("model"), cfg.get("version"), options["bind"],
+             cfg.get("metrics_port"))  # fmt: skip
+    UserModelApplication(app, user_object, False, None, "Model", options=options).run()
+
+
+def _metrics(cfg: dict[str, Any]):
+    """Seldon's metrics store for the workers: buffered per worker unless ``buffered_metrics: false``."""
+    if cfg.get("buffered_metrics", True):
+        from freestack.serving.server.metrics import BufferedSeldonMetrics as metrics_cls
+    else:
+        from seldon_core.metrics import SeldonMetrics as metrics_cls  # noqa: N813
+    return metrics_cls(worker_id_func=os.getpid)
+
+
+def _gunicorn_options(cfg: dict[str, Any], host: str, seldon_metrics, post_worker_init, worker_exit) -> dict[str, Any]:
+    """gunicorn's options from the server config (the pipeline spec's ``deploy.local`` block)."""
+    from functools import partial
+
+    workers = int(cfg.get("workers", 1))
+    worker_class: Any = cfg.get("worker_class", "sync")
+    extra: dict[str, Any] = {}
+    if worker_class == "freestack":
+        from freestack.serving.server.worker import install
+
+        worker_class, extra["child_exit"] = install(slots=2 * workers + 2)
+    return {
+        "bind": f"{host}:{int(cfg['port'])}",
+        "workers": workers,
+        "threads": int(cfg.get("threads", 1)),
+        "worker_class": worker_class,
+        "timeout": int(cfg.get("timeout", 30)),
+        "graceful_timeout": int(cfg.get("graceful_timeout", 10)),
+        "keepalive": int(cfg.get("keepalive", 5)),
+        "backlog": int(cfg.get("backlog", 2048)),
+        "loglevel": cfg.get("log_level", "info"),
+        "accesslog": "-" if cfg.get("access_log") else None,
+        "post_worker_init": partial(_post_worker_init, seldon_hook=post_worker_init,
+                                    freeze=bool(cfg.get("gc_freeze", True))),  # fmt: skip
+        "worker_exit": partial(worker_exit, seldon_metrics=seldon_metrics),
+        "max_requests": int(cfg.get("max_requests", 0)),
+        "proc_name": f"freestack-serve-{cfg.get('name', 'model')}",
+        **extra,
+    }
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM if the supervisor dies, even by SIGKILL (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def supervise(config_path: str, *, max_restarts: int = 5, window_seconds: float = 60.0) -> int:
+    """Run the server as a child and restart it when it dies; SIGTERM/SIGINT stop it gracefully."""
+    stopping = threading.Event()
+    child: subprocess.Popen | None = None
+
+    def on_signal(signum, _frame):
+        stopping.set()
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    restarts: list[float] = []
+    while True:
+        child = subprocess.Popen([sys.executable, "-m", "freestack.serving.server", "run", config_path],
+                                 preexec_fn=_die_with_parent)  # fmt: skip
+        rc = child.wait()
+        if stopping.is_set():
+            return 0
+        if rc == BOOT_ERROR:
+            log.error("the model server could not boot (exit %d): not restarting; see the log above", rc)
+            return rc
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < window_seconds] + [now]
+        if len(restarts) > max_restarts:
+            log.error("the model server died %d times in %.0f s (last exit %s): giving up", len(restarts),
+                      window_seconds, rc)  # fmt: skip
+            return rc or 1
+        log.warning("the model server exited with %s; restarting (%d/%d)", rc, len(restarts), max_restarts)
+        time.sleep(min(2.0 ** (len(restarts) - 1), 10.0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    if len(argv) != 2 or argv[0] not in ("run", "supervise"):
+        print("usage: python -m freestack.serving.server run|supervise CONFIG.json", file=sys.stderr)
+        return 2
+    if argv[0] == "supervise":
+        return supervise(argv[1])
+    with open(argv[1]) as f:
+        run(json.load(f))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

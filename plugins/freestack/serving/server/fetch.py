@@ -1,0 +1,231 @@
+"""Fetch a registered model version to a local folder, without Airflow.
+
+Runs inside the serving environment (seldon-core 1.17.1's pins: numpy<2, no Airflow, no fsspec
+providers), so it speaks to each store with the plainest client there is:
+
+- ``file:///abs/path`` or a bare path: read in place;
+- ``s3://[conn@]bucket/key``: boto3, with the standard ``AWS_*`` variables (``AWS_ENDPOINT_URL_S3`` or
+  ``AWS_ENDPOINT_URL`` for an S3-compatible server); the ``conn@`` part names an Airflow connection and
+  is ignored here: the deploy task turns the connection into those variables;
+- ``data://owner/collection/path``: the Data API service over HTTP (``FREESTACK_DATA_API_URL``,
+  ``FREESTACK_DATA_API_KEY``).
+
+A folder is a version only when its ``_REGISTERED.json`` commit marker exists; every file used is
+checked against the sha256 the marker records, so a half-copied or altered version never loads.
+
+A URI may also name an alias instead of a version: ``<root>/registry/<model>@production`` (any alias
+the registry keeps in ``registry/<model>/aliases.json``) is resolved by :func:`resolve_uri` to the
+version the alias points at when it is read; every other URI is used as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from freestack.registry.names import ALIAS_RE, ALIASES, MARKER, MODEL_FILES, VERSION_RE
+from freestack.settings import settings
+
+NEEDED = (*MODEL_FILES, "preprocessing.json")
+
+
+class FetchError(Exception):
+    """The version cannot be fetched or is not a registered, intact version; the message says why."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_local(uri: str, name: str) -> bytes:
+    base = uri[len("file://") :] if uri.startswith("file://") else uri
+    path = Path(base) / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(str(path)) from None
+
+
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+    )
+
+
+def _read_s3(uri: str, name: str) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    rest = uri[len("s3://") :]
+    bucket_part, _, prefix = rest.partition("/")
+    bucket = bucket_part.rsplit("@", 1)[-1]
+    key = f"{prefix.rstrip('/')}/{name}" if prefix else name
+    try:
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(f"s3://{bucket}/{key}") from None
+        raise FetchError(f"s3://{bucket}/{key}: {code or exc}; check the AWS_* credentials and endpoint") from exc
+    except BotoCoreError as exc:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+        raise FetchError(f"s3://{bucket}/{key}: cannot reach {endpoint} ({exc})") from exc
+
+
+def _read_data_api(uri: str, name: str) -> bytes:
+    base = settings().data_api_url
+    if not base:
+        raise FetchError(
+            f"{uri} is a data:// URI but FREESTACK_DATA_API_URL is not set; point it at the Data API service"
+        )
+    path = uri[len("data://") :].rstrip("/") + "/" + name
+    url = f"{base.rstrip('/')}/v1/data/{urllib.parse.quote(path, safe='/')}"
+    req = urllib.request.Request(url)
+    key = settings().data_api_key
+    if key:
+        req.add_header("Authorization", f"Simple {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (the configured service)
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise FileNotFoundError(f"data://{path}") from None
+        raise FetchError(f"data://{path}: the Data API answered {exc.code}; check FREESTACK_DATA_API_KEY") from exc
+    except urllib.error.URLError as exc:
+        raise FetchError(f"data://{path}: cannot reach the Data API at {base} ({exc.reason})") from exc
+
+
+def reader(uri: str):
+    if uri.startswith("s3://"):
+        return _read_s3
+    if uri.startswith("data://"):
+        return _read_data_api
+    if uri.startswith("file://") or "://" not in uri:
+        return _read_local
+    raise FetchError(f"cannot serve from {uri!r}: use a file://, s3:// or data:// model version URI")
+
+
+def split_alias(uri: str) -> tuple[str, str, str] | None:
+    """``(model folder URI, model, alias)`` when ``uri`` is ``<root>/registry/<model>@<alias>``, else None."""
+    parent, sep, last = uri.rstrip("/").rpartition("/")
+    if not sep or "@" not in last or parent.rpartition("/")[2] != "registry":
+        return None
+    model, _, alias = last.partition("@")
+    if not model or not ALIAS_RE.match(alias):
+        return None
+    return f"{parent}/{model}", model, alias
+
+
+def resolve_uri(uri: str) -> str:
+    """The version URI that ``uri`` means now: ``<root>/registry/<model>@<alias>`` becomes
+    ``<root>/registry/<model>/<version>`` as ``registry/<model>/aliases.json`` says at this moment; any
+    other URI is returned as it is (without reading anything)."""
+    parts = split_alias(uri)
+    if parts is None:
+        return uri
+    folder, model, alias = parts
+    try:
+        aliases = json.loads(reader(folder)(folder, ALIASES))
+    except FileNotFoundError:
+        raise FetchError(
+            f"{uri}: model {model!r} has no {ALIASES} under {folder}: no version has been promoted to "
+            f"{alias!r} yet (or the model name is wrong)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise FetchError(f"{folder}/{ALIASES} is not valid JSON ({exc})") from None
+    if not isinstance(aliases, dict):
+        raise FetchError(f"{folder}/{ALIASES} is not a JSON object of alias: version")
+    version = aliases.get(alias)
+    if not isinstance(version, str):
+        known = sorted(a for a, v in aliases.items() if a != "history" and isinstance(v, str))
+        raise FetchError(
+            f"{uri}: model {model!r} has no {alias!r} alias (aliases: {', '.join(known) or 'none'}); "
+            "promote a version first"
+        )
+    if not VERSION_RE.match(version):
+        raise FetchError(f"{folder}/{ALIASES}: {alias!r} points at {version!r}, which is not a version name")
+    return f"{folder}/{version}"
+
+
+def fetch_version(uri: str, dest: str | os.PathLike, names: tuple[str, ...] = NEEDED) -> dict:
+    """Copy a registered version's serving files (``names``) into ``dest`` after checking them against
+    the registration manifest; returns the marker (model, version, files). An alias URI
+    (``.../registry/<model>@production``) is resolved first (:func:`resolve_uri`)."""
+    uri = resolve_uri(uri.rstrip("/"))
+    read = reader(uri)
+    try:
+        marker = json.loads(read(uri, MARKER))
+    except FileNotFoundError:
+        raise FetchError(
+            f"{uri} is not a registered model version (no {MARKER}); deploy a version the registry committed"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise FetchError(f"{uri}/{MARKER} is not valid JSON ({exc})") from None
+    files = marker.get("files") or {}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        try:
+            data = read(uri, name)
+        except FileNotFoundError:
+            raise FetchError(f"{uri} has no {name}; it was not written by freestack's trainer") from None
+        expected = (files.get(name) or {}).get("sha256")
+        if expected is None:
+            raise FetchError(f"{uri}/{MARKER} records no checksum for {name}; the version is incomplete")
+        if _sha256(data) != expected:
+            raise FetchError(
+                f"{uri}/{name} does not match its registered sha256 ({expected[:12]}...); "
+                "the version was changed after registration"
+            )
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest / name)
+    return marker
+
+
+def clear(dest: str | os.PathLike) -> None:
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write one whole object (local files appear by rename, so never half-written)."""
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://") :]
+        bucket_part, _, key = rest.partition("/")
+        _s3_client().put_object(Bucket=bucket_part.rsplit("@", 1)[-1], Key=key, Body=data)
+        return
+    if uri.startswith("data://"):
+        base = settings().data_api_url
+        if not base:
+            raise FetchError(f"{uri}: FREESTACK_DATA_API_URL is not set")
+        url = f"{base.rstrip('/')}/v1/data/{urllib.parse.quote(uri[len('data://'):], safe='/')}"
+        req = urllib.request.Request(url, data=data, method="PUT")
+        key = settings().data_api_key
+        if key:
+            req.add_header("Authorization", f"Simple {key}")
+        req.add_header("Content-Type", "application/octet-stream")
+        with urllib.request.urlopen(req, timeout=60):  # noqa: S310 (the configured service)
+            return
+    if uri.startswith("file://") or "://" not in uri:
+        path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    raise FetchError(f"cannot write to {uri!r}: use a file://, s3:// or data:// URI")

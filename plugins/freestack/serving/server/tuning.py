@@ -1,0 +1,157 @@
+"""Per-request costs of Seldon's Flask app that the model server skips, through Flask's and flask_cors's
+own extension points; what a request gets back keeps its meaning (``bench/serve`` measures each).
+Config ``lighter_app: false`` turns them off. Runs in the serving environment.
+"""
+
+from __future__ import annotations
+
+
+def lighter_cors(app) -> bool:
+    """Let flask_cors's after-request hook skip its general path where the answer is known.
+
+    Seldon's app runs ``CORS(app)`` with the default options, whose hook matches every response's
+    path against its resources and evaluates the origin rules; for a request without an ``Origin``
+    header that is not a preflight (``OPTIONS``), all that adds ``Access-Control-Allow-Origin: *`` and
+    nothing else. That case now adds the header directly; every other request (an ``Origin`` header,
+    ``OPTIONS``, a response that already carries the header) goes to flask_cors's hook as before.
+    Returns False, changing nothing, if the app's CORS options are not the defaults.
+    """
+    from flask import request
+    from flask_cors.core import ACL_ORIGIN, FLASK_CORS_EVALUATED, try_match
+
+    funcs = app.after_request_funcs.get(None, [])
+    found = [i for i, f in enumerate(funcs)
+             if getattr(f, "__name__", "") == "cors_after_request" and f.__module__ == "flask_cors.extension"]  # fmt: skip
+    if len(found) != 1:
+        return False
+    index = found[0]
+    hook = funcs[index]
+    closure = dict(zip(hook.__code__.co_freevars, (c.cell_contents for c in hook.__closure__ or ()), strict=True))
+    resources = closure.get("resources")
+    if not isinstance(resources, list) or len(resources) != 1:
+        return False
+    pattern, opts = resources[0]
+    defaults = (opts.get("origins") == [r".*"] and opts.get("always_send") and not opts.get("supports_credentials")
+                and not opts.get("expose_headers"))  # fmt: skip
+    if not defaults or pattern != "/*" or not try_match("/any/path", pattern):
+        return False
+
+    def cors_after_request(resp):
+        environ = request.environ
+        headers = resp.headers
+        if (environ.get("HTTP_ORIGIN") or environ.get("REQUEST_METHOD", "GET").upper() == "OPTIONS"
+                or headers is None or hasattr(resp, FLASK_CORS_EVALUATED)):  # fmt: skip
+            return hook(resp)
+        if not headers.get(ACL_ORIGIN):
+            headers.add(ACL_ORIGIN, "*")
+        return resp
+
+    funcs[index] = cors_after_request
+    return True
+
+
+def lighter_flask(app) -> None:
+    """Three per-request costs of Flask and werkzeug that Seldon's app pays for nothing, through their
+    documented extension points; what any request gets back does not change.
+
+    - ``Flask.ensure_sync`` ("override this method to change how the app runs async views") inspects
+      every view, before-request and after-request function on every request to see whether it is a
+      coroutine function; the answer for a given function is remembered instead.
+    - Seldon's ``get_request`` reads ``request.form`` on every request, which builds a form parser
+      just to find out that a JSON body has no form fields; the request class says so up front
+      (``want_form_data_parsed``), and ``form`` and ``files`` are the same empty dicts as before.
+    - Without a secret key (Seldon sets none) the session is an empty, read-only ``NullSession`` that
+      is never saved; one is shared instead of one built per request (``session_interface``).
+    """
+    ensure_sync = app.ensure_sync
+    known: dict = {}
+
+    def remembered(func):
+        try:
+            return known[func]
+        except KeyError:
+            done = ensure_sync(func)
+            if len(known) < 1000:
+                known[func] = done
+            return done
+        except TypeError:  # not hashable
+            return ensure_sync(func)
+
+    app.ensure_sync = remembered
+
+    class Request(app.request_class):
+        @property
+        def want_form_data_parsed(self) -> bool:
+            if self.mimetype == "application/json":
+                return False
+            return super().want_form_data_parsed
+
+    app.request_class = Request
+
+    from flask.sessions import SecureCookieSessionInterface
+
+    if type(app.session_interface) is SecureCookieSessionInterface:
+
+        class Sessions(SecureCookieSessionInterface):
+            # without a secret key (Seldon sets none) every request gets a fresh, empty, read-only
+            # NullSession that is never saved: hand out one instead of building one per request
+            null = SecureCookieSessionInterface.null_session_class()
+
+            def open_session(self, app_, request_):
+                return super().open_session(app_, request_) if app_.secret_key else None
+
+            def make_null_session(self, app_):
+                return self.null
+
+        app.session_interface = Sessions()
+
+
+def faster_json(app) -> bool:
+    """Flask's JSON provider (``app.json``, Flask's documented extension point) backed by orjson, for
+    the request bodies Seldon's ``get_request`` parses and the answers its ``jsonify`` writes.
+
+    Anything orjson refuses falls back to Flask's own provider, so what a request gets back keeps its
+    meaning: a body with ``NaN`` or integers beyond 64 bits still parses (and our checks then answer
+    it with their own message), a value orjson cannot write is written by ``json.dumps``. Keys are
+    no longer sorted and the answer has no trailing newline. Returns False, changing nothing, when
+    orjson is not installed or the app pretty-prints (debug)."""
+    try:
+        import orjson
+    except ImportError:
+        return False
+    from flask.json.provider import DefaultJSONProvider
+
+    if type(app.json) is not DefaultJSONProvider or app.debug or app.json.compact is False:
+        return False
+    fallback = app.json
+
+    class OrjsonProvider(DefaultJSONProvider):
+        def dumps(self, obj, **kwargs):
+            if not kwargs or kwargs == {"separators": (",", ":")}:
+                try:
+                    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                except TypeError:  # orjson.JSONEncodeError is a TypeError
+                    pass
+            return fallback.dumps(obj, **kwargs)
+
+        def loads(self, s, **kwargs):
+            if not kwargs:
+                try:
+                    return orjson.loads(s)
+                except orjson.JSONDecodeError:
+                    pass  # NaN, Infinity, huge integers, ...: Python's json decides
+            return fallback.loads(s, **kwargs)
+
+        def response(self, *args, **kwargs):
+            obj = self._prepare_response_obj(args, kwargs)
+            try:
+                body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+            except TypeError:
+                return fallback.response(*args, **kwargs)
+            return self._app.response_class(body, mimetype=self.mimetype)
+
+    app.json = OrjsonProvider(app)
+    return True
+
+
+__all__ = ["faster_json", "lighter_cors", "lighter_flask"]

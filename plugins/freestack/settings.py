@@ -1,0 +1,208 @@
+"""freestack's settings: every ``FREESTACK_*`` environment variable, read and checked in one place.
+
+Every process reads the same typed object: the Airflow components and their task processes, the
+``freestack`` CLI, the tests, and the model server (which runs in its own environment, so this module
+needs nothing but pydantic-settings). Each field is documented once, here; the settings reference in
+the docs is generated from these fields.
+
+A value that does not parse (``FREESTACK_SERVE_PORT=abc``) raises :class:`SettingsError` naming the
+variable. :func:`settings` reads the environment again whenever a ``FREESTACK_*`` variable changed, so a
+test or a notebook can change one and see it at once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from freestack.errors import FreestackError
+
+PREFIX = "FREESTACK_"
+
+
+class SettingsError(FreestackError):
+    """A ``FREESTACK_*`` variable holds a value that does not parse; the message names it."""
+
+
+class Settings(BaseSettings):
+    """The ``FREESTACK_*`` environment variables, grouped by the part of freestack that reads them."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    # -- where things are ------------------------------------------------------------------------------
+    home: Path | None = Field(
+        default=None,
+        description="The folder that holds the embedded defaults (`.freestack/storage`, `.freestack/data`, "
+        "`.freestack/serving`, `.freestack/wandb`). Default: the project checkout.",
+    )
+    storage_root: str | None = Field(
+        default=None,
+        description="The storage root: `file:///...`, `s3://<conn_id>@bucket/prefix` or `data://<owner>/<collection>`. "
+        "A spec's `storage_root` wins for its pipeline. Default: `file://<home>/.freestack/storage`.",
+    )
+    pipelines_dir: Path | None = Field(
+        default=None, description="Where the pipeline specs are. Default: `<checkout>/include/pipelines`."
+    )
+
+    # -- data:// and the Data API --------------------------------------------------------------------------
+    data_root: str | None = Field(
+        default=None,
+        description="The store behind `data://` when there is no `freestack_data_default` connection. "
+        "Default: `file://<home>/.freestack/data`.",
+    )
+    data_owner: str = Field(
+        default="freestack", description="The user `data://.my` means when there is no `freestack_data_default` connection."
+    )
+    data_acl_ttl: float = Field(default=2.0, ge=0, description="Seconds a collection's ACL is cached by a `data://` filesystem.")
+    data_api_root: str | None = Field(
+        default=None,
+        description="What the Data API service serves (`file:///...` or `s3://conn@bucket/prefix`). Default: the "
+        "`freestack_data_default` connection's store, else `data_root`.",
+    )
+    data_api_keys: Path | None = Field(
+        default=None,
+        description="The Data API's key database (SQLite, mode 0600, hashes only). "
+        "Default: `<home>/.freestack/data-api/keys.sqlite`.",
+    )
+    data_api_page_size: int | None = Field(
+        default=None, ge=1, description="Entries per page of a Data API directory listing. Default: 1000."
+    )
+
+    # -- sweeps -------------------------------------------------------------------------------------------
+    agent_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads per sweep agent. Default: the cores shared out among the agents."
+    )
+    sweep_lease_seconds: float = Field(
+        default=120.0, gt=0, description="How long a sweep agent's trial lease lasts before another agent may take the trial over."
+    )
+
+    # -- serving: the deploy side ---------------------------------------------------------------------------
+    serve_port: int = Field(
+        default=9000, ge=1024, le=65534, description="`deploy.local.port` when a spec gives none (blue: port, green: port + 1)."
+    )
+    serving_dir: Path | None = Field(
+        default=None,
+        description="Where local model servers keep their config, logs and model cache. Default: `<home>/.freestack/serving`.",
+    )
+    serving_python: Path | None = Field(
+        default=None,
+        description="The interpreter of the serving environment (seldon-core 1.17.1). Default: `<checkout>/.venv-serving/bin/python`.",
+    )
+    seldon_crd: Path | None = Field(
+        default=None,
+        description="The SeldonDeployment CRD that manifests are validated against. Default: the copy in "
+        "`include/serving/` (or `../shared/seldon/`).",
+    )
+
+    # -- serving: the model server (its Seldon parameters win over these) ------------------------------------------
+    model_uri: str | None = Field(
+        default=None, description="Model server: the registry version (or `<root>/registry/<model>@<alias>`) it serves."
+    )
+    max_batch_rows: int = Field(default=10_000, ge=1, description="Model server: the most rows one request may carry (413 above).")
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="Model server: the largest request body accepted (413 above).")
+    request_log_uri: str | None = Field(default=None, description="Model server: where sampled requests and predictions are written.")
+    request_log_rate: float = Field(default=0.0, ge=0, le=1, description="Model server: the fraction of requests written to `request_log_uri`.")
+    torch_threads: int = Field(default=1, ge=1, description="Model server: intra-op torch threads per worker.")
+    serving_cache: Path | None = Field(default=None, description="Model server: the folder the version's files are copied to.")
+    data_api_url: str | None = Field(
+        default=None, description="Model server: the Data API service that `data://` model URIs are read through."
+    )
+    data_api_key: str | None = Field(default=None, repr=False, description="Model server: the API key for `data_api_url`.")
+
+    # -- the runtime wing: speed-ups that reach into Airflow's internals -----------------------------------------------
+    speedups: bool = Field(
+        default=False,
+        description="Turn on the runtime wing's speed-ups (preloading, the scheduler wake-up, fractional SQLite "
+        "`now()`, the shared W&B service). On by default only in the embedded stack (`freestack up`, `make demo`).",
+    )
+    preload: str = Field(
+        default="1",
+        description="With `speedups`: `0` turns preloading off; `a,b` names the modules the scheduler preloads instead of the defaults.",
+    )
+    scheduler_wake: bool = Field(default=True, description="With `speedups`: the scheduler's idle sleep ends when there is work.")
+    shared_wandb_service: bool = Field(
+        default=True, description="With `speedups` and preloading: the scheduler starts one wandb-core service for all tasks."
+    )
+    task_timings: Path | None = Field(
+        default=None, description="A JSON-lines file each task appends its start and end to (`bench/orchestration`)."
+    )
+    component_restarts: int = Field(
+        default=5,
+        ge=0,
+        description="How often `airflow standalone`'s components are restarted after an unasked exit "
+        "(`include/bin/airflow`; 0: never).",
+    )
+
+    # -- derived ------------------------------------------------------------------------------------------
+    @property
+    def checkout(self) -> Path:
+        return checkout_dir()
+
+    @property
+    def project_home(self) -> Path:
+        return self.home.expanduser().resolve() if self.home else checkout_dir()
+
+    @property
+    def default_storage_root(self) -> str:
+        if self.storage_root:
+            return self.storage_root.rstrip("/")
+        return (self.project_home / ".freestack" / "storage").as_uri()
+
+    @property
+    def pipelines_folder(self) -> Path:
+        if self.pipelines_dir:
+            return self.pipelines_dir.expanduser().resolve()
+        return checkout_dir() / "include" / "pipelines"
+
+
+_cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+
+def settings() -> Settings:
+    """The settings as the environment says now (read again only when a ``FREESTACK_*`` variable changed)."""
+    global _cache
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(PREFIX)))
+    if _cache is not None and _cache[0] == key:
+        return _cache[1]
+    try:
+        current = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{PREFIX}{str(e['loc'][0]).upper()}={os.environ.get(PREFIX + str(e['loc'][0]).upper())!r}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SettingsError(f"invalid setting: {problems}") from None
+    _cache = (key, current)
+    return current
+
+
+def checkout_dir() -> Path:
+    """The project checkout this package lives in (``plugins/freestack``), else the current directory."""
+    here = Path(__file__).resolve()
+    if here.parents[1].name == "plugins":
+        return here.parents[2]
+    return Path.cwd()
+
+
+def project_home() -> Path:
+    """``home``: the folder of the embedded defaults."""
+    return settings().project_home
+
+
+def default_storage_root() -> str:
+    """``storage_root``, else ``file://<home>/.freestack/storage``."""
+    return settings().default_storage_root
+
+
+def pipelines_dir() -> Path:
+    """``pipelines_dir``, else ``<checkout>/include/pipelines``."""
+    return settings().pipelines_folder
+
+
+__all__ = [
+    "PREFIX", "Settings", "SettingsError", "checkout_dir", "default_storage_root", "pipelines_dir", "project_home",
+    "settings",
+]  # fmt: skip

@@ -1,0 +1,225 @@
+"""The pipeline spec (``include/pipelines/<name>.yaml``): each stage's typed block, assembled.
+
+    name: digits                 # the file name
+    schedule: "@daily"
+    source: {...}                # freestack.ingest.spec  (landing files, schema, ingest policy)
+    model: {...}                 # freestack.train.spec   (what to train)
+    train: {...}                 # freestack.train.spec   (how to train)
+    sweep: {...}                 # freestack.sweeps.spec  (W&B sweep configuration)
+    gate: {...}                  # freestack.evaluate.spec (when a candidate may replace production)
+    deploy: {...}                # freestack.serving.spec (where and how it is served)
+
+Every block is validated when the spec is read, together with what ties blocks to each other (the
+model's features are columns, the gate's and the sweep's metrics belong to the task); every error names
+the file and the field. This module imports neither Airflow nor any heavy library: DAG files use it at
+parse time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import date, timedelta
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from freestack.errors import SpecError
+from freestack.evaluate.spec import METRICS, GateSpec
+from freestack.ingest.spec import Source
+from freestack.serving.spec import DeploySpec, deploy_name
+from freestack.settings import default_storage_root, pipelines_dir
+from freestack.specbase import SpecModel, problems
+from freestack.sweeps.spec import EPOCH_METRICS, SweepSpec
+from freestack.train.spec import ModelSpec, TrainSpec
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+TASKS = ("classification", "regression")
+
+
+class PipelineSpec(SpecModel):
+    """One pipeline: where its data lands, what it trains, how it is gated and served."""
+
+    name: str = Field(description="The pipeline's name; must equal the spec's file name.")
+    description: str = Field(default="", description="Shown on the DAGs and in the model card.")
+    owner: str = Field(default="freestack", description="The DAGs' owner.")
+    storage_root: str | None = Field(
+        default=None, description="This pipeline's storage root (file://, s3:// or data://); default: the storage_root setting."
+    )
+    schedule: str | None = Field(default="@daily", description="The ingest DAG's schedule (a cron or a preset); null: manual.")
+    start_date: date = Field(default=date(2026, 1, 1), description="The first data interval.")
+    catchup: bool = Field(default=False, description="Unpausing runs every missed interval since start_date.")
+    max_active_runs: int = Field(
+        default=8, ge=1, le=64,
+        description="Ingest runs (days) at once: catch-up, scheduled and backfill runs (a backfill's own "
+        "--max-active-runs wins for it).",
+    )  # fmt: skip
+    retries: int = Field(default=2, ge=0, le=20, description="Retries of every task (I/O errors; data errors fail at once).")
+    retry_delay_seconds: float = Field(default=30, ge=0, description="Seconds between retries.")
+    tags: list[str] = Field(default_factory=list, description="Extra DAG tags.")
+    source: Source = Field(description="Landing files, their schema and the ingest policy.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="What to train.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How to train (the Params form overrides it per run).")
+    sweep: SweepSpec | None = Field(default=None, description="A hyperparameter sweep (W&B sweep configuration).")
+    gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
+    deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"pipeline name {v!r} must match {_NAME_RE.pattern}")
+        return v
+
+    @field_validator("storage_root")
+    @classmethod
+    def _root(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("file", "s3", "data"):
+            raise ValueError(f"storage_root {v!r} must start with file://, s3:// or data://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _model_fits_source(self) -> PipelineSpec:
+        cols = {c.name for c in self.source.schema_.fields}
+        if self.model.features is not None:
+            unknown = [f for f in self.model.features if f not in cols]
+            if unknown:
+                raise ValueError(f"model.features {unknown} are not columns of source.schema")
+        if self.model.image_shape is not None:
+            n = len(self.model_features)
+            size = 1
+            for d in self.model.image_shape:
+                size *= d
+            if size != n:
+                raise ValueError(
+                    f"model.image_shape {self.model.image_shape} holds {size} values but there are {n} "
+                    "feature columns; list model.features or fix the shape"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> PipelineSpec:
+        tasks = self.possible_tasks
+        where = f"the task is {tasks[0]}" if len(tasks) == 1 else "the task is decided by the data"
+        gate_ok = sorted({m for t in tasks for m in METRICS[t]})
+        for field, name in [("gate.metric", self.gate.metric), *(("gate.max_regression", m) for m in self.gate.max_regression)]:
+            if name is not None and name not in gate_ok:
+                raise ValueError(f"{field}: {name!r} is not a test metric of this pipeline ({where}); use one of {', '.join(gate_ok)}")
+        if self.sweep is not None and self.sweep.metric is not None:
+            sweep_ok = list(dict.fromkeys(m for t in tasks for m in EPOCH_METRICS[t]))
+            if self.sweep.metric.name not in sweep_ok:
+                raise ValueError(
+                    f"sweep.metric.name: {self.sweep.metric.name!r} is not logged by this pipeline's trainer "
+                    f"({where}); use one of {', '.join(sweep_ok)}"
+                )
+        return self
+
+    @property
+    def possible_tasks(self) -> tuple[str, ...]:
+        """The tasks this pipeline can be: ``model.task``, else what the target column's type allows (an
+        int target is classification or regression by how many distinct values the data holds)."""
+        if self.model.task != "auto":
+            return (self.model.task,)
+        schema = self.source.schema_
+        target = next((c for c in schema.fields if c.name == schema.target), None)
+        if target is None or target.type == "int":
+            return TASKS
+        return ("classification",) if target.type in ("string", "bool") else ("regression",)
+
+    @property
+    def model_features(self) -> list[str]:
+        """The feature columns: ``model.features``, else every int/float/bool column but key and target."""
+        schema = self.source.schema_
+        if self.model.features is not None:
+            return list(self.model.features)
+        return [
+            c.name
+            for c in schema.fields
+            if c.type in ("int", "float", "bool") and c.name not in (schema.key, schema.target)
+        ]
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name or self.name
+
+    @property
+    def deployment_name(self) -> str:
+        return deploy_name(self.deploy, self.model_name)
+
+    @property
+    def root(self) -> str:
+        return self.storage_root or default_storage_root()
+
+    @property
+    def retry_delay(self) -> timedelta:
+        return timedelta(seconds=self.retry_delay_seconds)
+
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_spec(data: object, path: str) -> PipelineSpec:
+    """Validate a loaded YAML document; raise SpecError naming ``path`` and the field."""
+    if not isinstance(data, dict):
+        raise SpecError(path, None, f"expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        found = problems(exc)
+        field, msg = found[0]
+        more = "" if len(found) == 1 else "; " + "; ".join(f"{f}: {m}" for f, m in found[1:])
+        raise SpecError(path, field, msg + more) from None
+    stem = Path(path).stem
+    if spec.name != stem:
+        raise SpecError(path, "name", f"name {spec.name!r} must equal the file name {stem!r}")
+    return spec
+
+
+def load_spec(path: str | os.PathLike) -> PipelineSpec:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(p), None, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(p), None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        # libyaml's parser where PyYAML was built with it: 10-20x faster, and a DAG parse loads every spec
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(str(p), None, f"invalid YAML at {where}: {problem}") from None
+    return parse_spec(data, str(p))
+
+
+def spec_file(name: str, directory: str | os.PathLike | None = None) -> Path:
+    """The spec file of pipeline ``name`` (``<name>.yaml`` or ``<name>.yml``) in the pipelines folder."""
+    folder = Path(directory) if directory else pipelines_dir()
+    yml = folder / f"{name}.yml"
+    return yml if yml.is_file() and not (folder / f"{name}.yaml").is_file() else folder / f"{name}.yaml"
+
+
+def discover_specs(directory: str | os.PathLike | None = None) -> dict[str, PipelineSpec | SpecError]:
+    """Every ``*.yaml``/``*.yml`` spec in the folder, by file stem: a spec, or the error that broke it."""
+    folder = Path(directory) if directory else pipelines_dir()
+    out: dict[str, PipelineSpec | SpecError] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            out[p.stem] = load_spec(p)
+        except SpecError as exc:
+            out[p.stem] = exc
+    return out
+
+
+__all__ = ["TASKS", "PipelineSpec", "discover_specs", "load_spec", "parse_spec", "spec_file"]

@@ -1,0 +1,508 @@
+"""The local sweep controller: W&B sweep semantics with no server, coordinated through object storage.
+
+State lives under ``runs/<pipeline>/<sweep_id>/`` on the storage root (local disk or S3):
+
+    sweep.json                      the sweep: config (W&B schema), the training request, run cap
+    trials/t0000/trial.json         one trial: proposed config, state, lease, per-epoch history, result
+    trials/t0000/train/...          its checkpoints (a re-leased trial resumes from them)
+    trials/t0000/model/...          its model, in Hugging Face layout
+
+There is no controller process. Each agent is a loop:
+
+1. read every ``trial.json``;
+2. if a running trial's lease has expired (its agent died), take it over with a compare-and-swap
+   write of its ``trial.json`` (S3 ``If-Match`` / a locked rename on local disk) and resume it;
+3. otherwise ask the engine (``sweeps.next_run``) for a suggestion and create the next trial number
+   with a create-if-absent write (S3 ``If-None-Match: *`` / an exclusive link on local disk): of two
+   agents proposing trial N at once exactly one wins, the other reads again and proposes N+1;
+4. train it, writing each epoch's metrics into ``trial.json`` (which also renews the lease, as does
+   a heartbeat thread between epochs), and after each epoch ask ``sweeps.stop_runs`` whether
+   hyperband stops it;
+5. when nothing is left to propose (run cap reached, grid exhausted), wait while other agents' trials
+   run (one may die and need taking over), then stop.
+
+Trial numbers below the run cap are the only ones ever created, so ``run_cap`` is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import FreestackError
+from freestack.settings import settings
+from freestack.storage import cas
+from freestack.sweeps.config import engine_part, engine_run_config, json_safe, plain_values, sweeps_engine
+from freestack.sweeps.spec import grid_size
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.json"
+TRIAL_FILE = "trial.json"
+TERMINAL = ("finished", "failed", "crashed")
+#: consecutive failed trials after which an agent gives up (the trainer, not the hyperparameters, is broken)
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def lease_seconds() -> float:
+    """Seconds a trial's lease lasts without renewal (the ``sweep_lease_seconds`` setting); an agent
+    renews it every quarter of this."""
+    return settings().sweep_lease_seconds
+
+
+def agent_threads(agents: int) -> int | None:
+    """CPU threads per agent: the cores shared out among the agents (None on a GPU)."""
+    configured = settings().agent_threads
+    if configured:
+        return configured
+    if gpu_count():
+        return None
+    return max(1, (os.cpu_count() or 1) // max(1, agents))
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs visible to this machine, counted without importing torch."""
+    try:
+        return len([d for d in os.listdir("/proc/driver/nvidia/gpus") if not d.startswith(".")])
+    except OSError:
+        return 0
+
+
+def default_pool_slots() -> int:
+    """Slots of the sweep agents' pool: one per GPU, else one per CPU core."""
+    return gpu_count() or os.cpu_count() or 1
+
+
+
+class SweepError(FreestackError):
+    """The sweep cannot go on; the message says why and what to do."""
+
+
+class LeaseLost(FreestackError):  # noqa: N818
+    """Another agent took this trial over (our lease expired); this agent must drop it."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(json_safe(doc), indent=1, sort_keys=True, default=str) + "\n").encode()
+
+
+def sweep_id_for(pipeline: str, key: str, end_ds: str) -> str:
+    """A stable sweep id for one Airflow run (a retried ``create_sweep`` finds its own sweep)."""
+    digest = hashlib.sha256(f"{pipeline}|{key}|{end_ds}".encode()).hexdigest()[:8]
+    return f"sweep-{end_ds.replace('-', '')}-{digest}"
+
+
+def sweep_dir(spec: PipelineSpec, sweep_id: str):
+    from freestack.storage import join, storage_root
+
+    return join(storage_root(spec.storage_root), "runs", spec.name, sweep_id)
+
+
+def trial_id(number: int) -> str:
+    return f"t{number:04d}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the sweep document
+
+
+def create_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int) -> dict[str, Any]:
+    """Write ``sweep.json`` (once: a retry finds the same sweep and reuses it)."""
+    from freestack.storage import join
+
+    if spec.sweep is None:
+        raise SweepError(f"pipeline {spec.name!r} has no sweep: block; add one (W&B sweep configuration)")
+    config = spec.sweep.config()
+    cap = config.get("run_cap")
+    size = grid_size(config)
+    doc = {
+        "id": sweep_id,
+        "pipeline": spec.name,
+        "mode": "local",
+        "config": config,
+        "run_cap": cap,
+        "grid_size": size,
+        "max_trials": min(x for x in (cap, size) if x is not None),
+        "request": request,
+        "agents": agents,
+        "spec_hash": spec.spec_hash(),
+        "created_at": _iso(_now()),
+        "uri": str(sweep_dir(spec, sweep_id)),
+    }
+    path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
+    try:
+        cas.create(path, _dump(doc))
+        log.info("sweep %s created at %s: %s, at most %d trials", sweep_id, path.parent, config["method"],
+                 doc["max_trials"])
+        return doc
+    except cas.CasConflict:
+        existing = load_sweep(spec, sweep_id)
+        if json_safe(existing["config"]) != json_safe(config):
+            raise SweepError(
+                f"sweep {sweep_id} already exists at {path} with a different sweep config; "
+                "start a new run (a new sweep id) to search a changed space"
+            ) from None
+        log.info("sweep %s exists already (a retry); its agents go on where it stands", sweep_id)
+        return existing
+
+
+def load_sweep(spec: PipelineSpec, sweep_id: str) -> dict[str, Any]:
+    from freestack.storage import join
+
+    path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
+    got = cas.read(path)
+    if got is None:
+        raise SweepError(f"sweep {sweep_id} does not exist ({path} is missing); run create_sweep first")
+    return json.loads(got.data)
+
+
+def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any], str]]:
+    """Every trial document with its version token, by trial number."""
+    from freestack.storage import join
+
+    folder = join(sweep_dir(spec, sweep_id), "trials")
+    folder.fs.invalidate_cache(folder.path)
+    if not folder.exists():
+        return []
+    out = []
+    for child in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not child.name.startswith(("t", "w-")):  # local trials, and W&B server trials
+            continue
+        got = cas.read(join(child, TRIAL_FILE))
+        if got is not None:
+            out.append((json.loads(got.data), got.token))
+    return out
+
+
+def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
+    values = [r[metric] for r in history if isinstance(r.get(metric), int | float)]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
+
+
+def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[Any]:
+    """The trials as the engine's SweepRun objects."""
+    engine = sweeps_engine()
+    metric = (config.get("metric") or {}).get("name")
+    goal = (config.get("metric") or {}).get("goal", "minimize")
+    runs = []
+    for t in trials:
+        summary = dict(t.get("summary") or {})
+        if metric and (b := best_of(t.get("history") or [], metric, goal)) is not None:
+            summary[metric] = b
+        # by alias: the engine's pydantic-v1 model config does not let v2 fill these by field name
+        fields = {
+            "name": t["id"],
+            "state": t["state"] if t["state"] in ("running", *TERMINAL) else "running",
+            "config": engine_run_config(t["config"], config),
+            "sampledHistory": [dict(r) for r in t.get("history") or []],
+            "summaryMetrics": summary,
+        }
+        run = engine.SweepRun(**fields)
+        if len(run.history) != len(fields["sampledHistory"]):  # pragma: no cover - an engine upgrade
+            raise RuntimeError("the sweeps engine dropped a run's history; pin sweeps==0.2.0")
+        runs.append(run)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# leases
+
+
+class TrialLease:
+    """This agent's hold on one trial: every write is a compare-and-swap on ``trial.json`` that also
+    renews the lease; a heartbeat thread renews it between epochs. A lost race means the lease
+    expired and another agent took the trial: :class:`LeaseLost`."""
+
+    def __init__(self, path, doc: dict[str, Any], token: str, owner: str, ttl: float):
+        self.path = path
+        self.doc = doc
+        self.token = token
+        self.owner = owner
+        self.ttl = ttl
+        self.lost = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def update(self, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        with self._lock:
+            if self.lost:
+                raise LeaseLost(f"trial {self.doc['id']} was taken over by another agent")
+            doc = json.loads(json.dumps(self.doc))
+            mutate(doc)
+            now = _now()
+            doc["lease"]["expires_at"] = now + self.ttl
+            doc["lease"]["renewed_at"] = now
+            doc["updated_at"] = _iso(now)
+            try:
+                self.token = cas.replace(self.path, _dump(doc), self.token)
+            except cas.CasConflict:
+                current = cas.read(self.path)
+                cur = json.loads(current.data) if current else {}
+                self.lost = True
+                raise LeaseLost(
+                    f"trial {self.doc['id']} was taken over by {cur.get('lease', {}).get('owner')!r} "
+                    f"after this agent's lease expired"
+                ) from None
+            self.doc = doc
+            return doc
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.update(lambda d: None)
+            except LeaseLost as exc:
+                log.warning("%s", exc)
+                return
+            except Exception as exc:  # storage trouble: try again at the next beat
+                log.warning("lease renewal of trial %s failed (%s); retrying", self.doc["id"], exc)
+
+    def __enter__(self) -> TrialLease:
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.doc['id']}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the agent
+
+
+@dataclass
+class AgentReport:
+    agent: str
+    trials: list[str] = field(default_factory=list)  # trials this agent finished (or failed)
+    resumed: list[str] = field(default_factory=list)  # trials taken over from a dead agent
+    lost: list[str] = field(default_factory=list)  # trials another agent took over from this one
+    epochs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+TrialRunner = Callable[[dict[str, Any], Callable[[dict[str, float]], bool]], dict[str, Any]]
+
+
+class LocalAgent:
+    """One agent of a local sweep. ``run_trial(trial_doc, report_epoch) -> result`` trains one trial;
+    ``report_epoch(row)`` returns True when the trial must stop (hyperband)."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        sweep_id: str,
+        run_trial: TrialRunner,
+        *,
+        agent_id: str | None = None,
+        ttl: float | None = None,
+        poll_seconds: float | None = None,
+    ):
+        self.spec = spec
+        self.sweep_id = sweep_id
+        self.run_trial = run_trial
+        self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.ttl = ttl if ttl is not None else lease_seconds()
+        # an agent with nothing to start looks again this often (others may finish, or die)
+        self.poll = poll_seconds if poll_seconds is not None else min(1.0, self.ttl / 4)
+        self.sweep = load_sweep(spec, sweep_id)
+        self.config = self.sweep["config"]
+        self.max_trials = int(self.sweep["max_trials"])
+        self.report = AgentReport(agent=self.agent_id)
+        # the process that started this agent (Airflow's task supervisor): when it dies (its worker was
+        # killed) this process is re-parented and must stop, not go on taking and failing trials
+        self._parent = os.getppid()
+
+    def orphaned(self) -> bool:
+        """The supervising process is gone: this agent's results could no longer be reported."""
+        return os.getppid() != self._parent
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> AgentReport:
+        failures = 0
+        while True:
+            if self.orphaned():
+                raise SweepError(
+                    f"agent {self.agent_id}: its supervising process is gone (the worker died); it takes no "
+                    "more trials, and the one it held is taken over by another agent when its lease expires"
+                )
+            trials = load_trials(self.spec, self.sweep_id)
+            claimed = self._take_over_expired(trials) or self._propose(trials)
+            if claimed == "retry":
+                continue
+            if claimed is None:
+                running = [d for d, _ in trials if d["state"] == "running"]
+                if not running:
+                    break
+                soonest = min(d["lease"]["expires_at"] for d in running) - _now()
+                time.sleep(max(0.2, min(self.poll, soonest + 0.2)))
+                continue
+            ok = self._run_claimed(*claimed)
+            failures = 0 if ok else failures + 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise SweepError(
+                    f"agent {self.agent_id}: {failures} trials in a row failed; see their trial.json 'error' "
+                    "and the task log (the trainer or the data, not the hyperparameters, is likely at fault)"
+                )
+        log.info(
+            "agent %s done: ran %s, took over %s, lost %s; %d epochs",
+            self.agent_id, self.report.trials, self.report.resumed, self.report.lost, self.report.epochs,
+        )  # fmt: skip
+        return self.report
+
+    def _trial_path(self, number_or_id):
+        from freestack.storage import join
+
+        tid = number_or_id if isinstance(number_or_id, str) else trial_id(number_or_id)
+        return join(sweep_dir(self.spec, self.sweep_id), "trials", tid, TRIAL_FILE)
+
+    def _take_over_expired(self, trials):
+        now = _now()
+        for doc, token in trials:
+            if doc["state"] != "running" or doc["lease"]["expires_at"] > now:
+                continue
+            new = json.loads(json.dumps(doc))
+            prev = doc["lease"]["owner"]
+            new["lease"] = {
+                "owner": self.agent_id,
+                "attempt": doc["lease"]["attempt"] + 1,
+                "expires_at": now + self.ttl,
+                "renewed_at": now,
+            }
+            new["attempts"] = [*doc.get("attempts", []), {"owner": self.agent_id, "at": _iso(now), "after": prev}]
+            try:
+                token = cas.replace(self._trial_path(doc["id"]), _dump(new), token)
+            except cas.CasConflict:
+                return "retry"  # someone else took it (or its owner came back): look again
+            log.warning(
+                "trial %s: the lease of %s expired %.0fs ago; agent %s takes it over (attempt %d)",
+                doc["id"], prev, now - doc["lease"]["expires_at"], self.agent_id, new["lease"]["attempt"],
+            )  # fmt: skip
+            self.report.resumed.append(doc["id"])
+            return new, token
+        return None
+
+    def _propose(self, trials):
+        n = len(trials)
+        if n >= self.max_trials:
+            return None
+        engine = sweeps_engine()
+        docs = [d for d, _ in trials]
+        # the same trial number gets the same random draw, whichever agent proposes it
+        import random
+
+        import numpy as np
+
+        seed = int(hashlib.sha256(f"{self.sweep_id}|{n}".encode()).hexdigest()[:8], 16)
+        saved = random.getstate(), np.random.get_state()
+        random.seed(seed)  # the engine samples distributions with the random module
+        np.random.seed(seed)  # and bayes with numpy
+        try:
+            suggestion = engine.next_run(engine_part(self.config), engine_runs(self.config, docs))
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+        if suggestion is None:  # the grid is exhausted
+            return None
+        config = json_safe(suggestion.config)
+        now = _now()
+        doc = {
+            "id": trial_id(n),
+            "number": n,
+            "sweep_id": self.sweep_id,
+            "config": config,
+            "params": plain_values(config),
+            "search_info": json_safe(suggestion.search_info) if suggestion.search_info else None,
+            "state": "running",
+            "stopped": False,
+            "history": [],
+            "summary": {},
+            "lease": {"owner": self.agent_id, "attempt": 0, "expires_at": now + self.ttl, "renewed_at": now},
+            "attempts": [{"owner": self.agent_id, "at": _iso(now)}],
+            "created_at": _iso(now),
+            "updated_at": _iso(now),
+        }
+        try:
+            token = cas.create(self._trial_path(n), _dump(doc))
+        except cas.CasConflict:
+            return "retry"  # another agent created trial n first: read again, propose n+1
+        log.info("trial %s proposed by agent %s: %s", doc["id"], self.agent_id, doc["params"])
+        return doc, token
+
+    def _run_claimed(self, doc: dict[str, Any], token: str) -> bool:
+        lease = TrialLease(self._trial_path(doc["id"]), doc, token, self.agent_id, self.ttl)
+        early = self.config.get("early_terminate") is not None
+
+        def report_epoch(row: dict[str, float]) -> bool:
+            self.report.epochs += 1
+            cur = lease.update(lambda d: d["history"].append(dict(row)))
+            if not early:
+                return False
+            others = [d for d, _ in load_trials(self.spec, self.sweep_id) if d["id"] != cur["id"]]
+            to_stop = sweeps_engine().stop_runs(engine_part(self.config), engine_runs(self.config, [*others, cur]))
+            if any(r.name == cur["id"] for r in to_stop):
+                log.info("trial %s: hyperband stops it after epoch %d", cur["id"], row.get("epoch", 0))
+                lease.update(lambda d: d.update(stopped=True))
+                return True
+            return False
+
+        with lease:
+            try:
+                result = self.run_trial(lease.doc, report_epoch)
+            except LeaseLost as exc:
+                log.warning("%s; this agent drops it", exc)
+                self.report.lost.append(doc["id"])
+                return True
+            except Exception as exc:
+                if lease.lost or self.orphaned():  # not the trial's fault: another agent takes it over
+                    self.report.lost.append(doc["id"])
+                    return True
+                log.exception("trial %s failed", doc["id"])
+                error = f"{type(exc).__name__}: {exc}"
+                try:
+                    lease.update(lambda d: d.update(state="failed", error=error))
+                except LeaseLost:
+                    self.report.lost.append(doc["id"])
+                    return True
+                self.report.trials.append(doc["id"])
+                return False
+            try:
+                lease.update(lambda d: d.update(state="finished", **json_safe(result)))
+            except LeaseLost as exc:
+                log.warning("%s; its result is discarded", exc)
+                self.report.lost.append(doc["id"])
+                return True
+        self.report.trials.append(doc["id"])
+        return True
+
+
+__all__ = [
+    "AgentReport", "LeaseLost", "LocalAgent", "SweepError", "TrialLease", "agent_threads", "best_of", "create_sweep",
+    "default_pool_slots", "engine_runs", "gpu_count", "lease_seconds", "load_sweep", "load_trials", "sweep_dir", "sweep_id_for", "trial_id",
+]  # fmt: skip

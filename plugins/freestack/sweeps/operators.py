@@ -1,0 +1,153 @@
+"""The sweep step of ``<p>_train``: ``create_sweep`` -> ``agent`` (mapped over N agents) -> ``select_best``.
+
+Thin operators over ``freestack.sweeps``: the controller (local, over object storage) or a W&B sweep
+server when the ``wandb`` connection has a key and the server answers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from freestack.hooks.wandb import WandbHook
+from freestack.pipeline_operator import PipelineOperator
+from freestack.sweeps.core import agent_threads
+from freestack.sweeps.spec import POOL
+from freestack.train.operators import airflow_info, resolve_end_ds
+from freestack.ui.links import WandbRunLink
+
+
+class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
+    """One training (``train``) or a sweep (``create_sweep``), as the Params form's ``sweep`` says."""
+
+    def choose_branch(self, context: Context) -> str:
+        spec = self.pipeline_spec()
+        wanted = bool((context.get("params") or {}).get("sweep"))
+        if wanted and spec.sweep is None:
+            raise AirflowFailException(
+                f"the form asks for a sweep but {self.spec_path} has no sweep: block; add one (W&B sweep "
+                "configuration) or untick 'sweep'"
+            )
+        return "create_sweep" if wanted else "train"
+
+
+class CreateSweepOperator(PipelineOperator):
+    """Create the sweep (once per DAG run; a retry finds it) and hand out the agent indexes."""
+
+    ui_color = "#fde9c9"
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        """One entry per agent (the ``agent`` task is mapped over them with ``expand_kwargs``)."""
+        from freestack.sweeps.core import SweepError, create_sweep, sweep_id_for
+        from freestack.sweeps.server import server_settings
+
+        spec = self.pipeline_spec()
+        params = context.get("params") or {}
+        end_ds = resolve_end_ds(context, spec)
+        agents = int(params.get("sweep_agents") or 1)
+        ti = context["ti"]
+        sweep_id = sweep_id_for(spec.name, f"{ti.dag_id}/{ti.run_id}", end_ds)
+        request = {
+            "end_ds": end_ds,
+            "window_days": params.get("window_days"),
+            "epochs": params.get("epochs"),
+            "learning_rate": params.get("learning_rate"),
+            "batch_size": params.get("batch_size"),
+            "airflow": airflow_info(context),
+        }
+        settings = server_settings(WandbHook().settings())
+        try:
+            if settings is not None:
+                from freestack.sweeps.server import create_server_sweep
+
+                sweep = create_server_sweep(spec, sweep_id, request, agents=agents, settings=settings)
+            else:
+                sweep = create_sweep(spec, sweep_id, request, agents=agents)
+        except SweepError as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.log.info(
+            "sweep %s (%s, %s): at most %s trials by %d agents; state in %s",
+            sweep["id"], sweep["mode"], spec.sweep.method, sweep["max_trials"], agents, sweep.get("uri"),
+        )  # fmt: skip
+        return [
+            {"agent_index": i, "sweep_id": sweep["id"], "sweep_mode": sweep["mode"], "agents": agents}
+            for i in range(agents)
+        ]
+
+
+class SweepAgentOperator(PipelineOperator):
+    """One agent: lease a trial, train it, report each epoch, stop when told; until the sweep is done."""
+
+    ui_color = "#fde9c9"
+
+    def __init__(
+        self,
+        *,
+        sweep_id: str,
+        agent_index: int = 0,
+        agents: int = 1,
+        sweep_mode: str = "local",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sweep_id = sweep_id
+        self.agent_index = agent_index
+        self.agents = agents
+        self.sweep_mode = sweep_mode
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from freestack.sweeps.core import LocalAgent, SweepError, load_sweep
+        from freestack.sweeps.trials import make_trial_runner
+
+        spec = self.pipeline_spec()
+        ti = context["ti"]
+        threads = agent_threads(self.agents)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        agent_id = f"{ti.run_id}/agent{self.agent_index}/try{ti.try_number}/pid{os.getpid()}"
+        tracking = WandbHook().settings()
+        try:
+            sweep = load_sweep(spec, self.sweep_id)
+            if self.sweep_mode == "wandb":
+                from freestack.sweeps.server import run_server_agent
+
+                report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
+            else:
+                runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
+                report = LocalAgent(spec, self.sweep_id, runner, agent_id=agent_id).run().as_dict()
+        except SweepError as exc:
+            raise AirflowFailException(str(exc)) from None
+        return report
+
+
+class SelectBestOperator(PipelineOperator):
+    """The table of trials (CSV, JSON, W&B table), the metric-against-parameter plot, and the best
+    trial's model published as a version; returns its URI like ``train`` does."""
+
+    operator_extra_links = (WandbRunLink(),)
+    ui_color = "#fde9c9"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from freestack.sweeps.core import SweepError
+        from freestack.sweeps.report import select_best
+
+        spec = self.pipeline_spec()
+        ti = context["ti"]
+        created = ti.xcom_pull(task_ids="create_sweep")
+        if not created:
+            raise AirflowFailException("create_sweep did not run; there is no sweep to select from")
+        try:
+            summary = select_best(spec, created[0]["sweep_id"], tracking_settings=WandbHook().settings())
+        except SweepError as exc:
+            raise AirflowFailException(str(exc)) from None
+        ti.xcom_push(key="wandb", value=summary.get("wandb"))
+        return summary
+
+
+__all__ = ["POOL", "ChooseTrainingOperator", "CreateSweepOperator", "SelectBestOperator", "SweepAgentOperator"]

@@ -1,0 +1,384 @@
+"""The train stage: lake window -> split -> preprocessing -> fit -> test metrics -> model version.
+
+Glue between storage (ObjectStoragePath), the plain ML code in ``freestack.ml`` and tracking.
+Callable from an Airflow task, a notebook or a script alike.
+
+    registry/<model>/<version>/config.json, model.safetensors   (Hugging Face layout)
+                              preprocessing.json, metrics.json, lineage.json, history.json
+    runs/<pipeline>/<run_key>/train/checkpoint.safetensors        (resumable)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from freestack import __version__
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(FreestackError):
+    """The window or the spec cannot produce a model; the message says why."""
+
+
+@dataclass
+class StoreCheckpoints:
+    """CheckpointStore over object storage, written atomically."""
+
+    folder: Any  # ObjectStoragePath
+
+    def save(self, name: str, data: bytes) -> None:
+        from freestack.storage import join, write_bytes
+
+        write_bytes(join(self.folder, name), data)
+
+    def load(self, name: str) -> bytes | None:
+        from freestack.storage import join
+
+        p = join(self.folder, name)
+        return p.read_bytes() if p.exists() else None
+
+
+@dataclass
+class TrainRequest:
+    """What to train on and how; ``None`` fields take the spec's ``train:`` defaults."""
+
+    end_ds: str
+    window_days: int | None = None
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    run_key: str = "manual"
+    airflow: dict[str, Any] = field(default_factory=dict)  # dag_id, run_id, data interval
+    #: per-run changes to the spec's ``train:`` and ``model:`` blocks (a sweep trial's parameters);
+    #: they win over the fields above and are validated like the spec itself
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where the model folder goes (default ``registry/<model>/<version>``) and the checkpoints
+    #: (default ``runs/<pipeline>/<run_key>/train``)
+    output_uri: str | None = None
+    checkpoint_uri: str | None = None
+    #: W&B run options: name, group, job_type, extra tags, extra config
+    tracking: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOutcome:
+    version: str
+    version_uri: str
+    metrics: dict[str, float]
+    partitions: list[dict[str, Any]]
+    summary: dict[str, Any]
+    tracking: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "version_uri": self.version_uri,
+            "metrics": self.metrics,
+            "partitions": self.partitions,
+            "train": self.summary,
+            "wandb": self.tracking,
+        }
+
+
+def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list[str]:
+    """The lake partitions of the window (end_ds - window_days, end_ds]: never one after end_ds."""
+    from freestack.ingest.core import lake_partitions
+
+    start = (date.fromisoformat(end_ds) - timedelta(days=window_days)).isoformat()
+    return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
+
+
+def load_window(spec: PipelineSpec, end_ds: str, window_days: int):
+    """(DataFrame, partitions with their content hashes) for the window ending at ``end_ds``."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from freestack.ingest.core import PART, partition_dir, read_manifest
+    from freestack.storage import join
+
+    days = window_partitions(spec, end_ds, window_days)
+    if not days:
+        raise TrainingError(
+            f"no lake partitions of {spec.name!r} in the {window_days} days up to {end_ds}: run "
+            f"{spec.name}_ingest for those days first (or widen window_days)"
+        )
+    frames, parts = [], []
+    for ds in days:
+        path = join(partition_dir(spec, ds), PART)
+        with path.open("rb") as f:
+            frames.append(pq.read_table(f).to_pandas())
+        manifest = read_manifest(spec, ds) or {}
+        parts.append(
+            {
+                "ds": ds,
+                "uri": str(path),
+                "sha256": (manifest.get("part") or {}).get("sha256"),
+                "rows": len(frames[-1]),
+            }
+        )
+    return pd.concat(frames, ignore_index=True), parts
+
+
+def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
+    """The spec with the request's form values and overrides applied, validated like the spec itself."""
+    from pydantic import ValidationError
+
+    from freestack.train.spec import ModelSpec, TrainSpec
+
+    train_values = spec.train.model_dump()
+    for key in ("window_days", "epochs", "learning_rate", "batch_size", "seed"):
+        if getattr(req, key) is not None:
+            train_values[key] = getattr(req, key)
+    train_values.update(req.overrides.get("train") or {})
+    model_values = {**spec.model.model_dump(), **(req.overrides.get("model") or {})}
+    unknown = set(req.overrides) - {"train", "model"}
+    if unknown:
+        raise TrainingError(f"overrides {sorted(unknown)} are not spec blocks; only train and model can change")
+    try:
+        return spec.model_copy(
+            update={"train": TrainSpec.model_validate(train_values), "model": ModelSpec.model_validate(model_values)}
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise TrainingError(f"the run's hyperparameters are invalid: {problems}") from None
+
+
+def _version_name(spec: PipelineSpec, req: TrainRequest) -> str:
+    digest = hashlib.sha256(f"{spec.name}|{req.run_key}|{req.end_ds}".encode()).hexdigest()[:8]
+    return f"v{req.end_ds.replace('-', '')}-{digest}"
+
+
+def _safe_key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
+
+
+@dataclass
+class Prepared:
+    """A window split and preprocessed for one training: what the loop and the test need."""
+
+    task: str
+    features: list[str]
+    pre: Any  # freestack.ml.prep.Preprocessing
+    train: Any  # DataFrames of the train, val and test splits
+    val: Any
+    test: Any
+    partitions: list[dict[str, Any]]
+
+
+def check_trainable(spec: PipelineSpec) -> None:
+    """TrainingError unless the spec names a target, a key and at least one feature."""
+    schema = spec.source.schema_
+    if schema.target is None:
+        raise TrainingError(f"pipeline {spec.name!r} has no source.schema.target: training needs one")
+    if schema.key is None:
+        raise TrainingError(f"pipeline {spec.name!r} has no source.schema.key: the split is keyed on it")
+    if not spec.model_features:
+        raise TrainingError(f"pipeline {spec.name!r} has no numeric feature columns; list model.features")
+
+
+def prepare(spec: PipelineSpec, end_ds: str, window=None) -> Prepared:
+    """The window (loaded, or ``window``) split on the row key, with preprocessing fitted on the train split."""
+    from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
+
+    schema, t = spec.source.schema_, spec.train
+    df, parts = window if window is not None else load_window(spec, end_ds, t.window_days)
+    target_type = next(c.type for c in schema.fields if c.name == schema.target)
+    task = spec.model.task if spec.model.task != "auto" else infer_task(df[schema.target], target_type)
+    split = split_of_keys(df[schema.key], t.val_fraction, t.test_fraction, salt=spec.name)
+    train_df, val_df, test_df = (df[split == s] for s in ("train", "val", "test"))
+    if min(len(train_df), len(val_df), len(test_df)) == 0:
+        raise TrainingError(
+            f"the window up to {end_ds} has {len(df)} rows: too few for train/val/test splits "
+            f"({len(train_df)}/{len(val_df)}/{len(test_df)}); widen window_days"
+        )
+    features = spec.model_features
+    pre = Preprocessing.fit(train_df, features, schema.target, task)
+    if task == "classification":  # labels the training split never saw cannot be scored
+        seen = set(pre.classes)
+        val_df = val_df[val_df[schema.target].isin(seen)]
+        test_df = test_df[test_df[schema.target].isin(seen)]
+    return Prepared(task, features, pre, train_df, val_df, test_df, parts)
+
+
+def model_kind(spec: PipelineSpec) -> str:
+    """``model.type``, with ``auto`` meaning a CNN when the features form an image, else an MLP."""
+    if spec.model.type != "auto":
+        return spec.model.type
+    return "cnn" if spec.model.image_shape else "mlp"
+
+
+def build_model(spec: PipelineSpec, data: Prepared):
+    """The spec's network (an MLP, or a CNN when the features form an image), scaled for the data."""
+    import torch
+
+    from freestack.ml.models import FreestackNet
+
+    torch.manual_seed(spec.train.seed)
+    model = FreestackNet(
+        kind=model_kind(spec), task=data.task, n_features=len(data.features),
+        n_outputs=len(data.pre.classes) if data.task == "classification" else 1,
+        hidden=list(spec.model.hidden), channels=list(spec.model.channels),
+        image_shape=list(spec.model.image_shape) if spec.model.image_shape else None,
+        dropout=spec.model.dropout, features=data.features, classes=data.pre.classes,
+    )  # fmt: skip
+    model.set_scaling(data.pre.mean, data.pre.std)
+    model.set_target_scaling(data.pre.target_mean, data.pre.target_std)
+    return model
+
+
+def loop_config(spec: PipelineSpec):
+    from freestack.ml.loop import TrainConfig
+
+    t = spec.train
+    return TrainConfig(
+        epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, weight_decay=t.weight_decay,
+        patience=t.patience, grad_clip=t.grad_clip, scheduler=t.scheduler, warmup_epochs=t.warmup_epochs,
+        seed=t.seed, device=t.device,
+    )  # fmt: skip
+
+
+@dataclass
+class Places:
+    """Where one training writes: its version name, the version folder and the checkpoint folder."""
+
+    version: str
+    version_dir: Any  # ObjectStoragePath
+    run_dir: Any
+
+
+def places(spec: PipelineSpec, req: TrainRequest) -> Places:
+    from freestack.storage import join, storage_root, to_path
+
+    root = storage_root(spec.storage_root)
+    run_dir = to_path(req.checkpoint_uri) if req.checkpoint_uri else join(root, "runs", spec.name, _safe_key(req.run_key), "train")
+    version = _version_name(spec, req)
+    version_dir = to_path(req.output_uri) if req.output_uri else join(root, "registry", spec.model_name, version)
+    return Places(version, version_dir, run_dir)
+
+
+def train(
+    spec: PipelineSpec,
+    req: TrainRequest,
+    *,
+    tracking_settings=None,
+    on_epoch=None,
+    window=None,
+) -> TrainOutcome:
+    """Train one model. ``on_epoch(row)`` sees each epoch's metrics and may return True to stop;
+    ``window`` is a ``load_window`` result to reuse (an agent running several trials loads it once);
+    ``tracking_settings`` are the W&B settings (default: :meth:`WandbSettings.from_environment`)."""
+    from freestack.tracking.wandb import WandbSettings
+
+    check_trainable(spec)
+    spec = effective_spec(spec, req)
+    data = prepare(spec, req.end_ds, window)
+    model = build_model(spec, data)
+    cfg = loop_config(spec)
+    where = places(spec, req)
+    settings = tracking_settings if tracking_settings is not None else WandbSettings.from_environment()
+    with _tracking_run(spec, req, data, where, cfg, settings) as run:
+        result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch)
+        _write_version(spec, req, data, where, cfg, model, result, metrics, run)
+        tracking = run.as_dict()
+    log.info(
+        "model %s %s: %s; test %s; files in %s", spec.model_name, where.version,
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), data.task, where.version_dir,
+    )  # fmt: skip
+    return TrainOutcome(version=where.version, version_uri=str(where.version_dir), metrics=metrics,
+                        partitions=data.partitions, summary=result.summary(), tracking=tracking)  # fmt: skip
+
+
+def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, settings):
+    """The W&B run of one training: its config, tags and group."""
+    from freestack.tracking.wandb import start_run
+
+    config = {
+        "pipeline": spec.name, "model": spec.model.model_dump(),
+        "train": {**cfg.__dict__, "window_days": spec.train.window_days}, "task": data.task,
+        "kind": model_kind(spec), "features": len(data.features),
+        "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}, "end_ds": req.end_ds,
+        **(req.tracking.get("config") or {}),
+    }  # fmt: skip
+    tags = [f"pipeline:{spec.name}", f"interval:{req.end_ds}"]
+    if req.airflow.get("run_id"):
+        tags.append(f"airflow_run:{req.airflow['run_id']}"[:64])
+    tags.extend(req.tracking.get("tags") or [])
+    return start_run(
+        settings, project=spec.name, name=req.tracking.get("name") or f"{spec.name}-{where.version}", config=config,
+        tags=tags, group=req.tracking.get("group"), job_type=req.tracking.get("job_type", "train"),
+        existing=req.tracking.get("run"),
+    )  # fmt: skip
+
+
+def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
+    """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics."""
+    import torch
+
+    from freestack.ml.loop import evaluate, fit
+
+    def epoch_done(row: dict[str, float]) -> bool:
+        run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        return bool(on_epoch(row)) if on_epoch is not None else False
+
+    pre = data.pre
+    result = fit(
+        model, pre.features_array(data.train), pre.target_array(data.train), pre.features_array(data.val),
+        pre.target_array(data.val), cfg, task=data.task, checkpoints=StoreCheckpoints(where.run_dir),
+        on_epoch=epoch_done,
+    )  # fmt: skip
+    device = next(model.parameters()).device
+    test = evaluate(model, torch.as_tensor(pre.features_array(data.test), device=device),
+                    torch.as_tensor(pre.target_array(data.test), device=device), data.task)  # fmt: skip
+    metrics = {f"test_{k}": v for k, v in test.items()}
+    metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
+    run.summary_update(metrics)
+    return result, metrics
+
+
+def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,
+                   metrics: dict[str, Any], run) -> None:  # fmt: skip
+    """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
+    from freestack.storage import join, write_bytes, write_json
+
+    t = spec.train
+    lineage = {
+        "pipeline": spec.name, "model": spec.model_name, "version": where.version, "partitions": data.partitions,
+        "window": {"end_ds": req.end_ds, "days": t.window_days}, "spec_hash": spec.spec_hash(),
+        "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
+        "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
+        "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump()},
+        "overrides": req.overrides,
+        **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        model.to("cpu").save_pretrained(tmp)
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), "rb") as f:
+                write_bytes(join(where.version_dir, name), f.read())
+    write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
+    write_json(join(where.version_dir, "history.json"), result.history)
+    write_json(join(where.version_dir, "metrics.json"), {"task": data.task, **metrics, "train": result.summary()})
+    write_json(join(where.version_dir, "lineage.json"), lineage)
+    run.log_artifact_reference(name=f"{spec.model_name}", type="model", uri=str(where.version_dir),
+                               metadata={"version": where.version, **metrics})  # fmt: skip
+
+
+__all__ = [
+    "Places", "Prepared", "TrainOutcome", "TrainRequest", "TrainingError", "build_model", "check_trainable",
+    "effective_spec", "load_window", "loop_config", "places", "prepare", "train", "window_partitions",
+]  # fmt: skip

@@ -1,0 +1,113 @@
+"""ingest_partition on JSON lines and Parquet landing files, and its validation rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from freestack.errors import LandingDataMissing, SchemaDriftError
+from freestack.ingest.core import ingest_partition, lake_partitions
+from freestack.spec import parse_spec
+
+DS = "2026-11-03"
+
+
+def _spec(fmt: str, **policy) -> object:
+    return parse_spec(
+        {
+            "name": "events",
+            "source": {
+                "format": fmt,
+                "schema": {
+                    "key": "id",
+                    "target": "y",
+                    "columns": [
+                        {"name": "id", "type": "int", "nullable": False},
+                        {"name": "when", "type": "date"},
+                        {"name": "ok", "type": "bool"},
+                        {"name": "kind", "type": "string", "allowed": ["a", "b"]},
+                        {"name": "y", "type": "float", "nullable": False, "min": 0, "max": 1},
+                    ],
+                },
+                "policy": {"max_quarantine_fraction": 0.9, **policy},
+            },
+        },
+        "events.yaml",
+    )
+
+
+def _landing(storage: str) -> Path:
+    folder = Path(storage.removeprefix("file://")) / "landing" / "events" / DS
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _read(storage: str, name: str) -> list[dict]:
+    return pq.read_table(Path(storage.removeprefix("file://")) / f"lake/events/ds={DS}/{name}").to_pylist()
+
+
+def test_json_lines(storage):
+    rows = [
+        {"id": 1, "when": "2026-11-03", "ok": True, "kind": "a", "y": 0.5},
+        {"id": 2, "when": "2026-11-03", "ok": False, "kind": "b", "y": 1, "extra": [1, 2]},
+        {"id": 3, "when": "03/11/2026", "ok": True, "kind": "a", "y": 0.1},  # not ISO
+        {"id": 4, "when": None, "ok": "maybe", "kind": "a", "y": 0.2},  # not a boolean
+        {"id": 5, "kind": "c", "y": 0.3},  # kind not allowed
+        {"id": 1, "y": 0.9},  # duplicate key
+    ]
+    lines = [json.dumps(r) for r in rows] + ["{not json", "[1, 2]", ""]
+    (_landing(storage) / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+    result = ingest_partition(_spec("jsonl"), DS)
+    assert (result.rows_in, result.rows_good, result.rows_quarantined) == (8, 2, 6)
+    good = _read(storage, "part.parquet")
+    assert [r["id"] for r in good] == [1, 2] and good[1]["ok"] is False and good[1]["y"] == 1.0
+    reasons = sorted(r["_reason"] for r in _read(storage, "_quarantine.parquet"))
+    assert reasons == sorted(
+        [
+            "when: not a date (YYYY-MM-DD): '03/11/2026'",
+            "ok: not a boolean: 'maybe'",
+            "kind: not one of the allowed values: 'c'",
+            "id: duplicate key (an earlier row has it): '1'",
+            "malformed row: invalid JSON (Expecting property name enclosed in double quotes)",
+            "malformed row: a JSON object is expected",
+        ]
+    )
+    lines_of_malformed = sorted(r["_line"] for r in _read(storage, "_quarantine.parquet") if r["_line"])
+    assert lines_of_malformed == [7, 8]
+
+
+def test_parquet_with_typed_columns_and_drift(storage):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3], pa.int64()),
+            "when": pa.array(["2026-11-03"] * 3),
+            "ok": pa.array([True, None, False]),
+            "kind": pa.array(["a", "b", "b"]),
+            "y": pa.array([0.0, 2.5, None]),  # above max, missing non-null
+            "unexpected": pa.array([1, 2, 3]),
+        }
+    )
+    pq.write_table(table, _landing(storage) / "drop.parquet")
+    result = ingest_partition(_spec("parquet"), DS)  # extra_columns: drop (default)
+    assert (result.rows_good, result.rows_quarantined) == (1, 2)
+    assert {r["_reason"] for r in _read(storage, "_quarantine.parquet")} == {
+        "y: above the maximum 1: '2.5'",
+        "y: missing value (column is not nullable)",
+    }
+    with pytest.raises(SchemaDriftError, match=r"\['unexpected'\] are not in the schema"):
+        ingest_partition(_spec("parquet", extra_columns="fail"), DS)
+
+
+def test_missing_column_policy_and_missing_landing(storage):
+    folder = _landing(storage)
+    (folder / "a.csv").write_text("id,y\n1,0.5\n2,0.25\n")
+    with pytest.raises(SchemaDriftError, match=r"missing column\(s\) \['when', 'ok', 'kind'\]"):
+        ingest_partition(_spec("csv"), DS)
+    result = ingest_partition(_spec("csv", missing_columns="null"), DS)
+    assert result.rows_good == 2 and lake_partitions(_spec("csv")) == [DS]
+    with pytest.raises(LandingDataMissing, match="2026-11-04.*missing or empty.*on_missing"):
+        ingest_partition(_spec("csv"), "2026-11-04")

@@ -1,0 +1,553 @@
+"""The deploy stage's Kubernetes target: SeldonDeployment manifests validated against Seldon Core's CRD,
+and apply / traffic / promote / rollback / the availability trigger at the Kubernetes API boundary
+(a real HTTP server on 127.0.0.1 speaking the custom-objects REST API, ``tests/k8s_api_fake.py``),
+reached through the cncf.kubernetes provider's hooks and a connection from ``AIRFLOW_CONN_*``.
+
+A last test talks to a real cluster when a kubeconfig and ``FREESTACK_K8S_TEST_NAMESPACE`` are set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from freestack.errors import FreestackError
+from freestack.serving import k8s, manifests
+from freestack.serving.spec import KubernetesTarget
+from tests.k8s_api_fake import FakeKubeAPI, json_patch, merge_patch
+
+REPO = Path(__file__).resolve().parents[3]
+SHARED_CRD = Path(__file__).parents[3].parent / "shared/seldon/seldondeployment-crd.yaml"
+VENDORED_CRD = REPO / "include/serving/seldondeployment-crd.yaml"
+CRD = SHARED_CRD if SHARED_CRD.is_file() else VENDORED_CRD
+CONN = "seldon_fake"
+NS = "seldon"
+
+
+def target(**kw) -> KubernetesTarget:
+    base = {"conn_id": CONN, "namespace": NS, "image": "freestack/serving:0.1.0", "replicas": 2,
+            "env_secret": "s3-credentials", "service_account": "seldon-models", "workers": 3, "threads": 2,
+            "canary": {"traffic": 10, "replicas": 1}}
+    return KubernetesTarget.model_validate({**base, **kw})
+
+
+def manifest(version: str = "3", canary: str | None = None, name: str = "digits", **kw) -> dict:
+    return manifests.build_manifest(
+        name, model="digits", version=version, model_uri=f"s3://models/registry/digits/{version}",
+        target=target(**kw), canary_version=canary,
+        canary_uri=f"s3://models/registry/digits/{canary}" if canary else None,
+    )
+
+
+def env_of(predictor: dict) -> dict[str, str]:
+    (container,) = predictor["componentSpecs"][0]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# manifests and the CRD
+
+
+def test_vendored_crd_is_the_shared_one():
+    assert VENDORED_CRD.is_file(), "include/serving/seldondeployment-crd.yaml is missing"
+    if not SHARED_CRD.is_file():
+        pytest.skip(f"no shared CRD at {SHARED_CRD} to compare with")
+    assert VENDORED_CRD.read_bytes() == SHARED_CRD.read_bytes()
+
+
+def test_manifest_without_canary_validates():
+    m = manifest("3")
+    manifests.validate_manifest(m, CRD)
+    assert m["apiVersion"] == "machinelearning.seldon.io/v1" and m["kind"] == "SeldonDeployment"
+    assert m["metadata"]["namespace"] == NS and m["metadata"]["name"] == "digits"
+    assert m["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "freestack", "freestack.io/model": "digits",
+                                       "freestack.io/version": "3"}
+    (main,) = m["spec"]["predictors"]
+    assert (main["name"], main["replicas"], main["traffic"]) == ("main", 2, 100)
+    assert main["graph"] == {"name": "model", "type": "MODEL", "endpoint": {"type": "REST"}, "children": []}
+    pod = main["componentSpecs"][0]["spec"]
+    assert pod["serviceAccountName"] == "seldon-models"
+    (c,) = pod["containers"]
+    assert c["name"] == "model" and c["image"] == "freestack/serving:0.1.0"
+    assert env_of(main) == {"FREESTACK_MODEL_URI": "s3://models/registry/digits/3", "FREESTACK_MODEL_VERSION": "3",
+                            "FREESTACK_MODEL_NAME": "digits", "GUNICORN_WORKERS": "3", "GUNICORN_THREADS": "2"}
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["path"] == "/health/ping" and c[probe]["httpGet"]["port"] == "http"
+    # no secret, no service account: neither appears
+    bare = manifest("3", env_secret=None, service_account=None, canary=None)
+    manifests.validate_manifest(bare, CRD)
+    pod = bare["spec"]["predictors"][0]["componentSpecs"][0]["spec"]
+    assert "serviceAccountName" not in pod and "envFrom" not in pod["containers"][0]
+
+
+def test_manifest_with_canary_validates():
+    m = manifest("3", canary="4")
+    manifests.validate_manifest(m, CRD)
+    main, canary = m["spec"]["predictors"]
+    assert (main["name"], main["traffic"], main["replicas"]) == ("main", 90, 2)
+    assert (canary["name"], canary["traffic"], canary["replicas"]) == ("canary", 10, 1)
+    assert env_of(canary)["FREESTACK_MODEL_VERSION"] == "4"
+    assert env_of(canary)["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/4"
+    assert env_of(main)["FREESTACK_MODEL_VERSION"] == "3"
+    assert m["metadata"]["labels"]["freestack.io/canary-version"] == "4"
+    assert canary["labels"]["freestack.io/version"] == "4"
+
+
+def test_label_values_are_sanitized_and_exact_values_kept_in_annotations():
+    version = "2026-03-01T12:00:00+00:00/run 7_" + "x" * 80
+    m = manifests.build_manifest("digits", model="Digits Model!", version=version, model_uri="file:///tmp/m",
+                           target=target(), labels={"team": "ml platform", "example.com/tier": "gold"})
+    manifests.validate_manifest(m, CRD)  # label values valid (<= 63, alphanumeric ends)
+    labels, ann = m["metadata"]["labels"], m["metadata"]["annotations"]
+    assert len(labels["freestack.io/version"]) <= 63 and labels["freestack.io/version"].startswith("2026-03-01T12")
+    assert labels["freestack.io/model"] == "Digits-Model"
+    assert labels["team"] == "ml-platform" and labels["example.com/tier"] == "gold"
+    assert ann["freestack.io/version"] == version and ann["freestack.io/model"] == "Digits Model!"
+    with pytest.raises(ValueError, match="label key"):
+        manifests.build_manifest("digits", model="d", version="1", model_uri="u", target=target(), labels={"bad key!": "x"})
+
+
+def test_build_manifest_refuses_half_a_canary_and_a_canary_without_config():
+    with pytest.raises(ValueError, match="canary_version was given without canary_uri"):
+        manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(), canary_version="2")
+    with pytest.raises(ValueError, match="canary_uri was given without canary_version"):
+        manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(), canary_uri="v")
+    with pytest.raises(ValueError, match="deploy.kubernetes.canary is not set"):
+        manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(canary=None),
+                           canary_version="2", canary_uri="v")
+    with pytest.raises(ValueError, match="not a valid Kubernetes name"):
+        manifests.build_manifest("Digits_v2", model="d", version="1", model_uri="u", target=target())
+    # a plain dict target works too (the operator may hold the spec as a dict)
+    m = manifests.build_manifest("d", model="d", version="1", model_uri="u", target={"namespace": "ml"})
+    assert m["metadata"]["namespace"] == "ml"
+
+
+def test_broken_manifest_is_rejected_naming_each_path():
+    bad = manifest("3", canary="4")
+    bad["spec"]["predictors"][0]["traffic"] = "ninety"
+    del bad["spec"]["predictors"][1]["graph"]
+    bad["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["envfrom"] = []
+    with pytest.raises(manifests.ManifestInvalid) as info:
+        manifests.validate_manifest(bad, CRD)
+    msg = str(info.value)
+    assert "$.spec.predictors[0].traffic: 'ninety' is not of type 'integer'" in msg
+    assert "$.spec.predictors[1]: 'graph' is a required property" in msg
+    assert "'envfrom' was unexpected" in msg
+    assert "seldon/digits" in msg and str(CRD) in msg
+    assert ("$.spec.predictors[0].traffic", "'ninety' is not of type 'integer'") in info.value.violations
+
+    no_graph = manifest("3", canary=None)
+    del no_graph["spec"]["predictors"][0]["graph"]
+    with pytest.raises(manifests.ManifestInvalid, match=r"\$\.spec\.predictors\[0\]: 'graph' is a required property"):
+        manifests.validate_manifest(no_graph, CRD)
+
+    wrong_kind = manifest("3")
+    wrong_kind["apiVersion"] = "machinelearning.seldon.io/v1alpha2"
+    with pytest.raises(manifests.ManifestInvalid, match=r"\$\.apiVersion"):
+        manifests.validate_manifest(wrong_kind, CRD)
+
+    # what Seldon's webhook rejects beyond the schema
+    split = manifest("3", canary="4")
+    split["spec"]["predictors"][0]["traffic"] = 50
+    with pytest.raises(manifests.ManifestInvalid, match="traffic adds up to 60, not 100"):
+        manifests.validate_manifest(split, CRD)
+    renamed = manifest("3")
+    renamed["spec"]["predictors"][0]["graph"]["name"] = "classifier"
+    with pytest.raises(manifests.ManifestInvalid, match=r"graph\.name: graph node 'classifier' has no container"):
+        manifests.validate_manifest(renamed, CRD)
+
+
+def test_int_or_string_and_nullable_fields():
+    m = manifest("3")
+    c = m["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]
+    c["resources"]["limits"]["cpu"] = 2  # int-or-string: an integer...
+    c["readinessProbe"]["httpGet"]["port"] = 9000
+    m["spec"]["predictors"][0]["componentSpecs"][0]["metadata"] = {"creationTimestamp": None}  # nullable
+    manifests.validate_manifest(m, CRD)
+    c["resources"]["limits"]["cpu"] = "1500m"  # ... or a quantity string
+    manifests.validate_manifest(m, CRD)
+    c["resources"]["limits"]["cpu"] = "two cores"  # but the quantity pattern holds
+    with pytest.raises(manifests.ManifestInvalid, match=r"resources\.limits\.cpu: 'two cores' does not match"):
+        manifests.validate_manifest(m, CRD)
+    c["resources"]["limits"]["cpu"] = "1"
+    m["spec"]["predictors"][0]["replicas"] = 2**31  # format int32
+    with pytest.raises(manifests.ManifestInvalid, match=r"replicas"):
+        manifests.validate_manifest(m, CRD)
+    m["spec"]["predictors"][0]["replicas"] = 1
+    m["metadata"]["labels"]["freestack.io/version"] = "not a label value!"
+    with pytest.raises(manifests.ManifestInvalid, match=r"\$\.metadata\.labels"):
+        manifests.validate_manifest(m, CRD)
+
+
+def test_default_crd_path_and_override(monkeypatch, tmp_path):
+    monkeypatch.delenv(manifests.CRD_ENV, raising=False)
+    assert manifests.default_crd_path() == VENDORED_CRD
+    manifests.validate_manifest(manifest("3"))  # the default: the copy in the checkout
+    monkeypatch.setenv(manifests.CRD_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(FreestackError, match=f"set {manifests.CRD_ENV}"):
+        manifests.validate_manifest(manifest("3"))
+    (tmp_path / "other.yaml").write_text("kind: ConfigMap\n")
+    monkeypatch.setenv(manifests.CRD_ENV, str(tmp_path / "other.yaml"))
+    with pytest.raises(FreestackError, match="is not the SeldonDeployment CRD"):
+        manifests.validate_manifest(manifest("3"))
+
+
+def test_availability_reads_seldon_v1_status():
+    obj = {"metadata": {"name": "d", "namespace": "ns", "generation": 2}, "spec": {}}
+    assert manifests.availability(obj)[0] == "progressing"
+    obj["status"] = {"state": "Available", "observedGeneration": 1}
+    state, msg = manifests.availability(obj)
+    assert state == "progressing" and "has not processed generation 2" in msg  # stale: the previous spec's
+    obj["status"] = {"state": "Available", "observedGeneration": 2,
+                     "deploymentStatus": {"d-main-0-model": {"replicas": 2, "availableReplicas": 1}}}
+    assert manifests.availability(obj)[0] == "progressing"
+    obj["status"]["deploymentStatus"]["d-main-0-model"]["availableReplicas"] = 2
+    assert manifests.availability(obj) == ("available", "SeldonDeployment ns/d is Available: d-main-0-model 2/2 available")
+    obj["status"] = {"state": "Failed", "description": "Deployment d-main-0-model failed: ImagePullBackOff"}
+    state, msg = manifests.availability(obj)
+    assert state == "failed" and "ImagePullBackOff" in msg
+    obj["status"] = {"state": "Creating", "description": "waiting for pods"}
+    assert manifests.availability(obj) == ("progressing", "SeldonDeployment ns/d: Creating: waiting for pods")
+
+
+def test_fake_patch_semantics():
+    doc = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    assert merge_patch(doc, {"a": {"b": None, "c": [3]}, "e": 1}) == {"a": {"c": [3]}, "d": "x", "e": 1}
+    assert json_patch(doc, [{"op": "test", "path": "/d", "value": "x"}, {"op": "replace", "path": "/a/c/1", "value": 9},
+                            {"op": "add", "path": "/a/c/-", "value": 7}, {"op": "remove", "path": "/a/b"}]) == {
+        "a": {"c": [1, 9, 7]}, "d": "x"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# at the Kubernetes API boundary
+
+
+@pytest.fixture
+def kube(monkeypatch):
+    api = FakeKubeAPI().start()
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
+                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+    yield api
+    api.stop()
+
+
+def wait_available(name: str = "digits", timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = k8s.get(name, NS, CONN)
+        state, msg = manifests.availability(obj)
+        if state == "available":
+            return obj
+        assert time.monotonic() < deadline, msg
+        time.sleep(0.02)
+
+
+def test_apply_creates_then_replaces_with_resource_version(kube):
+    stored = k8s.apply(manifest("3"), CONN)
+    assert stored["metadata"]["generation"] == 1 and stored["metadata"]["resourceVersion"]
+    assert [c["method"] for c in kube.calls()] == ["POST"]
+    obj = wait_available()
+    assert obj["status"]["observedGeneration"] == 1
+
+    kube.requests.clear()
+    stored = k8s.apply(manifest("4"), CONN)
+    assert [c["method"] for c in kube.calls()] == ["POST", "GET", "PUT"]  # 409 AlreadyExists -> replace
+    put = kube.calls("PUT")[0]["body"]
+    assert put["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+    assert stored["metadata"]["generation"] == 2
+    assert env_of(stored["spec"]["predictors"][0])["FREESTACK_MODEL_VERSION"] == "4"
+    assert stored["status"]["observedGeneration"] == 1  # the controller has not seen it yet
+    assert manifests.availability(stored)[0] == "progressing"
+    obj = wait_available()
+    assert obj["status"]["observedGeneration"] == 2
+    assert k8s.get("digits", NS, CONN)["metadata"]["labels"]["freestack.io/version"] == "4"
+
+    again = k8s.apply(manifest("4"), CONN)  # the same spec: no new generation
+    assert again["metadata"]["generation"] == 2
+    assert k8s.get("missing", NS, CONN) is None
+    assert k8s.delete("digits", NS, CONN) is True
+    assert k8s.delete("digits", NS, CONN) is False
+    assert k8s.get("digits", NS, CONN) is None
+
+
+def test_apply_retries_when_another_writer_wins_the_race(kube):
+    k8s.apply(manifest("3"), CONN)
+    wait_available()  # the fake controller is done writing status
+    kube.before_write.append(lambda: kube.touch(NS, "digits"))  # lands between our read and our write
+    kube.requests.clear()
+    stored = k8s.apply(manifest("4"), CONN)
+    assert [c["method"] for c in kube.calls()] == ["POST", "GET", "PUT", "GET", "PUT"]
+    assert kube.calls("PUT")[1]["body"]["metadata"]["resourceVersion"] == str(int(
+        kube.calls("PUT")[0]["body"]["metadata"]["resourceVersion"]) + 1)
+    assert env_of(stored["spec"]["predictors"][0])["FREESTACK_MODEL_VERSION"] == "4"
+
+
+def test_apply_leaves_objects_freestack_does_not_manage(kube):
+    foreign = manifest("3")
+    foreign["metadata"]["labels"] = {"team": "other"}
+    k8s.apply(foreign, CONN)
+    with pytest.raises(k8s.DeployError, match="not managed by freestack"):
+        k8s.apply(manifest("4"), CONN)
+    stored = k8s.apply(manifest("4"), CONN, force=True)
+    assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "freestack"
+
+
+def test_dry_run_stores_nothing(kube):
+    k8s.apply(manifest("3"), CONN, dry_run=True)
+    assert kube.calls("POST")[0]["query"] == {"dryRun": ["All"]}
+    assert k8s.get("digits", NS, CONN) is None
+
+
+def test_set_traffic_promote_and_rollback(kube):
+    k8s.apply(manifest("3", canary="4"), CONN)
+    with pytest.raises(ValueError, match="0..100"):
+        k8s.set_traffic("digits", NS, CONN, canary_traffic=101)
+
+    kube.requests.clear()
+    before = k8s.get("digits", NS, CONN)
+    obj = k8s.set_traffic("digits", NS, CONN, canary_traffic=50)
+    patch = kube.calls("PATCH")[0]
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["body"]["metadata"] == {"resourceVersion": before["metadata"]["resourceVersion"]}
+    assert [(p["name"], p["traffic"]) for p in obj["spec"]["predictors"]] == [("main", 50), ("canary", 50)]
+    assert obj["metadata"]["generation"] == 2
+    # a patch that races another writer is retried on a fresh read
+    kube.before_write.append(lambda: kube.touch(NS, "digits"))
+    obj = k8s.set_traffic("digits", NS, CONN, canary_traffic=25)
+    assert [p["traffic"] for p in obj["spec"]["predictors"]] == [75, 25]
+    assert obj["metadata"]["annotations"]["fake/touched"]  # the other writer's change survived
+
+    obj = k8s.promote_canary("digits", NS, CONN, version="4")
+    (main,) = obj["spec"]["predictors"]
+    assert (main["name"], main["traffic"], main["replicas"]) == ("main", 100, 2)
+    assert env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
+    assert env_of(main)["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/4"
+    assert obj["metadata"]["labels"]["freestack.io/version"] == "4"
+    assert "freestack.io/canary-version" not in obj["metadata"]["labels"]
+    assert obj["metadata"]["annotations"]["freestack.io/model-uri"] == "s3://models/registry/digits/4"
+    manifests.validate_manifest(obj, CRD)  # the stored object (status, uid, ...) still matches the CRD
+    # a retried promote is harmless; promoting another version is refused
+    assert k8s.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"] == obj["metadata"]["generation"]
+    with pytest.raises(k8s.DeployError, match="no 'canary' predictor to promote"):
+        k8s.promote_canary("digits", NS, CONN, version="5")
+    with pytest.raises(k8s.DeployError, match="no 'canary' predictor to send traffic to"):
+        k8s.set_traffic("digits", NS, CONN, canary_traffic=10)
+
+    k8s.apply(manifest("4", canary="5"), CONN)
+    with pytest.raises(k8s.DeployError, match="serves version '5', not '6'"):
+        k8s.promote_canary("digits", NS, CONN, version="6")
+    obj = k8s.rollback_canary("digits", NS, CONN)
+    (main,) = obj["spec"]["predictors"]
+    assert main["traffic"] == 100 and env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
+    assert "freestack.io/canary-version" not in obj["metadata"]["labels"]
+    assert k8s.rollback_canary("digits", NS, CONN)["metadata"]["generation"] == obj["metadata"]["generation"]
+    assert manifests.summary(obj)["predictors"] == [
+        {"name": "main", "version": "4", "model_uri": "s3://models/registry/digits/4", "traffic": 100,
+         "replicas": 2, "image": "freestack/serving:0.1.0"}]
+    with pytest.raises(k8s.DeployError, match="does not exist"):
+        k8s.rollback_canary("other", NS, CONN)
+
+
+def test_crd_not_installed_says_so(kube):
+    kube.crd_installed = False
+    with pytest.raises(k8s.DeployError) as info:
+        k8s.apply(manifest("3"), CONN)
+    msg = str(info.value)
+    assert "Seldon Core's CRD is not installed" in msg and "seldondeployments.machinelearning.seldon.io" in msg
+    assert kube.url in msg and "seldon/digits" in msg and "404" in msg
+    with pytest.raises(k8s.DeployError, match="CRD is not installed"):
+        k8s.get("digits", NS, CONN)  # not "absent": the type itself is missing
+
+
+def test_rbac_namespace_and_server_side_validation_errors(kube):
+    kube.forbidden = True
+    with pytest.raises(k8s.DeployError, match=r"403 .*RBAC.*kubectl auth can-i create seldondeployments"):
+        k8s.apply(manifest("3"), CONN)
+    kube.forbidden = False
+    kube.namespaces = {"default"}
+    with pytest.raises(k8s.DeployError, match="Namespace 'seldon' does not exist: create it"):
+        k8s.apply(manifest("3"), CONN)
+    kube.namespaces = None
+    bad = manifest("3")
+    bad["spec"]["predictors"][0]["traffic"] = "all"
+    with pytest.raises(k8s.DeployError, match=r"422.*\n  spec\.predictors\[0\]\.traffic: Invalid value") as info:
+        k8s.apply(bad, CONN)
+    assert info.value.status == 422 and not isinstance(info.value, k8s.KubernetesUnavailable)
+    kube.fail_next = [503]
+    with pytest.raises(k8s.KubernetesUnavailable, match="503.*retry later"):
+        k8s.get("digits", NS, CONN)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unreachable_conn(monkeypatch) -> tuple[str, str]:
+    url = f"http://127.0.0.1:{free_port()}"
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": url}}],
+                  "users": [{"name": "u", "user": {}}],
+                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "current-context": "c"}
+    # a JSON string works as well as a dict, and the pre-2.3 prefixed extra name too
+    monkeypatch.setenv("AIRFLOW_CONN_K8S_DOWN", json.dumps(
+        {"conn_type": "kubernetes", "extra": {"extra__kubernetes__kube_config": json.dumps(kubeconfig)}}))
+    return "k8s_down", url
+
+
+def test_unreachable_server_and_missing_connection(monkeypatch):
+    conn, url = unreachable_conn(monkeypatch)
+    with pytest.raises(k8s.KubernetesUnavailable) as info:
+        k8s.apply(manifest("3"), conn)
+    msg = str(info.value)
+    assert f"cannot reach the Kubernetes API server {url}" in msg and "'k8s_down'" in msg
+    assert "seldon/digits" in msg and "kubectl cluster-info" in msg
+    with pytest.raises(k8s.KubernetesUnavailable, match="cannot load the Kubernetes configuration of connection "
+                                                        "'no_such_conn'"):
+        k8s.get("digits", NS, "no_such_conn")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trigger
+
+
+def run_trigger(trigger) -> dict:
+    async def collect():
+        gen = trigger.run()
+        event = await gen.__anext__()
+        with pytest.raises(StopAsyncIteration):  # exactly one event
+            await gen.__anext__()
+        return event.payload
+
+    return asyncio.run(collect())
+
+
+def make_trigger(name="digits", timeout=5.0, poll=0.02, conn=CONN):
+    from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
+
+    return SeldonDeploymentAvailableTrigger(name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout,
+                                            poll_seconds=poll)
+
+
+def test_trigger_serializes_round_trip():
+    import importlib
+
+    t = make_trigger(timeout=60, poll=5)
+    path, kwargs = t.serialize()
+    module, cls = path.rsplit(".", 1)
+    again = getattr(importlib.import_module(module), cls)(**kwargs)
+    assert again.serialize() == (path, kwargs)
+    assert kwargs["deadline"] == pytest.approx(time.time() + 60, abs=5)  # absolute: a restart does not extend it
+    assert {k: kwargs[k] for k in ("name", "namespace", "conn_id", "timeout_seconds", "poll_seconds")} == {
+        "name": "digits", "namespace": NS, "conn_id": CONN, "timeout_seconds": 60.0, "poll_seconds": 5.0}
+
+
+def test_trigger_available_after_transient_errors(kube):
+    k8s.apply(manifest("3"), CONN)
+    kube.fail_next = [503, 500]
+    event = run_trigger(make_trigger())
+    assert event["status"] == "available", event
+    assert event["name"] == "digits" and event["namespace"] == NS and "Available" in event["message"]
+    assert len(kube.calls("GET")) >= 3
+
+
+def test_trigger_does_not_take_the_previous_specs_available_as_success(kube):
+    k8s.apply(manifest("3"), CONN)
+    wait_available()
+    kube.reconcile_after = 30  # the controller has not looked at the new spec yet
+    k8s.apply(manifest("4"), CONN)
+    event = run_trigger(make_trigger(timeout=0.4))
+    assert event["status"] == "timeout"
+    assert "has not processed generation 2" in event["message"] and "kubectl -n seldon get pods" in event["message"]
+    kube.set_status(NS, "digits", "Available")
+    assert run_trigger(make_trigger())["status"] == "available"
+
+
+def test_trigger_failed_and_timeout(kube):
+    kube.outcome = "Failed"
+    k8s.apply(manifest("3"), CONN)
+    event = run_trigger(make_trigger())
+    assert event["status"] == "failed" and "ImagePullBackOff" in event["message"]
+
+    kube.ready_after = None  # stays Creating
+    k8s.apply(manifest("3", name="slow"), CONN)
+    started = time.monotonic()
+    event = run_trigger(make_trigger(name="slow", timeout=0.3))
+    assert event["status"] == "timeout" and time.monotonic() - started < 3
+    assert "was not Available within 0.3s" in event["message"] and "Creating" in event["message"]
+
+    event = run_trigger(make_trigger(name="gone"))
+    assert event["status"] == "failed" and "no longer exists" in event["message"]
+
+
+def test_trigger_errors_that_waiting_will_not_fix(kube, monkeypatch):
+    kube.crd_installed = False
+    event = run_trigger(make_trigger())
+    assert event["status"] == "error" and "CRD is not installed" in event["message"]
+    kube.crd_installed, kube.forbidden = True, True
+    assert "RBAC" in run_trigger(make_trigger())["message"]
+    event = run_trigger(make_trigger(conn="no_such_conn"))
+    assert event["status"] == "error" and "'no_such_conn'" in event["message"]
+
+
+def test_trigger_retries_an_unreachable_server_until_the_deadline(monkeypatch):
+    conn, url = unreachable_conn(monkeypatch)
+    event = run_trigger(make_trigger(conn=conn, timeout=0.3, poll=0.05))
+    assert event["status"] == "timeout"
+    assert f"cannot reach the Kubernetes API server {url}" in event["message"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a real cluster, when there is one
+
+
+def _kubeconfig() -> str | None:
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        found = [p for p in env.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+        return str(Path(found[0]).expanduser()) if found else None
+    default = Path("~/.kube/config").expanduser()
+    return str(default) if default.is_file() else None
+
+
+def test_real_cluster(monkeypatch):
+    path = _kubeconfig()
+    if path is None:
+        pytest.skip("no kubeconfig (KUBECONFIG or ~/.kube/config): no Kubernetes cluster to test against")
+    namespace = os.environ.get("FREESTACK_K8S_TEST_NAMESPACE")
+    if not namespace:
+        pytest.skip("a kubeconfig is present; set FREESTACK_K8S_TEST_NAMESPACE to a namespace this test may "
+                    "create a SeldonDeployment in")
+    monkeypatch.setenv("AIRFLOW_CONN_K8S_REAL",
+                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": path}}))
+    name = f"freestack-test-{uuid.uuid4().hex[:8]}"
+    m = manifests.build_manifest(name, model="digits", version="1", model_uri="file:///nonexistent",
+                           target={"namespace": namespace, "replicas": 1}, labels={"freestack.io/test": "true"})
+    manifests.validate_manifest(m, CRD)
+    try:
+        k8s.get(name, namespace, "k8s_real")
+    except k8s.DeployError as exc:
+        if "CRD is not installed" in str(exc):
+            pytest.skip(f"Seldon Core's CRD is not installed on the cluster of {path}: {exc}")
+        raise
+    try:
+        k8s.apply(m, "k8s_real", dry_run=True)  # the API server and Seldon's webhook validate it
+        stored = k8s.apply(m, "k8s_real")
+        assert stored["metadata"]["generation"] >= 1
+        assert k8s.get(name, namespace, "k8s_real")["spec"]["predictors"][0]["traffic"] == 100
+        replaced = k8s.apply(copy.deepcopy(m), "k8s_real")
+        assert replaced["metadata"]["uid"] == stored["metadata"]["uid"]
+        assert manifests.availability(replaced)[0] in ("progressing", "available", "failed")
+    finally:
+        k8s.delete(name, namespace, "k8s_real")

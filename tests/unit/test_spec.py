@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from freestack.errors import SpecError
+from freestack.spec import discover_specs, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "include" / "pipelines" / "digits.yaml"
+
+
+def _base() -> dict:
+    return {
+        "name": "p",
+        "source": {"schema": {"key": "id", "columns": [{"name": "id", "nullable": False}, {"name": "x", "type": "float"}]}},
+    }
+
+
+def test_demo_spec_loads_and_expands_repeated_columns():
+    spec = load_spec(DIGITS)
+    names = [c.name for c in spec.source.schema_.fields]
+    assert names[:3] == ["id", "captured_at", "px_0"]
+    assert names[-1] == "label" and len(names) == 67
+    assert spec.source.schema_.key == "id" and spec.source.schema_.target == "label"
+    assert len(spec.spec_hash()) == 64
+
+
+@pytest.mark.parametrize(
+    "mutate, field, words",
+    [
+        (lambda d: d["source"].update(format="xml"), "source.format", "csv"),
+        (lambda d: d["source"]["schema"]["columns"][1].update(type="decimal"), "source.schema.columns[1].type", "float"),
+        (lambda d: d["source"]["schema"].update(key="nope"), "source.schema", "not one of the declared columns"),
+        (lambda d: d["source"].update(landing="landing/{pipeline}/"), "source.landing", "{ds}"),
+        (lambda d: d["source"].update(landing="landing/{bogus}/{ds}"), "source.landing", "unknown placeholder"),
+        (lambda d: d["source"]["schema"]["columns"][1].update(min=5, max=1), "source.schema.columns[1]", "greater than max"),
+        (lambda d: d["source"]["policy"] if False else d["source"].update(policy={"max_quarantine_fraction": 2}), "source.policy.max_quarantine_fraction", "1"),
+        (lambda d: d.update(storage_root="ftp://x"), "storage_root", "s3://"),
+        (lambda d: d.update(colour="blue"), "colour", "Extra inputs"),
+        (lambda d: d.update(deploy={"target": "cloud"}), "deploy", "'local' or 'kubernetes'"),
+        (lambda d: d.update(deploy={"local": {"worker_class": "eventlet"}}), "deploy", "'freestack', 'gthread' or 'sync'"),
+        (lambda d: d.update(deploy={"local": {"threads": 4}}), "deploy", "needs worker_class: gthread"),
+        (lambda d: d.update(deploy={"kubernetes": {"canary": {"traffic": 100}}}), "deploy", "kubernetes.canary.traffic"),
+        (lambda d: d.update(train={"queue": "gpu queue"}), "train.queue", "pattern"),
+    ],
+)
+def test_invalid_specs_name_file_and_field(mutate, field, words):
+    data = _base()
+    mutate(data)
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "include/pipelines/p.yaml")
+    msg = str(info.value)
+    assert msg.startswith(f"include/pipelines/p.yaml: {field}"), msg
+    assert words in msg
+
+
+def test_name_must_match_file(tmp_path):
+    with pytest.raises(SpecError, match="must equal the file name"):
+        parse_spec(_base(), str(tmp_path / "other.yaml"))
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("name: p\nsource: [unclosed\n")
+    with pytest.raises(SpecError, match=r"p.yaml: invalid YAML at line \d+"):
+        load_spec(p)
+
+
+def test_non_utf8_spec(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_bytes(b"name: p\ndescription: \xff\xfe\n")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(p)
+
+
+def test_discover_keeps_good_specs_beside_broken_ones(tmp_path):
+    shutil.copy(DIGITS, tmp_path / "digits.yaml")
+    (tmp_path / "broken.yaml").write_text("name: broken\nsource: {format: csv}\n")
+    found = discover_specs(tmp_path)
+    assert not isinstance(found["digits"], SpecError)
+    assert isinstance(found["broken"], SpecError)
+    assert "broken.yaml: source.schema" in str(found["broken"])
+
+
+def test_max_active_runs_bounds_the_ingest_days_at_once():
+    import yaml
+    from pydantic import ValidationError
+
+    from freestack.dags import ingest_dag
+
+    assert ingest_dag(load_spec(DIGITS), str(DIGITS)).max_active_runs == 8
+    data = yaml.safe_load(DIGITS.read_text())
+    data["max_active_runs"] = 2
+    assert ingest_dag(parse_spec(data, str(DIGITS)), str(DIGITS)).max_active_runs == 2
+    data["max_active_runs"] = 0
+    with pytest.raises((SpecError, ValidationError), match="max_active_runs"):
+        parse_spec(data, str(DIGITS))
+
+
+def test_train_queue_puts_the_training_tasks_on_it():
+    """``train.queue: gpu`` sends ``train`` and the sweep agents to the gpu queue (Celery workers that
+    consume it, or the Helm values' GPU pod template); every other task stays on the default queue."""
+    import yaml
+
+    from freestack.dags import train_dag
+
+    data = yaml.safe_load(DIGITS.read_text())
+    data["train"]["queue"] = "gpu"
+    dag = train_dag(parse_spec(data, str(DIGITS)), str(DIGITS))
+    queues = {t.task_id: t.queue for t in dag.tasks}
+    assert queues["train"] == queues["agent"] == "gpu"
+    assert {q for tid, q in queues.items() if tid not in ("train", "agent")} == {"default"}
+    plain = train_dag(load_spec(DIGITS), str(DIGITS))
+    assert {t.queue for t in plain.tasks} == {"default"}

@@ -1,0 +1,482 @@
+"""W&B tracking: connection settings, offline fallback, what offline runs hold, the extra link.
+
+Real wandb, no network: "online" runs point at closed ports or a tiny fake server on 127.0.0.1.
+Offline run files are read back with wandb's own reader (``wandb leet inspect --json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote_plus
+
+import pytest
+
+from freestack.errors import FreestackError
+from freestack.hooks.wandb import WandbHook
+from freestack.tracking import WandbSettings, start_run, wandb_root
+from freestack.tracking import wandb as tw
+
+CONN_JSON = {"conn_type": "wandb", "password": "KEY", "host": "http://127.0.0.1:9", "extra": {"project": "p"}}
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> Path:
+    """Every wandb folder under tmp_path; no key, URL, mode or connection from the outside."""
+    root = tmp_path / "wandb-root"
+    monkeypatch.setenv("WANDB_DIR", str(root))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("AIRFLOW_CONN_WANDB")]:
+        monkeypatch.delenv(var)
+    return root
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_conn(monkeypatch, conn_id: str = "wandb_default", **overrides) -> None:
+    conn = {**CONN_JSON, **overrides}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def inspect_records(run_dir: str) -> list[dict]:
+    """The records of a run's .wandb transaction log, decoded by wandb itself."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", run_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# settings
+
+
+def test_settings_from_env_connection(wandb_env, monkeypatch):
+    set_conn(monkeypatch)
+    s = WandbHook().settings()
+    assert s == WandbSettings(mode="online", api_key="KEY", base_url="http://127.0.0.1:9", project="p")
+    assert "KEY" not in repr(s)
+
+    # WANDB_MODE disabled/offline applies when the connection names no mode
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert WandbHook().settings().mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert WandbHook().settings().mode == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert WandbHook().settings().mode == "online"
+
+    # the connection's mode wins over the environment
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    set_conn(monkeypatch, extra={"mode": "offline", "entity": "team"})
+    s = WandbHook().settings()
+    assert (s.mode, s.entity, s.project) == ("offline", "team", None)
+
+    # no key: offline; a bare host gets https://
+    monkeypatch.delenv("WANDB_MODE")
+    set_conn(monkeypatch, password=None, host="wandb.example.com")
+    s = WandbHook().settings()
+    assert (s.mode, s.api_key, s.base_url) == ("offline", None, "https://wandb.example.com")
+
+    set_conn(monkeypatch, extra={"mode": "sometimes"})
+    with pytest.raises(FreestackError, match="sometimes"):
+        WandbHook().settings()
+
+
+def test_missing_connections(wandb_env, monkeypatch):
+    s = WandbHook().settings()
+    assert s == WandbSettings(mode="offline", api_key=None, base_url=tw.DEFAULT_BASE_URL)
+    with pytest.raises(FreestackError, match="team_wandb.*was not found"):
+        WandbHook("team_wandb").settings()
+
+
+def test_ui_field_behaviour():
+    ui = WandbHook.get_ui_field_behaviour()
+    assert set(ui["hidden_fields"]) == {"schema", "port", "login"}
+    assert ui["relabeling"] == {"password": "API key", "host": "Server URL (self-hosted, optional)"}
+    assert (WandbHook.conn_type, WandbHook.default_conn_name, WandbHook.conn_name_attr) == (
+        "wandb",
+        "wandb_default",
+        "wandb_conn_id",
+    )
+
+
+def test_default_root(wandb_env, monkeypatch, tmp_path):
+    assert wandb_root() == wandb_env.resolve()
+    monkeypatch.delenv("WANDB_DIR")
+    monkeypatch.setenv("FREESTACK_HOME", str(tmp_path / "home"))
+    assert wandb_root() == (tmp_path / "home" / ".freestack" / "wandb").resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# test_connection against a fake server on 127.0.0.1
+
+
+class _FakeWandb(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def do_POST(self):
+        import base64
+
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        auth = self.headers.get("Authorization", "")
+        good = "Basic " + base64.b64encode(b"api:GOODKEY").decode()
+        if auth != good:
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = json.dumps({"data": {"viewer": {"id": "1", "username": "alice", "entity": "alice"}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def fake_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeWandb)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_connection_checks(wandb_env, monkeypatch, fake_server):
+    set_conn(monkeypatch, host=fake_server, password="GOODKEY")
+    ok, msg = WandbHook().test_connection()
+    assert ok, msg
+    assert "alice" in msg
+
+    set_conn(monkeypatch, host=fake_server, password="BADKEY")
+    ok, msg = WandbHook().test_connection()
+    assert not ok and "rejected" in msg
+
+    set_conn(monkeypatch, host=f"http://127.0.0.1:{closed_port()}")
+    ok, msg = WandbHook().test_connection()
+    assert not ok and "not reachable" in msg
+
+    set_conn(monkeypatch, extra={"mode": "offline"})
+    ok, msg = WandbHook().test_connection()
+    assert ok and "offline" in msg and "wandb sync" in msg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runs
+
+
+def test_unreachable_server_falls_back_offline(wandb_env, monkeypatch, caplog):
+    set_conn(monkeypatch, host=f"http://127.0.0.1:{closed_port()}")
+    settings = WandbHook().settings()
+    assert settings.mode == "online"
+    with caplog.at_level(logging.INFO, logger="freestack.tracking.wandb"):
+        with start_run(settings, project="p", name="fallback", config={"a": 1}, tags=["t"]) as run:
+            run.log({"loss": 0.5}, step=0)
+    assert run.mode == "offline"
+    assert run.url is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("recorded offline" in r.getMessage() for r in warnings)
+    assert any("wandb sync" in r.getMessage() for r in caplog.records)
+    run_dir = Path(run.run_dir)
+    assert run_dir.parent.parent == wandb_env.resolve()
+    assert run_dir.name.startswith("offline-run-")
+    assert list(run_dir.glob("*.wandb"))
+    assert run.sync_command == f"wandb sync {run.run_dir}"
+
+
+def test_failing_init_falls_back_offline(wandb_env, monkeypatch, caplog):
+    """The server seems reachable but wandb.init cannot finish: still offline, still no error."""
+    monkeypatch.setattr(tw, "probe_server", lambda url, timeout=0: None)
+    monkeypatch.setattr(tw, "INIT_TIMEOUT_S", 2.0)
+    settings = WandbSettings(mode="online", api_key="k" * 40, base_url=f"http://127.0.0.1:{closed_port()}")
+    with caplog.at_level(logging.WARNING, logger="freestack.tracking.wandb"):
+        run = start_run(settings, project="p", name="n", config={}, tags=None)
+    run.finish()
+    assert run.mode == "offline"
+    assert any("wandb.init failed" in r.getMessage() for r in caplog.records)
+    assert list(Path(run.run_dir).glob("*.wandb"))
+
+
+def test_offline_run_records_config_metrics_and_artifacts(wandb_env, tmp_path):
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    settings = WandbSettings(mode="offline", entity="team")
+    run = start_run(
+        settings,
+        project="proj",
+        name="trial-1",
+        config={"lr": 0.01, "layers": [8, 4]},
+        tags=["nightly"],
+        group="sweep-1",
+        run_dir=tmp_path / "elsewhere",
+    )
+    for step in range(3):
+        run.log({"loss": 1.0 / (step + 1), "acc": 0.5 + step / 10}, step=step)
+    run.summary_update({"best_loss": 1 / 3})
+    run.log_artifact_reference("model v1", "model", model.as_uri(), {"version": 1})
+    run.log_artifact_reference("model-data", "model", "data://.my/models/m1", {"version": 2})
+    run.finish()
+
+    d = run.as_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["mode"] == "offline" and d["url"] is None and d["project"] == "proj" and d["entity"] == "team"
+    assert Path(d["run_dir"]).parent.parent == (tmp_path / "elsewhere").resolve()
+
+    records = inspect_records(d["run_dir"])
+    by_type: dict[str, list[dict]] = {}
+    for rec in records:
+        by_type.setdefault(rec["type"], []).append(rec[rec["type"]])
+
+    (run_rec,) = by_type["run"]
+    assert run_rec["run_id"] == run.id
+    assert run_rec["project"] == "proj" and run_rec["display_name"] == "trial-1"
+    assert run_rec["tags"] == ["nightly"] and run_rec["run_group"] == "sweep-1"
+    assert run_rec["job_type"] == "train"
+    config = run_rec["config"]["update"]
+    assert config["lr"] == 0.01 and config["layers"] == [8, 4]
+
+    history = sorted(by_type["history"], key=lambda h: int(h["step"]["num"]))
+    assert [int(h["step"]["num"]) for h in history] == [0, 1, 2]
+    assert [h["item"]["loss"] for h in history] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [h["item"]["acc"] for h in history] == pytest.approx([0.5, 0.6, 0.7])
+    assert any(s["update"].get("best_loss") == pytest.approx(1 / 3) for s in by_type["summary"])
+    assert "environment" in by_type  # system info is collected
+    assert by_type["exit"][0].get("exit_code", 0) == 0
+
+    arts = {a["name"]: a for a in by_type["artifact"]}
+    ref = arts["model-v1"]
+    assert ref["type"] == "model"
+    assert json.loads(ref["metadata"]) == {"version": 1, "uri": model.as_uri()}
+    assert [e["ref"] for e in ref["manifest"]["contents"]] == [model.as_uri()]
+    other = arts["model-data"]
+    assert json.loads(other["metadata"])["uri"] == "data://.my/models/m1"
+    (entry,) = other["manifest"]["contents"]
+    assert entry["path"] == "reference.json"
+    assert json.loads(Path(entry["local_path"]).read_text())["uri"] == "data://.my/models/m1"
+    assert Path(d["run_dir"]) in Path(entry["local_path"]).parents
+
+
+def test_context_manager_marks_failure(wandb_env):
+    with pytest.raises(RuntimeError):
+        with start_run(WandbSettings(mode="offline"), project="p", name="boom", config={}, tags=None) as run:
+            run.log({"loss": 1.0}, step=0)
+            raise RuntimeError("training broke")
+    exits = [r["exit"] for r in inspect_records(run.run_dir) if r["type"] == "exit"]
+    assert exits and exits[-1]["exit_code"] == 1
+
+
+def test_tracking_trouble_never_raises(wandb_env, caplog):
+    run = start_run(WandbSettings(mode="offline"), project="p", name="n", config={}, tags=None)
+    run.finish()
+    run.finish()  # twice is fine
+    with caplog.at_level(logging.WARNING, logger="freestack.tracking.wandb"):
+        run.log({"loss": 1.0}, step=1)  # wandb refuses: the run is finished
+        run.summary_update({"best": 1.0})
+    assert any("could not log step 1" in r.getMessage() for r in caplog.records)
+
+
+def test_disabled_writes_nothing(wandb_env, tmp_path):
+    before = set(files_under(tmp_path))
+    with start_run(
+        WandbSettings(mode="disabled"),
+        project="p",
+        name="n",
+        config={"a": 1},
+        tags=["t"],
+        run_dir=tmp_path / "x",
+    ) as run:
+        run.log({"loss": 1.0}, step=0)
+        run.summary_update({"best": 1.0})
+        assert run.log_artifact_reference("m", "model", "data://.my/m", {}) is None
+    assert run.as_dict() == {
+        "mode": "disabled",
+        "id": run.id,
+        "url": None,
+        "run_dir": None,
+        "sync_command": None,
+        "project": "p",
+        "entity": None,
+    }
+    assert set(files_under(tmp_path)) == before
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the extra link and the offline page
+
+
+def test_link_urls():
+    from freestack.ui.links import wandb_link
+
+    online = {"mode": "online", "url": "https://wandb.ai/team/p/runs/abc", "run_dir": "/x"}
+    assert wandb_link(online) == "https://wandb.ai/team/p/runs/abc"
+    assert wandb_link({"mode": "online", "url": "javascript:alert(1)"}) == ""
+    offline = {"mode": "offline", "url": None, "run_dir": "/data/wandb/offline-run-1 x&y"}
+    assert (
+        wandb_link(offline, base_url="http://airflow.example:8080/")
+        == "http://airflow.example:8080/freestack/wandb/offline?run_dir=%2Fdata%2Fwandb%2Foffline-run-1+x%26y"
+    )
+    assert wandb_link(offline).endswith(
+        "/freestack/wandb/offline?run_dir=%2Fdata%2Fwandb%2Foffline-run-1+x%26y"
+    )
+    assert wandb_link({"mode": "disabled"}) == ""
+    assert wandb_link(None) == ""
+
+
+def test_operator_link_reads_the_xcom(monkeypatch):
+    from airflow.sdk.execution_time import xcom
+
+    from freestack.ui.links import WandbRunLink
+
+    seen = {}
+
+    def get_value(*, ti_key, key):
+        seen.update(ti_key=ti_key, key=key)
+        return {"mode": "online", "url": "https://wandb.ai/t/p/runs/r1"}
+
+    monkeypatch.setattr(xcom.XCom, "get_value", staticmethod(get_value))
+    link = WandbRunLink()
+    assert link.name == "W&B run"
+    assert link.xcom_key == "_link_WandbRunLink"
+    assert link.get_link(object(), ti_key="TIKEY") == "https://wandb.ai/t/p/runs/r1"
+    assert seen == {"ti_key": "TIKEY", "key": "wandb"}
+
+    def broken(*, ti_key, key):
+        raise RuntimeError("no supervisor")
+
+    monkeypatch.setattr(xcom.XCom, "get_value", staticmethod(broken))
+    assert link.get_link(object(), ti_key="TIKEY") == ""
+
+
+def test_offline_page(wandb_env, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from freestack.ui.links import wandb_app
+
+    run_dir = wandb_env / "wandb" / "offline-run-1<script>alert('x')</script>&"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run-abc.wandb").write_bytes(b"x" * 10)
+    client = TestClient(wandb_app)
+
+    r = client.get("/offline", params={"run_dir": str(run_dir)})
+    assert r.status_code == 200, r.text
+    assert "<script>" not in r.text
+    assert "offline-run-1&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;" in r.text
+    assert "wandb sync " in r.text and "run-abc.wandb" in r.text
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (wandb_env / "link").symlink_to(outside)
+    for bad in (
+        str(outside),
+        str(wandb_env / ".." / "outside"),
+        str(wandb_env / "link"),
+        str(wandb_env),
+        "wandb/offline-run-1",
+        "/etc/<b>passwd</b>",
+    ):
+        r = client.get("/offline", params={"run_dir": bad})
+        assert r.status_code == 400, bad
+        assert "<b>" not in r.text
+        assert "not inside" in r.text or "absolute" in r.text
+
+
+_LINK_DAG = """
+from airflow.sdk import DAG, BaseOperator
+
+from freestack.ui.links import WandbRunLink
+from freestack.tracking import WandbSettings, start_run
+
+
+class TrainOp(BaseOperator):
+    operator_extra_links = (WandbRunLink(),)
+
+    def execute(self, context):
+        with start_run(WandbSettings(mode="offline"), project="p", name="n", config={"a": 1}, tags=None) as run:
+            run.log({"loss": 1.0}, step=0)
+        context["ti"].xcom_push(key="wandb", value=run.as_dict())
+
+
+with DAG("wandb_link_dag", schedule=None) as dag:
+    TrainOp(task_id="train")
+"""
+
+_LINK_CHECK = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from sqlalchemy import select
+from airflow.models.serialized_dag import SerializedDagModel
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
+from wandb_link_dag import dag
+
+run = dag.test()
+with create_session() as s:
+    task = SerializedDagModel.get_dag("wandb_link_dag", session=s).get_task("train")
+    ti = s.scalar(select(TaskInstance).where(TaskInstance.dag_id == "wandb_link_dag"))
+    out = {"state": str(run.state), "links": list(task.extra_links), "link": task.get_extra_links(ti, "W&B run")}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_link_through_a_real_task_run(wandb_env, tmp_path):
+    """Airflow 3 computes the link in the task process (finalize) and the API server reads it back."""
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "wandb_link_dag.py").write_text(_LINK_DAG)
+    plugins = Path(__file__).resolve().parents[3] / "plugins"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
+        "AIRFLOW__API__BASE_URL": "http://airflow.example:8080",
+        "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]),
+    }
+    (tmp_path / "airflow").mkdir()
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _LINK_CHECK, str(dags)], capture_output=True, text=True, env=env, timeout=120
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["state"].endswith("success")
+    assert result["links"] == ["W&B run"]
+    prefix = "http://airflow.example:8080/freestack/wandb/offline?run_dir="
+    assert result["link"].startswith(prefix)
+    run_dir = Path(unquote_plus(result["link"].removeprefix(prefix)))
+    assert run_dir.parent.parent == wandb_env.resolve() and list(run_dir.glob("*.wandb"))
