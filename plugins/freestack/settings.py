@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from freestack.errors import FreestackError
@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         description="How often `airflow standalone`'s components are restarted after an unasked exit "
         "(`include/bin/airflow`; 0: never).",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        """`` 1 `` is ``1``: surrounding spaces in a variable never change its meaning."""
+        return value.strip() if isinstance(value, str) else value
 
     # -- derived ------------------------------------------------------------------------------------------
     @property

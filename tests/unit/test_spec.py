@@ -115,3 +115,60 @@ def test_train_queue_puts_the_training_tasks_on_it():
     assert {q for tid, q in queues.items() if tid not in ("train", "agent")} == {"default"}
     plain = train_dag(load_spec(DIGITS), str(DIGITS))
     assert {t.queue for t in plain.tasks} == {"default"}
+
+
+def _with_target(target_type: str, **blocks) -> dict:
+    d = _base()
+    d["source"]["schema"]["columns"].append({"name": "y", "type": target_type})
+    d["source"]["schema"]["target"] = "y"
+    d.update(blocks)
+    return d
+
+
+@pytest.mark.parametrize(
+    "target_type, blocks, field, words",
+    [
+        ("float", {"gate": {"metric": "accuracy"}}, "gate.metric", "is not a test metric of this pipeline (the task is regression); use one of mae, r2, rmse"),
+        ("string", {"gate": {"max_regression": {"rmse": 0.1}}}, "gate.max_regression", "the task is classification"),
+        ("float", {"sweep": {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
+                             "parameters": {"learning_rate": {"values": [0.01]}}}},
+         "sweep.metric.name", "use one of val_loss, val_rmse, val_mae, val_r2, train_loss"),
+    ],
+)
+def test_metrics_are_checked_against_the_task_when_the_spec_is_read(target_type, blocks, field, words):
+    """A regression pipeline that names a classification metric fails when its spec is read, listing the
+    metrics it can use, not late in a gate or a sweep."""
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with_target(target_type, **blocks), "p.yaml")
+    assert field in str(info.value) and words in str(info.value)
+
+
+def test_an_int_target_allows_the_metrics_of_either_task():
+    """Whether an int target is classification depends on the data: both sets of metrics are accepted."""
+    for metric in ("accuracy", "rmse"):
+        spec = parse_spec(_with_target("int", gate={"metric": metric}), "p.yaml")
+        assert spec.possible_tasks == ("classification", "regression") and spec.gate.metric == metric
+
+
+def test_the_blocks_are_typed():
+    """sweep, gate and deploy are pydantic models, not mappings; the sweep gives W&B's config back."""
+    from freestack.evaluate.spec import GateSpec
+    from freestack.serving.spec import DeploySpec
+    from freestack.sweeps.spec import SweepSpec
+
+    spec = load_spec(DIGITS)
+    assert isinstance(spec.sweep, SweepSpec) and isinstance(spec.gate, GateSpec) and isinstance(spec.deploy, DeploySpec)
+    config = spec.sweep.config()
+    assert config["method"] == spec.sweep.method and "run_cap" in config and "strict" not in str(config)
+    assert SweepSpec.model_validate(config).config() == config  # the W&B form round-trips
+    # int bounds stay ints: W&B's int_uniform refuses floats
+    sweep = SweepSpec.model_validate({"method": "grid", "parameters": {"epochs": {"distribution": "int_uniform", "min": 2, "max": 4}}})
+    assert sweep.config()["parameters"]["epochs"] == {"distribution": "int_uniform", "min": 2, "max": 4}
+
+
+def test_a_copied_wandb_config_keeps_its_program_and_command_but_unknown_keys_fail():
+    sweep = {"method": "grid", "parameters": {"learning_rate": {"values": [0.01]}}, "program": "train.py",
+             "command": ["${env}", "python", "${program}"]}  # fmt: skip
+    assert parse_spec({**_base(), "sweep": sweep}, "p.yaml").sweep.program == "train.py"
+    with pytest.raises(SpecError, match=r"sweep: Additional properties are not allowed \('tries' was unexpected\)"):
+        parse_spec({**_base(), "sweep": {**sweep, "tries": 3}}, "p.yaml")

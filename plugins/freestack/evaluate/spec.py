@@ -27,12 +27,12 @@ class GateSpec(SpecModel):
     """When a candidate may replace production."""
 
     metric: str | None = Field(default=None, description="default: accuracy (classification) or rmse")
-    direction: Literal["maximize", "minimize"] | None = None
-    min_value: float | None = None
-    min_improvement: float = Field(default=0.0, ge=0)
-    improvement: Literal["absolute", "relative"] = "absolute"
-    max_regression: dict[str, float] = Field(default_factory=dict)
-    approval: Literal["none", "required"] = "none"
+    direction: Literal["maximize", "minimize"] | None = Field(default=None, description="Whether higher or lower is better; default from the metric.")
+    min_value: float | None = Field(default=None, description="The bar the metric must clear (a first model needs only this).")
+    min_improvement: float = Field(default=0.0, ge=0, description="How much better than production a candidate must be.")
+    improvement: Literal["absolute", "relative"] = Field(default="absolute", description="Whether min_improvement is absolute or a fraction of production's value.")
+    max_regression: dict[str, float] = Field(default_factory=dict, description="How much worse a secondary metric may get than production's.")
+    approval: Literal["none", "required"] = Field(default="none", description="required: a human approves in the Airflow UI before promotion.")
 
     @model_validator(mode="after")
     def _known(self) -> GateSpec:

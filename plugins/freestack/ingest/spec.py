@@ -29,11 +29,11 @@ class Column(_Model):
     """One column of the landing schema."""
 
     name: str
-    type: ColumnType = "string"
-    nullable: bool = True
-    min: float | None = None
-    max: float | None = None
-    allowed: list[Any] | None = None
+    type: ColumnType = Field(default="string", description="The column's type; values are coerced to it and rows that do not fit are quarantined.")
+    nullable: bool = Field(default=True, description="Whether an empty value (see csv.null_values) is allowed.")
+    min: float | None = Field(default=None, description="The smallest allowed value (int and float columns).")
+    max: float | None = Field(default=None, description="The largest allowed value (int and float columns).")
+    allowed: list[Any] | None = Field(default=None, description="The only values allowed.")
     format: str | None = Field(
         default=None, description="strptime format for date/timestamp columns (default ISO 8601)"
     )
@@ -61,7 +61,7 @@ class Column(_Model):
 class ColumnSpec(Column):
     """A column as written in YAML: ``repeat: N`` expands ``name: "px_{i}"`` to px_0..px_{N-1}."""
 
-    repeat: int | None = Field(default=None, ge=1, le=100_000)
+    repeat: int | None = Field(default=None, ge=1, le=100_000, description="Expand `name: \"px_{i}\"` to px_0 .. px_{N-1}, all alike.")
 
     @field_validator("name")
     @classmethod
@@ -87,7 +87,7 @@ class ColumnSpec(Column):
 
 
 class Schema(_Model):
-    columns: list[ColumnSpec] = Field(min_length=1)
+    columns: list[ColumnSpec] = Field(min_length=1, description="The landing files' columns, in order.")
     key: str | None = Field(default=None, description="row key: unique per row, used for stable splits")
     target: str | None = Field(default=None, description="the column a model learns to predict")
 
@@ -118,32 +118,32 @@ class Schema(_Model):
 
 
 class CsvOptions(_Model):
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-    quote_char: str = Field(default='"', min_length=1, max_length=1)
-    header: bool = True
-    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "N/A", "null", "NULL"])
-    encoding: str = "utf-8"
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="The field separator.")
+    quote_char: str = Field(default='"', min_length=1, max_length=1, description="The quote character.")
+    header: bool = Field(default=True, description="Whether the first line names the columns.")
+    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "N/A", "null", "NULL"], description="Values read as empty.")
+    encoding: str = Field(default="utf-8", description="The files' text encoding.")
 
 
 class IngestPolicy(_Model):
-    on_missing: Literal["fail", "skip", "wait"] = "fail"
-    wait_timeout_minutes: float = Field(default=360, gt=0)
-    wait_poke_seconds: float = Field(default=60, gt=0)
-    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1)
-    extra_columns: Literal["drop", "fail"] = "drop"
-    missing_columns: Literal["fail", "null"] = "fail"
+    on_missing: Literal["fail", "skip", "wait"] = Field(default="fail", description="No landing files for the interval: fail the task, skip it (the run stays green), or wait for them (a deferrable sensor).")
+    wait_timeout_minutes: float = Field(default=360, gt=0, description="With on_missing: wait, how long to wait.")
+    wait_poke_seconds: float = Field(default=60, gt=0, description="With on_missing: wait, how often to look.")
+    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1, description="Over this fraction of rejected rows the partition is not published and the task fails.")
+    extra_columns: Literal["drop", "fail"] = Field(default="drop", description="Columns the schema does not declare: drop them, or fail.")
+    missing_columns: Literal["fail", "null"] = Field(default="fail", description="Declared columns a file lacks: fail, or load them as null.")
     unique_key: bool = Field(
         default=True, description="reject rows whose key repeats an earlier row of the same interval"
     )
-    block_size_mb: int = Field(default=16, ge=1, le=1024)
+    block_size_mb: int = Field(default=16, ge=1, le=1024, description="How much of a file is read at a time.")
 
 
 class Source(_Model):
-    landing: str = "landing/{pipeline}/{ds}/"
-    format: Literal["csv", "parquet", "jsonl"] = "csv"
-    csv: CsvOptions = Field(default_factory=CsvOptions)
-    schema_: Schema = Field(alias="schema")
-    policy: IngestPolicy = Field(default_factory=IngestPolicy)
+    landing: str = Field(default="landing/{pipeline}/{ds}/", description="Where an interval's files land: relative to the storage root, or a URI; {pipeline}, {ds}, {ds_nodash}, {yyyy}, {mm}, {dd}.")
+    format: Literal["csv", "parquet", "jsonl"] = Field(default="csv", description="The files' format (a file's suffix wins).")
+    csv: CsvOptions = Field(default_factory=CsvOptions, description="How CSV files are read.")
+    schema_: Schema = Field(alias="schema", description="The columns, the row key and the target.")
+    policy: IngestPolicy = Field(default_factory=IngestPolicy, description="What to do with missing files and bad rows.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -44,19 +44,19 @@ class LocalTarget(SpecModel):
         description="blue uses port, green port + 1; default: the serve_port setting (9000)",
     )
     metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
-    workers: int = Field(default=2, ge=1, le=64)
-    threads: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
+    threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
     worker_class: Literal["freestack", "gthread", "sync"] = Field(
         default="freestack",
         description="freestack: keep-alive event-loop worker, one thread, connections balanced across "
         "workers (the fastest here, see bench/serve); gthread: gunicorn's threaded worker (threads > 1); "
         "sync: gunicorn's default, a new connection per request",
     )
-    timeout_seconds: int = Field(default=30, ge=1, le=3600)
-    start_timeout_seconds: float = Field(default=120, gt=0, le=3600)
-    smoke_rows: int = Field(default=32, ge=1, le=10_000)
-    log_sample_rate: float = Field(default=0.1, ge=0, le=1)
-    max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    timeout_seconds: int = Field(default=30, ge=1, le=3600, description="gunicorn's worker timeout.")
+    start_timeout_seconds: float = Field(default=120, gt=0, le=3600, description="How long a new server may take to become healthy.")
+    smoke_rows: int = Field(default=32, ge=1, le=10_000, description="Test rows sent before switching; the answers must equal the evaluation's.")
+    log_sample_rate: float = Field(default=0.1, ge=0, le=1, description="Fraction of requests written to storage for drift checks.")
+    max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry.")
 
     @model_validator(mode="after")
     def _threads_need_gthread(self) -> LocalTarget:
@@ -70,24 +70,24 @@ class LocalTarget(SpecModel):
 
 class Canary(SpecModel):
     traffic: int = Field(default=10, ge=1, le=99, description="percent of requests to the canary predictor")
-    replicas: int = Field(default=1, ge=1, le=100)
+    replicas: int = Field(default=1, ge=1, le=100, description="Pods of the predictor.")
 
 
 class KubernetesTarget(SpecModel):
-    conn_id: str = "kubernetes_default"
-    namespace: str = "default"
-    image: str = "freestack/serving:0.1.0"
-    replicas: int = Field(default=1, ge=1, le=1000)
+    conn_id: str = Field(default="kubernetes_default", description="The Airflow kubernetes connection.")
+    namespace: str = Field(default="default", description="The namespace of the SeldonDeployment.")
+    image: str = Field(default="freestack/serving:0.1.0", description="The serving image.")
+    replicas: int = Field(default=1, ge=1, le=1000, description="Pods of the predictor.")
     resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     )
-    canary: Canary | None = None
+    canary: Canary | None = Field(default=None, description="A second predictor for a new version, with this share of the traffic.")
     env_secret: str | None = Field(default=None, description="Secret whose keys become the container's env")
-    service_account: str | None = None
-    workers: int = Field(default=2, ge=1, le=64)
-    threads: int = Field(default=1, ge=1, le=64)
-    timeout_minutes: float = Field(default=15, gt=0, le=24 * 60)
-    poll_seconds: float = Field(default=10, gt=0, le=600)
+    service_account: str | None = Field(default=None, description="The pods' service account.")
+    workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
+    threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
+    timeout_minutes: float = Field(default=15, gt=0, le=24 * 60, description="How long to wait for Available.")
+    poll_seconds: float = Field(default=10, gt=0, le=600, description="How often to look while waiting.")
 
     @field_validator("namespace")
     @classmethod
@@ -106,11 +106,11 @@ class KubernetesTarget(SpecModel):
 
 
 class DeploySpec(SpecModel):
-    target: Literal["local", "kubernetes"] = "local"
+    target: Literal["local", "kubernetes"] = Field(default="local", description="local: a supervised seldon-core-microservice on this machine; kubernetes: a SeldonDeployment.")
     name: str | None = Field(default=None, description="deployment name; default: the model name")
     alias: str = Field(default="production", description="the registry alias that is served")
-    local: LocalTarget = Field(default_factory=LocalTarget)
-    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget)
+    local: LocalTarget = Field(default_factory=LocalTarget, description="The local target's settings.")
+    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget, description="The Kubernetes target's settings.")
 
     @field_validator("name")
     @classmethod

@@ -19,13 +19,13 @@ class ModelSpec(_Model):
     """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given."""
 
     name: str | None = Field(default=None, description="registry name; default: the pipeline name")
-    type: Literal["auto", "mlp", "cnn"] = "auto"
-    task: Literal["auto", "classification", "regression"] = "auto"
+    type: Literal["auto", "mlp", "cnn"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP.")
+    task: Literal["auto", "classification", "regression"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression.")
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
-    image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3)
-    hidden: list[int] = Field(default_factory=lambda: [128, 64])
-    channels: list[int] = Field(default_factory=lambda: [16, 32])
-    dropout: float = Field(default=0.1, ge=0, lt=1)
+    image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="The MLP's hidden layer widths.")
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="The CNN's convolution channels.")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout probability.")
     hub_repo: str | None = Field(
         default=None, description="Hugging Face Hub repo (org/name) registered versions are pushed to"
     )
@@ -48,22 +48,22 @@ class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
     schedule: str | None = Field(default=None, description="a cron; default: run on each lake update")
-    window_days: int = Field(default=30, ge=1, le=3660)
-    epochs: int = Field(default=30, ge=1, le=10_000)
-    learning_rate: float = Field(default=3e-3, gt=0, le=10)
-    batch_size: int = Field(default=64, ge=1, le=1_000_000)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    patience: int = Field(default=5, ge=1)
-    grad_clip: float | None = Field(default=1.0, gt=0)
-    scheduler: Literal["cosine", "constant", "onecycle"] = "cosine"
-    warmup_epochs: int = Field(default=1, ge=0)
-    seed: int = 42
-    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    window_days: int = Field(default=30, ge=1, le=3660, description="Days of lake partitions up to the run's interval to train on.")
+    epochs: int = Field(default=30, ge=1, le=10_000, description="The most epochs (early stopping may end sooner).")
+    learning_rate: float = Field(default=3e-3, gt=0, le=10, description="AdamW's peak learning rate.")
+    batch_size: int = Field(default=64, ge=1, le=1_000_000, description="Rows per step.")
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW's weight decay.")
+    patience: int = Field(default=5, ge=1, description="Epochs without a better validation metric before stopping.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="The gradient norm is clipped to this (null: no clipping).")
+    scheduler: Literal["cosine", "constant", "onecycle"] = Field(default="cosine", description="The learning-rate schedule (with warmup_epochs of linear warm-up).")
+    warmup_epochs: int = Field(default=1, ge=0, description="Epochs of linear warm-up.")
+    seed: int = Field(default=42, description="The seed: the same seed gives the same metrics.")
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the validation split.")
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the test split.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU.")
     # the executor queue of the training tasks (``train`` and the sweep's ``agent``s): ``gpu`` sends them
     # to GPU workers (a Celery worker consuming ``gpu``, or the Helm values' GPU pod template)
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
 
 
 __all__ = ["ModelSpec", "TrainSpec"]
