@@ -258,3 +258,23 @@ def test_the_work_query_reads_airflows_own_schema(airflow_db):
     """The query names tables and columns of the migrated Airflow metadata database, as it is."""
     signature = wake.work_signature(create_engine(f"sqlite:///{airflow_db / 'airflow.db'}"))
     assert signature is not None and len(signature) == 4 and all(v >= 0 for v in signature)
+
+
+def test_the_pool_listener_names_the_command_on_another_airflow(monkeypatch, caplog):
+    """Creating the sweep pool goes through Airflow's ORM: on a version it was not written for, nothing is
+    touched and the log says which public command creates the pool."""
+    import logging
+
+    from freestack import runtime
+    from freestack.runtime.pools import pool_listener
+
+    monkeypatch.setattr(runtime, "airflow_version", lambda: "4.0.0")
+    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.setattr("freestack.runtime.pools.ensure_pool", lambda *a, **k: pytest.fail("ensure_pool was called"))
+
+    class Job:
+        pass
+
+    with caplog.at_level(logging.WARNING):
+        pool_listener.on_starting(Job())
+    assert "airflow pools set freestack_sweep" in caplog.text
