@@ -1,7 +1,7 @@
 """One report from every benchmark's results: ``bench/results/README.md``, PNG charts beside it, and the
-performance table of the project's README (between its ``bench-table`` markers).
+performance table of the docs' benchmarks page (``docs/benchmarks.md``, between its ``bench-table`` markers).
 
-    python -m bench.report [--results bench/results] [--readme README.md]
+    python -m bench.report [--results bench/results] [--readme docs/benchmarks.md]
 
 Reads every ``bench/results/*.json`` (each written by one ``bench/<name>/run.py``: the machine, the
 raw samples, and the ratio against its baseline), takes each one's headline figures (what freestack
@@ -307,7 +307,8 @@ def update_readme(readme: Path, rows: list[Row]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--readme", type=Path, default=REPO / "README.md", help="'' to leave the README alone")
+    ap.add_argument("--readme", type=Path, default=REPO / "docs" / "benchmarks.md",
+                    help="the page whose bench-table markers get the table ('' to leave it alone)")
     ap.add_argument("--no-charts", action="store_true")
     args = ap.parse_args(argv)
     found = load(args.results)

@@ -1,5 +1,5 @@
 """bench/report.py: one table, a results README and PNG charts from every bench/results/*.json, and
-the project README's performance table replaced between its markers (nothing measured here)."""
+the docs benchmarks page's table replaced between its markers (nothing measured here)."""
 
 from __future__ import annotations
 
@@ -57,11 +57,13 @@ def test_readme_without_markers_is_left_alone_and_no_results_is_an_error(tmp_pat
     assert "| serve |" in (results / "README.md").read_text()
 
 
-def test_the_project_readme_table_is_the_generated_one(tmp_path):
-    """The README's performance table is what bench/report.py makes of the committed results."""
-    readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
+def test_the_docs_benchmark_table_is_the_generated_one(tmp_path):
+    """The docs' performance table is what bench/report.py makes of the committed results."""
+    readme = tmp_path / "benchmarks.md"
+    shutil.copy(ROOT / "docs" / "benchmarks.md", readme)
     results = tmp_path / "results"
     shutil.copytree(ROOT / "bench" / "results", results, ignore=shutil.ignore_patterns("*.png", "README.md"))
     assert _run("--results", str(results), "--readme", str(readme), "--no-charts").returncode == 0
-    assert readme.read_text() == (ROOT / "README.md").read_text(), "README.md is stale: run `python -m bench.report`"
+    assert readme.read_text() == (ROOT / "docs" / "benchmarks.md").read_text(), (
+        "docs/benchmarks.md is stale: run `python -m bench.report`"
+    )

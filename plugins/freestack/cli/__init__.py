@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The ``freestack`` command's parser (the CLI reference in the docs is generated from it)."""
+    from freestack.cli.data import register as register_data_api
     from freestack.cli.demo import demo
+    from freestack.cli.models import register as register_models
+    from freestack.cli.serve import register as register_serve
     from freestack.cli.stack import down, lake, up
 
     ap = argparse.ArgumentParser(prog="freestack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,15 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     p_lake = sub.add_parser("lake", help="show a pipeline's lake partitions and quarantine")
     p_lake.add_argument("pipeline")
     p_lake.set_defaults(fn=lake)
-    from freestack.cli.data import register as register_data_api
-
     register_data_api(sub)  # data-api, keys, acl
-    from freestack.cli.models import register as register_models
-
     register_models(sub)  # models list|show|promote|rollback|alias|push
-    from freestack.cli.serve import register as register_serve
+    register_serve(sub)  # serve status|stop|logs|predict|deploy|canary
+    return ap
 
-    register_serve(sub)  # serve status|stop|logs|predict|deploy
-    args = ap.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return args.fn(args)
 
+
+__all__ = ["main", "parser"]
