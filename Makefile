@@ -29,14 +29,15 @@ export WANDB_CACHE_DIR ?= $(CURDIR)/.freestack/wandb/cache
 export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv demo test test-fast test-slow test-scaleout scaleout-deps up down lint bench clean
+.PHONY: help venv serving-venv demo test test-stock test-fast test-slow test-scaleout scaleout-deps up down lint docs bench clean
 
 help:
 	@echo "make demo   - land the demo data and run the pipeline DAGs on it (embedded defaults)"
 	@echo "make test   - install everything and run the whole test suite"
 	@echo "make test-scaleout - only the scaled-out stack (Postgres, Celery + Redis, S3) tests"
 	@echo "make up     - start airflow standalone on http://127.0.0.1:$(AIRFLOW_PORT) (make down stops it)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff, the import contracts (lint-imports) and the docs build"
+	@echo "make docs   - the docs site into .freestack/site (warnings are errors)"
 	@echo "make bench  - run the benchmarks in bench/"
 
 venv: $(STAMP)
@@ -66,6 +67,11 @@ demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 
 test: $(STAMP) $(SERVING_STAMP) scaleout-deps
 	$(BIN)/python -m pytest -q -ra tests
+	$(MAKE) --no-print-directory test-stock
+
+# the DAG and end-to-end tests again on stock Airflow: the runtime wing's speed-ups off
+test-stock: $(STAMP) $(SERVING_STAMP)
+	FREESTACK_SPEEDUPS=0 $(BIN)/python -m pytest -q -ra tests/dags tests/e2e
 
 # the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
 # (SeaweedFS comes from PyPI with the dev extra); installed only when missing
@@ -91,7 +97,12 @@ down: $(STAMP)
 	$(BIN)/python -m freestack.cli down
 
 lint: $(STAMP)
-	$(BIN)/ruff check plugins dags tests bench include
+	$(BIN)/ruff check plugins dags tests bench include docs
+	$(BIN)/lint-imports --no-logo
+	$(MAKE) --no-print-directory docs
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
 
 bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.ingest.run

@@ -24,7 +24,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH
 COPY include/serving/requirements.txt /tmp/serving-requirements.txt
 RUN pip install -r /tmp/serving-requirements.txt && rm /tmp/serving-requirements.txt
 
-# the freestack package, for the model loader (freestack.ml, freestack.serving.fetch); --no-deps: its
+# the freestack package, for the model loader (freestack.ml, freestack.serving.server, freestack.settings); --no-deps: its
 # Airflow-side dependencies stay out, the serving requirements above are all the loader needs
 COPY pyproject.toml README.md /src/
 COPY plugins/freestack /src/plugins/freestack
