@@ -302,7 +302,8 @@ def _rest(env: dict[str, str], method: str, path: str, body: dict[str, Any]) -> 
         return json.loads(r.read())
 
 
-def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name: str = "standalone") -> dict[str, Any]:
+def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name: str = "standalone",
+                     speedups: bool = True) -> dict[str, Any]:  # fmt: skip
     from freestack.embedded import healthy, start_standalone, warm_execution_api
     from freestack.serving.processes import free_port_block, stop_process
 
@@ -312,6 +313,7 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
     port = free_port()
     timings = base / "task_timings.jsonl"
     env = _env(base, specs, FREESTACK_TASK_TIMINGS=str(timings), FREESTACK_SERVE_PORT=str(free_port_block()),
+               FREESTACK_SPEEDUPS="1" if speedups else "0",
                AIRFLOW__API__PORT=str(port), AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
                AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/")  # fmt: skip
     log = base / "standalone.log"
@@ -386,6 +388,7 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
     train_span = _ts(train["end_date"]) - _ts(train["queued_at"])
     return {"tasks": tasks, "ingest_span_s": round(ingest_span, 3), "train_span_s": round(train_span, 3),
             "wall_s": round(ingest_span + train_span, 3), "tasks_run": len(tasks), "train_run_id": train["run_id"],
+            "speedups": speedups,
             "trigger_request_s": round(trigger_s, 3),
             "train_run_started_after_s": round(_ts(train["start_date"]) - _ts(train["queued_at"]), 3),
             "scheduler_and_workers_memory": memory,
@@ -530,6 +533,16 @@ def machine() -> dict[str, Any]:
     return m
 
 
+def _print_summary(s: dict[str, Any], label: str, repeats: int, n_specs: int) -> None:
+    print(f"[{label}] per-task overhead: median {s['overhead_per_task_s']['median']} s, "
+          f"p90 {s['overhead_per_task_s']['p90']} s (queued->code {s['queued_to_code_s']['median']} s, "
+          f"code->success {s['code_to_success_s']['median']} s)")
+    print(f"[{label}] pipeline (median of {repeats}): airflow {s['pipeline_airflow_s']} s vs plain "
+          f"{s['pipeline_plain_s']} s = {s['ratio']}x (per repeat: {s['ratio_per_repeat']})")
+    print(f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
+          f"heavy imports: {s['parse_heavy_imports'] or 'none'}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke size: 1 day, 2-trial sweep of 2 epochs, 3 specs")
@@ -539,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None,
                     help="pipeline runs under Airflow and plain, alternating (default 5; 1 with --quick)")
     ap.add_argument("--parts", default="parse,airflow,plain", help="a subset of parse,airflow,plain")
+    ap.add_argument("--speedups", choices=("on", "off", "both"), default="both",
+                    help="the runtime speed-ups (FREESTACK_SPEEDUPS) in the Airflow runs: on (the embedded "
+                         "stack's default), off (stock Airflow behaviour) or both, alternating (default)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
@@ -553,16 +569,19 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         parse = parse_bench(n_specs, work) if "parse" in parts else {}
-        airflow: list[dict[str, Any]] = []
+        modes = {"on": [True], "off": [False], "both": [True, False]}[args.speedups]
+        airflow: dict[bool, list[dict[str, Any]]] = {m: [] for m in modes}
         plain: list[dict[str, Any]] = []
         for i in range(repeats):
             suffix = f"_{i + 1}" if i else ""
             run_id = None
-            if "airflow" in parts:
-                airflow.append(standalone_bench(work, days, args.agents, args.quick, f"standalone{suffix}"))
-                run_id = airflow[-1]["train_run_id"]
-                print(f"[{i + 1}/{repeats}] airflow standalone: {airflow[-1]['wall_s']:.1f} s "
-                      f"({airflow[-1]['tasks_run']} tasks)", flush=True)  # fmt: skip
+            for on in modes if "airflow" in parts else ():
+                label = "speed-ups on" if on else "stock"
+                airflow[on].append(standalone_bench(work, days, args.agents, args.quick,
+                                                    f"standalone{'' if on else '_stock'}{suffix}", speedups=on))
+                run_id = run_id or airflow[on][-1]["train_run_id"]
+                print(f"[{i + 1}/{repeats}] airflow standalone ({label}): {airflow[on][-1]['wall_s']:.1f} s "
+                      f"({airflow[on][-1]['tasks_run']} tasks)", flush=True)  # fmt: skip
             if "plain" in parts:
                 # the scheduler's train run id seeds the sweep: the plain run trains the very same trials
                 plain.append(plain_bench(work, days, args.agents, args.quick, run_id, f"plain{suffix}"))
@@ -574,20 +593,19 @@ def main(argv: list[str] | None = None) -> int:
         "name": "orchestration",
         "machine": machine(),
         "params": {"days": days, "agents": args.agents, "specs": n_specs, "quick": args.quick, "repeats": repeats,
+                   "speedups": args.speedups,
                    "pipeline": "digits_ingest x days (scheduler catchup), then digits_train (sweep -> deploy) "
                                "triggered through the REST API"},  # fmt: skip
-        "samples": {"parse": parse, "airflow": airflow, "plain": plain},
+        "samples": {"parse": parse, "airflow": airflow.get(True, []), "airflow_stock": airflow.get(False, []),
+                    "plain": plain},
     }
-    if parse and airflow and plain:
-        report["summary"] = summarise(parse, airflow, plain, n_specs)
-        report["ratio"] = report["summary"]["ratio"]
-        s = report["summary"]
-        print(f"per-task overhead: median {s['overhead_per_task_s']['median']} s, p90 {s['overhead_per_task_s']['p90']} s "
-              f"(queued->code {s['queued_to_code_s']['median']} s, code->success {s['code_to_success_s']['median']} s)")
-        print(f"pipeline (median of {repeats}): airflow {s['pipeline_airflow_s']} s vs plain {s['pipeline_plain_s']} s "
-              f"= {s['ratio']}x (per repeat: {s['ratio_per_repeat']})")
-        print(f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
-              f"heavy imports: {s['parse_heavy_imports'] or 'none'}")  # fmt: skip
+    for on, key in ((True, "summary"), (False, "summary_stock")):
+        if parse and airflow.get(on) and plain:
+            report[key] = s = summarise(parse, airflow[on], plain, n_specs)
+            _print_summary(s, "speed-ups on" if on else "stock Airflow", repeats, n_specs)
+    report["ratio"] = report.get("summary", report.get("summary_stock", {})).get("ratio")
+    if "summary_stock" in report:
+        report["ratio_stock"] = report["summary_stock"]["ratio"]
     print(f"report: {write_report(report, args.out, indent=1)}")
     return 0
 
