@@ -497,10 +497,16 @@ class Stack:
         if self.pg_dir:
             shutil.rmtree(self.pg_dir, ignore_errors=True)
 
+    def _restarted_by_watchdog(self, proc: Proc) -> bool:
+        """Once the watchdog runs, an Airflow component that exits (the triggerer does while PostgreSQL
+        is down) is brought back, as compose would: not a reason to give up waiting."""
+        return self._watchdog is not None and proc.name.startswith(self.RESTARTABLE) and not proc.stopped
+
     def _wait(self, ok, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not ok():
-            dead = [p.name for p in self.procs.values() if p.popen is not None and not p.alive()]
+            dead = [p.name for p in self.procs.values() if p.popen is not None and not p.alive()
+                    and not self._restarted_by_watchdog(p)]  # fmt: skip
             if dead or time.monotonic() > deadline:
                 logs = "\n".join(
                     f"--- {n}\n{self.procs[n].tail(3000)}" for n in (dead or list(self.procs)[-2:])

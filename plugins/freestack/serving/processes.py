@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -112,9 +113,9 @@ def ephemeral_port_floor() -> int:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import subprocess
-
-        out = subprocess.run(["sysctl", "-n", "net.inet.ip.portrange.first"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["sysctl", "-n", "net.inet.ip.portrange.first"], capture_output=True, text=True, timeout=5
+        )
         return int(out.stdout.strip())
     except (OSError, ValueError, subprocess.SubprocessError):
         return 49152
