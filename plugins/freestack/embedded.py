@@ -18,6 +18,7 @@ Airflow imports this module in every process (through that setting), so it stays
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -109,6 +110,25 @@ def start_standalone(env: dict[str, str], log_file: Path) -> subprocess.Popen:
         )
 
 
+def ensure_migrated(env: dict[str, str]) -> None:
+    """Create or upgrade the embedded SQLite metadata database when it has no schema yet (a fresh
+    clone, or a file left by a command that ran before ``airflow db migrate``). Other databases are
+    the operator's to migrate."""
+    import sqlite3
+
+    conn = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    if conn and not conn.startswith("sqlite"):
+        return
+    db = Path(conn.split("///", 1)[1]) if conn else Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    if db.exists():
+        with contextlib.closing(sqlite3.connect(db)) as con:
+            if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
+                return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    env = standalone_env(env)
+    subprocess.run([env["FREESTACK_AIRFLOW_BIN"], "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def standalone_files(env: dict[str, str]) -> tuple[Path, Path, Path]:
     """``airflow standalone``'s pid file, log and generated admin password file under ``AIRFLOW_HOME``."""
     home = Path(env["AIRFLOW_HOME"])
@@ -138,6 +158,6 @@ def warm_execution_api(url: str) -> float:
 
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "healthy", "settings_for",
+    "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "healthy", "settings_for",
     "standalone_env", "standalone_files", "start_standalone", "warm_execution_api",
 ]  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -21,7 +20,7 @@ def _apply_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def demo(args: argparse.Namespace) -> int:
+def demo() -> int:
     _apply_env()
     sys.path.insert(0, str(checkout_dir() / "include"))
     from demo.landing import make_landing
@@ -71,7 +70,9 @@ def demo(args: argparse.Namespace) -> int:
     print(gate_report("digits", run.run_id))
     print(serve_report("digits"))
     if not done:
-        print("\nrun `make demo` again: it lands 5 more days, retrains, and compares the new model with this one")
+        print(
+            "\nrun `make demo` again: it lands 5 more days, retrains, and compares the new model with this one"
+        )
     return 0
 
 

@@ -3,17 +3,24 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 from freestack.cli.reports import lake_report
-from freestack.embedded import airflow_env, healthy, standalone_files, start_standalone, warm_execution_api
+from freestack.embedded import (
+    airflow_env,
+    ensure_migrated,
+    healthy,
+    standalone_env,
+    standalone_files,
+    start_standalone,
+    warm_execution_api,
+)
 
 
-def up(args: argparse.Namespace) -> int:
+def up(timeout: float = 240.0) -> int:
     env = airflow_env()
     pid_file, log_file, pw_file = standalone_files(env)
     url = env["AIRFLOW__API__BASE_URL"]
@@ -24,13 +31,13 @@ def up(args: argparse.Namespace) -> int:
         proc = start_standalone(env, log_file)
         pid_file.write_text(str(proc.pid))
         print(f"starting airflow standalone (pid {proc.pid}), log: {log_file}")
-        deadline = time.monotonic() + args.timeout
+        deadline = time.monotonic() + timeout
         while not healthy(url):
             if proc.poll() is not None:
                 print(f"airflow standalone exited with {proc.returncode}; see {log_file}", file=sys.stderr)
                 return 1
             if time.monotonic() > deadline:
-                print(f"airflow did not answer at {url} within {args.timeout}s; see {log_file}", file=sys.stderr)
+                print(f"airflow did not answer at {url} within {timeout}s; see {log_file}", file=sys.stderr)
                 return 1
             time.sleep(2)
         warm_execution_api(url)
@@ -51,7 +58,7 @@ def _alive(pid: int) -> bool:
     return psutil.pid_exists(pid)
 
 
-def down(args: argparse.Namespace) -> int:
+def down() -> int:
     env = airflow_env()
     pid_file, _, _ = standalone_files(env)
     if not pid_file.exists():
@@ -67,9 +74,20 @@ def down(args: argparse.Namespace) -> int:
     return 0
 
 
-def lake(args: argparse.Namespace) -> int:
-    print(lake_report(args.pipeline))
+def airflow(args: list[str]) -> int:
+    """Run ``airflow ARGS`` against this project's instance: its AIRFLOW_HOME, DAGs, plugins and
+    settings (what ``make up`` and ``make demo`` use), as ``astro dev run`` does for Astro projects."""
+    import os
+
+    env = standalone_env(airflow_env())
+    ensure_migrated(env)
+    exe = env["FREESTACK_AIRFLOW_BIN"]
+    os.execve(exe, [exe, *args], env)  # replaces this process: the exit code and signals are airflow's
+
+
+def lake(pipeline: str) -> int:
+    print(lake_report(pipeline))
     return 0
 
 
-__all__ = ["down", "lake", "up"]
+__all__ = ["airflow", "down", "lake", "up"]
