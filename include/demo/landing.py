@@ -4,7 +4,7 @@ Each day gets one CSV under ``landing/digits/<ds>/``: a slice of the 1,797 real 
 few malformed rows mixed in (a value out of range, a non-number, a short row, an unknown label,
 a duplicate id), so the quarantine has something to show.
 
-    python include/demo/landing.py --root file:///.../storage --start 2026-11-01 --days 5
+    .venv/bin/python include/demo/landing.py --start 2026-11-01 --days 5   # [--root URI]
 """
 
 from __future__ import annotations
@@ -79,10 +79,14 @@ def make_landing(root: str, start: date, days: int, pipeline: str = "digits", va
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", required=True, help="storage root URI")
+    ap.add_argument("--root", help="storage root URI (default: the project's, as `make demo` uses)")
     ap.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
     ap.add_argument("--days", type=int, default=5)
     args = ap.parse_args()
+    if args.root is None:
+        from freestack.settings import default_storage_root
+
+        args.root = default_storage_root()
     for uri in make_landing(args.root, args.start, args.days):
         print(uri)
 

@@ -19,6 +19,7 @@ Airflow imports this module in every process (through that setting), so it stays
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -157,7 +158,39 @@ def warm_execution_api(url: str) -> float:
     return time.monotonic() - t0
 
 
+class AirflowAPI:
+    """Airflow's public REST API (``/api/v2``) on the embedded instance, as the admin that ``airflow
+    standalone`` creates (its password file under ``AIRFLOW_HOME``), with a JWT from ``/auth/token``:
+    what the UI's buttons do, for ``freestack demo`` and the CLI."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.url = env["AIRFLOW__API__BASE_URL"]
+        self._password_file = standalone_files(env)[2]
+        self._token: str | None = None
+
+    def _token_now(self) -> str:
+        if self._token is None:
+            password = json.loads(self._password_file.read_text())["admin"]
+            body = json.dumps({"username": "admin", "password": password}).encode()
+            req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            with urllib.request.urlopen(req, timeout=60) as r:
+                self._token = json.loads(r.read())["access_token"]
+        return self._token
+
+    def call(self, method: str, path: str, body: dict | None = None, *, text: bool = False):
+        """``method /api/v2{path}``: the decoded JSON answer (or the raw text with ``text=True``)."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._token_now()}"}
+        if text:
+            headers["Accept"] = "text/plain"
+        req = urllib.request.Request(f"{self.url}/api/v2{path}", data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read().decode()
+        return raw if text else json.loads(raw)
+
+
 __all__ = [
-    "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "healthy", "settings_for",
+    "AirflowAPI", "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "healthy", "settings_for",
     "standalone_env", "standalone_files", "start_standalone", "warm_execution_api",
 ]  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from freestack.cli.reports import lake_report
 from freestack.embedded import (
@@ -20,26 +19,27 @@ from freestack.embedded import (
 )
 
 
-def up(timeout: float = 240.0) -> int:
-    env = airflow_env()
+class UpError(Exception):
+    """The embedded Airflow did not start; the message says why and where its log is."""
+
+
+def ensure_up(env: dict[str, str], timeout: float = 240.0) -> tuple[str, str, bool]:
+    """Start ``airflow standalone`` unless it already runs; wait until it answers. Returns its URL, the
+    admin password and whether it was started now."""
     pid_file, log_file, pw_file = standalone_files(env)
     url = env["AIRFLOW__API__BASE_URL"]
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
-        print(f"airflow standalone already running (pid {pid_file.read_text().strip()}) at {url}")
-    else:
+    started = not (pid_file.exists() and _alive(int(pid_file.read_text())))
+    if started:
+        ensure_migrated(env)
         proc = start_standalone(env, log_file)
         pid_file.write_text(str(proc.pid))
-        print(f"starting airflow standalone (pid {proc.pid}), log: {log_file}")
         deadline = time.monotonic() + timeout
         while not healthy(url):
             if proc.poll() is not None:
-                print(f"airflow standalone exited with {proc.returncode}; see {log_file}", file=sys.stderr)
-                return 1
+                raise UpError(f"airflow standalone exited with {proc.returncode}; see {log_file}")
             if time.monotonic() > deadline:
-                print(f"airflow did not answer at {url} within {timeout}s; see {log_file}", file=sys.stderr)
-                return 1
-            time.sleep(2)
+                raise UpError(f"airflow did not answer at {url} within {timeout:.0f} s; see {log_file}")
+            time.sleep(1)
         warm_execution_api(url)
     password = "(see the log)"
     for _ in range(30):
@@ -47,8 +47,19 @@ def up(timeout: float = 240.0) -> int:
             password = json.loads(pw_file.read_text()).get("admin", password)
             break
         time.sleep(1)
-    print(f"Airflow UI: {url}\n  user:     admin\n  password: {password}")
-    print("stop it with: make down")
+    return url, password, started
+
+
+def up(timeout: float = 240.0) -> int:
+    env = airflow_env()
+    try:
+        url, password, started = ensure_up(env, timeout)
+    except UpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    state = "started" if started else "already running"
+    print(f"Airflow UI: {url} ({state})\n  user:     admin\n  password: {password}")
+    print("stop it (and every model server it started) with: make down")
     return 0
 
 
@@ -59,19 +70,31 @@ def _alive(pid: int) -> bool:
 
 
 def down() -> int:
+    """Stop what ``up`` and ``demo`` started: the embedded Airflow and the local model servers."""
+    from freestack.serving.processes import stop_process
+
     env = airflow_env()
     pid_file, _, _ = standalone_files(env)
-    if not pid_file.exists():
-        print("airflow standalone is not running (no pid file)")
-        return 0
-    pid = int(pid_file.read_text())
-    if _alive(pid):
-        from freestack.serving.processes import stop_process
-
-        stop_process(pid, grace_seconds=30.0)  # SIGTERM to its session's group, SIGKILL after the grace
-    pid_file.unlink(missing_ok=True)
-    print(f"stopped airflow standalone (pid {pid})")
+    stopped = []
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            stop_process(pid, grace_seconds=30.0)  # SIGTERM to its session's group, SIGKILL after the grace
+            stopped.append(f"airflow standalone (pid {pid}: scheduler, dag processor, triggerer, API server)")
+        pid_file.unlink(missing_ok=True)
+    stopped += _stop_model_servers()
+    for line in stopped:
+        print(f"stopped {line}")
+    if not stopped:
+        print("nothing was running")
     return 0
+
+
+def _stop_model_servers() -> list[str]:
+    from freestack.serving.local import serving_dir
+    from freestack.serving.processes import stop_serving_processes
+
+    return stop_serving_processes(str(serving_dir()))
 
 
 def airflow(args: list[str]) -> int:
