@@ -1,0 +1,237 @@
+"""Every shell command block of README.md and docs/ runs as printed, on one demo state.
+
+A sandbox (its own AIRFLOW_HOME, project home, Airflow port and serving ports) runs the README's
+``make demo`` first: that run is also what the demo's own tests here look at (its summary, every task
+log through the REST API, the levels of its log lines). Then every block of every page runs in the
+site's order, getting-started.md last (it ends with ``make down``), and finally nothing the demo
+started may be left running. How a block is run:
+
+- ``<!-- docs-test: skip (needs a cluster) -->`` on the line before it: not run (Kubernetes, compose);
+- ``make test*``, ``make lint``, ``make docs``, ``make bench``: ``make -n`` only (the target exists and
+  resolves): CI runs them itself, and the suite cannot run itself;
+- a command whose comment says ``until Ctrl-C`` starts a server: it must still run after 10 s, then
+  it gets SIGINT;
+- everything else runs as printed, in one ``bash -e`` per block (so ``export`` carries to the next line).
+
+Slow (a real demo under the real scheduler): ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import textwrap
+import urllib.parse
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own; `make down` stops them
+SKIP_MARK = "<!-- docs-test: skip (needs a cluster) -->"
+DRY_MAKE = re.compile(r"^make (test\S*|lint|docs|bench)\b")
+FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
+
+
+def _pages() -> list[Path]:
+    docs = sorted((ROOT / "docs").rglob("*.md"))
+    last = [p for p in docs if p.name == "getting-started.md"]
+    return [ROOT / "README.md", *[p for p in docs if p not in last], *last]
+
+
+def _blocks() -> list[tuple[str, str, bool]]:
+    """(id, text, skipped) of every shell block, in running order."""
+    out = []
+    for page in _pages():
+        text = page.read_text()
+        for k, m in enumerate(FENCE.finditer(text)):
+            before = text[: m.start()].rstrip().splitlines()
+            skipped = bool(before) and before[-1].strip() == SKIP_MARK
+            out.append((f"{page.relative_to(ROOT)}#{k + 1}", textwrap.dedent(m.group(1)), skipped))
+    return out
+
+
+def _commands(block: str) -> list[str]:
+    """The block's commands: continuation lines and multi-line quotes joined, comment-only lines dropped."""
+    out, cur = [], ""
+    for line in block.splitlines():
+        if not cur and line.strip().startswith("#"):
+            continue  # a comment line (its apostrophes are prose, not quotes)
+        cur = f"{cur}\n{line}" if cur else line
+        if cur.endswith("\\") or (cur.count("'") % 2) or (_unquoted(cur).count('"') % 2):
+            continue
+        if cur.strip():
+            out.append(cur.strip())
+        cur = ""
+    return out
+
+
+def _unquoted(text: str) -> str:
+    return re.sub(r"'[^']*'", "", text)
+
+
+def _script(commands: list[str]) -> str:
+    """The bash script that runs ``commands`` by the rules above."""
+    lines = ["set -e -o pipefail"]
+    for cmd in commands:
+        bare = re.sub(r"\s+#[^'\"]*$", "", cmd).strip()
+        if DRY_MAKE.match(bare):
+            lines.append(f"make -n {bare.split()[1]} >/dev/null")
+        elif "until Ctrl-C" in cmd:
+            lines.append(f"{bare} & pid=$!; sleep 10; kill -0 $pid || {{ echo 'exited early: {bare}'; exit 1; }}")
+            lines.append("kill -INT $pid; wait $pid || true")
+        else:
+            lines.append(f"echo {shlex.quote('$ ' + bare.splitlines()[0][:120])}")
+            lines.append(bare)
+    return "\n".join(lines)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sandbox:
+    """The project as a user's fresh checkout sees it, with its state in a temporary folder."""
+
+    def __init__(self, base: Path) -> None:
+        from freestack.serving.processes import free_port_block
+
+        self.base, self.port = base, _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FREESTACK_", "WANDB_"))}
+        wandb = base / ".freestack" / "wandb"
+        env.update({
+            "AIRFLOW_HOME": str(base / "airflow"), "FREESTACK_HOME": str(base), "AIRFLOW_PORT": str(self.port),
+            "FREESTACK_SERVE_PORT": str(free_port_block()), "WANDB_MODE": "offline", "WANDB_DIR": str(wandb),
+            "WANDB_DATA_DIR": str(wandb / "data"), "WANDB_CACHE_DIR": str(wandb / "cache"),
+            "WANDB_CONFIG_DIR": str(wandb / "config"),
+        })  # fmt: skip
+        self.env, self.results = env, {}
+
+    def run(self, block_id: str, text: str) -> subprocess.CompletedProcess:
+        if block_id not in self.results:
+            script = _script(_commands(text))
+            self.results[block_id] = subprocess.run(["bash", "-c", script], cwd=ROOT, env=self.env,
+                                                    capture_output=True, text=True, timeout=1200)  # fmt: skip
+        return self.results[block_id]
+
+    def api(self):
+        from freestack.embedded import AirflowAPI
+
+        return AirflowAPI({"AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
+                           "AIRFLOW_HOME": self.env["AIRFLOW_HOME"]})  # fmt: skip
+
+    def processes(self) -> list[str]:
+        """Processes that belong to this sandbox: its path in their command line or environment."""
+        mine = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmd = " ".join(p.info["cmdline"] or ())
+                ours = str(self.base) in cmd or p.environ().get("FREESTACK_HOME") == str(self.base)
+            except (psutil.Error, OSError):
+                continue
+            if ours and p.pid != os.getpid():
+                mine.append(f"{p.pid} {cmd[:160]}")
+        return mine
+
+    def down(self) -> None:
+        subprocess.run([str(ROOT / ".venv" / "bin" / "freestack"), "down"], env=self.env, capture_output=True)
+
+
+BLOCKS = _blocks()
+README_DEMO = next(b for b in BLOCKS if b[0].startswith("README.md") and "make demo" in b[1])
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    box = Sandbox(tmp_path_factory.mktemp("docs-sandbox"))
+    yield box
+    box.down()
+
+
+@pytest.fixture(scope="module")
+def demo(sandbox) -> subprocess.CompletedProcess:
+    out = sandbox.run(README_DEMO[0], README_DEMO[1])
+    assert out.returncode == 0, f"{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+def _train_run(demo) -> str:
+    m = re.search(r"digits_train: run (\S+) success", demo.stdout)
+    assert m, demo.stdout
+    return m.group(1)
+
+
+def _logs(api, dag_id: str, run_id: str) -> dict[str, list]:
+    q = urllib.parse.quote(run_id, safe="")
+    tis = api.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances?limit=200")["task_instances"]
+    out = {}
+    for t in tis:
+        if t["state"] in ("success", "failed"):
+            mi = f"?map_index={t['map_index']}" if t["map_index"] >= 0 else ""
+            got = api.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{t['task_id']}/logs/{t['try_number']}{mi}")
+            out[f"{t['task_id']}[{t['map_index']}]"] = got["content"]
+    return out
+
+
+def test_demo_prints_a_short_summary_and_keeps_the_full_log(demo, sandbox):
+    lines = demo.stdout.splitlines()
+    assert len(lines) <= 60, demo.stdout
+    text = demo.stdout
+    assert f"Airflow: http://127.0.0.1:{sandbox.port}" in text
+    assert "curl -s -H 'Content-Type: application/json'" in text and "the server answered: digit" in text
+    assert "gate: v" in text and "test: accuracy" in text
+    assert f"http://127.0.0.1:{sandbox.port}/dags/digits_train/runs/" in text
+    full = (sandbox.base / ".freestack" / "demo.log").read_text()
+    assert "quarantine:" in full and "sweep " in full and "served:" in full  # the full reports
+
+
+def test_demo_task_logs_are_readable_through_the_rest_api_and_the_agents_ran_side_by_side(demo, sandbox):
+    api, run_id = sandbox.api(), _train_run(demo)
+    logs = _logs(api, "digits_train", run_id)
+    assert {"agent[0]", "agent[1]", "evaluate[-1]", "gate[-1]", "deploy[-1]"} <= set(logs), sorted(logs)
+    for name, content in logs.items():
+        ours = [e for e in content if isinstance(e, dict) and "freestack" in (e.get("logger") or "")]
+        assert ours, (name, content[:20])  # the task's own lines, not only Airflow's frame
+    q = urllib.parse.quote(run_id, safe="")
+    agents = [t for t in api.call("GET", f"/dags/digits_train/dagRuns/{q}/taskInstances?task_id=agent")["task_instances"]
+              if t["task_id"] == "agent"]  # fmt: skip
+    starts, ends = [t["start_date"] for t in agents], [t["end_date"] for t in agents]
+    assert len(agents) == 2 and max(starts) < min(ends), agents  # both ran at once
+
+
+def test_nothing_the_demo_logged_is_at_error_level(demo, sandbox):
+    api = sandbox.api()
+    runs = [("digits_train", _train_run(demo))]
+    ingest = api.call("GET", "/dags/digits_ingest/dagRuns?limit=50")["dag_runs"]
+    runs += [("digits_ingest", r["dag_run_id"]) for r in ingest]
+    errors = []
+    for dag_id, run_id in runs:
+        for name, content in _logs(api, dag_id, run_id).items():
+            errors += [f"{dag_id} {name}: {e.get('event')}" for e in content
+                       if isinstance(e, dict) and e.get("level") in ("error", "critical")]  # fmt: skip
+    assert not errors, "\n".join(errors[:30])
+    assert "Traceback" not in demo.stdout + demo.stderr
+
+
+@pytest.mark.parametrize("block_id,text,skipped", BLOCKS, ids=[b[0] for b in BLOCKS])
+def test_every_documented_command_runs_as_printed(block_id, text, skipped, demo, sandbox):
+    if skipped:
+        pytest.skip("marked as needing a cluster")
+    out = sandbox.run(block_id, text)
+    assert out.returncode == 0, f"{block_id} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+
+
+def test_make_down_stopped_everything_the_demo_started(demo, sandbox):
+    downs = [r for b, r in sandbox.results.items() if "make down" in dict((x[0], x[1]) for x in BLOCKS)[b]]
+    assert downs, "no page runs `make down`"
+    said = downs[-1].stdout
+    assert "stopped airflow standalone" in said and "model server" in said, said
+    left = sandbox.processes()
+    assert not left, "still running after `make down`:\n" + "\n".join(left)
