@@ -67,7 +67,7 @@ demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli demo
 
 test: $(STAMP) $(SERVING_STAMP) scaleout-deps
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --durations=25 tests
 	$(MAKE) --no-print-directory test-stock
 
 # the DAG and end-to-end tests again on stock Airflow: the runtime wing's speed-ups off (the documented
