@@ -2,12 +2,11 @@
 
 - ``reference/spec.md``: every block of a pipeline spec, from the pydantic models that validate it;
 - ``reference/settings.md``: every ``FREESTACK_*`` setting, from :class:`freestack.settings.Settings`;
-- ``reference/cli.md``: every ``freestack`` command, from the CLI's own parser.
+- ``reference/cli.md``: every ``freestack`` command, its arguments and options, from the CLI's command tree.
 """
 
 from __future__ import annotations
 
-import argparse
 import types
 import typing
 from enum import Enum
@@ -130,26 +129,52 @@ def settings_page() -> str:
 
 
 def cli_page() -> str:
-    from freestack.cli import parser
+    from freestack.cli import command
 
     lines = [
         "# CLI reference",
         "",
         "`freestack` (also `python -m freestack.cli`, and `make demo`, `make up`, `make down`), as its own",
-        "`--help` prints it. This page is generated from the command's parser.",
+        "`--help` shows it. This page is generated from the command tree (typer). Every failure is one line on",
+        "stderr, `error: <what was wrong>; <what exists or what to do>`, with exit code 1 (2 for a usage error);",
+        "`freestack --debug ...` adds the traceback. List and show commands print JSON only with `--json`;",
+        "long waits show a progress bar when stdout is a terminal.",
         "",
     ]
-    for path, sub in commands(parser(), ["freestack"]):
-        lines += [f"## `{' '.join(path)}`", "", "```text", sub.format_help().rstrip(), "```", ""]
+    for path, cmd, ctx in commands(command(), ["freestack"]):
+        lines += [f"## `{' '.join(path)}`", "", (cmd.help or "").strip(), "", "```text",
+                  cmd.get_usage(ctx).strip(), "```", "", *param_table(cmd, ctx)]  # fmt: skip
+        subs = getattr(cmd, "commands", {})
+        if subs:
+            lines += ["| command | what it does |", "|---|---|"]
+            lines += [f"| [`{name}`](#{anchor([*path, name])}) | {cell(sub.get_short_help_str(limit=120))} |"
+                      for name, sub in subs.items()]  # fmt: skip
+            lines.append("")
     return "\n".join(lines)
 
 
-def commands(ap: argparse.ArgumentParser, path: list[str]):
-    yield path, ap
-    for action in ap._actions:  # argparse keeps its sub-commands here; there is no public accessor
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from commands(sub, [*path, name])
+def commands(cmd: Any, path: list[str], parent: Any = None):
+    """(path, command, its context) of ``cmd`` and every command under it, in the order --help lists them."""
+    ctx = cmd.context_class(cmd, info_name=path[-1], parent=parent)
+    yield path, cmd, ctx
+    for name, sub in getattr(cmd, "commands", {}).items():
+        yield from commands(sub, [*path, name], ctx)
+
+
+def param_table(cmd: Any, ctx: Any) -> list[str]:
+    records = [r for p in cmd.get_params(ctx) if "--help" not in getattr(p, "opts", ()) and (r := p.get_help_record(ctx))]
+    if not records:
+        return []
+    return ["| argument or option | what it is |", "|---|---|", *(f"| `{name}` | {cell(text)} |" for name, text in records), ""]
+
+
+def cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def anchor(path: list[str]) -> str:
+    """The id mkdocs' toc gives the heading of ``path`` (``## `freestack models list` ``)."""
+    return "-".join(path)
 
 
 for target, page in (("reference/spec.md", spec_page), ("reference/settings.md", settings_page),

@@ -1,56 +1,134 @@
-"""``freestack`` command line: the demo, the local Airflow, and a look into the lake, models, serving
-and the Data API.
+"""``freestack`` command line (typer + rich): the demo, the local Airflow, and a look into the lake,
+models, serving and the Data API.
 
-    freestack demo              land the demo data and run the pipeline DAGs on it
-    freestack up | down         airflow standalone on 127.0.0.1, in the background
-    freestack lake PIPELINE     partitions, row counts and quarantine reasons
-    freestack models ...        registered versions, aliases, promote, rollback, push to the Hub
-    freestack serve ...         deployments: status, logs, predict, deploy, stop, canary
-    freestack data-api          the Algorithmia-compatible Data API on 127.0.0.1 (keys, acl: its users)
+    freestack demo                          land the demo data and run the pipeline DAGs on it
+    freestack up | down                     airflow standalone on 127.0.0.1, in the background
+    freestack airflow ARGS...               any airflow command against this project's instance
+    freestack backfill PIPELINE --start --end   a backfill on the running Airflow, followed to its end
+    freestack lake PIPELINE                 partitions, row counts and quarantine reasons
+    freestack models ...                    registered versions, aliases, promote, rollback, push to the Hub
+    freestack serve ...                     deployments: status, logs, predict, deploy, stop, canary
+    freestack data-api | keys | acl | data  the Algorithmia-compatible Data API, its users, ACLs, copies
+
+Every failure is one line on stderr (``error: <what was wrong>; <what exists or what to do>``) and a
+non-zero exit (1; 2 for a usage error); ``freestack --debug ...`` adds the traceback. List and show
+commands take ``--json``. :func:`command` is the click command tree (the CLI reference in the docs is
+generated from it).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
+import os
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from freestack.cli import backfill as _backfill
+from freestack.cli import lake as _lake
+from freestack.cli.data import register as register_data
+from freestack.cli.errors import report
+from freestack.cli.models import app as models_app
+from freestack.cli.serve import app as serve_app
+
+_state = {"debug": False}
+
+app = typer.Typer(
+    name="freestack",
+    help="The free end-to-end ML stack on Apache Airflow: the demo, the local Airflow, the lake, models, "
+    "serving and the Data API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 
-def parser() -> argparse.ArgumentParser:
-    """The ``freestack`` command's parser (the CLI reference in the docs is generated from it)."""
-    from freestack.cli.data import register as register_data_api
-    from freestack.cli.demo import demo
-    from freestack.cli.models import register as register_models
-    from freestack.cli.serve import register as register_serve
-    from freestack.cli.stack import airflow, down, lake, up
+#: commands that print their results on stdout: Airflow, once imported, logs INFO there (a quiet level for them)
+_QUIET = {"models", "serve", "lake", "backfill", "keys", "acl", "data"}
+_LOG_LEVEL = "AIRFLOW__LOGGING__LOGGING_LEVEL"
 
-    ap = argparse.ArgumentParser(
-        prog="freestack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("demo", help="land the demo data and run the pipeline on it").set_defaults(
-        fn=lambda a: demo()
-    )
-    p_up = sub.add_parser("up", help="start airflow standalone on 127.0.0.1")
-    p_up.add_argument("--timeout", type=float, default=240)
-    p_up.set_defaults(fn=lambda a: up(a.timeout))
-    sub.add_parser("down", help="stop the airflow standalone started by `up`").set_defaults(
-        fn=lambda a: down()
-    )
-    p_lake = sub.add_parser("lake", help="show a pipeline's lake partitions and quarantine")
-    p_lake.add_argument("pipeline")
-    p_lake.set_defaults(fn=lambda a: lake(a.pipeline))
-    p_af = sub.add_parser("airflow", help="run any airflow command against this project's instance",
-                          prefix_chars="\0")  # fmt: skip
-    p_af.add_argument("args", nargs=argparse.REMAINDER)
-    p_af.set_defaults(fn=lambda a: airflow(a.args))
-    register_data_api(sub)  # data-api, keys, acl
-    register_models(sub)  # models list|show|promote|rollback|alias|push
-    register_serve(sub)  # serve status|stop|logs|predict|deploy|canary
-    return ap
+
+@app.callback()
+def _root(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False) -> None:  # fmt: skip
+    _state["debug"] = debug
+    if ctx.invoked_subcommand in _QUIET and _LOG_LEVEL not in os.environ:
+        os.environ[_LOG_LEVEL] = "WARNING"  # read when the command first imports Airflow; main() restores it
+
+
+@app.command("demo")
+def _demo() -> int:
+    """Start Airflow, land the demo data, backfill ingest and train under the real scheduler."""
+    from freestack.cli.demo import demo as run_demo
+
+    return run_demo()
+
+
+@app.command("up")
+def _up(timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for it to answer.")] = 240) -> int:
+    """Start airflow standalone on 127.0.0.1 in the background."""
+    from freestack.cli.stack import up as start
+
+    return start(timeout)
+
+
+@app.command("down")
+def _down() -> int:
+    """Stop the airflow standalone started by `up`, and the local model servers."""
+    from freestack.cli.stack import down as stop
+
+    return stop()
+
+
+class _Passthrough(TyperCommand):
+    """A command that hands every argument after its name, untouched (``--help``, ``-o json``, ``--``
+    included), to its callback as ``ctx.args``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.args = list(args)
+        return []
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return ["ARGS..."]
+
+
+@app.command("airflow", cls=_Passthrough, add_help_option=False,
+             help="Run any airflow command against this project's instance (its AIRFLOW_HOME, DAGs, plugins and "
+             "settings); every argument passes to airflow as it is: `freestack airflow dags list -o json`, "
+             "`freestack airflow --help`.")  # fmt: skip
+def _airflow(ctx: typer.Context) -> int:
+    from freestack.cli import stack
+
+    return stack.airflow(list(ctx.args))
+
+
+app.command("lake")(_lake.lake)
+app.command("backfill")(_backfill.backfill)
+app.add_typer(models_app, name="models")
+app.add_typer(serve_app, name="serve")
+register_data(app)  # data-api, keys, acl, data
+
+
+@functools.cache
+def command() -> Any:
+    """The ``freestack`` command as a click group (typer's click: every command, argument and option,
+    with its help; sub-groups in ``.commands``)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return args.fn(args)
+    """Run ``freestack`` with ``argv`` (default: the process's arguments); return the exit code."""
+    _state["debug"] = False
+    level = os.environ.get(_LOG_LEVEL)
+    try:
+        rv = command().main(args=argv, prog_name="freestack", standalone_mode=False)
+    except BaseException as exc:  # noqa: BLE001  (every failure becomes one line and an exit code)
+        return report(exc, debug=_state["debug"])
+    finally:
+        if level is None:
+            os.environ.pop(_LOG_LEVEL, None)
+    return rv if isinstance(rv, int) else 0
 
 
-__all__ = ["main", "parser"]
+__all__ = ["app", "command", "main"]

@@ -1,11 +1,5 @@
-"""The Data API's commands in the ``freestack`` CLI.
-
-    freestack data-api [--host 127.0.0.1] [--port 8765] [--root URI]   serve /v1/data/...
-    freestack keys create USER [--label TEXT]                          a new API key (shown once)
-    freestack keys list [USER] [--active]                              ids, users, labels, states
-    freestack keys revoke KEY_ID                                       refused from then on
-    freestack acl show data://OWNER/COLLECTION                         a collection's ACL
-    freestack acl set data://OWNER/COLLECTION --public | --private | --team bob,carol [--writers bob]
+"""The Data API's commands in the ``freestack`` CLI: ``data-api`` (the service), ``keys`` (its users and
+API keys), ``acl`` (a collection's readers and writers) and ``data`` (copy files in and out of storage).
 
 ``keys`` works on ``FREESTACK_DATA_API_KEYS`` (default ``<project>/.freestack/data-api/keys.sqlite``)
 or ``--keys``; ``acl`` on the service's backing store (``--root``, else as ``freestack data-api`` would
@@ -14,156 +8,216 @@ choose it), as the operator: it needs no key.
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from freestack.cli.common import Json
+from freestack.cli.errors import CliError
+from freestack.cli.output import emit, out, print_json, progress, table
+
+keys_app = typer.Typer(help="Data API users and API keys.", no_args_is_help=True)
+acl_app = typer.Typer(help="Show or set a data:// collection's ACL.", no_args_is_help=True)
+data_app = typer.Typer(help="Copy a file into or out of storage (file://, s3://, data://), with progress.",
+                       no_args_is_help=True)  # fmt: skip
+
+Keys = Annotated[
+    str | None,
+    typer.Option("--keys", help="API keys file (default FREESTACK_DATA_API_KEYS or .freestack/data-api/keys.sqlite).", show_default=False),
+]
+AclRoot = Annotated[str | None, typer.Option("--root", help="Backing store URI (default: as `freestack data-api` chooses it).", show_default=False)]
+Collection = Annotated[str, typer.Argument(metavar="URI", help="data://OWNER/COLLECTION", show_default=False)]
+CHUNK = 1 << 20
 
 
-def _keystore(args: argparse.Namespace):
-    from freestack.dataapi.keys import KeyStore
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
 
-    return KeyStore(args.keys) if args.keys else KeyStore()
 
-
-def cmd_data_api(args: argparse.Namespace) -> int:
+def data_api(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    root: Annotated[str | None, typer.Option(help="Backing store URI (file:// or s3://); default: as data:// tasks use it.", show_default=False)] = None,
+    keys: Keys = None,
+    page_size: Annotated[int | None, typer.Option(min=1, help="Entries per directory listing page (default 1000).", show_default=False)] = None,
+    log_level: Annotated[LogLevel, typer.Option(help="The server's log level.")] = LogLevel.info,
+    no_access_log: Annotated[bool, typer.Option("--no-access-log", help="Do not log every request.")] = False,
+) -> int:  # fmt: skip
+    """Serve the Algorithmia-compatible Data API (/v1/data/...) until Ctrl-C."""
     from freestack.dataapi.app import DataApiSettings
     from freestack.dataapi.server import serve
 
-    if args.keys:
-        import os
-
-        os.environ["FREESTACK_DATA_API_KEYS"] = args.keys
-    settings = DataApiSettings(root=args.root, keys_path=args.keys, page_size=args.page_size)
-    serve(args.host, args.port, settings, log_level=args.log_level, access_log=not args.no_access_log)
+    if keys:
+        os.environ["FREESTACK_DATA_API_KEYS"] = keys  # for what the server starts (it reads its settings)
+    settings = DataApiSettings(root=root, keys_path=keys, page_size=page_size)
+    serve(host, port, settings, log_level=log_level.value, access_log=not no_access_log)
     return 0
 
 
-def cmd_keys_create(args: argparse.Namespace) -> int:
-    info, key = _keystore(args).create_key(args.user, label=args.label)
-    if args.json:
-        print(json.dumps({**info.as_dict(), "key": key}))
+def _keystore(path: str | None):
+    from freestack.dataapi.keys import KeyStore
+
+    return KeyStore(path) if path else KeyStore()
+
+
+@keys_app.command()
+def create(user: Annotated[str, typer.Argument(metavar="USER", help="The user (created if new).", show_default=False)],
+           label: Annotated[str | None, typer.Option(help="What the key is for (shown by list).", show_default=False)] = None,
+           keys: Keys = None, json: Json = False) -> int:  # fmt: skip
+    """Create an API key for USER; it is shown once."""
+    info, key = _keystore(keys).create_key(user, label=label)
+    if json:
+        print_json({**info.as_dict(), "key": key})
         return 0
     print(f"API key {info.id} for user {info.user!r}" + (f" ({info.label})" if info.label else "") + ":")
-    print(key)
-    print("Store it now: only its hash is kept, it cannot be shown again. Clients send it as the header")
-    print("'Authorization: Simple <key>' (Algorithmia.client(key, api_address) does this).", file=sys.stderr)
+    print(key, flush=True)
+    print("Store it now: only its hash is kept, it cannot be shown again. Clients send it as the header "
+          "'Authorization: Simple <key>' (Algorithmia.client(key, api_address) does this).", file=sys.stderr)  # fmt: skip
     return 0
 
 
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    keys = _keystore(args).list_keys(args.user, include_revoked=not args.active)
-    if args.json:
-        print(json.dumps([k.as_dict() for k in keys]))
+@keys_app.command("list")
+def list_(user: Annotated[str | None, typer.Argument(metavar="USER", help="Only this user's keys.", show_default=False)] = None,
+          active: Annotated[bool, typer.Option("--active", help="Only keys that are not revoked.")] = False,
+          keys: Keys = None, json: Json = False) -> int:  # fmt: skip
+    """API keys (ids, users, labels, states), never the keys themselves."""
+    found = _keystore(keys).list_keys(user, include_revoked=not active)
+    if json:
+        print_json([k.as_dict() for k in found])
         return 0
-    if not keys:
-        print("no API keys" + (f" for {args.user!r}" if args.user else "") + "; create one with `freestack keys create USER`")
+    if not found:
+        out().print("no API keys" + (f" for {user!r}" if user else "") + "; create one with `freestack keys create USER`")
         return 0
-    print(f"{'id':<10} {'user':<20} {'created':<21} {'state':<29} label")
-    for k in keys:
-        state = "active" if k.active else f"revoked {k.revoked_at}"
-        print(f"{k.id:<10} {k.user:<20} {k.created_at:<21} {state:<29} {k.label or ''}")
+    t = table("id", "user", "created", "state", "label")
+    for k in found:
+        t.add_row(k.id, k.user, k.created_at, "active" if k.active else f"revoked {k.revoked_at}", k.label or "")
+    emit(t)
     return 0
 
 
-def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    info = _keystore(args).revoke(args.key_id)
-    print(f"API key {info.id} of {info.user!r} is revoked (since {info.revoked_at}); requests with it now get 401")
+@keys_app.command()
+def revoke(key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (see `freestack keys list`).", show_default=False)],
+           keys: Keys = None, json: Json = False) -> int:  # fmt: skip
+    """Revoke an API key: requests with it are refused from then on."""
+    info = _keystore(keys).revoke(key_id)
+    if json:
+        print_json(info.as_dict())
+        return 0
+    out().print(f"API key {info.id} of {info.user!r} is revoked (since {info.revoked_at}); requests with it now get 401")
     return 0
 
 
-def _collection_fs(args: argparse.Namespace):
+def _collection_fs(uri: str, root: str | None):
     from freestack.dataapi.app import resolve_root
     from freestack.storage.datafs import DataFileSystem
     from freestack.storage.schemes import to_path
 
-    backing = to_path(resolve_root(args.root))
-    text = args.uri[len("data://") :] if args.uri.startswith("data://") else args.uri
+    backing = to_path(resolve_root(root))
+    text = uri[len("data://") :] if uri.startswith("data://") else uri
     owner = text.split("/", 1)[0]
     # the operator acts as the collection's owner
     return DataFileSystem(path=backing.path, fs=backing.fs, owner=owner), text
 
 
-def cmd_acl_show(args: argparse.Namespace) -> int:
-    fs, path = _collection_fs(args)
+@acl_app.command()
+def show(uri: Collection, root: AclRoot = None, json: Json = False) -> int:
+    """A collection's ACL: who may read and write it."""
+    fs, path = _collection_fs(uri, root)
     acl = fs.get_acl(path)
-    print(json.dumps({"collection": f"data://{path}", "acl": acl.to_json(), "kind": acl.kind}, indent=2))
+    if json:
+        print_json({"collection": f"data://{path}", "acl": acl.to_json(), "kind": acl.kind})
+    else:
+        out().print(f"data://{path}: {acl.describe()}")
     return 0
 
 
-def cmd_acl_set(args: argparse.Namespace) -> int:
+@acl_app.command("set")
+def set_(uri: Collection,
+         public: Annotated[bool, typer.Option("--public", help="Anyone may read (user://*).")] = False,
+         private: Annotated[bool, typer.Option("--private", help="The owner only.")] = False,
+         team: Annotated[str | None, typer.Option(metavar="USERS", help="Comma-separated users who may read.", show_default=False)] = None,
+         writers: Annotated[str | None, typer.Option(metavar="USERS", help="Comma-separated users who may also write.", show_default=False)] = None,
+         root: AclRoot = None) -> int:  # fmt: skip
+    """Replace a collection's ACL: exactly one of --public, --private, --team USERS."""
     from freestack.storage.acl import PUBLIC, Acl, check_user
 
-    fs, path = _collection_fs(args)
-    writers = [check_user(u.strip(), what="writer") for u in (args.writers or "").split(",") if u.strip()]
-    if args.public:
+    if [public, private, team is not None].count(True) != 1:
+        raise typer.BadParameter("give exactly one of --public, --private, --team USERS", param_hint="--public/--private/--team")
+    fs, path = _collection_fs(uri, root)
+    writer_names = [check_user(u.strip(), what="writer") for u in (writers or "").split(",") if u.strip()]
+    if public:
         read = [PUBLIC]
-    elif args.team:
-        read = [f"user://{check_user(u.strip(), what='team member')}" for u in args.team.split(",") if u.strip()]
+    elif team is not None:
+        read = [f"user://{check_user(u.strip(), what='team member')}" for u in team.split(",") if u.strip()]
     else:
         read = []
-    acl = Acl.parse({"read": read, "write": [f"user://{u}" for u in writers]})
+    acl = Acl.parse({"read": read, "write": [f"user://{u}" for u in writer_names]})
     fs.set_acl(path, acl)
-    print(f"data://{path}: {acl.describe()}")
+    out().print(f"data://{path}: {acl.describe()}")
     return 0
 
 
-def _clean_errors(fn):
-    """Run a command; a FreestackError or OSError is printed as one line (what is wrong, what to do)."""
+@data_app.command()
+def put(source: Annotated[Path, typer.Argument(metavar="SOURCE", exists=True, dir_okay=False, readable=True, help="A local file.", show_default=False)],
+        dest: Annotated[str, typer.Argument(metavar="DEST", help="Where to: data://OWNER/COLLECTION/NAME, file:///..., s3://conn@bucket/key (ending in /: SOURCE's name in that folder).", show_default=False)],
+        ) -> int:  # fmt: skip
+    """Upload a file, atomically (readers see the old object or the new one), with a progress bar."""
+    from freestack.storage import atomic_write, to_path
 
-    def run(args: argparse.Namespace) -> int:
-        from freestack.errors import FreestackError
-
-        try:
-            return fn(args)
-        except (FreestackError, OSError) as exc:
-            print(f"freestack {args.cmd}: error: {exc}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``data-api``, ``keys`` and ``acl`` to the ``freestack`` command line."""
-    p = sub.add_parser("data-api", help="serve the Algorithmia-compatible Data API (/v1/data/...)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    p.add_argument("--root", help="backing store URI (file:// or s3://); default: as data:// tasks use it")
-    p.add_argument("--keys", help="API keys file (default FREESTACK_DATA_API_KEYS or .freestack/data-api/keys.sqlite)")
-    p.add_argument("--page-size", type=int, default=None, help="entries per directory listing page (default 1000)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    p.set_defaults(fn=_clean_errors(cmd_data_api))
-
-    keys = sub.add_parser("keys", help="Data API users and API keys").add_subparsers(dest="keys_cmd", required=True)
-    kc = keys.add_parser("create", help="create an API key for USER (the user is created if new)")
-    kc.add_argument("user")
-    kc.add_argument("--label", help="what the key is for (shown by list)")
-    kc.set_defaults(fn=_clean_errors(cmd_keys_create))
-    kl = keys.add_parser("list", help="list API keys (ids, users, states), never the keys themselves")
-    kl.add_argument("user", nargs="?")
-    kl.add_argument("--active", action="store_true", help="only keys that are not revoked")
-    kl.set_defaults(fn=_clean_errors(cmd_keys_list))
-    kr = keys.add_parser("revoke", help="revoke an API key by its id")
-    kr.add_argument("key_id")
-    kr.set_defaults(fn=_clean_errors(cmd_keys_revoke))
-    for k in (kc, kl, kr):
-        k.add_argument("--keys", help="API keys file (default FREESTACK_DATA_API_KEYS or .freestack/data-api/keys.sqlite)")
-        k.add_argument("--json", action="store_true", help="machine-readable output")
-
-    acl = sub.add_parser("acl", help="show or set a data:// collection's ACL").add_subparsers(dest="acl_cmd", required=True)
-    ash = acl.add_parser("show", help="print a collection's ACL")
-    ash.add_argument("uri", help="data://<owner>/<collection>")
-    ash.set_defaults(fn=_clean_errors(cmd_acl_show))
-    ase = acl.add_parser("set", help="replace a collection's ACL")
-    ase.add_argument("uri", help="data://<owner>/<collection>")
-    who = ase.add_mutually_exclusive_group(required=True)
-    who.add_argument("--public", action="store_true", help="anyone may read (user://*)")
-    who.add_argument("--private", action="store_true", help="the owner only")
-    who.add_argument("--team", metavar="USERS", help="comma-separated users who may read")
-    ase.add_argument("--writers", metavar="USERS", help="comma-separated users who may also write")
-    ase.set_defaults(fn=_clean_errors(cmd_acl_set))
-    for a in (ash, ase):
-        a.add_argument("--root", help="backing store URI (default: as `freestack data-api` chooses it)")
+    target = to_path(dest + source.name if dest.endswith("/") else dest)
+    size = source.stat().st_size
+    with progress(*_byte_columns()) as bar, source.open("rb") as f, atomic_write(target) as w:
+        task = bar.add_task(f"{source.name} -> {target}", total=size)
+        while chunk := f.read(CHUNK):
+            w.write(chunk)
+            bar.advance(task, len(chunk))
+    out().print(f"uploaded {source} ({size} bytes, sha256 {w.result.sha256[:12]}) to {target}")
+    return 0
 
 
-__all__ = ["register"]
+@data_app.command()
+def get(source: Annotated[str, typer.Argument(metavar="SOURCE", help="A storage URI: data://OWNER/COLLECTION/NAME, file:///..., s3://...", show_default=False)],
+        dest: Annotated[Path, typer.Argument(metavar="DEST", help="A local file (an existing folder: SOURCE's name in it).", show_default=False)],
+        ) -> int:  # fmt: skip
+    """Download a file, with a progress bar."""
+    from freestack.storage import to_path
+
+    src = to_path(source)
+    if not src.is_file():
+        parent = src.parent
+        names = sorted(p.name for p in parent.iterdir())[:10] if parent.is_dir() else []
+        raise CliError(f"{source} is not a file", f"{parent} holds: {', '.join(names)}" if names else f"{parent} is empty or absent")
+    target = dest / src.name if dest.is_dir() else dest
+    size = src.stat().st_size
+    with progress(*_byte_columns()) as bar, src.open("rb") as f, target.open("wb") as w:
+        task = bar.add_task(f"{src} -> {target}", total=size)
+        while chunk := f.read(CHUNK):
+            w.write(chunk)
+            bar.advance(task, len(chunk))
+    out().print(f"downloaded {src} ({target.stat().st_size} bytes) to {target}")
+    return 0
+
+
+def _byte_columns():
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    return TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``data-api``, ``keys``, ``acl`` and ``data`` to the ``freestack`` command."""
+    app.command("data-api")(data_api)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(acl_app, name="acl")
+    app.add_typer(data_app, name="data")
+
+
+__all__ = ["acl_app", "data_api", "data_app", "keys_app", "register"]

@@ -1,163 +1,212 @@
-"""The registry's commands in the ``freestack`` CLI.
-
-    freestack models list MODEL [--json]                      versions (created, metrics, aliases), aliases
-    freestack models show MODEL VERSION_OR_ALIAS [--json]     one version: metrics, lineage, model card
-    freestack models promote MODEL VERSION_OR_ALIAS           production <- it, previous <- old production
-    freestack models rollback MODEL                           production <- previous
-    freestack models alias MODEL ALIAS VERSION_OR_ALIAS       e.g. staging
-    freestack models push MODEL VERSION_OR_ALIAS --repo ORG/NAME [--conn huggingface_default] [--promote]
+"""``freestack models``: the model registry's versions and aliases, and a handle on them.
 
 MODEL is a model name, or a pipeline name (then its spec's storage root and model name are used).
-``--root`` picks the storage root (default: ``FREESTACK_STORAGE_ROOT``, else the project's).
+``--root`` picks the storage root (default: ``FREESTACK_STORAGE_ROOT``, else the project's). VERSION is a
+version name, an alias (``production``, ``previous``, ``staging``...) or ``latest``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from typing import Any
+from json import dumps
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 
-def _registry(args: argparse.Namespace):
+from freestack.cli.common import Json, Root, has_pipeline
+from freestack.cli.errors import CliError
+from freestack.cli.output import emit, fmt, out, print_json, progress, table
+
+if TYPE_CHECKING:
     from freestack.registry.core import ModelRegistry
-    from freestack.storage import storage_root
 
-    if args.root:
-        return ModelRegistry(args.root, args.model)
-    try:
-        from freestack.spec import load_spec, spec_file
+app = typer.Typer(
+    help="The model registry: versions, aliases, promote, rollback, push to the Hub. MODEL is a model name, or a "
+    "pipeline name (then its spec's storage root and model name are used); VERSION is a version name, an alias "
+    "(production, previous, staging...) or latest.",
+    no_args_is_help=True,
+)
 
-        path = spec_file(args.model)
-        if path.exists():
-            spec = load_spec(path)
-            return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
-    except Exception:  # noqa: BLE001  (no such pipeline, or an invalid spec: the name is the model's)
-        pass
-    return ModelRegistry(storage_root(), args.model)
+Model = Annotated[str, typer.Argument(metavar="MODEL", help="Model name (or pipeline name).", show_default=False)]
+Version = Annotated[str, typer.Argument(metavar="VERSION", help="Version, alias (production, previous...) or latest.", show_default=False)]
+Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' history).", show_default=False)]
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+def model_names(root) -> list[str]:
+    """The models with a folder under ``<root>/registry``."""
+    from freestack.storage import join
+
+    folder = join(root, "registry")
+    folder.fs.invalidate_cache(folder.path)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    reg = _registry(args)
-    versions, aliases = reg.versions(), reg.aliases()
-    if args.json:
-        print(json.dumps({"model": reg.model, "versions": versions,
-                          "aliases": {k: v for k, v in aliases.items() if k != "history"}}, default=str))
+def registry(model: str, root: str | None) -> ModelRegistry:
+    """The registry of ``model`` (a pipeline name means its spec's root and model); :class:`CliError`
+    naming the models there are when it has none."""
+    from freestack.registry.core import ModelRegistry
+    from freestack.storage import join, storage_root
+
+    if root:
+        reg = ModelRegistry(root, model)
+    elif has_pipeline(model):
+        from freestack.cli.common import load_pipeline
+
+        spec = load_pipeline(model)
+        reg = ModelRegistry(storage_root(spec.storage_root), spec.model_name)
+    else:
+        reg = ModelRegistry(storage_root(), model)
+    if not reg.folder.exists():
+        names = model_names(reg.root)
+        raise CliError(f"no model {model!r} under {join(reg.root, 'registry')}",
+                       f"models: {', '.join(names)}" if names else "no model is registered there yet (--root picks another)")  # fmt: skip
+    return reg
+
+
+def _shown(aliases: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sorted(aliases.items()) if k != "history"}
+
+
+@app.command("list")
+def list_(model: Model, root: Root = None, json: Json = False) -> int:
+    """Versions (created, test metrics, aliases) and the aliases."""
+    reg = registry(model, root)
+    versions, aliases = reg.versions(), _shown(reg.aliases())
+    if json:
+        print_json({"model": reg.model, "versions": versions, "aliases": aliases})
         return 0
+    console = out()
     if not versions:
-        print(f"model {reg.model!r} has no registered version under {reg.folder}")
+        console.print(f"model {reg.model!r} has no registered version under {reg.folder}")
         return 0
     names = sorted({k for v in versions for k in v["metrics"] if k.startswith("test_")})[:4]
-    print(f"{'version':<24} {'created':<25} " + " ".join(f"{n:>14}" for n in names) + "  aliases")
+    t = table("version", "created", *names, "aliases", right=tuple(names))
     for v in versions:
-        cells = " ".join(f"{_fmt(v['metrics'].get(n, '-')):>14}" for n in names)
-        print(f"{v['version']:<24} {v['created']:<25} {cells}  {', '.join(v['aliases'])}")
-    shown = {k: v for k, v in aliases.items() if k != "history"}
-    print("aliases: " + (", ".join(f"{k} -> {v}" for k, v in sorted(shown.items())) or "none"))
-    print(f"registry: {reg.folder}")
+        t.add_row(v["version"], v["created"], *(fmt(v["metrics"].get(n)) for n in names), ", ".join(v["aliases"]))
+    emit(t, console=console)
+    console.print("aliases: " + (", ".join(f"{k} -> {v}" for k, v in aliases.items()) or "none"))
+    console.print(f"registry: {reg.folder}")
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    reg = _registry(args)
-    info = reg.get(args.version)
-    if args.json:
-        print(json.dumps(info, default=str))
+def gate_lines(gate: dict[str, Any], limit: int = 4) -> list[str]:
+    """The gate's decision and (up to ``limit``) reasons."""
+    if not gate:
+        return ["no gate decision recorded"]
+    promoted = gate.get("promote", gate.get("decision") == "promote")
+    reasons = list(gate.get("reasons") or [])
+    lines = ["promoted" if promoted else "BLOCKED"] + [f"- {r}" for r in reasons[:limit]]
+    if len(reasons) > limit:
+        lines.append(f"- ... {len(reasons) - limit} more (--details)")
+    return lines
+
+
+@app.command()
+def show(model: Model, version: Version, root: Root = None, json: Json = False,
+         details: Annotated[bool, typer.Option(help="Also all metrics, the lineage, the files and the model card.")] = False,
+         ) -> int:  # fmt: skip
+    """One version on a screen: created, test metrics, gate decision, aliases (--details: the rest)."""
+    reg = registry(model, root)
+    info = reg.get(version)
+    if json:
+        print_json(info)
         return 0
-    print(f"{reg.model} {info['version']}  (registered {info['created']})")
-    print(f"  uri:     {info['uri']}")
-    print(f"  aliases: {', '.join(info['aliases']) or 'none'}")
-    print("metrics:")
-    for k, v in info["metrics"].items():
-        print(f"  {k:<24} {_fmt(v)}")
-    gate = info["lineage"].get("gate")
-    if gate:
-        print(f"gate: {json.dumps(gate, default=str)}")
-    print(f"files: {', '.join(sorted(info['files']))}")
-    print()
-    print(info["card"] or "(no model card)")
+    console = out()
+    console.print(f"{reg.model} {info['version']}", style="bold")
+    facts = table("", "", right=())
+    facts.show_header = False
+    facts.add_row("created", str(info["created"]))
+    facts.add_row("aliases", ", ".join(info["aliases"]) or "none")
+    facts.add_row("gate", "\n".join(gate_lines(info["lineage"].get("gate") or {}, 100 if details else 4)))
+    facts.add_row("uri", info["uri"])
+    emit(facts, console=console)
+    metrics = info["metrics"] if details else {k: v for k, v in info["metrics"].items() if k.startswith("test_")}
+    shown = list(metrics.items())[: None if details else 10]
+    t = table("metric", "value", right=("value",))
+    for k, v in shown:
+        t.add_row(k, fmt(v))
+    emit(t, console=console)
+    if not details:
+        console.print(f"more: freestack models show {model} {version} --details  (lineage, files, model card)")
+        return 0
+    _details(console, info)
     return 0
 
 
-def _print_aliases(reg, aliases: dict[str, Any]) -> None:
-    shown = {k: v for k, v in aliases.items() if k != "history"}
-    print(f"{reg.model}: " + ", ".join(f"{k} -> {v}" for k, v in sorted(shown.items())))
+def _details(console, info: dict[str, Any]) -> None:
+    lineage = info["lineage"]
+    t = table("lineage", "")
+    for key in ("window", "partitions", "spec_hash", "code_version", "airflow", "evaluation", "wandb", "sweep"):
+        if lineage.get(key) is not None:
+            value = lineage[key]
+            if key == "partitions" and isinstance(value, list):
+                value = f"{len(value)} partitions"
+            t.add_row(key, value if isinstance(value, str) else dumps(value, default=str))
+    emit(t, console=console)
+    files = table("file", "bytes", right=("bytes",))
+    for name, meta in sorted(info["files"].items()):
+        files.add_row(name, str(meta.get("size", "?") if isinstance(meta, dict) else meta))
+    emit(files, console=console)
+    print(info["card"] or "(no model card)", flush=True)  # markdown as it is stored
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    reg = _registry(args)
-    _print_aliases(reg, reg.promote(args.version, reason=args.reason))
+def _print_aliases(reg: ModelRegistry, aliases: dict[str, Any]) -> None:
+    out().print(f"{reg.model}: " + ", ".join(f"{k} -> {v}" for k, v in _shown(aliases).items()))
+
+
+@app.command()
+def promote(model: Model, version: Version, root: Root = None, reason: Reason = None) -> int:
+    """production <- VERSION, previous <- the old production."""
+    reg = registry(model, root)
+    _print_aliases(reg, reg.promote(version, reason=reason))
     return 0
 
 
-def cmd_rollback(args: argparse.Namespace) -> int:
-    reg = _registry(args)
-    _print_aliases(reg, reg.rollback(reason=args.reason))
+@app.command()
+def rollback(model: Model, root: Root = None, reason: Reason = None) -> int:
+    """production <- previous."""
+    reg = registry(model, root)
+    _print_aliases(reg, reg.rollback(reason=reason))
     return 0
 
 
-def cmd_alias(args: argparse.Namespace) -> int:
-    reg = _registry(args)
-    _print_aliases(reg, reg.set_alias(args.alias, args.version, reason=args.reason))
+@app.command()
+def alias(model: Model, alias: Annotated[str, typer.Argument(metavar="ALIAS", help="The alias to move, e.g. staging.", show_default=False)],
+          version: Version, root: Root = None, reason: Reason = None) -> int:  # fmt: skip
+    """Point ALIAS (e.g. staging) at a version."""
+    reg = registry(model, root)
+    _print_aliases(reg, reg.set_alias(alias, version, reason=reason))
     return 0
 
 
-def cmd_push(args: argparse.Namespace) -> int:
+@app.command()
+def push(model: Model, version: Version,
+         repo: Annotated[str, typer.Option(help="Hub repo id, e.g. my-org/digits.", show_default=False)],
+         root: Root = None,
+         conn: Annotated[str, typer.Option(help="The huggingface connection (token, endpoint).")] = "huggingface_default",
+         promote: Annotated[bool, typer.Option("--promote", help="Also move the Hub's production tag to it.")] = False,
+         ) -> int:  # fmt: skip
+    """Push a version to the Hugging Face Hub (one commit, tagged with the version)."""
     from freestack.hooks.huggingface import HuggingFaceHook
     from freestack.registry.hub import promote_on_hub, push_to_hub
 
-    reg = _registry(args)
-    hub = HuggingFaceHook(args.conn).settings
-    out = push_to_hub(reg, args.version, args.repo, hub.token, endpoint=hub.endpoint)
-    if out is None:
-        print(f"not pushed: connection {args.conn!r} has no token; the version stays local", file=sys.stderr)
+    reg = registry(model, root)
+    name = reg.resolve(version)
+    hub = HuggingFaceHook(conn).settings
+    if not hub.token:
+        print(f"not pushed: connection {conn!r} has no token; {reg.model} {name} stays local", file=sys.stderr)
         return 0
-    print(f"pushed {reg.model} {out['version']} to {out['repo_id']}: commit {out['commit']}, tag {out['tag']}")
-    if args.promote:
-        promote_on_hub(args.repo, out["version"], hub.token, endpoint=hub.endpoint)
-        print(f"moved tag production -> {out['version']}")
+    size = sum(m.get("size", 0) for m in reg.get(name)["files"].values() if isinstance(m, dict))
+    with progress() as bar:  # the Hub client reports no progress: a live elapsed time while it uploads
+        bar.add_task(f"pushing {reg.model} {name} ({size / 1e6:.1f} MB) to {repo}", total=None)
+        result = push_to_hub(reg, name, repo, hub.token, endpoint=hub.endpoint)
+        if result is not None and promote:
+            promote_on_hub(repo, result["version"], hub.token, endpoint=hub.endpoint)
+    assert result is not None
+    out().print(f"pushed {reg.model} {result['version']} to {result['repo_id']}: commit {result['commit']}, tag {result['tag']}")
+    if promote:
+        out().print(f"moved tag production -> {result['version']}")
     return 0
 
 
-def _clean_errors(fn):
-    def run(args: argparse.Namespace) -> int:
-        from freestack.registry.core import RegistryError
-
-        try:
-            return fn(args)
-        except RegistryError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="the model registry: list, show, promote, rollback, alias, push",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    msub = p.add_subparsers(dest="models_cmd", required=True)
-
-    def add(name: str, fn, help_: str, *positional: str) -> argparse.ArgumentParser:
-        q = msub.add_parser(name, help=help_)
-        q.add_argument("model", help="model name (or pipeline name)")
-        for arg in positional:
-            q.add_argument(arg)
-        q.add_argument("--root", help="storage root URI (default: FREESTACK_STORAGE_ROOT or the pipeline's)")
-        q.set_defaults(fn=_clean_errors(fn))
-        return q
-
-    add("list", cmd_list, "versions and aliases").add_argument("--json", action="store_true")
-    add("show", cmd_show, "one version's metrics, lineage and model card", "version").add_argument(
-        "--json", action="store_true")
-    add("promote", cmd_promote, "production <- VERSION, previous <- old production", "version").add_argument(
-        "--reason")
-    add("rollback", cmd_rollback, "production <- previous").add_argument("--reason")
-    add("alias", cmd_alias, "point ALIAS (e.g. staging) at a version", "alias", "version").add_argument("--reason")
-    q = add("push", cmd_push, "push a version to the Hugging Face Hub (one commit, tagged)", "version")
-    q.add_argument("--repo", required=True, help="Hub repo id, e.g. my-org/digits")
-    q.add_argument("--conn", default="huggingface_default", help="the huggingface connection (token, endpoint)")
-    q.add_argument("--promote", action="store_true", help="also move the Hub's production tag to it")
+__all__ = ["app", "gate_lines", "model_names", "registry"]

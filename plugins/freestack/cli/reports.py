@@ -7,7 +7,9 @@ import json
 from freestack.spec import load_spec, spec_file
 
 
-def lake_report(pipeline: str) -> str:
+def lake_data(pipeline: str) -> dict:
+    """A pipeline's lake: its root and, per partition, rows, quarantined rows, the part's sha256 and the
+    quarantine reasons with their counts."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -15,21 +17,29 @@ def lake_report(pipeline: str) -> str:
     from freestack.storage import join
 
     spec = load_spec(spec_file(pipeline))
-    lines = [f"lake of {pipeline!r} under {spec.root}:"]
+    partitions = []
     for ds in lake_partitions(spec):
         m = read_manifest(spec, ds) or {}
-        lines.append(
-            f"  ds={ds}  {m.get('rows_good', '?'):>5} rows  {m.get('rows_quarantined', 0):>3} quarantined  "
-            f"part sha256 {str((m.get('part') or {}).get('sha256', '?'))[:12]}"
-        )
+        reasons: dict[str, int] = {}
         qpath = join(partition_dir(spec, ds), QUARANTINE)
         if qpath.exists():
             with qpath.open("rb") as f:
                 q = pq.read_table(f, columns=["_reason"])
-            counts = pc.value_counts(q.column("_reason")).to_pylist()
-            for c in counts:
-                lines.append(f"      quarantine: {c['counts']} x {c['values']}")
-    if len(lines) == 1:
+            reasons = {c["values"]: c["counts"] for c in pc.value_counts(q.column("_reason")).to_pylist()}
+        partitions.append({"ds": ds, "rows": m.get("rows_good"), "quarantined": m.get("rows_quarantined", 0),
+                           "sha256": (m.get("part") or {}).get("sha256"), "quarantine_reasons": reasons})  # fmt: skip
+    return {"pipeline": pipeline, "root": str(spec.root), "partitions": partitions}
+
+
+def lake_report(pipeline: str) -> str:
+    data = lake_data(pipeline)
+    lines = [f"lake of {pipeline!r} under {data['root']}:"]
+    for p in data["partitions"]:
+        rows = "?" if p["rows"] is None else p["rows"]
+        lines.append(f"  ds={p['ds']}  {rows:>5} rows  {p['quarantined']:>3} quarantined  "
+                     f"part sha256 {str(p['sha256'] or '?')[:12]}")  # fmt: skip
+        lines += [f"      quarantine: {n} x {reason}" for reason, n in p["quarantine_reasons"].items()]
+    if not data["partitions"]:
         lines.append("  (no partitions yet)")
     return "\n".join(lines)
 
@@ -153,4 +163,4 @@ def train_report(pipeline: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["gate_report", "lake_report", "serve_report", "sweep_report", "train_report", "version_of_run"]
+__all__ = ["gate_report", "lake_data", "lake_report", "serve_report", "sweep_report", "train_report", "version_of_run"]

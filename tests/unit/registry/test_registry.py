@@ -318,7 +318,7 @@ def test_cli_lists_shows_promotes_and_rolls_back(reg, tmp_path, capsys):
     listed = json.loads(capsys.readouterr().out)
     assert [v["version"] for v in listed["versions"]] == ["v1", "v2"]
     assert listed["aliases"] == {"production": "v2", "previous": "v1"}
-    assert main(["models", "show", "digits", "production", "--root", root]) == 0
+    assert main(["models", "show", "digits", "production", "--root", root, "--details"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digits v2") and "test_accuracy" in out and "model-index:" in out
     assert "first model: test_accuracy" in out  # the gate decision

@@ -1,0 +1,150 @@
+"""``freestack backfill PIPELINE --start --end``: a backfill of a pipeline's DAG on the running Airflow,
+through its public REST API (``POST /api/v2/backfills``, as the UI's Backfill form does), followed until
+every run finished: a progress bar on a terminal, one line per finished run otherwise.
+
+The embedded instance (``make up``) is addressed as its generated admin; the DAG must be unpaused for
+its runs to start (``--unpause`` does it).
+"""
+
+from __future__ import annotations
+
+import json as _json
+import time
+import urllib.error
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from freestack.cli.common import Pipeline, load_pipeline
+from freestack.cli.errors import CliError
+from freestack.cli.output import out, progress
+
+FINISHED = ("success", "failed")
+POLL_SECONDS = 2.0
+
+
+class Dag(StrEnum):
+    ingest = "ingest"
+    train = "train"
+
+
+class Reprocess(StrEnum):
+    none = "none"
+    failed = "failed"
+    completed = "completed"
+
+
+class Airflow:
+    """The embedded Airflow's REST API, with its failures as one-line :class:`CliError`\\ s."""
+
+    def __init__(self) -> None:
+        from freestack.embedded import AirflowAPI, airflow_env, healthy, standalone_files
+
+        env = airflow_env()
+        self.api = AirflowAPI(env)
+        self.url = self.api.url
+        if not healthy(self.url):
+            raise CliError(f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)")
+        if not standalone_files(env)[2].exists():
+            raise CliError(f"no admin password file {standalone_files(env)[2]}",
+                           "is the Airflow at this address the project's own (`make up`)?")  # fmt: skip
+
+    def call(self, method: str, path: str, body: dict | None = None, what: str = "", *,
+             not_found: CliError | None = None) -> Any:  # fmt: skip
+        try:
+            return self.api.call(method, path, body)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and not_found is not None:
+                raise not_found from None
+            raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {exc.code} {_detail(exc)}",
+                           _hint(exc.code, self.url)) from None  # fmt: skip
+        except OSError as exc:
+            raise CliError(f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it") from None
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        detail = _json.loads(exc.read() or b"{}").get("detail")
+    except ValueError:
+        return ""
+    return detail if isinstance(detail, str) else _json.dumps(detail)[:300]
+
+
+def _hint(code: int, url: str) -> str:
+    return {401: "the admin password file does not match this Airflow: restart it with `make down` and `make up`",
+            409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
+            }.get(code, f"see {url}")  # fmt: skip
+
+
+def backfill(
+    pipeline: Pipeline,
+    start: Annotated[datetime, typer.Option("--start", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The first day.", show_default=False)],
+    end: Annotated[datetime, typer.Option("--end", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The last day (inclusive).", show_default=False)],
+    dag: Annotated[Dag, typer.Option(help="Which of the pipeline's DAGs.")] = Dag.ingest,
+    reprocess: Annotated[Reprocess, typer.Option(help="Run again days that have a run: none, failed ones, or completed ones too.")] = Reprocess.none,
+    unpause: Annotated[bool, typer.Option("--unpause", help="Unpause the DAG first (a paused DAG's runs wait).")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runs.")] = 3600,
+) -> int:  # fmt: skip
+    """Backfill a pipeline's DAG over days on the running Airflow (make up) and follow its runs."""
+    if end < start:
+        raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
+    load_pipeline(pipeline)
+    af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
+    _check_dag(af, dag_id, unpause)
+    body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
+            "reprocess_behavior": reprocess.value}  # fmt: skip
+    days = [r["logical_date"] for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]]
+    if not days:
+        raise CliError(f"nothing to backfill: every day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d} has a run",
+                       "pass --reprocess completed to run them again")  # fmt: skip
+    created = af.call("POST", "/backfills", body, f"the backfill of {dag_id}")
+    out().print(f"backfill {created['id']} of {dag_id}: {len(days)} runs, {start:%Y-%m-%d} to {end:%Y-%m-%d} ({af.url}/dags/{dag_id})")
+    runs = _follow(af, dag_id, created, len(days), timeout)
+    failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+    if failed:
+        raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
+                       f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
+    out().print(f"backfill {created['id']} of {dag_id}: {len(runs)} runs succeeded")
+    return 0
+
+
+def _check_dag(af: Airflow, dag_id: str, unpause: bool) -> None:
+    missing = CliError(f"Airflow has no DAG {dag_id!r} (yet)",
+                       "its DAG processor may still be parsing it; check `freestack airflow dags list-import-errors`")  # fmt: skip
+    dag = af.call("GET", f"/dags/{dag_id}", what=f"DAG {dag_id}", not_found=missing)
+    if dag.get("is_paused") and not unpause:
+        raise CliError(f"DAG {dag_id} is paused, so its backfill runs would wait",
+                       f"pass --unpause, or unpause it in the UI ({af.url}/dags/{dag_id})")  # fmt: skip
+    if dag.get("is_paused"):
+        af.call("PATCH", f"/dags/{dag_id}?update_mask=is_paused", {"is_paused": False}, f"unpausing {dag_id}")
+
+
+def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float) -> list[dict[str, Any]]:
+    """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
+    since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
+    query = f"/dags/{dag_id}/dagRuns?logical_date_gte={backfill['from_date']}&logical_date_lte={backfill['to_date']}&limit=1000"
+    console = out()
+    with progress(console=console) as bar:
+        task = bar.add_task(f"{dag_id} runs", total=total)
+        while True:
+            runs = af.call("GET", query, what=f"the runs of {dag_id}")["dag_runs"]
+            done = [r for r in runs if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since]
+            for r in (r for r in done if r["dag_run_id"] not in reported):
+                reported.add(r["dag_run_id"])  # a line per run: above the bar on a terminal, alone otherwise
+                console.print(f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)")
+            bar.update(task, completed=len(done))
+            if len(done) >= total or af.call("GET", f"/backfills/{backfill['id']}").get("completed_at"):
+                return done
+            if time.monotonic() > deadline:
+                raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {total} runs finished after {timeout:.0f} s",
+                               f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
+            time.sleep(POLL_SECONDS)
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+__all__ = ["backfill"]
