@@ -1,0 +1,184 @@
+"""``freestack backfill`` against a stand-in for Airflow's REST API (the endpoints it calls, as Airflow 3.3
+answers them): login, pausing, dry run, create, the runs finishing one per poll, failures, refusals."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import airflow  # noqa: F401  (Airflow sets up logging when imported: here, not on a test's captured output)
+import pytest
+
+from freestack.cli import backfill as backfill_cli
+from freestack.cli import main
+
+PASSWORD = "s3cret"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class FakeAirflow:
+    """The state behind the fake API: one DAG, its runs, at most one backfill."""
+
+    def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0):
+        self.days, self.paused, self.fail = days, paused, fail
+        self.existing = existing  # days that already have a run (the dry run leaves them out)
+        self.backfill: dict | None = None
+        self.runs: list[dict] = []
+        self.calls: list[tuple[str, str, dict | None]] = []
+
+    def handle(self, method: str, path: str, body: dict | None, auth: str | None) -> tuple[int, dict]:
+        self.calls.append((method, path, body))
+        url = urlparse(path)
+        if url.path == "/api/v2/monitor/health":
+            return 200, {"metadatabase": {"status": "healthy"}}
+        if url.path == "/auth/token":
+            ok = body == {"username": "admin", "password": PASSWORD}
+            return (201, {"access_token": "jwt"}) if ok else (401, {"detail": "Invalid credentials"})
+        if auth != "Bearer jwt":
+            return 401, {"detail": "Not authenticated"}
+        return self._api(method, url.path.removeprefix("/api/v2"), parse_qs(url.query), body)
+
+    def _api(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
+        if path == "/dags/digits_ingest" and method == "GET":
+            return 200, {"dag_id": "digits_ingest", "is_paused": self.paused}
+        if path == "/dags/digits_ingest" and method == "PATCH":
+            assert query == {"update_mask": ["is_paused"]}
+            self.paused = body["is_paused"]
+            return 200, {"dag_id": "digits_ingest", "is_paused": self.paused}
+        if path.startswith("/dags/") and method in ("GET", "PATCH") and "/dagRuns" not in path:
+            return 404, {"detail": f"The Dag with ID: `{path.split('/')[2]}` was not found"}
+        if path == "/backfills/dry_run":
+            return 200, {"backfills": [{"logical_date": f"{d}T00:00:00Z"} for d in self.days[self.existing:]],
+                         "total_entries": len(self.days) - self.existing}  # fmt: skip
+        if path == "/backfills" and method == "POST":
+            return self._create(body)
+        if path == "/backfills/1":
+            done = all(r["state"] in ("success", "failed") for r in self.runs)
+            return 200, {**self.backfill, "completed_at": _now() if done else None}
+        if path == "/dags/digits_ingest/dagRuns":
+            self._advance()
+            return 200, {"dag_runs": self.runs, "total_entries": len(self.runs)}
+        return 404, {"detail": f"no route {method} {path}"}
+
+    def _create(self, body: dict) -> tuple[int, dict]:
+        if self.backfill is not None:
+            return 409, {"detail": "There is already a running backfill for dag digits_ingest"}
+        self.backfill = {"id": 1, "dag_id": body["dag_id"], "from_date": body["from_date"], "to_date": body["to_date"],
+                         "created_at": _now(), "completed_at": None, "reprocess_behavior": body["reprocess_behavior"]}  # fmt: skip
+        self.runs = [{"dag_run_id": f"backfill__{d}T00:00:00+00:00", "logical_date": f"{d}T00:00:00Z", "state": "queued",
+                      "end_date": None, "duration": None} for d in self.days[self.existing:]]  # fmt: skip
+        return 200, self.backfill
+
+    def _advance(self) -> None:
+        """Each poll finishes one more run (a failure for the days in ``fail``)."""
+        for r in self.runs:
+            if r["state"] == "queued":
+                r.update(state="failed" if r["logical_date"][:10] in self.fail else "success", end_date=_now(), duration=1.5)
+                return
+
+
+@pytest.fixture
+def fake_airflow(tmp_path, monkeypatch):
+    state: dict = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            code, answer = state["api"].handle(method, self.path, body, self.headers.get("Authorization"))
+            data = json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            self._serve("GET")
+
+        def do_POST(self):  # noqa: N802
+            self._serve("POST")
+
+        def do_PATCH(self):  # noqa: N802
+            self._serve("PATCH")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "airflow"
+    home.mkdir()
+    (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": PASSWORD}))
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(backfill_cli, "POLL_SECONDS", 0.01)
+
+    def start(days: list[str], **kw) -> FakeAirflow:
+        state["api"] = FakeAirflow(days, **kw)
+        return state["api"]
+
+    yield start
+    server.shutdown()
+    server.server_close()
+
+
+DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
+ARGV = ["backfill", "digits", "--start", DAYS[0], "--end", DAYS[-1]]
+
+
+def test_backfill_runs_every_day_and_prints_a_line_per_run(fake_airflow, capsys):
+    api = fake_airflow(DAYS)
+    assert main([*ARGV, "--reprocess", "completed"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("backfill 1 of digits_ingest: 5 runs, 2026-11-01 to 2026-11-05")
+    assert [ln.split(":")[0] for ln in lines[1:6]] == [f"digits_ingest {d}" for d in DAYS]
+    assert all("success" in ln for ln in lines[1:6]) and lines[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
+    assert "\x1b[" not in out  # no progress bar when stdout is not a terminal
+    created = next(b for m, p, b in api.calls if m == "POST" and p == "/api/v2/backfills")
+    assert created == {"dag_id": "digits_ingest", "from_date": "2026-11-01T00:00:00Z", "to_date": "2026-11-05T00:00:00Z",
+                       "reprocess_behavior": "completed"}  # fmt: skip
+
+
+def test_failed_runs_are_one_error_line(fake_airflow, capsys):
+    fake_airflow(DAYS, fail={"2026-11-03"})
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: 1 of 5 digits_ingest runs failed: backfill__2026-11-03")
+    assert "task logs" in err
+
+
+def test_paused_dag_is_refused_unless_unpause(fake_airflow, capsys):
+    api = fake_airflow(DAYS, paused=True)
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: DAG digits_ingest is paused") and "--unpause" in err and api.backfill is None
+    assert main([*ARGV, "--unpause"]) == 0 and api.paused is False
+
+
+def test_nothing_to_do_and_refusals_are_one_line(fake_airflow, capsys):
+    fake_airflow(DAYS, existing=5)
+    assert main(ARGV) == 1
+    assert "nothing to backfill" in (err := capsys.readouterr().err) and "--reprocess completed" in err
+    api = fake_airflow(DAYS)
+    api.backfill = {"id": 9}  # another backfill of the DAG is running
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 409 There is already a running backfill" in err and "one backfill per DAG" in err
+    assert main([*ARGV, "--dag", "train"]) == 1
+    assert "no DAG 'digits_train'" in capsys.readouterr().err
+
+
+def test_wrong_password_is_one_line(fake_airflow, tmp_path, capsys):
+    fake_airflow(DAYS)
+    (tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": "old"}))
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 401" in err and "Traceback" not in err
