@@ -14,6 +14,7 @@ import urllib.error
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import typer
 
@@ -92,16 +93,18 @@ def backfill(
         raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
     load_pipeline(pipeline)
     af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
-    _check_dag(af, dag_id, unpause)
+    paused = _check_dag(af, dag_id, unpause)
     body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
             "reprocess_behavior": reprocess.value}  # fmt: skip
     days = [r["logical_date"] for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]]
     if not days:
         raise CliError(f"nothing to backfill: every day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d} has a run",
                        "pass --reprocess completed to run them again")  # fmt: skip
+    if paused:  # after the dry run: a refused backfill leaves the DAG as it was
+        af.call("PATCH", f"/dags/{dag_id}?update_mask=is_paused", {"is_paused": False}, f"unpausing {dag_id}")
     created = af.call("POST", "/backfills", body, f"the backfill of {dag_id}")
     out().print(f"backfill {created['id']} of {dag_id}: {len(days)} runs, {start:%Y-%m-%d} to {end:%Y-%m-%d} ({af.url}/dags/{dag_id})")
-    runs = _follow(af, dag_id, created, len(days), timeout)
+    runs = _follow(af, dag_id, {**created, "from_date": body["from_date"], "to_date": body["to_date"]}, len(days), timeout)
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     if failed:
         raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
@@ -110,37 +113,49 @@ def backfill(
     return 0
 
 
-def _check_dag(af: Airflow, dag_id: str, unpause: bool) -> None:
+def _check_dag(af: Airflow, dag_id: str, unpause: bool) -> bool:
+    """Whether the DAG is paused (refused unless ``unpause``); :class:`CliError` if Airflow has no such DAG."""
     missing = CliError(f"Airflow has no DAG {dag_id!r} (yet)",
                        "its DAG processor may still be parsing it; check `freestack airflow dags list-import-errors`")  # fmt: skip
     dag = af.call("GET", f"/dags/{dag_id}", what=f"DAG {dag_id}", not_found=missing)
     if dag.get("is_paused") and not unpause:
         raise CliError(f"DAG {dag_id} is paused, so its backfill runs would wait",
                        f"pass --unpause, or unpause it in the UI ({af.url}/dags/{dag_id})")  # fmt: skip
-    if dag.get("is_paused"):
-        af.call("PATCH", f"/dags/{dag_id}?update_mask=is_paused", {"is_paused": False}, f"unpausing {dag_id}")
+    return bool(dag.get("is_paused"))
 
 
 def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float) -> list[dict[str, Any]]:
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
     since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
-    query = f"/dags/{dag_id}/dagRuns?logical_date_gte={backfill['from_date']}&logical_date_lte={backfill['to_date']}&limit=1000"
     console = out()
     with progress(console=console) as bar:
         task = bar.add_task(f"{dag_id} runs", total=total)
         while True:
-            runs = af.call("GET", query, what=f"the runs of {dag_id}")["dag_runs"]
+            completed = af.call("GET", f"/backfills/{backfill['id']}", what=f"backfill {backfill['id']}").get("completed_at")
+            runs = _runs(af, dag_id, backfill["from_date"], backfill["to_date"])  # read after: as fresh as `completed`
             done = [r for r in runs if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since]
             for r in (r for r in done if r["dag_run_id"] not in reported):
                 reported.add(r["dag_run_id"])  # a line per run: above the bar on a terminal, alone otherwise
                 console.print(f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)")
             bar.update(task, completed=len(done))
-            if len(done) >= total or af.call("GET", f"/backfills/{backfill['id']}").get("completed_at"):
+            if len(done) >= total or completed:
                 return done
             if time.monotonic() > deadline:
                 raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {total} runs finished after {timeout:.0f} s",
                                f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
             time.sleep(POLL_SECONDS)
+
+
+def _runs(af: Airflow, dag_id: str, first: str, last: str) -> list[dict[str, Any]]:
+    """The DAG's runs from ``first`` to ``last`` (logical dates), page by page (Airflow caps a page at 100)."""
+    runs: list[dict[str, Any]] = []
+    while True:
+        query = urlencode({"logical_date_gte": first, "logical_date_lte": last, "order_by": "logical_date",
+                           "limit": 100, "offset": len(runs)})  # fmt: skip
+        page = af.call("GET", f"/dags/{dag_id}/dagRuns?{query}", what=f"the runs of {dag_id}")
+        runs += page["dag_runs"]
+        if not page["dag_runs"] or len(runs) >= page.get("total_entries", 0):
+            return runs
 
 
 def _ts(text: str) -> float:

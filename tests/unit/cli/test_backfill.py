@@ -16,6 +16,7 @@ from freestack.cli import backfill as backfill_cli
 from freestack.cli import main
 
 PASSWORD = "s3cret"
+PAGE_CAP = 2  # runs per page at most (Airflow's maximum_page_limit, 100 by default): the CLI must page
 
 
 def _now() -> str:
@@ -63,7 +64,8 @@ class FakeAirflow:
             return 200, {**self.backfill, "completed_at": _now() if done else None}
         if path == "/dags/digits_ingest/dagRuns":
             self._advance()
-            return 200, {"dag_runs": self.runs, "total_entries": len(self.runs)}
+            offset, limit = int(query["offset"][0]), min(int(query["limit"][0]), PAGE_CAP)  # Airflow caps pages
+            return 200, {"dag_runs": self.runs[offset : offset + limit], "total_entries": len(self.runs)}
         return 404, {"detail": f"no route {method} {path}"}
 
     def _create(self, body: dict) -> tuple[int, dict]:
