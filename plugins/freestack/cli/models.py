@@ -12,6 +12,7 @@ from json import dumps
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
 from freestack.cli.common import Json, Root, has_pipeline
 from freestack.cli.errors import CliError
@@ -58,8 +59,10 @@ def registry(model: str, root: str | None) -> ModelRegistry:
         reg = ModelRegistry(storage_root(), model)
     if not reg.folder.exists():
         names = model_names(reg.root)
-        raise CliError(f"no model {model!r} under {join(reg.root, 'registry')}",
-                       f"models: {', '.join(names)}" if names else "no model is registered there yet (--root picks another)")  # fmt: skip
+        hint = f"models: {', '.join(names)}" if names else "no model is registered there yet (--root picks another)"
+        if has_pipeline(model) and not root:
+            hint += f"; pipeline {model!r} registers versions when its {model}_train DAG runs"
+        raise CliError(f"no model {reg.model!r} under {join(reg.root, 'registry')}", hint)
     return reg
 
 
@@ -117,7 +120,9 @@ def show(model: Model, version: Version, root: Root = None, json: Json = False,
     facts.show_header = False
     facts.add_row("created", str(info["created"]))
     facts.add_row("aliases", ", ".join(info["aliases"]) or "none")
-    facts.add_row("gate", "\n".join(gate_lines(info["lineage"].get("gate") or {}, 100 if details else 4)))
+    verdict, *reasons = gate_lines(info["lineage"].get("gate") or {}, 100 if details else 4)
+    style = "bold green" if verdict == "promoted" else "bold red"
+    facts.add_row("gate", Text.assemble((verdict, style), "".join(f"\n{r}" for r in reasons)))
     facts.add_row("uri", info["uri"])
     emit(facts, console=console)
     metrics = info["metrics"] if details else {k: v for k, v in info["metrics"].items() if k.startswith("test_")}
@@ -187,6 +192,8 @@ def push(model: Model, version: Version,
          promote: Annotated[bool, typer.Option("--promote", help="Also move the Hub's production tag to it.")] = False,
          ) -> int:  # fmt: skip
     """Push a version to the Hugging Face Hub (one commit, tagged with the version)."""
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from freestack.hooks.huggingface import HuggingFaceHook
     from freestack.registry.hub import promote_on_hub, push_to_hub
 
@@ -197,7 +204,8 @@ def push(model: Model, version: Version,
         print(f"not pushed: connection {conn!r} has no token; {reg.model} {name} stays local", file=sys.stderr)
         return 0
     size = sum(m.get("size", 0) for m in reg.get(name)["files"].values() if isinstance(m, dict))
-    with progress() as bar:  # the Hub client reports no progress: a live elapsed time while it uploads
+    # the Hub client reports no progress: a spinner and the elapsed time while it uploads
+    with progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
         bar.add_task(f"pushing {reg.model} {name} ({size / 1e6:.1f} MB) to {repo}", total=None)
         result = push_to_hub(reg, name, repo, hub.token, endpoint=hub.endpoint)
         if result is not None and promote:

@@ -251,3 +251,21 @@ def _dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # nothing listens here once closed
+
+
+def test_models_push_to_the_hub(capsys, store, monkeypatch):
+    from tests.hub_fake import FakeHub
+
+    hub = FakeHub().start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_HF_TEST", json.dumps({"conn_type": "huggingface", "password": "hf_fake",
+                                                                "extra": {"endpoint": hub.endpoint}}))  # fmt: skip
+        code, out, err = run(capsys, "models", "push", "digits", "production", "--repo", "me/digits", "--conn", "hf_test",
+                             "--root", store, "--promote")  # fmt: skip
+    finally:
+        hub.stop()
+    assert code == 0, err
+    assert out.startswith("pushed digits v1 to me/digits: commit ") and "moved tag production -> v1" in out
+    assert "\x1b[" not in out  # no spinner off a terminal
+    code, _, err = run(capsys, "models", "push", "digits", "v1", "--repo", "me/digits", "--root", store)
+    assert code == 0 and "not pushed: connection 'huggingface_default' has no token" in err
