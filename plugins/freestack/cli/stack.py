@@ -1,5 +1,5 @@
-"""``freestack up`` / ``down``: the embedded Airflow (``airflow standalone``) in the background, and
-``freestack lake``."""
+"""``freestack up`` / ``down`` / ``airflow``: the embedded Airflow (``airflow standalone``) in the background,
+and any ``airflow`` command against it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import sys
 import time
 
-from freestack.cli.reports import lake_report
 from freestack.embedded import (
     airflow_env,
     ensure_migrated,
@@ -108,9 +107,5 @@ def airflow(args: list[str]) -> int:
     os.execve(exe, [exe, *args], env)  # replaces this process: the exit code and signals are airflow's
 
 
-def lake(pipeline: str) -> int:
-    print(lake_report(pipeline))
-    return 0
 
-
-__all__ = ["airflow", "down", "lake", "up"]
+__all__ = ["UpError", "airflow", "down", "ensure_up", "up"]
