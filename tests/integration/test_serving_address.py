@@ -49,18 +49,19 @@ def dep(tmp_path_factory):
     stop_serving_processes(serving_dir() / "addr")
 
 
-def _deploy(dep, version: str, reason: str | None = None) -> dict:
-    return deploy_local(root_uri=dep["root"], model="addr", name="addr", version=version,
-                        version_uri=dep["uris"][version], local=dep["local"], reason=reason)  # fmt: skip
+def _deploy(dep, version: str, reason: str | None = None, *, name: str = "addr", local=None) -> dict:
+    return deploy_local(root_uri=dep["root"], model="addr", name=name, version=version,
+                        version_uri=dep["uris"][version], local=local or dep["local"], reason=reason)  # fmt: skip
 
 
-def _switch_under_load(dep, version: str, reason: str) -> tuple[dict, dict, dict]:
+def _switch_under_load(dep, version: str, reason: str, *, name: str = "addr", local=None,
+                       threads: dict[str, int] | None = None) -> tuple[dict, dict, dict]:  # fmt: skip
     """Redeploy ``version`` while the load loop runs: (record, figures during the redeploy, overall)."""
-    before = Deployments(dep["root"], "addr").get("addr")
-    with LoadLoop("127.0.0.1", before["port"], [0.5] * N_FEATURES) as load:
+    before = Deployments(dep["root"], "addr").get(name)
+    with LoadLoop("127.0.0.1", before["port"], [0.5] * N_FEATURES, threads=threads) as load:
         time.sleep(1.0)
         t0 = time.monotonic()
-        rec = _deploy(dep, version, reason)
+        rec = _deploy(dep, version, reason, name=name, local=local)
         t1 = time.monotonic()
         time.sleep(1.0)
     during, overall = load.figures(t0, t1), load.figures()
@@ -99,6 +100,19 @@ def test_rollback_under_load_keeps_the_address(dep):
     rec, _, _ = _switch_under_load(dep, "v1", "rollback")
     assert rec["version"] == "v1" and rec["color"] == "blue" and rec["previous"]["version"] == "v2"
     assert (rec["url"], rec["holder_pid"]) == (before["url"], before["holder_pid"])
+
+
+def test_sync_workers_switch_by_a_second_start_and_fail_no_request(dep):
+    """gunicorn's sync worker cannot wait for the gate: the checked server is started again with the gate
+    open, checked again on its own port, and only then the old one stops."""
+    local = dep["local"].model_copy(update={"port": free_port_block(), "worker_class": "sync"})
+    first = _deploy(dep, "v1", name="addr-sync", local=local)
+    try:
+        rec, _, _ = _switch_under_load(dep, "v2", "sync redeploy", name="addr-sync", local=local,
+                                       threads={"fresh": 2, "keepalive": 1, "session": 1})  # fmt: skip
+        assert (rec["url"], rec["holder_pid"]) == (first["url"], first["holder_pid"]) and rec["version"] == "v2"
+    finally:
+        stop_local(dep["root"], "addr", "addr-sync")
 
 
 def test_serving_processes_lists_the_server_and_the_holder(dep):
