@@ -17,7 +17,13 @@ import pytest
 
 from freestack.errors import DeployError
 from freestack.serving.local import deploy_local, describe, serving_dir, stop_local
-from freestack.serving.processes import free_port_block, is_holder, serving_processes, stop_serving_processes
+from freestack.serving.processes import (
+    free_port_block,
+    is_holder,
+    port_free,
+    serving_processes,
+    stop_serving_processes,
+)
 from freestack.serving.records import Deployments
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
@@ -39,6 +45,7 @@ def dep(tmp_path_factory):
     work = tmp_path_factory.mktemp("address")
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "addr", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
+    uris["vbad"] = make_version(root, "addr", "vbad", work, seed=9, broken=True)
     local = LocalTarget(port=free_port_block(), workers=2, smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=90)
     rec = deploy_local(root_uri=root, model="addr", name="addr", version="v1", version_uri=uris["v1"], local=local)
     yield {"root": root, "uris": uris, "local": local, "first": rec}
@@ -156,6 +163,15 @@ def test_a_stop_logs_no_traceback(dep):
     assert "Shutting down: Master" in logs[Path(rec["log"]).name]
     for name, text in logs.items():
         assert "Traceback" not in text and "Exception during" not in text, f"{name}:\n{text[-3000:]}"
+
+
+def test_a_failed_first_deploy_leaves_no_holder(dep):
+    """No server behind a held address would keep clients waiting: the holder goes with the failed deploy."""
+    local = dep["local"].model_copy(update={"port": free_port_block()})
+    with pytest.raises(DeployError, match="exited with code|not healthy"):
+        _deploy(dep, "vbad", name="addr-bad", local=local)
+    assert not serving_processes(serving_dir() / "addr-bad")
+    assert port_free("127.0.0.1", local.port)
 
 
 def test_port_taken_by_another_program(dep, tmp_path):

@@ -133,6 +133,7 @@ class Address:
     host: str
     port: int
     holder_pid: int
+    started: bool = False  # by this deploy (so no server uses it yet)
 
     @property
     def url(self) -> str:
@@ -159,7 +160,7 @@ def hold_address(model: str, name: str, local: LocalTarget, live: dict[str, Any]
             f"{port_owner(local.host, local.port)}; stop it, or set deploy.local.port to a free port (the "
             "deployment also uses port + 1, port + 2 and the metrics ports port + 100, port + 101)"
         )
-    return Address(local.host, local.port, _start_holder(home, local.host, local.port))
+    return Address(local.host, local.port, _start_holder(home, local.host, local.port), started=True)
 
 
 def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> int:
@@ -348,26 +349,36 @@ def deploy_local(
         return {**live, "unchanged": True}
     _stop_strays(name, live, local)
     prior, live = live, _without_address(live)
-    address = hold_address(model, name, local, live)
     slot = _free_slot(model, name, local, live)
     request_log = str(deployments.folder / name / "requests") if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows, spec)
     model_uri, model_env = source or (version_uri, {})
+    address = hold_address(model, name, local, live)
     cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
                         address=address)  # fmt: skip
-    server, checked, timings = _start_checked(cfg, local, sample, model_env)
+    server = None
     try:
+        server, checked, timings = _start_checked(cfg, local, sample, model_env)
         t0 = time.monotonic()
         server = _join(server, local, sample, model_env)
         timings["join_s"] = round(time.monotonic() - t0, 3)
         record = _record(prior, server, slot, local, address, version_uri, checked, reason, timings)
         deployments.write(name, record, token)
     except BaseException:
-        server.stop()
+        if server is not None:
+            server.stop()
+        _release(address)
         raise
     if live:
         _retire(live, address)
     return record
+
+
+def _release(address: Address) -> None:
+    """A failed deploy stops the holder it started: no server uses it, and a held address with no
+    server behind it would keep clients waiting instead of refusing them."""
+    if address.started:
+        stop_holder(address.holder_pid)
 
 
 def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
