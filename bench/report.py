@@ -119,6 +119,14 @@ def _serve(r: dict[str, Any], file: str) -> list[Row]:
     ]  # fmt: skip
 
 
+def _serve_address(r: dict[str, Any], file: str) -> list[Row]:
+    s = r["summary"]
+    stable, direct = s["stable"]["c8"], s["direct"]["c8"]
+    return [Row("serve_address", "stable address (fd:// from the holder), c=8, req/s", _n(stable["rps"]),
+                f"{_n(direct['rps'])} (same server, bound directly)", stable.get("ratio_rps"), ">= 0.95",
+                s["checks"].get("ratio_ok"))]  # fmt: skip
+
+
 def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
     s = r.get("summary")
     if not s:
@@ -152,7 +160,7 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest, "train": _train, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
-    "orchestration": _orchestration,
+    "serve_address": _serve_address, "orchestration": _orchestration,
 }  # fmt: skip
 ORDER = list(EXTRACT)
 

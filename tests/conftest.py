@@ -54,10 +54,10 @@ if str(ROOT / "include") not in sys.path:
 
 
 def _model_servers() -> set[int]:
-    """Supervisor pids of the model servers started under this session's serving folder."""
-    from freestack.serving.processes import supervisors
+    """Pids of the model-server supervisors and address holders started under this session's serving folder."""
+    from freestack.serving.processes import serving_processes
 
-    return set(supervisors(os.environ["FREESTACK_SERVING_DIR"]))
+    return {pid for pid, _ in serving_processes(os.environ["FREESTACK_SERVING_DIR"])}
 
 
 def _stop(pids) -> None:

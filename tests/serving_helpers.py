@@ -51,3 +51,93 @@ def in_process(version_uri: str, rows: np.ndarray) -> np.ndarray:
     path = version_uri.removeprefix("file://")
     net = FreestackNet.from_pretrained(path)
     return net.predict_proba(torch.as_tensor(np.asarray(rows, dtype=np.float32))).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a load loop against one address
+
+
+class LoadLoop:
+    """Client threads that POST one prediction after another to ``host:port`` until stopped, in four
+    styles: ``fresh`` (a new connection per request, ``Connection: close``), ``keepalive`` (one
+    ``http.client`` connection reused, no retry: a request on a connection the server closed fails),
+    ``session`` (``requests.Session``, as most Python clients do) and ``idle`` (like ``keepalive``, but
+    pausing IDLE_S between requests, so its connection is idle when a switch begins). Every request is
+    kept as (style, start, latency s, served version or the error)."""
+
+    STYLES = ("fresh", "keepalive", "session", "idle")
+    IDLE_S = 2.0
+
+    def __init__(self, host: str, port: int, row: list[float], *, threads: dict[str, int] | None = None):
+        import threading
+
+        self.host, self.port = host, port
+        self.body = json.dumps({"data": {"ndarray": [row]}}).encode()
+        self.threads = threads or {"fresh": 2, "keepalive": 2, "session": 1, "idle": 2}
+        self.stopping = threading.Event()
+        self.results: list[tuple[str, float, float, str, bool]] = []
+        self._workers = [threading.Thread(target=self._run, args=(style,), daemon=True)
+                         for style, n in self.threads.items() for _ in range(n)]  # fmt: skip
+
+    def __enter__(self) -> LoadLoop:
+        for t in self._workers:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for t in self._workers:
+            t.join(timeout=30)
+
+    def _run(self, style: str) -> None:
+        import http.client
+        import time
+
+        import requests
+
+        session = requests.Session() if style == "session" else None
+        conn = None
+        url, path = f"http://{self.host}:{self.port}", "/api/v1.0/predictions"
+        headers = {"Content-Type": "application/json", **({"Connection": "close"} if style == "fresh" else {})}
+        out = []
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            try:
+                if session is not None:
+                    resp = session.post(url + path, data=self.body, headers=headers, timeout=30)
+                    status, data = resp.status_code, resp.content
+                else:
+                    if conn is None or style == "fresh":
+                        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                    conn.request("POST", path, body=self.body, headers=headers)
+                    resp = conn.getresponse()
+                    status, data = resp.status, resp.read()
+                    if style == "fresh":
+                        conn.close()
+                ok = status == 200
+                what = json.loads(data)["meta"]["tags"]["model_version"] if ok else f"HTTP {status}"
+            except Exception as exc:  # every failure counts; the next request reconnects
+                ok, what = False, f"{type(exc).__name__}: {exc}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            out.append((style, t0, time.monotonic() - t0, what, ok))
+            if style == "idle":
+                self.stopping.wait(self.IDLE_S)
+        self.results.extend(out)
+
+    def figures(self, since: float = 0.0, until: float = float("inf")) -> dict[str, dict]:
+        """Per style, for the requests started in [since, until]: sent, failed, max and p50 latency (ms),
+        the versions that answered, and the first few errors."""
+        out = {}
+        for style in self.threads:
+            rs = [r for r in self.results if r[0] == style and since <= r[1] <= until]
+            lat = sorted(r[2] for r in rs)
+            out[style] = {
+                "sent": len(rs), "failed": sum(1 for r in rs if not r[4]),
+                "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+                "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
+                "versions": sorted({r[3] for r in rs if r[4]}),
+                "errors": [r[3] for r in rs if not r[4]][:5],
+            }  # fmt: skip
+        return out

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
 
     # -- serving: the deploy side ---------------------------------------------------------------------------
     serve_port: int = Field(
-        default=9000, ge=1024, le=65534, description="`deploy.local.port` when a spec gives none (blue: port, green: port + 1)."
+        default=9000, ge=1024, le=65533, description="`deploy.local.port` when a spec gives none (the deployment's address; its blue and green servers: port + 1, port + 2)."
     )
     serving_dir: Path | None = Field(
         default=None,

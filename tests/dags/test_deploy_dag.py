@@ -63,12 +63,14 @@ def test_rollback_dag_restores_the_previous_version(pipeline):
         assert deploy_only.test().state == "success"
         rec, now = _served(root)
         assert rec["version"] == "v2" and now["health"] == "ok"
+        address = (rec["url"], rec["holder_pid"])
 
         run = rollback.test()
         assert run.state == "success"
         assert reg.aliases()["production"] == "v1" and reg.aliases()["previous"] == "v2"
         rec, now = _served(root)
         assert rec["version"] == "v1" and now["health"] == "ok" and rec["previous"]["version"] == "v2"
+        assert (rec["url"], rec["holder_pid"]) == address and rec["color"] != rec["history"][-2]["color"]
         rows = np.random.default_rng(0).uniform(0, 16, size=(4, 64))
         code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
         assert code == 200
@@ -77,7 +79,7 @@ def test_rollback_dag_restores_the_previous_version(pipeline):
         # a named version, through the form's Param
         run = rollback.test(run_conf={"version": "v2"})
         assert run.state == "success"
-        assert _served(root)[0]["version"] == "v2"
+        assert _served(root)[0]["version"] == "v2" and _served(root)[0]["url"] == address[0]
 
         # an unknown version fails the run and leaves production and the server alone
         run = rollback.test(run_conf={"version": "v9"})

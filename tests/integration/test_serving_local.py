@@ -267,7 +267,8 @@ def test_broken_version_leaves_the_old_one_serving_then_switch(served):
     assert code == 200 and body["meta"]["tags"]["model_version"] == "v1"
 
     rec = deploy_local(root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local)
-    assert rec["version"] == "v2" and rec["color"] == "green" and rec["port"] == before["port"] + 1
+    assert rec["version"] == "v2" and rec["color"] == "green" and rec["server_port"] == before["server_port"] + 1
+    assert (rec["url"], rec["port"], rec["holder_pid"]) == (before["url"], before["port"], before["holder_pid"])
     assert rec["previous"]["version"] == "v1"
     assert not describe(before)["alive"]  # the blue server was stopped after the switch
     rows = np.random.default_rng(3).normal(size=(5, N_FEATURES))

@@ -1,10 +1,19 @@
-"""The local deploy target: a supervised ``seldon-core-microservice`` on 127.0.0.1, switched blue/green.
+"""The local deploy target: a supervised ``seldon-core-microservice`` on 127.0.0.1, switched blue/green
+behind one stable address.
 
-``deploy_local`` starts the new version beside the one serving (blue on ``port``, green on
-``port + 1``), waits for ``/health/status``, sends real test rows whose answers must equal the
-evaluation's in-process predictions, and only then replaces the deployment record
-``deployments/<model>/<name>.json`` (compare-and-swap) and stops the old process. If the new version
-fails to load or to answer the same, it is stopped and the old one keeps serving.
+A deployment's address is ``deploy.local.port`` (P) for its whole life: an *address holder* process
+listens there and hands the listening socket to each server (:mod:`freestack.serving.server.address`),
+so the kernel gives connections straight to the servers' gunicorn workers, with no proxy. Blue and
+green are two slots behind it, each server also on its own port (blue P+1, green P+2).
+
+``deploy_local`` starts the new version in the slot the live one does not use, waits for
+``/health/status`` on the server's own port, sends real test rows whose answers must equal the
+evaluation's in-process predictions, and only then opens the server's gate: it starts accepting on the
+deployment's address beside the old one. Once it does, the record ``deployments/<model>/<name>.json``
+is replaced (compare-and-swap) and the old server is stopped gracefully: it accepts nothing more,
+answers what its connections hold (``Connection: close``) and exits, while connections waiting in the
+socket's queue are accepted by the new one: clients see no failed request. If the new version fails
+to load or to answer the same, it is stopped before it took any traffic and the old one keeps serving.
 
 The server runs in the serving environment (``.venv-serving``) in its own session, so it outlives the
 Airflow task that started it; the record keeps its pid, port, version and log. This module is plain
@@ -27,8 +36,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
-from freestack.serving.processes import port_free, process_alive, stop_process, supervisors
+from freestack.serving.processes import (
+    holders,
+    is_holder,
+    port_free,
+    port_owner,
+    process_alive,
+    stop_holder,
+    stop_server,
+    supervisors,
+)
 from freestack.serving.records import Deployments
+from freestack.serving.server.address import socket_name
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test
 from freestack.settings import checkout_dir, settings
 
@@ -85,9 +104,89 @@ def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
     return "\n".join(keep[-lines:])
 
 
+def _home(name: str) -> Path:
+    return serving_dir() / name
+
+
 def _strays(name: str) -> list[int]:
     """Supervisors started for deployment ``name`` from this serving dir (left by a killed deploy task)."""
-    return supervisors(str(serving_dir() / name) + "/")
+    return supervisors(str(_home(name)) + "/")
+
+
+def _server_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a process of the serving environment: ours, its own PYTHONPATH, ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(extra)
+    env.update({"PYTHONPATH": os.pathsep.join([str(checkout_dir() / "plugins"), str(model_dir())]),
+                "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    return env
+
+
+# ------------------------------------------------------------------------------------------------------
+# the deployment's address
+
+
+@dataclass(frozen=True)
+class Address:
+    """A deployment's stable address and the holder process that keeps its listening socket."""
+
+    host: str
+    port: int
+    holder_pid: int
+    started: bool = False  # by this deploy (so no server uses it yet)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def hold_address(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None) -> Address:
+    """The deployment's address holder on ``local.host:local.port``: the running one, else a new one.
+    Raises DeployError when the port is taken (by another program, or by our server whose holder is gone)."""
+    home = _home(name)
+    for pid, h_home, host, port in holders(str(home)):
+        if (h_home, host, port) == (str(home), local.host, local.port):
+            return Address(local.host, local.port, pid)
+    if not port_free(local.host, local.port, wait=2.0):
+        where = f"{local.host}:{local.port}"
+        if live and live.get("port") == local.port:
+            raise DeployError(
+                f"the address holder of {model}/{name} is gone, but its server (pid {live.get('pid')}) still "
+                f"serves {where}, so a new holder cannot listen there: stop the deployment (`freestack serve "
+                f"stop {name}`) and deploy again (clients see the address down in between)"
+            )
+        raise DeployError(
+            f"{where}, the address of {model}/{name} (deploy.local.port), is taken by another program"
+            f"{port_owner(local.host, local.port)}; stop it, or set deploy.local.port to a free port (the "
+            "deployment also uses port + 1, port + 2 and the metrics ports port + 100, port + 101)"
+        )
+    return Address(local.host, local.port, _start_holder(home, local.host, local.port), started=True)
+
+
+def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> int:
+    """Start an address holder in its own session; return its pid once it answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    ready = home / socket_name(port)
+    ready.unlink(missing_ok=True)  # left by a holder that was killed
+    log_path = home / "address.log"
+    with open(log_path, "ab") as out:
+        out.write(f"\n=== {_now()} holding {host}:{port} ===\n".encode())
+        proc = subprocess.Popen(
+            [serving_python(), "-m", "freestack.serving.server", "hold", str(home), host, str(port)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=_server_env({}),
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        rc = proc.poll()
+        if rc is not None or time.monotonic() > deadline:
+            if rc is None:
+                stop_holder(proc.pid)
+            raise DeployError(f"the address holder for {host}:{port} did not start (exit {rc}); last lines of "
+                              f"{log_path}:\n{log_tail(log_path, 5)}")  # fmt: skip
+        time.sleep(0.02)
+    log.info("address holder for %s:%d started (pid %d)", host, port, proc.pid)
+    return proc.pid
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -102,18 +201,26 @@ class LocalServer:
 
     @property
     def url(self) -> str:
+        """The server's own address (not the deployment's)."""
         return f"http://{self.cfg['host']}:{self.cfg['port']}"
+
+    @property
+    def gate(self) -> Path:
+        return Path(self.cfg["address"]["gate"])
+
+    def _exited(self, what: str) -> DeployError | None:
+        rc = self.proc.poll()
+        if rc is None:
+            return None
+        return DeployError(f"the model server for {self.cfg['model']} {self.cfg['version']} exited with code {rc} "
+                           f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
-            rc = self.proc.poll()
-            if rc is not None:
-                raise DeployError(
-                    f"the model server for {self.cfg['model']} {self.cfg['version']} exited with code {rc} "
-                    f"before it was healthy; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
-                )
+            if exited := self._exited("before it was healthy"):
+                raise exited
             try:
                 code, body = http_json(f"{self.url}/health/status", timeout=2.0)
                 if code == 200:
@@ -121,21 +228,45 @@ class LocalServer:
                 last = f"HTTP {code}: {str(body)[:300]}"
             except OSError as exc:
                 last = str(exc)
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise DeployError(
             f"the model server for {self.cfg['model']} {self.cfg['version']} was not healthy within {timeout:.0f} s "
             f"({last}); last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
+    def joined(self) -> set[int]:
+        """Pids of the workers that accept on the deployment's address (they write them into the gate)."""
+        try:
+            return {int(x) for x in self.gate.read_text().split()}
+        except (OSError, ValueError):
+            return set()
+
+    def wait_joined(self, timeout: float) -> None:
+        """Wait until every worker accepts on the deployment's address (at least one within ``timeout``)."""
+        want, deadline = int(self.cfg["workers"]), time.monotonic() + timeout
+        while len(got := self.joined()) < want:
+            if exited := self._exited("while joining the deployment's address"):
+                raise exited
+            if time.monotonic() > deadline:
+                if got:
+                    log.warning("%d of %d workers accept on the deployment's address; going on", len(got), want)
+                    return
+                raise DeployError(
+                    f"the model server for {self.cfg['model']} {self.cfg['version']} did not start accepting on "
+                    f"the deployment's address within {timeout:.0f} s; last lines of {self.log_path}:\n"
+                    f"{log_tail(self.log_path)}"
+                )
+            time.sleep(0.02)
+
     def stop(self) -> None:
-        stop_process(self.proc.pid, grace_seconds=10.0)
+        stop_server(self.proc.pid, grace_seconds=15.0)
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=1)
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Where a new server goes: its color and ports."""
+    """Where a new server goes: its color, its own port and its metrics port."""
 
     color: str
     port: int
@@ -143,9 +274,10 @@ class Slot:
 
 
 def server_config(name: str, model: str, version: str, slot: Slot, local: LocalTarget, *, model_uri: str,
-                  request_log_uri: str | None) -> dict[str, Any]:  # fmt: skip
-    """The supervisor's config file for one server (``freestack.serving.server.app``)."""
-    return {
+                  request_log_uri: str | None, address: Address | None = None) -> dict[str, Any]:  # fmt: skip
+    """The supervisor's config file for one server (``freestack.serving.server.app``); with ``address``,
+    the server also serves the deployment's address once its gate is open."""
+    cfg = {
         "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.timeout_seconds,
@@ -156,26 +288,27 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
             "request_log_rate": local.log_sample_rate if request_log_uri else 0.0,
         },
     }  # fmt: skip
+    if address is not None:
+        cfg["address"] = {"host": address.host, "port": address.port, "socket": socket_name(address.port),
+                          "gate": str(_home(name) / f"{slot.color}.gate")}  # fmt: skip
+    return cfg
 
 
-def start_server(cfg: dict[str, Any], *, model_env: dict[str, str]) -> LocalServer:
+def start_server(cfg: dict[str, Any], *, model_env: dict[str, str], gate_open: bool = False) -> LocalServer:
     """Start the supervised server for ``cfg`` (returns at once; call ``wait_ready``). ``model_env``: what
-    the server needs to read its model URI (credentials; :func:`freestack.hooks.credentials.model_source`)."""
-    home = serving_dir() / cfg["name"]
+    the server needs to read its model URI (credentials; :func:`freestack.hooks.credentials.model_source`).
+    Its gate starts closed unless ``gate_open``."""
+    home = _home(cfg["name"])
     home.mkdir(parents=True, exist_ok=True)
     cache = home / f"{cfg['predictor']}-cache"
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
     config_path = home / f"{cfg['predictor']}.json"
     config_path.write_text(json.dumps(cfg, indent=2))
+    if cfg.get("address") and not gate_open:
+        Path(cfg["address"]["gate"]).unlink(missing_ok=True)
     log_path = home / f"{cfg['predictor']}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(model_env)
-    env.update({
-        "PYTHONPATH": os.pathsep.join([str(checkout_dir() / "plugins"), str(model_dir())]),
-        "FREESTACK_SERVING_CACHE": str(cache),
-        "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env = _server_env({**model_env, "FREESTACK_SERVING_CACHE": str(cache)})
     with open(log_path, "ab") as out:
         out.write(f"\n=== {_now()} starting {cfg['model']} {cfg['version']} on {cfg['host']}:{cfg['port']} "
                   f"({cfg['predictor']}) ===\n".encode())  # fmt: skip
@@ -203,37 +336,91 @@ def deploy_local(
     reason: str | None = None,
     source: tuple[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Serve ``version`` as deployment ``name``: start, check, switch the record, stop the old server.
+    """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server.
 
     ``source`` is the URI the server reads the version from and the environment it needs for it
-    (default: ``version_uri`` as it is). Idempotent: if the record already serves this version from a
-    live, healthy server, nothing changes."""
+    (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
+    address from a live, healthy server, nothing changes."""
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
-    live = process_alive(current)
-    if live and current.get("version") == version and _healthy(current["url"]):
-        log.info("%s/%s already serves %s at %s", model, name, version, current["url"])
-        return {**current, "unchanged": True}
-    _stop_strays(name, current if live else None)
-    slot = _free_slot(model, name, local, current if live else None)
+    live = current if process_alive(current) else None
+    if live and _unchanged(live, version, local):
+        log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
+        return {**live, "unchanged": True}
+    _stop_strays(name, live, local)
+    prior, live = live, _without_address(live)
+    slot = _free_slot(model, name, local, live)
     request_log = str(deployments.folder / name / "requests") if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows, spec)
     model_uri, model_env = source or (version_uri, {})
-    cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log)
+    address = hold_address(model, name, local, live)
+    cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
+                        address=address)  # fmt: skip
+    server = None
+    try:
+        server, checked, timings = _start_checked(cfg, local, sample, model_env)
+        t0 = time.monotonic()
+        server = _join(server, local, sample, model_env)
+        timings["join_s"] = round(time.monotonic() - t0, 3)
+        record = _record(prior, server, slot, local, address, version_uri, checked, reason, timings)
+        deployments.write(name, record, token)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        _release(address)
+        raise
+    if live:
+        _retire(live, address)
+    return record
+
+
+def _release(address: Address) -> None:
+    """A failed deploy stops the holder it started: no server uses it, and a held address with no
+    server behind it would keep clients waiting instead of refusing them."""
+    if address.started:
+        stop_holder(address.holder_pid)
+
+
+def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
+    """The live server serves ``version`` at ``local``'s address, and answers."""
+    same = live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
+    return same and bool(live.get("holder_pid")) and _healthy(live["url"])
+
+
+def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]):
+    """Start the server on its own port, wait for health and require the evaluation's answers; returns
+    (server, what the smoke test compared, timings). A server that fails is stopped."""
+    t0 = time.monotonic()
     server = start_server(cfg, model_env=model_env)
     try:
         server.wait_ready(local.start_timeout_seconds)
+        t1 = time.monotonic()
         checked = smoke_test(server.url, sample)
-        log.info("smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)", model, version,
-                 server.url, checked["rows"], checked["max_abs_diff"])  # fmt: skip
-        record = _record(current if live else None, server, slot, local, version_uri, checked, reason)
-        deployments.write(name, record, token)
     except BaseException:
         server.stop()
         raise
-    if live:
-        _retire(current)
-    return record
+    log.info("smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)", cfg["model"],
+             cfg["version"], server.url, checked["rows"], checked["max_abs_diff"])  # fmt: skip
+    return server, checked, {"ready_s": round(t1 - t0, 3), "smoke_s": round(time.monotonic() - t1, 3)}
+
+
+def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]) -> LocalServer:
+    """Open the checked server's gate and wait until it accepts on the deployment's address. The freestack
+    worker joins in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
+    started again with the gate open (same version and config) and checked again on its own port."""
+    server.gate.write_text("")
+    if server.cfg["worker_class"] == "freestack":
+        server.wait_joined(local.start_timeout_seconds)
+        return server
+    server.stop()
+    again = start_server(server.cfg, model_env=model_env, gate_open=True)
+    try:
+        again.wait_ready(local.start_timeout_seconds)
+        smoke_test(again.url, sample)
+    except BaseException:
+        again.stop()
+        raise
+    return again
 
 
 def _healthy(url: str) -> bool:
@@ -244,63 +431,90 @@ def _healthy(url: str) -> bool:
     return code == 200
 
 
-def _stop_strays(name: str, live: dict[str, Any] | None) -> None:
-    """Stop servers left behind by an interrupted deploy of this deployment (never the live one)."""
+def _stop_strays(name: str, live: dict[str, Any] | None, local: LocalTarget) -> None:
+    """Stop servers left behind by an interrupted deploy of this deployment (never the live one), and
+    address holders of this deployment that neither the live server nor this deploy uses."""
     for pid in _strays(name):
         if not (live and pid == live.get("pid")):
             log.warning("stopping a model server left by an interrupted deploy (pid %d)", pid)
-            stop_process(pid)
+            stop_server(pid)
+    keep = {(local.host, local.port)} | ({(live.get("host"), live.get("port"))} if live else set())
+    for pid, home, host, port in holders(str(_home(name))):
+        if home == str(_home(name)) and (host, port) not in keep:
+            log.warning("stopping the address holder of %s:%d, which no server uses (pid %d)", host, port, pid)
+            stop_holder(pid)
+
+
+def _without_address(live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A live server from before deployments had a stable address listens on the address itself: it
+    is stopped first, once (clients see the address down until the new server is up)."""
+    if live and not live.get("holder_pid"):
+        log.warning("%s/%s is served without an address holder (deployed by an older freestack): stopping it "
+                    "first, so that its address can be held from now on", live.get("model"), live.get("name"))  # fmt: skip
+        stop_server(int(live["pid"]))
+        return None
+    return live
 
 
 def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None) -> Slot:
-    """The color the live server does not use, with its ports checked free."""
+    """The color the live server does not use, with its own port and metrics port checked free."""
     color = "green" if live and live.get("color") == "blue" else "blue"
     offset = COLORS.index(color)
-    port = local.port + offset
+    port = local.port + 1 + offset
     if not port_free(local.host, port):
         raise DeployError(
-            f"port {local.host}:{port} for the {color} server of {model}/{name} is taken by another program; "
-            f"free it or set deploy.local.port in the pipeline spec (blue uses port, green port + 1)"
+            f"port {local.host}:{port} for the {color} server of {model}/{name} is taken by another program"
+            f"{port_owner(local.host, port)}; free it or set deploy.local.port in the pipeline spec (the address "
+            "is port; the blue server uses port + 1, the green one port + 2)"
         )
     metrics_port = (local.metrics_port or local.port + 100) + offset
     if not port_free(local.host, metrics_port):
-        raise DeployError(f"metrics port {local.host}:{metrics_port} is taken; set deploy.local.metrics_port")
+        raise DeployError(f"metrics port {local.host}:{metrics_port} is taken{port_owner(local.host, metrics_port)}; "
+                          "set deploy.local.metrics_port")  # fmt: skip
     return Slot(color, port, metrics_port)
 
 
-def _record(live: dict[str, Any] | None, server: LocalServer, slot: Slot, local: LocalTarget, version_uri: str,
-            checked: dict[str, Any], reason: str | None) -> dict[str, Any]:  # fmt: skip
+def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local: LocalTarget, address: Address,
+            version_uri: str, checked: dict[str, Any], reason: str | None,
+            timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
     """The deployment record once ``server`` serves: where, what, since when, and the switch history."""
     cfg = server.cfg
-    history = [*(live or {}).get("history", []), {"version": cfg["version"], "at": _now(), "color": slot.color,
-                                                  "reason": reason}]  # fmt: skip
+    history = [*(prior or {}).get("history", []), {"version": cfg["version"], "at": _now(), "color": slot.color,
+                                                   "reason": reason}]  # fmt: skip
     previous = None
-    if live:
-        previous = {k: live.get(k) for k in ("version", "version_uri", "url", "pid", "color", "deployed_at")}
+    if prior:
+        previous = {k: prior.get(k) for k in ("version", "version_uri", "url", "pid", "color", "deployed_at")}
     return {
         "name": cfg["name"], "model": cfg["model"], "target": "local", "state": "serving",
-        "version": cfg["version"], "version_uri": version_uri, "url": server.url,
-        "predict_url": f"{server.url}/api/v1.0/predictions",
+        "version": cfg["version"], "version_uri": version_uri, "url": address.url,
+        "predict_url": f"{address.url}/api/v1.0/predictions",
         "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics",
-        "host": local.host, "port": slot.port, "color": slot.color, "pid": server.proc.pid,
+        "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
+        "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
         "hostname": socket.gethostname(), "config": str(server.config_path), "log": str(server.log_path),
         "request_log_uri": cfg["parameters"]["request_log_uri"] or None, "workers": local.workers,
-        "threads": local.threads, "deployed_at": _now(),
+        "threads": local.threads, "deployed_at": _now(), "timings": timings,
         "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"]},
         "previous": previous, "history": history[-HISTORY:],
     }  # fmt: skip
 
 
-def _retire(old: dict[str, Any]) -> None:
-    """Stop the server that served before the switch, once requests already sent to it are answered."""
-    time.sleep(1.0)
-    stop_process(int(old["pid"]))
-    log.info("stopped the %s server of %s %s (pid %s)", old.get("color"), old.get("model"), old.get("version"),
-             old.get("pid"))  # fmt: skip
+def _retire(old: dict[str, Any], address: Address) -> None:
+    """Stop the server that served before the switch: it accepts nothing more, answers what its
+    connections hold and exits (connections still queued go to the new server). A holder of another
+    address (the spec's port changed) is stopped after it."""
+    t0 = time.monotonic()
+    stop_server(int(old["pid"]))
+    (_home(old["name"]) / f"{old.get('color')}.gate").unlink(missing_ok=True)
+    old_holder = old.get("holder_pid")
+    if old_holder and old_holder != address.holder_pid and is_holder(old_holder, str(_home(old["name"]))):
+        stop_holder(int(old_holder))
+    log.info("stopped the %s server of %s %s (pid %s) in %.1f s", old.get("color"), old.get("model"),
+             old.get("version"), old.get("pid"), time.monotonic() - t0)  # fmt: skip
 
 
 def stop_local(root_uri: str, model: str, name: str) -> dict[str, Any]:
-    """Stop deployment ``name``'s server and mark its record stopped."""
+    """Stop deployment ``name``: its server, then its address holder; mark its record stopped."""
     deployments = Deployments(root_uri, model)
     record, token = deployments.read(name)
     if record is None:
@@ -308,20 +522,24 @@ def stop_local(root_uri: str, model: str, name: str) -> dict[str, Any]:
     if record.get("target", "local") != "local":
         raise DeployError(f"{model}/{name} runs on Kubernetes; delete the SeldonDeployment there")
     if process_alive(record):
-        stop_process(int(record["pid"]))
+        stop_server(int(record["pid"]))
     elif record.get("hostname") not in (None, socket.gethostname()):
         raise DeployError(f"{model}/{name} is served from host {record['hostname']}; stop it there")
+    holder = record.get("holder_pid")
+    if holder and is_holder(holder, str(_home(name))):
+        stop_holder(int(holder))
     record = {**record, "state": "stopped", "stopped_at": _now()}
     deployments.write(name, record, token)
     return record
 
 
 def describe(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with what is true now: process alive, health answer."""
+    """The record with what is true now: process alive, address holder alive, health answer."""
     out = dict(record)
     if record.get("target", "local") == "local":
         alive = process_alive(record)
         out["alive"] = alive
+        out["holder_alive"] = bool(record.get("holder_pid")) and is_holder(record["holder_pid"])
         health = None
         if alive:
             try:
@@ -334,6 +552,6 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "LocalServer", "Slot", "deploy_local", "describe", "log_tail", "model_dir", "serving_dir", "serving_python",
-    "server_config", "start_server", "stop_local",
+    "Address", "LocalServer", "Slot", "deploy_local", "describe", "hold_address", "log_tail", "model_dir",
+    "serving_dir", "serving_python", "server_config", "start_server", "stop_local",
 ]  # fmt: skip

@@ -1,14 +1,18 @@
 """The local model servers' processes and ports, portably (psutil: Linux, macOS, the BSDs).
 
 A model server runs as ``python -m freestack.serving.server supervise <config>`` in its own session
-(it is its process group's leader), so a whole server (supervisor, gunicorn, workers, metrics) is
-stopped by signalling that group. A pid in a deployment record is only ever signalled after its
-command line has been checked to be one of these supervisors.
+(it is its process group's leader). It is stopped by SIGTERM to the supervisor alone, which stops
+gunicorn gracefully (workers finish their requests while Seldon's metrics process, in the same group,
+still answers them); whatever of the group is left after the grace is signalled as a group. A
+deployment's address holder (``python -m freestack.serving.server hold HOME HOST PORT``) runs in its
+own session too. A pid in a deployment record is only ever signalled after its command line has been
+checked to be one of these processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -18,6 +22,8 @@ import time
 from typing import Any
 
 import psutil
+
+from freestack.serving.server.address import HOLDER
 
 #: what every model-server supervisor's command line holds
 SUPERVISOR = "freestack.serving.server supervise"
@@ -48,14 +54,125 @@ def process_alive(record: dict[str, Any] | None) -> bool:
     return is_ours(record.get("pid"), record.get("config"))
 
 
+def is_holder(pid: int | None, home: str | None = None) -> bool:
+    """True when ``pid`` is a live address holder (for the deployment folder ``home``, if given)."""
+    holder = _holder_of(_args(int(pid))) if pid else None
+    return holder is not None and (home is None or holder[0] == str(home))
+
+
+def _args(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
+        return []
+
+
+def _holder_of(args: list[str]) -> tuple[str, str, int] | None:
+    """(home, host, port) of a holder's command line, else None."""
+    cmd = " ".join(args)
+    if HOLDER not in cmd or len(args) < 3 or not args[-1].isdigit():
+        return None
+    return args[-3], args[-2], int(args[-1])
+
+
 def supervisors(marker: str) -> list[int]:
     """Pids of the live model-server supervisors whose command line contains ``marker`` (a path)."""
+    return [pid for pid, args in _ours(marker) if SUPERVISOR in " ".join(args)]
+
+
+def holders(marker: str) -> list[tuple[int, str, str, int]]:
+    """(pid, home, host, port) of the live address holders whose deployment folder contains ``marker``."""
+    found = [(pid, _holder_of(args)) for pid, args in _ours(marker)]
+    return [(pid, *h) for pid, h in found if h is not None]
+
+
+def _ours(marker: str) -> list[tuple[int, list[str]]]:
+    """(pid, command line) of the supervisors and holders whose command line contains ``marker``."""
     out = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info.get("cmdline") or ())
-        if SUPERVISOR in cmd and marker in cmd:
-            out.append(proc.info["pid"])
+        args = proc.info.get("cmdline") or []
+        cmd = " ".join(args)
+        if (SUPERVISOR in cmd or HOLDER in cmd) and marker in cmd:
+            out.append((proc.info["pid"], list(args)))
     return out
+
+
+def serving_processes(serving_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """Every model-server supervisor and address holder started under ``serving_dir``: (pid, what it is),
+    e.g. ``model server digits v3 (blue supervisor) on 127.0.0.1:9001, behind 127.0.0.1:9000``."""
+    return [(pid, _describe(args)) for pid, args in _ours(str(serving_dir).rstrip("/") + "/")]
+
+
+def _describe(args: list[str]) -> str:
+    holder = _holder_of(args)
+    if holder is not None:
+        home, host, port = holder
+        return f"address holder for {os.path.basename(home)} on {host}:{port}"
+    config = args[args.index("supervise") + 1] if "supervise" in args[:-1] else ""
+    try:
+        with open(config) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return f"model server (supervisor) with config {config or '?'}"
+    behind = f", behind {cfg['host']}:{cfg['address']['port']}" if cfg.get("address") else ""
+    return (f"model server {cfg.get('model')} {cfg.get('version')} ({cfg.get('predictor')} supervisor) on "
+            f"{cfg.get('host')}:{cfg.get('port')}{behind}")  # fmt: skip
+
+
+def stop_serving_processes(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[str]:
+    """Stop every model server and address holder started under ``serving_dir`` (servers first, all at
+    once and gracefully; then the holders). Returns what was stopped, one line each."""
+    found = serving_processes(serving_dir)
+    servers = [(pid, what) for pid, what in found if not what.startswith("address holder")]
+    stop_servers([pid for pid, _ in servers], grace_seconds=grace_seconds)
+    stopped = [f"{what} (pid {pid})" for pid, what in servers]
+    for pid, what in found:
+        if (pid, what) not in servers and is_holder(pid):
+            stop_holder(pid)
+            stopped.append(f"{what} (pid {pid})")
+    return stopped
+
+
+def stop_holder(pid: int, *, grace_seconds: float = 5.0) -> None:
+    """Stop an address holder (checked to be one): it closes its copy of the deployment's socket."""
+    if is_holder(pid):
+        stop_process(pid, grace_seconds=grace_seconds)
+
+
+def stop_server(pid: int, *, grace_seconds: float = 15.0) -> None:
+    """Stop one model server gracefully (see :func:`stop_servers`)."""
+    stop_servers([pid], grace_seconds=grace_seconds)
+
+
+def stop_servers(pids: list[int], *, grace_seconds: float = 15.0) -> None:
+    """SIGTERM each model server's supervisor (only those whose command line says so), which stops its
+    gunicorn gracefully; what is left of their process groups after ``grace_seconds`` is stopped as a
+    group (SIGTERM, then SIGKILL)."""
+    leaders = [pid for pid in pids if SUPERVISOR in cmdline(pid) and _leader(pid)]
+    for pid in leaders:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(_running(pid) for pid in leaders):
+        time.sleep(0.05)
+    for pid in leaders:
+        _stop_group(pid, grace_seconds=2.0)  # what is left of the group (the leader was checked above)
+
+
+def _leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (reaped here if it is our child and has exited)."""
+    _reap(pid)
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def stop_process(pid: int, *, grace_seconds: float = 15.0) -> None:
@@ -68,19 +185,28 @@ def stop_process(pid: int, *, grace_seconds: float = 15.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         return
-    with contextlib.suppress(ProcessLookupError):
+    _stop_group(pgid, grace_seconds=grace_seconds)
+
+
+def _stop_group(pgid: int, *, grace_seconds: float) -> None:
+    """SIGTERM process group ``pgid`` (its leader's pid), SIGKILL what is left after the grace."""
+    try:
         os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        _reap(pgid)
+        return
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
-            return
-        _reap(pid)
+            break
+        _reap(pgid)
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    _reap(pid)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    _reap(pgid)
 
 
 def _reap(pid: int) -> None:
@@ -92,15 +218,33 @@ def _reap(pid: int) -> None:
 # ports
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now, as gunicorn binds it (lingering TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+def port_free(host: str, port: int, *, wait: float = 0.0) -> bool:
+    """Whether ``host:port`` can be bound, as gunicorn binds it (lingering TIME_WAIT does not count);
+    ``wait``: seconds to keep trying (processes that were just killed release their sockets)."""
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+        time.sleep(0.05)
+
+
+def port_owner(host: str, port: int) -> str:
+    """Who listens on ``host:port``, as ' (pid N: command)', or '' when that cannot be seen (another
+    user's process, or macOS without privileges)."""
+    try:
+        conns = psutil.net_connections("tcp")
+    except (psutil.Error, OSError):
+        return ""
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in (host, "0.0.0.0", "::"):
+            return f" (pid {c.pid}: {cmdline(c.pid)[:120] or '?'})" if c.pid else ""
+    return ""
 
 
 def ephemeral_port_floor() -> int:
@@ -122,8 +266,9 @@ def ephemeral_port_floor() -> int:
 
 
 def free_port_block(host: str = "127.0.0.1") -> int:
-    """A ``port`` for ``deploy.local`` whose four ports are free on ``host``: blue (P), green (P+1)
-    and their metrics (P+100, P+101), as the ``serve_port`` setting for tests and benchmarks.
+    """A ``port`` for ``deploy.local`` whose five ports are free on ``host``: the deployment's address
+    (P), the blue and green servers' own ports (P+1, P+2) and their metrics (P+100, P+101), as the
+    ``serve_port`` setting for tests and benchmarks.
 
     The block lies below the kernel's ephemeral range: a process that opens thousands of client
     connections may otherwise have one of them take a port that a later deploy wants to bind.
@@ -131,7 +276,7 @@ def free_port_block(host: str = "127.0.0.1") -> int:
     top = max(ephemeral_port_floor() - 200, 12000)
     for _ in range(200):
         p = random.randint(10000, top)
-        if all(_bindable(host, q) for q in (p, p + 1, p + 100, p + 101)):
+        if all(_bindable(host, q) for q in (p, p + 1, p + 2, p + 100, p + 101)):
             return p
     raise RuntimeError(f"no free port block on {host}")
 
@@ -146,6 +291,7 @@ def _bindable(host: str, port: int) -> bool:
 
 
 __all__ = [
-    "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port_block", "is_ours", "port_free", "process_alive",
-    "stop_process", "supervisors",
+    "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port_block", "holders", "is_holder", "is_ours",
+    "port_free", "port_owner", "process_alive", "serving_processes", "stop_holder", "stop_process", "stop_server",
+    "stop_servers", "stop_serving_processes", "supervisors",
 ]  # fmt: skip

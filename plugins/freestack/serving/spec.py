@@ -4,7 +4,7 @@
       target: local                 # local (supervised seldon-core-microservice) | kubernetes
       name: digits                  # deployment name; default: the model name
       local:
-        port: 9000                  # blue/green: the new version takes port or port + 1
+        port: 9000                  # the deployment's address, for good; its servers: port + 1, + 2
         workers: 2                  # gunicorn workers (one model copy each)
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
@@ -40,10 +40,11 @@ class LocalTarget(SpecModel):
     port: int = Field(
         default_factory=lambda: settings().serve_port,
         ge=1024,
-        le=65534,
-        description="blue uses port, green port + 1; default: the serve_port setting (9000)",
+        le=65533,
+        description="the deployment's address, the same across redeploys and rollbacks (the blue and green "
+        "servers behind it also listen on port + 1 and port + 2); default: the serve_port setting (9000)",
     )
-    metrics_port: int | None = Field(default=None, ge=1024, le=65535, description="default: port + 100")
+    metrics_port: int | None = Field(default=None, ge=1024, le=65534, description="blue's metrics; green's is metrics_port + 1; default: port + 100")
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
     threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
     worker_class: Literal["freestack", "gthread", "sync"] = Field(
@@ -124,8 +125,11 @@ class DeploySpec(SpecModel):
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:
         mp = self.local.metrics_port
-        if mp is not None and mp in (self.local.port, self.local.port + 1):
-            raise ValueError(f"deploy.local.metrics_port {mp} collides with the serving ports (port, port + 1)")
+        if mp is not None and self.local.port - 1 <= mp <= self.local.port + 2:
+            raise ValueError(
+                f"deploy.local.metrics_port {mp} collides with the serving ports (port, port + 1, port + 2) "
+                "or the green metrics port (metrics_port + 1): choose one outside port - 1 .. port + 2"
+            )
         return self
 
 

@@ -1,4 +1,5 @@
-"""``python -m freestack.serving.server run|supervise CONFIG.json`` (see :mod:`freestack.serving.server.app`)."""
+"""``python -m freestack.serving.server run|supervise CONFIG.json`` and ``... hold HOME HOST PORT`` (see
+:mod:`freestack.serving.server.app`)."""
 
 import sys
 

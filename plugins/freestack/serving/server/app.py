@@ -4,6 +4,17 @@ address we choose, under a small supervisor. Runs in the serving environment (``
 ``python -m freestack.serving.server supervise CONFIG.json`` starts the supervisor, which runs
 ``... run CONFIG.json`` as its child and restarts it when it dies unexpectedly (a worker that fails to
 boot, exit code 3, is not restarted: that is a broken model, and the deploy task reports it).
+``python -m freestack.serving.server hold HOME HOST PORT`` is a deployment's address holder
+(:mod:`freestack.serving.server.address`).
+
+With an ``address`` in the config (what ``deploy`` writes), the server has two listeners: its own
+``host:port`` (where the deploy checks it) and the deployment's stable address, a listening socket the
+supervisor fetches once from the address holder and hands to every ``run`` it starts. The freestack
+worker accepts on the stable address only once the deploy opened the server's *gate* (created the
+file ``address.gate``), i.e. after the server passed its smoke test; gunicorn's ``sync`` and ``gthread``
+workers cannot wait, so for them the socket is only handed to gunicorn when the gate is open at start.
+A stopping server (SIGTERM) answers what its connections already sent, then exits
+(:mod:`freestack.serving.server.worker`); the socket stays open in the holder and in the other server.
 
 ``run`` is what ``seldon-core-microservice Model --service-type MODEL`` does, with these changes:
 
@@ -27,19 +38,24 @@ The request/response protocol, the wrapper, the error format and the Model class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+from freestack.serving.server.address import AddressError, receive
+
 log = logging.getLogger("freestack.serving")
 
 BOOT_ERROR = 3  # gunicorn's exit code when a worker cannot boot (the model failed to load)
+ADDRESS_ERROR = 4  # the supervisor could not get the deployment's listening socket from its holder
 
 
 def _labels_env(cfg: dict[str, Any]) -> None:
@@ -89,8 +105,9 @@ def _metrics_server(seldon_metrics, host: str, port: int, parent: int) -> None:
     StandaloneApplication(app, options=options).run()
 
 
-def run(cfg: dict[str, Any]) -> None:
-    """Start Seldon's REST microservice for ``cfg`` (blocks; gunicorn's arbiter exits the process)."""
+def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
+    """Start Seldon's REST microservice for ``cfg`` (blocks; gunicorn's arbiter exits the process);
+    ``address_fd``: the deployment's listening socket, from the supervisor."""
     import multiprocessing as mp
 
     _labels_env(cfg)
@@ -104,7 +121,12 @@ def run(cfg: dict[str, Any]) -> None:
 
     user_class = getattr(importlib.import_module(cfg.get("interface", "Model")), cfg.get("class", "Model"))
     user_object = user_class(**(cfg.get("parameters") or {}))
-    seldon_metrics = _metrics(cfg)
+    host = cfg.get("host", "127.0.0.1")
+    with _kept_from_forks(address_fd):  # Seldon's metrics manager and metrics server need no listener
+        seldon_metrics = _metrics(cfg)
+        if cfg.get("metrics_port"):
+            mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
+                       daemon=True).start()  # fmt: skip
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
     if cfg.get("lighter_app", True):
         from freestack.serving.server.tuning import faster_json, lighter_cors, lighter_flask
@@ -112,14 +134,30 @@ def run(cfg: dict[str, Any]) -> None:
         lighter_cors(app)
         lighter_flask(app)
         faster_json(app)
-    host = cfg.get("host", "127.0.0.1")
-    if cfg.get("metrics_port"):
-        mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
-                   daemon=True).start()  # fmt: skip
-    options = _gunicorn_options(cfg, host, seldon_metrics, post_worker_init, worker_exit)
-    log.info("serving %s %s on http://%s/ (metrics on %s)", cfg.get("model"), cfg.get("version"), options["bind"],
-             cfg.get("metrics_port"))  # fmt: skip
+    options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit)
+    address = cfg.get("address") or {}
+    shared = f", and on the deployment's address {host}:{address['port']}" if address_fd is not None else ""
+    log.info("serving %s %s on http://%s:%s/%s (metrics on %s)", cfg.get("model"), cfg.get("version"), host,
+             cfg["port"], shared, cfg.get("metrics_port"))  # fmt: skip
     UserModelApplication(app, user_object, False, None, "Model", options=options).run()
+
+
+@contextlib.contextmanager
+def _kept_from_forks(fd: int | None):
+    """Processes forked inside the block close ``fd`` at once: a helper process that does not serve
+    must not keep the deployment's address open (and bound) if it outlives the server."""
+    hidden = [] if fd is None else [fd]
+    if hidden:
+        os.register_at_fork(after_in_child=lambda: [_close(f) for f in hidden])
+    try:
+        yield
+    finally:
+        hidden.clear()  # gunicorn's workers, forked later, accept on it
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _metrics(cfg: dict[str, Any]):
@@ -131,7 +169,29 @@ def _metrics(cfg: dict[str, Any]):
     return metrics_cls(worker_id_func=os.getpid)
 
 
-def _gunicorn_options(cfg: dict[str, Any], host: str, seldon_metrics, post_worker_init, worker_exit) -> dict[str, Any]:
+def _binds(cfg: dict[str, Any], host: str, address_fd: int | None) -> list[str]:
+    """gunicorn's ``bind``: ``host:port``, and with an address socket both as ``fd://`` listeners
+    (gunicorn 20.1 takes either addresses or descriptors, so this process binds ``host:port`` itself)."""
+    port = int(cfg["port"])
+    if address_fd is None:
+        return [f"{host}:{port}"]
+    try:
+        own = socket.create_server((host, port), backlog=int(cfg.get("backlog", 2048)))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d (%s): another program holds the port; free it or change "
+                  "deploy.local.port", host, port, exc.strerror or exc)  # fmt: skip
+        sys.exit(BOOT_ERROR)
+    binds = [f"fd://{own.detach()}"]  # gunicorn owns (and closes) the descriptor from here
+    gate = (cfg.get("address") or {}).get("gate")
+    if cfg.get("worker_class") == "freestack" or (gate and os.path.exists(gate)):
+        binds.append(f"fd://{address_fd}")
+    else:
+        os.close(address_fd)
+    return binds
+
+
+def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, post_worker_init,
+                      worker_exit) -> dict[str, Any]:  # fmt: skip
     """gunicorn's options from the server config (the pipeline spec's ``deploy.local`` block)."""
     from functools import partial
 
@@ -141,9 +201,11 @@ def _gunicorn_options(cfg: dict[str, Any], host: str, seldon_metrics, post_worke
     if worker_class == "freestack":
         from freestack.serving.server.worker import install
 
-        worker_class, extra["child_exit"] = install(slots=2 * workers + 2)
+        address = cfg.get("address") or {}
+        gate = (address["gate"], int(address["port"])) if address.get("gate") else None
+        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate)
     return {
-        "bind": f"{host}:{int(cfg['port'])}",
+        "bind": binds,
         "workers": workers,
         "threads": int(cfg.get("threads", 1)),
         "worker_class": worker_class,
@@ -184,10 +246,17 @@ def supervise(config_path: str, *, max_restarts: int = 5, window_seconds: float 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        address_fd = _address_fd(config_path)
+    except AddressError as exc:
+        log.error("%s", exc)
+        return ADDRESS_ERROR
+    cmd = [sys.executable, "-m", "freestack.serving.server", "run", config_path]
+    if address_fd is not None:
+        cmd += ["--address-fd", str(address_fd)]
     restarts: list[float] = []
     while True:
-        child = subprocess.Popen([sys.executable, "-m", "freestack.serving.server", "run", config_path],
-                                 preexec_fn=_die_with_parent)  # fmt: skip
+        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, pass_fds=() if address_fd is None else (address_fd,))
         rc = child.wait()
         if stopping.is_set():
             return 0
@@ -204,16 +273,40 @@ def supervise(config_path: str, *, max_restarts: int = 5, window_seconds: float 
         time.sleep(min(2.0 ** (len(restarts) - 1), 10.0))
 
 
+def _address_fd(config_path: str) -> int | None:
+    """The deployment's listening socket from its holder, once for every ``run`` this supervisor starts
+    (a restart does not need the holder); None when the config has no ``address``."""
+    with open(config_path) as f:
+        address = json.load(f).get("address")
+    if not address:
+        return None
+    return receive(address["socket"], address["host"], int(address["port"]))
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    if len(argv) != 2 or argv[0] not in ("run", "supervise"):
-        print("usage: python -m freestack.serving.server run|supervise CONFIG.json", file=sys.stderr)
-        return 2
-    if argv[0] == "supervise":
-        return supervise(argv[1])
-    with open(argv[1]) as f:
-        run(json.load(f))
+    ap = argparse.ArgumentParser(prog="python -m freestack.serving.server")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("supervise", help="run the server and restart it when it dies").add_argument("config")
+    run_p = sub.add_parser("run", help="the server itself (gunicorn's arbiter)")
+    run_p.add_argument("config")
+    run_p.add_argument("--address-fd", type=int, default=None, help="the deployment's listening socket")
+    hold_p = sub.add_parser("hold", help="hold a deployment's address (see freestack.serving.server.address)")
+    for name in ("home", "host"):
+        hold_p.add_argument(name)
+    hold_p.add_argument("port", type=int)
+    args = ap.parse_args(argv)
+    if args.command == "supervise":
+        return supervise(args.config)
+    if args.command == "hold":
+        from freestack.serving.server.address import hold
+
+        return hold(args.home, args.host, args.port)
+    with open(args.config) as f:
+        run(json.load(f), args.address_fd)
     return 0
 
 

@@ -90,6 +90,16 @@ class BufferedSeldonMetrics(SeldonMetrics):
         with self._lock:
             self.data[self.worker_id_func()] = snapshot
 
+    def clear(self) -> None:
+        """Seldon's ``worker_exit`` hook: drop this worker's metrics from the shared store. When the whole
+        server is being stopped at once (its process group signalled, as at a machine shutdown), the
+        store's manager process may be gone already: there is nothing left to clear then, and no
+        traceback to log."""
+        try:
+            super().clear()
+        except (OSError, EOFError):  # ConnectionRefusedError, BrokenPipeError, ...: the manager is gone
+            pass
+
     def _flusher(self) -> None:
         while True:
             time.sleep(self._flush_seconds)

@@ -14,6 +14,20 @@ and a worker only listens for new connections while it holds no more connections
 sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long request, dead and not
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
 slot. The response's status line, headers and body go out in one ``sendall``.
+
+The deployment's stable address (:mod:`freestack.serving.server.address`) is a listening socket the
+worker holds from the start but accepts on only once the deploy opened the server's gate (the gate
+file exists; checked every TICK): then it writes its pid into that file, which is how the deploy
+knows the new server takes connections before it stops the old one.
+
+Stopping (SIGTERM from the arbiter, ``max_requests``, the arbiter gone), the worker *drains*: it
+accepts nothing more (connections waiting in the socket's queue go to the other server holding it)
+and answers every request its connections hold or send before their keep-alive time is up, each
+answer with ``Connection: close``; it exits when no connection is left or the graceful timeout is
+near. A keep-alive client is answered and reconnects, to the other server; an idle connection is
+closed when its keep-alive time is up, as it would be without the switch, so a client sees nothing
+it would not see on any other day (a request sent just as its connection's keep-alive time runs out
+races the close, as with any keep-alive server).
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers import base
 
 STALE_AFTER = 2.0  # seconds without a heartbeat before a sibling stops counting
-TICK = 0.25  # seconds between heartbeats, keep-alive expiry and parent checks
+TICK = 0.25  # seconds between heartbeats, keep-alive expiry, parent and gate checks
 RECV_BYTES, HEAD_LIMIT, SMALL_BODY = 32 * 1024, 64 * 1024, 1024 * 1024
 _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
@@ -167,6 +181,7 @@ class FreestackWorker(base.Worker):
     """The keep-alive worker; ``table`` is set in the arbiter by :func:`install` before the fork."""
 
     table: SharedTable | None = None
+    gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -192,13 +207,16 @@ class FreestackWorker(base.Worker):
         self.io_timeout = max(1.0, (self.cfg.timeout or 30) / 2)
         self.slot = self.table.claim(self.pid, self.age)
         self.poller = selectors.DefaultSelector()
-        self.listeners = []
+        self.listeners, self.held = [], []  # held: the deployment's address, until the gate opens
         for sock in self.sockets:
             sock.setblocking(False)
-            self.listeners.append((sock, sock.getsockname()))
+            name = sock.getsockname()
+            shared = self.gate is not None and name[1] == self.gate[1]
+            (self.held if shared else self.listeners).append((sock, name))
         self.accepting = False
         try:
             self._loop()
+            self._drain()
         finally:
             for conn in list(self.conns.values()):
                 self._close(conn)
@@ -228,7 +246,35 @@ class FreestackWorker(base.Worker):
             self.log.info("Parent changed, shutting down: %s", self)
             return False
         self._expire(now)
+        if self.held and os.path.exists(self.gate[0]):
+            self._join()
         return True
+
+    def _join(self) -> None:
+        """The gate is open: accept on the deployment's address too, and say so in the gate file."""
+        joined, self.held = self.held, []
+        self.listeners.extend(joined)
+        if self.accepting:
+            for sock, server in joined:
+                self.poller.register(sock, selectors.EVENT_READ, server)
+        with open(self.gate[0], "a") as f:
+            f.write(f"{self.pid}\n")
+        self.log.info("Worker %s accepts on the deployment's address %s", self.pid, joined[0][1])
+
+    def _drain(self) -> None:
+        """Stopping: accept nothing more; answer what the connections hold or send before their keep-alive
+        time is up (``Connection: close``, as ``self.alive`` is false), until none is left or the
+        graceful timeout is near."""
+        self.alive = False
+        self._listen(False)
+        now = time.monotonic()
+        deadline = now + max(1.0, self.cfg.graceful_timeout - 1.0)
+        while self.conns and now < deadline:
+            self.notify()
+            self._expire(now)
+            for key, _ in self.poller.select(TICK):
+                self._serve(key.data)
+            now = time.monotonic()
 
     def _may_accept(self, now: float) -> bool:
         mine = len(self.conns)
@@ -297,8 +343,10 @@ class FreestackWorker(base.Worker):
             if not waiting:
                 conn.idle_until = time.monotonic() + self.io_timeout
             return
+        # a response that went out without ``Connection: close`` keeps its connection, even if the worker
+        # began stopping meanwhile: the client may send on it at once, and the drain answers that
         keepalive = self._requests(conn)
-        if keepalive and self.alive:
+        if keepalive:
             partial = unreader.buf.seek(0, os.SEEK_END)
             conn.idle_until = time.monotonic() + (self.io_timeout if partial else self.cfg.keepalive)
         else:
@@ -313,8 +361,9 @@ class FreestackWorker(base.Worker):
                 if not req:
                     break
                 keepalive = self._handle_request(req, conn)
-                # a pipelined request read along with this one: epoll will not announce it
-                if not keepalive or not self.alive or not whole_request(conn.parser.unreader.buf):
+                # a pipelined request read along with this one: epoll will not announce it (stopping,
+                # it is answered too, with ``Connection: close``)
+                if not keepalive or not whole_request(conn.parser.unreader.buf):
                     break
         except http.errors.NoMoreData as exc:
             self.log.debug("Ignored premature client disconnection. %s", exc)
@@ -404,11 +453,13 @@ class FreestackWorker(base.Worker):
                 conn.sock.sendall(b"".join(buffered.parts))
 
 
-def install(slots: int):
-    """In the arbiter, before the fork: give the worker class its shared table. Returns gunicorn's
+def install(slots: int, gate: tuple[str, int] | None = None):
+    """In the arbiter, before the fork: give the worker class its shared table and, for a server behind
+    a deployment's address, its gate (the gate file and the address's port). Returns gunicorn's
     ``worker_class`` (an import path) and its ``child_exit`` hook."""
     table = SharedTable(slots)
     FreestackWorker.table = table
+    FreestackWorker.gate = gate
 
     def child_exit(server, worker) -> None:
         table.free(worker.pid)
