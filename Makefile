@@ -117,6 +117,7 @@ bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.sweep.run
 	$(BIN)/python -m bench.data_api.run
 	$(BIN)/python -m bench.serve.run
+	$(BIN)/python -m bench.serve.address
 	$(BIN)/python -m bench.orchestration.run
 	$(BIN)/python -m bench.report
 

@@ -11,6 +11,8 @@ started may be left running. How a block is run:
   resolves): CI runs them itself, and the suite cannot run itself;
 - a command whose comment says ``until Ctrl-C`` starts a server: it must still run after 10 s, then
   it gets SIGINT;
+- the default addresses in commands (Airflow's 127.0.0.1:8080, serving's 127.0.0.1:9000) are the
+  sandbox's own ports;
 - everything else runs as printed, in one ``bash -e`` per block (so ``export`` carries to the next line).
 
 Slow (a real demo under the real scheduler): ``-m slow``.
@@ -75,11 +77,13 @@ def _unquoted(text: str) -> str:
     return re.sub(r"'[^']*'", "", text)
 
 
-def _script(commands: list[str]) -> str:
+def _script(commands: list[str], ports: dict[str, int]) -> str:
     """The bash script that runs ``commands`` by the rules above."""
     lines = ["set -e -o pipefail"]
     for cmd in commands:
         bare = re.sub(r"\s+#[^'\"]*$", "", cmd).strip()
+        for default, port in ports.items():
+            bare = bare.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
         if DRY_MAKE.match(bare):
             lines.append(f"make -n {bare.split()[1]} >/dev/null")
         elif "until Ctrl-C" in cmd:
@@ -116,7 +120,8 @@ class Sandbox:
 
     def run(self, block_id: str, text: str) -> subprocess.CompletedProcess:
         if block_id not in self.results:
-            script = _script(_commands(text))
+            ports = {"8080": self.port, "9000": int(self.env["FREESTACK_SERVE_PORT"])}
+            script = _script(_commands(text), ports)
             self.results[block_id] = subprocess.run(["bash", "-c", script], cwd=ROOT, env=self.env,
                                                     capture_output=True, text=True, timeout=1200)  # fmt: skip
         return self.results[block_id]
