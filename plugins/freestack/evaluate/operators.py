@@ -52,7 +52,7 @@ class EvaluateOperator(PipelineOperator):
                 spec,
                 cand["version_uri"],
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
-                tracking_settings=WandbHook().settings(),
+                tracking_settings=WandbHook().checked_settings(),
             )
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
