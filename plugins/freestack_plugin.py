@@ -9,6 +9,7 @@ import freestack
 import freestack.storage  # noqa: F401  (registers data:// with fsspec and universal-pathlib)
 from freestack.dataapi import PLUGIN_URL_PREFIX
 from freestack.dataapi.app import data_api_app
+from freestack.runtime.notes import run_notes
 from freestack.runtime.pools import pool_listener
 from freestack.runtime.preload import preload_listener
 from freestack.runtime.timings import enabled as timings_enabled
@@ -28,9 +29,12 @@ class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
     # freestack.runtime: pool_listener creates the sweep agents' pool when a component starts (always);
-    # preload_listener and wake_listener are the speed-ups (only with FREESTACK_SPEEDUPS, on in the
-    # embedded stack); task_timings records each task's start and end (FREESTACK_TASK_TIMINGS=file)
-    listeners = [pool_listener, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])]
+    # run_notes sets a finished run's note from its tasks' freestack_run_note XCom (always: the gate's
+    # decision); preload_listener and wake_listener are the speed-ups (only with FREESTACK_SPEEDUPS, on in
+    # the embedded stack); task_timings records each task's start and end (FREESTACK_TASK_TIMINGS=file)
+    listeners = [
+        pool_listener, run_notes, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])
+    ]  # fmt: skip
     fastapi_apps = [
         # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
         {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
@@ -181,7 +180,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
-    from freestack.evaluate.operators import EvaluateOperator, GateOperator
+    from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator
     from freestack.registry.operators import PromoteOperator
 
     evaluate = EvaluateOperator(
@@ -213,7 +212,9 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
         trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
         doc_md="Move production (and previous) to the new version.",
     )  # fmt: skip
-    blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
+    blocked = BlockedOperator(
+        task_id="blocked", doc_md="The gate blocked the candidate: its log lists why; production is unchanged."
+    )
     evaluate >> gate >> [approve, promote, blocked]
     approve >> promote
     return evaluate, promote
