@@ -536,6 +536,14 @@ def start_run(
 
     run = _init("offline", settings, root, **kwargs)
     tracking = TrackingRun(run, mode="offline", project=project, entity=settings.entity)
+    if tracking.run_dir:  # for the list of offline runs (freestack.ui.wandb_pages)
+        from datetime import UTC, datetime
+
+        from freestack.tracking.offline import write_card
+
+        card = {k: v for k, v in kwargs.items() if k != "config"}
+        card.update(id=tracking.id, project=tracking.project, started=datetime.now(UTC).isoformat(timespec="seconds"))
+        write_card(tracking.run_dir, card)
     log.info(
         "W&B offline run %s is written to %s; upload it later with: %s",
         tracking.id,

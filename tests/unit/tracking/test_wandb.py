@@ -15,7 +15,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import pytest
 
@@ -468,7 +468,7 @@ def test_operator_link_reads_the_xcom(monkeypatch):
 def test_offline_page(wandb_env, tmp_path):
     from fastapi.testclient import TestClient
 
-    from freestack.ui.links import wandb_app
+    from freestack.ui.wandb_pages import wandb_app
 
     run_dir = wandb_env / "wandb" / "offline-run-1<script>alert('x')</script>&"
     run_dir.mkdir(parents=True)
@@ -480,6 +480,7 @@ def test_offline_page(wandb_env, tmp_path):
     assert "<script>" not in r.text
     assert "offline-run-1&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;" in r.text
     assert "wandb sync " in r.text and "run-abc.wandb" in r.text
+    assert "could not be read" in r.text  # ten bytes are no transaction log: wandb says so, the page goes on
     assert r.headers["content-security-policy"].startswith("default-src 'none'")
 
     outside = tmp_path / "outside"
@@ -497,6 +498,40 @@ def test_offline_page(wandb_env, tmp_path):
         assert r.status_code == 400, bad
         assert "<b>" not in r.text
         assert "not inside" in r.text or "absolute" in r.text
+
+
+def test_offline_pages_show_summary_config_and_sync(wandb_env):
+    """A real offline run: its page has the summary metrics and config wandb reads from the log, and
+    the list of runs links to it with freestack's card (name, job, tags)."""
+    from fastapi.testclient import TestClient
+
+    from freestack.tracking import offline
+    from freestack.ui.wandb_pages import wandb_app
+
+    settings = WandbSettings(mode="offline")
+    with start_run(settings, project="proj", name="digits-v1", config={"train": {"lr": 0.003}, "rows": 64},
+                   tags=["pipeline:digits"], job_type="train") as run:  # fmt: skip
+        run.log({"val_accuracy": 0.5}, step=0)
+        run.summary_update({"test_accuracy": 0.987654321})
+    client = TestClient(wandb_app)
+    page = client.get("/offline", params={"run_dir": run.run_dir})
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert "<title>W&amp;B offline run digits-v1</title>" in text
+    assert "<td>test_accuracy</td><td class=\"num\">0.987654</td>" in text
+    assert "<td>val_accuracy</td><td class=\"num\">0.5</td>" in text
+    assert "<td>train.lr</td><td>0.003</td>" in text and "<td>rows</td><td>64</td>" in text
+    assert f'<pre id="sync">wandb sync {run.run_dir}</pre>' in text
+    assert "pipeline:digits" in text and "finished (exit code 0)" in text
+
+    listing = client.get("/").text
+    assert "digits-v1</a>" in listing and "<td>train</td>" in listing and "pipeline:digits" in listing
+    assert f'href="offline?run_dir={quote_plus(run.run_dir)}"' in listing
+    # wandb sync leaves a marker beside the log: the list and the page say it is uploaded
+    log_file = offline.logs_of(Path(run.run_dir))[0]
+    log_file.with_name(log_file.name + ".synced").write_text("")
+    assert "<td>yes</td>" in client.get("/").text
+    assert "Uploaded already" in client.get("/offline", params={"run_dir": run.run_dir}).text
 
 
 _LINK_DAG = """
