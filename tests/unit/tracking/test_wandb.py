@@ -23,8 +23,8 @@ from freestack.errors import FreestackError
 from freestack.hooks.wandb import WandbHook
 from freestack.tracking import WandbSettings, start_run, wandb_root
 from freestack.tracking import wandb as tw
+from tests.wandb_fake import BADKEY, GOODKEY, fake_wandb_host
 
-GOODKEY, BADKEY = "good" * 10, "bad0" * 10  # wandb checks a key's form first: 40+ word characters
 CONN_JSON = {"conn_type": "wandb", "password": "KEY", "host": "http://127.0.0.1:9", "extra": {"project": "p"}}
 
 
@@ -138,40 +138,10 @@ def test_default_root(wandb_env, monkeypatch, tmp_path):
 # test_connection against a fake server on 127.0.0.1
 
 
-class _FakeWandb(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"OK")
-
-    def do_POST(self):
-        import base64
-
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        auth = self.headers.get("Authorization", "")
-        good = "Basic " + base64.b64encode(f"api:{GOODKEY}".encode()).decode()
-        if auth != good:
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = json.dumps({"data": {"viewer": {"id": "1", "username": "alice", "entity": "alice"}}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
 def fake_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeWandb)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with fake_wandb_host() as url:
+        yield url
 
 
 def test_connection_checks(wandb_env, monkeypatch, fake_server):
