@@ -5,8 +5,9 @@
   task's stderr at ERROR; wandb used to print there);
 - the REST API lists the task's "W&B run" extra link, the plugin's menu entry and the run's note;
 - Chromium (Debian's, driven by Playwright) opens the link, served by the API server: the offline
-  run's summary metrics (equal to the model's metrics.json) and its `wandb sync` command; and the
-  UI's "W&B offline runs" menu page frames the list of runs.
+  run's summary metrics (equal to the model's metrics.json) and its `wandb sync` command; the UI's
+  "W&B offline runs" menu page frames the list of runs; the run's page in the UI shows the gate's
+  note, and the train task's Details tab the "W&B run" link.
 
 Slow (it starts the API server): ``-m slow``.
 """
@@ -97,7 +98,21 @@ def _check_log_levels(run) -> None:
     assert not [e for e in events if e.get("logger") == "task.stderr" and "wandb" in str(e.get("event"))]
 
 
-def _open_in_chromium(link: str, ui: str, metrics: dict, sync: str) -> None:
+def _run_in_the_ui(page, ui: str, run_id: str) -> None:
+    """The Airflow UI itself: the run's page shows the gate's note, the train task's Details tab the link."""
+    from urllib.parse import quote
+
+    run_page = f"{ui}/dags/digits_train/runs/{quote(run_id, safe='')}"
+    page.goto(run_page)
+    page.get_by_text("Gate: promoted.", exact=False).first.wait_for(timeout=60_000)
+    page.goto(f"{run_page}/tasks/train")
+    page.get_by_text("Details", exact=True).first.click()  # the task instance's Details: Extra Links
+    link = page.get_by_role("link", name="W&B run", exact=True)
+    link.wait_for(timeout=60_000)
+    assert "/freestack/wandb/offline?run_dir=" in link.get_attribute("href")
+
+
+def _open_in_chromium(link: str, ui: str, metrics: dict, sync: str, run_id: str) -> None:
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "the browser test needs Debian's Chromium: apt-get install -y chromium"
@@ -116,6 +131,7 @@ def _open_in_chromium(link: str, ui: str, metrics: dict, sync: str) -> None:
             runs = page.frame_locator("iframe").locator("#runs")
             runs.wait_for(timeout=60_000)
             assert "train" in runs.inner_text()
+            _run_in_the_ui(page, ui, run_id)
         finally:
             browser.close()
 
@@ -137,4 +153,4 @@ def test_run_view_log_levels_link_note_and_offline_page(lake, api_server):  # no
     out = _get(f"{base}/taskInstances/train/xcomEntries/return_value")["value"]
     out = json.loads(out) if isinstance(out, str) else out
     metrics = json.loads((Path(out["version_uri"].removeprefix("file://")) / "metrics.json").read_text())
-    _open_in_chromium(link, url, metrics, out["wandb"]["sync_command"])
+    _open_in_chromium(link, url, metrics, out["wandb"]["sync_command"], run.run_id)

@@ -12,8 +12,8 @@ where the Task SDK cannot read XComs).
   (:mod:`freestack.ui.wandb_pages`, mounted by the freestack plugin): the run's summary metrics,
   config and the ``wandb sync`` command.
 
-The train, select_best and evaluate tasks carry the link (in the grid or graph, click the task: the
-link is a button in the task instance's header).
+The train, select_best and evaluate tasks carry the link (in the grid or graph, select the task: the
+link is under Extra Links in its Details tab).
 """
 
 from __future__ import annotations
