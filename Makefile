@@ -29,7 +29,7 @@ export WANDB_CACHE_DIR ?= $(CURDIR)/.freestack/wandb/cache
 export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps up down lint docs bench clean
+.PHONY: help venv serving-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
 
 help:
 	@echo "make demo   - start Airflow, land the demo data, backfill ingest and trigger training under the real scheduler"
@@ -66,7 +66,7 @@ $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli demo
 
-test: $(STAMP) $(SERVING_STAMP) scaleout-deps
+test: $(STAMP) $(SERVING_STAMP) scaleout-deps browser-deps
 	$(BIN)/python -m pytest -q -ra --durations=25 tests
 	$(MAKE) --no-print-directory test-stock
 
@@ -83,13 +83,21 @@ scaleout-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql redis-server; \
 	fi
 
+# the browser the web pages are tested in (tests/e2e/test_wandb_ui.py): Debian's Chromium, driven by
+# Playwright (its own browser downloads are not used)
+browser-deps:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; \
+	fi
+
 test-scaleout: $(STAMP) $(SERVING_STAMP) scaleout-deps
 	$(BIN)/python -m pytest -q -ra -m scaleout tests
 
 test-fast: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
-test-slow: $(STAMP) $(SERVING_STAMP)
+test-slow: $(STAMP) $(SERVING_STAMP) browser-deps
 	$(BIN)/python -m pytest -q -ra -m slow tests
 
 up: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db

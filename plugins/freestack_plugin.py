@@ -9,12 +9,13 @@ import freestack
 import freestack.storage  # noqa: F401  (registers data:// with fsspec and universal-pathlib)
 from freestack.dataapi import PLUGIN_URL_PREFIX
 from freestack.dataapi.app import data_api_app
+from freestack.runtime.notes import run_notes
 from freestack.runtime.pools import pool_listener
 from freestack.runtime.preload import preload_listener
 from freestack.runtime.timings import enabled as timings_enabled
 from freestack.runtime.timings import task_timings
 from freestack.runtime.wake import wake_listener
-from freestack.ui.links import wandb_app
+from freestack.ui.wandb_pages import wandb_app
 
 
 def storage_root() -> str:
@@ -27,12 +28,21 @@ def storage_root() -> str:
 class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
+    # the UI's menu: Browse -> W&B offline runs (the list page, framed in the UI; href relative to its <base>)
+    external_views = [
+        {"name": "W&B offline runs", "href": "freestack/wandb/", "url_route": "freestack-wandb",
+         "destination": "nav", "category": "browse"},
+    ]  # fmt: skip
     # freestack.runtime: pool_listener creates the sweep agents' pool when a component starts (always);
-    # preload_listener and wake_listener are the speed-ups (only with FREESTACK_SPEEDUPS, on in the
-    # embedded stack); task_timings records each task's start and end (FREESTACK_TASK_TIMINGS=file)
-    listeners = [pool_listener, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])]
+    # run_notes sets a finished run's note from its tasks' freestack_run_note XCom (always: the gate's
+    # decision); preload_listener and wake_listener are the speed-ups (only with FREESTACK_SPEEDUPS, on in
+    # the embedded stack); task_timings records each task's start and end (FREESTACK_TASK_TIMINGS=file)
+    listeners = [
+        pool_listener, run_notes, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])
+    ]  # fmt: skip
     fastapi_apps = [
-        # the page the "W&B run" extra link opens for offline runs: the run folder and `wandb sync`
+        # the offline W&B runs: the list, and the page the "W&B run" extra link opens for an offline run
+        # (summary metrics, config, `wandb sync`)
         {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},
         # the Algorithmia-compatible Data API: Algorithmia.client(key, "http://<airflow>/freestack/data")
         {"app": data_api_app, "url_prefix": PLUGIN_URL_PREFIX, "name": "freestack Data API"},

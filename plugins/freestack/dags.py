@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
@@ -108,21 +107,43 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def train_params(spec: PipelineSpec) -> dict[str, Param]:
-    """The Trigger form of ``<p>_train``: the spec's ``train:`` defaults, changeable per run."""
+    """The Trigger form of ``<p>_train``: the spec's ``train:`` defaults, changeable per run, with the
+    spec's own limits (a value the spec would refuse is refused in the form)."""
     from freestack.sweeps.spec import POOL
 
-    t = spec.train
+    t, sweep = spec.train, spec.sweep
+    if sweep is None:
+        sweep_text = "This spec has no sweep: block, so this must stay off (add one to sweep)"
+    else:
+        sweep_text = (f"Run the spec's {sweep.method} hyperparameter sweep ({sweep.run_cap or 'grid'} trials, W&B sweep "
+                      "semantics) instead of one training; the best trial becomes the candidate")
+    agents = min(2, sweep.run_cap) if sweep is not None and sweep.run_cap else 2
     return {
-        "end_ds": Param(None, type=["null", "string"], format="date",
-                        description="Train on partitions up to this day (default: the triggering lake update)"),
-        "window_days": Param(t.window_days, type="integer", minimum=1, description="Days of lake data to train on"),
-        "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10000),
-        "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0),
-        "batch_size": Param(t.batch_size, type="integer", minimum=1),
-        "sweep": Param(spec.sweep is not None, type="boolean",
-                       description="Run the spec's hyperparameter sweep (sweep: block) instead of one training"),
-        "sweep_agents": Param(2, type="integer", minimum=1, maximum=64,
-                              description=f"Parallel sweep agents (mapped tasks in the {POOL} pool)"),
+        "end_ds": Param(None, type=["null", "string"], format="date", title="Train up to (day)",
+                        description="The last lake partition (YYYY-MM-DD) in the window. Empty: the day of the lake "
+                                    "update that triggered the run, else the newest partition"),
+        "window_days": Param(t.window_days, type="integer", minimum=1, maximum=3660, title="Window (days)",
+                             description=f"Days of lake partitions up to that day to train on (spec: train.window_days = {t.window_days})"),
+        "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10_000, title="Epochs",
+                        description=f"The most epochs; early stopping after {t.patience} epochs without a better "
+                                    f"validation score may end sooner (spec: train.epochs = {t.epochs})"),
+        "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
+                               description=f"AdamW's peak learning rate, {t.scheduler} schedule (spec: train.learning_rate = {t.learning_rate:g})"),
+        "batch_size": Param(t.batch_size, type="integer", minimum=1, maximum=1_000_000, title="Batch size",
+                            description=f"Rows per optimisation step (spec: train.batch_size = {t.batch_size})"),
+        "sweep": Param(sweep is not None, type="boolean", title="Hyperparameter sweep", description=sweep_text),
+        "sweep_agents": Param(agents, type="integer", minimum=1, maximum=64, title="Sweep agents",
+                              description=f"Agents training trials side by side (mapped tasks in the {POOL} pool, "
+                                          "which caps how many run at once); ignored without a sweep"),
+    }  # fmt: skip
+
+
+def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
+    """The Trigger form of ``<p>_rollback``."""
+    return {
+        "version": Param("previous", type="string", minLength=1, examples=["previous"], title="Version to serve",
+                         description=f"'previous' (the {spec.model_name} version before the current production) "
+                                     "or a registered version name (`freestack models list`)"),
     }  # fmt: skip
 
 
@@ -159,7 +180,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
-    from freestack.evaluate.operators import EvaluateOperator, GateOperator
+    from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator
     from freestack.registry.operators import PromoteOperator
 
     evaluate = EvaluateOperator(
@@ -191,7 +212,9 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
         trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
         doc_md="Move production (and previous) to the new version.",
     )  # fmt: skip
-    blocked = EmptyOperator(task_id="blocked", doc_md="The gate blocked the candidate; production is unchanged.")
+    blocked = BlockedOperator(
+        task_id="blocked", doc_md="The gate blocked the candidate: its log lists why; production is unchanged."
+    )
     evaluate >> gate >> [approve, promote, blocked]
     approve >> promote
     return evaluate, promote
@@ -246,11 +269,7 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=1,
-        params={
-            "version": Param("previous", type="string", minLength=1,
-                             description="The version to serve again: 'previous' (the one before production) "
-                                         "or a registered version name (see `freestack models list`)"),
-        },  # fmt: skip
+        params=rollback_params(spec),
         doc_md=(
             f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
             "in the form (default `previous`) and redeploys it the way `deploy` does "
@@ -332,4 +351,4 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
     return built
 
 
-__all__ = ["BrokenSpecDag", "build_all", "ingest_dag", "rollback_dag", "train_dag"]
+__all__ = ["BrokenSpecDag", "build_all", "ingest_dag", "rollback_dag", "rollback_params", "train_dag", "train_params"]

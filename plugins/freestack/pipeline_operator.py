@@ -10,6 +10,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.spec import PipelineSpec, load_spec
 
+#: a task that pushes an XCom under this key (Markdown, at most 1000 characters) has it set as the
+#: DAG run's note when the run ends (:mod:`freestack.runtime.notes`; the Task SDK cannot set notes)
+RUN_NOTE_XCOM = "freestack_run_note"
+
 
 class PipelineOperator(BaseOperator):
     """An operator of one pipeline: a ``spec_path``, and ``pipeline_spec()`` which loads it at run time
@@ -36,4 +40,4 @@ class PipelineOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from None
 
 
-__all__ = ["PipelineOperator"]
+__all__ = ["RUN_NOTE_XCOM", "PipelineOperator"]

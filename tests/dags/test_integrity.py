@@ -117,3 +117,42 @@ def test_a_task_process_builds_only_its_own_dag(tmp_path, monkeypatch):
         with _airflow_parsing_context_manager(dag_id=dag_id, task_id="any"):
             bag = DagBag(dag_folder=str(ROOT / "dags"))
         assert full <= set(bag.dag_ids) and len(bag.import_errors) == 1
+
+
+def test_every_param_has_a_title_a_description_and_a_valid_default(dagbag):
+    """The Trigger form: every field says what it does, and its default (the spec's) passes its own
+    schema, so an untouched form always starts a run."""
+    from airflow.sdk.definitions.param import ParamsDict
+
+    seen = 0
+    for dag_id, dag in dagbag.dags.items():
+        params: ParamsDict = dag.params
+        for name in params:
+            param = params.get_param(name)
+            assert (param.description or "").strip(), f"{dag_id}: Param {name!r} has no description"
+            assert param.schema.get("title"), f"{dag_id}: Param {name!r} has no title"
+            assert "type" in param.schema, f"{dag_id}: Param {name!r} has no type"
+            seen += 1
+        params.validate()  # the defaults pass their schemas
+    assert seen >= 8  # digits_train's seven and digits_rollback's version
+
+    from freestack.spec import load_spec
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    train = dagbag.dags["digits_train"].params
+    assert (train["epochs"], train["window_days"], train["batch_size"]) == (
+        spec.train.epochs, spec.train.window_days, spec.train.batch_size
+    )
+    assert train["sweep"] is True and train["sweep_agents"] == 2
+    assert f"train.epochs = {spec.train.epochs}" in train.get_param("epochs").description
+    assert train.get_param("window_days").schema["maximum"] == 3660  # the spec's own limit
+
+
+def test_trigger_form_refuses_what_the_spec_refuses(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    for bad in ({"epochs": 0}, {"learning_rate": 0}, {"batch_size": "64"}, {"end_ds": "yesterday"}):
+        params = ParamsDict(dagbag.dags["digits_train"].params)
+        with pytest.raises(Exception, match="Invalid input|not valid|ParamValidationError"):
+            params.update(bad)
+            params.validate()

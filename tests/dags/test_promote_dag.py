@@ -42,6 +42,31 @@ def _gate_retry_is_safe(dag, lake, version, run_id, decision):  # noqa: F811
         gate.register(ev, again, "manual__someone_else")
 
 
+def _note(run) -> str | None:
+    """The run's note as Airflow stores it (what the grid and the REST API show)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.query(DagRun).filter(DagRun.dag_id == run.dag_id, DagRun.run_id == run.run_id).one().note
+
+
+def _annotated_in_the_schedulers_session(run, note):
+    """The scheduler hands the listener a run attached to its own session (dag.test() a detached
+    one): the note goes into that transaction, below a note a person wrote, once."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from freestack.runtime.notes import annotate
+
+    with create_session() as session:
+        held = session.query(DagRun).filter(DagRun.dag_id == run.dag_id, DagRun.run_id == run.run_id).one()
+        held.note = "checked by alice"
+        session.flush()
+        assert annotate(held) == annotate(held) == f"checked by alice\n\n---\n\n{note}"
+    assert _note(run) == f"checked by alice\n\n---\n\n{note}"
+
+
 def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     dag = lake["bag"].get_dag("digits_train")
     reg = _registry(lake)
@@ -51,6 +76,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     s = _states(first)
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
     v1 = reg.resolve("production")
+    assert _note(first).startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
     lineage = reg.get(v1)["lineage"]
     assert lineage["gate"]["promote"] and "no production model yet" in " ".join(lineage["gate"]["reasons"])
     assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
@@ -62,9 +88,10 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
 
     # a deliberately worse candidate: one epoch at a tiny learning rate
     worse = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 1, "learning_rate": 1e-5})
-    assert worse.state == "success"  # blocked is not a failure
+    assert worse.state == "success"  # blocked is not a failure, but it shows:
     s = _states(worse)
-    assert s["blocked"] == ["success"] and s["promote"] == ["skipped"]
+    assert s["blocked"] == ["success"] and s["promote"] == ["skipped"] and s["deploy"] == ["skipped"]
+    assert s["approve"] == ["skipped"]
     assert reg.resolve("production") == v1
     versions = [v["version"] for v in reg.versions()]
     assert len(versions) == 2  # the blocked candidate is registered too, with its decision
@@ -73,6 +100,13 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     assert not gate["promote"] and gate["champion_version"] == v1 and "worse" in gate["reasons"][-1]
     ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
     assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
+    note = _note(worse)  # the decision, each reason with its numbers
+    assert note.startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
+    cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
+    assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
+    assert f"- accuracy {cand:.4f} vs champion {champ:.4f}: -{champ - cand:.4f} (worse)" in note
+    assert note.endswith("`promote` and `deploy` were skipped.")
+    _annotated_in_the_schedulers_session(worse, note)
 
     better = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 25, "learning_rate": 3e-3})
     assert better.state == "success"

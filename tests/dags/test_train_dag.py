@@ -176,3 +176,33 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
     outcome = train(spec, TrainRequest(end_ds="2026-11-05", epochs=60, run_key="digits_train/retry-1"))
     assert outcome.summary["resumed_from"] >= saved_epoch
     assert outcome.summary["epochs_run"] == 60
+
+
+def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypatch, capfd):
+    """A `wandb_default` connection whose key the W&B host (a stand-in on 127.0.0.1) rejects: `train`,
+    or the sweep's `create_sweep`, fails on its first try, saying what to fix; nothing is trained and
+    no offline run stands in for the online one."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    from tests.dags.test_sweep_dag import _states
+    from tests.wandb_fake import BADKEY, fake_wandb_host
+
+    dag = lake["bag"].get_dag("digits_train")
+    with fake_wandb_host() as host:
+        monkeypatch.setenv("AIRFLOW_CONN_WANDB_DEFAULT", json.dumps(
+            {"conn_type": "wandb", "password": BADKEY, "host": host, "extra": {"project": "digits"}}))  # fmt: skip
+        monkeypatch.delenv("WANDB_MODE")
+        single = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False})
+        sweep = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": True})
+    said = capfd.readouterr()
+    assert single.state == sweep.state == "failed"
+    assert _states(single)["train"] == ["failed"] and _states(single)["evaluate"] == ["upstream_failed"]
+    assert _states(sweep)["create_sweep"] == ["failed"]
+    with create_session() as session:
+        for run, task_id in ((single, "train"), (sweep, "create_sweep")):
+            ti = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id).one()
+            assert ti.try_number == 1, task_id  # no retry: a retry cannot mend a key
+    assert f"the W&B API key in connection 'wandb_default' was rejected by {host} (HTTP 401" in said.out + said.err
+    assert not (lake["root"] / "registry" / "digits").exists()
+    assert not list((Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*"))

@@ -73,4 +73,32 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     }
 
 
-__all__ = ["GateSpec", "decide", "direction_of"]
+#: Airflow keeps a DAG-run note in 1000 characters
+NOTE_LIMIT = 1000
+
+
+def decision_note(decision: dict[str, Any], model: str) -> str:
+    """The DAG-run note (Markdown) for a gate decision: blocked, with every reason and its numbers; or a
+    short line when the candidate goes on to production (or to a human's approval)."""
+    cand, champ = decision.get("candidate_version"), decision.get("champion_version")
+    metric, value = decision["metric"], decision["candidate"]
+    vs = f" vs {decision['champion']:.4f} for production `{champ}`" if champ else " (no production model yet)"
+    if not decision["promote"]:
+        head = (f"**Gate: blocked.** Candidate `{cand}` of `{model}` stays out of production"
+                f"{f' (`{champ}` keeps serving)' if champ else ''}: {metric} {value:.4f}{vs}.")
+        tail = "\n\nRegistered with this decision; `promote` and `deploy` were skipped."
+        return _capped(head + "\n\n" + "\n".join(f"- {r}" for r in decision["reasons"]), tail)
+    if decision.get("approval") == "required":
+        return (f"**Gate: passed, awaiting approval.** Candidate `{cand}` of `{model}` may replace production "
+                f"once a human approves (`approve`): {metric} {value:.4f}{vs}.")
+    return f"**Gate: promoted.** Candidate `{cand}` of `{model}` is production now: {metric} {value:.4f}{vs}."
+
+
+def _capped(body: str, tail: str) -> str:
+    more = "\n- … (every reason is in the gate task's log)"
+    if len(body) + len(tail) > NOTE_LIMIT:
+        body = body[: NOTE_LIMIT - len(tail) - len(more)].rstrip() + more
+    return body + tail
+
+
+__all__ = ["NOTE_LIMIT", "GateSpec", "decide", "decision_note", "direction_of"]

@@ -1,6 +1,11 @@
 """Champion/challenger after training: ``evaluate`` -> ``gate`` (decide, register, route) ->
 (``approve``) -> ``promote`` (:mod:`freestack.registry.operators`), or ``blocked``. Thin operators over
-:mod:`freestack.evaluate`; a blocked candidate skips promotion and the DAG run still ends green.
+:mod:`freestack.evaluate`.
+
+A blocked candidate is an outcome, not a failure: the run ends in success, but it shows. ``blocked``
+runs (and logs every reason) while ``promote`` and ``deploy`` are skipped, so the grid's column for
+that run differs from a promoting one; and the run gets a note with the decision and its numbers
+(the gate's ``freestack_run_note`` XCom, set as the DAG-run note by :mod:`freestack.runtime.notes`).
 """
 
 from __future__ import annotations
@@ -8,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
-from airflow.sdk import Context
+from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.huggingface import hub_settings
 from freestack.hooks.wandb import WandbHook
-from freestack.pipeline_operator import PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.ui.links import WandbRunLink
 
 
@@ -52,7 +57,7 @@ class EvaluateOperator(PipelineOperator):
                 spec,
                 cand["version_uri"],
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
-                tracking_settings=WandbHook().settings(),
+                tracking_settings=WandbHook().checked_settings(),
             )
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
@@ -89,6 +94,7 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         decision = self.decide(ev)
         registered = self.register(ev, decision, ti.run_id)
         ti.xcom_push(key="registered", value=registered)
+        ti.xcom_push(key=RUN_NOTE_XCOM, value=self.note(decision))
         # skipping the branches not taken ends the task by an exception (Airflow 3's task runner then
         # pushes no return value), so the decision is pushed first, under the return value's key
         ti.xcom_push(key="return_value", value=decision)
@@ -113,6 +119,11 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
             self.log.info("  - %s", reason)
         return decision
 
+    def note(self, decision: dict[str, Any]) -> str:
+        from freestack.evaluate.gate import decision_note
+
+        return decision_note(decision, self.pipeline_spec().model_name)
+
     def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Commit the candidate (blocked ones too) with its model card and the decision."""
         from freestack.evaluate.promotion import PromotionError, register_candidate
@@ -124,4 +135,22 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
             raise AirflowFailException(str(exc)) from None
 
 
-__all__ = ["EvaluateOperator", "GateOperator", "candidate_of", "route_for"]
+class BlockedOperator(BaseOperator):
+    """The branch a blocked candidate takes: logs the gate's reasons (one click from the grid), changes
+    nothing. It runs where ``promote`` and ``deploy`` are skipped; production keeps serving."""
+
+    ui_color = "#f6d3cf"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        decision = context["ti"].xcom_pull(task_ids="gate") or {}
+        self.log.warning(
+            "the gate blocked candidate %s: %s %s; production stays %s",
+            decision.get("candidate_version"), decision.get("metric"), decision.get("candidate"),
+            decision.get("champion_version") or "(none)",
+        )  # fmt: skip
+        for reason in decision.get("reasons") or []:
+            self.log.warning("  - %s", reason)
+        return {"blocked": decision.get("candidate_version"), "production": decision.get("champion_version")}
+
+
+__all__ = ["BlockedOperator", "EvaluateOperator", "GateOperator", "candidate_of", "route_for"]

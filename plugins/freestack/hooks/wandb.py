@@ -6,6 +6,7 @@ Connection type ``wandb``:
 - extra ``{"entity": ..., "project": ..., "mode": "online" | "offline" | "disabled"}``.
 
 With no connection named ``wandb_default`` a run is offline with no key (or as ``WANDB_MODE`` says).
+Tasks read it with :meth:`WandbHook.checked_settings`: a key the server rejects fails the task at once.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk.bases.hook import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.errors import FreestackError
 from freestack.tracking.wandb import (
     DEFAULT_BASE_URL,
     TrackingRun,
+    WandbKeyRejected,
     WandbSettings,
-    check_api_key,
     normalize_base_url,
     probe_server,
     resolve_mode,
     start_run,
+    verify_api_key,
     wandb_root,
 )
 
@@ -81,7 +84,19 @@ class WandbHook(BaseHook):
             base_url=normalize_base_url(conn.host, conn.port),
             entity=extra.get("entity") or None,
             project=extra.get("project") or None,
+            source=f"connection {self.wandb_conn_id!r}",
         )
+
+    def checked_settings(self) -> WandbSettings:
+        """:meth:`settings`, with an online key first checked with its server (once per process): a
+        rejected key fails the task at once and without retries (a retry cannot mend a key), instead
+        of every run quietly going offline. Offline and disabled settings contact no server."""
+        s = self.settings()
+        try:
+            verify_api_key(s)  # a server that cannot be asked: the run says so and records offline
+        except WandbKeyRejected as exc:
+            raise AirflowFailException(str(exc)) from None
+        return s
 
     def get_conn(self) -> WandbSettings:
         return self.settings()
@@ -109,7 +124,13 @@ class WandbHook(BaseHook):
         problem = probe_server(s.base_url)
         if problem:
             return False, f"W&B server {s.base_url} is not reachable: {problem}"
-        return check_api_key(s.base_url, s.api_key)
+        try:
+            problem = verify_api_key(s)
+        except WandbKeyRejected as exc:
+            return False, str(exc)
+        if problem:
+            return False, f"W&B server {s.base_url}: {problem}"
+        return True, f"W&B server {s.base_url} reachable; API key accepted"
 
 
 __all__ = ["WandbHook"]

@@ -55,7 +55,7 @@ class Preprocessing:
         missing = [f for f in self.features if f not in df.columns]
         if missing:
             raise ValueError(f"missing feature column(s) {missing}")
-        return df[self.features].to_numpy(dtype=np.float32)
+        return _writable(df[self.features].to_numpy(dtype=np.float32))
 
     def target_array(self, df: pd.DataFrame) -> np.ndarray:
         y = df[self.target]
@@ -65,7 +65,7 @@ class Preprocessing:
             if codes.isna().any():
                 unknown = sorted(set(y[codes.isna()].tolist()))[:10]
                 raise ValueError(f"labels {unknown} were not seen in the training split")
-            return codes.to_numpy(dtype=np.int64)
+            return _writable(codes.to_numpy(dtype=np.int64))
         return ((y.to_numpy(dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,6 +83,13 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         return cls(**d)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if it is read-only. Under pandas' copy-on-write, ``to_numpy`` hands out read-only
+    views of the frame's memory; a tensor made from one with ``torch.as_tensor`` would share memory
+    torch may write to, and torch warns about it. A copy is the array the caller owns."""
+    return a if a.flags.writeable else a.copy()
 
 
 def infer_task(y: pd.Series, declared_type: str) -> str:

@@ -13,7 +13,9 @@ everywhere else (the scaled-out stack, Helm, your own Airflow), where Airflow be
 - :mod:`~freestack.runtime.sqlite`: SQLite's ``now()`` keeps fractions of a second in the scheduler.
 
 **Setup**, always on: :mod:`~freestack.runtime.pools` creates the sweep agents' pool through Airflow's
-ORM when a component starts (Airflow 3 gives tasks no way to create one).
+ORM when a component starts (Airflow 3 gives tasks no way to create one); :mod:`~freestack.runtime.notes`
+sets a finished run's note from its tasks' ``freestack_run_note`` XCom (the gate's decision; Airflow 3
+gives tasks no way to write one).
 
 **Measurement**, opt-in: :mod:`~freestack.runtime.timings` records when each task's code starts and
 ends (a public listener; the ``task_timings`` setting).

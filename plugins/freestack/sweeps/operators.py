@@ -59,7 +59,7 @@ class CreateSweepOperator(PipelineOperator):
             "batch_size": params.get("batch_size"),
             "airflow": airflow_info(context),
         }
-        settings = server_settings(WandbHook().settings())
+        settings = server_settings(WandbHook().checked_settings())
         try:
             if settings is not None:
                 from freestack.sweeps.server import create_server_sweep
@@ -111,7 +111,7 @@ class SweepAgentOperator(PipelineOperator):
 
             torch.set_num_threads(threads)
         agent_id = f"{ti.run_id}/agent{self.agent_index}/try{ti.try_number}/pid{os.getpid()}"
-        tracking = WandbHook().settings()
+        tracking = WandbHook().checked_settings()
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
@@ -143,7 +143,7 @@ class SelectBestOperator(PipelineOperator):
         if not created:
             raise AirflowFailException("create_sweep did not run; there is no sweep to select from")
         try:
-            summary = select_best(spec, created[0]["sweep_id"], tracking_settings=WandbHook().settings())
+            summary = select_best(spec, created[0]["sweep_id"], tracking_settings=WandbHook().checked_settings())
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=summary.get("wandb"))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
 from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
-from freestack.tracking.wandb import WandbSettings
+from freestack.tracking.wandb import WandbSettings, route_console
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -29,12 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def server_settings(settings: WandbSettings) -> WandbSettings | None:
-    """``settings`` when sweeps should go to their W&B server, else None (the local controller)."""
-    from freestack.tracking.wandb import probe_server
+    """``settings`` when sweeps should go to their W&B server, else None (the local controller).
+    A server that rejects the key raises :class:`~freestack.tracking.wandb.WandbKeyRejected`."""
+    from freestack.tracking.wandb import verify_api_key
 
     if settings.mode != "online" or not settings.api_key:
         return None
-    problem = probe_server(settings.base_url)
+    problem = verify_api_key(settings)
     if problem is not None:
         log.warning("W&B server %s cannot be reached (%s); the sweep runs on the local controller",
                     settings.base_url, problem)
@@ -138,6 +139,7 @@ def run_server_agent(
             done.append(doc["id"])
 
     with _wandb_env(settings):
+        route_console()  # the agent's runs print like ours: to the log, at their level
         try:
             wandb.agent(sweep["server_id"], function=one_trial, project=sweep["project"], entity=sweep["entity"])
         except Exception as exc:

@@ -8,19 +8,25 @@ script), :meth:`WandbSettings.from_environment` applies the same rules to ``WAND
 Offline runs go under ``run_dir``, else ``$WANDB_DIR``, else ``<project home>/.freestack/wandb``
 (wandb adds its own ``wandb/offline-run-...`` folder); the log says which ``wandb sync`` uploads
 them. An online run whose server cannot be reached, or whose ``wandb.init`` fails, falls back to
-offline with a warning.
+offline with a warning. A server that answers but rejects the API key is an error
+(:class:`WandbKeyRejected`): a wrong key does not mend itself, and quietly recording offline would
+hide it until someone looks for the runs.
+
+wandb's terminal lines (``wandb: ...``) go to the ``freestack.wandb`` logger at their own level
+(:func:`route_console`), not to stderr, which Airflow 3's task supervisor logs at ERROR.
 
 ``wandb`` is imported only when a run starts or a connection is tested.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +35,8 @@ from freestack.errors import FreestackError
 from freestack.settings import project_home
 
 log = logging.getLogger(__name__)
+#: wandb's own terminal messages, at their level (info, warning, error); see :func:`route_console`
+console_log = logging.getLogger("freestack.wandb")
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 MODES = ("online", "offline", "disabled")
@@ -57,6 +65,8 @@ class WandbSettings:
     base_url: str = DEFAULT_BASE_URL
     entity: str | None = None
     project: str | None = None
+    #: where the key came from, for messages: ``connection 'wandb_default'`` or ``WANDB_API_KEY``
+    source: str = field(default="WANDB_API_KEY", compare=False)
 
     @classmethod
     def from_environment(cls) -> WandbSettings:
@@ -75,7 +85,7 @@ class WandbSettings:
         key = "***" if self.api_key else None
         return (
             f"WandbSettings(mode={self.mode!r}, api_key={key!r}, base_url={self.base_url!r}, "
-            f"entity={self.entity!r}, project={self.project!r})"
+            f"entity={self.entity!r}, project={self.project!r}, source={self.source!r})"
         )
 
 
@@ -121,31 +131,74 @@ def probe_server(base_url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     return None
 
 
-def check_api_key(base_url: str, api_key: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """Ask the server's GraphQL API who the key belongs to."""
-    import requests
+class WandbKeyRejected(FreestackError):
+    """The W&B server answered and refused the API key; retrying does not help (the message says what
+    to change)."""
+
+
+#: (server, key digest) pairs this process has seen accepted: each is checked with the server once
+_ACCEPTED: set[tuple[str, str]] = set()
+
+
+def _fix_hint(source: str) -> str:
+    if source.startswith("connection"):
+        return f'fix the API key (password) of {source} or set its mode to offline (extra {{"mode": "offline"}})'
+    return f"fix {source} or set WANDB_MODE=offline"
+
+
+def verify_api_key(settings: WandbSettings) -> str | None:
+    """Whether the server takes the key, asked through wandb's public API (``wandb.Api`` checks the
+    credentials with the server when it is given a key; nothing is written to ``.netrc``).
+
+    None: accepted, or nothing to check (offline and disabled settings never contact a server, and
+    online without a key records offline). A string: why the server could not be asked (unreachable,
+    an error of its own); the caller records offline. :class:`WandbKeyRejected` when the server
+    answered HTTP 401/403, or the key is not of a W&B key's form."""
+    if settings.mode != "online" or not settings.api_key:
+        return None
+    seen = (settings.base_url, hashlib.sha256(settings.api_key.encode()).hexdigest())
+    if seen in _ACCEPTED:
+        return None
+    problem = probe_server(settings.base_url)
+    if problem is not None:
+        return problem
+    import wandb
+    from wandb.errors import AuthenticationError
 
     try:
-        resp = requests.post(
-            base_url.rstrip("/") + "/graphql",
-            json={"query": "query Viewer { viewer { id username entity } }"},
-            auth=("api", api_key),
-            timeout=timeout,
-        )
-    except requests.RequestException as exc:
-        return False, f"W&B server {base_url} is not reachable: {type(exc).__name__}: {exc}"
-    if resp.status_code in (401, 403):
-        return False, f"W&B server {base_url} rejected the API key (HTTP {resp.status_code})"
-    if resp.status_code >= 400:
-        return False, f"W&B server {base_url} answered HTTP {resp.status_code}"
-    try:
-        viewer = (resp.json().get("data") or {}).get("viewer")
-    except ValueError:
-        return False, f"W&B server {base_url} did not answer GraphQL (not JSON)"
-    if not viewer:
-        return False, f"W&B server {base_url} does not accept the API key"
-    who = viewer.get("username") or viewer.get("entity") or viewer.get("id")
-    return True, f"W&B server {base_url} reachable; API key accepted (user {who})"
+        wandb.Api(overrides={"base_url": settings.base_url}, api_key=settings.api_key, timeout=int(PROBE_TIMEOUT_S))
+    except AuthenticationError as exc:
+        if exc.__cause__ is None:  # wandb checks a key's form before it asks the server
+            raise WandbKeyRejected(
+                f"the W&B API key in {settings.source} is not a W&B API key ({exc}); {_fix_hint(settings.source)}"
+            ) from None
+        status = getattr(getattr(exc.__cause__, "response", None), "http_status", None)
+        if status in (401, 403):
+            said = str(exc.__cause__).strip() or "no reason given"
+            raise WandbKeyRejected(
+                f"the W&B API key in {settings.source} was rejected by {settings.base_url} (HTTP {status}: "
+                f"{said}); {_fix_hint(settings.source)}"
+            ) from None
+        return f"the API key could not be checked: {exc}"
+    except Exception as exc:  # the wandb-core service could not start, a malformed answer...
+        return f"the API key could not be checked: {type(exc).__name__}: {exc}"
+    _ACCEPTED.add(seen)
+    return None
+
+
+def route_console() -> None:
+    """wandb's terminal messages to :data:`console_log`, each at its own level, instead of stderr.
+
+    wandb prints ``wandb: ...`` lines to stderr, and Airflow 3's task supervisor logs a task's stderr
+    at ERROR: every healthy run looked like a failure. ``wandb.termsetup(settings, logger)`` (public,
+    exported by ``wandb``) with ``silent`` makes ``termlog``/``termwarn``/``termerror`` call the
+    logger's ``info``/``warning``/``error`` instead; a run whose own settings are not silent still
+    composes them (``WANDB_SILENT=true`` drops them altogether). wandb applies its own terminal setup
+    when it loads its settings in a process, so this runs after ``wandb.setup()``, before each run."""
+    import wandb
+
+    wandb.setup()
+    wandb.termsetup(wandb.Settings(silent=True), console_log)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,12 +457,15 @@ def _init(
     import wandb
 
     shared_service_or_own()
+    if mode != "disabled":  # a disabled run prints nothing (and wandb.setup would start a service)
+        route_console()
     extra: dict[str, Any] = {}
     if mode == "online":
         extra = {"api_key": settings.api_key, "base_url": settings.base_url, "init_timeout": INIT_TIMEOUT_S}
     ws = wandb.Settings(
         mode=mode,
         console="wrap",
+        quiet=True,  # no history sparklines at the end: the run's page has them; our log names the run
         x_stats_sampling_interval=STATS_SAMPLING_INTERVAL_S,
         **extra,
     )
@@ -440,7 +496,8 @@ def start_run(
     run_dir: str | os.PathLike | None = None,
     existing: Any = None,
 ) -> TrackingRun:
-    """Start a run. Online trouble (unreachable server, failing init) means offline, never an error.
+    """Start a run. Online trouble (unreachable server, failing init) means offline, never an error;
+    a server that rejects the API key is one (:class:`WandbKeyRejected`).
 
     ``existing``: a run already started (by ``wandb.agent`` for a server sweep's trial) to record into.
     """
@@ -462,9 +519,7 @@ def start_run(
     root.mkdir(parents=True, exist_ok=True)
 
     if mode == "online":
-        problem = None if settings.api_key else "no API key"
-        if problem is None:
-            problem = probe_server(settings.base_url)
+        problem = verify_api_key(settings) if settings.api_key else "no API key"
         if problem is None:
             try:
                 run = _init("online", settings, root, **kwargs)
@@ -481,6 +536,14 @@ def start_run(
 
     run = _init("offline", settings, root, **kwargs)
     tracking = TrackingRun(run, mode="offline", project=project, entity=settings.entity)
+    if tracking.run_dir:  # for the list of offline runs (freestack.ui.wandb_pages)
+        from datetime import UTC, datetime
+
+        from freestack.tracking.offline import write_card
+
+        card = {k: v for k, v in kwargs.items() if k != "config"}
+        card.update(id=tracking.id, project=tracking.project, started=datetime.now(UTC).isoformat(timespec="seconds"))
+        write_card(tracking.run_dir, card)
     log.info(
         "W&B offline run %s is written to %s; upload it later with: %s",
         tracking.id,

@@ -76,7 +76,7 @@ class TrainOperator(PipelineOperator):
         )
         self.log.info("training %s on the lake up to %s", spec.name, end_ds)
         try:
-            outcome = train(spec, req, tracking_settings=WandbHook().settings())
+            outcome = train(spec, req, tracking_settings=WandbHook().checked_settings())
         except (TrainingError, SpecError) as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=outcome.tracking)

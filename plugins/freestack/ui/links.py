@@ -9,22 +9,19 @@ where the Task SDK cannot read XComs).
 
 - online run: the link is the run's W&B URL;
 - offline run: the link opens ``/freestack/wandb/offline?run_dir=...`` on the Airflow API server
-  (``wandb_app``, mounted by the freestack plugin), which shows the run folder and the
-  ``wandb sync`` command. Only folders under the configured wandb folder are shown.
+  (:mod:`freestack.ui.wandb_pages`, mounted by the freestack plugin): the run's summary metrics,
+  config and the ``wandb sync`` command.
+
+The train, select_best and evaluate tasks carry the link (in the grid or graph, select the task: the
+link is under Extra Links in its Details tab).
 """
 
 from __future__ import annotations
 
-import html
-import os
-import shlex
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from airflow.sdk import BaseOperatorLink
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import HTMLResponse
 
 XCOM_KEY = "wandb"
 URL_PREFIX = "/freestack/wandb"
@@ -71,82 +68,4 @@ class WandbRunLink(BaseOperatorLink):
         return wandb_link(data)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the offline page
-
-wandb_app = FastAPI(title="freestack W&B", docs_url=None, redoc_url=None, openapi_url=None)
-
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}
-pre{{background:#f4f4f4;padding:.8em;overflow-x:auto}}td{{padding:.2em .8em .2em 0}}</style>
-</head><body>
-<h1>{title}</h1>
-{body}
-</body></html>
-"""
-
-
-def _root() -> Path:
-    from freestack.tracking.wandb import wandb_root
-
-    return Path(os.path.realpath(wandb_root()))
-
-
-def _checked_run_dir(raw: str) -> Path:
-    """``raw`` resolved, when it lies strictly inside the wandb folder; else HTTP 400."""
-    if not raw or "\x00" in raw:
-        raise HTTPException(400, "run_dir is empty or invalid")
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise HTTPException(400, "run_dir must be an absolute path")
-    real = Path(os.path.realpath(path))
-    root = _root()
-    if real == root or root not in real.parents:
-        raise HTTPException(400, "run_dir is not inside the configured W&B folder")
-    return real
-
-
-def _error_page(status: int, message: str) -> HTMLResponse:
-    body = f"<p>{html.escape(message)}</p>"
-    return HTMLResponse(
-        _PAGE.format(title="W&amp;B run: refused", body=body), status_code=status, headers=_HEADERS
-    )
-
-
-@wandb_app.exception_handler(HTTPException)
-async def _http_error(request: Any, exc: HTTPException) -> HTMLResponse:
-    return _error_page(exc.status_code, str(exc.detail))
-
-
-@wandb_app.get("/offline", response_class=HTMLResponse)
-def offline_run(run_dir: str = Query(..., max_length=4096)) -> HTMLResponse:
-    """A page naming the offline run's folder and the command that uploads it."""
-    folder = _checked_run_dir(run_dir)
-    exists = folder.is_dir()
-    logs = sorted(p for p in folder.glob("*.wandb") if p.is_file()) if exists else []
-    command = f"wandb sync {shlex.quote(str(folder))}"
-    rows = [
-        ("Run folder", f"<code>{html.escape(str(folder))}</code>"),
-        ("Present on this server", "yes" if exists else "no (it is on the worker that ran the task)"),
-    ]
-    for p in logs:
-        rows.append(("Transaction log", f"<code>{html.escape(p.name)}</code> ({p.stat().st_size} bytes)"))
-    table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
-    body = (
-        "<p>This run was recorded offline: nothing was sent to a W&amp;B server.</p>"
-        f"<table>{table}</table>"
-        "<p>To upload it, run this on the machine that holds the folder (logged in with "
-        "<code>wandb login</code>):</p>"
-        f"<pre>{html.escape(command)}</pre>"
-    )
-    return HTMLResponse(_PAGE.format(title="W&amp;B offline run", body=body), headers=_HEADERS)
-
-
-__all__ = ["OFFLINE_PATH", "URL_PREFIX", "XCOM_KEY", "WandbRunLink", "wandb_app", "wandb_link"]
+__all__ = ["OFFLINE_PATH", "URL_PREFIX", "XCOM_KEY", "WandbRunLink", "wandb_link"]

@@ -123,3 +123,30 @@ def test_regression_report_and_plots():
     page = render_html("t", {"version": "v1", "window": {}, "candidate": {k: v for k, v in rep.items() if k != "_points"},
                              "champion": None}, images)
     assert page.count("data:image/png;base64,") == 2 and "rmse" in page
+
+
+def test_decision_notes():
+    from freestack.evaluate.gate import NOTE_LIMIT, decision_note
+
+    champ = {**CLS, "accuracy": 0.96}
+    worse = decide(GateSpec(max_regression={"log_loss": 0.05}), {**CLS, "log_loss": 0.4}, champ)
+    worse.update(candidate_version="v2", champion_version="v1")
+    note = decision_note(worse, "digits")
+    assert note.startswith("**Gate: blocked.** Candidate `v2` of `digits` stays out of production (`v1` keeps serving)")
+    assert "accuracy 0.9500 vs 0.9600 for production `v1`" in note
+    assert "- accuracy 0.9500 vs champion 0.9600: -0.0100 (worse)" in note
+    assert "- log_loss 0.4000 vs champion 0.2000: worse by 0.2000 (allowed 0.0500) — blocked" in note
+    assert note.endswith("`promote` and `deploy` were skipped.")
+
+    better = decide(GateSpec(), CLS, {**CLS, "accuracy": 0.9})
+    better.update(candidate_version="v3", champion_version="v1")
+    assert decision_note(better, "digits") == (
+        "**Gate: promoted.** Candidate `v3` of `digits` is production now: accuracy 0.9500 vs 0.9000 for production `v1`."
+    )
+    first = decide(GateSpec(approval="required"), CLS, None)
+    first.update(candidate_version="v1", champion_version=None)
+    assert "awaiting approval" in decision_note(first, "digits") and "(no production model yet)" in decision_note(first, "d")
+
+    worse["reasons"] = [f"reason {i} " + "x" * 80 for i in range(30)]  # Airflow keeps 1000 characters
+    long = decision_note(worse, "digits")
+    assert len(long) <= NOTE_LIMIT and "every reason is in the gate task's log" in long and long.endswith("skipped.")

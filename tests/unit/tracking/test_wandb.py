@@ -15,7 +15,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import pytest
 
@@ -23,6 +23,7 @@ from freestack.errors import FreestackError
 from freestack.hooks.wandb import WandbHook
 from freestack.tracking import WandbSettings, start_run, wandb_root
 from freestack.tracking import wandb as tw
+from tests.wandb_fake import BADKEY, GOODKEY, fake_wandb_host
 
 CONN_JSON = {"conn_type": "wandb", "password": "KEY", "host": "http://127.0.0.1:9", "extra": {"project": "p"}}
 
@@ -137,51 +138,21 @@ def test_default_root(wandb_env, monkeypatch, tmp_path):
 # test_connection against a fake server on 127.0.0.1
 
 
-class _FakeWandb(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"OK")
-
-    def do_POST(self):
-        import base64
-
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        auth = self.headers.get("Authorization", "")
-        good = "Basic " + base64.b64encode(b"api:GOODKEY").decode()
-        if auth != good:
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = json.dumps({"data": {"viewer": {"id": "1", "username": "alice", "entity": "alice"}}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
 def fake_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeWandb)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with fake_wandb_host() as url:
+        yield url
 
 
 def test_connection_checks(wandb_env, monkeypatch, fake_server):
-    set_conn(monkeypatch, host=fake_server, password="GOODKEY")
+    set_conn(monkeypatch, host=fake_server, password=GOODKEY)
     ok, msg = WandbHook().test_connection()
     assert ok, msg
-    assert "alice" in msg
+    assert "API key accepted" in msg
 
-    set_conn(monkeypatch, host=fake_server, password="BADKEY")
+    set_conn(monkeypatch, host=fake_server, password=BADKEY)
     ok, msg = WandbHook().test_connection()
-    assert not ok and "rejected" in msg
+    assert not ok and f"rejected by {fake_server}" in msg
 
     set_conn(monkeypatch, host=f"http://127.0.0.1:{closed_port()}")
     ok, msg = WandbHook().test_connection()
@@ -194,6 +165,91 @@ def test_connection_checks(wandb_env, monkeypatch, fake_server):
 
 # ---------------------------------------------------------------------------------------------------------
 # runs
+
+
+def test_rejected_key_fails_at_once_with_what_to_do(wandb_env, monkeypatch, fake_server):
+    """A server that answers and refuses the key: an error naming the connection, the server and the
+    fix, at the hook (the first W&B task) and at start_run; never a quiet offline run."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    set_conn(monkeypatch, host=fake_server, password=BADKEY)
+    settings = WandbHook().settings()
+    assert settings.source == "connection 'wandb_default'"
+    with pytest.raises(tw.WandbKeyRejected) as info:
+        start_run(settings, project="p", name="n", config={}, tags=None)
+    msg = str(info.value)
+    assert msg.startswith(f"the W&B API key in connection 'wandb_default' was rejected by {fake_server} (HTTP 401")
+    assert 'set its mode to offline (extra {"mode": "offline"})' in msg
+    with pytest.raises(AirflowFailException, match="rejected by"):
+        WandbHook().checked_settings()
+    assert not files_under(wandb_env)  # no offline run was started instead
+
+    # without a connection: the environment's key, and the environment's fix
+    env = WandbSettings(mode="online", api_key=BADKEY, base_url=fake_server)
+    with pytest.raises(tw.WandbKeyRejected, match="fix WANDB_API_KEY or set WANDB_MODE=offline"):
+        tw.verify_api_key(env)
+
+    set_conn(monkeypatch, host=fake_server, password="short")
+    with pytest.raises(AirflowFailException, match="is not a W&B API key .*40"):
+        WandbHook().checked_settings()
+
+    set_conn(monkeypatch, host=fake_server, password=GOODKEY)
+    assert WandbHook().checked_settings().api_key == GOODKEY
+
+
+class _Counting(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _any(self):
+        type(self).seen.append(f"{self.command} {self.path}")
+        self.send_response(401)
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = _any
+
+
+def test_offline_never_contacts_a_host(wandb_env, monkeypatch):
+    """mode offline with a key and a host: the hook, a run and its finish send nothing anywhere."""
+    _Counting.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        set_conn(monkeypatch, host=host, password=BADKEY, extra={"mode": "offline"})
+        settings = WandbHook().checked_settings()
+        assert settings.mode == "offline" and tw.verify_api_key(settings) is None
+        with start_run(settings, project="p", name="n", config={"a": 1}, tags=None) as run:
+            run.log({"loss": 1.0}, step=0)
+        assert run.mode == "offline" and list(Path(run.run_dir).glob("*.wandb"))
+        ok, msg = WandbHook().test_connection()
+        assert ok and "no server is contacted" in msg
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Counting.seen == []
+
+
+def test_console_lines_are_logged_at_their_level(wandb_env, monkeypatch, caplog, capfd):
+    """wandb's "wandb: ..." lines reach the freestack.wandb logger at their level, never stderr (which
+    Airflow logs at ERROR); the run's folder and `wandb sync` are our own INFO line."""
+    import wandb
+
+    monkeypatch.delenv("WANDB_SILENT")
+    with caplog.at_level(logging.INFO):
+        with start_run(WandbSettings(mode="offline"), project="p", name="n", config={}, tags=None) as run:
+            run.log({"loss": 1.0}, step=0)
+            wandb.termwarn("a warning of wandb's")
+            wandb.termlog("a line of wandb's")
+    ours = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("freestack.")]
+    assert ("WARNING", "wandb: WARNING a warning of wandb's") in ours
+    assert ("INFO", "wandb: a line of wandb's") in ours
+    assert any(level == "INFO" and f"upload it with: wandb sync {run.run_dir}" in m for level, m in ours)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "wandb:" not in capfd.readouterr().err
+
 
 
 def test_unreachable_server_falls_back_offline(wandb_env, monkeypatch, caplog):
@@ -217,7 +273,7 @@ def test_unreachable_server_falls_back_offline(wandb_env, monkeypatch, caplog):
 
 def test_failing_init_falls_back_offline(wandb_env, monkeypatch, caplog):
     """The server seems reachable but wandb.init cannot finish: still offline, still no error."""
-    monkeypatch.setattr(tw, "probe_server", lambda url, timeout=0: None)
+    monkeypatch.setattr(tw, "verify_api_key", lambda settings: None)
     monkeypatch.setattr(tw, "INIT_TIMEOUT_S", 2.0)
     settings = WandbSettings(mode="online", api_key="k" * 40, base_url=f"http://127.0.0.1:{closed_port()}")
     with caplog.at_level(logging.WARNING, logger="freestack.tracking.wandb"):
@@ -382,7 +438,7 @@ def test_operator_link_reads_the_xcom(monkeypatch):
 def test_offline_page(wandb_env, tmp_path):
     from fastapi.testclient import TestClient
 
-    from freestack.ui.links import wandb_app
+    from freestack.ui.wandb_pages import wandb_app
 
     run_dir = wandb_env / "wandb" / "offline-run-1<script>alert('x')</script>&"
     run_dir.mkdir(parents=True)
@@ -394,6 +450,7 @@ def test_offline_page(wandb_env, tmp_path):
     assert "<script>" not in r.text
     assert "offline-run-1&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;" in r.text
     assert "wandb sync " in r.text and "run-abc.wandb" in r.text
+    assert "could not be read" in r.text  # ten bytes are no transaction log: wandb says so, the page goes on
     assert r.headers["content-security-policy"].startswith("default-src 'none'")
 
     outside = tmp_path / "outside"
@@ -411,6 +468,40 @@ def test_offline_page(wandb_env, tmp_path):
         assert r.status_code == 400, bad
         assert "<b>" not in r.text
         assert "not inside" in r.text or "absolute" in r.text
+
+
+def test_offline_pages_show_summary_config_and_sync(wandb_env):
+    """A real offline run: its page has the summary metrics and config wandb reads from the log, and
+    the list of runs links to it with freestack's card (name, job, tags)."""
+    from fastapi.testclient import TestClient
+
+    from freestack.tracking import offline
+    from freestack.ui.wandb_pages import wandb_app
+
+    settings = WandbSettings(mode="offline")
+    with start_run(settings, project="proj", name="digits-v1", config={"train": {"lr": 0.003}, "rows": 64},
+                   tags=["pipeline:digits"], job_type="train") as run:  # fmt: skip
+        run.log({"val_accuracy": 0.5}, step=0)
+        run.summary_update({"test_accuracy": 0.987654321})
+    client = TestClient(wandb_app)
+    page = client.get("/offline", params={"run_dir": run.run_dir})
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert "<title>W&amp;B offline run digits-v1</title>" in text
+    assert "<td>test_accuracy</td><td class=\"num\">0.987654</td>" in text
+    assert "<td>val_accuracy</td><td class=\"num\">0.5</td>" in text
+    assert "<td>train.lr</td><td>0.003</td>" in text and "<td>rows</td><td>64</td>" in text
+    assert f'<pre id="sync">wandb sync {run.run_dir}</pre>' in text
+    assert "pipeline:digits" in text and "finished (exit code 0)" in text
+
+    listing = client.get("/").text
+    assert "digits-v1</a>" in listing and "<td>train</td>" in listing and "pipeline:digits" in listing
+    assert f'href="offline?run_dir={quote_plus(run.run_dir)}"' in listing
+    # wandb sync leaves a marker beside the log: the list and the page say it is uploaded
+    log_file = offline.logs_of(Path(run.run_dir))[0]
+    log_file.with_name(log_file.name + ".synced").write_text("")
+    assert "<td>yes</td>" in client.get("/").text
+    assert "Uploaded already" in client.get("/offline", params={"run_dir": run.run_dir}).text
 
 
 _LINK_DAG = """
