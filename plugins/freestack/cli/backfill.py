@@ -23,6 +23,7 @@ from freestack.cli.errors import CliError
 from freestack.cli.output import out, progress
 
 FINISHED = ("success", "failed")
+CLOSE_GRACE_S = 60.0
 POLL_SECONDS = 2.0
 
 
@@ -127,6 +128,7 @@ def _check_dag(af: Airflow, dag_id: str, unpause: bool) -> bool:
 def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float) -> list[dict[str, Any]]:
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
     since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
+    all_done: float | None = None
     console = out()
     with progress(console=console) as bar:
         task = bar.add_task(f"{dag_id} runs", total=total)
@@ -138,7 +140,10 @@ def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, time
                 reported.add(r["dag_run_id"])  # a line per run: above the bar on a terminal, alone otherwise
                 console.print(f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)")
             bar.update(task, completed=len(done))
-            if len(done) >= total or completed:
+            # the scheduler closes the backfill a loop or two after its last run, and refuses another
+            # backfill of the DAG until then: wait for that (a little), so the next command may start one
+            all_done = all_done or (time.monotonic() if len(done) >= total else None)
+            if completed or (all_done and time.monotonic() - all_done > CLOSE_GRACE_S):
                 return done
             if time.monotonic() > deadline:
                 raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {total} runs finished after {timeout:.0f} s",
