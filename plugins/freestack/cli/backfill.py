@@ -13,7 +13,7 @@ import time
 import urllib.error
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlencode
 
 import typer
@@ -25,6 +25,7 @@ from freestack.cli.output import out, progress
 FINISHED = ("success", "failed")
 CLOSE_GRACE_S = 60.0
 POLL_SECONDS = 2.0
+BUSY_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between tries while Airflow answers 503 (SQLite locked)
 
 
 class Dag(StrEnum):
@@ -55,15 +56,23 @@ class Airflow:
 
     def call(self, method: str, path: str, body: dict | None = None, what: str = "", *,
              not_found: CliError | None = None) -> Any:  # fmt: skip
-        try:
-            return self.api.call(method, path, body)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404 and not_found is not None:
-                raise not_found from None
-            raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {exc.code} {_detail(exc)}",
-                           _hint(exc.code, self.url)) from None  # fmt: skip
-        except OSError as exc:
-            raise CliError(f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it") from None
+        """One API call; a 503 (on SQLite the API server refuses a backfill while the scheduler holds
+        the database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s."""
+        for pause in (*BUSY_RETRIES, None):
+            try:
+                return self.api.call(method, path, body)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or pause is None:
+                    self._refused(exc, method, path, what, not_found)
+            except OSError as exc:
+                raise CliError(f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it") from None
+            time.sleep(pause)
+
+    def _refused(self, exc: urllib.error.HTTPError, method: str, path: str, what: str, not_found: CliError | None) -> NoReturn:
+        if exc.code == 404 and not_found is not None:
+            raise not_found from None
+        raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {exc.code} {_detail(exc)}",
+                       _hint(exc.code, self.url)) from None  # fmt: skip
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
@@ -77,6 +86,7 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 def _hint(code: int, url: str) -> str:
     return {401: "the admin password file does not match this Airflow: restart it with `make down` and `make up`",
             409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
+            503: "the scheduler kept the SQLite database locked for half a minute: try again, or run on PostgreSQL",
             }.get(code, f"see {url}")  # fmt: skip
 
 

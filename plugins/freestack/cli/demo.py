@@ -192,8 +192,8 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
     while True:
         try:
             return api.call("POST", "/backfills", body)
-        except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed
-            if exc.code != 409 or time.monotonic() > deadline:
+        except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed;
+            if exc.code not in (409, 503) or time.monotonic() > deadline:  # 503: SQLite locked by the scheduler
                 raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {exc.read()[:300]!r}") from None
             time.sleep(2.0)
 

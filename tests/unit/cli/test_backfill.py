@@ -26,8 +26,10 @@ def _now() -> str:
 class FakeAirflow:
     """The state behind the fake API: one DAG, its runs, at most one backfill."""
 
-    def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0):
+    def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0,
+                 locked: int = 0):  # fmt: skip
         self.days, self.paused, self.fail = days, paused, fail
+        self.locked = locked  # creates answered 503 (SQLite locked by the scheduler) before one succeeds
         self.existing = existing  # days that already have a run (the dry run leaves them out)
         self.backfill: dict | None = None
         self.runs: list[dict] = []
@@ -69,6 +71,9 @@ class FakeAirflow:
         return 404, {"detail": f"no route {method} {path}"}
 
     def _create(self, body: dict) -> tuple[int, dict]:
+        if self.locked:
+            self.locked -= 1
+            return 503, {"detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."}
         if self.backfill is not None:
             return 409, {"detail": "There is already a running backfill for dag digits_ingest"}
         self.backfill = {"id": 1, "dag_id": body["dag_id"], "from_date": body["from_date"], "to_date": body["to_date"],
@@ -147,6 +152,18 @@ def test_backfill_runs_every_day_and_prints_a_line_per_run(fake_airflow, capsys)
     created = next(b for m, p, b in api.calls if m == "POST" and p == "/api/v2/backfills")
     assert created == {"dag_id": "digits_ingest", "from_date": "2026-11-01T00:00:00Z", "to_date": "2026-11-05T00:00:00Z",
                        "reprocess_behavior": "completed"}  # fmt: skip
+
+
+def test_a_locked_database_is_waited_out_then_reported(fake_airflow, monkeypatch, capsys):
+    monkeypatch.setattr(backfill_cli, "BUSY_RETRIES", (0.01, 0.01, 0.01))
+    api = fake_airflow(DAYS, locked=2)
+    assert main(ARGV) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
+    assert sum(1 for m, p, _ in api.calls if m == "POST" and p == "/api/v2/backfills") == 3
+    api = fake_airflow(DAYS, locked=4)  # locked through every try: one line, no backfill
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 503 Database is locked" in err and "try again" in err and api.backfill is None
 
 
 def test_failed_runs_are_one_error_line(fake_airflow, capsys):
