@@ -66,14 +66,19 @@ $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 	$(BIN)/python -m freestack.cli demo
 
+# test files run on TEST_WORKERS pytest-xdist workers (a file stays on one worker: its module fixtures,
+# the docs sandbox's demo say, are built once); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP) $(SERVING_STAMP) scaleout-deps browser-deps
-	$(BIN)/python -m pytest -q -ra --durations=25 tests
+	$(PYTEST) --durations=25 tests
 	$(MAKE) --no-print-directory test-stock
 
 # the DAG and end-to-end tests again on stock Airflow: the runtime wing's speed-ups off (the documented
 # commands and the UI pages are checked once, on the embedded defaults)
 test-stock: $(STAMP) $(SERVING_STAMP)
-	FREESTACK_SPEEDUPS=0 $(BIN)/python -m pytest -q -ra tests/dags tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py
+	FREESTACK_SPEEDUPS=0 $(PYTEST) tests/dags tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py
 
 # the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
 # (SeaweedFS comes from PyPI with the dev extra); installed only when missing
