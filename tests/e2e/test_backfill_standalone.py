@@ -289,6 +289,10 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
         assert time.monotonic() < deadline, _log_tail()
         time.sleep(0.5)
     assert restarted[0] != old_pid
+    # the dead scheduler's executor workers (which ignore SIGTERM) were stopped: only the new one's remain
+    workers = [p for p in psutil.process_iter(["pid", "ppid", "cmdline"]) if _in_group(p, standalone["proc"].pid)
+               and " ".join(p.info["cmdline"] or ()).startswith("airflow worker -- LocalExecutor")]  # fmt: skip
+    assert all(p.info["ppid"] == restarted[0] for p in workers), [(p.pid, p.info["ppid"]) for p in workers]
 
     sys.path.insert(0, str(ROOT / "include"))
     from demo.landing import make_landing
