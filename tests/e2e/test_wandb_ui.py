@@ -15,6 +15,7 @@ Slow (it starts the API server): ``-m slow``.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -41,6 +42,17 @@ def _free_port() -> int:
 def _get(url: str, timeout: float = 10) -> dict:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+@pytest.fixture
+def spawned_workers():
+    """The LocalExecutor's workers start as fresh processes, not forks of this one: other tests trained
+    with torch in this pytest process, and libgomp's thread pool does not survive a fork (the forked
+    task spins in ``GOMP_parallel`` for ever). The scheduler never runs torch itself, so its forks are safe."""
+    before = multiprocessing.get_start_method()
+    multiprocessing.set_start_method("spawn", force=True)
+    yield
+    multiprocessing.set_start_method(before, force=True)
 
 
 @pytest.fixture
@@ -136,7 +148,7 @@ def _open_in_chromium(link: str, ui: str, metrics: dict, sync: str, run_id: str)
             browser.close()
 
 
-def test_run_view_log_levels_link_note_and_offline_page(lake, api_server):  # noqa: F811
+def test_run_view_log_levels_link_note_and_offline_page(lake, api_server, spawned_workers):  # noqa: F811
     url = api_server["url"]
     dag = lake["bag"].get_dag("digits_train")
     run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}, use_executor=True)

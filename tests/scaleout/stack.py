@@ -486,14 +486,10 @@ class Stack:
         for name in order:
             if name in self.procs:
                 self.procs[name].stop(grace=20, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
-        from freestack.serving.processes import supervisors
+        from freestack.serving.processes import stop_serving_processes
 
-        for i in range(self.workers):  # model servers the deploy tasks started (their own sessions)
-            for pid in supervisors(str(self.base / f"worker{i}" / "serving")):
-                try:
-                    os.killpg(pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        for i in range(self.workers):  # model servers and address holders the deploy tasks started
+            stop_serving_processes(self.base / f"worker{i}" / "serving")
         if self.pg_dir:
             shutil.rmtree(self.pg_dir, ignore_errors=True)
 

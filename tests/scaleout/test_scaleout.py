@@ -39,6 +39,10 @@ def stack(tmp_path_factory):
         yield s
     finally:
         s.stop()
+    from freestack.serving.processes import serving_processes
+
+    left = [what for i in range(s.workers) for _, what in serving_processes(s.base / f"worker{i}" / "serving")]
+    assert not left, f"the stack left model servers or address holders running: {left}"
 
 
 def _land(s: Stack, days: list[date]) -> None:
