@@ -71,6 +71,9 @@ def _switch_under_load(dep, version: str, reason: str, *, name: str = "addr", lo
         rec = _deploy(dep, version, reason, name=name, local=local)
         t1 = time.monotonic()
         time.sleep(1.0)
+        deadline = t1 + 10  # every style (the idle one pauses 2 s) has sent a request to the new version
+        while time.monotonic() < deadline and not all(f["sent"] for f in load.figures(t1 + 0.05).values()):
+            time.sleep(0.2)
     during, overall = load.figures(t0, t1), load.figures()
     after = load.figures(t1 + 0.05)
     # the switch itself: from the first answer of the new version to the last of the old one, +- 0.5 s
