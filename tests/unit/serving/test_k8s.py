@@ -313,6 +313,7 @@ def test_set_traffic_promote_and_rollback(kube):
     k8s.apply(manifest("3", canary="4"), CONN)
     with pytest.raises(ValueError, match="0..100"):
         k8s.set_traffic("digits", NS, CONN, canary_traffic=101)
+    wait_available()  # the fake controller's status writes are done: `before` stays current
 
     kube.requests.clear()
     before = k8s.get("digits", NS, CONN)
