@@ -174,11 +174,8 @@ def put(source: Annotated[Path, typer.Argument(metavar="SOURCE", exists=True, di
 
     target = to_path(dest + source.name if dest.endswith("/") else dest)
     size = source.stat().st_size
-    with progress(*_byte_columns()) as bar, source.open("rb") as f, atomic_write(target) as w:
-        task = bar.add_task(f"{source.name} -> {target}", total=size)
-        while chunk := f.read(CHUNK):
-            w.write(chunk)
-            bar.advance(task, len(chunk))
+    with source.open("rb") as f, atomic_write(target) as w:
+        _copy(f, w, f"{source.name} -> {target}", size)
     out().print(f"uploaded {source} ({size} bytes, sha256 {w.result.sha256[:12]}) to {target}")
     return 0
 
@@ -196,14 +193,19 @@ def get(source: Annotated[str, typer.Argument(metavar="SOURCE", help="A storage 
         names = sorted(p.name for p in parent.iterdir())[:10] if parent.is_dir() else []
         raise CliError(f"{source} is not a file", f"{parent} holds: {', '.join(names)}" if names else f"{parent} is empty or absent")
     target = dest / src.name if dest.is_dir() else dest
-    size = src.stat().st_size
-    with progress(*_byte_columns()) as bar, src.open("rb") as f, target.open("wb") as w:
-        task = bar.add_task(f"{src} -> {target}", total=size)
-        while chunk := f.read(CHUNK):
-            w.write(chunk)
-            bar.advance(task, len(chunk))
+    with src.open("rb") as f, target.open("wb") as w:
+        _copy(f, w, f"{src} -> {target}", src.stat().st_size)
     out().print(f"downloaded {src} ({target.stat().st_size} bytes) to {target}")
     return 0
+
+
+def _copy(reader, writer, label: str, size: int) -> None:
+    """Copy ``reader`` to ``writer`` in CHUNK-sized pieces, with a byte progress bar labelled ``label``."""
+    with progress(*_byte_columns()) as bar:
+        task = bar.add_task(label, total=size)
+        while chunk := reader.read(CHUNK):
+            writer.write(chunk)
+            bar.advance(task, len(chunk))
 
 
 def _byte_columns():
