@@ -4,12 +4,22 @@ evaluation's smoke sample (test rows with in-process outputs), committed by the 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from freestack.ml.models import FreestackNet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the model-server tests need the serving environment (.venv-serving, or another named by FREESTACK_SERVING_PYTHON)
+needs_serving_env = pytest.mark.skipif(
+    not (ROOT / ".venv-serving" / "bin" / "python").exists() and not os.environ.get("FREESTACK_SERVING_PYTHON"),
+    reason="the serving environment is missing: run `make serving-venv`",
+)
 
 
 def make_version(root: str, model: str, version: str, work: Path, *, seed: int = 0, n_features: int = 8,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def standalone(tmp_path_factory):
     text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
     assert "\ntrain:\n" in text
     (specs / "digits.yaml").write_text(text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1))
-    port = _free_port()
+    port = free_port()
     env = airflow_env()
     env.update(
         {

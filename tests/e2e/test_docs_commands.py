@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import textwrap
 import urllib.parse
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -95,19 +96,13 @@ def _script(commands: list[str], ports: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Sandbox:
     """The project as a user's fresh checkout sees it, with its state in a temporary folder."""
 
     def __init__(self, base: Path) -> None:
         from freestack.serving.processes import free_port_block
 
-        self.base, self.port = base, _free_port()
+        self.base, self.port = base, free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FREESTACK_", "WANDB_"))}
         wandb = base / ".freestack" / "wandb"
         env.update({

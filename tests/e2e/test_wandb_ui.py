@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,15 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 10) -> dict:
@@ -59,7 +53,7 @@ def spawned_workers():
 def api_server(lake, monkeypatch, tmp_path):  # noqa: F811
     """``airflow api-server`` on 127.0.0.1 over the session's metadata DB; every request is an admin
     (simple auth manager, all admins), and this process's executor signs tasks' tokens with its secret."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     for key, value in {
         "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port, free_ports
+
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 START_TIMEOUT_S = 60.0
@@ -38,26 +39,6 @@ BIN = Path(sys.executable).parent
 
 # ---------------------------------------------------------------------------------------------------------
 # process helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together, so the OS cannot hand out one twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def find_binary(name: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
 PAGE_SIZE = 5
 START_TIMEOUT_S = 60.0
 BIN = Path(sys.executable).parent
 USERS = ("alice", "bob", "carol")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def service_env(keys: Path, **extra: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import requests
 
 from tests.integration.data_api_service import (
     HOST,
-    free_port,
     log_tail,
     rss_now_kib,
     rss_peak_kib,
@@ -24,6 +23,7 @@ from tests.integration.data_api_service import (
     stop,
     wait_healthy,
 )
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 GiB = 1 << 30

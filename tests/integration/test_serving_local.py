@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -19,18 +18,14 @@ from freestack.serving.local import deploy_local, describe, stop_local
 from freestack.serving.records import Deployments
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import in_process, make_version
+from tests.serving_helpers import in_process, make_version, needs_serving_env
 
-ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8
 MAX_ROWS = 50
 MAX_BODY = 64 * 1024
 KEEP_MODEL_SERVERS = True  # the tests below walk one deployment through its versions (see conftest)
 
-pytestmark = pytest.mark.skipif(
-    not (ROOT / ".venv-serving" / "bin" / "python").exists() and not os.environ.get("FREESTACK_SERVING_PYTHON"),
-    reason="the serving environment is missing: run `make serving-venv`",
-)
+pytestmark = needs_serving_env
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ plays its part and finishes the runs the backfill created."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
@@ -16,12 +15,7 @@ import pytest
 from freestack.cli import backfill as backfill_cli
 from freestack.cli import main
 from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def api_server(airflow_db):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
     sync_bag_to_db(bag, "dags-folder", None)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app("core"), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -12,7 +12,6 @@ import asyncio
 import copy
 import json
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from freestack.errors import FreestackError
 from freestack.serving import k8s, manifests
 from freestack.serving.spec import KubernetesTarget
 from tests.k8s_api_fake import FakeKubeAPI, json_patch, merge_patch
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED_CRD = Path(__file__).parents[3].parent / "shared/seldon/seldondeployment-crd.yaml"
@@ -388,12 +388,6 @@ def test_rbac_namespace_and_server_side_validation_errors(kube):
     kube.fail_next = [503]
     with pytest.raises(k8s.KubernetesUnavailable, match="503.*retry later"):
         k8s.get("digits", NS, CONN)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unreachable_conn(monkeypatch) -> tuple[str, str]:
