@@ -19,7 +19,9 @@ Payloads: ``{"data": {"ndarray": [[...], ...], "names": [...]}}``, ``{"data": {"
 [n, f], "values": [...]}}}`` or ``{"jsonData": {"instances": [{feature: value, ...}, ...]}}`` (or one
 record). Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
 500: the checks run before Seldon's own parsing (``model_error_handler``'s ``before_app_request``).
-Classification answers are class probabilities named by class; regression answers are values.
+Classification answers are class probabilities named by class; regression answers one value per row,
+``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData); the metadata's outputs say
+the same.
 """
 
 from __future__ import annotations
@@ -405,6 +407,10 @@ class Model:
             else:
                 preds = [{"value": float(v)} for v in out.tolist()]
             return {"predictions": preds, "model_version": self.version}
+        if self.task != "classification":
+            # one value per row, as a column: Seldon names the columns of a 2-D answer by class_names()
+            # (the target), while a flat array would go out with no names at all
+            return out.reshape(-1, 1)
         return out
 
 

@@ -37,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
 from freestack.serving.processes import (
+    free_port,
     holders,
     is_holder,
     port_free,
+    port_listener,
     port_owner,
     process_alive,
     stop_holder,
@@ -158,7 +160,7 @@ def hold_address(model: str, name: str, local: LocalTarget, live: dict[str, Any]
         raise DeployError(
             f"{where}, the address of {model}/{name} (deploy.local.port), is taken by another program"
             f"{port_owner(local.host, local.port)}; stop it, or set deploy.local.port to a free port (the "
-            "deployment also uses port + 1, port + 2 and the metrics ports port + 100, port + 101)"
+            "deployment also uses port + 1 and port + 2 for its blue and green servers)"
         )
     return Address(local.host, local.port, _start_holder(home, local.host, local.port), started=True)
 
@@ -384,6 +386,8 @@ def _release(address: Address) -> None:
 def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     """The live server serves ``version`` at ``local``'s address, and answers."""
     same = live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
+    if local.metrics_port is not None and live.get("color") in COLORS:
+        same = same and _metrics_port(live) == local.metrics_port + COLORS.index(live["color"])
     return same and bool(live.get("holder_pid")) and _healthy(live["url"])
 
 
@@ -394,6 +398,7 @@ def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, An
     server = start_server(cfg, model_env=model_env)
     try:
         server.wait_ready(local.start_timeout_seconds)
+        _check_metrics(server, local)
         t1 = time.monotonic()
         checked = smoke_test(server.url, sample)
     except BaseException:
@@ -416,6 +421,7 @@ def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model
     again = start_server(server.cfg, model_env=model_env, gate_open=True)
     try:
         again.wait_ready(local.start_timeout_seconds)
+        _check_metrics(again, local)
         smoke_test(again.url, sample)
     except BaseException:
         again.stop()
@@ -457,7 +463,9 @@ def _without_address(live: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None) -> Slot:
-    """The color the live server does not use, with its own port and metrics port checked free."""
+    """The color the live server does not use, with its own port and its metrics port checked free. The
+    metrics port is ``deploy.local.metrics_port`` (blue; green: + 1) when set, else a free port chosen
+    now (it goes into the deployment record: ``metrics_port``, ``metrics_url``)."""
     color = "green" if live and live.get("color") == "blue" else "blue"
     offset = COLORS.index(color)
     port = local.port + 1 + offset
@@ -467,11 +475,62 @@ def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] |
             f"{port_owner(local.host, port)}; free it or set deploy.local.port in the pipeline spec (the address "
             "is port; the blue server uses port + 1, the green one port + 2)"
         )
-    metrics_port = (local.metrics_port or local.port + 100) + offset
+    if local.metrics_port is None:
+        return Slot(color, port, free_port(local.host, exclude=range(local.port, local.port + 3)))
+    metrics_port = local.metrics_port + offset
     if not port_free(local.host, metrics_port):
-        raise DeployError(f"metrics port {local.host}:{metrics_port} is taken{port_owner(local.host, metrics_port)}; "
-                          "set deploy.local.metrics_port")  # fmt: skip
+        raise DeployError(
+            f"metrics port {local.host}:{metrics_port} for the {color} server of {model}/{name} is taken"
+            f"{port_owner(local.host, metrics_port) or ' by another program'}; free it, set "
+            f"deploy.local.metrics_port to another port (blue uses metrics_port, green metrics_port + 1), or "
+            "leave it unset (null) to have free metrics ports chosen at each deploy"
+        )
     return Slot(color, port, metrics_port)
+
+
+def _metrics_port(record: dict[str, Any]) -> int | None:
+    """The metrics port a deployment record names (older records only have ``metrics_url``)."""
+    if record.get("metrics_port"):
+        return int(record["metrics_port"])
+    tail = str(record.get("metrics_url") or "").rsplit(":", 1)[-1].split("/", 1)[0]
+    return int(tail) if tail.isdigit() else None
+
+
+def _check_metrics(server: LocalServer, local: LocalTarget, timeout: float = 15.0) -> None:
+    """The server's metrics endpoint answers, from the server's own process group: a metrics port taken
+    between the check and the server's start (by another program) fails the deploy, naming it."""
+    port = int(server.cfg["metrics_port"])
+    url, deadline, last = f"http://{local.host}:{port}/metrics", time.monotonic() + timeout, "no answer yet"
+    while True:
+        pid = port_listener(local.host, port)
+        if pid is not None and not _in_group(pid, server.proc.pid):
+            raise DeployError(
+                f"metrics port {local.host}:{port} of {server.cfg['model']} {server.cfg['version']} was taken by "
+                f"another program{port_owner(local.host, port)} before the server could listen there; set "
+                "deploy.local.metrics_port to a free port, or leave it unset to have one chosen at deploy"
+            )
+        if exited := server._exited("before its metrics answered"):
+            raise exited
+        try:
+            code, _ = http_json(url, timeout=2.0)
+            if code == 200:
+                return
+            last = f"HTTP {code}"
+        except OSError as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"the metrics of {server.cfg['model']} {server.cfg['version']} did not answer on {url} within "
+                f"{timeout:.0f} s ({last}); last lines of {server.log_path}:\n{log_tail(server.log_path)}"
+            )
+        time.sleep(0.1)
+
+
+def _in_group(pid: int, leader: int) -> bool:
+    try:
+        return os.getpgid(pid) == leader
+    except OSError:
+        return False
 
 
 def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local: LocalTarget, address: Address,
@@ -488,13 +547,14 @@ def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local
         "name": cfg["name"], "model": cfg["model"], "target": "local", "state": "serving",
         "version": cfg["version"], "version_uri": version_uri, "url": address.url,
         "predict_url": f"{address.url}/api/v1.0/predictions",
-        "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics",
+        "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics", "metrics_port": slot.metrics_port,
         "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
         "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
         "hostname": socket.gethostname(), "config": str(server.config_path), "log": str(server.log_path),
         "request_log_uri": cfg["parameters"]["request_log_uri"] or None, "workers": local.workers,
         "threads": local.threads, "deployed_at": _now(), "timings": timings,
-        "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"]},
+        "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"],
+                  "tolerance": checked.get("tolerance")},
         "previous": previous, "history": history[-HISTORY:],
     }  # fmt: skip
 

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -234,17 +235,25 @@ def port_free(host: str, port: int, *, wait: float = 0.0) -> bool:
         time.sleep(0.05)
 
 
-def port_owner(host: str, port: int) -> str:
-    """Who listens on ``host:port``, as ' (pid N: command)', or '' when that cannot be seen (another
-    user's process, or macOS without privileges)."""
+def port_listener(host: str, port: int) -> int | None:
+    """The pid of the process listening on ``host:port``, or None when none does or it cannot be seen
+    (another user's process, or macOS without privileges)."""
     try:
         conns = psutil.net_connections("tcp")
     except (psutil.Error, OSError):
-        return ""
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in (host, "0.0.0.0", "::"):
-            return f" (pid {c.pid}: {cmdline(c.pid)[:120] or '?'})" if c.pid else ""
-    return ""
+        return None
+    listening = [c for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    for c in listening:
+        if c.laddr.ip in (host, "0.0.0.0", "::"):
+            return c.pid or None
+    return None
+
+
+def port_owner(host: str, port: int) -> str:
+    """Who listens on ``host:port``, as ' (pid N: command)', or '' when that cannot be seen (another
+    user's process, or macOS without privileges)."""
+    pid = port_listener(host, port)
+    return f" (pid {pid}: {cmdline(pid)[:120] or '?'})" if pid else ""
 
 
 def ephemeral_port_floor() -> int:
@@ -266,9 +275,9 @@ def ephemeral_port_floor() -> int:
 
 
 def free_port_block(host: str = "127.0.0.1") -> int:
-    """A ``port`` for ``deploy.local`` whose five ports are free on ``host``: the deployment's address
-    (P), the blue and green servers' own ports (P+1, P+2) and their metrics (P+100, P+101), as the
-    ``serve_port`` setting for tests and benchmarks.
+    """A ``port`` for ``deploy.local`` whose three ports are free on ``host``: the deployment's address
+    (P) and the blue and green servers' own ports (P+1, P+2), as the ``serve_port`` setting for tests
+    and benchmarks. (The metrics ports are chosen free at deploy time unless set: :func:`free_port`.)
 
     The block lies below the kernel's ephemeral range: a process that opens thousands of client
     connections may otherwise have one of them take a port that a later deploy wants to bind.
@@ -276,9 +285,21 @@ def free_port_block(host: str = "127.0.0.1") -> int:
     top = max(ephemeral_port_floor() - 200, 12000)
     for _ in range(200):
         p = random.randint(10000, top)
-        if all(_bindable(host, q) for q in (p, p + 1, p + 2, p + 100, p + 101)):
+        if all(_bindable(host, q) for q in (p, p + 1, p + 2)):
             return p
     raise RuntimeError(f"no free port block on {host}")
+
+
+def free_port(host: str = "127.0.0.1", *, exclude: Iterable[int] = ()) -> int:
+    """A port that is free on ``host`` now and not in ``exclude``, below the kernel's ephemeral range (a
+    client connection cannot take it before the server that is given it binds it)."""
+    skip = set(exclude)
+    top = max(ephemeral_port_floor() - 1, 12000)
+    for _ in range(500):
+        p = random.randint(10000, top)
+        if p not in skip and port_free(host, p):
+            return p
+    raise RuntimeError(f"no free port on {host} between 10000 and {top}")
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -291,7 +312,7 @@ def _bindable(host: str, port: int) -> bool:
 
 
 __all__ = [
-    "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port_block", "holders", "is_holder", "is_ours",
-    "port_free", "port_owner", "process_alive", "serving_processes", "stop_holder", "stop_process", "stop_server",
-    "stop_servers", "stop_serving_processes", "supervisors",
+    "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port", "free_port_block", "holders", "is_holder",
+    "is_ours", "port_free", "port_listener", "port_owner", "process_alive", "serving_processes", "stop_holder",
+    "stop_process", "stop_server", "stop_servers", "stop_serving_processes", "supervisors",
 ]  # fmt: skip

@@ -1,12 +1,15 @@
 """Checking a served model: the smoke test a new server must pass before it is switched to.
 
 The evaluation saved its test rows and in-process outputs with the version (``evaluation/smoke.json``);
-:func:`smoke_test` sends those rows to the new server and requires the same answers.
+:func:`smoke_test` sends those rows to the new server and requires the same answers: the same class, and
+values within a tolerance on the output's own scale (:func:`tolerance`: probabilities, or the target's std).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
@@ -56,12 +59,55 @@ def smoke_sample(version_uri: str, n: int, spec: PipelineSpec | None = None) -> 
     for k in ("rows", "outputs", "labels", "keys", "predicted"):
         if k in sample:
             sample[k] = sample[k][:n]
+    if sample.get("task") != "classification" and "target_std" not in sample:
+        # the target's name and scale: what a regression answer is named and compared on (smoke_test)
+        try:
+            pre = json.loads(join(to_path(version_uri), "preprocessing.json").read_text())
+        except (FileNotFoundError, ValueError):
+            pre = {}
+        sample.update({k: pre[k] for k in ("target", "target_mean", "target_std") if k in pre})
     return sample
 
 
-def smoke_test(url: str, sample: dict[str, Any], *, atol: float = 1e-4) -> dict[str, Any]:
-    """Send the sample's rows; every answer must equal the in-process output (same class, values within
-    ``atol``). Returns what was compared; raises DeployError naming the first row that differs."""
+#: how far a served answer may be from the evaluation's: probabilities within ATOL; a regression value
+#: within ATOL x the target's std (its standardised scale, where the network computes) + RTOL x |value|
+#: (float32 carries some 7 digits: a target in the hundreds of thousands is only resolved to ~0.03)
+ATOL = 1e-4
+RTOL = 1e-5
+
+
+def tolerance(sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+    """How far the server's answers may be from the sample's: ``{"atol", "rtol", "scale", "basis"}``; an
+    answer ``g`` for an expected ``e`` passes when ``|g - e| <= atol + rtol * |e|``. Classification:
+    probabilities, ``atol`` as given. Regression: ``atol`` times the target's scale, the first of the
+    target std (``target_std``, from the version's preprocessing), the std of the sample's labels, or
+    the largest expected magnitude (at least 1)."""
+    if sample.get("task") == "classification":
+        return {"atol": atol, "rtol": 0.0, "scale": 1.0, "basis": "probabilities"}
+    scale, basis = _target_scale(sample)
+    return {"atol": atol * scale, "rtol": rtol, "scale": scale, "basis": basis}
+
+
+def _target_scale(sample: dict[str, Any]) -> tuple[float, str]:
+    std = sample.get("target_std")
+    if _number(std) and math.isfinite(std) and std > 0:
+        return float(std), "target std"
+    labels = [float(v) for v in sample.get("labels") or [] if _number(v) and math.isfinite(v)]
+    if len(labels) >= 2 and statistics.pstdev(labels) > 0:
+        return statistics.pstdev(labels), "std of the sample's labels"
+    values = [abs(float(v)) for row in sample.get("outputs") or [] for v in (row if isinstance(row, list) else [row])
+              if _number(v) and math.isfinite(v)]  # fmt: skip
+    return max([1.0, *values]), "largest expected value"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+    """Send the sample's rows; every answer must equal the in-process output: the same class, and values
+    within :func:`tolerance` (for regression, relative to the target's scale). Returns what was compared;
+    raises DeployError naming the first row, key and output that differ, both values and the tolerance."""
     payload = {"data": {"names": sample["features"], "ndarray": sample["rows"]}}
     code, body = http_json(f"{url}/api/v1.0/predictions", payload, timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "data" not in body:
@@ -74,26 +120,53 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = 1e-4) -> dict[
     expected = sample["outputs"]
     if not isinstance(got, list) or len(got) != len(expected):
         raise DeployError(f"the smoke request sent {len(expected)} rows and got {str(got)[:200]} back")
+    classification = sample.get("task") == "classification"
+    tol = tolerance(sample, atol=atol, rtol=rtol)
+    classes = [str(c) for c in sample.get("classes") or []]
+    outputs = classes if classification else [sample.get("target") or "value"]
+    keys = sample.get("keys") or []
     worst = 0.0
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         g_row = g if isinstance(g, list) else [g]
         e_row = e if isinstance(e, list) else [e]
+        where = f"smoke row {i}" + (f" (key {keys[i]})" if i < len(keys) else "")
         if len(g_row) != len(e_row):
-            raise DeployError(f"smoke row {i}: the server answered {len(g_row)} values, evaluation had {len(e_row)}")
-        diff = max(abs(float(a) - float(b)) for a, b in zip(g_row, e_row, strict=True))
-        worst = max(worst, diff)
-        if sample.get("task") == "classification":
-            if max(range(len(g_row)), key=g_row.__getitem__) != max(range(len(e_row)), key=e_row.__getitem__):
+            counts = f"the server answered {len(g_row)} values, the evaluation {len(e_row)}"
+            raise DeployError(f"{where}: {counts}")
+        if classification:
+            gc = max(range(len(g_row)), key=g_row.__getitem__)
+            ec = max(range(len(e_row)), key=e_row.__getitem__)
+            if gc != ec:
                 raise DeployError(
-                    f"smoke row {i} (key {sample.get('keys', ['?'] * (i + 1))[i]}): the server predicts another "
-                    "class than the evaluation did in-process; the served model is not the evaluated one"
+                    f"{where}: the server predicts class {_name(outputs, gc)!r}, the evaluation predicted "
+                    f"{_name(outputs, ec)!r} in-process; the served model is not the evaluated one"
                 )
-        if diff > atol:
-            raise DeployError(f"smoke row {i}: the server's answer differs from the evaluation's by {diff:.2e}")
+        for j, (a, b) in enumerate(zip(g_row, e_row, strict=True)):
+            diff, allowed = abs(float(a) - float(b)), tol["atol"] + tol["rtol"] * abs(float(b))
+            worst = max(worst, diff)
+            if not diff <= allowed:  # NaN fails too
+                raise DeployError(
+                    f"{where}, output {_name(outputs, j)!r}: the server answered {float(a)!r}, the evaluation "
+                    f"{float(b)!r} in-process; the difference {diff:.3g} exceeds the tolerance {allowed:.3g} "
+                    f"({_explain(tol, atol)}): the served model does not answer as the evaluated one"
+                )
     names = body["data"].get("names")
-    if sample.get("classes") and names and list(names) != list(sample["classes"]):
-        raise DeployError(f"the server names its outputs {names}, the model's classes are {sample['classes']}")
-    return {"rows": len(expected), "max_abs_diff": worst, "meta": body.get("meta", {})}
+    if classification and sample.get("classes") and names and list(names) != outputs:
+        raise DeployError(f"the server names its outputs {names}, the model's classes are {outputs}")
+    if not classification and sample.get("target") and names is not None and list(names) != outputs:
+        raise DeployError(f"the server names its outputs {names}; a regression model answers one value per row, "
+                          f"named after its target {outputs[0]!r}")  # fmt: skip
+    return {"rows": len(expected), "max_abs_diff": worst, "tolerance": tol, "meta": body.get("meta", {})}
 
 
-__all__ = ["http_json", "smoke_sample", "smoke_test"]
+def _name(outputs: list[str], j: int) -> str:
+    return outputs[j] if j < len(outputs) else str(j)
+
+
+def _explain(tol: dict[str, Any], atol: float) -> str:
+    if not tol["rtol"]:
+        return f"{tol['atol']:.3g} on probabilities"
+    return f"{atol:.0e} x {tol['basis']} {tol['scale']:.6g} + {tol['rtol']:.0e} x |expected|"
+
+
+__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "smoke_test", "tolerance"]

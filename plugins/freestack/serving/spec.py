@@ -5,6 +5,7 @@
       name: digits                  # deployment name; default: the model name
       local:
         port: 9000                  # the deployment's address, for good; its servers: port + 1, + 2
+        metrics_port: null          # blue's metrics (green: + 1); null: free ports chosen at deploy
         workers: 2                  # gunicorn workers (one model copy each)
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
@@ -44,7 +45,14 @@ class LocalTarget(SpecModel):
         description="the deployment's address, the same across redeploys and rollbacks (the blue and green "
         "servers behind it also listen on port + 1 and port + 2); default: the serve_port setting (9000)",
     )
-    metrics_port: int | None = Field(default=None, ge=1024, le=65534, description="blue's metrics; green's is metrics_port + 1; default: port + 100")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65534,
+        description="the blue server's Prometheus metrics port; the green one's is metrics_port + 1; default "
+        "(null): free ports chosen at each deploy and written in the deployment record (metrics_port, "
+        "metrics_url). Set it for a fixed scrape target",
+    )
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
     threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
     worker_class: Literal["freestack", "gthread", "sync"] = Field(

@@ -1,0 +1,117 @@
+"""A local deployment's ports: the metrics ports are not derived blindly from the serving port (port + 100
+is another service's port as often as not): by default they are chosen free at deploy time and written
+in the deployment record; an explicit port that is taken fails the deploy with the port, who holds it
+and the setting to change."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import pytest
+
+from freestack.errors import DeployError
+from freestack.serving import local as local_mod
+from freestack.serving import processes
+from freestack.serving.spec import DeploySpec, LocalTarget
+from tests.serving_helpers import make_version, needs_serving_env
+
+HOST = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def listening(port: int):
+    """Another service on ``port`` (this process listens there)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((HOST, port))
+    s.listen()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_metrics_port_defaults_to_null_not_port_plus_100():
+    spec = DeploySpec.model_validate({"local": {"port": 9000}})
+    assert spec.local.metrics_port is None
+    assert "+ 100" not in (LocalTarget.model_fields["metrics_port"].description or "")
+
+
+def test_default_metrics_ports_are_chosen_free_not_port_plus_100():
+    port = processes.free_port_block()
+    local = LocalTarget(port=port)
+    with listening(port + 100), listening(port + 101):  # e.g. another deployment's address at port + 100
+        blue = local_mod._free_slot("m", "m", local, None)
+        green = local_mod._free_slot("m", "m", local, {"color": "blue", "metrics_port": blue.metrics_port})
+    assert (blue.color, blue.port, green.color, green.port) == ("blue", port + 1, "green", port + 2)
+    for slot in (blue, green):
+        assert slot.metrics_port not in range(port - 1, port + 3) and slot.metrics_port not in (
+            port + 100,
+            port + 101,
+        )
+        assert processes.port_free(HOST, slot.metrics_port)
+    assert green.metrics_port != blue.metrics_port
+
+
+def test_an_explicit_metrics_port_that_is_taken_fails_naming_port_holder_and_setting():
+    port = processes.free_port_block()
+    mp = processes.free_port_block()
+    local = LocalTarget(port=port, metrics_port=mp)
+    assert local_mod._free_slot("m", "m", local, None).metrics_port == mp
+    with listening(mp):
+        with pytest.raises(DeployError) as err:
+            local_mod._free_slot("m", "m", local, None)
+    msg = str(err.value)
+    assert f"{HOST}:{mp}" in msg and f"pid {os.getpid()}" in msg and "deploy.local.metrics_port" in msg, msg
+    with listening(mp + 1):  # green's metrics port is metrics_port + 1
+        with pytest.raises(DeployError, match=rf"{HOST}:{mp + 1}.*green.*deploy\.local\.metrics_port"):
+            local_mod._free_slot("m", "m", local, {"color": "blue"})
+
+
+def test_a_taken_serving_port_names_the_port_holder_and_setting_without_port_plus_100(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREESTACK_SERVING_DIR", str(tmp_path / "serving"))
+    port = processes.free_port_block()
+    local = LocalTarget(port=port)
+    with listening(port):
+        with pytest.raises(DeployError) as err:
+            local_mod.hold_address("m", "m", local, None)
+    msg = str(err.value)
+    assert f"{HOST}:{port}" in msg and f"pid {os.getpid()}" in msg and "deploy.local.port" in msg, msg
+    assert "+ 100" not in msg and "+ 101" not in msg, msg
+    with listening(port + 1):
+        with pytest.raises(DeployError, match=rf"{HOST}:{port + 1}.*pid {os.getpid()}.*deploy\.local\.port"):
+            local_mod._free_slot("m", "m", local, None)
+
+
+def test_free_port_block_needs_only_the_serving_ports(monkeypatch):
+    port = processes.free_port_block()
+    monkeypatch.setattr(processes.random, "randint", lambda a, b: port)
+    with listening(port + 100), listening(port + 101):
+        assert processes.free_port_block() == port
+
+
+@needs_serving_env
+def test_deploy_records_the_metrics_port_it_chose(tmp_path):
+    """A real deploy while port + 100 is taken: it serves, and the record says where its metrics are."""
+    from freestack.serving.smoke import http_json
+
+    root = (tmp_path / "storage").as_uri()
+    uri = make_version(root, "pm", "v1", tmp_path)
+    local = LocalTarget(port=processes.free_port_block(), workers=1, smoke_rows=4, log_sample_rate=0.0,
+                        start_timeout_seconds=90)  # fmt: skip
+    with listening(local.port + 100):
+        rec = local_mod.deploy_local(
+            root_uri=root, model="pm", name="pm", version="v1", version_uri=uri, local=local
+        )
+    try:
+        mp = rec["metrics_port"]
+        assert (
+            mp not in (local.port + 100, local.port + 101)
+            and rec["metrics_url"] == f"http://{HOST}:{mp}/metrics"
+        )
+        code, text = http_json(rec["metrics_url"])
+        assert code == 200, text
+    finally:
+        local_mod.stop_local(root, "pm", "pm")
