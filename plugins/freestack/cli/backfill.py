@@ -2,8 +2,18 @@
 through its public REST API (``POST /api/v2/backfills``, as the UI's Backfill form does), followed until
 every run finished: a progress bar on a terminal, one line per finished run otherwise.
 
-The embedded instance (``make up``) is addressed as its generated admin; the DAG must be unpaused for
-its runs to start (``--unpause`` does it).
+First it prints its plan: the DAG, every day Airflow would run, and for the ingest DAG which days have
+landing files. A day with none gets no run (it is left out, a line says so; the backfill is split
+around it), unless the spec's ``on_missing: wait`` makes its run wait for them.
+
+Airflow 3.3 starts a paused DAG's backfill runs only once the DAG is unpaused (its scheduler skips paused
+DAGs' runs, backfills included). On a paused DAG the command creates the runs first, unpauses the DAG
+for the backfill and pauses it again at the end (``--unpause`` leaves it unpaused). Unpausing a DAG
+with a schedule and ``catchup: false`` also makes the scheduler start its latest interval, unless that
+interval has a run: the command says so, and refuses when that interval has no landing files (its run
+would fail or be skipped for nothing) unless ``--unpause`` says the schedule may start.
+
+The embedded instance (``make up``) is addressed as its generated admin.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import json as _json
 import time
 import urllib.error
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, NoReturn
@@ -49,26 +60,33 @@ class Airflow:
         self.api = AirflowAPI(env)
         self.url = self.api.url
         if not healthy(self.url):
-            raise CliError(f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)")
+            raise CliError(
+                f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)"
+            )
         if not standalone_files(env)[2].exists():
             raise CliError(f"no admin password file {standalone_files(env)[2]}",
                            "is the Airflow at this address the project's own (`make up`)?")  # fmt: skip
 
     def call(self, method: str, path: str, body: dict | None = None, what: str = "", *,
-             not_found: CliError | None = None) -> Any:  # fmt: skip
+             not_found: CliError | None = None, busy: tuple[int, ...] = (503,)) -> Any:  # fmt: skip
         """One API call; a 503 (on SQLite the API server refuses a backfill while the scheduler holds
-        the database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s."""
+        the database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are
+        the other ``busy`` codes)."""
         for pause in (*BUSY_RETRIES, None):
             try:
                 return self.api.call(method, path, body)
             except urllib.error.HTTPError as exc:
-                if exc.code != 503 or pause is None:
+                if exc.code not in busy or pause is None:
                     self._refused(exc, method, path, what, not_found)
             except OSError as exc:
-                raise CliError(f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it") from None
+                raise CliError(
+                    f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it"
+                ) from None
             time.sleep(pause)
 
-    def _refused(self, exc: urllib.error.HTTPError, method: str, path: str, what: str, not_found: CliError | None) -> NoReturn:
+    def _refused(
+        self, exc: urllib.error.HTTPError, method: str, path: str, what: str, not_found: CliError | None
+    ) -> NoReturn:
         if exc.code == 404 and not_found is not None:
             raise not_found from None
         raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {exc.code} {_detail(exc)}",
@@ -96,46 +114,195 @@ def backfill(
     end: Annotated[datetime, typer.Option("--end", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The last day (inclusive).", show_default=False)],
     dag: Annotated[Dag, typer.Option(help="Which of the pipeline's DAGs.")] = Dag.ingest,
     reprocess: Annotated[Reprocess, typer.Option(help="Run again days that have a run: none, failed ones, or completed ones too.")] = Reprocess.none,
-    unpause: Annotated[bool, typer.Option("--unpause", help="Unpause the DAG first (a paused DAG's runs wait).")] = False,
+    unpause: Annotated[bool, typer.Option("--unpause", help="Leave a paused DAG unpaused afterwards: its schedule starts, its latest interval's run too (by default it is unpaused for the backfill only, and pausing it again ends the backfill).")] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runs.")] = 3600,
 ) -> int:  # fmt: skip
-    """Backfill a pipeline's DAG over days on the running Airflow (make up) and follow its runs."""
+    """Backfill a pipeline's DAG over days on the running Airflow (make up) and follow its runs.
+
+    It prints its plan first. A day with no landing files gets no run (unless on_missing: wait). A paused DAG is unpaused for the backfill only."""
     if end < start:
         raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
-    load_pipeline(pipeline)
+    spec = load_pipeline(pipeline)
     af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
-    paused = _check_dag(af, dag_id, unpause)
+    info = _dag(af, dag_id)
+    paused = bool(info.get("is_paused"))
     body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
             "reprocess_behavior": reprocess.value}  # fmt: skip
-    days = [r["logical_date"] for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]]
-    if not days:
+    dates = [
+        str(r["logical_date"])
+        for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]
+    ]
+    if not dates:
         raise CliError(f"nothing to backfill: every day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d} has a run",
                        "pass --reprocess completed to run them again")  # fmt: skip
-    if paused:  # after the dry run: a refused backfill leaves the DAG as it was
-        af.call("PATCH", f"/dags/{dag_id}?update_mask=is_paused", {"is_paused": False}, f"unpausing {dag_id}")
-    created = af.call("POST", "/backfills", body, f"the backfill of {dag_id}")
-    out().print(f"backfill {created['id']} of {dag_id}: {len(days)} runs, {start:%Y-%m-%d} to {end:%Y-%m-%d} ({af.url}/dags/{dag_id})")
-    runs = _follow(af, dag_id, {**created, "from_date": body["from_date"], "to_date": body["to_date"]}, len(days), timeout)
+    days = [_day(spec, dag, d) for d in dates]
+    chosen = [d for d in days if d.runs]
+    due = _due_run(af, dag_id, info, {_ts(d.logical_date) for d in chosen}) if paused else None
+    due_day = _day(spec, dag, due) if due else None
+    console = out()
+    state = (
+        "unpaused"
+        if not paused
+        else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
+    )
+    console.print(
+        f"{dag_id} ({state}): {len(days)} days from {start:%Y-%m-%d} to {end:%Y-%m-%d}, {len(chosen)} to run"
+    )
+    for d in days:
+        console.print(f"  {d.ds}  {d.note}")
+    if due_day is not None:
+        console.print(
+            f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): {due_day.due_note}"
+        )
+    if not chosen:
+        raise CliError(f"no landing files for any day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d}, so no run",
+                       f"land them first (source.landing of the spec: {spec.source.landing}), or pick days that have them")  # fmt: skip
+    if due_day is not None and not due_day.has_data and not unpause:
+        raise CliError(f"{dag_id} is paused and Airflow runs a paused DAG's backfill only once it is unpaused, which would "
+                       f"also start the run of {due_day.ds} (its latest interval, catchup: false) with no landing files "
+                       f"in {due_day.folder}: that run would {due_day.missing}",
+                       f"land {due_day.ds}'s files first; or pass --unpause to start its schedule anyway (the DAG stays "
+                       f"unpaused); or unpause it later, once they have landed")  # fmt: skip
+    segments = _segments(days, info.get("next_dagrun_logical_date") if paused else None)
+    if len(segments) == 1 and len(segments[0]) == len(days):
+        bodies = [body]  # the days asked for, as asked
+    else:
+        bodies = [
+            {**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)}
+            for seg in segments
+        ]
+    runs: list[dict[str, Any]] = []
+    unpaused = False
+    try:
+        for k, (seg, part) in enumerate(zip(segments, bodies, strict=True)):
+            # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
+            created = af.call(
+                "POST", "/backfills", part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,)
+            )
+            if (
+                paused and not unpaused
+            ):  # after the first backfill's runs exist: the latest interval may be one of them
+                af.call(
+                    "PATCH",
+                    f"/dags/{dag_id}?update_mask=is_paused",
+                    {"is_paused": False},
+                    f"unpausing {dag_id}",
+                )
+                unpaused = True
+                console.print(
+                    f"unpaused {dag_id} for the backfill"
+                    + (" (--unpause: it stays unpaused)" if unpause else "")
+                )
+            console.print(
+                f"backfill {created['id']} of {dag_id}: {len(seg)} runs, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})"
+            )
+            runs += _follow(af, dag_id, {**created, "from_date": part["from_date"], "to_date": part["to_date"]}, len(seg),
+                            timeout, repause=paused and not unpause)  # fmt: skip
+    finally:
+        if unpaused and not unpause:
+            af.call(
+                "PATCH",
+                f"/dags/{dag_id}?update_mask=is_paused",
+                {"is_paused": True},
+                f"pausing {dag_id} again",
+            )
+            console.print(f"paused {dag_id} again, as it was")
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     if failed:
         raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
                        f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
-    out().print(f"backfill {created['id']} of {dag_id}: {len(runs)} runs succeeded")
+    console.print(f"backfill of {dag_id}: {len(runs)} runs succeeded" if len(bodies) > 1 else
+                  f"backfill {created['id']} of {dag_id}: {len(runs)} runs succeeded")  # fmt: skip
     return 0
 
 
-def _check_dag(af: Airflow, dag_id: str, unpause: bool) -> bool:
-    """Whether the DAG is paused (refused unless ``unpause``); :class:`CliError` if Airflow has no such DAG."""
+@dataclass(frozen=True)
+class _Day:
+    """One interval of the backfill: whether it gets a run, and why."""
+
+    logical_date: str
+    ds: str
+    runs: bool
+    has_data: bool
+    note: str  # its plan line
+    folder: str = ""
+    missing: str = ""  # what its run does without landing files (on_missing)
+
+    @property
+    def due_note(self) -> str:
+        return (
+            "it has landing files"
+            if self.has_data
+            else f"it has none in {self.folder}, so that run would {self.missing}"
+        )
+
+
+def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
+    """Interval ``logical_date``: for the ingest DAG, with its landing files (``freestack.ingest.core``)."""
+    ds = str(logical_date)[:10]
+    if dag is not Dag.ingest:
+        return _Day(logical_date, ds, True, True, "run")
+    from freestack.ingest.core import landing_dir, landing_files
+
+    files, policy = len(landing_files(spec, ds)), spec.source.policy
+    folder = str(landing_dir(spec, ds))
+    missing = {"fail": "fail (on_missing: fail)", "skip": "be skipped (on_missing: skip)",
+               "wait": f"wait up to {policy.wait_timeout_minutes:g} min for them (on_missing: wait)"}[policy.on_missing]  # fmt: skip
+    if files:
+        return _Day(
+            logical_date,
+            ds,
+            True,
+            True,
+            f"run: {files} landing file{'s' if files != 1 else ''}",
+            folder,
+            missing,
+        )
+    if policy.on_missing == "wait":
+        return _Day(logical_date, ds, True, False, f"run: no landing files yet, it waits up to {policy.wait_timeout_minutes:g} min "
+                    f"for them in {folder} (on_missing: wait)", folder, missing)  # fmt: skip
+    return _Day(logical_date, ds, False, False, f"left out: no landing files in {folder}", folder, missing)
+
+
+def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:
+    """The runs of consecutive days that get a run, one backfill each (a backfill covers a range); the
+    one holding the interval the scheduler would start on unpause first, so that it has its run by then."""
+    segments: list[list[_Day]] = [[]]
+    for d in days:
+        if d.runs:
+            segments[-1].append(d)
+        elif segments[-1]:
+            segments.append([])
+    segments = [s for s in segments if s]
+    if due is not None:
+        segments.sort(key=lambda s: not any(_ts(d.logical_date) == _ts(due) for d in s))
+    return segments
+
+
+def _dag(af: Airflow, dag_id: str) -> dict[str, Any]:
+    """The DAG as the API shows it; :class:`CliError` if Airflow has no such DAG."""
     missing = CliError(f"Airflow has no DAG {dag_id!r} (yet)",
                        "its DAG processor may still be parsing it; check `freestack airflow dags list-import-errors`")  # fmt: skip
-    dag = af.call("GET", f"/dags/{dag_id}", what=f"DAG {dag_id}", not_found=missing)
-    if dag.get("is_paused") and not unpause:
-        raise CliError(f"DAG {dag_id} is paused, so its backfill runs would wait",
-                       f"pass --unpause, or unpause it in the UI ({af.url}/dags/{dag_id})")  # fmt: skip
-    return bool(dag.get("is_paused"))
+    return af.call("GET", f"/dags/{dag_id}", what=f"DAG {dag_id}", not_found=missing)
 
 
-def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float) -> list[dict[str, Any]]:
+def _due_run(af: Airflow, dag_id: str, info: dict[str, Any], covered: set[float]) -> str | None:
+    """The logical date of the run the scheduler creates as soon as the DAG is unpaused (its next
+    scheduled interval, when that is due and has no run yet, nor one from this backfill), or None."""
+    when, after = info.get("next_dagrun_logical_date"), info.get("next_dagrun_run_after")
+    if not when or not after or _ts(after) > time.time() or _ts(when) in covered:
+        return None
+    query = urlencode({"logical_date_gte": when, "logical_date_lte": when, "limit": 1})
+    existing = af.call("GET", f"/dags/{dag_id}/dagRuns?{query}", what=f"the runs of {dag_id}")
+    return None if existing.get("total_entries") or existing.get("dag_runs") else str(when)
+
+
+def _iso(logical_date: str) -> str:
+    return datetime.fromisoformat(str(logical_date).replace("Z", "+00:00")).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float, *,
+            repause: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
     since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
     all_done: float | None = None
@@ -143,12 +310,22 @@ def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, time
     with progress(console=console) as bar:
         task = bar.add_task(f"{dag_id} runs", total=total)
         while True:
-            completed = af.call("GET", f"/backfills/{backfill['id']}", what=f"backfill {backfill['id']}").get("completed_at")
-            runs = _runs(af, dag_id, backfill["from_date"], backfill["to_date"])  # read after: as fresh as `completed`
-            done = [r for r in runs if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since]
+            completed = af.call("GET", f"/backfills/{backfill['id']}", what=f"backfill {backfill['id']}").get(
+                "completed_at"
+            )
+            runs = _runs(
+                af, dag_id, backfill["from_date"], backfill["to_date"]
+            )  # read after: as fresh as `completed`
+            done = [
+                r
+                for r in runs
+                if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since
+            ]
             for r in (r for r in done if r["dag_run_id"] not in reported):
                 reported.add(r["dag_run_id"])  # a line per run: above the bar on a terminal, alone otherwise
-                console.print(f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)")
+                console.print(
+                    f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)"
+                )
             bar.update(task, completed=len(done))
             # the scheduler closes the backfill a loop or two after its last run, and refuses another
             # backfill of the DAG until then: wait for that (a little), so the next command may start one
@@ -156,8 +333,10 @@ def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, time
             if completed or (all_done and time.monotonic() - all_done > CLOSE_GRACE_S):
                 return done
             if time.monotonic() > deadline:
+                rest = (f"the DAG is paused again, as it was, so its other runs wait: unpause it ({af.url}/dags/{dag_id}) "
+                        "to let them finish" if repause else f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
                 raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {total} runs finished after {timeout:.0f} s",
-                               f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
+                               rest)  # fmt: skip
             time.sleep(POLL_SECONDS)
 
 

@@ -27,11 +27,16 @@ class FakeAirflow:
     """The state behind the fake API: one DAG, its runs, at most one backfill."""
 
     def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0,
-                 locked: int = 0):  # fmt: skip
+                 locked: int = 0, next_run: str | None = None):  # fmt: skip
         self.days, self.paused, self.fail = days, paused, fail
+        self.next_run = (
+            next_run  # the interval the scheduler would start on unpause (due: its end has passed)
+        )
+        self.pauses: list[bool] = []  # every PATCH of is_paused, in order
         self.locked = locked  # creates answered 503 (SQLite locked by the scheduler) before one succeeds
         self.existing = existing  # days that already have a run (the dry run leaves them out)
-        self.backfill: dict | None = None
+        self.backfill: dict | None = None  # the latest one
+        self.created: list[dict] = []  # every backfill created
         self.runs: list[dict] = []
         self.calls: list[tuple[str, str, dict | None]] = []
 
@@ -49,10 +54,19 @@ class FakeAirflow:
 
     def _api(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
         if path == "/dags/digits_ingest" and method == "GET":
-            return 200, {"dag_id": "digits_ingest", "is_paused": self.paused}
+            nxt = {
+                "next_dagrun_logical_date": f"{self.next_run}T00:00:00Z",
+                "next_dagrun_run_after": "2026-01-01T00:00:00Z",
+            }
+            return 200, {
+                "dag_id": "digits_ingest",
+                "is_paused": self.paused,
+                **(nxt if self.next_run else {}),
+            }
         if path == "/dags/digits_ingest" and method == "PATCH":
             assert query == {"update_mask": ["is_paused"]}
             self.paused = body["is_paused"]
+            self.pauses.append(self.paused)
             return 200, {"dag_id": "digits_ingest", "is_paused": self.paused}
         if path.startswith("/dags/") and method in ("GET", "PATCH") and "/dagRuns" not in path:
             return 404, {"detail": f"The Dag with ID: `{path.split('/')[2]}` was not found"}
@@ -61,37 +75,64 @@ class FakeAirflow:
                          "total_entries": len(self.days) - self.existing}  # fmt: skip
         if path == "/backfills" and method == "POST":
             return self._create(body)
-        if path == "/backfills/1":
-            done = all(r["state"] in ("success", "failed") for r in self.runs)
-            return 200, {**self.backfill, "completed_at": _now() if done else None}
+        if self.backfill and path == f"/backfills/{self.backfill['id']}":
+            return 200, {**self.backfill, "completed_at": _now() if self._done() else None}
         if path == "/dags/digits_ingest/dagRuns":
             self._advance()
-            offset, limit = int(query["offset"][0]), min(int(query["limit"][0]), PAGE_CAP)  # Airflow caps pages
-            return 200, {"dag_runs": self.runs[offset : offset + limit], "total_entries": len(self.runs)}
+            first, last = query["logical_date_gte"][0], query["logical_date_lte"][0]
+            runs = [r for r in self.runs if first <= r["logical_date"] <= last]
+            offset, limit = (
+                int(query.get("offset", ["0"])[0]),
+                min(int(query["limit"][0]), PAGE_CAP),
+            )  # Airflow caps pages
+            return 200, {"dag_runs": runs[offset : offset + limit], "total_entries": len(runs)}
         return 404, {"detail": f"no route {method} {path}"}
 
     def _create(self, body: dict) -> tuple[int, dict]:
         if self.locked:
             self.locked -= 1
-            return 503, {"detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."}
-        if self.backfill is not None:
+            return 503, {
+                "detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."
+            }
+        if self.backfill is not None and not self._done():
             return 409, {"detail": "There is already a running backfill for dag digits_ingest"}
-        self.backfill = {"id": 1, "dag_id": body["dag_id"], "from_date": body["from_date"], "to_date": body["to_date"],
-                         "created_at": _now(), "completed_at": None, "reprocess_behavior": body["reprocess_behavior"]}  # fmt: skip
-        self.runs = [{"dag_run_id": f"backfill__{d}T00:00:00+00:00", "logical_date": f"{d}T00:00:00Z", "state": "queued",
-                      "end_date": None, "duration": None} for d in self.days[self.existing:]]  # fmt: skip
+        self.backfill = {"id": len(self.created) + 1, "dag_id": body["dag_id"], "from_date": body["from_date"],
+                         "to_date": body["to_date"], "created_at": _now(), "completed_at": None,
+                         "reprocess_behavior": body["reprocess_behavior"]}  # fmt: skip
+        self.created.append(body)
+        self.runs += [{"dag_run_id": f"backfill__{d}T00:00:00+00:00", "logical_date": f"{d}T00:00:00Z", "state": "queued",
+                       "end_date": None, "duration": None} for d in self.days[self.existing:]
+                      if body["from_date"][:10] <= d <= body["to_date"][:10]]  # fmt: skip
         return 200, self.backfill
+
+    def _done(self) -> bool:
+        return all(r["state"] in ("success", "failed") for r in self.runs)
 
     def _advance(self) -> None:
         """Each poll finishes one more run (a failure for the days in ``fail``)."""
         for r in self.runs:
             if r["state"] == "queued":
-                r.update(state="failed" if r["logical_date"][:10] in self.fail else "success", end_date=_now(), duration=1.5)
+                r.update(
+                    state="failed" if r["logical_date"][:10] in self.fail else "success",
+                    end_date=_now(),
+                    duration=1.5,
+                )
                 return
 
 
+def land(storage: str, days: list[str]) -> None:
+    """One landing file for each of ``days`` (the digits spec's layout: landing/digits/<ds>/)."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    for d in days:
+        folder = Path(urlparse(storage).path) / "landing" / "digits" / d
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "digits.csv").write_text("id\n")
+
+
 @pytest.fixture
-def fake_airflow(tmp_path, monkeypatch):
+def fake_airflow(tmp_path, monkeypatch, storage):
     state: dict = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -127,7 +168,8 @@ def fake_airflow(tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setattr(backfill_cli, "POLL_SECONDS", 0.01)
 
-    def start(days: list[str], **kw) -> FakeAirflow:
+    def start(days: list[str], *, landed: list[str] | None = None, **kw) -> FakeAirflow:
+        land(storage, days if landed is None else landed)
         state["api"] = FakeAirflow(days, **kw)
         return state["api"]
 
@@ -145,9 +187,15 @@ def test_backfill_runs_every_day_and_prints_a_line_per_run(fake_airflow, capsys)
     assert main([*ARGV, "--reprocess", "completed"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("backfill 1 of digits_ingest: 5 runs, 2026-11-01 to 2026-11-05")
-    assert [ln.split(":")[0] for ln in lines[1:6]] == [f"digits_ingest {d}" for d in DAYS]
-    assert all("success" in ln for ln in lines[1:6]) and lines[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
+    assert (
+        lines[0] == "digits_ingest (unpaused): 5 days from 2026-11-01 to 2026-11-05, 5 to run"
+    )  # the plan first
+    assert lines[6].startswith("backfill 1 of digits_ingest: 5 runs, 2026-11-01 to 2026-11-05")
+    assert [ln.split(":")[0] for ln in lines[7:12]] == [f"digits_ingest {d}" for d in DAYS]
+    assert (
+        all("success" in ln for ln in lines[7:12])
+        and lines[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
+    )
     assert "\x1b[" not in out  # no progress bar when stdout is not a terminal
     created = next(b for m, p, b in api.calls if m == "POST" and p == "/api/v2/backfills")
     assert created == {"dag_id": "digits_ingest", "from_date": "2026-11-01T00:00:00Z", "to_date": "2026-11-05T00:00:00Z",
@@ -163,23 +211,87 @@ def test_a_locked_database_is_waited_out_then_reported(fake_airflow, monkeypatch
     api = fake_airflow(DAYS, locked=4)  # locked through every try: one line, no backfill
     assert main(ARGV) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "HTTP 503 Database is locked" in err and "try again" in err and api.backfill is None
+    assert (
+        err.count("\n") == 1
+        and "HTTP 503 Database is locked" in err
+        and "try again" in err
+        and api.backfill is None
+    )
 
 
 def test_failed_runs_are_one_error_line(fake_airflow, capsys):
     fake_airflow(DAYS, fail={"2026-11-03"})
     assert main(ARGV) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: 1 of 5 digits_ingest runs failed: backfill__2026-11-03")
+    assert err.count("\n") == 1 and err.startswith(
+        "error: 1 of 5 digits_ingest runs failed: backfill__2026-11-03"
+    )
     assert "task logs" in err
 
 
-def test_paused_dag_is_refused_unless_unpause(fake_airflow, capsys):
+def test_a_paused_dag_is_unpaused_for_the_backfill_only_and_the_plan_comes_first(fake_airflow, capsys):
     api = fake_airflow(DAYS, paused=True)
-    assert main(ARGV) == 1
+    assert main(ARGV) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "digits_ingest (paused: unpaused for the backfill, paused again after): 5 days"
+    )
+    assert all(ln.startswith(f"  {d}  run: 1 landing file") for ln, d in zip(lines[1:6], DAYS, strict=True))
+    assert (
+        lines[6] == "unpaused digits_ingest for the backfill"
+        and lines[-2] == "paused digits_ingest again, as it was"
+    )
+    assert api.pauses == [False, True] and api.paused is True
+    # the runs exist before the DAG is unpaused: the latest interval, if theirs, gets no scheduled run
+    order = [
+        (m, p)
+        for m, p, _ in api.calls
+        if m in ("POST", "PATCH") and p.startswith("/api/v2/") and "dry_run" not in p
+    ]
+    assert order[:2] == [
+        ("POST", "/api/v2/backfills"),
+        ("PATCH", "/api/v2/dags/digits_ingest?update_mask=is_paused"),
+    ]
+    api = fake_airflow(DAYS, paused=True, fail={"2026-11-02"})  # paused again after failed runs too
+    assert main(ARGV) == 1 and api.paused is True
+
+
+def test_days_without_landing_files_get_no_run(fake_airflow, capsys):
+    api = fake_airflow(DAYS, landed=[d for d in DAYS if d != "2026-11-03"])
+    assert main(ARGV) == 0
+    out = capsys.readouterr().out
+    assert "5 days from 2026-11-01 to 2026-11-05, 4 to run" in out.splitlines()[0]
+    assert any(ln.startswith("  2026-11-03  left out: no landing files in ") for ln in out.splitlines())
+    assert [(b["from_date"][:10], b["to_date"][:10]) for b in api.created] == [("2026-11-01", "2026-11-02"),
+                                                                               ("2026-11-04", "2026-11-05")]  # fmt: skip
+    assert sorted(r["logical_date"][:10] for r in api.runs) == [d for d in DAYS if d != "2026-11-03"]
+    assert out.splitlines()[-1] == "backfill of digits_ingest: 4 runs succeeded"
+    # paused, with its latest interval among them: that part first, so that it has its run when unpaused
+    api = fake_airflow(DAYS, paused=True, next_run="2026-11-05", landed=[])
+    assert main(ARGV) == 0 and api.paused is True
+    assert [b["from_date"][:10] for b in api.created] == ["2026-11-04", "2026-11-01"]
+    capsys.readouterr()
+    api = fake_airflow(["2026-12-01", "2026-12-02"], landed=[])
+    assert main(["backfill", "digits", "--start", "2026-12-01", "--end", "2026-12-02"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: DAG digits_ingest is paused") and "--unpause" in err and api.backfill is None
-    assert main([*ARGV, "--unpause"]) == 0 and api.paused is False
+    assert err.count("\n") == 1 and "no landing files for any day of digits_ingest" in err and not api.created
+
+
+def test_a_paused_dag_whose_latest_interval_has_no_data_is_left_paused(fake_airflow, capsys):
+    """Unpausing would make the scheduler start the latest interval (catchup: false): not with no data."""
+    api = fake_airflow(DAYS, paused=True, next_run="2026-11-22")
+    assert main(ARGV) == 1
+    got = capsys.readouterr()
+    assert "unpausing lets the scheduler start its latest interval 2026-11-22 too" in got.out
+    assert got.err.count("\n") == 1 and got.err.startswith("error: digits_ingest is paused")
+    assert "2026-11-22" in got.err and "no landing files" in got.err and "fail (on_missing: fail)" in got.err
+    assert "--unpause" in got.err and not api.created and api.pauses == []
+    # its latest interval is one of the days backfilled, and has data: its backfill run comes first
+    api = fake_airflow(DAYS, paused=True, next_run="2026-11-05")
+    assert main(ARGV) == 0 and api.paused is True
+    # --unpause: the schedule may start; the DAG stays unpaused
+    api = fake_airflow(DAYS, paused=True, next_run="2026-11-22")
+    assert main([*ARGV, "--unpause"]) == 0 and api.pauses == [False] and api.paused is False
 
 
 def test_nothing_to_do_and_refusals_are_one_line(fake_airflow, capsys):
@@ -187,17 +299,26 @@ def test_nothing_to_do_and_refusals_are_one_line(fake_airflow, capsys):
     assert main(ARGV) == 1
     assert "nothing to backfill" in (err := capsys.readouterr().err) and "--reprocess completed" in err
     api = fake_airflow(DAYS)
-    api.backfill = {"id": 9}  # another backfill of the DAG is running
+    api.backfill, api.runs = (
+        {"id": 9},
+        [{"state": "running", "logical_date": ""}],
+    )  # another backfill is running
     assert main(ARGV) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "HTTP 409 There is already a running backfill" in err and "one backfill per DAG" in err
+    assert (
+        err.count("\n") == 1
+        and "HTTP 409 There is already a running backfill" in err
+        and "one backfill per DAG" in err
+    )
     assert main([*ARGV, "--dag", "train"]) == 1
     assert "no DAG 'digits_train'" in capsys.readouterr().err
 
 
 def test_wrong_password_is_one_line(fake_airflow, tmp_path, capsys):
     fake_airflow(DAYS)
-    (tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": "old"}))
+    (tmp_path / "airflow" / "simple_auth_manager_passwords.json.generated").write_text(
+        json.dumps({"admin": "old"})
+    )
     assert main(ARGV) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HTTP 401" in err and "Traceback" not in err

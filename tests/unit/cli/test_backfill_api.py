@@ -16,6 +16,7 @@ from freestack.cli import backfill as backfill_cli
 from freestack.cli import main
 from tests.conftest import ROOT
 from tests.ports import free_port
+from tests.unit.cli.test_backfill import land
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def api_server(airflow_db):
     assert not bag.import_errors, bag.import_errors
     sync_bag_to_db(bag, "dags-folder", None)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app("core"), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app("core"), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -77,15 +80,23 @@ def _finish_backfill_runs(dag_id: str, stop: threading.Event) -> None:
         time.sleep(0.5)
 
 
-def test_backfill_through_the_real_api(api_server, monkeypatch, capsys):
+def test_backfill_through_the_real_api(api_server, monkeypatch, capsys, storage):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", api_server)
     monkeypatch.setattr(backfill_cli, "POLL_SECONDS", 0.2)
     monkeypatch.setattr(backfill_cli, "CLOSE_GRACE_S", 1.0)  # no scheduler here to close the backfill
-    assert os.path.exists(os.path.join(os.environ["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated"))
+    assert os.path.exists(
+        os.path.join(os.environ["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
+    )
     argv = ["backfill", "digits", "--start", "2026-11-01", "--end", "2026-11-03"]
 
-    assert main(argv) == 1  # new DAGs start paused
-    assert "digits_ingest is paused" in capsys.readouterr().err
+    land(storage, ["2026-11-01", "2026-11-02", "2026-11-03"])
+
+    # new DAGs start paused, and unpausing one (catchup: false) starts its latest interval, which has no data
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: digits_ingest is paused") and "latest interval" in err and "--unpause" in err
+    )
 
     stop = threading.Event()
     worker = threading.Thread(target=_finish_backfill_runs, args=("digits_ingest", stop), daemon=True)
@@ -98,8 +109,10 @@ def test_backfill_through_the_real_api(api_server, monkeypatch, capsys):
     got = capsys.readouterr()
     assert code == 0, got.err
     # the in-process API server logs its requests to the same stdout: the CLI's lines only
-    lines = [ln for ln in got.out.splitlines() if ln.startswith(("backfill ", "digits_ingest "))]
-    assert lines[0].startswith("backfill ") and "of digits_ingest: 3 runs, 2026-11-01 to 2026-11-03" in lines[0]
+    lines = [ln for ln in got.out.splitlines() if ln.startswith(("backfill ", "digits_ingest 2"))]
+    assert (
+        lines[0].startswith("backfill ") and "of digits_ingest: 3 runs, 2026-11-01 to 2026-11-03" in lines[0]
+    )
     assert sorted(ln.split(":")[0] for ln in lines[1:4]) == [f"digits_ingest 2026-11-0{d}" for d in (1, 2, 3)]
     assert lines[-1].endswith("3 runs succeeded")
 
