@@ -81,7 +81,7 @@ def write_specs(folder: Path, n: int, *, quick: bool = False, first_day: str | N
         text = re.sub(r"\n  run_cap: \d+\n", "\n  run_cap: 2\n", text, count=1)
         text = re.sub(r"\n  epochs: \d+\n", "\n  epochs: 2\n", text, count=1)
         # two epochs do not make a good model: let the gate promote it, so that deploy runs
-        text = re.sub(r"\n  min_value: [0-9.]+\n", "\n  min_value: 0.0\n", text, count=1)
+        text = re.sub(r"\n  threshold: [0-9.]+\n", "\n  threshold: 0.0\n", text, count=1)
         text = re.sub(r"\n  max_regression: .*\n", "\n", text, count=1)
     paths = []
     for i in range(n):

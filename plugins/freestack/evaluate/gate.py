@@ -1,17 +1,49 @@
 """The promotion gate: is the candidate good enough, and better than production? (``gate:``, see
-:mod:`freestack.evaluate.spec`)."""
+:mod:`freestack.evaluate.spec`).
+
+Every bar reads in the metric's direction: ``threshold`` is a floor where higher is better and a
+ceiling where lower is better, ``min_improvement`` is an improvement and ``max_regression`` a
+worsening, whichever way the metric goes. Each reason says so in plain words and ends in ``pass`` or
+``block``::
+
+    rmse 47.8000 ≤ 50.0000 (threshold, lower is better): pass
+    rmse 47.8000 vs production 49.1000: better by 1.3000 (needed: no worse): pass
+    log_loss 0.3100 vs production 0.2900: worse by 0.0200 (allowed: up to 0.0500 worse): pass
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from freestack.evaluate.spec import MAXIMIZE, METRICS, GateSpec
+from freestack.evaluate.spec import METRICS, GateSpec, better_word, goal_of
+
+#: float noise allowed at a bar (0.1 + 0.2 - 0.3 is not 0)
+_EPS = 1e-12
 
 
 def direction_of(metric: str, explicit: str | None = None) -> str:
-    if explicit:
-        return explicit
-    return "maximize" if metric in MAXIMIZE else "minimize"
+    return goal_of(metric, explicit) or "maximize"
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "block"
+
+
+def _pair(a: float, b: float) -> tuple[str, str]:
+    """Two values to 4 decimals, or to more where 4 would show different numbers as the same."""
+    for digits in (4, 6, 8, 10):
+        sa, sb = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if sa != sb or abs(a - b) <= _EPS:
+            break
+    return sa, sb
+
+
+def _change(better_by: float) -> str:
+    """``better by 0.0100``, ``worse by 0.0100`` or ``unchanged``."""
+    size = abs(better_by)
+    if size <= _EPS:
+        return "unchanged"
+    return f"{'better' if better_by > 0 else 'worse'} by {f'{size:.4f}' if size >= 5e-5 else f'{size:.1e}'}"
 
 
 def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
@@ -19,51 +51,66 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     task = candidate.get("task", "classification")
     metric = gate.metric or METRICS[task][0]
     if metric not in candidate:
-        raise ValueError(f"gate metric {metric!r} is not a {task} metric; use one of {', '.join(METRICS[task])}")
+        raise ValueError(
+            f"gate metric {metric!r} is not a {task} metric; use one of {', '.join(METRICS[task])}"
+        )
     goal = direction_of(metric, gate.direction)
     sign = 1.0 if goal == "maximize" else -1.0
     value = float(candidate[metric])
     reasons: list[str] = []
     passed = True
-    if gate.min_value is not None:
-        ok = sign * (value - gate.min_value) >= 0
+    if gate.threshold is not None:
+        bar = float(gate.threshold)
+        ok = sign * (value - bar) >= -_EPS
         passed &= ok
-        reasons.append(
-            f"{metric} {value:.4f} {'meets' if ok else 'misses'} the {'minimum' if goal == 'maximize' else 'maximum'} "
-            f"{gate.min_value:.4f}"
-        )
+        if goal == "maximize":
+            op = "≥" if ok else "<"
+        else:
+            op = "≤" if ok else ">"
+        shown, bar_shown = _pair(value, bar)
+        reasons.append(f"{metric} {shown} {op} {bar_shown} (threshold, {better_word(goal)}): {_verdict(ok)}")
     delta = None
     if champion is None:
-        reasons.append("no production model yet: a first model needs only the absolute threshold")
+        reasons.append(
+            "no production model yet: a first model needs only the threshold"
+            if gate.threshold is not None
+            else "no production model yet, and no threshold: a first model passes"
+        )
     else:
         base = float(champion[metric])
         delta = sign * (value - base)  # > 0: better
         needed = gate.min_improvement * (abs(base) if gate.improvement == "relative" else 1.0)
-        ok = delta >= needed - 1e-12
+        ok = delta >= needed - _EPS
         passed &= ok
+        if needed <= 0:
+            need = "no worse"
+        elif gate.improvement == "relative":
+            need = f"better by ≥ {needed:.4f}, {gate.min_improvement * 100:g}% of {base:.4f}"
+        else:
+            need = f"better by ≥ {needed:.4f}"
+        shown, base_shown = _pair(value, base)
         reasons.append(
-            f"{metric} {value:.4f} vs champion {base:.4f}: {'+' if delta >= 0 else ''}{delta:.4f} "
-            f"({'better' if delta > 0 else 'no better' if delta == 0 else 'worse'}); "
-            f"needed ≥ {needed:.4f} ({gate.improvement})"
-            + ("" if ok else " — blocked")
+            f"{metric} {shown} vs production {base_shown}: {_change(delta)} (needed: {need}): {_verdict(ok)}"
         )
         for other, allowed in sorted(gate.max_regression.items()):
             if other not in candidate or other not in champion:
                 continue
+            mine, theirs = float(candidate[other]), float(champion[other])
             s = 1.0 if direction_of(other) == "maximize" else -1.0
-            worse = s * (float(champion[other]) - float(candidate[other]))  # > 0: the candidate is worse
-            ok = worse <= allowed + 1e-12
+            better_by = s * (mine - theirs)  # < 0: the candidate is worse
+            ok = -better_by <= allowed + _EPS
             passed &= ok
+            allow = f"up to {allowed:.4f} worse" if allowed > 0 else "no worse"
             reasons.append(
-                f"{other} {float(candidate[other]):.4f} vs champion {float(champion[other]):.4f}: "
-                f"{'worse' if worse > 0 else 'not worse'} by {worse if worse > 0 else 0.0:.4f} (allowed {allowed:.4f})"
-                + ("" if ok else " — blocked")
+                f"{other} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} (allowed: {allow}): "
+                f"{_verdict(ok)}"
             )
     return {
         "promote": bool(passed),
         "decision": "promote" if passed else "block",
         "metric": metric,
         "direction": goal,
+        "threshold": gate.threshold,
         "candidate": value,
         "champion": None if champion is None else float(champion[metric]),
         "delta": delta,
@@ -73,8 +120,8 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     }
 
 
-#: Airflow keeps a DAG-run note in 1000 characters
-NOTE_LIMIT = 1000
+#: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) comes first
+NOTE_LIMIT = 860
 
 
 def decision_note(decision: dict[str, Any], model: str) -> str:
@@ -84,13 +131,17 @@ def decision_note(decision: dict[str, Any], model: str) -> str:
     metric, value = decision["metric"], decision["candidate"]
     vs = f" vs {decision['champion']:.4f} for production `{champ}`" if champ else " (no production model yet)"
     if not decision["promote"]:
-        head = (f"**Gate: blocked.** Candidate `{cand}` of `{model}` stays out of production"
-                f"{f' (`{champ}` keeps serving)' if champ else ''}: {metric} {value:.4f}{vs}.")
+        head = (
+            f"**Gate: blocked.** Candidate `{cand}` of `{model}` stays out of production"
+            f"{f' (`{champ}` keeps serving)' if champ else ''}: {metric} {value:.4f}{vs}."
+        )
         tail = "\n\nRegistered with this decision; `promote` and `deploy` were skipped."
         return _capped(head + "\n\n" + "\n".join(f"- {r}" for r in decision["reasons"]), tail)
     if decision.get("approval") == "required":
-        return (f"**Gate: passed, awaiting approval.** Candidate `{cand}` of `{model}` may replace production "
-                f"once a human approves (`approve`): {metric} {value:.4f}{vs}.")
+        return (
+            f"**Gate: passed, awaiting approval.** Candidate `{cand}` of `{model}` may replace production "
+            f"once a human approves (`approve`): {metric} {value:.4f}{vs}."
+        )
     return f"**Gate: promoted.** Candidate `{cand}` of `{model}` is production now: {metric} {value:.4f}{vs}."
 
 

@@ -2,19 +2,23 @@
 
     gate:
       metric: accuracy            # primary test metric (accuracy, macro_f1, log_loss | rmse, mae, r2)
-      direction: maximize         # default: from the metric
-      min_value: 0.9              # absolute floor (a first model must meet it too)
-      min_improvement: 0.002      # over the champion; `improvement: relative` makes it a fraction
-      improvement: absolute
-      max_regression: {log_loss: 0.05}   # how much worse a secondary metric may get than the champion's
+      direction: maximize         # default: from the metric (only accuracy, macro_f1, r2 are maximized)
+      threshold: 0.9              # at least this for a maximized metric, at most this for a minimized one
+      min_improvement: 0.002      # better than production by this, in the metric's good direction
+      improvement: absolute       # relative: min_improvement is a fraction of production's value
+      max_regression: {log_loss: 0.05}   # how much worse a secondary metric may get than production's
       approval: none              # required: a human approves in the Airflow UI before promotion
+
+``min_value`` is the old name of ``threshold``. It read as a floor and acted as a ceiling for rmse,
+mae and log_loss, so it is accepted only where the metric is maximized (it means ``threshold`` there)
+and refused, naming the fix, where the metric is minimized or not known.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from freestack.specbase import SpecModel
 
@@ -23,16 +27,90 @@ MINIMIZE = {"log_loss", "rmse", "mae", "loss"}
 METRICS = {"classification": ("accuracy", "macro_f1", "log_loss"), "regression": ("rmse", "mae", "r2")}
 
 
+def goal_of(metric: str | None, direction: str | None = None) -> str | None:
+    """``maximize`` or ``minimize``: ``direction`` if given, else the metric's; None if neither is known."""
+    if direction:
+        return direction
+    if metric is None:
+        return None
+    return "maximize" if metric in MAXIMIZE else "minimize"
+
+
+def better_word(goal: str) -> str:
+    return "higher is better" if goal == "maximize" else "lower is better"
+
+
 class GateSpec(SpecModel):
     """When a candidate may replace production."""
 
     metric: str | None = Field(default=None, description="default: accuracy (classification) or rmse")
-    direction: Literal["maximize", "minimize"] | None = Field(default=None, description="Whether higher or lower is better; default from the metric.")
-    min_value: float | None = Field(default=None, description="The bar the metric must clear (a first model needs only this).")
-    min_improvement: float = Field(default=0.0, ge=0, description="How much better than production a candidate must be.")
-    improvement: Literal["absolute", "relative"] = Field(default="absolute", description="Whether min_improvement is absolute or a fraction of production's value.")
-    max_regression: dict[str, float] = Field(default_factory=dict, description="How much worse a secondary metric may get than production's.")
-    approval: Literal["none", "required"] = Field(default="none", description="required: a human approves in the Airflow UI before promotion.")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="Whether higher or lower is better; default from the metric."
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="The bar on the metric: at least this when higher is better (accuracy, macro_f1, r2), at most "
+        "this when lower is better (rmse, mae, log_loss). A first model needs only this.",
+    )
+    min_value: float | None = Field(
+        default=None,
+        exclude=True,
+        description="Deprecated: write threshold. Accepted only for a maximized metric, where it is the threshold.",
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        ge=0,
+        description="How much better than production a candidate must be, in the metric's good direction "
+        "(higher for accuracy, lower for rmse); 0: no worse.",
+    )
+    improvement: Literal["absolute", "relative"] = Field(
+        default="absolute",
+        description="Whether min_improvement is absolute or a fraction of production's value.",
+    )
+    max_regression: dict[str, float] = Field(
+        default_factory=dict, description="How much worse a secondary metric may get than production's."
+    )
+    approval: Literal["none", "required"] = Field(
+        default="none", description="required: a human approves in the Airflow UI before promotion."
+    )
+
+    @field_validator("direction")
+    @classmethod
+    def _direction_fits_metric(cls, v: str | None, info: ValidationInfo) -> str | None:
+        metric = info.data.get("metric")
+        if v is not None and metric in MAXIMIZE | MINIMIZE and v != goal_of(metric):
+            raise ValueError(
+                f"{v} contradicts {metric} ({better_word(goal_of(metric))}); drop direction, it follows the metric"
+            )
+        return v
+
+    @field_validator("min_value")
+    @classmethod
+    def _min_value_only_as_a_floor(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is None:
+            return v
+        metric, direction, threshold = (info.data.get(k) for k in ("metric", "direction", "threshold"))
+        fix = f"write `threshold: {v:g}` instead"
+        if threshold is not None:
+            raise ValueError(
+                f"min_value {v:g} and threshold {threshold:g} name the same bar twice; keep threshold only"
+            )
+        if metric is not None and metric not in MAXIMIZE | MINIMIZE:
+            return v  # an unknown metric: _known says so
+        goal = goal_of(metric, direction)
+        if goal is None:
+            raise ValueError(
+                f"min_value {v:g} is ambiguous: the gate names no metric, and the default (accuracy for "
+                f"classification, rmse for regression) decides whether it is a floor or a ceiling; {fix} "
+                "(at least it for a metric where higher is better, at most it where lower is better)"
+            )
+        if goal == "minimize":
+            name = metric or "the metric"
+            raise ValueError(
+                f"min_value {v:g} reads as a minimum, but {name} is minimized (lower is better), where the bar "
+                f"is a maximum; {fix} ({name} must be at most {v:g})"
+            )
+        return v
 
     @model_validator(mode="after")
     def _known(self) -> GateSpec:
@@ -41,8 +119,13 @@ class GateSpec(SpecModel):
             if name not in known:
                 raise ValueError(f"gate metric {name!r} is unknown; use one of {', '.join(sorted(known))}")
         if any(v < 0 for v in self.max_regression.values()):
-            raise ValueError("gate.max_regression values are allowed worsenings: give them as non-negative numbers")
+            raise ValueError(
+                "gate.max_regression values are allowed worsenings: give them as non-negative numbers"
+            )
+        if self.min_value is not None and self.threshold is None:
+            # the deprecated name, on a maximized metric: the threshold
+            object.__setattr__(self, "threshold", self.min_value)
         return self
 
 
-__all__ = ["MAXIMIZE", "METRICS", "MINIMIZE", "GateSpec"]
+__all__ = ["MAXIMIZE", "METRICS", "MINIMIZE", "GateSpec", "better_word", "goal_of"]

@@ -12,10 +12,11 @@ from freestack.evaluate.gate import GateSpec, decide
 CLS = {"task": "classification", "accuracy": 0.95, "macro_f1": 0.94, "log_loss": 0.20}
 
 
-def test_a_first_model_is_promoted_if_it_meets_the_minimum():
-    assert decide(GateSpec(min_value=0.9), CLS, None)["promote"]
-    blocked = decide(GateSpec(min_value=0.97), CLS, None)
-    assert not blocked["promote"] and "misses the minimum 0.9700" in blocked["reasons"][0]
+def test_a_first_model_is_promoted_if_it_meets_the_threshold():
+    assert decide(GateSpec(threshold=0.9), CLS, None)["promote"]
+    blocked = decide(GateSpec(threshold=0.97), CLS, None)
+    assert not blocked["promote"] and blocked["threshold"] == 0.97
+    assert blocked["reasons"][0] == "accuracy 0.9500 < 0.9700 (threshold, higher is better): block"
     assert "no production model yet" in blocked["reasons"][1]
 
 
@@ -23,21 +24,137 @@ def test_better_is_promoted_and_worse_is_blocked_with_reasons():
     champ = {**CLS, "accuracy": 0.94}
     ok = decide(GateSpec(min_improvement=0.005), CLS, champ)
     assert ok["promote"] and ok["delta"] == pytest.approx(0.01)
+    assert (
+        ok["reasons"][-1]
+        == "accuracy 0.9500 vs production 0.9400: better by 0.0100 (needed: better by ≥ 0.0050): pass"
+    )
     worse = decide(GateSpec(min_improvement=0.0), {**CLS, "accuracy": 0.93}, champ)
-    assert not worse["promote"] and "worse" in worse["reasons"][-1] and "blocked" in worse["reasons"][-1]
+    assert not worse["promote"]
+    assert (
+        worse["reasons"][-1]
+        == "accuracy 0.9300 vs production 0.9400: worse by 0.0100 (needed: no worse): block"
+    )
     # relative: 2% of 0.94 is 0.0188 > the 0.01 gained
-    assert not decide(GateSpec(min_improvement=0.02, improvement="relative"), CLS, champ)["promote"]
+    rel = decide(GateSpec(min_improvement=0.02, improvement="relative"), CLS, champ)
+    assert not rel["promote"]
+    assert rel["reasons"][-1] == (
+        "accuracy 0.9500 vs production 0.9400: better by 0.0100 (needed: better by ≥ 0.0188, 2% of 0.9400): block"
+    )
     # a secondary metric may not regress beyond its allowance (log_loss: lower is better)
     reg = decide(GateSpec(max_regression={"log_loss": 0.05}), CLS, {**champ, "log_loss": 0.10})
-    assert not reg["promote"] and "log_loss 0.2000 vs champion 0.1000: worse by 0.1000" in reg["reasons"][-1]
+    assert not reg["promote"]
+    assert (
+        reg["reasons"][-1]
+        == "log_loss 0.2000 vs production 0.1000: worse by 0.1000 (allowed: up to 0.0500 worse): block"
+    )
 
 
 def test_minimize_metrics_and_regression():
     cand = {"task": "regression", "rmse": 1.0, "mae": 0.8, "r2": 0.9}
-    assert decide(GateSpec(min_value=1.5), cand, None)["promote"]  # rmse <= 1.5
-    assert not decide(GateSpec(min_value=0.5), cand, None)["promote"]
+    assert decide(GateSpec(threshold=1.5), cand, None)["promote"]  # rmse <= 1.5
+    assert not decide(GateSpec(threshold=0.5), cand, None)["promote"]
     assert decide(GateSpec(), cand, {**cand, "rmse": 1.2})["promote"]
     assert not decide(GateSpec(), cand, {**cand, "rmse": 0.9})["promote"]
+
+
+def test_the_threshold_reads_in_the_metrics_direction():
+    """``threshold`` is a ceiling for a minimized metric and a floor for a maximized one, and the reason
+    says which, with the comparison sign the way the metric goes (issue 23.6: min_value acted as a
+    maximum for rmse)."""
+    reg = {"task": "regression", "rmse": 47.8, "mae": 30.0, "r2": 0.8}
+    gate = GateSpec(metric="rmse", threshold=50)
+    passed = decide(gate, reg, None)
+    assert passed["promote"] and passed["direction"] == "minimize" and passed["threshold"] == 50.0
+    assert passed["reasons"][0] == "rmse 47.8000 ≤ 50.0000 (threshold, lower is better): pass"
+    blocked = decide(gate, {**reg, "rmse": 52.0}, None)
+    assert not blocked["promote"] and blocked["decision"] == "block"
+    assert blocked["reasons"][0] == "rmse 52.0000 > 50.0000 (threshold, lower is better): block"
+    assert decide(gate, {**reg, "rmse": 50.0}, None)["promote"]  # the bar itself passes
+
+    acc = GateSpec(metric="accuracy", threshold=0.9)
+    low = decide(acc, {**CLS, "accuracy": 0.87}, None)
+    assert (
+        not low["promote"]
+        and low["reasons"][0] == "accuracy 0.8700 < 0.9000 (threshold, higher is better): block"
+    )
+    high = decide(acc, CLS, None)
+    assert (
+        high["promote"]
+        and high["reasons"][0] == "accuracy 0.9500 ≥ 0.9000 (threshold, higher is better): pass"
+    )
+
+
+def test_comparisons_with_production_say_better_or_worse_and_by_how_much():
+    reg = {"task": "regression", "rmse": 47.8, "mae": 30.0, "r2": 0.8}
+    better = decide(
+        GateSpec(metric="rmse", threshold=50, max_regression={"mae": 1.0}), reg, {**reg, "rmse": 49.1}
+    )
+    assert better["promote"] and better["delta"] == pytest.approx(1.3)
+    assert better["reasons"] == [
+        "rmse 47.8000 ≤ 50.0000 (threshold, lower is better): pass",
+        "rmse 47.8000 vs production 49.1000: better by 1.3000 (needed: no worse): pass",
+        "mae 30.0000 vs production 30.0000: unchanged (allowed: up to 1.0000 worse): pass",
+    ]
+    cls = {**CLS, "log_loss": 0.31}
+    allowed = decide(
+        GateSpec(max_regression={"log_loss": 0.05}), cls, {**cls, "accuracy": 0.94, "log_loss": 0.29}
+    )
+    assert allowed["promote"]
+    assert (
+        allowed["reasons"][-1]
+        == "log_loss 0.3100 vs production 0.2900: worse by 0.0200 (allowed: up to 0.0500 worse): pass"
+    )
+    improved = decide(
+        GateSpec(max_regression={"log_loss": 0.0}), cls, {**cls, "accuracy": 0.94, "log_loss": 0.4}
+    )
+    assert (
+        improved["reasons"][-1]
+        == "log_loss 0.3100 vs production 0.4000: better by 0.0900 (allowed: no worse): pass"
+    )
+    for d in (better, allowed, improved):
+        assert not any("not worse by" in r or "champion" in r for r in d["reasons"])
+
+
+def _regression_spec(gate: dict) -> dict:
+    return {
+        "name": "x",
+        "source": {"schema": {"key": "id", "target": "y", "columns": [
+            {"name": "id", "nullable": False}, {"name": "f", "type": "float"}, {"name": "y", "type": "float"}]}},
+        "gate": gate,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "gate, words",
+    [
+        ({"metric": "rmse", "min_value": 50}, "rmse is minimized (lower is better)"),
+        ({"metric": "mae", "min_value": 3.5}, "write `threshold: 3.5`"),
+        ({"metric": "log_loss", "min_value": 0.3}, "write `threshold: 0.3`"),
+        ({"direction": "minimize", "min_value": 0.5}, "the metric is minimized"),
+        ({"min_value": 50}, "the gate names no metric"),
+    ],
+)
+def test_min_value_is_refused_where_it_would_be_a_ceiling(gate, words):
+    """The old name reads as a floor; on a minimized metric it was a ceiling. The spec is refused when
+    it is read, naming the field, its value and the fix, not quietly gated the other way."""
+    from freestack.errors import SpecError
+    from freestack.spec import parse_spec
+
+    with pytest.raises(SpecError) as info:
+        parse_spec(_regression_spec(gate), "x.yaml")
+    msg = str(info.value)
+    assert msg.startswith(f"x.yaml: gate.min_value: min_value {gate['min_value']:g} "), msg
+    assert "threshold" in msg and words in msg
+
+
+def test_min_value_on_a_maximized_metric_is_the_threshold():
+    gate = GateSpec(metric="accuracy", min_value=0.9)
+    assert gate.threshold == 0.9 and "min_value" not in gate.model_dump()
+    assert (
+        decide(gate, CLS, None)["reasons"][0]
+        == "accuracy 0.9500 ≥ 0.9000 (threshold, higher is better): pass"
+    )
+    assert GateSpec(direction="maximize", min_value=0.9).threshold == 0.9
 
 
 @pytest.mark.parametrize(
@@ -47,7 +164,15 @@ def test_minimize_metrics_and_regression():
         ({"min_improvement": -1}, "min_improvement: Input should be greater than or equal to 0"),
         ({"approval": "maybe"}, "approval: Input should be 'none' or 'required'"),
         ({"max_regression": {"log_loss": -0.1}}, "non-negative"),
-        ({"threshold": 0.9}, "threshold: Extra inputs are not permitted"),
+        ({"threshold": "high"}, "threshold: Input should be a valid number"),
+        (
+            {"metric": "accuracy", "threshold": 0.9, "min_value": 0.8},
+            "gate.min_value: min_value 0.8 and threshold 0.9 name the same bar twice",
+        ),
+        (
+            {"metric": "rmse", "direction": "maximize"},
+            "gate.direction: maximize contradicts rmse (lower is better)",
+        ),
     ],
 )
 def test_bad_gate_blocks_fail_clearly(tmp_path, gate, message):
@@ -81,7 +206,11 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
         ingest_partition(spec, ds)
     off = WandbSettings(mode="disabled")
     a = train(spec, TrainRequest(end_ds="2026-11-02", epochs=3, run_key="a"), tracking_settings=off)
-    b = train(spec, TrainRequest(end_ds="2026-11-02", epochs=1, learning_rate=1e-4, run_key="b"), tracking_settings=off)
+    b = train(
+        spec,
+        TrainRequest(end_ds="2026-11-02", epochs=1, learning_rate=1e-4, run_key="b"),
+        tracking_settings=off,
+    )
     summary = evaluate(spec, a.version_uri, champion_uri=b.version_uri, tracking_settings=off)
     # the same rows the trainer held out: the same accuracy as its own test metrics
     assert summary["candidate"]["accuracy"] == pytest.approx(a.metrics["test_accuracy"])
@@ -92,14 +221,22 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
     assert set(summary["candidate"]["per_class"]) == {str(i) for i in range(10)}
     folder = tmp_path / "storage" / a.version_uri.split("/storage/", 1)[1] / "evaluation"
     assert {p.name for p in folder.iterdir()} == {
-        "metrics.json", "report.html", "confusion_matrix.png", "per_class.png", "learning_curves.png", "smoke.json"
+        "metrics.json",
+        "report.html",
+        "confusion_matrix.png",
+        "per_class.png",
+        "learning_curves.png",
+        "smoke.json",
     }
     smoke = json.loads((folder / "smoke.json").read_text())  # the rows deploy's smoke test sends
     assert len(smoke["rows"]) == len(smoke["outputs"]) == len(smoke["labels"]) > 0
     assert len(smoke["rows"][0]) == 64 and smoke["classes"] == [str(i) for i in range(10)]
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "champion" in page and "<script" not in page
-    assert json.loads((folder / "metrics.json").read_text())["candidate"]["accuracy"] == summary["candidate"]["accuracy"]
+    assert (
+        json.loads((folder / "metrics.json").read_text())["candidate"]["accuracy"]
+        == summary["candidate"]["accuracy"]
+    )
     decision = decide(GateSpec(), summary["candidate"], summary["champion"])
     assert decision["promote"] == (summary["candidate"]["accuracy"] >= summary["champion"]["accuracy"])
 
@@ -120,8 +257,16 @@ def test_regression_report_and_plots():
     images = plots(rep, history, None)
     assert set(images) == {"residuals.png", "learning_curves.png"}
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in images.values())
-    page = render_html("t", {"version": "v1", "window": {}, "candidate": {k: v for k, v in rep.items() if k != "_points"},
-                             "champion": None}, images)
+    page = render_html(
+        "t",
+        {
+            "version": "v1",
+            "window": {},
+            "candidate": {k: v for k, v in rep.items() if k != "_points"},
+            "champion": None,
+        },
+        images,
+    )
     assert page.count("data:image/png;base64,") == 2 and "rmse" in page
 
 
@@ -132,10 +277,14 @@ def test_decision_notes():
     worse = decide(GateSpec(max_regression={"log_loss": 0.05}), {**CLS, "log_loss": 0.4}, champ)
     worse.update(candidate_version="v2", champion_version="v1")
     note = decision_note(worse, "digits")
-    assert note.startswith("**Gate: blocked.** Candidate `v2` of `digits` stays out of production (`v1` keeps serving)")
+    assert note.startswith(
+        "**Gate: blocked.** Candidate `v2` of `digits` stays out of production (`v1` keeps serving)"
+    )
     assert "accuracy 0.9500 vs 0.9600 for production `v1`" in note
-    assert "- accuracy 0.9500 vs champion 0.9600: -0.0100 (worse)" in note
-    assert "- log_loss 0.4000 vs champion 0.2000: worse by 0.2000 (allowed 0.0500) — blocked" in note
+    assert "- accuracy 0.9500 vs production 0.9600: worse by 0.0100 (needed: no worse): block" in note
+    assert (
+        "- log_loss 0.4000 vs production 0.2000: worse by 0.2000 (allowed: up to 0.0500 worse): block" in note
+    )
     assert note.endswith("`promote` and `deploy` were skipped.")
 
     better = decide(GateSpec(), CLS, {**CLS, "accuracy": 0.9})
@@ -145,8 +294,14 @@ def test_decision_notes():
     )
     first = decide(GateSpec(approval="required"), CLS, None)
     first.update(candidate_version="v1", champion_version=None)
-    assert "awaiting approval" in decision_note(first, "digits") and "(no production model yet)" in decision_note(first, "d")
+    assert "awaiting approval" in decision_note(
+        first, "digits"
+    ) and "(no production model yet)" in decision_note(first, "d")
 
     worse["reasons"] = [f"reason {i} " + "x" * 80 for i in range(30)]  # Airflow keeps 1000 characters
     long = decision_note(worse, "digits")
-    assert len(long) <= NOTE_LIMIT and "every reason is in the gate task's log" in long and long.endswith("skipped.")
+    assert (
+        len(long) <= NOTE_LIMIT
+        and "every reason is in the gate task's log" in long
+        and long.endswith("skipped.")
+    )
