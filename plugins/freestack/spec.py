@@ -25,7 +25,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from freestack.errors import SpecError
 from freestack.evaluate.spec import METRICS, GateSpec
@@ -66,6 +66,8 @@ class PipelineSpec(SpecModel):
     sweep: SweepSpec | None = Field(default=None, description="A hyperparameter sweep (W&B sweep configuration).")
     gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
+    #: the sha256 of the spec file's bytes when the spec was read from a file (``load_spec``)
+    _file_sha256: str | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -105,32 +107,62 @@ class PipelineSpec(SpecModel):
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
-        tasks = self.possible_tasks
-        where = f"the task is {tasks[0]}" if len(tasks) == 1 else "the task is decided by the data"
-        gate_ok = sorted({m for t in tasks for m in METRICS[t]})
-        for field, name in [("gate.metric", self.gate.metric), *(("gate.max_regression", m) for m in self.gate.max_regression)]:
-            if name is not None and name not in gate_ok:
-                raise ValueError(f"{field}: {name!r} is not a test metric of this pipeline ({where}); use one of {', '.join(gate_ok)}")
+        """The gate's and the sweep's metrics must be ones the task reports: checked when the spec is read,
+        not when a run reaches the gate."""
+        task = self.task
+        named = [("gate.metric", self.gate.metric, METRICS),
+                 *(("gate.max_regression", m, METRICS) for m in self.gate.max_regression)]  # fmt: skip
         if self.sweep is not None and self.sweep.metric is not None:
-            sweep_ok = list(dict.fromkeys(m for t in tasks for m in EPOCH_METRICS[t]))
-            if self.sweep.metric.name not in sweep_ok:
+            named.append(("sweep.metric.name", self.sweep.metric.name, EPOCH_METRICS))
+        for field, name, table in named:
+            if name is None:
+                continue
+            owners = [t for t in TASKS if name in table[t]]
+            if task is not None and task not in owners:
                 raise ValueError(
-                    f"sweep.metric.name: {self.sweep.metric.name!r} is not logged by this pipeline's trainer "
-                    f"({where}); use one of {', '.join(sweep_ok)}"
+                    f"{field}: {name!r} is not a {task} metric ({self._task_reason()}); use one of "
+                    f"{', '.join(table[task])}"
+                )
+            if task is None and len(owners) == 1:
+                raise ValueError(
+                    f"{field}: {name!r} is a {owners[0]} metric, but this pipeline's task is decided by the data "
+                    f"({self._task_reason()}); set model.task: {owners[0]} (or list the target's classes in "
+                    f"its column's allowed:)"
                 )
         return self
 
     @property
-    def possible_tasks(self) -> tuple[str, ...]:
-        """The tasks this pipeline can be: ``model.task``, else what the target column's type allows (an
-        int target is classification or regression by how many distinct values the data holds)."""
+    def task(self) -> str | None:
+        """``model.task``, else what the target column says: classification for string/bool targets and
+        for int targets whose ``allowed:`` values list the classes, regression for float targets; None
+        for other int targets (the data decides: few distinct values make it classification)."""
         if self.model.task != "auto":
-            return (self.model.task,)
+            return self.model.task
+        target = self._target_column()
+        if target is None:
+            return None
+        if target.type in ("string", "bool") or (target.type == "int" and target.allowed):
+            return "classification"
+        if target.type == "float":
+            return "regression"
+        return None
+
+    def _target_column(self):
         schema = self.source.schema_
-        target = next((c for c in schema.fields if c.name == schema.target), None)
-        if target is None or target.type == "int":
-            return TASKS
-        return ("classification",) if target.type in ("string", "bool") else ("regression",)
+        return next((c for c in schema.fields if c.name == schema.target), None)
+
+    def _task_reason(self) -> str:
+        if self.model.task != "auto":
+            return f"model.task is {self.model.task}"
+        target = self._target_column()
+        kind = f"a {target.type} target" if target is not None else "no target"
+        extra = " with allowed: classes" if target is not None and target.type == "int" and target.allowed else ""
+        return f"model.task is auto and {self.source.schema_.target!r} is {kind}{extra}"
+
+    @property
+    def possible_tasks(self) -> tuple[str, ...]:
+        """The tasks this pipeline can be: :attr:`task` when the spec decides it, else both."""
+        return (self.task,) if self.task is not None else TASKS
 
     @property
     def model_features(self) -> list[str]:
@@ -160,9 +192,31 @@ class PipelineSpec(SpecModel):
     def retry_delay(self) -> timedelta:
         return timedelta(seconds=self.retry_delay_seconds)
 
-    def spec_hash(self) -> str:
+    @property
+    def file_sha256(self) -> str | None:
+        """The sha256 of the spec file's bytes (``sha256sum include/pipelines/<name>.yaml``); None for a
+        spec built from a mapping."""
+        return self._file_sha256
+
+    def normalized_hash(self) -> str:
+        """A hash of the validated spec (defaults filled in, keys sorted): equal for files that differ only
+        in comments, layout or spelled-out defaults."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def spec_hash(self) -> str:
+        """What lineage and manifests record as ``spec_hash``: the file's sha256, so a model can be
+        matched to the file in git; :meth:`normalized_hash` for a spec that was not read from a file."""
+        return self._file_sha256 or self.normalized_hash()
+
+
+_FIELD_FIRST = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.DOTALL)
+
+
+def _named(field: str, msg: str) -> tuple[str, str]:
+    """A check across blocks reports at the top level; its message starts with the field it is about."""
+    m = _FIELD_FIRST.match(msg) if field == "(top level)" else None
+    return (m.group(1), m.group(2)) if m else (field, msg)
 
 
 def parse_spec(data: object, path: str) -> PipelineSpec:
@@ -172,7 +226,7 @@ def parse_spec(data: object, path: str) -> PipelineSpec:
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        found = problems(exc)
+        found = [_named(field, msg) for field, msg in problems(exc)]
         field, msg = found[0]
         more = "" if len(found) == 1 else "; " + "; ".join(f"{f}: {m}" for f, m in found[1:])
         raise SpecError(path, field, msg + more) from None
@@ -185,7 +239,8 @@ def parse_spec(data: object, path: str) -> PipelineSpec:
 def load_spec(path: str | os.PathLike) -> PipelineSpec:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(str(p), None, "file not found") from None
     except UnicodeDecodeError as exc:
@@ -198,7 +253,9 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(str(p), None, f"invalid YAML at {where}: {problem}") from None
-    return parse_spec(data, str(p))
+    spec = parse_spec(data, str(p))
+    spec._file_sha256 = hashlib.sha256(raw).hexdigest()
+    return spec
 
 
 def spec_file(name: str, directory: str | os.PathLike | None = None) -> Path:

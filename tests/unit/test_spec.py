@@ -128,8 +128,8 @@ def _with_target(target_type: str, **blocks) -> dict:
 @pytest.mark.parametrize(
     "target_type, blocks, field, words",
     [
-        ("float", {"gate": {"metric": "accuracy"}}, "gate.metric", "is not a test metric of this pipeline (the task is regression); use one of mae, r2, rmse"),
-        ("string", {"gate": {"max_regression": {"rmse": 0.1}}}, "gate.max_regression", "the task is classification"),
+        ("float", {"gate": {"metric": "accuracy"}}, "gate.metric", "is not a regression metric (model.task is auto and 'y' is a float target); use one of rmse, mae, r2"),
+        ("string", {"gate": {"max_regression": {"rmse": 0.1}}}, "gate.max_regression", "is not a classification metric"),
         ("float", {"sweep": {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
                              "parameters": {"learning_rate": {"values": [0.01]}}}},
          "sweep.metric.name", "use one of val_loss, val_rmse, val_mae, val_r2, train_loss"),
@@ -143,11 +143,45 @@ def test_metrics_are_checked_against_the_task_when_the_spec_is_read(target_type,
     assert field in str(info.value) and words in str(info.value)
 
 
-def test_an_int_target_allows_the_metrics_of_either_task():
-    """Whether an int target is classification depends on the data: both sets of metrics are accepted."""
-    for metric in ("accuracy", "rmse"):
-        spec = parse_spec(_with_target("int", gate={"metric": metric}), "p.yaml")
-        assert spec.possible_tasks == ("classification", "regression") and spec.gate.metric == metric
+def test_an_int_target_names_its_task_before_naming_one_tasks_metric():
+    """An int target's task is decided by the data (few distinct values: classification), so a metric of
+    one task alone (val_accuracy on a regression of counts, say) would fail late, at the gate or in the
+    sweep: the spec must say the task, and the error says how. Metrics of both tasks (val_loss) need not."""
+    sweep = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
+             "parameters": {"learning_rate": {"values": [0.01]}}}  # fmt: skip
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with_target("int", sweep=sweep), "p.yaml")
+    assert info.value.field == "sweep.metric.name"
+    assert "'val_accuracy' is a classification metric" in str(info.value) and "set model.task: classification" in str(info.value)
+    with pytest.raises(SpecError, match="gate.metric: 'rmse' is a regression metric.*set model.task: regression"):
+        parse_spec(_with_target("int", gate={"metric": "rmse"}), "p.yaml")
+    data = _with_target("int", gate={"metric": "rmse"}, sweep=sweep)
+    data["model"] = {"task": "regression"}
+    with pytest.raises(SpecError, match="sweep.metric.name: 'val_accuracy' is not a regression metric.*val_rmse"):
+        parse_spec(data, "p.yaml")
+    data["sweep"]["metric"] = {"name": "val_rmse", "goal": "minimize"}
+    assert parse_spec(data, "p.yaml").task == "regression"
+    both = parse_spec(_with_target("int", sweep={**sweep, "metric": {"name": "val_loss"}}), "p.yaml")
+    assert both.task is None and both.possible_tasks == ("classification", "regression")
+    # an int target that lists its classes (allowed:) is classification, as the demo's digits are
+    classes = _with_target("int", gate={"metric": "rmse"})
+    classes["source"]["schema"]["columns"][-1]["allowed"] = [0, 1, 2]
+    with pytest.raises(SpecError, match="'rmse' is not a classification metric .*with allowed: classes"):
+        parse_spec(classes, "p.yaml")
+    assert load_spec(DIGITS).task == "classification"
+
+
+def test_lineage_spec_hash_is_the_sha256_of_the_file(tmp_path):
+    """``sha256sum include/pipelines/x.yaml`` matches a model's ``spec_hash``; a comment changes it, the
+    normalized hash (of the validated spec) does not."""
+    import hashlib
+
+    spec = load_spec(DIGITS)
+    assert spec.file_sha256 == spec.spec_hash() == hashlib.sha256(DIGITS.read_bytes()).hexdigest()
+    copy = tmp_path / "digits.yaml"
+    copy.write_bytes(DIGITS.read_bytes() + b"# a comment\n")
+    other = load_spec(copy)
+    assert other.spec_hash() != spec.spec_hash() and other.normalized_hash() == spec.normalized_hash()
 
 
 def test_the_blocks_are_typed():

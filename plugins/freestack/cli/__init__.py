@@ -5,6 +5,7 @@ models, serving and the Data API.
     freestack up | down                     airflow standalone on 127.0.0.1, in the background
     freestack airflow ARGS...               any airflow command against this project's instance
     freestack backfill PIPELINE --start --end   a backfill on the running Airflow, followed to its end
+    freestack validate [SPEC...]            check pipeline specs (file, field, fix); exit 1 if one is invalid
     freestack lake PIPELINE                 partitions, row counts and quarantine reasons
     freestack models ...                    registered versions, aliases, promote, rollback, push to the Hub
     freestack serve ...                     deployments: status, logs, predict, deploy, stop, canary
@@ -27,6 +28,7 @@ from typer.core import TyperCommand
 
 from freestack.cli import backfill as _backfill
 from freestack.cli import lake as _lake
+from freestack.cli import validate as _validate
 from freestack.cli.data import register as register_data
 from freestack.cli.errors import report
 from freestack.cli.models import app as models_app
@@ -103,6 +105,7 @@ def _airflow(ctx: typer.Context) -> int:
     return stack.airflow(list(ctx.args))
 
 
+app.command("validate")(_validate.validate)
 app.command("lake")(_lake.lake)
 app.command("backfill")(_backfill.backfill)
 app.add_typer(models_app, name="models")

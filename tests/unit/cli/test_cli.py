@@ -74,6 +74,25 @@ def test_invalid_spec_names_file_and_field(capsys, tmp_path, monkeypatch):
     one_error_line(err, "broken.yaml", "source")
 
 
+def test_validate_names_each_broken_spec_and_exits_1(capsys, tmp_path, monkeypatch):
+    """``freestack validate`` reads every spec as the DAG processor does: the valid ones get a line on
+    stdout, each invalid one the import error's message on stderr (file, field, fix), and exit 1."""
+    from tests.unit.test_spec import DIGITS
+
+    (tmp_path / "digits.yaml").write_bytes(DIGITS.read_bytes())
+    text = DIGITS.read_text().replace("name: digits", "name: counts", 1)
+    (tmp_path / "counts.yaml").write_text(text.replace("allowed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "min: 0"))
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(tmp_path))
+    code, out, err = run(capsys, "validate")
+    assert code == 1 and out.startswith(f"ok {tmp_path / 'digits.yaml'}: DAGs digits_ingest, digits_train")
+    one_error_line(err, "counts.yaml: gate.metric: 'accuracy' is a classification metric", "set model.task: classification")
+    code, out, err = run(capsys, "validate", "digits")
+    assert code == 0 and err == "" and "task classification" in out
+    code, out, _ = run(capsys, "validate", "--json", str(tmp_path / "counts.yaml"))
+    (result,) = json.loads(out)
+    assert code == 1 and result["ok"] is False and "gate.metric" in result["error"]
+
+
 def test_unreachable_data_api(capsys, tmp_path, monkeypatch, clean_stores):
     (tmp_path / "x.txt").write_text("x")
     monkeypatch.setenv("AIRFLOW_CONN_D_DOWN", json.dumps({"conn_type": "freestack_data", "host": f"http://127.0.0.1:{_dead_port()}", "password": "fsk_x"}))

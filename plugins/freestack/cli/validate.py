@@ -1,0 +1,61 @@
+"""``freestack validate [SPEC...]``: read pipeline specs as the DAG processor does and say what is wrong.
+
+With no argument, every spec in the pipelines folder; an argument is a spec file or a pipeline name.
+A valid spec prints one line (its DAGs and task); an invalid one prints the same message the UI's import
+error shows (the file, the field, the fix) on stderr, and the command exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from freestack.cli.errors import say_error
+from freestack.cli.output import print_json
+
+
+def _targets(specs: list[str]) -> list[Path]:
+    from freestack.settings import pipelines_dir
+    from freestack.spec import spec_file
+
+    if not specs:
+        folder = pipelines_dir()
+        return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+    return [Path(s) if s.endswith((".yaml", ".yml")) or "/" in s else spec_file(s) for s in specs]
+
+
+def validate(
+    specs: Annotated[list[str] | None, typer.Argument(metavar="[SPEC]...", help="Spec files or pipeline names; default: every spec in the pipelines folder.")] = None,
+    json: Annotated[bool, typer.Option("--json", help="One JSON object per spec: file, ok, error.")] = False,
+) -> int:  # fmt: skip
+    """Check pipeline specs (each file, field and fix, as the UI's import error says); exit 1 if any is invalid."""
+    from freestack.errors import SpecError
+    from freestack.spec import load_spec
+
+    paths = _targets(list(specs or []))
+    if not paths:
+        say_error("no pipeline specs to check; pass a spec file, or add one to the pipelines folder")
+        return 1
+    results, bad = [], 0
+    for path in paths:
+        try:
+            spec = load_spec(path)
+        except SpecError as exc:
+            bad += 1
+            results.append({"file": str(path), "ok": False, "error": str(exc)})
+            if not json:
+                say_error(str(exc))
+            continue
+        dags = [f"{spec.name}_ingest"] + ([f"{spec.name}_train", f"{spec.name}_rollback"] if spec.source.schema_.target else [])
+        results.append({"file": str(path), "ok": True, "pipeline": spec.name, "dags": dags, "task": spec.task or "auto",
+                        "sha256": spec.file_sha256})  # fmt: skip
+        if not json:
+            print(f"ok {path}: DAGs {', '.join(dags)}; task {spec.task or 'decided by the data'}")
+    if json:
+        print_json(results)
+    return 1 if bad else 0
+
+
+__all__ = ["validate"]
