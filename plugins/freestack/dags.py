@@ -2,12 +2,13 @@
 DAG files at parse time.
 
     <p>_ingest     [wait_for_landing] -> ingest                                        (ingest)
-    <p>_train      choose -> train | create_sweep -> agent x N -> select_best          (train, sweeps)
+    <p>_train      window -> choose -> train | create_sweep -> agent x N -> select_best (train, sweeps)
                    -> evaluate -> gate -> [approve] -> promote -> deploy | blocked      (evaluate, registry, serving)
     <p>_rollback   move_production -> deploy                                           (registry, serving)
 
 Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
-A broken spec yields an import error that names its file and field, without hiding the others.
+A broken spec is left out here and reported as the import error of ``dags/freestack_spec_errors.py``
+(:func:`raise_spec_errors`), naming its file and field: the other pipelines' DAGs stay live.
 """
 
 from __future__ import annotations
@@ -25,22 +26,25 @@ from freestack.settings import pipelines_dir
 from freestack.spec import PipelineSpec, discover_specs, load_spec
 
 
-class BrokenSpecDag(DAG):
-    """Stands in for the pipelines whose specs are invalid. Airflow's DagBag calls ``validate()`` on
-    every DAG a file defines and records the exception as that file's import error, while the
-    file's other DAGs still load; the message names each broken spec file and field."""
-
-    def validate(self):
-        raise _combined(_BROKEN.get(self.dag_id, []))
-
-
-_BROKEN: dict[str, list[SpecError]] = {}
-
-
 def _combined(errors: list[SpecError]) -> SpecError:
     if len(errors) == 1:
         return errors[0]
     return SpecError(f"{len(errors)} pipeline specs are invalid", None, "\n" + "\n".join(str(e) for e in errors))
+
+
+def raise_spec_errors(directory: str | Path | None = None) -> None:
+    """Raise one SpecError naming every invalid spec in the folder (each file, field and fix); nothing
+    when all are valid. Called by ``dags/freestack_spec_errors.py``, whose import error this becomes:
+    a file apart from the pipelines' DAGs, which Airflow would otherwise all mark stale. In a task
+    process (the parsing context names its DAG) it checks nothing: the DAG processor reports errors."""
+    from airflow.sdk import get_parsing_context
+
+    if get_parsing_context().dag_id:
+        return
+    specs = discover_specs(Path(directory) if directory else pipelines_dir())
+    broken = [s for s in specs.values() if isinstance(s, SpecError)]
+    if broken:
+        raise _combined(broken)
 
 
 def _schedule(spec: PipelineSpec):
@@ -120,8 +124,9 @@ def train_params(spec: PipelineSpec) -> dict[str, Param]:
     agents = min(2, sweep.run_cap) if sweep is not None and sweep.run_cap else 2
     return {
         "end_ds": Param(None, type=["null", "string"], format="date", title="Train up to (day)",
-                        description="The last lake partition (YYYY-MM-DD) in the window. Empty: the day of the lake "
-                                    "update that triggered the run, else the newest partition"),
+                        description="The last lake partition (YYYY-MM-DD) in the window. Empty: the newest landed "
+                                    "partition once the pipeline's running ingest runs finished (the `window` "
+                                    "task's XCom and the run's note show the day chosen)"),
         "window_days": Param(t.window_days, type="integer", minimum=1, maximum=3660, title="Window (days)",
                              description=f"Days of lake partitions up to that day to train on (spec: train.window_days = {t.window_days})"),
         "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10_000, title="Epochs",
@@ -148,8 +153,8 @@ def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
 
 
 def training_tasks(spec: PipelineSpec, spec_path: str):
-    """``choose`` -> ``train`` | ``create_sweep`` -> ``agent`` x N -> ``select_best``; returns the two ends
-    a candidate comes from (``train``, ``select_best``)."""
+    """``window`` -> ``choose`` -> ``train`` | ``create_sweep`` -> ``agent`` x N -> ``select_best``; returns
+    the two ends a candidate comes from (``train``, ``select_best``)."""
     from freestack.sweeps.operators import (
         ChooseTrainingOperator,
         CreateSweepOperator,
@@ -157,7 +162,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
         SweepAgentOperator,
     )
     from freestack.sweeps.spec import POOL
-    from freestack.train.operators import TrainOperator
+    from freestack.train.operators import TrainOperator, WindowSensor
 
     # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
     on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
@@ -173,6 +178,12 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
         trigger_rule="all_done_min_one_success",  # select among finished trials even if an agent failed
         doc_md="Trial table (CSV/JSON/W&B), metric-vs-parameter plot, the best model as a version.",
     )
+    window = WindowSensor(
+        task_id="window", spec_path=spec_path, wait_minutes=spec.train.ingest_wait_minutes,
+        poke_interval=spec.train.ingest_poke_seconds,
+        doc_md="Wait for running ingest runs, then fix the partitions (ds, sha256) every training of this run reads.",
+    )
+    window >> choose
     choose >> [single, create]
     create >> agents >> best
     return single, best  # fmt: skip
@@ -242,8 +253,8 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         max_active_runs=1,
         params=train_params(spec),
         doc_md=(
-            f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window ending at the "
-            "triggering partition, once (`train`) or as a hyperparameter sweep (`create_sweep` -> `agent` x N "
+            f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window the `window` task fixes "
+            "(up to the newest landed partition, after running ingest runs finished), once (`train`) or as a hyperparameter sweep (`create_sweep` -> `agent` x N "
             "-> `select_best`, W&B sweep semantics); writes a model version in Hugging Face layout under "
             f"`registry/{spec.model_name}/` and W&B runs. Spec: `{spec_path}`."
         ),
@@ -331,11 +342,9 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         namespace[dag.dag_id] = dag
         return [dag]
     built: list[DAG] = []
-    broken: list[SpecError] = []
     for stem, spec in discover_specs(folder).items():
         if isinstance(spec, SpecError):
-            broken.append(spec)
-            continue
+            continue  # dags/freestack_spec_errors.py reports it; the other pipelines stay live
         path = str(folder / f"{stem}.yaml") if (folder / f"{stem}.yaml").exists() else str(folder / f"{stem}.yml")
         dags = [ingest_dag(spec, path)]
         if spec.source.schema_.target is not None:
@@ -344,11 +353,7 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         for dag in dags:
             namespace[dag.dag_id] = dag
             built.append(dag)
-    if broken:
-        _BROKEN["freestack_broken_specs"] = broken
-        placeholder = BrokenSpecDag(dag_id="freestack_broken_specs", schedule=None)
-        namespace["freestack_broken_specs"] = placeholder
     return built
 
 
-__all__ = ["BrokenSpecDag", "build_all", "ingest_dag", "rollback_dag", "rollback_params", "train_dag", "train_params"]
+__all__ = ["build_all", "raise_spec_errors", "ingest_dag", "rollback_dag", "rollback_params", "train_dag", "train_params"]

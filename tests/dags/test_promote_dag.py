@@ -76,7 +76,9 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     s = _states(first)
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
     v1 = reg.resolve("production")
-    assert _note(first).startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
+    window_line, gate_note = _note(first).split("\n\n", 1)  # the window task's line, then the gate's
+    assert window_line.startswith("Window: ") and "up to 2026-11-05" in window_line and "end_ds from the form" in window_line
+    assert gate_note.startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
     lineage = reg.get(v1)["lineage"]
     assert lineage["gate"]["promote"] and "no production model yet" in " ".join(lineage["gate"]["reasons"])
     assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
@@ -101,10 +103,10 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
     assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
     note = _note(worse)  # the decision, each reason with its numbers
-    assert note.startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
+    assert note.split("\n\n", 1)[1].startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
     cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
     assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
-    assert f"- accuracy {cand:.4f} vs champion {champ:.4f}: -{champ - cand:.4f} (worse)" in note
+    assert f"- accuracy {cand:.4f} vs production {champ:.4f}: worse by {champ - cand:.4f} (needed: no worse): block" in note
     assert note.endswith("`promote` and `deploy` were skipped.")
     _annotated_in_the_schedulers_session(worse, note)
 
@@ -128,7 +130,7 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
 
     spec = lake["specs"] / "digits.yaml"
     data = yaml.safe_load(spec.read_text())
-    data["gate"] = {"metric": "accuracy", "min_value": 0.5, "approval": "required"}
+    data["gate"] = {"metric": "accuracy", "threshold": 0.5, "approval": "required"}
     spec.write_text(yaml.safe_dump(data, sort_keys=False))
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
     answered = {}
@@ -165,5 +167,5 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
     assert run.state == "success"
     s = _states(run)
     assert s["approve"] == ["success"] and s["promote"] == ["success"]
-    assert "vs production" in answered["body"] and "meets the minimum 0.5000" in answered["body"]
+    assert "vs production" in answered["body"] and "≥ 0.5000 (threshold, higher is better): pass" in answered["body"]
     assert _registry(lake).resolve("production")

@@ -68,12 +68,18 @@ def load_model_folder(uri: str):
     )
 
 
-def test_split(spec: PipelineSpec, end_ds: str, days: int):
-    """The held-out test rows of the window, and the window's partitions."""
+def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, Any] | None = None):
+    """The held-out test rows of the window, and the window's partitions: the very partitions the
+    candidate was trained on (its lineage: ds and sha256, checked as they are read), else the lake's."""
     from freestack.ml.prep import split_of_keys
-    from freestack.train.core import load_window
+    from freestack.train.core import TrainingError, load_window
+    from freestack.train.window import lineage_window
 
-    df, parts = load_window(spec, end_ds, days)
+    fixed = lineage_window(lineage or {})
+    try:
+        df, parts = load_window(spec, end_ds, days, fixed.as_dict() if fixed is not None else None)
+    except TrainingError as exc:
+        raise EvaluationError(str(exc)) from None
     schema = spec.source.schema_
     split = split_of_keys(df[schema.key], spec.train.val_fraction, spec.train.test_fraction, salt=spec.name)
     test = df[split == "test"]
@@ -182,6 +188,32 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+#: the learning curves' panels: metrics on one scale share a y axis, never a score (R², accuracy: up to
+#: 1) with an error in the target's units (RMSE, MAE) or a loss
+CURVE_SCALES = (
+    ("loss", ("loss", "log_loss")),
+    ("error (target units)", ("rmse", "mae")),
+    ("score (higher is better)", ("r2", "accuracy", "macro_f1", "f1")),
+)
+
+
+def _curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(title, [(history key, label), ...]) per panel of the learning curves, in CURVE_SCALES' order; a
+    validation metric of no known scale gets a panel of its own."""
+    first = history[0]
+    panels: dict[str, list[tuple[str, str]]] = {}
+    if "train_loss" in first:
+        panels.setdefault("loss", []).append(("train_loss", "train loss"))
+    for key in first:
+        if not key.startswith("val_"):
+            continue
+        metric = key.removeprefix("val_")
+        title = next((t for t, names in CURVE_SCALES if metric in names), metric)
+        panels.setdefault(title, []).append((key, "validation loss" if key == "val_loss" else key))
+    order = [t for t, _ in CURVE_SCALES]
+    return sorted(panels.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
 def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None) -> dict[str, bytes]:
     import matplotlib
 
@@ -228,19 +260,16 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
         axes[1].set_xlabel("residual (predicted - true)")
         fig.suptitle(f"residuals (RMSE {report['rmse']:.4g}, R² {report['r2']:.4f})")
         out["residuals.png"] = _png(fig)
-    if history:
-        keys = [k for k in history[0] if k.startswith(("train_loss", "val_")) and k != "val_loss"]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    panels = _curve_panels(history) if history else []
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
         epochs = [r["epoch"] for r in history]
-        axes[0].plot(epochs, [r["train_loss"] for r in history], label="train loss")
-        axes[0].plot(epochs, [r["val_loss"] for r in history], label="validation loss")
-        axes[0].set_xlabel("epoch")
-        axes[0].legend(fontsize=8)
-        for k in keys:
-            if k != "train_loss":
-                axes[1].plot(epochs, [r[k] for r in history], label=k)
-        axes[1].set_xlabel("epoch")
-        axes[1].legend(fontsize=8)
+        for ax, (title, curves) in zip(axes[0], panels, strict=True):
+            for key, label in curves:
+                ax.plot(epochs, [r.get(key) for r in history], label=label)
+            ax.set_xlabel("epoch")
+            ax.set_title(title, fontsize=9)
+            ax.legend(fontsize=8)
         fig.suptitle("learning curves")
         out["learning_curves.png"] = _png(fig)
     return out
@@ -301,7 +330,7 @@ def evaluate(
     days = int(window.get("days") or spec.train.window_days)
     if not end_ds:
         raise EvaluationError(f"{candidate_uri}: lineage.json names no window; pass end_ds")
-    test, parts = test_split(spec, end_ds, days)
+    test, parts = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
     target = spec.source.schema_.target
     cand = score(model, pre, test, target)
     champ = None

@@ -299,6 +299,10 @@ class ModelRegistry:
             out.append(self._summary(p.name, marker, aliases))
         return sorted(out, key=lambda v: (v["created"], v["version"]))
 
+    def lineage(self, version: str) -> dict[str, Any] | None:
+        """A committed version's ``lineage.json`` (None for an unknown version or one without it)."""
+        return self._read_json(check_version(version), "lineage.json")
+
     def _summary(self, version: str, marker: dict[str, Any], aliases: dict[str, Any]) -> dict[str, Any]:
         metrics = self._read_json(version, "metrics.json") or {}
         return {

@@ -17,7 +17,7 @@ from freestack.hooks.wandb import WandbHook
 from freestack.pipeline_operator import PipelineOperator
 from freestack.sweeps.core import agent_threads
 from freestack.sweeps.spec import POOL
-from freestack.train.operators import airflow_info, resolve_end_ds
+from freestack.train.operators import airflow_info, fixed_window
 from freestack.ui.links import WandbRunLink
 
 
@@ -47,7 +47,8 @@ class CreateSweepOperator(PipelineOperator):
 
         spec = self.pipeline_spec()
         params = context.get("params") or {}
-        end_ds = resolve_end_ds(context, spec)
+        window = fixed_window(context)
+        end_ds = window["end_ds"]
         agents = int(params.get("sweep_agents") or 1)
         ti = context["ti"]
         sweep_id = sweep_id_for(spec.name, f"{ti.dag_id}/{ti.run_id}", end_ds)
@@ -58,6 +59,7 @@ class CreateSweepOperator(PipelineOperator):
             "learning_rate": params.get("learning_rate"),
             "batch_size": params.get("batch_size"),
             "airflow": airflow_info(context),
+            "window": window,
         }
         settings = server_settings(WandbHook().checked_settings())
         try:

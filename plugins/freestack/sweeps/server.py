@@ -124,7 +124,7 @@ def run_server_agent(
             outcome = train(spec, TrainRequest(
                 end_ds=request["end_ds"], window_days=request.get("window_days"), epochs=request.get("epochs"),
                 learning_rate=request.get("learning_rate"), batch_size=request.get("batch_size"),
-                run_key=f"{sweep['id']}/{run.id}", airflow=request.get("airflow") or {},
+                run_key=f"{sweep['id']}/{run.id}", airflow=request.get("airflow") or {}, window=request.get("window"),
                 overrides=to_overrides(config), output_uri=str(join(folder, "model")),
                 checkpoint_uri=str(join(folder, "train")),
                 tracking={"run": run, "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id}},

@@ -40,6 +40,7 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
             batch_size=request.get("batch_size"),
             run_key=f"{sweep['id']}/{doc['id']}",
             airflow=request.get("airflow") or {},
+            window=request.get("window"),
             overrides=to_overrides(doc["config"]),
             output_uri=str(join(folder, "model")),
             checkpoint_uri=str(join(folder, "train")),
@@ -54,7 +55,7 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
         )
         days = effective_spec(spec, req).train.window_days
         if days not in windows:
-            windows[days] = load_window(spec, req.end_ds, days)
+            windows[days] = load_window(spec, req.end_ds, days, request.get("window"))
         outcome = train(spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=windows[days])
         return {
             "summary": {**outcome.metrics, "task": outcome.summary.get("task")},

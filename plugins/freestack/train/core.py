@@ -71,6 +71,8 @@ class TrainRequest:
     checkpoint_uri: str | None = None
     #: W&B run options: name, group, job_type, extra tags, extra config
     tracking: dict[str, Any] = field(default_factory=dict)
+    #: the partitions the run fixed (``freestack.train.window.Window.as_dict()``); None: fix them now
+    window: dict[str, Any] | None = None
 
 
 @dataclass
@@ -101,35 +103,16 @@ def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list
     return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
 
 
-def load_window(spec: PipelineSpec, end_ds: str, window_days: int):
-    """(DataFrame, partitions with their content hashes) for the window ending at ``end_ds``."""
-    import pandas as pd
-    import pyarrow.parquet as pq
+def load_window(spec: PipelineSpec, end_ds: str, window_days: int, fixed: dict[str, Any] | None = None):
+    """(DataFrame, partitions with the sha256 of the bytes read) for the window ending at ``end_ds``:
+    the run's ``fixed`` window when it has one (:mod:`freestack.train.window`), else the lake as it is."""
+    from freestack.train.window import Window, WindowError, fix_window, read_window
 
-    from freestack.ingest.core import PART, partition_dir, read_manifest
-    from freestack.storage import join
-
-    days = window_partitions(spec, end_ds, window_days)
-    if not days:
-        raise TrainingError(
-            f"no lake partitions of {spec.name!r} in the {window_days} days up to {end_ds}: run "
-            f"{spec.name}_ingest for those days first (or widen window_days)"
-        )
-    frames, parts = [], []
-    for ds in days:
-        path = join(partition_dir(spec, ds), PART)
-        with path.open("rb") as f:
-            frames.append(pq.read_table(f).to_pandas())
-        manifest = read_manifest(spec, ds) or {}
-        parts.append(
-            {
-                "ds": ds,
-                "uri": str(path),
-                "sha256": (manifest.get("part") or {}).get("sha256"),
-                "rows": len(frames[-1]),
-            }
-        )
-    return pd.concat(frames, ignore_index=True), parts
+    try:
+        window = Window.from_dict(fixed) if fixed else fix_window(spec, end_ds, window_days)
+        return read_window(spec, window, window_days)
+    except WindowError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
@@ -191,14 +174,14 @@ def check_trainable(spec: PipelineSpec) -> None:
         raise TrainingError(f"pipeline {spec.name!r} has no numeric feature columns; list model.features")
 
 
-def prepare(spec: PipelineSpec, end_ds: str, window=None) -> Prepared:
+def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] | None = None) -> Prepared:
     """The window (loaded, or ``window``) split on the row key, with preprocessing fitted on the train split."""
     from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
 
     schema, t = spec.source.schema_, spec.train
-    df, parts = window if window is not None else load_window(spec, end_ds, t.window_days)
+    df, parts = window if window is not None else load_window(spec, end_ds, t.window_days, fixed)
     target_type = next(c.type for c in schema.fields if c.name == schema.target)
-    task = spec.model.task if spec.model.task != "auto" else infer_task(df[schema.target], target_type)
+    task = spec.task or infer_task(df[schema.target], target_type)
     split = split_of_keys(df[schema.key], t.val_fraction, t.test_fraction, salt=spec.name)
     train_df, val_df, test_df = (df[split == s] for s in ("train", "val", "test"))
     if min(len(train_df), len(val_df), len(test_df)) == 0:
@@ -286,7 +269,7 @@ def train(
 
     check_trainable(spec)
     spec = effective_spec(spec, req)
-    data = prepare(spec, req.end_ds, window)
+    data = prepare(spec, req.end_ds, window, req.window)
     model = build_model(spec, data)
     cfg = loop_config(spec)
     where = places(spec, req)
@@ -358,7 +341,8 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
     t = spec.train
     lineage = {
         "pipeline": spec.name, "model": spec.model_name, "version": where.version, "partitions": data.partitions,
-        "window": {"end_ds": req.end_ds, "days": t.window_days}, "spec_hash": spec.spec_hash(),
+        "window": {"end_ds": req.end_ds, "days": t.window_days, "fixed_by": (req.window or {}).get("chosen", "read")},
+        "spec_hash": spec.spec_hash(), "spec_file_sha256": spec.file_sha256, "spec_normalized_hash": spec.normalized_hash(),
         "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
         "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
         "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump()},

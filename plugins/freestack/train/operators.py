@@ -1,39 +1,91 @@
-"""TrainOperator: one training of a pipeline's model on its lake window (``freestack.train.core``)."""
+"""The train stage's operators: WindowSensor fixes the run's lake window, TrainOperator trains once on it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack.pipeline_operator import PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.ui.links import WandbRunLink
 
+#: runs the window task decides alone, without a person: they skip when the window holds nothing new
+AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
 
-def resolve_end_ds(context: Context, spec) -> str:
-    """The data interval to train up to: the form's end_ds, else the newest ds among the triggering
-    lake events, else the run's data interval, else the newest partition in the lake."""
-    params = context.get("params") or {}
-    if params.get("end_ds"):
-        return str(params["end_ds"])
-    events = context.get("triggering_asset_events") or {}
-    days = []
-    for evs in events.values():
-        for ev in evs:
-            ds = (getattr(ev, "extra", None) or {}).get("ds")
-            if ds:
-                days.append(ds)
-    if days:
-        return max(days)
-    if context.get("ds"):
-        return str(context["ds"])
-    from freestack.ingest.core import lake_partitions
 
-    parts = lake_partitions(spec)
-    if not parts:
-        raise AirflowFailException(f"the lake of {spec.name!r} is empty: run {spec.name}_ingest first")
-    return parts[-1]
+class WindowSensor(PipelineOperator, BaseSensorOperator):
+    """``window``: wait until the pipeline's running ingest runs finished (a backfill of several days is
+    trained on once, whole), then fix the run's window (:mod:`freestack.train.window`) and return it.
+
+    ``end_ds``: the form's, else the data interval's day for a cron-scheduled run, else the newest
+    landed partition. An automatic run whose window holds nothing new (a version was trained on exactly
+    these partitions, or on a newer window) is skipped, and its note says why."""
+
+    ui_color = "#e4d8f7"
+
+    def __init__(self, *, spec_path: str, wait_minutes: float, **kwargs: Any) -> None:
+        super().__init__(
+            spec_path=spec_path, mode="reschedule", timeout=max(60.0, wait_minutes * 60 + 600), **kwargs
+        )
+        self.wait_minutes = wait_minutes
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        from freestack.train.window import WindowError, already_trained, fix_window
+
+        spec = self.pipeline_spec()
+        if self._ingest_running(context, spec):
+            return False
+        params = context.get("params") or {}
+        dag_run = context.get("dag_run")
+        run_type = str(getattr(dag_run, "run_type", "") or "")
+        end_ds, chosen = params.get("end_ds") or None, "form"
+        if end_ds is None and run_type == "scheduled" and context.get("ds"):
+            end_ds, chosen = str(context["ds"]), "interval"
+        try:
+            window = fix_window(
+                spec, end_ds, int(params.get("window_days") or spec.train.window_days), chosen=chosen
+            )
+        except WindowError as exc:
+            raise AirflowFailException(str(exc)) from None
+        note = window.text()
+        self.log.info("%s: %s", spec.name, note)
+        if run_type in AUTOMATIC_RUNS and params.get("end_ds") is None:
+            seen = already_trained(spec, window)
+            if seen is not None:
+                context["ti"].xcom_push(
+                    key=RUN_NOTE_XCOM, value=f"**Nothing new to train.** {note} {seen[1]}."
+                )
+                raise AirflowSkipException(f"nothing new to train: {seen[1]}")
+        context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
+        return PokeReturnValue(is_done=True, xcom_value=window.as_dict())
+
+    def _ingest_running(self, context: Context, spec) -> bool:
+        """Whether ``<p>_ingest`` has queued or running runs and this run has waited less than
+        ``train.ingest_wait_minutes`` for them."""
+        if self.wait_minutes <= 0:
+            return False
+        ingest = f"{spec.name}_ingest"
+        active = context["ti"].get_dr_count(dag_id=ingest, states=["queued", "running"])
+        if not active:
+            return False
+        started = getattr(context.get("dag_run"), "start_date", None)
+        waited = (datetime.now(UTC) - started).total_seconds() / 60 if started else 0.0
+        if waited >= self.wait_minutes:
+            self.log.warning("%d %s runs still active after %.0f minutes (train.ingest_wait_minutes): fixing the "
+                             "window on the lake as it is", active, ingest, waited)  # fmt: skip
+            return False
+        self.log.info("waiting for %d queued or running %s runs before fixing the window", active, ingest)
+        return True
+
+
+def fixed_window(context: Context) -> dict[str, Any]:
+    """The window the run's ``window`` task fixed (its XCom)."""
+    window = context["ti"].xcom_pull(task_ids="window")
+    if not window:
+        raise AirflowFailException("the window task left no window: clear it to fix the run's window again")
+    return window
 
 
 def airflow_info(context: Context) -> dict[str, Any]:
@@ -63,10 +115,12 @@ class TrainOperator(PipelineOperator):
 
         spec = self.pipeline_spec()
         params = context.get("params") or {}
-        end_ds = resolve_end_ds(context, spec)
+        window = fixed_window(context)
+        end_ds = window["end_ds"]
         ti = context["ti"]
         req = TrainRequest(
             end_ds=end_ds,
+            window=window,
             window_days=params.get("window_days"),
             epochs=params.get("epochs"),
             learning_rate=params.get("learning_rate"),

@@ -48,6 +48,12 @@ class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
     schedule: str | None = Field(default=None, description="a cron; default: run on each lake update")
+    ingest_wait_minutes: float = Field(
+        default=120, ge=0, le=7 * 24 * 60,
+        description="A training run first waits this long at most for the pipeline's queued and running ingest "
+        "runs (a backfill) to finish, then fixes its window; 0: do not wait.",
+    )  # fmt: skip
+    ingest_poke_seconds: float = Field(default=30, ge=1, le=3600, description="How often the window task looks again while ingest runs are active.")
     window_days: int = Field(default=30, ge=1, le=3660, description="Days of lake partitions up to the run's interval to train on.")
     epochs: int = Field(default=30, ge=1, le=10_000, description="The most epochs (early stopping may end sooner).")
     learning_rate: float = Field(default=3e-3, gt=0, le=10, description="AdamW's peak learning rate.")

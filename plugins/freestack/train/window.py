@@ -1,0 +1,204 @@
+"""A training run's window: the lake partitions it trains on, fixed once per run.
+
+The ``window`` task of ``<p>_train`` fixes it (:func:`fix_window`): the day it ends (the form's
+``end_ds``, else the newest landed partition) and, for every partition it may read, the ds, the URI and
+the sha256 of the published bytes. Every later reader (``train``, each sweep agent, ``evaluate``) reads
+exactly that set (:func:`read_window`), hashing the bytes it actually reads: a partition that changed or
+vanished since fails the task and names it, so one run never mixes two states of the lake, and lineage
+records the sha256 of what the model saw.
+
+When no version was trained on the same partitions (:func:`already_trained`), an automatic run trains;
+otherwise it has nothing new to learn and is skipped (docs/stages/train.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+
+class WindowError(FreestackError):
+    """The window cannot be fixed or read as fixed; the message says which partition and what to do."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    ds: str
+    uri: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """The partitions ``(end_ds - bound_days, end_ds]`` as one run fixed them; ``days`` is the run's
+    own window (a sweep may try other sizes up to ``bound_days``)."""
+
+    end_ds: str
+    days: int
+    bound_days: int
+    partitions: list[Partition] = field(default_factory=list)
+    chosen: str = "form"  # form | newest | interval: where end_ds came from
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Window:
+        parts = [Partition(**p) for p in d.get("partitions") or []]
+        return cls(
+            d["end_ds"], int(d["days"]), int(d.get("bound_days") or d["days"]), parts, d.get("chosen", "form")
+        )
+
+    def of_days(self, days: int) -> list[Partition]:
+        """The fixed partitions of a window of ``days`` days ending at ``end_ds``."""
+        if days > self.bound_days:
+            raise WindowError(
+                f"a {days}-day window is wider than the {self.bound_days} days this run fixed; "
+                "widen train.window_days (or the sweep's window_days values) and run again"
+            )
+        start = _minus_days(self.end_ds, days)
+        return [p for p in self.partitions if p.ds > start]
+
+    def text(self) -> str:
+        days = [p.ds for p in self.of_days(self.days)]
+        where = {"newest": "the newest landed partition", "interval": "the run's data interval"}.get(
+            self.chosen, "the form"
+        )
+        span = f"{days[0]} … {days[-1]}" if len(days) > 1 else (days[0] if days else "none")
+        return f"Window: {len(days)} partitions ({span}) up to {self.end_ds}, {self.days} days; end_ds from {where}."
+
+
+def _minus_days(ds: str, days: int) -> str:
+    return (date.fromisoformat(ds) - timedelta(days=days)).isoformat()
+
+
+def sweep_window_days(spec: PipelineSpec) -> int:
+    """The widest window a trial of the spec's sweep can ask for (0 when it does not tune window_days)."""
+    from freestack.sweeps.spec import leaf_parameters
+
+    if spec.sweep is None:
+        return 0
+    widest = 0
+    for path, p in leaf_parameters(spec.sweep.config()["parameters"]).items():
+        if path.rsplit(".", 1)[-1] != "window_days" or not isinstance(p, dict):
+            continue
+        candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
+        widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
+    return widest
+
+
+def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str = "form") -> Window:
+    """The run's window: ``end_ds`` (None: the newest landed partition) and every partition a training of
+    this run may read, with the sha256 the ingest published for it (hashed here when it recorded none)."""
+    from freestack.ingest.core import PART, lake_partitions, partition_dir, read_manifest
+    from freestack.storage import join, sha256_of
+
+    if end_ds is None:
+        landed = lake_partitions(spec)
+        if not landed:
+            raise WindowError(
+                f"the lake of {spec.name!r} has no partitions: run {spec.name}_ingest (or "
+                f"`freestack backfill {spec.name} --start … --end …`) first"
+            )
+        end_ds, chosen = landed[-1], "newest"
+    bound = max(days, sweep_window_days(spec))
+    start = _minus_days(end_ds, bound)
+    parts = []
+    for ds in (d for d in lake_partitions(spec, until=end_ds) if d > start):
+        path = join(partition_dir(spec, ds), PART)
+        published = (read_manifest(spec, ds) or {}).get("part") or {}
+        sha = published.get("sha256") or sha256_of(path)
+        size = published.get("size") or path.stat().st_size
+        parts.append(Partition(ds, str(path), sha, int(size)))
+    window = Window(end_ds, days, bound, parts, chosen)
+    if not window.of_days(days):
+        raise WindowError(
+            f"no lake partitions of {spec.name!r} in the {days} days up to {end_ds}: run "
+            f"{spec.name}_ingest for those days first (or widen window_days)"
+        )
+    return window
+
+
+def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
+    """(DataFrame, partitions) of the fixed window, each partition's bytes hashed as they are read and
+    checked against the fixed sha256; lineage gets the hash of the bytes read."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freestack.storage import to_path
+
+    frames, parts = [], []
+    for p in window.of_days(days or window.days):
+        path = to_path(p.uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise WindowError(_changed(spec, p, "was removed")) from None
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != p.sha256:
+            raise WindowError(
+                _changed(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)")
+            )
+        frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
+        parts.append({"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": len(data), "rows": len(frames[-1])})
+    if not frames:
+        raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
+    return pd.concat(frames, ignore_index=True), parts
+
+
+def _changed(spec: PipelineSpec, p: Partition, what: str) -> str:
+    return (
+        f"lake partition ds={p.ds} of {spec.name!r} {what} after this run fixed its window: it was "
+        f"re-ingested or deleted while the run trained. Nothing was registered; the lake update starts a "
+        f"new run on the new data (or clear this run's `window` task to train on the lake as it is now)"
+    )
+
+
+def lineage_window(lineage: dict[str, Any]) -> Window | None:
+    """The window a registered version was trained on, from its lineage (None for versions without hashes)."""
+    w, parts = lineage.get("window") or {}, lineage.get("partitions") or []
+    if not w.get("end_ds") or not parts or not all(p.get("sha256") for p in parts):
+        return None
+    fixed = [Partition(p["ds"], p.get("uri", ""), p["sha256"], int(p.get("bytes") or 0)) for p in parts]
+    days = int(w.get("days") or 1)
+    return Window(w["end_ds"], days, days, fixed, "form")
+
+
+def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | None:
+    """``(version, why)`` when a registered version makes this window's training pointless: one was
+    trained on exactly these partitions (same ds and sha256), or on a window ending later (an automatic
+    run never trains an older window after a newer one). None: train."""
+    from freestack.registry.core import registry_for
+
+    wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
+    reg = registry_for(spec)
+    newest: tuple[str, str] | None = None
+    for v in reversed(reg.versions()):
+        seen = lineage_window(reg.lineage(v["version"]) or {})
+        if seen is None:
+            continue
+        if {(p.ds, p.sha256) for p in seen.partitions} == wanted:
+            return v[
+                "version"
+            ], f"version {v['version']} was trained on these {len(wanted)} partitions, unchanged since"
+        if seen.end_ds > window.end_ds and (newest is None or seen.end_ds > newest[1]):
+            newest = (v["version"], seen.end_ds)
+    if newest is not None:
+        return newest[0], (
+            f"version {newest[0]} was trained on a newer window (up to {newest[1]}) than the lake's newest "
+            f"partition {window.end_ds}; trigger with end_ds to train an older window on purpose"
+        )
+    return None
+
+
+__all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "lineage_window", "read_window",
+           "sweep_window_days"]  # fmt: skip

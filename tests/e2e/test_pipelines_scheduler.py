@@ -1,0 +1,195 @@
+"""Several pipelines under the real scheduler (`airflow standalone`: DAG processor, scheduler, LocalExecutor):
+
+1. a broken spec beside two valid ones: the valid pipelines' DAGs stay live (not stale) and run; the
+   broken one shows as an import error naming its file and field;
+2. a 5-day ingest backfill, run 5 days at once, while lake updates trigger training: the training waits
+   for the backfill and trains once on all 5 partitions (lineage: the sha256 of the bytes read); the
+   runs the other lake events start find nothing new and are skipped, saying so.
+
+Slow (it starts the whole of Airflow): `-m slow`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_backfill_standalone import _airflow
+from tests.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
+
+
+def _digits_text(name: str, *, train_schedule: str | None) -> str:
+    """The demo spec, quick: 2 epochs, no sweep, a gate no model passes (so no model server is started),
+    the window task looking every 2 s; a day without landing files is skipped (unpausing creates a run
+    for yesterday, which has none)."""
+    text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
+    text = text.replace("name: digits\n", f"name: {name}\n", 1)
+    text = text.replace("on_missing: fail ", "on_missing: skip ", 1)
+    text = text[: text.index("\nsweep:\n")] + "\n" + text[text.index("\ngate:\n") :]
+    text = re.sub(r"\n  threshold: [0-9.]+\n", "\n  threshold: 0.999\n", text, count=1)
+    extra = "  epochs: 2\n  ingest_poke_seconds: 2\n" + (f'  schedule: "{train_schedule}"\n' if train_schedule else "")
+    text = re.sub(r"\ntrain:\n  epochs: \d+\n", "\ntrain:\n" + extra, text, count=1)
+    assert "on_missing: skip" in text and "  epochs: 2\n" in text and "\nsweep:" not in text and "threshold: 0.999" in text
+    return text
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from freestack.embedded import AirflowAPI, airflow_env, start_standalone
+    from freestack.serving.processes import stop_process
+
+    base = tmp_path_factory.mktemp("pipelines")
+    specs = base / "pipelines"
+    specs.mkdir()
+    (specs / "digits.yaml").write_text(_digits_text("digits", train_schedule=None))
+    (specs / "other.yaml").write_text(_digits_text("other", train_schedule="0 0 1 1 *"))
+    # a user's new pipeline with one wrong field: the spec is read, and refused
+    (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
+    port = free_port()
+    env = airflow_env()
+    env.update(
+        {
+            "AIRFLOW_HOME": str(base / "airflow"),
+            "FREESTACK_HOME": str(base),
+            "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
+            "FREESTACK_PIPELINES_DIR": str(specs),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__CORE__PARALLELISM": "6",
+        }
+    )
+    log = base / "standalone.log"
+    proc = start_standalone(env, log)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"airflow standalone did not start:\n{log.read_text()[-4000:]}")
+        time.sleep(2)
+    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log}
+    stop_process(proc.pid, grace_seconds=60)
+
+
+def _wait(what: str, check, log: Path, timeout: float = 300, every: float = 3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-5000:]}")
+
+
+def _runs(api, dag_id: str) -> list[dict]:
+    return api.call("GET", f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+
+
+def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
+    api, log = stack["api"], stack["log"]
+
+    def listed():
+        dags = {d["dag_id"]: d for d in api.call("GET", "/dags?limit=100")["dags"]}
+        return dags if {"digits_train", "other_ingest"} <= set(dags) else None
+
+    dags = _wait("the valid pipelines' DAGs", listed, log)
+    wanted = {f"{p}_{k}" for p in ("digits", "other") for k in ("ingest", "train", "rollback")}
+    assert wanted <= set(dags) and not any(d.startswith("broken") for d in dags)
+    time.sleep(12)  # two more parses of the DAG folder: nothing goes stale meanwhile
+    dags = {d["dag_id"]: d for d in api.call("GET", "/dags?limit=100&exclude_stale=false")["dags"]}
+    assert all(not dags[d]["is_stale"] for d in wanted), {d: dags[d]["is_stale"] for d in wanted}
+
+    errors = api.call("GET", "/importErrors")["import_errors"]
+    assert len(errors) == 1, errors
+    assert errors[0]["filename"].endswith("freestack_spec_errors.py")
+    assert "broken.yaml: source.format: Input should be 'csv', 'parquet' or 'jsonl'" in errors[0]["stack_trace"]
+
+    # another pipeline still runs: one ingest day of `other`, under the scheduler
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    make_landing(stack["env"]["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), 1, pipeline="other")
+    api.call("PATCH", "/dags/other_ingest", {"is_paused": False})
+    api.call("POST", "/dags/other_ingest/dagRuns", {"logical_date": "2026-11-01T00:00:00Z", "dag_run_id": "one-day"})
+    # (unpausing also started a run for yesterday: no landing files, so skipped)
+
+    def done():
+        run = api.call("GET", "/dags/other_ingest/dagRuns/one-day")
+        return run if run["state"] in ("success", "failed") else None
+
+    assert _wait("other_ingest's run", done, log, timeout=240)["state"] == "success"
+    assert (stack["base"] / "storage" / "lake" / "other" / "ds=2026-11-01" / "part.parquet").exists()
+
+
+def test_a_parallel_backfill_is_trained_on_whole(stack):
+    """5 days ingested 5 at once; every lake event is an asset event for digits_train."""
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), len(DAYS))
+    _wait("digits_ingest", lambda: "digits_ingest" in {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    for dag_id in ("digits_train", "digits_ingest"):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    out = _airflow(env, "backfill", "create", "--dag-id", "digits_ingest", "--from-date", DAYS[0],
+                   "--to-date", DAYS[-1], "--max-active-runs", "5")  # fmt: skip
+    assert out.returncode == 0
+
+    def ingested():
+        runs = [r for r in _runs(api, "digits_ingest") if r["run_type"] == "backfill"]
+        return runs if len(runs) == len(DAYS) and all(r["state"] in ("success", "failed") for r in runs) else None
+
+    runs = _wait("the backfill", ingested, log, timeout=420)
+    assert all(r["state"] == "success" for r in runs), runs
+
+    def trained():
+        train = _runs(api, "digits_train")
+        settled = train and all(r["state"] in ("success", "failed") for r in train)
+        return train if settled and _wait_quiet(api) else None
+
+    train = _wait("the training runs", trained, log, timeout=600, every=5)
+    assert all(r["state"] == "success" for r in train), [(r["dag_run_id"], r["state"], r.get("note")) for r in train]
+    lake = {
+        p.parent.name[3:]: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (base / "storage" / "lake" / "digits").glob("ds=*/part.parquet")
+    }
+    assert sorted(lake) == DAYS
+    registry = base / "storage" / "registry" / "digits"
+    versions = [p for p in registry.iterdir() if (p / "lineage.json").exists()]
+    # one training, on all 5 partitions: the bytes it read are the lake's
+    assert len(versions) == 1, [p.name for p in versions]
+    lineage = json.loads((versions[0] / "lineage.json").read_text())
+    assert {p["ds"]: p["sha256"] for p in lineage["partitions"]} == lake
+    assert lineage["window"]["end_ds"] == DAYS[-1] and lineage["window"]["fixed_by"] == "newest"
+    spec_file = Path(env["FREESTACK_PIPELINES_DIR"]) / "digits.yaml"
+    assert lineage["spec_hash"] == hashlib.sha256(spec_file.read_bytes()).hexdigest()
+    # every other run started by the lake events found that window trained already, and says so
+    notes = [r.get("note") or "" for r in train]
+    assert sum("Nothing new to train" in n for n in notes) == len(train) - 1, notes
+    assert all(f"Window: 5 partitions ({DAYS[0]} … {DAYS[-1]})" in n for n in notes), notes
+
+
+def _wait_quiet(api) -> bool:
+    """No lake event waits to start another training run (asset-triggered runs are created only
+    when the previous one ended: max_active_runs 1)."""
+    time.sleep(8)
+    return all(r["state"] in ("success", "failed") for r in _runs(api, "digits_train"))

@@ -1,0 +1,104 @@
+"""The run's window (freestack.train.window): fixed once, read as fixed, skipped when nothing is new."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.sweep_helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "include"))
+
+
+@pytest.fixture
+def lake(storage):
+    """Three days of the demo pipeline in the lake."""
+    from demo.landing import make_landing
+    from freestack.ingest.core import ingest_partition
+    from freestack.spec import load_spec
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    make_landing(storage, date(2026, 11, 1), 3)
+    for ds in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        ingest_partition(spec, ds)
+    return spec
+
+
+def _part(spec, ds):
+    from freestack.ingest.core import PART, partition_dir
+    from freestack.storage import join
+
+    return join(partition_dir(spec, ds), PART)
+
+
+def test_an_empty_end_ds_is_the_newest_partition_and_the_set_is_fixed(lake):
+    from freestack.train.window import Window, fix_window
+
+    w = fix_window(lake, None, 30)
+    assert (w.end_ds, w.chosen) == ("2026-11-03", "newest")
+    assert [p.ds for p in w.partitions] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert all(p.sha256 == hashlib.sha256(_part(lake, p.ds).read_bytes()).hexdigest() for p in w.partitions)
+    assert Window.from_dict(json.loads(json.dumps(w.as_dict()))) == w  # as an XCom
+    assert [p.ds for p in fix_window(lake, "2026-11-02", 1).of_days(1)] == ["2026-11-02"]
+    assert "Window: 3 partitions (2026-11-01 … 2026-11-03) up to 2026-11-03" in w.text()
+
+
+def test_readers_hash_what_they_read_and_refuse_a_rewritten_partition(lake):
+    from freestack.train.window import WindowError, fix_window, read_window
+
+    w = fix_window(lake, None, 30)
+    df, parts = read_window(lake, w)
+    assert len(df) == sum(p["rows"] for p in parts) and [p["sha256"] for p in parts] == [p.sha256 for p in w.partitions]
+    path = _part(lake, "2026-11-02")
+    path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)  # re-ingested under the run's feet
+    with pytest.raises(WindowError, match=r"lake partition ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"):
+        read_window(lake, w)
+    path.unlink()
+    with pytest.raises(WindowError, match="ds=2026-11-02 of 'digits' was removed"):
+        read_window(lake, w)
+    with pytest.raises(WindowError, match="a 40-day window is wider than the 30 days this run fixed"):
+        w.of_days(40)
+
+
+def test_an_empty_lake_says_to_ingest_first(storage):
+    from freestack.spec import load_spec
+    from freestack.train.window import WindowError, fix_window
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    with pytest.raises(WindowError, match="the lake of 'digits' has no partitions: run digits_ingest"):
+        fix_window(spec, None, 30)
+
+
+def test_a_window_trained_already_or_older_than_a_trained_one_is_nothing_new(lake):
+    """Registered versions (lineage: partitions with sha256) decide whether an automatic run trains."""
+    from freestack.registry.core import registry_for
+    from freestack.train.window import already_trained, fix_window
+    from tests.registry_helpers import make_model_folder
+
+    w = fix_window(lake, None, 30)
+    assert already_trained(lake, w) is None
+    reg = registry_for(lake)
+    parts = [{"ds": p.ds, "uri": p.uri, "sha256": p.sha256, "bytes": p.size} for p in w.partitions]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_model_folder(Path(tmp) / "v", seed=0)
+        lineage = json.loads((folder / "lineage.json").read_text())
+        lineage.update(partitions=parts, window={"end_ds": w.end_ds, "days": 30})
+        (folder / "lineage.json").write_text(json.dumps(lineage))
+        reg.register(folder.as_uri(), "v1")
+    version, why = already_trained(lake, w)
+    assert version == "v1" and "trained on these 3 partitions, unchanged since" in why
+    # an older window (the newest partition deleted): v1 saw a newer one
+    _part(lake, "2026-11-03").unlink()
+    older = fix_window(lake, None, 30)
+    version, why = already_trained(lake, older)
+    assert version == "v1" and "newer window (up to 2026-11-03)" in why and "trigger with end_ds" in why
+    # an explicit older end_ds is a person's choice: the window task does not ask (manual runs train);
+    # a window with other partitions than any version's is new
+    other = fix_window(lake, "2026-11-01", 30)
+    assert [p.ds for p in other.partitions] == ["2026-11-01"]
