@@ -39,7 +39,8 @@ class WindowSensor(PipelineOperator, BaseSensorOperator):
             return False
         params = context.get("params") or {}
         dag_run = context.get("dag_run")
-        run_type = str(getattr(dag_run, "run_type", "") or "")
+        kind = getattr(dag_run, "run_type", None)
+        run_type = str(getattr(kind, "value", kind) or "")  # the Task SDK's DagRunType: its value
         end_ds, chosen = params.get("end_ds") or None, "form"
         if end_ds is None and run_type == "scheduled" and context.get("ds"):
             end_ds, chosen = str(context["ds"]), "interval"
