@@ -35,12 +35,8 @@ def _combined(errors: list[SpecError]) -> SpecError:
 def raise_spec_errors(directory: str | Path | None = None) -> None:
     """Raise one SpecError naming every invalid spec in the folder (each file, field and fix); nothing
     when all are valid. Called by ``dags/freestack_spec_errors.py``, whose import error this becomes:
-    a file apart from the pipelines' DAGs, which Airflow would otherwise all mark stale. In a task
-    process (the parsing context names its DAG) it checks nothing: the DAG processor reports errors."""
-    from airflow.sdk import get_parsing_context
-
-    if get_parsing_context().dag_id:
-        return
+    a file apart from the pipelines' DAGs, which Airflow would otherwise all mark stale. (A task process
+    parses only its DAG's own file, never this one.)"""
     specs = discover_specs(Path(directory) if directory else pipelines_dir())
     broken = [s for s in specs.values() if isinstance(s, SpecError)]
     if broken:

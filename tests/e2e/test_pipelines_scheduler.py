@@ -117,7 +117,7 @@ def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
     dags = {d["dag_id"]: d for d in api.call("GET", "/dags?limit=100&exclude_stale=false")["dags"]}
     assert all(not dags[d]["is_stale"] for d in wanted), {d: dags[d]["is_stale"] for d in wanted}
 
-    errors = api.call("GET", "/importErrors")["import_errors"]
+    errors = _wait("the spec error", lambda: api.call("GET", "/importErrors")["import_errors"], log, timeout=120)
     assert len(errors) == 1, errors
     assert errors[0]["filename"].endswith("freestack_spec_errors.py")
     assert "broken.yaml: source.format: Input should be 'csv', 'parquet' or 'jsonl'" in errors[0]["stack_trace"]

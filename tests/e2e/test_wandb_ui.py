@@ -150,7 +150,8 @@ def test_run_view_log_levels_link_note_and_offline_page(lake, api_server, spawne
     _check_log_levels(run)
 
     base = f"{url}/api/v2/dags/digits_train/dagRuns/{run.run_id}"
-    assert _get(base)["note"].startswith("**Gate: promoted.**")
+    window_line, gate_note = _get(base)["note"].split("\n\n", 1)  # the window task's line, then the gate's
+    assert window_line.startswith("Window: ") and gate_note.startswith("**Gate: promoted.**")
     link = _get(f"{base}/taskInstances/train/links")["extra_links"]["W&B run"]
     assert link.startswith(f"{url}/freestack/wandb/offline?run_dir=")
     views = [v for p in _get(f"{url}/api/v2/plugins")["plugins"] for v in p.get("external_views", [])]

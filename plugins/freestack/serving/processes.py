@@ -291,15 +291,19 @@ def free_port_block(host: str = "127.0.0.1") -> int:
 
 
 def free_port(host: str = "127.0.0.1", *, exclude: Iterable[int] = ()) -> int:
-    """A port that is free on ``host`` now and not in ``exclude``, below the kernel's ephemeral range (a
-    client connection cannot take it before the server that is given it binds it)."""
+    """A port the kernel hands out free on ``host`` now (from its ephemeral range), not in ``exclude``: for
+    the metrics servers. Serving ports (``free_port_block``, ``deploy.local.port``) lie below that range,
+    so a metrics port never lands on another deployment's address or on its idle colour's port, which is
+    free between deploys."""
     skip = set(exclude)
-    top = max(ephemeral_port_floor() - 1, 12000)
-    for _ in range(500):
-        p = random.randint(10000, top)
-        if p not in skip and port_free(host, p):
+    floor = ephemeral_port_floor()
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            p = s.getsockname()[1]
+        if p not in skip and p >= floor:
             return p
-    raise RuntimeError(f"no free port on {host} between 10000 and {top}")
+    raise RuntimeError(f"no free port on {host} in the kernel's ephemeral range (from {floor})")
 
 
 def _bindable(host: str, port: int) -> bool:
