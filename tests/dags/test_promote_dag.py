@@ -76,7 +76,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     s = _states(first)
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
     v1 = reg.resolve("production")
-    window_line, gate_note = _note(first).split("\n\n", 1)  # the window task's line, then the gate's
+    gate_note, window_line = _note(first).rsplit("\n\n", 1)  # the gate's decision, then the window's line
     assert window_line.startswith("Window: ") and "up to 2026-11-05" in window_line and "end_ds from the form" in window_line
     assert gate_note.startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
     lineage = reg.get(v1)["lineage"]
@@ -103,7 +103,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
     assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
     note = _note(worse)  # the decision, each reason with its numbers
-    assert note.split("\n\n", 1)[1].startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
+    assert note.startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
     cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
     assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
     assert f"- accuracy {cand:.4f} vs production {champ:.4f}: worse by {champ - cand:.4f} (needed: no worse): block" in note

@@ -150,8 +150,8 @@ def test_run_view_log_levels_link_note_and_offline_page(lake, api_server, spawne
     _check_log_levels(run)
 
     base = f"{url}/api/v2/dags/digits_train/dagRuns/{run.run_id}"
-    window_line, gate_note = _get(base)["note"].split("\n\n", 1)  # the window task's line, then the gate's
-    assert window_line.startswith("Window: ") and gate_note.startswith("**Gate: promoted.**")
+    gate_note, window_line = _get(base)["note"].rsplit("\n\n", 1)  # the gate's decision, then the window's line
+    assert gate_note.startswith("**Gate: promoted.**") and window_line.startswith("Window: ")
     link = _get(f"{base}/taskInstances/train/links")["extra_links"]["W&B run"]
     assert link.startswith(f"{url}/freestack/wandb/offline?run_dir=")
     views = [v for p in _get(f"{url}/api/v2/plugins")["plugins"] for v in p.get("external_views", [])]

@@ -192,9 +192,11 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
     while True:
         try:
             return api.call("POST", "/backfills", body)
-        except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed;
-            if exc.code not in (409, 503) or time.monotonic() > deadline:  # 503: SQLite locked by the scheduler
-                raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {exc.read()[:300]!r}") from None
+        except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed; 503, or 500
+            body = exc.read()[:300]  # "Database error": SQLite locked by the scheduler, the request rolled back
+            busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in body)
+            if not busy or time.monotonic() > deadline:
+                raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {body!r}") from None
             time.sleep(2.0)
 
 

@@ -120,7 +120,7 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     }
 
 
-#: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) comes first
+#: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) follows
 NOTE_LIMIT = 860
 
 

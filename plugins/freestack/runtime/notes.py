@@ -27,14 +27,15 @@ LIMIT = 1000
 
 
 def notes_of(dag_run: Any, session: Any) -> list[str]:
-    """The ``freestack_run_note`` XComs of ``dag_run``'s tasks, oldest first."""
+    """The ``freestack_run_note`` XComs of ``dag_run``'s tasks, oldest first; the ``window`` task's line
+    (which data the run trained on) after the others, so a run's note starts with its outcome."""
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
     rows = session.execute(
         select(XComModel.value)
         .where(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.key == RUN_NOTE_XCOM)
-        .order_by(XComModel.timestamp)
+        .order_by(XComModel.task_id == "window", XComModel.timestamp)  # the window's line last
     ).all()
     return [v for v in (XComModel.deserialize_value(r) for r in rows) if isinstance(v, str) and v.strip()]
 
