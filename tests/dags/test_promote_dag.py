@@ -107,7 +107,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
     assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
     assert f"- accuracy {cand:.4f} vs production {champ:.4f}: worse by {champ - cand:.4f} (needed: no worse): block" in note
-    assert note.endswith("`promote` and `deploy` were skipped.")
+    assert note.rsplit("\n\n", 1)[0].endswith("`promote` and `deploy` were skipped.") and "\n\nWindow: " in note
     _annotated_in_the_schedulers_session(worse, note)
 
     better = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 25, "learning_rate": 3e-3})
