@@ -193,10 +193,10 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
         try:
             return api.call("POST", "/backfills", body)
         except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed; 503, or 500
-            body = exc.read()[:300]  # "Database error": SQLite locked by the scheduler, the request rolled back
-            busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in body)
+            answer = exc.read()[:300]  # "Database error": SQLite locked by the scheduler, the request rolled back
+            busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in answer)
             if not busy or time.monotonic() > deadline:
-                raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {body!r}") from None
+                raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {answer!r}") from None
             time.sleep(2.0)
 
 
