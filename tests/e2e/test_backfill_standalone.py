@@ -27,7 +27,6 @@ DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
-    from freestack.embedded import airflow_env, start_standalone
     from freestack.serving.processes import stop_process
 
     base = tmp_path_factory.mktemp("standalone")
@@ -37,6 +36,19 @@ def standalone(tmp_path_factory):
     text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
     assert "\ntrain:\n" in text
     (specs / "digits.yaml").write_text(text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1))
+    env, proc, log = start_airflow(base, specs, parallelism=4)
+    _LOG[:] = [log]
+    yield {"env": env, "base": base, "proc": proc, "log": log}
+    stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
+
+
+def start_airflow(base: Path, specs: Path, *, parallelism: int) -> tuple[dict, subprocess.Popen, Path]:
+    """`airflow standalone` on a free 127.0.0.1 port with its home, storage and pipelines under ``base``,
+    once its API answers: (environment, process, log file). Stop it with ``stop_process(proc.pid)``."""
+    import urllib.request
+
+    from freestack.embedded import airflow_env, start_standalone
+
     port = free_port()
     env = airflow_env()
     env.update(
@@ -50,28 +62,22 @@ def standalone(tmp_path_factory):
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
         }
     )
     log = base / "standalone.log"
     proc = start_standalone(env, log)
-    url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
     deadline = time.monotonic() + 300
-    import urllib.request
-
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return env, proc, log
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"airflow standalone did not start:\n{log.read_text()[-4000:]}")
         time.sleep(2)
-    _LOG[:] = [log]
-    yield {"env": env, "base": base, "proc": proc, "log": log}
-    stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
 
 
 def _airflow(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -16,14 +16,12 @@ import json
 import re
 import sys
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_backfill_standalone import DAYS, _backfill
-from tests.ports import free_port
+from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -46,7 +44,7 @@ def _digits_text(name: str, *, train_schedule: str | None) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from freestack.embedded import AirflowAPI, airflow_env, start_standalone
+    from freestack.embedded import AirflowAPI
     from freestack.serving.processes import stop_process
 
     base = tmp_path_factory.mktemp("pipelines")
@@ -56,35 +54,7 @@ def stack(tmp_path_factory):
     (specs / "other.yaml").write_text(_digits_text("other", train_schedule="0 0 1 1 *"))
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
-    port = free_port()
-    env = airflow_env()
-    env.update(
-        {
-            "AIRFLOW_HOME": str(base / "airflow"),
-            "FREESTACK_HOME": str(base),
-            "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
-            "FREESTACK_PIPELINES_DIR": str(specs),
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__CORE__PARALLELISM": "6",
-        }
-    )
-    log = base / "standalone.log"
-    proc = start_standalone(env, log)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"airflow standalone did not start:\n{log.read_text()[-4000:]}")
-        time.sleep(2)
+    env, proc, log = start_airflow(base, specs, parallelism=6)
     yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log}
     stop_process(proc.pid, grace_seconds=60)
 
