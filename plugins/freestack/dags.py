@@ -81,7 +81,7 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             f"### {spec.name}: ingest\n\n{spec.description}\n\n"
             f"For data interval D, reads `{spec.source.landing}` (format `{spec.source.format}`), validates "
             f"every row against the schema and writes `lake/{spec.name}/ds=D/part.parquet`; rejected rows "
-            f"go to `_quarantine.parquet` with a reason each. Spec: `{spec_path}`."
+            f"go to the partition's quarantine (`_quarantine-<sha>.parquet`) with a reason each. Spec: `{spec_path}`."
         ),
         **_common(spec, "ingest"),
     ) as dag:

@@ -45,6 +45,12 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def _quarantine(partition: Path) -> Path:
+    """The partition's one quarantine file (named by its hash)."""
+    (path,) = partition.glob("_quarantine-*.parquet")
+    return path
+
+
 def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, storage, monkeypatch):
     from demo.landing import make_landing
 
@@ -65,7 +71,7 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
         run, states = _run(dag, ds)
         assert run.state == "success" and states == {"ingest": "success"}, (ds, states)
         part = root / f"lake/digits/ds={ds}/part.parquet"
-        quarantine = pq.read_table(root / f"lake/digits/ds={ds}/_quarantine.parquet")
+        quarantine = pq.read_table(_quarantine(root / f"lake/digits/ds={ds}"))
         assert quarantine.num_rows == 5
         reasons = set(quarantine.column("_reason").to_pylist())
         assert any(r.startswith("px_10: above the maximum 16") for r in reasons)
@@ -87,7 +93,7 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
     # non-UTF-8 bytes: only that row is quarantined, with the reason
     run, states = _run(dag, "2026-11-06")
     assert run.state == "success"
-    q = pq.read_table(root / "lake/digits/ds=2026-11-06/_quarantine.parquet").to_pylist()
+    q = pq.read_table(_quarantine(root / "lake/digits/ds=2026-11-06")).to_pylist()
     assert [r["_reason"] for r in q] == ["id: not valid UTF-8 text"]
     assert pq.read_table(root / "lake/digits/ds=2026-11-06/part.parquet").num_rows == 30
 
@@ -103,10 +109,11 @@ def test_rerun_is_byte_identical_and_emits_asset_event(specs, storage, monkeypat
     dag = _dag(specs, monkeypatch)
     _run(dag, "2026-11-02")
     part = root / "lake/digits/ds=2026-11-02/part.parquet"
-    first = (_sha(part), _sha(part.with_name("_quarantine.parquet")))
+    first = (_sha(part), _sha(_quarantine(part.parent)))
     _run(dag, "2026-11-02")
-    assert (_sha(part), _sha(part.with_name("_quarantine.parquet"))) == first
-    assert sorted(p.name for p in part.parent.iterdir()) == ["_manifest.json", "_quarantine.parquet", "part.parquet"]
+    assert (_sha(part), _sha(_quarantine(part.parent))) == first
+    names = sorted(p.name for p in part.parent.iterdir())
+    assert names == ["_manifest.json", _quarantine(part.parent).name, "part.parquet"], names
     with create_session() as session:
         events = [e for e in session.query(AssetEvent).all() if (e.extra or {}).get("ds") == "2026-11-02"]
     assert events, "no asset event with the partition's extra"

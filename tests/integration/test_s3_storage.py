@@ -305,7 +305,8 @@ def test_ingest_partition_on_s3(s3_conn, monkeypatch):
 
     first = ingest_partition(spec, "2026-11-01")
     lake = "root/lake/digits/ds=2026-11-01/"
-    assert s3.keys(lake) == [lake + "_manifest.json", lake + "_quarantine.parquet", lake + "part.parquet"]
+    quarantine_key = lake + f"_quarantine-{first.quarantine['sha256'][:16]}.parquet"
+    assert s3.keys(lake) == [lake + "_manifest.json", quarantine_key, lake + "part.parquet"]
     assert first.partition == s3.uri(lake)
 
     expected_good = len(landing.day_rows(0, 2))
@@ -314,7 +315,7 @@ def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     assert first.rows_in == first.rows_good + first.rows_quarantined == expected_good + 5
 
     part_bytes = s3.get(lake + "part.parquet")
-    quar_bytes = s3.get(lake + "_quarantine.parquet")
+    quar_bytes = s3.get(quarantine_key)
     assert first.part["sha256"] == sha(part_bytes) and first.part["size"] == len(part_bytes)
     assert first.quarantine["sha256"] == sha(quar_bytes)
     part = pq.read_table(io.BytesIO(part_bytes))
@@ -331,7 +332,7 @@ def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     second = ingest_partition(spec, "2026-11-01")
     assert second.part["sha256"] == first.part["sha256"]
     assert s3.get(lake + "part.parquet") == part_bytes
-    assert s3.get(lake + "_quarantine.parquet") == quar_bytes
+    assert s3.get(quarantine_key) == quar_bytes
     assert (second.rows_in, second.rows_good, second.rows_quarantined) == (
         first.rows_in, first.rows_good, first.rows_quarantined
     )

@@ -13,16 +13,16 @@ def lake_data(pipeline: str) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from freestack.ingest.core import QUARANTINE, lake_partitions, partition_dir, read_manifest
-    from freestack.storage import join
+    from freestack.ingest.core import lake_partitions, read_manifest
+    from freestack.storage import to_path
 
     spec = load_spec(spec_file(pipeline))
     partitions = []
     for ds in lake_partitions(spec):
         m = read_manifest(spec, ds) or {}
         reasons: dict[str, int] = {}
-        qpath = join(partition_dir(spec, ds), QUARANTINE)
-        if qpath.exists():
+        if m.get("quarantine"):
+            qpath = to_path(m["quarantine"]["uri"])
             with qpath.open("rb") as f:
                 q = pq.read_table(f, columns=["_reason"])
             reasons = {c["values"]: c["counts"] for c in pc.value_counts(q.column("_reason")).to_pylist()}

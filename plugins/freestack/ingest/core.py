@@ -4,9 +4,16 @@ Plain Python over object storage; no Airflow import. Streams in batches, so memo
 whatever the file size. Deterministic: the same landing files give byte-identical outputs.
 
     landing/<pipeline>/<ds>/*                      (CSV, Parquet or JSON lines)
-    lake/<pipeline>/ds=<ds>/part.parquet           good rows, typed
-    lake/<pipeline>/ds=<ds>/_quarantine.parquet    rejected rows, raw values and a reason each
-    lake/<pipeline>/ds=<ds>/_manifest.json         counts, hashes, sources, spec hash
+    lake/<pipeline>/ds=<ds>/part.parquet                  good rows, typed; its footer holds the manifest
+    lake/<pipeline>/ds=<ds>/_quarantine-<sha16>.parquet   rejected rows, raw values and a reason each
+    lake/<pipeline>/ds=<ds>/_manifest.json                counts, hashes, sources, spec hash (a copy)
+
+A partition is published with one commit point: the rename (or PUT) of ``part.parquet``. The
+quarantine is committed first under a name made of its own hash, so it never replaces the one the
+current part refers to; the part's Parquet footer records the manifest (sources, counts, spec hash,
+the quarantine's name and sha256); ``_manifest.json`` is written after, as a copy with the part's own
+hash. A failure at any step leaves the partition as it was before or as it is after, never a mix:
+:func:`read_manifest` trusts ``_manifest.json`` only when it matches the part's footer.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +45,7 @@ from freestack.ingest.validate import (
     quarantine_schema,
     validate_batch,
 )
-from freestack.storage import AtomicWriter, join, list_objects, storage_root, to_path, write_json
+from freestack.storage import AtomicWriter, join, list_objects, sha256_of, storage_root, to_path, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -47,7 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PART = "part.parquet"
-QUARANTINE = "_quarantine.parquet"
+QUARANTINE = "_quarantine.parquet"  # partitions published before quarantines were named by their hash
+QUARANTINE_PREFIX = "_quarantine"
+FOOTER_KEY = b"freestack.manifest"
 MANIFEST = "_manifest.json"
 _FORMAT_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -209,10 +219,13 @@ class _BackgroundWriter:
             self._pending.pop(0).result()
         self._pending.append(self._pool.submit(self._writer.write_table, table))
 
-    def close(self) -> None:
+    def close(self, metadata: dict[bytes, bytes] | None = None) -> None:
+        """Finish the file; ``metadata`` goes into the Parquet footer's key-value metadata."""
         try:
             for f in self._pending:
                 f.result()
+            if metadata:
+                self._writer.add_key_value_metadata(metadata)
         finally:
             self._pending = []
             self._pool.shutdown(wait=True)
@@ -399,6 +412,17 @@ class IngestResult:
     quarantine: dict[str, Any] | None = None
     spec_hash: str = ""
     seconds: float = 0.0
+    footer: bytes = b""  # the manifest as recorded in the part's Parquet footer
+
+    def footer_record(self, quarantine: tuple[str, int] | None) -> bytes:
+        """The deterministic part of the manifest (no timings, no URIs), for the part's footer: the
+        same landing files give the same bytes. ``quarantine`` is the rejected rows' (sha256, size)."""
+        q = None if quarantine is None else {"name": quarantine_name(quarantine[0]), "sha256": quarantine[0], "size": quarantine[1]}
+        record = {"pipeline": self.pipeline, "ds": self.ds, "rows_in": self.rows_in, "rows_good": self.rows_good,
+                  "rows_quarantined": self.rows_quarantined, "sources": self.sources, "spec_hash": self.spec_hash,
+                  "quarantine": q}  # fmt: skip
+        self.footer = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        return self.footer
 
     @property
     def quarantine_fraction(self) -> float:
@@ -417,6 +441,7 @@ class IngestResult:
             "part": self.part,
             "quarantine": self.quarantine,
             "spec_hash": self.spec_hash,
+            "footer_sha256": hashlib.sha256(self.footer).hexdigest(),
         }
 
 
@@ -437,11 +462,12 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
     out_dir = partition_dir(spec, ds)
     result = IngestResult(pipeline=spec.name, ds=ds, partition=str(out_dir), spec_hash=spec.spec_hash())
     part_w = AtomicWriter(join(out_dir, PART))
-    quar_w = AtomicWriter(join(out_dir, QUARANTINE))
+    quar_w = AtomicWriter(join(out_dir, f"{QUARANTINE_PREFIX}.staging-{uuid.uuid4().hex[:12]}.parquet"))
     _write_partition(spec, files, part_w, quar_w, result)
     _publish(spec, ds, out_dir, part_w, quar_w, result)
     result.seconds = time.monotonic() - started
     write_json(join(out_dir, MANIFEST), result.as_dict())
+    _remove_other_quarantines(out_dir, keep=(result.quarantine or {}).get("uri"))
     return result
 
 
@@ -459,8 +485,9 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key) else None
         for path in files:
             result.sources.append(_ingest_file(spec, path, part_pq, quar_pq, keys, result))
-        part_pq.close()
-        quar_pq.close()
+        quar_pq.close()  # first: the part's footer records the quarantine's hash
+        held = quar_w.digest() if result.rows_quarantined else None
+        part_pq.close(metadata={FOOTER_KEY: result.footer_record(held)})
     except BaseException:
         for w in writers:  # finish the parquet footers into the temporaries, then throw them away
             try:
@@ -516,31 +543,75 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _Backgrou
 
 def _publish(spec: PipelineSpec, ds: str, out_dir: ObjectStoragePath, part_w: AtomicWriter, quar_w: AtomicWriter,
              result: IngestResult) -> None:  # fmt: skip
-    """Commit the quarantine (if any rows were rejected), then the partition, unless too many were."""
+    """Commit the quarantine (if any rows were rejected) under its hash's name, where it replaces
+    nothing, then the part: the partition's one commit point. Over the quarantine limit the part is
+    not committed and the partition stays as it was (the new quarantine is left for reading)."""
     limit = spec.source.policy.max_quarantine_fraction
     if result.rows_quarantined:
-        result.quarantine = quar_w.commit().as_dict()
+        result.quarantine = quar_w.commit_as(join(out_dir, quarantine_name(quar_w.digest()[0]))).as_dict()
     else:
         quar_w.abort()
-        stale = join(out_dir, QUARANTINE)
-        if stale.exists():
-            stale.unlink()
     if result.quarantine_fraction > limit:
         part_w.abort()
         raise QuarantineLimitExceeded(
             f"pipeline {spec.name!r} interval {ds}: {result.rows_quarantined} of {result.rows_in} rows "
             f"({result.quarantine_fraction:.1%}) were rejected, over the limit of {limit:.1%} "
             f"(source.policy.max_quarantine_fraction). The partition was not published; read the "
-            f"reasons in {join(out_dir, QUARANTINE)}, fix the landing files and clear the task."
+            f"reasons in {result.quarantine['uri']}, fix the landing files and clear the task."
         )
     result.part = part_w.commit().as_dict()
 
 
+def quarantine_name(sha256: str) -> str:
+    return f"{QUARANTINE_PREFIX}-{sha256[:16]}.parquet"
+
+
+def _remove_other_quarantines(out_dir: ObjectStoragePath, keep: str | None) -> None:
+    """After a publish: quarantines the part does not refer to (the previous one, a rejected attempt's,
+    a staging copy a crash left) are removed."""
+    for p in list_objects(out_dir):
+        if p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
 def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:
-    path = join(partition_dir(spec, ds), MANIFEST)
-    if not path.exists():
+    """The published partition's manifest (None when there is none). The part's footer is the record:
+    ``_manifest.json`` is trusted when it copies that footer; when it does not (a publish stopped
+    between its commit point and the copy) the manifest is rebuilt from the footer and the part's bytes."""
+    folder = partition_dir(spec, ds)
+    copy_path, part = join(folder, MANIFEST), join(folder, PART)
+    copy = json.loads(copy_path.read_text()) if copy_path.exists() else None
+    footer = _footer(part)
+    if footer is None or (copy and copy.get("footer_sha256") == hashlib.sha256(footer).hexdigest()):
+        return copy  # a partition from before footers, or the copy is current
+    log.warning("%s does not match %s (a publish stopped before its copy); reading the part's footer", copy_path, part)
+    record = json.loads(footer)
+    q = record.pop("quarantine")
+    record.update(partition=str(folder), spec_hash=record.get("spec_hash", ""),
+                  part={"uri": str(part), "sha256": sha256_of(part), "size": part.stat().st_size},
+                  quarantine=None if q is None else {"uri": str(join(folder, q["name"])), "sha256": q["sha256"], "size": q["size"]},
+                  footer_sha256=hashlib.sha256(footer).hexdigest())  # fmt: skip
+    return record
+
+
+def _footer(part: ObjectStoragePath) -> bytes | None:
+    """The manifest recorded in the part's Parquet footer; None without a part or a record."""
+    try:
+        with part.open("rb") as f:
+            meta = pq.read_metadata(f).metadata or {}
+    except FileNotFoundError:
         return None
-    return json.loads(path.read_text())
+    return meta.get(FOOTER_KEY)
+
+
+def quarantine_path(spec: PipelineSpec, ds: str) -> ObjectStoragePath | None:
+    """The published partition's quarantine (None when it rejected no rows)."""
+    m = read_manifest(spec, ds) or {}
+    q = m.get("quarantine")
+    return to_path(q["uri"]) if q else None
 
 
 def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str]:

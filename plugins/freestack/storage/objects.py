@@ -114,6 +114,29 @@ class AtomicWriter:
         if not self._done:
             self.commit()
 
+    def digest(self) -> tuple[str, int]:
+        """(sha256, size) of what was written so far: for naming an object by its content before it
+        is committed (:meth:`commit_as`)."""
+        return self._hash.hexdigest(), self._size
+
+    def commit_as(self, path: ObjectStoragePath) -> WrittenObject:
+        """Commit under ``path`` instead of the name given at the start (a name known only once the
+        content is, e.g. its hash). Local folders rename the temporary straight to ``path``; object
+        stores publish the first name, copy it server-side to ``path`` and remove the first name, so
+        a crash between the two leaves a complete, unreferenced object under the first name (callers
+        choose a name their readers ignore and remove leftovers)."""
+        if self._local is not None and not self._done:
+            self._local = local_os_path(path, write=True)
+            self.path = path
+            return self.commit()
+        first = self.commit()
+        if str(path) == first.uri:
+            return first
+        path.fs.mv(self.path.path, path.path)
+        self.path = path
+        self.result = WrittenObject(uri=str(path), sha256=first.sha256, size=first.size)
+        return self.result
+
     def commit(self) -> WrittenObject:
         if self._done:
             if self.result is None:

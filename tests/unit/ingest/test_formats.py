@@ -47,7 +47,12 @@ def _landing(storage: str) -> Path:
 
 
 def _read(storage: str, name: str) -> list[dict]:
-    return pq.read_table(Path(storage.removeprefix("file://")) / f"lake/events/ds={DS}/{name}").to_pylist()
+    """A partition file's rows; ``quarantine`` is the one quarantine file (named by its hash)."""
+    folder = Path(storage.removeprefix("file://")) / f"lake/events/ds={DS}"
+    if name == "quarantine":
+        (path,) = folder.glob("_quarantine-*.parquet")
+        return pq.read_table(path).to_pylist()
+    return pq.read_table(folder / name).to_pylist()
 
 
 def test_json_lines(storage):
@@ -65,7 +70,7 @@ def test_json_lines(storage):
     assert (result.rows_in, result.rows_good, result.rows_quarantined) == (8, 2, 6)
     good = _read(storage, "part.parquet")
     assert [r["id"] for r in good] == [1, 2] and good[1]["ok"] is False and good[1]["y"] == 1.0
-    reasons = sorted(r["_reason"] for r in _read(storage, "_quarantine.parquet"))
+    reasons = sorted(r["_reason"] for r in _read(storage, "quarantine"))
     assert reasons == sorted(
         [
             "when: not a date (YYYY-MM-DD): '03/11/2026'",
@@ -76,7 +81,7 @@ def test_json_lines(storage):
             "malformed row: a JSON object is expected",
         ]
     )
-    lines_of_malformed = sorted(r["_line"] for r in _read(storage, "_quarantine.parquet") if r["_line"])
+    lines_of_malformed = sorted(r["_line"] for r in _read(storage, "quarantine") if r["_line"])
     assert lines_of_malformed == [7, 8]
 
 
@@ -94,7 +99,7 @@ def test_parquet_with_typed_columns_and_drift(storage):
     pq.write_table(table, _landing(storage) / "drop.parquet")
     result = ingest_partition(_spec("parquet"), DS)  # extra_columns: drop (default)
     assert (result.rows_good, result.rows_quarantined) == (1, 2)
-    assert {r["_reason"] for r in _read(storage, "_quarantine.parquet")} == {
+    assert {r["_reason"] for r in _read(storage, "quarantine")} == {
         "y: above the maximum 1: '2.5'",
         "y: missing value (column is not nullable)",
     }
