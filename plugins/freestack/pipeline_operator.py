@@ -1,8 +1,11 @@
-"""What every operator of a pipeline's train DAG shares: the spec file it runs for."""
+"""What every operator of a pipeline's DAGs shares: the spec file it runs for, and failing at once on
+errors a retry cannot fix."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -23,13 +26,31 @@ class PipelineOperator(BaseOperator):
     ``spec_path`` is not a template field: the DAG factory sets it to the spec file's path, so rendering
     it changed nothing, and a task with template fields sends them to the API server before its code
     starts (one round trip per task, 50 ms alone and several times that when tasks start together;
-    ``bench/orchestration``). Subclasses with real templates (``version``) declare them."""
+    ``bench/orchestration``). Subclasses with real templates (``version``) declare them.
+
+    Every subclass's ``execute``, ``execute_complete`` and ``poke`` fail the task at once, without its
+    retries, on an error no retry can fix (:func:`permanent_error`: permission denied, a read-only
+    file system), with the path and the fix in the message.
+    """
 
     template_fields: Sequence[str] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("execute", "execute_complete", "poke"):
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_fails_fast", False):
+                setattr(cls, name, _failing_fast(method))
 
     def __init__(self, *, spec_path: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec_path = spec_path
+
+    def _storage_root(self) -> str | None:
+        try:
+            return str(load_spec(self.spec_path).root)
+        except Exception:  # only a hint for a message: a broken spec has its own
+            return None
 
     def pipeline_spec(self) -> PipelineSpec:
         from freestack.errors import SpecError
@@ -40,4 +61,51 @@ class PipelineOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from None
 
 
-__all__ = ["RUN_NOTE_XCOM", "PipelineOperator"]
+def permanent_error(exc: BaseException, root: str | None = None) -> str | None:
+    """The message to fail with when ``exc`` (or what caused it) is an error a retry cannot fix; None
+    for the rest (network, a busy database, a killed process: retries are for those). ``root`` (the
+    pipeline's storage root) is named when the error does not name its path."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, PermissionError) or _s3_denied(exc):
+            where = getattr(exc, "filename", None) or (root and f"the storage root {root}")
+            return (
+                f"permission denied{f' on {where}' if where else ''}: {exc}. A retry cannot fix this, so the "
+                "task failed without retrying. Give the account that runs the Airflow workers access (a "
+                "local folder: its owner and mode; S3: the connection's key and the bucket policy; data://: "
+                "the collection's ACL, `freestack acl set`), then clear the task."
+            )
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+            return (
+                f"read-only file system: {exc}. A retry cannot fix this, so the task failed without "
+                "retrying. Point the storage root (FREESTACK_STORAGE_ROOT or the spec's storage_root) at "
+                "a writable place, then clear the task."
+            )
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _s3_denied(exc: BaseException) -> bool:
+    error = (getattr(exc, "response", None) or {}).get("Error", {})
+    return error.get("Code") in {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+
+def _failing_fast(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except AirflowFailException:
+            raise
+        except Exception as exc:
+            message = permanent_error(exc, self._storage_root())
+            if message is None:
+                raise
+            raise AirflowFailException(message) from exc
+
+    wrapper._fails_fast = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+__all__ = ["RUN_NOTE_XCOM", "PipelineOperator", "permanent_error"]

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Context
+from airflow.sdk import Asset, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack.spec import load_spec
+from freestack.pipeline_operator import PipelineOperator
 
 
 def lake_asset(pipeline: str) -> Asset:
@@ -20,14 +20,7 @@ def lake_asset(pipeline: str) -> Asset:
     return Asset(name=f"{pipeline}_lake", uri=f"freestack://lake/{pipeline}", group="freestack")
 
 
-class _SpecMixin:
-    spec_path: str
-
-    def _spec(self):
-        return load_spec(self.spec_path)
-
-
-class IngestOperator(_SpecMixin, BaseOperator):
+class IngestOperator(PipelineOperator):
     """Validate interval ``ds``'s landing files and publish ``lake/<pipeline>/ds=<ds>/``.
 
     Returns the partition URI (XCom) and sets the outlet asset event's extra to the row counts
@@ -38,8 +31,7 @@ class IngestOperator(_SpecMixin, BaseOperator):
     ui_color = "#d8ecf7"
 
     def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
+        super().__init__(spec_path=spec_path, **kwargs)
         self.ds = ds
 
     def execute(self, context: Context) -> str:
@@ -53,10 +45,7 @@ class IngestOperator(_SpecMixin, BaseOperator):
         )
         from freestack.ingest.core import ingest_partition
 
-        try:
-            spec = self._spec()
-        except SpecError as exc:
-            raise AirflowFailException(str(exc)) from None
+        spec = self.pipeline_spec()
         try:
             result = ingest_partition(spec, self.ds)
         except LandingDataMissing as exc:
@@ -95,22 +84,21 @@ class IngestOperator(_SpecMixin, BaseOperator):
         return summary["partition"]
 
 
-class LandingSensor(_SpecMixin, BaseSensorOperator):
+class LandingSensor(PipelineOperator, BaseSensorOperator):
     """Wait for interval ``ds``'s landing files, deferred to the triggerer (no worker slot held)."""
 
     template_fields: Sequence[str] = ("ds",)
     ui_color = "#f7f1d8"
 
     def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", deferrable: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.spec_path = spec_path
+        super().__init__(spec_path=spec_path, **kwargs)
         self.ds = ds
         self.deferrable = deferrable
 
     def _uri(self) -> str:
         from freestack.ingest.core import landing_dir
 
-        return str(landing_dir(self._spec(), self.ds))
+        return str(landing_dir(self.pipeline_spec(), self.ds))
 
     def poke(self, context: Context) -> bool:
         from freestack.ingest.triggers import _has_files
