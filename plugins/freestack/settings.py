@@ -71,6 +71,19 @@ class Settings(BaseSettings):
         default=None, ge=1, description="Entries per page of a Data API directory listing. Default: 1000."
     )
 
+    # -- training -----------------------------------------------------------------------------------------
+    keep_checkpoints: bool = Field(
+        default=False,
+        description="Keep a training's checkpoint (`runs/<pipeline>/.../checkpoint.safetensors`) once its model is "
+        "written. Default: it is removed then; a killed training keeps it, so its retry resumes.",
+    )
+    checkpoint_retention_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Checkpoints of trainings that never finished (killed and not retried) older than this are "
+        "removed when the pipeline trains next.",
+    )
+
     # -- sweeps -------------------------------------------------------------------------------------------
     agent_threads: int | None = Field(
         default=None, ge=1, description="CPU threads per sweep agent. Default: the cores shared out among the agents."

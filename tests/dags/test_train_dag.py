@@ -95,6 +95,18 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     assert "val_accuracy" in text and "train_loss" in text
     assert "pipeline:digits" in text and "interval:2026-11-05" in text
 
+    # an evaluate cleared after the gate registered the version writes nothing into it: versions are immutable
+    from freestack.evaluate.core import evaluate
+    from freestack.registry.core import registry_for
+    from freestack.spec import load_spec
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    before = {p: p.stat().st_mtime_ns for p in version.rglob("*")}
+    summary = evaluate(spec, version.as_uri())
+    assert summary["report"].endswith("evaluation/report.html") and summary["candidate"]["accuracy"] > 0.9
+    assert {p: p.stat().st_mtime_ns for p in version.rglob("*")} == before
+    registry_for(spec).verify(version.name)
+
 
 def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
     dag = lake["bag"].get_dag("digits_train")
@@ -172,10 +184,24 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
         saved_epoch = json.loads(f.metadata()["freestack"])["epoch"]
     assert saved_epoch >= 1
 
+    from freestack.hooks.wandb import WandbHook
+    from freestack.tracking.offline import offline_runs
+    from freestack.tracking.wandb import wandb_root
+
     spec = load_spec(lake["specs"] / "digits.yaml")
-    outcome = train(spec, TrainRequest(end_ds="2026-11-05", epochs=60, run_key="digits_train/retry-1"))
+    req = TrainRequest(end_ds="2026-11-05", epochs=60, run_key="digits_train/retry-1")
+    outcome = train(spec, req, tracking_settings=WandbHook().settings())
     assert outcome.summary["resumed_from"] >= saved_epoch
     assert outcome.summary["epochs_run"] == 60
+    # the retry recorded into the W&B run the killed attempt started: one run, a folder per attempt
+    run_id = outcome.tracking["id"]
+    assert outcome.tracking["mode"] == "offline" and run_id
+    assert len(list((wandb_root() / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    listed = [r for r in offline_runs(wandb_root()) if r["folder"].name.endswith(run_id)]
+    assert [r["attempts"] for r in listed] == [2]
+    # the finished training's checkpoint is gone (the model is written); nothing temporary is left
+    assert not ckpt.exists()
+    assert not [p for p in Path(outcome.version_uri.removeprefix("file://")).rglob("*") if ".freestack-tmp-" in p.name]
 
 
 def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypatch, capfd):

@@ -322,8 +322,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the candidate (and the champion) on the candidate's window's test split; write
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
+    from freestack.registry.names import MARKER
     from freestack.storage import join, to_path, write_bytes, write_json
 
+    if join(to_path(candidate_uri), MARKER).exists():
+        return _recorded(candidate_uri)
     model, pre, _metrics, lineage, history = load_model_folder(candidate_uri)
     window = lineage.get("window") or {}
     end_ds = end_ds or window.get("end_ds")
@@ -367,6 +370,18 @@ def evaluate(
             f"{k} {v:.4f}" for k, v in summary["champion"].items() if isinstance(v, float)) + ")",
         report.uri,
     )  # fmt: skip
+    return summary
+
+
+def _recorded(candidate_uri: str) -> dict[str, Any]:
+    """The evaluation a committed version holds (an evaluate task cleared after its gate registered
+    the version): versions are immutable, so nothing is written into it again."""
+    from freestack.storage import join, to_path
+
+    folder = join(to_path(candidate_uri), "evaluation")
+    summary = json.loads(join(folder, "metrics.json").read_text())
+    summary.update(report=str(join(folder, "report.html")), wandb=None)
+    log.info("%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"])
     return summary
 
 

@@ -251,6 +251,7 @@ class ModelRegistry:
     def _commit(self, version: str, *, source: str | None) -> str:
         from freestack.storage import cas, sha256_of
 
+        self._remove_temporaries(version)
         files = {
             rel: {"sha256": sha256_of(path), "size": path.stat().st_size}
             for rel, path in walk_files(self.version_path(version))
@@ -272,6 +273,23 @@ class ModelRegistry:
             ) from None
         log.info("registered %s %s at %s (%d files)", self.model, version, self.version_path(version), len(files))
         return self.version_uri(version)
+
+    def _remove_temporaries(self, version: str) -> None:
+        """A folder about to be committed may hold temporaries of a writer that was killed (a train or
+        evaluate attempt before the one that finished): they go, so a committed version holds its files
+        only. Nothing writes into a folder once it is committed."""
+        from freestack.storage.objects import TMP_MARK
+
+        folder = self.version_path(version)
+        folder.fs.invalidate_cache(folder.path)
+        try:
+            found = folder.fs.find(folder.path)
+        except FileNotFoundError:
+            return
+        for path in found:
+            if TMP_MARK in str(path).rsplit("/", 1)[-1]:
+                log.info("removing %s, left by a killed writer, before committing %s %s", path, self.model, version)
+                folder.fs.rm_file(path)
 
     # -- reading ------------------------------------------------------------------------------------------
     def _read_json(self, version: str, name: str) -> Any:

@@ -98,10 +98,19 @@ def inspect_run(folder: Path) -> dict[str, Any]:
 
 
 def offline_runs(root: Path, limit: int = 200) -> list[dict[str, Any]]:
-    """The offline run folders under ``root`` (wandb's ``wandb/offline-run-*`` layout), newest first,
-    each with freestack's card (empty for runs freestack did not start)."""
+    """The offline runs under ``root`` (wandb's ``wandb/offline-run-<time>-<id>`` layout), newest first,
+    each with freestack's card (empty for runs freestack did not start). A run resumed after a killed
+    attempt has a folder per attempt, all with its id: it is listed once, from its newest folder, with
+    ``attempts`` counting them (``wandb sync`` uploads them into the one run)."""
     folders = sorted((p for p in (root / "wandb").glob("offline-run-*") if p.is_dir()), reverse=True)
-    return [{"folder": p, "card": read_card(p), "synced": synced(p)} for p in folders[:limit]]
+    runs: dict[str, dict[str, Any]] = {}
+    for p in folders:
+        run_id = p.name.rsplit("-", 1)[-1]
+        if run_id in runs:
+            runs[run_id]["attempts"] += 1
+        elif len(runs) < limit:
+            runs[run_id] = {"folder": p, "card": read_card(p), "synced": synced(p), "attempts": 1}
+    return list(runs.values())
 
 
 def flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -453,6 +453,7 @@ def _init(
     tags: list[str] | None,
     group: str | None,
     job_type: str | None,
+    run_id: str | None = None,
 ) -> Any:
     import wandb
 
@@ -469,7 +470,7 @@ def _init(
         x_stats_sampling_interval=STATS_SAMPLING_INTERVAL_S,
         **extra,
     )
-    return wandb.init(
+    kwargs = dict(
         project=project,
         entity=settings.entity,
         name=name,
@@ -479,9 +480,22 @@ def _init(
         job_type=job_type,
         dir=str(root) if root is not None else None,
         mode=mode,
+        id=run_id,
+        resume="allow" if run_id else None,
         reinit="create_new",
         settings=ws,
     )
+    try:
+        return wandb.init(**kwargs)
+    except Exception as exc:
+        if not (run_id and "in use" in str(exc) and os.environ.get("WANDB_SERVICE")):
+            raise
+    # the shared service still holds the run: the attempt that started it was killed, and a killed
+    # client's run stays open there. This attempt records into the same run id through its own service.
+    log.warning("the shared W&B service still holds run %s of a killed attempt; this attempt uses its own service", run_id)
+    os.environ.pop("WANDB_SERVICE", None)
+    wandb.teardown()
+    return wandb.init(**kwargs)
 
 
 def start_run(
@@ -495,9 +509,14 @@ def start_run(
     job_type: str | None = "train",
     run_dir: str | os.PathLike | None = None,
     existing: Any = None,
+    run_id: str | None = None,
 ) -> TrackingRun:
     """Start a run. Online trouble (unreachable server, failing init) means offline, never an error;
     a server that rejects the API key is one (:class:`WandbKeyRejected`).
+
+    ``run_id``: the run's id, to resume it when a run of that id exists (a retried task records into
+    the run its killed attempt started; offline, each attempt's folder carries the id and
+    ``wandb sync`` puts them together).
 
     ``existing``: a run already started (by ``wandb.agent`` for a server sweep's trial) to record into.
     """
@@ -508,7 +527,7 @@ def start_run(
         except Exception as exc:
             log.warning("W&B could not add the training config to run %s: %s", getattr(existing, "id", None), exc)
         return TrackingRun(existing, mode=settings.mode, project=project, entity=settings.entity)
-    kwargs = dict(project=project, name=name, config=config, tags=tags, group=group, job_type=job_type)
+    kwargs = dict(project=project, name=name, config=config, tags=tags, group=group, job_type=job_type, run_id=run_id)
     mode: Mode = settings.mode
 
     if mode == "disabled":
@@ -541,7 +560,7 @@ def start_run(
 
         from freestack.tracking.offline import write_card
 
-        card = {k: v for k, v in kwargs.items() if k != "config"}
+        card = {k: v for k, v in kwargs.items() if k not in ("config", "run_id")}
         card.update(id=tracking.id, project=tracking.project, started=datetime.now(UTC).isoformat(timespec="seconds"))
         write_card(tracking.run_dir, card)
     log.info(

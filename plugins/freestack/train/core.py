@@ -5,7 +5,11 @@ Callable from an Airflow task, a notebook or a script alike.
 
     registry/<model>/<version>/config.json, model.safetensors   (Hugging Face layout)
                               preprocessing.json, metrics.json, lineage.json, history.json
-    runs/<pipeline>/<run_key>/train/checkpoint.safetensors        (resumable)
+    runs/<pipeline>/<run_key>/train/checkpoint.safetensors        (resumable; removed once the model is
+                                                                   written, unless keep_checkpoints)
+
+A retry of a killed training (the same run key) resumes from its checkpoint and records into the same
+W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
 """
 
 from __future__ import annotations
@@ -278,6 +282,7 @@ def train(
         result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch)
         _write_version(spec, req, data, where, cfg, model, result, metrics, run)
         tracking = run.as_dict()
+    _drop_checkpoint(where)
     log.info(
         "model %s %s: %s; test %s; files in %s", spec.model_name, where.version,
         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), data.task, where.version_dir,
@@ -304,8 +309,60 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
     return start_run(
         settings, project=spec.name, name=req.tracking.get("name") or f"{spec.name}-{where.version}", config=config,
         tags=tags, group=req.tracking.get("group"), job_type=req.tracking.get("job_type", "train"),
-        existing=req.tracking.get("run"),
+        existing=req.tracking.get("run"), run_id=tracking_id(spec, req),
     )  # fmt: skip
+
+
+def tracking_id(spec: PipelineSpec, req: TrainRequest) -> str:
+    """The W&B run id of a training: the same for every attempt of one run key, so a retry after a
+    kill resumes the run instead of starting another."""
+    return hashlib.sha256(f"{spec.name}|{req.run_key}".encode()).hexdigest()[:16]
+
+
+def _drop_checkpoint(where: Places) -> None:
+    """The model is written: its checkpoint is dead weight (kept with the ``keep_checkpoints`` setting)."""
+    from freestack.ml.checkpoint import CHECKPOINT
+    from freestack.settings import settings
+    from freestack.storage import join
+
+    if settings().keep_checkpoints:
+        return
+    try:
+        join(where.run_dir, CHECKPOINT).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def prune_checkpoints(spec: PipelineSpec) -> list[str]:
+    """Remove the checkpoints under ``runs/<pipeline>/`` older than ``checkpoint_retention_days``: trainings
+    that were killed and never retried. Best effort (a listing that fails is logged, never raised);
+    returns the URIs removed."""
+    import time
+
+    from freestack.ml.checkpoint import CHECKPOINT
+    from freestack.settings import settings
+    from freestack.storage import join, storage_root
+
+    folder = join(storage_root(spec.storage_root), "runs", spec.name)
+    cutoff = time.time() - settings().checkpoint_retention_days * 86400
+    removed = []
+    try:
+        found = folder.fs.find(folder.path, detail=True) if folder.exists() else {}
+        for path, info in found.items():
+            if str(path).rsplit("/", 1)[-1] == CHECKPOINT and _modified(info) < cutoff:
+                folder.fs.rm_file(path)
+                removed.append(str(path))
+    except Exception as exc:  # a cleanup must never fail a training
+        log.warning("could not prune old checkpoints under %s: %s", folder, exc)
+    if removed:
+        log.info("removed %d checkpoint(s) older than %g days under %s", len(removed), settings().checkpoint_retention_days, folder)
+    return removed
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """An fsspec listing entry's modification time in seconds (local: ``mtime``; S3: ``LastModified``)."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("modified")
+    return value.timestamp() if hasattr(value, "timestamp") else float(value or 0)
 
 
 def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):

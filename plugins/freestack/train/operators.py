@@ -112,9 +112,10 @@ class TrainOperator(PipelineOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.errors import SpecError
         from freestack.hooks.wandb import WandbHook
-        from freestack.train.core import TrainingError, TrainRequest, train
+        from freestack.train.core import TrainingError, TrainRequest, prune_checkpoints, train
 
         spec = self.pipeline_spec()
+        prune_checkpoints(spec)
         params = context.get("params") or {}
         window = fixed_window(context)
         end_ds = window["end_ds"]

@@ -133,6 +133,34 @@ def test_register_in_place_commits_a_folder_written_by_train(reg, tmp_path):
         reg.register_in_place("v4")
 
 
+def test_a_killed_writers_temporary_is_not_committed_into_the_version(reg, tmp_path):
+    """kill -9 of a process writing into a version folder (a train attempt) leaves its hidden temporary;
+    the retry's registration commits the version without it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = make_model_folder(tmp_path / "store/registry/digits/v5")
+    writer = (
+        "import sys, time\n"
+        "from freestack.storage import AtomicWriter, to_path\n"
+        "w = AtomicWriter(to_path(sys.argv[1]))\n"
+        "w.write(b'x' * 1024); w.flush(); print('writing', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, (folder / "history.json").as_uri()], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.1)
+    left = [p for p in folder.iterdir() if ".freestack-tmp-" in p.name]
+    assert len(left) == 1, "the killed writer left its temporary"
+    reg.register_in_place("v5")
+    assert not [p for p in folder.rglob("*") if ".freestack-tmp-" in p.name]
+    reg.verify("v5")
+
+
 def test_a_changed_file_fails_verification_and_load(reg, src, tmp_path):
     from freestack.registry.core import IntegrityError
 
