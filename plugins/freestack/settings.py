@@ -89,7 +89,9 @@ class Settings(BaseSettings):
         default=None, ge=1, description="CPU threads per sweep agent. Default: the cores shared out among the agents."
     )
     sweep_lease_seconds: float = Field(
-        default=120.0, gt=0, description="How long a sweep agent's trial lease lasts before another agent may take the trial over."
+        default=15.0, gt=0, description="Seconds without a heartbeat after which another sweep agent takes a trial over (its "
+        "holder renews the lease every third of this, however long an epoch takes; a retry of the same agent task takes "
+        "its trial over at once)."
     )
 
     # -- serving: the deploy side ---------------------------------------------------------------------------

@@ -10,14 +10,16 @@ State lives under ``runs/<pipeline>/<sweep_id>/`` on the storage root (local dis
 There is no controller process. Each agent is a loop:
 
 1. read every ``trial.json``;
-2. if a running trial's lease has expired (its agent died), take it over with a compare-and-swap
-   write of its ``trial.json`` (S3 ``If-Match`` / a locked rename on local disk) and resume it;
+2. if a running trial is leased to an earlier try of this agent's own slot (Airflow retried the agent
+   task: that try is dead), take it over at once; if a trial's lease went ``sweep_lease_seconds`` without
+   a heartbeat (its agent died), take it over. Either is a compare-and-swap write of its ``trial.json``
+   (S3 ``If-Match`` / a locked rename on local disk), and the trial resumes from its checkpoints;
 3. otherwise ask the engine (``sweeps.next_run``) for a suggestion and create the next trial number
    with a create-if-absent write (S3 ``If-None-Match: *`` / an exclusive link on local disk): of two
    agents proposing trial N at once exactly one wins, the other reads again and proposes N+1;
-4. train it, writing each epoch's metrics into ``trial.json`` (which also renews the lease, as does
-   a heartbeat thread between epochs), and after each epoch ask ``sweeps.stop_runs`` whether
-   hyperband stops it;
+4. train it, writing each epoch's metrics into ``trial.json``, while a heartbeat thread renews the lease
+   every third of its TTL (however long an epoch takes), and after each epoch ask ``sweeps.stop_runs``
+   whether hyperband stops it; an agent whose lease was taken over drops the trial at its next write;
 5. when nothing is left to propose (run cap reached, grid exhausted), wait while other agents' trials
    run (one may die and need taking over), then stop.
 
@@ -55,12 +57,19 @@ TRIAL_FILE = "trial.json"
 TERMINAL = ("finished", "failed", "crashed")
 #: consecutive failed trials after which an agent gives up (the trainer, not the hyperparameters, is broken)
 MAX_CONSECUTIVE_FAILURES = 3
+#: heartbeats per lease TTL: a lease outlives two missed heartbeats (a slow write, a long GC pause)
+HEARTBEATS_PER_LEASE = 3
 
 
 def lease_seconds() -> float:
-    """Seconds a trial's lease lasts without renewal (the ``sweep_lease_seconds`` setting); an agent
-    renews it every quarter of this."""
+    """Seconds without a heartbeat after which another agent takes a trial over (the
+    ``sweep_lease_seconds`` setting)."""
     return settings().sweep_lease_seconds
+
+
+def heartbeat_seconds(ttl: float) -> float:
+    """How often the holder of a lease of ``ttl`` seconds renews it."""
+    return ttl / HEARTBEATS_PER_LEASE
 
 
 def agent_threads(agents: int) -> int | None:
@@ -232,9 +241,10 @@ def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[An
 
 
 class TrialLease:
-    """This agent's hold on one trial: every write is a compare-and-swap on ``trial.json`` that also
-    renews the lease; a heartbeat thread renews it between epochs. A lost race means the lease
-    expired and another agent took the trial: :class:`LeaseLost`."""
+    """This agent's hold on one trial. Every write is a compare-and-swap on ``trial.json`` that also
+    renews the lease, and a heartbeat thread renews it every :func:`heartbeat_seconds` (counted from the
+    start of the previous renewal, so a slow write does not space them out). A lost race means another
+    agent took the trial over: :class:`LeaseLost`, and :attr:`lost` is set for the trainer to see."""
 
     def __init__(self, path, doc: dict[str, Any], token: str, owner: str, ttl: float):
         self.path = path
@@ -242,8 +252,10 @@ class TrialLease:
         self.token = token
         self.owner = owner
         self.ttl = ttl
+        self.period = heartbeat_seconds(ttl)
         self.lost = False
-        self._lock = threading.Lock()
+        self._renewed = time.monotonic()  # the lease was just written (created or taken over)
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -253,9 +265,8 @@ class TrialLease:
                 raise LeaseLost(f"trial {self.doc['id']} was taken over by another agent")
             doc = json.loads(json.dumps(self.doc))
             mutate(doc)
-            now = _now()
-            doc["lease"]["expires_at"] = now + self.ttl
-            doc["lease"]["renewed_at"] = now
+            started, now = time.monotonic(), _now()
+            doc["lease"].update(expires_at=now + self.ttl, renewed_at=now, ttl=self.ttl)
             doc["updated_at"] = _iso(now)
             try:
                 self.token = cas.replace(self.path, _dump(doc), self.token)
@@ -265,20 +276,33 @@ class TrialLease:
                 self.lost = True
                 raise LeaseLost(
                     f"trial {self.doc['id']} was taken over by {cur.get('lease', {}).get('owner')!r} "
-                    f"after this agent's lease expired"
+                    f"({(cur.get('attempts') or [{}])[-1].get('reason', 'expired')})"
                 ) from None
             self.doc = doc
+            self._renewed = started
             return doc
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.ttl / 4):
-            try:
-                self.update(lambda d: None)
-            except LeaseLost as exc:
-                log.warning("%s", exc)
+    def renew(self) -> None:
+        """Renew the lease, unless a write renewed it less than a heartbeat ago or the trial is over."""
+        with self._lock:
+            if self.doc["state"] in TERMINAL or time.monotonic() - self._renewed < self.period:
                 return
-            except Exception as exc:  # storage trouble: try again at the next beat
+            self.update(lambda d: None)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(0.0, self._renewed + self.period - time.monotonic())):
+            try:
+                self.renew()
+            except LeaseLost as exc:
+                log.warning("%s; this agent stops training it at its next epoch", exc)
+                return
+            except Exception as exc:  # storage trouble: try again shortly
                 log.warning("lease renewal of trial %s failed (%s); retrying", self.doc["id"], exc)
+                self._stop.wait(min(1.0, self.period / 3))
+
+    def stop(self) -> None:
+        """Stop the heartbeat (the lease then expires after its TTL unless written again)."""
+        self._stop.set()
 
     def __enter__(self) -> TrialLease:
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.doc['id']}", daemon=True)
@@ -286,13 +310,22 @@ class TrialLease:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        self.stop()
         if self._thread is not None:
             self._thread.join(timeout=self.ttl)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the agent
+
+
+def _add_epoch(history: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append an epoch's row; a trial resumed from a checkpoint older than its history (its holder died
+    between reporting an epoch and checkpointing it) trains that epoch again, and its new row replaces the old."""
+    epoch = row.get("epoch")
+    if epoch is not None:
+        history[:] = [r for r in history if r.get("epoch") is None or r["epoch"] < epoch]
+    history.append(dict(row))
 
 
 @dataclass
@@ -312,7 +345,11 @@ TrialRunner = Callable[[dict[str, Any], Callable[[dict[str, float]], bool]], dic
 
 class LocalAgent:
     """One agent of a local sweep. ``run_trial(trial_doc, report_epoch) -> result`` trains one trial;
-    ``report_epoch(row)`` returns True when the trial must stop (hyperband)."""
+    ``report_epoch(row)`` returns True when the trial must stop (hyperband).
+
+    ``slot`` names the agent's place in the sweep across retries (in Airflow: ``<dag_id>/<run_id>/<task_id>/
+    <map_index>``) and ``try_number`` the attempt: a trial leased to an earlier try of the same slot is
+    taken over at once, without waiting for its lease to expire."""
 
     def __init__(
         self,
@@ -321,14 +358,27 @@ class LocalAgent:
         run_trial: TrialRunner,
         *,
         agent_id: str | None = None,
+        slot: str | None = None,
+        try_number: int = 1,
         ttl: float | None = None,
         poll_seconds: float | None = None,
     ):
         self.spec = spec
         self.sweep_id = sweep_id
         self.run_trial = run_trial
-        self.agent_id = agent_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.slot = slot
+        self.try_number = try_number
+        self.agent_id = agent_id or (
+            f"{slot}/try{try_number}/pid{os.getpid()}" if slot
+            else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )  # fmt: skip
         self.ttl = ttl if ttl is not None else lease_seconds()
+        if self.ttl <= 0:
+            raise SweepError(f"the trial lease must last a positive number of seconds, not {self.ttl}; "
+                             "fix the sweep_lease_seconds setting (FREESTACK_SWEEP_LEASE_SECONDS)")  # fmt: skip
+        # each running trial's last seen version, and when (monotonic) this agent saw it change: a lease
+        # seen renewed within its TTL is alive whatever the clocks of the two machines say
+        self._seen: dict[str, tuple[str, float | None]] = {}
         # an agent with nothing to start looks again this often (others may finish, or die)
         self.poll = poll_seconds if poll_seconds is not None else min(1.0, self.ttl / 4)
         self.sweep = load_sweep(spec, sweep_id)
@@ -350,10 +400,14 @@ class LocalAgent:
             if self.orphaned():
                 raise SweepError(
                     f"agent {self.agent_id}: its supervising process is gone (the worker died); it takes no "
-                    "more trials, and the one it held is taken over by another agent when its lease expires"
+                    "more trials, and the one it held is taken over by its retry, or by another agent once its lease expires"
                 )
             trials = load_trials(self.spec, self.sweep_id)
-            claimed = self._take_over_expired(trials) or self._propose(trials)
+            self._observe(trials)
+            if (newer := self._superseded(trials)) is not None:
+                log.warning("agent %s: try %d of its slot runs now; this earlier try stops", self.agent_id, newer)
+                break
+            claimed = self._reclaim_own(trials) or self._take_over_expired(trials) or self._propose(trials)
             if claimed == "retry":
                 continue
             if claimed is None:
@@ -382,31 +436,74 @@ class LocalAgent:
         tid = number_or_id if isinstance(number_or_id, str) else trial_id(number_or_id)
         return join(sweep_dir(self.spec, self.sweep_id), "trials", tid, TRIAL_FILE)
 
+    def _lease(self, now: float, attempt: int) -> dict[str, Any]:
+        return {"owner": self.agent_id, "slot": self.slot, "try": self.try_number, "attempt": attempt,
+                "ttl": self.ttl, "expires_at": now + self.ttl, "renewed_at": now}  # fmt: skip
+
+    def _observe(self, trials) -> None:
+        mono = time.monotonic()
+        for doc, token in trials:
+            seen = self._seen.get(doc["id"])
+            if seen is None:
+                self._seen[doc["id"]] = (token, None)  # first sight: no renewal seen yet
+            elif seen[0] != token:
+                self._seen[doc["id"]] = (token, mono)
+
+    def _silent(self, doc: dict[str, Any], now: float) -> bool:
+        """The trial's lease went its TTL without a heartbeat: by the holder's timestamps, and by what this
+        agent saw (a renewal seen less than a TTL ago means the holder lives, if its clock is behind)."""
+        lease = doc["lease"]
+        if lease["expires_at"] > now:
+            return False
+        seen = self._seen.get(doc["id"])
+        ttl = lease.get("ttl") or lease["expires_at"] - lease["renewed_at"]
+        return seen is None or seen[1] is None or time.monotonic() - seen[1] >= ttl
+
+    def _superseded(self, trials) -> int | None:
+        """The try number of a later try of this agent's slot, if one holds (or held) a trial."""
+        if self.slot is None:
+            return None
+        tries = [d["lease"].get("try") or 0 for d, _ in trials if d["lease"].get("slot") == self.slot]
+        newest = max(tries, default=0)
+        return newest if newest > self.try_number else None
+
+    def _reclaim_own(self, trials):
+        """A running trial leased to an earlier try of this agent's slot: that try is dead (Airflow retried
+        it), so it is taken over at once."""
+        if self.slot is None:
+            return None
+        for doc, token in trials:
+            lease = doc["lease"]
+            if doc["state"] == "running" and lease.get("slot") == self.slot and (lease.get("try") or 0) < self.try_number:
+                return self._take_over(doc, token, "reclaimed")
+        return None
+
     def _take_over_expired(self, trials):
         now = _now()
         for doc, token in trials:
-            if doc["state"] != "running" or doc["lease"]["expires_at"] > now:
-                continue
-            new = json.loads(json.dumps(doc))
-            prev = doc["lease"]["owner"]
-            new["lease"] = {
-                "owner": self.agent_id,
-                "attempt": doc["lease"]["attempt"] + 1,
-                "expires_at": now + self.ttl,
-                "renewed_at": now,
-            }
-            new["attempts"] = [*doc.get("attempts", []), {"owner": self.agent_id, "at": _iso(now), "after": prev}]
-            try:
-                token = cas.replace(self._trial_path(doc["id"]), _dump(new), token)
-            except cas.CasConflict:
-                return "retry"  # someone else took it (or its owner came back): look again
-            log.warning(
-                "trial %s: the lease of %s expired %.0fs ago; agent %s takes it over (attempt %d)",
-                doc["id"], prev, now - doc["lease"]["expires_at"], self.agent_id, new["lease"]["attempt"],
-            )  # fmt: skip
-            self.report.resumed.append(doc["id"])
-            return new, token
+            if doc["state"] == "running" and self._silent(doc, now):
+                return self._take_over(doc, token, "expired")
         return None
+
+    def _take_over(self, doc: dict[str, Any], token: str, reason: str):
+        now = _now()
+        prev = doc["lease"]
+        new = json.loads(json.dumps(doc))
+        new["lease"] = self._lease(now, prev["attempt"] + 1)
+        silent = round(now - prev["renewed_at"], 3)
+        new["attempts"] = [*doc.get("attempts", []), {"owner": self.agent_id, "at": _iso(now), "after": prev["owner"],
+                                                      "reason": reason, "silent_s": silent}]  # fmt: skip
+        try:
+            token = cas.replace(self._trial_path(doc["id"]), _dump(new), token)
+        except cas.CasConflict:
+            return "retry"  # someone else took it (or its owner renewed it): look again
+        why = "it was leased to an earlier try of this agent's slot" if reason == "reclaimed" else "its lease expired"
+        log.warning(
+            "trial %s: %s (%s, last heartbeat %.1fs ago); agent %s takes it over (attempt %d)",
+            doc["id"], why, prev["owner"], silent, self.agent_id, new["lease"]["attempt"],
+        )  # fmt: skip
+        self.report.resumed.append(doc["id"])
+        return new, token
 
     def _propose(self, trials):
         n = len(trials)
@@ -443,7 +540,7 @@ class LocalAgent:
             "stopped": False,
             "history": [],
             "summary": {},
-            "lease": {"owner": self.agent_id, "attempt": 0, "expires_at": now + self.ttl, "renewed_at": now},
+            "lease": self._lease(now, 0),
             "attempts": [{"owner": self.agent_id, "at": _iso(now)}],
             "created_at": _iso(now),
             "updated_at": _iso(now),
@@ -461,7 +558,7 @@ class LocalAgent:
 
         def report_epoch(row: dict[str, float]) -> bool:
             self.report.epochs += 1
-            cur = lease.update(lambda d: d["history"].append(dict(row)))
+            cur = lease.update(lambda d: _add_epoch(d["history"], row))
             if not early:
                 return False
             others = [d for d, _ in load_trials(self.spec, self.sweep_id) if d["id"] != cur["id"]]
@@ -504,5 +601,5 @@ class LocalAgent:
 
 __all__ = [
     "AgentReport", "LeaseLost", "LocalAgent", "SweepError", "TrialLease", "agent_threads", "best_of", "create_sweep",
-    "default_pool_slots", "engine_runs", "gpu_count", "lease_seconds", "load_sweep", "load_trials", "sweep_dir", "sweep_id_for", "trial_id",
+    "default_pool_slots", "engine_runs", "gpu_count", "heartbeat_seconds", "lease_seconds", "load_sweep", "load_trials", "sweep_dir", "sweep_id_for", "trial_id",
 ]  # fmt: skip

@@ -112,7 +112,9 @@ class SweepAgentOperator(PipelineOperator):
             import torch
 
             torch.set_num_threads(threads)
-        agent_id = f"{ti.run_id}/agent{self.agent_index}/try{ti.try_number}/pid{os.getpid()}"
+        # the agent's slot outlives its tries: a retry takes over the trial its dead try held at once
+        slot = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', self.agent_index)}"
+        agent_id = f"{slot}/try{ti.try_number}/pid{os.getpid()}"
         tracking = WandbHook().checked_settings()
         try:
             sweep = load_sweep(spec, self.sweep_id)
@@ -122,7 +124,9 @@ class SweepAgentOperator(PipelineOperator):
                 report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
             else:
                 runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
-                report = LocalAgent(spec, self.sweep_id, runner, agent_id=agent_id).run().as_dict()
+                report = LocalAgent(
+                    spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
+                ).run().as_dict()
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         return report
