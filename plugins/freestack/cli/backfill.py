@@ -71,13 +71,15 @@ class Airflow:
              not_found: CliError | None = None, busy: tuple[int, ...] = (503,)) -> Any:  # fmt: skip
         """One API call; a 503 (on SQLite the API server refuses a backfill while the scheduler holds
         the database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are
-        the other ``busy`` codes)."""
+        the other ``busy`` codes, and a 500 "Database error": the same lock met inside a request)."""
         for pause in (*BUSY_RETRIES, None):
             try:
                 return self.api.call(method, path, body)
             except urllib.error.HTTPError as exc:
-                if exc.code not in busy or pause is None:
-                    self._refused(exc, method, path, what, not_found)
+                detail = _detail(exc)
+                locked = exc.code in busy or (exc.code == 500 and "database" in detail.lower())
+                if not locked or pause is None:
+                    self._refused(exc.code, detail, method, path, what, not_found)
             except OSError as exc:
                 raise CliError(
                     f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it"
@@ -85,12 +87,12 @@ class Airflow:
             time.sleep(pause)
 
     def _refused(
-        self, exc: urllib.error.HTTPError, method: str, path: str, what: str, not_found: CliError | None
+        self, code: int, detail: str, method: str, path: str, what: str, not_found: CliError | None
     ) -> NoReturn:
-        if exc.code == 404 and not_found is not None:
+        if code == 404 and not_found is not None:
             raise not_found from None
-        raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {exc.code} {_detail(exc)}",
-                       _hint(exc.code, self.url)) from None  # fmt: skip
+        raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {code} {detail}",
+                       _hint(code, self.url)) from None  # fmt: skip
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
@@ -104,6 +106,7 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 def _hint(code: int, url: str) -> str:
     return {401: "the admin password file does not match this Airflow: restart it with `make down` and `make up`",
             409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
+            500: f"see the API server's log ({url}); a 'Database error' is SQLite locked: try again, or run on PostgreSQL",
             503: "the scheduler kept the SQLite database locked for half a minute: try again, or run on PostgreSQL",
             }.get(code, f"see {url}")  # fmt: skip
 

@@ -91,6 +91,8 @@ class FakeAirflow:
     def _create(self, body: dict) -> tuple[int, dict]:
         if self.locked:
             self.locked -= 1
+            if self.locked % 2:  # what the API server answers when the lock is met inside the request
+                return 500, {"detail": "Database error"}
             return 503, {
                 "detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."
             }
@@ -203,12 +205,12 @@ def test_backfill_runs_every_day_and_prints_a_line_per_run(fake_airflow, capsys)
 
 
 def test_a_locked_database_is_waited_out_then_reported(fake_airflow, monkeypatch, capsys):
-    monkeypatch.setattr(backfill_cli, "BUSY_RETRIES", (0.01, 0.01, 0.01))
-    api = fake_airflow(DAYS, locked=2)
+    monkeypatch.setattr(backfill_cli, "BUSY_RETRIES", (0.01, 0.01, 0.01, 0.01, 0.01))
+    api = fake_airflow(DAYS, locked=4)  # 500 "Database error" and 503, twice each
     assert main(ARGV) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
-    assert sum(1 for m, p, _ in api.calls if m == "POST" and p == "/api/v2/backfills") == 3
-    api = fake_airflow(DAYS, locked=4)  # locked through every try: one line, no backfill
+    assert sum(1 for m, p, _ in api.calls if m == "POST" and p == "/api/v2/backfills") == 5
+    api = fake_airflow(DAYS, locked=6)  # locked through every try: one line, no backfill
     assert main(ARGV) == 1
     err = capsys.readouterr().err
     assert (
