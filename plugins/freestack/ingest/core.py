@@ -46,6 +46,7 @@ from freestack.ingest.validate import (
     validate_batch,
 )
 from freestack.storage import AtomicWriter, join, list_objects, sha256_of, storage_root, to_path, write_json
+from freestack.storage.objects import TMP_MARK
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -568,9 +569,12 @@ def quarantine_name(sha256: str) -> str:
 
 def _remove_other_quarantines(out_dir: ObjectStoragePath, keep: str | None) -> None:
     """After a publish: quarantines the part does not refer to (the previous one, a rejected attempt's,
-    a staging copy a crash left) are removed."""
-    for p in list_objects(out_dir):
-        if p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep:
+    a staging copy a crash left) are removed, and so are the temporaries of attempts that were killed
+    (a partition has one writer at a time, its ingest task, and this one's are committed)."""
+    out_dir.fs.invalidate_cache(out_dir.path)
+    for p in out_dir.iterdir() if out_dir.exists() else ():
+        stale = p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep
+        if stale or TMP_MARK in p.name:
             try:
                 p.unlink()
             except FileNotFoundError:

@@ -44,8 +44,10 @@ class CreateSweepOperator(PipelineOperator):
         """One entry per agent (the ``agent`` task is mapped over them with ``expand_kwargs``)."""
         from freestack.sweeps.core import SweepError, create_sweep, sweep_id_for
         from freestack.sweeps.server import server_settings
+        from freestack.train.core import prune_checkpoints
 
         spec = self.pipeline_spec()
+        prune_checkpoints(spec)
         params = context.get("params") or {}
         window = fixed_window(context)
         end_ds = window["end_ds"]
