@@ -11,7 +11,8 @@ Wire behaviour (what ``algorithmia==2.0.5`` and Algorithmia's other clients expe
                                             ``Content-Length``, ``Last-Modified``; errors carry
                                             ``X-Error-Message``
 ``PUT /v1/data/<owner>/<coll>/<name...>``   stores the body (streamed; published atomically only once
-                                            the whole body arrived); ``If-None-Match: *`` = create only
+                                            the whole body arrived); ``If-None-Match: *`` = create only;
+                                            ``If-Match: "<sha256>"`` = replace only that version
 ``POST /v1/data/<parent>``                  ``{"name": "...", "acl": {"read": [...]}}`` creates a
                                             directory (a collection when the parent is an owner)
 ``PATCH /v1/data/<owner>/<coll>``           ``{"acl": {...}}`` replaces the collection's ACL (owner)
@@ -22,6 +23,15 @@ Wire behaviour (what ``algorithmia==2.0.5`` and Algorithmia's other clients expe
 ``/v1/connector/data/...`` is an alias (older clients). Errors are ``{"error": {"message": ...}}``
 with 400 (bad path or body), 401 (no/invalid/revoked key where one is needed), 403 (the ACL says
 no), 404, 409 (exists, not empty, is a directory), 412, 416 or 431 (headers too large).
+
+Hostile input gets a 400 naming the limit: paths deeper than MAX_DEPTH levels or longer than
+MAX_PATH_BYTES, JSON bodies nested deeper than MAX_JSON_DEPTH, markers the service did not hand out,
+names that are not valid UTF-8 or hold characters that make them display as something else (bidi
+controls, zero-width and separator characters, all spaces); names are stored in NFC. Writes check the
+caller may write before looking at what is there. ``If-Match`` compares against the hash recorded when
+the object was written (freestack.dataapi.versions), never by reading it. Temporaries left by killed
+uploads are swept (freestack.dataapi.sweeper); listings inside a collection page through a cached,
+sorted index of the directory (freestack.dataapi.listing).
 
 The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
 examples), the bare key (the Python client), or ``Bearer <key>``. Without it the caller is anonymous
@@ -37,15 +47,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import json
 import logging
 import os
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import anyio
 from fastapi import FastAPI
@@ -53,6 +65,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from freestack.dataapi.listing import DirectoryIndex
+from freestack.dataapi.listing import page as listing_page
+from freestack.dataapi.sweeper import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
@@ -66,6 +81,10 @@ MAX_JSON_BODY = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # request line + all headers
 MAX_HEADER_VALUE = 8 * 1024
 MAX_NAME_BYTES = 255
+MAX_DEPTH = 64  # path segments, owner and collection included
+MAX_PATH_BYTES = 1024  # a data path in UTF-8 (S3's limit for a key)
+MAX_JSON_DEPTH = 32  # nesting of a request's JSON body
+MAX_MARKER = 4096  # a listing marker's length (those handed out stay under 2,200)
 DEFAULT_PAGE_SIZE = 1000
 
 
@@ -91,6 +110,12 @@ class DataApiSettings:
     keys_path: str | None = None
     page_size: int | None = None
     max_header_bytes: int = MAX_HEADER_BYTES
+    #: where the content hashes of written objects are kept (default: ``versions.sqlite`` beside the keys)
+    versions_path: str | None = None
+    #: hidden temporaries not written to for this long are leftovers of killed writers, and removed
+    stale_tmp_age_s: float = DEFAULT_MAX_AGE_S
+    #: how often the backing folder is swept for such leftovers (also once at start)
+    tmp_sweep_interval_s: float = DEFAULT_INTERVAL_S
 
 
 def resolve_root(explicit: str | None = None) -> str:
@@ -133,6 +158,12 @@ class _Service:
         self.keys: Any = None
         self.page_size = DEFAULT_PAGE_SIZE
         self._per_user: dict[str | None, Any] = {}
+        self.local = False
+        self.versions: Any = None
+        self.index = DirectoryIndex()
+        self.sweeper: Any = None
+        self._in_flight: set[str] = set()  # names of the temporaries this process's uploads are writing
+        self._in_flight_lock = threading.Lock()
 
     def ensure(self) -> _Service:
         if self._ready:
@@ -143,19 +174,51 @@ class _Service:
             from fsspec.implementations.local import LocalFileSystem
 
             from freestack.dataapi.keys import KeyStore
+            from freestack.dataapi.versions import Versions, VersionStore
             from freestack.storage.schemes import to_path
 
             self.root = resolve_root(self.settings.root)
             backing = to_path(self.root)
             self.fs = backing.fs
             self.base = backing.path
-            if isinstance(self.fs, LocalFileSystem):
+            self.local = isinstance(self.fs, LocalFileSystem)
+            if self.local:
                 os.makedirs(self.fs._strip_protocol(self.base), exist_ok=True)
             self.keys = KeyStore(self.settings.keys_path or None)
             self.page_size = self.settings.page_size or settings().data_api_page_size or DEFAULT_PAGE_SIZE
+            where = self.settings.versions_path or self.keys.path.parent / "versions.sqlite"
+            self.versions = Versions(VersionStore(Path(where), self.root), self.fs, self.base, self.local)
+            if self.local:
+                self._start_sweeper()
             log.info("freestack Data API serving %s (keys: %s)", self.root, self.keys.path)
             self._ready = True
         return self
+
+    def _start_sweeper(self) -> None:
+        from freestack.dataapi.sweeper import Sweeper
+
+        self.sweeper = Sweeper(
+            self.fs._strip_protocol(self.base), max_age=self.settings.stale_tmp_age_s,
+            interval=self.settings.tmp_sweep_interval_s, keep=self.in_flight,
+        ).start()
+
+    def track(self, temporary: str | None) -> Any:
+        """Mark an upload's temporary as in flight (the sweeper spares it); returns what un-marks it."""
+        if not temporary:
+            return None
+        name = os.path.basename(temporary)
+        with self._in_flight_lock:
+            self._in_flight.add(name)
+
+        def done() -> None:
+            with self._in_flight_lock:
+                self._in_flight.discard(name)
+
+        return done
+
+    def in_flight(self, path: str) -> bool:
+        with self._in_flight_lock:
+            return os.path.basename(path) in self._in_flight
 
     def fs_for(self, user: str | None):
         """A DataFileSystem over the backing store for this caller: ``.my`` and the ACLs are theirs.
@@ -169,9 +232,6 @@ class _Service:
                 self._per_user.clear()
             self._per_user[user] = fs
         return fs
-
-    def known_user(self, name: str) -> bool:
-        return name in set(self.keys.users())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -217,12 +277,24 @@ async def _caller(request: Request, svc: _Service) -> str | None:
 
 
 def parse_data_path(raw: str) -> str:
-    """The request's data path, normalised; ApiError 400 if it could escape or is malformed."""
+    """The request's data path, normalised (Unicode NFC, no empty segments); ApiError 400 if it could escape,
+    is too deep or too long, or holds a name that is malformed or would display as something else."""
+    raw = unicodedata.normalize("NFC", raw)  # one name, one file, however the client composed it
     try:
         rel = check_relative(raw, what="data path")
     except UnsafePathError as exc:
         raise ApiError(400, str(exc)) from None
     parts = rel.split("/") if rel else []
+    if len(parts) > MAX_DEPTH:
+        raise ApiError(
+            400, f"data path {_short(raw)!r} is {len(parts)} levels deep; the limit is {MAX_DEPTH} levels "
+            "(owner and collection included): use a flatter layout",
+        )
+    if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
+        raise ApiError(
+            400, f"data path {_short(raw)!r} is {len(rel.encode('utf-8'))} bytes long (UTF-8); the limit is "
+            f"{MAX_PATH_BYTES} bytes: use shorter names or a flatter layout",
+        )
     for i, seg in enumerate(parts):
         if i == 0 and seg == ".my":
             continue
@@ -233,7 +305,10 @@ def parse_data_path(raw: str) -> str:
                 "documents); rename it without the leading dot",
             )
         if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
-            raise ApiError(400, f"data path {raw!r}: a name is longer than {MAX_NAME_BYTES} bytes")
+            raise ApiError(400, f"data path {_short(raw)!r}: a name is longer than {MAX_NAME_BYTES} bytes")
+        problem = name_problem(seg)
+        if problem:
+            raise ApiError(400, f"data path {raw!r}: the name {seg!r} {problem}; choose a name without it")
     if parts and parts[0] != ".my" and not USER_RE.match(parts[0]):
         raise ApiError(
             400,
@@ -241,6 +316,59 @@ def parse_data_path(raw: str) -> str:
             "(or .my/<collection>/<name>)",
         )
     return rel
+
+
+#: characters that make a name display differently from what it is, by what they are
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
+_CATEGORY = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character",
+    "Zl": "a line or paragraph separator",
+    "Zp": "a line or paragraph separator",
+    "Cs": "a lone surrogate (not a character)",
+}
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with one name (a path segment), as the end of a sentence; None if nothing is."""
+    if name.isascii() and name.isprintable() and not name.isspace():
+        return None
+    if name.isspace():
+        return "is only spaces, which no listing shows legibly"
+    for ch in name:
+        if ch in _BIDI:
+            kind = "a bidirectional-text control character, which reorders how the name is displayed"
+        elif ch in _ZERO_WIDTH:
+            kind = "a zero-width (invisible) character"
+        else:
+            kind = _CATEGORY.get(unicodedata.category(ch))
+            if kind is None:
+                continue
+        label = unicodedata.name(ch, "")
+        return f"contains {kind} (U+{ord(ch):04X}{' ' + label if label else ''})"
+    return None
+
+
+def _check_utf8(request: Request) -> None:
+    """400 unless the request path, its %XX escapes decoded, is valid UTF-8 (the server would otherwise turn
+    every invalid sequence into U+FFFD, and different names into one)."""
+    raw = request.scope.get("raw_path") or b""
+    if b"%" not in raw:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = unquote_to_bytes(raw)[exc.start : exc.end]
+        raise ApiError(
+            400,
+            f"the request path is not valid UTF-8 once its %XX escapes are decoded (bytes {bad.hex(' ')}); "
+            "names are UTF-8 text: percent-encode each byte of a name's UTF-8 form",
+        ) from None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
 
 
 def _header_safe(message: str) -> str:
@@ -304,31 +432,18 @@ def _listing_time(dt: datetime | None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
-def _hidden(rel: str) -> bool:
-    return any(seg.startswith(".") for seg in rel.split("/"))
-
-
 def _depth(rel: str) -> int:
     return len(rel.split("/")) if rel else 0
 
 
 def _info(svc: _Service, fs, rel: str, user: str | None) -> dict[str, Any] | None:
     """The object at ``rel`` (``type`` file or directory), None if absent; access is checked (READ).
-    The root and the caller's (or any known user's) namespace always exist."""
+    The root and every owner's namespace always exist, whether or not the owner has a key or data: a
+    namespace answers the same for a user who exists and one who does not."""
     resolved = fs.resolve(rel)
     if _depth(resolved) <= 1:
         fs.check(resolved, READ)
-        if not resolved:
-            return {"name": "", "type": "directory", "size": 0}
-        try:
-            info = fs.info(resolved)
-        except FileNotFoundError:
-            info = None
-        if info is not None:
-            return info
-        if resolved == user or svc.known_user(resolved):
-            return {"name": resolved, "type": "directory", "size": 0}
-        return None
+        return {"name": resolved, "type": "directory", "size": 0}
     try:
         return fs.info(resolved)
     except FileNotFoundError:
@@ -366,14 +481,18 @@ def _marker(key: tuple) -> str:
 
 
 def _unmarker(text: str) -> tuple:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        value = json.loads(raw)
-        if isinstance(value, list) and len(value) == 3:
-            return (int(value[0]), int(value[1]), str(value[2]))
-    except (ValueError, TypeError):
-        pass
-    raise ApiError(400, f"marker {text!r} is not one this service handed out; list again without it")
+    value: Any = None
+    if len(text) <= MAX_MARKER:
+        try:
+            value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (ValueError, TypeError, RecursionError):
+            value = None
+    if (
+        isinstance(value, list) and len(value) == 3
+        and all(type(v) is int and v in (0, 1) for v in value[:2]) and isinstance(value[2], str)
+    ):
+        return (value[0], value[1], value[2])
+    raise ApiError(400, f"marker {_short(text, 60)!r} is not one this service handed out; list again without it")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -385,13 +504,45 @@ async def _json_body(request: Request) -> dict[str, Any]:
             raise ApiError(413, f"the request body is over {MAX_JSON_BODY // 1024} KiB; send a small JSON object")
         chunks.append(chunk)
     raw = b"".join(chunks).strip() or b"{}"
+    if _json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(
+            400, f"the request body is JSON nested more than {MAX_JSON_DEPTH} levels deep; send a flat object, "
+            'e.g. {"name": "my_collection", "acl": {"read": ["user://*"]}}',
+        )
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError(400, 'the request body must be JSON, e.g. {"name": "my_collection"}') from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _json_depth(raw: bytes) -> int:
+    """How deep ``raw``'s arrays and objects nest (brackets inside strings do not count); the scan stops
+    once past MAX_JSON_DEPTH."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _run(fn, *args):
@@ -433,28 +584,11 @@ def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str)
 
 def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, want_acl: bool) -> dict:
     resolved = fs.resolve(rel)
-    try:
-        entries = fs.ls(resolved, detail=True)
-    except FileNotFoundError:
-        entries = []
-    root = not resolved
-    items: list[tuple[tuple, dict | None]] = []
-    seen: set[str] = set()
-    for entry in entries:
-        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if not name or name.startswith(".") or name in seen:
-            continue
-        seen.add(name)
-        is_dir = entry.get("type") == "directory"
-        key = (0 if is_dir else 1, 0 if (root and name == user) else 1, name)
-        items.append((key, None if is_dir else entry))
-    if root and user and user not in seen:  # the caller's own namespace, first (Algorithmia's username())
-        items.append(((0, 0, user), None))
-    items.sort(key=lambda item: item[0])
-    keys = [k for k, _ in items]
-    start = bisect.bisect_right(keys, _unmarker(marker)) if marker else 0
-    page = items[start : start + svc.page_size]
-    more = start + svc.page_size < len(items)
+    after = _unmarker(marker) if marker else None
+    if svc.local and _depth(resolved) >= 2:  # inside a collection: one ACL for all, read once by _info
+        page, more = _local_page(svc, fs, resolved, after)
+    else:
+        page, more = _filtered_page(svc, fs, resolved, user, after)
     body: dict[str, Any] = {
         "folders": [{"name": k[2]} for k, e in page if k[0] == 0],
         "files": [
@@ -467,6 +601,45 @@ def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, 
     if want_acl and _depth(resolved) >= 2:
         body["acl"] = fs.get_acl(resolved).to_json()
     return body
+
+
+def _local_page(svc: _Service, fs, resolved: str, after: tuple | None) -> tuple[list, bool]:
+    """A page of a directory on a local backing folder, from its cached sorted names (freestack.dataapi.listing):
+    the cost is the page's, whatever the directory's size."""
+    folder = fs.local_path(resolved)
+    try:
+        keys = svc.index.keys(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        keys = []
+    return listing_page(folder, keys, after, svc.page_size)
+
+
+def _filtered_page(svc: _Service, fs, resolved: str, user: str | None, after: tuple | None) -> tuple[list, bool]:
+    """A page of a listing the data:// filesystem filters per entry (the root and owners' namespaces show
+    only what the caller may read) or of a directory on an object store."""
+    try:
+        entries = fs.ls(resolved, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        entries = []
+    root = not resolved
+    items: list[tuple[tuple, dict | None]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        full = entry["name"].strip("/")
+        name = full.rsplit("/", 1)[-1]
+        if not name or name.startswith(".") or name in seen or full == resolved:
+            continue
+        seen.add(name)
+        is_dir = entry.get("type") == "directory"
+        key = (0 if is_dir else 1, 0 if (root and name == user) else 1, name)
+        items.append((key, None if is_dir else entry))
+    if root and user and user not in seen:  # the caller's own namespace, first (Algorithmia's username())
+        items.append(((0, 0, user), None))
+    items.sort(key=lambda item: item[0])
+    start = 0
+    if after is not None:
+        start = next((i for i, (k, _) in enumerate(items) if k > after), len(items))
+    return items[start : start + svc.page_size], start + svc.page_size < len(items)
 
 
 @dataclass
@@ -560,12 +733,16 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
 
     user = _authenticate(svc, key)
     fs = svc.fs_for(user)
+    resolved = fs.resolve(rel)
+    fs.check(resolved, WRITE)  # first: a refusal is about writing, and tells nothing about what is there
     info = _info(svc, fs, rel, user)
     if info is not None and info.get("type") == "directory":
         raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
     if if_absent and info is not None:
         raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
-    return AtomicWriter(_Target(fs, rel), if_absent=if_absent)  # checks the write ACL
+    writer = AtomicWriter(_Target(fs, rel), if_absent=if_absent)
+    # the sweeper spares the temporary however long the client takes; its hash is recorded on commit
+    return svc.versions.writer(writer, resolved, on_done=svc.track(getattr(writer, "_tmp", None)))
 
 
 async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:
@@ -592,16 +769,20 @@ def _cas_lock(rel: str) -> threading.Lock:
 
 
 def _check_match(svc: _Service, key: str | None, rel: str, display: str, if_match: str) -> None:
-    """If-Match: the object's current content must hash (sha256, hex) to the given tag."""
-    import hashlib
-
+    """If-Match: the object's current content must hash (sha256, hex) to the given tag. Who may write is
+    checked first; the hash is the one recorded when the object was written (freestack.dataapi.versions),
+    so the object is not read."""
     user = _authenticate(svc, key)
     fs = svc.fs_for(user)
+    resolved = fs.resolve(rel)
+    fs.check(resolved, WRITE)
     try:
-        current = hashlib.sha256(fs.cat_file(rel)).hexdigest()  # checks the caller's read access
-    except FileNotFoundError:
-        raise ApiError(412, f"{display} does not exist (If-Match asks to replace a version of it)") from None
-    if current != if_match:
+        current = svc.versions.current(resolved)
+    except IsADirectoryError:
+        raise ApiError(409, f"{display} is a directory; If-Match replaces a file") from None
+    if current is None:
+        raise ApiError(412, f"{display} does not exist (If-Match asks to replace a version of it)")
+    if current != if_match.lower():
         raise ApiError(412, f"{display} changed since it was read (If-Match {if_match[:12]}... is not current)")
 
 
@@ -729,19 +910,19 @@ async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None,
     child_display = f"data://{child}"
 
     def work() -> None:
+        resolved = fs.resolve(child)
+        fs.check(resolved, WRITE)  # first: a refusal is about writing, and tells nothing about what is there
         parent = _info(svc, fs, rel, user)
         if parent is None:
             raise ApiError(404, f"{display} does not exist; create it first")
         if parent.get("type") != "directory":
             raise ApiError(409, f"{display} is a file, not a directory")
-        resolved = fs.resolve(child)
         if _depth(resolved) != 2 and acl is not None:
             raise ApiError(
                 400,
                 f"{child_display}: ACLs are set per collection (data://<owner>/<collection>) and hold for "
                 "everything inside it; create this directory without an acl",
             )
-        fs.check(resolved, WRITE)
         if fs.exists(resolved):
             raise ApiError(409, f"{child_display} already exists")
         fs.create_dir(resolved, acl=acl)
@@ -774,30 +955,41 @@ async def _delete(request: Request, svc: _Service, fs, rel: str, user: str | Non
     force = request.query_params.get("force", "").lower() in ("true", "1", "yes")
 
     def work() -> int:
+        resolved = fs.resolve(rel)
+        if _depth(resolved) < 2:
+            raise ApiError(400, f"refusing to delete {display}: it is a whole namespace; delete its collections one by one")
+        fs.check(resolved, WRITE)  # first: a refusal is about writing, and tells nothing about what is there
         info = _info(svc, fs, rel, user)
         if info is None:
             raise ApiError(404, f"{display} does not exist")
-        resolved = fs.resolve(rel)
         if info.get("type") != "directory":
             fs.rm_file(resolved)
+            svc.versions.store.forget(resolved)
             return 1
-        if _depth(resolved) < 2:
-            raise ApiError(400, f"refusing to delete {display}: it is a whole namespace; delete its collections one by one")
-        fs.check(resolved, WRITE)
-        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(resolved, detail=False)]
-        visible = sorted(n for n in names if n and not n.startswith("."))
-        if visible and not force:
-            shown = ", ".join(visible[:5]) + (", ..." if len(visible) > 5 else "")
-            raise ApiError(
-                409,
-                f"{display} is not empty ({len(visible)} entries: {shown}); delete them first or add ?force=true",
-            )
-        files = [p for p in fs.find(resolved) if not _hidden(p)]
-        fs.rm(resolved, recursive=True)
-        return len(files)
+        _check_empty(svc, fs, resolved, display, force)
+        deleted = fs.delete_tree(resolved)  # iterative: a tree of any depth goes
+        svc.versions.store.forget(resolved, tree=True)
+        return deleted
 
     deleted = await _run(work)
     return JSONResponse({"result": {"deleted": deleted}})
+
+
+def _check_empty(svc: _Service, fs, resolved: str, display: str, force: bool) -> None:
+    """409 unless the directory holds nothing visible or ``force`` is given."""
+    if force:
+        return
+    if svc.local:
+        visible = [k[2] for k in svc.index.keys(fs.local_path(resolved))]
+    else:
+        names = [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(resolved, detail=False)]
+        visible = sorted(n for n in names if n and not n.startswith("."))
+    if visible:
+        shown = ", ".join(visible[:5]) + (", ..." if len(visible) > 5 else "")
+        raise ApiError(
+            409,
+            f"{display} is not empty ({len(visible)} entries: {shown}); delete them first or add ?force=true",
+        )
 
 
 _METHODS = {"POST": _post, "PATCH": _patch, "DELETE": _delete}
@@ -811,6 +1003,7 @@ async def data_endpoint(request: Request) -> Response:
     try:
         if not svc._ready:
             await _run(svc.ensure)
+        _check_utf8(request)
         rel = parse_data_path(raw)
         display = f"data://{rel}"
         if request.method in ("GET", "HEAD"):

@@ -109,6 +109,10 @@ def serve(
     root = resolve_root(settings.root)  # fail now, with the message, rather than on the first request
     settings.root = root
     config = make_config(host, port, settings, log_level=log_level, access_log=access_log)
+    try:  # set up now: stale temporaries of a previous run are swept from the start, not the first request
+        config.app.state.freestack_data.ensure()
+    except Exception as exc:  # the first request tries again, and answers with the reason
+        log.warning("the Data API could not set up before serving: %s", exc)
     if hasattr(sys.stdout, "reconfigure"):  # access log lines go to stdout: one at a time, even into a file
         sys.stdout.reconfigure(line_buffering=True)
     print(f"freestack Data API on http://{host}:{port}/v1/data/  (data: {root})", flush=True)

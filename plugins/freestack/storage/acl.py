@@ -244,6 +244,11 @@ class _Target:
 # ---------------------------------------------------------------------------------------------------------
 # the rules
 
+#: what an anonymous caller is told to do
+SIGN_IN = (
+    "sign in with an API key (header 'Authorization: Simple <key>'; create one with `freestack keys create <user>`)"
+)
+
 
 def check_access(user: str | None, rel: str, mode: str, acl_of: Callable[[str, str], Acl]) -> None:
     """Raise AccessDenied unless ``user`` (None: anonymous) may ``mode`` the resolved path ``rel``
@@ -251,6 +256,7 @@ def check_access(user: str | None, rel: str, mode: str, acl_of: Callable[[str, s
     parts = rel.split("/") if rel else []
     anonymous = user is None
     who = f"user {user!r}" if user else "an anonymous caller (no API key)"
+    hint = f"; {SIGN_IN}" if anonymous else ""
     if not parts:
         if mode == READ:
             return
@@ -265,24 +271,22 @@ def check_access(user: str | None, rel: str, mode: str, acl_of: Callable[[str, s
         if mode == READ:  # listing someone's namespace shows only the collections the caller may read
             return
         raise AccessDenied(
-            f"{who} cannot create or delete collections in data://{owner}: only {owner!r} can",
+            f"{who} cannot create or delete collections in data://{owner}: only {owner!r} can{hint}",
             anonymous=anonymous,
         )
     collection = parts[1]
     where = f"data://{owner}/{collection}"
     if mode == WRITE and len(parts) == 2:
         raise AccessDenied(
-            f"{who} cannot create, delete or change the collection {where} itself: only {owner!r} can",
+            f"{who} cannot create, delete or change the collection {where} itself: only {owner!r} can{hint}",
             anonymous=anonymous,
         )
     if acl_of(owner, collection).allows(user, mode):
         return
+    if anonymous and mode == WRITE:  # whether or not the collection is public: writing needs a user
+        raise AccessDenied(f"{who} may not write to {where}: {SIGN_IN}", anonymous=True)
     if anonymous:
-        raise AccessDenied(
-            f"{where} is not public: send an API key (header 'Authorization: Simple <key>'; "
-            "create one with `freestack keys create <user>`)",
-            anonymous=True,
-        )
+        raise AccessDenied(f"{where} is not public: {SIGN_IN}", anonymous=True)
     if mode == WRITE:
         raise AccessDenied(
             f"{who} may not write to {where}: ask {owner!r} to add 'user://{user}' to its write ACL"

@@ -15,6 +15,7 @@ The module follows the provider filesystem contract (``schemes`` + ``get_fs``), 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fsspec.implementations.dirfs import DirFileSystem
@@ -114,7 +115,7 @@ class DataFileSystem(DirFileSystem):
             head = self.owner
             if head is None:
                 raise AccessDenied(
-                    "data://.my means the caller, and no user is signed in: send an API key "
+                    "data://.my means the caller, and no user is signed in: sign in with an API key "
                     "(header 'Authorization: Simple <key>') or name the owner (data://<owner>/...)",
                     anonymous=True,
                 )
@@ -245,9 +246,12 @@ class DataFileSystem(DirFileSystem):
 
     def ls(self, path, detail=True, **kwargs):
         rel = self.resolve(path)
-        entries = super().ls(path, detail=detail, **kwargs)
+        entries = super().ls(path, detail=detail, **kwargs)  # checks that the user may read rel
         names = [e["name"] if detail else e for e in entries]
-        keep = [self._visible(n) for n in names]
+        if "/" in rel:  # inside one collection: its ACL, checked above, holds for every entry
+            keep = [ACL_NAME not in n.split("/") for n in names]
+        else:
+            keep = [self._visible(n) for n in names]
         entries = [e for e, k in zip(entries, keep, strict=True) if k]
         if self.check_acl and not rel:
             allowed = set(self._filter_owners([e["name"] if detail else e for e in entries]))
@@ -293,8 +297,24 @@ class DataFileSystem(DirFileSystem):
     def rm_file(self, path, **kwargs):
         return self.fs.rm_file(self._w(path), **kwargs)
 
-    def rm(self, path, *args, **kwargs):
-        return self.fs.rm(self._w(path), *args, **kwargs)
+    def rm(self, path, recursive=False, maxdepth=None):
+        if recursive and maxdepth is None and self.is_local and isinstance(path, str):
+            full = self._w(path)
+            if os.path.isdir(full):  # shutil.rmtree recurses: a deep enough tree would never go
+                remove_tree(full)
+                return None
+        return self.fs.rm(self._w(path), recursive=recursive, maxdepth=maxdepth)
+
+    def delete_tree(self, path: str) -> int:
+        """Delete the directory ``path`` and everything in it (the write rule applies); return how many
+        visible files (no segment below ``path`` starting with ``.``) went. No depth limit."""
+        full = self._w(path)
+        if self.is_local:
+            return remove_tree(full)
+        prefix = full.rstrip("/") + "/"
+        files = [p for p in self.fs.find(full) if not any(s.startswith(".") for s in p[len(prefix) :].split("/"))]
+        self.fs.rm(full, recursive=True)
+        return len(files)
 
     def delete(self, path, recursive=False, maxdepth=None):
         return self.fs.delete(self._w(path), recursive=recursive, maxdepth=maxdepth)
@@ -381,6 +401,32 @@ class DataFileSystem(DirFileSystem):
     def __repr__(self) -> str:
         where = self.fs.unstrip_protocol(self.path) if self.path or not self.is_remote_api else self.fs.url
         return f"DataFileSystem(owner={self._owner!r}, root={where!r})"
+
+
+def remove_tree(top: str) -> int:
+    """Remove the local directory ``top`` and everything below it, without recursion (a tree of any depth
+    goes) and without following symbolic links; return how many visible files (no hidden segment below
+    ``top``) were removed."""
+    removed = 0
+    stack: list[tuple[str, bool, bool]] = [(top, False, False)]  # (folder, hidden, its entries done)
+    while stack:
+        folder, hidden, done = stack.pop()
+        if done:
+            os.rmdir(folder)
+            continue
+        stack.append((folder, hidden, True))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                below_hidden = hidden or entry.name.startswith(".")
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, below_hidden, False))
+                    continue
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                removed += 0 if below_hidden else 1
+    return removed
 
 
 class _Target:
