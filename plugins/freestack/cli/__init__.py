@@ -76,11 +76,15 @@ def _up(timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long
 
 
 @app.command("down")
-def _down() -> int:
-    """Stop the airflow standalone started by `up`, and the local model servers."""
+def _down(
+    grace: Annotated[float, typer.Option(min=0, metavar="SECONDS",
+                                         help="How long each process gets after SIGTERM before SIGKILL.")] = 30.0,
+) -> int:  # fmt: skip
+    """Stop every process of the airflow standalone started by `up` (orphaned ones too) and the local
+    model servers; list each and how it ended."""
     from freestack.cli.stack import down as stop
 
-    return stop()
+    return stop(grace)
 
 
 class _Passthrough(TyperCommand):

@@ -1,5 +1,6 @@
 """``freestack up`` / ``down`` / ``airflow``: the embedded Airflow (``airflow standalone``) in the background,
-and any ``airflow`` command against it."""
+and any ``airflow`` command against it. ``down`` stops every process of the stack
+(:mod:`freestack.runtime.procs`) and the local model servers, and lists them with how each ended."""
 
 from __future__ import annotations
 
@@ -68,32 +69,63 @@ def _alive(pid: int) -> bool:
     return psutil.pid_exists(pid)
 
 
-def down() -> int:
-    """Stop what ``up`` and ``demo`` started: the embedded Airflow and the local model servers."""
-    from freestack.serving.processes import stop_process
+def down(grace: float = 30.0) -> int:
+    """Stop what ``up`` and ``demo`` started: every process of the embedded Airflow (also those whose
+    parent was killed: orphaned executor workers, unsupervised tasks) and the local model servers.
+    SIGTERM first, SIGKILL to what still runs after ``grace`` seconds; prints each process and how it
+    ended."""
+    from freestack.runtime.procs import stop_stack
+    from freestack.serving.local import serving_dir
+    from freestack.serving.processes import stop_serving
 
+    if not grace >= 0:
+        print(f"error: the grace period must be 0 or more seconds, not {grace}", file=sys.stderr)
+        return 2
     env = airflow_env()
     pid_file, _, _ = standalone_files(env)
-    stopped = []
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        if _alive(pid):
-            stop_process(pid, grace_seconds=30.0)  # SIGTERM to its session's group, SIGKILL after the grace
-            stopped.append(f"airflow standalone (pid {pid}: scheduler, dag processor, triggerer, API server)")
-        pid_file.unlink(missing_ok=True)
-    stopped += _stop_model_servers()
-    for line in stopped:
-        print(f"stopped {line}")
-    if not stopped:
-        print("nothing was running")
+    leader = _recorded_pid(pid_file)
+    stack = stop_stack(env["AIRFLOW_HOME"], leader, grace_seconds=grace)
+    pid_file.unlink(missing_ok=True)
+    servers = stop_serving(serving_dir(), grace_seconds=grace)
+    _report(env["AIRFLOW_HOME"], stack, leader, servers, grace)
     return 0
 
 
-def _stop_model_servers() -> list[str]:
-    from freestack.serving.local import serving_dir
-    from freestack.serving.processes import stop_serving_processes
+def _recorded_pid(pid_file) -> int | None:
+    """The pid ``up`` recorded for ``airflow standalone``, if the file holds one."""
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
-    return stop_serving_processes(str(serving_dir()))
+
+def _report(home: str, stack: list, leader: int | None, servers: list[tuple[int, str, str]], grace: float) -> None:
+    """A table of every stopped process (pid, how it ended: TERM, KILL after the grace, gone, left; what
+    it was), then one line for the stack and one per model server."""
+    from freestack.cli.output import emit, table
+
+    rows = [(s.pid, s.ended, s.command) for s in stack] + [(pid, ended, what) for pid, what, ended in servers]
+    if not rows:
+        print("nothing was running")
+        return
+    t = table("PID", "ENDED", "PROCESS", right=("PID",))
+    for pid, ended, what in rows:
+        t.add_row(str(pid), ended, what)
+    emit(t)
+    others = len([s for s in stack if s.pid != leader])
+    if any(s.pid == leader for s in stack):
+        print(f"stopped airflow standalone (pid {leader}: scheduler, dag processor, triggerer, API server) "
+              f"and {others} more of its processes")  # fmt: skip
+    elif stack:
+        print(f"stopped {len(stack)} processes of the embedded Airflow (AIRFLOW_HOME {home})")
+    for pid, what, _ in servers:
+        print(f"stopped {what} (pid {pid})")
+    killed = sum(1 for _, ended, _ in rows if ended == "KILL")
+    if killed:
+        print(f"killed (SIGKILL): {killed} that still ran {grace:g} s after SIGTERM")
+    left = [str(pid) for pid, ended, _ in rows if ended == "left"]
+    if left:
+        print(f"warning: still running after SIGKILL (stuck in the kernel?): {', '.join(left)}", file=sys.stderr)
 
 
 def airflow(args: list[str]) -> int:

@@ -15,7 +15,8 @@ everywhere else (the scaled-out stack, Helm, your own Airflow), where Airflow be
 **Setup**, always on: :mod:`~freestack.runtime.pools` creates the sweep agents' pool through Airflow's
 ORM when a component starts (Airflow 3 gives tasks no way to create one); :mod:`~freestack.runtime.notes`
 sets a finished run's note from its tasks' ``freestack_run_note`` XCom (the gate's decision; Airflow 3
-gives tasks no way to write one).
+gives tasks no way to write one). :mod:`~freestack.runtime.procs` finds the embedded stack's processes,
+orphaned ones too, and stops them (``freestack down``).
 
 **Measurement**, opt-in: :mod:`~freestack.runtime.timings` records when each task's code starts and
 ends (a public listener; the ``task_timings`` setting).

@@ -123,21 +123,28 @@ def _describe(args: list[str]) -> str:
 def stop_serving_processes(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[str]:
     """Stop every model server and address holder started under ``serving_dir`` (servers first, all at
     once and gracefully; then the holders). Returns what was stopped, one line each."""
+    return [f"{what} (pid {pid})" for pid, what, _ in stop_serving(serving_dir, grace_seconds=grace_seconds)]
+
+
+def stop_serving(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[tuple[int, str, str]]:
+    """:func:`stop_serving_processes`, with how each ended: (pid, what it was, ``TERM`` or ``KILL``).
+    ``KILL``: something of its process group still ran after the grace and was killed."""
     found = serving_processes(serving_dir)
     servers = [(pid, what) for pid, what in found if not what.startswith("address holder")]
-    stop_servers([pid for pid, _ in servers], grace_seconds=grace_seconds)
-    stopped = [f"{what} (pid {pid})" for pid, what in servers]
+    ended = stop_servers([pid for pid, _ in servers], grace_seconds=grace_seconds)
+    stopped = [(pid, what, ended.get(pid, "TERM")) for pid, what in servers]
     for pid, what in found:
         if (pid, what) not in servers and is_holder(pid):
-            stop_holder(pid)
-            stopped.append(f"{what} (pid {pid})")
+            stopped.append((pid, what, stop_holder(pid, grace_seconds=min(grace_seconds, 5.0))))
     return stopped
 
 
-def stop_holder(pid: int, *, grace_seconds: float = 5.0) -> None:
-    """Stop an address holder (checked to be one): it closes its copy of the deployment's socket."""
+def stop_holder(pid: int, *, grace_seconds: float = 5.0) -> str:
+    """Stop an address holder (checked to be one): it closes its copy of the deployment's socket.
+    Returns how it ended (``TERM``, ``KILL``; ``gone`` when it was not running)."""
     if is_holder(pid):
-        stop_process(pid, grace_seconds=grace_seconds)
+        return stop_process(pid, grace_seconds=grace_seconds)
+    return "gone"
 
 
 def stop_server(pid: int, *, grace_seconds: float = 15.0) -> None:
@@ -145,10 +152,11 @@ def stop_server(pid: int, *, grace_seconds: float = 15.0) -> None:
     stop_servers([pid], grace_seconds=grace_seconds)
 
 
-def stop_servers(pids: list[int], *, grace_seconds: float = 15.0) -> None:
+def stop_servers(pids: list[int], *, grace_seconds: float = 15.0) -> dict[int, str]:
     """SIGTERM each model server's supervisor (only those whose command line says so), which stops its
     gunicorn gracefully; what is left of their process groups after ``grace_seconds`` is stopped as a
-    group (SIGTERM, then SIGKILL)."""
+    group (SIGTERM, then SIGKILL after 2 s). Returns how each supervisor's group ended: ``TERM`` (by
+    the first SIGTERM, or the group's) or ``KILL``."""
     leaders = [pid for pid in pids if SUPERVISOR in cmdline(pid) and _leader(pid)]
     for pid in leaders:
         with contextlib.suppress(ProcessLookupError):
@@ -156,8 +164,10 @@ def stop_servers(pids: list[int], *, grace_seconds: float = 15.0) -> None:
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline and any(_running(pid) for pid in leaders):
         time.sleep(0.05)
-    for pid in leaders:
-        _stop_group(pid, grace_seconds=2.0)  # what is left of the group (the leader was checked above)
+    ended = {}
+    for pid in leaders:  # what is left of the group (the leader was checked above)
+        ended[pid] = "KILL" if _stop_group(pid, grace_seconds=2.0) == "KILL" else "TERM"
+    return ended
 
 
 def _leader(pid: int) -> bool:
@@ -176,38 +186,60 @@ def _running(pid: int) -> bool:
         return False
 
 
-def stop_process(pid: int, *, grace_seconds: float = 15.0) -> None:
-    """SIGTERM the server's process group (supervisor, gunicorn, workers, metrics), SIGKILL after grace."""
+def stop_process(pid: int, *, grace_seconds: float = 15.0) -> str:
+    """SIGTERM the server's process group (supervisor, gunicorn, workers, metrics), SIGKILL after grace.
+    Returns how it ended: ``TERM``, ``KILL``, or ``gone`` when it was not running."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
-        return
+        return "gone"
     if pgid != pid:  # we always start servers as group leaders; anything else is not ours to signal
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(pid, signal.SIGTERM)
-        return
-    _stop_group(pgid, grace_seconds=grace_seconds)
+        except ProcessLookupError:
+            return "gone"
+        return "TERM"
+    return _stop_group(pgid, grace_seconds=grace_seconds)
 
 
-def _stop_group(pgid: int, *, grace_seconds: float) -> None:
-    """SIGTERM process group ``pgid`` (its leader's pid), SIGKILL what is left after the grace."""
+def _stop_group(pgid: int, *, grace_seconds: float) -> str:
+    """SIGTERM process group ``pgid`` (its leader's pid), SIGKILL what is left after the grace: ``TERM``
+    when the group was gone within the grace, ``KILL`` when it had to be killed, ``gone`` when there
+    was no group to signal."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         _reap(pgid)
-        return
+        return "gone"
+    ended = "KILL"
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
         _reap(pgid)
+        if not _group_running(pgid):
+            ended = "TERM"
+            break
         time.sleep(0.1)
-    else:
+    if ended == "KILL":
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
     _reap(pgid)
+    return ended
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs: exited ones whose parent has not collected them
+    yet (zombies) do not count."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+    return False
 
 
 def _reap(pid: int) -> None:
@@ -318,5 +350,5 @@ def _bindable(host: str, port: int) -> bool:
 __all__ = [
     "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port", "free_port_block", "holders", "is_holder",
     "is_ours", "port_free", "port_listener", "port_owner", "process_alive", "serving_processes", "stop_holder",
-    "stop_process", "stop_server", "stop_servers", "stop_serving_processes", "supervisors",
+    "stop_process", "stop_server", "stop_servers", "stop_serving", "stop_serving_processes", "supervisors",
 ]  # fmt: skip
