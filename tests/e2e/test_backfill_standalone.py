@@ -247,8 +247,9 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     sweeps = list((standalone["base"] / "storage" / "runs" / "digits").glob("sweep-*/trials/*/trial.json"))
     trials = [json.loads(p.read_text()) for p in sweeps]
     assert len(trials) == 8 and all(len(t["attempts"]) == 1 and t["state"] == "finished" for t in trials)
-    owners = {t["attempts"][0]["owner"].split("/")[1] for t in trials}
-    assert owners == {"agent0", "agent1"}, owners
+    # an owner is the agent's slot (dag/run/task/map index) and its try: both mapped agents ran trials
+    slots = {t["attempts"][0]["owner"].rsplit("/try", 1)[0] for t in trials}
+    assert slots == {f"digits_train/sweep-e2e/agent/{i}" for i in (0, 1)}, slots
 
 
 def _schedulers(shim) -> list:

@@ -245,9 +245,10 @@ def test_demo_up_down_are_wired(monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "demo", lambda: calls.append("demo") or 0)
     monkeypatch.setattr(stack, "up", lambda timeout: calls.append(("up", timeout)) or 0)
-    monkeypatch.setattr(stack, "down", lambda: calls.append("down") or 3)
+    monkeypatch.setattr(stack, "down", lambda grace: calls.append(("down", grace)) or 3)
     assert main(["demo"]) == 0 and main(["up", "--timeout", "5"]) == 0 and main(["up"]) == 0 and main(["down"]) == 3
-    assert calls == ["demo", ("up", 5.0), ("up", 240.0), "down"]
+    assert main(["down", "--grace", "2"]) == 3
+    assert calls == ["demo", ("up", 5.0), ("up", 240.0), ("down", 30.0), ("down", 2.0)]
 
 
 # -- uploads ---------------------------------------------------------------------------------------------------
