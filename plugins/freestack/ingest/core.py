@@ -45,8 +45,16 @@ from freestack.ingest.validate import (
     quarantine_schema,
     validate_batch,
 )
-from freestack.storage import AtomicWriter, join, list_objects, sha256_of, storage_root, to_path, write_json
-from freestack.storage.objects import TMP_MARK
+from freestack.storage import (
+    AtomicWriter,
+    join,
+    list_objects,
+    remove_temporaries,
+    sha256_of,
+    storage_root,
+    to_path,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -56,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PART = "part.parquet"
-QUARANTINE = "_quarantine.parquet"  # partitions published before quarantines were named by their hash
 QUARANTINE_PREFIX = "_quarantine"
 FOOTER_KEY = b"freestack.manifest"
 MANIFEST = "_manifest.json"
@@ -571,14 +578,13 @@ def _remove_other_quarantines(out_dir: ObjectStoragePath, keep: str | None) -> N
     """After a publish: quarantines the part does not refer to (the previous one, a rejected attempt's,
     a staging copy a crash left) are removed, and so are the temporaries of attempts that were killed
     (a partition has one writer at a time, its ingest task, and this one's are committed)."""
-    out_dir.fs.invalidate_cache(out_dir.path)
-    for p in out_dir.iterdir() if out_dir.exists() else ():
-        stale = p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep
-        if stale or TMP_MARK in p.name:
+    for p in list_objects(out_dir):
+        if p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep:
             try:
                 p.unlink()
             except FileNotFoundError:
                 pass
+    remove_temporaries(out_dir)
 
 
 def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:
@@ -589,15 +595,17 @@ def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:
     copy_path, part = join(folder, MANIFEST), join(folder, PART)
     copy = json.loads(copy_path.read_text()) if copy_path.exists() else None
     footer = _footer(part)
-    if footer is None or (copy and copy.get("footer_sha256") == hashlib.sha256(footer).hexdigest()):
-        return copy  # a partition from before footers, or the copy is current
+    if footer is None:
+        return copy  # a partition from before footers
+    digest = hashlib.sha256(footer).hexdigest()
+    if copy and copy.get("footer_sha256") == digest:
+        return copy
     log.warning("%s does not match %s (a publish stopped before its copy); reading the part's footer", copy_path, part)
     record = json.loads(footer)
     q = record.pop("quarantine")
-    record.update(partition=str(folder), spec_hash=record.get("spec_hash", ""),
+    record.update(partition=str(folder), footer_sha256=digest,
                   part={"uri": str(part), "sha256": sha256_of(part), "size": part.stat().st_size},
-                  quarantine=None if q is None else {"uri": str(join(folder, q["name"])), "sha256": q["sha256"], "size": q["size"]},
-                  footer_sha256=hashlib.sha256(footer).hexdigest())  # fmt: skip
+                  quarantine=None if q is None else {"uri": str(join(folder, q["name"])), "sha256": q["sha256"], "size": q["size"]})  # fmt: skip
     return record
 
 
@@ -610,12 +618,6 @@ def _footer(part: ObjectStoragePath) -> bytes | None:
         return None
     return meta.get(FOOTER_KEY)
 
-
-def quarantine_path(spec: PipelineSpec, ds: str) -> ObjectStoragePath | None:
-    """The published partition's quarantine (None when it rejected no rows)."""
-    m = read_manifest(spec, ds) or {}
-    q = m.get("quarantine")
-    return to_path(q["uri"]) if q else None
 
 
 def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str]:

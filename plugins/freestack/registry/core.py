@@ -278,18 +278,10 @@ class ModelRegistry:
         """A folder about to be committed may hold temporaries of a writer that was killed (a train or
         evaluate attempt before the one that finished): they go, so a committed version holds its files
         only. Nothing writes into a folder once it is committed."""
-        from freestack.storage.objects import TMP_MARK
+        from freestack.storage import remove_temporaries
 
-        folder = self.version_path(version)
-        folder.fs.invalidate_cache(folder.path)
-        try:
-            found = folder.fs.find(folder.path)
-        except FileNotFoundError:
-            return
-        for path in found:
-            if TMP_MARK in str(path).rsplit("/", 1)[-1]:
-                log.info("removing %s, left by a killed writer, before committing %s %s", path, self.model, version)
-                folder.fs.rm_file(path)
+        for path in remove_temporaries(self.version_path(version)):
+            log.info("removed %s, left by a killed writer, before committing %s %s", path, self.model, version)
 
     # -- reading ------------------------------------------------------------------------------------------
     def _read_json(self, version: str, name: str) -> Any:

@@ -284,6 +284,25 @@ def sha256_of(path: ObjectStoragePath) -> str:
     return h.hexdigest()
 
 
+def remove_temporaries(folder: ObjectStoragePath) -> list[str]:
+    """Remove the temporaries under ``folder`` (at any depth) that writers killed mid-write left behind;
+    returns their paths. Only for a folder whose writer is the caller: a live writer's temporary
+    looks the same."""
+    fs = folder.fs
+    fs.invalidate_cache(folder.path)
+    try:
+        found = fs.find(folder.path)
+    except FileNotFoundError:
+        return []
+    stale = [str(p) for p in found if TMP_MARK in str(p).rsplit("/", 1)[-1]]
+    for path in stale:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+    return stale
+
+
 def list_objects(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     """Files directly in ``folder``, sorted by name, hiding temporaries and dot-files."""
     # object stores cache listings per process (s3fs, forever): look again, so files written

@@ -349,7 +349,8 @@ def prune_checkpoints(spec: PipelineSpec) -> list[str]:
     try:
         found = folder.fs.find(folder.path, detail=True) if folder.exists() else {}
         for path, info in found.items():
-            if str(path).rsplit("/", 1)[-1] == CHECKPOINT and _modified(info) < cutoff:
+            modified = _modified(info)
+            if str(path).rsplit("/", 1)[-1] == CHECKPOINT and modified is not None and modified < cutoff:
                 folder.fs.rm_file(path)
                 removed.append(str(path))
     except Exception as exc:  # a cleanup must never fail a training
@@ -359,10 +360,13 @@ def prune_checkpoints(spec: PipelineSpec) -> list[str]:
     return removed
 
 
-def _modified(info: dict[str, Any]) -> float:
-    """An fsspec listing entry's modification time in seconds (local: ``mtime``; S3: ``LastModified``)."""
+def _modified(info: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time in seconds (local: ``mtime``; S3: ``LastModified``);
+    None when the backend gives none (such a checkpoint is kept)."""
     value = info.get("mtime") or info.get("LastModified") or info.get("modified")
-    return value.timestamp() if hasattr(value, "timestamp") else float(value or 0)
+    if value is None:
+        return None
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
