@@ -10,6 +10,7 @@
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
         log_sample_rate: 0.1        # fraction of requests written to storage for drift checks
+        cors_origins: []            # browser origins allowed to call the server (CORS); none by default
       kubernetes:
         conn_id: kubernetes_default
         namespace: seldon
@@ -34,6 +35,7 @@ from freestack.settings import settings
 from freestack.specbase import SpecModel
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")  # the model server's guard reads them the same way
 
 
 class LocalTarget(SpecModel):
@@ -66,6 +68,23 @@ class LocalTarget(SpecModel):
     smoke_rows: int = Field(default=32, ge=1, le=10_000, description="Test rows sent before switching; the answers must equal the evaluation's.")
     log_sample_rate: float = Field(default=0.1, ge=0, le=1, description="Fraction of requests written to storage for drift checks.")
     max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="browser origins (scheme://host[:port], e.g. https://app.example.com; * for any) whose pages "
+        "may call the model server: only these get an Access-Control-Allow-Origin header, and a CORS preflight "
+        "from any other is refused (403). Default: none (no page on another origin can read an answer)",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = [o.strip().rstrip("/") for o in v]
+        bad = [o for o in out if o != "*" and not _ORIGIN.match(o)]
+        if bad:
+            raise ValueError(f"cors_origins {bad} must each be scheme://host[:port] (no path), e.g. "
+                             "https://app.example.com, or * for any origin")  # fmt: skip
+        return out
 
     @model_validator(mode="after")
     def _threads_need_gthread(self) -> LocalTarget:

@@ -20,18 +20,25 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
 
 - every listener binds ``host`` (127.0.0.1 locally) instead of 0.0.0.0, the REST port and the
   metrics port are ours, and no gRPC server is started (``grpc_port`` enables one, on ``host`` too);
-- gunicorn's workers, threads, worker class and timeout come from the pipeline spec; besides
-  gunicorn's own classes, ``worker_class: freestack`` is a keep-alive worker with one thread and no
-  thread pool whose workers share new connections evenly (:mod:`freestack.serving.server.worker`);
+- gunicorn's workers, threads, worker class and timeout come from the pipeline spec;
+  ``worker_class: freestack`` is a keep-alive worker with one thread and no thread pool whose workers
+  share new connections evenly, ``sync`` and ``gthread`` are gunicorn's (:mod:`freestack.serving.server.worker`);
+- every worker class hands the app only whole requests, their body in memory: a client gets at most
+  ``timeout`` / 2 to send its request (the freestack worker gives one that keeps sending 64 KiB/s
+  more, and serves others meanwhile), bodies are limited to ``max_body_bytes``, and what the server
+  refuses, in the worker or in front of the app (:mod:`freestack.serving.server.guard`: unknown paths
+  and methods, ``Content-Encoding``, malformed messages on every route that takes one), gets a 4xx
+  answer in Seldon's JSON error format;
+- CORS answers only the origins in config ``cors_origins`` (``deploy.local.cors_origins``; none by
+  default, ``*`` for any), instead of flask_cors's answer to every origin;
 - Seldon's custom metrics are buffered per worker and published to the shared store once a second
   (:mod:`freestack.serving.server.metrics`);
 - each worker freezes the objects it holds after loading the model (``gc.freeze``; config
   ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask
   (a 130-170 ms stall of the worker each time);
-- flask_cors's after-request hook answers the common case (no ``Origin`` header, not a preflight)
-  directly, three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON
-  provider is backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`);
-  config ``lighter_app: false`` turns them off.
+- three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON provider is
+  backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`); config
+  ``lighter_app: false`` turns them off.
 
 The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
 """
@@ -128,10 +135,12 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
             mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
                        daemon=True).start()  # fmt: skip
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
-    if cfg.get("lighter_app", True):
-        from freestack.serving.server.tuning import faster_json, lighter_cors, lighter_flask
+    from freestack.serving.server import guard
 
-        lighter_cors(app)
+    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or ())
+    if cfg.get("lighter_app", True):
+        from freestack.serving.server.tuning import faster_json, lighter_flask
+
         lighter_flask(app)
         faster_json(app)
     options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit)
@@ -158,6 +167,13 @@ def _kept_from_forks(fd: int | None):
 def _close(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _max_body() -> int:
+    """The largest request body the server takes (the ``max_body_bytes`` setting, 413 above)."""
+    from freestack.settings import settings
+
+    return int(settings().max_body_bytes)
 
 
 def _metrics(cfg: dict[str, Any]):
@@ -203,7 +219,11 @@ def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, pos
 
         address = cfg.get("address") or {}
         gate = (address["gate"], int(address["port"])) if address.get("gate") else None
-        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate)
+        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body())
+    elif worker_class in ("sync", "gthread"):
+        from freestack.serving.server.worker import gunicorn_class
+
+        worker_class = gunicorn_class(worker_class, max_body=_max_body())
     return {
         "bind": binds,
         "workers": workers,

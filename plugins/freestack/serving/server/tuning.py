@@ -1,53 +1,10 @@
-"""Per-request costs of Seldon's Flask app that the model server skips, through Flask's and flask_cors's
-own extension points; what a request gets back keeps its meaning (``bench/serve`` measures each).
-Config ``lighter_app: false`` turns them off. Runs in the serving environment.
+"""Per-request costs of Seldon's Flask app that the model server skips, through Flask's own extension
+points; what a request gets back keeps its meaning (``bench/serve`` measures each). Config
+``lighter_app: false`` turns them off. Runs in the serving environment. (flask_cors, whose hook ran on
+every response, is gone: the guard answers CORS, :mod:`freestack.serving.server.guard`.)
 """
 
 from __future__ import annotations
-
-
-def lighter_cors(app) -> bool:
-    """Let flask_cors's after-request hook skip its general path where the answer is known.
-
-    Seldon's app runs ``CORS(app)`` with the default options, whose hook matches every response's
-    path against its resources and evaluates the origin rules; for a request without an ``Origin``
-    header that is not a preflight (``OPTIONS``), all that adds ``Access-Control-Allow-Origin: *`` and
-    nothing else. That case now adds the header directly; every other request (an ``Origin`` header,
-    ``OPTIONS``, a response that already carries the header) goes to flask_cors's hook as before.
-    Returns False, changing nothing, if the app's CORS options are not the defaults.
-    """
-    from flask import request
-    from flask_cors.core import ACL_ORIGIN, FLASK_CORS_EVALUATED, try_match
-
-    funcs = app.after_request_funcs.get(None, [])
-    found = [i for i, f in enumerate(funcs)
-             if getattr(f, "__name__", "") == "cors_after_request" and f.__module__ == "flask_cors.extension"]  # fmt: skip
-    if len(found) != 1:
-        return False
-    index = found[0]
-    hook = funcs[index]
-    closure = dict(zip(hook.__code__.co_freevars, (c.cell_contents for c in hook.__closure__ or ()), strict=True))
-    resources = closure.get("resources")
-    if not isinstance(resources, list) or len(resources) != 1:
-        return False
-    pattern, opts = resources[0]
-    defaults = (opts.get("origins") == [r".*"] and opts.get("always_send") and not opts.get("supports_credentials")
-                and not opts.get("expose_headers"))  # fmt: skip
-    if not defaults or pattern != "/*" or not try_match("/any/path", pattern):
-        return False
-
-    def cors_after_request(resp):
-        environ = request.environ
-        headers = resp.headers
-        if (environ.get("HTTP_ORIGIN") or environ.get("REQUEST_METHOD", "GET").upper() == "OPTIONS"
-                or headers is None or hasattr(resp, FLASK_CORS_EVALUATED)):  # fmt: skip
-            return hook(resp)
-        if not headers.get(ACL_ORIGIN):
-            headers.add(ACL_ORIGIN, "*")
-        return resp
-
-    funcs[index] = cors_after_request
-    return True
 
 
 def lighter_flask(app) -> None:
@@ -154,4 +111,4 @@ def faster_json(app) -> bool:
     return True
 
 
-__all__ = ["faster_json", "lighter_cors", "lighter_flask"]
+__all__ = ["faster_json", "lighter_flask"]

@@ -1,10 +1,24 @@
 """gunicorn's worker for the model server (``worker_class: freestack``). Runs in the serving environment.
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
-connection it accepted and, when one is readable, parses the request with gunicorn's own parser and
-runs the WSGI app (Seldon's Flask app) inline, then goes back to the loop. That is gunicorn's ``sync``
-worker (which closes the connection after every response) with keep-alive, or ``gthread`` with one
-thread but without a hand-off to the pool thread and back for every request.
+connection it accepted and reads what each sends without blocking; once a request is whole (its
+headers and all of its body, found by :func:`freestack.serving.server.guard.request_end`), it parses
+it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
+back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
+response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
+and back for every request.
+
+So a slow client holds up no one: a request is answered 408 (and its connection closed) when it is
+not whole ``timeout`` / 2 after its first byte, plus a second for every MIN_RATE bytes it sent (a
+client that keeps sending at that rate is never cut off, up to ``max_body_bytes``). A request that
+cannot be served is answered as soon as that is known, before its body is read: framing a server must
+not guess at, an invalid chunk, a body over ``max_body_bytes`` (413), headers over 64 KiB (431). What
+gunicorn's parser refuses (a bad request line, bad headers) is answered in JSON too (:class:`JsonErrors`).
+
+gunicorn's own ``sync`` and ``gthread`` workers are used as :class:`SyncWorker` and
+:class:`ThreadWorker`: the same refusals in JSON, and the whole body read (under a read deadline of
+``timeout`` / 2) before the app runs; they read in the worker or thread that serves the request, so
+a slow client holds that one until the deadline.
 
 Keep-alive connections stay with the worker that accepted them, and when several workers race for a
 burst of new connections one of them can win them all (with ``gthread`` one worker took all 8 of a
@@ -34,8 +48,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import io
 import os
-import re
 import selectors
 import socket
 import time
@@ -44,14 +58,29 @@ from multiprocessing import Lock, RawArray
 
 from gunicorn import http, util
 from gunicorn.http import wsgi
-from gunicorn.http.body import ChunkedReader, LengthReader
-from gunicorn.workers import base
+from gunicorn.http.body import ChunkedReader
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers import base, gthread, sync
+
+from freestack.serving.server.guard import (
+    Frame,
+    JsonErrors,
+    Refused,
+    RequestTimeout,
+    chunks_end,
+    decode_chunked,
+    error_response,
+    framing,
+    request_end,
+)
 
 STALE_AFTER = 2.0  # seconds without a heartbeat before a sibling stops counting
 TICK = 0.25  # seconds between heartbeats, keep-alive expiry, parent and gate checks
-RECV_BYTES, HEAD_LIMIT, SMALL_BODY = 32 * 1024, 64 * 1024, 1024 * 1024
-_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
-_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r]*chunked", re.IGNORECASE)
+RECV_BYTES = 64 * 1024
+MIN_RATE = 64 * 1024  # bytes/s a request must keep coming at once its first io_timeout is spent
+LINGER = 2.0  # seconds a refused request's connection is read (and dropped) before it is closed
+MAX_BODY = 32 * 1024 * 1024  # the max_body_bytes setting's default, until install() sets it
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class SharedTable:
@@ -97,12 +126,18 @@ class SharedTable:
 
 
 class _Conn:
-    __slots__ = ("sock", "addr", "server", "parser", "idle_until")
+    """One connection: ``pending`` holds what it sent of a request not yet whole (from ``started``),
+    ``frame`` how far that request is known; ``closing``: refused, read and dropped until closed."""
+
+    __slots__ = ("sock", "addr", "server", "parser", "idle_until", "pending", "frame", "started", "closing")
 
     def __init__(self, sock, addr, server):
         self.sock, self.addr, self.server = sock, addr, server
         self.parser = None
-        self.idle_until = 0.0
+        self.idle_until = self.started = 0.0
+        self.pending = bytearray()
+        self.frame: Frame | None = None
+        self.closing = False
 
 
 class _Buffered:
@@ -149,39 +184,12 @@ class _Settings:
         return getattr(self._cfg, name)
 
 
-def whole_request(buf) -> bool:
-    """Whether the bytes buffered for a connection hold a whole request (headers and a body of
-    Content-Length bytes), so gunicorn's parser reads it without waiting on the socket. A body above
-    SMALL_BODY, a chunked one, or headers longer than HEAD_LIMIT go to the parser as soon as the
-    headers are in: it reads the rest from the socket (each read bounded by io_timeout)."""
-    data = buf.getvalue()
-    if not data:
-        return False
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return len(data) > HEAD_LIMIT  # gunicorn's own limits answer it
-    head = data[: end + 2]
-    if _CHUNKED.search(head):
-        return True
-    length = _LENGTH.search(head)
-    if length is None:
-        return True
-    body = int(length.group(1))
-    return body > SMALL_BODY or len(data) >= end + 4 + body
-
-
-def _body_consumed(req) -> bool:
-    reader = getattr(req.body, "reader", None)
-    if isinstance(reader, LengthReader):
-        return reader.length == 0
-    return isinstance(reader, ChunkedReader) and reader.parser is None
-
-
-class FreestackWorker(base.Worker):
+class FreestackWorker(JsonErrors, base.Worker):
     """The keep-alive worker; ``table`` is set in the arbiter by :func:`install` before the fork."""
 
     table: SharedTable | None = None
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
+    max_body = MAX_BODY  # the max_body_bytes setting, from install
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -317,15 +325,33 @@ class FreestackWorker(base.Worker):
         util.close(conn.sock)
 
     def _expire(self, now: float) -> None:
-        for conn in [c for c in self.conns.values() if c.idle_until < now]:
+        """Close idle keep-alive connections and refused ones whose time is up; answer 408 to a request
+        still incomplete io_timeout after its first byte, plus a second per MIN_RATE bytes it sent."""
+        for conn in list(self.conns.values()):
+            if conn.pending and not conn.closing:
+                if now > conn.started + self.io_timeout + len(conn.pending) / MIN_RATE:
+                    self._refuse(conn, RequestTimeout(self.io_timeout))
+            elif conn.idle_until < now:
+                self._close(conn)
+
+    def _refuse(self, conn: _Conn, exc: Refused) -> None:
+        """Answer a request the worker will not serve and close its connection. Until then (LINGER) what
+        the client still sends is read and dropped: closing with unread input would reset the
+        connection, and the client could lose the answer."""
+        self.log.debug("Refused a request from %s: %s", conn.addr, exc.info)
+        try:
+            conn.sock.sendall(error_response(exc.status, exc.reason, exc.info))
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
             self._close(conn)
+            return
+        conn.closing, conn.pending, conn.frame = True, bytearray(), None
+        conn.idle_until = time.monotonic() + LINGER
 
     # -- one readable connection ---------------------------------------------------------------------------
     def _serve(self, conn: _Conn) -> None:
-        if conn.parser is None:
-            conn.parser = http.RequestParser(self.settings, conn.sock, conn.addr)
-        unreader = conn.parser.unreader
-        waiting = unreader.buf.seek(0, os.SEEK_END)  # bytes of an incomplete request already here
+        """Read what ``conn`` sent; serve each request once all of it is in (the app never waits on a
+        client), answer at once one that cannot be served (framing, size: :func:`request_end`)."""
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -336,35 +362,55 @@ class FreestackWorker(base.Worker):
         if not data:  # the client closed the connection
             self._close(conn)
             return
-        unreader.unread(data)
-        if not whole_request(unreader.buf):
-            # the rest of the request is on its way: serve the other connections meanwhile, and give
-            # this one io_timeout from its first byte (a trickle does not extend it)
-            if not waiting:
-                conn.idle_until = time.monotonic() + self.io_timeout
+        if conn.closing:
             return
-        # a response that went out without ``Connection: close`` keeps its connection, even if the worker
-        # began stopping meanwhile: the client may send on it at once, and the drain answers that
-        keepalive = self._requests(conn)
-        if keepalive:
-            partial = unreader.buf.seek(0, os.SEEK_END)
-            conn.idle_until = time.monotonic() + (self.io_timeout if partial else self.cfg.keepalive)
-        else:
+        if not conn.pending:
+            conn.started = time.monotonic()
+        conn.pending += data
+        while conn.pending:
+            frame = conn.frame = conn.frame or Frame()
+            try:
+                end = request_end(conn.pending, frame, self.max_body)
+            except Refused as exc:
+                self._refuse(conn, exc)
+                return
+            if end < 0:  # the rest is on its way: serve the other connections meanwhile
+                if frame.expect and frame.head_end >= 0 and not frame.continued:
+                    frame.continued = True
+                    self._send(conn, CONTINUE)
+                return
+            if conn.parser is None:
+                conn.parser = http.RequestParser(self.settings, conn.sock, conn.addr)
+            # gunicorn's parser reads this one request from memory, never from the socket
+            conn.parser.unreader.unread(bytes(conn.pending[:end]))
+            del conn.pending[:end]
+            conn.frame = None
+            # a response that went out without ``Connection: close`` keeps its connection, even if the
+            # worker began stopping meanwhile: the client may send on it at once, and the drain answers that
+            if not self._requests(conn):
+                self._close(conn)
+                return
+            conn.started = conn.idle_until = time.monotonic()
+            conn.idle_until += self.cfg.keepalive
+
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        try:
+            conn.sock.sendall(data)
+        except OSError:
             self._close(conn)
 
     def _requests(self, conn: _Conn) -> bool:
-        """Handle the whole requests buffered for ``conn`` (pipelined ones too); whether to keep it."""
+        """Handle the request just buffered for ``conn``; whether to keep the connection."""
         keepalive, req = False, None
         try:
-            while True:
-                req = next(conn.parser)
-                if not req:
-                    break
+            req = next(conn.parser)
+            if req:
+                # the parser left the body, all of it, in its buffer: hand the app a copy it can read at
+                # once (gunicorn's readers copy what is left of the buffer at each 1 KiB they read)
+                unreader = conn.parser.unreader
+                body, unreader.buf = unreader.buf.getvalue(), io.BytesIO()
+                req.body = io.BytesIO(decode_chunked(body) if isinstance(req.body.reader, ChunkedReader) else body)
                 keepalive = self._handle_request(req, conn)
-                # a pipelined request read along with this one: epoll will not announce it (stopping,
-                # it is answered too, with ``Connection: close``)
-                if not keepalive or not whole_request(conn.parser.unreader.buf):
-                    break
         except http.errors.NoMoreData as exc:
             self.log.debug("Ignored premature client disconnection. %s", exc)
             keepalive = False
@@ -373,9 +419,7 @@ class FreestackWorker(base.Worker):
             keepalive = False
         except OSError as exc:
             keepalive = False
-            if isinstance(exc, socket.timeout):
-                self.log.debug("Closing a connection that stalled mid-request")
-            elif exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
         except Exception as exc:
             keepalive = False
@@ -388,14 +432,12 @@ class FreestackWorker(base.Worker):
         try:
             self.cfg.pre_request(self, req)
             request_start = datetime.now() if self.access_log else None
+            if any(name == "EXPECT" for name, _ in req.headers):  # the body is here: no 100 Continue now
+                req.headers = [h for h in req.headers if h[0] != "EXPECT"]
             resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.settings)
             environ["wsgi.multithread"] = False
             self._count_request(resp)
             respiter = self.wsgi(environ, resp.start_response)
-            if not _body_consumed(req):
-                # answered before reading the whole body (a 413): the rest may never come, and waiting
-                # for it would hold up every other connection of this worker
-                resp.force_close()
             try:
                 self._respond(resp, respiter, environ, conn)
                 if request_start is not None:
@@ -453,13 +495,106 @@ class FreestackWorker(base.Worker):
                 conn.sock.sendall(b"".join(buffered.parts))
 
 
-def install(slots: int, gate: tuple[str, int] | None = None):
-    """In the arbiter, before the fork: give the worker class its shared table and, for a server behind
-    a deployment's address, its gate (the gate file and the address's port). Returns gunicorn's
-    ``worker_class`` (an import path) and its ``child_exit`` hook."""
+# ---------------------------------------------------------------------------------------------------------
+# gunicorn's sync and gthread workers, with the same refusals
+
+
+class _Deadline:
+    """A connection's socket whose reads fail with :class:`RequestTimeout` once ``seconds`` have passed
+    since it was wrapped; everything else goes to the socket."""
+
+    __slots__ = ("sock", "seconds", "deadline")
+
+    def __init__(self, sock, seconds: float):
+        self.sock, self.seconds = sock, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def recv(self, size: int, *flags):
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout(self.seconds)
+        self.sock.settimeout(left)
+        try:
+            return self.sock.recv(size, *flags)
+        except TimeoutError:
+            raise RequestTimeout(self.seconds) from None
+        finally:
+            self.sock.settimeout(None)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def buffer_body(req, sock, max_body: int) -> None:
+    """Read ``req``'s whole body before the app runs (bounded by ``max_body`` and, through the socket,
+    by the read deadline) and give the request that copy: a refusal is answered by the worker, never
+    half-way through the app. A chunked body is checked as the freestack worker checks it
+    (:func:`chunks_end`: strict chunk sizes). ``Expect: 100-continue`` is answered here."""
+    kind, length = framing(req.headers, max_body)
+    if kind == "none":
+        return
+    if any(name == "EXPECT" and value.lower() == "100-continue" for name, value in req.headers):
+        sock.sendall(CONTINUE)
+        req.headers = [h for h in req.headers if h[0] != "EXPECT"]
+    raw, frame = bytearray(), Frame()
+    frame.head_end = 0
+    while (end := length if kind == "length" else chunks_end(raw, frame, max_body)) < 0 or len(raw) < end:
+        more = req.unreader.read()  # what the parser buffered, else one read of the socket
+        if not more:
+            raise NoMoreData(bytes(raw[-20:]))
+        raw += more
+    req.unreader.unread(bytes(raw[end:]))  # the start of a pipelined request
+    body = bytes(raw[:end])
+    req.body = io.BytesIO(decode_chunked(body) if kind == "chunked" else body)
+
+
+class SyncWorker(JsonErrors, sync.SyncWorker):
+    """gunicorn's ``sync`` worker (``worker_class: sync``): a request that takes longer than the read
+    deadline (``timeout`` / 2) to arrive gets a 408, and what the worker refuses is a JSON answer."""
+
+    max_body = MAX_BODY
+
+    def handle(self, listener, client, addr):
+        if self.cfg.is_ssl:
+            return super().handle(listener, client, addr)
+        return super().handle(listener, _Deadline(client, max(1.0, self.cfg.timeout / 2)), addr)
+
+    def handle_request(self, listener, req, client, addr):
+        buffer_body(req, client, self.max_body)
+        return super().handle_request(listener, req, client, addr)
+
+
+class ThreadWorker(JsonErrors, gthread.ThreadWorker):
+    """gunicorn's ``gthread`` worker (``worker_class: gthread``), with the read deadline of
+    :class:`SyncWorker` on every request of a keep-alive connection."""
+
+    max_body = MAX_BODY
+
+    def handle(self, conn):
+        unreader = conn.parser.unreader
+        raw = unreader.sock
+        unreader.sock = _Deadline(raw, max(1.0, self.cfg.timeout / 2))
+        try:
+            return super().handle(conn)
+        finally:
+            unreader.sock = raw
+
+    def handle_request(self, req, conn):
+        buffer_body(req, conn.sock, self.max_body)
+        return super().handle_request(req, conn)
+
+
+CLASSES = {"sync": SyncWorker, "gthread": ThreadWorker}
+
+
+def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY):
+    """In the arbiter, before the fork: give the worker class its shared table, the body limit and, for a
+    server behind a deployment's address, its gate (the gate file and the address's port). Returns
+    gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
     table = SharedTable(slots)
     FreestackWorker.table = table
     FreestackWorker.gate = gate
+    FreestackWorker.max_body = max_body
 
     def child_exit(server, worker) -> None:
         table.free(worker.pid)
@@ -467,4 +602,13 @@ def install(slots: int, gate: tuple[str, int] | None = None):
     return f"{__name__}.FreestackWorker", child_exit
 
 
-__all__ = ["FreestackWorker", "SharedTable", "install", "whole_request"]
+def gunicorn_class(name: str, *, max_body: int = MAX_BODY) -> str:
+    """gunicorn's ``worker_class`` for its own ``sync`` or ``gthread`` worker: ours, which differ only in
+    what they refuse and how (an import path; ``max_body`` set before the fork)."""
+    cls = CLASSES[name]
+    cls.max_body = max_body
+    return f"{__name__}.{cls.__name__}"
+
+
+__all__ = ["CLASSES", "FreestackWorker", "SharedTable", "SyncWorker", "ThreadWorker", "buffer_body", "gunicorn_class",
+           "install"]

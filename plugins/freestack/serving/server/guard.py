@@ -1,0 +1,692 @@
+"""What the model server refuses before Seldon's app sees a request, and how: every refusal is a 4xx
+answer in Seldon's JSON error format, ``{"status": {"status": 1, "info": ..., "code": -1, "reason":
+...}}`` (what the app answers for its own errors), whichever worker class serves it. Runs in the
+serving environment.
+
+Two layers:
+
+- the workers (:mod:`freestack.serving.server.worker`) hand the app only whole requests whose body
+  is already in memory, within ``max_body_bytes`` and a read deadline; what they refuse (a bad request
+  line, bad headers or framing, a body over the limit, a client too slow to send its request) is
+  answered by :func:`error_response` through :class:`JsonErrors` and the connection closed;
+- :class:`Guard`, a WSGI middleware around Seldon's Flask app: unknown paths (404) and methods (405),
+  CORS (an allow-list of origins, none by default), ``Content-Encoding`` (refused: 415), and the Seldon
+  message of every route that takes one (predictions, feedback, transform-input/output, route,
+  aggregate), whether it comes as the JSON body, a form's ``json`` field or ``?json=`` on a GET:
+  JSON that parses (no NaN or infinite values, at most MAX_DEPTH levels deep), ``meta`` of the types
+  Seldon's protocol gives them, ``data.ndarray`` rows of numbers of one width, ``data.tensor`` values
+  a flat list of numbers. The model's own checks (``include/serving/Model.py``) come after these.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import re
+import urllib.parse
+from http import HTTPStatus
+from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - the serving environment has it
+    orjson = None
+
+MAX_DEPTH = 64  # levels of JSON nesting in a message (a Seldon message needs 4 or 5)
+NUMBER = frozenset((int, float))
+CONTAINERS = frozenset((list, dict))
+META_KEYS = frozenset(("puid", "tags", "routing", "requestPath", "metrics"))
+METRIC_TYPES = frozenset(("COUNTER", "GAUGE", "TIMER"))
+MESSAGE_ENDPOINTS = {"Predict": "message", "TransformInput": "message", "TransformOutput": "message",
+                     "Route": "message", "Aggregate": "aggregate", "SendFeedback": "feedback"}  # fmt: skip
+FORM = "application/x-www-form-urlencoded"
+PARSED = "freestack.json"  # environ key: the JSON body as the guard parsed it (the app does not parse it again)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+class Refused(Exception):
+    """A request answered with ``status`` before it reaches the app (raised in a worker)."""
+
+    def __init__(self, status: int, reason: str, info: str):
+        super().__init__(info)
+        self.status, self.reason, self.info = status, reason, info
+
+
+class RequestTimeout(Refused):
+    """The client did not send its whole request within the read deadline."""
+
+    def __init__(self, seconds: float):
+        super().__init__(408, "REQUEST_TIMEOUT", f"the request did not arrive whole within the read deadline "
+                         f"({seconds:.0f} s from its first byte): send each request at once")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the error format
+
+
+def error_body(info: str, reason: str) -> bytes:
+    """Seldon's error message (``SeldonMicroserviceException.to_dict``)."""
+    return json.dumps({"status": {"status": 1, "info": info, "code": -1, "reason": reason}}).encode()
+
+
+def error_response(status: int, reason: str, info: str) -> bytes:
+    """A whole HTTP/1.1 answer for a worker to send before it closes the connection."""
+    body = error_body(info, reason)
+    phrase = _phrase(status)
+    return (f"HTTP/1.1 {status} {phrase}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def protocol_error(exc: BaseException) -> tuple[int, str, str]:
+    """(status, reason, info) for what gunicorn's parser or body readers raised on a request."""
+    from gunicorn.http import errors as e
+
+    if isinstance(exc, Refused):
+        return exc.status, exc.reason, exc.info
+    if isinstance(exc, e.LimitRequestLine):
+        return 414, "URI_TOO_LONG", f"{exc}: send the message in the body of a POST rather than in ?json="
+    if isinstance(exc, e.LimitRequestHeaders):
+        return 431, "HEADERS_TOO_LARGE", f"{exc}: send fewer or shorter headers"
+    if isinstance(exc, e.InvalidRequestLine | e.InvalidRequestMethod | e.InvalidHTTPVersion):
+        return 400, "BAD_REQUEST_LINE", (f"invalid request line ({type(exc).__name__}: {exc}): send "
+                                         "'METHOD /path HTTP/1.1'")  # fmt: skip
+    if isinstance(exc, e.InvalidHeader | e.InvalidHeaderName | e.InvalidSchemeHeaders):
+        return 400, "BAD_HEADER", f"invalid header ({type(exc).__name__}: {exc})"
+    if isinstance(exc, e.InvalidChunkSize | e.ChunkMissingTerminator):
+        return 400, "BAD_CHUNK", f"invalid chunked body ({type(exc).__name__}: {exc})"
+    if isinstance(exc, e.ParseException):
+        return 400, "BAD_REQUEST", f"{type(exc).__name__}: {exc}"
+    return 500, "MICROSERVICE_INTERNAL_ERROR", f"the server failed on this request ({type(exc).__name__})"
+
+
+class JsonErrors:
+    """Mixed into a gunicorn worker class: a request the worker itself refuses (what gunicorn answers
+    with an HTML page) gets a JSON answer in Seldon's format, then the connection is closed."""
+
+    def handle_error(self, req, client, addr, exc):
+        status, reason, info = protocol_error(exc)
+        if status >= 500:
+            self.log.exception("Error handling request %s", getattr(req, "uri", ""))
+        else:
+            self.log.debug("Refused a request from %s: %s", (addr or ("",))[0], info)
+        try:
+            client.sendall(error_response(status, reason, info))
+        except OSError:
+            self.log.debug("Failed to send the error answer.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# framing: the headers that say where a request's body ends
+
+
+def framing(headers: list[tuple[str, str]], max_body: int) -> tuple[str, int]:
+    """``("length", n)``, ``("chunked", 0)`` or ``("none", 0)`` for a request's headers (upper-case
+    names, as gunicorn gives them); raises :class:`Refused` for framing a server must not guess at
+    (both Content-Length and Transfer-Encoding, two of either, a coding other than ``chunked``), for a
+    header value holding NUL, CR or LF (lines a proxy could split otherwise), and for a Content-Length
+    above ``max_body``."""
+    for _, value in headers:
+        if "\x00" in value or "\r" in value or "\n" in value:
+            raise _control_characters()
+    lengths = [v for n, v in headers if n == "CONTENT-LENGTH"]
+    codings = [v for n, v in headers if n == "TRANSFER-ENCODING"]
+    return _framing(lengths, codings, max_body)
+
+
+def _control_characters() -> Refused:
+    return Refused(400, "BAD_HEADER", "a header holds a NUL, CR or LF character: end each header line with CRLF, "
+                   "and send no control characters in values")  # fmt: skip
+
+
+def _framing(lengths: list, codings: list, max_body: int) -> tuple[str, int]:
+    if len(lengths) > 1 or len(codings) > 1:
+        raise Refused(400, "BAD_FRAMING", "the request has more than one Content-Length or Transfer-Encoding "
+                      "header: send exactly one")  # fmt: skip
+    if codings:
+        if lengths:
+            raise Refused(400, "BAD_FRAMING", "the request has both Content-Length and Transfer-Encoding: send one")
+        coding = _text(codings[0])
+        if coding.lower() != "chunked":
+            raise Refused(400, "BAD_FRAMING", f"Transfer-Encoding {coding!r} is not supported: send the body with "
+                          "a Content-Length or Transfer-Encoding: chunked")  # fmt: skip
+        return "chunked", 0
+    if not lengths:
+        return "none", 0
+    value = _text(lengths[0])
+    if not value.isdigit() or not value.isascii():
+        raise Refused(400, "BAD_FRAMING", f"Content-Length {value!r} is not a number of bytes")
+    length = int(value)
+    if length > max_body:
+        raise too_large(length, max_body)
+    return "length", length
+
+
+def _text(value: str | bytes) -> str:
+    return (value.decode("latin-1") if isinstance(value, bytes) else value).strip(" \t")
+
+
+def too_large(length: int | None, max_body: int) -> Refused:
+    what = f"{length} bytes" if length is not None else f"over {max_body} bytes"
+    return Refused(413, "PAYLOAD_TOO_LARGE", f"the request body is {what}; at most {max_body} are accepted: send "
+                   "fewer rows per request")  # fmt: skip
+
+
+HEAD_LIMIT = 64 * 1024  # bytes of request line and headers (and of a chunked body's trailers)
+_HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
+
+
+class Frame:
+    """Where the request arriving at the start of a connection's buffer ends, found as its bytes come
+    in (:func:`request_end`): each byte is looked at about once, however the request is cut up."""
+
+    __slots__ = ("head_end", "searched", "end", "pos", "trailers", "decoded", "expect", "continued")
+
+    def __init__(self):
+        self.head_end = self.end = -1  # head_end: offset of the body; end: of the request (known length)
+        self.searched = self.pos = self.decoded = 0  # pos: next chunk-size line; decoded: chunk bytes
+        self.trailers = self.expect = self.continued = False
+
+
+_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:([^\r]*)", re.IGNORECASE)
+_CODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:([^\r]*)", re.IGNORECASE)
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*\r", re.IGNORECASE)
+
+
+def head_framing(head: bytes, max_body: int) -> tuple[str, int, bool]:
+    """:func:`framing` of a request's head as it arrived (request line and header lines, each ending in
+    CRLF), as gunicorn's parser will read it, and whether it expects ``100 Continue``. Refuses a NUL or
+    a lone CR or LF anywhere in it, and header lines folded onto the next (obsolete)."""
+    crlf = head.count(b"\r\n")
+    if b"\x00" in head or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        raise _control_characters()
+    if b"\r\n " in head or b"\r\n\t" in head:
+        raise Refused(400, "BAD_HEADER", "a header line starts with whitespace (obsolete line folding): send "
+                      "each header on one line")  # fmt: skip
+    kind, length = _framing(_LENGTH.findall(head), _CODING.findall(head), max_body)
+    return kind, length, _EXPECT.search(head) is not None
+
+
+def request_end(buf: bytearray, frame: Frame, max_body: int) -> int:
+    """The offset in ``buf`` where the request it starts with ends, or -1 while some of it is still to
+    come. Raises :class:`Refused` as soon as the request cannot be served: headers over HEAD_LIMIT,
+    framing :func:`framing` refuses, an invalid chunk, a body over ``max_body``."""
+    if frame.head_end < 0:
+        i = buf.find(b"\r\n\r\n", max(0, frame.searched - 3))
+        if i < 0 or i > HEAD_LIMIT:
+            frame.searched = len(buf)
+            if len(buf) > HEAD_LIMIT:
+                raise Refused(431, "HEADERS_TOO_LARGE", f"the request line and headers exceed {HEAD_LIMIT} bytes: "
+                              "send fewer or shorter headers")  # fmt: skip
+            return -1
+        frame.head_end = i + 4
+        kind, length, frame.expect = head_framing(bytes(buf[: i + 2]), max_body)
+        if kind == "chunked":
+            frame.pos = frame.head_end
+        else:
+            frame.end = frame.head_end + length
+    if frame.end >= 0:
+        return frame.end if len(buf) >= frame.end else -1
+    return chunks_end(buf, frame, max_body)
+
+
+def chunks_end(buf: bytearray, frame: Frame, max_body: int) -> int:
+    """:func:`request_end` for a chunked body: each chunk is ``size-in-hex[;ext] CRLF data CRLF``, the
+    last one of size 0, then trailer lines and an empty line (gunicorn's ChunkedReader reads the same)."""
+    pos, n = frame.pos, len(buf)
+    while True:
+        if frame.trailers:
+            if n >= pos + 2 and buf[pos:pos + 2] == b"\r\n":
+                return pos + 2
+            i = buf.find(b"\r\n\r\n", pos)
+            if i >= 0:
+                return i + 4
+            if n - pos > HEAD_LIMIT:
+                raise Refused(431, "HEADERS_TOO_LARGE", f"the chunked body's trailers exceed {HEAD_LIMIT} bytes")
+            break
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            if n - pos > 1024:
+                raise Refused(400, "BAD_CHUNK", "a chunk-size line is longer than 1 KiB: send the size in hex digits")
+            break
+        text = bytes(buf[pos:eol]).split(b";", 1)[0].strip(b" \t")
+        if not _HEX.match(text):
+            raise Refused(400, "BAD_CHUNK", f"invalid chunk size {text[:20]!r}: send each chunk's size in hex digits")
+        size = int(text, 16)
+        if size == 0:
+            frame.trailers, pos = True, eol + 2
+            continue
+        if frame.decoded + size > max_body:
+            raise too_large(None, max_body)
+        end = eol + 2 + size
+        if n < end + 2:
+            break
+        if buf[end:end + 2] != b"\r\n":
+            raise Refused(400, "BAD_CHUNK", f"a chunk of {size} bytes is not followed by CRLF: its size is wrong")
+        frame.decoded += size
+        pos = end + 2
+    frame.pos = pos
+    return -1
+
+
+def decode_chunked(raw: bytes) -> bytes:
+    """The data of a chunked body that :func:`chunks_end` accepted (each chunk sliced once; gunicorn's
+    own reader copies what is left of a chunk at every 1 KiB it reads)."""
+    out, pos = [], 0
+    while True:
+        eol = raw.find(b"\r\n", pos)
+        size = int(raw[pos:eol].split(b";", 1)[0].strip(b" \t"), 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(raw[eol + 2 : eol + 2 + size])
+        pos = eol + 4 + size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the message
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _constant(name: str):
+    raise _NotFinite(name)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(text)
+    return value
+
+
+def parse_json(raw: bytes | str) -> tuple[Any, str | None]:
+    """The JSON value of ``raw`` and None, or None and what is wrong with it. orjson first (it refuses
+    NaN, infinite numbers and nesting over 1024 levels); what it refuses goes to Python's json, which
+    tells those apart from invalid JSON and still reads integers beyond 64 bits."""
+    if orjson is not None:
+        try:
+            return orjson.loads(raw), None
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(raw, parse_constant=_constant, parse_float=_finite), None
+    except _NotFinite as exc:
+        return None, (f"NaN or infinite values are not accepted ({exc} in the JSON): impute them first, and send "
+                      "finite numbers")  # fmt: skip
+    except RecursionError:
+        return None, f"the JSON is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"the request body is not valid JSON: {exc}"
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels (itself counted)."""
+    stack = [(value, 1)] if type(value) in CONTAINERS else []
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = obj.values() if type(obj) is dict else obj
+        if set(map(type, items)) & CONTAINERS:  # a C loop: most lists hold numbers only
+            stack.extend((v, depth + 1) for v in items if type(v) in CONTAINERS)
+    return False
+
+
+def _tally(value: Any) -> tuple[int, int]:
+    """(lists and objects, strings and keys) in ``value``, itself included."""
+    containers = strings = 0
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        if type(obj) is str:
+            strings += 1
+            continue
+        if type(obj) not in CONTAINERS:
+            continue
+        containers += 1
+        items = obj.values() if type(obj) is dict else obj
+        strings += len(obj) if type(obj) is dict else 0
+        types = list(map(type, items))  # C loops: most lists hold numbers only
+        strings += types.count(str)
+        if types.count(list) or types.count(dict):
+            stack.extend(v for v in items if type(v) in CONTAINERS)
+    return containers, strings
+
+
+_NUMERIC = b"0123456789.eE+-,: \t\r\n"  # what a JSON array of numbers is made of, besides its brackets
+
+
+def numbers_only(msg: dict, raw: bytes | str) -> bool:
+    """Whether ``data.ndarray``'s rows and ``data.tensor.values`` in ``msg``, parsed from ``raw``, can
+    hold nothing but numbers, judged from the JSON text without looking at each value: ``raw`` holds
+    no ``true``, ``false`` or ``null``, and no more brackets, braces and quotes than the rest of the
+    message accounts for (a list, object or string inside a row would add its own). One C pass drops
+    the characters numbers are written with; what is left is short."""
+    rest = (raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")).translate(None, _NUMERIC)
+    if b"tru" in rest or b"fals" in rest or b"null" in rest:  # true, false and null without their e
+        return False
+    data = dict(msg["data"])
+    inside = 0
+    if type(data.get("ndarray")) is list:
+        inside += 1 + list(map(type, data["ndarray"])).count(list)  # the array and its rows, not their values
+        data["ndarray"] = 0
+    if type(data.get("tensor")) is dict and type(data["tensor"].get("values")) is list:
+        inside += 1
+        data["tensor"] = {**data["tensor"], "values": 0}
+    containers, strings = _tally({**msg, "data": data})
+    return rest.count(b"[") + rest.count(b"{") == containers + inside and rest.count(b'"') == 2 * strings
+
+
+def _kind(value: Any) -> str:
+    return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)  # fmt: skip
+
+
+def ndarray_problem(arr: Any, numbers: bool = False) -> str | None:
+    """``data.ndarray``: a list of rows of numbers, all of one width (or one row as a flat list);
+    ``numbers``: the rows are known to hold numbers only (:func:`numbers_only`)."""
+    if type(arr) is not list:
+        return f'"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...], not {_kind(arr)}'
+    kinds = set(map(type, arr))
+    if kinds <= NUMBER:
+        return None
+    if kinds != {list}:
+        if kinds <= NUMBER | {list}:
+            return '"data.ndarray" mixes numbers and rows: send a list of rows, [[...], ...], or one row, [...]'
+        i, v = next((i, v) for i, v in enumerate(arr) if type(v) not in NUMBER and type(v) is not list)
+        return f'"data.ndarray" item {i} is {_kind(v)}: each row must be a list of numbers'
+    widths = set(map(len, arr))
+    if len(widths) > 1:
+        i = next(i for i, row in enumerate(arr) if len(row) != len(arr[0]))
+        return f'"data.ndarray" is ragged: row {i} holds {len(arr[i])} values, row 0 holds {len(arr[0])}'
+    if numbers or set(map(type, itertools.chain.from_iterable(arr))) <= NUMBER:
+        return None
+    i, j, v = next((i, j, v) for i, row in enumerate(arr) for j, v in enumerate(row) if type(v) not in NUMBER)
+    if type(v) in CONTAINERS:
+        return f'"data.ndarray" row {i}, value {j} is {_kind(v)}: rows are nested deeper than [rows, features]'
+    hint = " (send true/false as 1 or 0)" if type(v) is bool else ""
+    return f'"data.ndarray" row {i}, value {j} is {_kind(v)}: features must be numbers{hint}'
+
+
+def tensor_problem(t: Any, numbers: bool = False) -> str | None:
+    """``data.tensor``: ``shape``, a list of non-negative integers, and ``values``, a flat list of numbers
+    (``numbers``: known to be, :func:`numbers_only`)."""
+    if type(t) is not dict:
+        return f'"data.tensor" must be an object with "shape" and "values", not {_kind(t)}'
+    shape, values = t.get("shape"), t.get("values")
+    if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        return '"data.tensor.shape" must be a list of non-negative integers, e.g. [rows, features]'
+    if type(values) is not list:
+        return f'"data.tensor.values" must be a flat list of numbers, not {_kind(values)}'
+    if not numbers and not set(map(type, values)) <= NUMBER:
+        i, v = next((i, v) for i, v in enumerate(values) if type(v) not in NUMBER)
+        return f'"data.tensor.values" item {i} is {_kind(v)}: values must be a flat list of numbers'
+    return None
+
+
+def meta_problem(meta: Any) -> str | None:
+    """``meta``: the fields of Seldon's protocol, each of its type."""
+    if type(meta) is not dict:
+        return f'"meta" must be an object, not {_kind(meta)}'
+    unknown = sorted(set(meta) - META_KEYS)
+    if unknown:
+        return f'"meta" holds {unknown}: a Seldon message\'s meta has only {sorted(META_KEYS)}'
+    if "puid" in meta and type(meta["puid"]) is not str:
+        return '"meta.puid" must be a string'
+    if "tags" in meta and type(meta["tags"]) is not dict:
+        return f'"meta.tags" must be an object of name: value, not {_kind(meta["tags"])}'
+    for key, kind, what in (("routing", int, "an integer"), ("requestPath", str, "a string")):
+        if key in meta and (type(meta[key]) is not dict or not all(type(v) is kind for v in meta[key].values())):
+            return f'"meta.{key}" must be an object whose values are each {what}'
+    metrics = meta.get("metrics", [])
+    if type(metrics) is not list or not all(_metric_ok(m) for m in metrics):
+        return ('"meta.metrics" must be a list of {"key": name, "type": "COUNTER" | "GAUGE" | "TIMER", "value": '
+                'number, "tags": {name: string}}')  # fmt: skip
+    return None
+
+
+def _metric_ok(m: Any) -> bool:
+    tags = m.get("tags", {}) if type(m) is dict else None
+    return (type(m) is dict and type(m.get("key")) is str and m.get("type", "COUNTER") in METRIC_TYPES
+            and type(m.get("value")) in NUMBER and type(tags) is dict
+            and all(type(v) is str for v in tags.values()))  # fmt: skip
+
+
+def message_problem(msg: Any, raw: bytes | str | None = None) -> str | None:
+    """What is wrong with a Seldon message, or None (the model checks the rest: widths, names, rows);
+    ``raw``: the JSON text it was parsed from, which can spare looking at every value of its rows."""
+    if type(msg) is not dict:
+        return f"the body must be a JSON object (a Seldon message), not {_kind(msg)}"
+    if "meta" in msg and (problem := meta_problem(msg["meta"])):
+        return problem
+    data = msg.get("data")
+    for key, value in msg.items():
+        if key != "data" and _too_deep(value, MAX_DEPTH - 1):
+            return f'"{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
+    if type(data) is not dict:
+        return None if data is None else f'"data" must be an object holding "ndarray" or "tensor", not {_kind(data)}'
+    names = data.get("names")
+    if names is not None and (type(names) is not list or not all(type(n) is str for n in names)):
+        return '"data.names" must be a list of feature names (strings)'
+    for key, value in data.items():
+        if key not in ("ndarray", "tensor") and _too_deep(value, MAX_DEPTH - 2):
+            return f'"data.{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
+    numbers = raw is not None and numbers_only(msg, raw)
+    if "ndarray" in data and (problem := ndarray_problem(data["ndarray"], numbers)):
+        return problem
+    if "tensor" in data and (problem := tensor_problem(data["tensor"], numbers)):
+        return problem
+    return None
+
+
+def body_problem(kind: str, body: Any, raw: bytes | str | None = None) -> str | None:
+    """``kind``: "message" (a Seldon message, parsed from ``raw``), "feedback" (Seldon's Feedback) or
+    "aggregate" (a list of messages in ``seldonMessages``)."""
+    if kind == "message":
+        return message_problem(body, raw)
+    if type(body) is not dict:
+        return f"the body must be a JSON object, not {_kind(body)}"
+    if kind == "aggregate":
+        msgs = body.get("seldonMessages")
+        if type(msgs) is not list or set(body) != {"seldonMessages"}:
+            return 'an aggregate request is {"seldonMessages": [message, ...]}'
+        return next((f"seldonMessages[{i}]: {p}" for i, m in enumerate(msgs) if (p := message_problem(m))), None)
+    unknown = sorted(set(body) - {"request", "response", "reward", "truth"})
+    if unknown:
+        return f'feedback holds {unknown}: send {{"request": message, "response": message, "reward": number, "truth": message}}'
+    if "reward" in body and type(body["reward"]) not in NUMBER:
+        return '"reward" must be a number'
+    return next((f'"{k}": {p}' for k in ("request", "response", "truth") if k in body
+                 and (p := message_problem(body[k]))), None)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the middleware
+
+
+def check_origins(origins: list[str] | tuple[str, ...]) -> list[str]:
+    """The CORS allow-list as given (``*``: any origin), each checked: ``scheme://host[:port]``."""
+    out = []
+    for origin in origins:
+        origin = str(origin).strip().rstrip("/")
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] (e.g. https://app.example.com) or *")
+        out.append(origin)
+    return out
+
+
+class Guard:
+    """WSGI middleware in front of Seldon's Flask app (see the module's docstring)."""
+
+    def __init__(self, app, flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = ()):
+        self.app, self.max_body = app, max_body
+        self.origins = frozenset(check_origins(cors_origins))
+        self.routes: dict[str, tuple[frozenset[str], str | None]] = {}
+        for rule in flask_app.url_map.iter_rules():
+            if rule.arguments:  # Flask's static route (Seldon's app serves no static files)
+                continue
+            methods = frozenset(rule.methods or ()) | {"OPTIONS"}
+            self.routes[rule.rule] = (methods, MESSAGE_ENDPOINTS.get(rule.endpoint))
+
+    def __call__(self, environ, start_response):
+        route = self.routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return _refuse(start_response, 404, "NOT_FOUND", f"no such path {environ.get('PATH_INFO', '')!r}: the "
+                           "model answers POST /api/v1.0/predictions (see GET /api/v1.0/metadata)")  # fmt: skip
+        methods, kind = route
+        method = environ.get("REQUEST_METHOD", "")
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None:
+            if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+                return self._preflight(environ, start_response, origin, methods)
+            start_response = self._cors(start_response, origin)
+        if method not in methods:
+            allowed = ", ".join(sorted(methods))
+            return _refuse(start_response, 405, "METHOD_NOT_ALLOWED", f"{method} is not allowed on "
+                           f"{environ.get('PATH_INFO')}: use {allowed}", [("Allow", allowed)])  # fmt: skip
+        if kind is not None and method not in ("OPTIONS",):
+            refusal = self._check_message(environ, kind)
+            if refusal is not None:
+                return _refuse(start_response, *refusal)
+        return self.app(environ, start_response)
+
+    # -- CORS ----------------------------------------------------------------------------------------------
+    def _allowed(self, origin: str) -> str | None:
+        if origin in self.origins:
+            return origin
+        return "*" if "*" in self.origins else None
+
+    def _cors(self, start_response, origin: str):
+        allowed = self._allowed(origin)
+        if allowed is None:
+            return start_response
+
+        def with_cors(status, headers, exc_info=None):
+            headers = [h for h in headers if not h[0].lower().startswith("access-control-")]
+            headers += [("Access-Control-Allow-Origin", allowed), ("Vary", "Origin")]
+            return start_response(status, headers, exc_info)
+
+        return with_cors
+
+    def _preflight(self, environ, start_response, origin: str, methods: frozenset[str]):
+        allowed = self._allowed(origin)
+        if allowed is None:
+            return _refuse(start_response, 403, "CORS_ORIGIN_NOT_ALLOWED", f"origin {origin!r} may not call this "
+                           "server from a browser: list it in deploy.local.cors_origins")  # fmt: skip
+        headers = [("Access-Control-Allow-Origin", allowed), ("Vary", "Origin"), ("Access-Control-Max-Age", "600"),
+                   ("Access-Control-Allow-Methods", ", ".join(sorted(methods)))]  # fmt: skip
+        asked = [h.strip() for h in environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "").split(",") if h.strip()]
+        if asked and all(_TOKEN.match(h) for h in asked):
+            headers.append(("Access-Control-Allow-Headers", ", ".join(asked)))
+        start_response("204 No Content", [*headers, ("Content-Length", "0")])
+        return [b""]
+
+    # -- the message -----------------------------------------------------------------------------------------
+    def _check_message(self, environ, kind: str) -> tuple[int, str, str] | None:
+        """Read the body (the worker buffered it), find the message the way Seldon's ``get_request``
+        does (a form's ``json`` field, else ``?json=``, else the JSON body) and check it."""
+        encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+        if encoding not in ("", "identity"):
+            return (415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Encoding {encoding!r} is not accepted: send the body "
+                    "uncompressed")  # fmt: skip
+        stream = environ.get("wsgi.input")
+        body = stream.read(self.max_body + 1) if stream is not None else b""
+        if len(body) > self.max_body:
+            refused = too_large(None, self.max_body)
+            return refused.status, refused.reason, refused.info
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if mimetype == "multipart/form-data":  # Seldon reads every part of one as JSON, whatever ?json= says
+            return (415, "UNSUPPORTED_MEDIA_TYPE", "multipart/form-data is not supported: send the Seldon message "
+                    "as application/json")  # fmt: skip
+        raw = None
+        if mimetype == FORM:
+            raw = _first(urllib.parse.parse_qs(body))
+        query = environ.get("QUERY_STRING", "")
+        if not raw and ("json" in query or "%" in query):  # j%73on is json too
+            raw = _first(urllib.parse.parse_qs(query.encode("latin-1")))
+        if not raw:
+            if mimetype == FORM:
+                return 400, "BAD_PAYLOAD", "a form request needs a 'json' field holding the Seldon message"
+            if mimetype != "application/json" and not mimetype.endswith("+json"):
+                if not body and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+                    return (400, "BAD_PAYLOAD", "no message: POST it as the JSON body (Content-Type: "
+                            "application/json) or pass it as ?json=")  # fmt: skip
+                return (415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {mimetype or '(none)'!r} is not supported: "
+                        "send application/json")  # fmt: skip
+            if not body.strip():
+                return (400, "EMPTY_PAYLOAD", 'the request body is empty: send a Seldon message such as '
+                        '{"data": {"ndarray": [[...]]}}')  # fmt: skip
+            raw = body
+        value, problem = parse_json(raw)
+        if problem is None:
+            problem = body_problem(kind, value, raw)
+        if problem is not None:
+            return 400, "BAD_PAYLOAD", problem
+        if raw is body:
+            environ[PARSED] = value
+        return None
+
+
+def _first(params: dict[bytes, list[bytes]]) -> str | None:
+    """The first ``json`` field, decoded as werkzeug decodes a form (UTF-8, errors replaced)."""
+    values = params.get(b"json")
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _refuse(start_response, status: int, reason: str, info: str, extra: list | None = None):
+    body = error_body(info, reason)
+    start_response(f"{status} {_phrase(status)}", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))), *(extra or [])])  # fmt: skip
+    return [body]
+
+
+def install(flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = ()) -> Guard:
+    """Put the guard in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
+    take flask_cors out of it: the guard answers CORS from ``cors_origins`` alone. The JSON body the
+    guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time."""
+    _drop_flask_cors(flask_app)
+    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins)
+    flask_app.wsgi_app = guard
+    base = flask_app.request_class
+    if isinstance(getattr(base, "_cached_json", None), tuple):  # werkzeug 2.x: (normal, silent)
+
+        class Request(base):
+            def __init__(self, environ, *args, **kwargs):
+                super().__init__(environ, *args, **kwargs)
+                parsed = environ.get(PARSED)
+                if parsed is not None:
+                    self._cached_json = (parsed, parsed)
+
+        flask_app.request_class = Request
+    return guard
+
+
+def _drop_flask_cors(app) -> None:
+    """Seldon's app runs ``CORS(app)`` with its defaults, which answer every origin (the request's
+    ``Origin`` reflected): remove its after-request hook and its wrappers of the exception handlers."""
+    funcs = app.after_request_funcs.get(None, [])
+    funcs[:] = [f for f in funcs if getattr(f, "__module__", "") != "flask_cors.extension"]
+    for name in ("handle_exception", "handle_user_exception"):
+        wrapped = app.__dict__.get(name)
+        if wrapped is not None and getattr(wrapped, "__module__", "") == "flask_cors.extension":
+            del app.__dict__[name]
+
+
+__all__ = ["HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
+           "check_origins", "chunks_end", "decode_chunked", "error_body", "error_response", "framing", "head_framing",
+           "install", "message_problem", "numbers_only", "parse_json", "protocol_error", "request_end",
+           "too_large"]  # fmt: skip
