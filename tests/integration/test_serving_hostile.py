@@ -58,11 +58,10 @@ def version(tmp_path_factory) -> str:
 def _start(version_uri: str, worker_class: str, extra: dict) -> LocalServer:
     port, metrics_port = free_ports(2)
     local = LocalTarget(workers=2, threads=4 if worker_class == "gthread" else 1, worker_class=worker_class,
-                        timeout_seconds=TIMEOUT_S, max_batch_rows=MAX_ROWS, start_timeout_seconds=90)  # fmt: skip
+                        timeout_seconds=TIMEOUT_S, max_batch_rows=MAX_ROWS, start_timeout_seconds=90, **extra)  # fmt: skip
     name = f"hostile-{worker_class}" + ("-cors" if extra else "")
     cfg = server_config(name, "h", "v1", Slot("blue", port, metrics_port), local, model_uri=version_uri,
                         request_log_uri=None)  # fmt: skip
-    cfg.update(extra)
     server = start_server(cfg, model_env={})
     server.wait_ready(90)
     deadline = time.monotonic() + 60  # every worker has loaded the model (deploy waits for one)
@@ -73,7 +72,8 @@ def _start(version_uri: str, worker_class: str, extra: dict) -> LocalServer:
 
 @pytest.fixture(scope="module")
 def servers(version):
-    """``servers(worker_class, **config)``: a running server of that class (started once per module)."""
+    """``servers(worker_class, **local)``: a running server of that class, ``local`` more of its
+    ``deploy.local`` settings (started once per module)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FREESTACK_MAX_BODY_BYTES", str(MAX_BODY))  # reaches the server through its environment
     started: dict[tuple, LocalServer] = {}

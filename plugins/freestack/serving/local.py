@@ -283,6 +283,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
         "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.timeout_seconds,
+        "cors_origins": list(local.cors_origins),
         "parameters": {
             "model_uri": model_uri,
             "max_batch_rows": local.max_batch_rows,
@@ -469,7 +470,7 @@ def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] |
     color = "green" if live and live.get("color") == "blue" else "blue"
     offset = COLORS.index(color)
     port = local.port + 1 + offset
-    if not port_free(local.host, port):
+    if not port_free(local.host, port, wait=5.0):  # a server killed just now may still hold its socket
         raise DeployError(
             f"port {local.host}:{port} for the {color} server of {model}/{name} is taken by another program"
             f"{port_owner(local.host, port)}; free it or set deploy.local.port in the pipeline spec (the address "
