@@ -127,6 +127,39 @@ def _serve_address(r: dict[str, Any], file: str) -> list[Row]:
                 s["checks"].get("ratio_ok"))]  # fmt: skip
 
 
+def _serve_slow_clients(r: dict[str, Any], file: str) -> list[Row]:
+    s = r["summary"]
+    c = s.get("checks") or {}
+    slow = r["params"]["slow_clients"]
+    rows = []
+    for wc in r["params"]["worker_classes"]:
+        w = s[wc]
+        rows.append(Row("serve_slow_clients", f"{slow} slow clients open ({wc} worker), c=8, req/s", _n(w["rps_slow"]),
+                        f"{_n(w['rps_none'])} (same server, no slow client)", w.get("ratio"),
+                        ">= 0.9, no worker killed", bool(c.get(f"{wc}_ratio_ok")) and not w["workers_killed"]))  # fmt: skip
+        rows.append(Row("serve_slow_clients", f"malformed requests answered 4xx JSON ({wc} worker)",
+                        f"{w['corpus_json_4xx']} of {w['corpus_cases']}", "-", w.get("corpus_json_4xx_share"), "1.00",
+                        w.get("corpus_json_4xx_share") == 1.0))  # fmt: skip
+    return rows
+
+
+def _dataapi_listing(r: dict[str, Any], file: str) -> list[Row]:
+    s = r["summary"]
+    listing, anon, kills = s["listing"], s["if_match"]["anonymous"], s["kill_9"]
+    p = r["params"]
+    return [
+        Row("dataapi_listing", f"list a folder of {p['large']:,} files, page time", _n(listing["large_median_page_s"] * 1000, 1, "ms"),
+            f"{_n(listing['small_median_page_s'] * 1000, 1, 'ms')} ({p['small']:,} files)", listing.get("ratio"),
+            "<= 2 (flat in folder size)", listing.get("ratio") is not None and listing["ratio"] <= 2, better="lower"),
+        Row("dataapi_listing", f"anonymous If-Match on {p['object_mib']} MiB, server memory", _n(anon["peak_rss_delta_mib"], 1, "MiB"),
+            f"{p['object_mib']} MiB (the object)", None, f"401, < 16 MiB (got {anon['status']})",
+            anon["status"] == 401 and anon["peak_rss_delta_mib"] < 16, better="lower"),
+        Row("dataapi_listing", f"temporaries left by {kills['kills']} kill -9, after the sweep",
+            str(kills["temps_after_restart_2h_later"]), f"{kills['temps_after_kills']} (before the sweep)", None, "0",
+            kills["temps_after_restart_2h_later"] == 0, better="lower"),
+    ]  # fmt: skip
+
+
 def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
     s = r.get("summary")
     if not s:
@@ -160,7 +193,8 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest, "train": _train, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
-    "serve_address": _serve_address, "orchestration": _orchestration,
+    "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
+    "orchestration": _orchestration,
 }  # fmt: skip
 ORDER = list(EXTRACT)
 
