@@ -236,13 +236,16 @@ class Model:
     def load(self) -> None:
         import torch
 
-        from freestack.ml.models import FreestackNet
+        from freestack.ml.contract import MODULE_FILE
+        from freestack.ml.models import is_custom, load_pretrained
         from freestack.serving.server.fetch import fetch_version
 
         torch.set_num_threads(max(1, self.torch_threads))
         info = self._describe()
-        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors",))
-        net = FreestackNet.from_pretrained(self.cache_dir)
+        # a custom model brings its own module.py (checked like the weights): the server imports that copy
+        custom = (MODULE_FILE,) if is_custom(info["config"]) else ()
+        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors", *custom))
+        net = load_pretrained(self.cache_dir)
         net.eval()
         self.net = net
         self.version = info["version"]
@@ -281,6 +284,9 @@ class Model:
                                                              "shape": [len(outputs)]}}],
             "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32",
                        "max_batch_rows": str(self.max_batch_rows),
+                       # a custom model runs the version's own module.py: which one, by its sha256
+                       **({"module_sha256": info["config"]["custom"]["sha256"],
+                           "module_class": info["config"]["custom"]["class"]} if "custom" in info["config"] else {}),
                        **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {})},
         }  # fmt: skip
 

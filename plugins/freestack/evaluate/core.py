@@ -37,7 +37,7 @@ class EvaluationError(FreestackError):
 
 def load_model_folder(uri: str):
     """(model, preprocessing, metrics, lineage, history) of a model folder on any storage backend."""
-    from freestack.ml.models import FreestackNet
+    from freestack.ml.models import load_pretrained
     from freestack.ml.prep import Preprocessing
     from freestack.storage import join, list_objects, to_path
     from freestack.storage.objects import local_os_path
@@ -52,7 +52,7 @@ def load_model_folder(uri: str):
                 with open(os.path.join(tmp, obj.name), "wb") as f:
                     f.write(obj.read_bytes())
             local = tmp
-        model = FreestackNet.from_pretrained(local)
+        model = load_pretrained(local)
         side = {}
         for name in ("preprocessing.json", "metrics.json", "lineage.json", "history.json"):
             path = os.path.join(local, name)

@@ -184,11 +184,20 @@ class _Run:
     grads: FlatGradients
     new_optimizer: Callable[[], torch.optim.Optimizer]
     opt: torch.optim.Optimizer
-    loss_fn: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     n: int
     steps_per_epoch: int
     stopping: EarlyStopping
     result: TrainResult
+
+
+def _loss_fn(model: nn.Module, task: str):
+    """The training loss: a custom model's own ``loss(outputs, target)`` when it has one
+    (:mod:`freestack.ml.custom`), else cross-entropy on class indices or MSE on the scaled target."""
+    own = getattr(model, "training_loss", None)
+    if callable(own):
+        return own
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
 def _setup(model: nn.Module, n: int, config: TrainConfig, task: str) -> _Run:
@@ -213,7 +222,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str) -> _Run:
     return _Run(
         model=model, config=config, task=task, device=device, precision=precision, grads=grads,
         new_optimizer=new_optimizer, opt=new_optimizer(),
-        loss_fn=nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss(), n=n,
+        loss_fn=_loss_fn(model, task), n=n,
         steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience),
         result=result,
     )  # fmt: skip

@@ -99,3 +99,23 @@ class FreestackNet(
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         self.eval()
         return torch.softmax(self(x), dim=-1)
+
+
+def load_pretrained(folder, map_location: str = "cpu"):
+    """The model of a version folder (local): a :class:`FreestackNet`, or a custom model
+    (:func:`freestack.ml.custom.load_custom`) when ``config.json`` says so."""
+    import json
+    import os
+
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    if config.get("freestack_model") == "custom":
+        from freestack.ml.custom import load_custom
+
+        return load_custom(folder, config, map_location=map_location)
+    return FreestackNet.from_pretrained(str(folder), map_location=map_location)
+
+
+def is_custom(config: dict) -> bool:
+    """Whether a version's ``config.json`` describes a custom model (its folder holds ``module.py``)."""
+    return config.get("freestack_model") == "custom"

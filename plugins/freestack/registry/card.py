@@ -62,8 +62,14 @@ CARD_TEMPLATE = """---
 
 # {{ model }} {{ version }}
 
+{% if custom -%}
+A freestack custom model (`{{ custom.class }}` from `{{ custom.source }}`, {{ task }}) in Hugging Face
+layout: `config.json`, `model.safetensors` and the module's own source, `module.py` (sha256
+`{{ custom.sha256 }}`), loadable with `freestack.ml.models.load_pretrained`.
+{%- else -%}
 A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` +
 `model.safetensors`, loadable with `FreestackNet.from_pretrained`.
+{%- endif %}
 
 ## Intended use
 
@@ -104,9 +110,16 @@ Window: {{ window_text }}.
 ## How to load
 
 ```python
+{% if custom -%}
+from freestack.registry.hub import load_from_hub
+
+# loading runs the repo's module.py: do it for repos whose code you trust
+model = load_from_hub("<repo>", revision="{{ version }}", trust_remote_code=True)
+{%- else -%}
 from freestack.ml.models import FreestackNet
 
 model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
+{%- endif %}
 ```
 """
 
@@ -154,7 +167,7 @@ def render_card(
         intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
         window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
         airflow_text=_kv_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
-        sweep_text=_kv_text(facts["sweep"]),
+        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"),
     )  # fmt: skip
     return str(card)
 
@@ -166,7 +179,7 @@ def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict
     partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
     return {
         "task": task,
-        "kind": str((hyper.get("model") or {}).get("kind") or "mlp"),
+        "kind": "custom" if lineage.get("module") else str((hyper.get("model") or {}).get("kind") or "mlp"),
         "pipeline": lineage.get("pipeline") or model,
         "metrics": metrics_summary(info.metrics if info.metrics is not None else metrics),
         "window": info.window if info.window is not None else (lineage.get("window") or {}),

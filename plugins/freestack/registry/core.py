@@ -40,6 +40,7 @@ from freestack.registry.names import ALIAS_RE, ALIASES, MARKER, MODEL_FILES, RES
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
+    from freestack.ml.custom import CustomNet
     from freestack.ml.models import FreestackNet
     from freestack.spec import PipelineSpec
 
@@ -501,21 +502,25 @@ class ModelRegistry:
             target.write_bytes(data)
         return out
 
-    def load(self, version_or_alias: str = "production", *, map_location: str = "cpu") -> FreestackNet:
-        """The registered model as a :class:`FreestackNet`, from local disk or (via a temporary
-        folder) from S3; the model files are checked against the registration manifest."""
-        from freestack.ml.models import FreestackNet
+    def load(self, version_or_alias: str = "production", *, map_location: str = "cpu") -> FreestackNet | CustomNet:
+        """The registered model (a :class:`FreestackNet`, or a custom model with its own ``module.py``),
+        from local disk or (via a temporary folder) from S3; the model files are checked against the
+        registration manifest."""
+        from freestack.ml.contract import MODULE_FILE
+        from freestack.ml.models import load_pretrained
+        from freestack.storage import join
         from freestack.storage.objects import local_os_path
 
         version = self.resolve(version_or_alias)
         path = self.version_path(version)
         local = local_os_path(path)
         if local is not None:
-            self._verify_files(version, MODEL_FILES)
-            return FreestackNet.from_pretrained(local, map_location=map_location)
+            custom = (MODULE_FILE,) if join(path, MODULE_FILE).exists() else ()
+            self._verify_files(version, MODEL_FILES + custom)
+            return load_pretrained(local, map_location=map_location)
         with tempfile.TemporaryDirectory(prefix="freestack-model-") as tmp:
             self.local_copy(version, tmp)
-            return FreestackNet.from_pretrained(tmp, map_location=map_location)
+            return load_pretrained(tmp, map_location=map_location)
 
     def _verify_files(self, version: str, names: tuple[str, ...]) -> None:
         from freestack.storage import join, sha256_of

@@ -153,3 +153,28 @@ def test_push_to_the_real_hub(reg, tmp_path):  # pragma: no cover - needs an acc
         assert {t.target_commit for t in refs.tags} == {out["commit"]}
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_a_custom_model_travels_with_its_module_and_loads_only_when_trusted(hub, tmp_path):
+    from freestack.ml.contract import FeatureGroup, ModelInputs
+    from freestack.ml.custom import CustomNet, build_custom
+    from freestack.registry.core import ModelRegistry, RegistryError
+    from freestack.registry.hub import load_from_hub
+    from tests.unit.ml.test_custom_model import GOOD
+
+    folder = make_model_folder(tmp_path / "c")
+    (tmp_path / "my_net.py").write_text(GOOD)
+    inputs = ModelInputs("classification", 3, {"numeric": FeatureGroup("numeric", [f"f{i}" for i in range(6)], 6)}, [0, 1, 2])
+    net = build_custom(str(tmp_path / "my_net.py"), "TinyNet", {"hidden": 8}, inputs, tmp_path)
+    net.save_pretrained(folder)
+    reg = ModelRegistry((tmp_path / "store").as_uri(), "houses")
+    reg.register(folder.as_uri(), "v1")
+    assert isinstance(reg.load("v1"), CustomNet)
+    push_to_hub(reg, "v1", "alice/houses", TOKEN, endpoint=hub.endpoint)
+    assert "module.py" in hub.repos["alice/houses"].commits[0].files
+    cache = tmp_path / "hf-cache"
+    with pytest.raises(RegistryError, match="trust_remote_code=True"):
+        load_from_hub("alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache)
+    loaded = load_from_hub("alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache, trust_remote_code=True)
+    x = torch.rand(4, 6)
+    assert isinstance(loaded, CustomNet) and torch.equal(loaded.predict_proba(x), net.predict_proba(x))
