@@ -106,6 +106,25 @@ class PipelineSpec(SpecModel):
         return self
 
     @model_validator(mode="after")
+    def _sweep_init_is_the_models(self) -> PipelineSpec:
+        """A sweep's ``init.<name>`` parameters are a custom model's constructor arguments: the model
+        must be custom and give ``name`` a default in ``model.init``."""
+        if self.sweep is None:
+            return self
+        from freestack.sweeps.spec import INIT, leaf_parameters
+
+        for path in leaf_parameters(self.sweep.config()["parameters"]):
+            *parents, name = path.split(".")
+            if INIT not in parents:
+                continue
+            if self.model.type != "custom":
+                raise ValueError(f"sweep.parameters.{path}: init.<argument> parameters are for model.type: custom")
+            if name not in self.model.init:
+                raise ValueError(f"sweep.parameters.{path}: {name!r} is not in model.init "
+                                 f"({', '.join(self.model.init) or 'empty'}); give it a default there")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
         """The gate's and the sweep's metrics must be ones the task reports: checked when the spec is read,
         not when a run reaches the gate."""

@@ -26,6 +26,20 @@ def _targets(specs: list[str]) -> list[Path]:
     return [Path(s) if s.endswith((".yaml", ".yml")) or "/" in s else spec_file(s) for s in specs]
 
 
+def _check_model(spec, path: Path) -> None:
+    """A custom model is imported, built and run on a batch (as the train DAG's first task does)."""
+    from freestack.errors import SpecError
+
+    if spec.model.type != "custom":
+        return
+    from freestack.train.core import TrainingError, check_custom_model
+
+    try:
+        check_custom_model(spec)
+    except TrainingError as exc:
+        raise SpecError(str(path), "model", str(exc).removeprefix(f"pipeline {spec.name!r}: ")) from None
+
+
 def validate(
     specs: Annotated[list[str] | None, typer.Argument(metavar="[SPEC]...", help="Spec files or pipeline names; default: every spec in the pipelines folder.")] = None,
     json: Annotated[bool, typer.Option("--json", help="One JSON object per spec: file, ok, error.")] = False,
@@ -42,6 +56,7 @@ def validate(
     for path in paths:
         try:
             spec = load_spec(path)
+            _check_model(spec, path)
         except SpecError as exc:
             bad += 1
             results.append({"file": str(path), "ok": False, "error": str(exc)})

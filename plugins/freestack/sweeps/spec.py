@@ -38,6 +38,8 @@ TUNABLE_TRAIN = (
     "scheduler", "warmup_epochs", "seed", "window_days",
 )  # fmt: skip
 TUNABLE_MODEL = ("hidden", "channels", "dropout", "type")
+#: the parameter-tree node whose leaves are a custom model's constructor arguments (model.init)
+INIT = "init"
 #: what the trainer logs every epoch (and so what a sweep metric can be)
 EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
@@ -151,13 +153,15 @@ def validate(block: Any) -> dict[str, Any]:
     leaves = leaf_parameters(config["parameters"])
     tunable = TUNABLE_TRAIN + TUNABLE_MODEL
     for path, _spec in leaves.items():
-        name = path.rsplit(".", 1)[-1]
+        *parents, name = path.split(".")
+        if INIT in parents:  # a custom model's constructor argument: the spec checks it names one of model.init
+            continue
         if name not in tunable:
             raise SweepConfigError(
                 f"parameters.{path}: {name!r} is not something the trainer can change; "
-                f"use one of {', '.join(tunable)}"
+                f"use one of {', '.join(tunable)}, or init.<argument> for a custom model's constructor"
             )
-    names = [p.rsplit(".", 1)[-1] for p in leaves]
+    names = [p.rsplit(".", 1)[-1] if INIT not in p.split(".")[:-1] else f"{INIT}.{p.rsplit('.', 1)[-1]}" for p in leaves]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise SweepConfigError(f"parameters: {twice} appear more than once in the parameter tree")
@@ -264,6 +268,6 @@ class SweepSpec(SpecModel):
 
 
 __all__ = [
-    "ALL_EPOCH_METRICS", "EPOCH_METRICS", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
+    "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
     "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "validate",
 ]  # fmt: skip

@@ -130,7 +130,11 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
         if getattr(req, key) is not None:
             train_values[key] = getattr(req, key)
     train_values.update(req.overrides.get("train") or {})
-    model_values = {**spec.model.model_dump(), **(req.overrides.get("model") or {})}
+    model_over = dict(req.overrides.get("model") or {})
+    model_values = spec.model.model_dump(by_alias=True)
+    if "init" in model_over:  # a trial's init values are merged into the spec's, not put in their place
+        model_over["init"] = {**model_values["init"], **model_over["init"]}
+    model_values.update(model_over)
     unknown = set(req.overrides) - {"train", "model"}
     if unknown:
         raise TrainingError(f"overrides {sorted(unknown)} are not spec blocks; only train and model can change")
@@ -176,6 +180,35 @@ def check_trainable(spec: PipelineSpec) -> None:
         raise TrainingError(f"pipeline {spec.name!r} has no source.schema.key: the split is keyed on it")
     if not spec.model_features:
         raise TrainingError(f"pipeline {spec.name!r} has no numeric feature columns; list model.features")
+    if spec.model.type == "custom":
+        check_custom_model(spec)
+
+
+def model_inputs(spec: PipelineSpec, features: list[str], task: str, classes: list):
+    """What a custom model's constructor is told about the data (:class:`~freestack.ml.contract.ModelInputs`)."""
+    from freestack.ml.contract import FeatureGroup, ModelInputs
+
+    n_outputs = len(classes) if task == "classification" else 1
+    groups = {"numeric": FeatureGroup("numeric", list(features), len(features))}
+    return ModelInputs(task, n_outputs, groups, list(classes), spec.source.schema_.target or "")
+
+
+def check_custom_model(spec: PipelineSpec) -> None:
+    """Import the spec's custom model, build it and pass a batch through it before any data is read:
+    a module that fails to import, has the wrong signature or answers the wrong shape fails here,
+    with the file, the line and the contract (TrainingError)."""
+    from freestack.ml.contract import CustomModelError
+    from freestack.ml.custom import build_custom, check_custom
+    from freestack.settings import checkout_dir
+
+    task = spec.task or "classification"
+    target = next((c for c in spec.source.schema_.fields if c.name == spec.source.schema_.target), None)
+    classes = list(getattr(target, "allowed", None) or [0, 1, 2]) if task == "classification" else []
+    inputs = model_inputs(spec, spec.model_features, task, classes)
+    try:
+        check_custom(build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir()))
+    except CustomModelError as exc:
+        raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
 
 def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] | None = None) -> Prepared:
@@ -210,22 +243,38 @@ def model_kind(spec: PipelineSpec) -> str:
 
 
 def build_model(spec: PipelineSpec, data: Prepared):
-    """The spec's network (an MLP, or a CNN when the features form an image), scaled for the data."""
+    """The spec's network (an MLP, a CNN when the features form an image, or the user's own module),
+    scaled for the data."""
     import torch
 
     from freestack.ml.models import FreestackNet
 
     torch.manual_seed(spec.train.seed)
-    model = FreestackNet(
-        kind=model_kind(spec), task=data.task, n_features=len(data.features),
-        n_outputs=len(data.pre.classes) if data.task == "classification" else 1,
-        hidden=list(spec.model.hidden), channels=list(spec.model.channels),
-        image_shape=list(spec.model.image_shape) if spec.model.image_shape else None,
-        dropout=spec.model.dropout, features=data.features, classes=data.pre.classes,
-    )  # fmt: skip
+    if spec.model.type == "custom":
+        model = _build_custom(spec, data)
+    else:
+        model = FreestackNet(
+            kind=model_kind(spec), task=data.task, n_features=len(data.features),
+            n_outputs=len(data.pre.classes) if data.task == "classification" else 1,
+            hidden=list(spec.model.hidden), channels=list(spec.model.channels),
+            image_shape=list(spec.model.image_shape) if spec.model.image_shape else None,
+            dropout=spec.model.dropout, features=data.features, classes=data.pre.classes,
+        )  # fmt: skip
     model.set_scaling(data.pre.mean, data.pre.std)
     model.set_target_scaling(data.pre.target_mean, data.pre.target_std)
     return model
+
+
+def _build_custom(spec: PipelineSpec, data: Prepared):
+    from freestack.ml.contract import CustomModelError
+    from freestack.ml.custom import build_custom
+    from freestack.settings import checkout_dir
+
+    inputs = model_inputs(spec, data.features, data.task, data.pre.classes)
+    try:
+        return build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir())
+    except CustomModelError as exc:
+        raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
 
 def loop_config(spec: PipelineSpec):
@@ -296,7 +345,7 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
     from freestack.tracking.wandb import start_run
 
     config = {
-        "pipeline": spec.name, "model": spec.model.model_dump(),
+        "pipeline": spec.name, "model": spec.model.model_dump(by_alias=True),
         "train": {**cfg.__dict__, "window_days": spec.train.window_days}, "task": data.task,
         "kind": model_kind(spec), "features": len(data.features),
         "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}, "end_ds": req.end_ds,
@@ -406,9 +455,10 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         "spec_hash": spec.spec_hash(), "spec_file_sha256": spec.file_sha256, "spec_normalized_hash": spec.normalized_hash(),
         "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
         "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
-        "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump()},
+        "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump(by_alias=True)},
         "overrides": req.overrides,
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
+        **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)

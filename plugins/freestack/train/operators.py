@@ -35,6 +35,13 @@ class WindowSensor(PipelineOperator, BaseSensorOperator):
         from freestack.train.window import WindowError, already_trained, fix_window
 
         spec = self.pipeline_spec()
+        if spec.model.type == "custom":  # the user's module fails here, before any wait or data read
+            from freestack.train.core import TrainingError, check_custom_model
+
+            try:
+                check_custom_model(spec)
+            except TrainingError as exc:
+                raise AirflowFailException(str(exc)) from None
         if self._ingest_running(context, spec):
             return False
         params = context.get("params") or {}

@@ -14,12 +14,19 @@ from pydantic import Field, field_validator, model_validator
 
 from freestack.specbase import SpecModel as _Model
 
+InitValue = int | float | bool | str | list[int] | list[float] | list[str]
+
 
 class ModelSpec(_Model):
-    """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given."""
+    """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given; ``type:
+    custom`` trains a module the user wrote (``module``, ``class``, ``init``; the contract is
+    :mod:`freestack.ml.contract`)."""
 
     name: str | None = Field(default=None, description="registry name; default: the pipeline name")
-    type: Literal["auto", "mlp", "cnn"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP.")
+    type: Literal["auto", "mlp", "cnn", "custom"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP; custom: your own torch.nn.Module (module, class, init).")
+    module: str | None = Field(default=None, min_length=1, max_length=500, description="type custom: a .py file of the project (relative to the checkout, e.g. include/models/my_net.py) or a dotted import path.")
+    class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="type custom: the torch.nn.Module class in module.")
+    init: dict[str, InitValue] = Field(default_factory=dict, description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).")
     task: Literal["auto", "classification", "regression"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression.")
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
     image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
@@ -41,6 +48,24 @@ class ModelSpec(_Model):
     def _cnn(self) -> ModelSpec:
         if self.type == "cnn" and self.image_shape is None:
             raise ValueError("type: cnn needs image_shape (e.g. [8, 8] or [channels, height, width])")
+        return self
+
+    @model_validator(mode="after")
+    def _custom(self) -> ModelSpec:
+        """A custom model names its module and class (the file is read, not run: see the contract)."""
+        if self.type != "custom":
+            if self.module or self.class_ or self.init:
+                raise ValueError("module, class and init are for type: custom")
+            return self
+        if not self.module or not self.class_:
+            raise ValueError("type: custom needs module (a .py file of the project, or a dotted import path) "
+                             "and class (the torch.nn.Module class in it)")  # fmt: skip
+        from freestack.ml.contract import static_check
+        from freestack.settings import checkout_dir
+
+        problem = static_check(self.module, self.class_, checkout_dir())
+        if problem:
+            raise ValueError(problem)
         return self
 
 
