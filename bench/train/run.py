@@ -18,6 +18,9 @@
                               folder). This is the configuration the target ratio is judged on.
      - ``freestack_memckpt``: the same with an in-memory (dict) checkpoint store.
      - ``freestack_nockpt``:  the same with ``checkpoints=None``.
+     - ``freestack_custom``:  as ``freestack``, the model being the same MLP written as a user's own
+                              module (``bench/train/custom_mlp.py``, ``model.type: custom``); its
+                              samples/s over ``freestack``'s is ``ratio_custom_vs_builtin`` (``--kind mlp``).
    The same model (``FreestackNet`` built with the same arguments after the same seed), batch size,
    optimizer (AdamW, same learning rate and weight decay), epochs and ``torch.set_num_threads``.
 3. samples/s = training rows x epochs / wall seconds of the whole call (data to tensors, every
@@ -59,8 +62,9 @@ WEIGHT_DECAY = 1e-4
 HIDDEN = [128, 64]
 CHANNELS = [16, 32]
 DROPOUT = 0.1
-MODES = ("baseline", "freestack", "freestack_memckpt", "freestack_nockpt")
-CANDIDATES = ("freestack", "freestack_memckpt", "freestack_nockpt")
+MODES = ("baseline", "freestack", "freestack_memckpt", "freestack_nockpt", "freestack_custom")
+CANDIDATES = ("freestack", "freestack_memckpt", "freestack_nockpt", "freestack_custom")
+CUSTOM_MODULE = "bench/train/custom_mlp.py"  # the MLP as a user's own module (model.type: custom)
 TARGET_RATIO = 0.95
 CONTENDED = 0.1  # a sample ran beside other work when this fraction of the cores was busy with it
 
@@ -171,12 +175,21 @@ class MemoryCheckpoints:
 # the contenders (run in a fresh child process)
 
 
-def build_model(kind: str, x_train):
+def build_model(kind: str, x_train, custom: bool = False):
     import torch
 
     from freestack.ml.models import FreestackNet
 
     torch.manual_seed(MODEL_SEED)
+    if custom:  # the same layers from the same seed, through the custom-model path
+        from freestack.ml.contract import FeatureGroup, ModelInputs
+        from freestack.ml.custom import build_custom
+
+        group = FeatureGroup("numeric", [f"x{i}" for i in range(N_FEATURES)], N_FEATURES)
+        inputs = ModelInputs("classification", N_CLASSES, {"numeric": group}, list(range(N_CLASSES)))
+        model = build_custom(CUSTOM_MODULE, "CustomMLP", {"hidden": list(HIDDEN), "dropout": DROPOUT}, inputs, REPO)
+        model.set_scaling(x_train.mean(axis=0), x_train.std(axis=0) + 1e-6)
+        return model
     model = FreestackNet(
         kind=kind,
         task="classification",
@@ -239,11 +252,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     amp_dtype = None
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    model = build_model(args.kind, x_train)
     mode = args.child
+    model = build_model(args.kind, x_train, custom=mode == "freestack_custom")
     out: dict[str, Any] = {"mode": mode}
     store = None
-    if mode == "freestack":
+    if mode in ("freestack", "freestack_custom"):
         store = FileCheckpoints(Path(args.scratch) / f"ckpt-{os.getpid()}")
     elif mode == "freestack_memckpt":
         store = MemoryCheckpoints()
@@ -522,6 +535,9 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "ratio_memckpt": ratio("freestack_memckpt"),
         "ratio_nockpt": ratio("freestack_nockpt"),
         "ratio_batch_loops_only": round(loop_only / base, 4) if (loop_only and base) else None,
+        # the custom-model path (the same MLP as a user's module) against the built-in net, both through fit
+        "ratio_custom_vs_builtin": round(per_mode["freestack_custom"]["samples_per_s"] / fs, 4)
+        if (per_mode["freestack_custom"]["samples_per_s"] and fs) else None,
         "ratio_of": "freestack (fit with a file checkpoint store, as the train stage calls it) / baseline",
         "statistic": "samples/s = rows_train * epochs / wall seconds of the call; median over samples",
         "modes": per_mode,
@@ -533,7 +549,9 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         ],
         "contended_rule": f"other processes kept more than {CONTENDED:.0%} of the cores busy during the run; "
         "such samples are kept in the medians but the ratio is only trustworthy without them",
-        "checks": {"ratio_ok": None if r is None else r >= TARGET_RATIO},
+        "checks": {"ratio_ok": None if r is None else r >= TARGET_RATIO,
+                   "custom_ok": None if not per_mode["freestack_custom"]["samples_per_s"] or not fs
+                   else per_mode["freestack_custom"]["samples_per_s"] / fs >= TARGET_RATIO},
     }
 
 
@@ -640,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             "patch": str(Path(args.patch).resolve()) if args.patch else None,
         }
         samples: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
-        order = [m for m in MODES if m in modes]
+        # the custom module is the MLP: compared with the built-in MLP only
+        order = [m for m in MODES if m in modes and (m != "freestack_custom" or args.kind == "mlp")]
         for r in range(args.repeats):
             for mode in order:
                 print(f"  repeat {r + 1}/{args.repeats}: {mode} ...", end="", flush=True)
@@ -700,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
                     "fsync, os.replace, fsync of the folder), as the train stage calls it; the target",
                     "freestack_memckpt": "fit with an in-memory dict checkpoint store",
                     "freestack_nockpt": "fit with checkpoints=None",
+                    "freestack_custom": f"as freestack, the model the same MLP written as a custom module "
+                    f"({CUSTOM_MODULE}, model.type: custom); ratio_custom_vs_builtin = it / freestack (MLP only)",
                 },
                 "not_like_for_like": "fit also validates on the val split every epoch, clips gradients, sets "
                 "the learning rate every step, accumulates the running loss and checkpoints; the "

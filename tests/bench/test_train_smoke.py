@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ("baseline", "freestack", "freestack_memckpt", "freestack_nockpt")
+MODES = ("baseline", "freestack", "freestack_memckpt", "freestack_nockpt", "freestack_custom")
 
 
 def test_train_benchmark_tiny_run(tmp_path):
@@ -76,6 +76,7 @@ def test_train_benchmark_tiny_run(tmp_path):
     assert report["samples"]["freestack"][0]["checkpoint_bytes"] > 0
     assert report["samples"]["freestack_memckpt"][0]["checkpoint_saves"] == 2
     assert report["samples"]["freestack_nockpt"][0]["checkpoint_saves"] == 0
+    assert report["samples"]["freestack_custom"][0]["checkpoint_saves"] == 2  # the custom module's path
 
     summary = report["summary"]
     for key in (
@@ -84,8 +85,9 @@ def test_train_benchmark_tiny_run(tmp_path):
         "ratio",
         "ratio_memckpt",
         "ratio_nockpt",
+        "ratio_custom_vs_builtin",
     ):
         assert summary[key] > 0, key
     assert set(summary["modes"]) == set(MODES)
-    assert isinstance(summary["checks"]["ratio_ok"], bool)
+    assert isinstance(summary["checks"]["ratio_ok"], bool) and isinstance(summary["checks"]["custom_ok"], bool)
     assert report["targets"] == {"ratio_min": 0.95}
