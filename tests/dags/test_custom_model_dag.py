@@ -63,7 +63,7 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
 
-    root = str(lake["root"])
+    root = lake["root"].as_uri()
     try:
         run = bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep_agents": 2, "epochs": 8})
         assert run.state == "success"

@@ -1,10 +1,11 @@
 """Several pipelines under the real scheduler (`airflow standalone`: DAG processor, scheduler, LocalExecutor):
 
-1. a broken spec beside two valid ones: the valid pipelines' DAGs stay live (not stale) and run; the
+1. a broken spec beside valid ones: the valid pipelines' DAGs stay live (not stale) and run; the
    broken one shows as an import error naming its file and field;
 2. a 5-day ingest backfill, run 5 days at once, while lake updates trigger training: the training waits
    for the backfill and trains once on all 5 partitions (lineage: the sha256 of the bytes read); the
-   runs the other lake events start find nothing new and are skipped, saying so.
+   runs the other lake events start find nothing new and are skipped, saying so;
+3. a team's own model (``model.type: custom``): swept, gated, registered and served.
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.dags.test_custom_model_dag import DIGITS_NET
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +44,21 @@ def _digits_text(name: str, *, train_schedule: str | None) -> str:
     return text
 
 
+def _own_text(module: Path) -> str:
+    """The demo spec with the team's own module: a 2-trial grid sweep over its constructor's width, a
+    gate it passes, deployed locally; training only when triggered (a cron that does not come soon)."""
+    import yaml
+
+    data = yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *"))
+    data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
+    data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
+        "learning_rate": {"values": [1.0e-2]},
+        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
+    }}  # fmt: skip
+    data["gate"]["threshold"] = 0.7
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     from freestack.embedded import AirflowAPI
@@ -52,6 +69,9 @@ def stack(tmp_path_factory):
     specs.mkdir()
     (specs / "digits.yaml").write_text(_digits_text("digits", train_schedule=None))
     (specs / "other.yaml").write_text(_digits_text("other", train_schedule="0 0 1 1 *"))
+    # a team's own model (model.type: custom), swept, gated and served (its own test below)
+    (base / "digits_net.py").write_text(DIGITS_NET)
+    (specs / "own.yaml").write_text(_own_text(base / "digits_net.py"))
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
     env, proc, log = start_airflow(base, specs, parallelism=6)
@@ -160,3 +180,55 @@ def _wait_quiet(api) -> bool:
     when the previous one ended: max_active_runs 1)."""
     time.sleep(8)
     return all(r["state"] in ("success", "failed") for r in _runs(api, "digits_train"))
+
+
+@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
+                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
+    """The team's own module through the train DAG run by the scheduler: sweep agents as mapped tasks,
+    the gate, the registry and the model server, which answers what the version predicts in-process."""
+    import numpy as np
+    import torch
+
+    from freestack.ml.models import load_pretrained
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+    from freestack.serving.smoke import http_json
+
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), 3, pipeline="own")
+    _wait("own's DAGs", lambda: {"own_ingest", "own_train"} <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    for dag_id in ("own_ingest", "own_train"):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    for day in (1, 2, 3):
+        api.call("POST", "/dags/own_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+    conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2, "epochs": 6}
+    api.call("POST", "/dags/own_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "own", "conf": conf})
+    root = env["FREESTACK_STORAGE_ROOT"]
+    try:
+        def done():
+            run = api.call("GET", "/dags/own_train/dagRuns/own")
+            return run if run["state"] in ("success", "failed") else None
+
+        run = _wait("own_train's run", done, log, timeout=600, every=5)
+        tis = api.call("GET", "/dags/own_train/dagRuns/own/taskInstances")["task_instances"]
+        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
+        assert run["state"] == "success", states
+        assert states[("agent", 0)] == states[("agent", 1)] == "success" and states[("deploy", -1)] == "success"
+
+        rec = Deployments(root, "own").get("own")
+        version = base / "storage" / "registry" / "own" / rec["version"]
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["module"]["sha256"] == hashlib.sha256(DIGITS_NET.encode()).hexdigest()
+        assert lineage["module"]["init"]["hidden"] in (16, 48) and lineage["sweep"]["trial"]
+        assert [p["ds"] for p in lineage["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+        rows = np.random.default_rng(2).uniform(0, 16, size=(3, 64))
+        code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
+        assert code == 200, body
+        expected = load_pretrained(version).predict_proba(torch.as_tensor(rows, dtype=torch.float32)).numpy()
+        assert np.abs(np.asarray(body["data"]["ndarray"]) - expected).max() < 1e-5
+    finally:
+        stop_local(root, "own", "own")
