@@ -76,9 +76,10 @@ test: $(STAMP) $(SERVING_STAMP) scaleout-deps browser-deps
 	$(MAKE) --no-print-directory test-stock
 
 # the DAG and end-to-end tests again on stock Airflow: the runtime wing's speed-ups off (the documented
-# commands and the UI pages are checked once, on the embedded defaults)
+# commands, the UI pages and `make down`, which the speed-ups do not touch, are checked once)
 test-stock: $(STAMP) $(SERVING_STAMP)
-	FREESTACK_SPEEDUPS=0 $(PYTEST) tests/dags tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py
+	FREESTACK_SPEEDUPS=0 $(PYTEST) tests/dags tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py \
+	  --ignore tests/e2e/test_stack_down.py
 
 # the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
 # (SeaweedFS comes from PyPI with the dev extra); installed only when missing

@@ -1,9 +1,9 @@
 """Smoke test of the orchestration benchmark (bench/orchestration/run.py) at its smallest size: a real
 `airflow standalone` runs one ingest day and the train DAG (2-trial sweep through deploy), the same
-stage code runs in one plain process, and three specs are parsed. The Airflow run is made twice: with
-the runtime speed-ups on and off (stock Airflow behaviour). No timing assertions: only that the
-report is complete and the measured things happened (the scheduler preloaded the libraries, every task
-was timed, no heavy import at parse time)."""
+stage code runs in one plain process, and three specs are parsed. The Airflow run is made with the
+runtime speed-ups on (stock Airflow behaviour is run by `make test-stock`; the full benchmark runs
+both). No timing assertions: only that the report is complete and the measured things happened (the
+scheduler preloaded the libraries, every task was timed, no heavy import at parse time)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def test_orchestration_benchmark_quick_run(tmp_path):
     out, work = tmp_path / "orchestration.json", tmp_path / "work"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")] if p)
-    proc = subprocess.run([sys.executable, "-m", "bench.orchestration.run", "--quick", "--out", str(out),
-                           "--workdir", str(work)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "bench.orchestration.run", "--quick", "--speedups", "on", "--out",
+                           str(out), "--workdir", str(work)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads(out.read_text())
     assert report["name"] == "orchestration" and report["machine"]["cores"] >= 1
@@ -43,13 +43,7 @@ def test_orchestration_benchmark_quick_run(tmp_path):
     for t in airflow["tasks"]:
         assert t["queued_to_code_s"] > 0 and t["code_s"] >= 0 and t["code_to_success_s"] >= -0.01, t
     assert s["overhead_per_task_s"]["median"] > 0 and report["ratio"] > 0
-    # the same pipeline on stock Airflow behaviour (FREESTACK_SPEEDUPS=0) reports its own ratio
-    stock = report["samples"]["airflow_stock"][0]
-    assert stock["speedups"] is False and airflow["speedups"] is True
-    assert {"ingest", "agent", "deploy"} <= {t["task_id"] for t in stock["tasks"]}
-    assert report["ratio_stock"] == report["summary_stock"]["ratio"] > 0
-    stock_log = (work / "standalone_stock" / "standalone.log").read_text()
-    assert "freestack preload:" not in stock_log
+    assert airflow["speedups"] is True and report["samples"]["airflow_stock"] == []
     plain = report["samples"]["plain"][0]
     assert [st["stage"] for st in plain["stages"]][-1] == "deploy" and plain["deployed"]
     # the scheduler imported the libraries once for every task process
