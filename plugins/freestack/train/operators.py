@@ -119,6 +119,7 @@ class TrainOperator(PipelineOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.errors import SpecError
         from freestack.hooks.wandb import WandbHook
+        from freestack.ml.contract import CustomModelError
         from freestack.train.core import TrainingError, TrainRequest, prune_checkpoints, train
 
         spec = self.pipeline_spec()
@@ -140,7 +141,7 @@ class TrainOperator(PipelineOperator):
         self.log.info("training %s on the lake up to %s", spec.name, end_ds)
         try:
             outcome = train(spec, req, tracking_settings=WandbHook().checked_settings())
-        except (TrainingError, SpecError) as exc:
+        except (TrainingError, SpecError, CustomModelError) as exc:  # a retry would fail the same way
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=outcome.tracking)
         return outcome.as_dict()
