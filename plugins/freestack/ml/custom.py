@@ -35,6 +35,7 @@ from freestack.ml.contract import (
     module_path,
     sha256_of,
 )
+from freestack.ml.scaling import ScaledModel
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -131,7 +132,7 @@ def construct(cls: type[nn.Module], inputs: ModelInputs, init: dict[str, Any], p
                                f"{type(exc).__name__}: {exc}. {CONTRACT}") from None  # fmt: skip
 
 
-class CustomNet(nn.Module):
+class CustomNet(ScaledModel):
     """The user's module (``net``) with freestack's scaling around it; the interface of FreestackNet."""
 
     def __init__(self, net: nn.Module, inputs: ModelInputs, *, class_name: str, init: dict[str, Any],
@@ -142,21 +143,9 @@ class CustomNet(nn.Module):
         self.features = inputs.feature_names
         self.class_name, self.init, self.source, self.source_path = class_name, dict(init), source, source_path
         self.origin = origin or source_path  # model.module as the spec gave it
-        n = inputs.groups["numeric"].size if "numeric" in inputs.groups else 0
-        self.register_buffer("mean", torch.zeros(n))
-        self.register_buffer("std", torch.ones(n))
-        self.register_buffer("y_mean", torch.zeros(()))
-        self.register_buffer("y_std", torch.ones(()))
+        self.add_scaling(inputs.groups["numeric"].size if "numeric" in inputs.groups else 0)
         user_loss = getattr(net, "loss", None)
         self.training_loss = user_loss if callable(user_loss) else None
-
-    def set_scaling(self, mean, std) -> None:
-        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
-        self.std.copy_(torch.as_tensor(std, dtype=self.std.dtype))
-
-    def set_target_scaling(self, mean: float, std: float) -> None:
-        self.y_mean.fill_(float(mean))
-        self.y_std.fill_(float(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net({"numeric": (x - self.mean) / self.std})
@@ -175,19 +164,6 @@ class CustomNet(nn.Module):
             raise CustomModelError(f"{self.source_path}: {self.class_name}.forward returned shape {list(out.shape)} for "
                                    f"{rows} rows; the contract wants {want}. {CONTRACT}")  # fmt: skip
         return out
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        out = self(x)
-        if self.task == "regression":
-            return out * self.y_std + self.y_mean
-        return out.argmax(dim=-1)
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        return torch.softmax(self(x), dim=-1)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -13,9 +13,11 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from freestack.ml.scaling import ScaledModel
+
 
 class FreestackNet(
-    nn.Module,
+    ScaledModel,
     PyTorchModelHubMixin,
     library_name="freestack",
     tags=["freestack", "tabular"],
@@ -42,10 +44,7 @@ class FreestackNet(
         self.kind, self.task = kind, task
         self.features = list(features or [])
         self.classes = list(classes or [])
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-        self.register_buffer("y_mean", torch.zeros(()))  # regression targets are learnt standardised
-        self.register_buffer("y_std", torch.ones(()))
+        self.add_scaling(n_features)
         if kind == "cnn":
             shape = list(image_shape or [])
             if len(shape) == 2:
@@ -71,34 +70,12 @@ class FreestackNet(
             layers.append(nn.Linear(dims[-1], n_outputs))
             self.body = nn.Sequential(*layers)
 
-    def set_scaling(self, mean, std) -> None:
-        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
-        self.std.copy_(torch.as_tensor(std, dtype=self.std.dtype))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         if self.shape is not None:
             x = x.reshape(x.shape[0], *self.shape)
         out = self.body(x)
         return out.squeeze(-1) if self.task == "regression" else out
-
-    def set_target_scaling(self, mean: float, std: float) -> None:
-        self.y_mean.fill_(float(mean))
-        self.y_std.fill_(float(std))
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Class indices (into ``classes``), or regression values in the target's own units."""
-        self.eval()
-        out = self(x)
-        if self.task == "regression":
-            return out * self.y_std + self.y_mean
-        return out.argmax(dim=-1)
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        self.eval()
-        return torch.softmax(self(x), dim=-1)
 
 
 def load_pretrained(folder, map_location: str = "cpu"):
