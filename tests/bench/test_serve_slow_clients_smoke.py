@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.serving_helpers import needs_serving_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+@needs_serving_env
 def test_slow_clients_benchmark_tiny_run(tmp_path):
     out = tmp_path / "slow_clients.json"
     env = dict(os.environ)

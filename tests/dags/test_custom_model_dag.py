@@ -13,13 +13,10 @@ import pytest
 import yaml
 
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.serving_helpers import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.usefixtures("airflow_db"),
-    pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                       reason="the serving environment is missing: run `make serving-venv`"),
-]  # fmt: skip
+pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
 
 DIGITS_NET = '''
 """The team's own digits classifier: a residual MLP."""
@@ -40,6 +37,18 @@ class DigitsNet(nn.Module):
 '''
 
 
+def use_custom_model(data: dict, module: Path, threshold: float) -> dict:
+    """The digits spec ``data`` with DigitsNet from ``module``: a 2-trial grid sweep over its width and
+    a gate at ``threshold`` accuracy."""
+    data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
+    data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
+        "learning_rate": {"values": [1.0e-2]},
+        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
+    }}  # fmt: skip
+    data["gate"]["threshold"] = threshold
+    return data
+
+
 def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):  # noqa: F811
     from airflow.dag_processing.dagbag import DagBag
 
@@ -52,13 +61,7 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
     module.parent.mkdir()
     module.write_text(DIGITS_NET)
     spec_file = lake["specs"] / "digits.yaml"
-    data = yaml.safe_load(spec_file.read_text())
-    data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
-    data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
-        "learning_rate": {"values": [1.0e-2]},
-        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
-    }}  # fmt: skip
-    data["gate"]["threshold"] = 0.8
+    data = use_custom_model(yaml.safe_load(spec_file.read_text()), module, threshold=0.8)
     spec_file.write_text(yaml.safe_dump(data, sort_keys=False))
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.test_custom_model_dag import DIGITS_NET
+from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
+from tests.serving_helpers import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -49,13 +50,7 @@ def _own_text(module: Path) -> str:
     gate it passes, deployed locally; training only when triggered (a cron that does not come soon)."""
     import yaml
 
-    data = yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *"))
-    data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
-    data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
-        "learning_rate": {"values": [1.0e-2]},
-        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
-    }}  # fmt: skip
-    data["gate"]["threshold"] = 0.7
+    data = use_custom_model(yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *")), module, threshold=0.7)
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -182,8 +177,7 @@ def _wait_quiet(api) -> bool:
     return all(r["state"] in ("success", "failed") for r in _runs(api, "digits_train"))
 
 
-@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+@needs_serving_env
 def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
     """The team's own module through the train DAG run by the scheduler: sweep agents as mapped tasks,
     the gate, the registry and the model server, which answers what the version predicts in-process."""
