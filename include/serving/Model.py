@@ -116,6 +116,27 @@ def _http_error(exc: HTTPException):
     return _error_response(exc.description or exc.name, exc.code or 400, exc.name.upper().replace(" ", "_"))
 
 
+#: "strData" / "binData" when the loaded model takes one text / one image column (set by Model.load)
+RAW_KINDS: set[str] = set()
+
+
+def _raw_problem(kind: str, value: Any) -> str | None:
+    if kind not in RAW_KINDS:
+        return (f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
+                '"jsonData" records')  # fmt: skip
+    if not isinstance(value, str) or not value:
+        return f'"{kind}" must be a non-empty string' + (" (the image file's bytes, base64)" if kind == "binData" else "")
+    if kind == "binData":
+        import base64
+        import binascii
+
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return '"binData" is not valid base64: send the image file\'s bytes base64-encoded'
+    return None
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -133,7 +154,7 @@ def envelope_problem(body: Any) -> str | None:
         return '"meta" must be an object'
     kind = kinds[0]
     if kind in ("strData", "binData"):
-        return f'"{kind}" is not accepted by this model: send numbers in "data" (ndarray or tensor) or "jsonData"'
+        return _raw_problem(kind, body[kind])
     if kind == "jsonData":
         if not isinstance(body["jsonData"], dict):
             return '"jsonData" must be an object: {"instances": [{feature: value, ...}, ...]} or one record'
@@ -175,6 +196,24 @@ def envelope_problem(body: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------
+
+
+def _input_metadata(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The metadata's inputs: a tensor of numbers, or, for category/text/image columns, rows of raw values
+    (each column's kind named; images as base64) and the strData / binData a one-column model takes."""
+    encoder = info.get("encoder")
+    if not encoder:
+        return [{"messagetype": "tensor", "schema": {"names": info["features"], "shape": [n]}},
+                {"messagetype": "jsonData", "schema": {"instances": "[{feature: number}]"}}]  # fmt: skip
+    kinds = {name: group for name, group in encoder["columns"]}
+    out = [{"messagetype": "ndarray", "schema": {"names": info["features"], "shape": [n]}},
+           {"messagetype": "jsonData", "schema": {"instances": "[{column: value}]; images as base64",
+                                                  "columns": kinds}}]  # fmt: skip
+    if list(kinds.values()) == ["text"]:  # Seldon's metadata gives strData and binData no schema
+        out.append({"messagetype": "strData"})
+    if list(kinds.values()) == ["image"]:
+        out.append({"messagetype": "binData"})
+    return out
 
 
 class Model:
@@ -230,13 +269,20 @@ class Model:
                 "classes": list(pre.get("classes") or config.get("classes") or []),
                 "target": pre.get("target") or "",
                 "config": config,
+                # category / text / image columns: requests carry raw values (freestack.ml.features)
+                "encoder": pre.get("encoder"),
             }
         return self._described
+
+    def takes_raw_values(self) -> bool:
+        """Whether requests carry raw category/text/image values rather than numbers only."""
+        return bool(self._describe().get("encoder"))
 
     def load(self) -> None:
         import torch
 
         from freestack.ml.contract import MODULE_FILE
+        from freestack.ml.features import TOKENIZER_FILE
         from freestack.ml.models import is_custom, load_pretrained
         from freestack.serving.server.fetch import fetch_version
 
@@ -244,7 +290,8 @@ class Model:
         info = self._describe()
         # a custom model brings its own module.py (checked like the weights): the server imports that copy
         custom = (MODULE_FILE,) if is_custom(info["config"]) else ()
-        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors", *custom))
+        text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
+        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors", *custom, *text))
         net = load_pretrained(self.cache_dir)
         net.eval()
         self.net = net
@@ -256,8 +303,11 @@ class Model:
         self.classes = info["classes"]
         self._class_names = [str(c) for c in self.classes] if self.task == "classification" else [info["target"] or "prediction"]
         self._torch = torch
+        self._encoder = self._raw = None
+        if info["encoder"]:
+            self._load_encoder(info["encoder"], text)
         # one real forward pass before answering health checks: a broken model fails here, not on traffic
-        out = self._forward(np.zeros((1, self.n_features), dtype=np.float32))
+        out = self._forward(self._zero_row())
         if not np.all(np.isfinite(out)):
             raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
         if self.request_log_uri and self.request_log_rate > 0:
@@ -265,6 +315,30 @@ class Model:
         self.ready = True
         log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
                  self.n_features, self.task)  # fmt: skip
+
+    def _load_encoder(self, encoder: dict[str, Any], text: tuple[str, ...]) -> None:
+        from freestack.ml.features import FeatureEncoder
+        from freestack.serving.server.raw import RawInputs
+
+        tokenizer = open(os.path.join(self.cache_dir, text[0]), encoding="utf-8").read() if text else ""
+        self._encoder = FeatureEncoder.from_dict(encoder, tokenizer)
+        self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
+        self.n_features = len(self._encoder.numeric)
+        kinds = [k for _, k in self._encoder.columns]
+        RAW_KINDS.clear()
+        RAW_KINDS.update({"strData"} if kinds == ["text"] else {"binData"} if kinds == ["image"] else set())
+
+    def _zero_row(self) -> np.ndarray | dict[str, np.ndarray]:
+        """One row of zeros (numbers), unknown categories, empty text and a black image."""
+        if self._encoder is None:
+            return np.zeros((1, self.n_features), dtype=np.float32)
+        from freestack.ml.contract import ModelInputs
+        from freestack.ml.custom import zero_batch
+
+        sizes = self._encoder.group_sizes()
+        inputs = ModelInputs.from_dict({"task": self.task, "n_outputs": 1, "groups": {
+            g: {"kind": g, **v} for g, v in sizes.items()}})  # fmt: skip
+        return {k: v.numpy() for k, v in zero_batch(inputs, 1).items()}
 
     # -- Seldon's hooks -------------------------------------------------------------------------------
     def class_names(self) -> list[str]:
@@ -278,8 +352,7 @@ class Model:
             "name": info["model"],
             "versions": [info["version"]],
             "platform": "freestack",
-            "inputs": [{"messagetype": "tensor", "schema": {"names": info["features"], "shape": [n]}},
-                       {"messagetype": "jsonData", "schema": {"instances": "[{feature: number}]"}}],
+            "inputs": _input_metadata(info, n),
             "outputs": [{"messagetype": "tensor", "schema": {"names": [str(c) for c in outputs],
                                                              "shape": [len(outputs)]}}],
             "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32",
@@ -293,7 +366,7 @@ class Model:
     def health_status(self) -> list[float]:
         if not self.ready:
             raise _bad("the model is still loading", 503, "NOT_READY")
-        return self._forward(np.zeros((1, self.n_features), dtype=np.float32)).tolist()
+        return self._forward(self._zero_row()).tolist()
 
     def tags(self) -> dict[str, Any]:
         return {"model": self._described["model"] if self._described else "", "model_version": self.version}
@@ -313,10 +386,10 @@ class Model:
         return out
 
     # -- predict --------------------------------------------------------------------------------------
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            t = torch.from_numpy(x)
+            t = {k: torch.from_numpy(v) for k, v in x.items()} if isinstance(x, dict) else torch.from_numpy(x)
             if self.task == "classification":
                 return torch.softmax(self.net(t), dim=-1).numpy()
             return self.net.predict(t).numpy()
@@ -364,6 +437,20 @@ class Model:
             raise _bad("feature values overflow float32")
         return X
 
+    def _encoded(self, X: Any, names: list[str] | None) -> dict[str, np.ndarray]:
+        """A request of raw values (category, text, base64 images) encoded as the training split was."""
+        from freestack.ml.features import EncodingError
+        from freestack.serving.server.raw import RawInputError
+
+        try:
+            columns = self._raw.from_any(X, names)
+            return self._encoder.encode(columns)
+        except RawInputError as exc:
+            status = 413 if "at most" in str(exc) else 400
+            raise _bad(str(exc), status, "PAYLOAD_TOO_LARGE" if status == 413 else "BAD_PAYLOAD") from None
+        except EncodingError as exc:
+            raise _bad(f"{exc}; send the image file's bytes (PNG, JPEG, ...) base64-encoded") from None
+
     def _records(self, payload: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
         records = payload.get("instances", payload if "instances" not in payload else None)
         if isinstance(records, dict):
@@ -391,7 +478,7 @@ class Model:
             raise _bad("the model is still loading", 503, "NOT_READY")
         started = time.perf_counter()
         json_request = isinstance(X, dict)
-        x = self._matrix(X, features_names)
+        x = self._encoded(X, features_names) if self._encoder is not None else self._matrix(X, features_names)
         out = self._forward(x)
         if self.task == "classification":
             idx = out.argmax(axis=1)
@@ -403,9 +490,10 @@ class Model:
         else:
             idx, per_class = None, []
         ms = (time.perf_counter() - started) * 1000.0
-        self._local.last = (int(x.shape[0]), ms, per_class)
+        self._local.last = (len(out), ms, per_class)
         if self._sampler is not None and random.random() < self._sampler.rate:
-            self._sampler.add(x, out, idx, self._class_names)
+            numeric = x.get("numeric", np.zeros((len(out), 0), np.float32)) if isinstance(x, dict) else x
+            self._sampler.add(numeric, out, idx, self._class_names)
         if json_request:
             if self.task == "classification":
                 preds = [{"label": self.classes[i], "probabilities": dict(zip(self._class_names, p.tolist(), strict=True))}

@@ -38,6 +38,8 @@ from freestack.train.spec import ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TASKS = ("classification", "regression")
+#: the column types a model can take (freestack.ml.features encodes them)
+FEATURE_TYPES = ("int", "float", "bool", "category", "text", "image")
 
 
 class PipelineSpec(SpecModel):
@@ -93,6 +95,7 @@ class PipelineSpec(SpecModel):
             unknown = [f for f in self.model.features if f not in cols]
             if unknown:
                 raise ValueError(f"model.features {unknown} are not columns of source.schema")
+        self._check_feature_kinds()
         if self.model.image_shape is not None:
             n = len(self.model_features)
             size = 1
@@ -104,6 +107,21 @@ class PipelineSpec(SpecModel):
                     "feature columns; list model.features or fix the shape"
                 )
         return self
+
+    def _check_feature_kinds(self) -> None:
+        kinds = self.feature_kinds
+        loose = [f for f, t in kinds.items() if t not in FEATURE_TYPES]
+        if loose:
+            raise ValueError(f"model.features {loose} are {sorted({kinds[f] for f in loose})} columns, which a model "
+                             "cannot take: declare them as category (a few distinct values) or text (free text) in "
+                             "source.schema, or leave them out of model.features")  # fmt: skip
+        images = [f for f, t in kinds.items() if t == "image"]
+        if len(images) > 1:
+            raise ValueError(f"one image column per model, not {images}: list one of them in model.features")
+        plain = all(t in ("int", "float", "bool") for t in kinds.values())
+        if not plain and (self.model.type == "cnn" or self.model.image_shape is not None):
+            raise ValueError("type: cnn and image_shape are for pixels held in numeric columns; an image column is "
+                             "read by the built-in net's image encoder (model.image) with type: auto or mlp")  # fmt: skip
 
     @model_validator(mode="after")
     def _sweep_init_is_the_models(self) -> PipelineSpec:
@@ -185,15 +203,18 @@ class PipelineSpec(SpecModel):
 
     @property
     def model_features(self) -> list[str]:
-        """The feature columns: ``model.features``, else every int/float/bool column but key and target."""
+        """The feature columns: ``model.features``, else every int/float/bool/category/text/image column
+        but key and target (string, date and timestamp columns are never features)."""
         schema = self.source.schema_
         if self.model.features is not None:
             return list(self.model.features)
-        return [
-            c.name
-            for c in schema.fields
-            if c.type in ("int", "float", "bool") and c.name not in (schema.key, schema.target)
-        ]
+        return [c.name for c in schema.fields if c.type in FEATURE_TYPES and c.name not in (schema.key, schema.target)]
+
+    @property
+    def feature_kinds(self) -> dict[str, str]:
+        """Each feature column's type."""
+        types = {c.name: c.type for c in self.source.schema_.fields}
+        return {f: types[f] for f in self.model_features}
 
     @property
     def model_name(self) -> str:

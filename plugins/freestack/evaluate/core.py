@@ -16,6 +16,7 @@ import html
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ class EvaluationError(FreestackError):
 
 def load_model_folder(uri: str):
     """(model, preprocessing, metrics, lineage, history) of a model folder on any storage backend."""
+    from freestack.ml.features import TOKENIZER_FILE
     from freestack.ml.models import load_pretrained
     from freestack.ml.prep import Preprocessing
     from freestack.storage import join, list_objects, to_path
@@ -57,11 +59,13 @@ def load_model_folder(uri: str):
         for name in ("preprocessing.json", "metrics.json", "lineage.json", "history.json"):
             path = os.path.join(local, name)
             side[name] = json.loads(open(path).read()) if os.path.exists(path) else None
+        tokenizer = os.path.join(local, TOKENIZER_FILE)
+        tokenizer_json = open(tokenizer, encoding="utf-8").read() if os.path.exists(tokenizer) else ""
     if side["preprocessing.json"] is None:
         raise EvaluationError(f"{uri} has no preprocessing.json; it was not written by freestack's trainer")
     return (
         model,
-        Preprocessing.from_dict(side["preprocessing.json"]),
+        Preprocessing.from_dict(side["preprocessing.json"], tokenizer_json),
         side["metrics.json"] or {},
         side["lineage.json"] or {},
         side["history.json"] or [],
@@ -92,7 +96,9 @@ def score(model, pre, test, target: str) -> dict[str, Any]:
     """Metrics of one model on the test rows, in the target's own labels/units."""
     import torch
 
-    x = torch.as_tensor(pre.features_array(test))
+    from freestack.ml.loop import to_tensors
+
+    x = to_tensors(pre.inputs(test))
     y = test[target].to_numpy()
     with torch.no_grad():
         if pre.task == "classification":
@@ -108,16 +114,19 @@ def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[s
     outputs: what the deploy stage sends to a freshly started server, whose answers must equal these."""
     import torch
 
+    from freestack.ml.loop import to_tensors
+
     rows = test.sort_values(key).head(n) if key in test.columns else test.head(n)
-    x = pre.features_array(rows)
+    x = pre.inputs(rows)
     with torch.no_grad():
-        t = torch.as_tensor(x)
+        t = to_tensors(x)
         out = model.predict_proba(t) if pre.task == "classification" else model.predict(t)
     sample = {
         "task": pre.task,
         "features": list(pre.features),
         "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
-        "rows": x.tolist(),
+        # what a client sends: the numbers, or each row's raw values (images as base64) for other inputs
+        "rows": x.tolist() if pre.encoder is None else raw_rows(rows, pre),
         "labels": rows[target].tolist(),
         "outputs": out.numpy().tolist(),
     }
@@ -125,6 +134,24 @@ def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[s
         sample["classes"] = [str(c) for c in pre.classes]
         sample["predicted"] = [pre.classes[i] for i in out.argmax(dim=-1).tolist()]
     return sample
+
+
+def raw_rows(rows, pre) -> list[list[Any]]:
+    """The feature values of ``rows`` as a client sends them in JSON: numbers, category and text values
+    as they are (missing ones null), images as base64 of their bytes."""
+    kinds = dict(pre.encoder.columns)
+    out: list[list[Any]] = []
+    for values in zip(*(rows[f].tolist() for f in pre.features), strict=True):
+        row = []
+        for f, v in zip(pre.features, values, strict=True):
+            if kinds[f] == "image":
+                row.append(base64.b64encode(v).decode("ascii") if v is not None else None)
+            elif isinstance(v, float) and math.isnan(v):
+                row.append(None)
+            else:
+                row.append(v.item() if hasattr(v, "item") else v)
+        out.append(row)
+    return out
 
 
 def classification_report(y: np.ndarray, proba: np.ndarray, classes: list[Any]) -> dict[str, Any]:

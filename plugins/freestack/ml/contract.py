@@ -11,10 +11,14 @@ A custom model is a ``torch.nn.Module`` class in a file of the project or an imp
 
 - the constructor gets :class:`ModelInputs` first (what the data looks like), then the spec's
   ``model.init`` values as keyword arguments (sweepable);
-- ``forward`` gets one batch as a dict of tensors, one per feature group (:data:`GROUPS`): ``numeric``
-  is a float32 tensor ``[batch, n]`` of the numeric and bool columns, standardised with the training
-  split's mean and std; it returns float logits ``[batch, n_outputs]`` for classification, or
-  ``[batch]`` / ``[batch, 1]`` predictions of the standardised target for regression;
+- ``forward`` gets one batch as a dict of tensors, one per feature group the data has (:data:`GROUPS`):
+  ``numeric`` float32 ``[batch, n]`` (the numeric and bool columns, standardised with the training
+  split's mean and std), ``category`` int64 ``[batch, n]`` (one code per column, 0 the unknown
+  bucket, ``vocab_sizes`` per column), ``text`` int64 ``[batch, n_text, max_length]`` (token ids,
+  ``pad_id`` padding, ``vocab_sizes[0]`` tokens) and ``image`` float32 ``[batch, channels, height,
+  width]`` (normalised with the training split's per-channel mean and std, augmented in training);
+  it returns float logits ``[batch, n_outputs]`` for classification, or ``[batch]`` / ``[batch, 1]``
+  predictions of the standardised target for regression;
 - ``loss(outputs, target)``, when the class defines it, replaces the training loss (cross-entropy on
   class indices, or mean squared error on the standardised target). Validation and test metrics are
   freestack's, so that versions stay comparable.
@@ -31,12 +35,13 @@ from typing import Any
 
 from freestack.errors import FreestackError
 
-#: the feature groups a batch can hold, in order; only ``numeric`` so far
-GROUPS = ("numeric",)
+#: the feature groups a batch can hold, in order (:mod:`freestack.ml.features` encodes them)
+GROUPS = ("numeric", "category", "text", "image")
 CONTRACT = (
     "a custom model is a torch.nn.Module class whose __init__(self, inputs, **init) takes freestack's "
     "ModelInputs first and the spec's model.init values as keyword arguments, and whose forward(self, batch) "
-    "takes a dict of tensors per feature group ({'numeric': float32 [batch, n]}) and returns logits "
+    "takes a dict of tensors per feature group (numeric float32 [batch, n], category int64 [batch, n], text int64 "
+    "[batch, n_text, max_length], image float32 [batch, C, H, W]; only the groups the data has) and returns logits "
     "[batch, n_outputs] (classification) or [batch] / [batch, 1] (regression); see docs/stages/train.md"
 )
 #: where the module's source is kept in a model version
@@ -50,11 +55,16 @@ class CustomModelError(FreestackError):
 
 @dataclass(frozen=True)
 class FeatureGroup:
-    """One entry of a batch: ``names`` of its columns and ``size``, the width of its tensor."""
+    """One entry of a batch: ``names`` of its columns and ``size``, their number; for ``category`` the
+    ``vocab_sizes`` per column (the unknown bucket included), for ``text`` ``vocab_sizes == [tokens]``,
+    ``shape == [n_text, max_length]`` and ``pad_id``, for ``image`` ``shape == [channels, height, width]``."""
 
     kind: str
     names: list[str]
     size: int
+    vocab_sizes: list[int] = field(default_factory=list)
+    shape: list[int] = field(default_factory=list)
+    pad_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ class ModelInputs:
     groups: dict[str, FeatureGroup]
     classes: list[Any] = field(default_factory=list)
     target: str = ""
+    #: the augmentations freestack applies to the image group in training (``flip``, ``shift``)
+    augment: list[str] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
@@ -77,7 +89,8 @@ class ModelInputs:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInputs:
         groups = {k: FeatureGroup(**v) for k, v in d["groups"].items()}
-        return cls(d["task"], int(d["n_outputs"]), groups, list(d.get("classes") or []), d.get("target", ""))
+        return cls(d["task"], int(d["n_outputs"]), groups, list(d.get("classes") or []), d.get("target", ""),
+                   list(d.get("augment") or []))
 
 
 def is_dotted(module: str) -> bool:

@@ -144,12 +144,15 @@ class CustomNet(ScaledModel):
         self.class_name, self.init, self.source, self.source_path = class_name, dict(init), source, source_path
         self.origin = origin or source_path  # model.module as the spec gave it
         self.add_scaling(inputs.groups["numeric"].size if "numeric" in inputs.groups else 0)
+        if "image" in inputs.groups:
+            self.add_image_scaling(inputs.groups["image"].shape[0], list(inputs.augment))
         user_loss = getattr(net, "loss", None)
         self.training_loss = user_loss if callable(user_loss) else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net({"numeric": (x - self.mean) / self.std})
-        return self.checked(out, len(x))
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = self.scaled_inputs(x)
+        out = self.net(batch)
+        return self.checked(out, len(next(iter(batch.values()))))
 
     def checked(self, out: Any, rows: int) -> torch.Tensor:
         """The module's answer if it keeps the contract (regression squeezed to ``[batch]``)."""
@@ -196,9 +199,8 @@ def build_custom(module: str, class_name: str, init: dict[str, Any], inputs: Mod
 def check_custom(net: CustomNet, rows: int = 2) -> None:
     """One forward and backward pass on a zero batch: the answer's shape and type, and a loss that
     gradients flow through (CustomModelError naming the file and the contract otherwise)."""
-    x = torch.zeros(rows, int(net.mean.numel()))
     try:
-        out = net.net({"numeric": x})
+        out = net(zero_batch(net.inputs, rows))
     except CustomModelError:
         raise
     except Exception as exc:
@@ -208,6 +210,21 @@ def check_custom(net: CustomNet, rows: int = 2) -> None:
     if not out.requires_grad:
         raise CustomModelError(f"{net.source_path}: {net.class_name}.forward's answer has no gradient (no trainable "
                                f"parameter reached it, or it ran under no_grad). {CONTRACT}")  # fmt: skip
+
+
+def zero_batch(inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
+    """A batch of ``rows`` zero rows with every group of ``inputs`` (padding tokens for text)."""
+    batch: dict[str, torch.Tensor] = {}
+    for name, group in inputs.groups.items():
+        if name == "numeric":
+            batch[name] = torch.zeros(rows, group.size)
+        elif name == "category":
+            batch[name] = torch.zeros(rows, group.size, dtype=torch.int64)
+        elif name == "text":
+            batch[name] = torch.full((rows, *group.shape), group.pad_id, dtype=torch.int64)
+        elif name == "image":
+            batch[name] = torch.zeros(rows, *group.shape, dtype=torch.uint8)
+    return batch
 
 
 def load_custom(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu") -> CustomNet:

@@ -76,22 +76,48 @@ def _seed_all(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# inputs: one array of numeric features, or a dict of arrays per feature group (freestack.ml.features)
+
+Inputs = np.ndarray | dict[str, np.ndarray]
+Tensors = torch.Tensor | dict[str, torch.Tensor]
+
+
+def to_tensors(x: Inputs, device: torch.device | None = None) -> Tensors:
+    """Copies on ``device`` (the inputs may be read-only views)."""
+    if isinstance(x, dict):
+        return {k: torch.tensor(v, device=device) for k, v in x.items()}
+    return torch.tensor(x, device=device)
+
+
+def rows_of(x: Inputs | Tensors) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def take(x: Tensors, index) -> Tensors:
+    """Rows ``index`` (a slice or an index tensor) of every group."""
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # evaluation
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, x: torch.Tensor, batch: int | None = None, amp_dtype=None) -> torch.Tensor:
+def predict_outputs(model: nn.Module, x: Tensors, batch: int | None = None, amp_dtype=None) -> torch.Tensor:
+    device = next(iter(x.values())).device if isinstance(x, dict) else x.device
     if batch is None:  # large batches help a GPU; on a CPU they only thrash the caches
-        batch = 8192 if x.device.type == "cuda" else 2048
+        batch = 8192 if device.type == "cuda" else 2048
+        if isinstance(x, dict) and ("image" in x or "text" in x):
+            batch //= 16  # a batch of images or token sequences is much wider than one of numbers
     model.eval()
     outs = []
-    for i in range(0, len(x), batch):
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outs.append(model(x[i : i + batch]).float())
+    for i in range(0, rows_of(x), batch):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outs.append(model(take(x, slice(i, i + batch))).float())
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, amp_dtype=None) -> dict[str, float]:
+def evaluate(model: nn.Module, x: Tensors, y: torch.Tensor, task: str, amp_dtype=None) -> dict[str, float]:
     out = predict_outputs(model, x, amp_dtype=amp_dtype)
     if task == "classification":
         loss = float(nn.functional.cross_entropy(out, y)) if len(y) else 0.0
@@ -252,7 +278,7 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     return meta["epoch"] + 1
 
 
-def _train_epoch(run: _Run, xt: torch.Tensor, yt: torch.Tensor, epoch: int) -> tuple[float, float]:
+def _train_epoch(run: _Run, xt: Tensors, yt: torch.Tensor, epoch: int) -> tuple[float, float]:
     """One pass over the training split in a seeded order; (mean training loss, the last learning rate)."""
     config, opt, model, scaler = run.config, run.opt, run.model, run.precision.scaler
     model.train()
@@ -269,7 +295,7 @@ def _train_epoch(run: _Run, xt: torch.Tensor, yt: torch.Tensor, epoch: int) -> t
         for g in opt.param_groups:
             g["lr"] = lr
         idx = perm[i : i + config.batch_size]
-        xb, yb = xt[idx], yt[idx]
+        xb, yb = take(xt, idx), yt[idx]
         with run.precision.autocast():
             loss = run.loss_fn(model(xb), yb)
         run.grads.zero_()
@@ -320,9 +346,9 @@ def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float)
 
 def fit(
     model: nn.Module,
-    x_train: np.ndarray,
+    x_train: Inputs,
     y_train: np.ndarray,
-    x_val: np.ndarray,
+    x_val: Inputs,
     y_val: np.ndarray,
     config: TrainConfig,
     *,
@@ -335,13 +361,13 @@ def fit(
     ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
     sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
     """
-    if len(x_train) == 0:
+    if rows_of(x_train) == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
-    run = _setup(model, len(x_train), config, task)
+    run = _setup(model, rows_of(x_train), config, task)
     device, result = run.device, run.result
-    xt = torch.tensor(x_train, device=device)  # copies: the inputs may be read-only views
+    xt = to_tensors(x_train, device)  # copies: the inputs may be read-only views
     yt = torch.tensor(y_train, device=device)
-    xv = torch.tensor(x_val, device=device)
+    xv = to_tensors(x_val, device)
     yv = torch.tensor(y_val, device=device)
     start_epoch = _resume(run, checkpoints) if checkpoints is not None else 1
     epoch_seconds: list[float] = []
@@ -388,5 +414,5 @@ def _fmt_eta(seconds: float) -> str:
 
 __all__ = [
     "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
-    "evaluate", "fit", "lr_factor", "predict_outputs", "resolve_device",
+    "evaluate", "fit", "lr_factor", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors",
 ]  # fmt: skip

@@ -2,7 +2,10 @@
 ``FreestackNet.from_pretrained(path_or_repo)`` loads them back without Airflow.
 
 The network takes raw feature values: the training split's mean and std are buffers of the model,
-so a loaded model needs nothing else to predict.
+so a loaded model needs nothing else to predict numeric columns. Category, text and image columns
+come as the codes, token ids and pixels of :mod:`freestack.ml.features` (a batch is then a dict of
+tensors per group): each group has its encoder (embeddings per category column, a small convolutional
+text encoder, a small CNN), and the MLP takes what they give side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class FreestackNet(
         dropout: float = 0.1,
         features: list[str] | None = None,
         classes: list | None = None,
+        inputs: dict | None = None,
+        augment: list[str] | None = None,
     ):
         super().__init__()
         if kind not in ("mlp", "cnn"):
@@ -45,6 +50,10 @@ class FreestackNet(
         self.features = list(features or [])
         self.classes = list(classes or [])
         self.add_scaling(n_features)
+        #: encoders of the non-numeric groups (category, text, image); None for numeric columns only
+        self.encoders = GroupEncoders(inputs, list(channels or [16, 32])) if _non_numeric(inputs) else None
+        if self.encoders is not None and "image" in inputs:
+            self.add_image_scaling(inputs["image"]["shape"][0], augment)
         if kind == "cnn":
             shape = list(image_shape or [])
             if len(shape) == 2:
@@ -63,19 +72,84 @@ class FreestackNet(
             self.body = nn.Sequential(*layers)
         else:
             self.shape = None
-            dims = [n_features, *(hidden or [128, 64])]
+            width = n_features + (self.encoders.width if self.encoders is not None else 0)
+            dims = [width, *(hidden or [128, 64])]
             layers = []
             for a, b in zip(dims[:-1], dims[1:], strict=False):
                 layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
             layers.append(nn.Linear(dims[-1], n_outputs))
             self.body = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.encoders is not None:
+            batch = self.scaled_inputs(x)
+            parts = [batch["numeric"]] if "numeric" in batch else []
+            x = torch.cat([*parts, *self.encoders(batch)], dim=1)
+        else:
+            x = x["numeric"] if isinstance(x, dict) else x
+            x = (x - self.mean) / self.std
         if self.shape is not None:
             x = x.reshape(x.shape[0], *self.shape)
         out = self.body(x)
         return out.squeeze(-1) if self.task == "regression" else out
+
+
+def _non_numeric(inputs: dict | None) -> bool:
+    return bool(inputs) and any(g != "numeric" for g in inputs)
+
+
+def embedding_dim(vocab_size: int) -> int:
+    """fast.ai's rule of thumb for a category's embedding width: 1.6 * n^0.56, at most 32."""
+    return max(2, min(32, round(1.6 * vocab_size**0.56)))
+
+
+class GroupEncoders(nn.Module):
+    """One vector per row from the category, text and image groups of a batch (see
+    :mod:`freestack.ml.features`): an embedding per category column; per text column token embeddings,
+    a convolution over neighbouring tokens and a max- and mean-pool over the non-padding ones; a small
+    CNN pooled to one value per channel for the image."""
+
+    def __init__(self, groups: dict, channels: list[int], text_dim: int = 64):
+        super().__init__()
+        self.width = 0
+        cat = groups.get("category")
+        self.category = nn.ModuleList(nn.Embedding(v, embedding_dim(v)) for v in (cat or {}).get("vocab_sizes", []))
+        self.width += sum(e.embedding_dim for e in self.category)
+        text = groups.get("text")
+        self.tokens = self.text_conv = None
+        if text:
+            self.pad_id = int(text.get("pad_id", 0))
+            self.tokens = nn.Embedding(text["vocab_sizes"][0], text_dim, padding_idx=self.pad_id)
+            self.text_conv = nn.Conv1d(text_dim, text_dim, 3, padding=1)
+            self.width += 2 * text_dim * text["shape"][0]
+        image = groups.get("image")
+        self.cnn = None
+        if image:
+            layers: list[nn.Module] = []
+            c_in = image["shape"][0]
+            for c in channels:
+                layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+                c_in = c
+            self.cnn = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.width += c_in
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        out = [emb(batch["category"][:, i]) for i, emb in enumerate(self.category)]
+        if self.tokens is not None:
+            out.append(self._text(batch["text"]))
+        if self.cnn is not None:
+            out.append(self.cnn(batch["image"]))
+        return out
+
+    def _text(self, ids: torch.Tensor) -> torch.Tensor:
+        rows, columns, length = ids.shape
+        flat = ids.reshape(rows * columns, length)
+        keep = (flat != self.pad_id).unsqueeze(-1)  # [n, length, 1]
+        h = torch.relu(self.text_conv(self.tokens(flat).transpose(1, 2))).transpose(1, 2)
+        count = keep.sum(1).clamp(min=1)
+        mean = (h * keep).sum(1) / count
+        peak = h.masked_fill(~keep, 0.0).amax(1)  # relu output is >= 0: 0 is the floor
+        return torch.cat([mean, peak], 1).reshape(rows, -1)
 
 
 def load_pretrained(folder, map_location: str = "cpu"):

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from freestack.ml.features import KINDS, EncoderOptions, FeatureEncoder
+
 Split = Literal["train", "val", "test"]
 
 
@@ -28,7 +30,9 @@ def split_of_keys(keys: pd.Series, val_fraction: float, test_fraction: float, sa
 
 @dataclass
 class Preprocessing:
-    """Feature scaling and label coding, fitted on the training split only; JSON round-trips."""
+    """Feature scaling, the encoding of category/text/image columns (:mod:`freestack.ml.features`) and
+    label coding, fitted on the training split only; JSON round-trips (a trained tokenizer is its own
+    ``tokenizer.json``)."""
 
     task: Literal["classification", "regression"]
     features: list[str]
@@ -38,24 +42,48 @@ class Preprocessing:
     target: str = ""
     target_mean: float = 0.0
     target_std: float = 1.0
+    #: the encoder of every feature column when some are not numeric; None: ``features`` are all numeric
+    encoder: FeatureEncoder | None = None
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, features: list[str], target: str, task: str) -> Preprocessing:
-        x = train[features].to_numpy(dtype=np.float64)
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
+    def fit(cls, train: pd.DataFrame, features: list[str], target: str, task: str,
+            kinds: dict[str, str] | None = None, options: EncoderOptions | None = None) -> Preprocessing:  # fmt: skip
+        """``kinds`` are the feature columns' types (int, float, bool, category, text, image)."""
+        encoder = None
+        numeric = features
+        if kinds and any(KINDS.get(kinds[f]) != "numeric" for f in features):
+            encoder = FeatureEncoder.fit({f: _values(train[f]) for f in features}, kinds, options or EncoderOptions())
+            numeric = encoder.numeric
+        x = train[numeric].to_numpy(dtype=np.float64)
+        mean = x.mean(axis=0) if numeric else np.zeros(0)
+        std = x.std(axis=0) if numeric else np.ones(0)
         std[std < 1e-12] = 1.0
         if task == "classification":
             classes = sorted(pd.unique(train[target]).tolist())
-            return cls(task, features, mean.tolist(), std.tolist(), classes, target)
+            return cls(task, features, mean.tolist(), std.tolist(), classes, target, encoder=encoder)
         y = train[target].to_numpy(dtype=np.float64)
-        return cls(task, features, mean.tolist(), std.tolist(), [], target, float(y.mean()), float(y.std() or 1.0))
+        return cls(task, features, mean.tolist(), std.tolist(), [], target, float(y.mean()), float(y.std() or 1.0),
+                   encoder)  # fmt: skip
+
+    @property
+    def numeric(self) -> list[str]:
+        return self.encoder.numeric if self.encoder is not None else self.features
 
     def features_array(self, df: pd.DataFrame) -> np.ndarray:
+        """The numeric feature columns as one float32 matrix."""
+        missing = [f for f in self.numeric if f not in df.columns]
+        if missing:
+            raise ValueError(f"missing feature column(s) {missing}")
+        return _writable(df[self.numeric].to_numpy(dtype=np.float32))
+
+    def inputs(self, df: pd.DataFrame) -> np.ndarray | dict[str, np.ndarray]:
+        """What the model takes for ``df``'s rows: the numeric matrix, or a dict per feature group."""
+        if self.encoder is None:
+            return self.features_array(df)
         missing = [f for f in self.features if f not in df.columns]
         if missing:
             raise ValueError(f"missing feature column(s) {missing}")
-        return _writable(df[self.features].to_numpy(dtype=np.float32))
+        return self.encoder.encode({f: _values(df[f]) for f in self.features})
 
     def target_array(self, df: pd.DataFrame) -> np.ndarray:
         y = df[self.target]
@@ -70,6 +98,7 @@ class Preprocessing:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **({"encoder": self.encoder.as_dict()} if self.encoder is not None else {}),
             "task": self.task,
             "features": self.features,
             "mean": self.mean,
@@ -81,8 +110,21 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], tokenizer_json: str = "") -> Preprocessing:
+        d = dict(d)
+        encoder = d.pop("encoder", None)
+        return cls(**d, encoder=FeatureEncoder.from_dict(encoder, tokenizer_json) if encoder else None)
+
+    @property
+    def tokenizer_json(self) -> str | None:
+        """The text columns' tokenizer, saved beside the model as ``tokenizer.json``; None without text."""
+        text = self.encoder.text if self.encoder is not None else None
+        return text.tokenizer_json if text is not None else None
+
+
+def _values(column: pd.Series) -> np.ndarray | list:
+    """A column as the encoder takes it: numbers as a numpy array, anything else as a list."""
+    return column.to_numpy() if column.dtype.kind in "iufb" else column.tolist()
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

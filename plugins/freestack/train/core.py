@@ -179,18 +179,46 @@ def check_trainable(spec: PipelineSpec) -> None:
     if schema.key is None:
         raise TrainingError(f"pipeline {spec.name!r} has no source.schema.key: the split is keyed on it")
     if not spec.model_features:
-        raise TrainingError(f"pipeline {spec.name!r} has no numeric feature columns; list model.features")
+        raise TrainingError(f"pipeline {spec.name!r} has no feature columns (int, float, bool, category, text or "
+                            "image) but its key and target; declare some in source.schema or list model.features")  # fmt: skip
     if spec.model.type == "custom":
         check_custom_model(spec)
 
 
-def model_inputs(spec: PipelineSpec, features: list[str], task: str, classes: list):
-    """What a custom model's constructor is told about the data (:class:`~freestack.ml.contract.ModelInputs`)."""
+def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
+    """What a custom model's constructor is told about the data (:class:`~freestack.ml.contract.ModelInputs`):
+    from the fitted preprocessing ``pre``, or, before any data is read, from the spec alone."""
     from freestack.ml.contract import FeatureGroup, ModelInputs
 
     n_outputs = len(classes) if task == "classification" else 1
-    groups = {"numeric": FeatureGroup("numeric", list(features), len(features))}
-    return ModelInputs(task, n_outputs, groups, list(classes), spec.source.schema_.target or "")
+    sizes = group_sizes(pre.encoder if pre is not None else None, spec)
+    groups = {g: FeatureGroup(g, **v) for g, v in sizes.items()}
+    return ModelInputs(task, n_outputs, groups, list(classes), spec.source.schema_.target or "", list(spec.model.image.augment))
+
+
+def group_sizes(encoder, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
+    """The feature groups' sizes: the fitted ``encoder``'s, else the spec's guess (vocabularies of a
+    category's ``allowed`` values or 8, the text settings' vocabulary size) for a check before data."""
+    from freestack.ml.features import KINDS
+
+    if encoder is not None:
+        return encoder.group_sizes()
+    if all(KINDS[t] == "numeric" for t in spec.feature_kinds.values()):
+        return {"numeric": {"names": spec.model_features, "size": len(spec.model_features)}}
+    columns = {c.name: c for c in spec.source.schema_.fields}
+    sizes: dict[str, dict[str, Any]] = {}
+    for name, kind in spec.feature_kinds.items():
+        group = sizes.setdefault(KINDS[kind], {"names": [], "size": 0, "vocab_sizes": [], "shape": [], "pad_id": 0})
+        group["names"].append(name)
+        group["size"] += 1
+        if kind == "category":
+            group["vocab_sizes"].append(len(columns[name].allowed or []) + 1 if columns[name].allowed else 8)
+    m = spec.model
+    if "text" in sizes:
+        sizes["text"].update(vocab_sizes=[m.text.vocab_size], shape=[sizes["text"]["size"], m.text.max_length])
+    if "image" in sizes:
+        sizes["image"]["shape"] = [m.image.channels, *m.image.size]
+    return sizes
 
 
 def check_custom_model(spec: PipelineSpec) -> None:
@@ -204,7 +232,7 @@ def check_custom_model(spec: PipelineSpec) -> None:
     task = spec.task or "classification"
     target = next((c for c in spec.source.schema_.fields if c.name == spec.source.schema_.target), None)
     classes = list(getattr(target, "allowed", None) or [0, 1, 2]) if task == "classification" else []
-    inputs = model_inputs(spec, spec.model_features, task, classes)
+    inputs = model_inputs(spec, task, classes)
     try:
         check_custom(build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir()))
     except CustomModelError as exc:
@@ -213,6 +241,7 @@ def check_custom_model(spec: PipelineSpec) -> None:
 
 def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] | None = None) -> Prepared:
     """The window (loaded, or ``window``) split on the row key, with preprocessing fitted on the train split."""
+    from freestack.ml.features import EncodingError
     from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
 
     schema, t = spec.source.schema_, spec.train
@@ -227,12 +256,47 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
             f"({len(train_df)}/{len(val_df)}/{len(test_df)}); widen window_days"
         )
     features = spec.model_features
-    pre = Preprocessing.fit(train_df, features, schema.target, task)
+    try:
+        pre = Preprocessing.fit(train_df, features, schema.target, task, spec.feature_kinds, encoder_options(spec))
+    except EncodingError as exc:
+        raise TrainingError(f"pipeline {spec.name!r}: the training split cannot be encoded: {exc}") from None
     if task == "classification":  # labels the training split never saw cannot be scored
         seen = set(pre.classes)
         val_df = val_df[val_df[schema.target].isin(seen)]
         test_df = test_df[test_df[schema.target].isin(seen)]
     return Prepared(task, features, pre, train_df, val_df, test_df, parts)
+
+
+def encoder_options(spec: PipelineSpec):
+    """The spec's ``model.category``/``text``/``image`` settings for :mod:`freestack.ml.features` (a
+    named Hub tokenizer is fetched here)."""
+    from freestack.ml.features import EncoderOptions
+
+    m = spec.model
+    tokenizer = None
+    if m.text.tokenizer != "train" and any(t == "text" for t in spec.feature_kinds.values()):
+        tokenizer = hub_tokenizer(m.text.tokenizer, m.text.revision)
+    return EncoderOptions(
+        category_max_size=m.category.max_size, category_min_count=m.category.min_count,
+        text_vocab_size=m.text.vocab_size, text_max_length=m.text.max_length, tokenizer_json=tokenizer,
+        tokenizer_source=m.text.tokenizer, image_size=(m.image.size[0], m.image.size[1]),
+        image_channels=m.image.channels, augment=tuple(m.image.augment),
+    )  # fmt: skip
+
+
+def hub_tokenizer(repo: str, revision: str) -> str:
+    """The ``tokenizer.json`` of a Hub repo (through ``huggingface_hub``: its endpoint, token and cache)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo, "tokenizer.json", revision=revision)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise TrainingError(f"model.text.tokenizer {repo!r} (revision {revision}): its tokenizer.json cannot be "
+                            f"fetched from the Hub ({type(exc).__name__}: {str(exc)[:200]}); check the repo id and "
+                            "the huggingface connection, or use tokenizer: train") from None  # fmt: skip
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def model_kind(spec: PipelineSpec) -> str:
@@ -254,15 +318,27 @@ def build_model(spec: PipelineSpec, data: Prepared):
         model = _build_custom(spec, data)
     else:
         model = FreestackNet(
-            kind=model_kind(spec), task=data.task, n_features=len(data.features),
+            kind=model_kind(spec), task=data.task, n_features=len(data.pre.numeric),
             n_outputs=len(data.pre.classes) if data.task == "classification" else 1,
             hidden=list(spec.model.hidden), channels=list(spec.model.channels),
             image_shape=list(spec.model.image_shape) if spec.model.image_shape else None,
             dropout=spec.model.dropout, features=data.features, classes=data.pre.classes,
+            **_group_args(spec, data.pre),
         )  # fmt: skip
     model.set_scaling(data.pre.mean, data.pre.std)
     model.set_target_scaling(data.pre.target_mean, data.pre.target_std)
+    image = data.pre.encoder.image if data.pre.encoder is not None else None
+    if image is not None:
+        model.set_image_scaling(image.mean, image.std)
     return model
+
+
+def _group_args(spec: PipelineSpec, pre) -> dict[str, Any]:
+    """FreestackNet's arguments for category/text/image inputs; none for numeric columns only (so the
+    config of such a model is what it always was)."""
+    if pre.encoder is None:
+        return {}
+    return {"inputs": pre.encoder.group_sizes(), "augment": list(spec.model.image.augment)}
 
 
 def _build_custom(spec: PipelineSpec, data: Prepared):
@@ -270,7 +346,7 @@ def _build_custom(spec: PipelineSpec, data: Prepared):
     from freestack.ml.custom import build_custom
     from freestack.settings import checkout_dir
 
-    inputs = model_inputs(spec, data.features, data.task, data.pre.classes)
+    inputs = model_inputs(spec, data.task, data.pre.classes, data.pre)
     try:
         return build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir())
     except CustomModelError as exc:
@@ -422,7 +498,7 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
     """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics."""
     import torch
 
-    from freestack.ml.loop import evaluate, fit
+    from freestack.ml.loop import evaluate, fit, to_tensors
 
     def epoch_done(row: dict[str, float]) -> bool:
         run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -430,12 +506,12 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
 
     pre = data.pre
     result = fit(
-        model, pre.features_array(data.train), pre.target_array(data.train), pre.features_array(data.val),
+        model, pre.inputs(data.train), pre.target_array(data.train), pre.inputs(data.val),
         pre.target_array(data.val), cfg, task=data.task, checkpoints=StoreCheckpoints(where.run_dir),
         on_epoch=epoch_done,
     )  # fmt: skip
     device = next(model.parameters()).device
-    test = evaluate(model, torch.as_tensor(pre.features_array(data.test), device=device),
+    test = evaluate(model, to_tensors(pre.inputs(data.test), device),
                     torch.as_tensor(pre.target_array(data.test), device=device), data.task)  # fmt: skip
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
@@ -466,6 +542,10 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
             with open(os.path.join(tmp, name), "rb") as f:
                 write_bytes(join(where.version_dir, name), f.read())
     write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
+    if data.pre.tokenizer_json is not None:  # the text columns' tokenizer, a plain Hugging Face tokenizers file
+        from freestack.ml.features import TOKENIZER_FILE
+
+        write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
     write_json(join(where.version_dir, "history.json"), result.history)
     write_json(join(where.version_dir, "metrics.json"), {"task": data.task, **metrics, "train": result.summary()})
     write_json(join(where.version_dir, "lineage.json"), lineage)

@@ -17,6 +17,38 @@ from freestack.specbase import SpecModel as _Model
 InitValue = int | float | bool | str | list[int] | list[float] | list[str]
 
 
+class CategorySpec(_Model):
+    """How ``category`` columns are encoded (``model.category``): a vocabulary per column, fitted on the
+    training split; values outside it (or missing) share the unknown bucket."""
+
+    max_size: int = Field(default=10_000, ge=1, le=1_000_000, description="The most values a column's vocabulary keeps (the most frequent).")
+    min_count: int = Field(default=1, ge=1, description="A value is kept when the training split has it at least this often.")
+
+
+class TextSpec(_Model):
+    """How ``text`` columns are tokenized (``model.text``)."""
+
+    tokenizer: str = Field(default="train", min_length=1, max_length=200, description="train: a WordPiece tokenizer trained on the training split (Hugging Face tokenizers); or a Hub repo id whose tokenizer.json is used.")
+    revision: str = Field(default="main", description="The Hub revision of a named tokenizer.")
+    vocab_size: int = Field(default=8_000, ge=16, le=1_000_000, description="A trained tokenizer's vocabulary size.")
+    max_length: int = Field(default=64, ge=1, le=8192, description="Tokens per text value (longer ones are cut, shorter ones padded).")
+
+
+class ImageSpec(_Model):
+    """How the ``image`` column is decoded for the model (``model.image``)."""
+
+    size: list[int] = Field(default_factory=lambda: [32, 32], min_length=2, max_length=2, description="[height, width] every image is resized to.")
+    channels: Literal[1, 3] = Field(default=3, description="3: RGB; 1: grey.")
+    augment: list[Literal["flip", "shift"]] = Field(default_factory=list, description="Augmentations in training: flip (horizontal, half the images), shift (up to 1/8 of the size).")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: list[int]) -> list[int]:
+        if any(d < 4 or d > 1024 for d in v):
+            raise ValueError(f"image size {v} must be between 4 and 1024 pixels per side")
+        return v
+
+
 class ModelSpec(_Model):
     """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given; ``type:
     custom`` trains a module the user wrote (``module``, ``class``, ``init``; the contract is
@@ -31,7 +63,10 @@ class ModelSpec(_Model):
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
     image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="The MLP's hidden layer widths.")
-    channels: list[int] = Field(default_factory=lambda: [16, 32], description="The CNN's convolution channels.")
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="The CNN's convolution channels (also the image column's encoder).")
+    category: CategorySpec = Field(default_factory=CategorySpec, description="How category columns are encoded.")
+    text: TextSpec = Field(default_factory=TextSpec, description="How text columns are tokenized.")
+    image: ImageSpec = Field(default_factory=ImageSpec, description="How the image column is decoded.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout probability.")
     hub_repo: str | None = Field(
         default=None, description="Hugging Face Hub repo (org/name) registered versions are pushed to"
@@ -97,4 +132,4 @@ class TrainSpec(_Model):
     queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
 
 
-__all__ = ["ModelSpec", "TrainSpec"]
+__all__ = ["CategorySpec", "ImageSpec", "ModelSpec", "TextSpec", "TrainSpec"]

@@ -137,7 +137,9 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
     from freestack.serving.server import guard
 
-    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or ())
+    takes_raw = getattr(user_object, "takes_raw_values", None)  # freestack's Model: category/text/image inputs
+    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (),
+                  raw_values=bool(takes_raw()) if callable(takes_raw) else False)  # fmt: skip
     if cfg.get("lighter_app", True):
         from freestack.serving.server.tuning import faster_json, lighter_flask
 

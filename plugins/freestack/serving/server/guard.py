@@ -393,13 +393,18 @@ def _kind(value: Any) -> str:
         type(value), type(value).__name__)  # fmt: skip
 
 
-def ndarray_problem(arr: Any, numbers: bool = False) -> str | None:
+#: the values a row may hold for a model of category, text or image columns (images as base64 text)
+RAW_VALUES = NUMBER | {str, bool, type(None)}
+
+
+def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str | None:
     """``data.ndarray``: a list of rows of numbers, all of one width (or one row as a flat list);
-    ``numbers``: the rows are known to hold numbers only (:func:`numbers_only`)."""
+    ``numbers``: the rows are known to hold numbers only (:func:`numbers_only`); ``raw``: the model takes
+    raw values (text, true/false, null besides numbers; the model checks them per column)."""
     if type(arr) is not list:
         return f'"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...], not {_kind(arr)}'
     kinds = set(map(type, arr))
-    if kinds <= NUMBER:
+    if kinds <= (RAW_VALUES if raw else NUMBER):
         return None
     if kinds != {list}:
         if kinds <= NUMBER | {list}:
@@ -410,7 +415,7 @@ def ndarray_problem(arr: Any, numbers: bool = False) -> str | None:
     if len(widths) > 1:
         i = next(i for i, row in enumerate(arr) if len(row) != len(arr[0]))
         return f'"data.ndarray" is ragged: row {i} holds {len(arr[i])} values, row 0 holds {len(arr[0])}'
-    if numbers or set(map(type, itertools.chain.from_iterable(arr))) <= NUMBER:
+    if numbers or set(map(type, itertools.chain.from_iterable(arr))) <= (RAW_VALUES if raw else NUMBER):
         return None
     i, j, v = next((i, j, v) for i, row in enumerate(arr) for j, v in enumerate(row) if type(v) not in NUMBER)
     if type(v) in CONTAINERS:
@@ -463,9 +468,10 @@ def _metric_ok(m: Any) -> bool:
             and all(type(v) is str for v in tags.values()))  # fmt: skip
 
 
-def message_problem(msg: Any, raw: bytes | str | None = None) -> str | None:
+def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool = False) -> str | None:
     """What is wrong with a Seldon message, or None (the model checks the rest: widths, names, rows);
-    ``raw``: the JSON text it was parsed from, which can spare looking at every value of its rows."""
+    ``raw``: the JSON text it was parsed from, which can spare looking at every value of its rows;
+    ``raw_values``: the model takes text and null values in ``data.ndarray`` rows too."""
     if type(msg) is not dict:
         return f"the body must be a JSON object (a Seldon message), not {_kind(msg)}"
     if "meta" in msg and (problem := meta_problem(msg["meta"])):
@@ -483,18 +489,18 @@ def message_problem(msg: Any, raw: bytes | str | None = None) -> str | None:
         if key not in ("ndarray", "tensor") and _too_deep(value, MAX_DEPTH - 2):
             return f'"data.{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
     numbers = raw is not None and numbers_only(msg, raw)
-    if "ndarray" in data and (problem := ndarray_problem(data["ndarray"], numbers)):
+    if "ndarray" in data and (problem := ndarray_problem(data["ndarray"], numbers, raw_values)):
         return problem
     if "tensor" in data and (problem := tensor_problem(data["tensor"], numbers)):
         return problem
     return None
 
 
-def body_problem(kind: str, body: Any, raw: bytes | str | None = None) -> str | None:
+def body_problem(kind: str, body: Any, raw: bytes | str | None = None, raw_values: bool = False) -> str | None:
     """``kind``: "message" (a Seldon message, parsed from ``raw``), "feedback" (Seldon's Feedback) or
     "aggregate" (a list of messages in ``seldonMessages``)."""
     if kind == "message":
-        return message_problem(body, raw)
+        return message_problem(body, raw, raw_values)
     if type(body) is not dict:
         return f"the body must be a JSON object, not {_kind(body)}"
     if kind == "aggregate":
@@ -529,8 +535,9 @@ def check_origins(origins: list[str] | tuple[str, ...]) -> list[str]:
 class Guard:
     """WSGI middleware in front of Seldon's Flask app (see the module's docstring)."""
 
-    def __init__(self, app, flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = ()):
-        self.app, self.max_body = app, max_body
+    def __init__(self, app, flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
+                 raw_values: bool = False):  # fmt: skip
+        self.app, self.max_body, self.raw_values = app, max_body, raw_values
         self.origins = frozenset(check_origins(cors_origins))
         self.routes: dict[str, tuple[frozenset[str], str | None]] = {}
         for rule in flask_app.url_map.iter_rules():
@@ -633,7 +640,7 @@ class Guard:
             raw = body
         value, problem = parse_json(raw)
         if problem is None:
-            problem = body_problem(kind, value, raw)
+            problem = body_problem(kind, value, raw, self.raw_values)
         if problem is not None:
             return 400, "BAD_PAYLOAD", problem
         if raw is body:
@@ -654,12 +661,14 @@ def _refuse(start_response, status: int, reason: str, info: str, extra: list | N
     return [body]
 
 
-def install(flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = ()) -> Guard:
+def install(flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
+            raw_values: bool = False) -> Guard:  # fmt: skip
     """Put the guard in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
     take flask_cors out of it: the guard answers CORS from ``cors_origins`` alone. The JSON body the
-    guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time."""
+    guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time.
+    ``raw_values``: the model takes category/text/image values, so rows may hold text and nulls."""
     _drop_flask_cors(flask_app)
-    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins)
+    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins, raw_values=raw_values)
     flask_app.wsgi_app = guard
     base = flask_app.request_class
     if isinstance(getattr(base, "_cached_json", None), tuple):  # werkzeug 2.x: (normal, silent)
