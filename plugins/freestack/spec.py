@@ -170,7 +170,7 @@ class PipelineSpec(SpecModel):
 
     @property
     def task(self) -> str | None:
-        """``model.task``, else what the target column says: classification for string/bool targets and
+        """``model.task``, else what the target column says: classification for string/bool/category targets and
         for int targets whose ``allowed:`` values list the classes, regression for float targets; None
         for other int targets (the data decides: few distinct values make it classification)."""
         if self.model.task != "auto":
@@ -178,7 +178,7 @@ class PipelineSpec(SpecModel):
         target = self._target_column()
         if target is None:
             return None
-        if target.type in ("string", "bool") or (target.type == "int" and target.allowed):
+        if target.type in ("string", "bool", "category") or (target.type == "int" and target.allowed):
             return "classification"
         if target.type == "float":
             return "regression"

@@ -135,8 +135,9 @@ def _writable(a: np.ndarray) -> np.ndarray:
 
 
 def infer_task(y: pd.Series, declared_type: str) -> str:
-    """Classification for int/bool/string targets with few distinct values, else regression."""
-    if declared_type in ("string", "bool"):
+    """Classification for string/bool/category targets and int targets with few distinct values, else
+    regression."""
+    if declared_type in ("string", "bool", "category"):
         return "classification"
     if declared_type == "int" and y.nunique() <= max(50, int(0.05 * len(y))):
         return "classification"

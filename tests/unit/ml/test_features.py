@@ -89,3 +89,54 @@ def test_the_built_in_net_learns_from_category_text_and_image_and_reloads(tmp_pa
     again = load_pretrained(tmp_path)
     x = to_tensors(pre.inputs(val))
     torch.testing.assert_close(again.predict_proba(x), net.predict_proba(x))
+
+
+MIXED_MODULE = '''
+import torch
+from torch import nn
+
+
+class MixedNet(nn.Module):
+    """One embedding per category column, mean token embeddings per text column, a pooled image."""
+
+    def __init__(self, inputs, width: int = 8):
+        super().__init__()
+        g = inputs.groups
+        self.cats = nn.ModuleList(nn.Embedding(v, 4) for v in g["category"].vocab_sizes)
+        self.tokens = nn.EmbeddingBag(g["text"].vocab_sizes[0], 8, padding_idx=g["text"].pad_id)
+        channels = g["image"].shape[0]
+        n = g["numeric"].size + 4 * len(self.cats) + 8 * g["text"].shape[0] + channels
+        self.head = nn.Sequential(nn.Linear(n, width), nn.ReLU(), nn.Linear(width, inputs.n_outputs))
+
+    def forward(self, batch):
+        text = batch["text"]
+        words = self.tokens(text.reshape(-1, text.shape[-1])).reshape(text.shape[0], -1)
+        cats = [e(batch["category"][:, i]) for i, e in enumerate(self.cats)]
+        image = batch["image"].mean(dim=(2, 3))
+        return self.head(torch.cat([batch["numeric"], *cats, words, image], 1))
+'''
+
+
+def test_a_custom_module_gets_a_tensor_per_group_and_learns_from_them(tmp_path):
+    from freestack.ml.contract import FeatureGroup, ModelInputs
+    from freestack.ml.custom import build_custom, check_custom
+
+    (tmp_path / "mixed_net.py").write_text(MIXED_MODULE)
+    train, val = frame(240, 3), frame(80, 4)
+    opts = EncoderOptions(text_vocab_size=60, text_max_length=8, image_size=(8, 8), augment=("flip",))
+    pre = Preprocessing.fit(train, list(KINDS), "label", "classification", KINDS, opts)
+    groups = {g: FeatureGroup(g, **v) for g, v in pre.encoder.group_sizes().items()}
+    inputs = ModelInputs("classification", 2, groups, pre.classes, "label", ["flip"])
+    net = build_custom("mixed_net.py", "MixedNet", {"width": 16}, inputs, tmp_path)
+    net.set_scaling(pre.mean, pre.std)
+    net.set_image_scaling(pre.encoder.image.mean, pre.encoder.image.std)
+    check_custom(net)
+    cfg = TrainConfig(epochs=8, learning_rate=2e-2, batch_size=32, patience=10)
+    fit(net, pre.inputs(train), pre.target_array(train), pre.inputs(val), pre.target_array(val), cfg,
+        task="classification")
+    scores = evaluate(net, to_tensors(pre.inputs(val)), torch.as_tensor(pre.target_array(val)), "classification")
+    assert scores["accuracy"] >= 0.9, scores
+    net.save_pretrained(tmp_path / "version")
+    again = load_pretrained(tmp_path / "version")
+    x = to_tensors(pre.inputs(val))
+    torch.testing.assert_close(again.predict_proba(x), net.predict_proba(x))
