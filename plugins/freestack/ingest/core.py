@@ -36,6 +36,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from freestack.errors import LandingDataMissing, QuarantineLimitExceeded, SchemaDriftError
+from freestack.ingest.images import IMAGE_SUFFIXES, check_images
 from freestack.ingest.keyset import KeySet, hash_keys
 from freestack.ingest.spec import Column
 from freestack.ingest.validate import (
@@ -95,8 +96,19 @@ def partition_dir(spec: PipelineSpec, ds: str) -> ObjectStoragePath:
 
 
 def landing_files(spec: PipelineSpec, ds: str) -> list[ObjectStoragePath]:
+    """The interval's table files (images beside them are read through their rows); for an image folder,
+    its label folders and any file at its top (quarantined: an image needs a label folder)."""
     folder = landing_dir(spec, ds)
-    return [p for p in list_objects(folder) if not p.name.startswith("_")]
+    if spec.source.format == "imagefolder":
+        return _label_folders(folder)
+    return [p for p in list_objects(folder) if not p.name.startswith("_") and p.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def _label_folders(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    folder.fs.invalidate_cache(folder.path)
+    if not folder.exists():
+        return []
+    return sorted((p for p in folder.iterdir() if not p.name.startswith((".", "_"))), key=lambda p: p.name)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -491,8 +503,9 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         quar_pq = _BackgroundWriter(quar_w, quarantine_schema(declared), compression="zstd")
         writers.append(quar_pq)
         keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key) else None
+        ingest_one = _ingest_label_folder if spec.source.format == "imagefolder" else _ingest_file
         for path in files:
-            result.sources.append(_ingest_file(spec, path, part_pq, quar_pq, keys, result))
+            result.sources.append(ingest_one(spec, path, part_pq, quar_pq, keys, result))
         quar_pq.close()  # first: the part's footer records the quarantine's hash
         held = quar_w.digest() if result.rows_quarantined else None
         part_pq.close(metadata={FOOTER_KEY: result.footer_record(held)})
@@ -527,7 +540,8 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _Backgrou
             present = pa.compute.is_valid(kcol)
             mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
             dup = pa.compute.and_(pa.array(mask), present)
-        v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key)
+        v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key,
+                                      images=_image_checker(spec, path.parent))  # fmt: skip
         if v.good.num_rows:
             part_pq.write_table(v.good)
         if v.rejected.num_rows:
@@ -547,6 +561,63 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _Backgrou
     source.update(size=hashed.size, sha256=hashed.sha256.hexdigest())
     log.info("%s: %d rows read (%d malformed)", path, source["rows"], len(malformed))
     return source
+
+
+def _image_checker(spec: PipelineSpec, landing: ObjectStoragePath):
+    """Reads an image column's paths under ``landing`` (or takes inline bytes) and checks each image."""
+    if not any(c.type == "image" for c in spec.source.schema_.fields):
+        return None
+    return lambda column, values: check_images(column, values, landing, spec.source.images)
+
+
+def _ingest_label_folder(spec: PipelineSpec, folder: ObjectStoragePath, part_pq: _BackgroundWriter,
+                         quar_pq: _BackgroundWriter, keys: KeySet | None, result: IngestResult) -> dict[str, Any]:  # fmt: skip
+    """One label folder of an image folder: a row per image (key: ``label/file``, target: the label,
+    image: the file's bytes, checked). A file at the top of the interval folder has no label: its row is
+    quarantine. The source record's sha256 is over the sorted (path, sha256 of the bytes) lines."""
+    schema = spec.source.schema_
+    image = next(c.name for c in schema.fields if c.type == "image")
+    label = folder.name
+    if folder.is_file():
+        files, label = [folder], None
+    else:
+        files = [p for p in list_objects(folder) if not p.name.startswith("_")]
+    rels = [f"{folder.name}/{p.name}" if label is not None else p.name for p in files]
+    batch = pa.RecordBatch.from_pydict({
+        schema.key: pa.array(rels, pa.string()), schema.target: pa.array([label] * len(rels), pa.string()),
+        image: pa.array(rels, pa.string()),
+    })  # fmt: skip
+    landing = folder.parent
+    if label is None:  # a file outside every label folder: no target, quarantined saying so
+        v = validate_batch(batch, schema.fields, source=folder.name, images=_no_label)
+    else:
+        dup = pa.array(keys.add_batch(hash_keys(batch.column(schema.key)))) if keys is not None else None
+        v = validate_batch(batch, schema.fields, source=folder.name, duplicate=dup, key=schema.key,
+                           images=_image_checker(spec, landing))  # fmt: skip
+    if v.good.num_rows:
+        part_pq.write_table(v.good)
+    if v.rejected.num_rows:
+        quar_pq.write_table(v.rejected)
+    result.rows_in += len(rels)
+    result.rows_good += v.good.num_rows
+    result.rows_quarantined += v.rejected.num_rows
+    digest = hashlib.sha256()
+    size = 0
+    for rel in sorted(rels):
+        data = join(landing, *rel.split("/")).read_bytes()
+        size += len(data)
+        digest.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+    log.info("%s: %d images (%d quarantined)", folder, len(rels), v.rejected.num_rows)
+    return {"name": folder.name, "format": "imagefolder", "rows": len(rels), "size": size, "sha256": digest.hexdigest()}
+
+
+def _no_label(column: str, values: list):
+    from freestack.ingest.images import Checked
+
+    why = (f"{column}: {{}} is not in a label folder; an image folder holds one sub-folder per label "
+           "(label/file.png): move the file into its label's folder")  # fmt: skip
+    shown = [v.decode() if isinstance(v, bytes) else v for v in values]
+    return Checked([None] * len(values), [why.format(s) for s in shown], shown)
 
 
 def _publish(spec: PipelineSpec, ds: str, out_dir: ObjectStoragePath, part_w: AtomicWriter, quar_w: AtomicWriter,

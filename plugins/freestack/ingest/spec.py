@@ -21,7 +21,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from freestack.specbase import SpecModel as _Model
 
-ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
+ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp", "category", "text", "image"]
+#: image formats Pillow decodes that ingest accepts by default
+IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"]
 _COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -29,7 +31,7 @@ class Column(_Model):
     """One column of the landing schema."""
 
     name: str
-    type: ColumnType = Field(default="string", description="The column's type; values are coerced to it and rows that do not fit are quarantined.")
+    type: ColumnType = Field(default="string", description="The column's type; values are coerced to it and rows that do not fit are quarantined. category: a few distinct values (a vocabulary); text: free text (tokenized); image: a path under the interval's landing folder, or the image bytes in a Parquet file (checked with Pillow, kept as bytes in the lake).")
     nullable: bool = Field(default=True, description="Whether an empty value (see csv.null_values) is allowed.")
     min: float | None = Field(default=None, description="The smallest allowed value (int and float columns).")
     max: float | None = Field(default=None, description="The largest allowed value (int and float columns).")
@@ -55,6 +57,8 @@ class Column(_Model):
             raise ValueError("format applies to date and timestamp columns only")
         if self.allowed is not None and not self.allowed:
             raise ValueError("allowed must list at least one value")
+        if self.allowed is not None and self.type in ("text", "image"):
+            raise ValueError(f"allowed does not apply to {self.type} columns; a column of a few known values is a category")
         return self
 
 
@@ -125,6 +129,19 @@ class CsvOptions(_Model):
     encoding: str = Field(default="utf-8", description="The files' text encoding.")
 
 
+class ImageOptions(_Model):
+    """What ingest accepts in ``image`` columns (``source.images``); other images are quarantined."""
+
+    max_bytes: int = Field(default=20_000_000, ge=1, description="The largest image file, in bytes.")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="The most pixels (width x height), checked before decoding.")
+    formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), min_length=1, description="The image formats accepted (Pillow's names).")
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        return [f.upper() for f in v]
+
+
 class IngestPolicy(_Model):
     on_missing: Literal["fail", "skip", "wait"] = Field(default="fail", description="No landing files for the interval: fail the task, skip it (the run stays green), or wait for them (a deferrable sensor).")
     wait_timeout_minutes: float = Field(default=360, gt=0, description="With on_missing: wait, how long to wait.")
@@ -140,8 +157,9 @@ class IngestPolicy(_Model):
 
 class Source(_Model):
     landing: str = Field(default="landing/{pipeline}/{ds}/", description="Where an interval's files land: relative to the storage root, or a URI; {pipeline}, {ds}, {ds_nodash}, {yyyy}, {mm}, {dd}.")
-    format: Literal["csv", "parquet", "jsonl"] = Field(default="csv", description="The files' format (a file's suffix wins).")
+    format: Literal["csv", "parquet", "jsonl", "imagefolder"] = Field(default="csv", description="The files' format (a file's suffix wins); imagefolder: one sub-folder per label holding its images, a row per image.")
     csv: CsvOptions = Field(default_factory=CsvOptions, description="How CSV files are read.")
+    images: ImageOptions = Field(default_factory=ImageOptions, description="What image columns accept.")
     schema_: Schema = Field(alias="schema", description="The columns, the row key and the target.")
     policy: IngestPolicy = Field(default_factory=IngestPolicy, description="What to do with missing files and bad rows.")
 
@@ -161,6 +179,23 @@ class Source(_Model):
             raise ValueError("landing template must contain the interval ({ds} or {ds_nodash})")
         return v
 
+    @model_validator(mode="after")
+    def _imagefolder(self) -> Source:
+        """An image folder gives three columns: the key (the image's path), the target (its folder) and the image."""
+        if self.format != "imagefolder":
+            return self
+        schema = self.schema_
+        cols = {c.name: c for c in schema.fields}
+        images = [c.name for c in cols.values() if c.type == "image"]
+        want = ("declare exactly three columns: the key (type string: the image's path, label/file.png), the target "
+                "(type string or category: the label folder) and one image column")  # fmt: skip
+        if schema.key is None or schema.target is None or len(cols) != 3 or len(images) != 1:
+            raise ValueError(f"source.format imagefolder: {want}; the schema has {sorted(cols)}")
+        if cols[schema.key].type != "string" or cols[schema.target].type not in ("string", "category"):
+            raise ValueError(f"source.format imagefolder: {want}")
+        return self
 
 
-__all__ = ["Column", "ColumnSpec", "ColumnType", "CsvOptions", "IngestPolicy", "Schema", "Source"]
+
+__all__ = ["Column", "ColumnSpec", "ColumnType", "CsvOptions", "IMAGE_FORMATS", "ImageOptions", "IngestPolicy", "Schema",
+           "Source"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +24,13 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "date": pa.date32(),
     "timestamp": pa.timestamp("us"),
+    "category": pa.string(),
+    "text": pa.string(),
+    "image": pa.binary(),  # the image file's bytes, as they landed
 }
+
+#: reads and checks an image column's values: (column name, raw values) -> freestack.ingest.images.Checked
+ImageChecker = Callable[[str, list], Any]
 
 QUARANTINE_META = [
     ("_source", pa.string()),
@@ -122,7 +129,7 @@ def decode_utf8(col: pa.Array) -> tuple[pa.Array, pa.Array | None]:
 def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
     """Text -> the column's type; values that do not parse become null and get a reason."""
     target = ARROW_TYPES[col.type]
-    if col.type == "string":
+    if col.type in ("string", "category", "text"):
         return text
     present = pc.is_valid(text)
     if col.type in ("int", "float"):
@@ -195,6 +202,17 @@ def _check(col: Column, values: pa.Array, text: pa.Array, reasons: _Reasons) -> 
         )
 
 
+def _images(col: Column, raw: pa.Array, images: ImageChecker | None, reasons: _Reasons) -> tuple[pa.Array, pa.Array]:
+    """(what the quarantine shows, the images' bytes) of an image column; failures get their reason."""
+    if images is None:
+        raise ValueError(f"{col.name}: an image column needs the landing folder to read images from")
+    checked = images(col.name, raw.to_pylist())
+    failed = pa.array([r is not None for r in checked.reasons], pa.bool_())
+    messages = pa.array(checked.reasons, pa.string())
+    reasons.add(failed, lambda mask: pc.filter(messages, mask))
+    return pa.array(checked.shown, pa.string()), pa.array(checked.data, pa.binary())
+
+
 def validate_batch(
     batch: pa.RecordBatch | pa.Table,
     columns: list[Column],
@@ -202,8 +220,10 @@ def validate_batch(
     source: str,
     duplicate: pa.Array | None = None,
     key: str | None = None,
+    images: ImageChecker | None = None,
 ) -> Validated:
-    """Coerce and check one batch whose columns (a superset of ``columns``, missing ones as null) are text."""
+    """Coerce and check one batch whose columns (a superset of ``columns``, missing ones as null) are text
+    (image columns: paths, or image bytes, read and checked by ``images``)."""
     n = batch.num_rows
     reasons = _Reasons(n)
     texts: dict[str, pa.Array] = {}
@@ -213,6 +233,10 @@ def validate_batch(
         raw = batch.column(col.name) if col.name in names else pa.nulls(n, pa.string())
         if isinstance(raw, pa.ChunkedArray):
             raw = raw.combine_chunks()
+        if col.type == "image":
+            texts[col.name], typed[col.name] = _images(col, raw, images, reasons)
+            _check(col, typed[col.name], texts[col.name], reasons)
+            continue
         text, bad_utf8 = decode_utf8(raw)
         if bad_utf8 is not None:
             reasons.add(bad_utf8, f"{col.name}: not valid UTF-8 text")

@@ -1,0 +1,75 @@
+"""Feature columns of every kind in a pipeline spec: which columns are features, what a spec may not
+ask (a string column as a feature, two image columns, a CNN over an image column), and a custom module
+checked against the groups the spec's columns make before any data is read."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from freestack.errors import SpecError
+from freestack.spec import parse_spec
+from tests.unit.ml.test_features import MIXED_MODULE
+
+COLUMNS = [
+    {"name": "id", "type": "string", "nullable": False},
+    {"name": "price", "type": "float"},
+    {"name": "colour", "type": "category", "allowed": ["red", "blue"]},
+    {"name": "review", "type": "text"},
+    {"name": "photo", "type": "image"},
+    {"name": "note", "type": "string"},
+    {"name": "label", "type": "string", "allowed": ["no", "yes"]},
+]
+SPEC = {"name": "shop", "source": {"schema": {"key": "id", "target": "label", "columns": COLUMNS}}}
+
+
+def _spec(**model):
+    data = copy.deepcopy(SPEC)
+    data["model"] = model
+    return parse_spec(data, "shop.yaml")
+
+
+def test_every_kind_of_column_but_strings_is_a_feature_by_default():
+    spec = _spec()
+    assert spec.model_features == ["price", "colour", "review", "photo"]
+    assert spec.feature_kinds == {"price": "float", "colour": "category", "review": "text", "photo": "image"}
+    assert spec.task == "classification"
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        ({"features": ["price", "note"]}, "model.features ['note'] are ['string'] columns"),
+        ({"type": "cnn", "image_shape": [8, 8]}, "type: cnn and image_shape are for pixels held in numeric columns"),
+        ({"image": {"size": [2, 2]}}, "between 4 and 1024 pixels"),
+        ({"text": {"max_length": 0}}, "max_length"),
+    ],
+)
+def test_what_a_model_cannot_take_is_refused_naming_the_field(model, words):
+    with pytest.raises(SpecError) as err:
+        _spec(**model)
+    assert words in str(err.value), err.value
+
+
+def test_two_image_columns_are_refused():
+    data = copy.deepcopy(SPEC)
+    data["source"]["schema"]["columns"].insert(1, {"name": "back", "type": "image"})
+    with pytest.raises(SpecError, match=r"one image column per model, not \['back', 'photo'\]"):
+        parse_spec(data, "shop.yaml")
+
+
+def test_a_custom_module_is_checked_against_the_spec_s_groups_before_any_data(tmp_path):
+    from freestack.train.core import TrainingError, check_trainable, group_sizes
+
+    module = tmp_path / "mixed_net.py"
+    module.write_text(MIXED_MODULE)
+    spec = _spec(type="custom", module=str(module), **{"class": "MixedNet"}, text={"max_length": 10})
+    sizes = group_sizes(None, spec)
+    assert sizes["category"]["vocab_sizes"] == [3]  # the allowed values and the unknown bucket
+    assert sizes["text"]["shape"] == [1, 10] and sizes["image"]["shape"] == [3, 32, 32]
+    check_trainable(spec)  # builds MixedNet and passes a batch of every group through it
+    module.write_text(MIXED_MODULE.replace('g["image"].shape[0]', 'g["audio"].shape[0]'))
+    spec = _spec(type="custom", module=str(module), **{"class": "MixedNet"})
+    with pytest.raises(TrainingError, match=r"mixed_net.py, line \d+: MixedNet\(inputs, \*\*model.init\) failed: KeyError"):
+        check_trainable(spec)
