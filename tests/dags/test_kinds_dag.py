@@ -1,0 +1,131 @@
+"""Non-numeric data through every stage under dag.test(): a CSV of numbers, categories, text and image
+paths (``shop``) and an image folder (``glyphs``), each with corrupt PNGs among the files, ingested
+(the broken images quarantined with their reasons), trained, evaluated, gated, registered and served;
+the model server answers raw values (text, base64 images) as the version answers in-process."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
+from tests.serving_helpers import needs_serving_env
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
+DAYS = 3
+
+
+@pytest.fixture
+def kinds(tmp_path, storage, monkeypatch):
+    """The two pipelines' specs and three landed days of each, W&B offline under tmp_path."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    for spec in (SHOP_SPEC, GLYPHS_SPEC):
+        (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb" / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root = Path(storage.removeprefix("file://"))
+    shop_landing(root, date(2026, 11, 1), DAYS)
+    glyphs_landing(root, date(2026, 11, 1), DAYS)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return {"bag": bag, "root": root}
+
+
+def _ingest(kinds, name: str) -> list[dict]:
+    dag = kinds["bag"].get_dag(f"{name}_ingest")
+    for d in range(1, DAYS + 1):
+        assert dag.test(logical_date=datetime(2026, 11, d, tzinfo=UTC)).state == "success"
+    part = kinds["root"] / "lake" / name / "ds=2026-11-01"
+    quarantine = next(part.glob("_quarantine-*.parquet"))
+    return pq.read_table(quarantine).to_pylist()
+
+
+def _served(kinds, name: str, run) -> tuple[Path, dict]:
+    from freestack.serving.records import Deployments
+
+    assert run.state == "success"
+    rec = Deployments(kinds["root"].as_uri(), name).get(name)
+    version = kinds["root"] / "registry" / name / rec["version"]
+    assert (version / "_REGISTERED.json").exists()
+    return version, rec
+
+
+def _in_process(version: Path, rows) -> list[list[float]]:
+    from freestack.evaluate.core import load_model_folder
+    from freestack.ml.loop import to_tensors
+
+    model, pre, *_ = load_model_folder(version.as_uri())
+    return model.predict_proba(to_tensors(pre.inputs(rows))).tolist()
+
+
+def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_raw_values(kinds):
+    import pandas as pd
+
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    reasons = _ingest(kinds, "shop")
+    assert len(reasons) == 2 and all(r["_reason"].startswith("photo:") for r in reasons), reasons
+    root = kinds["root"].as_uri()
+    try:
+        run = kinds["bag"].get_dag("shop_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        version, rec = _served(kinds, "shop", run)
+        assert {"tokenizer.json", "preprocessing.json", "model.safetensors"} <= {p.name for p in version.iterdir()}
+        pre = json.loads((version / "preprocessing.json").read_text())
+        assert dict(pre["encoder"]["columns"]) == {"price": "numeric", "colour": "category", "review": "text",
+                                                  "photo": "image"}  # fmt: skip
+        assert set(pre["encoder"]["category"]["colour"]) == {"navy", "green", "black", "orange", "pink", "yellow"}
+        evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+        assert evaluation["candidate"]["accuracy"] >= 0.8, evaluation
+
+        landing = kinds["root"] / "landing" / "shop" / "2026-11-03"
+        rows = pd.read_csv(landing / "sales.csv").iloc[10:16]
+        rows["photo"] = [(landing / p).read_bytes() for p in rows["photo"]]
+        records = [{"price": r.price, "colour": r.colour, "review": r.review,
+                    "photo": base64.b64encode(r.photo).decode()} for r in rows.itertuples()]  # fmt: skip
+        code, body = http_json(rec["predict_url"], {"jsonData": {"instances": records}})
+        assert code == 200, body
+        want = _in_process(version, rows)
+        got = [[p["probabilities"]["no"], p["probabilities"]["yes"]] for p in body["jsonData"]["predictions"]]
+        assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+    finally:
+        stop_local(root, "shop", "shop")
+
+
+def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
+    import pandas as pd
+
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    reasons = _ingest(kinds, "glyphs")
+    assert len(reasons) == 3 and all("image" in r["_reason"] for r in reasons), reasons
+    root = kinds["root"].as_uri()
+    try:
+        run = kinds["bag"].get_dag("glyphs_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        version, rec = _served(kinds, "glyphs", run)
+        evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+        assert evaluation["candidate"]["accuracy"] >= 0.7, evaluation
+        files = sorted((kinds["root"] / "landing" / "glyphs" / "2026-11-03").glob("*/*.png"))[-4:]
+        answers = []
+        for f in files:
+            code, body = http_json(rec["predict_url"], {"binData": base64.b64encode(f.read_bytes()).decode()})
+            assert code == 200, body
+            answers.append(body["data"]["tensor"]["values"])
+        want = _in_process(version, pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+        assert max(abs(a - b) for g, w in zip(answers, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+    finally:
+        stop_local(root, "glyphs", "glyphs")
