@@ -284,13 +284,14 @@ def encoder_options(spec: PipelineSpec):
     )  # fmt: skip
 
 
-def hub_tokenizer(repo: str, revision: str) -> str:
-    """The ``tokenizer.json`` of a Hub repo (through ``huggingface_hub``: its endpoint, token and cache)."""
+def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> str:
+    """The ``tokenizer.json`` of a Hub repo, through ``huggingface_hub`` (its token and cache; the endpoint
+    given, else huggingface_hub's own ``HF_ENDPOINT``, read now: the library reads it once, at import)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = hf_hub_download(repo, "tokenizer.json", revision=revision)
+        path = hf_hub_download(repo, "tokenizer.json", revision=revision, endpoint=endpoint or os.environ.get("HF_ENDPOINT"))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise TrainingError(f"model.text.tokenizer {repo!r} (revision {revision}): its tokenizer.json cannot be "
                             f"fetched from the Hub ({type(exc).__name__}: {str(exc)[:200]}); check the repo id and "

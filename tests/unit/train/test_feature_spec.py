@@ -73,3 +73,37 @@ def test_a_custom_module_is_checked_against_the_spec_s_groups_before_any_data(tm
     spec = _spec(type="custom", module=str(module), **{"class": "MixedNet"})
     with pytest.raises(TrainingError, match=r"mixed_net.py, line \d+: MixedNet\(inputs, \*\*model.init\) failed: KeyError"):
         check_trainable(spec)
+
+
+def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path, monkeypatch):
+    """model.text.tokenizer names a Hub repo: its tokenizer.json comes through huggingface_hub (the
+    local Hub stand-in here), and the encoder tokenizes with it; an unknown repo says what to do."""
+    from huggingface_hub import HfApi
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from freestack.ml.features import FeatureEncoder
+    from freestack.train.core import TrainingError, encoder_options
+    from tests.hub_fake import FakeHub
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "great": 2, "value": 3, "broke": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tokenizer.json").write_text(tok.to_str())
+    hub = FakeHub().start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        api = HfApi(endpoint=hub.endpoint, token="hf_fake")
+        api.create_repo("team/words")
+        api.upload_file(path_or_fileobj=str(tmp_path / "tokenizer.json"), path_in_repo="tokenizer.json", repo_id="team/words")
+        spec = _spec(text={"tokenizer": "team/words", "max_length": 4})
+        opts = encoder_options(spec)
+        assert opts.tokenizer_source == "team/words"
+        enc = FeatureEncoder.fit({"review": ["great value", "it broke"]}, {"review": "text"}, opts)
+        assert enc.text.vocab_size == 5 and enc.text.source == "team/words"
+        assert enc.encode({"review": ["great value", "broke broke broke broke broke"]})["text"][:, 0].tolist() == [
+            [2, 3, 0, 0], [4, 4, 4, 4]]
+        with pytest.raises(TrainingError, match=r"model.text.tokenizer 'team/nothing' \(revision main\): its tokenizer.json cannot be fetched"):
+            encoder_options(_spec(text={"tokenizer": "team/nothing"}))
+    finally:
+        hub.stop()
