@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 
 from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
+from tests.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
 from tests.serving_helpers import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +58,10 @@ def _own_text(module: Path) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    import yaml
+
     from freestack.embedded import AirflowAPI
+    from freestack.serving.processes import free_port_block
     from freestack.serving.processes import stop_process
 
     base = tmp_path_factory.mktemp("pipelines")
@@ -67,6 +72,11 @@ def stack(tmp_path_factory):
     # a team's own model (model.type: custom), swept, gated and served (its own test below)
     (base / "digits_net.py").write_text(DIGITS_NET)
     (specs / "own.yaml").write_text(_own_text(base / "digits_net.py"))
+    # non-numeric data: a table with category, text and image columns, and an image folder (test 4)
+    # (two pipelines deployed on one machine need an address each: deploy.local.port's default is one port)
+    for spec in (SHOP_SPEC, GLYPHS_SPEC):
+        (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump({**spec, "schedule": None, "train": {
+            **spec["train"], "schedule": "0 0 1 1 *"}, "deploy": {"local": {"port": free_port_block()}}}, sort_keys=False))  # fmt: skip
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
     env, proc, log = start_airflow(base, specs, parallelism=6)
@@ -105,7 +115,7 @@ def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
     errors = _wait("the spec error", lambda: api.call("GET", "/importErrors")["import_errors"], log, timeout=120)
     assert len(errors) == 1, errors
     assert errors[0]["filename"].endswith("freestack_spec_errors.py")
-    assert "broken.yaml: source.format: Input should be 'csv', 'parquet' or 'jsonl'" in errors[0]["stack_trace"]
+    assert "broken.yaml: source.format: Input should be 'csv', 'parquet', 'jsonl' or 'imagefolder'" in errors[0]["stack_trace"]
 
     # another pipeline still runs: one ingest day of `other`, under the scheduler
     sys.path.insert(0, str(ROOT / "include"))
@@ -177,6 +187,12 @@ def _wait_quiet(api) -> bool:
     return all(r["state"] in ("success", "failed") for r in _runs(api, "digits_train"))
 
 
+#: the kinds of model and data are the same with the runtime wing's speed-ups on or off: `make test-stock`
+#: runs this module for the scheduling paths above, not for these
+ONCE = pytest.mark.skipif(os.environ.get("FREESTACK_SPEEDUPS") == "0", reason="checked in the main run")
+
+
+@ONCE
 @needs_serving_env
 def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
     """The team's own module through the train DAG run by the scheduler: sweep agents as mapped tasks,
@@ -226,3 +242,69 @@ def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
         assert np.abs(np.asarray(body["data"]["ndarray"]) - expected).max() < 1e-5
     finally:
         stop_local(root, "own", "own")
+
+
+@ONCE
+@needs_serving_env
+def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_values_under_the_scheduler(stack):
+    """``shop`` (numbers, categories, text, image paths) and ``glyphs`` (an image folder), corrupt PNGs
+    among their files: ingested by the scheduler (the broken images quarantined), trained, gated,
+    registered and deployed; the servers answer raw values as the versions answer in-process."""
+    import base64
+
+    import pandas as pd
+
+    from freestack.evaluate.core import load_model_folder
+    from freestack.ml.loop import to_tensors
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+    from freestack.serving.smoke import http_json
+
+    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    storage = base / "storage"
+    shop_landing(storage, date(2026, 11, 1), 2)
+    glyphs_landing(storage, date(2026, 11, 1), 2)
+    names = ("shop", "glyphs")
+    wanted = {f"{n}_{k}" for n in names for k in ("ingest", "train")}
+    _wait("the DAGs", lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/dags?limit=100")["dags"]}, log)
+    for dag_id in sorted(wanted):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    for n in names:
+        for day in (1, 2):
+            api.call("POST", f"/dags/{n}_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+
+    def ended(dag_id: str, run_id: str):
+        run = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        return run if run["state"] in ("success", "failed") else None
+
+    for n in names:
+        for day in (1, 2):
+            assert _wait(f"{n} day {day}", lambda n=n, day=day: ended(f"{n}_ingest", f"day-{day}"), log)["state"] == "success"
+        conf = {"end_ds": "2026-11-02", "sweep": False}
+        api.call("POST", f"/dags/{n}_train/dagRuns", {"logical_date": "2026-11-02T00:00:00Z", "dag_run_id": "kinds", "conf": conf})
+    try:
+        for n in names:
+            run = _wait(f"{n}_train", lambda n=n: ended(f"{n}_train", "kinds"), log, timeout=600, every=5)
+            tis = api.call("GET", f"/dags/{n}_train/dagRuns/kinds/taskInstances")["task_instances"]
+            assert run["state"] == "success", {t["task_id"]: t["state"] for t in tis}
+        shop = Deployments(env["FREESTACK_STORAGE_ROOT"], "shop").get("shop")
+        landing = storage / "landing" / "shop" / "2026-11-02"
+        rows = pd.read_csv(landing / "sales.csv").iloc[20:24]
+        rows["photo"] = [(landing / p).read_bytes() for p in rows["photo"]]
+        data = [[r.price, r.colour, r.review, base64.b64encode(r.photo).decode()] for r in rows.itertuples()]
+        code, body = http_json(shop["predict_url"], {"data": {"names": ["price", "colour", "review", "photo"], "ndarray": data}})
+        assert code == 200, body
+        model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/shop/{shop['version']}")
+        want = model.predict_proba(to_tensors(pre.inputs(rows))).tolist()
+        assert max(abs(a - b) for g, w in zip(body["data"]["ndarray"], want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+
+        glyphs = Deployments(env["FREESTACK_STORAGE_ROOT"], "glyphs").get("glyphs")
+        image = sorted((storage / "landing" / "glyphs" / "2026-11-02").glob("*/*.png"))[-1]
+        code, body = http_json(glyphs["predict_url"], {"binData": base64.b64encode(image.read_bytes()).decode()})
+        assert code == 200, body
+        model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}")
+        want = model.predict_proba(to_tensors(pre.inputs(pd.DataFrame({"image": [image.read_bytes()]})))).tolist()[0]
+        assert max(abs(a - b) for a, b in zip(body["data"]["tensor"]["values"], want, strict=True)) < 1e-5
+    finally:
+        for n in names:
+            stop_local(env["FREESTACK_STORAGE_ROOT"], n, n)
