@@ -64,11 +64,15 @@ def _served(kinds, name: str, run) -> tuple[Path, dict]:
 
 
 def _in_process(version: Path, rows) -> list[list[float]]:
-    from freestack.evaluate.core import load_model_folder
-    from freestack.ml.loop import to_tensors
+    """What the version answers in-process, loaded and encoded as its model card says (no Airflow)."""
+    import torch
 
-    model, pre, *_ = load_model_folder(version.as_uri())
-    return model.predict_proba(to_tensors(pre.inputs(rows))).tolist()
+    from freestack.ml.features import load_encoder
+    from freestack.ml.models import load_pretrained
+
+    model, encoder = load_pretrained(version), load_encoder(version)
+    batch = encoder.encode({c: rows[c].tolist() for c, _ in encoder.columns})
+    return model.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
 
 
 def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_raw_values(kinds):
@@ -90,6 +94,12 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
         assert set(pre["encoder"]["category"]["colour"]) == {"navy", "green", "black", "orange", "pink", "yellow"}
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         assert evaluation["candidate"]["accuracy"] >= 0.8, evaluation
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["features"] == {"price": "float", "colour": "category", "review": "text", "photo": "image"}
+        card = (version / "README.md").read_text()
+        inputs = card[card.index("# the inputs are "):].split(":", 1)[0]
+        assert all(f"`{c}` ({k})" in inputs for c, k in lineage["features"].items()), inputs
+        assert "encoder = load_encoder(" in card
 
         landing = kinds["root"] / "landing" / "shop" / "2026-11-03"
         rows = pd.read_csv(landing / "sales.csv").iloc[10:16]

@@ -161,6 +161,21 @@ class FeatureEncoder:
         return sizes
 
 
+def load_encoder(folder) -> FeatureEncoder | None:
+    """The encoder of a model version folder (its ``preprocessing.json`` and ``tokenizer.json``); None
+    for a model of numeric columns only, which takes a plain float32 matrix."""
+    import json
+    import os
+
+    with open(os.path.join(folder, "preprocessing.json"), encoding="utf-8") as f:
+        encoder = json.load(f).get("encoder")
+    if not encoder:
+        return None
+    tokenizer = os.path.join(folder, TOKENIZER_FILE)
+    text = open(tokenizer, encoding="utf-8").read() if os.path.exists(tokenizer) else ""
+    return FeatureEncoder.from_dict(encoder, text)
+
+
 # -- numeric and category ----------------------------------------------------------------------------
 
 
@@ -294,5 +309,5 @@ def fit_image(name: str, values: Sequence, options: EncoderOptions) -> ImageEnco
 
 __all__ = [
     "KINDS", "TOKENIZER_FILE", "EncoderOptions", "EncodingError", "FeatureEncoder", "ImageEncoding", "TextEncoding", "decode_image",
-    "encode_category", "fit_vocabulary",
+    "encode_category", "fit_vocabulary", "load_encoder",
 ]  # fmt: skip

@@ -120,6 +120,16 @@ from freestack.ml.models import FreestackNet
 
 model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
 {%- endif %}
+{%- if features %}
+
+# the inputs are {{ features_text }}: encode raw values as the training did
+import torch
+from freestack.ml.features import load_encoder
+
+encoder = load_encoder("<local folder of the version>")   # preprocessing.json (+ tokenizer.json)
+batch = encoder.encode({column: [value, ...] for column in {{ feature_names }}})  # images: file bytes
+model.predict_proba({group: torch.as_tensor(values) for group, values in batch.items()})
+{%- endif %}
 ```
 """
 
@@ -167,9 +177,18 @@ def render_card(
         intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
         window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
         airflow_text=_kv_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
-        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"),
+        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage),
     )  # fmt: skip
     return str(card)
+
+
+def _features(lineage: dict[str, Any]) -> dict[str, Any]:
+    """The card's words on category, text and image inputs (none for numeric columns only)."""
+    kinds = lineage.get("features") or {}
+    if all(k in ("int", "float", "bool") for k in kinds.values()):
+        return {"features": None, "features_text": "", "feature_names": []}
+    text = ", ".join(f"`{name}` ({kind})" for name, kind in kinds.items())
+    return {"features": kinds, "features_text": text, "feature_names": list(kinds)}
 
 
 def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:

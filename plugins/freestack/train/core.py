@@ -533,7 +533,7 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
         "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
         "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump(by_alias=True)},
-        "overrides": req.overrides,
+        "overrides": req.overrides, "features": spec.feature_kinds,
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
     }  # fmt: skip
