@@ -61,8 +61,7 @@ def stack(tmp_path_factory):
     import yaml
 
     from freestack.embedded import AirflowAPI
-    from freestack.serving.processes import free_port_block
-    from freestack.serving.processes import stop_process
+    from freestack.serving.processes import free_port_block, stop_process
 
     base = tmp_path_factory.mktemp("pipelines")
     specs = base / "pipelines"
