@@ -3,7 +3,8 @@
 Plain Python over object storage; no Airflow import. Streams in batches, so memory stays bounded
 whatever the file size. Deterministic: the same landing files give byte-identical outputs.
 
-    landing/<pipeline>/<ds>/*                      (CSV, Parquet or JSON lines)
+    landing/<pipeline>/<ds>/*                      (CSV, Parquet or JSON lines; images their rows name)
+    landing/<pipeline>/<ds>/<label>/*              (format: imagefolder, a row per image)
     lake/<pipeline>/ds=<ds>/part.parquet                  good rows, typed; its footer holds the manifest
     lake/<pipeline>/ds=<ds>/_quarantine-<sha16>.parquet   rejected rows, raw values and a reason each
     lake/<pipeline>/ds=<ds>/_manifest.json                counts, hashes, sources, spec hash (a copy)
@@ -36,7 +37,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from freestack.errors import LandingDataMissing, QuarantineLimitExceeded, SchemaDriftError
-from freestack.ingest.images import IMAGE_SUFFIXES, check_images
+from freestack.ingest.images import IMAGE_SUFFIXES, check_files, check_images, image_rows, read_image_files
 from freestack.ingest.keyset import KeySet, hash_keys
 from freestack.ingest.spec import Column
 from freestack.ingest.validate import (
@@ -44,6 +45,7 @@ from freestack.ingest.validate import (
     arrow_schema,
     malformed_rows,
     quarantine_schema,
+    rejected_rows,
     validate_batch,
 )
 from freestack.storage import (
@@ -69,6 +71,9 @@ QUARANTINE_PREFIX = "_quarantine"
 FOOTER_KEY = b"freestack.manifest"
 MANIFEST = "_manifest.json"
 _FORMAT_BY_SUFFIX = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+#: with image columns, the only files of the landing folder read as tables (the rest: images, read through rows)
+TABLE_SUFFIXES = frozenset((".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".ndjson", ".json"))
+_HOLD_BYTES = 64 << 20  # image rows are checked a few at a time and written in row groups of about this
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,20 +100,40 @@ def partition_dir(spec: PipelineSpec, ds: str) -> ObjectStoragePath:
     return join(lake_dir(spec), f"ds={ds}")
 
 
+def has_images(spec: PipelineSpec) -> bool:
+    """Whether the schema has an image column (image work is done only then)."""
+    return any(c.type == "image" for c in spec.source.schema_.fields)
+
+
 def landing_files(spec: PipelineSpec, ds: str) -> list[ObjectStoragePath]:
-    """The interval's table files (images beside them are read through their rows); for an image folder,
-    its label folders and any file at its top (quarantined: an image needs a label folder)."""
+    """The interval's table files: the files directly in its landing folder, never an image file, and
+    with image columns only files with a table suffix (TABLE_SUFFIXES; the images beside them are read
+    through their rows). For an image folder: its images (see :func:`image_folder_files`)."""
     folder = landing_dir(spec, ds)
     if spec.source.format == "imagefolder":
-        return _label_folders(folder)
-    return [p for p in list_objects(folder) if not p.name.startswith("_") and p.suffix.lower() not in IMAGE_SUFFIXES]
+        return image_folder_files(folder)
+    files = [p for p in list_objects(folder) if not p.name.startswith("_")]
+    if has_images(spec):
+        return [p for p in files if p.suffix.lower() in TABLE_SUFFIXES]
+    return [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
 
 
-def _label_folders(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+def image_folder_files(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    """An image folder's files, by path: those of each label folder (``<label>/<file>``), and those at its
+    top (to be quarantined: an image needs a label folder). Names starting with ``_`` or ``.`` are left
+    out, and so are deeper folders."""
     folder.fs.invalidate_cache(folder.path)
     if not folder.exists():
         return []
-    return sorted((p for p in folder.iterdir() if not p.name.startswith((".", "_"))), key=lambda p: p.name)
+    out: list[ObjectStoragePath] = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_file():
+            out.append(entry)
+        else:
+            out.extend(p for p in list_objects(entry) if not p.name.startswith("_"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,17 +348,20 @@ def _read_csv(
 def _read_parquet(
     path: ObjectStoragePath, stream, spec: PipelineSpec, declared: list[Column], sink: list
 ) -> Iterator[pa.RecordBatch]:
+    rows = image_rows(spec.source.images) if has_images(spec) else 65_536  # inline images: a few at a time
     with path.open("rb") as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         _check_drift(path, names, declared, spec)
         wanted = [c.name for c in declared if c.name in names]
-        for batch in pf.iter_batches(batch_size=65_536, columns=wanted):
+        for batch in pf.iter_batches(batch_size=rows, columns=wanted):
             cols = {}
             for name in batch.schema.names:
                 col = batch.column(name)
                 if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
                     cols[name] = pa.compute.cast(col, pa.string())
+                elif pa.types.is_large_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
+                    cols[name] = pa.compute.cast(col, pa.binary())  # bytes (inline images) stay bytes
                 elif not (pa.types.is_string(col.type) or pa.types.is_binary(col.type)):
                     cols[name] = pa.compute.cast(col, pa.string())
                 else:
@@ -491,6 +519,40 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
     return result
 
 
+class _Sink:
+    """Where validated rows go: good rows to the part, rejected ones to the quarantine, both counted in
+    ``result``. With ``hold_bytes``, good rows are held until about that many bytes and written as one
+    row group (image rows are checked a few at a time; one row group each would be many small ones)."""
+
+    def __init__(self, part: _BackgroundWriter, quar: _BackgroundWriter, result: IngestResult, hold_bytes: int = 0):
+        self.part, self.quar, self.result, self.hold_bytes = part, quar, result, hold_bytes
+        self._held: list[pa.Table] = []
+        self._size = 0
+
+    def take(self, v: Validated) -> None:
+        self.reject(v.rejected)
+        self.result.rows_good += v.good.num_rows
+        if not v.good.num_rows:
+            return
+        if not self.hold_bytes:
+            self.part.write_table(v.good)
+            return
+        self._held.append(v.good)
+        self._size += v.good.nbytes
+        if self._size >= self.hold_bytes:
+            self.flush()
+
+    def reject(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.quar.write_table(rows)
+            self.result.rows_quarantined += rows.num_rows
+
+    def flush(self) -> None:
+        if self._held:
+            self.part.write_table(pa.concat_tables(self._held))
+            self._held, self._size = [], 0
+
+
 def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w: AtomicWriter,
                      quar_w: AtomicWriter, result: IngestResult) -> None:  # fmt: skip
     """Stream every file through validation into the partition's and the quarantine's temporaries; on
@@ -502,10 +564,16 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         writers.append(part_pq)
         quar_pq = _BackgroundWriter(quar_w, quarantine_schema(declared), compression="zstd")
         writers.append(quar_pq)
+        sink = _Sink(part_pq, quar_pq, result, hold_bytes=_HOLD_BYTES if has_images(spec) else 0)
         keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key) else None
-        ingest_one = _ingest_label_folder if spec.source.format == "imagefolder" else _ingest_file
-        for path in files:
-            result.sources.append(ingest_one(spec, path, part_pq, quar_pq, keys, result))
+        landing = landing_dir(spec, result.ds)
+        if spec.source.format == "imagefolder":
+            for label, name, group in _label_groups(files, landing):
+                result.sources.append(_ingest_images(spec, label, name, group, landing, sink, keys))
+        else:
+            for path in files:
+                result.sources.append(_ingest_file(spec, path, landing, sink, keys))
+        sink.flush()
         quar_pq.close()  # first: the part's footer records the quarantine's hash
         held = quar_w.digest() if result.rows_quarantined else None
         part_pq.close(metadata={FOOTER_KEY: result.footer_record(held)})
@@ -520,41 +588,50 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         raise
 
 
-def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _BackgroundWriter, quar_pq: _BackgroundWriter,
-                 keys: KeySet | None, result: IngestResult) -> dict[str, Any]:  # fmt: skip
+def _duplicates(batch: pa.RecordBatch, key: str | None, keys: KeySet | None) -> pa.Array | None:
+    """The rows whose key an earlier row of the interval has (None: keys are not checked)."""
+    if keys is None or key not in batch.schema.names:
+        return None
+    kcol = batch.column(key)
+    present = pa.compute.is_valid(kcol)
+    mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
+    return pa.compute.and_(pa.array(mask), present)
+
+
+def _pieces(batch: pa.RecordBatch, dup: pa.Array | None, rows: int | None) -> Iterator[tuple]:
+    """The batch (and its duplicate mask) whole, or in slices of ``rows`` (image columns: the images of a
+    slice are held in memory at once)."""
+    if rows is None or batch.num_rows <= rows:
+        yield batch, dup
+        return
+    for start in range(0, batch.num_rows, rows):
+        yield batch.slice(start, rows), None if dup is None else dup.slice(start, rows)
+
+
+def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectStoragePath, sink: _Sink,
+                 keys: KeySet | None) -> dict[str, Any]:  # fmt: skip
     """One landing file, batch by batch: good rows to the partition, rejected ones (and malformed lines)
     to the quarantine, each with its reason. Returns the file's source record (rows, size, sha256)."""
     schema = spec.source.schema_
     declared = schema.fields
     fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)
     source = {"name": path.name, "format": fmt, "rows": 0}
+    images = _image_checker(spec, landing, inline=fmt == "parquet")
+    rows = image_rows(spec.source.images) if images else None
     malformed: list = []
     raw = path.open("rb")
     hashed = _HashingReader(raw)
     # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
     # Parquet needs random access, so its bytes are hashed by the drain() below.
     for batch in _prefetch(_READERS[fmt](path, hashed, spec, declared, malformed)):
-        dup = None
-        if keys is not None and schema.key in batch.schema.names:
-            kcol = batch.column(schema.key)
-            present = pa.compute.is_valid(kcol)
-            mask = keys.add_batch(hash_keys(pa.compute.fill_null(kcol, b"" if pa.types.is_binary(kcol.type) else "")))
-            dup = pa.compute.and_(pa.array(mask), present)
-        v: Validated = validate_batch(batch, declared, source=path.name, duplicate=dup, key=schema.key,
-                                      images=_image_checker(spec, path.parent))  # fmt: skip
-        if v.good.num_rows:
-            part_pq.write_table(v.good)
-        if v.rejected.num_rows:
-            quar_pq.write_table(v.rejected)
-        result.rows_in += batch.num_rows
-        result.rows_good += v.good.num_rows
-        result.rows_quarantined += v.rejected.num_rows
+        for piece, dup in _pieces(batch, _duplicates(batch, schema.key, keys), rows):
+            sink.take(validate_batch(piece, declared, source=path.name, duplicate=dup, key=schema.key, images=images))
+        sink.result.rows_in += batch.num_rows
         source["rows"] += batch.num_rows
     if malformed:
         malformed.sort(key=lambda r: (r[0] is None, r[0] or 0, r[2]))
-        quar_pq.write_table(malformed_rows(malformed, declared, path.name))
-        result.rows_in += len(malformed)
-        result.rows_quarantined += len(malformed)
+        sink.reject(malformed_rows(malformed, declared, path.name))
+        sink.result.rows_in += len(malformed)
         source["rows"] += len(malformed)
     hashed.drain()
     raw.close()
@@ -563,61 +640,73 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, part_pq: _Backgrou
     return source
 
 
-def _image_checker(spec: PipelineSpec, landing: ObjectStoragePath):
-    """Reads an image column's paths under ``landing`` (or takes inline bytes) and checks each image."""
-    if not any(c.type == "image" for c in spec.source.schema_.fields):
+def _image_checker(spec: PipelineSpec, landing: ObjectStoragePath, *, inline: bool):
+    """Reads an image column's paths under ``landing`` (with ``inline``, a Parquet file's binary values
+    are the images) and checks each image; None without image columns."""
+    if not has_images(spec):
         return None
-    return lambda column, values: check_images(column, values, landing, spec.source.images)
+    return lambda column, values: check_images(column, values, landing, spec.source.images, inline=inline)
 
 
-def _ingest_label_folder(spec: PipelineSpec, folder: ObjectStoragePath, part_pq: _BackgroundWriter,
-                         quar_pq: _BackgroundWriter, keys: KeySet | None, result: IngestResult) -> dict[str, Any]:  # fmt: skip
-    """One label folder of an image folder: a row per image (key: ``label/file``, target: the label,
-    image: the file's bytes, checked). A file at the top of the interval folder has no label: its row is
-    quarantine. The source record's sha256 is over the sorted (path, sha256 of the bytes) lines."""
+def _label_groups(files: list[ObjectStoragePath], landing: ObjectStoragePath) -> list[tuple]:
+    """An image folder's files as (label, source name, files): a label folder's together; a file at the
+    top of the interval folder alone, with no label."""
+    top = landing.path.rstrip("/")
+    groups: dict[tuple[str | None, str], list[ObjectStoragePath]] = {}
+    for p in files:
+        label = None if p.parent.path.rstrip("/") == top else p.parent.name
+        groups.setdefault((label, p.name if label is None else label), []).append(p)
+    return [(label, name, group) for (label, name), group in groups.items()]
+
+
+def _ingest_images(spec: PipelineSpec, label: str | None, name: str, files: list[ObjectStoragePath],
+                   landing: ObjectStoragePath, sink: _Sink, keys: KeySet | None) -> dict[str, Any]:  # fmt: skip
+    """One label folder of an image folder, a few images at a time: a row each (key ``label/file``,
+    target the label, image the file's bytes, checked). A file with no label (at the top of the interval
+    folder) is quarantined. The source record's sha256 is over the sorted ``path<TAB>sha256`` lines."""
+    opts = spec.source.images
+    lines: list[str] = []
+    size = 0
+    before = sink.result.rows_quarantined
+    for start in range(0, len(files), image_rows(opts)):
+        piece = files[start : start + image_rows(opts)]
+        rels = [p.name if label is None else f"{label}/{p.name}" for p in piece]
+        read = read_image_files(piece, opts.max_bytes)
+        if label is None:
+            _unlabelled(spec, rels, sink, name)
+        else:
+            _labelled(spec, label, rels, read, landing, sink, keys, name)
+        sink.result.rows_in += len(rels)
+        lines += [f"{rel}\t{f.sha256 or '-'}\n" for rel, f in zip(rels, read, strict=True)]
+        size += sum(f.size for f in read)
+    log.info("%s: %d images (%d quarantined)", name, len(files), sink.result.rows_quarantined - before)
+    digest = hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+    return {"name": name, "format": "imagefolder", "rows": len(files), "size": size, "sha256": digest}
+
+
+def _labelled(spec: PipelineSpec, label: str, rels: list[str], read: list, landing: ObjectStoragePath, sink: _Sink,
+              keys: KeySet | None, source: str) -> None:  # fmt: skip
+    """Rows of a label folder's images (already read): key, target and image, validated like any row."""
     schema = spec.source.schema_
     image = next(c.name for c in schema.fields if c.type == "image")
-    label = folder.name
-    if folder.is_file():
-        files, label = [folder], None
-    else:
-        files = [p for p in list_objects(folder) if not p.name.startswith("_")]
-    rels = [f"{folder.name}/{p.name}" if label is not None else p.name for p in files]
+    checked = check_files(image, rels, read, spec.source.images, landing)
     batch = pa.RecordBatch.from_pydict({
         schema.key: pa.array(rels, pa.string()), schema.target: pa.array([label] * len(rels), pa.string()),
         image: pa.array(rels, pa.string()),
     })  # fmt: skip
-    landing = folder.parent
-    if label is None:  # a file outside every label folder: no target, quarantined saying so
-        v = validate_batch(batch, schema.fields, source=folder.name, images=_no_label)
-    else:
-        dup = pa.array(keys.add_batch(hash_keys(batch.column(schema.key)))) if keys is not None else None
-        v = validate_batch(batch, schema.fields, source=folder.name, duplicate=dup, key=schema.key,
-                           images=_image_checker(spec, landing))  # fmt: skip
-    if v.good.num_rows:
-        part_pq.write_table(v.good)
-    if v.rejected.num_rows:
-        quar_pq.write_table(v.rejected)
-    result.rows_in += len(rels)
-    result.rows_good += v.good.num_rows
-    result.rows_quarantined += v.rejected.num_rows
-    digest = hashlib.sha256()
-    size = 0
-    for rel in sorted(rels):
-        data = join(landing, *rel.split("/")).read_bytes()
-        size += len(data)
-        digest.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
-    log.info("%s: %d images (%d quarantined)", folder, len(rels), v.rejected.num_rows)
-    return {"name": folder.name, "format": "imagefolder", "rows": len(rels), "size": size, "sha256": digest.hexdigest()}
+    dup = _duplicates(batch, schema.key, keys)
+    sink.take(validate_batch(batch, schema.fields, source=source, duplicate=dup, key=schema.key,
+                             images=lambda column, values: checked))  # fmt: skip
 
 
-def _no_label(column: str, values: list):
-    from freestack.ingest.images import Checked
-
-    why = (f"{column}: {{}} is not in a label folder; an image folder holds one sub-folder per label "
+def _unlabelled(spec: PipelineSpec, rels: list[str], sink: _Sink, source: str) -> None:
+    """Images at the top of the interval folder: no label, so each row is quarantined saying where to move it."""
+    schema = spec.source.schema_
+    image = next(c.name for c in schema.fields if c.type == "image")
+    why = (f"{image}: {{}} is not in a label folder; an image folder holds one sub-folder per label "
            "(label/file.png): move the file into its label's folder")  # fmt: skip
-    shown = [v.decode() if isinstance(v, bytes) else v for v in values]
-    return Checked([None] * len(values), [why.format(s) for s in shown], shown)
+    texts = {schema.key: rels, image: rels}
+    sink.reject(rejected_rows(texts, [why.format(r) for r in rels], schema.fields, source))
 
 
 def _publish(spec: PipelineSpec, ds: str, out_dir: ObjectStoragePath, part_w: AtomicWriter, quar_w: AtomicWriter,

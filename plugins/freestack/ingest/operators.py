@@ -103,7 +103,7 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
     def poke(self, context: Context) -> bool:
         from freestack.ingest.triggers import _has_files
 
-        return bool(_has_files(self._uri()))
+        return bool(_has_files(self._uri(), self.spec_path, self.ds))
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -113,7 +113,7 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
         from freestack.ingest.triggers import LandingTrigger
 
         self.defer(
-            trigger=LandingTrigger(uri=self._uri(), poke_interval=self.poke_interval),
+            trigger=LandingTrigger(uri=self._uri(), poke_interval=self.poke_interval, spec_path=self.spec_path, ds=self.ds),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from freestack.specbase import SpecModel as _Model
 
@@ -179,22 +179,44 @@ class Source(_Model):
             raise ValueError("landing template must contain the interval ({ds} or {ds_nodash})")
         return v
 
-    @model_validator(mode="after")
-    def _imagefolder(self) -> Source:
-        """An image folder gives three columns: the key (the image's path), the target (its folder) and the image."""
-        if self.format != "imagefolder":
-            return self
-        schema = self.schema_
-        cols = {c.name: c for c in schema.fields}
-        images = [c.name for c in cols.values() if c.type == "image"]
-        want = ("declare exactly three columns: the key (type string: the image's path, label/file.png), the target "
-                "(type string or category: the label folder) and one image column")  # fmt: skip
-        if schema.key is None or schema.target is None or len(cols) != 3 or len(images) != 1:
-            raise ValueError(f"source.format imagefolder: {want}; the schema has {sorted(cols)}")
-        if cols[schema.key].type != "string" or cols[schema.target].type not in ("string", "category"):
-            raise ValueError(f"source.format imagefolder: {want}")
-        return self
+    @field_validator("schema_")
+    @classmethod
+    def _imagefolder(cls, schema: Schema, info: ValidationInfo) -> Schema:
+        """An image folder gives three columns: the key (the image's path), the target (its label folder)
+        and the image; the schema must declare exactly those."""
+        if info.data.get("format") != "imagefolder":
+            return schema
+        problems = _imagefolder_problems(schema)
+        if problems:
+            raise ValueError(
+                "source.format imagefolder: declare exactly three columns: the key (type string: the image's "
+                "path, label/file.png), the target (type string or category: the label folder) and one image "
+                f"column, and nothing else; here {'; '.join(problems)}"
+            )
+        return schema
 
+
+def _imagefolder_problems(schema: Schema) -> list[str]:
+    """What an image folder's schema lacks or has too much of (empty: nothing)."""
+    cols = {c.name: c for c in schema.fields}
+    images = [n for n, c in cols.items() if c.type == "image"]
+    out = []
+    if schema.key is None:
+        out.append("source.schema.key is not set: name the string column that gets the image's path")
+    elif cols[schema.key].type != "string":
+        out.append(f"source.schema.key {schema.key!r} is type {cols[schema.key].type}: make it type string")
+    if schema.target is None:
+        out.append("source.schema.target is not set: name the string or category column that gets the label")
+    elif cols[schema.target].type not in ("string", "category"):
+        out.append(f"source.schema.target {schema.target!r} is type {cols[schema.target].type}: make it category")
+    if len(images) != 1:
+        out.append(f"source.schema.columns has {len(images)} image columns ({', '.join(images) or 'none'}): declare one")
+    if schema.key is not None and schema.key == schema.target:
+        out.append(f"source.schema.key and source.schema.target are both {schema.key!r}: the target is the label, another column")
+    extra = [n for n in cols if n not in (schema.key, schema.target, *images)]
+    if extra and schema.key is not None and schema.target is not None:
+        out.append(f"source.schema.columns has {extra}, which an image folder gives no values for: remove them")
+    return out
 
 
 __all__ = ["Column", "ColumnSpec", "ColumnType", "CsvOptions", "IMAGE_FORMATS", "ImageOptions", "IngestPolicy", "Schema",

@@ -263,6 +263,21 @@ def validate_batch(
     return Validated(good=good, rejected=rejected)
 
 
+def rejected_rows(texts: dict[str, list[str | None]], reasons: list[str], columns: list[Column], source: str) -> pa.Table:
+    """Rows refused before their values are checked (an image outside every label folder), each with its
+    reason and its values as text (``texts``: by column; the others null)."""
+    n = len(reasons)
+    data = {
+        "_source": pa.array([source] * n, pa.string()),
+        "_line": pa.nulls(n, pa.int64()),
+        "_reason": pa.array(reasons, pa.string()),
+        "_raw": pa.nulls(n, pa.string()),
+    }
+    for c in columns:
+        data[c.name] = pa.array(texts.get(c.name, [None] * n), pa.string())
+    return pa.table(data, schema=quarantine_schema(columns))
+
+
 def malformed_rows(rows: list[tuple[int | None, str, str]], columns: list[Column], source: str) -> pa.Table:
     """Rows that could not even be split into fields: (line, reason, raw text)."""
     n = len(rows)
