@@ -305,7 +305,7 @@ class Model:
         self._torch = torch
         self._encoder = self._raw = None
         if info["encoder"]:
-            self._load_encoder(info["encoder"], text)
+            self._load_encoder()
         # one real forward pass before answering health checks: a broken model fails here, not on traffic
         out = self._forward(self._zero_row())
         if not np.all(np.isfinite(out)):
@@ -316,12 +316,12 @@ class Model:
         log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
                  self.n_features, self.task)  # fmt: skip
 
-    def _load_encoder(self, encoder: dict[str, Any], text: tuple[str, ...]) -> None:
-        from freestack.ml.features import FeatureEncoder
+    def _load_encoder(self) -> None:
+        """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
+        from freestack.ml.features import load_encoder
         from freestack.serving.server.raw import RawInputs
 
-        tokenizer = open(os.path.join(self.cache_dir, text[0]), encoding="utf-8").read() if text else ""
-        self._encoder = FeatureEncoder.from_dict(encoder, tokenizer)
+        self._encoder = load_encoder(self.cache_dir)
         self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
         self.n_features = len(self._encoder.numeric)
         kinds = [k for _, k in self._encoder.columns]
