@@ -68,7 +68,9 @@ GLYPHS_SPEC = {
         "policy": {"max_quarantine_fraction": 0.1},
     },
     "model": {"hidden": [64], "channels": [16, 32], "image": {"size": [16, 16], "channels": 1}},
-    "train": {"epochs": 10, "window_days": 30, "learning_rate": 0.01, "batch_size": 32},
+    # the window is streamed: spooled in row groups of 64 images, shuffled through a 256-row buffer
+    "train": {"epochs": 10, "window_days": 30, "learning_rate": 0.01, "batch_size": 32,
+              "data": {"mode": "stream", "chunk_rows": 64, "shuffle_buffer": 256}},
     "gate": {"metric": "accuracy", "threshold": 0.7},
 }
 

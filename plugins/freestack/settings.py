@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         description="Keep a training's checkpoint (`runs/<pipeline>/.../checkpoint.safetensors`) once its model is "
         "written. Default: it is removed then; a killed training keeps it, so its retry resumes.",
     )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where a streamed training window is spooled (train.data.mode: stream): a local folder with room "
+        "for the window's columns. Default: the system's temporary folder.",
+    )
     checkpoint_retention_days: float = Field(
         default=7.0,
         ge=0,

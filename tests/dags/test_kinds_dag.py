@@ -129,6 +129,8 @@ def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
         version, rec = _served(kinds, "glyphs", run)
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         assert evaluation["candidate"]["accuracy"] >= 0.7, evaluation
+        data = json.loads((version / "lineage.json").read_text())["data"]
+        assert data["mode"] == "stream" and data["rows"]["train"] > 0, data  # the spec streams its window
         files = sorted((kinds["root"] / "landing" / "glyphs" / "2026-11-03").glob("*/*.png"))[-4:]
         answers = []
         for f in files:

@@ -73,40 +73,62 @@ def load_model_folder(uri: str):
 
 
 def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, Any] | None = None):
-    """The held-out test rows of the window, and the window's partitions: the very partitions the
-    candidate was trained on (its lineage: ds and sha256, checked as they are read), else the lake's."""
+    """(the held-out test rows of the window, the window): the very partitions the candidate was trained
+    on (its lineage: ds and sha256, checked as they are read), else the lake's. The rows are a frame's
+    (:class:`~freestack.train.stream.FrameRows`) or, for a window read as a stream, a spooled file's
+    (:class:`~freestack.train.stream.SpoolRows`); close the window when done."""
     from freestack.ml.prep import split_of_keys
     from freestack.train.core import TrainingError, load_window
+    from freestack.train.stream import FrameRows
     from freestack.train.window import lineage_window
 
     fixed = lineage_window(lineage or {})
     try:
-        df, parts = load_window(spec, end_ds, days, fixed.as_dict() if fixed is not None else None)
+        data = load_window(spec, end_ds, days, fixed.as_dict() if fixed is not None else None, splits=("test",))
     except TrainingError as exc:
         raise EvaluationError(str(exc)) from None
-    schema = spec.source.schema_
-    split = split_of_keys(df[schema.key], spec.train.val_fraction, spec.train.test_fraction, salt=spec.name)
-    test = df[split == "test"]
-    if len(test) == 0:
+    if data.spool is not None:
+        test = data.spool.splits["test"]
+    else:
+        t, df = spec.train, data.frame
+        test = FrameRows(df[split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name) == "test"])
+    if test.rows == 0:
+        data.close()
         raise EvaluationError(f"the window up to {end_ds} has no test rows; widen window_days")
-    return test, parts
+    return test, data
 
 
 def score(model, pre, test, target: str) -> dict[str, Any]:
-    """Metrics of one model on the test rows, in the target's own labels/units."""
+    """Metrics of one model on the test rows (a frame, or rows read chunk by chunk), in the target's own
+    labels/units; only labels and outputs are kept across chunks."""
     import torch
 
     from freestack.ml.loop import to_tensors
 
-    x = to_tensors(pre.inputs(test))
-    y = test[target].to_numpy()
+    rows = test.chunks() if hasattr(test, "chunks") else [test]
+    ys, outs = [], []
     with torch.no_grad():
-        if pre.task == "classification":
-            proba = model.predict_proba(x).numpy()
-            classes = list(pre.classes)
-            return classification_report(y, proba, classes)
-        pred = model.predict(x).numpy().astype(np.float64)
+        for frame in rows:
+            x = to_tensors(pre.inputs(frame))
+            ys.append(frame[target].to_numpy())
+            outs.append((model.predict_proba(x) if pre.task == "classification" else model.predict(x)).numpy())
+    y = np.concatenate(ys) if ys else np.array([])
+    if pre.task == "classification":
+        proba = np.concatenate(outs) if outs else np.zeros((0, len(pre.classes)))
+        return classification_report(y, proba, list(pre.classes))
+    pred = np.concatenate(outs).astype(np.float64) if outs else np.array([])
     return regression_report(y.astype(np.float64), pred)
+
+
+def lowest_keys(test, key: str, n: int):
+    """The ``n`` rows of ``test`` with the lowest keys (a stable sample), gathered chunk by chunk."""
+    import pandas as pd
+
+    chosen = None
+    for frame in test.chunks() if hasattr(test, "chunks") else [test]:
+        both = frame if chosen is None else pd.concat([chosen, frame], ignore_index=True)
+        chosen = both.sort_values(key, kind="stable").head(n) if key in both.columns else both.head(n)
+    return chosen if chosen is not None else pd.DataFrame()
 
 
 def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[str, Any]:
@@ -116,7 +138,7 @@ def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[s
 
     from freestack.ml.loop import to_tensors
 
-    rows = test.sort_values(key).head(n) if key in test.columns else test.head(n)
+    rows = lowest_keys(test, key, n)
     x = pre.inputs(rows)
     with torch.no_grad():
         t = to_tensors(x)
@@ -360,16 +382,19 @@ def evaluate(
     days = int(window.get("days") or spec.train.window_days)
     if not end_ds:
         raise EvaluationError(f"{candidate_uri}: lineage.json names no window; pass end_ds")
-    test, parts = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
+    test, data = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
+    parts = data.partitions
     target = spec.source.schema_.target
-    cand = score(model, pre, test, target)
-    champ = None
-    if champion_uri:
-        c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
-        champ = score(c_model, c_pre, test, target)
     folder = join(to_path(candidate_uri), "evaluation")
-    schema = spec.source.schema_
-    write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, schema.key, target))
+    try:
+        cand = score(model, pre, test, target)
+        champ = None
+        if champion_uri:
+            c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
+            champ = score(c_model, c_pre, test, target)
+        write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target))
+    finally:
+        data.close()
     images = plots(cand, history, champ)
     for name, data in images.items():
         write_bytes(join(folder, name), data)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import io
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from freestack.ml.moments import RunningMoments
 
 #: the column kinds a model can take, and the feature group each one goes to
 KINDS = {"int": "numeric", "float": "numeric", "bool": "numeric", "category": "category", "text": "text",
@@ -103,17 +105,32 @@ class FeatureEncoder:
     @classmethod
     def fit(cls, columns: Mapping[str, Sequence], kinds: Mapping[str, str], options: EncoderOptions) -> FeatureEncoder:
         """Fitted on the training split's ``columns`` (name -> values), whose ``kinds`` are column types."""
-        order = [(name, KINDS[kinds[name]]) for name in columns]
-        enc = cls(order)
-        for name in enc.names("category"):
-            enc.category[name] = fit_vocabulary(columns[name], options.category_max_size, options.category_min_count)
-        if enc.names("text"):
-            enc.text = fit_text(enc.names("text"), columns, options)
+        return cls.fit_chunks(lambda: iter([columns]), list(columns), kinds, options)
+
+    @classmethod
+    def fit_chunks(cls, chunks: Callable[[], Iterable[Mapping[str, Sequence]]], names: list[str],
+                   kinds: Mapping[str, str], options: EncoderOptions) -> FeatureEncoder:  # fmt: skip
+        """Fitted on the training split read chunk by chunk (``chunks()`` starts a pass; each chunk maps
+        the column ``names`` to values): one pass for vocabularies and image statistics, one more to train
+        a tokenizer. The result does not depend on how the split is cut into chunks."""
+        enc = cls([(name, KINDS[kinds[name]]) for name in names])
         images = enc.names("image")
         if len(images) > 1:
             raise EncodingError(f"one image column per model, not {len(images)} ({images})")
+        counts = {name: Counter() for name in enc.names("category")}
+        pixels = RunningMoments()
+        if counts or images:
+            for chunk in chunks():
+                for name, counter in counts.items():
+                    count_values(counter, chunk[name])
+                if images:
+                    pixels.add(image_pixels(images[0], chunk[images[0]], options), axes=(0, 2, 3))
+        for name, counter in counts.items():
+            enc.category[name] = choose_vocabulary(counter, options.category_max_size, options.category_min_count)
+        if enc.names("text"):
+            enc.text = fit_text(enc.names("text"), chunks, options)
         if images:
-            enc.image = fit_image(images[0], columns[images[0]], options)
+            enc.image = image_encoding(images[0], pixels, options)
         return enc
 
     def encode(self, columns: Mapping[str, Sequence]) -> dict[str, np.ndarray]:
@@ -192,7 +209,15 @@ def encode_numeric(names: list[str], columns: Mapping[str, Sequence], rows: int)
 def fit_vocabulary(values: Sequence, max_size: int, min_count: int) -> list[str]:
     """The most frequent values (as text) of the training split, ties broken by the value; at most
     ``max_size``, each seen at least ``min_count`` times. Everything else is the unknown bucket."""
-    counts = Counter(str(v) for v in values if v is not None and not _is_nan(v))
+    return choose_vocabulary(count_values(Counter(), values), max_size, min_count)
+
+
+def count_values(counts: Counter, values: Sequence) -> Counter:
+    counts.update(str(v) for v in values if v is not None and not _is_nan(v))
+    return counts
+
+
+def choose_vocabulary(counts: Counter, max_size: int, min_count: int) -> list[str]:
     kept = sorted((v for v, n in counts.items() if n >= min_count), key=lambda v: (-counts[v], v))
     return kept[:max_size]
 
@@ -209,9 +234,9 @@ def _is_nan(v: Any) -> bool:
 # -- text ----------------------------------------------------------------------------------------------
 
 
-def fit_text(names: list[str], columns: Mapping[str, Sequence], options: EncoderOptions) -> TextEncoding:
+def fit_text(names: list[str], chunks: Callable[[], Iterable[Mapping[str, Sequence]]], options: EncoderOptions) -> TextEncoding:
     """A tokenizer for the text columns: the Hub one given, or a WordPiece one trained on the training
-    split (lower-cased, accents stripped, split on whitespace and punctuation)."""
+    split (lower-cased, accents stripped, split on whitespace and punctuation), read in one pass."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import WordPiece
     from tokenizers.trainers import WordPieceTrainer
@@ -223,10 +248,27 @@ def fit_text(names: list[str], columns: Mapping[str, Sequence], options: Encoder
         tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = WordPieceTrainer(vocab_size=options.text_vocab_size, special_tokens=[PAD, UNK], show_progress=False)
-        tok.train_from_iterator((_text(v) for n in names for v in columns[n]), trainer=trainer)
+        texts = (_text(v) for chunk in chunks() for n in names for v in chunk[n])
+        tok.train_from_iterator(texts, trainer=trainer)
+        tok = _ordered_vocabulary(tok)
     pad_id = _pad_id(tok)
     return TextEncoding(names, options.text_max_length, tok.get_vocab_size(), pad_id, options.tokenizer_source,
                         tok.to_str())  # fmt: skip
+
+
+def _ordered_vocabulary(tok):
+    """The trained tokenizer with its ids in a fixed order (the special tokens, then the rest sorted): the
+    trainer numbers tokens in hash order, which changes from process to process, and with the ids the
+    embedding rows a seed gives them, so the same data and seed would train different models."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+    vocab = data["model"]["vocab"]
+    specials = sorted((t for t in vocab if t in (PAD, UNK)), key=vocab.get)
+    data["model"]["vocab"] = {t: i for i, t in enumerate([*specials, *sorted(t for t in vocab if t not in specials)])}
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def _pad_id(tok) -> int:
@@ -296,15 +338,29 @@ def encode_images(image: ImageEncoding, values: Sequence) -> np.ndarray:
     return out
 
 
-def fit_image(name: str, values: Sequence, options: EncoderOptions) -> ImageEncoding:
-    """Size and channels from the options; per-channel mean and std of the training split's pixels."""
+def image_pixels(name: str, values: Sequence, options: EncoderOptions) -> np.ndarray:
+    """The images of ``values`` decoded at the options' size, as float64 in 0..1."""
     height, width = options.image_size
     pixels = encode_images(ImageEncoding(name, options.image_channels, height, width, [], []), values)
-    scaled = pixels.astype(np.float64) / 255.0
-    mean = scaled.mean(axis=(0, 2, 3)) if len(values) else np.full(options.image_channels, 0.5)
-    std = scaled.std(axis=(0, 2, 3)) if len(values) else np.full(options.image_channels, 0.25)
-    std[std < 1e-6] = 1.0
-    return ImageEncoding(name, options.image_channels, height, width, mean.tolist(), std.tolist(), list(options.augment))
+    return pixels.astype(np.float64) / 255.0
+
+
+def image_encoding(name: str, pixels: RunningMoments, options: EncoderOptions) -> ImageEncoding:
+    """Size and channels from the options; per-channel mean and std of the training split's pixels."""
+    height, width = options.image_size
+    channels = options.image_channels
+    if pixels.count:
+        mean, std = pixels.result(channels)
+    else:
+        mean, std = np.full(channels, 0.5), np.full(channels, 0.25)
+    std = np.where(std < 1e-6, 1.0, std)
+    return ImageEncoding(name, channels, height, width, mean.tolist(), std.tolist(), list(options.augment))
+
+
+def fit_image(name: str, values: Sequence, options: EncoderOptions) -> ImageEncoding:
+    moments = RunningMoments()
+    moments.add(image_pixels(name, values, options), axes=(0, 2, 3))
+    return image_encoding(name, moments, options)
 
 
 __all__ = [

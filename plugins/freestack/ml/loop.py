@@ -21,6 +21,7 @@ from torch import nn
 from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, unpack
 from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
 from freestack.ml.schedule import lr_factor
+from freestack.ml.stream import BatchSource, InMemory
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,27 @@ def predict_outputs(model: nn.Module, x: Tensors, batch: int | None = None, amp_
 
 
 def evaluate(model: nn.Module, x: Tensors, y: torch.Tensor, task: str, amp_dtype=None) -> dict[str, float]:
-    out = predict_outputs(model, x, amp_dtype=amp_dtype)
+    return outputs_metrics(model, predict_outputs(model, x, amp_dtype=amp_dtype), y, task)
+
+
+@torch.no_grad()
+def evaluate_source(model: nn.Module, source: BatchSource, task: str, device: torch.device, amp_dtype=None,
+                    batch: int = 2048) -> dict[str, float]:  # fmt: skip
+    """The metrics over a split: in memory, or read batch by batch (only outputs and targets are kept)."""
+    if isinstance(source, InMemory):
+        return evaluate(model, source.x, source.y, task, amp_dtype)
+    model.eval()
+    outs, ys = [], []
+    for xb, yb in source.ordered(batch, device):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outs.append(model(xb).float())
+        ys.append(yb)
+    out = torch.cat(outs) if outs else torch.empty(0, device=device)
+    return outputs_metrics(model, out, torch.cat(ys) if ys else torch.empty(0, device=device), task)
+
+
+def outputs_metrics(model: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, float]:
+    """Loss and metrics of the model's raw outputs against the (scaled) target."""
     if task == "classification":
         loss = float(nn.functional.cross_entropy(out, y)) if len(y) else 0.0
         proba = torch.softmax(out, dim=-1).cpu().numpy()
@@ -278,24 +299,20 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     return meta["epoch"] + 1
 
 
-def _train_epoch(run: _Run, xt: Tensors, yt: torch.Tensor, epoch: int) -> tuple[float, float]:
+def _train_epoch(run: _Run, source: BatchSource, epoch: int) -> tuple[float, float]:
     """One pass over the training split in a seeded order; (mean training loss, the last learning rate)."""
     config, opt, model, scaler = run.config, run.opt, run.model, run.precision.scaler
     model.train()
-    gen = torch.Generator(device=run.device).manual_seed(config.seed * 1_000_003 + epoch)
     torch.manual_seed(config.seed + epoch)  # dropout: the same masks on a resumed run
-    perm = torch.randperm(run.n, generator=gen, device=run.device)
     running = torch.zeros((), device=run.device)
     total_steps = run.steps_per_epoch * config.epochs
     warmup_steps = run.steps_per_epoch * config.warmup_epochs
     step = (epoch - 1) * run.steps_per_epoch
     lr = config.learning_rate
-    for i in range(0, run.n, config.batch_size):
+    for xb, yb in source.epoch(epoch, config.batch_size, config.seed, run.device):
         lr = config.learning_rate * lr_factor(step, total_steps, warmup_steps, config.scheduler)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = perm[i : i + config.batch_size]
-        xb, yb = take(xt, idx), yt[idx]
         with run.precision.autocast():
             loss = run.loss_fn(model(xb), yb)
         run.grads.zero_()
@@ -311,7 +328,7 @@ def _train_epoch(run: _Run, xt: Tensors, yt: torch.Tensor, epoch: int) -> tuple[
                 run.grads.clip_(config.grad_clip)
             scaler.step(opt)
             scaler.update()
-        running += loss.detach() * len(idx)
+        running += loss.detach() * len(yb)
         step += 1
     return float(running) / run.n, lr
 
@@ -356,31 +373,47 @@ def fit(
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; return it with the best validation weights loaded.
+    """Train ``model`` in place on arrays held in memory (:func:`fit_source` with :class:`InMemory`)."""
+    if rows_of(x_train) == 0:
+        raise ValueError("the training split is empty: the window holds no rows for training")
+    device = resolve_device(config.device)
+    train = InMemory(to_tensors(x_train, device), torch.tensor(y_train, device=device))
+    val = InMemory(to_tensors(x_val, device), torch.tensor(y_val, device=device))
+    return fit_source(model, train, val, config, task=task, checkpoints=checkpoints, on_epoch=on_epoch)
+
+
+def fit_source(
+    model: nn.Module,
+    train: BatchSource,
+    val: BatchSource,
+    config: TrainConfig,
+    *,
+    task: str,
+    checkpoints: CheckpointStore | None = None,
+    on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; return it with the best validation weights loaded. ``train`` and ``val``
+    are in memory or streamed (:mod:`freestack.ml.stream`).
 
     ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
     sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
     """
-    if rows_of(x_train) == 0:
+    if train.n == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
-    run = _setup(model, rows_of(x_train), config, task)
-    device, result = run.device, run.result
-    xt = to_tensors(x_train, device)  # copies: the inputs may be read-only views
-    yt = torch.tensor(y_train, device=device)
-    xv = to_tensors(x_val, device)
-    yv = torch.tensor(y_val, device=device)
+    run = _setup(model, train.n, config, task)
+    result = run.result
     start_epoch = _resume(run, checkpoints) if checkpoints is not None else 1
     epoch_seconds: list[float] = []
     for epoch in range(start_epoch, config.epochs + 1):
         if result.stopped_early:
             break
         t0 = time.perf_counter()
-        train_loss, lr = _train_epoch(run, xt, yt, epoch)
+        train_loss, lr = _train_epoch(run, train, epoch)
         train_seconds = time.perf_counter() - t0
-        val = evaluate(model, xv, yv, task, run.precision.amp_dtype)
-        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}, "lr": lr,
+        val_metrics = _validate(run, val)
+        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val_metrics.items()}, "lr": lr,
                "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0}  # fmt: skip
-        run.stopping.update(result, model, epoch, val[result.metric])
+        run.stopping.update(result, model, epoch, val_metrics[result.metric])
         result.history.append(row)
         if run.stopping.exhausted() and epoch < config.epochs:
             result.stopped_early, result.stop_reason = True, "patience"
@@ -393,6 +426,10 @@ def fit(
         _log_epoch(run, row, epoch, (config.epochs - epoch) * (sum(epoch_seconds) / len(epoch_seconds)))
     _finish(run, start_epoch)
     return result
+
+
+def _validate(run: _Run, val: BatchSource) -> dict[str, float]:
+    return evaluate_source(run.model, val, run.task, run.device, run.precision.amp_dtype)
 
 
 def _finish(run: _Run, start_epoch: int) -> None:
@@ -414,5 +451,5 @@ def _fmt_eta(seconds: float) -> str:
 
 __all__ = [
     "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
-    "evaluate", "fit", "lr_factor", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors",
+    "evaluate", "evaluate_source", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors",
 ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from freestack.ml.features import KINDS, EncoderOptions, FeatureEncoder
+from freestack.ml.moments import RunningMoments
 
 Split = Literal["train", "val", "test"]
 
@@ -49,21 +51,33 @@ class Preprocessing:
     def fit(cls, train: pd.DataFrame, features: list[str], target: str, task: str,
             kinds: dict[str, str] | None = None, options: EncoderOptions | None = None) -> Preprocessing:  # fmt: skip
         """``kinds`` are the feature columns' types (int, float, bool, category, text, image)."""
+        return cls.fit_chunks(lambda: iter([train]), features, target, task, kinds, options)
+
+    @classmethod
+    def fit_chunks(cls, chunks: Callable[[], Iterable[pd.DataFrame]], features: list[str], target: str, task: str,
+                   kinds: dict[str, str] | None = None, options: EncoderOptions | None = None) -> Preprocessing:  # fmt: skip
+        """Fitted on the training split read as frames (``chunks()`` starts a pass; a streamed window
+        gives its row groups, an in-memory one the whole split): the same result either way."""
         encoder = None
         numeric = features
         if kinds and any(KINDS.get(kinds[f]) != "numeric" for f in features):
-            encoder = FeatureEncoder.fit({f: _values(train[f]) for f in features}, kinds, options or EncoderOptions())
+            columns = lambda: ({f: _values(c[f]) for f in features} for c in chunks())  # noqa: E731
+            encoder = FeatureEncoder.fit_chunks(columns, features, kinds, options or EncoderOptions())
             numeric = encoder.numeric
-        x = train[numeric].to_numpy(dtype=np.float64)
-        mean = x.mean(axis=0) if numeric else np.zeros(0)
-        std = x.std(axis=0) if numeric else np.ones(0)
-        std[std < 1e-12] = 1.0
+        x_moments, y_moments, classes = RunningMoments(), RunningMoments(), set()
+        for chunk in chunks():
+            if numeric:
+                x_moments.add(chunk[numeric].to_numpy(dtype=np.float64))
+            if task == "classification":
+                classes.update(pd.unique(chunk[target]).tolist())
+            else:
+                y_moments.add(chunk[target].to_numpy(dtype=np.float64))
+        mean, std = x_moments.result(len(numeric))
+        std = np.where(std < 1e-12, 1.0, std)
         if task == "classification":
-            classes = sorted(pd.unique(train[target]).tolist())
-            return cls(task, features, mean.tolist(), std.tolist(), classes, target, encoder=encoder)
-        y = train[target].to_numpy(dtype=np.float64)
-        return cls(task, features, mean.tolist(), std.tolist(), [], target, float(y.mean()), float(y.std() or 1.0),
-                   encoder)  # fmt: skip
+            return cls(task, features, mean.tolist(), std.tolist(), sorted(classes), target, encoder=encoder)
+        y_mean, y_std = (float(np.ravel(v)[0]) for v in y_moments.result(1))
+        return cls(task, features, mean.tolist(), std.tolist(), [], target, y_mean, y_std or 1.0, encoder)
 
     @property
     def numeric(self) -> list[str]:

@@ -53,9 +53,12 @@ def smoke_sample(version_uri: str, n: int, spec: PipelineSpec | None = None) -> 
 
         model, pre, _m, lineage, _h = load_model_folder(version_uri)
         window = lineage.get("window") or {}
-        test, _parts = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days))
+        test, data = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days))
         schema = spec.source.schema_
-        sample = compute(model, pre, test, schema.key, schema.target, n)
+        try:
+            sample = compute(model, pre, test, schema.key, schema.target, n)
+        finally:
+            data.close()
     for k in ("rows", "outputs", "labels", "keys", "predicted"):
         if k in sample:
             sample[k] = sample[k][:n]

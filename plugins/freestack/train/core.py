@@ -107,16 +107,31 @@ def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list
     return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
 
 
-def load_window(spec: PipelineSpec, end_ds: str, window_days: int, fixed: dict[str, Any] | None = None):
-    """(DataFrame, partitions with the sha256 of the bytes read) for the window ending at ``end_ds``:
-    the run's ``fixed`` window when it has one (:mod:`freestack.train.window`), else the lake as it is."""
+def load_window(spec: PipelineSpec, end_ds: str, window_days: int, fixed: dict[str, Any] | None = None,
+                splits: tuple[str, ...] = ("train", "val", "test")):  # fmt: skip
+    """The window ending at ``end_ds`` (:class:`~freestack.train.stream.WindowData`): the run's ``fixed``
+    window when it has one (:mod:`freestack.train.window`), else the lake as it is; in memory, or
+    spooled into ``splits`` when ``train.data`` says so (:func:`~freestack.train.stream.choose_mode`)."""
+    from freestack.train.stream import WindowData, choose_mode, spool_window
     from freestack.train.window import Window, WindowError, fix_window, read_window
 
     try:
         window = Window.from_dict(fixed) if fixed else fix_window(spec, end_ds, window_days)
-        return read_window(spec, window, window_days)
+        mode, reason = choose_mode(spec, window.of_days(window_days))
+        log.info("reading the window %s: %s", "into memory" if mode == "memory" else "as a stream", reason)
+        if mode == "memory":
+            frame, parts = read_window(spec, window, window_days)
+            return WindowData(parts, mode, reason, frame=frame)
+        spool = spool_window(spec, window, window_days, window_columns(spec), splits)
+        return WindowData(spool.partitions, mode, reason, spool=spool)
     except WindowError as exc:
         raise TrainingError(str(exc)) from None
+
+
+def window_columns(spec: PipelineSpec) -> list[str]:
+    """The columns a training reads: the key, the features and the target."""
+    schema = spec.source.schema_
+    return list(dict.fromkeys([schema.key, *spec.model_features, schema.target]))
 
 
 def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
@@ -165,10 +180,15 @@ class Prepared:
     task: str
     features: list[str]
     pre: Any  # freestack.ml.prep.Preprocessing
-    train: Any  # DataFrames of the train, val and test splits
+    train: Any  # the splits: freestack.train.stream.FrameRows (in memory) or SpoolRows (streamed)
     val: Any
     test: Any
     partitions: list[dict[str, Any]]
+    data: dict[str, Any] = field(default_factory=dict)  # how the window was read: mode, reason
+    shuffle_buffer: int = 65_536
+
+    def rows(self) -> dict[str, int]:
+        return {"train": self.train.rows, "val": self.val.rows, "test": self.test.rows}
 
 
 def check_trainable(spec: PipelineSpec) -> None:
@@ -240,31 +260,59 @@ def check_custom_model(spec: PipelineSpec) -> None:
 
 
 def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] | None = None) -> Prepared:
-    """The window (loaded, or ``window``) split on the row key, with preprocessing fitted on the train split."""
+    """The window (loaded, or ``window``: a ``load_window`` result) split on the row key, with
+    preprocessing fitted on the train split (in one streaming pass when the window is spooled)."""
     from freestack.ml.features import EncodingError
-    from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
+    from freestack.ml.prep import Preprocessing
 
     schema, t = spec.source.schema_, spec.train
-    df, parts = window if window is not None else load_window(spec, end_ds, t.window_days, fixed)
-    target_type = next(c.type for c in schema.fields if c.name == schema.target)
-    task = spec.task or infer_task(df[schema.target], target_type)
-    split = split_of_keys(df[schema.key], t.val_fraction, t.test_fraction, salt=spec.name)
-    train_df, val_df, test_df = (df[split == s] for s in ("train", "val", "test"))
-    if min(len(train_df), len(val_df), len(test_df)) == 0:
+    data = window if window is not None else load_window(spec, end_ds, t.window_days, fixed)
+    splits = _splits(spec, data)
+    sizes = {s: rows.rows for s, rows in splits.items()}
+    if min(sizes.values()) == 0:
         raise TrainingError(
-            f"the window up to {end_ds} has {len(df)} rows: too few for train/val/test splits "
-            f"({len(train_df)}/{len(val_df)}/{len(test_df)}); widen window_days"
+            f"the window up to {end_ds} has {sum(sizes.values())} rows: too few for train/val/test splits "
+            f"({sizes['train']}/{sizes['val']}/{sizes['test']}); widen window_days"
         )
-    features = spec.model_features
+    task = spec.task or _infer_task(spec, splits.values())
     try:
-        pre = Preprocessing.fit(train_df, features, schema.target, task, spec.feature_kinds, encoder_options(spec))
+        pre = Preprocessing.fit_chunks(splits["train"].chunks, spec.model_features, schema.target, task,
+                                       spec.feature_kinds, encoder_options(spec))  # fmt: skip
     except EncodingError as exc:
         raise TrainingError(f"pipeline {spec.name!r}: the training split cannot be encoded: {exc}") from None
+    val, test = splits["val"], splits["test"]
     if task == "classification":  # labels the training split never saw cannot be scored
-        seen = set(pre.classes)
-        val_df = val_df[val_df[schema.target].isin(seen)]
-        test_df = test_df[test_df[schema.target].isin(seen)]
-    return Prepared(task, features, pre, train_df, val_df, test_df, parts)
+        val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
+    return Prepared(task, spec.model_features, pre, splits["train"], val, test, data.partitions, data.summary(),
+                    t.data.shuffle_buffer)  # fmt: skip
+
+
+def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
+    """The train/val/test rows of a loaded window: masks of the frame, or the spooled files."""
+    from freestack.ml.prep import split_of_keys
+    from freestack.train.stream import FrameRows
+
+    t = spec.train
+    if data.spool is not None:
+        if data.spool.fractions != (t.val_fraction, t.test_fraction):
+            raise TrainingError(f"the spooled window was split {data.spool.fractions} (val, test) but this run asks for "
+                                f"{(t.val_fraction, t.test_fraction)}; load the window for this run")  # fmt: skip
+        return dict(data.spool.splits)
+    df = data.frame
+    split = split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name)
+    return {s: FrameRows(df[split == s]) for s in ("train", "val", "test")}
+
+
+def _infer_task(spec: PipelineSpec, splits) -> str:
+    """The task from the window's target column (only that column is gathered)."""
+    import pandas as pd
+
+    from freestack.ml.prep import infer_task
+
+    schema = spec.source.schema_
+    target_type = next(c.type for c in schema.fields if c.name == schema.target)
+    y = pd.concat([c[schema.target] for rows in splits for c in rows.chunks()], ignore_index=True)
+    return infer_task(y, target_type)
 
 
 def encoder_options(spec: PipelineSpec):
@@ -395,11 +443,19 @@ def train(
     """Train one model. ``on_epoch(row)`` sees each epoch's metrics and may return True to stop;
     ``window`` is a ``load_window`` result to reuse (an agent running several trials loads it once);
     ``tracking_settings`` are the W&B settings (default: :meth:`WandbSettings.from_environment`)."""
-    from freestack.tracking.wandb import WandbSettings
-
     check_trainable(spec)
     spec = effective_spec(spec, req)
-    data = prepare(spec, req.end_ds, window, req.window)
+    loaded = window if window is not None else load_window(spec, req.end_ds, spec.train.window_days, req.window)
+    try:
+        return _train(spec, req, prepare(spec, req.end_ds, loaded), tracking_settings, on_epoch)
+    finally:
+        if window is None:  # a window loaded here (a spool folder) goes; a caller's stays for its next trial
+            loaded.close()
+
+
+def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch) -> TrainOutcome:
+    from freestack.tracking.wandb import WandbSettings
+
     model = build_model(spec, data)
     cfg = loop_config(spec)
     where = places(spec, req)
@@ -425,7 +481,7 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
         "pipeline": spec.name, "model": spec.model.model_dump(by_alias=True),
         "train": {**cfg.__dict__, "window_days": spec.train.window_days}, "task": data.task,
         "kind": model_kind(spec), "features": len(data.features),
-        "rows": {"train": len(data.train), "val": len(data.val), "test": len(data.test)}, "end_ds": req.end_ds,
+        "rows": data.rows(), "data": data.data, "end_ds": req.end_ds,
         **(req.tracking.get("config") or {}),
     }  # fmt: skip
     tags = [f"pipeline:{spec.name}", f"interval:{req.end_ds}"]
@@ -497,27 +553,41 @@ def _modified(info: dict[str, Any]) -> float | None:
 
 def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
     """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics."""
-    import torch
-
-    from freestack.ml.loop import evaluate, fit, to_tensors
+    from freestack.ml.loop import evaluate_source, fit_source, resolve_device
 
     def epoch_done(row: dict[str, float]) -> bool:
         run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         return bool(on_epoch(row)) if on_epoch is not None else False
 
-    pre = data.pre
-    result = fit(
-        model, pre.inputs(data.train), pre.target_array(data.train), pre.inputs(data.val),
-        pre.target_array(data.val), cfg, task=data.task, checkpoints=StoreCheckpoints(where.run_dir),
-        on_epoch=epoch_done,
-    )  # fmt: skip
-    device = next(model.parameters()).device
-    test = evaluate(model, to_tensors(pre.inputs(data.test), device),
-                    torch.as_tensor(pre.target_array(data.test), device=device), data.task)  # fmt: skip
+    device = resolve_device(cfg.device)
+    sources = {s: batch_source(data, getattr(data, s), device, s == "train") for s in ("train", "val", "test")}
+    result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task,
+                        checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done)  # fmt: skip
+    test = evaluate_source(model, sources["test"], data.task, device)
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
     run.summary_update(metrics)
     return result, metrics
+
+
+def batch_source(data: Prepared, rows, device, training: bool):
+    """What the loop reads a split from: its tensors on ``device`` (in memory), or a stream of its spooled
+    row groups, encoded chunk by chunk and shuffled through ``train.data.shuffle_buffer`` rows."""
+    import torch
+
+    from freestack.ml.loop import to_tensors
+    from freestack.ml.stream import InMemory, Streamed
+    from freestack.train.stream import FrameRows
+
+    pre = data.pre
+    if isinstance(rows, FrameRows):
+        return InMemory(to_tensors(pre.inputs(rows.frame), device), torch.tensor(pre.target_array(rows.frame), device=device))
+
+    def chunks(order_seed):
+        for frame in rows.chunks(order_seed if training else None):
+            yield pre.inputs(frame), pre.target_array(frame)
+
+    return Streamed(chunks, rows.rows, buffer_rows=data.shuffle_buffer)
 
 
 def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,
@@ -533,7 +603,7 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
         "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
         "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump(by_alias=True)},
-        "overrides": req.overrides, "features": spec.feature_kinds,
+        "overrides": req.overrides, "features": spec.feature_kinds, "data": {**data.data, "rows": data.rows()},
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
     }  # fmt: skip

@@ -104,6 +104,16 @@ class ModelSpec(_Model):
         return self
 
 
+class DataSpec(_Model):
+    """How a training run reads its window (``train.data``): into memory, or streamed from a local spool
+    (docs/stages/train.md#windows-larger-than-memory)."""
+
+    mode: Literal["auto", "memory", "stream"] = Field(default="auto", description="auto: stream when the window's estimated in-memory size is over memory_limit_mb; memory: load it whole (fastest); stream: read it in row groups through a shuffle buffer.")
+    memory_limit_mb: int | None = Field(default=None, ge=16, description="auto: the most MiB a window may take in memory (3x its uncompressed Parquet size) before it is streamed; default a quarter of the machine's (or container's) memory.")
+    shuffle_buffer: int = Field(default=65_536, ge=1, le=10_000_000, description="stream: rows in the shuffle buffer (fewer when they would take over 256 MiB encoded).")
+    chunk_rows: int = Field(default=16_384, ge=64, le=1_000_000, description="stream: the most rows read at once (a row group of the spool; also at most 64 MiB).")
+
+
 class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
@@ -127,9 +137,10 @@ class TrainSpec(_Model):
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the validation split.")
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the test split.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU.")
+    data: DataSpec = Field(default_factory=DataSpec, description="How the window is read: in memory or streamed.")
     # the executor queue of the training tasks (``train`` and the sweep's ``agent``s): ``gpu`` sends them
     # to GPU workers (a Celery worker consuming ``gpu``, or the Helm values' GPU pod template)
     queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
 
 
-__all__ = ["CategorySpec", "ImageSpec", "ModelSpec", "TextSpec", "TrainSpec"]
+__all__ = ["CategorySpec", "DataSpec", "ImageSpec", "ModelSpec", "TextSpec", "TrainSpec"]

@@ -142,11 +142,11 @@ def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise WindowError(_changed(spec, p, "was removed")) from None
+            raise WindowError(changed_message(spec, p, "was removed")) from None
         sha = hashlib.sha256(data).hexdigest()
         if sha != p.sha256:
             raise WindowError(
-                _changed(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)")
+                changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)")
             )
         frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
         parts.append({"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": len(data), "rows": len(frames[-1])})
@@ -155,7 +155,7 @@ def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
     return pd.concat(frames, ignore_index=True), parts
 
 
-def _changed(spec: PipelineSpec, p: Partition, what: str) -> str:
+def changed_message(spec: PipelineSpec, p: Partition, what: str) -> str:
     return (
         f"lake partition ds={p.ds} of {spec.name!r} {what} after this run fixed its window: it was "
         f"re-ingested or deleted while the run trained. Nothing was registered; the lake update starts a "
@@ -200,5 +200,5 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
     return None
 
 
-__all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "lineage_window", "read_window",
+__all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "changed_message", "lineage_window", "read_window",
            "sweep_window_days"]  # fmt: skip

@@ -1,0 +1,112 @@
+"""A window read as a stream (freestack.train.stream): spooled split by split, trained and evaluated like the
+in-memory window, its partitions checked as they are read, its spool removed after the run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.sweep_helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "include"))
+
+STREAM = {"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 512}
+
+
+@pytest.fixture
+def lake(storage, tmp_path, monkeypatch):
+    """Three days of the demo pipeline in the lake; streamed windows spool under tmp_path/spool."""
+    from demo.landing import make_landing
+    from freestack.ingest.core import ingest_partition
+    from freestack.spec import load_spec
+
+    (tmp_path / "spool").mkdir()
+    monkeypatch.setenv("FREESTACK_SPOOL_DIR", str(tmp_path / "spool"))
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    make_landing(storage, date(2026, 11, 1), 3)
+    for ds in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        ingest_partition(spec, ds)
+    return spec
+
+
+def _with_data(spec, **data):
+    from freestack.train.spec import DataSpec
+
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"data": DataSpec(**data)})})
+
+
+def _folder(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def test_a_streamed_window_trains_and_evaluates_like_the_in_memory_one(lake, tmp_path):
+    from freestack.evaluate.core import evaluate
+    from freestack.tracking.wandb import WandbSettings
+    from freestack.train.core import TrainRequest, train
+
+    off = WandbSettings(mode="disabled")
+    runs = {}
+    for mode, data in (("memory", {"mode": "memory"}), ("stream", STREAM)):
+        req = TrainRequest(end_ds="2026-11-03", epochs=4, run_key=mode, overrides={"train": {"data": data}})
+        runs[mode] = train(lake, req, tracking_settings=off)
+    lineage = {m: json.loads((_folder(r.version_uri) / "lineage.json").read_text()) for m, r in runs.items()}
+    assert [lineage[m]["data"]["mode"] for m in runs] == ["memory", "stream"]
+    assert lineage["stream"]["data"]["reason"] == "train.data.mode is stream"
+    assert lineage["stream"]["data"]["rows"] == lineage["memory"]["data"]["rows"]  # the same key-hashed splits
+    assert lineage["stream"]["partitions"] == lineage["memory"]["partitions"]  # ds, sha256, bytes, rows
+    pre = {m: json.loads((_folder(r.version_uri) / "preprocessing.json").read_text()) for m, r in runs.items()}
+    assert np.allclose(pre["stream"]["mean"], pre["memory"]["mean"]) and np.allclose(pre["stream"]["std"], pre["memory"]["std"])
+    accuracy = {m: r.metrics["test_accuracy"] for m, r in runs.items()}
+    assert min(accuracy.values()) > 0.8 and abs(accuracy["stream"] - accuracy["memory"]) < 0.06, accuracy
+    assert list((tmp_path / "spool").iterdir()) == []  # the spool went with the run
+    # evaluate streams the test split too: the trainer's test rows, the trainer's accuracy, the same smoke rows
+    summary = {m: evaluate(spec, runs["stream"].version_uri if m == "stream" else runs["memory"].version_uri,
+                           tracking_settings=off)
+               for m, spec in (("memory", lake), ("stream", _with_data(lake, **STREAM)))}  # fmt: skip
+    assert summary["stream"]["candidate"]["accuracy"] == pytest.approx(accuracy["stream"])
+    assert summary["stream"]["candidate"]["rows"] == summary["memory"]["candidate"]["rows"] == lineage["memory"]["data"]["rows"]["test"]
+    smoke = {m: json.loads((_folder(r.version_uri) / "evaluation" / "smoke.json").read_text()) for m, r in runs.items()}
+    assert smoke["stream"]["keys"] == smoke["memory"]["keys"] and len(smoke["stream"]["keys"]) == 64
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_auto_streams_a_window_over_the_memory_limit(lake, monkeypatch):
+    from freestack.train import stream
+    from freestack.train.window import fix_window
+
+    parts = fix_window(lake, None, 30).partitions
+    need = stream.MEMORY_FACTOR * stream.uncompressed_bytes(parts)
+    assert need > 0
+    mode, why = stream.choose_mode(_with_data(lake, memory_limit_mb=16), parts)
+    assert mode == "memory" and "within the 16 MiB limit" in why
+    monkeypatch.setattr(stream, "MEMORY_FACTOR", 10_000_000)
+    mode, why = stream.choose_mode(_with_data(lake, memory_limit_mb=16), parts)
+    assert mode == "stream" and why.endswith("over the 16 MiB limit")
+    assert stream.memory_limit_bytes(lake) >= 1 << 28  # a quarter of any machine these tests run on
+
+
+def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool(lake, tmp_path):
+    from freestack.ingest.core import PART, partition_dir
+    from freestack.storage import join
+    from freestack.train.core import TrainingError, load_window
+    from freestack.train.window import fix_window
+
+    spec = _with_data(lake, **STREAM)
+    fixed = fix_window(spec, None, 30).as_dict()
+    data = load_window(spec, "2026-11-03", 30, fixed)
+    assert data.mode == "stream" and sum(r.rows for r in data.spool.splits.values()) == sum(p["rows"] for p in data.partitions)
+    assert all(len(list(rows.chunks())) >= 1 for rows in data.spool.splits.values())
+    data.close()
+    path = join(partition_dir(spec, "2026-11-02"), PART)
+    path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)
+    with pytest.raises(TrainingError, match=r"ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"):
+        load_window(spec, "2026-11-03", 30, fixed)
+    path.unlink()
+    with pytest.raises(TrainingError, match="ds=2026-11-02 of 'digits' was removed"):
+        load_window(spec, "2026-11-03", 30, fixed)
+    assert list((tmp_path / "spool").iterdir()) == []
