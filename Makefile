@@ -129,6 +129,7 @@ bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.train.run --kind mlp
 	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json
+	$(BIN)/python -m bench.train.stream
 	$(BIN)/python -m bench.sweep.run
 	$(BIN)/python -m bench.data_api.run
 	$(BIN)/python -m bench.serve.run

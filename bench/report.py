@@ -83,6 +83,21 @@ def _train(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _train_stream(r: dict[str, Any], file: str) -> list[Row]:
+    s, t, runs, scale = r["summary"], r.get("targets") or {}, r["runs"], r["params"]["scale"]
+    rss, rss_max = s["peak_rss_ratio_stream"], t.get("peak_rss_ratio_stream_max", 1.3)
+    speed, speed_min = s["throughput_ratio_stream_vs_memory"], t.get("throughput_ratio_min", 0.9)
+    return [
+        Row("train_stream", f"streamed window {scale}x as large, peak memory", _n(runs[f"stream_{scale}x"]["peak_rss_mib"], 0, "MiB"),
+            f"{_n(runs['stream_1x']['peak_rss_mib'], 0, 'MiB')} (streamed 1x window; in memory: "
+            f"{_n(runs['memory_1x']['peak_rss_mib'], 0, 'MiB')} -> {_n(runs[f'memory_{scale}x']['peak_rss_mib'], 0, 'MiB')})",
+            rss, f"<= {rss_max}", rss <= rss_max, better="lower"),
+        Row("train_stream", "streamed window, samples/s", _n(runs["stream_1x"]["samples_per_s"]),
+            f"{_n(runs['memory_1x']['samples_per_s'])} (the same window in memory)", speed, f">= {speed_min}",
+            speed >= speed_min),
+    ]  # fmt: skip
+
+
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
     rows = []
     par = r.get("parallel")
@@ -199,7 +214,7 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
 
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
-    "ingest": _ingest, "train": _train, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration,
 }  # fmt: skip

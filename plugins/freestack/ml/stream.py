@@ -13,11 +13,12 @@ in order for validation and test.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -52,11 +53,16 @@ def _to(x: Tensors, device: torch.device) -> Tensors:
     return x.to(device, non_blocking=True)
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A CPU tensor the caller owns: the array's memory when it is writable, else a copy (it may be a
+    read-only view of a frame)."""
+    return torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else torch.tensor(a)
+
+
 def _tensors(x: Inputs) -> Tensors:
-    """CPU tensors the caller owns (the arrays may be read-only views)."""
     if isinstance(x, dict):
-        return {k: torch.tensor(v) for k, v in x.items()}
-    return torch.tensor(x)
+        return {k: _tensor(v) for k, v in x.items()}
+    return _tensor(x)
 
 
 def _cat(parts: list[Tensors]) -> Tensors:
@@ -108,21 +114,19 @@ class Streamed:
 
     def epoch(self, epoch: int, batch_size: int, seed: int, device: torch.device) -> Iterator[Batch]:
         gen = epoch_generator(seed, epoch, torch.device("cpu"))
-        held: list[tuple[Tensors, torch.Tensor]] = []
-        rows, buffer_rows = 0, self.buffer_rows
-        for x, y in self._read(seed * 1_000_003 + epoch):
-            if not held:  # wide rows (images, long texts): fewer of them in the buffer
-                buffer_rows = min(self.buffer_rows, max(batch_size, self.buffer_bytes // max(1, _row_bytes(x, y))))
-            held.append((x, y))
-            rows += len(y)
-            if rows >= buffer_rows + batch_size:
-                x_all, y_all = _shuffled(held, gen)
-                out = (rows - buffer_rows) // batch_size * batch_size
-                yield from _batches(x_all, y_all, 0, out, batch_size, device)
-                held, rows = [(_take(x_all, slice(out, None)), y_all[out:])], rows - out
-        if rows:
-            x_all, y_all = _shuffled(held, gen)
-            yield from _batches(x_all, y_all, 0, rows, batch_size, device)
+        buffer: ShuffleBuffer | None = None
+
+        def groups() -> Iterator[tuple[Tensors, torch.Tensor]]:
+            nonlocal buffer
+            for x, y in self._read(seed * 1_000_003 + epoch):
+                if buffer is None:  # wide rows (images, long texts): fewer of them in the buffer
+                    rows = min(self.buffer_rows, max(batch_size, self.buffer_bytes // max(1, _row_bytes(x, y))))
+                    buffer = ShuffleBuffer(rows, gen)
+                yield from buffer.push(x, y)
+            if buffer is not None:
+                yield buffer.drain()
+
+        return _rebatch(groups(), batch_size, device)
 
     def ordered(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
         for x, y in self._read(None):
@@ -131,7 +135,60 @@ class Streamed:
     def _read(self, order_seed: int | None) -> Iterator[tuple[Tensors, torch.Tensor]]:
         """The chunks as CPU tensors, read and encoded ``prefetch`` chunks ahead on a thread (reading
         Parquet, tokenizing and decoding images release the GIL, so this overlaps the training step)."""
-        return _prefetched(((_tensors(x), torch.tensor(y)) for x, y in self.chunks(order_seed)), self.prefetch)
+        return _prefetched(((_tensors(x), _tensor(np.asarray(y))) for x, y in self.chunks(order_seed)), self.prefetch)
+
+
+@dataclass
+class EncodedSpool:
+    """A split encoded once and kept on local disk as raw arrays, one file per group and one for the
+    target: a streamed epoch then reads row ranges (a memory copy from the page cache) instead of decoding
+    and encoding the same rows again. ``chunks`` gives the ranges in a seeded order."""
+
+    folder: str
+    groups: dict[str, tuple[str, tuple[int, ...]]]  # group ("" for a numeric-only matrix) -> (dtype, row shape)
+    target: tuple[str, tuple[int, ...]]
+    n: int
+    chunk_rows: int
+
+    @classmethod
+    def write(cls, folder: str, chunks: Iterator[tuple[Inputs, np.ndarray]], chunk_rows: int) -> EncodedSpool:
+        groups: dict[str, tuple[str, tuple[int, ...]]] = {}
+        target: tuple[str, tuple[int, ...]] = ("float32", ())
+        files: dict[str, Any] = {}
+        n = 0
+        try:
+            for x, y in chunks:
+                parts = {**(x if isinstance(x, dict) else {"": x}), "target": y}
+                for name, a in parts.items():
+                    if name not in files:
+                        files[name] = open(os.path.join(folder, f"{name or 'inputs'}.bin"), "wb")
+                        if name == "target":
+                            target = (str(a.dtype), a.shape[1:])
+                        else:
+                            groups[name] = (str(a.dtype), a.shape[1:])
+                    files[name].write(np.ascontiguousarray(a).tobytes())
+                n += len(y)
+        finally:
+            for f in files.values():
+                f.close()
+        return cls(folder, groups, target, n, chunk_rows)
+
+    def _read(self, name: str, dtype: str, shape: tuple[int, ...], start: int, rows: int) -> np.ndarray:
+        """Rows ``start..start+rows`` of a file, read into fresh memory (not mapped: the page cache stays
+        the kernel's, out of the process's resident memory)."""
+        width = int(np.prod(shape, dtype=np.int64))
+        offset = start * width * np.dtype(dtype).itemsize
+        data = np.fromfile(os.path.join(self.folder, f"{name or 'inputs'}.bin"), dtype=dtype, count=rows * width, offset=offset)
+        return data.reshape(rows, *shape)
+
+    def chunks(self, order_seed: int | None) -> Iterator[tuple[Inputs, np.ndarray]]:
+        starts = np.arange(0, self.n, self.chunk_rows)
+        if order_seed is not None:
+            starts = np.random.default_rng(order_seed).permutation(starts)
+        for start in starts.tolist():
+            rows = min(self.chunk_rows, self.n - start)
+            x = {g: self._read(g, dtype, shape, start, rows) for g, (dtype, shape) in self.groups.items()}
+            yield (x[""] if "" in x else x), self._read("target", *self.target, start, rows)
 
 
 def _row_bytes(x: Tensors, y: torch.Tensor) -> int:
@@ -139,11 +196,74 @@ def _row_bytes(x: Tensors, y: torch.Tensor) -> int:
     return sum(t.element_size() * t[0].numel() for t in tensors) if len(y) else 0
 
 
-def _shuffled(held: list[tuple[Tensors, torch.Tensor]], gen: torch.Generator) -> tuple[Tensors, torch.Tensor]:
-    x_all = _cat([x for x, _ in held]) if len(held) > 1 else held[0][0]
-    y_all = torch.cat([y for _, y in held]) if len(held) > 1 else held[0][1]
-    perm = torch.randperm(len(y_all), generator=gen)
-    return _take(x_all, perm), y_all[perm]
+class ShuffleBuffer:
+    """``tf.data``'s shuffle buffer, a chunk at a time: once ``capacity`` rows are held, each incoming row
+    takes the place of one drawn at random (without replacement within a chunk), and the drawn rows go
+    out in the order drawn. Each row is copied twice (in, out), with no re-concatenation of the buffer."""
+
+    def __init__(self, capacity: int, gen: torch.Generator):
+        self.capacity, self.gen = capacity, gen
+        self.x: Tensors | None = None
+        self.y: torch.Tensor | None = None
+        self.filled = 0
+
+    def push(self, x: Tensors, y: torch.Tensor) -> Iterator[tuple[Tensors, torch.Tensor]]:
+        if self.x is None or self.y is None:
+            self.x, self.y = _empty(x, self.capacity), y.new_empty((self.capacity, *y.shape[1:]))
+        start = min(self.capacity - self.filled, len(y))
+        if start:
+            self._put(slice(self.filled, self.filled + start), x, y, slice(0, start))
+            self.filled += start
+        while start < len(y):
+            c = min(self.capacity, len(y) - start)
+            pos = torch.randperm(self.capacity, generator=self.gen)[:c]
+            out = _take(self.x, pos), self.y[pos]
+            self._put(pos, x, y, slice(start, start + c))
+            start += c
+            yield out
+
+    def drain(self) -> tuple[Tensors, torch.Tensor]:
+        """What the buffer holds, shuffled (the end of the epoch)."""
+        assert self.x is not None and self.y is not None
+        perm = torch.randperm(self.filled, generator=self.gen)
+        return _take(self.x, perm), self.y[perm]
+
+    def _put(self, where, x: Tensors, y: torch.Tensor, rows: slice) -> None:
+        assert self.x is not None and self.y is not None
+        if isinstance(x, dict):
+            for k, v in x.items():
+                self.x[k][where] = v[rows]
+        else:
+            self.x[where] = x[rows]
+        self.y[where] = y[rows]
+
+
+def _empty(x: Tensors, rows: int) -> Tensors:
+    if isinstance(x, dict):
+        return {k: v.new_empty((rows, *v.shape[1:])) for k, v in x.items()}
+    return x.new_empty((rows, *x.shape[1:]))
+
+
+def _rebatch(groups: Iterator[tuple[Tensors, torch.Tensor]], batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """Batches of ``batch_size`` rows (the last one shorter) across groups of any size; full batches
+    inside a group are views of it."""
+    carry: tuple[Tensors, torch.Tensor] | None = None
+    for x, y in groups:
+        start = 0
+        if carry is not None:
+            need = batch_size - len(carry[1])
+            if len(y) < need:
+                carry = _cat([carry[0], x]), torch.cat([carry[1], y])
+                continue
+            head = _cat([carry[0], _take(x, slice(0, need))]), torch.cat([carry[1], y[:need]])
+            yield _to(head[0], device), head[1].to(device, non_blocking=True)
+            start, carry = need, None
+        stop = start + (len(y) - start) // batch_size * batch_size
+        yield from _batches(x, y, start, stop, batch_size, device)
+        if stop < len(y):
+            carry = _take(x, slice(stop, None)), y[stop:]
+    if carry is not None and len(carry[1]):
+        yield _to(carry[0], device), carry[1].to(device, non_blocking=True)
 
 
 def _batches(x: Tensors, y: torch.Tensor, start: int, stop: int, batch_size: int, device: torch.device) -> Iterator[Batch]:
@@ -195,4 +315,4 @@ def _prefetched(items: Iterator, depth: int) -> Iterator:
                 thread.join(0.05)
 
 
-__all__ = ["BatchSource", "Chunks", "InMemory", "Streamed", "epoch_generator"]
+__all__ = ["BatchSource", "Chunks", "EncodedSpool", "InMemory", "ShuffleBuffer", "Streamed", "epoch_generator"]

@@ -14,6 +14,7 @@ W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -186,6 +187,7 @@ class Prepared:
     partitions: list[dict[str, Any]]
     data: dict[str, Any] = field(default_factory=dict)  # how the window was read: mode, reason
     shuffle_buffer: int = 65_536
+    chunk_rows: int = 16_384
 
     def rows(self) -> dict[str, int]:
         return {"train": self.train.rows, "val": self.val.rows, "test": self.test.rows}
@@ -284,7 +286,7 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
     if task == "classification":  # labels the training split never saw cannot be scored
         val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
     return Prepared(task, spec.model_features, pre, splits["train"], val, test, data.partitions, data.summary(),
-                    t.data.shuffle_buffer)  # fmt: skip
+                    t.data.shuffle_buffer, t.data.chunk_rows)  # fmt: skip
 
 
 def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
@@ -560,34 +562,33 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     device = resolve_device(cfg.device)
-    sources = {s: batch_source(data, getattr(data, s), device, s == "train") for s in ("train", "val", "test")}
-    result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task,
-                        checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done)  # fmt: skip
-    test = evaluate_source(model, sources["test"], data.task, device)
+    with contextlib.ExitStack() as stack:
+        sources = {s: batch_source(data, s, device, stack) for s in ("train", "val", "test")}
+        result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task,
+                            checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done)  # fmt: skip
+        test = evaluate_source(model, sources["test"], data.task, device)
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
     run.summary_update(metrics)
     return result, metrics
 
 
-def batch_source(data: Prepared, rows, device, training: bool):
-    """What the loop reads a split from: its tensors on ``device`` (in memory), or a stream of its spooled
-    row groups, encoded chunk by chunk and shuffled through ``train.data.shuffle_buffer`` rows."""
+def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack):
+    """What the loop reads a split from: its tensors on ``device`` (in memory), or its spooled rows encoded
+    once into raw arrays on local disk (removed when ``stack`` closes) and streamed from there, shuffled
+    through ``train.data.shuffle_buffer`` rows."""
     import torch
 
     from freestack.ml.loop import to_tensors
-    from freestack.ml.stream import InMemory, Streamed
+    from freestack.ml.stream import EncodedSpool, InMemory, Streamed
     from freestack.train.stream import FrameRows
 
-    pre = data.pre
+    pre, rows = data.pre, getattr(data, split)
     if isinstance(rows, FrameRows):
         return InMemory(to_tensors(pre.inputs(rows.frame), device), torch.tensor(pre.target_array(rows.frame), device=device))
-
-    def chunks(order_seed):
-        for frame in rows.chunks(order_seed if training else None):
-            yield pre.inputs(frame), pre.target_array(frame)
-
-    return Streamed(chunks, rows.rows, buffer_rows=data.shuffle_buffer)
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"encoded-{split}-", dir=os.path.dirname(rows.path)))
+    encoded = EncodedSpool.write(folder, ((pre.inputs(f), pre.target_array(f)) for f in rows.chunks()), data.chunk_rows)
+    return Streamed(encoded.chunks, encoded.n, buffer_rows=data.shuffle_buffer)
 
 
 def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,

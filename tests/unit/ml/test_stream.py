@@ -125,3 +125,24 @@ def test_preprocessing_fitted_over_chunks_equals_the_fit_in_memory(tmp_path):
     assert whole.tokenizer_json == chunked.tokenizer_json and '"rain"' in whole.tokenizer_json
     labels = Preprocessing.fit_chunks(lambda: iter(parts), ["x"], "n", "classification", {"x": "float"})
     assert labels.classes == sorted(frame["n"].unique().tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_an_encoded_spool_gives_back_every_row_in_ranges_of_a_seeded_order(tmp_path):
+    from freestack.ml.stream import EncodedSpool
+
+    rng = np.random.default_rng(1)
+    parts = [({"numeric": rng.random((n, 3)).astype(np.float32), "text": rng.integers(0, 9, (n, 2, 5))},
+              rng.integers(0, 4, n)) for n in (70, 5, 100)]  # fmt: skip
+    spool = EncodedSpool.write(str(tmp_path), iter(parts), chunk_rows=32)
+    assert spool.n == 175 and spool.groups == {"numeric": ("float32", (3,)), "text": ("int64", (2, 5))}
+    ordered = list(spool.chunks(None))
+    assert [len(y) for _, y in ordered] == [32] * 5 + [15]
+    for group in ("numeric", "text"):
+        assert np.array_equal(np.concatenate([x[group] for x, _ in ordered]), np.concatenate([x[group] for x, _ in parts]))
+    shuffled = [y for _, y in spool.chunks(3)]
+    assert sorted(np.concatenate(shuffled).tolist()) == sorted(np.concatenate([y for _, y in parts]).tolist())
+    assert [len(y) for y in shuffled] != [len(y) for _, y in ordered]  # the ranges come in another order
+    (tmp_path / "plain").mkdir()
+    plain = EncodedSpool.write(str(tmp_path / "plain"), iter([(np.ones((4, 2), np.float32), np.zeros(4))]), 8)
+    x, y = next(plain.chunks(None))
+    assert x.shape == (4, 2) and y.shape == (4,)  # a numeric-only split is one matrix, as in memory
