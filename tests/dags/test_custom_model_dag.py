@@ -39,7 +39,8 @@ class DigitsNet(nn.Module):
 
 def use_custom_model(data: dict, module: Path, threshold: float) -> dict:
     """The digits spec ``data`` with DigitsNet from ``module``: a 2-trial grid sweep over its width and
-    a gate at ``threshold`` accuracy."""
+    a gate at ``threshold`` accuracy. The window is streamed: each agent spools it once for its trials."""
+    data["train"]["data"] = {"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 1024}
     data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
     data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
         "learning_rate": {"values": [1.0e-2]},
@@ -80,6 +81,7 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
         assert lineage["module"] == {"class": "DigitsNet", "file": "module.py", "source": str(module), "sha256": sha,
                                      "init": {"hidden": lineage["module"]["init"]["hidden"], "dropout": 0.1}}  # fmt: skip
         assert lineage["module"]["init"]["hidden"] in (16, 48)
+        assert lineage["data"]["mode"] == "stream" and lineage["data"]["rows"]["train"] > 0, lineage["data"]
         assert (version / "module.py").read_bytes() == module.read_bytes()
         marker = json.loads((version / "_REGISTERED.json").read_text())
         assert marker["files"]["module.py"]["sha256"] == sha  # registered and checked like the weights
