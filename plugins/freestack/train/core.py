@@ -313,7 +313,7 @@ def _infer_task(spec: PipelineSpec, splits) -> str:
 
     schema = spec.source.schema_
     target_type = next(c.type for c in schema.fields if c.name == schema.target)
-    y = pd.concat([c[schema.target] for rows in splits for c in rows.chunks()], ignore_index=True)
+    y = pd.concat([rows.values(schema.target) for rows in splits], ignore_index=True)
     return infer_task(y, target_type)
 
 
@@ -323,20 +323,23 @@ def encoder_options(spec: PipelineSpec):
     from freestack.ml.features import EncoderOptions
 
     m = spec.model
-    tokenizer = None
+    tokenizer, source = None, m.text.tokenizer
     if m.text.tokenizer != "train" and any(t == "text" for t in spec.feature_kinds.values()):
-        tokenizer = hub_tokenizer(m.text.tokenizer, m.text.revision)
+        tokenizer, commit = hub_tokenizer(m.text.tokenizer, m.text.revision)
+        source = f"{m.text.tokenizer}@{commit}" if commit else m.text.tokenizer
     return EncoderOptions(
         category_max_size=m.category.max_size, category_min_count=m.category.min_count,
         text_vocab_size=m.text.vocab_size, text_max_length=m.text.max_length, tokenizer_json=tokenizer,
-        tokenizer_source=m.text.tokenizer, image_size=(m.image.size[0], m.image.size[1]),
+        tokenizer_source=source, image_size=(m.image.size[0], m.image.size[1]),
         image_channels=m.image.channels, augment=tuple(m.image.augment),
     )  # fmt: skip
 
 
-def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> str:
-    """The ``tokenizer.json`` of a Hub repo, through ``huggingface_hub`` (its token and cache; the endpoint
-    given, else huggingface_hub's own ``HF_ENDPOINT``, read now: the library reads it once, at import)."""
+def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> tuple[str, str]:
+    """(the ``tokenizer.json`` of a Hub repo, the commit ``revision`` resolved to), through
+    ``huggingface_hub`` (its token and cache; the endpoint given, else huggingface_hub's own
+    ``HF_ENDPOINT``, read now: the library reads it once, at import). The commit is what the cache
+    filed it under (``snapshots/<commit>/``), so a branch that moves later does not change the record."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -346,8 +349,9 @@ def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> str:
         raise TrainingError(f"model.text.tokenizer {repo!r} (revision {revision}): its tokenizer.json cannot be "
                             f"fetched from the Hub ({type(exc).__name__}: {str(exc)[:200]}); check the repo id and "
                             "the huggingface connection, or use tokenizer: train") from None  # fmt: skip
+    commit = os.path.basename(os.path.dirname(path))
     with open(path, encoding="utf-8") as f:
-        return f.read()
+        return f.read(), commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
 
 
 def model_kind(spec: PipelineSpec) -> str:
@@ -591,6 +595,15 @@ def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack
     return Streamed(encoded.chunks, encoded.n, buffer_rows=data.shuffle_buffer)
 
 
+def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
+    """A Hub tokenizer's repo, the revision asked for and the commit it resolved to; nothing otherwise."""
+    text = pre.encoder.text if pre.encoder is not None else None
+    if text is None or spec.model.text.tokenizer == "train":
+        return {}
+    commit = text.source.rpartition("@")[2] if "@" in text.source else None
+    return {"tokenizer": {"repo": spec.model.text.tokenizer, "revision": spec.model.text.revision, "commit": commit}}
+
+
 def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,
                    metrics: dict[str, Any], run) -> None:  # fmt: skip
     """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
@@ -607,6 +620,7 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         "overrides": req.overrides, "features": spec.feature_kinds, "data": {**data.data, "rows": data.rows()},
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
+        **_tokenizer_lineage(spec, data.pre),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)

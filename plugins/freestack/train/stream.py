@@ -17,6 +17,7 @@ the columns the model reads. The folder is removed when the run ends.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -53,6 +54,9 @@ class FrameRows:
     def chunks(self, order_seed: int | None = None) -> Iterator[pd.DataFrame]:
         yield self.frame
 
+    def values(self, column: str) -> pd.Series:
+        return self.frame[column]
+
     def where_in(self, column: str, values: list[Any]) -> FrameRows:
         return FrameRows(self.frame[self.frame[column].isin(values)])
 
@@ -60,18 +64,30 @@ class FrameRows:
 @dataclass
 class SpoolRows:
     """A split spooled to a local Parquet file, read a row group at a time (only rows whose ``column``
-    is in ``values``, when given)."""
+    is in ``values_in``, when given)."""
 
     path: str
     column: str | None = None
-    values: list[Any] | None = None
+    values_in: list[Any] | None = None
     _rows: int | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
         if self._rows is None:
-            self._rows = sum(len(c) for c in self.chunks())
+            import pyarrow.parquet as pq
+
+            self._rows = len(self.values(self.column)) if self.column else pq.read_metadata(self.path).num_rows
         return self._rows
+
+    def values(self, column: str) -> pd.Series:
+        """One column of the split's rows (only that column, and the filter's, is read)."""
+        import pyarrow.parquet as pq
+
+        wanted = list(dict.fromkeys([column, *([self.column] if self.column else [])]))
+        frame = pq.read_table(self.path, columns=wanted).to_pandas()
+        if self.column is not None:
+            frame = frame[frame[self.column].isin(self.values_in or [])]
+        return frame[column]
 
     def chunks(self, order_seed: int | None = None) -> Iterator[pd.DataFrame]:
         import numpy as np
@@ -84,7 +100,7 @@ class SpoolRows:
             for i in order.tolist():
                 frame = f.read_row_group(i).to_pandas()
                 if self.column is not None:
-                    frame = frame[frame[self.column].isin(self.values or [])]
+                    frame = frame[frame[self.column].isin(self.values_in or [])]
                 if len(frame):
                     yield frame
 
@@ -198,6 +214,12 @@ def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[st
         writer.close()
         if not parts:
             raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
+    except OSError as exc:
+        folder.cleanup()
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise WindowError(f"spooling the window of {spec.name!r} to {folder.name} failed ({exc}); free space there "
+                          "or set FREESTACK_SPOOL_DIR to a local folder with room for the window") from None  # fmt: skip
     except BaseException:
         folder.cleanup()
         raise
@@ -220,6 +242,11 @@ def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: lis
         raise WindowError(changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)"))
     t, key, rows = spec.train, spec.source.schema_.key, 0
     with pq.ParquetFile(copy) as f:
+        missing = [c for c in columns if c not in f.schema_arrow.names]
+        if missing:
+            raise WindowError(f"lake partition ds={p.ds} of {spec.name!r} has no column(s) {missing}, which the model "
+                              "reads: it was ingested under an older spec; re-ingest that day, or leave it out of "
+                              "the window (window_days)")  # fmt: skip
         for batch in f.iter_batches(batch_size=4096, columns=columns):
             frame_keys = batch.column(key).to_pandas()
             split = split_of_keys(frame_keys, t.val_fraction, t.test_fraction, salt=spec.name)

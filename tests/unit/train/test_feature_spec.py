@@ -95,12 +95,18 @@ def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
         api = HfApi(endpoint=hub.endpoint, token="hf_fake")
         api.create_repo("team/words")
-        api.upload_file(path_or_fileobj=str(tmp_path / "tokenizer.json"), path_in_repo="tokenizer.json", repo_id="team/words")
+        commit = api.upload_file(path_or_fileobj=str(tmp_path / "tokenizer.json"), path_in_repo="tokenizer.json",
+                                 repo_id="team/words").oid
         spec = _spec(text={"tokenizer": "team/words", "max_length": 4})
         opts = encoder_options(spec)
-        assert opts.tokenizer_source == "team/words"
+        assert len(commit) == 40 and opts.tokenizer_source == f"team/words@{commit}"  # the revision, pinned
         enc = FeatureEncoder.fit({"review": ["great value", "it broke"]}, {"review": "text"}, opts)
-        assert enc.text.vocab_size == 5 and enc.text.source == "team/words"
+        assert enc.text.vocab_size == 5 and enc.text.source == f"team/words@{commit}"
+        from freestack.ml.prep import Preprocessing
+        from freestack.train.core import _tokenizer_lineage
+
+        pre = Preprocessing("classification", ["review"], [], [], encoder=enc)
+        assert _tokenizer_lineage(spec, pre) == {"tokenizer": {"repo": "team/words", "revision": "main", "commit": commit}}
         assert enc.encode({"review": ["great value", "broke broke broke broke broke"]})["text"][:, 0].tolist() == [
             [2, 3, 0, 0], [4, 4, 4, 4]]
         with pytest.raises(TrainingError, match=r"model.text.tokenizer 'team/nothing' \(revision main\): its tokenizer.json cannot be fetched"):

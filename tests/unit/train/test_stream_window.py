@@ -110,3 +110,13 @@ def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool
     with pytest.raises(TrainingError, match="ds=2026-11-02 of 'digits' was removed"):
         load_window(spec, "2026-11-03", 30, fixed)
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_partition_without_a_column_the_model_reads_is_named(lake, tmp_path):
+    from freestack.train.stream import spool_window
+    from freestack.train.window import WindowError, fix_window
+
+    spec = _with_data(lake, **STREAM)
+    with pytest.raises(WindowError, match=r"ds=2026-11-01 of 'digits' has no column\(s\) \['colour'\], which the model reads"):
+        spool_window(spec, fix_window(spec, None, 30), 30, ["id", "colour", "label"])
+    assert list((tmp_path / "spool").iterdir()) == []
