@@ -125,98 +125,106 @@ def backfill(
     It prints its plan first. A day with no landing files gets no run (unless on_missing: wait). A paused DAG is unpaused for the backfill only."""
     if end < start:
         raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
-    spec = load_pipeline(pipeline)
     af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
-    info = _dag(af, dag_id)
-    paused = bool(info.get("is_paused"))
     body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
             "reprocess_behavior": reprocess.value}  # fmt: skip
-    dates = [
-        str(r["logical_date"])
-        for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]
-    ]
+    plan = _plan(af, load_pipeline(pipeline), dag, body)
+    _show(plan, unpause)
+    runs, created = _run(af, plan, unpause, timeout)
+    failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+    if failed:
+        raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
+                       f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
+    out().print(f"backfill of {dag_id}: {len(runs)} runs succeeded" if len(plan.bodies) > 1 else
+                f"backfill {created} of {dag_id}: {len(runs)} runs succeeded")  # fmt: skip
+    return 0
+
+
+@dataclass
+class _Plan:
+    """What a backfill will do: its days, the parts it is sent in, and the paused DAG's due interval."""
+
+    spec: Any
+    dag_id: str
+    paused: bool
+    days: list[_Day]
+    chosen: list[_Day]
+    due_day: _Day | None
+    segments: list[list[_Day]]
+    bodies: list[dict[str, Any]]
+    span: str  # "from <start> to <end>"
+
+
+def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
+    """Airflow's dry run of ``body``, each day with its landing files, cut where a paused DAG's due
+    interval falls (CliError when nothing is to run)."""
+    dag_id = body["dag_id"]
+    span = f"from {body['from_date'][:10]} to {body['to_date'][:10]}"
+    info = _dag(af, dag_id)
+    paused = bool(info.get("is_paused"))
+    dates = [str(r["logical_date"]) for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]]
     if not dates:
-        raise CliError(f"nothing to backfill: every day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d} has a run",
+        raise CliError(f"nothing to backfill: every day of {dag_id} {span} has a run",
                        "pass --reprocess completed to run them again")  # fmt: skip
     days = [_day(spec, dag, d) for d in dates]
     chosen = [d for d in days if d.runs]
     due = _due_run(af, dag_id, info, {_ts(d.logical_date) for d in chosen}) if paused else None
-    due_day = _day(spec, dag, due) if due else None
-    console = out()
-    state = (
-        "unpaused"
-        if not paused
-        else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
-    )
-    console.print(
-        f"{dag_id} ({state}): {len(days)} days from {start:%Y-%m-%d} to {end:%Y-%m-%d}, {len(chosen)} to run"
-    )
-    for d in days:
+    segments = _segments(days, info.get("next_dagrun_logical_date") if paused else None)
+    if len(segments) == 1 and len(segments[0]) == len(days):
+        bodies = [body]  # the days asked for, as asked
+    else:
+        bodies = [{**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)} for seg in segments]
+    return _Plan(spec, dag_id, paused, days, chosen, _day(spec, dag, due) if due else None, segments, bodies, span)
+
+
+def _show(plan: _Plan, unpause: bool) -> None:
+    """Print the plan; CliError when no day has data, or when unpausing would start a run without any."""
+    console, dag_id, due_day = out(), plan.dag_id, plan.due_day
+    state = "unpaused" if not plan.paused else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
+    console.print(f"{dag_id} ({state}): {len(plan.days)} days {plan.span}, {len(plan.chosen)} to run")
+    for d in plan.days:
         console.print(f"  {d.ds}  {d.note}")
     if due_day is not None:
-        console.print(
-            f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): {due_day.due_note}"
-        )
-    if not chosen:
-        raise CliError(f"no landing files for any day of {dag_id} from {start:%Y-%m-%d} to {end:%Y-%m-%d}, so no run",
-                       f"land them first (source.landing of the spec: {spec.source.landing}), or pick days that have them")  # fmt: skip
+        console.print(f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): "
+                      f"{due_day.due_note}")  # fmt: skip
+    if not plan.chosen:
+        raise CliError(f"no landing files for any day of {dag_id} {plan.span}, so no run",
+                       f"land them first (source.landing of the spec: {plan.spec.source.landing}), or pick days that have them")  # fmt: skip
     if due_day is not None and not due_day.has_data and not unpause:
         raise CliError(f"{dag_id} is paused and Airflow runs a paused DAG's backfill only once it is unpaused, which would "
                        f"also start the run of {due_day.ds} (its latest interval, catchup: false) with no landing files "
                        f"in {due_day.folder}: that run would {due_day.missing}",
                        f"land {due_day.ds}'s files first; or pass --unpause to start its schedule anyway (the DAG stays "
                        f"unpaused); or unpause it later, once they have landed")  # fmt: skip
-    segments = _segments(days, info.get("next_dagrun_logical_date") if paused else None)
-    if len(segments) == 1 and len(segments[0]) == len(days):
-        bodies = [body]  # the days asked for, as asked
-    else:
-        bodies = [
-            {**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)}
-            for seg in segments
-        ]
+
+
+def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float) -> tuple[list[dict[str, Any]], str]:
+    """Send the plan's parts one after the other and follow their runs; a paused DAG is unpaused after
+    the first part's runs exist and, without ``--unpause``, paused again at the end. (runs, last backfill id)"""
+    console, dag_id = out(), plan.dag_id
     runs: list[dict[str, Any]] = []
-    unpaused = False
+    unpaused, created = False, ""
     try:
-        for k, (seg, part) in enumerate(zip(segments, bodies, strict=True)):
+        for k, (seg, part) in enumerate(zip(plan.segments, plan.bodies, strict=True)):
             # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
-            created = af.call(
-                "POST", "/backfills", part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,)
-            )
-            if (
-                paused and not unpaused
-            ):  # after the first backfill's runs exist: the latest interval may be one of them
-                af.call(
-                    "PATCH",
-                    f"/dags/{dag_id}?update_mask=is_paused",
-                    {"is_paused": False},
-                    f"unpausing {dag_id}",
-                )
+            backfill = af.call("POST", "/backfills", part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
+            created = backfill["id"]
+            if plan.paused and not unpaused:  # after the first backfill's runs exist: the latest interval may be one
+                _set_paused(af, dag_id, False, f"unpausing {dag_id}")
                 unpaused = True
-                console.print(
-                    f"unpaused {dag_id} for the backfill"
-                    + (" (--unpause: it stays unpaused)" if unpause else "")
-                )
-            console.print(
-                f"backfill {created['id']} of {dag_id}: {len(seg)} runs, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})"
-            )
-            runs += _follow(af, dag_id, {**created, "from_date": part["from_date"], "to_date": part["to_date"]}, len(seg),
-                            timeout, repause=paused and not unpause)  # fmt: skip
+                console.print(f"unpaused {dag_id} for the backfill" + (" (--unpause: it stays unpaused)" if unpause else ""))
+            console.print(f"backfill {created} of {dag_id}: {len(seg)} runs, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})")
+            runs += _follow(af, dag_id, {**backfill, "from_date": part["from_date"], "to_date": part["to_date"]}, len(seg),
+                            timeout, repause=plan.paused and not unpause)  # fmt: skip
     finally:
         if unpaused and not unpause:
-            af.call(
-                "PATCH",
-                f"/dags/{dag_id}?update_mask=is_paused",
-                {"is_paused": True},
-                f"pausing {dag_id} again",
-            )
+            _set_paused(af, dag_id, True, f"pausing {dag_id} again")
             console.print(f"paused {dag_id} again, as it was")
-    failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
-    if failed:
-        raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
-                       f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
-    console.print(f"backfill of {dag_id}: {len(runs)} runs succeeded" if len(bodies) > 1 else
-                  f"backfill {created['id']} of {dag_id}: {len(runs)} runs succeeded")  # fmt: skip
-    return 0
+    return runs, created
+
+
+def _set_paused(af: Airflow, dag_id: str, paused: bool, what: str) -> None:
+    af.call("PATCH", f"/dags/{dag_id}?update_mask=is_paused", {"is_paused": paused}, what)
 
 
 @dataclass(frozen=True)
