@@ -23,12 +23,13 @@ def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
 
 
 def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
-    """The function an agent calls per trial. The lake window is loaded once per agent and window size."""
+    """The function an agent calls per trial. The lake window is loaded (or spooled) once per agent, window
+    size and split; the agent's trials share it."""
     from freestack.storage import join
     from freestack.train.core import TrainRequest, effective_spec, load_window, train
 
     request = sweep["request"]
-    windows: dict[int, Any] = {}
+    windows: dict[tuple, Any] = {}
 
     def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
         folder = trial_folder(spec, sweep["id"], doc["id"])
@@ -53,10 +54,11 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
                 "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
             },
         )
-        days = effective_spec(spec, req).train.window_days
-        if days not in windows:
-            windows[days] = load_window(spec, req.end_ds, days, request.get("window"))
-        outcome = train(spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=windows[days])
+        t = effective_spec(spec, req).train
+        key = (t.window_days, t.val_fraction, t.test_fraction, t.data.mode)  # what a loaded window depends on
+        if key not in windows:
+            windows[key] = load_window(effective_spec(spec, req), req.end_ds, t.window_days, request.get("window"))
+        outcome = train(spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=windows[key])
         return {
             "summary": {**outcome.metrics, "task": outcome.summary.get("task")},
             "epochs_run": outcome.summary.get("epochs_run"),
