@@ -27,6 +27,8 @@ export WANDB_DIR ?= $(CURDIR)/.freestack/wandb
 export WANDB_DATA_DIR ?= $(CURDIR)/.freestack/wandb/data
 export WANDB_CACHE_DIR ?= $(CURDIR)/.freestack/wandb/cache
 export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
+# Hugging Face's cache (pretrained bases, Hub tokenizers) in the project, not the home folder
+export HF_HOME ?= $(CURDIR)/.freestack/huggingface
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv serving-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean

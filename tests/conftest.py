@@ -31,6 +31,9 @@ os.environ.update(
         "WANDB_DATA_DIR": str(_BASE / "wandb" / "data"),
         "WANDB_CACHE_DIR": str(_BASE / "wandb" / "cache"),
         "WANDB_CONFIG_DIR": str(_BASE / "wandb" / "config"),
+        # Hugging Face's cache (bases fetched from the Hub stand-in) in the session's folder, not the home
+        "HF_HOME": str(_BASE / "huggingface"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
     }
 )
 

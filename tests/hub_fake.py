@@ -102,7 +102,11 @@ class FakeHub:
             repo = self.repos.get(m.group(1))
             commit = repo.resolve(unquote(m.group(2))) if repo else None
             name = unquote(m.group(3))
-            if commit is None or name not in commit.tree:
+            if repo is None:
+                return 404, {"X-Error-Code": "RepoNotFound", "Content-Type": "text/plain"}, b"Repository not found"
+            if commit is None:
+                return 404, {"X-Error-Code": "RevisionNotFound", "Content-Type": "text/plain"}, b"Invalid rev id"
+            if name not in commit.tree:
                 return 404, {"X-Error-Code": "EntryNotFound", "Content-Type": "text/plain"}, b"not found"
             data = commit.tree[name]
             return 200, {

@@ -145,7 +145,7 @@ def glyphs_day(folder: Path, day: date, per_day: int = 300, corrupt: int = 3) ->
     return broken
 
 
-def glyphs_landing(root: Path, start: date, days: int) -> None:
+def glyphs_landing(root: Path, start: date, days: int, name: str = "glyphs") -> None:
     for d in range(days):
         day = start + timedelta(days=d)
-        glyphs_day(root / "landing" / "glyphs" / day.isoformat(), day)
+        glyphs_day(root / "landing" / name / day.isoformat(), day)

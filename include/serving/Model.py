@@ -281,17 +281,17 @@ class Model:
     def load(self) -> None:
         import torch
 
-        from freestack.ml.contract import MODULE_FILE
         from freestack.ml.features import TOKENIZER_FILE
-        from freestack.ml.models import is_custom, load_pretrained
+        from freestack.ml.models import load_pretrained
+        from freestack.registry.names import weight_files
         from freestack.serving.server.fetch import fetch_version
 
         torch.set_num_threads(max(1, self.torch_threads))
         info = self._describe()
-        # a custom model brings its own module.py (checked like the weights): the server imports that copy
-        custom = (MODULE_FILE,) if is_custom(info["config"]) else ()
+        # the weights (or a fine-tuned model's adapter), and a custom model's own module.py, all checked
+        # against the registration manifest: the server imports that copy of the module
         text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
-        fetch_version(self.model_uri, self.cache_dir, names=("model.safetensors", *custom, *text))
+        fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
         net = load_pretrained(self.cache_dir)
         net.eval()
         self.net = net

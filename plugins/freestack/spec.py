@@ -122,6 +122,19 @@ class PipelineSpec(SpecModel):
         if not plain and (self.model.type == "cnn" or self.model.image_shape is not None):
             raise ValueError("type: cnn and image_shape are for pixels held in numeric columns; an image column is "
                              "read by the built-in net's image encoder (model.image) with type: auto or mlp")  # fmt: skip
+        if self.model.type == "huggingface":
+            self._check_pretrained_input(kinds)
+
+    def _check_pretrained_input(self, kinds: dict[str, str]) -> None:
+        """A pretrained model reads one column: a text column (text-classification) or an image column."""
+        from freestack.train.spec import PRETRAINED_TASKS
+
+        wanted = PRETRAINED_TASKS.get(self.model.task)
+        fits = [f for f, t in kinds.items() if t in ("text", "image") and (wanted is None or t == wanted)]
+        if len(kinds) != 1 or len(fits) != 1:
+            need = f"one {wanted} column" if wanted else "one text column (text-classification) or one image column (image-classification)"
+            raise ValueError(f"type: huggingface reads {need} as its feature, but the features are "
+                             f"{ {f: t for f, t in kinds.items()} or 'none' }; list it in model.features")  # fmt: skip
 
     @model_validator(mode="after")
     def _sweep_init_is_the_models(self) -> PipelineSpec:
@@ -129,10 +142,12 @@ class PipelineSpec(SpecModel):
         must be custom and give ``name`` a default in ``model.init``."""
         if self.sweep is None:
             return self
-        from freestack.sweeps.spec import INIT, leaf_parameters
+        from freestack.sweeps.spec import INIT, PEFT, leaf_parameters
 
         for path in leaf_parameters(self.sweep.config()["parameters"]):
             *parents, name = path.split(".")
+            if PEFT in parents:
+                self._check_peft_parameter(path, name)
             if INIT not in parents:
                 continue
             if self.model.type != "custom":
@@ -141,6 +156,10 @@ class PipelineSpec(SpecModel):
                 raise ValueError(f"sweep.parameters.{path}: {name!r} is not in model.init "
                                  f"({', '.join(self.model.init) or 'empty'}); give it a default there")  # fmt: skip
         return self
+
+    def _check_peft_parameter(self, path: str, name: str) -> None:
+        if self.model.type != "huggingface" or self.model.peft is None:
+            raise ValueError(f"sweep.parameters.{path}: peft.<setting> parameters are for model.type: huggingface with a peft block")
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
@@ -173,6 +192,8 @@ class PipelineSpec(SpecModel):
         """``model.task``, else what the target column says: classification for string/bool/category targets and
         for int targets whose ``allowed:`` values list the classes, regression for float targets; None
         for other int targets (the data decides: few distinct values make it classification)."""
+        if self.model.type == "huggingface":
+            return "classification"  # text-classification / image-classification
         if self.model.task != "auto":
             return self.model.task
         target = self._target_column()
@@ -189,6 +210,8 @@ class PipelineSpec(SpecModel):
         return next((c for c in schema.fields if c.name == schema.target), None)
 
     def _task_reason(self) -> str:
+        if self.model.type == "huggingface":
+            return "model.type is huggingface (a classification task)"
         if self.model.task != "auto":
             return f"model.task is {self.model.task}"
         target = self._target_column()

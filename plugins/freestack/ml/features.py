@@ -52,6 +52,8 @@ class EncoderOptions:
     #: a Hub tokenizer's ``tokenizer.json`` text, or None to train one on the training split
     tokenizer_json: str | None = None
     tokenizer_source: str = "trained"
+    #: add the tokenizer's special tokens ([CLS] ... [SEP]): what a pretrained transformer was trained with
+    text_special_tokens: bool = False
     image_size: tuple[int, int] = (32, 32)
     image_channels: int = 3
     augment: tuple[str, ...] = ()
@@ -65,6 +67,7 @@ class TextEncoding:
     pad_id: int
     source: str  # "trained" or the Hub repo the tokenizer came from
     tokenizer_json: str = field(repr=False, default="")
+    special_tokens: bool = False
 
 
 @dataclass
@@ -253,7 +256,7 @@ def fit_text(names: list[str], chunks: Callable[[], Iterable[Mapping[str, Sequen
         tok = _ordered_vocabulary(tok)
     pad_id = _pad_id(tok)
     return TextEncoding(names, options.text_max_length, tok.get_vocab_size(), pad_id, options.tokenizer_source,
-                        tok.to_str())  # fmt: skip
+                        tok.to_str(), options.text_special_tokens)  # fmt: skip
 
 
 def _ordered_vocabulary(tok):
@@ -303,7 +306,7 @@ def _tokenizer(text: TextEncoding):
 
 def encode_text(text: TextEncoding, columns: Mapping[str, Sequence]) -> np.ndarray:
     tok = _tokenizer(text)
-    out = [np.asarray([e.ids for e in tok.encode_batch([_text(v) for v in columns[n]], add_special_tokens=False)],
+    out = [np.asarray([e.ids for e in tok.encode_batch([_text(v) for v in columns[n]], add_special_tokens=text.special_tokens)],
                       dtype=np.int64).reshape(-1, text.max_length) for n in text.columns]  # fmt: skip
     return np.stack(out, 1)
 

@@ -38,6 +38,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
+    grad_accumulation: int = 1  # batches per optimizer step
 
 
 @dataclass
@@ -282,11 +283,11 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     if blob is None:
         return 1
     result, config = run.result, run.config
+    initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     best, meta = unpack(blob, run.model, run.opt, run.device)
-    if meta.get("config") != asdict(config) or meta.get("n_train") != run.n:
+    if meta.get("config") != _config_record(config) or meta.get("n_train") != run.n:
         log.warning("checkpoint does not match this run's config or data; starting over")
-        _seed_all(config.seed)
-        run.model.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+        run.model.load_state_dict(initial)  # the weights the run began with (a pretrained base stays itself)
         run.opt = run.new_optimizer()
         return 1
     run.stopping.best, run.stopping.bad_epochs = best, meta["bad_epochs"]
@@ -299,38 +300,60 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     return meta["epoch"] + 1
 
 
+def _config_record(config: TrainConfig) -> dict[str, Any]:
+    """The config as a checkpoint records it (without defaults added later, so older checkpoints match)."""
+    record = asdict(config)
+    if record["grad_accumulation"] == 1:
+        del record["grad_accumulation"]
+    return record
+
+
 def _train_epoch(run: _Run, source: BatchSource, epoch: int) -> tuple[float, float]:
-    """One pass over the training split in a seeded order; (mean training loss, the last learning rate)."""
-    config, opt, model, scaler = run.config, run.opt, run.model, run.precision.scaler
+    """One pass over the training split in a seeded order; (mean training loss, the last learning rate).
+    With ``grad_accumulation`` k, the gradients of k batches (each loss divided by k) make one step."""
+    config, model = run.config, run.model
     model.train()
     torch.manual_seed(config.seed + epoch)  # dropout: the same masks on a resumed run
     running = torch.zeros((), device=run.device)
     total_steps = run.steps_per_epoch * config.epochs
     warmup_steps = run.steps_per_epoch * config.warmup_epochs
     step = (epoch - 1) * run.steps_per_epoch
+    k = max(1, config.grad_accumulation)
     lr = config.learning_rate
-    for xb, yb in source.epoch(epoch, config.batch_size, config.seed, run.device):
-        lr = config.learning_rate * lr_factor(step, total_steps, warmup_steps, config.scheduler)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    for i, (xb, yb) in enumerate(source.epoch(epoch, config.batch_size, config.seed, run.device)):
+        if i % k == 0:
+            run.grads.zero_()
         with run.precision.autocast():
             loss = run.loss_fn(model(xb), yb)
-        run.grads.zero_()
-        if scaler is None:
-            loss.backward()
-            if config.grad_clip:
-                run.grads.clip_(config.grad_clip)
-            opt.step()
-        else:  # float16 on CUDA: scale the loss against underflow
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(opt)
-                run.grads.clip_(config.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+        _backward(run, loss / k if k > 1 else loss)
+        if (i + 1) % k == 0 or i + 1 == run.steps_per_epoch:
+            lr = config.learning_rate * lr_factor(step, total_steps, warmup_steps, config.scheduler)
+            _step(run, lr)
         running += loss.detach() * len(yb)
         step += 1
     return float(running) / run.n, lr
+
+
+def _backward(run: _Run, loss: torch.Tensor) -> None:
+    scaler = run.precision.scaler
+    (loss if scaler is None else scaler.scale(loss)).backward()  # float16 on CUDA: scaled against underflow
+
+
+def _step(run: _Run, lr: float) -> None:
+    """One optimizer step at learning rate ``lr`` over the gradients gathered since the last one."""
+    opt, scaler, clip = run.opt, run.precision.scaler, run.config.grad_clip
+    for g in opt.param_groups:
+        g["lr"] = lr
+    if scaler is None:
+        if clip:
+            run.grads.clip_(clip)
+        opt.step()
+        return
+    if clip:
+        scaler.unscale_(opt)
+        run.grads.clip_(clip)
+    scaler.step(opt)
+    scaler.update()
 
 
 def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
@@ -338,7 +361,7 @@ def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
     meta = {
         "epoch": epoch, "bad_epochs": run.stopping.bad_epochs, "history": result.history,
         "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stopped": result.stopped_early,
-        "stop_reason": result.stop_reason, "config": asdict(run.config), "n_train": run.n,
+        "stop_reason": result.stop_reason, "config": _config_record(run.config), "n_train": run.n,
     }  # fmt: skip
     checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
 

@@ -153,8 +153,9 @@ class GroupEncoders(nn.Module):
 
 
 def load_pretrained(folder, map_location: str = "cpu"):
-    """The model of a version folder (local): a :class:`FreestackNet`, or a custom model
-    (:func:`freestack.ml.custom.load_custom`) when ``config.json`` says so."""
+    """The model of a version folder (local): a :class:`FreestackNet`, a custom model
+    (:func:`freestack.ml.custom.load_custom`) or a fine-tuned transformers model
+    (:func:`freestack.ml.pretrained.load_pretrained_version`), as ``config.json`` says."""
     import json
     import os
 
@@ -164,6 +165,10 @@ def load_pretrained(folder, map_location: str = "cpu"):
         from freestack.ml.custom import load_custom
 
         return load_custom(folder, config, map_location=map_location)
+    if (config.get("freestack") or {}).get("freestack_model") == "huggingface":
+        from freestack.ml.pretrained import load_pretrained_version
+
+        return load_pretrained_version(folder, config, map_location=map_location)
     return FreestackNet.from_pretrained(str(folder), map_location=map_location)
 
 

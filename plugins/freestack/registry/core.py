@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
-from freestack.registry.names import ALIAS_RE, ALIASES, MARKER, MODEL_FILES, RESERVED, VERSION_RE
+from freestack.registry.names import (
+    ALIAS_RE,
+    ALIASES,
+    MARKER,
+    RESERVED,
+    VERSION_RE,
+    missing_model_files,
+    weight_files,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -184,7 +192,7 @@ class ModelRegistry:
         src = to_path(src_uri)
         files = walk_files(src)
         names = {rel for rel, _ in files}
-        missing = [n for n in MODEL_FILES if n not in names]
+        missing = missing_model_files(names)
         if missing:
             raise RegistryError(
                 f"{src} is not a model folder in Hugging Face layout: {', '.join(missing)} missing "
@@ -217,7 +225,7 @@ class ModelRegistry:
         check_version(version)
         self._refuse_existing(version)
         names = {rel for rel, _ in walk_files(self.version_path(version))}
-        missing = [n for n in MODEL_FILES if n not in names]
+        missing = missing_model_files(names)
         if missing:
             raise RegistryError(
                 f"{self.version_path(version)} holds no model to register: {', '.join(missing)} missing"
@@ -506,7 +514,6 @@ class ModelRegistry:
         """The registered model (a :class:`FreestackNet`, or a custom model with its own ``module.py``),
         from local disk or (via a temporary folder) from S3; the model files are checked against the
         registration manifest."""
-        from freestack.ml.contract import MODULE_FILE
         from freestack.ml.models import load_pretrained
         from freestack.storage import join
         from freestack.storage.objects import local_os_path
@@ -515,8 +522,8 @@ class ModelRegistry:
         path = self.version_path(version)
         local = local_os_path(path)
         if local is not None:
-            custom = (MODULE_FILE,) if join(path, MODULE_FILE).exists() else ()
-            self._verify_files(version, MODEL_FILES + custom)
+            config = json.loads(join(path, "config.json").read_text())
+            self._verify_files(version, ("config.json", *weight_files(config)))
             return load_pretrained(local, map_location=map_location)
         with tempfile.TemporaryDirectory(prefix="freestack-model-") as tmp:
             self.local_copy(version, tmp)

@@ -19,8 +19,28 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 #: names an alias may not take (``latest`` means the newest version; ``history`` is the move log)
 RESERVED = frozenset({"history", "latest"})
-#: files that make up a version (the rest describe it: the card may be rendered before the commit)
+#: files that make up a version (the rest describe it: the card may be rendered before the commit); a
+#: fine-tuned model with LoRA adapters holds ``adapter_model.safetensors`` (and its config) instead
 MODEL_FILES = ("config.json", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def missing_model_files(names: set[str] | frozenset[str]) -> list[str]:
+    """What a folder of ``names`` lacks to be a model version: config.json and full weights or an adapter."""
+    if "model.safetensors" not in names and all(n in names for n in ADAPTER_FILES):
+        return [n for n in ("config.json",) if n not in names]
+    return [n for n in MODEL_FILES if n not in names]
+
+
+def weight_files(config: dict) -> tuple[str, ...]:
+    """The files beside ``config.json`` that a version's model is loaded from, by its config: a custom
+    model's weights and its ``module.py``, a fine-tuned model's weights or adapter, else the weights."""
+    if config.get("freestack_model") == "custom":
+        return ("model.safetensors", "module.py")
+    fine_tuned = config.get("freestack") or {}
+    if fine_tuned.get("freestack_model") == "huggingface":
+        return tuple(fine_tuned.get("files") or ("model.safetensors",))
+    return ("model.safetensors",)
 
 
 def valid_version(name: object) -> bool:
@@ -32,6 +52,6 @@ def valid_alias(name: object) -> bool:
 
 
 __all__ = [
-    "ALIASES", "ALIAS_RE", "KNOWN_ALIASES", "MARKER", "MODEL_FILES", "RESERVED", "VERSION_RE", "valid_alias",
+    "ADAPTER_FILES", "ALIASES", "ALIAS_RE", "missing_model_files", "weight_files", "KNOWN_ALIASES", "MARKER", "MODEL_FILES", "RESERVED", "VERSION_RE", "valid_alias",
     "valid_version",
 ]  # fmt: skip

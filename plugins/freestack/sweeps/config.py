@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from freestack.sweeps.spec import INIT, SERVER_KEYS, TUNABLE_MODEL, TUNABLE_TRAIN, SweepConfigError
+from freestack.sweeps.spec import INIT, PEFT, SERVER_KEYS, TUNABLE_MODEL, TUNABLE_TRAIN, SweepConfigError
 
 
 def sweeps_engine():
@@ -32,14 +32,14 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     plain values) as ``{"train": {...}, "model": {...}}`` for the trainer."""
     out: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
 
-    def walk(d: dict[str, Any], in_init: bool = False) -> None:
+    def walk(d: dict[str, Any], node: str | None = None) -> None:
         for name, value in d.items():
             if isinstance(value, dict) and set(value) == {"value"}:
                 value = value["value"]
             if isinstance(value, dict):
-                walk(value, in_init or name == INIT)
-            elif in_init:  # a custom model's constructor argument (model.init.<name>)
-                out["model"].setdefault(INIT, {})[name] = value
+                walk(value, node or (name if name in (INIT, PEFT) else None))
+            elif node is not None:  # a custom model's constructor argument (model.init.<name>), a LoRA setting
+                out["model"].setdefault(node, {})[name] = value
             elif name in TUNABLE_TRAIN:
                 out["train"][name] = value
             elif name in TUNABLE_MODEL:

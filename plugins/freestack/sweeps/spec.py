@@ -40,12 +40,22 @@ TUNABLE_TRAIN = (
 TUNABLE_MODEL = ("hidden", "channels", "dropout", "type")
 #: the parameter-tree node whose leaves are a custom model's constructor arguments (model.init)
 INIT = "init"
+#: the parameter-tree node of a fine-tuned model's LoRA settings (model.peft), and the ones a sweep can change
+PEFT = "peft"
+TUNABLE_PEFT = ("r", "alpha", "dropout")
 #: what the trainer logs every epoch (and so what a sweep metric can be)
 EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
     "regression": ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss"),
 }
 ALL_EPOCH_METRICS = tuple(dict.fromkeys(EPOCH_METRICS["classification"] + EPOCH_METRICS["regression"]))
+
+
+def _short_name(path: str) -> str:
+    """A leaf's name (``init.<name>`` and ``peft.<name>`` inside those nodes)."""
+    *parents, name = path.split(".")
+    node = next((n for n in (INIT, PEFT) if n in parents), None)
+    return f"{node}.{name}" if node else name
 
 
 class SweepConfigError(ValueError):
@@ -156,12 +166,16 @@ def validate(block: Any) -> dict[str, Any]:
         *parents, name = path.split(".")
         if INIT in parents:  # a custom model's constructor argument: the spec checks it names one of model.init
             continue
+        if PEFT in parents:  # a fine-tuned model's LoRA setting
+            if name not in TUNABLE_PEFT:
+                raise SweepConfigError(f"parameters.{path}: {name!r} is not a LoRA setting a sweep can change; use one of {', '.join(TUNABLE_PEFT)}")
+            continue
         if name not in tunable:
             raise SweepConfigError(
                 f"parameters.{path}: {name!r} is not something the trainer can change; "
                 f"use one of {', '.join(tunable)}, or init.<argument> for a custom model's constructor"
             )
-    names = [p.rsplit(".", 1)[-1] if INIT not in p.split(".")[:-1] else f"{INIT}.{p.rsplit('.', 1)[-1]}" for p in leaves]
+    names = [_short_name(p) for p in leaves]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise SweepConfigError(f"parameters: {twice} appear more than once in the parameter tree")
@@ -268,6 +282,6 @@ class SweepSpec(SpecModel):
 
 
 __all__ = [
-    "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
+    "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "PEFT", "TUNABLE_PEFT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
     "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "validate",
 ]  # fmt: skip

@@ -148,8 +148,9 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     train_values.update(req.overrides.get("train") or {})
     model_over = dict(req.overrides.get("model") or {})
     model_values = spec.model.model_dump(by_alias=True)
-    if "init" in model_over:  # a trial's init values are merged into the spec's, not put in their place
-        model_over["init"] = {**model_values["init"], **model_over["init"]}
+    for node in ("init", "peft"):  # a trial's init / LoRA values are merged into the spec's, not put in their place
+        if node in model_over and isinstance(model_values.get(node), dict):
+            model_over[node] = {**model_values[node], **model_over[node]}
     model_values.update(model_over)
     unknown = set(req.overrides) - {"train", "model"}
     if unknown:
@@ -205,6 +206,19 @@ def check_trainable(spec: PipelineSpec) -> None:
                             "image) but its key and target; declare some in source.schema or list model.features")  # fmt: skip
     if spec.model.type == "custom":
         check_custom_model(spec)
+    if spec.model.type == "huggingface":
+        check_hub_model(spec)
+
+
+def check_hub_model(spec: PipelineSpec) -> None:
+    """A pretrained base is fetched and checked against the task and LoRA settings before any data is
+    read (TrainingError naming the base and what to do)."""
+    from freestack.train.pretrained import check_pretrained_model
+
+    try:
+        check_pretrained_model(spec)
+    except FreestackError as exc:
+        raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
 
 def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
@@ -324,15 +338,20 @@ def encoder_options(spec: PipelineSpec):
 
     m = spec.model
     tokenizer, source = None, m.text.tokenizer
-    if m.text.tokenizer != "train" and any(t == "text" for t in spec.feature_kinds.values()):
+    if m.text.tokenizer != "train" and any(t == "text" for t in spec.feature_kinds.values()) and m.type != "huggingface":
         tokenizer, commit = hub_tokenizer(m.text.tokenizer, m.text.revision)
         source = f"{m.text.tokenizer}@{commit}" if commit else m.text.tokenizer
-    return EncoderOptions(
+    options: dict[str, Any] = dict(
         category_max_size=m.category.max_size, category_min_count=m.category.min_count,
         text_vocab_size=m.text.vocab_size, text_max_length=m.text.max_length, tokenizer_json=tokenizer,
         tokenizer_source=source, image_size=(m.image.size[0], m.image.size[1]),
         image_channels=m.image.channels, augment=tuple(m.image.augment),
     )  # fmt: skip
+    if m.type == "huggingface":  # the base's own tokenizer, or its image processor's size
+        from freestack.train.pretrained import encoder_settings
+
+        options.update(encoder_settings(spec))
+    return EncoderOptions(**options)
 
 
 def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> tuple[str, str]:
@@ -369,6 +388,10 @@ def build_model(spec: PipelineSpec, data: Prepared):
     from freestack.ml.models import FreestackNet
 
     torch.manual_seed(spec.train.seed)
+    if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
+        from freestack.train.pretrained import build_pretrained_model
+
+        return build_pretrained_model(spec, data)
     if spec.model.type == "custom":
         model = _build_custom(spec, data)
     else:
@@ -415,7 +438,7 @@ def loop_config(spec: PipelineSpec):
     return TrainConfig(
         epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, weight_decay=t.weight_decay,
         patience=t.patience, grad_clip=t.grad_clip, scheduler=t.scheduler, warmup_epochs=t.warmup_epochs,
-        seed=t.seed, device=t.device,
+        seed=t.seed, device=t.device, grad_accumulation=t.grad_accumulation,
     )  # fmt: skip
 
 
@@ -604,6 +627,26 @@ def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
     return {"tokenizer": {"repo": spec.model.text.tokenizer, "revision": spec.model.text.revision, "commit": commit}}
 
 
+def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
+    from freestack.storage import join, write_bytes
+    from freestack.train.pretrained import pretrained_base
+
+    folder = pretrained_base(spec).folder
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                write_bytes(join(where.version_dir, name), f.read())
+
+
+def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
+    if spec.model.type != "huggingface":
+        return {}
+    from freestack.train.pretrained import pretrained_lineage
+
+    return pretrained_lineage(spec, model)
+
+
 def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,
                    metrics: dict[str, Any], run) -> None:  # fmt: skip
     """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
@@ -620,7 +663,7 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         "overrides": req.overrides, "features": spec.feature_kinds, "data": {**data.data, "rows": data.rows()},
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
-        **_tokenizer_lineage(spec, data.pre),
+        **_tokenizer_lineage(spec, data.pre), **_pretrained_lineage(spec, model),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)
@@ -628,6 +671,8 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
             with open(os.path.join(tmp, name), "rb") as f:
                 write_bytes(join(where.version_dir, name), f.read())
     write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
+    if spec.model.type == "huggingface":  # the base's tokenizer or image processor files, as transformers reads them
+        _copy_base_files(spec, where)
     if data.pre.tokenizer_json is not None:  # the text columns' tokenizer, a plain Hugging Face tokenizers file
         from freestack.ml.features import TOKENIZER_FILE
 

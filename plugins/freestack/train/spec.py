@@ -49,17 +49,37 @@ class ImageSpec(_Model):
         return v
 
 
+class PeftSpec(_Model):
+    """Parameter-efficient fine-tuning of a ``type: huggingface`` model (``model.peft``): LoRA adapters
+    on the base's attention projections, the classification head trained in full."""
+
+    method: Literal["lora"] = Field(default="lora", description="lora: low-rank adapters (the peft library).")
+    r: int = Field(default=8, ge=1, le=1024, description="The adapters' rank (sweepable as peft.r).")
+    alpha: float = Field(default=16, gt=0, description="LoRA's scaling numerator: updates are scaled by alpha / r (sweepable as peft.alpha).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapters' input (sweepable as peft.dropout).")
+    target_modules: list[str] | None = Field(default=None, description="The modules adapted (names or name suffixes, e.g. [query, value]); default: peft's choice for the base's architecture.")
+    merge: bool = Field(default=False, description="false: a version holds the adapter and names the base repo and commit; true: the adapter merged into full weights.")
+
+
+#: the pretrained tasks of ``type: huggingface`` and the feature kind each one reads
+PRETRAINED_TASKS = {"text-classification": "text", "image-classification": "image"}
+
+
 class ModelSpec(_Model):
     """What to train (``model:``). ``type: auto`` picks a CNN when ``image_shape`` is given; ``type:
     custom`` trains a module the user wrote (``module``, ``class``, ``init``; the contract is
     :mod:`freestack.ml.contract`)."""
 
     name: str | None = Field(default=None, description="registry name; default: the pipeline name")
-    type: Literal["auto", "mlp", "cnn", "custom"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP; custom: your own torch.nn.Module (module, class, init).")
+    type: Literal["auto", "mlp", "cnn", "custom", "huggingface"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP; custom: your own torch.nn.Module (module, class, init); huggingface: fine-tune a pretrained transformers model (base, task).")
     module: str | None = Field(default=None, min_length=1, max_length=500, description="type custom: a .py file of the project (relative to the checkout, e.g. include/models/my_net.py) or a dotted import path.")
     class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="type custom: the torch.nn.Module class in module.")
     init: dict[str, InitValue] = Field(default_factory=dict, description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).")
-    task: Literal["auto", "classification", "regression"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression.")
+    task: Literal["auto", "classification", "regression", "text-classification", "image-classification"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind).")
+    base: str | None = Field(default=None, min_length=1, max_length=500, description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder in storage (a path, file://, s3:// or data:// URI).")
+    revision: str = Field(default="main", min_length=1, max_length=200, description="type huggingface: the Hub revision of base (a branch, tag or commit); resolved to its commit sha, recorded in lineage.")
+    max_length: int = Field(default=128, ge=8, le=8192, description="type huggingface, text: tokens per text (longer ones are cut).")
+    peft: PeftSpec | None = Field(default=None, description="type huggingface: LoRA adapters instead of full fine-tuning (omit for full).")
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
     image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="The MLP's hidden layer widths.")
@@ -84,6 +104,25 @@ class ModelSpec(_Model):
         if self.type == "cnn" and self.image_shape is None:
             raise ValueError("type: cnn needs image_shape (e.g. [8, 8] or [channels, height, width])")
         return self
+
+    @model_validator(mode="after")
+    def _pretrained(self) -> ModelSpec:
+        """A pretrained model names its base; its tasks and settings belong to it alone."""
+        if self.type != "huggingface":
+            if self.base or self.peft is not None or self.task in PRETRAINED_TASKS:
+                raise ValueError("base, peft and the tasks text-classification / image-classification are for type: huggingface")
+            return self
+        if not self.base:
+            raise ValueError("type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
+                             "folder of a saved model (a path, s3:// or data:// URI)")  # fmt: skip
+        if self.task == "regression" or self.task == "classification":
+            raise ValueError(f"type: huggingface takes task text-classification or image-classification (or auto), not {self.task!r}")
+        return self
+
+    @property
+    def pretrained_task(self) -> str | None:
+        """``type: huggingface``'s task, when the spec names it (auto: the feature column decides)."""
+        return self.task if self.task in PRETRAINED_TASKS else None
 
     @model_validator(mode="after")
     def _custom(self) -> ModelSpec:
@@ -130,6 +169,7 @@ class TrainSpec(_Model):
     batch_size: int = Field(default=64, ge=1, le=1_000_000, description="Rows per step.")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW's weight decay.")
     patience: int = Field(default=5, ge=1, description="Epochs without a better validation metric before stopping.")
+    grad_accumulation: int = Field(default=1, ge=1, le=4096, description="Batches whose gradients are summed before each optimizer step (an effective batch of batch_size x grad_accumulation).")
     grad_clip: float | None = Field(default=1.0, gt=0, description="The gradient norm is clipped to this (null: no clipping).")
     scheduler: Literal["cosine", "constant", "onecycle"] = Field(default="cosine", description="The learning-rate schedule (with warmup_epochs of linear warm-up).")
     warmup_epochs: int = Field(default=1, ge=0, description="Epochs of linear warm-up.")
@@ -143,4 +183,4 @@ class TrainSpec(_Model):
     queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
 
 
-__all__ = ["CategorySpec", "DataSpec", "ImageSpec", "ModelSpec", "TextSpec", "TrainSpec"]
+__all__ = ["PRETRAINED_TASKS", "CategorySpec", "DataSpec", "ImageSpec", "ModelSpec", "PeftSpec", "TextSpec", "TrainSpec"]

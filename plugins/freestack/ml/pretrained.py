@@ -1,0 +1,359 @@
+"""Pretrained Hugging Face models fine-tuned by freestack (``model: {type: huggingface}``): a
+``transformers`` sequence or image classifier, in full or with LoRA adapters (``peft``), wrapped so that
+the training loop, evaluation, the registry and the model server treat it like a built-in model.
+
+The base comes as a local folder (:func:`fetch_base` downloads a Hub repo's safetensors, config and
+tokenizer or image-processor files at one commit; never a pickled ``.bin``). :class:`PretrainedNet`
+takes freestack's batches (token ids of the base's own tokenizer, or uint8 pixels resized to the
+processor's size) and answers logits. A version folder is what ``transformers``/``peft`` write:
+
+- full fine-tuning, or LoRA with ``merge: true``: ``config.json`` (with ``id2label``) and
+  ``model.safetensors``: ``AutoModelFor...Classification.from_pretrained(folder)``;
+- LoRA: ``config.json``, ``adapter_config.json`` (naming the base repo and its commit) and
+  ``adapter_model.safetensors``: ``PeftModel.from_pretrained(base, folder)``;
+
+plus the tokenizer files (``tokenizer.json``, ``tokenizer_config.json``) or ``preprocessor_config.json``.
+``config.json`` carries freestack's own settings under the key ``freestack``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from freestack.errors import FreestackError
+from freestack.ml.scaling import ScaledModel
+
+#: the tasks, the feature kind each reads and its transformers auto class
+TASKS = {
+    "text-classification": ("text", "AutoModelForSequenceClassification"),
+    "image-classification": ("image", "AutoModelForImageClassification"),
+}
+#: what is fetched of a base (the rest of a Hub repo, pickled weights above all, is never downloaded)
+BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "vocab.txt", "preprocessor_config.json")  # fmt: skip
+SHARD_INDEX = "model.safetensors.index.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PretrainedError(FreestackError):
+    """A base model cannot be fetched, read or adapted; the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base model as a local folder: where it came from (``repo``: a Hub repo id, or the path/URI the
+    spec gave), the revision asked for and the commit it resolved to (a Hub commit sha, or
+    ``sha256:<hex>`` of the config and weights of a folder)."""
+
+    folder: str
+    repo: str
+    revision: str
+    commit: str
+
+    def config(self) -> dict[str, Any]:
+        return _read_json(Path(self.folder) / "config.json", self.repo)
+
+    def processor(self) -> dict[str, Any]:
+        path = Path(self.folder) / "preprocessor_config.json"
+        return _read_json(path, self.repo) if path.exists() else {}
+
+    def tokenizer_json(self) -> str | None:
+        path = Path(self.folder) / "tokenizer.json"
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def lineage(self) -> dict[str, str]:
+        return {"repo": self.repo, "revision": self.revision, "commit": self.commit}
+
+
+def _read_json(path: Path, repo: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PretrainedError(f"base {repo!r}: {path.name} cannot be read ({exc})") from None
+
+
+def fetch_base(repo: str, revision: str = "main", *, endpoint: str | None = None, token: str | None = None) -> Base:
+    """A Hub repo's model files at ``revision``, through ``huggingface_hub`` (its cache, ``HF_ENDPOINT``
+    and token): ``config.json`` first, the rest from the commit it came from, so a branch moving in
+    between cannot mix two states."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT")
+    kw: dict[str, Any] = {"repo_id": repo, "endpoint": endpoint, "token": token}
+    try:
+        config = Path(hf_hub_download(filename="config.json", revision=revision, **kw))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise PretrainedError(
+            f"model.base {repo!r} (revision {revision}) cannot be fetched from the Hub ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Check the repo id, the revision and the huggingface connection (token, endpoint); "
+            "without network, download the model elsewhere (huggingface-cli download) and set model.base to that "
+            "folder (a path, or an s3:// or data:// URI of its copy in storage)"
+        ) from None
+    commit = config.parent.name
+    for name in BASE_FILES[1:]:
+        with contextlib.suppress(EntryNotFoundError):
+            hf_hub_download(filename=name, revision=commit, **kw)
+    if not (config.parent / "model.safetensors").exists():
+        _fetch_shards(config.parent, commit, kw)
+    return Base(str(config.parent), repo, revision, commit if _COMMIT.match(commit) else folder_digest(config.parent))
+
+
+def _fetch_shards(folder: Path, commit: str, kw: dict[str, Any]) -> None:
+    """A base whose weights are sharded: the index, then every shard it names."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        index = json.loads(Path(hf_hub_download(filename=SHARD_INDEX, revision=commit, **kw)).read_text())
+    except EntryNotFoundError:
+        raise PretrainedError(f"model.base {kw['repo_id']!r}@{commit} has no model.safetensors (nor a sharded index): "
+                              "freestack loads safetensors weights only, never pickled .bin files") from None  # fmt: skip
+    for shard in sorted(set(index.get("weight_map", {}).values())):
+        hf_hub_download(filename=shard, revision=commit, **kw)
+
+
+def local_base(folder: str | os.PathLike, given: str, revision: str = "main") -> Base:
+    """A base already in a local ``folder`` (``given`` is how the spec named it)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise PretrainedError(f"model.base {given!r}: {folder} holds no config.json; point base at a folder written "
+                              "by save_pretrained (config.json, model.safetensors, tokenizer or processor files)")  # fmt: skip
+    if not (folder / "model.safetensors").is_file() and not (folder / SHARD_INDEX).is_file():
+        raise PretrainedError(f"model.base {given!r}: {folder} holds no model.safetensors; freestack loads "
+                              "safetensors weights only, never pickled .bin files")  # fmt: skip
+    return Base(str(folder), given, revision, folder_digest(folder))
+
+
+def folder_digest(folder: Path) -> str:
+    """``sha256:<hex>`` over a base folder's config and weights (what identifies a base that has no commit)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name == "config.json" or path.suffix == ".safetensors":
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+# -- the model -------------------------------------------------------------------------------------------
+
+
+def input_kind(task: str) -> str:
+    return TASKS[task][0]
+
+
+def image_settings(processor: dict[str, Any]) -> tuple[tuple[int, int], list[float], list[float]]:
+    """(height, width), mean and std of a base's image processor (ViT-style ``size``: height/width, or
+    ``shortest_edge`` taken as a square)."""
+    size = processor.get("size") or {"height": 224, "width": 224}
+    if isinstance(size, int):
+        hw = (size, size)
+    elif "height" in size and "width" in size:
+        hw = (int(size["height"]), int(size["width"]))
+    else:
+        edge = int(size.get("shortest_edge") or 224)
+        hw = (edge, edge)
+    normalize = processor.get("do_normalize", True)
+    mean = list(processor.get("image_mean") or [0.5, 0.5, 0.5]) if normalize else [0.0, 0.0, 0.0]
+    std = list(processor.get("image_std") or [0.5, 0.5, 0.5]) if normalize else [1.0, 1.0, 1.0]
+    return hw, [float(v) for v in mean], [float(v) for v in std]
+
+
+def _quiet_transformers():
+    """transformers' loading reports (a newly initialised head) as warnings, not a page of tables."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def load_classifier(folder: str, task: str, classes: list[Any]):
+    """The base's ``AutoModelFor...Classification`` with a head for ``classes`` (a new head when the base
+    has another one), in float32 (mixed precision is the loop's, on CUDA)."""
+    import transformers
+
+    _quiet_transformers()
+    auto = getattr(transformers, TASKS[task][1])
+    labels = [str(c) for c in classes]
+    try:
+        return auto.from_pretrained(
+            folder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={c: i for i, c in enumerate(labels)}, ignore_mismatched_sizes=True, dtype=torch.float32,
+        )  # fmt: skip
+    except (ValueError, KeyError, OSError) as exc:
+        raise PretrainedError(f"the base at {folder} cannot be loaded for {task} ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); check that model.task fits the base's architecture") from None  # fmt: skip
+
+
+def head_modules(model) -> list[str]:
+    """The classification head's module names (trained in full beside LoRA adapters)."""
+    return [n for n in ("classifier", "score", "head") if isinstance(getattr(model, n, None), torch.nn.Module)]
+
+
+def add_lora(model, task: str, r: int, alpha: float, dropout: float, target_modules: list[str] | None):
+    """``model`` with LoRA adapters (peft); PretrainedError naming the modules when none match."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS if task == "text-classification" else None, r=r, lora_alpha=alpha,
+        lora_dropout=dropout, target_modules=target_modules, modules_to_save=head_modules(model),
+    )  # fmt: skip
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise PretrainedError(f"LoRA cannot adapt this {model.config.model_type} model: {str(exc)[:300]}. Set "
+                              f"model.peft.target_modules to some of its linear layers: {', '.join(linear)}") from None  # fmt: skip
+
+
+class PretrainedNet(ScaledModel):
+    """A transformers classifier (``model``, maybe a peft model) taking freestack's batches."""
+
+    task = "classification"
+
+    def __init__(self, model, *, pipeline_task: str, classes: list[Any], base: dict[str, str], pad_id: int = 0,
+                 image: dict[str, Any] | None = None, peft: dict[str, Any] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.model, self.pipeline_task, self.classes = model, pipeline_task, list(classes)
+        self.base, self.pad_id, self.peft, self.image = dict(base), int(pad_id), peft, image
+        self.kind = input_kind(pipeline_task)
+        self.add_scaling(0)
+        if self.kind == "image":
+            image = image or {}
+            self.add_image_scaling(3, list(image.get("augment") or []))
+            self.set_image_scaling(image.get("mean", [0.5] * 3), image.get("std", [0.5] * 3))
+
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.kind == "text":
+            ids = x["text"][:, 0, :]  # one text column: [batch, max_length]
+            return self.model(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+        pixels = self.scaled_inputs(x)["image"]
+        return self.model(pixel_values=pixels).logits
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def config(self) -> dict[str, Any]:
+        """freestack's settings of the version (``config.json["freestack"]``)."""
+        return {
+            "freestack_model": "huggingface", "task": "classification", "pipeline_task": self.pipeline_task,
+            "classes": self.classes, "base": self.base, "pad_id": self.pad_id, "peft": self.peft,
+            "image": self.image, "files": self.weight_files(),
+        }  # fmt: skip
+
+    def weight_files(self) -> list[str]:
+        adapter = self.peft is not None and not self.peft.get("merge")
+        return list(ADAPTER_FILES) if adapter else ["model.safetensors"]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """transformers'/peft's own files: config.json (with ``freestack``) and the weights (the adapter, or
+        full weights; LoRA merged into them with ``peft.merge``)."""
+        import copy
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if self.peft is not None and self.peft.get("merge"):
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.peft is not None and not self.peft.get("merge"):
+            adapter = model.peft_config["default"]
+            adapter.base_model_name_or_path, adapter.revision = self.base["repo"], _hub_revision(self.base)
+            model.save_pretrained(str(folder))
+            (folder / "README.md").unlink(missing_ok=True)  # the registry renders the model card
+            model = model.get_base_model()
+            config = model.config
+        else:
+            model.save_pretrained(str(folder), safe_serialization=True)
+            config = model.config
+        data = json.loads(config.to_json_string(use_diff=False))
+        data["freestack"] = self.config()
+        (folder / "config.json").write_text(json.dumps(data, indent=2, default=str))
+
+
+def _hub_revision(base: dict[str, str]) -> str | None:
+    """The commit a Hub base resolved to (None for a base folder: its path names it)."""
+    commit = base.get("commit") or ""
+    return commit if _COMMIT.match(commit) else None
+
+
+def build_pretrained(base: Base, task: str, classes: list[Any], *, pad_id: int = 0, peft: dict[str, Any] | None = None,
+                     augment: list[str] | None = None) -> PretrainedNet:  # fmt: skip
+    """A fresh :class:`PretrainedNet` on ``base`` for ``classes`` (LoRA adapters when ``peft`` is given)."""
+    model = load_classifier(base.folder, task, classes)
+    if peft is not None:
+        model = add_lora(model, task, int(peft["r"]), float(peft["alpha"]), float(peft["dropout"]), peft.get("target_modules"))
+    image = None
+    if input_kind(task) == "image":
+        _, mean, std = image_settings(base.processor())
+        image = {"mean": mean, "std": std, "augment": list(augment or [])}
+    return PretrainedNet(model, pipeline_task=task, classes=classes, base=base.lineage(), pad_id=pad_id, image=image, peft=peft)
+
+
+def check_pretrained(base: Base, task: str, peft: dict[str, Any] | None) -> None:
+    """The base fits the task and LoRA finds modules to adapt: checked on an empty (meta) copy of the
+    architecture, before any weight or data is read (PretrainedError otherwise)."""
+    import transformers
+
+    config = base.config()
+    _quiet_transformers()
+    auto = getattr(transformers, TASKS[task][1])
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(base.folder)
+        with torch.device("meta"):
+            model = auto.from_config(cfg)
+    except (ValueError, KeyError) as exc:
+        raise PretrainedError(f"model.base {base.repo!r} is a {config.get('model_type', 'unknown')!r} model, which "
+                              f"transformers cannot use for {task} ({str(exc)[:200]}); pick a base with a "
+                              f"{task} architecture, or the other task") from None  # fmt: skip
+    if peft is not None:
+        add_lora(model, task, int(peft["r"]), float(peft["alpha"]), float(peft["dropout"]), peft.get("target_modules"))
+
+
+def load_pretrained_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu",
+                            *, endpoint: str | None = None, token: str | None = None) -> PretrainedNet:  # fmt: skip
+    """A version's model from its folder: full weights as they are; an adapter on its base, fetched
+    from the Hub at the recorded commit (or read from the recorded base folder)."""
+    info = config["freestack"]
+    task = info["pipeline_task"]
+    if "model.safetensors" in info["files"]:
+        model = load_classifier(str(folder), task, info["classes"])
+    else:
+        from peft import PeftModel
+
+        base = _adapter_base(info["base"], endpoint=endpoint, token=token)
+        model = PeftModel.from_pretrained(load_classifier(base.folder, task, info["classes"]), str(folder))
+    net = PretrainedNet(model, pipeline_task=task, classes=info["classes"], base=info["base"], pad_id=info.get("pad_id", 0),
+                        image=info.get("image"), peft=info.get("peft"))  # fmt: skip
+    return net.to(map_location).eval()
+
+
+def _adapter_base(base: dict[str, str], *, endpoint: str | None, token: str | None) -> Base:
+    commit = _hub_revision(base)
+    if commit is None:
+        return local_base(base["repo"], base["repo"])
+    return fetch_base(base["repo"], commit, endpoint=endpoint, token=token)
+
+
+def is_pretrained(config: dict[str, Any]) -> bool:
+    """Whether a version's ``config.json`` describes a fine-tuned transformers model."""
+    return (config.get("freestack") or {}).get("freestack_model") == "huggingface"
+
+
+__all__ = [
+    "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "PretrainedError", "PretrainedNet", "add_lora", "build_pretrained",
+    "check_pretrained", "fetch_base", "folder_digest", "image_settings", "is_pretrained", "load_classifier",
+    "load_pretrained_version", "local_base",
+]  # fmt: skip

@@ -1,0 +1,126 @@
+"""The train stage's side of ``model: {type: huggingface}``: where the base comes from (a Hub repo, or a
+folder in storage), the checks before any data is read, and what the feature encoder takes from the base
+(its tokenizer, or its image processor's size). The model itself is :mod:`freestack.ml.pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    from freestack.ml.pretrained import Base
+    from freestack.spec import PipelineSpec
+
+_SCHEMES = ("file://", "s3://", "data://")
+
+
+def is_storage_base(base: str) -> bool:
+    """Whether ``model.base`` names a folder (a path or a storage URI) rather than a Hub repo id."""
+    return base.startswith(_SCHEMES) or base.startswith(("/", "./", "~")) or os.path.isdir(os.path.expanduser(base))
+
+
+def pretrained_task(spec: PipelineSpec) -> str:
+    """``model.task``, or (auto) the task of the one feature column's kind."""
+    if spec.model.pretrained_task:
+        return spec.model.pretrained_task
+    kinds = set(spec.feature_kinds.values())
+    return "image-classification" if "image" in kinds else "text-classification"
+
+
+def pretrained_base(spec: PipelineSpec) -> Base:
+    """The spec's base as a local folder (fetched once per process and revision)."""
+    return _base(spec.model.base, spec.model.revision, os.environ.get("HF_ENDPOINT"))
+
+
+@lru_cache(maxsize=8)
+def _base(base: str, revision: str, endpoint: str | None) -> Base:
+    from freestack.ml.pretrained import fetch_base, local_base
+
+    if not is_storage_base(base):
+        return fetch_base(base, revision, endpoint=endpoint)  # the token: huggingface_hub's own (HF_TOKEN)
+    from freestack.storage import to_path
+    from freestack.storage.objects import local_os_path
+
+    folder = to_path(os.path.expanduser(base))
+    local = local_os_path(folder)
+    if local is None:
+        local = _copy_folder(folder, base)
+    return local_base(local, base, revision)
+
+
+def _copy_folder(folder, given: str) -> str:
+    """A base folder in object storage copied to a local folder named after its URI (safetensors, config,
+    tokenizer and processor files only)."""
+    from freestack.ml.pretrained import BASE_FILES, SHARD_INDEX
+    from freestack.storage import join
+
+    dest = Path(tempfile.gettempdir()) / f"freestack-base-{hashlib.sha256(given.encode()).hexdigest()[:16]}"
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except (OSError, FileNotFoundError) as exc:
+        raise FreestackError(f"model.base {given!r}: the folder cannot be listed ({exc})") from None
+    for name in names:
+        if name in BASE_FILES or name == SHARD_INDEX or name.endswith(".safetensors"):
+            tmp = dest / f".{name}.part"
+            tmp.write_bytes(join(folder, name).read_bytes())
+            tmp.replace(dest / name)
+    return str(dest)
+
+
+def check_pretrained_model(spec: PipelineSpec) -> None:
+    """The base is reachable, fits the task, and LoRA (when asked for) finds modules to adapt."""
+    from freestack.ml.pretrained import check_pretrained
+
+    check_pretrained(pretrained_base(spec), pretrained_task(spec), peft_settings(spec))
+
+
+def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
+    return spec.model.peft.model_dump() if spec.model.peft is not None else None
+
+
+def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
+    """What :class:`~freestack.ml.features.EncoderOptions` takes from the base: its tokenizer (with its
+    special tokens) and ``model.max_length``, or its image processor's size (RGB)."""
+    from freestack.ml.pretrained import image_settings
+
+    base = pretrained_base(spec)
+    if pretrained_task(spec) == "text-classification":
+        tokenizer = base.tokenizer_json()
+        if tokenizer is None:
+            raise FreestackError(f"model.base {spec.model.base!r} has no tokenizer.json (a fast tokenizer): save the "
+                                 "base with its tokenizer (tokenizer.save_pretrained) next to the model")  # fmt: skip
+        return {"tokenizer_json": tokenizer, "tokenizer_source": f"{base.repo}@{base.commit}",
+                "text_max_length": spec.model.max_length, "text_special_tokens": True}  # fmt: skip
+    (height, width), _, _ = image_settings(base.processor())
+    return {"image_size": (height, width), "image_channels": 3}
+
+
+def build_pretrained_model(spec: PipelineSpec, data) -> Any:
+    """The base with a head for the data's classes (and LoRA adapters when the spec asks for them)."""
+    from freestack.ml.pretrained import build_pretrained
+
+    text = data.pre.encoder.text if data.pre.encoder is not None else None
+    return build_pretrained(pretrained_base(spec), pretrained_task(spec), list(data.pre.classes),
+                            pad_id=text.pad_id if text is not None else 0, peft=peft_settings(spec),
+                            augment=list(spec.model.image.augment))  # fmt: skip
+
+
+def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
+    """The base (repo, revision, commit), the task, LoRA's settings and the trainable parameter count."""
+    trainable, total = model.trainable_parameters()
+    return {"base": {**pretrained_base(spec).lineage(), "task": pretrained_task(spec)},
+            "peft": peft_settings(spec), "parameters": {"trainable": trainable, "total": total}}  # fmt: skip
+
+
+__all__ = [
+    "build_pretrained_model", "check_pretrained_model", "encoder_settings", "is_storage_base", "peft_settings",
+    "pretrained_base", "pretrained_lineage", "pretrained_task",
+]  # fmt: skip

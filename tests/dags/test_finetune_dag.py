@@ -1,0 +1,146 @@
+"""Pretrained Hugging Face models fine-tuned through every stage under dag.test(): a tiny BERT-style text
+classifier with LoRA adapters (``reviews``) and a tiny ViT-style image classifier in full (``digits``),
+both fetched from the local Hub stand-in through huggingface_hub, trained, evaluated, gated,
+registered and served on raw text / base64 images; the version loads with plain transformers/peft."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.landing_finetune import (
+    DIGITS_SPEC,
+    IMAGE_BASE,
+    REVIEWS_SPEC,
+    TEXT_BASE,
+    digits_landing,
+    reviews_landing,
+)
+from tests.serving_helpers import needs_serving_env
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
+DAYS = 3
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The Hub stand-in with the two tiny bases published on it."""
+    from tests.hf_tiny import publish, tiny_image_model, tiny_text_model
+    from tests.hub_fake import FakeHub
+
+    hub = FakeHub().start()
+    folder = tmp_path_factory.mktemp("bases")
+    commits = {TEXT_BASE: publish(hub.endpoint, TEXT_BASE, tiny_text_model(folder / "text")),
+               IMAGE_BASE: publish(hub.endpoint, IMAGE_BASE, tiny_image_model(folder / "image"))}  # fmt: skip
+    yield hub, commits
+    hub.stop()
+
+
+@pytest.fixture
+def pipelines(tmp_path, storage, monkeypatch, hub):
+    from airflow.dag_processing.dagbag import DagBag
+
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    for spec in (REVIEWS_SPEC, DIGITS_SPEC):
+        (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
+    monkeypatch.setenv("HF_ENDPOINT", hub[0].endpoint)
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb" / var.lower()))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root = Path(storage.removeprefix("file://"))
+    reviews_landing(root, date(2026, 11, 1), DAYS)
+    digits_landing(root, date(2026, 11, 1), DAYS)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return {"bag": bag, "root": root, "commits": hub[1]}
+
+
+def _ingest(p, name: str) -> None:
+    dag = p["bag"].get_dag(f"{name}_ingest")
+    for d in range(1, DAYS + 1):
+        assert dag.test(logical_date=datetime(2026, 11, d, tzinfo=UTC)).state == "success"
+
+
+def _served(p, name: str, run) -> tuple[Path, dict]:
+    from freestack.serving.records import Deployments
+
+    assert run.state == "success"
+    rec = Deployments(p["root"].as_uri(), name).get(name)
+    version = p["root"] / "registry" / name / rec["version"]
+    assert (version / "_REGISTERED.json").exists()
+    return version, rec
+
+
+def test_a_hub_text_model_is_fine_tuned_with_lora_and_served_on_raw_text(pipelines):
+    import pandas as pd
+    import torch
+
+    from freestack.ml.features import load_encoder
+    from freestack.ml.models import load_pretrained
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    _ingest(pipelines, "reviews")
+    root = pipelines["root"].as_uri()
+    try:
+        run = pipelines["bag"].get_dag("reviews_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        version, rec = _served(pipelines, "reviews", run)
+        names = {p.name for p in version.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json",
+                "tokenizer_config.json"} <= names and "model.safetensors" not in names, names  # fmt: skip
+        adapter = json.loads((version / "adapter_config.json").read_text())
+        commit = pipelines["commits"][TEXT_BASE]
+        assert (adapter["base_model_name_or_path"], adapter["revision"]) == (TEXT_BASE, commit)
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["base"] == {"repo": TEXT_BASE, "revision": "main", "commit": commit, "task": "text-classification"}
+        assert 0 < lineage["parameters"]["trainable"] < lineage["parameters"]["total"] / 4, lineage["parameters"]
+        evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+        assert evaluation["candidate"]["accuracy"] >= 0.8, evaluation
+        config = json.loads((version / "config.json").read_text())
+        assert config["id2label"] == {"0": "neg", "1": "pos"}
+
+        texts = pd.read_csv(pipelines["root"] / "landing" / "reviews" / "2026-11-03" / "reviews.csv")["review"][:6].tolist()
+        code, body = http_json(rec["predict_url"], {"data": {"ndarray": [[t] for t in texts], "names": ["review"]}})
+        assert code == 200, body
+        model, encoder = load_pretrained(version), load_encoder(version)
+        batch = encoder.encode({"review": texts})
+        want = model.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
+        got = body["data"]["ndarray"]
+        assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        code, body = http_json(rec["predict_url"], {"strData": texts[0]})
+        assert code == 200, body
+    finally:
+        stop_local(root, "reviews", "reviews")
+
+
+def test_a_hub_image_model_is_fine_tuned_in_full_and_served_on_bindata(pipelines):
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    _ingest(pipelines, "digits")
+    root = pipelines["root"].as_uri()
+    try:
+        run = pipelines["bag"].get_dag("digits_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        version, rec = _served(pipelines, "digits", run)
+        names = {p.name for p in version.iterdir()}
+        assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= names, names
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["base"]["commit"] == pipelines["commits"][IMAGE_BASE] and lineage["peft"] is None
+        evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+        assert evaluation["candidate"]["accuracy"] >= 0.5, evaluation
+        files = sorted((pipelines["root"] / "landing" / "digits" / "2026-11-03").glob("*/*.png"))[-3:]
+        for f in files:
+            code, body = http_json(rec["predict_url"], {"binData": base64.b64encode(f.read_bytes()).decode()})
+            assert code == 200, body
+            assert abs(sum(body["data"]["tensor"]["values"]) - 1) < 1e-4
+    finally:
+        stop_local(root, "digits", "digits")
