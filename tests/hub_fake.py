@@ -135,7 +135,9 @@ class FakeHub:
                 return self._json(400, {"error": f"fake hub: unsupported commit item {item['key']}"})
         parent = repo.resolve(rev)
         tree = {**(parent.tree if parent else {}), **added}
-        oid = hashlib.sha1(json.dumps([repo_id, len(repo.commits), header["summary"]]).encode()).hexdigest()
+        # like git, the commit names its content: a cache never mistakes two different trees for one
+        content = [[name, hashlib.sha256(data).hexdigest()] for name, data in sorted(tree.items())]
+        oid = hashlib.sha1(json.dumps([repo_id, len(repo.commits), header["summary"], content]).encode()).hexdigest()
         repo.commits.append(Commit(oid, header["summary"], header.get("description", ""), added, tree))
         repo.branches[rev] = oid
         return self._json(200, {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid,

@@ -42,7 +42,7 @@ REVIEWS_SPEC = {
     },
     "model": {"type": "huggingface", "base": TEXT_BASE, "task": "text-classification", "max_length": 16,
               "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "key", "value", "dense"]}},
-    "train": {"epochs": 8, "window_days": 30, "learning_rate": 0.01, "batch_size": 16, "grad_accumulation": 2},
+    "train": {"epochs": 10, "window_days": 30, "learning_rate": 0.01, "batch_size": 16, "grad_accumulation": 2},
     "gate": {"metric": "accuracy", "threshold": 0.8},
 }
 
@@ -56,7 +56,7 @@ DIGITS_SPEC = {
 }
 
 
-def reviews_day(folder: Path, day: date, rows: int = 120) -> None:
+def reviews_day(folder: Path, day: date, rows: int = 200) -> None:
     rng = np.random.default_rng(day.toordinal())
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "reviews.csv", "w", newline="") as f:

@@ -240,6 +240,12 @@ class PipelineSpec(SpecModel):
         return {f: types[f] for f in self.model_features}
 
     @property
+    def uses_hub(self) -> bool:
+        """Whether training reads from the Hugging Face Hub: a pretrained base, or a named tokenizer."""
+        m = self.model
+        return m.type == "huggingface" or (m.text.tokenizer != "train" and "text" in self.feature_kinds.values())
+
+    @property
     def model_name(self) -> str:
         return self.model.name or self.name
 

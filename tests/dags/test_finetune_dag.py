@@ -61,7 +61,7 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
     digits_landing(root, date(2026, 11, 1), DAYS)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return {"bag": bag, "root": root, "commits": hub[1]}
+    return {"bag": bag, "root": root, "commits": hub[1], "hub": hub[0]}
 
 
 def _ingest(p, name: str) -> None:
@@ -118,8 +118,52 @@ def test_a_hub_text_model_is_fine_tuned_with_lora_and_served_on_raw_text(pipelin
         assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
         code, body = http_json(rec["predict_url"], {"strData": texts[0]})
         assert code == 200, body
+        _loads_with_plain_transformers(pipelines, version, texts, want)
     finally:
         stop_local(root, "reviews", "reviews")
+
+
+PLAIN_LOAD = """
+import json, sys
+try:
+    import freestack  # noqa: F401
+    sys.exit("freestack is importable here; the check needs an environment without it")
+except ImportError:
+    pass
+from peft import PeftModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+repo, version, base, commit, texts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+config = AutoConfig.from_pretrained(repo, revision=version)
+model = PeftModel.from_pretrained(
+    AutoModelForSequenceClassification.from_pretrained(base, revision=commit, config=config), repo, revision=version
+).eval()
+tokenizer = AutoTokenizer.from_pretrained(repo, revision=version)
+batch = tokenizer(texts, return_tensors="pt", padding="max_length", truncation=True, max_length=16)
+print(json.dumps(model(**batch).logits.softmax(-1).tolist()))
+"""
+
+
+def _loads_with_plain_transformers(p, version: Path, texts: list[str], want: list[list[float]]) -> None:
+    """The version pushed to the Hub loads with transformers + peft alone (the serving environment, where
+    freestack is not installed), as its model card says, and answers what freestack's model answers."""
+    import os
+    import subprocess
+
+    from freestack.registry.core import ModelRegistry
+    from freestack.registry.hub import push_to_hub
+
+    card = (version / "README.md").read_text()
+    assert f"base_model: {TEXT_BASE}" in card and "library_name: peft" in card and "pipeline_tag: text-classification" in card
+    pushed = push_to_hub(ModelRegistry(p["root"].as_uri(), "reviews"), version.name, "team/reviews-lora", "hf_fake",
+                         endpoint=p["hub"].endpoint)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {"HF_ENDPOINT": p["hub"].endpoint}
+    python = os.environ.get("FREESTACK_SERVING_PYTHON") or str(ROOT / ".venv-serving" / "bin" / "python")
+    out = subprocess.run([python, "-c", PLAIN_LOAD, "team/reviews-lora", pushed["tag"], TEXT_BASE, p["commits"][TEXT_BASE],
+                          json.dumps(texts)], env=env, cwd="/", capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
 
 
 def test_a_hub_image_model_is_fine_tuned_in_full_and_served_on_bindata(pipelines):

@@ -16,7 +16,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.hooks.huggingface import hub_settings
+from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.ui.links import WandbRunLink
@@ -34,7 +34,7 @@ def candidate_of(context: Context) -> dict[str, Any]:
     raise AirflowFailException("neither train nor select_best produced a model version in this run")
 
 
-class EvaluateOperator(PipelineOperator):
+class EvaluateOperator(HubEnvironment, PipelineOperator):
     """Score the candidate and the current production model on the same held-out test split."""
 
     operator_extra_links = (WandbRunLink(),)

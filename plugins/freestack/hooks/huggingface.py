@@ -110,4 +110,33 @@ def hub_settings() -> tuple[str | None, str | None]:
         return None, None
 
 
-__all__ = ["HuggingFaceHook", "HubSettings", "hub_settings"]
+def export_hub_environment() -> None:
+    """The ``huggingface_default`` connection's endpoint and token as ``HF_ENDPOINT`` / ``HF_TOKEN`` of
+    this task's process (where the environment has none), so that the stage code fetching a pretrained
+    base or a Hub tokenizer, and a model server started from the task, reach the same Hub."""
+    import os
+
+    token, endpoint = hub_settings()
+    if endpoint:
+        os.environ.setdefault("HF_ENDPOINT", endpoint)
+    if token:
+        os.environ.setdefault("HF_TOKEN", token)
+
+
+class HubEnvironment:
+    """Mixed into the operators that may read from the Hub (train, sweep agents, evaluate, deploy): before
+    ``execute``, a pipeline whose spec uses the Hub gets the connection's settings (one lookup, only then)."""
+
+    def pre_execute(self, context: Any) -> None:
+        from freestack.spec import load_spec
+
+        super().pre_execute(context)  # type: ignore[misc]
+        try:
+            uses_hub = load_spec(self.spec_path).uses_hub  # type: ignore[attr-defined]
+        except Exception:  # a broken spec fails the task in execute, with its own message
+            return
+        if uses_hub:
+            export_hub_environment()
+
+
+__all__ = ["HubEnvironment", "HuggingFaceHook", "HubSettings", "export_hub_environment", "hub_settings"]

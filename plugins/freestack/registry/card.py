@@ -62,7 +62,12 @@ CARD_TEMPLATE = """---
 
 # {{ model }} {{ version }}
 
-{% if custom -%}
+{% if pretrained -%}
+`{{ pretrained.repo }}` (commit `{{ pretrained.commit }}`) fine-tuned by freestack for {{ pretrained.task }}
+{%- if adapter %} with LoRA adapters (`adapter_config.json`, `adapter_model.safetensors`; the base is
+fetched at that commit){% else %} (`config.json` + `model.safetensors`){% endif %}, labels in `config.json`'s
+`id2label`; loadable with plain `transformers`{% if adapter %} and `peft`{% endif %}.
+{%- elif custom -%}
 A freestack custom model (`{{ custom.class }}` from `{{ custom.source }}`, {{ task }}) in Hugging Face
 layout: `config.json`, `model.safetensors` and the module's own source, `module.py` (sha256
 `{{ custom.sha256 }}`), loadable with `freestack.ml.models.load_pretrained`.
@@ -110,7 +115,24 @@ Window: {{ window_text }}.
 ## How to load
 
 ```python
-{% if custom -%}
+{% if pretrained -%}
+from transformers import {{ auto_class }}{% if pretrained.task == "text-classification" %}, AutoTokenizer{% endif %}
+{%- if adapter %}
+from transformers import AutoConfig
+from peft import PeftModel
+
+config = AutoConfig.from_pretrained("<repo>", revision="{{ version }}")   # the labels
+base = {{ auto_class }}.from_pretrained("{{ pretrained.repo }}", revision="{{ pretrained.commit }}", config=config)
+model = PeftModel.from_pretrained(base, "<repo>", revision="{{ version }}")
+{%- else %}
+
+model = {{ auto_class }}.from_pretrained("<repo>", revision="{{ version }}")
+{%- endif %}
+{%- if pretrained.task == "text-classification" %}
+tokenizer = AutoTokenizer.from_pretrained("<repo>", revision="{{ version }}")
+logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True)).logits
+{%- endif %}
+{%- elif custom -%}
 from freestack.registry.hub import load_from_hub
 
 # loading runs the repo's module.py: do it for repos whose code you trust
@@ -120,7 +142,7 @@ from freestack.ml.models import FreestackNet
 
 model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
 {%- endif %}
-{%- if features %}
+{%- if features and not pretrained %}
 
 # the inputs are {{ features_text }}: encode raw values as the training did
 import torch
@@ -134,7 +156,10 @@ model.predict_proba({group: torch.as_tensor(values) for group, values in batch.i
 """
 
 
-def _task_type(task: str, kind: str) -> str:
+def _task_type(task: str, kind: str, lineage: dict[str, Any] | None = None) -> str:
+    base = (lineage or {}).get("base") or {}
+    if base.get("task"):  # a fine-tuned model: text-classification or image-classification
+        return str(base["task"])
     if kind == "cnn":
         return "image-classification" if task == "classification" else "image-to-text"
     return "tabular-regression" if task == "regression" else "tabular-classification"
@@ -155,13 +180,15 @@ def render_card(
         "gate": facts["gate"], "spec_hash": lineage.get("spec_hash"), "code_version": lineage.get("code_version"),
         "airflow": lineage.get("airflow") or None, "wandb": _wandb_ref(lineage.get("wandb")), **info.extra,
     }  # fmt: skip
+    hub = _pretrained_facts(lineage)
     data = ModelCardData(
         model_name=f"{model}-{version}",
-        library_name=info.library_name,
+        library_name=hub.get("library_name") or info.library_name,
         license=info.license,
-        tags=sorted({"freestack", task, *info.tags}),
-        pipeline_tag=_task_type(task, kind),
-        eval_results=_eval_results(facts, info) or None,
+        tags=sorted({"freestack", task, *hub.get("tags", []), *info.tags}),
+        pipeline_tag=_task_type(task, kind, lineage),
+        base_model=hub.get("base_model"),
+        eval_results=_eval_results(facts, info, lineage) or None,
         freestack=json.loads(json.dumps(freestack, default=str)),  # plain YAML types only
     )
     intended = info.intended_use or (
@@ -178,8 +205,24 @@ def render_card(
         window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
         airflow_text=_kv_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
         sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage),
+        pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
     )  # fmt: skip
     return str(card)
+
+
+def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
+    """The Hub metadata of a fine-tuned model: its base (a Hub repo, not a folder), the library that
+    loads it (peft for an adapter) and the transformers class; nothing for freestack's own models."""
+    base = lineage.get("base")
+    if not base:
+        return {}
+    peft = lineage.get("peft") or None
+    adapter = peft is not None and not peft.get("merge")
+    repo = str(base.get("repo") or "")
+    hub_repo = "://" not in repo and not repo.startswith(("/", ".", "~")) and repo.count("/") <= 1
+    auto = "AutoModelForSequenceClassification" if base.get("task") == "text-classification" else "AutoModelForImageClassification"
+    return {"base_model": repo if hub_repo else None, "library_name": "peft" if adapter else "transformers",
+            "auto_class": auto, "tags": ["lora"] if peft else []}  # fmt: skip
 
 
 def _features(lineage: dict[str, Any]) -> dict[str, Any]:
@@ -209,14 +252,14 @@ def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict
     }
 
 
-def _eval_results(facts: dict[str, Any], info: CardInfo) -> list:
+def _eval_results(facts: dict[str, Any], info: CardInfo, lineage: dict[str, Any]) -> list:
     """The model-index entries: one per metric, on the test split of the pipeline's lake window."""
     from huggingface_hub import EvalResult
 
     pipeline = facts["pipeline"]
     return [
         EvalResult(
-            task_type=_task_type(facts["task"], facts["kind"]), dataset_type=f"freestack/{pipeline}",
+            task_type=_task_type(facts["task"], facts["kind"], lineage), dataset_type=f"freestack/{pipeline}",
             dataset_name=info.dataset_name or f"{pipeline} lake window", dataset_split="test",
             metric_type=name.removeprefix("test_").removeprefix("best_val_"), metric_name=name, metric_value=value,
         )  # fmt: skip

@@ -19,10 +19,11 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.credentials import model_source
+from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import PipelineOperator
 
 
-class DeployOperator(PipelineOperator):
+class DeployOperator(HubEnvironment, PipelineOperator):
     """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``)."""
 
     template_fields = ("version",)

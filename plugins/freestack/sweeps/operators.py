@@ -13,6 +13,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
+from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.pipeline_operator import PipelineOperator
 from freestack.sweeps.core import agent_threads
@@ -83,7 +84,7 @@ class CreateSweepOperator(PipelineOperator):
         ]
 
 
-class SweepAgentOperator(PipelineOperator):
+class SweepAgentOperator(HubEnvironment, PipelineOperator):
     """One agent: lease a trial, train it, report each epoch, stop when told; until the sweep is done."""
 
     ui_color = "#fde9c9"

@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.ui.links import WandbRunLink
 
@@ -110,7 +111,7 @@ def airflow_info(context: Context) -> dict[str, Any]:
     }
 
 
-class TrainOperator(PipelineOperator):
+class TrainOperator(HubEnvironment, PipelineOperator):
     """Train once with the spec's defaults, overridden by the Params form."""
 
     operator_extra_links = (WandbRunLink(),)
