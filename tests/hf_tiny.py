@@ -11,18 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
+from demo.reviews import BAD, FILLER, GOOD, review_text  # the tutorial's landing data (include/demo)
 
-GOOD = ["great", "lovely", "perfect", "excellent", "happy", "works", "fine", "recommend"]
-BAD = ["broken", "awful", "returned", "poor", "cracked", "useless", "refund", "terrible"]
-FILLER = ["the", "item", "was", "really", "and", "it", "arrived", "on", "time", "box", "colour", "size"]
-
-
-def review_text(label: str, rng: np.random.Generator) -> str:
-    """A templated review whose sentiment words say the label (``pos`` / ``neg``)."""
-    words = list(rng.choice(FILLER, size=5)) + list(rng.choice(GOOD if label == "pos" else BAD, size=2))
-    rng.shuffle(words)
-    return " ".join(words)
+__all__ = ["BAD", "FILLER", "GOOD", "publish", "review_text", "tiny_image_model", "tiny_text_model"]
 
 
 def tiny_text_model(folder: Path, seed: int = 0) -> Path:

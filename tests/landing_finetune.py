@@ -9,13 +9,10 @@ pretrained models of :mod:`tests.hf_tiny` published on the local Hub stand-in:
 
 from __future__ import annotations
 
-import csv
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
-import numpy as np
-
-from tests.hf_tiny import review_text
+from demo.reviews import make_landing
 from tests.landing_kinds import GLYPHS_SPEC, glyphs_landing
 
 TEXT_BASE, IMAGE_BASE = "team/tiny-bert", "team/tiny-vit"
@@ -56,21 +53,8 @@ DIGITS_SPEC = {
 }
 
 
-def reviews_day(folder: Path, day: date, rows: int = 200) -> None:
-    rng = np.random.default_rng(day.toordinal())
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "reviews.csv", "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["id", "review", "sentiment"])
-        for i in range(rows):
-            label = "pos" if rng.random() < 0.5 else "neg"
-            out.writerow([f"{day:%Y%m%d}-{i:04d}", review_text(label, rng), label])
-
-
 def reviews_landing(root: Path, start: date, days: int) -> None:
-    for d in range(days):
-        day = start + timedelta(days=d)
-        reviews_day(root / "landing" / "reviews" / day.isoformat(), day)
+    make_landing(root.as_uri(), start, days)
 
 
 def digits_landing(root: Path, start: date, days: int) -> None:

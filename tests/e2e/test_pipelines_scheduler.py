@@ -5,7 +5,10 @@
 2. a 5-day ingest backfill, run 5 days at once, while lake updates trigger training: the training waits
    for the backfill and trains once on all 5 partitions (lineage: the sha256 of the bytes read); the
    runs the other lake events start find nothing new and are skipped, saying so;
-3. a team's own model (``model.type: custom``): swept, gated, registered and served.
+3. a team's own model (``model.type: custom``): swept, gated, registered and served;
+4. tables with text and images, and an image folder, served on raw values;
+5. a pretrained Hub model (the local Hub stand-in's tiny BERT) fine-tuned with LoRA: a hyperband sweep
+   over LoRA's rank and the learning rate, the gate, the registry and a served prediction on raw text.
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -76,11 +79,41 @@ def stack(tmp_path_factory):
     for spec in (SHOP_SPEC, GLYPHS_SPEC):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump({**spec, "schedule": None, "train": {
             **spec["train"], "schedule": "0 0 1 1 *"}, "deploy": {"local": {"port": free_port_block()}}}, sort_keys=False))  # fmt: skip
+    # a pretrained Hub model fine-tuned with LoRA and swept with hyperband (test 5), from the Hub stand-in
+    hub = _start_hub(base)
+    (specs / "reviews.yaml").write_text(yaml.safe_dump(_reviews_spec(free_port_block()), sort_keys=False))
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
-    env, proc, log = start_airflow(base, specs, parallelism=6)
-    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log}
+    saved = os.environ.get("HF_ENDPOINT")
+    os.environ["HF_ENDPOINT"] = hub["hub"].endpoint  # what the tasks fetch the base from
+    try:
+        env, proc, log = start_airflow(base, specs, parallelism=6)
+    finally:
+        os.environ.pop("HF_ENDPOINT") if saved is None else os.environ.update(HF_ENDPOINT=saved)
+    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub}
     stop_process(proc.pid, grace_seconds=60)
+    hub["hub"].stop()
+
+
+def _start_hub(base: Path) -> dict:
+    from tests.hf_tiny import publish, tiny_text_model
+    from tests.hub_fake import FakeHub
+    from tests.landing_finetune import TEXT_BASE
+
+    hub = FakeHub().start()
+    return {"hub": hub, "commit": publish(hub.endpoint, TEXT_BASE, tiny_text_model(base / "tiny-bert"))}
+
+
+def _reviews_spec(port: int) -> dict:
+    """The fine-tuning test pipeline with a sweep: 4 trials over LoRA's rank and the learning rate,
+    hyperband stopping the weak ones after 2 epochs."""
+    from tests.landing_finetune import REVIEWS_SPEC
+
+    sweep = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
+             "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+             "parameters": {"learning_rate": {"values": [0.01, 0.001]}, "peft": {"parameters": {"r": {"values": [2, 4]}}}}}  # fmt: skip
+    return {**REVIEWS_SPEC, "train": {**REVIEWS_SPEC["train"], "schedule": "0 0 1 1 *"}, "sweep": sweep,
+            "deploy": {"local": {"port": port}}}  # fmt: skip
 
 
 def _wait(what: str, check, log: Path, timeout: float = 300, every: float = 3):
@@ -307,3 +340,51 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
     finally:
         for n in names:
             stop_local(env["FREESTACK_STORAGE_ROOT"], n, n)
+
+
+@ONCE
+@needs_serving_env
+def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under_the_scheduler(stack):
+    """LoRA fine-tuning of the Hub stand-in's tiny BERT through the train DAG run by the scheduler: two
+    sweep agents share four trials (rank 2/4, learning rate 1e-2/1e-3; hyperband stops weak ones), the
+    best is evaluated, gated, registered with its base's commit and served on raw text."""
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+    from freestack.serving.smoke import http_json
+    from tests.landing_finetune import TEXT_BASE, reviews_landing
+
+    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    reviews_landing(base / "storage", date(2026, 11, 1), 3)
+    _wait("reviews' DAGs", lambda: {"reviews_ingest", "reviews_train"} <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    for dag_id in ("reviews_ingest", "reviews_train"):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    for day in (1, 2, 3):
+        api.call("POST", "/dags/reviews_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+    conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2}
+    api.call("POST", "/dags/reviews_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "ft", "conf": conf})
+    root = env["FREESTACK_STORAGE_ROOT"]
+    try:
+        def done():
+            run = api.call("GET", "/dags/reviews_train/dagRuns/ft")
+            return run if run["state"] in ("success", "failed") else None
+
+        run = _wait("reviews_train's run", done, log, timeout=900, every=5)
+        tis = api.call("GET", "/dags/reviews_train/dagRuns/ft/taskInstances")["task_instances"]
+        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
+        assert run["state"] == "success", states
+        assert states[("agent", 0)] == states[("agent", 1)] == "success" and states[("deploy", -1)] == "success"
+        rec = Deployments(root, "reviews").get("reviews")
+        version = base / "storage" / "registry" / "reviews" / rec["version"]
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["base"]["repo"] == TEXT_BASE and lineage["base"]["commit"] == stack["hub"]["commit"]
+        trial = lineage["sweep"]["trial"]
+        assert lineage["peft"]["r"] in (2, 4) and trial, lineage["sweep"]
+        rows = json.loads(next((base / "storage" / "runs" / "reviews").rglob("results.json")).read_text())
+        rows = rows["trials"]
+        assert len(rows) == 4 and {r["state"] for r in rows} == {"finished"}, rows
+        assert {(r["param.peft.r"], r["param.learning_rate"]) for r in rows} == {(2, 0.01), (4, 0.01), (2, 0.001), (4, 0.001)}
+        code, body = http_json(rec["predict_url"], {"strData": "great item, it works and i recommend it"})
+        assert code == 200, body
+        assert body["data"]["names"] == ["neg", "pos"], body
+    finally:
+        stop_local(root, "reviews", "reviews")
