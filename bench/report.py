@@ -98,6 +98,20 @@ def _train_stream(r: dict[str, Any], file: str) -> list[Row]:
     ]  # fmt: skip
 
 
+def _train_finetune(r: dict[str, Any], file: str) -> list[Row]:
+    s, t, modes = r["summary"], r.get("targets") or {}, r["modes"]
+    target, size = t.get("ratio_min", 0.95), (r.get("params") or {}).get("size", "distilbert")
+    rows = [Row("train_finetune", f"{size}-sized fine-tuning ({name}), samples/s", _n(m["samples_per_s"]["freestack"], 1),
+                f"{_n(m['samples_per_s']['baseline'], 1)} (hand-written transformers+peft loop)", m["ratio"],
+                f">= {target}", m["ratio"] >= target) for name, m in modes.items()]  # fmt: skip
+    lora, full = modes["lora"], modes["full"]
+    rows.append(Row("train_finetune", "LoRA vs full fine-tuning: trainable parameters / version weights",
+                    f"{_n(lora['trainable_parameters'])} / {_n(lora['version_weights_mib'], 1, 'MiB')}",
+                    f"{_n(full['trainable_parameters'])} / {_n(full['version_weights_mib'], 1, 'MiB')} (full)",
+                    s["trainable_lora_vs_full"], "(reported)", None, better="lower"))  # fmt: skip
+    return rows
+
+
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
     rows = []
     par = r.get("parallel")
@@ -214,7 +228,7 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
 
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
-    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration,
 }  # fmt: skip

@@ -6,7 +6,8 @@ log through the REST API, the levels of its log lines). Then every block of ever
 site's order, getting-started.md last (it ends with ``make down``), and finally nothing the demo
 started may be left running. How a block is run:
 
-- ``<!-- docs-test: skip (needs a cluster) -->`` on the line before it: not run (Kubernetes, compose);
+- ``<!-- docs-test: skip (needs a cluster) -->`` (or another reason that names what the sandbox lacks: a
+  cluster, the Hugging Face Hub) on the line before it: not run (Kubernetes, compose, a Hub download);
 - ``make test*``, ``make lint``, ``make docs``, ``make bench``: ``make -n`` only (the target exists and
   resolves): CI runs them itself, and the suite cannot run itself;
 - a command whose comment says ``until Ctrl-C`` starts a server: it must still run after 10 s, then
@@ -36,7 +37,7 @@ from tests.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own; `make down` stops them
-SKIP_MARK = "<!-- docs-test: skip (needs a cluster) -->"
+SKIP_MARK = re.compile(r"^<!-- docs-test: skip \(needs (a cluster|the Hugging Face Hub)\) -->$")
 DRY_MAKE = re.compile(r"^make (test\S*|lint|docs|bench)\b")
 FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
 
@@ -54,7 +55,7 @@ def _blocks() -> list[tuple[str, str, bool]]:
         text = page.read_text()
         for k, m in enumerate(FENCE.finditer(text)):
             before = text[: m.start()].rstrip().splitlines()
-            skipped = bool(before) and before[-1].strip() == SKIP_MARK
+            skipped = bool(before) and bool(SKIP_MARK.match(before[-1].strip()))
             out.append((f"{page.relative_to(ROOT)}#{k + 1}", textwrap.dedent(m.group(1)), skipped))
     return out
 
