@@ -48,7 +48,8 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
 
     specs = tmp_path / "pipelines"
     specs.mkdir()
-    for spec in (REVIEWS_SPEC, DIGITS_SPEC):
+    lost = {**REVIEWS_SPEC, "name": "lost", "model": {**REVIEWS_SPEC["model"], "base": "team/not-on-the-hub"}}
+    for spec in (REVIEWS_SPEC, DIGITS_SPEC, lost):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     monkeypatch.setenv("HF_ENDPOINT", hub[0].endpoint)
@@ -188,3 +189,12 @@ def test_a_hub_image_model_is_fine_tuned_in_full_and_served_on_bindata(pipelines
             assert abs(sum(body["data"]["tensor"]["values"]) - 1) < 1e-4
     finally:
         stop_local(root, "digits", "digits")
+
+
+def test_a_base_the_hub_does_not_have_fails_the_first_task_before_any_data_is_read(pipelines, capfd):
+    run = pipelines["bag"].get_dag("lost_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["window"] == "failed", states
+    assert states["train"] in ("upstream_failed", None), states
+    out, err = capfd.readouterr()
+    assert "model.base 'team/not-on-the-hub' (revision main) cannot be fetched from the Hub" in out + err

@@ -16,7 +16,7 @@ from freestack.ui.links import WandbRunLink
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
 
 
-class WindowSensor(PipelineOperator, BaseSensorOperator):
+class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
     """``window``: wait until the pipeline's running ingest runs finished (a backfill of several days is
     trained on once, whole), then fix the run's window (:mod:`freestack.train.window`) and return it.
 
@@ -36,13 +36,7 @@ class WindowSensor(PipelineOperator, BaseSensorOperator):
         from freestack.train.window import WindowError, already_trained, fix_window
 
         spec = self.pipeline_spec()
-        if spec.model.type == "custom":  # the user's module fails here, before any wait or data read
-            from freestack.train.core import TrainingError, check_custom_model
-
-            try:
-                check_custom_model(spec)
-            except TrainingError as exc:
-                raise AirflowFailException(str(exc)) from None
+        _check_model(spec)
         if self._ingest_running(context, spec):
             return False
         params = context.get("params") or {}
@@ -87,6 +81,20 @@ class WindowSensor(PipelineOperator, BaseSensorOperator):
             return False
         self.log.info("waiting for %d queued or running %s runs before fixing the window", active, ingest)
         return True
+
+
+def _check_model(spec) -> None:
+    """The user's module (imported, run on a batch) or the pretrained base (fetched, checked against the
+    task and LoRA) fails the first task, before any wait or data read."""
+    from freestack.train.core import TrainingError, check_custom_model, check_hub_model
+
+    check = {"custom": check_custom_model, "huggingface": check_hub_model}.get(spec.model.type)
+    if check is None:
+        return
+    try:
+        check(spec)
+    except TrainingError as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 def fixed_window(context: Context) -> dict[str, Any]:
