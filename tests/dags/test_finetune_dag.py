@@ -165,6 +165,15 @@ def _loads_with_plain_transformers(p, version: Path, texts: list[str], want: lis
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+    # freestack's own Hub loader fetches the adapter (not full weights) and answers the same
+    import torch
+
+    from freestack.ml.features import load_encoder
+    from freestack.registry.hub import load_from_hub
+
+    batch = load_encoder(version).encode({"review": texts})
+    again = load_from_hub("team/reviews-lora", pushed["tag"], endpoint=p["hub"].endpoint)
+    assert torch.allclose(again.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}), torch.tensor(want), atol=1e-5)
 
 
 def test_a_hub_image_model_is_fine_tuned_in_full_and_served_on_bindata(pipelines):

@@ -165,7 +165,7 @@ def load_pretrained(folder, map_location: str = "cpu"):
         from freestack.ml.custom import load_custom
 
         return load_custom(folder, config, map_location=map_location)
-    if (config.get("freestack") or {}).get("freestack_model") == "huggingface":
+    if is_pretrained(config):
         from freestack.ml.pretrained import load_pretrained_version
 
         return load_pretrained_version(folder, config, map_location=map_location)
@@ -175,3 +175,8 @@ def load_pretrained(folder, map_location: str = "cpu"):
 def is_custom(config: dict) -> bool:
     """Whether a version's ``config.json`` describes a custom model (its folder holds ``module.py``)."""
     return config.get("freestack_model") == "custom"
+
+
+def is_pretrained(config: dict) -> bool:
+    """Whether a version's ``config.json`` describes a fine-tuned transformers model (settings under ``freestack``)."""
+    return (config.get("freestack") or {}).get("freestack_model") == "huggingface"

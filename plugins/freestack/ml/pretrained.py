@@ -254,9 +254,13 @@ class PretrainedNet(ScaledModel):
             "image": self.image, "files": self.weight_files(),
         }  # fmt: skip
 
+    @property
+    def adapter(self) -> bool:
+        """Whether a version holds LoRA adapters (rather than full weights, merged or fine-tuned)."""
+        return self.peft is not None and not self.peft.get("merge")
+
     def weight_files(self) -> list[str]:
-        adapter = self.peft is not None and not self.peft.get("merge")
-        return list(ADAPTER_FILES) if adapter else ["model.safetensors"]
+        return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """transformers'/peft's own files: config.json (with ``freestack``) and the weights (the adapter, or
@@ -266,19 +270,17 @@ class PretrainedNet(ScaledModel):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.model
-        if self.peft is not None and self.peft.get("merge"):
-            model = copy.deepcopy(model).merge_and_unload()
-        if self.peft is not None and not self.peft.get("merge"):
-            adapter = model.peft_config["default"]
-            adapter.base_model_name_or_path, adapter.revision = self.base["repo"], _hub_revision(self.base)
+        if self.adapter:
+            settings = model.peft_config["default"]
+            settings.base_model_name_or_path, settings.revision = self.base["repo"], _hub_revision(self.base)
             model.save_pretrained(str(folder))
             (folder / "README.md").unlink(missing_ok=True)  # the registry renders the model card
-            model = model.get_base_model()
-            config = model.config
+            model = model.get_base_model()  # its config: the labels
         else:
+            if self.peft is not None:  # merge: true
+                model = copy.deepcopy(model).merge_and_unload()
             model.save_pretrained(str(folder), safe_serialization=True)
-            config = model.config
-        data = json.loads(config.to_json_string(use_diff=False))
+        data = json.loads(model.config.to_json_string(use_diff=False))
         data["freestack"] = self.config()
         (folder / "config.json").write_text(json.dumps(data, indent=2, default=str))
 
@@ -347,13 +349,8 @@ def _adapter_base(base: dict[str, str], *, endpoint: str | None, token: str | No
     return fetch_base(base["repo"], commit, endpoint=endpoint, token=token)
 
 
-def is_pretrained(config: dict[str, Any]) -> bool:
-    """Whether a version's ``config.json`` describes a fine-tuned transformers model."""
-    return (config.get("freestack") or {}).get("freestack_model") == "huggingface"
-
-
 __all__ = [
     "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "PretrainedError", "PretrainedNet", "add_lora", "build_pretrained",
-    "check_pretrained", "fetch_base", "folder_digest", "image_settings", "is_pretrained", "load_classifier",
+    "check_pretrained", "fetch_base", "folder_digest", "image_settings", "load_classifier",
     "load_pretrained_version", "local_base",
 ]  # fmt: skip

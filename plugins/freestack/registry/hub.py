@@ -114,27 +114,27 @@ def load_from_hub(
 ) -> FreestackNet | CustomNet:
     """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit).
 
-    Only ``config.json`` and ``model.safetensors`` are fetched (never a pickled ``.bin``); the
-    weights are fetched at the commit the config came from, so a tag moving in between cannot mix
-    two versions. A custom model's version carries its own ``module.py``: running it is running the
-    repo's code, so it is loaded only with ``trust_remote_code=True`` (as in transformers)."""
+    Only ``config.json`` and the files the model loads from are fetched (safetensors weights or a LoRA
+    adapter, never a pickled ``.bin``; :func:`~freestack.registry.names.weight_files`), at the commit the
+    config came from, so a tag moving in between cannot mix two versions. A custom model's version
+    carries its own ``module.py``: running it is running the repo's code, so it is loaded only with
+    ``trust_remote_code=True`` (as in transformers)."""
     import json
 
     from huggingface_hub import hf_hub_download
 
     from freestack.ml.contract import MODULE_FILE
     from freestack.ml.models import is_custom, load_pretrained
+    from freestack.registry.names import weight_files
 
     kw: dict[str, Any] = {"repo_id": repo_id, "token": token, "endpoint": endpoint, "cache_dir": cache_dir}
     config = Path(hf_hub_download(filename="config.json", revision=revision, **kw))
     commit = config.parent.name  # .../snapshots/<commit>/config.json
-    names = ["model.safetensors"]
-    if is_custom(json.loads(config.read_text())):
-        if not trust_remote_code:
-            raise RegistryError(f"{repo_id}@{revision} is a custom model whose {MODULE_FILE} would run on loading; "
-                                "pass trust_remote_code=True if you trust the repo's code")  # fmt: skip
-        names.append(MODULE_FILE)
-    for name in names:
+    settings = json.loads(config.read_text())
+    if is_custom(settings) and not trust_remote_code:
+        raise RegistryError(f"{repo_id}@{revision} is a custom model whose {MODULE_FILE} would run on loading; "
+                            "pass trust_remote_code=True if you trust the repo's code")  # fmt: skip
+    for name in weight_files(settings):
         if Path(hf_hub_download(filename=name, revision=commit, **kw)).parent != config.parent:
             raise RegistryError(f"{repo_id}@{revision}: config.json and {name} came from different commits")
     return load_pretrained(str(config.parent), map_location=map_location)
