@@ -224,6 +224,34 @@ def _wait_quiet(api) -> bool:
 ONCE = pytest.mark.skipif(os.environ.get("FREESTACK_SPEEDUPS") == "0", reason="checked in the main run")
 
 
+def _swept_and_deployed(stack, name: str, conf: dict, *, timeout: float) -> tuple[Path, dict]:
+    """Three landed days of ``name`` ingested by the scheduler, then its train DAG run with a 2-agent sweep:
+    the run and both agents succeed and the best trial is deployed. (the version folder, the deployment)"""
+    from freestack.serving.records import Deployments
+
+    api, log = stack["api"], stack["log"]
+    dags = {f"{name}_ingest", f"{name}_train"}
+    _wait(f"{name}'s DAGs", lambda: dags <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    for dag_id in sorted(dags):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    for day in (1, 2, 3):
+        api.call("POST", f"/dags/{name}_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+    conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2, **conf}
+    api.call("POST", f"/dags/{name}_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": name, "conf": conf})
+
+    def done():
+        run = api.call("GET", f"/dags/{name}_train/dagRuns/{name}")
+        return run if run["state"] in ("success", "failed") else None
+
+    run = _wait(f"{name}_train's run", done, log, timeout=timeout, every=5)
+    tis = api.call("GET", f"/dags/{name}_train/dagRuns/{name}/taskInstances")["task_instances"]
+    states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
+    assert run["state"] == "success", states
+    assert states[("agent", 0)] == states[("agent", 1)] == "success" and states[("deploy", -1)] == "success"
+    rec = Deployments(stack["env"]["FREESTACK_STORAGE_ROOT"], name).get(name)
+    return stack["base"] / "storage" / "registry" / name / rec["version"], rec
+
+
 @ONCE
 @needs_serving_env
 def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
@@ -234,35 +262,16 @@ def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
 
     from freestack.ml.models import load_pretrained
     from freestack.serving.local import stop_local
-    from freestack.serving.records import Deployments
     from freestack.serving.smoke import http_json
 
     sys.path.insert(0, str(ROOT / "include"))
     from demo.landing import make_landing
 
-    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    env = stack["env"]
     make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), 3, pipeline="own")
-    _wait("own's DAGs", lambda: {"own_ingest", "own_train"} <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
-    for dag_id in ("own_ingest", "own_train"):
-        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-    for day in (1, 2, 3):
-        api.call("POST", "/dags/own_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
-    conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2, "epochs": 6}
-    api.call("POST", "/dags/own_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "own", "conf": conf})
     root = env["FREESTACK_STORAGE_ROOT"]
     try:
-        def done():
-            run = api.call("GET", "/dags/own_train/dagRuns/own")
-            return run if run["state"] in ("success", "failed") else None
-
-        run = _wait("own_train's run", done, log, timeout=600, every=5)
-        tis = api.call("GET", "/dags/own_train/dagRuns/own/taskInstances")["task_instances"]
-        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
-        assert run["state"] == "success", states
-        assert states[("agent", 0)] == states[("agent", 1)] == "success" and states[("deploy", -1)] == "success"
-
-        rec = Deployments(root, "own").get("own")
-        version = base / "storage" / "registry" / "own" / rec["version"]
+        version, rec = _swept_and_deployed(stack, "own", {"epochs": 6}, timeout=600)
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["module"]["sha256"] == hashlib.sha256(DIGITS_NET.encode()).hexdigest()
         assert lineage["module"]["init"]["hidden"] in (16, 48) and lineage["sweep"]["trial"]
@@ -349,32 +358,14 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
     sweep agents share four trials (rank 2/4, learning rate 1e-2/1e-3; hyperband stops weak ones), the
     best is evaluated, gated, registered with its base's commit and served on raw text."""
     from freestack.serving.local import stop_local
-    from freestack.serving.records import Deployments
     from freestack.serving.smoke import http_json
     from tests.landing_finetune import TEXT_BASE, reviews_landing
 
-    api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
+    env, base = stack["env"], stack["base"]
     reviews_landing(base / "storage", date(2026, 11, 1), 3)
-    _wait("reviews' DAGs", lambda: {"reviews_ingest", "reviews_train"} <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
-    for dag_id in ("reviews_ingest", "reviews_train"):
-        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-    for day in (1, 2, 3):
-        api.call("POST", "/dags/reviews_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
-    conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2}
-    api.call("POST", "/dags/reviews_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "ft", "conf": conf})
     root = env["FREESTACK_STORAGE_ROOT"]
     try:
-        def done():
-            run = api.call("GET", "/dags/reviews_train/dagRuns/ft")
-            return run if run["state"] in ("success", "failed") else None
-
-        run = _wait("reviews_train's run", done, log, timeout=900, every=5)
-        tis = api.call("GET", "/dags/reviews_train/dagRuns/ft/taskInstances")["task_instances"]
-        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
-        assert run["state"] == "success", states
-        assert states[("agent", 0)] == states[("agent", 1)] == "success" and states[("deploy", -1)] == "success"
-        rec = Deployments(root, "reviews").get("reviews")
-        version = base / "storage" / "registry" / "reviews" / rec["version"]
+        version, rec = _swept_and_deployed(stack, "reviews", {}, timeout=900)
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["base"]["repo"] == TEXT_BASE and lineage["base"]["commit"] == stack["hub"]["commit"]
         trial = lineage["sweep"]["trial"]
