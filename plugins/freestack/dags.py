@@ -5,6 +5,7 @@ DAG files at parse time.
     <p>_train      window -> choose -> train | create_sweep -> agent x N -> select_best (train, sweeps)
                    -> evaluate -> gate -> [approve] -> promote -> deploy | blocked      (evaluate, registry, serving)
     <p>_rollback   move_production -> deploy                                           (registry, serving)
+    <p>_promote    move_alias -> deploy (when the alias moved is the one served)       (registry, serving)
 
 Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
 A broken spec is left out here and reported as the import error of ``dags/freestack_spec_errors.py``
@@ -148,6 +149,17 @@ def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
     }  # fmt: skip
 
 
+def promote_params(spec: PipelineSpec) -> dict[str, Param]:
+    """The Trigger form of ``<p>_promote``."""
+    return {
+        "version": Param(None, type="string", minLength=1, title="Version",
+                         description=f"A registered {spec.model_name} version (`freestack models list`), an alias or latest"),
+        "alias": Param(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
+                       description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)"),
+        "reason": Param("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
+    }  # fmt: skip
+
+
 def training_tasks(spec: PipelineSpec, spec_path: str):
     """``window`` -> ``choose`` -> ``train`` | ``create_sweep`` -> ``agent`` x N -> ``select_best``; returns
     the two ends a candidate comes from (``train``, ``select_best``)."""
@@ -227,7 +239,7 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
     return evaluate, promote
 
 
-def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None):
+def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, moved_alias: str | None = None):
     from freestack.serving.operators import DeployOperator
 
     how = (
@@ -235,7 +247,8 @@ def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None):
         if spec.deploy.target == "local"
         else "a SeldonDeployment on Kubernetes, waited on until Available."
     )
-    return DeployOperator(task_id="deploy", spec_path=spec_path, doc_md=doc_md or f"Serve production with Seldon Core: {how}")
+    return DeployOperator(task_id="deploy", spec_path=spec_path, moved_alias=moved_alias,
+                          doc_md=doc_md or f"Serve production with Seldon Core: {how}")  # fmt: skip
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
@@ -276,6 +289,7 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=1,
+        is_paused_upon_creation=False,  # manual only: it never runs by itself
         params=rollback_params(spec),
         doc_md=(
             f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
@@ -294,9 +308,41 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# <p>_promote
+
+
+def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.registry.operators import MoveAliasOperator
+
+    with DAG(
+        dag_id=f"{spec.name}_promote",
+        description=f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        is_paused_upon_creation=False,  # manual only: it never runs by itself
+        params=promote_params(spec),
+        doc_md=(
+            f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
+            f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
+            f"`{spec.deploy.alias}` redeploys it the way `deploy` does (target `{spec.deploy.target}`), and "
+            f"`previous` keeps the version it replaced; `staging` only moves. Spec: `{spec_path}`."
+        ),
+        **_common(spec, "promote"),
+    ) as dag:
+        move = MoveAliasOperator(
+            task_id="move_alias", spec_path=spec_path, version="{{ params.version }}", alias="{{ params.alias }}",
+            reason="{{ params.reason }}", doc_md="The alias <- the chosen version (who triggered it is recorded).",
+        )  # fmt: skip
+        move >> deploy_task(spec, spec_path, doc_md="Serve the new production (skipped when another alias moved).",
+                            moved_alias="{{ params.alias }}")  # fmt: skip
+    return dag
+
+
+# ---------------------------------------------------------------------------------------------------------
 # every pipeline
 
-_KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag}
+_KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag, "_promote": promote_dag}
 
 
 def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
@@ -346,10 +392,14 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         if spec.source.schema_.target is not None:
             dags.append(train_dag(spec, path))
             dags.append(rollback_dag(spec, path))
+            dags.append(promote_dag(spec, path))
         for dag in dags:
             namespace[dag.dag_id] = dag
             built.append(dag)
     return built
 
 
-__all__ = ["build_all", "raise_spec_errors", "ingest_dag", "rollback_dag", "rollback_params", "train_dag", "train_params"]
+__all__ = [
+    "build_all", "raise_spec_errors", "ingest_dag", "promote_dag", "promote_params", "rollback_dag", "rollback_params",
+    "train_dag", "train_params",
+]  # fmt: skip

@@ -420,8 +420,9 @@ class ModelRegistry:
             )
         return version
 
-    def promote(self, version_or_alias: str, *, reason: str | None = None) -> dict[str, Any]:
-        """production ← version and previous ← the old production, atomically; return the aliases."""
+    def promote(self, version_or_alias: str, *, reason: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """production ← version and previous ← the old production, atomically; return the aliases.
+        ``by`` (who or what moved it: the gate, an approver, a user's DAG run) goes into the history."""
         version = self._require_committed(self.resolve(version_or_alias))
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
@@ -431,18 +432,19 @@ class ModelRegistry:
             if old:
                 a["previous"] = old
             a["production"] = version
-            a.setdefault("history", []).append(_event("promote", "production", version, old, reason))
+            a.setdefault("history", []).append(_event("promote", "production", version, old, reason, by))
             return a
 
         out = self._move(change)
         log.info("model %s: production -> %s (previous %s)", self.model, version, out.get("previous"))
         return out
 
-    def set_alias(self, alias: str, version_or_alias: str, *, reason: str | None = None) -> dict[str, Any]:
+    def set_alias(self, alias: str, version_or_alias: str, *, reason: str | None = None,
+                  by: str | None = None) -> dict[str, Any]:  # fmt: skip
         """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`)."""
         check_alias(alias)
         if alias == "production":
-            return self.promote(version_or_alias, reason=reason)
+            return self.promote(version_or_alias, reason=reason, by=by)
         version = self._require_committed(self.resolve(version_or_alias))
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
@@ -450,12 +452,12 @@ class ModelRegistry:
             if old == version:
                 return a
             a[alias] = version
-            a.setdefault("history", []).append(_event("set", alias, version, old, reason))
+            a.setdefault("history", []).append(_event("set", alias, version, old, reason, by))
             return a
 
         return self._move(change)
 
-    def rollback(self, *, reason: str | None = None) -> dict[str, Any]:
+    def rollback(self, *, reason: str | None = None, by: str | None = None) -> dict[str, Any]:
         """production ← previous (and previous ← the rolled-back version); return the aliases."""
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
@@ -466,7 +468,7 @@ class ModelRegistry:
                     f"(production: {cur or 'none'})"
                 )
             a["production"], a["previous"] = prev, cur
-            a.setdefault("history", []).append(_event("rollback", "production", prev, cur, reason))
+            a.setdefault("history", []).append(_event("rollback", "production", prev, cur, reason, by))
             return a
 
         out = self._move(change)
@@ -547,10 +549,13 @@ def registry_for(spec: PipelineSpec) -> ModelRegistry:
     return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
 
 
-def _event(action: str, alias: str, version: str, old: str | None, reason: str | None) -> dict[str, Any]:
+def _event(action: str, alias: str, version: str, old: str | None, reason: str | None,
+           by: str | None = None) -> dict[str, Any]:  # fmt: skip
     ev = {"at": _now(), "action": action, "alias": alias, "version": version, "from": old, "pid": os.getpid()}
     if reason:
         ev["reason"] = reason
+    if by:
+        ev["by"] = by
     return ev
 
 

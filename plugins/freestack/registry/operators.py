@@ -1,6 +1,10 @@
-"""Moving aliases from Airflow: ``promote`` (production <- the gated candidate) in ``<p>_train`` and
-``move_production`` in ``<p>_rollback``. Thin operators over :class:`freestack.registry.core.ModelRegistry`;
-the serving stage's ``deploy`` follows them.
+"""Moving aliases from Airflow: ``promote`` (production <- the gated candidate) in ``<p>_train``,
+``move_production`` in ``<p>_rollback`` and ``move_alias`` in ``<p>_promote``. Thin operators over
+:class:`freestack.registry.core.ModelRegistry`; the serving stage's ``deploy`` follows them.
+
+Every move records who or what made it (``by`` in the aliases' history): the gate, the human who
+approved the candidate, or the user who triggered the rollback or promotion (the DAG run's triggering
+user: the Airflow UI's freestack pages trigger these DAGs with the user's own login).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ class PromoteOperator(PipelineOperator):
         registered = ti.xcom_pull(task_ids="gate", key="registered")
         decision = ti.xcom_pull(task_ids="gate")
         aliases = registry_for(spec).promote(
-            registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500]
+            registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500], by=_approver(ti)
         )
         if spec.model.hub_repo and registered.get("hub"):
             token, endpoint = hub_settings()
@@ -36,6 +40,23 @@ class PromoteOperator(PipelineOperator):
         self.log.info("%s production -> %s (previous: %s)", spec.model_name, aliases.get("production"),
                       aliases.get("previous"))  # fmt: skip
         return {k: aliases.get(k) for k in ("production", "previous", "staging")}
+
+
+def _approver(ti: Any) -> str:
+    """"approved by <user>" when the run's ``approve`` task took a human's answer, else "gate"."""
+    answer = ti.xcom_pull(task_ids="approve") if "approve" in ti.task.dag.task_ids else None
+    user = (answer or {}).get("responded_by_user") if isinstance(answer, dict) else None
+    if user:
+        name = user.get("name") or user.get("id") if isinstance(user, dict) else user
+        return f"approved by {name}"
+    return "gate"
+
+
+def triggered_by(context: Context) -> str:
+    """Who started this DAG run: "<user> (<run id>)"."""
+    run = context.get("dag_run")
+    user = getattr(run, "triggering_user_name", None) or "?"
+    return f"{user} ({context['run_id']})"
 
 
 class RollbackOperator(PipelineOperator):
@@ -58,13 +79,39 @@ class RollbackOperator(PipelineOperator):
         try:
             before = reg.aliases().get("production")
             if wanted == "previous":
-                aliases = reg.rollback(reason=reason)
+                aliases = reg.rollback(reason=reason, by=triggered_by(context))
             else:
-                aliases = reg.promote(wanted, reason=reason)
+                aliases = reg.promote(wanted, reason=reason, by=triggered_by(context))
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {spec.model_name}: {exc}") from None
         self.log.info("%s production: %s -> %s", spec.model_name, before, aliases.get("production"))
         return {"from": before, "production": aliases.get("production"), "previous": aliases.get("previous")}
 
 
-__all__ = ["PromoteOperator", "RollbackOperator"]
+class MoveAliasOperator(PipelineOperator):
+    """Point ``alias`` (production, staging...) at ``version``; production moves previous along."""
+
+    template_fields = ("version", "alias", "reason")
+    ui_color = "#e4dcf5"
+
+    def __init__(self, *, version: str, alias: str = "production", reason: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version, self.alias, self.reason = version, alias, reason
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from freestack.registry.core import RegistryError, registry_for
+
+        spec = self.pipeline_spec()
+        reg = registry_for(spec)
+        alias, wanted = (self.alias or "production").strip(), (self.version or "").strip()
+        reason = (self.reason or "").strip() or f"manual promotion ({context['run_id']})"
+        try:
+            before = reg.aliases().get(alias)
+            aliases = reg.set_alias(alias, wanted, reason=reason[:500], by=triggered_by(context))
+        except RegistryError as exc:
+            raise AirflowFailException(f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}") from None
+        self.log.info("%s %s: %s -> %s", spec.model_name, alias, before, aliases.get(alias))
+        return {"alias": alias, "from": before, "to": aliases.get(alias), "production": aliases.get("production")}
+
+
+__all__ = ["MoveAliasOperator", "PromoteOperator", "RollbackOperator", "triggered_by"]

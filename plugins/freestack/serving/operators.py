@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.credentials import model_source
 from freestack.hooks.huggingface import HubEnvironment
@@ -24,21 +24,26 @@ from freestack.pipeline_operator import PipelineOperator
 
 
 class DeployOperator(HubEnvironment, PipelineOperator):
-    """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``)."""
+    """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``).
+    With ``moved_alias`` (what the run before it moved), it skips unless that is the alias served."""
 
-    template_fields = ("version",)
+    template_fields = ("version", "moved_alias")
     ui_color = "#d6e4f5"
 
-    def __init__(self, *, version: str | None = None, reason: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, version: str | None = None, reason: str | None = None, moved_alias: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.version = version
         self.reason = reason
+        self.moved_alias = moved_alias
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.errors import DeployError
         from freestack.registry.core import RegistryError, registry_for
 
         spec = self.pipeline_spec()
+        if self.moved_alias and self.moved_alias.strip() != spec.deploy.alias:
+            raise AirflowSkipException(f"{self.moved_alias} moved; {spec.deploy.alias} (what is served) did not")
         reg = registry_for(spec)
         try:
             version = reg.resolve(self.version or spec.deploy.alias)
