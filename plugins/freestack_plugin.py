@@ -1,5 +1,6 @@
 """The freestack AirflowPlugin: macros, the data:// registration in every Airflow process, the runtime
-wing's listeners, and the web apps the Airflow API server hosts (the W&B offline-run page, the Data API)."""
+wing's listeners, and the web apps the Airflow API server hosts (the ML views, the W&B offline-run
+pages, the Data API)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from freestack.runtime.preload import preload_listener
 from freestack.runtime.timings import enabled as timings_enabled
 from freestack.runtime.timings import task_timings
 from freestack.runtime.wake import wake_listener
+from freestack.ui.app import views_app
 from freestack.ui.wandb_pages import wandb_app
+
+#: the ML views in the UI's navigation: a top-level "freestack" entry, and each page under Plugins -> freestack
+#: (framed by the UI; hrefs are relative to its <base>, so a proxy's path prefix is kept)
+VIEWS = [("Models", "models"), ("Sweeps", "sweeps"), ("Deployments", "deployments"), ("Data", "data")]
 
 
 def storage_root() -> str:
@@ -30,6 +36,10 @@ class FreestackPlugin(AirflowPlugin):
     macros = [storage_root]
     # the UI's menu: Browse -> W&B offline runs (the list page, framed in the UI; href relative to its <base>)
     external_views = [
+        {"name": "freestack", "href": "freestack/ui/models", "url_route": "freestack", "destination": "nav",
+         "nav_top_level": True, "icon": "freestack/ui/static/freestack.svg"},
+        *({"name": name, "href": f"freestack/ui/{path}", "url_route": f"freestack-{path}", "destination": "nav",
+           "category": "freestack"} for name, path in VIEWS),
         {"name": "W&B offline runs", "href": "freestack/wandb/", "url_route": "freestack-wandb",
          "destination": "nav", "category": "browse"},
     ]  # fmt: skip
@@ -41,6 +51,8 @@ class FreestackPlugin(AirflowPlugin):
         pool_listener, run_notes, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])
     ]  # fmt: skip
     fastapi_apps = [
+        # the ML views (models, sweeps, deployments, data), behind Airflow's login (freestack.ui.auth)
+        {"app": views_app, "url_prefix": "/freestack/ui", "name": "freestack views"},
         # the offline W&B runs: the list, and the page the "W&B run" extra link opens for an offline run
         # (summary metrics, config, `wandb sync`)
         {"app": wandb_app, "url_prefix": "/freestack/wandb", "name": "freestack W&B"},

@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.spec import PipelineSpec, load_spec
+from freestack.ui.links import FreestackPageLink
 
 #: a task that pushes an XCom under this key (Markdown, at most 1000 characters) has it set as the
 #: DAG run's note when the run ends (:mod:`freestack.runtime.notes`; the Task SDK cannot set notes)
@@ -34,6 +35,8 @@ class PipelineOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ()
+    #: every task links into its pipeline's freestack page (the version, sweep, deployment or lake)
+    operator_extra_links = (FreestackPageLink(),)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

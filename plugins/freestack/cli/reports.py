@@ -10,24 +10,11 @@ from freestack.spec import load_spec, spec_file
 def lake_data(pipeline: str) -> dict:
     """A pipeline's lake: its root and, per partition, rows, quarantined rows, the part's sha256 and the
     quarantine reasons with their counts."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from freestack.ingest.core import lake_partitions, read_manifest
-    from freestack.storage import to_path
+    from freestack.ingest.core import lake_summary
 
     spec = load_spec(spec_file(pipeline))
-    partitions = []
-    for ds in lake_partitions(spec):
-        m = read_manifest(spec, ds) or {}
-        reasons: dict[str, int] = {}
-        if m.get("quarantine"):
-            qpath = to_path(m["quarantine"]["uri"])
-            with qpath.open("rb") as f:
-                q = pq.read_table(f, columns=["_reason"])
-            reasons = {c["values"]: c["counts"] for c in pc.value_counts(q.column("_reason")).to_pylist()}
-        partitions.append({"ds": ds, "rows": m.get("rows_good"), "quarantined": m.get("rows_quarantined", 0),
-                           "sha256": (m.get("part") or {}).get("sha256"), "quarantine_reasons": reasons})  # fmt: skip
+    partitions = [{**{k: p[k] for k in ("ds", "rows", "quarantined", "sha256")}, "quarantine_reasons": p["reasons"]}
+                  for p in lake_summary(spec)]  # fmt: skip
     return {"pipeline": pipeline, "root": str(spec.root), "partitions": partitions}
 
 

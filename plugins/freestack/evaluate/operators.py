@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
-from freestack.ui.links import WandbRunLink
+from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 def candidate_of(context: Context) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def candidate_of(context: Context) -> dict[str, Any]:
 class EvaluateOperator(HubEnvironment, PipelineOperator):
     """Score the candidate and the current production model on the same held-out test split."""
 
-    operator_extra_links = (WandbRunLink(),)
+    operator_extra_links = (WandbRunLink(), FreestackPageLink())
     ui_color = "#d8f0e4"
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -793,3 +793,26 @@ def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str
             if until is None or ds <= until:
                 out.append(ds)
     return sorted(out)
+
+
+def lake_summary(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """Per published partition, oldest first: ds, good rows, quarantined rows, the part's sha256 and the
+    quarantine reasons with their counts (most frequent first)."""
+    import pyarrow.compute as pc
+
+    def one(ds: str) -> dict[str, Any]:
+        m = read_manifest(spec, ds) or {}
+        reasons: dict[str, int] = {}
+        if m.get("quarantine"):
+            with to_path(m["quarantine"]["uri"]).open("rb") as f:
+                q = pq.read_table(f, columns=["_reason"])
+            counts = pc.value_counts(q.column("_reason")).to_pylist()
+            reasons = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
+        return {"ds": ds, "rows": m.get("rows_good"), "quarantined": m.get("rows_quarantined", 0),
+                "sha256": (m.get("part") or {}).get("sha256"), "reasons": reasons}  # fmt: skip
+
+    days = lake_partitions(spec)
+    if len(days) < 4:
+        return [one(ds) for ds in days]
+    with ThreadPoolExecutor(min(16, len(days)), thread_name_prefix="lake-summary") as pool:
+        return list(pool.map(one, days))

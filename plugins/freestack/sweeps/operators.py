@@ -19,7 +19,7 @@ from freestack.pipeline_operator import PipelineOperator
 from freestack.sweeps.core import agent_threads
 from freestack.sweeps.spec import POOL
 from freestack.train.operators import airflow_info, fixed_window
-from freestack.ui.links import WandbRunLink
+from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
@@ -139,7 +139,7 @@ class SelectBestOperator(PipelineOperator):
     """The table of trials (CSV, JSON, W&B table), the metric-against-parameter plot, and the best
     trial's model published as a version; returns its URI like ``train`` does."""
 
-    operator_extra_links = (WandbRunLink(),)
+    operator_extra_links = (WandbRunLink(), FreestackPageLink())
     ui_color = "#fde9c9"
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
-from freestack.ui.links import WandbRunLink
+from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
@@ -122,7 +122,7 @@ def airflow_info(context: Context) -> dict[str, Any]:
 class TrainOperator(HubEnvironment, PipelineOperator):
     """Train once with the spec's defaults, overridden by the Params form."""
 
-    operator_extra_links = (WandbRunLink(),)
+    operator_extra_links = (WandbRunLink(), FreestackPageLink())
     ui_color = "#e4d8f7"
 
     def execute(self, context: Context) -> dict[str, Any]:

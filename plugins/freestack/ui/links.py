@@ -1,4 +1,5 @@
-"""The "W&B run" extra link and the small web page behind it for offline runs.
+"""The tasks' extra links: "W&B run" (and the small web page behind it for offline runs), and the link
+from every task of a pipeline into the matching freestack page (:class:`FreestackPageLink`).
 
 The training task pushes an XCom with key ``wandb`` holding ``TrackingRun.as_dict()``. In Airflow 3
 an operator's extra links are computed in the task process when the task finishes (the task runner
@@ -68,4 +69,27 @@ class WandbRunLink(BaseOperatorLink):
         return wandb_link(data)
 
 
-__all__ = ["OFFLINE_PATH", "URL_PREFIX", "XCOM_KEY", "WandbRunLink", "wandb_link"]
+#: where the freestack pages are mounted on the API server (:mod:`freestack.ui.app`)
+VIEWS_PREFIX = "/freestack/ui"
+
+
+class FreestackPageLink(BaseOperatorLink):
+    """Extra link from a pipeline's task into its freestack page: a training run's tasks open the version
+    they made (or its sweep), ``deploy`` the deployment, ``ingest`` the lake; the page is found when the
+    link is followed (``/freestack/ui/task``), so a task that is still running links too."""
+
+    def __init__(self, name: str = "freestack") -> None:
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        query = {"dag_id": ti_key.dag_id, "run_id": ti_key.run_id, "task_id": ti_key.task_id}
+        if getattr(ti_key, "map_index", -1) >= 0:
+            query["map_index"] = ti_key.map_index
+        return f"{_api_base_url()}{VIEWS_PREFIX}/task?{urlencode(query)}"
+
+
+__all__ = ["FreestackPageLink", "OFFLINE_PATH", "URL_PREFIX", "VIEWS_PREFIX", "XCOM_KEY", "WandbRunLink", "wandb_link"]

@@ -8,8 +8,8 @@ the run was recorded offline):
   command that uploads it.
 
 Only folders inside the W&B folder are shown (symlinks resolved first); every value is escaped and
-the pages load nothing (Content-Security-Policy ``default-src 'none'``). Like any plugin app, the
-pages are outside Airflow's login: they show run metrics and configs to whoever reaches the API server.
+the pages load nothing (Content-Security-Policy ``default-src 'none'``). Like the ML views, the pages
+need Airflow's login (:func:`freestack.ui.auth.current_user`): anonymous requests get 401.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from freestack.tracking import offline
+from freestack.ui.auth import current_user
 
-wandb_app = FastAPI(title="freestack W&B", docs_url=None, redoc_url=None, openapi_url=None)
+wandb_app = FastAPI(title="freestack W&B", docs_url=None, redoc_url=None, openapi_url=None,
+                    dependencies=[Depends(current_user)])  # fmt: skip
 
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",

@@ -1,0 +1,358 @@
+"""The freestack pages of the Airflow UI (mounted by the plugin at ``/freestack/ui``; the UI frames them
+under its "freestack" navigation entries):
+
+    /models, /models/<p>, /models/<p>/<version>       the registry: versions, gate, aliases, card, report
+    /sweeps, /sweeps/<p>/<sweep>                       trials, the best, Plotly pictures
+    /deployments                                       what is served, health, requests, latency
+    /data, /data/<p>                                   lake partitions, rows, quarantine reasons
+    /task?dag_id=&run_id=&task_id=                     a task's matching page (its "freestack" extra link)
+    /api/...                                           the same as JSON
+
+Every route needs Airflow's login (:mod:`freestack.ui.auth`); a pipeline's pages need read access to its
+DAGs, and promote / rollback need the right to trigger the DAG they run (:mod:`freestack.ui.actions`).
+Pages are rendered on the server from :mod:`freestack.ui.catalog` (Jinja2, autoescaped); the only
+script is ``static/views.js``, which draws the Plotly figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from freestack.ui import catalog
+from freestack.ui.auth import current_user, may_read, may_trigger, request_token, user_name
+
+HERE = Path(__file__).parent
+URL_PREFIX = "/freestack/ui"
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+#: a registered file's own page (the evaluation report inlines its plots): shown sandboxed, scripts off
+FILE_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+PAGE_SIZE = 100
+
+views_app = FastAPI(title="freestack views", docs_url=None, redoc_url=None, openapi_url=None,
+                    dependencies=[Depends(current_user)])  # fmt: skip
+views_app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+
+def _templates():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["num"] = lambda v, digits=4: "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+    env.filters["short"] = lambda v, n=12: "" if not v else str(v)[:n]
+    return env
+
+
+TEMPLATES = _templates()
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A page from its template; Plotly figures (JSON) are embedded so no "</script>" can close their tag."""
+    if context.get("figures"):
+        context["figures"] = [f.replace("</", "<\\/") for f in context["figures"]]
+    html = TEMPLATES.get_template(template).render(
+        base=str(request.scope.get("root_path", "")) or URL_PREFIX, user=user_name(request.state.user), **context
+    )
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+def _wants_json(request: Request) -> bool:
+    return "/api/" in request.url.path
+
+
+@views_app.get("/vendor/plotly.min.js")
+def plotly_js() -> Response:
+    """plotly.js as the ``plotly`` package ships it (no other host is asked for anything)."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    return Response(path.read_bytes(), media_type="text/javascript",
+                    headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})  # fmt: skip
+
+
+@views_app.exception_handler(HTTPException)
+async def _refused(request: Request, exc: HTTPException) -> Response:
+    if _wants_json(request) or not hasattr(request.state, "user"):
+        if not _wants_json(request) and exc.status_code in (401, 403):
+            return HTMLResponse(TEMPLATES.get_template("login.html").render(message=exc.detail), exc.status_code,
+                                headers=HEADERS)  # fmt: skip
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers={"Cache-Control": "no-store"})
+    return page(request, "error.html", status=exc.status_code, title=f"HTTP {exc.status_code}", message=exc.detail)
+
+
+async def user_of(request: Request, user: Any = Depends(current_user)) -> Any:
+    request.state.user = user
+    return user
+
+
+def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[catalog.Pipeline, Any]:
+    """The pipeline ``name`` and its spec, when the user may read its ``<name>_<dag>`` DAG."""
+    found = {p.name: (p, s) for p, s in catalog.pipelines()}
+    if name not in found:
+        raise HTTPException(404, f"no pipeline {name!r} (pipelines: {', '.join(sorted(found)) or 'none'})")
+    if not may_read(user, f"{name}_{dag}"):
+        raise HTTPException(403, f"you may not read the DAG {name}_{dag}, so not its pipeline's pages")
+    return found[name]
+
+
+def _readable(user: Any, dag: str = "train") -> list[tuple[catalog.Pipeline, Any]]:
+    return [(p, s) for p, s in catalog.pipelines() if may_read(user, f"{p.name}_{dag}")]
+
+
+async def off_loop(fn, *args):
+    """Run a storage-reading function in a thread: the API server's event loop keeps serving."""
+    return await asyncio.to_thread(fn, *args)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+
+
+def _models_overview(user: Any) -> list[catalog.ModelPage]:
+    return [catalog.model_page(p.name, s) for p, s in _readable(user) if p.trains]
+
+
+@views_app.get("/", response_class=HTMLResponse)
+@views_app.get("/models", response_class=HTMLResponse)
+async def models(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    return page(request, "models.html", title="Models", tab="models", models=await off_loop(_models_overview, user))
+
+
+@views_app.get("/api/models")
+async def models_json(request: Request, user: Any = Depends(user_of)) -> list[catalog.ModelPage]:
+    return await off_loop(_models_overview, user)
+
+
+@views_app.get("/models/{pipeline}", response_class=HTMLResponse)
+async def model(request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)) -> HTMLResponse:
+    from freestack.ui.plots import metric_over_versions
+
+    _, spec = _pipeline(pipeline, user)
+    data = await off_loop(catalog.model_page, pipeline, spec)
+    newest = data.versions[::-1]
+    pages = max(1, -(-len(newest) // PAGE_SIZE))
+    shown = newest[(pg - 1) * PAGE_SIZE : pg * PAGE_SIZE]
+    metric = f"test_{spec.gate.metric}" if getattr(spec, "gate", None) else None
+    metric = metric if any(metric in v.metrics for v in newest) else next(iter(newest[0].metrics), None) if newest else None
+    figure = metric_over_versions(data.versions, metric) if metric and len(data.versions) > 1 else None
+    return page(request, "model.html", title=f"{data.model} versions", tab="models", m=data, shown=shown, pg=pg,
+                pages=pages, figures=[figure] if figure else [], may_promote=may_trigger(user, f"{pipeline}_promote"),
+                may_rollback=may_trigger(user, f"{pipeline}_rollback"))  # fmt: skip
+
+
+@views_app.get("/api/models/{pipeline}")
+async def model_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.ModelPage:
+    return await off_loop(catalog.model_page, pipeline, _pipeline(pipeline, user)[1])
+
+
+def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
+    from freestack.registry.core import RegistryError
+
+    try:
+        return catalog.version_page(pipeline, spec, version)
+    except RegistryError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@views_app.get("/models/{pipeline}/{version}", response_class=HTMLResponse)
+async def version(request: Request, pipeline: str, version: str, user: Any = Depends(user_of)) -> HTMLResponse:
+    from freestack.ui.actions import run_url
+    from freestack.ui.cards import render_card
+
+    _, spec = _pipeline(pipeline, user)
+    v = await off_loop(_version, pipeline, spec, version)
+    af = v.lineage.get("airflow") or {}
+    return page(request, "version.html", title=f"{v.model} {v.row.version}", tab="models", v=v,
+                card=render_card(v.card), aliases=await off_loop(lambda: catalog.model_page(pipeline, spec).aliases),
+                run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
+                may_promote=may_trigger(user, f"{pipeline}_promote"))  # fmt: skip
+
+
+@views_app.get("/api/models/{pipeline}/{version}")
+async def version_json(pipeline: str, version: str, user: Any = Depends(user_of)) -> catalog.VersionPage:
+    return await off_loop(_version, pipeline, _pipeline(pipeline, user)[1], version)
+
+
+@views_app.get("/models/{pipeline}/{version}/files/{rel:path}")
+async def version_file(pipeline: str, version: str, rel: str, user: Any = Depends(user_of)) -> Response:
+    """A registered file of the version (the evaluation report, its plots, the card...), read through the
+    storage layer; only files the registration's manifest lists."""
+    _, spec = _pipeline(pipeline, user)
+    v = await off_loop(_version, pipeline, spec, version)
+    if rel not in v.files:
+        raise HTTPException(404, f"{v.model} {v.row.version} has no registered file {rel!r}")
+    kinds = {".html": "text/html", ".png": "image/png", ".json": "application/json", ".md": "text/plain",
+             ".csv": "text/csv", ".txt": "text/plain"}  # fmt: skip
+    kind = kinds.get(Path(rel).suffix.lower())
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP, "Cache-Control": "private, max-age=3600"}
+    if kind is None:
+        kind, headers["Content-Disposition"] = "application/octet-stream", f'attachment; filename="{Path(rel).name}"'
+    return StreamingResponse(catalog.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# actions: each runs a DAG through Airflow, as the user, after a confirmation page
+
+
+def _same_origin(request: Request) -> None:
+    """A state-changing form must come from this server's own pages (the cookie is SameSite=Lax too)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin and urlsplit(origin).netloc != request.url.netloc:
+        raise HTTPException(403, f"the form was sent from {urlsplit(origin).netloc}, not from this server")
+
+
+def _action(pipeline: str, kind: str, version: str | None, alias: str | None) -> dict[str, Any]:
+    """What a promote or rollback would run: the DAG, its form, and a sentence saying what it does."""
+    if kind == "rollback":
+        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": "previous"},
+                "what": "production goes back to the previous version, which is redeployed"}  # fmt: skip
+    if alias not in ("production", "staging"):
+        raise HTTPException(400, f"alias {alias!r} cannot be set here: use production or staging")
+    what = f"{alias} points at {version}" + (" and it is redeployed" if alias == "production" else "")
+    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias}, "what": what}
+
+
+@views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
+async def confirm(request: Request, pipeline: str, version: str, kind: str, alias: str = "production",
+                  user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    if kind not in ("promote", "rollback"):
+        raise HTTPException(404, f"no action {kind!r}: promote or rollback")
+    _, spec = _pipeline(pipeline, user)
+    v = await off_loop(_version, pipeline, spec, version)
+    act = _action(pipeline, kind, v.row.version, alias)
+    allowed = may_trigger(user, act["dag_id"])
+    current = (await off_loop(catalog.model_page, pipeline, spec)).aliases
+    return page(request, "confirm.html", title=f"Confirm: {kind}", tab="models", v=v, kind=kind, alias=alias,
+                act=act, allowed=allowed, current=current, status=200 if allowed else 403)  # fmt: skip
+
+
+@views_app.post("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
+async def act(request: Request, pipeline: str, version: str, kind: str, alias: str = Form("production"),
+              reason: str = Form("", max_length=500), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    from freestack.ui.actions import ActionError, trigger
+
+    _same_origin(request)
+    if kind not in ("promote", "rollback"):
+        raise HTTPException(404, f"no action {kind!r}: promote or rollback")
+    _, spec = _pipeline(pipeline, user)
+    v = await off_loop(_version, pipeline, spec, version)
+    action = _action(pipeline, kind, v.row.version, alias)
+    if not may_trigger(user, action["dag_id"]):
+        raise HTTPException(403, f"you may not trigger {action['dag_id']}, so not {kind} {v.model}")
+    conf = {**action["conf"], **({"reason": reason} if kind == "promote" and reason else {})}
+    note = f"{kind} from the freestack Models page by {user_name(user)}: {action['what']}" + (f" ({reason})" if reason else "")
+    try:
+        run = await trigger(action["dag_id"], conf, request_token(request) or "", note)
+    except ActionError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return page(request, "triggered.html", title=f"{kind}: started", tab="models", v=v, run=run, act=action)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sweeps
+
+
+def _sweeps_overview(user: Any) -> list[tuple[str, list[catalog.SweepRow]]]:
+    return [(p.name, catalog.sweeps(s)) for p, s in _readable(user) if p.trains]
+
+
+@views_app.get("/sweeps", response_class=HTMLResponse)
+async def sweeps(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    return page(request, "sweeps.html", title="Sweeps", tab="sweeps", groups=await off_loop(_sweeps_overview, user))
+
+
+def _sweep(pipeline: str, spec: Any, sweep_id: str) -> catalog.SweepPage:
+    from freestack.sweeps.core import SweepError
+
+    try:
+        return catalog.sweep_page(pipeline, spec, sweep_id)
+    except SweepError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@views_app.get("/sweeps/{pipeline}/{sweep_id}", response_class=HTMLResponse)
+async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> HTMLResponse:
+    from freestack.ui.plots import metric_over_epochs, metric_vs_params
+
+    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    figures = [metric_vs_params(s), metric_over_epochs(s)] if s.trials else []
+    counts = {state: sum(t.state == state for t in s.trials) for state in dict.fromkeys(t.state for t in s.trials)}
+    return page(request, "sweep.html", title=f"Sweep {sweep_id}", tab="sweeps", s=s, figures=figures, counts=counts)
+
+
+@views_app.get("/api/sweeps/{pipeline}")
+async def sweeps_json(pipeline: str, user: Any = Depends(user_of)) -> list[catalog.SweepRow]:
+    return await off_loop(catalog.sweeps, _pipeline(pipeline, user)[1])
+
+
+@views_app.get("/api/sweeps/{pipeline}/{sweep_id}")
+async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> catalog.SweepPage:
+    return await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deployments and data
+
+
+def _deployments(user: Any) -> list[catalog.DeploymentRow]:
+    readable = {p.name for p, _ in _readable(user)}
+    return [d for d in catalog.deployments() if d.pipeline in readable]
+
+
+@views_app.get("/deployments", response_class=HTMLResponse)
+async def deployments(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    return page(request, "deployments.html", title="Deployments", tab="deployments",
+                rows=await off_loop(_deployments, user))  # fmt: skip
+
+
+@views_app.get("/api/deployments")
+async def deployments_json(user: Any = Depends(user_of)) -> list[catalog.DeploymentRow]:
+    return await off_loop(_deployments, user)
+
+
+@views_app.get("/data", response_class=HTMLResponse)
+async def data(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    lakes = await off_loop(lambda: [catalog.lake_page(p.name, s) for p, s in _readable(user, "ingest")])
+    return page(request, "data.html", title="Data", tab="data", lakes=lakes)
+
+
+@views_app.get("/data/{pipeline}", response_class=HTMLResponse)
+async def data_one(request: Request, pipeline: str, user: Any = Depends(user_of)) -> HTMLResponse:
+    lake = await off_loop(catalog.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+    return page(request, "data.html", title=f"Data: {pipeline}", tab="data", lakes=[lake])
+
+
+@views_app.get("/api/data/{pipeline}")
+async def data_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.LakePage:
+    return await off_loop(catalog.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a task's page
+
+
+@views_app.get("/task")
+async def task_page(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
+                    user: Any = Depends(user_of)) -> RedirectResponse:  # fmt: skip
+    """Where a pipeline task's "freestack" extra link goes: the version its run made, its sweep, the
+    deployment, the aliases, or the lake."""
+    from freestack.ui.tasks import page_of_task
+
+    pipeline, _, kind = dag_id.rpartition("_")
+    _, spec = _pipeline(pipeline, user, "ingest" if kind == "ingest" else "train")
+    target = await off_loop(page_of_task, pipeline, spec, kind, run_id, task_id)
+    return RedirectResponse(f"{URL_PREFIX}{target}", status_code=303)
+
+
+__all__ = ["URL_PREFIX", "views_app"]

@@ -1,0 +1,483 @@
+"""What the freestack pages show, read from the storage root (local, ``s3://``, ``data://``) through the
+storage layer: models and their versions, sweeps and their trials, deployments, lake partitions.
+
+Every reader returns a typed model (the JSON endpoints return the same models). Committed versions are
+immutable, so their rows are kept for the life of the process (:data:`_VERSIONS`): a page with 1,000
+versions reads only the folder listing and ``aliases.json`` once warm; the first read fetches the
+versions' small files side by side (:data:`READERS` threads), which matters on S3.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, Field
+
+from freestack.registry.names import MARKER, VERSION_RE
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from freestack.spec import PipelineSpec
+
+#: storage reads in flight at once for one page
+READERS = 16
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]``, :data:`READERS` at a time (storage reads wait on I/O, not the CPU)."""
+    items = list(items)
+    if len(items) < 4:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(READERS, len(items)), thread_name_prefix="freestack-ui") as pool:
+        return list(pool.map(fn, items))
+
+
+def read_json(path: ObjectStoragePath) -> Any:
+    """The JSON file's content; None when it is missing."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def subfolders(folder: ObjectStoragePath) -> list[str]:
+    """The names of the folders directly in ``folder`` (one listing call, also on object stores)."""
+    folder.fs.invalidate_cache(folder.path)
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+
+def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (d or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pipelines
+
+
+class Pipeline(BaseModel):
+    name: str
+    model: str
+    root: str
+    description: str = ""
+    train_dag: str
+    ingest_dag: str
+    trains: bool
+
+
+def pipelines() -> list[tuple[Pipeline, PipelineSpec]]:
+    """Every valid pipeline spec (an invalid one is the spec-errors DAG file's import error)."""
+    from freestack.errors import SpecError
+    from freestack.spec import discover_specs
+
+    out = []
+    for name, spec in discover_specs().items():
+        if isinstance(spec, SpecError):
+            continue
+        out.append((Pipeline(name=name, model=spec.model_name, root=str(spec.root), description=spec.description or "",
+                             train_dag=f"{name}_train", ingest_dag=f"{name}_ingest",
+                             trains=spec.source.schema_.target is not None), spec))  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+
+
+class Gate(BaseModel):
+    decision: str = Field(description="promoted, blocked, or none (registered without a gate)")
+    reasons: list[str] = []
+    metric: str | None = None
+    approval: str | None = None
+
+
+class VersionRow(BaseModel):
+    version: str
+    created: str | None
+    window_end: str | None = None
+    window_days: int | None = None
+    partitions: int = 0
+    metrics: dict[str, float] = {}
+    gate: Gate
+    airflow_run: str | None = None
+    airflow_dag: str | None = None
+    sweep: str | None = None
+
+
+class AliasMove(BaseModel):
+    at: str | None
+    action: str
+    alias: str
+    version: str | None
+    previous: str | None = None
+    reason: str | None = None
+    by: str | None = None
+
+
+class ModelPage(BaseModel):
+    pipeline: str
+    model: str
+    root: str
+    versions: list[VersionRow]
+    aliases: dict[str, str]
+    history: list[AliasMove]
+
+    def aliases_of(self, version: str) -> list[str]:
+        return sorted(a for a, v in self.aliases.items() if v == version)
+
+
+#: (registry folder, version) -> its row: a committed version never changes
+_VERSIONS: dict[tuple[str, str], VersionRow] = {}
+_LOCK = threading.Lock()
+
+
+def _gate(lineage: dict[str, Any]) -> Gate:
+    g = lineage.get("gate") or {}
+    if not g:
+        return Gate(decision="none")
+    promoted = g.get("promote", g.get("decision") == "promote")
+    return Gate(decision="promoted" if promoted else "blocked", reasons=[str(r) for r in g.get("reasons") or []],
+                metric=g.get("metric"), approval=g.get("approval"))  # fmt: skip
+
+
+def _version_row(folder: ObjectStoragePath, version: str) -> VersionRow | None:
+    from freestack.registry.card import metrics_summary
+    from freestack.storage import join
+
+    marker = read_json(join(folder, version, MARKER))
+    if marker is None:
+        return None  # an unfinished registration: not a version
+    lineage = read_json(join(folder, version, "lineage.json")) or {}
+    metrics = metrics_summary(read_json(join(folder, version, "metrics.json")) or {})
+    window, airflow = lineage.get("window") or {}, lineage.get("airflow") or {}
+    return VersionRow(
+        version=version, created=marker.get("registered_at"), window_end=window.get("end_ds"),
+        window_days=window.get("days"), partitions=len(lineage.get("partitions") or []),
+        metrics={k: v for k, v in _numbers(metrics).items() if k.startswith("test_")}, gate=_gate(lineage),
+        airflow_run=airflow.get("run_id"), airflow_dag=airflow.get("dag_id"),
+        sweep=(lineage.get("sweep") or {}).get("id"),
+    )  # fmt: skip
+
+
+def version_rows(folder: ObjectStoragePath) -> list[VersionRow]:
+    """The committed versions under a model's registry folder, oldest first."""
+    names = [n for n in subfolders(folder) if VERSION_RE.match(n)]
+    key = str(folder)
+    missing = [n for n in names if (key, n) not in _VERSIONS]
+    for name, row in zip(missing, parallel(lambda n: _version_row(folder, n), missing), strict=True):
+        if row is not None:
+            with _LOCK:
+                _VERSIONS[(key, name)] = row
+    rows = [_VERSIONS[(key, n)] for n in names if (key, n) in _VERSIONS]
+    return sorted(rows, key=lambda r: (r.created or "", r.version))
+
+
+def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
+    from freestack.registry.core import registry_for
+
+    reg = registry_for(spec)
+    aliases = reg.aliases()
+    history = [AliasMove(at=e.get("at"), action=e.get("action", "?"), alias=e.get("alias", "?"), version=e.get("version"),
+                         previous=e.get("from"), reason=e.get("reason"), by=e.get("by"))
+               for e in aliases.get("history") or []]  # fmt: skip
+    return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root), versions=version_rows(reg.folder),
+                     aliases={k: v for k, v in aliases.items() if k != "history" and isinstance(v, str)},
+                     history=history[::-1])  # fmt: skip
+
+
+class Partition(BaseModel):
+    ds: str
+    sha256: str | None = None
+
+
+class VersionPage(BaseModel):
+    pipeline: str
+    model: str
+    row: VersionRow
+    aliases: list[str]
+    uri: str
+    card: str | None
+    metrics: dict[str, float]
+    lineage: dict[str, Any]
+    partitions: list[Partition]
+    files: dict[str, int]
+    plots: list[str]
+    report: str | None
+
+
+def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage:
+    """One committed version: its card, metrics, lineage, files and the evaluation's report and plots."""
+    from freestack.registry.core import registry_for
+
+    reg = registry_for(spec)
+    info = reg.get(version)
+    row = _VERSIONS.get((str(reg.folder), info["version"])) or _version_row(reg.folder, info["version"])
+    assert row is not None
+    files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
+    lineage = info["lineage"]
+    parts = [Partition(ds=str(p.get("ds")), sha256=p.get("sha256")) for p in lineage.get("partitions") or []
+             if isinstance(p, dict)]  # fmt: skip
+    return VersionPage(
+        pipeline=pipeline, model=spec.model_name, row=row, aliases=info["aliases"], uri=info["uri"], card=info["card"],
+        metrics=_numbers(info["metrics_full"]), lineage=lineage, partitions=parts, files=files,
+        plots=[f for f in files if f.startswith("evaluation/") and f.endswith(".png")],
+        report="evaluation/report.html" if "evaluation/report.html" in files else None,
+    )  # fmt: skip
+
+
+def version_file_chunks(spec: PipelineSpec, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A registered file of a committed version (``rel`` as its manifest names it), in pieces."""
+    from freestack.registry.core import registry_for
+    from freestack.storage import join
+
+    with join(registry_for(spec).version_path(version), *rel.split("/")).open("rb") as f:
+        while piece := f.read(chunk):
+            yield piece
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sweeps
+
+
+class SweepRow(BaseModel):
+    sweep_id: str
+    method: str
+    created: str | None
+    metric: str | None = None
+    goal: str | None = None
+    trials: int = 0
+    best_trial: str | None = None
+    best_value: float | None = None
+    airflow_run: str | None = None
+    version_uri: str | None = None
+
+
+class Trial(BaseModel):
+    trial: str
+    state: str = Field(description="finished, early-stopped, failed, crashed or running")
+    agent: str | None = Field(description="the agent (its map index) that ran the trial last")
+    params: dict[str, Any]
+    value: float | None
+    epochs: int
+    history: list[float | None]
+    error: str | None = None
+
+
+class SweepPage(BaseModel):
+    pipeline: str
+    sweep: SweepRow
+    parameters: list[str]
+    trials: list[Trial]
+    best: Trial | None
+
+
+def _runs_folder(spec: PipelineSpec):
+    from freestack.storage import join, storage_root
+
+    return join(storage_root(spec.storage_root), "runs", spec.name)
+
+
+def _sweep_row(folder: ObjectStoragePath) -> SweepRow | None:
+    from freestack.storage import join
+
+    doc = read_json(join(folder, "sweep.json"))
+    if doc is None:
+        return None
+    best = read_json(join(folder, "best.json")) or {}
+    metric = best.get("metric") or ((doc.get("config") or {}).get("metric") or {}).get("name")
+    return SweepRow(
+        sweep_id=doc["id"], method=(doc.get("config") or {}).get("method", "?"), created=doc.get("created_at"),
+        metric=metric, goal=best.get("goal") or ((doc.get("config") or {}).get("metric") or {}).get("goal"),
+        trials=int(best.get("trials") or 0), best_trial=best.get("best_trial"), best_value=best.get("best_value"),
+        airflow_run=((doc.get("request") or {}).get("airflow") or {}).get("run_id"), version_uri=best.get("version_uri"),
+    )  # fmt: skip
+
+
+def sweeps(spec: PipelineSpec) -> list[SweepRow]:
+    """The pipeline's sweeps, newest first."""
+    from freestack.storage import join
+
+    runs = _runs_folder(spec)
+    folders = [join(runs, n) for n in subfolders(runs) if n.startswith("sweep-")]
+    rows = [r for r in parallel(_sweep_row, folders) if r is not None]
+    return sorted(rows, key=lambda r: r.created or "", reverse=True)
+
+
+def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
+    from freestack.sweeps.core import best_of
+
+    hist = doc.get("history") or []
+    state = doc.get("state", "running")
+    if state == "finished" and doc.get("stopped"):
+        state = "early-stopped"
+    slot = str((doc.get("lease") or {}).get("slot") or "")
+    return Trial(trial=doc["id"], state=state, agent=f"agent {slot.rsplit('/', 1)[-1]}" if slot else None, params=doc.get("params") or {},
+                 value=best_of(hist, metric, goal), epochs=len(hist),
+                 history=[r.get(metric) if isinstance(r.get(metric), int | float) else None for r in hist],
+                 error=doc.get("error"))  # fmt: skip
+
+
+def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
+    from freestack.storage import join
+    from freestack.sweeps.core import SweepError
+    from freestack.sweeps.report import sweep_metric
+
+    folder = join(_runs_folder(spec), sweep_id)
+    row = _sweep_row(folder)
+    if row is None:
+        raise SweepError(f"pipeline {pipeline!r} has no sweep {sweep_id!r}")
+    trials_dir = join(folder, "trials")
+    names = [n for n in subfolders(trials_dir) if n.startswith(("t", "w-"))]
+    docs = [d for d in parallel(lambda n: read_json(join(trials_dir, n, "trial.json")), names) if d]
+    if row.metric is None or row.goal is None:
+        sweep_doc = read_json(join(folder, "sweep.json")) or {}
+        task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
+        row.metric, row.goal = sweep_metric(sweep_doc.get("config") or {}, task)
+    trials = [_trial(d, row.metric, row.goal) for d in docs]
+    row.trials = len(trials)
+    scored = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
+    best = next((t for t in trials if t.trial == row.best_trial), None) or (
+        (max if row.goal == "maximize" else min)(scored, key=lambda t: t.value) if scored else None)  # fmt: skip
+    params = list(dict.fromkeys(k for t in trials for k in t.params))
+    return SweepPage(pipeline=pipeline, sweep=row, parameters=params, trials=trials, best=best)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deployments
+
+
+class Serving(BaseModel):
+    """What the model server's Prometheus metrics say since it started (its workers summed)."""
+
+    requests: float | None = None
+    rows: float | None = None
+    mean_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+
+
+class DeploymentRow(BaseModel):
+    pipeline: str | None
+    model: str
+    name: str
+    target: str
+    state: str
+    version: str | None
+    address: str | None
+    since: str | None
+    health: str | None
+    smoke: dict[str, Any] | None
+    serving: Serving
+    traffic: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+
+
+def _deployment(record: dict[str, Any], pipeline: str | None) -> DeploymentRow:
+    from freestack.serving.local import describe
+
+    live = describe(record) if record.get("state") == "serving" else {**record, "health": None}
+    target = record.get("target", "local")
+    address = record.get("predict_url") or record.get("url") or (record.get("endpoint") or None)
+    return DeploymentRow(
+        pipeline=pipeline, model=record.get("model", "?"), name=record.get("name", "?"), target=target,
+        state=record.get("state", "?"), version=record.get("version"), address=address,
+        since=record.get("deployed_at"), health=live.get("health") or (record.get("status") if target != "local" else None),
+        smoke=record.get("smoke"), serving=serving_stats(record.get("metrics_url")) if record.get("state") == "serving" else Serving(),
+        traffic=[p for p in record.get("predictors") or [] if isinstance(p, dict)], history=list(record.get("history") or [])[-10:][::-1],
+    )  # fmt: skip
+
+
+def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
+    """Predictions, rows and model latency (mean, 95th percentile) so far, from the model server's
+    Prometheus metrics (``freestack_model_predict_seconds``, ``freestack_prediction_rows_total``)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if not metrics_url:
+        return Serving()
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return Serving()
+    sums: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "freestack_model_predict_seconds_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+            else:
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+    count = sums.get("freestack_model_predict_seconds_count", 0.0)
+    mean = 1000 * sums.get("freestack_model_predict_seconds_sum", 0.0) / count if count else None
+    p95 = next((1000 * le for le, n in sorted(buckets.items()) if count and n >= 0.95 * count), None)
+    return Serving(requests=count, rows=sums.get("freestack_prediction_rows_total"), mean_latency_ms=mean,
+                   p95_latency_ms=p95 if p95 is None or p95 != float("inf") else None)
+
+
+def deployments() -> list[DeploymentRow]:
+    """Every deployment record under every pipeline's storage root, with what is true now."""
+    from freestack.serving.records import all_deployments
+
+    by_root: dict[str, dict[str, str]] = {}
+    for p, spec in pipelines():
+        by_root.setdefault(p.root, {})[spec.model_name] = p.name
+    out = []
+    for root, models in by_root.items():
+        for rec in all_deployments(root):
+            out.append((rec, models.get(rec.get("model", ""))))
+    return parallel(lambda pair: _deployment(*pair), out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+
+
+class PartitionRow(BaseModel):
+    ds: str
+    rows: int | None
+    quarantined: int
+    sha256: str | None
+    reasons: dict[str, int]
+
+
+class LakePage(BaseModel):
+    pipeline: str
+    root: str
+    partitions: list[PartitionRow]
+    missing: list[str] = Field(default_factory=list, description="days between the first and last partition without one")
+
+
+def lake_page(pipeline: str, spec: PipelineSpec) -> LakePage:
+    from datetime import date, timedelta
+
+    from freestack.ingest.core import lake_summary
+
+    rows = [PartitionRow(**p) for p in lake_summary(spec)]
+    missing: list[str] = []
+    if rows:
+        have = {r.ds for r in rows}
+        day, last = date.fromisoformat(rows[0].ds), date.fromisoformat(rows[-1].ds)
+        while day <= last:
+            if day.isoformat() not in have:
+                missing.append(day.isoformat())
+            day += timedelta(days=1)
+    return LakePage(pipeline=pipeline, root=str(spec.root), partitions=rows, missing=missing)
+
+
+__all__ = [
+    "DeploymentRow", "LakePage", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
+    "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
+    "version_file_chunks", "version_page", "version_rows",
+]  # fmt: skip

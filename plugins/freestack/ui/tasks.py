@@ -1,0 +1,45 @@
+"""Which freestack page a pipeline task's "freestack" extra link opens (``/freestack/ui/task``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from freestack.ui import catalog
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+SWEEP_TASKS = ("create_sweep", "agent", "select_best")
+
+
+def _q(text: str) -> str:
+    return quote(text, safe="")
+
+
+def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task_id: str) -> str:
+    """The page's path under ``/freestack/ui`` for task ``task_id`` of run ``run_id`` of ``<pipeline>_<kind>``:
+
+    - ingest: the pipeline's lake; ``deploy`` (any DAG): the deployments;
+    - train: the sweep of the run (``create_sweep``, ``agent``, ``select_best``), else the version the run
+      registered, else (none yet) the model's versions;
+    - rollback, promote: the model's versions and aliases' history."""
+    if kind == "ingest":
+        return f"/data/{_q(pipeline)}"
+    if task_id == "deploy":
+        return f"/deployments#{_q(pipeline)}"
+    if kind == "train" and task_id in SWEEP_TASKS:
+        sweep = next((s for s in catalog.sweeps(spec) if s.airflow_run == run_id), None)
+        if sweep is not None:
+            return f"/sweeps/{_q(pipeline)}/{_q(sweep.sweep_id)}"
+    if kind == "train":
+        from freestack.registry.core import registry_for
+
+        rows = catalog.version_rows(registry_for(spec).folder)
+        made = next((r for r in reversed(rows) if r.airflow_run == run_id), None)
+        if made is not None:
+            return f"/models/{_q(pipeline)}/{_q(made.version)}"
+    return f"/models/{_q(pipeline)}"
+
+
+__all__ = ["page_of_task"]
