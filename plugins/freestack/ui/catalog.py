@@ -47,6 +47,22 @@ def read_json(path: ObjectStoragePath) -> Any:
         return None
 
 
+def read_many(folder: ObjectStoragePath, rels: list[str]) -> dict[str, Any]:
+    """The JSON files ``rels`` under ``folder``, fetched in one batched call of the filesystem (fsspec's
+    ``cat`` of many paths: concurrent requests on S3); a missing or unreadable file is left out."""
+    base = folder.path.rstrip("/")
+    paths = {f"{base}/{rel}": rel for rel in rels}
+    got = folder.fs.cat(list(paths), on_error="omit") if paths else {}
+    out = {}
+    for path, data in got.items():
+        rel = paths.get(path) or paths.get(str(path).lstrip("/")) or paths.get("/" + str(path))
+        try:
+            out[rel] = json.loads(data)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def subfolders(folder: ObjectStoragePath) -> list[str]:
     """The names of the folders directly in ``folder`` (one listing call, also on object stores)."""
     folder.fs.invalidate_cache(folder.path)
@@ -150,15 +166,15 @@ def _gate(lineage: dict[str, Any]) -> Gate:
                 metric=g.get("metric"), approval=g.get("approval"))  # fmt: skip
 
 
-def _version_row(folder: ObjectStoragePath, version: str) -> VersionRow | None:
+def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
+    """A version's row from its files (``{name: JSON}``), None when it is not committed."""
     from freestack.registry.card import metrics_summary
-    from freestack.storage import join
 
-    marker = read_json(join(folder, version, MARKER))
+    marker = files.get(f"{version}/{MARKER}")
     if marker is None:
         return None  # an unfinished registration: not a version
-    lineage = read_json(join(folder, version, "lineage.json")) or {}
-    metrics = metrics_summary(read_json(join(folder, version, "metrics.json")) or {})
+    lineage = files.get(f"{version}/lineage.json") or {}
+    metrics = metrics_summary(files.get(f"{version}/metrics.json") or {})
     window, airflow = lineage.get("window") or {}, lineage.get("airflow") or {}
     return VersionRow(
         version=version, created=marker.get("registered_at"), window_end=window.get("end_ds"),
@@ -174,7 +190,9 @@ def version_rows(folder: ObjectStoragePath) -> list[VersionRow]:
     names = [n for n in subfolders(folder) if VERSION_RE.match(n)]
     key = str(folder)
     missing = [n for n in names if (key, n) not in _VERSIONS]
-    for name, row in zip(missing, parallel(lambda n: _version_row(folder, n), missing), strict=True):
+    files = read_many(folder, [f"{n}/{f}" for n in missing for f in (MARKER, "lineage.json", "metrics.json")])
+    for name in missing:
+        row = _version_row(name, files)
         if row is not None:
             with _LOCK:
                 _VERSIONS[(key, name)] = row
@@ -221,7 +239,9 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
 
     reg = registry_for(spec)
     info = reg.get(version)
-    row = _VERSIONS.get((str(reg.folder), info["version"])) or _version_row(reg.folder, info["version"])
+    name = info["version"]
+    row = _VERSIONS.get((str(reg.folder), name)) or _version_row(
+        name, read_many(reg.folder, [f"{name}/{f}" for f in (MARKER, "lineage.json", "metrics.json")]))
     assert row is not None
     files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
     lineage = info["lineage"]
@@ -338,7 +358,8 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
         raise SweepError(f"pipeline {pipeline!r} has no sweep {sweep_id!r}")
     trials_dir = join(folder, "trials")
     names = [n for n in subfolders(trials_dir) if n.startswith(("t", "w-"))]
-    docs = [d for d in parallel(lambda n: read_json(join(trials_dir, n, "trial.json")), names) if d]
+    got = read_many(trials_dir, [f"{n}/trial.json" for n in names])
+    docs = [got[f"{n}/trial.json"] for n in names if got.get(f"{n}/trial.json")]
     if row.metric is None or row.goal is None:
         sweep_doc = read_json(join(folder, "sweep.json")) or {}
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
@@ -381,18 +402,32 @@ class DeploymentRow(BaseModel):
     history: list[dict[str, Any]] = []
 
 
+def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Kubernetes deployment's predictors as its last rollout left them: main and, with a canary, its share."""
+    if record.get("target") != "kubernetes":
+        return []
+    canary = int(record.get("canary_traffic") or 0) if record.get("canary_version") else 0
+    split = [{"name": "main", "version": record.get("version"), "traffic": 100 - canary}]
+    if canary:
+        split.append({"name": "canary", "version": record.get("canary_version"), "traffic": canary})
+    return split
+
+
 def _deployment(record: dict[str, Any], pipeline: str | None) -> DeploymentRow:
     from freestack.serving.local import describe
 
-    live = describe(record) if record.get("state") == "serving" else {**record, "health": None}
-    target = record.get("target", "local")
-    address = record.get("predict_url") or record.get("url") or (record.get("endpoint") or None)
+    serving = record.get("state") == "serving"
+    kubernetes = record.get("target") == "kubernetes"
+    if kubernetes:
+        address, health = f"SeldonDeployment {record.get('namespace')}/{record.get('name')}", record.get("message")
+    else:
+        address, health = record.get("predict_url") or record.get("url"), describe(record).get("health") if serving else None
     return DeploymentRow(
-        pipeline=pipeline, model=record.get("model", "?"), name=record.get("name", "?"), target=target,
-        state=record.get("state", "?"), version=record.get("version"), address=address,
-        since=record.get("deployed_at"), health=live.get("health") or (record.get("status") if target != "local" else None),
-        smoke=record.get("smoke"), serving=serving_stats(record.get("metrics_url")) if record.get("state") == "serving" else Serving(),
-        traffic=[p for p in record.get("predictors") or [] if isinstance(p, dict)], history=list(record.get("history") or [])[-10:][::-1],
+        pipeline=pipeline, model=record.get("model", "?"), name=record.get("name", "?"), target=record.get("target", "local"),
+        state=record.get("state", "?"), version=record.get("version"), address=address, health=health,
+        since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"), smoke=record.get("smoke"),
+        serving=serving_stats(record.get("metrics_url")) if serving else Serving(), traffic=traffic_split(record),
+        history=list(record.get("history") or [])[-10:][::-1],
     )  # fmt: skip
 
 
