@@ -140,6 +140,7 @@ bench: $(STAMP) $(SERVING_STAMP)
 	$(BIN)/python -m bench.serve.slow_clients --repeats 5 --worker-classes freestack,gthread
 	$(BIN)/python -m bench.data_api.listing
 	$(BIN)/python -m bench.orchestration.run
+	$(BIN)/python -m bench.ui.run
 	$(BIN)/python -m bench.report
 
 clean:

@@ -227,10 +227,25 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
     ]  # fmt: skip
 
 
+def _ui(r: dict[str, Any], file: str) -> list[Row]:
+    """The ML views at volume: the slowest page's server time, and the versions and sweep pages against
+    plain reads of the same files."""
+    b, ratios = r["baseline"], r["ratios"]
+    scale = f"{r['versions']:,} versions / {r['trials']:,} trials"
+    return [
+        Row("ui", f"slowest page, server time ({scale})", _n(r["slowest_s"] * 1000, 0, "ms"), "-", None,
+            f"<= {r['target_s'] * 1000:.0f} ms", r["met"], better="lower"),
+        Row("ui", f"versions page, first load ({r['versions']:,} versions)",
+            _n(r["pages"]["/freestack/ui/models/digits"]["cold_s"] * 1000, 0, "ms"),
+            f"{_n(b['versions_s'] * 1000, 0, 'ms')} (plain reads of the same files)",
+            ratios["versions_page_cold_vs_plain_reads"], "-", None, better="lower"),
+    ]  # fmt: skip
+
+
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
-    "orchestration": _orchestration,
+    "orchestration": _orchestration, "ui": _ui,
 }  # fmt: skip
 ORDER = list(EXTRACT)
 
