@@ -56,6 +56,37 @@ if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 
 
+#: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
+pytest_plugins = ["tests.demo_sandbox"]
+#: the test files that share the demo sandbox: one worker runs them all, the browser tests first
+DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/e2e/test_docs_commands.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, with the demo sandbox's files as one unit (its session fixture is built once)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "demo-sandbox" if scope in DEMO_FILES else scope
+
+    if config.getoption("dist") == "loadfile":
+        return DemoFilesTogether(config, log)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The browser tests read the state ``make demo`` left: they run before the documented commands
+    (which end with ``make down``) change it."""
+    ui = [i for i in items if i.nodeid.startswith(DEMO_FILES[0])]
+    if not ui:
+        return
+    rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[0])]
+    first_block = next((k for k, i in enumerate(rest) if "test_every_documented_command" in i.nodeid), len(rest))
+    items[:] = rest[:first_block] + ui + rest[first_block:]
+
+
 def _model_servers() -> set[int]:
     """Pids of the model-server supervisors and address holders started under this session's serving folder."""
     from freestack.serving.processes import serving_processes

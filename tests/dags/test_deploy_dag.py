@@ -145,3 +145,37 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         assert Deployments(storage, "digits").get("digits")["version"] == "v2"
     finally:
         api.stop()
+
+
+def test_promote_dag_moves_staging_alone_and_production_with_its_server(pipeline):
+    """``<p>_promote`` (what the Models page's buttons trigger): staging only moves; production moves,
+    keeps previous, and is redeployed; each move records the run's triggering user."""
+    from freestack.registry.core import ModelRegistry
+    from freestack.serving.local import stop_local
+    from tests.dags.test_sweep_dag import _states
+
+    root = pipeline["root"]
+    reg = ModelRegistry(root, "digits")
+    reg.promote("v1")
+    promote = pipeline["bag"].get_dag("digits_promote")
+    assert promote.schedule is None or str(promote.timetable.summary) in ("None", "Never")
+    assert promote.params.get_param("alias").schema["enum"] == ["production", "staging"]
+    try:
+        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        run = promote.test(run_conf={"version": "v2", "alias": "staging", "reason": "try it first"})
+        assert run.state == "success" and _states(run)["deploy"] == ["skipped"]
+        aliases = reg.aliases()
+        assert aliases["staging"] == "v2" and aliases["production"] == "v1" and _served(root)[0]["version"] == "v1"
+        move = aliases["history"][-1]
+        assert move["reason"] == "try it first" and move["by"].startswith("dag_test (") and run.run_id in move["by"]
+
+        run = promote.test(run_conf={"version": "v2", "alias": "production"})
+        assert run.state == "success" and _states(run)["deploy"] == ["success"]
+        assert reg.aliases()["production"] == "v2" and reg.aliases()["previous"] == "v1"
+        rec, now = _served(root)
+        assert rec["version"] == "v2" and now["health"] == "ok"
+
+        run = promote.test(run_conf={"version": "v9", "alias": "staging"})
+        assert run.state == "failed" and reg.aliases()["staging"] == "v2"
+    finally:
+        stop_local(root, "digits", "digits")

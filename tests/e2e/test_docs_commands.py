@@ -1,7 +1,7 @@
 """Every shell command block of README.md and docs/ runs as printed, on one demo state.
 
-A sandbox (its own AIRFLOW_HOME, project home, Airflow port and serving ports) runs the README's
-``make demo`` first: that run is also what the demo's own tests here look at (its summary, every task
+The demo sandbox (:mod:`tests.demo_sandbox`: its own AIRFLOW_HOME, project home, Airflow port and
+serving ports, shared with the UI's browser tests) runs the README's ``make demo`` first: that run is also what the demo's own tests here look at (its summary, every task
 log through the REST API, the levels of its log lines). Then every block of every page runs in the
 site's order, getting-started.md last (it ends with ``make down``), and finally nothing the demo
 started may be left running. How a block is run:
@@ -21,24 +21,17 @@ Slow (a real demo under the real scheduler): ``-m slow``.
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
 import textwrap
 import urllib.parse
 from pathlib import Path
 
-import psutil
 import pytest
-
-from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own; `make down` stops them
 SKIP_MARK = re.compile(r"^<!-- docs-test: skip \(needs (a cluster|the Hugging Face Hub)\) -->$")
-DRY_MAKE = re.compile(r"^make (test\S*|lint|docs|bench)\b")
 FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
 
 
@@ -60,107 +53,7 @@ def _blocks() -> list[tuple[str, str, bool]]:
     return out
 
 
-def _commands(block: str) -> list[str]:
-    """The block's commands: continuation lines and multi-line quotes joined, comment-only lines dropped."""
-    out, cur = [], ""
-    for line in block.splitlines():
-        if not cur and line.strip().startswith("#"):
-            continue  # a comment line (its apostrophes are prose, not quotes)
-        cur = f"{cur}\n{line}" if cur else line
-        if cur.endswith("\\") or (cur.count("'") % 2) or (_unquoted(cur).count('"') % 2):
-            continue
-        if cur.strip():
-            out.append(cur.strip())
-        cur = ""
-    return out
-
-
-def _unquoted(text: str) -> str:
-    return re.sub(r"'[^']*'", "", text)
-
-
-def _script(commands: list[str], ports: dict[str, int]) -> str:
-    """The bash script that runs ``commands`` by the rules above."""
-    lines = ["set -e -o pipefail"]
-    for cmd in commands:
-        bare = re.sub(r"\s+#[^'\"]*$", "", cmd).strip()
-        for default, port in ports.items():
-            bare = bare.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
-        if DRY_MAKE.match(bare):
-            lines.append(f"make -n {bare.split()[1]} >/dev/null")
-        elif "until Ctrl-C" in cmd:
-            lines.append(f"{bare} & pid=$!; sleep 10; kill -0 $pid || {{ echo 'exited early: {bare}'; exit 1; }}")
-            lines.append("kill -INT $pid; wait $pid || true")
-        else:
-            lines.append(f"echo {shlex.quote('$ ' + bare.splitlines()[0][:120])}")
-            lines.append(bare)
-    return "\n".join(lines)
-
-
-class Sandbox:
-    """The project as a user's fresh checkout sees it, with its state in a temporary folder."""
-
-    def __init__(self, base: Path) -> None:
-        from freestack.serving.processes import free_port_block
-
-        self.base, self.port = base, free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FREESTACK_", "WANDB_"))}
-        wandb = base / ".freestack" / "wandb"
-        env.update({
-            "AIRFLOW_HOME": str(base / "airflow"), "FREESTACK_HOME": str(base), "AIRFLOW_PORT": str(self.port),
-            "FREESTACK_SERVE_PORT": str(free_port_block()), "WANDB_MODE": "offline", "WANDB_DIR": str(wandb),
-            "WANDB_DATA_DIR": str(wandb / "data"), "WANDB_CACHE_DIR": str(wandb / "cache"),
-            "WANDB_CONFIG_DIR": str(wandb / "config"),
-        })  # fmt: skip
-        self.env, self.results = env, {}
-
-    def run(self, block_id: str, text: str) -> subprocess.CompletedProcess:
-        if block_id not in self.results:
-            ports = {"8080": self.port, "9000": int(self.env["FREESTACK_SERVE_PORT"])}
-            script = _script(_commands(text), ports)
-            self.results[block_id] = subprocess.run(["bash", "-c", script], cwd=ROOT, env=self.env,
-                                                    capture_output=True, text=True, timeout=1200)  # fmt: skip
-        return self.results[block_id]
-
-    def api(self):
-        from freestack.embedded import AirflowAPI
-
-        return AirflowAPI({"AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
-                           "AIRFLOW_HOME": self.env["AIRFLOW_HOME"]})  # fmt: skip
-
-    def processes(self) -> list[str]:
-        """Processes that belong to this sandbox: its path in their command line or environment."""
-        mine = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                cmd = " ".join(p.info["cmdline"] or ())
-                ours = str(self.base) in cmd or p.environ().get("FREESTACK_HOME") == str(self.base)
-            except (psutil.Error, OSError):
-                continue
-            if ours and p.pid != os.getpid():
-                mine.append(f"{p.pid} {cmd[:160]}")
-        return mine
-
-    def down(self) -> None:
-        subprocess.run([str(ROOT / ".venv" / "bin" / "freestack"), "down"], env=self.env, capture_output=True)
-
-
 BLOCKS = _blocks()
-README_DEMO = next(b for b in BLOCKS if b[0].startswith("README.md") and "make demo" in b[1])
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    box = Sandbox(tmp_path_factory.mktemp("docs-sandbox"))
-    yield box
-    box.down()
-
-
-@pytest.fixture(scope="module")
-def demo(sandbox) -> subprocess.CompletedProcess:
-    out = sandbox.run(README_DEMO[0], README_DEMO[1])
-    assert out.returncode == 0, f"{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return out
 
 
 def _train_run(demo) -> str:
