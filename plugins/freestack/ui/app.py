@@ -60,9 +60,12 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     """A page from its template; Plotly figures (JSON) are embedded so no "</script>" can close their tag."""
     if context.get("figures"):
         context["figures"] = [f.replace("</", "<\\/") for f in context["figures"]]
+    from freestack.ui.actions import run_url
+
     html = TEMPLATES.get_template(template).render(
-        base=str(request.scope.get("root_path", "")) or URL_PREFIX, user=user_name(request.state.user), **context
-    )
+        base=str(request.scope.get("root_path", "")) or URL_PREFIX, user=user_name(request.state.user),
+        run_url=run_url, **context,
+    )  # fmt: skip
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 

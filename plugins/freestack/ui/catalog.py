@@ -47,20 +47,39 @@ def read_json(path: ObjectStoragePath) -> Any:
         return None
 
 
+def _cat(fs: Any, path: str) -> bytes | None:
+    try:
+        return fs.cat_file(path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
 def read_many(folder: ObjectStoragePath, rels: list[str]) -> dict[str, Any]:
-    """The JSON files ``rels`` under ``folder``, fetched in one batched call of the filesystem (fsspec's
-    ``cat`` of many paths: concurrent requests on S3); a missing or unreadable file is left out."""
-    base = folder.path.rstrip("/")
-    paths = {f"{base}/{rel}": rel for rel in rels}
-    got = folder.fs.cat(list(paths), on_error="omit") if paths else {}
+    """The JSON files ``rels`` under ``folder``, fetched together: one batched call on an async filesystem
+    (S3: fsspec's ``cat`` of many paths, requests in flight at once; what it did not return is asked
+    again file by file, as ``data://`` needs), in threads on the others, one after the other on local
+    disk. A missing or unreadable file is left out."""
+    fs, base = folder.fs, folder.path.rstrip("/")
+    paths = [f"{base}/{rel}" for rel in rels]
+    if not paths:
+        return {}
+    if getattr(fs, "async_impl", False):
+        got = fs.cat(paths, on_error="omit")
+        data = [got.get(p) for p in paths]
+        again = [k for k, raw in enumerate(data) if raw is None]
+        for k, raw in zip(again, parallel(lambda k: _cat(fs, paths[k]), again), strict=True):
+            data[k] = raw
+    elif "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        data = [_cat(fs, p) for p in paths]
+    else:
+        data = parallel(lambda p: _cat(fs, p), paths)
     out = {}
-    for path, data in got.items():
-        rel = paths.get(path) or paths.get(str(path).lstrip("/")) or paths.get("/" + str(path))
+    for rel, raw in zip(rels, data, strict=True):
         try:
-            out[rel] = json.loads(data)
-        except (TypeError, ValueError):
+            out[rel] = json.loads(raw) if raw is not None else None
+        except ValueError:
             continue
-    return out
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def subfolders(folder: ObjectStoragePath) -> list[str]:
