@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -192,6 +194,34 @@ def test_pipeline_through_the_rest_api_on_celery_postgres_and_s3(stack):
         answer = json.loads(r.read())
     probs = answer["data"]["ndarray"][0]
     assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-4
+    _views_read_s3(s, version)
+
+
+def _views(s: Stack, path: str, token: str | None = None) -> tuple[int, dict | list]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"{s.api}/freestack/ui/api{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+def _views_read_s3(s: Stack, version: str) -> None:
+    """The ML views of the scaled-out API server read the registry, sweep, deployment and lake on S3."""
+    assert _views(s, "/models/digits")[0] == 401  # behind the login here too
+    code, model = _views(s, "/models/digits", s.token())
+    assert code == 200 and model["aliases"]["production"] == version, model
+    assert [v["version"] for v in model["versions"]] == [version] and model["root"].startswith("s3://")
+    code, sweeps = _views(s, "/sweeps/digits", s.token())
+    assert code == 200 and len(sweeps) == 1 and sweeps[0]["airflow_run"] == "scaleout"
+    code, sweep = _views(s, f"/sweeps/digits/{sweeps[0]['sweep_id']}", s.token())
+    stored = [k for k in _keys(s, f"freestack/runs/digits/{sweeps[0]['sweep_id']}/trials/") if k.endswith("trial.json")]
+    assert code == 200 and len(sweep["trials"]) == len(stored) > 0 and sweep["best"]
+    code, served = _views(s, "/deployments", s.token())
+    assert code == 200 and [(d["version"], d["health"]) for d in served] == [(version, "ok")]
+    code, lake = _views(s, "/data/digits", s.token())
+    assert code == 200 and [p["ds"] for p in lake["partitions"]] == [str(d) for d in DAYS]
 
 
 def _trials(s: Stack, run_id: str) -> list[dict]:
