@@ -277,28 +277,27 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# <p>_rollback
+# <p>_rollback and <p>_promote: manual DAGs
+
+
+def _manual(spec: PipelineSpec, kind: str, params: dict[str, Param], description: str, doc_md: str) -> dict[str, Any]:
+    """What the manual DAGs share: no schedule, one run at a time, unpaused (they never run by themselves)."""
+    return {"dag_id": f"{spec.name}_{kind}", "description": description, "schedule": None, "catchup": False,
+            "max_active_runs": 1, "is_paused_upon_creation": False, "params": params, "doc_md": doc_md,
+            **_common(spec, kind)}  # fmt: skip
 
 
 def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import RollbackOperator
 
-    with DAG(
-        dag_id=f"{spec.name}_rollback",
-        description=f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
-        schedule=None,
-        catchup=False,
-        max_active_runs=1,
-        is_paused_upon_creation=False,  # manual only: it never runs by itself
-        params=rollback_params(spec),
-        doc_md=(
-            f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
-            "in the form (default `previous`) and redeploys it the way `deploy` does "
-            f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
-            f"smoke test. Spec: `{spec_path}`."
-        ),
-        **_common(spec, "rollback"),
-    ) as dag:
+    with DAG(**_manual(
+        spec, "rollback", rollback_params(spec),
+        f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
+        f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
+        "in the form (default `previous`) and redeploys it the way `deploy` does "
+        f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
+        f"smoke test. Spec: `{spec_path}`.",
+    )) as dag:  # fmt: skip
         move = RollbackOperator(
             task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
             doc_md="production <- the chosen version (previous <- the current one).",
@@ -307,29 +306,17 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     return dag
 
 
-# ---------------------------------------------------------------------------------------------------------
-# <p>_promote
-
-
 def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import MoveAliasOperator
 
-    with DAG(
-        dag_id=f"{spec.name}_promote",
-        description=f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
-        schedule=None,
-        catchup=False,
-        max_active_runs=1,
-        is_paused_upon_creation=False,  # manual only: it never runs by itself
-        params=promote_params(spec),
-        doc_md=(
-            f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
-            f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
-            f"`{spec.deploy.alias}` redeploys it the way `deploy` does (target `{spec.deploy.target}`), and "
-            f"`previous` keeps the version it replaced; `staging` only moves. Spec: `{spec_path}`."
-        ),
-        **_common(spec, "promote"),
-    ) as dag:
+    with DAG(**_manual(
+        spec, "promote", promote_params(spec),
+        f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
+        f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
+        f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
+        f"`{spec.deploy.alias}` redeploys it the way `deploy` does (target `{spec.deploy.target}`), and "
+        f"`previous` keeps the version it replaced; `staging` only moves. Spec: `{spec_path}`.",
+    )) as dag:  # fmt: skip
         move = MoveAliasOperator(
             task_id="move_alias", spec_path=spec_path, version="{{ params.version }}", alias="{{ params.alias }}",
             reason="{{ params.reason }}", doc_md="The alias <- the chosen version (who triggered it is recorded).",

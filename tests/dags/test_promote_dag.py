@@ -169,3 +169,4 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
     assert s["approve"] == ["success"] and s["promote"] == ["success"]
     assert "vs production" in answered["body"] and "≥ 0.5000 (threshold, higher is better): pass" in answered["body"]
     assert _registry(lake).resolve("production")
+    assert _registry(lake).aliases()["history"][-1]["by"] == "approved by reviewer"  # who approved, kept

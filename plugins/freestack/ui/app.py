@@ -168,13 +168,19 @@ async def model_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.Mod
     return await off_loop(catalog.model_page, pipeline, _pipeline(pipeline, user)[1])
 
 
-def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
+def found(read, *args):
+    """``read(*args)``; a version, alias or sweep it does not find is HTTP 404 with the reader's message."""
     from freestack.registry.core import RegistryError
+    from freestack.sweeps.core import SweepError
 
     try:
-        return catalog.version_page(pipeline, spec, version)
-    except RegistryError as exc:
+        return read(*args)
+    except (RegistryError, SweepError) as exc:
         raise HTTPException(404, str(exc)) from None
+
+
+def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
+    return found(catalog.version_page, pipeline, spec, version)
 
 
 @views_app.get("/models/{pipeline}/{version}", response_class=HTMLResponse)
@@ -285,12 +291,7 @@ async def sweeps(request: Request, user: Any = Depends(user_of)) -> HTMLResponse
 
 
 def _sweep(pipeline: str, spec: Any, sweep_id: str) -> catalog.SweepPage:
-    from freestack.sweeps.core import SweepError
-
-    try:
-        return catalog.sweep_page(pipeline, spec, sweep_id)
-    except SweepError as exc:
-        raise HTTPException(404, str(exc)) from None
+    return found(catalog.sweep_page, pipeline, spec, sweep_id)
 
 
 @views_app.get("/sweeps/{pipeline}/{sweep_id}", response_class=HTMLResponse)
