@@ -152,8 +152,9 @@ def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
 def promote_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_promote``."""
     return {
-        "version": Param(None, type="string", minLength=1, title="Version",
-                         description=f"A registered {spec.model_name} version (`freestack models list`), an alias or latest"),
+        "version": Param("latest", type="string", minLength=1, title="Version",
+                         description=f"A registered {spec.model_name} version (`freestack models list`), an alias, or "
+                                     "latest (the newest version)"),
         "alias": Param(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
                        description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)"),
         "reason": Param("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
@@ -337,7 +338,7 @@ def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
 
     Airflow's task runner parses the DAG file to find its own DAG and says which one in the parsing
     context (``airflow.sdk.get_parsing_context``, Airflow's documented way to skip generating the
-    others). Building every pipeline's three DAGs there would cost each task 30-90 ms per spec in the
+    others). Building every pipeline's four DAGs there would cost each task 30-90 ms per spec in the
     folder (``bench/orchestration``); a spec name is its file name, so the DAG id names the file."""
     from airflow.sdk import get_parsing_context
 

@@ -221,7 +221,7 @@ def _views_read_s3(s: Stack, version: str) -> None:
     code, served = _views(s, "/deployments", s.token())
     assert code == 200 and [(d["version"], d["health"]) for d in served] == [(version, "ok")]
     code, lake = _views(s, "/data/digits", s.token())
-    assert code == 200 and [p["ds"] for p in lake["partitions"]] == [str(d) for d in DAYS]
+    assert code == 200 and {str(d) for d in DAYS} <= {p["ds"] for p in lake["partitions"]}
 
 
 def _trials(s: Stack, run_id: str) -> list[dict]:

@@ -32,7 +32,7 @@ class PromoteOperator(PipelineOperator):
         registered = ti.xcom_pull(task_ids="gate", key="registered")
         decision = ti.xcom_pull(task_ids="gate")
         aliases = registry_for(spec).promote(
-            registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500], by=_approver(ti)
+            registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500], by=_approver(context)
         )
         if spec.model.hub_repo and registered.get("hub"):
             token, endpoint = hub_settings()
@@ -42,9 +42,10 @@ class PromoteOperator(PipelineOperator):
         return {k: aliases.get(k) for k in ("production", "previous", "staging")}
 
 
-def _approver(ti: Any) -> str:
+def _approver(context: Context) -> str:
     """"approved by <user>" when the run's ``approve`` task took a human's answer, else "gate"."""
-    answer = ti.xcom_pull(task_ids="approve") if "approve" in ti.task.dag.task_ids else None
+    has_approval = "approve" in context["dag"].task_ids
+    answer = context["ti"].xcom_pull(task_ids="approve") if has_approval else None
     user = (answer or {}).get("responded_by_user") if isinstance(answer, dict) else None
     if user:
         name = user.get("name") or user.get("id") if isinstance(user, dict) else user

@@ -435,6 +435,23 @@ def test_operator_link_reads_the_xcom(monkeypatch):
     assert link.get_link(object(), ti_key="TIKEY") == ""
 
 
+def _logged_in(client):
+    """The client as a logged-in user: the login check itself (Airflow's auth manager) is tested against
+    the real API server (tests/ui, tests/e2e/test_wandb_ui.py); here the pages' content is."""
+    from freestack.ui.auth import current_user
+
+    client.app.dependency_overrides[current_user] = lambda: "tester"
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _no_overrides():
+    from freestack.ui.wandb_pages import wandb_app
+
+    yield
+    wandb_app.dependency_overrides.clear()
+
+
 def test_offline_page(wandb_env, tmp_path):
     from fastapi.testclient import TestClient
 
@@ -443,7 +460,8 @@ def test_offline_page(wandb_env, tmp_path):
     run_dir = wandb_env / "wandb" / "offline-run-1<script>alert('x')</script>&"
     run_dir.mkdir(parents=True)
     (run_dir / "run-abc.wandb").write_bytes(b"x" * 10)
-    client = TestClient(wandb_app)
+    assert TestClient(wandb_app).get("/offline", params={"run_dir": str(run_dir)}).status_code == 401
+    client = _logged_in(TestClient(wandb_app))
 
     r = client.get("/offline", params={"run_dir": str(run_dir)})
     assert r.status_code == 200, r.text
@@ -483,7 +501,7 @@ def test_offline_pages_show_summary_config_and_sync(wandb_env):
                    tags=["pipeline:digits"], job_type="train") as run:  # fmt: skip
         run.log({"val_accuracy": 0.5}, step=0)
         run.summary_update({"test_accuracy": 0.987654321})
-    client = TestClient(wandb_app)
+    client = _logged_in(TestClient(wandb_app))
     page = client.get("/offline", params={"run_dir": run.run_dir})
     assert page.status_code == 200, page.text
     text = page.text
