@@ -95,11 +95,12 @@ def plotly_js() -> Response:
 
 @views_app.exception_handler(HTTPException)
 async def _refused(request: Request, exc: HTTPException) -> Response:
-    if _wants_json(request) or not hasattr(request.state, "user"):
-        if not _wants_json(request) and exc.status_code in (401, 403):
-            return HTMLResponse(TEMPLATES.get_template("login.html").render(message=exc.detail), exc.status_code,
-                                headers=HEADERS)  # fmt: skip
+    """JSON for the API; before the login is known (it failed), the page that says to log in; else an error page."""
+    if _wants_json(request):
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers={"Cache-Control": "no-store"})
+    if not hasattr(request.state, "user"):
+        return HTMLResponse(TEMPLATES.get_template("login.html").render(message=exc.detail), exc.status_code,
+                            headers=HEADERS)  # fmt: skip
     return page(request, "error.html", status=exc.status_code, title=f"HTTP {exc.status_code}", message=exc.detail)
 
 
@@ -192,7 +193,7 @@ async def version(request: Request, pipeline: str, version: str, user: Any = Dep
     v = await off_loop(_version, pipeline, spec, version)
     af = v.lineage.get("airflow") or {}
     return page(request, "version.html", title=f"{v.model} {v.row.version}", tab="models", v=v,
-                card=render_card(v.card), aliases=await off_loop(lambda: catalog.model_page(pipeline, spec).aliases),
+                card=render_card(v.card),
                 run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
                 may_promote=may_trigger(user, f"{pipeline}_promote"))  # fmt: skip
 
@@ -250,7 +251,7 @@ async def confirm(request: Request, pipeline: str, version: str, kind: str, alia
     v = await off_loop(_version, pipeline, spec, version)
     act = _action(pipeline, kind, v.row.version, alias)
     allowed = may_trigger(user, act["dag_id"])
-    current = (await off_loop(catalog.model_page, pipeline, spec)).aliases
+    current = await off_loop(catalog.aliases, spec)
     return page(request, "confirm.html", title=f"Confirm: {kind}", tab="models", v=v, kind=kind, alias=alias,
                 act=act, allowed=allowed, current=current, status=200 if allowed else 403)  # fmt: skip
 

@@ -219,6 +219,13 @@ def version_rows(folder: ObjectStoragePath) -> list[VersionRow]:
     return sorted(rows, key=lambda r: (r.created or "", r.version))
 
 
+def aliases(spec: PipelineSpec) -> dict[str, str]:
+    """The model's aliases (production, staging, previous...) and the versions they point at."""
+    from freestack.registry.core import registry_for
+
+    return {k: v for k, v in registry_for(spec).aliases().items() if k != "history" and isinstance(v, str)}
+
+
 def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
     from freestack.registry.core import registry_for
 
@@ -531,7 +538,7 @@ def lake_page(pipeline: str, spec: PipelineSpec) -> LakePage:
 
 
 __all__ = [
-    "DeploymentRow", "LakePage", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
+    "DeploymentRow", "LakePage", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
     "version_file_chunks", "version_page", "version_rows",
 ]  # fmt: skip
