@@ -156,12 +156,19 @@ async def model(request: Request, pipeline: str, pg: int = Query(1, ge=1), user:
     newest = data.versions[::-1]
     pages = max(1, -(-len(newest) // PAGE_SIZE))
     shown = newest[(pg - 1) * PAGE_SIZE : pg * PAGE_SIZE]
-    metric = f"test_{spec.gate.metric}" if getattr(spec, "gate", None) else None
-    metric = metric if any(metric in v.metrics for v in newest) else next(iter(newest[0].metrics), None) if newest else None
+    metric = _plotted_metric(spec, newest)
     figure = metric_over_versions(data.versions, metric) if metric and len(data.versions) > 1 else None
     return page(request, "model.html", title=f"{data.model} versions", tab="models", m=data, shown=shown, pg=pg,
                 pages=pages, figures=[figure] if figure else [], may_promote=may_trigger(user, f"{pipeline}_promote"),
                 may_rollback=may_trigger(user, f"{pipeline}_rollback"))  # fmt: skip
+
+
+def _plotted_metric(spec: Any, newest: list[catalog.VersionRow]) -> str | None:
+    """The test metric the gate decides on, else the newest version's first test metric."""
+    gated = f"test_{spec.gate.metric}"
+    if any(gated in v.metrics for v in newest):
+        return gated
+    return next(iter(newest[0].metrics), None) if newest else None
 
 
 @views_app.get("/api/models/{pipeline}")

@@ -223,7 +223,12 @@ def aliases(spec: PipelineSpec) -> dict[str, str]:
     """The model's aliases (production, staging, previous...) and the versions they point at."""
     from freestack.registry.core import registry_for
 
-    return {k: v for k, v in registry_for(spec).aliases().items() if k != "history" and isinstance(v, str)}
+    return _named(registry_for(spec).aliases())
+
+
+def _named(raw: dict[str, Any]) -> dict[str, str]:
+    """``aliases.json`` without its history: alias -> version."""
+    return {k: v for k, v in raw.items() if k != "history" and isinstance(v, str)}
 
 
 def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
@@ -235,7 +240,7 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
                          previous=e.get("from"), reason=e.get("reason"), by=e.get("by"))
                for e in aliases.get("history") or []]  # fmt: skip
     return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root), versions=version_rows(reg.folder),
-                     aliases={k: v for k, v in aliases.items() if k != "history" and isinstance(v, str)},
+                     aliases=_named(aliases),
                      history=history[::-1])  # fmt: skip
 
 
@@ -266,8 +271,9 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
     reg = registry_for(spec)
     info = reg.get(version)
     name = info["version"]
-    row = _VERSIONS.get((str(reg.folder), name)) or _version_row(
-        name, read_many(reg.folder, [f"{name}/{f}" for f in (MARKER, "lineage.json", "metrics.json")]))
+    row = _VERSIONS.get((str(reg.folder), name)) or _version_row(name, {  # what get() read already
+        f"{name}/{MARKER}": {"registered_at": info["created"]}, f"{name}/lineage.json": info["lineage"],
+        f"{name}/metrics.json": info["metrics_full"]})  # fmt: skip
     assert row is not None
     files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
     lineage = info["lineage"]
@@ -333,13 +339,16 @@ def _runs_folder(spec: PipelineSpec):
     return join(storage_root(spec.storage_root), "runs", spec.name)
 
 
-def _sweep_row(folder: ObjectStoragePath) -> SweepRow | None:
+def _sweep_doc(folder: ObjectStoragePath) -> dict[str, Any] | None:
+    """The sweep's ``sweep.json`` with its ``best.json`` (empty until ``select_best`` ran) under "best"."""
     from freestack.storage import join
 
     doc = read_json(join(folder, "sweep.json"))
-    if doc is None:
-        return None
-    best = read_json(join(folder, "best.json")) or {}
+    return None if doc is None else {**doc, "best": read_json(join(folder, "best.json")) or {}}
+
+
+def _sweep_row(doc: dict[str, Any]) -> SweepRow:
+    best = doc["best"]
     metric = best.get("metric") or ((doc.get("config") or {}).get("metric") or {}).get("name")
     return SweepRow(
         sweep_id=doc["id"], method=(doc.get("config") or {}).get("method", "?"), created=doc.get("created_at"),
@@ -355,7 +364,7 @@ def sweeps(spec: PipelineSpec) -> list[SweepRow]:
 
     runs = _runs_folder(spec)
     folders = [join(runs, n) for n in subfolders(runs) if n.startswith("sweep-")]
-    rows = [r for r in parallel(_sweep_row, folders) if r is not None]
+    rows = [_sweep_row(d) for d in parallel(_sweep_doc, folders) if d is not None]
     return sorted(rows, key=lambda r: r.created or "", reverse=True)
 
 
@@ -375,21 +384,21 @@ def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
 
 def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     from freestack.storage import join
-    from freestack.sweeps.core import SweepError
+    from freestack.sweeps.core import SweepError, sweep_dir
     from freestack.sweeps.report import sweep_metric
 
-    folder = join(_runs_folder(spec), sweep_id)
-    row = _sweep_row(folder)
-    if row is None:
+    folder = sweep_dir(spec, sweep_id)
+    doc = _sweep_doc(folder)
+    if doc is None:
         raise SweepError(f"pipeline {pipeline!r} has no sweep {sweep_id!r}")
+    row = _sweep_row(doc)
     trials_dir = join(folder, "trials")
     names = [n for n in subfolders(trials_dir) if n.startswith(("t", "w-"))]
     got = read_many(trials_dir, [f"{n}/trial.json" for n in names])
     docs = [got[f"{n}/trial.json"] for n in names if got.get(f"{n}/trial.json")]
     if row.metric is None or row.goal is None:
-        sweep_doc = read_json(join(folder, "sweep.json")) or {}
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
-        row.metric, row.goal = sweep_metric(sweep_doc.get("config") or {}, task)
+        row.metric, row.goal = sweep_metric(doc.get("config") or {}, task)
     trials = [_trial(d, row.metric, row.goal) for d in docs]
     row.trials = len(trials)
     scored = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
