@@ -10,14 +10,17 @@ and so does freestack's local launcher (``freestack.serving.server``). Parameter
   follow a promotion);
 - ``max_batch_rows`` / ``FREESTACK_MAX_BATCH_ROWS``: the most rows one request may carry (413 above);
 - ``request_log_uri`` / ``FREESTACK_REQUEST_LOG_URI`` and ``request_log_rate`` /
-  ``FREESTACK_REQUEST_LOG_RATE``: where a sample of requests and predictions goes, and how large a
-  sample (0 to 1), for drift checks;
+  ``FREESTACK_REQUEST_LOG_RATE``: the model's monitoring folder (``<root>/monitoring/<model>``) and the
+  fraction of requests (0 to 1) whose inputs and predictions go to its request log, in Parquet, for the
+  monitor (:mod:`freestack.serving.server.requestlog`); ``deployment`` names the deployment in it;
 - ``torch_threads`` / ``FREESTACK_TORCH_THREADS``: intra-op threads per worker (default 1: gunicorn's
   workers already use the cores).
 
 Payloads: ``{"data": {"ndarray": [[...], ...], "names": [...]}}``, ``{"data": {"tensor": {"shape":
 [n, f], "values": [...]}}}`` or ``{"jsonData": {"instances": [{feature: value, ...}, ...]}}`` (or one
-record). Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
+record). Each answer's ``meta.tags.request_id`` is the request's id (the request's own ``meta.puid`` when
+it has one): ``/send-feedback`` with it in ``response.meta.tags`` (or ``request.meta.puid``) and the
+true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
 500: the checks run before Seldon's own parsing (``model_error_handler``'s ``before_app_request``).
 Classification answers are class probabilities named by class; regression answers one value per row,
 ``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData); the metadata's outputs say
@@ -30,11 +33,10 @@ import json
 import logging
 import math
 import os
-import random
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+import uuid
 from typing import Any
 
 import numpy as np
@@ -137,6 +139,13 @@ def _raw_problem(kind: str, value: Any) -> str | None:
     return None
 
 
+def _label_text(v: Any) -> str:
+    """A label as the request log keeps it: a class name (3.0 -> "3"), or a value as text."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -229,6 +238,7 @@ class Model:
         request_log_uri: str = "",
         request_log_rate: float = -1.0,
         torch_threads: int = 0,
+        deployment: str = "",
     ):
         config = settings()
         self.model_uri = (model_uri or config.model_uri or "").rstrip("/")
@@ -241,12 +251,13 @@ class Model:
         rate = float(request_log_rate) if float(request_log_rate) >= 0 else config.request_log_rate
         self.request_log_rate = min(max(rate, 0.0), 1.0)
         self.torch_threads = int(torch_threads or config.torch_threads)
+        self.deployment = deployment or os.environ.get("SELDON_DEPLOYMENT_ID", "")
         self.cache_dir = str(config.serving_cache or tempfile.mkdtemp(prefix="freestack-model-"))
         self.net = None
         self.ready = False
         self._described: dict[str, Any] | None = None
         self._local = threading.local()
-        self._sampler: RequestSampler | None = None
+        self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
 
     # -- loading --------------------------------------------------------------------------------------
     def _describe(self) -> dict[str, Any]:
@@ -311,10 +322,22 @@ class Model:
         if not np.all(np.isfinite(out)):
             raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
         if self.request_log_uri and self.request_log_rate > 0:
-            self._sampler = RequestSampler(self.request_log_uri, self.request_log_rate, info["model"], self.version)
+            self._log = self._request_log(info)
         self.ready = True
         log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
                  self.n_features, self.task)  # fmt: skip
+
+    def _request_log(self, info: dict[str, Any]):
+        from freestack.serving.server.requestlog import RequestLog
+
+        config = settings()
+        columns = list(self._encoder.columns) if self._encoder is not None else [(f, "numeric") for f in self.features]
+        return RequestLog(
+            self.request_log_uri, rate=self.request_log_rate, model=info["model"], version=self.version,
+            deployment=self.deployment, columns=columns,
+            classes=self._class_names if self.task == "classification" else [],
+            flush_seconds=config.request_log_flush_seconds, max_rows_per_request=config.request_log_max_rows,
+        )  # fmt: skip
 
     def _load_encoder(self) -> None:
         """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
@@ -369,7 +392,12 @@ class Model:
         return self._forward(self._zero_row()).tolist()
 
     def tags(self) -> dict[str, Any]:
-        return {"model": self._described["model"] if self._described else "", "model_version": self.version}
+        tags = {"model": self._described["model"] if self._described else "", "model_version": self.version}
+        request_id = getattr(self._local, "request_id", None)
+        if request_id is not None:
+            self._local.request_id = None
+            tags["request_id"] = request_id
+        return tags
 
     def metrics(self) -> list[dict[str, Any]]:
         last = getattr(self._local, "last", None)
@@ -384,6 +412,44 @@ class Model:
         for label, n in counts:
             out.append({"type": "COUNTER", "key": "freestack_predictions_total", "value": n, "tags": {"class": label}})
         return out
+
+    # -- ground truth, later ------------------------------------------------------------------------------
+    def send_feedback_raw(self, feedback):
+        """Seldon's ``/send-feedback``: the true labels of an earlier request, kept in the request log's
+        labels beside it (joined by request id and row)."""
+        from seldon_core.proto import prediction_pb2
+
+        if self._log is None:
+            raise _bad("this server keeps no request log (deploy.local.log_sample_rate is 0), so feedback cannot "
+                       "be joined to a request: turn the request log on", 400, "NO_REQUEST_LOG")  # fmt: skip
+        tags = feedback.response.meta.tags
+        request_id = (tags["request_id"].string_value if "request_id" in tags else "") or feedback.request.meta.puid \
+            or feedback.response.meta.puid  # fmt: skip
+        if not request_id:
+            raise _bad('the feedback names no request: send the answer\'s meta as "response" ({"meta": {"tags": '
+                       '{"request_id": ...}}}) or the request\'s "meta": {"puid": ...}')  # fmt: skip
+        if feedback.truth.WhichOneof("data_oneof") != "data":
+            raise _bad('the feedback carries no "truth": send {"truth": {"data": {"ndarray": [label, ...]}}}, one '
+                       "label per row of the request")  # fmt: skip
+        labels = self._truth_labels(feedback.truth.data)
+        self._log.add_labels(request_id, labels, float(feedback.reward))
+        answer = prediction_pb2.SeldonMessage()
+        answer.meta.tags["request_id"].string_value = request_id
+        answer.meta.tags["labels"].number_value = len(labels)
+        return answer
+
+    def _truth_labels(self, datadef) -> list[str]:
+        """One label per row: values, or one row of class probabilities (one-hot) per row."""
+        from seldon_core.utils import grpc_datadef_to_array
+
+        truth = np.asarray(grpc_datadef_to_array(datadef))
+        if truth.size == 0:
+            raise _bad('"truth" holds no labels: send one label per row of the request')
+        if self.task == "classification" and truth.ndim == 2 and truth.shape[1] == len(self._class_names) > 1:
+            return [self._class_names[i] for i in truth.astype(np.float64).argmax(axis=1).tolist()]
+        if truth.ndim > 2 or (truth.ndim == 2 and truth.shape[1] != 1):
+            raise _bad(f'"truth" has shape {list(truth.shape)}: send one label per row, [[label], ...] or [label, ...]')
+        return [_label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
     def _forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
@@ -437,14 +503,15 @@ class Model:
             raise _bad("feature values overflow float32")
         return X
 
-    def _encoded(self, X: Any, names: list[str] | None) -> dict[str, np.ndarray]:
-        """A request of raw values (category, text, base64 images) encoded as the training split was."""
+    def _encoded(self, X: Any, names: list[str] | None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+        """A request of raw values (category, text, base64 images): its columns, and them encoded as the
+        training split was."""
         from freestack.ml.features import EncodingError
         from freestack.serving.server.raw import RawInputError
 
         try:
             columns = self._raw.from_any(X, names)
-            return self._encoder.encode(columns)
+            return columns, self._encoder.encode(columns)
         except RawInputError as exc:
             status = 413 if "at most" in str(exc) else 400
             raise _bad(str(exc), status, "PAYLOAD_TOO_LARGE" if status == 413 else "BAD_PAYLOAD") from None
@@ -478,7 +545,10 @@ class Model:
             raise _bad("the model is still loading", 503, "NOT_READY")
         started = time.perf_counter()
         json_request = isinstance(X, dict)
-        x = self._encoded(X, features_names) if self._encoder is not None else self._matrix(X, features_names)
+        if self._encoder is not None:
+            raw, x = self._encoded(X, features_names)
+        else:
+            raw = x = self._matrix(X, features_names)
         out = self._forward(x)
         if self.task == "classification":
             idx = out.argmax(axis=1)
@@ -491,9 +561,10 @@ class Model:
             idx, per_class = None, []
         ms = (time.perf_counter() - started) * 1000.0
         self._local.last = (len(out), ms, per_class)
-        if self._sampler is not None and random.random() < self._sampler.rate:
-            numeric = x.get("numeric", np.zeros((len(out), 0), np.float32)) if isinstance(x, dict) else x
-            self._sampler.add(numeric, out, idx, self._class_names)
+        puid = meta.get("puid") if isinstance(meta, dict) else None
+        request_id = self._local.request_id = puid if isinstance(puid, str) and puid else uuid.uuid4().hex
+        if self._log is not None and self._log.sampled():
+            self._log.add(request_id, raw, out)
         if json_request:
             if self.task == "classification":
                 preds = [{"label": self.classes[i], "probabilities": dict(zip(self._class_names, p.tolist(), strict=True))}
@@ -506,67 +577,3 @@ class Model:
             # (the target), while a flat array would go out with no names at all
             return out.reshape(-1, 1)
         return out
-
-
-class RequestSampler:
-    """A sample of requests and predictions, appended to JSON-lines files in storage for drift checks.
-
-    Each worker buffers its records and writes one new object per flush (every ``flush_seconds`` or
-    ``flush_records``) under ``<uri>/ds=<date>/<version>-<pid>-<time>.jsonl``: objects are written
-    whole, never appended to, so a reader never sees half a file.
-    """
-
-    def __init__(self, uri: str, rate: float, model: str, version: str, *, flush_seconds: float = 5.0,
-                 flush_records: int = 200, max_rows_per_record: int = 64):  # fmt: skip
-        self.uri, self.rate, self.model, self.version = uri.rstrip("/"), rate, model, version
-        self.flush_seconds, self.flush_records, self.max_rows = flush_seconds, flush_records, max_rows_per_record
-        self._buf: list[str] = []
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def add(self, x: np.ndarray, out: np.ndarray, idx: np.ndarray | None, names: list[str]) -> None:
-        n = min(len(x), self.max_rows)
-        rec = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "model": self.model,
-            "version": self.version,
-            "rows": int(len(x)),
-            "features": x[:n].tolist(),
-            "outputs": out[:n].tolist(),
-        }
-        if idx is not None:
-            rec["predicted"] = [names[i] for i in idx[:n].tolist()]
-        line = json.dumps(rec, separators=(",", ":"))
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid():  # first use in this (forked) worker
-                self._pid = os.getpid()
-                self._buf = []
-                self._thread = threading.Thread(target=self._loop, name="freestack-request-log", daemon=True)
-                self._thread.start()
-            self._buf.append(line)
-            full = len(self._buf) >= self.flush_records
-        if full:
-            self.flush()
-
-    def _loop(self) -> None:
-        import atexit
-
-        atexit.register(self.flush)
-        while not self._stop.wait(self.flush_seconds):
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            lines, self._buf = self._buf, []
-        if not lines:
-            return
-        from freestack.serving.server.fetch import put_bytes
-
-        now = datetime.now(UTC)
-        name = f"ds={now:%Y-%m-%d}/{self.version}-{os.getpid()}-{now:%H%M%S%f}.jsonl"
-        try:
-            put_bytes(f"{self.uri}/{name}", ("\n".join(lines) + "\n").encode())
-        except Exception as exc:  # a full disk or an unreachable store must not take serving down
-            log.warning("could not write %d request log records to %s: %s", len(lines), self.uri, exc)

@@ -123,8 +123,14 @@ class Settings(BaseSettings):
     )
     max_batch_rows: int = Field(default=10_000, ge=1, description="Model server: the most rows one request may carry (413 above).")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="Model server: the largest request body accepted (413 above).")
-    request_log_uri: str | None = Field(default=None, description="Model server: where sampled requests and predictions are written.")
+    request_log_uri: str | None = Field(
+        default=None, description="Model server: the model's monitoring folder (`<root>/monitoring/<model>`), where sampled requests and predictions and the feedback's labels are written."
+    )
     request_log_rate: float = Field(default=0.0, ge=0, le=1, description="Model server: the fraction of requests written to `request_log_uri`.")
+    request_log_flush_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="Model server: how often each worker writes its buffered request log (one Parquet object per hour it holds)."
+    )
+    request_log_max_rows: int = Field(default=256, ge=1, description="Model server: the most rows of one request that the request log keeps.")
     torch_threads: int = Field(default=1, ge=1, description="Model server: intra-op torch threads per worker.")
     serving_cache: Path | None = Field(default=None, description="Model server: the folder the version's files are copied to.")
     data_api_url: str | None = Field(

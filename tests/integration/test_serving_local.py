@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from freestack.errors import DeployError
@@ -21,6 +23,7 @@ from freestack.serving.spec import LocalTarget
 from tests.serving_helpers import in_process, make_version, needs_serving_env
 
 N_FEATURES = 8
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
 MAX_ROWS = 50
 MAX_BODY = 64 * 1024
 KEEP_MODEL_SERVERS = True  # the tests below walk one deployment through its versions (see conftest)
@@ -33,6 +36,7 @@ def served(tmp_path_factory):
     """Versions v1, v2 and a broken one of model 'm'; v1 deployed (blue)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("FREESTACK_MAX_BODY_BYTES", str(MAX_BODY))  # reaches the server through its environment
+    mp.setenv("FREESTACK_REQUEST_LOG_FLUSH_SECONDS", "1")
     work = tmp_path_factory.mktemp("serving")
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "m", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
@@ -285,13 +289,38 @@ def test_metrics_and_request_log(served):
         text = http_json(rec["metrics_url"])[1]
     assert "freestack_predictions_total" in text and "freestack_prediction_rows_total" in text
     logs = Path(rec["request_log_uri"].removeprefix("file://"))
-    lines: list[dict] = []
-    while time.monotonic() < deadline + 10 and not lines:
+    table = None
+    while time.monotonic() < deadline + 15 and (table is None or (table["input.f0"] == np.float32(0.3)).sum() < 10):
         time.sleep(0.5)
-        lines = [json.loads(ln) for p in logs.glob("ds=*/*.jsonl") for ln in p.read_text().splitlines()]
-    assert lines, f"no request samples under {logs}"
-    assert all(r["version"] in ("v1", "v2") and len(r["features"][0]) == N_FEATURES for r in lines)
-    assert not list(logs.glob("ds=*/.*"))  # no half-written object left behind
+        files = sorted(logs.glob("requests/ds=*/hour=*/*.parquet"))
+        table = pd.concat([pq.read_table(f).to_pandas() for f in files]) if files else None
+    assert table is not None, f"no request log under {logs}"
+    assert set(table["version"]) <= {"v1", "v2"} and list(table["row"][:2]) == [0, 1]
+    assert {f"input.{f}" for f in FEATURES} <= set(table.columns) and (table["input.f0"] == np.float32(0.3)).sum() >= 10
+    assert table["request_id"].str.len().min() == 32 and len(table["outputs"].iloc[0]) == 3
+    assert not list(logs.glob("requests/ds=*/hour=*/.*"))  # no half-written object left behind
+
+
+def test_feedback_joins_the_request_log(served):
+    rec = Deployments(served["root"], "m").get("m")
+    code, answer = http_json(rec["predict_url"], {"data": {"ndarray": [[0.1] * N_FEATURES] * 2}})
+    request_id = answer["meta"]["tags"]["request_id"]
+    code, got = http_json(rec["url"] + "/api/v1.0/feedback",
+                          {"response": answer, "truth": {"data": {"ndarray": [["a"], ["b"]]}}, "reward": 1})  # fmt: skip
+    assert code == 200 and got["meta"]["tags"] == {"request_id": request_id, "labels": 2}, got
+    code, bad = http_json(rec["url"] + "/api/v1.0/feedback", {"truth": {"data": {"ndarray": [1]}}})
+    assert code == 400 and "names no request" in bad["status"]["info"]
+    logs = Path(rec["request_log_uri"].removeprefix("file://"))
+    deadline, labels = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        files = sorted(logs.glob("labels/ds=*/hour=*/*.parquet"))
+        labels = pd.concat([pq.read_table(f).to_pandas() for f in files]) if files else None
+        if labels is not None and request_id in set(labels["request_id"]):
+            break
+        time.sleep(0.5)
+    assert labels is not None, f"no labels under {logs}"
+    mine = labels[labels["request_id"] == request_id].sort_values("row")
+    assert mine["label"].tolist() == ["a", "b"] and mine["reward"].tolist() == [1.0, 1.0]
 
 
 def test_cli_status_predict_stop(served, capsys, monkeypatch):

@@ -453,17 +453,20 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     version serving, the new one becomes the canary predictor; otherwise it replaces the main one."""
     from freestack.serving.manifests import build_manifest, served_version, validate_manifest
     from freestack.serving.records import Deployments
+    from freestack.serving.server.requestlog import monitoring_uri
     from freestack.storage import storage_root
 
     target = spec.deploy.kubernetes
     name = spec.deployment_name
     serving = served_version(get(name, target.namespace, target.conn_id))
     canary = target.canary is not None and serving is not None and serving[0] != version
+    logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
     if canary:
-        manifest = build_manifest(name, model=spec.model_name, version=serving[0], model_uri=serving[1],
-                                  target=target, canary_version=version, canary_uri=model_uri)  # fmt: skip
+        manifest = build_manifest(name, model=spec.model_name, version=serving[0], model_uri=serving[1], target=target,
+                                  canary_version=version, canary_uri=model_uri, request_log_uri=logs)  # fmt: skip
     else:
-        manifest = build_manifest(name, model=spec.model_name, version=version, model_uri=model_uri, target=target)
+        manifest = build_manifest(name, model=spec.model_name, version=version, model_uri=model_uri, target=target,
+                                  request_log_uri=logs)  # fmt: skip
     validate_manifest(manifest)
     stored = apply(manifest, target.conn_id)
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)

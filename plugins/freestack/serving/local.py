@@ -50,6 +50,7 @@ from freestack.serving.processes import (
 )
 from freestack.serving.records import Deployments
 from freestack.serving.server.address import socket_name
+from freestack.serving.server.requestlog import monitoring_uri
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test
 from freestack.settings import checkout_dir, settings
 
@@ -289,6 +290,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
             "max_batch_rows": local.max_batch_rows,
             "request_log_uri": request_log_uri or "",
             "request_log_rate": local.log_sample_rate if request_log_uri else 0.0,
+            "deployment": name,
         },
     }  # fmt: skip
     if address is not None:
@@ -353,7 +355,7 @@ def deploy_local(
     _stop_strays(name, live, local)
     prior, live = live, _without_address(live)
     slot = _free_slot(model, name, local, live)
-    request_log = str(deployments.folder / name / "requests") if local.log_sample_rate else None
+    request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows, spec)
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)

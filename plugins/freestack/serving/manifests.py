@@ -82,7 +82,8 @@ def label_value(value: Any) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
 
 
-def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str) -> dict[str, Any]:
+def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
+               request_log_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
     env = [
         {"name": ENV_URI, "value": model_uri},
         {"name": ENV_VERSION, "value": version},
@@ -90,6 +91,9 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
         {"name": "GUNICORN_WORKERS", "value": str(target.workers)},
         {"name": "GUNICORN_THREADS", "value": str(target.threads)},
     ]
+    if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
+        env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
+                {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
     probe = {"httpGet": {"path": HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
     # loading a model (a download from object storage) may take a while: the startup probe allows up to
     # the deploy timeout before liveness starts counting
@@ -112,9 +116,11 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
 
 
 def _predictor(
-    name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str
+    name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str,
+    request_log_uri: str | None = None,
 ) -> dict[str, Any]:
-    pod: dict[str, Any] = {"containers": [_container(target, model=model, version=version, model_uri=uri)]}
+    container = _container(target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri)
+    pod: dict[str, Any] = {"containers": [container]}
     if target.service_account:
         pod["serviceAccountName"] = target.service_account
     return {
@@ -138,8 +144,10 @@ def build_manifest(
     canary_version: str | None = None,
     canary_uri: str | None = None,
     labels: dict[str, str] | None = None,
+    request_log_uri: str | None = None,
 ) -> dict[str, Any]:
-    """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``.
+    """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``
+    (with ``request_log_uri``, the model's monitoring folder, its servers keep the request log there).
 
     One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
     predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
@@ -182,12 +190,12 @@ def build_manifest(
     main_traffic = 100 - target.canary.traffic if canary else 100
     predictors = [
         _predictor(MAIN, target, replicas=target.replicas, traffic=main_traffic, model=model, version=version,
-                   uri=model_uri)
+                   uri=model_uri, request_log_uri=request_log_uri)
     ]
     if canary:
         predictors.append(
             _predictor(CANARY, target, replicas=target.canary.replicas, traffic=target.canary.traffic,
-                       model=model, version=canary_version, uri=canary_uri)
+                       model=model, version=canary_version, uri=canary_uri, request_log_uri=request_log_uri)
         )
     return {
         "apiVersion": API_VERSION,

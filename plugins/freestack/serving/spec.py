@@ -9,7 +9,7 @@
         workers: 2                  # gunicorn workers (one model copy each)
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
-        log_sample_rate: 0.1        # fraction of requests written to storage for drift checks
+        log_sample_rate: 1.0        # fraction of requests in the request log (monitoring/<model>/requests/)
         cors_origins: []            # browser origins allowed to call the server (CORS); none by default
       kubernetes:
         conn_id: kubernetes_default
@@ -66,7 +66,11 @@ class LocalTarget(SpecModel):
     timeout_seconds: int = Field(default=30, ge=1, le=3600, description="gunicorn's worker timeout.")
     start_timeout_seconds: float = Field(default=120, gt=0, le=3600, description="How long a new server may take to become healthy.")
     smoke_rows: int = Field(default=32, ge=1, le=10_000, description="Test rows sent before switching; the answers must equal the evaluation's.")
-    log_sample_rate: float = Field(default=0.1, ge=0, le=1, description="Fraction of requests written to storage for drift checks.")
+    log_sample_rate: float = Field(
+        default=1.0, ge=0, le=1,
+        description="The fraction of requests whose inputs and predictions go to the request log "
+        "(`monitoring/<model>/requests/`, Parquet) for the monitor; 0 turns the log (and /send-feedback) off",
+    )  # fmt: skip
     max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry.")
     cors_origins: list[str] = Field(
         default_factory=list,
@@ -114,6 +118,9 @@ class KubernetesTarget(SpecModel):
     service_account: str | None = Field(default=None, description="The pods' service account.")
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
     threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
+    log_sample_rate: float = Field(
+        default=1.0, ge=0, le=1, description="The fraction of requests the servers write to the request log (0: off)."
+    )
     timeout_minutes: float = Field(default=15, gt=0, le=24 * 60, description="How long to wait for Available.")
     poll_seconds: float = Field(default=10, gt=0, le=600, description="How often to look while waiting.")
 

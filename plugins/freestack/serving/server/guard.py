@@ -513,8 +513,9 @@ def body_problem(kind: str, body: Any, raw: bytes | str | None = None, raw_value
         return f'feedback holds {unknown}: send {{"request": message, "response": message, "reward": number, "truth": message}}'
     if "reward" in body and type(body["reward"]) not in NUMBER:
         return '"reward" must be a number'
+    # the truth may hold class names (strings), like a raw-values request
     return next((f'"{k}": {p}' for k in ("request", "response", "truth") if k in body
-                 and (p := message_problem(body[k]))), None)  # fmt: skip
+                 and (p := message_problem(body[k], None, raw_values=k == "truth"))), None)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

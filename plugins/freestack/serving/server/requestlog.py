@@ -1,0 +1,193 @@
+"""The request log: what a model server was asked and answered, in Parquet files in object storage.
+
+    <root>/monitoring/<model>/requests/ds=YYYY-MM-DD/hour=HH/<version>-<pid>-<time>.parquet
+    <root>/monitoring/<model>/labels/ds=YYYY-MM-DD/hour=HH/feedback-<pid>-<time>.parquet
+
+One row per predicted row: ``request_id``, ``row`` (its place in the request), ``ts`` (UTC), ``model``,
+``version``, ``deployment``, one ``input.<feature>`` column per feature as the client sent it (numbers as
+float64, category and text values as strings, images as their bytes), ``prediction`` (the class label as
+a string, or the value) and ``outputs`` (the class probabilities, or the value).
+
+A label row (``/send-feedback``, or a file a user drops under ``labels/``): ``request_id``, ``row``,
+``label`` (string), ``reward``, ``ts``. The monitor joins them to the requests by request id and row.
+
+The request path only appends references to a per-worker buffer; a background thread turns them into
+one Parquet object per hour every ``flush_seconds`` (or sooner when ``flush_rows`` are waiting), written
+whole (never appended to), so a reader never sees half a file and no request waits for storage.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: the request log's fixed columns (the inputs follow as ``input.<feature>``)
+REQUEST_COLUMNS = ("request_id", "row", "ts", "model", "version", "deployment", "prediction", "outputs")
+LABEL_COLUMNS = ("request_id", "row", "label", "reward", "ts")
+INPUT_PREFIX = "input."
+
+
+def monitoring_uri(root: str, model: str) -> str:
+    """Where a model's request log, labels, reports and alerts live under the storage root."""
+    return f"{str(root).rstrip('/')}/monitoring/{model}"
+
+
+def hour_folder(ts: datetime) -> str:
+    return f"ds={ts:%Y-%m-%d}/hour={ts:%H}"
+
+
+class RequestLog:
+    """A worker's buffer of sampled requests and arrived labels, flushed to storage off the request path.
+
+    ``columns``: the model's inputs as (feature, kind), kind one of numeric, category, text, image;
+    ``classes``: the class names of a classifier (empty for a regression)."""
+
+    def __init__(self, uri: str, *, rate: float, model: str, version: str, deployment: str,
+                 columns: list[tuple[str, str]], classes: list[str], flush_seconds: float = 10.0,
+                 flush_rows: int = 5000, max_rows_per_request: int = 256):  # fmt: skip
+        self.uri, self.rate = uri.rstrip("/"), rate
+        self.model, self.version, self.deployment = model, version, deployment
+        self.columns, self.classes = columns, classes
+        self.flush_seconds, self.flush_rows, self.max_rows = flush_seconds, flush_rows, max_rows_per_request
+        self._requests: list[tuple[datetime, str, Any, np.ndarray]] = []
+        self._labels: list[tuple[datetime, str, list, float | None]] = []
+        self._rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid: int | None = None
+
+    # -- the request path -------------------------------------------------------------------------------
+    def sampled(self) -> bool:
+        return self.rate >= 1.0 or random.random() < self.rate
+
+    def add(self, request_id: str, inputs: np.ndarray | dict[str, list], outputs: np.ndarray) -> None:
+        """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns)."""
+        self._append("_requests", (datetime.now(UTC), request_id, inputs, outputs), min(len(outputs), self.max_rows))
+
+    def add_labels(self, request_id: str, labels: list, reward: float | None) -> None:
+        """Keep the ground truth of an earlier request (one label per row it predicted)."""
+        self._append("_labels", (datetime.now(UTC), request_id, labels, reward), len(labels))
+
+    def _append(self, buffer: str, entry: tuple, rows: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use in this (forked) worker: its own buffer and writer
+                self._pid = os.getpid()
+                self._requests, self._labels, self._rows = [], [], 0
+                threading.Thread(target=self._loop, name="freestack-request-log", daemon=True).start()
+            getattr(self, buffer).append(entry)
+            self._rows += rows
+            full = self._rows >= self.flush_rows
+        if full:
+            self._wake.set()
+
+    # -- the writer thread ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        import atexit
+
+        atexit.register(self.flush)
+        while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            requests, labels = self._requests, self._labels
+            self._requests, self._labels, self._rows = [], [], 0
+        for kind, entries, build in (("requests", requests, self._request_table), ("labels", labels, _label_table)):
+            by_hour: dict[str, list] = {}
+            for e in entries:
+                by_hour.setdefault(hour_folder(e[0]), []).append(e)
+            for folder, group in by_hour.items():
+                self._write(kind, folder, group, build)
+
+    def _write(self, kind: str, folder: str, entries: list, build) -> None:
+        import pyarrow.parquet as pq
+
+        from freestack.serving.server.fetch import put_bytes
+
+        now = datetime.now(UTC)
+        stem = self.version if kind == "requests" else "feedback"
+        uri = f"{self.uri}/{kind}/{folder}/{stem}-{os.getpid()}-{now:%H%M%S%f}.parquet"
+        try:
+            buf = io.BytesIO()
+            pq.write_table(build(entries), buf, compression="zstd")
+            put_bytes(uri, buf.getvalue())
+        except Exception as exc:  # a full disk or an unreachable store must not take serving down
+            log.warning("could not write %d %s records to %s: %s", len(entries), kind, uri, exc)
+
+    def _request_table(self, entries: list):
+        import pyarrow as pa
+
+        n = [min(len(out), self.max_rows) for _, _, _, out in entries]
+        total = sum(n)
+        cols: dict[str, Any] = {
+            "request_id": pa.array([rid for (_, rid, _, _), k in zip(entries, n, strict=True) for _ in range(k)], pa.string()),
+            "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in n]) if total else [], pa.int32()),
+            "ts": pa.array([ts for (ts, _, _, _), k in zip(entries, n, strict=True) for _ in range(k)], pa.timestamp("ms", "UTC")),
+            "model": pa.array([self.model] * total, pa.string()),
+            "version": pa.array([self.version] * total, pa.string()),
+            "deployment": pa.array([self.deployment] * total, pa.string()),
+        }  # fmt: skip
+        for j, (name, kind) in enumerate(self.columns):
+            cols[INPUT_PREFIX + name] = _input_column(entries, n, j, name, kind)
+        outs = [out[:k] for (_, _, _, out), k in zip(entries, n, strict=True)]
+        matrix = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 1), np.float32)
+        matrix = matrix.reshape(len(matrix), -1)
+        if self.classes:
+            cols["prediction"] = pa.array([self.classes[i] for i in matrix.argmax(axis=1).tolist()], pa.string())
+        else:
+            cols["prediction"] = pa.array(matrix[:, 0].astype(np.float64), pa.float64())
+        cols["outputs"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+        return pa.table(cols)
+
+
+_ARROW_KIND = {"numeric": "float64", "category": "string", "text": "string", "image": "binary"}
+
+
+def _input_column(entries: list, n: list[int], j: int, name: str, kind: str):
+    """One feature's values across the buffered requests, typed by the feature's kind."""
+    import pyarrow as pa
+
+    values: list = []
+    for (_, _, inputs, _), k in zip(entries, n, strict=True):
+        if isinstance(inputs, np.ndarray):
+            values.extend(inputs[:k, j].astype(np.float64).tolist())
+        else:
+            values.extend(_typed(v, kind) for v in inputs[name][:k])
+    return pa.array(values, getattr(pa, _ARROW_KIND[kind])())
+
+
+def _typed(v: Any, kind: str) -> Any:
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    if kind == "numeric":
+        return float(v)
+    if kind == "image":
+        return bytes(v) if isinstance(v, bytes | bytearray) else None
+    return str(v)
+
+
+def _label_table(entries: list):
+    import pyarrow as pa
+
+    rows = [(ts, rid, i, lab, reward) for ts, rid, labels, reward in entries for i, lab in enumerate(labels)]
+    return pa.table({
+        "request_id": pa.array([r[1] for r in rows], pa.string()),
+        "row": pa.array([r[2] for r in rows], pa.int32()),
+        "label": pa.array([str(r[3]) for r in rows], pa.string()),
+        "reward": pa.array([r[4] for r in rows], pa.float64()),
+        "ts": pa.array([r[0] for r in rows], pa.timestamp("ms", "UTC")),
+    })  # fmt: skip
+
+
+__all__ = ["INPUT_PREFIX", "LABEL_COLUMNS", "REQUEST_COLUMNS", "RequestLog", "hour_folder", "monitoring_uri"]
