@@ -6,6 +6,7 @@ DAG files at parse time.
                    -> evaluate -> gate -> [approve] -> promote -> deploy | blocked      (evaluate, registry, serving)
     <p>_rollback   move_production -> deploy                                           (registry, serving)
     <p>_promote    move_alias -> deploy (when the alias moved is the one served)       (registry, serving)
+    <p>_monitor    monitor -> alert, retrain (drift asset -> <p>_train)                (monitor)
 
 Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
 A broken spec is left out here and reported as the import error of ``dags/freestack_spec_errors.py``
@@ -253,8 +254,15 @@ def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, m
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.monitor.operators import drift_asset
+
     t = spec.train
-    schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC") if t.schedule else [lake_asset(spec.name)]
+    if t.schedule:
+        schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC")
+    elif "retrain" in spec.monitor.actions:  # new lake partitions, or the monitor found drift
+        schedule = lake_asset(spec.name) | drift_asset(spec.name)
+    else:
+        schedule = [lake_asset(spec.name)]
     with DAG(
         dag_id=f"{spec.name}_train",
         description=f"Train the {spec.model_name} model on the {spec.name} lake",
@@ -328,9 +336,49 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# <p>_monitor
+
+
+def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.monitor.operators import (
+        AlertOperator,
+        MonitorOperator,
+        RetrainOperator,
+        drift_asset,
+        monitoring_asset,
+    )
+
+    m = spec.monitor
+    with DAG(
+        dag_id=f"{spec.name}_monitor",
+        description=f"Judge {spec.model_name}'s request log for drift, interval by interval",
+        schedule=_schedule(spec.model_copy(update={"schedule": m.schedule})),
+        catchup=False,
+        max_active_runs=4,
+        doc_md=(
+            f"### {spec.name}: monitor\n\nFor each data interval, compares what the served `{spec.model_name}` "
+            "was asked and answered (the request log, `monitoring/<model>/requests/`) with each version's reference "
+            f"statistics: PSI with a KS or chi² test per feature, text and image proxy and the prediction; the gate's "
+            f"metric where labels arrived. Writes an HTML report; on drift: {', '.join(m.actions)}. Backfill it to "
+            f"judge past days. Spec: `{spec_path}`."
+        ),
+        **_common(spec, "monitor"),
+    ) as dag:
+        judge = MonitorOperator(task_id="monitor", spec_path=spec_path, outlets=[monitoring_asset(spec.name)],
+                                doc_md="The interval's report (HTML), summary.json and W&B figures.")  # fmt: skip
+        alert = AlertOperator(task_id="alert", spec_path=spec_path,
+                              doc_md="The spec's notifiers get every drifted column: feature, statistic, threshold, report.")  # fmt: skip
+        retrain = RetrainOperator(task_id="retrain", spec_path=spec_path, outlets=[drift_asset(spec.name)],
+                                  doc_md=f"The drift asset: {spec.name}_train retrains on the latest window.")  # fmt: skip
+        judge >> [alert, retrain]
+    return dag
+
+
+# ---------------------------------------------------------------------------------------------------------
 # every pipeline
 
-_KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag, "_promote": promote_dag}
+_KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag, "_promote": promote_dag,
+          "_monitor": monitor_dag}  # fmt: skip
 
 
 def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
@@ -381,6 +429,7 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
             dags.append(train_dag(spec, path))
             dags.append(rollback_dag(spec, path))
             dags.append(promote_dag(spec, path))
+            dags.append(monitor_dag(spec, path))
         for dag in dags:
             namespace[dag.dag_id] = dag
             built.append(dag)
@@ -388,6 +437,6 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
 
 
 __all__ = [
-    "build_all", "raise_spec_errors", "ingest_dag", "promote_dag", "promote_params", "rollback_dag", "rollback_params",
+    "build_all", "raise_spec_errors", "ingest_dag", "monitor_dag", "promote_dag", "promote_params", "rollback_dag", "rollback_params",
     "train_dag", "train_params",
 ]  # fmt: skip

@@ -8,6 +8,7 @@
     sweep: {...}                 # freestack.sweeps.spec  (W&B sweep configuration)
     gate: {...}                  # freestack.evaluate.spec (when a candidate may replace production)
     deploy: {...}                # freestack.serving.spec (where and how it is served)
+    monitor: {...}               # freestack.monitor.spec (drift checks of the served model)
 
 Every block is validated when the spec is read, together with what ties blocks to each other (the
 model's features are columns, the gate's and the sweep's metrics belong to the task); every error names
@@ -30,6 +31,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from freestack.errors import SpecError
 from freestack.evaluate.spec import METRICS, GateSpec
 from freestack.ingest.spec import Source
+from freestack.monitor.spec import MonitorSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
@@ -68,6 +70,7 @@ class PipelineSpec(SpecModel):
     sweep: SweepSpec | None = Field(default=None, description="A hyperparameter sweep (W&B sweep configuration).")
     gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
+    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="How the served model's request log is judged, and what drift does.")
     #: the sha256 of the spec file's bytes when the spec was read from a file (``load_spec``)
     _file_sha256: str | None = PrivateAttr(default=None)
 

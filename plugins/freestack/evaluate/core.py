@@ -98,9 +98,9 @@ def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, An
     return test, data
 
 
-def score(model, pre, test, target: str) -> dict[str, Any]:
-    """Metrics of one model on the test rows (a frame, or rows read chunk by chunk), in the target's own
-    labels/units; only labels and outputs are kept across chunks."""
+def outputs(model, pre, test, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, outputs) of one model on the test rows (a frame, or rows read chunk by chunk): class
+    probabilities, or predicted values; only these are kept across chunks."""
     import torch
 
     from freestack.ml.loop import to_tensors
@@ -114,10 +114,41 @@ def score(model, pre, test, target: str) -> dict[str, Any]:
             outs.append((model.predict_proba(x) if pre.task == "classification" else model.predict(x)).numpy())
     y = np.concatenate(ys) if ys else np.array([])
     if pre.task == "classification":
-        proba = np.concatenate(outs) if outs else np.zeros((0, len(pre.classes)))
-        return classification_report(y, proba, list(pre.classes))
-    pred = np.concatenate(outs).astype(np.float64) if outs else np.array([])
-    return regression_report(y.astype(np.float64), pred)
+        return y, np.concatenate(outs) if outs else np.zeros((0, len(pre.classes)))
+    return y, np.concatenate(outs).astype(np.float64) if outs else np.array([])
+
+
+def report_of(pre, y: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+    """Metrics of outputs against labels, in the target's own labels/units."""
+    if pre.task == "classification":
+        return classification_report(y, out, list(pre.classes))
+    return regression_report(y.astype(np.float64), out)
+
+
+def score(model, pre, test, target: str) -> dict[str, Any]:
+    """Metrics of one model on the test rows."""
+    return report_of(pre, *outputs(model, pre, test, target))
+
+
+def reference_of(spec: PipelineSpec, pre, data, test, out: np.ndarray, version: str, cand: dict[str, Any]) -> dict[str, Any]:
+    """The version's reference statistics for the monitor: a sample of the window's rows (the test split's
+    when the window was read as a stream) and the version's predictions on the test split."""
+    import pandas as pd
+
+    from freestack.monitor.core import build_reference
+
+    n = spec.monitor.reference_rows
+    if getattr(data, "frame", None) is not None:
+        frame, source = data.frame, "window"
+    else:
+        frame = pd.concat(list(test.chunks()), ignore_index=True) if hasattr(test, "chunks") else test
+        source = "test split"
+    if len(frame) > n:
+        frame = frame.sample(n, random_state=0)
+    predicted = [str(pre.classes[i]) for i in out.argmax(axis=1).tolist()] if pre.task == "classification" else out.reshape(-1).tolist()
+    metric = spec.gate.metric if isinstance(cand.get(spec.gate.metric), float) else None
+    return build_reference(spec, frame, predicted, version=version, source=source,
+                           metric=(metric, cand[metric]) if metric else None)  # fmt: skip
 
 
 def lowest_keys(test, key: str, n: int):
@@ -371,6 +402,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the candidate (and the champion) on the candidate's window's test split; write
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
+    from freestack.monitor.core import REFERENCE_FILE
     from freestack.registry.names import MARKER
     from freestack.storage import join, to_path, write_bytes, write_json
 
@@ -386,8 +418,11 @@ def evaluate(
     parts = data.partitions
     target = spec.source.schema_.target
     folder = join(to_path(candidate_uri), "evaluation")
+    version = lineage.get("version") or to_path(candidate_uri).name
     try:
-        cand = score(model, pre, test, target)
+        y, out = outputs(model, pre, test, target)
+        cand = report_of(pre, y, out)
+        write_json(join(to_path(candidate_uri), REFERENCE_FILE), reference_of(spec, pre, data, test, out, version, cand))
         champ = None
         if champion_uri:
             c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
@@ -398,7 +433,6 @@ def evaluate(
     images = plots(cand, history, champ)
     for name, data in images.items():
         write_bytes(join(folder, name), data)
-    version = lineage.get("version") or to_path(candidate_uri).name
     summary = {
         "version": version,
         "candidate_uri": str(candidate_uri),
@@ -461,4 +495,7 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
         return run.as_dict()
 
 
-__all__ = ["EvaluationError", "evaluate", "load_model_folder", "score", "smoke_sample", "test_split"]
+__all__ = [
+    "EvaluationError", "evaluate", "load_model_folder", "outputs", "reference_of", "report_of", "score", "smoke_sample",
+    "test_split",
+]  # fmt: skip

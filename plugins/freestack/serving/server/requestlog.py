@@ -71,7 +71,9 @@ class RequestLog:
 
     def add(self, request_id: str, inputs: np.ndarray | dict[str, list], outputs: np.ndarray) -> None:
         """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns)."""
-        self._append("_requests", (datetime.now(UTC), request_id, inputs, outputs), min(len(outputs), self.max_rows))
+        self._append(
+            "_requests", (datetime.now(UTC), request_id, inputs, outputs), min(len(outputs), self.max_rows)
+        )
 
     def add_labels(self, request_id: str, labels: list, reward: float | None) -> None:
         """Keep the ground truth of an earlier request (one label per row it predicted)."""
@@ -103,7 +105,10 @@ class RequestLog:
         with self._lock:
             requests, labels = self._requests, self._labels
             self._requests, self._labels, self._rows = [], [], 0
-        for kind, entries, build in (("requests", requests, self._request_table), ("labels", labels, _label_table)):
+        for kind, entries, build in (
+            ("requests", requests, self._request_table),
+            ("labels", labels, _label_table),
+        ):
             by_hour: dict[str, list] = {}
             for e in entries:
                 by_hour.setdefault(hour_folder(e[0]), []).append(e)
@@ -144,7 +149,9 @@ class RequestLog:
         matrix = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 1), np.float32)
         matrix = matrix.reshape(len(matrix), -1)
         if self.classes:
-            cols["prediction"] = pa.array([self.classes[i] for i in matrix.argmax(axis=1).tolist()], pa.string())
+            cols["prediction"] = pa.array(
+                [self.classes[i] for i in matrix.argmax(axis=1).tolist()], pa.string()
+            )
         else:
             cols["prediction"] = pa.array(matrix[:, 0].astype(np.float64), pa.float64())
         cols["outputs"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])

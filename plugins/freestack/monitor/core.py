@@ -1,0 +1,388 @@
+"""The monitor: one interval of a model's request log judged against each served version's reference.
+
+    monitoring/<model>/requests/ds=D/hour=H/*.parquet    the model server's request log (serving.server.requestlog)
+    monitoring/<model>/labels/ds=D/hour=H/*.parquet      ground truth: /send-feedback, or files users drop here
+    registry/<model>/<version>/reference.json            the version's reference statistics (written at evaluation)
+    monitoring/<model>/reports/<start>--<end>/           report.html (plots inline) and summary.json per interval
+    monitoring/<model>/alerts/<start>--<end>.json        the alert, when the interval drifted
+
+Plain Python (pandas, pyarrow, scipy, matplotlib): :func:`monitor` is what the ``monitor`` task runs, and
+works from a notebook too. A version without reference statistics, an interval without requests, too few
+rows or an unreadable log file each give a report that says so, never an alert.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from freestack.errors import FreestackError
+from freestack.monitor import stats
+from freestack.serving.server.requestlog import INPUT_PREFIX, monitoring_uri
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+REFERENCE_FILE = "reference.json"
+_KIND = {
+    "int": "numeric",
+    "float": "numeric",
+    "bool": "numeric",
+    "category": "category",
+    "text": "text",
+    "image": "image",
+}
+
+
+class MonitorError(FreestackError):
+    """The interval cannot be judged; the message says why and what to do."""
+
+
+def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
+    """Each feature as the monitor sees it: numeric, category, text or image."""
+    return {f: _KIND.get(t, "numeric") for f, t in spec.feature_kinds.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reference statistics (the evaluate task writes them into the candidate's folder)
+
+
+def build_reference(spec: PipelineSpec, frame, predicted: list, *, version: str, metric: tuple[str, float] | None,
+                    source: str) -> dict[str, Any]:  # fmt: skip
+    """The reference of a version: statistics of the window's rows ``frame`` (a sample) and of the model's
+    predictions ``predicted`` (class labels, or values) on its test split."""
+    kinds = feature_kinds(spec)
+    columns = {f: frame[f].tolist() for f in kinds}
+    # a text's vocabulary comes from every other row, its unknown-word rate is measured on the others: the
+    # reference rate is then what unseen in-distribution text scores, not 0
+    vocab = {f: stats.vocabulary(v[::2]) for f, v in columns.items() if kinds[f] == "text"}
+    cols = {f: (v[1::2] if kinds[f] == "text" else v) for f, v in columns.items()}
+    sets = {f: set(w) for f, w in vocab.items()}
+    series = {}
+    for f, kind in kinds.items():  # a text feature's proxies from its own half of the rows
+        series.update(stats.series_of({f: cols[f]}, {f: kind}, sets))
+    task = "classification" if predicted and isinstance(predicted[0], str) else "regression"
+    series["prediction"] = ("category", stats.category_values(predicted)) if task == "classification" else \
+        ("numeric", np.asarray(predicted, np.float64))  # fmt: skip
+    return {
+        "model": spec.model_name, "version": version, "rows": int(len(frame)), "source": source, "task": task,
+        "features": kinds, "vocabulary": vocab, "series": stats.reference(series),
+        "metric": {"name": metric[0], "value": metric[1]} if metric else None,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def read_reference(spec: PipelineSpec, version: str) -> dict[str, Any] | None:
+    from freestack.registry.core import registry_for
+    from freestack.storage import join, to_path
+
+    path = join(to_path(registry_for(spec).version_uri(version)), REFERENCE_FILE)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading the log
+
+
+@dataclass
+class Logged:
+    """An interval's logged rows, and what could not be read."""
+
+    rows: Any  # a pandas DataFrame
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _hours(start: datetime, end: datetime) -> list[str]:
+    out, t = [], start.replace(minute=0, second=0, microsecond=0)
+    while t < end:
+        out.append(f"ds={t:%Y-%m-%d}/hour={t:%H}")
+        t += timedelta(hours=1)
+    return out
+
+
+def _read_folder(folder, problems: list[str]) -> tuple[list, int]:
+    import pyarrow.parquet as pq
+
+    from freestack.storage import list_objects
+
+    if not folder.exists():
+        return [], 0
+    frames, files = [], 0
+    for obj in list_objects(folder):
+        if not obj.name.endswith((".parquet", ".csv")) or obj.name.startswith("."):
+            continue
+        files += 1
+        try:
+            with obj.open("rb") as f:
+                frames.append(pq.read_table(f).to_pandas() if obj.name.endswith(".parquet") else _csv(f))
+        except Exception as exc:  # a truncated or foreign file: reported, the rest still judged
+            problems.append(f"{obj}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); it was left out")
+    return frames, files
+
+
+def _csv(f):
+    import pandas as pd
+
+    return pd.read_csv(f, dtype={"request_id": str, "label": str})
+
+
+def read_requests(root: str, model: str, start: datetime, end: datetime) -> Logged:
+    import pandas as pd
+
+    from freestack.storage import join, to_path
+
+    base, problems, frames, files = to_path(monitoring_uri(root, model)), [], [], 0
+    for hour in _hours(start, end):
+        got, n = _read_folder(join(base, "requests", hour), problems)
+        frames += got
+        files += n
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(rows):
+        ts = pd.to_datetime(rows["ts"], utc=True)
+        rows = rows[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
+    return Logged(rows, files, problems)
+
+
+def read_labels(root: str, model: str, since: datetime) -> Logged:
+    """Every label that arrived on or after ``since``'s day (ground truth comes after the request)."""
+    import pandas as pd
+
+    from freestack.storage import join, to_path
+
+    folder, problems, frames, files = join(to_path(monitoring_uri(root, model)), "labels"), [], [], 0
+    if folder.exists():
+        for day in sorted(
+            p for p in folder.iterdir() if p.name >= f"ds={since:%Y-%m-%d}" or not p.name.startswith("ds=")
+        ):
+            for sub in [day] + ([h for h in day.iterdir() if h.is_dir()] if day.is_dir() else []):
+                got, n = _read_folder(sub, problems) if sub.is_dir() else ([], 0)
+                frames += got
+                files += n
+    rows = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["request_id", "row", "label"])
+    )
+    if len(rows) and "row" not in rows:
+        rows["row"] = 0
+    return Logged(rows, files, problems)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# judging
+
+
+def _logged_columns(rows, kinds: dict[str, str]) -> dict[str, list]:
+    return {
+        f: rows[INPUT_PREFIX + f].tolist() if INPUT_PREFIX + f in rows else [None] * len(rows) for f in kinds
+    }
+
+
+def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict[str, Any]:
+    """One version's rows of the interval against its reference: every series, and the metric where labelled."""
+    m = spec.monitor
+    t = m.thresholds
+    kinds = ref["features"]
+    vocab = {f: set(w) for f, w in (ref.get("vocabulary") or {}).items()}
+    series = stats.series_of(_logged_columns(rows, kinds), kinds, vocab)
+    pred = rows["prediction"]
+    series["prediction"] = ("category", stats.category_values(pred.tolist())) if ref["task"] == "classification" \
+        else ("numeric", pred.to_numpy(np.float64))  # fmt: skip
+    judged = []
+    for name, (kind, values) in series.items():
+        if name not in ref["series"]:
+            continue
+        got = stats.drift(ref["series"][name], kind, values, t.psi, t.p_value)
+        judged.append({"name": name, **got})
+    judged.sort(key=lambda s: -s["psi"])
+    out = {"version": ref["version"], "rows": int(len(rows)), "series": judged,
+           "drifted": [s["name"] for s in judged if s["drifted"]],
+           "labels": _labelled_metric(ref, rows, labels, spec)}  # fmt: skip
+    out["status"] = "drift" if out["drifted"] or (out["labels"] or {}).get("drifted") else "ok"
+    return out
+
+
+def _labelled_metric(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict[str, Any] | None:
+    """The gate's metric over the interval's rows that got a label, against the version's test score."""
+    if not len(labels) or not ref.get("metric"):
+        return None
+    joined = rows.merge(labels[["request_id", "row", "label"]].drop_duplicates(["request_id", "row"], keep="last"),
+                        on=["request_id", "row"], how="inner")  # fmt: skip
+    t = spec.monitor.thresholds
+    name, before = ref["metric"]["name"], ref["metric"]["value"]
+    out = {"rows": int(len(joined)), "metric": name, "reference": before, "value": None, "drifted": False}
+    if len(joined) < t.min_labels:
+        out["note"] = f"{len(joined)} labelled rows; {t.min_labels} are needed to judge {name}"
+        return out
+    value = _metric(name, joined, ref["task"])
+    if value is None:
+        out["note"] = (
+            f"{name} cannot be computed from labels; accuracy (classification) and rmse/mae (regression) can"
+        )
+        return out
+    lower_better = name in ("rmse", "mae", "log_loss")
+    drop = (value - before) if lower_better else (before - value)
+    out.update(value=value, drop=drop, drifted=bool(drop >= t.metric_drop), threshold=t.metric_drop)
+    return out
+
+
+def _metric(name: str, joined, task: str) -> float | None:
+    if task == "classification" and name == "accuracy":
+        return float((joined["prediction"].astype(str) == joined["label"].astype(str)).mean())
+    if task == "regression" and name in ("rmse", "mae"):
+        err = joined["prediction"].to_numpy(np.float64) - joined["label"].astype(float).to_numpy()
+        return float(np.sqrt(np.mean(err**2))) if name == "rmse" else float(np.mean(np.abs(err)))
+    if task == "classification":  # the gate's metric is another one: accuracy is what labels alone give
+        return None
+    return None
+
+
+def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -> list[dict[str, Any]]:
+    """One alert line per drifted series or metric: the feature, the statistic, the threshold, the report."""
+    t, out = spec.monitor.thresholds, []
+    for v in versions:
+        for s in v.get("series", []):
+            if s["drifted"]:
+                out.append({
+                    "version": v["version"], "series": s["name"], "statistic": "psi", "value": round(s["psi"], 4),
+                    "threshold": t.psi, "test": s["test"], "p_value": s["p_value"], "p_threshold": t.p_value,
+                    "message": f"{spec.model_name} {v['version']}: {s['name']} drifted: PSI {s['psi']:.3f} >= "
+                               f"{t.psi:g} and {s['test']} p-value {s['p_value']:.2g} < {t.p_value:g}; report {report}",
+                })  # fmt: skip
+        lab = v.get("labels") or {}
+        if lab.get("drifted"):
+            out.append({
+                "version": v["version"], "series": lab["metric"], "statistic": "metric_drop", "value": round(lab["drop"], 4),
+                "threshold": t.metric_drop,
+                "message": f"{spec.model_name} {v['version']}: {lab['metric']} on {lab['rows']} labelled rows is "
+                           f"{lab['value']:.4f}, {lab['drop']:.4f} worse than at registration ({lab['reference']:.4f}; "
+                           f"threshold {t.metric_drop:g}); report {report}",
+            })  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one interval
+
+
+def interval_name(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%dT%H%M}--{end:%Y-%m-%dT%H%M}"
+
+
+def monitor(spec: PipelineSpec, start: datetime, end: datetime, *, tracking_settings=None,
+            run: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Judge the interval [start, end) of the model's request log; write the report and the summary;
+    log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``)."""
+    from freestack.monitor.report import render
+    from freestack.storage import join, to_path, write_bytes, write_json
+
+    root, model = spec.root, spec.model_name
+    folder = join(to_path(monitoring_uri(root, model)), "reports", interval_name(start, end))
+    logged = read_requests(root, model, start, end)
+    labels = read_labels(root, model, start)
+    versions, notes = _judge_all(spec, logged, labels)
+    report_uri = str(join(folder, "report.html"))
+    alerts = alerts_of(versions, spec, report_uri)
+    summary = {
+        "pipeline": spec.name, "model": model, "interval": {"start": start.isoformat(), "end": end.isoformat()},
+        "status": "drift" if alerts else ("ok" if any(v.get("series") for v in versions) else "no_data"),
+        "alert": bool(alerts), "alerts": alerts, "rows": int(len(logged.rows)), "files": logged.files,
+        "labels": int(len(labels.rows)), "problems": logged.problems + labels.problems, "notes": notes,
+        "versions": versions, "thresholds": spec.monitor.thresholds.model_dump(), "min_rows": spec.monitor.min_rows,
+        "actions": list(spec.monitor.actions), "report": report_uri, "airflow": run or {},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    page, images = render(summary)
+    write_bytes(join(folder, "report.html"), page.encode())
+    summary["wandb"] = _log(spec, summary, images, tracking_settings)
+    write_json(join(folder, "summary.json"), summary)
+    for line in [*notes, *summary["problems"], *(a["message"] for a in alerts)]:
+        log.warning("%s", line)
+    log.info("%s %s: %s, %d rows, %d alert(s); report %s", model, interval_name(start, end), summary["status"],
+             summary["rows"], len(alerts), report_uri)  # fmt: skip
+    return summary
+
+
+def _judge_all(spec: PipelineSpec, logged: Logged, labels: Logged) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each version's rows judged, or why not (no requests, too few rows, no reference statistics)."""
+    rows, notes, out = logged.rows, [], []
+    if not len(rows):
+        notes.append(f"no requests were logged for {spec.model_name} in this interval ({logged.files} files): nothing "
+                     "to judge. Is the model deployed, with deploy.local.log_sample_rate above 0, and did it get traffic?")  # fmt: skip
+        return out, notes
+    for version, part in rows.groupby("version", sort=True):
+        entry = {"version": str(version), "rows": int(len(part)), "series": [], "drifted": [], "labels": None}
+        ref = read_reference(spec, str(version))
+        if ref is None:
+            entry.update(status="no_reference", note=f"version {version} has no reference statistics ({REFERENCE_FILE}): "
+                         "it was registered before monitoring existed or not by the evaluate task; retrain or judge "
+                         "only versions registered since")  # fmt: skip
+        elif len(part) < spec.monitor.min_rows:
+            entry.update(status="too_few_rows", note=f"version {version}: {len(part)} logged rows, fewer than "
+                         f"monitor.min_rows ({spec.monitor.min_rows}); no verdict for this interval")  # fmt: skip
+        else:
+            entry = judge_version(ref, part, labels.rows, spec)
+        if entry.get("note"):
+            notes.append(entry["note"])
+        out.append(entry)
+    return out, notes
+
+
+def _log(
+    spec: PipelineSpec, summary: dict[str, Any], images: dict[str, bytes], tracking_settings
+) -> dict[str, Any] | None:
+    """The interval's figures as a W&B run (job type monitor), the plots as images."""
+    import tempfile
+    from pathlib import Path
+
+    from freestack.tracking.wandb import WandbSettings, start_run
+
+    if tracking_settings is None:
+        tracking_settings = WandbSettings.from_environment()
+    start = summary["interval"]["start"][:16]
+    flat: dict[str, Any] = {"monitor/rows": summary["rows"], "monitor/alerts": len(summary["alerts"]),
+                            "monitor/drift": int(summary["alert"])}  # fmt: skip
+    for v in summary["versions"]:
+        for s in v.get("series", []):
+            flat[f"monitor/psi/{s['name']}"] = s["psi"]
+        if (v.get("labels") or {}).get("value") is not None:
+            flat[f"monitor/labelled/{v['labels']['metric']}"] = v["labels"]["value"]
+    with start_run(tracking_settings, project=spec.name, name=f"{spec.name}-monitor-{start}",
+                   config={"interval": summary["interval"], "versions": [v["version"] for v in summary["versions"]]},
+                   tags=[f"pipeline:{spec.name}", "monitor"], job_type="monitor") as run, \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        run.summary_update(flat)
+        for name, data in images.items():
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            run.log_image(f"monitor/{name.removesuffix('.png')}", path.as_uri())
+        return run.as_dict()
+
+
+def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]]:
+    """The newest interval summaries of the model, newest first (the views' monitoring page)."""
+    from freestack.storage import join, to_path
+
+    folder = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports")
+    if not folder.exists():
+        return []
+    names = sorted((p.name for p in folder.iterdir()), reverse=True)[:limit]
+    out = []
+    for name in names:
+        path = join(folder, name, "summary.json")
+        if path.exists():
+            out.append(json.loads(path.read_text()))
+    return out
+
+
+__all__ = [
+    "MonitorError", "REFERENCE_FILE", "build_reference", "feature_kinds", "interval_name", "judge_version", "monitor",
+    "read_labels", "read_reference", "read_requests", "recent_summaries",
+]  # fmt: skip

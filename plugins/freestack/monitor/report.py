@@ -1,0 +1,125 @@
+"""The monitor's report: one self-contained HTML page per interval (tables, and matplotlib plots inline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+
+PANELS = 6  # distributions drawn per version: the prediction and the most drifted series
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _psi_plot(v: dict[str, Any], threshold: float) -> bytes:
+    import matplotlib.pyplot as plt
+
+    top = v["series"][:20][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
+    ax.barh([s["name"] for s in top], [s["psi"] for s in top],
+            color=["#d62728" if s["drifted"] else "#1f77b4" for s in top])  # fmt: skip
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("population stability index")
+    ax.set_title(f"version {v['version']}: PSI per column (red: drifted)", fontsize=10)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _distribution_plot(v: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    pred = [s for s in v["series"] if s["name"] == "prediction"]
+    chosen = pred + [s for s in v["series"] if s["name"] != "prediction"][: PANELS - len(pred)]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squeeze=False)
+    for ax, s in zip(axes[0], chosen, strict=True):
+        bins = s.get("bins") or {}
+        ref, cur = np.asarray(bins.get("reference", [])), np.asarray(bins.get("current", []))
+        x = np.arange(len(ref))
+        ax.bar(x - 0.2, ref, 0.4, label="reference")
+        ax.bar(x + 0.2, cur, 0.4, label="this interval")
+        labels = bins.get("labels")
+        ax.set_xticks(
+            x,
+            [str(label)[:8] for label in labels] if labels else [f"d{i}" for i in x],
+            fontsize=6,
+            rotation=90,
+        )
+        ax.set_title(f"{s['name']} (PSI {s['psi']:.2f})", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"version {v['version']}: share of rows per bin (deciles of the reference)", fontsize=9)
+    return _png(fig)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    def cell(x: Any) -> str:
+        return html.escape(f"{x:.4g}" if isinstance(x, float) else str(x))
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(x)}</td>" for x in r) + "</tr>" for r in rows)
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
+
+
+def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
+    """The report page and its plots (name -> PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    images: dict[str, bytes] = {}
+    parts = [f"<h1>{html.escape(summary['model'])}: monitoring {html.escape(summary['interval']['start'])} to "
+             f"{html.escape(summary['interval']['end'])}</h1>",
+             _table(["status", "logged rows", "log files", "labels", "alerts"],
+                    [[summary["status"], summary["rows"], summary["files"], summary["labels"], len(summary["alerts"])]])]  # fmt: skip
+    if summary["alerts"]:
+        parts.append(
+            "<h2>alerts</h2><ul>"
+            + "".join(f"<li>{html.escape(a['message'])}</li>" for a in summary["alerts"])
+            + "</ul>"
+        )
+    notes = summary["notes"] + summary["problems"]
+    if notes:
+        parts.append("<h2>notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    t = summary["thresholds"]
+    for v in summary["versions"]:
+        parts.append(
+            f"<h2>version {html.escape(v['version'])}: {html.escape(v.get('status', ''))}, {v['rows']} rows</h2>"
+        )
+        if not v.get("series"):
+            continue
+        for name, data in ((f"psi-{v['version']}.png", _psi_plot(v, t["psi"])),
+                           (f"distributions-{v['version']}.png", _distribution_plot(v))):  # fmt: skip
+            images[name] = data
+            parts.append(
+                f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+            )
+        lab = v.get("labels")
+        if lab:
+            parts.append("<h3>labelled rows</h3>" + _table(
+                ["rows", "metric", "this interval", "at registration", "worse by", "threshold", "drifted"],
+                [[lab["rows"], lab["metric"], lab.get("value") if lab.get("value") is not None else lab.get("note", ""),
+                  lab["reference"], lab.get("drop", ""), t["metric_drop"], lab["drifted"]]]))  # fmt: skip
+        parts.append(f"<h3>columns (PSI threshold {t['psi']:g}, p-value threshold {t['p_value']:g})</h3>" + _table(
+            ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"],
+            [[s["name"], s["kind"], s["rows"], s["psi"], s["test"], s["p_value"], "yes" if s["drifted"] else ""]
+             for s in v["series"]]))  # fmt: skip
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(summary['model'])} monitoring</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse;margin:1em 0}"
+        "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}img{max-width:100%}</style></head><body>"
+        + "".join(parts)
+        + "</body></html>"
+    )
+    return page, images
+
+
+__all__ = ["render"]
