@@ -26,7 +26,7 @@ from freestack.settings import checkout_dir, project_home
 DEMO_DAYS = 5
 DEMO_AGENTS = 2
 PIPELINE = "digits"
-INGEST, TRAIN = f"{PIPELINE}_ingest", f"{PIPELINE}_train"
+INGEST, TRAIN, MONITOR = f"{PIPELINE}_ingest", f"{PIPELINE}_train", f"{PIPELINE}_monitor"
 TERMINAL = ("success", "failed")
 
 
@@ -66,6 +66,8 @@ def demo() -> int:
         days = _land(out)
         _ingest(api, days, out)
         run_id = _train(api, days[-1], out)
+        _pause(api, MONITOR, False)
+        out.say(f"{MONITOR}: unpaused: it judges the served model's request log each day (docs: concepts/monitoring)")
         _summary(api, ui, run_id, out)
     except DemoError as exc:
         out.say(f"error: {exc}")

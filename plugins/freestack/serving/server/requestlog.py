@@ -69,15 +69,16 @@ class RequestLog:
     def sampled(self) -> bool:
         return self.rate >= 1.0 or random.random() < self.rate
 
-    def add(self, request_id: str, inputs: np.ndarray | dict[str, list], outputs: np.ndarray) -> None:
-        """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns)."""
-        self._append(
-            "_requests", (datetime.now(UTC), request_id, inputs, outputs), min(len(outputs), self.max_rows)
-        )
+    def add(self, request_id: str, inputs: np.ndarray | dict[str, list], outputs: np.ndarray,
+            ts: datetime | None = None) -> None:  # fmt: skip
+        """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns);
+        ``ts``: when it was answered (default: now; a replayed log gives its own)."""
+        entry = (ts or datetime.now(UTC), request_id, inputs, outputs)
+        self._append("_requests", entry, min(len(outputs), self.max_rows))
 
-    def add_labels(self, request_id: str, labels: list, reward: float | None) -> None:
+    def add_labels(self, request_id: str, labels: list, reward: float | None, ts: datetime | None = None) -> None:
         """Keep the ground truth of an earlier request (one label per row it predicted)."""
-        self._append("_labels", (datetime.now(UTC), request_id, labels, reward), len(labels))
+        self._append("_labels", (ts or datetime.now(UTC), request_id, labels, reward), len(labels))
 
     def _append(self, buffer: str, entry: tuple, rows: int) -> None:
         with self._lock:
