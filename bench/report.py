@@ -152,7 +152,15 @@ def _serve(r: dict[str, Any], file: str) -> list[Row]:
         Row("serve", "Seldon model server, c=8, p99", _n(seldon["p99_ms"], 1, "ms"), _n(bare["p99_ms"], 1, "ms"),
             round(seldon["p99_ms"] / bare["p99_ms"], 3) if bare.get("p99_ms") else None, "< 15 ms", c.get("p99_ok"),
             better="lower"),
+        *_request_log(s),
     ]  # fmt: skip
+
+
+def _request_log(s: dict[str, Any]) -> list[Row]:
+    """Serving with the request log on (every request, as deployed by default) ÷ off, same round."""
+    lg, on = s.get("logging") or {}, s.get("seldon_logged") or {}
+    return [Row("serve", f"request log on ÷ off, {cell}, req/s", _n(on[cell]["rps"]), f"{_n(s['seldon'][cell]['rps'])} (log off)",
+                lg[cell], ">= 0.95", lg[cell] >= 0.95) for cell in ("c8", "batch32_c8") if cell in lg and cell in on]  # fmt: skip
 
 
 def _serve_address(r: dict[str, Any], file: str) -> list[Row]:

@@ -21,7 +21,8 @@ from freestack.ui.wandb_pages import wandb_app
 
 #: the ML views in the UI's navigation: a top-level "freestack" entry, and each page under Plugins -> freestack
 #: (framed by the UI; hrefs are relative to its <base>, so a proxy's path prefix is kept)
-VIEWS = [("Models", "models"), ("Sweeps", "sweeps"), ("Deployments", "deployments"), ("Data", "data")]
+VIEWS = [("Models", "models"), ("Sweeps", "sweeps"), ("Deployments", "deployments"), ("Monitoring", "monitoring"),
+         ("Data", "data")]  # fmt: skip
 
 
 def storage_root() -> str:

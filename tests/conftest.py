@@ -59,7 +59,7 @@ if str(ROOT / "include") not in sys.path:
 #: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
 pytest_plugins = ["tests.demo_sandbox"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
-DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/e2e/test_docs_commands.py")
+DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/e2e/test_monitor_demo.py", "tests/e2e/test_docs_commands.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -77,14 +77,14 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The browser tests read the state ``make demo`` left: they run before the documented commands
-    (which end with ``make down``) change it."""
-    ui = [i for i in items if i.nodeid.startswith(DEMO_FILES[0])]
-    if not ui:
+    """The browser tests read the state ``make demo`` left, then the monitor's test adds a retrained version:
+    both run before the documented commands (which end with ``make down``)."""
+    first = [i for f in DEMO_FILES[:2] for i in items if i.nodeid.startswith(f)]
+    if not first:
         return
-    rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[0])]
+    rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[:2])]
     first_block = next((k for k, i in enumerate(rest) if "test_every_documented_command" in i.nodeid), len(rest))
-    items[:] = rest[:first_block] + ui + rest[first_block:]
+    items[:] = rest[:first_block] + first + rest[first_block:]
 
 
 def _model_servers() -> set[int]:

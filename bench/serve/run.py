@@ -8,6 +8,9 @@ and in-process predict, same model, same payloads, same load generator, in the s
 2. Starts the servers, each bound to 127.0.0.1 except the stock one:
    - ``seldon``: ``freestack.serving.server`` (Seldon 1.17.1's REST app and wrapper under Seldon's
      gunicorn application, ``include/serving/Model.py``) with the tuned settings (``TUNED``);
+   - ``seldon_logged``: ``seldon`` with the request log on for every request (``log_sample_rate: 1.0``,
+     Parquet under the scratch folder, as the monitor reads it): ``logging_ratio`` = its requests/s ÷
+     ``seldon``'s at concurrency 8 and on the batch cell, same round (target >= 0.95);
    - ``seldon_sync``: the same launcher with gunicorn's ``sync`` worker, 2 workers x 1 thread (the
      deploy spec's defaults before this benchmark);
    - ``seldon_stock``: ``seldon-core-microservice Model --service-type MODEL`` with its defaults (1 sync
@@ -63,8 +66,8 @@ HIDDEN = [128, 64]
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 32
 BATCH_CONCURRENCY = 8
-SERVERS = ("seldon", "seldon_sync", "seldon_stock", "bare", "inproc", "inproc_seldon")
-HTTP_SERVERS = ("seldon", "seldon_sync", "seldon_stock", "bare")
+SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "bare", "inproc", "inproc_seldon")
+HTTP_SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "bare")
 
 #: our launcher's settings under test (the config keys freestack.serving.server reads)
 TUNED: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "freestack"}
@@ -228,11 +231,14 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body:
     for name in names:
         port = free_port()
         log = workdir / f"{name}.log"
-        if name in ("seldon", "seldon_sync"):
-            settings = dict(TUNED if name == "seldon" else SPEC_DEFAULTS)
+        if name in ("seldon", "seldon_logged", "seldon_sync"):
+            settings = dict(SPEC_DEFAULTS if name == "seldon_sync" else TUNED)
+            params: dict[str, Any] = {"model_uri": uri}
+            if name == "seldon_logged":  # every request into the request log, as deploy writes it by default
+                params.update(request_log_uri=(workdir / "monitoring" / "bench").as_uri(), request_log_rate=1.0)
             cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(REPO / "include" / "serving"),
                    "host": "127.0.0.1", "port": port, "metrics_port": free_port(), "log_level": "warning",
-                   "parameters": {"model_uri": uri}, **settings}  # fmt: skip
+                   "parameters": params, **settings}  # fmt: skip
             cfg_path = workdir / f"{name}.json"
             cfg_path.write_text(json.dumps(cfg))
             servers[name] = Server(
@@ -433,6 +439,7 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             if rounds and server != "seldon_stock":  # the stock server's rounds run after the others
                 r["ratio_rps_by_round"] = rounds
                 r["ratio_rps_same_round_median"] = round(statistics.median(rounds), 3)
+    out["logging"] = _logging_ratio(samples)
     s8 = out.get("seldon", {}).get("c8", {})
     if s8:
         out["checks"] = {
@@ -445,6 +452,18 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             "errors_ok": all(r.get("errors", 0) == 0 for srv, row in out.items() if isinstance(row, dict)
                              and srv != "checks" for r in row.values() if isinstance(r, dict)),
         }  # fmt: skip
+    return out
+
+
+def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Requests/s with the request log on ÷ off (seldon_logged / seldon), per round, then the median."""
+    out: dict[str, Any] = {"target": "seldon_logged >= 0.95 x seldon requests/s (c8 and the batch cell)"}
+    for cell in ("c8", f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}"):
+        off = {s["round"]: s["rps"] for s in samples.get("seldon", {}).get(cell, []) if s.get("rps")}
+        on = [s["rps"] / off[s["round"]] for s in samples.get("seldon_logged", {}).get(cell, []) if s.get("round") in off]
+        if on:
+            out[cell] = round(statistics.median(on), 3)
+    out["ok"] = bool(len(out) > 1 and all(v >= 0.95 for k, v in out.items() if k.startswith("c")))
     return out
 
 
@@ -486,6 +505,8 @@ def print_table(report: dict[str, Any]) -> None:
         c = s["checks"]
         print(f"\nseldon at c=8: {c['seldon_c8_ratio']} x bare, p99 {c['seldon_c8_p99_ms']} ms "
               f"(ratio_ok={c['ratio_ok']}, p99_ok={c['p99_ok']}, errors_ok={c['errors_ok']})")  # fmt: skip
+    if s.get("logging"):
+        print(f"request log on / off: {s['logging']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ the same.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -137,6 +138,19 @@ def _raw_problem(kind: str, value: Any) -> str | None:
         except (binascii.Error, ValueError):
             return '"binData" is not valid base64: send the image file\'s bytes base64-encoded'
     return None
+
+
+_ids: tuple[int, str, Any] = (0, "", None)  # (pid, the process's random prefix, its counter)
+
+
+def _new_request_id() -> str:
+    """A request id unique across workers and restarts: 16 random hex digits per process, then a counter
+    (cheaper on the request path than a uuid4 per request)."""
+    global _ids
+    pid = os.getpid()
+    if _ids[0] != pid:  # first request in this (forked) worker
+        _ids = (pid, uuid.uuid4().hex[:16], itertools.count())
+    return f"{_ids[1]}{next(_ids[2]):016x}"
 
 
 def _label_text(v: Any) -> str:
@@ -562,7 +576,7 @@ class Model:
         ms = (time.perf_counter() - started) * 1000.0
         self._local.last = (len(out), ms, per_class)
         puid = meta.get("puid") if isinstance(meta, dict) else None
-        request_id = self._local.request_id = puid if isinstance(puid, str) and puid else uuid.uuid4().hex
+        request_id = self._local.request_id = puid if isinstance(puid, str) and puid else _new_request_id()
         if self._log is not None and self._log.sampled():
             self._log.add(request_id, raw, out)
         if json_request:

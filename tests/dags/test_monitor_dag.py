@@ -101,19 +101,19 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     quiet = dag.test(logical_date=datetime(2026, 11, 11, tzinfo=UTC))
     assert _states(quiet) == {"monitor": ["success"], "alert": ["skipped"], "retrain": ["skipped"]}
     reports = lake["root"] / "monitoring" / "digits" / "reports"
-    summary = json.loads((reports / "2026-11-10T0000--2026-11-11T0000" / "summary.json").read_text())
+    summary = json.loads((reports / "2026-11-10T000000--2026-11-11T000000" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rows"] == ROWS and not smtp
-    assert (reports / "2026-11-10T0000--2026-11-11T0000" / "report.html").read_text().count("<img") == 2
+    assert (reports / "2026-11-10T000000--2026-11-11T000000" / "report.html").read_text().count("<img") == 2
 
     drifted = dag.test(logical_date=datetime(2026, 11, 12, tzinfo=UTC))
     assert _states(drifted) == {"monitor": ["success"], "alert": ["success"], "retrain": ["success"]}
-    summary = json.loads((reports / "2026-11-11T0000--2026-11-12T0000" / "summary.json").read_text())
+    summary = json.loads((reports / "2026-11-11T000000--2026-11-12T000000" / "summary.json").read_text())
     first = summary["alerts"][0]
     assert summary["status"] == "drift" and first["statistic"] == "psi" and first["threshold"] == 0.2
     assert len(smtp) == 1 and "digits drifted" in smtp[0]["Subject"]
     mail = "".join(p.get_payload(decode=True).decode() for p in smtp[0].walk() if not p.is_multipart())
     assert first["series"] in mail and "PSI" in mail and "0.2" in mail and "report.html" in mail
-    assert (lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T0000--2026-11-12T0000.json").exists()
+    assert (lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T000000--2026-11-12T000000.json").exists()
     assert _asset_events("freestack://drift/digits") == 1 and _asset_events("freestack://monitoring/digits") == 2
 
     # a day with a truncated file and a version that has no reference statistics: a report, no alert
@@ -124,11 +124,11 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     _log_day(root, "v-unknown", model, pre, X[:200], datetime(2026, 11, 12, 4, tzinfo=UTC))
     bad = dag.test(logical_date=datetime(2026, 11, 13, tzinfo=UTC))
     assert _states(bad) == {"monitor": ["success"], "alert": ["skipped"], "retrain": ["skipped"]}
-    summary = json.loads((reports / "2026-11-12T0000--2026-11-13T0000" / "summary.json").read_text())
+    summary = json.loads((reports / "2026-11-12T000000--2026-11-13T000000" / "summary.json").read_text())
     assert summary["status"] == "no_data" and not summary["alerts"] and len(smtp) == 1
     assert "cut.parquet: unreadable" in summary["problems"][0]
     assert "v-unknown has no reference statistics" in summary["notes"][0]
     shutil.rmtree(day)
     empty = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
-    summary = json.loads((reports / "2026-11-20T0000--2026-11-21T0000" / "summary.json").read_text())
+    summary = json.loads((reports / "2026-11-20T000000--2026-11-21T000000" / "summary.json").read_text())
     assert empty.state == "success" and summary["status"] == "no_data" and "no requests were logged" in summary["notes"][0]

@@ -165,6 +165,10 @@ def _serving_and_data(page, sandbox) -> None:
         assert manifest["rows_quarantined"] > 0 and manifest["part"]["sha256"].startswith(cells.nth(4).inner_text())
     assert "not a number" in page.locator("#lake-digits").inner_text()
     _shot(page, "06-data")
+    page.goto(f"{sandbox.url}/freestack/ui/monitoring")  # judged intervals (tests/e2e/test_monitor_demo.py adds some)
+    section = page.locator("section#monitoring-digits")
+    assert "digits_monitor" in section.inner_text() and "PSI" in section.inner_text()
+    _shot(page, "07-monitoring")
 
 
 def _task_link(page, sandbox, s: dict) -> None:

@@ -121,10 +121,18 @@ def _read_folder(folder, problems: list[str]) -> tuple[list, int]:
         files += 1
         try:
             with obj.open("rb") as f:
-                frames.append(pq.read_table(f).to_pandas() if obj.name.endswith(".parquet") else _csv(f))
+                frames.append(_plain(pq.read_table(f)).to_pandas() if obj.name.endswith(".parquet") else _csv(f))
         except Exception as exc:  # a truncated or foreign file: reported, the rest still judged
             problems.append(f"{obj}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); it was left out")
     return frames, files
+
+
+def _plain(table):
+    """The table with dictionary-encoded columns (the request ids, the version) as plain values."""
+    import pyarrow as pa
+
+    return table.cast(pa.schema([pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                                 for f in table.schema]))  # fmt: skip
 
 
 def _csv(f):
@@ -273,7 +281,7 @@ def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -
 
 
 def interval_name(start: datetime, end: datetime) -> str:
-    return f"{start:%Y-%m-%dT%H%M}--{end:%Y-%m-%dT%H%M}"
+    return f"{start:%Y-%m-%dT%H%M%S}--{end:%Y-%m-%dT%H%M%S}"
 
 
 def monitor(spec: PipelineSpec, start: datetime, end: datetime, *, tracking_settings=None,

@@ -360,6 +360,37 @@ async def data_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.Lake
 
 
 # ---------------------------------------------------------------------------------------------------------
+# monitoring
+
+
+def _monitoring(user: Any) -> list[catalog.MonitoringPage]:
+    return [catalog.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
+
+
+@views_app.get("/monitoring", response_class=HTMLResponse)
+async def monitoring(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    return page(request, "monitoring.html", title="Monitoring", tab="monitoring", pages=await off_loop(_monitoring, user))
+
+
+@views_app.get("/api/monitoring")
+async def monitoring_json(user: Any = Depends(user_of)) -> list[catalog.MonitoringPage]:
+    return await off_loop(_monitoring, user)
+
+
+@views_app.get("/monitoring/{pipeline}/{interval}/report")
+async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(user_of)) -> Response:
+    """An interval's report (HTML, plots inline), sandboxed like a version's files."""
+    _, spec = _pipeline(pipeline, user)
+    if "/" in interval or interval.startswith("."):
+        raise HTTPException(404, f"no interval {interval!r}")
+    data = await off_loop(catalog.monitoring_report, spec, interval)
+    if data is None:
+        raise HTTPException(404, f"{pipeline} has no monitoring report for {interval}")
+    return Response(data, media_type="text/html", headers={"X-Content-Type-Options": "nosniff",
+                                                           "Content-Security-Policy": FILE_CSP})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
 # a task's page
 
 

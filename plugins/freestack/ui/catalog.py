@@ -546,8 +546,59 @@ def lake_page(pipeline: str, spec: PipelineSpec) -> LakePage:
     return LakePage(pipeline=pipeline, root=str(spec.root), partitions=rows, missing=missing)
 
 
+class IntervalRow(BaseModel):
+    name: str = Field(description="the interval's folder under monitoring/<model>/reports/")
+    start: str
+    end: str
+    status: str = Field(description="ok, drift or no_data")
+    rows: int
+    labels: int
+    versions: list[str]
+    alerts: list[str] = Field(description="one line per drifted column or metric: feature, statistic, threshold, report")
+    notes: list[str]
+    top: list[tuple[str, float]] = Field(description="the largest PSI values of the interval (column, PSI)")
+
+
+class MonitoringPage(BaseModel):
+    pipeline: str
+    model: str
+    thresholds: dict[str, float]
+    actions: list[str]
+    intervals: list[IntervalRow] = Field(description="newest first")
+
+
+def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> MonitoringPage:
+    """The model's judged intervals, newest first (freestack.monitor's summaries)."""
+    from datetime import datetime
+
+    from freestack.monitor.core import interval_name, recent_summaries
+
+    rows = []
+    for s in recent_summaries(spec, limit):
+        start, end = s["interval"]["start"], s["interval"]["end"]
+        series = sorted((x for v in s["versions"] for x in v.get("series", [])), key=lambda x: -x["psi"])
+        rows.append(IntervalRow(
+            name=interval_name(datetime.fromisoformat(start), datetime.fromisoformat(end)), start=start, end=end,
+            status=s["status"], rows=s["rows"], labels=s["labels"], versions=[v["version"] for v in s["versions"]],
+            alerts=[a["message"] for a in s["alerts"]], notes=s["notes"] + s["problems"],
+            top=[(x["name"], round(x["psi"], 3)) for x in series[:3]],
+        ))  # fmt: skip
+    m = spec.monitor
+    return MonitoringPage(pipeline=pipeline, model=spec.model_name, thresholds=m.thresholds.model_dump(),
+                          actions=list(m.actions), intervals=rows)  # fmt: skip
+
+
+def monitoring_report(spec: PipelineSpec, interval: str) -> bytes | None:
+    """An interval's HTML report, read through the storage layer."""
+    from freestack.serving.server.requestlog import monitoring_uri
+    from freestack.storage import join, to_path
+
+    path = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports", interval, "report.html")
+    return path.read_bytes() if path.exists() else None
+
+
 __all__ = [
-    "DeploymentRow", "LakePage", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
+    "DeploymentRow", "IntervalRow", "LakePage", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
     "version_file_chunks", "version_page", "version_rows",
 ]  # fmt: skip

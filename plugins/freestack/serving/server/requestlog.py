@@ -53,7 +53,7 @@ class RequestLog:
 
     def __init__(self, uri: str, *, rate: float, model: str, version: str, deployment: str,
                  columns: list[tuple[str, str]], classes: list[str], flush_seconds: float = 10.0,
-                 flush_rows: int = 5000, max_rows_per_request: int = 256):  # fmt: skip
+                 flush_rows: int = 20_000, max_rows_per_request: int = 256):  # fmt: skip
         self.uri, self.rate = uri.rstrip("/"), rate
         self.model, self.version, self.deployment = model, version, deployment
         self.columns, self.classes = columns, classes
@@ -117,6 +117,7 @@ class RequestLog:
                 self._write(kind, folder, group, build)
 
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from freestack.serving.server.fetch import put_bytes
@@ -126,33 +127,45 @@ class RequestLog:
         uri = f"{self.uri}/{kind}/{folder}/{stem}-{os.getpid()}-{now:%H%M%S%f}.parquet"
         try:
             buf = io.BytesIO()
-            pq.write_table(build(entries), buf, compression="zstd")
+            # dictionaries for the repeated strings only: dictionary-encoding float columns costs more CPU
+            # than the request it logs (bench/serve: seldon_logged)
+            table = build(entries)
+            strings = [f.name for f in table.schema if f.type in (pa.string(), pa.binary()) or pa.types.is_dictionary(f.type)]
+            pq.write_table(table, buf, compression="snappy", use_dictionary=strings)
             put_bytes(uri, buf.getvalue())
         except Exception as exc:  # a full disk or an unreachable store must not take serving down
             log.warning("could not write %d %s records to %s: %s", len(entries), kind, uri, exc)
 
     def _request_table(self, entries: list):
+        """The buffered requests as one table, built column-wise (a few numpy calls per flush, not per row)."""
         import pyarrow as pa
 
-        n = [min(len(out), self.max_rows) for _, _, _, out in entries]
-        total = sum(n)
+        n = np.asarray([min(len(out), self.max_rows) for _, _, _, out in entries], dtype=np.int64)
+        total = int(n.sum())
+        which = np.repeat(np.arange(len(entries), dtype=np.int32), n)  # each row's request
+        ts_ms = np.asarray([int(ts.timestamp() * 1000) for ts, _, _, _ in entries], dtype=np.int64)
+        one = pa.array(np.zeros(total, dtype=np.int32))
         cols: dict[str, Any] = {
-            "request_id": pa.array([rid for (_, rid, _, _), k in zip(entries, n, strict=True) for _ in range(k)], pa.string()),
-            "row": pa.array(np.concatenate([np.arange(k, dtype=np.int32) for k in n]) if total else [], pa.int32()),
-            "ts": pa.array([ts for (ts, _, _, _), k in zip(entries, n, strict=True) for _ in range(k)], pa.timestamp("ms", "UTC")),
-            "model": pa.array([self.model] * total, pa.string()),
-            "version": pa.array([self.version] * total, pa.string()),
-            "deployment": pa.array([self.deployment] * total, pa.string()),
+            "request_id": pa.DictionaryArray.from_arrays(pa.array(which), pa.array([e[1] for e in entries], pa.string())),
+            "row": pa.array(np.arange(total, dtype=np.int32) - np.repeat(np.cumsum(n) - n, n).astype(np.int32), pa.int32()),
+            "ts": pa.array(ts_ms[which], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            "model": pa.DictionaryArray.from_arrays(one, pa.array([self.model])),
+            "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
+            "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
         }  # fmt: skip
+        numbers = [inp[:k] for (_, _, inp, _), k in zip(entries, n, strict=True) if isinstance(inp, np.ndarray)]
+        matrix_in = np.concatenate(numbers).astype(np.float32).T.copy() if len(numbers) == len(entries) and numbers else None
         for j, (name, kind) in enumerate(self.columns):
-            cols[INPUT_PREFIX + name] = _input_column(entries, n, j, name, kind)
+            if matrix_in is not None:  # a numbers-only model: float32, as the model read them
+                cols[INPUT_PREFIX + name] = pa.array(matrix_in[j], pa.float32())
+            else:
+                cols[INPUT_PREFIX + name] = _input_column(entries, n, j, name, kind)
         outs = [out[:k] for (_, _, _, out), k in zip(entries, n, strict=True)]
         matrix = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 1), np.float32)
         matrix = matrix.reshape(len(matrix), -1)
         if self.classes:
-            cols["prediction"] = pa.array(
-                [self.classes[i] for i in matrix.argmax(axis=1).tolist()], pa.string()
-            )
+            cols["prediction"] = pa.DictionaryArray.from_arrays(pa.array(matrix.argmax(axis=1).astype(np.int32)),
+                                                                pa.array(self.classes, pa.string()))  # fmt: skip
         else:
             cols["prediction"] = pa.array(matrix[:, 0].astype(np.float64), pa.float64())
         cols["outputs"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
@@ -162,8 +175,8 @@ class RequestLog:
 _ARROW_KIND = {"numeric": "float64", "category": "string", "text": "string", "image": "binary"}
 
 
-def _input_column(entries: list, n: list[int], j: int, name: str, kind: str):
-    """One feature's values across the buffered requests, typed by the feature's kind."""
+def _input_column(entries: list, n, j: int, name: str, kind: str):
+    """One feature's raw values across the buffered requests, typed by the feature's kind."""
     import pyarrow as pa
 
     values: list = []
