@@ -78,11 +78,12 @@ test: $(STAMP) $(SERVING_STAMP) scaleout-deps browser-deps
 	$(MAKE) --no-print-directory test-stock
 
 # the DAG and end-to-end tests again on stock Airflow: the runtime wing's speed-ups off (the documented
-# commands, the UI pages, `make down` and the kinds of model and data, which the speed-ups do not touch,
-# are checked once)
+# commands, the UI pages, `make down`, the kinds of model and data and the monitor, which the speed-ups do
+# not touch, are checked once)
 test-stock: $(STAMP) $(SERVING_STAMP)
 	FREESTACK_SPEEDUPS=0 $(PYTEST) tests/dags tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py \
-	  --ignore tests/e2e/test_stack_down.py --ignore tests/dags/test_kinds_dag.py --ignore tests/dags/test_custom_model_dag.py --ignore tests/dags/test_finetune_dag.py
+	  --ignore tests/e2e/test_stack_down.py --ignore tests/dags/test_kinds_dag.py --ignore tests/dags/test_custom_model_dag.py --ignore tests/dags/test_finetune_dag.py \
+	  --ignore tests/e2e/test_monitor_demo.py --ignore tests/dags/test_monitor_dag.py
 
 # the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
 # (SeaweedFS comes from PyPI with the dev extra); installed only when missing

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -36,6 +36,7 @@ def kinds(tmp_path, storage, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "wandb" / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("FREESTACK_REQUEST_LOG_FLUSH_SECONDS", "1")  # reaches the model servers deploy starts
     root = Path(storage.removeprefix("file://"))
     shop_landing(root, date(2026, 11, 1), DAYS)
     glyphs_landing(root, date(2026, 11, 1), DAYS)
@@ -111,8 +112,49 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
         want = _in_process(version, rows)
         got = [[p["probabilities"]["no"], p["probabilities"]["yes"]] for p in body["jsonData"]["predictions"]]
         assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        _monitored(kinds, landing, rec)
     finally:
         stop_local(root, "shop", "shop")
+
+
+def _monitored(kinds, landing: Path, rec: dict) -> None:
+    """The day's rows sent as raw values land in the request log as sent, and shop_monitor judges them:
+    the category, the text's and the image's proxies, the prediction."""
+    import io
+    import time
+
+    import pandas as pd
+    from PIL import Image
+
+    from freestack.serving.smoke import http_json
+
+    rows = pd.read_csv(landing / "sales.csv")
+    photos = [(landing / p).read_bytes() for p in rows["photo"]]
+    readable = []
+    for b in photos:
+        try:
+            Image.open(io.BytesIO(b)).verify()
+            readable.append(True)
+        except Exception:
+            readable.append(False)
+    rows, photos = rows[readable], [b for b, ok in zip(photos, readable, strict=True) if ok]
+    records = [{"price": r.price, "colour": r.colour, "review": r.review, "photo": base64.b64encode(b).decode()}
+               for r, b in zip(rows.itertuples(), photos, strict=True)]  # fmt: skip
+    for k in range(0, len(records), 40):
+        assert http_json(rec["predict_url"], {"jsonData": {"instances": records[k : k + 40]}})[0] == 200
+    logs = kinds["root"] / "monitoring" / "shop" / "requests"
+    deadline, table = time.monotonic() + 60, None
+    while time.monotonic() < deadline and (table is None or len(table) < len(records)):
+        time.sleep(1.0)
+        table = pd.concat([pq.read_table(f).to_pandas() for f in logs.rglob("*.parquet")]) if list(logs.rglob("*.parquet")) else None
+    mine = table[table["input.review"].isin(set(rows["review"]))]
+    assert set(mine["input.photo"].map(bytes)) <= set(photos) and set(mine["input.colour"]) <= set(rows["colour"].dropna())
+    now = datetime.now(UTC)
+    run = kinds["bag"].get_dag("shop_monitor").test(logical_date=datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1))
+    assert run.state == "success"
+    summary = json.loads(next((kinds["root"] / "monitoring" / "shop" / "reports").glob("*/summary.json")).read_text())
+    series = {s["name"] for v in summary["versions"] for s in v["series"]}
+    assert {"colour", "review.length", "review.unknown_rate", "photo.brightness", "prediction"} <= series, summary["notes"]
 
 
 def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
