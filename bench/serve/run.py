@@ -467,6 +467,18 @@ def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[
     return out
 
 
+def _request_log_in_process(names: list[str], uri: str, duration: float, repeats: int) -> dict[str, Any]:
+    """``bench.serve.requestlog`` in the serving environment: the log's cost on the model's predict alone."""
+    if "seldon_logged" not in names:
+        return {}
+    cmd = [str(SERVING_PY), "-m", "bench.serve.requestlog", "--model-uri", uri, "--seconds", str(min(duration, 4.0)),
+           "--repeats", str(max(repeats, 3))]  # fmt: skip
+    got = subprocess.run(cmd, cwd=REPO, env=_env(PYTHONPATH=f"{REPO / 'plugins'}:{REPO}"), capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    lines = [ln for ln in got.stdout.splitlines() if ln.startswith("{")]
+    return {"logging_in_process": json.loads(lines[-1]) if got.returncode == 0 and lines else {"error": got.stderr[-500:]}}
+
+
 def machine() -> dict[str, Any]:
     import starlette
     import torch
@@ -507,6 +519,8 @@ def print_table(report: dict[str, Any]) -> None:
               f"(ratio_ok={c['ratio_ok']}, p99_ok={c['p99_ok']}, errors_ok={c['errors_ok']})")  # fmt: skip
     if s.get("logging"):
         print(f"request log on / off: {s['logging']}")
+    if s.get("logging_in_process"):
+        print(f"request log on / off, the model's predict alone: {s['logging_in_process']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for r in range(repeats):
             print(f"round {r + 1}/{repeats}", flush=True)
-            for name in names:
+            for name in names if r % 2 == 0 else names[::-1]:  # every other round in reverse: no server always first
                 if name == "seldon_stock":
                     continue
                 for label, body, c in plan:
@@ -606,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             },  # fmt: skip
             "first_answers": answers,
             "samples": samples,
-            "summary": summarise(samples),
+            "summary": {**summarise(samples), **_request_log_in_process(names, uri, duration, repeats)},
         }
     finally:
         for srv in servers.values():

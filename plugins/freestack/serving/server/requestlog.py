@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,12 +74,12 @@ class RequestLog:
             ts: datetime | None = None) -> None:  # fmt: skip
         """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns);
         ``ts``: when it was answered (default: now; a replayed log gives its own)."""
-        entry = (ts or datetime.now(UTC), request_id, inputs, outputs)
+        entry = (ts.timestamp() if ts else time.time(), request_id, inputs, outputs)
         self._append("_requests", entry, min(len(outputs), self.max_rows))
 
     def add_labels(self, request_id: str, labels: list, reward: float | None, ts: datetime | None = None) -> None:
         """Keep the ground truth of an earlier request (one label per row it predicted)."""
-        self._append("_labels", (ts or datetime.now(UTC), request_id, labels, reward), len(labels))
+        self._append("_labels", (ts.timestamp() if ts else time.time(), request_id, labels, reward), len(labels))
 
     def _append(self, buffer: str, entry: tuple, rows: int) -> None:
         with self._lock:
@@ -110,11 +111,11 @@ class RequestLog:
             ("requests", requests, self._request_table),
             ("labels", labels, _label_table),
         ):
-            by_hour: dict[str, list] = {}
-            for e in entries:
-                by_hour.setdefault(hour_folder(e[0]), []).append(e)
-            for folder, group in by_hour.items():
-                self._write(kind, folder, group, build)
+            by_hour: dict[int, list] = {}
+            for e in entries:  # entries hold their time as seconds since the epoch
+                by_hour.setdefault(int(e[0] // 3600), []).append(e)
+            for hour, group in by_hour.items():
+                self._write(kind, hour_folder(datetime.fromtimestamp(hour * 3600, UTC)), group, build)
 
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
         import pyarrow as pa
@@ -127,11 +128,12 @@ class RequestLog:
         uri = f"{self.uri}/{kind}/{folder}/{stem}-{os.getpid()}-{now:%H%M%S%f}.parquet"
         try:
             buf = io.BytesIO()
-            # dictionaries for the repeated strings only: dictionary-encoding float columns costs more CPU
-            # than the request it logs (bench/serve: seldon_logged)
+            # dictionaries for the repeated strings only, statistics for the time only: encoding float columns
+            # as dictionaries, and min/max statistics of every column, cost more CPU than serving the
+            # request they describe (bench/serve/requestlog.py)
             table = build(entries)
             strings = [f.name for f in table.schema if f.type in (pa.string(), pa.binary()) or pa.types.is_dictionary(f.type)]
-            pq.write_table(table, buf, compression="snappy", use_dictionary=strings)
+            pq.write_table(table, buf, compression="snappy", use_dictionary=strings, write_statistics=["ts"])
             put_bytes(uri, buf.getvalue())
         except Exception as exc:  # a full disk or an unreachable store must not take serving down
             log.warning("could not write %d %s records to %s: %s", len(entries), kind, uri, exc)
@@ -140,10 +142,15 @@ class RequestLog:
         """The buffered requests as one table, built column-wise (a few numpy calls per flush, not per row)."""
         import pyarrow as pa
 
-        n = np.asarray([min(len(out), self.max_rows) for _, _, _, out in entries], dtype=np.int64)
+        ins, outs = [e[2] for e in entries], [e[3] for e in entries]
+        n = np.fromiter(map(len, outs), dtype=np.int64, count=len(outs))
+        if n.max(initial=0) > self.max_rows:  # only then slice: most requests are within the limit
+            n = np.minimum(n, self.max_rows)
+            ins = [x if isinstance(x, dict) else x[:k] for x, k in zip(ins, n.tolist(), strict=True)]
+            outs = [o[:k] for o, k in zip(outs, n.tolist(), strict=True)]
         total = int(n.sum())
         which = np.repeat(np.arange(len(entries), dtype=np.int32), n)  # each row's request
-        ts_ms = np.asarray([int(ts.timestamp() * 1000) for ts, _, _, _ in entries], dtype=np.int64)
+        ts_ms = (np.fromiter((e[0] for e in entries), dtype=np.float64, count=len(entries)) * 1000).astype(np.int64)
         one = pa.array(np.zeros(total, dtype=np.int32))
         cols: dict[str, Any] = {
             "request_id": pa.DictionaryArray.from_arrays(pa.array(which), pa.array([e[1] for e in entries], pa.string())),
@@ -153,15 +160,14 @@ class RequestLog:
             "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
             "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
         }  # fmt: skip
-        numbers = [inp[:k] for (_, _, inp, _), k in zip(entries, n, strict=True) if isinstance(inp, np.ndarray)]
-        matrix_in = np.concatenate(numbers).astype(np.float32).T.copy() if len(numbers) == len(entries) and numbers else None
+        numbers_only = not any(isinstance(x, dict) for x in ins)
+        matrix_in = np.concatenate(ins).astype(np.float32, copy=False).T.copy() if numbers_only and ins else None
         for j, (name, kind) in enumerate(self.columns):
             if matrix_in is not None:  # a numbers-only model: float32, as the model read them
                 cols[INPUT_PREFIX + name] = pa.array(matrix_in[j], pa.float32())
             else:
-                cols[INPUT_PREFIX + name] = _input_column(entries, n, j, name, kind)
-        outs = [out[:k] for (_, _, _, out), k in zip(entries, n, strict=True)]
-        matrix = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, 1), np.float32)
+                cols[INPUT_PREFIX + name] = _input_column(ins, n, name, kind)
+        matrix = np.concatenate(outs).astype(np.float32, copy=False) if outs else np.zeros((0, 1), np.float32)
         matrix = matrix.reshape(len(matrix), -1)
         if self.classes:
             cols["prediction"] = pa.DictionaryArray.from_arrays(pa.array(matrix.argmax(axis=1).astype(np.int32)),
@@ -175,16 +181,13 @@ class RequestLog:
 _ARROW_KIND = {"numeric": "float64", "category": "string", "text": "string", "image": "binary"}
 
 
-def _input_column(entries: list, n, j: int, name: str, kind: str):
-    """One feature's raw values across the buffered requests, typed by the feature's kind."""
+def _input_column(ins: list, n, name: str, kind: str):
+    """One feature's raw values across the buffered requests (raw columns, name -> values), typed by its kind."""
     import pyarrow as pa
 
     values: list = []
-    for (_, _, inputs, _), k in zip(entries, n, strict=True):
-        if isinstance(inputs, np.ndarray):
-            values.extend(inputs[:k, j].astype(np.float64).tolist())
-        else:
-            values.extend(_typed(v, kind) for v in inputs[name][:k])
+    for inputs, k in zip(ins, n.tolist(), strict=True):
+        values.extend(_typed(v, kind) for v in inputs[name][:k])
     return pa.array(values, getattr(pa, _ARROW_KIND[kind])())
 
 
@@ -207,7 +210,7 @@ def _label_table(entries: list):
         "row": pa.array([r[2] for r in rows], pa.int32()),
         "label": pa.array([str(r[3]) for r in rows], pa.string()),
         "reward": pa.array([r[4] for r in rows], pa.float64()),
-        "ts": pa.array([r[0] for r in rows], pa.timestamp("ms", "UTC")),
+        "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
     })  # fmt: skip
 
 
