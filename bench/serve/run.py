@@ -456,14 +456,16 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
 
 
 def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Requests/s with the request log on ÷ off (seldon_logged / seldon), per round, then the median."""
-    out: dict[str, Any] = {"target": "seldon_logged >= 0.95 x seldon requests/s (c8 and the batch cell)"}
+    """Requests/s with the request log on ÷ off (seldon_logged / seldon), per round, then the median; the
+    target is on the one-row cell at concurrency 8 (the batch cell is reported beside it)."""
+    out: dict[str, Any] = {"target": "seldon_logged >= 0.95 x seldon requests/s at concurrency 8, one row a request"}
     for cell in ("c8", f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}"):
         off = {s["round"]: s["rps"] for s in samples.get("seldon", {}).get(cell, []) if s.get("rps")}
         on = [s["rps"] / off[s["round"]] for s in samples.get("seldon_logged", {}).get(cell, []) if s.get("round") in off]
         if on:
             out[cell] = round(statistics.median(on), 3)
-    out["ok"] = bool(len(out) > 1 and all(v >= 0.95 for k, v in out.items() if k.startswith("c")))
+            out[f"{cell}_by_round"] = [round(x, 3) for x in on]
+    out["ok"] = bool(out.get("c8", 0) >= 0.95)
     return out
 
 
