@@ -159,28 +159,33 @@ def read_requests(root: str, model: str, start: datetime, end: datetime) -> Logg
 
 
 def read_labels(root: str, model: str, since: datetime) -> Logged:
-    """Every label that arrived on or after ``since``'s day (ground truth comes after the request)."""
+    """Every label that arrived on or after ``since``'s day (ground truth comes after the request): the
+    feedback's ``ds=<day>/hour=<hh>/`` files, and files users drop anywhere else under ``labels/``."""
     import pandas as pd
 
     from freestack.storage import join, to_path
 
     folder, problems, frames, files = join(to_path(monitoring_uri(root, model)), "labels"), [], [], 0
-    if folder.exists():
-        for day in sorted(
-            p for p in folder.iterdir() if p.name >= f"ds={since:%Y-%m-%d}" or not p.name.startswith("ds=")
-        ):
-            for sub in [day] + ([h for h in day.iterdir() if h.is_dir()] if day.is_dir() else []):
-                got, n = _read_folder(sub, problems) if sub.is_dir() else ([], 0)
-                frames += got
-                files += n
-    rows = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["request_id", "row", "label"])
-    )
+    for sub in _label_folders(folder, f"ds={since:%Y-%m-%d}"):
+        got, n = _read_folder(sub, problems)
+        frames += got
+        files += n
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["request_id", "row", "label"])
     if len(rows) and "row" not in rows:
         rows["row"] = 0
     return Logged(rows, files, problems)
+
+
+def _label_folders(folder, since: str) -> list:
+    """``folder`` and its subfolders, leaving out the feedback's days before ``since`` (ds=YYYY-MM-DD)."""
+    if not folder.exists():
+        return []
+    out, todo = [], [folder]
+    while todo:
+        here = todo.pop()
+        out.append(here)
+        todo += [p for p in here.iterdir() if p.is_dir() and not (p.name.startswith("ds=") and p.name < since)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
