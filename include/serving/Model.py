@@ -45,6 +45,7 @@ from flask import Blueprint, jsonify, request
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
+from freestack.serving.server.requestlog import SMOKE_ID
 from freestack.settings import settings
 
 log = logging.getLogger(__name__)
@@ -577,7 +578,7 @@ class Model:
         self._local.last = (len(out), ms, per_class)
         puid = meta.get("puid") if isinstance(meta, dict) else None
         request_id = self._local.request_id = puid if isinstance(puid, str) and puid else _new_request_id()
-        if self._log is not None and self._log.sampled() and not request_id.startswith("freestack-smoke"):
+        if self._log is not None and self._log.sampled() and not request_id.startswith(SMOKE_ID):
             self._log.add(request_id, raw, out)  # the deploy's smoke test is not traffic
         if json_request:
             if self.task == "classification":

@@ -23,7 +23,7 @@ import numpy as np
 
 from freestack.errors import FreestackError
 from freestack.monitor import stats
-from freestack.serving.server.requestlog import INPUT_PREFIX, monitoring_uri
+from freestack.serving.server.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -100,23 +100,24 @@ class Logged:
 
 
 def _hours(start: datetime, end: datetime) -> list[str]:
+    """The request log's hour folders that [start, end) touches."""
     out, t = [], start.replace(minute=0, second=0, microsecond=0)
     while t < end:
-        out.append(f"ds={t:%Y-%m-%d}/hour={t:%H}")
+        out.append(hour_folder(t))
         t += timedelta(hours=1)
     return out
 
 
-def _read_folder(folder, problems: list[str]) -> tuple[list, int]:
+def _read_folders(folders: list) -> Logged:
+    """The Parquet and CSV files directly in ``folders``, as one frame; an unreadable one is reported and left out."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     from freestack.storage import list_objects
 
-    if not folder.exists():
-        return [], 0
-    frames, files = [], 0
-    for obj in list_objects(folder):
-        if not obj.name.endswith((".parquet", ".csv")) or obj.name.startswith("."):
+    frames, files, problems = [], 0, []
+    for obj in (o for folder in folders for o in list_objects(folder)):  # list_objects hides dot-files
+        if not obj.name.endswith((".parquet", ".csv")):
             continue
         files += 1
         try:
@@ -124,7 +125,7 @@ def _read_folder(folder, problems: list[str]) -> tuple[list, int]:
                 frames.append(_plain(pq.read_table(f)).to_pandas() if obj.name.endswith(".parquet") else _csv(f))
         except Exception as exc:  # a truncated or foreign file: reported, the rest still judged
             problems.append(f"{obj}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); it was left out")
-    return frames, files
+    return Logged(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), files, problems)
 
 
 def _plain(table):
@@ -146,16 +147,12 @@ def read_requests(root: str, model: str, start: datetime, end: datetime) -> Logg
 
     from freestack.storage import join, to_path
 
-    base, problems, frames, files = to_path(monitoring_uri(root, model)), [], [], 0
-    for hour in _hours(start, end):
-        got, n = _read_folder(join(base, "requests", hour), problems)
-        frames += got
-        files += n
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if len(rows):
-        ts = pd.to_datetime(rows["ts"], utc=True)
-        rows = rows[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
-    return Logged(rows, files, problems)
+    base = to_path(monitoring_uri(root, model))
+    logged = _read_folders([join(base, "requests", hour) for hour in _hours(start, end)])
+    if len(logged.rows):
+        ts = pd.to_datetime(logged.rows["ts"], utc=True)
+        logged.rows = logged.rows[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
+    return logged
 
 
 def read_labels(root: str, model: str, since: datetime) -> Logged:
@@ -165,15 +162,12 @@ def read_labels(root: str, model: str, since: datetime) -> Logged:
 
     from freestack.storage import join, to_path
 
-    folder, problems, frames, files = join(to_path(monitoring_uri(root, model)), "labels"), [], [], 0
-    for sub in _label_folders(folder, f"ds={since:%Y-%m-%d}"):
-        got, n = _read_folder(sub, problems)
-        frames += got
-        files += n
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["request_id", "row", "label"])
-    if len(rows) and "row" not in rows:
-        rows["row"] = 0
-    return Logged(rows, files, problems)
+    logged = _read_folders(_label_folders(join(to_path(monitoring_uri(root, model)), "labels"), f"ds={since:%Y-%m-%d}"))
+    if not len(logged.rows):
+        logged.rows = pd.DataFrame(columns=["request_id", "row", "label"])
+    elif "row" not in logged.rows:
+        logged.rows["row"] = 0
+    return logged
 
 
 def _label_folders(folder, since: str) -> list:
@@ -252,9 +246,7 @@ def _metric(name: str, joined, task: str) -> float | None:
     if task == "regression" and name in ("rmse", "mae"):
         err = joined["prediction"].to_numpy(np.float64) - joined["label"].astype(float).to_numpy()
         return float(np.sqrt(np.mean(err**2))) if name == "rmse" else float(np.mean(np.abs(err)))
-    if task == "classification":  # the gate's metric is another one: accuracy is what labels alone give
-        return None
-    return None
+    return None  # another gate metric: labels alone give accuracy, or rmse/mae
 
 
 def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 
@@ -41,8 +41,6 @@ class MonitorOperator(PipelineOperator):
         spec = self.pipeline_spec()
         start, end = context["data_interval_start"], context["data_interval_end"]
         if start is None or end is None or start >= end:
-            from airflow.sdk.exceptions import AirflowFailException
-
             raise AirflowFailException(f"this run has no data interval ({start} to {end}): trigger it with one, or "
                                        "let the schedule or a backfill create the run")  # fmt: skip
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
@@ -123,13 +121,9 @@ def _notifier(path: str, args: dict[str, Any], subject: str, text: str):
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        from airflow.sdk.exceptions import AirflowFailException
-
         raise AirflowFailException(f"monitor.notify: cannot import {path} ({exc}); install its provider on the "
                                    "workers or fix the dotted path") from None  # fmt: skip
     if not (inspect.isclass(cls) and issubclass(cls, BaseNotifier)):
-        from airflow.sdk.exceptions import AirflowFailException
-
         raise AirflowFailException(
             f"monitor.notify: {path} is not an Airflow notifier (a BaseNotifier subclass)"
         )

@@ -16,13 +16,10 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
+from freestack.serving.server.requestlog import SMOKE_ID
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
-
-
-#: the start of the smoke test's request ids (freestack.serving.server: not written to the request log)
-SMOKE_ID = "freestack-smoke"
 
 
 def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 REQUEST_COLUMNS = ("request_id", "row", "ts", "model", "version", "deployment", "prediction", "outputs")
 LABEL_COLUMNS = ("request_id", "row", "label", "reward", "ts")
 INPUT_PREFIX = "input."
+#: the start of the deploy's smoke-test request ids: not traffic, so not written to the request log
+SMOKE_ID = "freestack-smoke"
 
 
 def monitoring_uri(root: str, model: str) -> str:
