@@ -10,7 +10,8 @@ all on two cores) 5 s is not always enough, and Airflow does not always survive 
 ``backfill create`` deletes the runs it had already committed, and a scheduler that was scheduling one
 of them crashed on the vanished row (``ObjectDeletedError``), which left every later run queued. So
 ``[database] sql_alchemy_connect_args`` (a documented setting) points at :data:`SQLITE_CONNECT_ARGS`
-here: a writer waits up to :data:`BUSY_TIMEOUT_S` for the lock. Postgres deployments (``docker/``,
+here: a writer waits up to :data:`BUSY_TIMEOUT_S` for the lock, and a transaction that begins with a
+savepoint takes the lock first (:class:`SavepointSafeConnection`), so it waits too. Postgres deployments (``docker/``,
 Helm) do not use these settings.
 
 Airflow imports this module in every process (through that setting), so it stays light.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -30,11 +32,35 @@ from pathlib import Path
 #: seconds a SQLite writer waits for the lock before ``database is locked``
 BUSY_TIMEOUT_S = 60.0
 
+
+class _SavepointCursor(sqlite3.Cursor):
+    """A cursor whose ``SAVEPOINT`` outside a transaction first takes the write lock (``BEGIN IMMEDIATE``)."""
+
+    def execute(self, sql, parameters=(), /):  # type: ignore[override]
+        if not self.connection.in_transaction and sql.lstrip()[:9].upper() == "SAVEPOINT":
+            super().execute("BEGIN IMMEDIATE")
+        return super().execute(sql, parameters)
+
+
+class SavepointSafeConnection(sqlite3.Connection):
+    """sqlite3's connection, but a transaction that starts with a savepoint takes the write lock first.
+
+    The driver begins a transaction right before its first write, which then waits for the lock (the
+    busy timeout). A ``SAVEPOINT`` (SQLAlchemy's ``begin_nested``, which Airflow's backfill creation
+    uses) instead opens a deferred transaction in SQLite itself: its first read pins a snapshot, and
+    its first write after another process committed fails at once with ``database is locked`` (WAL's
+    stale snapshot), whatever the timeout. Airflow then answers 503 and deletes the runs it had
+    written, a reprocessed backfill's existing runs too, under a scheduler still scheduling them."""
+
+    def cursor(self, factory=_SavepointCursor):  # type: ignore[override]
+        return super().cursor(factory)
+
+
 #: ``[database] sql_alchemy_connect_args`` (sqlite3.connect keyword arguments)
-SQLITE_CONNECT_ARGS: dict = {"timeout": BUSY_TIMEOUT_S}
+SQLITE_CONNECT_ARGS: dict = {"timeout": BUSY_TIMEOUT_S, "factory": SavepointSafeConnection}
 
 #: ``[database] sql_alchemy_connect_args_async`` (aiosqlite passes them to sqlite3.connect)
-SQLITE_CONNECT_ARGS_ASYNC: dict = {"timeout": BUSY_TIMEOUT_S}
+SQLITE_CONNECT_ARGS_ASYNC: dict = {"timeout": BUSY_TIMEOUT_S, "factory": SavepointSafeConnection}
 
 
 def settings_for(sql_alchemy_conn: str | None) -> dict[str, str]:
@@ -127,13 +153,19 @@ def ensure_migrated(env: dict[str, str]) -> None:
                 return
     db.parent.mkdir(parents=True, exist_ok=True)
     env = standalone_env(env)
-    subprocess.run([env["FREESTACK_AIRFLOW_BIN"], "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [env["FREESTACK_AIRFLOW_BIN"], "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def standalone_files(env: dict[str, str]) -> tuple[Path, Path, Path]:
     """``airflow standalone``'s pid file, log and generated admin password file under ``AIRFLOW_HOME``."""
     home = Path(env["AIRFLOW_HOME"])
-    return home / "standalone.pid", home / "standalone.log", home / "simple_auth_manager_passwords.json.generated"
+    return (
+        home / "standalone.pid",
+        home / "standalone.log",
+        home / "simple_auth_manager_passwords.json.generated",
+    )
 
 
 def healthy(url: str) -> bool:
