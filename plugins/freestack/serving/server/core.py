@@ -1,0 +1,363 @@
+"""One registered model version, ready to answer: what every serving runtime shares.
+
+:class:`ServedModel` fetches a registry version (or the version an alias names), loads it with torch,
+checks and encodes a request's rows (numbers, or the raw category/text/image values a model with an
+encoder takes), runs the forward pass, and keeps the request log (:mod:`.requestlog`). It knows no wire
+protocol: Seldon's (``include/serving/Model.py``) and the Open Inference Protocol's (MLServer,
+:mod:`freestack.serving.mlserver`) wrap it, and each turns a :class:`PayloadError` into its own error
+format. Runs in the serving environments (no Airflow, no pandas).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from freestack.serving.server.requestlog import SMOKE_ID
+from freestack.settings import settings
+
+log = logging.getLogger("freestack.serving")
+
+
+class PayloadError(ValueError):
+    """A request the model cannot answer: the message says what is wrong and what to send."""
+
+    def __init__(self, message: str, status: int = 400, reason: str = "BAD_PAYLOAD"):
+        super().__init__(message)
+        self.message, self.status, self.reason = message, status, reason
+
+
+_ids: tuple[int, str, Any] = (0, "", None)  # (pid, the process's random prefix, its counter)
+
+
+def new_request_id() -> str:
+    """A request id unique across workers and restarts: 16 random hex digits per process, then a counter
+    (cheaper on the request path than a uuid4 per request)."""
+    global _ids
+    pid = os.getpid()
+    if _ids[0] != pid:  # first request in this (forked) worker
+        _ids = (pid, uuid.uuid4().hex[:16], itertools.count())
+    return f"{_ids[1]}{next(_ids[2]):016x}"
+
+
+def label_text(v: Any) -> str:
+    """A label as the request log keeps it: a class name (3.0 -> "3"), or a value as text."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass
+class Prediction:
+    """One request's answer: the model's outputs (class probabilities, or one value a row), the
+    predicted class index of each row (classification), the rows predicted per class, and its id."""
+
+    out: np.ndarray
+    idx: np.ndarray | None
+    per_class: list[tuple[str, int]]
+    request_id: str
+    ms: float
+
+
+class ServedModel:
+    """One registered freestack model version, behind any wire protocol."""
+
+    def __init__(self, model_uri: str = "", max_batch_rows: int = 0, request_log_uri: str = "",
+                 request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = ""):  # fmt: skip
+        config = settings()
+        self.model_uri = (model_uri or config.model_uri or "").rstrip("/")
+        if not self.model_uri:
+            raise ValueError("no model to serve: pass the model_uri parameter or set FREESTACK_MODEL_URI")
+        #: what was asked for: the version URI, or an alias URI that ``model_uri`` is resolved from
+        self.requested_uri = self.model_uri
+        self.max_batch_rows = int(max_batch_rows or config.max_batch_rows)
+        self.request_log_uri = request_log_uri or config.request_log_uri or ""
+        rate = float(request_log_rate) if float(request_log_rate) >= 0 else config.request_log_rate
+        self.request_log_rate = min(max(rate, 0.0), 1.0)
+        self.torch_threads = int(torch_threads or config.torch_threads)
+        self.deployment = deployment or os.environ.get("SELDON_DEPLOYMENT_ID", "")
+        self.cache_dir = str(config.serving_cache or tempfile.mkdtemp(prefix="freestack-model-"))
+        self.net = None
+        self.ready = False
+        self._described: dict[str, Any] | None = None
+        self._local = threading.local()
+        self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
+
+    # -- loading --------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Model name, version, features and classes from the small JSON files: no torch involved, so it
+        is safe in a server's parent process before its workers fork."""
+        if self._described is None:
+            from freestack.serving.server.fetch import fetch_version, resolve_uri
+
+            # an alias (registry/<model>@production) is read once: every later fetch, in this process and
+            # in the workers forked from it, uses the one version it named, never a mix of two
+            self.model_uri = resolve_uri(self.model_uri)
+            marker = fetch_version(self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json"))
+            config = json.loads(open(os.path.join(self.cache_dir, "config.json")).read())
+            pre = json.loads(open(os.path.join(self.cache_dir, "preprocessing.json")).read())
+            self._described = {
+                "model": marker.get("model") or "model",
+                "version": marker.get("version") or "unknown",
+                "task": pre.get("task") or config.get("task", "classification"),
+                "features": list(pre.get("features") or config.get("features") or []),
+                "classes": list(pre.get("classes") or config.get("classes") or []),
+                "target": pre.get("target") or "",
+                "config": config,
+                # category / text / image columns: requests carry raw values (freestack.ml.features)
+                "encoder": pre.get("encoder"),
+            }
+        return self._described
+
+    def takes_raw_values(self) -> bool:
+        """Whether requests carry raw category/text/image values rather than numbers only."""
+        return bool(self.describe().get("encoder"))
+
+    def load(self) -> None:
+        import torch
+
+        from freestack.ml.features import TOKENIZER_FILE
+        from freestack.ml.models import load_pretrained
+        from freestack.registry.names import weight_files
+        from freestack.serving.server.fetch import fetch_version
+
+        torch.set_num_threads(max(1, self.torch_threads))
+        info = self.describe()
+        # the weights (or a fine-tuned model's adapter), and a custom model's own module.py, all checked
+        # against the registration manifest: the server imports that copy of the module
+        text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
+        fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
+        net = load_pretrained(self.cache_dir)
+        net.eval()
+        self.net = net
+        self.version = info["version"]
+        self.features = info["features"]
+        self.n_features = len(self.features) or int(info["config"].get("n_features", 0))
+        self._feature_index = {f: i for i, f in enumerate(self.features)}
+        self.task = info["task"]
+        self.classes = info["classes"]
+        self._class_names = [str(c) for c in self.classes] if self.task == "classification" else [info["target"] or "prediction"]
+        self._torch = torch
+        self._encoder = self._raw = None
+        if info["encoder"]:
+            self._load_encoder()
+        # one real forward pass before answering health checks: a broken model fails here, not on traffic
+        out = self.forward(self.zero_row())
+        if not np.all(np.isfinite(out)):
+            raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
+        if self.request_log_uri and self.request_log_rate > 0:
+            self._log = self._request_log(info)
+        self.ready = True
+        log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
+                 self.n_features, self.task)  # fmt: skip
+
+    def _request_log(self, info: dict[str, Any]):
+        from freestack.serving.server.requestlog import RequestLog
+
+        config = settings()
+        columns = list(self._encoder.columns) if self._encoder is not None else [(f, "numeric") for f in self.features]
+        return RequestLog(
+            self.request_log_uri, rate=self.request_log_rate, model=info["model"], version=self.version,
+            deployment=self.deployment, columns=columns,
+            classes=self._class_names if self.task == "classification" else [],
+            flush_seconds=config.request_log_flush_seconds, max_rows_per_request=config.request_log_max_rows,
+        )  # fmt: skip
+
+    def _load_encoder(self) -> None:
+        """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
+        from freestack.ml.features import load_encoder
+        from freestack.serving.server.raw import RawInputs
+
+        self._encoder = load_encoder(self.cache_dir)
+        self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
+        self.n_features = len(self._encoder.numeric)
+
+    def raw_columns(self) -> list[tuple[str, str]] | None:
+        """(name, kind) of every feature column of a model that takes raw values, else None."""
+        return list(self._encoder.columns) if self._encoder is not None else None
+
+    def zero_row(self) -> np.ndarray | dict[str, np.ndarray]:
+        """One row of zeros (numbers), unknown categories, empty text and a black image."""
+        if self._encoder is None:
+            return np.zeros((1, self.n_features), dtype=np.float32)
+        from freestack.ml.contract import ModelInputs
+        from freestack.ml.custom import zero_batch
+
+        sizes = self._encoder.group_sizes()
+        inputs = ModelInputs.from_dict({"task": self.task, "n_outputs": 1, "groups": {
+            g: {"kind": g, **v} for g, v in sizes.items()}})  # fmt: skip
+        return {k: v.numpy() for k, v in zero_batch(inputs, 1).items()}
+
+    @property
+    def output_names(self) -> list[str]:
+        """The output columns: class names, or the regression target."""
+        return self._class_names
+
+    # -- ground truth, later ------------------------------------------------------------------------------
+    def add_feedback(self, request_id: str, truth: np.ndarray, reward: float = 0.0) -> int:
+        """The true labels of an earlier request, kept in the request log beside it; returns how many."""
+        self.require_request_log()
+        labels = self.truth_labels(truth)
+        self._log.add_labels(request_id, labels, float(reward))
+        return len(labels)
+
+    def require_request_log(self) -> None:
+        """Feedback is joined to requests through the request log: refuse it when there is none."""
+        if self._log is None:
+            raise PayloadError("this server keeps no request log (deploy.local.log_sample_rate is 0), so feedback "
+                               "cannot be joined to a request: turn the request log on", 400, "NO_REQUEST_LOG")  # fmt: skip
+
+    def truth_labels(self, truth: np.ndarray) -> list[str]:
+        """One label per row: values, or one row of class probabilities (one-hot) per row."""
+        truth = np.asarray(truth)
+        if truth.size == 0:
+            raise PayloadError('"truth" holds no labels: send one label per row of the request')
+        if self.task == "classification" and truth.ndim == 2 and truth.shape[1] == len(self._class_names) > 1:
+            return [self._class_names[i] for i in truth.astype(np.float64).argmax(axis=1).tolist()]
+        if truth.ndim > 2 or (truth.ndim == 2 and truth.shape[1] != 1):
+            raise PayloadError(f'"truth" has shape {list(truth.shape)}: send one label per row, [[label], ...] or [label, ...]')
+        return [label_text(v) for v in truth.reshape(-1).tolist()]
+
+    # -- predict --------------------------------------------------------------------------------------
+    def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            t = {k: torch.from_numpy(v) for k, v in x.items()} if isinstance(x, dict) else torch.from_numpy(x)
+            if self.task == "classification":
+                return torch.softmax(self.net(t), dim=-1).numpy()
+            return self.net.predict(t).numpy()
+
+    def matrix(self, X: Any, names: list[str] | None) -> np.ndarray:
+        """Numeric rows as the model takes them (float32, the model's feature order), checked."""
+        if isinstance(X, dict):
+            X, names = self._records(X)
+        if not isinstance(X, np.ndarray):
+            raise PayloadError("expected numeric features (data.ndarray, data.tensor or jsonData records)")
+        if X.dtype.kind not in "iuf":
+            kind = {"U": "strings", "S": "bytes", "O": "mixed or non-numeric values", "b": "booleans"}.get(
+                X.dtype.kind, f"dtype {X.dtype}")  # fmt: skip
+            raise PayloadError(f"features must be numbers; the payload holds {kind}")
+        if X.ndim == 1:
+            if X.size == 0:
+                raise PayloadError("the payload holds no rows: send at least one row of features")
+            X = X.reshape(1, -1)
+        if X.ndim != 2:
+            raise PayloadError(f"features must be a 2-D array [rows, {self.n_features}], got shape {list(X.shape)}")
+        rows, width = X.shape
+        if rows == 0:
+            raise PayloadError("the payload holds no rows: send at least one row of features")
+        if rows > self.max_batch_rows:
+            raise PayloadError(f"{rows} rows in one request; at most {self.max_batch_rows}: split the batch", 413,
+                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+        if names:
+            X = self._reordered(X, names, width)
+        if X.shape[1] != self.n_features:
+            raise PayloadError(f"each row must hold {self.n_features} features ({', '.join(self.features[:4])}, ...), "
+                               f"got {width}")  # fmt: skip
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        # one pass for the common case: the largest magnitude is NaN if any value is NaN
+        if not np.abs(X).max(initial=0.0) <= 3.0e38:
+            if not np.isfinite(X).all():
+                r, c = np.argwhere(~np.isfinite(X))[0]
+                raise PayloadError(f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite "
+                                   "values are not accepted; impute them first")  # fmt: skip
+            raise PayloadError("feature values overflow float32")
+        return X
+
+    def _reordered(self, X: np.ndarray, names: list[str], width: int) -> np.ndarray:
+        if len(names) != width:
+            raise PayloadError(f"data.names lists {len(names)} names for {width} columns")
+        if names == self.features:
+            return X
+        unknown = [n for n in names if n not in self._feature_index]
+        missing = [f for f in self.features if f not in set(names)]
+        if unknown or missing:
+            raise PayloadError(f"feature names do not match the model's: unknown {unknown[:10]}, missing {missing[:10]}")
+        return X[:, [names.index(f) for f in self.features]]
+
+    def encoded(self, X: Any, names: list[str] | None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
+        """A request of raw values (category, text, base64 images): its columns, and them encoded as the
+        training split was."""
+        from freestack.ml.features import EncodingError
+        from freestack.serving.server.raw import RawInputError
+
+        try:
+            columns = self._raw.from_any(X, names)
+            return columns, self._encoder.encode(columns)
+        except RawInputError as exc:
+            status = 413 if "at most" in str(exc) else 400
+            raise PayloadError(str(exc), status, "PAYLOAD_TOO_LARGE" if status == 413 else "BAD_PAYLOAD") from None
+        except EncodingError as exc:
+            raise PayloadError(f"{exc}; send the image file's bytes (PNG, JPEG, ...) base64-encoded") from None
+
+    def _records(self, payload: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+        records = payload.get("instances", payload if "instances" not in payload else None)
+        if isinstance(records, dict):
+            records = [records]
+        if not isinstance(records, list) or not records:
+            raise PayloadError('jsonData must be {"instances": [{feature: value, ...}, ...]} with at least one record')
+        if len(records) > self.max_batch_rows:
+            raise PayloadError(f"{len(records)} records in one request; at most {self.max_batch_rows}", 413,
+                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+        out = np.empty((len(records), self.n_features), dtype=np.float64)
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise PayloadError(f"jsonData record {i} must be an object of feature: value")
+            missing = [f for f in self.features if f not in rec]
+            if missing:
+                raise PayloadError(f"jsonData record {i} lacks features {missing[:10]}")
+            for j, f in enumerate(self.features):
+                v = rec[f]
+                if not _is_number(v):
+                    raise PayloadError(f"jsonData record {i}, feature {f}: expected a number, got {type(v).__name__}")
+                out[i, j] = v
+        return out, list(self.features)
+
+    def prepare(self, X: Any, names: list[str] | None) -> tuple[Any, np.ndarray | dict[str, np.ndarray]]:
+        """A request's rows checked and encoded: (what the request log keeps, what the network takes)."""
+        if not self.ready:
+            raise PayloadError("the model is still loading", 503, "NOT_READY")
+        if self._encoder is not None:
+            return self.encoded(X, names)
+        x = self.matrix(X, names)
+        return x, x
+
+    def answer(self, raw: Any, out: np.ndarray, request_id: str | None, started: float) -> Prediction:
+        """A request's outputs as a :class:`Prediction`, logged (unless it is the deploy's smoke test);
+        ``request_id`` is the client's own id for the request, if it sent one."""
+        idx, per_class = None, []
+        if self.task == "classification":
+            idx = out.argmax(axis=1)
+            if len(idx) == 1:
+                per_class = [(self._class_names[int(idx[0])], 1)]
+            else:
+                counts = np.bincount(idx, minlength=len(self._class_names)).tolist()
+                per_class = [(self._class_names[i], n) for i, n in enumerate(counts) if n]
+        ms = (time.perf_counter() - started) * 1000.0
+        request_id = request_id or new_request_id()
+        if self._log is not None and self._log.sampled() and not request_id.startswith(SMOKE_ID):
+            self._log.add(request_id, raw, out)  # the deploy's smoke test is not traffic
+        return Prediction(out, idx, per_class, request_id, ms)
+
+    def predict_rows(self, X: Any, names: list[str] | None = None, request_id: str | None = None) -> Prediction:
+        """Check and encode a request's rows, answer them, and log them."""
+        started = time.perf_counter()
+        raw, x = self.prepare(X, names)
+        return self.answer(raw, self.forward(x), request_id, started)
+
+
+__all__ = ["PayloadError", "Prediction", "ServedModel", "label_text", "new_request_id"]
