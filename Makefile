@@ -9,6 +9,9 @@ STAMP := $(VENV)/.freestack-installed
 # the model server's own environment: seldon-core 1.17.1's pins cannot live beside Airflow 3
 SERVING_VENV := .venv-serving
 SERVING_STAMP := $(SERVING_VENV)/.freestack-installed
+# the MLServer runtime's environment (Open Inference Protocol): its pins cannot live beside seldon-core's
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.freestack-installed
 
 # the embedded default: everything lives inside the project, git-ignored
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -31,7 +34,7 @@ export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export HF_HOME ?= $(CURDIR)/.freestack/huggingface
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
+.PHONY: help venv serving-venv mlserver-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
 
 help:
 	@echo "make demo   - start Airflow, land the demo data, backfill ingest and trigger training under the real scheduler"
@@ -61,6 +64,15 @@ $(SERVING_STAMP): include/serving/requirements.txt
 	$(SERVING_VENV)/bin/pip install -q -r include/serving/requirements.txt
 	touch $@
 
+mlserver-venv: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): include/serving/mlserver-requirements.txt
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install -q torch==2.13.0
+	$(MLSERVER_VENV)/bin/pip install -q -r include/serving/mlserver-requirements.txt
+	touch $@
+
 $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 	mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate >/dev/null
@@ -73,7 +85,7 @@ demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 TEST_WORKERS ?= 2
 PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
-test: $(STAMP) $(SERVING_STAMP) scaleout-deps browser-deps
+test: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP) scaleout-deps browser-deps
 	$(PYTEST) --durations=25 tests
 	$(MAKE) --no-print-directory test-stock
 
@@ -105,7 +117,7 @@ browser-deps:
 test-scaleout: $(STAMP) $(SERVING_STAMP) scaleout-deps
 	$(BIN)/python -m pytest -q -ra -m scaleout tests
 
-test-fast: $(STAMP) $(SERVING_STAMP)
+test-fast: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
 
 test-slow: $(STAMP) $(SERVING_STAMP) browser-deps
@@ -129,7 +141,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
 
-bench: $(STAMP) $(SERVING_STAMP)
+bench: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m bench.ingest.run
 	$(BIN)/python -m bench.train.run --kind mlp
 	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json

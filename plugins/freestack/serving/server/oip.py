@@ -1,0 +1,250 @@
+"""freestack's MLServer runtime: one registered model version behind the Open Inference Protocol (V2).
+
+MLServer (1.7.1, Apache-2.0, in ``.venv-mlserver``) loads :class:`FreestackRuntime` from a
+``model-settings.json`` whose ``parameters.uri`` is the registry version (or an alias of it) and whose
+``parameters.extra`` holds ``max_batch_rows``, ``batch_rows``, ``batch_wait_ms``, ``request_log_uri``,
+``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack.serving.server.oip_server.write_folder`
+writes it). :class:`ServedModel` does the
+work; this class maps the protocol onto it:
+
+- **Inputs.** A model of numbers takes one tensor ``[rows, features]`` (any numeric datatype; a
+  ``[features]`` tensor is one row), or one ``[rows]`` tensor per feature, named by it. A model of raw
+  values (category, text, image columns) takes one tensor per column, named by it: ``BYTES`` for
+  text, categories and images (the image file's bytes, raw or base64), numbers for numeric columns.
+- **Outputs.** Classification: ``probabilities`` ``FP32 [rows, classes]`` (the classes in the
+  metadata's ``parameters``) and ``label`` ``BYTES [rows]``; regression: ``prediction`` ``FP32 [rows]``.
+- **Ids.** The answer's ``id`` is the request's own id when it has one, else a fresh one: the request
+  log keys rows by it, and ``feedback`` (below) joins true labels to it.
+- **Errors.** What the model cannot answer is an :class:`mlserver.errors.MLServerError` with its HTTP
+  status (400, 413, 503): MLServer answers it in the V2 error format, ``{"error": "..."}``.
+- **Batching.** Concurrent requests of a model of numbers share one forward pass (:class:`Batcher`:
+  the rows of every request checked by the time the event loop is idle, or after ``batch_wait_ms``,
+  up to ``batch_rows``). Each request is checked on its own first, so a bad one is refused alone and
+  the others are answered, each under its own id. MLServer's own adaptive batching (``max_batch_size``)
+  merges the requests before the model sees them: one bad request failed its whole batch, and the
+  merged request has lost the ids the request log and feedback join on; it stays off.
+- **Ground truth.** A request with ``parameters.feedback_for: <request id>`` and one input ``truth``
+  (one label a row) is not a prediction: its labels go to the request log beside that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import numpy as np
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.errors import MLServerError
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    MetadataTensor,
+    Parameters,
+    RequestInput,
+    ResponseOutput,
+)
+
+from freestack.serving.server.core import PayloadError, ServedModel
+
+NUMERIC = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
+
+
+def _error(exc: PayloadError) -> MLServerError:
+    return MLServerError(exc.message, status_code=exc.status)
+
+
+class Batcher:
+    """One forward pass for the rows of every request waiting: a request's rows join the next pass,
+    which runs once the event loop has nothing else ready (``wait_s`` 0: no added latency) or
+    ``wait_s`` after the first, or at once when ``max_rows`` rows wait."""
+
+    def __init__(self, forward, max_rows: int, wait_s: float):
+        self.forward, self.max_rows, self.wait_s = forward, max_rows, wait_s
+        self.waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.rows = 0
+        self._handle: asyncio.Handle | None = None
+
+    async def __call__(self, x: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append((x, future))
+        self.rows += len(x)
+        if self.rows >= self.max_rows:
+            self.run()
+        elif self._handle is None:
+            self._handle = loop.call_later(self.wait_s, self.run) if self.wait_s > 0 else loop.call_soon(self.run)
+        return await future
+
+    def run(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        waiting, self.waiting, self.rows = self.waiting, [], 0
+        if not waiting:
+            return
+        try:
+            out = self.forward(np.concatenate([x for x, _ in waiting]) if len(waiting) > 1 else waiting[0][0])
+        except Exception as exc:  # noqa: BLE001 - every waiting request learns what failed
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for x, future in waiting:
+            if not future.done():  # a client that left is not answered
+                future.set_result(out[start : start + len(x)])
+            start += len(x)
+
+
+class FreestackRuntime(MLModel):
+    """A registry version served over V2 by MLServer."""
+
+    async def load(self) -> bool:
+        params = self.settings.parameters
+        extra = dict((params.extra if params else None) or {})
+        uri = (params.uri if params else None) or ""
+        self.core = ServedModel(
+            model_uri=uri, max_batch_rows=int(extra.get("max_batch_rows", 0)),
+            request_log_uri=str(extra.get("request_log_uri", "")),
+            request_log_rate=float(extra.get("request_log_rate", -1.0)),
+            torch_threads=int(extra.get("torch_threads", 0)), deployment=str(extra.get("deployment", "")),
+        )  # fmt: skip
+        self.core.load()
+        rows = int(extra.get("batch_rows", 32))
+        self.batcher = Batcher(self.core.forward, rows, float(extra.get("batch_wait_ms", 0)) / 1000) if rows > 1 else None
+        return True
+
+    # -- metadata -------------------------------------------------------------------------------------
+    async def metadata(self) -> MetadataModelResponse:
+        core, info = self.core, self.core.describe()
+        columns = core.raw_columns()
+        if columns is None:
+            inputs = [MetadataTensor(name="input", datatype="FP32", shape=[-1, core.n_features],
+                                     parameters=Parameters(features=core.features))]  # fmt: skip
+        else:
+            inputs = [MetadataTensor(name=name, datatype="FP32" if kind == "numeric" else "BYTES", shape=[-1],
+                                     parameters=Parameters(kind=kind)) for name, kind in columns]  # fmt: skip
+        if core.task == "classification":
+            outputs = [MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, len(core.output_names)],
+                                      parameters=Parameters(classes=core.output_names)),
+                       MetadataTensor(name="label", datatype="BYTES", shape=[-1])]  # fmt: skip
+        else:
+            outputs = [MetadataTensor(name="prediction", datatype="FP32", shape=[-1],
+                                      parameters=Parameters(target=core.output_names[0]))]  # fmt: skip
+        return MetadataModelResponse(name=self.name, versions=[core.version], platform="freestack",
+                                     inputs=inputs, outputs=outputs,
+                                     parameters=Parameters(task=core.task, model_uri=core.model_uri,
+                                                           model=info["model"], max_batch_rows=core.max_batch_rows))  # fmt: skip
+
+    # -- predict --------------------------------------------------------------------------------------
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        feedback_for = payload.parameters and getattr(payload.parameters, "feedback_for", None)
+        if feedback_for:
+            return self._feedback(str(feedback_for), payload)
+        started = time.perf_counter()
+        try:
+            raw, x = self.core.prepare(*self._rows(payload.inputs))
+        except PayloadError as exc:
+            raise _error(exc) from None
+        batched = self.batcher is not None and isinstance(x, np.ndarray)
+        out = await self.batcher(x) if batched else self.core.forward(x)
+        p = self.core.answer(raw, out, payload.id or None, started)
+        return InferenceResponse(id=p.request_id, model_name=self.name, model_version=self.core.version,
+                                 outputs=self._outputs(p.out, p.idx))  # fmt: skip
+
+    def _outputs(self, out: np.ndarray, idx: np.ndarray | None) -> list[ResponseOutput]:
+        if self.core.task != "classification":
+            return [NumpyCodec.encode_output("prediction", np.ascontiguousarray(out.reshape(-1), dtype=np.float32))]
+        names = self.core.output_names
+        labels = [names[i] for i in idx.tolist()]
+        return [NumpyCodec.encode_output("probabilities", np.ascontiguousarray(out, dtype=np.float32)),
+                ResponseOutput(name="label", datatype="BYTES", shape=[len(labels)], data=labels)]  # fmt: skip
+
+    def _rows(self, inputs: list[RequestInput]) -> tuple[Any, list[str] | None]:
+        """The request's rows as :class:`ServedModel` takes them: a matrix (and its column names), or
+        records of raw values."""
+        if not inputs:
+            raise PayloadError("the request has no inputs: send one tensor [rows, features] or one tensor per feature")
+        columns = self.core.raw_columns()
+        if columns is None and len(inputs) == 1 and inputs[0].name not in self.core.features:
+            return _numeric(inputs[0]), None
+        by_name = {i.name: i for i in inputs}
+        if len(by_name) != len(inputs):
+            raise PayloadError("two inputs share a name: send one tensor per feature")
+        expected = [n for n, _ in columns] if columns is not None else self.core.features
+        unknown = [n for n in by_name if n not in expected]
+        missing = [n for n in expected if n not in by_name]
+        if unknown or missing:
+            raise PayloadError(f"the inputs must be the model's features, one tensor each: unknown {unknown[:10]}, "
+                               f"missing {missing[:10]}")  # fmt: skip
+        if columns is None:
+            cols = [_column(by_name[n], numeric=True) for n in expected]
+            _same_rows(expected, cols)
+            return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), list(expected)
+        kinds = dict(columns)
+        cols = [_column(by_name[n], numeric=kinds[n] == "numeric", image=kinds[n] == "image") for n in expected]
+        _same_rows(expected, cols)
+        return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
+
+    # -- ground truth ---------------------------------------------------------------------------------
+    def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:
+        truth = [i for i in payload.inputs if i.name == "truth"]
+        try:
+            if len(truth) != 1:
+                raise PayloadError('feedback carries one input "truth": one label per row of the request')
+            n = self.core.add_feedback(request_id, np.asarray(_column(truth[0], numeric=False), dtype=object))
+        except PayloadError as exc:
+            raise _error(exc) from None
+        return InferenceResponse(id=request_id, model_name=self.name, model_version=self.core.version,
+                                 outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])])  # fmt: skip
+
+
+def _numeric(inp: RequestInput) -> np.ndarray:
+    if inp.datatype not in NUMERIC:
+        raise PayloadError(f"input {inp.name!r} is {inp.datatype}: this model takes numbers (FP32, FP64, INT*)")
+    try:
+        x = NumpyCodec.decode_input(inp)
+    except Exception as exc:  # noqa: BLE001 - MLServer's codec raises several kinds for a bad shape or data
+        raise PayloadError(f"input {inp.name!r}: its data does not fit its shape {inp.shape} ({exc})") from None
+    if x.ndim > 2:
+        raise PayloadError(f"input {inp.name!r} has shape {list(x.shape)}: send [rows, features]")
+    return x
+
+
+def _column(inp: RequestInput, *, numeric: bool, image: bool = False) -> list:
+    """One feature's values, one a row: numbers, or strings (an image's bytes as base64)."""
+    if numeric:
+        x = _numeric(inp)
+        if x.ndim == 2 and x.shape[1] != 1:
+            raise PayloadError(f"input {inp.name!r} has shape {list(x.shape)}: one feature's tensor is [rows]")
+        return x.reshape(-1).tolist()
+    if inp.datatype != "BYTES":
+        if inp.datatype in NUMERIC:  # a category coded as a number, or a label
+            return _numeric(inp).reshape(-1).tolist()
+        raise PayloadError(f"input {inp.name!r} is {inp.datatype}: send BYTES (strings)")
+    data = inp.data.root if hasattr(inp.data, "root") else inp.data
+    values = data if isinstance(data, list) else [data]
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            out.append(base64.b64encode(v).decode("ascii") if image else v.decode("utf-8", "replace"))
+        else:
+            out.append(v)
+    rows = int(np.prod(inp.shape)) if inp.shape else len(out)
+    if rows != len(out):
+        raise PayloadError(f"input {inp.name!r}: shape {inp.shape} holds {rows} values but it has {len(out)}")
+    return out
+
+
+def _same_rows(names: list[str], cols: list[list]) -> None:
+    sizes = {len(c) for c in cols}
+    if len(sizes) > 1:
+        counts = ", ".join(f"{n}: {len(c)}" for n, c in zip(names, cols, strict=True))
+        raise PayloadError(f"every input must hold the same number of rows ({counts})")
+
+
+__all__ = ["Batcher", "FreestackRuntime"]
