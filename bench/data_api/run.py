@@ -15,6 +15,9 @@ same backing store, in the same run.
      - ``service_datafs``: data:// through the service (a connection whose root is the service URL):
                           the same ``atomic_write`` / ``open("rb")`` calls as ``direct``, which become one
                           streamed PUT and 8 MiB ranged GETs.
+     - ``bare_http``:     the ceiling of HTTP here: ``bench/data_api/bare.py``, a bare file server on
+                          the same folder (``os.sendfile`` for GET; PUT = temporary file, fsync,
+                          rename), no authentication or ACL, asked by the same client as ``service_http``.
    The service side of an upload is the same atomic write as ``direct`` (fsync included), so the
    ratio is the cost of HTTP, authentication, the ACL check and the extra copies.
 3. MB/s = bytes / 10^6 / wall seconds of the call (the upload includes the fsync and the service's
@@ -43,7 +46,7 @@ from typing import Any
 from bench.common import free_port, host, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-MODES = ("direct", "service_http", "service_datafs")
+MODES = ("direct", "service_http", "service_datafs", "bare_http")
 SIZES_MIB = (1, 256)
 DEFAULT_REPEATS = {1: 30, 256: 5}
 BLOCK = 8 * 1024 * 1024
@@ -85,6 +88,25 @@ def start_service(workdir: Path, root: Path, keys: Path) -> tuple[subprocess.Pop
     raise SystemExit(f"the Data API did not start within 60 s:\n{log.read_text()[-3000:]}")
 
 
+def start_bare(root: Path) -> tuple[subprocess.Popen, str]:
+    """The bare file server (bench/data_api/bare.py), answering once it listens."""
+    import requests
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.data_api.bare", "--root", str(root), "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{url}/-", timeout=2)
+            return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the bare file server did not start")
+
+
 def stop_service(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
@@ -112,13 +134,13 @@ def _proc_status(pid: int, field: str) -> int | None:
 class Contenders:
     """The three ways to move a payload, set up once."""
 
-    def __init__(self, url: str, key: str, root: Path):
+    def __init__(self, url: str, key: str, root: Path, bare_url: str | None = None):
         import requests
 
         from freestack.storage.datafs import DataFileSystem
         from freestack.storage.httpfs import DataApiHttpFileSystem
 
-        self.url = url
+        self.url, self.bare_url = url, bare_url
         self.key = key
         self.session = requests.Session()
         self.session.trust_env = False
@@ -131,11 +153,15 @@ class Contenders:
 
         return _Target(fs, f".my/{COLLECTION}/{name}")
 
+    def _http_url(self, mode: str, name: str) -> str:
+        if mode == "bare_http":
+            return f"{self.bare_url}/{name}"
+        return f"{self.url}/v1/data/.my/{COLLECTION}/{name}"
+
     def upload(self, mode: str, payload: Path, name: str) -> int:
-        if mode == "service_http":
+        if mode in ("service_http", "bare_http"):
             with open(payload, "rb") as f:
-                r = self.session.put(f"{self.url}/v1/data/.my/{COLLECTION}/{name}", data=f, headers=self.headers,
-                                     timeout=600)
+                r = self.session.put(self._http_url(mode, name), data=f, headers=self.headers, timeout=600)
             r.raise_for_status()
             return payload.stat().st_size
         from freestack.storage.objects import atomic_write
@@ -148,9 +174,8 @@ class Contenders:
 
     def download(self, mode: str, name: str) -> int:
         n = 0
-        if mode == "service_http":
-            with self.session.get(f"{self.url}/v1/data/.my/{COLLECTION}/{name}", headers=self.headers, stream=True,
-                                  timeout=600) as r:
+        if mode in ("service_http", "bare_http"):
+            with self.session.get(self._http_url(mode, name), headers=self.headers, stream=True, timeout=600) as r:
                 r.raise_for_status()
                 for chunk in r.iter_content(1024 * 1024):
                     n += len(chunk)
@@ -211,11 +236,16 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             row[mode] = {"upload_mb_s": _median(ss, "upload_mb_s"), "download_mb_s": _median(ss, "download_mb_s"),
                          "errors": sum(1 for s in ss if "error" in s)}
         base = row.get("direct", {})
-        for mode in ("service_http", "service_datafs"):
+        for mode in ("service_http", "service_datafs", "bare_http"):
             if mode in row and base.get("upload_mb_s") and row[mode]["upload_mb_s"]:
                 row[mode]["upload_ratio"] = round(row[mode]["upload_mb_s"] / base["upload_mb_s"], 3)
             if mode in row and base.get("download_mb_s") and row[mode]["download_mb_s"]:
                 row[mode]["download_ratio"] = round(row[mode]["download_mb_s"] / base["download_mb_s"], 3)
+        bare = row.get("bare_http", {})
+        if bare.get("download_mb_s") and row.get("service_http", {}).get("download_mb_s"):
+            # how much of the distance to a direct read is the service's, not HTTP's
+            row["service_http"]["download_vs_bare_http"] = round(row["service_http"]["download_mb_s"] / bare["download_mb_s"], 3)
+            row["service_http"]["upload_vs_bare_http"] = round(row["service_http"]["upload_mb_s"] / bare["upload_mb_s"], 3)
         out[size] = row
     return out
 
@@ -278,14 +308,15 @@ def main(argv: list[str] | None = None) -> int:
     keys = workdir / "keys.sqlite"
     (root / USER / COLLECTION).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AIRFLOW_HOME", str(workdir / "airflow"))
-    proc = None
+    proc = bare = None
     try:
         from freestack.dataapi.keys import KeyStore
 
         key = KeyStore(keys).create_key(USER, label="bench")[1]
         proc, url, log = start_service(workdir, root, keys)
         idle = _proc_status(proc.pid, "VmRSS")
-        c = Contenders(url, key, root)
+        bare, bare_url = start_bare(workdir / "bare") if "bare_http" in modes else (None, None)
+        c = Contenders(url, key, root, bare_url)
         samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for size_mib in sizes:
             size = size_mib * 1024 * 1024
@@ -330,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None:
             stop_service(proc)
+        if bare is not None:
+            stop_service(bare)
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
     out = write_report(report, args.out)
