@@ -138,7 +138,13 @@ def _data_api(r: dict[str, Any], file: str) -> list[Row]:
         rows.append(Row("data_api", f"{size} upload, MB/s", _n(http["upload_mb_s"]),
                         f"{_n(v['direct']['upload_mb_s'])} (direct write)", http.get("upload_ratio"), "-", None))  # fmt: skip
         rows.append(Row("data_api", f"{size} download, MB/s", _n(http["download_mb_s"]),
-                        f"{_n(v['direct']['download_mb_s'])} (direct read)", http.get("download_ratio"), "-", None))  # fmt: skip
+                        f"{_n(v['direct']['download_mb_s'])} (direct read)", http.get("download_ratio"), ">= 0.5",
+                        http["download_ratio"] >= 0.5 if http.get("download_ratio") else None))  # fmt: skip
+        if "bare_http" in v:  # HTTP's own ceiling here: a bare sendfile server, the same client
+            bare = v["bare_http"]
+            rows.append(Row("data_api", f"{size} download, MB/s: the ceiling, a bare sendfile server",
+                            _n(bare["download_mb_s"]), f"{_n(v['direct']['download_mb_s'])} (direct read)",
+                            bare.get("download_ratio"), "(reported)", None))  # fmt: skip
     return rows
 
 
@@ -155,6 +161,21 @@ def _serve(r: dict[str, Any], file: str) -> list[Row]:
             round(seldon["p99_ms"] / bare["p99_ms"], 3) if bare.get("p99_ms") else None, "< 15 ms", c.get("p99_ok"),
             better="lower"),
         *_request_log(s),
+        *_oip(s),
+    ]  # fmt: skip
+
+
+def _oip(s: dict[str, Any]) -> list[Row]:
+    """The Open Inference Protocol runtime (MLServer) against the bare server, same run."""
+    c, m, bare = s.get("checks_oip"), s.get("mlserver") or {}, s["bare"]
+    if not c:
+        return []
+    batch = "batch32_c8"
+    return [
+        Row("serve", "MLServer runtime (V2), c=8, req/s", _n(m["c8"]["rps"]), f"{_n(bare['c8']['rps'])} (bare uvicorn)",
+            c.get("mlserver_c8_ratio"), ">= 0.8, p99 < 5 ms", c.get("c8_ok")),
+        Row("serve", "MLServer runtime (V2), 32 rows a request, c=8, req/s", _n(m[batch]["rps"]),
+            f"{_n(bare[batch]['rps'])} (bare uvicorn)", c.get("mlserver_batch_ratio"), ">= 1.0", c.get("batch_ok")),
     ]  # fmt: skip
 
 

@@ -15,6 +15,10 @@ and in-process predict, same model, same payloads, same load generator, in the s
      deploy spec's defaults before this benchmark);
    - ``seldon_stock``: ``seldon-core-microservice Model --service-type MODEL`` with its defaults (1 sync
      worker, stock metrics); it binds 0.0.0.0, so it is started once, measured, and stopped;
+   - ``mlserver``: MLServer 1.7.1 (``.venv-mlserver``) with freestack's runtime
+     (``freestack.serving.server.oip``) under its launcher (``oip_server``), the same version, asked
+     over the Open Inference Protocol (V2: ``/v2/models/bench/infer``, the rows as one FP32 tensor):
+     the model in the server's own process (``parallel_workers: 0``), concurrent requests batched;
    - ``bare``: ``bench/serve/bare.py``, uvicorn + starlette, 2 processes on SO_REUSEPORT sockets (the
      baseline);
    - ``inproc``: the bare server's per-request work (``json.loads``, forward, ``json.dumps``) in a loop,
@@ -58,16 +62,20 @@ from bench.common import free_port, host, usable_cores, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
+MLSERVER_PY = REPO / ".venv-mlserver" / "bin" / "python"
 STOCK_BIN = REPO / ".venv-serving" / "bin" / "seldon-core-microservice"
 ROUTE = "/api/v1.0/predictions"
+V2_ROUTE = "/v2/models/bench/infer"
 N_FEATURES = 64
 CLASSES = list(range(10))
 HIDDEN = [128, 64]
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 32
 BATCH_CONCURRENCY = 8
-SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "bare", "inproc", "inproc_seldon")
-HTTP_SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "bare")
+SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare", "inproc", "inproc_seldon")
+HTTP_SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare")
+#: the runtime's batching under test (what its model-settings.json extra carries)
+MLSERVER_EXTRA: dict[str, Any] = {"batch_rows": 64, "batch_wait_ms": 0, "torch_threads": 1}
 
 #: our launcher's settings under test (the config keys freestack.serving.server reads)
 TUNED: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "freestack"}
@@ -108,7 +116,8 @@ def make_model(workdir: Path) -> tuple[str, Path]:
 
 
 def make_bodies(workdir: Path) -> dict[str, Path]:
-    """One digits row (pixels 0..16 as JSON floats) and a batch of BATCH_ROWS rows."""
+    """One digits row (pixels 0..16 as JSON floats) and a batch of BATCH_ROWS rows, in Seldon's message
+    (``row``, ``batch``) and as a V2 inference request (``row_v2``, ``batch_v2``)."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -118,14 +127,23 @@ def make_bodies(workdir: Path) -> dict[str, Path]:
         path = workdir / f"body-{name}.json"
         path.write_text(json.dumps({"data": {"ndarray": data}}))
         out[name] = path
+        v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(data), N_FEATURES],
+                          "data": [v for r in data for v in r]}]}  # fmt: skip
+        out[f"{name}_v2"] = workdir / f"body-{name}-v2.json"
+        out[f"{name}_v2"].write_text(json.dumps(v2))
     return out
 
 
 def check_answer(name: str, answer: dict[str, Any], expected: list[list[float]]) -> None:
-    """Every server must answer the same probabilities (Seldon's and the bare server's shape alike)."""
+    """Every server must answer the same probabilities (Seldon's and the bare server's shape alike, or
+    the V2 answer's ``probabilities`` output)."""
     import numpy as np
 
-    got = np.asarray(answer.get("data", {}).get("ndarray"), dtype=np.float64)
+    if "outputs" in answer:
+        probs = next((o for o in answer["outputs"] if o["name"] == "probabilities"), {})
+        got = np.reshape(np.asarray(probs.get("data", []), dtype=np.float64), probs.get("shape", [-1]))
+    else:
+        got = np.asarray(answer.get("data", {}).get("ndarray"), dtype=np.float64)
     if got.shape != np.shape(expected) or not np.allclose(got, expected, atol=1e-5):
         raise SystemExit(f"{name} answered {json.dumps(answer)[:500]}, expected probabilities {expected}")
 
@@ -136,7 +154,11 @@ def expected_probs(folder: Path, body: bytes) -> list[list[float]]:
     from freestack.ml.models import FreestackNet
 
     net = FreestackNet.from_pretrained(str(folder))
-    x = torch.tensor(json.loads(body)["data"]["ndarray"], dtype=torch.float32)
+    msg = json.loads(body)
+    if "inputs" in msg:
+        x = torch.tensor(msg["inputs"][0]["data"], dtype=torch.float32).reshape(msg["inputs"][0]["shape"])
+    else:
+        x = torch.tensor(msg["data"]["ndarray"], dtype=torch.float32)
     return net.predict_proba(x).tolist()
 
 
@@ -154,8 +176,9 @@ class Server:
     """One server under test: its process group, port and log."""
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path, *, env: dict[str, str], cwd: Path,
-                 description: str, settings: dict[str, Any]):  # fmt: skip
+                 description: str, settings: dict[str, Any], route: str = ROUTE, v2: bool = False):  # fmt: skip
         self.name, self.cmd, self.port, self.log = name, cmd, port, log
+        self.route, self.v2 = route, v2  # where it is asked, and whether over V2 (the *_v2 bodies)
         self.description, self.settings = description, settings
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -168,7 +191,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{ROUTE}", data=body,
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{self.route}", data=body,
                                              headers={"Content-Type": "application/json"})  # fmt: skip
                 with urllib.request.urlopen(req, timeout=5) as r:
                     return json.loads(r.read())
@@ -225,7 +248,7 @@ def _machine_busy() -> tuple[float, float]:
     return sum(vals) - idle, sum(vals)
 
 
-def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body: bytes) -> dict[str, Server]:
+def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodies: dict[str, Path]) -> dict[str, Server]:
     servers: dict[str, Server] = {}
     plugins = str(REPO / "plugins")
     for name in names:
@@ -255,18 +278,33 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, body:
                 cwd=REPO / "include" / "serving", settings={"workers": 1, "threads": 1, "worker_class": "sync"},
                 description="seldon-core-microservice Model --service-type MODEL, all defaults (binds 0.0.0.0)",
             )  # fmt: skip
+        elif name == "mlserver":
+            servers[name] = _mlserver(workdir, uri, port, log, plugins)
         elif name == "bare":
             cmd = [sys.executable, "-m", "bench.serve.bare", "--port", str(port), "--workers", str(BARE_WORKERS)]
             servers[name] = Server(
                 name, cmd, port, log, env=_env(BENCH_SERVE_MODEL_DIR=str(folder), PYTHONPATH=str(REPO)), cwd=REPO,
                 settings={"workers": BARE_WORKERS}, description="uvicorn + starlette (bench/serve/bare.py)",
             )  # fmt: skip
-    expected = expected_probs(folder, body)
     for s in servers.values():
+        body = bodies["row_v2" if s.v2 else "row"].read_bytes()
         s.first_answer = s.wait_ready(body)
-        check_answer(s.name, s.first_answer, expected)
+        check_answer(s.name, s.first_answer, expected_probs(folder, body))
     wait_idle(list(servers.values()))
     return servers
+
+
+def _mlserver(workdir: Path, uri: str, port: int, log: Path, plugins: str) -> Server:
+    from freestack.serving.server.oip_server import write_folder
+
+    folder = write_folder(workdir / "mlserver", name="bench", model_uri=uri, host="127.0.0.1", http_port=port,
+                          grpc_port=free_port(), metrics_port=free_port(), workers=0, extra=MLSERVER_EXTRA)  # fmt: skip
+    return Server(
+        "mlserver", [str(MLSERVER_PY), "-m", "freestack.serving.server.oip_server", str(folder)], port, log,
+        env=_env(PYTHONPATH=plugins), cwd=REPO, settings={"parallel_workers": 0, **MLSERVER_EXTRA},
+        description="MLServer 1.7.1 + freestack.serving.server.oip (Open Inference Protocol, V2) on 127.0.0.1",
+        route=V2_ROUTE, v2=True,
+    )  # fmt: skip
 
 
 def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
@@ -287,7 +325,7 @@ def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
 
 
 def measure_http(server: Server, body: Path, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.serve.load", "--port", str(server.port), "--path", ROUTE,
+    cmd = [sys.executable, "-m", "bench.serve.load", "--port", str(server.port), "--path", server.route,
            "--body-file", str(body), "--concurrency", str(concurrency), "--warmup", str(warmup),
            "--duration", str(duration)]  # fmt: skip
     load = os.getloadavg()[0]
@@ -452,6 +490,16 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             "errors_ok": all(r.get("errors", 0) == 0 for srv, row in out.items() if isinstance(row, dict)
                              and srv != "checks" for r in row.values() if isinstance(r, dict)),
         }  # fmt: skip
+    m8, mb = out.get("mlserver", {}).get("c8", {}), out.get("mlserver", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {})
+    if m8:
+        out["checks_oip"] = {
+            "target": "the faster runtime (here mlserver) >= 0.8 x bare requests/s at concurrency 8 with p99 < 5 ms, "
+                      f"and >= 1.0 x bare with {BATCH_ROWS} rows a request",
+            "mlserver_c8_ratio": m8.get("ratio_rps"), "mlserver_c8_p99_ms": m8.get("p99_ms"),
+            "mlserver_batch_ratio": mb.get("ratio_rps"),
+            "c8_ok": bool(m8.get("ratio_rps") and m8["ratio_rps"] >= 0.8 and (m8.get("p99_ms") or 1e9) < 5.0),
+            "batch_ok": bool(mb.get("ratio_rps") and mb["ratio_rps"] >= 1.0),
+        }  # fmt: skip
     return out
 
 
@@ -545,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--servers must be a subset of {','.join(SERVERS)}")
     if any(n.startswith("seldon") for n in names) and not SERVING_PY.exists():
         ap.error(f"{SERVING_PY} is missing: run `make serving-venv` first")
+    if "mlserver" in names and not MLSERVER_PY.exists():
+        ap.error(f"{MLSERVER_PY} is missing: run `make mlserver-venv` first")
 
     own = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="freestack-bench-serve-")).resolve()
@@ -555,19 +605,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri, folder = make_model(workdir)
         bodies = make_bodies(workdir)
-        row_body = bodies["row"].read_bytes()
         plan = cells(conc)
         for n in names:
             samples[n] = {label: [] for label, _, c in plan if n != "inproc_seldon" or (label == "c1")}
         interleaved = [n for n in names if n in HTTP_SERVERS and n != "seldon_stock"]
         print(f"model {uri}; servers {', '.join(names)}; {repeats} round(s) of {warmup}+{duration} s per cell",
               flush=True)  # fmt: skip
-        servers = start_servers(interleaved, workdir, uri, folder, row_body)
+        servers = start_servers(interleaved, workdir, uri, folder, bodies)
         answers = {n: s.first_answer for n, s in servers.items()}
 
         def one(name: str, label: str, body: str, c: int, r: int) -> None:
             if name in servers:
-                s = measure_http(servers[name], bodies[body], c, warmup, duration)
+                s = measure_http(servers[name], bodies[f"{body}_v2" if servers[name].v2 else body], c, warmup, duration)
             else:
                 procs = 1 if name == "inproc_seldon" else min(c, usable_cores())
                 s = measure_inproc("bare" if name == "inproc" else "seldon", bodies[body], procs, warmup, duration,
@@ -589,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             srv.stop()
         if "seldon_stock" in names:
             print("seldon_stock (started once, measured, stopped)", flush=True)
-            stock = start_servers(["seldon_stock"], workdir, uri, folder, row_body)
+            stock = start_servers(["seldon_stock"], workdir, uri, folder, bodies)
             servers.update(stock)
             answers["seldon_stock"] = stock["seldon_stock"].first_answer
             try:
@@ -611,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                           for label, body, c in plan},
                 "model": {"kind": "mlp", "n_features": N_FEATURES, "hidden": HIDDEN, "classes": len(CLASSES),
                           "torch_threads_per_process": 1},
-                "payload": "{\"data\": {\"ndarray\": [[64 floats 0..16]]}} POSTed to " + ROUTE,
+                "payload": "{\"data\": {\"ndarray\": [[64 floats 0..16]]}} POSTed to " + ROUTE + "; mlserver: "
+                           "{\"inputs\": [{\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [n, 64], ...}]} to " + V2_ROUTE,
                 "request_bytes": {k: v.stat().st_size for k, v in bodies.items()},
                 "servers": {n: {"description": s.description, "settings": s.settings} for n, s in servers.items()},
                 "inproc": "the bare server's per-request work in a loop, min(c, cores) processes at concurrency c",

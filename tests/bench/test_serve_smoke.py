@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HTTP = ["seldon", "seldon_sync", "bare"]
+HTTP = ["seldon", "seldon_sync", "mlserver", "bare"]  # mlserver: the Open Inference Protocol runtime
 CELLS = ["c1", "c8", "c32", "batch32_c8"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists()
+                    or not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+                    reason="a serving environment is missing: run `make serving-venv mlserver-venv`")  # fmt: skip
 def test_serve_benchmark_quick_run(tmp_path):
     out = tmp_path / "serve.json"
     http = HTTP + (["seldon_stock"] if os.environ.get("FREESTACK_BENCH_STOCK") == "1" else [])
@@ -50,11 +51,13 @@ def test_serve_benchmark_quick_run(tmp_path):
     for server in http:
         s = report["samples"][server]["c8"][0]
         assert s["server_cpu_s"] > 0 and s["generator_cpu_s"] > 0, s  # what each side cost
-        assert report["first_answers"][server]["data"]["ndarray"]  # the same probabilities were checked
+        answer = report["first_answers"][server]  # the same probabilities were checked (Seldon's shape, or V2's)
+        assert answer.get("data", {}).get("ndarray") or answer["outputs"][0]["data"], answer
     for server in [s for s in servers if s != "bare"]:
         cells = CELLS if server != "inproc_seldon" else ["c1"]
         assert all(summary[server][c]["ratio_rps"] > 0 for c in cells), server
     inproc_seldon = report["samples"]["inproc_seldon"]["c1"][0]
     assert inproc_seldon["errors"] == 0 and inproc_seldon["rps"] > 0
     assert summary["checks"]["errors_ok"] is True and "seldon_c8_ratio" in summary["checks"]
+    assert summary["checks_oip"]["mlserver_c8_ratio"] > 0 and report["params"]["servers"]["mlserver"]["settings"]
     assert "Serving benchmark" in proc.stdout

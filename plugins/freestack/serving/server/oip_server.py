@@ -36,7 +36,7 @@ def write_folder(folder: Path, *, name: str, model_uri: str, host: str, http_por
     batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
     folder.mkdir(parents=True, exist_ok=True)
     server = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-              "parallel_workers": workers, "debug": False, "load_models_at_startup": True,
+              "parallel_workers": workers, "debug": False, "load_models_at_startup": True, "gzip_enabled": False,
               "metrics_dir": str(folder / ".metrics")}  # fmt: skip
     (folder / "settings.json").write_text(json.dumps(server, indent=2))
     (folder / name).mkdir(exist_ok=True)
