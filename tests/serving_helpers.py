@@ -78,11 +78,15 @@ class LoadLoop:
     STYLES = ("fresh", "keepalive", "session", "idle")
     IDLE_S = 2.0
 
-    def __init__(self, host: str, port: int, row: list[float], *, threads: dict[str, int] | None = None):
+    def __init__(self, host: str, port: int, row: list[float], *, threads: dict[str, int] | None = None,
+                 v2_model: str | None = None):  # fmt: skip
         import threading
 
         self.host, self.port = host, port
-        self.body = json.dumps({"data": {"ndarray": [row]}}).encode()
+        # Seldon's message, or (v2_model) a V2 inference request for that model
+        self.path = f"/v2/models/{v2_model}/infer" if v2_model else "/api/v1.0/predictions"
+        self.body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(row)], "data": row}]}
+                               if v2_model else {"data": {"ndarray": [row]}}).encode()  # fmt: skip
         self.threads = threads or {"fresh": 2, "keepalive": 2, "session": 1, "idle": 2}
         self.stopping = threading.Event()
         self.results: list[tuple[str, float, float, str, bool]] = []
@@ -107,7 +111,7 @@ class LoadLoop:
 
         session = requests.Session() if style == "session" else None
         conn = None
-        url, path = f"http://{self.host}:{self.port}", "/api/v1.0/predictions"
+        url, path = f"http://{self.host}:{self.port}", self.path
         headers = {"Content-Type": "application/json", **({"Connection": "close"} if style == "fresh" else {})}
         out = []
         while not self.stopping.is_set():
@@ -125,7 +129,8 @@ class LoadLoop:
                     if style == "fresh":
                         conn.close()
                 ok = status == 200
-                what = json.loads(data)["meta"]["tags"]["model_version"] if ok else f"HTTP {status}"
+                answer = json.loads(data) if ok else {}
+                what = (answer.get("model_version") or answer["meta"]["tags"]["model_version"]) if ok else f"HTTP {status}"
             except Exception as exc:  # every failure counts; the next request reconnects
                 ok, what = False, f"{type(exc).__name__}: {exc}"
                 if conn is not None:

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         default=None,
         description="The interpreter of the serving environment (seldon-core 1.17.1). Default: `<checkout>/.venv-serving/bin/python`.",
     )
+    mlserver_python: Path | None = Field(
+        default=None,
+        description="The interpreter of MLServer's environment (the Open Inference Protocol runtime). Default: `<checkout>/.venv-mlserver/bin/python`.",
+    )
     seldon_crd: Path | None = Field(
         default=None,
         description="The SeldonDeployment CRD that manifests are validated against. Default: the copy in "

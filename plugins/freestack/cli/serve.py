@@ -141,10 +141,13 @@ def _follow(path: str) -> None:
 
 
 def sample_request(rec: dict[str, Any], rows: int = 1) -> tuple[dict[str, Any], list[Any]]:
-    """A Seldon message with ``rows`` test rows of the served version's evaluation, and their true labels."""
-    from freestack.serving.smoke import smoke_sample
+    """A request with ``rows`` test rows of the served version's evaluation, and their true labels: a
+    Seldon message, or a V2 inference request when the deployment's runtime is MLServer."""
+    from freestack.serving.smoke import smoke_sample, v2_request
 
     sample = smoke_sample(rec["version_uri"], rows)
+    if rec.get("runtime") == "mlserver":
+        return {"inputs": v2_request(sample)["inputs"]}, sample.get("labels", [])
     return {"data": {"names": sample["features"], "ndarray": sample["rows"]}}, sample.get("labels", [])
 
 
@@ -160,7 +163,7 @@ def _payload(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
 
 @app.command()
 def predict(ctx: typer.Context, name: Name,
-            payload: Annotated[str | None, typer.Argument(metavar="PAYLOAD", help="A Seldon message as JSON, or - for stdin (default: one test row of the served version).", show_default=False)] = None,
+            payload: Annotated[str | None, typer.Argument(metavar="PAYLOAD", help="A Seldon message (or, for runtime: mlserver, a V2 inference request) as JSON, or - for stdin (default: one test row of the served version).", show_default=False)] = None,
             model: Model = None) -> int:  # fmt: skip
     """Send a prediction request and print the answer."""
     from freestack.serving.smoke import http_json
@@ -173,13 +176,28 @@ def predict(ctx: typer.Context, name: Name,
     code, answer = http_json(rec["predict_url"], body, timeout=30)
     print(json.dumps(answer, indent=2) if isinstance(answer, dict) else answer, flush=True)
     if code == 200 and isinstance(answer, dict) and labels:
-        data = answer.get("data", {})
-        names, probs = data.get("names") or [], data.get("ndarray") or []
-        for label, p in zip(labels, probs, strict=False):
-            if names and isinstance(p, list):
-                best = max(range(len(p)), key=p.__getitem__)
-                out().print(f"predicted {names[best]} (p={p[best]:.3f}); true label {label}")
+        for label, (cls, p) in zip(labels, _predicted(answer), strict=False):
+            out().print(f"predicted {cls} (p={p:.3f}); true label {label}")
     return 0 if code == 200 else 1
+
+
+def _predicted(answer: dict[str, Any]) -> list[tuple[str, float]]:
+    """(class, probability) of each row's prediction: from Seldon's ``data``, or V2's ``label`` and
+    ``probabilities`` outputs."""
+    if "outputs" in answer:
+        out = {o.get("name"): o for o in answer["outputs"]}
+        labels, probs = (out.get("label") or {}).get("data") or [], out.get("probabilities") or {}
+        width = (probs.get("shape") or [0, 1])[-1] or 1
+        data = probs.get("data") or []
+        return [(str(lab), max(data[k * width : (k + 1) * width], default=0.0)) for k, lab in enumerate(labels)]
+    data = answer.get("data", {})
+    names, rows = data.get("names") or [], data.get("ndarray") or []
+    out_rows = []
+    for p in rows:
+        if names and isinstance(p, list):
+            best = max(range(len(p)), key=p.__getitem__)
+            out_rows.append((str(names[best]), p[best]))
+    return out_rows
 
 
 @app.command()
@@ -201,7 +219,7 @@ def deploy(pipeline: Pipeline,
     uri = reg.version_uri(version)
     rec = deploy_local(root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
                        version=version, version_uri=uri, local=spec.deploy.local, spec=spec,
-                       reason="freestack serve deploy", source=model_source(uri))  # fmt: skip
+                       reason="freestack serve deploy", source=model_source(uri), runtime=spec.deploy.runtime)  # fmt: skip
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0
 

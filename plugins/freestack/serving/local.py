@@ -51,7 +51,7 @@ from freestack.serving.processes import (
 from freestack.serving.records import Deployments
 from freestack.serving.server.address import socket_name
 from freestack.serving.server.requestlog import monitoring_uri
-from freestack.serving.smoke import http_json, smoke_sample, smoke_test
+from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
 
 if TYPE_CHECKING:
@@ -81,6 +81,19 @@ def serving_python() -> str:
             f"the serving environment is missing ({py}): run `make serving-venv` (seldon-core 1.17.1 needs its "
             "own virtualenv) or set FREESTACK_SERVING_PYTHON to a python that has include/serving/requirements.txt"
         )
+    return str(py)
+
+
+def runtime_python(runtime: str) -> str:
+    """The interpreter a runtime's servers run in: Seldon's (:func:`serving_python`), or MLServer's
+    (the ``mlserver_python`` setting or ``<checkout>/.venv-mlserver``)."""
+    if runtime != "mlserver":
+        return serving_python()
+    py = settings().mlserver_python or checkout_dir() / ".venv-mlserver" / "bin" / "python"
+    if not py.exists():
+        raise DeployError(f"MLServer's environment is missing ({py}): run `make mlserver-venv` (MLServer 1.7.1 needs "
+                          "its own virtualenv) or set FREESTACK_MLSERVER_PYTHON to a python that has "
+                          "include/serving/mlserver-requirements.txt")  # fmt: skip
     return str(py)
 
 
@@ -211,6 +224,10 @@ class LocalServer:
     def gate(self) -> Path:
         return Path(self.cfg["address"]["gate"])
 
+    @property
+    def health_url(self) -> str:
+        return health_url(self.url, self.cfg.get("runtime", "seldon"), self.cfg["model"])
+
     def _exited(self, what: str) -> DeployError | None:
         rc = self.proc.poll()
         if rc is None:
@@ -225,7 +242,7 @@ class LocalServer:
             if exited := self._exited("before it was healthy"):
                 raise exited
             try:
-                code, body = http_json(f"{self.url}/health/status", timeout=2.0)
+                code, body = http_json(self.health_url, timeout=2.0)
                 if code == 200:
                     return
                 last = f"HTTP {code}: {str(body)[:300]}"
@@ -277,9 +294,10 @@ class Slot:
 
 
 def server_config(name: str, model: str, version: str, slot: Slot, local: LocalTarget, *, model_uri: str,
-                  request_log_uri: str | None, address: Address | None = None) -> dict[str, Any]:  # fmt: skip
+                  request_log_uri: str | None, address: Address | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
     """The supervisor's config file for one server (``freestack.serving.server.app``); with ``address``,
-    the server also serves the deployment's address once its gate is open."""
+    the server also serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer
+    on the slot's port (one process; gRPC on a free port), :mod:`freestack.serving.server.oip_server`."""
     cfg = {
         "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
@@ -293,6 +311,8 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
             "deployment": name,
         },
     }  # fmt: skip
+    if runtime == "mlserver":
+        cfg.update(runtime="mlserver", workers=1, grpc_port=free_port(local.host, exclude=(slot.port, slot.metrics_port)))
     if address is not None:
         cfg["address"] = {"host": address.host, "port": address.port, "socket": socket_name(address.port),
                           "gate": str(_home(name) / f"{slot.color}.gate")}  # fmt: skip
@@ -318,7 +338,7 @@ def start_server(cfg: dict[str, Any], *, model_env: dict[str, str], gate_open: b
         out.write(f"\n=== {_now()} starting {cfg['model']} {cfg['version']} on {cfg['host']}:{cfg['port']} "
                   f"({cfg['predictor']}) ===\n".encode())  # fmt: skip
         proc = subprocess.Popen(
-            [serving_python(), "-m", "freestack.serving.server", "supervise", str(config_path)],
+            [runtime_python(cfg.get("runtime", "seldon")), "-m", "freestack.serving.server", "supervise", str(config_path)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=env,
             start_new_session=True,
         )  # fmt: skip
@@ -340,8 +360,10 @@ def deploy_local(
     spec: PipelineSpec | None = None,
     reason: str | None = None,
     source: tuple[str, dict[str, str]] | None = None,
+    runtime: str = "seldon",
 ) -> dict[str, Any]:
-    """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server.
+    """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server
+    (``runtime``: ``seldon`` or ``mlserver``, the Open Inference Protocol).
 
     ``source`` is the URI the server reads the version from and the environment it needs for it
     (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
@@ -349,7 +371,7 @@ def deploy_local(
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
-    if live and _unchanged(live, version, local):
+    if live and _unchanged(live, version, local) and live.get("runtime", "seldon") == runtime:
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}
     _stop_strays(name, live, local)
@@ -360,7 +382,7 @@ def deploy_local(
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)
     cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
-                        address=address)  # fmt: skip
+                        address=address, runtime=runtime)  # fmt: skip
     server = None
     try:
         server, checked, timings = _start_checked(cfg, local, sample, model_env)
@@ -391,7 +413,7 @@ def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     same = live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
     if local.metrics_port is not None and live.get("color") in COLORS:
         same = same and _metrics_port(live) == local.metrics_port + COLORS.index(live["color"])
-    return same and bool(live.get("holder_pid")) and _healthy(live["url"])
+    return same and bool(live.get("holder_pid")) and _healthy(live["url"], live.get("runtime", "seldon"), live.get("model", ""))
 
 
 def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]):
@@ -403,7 +425,7 @@ def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, An
         server.wait_ready(local.start_timeout_seconds)
         _check_metrics(server, local)
         t1 = time.monotonic()
-        checked = smoke_test(server.url, sample)
+        checked = _smoke(server, sample)
     except BaseException:
         server.stop()
         raise
@@ -414,10 +436,10 @@ def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, An
 
 def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]) -> LocalServer:
     """Open the checked server's gate and wait until it accepts on the deployment's address. The freestack
-    worker joins in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
+    worker and MLServer (:class:`freestack.serving.server.oip_server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
     started again with the gate open (same version and config) and checked again on its own port."""
     server.gate.write_text("")
-    if server.cfg["worker_class"] == "freestack":
+    if server.cfg["worker_class"] == "freestack" or server.cfg.get("runtime") == "mlserver":
         server.wait_joined(local.start_timeout_seconds)
         return server
     server.stop()
@@ -425,16 +447,28 @@ def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model
     try:
         again.wait_ready(local.start_timeout_seconds)
         _check_metrics(again, local)
-        smoke_test(again.url, sample)
+        _smoke(again, sample)
     except BaseException:
         again.stop()
         raise
     return again
 
 
-def _healthy(url: str) -> bool:
+def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:
+    if server.cfg.get("runtime") == "mlserver":
+        return smoke_test_v2(server.url, server.cfg["model"], sample)
+    return smoke_test(server.url, sample)
+
+
+def health_url(url: str, runtime: str, model: str) -> str:
+    """Where a server says it is ready: Seldon's ``/health/status`` (a forward pass), or the model's
+    readiness under the Open Inference Protocol."""
+    return f"{url}/v2/models/{model}/ready" if runtime == "mlserver" else f"{url}/health/status"
+
+
+def _healthy(url: str, runtime: str = "seldon", model: str = "") -> bool:
     try:
-        code, _ = http_json(f"{url}/health/status", timeout=5.0)
+        code, _ = http_json(health_url(url, runtime, model), timeout=5.0)
     except OSError:
         return False
     return code == 200
@@ -549,12 +583,14 @@ def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local
     return {
         "name": cfg["name"], "model": cfg["model"], "target": "local", "state": "serving",
         "version": cfg["version"], "version_uri": version_uri, "url": address.url,
-        "predict_url": f"{address.url}/api/v1.0/predictions",
+        "runtime": cfg.get("runtime", "seldon"),
+        "predict_url": f"{address.url}/v2/models/{cfg['model']}/infer" if cfg.get("runtime") == "mlserver"
+                       else f"{address.url}/api/v1.0/predictions",  # fmt: skip
         "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics", "metrics_port": slot.metrics_port,
         "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
         "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
         "hostname": socket.gethostname(), "config": str(server.config_path), "log": str(server.log_path),
-        "request_log_uri": cfg["parameters"]["request_log_uri"] or None, "workers": local.workers,
+        "request_log_uri": cfg["parameters"]["request_log_uri"] or None, "workers": cfg["workers"],
         "threads": local.threads, "deployed_at": _now(), "timings": timings,
         "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"],
                   "tolerance": checked.get("tolerance")},
@@ -606,7 +642,8 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
         health = None
         if alive:
             try:
-                code, _ = http_json(f"{record['url']}/health/status", timeout=3.0)
+                code, _ = http_json(health_url(record["url"], record.get("runtime", "seldon"), record.get("model", "")),
+                                    timeout=3.0)  # fmt: skip
                 health = "ok" if code == 200 else f"HTTP {code}"
             except OSError as exc:
                 health = f"unreachable ({exc})"

@@ -65,13 +65,15 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         record = deploy_local(
             root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
             version=version, version_uri=uri, local=spec.deploy.local, spec=spec, reason=reason,
-            source=model_source(uri),
+            source=model_source(uri), runtime=spec.deploy.runtime,
         )  # fmt: skip
+        body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
+                if spec.deploy.runtime == "mlserver" else '{"data": {"ndarray": [[...%d features...]]}}')  # fmt: skip
         self.log.info(
-            "%s %s is served at %s (pid %s, %s); try:\n  curl -s -H 'Content-Type: application/json' -d "
-            "'{\"data\": {\"ndarray\": [[...%d features...]]}}' %s\nmetrics (Prometheus): %s",
-            spec.model_name, version, record["url"], record["pid"], record["color"], len(spec.model_features),
-            record["predict_url"], record["metrics_url"],
+            "%s %s is served at %s (pid %s, %s, %s); try:\n  curl -s -H 'Content-Type: application/json' -d "
+            "'%s' %s\nmetrics (Prometheus): %s",
+            spec.model_name, version, record["url"], record["pid"], record["color"], spec.deploy.runtime,
+            body % len(spec.model_features), record["predict_url"], record["metrics_url"],
         )  # fmt: skip
         return {k: v for k, v in record.items() if k != "history"}
 

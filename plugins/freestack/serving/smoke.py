@@ -123,13 +123,49 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
         t = body["data"]["tensor"]
         width = t["shape"][1] if len(t["shape"]) > 1 else 1
         got = [t["values"][i : i + width] for i in range(0, len(t["values"]), width)]
+    worst, tol = _compare(got, sample, atol, rtol)
+    _check_names(body["data"].get("names"), sample)
+    return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": body.get("meta", {})}
+
+
+def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's rows as an Open Inference Protocol request: one tensor per feature column (numbers
+    as FP64, anything else, categories, text, base64 images, as BYTES), under the smoke test's id."""
+    inputs = []
+    for j, name in enumerate(sample["features"]):
+        values = [row[j] for row in sample["rows"]]
+        numeric = all(_number(v) for v in values)
+        inputs.append({"name": name, "datatype": "FP64" if numeric else "BYTES", "shape": [len(values)],
+                       "data": values if numeric else [str(v) for v in values]})  # fmt: skip
+    return {"id": f"{SMOKE_ID}-{time.time_ns()}", "inputs": inputs}
+
+
+def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+    """:func:`smoke_test` over the Open Inference Protocol (``POST /v2/models/<model>/infer``): the
+    ``probabilities`` output (classification) or ``prediction`` (regression) must equal the evaluation's."""
+    code, body = http_json(f"{url}/v2/models/{model}/infer", v2_request(sample), timeout=30.0)
+    if code != 200 or not isinstance(body, dict) or "outputs" not in body:
+        raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
+    want = "probabilities" if sample.get("task") == "classification" else "prediction"
+    out = next((o for o in body["outputs"] if o.get("name") == want), None)
+    if out is None:
+        raise DeployError(f"the smoke request to {url} got no {want!r} output: {str(body)[:500]}")
+    width = out["shape"][1] if len(out["shape"]) > 1 else 1
+    data = out["data"]
+    got = [data[i : i + width] for i in range(0, len(data), width)]
+    worst, tol = _compare(got, sample, atol, rtol)
+    return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": {"id": body.get("id")}}
+
+
+def _compare(got: Any, sample: dict[str, Any], atol: float, rtol: float) -> tuple[float, dict[str, Any]]:
+    """The largest difference between the server's rows and the evaluation's; DeployError on the first
+    row that differs beyond the tolerance or predicts another class."""
     expected = sample["outputs"]
     if not isinstance(got, list) or len(got) != len(expected):
         raise DeployError(f"the smoke request sent {len(expected)} rows and got {str(got)[:200]} back")
     classification = sample.get("task") == "classification"
     tol = tolerance(sample, atol=atol, rtol=rtol)
-    classes = [str(c) for c in sample.get("classes") or []]
-    outputs = classes if classification else [sample.get("target") or "value"]
+    outputs = _outputs(sample)
     keys = sample.get("keys") or []
     worst = 0.0
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
@@ -156,13 +192,23 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
                     f"{float(b)!r} in-process; the difference {diff:.3g} exceeds the tolerance {allowed:.3g} "
                     f"({_explain(tol, atol)}): the served model does not answer as the evaluated one"
                 )
-    names = body["data"].get("names")
-    if classification and sample.get("classes") and names and list(names) != outputs:
-        raise DeployError(f"the server names its outputs {names}, the model's classes are {outputs}")
-    if not classification and sample.get("target") and names is not None and list(names) != outputs:
+    return worst, tol
+
+
+def _outputs(sample: dict[str, Any]) -> list[str]:
+    if sample.get("task") == "classification":
+        return [str(c) for c in sample.get("classes") or []]
+    return [sample.get("target") or "value"]
+
+
+def _check_names(names: list[str] | None, sample: dict[str, Any]) -> None:
+    outputs = _outputs(sample)
+    if sample.get("task") == "classification":
+        if sample.get("classes") and names and list(names) != outputs:
+            raise DeployError(f"the server names its outputs {names}, the model's classes are {outputs}")
+    elif sample.get("target") and names is not None and list(names) != outputs:
         raise DeployError(f"the server names its outputs {names}; a regression model answers one value per row, "
                           f"named after its target {outputs[0]!r}")  # fmt: skip
-    return {"rows": len(expected), "max_abs_diff": worst, "tolerance": tol, "meta": body.get("meta", {})}
 
 
 def _name(outputs: list[str], j: int) -> str:
@@ -175,4 +221,4 @@ def _explain(tol: dict[str, Any], atol: float) -> str:
     return f"{atol:.0e} x {tol['basis']} {tol['scale']:.6g} + {tol['rtol']:.0e} x |expected|"
 
 
-__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "smoke_test", "tolerance"]
+__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "smoke_test", "smoke_test_v2", "tolerance", "v2_request"]

@@ -141,7 +141,12 @@ class KubernetesTarget(SpecModel):
 
 
 class DeploySpec(SpecModel):
-    target: Literal["local", "kubernetes"] = Field(default="local", description="local: a supervised seldon-core-microservice on this machine; kubernetes: a SeldonDeployment.")
+    target: Literal["local", "kubernetes"] = Field(default="local", description="local: a supervised model server on this machine; kubernetes: a SeldonDeployment.")
+    runtime: Literal["seldon", "mlserver"] = Field(
+        default="seldon",
+        description="seldon: Seldon Core 1.17.1's protocol (/api/v1.0/predictions); mlserver: MLServer 1.7.1 and the Open "
+                    "Inference Protocol (V2: /v2/models/<model>/infer, REST and gRPC).",
+    )
     name: str | None = Field(default=None, description="deployment name; default: the model name")
     alias: str = Field(default="production", description="the registry alias that is served")
     local: LocalTarget = Field(default_factory=LocalTarget, description="The local target's settings.")
@@ -155,6 +160,13 @@ class DeploySpec(SpecModel):
                 f"deploy.name {v!r} must be a Kubernetes name: lowercase letters, digits and '-', at most 50"
             )
         return v
+
+    @model_validator(mode="after")
+    def _runtime(self) -> DeploySpec:
+        if self.runtime == "mlserver" and self.target == "kubernetes":
+            raise ValueError("deploy.runtime: mlserver serves on the local target only, for now (freestack builds "
+                             "SeldonDeployments of Seldon's protocol): use runtime: seldon with target: kubernetes")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:

@@ -96,3 +96,27 @@ def test_smoke_sample_carries_the_target_scale(tmp_path):
     (folder / "preprocessing.json").write_text(json.dumps(pre))
     sample = smoke.smoke_sample(folder.as_uri(), 2)
     assert sample["target"] == "price" and sample["target_std"] == 80_000.0 and len(sample["outputs"]) == 2
+
+
+def test_the_v2_smoke_test_sends_one_tensor_per_column_and_compares_the_same_way(monkeypatch):
+    """runtime: mlserver: the evaluation's rows as a V2 request (numbers FP64, raw values BYTES), and the
+    ``prediction`` / ``probabilities`` output compared with the same tolerance and class check."""
+    sent = {}
+
+    def answer(url, payload=None, **kw):
+        sent.update(url=url, payload=payload)
+        return 200, {"id": payload["id"], "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [4],
+                                                       "data": [float(np.float32(p)) for p in PRICES]}]}  # fmt: skip
+
+    monkeypatch.setattr(smoke, "http_json", answer)
+    sample = _regression_sample(PRICES, target="price", target_std=80_000.0)
+    sample["rows"] = [[float(i), "red" if i % 2 else "blue"] for i in range(4)]
+    checked = smoke.smoke_test_v2("http://x", "houses", sample)
+    assert sent["url"] == "http://x/v2/models/houses/infer" and checked["rows"] == 4
+    a, b = sent["payload"]["inputs"]
+    assert (a["name"], a["datatype"], a["shape"], b["datatype"], b["data"]) == ("a", "FP64", [4], "BYTES", ["blue", "red", "blue", "red"])
+    assert sent["payload"]["id"].startswith(smoke.SMOKE_ID)  # left out of the request log
+    monkeypatch.setattr(smoke, "http_json", lambda url, payload=None, **kw: (200, {"outputs": [
+        {"name": "prediction", "shape": [4], "data": [p + 5_000.0 for p in PRICES]}]}))  # fmt: skip
+    with pytest.raises(DeployError, match="smoke row 0 \\(key k0\\), output 'price'"):
+        smoke.smoke_test_v2("http://x", "houses", sample)

@@ -273,7 +273,10 @@ def supervise(config_path: str, *, max_restarts: int = 5, window_seconds: float 
     except AddressError as exc:
         log.error("%s", exc)
         return ADDRESS_ERROR
-    cmd = [sys.executable, "-m", "freestack.serving.server", "run", config_path]
+    with open(config_path) as f:  # the runtime's own server: Seldon's (here) or MLServer's (oip_server)
+        runtime = json.load(f).get("runtime", "seldon")
+    module = "freestack.serving.server.oip_server" if runtime == "mlserver" else "freestack.serving.server"
+    cmd = [sys.executable, "-m", module, "run", config_path]
     if address_fd is not None:
         cmd += ["--address-fd", str(address_fd)]
     restarts: list[float] = []

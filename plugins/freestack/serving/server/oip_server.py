@@ -14,8 +14,11 @@ says so in one warning line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -146,13 +149,116 @@ async def serve(folder: str) -> None:
     await MLServer(server_settings).start(models)
 
 
+# ------------------------------------------------------------------------------------------------------
+# a deployment's server: run CONFIG (what freestack.serving.server supervise starts for runtime: mlserver)
+
+
+def folder_of(cfg: dict[str, Any], config_path: str) -> Path:
+    """MLServer's folder for the supervisor's config: beside it, named after the slot."""
+    params = cfg.get("parameters") or {}
+    extra = {"max_batch_rows": params.get("max_batch_rows", 0), "request_log_uri": params.get("request_log_uri", ""),
+             "request_log_rate": params.get("request_log_rate", 0.0), "deployment": params.get("deployment", ""),
+             "batch_rows": cfg.get("batch_rows", 32)}  # fmt: skip
+    return write_folder(Path(config_path).with_suffix(".mlserver"), name=cfg["model"], model_uri=params["model_uri"],
+                        host=cfg["host"], http_port=int(cfg["port"]), grpc_port=int(cfg["grpc_port"]),
+                        metrics_port=int(cfg["metrics_port"]), workers=0, extra=extra)  # fmt: skip
+
+
+async def run(cfg: dict[str, Any], config_path: str, address_fd: int | None) -> None:
+    """MLServer on the server's own ports; with ``address_fd`` (the deployment's listening socket), once
+    the deploy opens the gate it also answers there (:class:`AddressServer`). SIGTERM first stops taking
+    connections on the deployment's address and answers what they hold, then stops MLServer."""
+    from mlserver.cli.serve import load_settings
+    from mlserver.server import MLServer
+
+    from freestack.settings import settings
+
+    if not extend(settings().max_body_bytes) and address_fd is not None:
+        raise SystemExit("this MLServer release cannot serve a deployment's address: install the one in "
+                         "include/serving/mlserver-requirements.txt (`make mlserver-venv`)")  # fmt: skip
+    server_settings, models = await load_settings(str(folder_of(cfg, config_path)))
+    server = MLServer(server_settings)  # installs its signal handlers: ours replace them below
+    address = AddressServer(server, address_fd, (cfg.get("address") or {}).get("gate")) if address_fd is not None else None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(_stop(server, address, s)))
+    joining = asyncio.ensure_future(address.join_when_open()) if address is not None else None
+    try:
+        await server.start(models)
+    finally:
+        if joining is not None:
+            joining.cancel()
+
+
+async def _stop(server, address: AddressServer | None, sig: int) -> None:
+    if address is not None:
+        await address.drain()
+    await server.stop(sig=sig)
+
+
+class AddressServer:
+    """MLServer's REST app on the deployment's address too, once the gate file exists: a second uvicorn
+    server on the held socket (the other server behind the address holds it as well). Its pid goes into
+    the gate file, which is how the deploy knows it takes connections before it stops the old server."""
+
+    def __init__(self, server, fd: int, gate: str | None):
+        self.server, self.fd, self.gate = server, fd, gate
+        self.uvicorn = None
+        self.task: asyncio.Future | None = None
+
+    async def join_when_open(self) -> None:
+        import socket
+
+        import uvicorn
+
+        while not (self.gate and os.path.exists(self.gate)) or getattr(self.server._rest_server, "_app", None) is None:
+            await asyncio.sleep(0.1)
+        while not self.server._rest_server._server or not self.server._rest_server._server.started:
+            await asyncio.sleep(0.05)  # MLServer's own REST server is up (its models loaded first)
+        sock = socket.socket(fileno=self.fd)
+        config = uvicorn.Config(self.server._rest_server._app, lifespan="off", log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=15)  # fmt: skip
+        self.uvicorn = _quiet_uvicorn(config)
+        self.task = asyncio.ensure_future(self.uvicorn.serve(sockets=[sock]))
+        while not self.uvicorn.started:
+            await asyncio.sleep(0.02)
+        with open(self.gate, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        log.info("accepting on the deployment's address too (%s)", sock.getsockname())
+
+    async def drain(self) -> None:
+        """Stop accepting on the deployment's address; answer what its connections hold (Connection: close)."""
+        if self.uvicorn is not None and self.task is not None:
+            self.uvicorn.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, timeout=20)
+
+
+def _quiet_uvicorn(config):
+    """uvicorn's server without its own signal handlers (the launcher's stop it)."""
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return Quiet(config)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m freestack.serving.server.oip_server FOLDER", file=sys.stderr)
-        return 2
-    asyncio.run(serve(argv[0]))
-    return 0
+    if len(argv) == 1:
+        asyncio.run(serve(argv[0]))
+        return 0
+    if argv and argv[0] == "run" and len(argv) in (2, 4) and (len(argv) == 2 or argv[2] == "--address-fd"):
+        with open(argv[1]) as f:
+            cfg = json.load(f)
+        asyncio.run(run(cfg, argv[1], int(argv[3]) if len(argv) == 4 else None))
+        return 0
+    print("usage: python -m freestack.serving.server.oip_server FOLDER\n"
+          "       python -m freestack.serving.server.oip_server run CONFIG [--address-fd N]", file=sys.stderr)  # fmt: skip
+    return 2
 
 
 if __name__ == "__main__":
