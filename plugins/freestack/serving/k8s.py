@@ -463,10 +463,11 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
     if canary:
         manifest = build_manifest(name, model=spec.model_name, version=serving[0], model_uri=serving[1], target=target,
-                                  canary_version=version, canary_uri=model_uri, request_log_uri=logs)  # fmt: skip
+                                  canary_version=version, canary_uri=model_uri, request_log_uri=logs,
+                                  runtime=spec.deploy.runtime)  # fmt: skip
     else:
         manifest = build_manifest(name, model=spec.model_name, version=version, model_uri=model_uri, target=target,
-                                  request_log_uri=logs)  # fmt: skip
+                                  request_log_uri=logs, runtime=spec.deploy.runtime)  # fmt: skip
     validate_manifest(manifest)
     stored = apply(manifest, target.conn_id)
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)

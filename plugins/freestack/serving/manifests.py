@@ -36,7 +36,12 @@ MAIN = "main"
 CANARY = "canary"
 CONTAINER = "model"
 HTTP_PORT = 9000
+GRPC_PORT = 9500
 HEALTH_PATH = "/health/ping"
+V2_HEALTH_PATH = "/v2/health/ready"
+#: MLServer's model folder in the mlserver image (empty: the model comes from the MLSERVER_MODEL_* variables)
+MLSERVER_MODELS = "/opt/freestack/models"
+MLSERVER_IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
 
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "freestack"
@@ -82,8 +87,28 @@ def label_value(value: Any) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
 
 
+def _mlserver_env(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
+                  request_log_uri: str | None) -> list[dict[str, str]]:  # fmt: skip
+    """MLServer's settings as its environment (its ``MLSERVER_`` and ``MLSERVER_MODEL_`` variables): the
+    model is freestack's runtime loading ``model_uri``; the request log as for Seldon's runtime."""
+    import json
+
+    logs = request_log_uri if request_log_uri and target.log_sample_rate > 0 else ""
+    extra = {"request_log_uri": logs, "request_log_rate": target.log_sample_rate if logs else 0.0, "deployment": model}
+    return [
+        {"name": "MLSERVER_HTTP_PORT", "value": str(HTTP_PORT)}, {"name": "MLSERVER_GRPC_PORT", "value": str(GRPC_PORT)},
+        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}, {"name": "MLSERVER_MODEL_NAME", "value": model},
+        {"name": "MLSERVER_MODEL_VERSION", "value": version},
+        {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": MLSERVER_IMPLEMENTATION},
+        {"name": "MLSERVER_MODEL_URI", "value": model_uri}, {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra)},
+        {"name": ENV_URI, "value": model_uri}, {"name": ENV_VERSION, "value": version}, {"name": ENV_NAME, "value": model},
+    ]  # fmt: skip
+
+
 def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
-               request_log_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
+               request_log_uri: str | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
+    if runtime == "mlserver":
+        return _v2_container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
     env = [
         {"name": ENV_URI, "value": model_uri},
         {"name": ENV_VERSION, "value": version},
@@ -115,11 +140,36 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
     return container
 
 
+def _v2_container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
+                  request_log_uri: str | None) -> dict[str, Any]:  # fmt: skip
+    """The mlserver image's container: freestack's launcher over an empty model folder, the model from
+    MLServer's environment; REST and gRPC ports; probes on the V2 readiness path."""
+    probe = {"httpGet": {"path": V2_HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
+    startup_failures = max(12, int(target.timeout_minutes * 60 / 5))
+    container: dict[str, Any] = {
+        "name": CONTAINER, "image": target.mlserver_image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "freestack.serving.server.oip_server", MLSERVER_MODELS],
+        "env": _mlserver_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "resources": copy.deepcopy(target.resources),
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": startup_failures},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5,
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }  # fmt: skip
+    if target.env_secret:
+        container["envFrom"] = [{"secretRef": {"name": target.env_secret}}]
+    return container
+
+
 def _predictor(
     name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str,
-    request_log_uri: str | None = None,
+    request_log_uri: str | None = None, runtime: str = "seldon",
 ) -> dict[str, Any]:
-    container = _container(target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri)
+    container = _container(target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri,
+                           runtime=runtime)  # fmt: skip
     pod: dict[str, Any] = {"containers": [container]}
     if target.service_account:
         pod["serviceAccountName"] = target.service_account
@@ -145,9 +195,11 @@ def build_manifest(
     canary_uri: str | None = None,
     labels: dict[str, str] | None = None,
     request_log_uri: str | None = None,
+    runtime: str = "seldon",
 ) -> dict[str, Any]:
     """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``
     (with ``request_log_uri``, the model's monitoring folder, its servers keep the request log there).
+    ``runtime: mlserver``: ``protocol: v2``, the mlserver image running freestack's V2 runtime.
 
     One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
     predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
@@ -190,20 +242,47 @@ def build_manifest(
     main_traffic = 100 - target.canary.traffic if canary else 100
     predictors = [
         _predictor(MAIN, target, replicas=target.replicas, traffic=main_traffic, model=model, version=version,
-                   uri=model_uri, request_log_uri=request_log_uri)
+                   uri=model_uri, request_log_uri=request_log_uri, runtime=runtime)
     ]
     if canary:
         predictors.append(
             _predictor(CANARY, target, replicas=target.canary.replicas, traffic=target.canary.traffic,
-                       model=model, version=canary_version, uri=canary_uri, request_log_uri=request_log_uri)
+                       model=model, version=canary_version, uri=canary_uri, request_log_uri=request_log_uri,
+                       runtime=runtime)
         )
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name, "namespace": target.namespace, "labels": meta_labels,
                      "annotations": annotations},
-        "spec": {"name": name, "protocol": "seldon", "predictors": predictors},
+        "spec": {"name": name, "protocol": "v2" if runtime == "mlserver" else "seldon", "predictors": predictors},
     }
+
+
+def build_inference_service(name: str, *, model: str, version: str, model_uri: str, target: KubernetesTarget,
+                            request_log_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A KServe ``serving.kserve.io/v1beta1`` InferenceService serving ``model`` ``version`` with freestack's
+    V2 runtime (the mlserver image, the same container as a ``protocol: v2`` SeldonDeployment's), for a
+    cluster that runs KServe instead of Seldon Core."""
+    if not _DNS1123_LABEL.match(name) or len(name) > 63:
+        raise ValueError(f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits "
+                         "and '-', at most 63 characters (set deploy.name in the pipeline spec)")  # fmt: skip
+    container = _v2_container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
+    container["name"] = "kserve-container"
+    container["env"] = [*container["env"], {"name": "PROTOCOL", "value": "v2"}]
+    predictor: dict[str, Any] = {"minReplicas": target.replicas, "maxReplicas": target.replicas,
+                                 "containers": [container]}  # fmt: skip
+    if target.service_account:
+        predictor["serviceAccountName"] = target.service_account
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": target.namespace,
+                     "labels": {MANAGED_BY_KEY: MANAGED_BY, MODEL_KEY: label_value(model), VERSION_KEY: label_value(version)},
+                     "annotations": {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri,
+                                     "serving.kserve.io/deploymentMode": "RawDeployment"}},
+        "spec": {"predictor": predictor},
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

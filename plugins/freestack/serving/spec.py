@@ -108,7 +108,8 @@ class Canary(SpecModel):
 class KubernetesTarget(SpecModel):
     conn_id: str = Field(default="kubernetes_default", description="The Airflow kubernetes connection.")
     namespace: str = Field(default="default", description="The namespace of the SeldonDeployment.")
-    image: str = Field(default="freestack/serving:0.1.0", description="The serving image.")
+    image: str = Field(default="freestack/serving:0.1.0", description="The serving image (runtime: seldon).")
+    mlserver_image: str = Field(default="freestack/mlserver:0.1.0", description="The serving image for runtime: mlserver (docker/mlserver.Dockerfile).")
     replicas: int = Field(default=1, ge=1, le=1000, description="Pods of the predictor.")
     resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
@@ -160,13 +161,6 @@ class DeploySpec(SpecModel):
                 f"deploy.name {v!r} must be a Kubernetes name: lowercase letters, digits and '-', at most 50"
             )
         return v
-
-    @model_validator(mode="after")
-    def _runtime(self) -> DeploySpec:
-        if self.runtime == "mlserver" and self.target == "kubernetes":
-            raise ValueError("deploy.runtime: mlserver serves on the local target only, for now (freestack builds "
-                             "SeldonDeployments of Seldon's protocol): use runtime: seldon with target: kubernetes")  # fmt: skip
-        return self
 
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:

@@ -104,6 +104,42 @@ def test_manifest_with_canary_validates():
     assert canary["labels"]["freestack.io/version"] == "4"
 
 
+def test_an_mlserver_manifest_is_protocol_v2_and_validates():
+    """runtime: mlserver: the mlserver image running freestack's V2 runtime, configured through MLServer's
+    environment, REST and gRPC ports, V2 probes; a canary too."""
+    m = manifests.build_manifest("digits", model="digits", version="3", model_uri="s3://models/registry/digits/3",
+                                 target=target(), canary_version="4", canary_uri="s3://models/registry/digits/4",
+                                 request_log_uri="s3://models/monitoring/digits", runtime="mlserver")  # fmt: skip
+    manifests.validate_manifest(m, CRD)
+    assert m["spec"]["protocol"] == "v2"
+    main, canary = m["spec"]["predictors"]
+    (c,) = main["componentSpecs"][0]["spec"]["containers"]
+    assert c["image"] == "freestack/mlserver:0.1.0" and c["command"][-2:] == ["freestack.serving.server.oip_server",
+                                                                               manifests.MLSERVER_MODELS]  # fmt: skip
+    env = env_of(main)
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "freestack.serving.server.oip.FreestackRuntime"
+    assert env["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/3" and env["MLSERVER_MODEL_NAME"] == "digits"
+    assert json.loads(env["MLSERVER_MODEL_EXTRA"])["request_log_uri"] == "s3://models/monitoring/digits"
+    assert env_of(canary)["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/4"
+    assert [p["containerPort"] for p in c["ports"]] == [9000, 9500]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_a_kserve_inference_service_runs_the_same_v2_container():
+    isvc = manifests.build_inference_service("digits", model="digits", version="3",
+                                             model_uri="s3://models/registry/digits/3", target=target())  # fmt: skip
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    assert isvc["metadata"]["namespace"] == NS and isvc["metadata"]["labels"]["freestack.io/version"] == "3"
+    pred = isvc["spec"]["predictor"]
+    (c,) = pred["containers"]
+    assert pred["minReplicas"] == pred["maxReplicas"] == 2 and pred["serviceAccountName"] == "seldon-models"
+    assert c["name"] == "kserve-container" and c["image"] == "freestack/mlserver:0.1.0"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["PROTOCOL"] == "v2" and env["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/3"
+    with pytest.raises(ValueError, match="not a valid Kubernetes name"):
+        manifests.build_inference_service("Digits!", model="digits", version="3", model_uri="s3://x", target=target())
+
+
 def test_label_values_are_sanitized_and_exact_values_kept_in_annotations():
     version = "2026-03-01T12:00:00+00:00/run 7_" + "x" * 80
     m = manifests.build_manifest("digits", model="Digits Model!", version=version, model_uri="file:///tmp/m",

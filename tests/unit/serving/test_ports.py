@@ -117,12 +117,10 @@ def test_deploy_records_the_metrics_port_it_chose(tmp_path):
         local_mod.stop_local(root, "pm", "pm")
 
 
-def test_the_runtime_is_seldon_or_mlserver_and_mlserver_is_local_only():
+def test_the_runtime_is_seldon_or_mlserver():
     assert DeploySpec().runtime == "seldon" and DeploySpec.model_validate({"runtime": "mlserver"}).runtime == "mlserver"
     with pytest.raises(ValueError, match="'seldon' or 'mlserver'"):
         DeploySpec.model_validate({"runtime": "triton"})
-    with pytest.raises(ValueError, match="local target only"):
-        DeploySpec.model_validate({"runtime": "mlserver", "target": "kubernetes"})
     cfg = local_mod.server_config("d", "m", "v1", local_mod.Slot("blue", 9001, 9101), LocalTarget(port=9000),
                                   model_uri="file:///x", request_log_uri=None, runtime="mlserver")  # fmt: skip
     assert cfg["runtime"] == "mlserver" and cfg["workers"] == 1 and cfg["grpc_port"] not in (9000, 9001, 9002, 9101)
