@@ -185,6 +185,11 @@ async def run(cfg: dict[str, Any], config_path: str, address_fd: int | None) -> 
     joining = asyncio.ensure_future(address.join_when_open()) if address is not None else None
     try:
         await server.start(models)
+    except Exception:  # noqa: BLE001 - the model did not load: a broken version, not to be restarted
+        from freestack.serving.server.app import BOOT_ERROR
+
+        log.exception("MLServer could not start %s", cfg["model"])
+        raise SystemExit(BOOT_ERROR) from None
     finally:
         if joining is not None:
             joining.cancel()
@@ -213,7 +218,7 @@ class AddressServer:
 
         while not (self.gate and os.path.exists(self.gate)) or getattr(self.server._rest_server, "_app", None) is None:
             await asyncio.sleep(0.1)
-        while not self.server._rest_server._server or not self.server._rest_server._server.started:
+        while not getattr(getattr(self.server._rest_server, "_server", None), "started", False):
             await asyncio.sleep(0.05)  # MLServer's own REST server is up (its models loaded first)
         sock = socket.socket(fileno=self.fd)
         config = uvicorn.Config(self.server._rest_server._app, lifespan="off", log_level="warning", access_log=False,
