@@ -27,6 +27,8 @@ log = logging.getLogger("freestack.serving")
 
 #: the MLServer releases whose REST app this launcher extends
 WRITTEN_FOR = ("1.7.",)
+#: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
+KEEP_ALIVE_S = 5.0
 #: MLServer's dotted path of freestack's runtime
 IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
 
@@ -221,8 +223,8 @@ class AddressServer:
         while not getattr(getattr(self.server._rest_server, "_server", None), "started", False):
             await asyncio.sleep(0.05)  # MLServer's own REST server is up (its models loaded first)
         sock = socket.socket(fileno=self.fd)
-        config = uvicorn.Config(self.server._rest_server._app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=15)  # fmt: skip
+        config = uvicorn.Config(_CloseWhenDraining(self.server._rest_server._app, self), lifespan="off",
+                                log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
         self.uvicorn = _quiet_uvicorn(config)
         self.task = asyncio.ensure_future(self.uvicorn.serve(sockets=[sock]))
         while not self.uvicorn.started:
@@ -231,12 +233,44 @@ class AddressServer:
             f.write(f"{os.getpid()}\n")
         log.info("accepting on the deployment's address too (%s)", sock.getsockname())
 
+    draining = False
+
     async def drain(self) -> None:
-        """Stop accepting on the deployment's address; answer what its connections hold (Connection: close)."""
-        if self.uvicorn is not None and self.task is not None:
-            self.uvicorn.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.task, timeout=20)
+        """Stop accepting on the deployment's address (connections waiting in its queue go to the other
+        server holding it); answer every request the open connections send, each with ``Connection:
+        close``, until none is left or their keep-alive time is up; then stop."""
+        if self.uvicorn is None or self.task is None:
+            return
+        self.draining = True
+        for listener in self.uvicorn.servers:
+            listener.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KEEP_ALIVE_S + 1.0
+        while self.uvicorn.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.uvicorn.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, timeout=20)
+
+
+class _CloseWhenDraining:
+    """ASGI middleware: while the address server drains, every answer says ``Connection: close``, so a
+    keep-alive client reconnects (to the other server) instead of sending on a connection about to close."""
+
+    def __init__(self, app, address: AddressServer):
+        self.app, self.address = app, address
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def closing(message):
+            if message["type"] == "http.response.start" and self.address.draining:
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, closing)
 
 
 def _quiet_uvicorn(config):
