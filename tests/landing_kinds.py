@@ -43,7 +43,10 @@ SHOP_SPEC = {
     },
     "model": {"hidden": [32], "channels": [8], "image": {"size": [16, 16]}, "text": {"vocab_size": 200, "max_length": 12}},
     "train": {"epochs": 8, "window_days": 30, "learning_rate": 0.01, "batch_size": 32},
-    "gate": {"metric": "accuracy", "threshold": 0.8},
+    # the tests that use it are about every kind of input going through every stage, not the model's
+    # quality: on their two days of rows a good run scores 0.8-1.0 and an unlucky one 0.75, so the gate
+    # only rules out a model that learnt nothing (a coin scores 0.5)
+    "gate": {"metric": "accuracy", "threshold": 0.65},
 }
 
 GLYPHS_SPEC = {
