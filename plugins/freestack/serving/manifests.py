@@ -107,8 +107,15 @@ def _mlserver_env(target: KubernetesTarget, *, model: str, version: str, model_u
 
 def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
                request_log_uri: str | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
+    """The model container of either runtime: Seldon's serving image, or (``mlserver``) the mlserver
+    image running freestack's launcher over an empty model folder, the model from MLServer's
+    environment, with a gRPC port and probes on the V2 paths."""
     if runtime == "mlserver":
-        return _v2_container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
+        env = _mlserver_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
+        container = _base_container(target, target.mlserver_image, env, ready=V2_HEALTH_PATH, live="/v2/health/live")
+        container["command"] = ["python", "-m", "freestack.serving.server.oip_server", MLSERVER_MODELS]
+        container["ports"].append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
+        return container
     env = [
         {"name": ENV_URI, "value": model_uri},
         {"name": ENV_VERSION, "value": version},
@@ -119,20 +126,28 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
     if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
         env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
                 {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
-    probe = {"httpGet": {"path": HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
+    return _base_container(target, target.image, env, ready=HEALTH_PATH, live=HEALTH_PATH)
+
+
+def _base_container(target: KubernetesTarget, image: str, env: list[dict[str, str]], *, ready: str,
+                    live: str) -> dict[str, Any]:  # fmt: skip
+    """The container both runtimes share: the HTTP port, resources, the secret's environment and the probes."""
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
+
     # loading a model (a download from object storage) may take a while: the startup probe allows up to
     # the deploy timeout before liveness starts counting
     startup_failures = max(12, int(target.timeout_minutes * 60 / 5))
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": target.image,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
         "env": env,
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": copy.deepcopy(target.resources),
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": startup_failures},
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "startupProbe": {**probe(ready), "periodSeconds": 5, "failureThreshold": startup_failures},
+        "readinessProbe": {**probe(ready), "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe(live), "periodSeconds": 10, "failureThreshold": 3},
         "securityContext": {"allowPrivilegeEscalation": False},
     }
     if target.env_secret:
@@ -140,28 +155,12 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
     return container
 
 
-def _v2_container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
-                  request_log_uri: str | None) -> dict[str, Any]:  # fmt: skip
-    """The mlserver image's container: freestack's launcher over an empty model folder, the model from
-    MLServer's environment; REST and gRPC ports; probes on the V2 readiness path."""
-    probe = {"httpGet": {"path": V2_HEALTH_PATH, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
-    startup_failures = max(12, int(target.timeout_minutes * 60 / 5))
-    container: dict[str, Any] = {
-        "name": CONTAINER, "image": target.mlserver_image, "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "freestack.serving.server.oip_server", MLSERVER_MODELS],
-        "env": _mlserver_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri),
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
-        "resources": copy.deepcopy(target.resources),
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": startup_failures},
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5,
-                          "periodSeconds": 10, "failureThreshold": 3},
-        "securityContext": {"allowPrivilegeEscalation": False},
-    }  # fmt: skip
-    if target.env_secret:
-        container["envFrom"] = [{"secretRef": {"name": target.env_secret}}]
-    return container
+def _check_name(name: str) -> None:
+    if not _DNS1123_LABEL.match(name) or len(name) > 63:
+        raise ValueError(
+            f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
+            "at most 63 characters (set deploy.name in the pipeline spec)"
+        )
 
 
 def _predictor(
@@ -207,11 +206,7 @@ def build_manifest(
 
     if isinstance(target, dict):
         target = KubernetesTarget.model_validate(target)
-    if not _DNS1123_LABEL.match(name) or len(name) > 63:
-        raise ValueError(
-            f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits and '-', "
-            "at most 63 characters (set deploy.name in the pipeline spec)"
-        )
+    _check_name(name)
     for what, v in (("model", model), ("version", version), ("model_uri", model_uri)):
         if not isinstance(v, str) or not v:
             raise ValueError(f"{what} must be a non-empty string, got {v!r}")
@@ -264,10 +259,9 @@ def build_inference_service(name: str, *, model: str, version: str, model_uri: s
     """A KServe ``serving.kserve.io/v1beta1`` InferenceService serving ``model`` ``version`` with freestack's
     V2 runtime (the mlserver image, the same container as a ``protocol: v2`` SeldonDeployment's), for a
     cluster that runs KServe instead of Seldon Core."""
-    if not _DNS1123_LABEL.match(name) or len(name) > 63:
-        raise ValueError(f"deployment name {name!r} is not a valid Kubernetes name: use lowercase letters, digits "
-                         "and '-', at most 63 characters (set deploy.name in the pipeline spec)")  # fmt: skip
-    container = _v2_container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
+    _check_name(name)
+    container = _container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri,
+                           runtime="mlserver")  # fmt: skip
     container["name"] = "kserve-container"
     container["env"] = [*container["env"], {"name": "PROTOCOL", "value": "v2"}]
     predictor: dict[str, Any] = {"minReplicas": target.replicas, "maxReplicas": target.replicas,
