@@ -116,3 +116,38 @@ def test_the_form_can_ask_for_one_training_instead(lake):  # noqa: F811
     assert states["train"] == ["success"] and states["create_sweep"] == ["skipped"]
     assert states["select_best"] == ["skipped"]
 
+
+def test_an_agent_reads_the_window_once_at_start_and_its_trials_share_it(lake, monkeypatch):  # noqa: F811
+    """The window (and the trainer's lazy imports) load when the agent starts, not in its first leased trial."""
+    import freestack.train.core as train_core
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
+    from freestack.sweeps.trials import make_trial_runner
+
+    reads = []
+    real = train_core.load_window
+    monkeypatch.setattr(train_core, "load_window", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
+    spec = load_spec(lake["specs"] / "digits.yaml").model_copy(
+        update={"sweep": load_spec(lake["specs"] / "digits.yaml").sweep.model_copy(update={"run_cap": 2})}
+    )
+    sweep = create_sweep(spec, "sweep-warm", {"end_ds": "2026-11-05", "epochs": 1}, agents=1)
+    runner = make_trial_runner(spec, sweep)
+    assert reads == ["2026-11-05"]  # read at start-up, before any trial is leased
+    LocalAgent(spec, "sweep-warm", runner, ttl=30).run()
+    assert reads == ["2026-11-05"]  # and the trials used that copy
+    assert [d["state"] for d, _ in load_trials(spec, "sweep-warm")] == ["finished", "finished"]
+
+
+def test_a_window_that_cannot_be_read_at_start_fails_the_trials_with_the_reason(lake):  # noqa: F811
+    """Warming up does not hide the data's fault: the agent starts, and each trial.json says what is missing."""
+    from freestack.spec import load_spec
+    from freestack.sweeps.core import LocalAgent, SweepError, create_sweep, load_trials
+    from freestack.sweeps.trials import make_trial_runner
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    sweep = create_sweep(spec, "sweep-nodata", {"end_ds": "2020-01-01", "epochs": 1}, agents=1)
+    runner = make_trial_runner(spec, sweep)  # does not raise
+    with pytest.raises(SweepError, match="trials in a row failed"):
+        LocalAgent(spec, "sweep-nodata", runner, ttl=30).run()
+    failed = [d for d, _ in load_trials(spec, "sweep-nodata")]
+    assert failed and all(d["state"] == "failed" and "2020-01-01" in d["error"] for d in failed)

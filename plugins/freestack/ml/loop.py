@@ -71,6 +71,13 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda")
 
 
+def warm_up() -> None:
+    """Import what a process's first optimizer imports lazily: torch's compiler stack (``torch._dynamo``,
+    about 1.5 s here). A process that trains many times (a sweep agent) calls it at start-up, so that its
+    first trial does not pay it."""
+    import torch._dynamo  # noqa: F401
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
@@ -474,5 +481,5 @@ def _fmt_eta(seconds: float) -> str:
 
 __all__ = [
     "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
-    "evaluate", "evaluate_source", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors",
+    "evaluate", "evaluate_source", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors", "warm_up",
 ]  # fmt: skip

@@ -7,6 +7,7 @@ the selected trial becomes a model version in the registry (``report.select_best
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from freestack.sweeps.config import to_overrides
@@ -15,6 +16,8 @@ from freestack.sweeps.core import TrialRunner, sweep_dir
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
+log = logging.getLogger(__name__)
+
 
 def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
     from freestack.storage import join
@@ -22,14 +25,26 @@ def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
     return join(sweep_dir(spec, sweep_id), "trials", tid)
 
 
-def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
+def make_trial_runner(
+    spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None, warm: bool = True
+) -> TrialRunner:
     """The function an agent calls per trial. The lake window is loaded (or spooled) once per agent, window
-    size and split; the agent's trials share it."""
+    size and split; the agent's trials share it. ``warm`` loads the sweep's window and the trainer's lazy
+    imports now, at agent start-up, so that they are not paid inside the agent's first leased trial."""
     from freestack.storage import join
-    from freestack.train.core import TrainRequest, effective_spec, load_window, train
+    from freestack.train.core import TrainingError, TrainRequest, effective_spec, load_window, train
 
     request = sweep["request"]
     windows: dict[tuple, Any] = {}
+
+    def window_for(req: TrainRequest):
+        t = effective_spec(spec, req).train
+        key = (t.window_days, t.val_fraction, t.test_fraction, t.data.mode)  # what a loaded window depends on
+        if key not in windows:
+            windows[key] = load_window(
+                effective_spec(spec, req), req.end_ds, t.window_days, request.get("window")
+            )
+        return windows[key]
 
     def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
         folder = trial_folder(spec, sweep["id"], doc["id"])
@@ -54,11 +69,9 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
                 "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
             },
         )
-        t = effective_spec(spec, req).train
-        key = (t.window_days, t.val_fraction, t.test_fraction, t.data.mode)  # what a loaded window depends on
-        if key not in windows:
-            windows[key] = load_window(effective_spec(spec, req), req.end_ds, t.window_days, request.get("window"))
-        outcome = train(spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=windows[key])
+        outcome = train(
+            spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
+        )
         return {
             "summary": {**outcome.metrics, "task": outcome.summary.get("task")},
             "epochs_run": outcome.summary.get("epochs_run"),
@@ -67,6 +80,17 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
             "wandb": outcome.tracking,
         }
 
+    if warm:
+        from freestack.ml.loop import warm_up
+
+        warm_up()
+        base = TrainRequest(
+            end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window")
+        )
+        try:
+            window_for(base)
+        except TrainingError as exc:  # the first trial reads it again, and its trial.json says why it failed
+            log.warning("the sweep's window could not be read at agent start: %s", exc)
     return run
 
 
