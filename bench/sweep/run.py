@@ -14,8 +14,10 @@ tasks of the DAG under the LocalExecutor.
    trials; no early termination, so the work is the same) run by 1 agent and by 2 agents, each agent
    a process with cores/2 CPU threads (what the DAG gives each of 2 agents). Speed-up =
    wall(1 agent) / wall(2 agents), timed from the moment every agent has started (imports done) to
-   the last agent's loop ending; median of ``--repeats``. Target: >= 1.7 on a 2-core machine. Also reported:
-   against 1 agent given all the cores (what the DAG gives a lone agent).
+   the last agent's loop ending; median of ``--repeats``. Target: >= 1.8 on a 2-core machine. An agent
+   loads the window and warms the trainer before it takes a trial (``make_trial_runner``), so that is
+   start-up too. Also reported: against 1 agent given all the cores (what the DAG gives a lone agent),
+   and the speed-up with every agent's start-up counted (from its launch: interpreter, imports, window).
 2. **Hyperband.** A random sweep of ``--hb-trials`` trials over learning rate, batch size and dropout,
    run twice with the same sweep id (so the engine proposes the same trials): without early
    termination, and with ``hyperband {min_iter: 2, eta: 3}``. The trainer's own patience is off in
@@ -165,15 +167,19 @@ def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds:
     _wait(_child(env, "_create", str(spec), sweep_id, end_ds, str(agents)))
     go = Path(env["FREESTACK_HOME"]) / f"go-{sweep_id}"
     go.unlink(missing_ok=True)
+    launched = time.time()
     procs = [_child(env, "_agent", str(spec), sweep_id, f"agent{i}", str(threads), str(go)) for i in range(agents)]
-    for p in procs:  # every agent has imported torch, the trainer and the controller
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"agent did not start: {line!r} {p.communicate()[1][-3000:]}")
+    for p in procs:  # every agent has imported torch, the trainer and the controller, and read the window
+        if not any(line.strip() == "ready" for line in iter(p.stdout.readline, "")):
+            p.kill()
+            raise RuntimeError(f"agent did not start: {p.communicate()[1][-3000:]}")
+    go_at = time.time()
     go.touch()
     reports = [json.loads(_wait(p).strip().splitlines()[-1]) for p in procs]
     # from the first agent's start to the last agent's end (interpreter exit is not the sweep's work)
     wall = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    # and from the agents' launch: their start-up (interpreter, imports, the window, warm-up) included
+    wall_startup = max(r["ended"] for r in reports) - launched - (min(r["started"] for r in reports) - go_at)
     storage = Path(env["FREESTACK_STORAGE_ROOT"].removeprefix("file://"))
     trials = [json.loads(p.read_text()) for p in sorted((storage / "runs" / "digits" / sweep_id).glob("trials/*/trial.json"))]
     best = max((max((r["val_accuracy"] for r in t["history"]), default=0.0) for t in trials), default=0.0)
@@ -181,6 +187,7 @@ def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds:
         "agents": agents,
         "threads_per_agent": threads,
         "wall_s": round(wall, 3),
+        "wall_with_startup_s": round(wall_startup, 3),
         "trials": len(trials),
         "per_agent_trials": [len(r["trials"]) for r in reports],
         "epochs": sum(len(t["history"]) for t in trials),
@@ -244,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             runs["one_agent_all_cores"].append(run_sweep(env, grid_spec, f"p1a-{r}", 1, cores, end_ds))
             runs["two_agents"].append(run_sweep(env, grid_spec, f"p2-{r}", 2, per, end_ds))
         med = {k: sorted(x["wall_s"] for x in v)[len(v) // 2] for k, v in runs.items()}
+        med_up = {k: sorted(x["wall_with_startup_s"] for x in v)[len(v) // 2] for k, v in runs.items()}
         speedup = med["one_agent_same_threads"] / med["two_agents"]
         vs_all = med["one_agent_all_cores"] / med["two_agents"]
+        with_up = med_up["one_agent_same_threads"] / med_up["two_agents"]
         report["parallel"] = {
-            "runs": runs, "median_wall_s": med, "speedup": round(speedup, 3),
-            "speedup_vs_one_agent_all_cores": round(vs_all, 3), "target": 1.7, "met": speedup >= 1.7,
+            "runs": runs, "median_wall_s": med, "median_wall_with_startup_s": med_up, "speedup": round(speedup, 3),
+            "speedup_vs_one_agent_all_cores": round(vs_all, 3), "speedup_with_startup": round(with_up, 3),
+            "target": 1.8, "met": speedup >= 1.8,
         }  # fmt: skip
         print(f"parallel agents ({args.trials} grid trials x {args.epochs} epochs, CNN on {args.days} days of digits; "
               f"median of {args.repeats}):")
@@ -256,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  1 agent  x {cores} thread(s): {med['one_agent_all_cores']:7.1f} s")
         print(f"  2 agents x {per} thread(s): {med['two_agents']:7.1f} s  trials per agent "
               f"{runs['two_agents'][0]['per_agent_trials']}")
-        print(f"  speed-up {speedup:.2f} at the same threads per agent (target >= 1.7); "
-              f"{vs_all:.2f} against one agent on all cores")
+        print(f"  speed-up {speedup:.2f} at the same threads per agent (target >= 1.8); "
+              f"{vs_all:.2f} against one agent on all cores; {with_up:.2f} with start-up counted "
+              f"({med_up['one_agent_same_threads']:.1f} s vs {med_up['two_agents']:.1f} s)")
 
         if not args.skip_hyperband:
             full_spec = write_spec(work / "full", RANDOM, args.hb_epochs, args.hb_trials)
@@ -290,6 +301,7 @@ def with_summary(report: dict[str, Any]) -> dict[str, Any]:
     par, hb = report.get("parallel") or {}, report.get("hyperband") or {}
     summary = {
         "speedup_two_agents": par.get("speedup"), "speedup_target": par.get("target"), "speedup_met": par.get("met"),
+        "speedup_with_startup": par.get("speedup_with_startup"),
         "hyperband_epochs_ratio": hb.get("epochs_ratio"), "hyperband_best_gap": hb.get("best_gap"),
         "hyperband_met": hb.get("met"),
     }  # fmt: skip
