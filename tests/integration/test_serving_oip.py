@@ -152,6 +152,26 @@ def test_bad_v2_payloads_get_4xx_in_the_v2_error_format(servers, body, status, s
     assert code == status and set(answer) == {"error"} and says in answer["error"], answer
 
 
+def test_an_oversized_body_is_read_and_dropped_so_the_client_gets_its_413(servers):
+    """A client that writes its whole body before it reads (urllib) gets the answer every time, not a broken
+    pipe; a chunked body over the limit gets the same answer."""
+    import http.client
+
+    rows = 200_000  # 8 MB: far more than the socket buffers, so the client is still writing when refused
+    big = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 8], "data": [0.5] * rows * 8}]})
+    for _ in range(5):
+        code, answer = post(servers["toy"], big.encode())
+        assert code == 413 and "bytes" in answer["error"], answer
+    host, port = servers["toy"]["http"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (big[i : i + 65536].encode() for i in range(0, len(big), 65536))
+    conn.request("POST", f"/v2/models/{servers['toy']['name']}/infer", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})  # fmt: skip
+    answer = conn.getresponse()
+    assert answer.status == 413 and "bytes" in json.loads(answer.read())["error"]
+    conn.close()
+
+
 def test_an_unknown_model_is_404_in_the_v2_error_format(servers):
     code, answer = post(servers["toy"], {"inputs": []}, path="nope")
     assert code == 404 and answer == {"error": "Model nope not found"}

@@ -67,9 +67,15 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "the request does not follow the V2 inference protocol: " + "; ".join(parts)
 
 
+#: a refused body up to this size is read and dropped (never kept) before the 413 goes out, so that a client
+#: that writes its whole body before it reads (urllib, requests) gets the answer, not a broken pipe
+DRAIN_BYTES = 64 * 1024 * 1024
+
+
 class BodyLimit:
-    """ASGI middleware: a request whose body is over ``limit`` bytes is answered 413 in the V2 format,
-    from its Content-Length before reading it, or as soon as a chunked body passes the limit."""
+    """ASGI middleware: a request whose body is over ``limit`` bytes is answered 413 in the V2 format, known
+    from its Content-Length, or as soon as a chunked body passes the limit. The app never sees the body;
+    the rest of it is read and dropped first, up to :data:`DRAIN_BYTES` (past that the connection is cut)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -79,6 +85,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            if int(length) <= DRAIN_BYTES:
+                await _drain(receive, 0)
             return await self._refuse(send, int(length))
         if length is not None:
             return await self.app(scope, receive, send)
@@ -92,6 +100,8 @@ class BodyLimit:
             seen += len(chunks[-1])
             more = message.get("more_body", False)
             if seen > self.limit:
+                if more:
+                    await _drain(receive, seen)
                 return await self._refuse(send, seen)
         body, sent = b"".join(chunks), False
 
@@ -109,6 +119,15 @@ class BodyLimit:
                                               "are accepted: send fewer rows per request")  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive, seen: int) -> None:
+    """Read and drop the rest of a refused body, up to :data:`DRAIN_BYTES` in all."""
+    while seen <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        seen += len(message.get("body", b""))
 
 
 def extend(max_body_bytes: int) -> bool:
