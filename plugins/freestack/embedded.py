@@ -168,10 +168,11 @@ def standalone_files(env: dict[str, str]) -> tuple[Path, Path, Path]:
     )
 
 
-def healthy(url: str) -> bool:
-    """Whether the Airflow API server at ``url`` answers its health check."""
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether the Airflow API server at ``url`` answers its health check within ``timeout`` seconds (a
+    server that is down refuses the connection at once, whatever the timeout)."""
     try:
-        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2) as r:
+        with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=timeout) as r:
             return r.status == 200
     except OSError:
         return False

@@ -37,6 +37,9 @@ FINISHED = ("success", "failed")
 CLOSE_GRACE_S = 60.0
 POLL_SECONDS = 2.0
 BUSY_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between tries while Airflow answers 503 (SQLite locked)
+#: how long the health check may take before Airflow counts as not answering: on SQLite it waits while the
+#: scheduler writes (a backfill just finished, on a busy machine, took over 2 s); a stopped one refuses at once
+HEALTH_TIMEOUT_S = 60.0
 
 
 class Dag(StrEnum):
@@ -59,7 +62,7 @@ class Airflow:
         env = airflow_env()
         self.api = AirflowAPI(env)
         self.url = self.api.url
-        if not healthy(self.url):
+        if not healthy(self.url, timeout=HEALTH_TIMEOUT_S):
             raise CliError(
                 f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -27,8 +28,9 @@ class FakeAirflow:
     """The state behind the fake API: one DAG, its runs, at most one backfill."""
 
     def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0,
-                 locked: int = 0, next_run: str | None = None):  # fmt: skip
+                 locked: int = 0, next_run: str | None = None, slow_health: float = 0.0):  # fmt: skip
         self.days, self.paused, self.fail = days, paused, fail
+        self.slow_health = slow_health  # seconds the health check takes (SQLite locked by the scheduler)
         self.next_run = (
             next_run  # the interval the scheduler would start on unpause (due: its end has passed)
         )
@@ -44,6 +46,7 @@ class FakeAirflow:
         self.calls.append((method, path, body))
         url = urlparse(path)
         if url.path == "/api/v2/monitor/health":
+            time.sleep(self.slow_health)
             return 200, {"metadatabase": {"status": "healthy"}}
         if url.path == "/auth/token":
             ok = body == {"username": "admin", "password": PASSWORD}
@@ -219,6 +222,26 @@ def test_a_locked_database_is_waited_out_then_reported(fake_airflow, monkeypatch
         and "try again" in err
         and api.backfill is None
     )
+
+
+def test_a_slow_health_check_is_waited_for_not_taken_for_a_stopped_airflow(fake_airflow, capsys):
+    """Right after a backfill the scheduler holds SQLite and the health check answers late (CI saw over 2 s):
+    the next command waits for it instead of saying Airflow is not reachable."""
+    fake_airflow(DAYS, slow_health=3.0)
+    assert main(ARGV) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "backfill 1 of digits_ingest: 5 runs succeeded"
+
+
+def test_a_stopped_airflow_is_one_line_that_says_how_to_start_it(fake_airflow, monkeypatch, capsys):
+    import socket
+
+    fake_airflow(DAYS)
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{s.getsockname()[1]}")
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Airflow is not reachable" in err and "make up" in err, err
 
 
 def test_failed_runs_are_one_error_line(fake_airflow, capsys):
