@@ -127,9 +127,8 @@ def test_an_agent_reads_the_window_once_at_start_and_its_trials_share_it(lake, m
     reads = []
     real = train_core.load_window
     monkeypatch.setattr(train_core, "load_window", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
-    spec = load_spec(lake["specs"] / "digits.yaml").model_copy(
-        update={"sweep": load_spec(lake["specs"] / "digits.yaml").sweep.model_copy(update={"run_cap": 2})}
-    )
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"run_cap": 2})})
     sweep = create_sweep(spec, "sweep-warm", {"end_ds": "2026-11-05", "epochs": 1}, agents=1)
     runner = make_trial_runner(spec, sweep)
     assert reads == ["2026-11-05"]  # read at start-up, before any trial is leased

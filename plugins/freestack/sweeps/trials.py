@@ -25,12 +25,10 @@ def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
     return join(sweep_dir(spec, sweep_id), "trials", tid)
 
 
-def make_trial_runner(
-    spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None, warm: bool = True
-) -> TrialRunner:
+def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
     """The function an agent calls per trial. The lake window is loaded (or spooled) once per agent, window
-    size and split; the agent's trials share it. ``warm`` loads the sweep's window and the trainer's lazy
-    imports now, at agent start-up, so that they are not paid inside the agent's first leased trial."""
+    size and split; the agent's trials share it. The sweep's window and the trainer's lazy imports load
+    now, at agent start-up, so that they are not paid inside the agent's first leased trial."""
     from freestack.storage import join
     from freestack.train.core import TrainingError, TrainRequest, effective_spec, load_window, train
 
@@ -38,12 +36,11 @@ def make_trial_runner(
     windows: dict[tuple, Any] = {}
 
     def window_for(req: TrainRequest):
-        t = effective_spec(spec, req).train
+        effective = effective_spec(spec, req)
+        t = effective.train
         key = (t.window_days, t.val_fraction, t.test_fraction, t.data.mode)  # what a loaded window depends on
         if key not in windows:
-            windows[key] = load_window(
-                effective_spec(spec, req), req.end_ds, t.window_days, request.get("window")
-            )
+            windows[key] = load_window(effective, req.end_ds, t.window_days, request.get("window"))
         return windows[key]
 
     def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
@@ -80,17 +77,14 @@ def make_trial_runner(
             "wandb": outcome.tracking,
         }
 
-    if warm:
-        from freestack.ml.loop import warm_up
+    from freestack.ml.loop import warm_up
 
-        warm_up()
-        base = TrainRequest(
-            end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window")
-        )
-        try:
-            window_for(base)
-        except TrainingError as exc:  # the first trial reads it again, and its trial.json says why it failed
-            log.warning("the sweep's window could not be read at agent start: %s", exc)
+    warm_up()
+    base = TrainRequest(end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window"))
+    try:
+        window_for(base)
+    except TrainingError as exc:  # the first trial reads it again, and its trial.json says why it failed
+        log.warning("the sweep's window could not be read at agent start: %s", exc)
     return run
 
 
