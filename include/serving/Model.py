@@ -228,6 +228,11 @@ class Model(ServedModel):
         RAW_KINDS.clear()
         RAW_KINDS.update({"strData"} if kinds == ["text"] else {"binData"} if kinds == ["image"] else set())
 
+    def message_problem(self, body: Any) -> str | None:
+        """What the envelope check refuses in ``body`` (a parsed Seldon message), or None: how the model
+        server's prediction lane (:mod:`freestack.serving.server.lane`) asks before it answers without Flask."""
+        return envelope_problem(body)
+
     # -- Seldon's hooks -------------------------------------------------------------------------------
     def class_names(self) -> list[str]:
         return self.output_names

@@ -95,6 +95,23 @@ def test_served_predictions_equal_in_process(served):
     assert meta["inputs"][0]["schema"]["names"] == [f"f{i}" for i in range(N_FEATURES)]
 
 
+def test_prediction_lane_and_app_answer_alike_over_http(served):
+    """A plain request (answered by the worker's prediction lane) and the same request with a query string
+    (which goes through Seldon's app) get the same status, headers and bytes."""
+    host, port = served["record"]["url"].split("//", 1)[1].split(":")
+    body = json.dumps({"data": {"ndarray": [[0.5] * N_FEATURES]}, "meta": {"puid": "1a2e" * 8}}).encode()  # a request id like the server's
+    answers = []
+    for path in ("/api/v1.0/predictions", "/api/v1.0/predictions?via=app"):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        headers = {k: v for k, v in resp.getheaders() if k != "Date"}
+        answers.append((resp.status, headers, resp.read()))
+        conn.close()
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200 and answers[0][1]["Connection"] == "keep-alive"
+
+
 def _malformed(n: int) -> list[tuple[str, bytes, str | None]]:
     good_row = [0.5] * n
     J = "application/json"  # noqa: N806

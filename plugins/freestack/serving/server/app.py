@@ -38,7 +38,11 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
   (a 130-170 ms stall of the worker each time);
 - three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON provider is
   backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`); config
-  ``lighter_app: false`` turns them off.
+  ``lighter_app: false`` turns them off;
+- with the freestack worker, a plain prediction request (a JSON message the guard and the model
+  accept, no query string, no CORS) is answered by the worker through Seldon's own ``predict``,
+  without the WSGI environ and Flask (:mod:`freestack.serving.server.lane`); config
+  ``predict_lane: false`` turns it off, and everything else goes through the app as before.
 
 The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
 """
@@ -138,14 +142,20 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
     from freestack.serving.server import guard
 
     takes_raw = getattr(user_object, "takes_raw_values", None)  # freestack's Model: category/text/image inputs
-    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (),
-                  raw_values=bool(takes_raw()) if callable(takes_raw) else False)  # fmt: skip
+    raw_values = bool(takes_raw()) if callable(takes_raw) else False
+    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
     if cfg.get("lighter_app", True):
         from freestack.serving.server.tuning import faster_json, lighter_flask
 
         lighter_flask(app)
         faster_json(app)
-    options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit)
+    lane = None
+    if cfg.get("predict_lane", True) and cfg.get("worker_class") == "freestack":
+        from freestack.serving.server.lane import PredictLane
+
+        lane = PredictLane.for_model(user_object, seldon_metrics, app, raw_values=raw_values)
+    options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit,
+                                lane=lane)  # fmt: skip
     address = cfg.get("address") or {}
     shared = f", and on the deployment's address {host}:{address['port']}" if address_fd is not None else ""
     log.info("serving %s %s on http://%s:%s/%s (metrics on %s)", cfg.get("model"), cfg.get("version"), host,
@@ -209,7 +219,7 @@ def _binds(cfg: dict[str, Any], host: str, address_fd: int | None) -> list[str]:
 
 
 def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, post_worker_init,
-                      worker_exit) -> dict[str, Any]:  # fmt: skip
+                      worker_exit, lane=None) -> dict[str, Any]:  # fmt: skip
     """gunicorn's options from the server config (the pipeline spec's ``deploy.local`` block)."""
     from functools import partial
 
@@ -221,7 +231,7 @@ def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, pos
 
         address = cfg.get("address") or {}
         gate = (address["gate"], int(address["port"])) if address.get("gate") else None
-        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body())
+        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body(), lane=lane)
     elif worker_class in ("sync", "gthread"):
         from freestack.serving.server.worker import gunicorn_class
 

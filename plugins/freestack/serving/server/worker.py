@@ -29,6 +29,11 @@ sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long r
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
 slot. The response's status line, headers and body go out in one ``sendall``.
 
+A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.lane`, set by
+:func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
+parsed request to the lane, which answers it through Seldon's own ``predict`` without building the WSGI
+environ or running Flask; every other request, and one the lane passes on, goes to the app.
+
 The deployment's stable address (:mod:`freestack.serving.server.address`) is a listening socket the
 worker holds from the start but accepts on only once the deploy opened the server's gate (the gate
 file exists; checked every TICK): then it writes its pid into that file, which is how the deploy
@@ -55,6 +60,7 @@ import socket
 import time
 from datetime import datetime
 from multiprocessing import Lock, RawArray
+from typing import Any
 
 from gunicorn import http, util
 from gunicorn.http import wsgi
@@ -190,6 +196,7 @@ class FreestackWorker(JsonErrors, base.Worker):
     table: SharedTable | None = None
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
+    lane: Any = None  # the prediction lane (freestack.serving.server.lane), from install; None: the app answers all
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -434,6 +441,10 @@ class FreestackWorker(JsonErrors, base.Worker):
             request_start = datetime.now() if self.access_log else None
             if any(name == "EXPECT" for name, _ in req.headers):  # the body is here: no 100 Continue now
                 req.headers = [h for h in req.headers if h[0] != "EXPECT"]
+            if self.lane is not None and request_start is None:
+                resp = self._lane(req, conn)
+                if resp is not None:
+                    return not resp.should_close()
             resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.settings)
             environ["wsgi.multithread"] = False
             self._count_request(resp)
@@ -466,6 +477,19 @@ class FreestackWorker(JsonErrors, base.Worker):
                 self.log.exception("Exception in post_request hook")
         return True
 
+    def _lane(self, req, conn: _Conn):
+        """Answer ``req`` by the prediction lane, if it takes it: gunicorn's response (its status line and
+        headers, keep-alive as for the app's answers), or None when the app is to answer."""
+        answer = self.lane.answer(req)
+        if answer is None:
+            return None
+        status, headers, body = answer
+        resp = wsgi.Response(req, conn.sock, self.settings)
+        self._count_request(resp)
+        resp.start_response(status, headers)
+        self._respond(resp, [body], _NO_FILES, conn)
+        return resp
+
     def _count_request(self, resp) -> None:
         """gunicorn's max_requests restart, and closing when the worker stops or keep-alive is off."""
         self.nr += 1
@@ -493,6 +517,9 @@ class FreestackWorker(JsonErrors, base.Worker):
             resp.sock = conn.sock
             if buffered.parts:
                 conn.sock.sendall(b"".join(buffered.parts))
+
+
+_NO_FILES = {"wsgi.file_wrapper": wsgi.FileWrapper}  # what _respond needs of an environ for a lane answer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -587,14 +614,15 @@ class ThreadWorker(JsonErrors, gthread.ThreadWorker):
 CLASSES = {"sync": SyncWorker, "gthread": ThreadWorker}
 
 
-def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY):
-    """In the arbiter, before the fork: give the worker class its shared table, the body limit and, for a
-    server behind a deployment's address, its gate (the gate file and the address's port). Returns
-    gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
+def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY, lane: Any = None):
+    """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
+    prediction lane (None: off) and, for a server behind a deployment's address, its gate (the gate file
+    and the address's port). Returns gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
     table = SharedTable(slots)
     FreestackWorker.table = table
     FreestackWorker.gate = gate
     FreestackWorker.max_body = max_body
+    FreestackWorker.lane = lane
 
     def child_exit(server, worker) -> None:
         table.free(worker.pid)

@@ -1,0 +1,100 @@
+"""The prediction lane: Seldon's predict for the everyday request, answered by the worker without the
+WSGI environ, Flask and its hooks. Runs in the serving environment.
+
+A request takes the lane when it is a ``POST`` to a predict path with no query string, a JSON body
+(``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays the guard's), its
+message passes the guard's checks (:func:`freestack.serving.server.guard.body_problem`) and the
+model's own (``message_problem``, which freestack's Seldon model has). The lane then calls what
+Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with the same model and
+metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
+answer as the app's orjson provider does (:func:`freestack.serving.server.tuning.faster_json`).
+
+Anything else, and any request the model refuses (a :class:`SeldonMicroserviceException`, raised before
+the model logs anything), goes the whole way through the guard and Seldon's app, which answers it as
+it always has. The lane keeps one worker's CPU per request near the bare server's (``bench/serve``);
+config ``predict_lane: false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from freestack.serving.server.guard import body_problem, parse_json
+
+log = logging.getLogger("freestack.serving")
+
+PREDICT_PATHS = frozenset(("/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"))
+#: what Seldon's app sends with a JSON answer (Flask's ``jsonify``), before gunicorn's own headers
+JSON_HEADERS = (("Content-Type", "application/json"),)
+
+
+class PredictLane:
+    """Seldon's predict for ``user_model`` with ``seldon_metrics``, for the requests described above."""
+
+    def __init__(self, user_model: Any, seldon_metrics: Any, *, raw_values: bool, json_dumps):
+        self.model, self.metrics, self.raw_values = user_model, seldon_metrics, raw_values
+        self.model_problem = user_model.message_problem
+        self.json_dumps = json_dumps  # the app's JSON provider: what orjson cannot write
+
+    @classmethod
+    def for_model(cls, user_model: Any, seldon_metrics: Any, flask_app, *, raw_values: bool) -> PredictLane | None:
+        """The lane for a model class that checks its own messages (freestack's); None for any other."""
+        if not callable(getattr(user_model, "message_problem", None)):
+            log.info("the prediction lane is off: %s has no message_problem()", type(user_model).__name__)
+            return None
+        return cls(user_model, seldon_metrics, raw_values=raw_values, json_dumps=flask_app.json.dumps)
+
+    def answer(self, req) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """(status line, headers, body) for gunicorn's parsed ``req``, or None: the app answers it."""
+        message = self._message(req)
+        if message is None:
+            return None
+        from seldon_core.flask_utils import SeldonMicroserviceException
+        from seldon_core.seldon_methods import predict
+
+        try:
+            response = predict(self.model, message, self.metrics)
+        except SeldonMicroserviceException:
+            return None  # refused before anything was logged: the app answers it in its own words
+        status = 200
+        if isinstance(response, dict) and isinstance(response.get("status"), dict) and "code" in response["status"]:
+            status = int(response["status"]["code"])  # as Seldon's Predict view does
+        body = self._dumps(response)
+        return f"{status} {_phrase(status)}", [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
+
+    def _message(self, req) -> dict | None:
+        if req.method != "POST" or req.path not in PREDICT_PATHS or req.query:
+            return None
+        ctype = None
+        for name, value in req.headers:  # gunicorn upper-cases the names
+            if name == "CONTENT-TYPE":
+                ctype = value.split(";", 1)[0].strip().lower()
+            elif name == "ORIGIN" or name == "CONTENT-ENCODING" and value.strip().lower() != "identity":
+                return None
+        if ctype != "application/json":
+            return None
+        raw = req.body.getvalue()
+        message, problem = parse_json(raw) if raw else (None, "empty")
+        if problem is None:
+            problem = body_problem("message", message, raw, self.raw_values) or self.model_problem(message)
+        return None if problem is not None else message
+
+    def _dumps(self, response: Any) -> bytes:
+        import orjson
+
+        try:
+            return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # what orjson cannot write, Flask's provider writes (as the app would)
+            return (self.json_dumps(response) + "\n").encode()
+
+
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
+
+
+def _phrase(status: int) -> str:
+    return _PHRASES.get(status, "Unknown")
+
+
+__all__ = ["PREDICT_PATHS", "PredictLane"]

@@ -1,0 +1,66 @@
+"""Run in the serving environment by tests/integration/test_serving_lane.py:
+
+    python tests/serving_lane_check.py MODEL_URI CASES.json
+
+Builds what the model server builds for a Seldon model (freestack's Model, Seldon's REST app with the
+guard and the orjson provider, the buffered metrics) and the prediction lane over the same objects, then
+asks both each case of CASES.json (``{"name", "path", "query", "headers", "body"}``): the lane through
+``PredictLane.answer`` on a parsed request like gunicorn's, the app through Flask's test client. Prints
+one JSON object a case: the lane's answer (or null: passed on to the app) and the app's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Request:
+    """What the lane reads of gunicorn's parsed request."""
+
+    def __init__(self, case: dict):
+        self.method, self.path, self.query = case.get("method", "POST"), case["path"], case.get("query", "")
+        self.headers = [(k.upper(), v) for k, v in case.get("headers", {}).items()]
+        self.body = io.BytesIO(case["body"].encode())
+
+
+def main(model_uri: str, cases_file: str) -> None:
+    os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
+    sys.path.insert(0, str(ROOT / "include" / "serving"))
+    from Model import Model
+    from seldon_core import wrapper
+
+    from freestack.serving.server import guard
+    from freestack.serving.server.lane import PredictLane
+    from freestack.serving.server.metrics import BufferedSeldonMetrics
+    from freestack.serving.server.tuning import faster_json, lighter_flask
+
+    model = Model(model_uri=model_uri)
+    model.load()
+    metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
+    app = wrapper.get_rest_microservice(model, metrics)
+    guard.install(app, max_body=1 << 20)
+    lighter_flask(app)
+    faster_json(app)
+    lane = PredictLane.for_model(model, metrics, app, raw_values=False)
+    client = app.test_client()
+    for case in json.loads(Path(cases_file).read_text()):
+        answer = lane.answer(Request(case))
+        url = case["path"] + (f"?{case['query']}" if case.get("query") else "")
+        resp = client.open(url, method=case.get("method", "POST"), data=case["body"].encode(),
+                           headers=case.get("headers", {}))  # fmt: skip
+        out = {"name": case["name"], "app": {"status": resp.status_code, "body": resp.get_data(as_text=True),
+                                             "content_type": resp.headers.get("Content-Type")}}  # fmt: skip
+        if answer is not None:
+            status, headers, body = answer
+            out["lane"] = {"status": status, "headers": headers, "body": body.decode()}
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
