@@ -12,9 +12,13 @@ same backing store, in the same run.
      - ``service_http``:  the service over plain HTTP the way Algorithmia's client talks to it:
                           upload = ``requests.put(url, data=<open file>)`` (what ``putFile`` sends),
                           download = ``requests.get(url, stream=True)`` read in 1 MiB chunks.
-     - ``service_datafs``: data:// through the service (a connection whose root is the service URL):
-                          the same ``atomic_write`` / ``open("rb")`` calls as ``direct``, which become one
-                          streamed PUT and 8 MiB ranged GETs.
+     - ``service_datafs``: data:// through the service (a connection whose root is the service URL), as
+                          a task on the service's host does it: the same ``atomic_write`` / ``open("rb")``
+                          calls as ``direct``; the upload is one streamed PUT, the download a local read
+                          (the service checks key and ACL and hands over a descriptor on its Unix socket,
+                          freestack.dataapi.local), read in 8 MiB blocks.
+     - ``service_datafs_http``: the same with local reads off (connection extra ``"local_reads": false``,
+                          or a client on another host): the download is 8 MiB ranged GETs.
      - ``bare_http``:     the ceiling of HTTP here: ``bench/data_api/bare.py``, a bare file server on
                           the same folder (``os.sendfile`` for GET; PUT = temporary file, fsync,
                           rename), no authentication or ACL, asked by the same client as ``service_http``.
@@ -22,8 +26,10 @@ same backing store, in the same run.
    ratio is the cost of HTTP, authentication, the ACL check and the extra copies.
 3. MB/s = bytes / 10^6 / wall seconds of the call (the upload includes the fsync and the service's
    answer; the download ends when the last byte is read). Medians per mode; ``ratio`` =
-   service / direct. The server's peak RSS (VmHWM) is recorded too. Writes a JSON report (machine,
-   params, raw samples, summary) and prints a table.
+   service / direct. The target is a ``service_datafs`` download of at least TARGET_DOWNLOAD_RATIO x
+   ``direct`` at every size; the summary says per size whether it is met, and the report records
+   whether ``service_datafs`` really read locally (``local_reads``). The server's peak RSS (VmHWM) is
+   recorded too. Writes a JSON report (machine, params, raw samples, summary) and prints a table.
 
 Client and server share the machine (2 cores in CI): the client runs in this process, the service in
 its own, and the direct baseline uses only this process.
@@ -46,7 +52,9 @@ from typing import Any
 from bench.common import free_port, host, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-MODES = ("direct", "service_http", "service_datafs", "bare_http")
+MODES = ("direct", "service_http", "service_datafs", "service_datafs_http", "bare_http")
+DATAFS_MODES = ("service_datafs", "service_datafs_http")
+TARGET_DOWNLOAD_RATIO = 0.5  # service_datafs download / direct download, at every size
 SIZES_MIB = (1, 256)
 DEFAULT_REPEATS = {1: 30, 256: 5}
 BLOCK = 8 * 1024 * 1024
@@ -132,7 +140,7 @@ def _proc_status(pid: int, field: str) -> int | None:
 
 
 class Contenders:
-    """The three ways to move a payload, set up once."""
+    """The ways to move a payload, set up once."""
 
     def __init__(self, url: str, key: str, root: Path, bare_url: str | None = None):
         import requests
@@ -146,7 +154,11 @@ class Contenders:
         self.session.trust_env = False
         self.headers = {"Authorization": f"Simple {key}", "Accept-Encoding": "identity"}
         self.direct = DataFileSystem(path=str(root), fs=_local_fs(), owner=USER)
-        self.remote = DataFileSystem(path="", fs=DataApiHttpFileSystem(url, api_key=key), owner=None, check_acl=False)
+        self.remote = {
+            mode: DataFileSystem(path="", fs=DataApiHttpFileSystem(url, api_key=key, local_reads=local),
+                                 owner=None, check_acl=False)
+            for mode, local in (("service_datafs", True), ("service_datafs_http", False))
+        }  # fmt: skip
 
     def _target(self, fs, name: str):
         from freestack.storage.datafs import _Target
@@ -166,7 +178,7 @@ class Contenders:
             return payload.stat().st_size
         from freestack.storage.objects import atomic_write
 
-        fs = self.direct if mode == "direct" else self.remote
+        fs = self.direct if mode == "direct" else self.remote[mode]
         with open(payload, "rb") as f, atomic_write(self._target(fs, name)) as w:
             while block := f.read(BLOCK):
                 w.write(block)
@@ -180,11 +192,17 @@ class Contenders:
                 for chunk in r.iter_content(1024 * 1024):
                     n += len(chunk)
             return n
-        fs = self.direct if mode == "direct" else self.remote
+        fs = self.direct if mode == "direct" else self.remote[mode]
         with fs.open(f".my/{COLLECTION}/{name}", "rb") as f:
             while block := f.read(BLOCK):
                 n += len(block)
         return n
+
+
+    def local_reads(self) -> dict[str, Any]:
+        """Whether ``service_datafs`` read through the service's socket, and how often."""
+        local = self.remote["service_datafs"].fs.local_reads
+        return {"active": local.active, "opened": local.opened, "off_reason": local.off_reason}
 
 
 def _local_fs():
@@ -236,7 +254,7 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             row[mode] = {"upload_mb_s": _median(ss, "upload_mb_s"), "download_mb_s": _median(ss, "download_mb_s"),
                          "errors": sum(1 for s in ss if "error" in s)}
         base = row.get("direct", {})
-        for mode in ("service_http", "service_datafs", "bare_http"):
+        for mode in MODES[1:]:
             if mode in row and base.get("upload_mb_s") and row[mode]["upload_mb_s"]:
                 row[mode]["upload_ratio"] = round(row[mode]["upload_mb_s"] / base["upload_mb_s"], 3)
             if mode in row and base.get("download_mb_s") and row[mode]["download_mb_s"]:
@@ -246,6 +264,9 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             # how much of the distance to a direct read is the service's, not HTTP's
             row["service_http"]["download_vs_bare_http"] = round(row["service_http"]["download_mb_s"] / bare["download_mb_s"], 3)
             row["service_http"]["upload_vs_bare_http"] = round(row["service_http"]["upload_mb_s"] / bare["upload_mb_s"], 3)
+        ratio = row.get("service_datafs", {}).get("download_ratio")
+        row["target"] = {"service_datafs_download_ratio": TARGET_DOWNLOAD_RATIO,
+                         "met": None if ratio is None else ratio >= TARGET_DOWNLOAD_RATIO}  # fmt: skip
         out[size] = row
     return out
 
@@ -259,7 +280,7 @@ def machine() -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"\nData API benchmark ({report['machine']['cores']} cores): MB/s, median")
-    print(f"{'object':>8} {'mode':<16} {'upload':>10} {'download':>10} {'up ratio':>9} {'down ratio':>11}")
+    print(f"{'object':>8} {'mode':<20} {'upload':>10} {'download':>10} {'up ratio':>9} {'down ratio':>11}")
     for size, row in report["summary"].items():
         if size == "statistic":
             continue
@@ -268,9 +289,16 @@ def print_table(report: dict[str, Any]) -> None:
                 continue
             r = row[mode]
             print(
-                f"{size:>8} {mode:<16} {r['upload_mb_s'] or 0:>10.1f} {r['download_mb_s'] or 0:>10.1f} "
+                f"{size:>8} {mode:<20} {r['upload_mb_s'] or 0:>10.1f} {r['download_mb_s'] or 0:>10.1f} "
                 f"{r.get('upload_ratio', '') or '':>9} {r.get('download_ratio', '') or '':>11}"
             )
+        met = row["target"]["met"]
+        verdict = "not measured" if met is None else ("met" if met else "NOT met")
+        print(f"{size:>8} target: service_datafs download >= {TARGET_DOWNLOAD_RATIO}x direct: {verdict}")
+    local = report.get("local_reads")
+    if local:
+        state = f"on ({local['opened']} reads)" if local["active"] else f"off: {local['off_reason']}"
+        print(f"service_datafs local reads: {state}")
     print(f"service peak RSS: {report['server']['peak_rss_mib']} MiB (idle {report['server']['idle_rss_mib']} MiB)")
 
 
@@ -326,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             samples[label] = {m: [] for m in modes}
             print(f"{label}: {repeats[size_mib]} repeat(s) of {', '.join(modes)}", flush=True)
             c.upload("direct", payload, f"warmup-{label}")  # page cache and connections warm for everyone
-            c.download("service_http", f"warmup-{label}")
+            for mode in ("service_http", *(m for m in DATAFS_MODES if m in modes)):
+                c.download(mode, f"warmup-{label}")
             for r in range(repeats[size_mib]):
                 for mode in modes:
                     s = measure(c, mode, payload, size, f"obj-{label}")
@@ -353,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "samples": samples,
             "summary": summarise(samples),
+            "local_reads": c.local_reads(),
             "server": {
                 "idle_rss_mib": round(idle / 1024, 1) if idle else None,
                 "peak_rss_mib": round(peak / 1024, 1) if peak else None,

@@ -26,15 +26,18 @@ def test_data_api_benchmark_tiny_run(tmp_path):
     report = json.loads(out.read_text())
     assert report["name"] == "data_api"
     assert report["machine"]["cores"] >= 1 and report["params"]["sizes_mib"] == [1, 2]
-    modes = ("direct", "service_http", "service_datafs", "bare_http")
+    modes = ("direct", "service_http", "service_datafs", "service_datafs_http", "bare_http")
     for size in ("1MiB", "2MiB"):
         for mode in modes:
             samples = report["samples"][size][mode]
             assert len(samples) == 2 and all("error" not in s for s in samples), samples
             assert all(s["upload_mb_s"] > 0 and s["download_mb_s"] > 0 for s in samples)
         row = report["summary"][size]
-        for mode in ("service_http", "service_datafs", "bare_http"):
+        for mode in modes[1:]:
             assert row[mode]["upload_ratio"] > 0 and row[mode]["download_ratio"] > 0
         assert row["service_http"]["download_vs_bare_http"] > 0  # the service against HTTP's own ceiling
+        assert row["target"]["service_datafs_download_ratio"] == 0.5 and isinstance(row["target"]["met"], bool)
+    # service_datafs read through the service's socket: a warm-up and two samples per size
+    assert report["local_reads"]["active"] and report["local_reads"]["opened"] == 6, report["local_reads"]
     assert report["server"]["peak_rss_mib"] > 0
-    assert "Data API benchmark" in proc.stdout
+    assert "Data API benchmark" in proc.stdout and "target: service_datafs download >= 0.5x direct" in proc.stdout

@@ -144,22 +144,23 @@ class DataApi:
 
 def start_service(
     workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, extra_args=(), root_uri: str | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, port: int | None = None,
 ) -> DataApi:
     """Start the service over ``workdir/data`` (or ``root_uri``, e.g. an S3 prefix, with ``env`` holding
-    its connection), with a key for each of ``users``."""
+    its connection) on ``port`` (default: a free one), with a key for each of ``users`` (new keys when
+    the keys file has them already)."""
     root = workdir / "data"
     root.mkdir(parents=True, exist_ok=True)
     keys_path = workdir / "keys.sqlite"
     log = workdir / "data-api.log"
-    port = free_port()
+    port = port or free_port()
     url = f"http://{HOST}:{port}"
     cmd = [
         str(BIN / "freestack"), "data-api", "--host", HOST, "--port", str(port),
         "--root", root_uri or root.as_uri(), "--keys", str(keys_path), "--page-size", str(page_size),
         "--log-level", "warning", *extra_args,
     ]
-    with open(log, "wb") as fh:
+    with open(log, "ab") as fh:
         proc = subprocess.Popen(
             cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home"), **(env or {})), start_new_session=True,

@@ -40,7 +40,9 @@ and may only read public collections. ``.my`` is the key's user. The access rule
 request for the caller over the backing store.
 
 freestack extensions: ``GET /v1/freestack/whoami``, ``GET /v1/freestack/health``, ``"write"`` lists in
-ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write this file?).
+ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write this file?). When
+``freestack data-api`` serves a local folder, health also names the Unix socket of its local reads
+(freestack.dataapi.local): same-host readers get a file descriptor instead of the bytes over HTTP.
 """
 
 from __future__ import annotations
@@ -116,6 +118,11 @@ class DataApiSettings:
     stale_tmp_age_s: float = DEFAULT_MAX_AGE_S
     #: how often the backing folder is swept for such leftovers (also once at start)
     tmp_sweep_interval_s: float = DEFAULT_INTERVAL_S
+    #: ``freestack data-api`` over a local folder also hands same-host readers a file descriptor over a
+    #: Unix socket (freestack.dataapi.local); the Airflow-hosted app never does
+    local_reads: bool = True
+    #: that socket's path (default ``data-api-<port>.sock`` beside the keys file, else a temporary folder)
+    local_reads_socket: str | None = None
 
 
 def resolve_root(explicit: str | None = None) -> str:
@@ -164,6 +171,8 @@ class _Service:
         self.sweeper: Any = None
         self._in_flight: set[str] = set()  # names of the temporaries this process's uploads are writing
         self._in_flight_lock = threading.Lock()
+        #: what health advertises while local reads are served: ``{"socket", "instance", "pid"}``
+        self.local_reads: dict[str, Any] | None = None
 
     def ensure(self) -> _Service:
         if self._ready:
@@ -386,30 +395,36 @@ def error_response(status: int, message: str, *, head: bool = False, headers: di
     return JSONResponse({"error": {"message": message}}, status_code=status, headers=out)
 
 
-def _exception_response(exc: BaseException, display: str, *, head: bool) -> Response:
+def api_error_of(exc: BaseException, display: str) -> ApiError:
+    """The status and message a failure on ``display`` is answered with (over HTTP and over local reads);
+    failures that are not the caller's are logged."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.message, head=head, headers=exc.headers)
+        return exc
     if isinstance(exc, AccessDenied):
-        return error_response(401 if exc.anonymous else 403, str(exc), head=head)
+        return ApiError(401 if exc.anonymous else 403, str(exc))
     if isinstance(exc, UnsafePathError | AclError):
-        return error_response(400, str(exc), head=head)
+        return ApiError(400, str(exc))
     if isinstance(exc, FileNotFoundError):
-        return error_response(404, f"{display} does not exist", head=head)
+        return ApiError(404, f"{display} does not exist")
     if isinstance(exc, FileExistsError):
-        return error_response(409, f"{display} already exists", head=head)
+        return ApiError(409, f"{display} already exists")
     if isinstance(exc, IsADirectoryError):
-        return error_response(409, f"{display} is a directory", head=head)
+        return ApiError(409, f"{display} is a directory")
     if isinstance(exc, NotADirectoryError):
-        return error_response(409, f"{display}: a file is in the way (a path segment is a file)", head=head)
+        return ApiError(409, f"{display}: a file is in the way (a path segment is a file)")
     if isinstance(exc, FreestackError):
-        return error_response(400, str(exc), head=head)
+        return ApiError(400, str(exc))
     log.error("Data API failure on %s", display, exc_info=exc)
     if isinstance(exc, OSError):
-        return error_response(
-            502, f"the storage behind the Data API failed on {display} ({type(exc).__name__}); see the service log",
-            head=head,
+        return ApiError(
+            502, f"the storage behind the Data API failed on {display} ({type(exc).__name__}); see the service log"
         )
-    return error_response(500, f"internal error on {display} ({type(exc).__name__}); see the service log", head=head)
+    return ApiError(500, f"internal error on {display} ({type(exc).__name__}); see the service log")
+
+
+def _exception_response(exc: BaseException, display: str, *, head: bool) -> Response:
+    err = api_error_of(exc, display)
+    return error_response(err.status, err.message, head=head, headers=err.headers)
 
 
 def _mtime(info: dict[str, Any]) -> datetime | None:
@@ -1039,7 +1054,10 @@ async def health(request: Request) -> Response:
         await _run(svc.ensure)
     except Exception as exc:
         return error_response(503, f"the Data API cannot serve: {exc}")
-    return JSONResponse({"status": "ok", "root": svc.root})
+    body: dict[str, Any] = {"status": "ok", "root": svc.root}
+    if svc.local_reads:
+        body["local_reads"] = svc.local_reads
+    return JSONResponse(body)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1100,4 +1118,7 @@ def create_app(settings: DataApiSettings | None = None) -> FastAPI:
 #: the app the freestack AirflowPlugin mounts in the Airflow API server (settings from the environment)
 data_api_app = create_app()
 
-__all__ = ["ApiError", "DataApiSettings", "HeaderLimit", "create_app", "data_api_app", "resolve_root"]
+__all__ = [
+    "ApiError", "DataApiSettings", "HeaderLimit", "api_error_of", "create_app", "data_api_app", "parse_data_path",
+    "resolve_root",
+]
