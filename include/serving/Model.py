@@ -40,11 +40,11 @@ from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
 from freestack.serving.server.core import PayloadError, ServedModel
+from freestack.serving.server.lane import PREDICT_PATHS
 from freestack.settings import settings
 
 log = logging.getLogger(__name__)
 
-PREDICT_PATHS = frozenset(("/predict", "/api/v1.0/predictions", "/api/v0.1/predictions"))
 MAX_BODY_BYTES = settings().max_body_bytes
 
 

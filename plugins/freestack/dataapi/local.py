@@ -47,10 +47,10 @@ from freestack.dataapi.app import (
 )
 from freestack.errors import FreestackError
 from freestack.storage.acl import READ
+from freestack.storage.localreads import SERVICE
 
 log = logging.getLogger("freestack.dataapi")
 
-SERVICE = "freestack-data-api"
 MAX_LINE = 64 * 1024  # one request, its newline included
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 300.0  # a connection quiet this long is closed (its client reconnects when it reads again)

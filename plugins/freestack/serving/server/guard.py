@@ -75,16 +75,17 @@ def error_body(info: str, reason: str) -> bytes:
 def error_response(status: int, reason: str, info: str) -> bytes:
     """A whole HTTP/1.1 answer for a worker to send before it closes the connection."""
     body = error_body(info, reason)
-    phrase = _phrase(status)
+    phrase = reason_phrase(status)
     return (f"HTTP/1.1 {status} {phrase}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> str:
+    """The status line's reason phrase for ``status`` ("Error" for a code HTTP does not name)."""
+    return _PHRASES.get(status, "Error")
 
 
 def protocol_error(exc: BaseException) -> tuple[int, str, str]:
@@ -657,7 +658,7 @@ def _first(params: dict[bytes, list[bytes]]) -> str | None:
 
 def _refuse(start_response, status: int, reason: str, info: str, extra: list | None = None):
     body = error_body(info, reason)
-    start_response(f"{status} {_phrase(status)}", [("Content-Type", "application/json"),
+    start_response(f"{status} {reason_phrase(status)}", [("Content-Type", "application/json"),
                                                    ("Content-Length", str(len(body))), *(extra or [])])  # fmt: skip
     return [body]
 
@@ -698,5 +699,5 @@ def _drop_flask_cors(app) -> None:
 
 __all__ = ["HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
            "check_origins", "chunks_end", "decode_chunked", "error_body", "error_response", "framing", "head_framing",
-           "install", "message_problem", "numbers_only", "parse_json", "protocol_error", "request_end",
+           "install", "message_problem", "numbers_only", "parse_json", "protocol_error", "reason_phrase", "request_end",
            "too_large"]  # fmt: skip

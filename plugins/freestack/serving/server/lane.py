@@ -18,10 +18,9 @@ config ``predict_lane: false`` turns it off.
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Any
 
-from freestack.serving.server.guard import body_problem, parse_json
+from freestack.serving.server.guard import body_problem, parse_json, reason_phrase
 
 log = logging.getLogger("freestack.serving")
 
@@ -62,7 +61,7 @@ class PredictLane:
         if isinstance(response, dict) and isinstance(response.get("status"), dict) and "code" in response["status"]:
             status = int(response["status"]["code"])  # as Seldon's Predict view does
         body = self._dumps(response)
-        return f"{status} {_phrase(status)}", [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
+        return f"{status} {reason_phrase(status)}", [*JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
     def _message(self, req) -> dict | None:
         if req.method != "POST" or req.path not in PREDICT_PATHS or req.query:
@@ -88,13 +87,6 @@ class PredictLane:
             return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:  # what orjson cannot write, Flask's provider writes (as the app would)
             return (self.json_dumps(response) + "\n").encode()
-
-
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}
-
-
-def _phrase(status: int) -> str:
-    return _PHRASES.get(status, "Unknown")
 
 
 __all__ = ["PREDICT_PATHS", "PredictLane"]
