@@ -240,6 +240,7 @@ def test_the_socket_protocol_refuses_garbage_and_goes_on(api):
         (b'["open"]\n', 400, "one JSON object a line"),
         (b'{"op": "delete", "path": "alice/x"}\n', 400, "unknown local-read op 'delete'"),
         (b'{"op": "open", "path": 7}\n', 400, '"path" must be a string'),
+        (b'{"op": "open", "path": "alice/x", "lease": 1}\n', 400, '"lease" must be true or false'),
         (b"[" * 5000 + b"\n", 400, "one JSON object a line"),
         (b"x" * (70 * 1024) + b"\n", 413, "over 64 KiB"),
         (b"y" * (100 * 1024), 413, "over 64 KiB"),  # no newline at all
@@ -307,11 +308,13 @@ def test_forked_children_and_threads_share_a_filesystem(api):
         for _ in range(5):
             assert list(pool.map(read, names)) == list(blobs.values())
     parent_channel = fs.fs.local_reads._channel
+    assert fs.fs.local_reads._leases  # the parent read under a lease on the collection
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child reads through its own connection, then reports
+    if pid == 0:  # the child holds none of the parent's leases: it reads through its own connection, then reports
         try:
-            ok = read(names[0]) == blobs["f0_bin"] and fs.fs.local_reads._channel.pid == os.getpid()
+            ok = not fs.fs.local_reads._leases
+            ok = ok and read(names[0]) == blobs["f0_bin"] and fs.fs.local_reads._channel.pid == os.getpid()
             os.write(w, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -325,7 +328,7 @@ def test_forked_children_and_threads_share_a_filesystem(api):
 def test_restart_reconnects_and_a_stale_socket_is_replaced(tmp_path):
     workdir = tmp_path / "svc"
     sock_path = tmp_path / "reads.sock"
-    args = ("--local-socket", str(sock_path))
+    args = ("--local-socket", str(sock_path), "--read-lease", "600")  # a lease outlives the restarts below
     first = start_service(workdir, extra_args=args)
     coll = seed(first, a_txt=b"before")
     fs = data_fs(first, "alice")
@@ -353,10 +356,17 @@ def test_restart_reconnects_and_a_stale_socket_is_replaced(tmp_path):
     third = start_service(workdir, extra_args=args, port=port)
     try:
         assert health(third)["local_reads"]["socket"] == str(sock_path)
-        http_fs(third, "alice", local=False).pipe_file(f"alice/{coll}/a.txt", b"after")
-        # the filesystem made before the restarts reconnects once (asking health anew) and reads locally
-        assert fs.cat_file(f".my/{coll}/a.txt") == b"after"
-        assert fs.fs.local_reads.active and fs.fs.local_reads.opened == 2
+        writer = http_fs(third, "alice", local=False)
+        writer.pipe_file(f"alice/{coll}/a.txt", b"after")
+        fresh = third.collection()
+        writer.makedirs(f"alice/{fresh}", exist_ok=True)
+        writer.pipe_file(f"alice/{fresh}/b.txt", b"new collection")
+        # the lease on the first collection still reads it (the same folder, the same ACL and keys)
+        assert fs.cat_file(f".my/{coll}/a.txt") == b"after" and fs.fs.local_reads.leased == 1
+        # one no lease covers: the filesystem made before the restarts reconnects once (asking health
+        # anew) and reads locally
+        assert fs.cat_file(f".my/{fresh}/b.txt") == b"new collection"
+        assert fs.fs.local_reads.active and fs.fs.local_reads.opened == 3 and fs.fs.local_reads.leased == 1
     finally:
         stop(third.proc)
     assert not sock_path.exists()
@@ -394,3 +404,173 @@ def test_an_impostor_on_the_socket_never_sees_a_key(api, tmp_path):
     thread.join(timeout=10)
     fake.close()
     assert heard in ([], [b""])  # nothing, let alone a key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# read leases: later opens in a collection without a round trip, ended at once by an ACL change or a revoked key
+
+
+def set_acl(api: DataApi, owner: str, coll: str, read: list[str]) -> None:
+    r = requests.patch(f"{api.url}/v1/data/{owner}/{coll}", headers=api.headers(owner), json={"acl": {"read": read}},
+                       timeout=10)  # fmt: skip
+    assert r.status_code == 200, r.text
+
+
+def read_while_the_service_is_stopped(api: DataApi, fs, path: str) -> bytes:
+    """``path`` read with the service's process stopped (SIGSTOP): only a read that asks it nothing ends."""
+    import threading
+
+    got: list[bytes] = []
+    os.kill(api.pid, 19)  # SIGSTOP
+    try:
+        reader = threading.Thread(target=lambda: got.append(fs.cat_file(path)), daemon=True)
+        reader.start()
+        reader.join(timeout=10)
+    finally:
+        os.kill(api.pid, 18)  # SIGCONT
+    assert got, f"reading {path} waited for the stopped service"
+    return got[0]
+
+
+def test_later_opens_in_a_collection_are_made_under_a_read_lease(api):
+    blobs = {f"f{i}_bin": os.urandom(1000 + i) for i in range(4)}
+    coll = seed(api, **blobs)
+    writer = http_fs(api, "alice", local=False)
+    writer.pipe_file(f"alice/{coll}/ds=2026-11-25/part.parquet", b"PAR1 nested")
+    writer.pipe_file(f"alice/{coll}/naïve.txt", b"not a plain name")
+    fs = data_fs(api, "alice")
+    local = fs.fs.local_reads
+    assert fs.cat_file(f".my/{coll}/f0.bin") == blobs["f0_bin"] and (local.opened, local.leased) == (1, 0)
+    for i in range(1, 4):
+        with fs.open(f".my/{coll}/f{i}.bin", "rb") as f:
+            assert isinstance(f, LocalReadFile) and f.read() == blobs[f"f{i}_bin"]
+    assert (local.opened, local.leased) == (4, 3)
+    # no round trip: the service can be stopped while a leased open is made
+    assert read_while_the_service_is_stopped(api, fs, f".my/{coll}/ds=2026-11-25/part.parquet") == b"PAR1 nested"
+    assert local.leased == 4
+
+    # a name a lease does not open plainly is the service's: it normalises and checks it, as for a GET
+    assert fs.cat_file(f".my/{coll}/naïve.txt") == b"not a plain name" and local.leased == 4
+    # a replaced object reads as its new version; what is not a plain file gets the answer HTTP gives
+    writer.pipe_file(f"alice/{coll}/f1.bin", b"replaced")
+    assert fs.cat_file(f".my/{coll}/f1.bin") == b"replaced" and local.leased == 5
+    http = data_fs(api, "alice", extra={"local_reads": False})
+    for name, kind in (("missing.bin", FileNotFoundError), ("ds=2026-11-25", IsADirectoryError),
+                       (".freestack-acl.json", Exception)):  # fmt: skip
+        got, want = _failure(fs, f".my/{coll}/{name}"), _failure(http, f".my/{coll}/{name}")
+        assert type(got) is type(want) and isinstance(got, kind) and str(got) == str(want), (name, got, want)
+    assert local.leased == 5
+    # another user's key needs a lease of its own: bob may not read alice's private collection
+    bob = data_fs(api, "bob")
+    assert isinstance(_failure(bob, f"alice/{coll}/f0.bin"), AccessDenied) and bob.fs.local_reads.leased == 0
+
+
+def test_an_acl_change_ends_a_read_lease_at_once(api):
+    coll = seed(api, a_txt=b"shared a", b_txt=b"shared b", c_txt=b"shared c")
+    set_acl(api, "alice", coll, ["user://bob"])
+    bob = data_fs(api, "bob")
+    assert bob.cat_file(f"alice/{coll}/a.txt") == b"shared a"
+    assert bob.cat_file(f"alice/{coll}/b.txt") == b"shared b" and bob.fs.local_reads.leased == 1
+    set_acl(api, "alice", coll, [])  # private again
+    got, want = _failure(bob, f"alice/{coll}/c.txt"), _failure(http_fs(api, "bob", local=False), f"alice/{coll}/c.txt")
+    assert isinstance(got, AccessDenied) and str(got) == str(want) and "may not read" in str(got)
+    assert bob.fs.local_reads.leased == 1 and not bob.fs.local_reads._leases
+    # shared again: a new lease, granted against the new ACL
+    set_acl(api, "alice", coll, ["user://bob"])
+    assert bob.cat_file(f"alice/{coll}/c.txt") == b"shared c"
+    assert bob.cat_file(f"alice/{coll}/a.txt") == b"shared a" and bob.fs.local_reads.leased == 2
+
+
+def test_a_revoked_key_ends_every_read_lease_at_once(api):
+    from freestack.dataapi.keys import KeyStore
+
+    coll = seed(api, a_txt=b"a", b_txt=b"b")
+    api.keys["alice-laptop"] = api.new_key("alice")
+    laptop, desk = data_fs(api, "alice-laptop"), data_fs(api, "alice")
+    for fs in (laptop, desk):
+        assert fs.cat_file(f".my/{coll}/a.txt") == b"a" and fs.cat_file(f".my/{coll}/b.txt") == b"b"
+        assert fs.fs.local_reads.leased == 1
+    KeyStore(api.keys_path).revoke(api.keys.pop("alice-laptop"))
+    got = _failure(laptop, f".my/{coll}/a.txt")
+    assert isinstance(got, AccessDenied) and "not valid" in str(got) and laptop.fs.local_reads.leased == 1
+    # every lease ended with it (leases do not say which key was revoked): the other key asks again, once
+    assert desk.cat_file(f".my/{coll}/a.txt") == b"a" and desk.fs.local_reads.leased == 1
+    assert desk.cat_file(f".my/{coll}/b.txt") == b"b" and desk.fs.local_reads.leased == 2
+
+
+def test_a_lease_ends_with_its_time_and_none_is_granted_when_switched_off(tmp_path):
+    short = start_service(tmp_path / "short", extra_args=("--read-lease", "0.5"))
+    try:
+        coll = seed(short, a_txt=b"a", b_txt=b"b")
+        fs = data_fs(short, "alice")
+        assert fs.cat_file(f".my/{coll}/a.txt") == b"a" and fs.cat_file(f".my/{coll}/b.txt") == b"b"
+        assert fs.fs.local_reads.leased == 1
+        time.sleep(0.6)
+        assert fs.cat_file(f".my/{coll}/a.txt") == b"a" and fs.fs.local_reads.leased == 1  # asked again
+        # the client's switch: every open asks the service
+        asks = data_fs(short, "alice", extra={"read_leases": False})
+        for _ in range(3):
+            assert asks.cat_file(f".my/{coll}/a.txt") == b"a"
+        assert (asks.fs.local_reads.opened, asks.fs.local_reads.leased) == (3, 0) and not asks.fs.local_reads._leases
+    finally:
+        stop(short.proc)
+    off = start_service(tmp_path / "off", extra_args=("--read-lease", "0"))
+    try:
+        coll = seed(off, a_txt=b"a")
+        fs = data_fs(off, "alice")
+        for _ in range(3):
+            assert fs.cat_file(f".my/{coll}/a.txt") == b"a"
+        assert (fs.fs.local_reads.opened, fs.fs.local_reads.leased) == (3, 0) and not fs.fs.local_reads._leases
+    finally:
+        stop(off.proc)
+
+
+def _peer_is_eligible(listener: socket.socket, *, uid: int | None = None, new_mounts: bool = False) -> bool:
+    """Whether the service would grant read leases to a forked peer connecting to ``listener`` as ``uid``
+    (and in a mount namespace of its own)."""
+    import ctypes
+
+    from freestack.dataapi.local import lease_eligible
+
+    path = listener.getsockname()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if new_mounts:
+                assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0  # CLONE_NEWNS
+            if uid is not None:
+                os.setuid(uid)
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.connect(path)
+            peer.recv(1)
+        finally:
+            os._exit(0)
+    conn, _ = listener.accept()
+    try:
+        return lease_eligible(conn)
+    finally:
+        conn.sendall(b"x")
+        conn.close()
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a peer of another OS user or mount namespace needs root to make")
+def test_leases_go_only_to_a_peer_that_could_open_the_files_itself():
+    """A lease lets its holder open a collection's files by name: only a process of the service's own OS
+    user, mount namespace and root gets one, as it could open them by their paths anyway."""
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="freestack-peer-")
+    os.chmod(folder, 0o755)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(os.path.join(folder, "s.sock"))
+        os.chmod(os.path.join(folder, "s.sock"), 0o777)
+        listener.listen(4)
+        assert _peer_is_eligible(listener) is True
+        assert _peer_is_eligible(listener, uid=65534) is False  # nobody
+        assert _peer_is_eligible(listener, new_mounts=True) is False
+    finally:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -88,6 +88,7 @@ MAX_PATH_BYTES = 1024  # a data path in UTF-8 (S3's limit for a key)
 MAX_JSON_DEPTH = 32  # nesting of a request's JSON body
 MAX_MARKER = 4096  # a listing marker's length (those handed out stay under 2,200)
 DEFAULT_PAGE_SIZE = 1000
+DEFAULT_READ_LEASE_S = 10.0  # how long a read lease of local reads lasts (freestack.dataapi.local)
 
 
 class ApiError(Exception):
@@ -123,6 +124,8 @@ class DataApiSettings:
     local_reads: bool = True
     #: that socket's path (default ``data-api-<port>.sock`` beside the keys file, else a temporary folder)
     local_reads_socket: str | None = None
+    #: how long a read lease lasts, in seconds (freestack.dataapi.local); 0: every open asks the service
+    read_lease_s: float = DEFAULT_READ_LEASE_S
 
 
 def resolve_root(explicit: str | None = None) -> str:

@@ -10,7 +10,8 @@ The protocol is newline-delimited JSON on a stream socket; a client keeps its co
 
 - on connect the service sends ``{"service": "freestack-data-api", "instance": <token>}`` (the token of
   health's advert), or an error line and closes when MAX_CONNECTIONS are open already;
-- a request is ``{"op": "open", "path": "<owner>/<collection>/<name>" (or ".my/..."), "key": <API key|null>}``;
+- a request is ``{"op": "open", "path": "<owner>/<collection>/<name>" (or ".my/..."), "key": <API key|null>}``,
+  with ``"lease": true`` when the client would take a read lease;
 - the answer is ``{"ok": true, "size": N, "mtime": <epoch s>}`` with the descriptor attached (SCM_RIGHTS),
   or ``{"ok": false, "status": 4xx|5xx, "message": ...}``: the status and message a GET gets.
 
@@ -19,6 +20,17 @@ collection's ACL (401/403, the check ``DataFileSystem.open`` makes), then the ob
 file (409). The descriptor is of the version opened: a replace afterwards (an atomic rename) does not
 change what it reads. The backing path is never sent. A line that is not JSON, an unknown op or a line over
 MAX_LINE bytes gets an error line, and the connection is closed.
+
+Read leases (as NFS read delegations and HDFS's short-circuit descriptor cache save the server a round
+trip): an open of an object that asks for one, from a peer that could open the backing folder's files
+by their paths itself (the same OS user, mount namespace and root: ``lease_eligible``), also gets
+``"lease": {"collection", "seconds", "acl", "revocations"}`` with two more descriptors: the collection's
+directory and the keys' revocations log (freestack.dataapi.keys). For ``seconds`` the client then opens
+plain names in that collection itself, relative to the directory, as long as the collection's ACL
+document has the stamp ``acl`` (null: none) the check was made against and the log still has
+``revocations`` bytes: an ACL change or a revoked key ends every lease at once. Both stamps are taken
+before the key and the ACL are checked, so a change during the check ends the lease too. Such a peer
+gains nothing the OS would not give it; a lease only saves the round trip.
 """
 
 from __future__ import annotations
@@ -33,10 +45,12 @@ import stat
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from freestack.dataapi.app import (
+    DEFAULT_READ_LEASE_S,
     ApiError,
     DataApiSettings,
     _authenticate,
@@ -46,8 +60,8 @@ from freestack.dataapi.app import (
     parse_data_path,
 )
 from freestack.errors import FreestackError
-from freestack.storage.acl import READ
-from freestack.storage.localreads import SERVICE
+from freestack.storage.acl import READ, acl_stamp
+from freestack.storage.localreads import SERVICE, peer_credentials
 
 log = logging.getLogger("freestack.dataapi")
 
@@ -107,16 +121,15 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return {"ok": False, "status": status, "message": message}
 
 
-def open_descriptor(svc: _Service, rel: str, key: str | None, display: str) -> tuple[int, os.stat_result]:
-    """The checks of a GET of ``rel`` for the holder of ``key``, then a read-only descriptor of the object
-    (the caller closes it) and its stat; ApiError, AccessDenied or OSError as a GET of it would fail.
+def open_descriptor(fs, rel: str, display: str) -> tuple[int, os.stat_result]:
+    """The checks of a GET of ``rel`` on ``fs`` (the caller's DataFileSystem: ``svc.fs_for(user)``), then a
+    read-only descriptor of the object (the caller closes it) and its stat; ApiError, AccessDenied or
+    OSError as a GET of it would fail.
 
     The ACL check is the one ``DataFileSystem.open(rel, "rb")`` makes (``local_path`` runs the same
     ``_full(path, READ)``), made before anything about the object is looked at, as a GET makes it; the
     object is then opened once, and what it is comes from that descriptor (no second lookup a replace
     could slip between)."""
-    user = _authenticate(svc, key)
-    fs = svc.fs_for(user)
     if _depth(rel) <= 1:  # the root and every owner's namespace (.my too): directories, whoever the owner is
         fs.check(fs.resolve(rel), READ)
         raise ApiError(409, f"{display} is a directory")
@@ -135,14 +148,81 @@ def open_descriptor(svc: _Service, rel: str, key: str | None, display: str) -> t
     return fd, st
 
 
+def lease_eligible(conn: socket.socket) -> bool:
+    """Whether the peer on ``conn`` could open the backing folder's files by their paths itself: it runs as
+    this service's OS user, in its mount namespace, under its root directory (Linux; elsewhere: no). Only
+    such a peer is granted read leases."""
+    creds = peer_credentials(conn)
+    if creds is None:
+        return False
+    pid, uid, _gid = creds
+    if pid <= 0 or uid != os.geteuid():
+        return False
+    try:
+        for theirs, ours in ((f"/proc/{pid}/ns/mnt", "/proc/self/ns/mnt"), (f"/proc/{pid}/root", "/")):
+            a, b = os.stat(theirs), os.stat(ours)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                return False
+    except OSError:  # not Linux, or the peer is gone or hidden: no lease
+        return False
+    return True
+
+
+@dataclass
+class PendingLease:
+    """A read lease on one collection, its stamps taken before the key and the ACL are checked."""
+
+    collection: str  # owner/collection
+    folder: str  # the collection's backing folder
+    acl: list[int] | None  # stamp of the collection's ACL document (None: it has none)
+    revocations_fd: int
+    revocations: int  # the revocations log's size
+
+    @classmethod
+    def stamp_revocations(cls, svc: _Service, held: list[int]) -> tuple[int, int] | None:
+        """The revocations log, opened (into ``held``), and its size, taken before the key is checked; None
+        when it cannot be opened (then no lease is granted)."""
+        try:
+            fd = svc.keys.open_revocations()
+        except OSError as exc:
+            log.warning("local reads: no read lease, the revocations log cannot be opened (%s)", exc)
+            return None
+        held.append(fd)
+        return fd, os.fstat(fd).st_size
+
+    @classmethod
+    def before_acl_check(cls, fs, rel: str, revocations: tuple[int, int]) -> PendingLease | None:
+        """The lease ``rel`` (an object inside a collection) would come under; None for anything else."""
+        resolved = fs.resolve(rel)
+        parts = resolved.split("/")
+        if len(parts) < 3:
+            return None
+        acl_doc = fs.fs._strip_protocol(fs.acls.path(parts[0], parts[1]))
+        stamp = acl_stamp(acl_doc)
+        return cls("/".join(parts[:2]), os.path.dirname(acl_doc), list(stamp) if stamp else None, *revocations)
+
+    def grant(self, seconds: float, held: list[int]) -> tuple[dict[str, Any], list[int]] | None:
+        """The lease's terms and descriptors (the collection's folder, opened into ``held``, and the
+        revocations log), sent once the object's checks have passed; None if the folder cannot be opened."""
+        try:
+            folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:  # removed meanwhile: the object is still answered, without a lease
+            return None
+        held.append(folder)
+        terms = {"collection": self.collection, "seconds": seconds, "acl": self.acl, "revocations": self.revocations}
+        return terms, [folder, self.revocations_fd]
+
+
 class LocalReadServer:
     """The Unix socket of local reads for one service: an accepting thread, one daemon thread per
     connection (at most ``max_connections``)."""
 
     def __init__(self, svc: _Service, path: str, *, owned_dir: str | None = None,
-                 max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT_S):  # fmt: skip
+                 max_connections: int = MAX_CONNECTIONS, idle_timeout: float = IDLE_TIMEOUT_S,
+                 read_lease_s: float = DEFAULT_READ_LEASE_S):  # fmt: skip
         self.svc = svc
         self.path = path
+        self.read_lease_s = read_lease_s
         self.owned_dir = owned_dir
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -234,13 +314,14 @@ class LocalReadServer:
         try:
             conn.settimeout(self.idle_timeout)
             conn.sendall(_line({"service": SERVICE, "instance": self.instance}))
+            leases = self.read_lease_s > 0 and lease_eligible(conn)
             for line in _requests(conn):
                 try:
-                    path, key = _parse(line)
+                    path, key, lease = _parse(line)
                 except ApiError as exc:
                     conn.sendall(_line(_error(exc.status, exc.message)))
                     return
-                self._answer(conn, path, key)
+                self._answer(conn, path, key, lease=lease and leases)
         except ApiError as exc:  # a line too long to be a request
             try:
                 conn.sendall(_line(_error(exc.status, exc.message)))
@@ -252,21 +333,40 @@ class LocalReadServer:
             conn.close()
             self._slots.release()
 
-    def _answer(self, conn: socket.socket, path: str, key: str | None) -> None:
+    def _answer(self, conn: socket.socket, path: str, key: str | None, *, lease: bool) -> None:
+        held: list[int] = []
+        try:
+            message, fds = self._open(path, key, lease, held)
+            if fds:
+                socket.send_fds(conn, [_line(message)], fds)
+            else:
+                conn.sendall(_line(message))
+        finally:
+            for fd in held:
+                os.close(fd)
+
+    def _open(self, path: str, key: str | None, lease: bool, held: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """The answer to an open and the descriptors to send with it (the object's first); every descriptor
+        opened is put in ``held``, for the caller to close once the answer is sent."""
         display = f"data://{path.strip('/')}"
         try:
             self.svc.ensure()
             rel = parse_data_path(path)
             display = f"data://{rel}"
-            fd, st = open_descriptor(self.svc, rel, key, display)
+            revocations = PendingLease.stamp_revocations(self.svc, held) if lease else None
+            fs = self.svc.fs_for(_authenticate(self.svc, key))
+            pending = PendingLease.before_acl_check(fs, rel, revocations) if revocations else None
+            fd, st = open_descriptor(fs, rel, display)
         except Exception as exc:  # every failure is an answer, as over HTTP
             err = api_error_of(exc, display)
-            conn.sendall(_line(_error(err.status, err.message)))
-            return
-        try:
-            socket.send_fds(conn, [_line({"ok": True, "size": st.st_size, "mtime": st.st_mtime})], [fd])
-        finally:
-            os.close(fd)
+            return _error(err.status, err.message), []
+        held.append(fd)
+        message: dict[str, Any] = {"ok": True, "size": st.st_size, "mtime": st.st_mtime}
+        granted = pending.grant(self.read_lease_s, held) if pending is not None else None
+        if granted is None:
+            return message, [fd]
+        message["lease"], more = granted
+        return message, [fd, *more]
 
 
 def _requests(conn: socket.socket) -> Iterator[bytes]:
@@ -288,8 +388,8 @@ def _requests(conn: socket.socket) -> Iterator[bytes]:
         buf += chunk
 
 
-def _parse(line: bytes) -> tuple[str, str | None]:
-    """``(path, key)`` of a request line; ApiError 400 naming what is wrong."""
+def _parse(line: bytes) -> tuple[str, str | None, bool]:
+    """``(path, key, lease)`` of a request line; ApiError 400 naming what is wrong."""
     try:
         request = json.loads(line)
     except (ValueError, RecursionError):
@@ -299,10 +399,12 @@ def _parse(line: bytes) -> tuple[str, str | None]:
     op = request.get("op")
     if op != "open":
         raise ApiError(400, f"unknown local-read op {_short(op)}; the only one is 'open': {REQUEST_FORM}")
-    path, key = request.get("path"), request.get("key")
+    path, key, lease = request.get("path"), request.get("key"), request.get("lease", False)
     if not isinstance(path, str) or not (key is None or isinstance(key, str)):
         raise ApiError(400, f'"path" must be a string and "key" a string or null: {REQUEST_FORM}')
-    return path, key
+    if not isinstance(lease, bool):
+        raise ApiError(400, f'"lease" must be true or false: {REQUEST_FORM}')
+    return path, key, lease
 
 
 def _short(value: Any) -> str:
@@ -327,7 +429,7 @@ def start_local_reads(svc: _Service, settings: DataApiSettings, port: int) -> Lo
     explicit = settings.local_reads_socket
     path, folder = (explicit, None) if explicit else default_socket_path(svc.keys.path, port)
     try:
-        server = LocalReadServer(svc, path, owned_dir=folder).start()
+        server = LocalReadServer(svc, path, owned_dir=folder, read_lease_s=settings.read_lease_s).start()
     except (OSError, FreestackError) as exc:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
@@ -340,6 +442,6 @@ def start_local_reads(svc: _Service, settings: DataApiSettings, port: int) -> Lo
 
 
 __all__ = [
-    "MAX_CONNECTIONS", "MAX_LINE", "SERVICE", "LocalReadServer", "claim_socket_path", "default_socket_path",
-    "open_descriptor", "start_local_reads",
+    "MAX_CONNECTIONS", "MAX_LINE", "SERVICE", "LocalReadServer", "PendingLease",
+    "claim_socket_path", "default_socket_path", "lease_eligible", "open_descriptor", "start_local_reads",
 ]

@@ -163,6 +163,16 @@ def _entries(value: Any, *, where: str, allow_public: bool) -> tuple[str, ...]:
 # where ACL documents live, and a cache that never serves a stale one on local disk
 
 
+def acl_stamp(path: str, *, dir_fd: int | None = None) -> tuple[int, int, int] | None:
+    """What identifies the version of a local ACL document (its mtime in ns, size and inode: a write
+    replaces it, so each version has its own); None when there is none (the collection is private)."""
+    try:
+        st = os.stat(path, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class AclStore:
     """Reads and writes ACL documents on the backing filesystem ``fs`` under ``root``.
 
@@ -191,10 +201,8 @@ class AclStore:
         path = self.path(owner, collection)
         key = (self._token, path)
         if self.local:
-            try:
-                st = os.stat(self.fs._strip_protocol(path))
-                stamp: Any = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except FileNotFoundError:
+            stamp: Any = acl_stamp(self.fs._strip_protocol(path))
+            if stamp is None:
                 return PRIVATE
             cached = self._cache.get(key)
             if cached is not None and cached[0] == stamp:
@@ -308,6 +316,7 @@ def visible_collections(
 
 __all__ = [
     "ACL_NAME",
+    "acl_stamp",
     "MY_ALGOS",
     "PRIVATE",
     "PUBLIC",

@@ -9,7 +9,8 @@ Connection type ``freestack_data`` (the UI form and connection test are
   ``http://airflow:8080/freestack/data`` when the Airflow API server hosts it; ``password`` (or extra
   ``api_key``) is an API key (``freestack keys create <user>``). ``.my`` is the key's user; ``login``,
   if set, must be that user. Without a key only public collections can be read. On the service's host,
-  reads are local reads (freestack.storage.localreads) unless extra ``"local_reads": false``.
+  reads are local reads (freestack.storage.localreads) unless extra ``"local_reads": false``, under the
+  service's read leases unless extra ``"read_leases": false``.
 
 With no connection named ``freestack_data_default`` the embedded default applies: the ``data_root``
 setting (else ``<home>/.freestack/data``) owned by the ``data_owner`` setting (else ``freestack``).
@@ -33,6 +34,8 @@ class DataStoreConfig:
     api_key: str | None = None
     #: through a Data API service on this host: read objects through its Unix socket (extra ``local_reads``)
     local_reads: bool = True
+    #: and open objects under the read leases it grants (extra ``read_leases``)
+    read_leases: bool = True
 
     @property
     def is_remote_api(self) -> bool:
@@ -41,7 +44,7 @@ class DataStoreConfig:
 
     def __repr__(self) -> str:  # never print the key
         key = "***" if self.api_key else None
-        local = "" if self.local_reads else ", local_reads=False"
+        local = ("" if self.local_reads else ", local_reads=False") + ("" if self.read_leases else ", read_leases=False")
         return f"DataStoreConfig(root={self.root!r}, owner={self.owner!r}, api_key={key}{local})"
 
 
@@ -86,8 +89,9 @@ def config_of(conn_id: str, extra: dict, *, host: str | None, port: int | None, 
         raise FreestackError(f"connection {conn_id!r}: a data:// store cannot be backed by data:// itself")
     api_key = password or extra.get("api_key") or None
     if root.startswith(("http://", "https://")):
-        local_reads = _flag(conn_id, extra, "local_reads", default=True)
-        return DataStoreConfig(root=root.rstrip("/"), owner=login or None, api_key=api_key, local_reads=local_reads)
+        return DataStoreConfig(root=root.rstrip("/"), owner=login or None, api_key=api_key,
+                               local_reads=_flag(conn_id, extra, "local_reads", default=True),
+                               read_leases=_flag(conn_id, extra, "read_leases", default=True))  # fmt: skip
     return DataStoreConfig(root=root.rstrip("/"), owner=login or default.owner)
 
 

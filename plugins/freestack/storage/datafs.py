@@ -56,9 +56,8 @@ class DataFileSystem(DirFileSystem):
         if config.is_remote_api:
             from freestack.storage.httpfs import DataApiHttpFileSystem
 
-            http = DataApiHttpFileSystem(
-                config.root, api_key=config.api_key, expect_user=config.owner, local_reads=config.local_reads
-            )
+            http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner,
+                                         local_reads=config.local_reads, read_leases=config.read_leases)  # fmt: skip
             return cls(path="", fs=http, owner=None, check_acl=False)
         from freestack.storage.schemes import to_path
 

@@ -11,8 +11,10 @@ Paths here are already resolved (``owner/collection/...``, no ``.my``). What map
 - reading: ``GET`` with ``Range`` for each block, so pyarrow's random access (Parquet footers) works
   and memory stays at the block size. On the service's own host (a loopback URL) a read is a local read
   instead (freestack.storage.localreads): the service checks the key and the ACL as for a GET and hands
-  over a read-only descriptor of the object, read like a local file. ``local_reads=False`` (connection
-  extra ``"local_reads": false``) keeps every read on HTTP;
+  over a read-only descriptor of the object, read like a local file, and later opens in the same
+  collection under the read lease the service may grant with it. ``local_reads=False`` (connection
+  extra ``"local_reads": false``) keeps every read on HTTP; ``read_leases=False`` (``"read_leases":
+  false``) has the service check every open;
 - writing: one streamed ``PUT`` (chunked transfer encoding) fed by a bounded queue; the service
   publishes the file only when the whole body arrived, so an aborted write (``discard()``, a killed
   task, a dropped connection) never leaves a partial file. ``xb`` sends ``If-None-Match: *``;
@@ -128,7 +130,7 @@ class DataApiHttpFileSystem(AbstractFileSystem):
     is_data_api = True
 
     def __init__(self, url: str, api_key: str | None = None, *, expect_user: str | None = None,
-                 local_reads: bool = True, **kwargs):  # fmt: skip
+                 local_reads: bool = True, read_leases: bool = True, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         import requests
         from requests.adapters import HTTPAdapter
@@ -137,7 +139,9 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         self.api_key = api_key
         self.expect_user = expect_user
         #: reads through the service's Unix socket when it runs on this host; None when switched off
-        self.local_reads = LocalReads(self.url, _health_of(weakref.ref(self))) if local_reads else None
+        self.local_reads = (
+            LocalReads(self.url, _health_of(weakref.ref(self)), leases=read_leases) if local_reads else None
+        )
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment for a service we were pointed at
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)

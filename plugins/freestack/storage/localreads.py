@@ -13,6 +13,13 @@ turns them off for that filesystem, with one log line saying why, and reads go o
 The connection is shared by the threads of a process (one request at a time, under a lock); a forked
 child connects anew. A connection that breaks (the service restarted) is made again once, health asked
 again; if that fails too, that read goes over HTTP and local reads stay off.
+
+Read leases (freestack.dataapi.local): when the service grants one with an open, later opens of plain
+names (``lease_name``) in the same collection with the same key are made here, relative to the
+collection's directory, without a round trip, until the lease's time is up, the collection's ACL document
+changes or a key is revoked (one ``fstat`` and one ``stat`` tell). Any other name, and any open that
+fails under a lease, asks the service, whose answer is the one a GET gets. ``leases=False`` (connection
+extra ``"read_leases": false``) asks the service for every open.
 """
 
 from __future__ import annotations
@@ -21,14 +28,19 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from freestack.storage.acl import ACL_NAME, acl_stamp
 
 log = logging.getLogger("freestack.storage")
 
@@ -36,6 +48,12 @@ SERVICE = "freestack-data-api"
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_REPLY = 64 * 1024
 TIMEOUT_S = 30.0
+MAX_FDS = 3  # an answer's descriptors: the object's, and a lease's two
+MAX_LEASES = 64  # collections a filesystem holds leases on at once (the one ending first makes room)
+#: a name a lease opens: ASCII letters, digits and ._=+,@- in each segment, none starting with a dot, at most
+#: 16 segments and 512 bytes; narrower than the service's path rules, so the service answers every other name
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+,@-]{0,127}(?:/[A-Za-z0-9_][A-Za-z0-9._=+,@-]{0,127}){0,15}")
+_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class LocalReadRefused(Exception):
@@ -76,7 +94,7 @@ def _read_line(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     data, fds = b"", []
     try:
         while not data.endswith(b"\n"):
-            chunk, got, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+            chunk, got, _flags, _addr = socket.recv_fds(sock, 4096, MAX_FDS)
             fds.extend(got)
             if not chunk:
                 raise LocalReadsUnavailable("the service closed the local-read connection")
@@ -113,9 +131,9 @@ class Channel:
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
-            peer = _peer_pid(sock)
-            if self.service_pid is not None and peer is not None and peer != self.service_pid:
-                raise LocalReadsUnavailable(f"process {peer} answers there, not the service (pid {self.service_pid})")
+            creds = peer_credentials(sock)
+            if self.service_pid is not None and creds is not None and creds[0] != self.service_pid:
+                raise LocalReadsUnavailable(f"process {creds[0]} answers there, not the service (pid {self.service_pid})")
             hello, fds = _read_line(sock)
         except (OSError, LocalReadsUnavailable) as exc:
             sock.close()
@@ -142,14 +160,17 @@ class Channel:
     def __del__(self) -> None:  # the service's connection slot is freed with the filesystem
         self.forget()
 
-    def open(self, path: str, key: str | None) -> tuple[int, int, float | None]:
-        """``(fd, size, mtime)`` of ``path`` (resolved, ``owner/collection/...``); LocalReadRefused with
-        the service's status and message, LocalReadsUnavailable when the connection failed."""
+    def open(self, path: str, key: str | None, *, lease: bool = False) -> Opened:
+        """``path`` (resolved, ``owner/collection/...``) opened by the service, with a read lease if asked
+        for and granted; LocalReadRefused with the service's status and message, LocalReadsUnavailable when
+        the connection failed."""
         if self.pid != os.getpid():  # a forked child: its own connection, never the parent's
             self.lock = threading.Lock()
             self.forget()
             self.connect()
-        request = json.dumps({"op": "open", "path": path, "key": key}).encode() + b"\n"
+        asked = {"op": "open", "path": path, "key": key, **({"lease": True} if lease else {})}
+        request = json.dumps(asked).encode() + b"\n"
+        sent = time.monotonic()  # a lease's time runs from before it was granted
         with self.lock:
             if self.sock is None:
                 self.connect()
@@ -159,28 +180,117 @@ class Channel:
             except (OSError, LocalReadsUnavailable) as exc:
                 self.forget()
                 raise LocalReadsUnavailable(f"the local-read connection broke: {exc}") from exc
-        return _opened(reply, fds)
+        return _opened(reply, fds, sent)
 
 
-def _peer_pid(sock: socket.socket) -> int | None:
-    """The pid of the process at the other end of a Unix socket, where the kernel tells (Linux)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket, where the kernel tells (Linux)."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[0]
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
 
 
-def _opened(reply: dict[str, Any], fds: list[int]) -> tuple[int, int, float | None]:
-    if reply.get("ok") is True and len(fds) == 1:
+@dataclass
+class Lease:
+    """A read lease on one collection: its directory, the keys' revocations log and the stamps the
+    service's check was made against."""
+
+    collection: str
+    folder: int  # descriptor of the collection's directory
+    revocations: int  # descriptor of the revocations log
+    revoked: int  # the log's size when granted
+    acl: tuple[int, int, int] | None  # the ACL document's stamp when granted (None: it had none)
+    until: float  # time.monotonic() when it ends
+
+    def valid(self) -> bool:
+        """Not ended: in time, no key revoked since, the ACL document the same."""
+        if time.monotonic() >= self.until:
+            return False
+        try:
+            st = os.fstat(self.revocations)
+            if st.st_size != self.revoked or st.st_nlink == 0:
+                return False
+            return acl_stamp(ACL_NAME, dir_fd=self.folder) == self.acl
+        except OSError:  # the folder cannot be searched any more, say: the service decides
+            return False
+
+    def open(self, name: str) -> tuple[int, os.stat_result] | None:
+        """A read-only descriptor of the regular file ``name`` inside the collection, and its stat; None for
+        anything else (missing, a directory, unreadable): the service answers those."""
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self.folder)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode):
+                os.set_blocking(fd, True)
+                return fd, st
+        except OSError:
+            pass
+        os.close(fd)
+        return None
+
+    def close(self) -> None:
+        for fd in (self.folder, self.revocations):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass
+class Opened:
+    """What the service's answer to an open gives: the object's descriptor, size and mtime, and a lease."""
+
+    fd: int
+    size: int
+    mtime: float
+    lease: Lease | None = None
+
+
+def lease_name(path: str) -> tuple[str, str] | None:
+    """``(owner/collection, name inside it)`` when ``path`` is an object a lease may open, else None."""
+    owner, _, inside = path.partition("/")
+    collection, _, name = inside.partition("/")
+    if not owner or not collection or not name or not _PLAIN.fullmatch(name):
+        return None
+    return f"{owner}/{collection}", name
+
+
+def _opened(reply: dict[str, Any], fds: list[int], sent: float) -> Opened:
+    if reply.get("ok") is True and len(fds) in (1, MAX_FDS):
         st = os.fstat(fds[0])
         if stat.S_ISREG(st.st_mode):
             mtime = reply.get("mtime")
-            return fds[0], st.st_size, float(mtime) if isinstance(mtime, int | float) else st.st_mtime
+            opened = Opened(fds[0], st.st_size, float(mtime) if isinstance(mtime, int | float) else st.st_mtime)
+            opened.lease = _lease(reply.get("lease"), fds[1:], sent)
+            return opened
     for fd in fds:
         os.close(fd)
     if reply.get("ok") is False and isinstance(reply.get("status"), int):
         raise LocalReadRefused(reply["status"], str(reply.get("message") or "refused"))
     raise LocalReadsUnavailable(f"the service's answer is not one local reads understand: {str(reply)[:200]}")
+
+
+def _lease(terms: Any, fds: list[int], sent: float) -> Lease | None:
+    """The lease an answer grants (its two descriptors), None if it grants none or none that is well formed."""
+    try:
+        if not isinstance(terms, dict) or len(fds) != 2:
+            raise ValueError("no lease")
+        acl, seconds = terms["acl"], float(terms["seconds"])
+        if acl is not None and not (isinstance(acl, list) and len(acl) == 3 and all(isinstance(x, int) for x in acl)):
+            raise ValueError(f"acl stamp {acl!r}")
+        if not stat.S_ISDIR(os.fstat(fds[0]).st_mode) or not isinstance(terms["revocations"], int):
+            raise ValueError("descriptors")
+        return Lease(str(terms["collection"]), fds[0], fds[1], terms["revocations"],
+                     tuple(acl) if acl is not None else None, sent + seconds)  # fmt: skip
+    except (KeyError, TypeError, ValueError, OSError):
+        for fd in fds:
+            os.close(fd)
+        return None
 
 
 _LIVE: weakref.WeakSet[LocalReads] = weakref.WeakSet()
@@ -189,26 +299,40 @@ _LIVE: weakref.WeakSet[LocalReads] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for local in list(_LIVE):  # a lock another thread held at the fork would stay held in the child
         local._setup = threading.Lock()
+        local._leasing = threading.Lock()
         if local._channel is not None:
             local._channel.lock = threading.Lock()
+        _end_all(local._leases)  # the child asks the service anew, as it connects anew
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _end_all(leases: dict[Any, Lease]) -> None:
+    for lease in leases.values():
+        lease.close()
+    leases.clear()
+
+
 class LocalReads:
     """Local reads for one Data API filesystem: set up on the first read, off for good once they fail.
 
-    ``health`` answers the service's ``GET /v1/freestack/health`` as a dict."""
+    ``health`` answers the service's ``GET /v1/freestack/health`` as a dict; ``leases`` takes the read
+    leases the service grants."""
 
-    def __init__(self, url: str, health: Callable[[], dict[str, Any]]):
+    def __init__(self, url: str, health: Callable[[], dict[str, Any]], *, leases: bool = True):
         self.url = url
         self.health = health
-        self.opened = 0  # reads served through the socket
+        self.leases = leases
+        self.opened = 0  # reads served locally: through the socket or under a lease
+        self.leased = 0  # of those, the ones opened under a lease (no round trip)
         self.off_reason: str | None = None if is_loopback(url) else f"{url} is not a loopback address"
         self._channel: Channel | None = None
         self._setup = threading.Lock()
+        self._leasing = threading.Lock()  # held while a lease's descriptors are used or ended
+        self._leases: dict[tuple[str | None, str], Lease] = {}  # (key, owner/collection) -> lease
+        weakref.finalize(self, _end_all, self._leases)
         _LIVE.add(self)
 
     @property
@@ -219,22 +343,60 @@ class LocalReads:
     def open(self, path: str, key: str | None) -> LocalReadFile | None:
         """The object at ``path`` as a local file; None when it is to be read over HTTP instead.
         LocalReadRefused when the service refuses it (the status and message of a GET)."""
+        local = self._open_leased(path, key)
+        if local is not None:
+            return local
         channel = self._ready()
         if channel is None:
             return None
         try:
-            fd, size, mtime = channel.open(path, key)
+            opened = channel.open(path, key, lease=self.leases)
         except LocalReadsUnavailable as first:
             channel = self._reconnect(channel, first)
             if channel is None:
                 return None
             try:
-                fd, size, mtime = channel.open(path, key)
+                opened = channel.open(path, key, lease=self.leases)
             except LocalReadsUnavailable as exc:
                 self._off(f"the connection broke again after a reconnect ({exc})")
                 return None
+        if opened.lease is not None:
+            self._keep(key, opened.lease)
         self.opened += 1
-        return LocalReadFile(fd, path, size, mtime)
+        return LocalReadFile(opened.fd, path, opened.size, opened.mtime)
+
+    def _open_leased(self, path: str, key: str | None) -> LocalReadFile | None:
+        """``path`` opened under a lease held for its collection and ``key``; None when none covers it."""
+        if not self._leases or self.off_reason is not None:
+            return None
+        named = lease_name(path)
+        if named is None:
+            return None
+        with self._leasing:
+            lease = self._leases.get((key, named[0]))
+            if lease is None:
+                return None
+            if not lease.valid():
+                del self._leases[(key, named[0])]
+                lease.close()
+                return None
+            got = lease.open(named[1])
+        if got is None:
+            return None
+        fd, st = got
+        self.opened += 1
+        self.leased += 1
+        return LocalReadFile(fd, path, st.st_size, st.st_mtime)
+
+    def _keep(self, key: str | None, lease: Lease) -> None:
+        """Hold ``lease`` for ``key``, in place of the one held for its collection, if any."""
+        with self._leasing:
+            old = self._leases.pop((key, lease.collection), None)
+            if old is None and len(self._leases) >= MAX_LEASES:
+                old = self._leases.pop(min(self._leases, key=lambda k: self._leases[k].until))
+            if old is not None:
+                old.close()
+            self._leases[(key, lease.collection)] = lease
 
     def _ready(self) -> Channel | None:
         if self._channel is not None or self.off_reason is not None:
@@ -280,6 +442,11 @@ class LocalReads:
         self.off_reason = reason
         if self._channel is not None:
             self._channel.forget()
+        with self._leasing:
+            _end_all(self._leases)
 
 
-__all__ = ["LocalReadFile", "LocalReadRefused", "LocalReads", "LocalReadsUnavailable", "is_loopback"]
+__all__ = [
+    "Lease", "LocalReadFile", "LocalReadRefused", "LocalReads", "LocalReadsUnavailable", "Opened", "is_loopback",
+    "lease_name", "peer_credentials",
+]

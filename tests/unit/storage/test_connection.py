@@ -42,6 +42,13 @@ def test_local_reads_extra(extra, expected):
     assert ("local_reads=False" in repr(config)) is not expected and "fsk_x" not in repr(config)
 
 
+@pytest.mark.parametrize(("extra", "expected"), [({}, True), ({"read_leases": False}, False), ({"read_leases": "off"}, False)])
+def test_read_leases_extra(extra, expected):
+    config = service(extra)
+    assert config.read_leases is expected and ("read_leases=False" in repr(config)) is not expected
+    assert DataFileSystem.from_config(config).fs.local_reads.leases is expected
+
+
 def test_a_local_reads_extra_that_is_no_yes_or_no_is_refused():
     with pytest.raises(FreestackError, match=r"connection 'data_test': extra 'local_reads' is 'maybe'; use true or false"):
         service({"local_reads": "maybe"})
@@ -79,9 +86,10 @@ def test_only_loopback_urls_try_local_reads(url, loopback):
 
 def test_the_switch_survives_pickling():
     for local in (True, False):
-        fs = DataApiHttpFileSystem(URL, api_key="fsk_x", local_reads=local)
+        fs = DataApiHttpFileSystem(URL, api_key="fsk_x", local_reads=local, read_leases=False)
         again = pickle.loads(pickle.dumps(fs))
         assert again.url == URL and again.api_key == "fsk_x"
         assert (again.local_reads is not None) is local
+        assert not local or again.local_reads.leases is False
         data = pickle.loads(pickle.dumps(DataFileSystem(path="", fs=fs, owner=None, check_acl=False)))
         assert (data.fs.local_reads is not None) is local
