@@ -148,9 +148,13 @@ def _data_api(r: dict[str, Any], file: str) -> list[Row]:
                         f"{_n(direct['upload_mb_s'])} (direct write)", http.get("upload_ratio"), "-", None))  # fmt: skip
         local, target = v.get("service_datafs"), v.get("target") or {}
         if local and local.get("download_ratio") is not None:  # the bench's own verdict on its target
-            rows.append(Row("data_api", f"{size} download through data://, same host (local reads), MB/s",
+            rows.append(Row("data_api", f"{size} download through data://, same host (local reads, leased), MB/s",
                             _n(local["download_mb_s"]), down, local["download_ratio"],
                             f">= {target.get('service_datafs_download_ratio')}", target.get("met")))  # fmt: skip
+        asked = v.get("service_datafs_nolease")
+        if asked and asked.get("download_ratio") is not None:  # every open a round trip to the service
+            rows.append(Row("data_api", f"{size} download through data://, same host, no read lease, MB/s",
+                            _n(asked["download_mb_s"]), down, asked["download_ratio"], "(reported)", None))  # fmt: skip
         rows.append(Row("data_api", f"{size} download over HTTP (another host), MB/s", _n(http["download_mb_s"]),
                         down, http.get("download_ratio"), "(reported)", None))  # fmt: skip
         if "bare_http" in v:  # HTTP's own ceiling here: a bare sendfile server, the same client

@@ -16,7 +16,10 @@ same backing store, in the same run.
                           a task on the service's host does it: the same ``atomic_write`` / ``open("rb")``
                           calls as ``direct``; the upload is one streamed PUT, the download a local read
                           (the service checks key and ACL and hands over a descriptor on its Unix socket,
-                          freestack.dataapi.local), read in 8 MiB blocks.
+                          freestack.dataapi.local, with a read lease on the collection: later opens in it
+                          are made by the client until the lease ends), read in 8 MiB blocks.
+     - ``service_datafs_nolease``: the same with read leases off (connection extra ``"read_leases":
+                          false``): every open is a round trip to the service.
      - ``service_datafs_http``: the same with local reads off (connection extra ``"local_reads": false``,
                           or a client on another host): the download is 8 MiB ranged GETs.
      - ``bare_http``:     the ceiling of HTTP here: ``bench/data_api/bare.py``, a bare file server on
@@ -52,8 +55,8 @@ from typing import Any
 from bench.common import free_port, host, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-MODES = ("direct", "service_http", "service_datafs", "service_datafs_http", "bare_http")
-DATAFS_MODES = ("service_datafs", "service_datafs_http")
+MODES = ("direct", "service_http", "service_datafs", "service_datafs_nolease", "service_datafs_http", "bare_http")
+DATAFS_MODES = ("service_datafs", "service_datafs_nolease", "service_datafs_http")
 TARGET_DOWNLOAD_RATIO = 0.5  # service_datafs download / direct download, at every size
 SIZES_MIB = (1, 256)
 DEFAULT_REPEATS = {1: 30, 256: 5}
@@ -155,9 +158,10 @@ class Contenders:
         self.headers = {"Authorization": f"Simple {key}", "Accept-Encoding": "identity"}
         self.direct = DataFileSystem(path=str(root), fs=_local_fs(), owner=USER)
         self.remote = {
-            mode: DataFileSystem(path="", fs=DataApiHttpFileSystem(url, api_key=key, local_reads=local),
-                                 owner=None, check_acl=False)
-            for mode, local in (("service_datafs", True), ("service_datafs_http", False))
+            mode: DataFileSystem(path="", owner=None, check_acl=False,
+                                 fs=DataApiHttpFileSystem(url, api_key=key, local_reads=local, read_leases=leases))
+            for mode, local, leases in (("service_datafs", True, True), ("service_datafs_nolease", True, False),
+                                        ("service_datafs_http", False, False))
         }  # fmt: skip
 
     def _target(self, fs, name: str):
@@ -199,10 +203,10 @@ class Contenders:
         return n
 
 
-    def local_reads(self) -> dict[str, Any]:
-        """Whether ``service_datafs`` read through the service's socket, and how often."""
-        local = self.remote["service_datafs"].fs.local_reads
-        return {"active": local.active, "opened": local.opened, "off_reason": local.off_reason}
+    def local_reads(self, mode: str = "service_datafs") -> dict[str, Any]:
+        """Whether ``mode`` read through the service's socket, how often, and how often under a lease."""
+        local = self.remote[mode].fs.local_reads
+        return {"active": local.active, "opened": local.opened, "leased": local.leased, "off_reason": local.off_reason}
 
 
 def _local_fs():
@@ -295,10 +299,12 @@ def print_table(report: dict[str, Any]) -> None:
         met = row["target"]["met"]
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
         print(f"{size:>8} target: service_datafs download >= {TARGET_DOWNLOAD_RATIO}x direct: {verdict}")
-    local = report.get("local_reads")
-    if local:
-        state = f"on ({local['opened']} reads)" if local["active"] else f"off: {local['off_reason']}"
-        print(f"service_datafs local reads: {state}")
+    for mode, key in (("service_datafs", "local_reads"), ("service_datafs_nolease", "local_reads_nolease")):
+        local = report.get(key)
+        if local:
+            state = (f"on ({local['opened']} reads, {local.get('leased', 0)} under a lease)" if local["active"]
+                     else f"off: {local['off_reason']}")  # fmt: skip
+            print(f"{mode} local reads: {state}")
     print(f"service peak RSS: {report['server']['peak_rss_mib']} MiB (idle {report['server']['idle_rss_mib']} MiB)")
 
 
@@ -383,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "samples": samples,
             "summary": summarise(samples),
             "local_reads": c.local_reads(),
+            "local_reads_nolease": c.local_reads("service_datafs_nolease") if "service_datafs_nolease" in modes else None,
             "server": {
                 "idle_rss_mib": round(idle / 1024, 1) if idle else None,
                 "peak_rss_mib": round(peak / 1024, 1) if peak else None,
