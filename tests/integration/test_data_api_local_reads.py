@@ -233,6 +233,14 @@ def test_the_socket_protocol_refuses_garbage_and_goes_on(api):
     sock.sendall(json.dumps({"op": "open", "path": f".my/{coll}/ok.txt", "key": api.keys["alice"]}).encode() + b"\n")
     reply = _line(sock)
     assert reply["ok"] is True and reply["size"] == len(b"still serving")
+    # what is not a regular file is refused without waiting on it (a FIFO has no writer here)
+    os.mkfifo(api.root / "alice" / coll / "pipe")
+    (api.root / "alice" / coll / "sub").mkdir()
+    for name, words in (("pipe", "is not a regular file; only files are read"), ("sub", "is a directory")):
+        request = {"op": "open", "path": f"alice/{coll}/{name}", "key": api.keys["alice"], "lease": True}
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = _line(sock)
+        assert reply == {"ok": False, "status": 409, "message": f"data://alice/{coll}/{name} {words}"}, reply
     sock.close()
 
     garbage = [

@@ -61,7 +61,7 @@ from freestack.dataapi.app import (
 )
 from freestack.errors import FreestackError
 from freestack.storage.acl import READ, acl_stamp
-from freestack.storage.localreads import SERVICE, peer_credentials
+from freestack.storage.localreads import SERVICE, NotAFile, open_object, peer_credentials
 
 log = logging.getLogger("freestack.dataapi")
 
@@ -133,19 +133,12 @@ def open_descriptor(fs, rel: str, display: str) -> tuple[int, os.stat_result]:
     if _depth(rel) <= 1:  # the root and every owner's namespace (.my too): directories, whoever the owner is
         fs.check(fs.resolve(rel), READ)
         raise ApiError(409, f"{display} is a directory")
-    # O_NONBLOCK: opening a FIFO put there must not wait for a writer; cleared below for a regular file
-    fd = os.open(fs.local_path(rel), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ApiError(409, f"{display} is a directory")
-        if not stat.S_ISREG(st.st_mode):
-            raise ApiError(409, f"{display} is not a regular file; only files are read")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
+        return open_object(fs.local_path(rel))
+    except IsADirectoryError:
+        raise ApiError(409, f"{display} is a directory") from None
+    except NotAFile:
+        raise ApiError(409, f"{display} is not a regular file; only files are read") from None
 
 
 def lease_eligible(conn: socket.socket) -> bool:

@@ -24,6 +24,7 @@ extra ``"read_leases": false``) asks the service for every open.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -183,6 +184,29 @@ class Channel:
         return _opened(reply, fds, sent)
 
 
+class NotAFile(OSError):
+    """What was opened is neither a regular file nor a directory (a FIFO, a device, a socket)."""
+
+
+def open_object(path: str, *, dir_fd: int | None = None) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at ``path`` (relative to ``dir_fd`` if given) and its stat,
+    opened as every local read opens an object, the service's and a lease's alike: ``O_NONBLOCK``, so that
+    a FIFO put there does not wait for a writer, cleared once it is known to be a regular file.
+    IsADirectoryError for a directory, NotAFile for anything else, OSError as ``os.open`` raises it."""
+    fd = os.open(path, _FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     """``(pid, uid, gid)`` of the process at the other end of a Unix socket, where the kernel tells (Linux)."""
     if not hasattr(socket, "SO_PEERCRED"):
@@ -220,18 +244,9 @@ class Lease:
         """A read-only descriptor of the regular file ``name`` inside the collection, and its stat; None for
         anything else (missing, a directory, unreadable): the service answers those."""
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=self.folder)
+            return open_object(name, dir_fd=self.folder)
         except OSError:
             return None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode):
-                os.set_blocking(fd, True)
-                return fd, st
-        except OSError:
-            pass
-        os.close(fd)
-        return None
 
     def close(self) -> None:
         for fd in (self.folder, self.revocations):
@@ -265,9 +280,8 @@ def _opened(reply: dict[str, Any], fds: list[int], sent: float) -> Opened:
         st = os.fstat(fds[0])
         if stat.S_ISREG(st.st_mode):
             mtime = reply.get("mtime")
-            opened = Opened(fds[0], st.st_size, float(mtime) if isinstance(mtime, int | float) else st.st_mtime)
-            opened.lease = _lease(reply.get("lease"), fds[1:], sent)
-            return opened
+            mtime = float(mtime) if isinstance(mtime, int | float) else st.st_mtime
+            return Opened(fds[0], st.st_size, mtime, _lease(reply.get("lease"), fds[1:], sent))
     for fd in fds:
         os.close(fd)
     if reply.get("ok") is False and isinstance(reply.get("status"), int):
@@ -447,6 +461,6 @@ class LocalReads:
 
 
 __all__ = [
-    "Lease", "LocalReadFile", "LocalReadRefused", "LocalReads", "LocalReadsUnavailable", "Opened", "is_loopback",
-    "lease_name", "peer_credentials",
+    "Lease", "LocalReadFile", "LocalReadRefused", "LocalReads", "LocalReadsUnavailable", "NotAFile", "Opened",
+    "is_loopback", "lease_name", "open_object", "peer_credentials",
 ]
