@@ -230,6 +230,26 @@ def test_the_heartbeat_keeps_a_trial_through_epochs_longer_than_the_lease(make_s
     assert len(t["attempts"]) == 1 and t["state"] == "finished" and epochs(t) == [1, 2, 3]
 
 
+def test_an_agent_with_nothing_left_stops_with_the_last_trial_not_a_poll_later(make_sweep):
+    """Waiting on another agent's trial, an agent reads just that trial, every twentieth of its own trials'
+    length: it stops within that of the last trial's end, though it would look again only after 5 s."""
+    spec, _ = make_sweep("tail", run_cap=2)
+    slow = agent(spec, "tail", SLOT0, 1, objective(epochs=4, sleep=0.4), poll_seconds=5.0)
+    thread, out = in_thread(slow.run)
+    wait_for(lambda: trials_of(spec, "tail"), "the slow agent's trial")
+    quick = agent(spec, "tail", SLOT1, 1, objective(epochs=4, sleep=0.05), poll_seconds=5.0)
+    report = quick.run()
+    ended = time.monotonic()
+    thread.join(60)
+    done = trials_of(spec, "tail")
+    assert report.trials == ["t0001"] and out["result"].trials == ["t0000"]
+    assert {d["state"] for d in done.values()} == {"finished"}
+    # its own trial took ~0.2 s: it read the slow trial every ~10 ms (at least MIN_WATCH_SECONDS)
+    assert 0.02 <= quick.watch_seconds() < 0.1
+    last_write = done["t0000"]["lease"]["renewed_at"]
+    assert time.time() - (time.monotonic() - ended) - last_write < 1.0  # not the 5 s poll
+
+
 def test_slow_storage_writes_cause_no_false_take_over(make_sweep, monkeypatch):
     """Each of the holder's writes takes 45% of the TTL (a slow object store): heartbeats are spaced
     from the start of the previous one, and a watcher that saw the lease renewed lately leaves it."""
