@@ -302,7 +302,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
         "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.timeout_seconds,
-        "cors_origins": list(local.cors_origins),
+        "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
         "parameters": {
             "model_uri": model_uri,
             "max_batch_rows": local.max_batch_rows,

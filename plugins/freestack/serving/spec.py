@@ -72,6 +72,12 @@ class LocalTarget(SpecModel):
         "(`monitoring/<model>/requests/`, Parquet) for the monitor; 0 turns the log (and /send-feedback) off",
     )  # fmt: skip
     max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry.")
+    adaptive_batching: bool = Field(
+        default=True,
+        description="freestack worker: requests that arrive together share one forward pass of the model (no "
+        "waiting for more; each request keeps its own answer, errors, metrics and request log rows). A row's "
+        "probabilities may then differ from its answer alone in the last float32 digit; false: one forward per request",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         max_length=100,

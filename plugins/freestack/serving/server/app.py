@@ -43,6 +43,9 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
   accept, no query string, no CORS) is answered by the worker through Seldon's own ``predict``,
   without the WSGI environ and Flask (:mod:`freestack.serving.server.lane`); config
   ``predict_lane: false`` turns it off, and everything else goes through the app as before.
+- with the freestack worker, requests that arrive together share one forward pass of the model
+  (adaptive batching with no waiting: :mod:`freestack.serving.server.coalesce`); config
+  ``adaptive_batching: false`` turns it off.
 
 The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
 """
@@ -155,12 +158,26 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
 
         lane = PredictLane.for_model(user_object, seldon_metrics, app, raw_values=raw_values)
     options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit,
-                                lane=lane)  # fmt: skip
+                                lane=lane, coalescer=_coalescer(cfg, user_object))  # fmt: skip
     address = cfg.get("address") or {}
     shared = f", and on the deployment's address {host}:{address['port']}" if address_fd is not None else ""
     log.info("serving %s %s on http://%s:%s/%s (metrics on %s)", cfg.get("model"), cfg.get("version"), host,
              cfg["port"], shared, cfg.get("metrics_port"))  # fmt: skip
     UserModelApplication(app, user_object, False, None, "Model", options=options).run()
+
+
+def _coalescer(cfg: dict[str, Any], user_object):
+    """Adaptive batching for a freestack model served by the freestack worker (None when off): the model
+    parks its forward passes with it, and the worker runs the requests that arrived together as one round."""
+    from freestack.serving.server.core import ServedModel
+
+    if not (cfg.get("adaptive_batching", True) and cfg.get("worker_class") == "freestack"
+            and isinstance(user_object, ServedModel)):  # fmt: skip
+        return None
+    from freestack.serving.server.coalesce import Coalescer
+
+    user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows)
+    return user_object.coalescer
 
 
 @contextlib.contextmanager
@@ -219,7 +236,7 @@ def _binds(cfg: dict[str, Any], host: str, address_fd: int | None) -> list[str]:
 
 
 def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, post_worker_init,
-                      worker_exit, lane=None) -> dict[str, Any]:  # fmt: skip
+                      worker_exit, lane=None, coalescer=None) -> dict[str, Any]:  # fmt: skip
     """gunicorn's options from the server config (the pipeline spec's ``deploy.local`` block)."""
     from functools import partial
 
@@ -231,7 +248,8 @@ def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, pos
 
         address = cfg.get("address") or {}
         gate = (address["gate"], int(address["port"])) if address.get("gate") else None
-        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body(), lane=lane)
+        worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body(), lane=lane,
+                                                    coalescer=coalescer)
     elif worker_class in ("sync", "gthread"):
         from freestack.serving.server.worker import gunicorn_class
 

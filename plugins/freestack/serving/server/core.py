@@ -233,7 +233,17 @@ class ServedModel:
         return [label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
+    #: the worker's adaptive batching (:mod:`freestack.serving.server.coalesce`), when it is on
+    coalescer: Any = None
+
     def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """The model's outputs for ``x``: with adaptive batching, from one forward shared by the requests
+        that arrived with this one."""
+        if self.coalescer is not None and (out := self.coalescer.park(x)) is not None:
+            return out
+        return self.forward_now(x)
+
+    def forward_now(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
             t = {k: torch.from_numpy(v) for k, v in x.items()} if isinstance(x, dict) else torch.from_numpy(x)

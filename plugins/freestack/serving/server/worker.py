@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import io
 import os
 import selectors
@@ -197,6 +198,7 @@ class FreestackWorker(JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     lane: Any = None  # the prediction lane (freestack.serving.server.lane), from install; None: the app answers all
+    coalescer: Any = None  # adaptive batching (freestack.serving.server.coalesce), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -236,6 +238,9 @@ class FreestackWorker(JsonErrors, base.Worker):
             for conn in list(self.conns.values()):
                 self._close(conn)
             self.table.release(self.slot, self.pid)
+            if self.coalescer is not None:
+                self.log.info("Worker %s: adaptive batching answered %d requests in %d shared forward passes",
+                              self.pid, self.coalescer.batched, self.coalescer.rounds)  # fmt: skip
             self.poller.close()
 
     def _loop(self) -> None:
@@ -247,11 +252,17 @@ class FreestackWorker(JsonErrors, base.Worker):
                     break
                 next_tick = now + TICK
             self._listen(self._may_accept(now))
+            ready = []
             for key, _ in self.poller.select(max(0.0, next_tick - now)):
                 if isinstance(key.data, _Conn):
-                    self._serve(key.data)
+                    ready.append(key.data)
                 else:
                     self._accept(key.fileobj, key.data)
+            if self.coalescer is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
+                self.coalescer.run([functools.partial(self._serve, conn) for conn in ready])
+            else:
+                for conn in ready:
+                    self._serve(conn)
 
     def _tick(self, now: float) -> bool:
         """Heartbeat, keep-alive expiry and the parent check; False when the arbiter is gone."""
@@ -614,15 +625,18 @@ class ThreadWorker(JsonErrors, gthread.ThreadWorker):
 CLASSES = {"sync": SyncWorker, "gthread": ThreadWorker}
 
 
-def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY, lane: Any = None):
+def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY, lane: Any = None,
+            coalescer: Any = None):
     """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
-    prediction lane (None: off) and, for a server behind a deployment's address, its gate (the gate file
-    and the address's port). Returns gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
+    prediction lane and adaptive batching (None: off) and, for a server behind a deployment's address, its
+    gate (the gate file and the address's port). Returns gunicorn's ``worker_class`` (an import path) and
+    its ``child_exit`` hook."""
     table = SharedTable(slots)
     FreestackWorker.table = table
     FreestackWorker.gate = gate
     FreestackWorker.max_body = max_body
     FreestackWorker.lane = lane
+    FreestackWorker.coalescer = coalescer
 
     def child_exit(server, worker) -> None:
         table.free(worker.pid)
