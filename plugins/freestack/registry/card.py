@@ -203,7 +203,7 @@ def render_card(
         data, template_str=CARD_TEMPLATE, model=model, version=version, task=task, kind=kind,
         intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
         window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
-        airflow_text=_kv_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
+        airflow_text=_airflow_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
         sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage),
         pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
     )  # fmt: skip
@@ -293,6 +293,25 @@ def _gate_text(gate: dict[str, Any] | None) -> str:
     reasons = gate.get("reasons") or []
     lines = [head] + [f"- {r}" for r in reasons]
     return "\n".join(lines)
+
+
+#: where a version's recorded data interval comes from (lineage's ``airflow.data_interval_from``)
+INTERVAL_FROM = {
+    "airflow": "the run's data interval",
+    "window": "the days of the lake window it trained on: Airflow gives a run triggered by hand or by an "
+    "asset no data interval",
+}
+
+
+def _airflow_text(a: Any) -> str:
+    """The Airflow run and task that wrote the version, then its data interval and where that comes from."""
+    if not isinstance(a, dict) or not a:
+        return _kv_text(a)
+    text = _kv_text({k: v for k, v in a.items() if not k.startswith("data_interval") and v not in (None, "")})
+    start, end = a.get("data_interval_start"), a.get("data_interval_end")
+    if start and end:
+        text += f"; data interval `{start}` to `{end}` ({INTERVAL_FROM.get(a.get('data_interval_from'), INTERVAL_FROM['airflow'])})"
+    return text
 
 
 def _kv_text(d: Any) -> str:
