@@ -5,6 +5,11 @@ published on the local Hub stand-in (:mod:`tests.hub_fake`), so the real downloa
   over the words of :func:`review_text`, saved as ``tokenizer.json`` + ``tokenizer_config.json``;
 - ``tiny_image_model``: a ViT-style image classifier (16×16 images, 4×4 patches) with a ViT image
   processor (``preprocessor_config.json``).
+
+Either may be saved with another head (``head``): a classifier, the pretraining head a base is usually
+published with (``masked-lm``: ``BertForMaskedLM`` / ``DistilBertForMaskedLM``,
+``ViTForMaskedImageModeling``), or none (``bare``: ``BertModel``, ``DistilBertModel``, ``ViTModel``); a
+text base is BERT- or DistilBERT-style (``family``).
 """
 
 from __future__ import annotations
@@ -13,15 +18,25 @@ from pathlib import Path
 
 from demo.reviews import BAD, FILLER, GOOD, review_text  # the tutorial's landing data (include/demo)
 
-__all__ = ["BAD", "FILLER", "GOOD", "publish", "review_text", "tiny_image_model", "tiny_text_model"]
+__all__ = ["BAD", "FILLER", "GOOD", "HEADS", "publish", "review_text", "tiny_image_model", "tiny_text_model"]
+
+#: the transformers class a base of each family is saved as, by head
+HEADS = {
+    "bert": {"classifier": "BertForSequenceClassification", "masked-lm": "BertForMaskedLM", "bare": "BertModel"},
+    "distilbert": {"classifier": "DistilBertForSequenceClassification", "masked-lm": "DistilBertForMaskedLM",
+                   "bare": "DistilBertModel"},
+    "vit": {"classifier": "ViTForImageClassification", "masked-lm": "ViTForMaskedImageModeling", "bare": "ViTModel"},
+}  # fmt: skip
 
 
-def tiny_text_model(folder: Path, seed: int = 0) -> Path:
-    """A BERT-style classifier and its fast tokenizer, saved as transformers writes them."""
+def tiny_text_model(folder: Path, seed: int = 0, *, family: str = "bert", head: str = "classifier") -> Path:
+    """A BERT- or DistilBERT-style model (with the ``head`` of :data:`HEADS`) and its fast tokenizer, saved
+    as transformers writes them."""
     import torch
+    import transformers
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, DistilBertConfig, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {t: i for i, t in enumerate(specials + sorted(set(GOOD + BAD + FILLER)))}
@@ -35,22 +50,27 @@ def tiny_text_model(folder: Path, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    if family == "bert":
+        config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64, initializer_range=0.2)
+    else:
+        config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                  max_position_embeddings=64, initializer_range=0.2, pad_token_id=vocab["[PAD]"])
+    getattr(transformers, HEADS[family][head])(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
 
-def tiny_image_model(folder: Path, seed: int = 0) -> Path:
-    """A ViT-style classifier of 16×16 RGB images and its image processor."""
+def tiny_image_model(folder: Path, seed: int = 0, *, head: str = "classifier") -> Path:
+    """A ViT-style model of 16×16 RGB images (with the ``head`` of :data:`HEADS`) and its image processor."""
     import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    import transformers
+    from transformers import ViTConfig, ViTImageProcessor
 
     torch.manual_seed(seed)
     config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_channels=3, initializer_range=0.2)
-    ViTForImageClassification(config).save_pretrained(folder)
+                       intermediate_size=64, num_channels=3, initializer_range=0.2, encoder_stride=4)
+    getattr(transformers, HEADS["vit"][head])(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
     return folder
 

@@ -9,8 +9,10 @@ processor's size) and answers logits. A version folder is what ``transformers``/
 
 - full fine-tuning, or LoRA with ``merge: true``: ``config.json`` (with ``id2label``) and
   ``model.safetensors``: ``AutoModelFor...Classification.from_pretrained(folder)``;
-- LoRA: ``config.json``, ``adapter_config.json`` (naming the base repo and its commit) and
-  ``adapter_model.safetensors``: ``PeftModel.from_pretrained(base, folder)``;
+- LoRA: ``config.json``, ``adapter_config.json`` (naming the base: a Hub repo and its commit, or a base
+  folder's local path) and ``adapter_model.safetensors``: ``PeftModel.from_pretrained(base, folder)``.
+  The adapter holds in full every module the task's architecture adds to the base (the classifier, and
+  a pooler or ``pre_classifier`` a masked-LM or bare base lacks), so it loads the same on any seed;
 
 plus the tokenizer files (``tokenizer.json``, ``tokenizer_config.json``) or ``preprocessor_config.json``.
 ``config.json`` carries freestack's own settings under the key ``freestack``.
@@ -23,6 +25,8 @@ import hashlib
 import json
 import os
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,36 +182,60 @@ def _quiet_transformers():
     hf_logging.set_verbosity_error()
 
 
-def load_classifier(folder: str, task: str, classes: list[Any]):
+def load_classifier(folder: str, task: str, classes: list[Any], *, meta: bool = False):
     """The base's ``AutoModelFor...Classification`` with a head for ``classes`` (a new head when the base
-    has another one), in float32 (mixed precision is the loop's, on CUDA)."""
+    has another one), in float32 (mixed precision is the loop's, on CUDA), and the modules it added to
+    the base (:func:`new_modules`). ``meta``: an empty copy, no weight read."""
     import transformers
 
     _quiet_transformers()
     auto = getattr(transformers, TASKS[task][1])
     labels = [str(c) for c in classes]
     try:
-        return auto.from_pretrained(
-            folder, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        model, info = auto.from_pretrained(
+            folder, num_labels=len(labels), id2label=dict(enumerate(labels)), output_loading_info=True,
             label2id={c: i for i, c in enumerate(labels)}, ignore_mismatched_sizes=True, dtype=torch.float32,
+            **({"device_map": "meta"} if meta else {}),
         )  # fmt: skip
     except (ValueError, KeyError, OSError) as exc:
         raise PretrainedError(f"the base at {folder} cannot be loaded for {task} ({type(exc).__name__}: "
                               f"{str(exc)[:300]}); check that model.task fits the base's architecture") from None  # fmt: skip
+    fresh = [*info.get("missing_keys", ()), *(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ()))]
+    return model, new_modules(model, fresh)
 
 
-def head_modules(model) -> list[str]:
-    """The classification head's module names (trained in full beside LoRA adapters)."""
-    return [n for n in ("classifier", "score", "head") if isinstance(getattr(model, n, None), torch.nn.Module)]
+def new_modules(model, keys) -> list[str]:
+    """The outermost modules all of whose parameters are among ``keys`` (the parameters the base did not
+    have, newly initialised: a pooler, DistilBERT's ``pre_classifier``, the classifier)."""
+    params = [n for n, _ in model.named_parameters()]
+    fresh = set(keys) & set(params)
+    found: set[str] = set()
+    for key in sorted(fresh):
+        parts = key.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i]) + "."
+            if all(n in fresh for n in params if n.startswith(prefix)):
+                found.add(prefix[:-1])
+                break
+    return sorted(found)
 
 
-def add_lora(model, task: str, r: int, alpha: float, dropout: float, target_modules: list[str] | None):
-    """``model`` with LoRA adapters (peft); PretrainedError naming the modules when none match."""
+def head_modules(model, new: list[str] = ()) -> list[str]:
+    """The modules trained in full and saved beside LoRA adapters: the classification head and every
+    module the task's architecture added to the base (``new``), whose weights the base does not hold."""
+    head = [n for n in ("classifier", "score", "head") if isinstance(getattr(model, n, None), torch.nn.Module)]
+    return sorted({*head, *new})
+
+
+def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
+    """``model`` with LoRA adapters (peft) on ``peft["target_modules"]``, the head and ``new`` modules
+    trained in full (and so saved with the adapter); PretrainedError naming the modules when none match."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "text-classification" else None, r=r, lora_alpha=alpha,
-        lora_dropout=dropout, target_modules=target_modules, modules_to_save=head_modules(model),
+        task_type=TaskType.SEQ_CLS if task == "text-classification" else None, r=int(peft["r"]),
+        lora_alpha=float(peft["alpha"]), lora_dropout=float(peft["dropout"]),
+        target_modules=peft.get("target_modules"), modules_to_save=head_modules(model, new),
     )  # fmt: skip
     try:
         return get_peft_model(model, config)
@@ -251,8 +279,15 @@ class PretrainedNet(ScaledModel):
         return {
             "freestack_model": "huggingface", "task": "classification", "pipeline_task": self.pipeline_task,
             "classes": self.classes, "base": self.base, "pad_id": self.pad_id, "peft": self.peft,
-            "image": self.image, "files": self.weight_files(),
+            "image": self.image, "files": self.weight_files(), "modules_to_save": self.modules_to_save(),
         }  # fmt: skip
+
+    def modules_to_save(self) -> list[str] | None:
+        """The modules an adapter version holds in full beside LoRA's (the head, and what the task's
+        architecture added to the base, such as a pooler)."""
+        if not self.adapter:
+            return None
+        return sorted(self.model.peft_config["default"].modules_to_save or [])
 
     @property
     def adapter(self) -> bool:
@@ -272,7 +307,7 @@ class PretrainedNet(ScaledModel):
         model = self.model
         if self.adapter:
             settings = model.peft_config["default"]
-            settings.base_model_name_or_path, settings.revision = self.base["repo"], _hub_revision(self.base)
+            settings.base_model_name_or_path, settings.revision = _peft_base_name(self.base), _hub_revision(self.base)
             model.save_pretrained(str(folder))
             (folder / "README.md").unlink(missing_ok=True)  # the registry renders the model card
             model = model.get_base_model()  # its config: the labels
@@ -294,9 +329,9 @@ def _hub_revision(base: dict[str, str]) -> str | None:
 def build_pretrained(base: Base, task: str, classes: list[Any], *, pad_id: int = 0, peft: dict[str, Any] | None = None,
                      augment: list[str] | None = None) -> PretrainedNet:  # fmt: skip
     """A fresh :class:`PretrainedNet` on ``base`` for ``classes`` (LoRA adapters when ``peft`` is given)."""
-    model = load_classifier(base.folder, task, classes)
+    model, new = load_classifier(base.folder, task, classes)
     if peft is not None:
-        model = add_lora(model, task, int(peft["r"]), float(peft["alpha"]), float(peft["dropout"]), peft.get("target_modules"))
+        model = add_lora(model, task, peft, new)
     image = None
     if input_kind(task) == "image":
         _, mean, std = image_settings(base.processor())
@@ -306,51 +341,110 @@ def build_pretrained(base: Base, task: str, classes: list[Any], *, pad_id: int =
 
 def check_pretrained(base: Base, task: str, peft: dict[str, Any] | None) -> None:
     """The base fits the task and LoRA finds modules to adapt: checked on an empty (meta) copy of the
-    architecture, before any weight or data is read (PretrainedError otherwise)."""
+    model as training loads it, before any weight or data is read (PretrainedError otherwise)."""
     import transformers
 
     config = base.config()
     _quiet_transformers()
-    auto = getattr(transformers, TASKS[task][1])
     try:
-        cfg = transformers.AutoConfig.from_pretrained(base.folder)
-        with torch.device("meta"):
-            model = auto.from_config(cfg)
-    except (ValueError, KeyError) as exc:
+        transformers.AutoConfig.from_pretrained(base.folder)
+        model, new = load_classifier(base.folder, task, ["0", "1"], meta=True)
+    except (ValueError, KeyError, PretrainedError) as exc:
         raise PretrainedError(f"model.base {base.repo!r} is a {config.get('model_type', 'unknown')!r} model, which "
                               f"transformers cannot use for {task} ({str(exc)[:200]}); pick a base with a "
                               f"{task} architecture, or the other task") from None  # fmt: skip
     if peft is not None:
-        add_lora(model, task, int(peft["r"]), float(peft["alpha"]), float(peft["dropout"]), peft.get("target_modules"))
+        add_lora(model, task, peft, new)
+
+
+#: reads one file of a base folder in storage: ``read(uri, name) -> bytes`` (FileNotFoundError when absent)
+BaseReader = Callable[[str, str], bytes]
 
 
 def load_pretrained_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu",
-                            *, endpoint: str | None = None, token: str | None = None) -> PretrainedNet:  # fmt: skip
+                            *, endpoint: str | None = None, token: str | None = None,
+                            read_base: BaseReader | None = None) -> PretrainedNet:  # fmt: skip
     """A version's model from its folder: full weights as they are; an adapter on its base, fetched
-    from the Hub at the recorded commit (or read from the recorded base folder)."""
+    from the Hub at the recorded commit, or read from the recorded base folder (a path or ``file://``
+    URI; another storage URI through ``read_base``) and checked against its recorded sha256."""
     info = config["freestack"]
     task = info["pipeline_task"]
     if "model.safetensors" in info["files"]:
-        model = load_classifier(str(folder), task, info["classes"])
+        model, _ = load_classifier(str(folder), task, info["classes"])
     else:
         from peft import PeftModel
 
-        base = _adapter_base(info["base"], endpoint=endpoint, token=token)
-        model = PeftModel.from_pretrained(load_classifier(base.folder, task, info["classes"]), str(folder))
+        base = adapter_base(info["base"], endpoint=endpoint, token=token, read_base=read_base)
+        model = PeftModel.from_pretrained(load_classifier(base.folder, task, info["classes"])[0], str(folder))
     net = PretrainedNet(model, pipeline_task=task, classes=info["classes"], base=info["base"], pad_id=info.get("pad_id", 0),
                         image=info.get("image"), peft=info.get("peft"))  # fmt: skip
     return net.to(map_location).eval()
 
 
-def _adapter_base(base: dict[str, str], *, endpoint: str | None, token: str | None) -> Base:
+def adapter_base(base: dict[str, str], *, endpoint: str | None = None, token: str | None = None,
+                 read_base: BaseReader | None = None) -> Base:  # fmt: skip
+    """The base an adapter was trained on, as lineage names it: a Hub repo at its commit, or a folder
+    whose config and weights still hash to the recorded ``sha256:``."""
     commit = _hub_revision(base)
-    if commit is None:
-        return local_base(base["repo"], base["repo"])
-    return fetch_base(base["repo"], commit, endpoint=endpoint, token=token)
+    if commit is not None:
+        return fetch_base(base["repo"], commit, endpoint=endpoint, token=token)
+    uri = base["repo"]
+    folder = local_folder(uri)
+    if folder is None:
+        if read_base is None:
+            raise PretrainedError(f"the adapter's base {uri} is in object storage, which this loader cannot read: load "
+                                  "the version with freestack's registry, or copy the base to a local folder and load it "
+                                  "with transformers, then the adapter with peft")  # fmt: skip
+        folder = copy_base(uri, read_base)
+    found = local_base(folder, uri, base.get("revision", "main"))
+    if base.get("commit") and found.commit != base["commit"]:
+        raise PretrainedError(f"the adapter's base {uri} has changed since training: its config and weights hash to "
+                              f"{found.commit}, the version was trained on {base['commit']}; restore that base")  # fmt: skip
+    return found
+
+
+def local_folder(uri: str) -> str | None:
+    """The local folder a base path or ``file://`` URI names (None for a Hub repo id or another scheme)."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(uri).path)
+    if "://" in uri:
+        return None
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def copy_base(uri: str, read: BaseReader) -> str:
+    """A base folder in storage copied to a local one named after its URI: its config, weights (a
+    sharded base's index and shards) and tokenizer or processor files."""
+    dest = Path(tempfile.gettempdir()) / f"freestack-base-{hashlib.sha256(uri.encode()).hexdigest()[:16]}"
+    dest.mkdir(parents=True, exist_ok=True)
+    names = list(BASE_FILES)
+    with contextlib.suppress(FileNotFoundError):
+        index = json.loads(read(uri, SHARD_INDEX))
+        names += [SHARD_INDEX, *sorted(set(index.get("weight_map", {}).values()))]
+    for name in names:
+        try:
+            data = read(uri, name)
+        except FileNotFoundError:
+            continue
+        tmp = dest / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.replace(dest / name)
+    return str(dest)
+
+
+def _peft_base_name(base: dict[str, str]) -> str:
+    """What adapter_config.json names as the base: the Hub repo id, or the local folder of a path /
+    ``file://`` base (what ``from_pretrained`` takes); a base in object storage keeps its URI (lineage
+    has the URI and the sha256 of its config and weights)."""
+    if _hub_revision(base) is not None:
+        return base["repo"]
+    return local_folder(base["repo"]) or base["repo"]
 
 
 __all__ = [
-    "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "PretrainedError", "PretrainedNet", "add_lora", "build_pretrained",
-    "check_pretrained", "fetch_base", "folder_digest", "image_settings", "load_classifier",
-    "load_pretrained_version", "local_base",
+    "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "BaseReader", "PretrainedError", "PretrainedNet", "adapter_base",
+    "add_lora", "build_pretrained", "check_pretrained", "copy_base", "fetch_base", "folder_digest", "image_settings",
+    "load_classifier", "load_pretrained_version", "local_base", "local_folder", "new_modules",
 ]  # fmt: skip

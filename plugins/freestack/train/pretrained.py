@@ -5,9 +5,7 @@ folder in storage), the checks before any data is read, and what the feature enc
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,40 +37,42 @@ def pretrained_base(spec: PipelineSpec) -> Base:
     return _base(spec.model.base, spec.model.revision, os.environ.get("HF_ENDPOINT"))
 
 
+def storage_base_uri(base: str) -> str:
+    """``model.base`` naming a folder, as a storage URI: a path becomes the ``file://`` URI of its
+    absolute form (what lineage records, and what every stage resolves the same way)."""
+    if "://" in base:
+        return base
+    return Path(os.path.expanduser(base)).resolve().as_uri()
+
+
 @lru_cache(maxsize=8)
 def _base(base: str, revision: str, endpoint: str | None) -> Base:
-    from freestack.ml.pretrained import fetch_base, local_base
+    from freestack.ml.pretrained import copy_base, fetch_base, local_base
 
     if not is_storage_base(base):
         return fetch_base(base, revision, endpoint=endpoint)  # the token: huggingface_hub's own (HF_TOKEN)
     from freestack.storage import to_path
     from freestack.storage.objects import local_os_path
 
-    folder = to_path(os.path.expanduser(base))
-    local = local_os_path(folder)
-    if local is None:
-        local = _copy_folder(folder, base)
-    return local_base(local, base, revision)
+    uri = storage_base_uri(base)
+    local = local_os_path(to_path(uri))
+    return local_base(local if local is not None else copy_base(uri, read_storage_file), uri, revision)
 
 
-def _copy_folder(folder, given: str) -> str:
-    """A base folder in object storage copied to a local folder named after its URI (safetensors, config,
-    tokenizer and processor files only)."""
-    from freestack.ml.pretrained import BASE_FILES, SHARD_INDEX
-    from freestack.storage import join
+def read_storage_file(uri: str, name: str) -> bytes:
+    """One file of a folder in storage (a :data:`~freestack.ml.pretrained.BaseReader`): FileNotFoundError
+    when it has none of that name, FreestackError when storage cannot be read."""
+    from freestack.storage import join, to_path
 
-    dest = Path(tempfile.gettempdir()) / f"freestack-base-{hashlib.sha256(given.encode()).hexdigest()[:16]}"
-    dest.mkdir(parents=True, exist_ok=True)
     try:
-        names = [p.name for p in folder.iterdir()]
-    except (OSError, FileNotFoundError) as exc:
-        raise FreestackError(f"model.base {given!r}: the folder cannot be listed ({exc})") from None
-    for name in names:
-        if name in BASE_FILES or name == SHARD_INDEX or name.endswith(".safetensors"):
-            tmp = dest / f".{name}.part"
-            tmp.write_bytes(join(folder, name).read_bytes())
-            tmp.replace(dest / name)
-    return str(dest)
+        path = join(to_path(uri), name)
+        if not path.exists():
+            raise FileNotFoundError(f"{uri}/{name}")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise FreestackError(f"model.base {uri!r}: {name} cannot be read from storage ({exc})") from None
 
 
 def check_pretrained_model(spec: PipelineSpec) -> None:
@@ -122,5 +122,5 @@ def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
 
 __all__ = [
     "build_pretrained_model", "check_pretrained_model", "encoder_settings", "is_storage_base", "peft_settings",
-    "pretrained_base", "pretrained_lineage", "pretrained_task",
+    "pretrained_base", "pretrained_lineage", "pretrained_task", "read_storage_file", "storage_base_uri",
 ]  # fmt: skip
