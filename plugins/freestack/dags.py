@@ -25,7 +25,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 from freestack.errors import SpecError
 from freestack.ingest.operators import IngestOperator, LandingSensor, lake_asset
 from freestack.settings import pipelines_dir
-from freestack.spec import PipelineSpec, discover_specs, load_spec
+from freestack.spec import PipelineSpec, discover_specs, load_spec, pipeline_dags
 
 
 def _combined(errors: list[SpecError]) -> SpecError:
@@ -377,8 +377,9 @@ def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 # ---------------------------------------------------------------------------------------------------------
 # every pipeline
 
-_KINDS = {"_ingest": ingest_dag, "_train": train_dag, "_rollback": rollback_dag, "_promote": promote_dag,
-          "_monitor": monitor_dag}  # fmt: skip
+#: the builder of each kind of DAG; which kinds a spec gets is :func:`freestack.spec.pipeline_dags`
+_BUILDERS = {"ingest": ingest_dag, "train": train_dag, "rollback": rollback_dag, "promote": promote_dag,
+             "monitor": monitor_dag}  # fmt: skip
 
 
 def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
@@ -393,17 +394,17 @@ def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
     dag_id = get_parsing_context().dag_id
     if not dag_id:
         return None
-    for suffix, builder in _KINDS.items():
-        if not dag_id.endswith(suffix):
+    for kind, builder in _BUILDERS.items():
+        if not dag_id.endswith(f"_{kind}"):
             continue
-        stem = dag_id[: -len(suffix)]
+        stem = dag_id[: -len(kind) - 1]
         for path in (folder / f"{stem}.yaml", folder / f"{stem}.yml"):
             if path.is_file():
                 try:
                     spec = load_spec(path)
                 except SpecError:
                     return None  # the full build reports it
-                if builder is not ingest_dag and spec.source.schema_.target is None:
+                if dag_id not in {d for d, _, _ in pipeline_dags(spec)}:
                     return None
                 return str(path), spec, builder
     return None
@@ -424,13 +425,8 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
         if isinstance(spec, SpecError):
             continue  # dags/freestack_spec_errors.py reports it; the other pipelines stay live
         path = str(folder / f"{stem}.yaml") if (folder / f"{stem}.yaml").exists() else str(folder / f"{stem}.yml")
-        dags = [ingest_dag(spec, path)]
-        if spec.source.schema_.target is not None:
-            dags.append(train_dag(spec, path))
-            dags.append(rollback_dag(spec, path))
-            dags.append(promote_dag(spec, path))
-            dags.append(monitor_dag(spec, path))
-        for dag in dags:
+        for _, kind, _ in pipeline_dags(spec):
+            dag = _BUILDERS[kind](spec, path)
             namespace[dag.dag_id] = dag
             built.append(dag)
     return built

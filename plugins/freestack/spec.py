@@ -285,6 +285,23 @@ class PipelineSpec(SpecModel):
 _FIELD_FIRST = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.DOTALL)
 
 
+#: every DAG a pipeline gets, in order: (kind, whether it needs ``source.schema.target``, whether it is a
+#: manual DAG: no schedule, created unpaused). :mod:`freestack.dags` builds exactly these.
+PIPELINE_DAGS: tuple[tuple[str, bool, bool], ...] = (
+    ("ingest", False, False), ("train", True, False), ("rollback", True, True), ("promote", True, True),
+    ("monitor", True, False),
+)  # fmt: skip
+
+
+def pipeline_dags(spec: PipelineSpec) -> list[tuple[str, str, bool]]:
+    """``(dag_id, kind, manual)`` of every DAG the DAG factory builds for ``spec``: ingest, and with a
+    target the train, rollback, promote and monitor DAGs. Manual DAGs start unpaused, the others paused
+    (Airflow's ``dags_are_paused_at_creation``)."""
+    has_target = spec.source.schema_.target is not None
+    return [(f"{spec.name}_{kind}", kind, manual) for kind, needs_target, manual in PIPELINE_DAGS
+            if has_target or not needs_target]  # fmt: skip
+
+
 def _named(field: str, msg: str) -> tuple[str, str]:
     """A check across blocks reports at the top level; its message starts with the field it is about."""
     m = _FIELD_FIRST.match(msg) if field == "(top level)" else None
@@ -351,4 +368,4 @@ def discover_specs(directory: str | os.PathLike | None = None) -> dict[str, Pipe
     return out
 
 
-__all__ = ["TASKS", "PipelineSpec", "discover_specs", "load_spec", "parse_spec", "spec_file"]
+__all__ = ["PIPELINE_DAGS", "TASKS", "PipelineSpec", "discover_specs", "load_spec", "parse_spec", "pipeline_dags", "spec_file"]

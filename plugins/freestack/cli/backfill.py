@@ -10,8 +10,14 @@ Airflow 3.3 starts a paused DAG's backfill runs only once the DAG is unpaused (i
 DAGs' runs, backfills included). On a paused DAG the command creates the runs first, unpauses the DAG
 for the backfill and pauses it again at the end (``--unpause`` leaves it unpaused). Unpausing a DAG
 with a schedule and ``catchup: false`` also makes the scheduler start its latest interval, unless that
-interval has a run: the command says so, and refuses when that interval has no landing files (its run
-would fail or be skipped for nothing) unless ``--unpause`` says the schedule may start.
+interval has a run: the command says so, and refuses when that interval has no landing files and the
+spec's ``on_missing: fail`` would fail its run, unless ``--unpause`` says the schedule may start.
+
+The plan also says what the runs set off: the DAGs scheduled on an asset the backfilled DAG updates
+(the lake asset: ``<p>_train``), each with its paused state as Airflow's REST API gives it. An unpaused
+one starts its own runs (a training that may promote a new production); ``--no-downstream`` pauses it
+for the backfill and unpauses it at the end, so that the backfill only ingests. ``--dry-run`` prints the
+plan and stops.
 
 The embedded instance (``make up``) is addressed as its generated admin.
 """
@@ -31,7 +37,7 @@ import typer
 
 from freestack.cli.common import Pipeline, load_pipeline
 from freestack.cli.errors import CliError
-from freestack.cli.output import out, progress
+from freestack.cli.output import out, plural, progress
 
 FINISHED = ("success", "failed")
 CLOSE_GRACE_S = 60.0
@@ -121,25 +127,30 @@ def backfill(
     dag: Annotated[Dag, typer.Option(help="Which of the pipeline's DAGs.")] = Dag.ingest,
     reprocess: Annotated[Reprocess, typer.Option(help="Run again days that have a run: none, failed ones, or completed ones too.")] = Reprocess.none,
     unpause: Annotated[bool, typer.Option("--unpause", help="Leave a paused DAG unpaused afterwards: its schedule starts, its latest interval's run too (by default it is unpaused for the backfill only, and pausing it again ends the backfill).")] = False,
+    no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Pause the unpaused DAGs scheduled on what the runs update (the lake asset: the train DAG) for the backfill, and unpause them at the end: the backfill starts no training.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (the days, what they set off) and stop.")] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runs.")] = 3600,
 ) -> int:  # fmt: skip
     """Backfill a pipeline's DAG over days on the running Airflow (make up) and follow its runs.
 
-    It prints its plan first. A day with no landing files gets no run (unless on_missing: wait). A paused DAG is unpaused for the backfill only."""
+    It prints its plan first: the days, which have landing files, and which DAGs the runs set off (an unpaused train DAG retrains; --no-downstream holds it). A day with no landing files gets no run (unless on_missing: wait). A paused DAG is unpaused for the backfill only."""
     if end < start:
         raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
     af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
     body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
             "reprocess_behavior": reprocess.value}  # fmt: skip
     plan = _plan(af, load_pipeline(pipeline), dag, body)
-    _show(plan, unpause)
-    runs, created = _run(af, plan, unpause, timeout)
+    _show(plan, unpause, no_downstream)
+    if dry_run:
+        out().print("dry run: nothing was created")
+        return 0
+    runs, created = _run(af, plan, unpause, timeout, no_downstream)
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     if failed:
-        raise CliError(f"{len(failed)} of {len(runs)} {dag_id} runs failed: {', '.join(failed)}",
+        raise CliError(f"{len(failed)} of {plural(len(runs), f'{dag_id} run')} failed: {', '.join(failed)}",
                        f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
-    out().print(f"backfill of {dag_id}: {len(runs)} runs succeeded" if len(plan.bodies) > 1 else
-                f"backfill {created} of {dag_id}: {len(runs)} runs succeeded")  # fmt: skip
+    done = f"{plural(len(runs), 'run')} succeeded"
+    out().print(f"backfill of {dag_id}: {done}" if len(plan.bodies) > 1 else f"backfill {created} of {dag_id}: {done}")
     return 0
 
 
@@ -156,6 +167,17 @@ class _Plan:
     segments: list[list[_Day]]
     bodies: list[dict[str, Any]]
     span: str  # "from <start> to <end>"
+    downstream: list[_Downstream]
+    trains: bool  # the backfilled DAG is the train DAG
+
+
+@dataclass(frozen=True)
+class _Downstream:
+    """A DAG scheduled on an asset the backfilled DAG's runs update."""
+
+    dag_id: str
+    paused: bool
+    assets: str  # the assets' names
 
 
 def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
@@ -177,14 +199,63 @@ def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
         bodies = [body]  # the days asked for, as asked
     else:
         bodies = [{**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)} for seg in segments]
-    return _Plan(spec, dag_id, paused, days, chosen, _day(spec, dag, due) if due else None, segments, bodies, span)
+    return _Plan(spec, dag_id, paused, days, chosen, _day(spec, dag, due) if due else None, segments, bodies, span,
+                 _downstream(af, dag_id), dag is Dag.train)  # fmt: skip
 
 
-def _show(plan: _Plan, unpause: bool) -> None:
-    """Print the plan; CliError when no day has data, or when unpausing would start a run without any."""
+def _downstream(af: Airflow, dag_id: str) -> list[_Downstream]:
+    """The DAGs scheduled on the assets ``dag_id``'s tasks update (``GET /assets``), with their paused state."""
+    query = urlencode({"dag_ids": dag_id, "limit": 100})
+    assets = af.call("GET", f"/assets?{query}", what=f"the assets of {dag_id}").get("assets", [])
+    consumers: dict[str, list[str]] = {}
+    for asset in assets:
+        if any(t.get("dag_id") == dag_id for t in asset.get("producing_tasks", ())):
+            for ref in asset.get("scheduled_dags", ()):
+                if ref["dag_id"] != dag_id:
+                    consumers.setdefault(ref["dag_id"], []).append(asset.get("name") or asset["uri"])
+    return [_Downstream(d, bool(_dag(af, d).get("is_paused")), ", ".join(names)) for d, names in sorted(consumers.items())]
+
+
+def _what_train_does(spec: Any) -> str:
+    """What one run of the train DAG does, from the spec: the training, and the promotion it may make."""
+    sweep = spec.sweep
+    if sweep is None:
+        how = "one training"
+    else:
+        how = f"a {sweep.method} sweep of {plural(sweep.run_cap, 'trial')}" if sweep.run_cap else f"a {sweep.method} sweep"
+    approve = ", after a human approves it" if spec.gate.approval == "required" else ""
+    return f"{how}, then the gate, which may promote a new production model and redeploy it{approve}"
+
+
+def _downstream_lines(plan: _Plan, no_downstream: bool) -> list[str]:
+    """What the runs set off: per downstream DAG, whether it runs and what that does, and how to change it."""
+    lines = []
+    if plan.trains:
+        lines.append(f"each {plan.dag_id} run trains {plan.spec.name}: {_what_train_does(plan.spec)}")
+    runs = plural(len(plan.chosen), "run")
+    for d in plan.downstream:
+        does = _what_train_does(plan.spec) if d.dag_id == f"{plan.spec.name}_train" else "whatever its tasks do"
+        head = f"the {runs} update {d.assets}, on which {d.dag_id} is scheduled"
+        if d.paused:
+            lines.append(f"{head} (paused): they start no {d.dag_id} run; to act on the new data, unpause it "
+                         f"(`freestack airflow dags unpause {d.dag_id}`) and trigger a run "
+                         f"(`freestack airflow dags trigger {d.dag_id}`): {does}")  # fmt: skip
+        elif no_downstream:
+            lines.append(f"{head} (unpaused): --no-downstream pauses it for the backfill and unpauses it at the "
+                         f"end, so they start no {d.dag_id} run; trigger one afterwards to act on the new data "
+                         f"(`freestack airflow dags trigger {d.dag_id}`)")  # fmt: skip
+        else:
+            lines.append(f"{head} (unpaused): each update it sees starts a {d.dag_id} run (up to {len(plan.chosen)}): "
+                         f"{does}; to backfill without that, pass --no-downstream (it pauses {d.dag_id} for the "
+                         f"backfill only), or pause it (`freestack airflow dags pause {d.dag_id}`)")  # fmt: skip
+    return lines
+
+
+def _show(plan: _Plan, unpause: bool, no_downstream: bool = False) -> None:
+    """Print the plan; CliError when no day has data, or when unpausing would start a run that fails."""
     console, dag_id, due_day = out(), plan.dag_id, plan.due_day
     state = "unpaused" if not plan.paused else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
-    console.print(f"{dag_id} ({state}): {len(plan.days)} days {plan.span}, {len(plan.chosen)} to run")
+    console.print(f"{dag_id} ({state}): {plural(len(plan.days), 'day')} {plan.span}, {len(plan.chosen)} to run")
     for d in plan.days:
         console.print(f"  {d.ds}  {d.note}")
     if due_day is not None:
@@ -193,21 +264,40 @@ def _show(plan: _Plan, unpause: bool) -> None:
     if not plan.chosen:
         raise CliError(f"no landing files for any day of {dag_id} {plan.span}, so no run",
                        f"land them first (source.landing of the spec: {plan.spec.source.landing}), or pick days that have them")  # fmt: skip
-    if due_day is not None and not due_day.has_data and not unpause:
-        raise CliError(f"{dag_id} is paused and Airflow runs a paused DAG's backfill only once it is unpaused, which would "
-                       f"also start the run of {due_day.ds} (its latest interval, catchup: false) with no landing files "
-                       f"in {due_day.folder}: that run would {due_day.missing}",
-                       f"land {due_day.ds}'s files first; or pass --unpause to start its schedule anyway (the DAG stays "
-                       f"unpaused); or unpause it later, once they have landed")  # fmt: skip
+    for line in _downstream_lines(plan, no_downstream):
+        console.print(line)
+    if due_day is not None and not due_day.has_data and not unpause and plan.spec.source.policy.on_missing == "fail":
+        _refuse_due(plan, due_day)
 
 
-def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float) -> tuple[list[dict[str, Any]], str]:
+def _refuse_due(plan: _Plan, due: _Day) -> NoReturn:
+    """Unpausing would make the scheduler start the latest interval, which has no files and would fail."""
+    from freestack.spec import spec_file
+
+    raise CliError(
+        f"{plan.dag_id} is paused, and Airflow starts a paused DAG's backfill runs only once it is unpaused, which "
+        f"also makes the scheduler start the run of {due.ds} (its latest interval, catchup: false): it has no landing "
+        f"files in {due.folder}, so that run would {due.missing}",
+        f"any of these: land {due.ds}'s files first (and backfill up to it: --end {due.ds}); or set "
+        f"source.policy.on_missing to skip (a day without files is skipped) or wait (its run waits for them) in "
+        f"{spec_file(plan.spec.name)}; or pass --unpause to start the schedule anyway (the DAG stays unpaused; that "
+        f"run fails); or unpause the DAG yourself once the files have landed, then backfill",
+    )
+
+
+def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float,
+         no_downstream: bool = False) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
     """Send the plan's parts one after the other and follow their runs; a paused DAG is unpaused after
-    the first part's runs exist and, without ``--unpause``, paused again at the end. (runs, last backfill id)"""
+    the first part's runs exist and, without ``--unpause``, paused again at the end; with
+    ``no_downstream`` the unpaused downstream DAGs are paused meanwhile. (runs, last backfill id)"""
     console, dag_id = out(), plan.dag_id
     runs: list[dict[str, Any]] = []
-    unpaused, created = False, ""
+    unpaused, created, held = False, "", []
     try:
+        for d in (d for d in plan.downstream if no_downstream and not d.paused):
+            _set_paused(af, d.dag_id, True, f"pausing {d.dag_id}")
+            held.append(d.dag_id)
+            console.print(f"paused {d.dag_id} for the backfill (--no-downstream)")
         for k, (seg, part) in enumerate(zip(plan.segments, plan.bodies, strict=True)):
             # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
             backfill = af.call("POST", "/backfills", part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
@@ -216,13 +306,16 @@ def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float) -> tuple[list[
                 _set_paused(af, dag_id, False, f"unpausing {dag_id}")
                 unpaused = True
                 console.print(f"unpaused {dag_id} for the backfill" + (" (--unpause: it stays unpaused)" if unpause else ""))
-            console.print(f"backfill {created} of {dag_id}: {len(seg)} runs, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})")
+            console.print(f"backfill {created} of {dag_id}: {plural(len(seg), 'run')}, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})")
             runs += _follow(af, dag_id, {**backfill, "from_date": part["from_date"], "to_date": part["to_date"]}, len(seg),
                             timeout, repause=plan.paused and not unpause)  # fmt: skip
     finally:
         if unpaused and not unpause:
             _set_paused(af, dag_id, True, f"pausing {dag_id} again")
             console.print(f"paused {dag_id} again, as it was")
+        for held_id in held:  # after the runs: their asset events found it paused and queued nothing
+            _set_paused(af, held_id, False, f"unpausing {held_id} again")
+            console.print(f"unpaused {held_id} again, as it was")
     return runs, created
 
 
@@ -268,7 +361,7 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
             ds,
             True,
             True,
-            f"run: {files} landing file{'s' if files != 1 else ''}",
+            f"run: {plural(files, 'landing file')}",
             folder,
             missing,
         )
@@ -349,7 +442,7 @@ def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, time
             if time.monotonic() > deadline:
                 rest = (f"the DAG is paused again, as it was, so its other runs wait: unpause it ({af.url}/dags/{dag_id}) "
                         "to let them finish" if repause else f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
-                raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {total} runs finished after {timeout:.0f} s",
+                raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {plural(total, 'run')} finished after {timeout:.0f} s",
                                rest)  # fmt: skip
             time.sleep(POLL_SECONDS)
 

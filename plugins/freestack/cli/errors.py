@@ -11,6 +11,7 @@ import importlib
 import sys
 import traceback
 from types import ModuleType
+from typing import Any
 
 import typer
 
@@ -31,6 +32,15 @@ class CliError(FreestackError):
 def one_line(text: str) -> str:
     """``text`` on one line: its lines joined with ``; `` (a multi-line message stays readable)."""
     return "; ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def validation_line(exc: Any) -> str:
+    """A pydantic ``ValidationError`` (a spec block checked outside a spec file) as one line: what was
+    invalid, then each field and its message, as spec errors read (:func:`freestack.specbase.problems`:
+    without pydantic's "Value error, ", its error types and its links)."""
+    from freestack.specbase import problems
+
+    return f"invalid {exc.title}: " + "; ".join(m if f == "(top level)" else f"{f}: {m}" for f, m in problems(exc))
 
 
 def say_error(text: str) -> None:
@@ -76,6 +86,8 @@ def report(exc: BaseException, *, debug: bool = False) -> int:
 def _known_or_unexpected(exc: BaseException, debug: bool) -> int:
     if isinstance(exc, FreestackError):
         say_error(str(exc))
+    elif type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+        say_error(validation_line(exc))
     elif isinstance(exc, OSError) and exc.strerror:
         say_error(f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror)
     else:
@@ -84,4 +96,4 @@ def _known_or_unexpected(exc: BaseException, debug: bool) -> int:
     return 1
 
 
-__all__ = ["INTERRUPTED", "USAGE", "CliError", "click_impl", "one_line", "report", "say_error"]
+__all__ = ["INTERRUPTED", "USAGE", "CliError", "click_impl", "one_line", "report", "say_error", "validation_line"]

@@ -65,6 +65,11 @@ def progress(*columns: ProgressColumn | str, console: Console | None = None) -> 
     return Progress(*cols, console=console, disable=not console.is_terminal)
 
 
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``count`` and ``word``, in the plural unless the count is one: ``1 day``, ``5 days``, ``0 runs``."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
 def fmt(value: Any) -> str:
     """A metric or a cell: floats with 4 decimals, None as ``-``."""
     if value is None:
@@ -72,4 +77,4 @@ def fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["PLAIN_WIDTH", "emit", "fmt", "out", "print_json", "progress", "table"]
+__all__ = ["PLAIN_WIDTH", "emit", "fmt", "out", "plural", "print_json", "progress", "table"]

@@ -102,7 +102,7 @@ def _recorded_pid(pid_file) -> int | None:
 def _report(home: str, stack: list, leader: int | None, servers: list[tuple[int, str, str]], grace: float) -> None:
     """A table of every stopped process (pid, how it ended: TERM, KILL after the grace, gone, left; what
     it was), then one line for the stack and one per model server."""
-    from freestack.cli.output import emit, table
+    from freestack.cli.output import emit, plural, table
 
     rows = [(s.pid, s.ended, s.command) for s in stack] + [(pid, ended, what) for pid, what, ended in servers]
     if not rows:
@@ -117,15 +117,16 @@ def _report(home: str, stack: list, leader: int | None, servers: list[tuple[int,
         print(f"stopped airflow standalone (pid {leader}: scheduler, dag processor, triggerer, API server) "
               f"and {others} more of its processes")  # fmt: skip
     elif stack:
-        print(f"stopped {len(stack)} processes of the embedded Airflow (AIRFLOW_HOME {home})")
+        print(f"stopped {plural(len(stack), 'process', 'processes')} of the embedded Airflow (AIRFLOW_HOME {home})")
     for pid, what, _ in servers:
         print(f"stopped {what} (pid {pid})")
-    killed = sum(1 for _, ended, _ in rows if ended == "KILL")
+    killed = [f"{pid} ({what})" for pid, ended, what in rows if ended == "KILL"]
     if killed:
-        print(f"killed (SIGKILL): {killed} that still ran {grace:g} s after SIGTERM")
-    left = [str(pid) for pid, ended, _ in rows if ended == "left"]
+        print(f"killed (SIGKILL) {plural(len(killed), 'process', 'processes')} that still ran {grace:g} s after "
+              f"SIGTERM: {'; '.join(killed)}")  # fmt: skip
+    left = [f"{pid} ({what})" for pid, ended, what in rows if ended == "left"]
     if left:
-        print(f"warning: still running after SIGKILL (stuck in the kernel?): {', '.join(left)}", file=sys.stderr)
+        print(f"warning: still running after SIGKILL (stuck in the kernel?): {'; '.join(left)}", file=sys.stderr)
 
 
 def airflow(args: list[str]) -> int:

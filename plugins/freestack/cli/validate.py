@@ -1,7 +1,8 @@
 """``freestack validate [SPEC...]``: read pipeline specs as the DAG processor does and say what is wrong.
 
 With no argument, every spec in the pipelines folder; an argument is a spec file or a pipeline name.
-A valid spec prints one line (its DAGs and task); an invalid one prints the same message the UI's import
+A valid spec prints one line (every DAG the DAG factory builds for it, which of them start paused, and
+its task); an invalid one prints the same message the UI's import
 error shows (the file, the field, the fix) on stderr, and the command exits 1.
 """
 
@@ -40,13 +41,23 @@ def _check_model(spec, path: Path) -> None:
         raise SpecError(str(path), "model", str(exc).removeprefix(f"pipeline {spec.name!r}: ")) from None
 
 
+def _task(spec) -> str | None:
+    """The task the spec trains: a pretrained model's own (text-classification, image-classification), else
+    the spec's (classification, regression), else None (the data decides)."""
+    if spec.model.type == "huggingface":
+        from freestack.train.pretrained import pretrained_task
+
+        return pretrained_task(spec)
+    return spec.task
+
+
 def validate(
     specs: Annotated[list[str] | None, typer.Argument(metavar="[SPEC]...", help="Spec files or pipeline names; default: every spec in the pipelines folder.")] = None,
     json: Annotated[bool, typer.Option("--json", help="One JSON object per spec: file, ok, error.")] = False,
 ) -> int:  # fmt: skip
     """Check pipeline specs (each file, field and fix, as the UI's import error says); exit 1 if any is invalid."""
     from freestack.errors import SpecError
-    from freestack.spec import load_spec
+    from freestack.spec import load_spec, pipeline_dags
 
     paths = _targets(list(specs or []))
     if not paths:
@@ -63,11 +74,15 @@ def validate(
             if not json:
                 say_error(str(exc))
             continue
-        dags = [f"{spec.name}_ingest"] + ([f"{spec.name}_train", f"{spec.name}_rollback"] if spec.source.schema_.target else [])
-        results.append({"file": str(path), "ok": True, "pipeline": spec.name, "dags": dags, "task": spec.task or "auto",
+        dags = pipeline_dags(spec)
+        task = _task(spec)
+        results.append({"file": str(path), "ok": True, "pipeline": spec.name, "dags": [d for d, _, _ in dags],
+                        "paused_at_creation": [d for d, _, manual in dags if not manual], "task": task or "auto",
                         "sha256": spec.file_sha256})  # fmt: skip
         if not json:
-            print(f"ok {path}: DAGs {', '.join(dags)}; task {spec.task or 'decided by the data'}")
+            paused = [d for d, _, manual in dags if not manual]
+            print(f"ok {path}: DAGs {', '.join(d for d, _, _ in dags)} ({', '.join(paused)} start paused); "
+                  f"task {task or 'decided by the data'}")  # fmt: skip
     if json:
         print_json(results)
     return 1 if bad else 0

@@ -28,8 +28,11 @@ class FakeAirflow:
     """The state behind the fake API: one DAG, its runs, at most one backfill."""
 
     def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0,
-                 locked: int = 0, next_run: str | None = None, slow_health: float = 0.0):  # fmt: skip
+                 locked: int = 0, next_run: str | None = None, slow_health: float = 0.0,
+                 train_paused: bool | None = None):  # fmt: skip
         self.days, self.paused, self.fail = days, paused, fail
+        # digits_train, scheduled on the lake asset digits_ingest updates: paused or not (None: no such DAG)
+        self.train_paused, self.train_pauses = train_paused, []
         self.slow_health = slow_health  # seconds the health check takes (SQLite locked by the scheduler)
         self.next_run = (
             next_run  # the interval the scheduler would start on unpause (due: its end has passed)
@@ -71,6 +74,18 @@ class FakeAirflow:
             self.paused = body["is_paused"]
             self.pauses.append(self.paused)
             return 200, {"dag_id": "digits_ingest", "is_paused": self.paused}
+        if path == "/dags/digits_train" and self.train_paused is not None:
+            if method == "PATCH":
+                self.train_paused = body["is_paused"]
+                self.train_pauses.append(self.train_paused)
+            return 200, {"dag_id": "digits_train", "is_paused": self.train_paused}
+        if path == "/assets" and method == "GET":
+            assert query["dag_ids"] == ["digits_ingest"]
+            consumers = [] if self.train_paused is None else [{"dag_id": "digits_train", "created_at": _now(), "updated_at": _now()}]
+            lake = {"id": 1, "name": "digits_lake", "uri": "freestack://lake/digits", "group": "freestack",
+                    "scheduled_dags": consumers, "consuming_tasks": [],
+                    "producing_tasks": [{"dag_id": "digits_ingest", "task_id": "ingest"}]}  # fmt: skip
+            return 200, {"assets": [lake], "total_entries": 1}
         if path.startswith("/dags/") and method in ("GET", "PATCH") and "/dagRuns" not in path:
             return 404, {"detail": f"The Dag with ID: `{path.split('/')[2]}` was not found"}
         if path == "/backfills/dry_run":
@@ -347,3 +362,67 @@ def test_wrong_password_is_one_line(fake_airflow, tmp_path, capsys):
     assert main(ARGV) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "HTTP 401" in err and "Traceback" not in err
+
+
+def test_the_plan_says_an_unpaused_train_dag_retrains_and_no_downstream_holds_it(fake_airflow, capsys):
+    api = fake_airflow(DAYS, train_paused=False)
+    assert main([*ARGV, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    said = next(ln for ln in out.splitlines() if ln.startswith("the 5 runs update digits_lake"))
+    assert "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)" in said
+    assert "a random sweep of 8 trials, then the gate, which may promote a new production model and redeploy it" in said
+    assert "pass --no-downstream" in said and "freestack airflow dags pause digits_train" in said
+    assert out.splitlines()[-1] == "dry run: nothing was created" and not api.created and api.train_pauses == []
+    # --no-downstream: paused before the runs exist, unpaused after they all finished
+    assert main([*ARGV, "--no-downstream"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("--no-downstream pauses it for the backfill and unpauses it at the end" in ln for ln in lines)
+    assert "paused digits_train for the backfill (--no-downstream)" in lines
+    assert lines[-2:] == ["unpaused digits_train again, as it was", "backfill 1 of digits_ingest: 5 runs succeeded"]
+    assert api.train_pauses == [True, False] and api.train_paused is False
+    writes = [(m, p.split("?")[0]) for m, p, _ in api.calls if m in ("POST", "PATCH") and "/api/" in p and "dry_run" not in p]
+    assert writes == [("PATCH", "/api/v2/dags/digits_train"), ("POST", "/api/v2/backfills"),
+                      ("PATCH", "/api/v2/dags/digits_train")]  # fmt: skip
+    api = fake_airflow(DAYS, train_paused=False, fail={"2026-11-02"})  # unpaused again after failed runs too
+    assert main([*ARGV, "--no-downstream"]) == 1 and api.train_pauses == [True, False]
+
+
+def test_the_plan_says_a_paused_train_dag_does_not_train_and_how_to_start_it(fake_airflow, capsys):
+    api = fake_airflow(DAYS, train_paused=True)
+    assert main([*ARGV, "--no-downstream"]) == 0
+    out = capsys.readouterr().out
+    said = next(ln for ln in out.splitlines() if ln.startswith("the 5 runs update digits_lake"))
+    assert "digits_train is scheduled (paused): they start no digits_train run" in said
+    assert "freestack airflow dags unpause digits_train" in said and "freestack airflow dags trigger digits_train" in said
+    assert api.train_pauses == [] and api.train_paused is True  # a paused DAG is left alone
+
+
+def test_a_refused_latest_interval_names_every_way_out(fake_airflow, storage, tmp_path, monkeypatch, capsys):
+    fake_airflow(DAYS, paused=True, next_run="2026-11-22")
+    assert main(ARGV) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "that run would fail (on_missing: fail)" in err
+    for way in ("land 2026-11-22's files first", "--end 2026-11-22", "on_missing to skip", "or wait",
+                "digits.yaml", "--unpause", "once the files have landed"):  # fmt: skip
+        assert way in err, (way, err)
+    # on_missing: skip: that run would be skipped, no harm done: the plan says so and the backfill runs
+    from pathlib import Path
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    spec = (Path(__file__).resolve().parents[3] / "include" / "pipelines" / "digits.yaml").read_text()
+    (folder / "digits.yaml").write_text(spec.replace("on_missing: fail", "on_missing: skip"))
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(folder))
+    api = fake_airflow(DAYS, paused=True, next_run="2026-11-22")
+    assert main(ARGV) == 0
+    assert "so that run would be skipped (on_missing: skip)" in capsys.readouterr().out
+    assert api.pauses == [False, True]
+
+
+def test_counts_of_one_are_singular(fake_airflow, capsys):
+    fake_airflow(DAYS[:1])
+    assert main(["backfill", "digits", "--start", DAYS[0], "--end", DAYS[0]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "digits_ingest (unpaused): 1 day from 2026-11-01 to 2026-11-01, 1 to run"
+    assert lines[1].endswith("run: 1 landing file") and lines[2].startswith("backfill 1 of digits_ingest: 1 run, ")
+    assert lines[-1] == "backfill 1 of digits_ingest: 1 run succeeded"
