@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from freestack.cli.output import plural
 from freestack.embedded import AirflowAPI, airflow_env
 from freestack.settings import checkout_dir, project_home
 
@@ -138,7 +139,7 @@ def _land(out: Out) -> list[date]:
     seen = {d.isoformat() for d in days} & set(lake_partitions(spec))
     uris = make_landing(default_storage_root(), days[0], DEMO_DAYS, variant=round_ if seen else 0)
     what = f"new rows (round {round_ + 1})" if seen else "real digits, a few malformed rows each"
-    out.say(f"landed {len(uris)} daily drops, {days[0]} to {days[-1]}: {what}")
+    out.say(f"landed {plural(len(uris), 'daily drop')}, {days[0]} to {days[-1]}: {what}")
     for u in uris:
         out.detail(f"  {u}")
     return days
@@ -167,7 +168,7 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
     out.detail(lake_report(PIPELINE))
     if bad:
         raise DemoError(f"{len(bad)} {INGEST} run(s) failed: {', '.join(bad)}; see their task logs at {api.url}/dags/{INGEST}")
-    out.say(f"{INGEST}: backfill of {len(runs)} days succeeded in {time.monotonic() - t0:.0f} s ({_lake_line()})")
+    out.say(f"{INGEST}: backfill of {plural(len(runs), 'day')} succeeded in {time.monotonic() - t0:.0f} s ({_lake_line()})")
 
 
 def _lake_line() -> str:
@@ -178,7 +179,7 @@ def _lake_line() -> str:
     manifests = [read_manifest(spec, ds) or {} for ds in lake_partitions(spec)]
     good = sum(m.get("rows_good", 0) for m in manifests)
     bad = sum(m.get("rows_quarantined", 0) for m in manifests)
-    return f"lake: {len(manifests)} partitions, {good} rows, {bad} quarantined; `freestack lake {PIPELINE}`"
+    return f"lake: {plural(len(manifests), 'partition')}, {plural(good, 'row')}, {bad} quarantined; `freestack lake {PIPELINE}`"
 
 
 def _pause(api: AirflowAPI, dag_id: str, paused: bool) -> None:

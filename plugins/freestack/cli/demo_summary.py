@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 
+from freestack.cli.output import plural
 from freestack.cli.reports import gate_report, serve_report, sweep_report, train_report, version_of_run
 from freestack.spec import load_spec, spec_file
 
@@ -53,7 +54,7 @@ def _sweep_lines(pipeline: str, run_id: str, tis: list[dict]) -> list[str]:
     if best is None:
         return [head]
     return [
-        f"{head}; {best['method']}, {best['trials']} trials, {best['stopped_early']} stopped early by hyperband",
+        f"{head}; {best['method']}, {plural(int(best['trials']), 'trial')}, {best['stopped_early']} stopped early by hyperband",
         f"  best trial: {best['best_trial']} {best['metric']} {best['best_value']:.4f}  (table: {best['results_csv']})",
     ]
 

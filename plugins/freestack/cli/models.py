@@ -16,7 +16,7 @@ from rich.text import Text
 
 from freestack.cli.common import Json, Root, has_pipeline
 from freestack.cli.errors import CliError
-from freestack.cli.output import emit, fmt, out, print_json, progress, table
+from freestack.cli.output import emit, fmt, out, plural, print_json, progress, table
 
 if TYPE_CHECKING:
     from freestack.registry.core import ModelRegistry
@@ -145,7 +145,7 @@ def _details(console, info: dict[str, Any]) -> None:
         if lineage.get(key) is not None:
             value = lineage[key]
             if key == "partitions" and isinstance(value, list):
-                value = f"{len(value)} partitions"
+                value = plural(len(value), "partition")
             t.add_row(key, value if isinstance(value, str) else dumps(value, default=str))
     emit(t, console=console)
     files = table("file", "bytes", right=("bytes",))

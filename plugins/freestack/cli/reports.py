@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from freestack.cli.output import plural
 from freestack.spec import load_spec, spec_file
 
 
@@ -48,7 +49,7 @@ def serve_report(pipeline: str) -> str:
     code, answer = http_json(rec["predict_url"], payload)
     lines = [
         f"\nserved: {spec.model_name} {rec['version']} by seldon-core-microservice (pid {rec['pid']}) at {rec['url']}",
-        f"  smoke test: {rec['smoke']['rows']} test rows answered exactly as in evaluation "
+        f"  smoke test: {plural(int(rec['smoke']['rows']), 'test row')} answered exactly as in evaluation "
         f"(max |diff| {rec['smoke']['max_abs_diff']:.1e})",
         "  try it:",
         f"    curl -s -H 'Content-Type: application/json' -d '{body}' {rec['predict_url']}",
@@ -99,7 +100,7 @@ def sweep_report(pipeline: str, run_id: str) -> str:
         best = json.loads(best_path.read_text())
         trials = json.loads(join(folder, "results.json").read_text())["trials"]
         lines = [
-            f"sweep {best['sweep_id']} ({best['method']}, {best['trials']} trials): "
+            f"sweep {best['sweep_id']} ({best['method']}, {plural(int(best['trials']), 'trial')}): "
             f"{best['stopped_early']} stopped early by hyperband, {best['epochs_total']} epochs in all",
             f"  {'trial':<6} {'state':<9} {'epochs':>6} {best['metric']:>13}  params",
         ]
@@ -142,7 +143,7 @@ def train_report(pipeline: str, run_id: str) -> str:
     wb = lineage.get("wandb") or {}
     lines = [f"model version: {version}"]
     lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]
-    lines.append(f"  trained on {len(lineage['partitions'])} partitions up to {lineage['window']['end_ds']}")
+    lines.append(f"  trained on {plural(len(lineage['partitions']), 'partition')} up to {lineage['window']['end_ds']}")
     if wb.get("url"):
         lines.append(f"W&B run: {wb['url']}")
     elif wb.get("run_dir"):

@@ -125,3 +125,16 @@ def test_a_spec_blocks_validation_error_reads_as_a_spec_error(capsys, monkeypatc
     assert "type: huggingface needs base: a Hub repo id" in err
     for noise in ("Value error", "unexpected", "[type=", "errors.pydantic.dev"):
         assert noise not in err, (noise, err)
+
+
+def test_a_count_of_one_is_singular(capsys, tmp_path):
+    """``1 partition``, not ``1 partitions`` (the backfill's ``1 day`` and ``1 run``: tests/unit/cli/test_backfill.py)."""
+    from freestack.registry.core import ModelRegistry
+    from tests.registry_helpers import PARTITIONS, make_model_folder
+
+    folder = make_model_folder(tmp_path / "v1")
+    lineage = json.loads((folder / "lineage.json").read_text())
+    (folder / "lineage.json").write_text(json.dumps({**lineage, "partitions": PARTITIONS[:1]}))
+    ModelRegistry((tmp_path / "store").as_uri(), "digits").register(folder.as_uri(), "v1")
+    code, out, _ = run(capsys, "models", "show", "digits", "v1", "--details", "--root", (tmp_path / "store").as_uri())
+    assert code == 0 and any(ln.split() == ["partitions", "1", "partition"] for ln in out.splitlines()), out
