@@ -170,3 +170,53 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
     assert "vs production" in answered["body"] and "≥ 0.5000 (threshold, higher is better): pass" in answered["body"]
     assert _registry(lake).resolve("production")
     assert _registry(lake).aliases()["history"][-1]["by"] == "approved by reviewer"  # who approved, kept
+
+
+def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_registers(lake):  # noqa: F811
+    """The candidate is trained and evaluated outside the registry: an evaluate that fails half-way
+    (production's folder lost its preprocessing.json after the candidate's reference statistics were
+    written) leaves no registry/<model>/<version>/ folder; the run's retry evaluates the same candidate
+    and the gate registers it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.evaluate.core import evaluate
+    from freestack.evaluate.promotion import register_candidate
+    from freestack.monitor.core import REFERENCE_FILE
+    from freestack.spec import load_spec
+    from tests.dags.test_train_dag import ROOT
+
+    spec_file = lake["specs"] / "digits.yaml"
+    data = yaml.safe_load(spec_file.read_text())
+    data["gate"] = {"metric": "accuracy", "threshold": 0.5}
+    spec_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
+    reg = _registry(lake)
+    registry = lake["root"] / "registry" / "digits"
+    assert dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 3}).state == "success"
+    v1 = reg.resolve("production")
+    assert not list((lake["root"] / "candidates" / "digits").iterdir())  # registered: the candidate went
+
+    damaged = registry / v1 / "preprocessing.json"
+    kept = damaged.read_bytes()
+    damaged.unlink()
+    failed = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 1})
+    assert failed.state == "failed"
+    s = _states(failed)
+    assert s["train"] == ["success"] and s["evaluate"] == ["failed"] and s["gate"] == ["upstream_failed"]
+    assert sorted(p.name for p in registry.iterdir()) == sorted([v1, "aliases.json"])
+    [candidate] = (lake["root"] / "candidates" / "digits").iterdir()
+    assert (candidate / REFERENCE_FILE).is_file()  # evaluate got that far before the champion failed it
+    assert [v["version"] for v in reg.versions()] == [v1]
+
+    damaged.write_bytes(kept)  # the retry of evaluate and gate, as Airflow runs them for the same run
+    spec = load_spec(spec_file)
+    ev = evaluate(spec, candidate.as_uri(), champion_uri=reg.version_uri(v1))
+    ev.update(candidate_version=candidate.name, champion_version=v1, sweep=None)
+    decision = dag.get_task("gate").decide(ev)
+    got = register_candidate(spec, ev, decision, run_id=failed.run_id)
+    assert got["version_uri"] == (registry / candidate.name).as_uri()
+    assert [v["version"] for v in reg.versions()] == [v1, candidate.name] and not candidate.exists()
+    reg.verify(candidate.name)
+    lineage = reg.get(candidate.name)["lineage"]
+    assert lineage["evaluation"]["report"] == (registry / candidate.name / "evaluation" / "report.html").as_uri()
+    assert (registry / candidate.name / "evaluation" / "report.html").is_file()

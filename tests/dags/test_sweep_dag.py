@@ -62,12 +62,28 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
     assert best["best_value"] == max(scored) and best["best_value"] > 0.9
     assert (folder / "results.csv").read_text().count("\n") == 9
     assert (folder / "metric_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the best trial became a model version with the sweep in its lineage
-    version = lake["root"] / best["version_uri"].removeprefix("file://" + str(lake["root"]))[1:]
+    # the best trial became a model version with the sweep in its lineage; its candidate folder, outside
+    # the registry while it was evaluated, went once the gate registered it
+    name = best["version_uri"].rstrip("/").rsplit("/", 1)[-1]
+    assert best["version_uri"] == (lake["root"] / "candidates" / "digits" / name).as_uri()
+    assert not (lake["root"] / "candidates" / "digits" / name).exists()
+    version = lake["root"] / "registry" / "digits" / name
+    assert (version / "_REGISTERED.json").is_file()
     lineage = json.loads((version / "lineage.json").read_text())
     assert lineage["sweep"]["id"] == folder.name and lineage["sweep"]["trial"] == best["best_trial"]
-    assert lineage["airflow"]["run_id"] == run.run_id
     assert (version / "model.safetensors").stat().st_size > 0
+    # lineage names the task that published the version, and the days it trained on: a run triggered by
+    # hand has no data interval of its own, so the interval is the window's (30 days up to 2026-11-05)
+    airflow = lineage["airflow"]
+    assert (airflow["dag_id"], airflow["run_id"], airflow["task_id"]) == ("digits_train", run.run_id, "select_best")
+    assert airflow["run_type"] == "manual" and airflow["run_after"] and airflow["try_number"] == 1
+    assert airflow["data_interval_from"] == "window"
+    assert airflow["data_interval_start"] == "2026-10-07T00:00:00+00:00"
+    assert airflow["data_interval_end"] == "2026-11-06T00:00:00+00:00"
+    assert lineage["window"] == {"end_ds": "2026-11-05", "days": 30, "fixed_by": "form"}
+    card = (version / "README.md").read_text()
+    assert "task_id `select_best`" in card and "create_sweep" not in card
+    assert "data interval `2026-10-07T00:00:00+00:00` to `2026-11-06T00:00:00+00:00` (the days of the lake window" in card
     # each trial is its own offline W&B run, grouped by the sweep
     wandb_dirs = {t["wandb"]["run_dir"] for t in trials}
     assert len(wandb_dirs) == 8 and all(os.path.isdir(d) for d in wandb_dirs)

@@ -68,3 +68,38 @@ def test_racing_promotions_on_s3_stay_consistent(s3_conn, tmp_path):
         assert {a["production"], a["previous"]} == {"va", "vb"}
         assert [h["from"] for h in a["history"][-2:]] == ["v0", a["previous"]]
     assert len(reg.aliases()["history"]) == 9
+
+
+def test_a_failed_registration_leaves_nothing_on_s3_and_a_retry_commits(s3_conn, tmp_path):
+    _failed_registration_leaves_nothing(s3_conn, s3_conn.uri("root"), "root/", tmp_path)
+
+
+def test_a_failed_registration_leaves_nothing_on_data_storage_and_a_retry_commits(data_conn, tmp_path):
+    _failed_registration_leaves_nothing(data_conn, "data://.my/models", "data/alice/models/", tmp_path)
+
+
+def _failed_registration_leaves_nothing(s3, root, prefix, tmp_path):
+    """A file of the candidate vanishes between the listing and its copy: the objects the registration
+    PUT before it are deleted, so no ``registry/<model>/<version>/`` object stays; objects left by a
+    registration killed outright go too when the retry commits the same version."""
+    from freestack.registry.core import ModelRegistry
+    from freestack.storage import join, write_bytes
+
+    reg = ModelRegistry(root, "digits")
+    src = make_model_folder(tmp_path / "candidate")
+    (src / "zz-vanished.bin").symlink_to(tmp_path / "gone")  # listed; reading it fails, last of all
+    with pytest.raises(FileNotFoundError):
+        reg.register(src.as_uri(), "v1")
+    assert s3.keys(f"{prefix}registry/digits/v1/") == []
+    assert reg.versions() == [] and not s3.pending_uploads(prefix)
+
+    (src / "zz-vanished.bin").unlink()
+    write_bytes(join(reg.folder, "v1", "stray.bin"), b"from a registration killed outright")
+    assert reg.versions() == []
+    reg.register(src.as_uri(), "v1")
+    keys = s3.keys(f"{prefix}registry/digits/v1/")
+    assert f"{prefix}registry/digits/v1/_REGISTERED.json" in keys
+    assert f"{prefix}registry/digits/v1/stray.bin" not in keys
+    assert s3.get(f"{prefix}registry/digits/v1/model.safetensors") == (src / "model.safetensors").read_bytes()
+    assert [v["version"] for v in reg.versions()] == ["v1"]
+    reg.verify("v1")

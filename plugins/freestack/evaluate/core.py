@@ -5,8 +5,10 @@ whose key hashes into ``test`` (``freestack.ml.prep.split_of_keys``, salted with
 Both models are scored on exactly those rows, each through its own preprocessing, with metrics
 computed in label space (a class the champion never saw counts as its error).
 
-Writes ``<version>/evaluation/``: ``metrics.json``, PNG plots (confusion matrix or residuals,
+Writes ``evaluation/`` into the candidate's folder (``candidates/<model>/<version>/``, outside the
+registry until the gate registers it): ``metrics.json``, PNG plots (confusion matrix or residuals,
 per-class metrics, learning curves from ``history.json``) and ``report.html`` with the plots embedded.
+Paths in ``metrics.json`` are relative to the model folder, so they hold wherever it is copied.
 """
 
 from __future__ import annotations
@@ -443,7 +445,7 @@ def evaluate(
         "champion": {k: v for k, v in champ.items() if k != "_points"} if champ else None,
         "plots": {n: str(join(folder, n)) for n in images},
     }
-    write_json(join(folder, "metrics.json"), summary)
+    write_json(join(folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
     page = render_html(f"{spec.model_name} {version}: evaluation", summary, images)
     report = write_bytes(join(folder, "report.html"), page.encode())
     summary["report"] = report.uri
@@ -466,7 +468,9 @@ def _recorded(candidate_uri: str) -> dict[str, Any]:
 
     folder = join(to_path(candidate_uri), "evaluation")
     summary = json.loads(join(folder, "metrics.json").read_text())
-    summary.update(report=str(join(folder, "report.html")), wandb=None)
+    plots = {n: rel if "://" in rel else str(join(to_path(candidate_uri), *rel.split("/")))
+             for n, rel in (summary.get("plots") or {}).items()}  # fmt: skip
+    summary.update(candidate_uri=str(candidate_uri), plots=plots, report=str(join(folder, "report.html")), wandb=None)
     log.info("%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"])
     return summary
 

@@ -52,10 +52,12 @@ class EvaluateOperator(HubEnvironment, PipelineOperator):
             champion_version = reg.resolve("production")
         except RegistryError:
             self.log.info("no production version of %s yet: the candidate is the first model", spec.model_name)
+        # a version the gate registered already (this task cleared after it): its evaluation stands
+        candidate_uri = reg.version_uri(cand["version"]) if reg.is_registered(cand["version"]) else cand["version_uri"]
         try:
             summary = evaluate(
                 spec,
-                cand["version_uri"],
+                candidate_uri,
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
                 tracking_settings=WandbHook().checked_settings(),
             )

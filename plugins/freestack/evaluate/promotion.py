@@ -58,28 +58,42 @@ def register_candidate(
     run_id: str,
     hub: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
-    """Commit the candidate with its card and the decision; push it to the Hub when the spec names a
-    repo and ``hub`` (token, endpoint) has a token. A retry by the same run finds its version committed
-    and takes it as it is; another run's version of the same name is refused (versions are immutable)."""
+    """Register the evaluated candidate (``ev["candidate_uri"]``) with its card and the decision, and
+    remove its candidate folder; push it to the Hub when the spec names a repo and ``hub`` (token,
+    endpoint) has a token. A retry by the same run finds its version committed and takes it as it is;
+    another run's version of the same name is refused (versions are immutable)."""
+    from freestack.storage import join
+
     version = ev["candidate_version"]
     reg = registry_for(spec)
     lineage = {
         "gate": decision,
-        "evaluation": {"report": ev.get("report"), "champion_version": ev.get("champion_version"),
-                       "candidate": _numbers(ev["candidate"])},
+        "evaluation": {"report": str(join(reg.version_path(version), "evaluation", "report.html")),
+                       "champion_version": ev.get("champion_version"), "candidate": _numbers(ev["candidate"])},
     }  # fmt: skip
     try:
-        uri = reg.register_in_place(version, lineage_updates=lineage, card=candidate_card(spec, ev, decision))
+        uri = reg.register(ev["candidate_uri"], version, lineage_updates=lineage, card=candidate_card(spec, ev, decision))
     except VersionExists:
         uri = _registered_by(reg, version, run_id)
     except RegistryError as exc:
         raise PromotionError(str(exc)) from None
+    _drop_candidate(reg, version, ev["candidate_uri"])
     pushed = None
     if spec.model.hub_repo:
         token, endpoint = hub
         pushed = push_to_hub(reg, version, spec.model.hub_repo, token, endpoint=endpoint)
     log.info("registered %s %s at %s (model card: %s/README.md)", spec.model_name, version, uri, uri)
     return {"version": version, "version_uri": uri, "hub": pushed, "promote": decision["promote"]}
+
+
+def _drop_candidate(reg: ModelRegistry, version: str, candidate_uri: str) -> None:
+    """The candidate's folder, once registered, is a copy: it goes (a folder the user named stays)."""
+    if str(candidate_uri).rstrip("/") != str(reg.candidate_path(version)).rstrip("/"):
+        return
+    try:
+        reg.remove_candidate(version)
+    except Exception as exc:  # the version is registered: a leftover copy is no reason to fail
+        log.warning("could not remove the registered candidate's folder %s: %s", candidate_uri, exc)
 
 
 def _registered_by(reg: ModelRegistry, version: str, run_id: str) -> str:

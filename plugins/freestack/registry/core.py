@@ -6,11 +6,15 @@ Layout under a storage root (``file://``, ``s3://conn@bucket/prefix`` or ``data:
                                            preprocessing.json, metrics.json, history.json,
                                            lineage.json, evaluation/..., _REGISTERED.json
     registry/<model>/aliases.json          {"production": v, "staging": v, "previous": v, "history": [...]}
+    candidates/<model>/<version>/          a candidate: trained (or published by a sweep) and being
+                                           evaluated, not registered yet; outside the registry
 
-**Versions are immutable.** Registering copies the files first and then creates ``_REGISTERED.json``
-with create-if-absent (:func:`freestack.storage.cas.create`): that marker is the commit point. A
-folder without it (a crash half-way through a copy, or ``train()`` output not registered yet) is
-not a version: listings ignore it and a retry of the registration overwrites it. Once the marker
+**Versions are immutable, and only complete ones are in the registry.** A candidate is written and
+evaluated under ``candidates/``; registering copies its files into ``registry/<model>/<version>/`` and
+then creates ``_REGISTERED.json`` with create-if-absent (:func:`freestack.storage.cas.create`): that
+marker is the commit point. A registration that fails removes everything it wrote, so a failure leaves
+no version folder behind; one killed outright (``kill -9``) leaves a folder without the marker, which
+is not a version: listings ignore it and a retry of the registration replaces it. Once the marker
 exists, registering the same version again fails with :class:`VersionExists`. The marker holds a
 manifest (sha256 and size of every file), so :meth:`ModelRegistry.verify` and :meth:`load` notice a
 file changed behind the registry's back.
@@ -127,6 +131,18 @@ def walk_files(folder: ObjectStoragePath) -> list[tuple[str, ObjectStoragePath]]
     return sorted(out)
 
 
+def remove_tree(folder: ObjectStoragePath) -> None:
+    """Remove ``folder`` and everything under it, on any backend (nothing there is fine)."""
+    fs = folder.fs
+    fs.invalidate_cache(folder.path)
+    try:
+        if fs.exists(folder.path):
+            fs.rm(folder.path, recursive=True)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache(folder.path)
+
+
 class ModelRegistry:
     """Versions and aliases of one model under ``<root>/registry/<model>/``."""
 
@@ -171,6 +187,17 @@ class ModelRegistry:
         return self._read_marker(version) is not None
 
     # -- registration -----------------------------------------------------------------------------------
+    def candidate_path(self, version: str) -> ObjectStoragePath:
+        """Where a candidate of ``version`` is written and evaluated before it is registered:
+        ``candidates/<model>/<version>/`` beside the registry, never inside it."""
+        from freestack.storage import join
+
+        return join(self.root, "candidates", self.model, check_version(version))
+
+    def remove_candidate(self, version: str) -> None:
+        """Remove the candidate folder of ``version`` (after its registration copied it)."""
+        remove_tree(self.candidate_path(version))
+
     def register(
         self,
         src_uri: str | ObjectStoragePath,
@@ -181,11 +208,12 @@ class ModelRegistry:
     ) -> str:
         """Copy the model folder ``src_uri`` (with its subfolders) to ``registry/<model>/<version>/``
         and commit it; return the version's URI. :class:`VersionExists` if it is registered already.
+        All or nothing: a registration that fails removes what it wrote, and raises.
 
         ``lineage_updates`` are merged (top-level keys) into the copied ``lineage.json`` (e.g. the
         gate decision); the model card ``README.md`` is rendered from ``card`` plus the version's
         metrics and lineage."""
-        from freestack.storage import join, to_path, write_bytes
+        from freestack.storage import to_path
 
         check_version(version)
         self._refuse_existing(version)
@@ -200,39 +228,42 @@ class ModelRegistry:
             )
         dest = self.version_path(version)
         if str(dest).rstrip("/") == str(src).rstrip("/"):
-            return self.register_in_place(version, lineage_updates=lineage_updates, card=card)
-        for rel, path in walk_files(dest):  # left over by an earlier, crashed attempt
-            if rel not in names:
-                path.unlink()
+            raise RegistryError(
+                f"{src} is the folder of version {version!r} itself; register from the candidate's folder "
+                f"(e.g. {self.candidate_path(version)})"
+            )
+        remove_tree(dest)  # no marker (checked above): left over by a registration killed outright
+        try:
+            lineage = self._copy(src, files, version)
+            self._finish(version, lineage, lineage_updates, card)
+            return self._commit(version, source=str(src), expected=(names - {MARKER}) | {"README.md", "lineage.json"})
+        except BaseException:
+            self._discard(version)
+            raise
+
+    def _copy(self, src: ObjectStoragePath, files: list[tuple[str, ObjectStoragePath]], version: str) -> dict[str, Any]:
+        """Copy the model files into the version folder; return the source's lineage."""
+        from freestack.storage import join, write_bytes
+
+        dest = self.version_path(version)
         for rel, path in files:
             if rel == MARKER or rel in ("README.md", "lineage.json"):
                 continue
             write_bytes(join(dest, rel), path.read_bytes())
+        names = {rel for rel, _ in files}
         lineage = json.loads(join(src, "lineage.json").read_text()) if "lineage.json" in names else {}
         lineage.setdefault("registered_from", str(src))
-        self._finish(version, lineage, lineage_updates, card)
-        return self._commit(version, source=str(src))
+        return lineage
 
-    def register_in_place(
-        self,
-        version: str,
-        *,
-        lineage_updates: dict[str, Any] | None = None,
-        card: CardInfo | dict[str, Any] | None = None,
-    ) -> str:
-        """Commit a folder already written at ``registry/<model>/<version>/`` (by ``train()`` or
-        ``publish_best()``); return its URI. :class:`VersionExists` if it is committed already."""
-        check_version(version)
-        self._refuse_existing(version)
-        names = {rel for rel, _ in walk_files(self.version_path(version))}
-        missing = missing_model_files(names)
-        if missing:
-            raise RegistryError(
-                f"{self.version_path(version)} holds no model to register: {', '.join(missing)} missing"
-            )
-        lineage = self._read_json(version, "lineage.json") or {}
-        self._finish(version, lineage, lineage_updates, card)
-        return self._commit(version, source=None)
+    def _discard(self, version: str) -> None:
+        """Remove what a failed registration wrote, unless the version got committed (by this attempt
+        before it failed, or by a concurrent one): a failure leaves no version folder behind."""
+        try:
+            if self.is_registered(version):
+                return
+            remove_tree(self.version_path(version))
+        except Exception as exc:  # the failure that got here is the one to report
+            log.warning("could not remove %s after its registration failed: %s", self.version_path(version), exc)
 
     def _refuse_existing(self, version: str) -> None:
         marker = self._read_marker(version)
@@ -257,15 +288,20 @@ class ModelRegistry:
         write_json(join(self.version_path(version), "lineage.json"), lineage)
         self.write_card(version, card)  # always ours: replaces the generic card save_pretrained writes
 
-    def _commit(self, version: str, *, source: str | None) -> str:
+    def _commit(self, version: str, *, source: str, expected: set[str]) -> str:
         from freestack.storage import cas, sha256_of
 
-        self._remove_temporaries(version)
         files = {
             rel: {"sha256": sha256_of(path), "size": path.stat().st_size}
             for rel, path in walk_files(self.version_path(version))
             if rel != MARKER
         }
+        if set(files) != expected:
+            raise RegistryError(
+                f"{self.version_path(version)} changed while {version!r} was being registered (missing: "
+                f"{sorted(expected - set(files)) or 'none'}; unexpected: {sorted(set(files) - expected) or 'none'}); "
+                "register it again"
+            )
         marker = {
             "model": self.model,
             "version": version,
@@ -282,15 +318,6 @@ class ModelRegistry:
             ) from None
         log.info("registered %s %s at %s (%d files)", self.model, version, self.version_path(version), len(files))
         return self.version_uri(version)
-
-    def _remove_temporaries(self, version: str) -> None:
-        """A folder about to be committed may hold temporaries of a writer that was killed (a train or
-        evaluate attempt before the one that finished): they go, so a committed version holds its files
-        only. Nothing writes into a folder once it is committed."""
-        from freestack.storage import remove_temporaries
-
-        for path in remove_temporaries(self.version_path(version)):
-            log.info("removed %s, left by a killed writer, before committing %s %s", path, self.model, version)
 
     # -- reading ------------------------------------------------------------------------------------------
     def _read_json(self, version: str, name: str) -> Any:
@@ -561,5 +588,5 @@ def _event(action: str, alias: str, version: str, old: str | None, reason: str |
 
 __all__ = [
     "IntegrityError", "ModelRegistry", "RegistryError", "VersionExists", "VersionNotFound", "check_alias",
-    "check_version", "registry_for", "walk_files",
+    "check_version", "registry_for", "remove_tree", "walk_files",
 ]  # fmt: skip

@@ -61,7 +61,7 @@ class CreateSweepOperator(PipelineOperator):
             "epochs": params.get("epochs"),
             "learning_rate": params.get("learning_rate"),
             "batch_size": params.get("batch_size"),
-            "airflow": airflow_info(context),
+            "airflow": airflow_info(context, window),
             "window": window,
         }
         settings = server_settings(WandbHook().checked_settings())
@@ -152,7 +152,10 @@ class SelectBestOperator(PipelineOperator):
         if not created:
             raise AirflowFailException("create_sweep did not run; there is no sweep to select from")
         try:
-            summary = select_best(spec, created[0]["sweep_id"], tracking_settings=WandbHook().checked_settings())
+            summary = select_best(
+                spec, created[0]["sweep_id"], tracking_settings=WandbHook().checked_settings(),
+                airflow=airflow_info(context, fixed_window(context)),
+            )  # fmt: skip
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=summary.get("wandb"))

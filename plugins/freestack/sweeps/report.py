@@ -1,10 +1,10 @@
 """``select_best``: the table of a sweep's trials, a plot of the metric against each parameter, and the
-best trial's model published as a model version in the registry.
+best trial's model published as the run's candidate (evaluated, then registered by the gate).
 
     runs/<pipeline>/<sweep_id>/results.csv, results.json    one row per trial
     runs/<pipeline>/<sweep_id>/metric_vs_params.png          the sweep metric against each parameter
     runs/<pipeline>/<sweep_id>/best.json                     the selection
-    registry/<model>/<version>/                              the best trial's model (HF layout)
+    candidates/<model>/<version>/                            the best trial's model (HF layout)
 """
 
 from __future__ import annotations
@@ -118,21 +118,27 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, co
     return buf.getvalue()
 
 
-def publish_best(spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any]) -> str:
-    """Copy the best trial's model folder into ``registry/<model>/<version>``; return its URI."""
-    from freestack.storage import join, list_objects, storage_root, to_path, write_bytes, write_json
+def publish_best(spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any],
+                 airflow: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """Copy the best trial's model folder into ``candidates/<model>/<version>``; return its URI.
+    ``airflow`` is the publishing task's record (:func:`freestack.train.operators.airflow_info`): it
+    replaces the trial's, which names the task that created the sweep."""
+    from freestack.registry.core import registry_for
+    from freestack.storage import join, list_objects, to_path, write_bytes, write_json
 
     src = to_path(best["model_uri"])
     end_ds = sweep["request"]["end_ds"]
     digest = hashlib.sha256(f"{spec.name}|{sweep['id']}|{best['trial']}".encode()).hexdigest()[:8]
     version = f"v{end_ds.replace('-', '')}-{digest}"
-    dest = join(storage_root(spec.storage_root), "registry", spec.model_name, version)
+    dest = registry_for(spec).candidate_path(version)
     for obj in list_objects(src):
         if obj.name == "lineage.json":
             continue
         write_bytes(join(dest, obj.name), obj.read_bytes())
     lineage = json.loads(join(src, "lineage.json").read_text())
     lineage["version"] = version
+    if airflow:
+        lineage["airflow"] = _trained_interval(airflow, lineage.get("window") or {})
     lineage["sweep"] = {
         **(lineage.get("sweep") or {}),
         "id": sweep["id"],
@@ -145,8 +151,21 @@ def publish_best(spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any]
     return str(dest)
 
 
-def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None) -> dict[str, Any]:
-    """Write the table and the plot, publish the best trial's model, log both to W&B."""
+def _trained_interval(airflow: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+    """``airflow`` with, where its data interval is the run's window, the window the trial trained on
+    (a sweep may tune ``window_days``)."""
+    from freestack.train.window import window_interval
+
+    if airflow.get("data_interval_from") != "window" or not window.get("end_ds") or not window.get("days"):
+        return airflow
+    start, end = window_interval(window["end_ds"], window["days"])
+    return {**airflow, "data_interval_start": start, "data_interval_end": end}
+
+
+def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None,
+                airflow: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Write the table and the plot, publish the best trial's model (its lineage naming the Airflow task
+    ``airflow`` describes), log both to W&B."""
     from freestack.storage import join, write_bytes, write_json
 
     sweep, rows, metric, goal = trial_table(spec, sweep_id)
@@ -162,7 +181,9 @@ def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None) ->
     table = write_json(join(folder, "results.json"), {"metric": metric, "goal": goal, "trials": rows})
     table_csv = write_bytes(join(folder, "results.csv"), _csv(rows))
     plot = write_bytes(join(folder, "metric_vs_params.png"), plot_metric_vs_params(rows, metric, goal, sweep["config"]))
-    version_uri = publish_best(spec, sweep, {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}})
+    version_uri = publish_best(
+        spec, sweep, {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}}, airflow=airflow
+    )
     epochs_total = sum(r["epochs"] for r in rows)
     summary = {
         "sweep_id": sweep_id,

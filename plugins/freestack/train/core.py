@@ -3,8 +3,9 @@
 Glue between storage (ObjectStoragePath), the plain ML code in ``freestack.ml`` and tracking.
 Callable from an Airflow task, a notebook or a script alike.
 
-    registry/<model>/<version>/config.json, model.safetensors   (Hugging Face layout)
-                              preprocessing.json, metrics.json, lineage.json, history.json
+    candidates/<model>/<version>/config.json, model.safetensors   (Hugging Face layout; registered into
+                                preprocessing.json, metrics.json,  registry/<model>/<version>/ by the
+                                lineage.json, history.json         gate, freestack.registry.core)
     runs/<pipeline>/<run_key>/train/checkpoint.safetensors        (resumable; removed once the model is
                                                                    written, unless keep_checkpoints)
 
@@ -70,7 +71,7 @@ class TrainRequest:
     #: per-run changes to the spec's ``train:`` and ``model:`` blocks (a sweep trial's parameters);
     #: they win over the fields above and are validated like the spec itself
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: where the model folder goes (default ``registry/<model>/<version>``) and the checkpoints
+    #: where the model folder goes (default ``candidates/<model>/<version>``) and the checkpoints
     #: (default ``runs/<pipeline>/<run_key>/train``)
     output_uri: str | None = None
     checkpoint_uri: str | None = None
@@ -457,7 +458,7 @@ def places(spec: PipelineSpec, req: TrainRequest) -> Places:
     root = storage_root(spec.storage_root)
     run_dir = to_path(req.checkpoint_uri) if req.checkpoint_uri else join(root, "runs", spec.name, _safe_key(req.run_key), "train")
     version = _version_name(spec, req)
-    version_dir = to_path(req.output_uri) if req.output_uri else join(root, "registry", spec.model_name, version)
+    version_dir = to_path(req.output_uri) if req.output_uri else join(root, "candidates", spec.model_name, version)
     return Places(version, version_dir, run_dir)
 
 

@@ -14,6 +14,8 @@ from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
+#: runs whose Airflow data interval is their timetable's: lineage records it as the run's
+INTERVAL_RUNS = ("scheduled", "backfill")
 
 
 class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
@@ -105,18 +107,40 @@ def fixed_window(context: Context) -> dict[str, Any]:
     return window
 
 
-def airflow_info(context: Context) -> dict[str, Any]:
-    """What lineage records of the Airflow run: dag, run, task, try and data interval."""
+def airflow_info(context: Context, window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What lineage records of the Airflow run: the dag, run and task that wrote the model, the try, the
+    run's type, ``run_after`` (when it was due) and logical date (None for a run without one), and its
+    data interval: Airflow's for a scheduled or backfill run (its timetable's interval); a run triggered
+    by hand or by an asset has none of its own (None, or the instant it was triggered), so it records
+    the days of the lake ``window`` it trained on. ``data_interval_from`` says which (``airflow``,
+    ``window``, or None when neither is known)."""
     ti = context["ti"]
     dag_run = context.get("dag_run")
+    kind = getattr(dag_run, "run_type", None)
+    run_type = str(getattr(kind, "value", kind) or "") or None
+    start, end = getattr(dag_run, "data_interval_start", None), getattr(dag_run, "data_interval_end", None)
+    source = "airflow" if run_type in INTERVAL_RUNS and start is not None and end is not None and start < end else None
+    if source is None and window:
+        from freestack.train.window import window_interval
+
+        start, end = window_interval(window["end_ds"], window["days"])
+        source = "window"
     return {
         "dag_id": ti.dag_id,
         "run_id": ti.run_id,
         "task_id": ti.task_id,
         "try_number": ti.try_number,
-        "data_interval_start": str(getattr(dag_run, "data_interval_start", None) or ""),
-        "data_interval_end": str(getattr(dag_run, "data_interval_end", None) or ""),
+        "run_type": run_type,
+        "run_after": _iso(getattr(dag_run, "run_after", None)),
+        "logical_date": _iso(getattr(dag_run, "logical_date", None)),
+        "data_interval_start": _iso(start) if source else None,
+        "data_interval_end": _iso(end) if source else None,
+        "data_interval_from": source,
     }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if hasattr(value, "isoformat") else (str(value) if value else None)
 
 
 class TrainOperator(HubEnvironment, PipelineOperator):
@@ -145,7 +169,7 @@ class TrainOperator(HubEnvironment, PipelineOperator):
             learning_rate=params.get("learning_rate"),
             batch_size=params.get("batch_size"),
             run_key=f"{ti.dag_id}/{ti.run_id}",
-            airflow=airflow_info(context),
+            airflow=airflow_info(context, window),
         )
         self.log.info("training %s on the lake up to %s", spec.name, end_ds)
         try:

@@ -80,6 +80,15 @@ def _minus_days(ds: str, days: int) -> str:
     return (date.fromisoformat(ds) - timedelta(days=days)).isoformat()
 
 
+def window_interval(end_ds: str, days: int) -> tuple[str, str]:
+    """The days a window of ``days`` days ending at ``end_ds`` covers, as an interval in UTC (ISO 8601):
+    from the start of its first day to the end of ``end_ds``."""
+    from datetime import UTC, datetime
+
+    end = datetime.fromisoformat(end_ds).replace(tzinfo=UTC) + timedelta(days=1)
+    return (end - timedelta(days=int(days))).isoformat(), end.isoformat()
+
+
 def sweep_window_days(spec: PipelineSpec) -> int:
     """The widest window a trial of the spec's sweep can ask for (0 when it does not tune window_days)."""
     from freestack.sweeps.spec import leaf_parameters
@@ -201,4 +210,4 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
 
 
 __all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "changed_message", "lineage_window", "read_window",
-           "sweep_window_days"]  # fmt: skip
+           "sweep_window_days", "window_interval"]  # fmt: skip

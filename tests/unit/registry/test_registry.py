@@ -76,8 +76,6 @@ def test_versions_are_immutable(reg, src, tmp_path):
     other = make_model_folder(tmp_path / "other", seed=7)
     with pytest.raises(VersionExists, match=r"'v1' of model 'digits' is already registered.*new version"):
         reg.register(other.as_uri(), "v1")
-    with pytest.raises(VersionExists, match="new version"):
-        reg.register_in_place("v1")
     with pytest.raises(VersionExists):
         reg.write_card("v1", {"intended_use": "rewrite"})
     assert (tmp_path / "store/registry/digits/v1/model.safetensors").read_bytes() == before
@@ -85,63 +83,38 @@ def test_versions_are_immutable(reg, src, tmp_path):
     assert [v["version"] for v in reg.versions()] == ["v1", "v2"]
 
 
-def test_a_crashed_registration_is_not_a_version_and_a_retry_completes_it(reg, src, tmp_path, monkeypatch):
-    from freestack.registry import core
+def test_a_failed_registration_leaves_no_version_folder_and_a_retry_commits(reg, src, tmp_path):
+    """A file of the candidate vanishes between the listing and its copy: the registration fails after
+    writing the files before it, removes them all, and a retry of the same version commits it."""
     from freestack.registry.core import VersionNotFound
 
-    calls = {"n": 0}
-    real = core.ModelRegistry._commit
-
-    def crash(self, version, *, source):  # the process dies after the copy, before the commit point
-        calls["n"] += 1
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(core.ModelRegistry, "_commit", crash)
-    with pytest.raises(KeyboardInterrupt):
+    (src / "zz-vanished.bin").symlink_to(tmp_path / "gone")  # listed; reading it fails, last of all
+    with pytest.raises(FileNotFoundError):
         reg.register(src.as_uri(), "v1")
     folder = tmp_path / "store/registry/digits/v1"
-    assert (folder / "model.safetensors").exists() and not (folder / "_REGISTERED.json").exists()
-    (folder / "stray.bin").write_bytes(b"from a different, crashed attempt")
-    assert reg.versions() == []
-    assert not reg.is_registered("v1")
+    assert not folder.exists(), sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    assert reg.versions() == [] and not reg.is_registered("v1")
     with pytest.raises(VersionNotFound):
         reg.resolve("v1")
-    with pytest.raises(VersionNotFound, match="not registered"):
-        reg.promote("v1")
-    with pytest.raises(VersionNotFound):
-        reg.load("v1")
 
-    monkeypatch.setattr(core.ModelRegistry, "_commit", real)
-    reg.register(src.as_uri(), "v1")  # the retry overwrites the leftovers and commits
-    assert not (folder / "stray.bin").exists()
+    (src / "zz-vanished.bin").unlink()
+    reg.register(src.as_uri(), "v1")
     assert [v["version"] for v in reg.versions()] == ["v1"]
     reg.verify("v1")
 
 
-def test_register_in_place_commits_a_folder_written_by_train(reg, tmp_path):
-    from freestack.registry.core import RegistryError, VersionExists
-
-    folder = make_model_folder(tmp_path / "store/registry/digits/v3")
-    assert reg.versions() == []  # written but not committed
-    uri = reg.register_in_place("v3", lineage_updates={"gate": GATE}, card={"sweep": SWEEP})
-    assert uri == folder.as_uri()
-    card = _front_matter((folder / "README.md").read_text())
-    assert card["freestack"]["gate"] == GATE and card["freestack"]["sweep"] == SWEEP
-    with pytest.raises(VersionExists):
-        reg.register_in_place("v3")
-    with pytest.raises(RegistryError, match="config.json, model.safetensors missing"):
-        reg.register_in_place("v4")
-
-
-def test_a_killed_writers_temporary_is_not_committed_into_the_version(reg, tmp_path):
-    """kill -9 of a process writing into a version folder (a train attempt) leaves its hidden temporary;
-    the retry's registration commits the version without it."""
+def test_a_registration_killed_outright_is_not_a_version_and_a_retry_replaces_it(reg, src, tmp_path):
+    """kill -9 runs no cleanup: a registration killed while writing leaves its files and its writer's
+    hidden temporary, without the marker. That is no version, and the retry replaces all of it."""
     import signal
     import subprocess
     import sys
     import time
 
+    from freestack.registry.core import VersionNotFound
+
     folder = make_model_folder(tmp_path / "store/registry/digits/v5")
+    (folder / "stray.bin").write_bytes(b"from a different, killed attempt")
     writer = (
         "import sys, time\n"
         "from freestack.storage import AtomicWriter, to_path\n"
@@ -154,11 +127,41 @@ def test_a_killed_writers_temporary_is_not_committed_into_the_version(reg, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(0.1)
-    left = [p for p in folder.iterdir() if ".freestack-tmp-" in p.name]
-    assert len(left) == 1, "the killed writer left its temporary"
-    reg.register_in_place("v5")
+    assert len([p for p in folder.iterdir() if ".freestack-tmp-" in p.name]) == 1, "the killed writer left its temporary"
+    assert reg.versions() == []
+    with pytest.raises(VersionNotFound, match="not registered"):
+        reg.promote("v5")
+    with pytest.raises(VersionNotFound):
+        reg.load("v5")
+
+    reg.register(src.as_uri(), "v5")
+    assert not (folder / "stray.bin").exists()
     assert not [p for p in folder.rglob("*") if ".freestack-tmp-" in p.name]
+    assert [v["version"] for v in reg.versions()] == ["v5"]
     reg.verify("v5")
+
+
+def test_candidates_live_outside_the_registry_until_registered(reg, tmp_path):
+    from freestack.registry.core import RegistryError, VersionExists
+
+    candidate = reg.candidate_path("v3")
+    assert str(candidate) == (tmp_path / "store/candidates/digits/v3").as_uri()
+    folder = make_model_folder(tmp_path / "store/candidates/digits/v3")
+    assert reg.versions() == [] and not (tmp_path / "store/registry").exists()
+    uri = reg.register(str(candidate), "v3", lineage_updates={"gate": GATE}, card={"sweep": SWEEP})
+    assert uri == (tmp_path / "store/registry/digits/v3").as_uri()
+    card = _front_matter((tmp_path / "store/registry/digits/v3/README.md").read_text())
+    assert card["freestack"]["gate"] == GATE and card["freestack"]["sweep"] == SWEEP
+    reg.remove_candidate("v3")
+    assert not folder.exists()
+    reg.verify("v3")
+    with pytest.raises(VersionExists):
+        reg.register(str(candidate), "v3")
+    own = make_model_folder(tmp_path / "store/registry/digits/v4")  # written into the registry directly
+    with pytest.raises(RegistryError, match="is the folder of version 'v4' itself; register from the candidate"):
+        reg.register(own.as_uri(), "v4")
+    with pytest.raises(RegistryError, match="config.json, model.safetensors missing"):
+        reg.register(str(reg.candidate_path("v6")), "v6")
 
 
 def test_a_changed_file_fails_verification_and_load(reg, src, tmp_path):
