@@ -75,7 +75,7 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
         trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("trials/*/trial.json"))]
         assert sorted(t["params"]["model.init.hidden"] for t in trials) == [16, 48]
         best = json.loads((sweep / "best.json").read_text())
-        version = Path(best["version_uri"].removeprefix("file://"))
+        version = lake["root"] / "registry" / "digits" / Path(best["version_uri"].removeprefix("file://")).name
         lineage = json.loads((version / "lineage.json").read_text())
         sha = hashlib.sha256(module.read_bytes()).hexdigest()
         assert lineage["module"] == {"class": "DigitsNet", "file": "module.py", "source": str(module), "sha256": sha,
