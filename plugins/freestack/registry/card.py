@@ -70,10 +70,10 @@ fetched at that commit){% else %} (`config.json` + `model.safetensors`){% endif 
 {%- elif custom -%}
 A freestack custom model (`{{ custom.class }}` from `{{ custom.source }}`, {{ task }}) in Hugging Face
 layout: `config.json`, `model.safetensors` and the module's own source, `module.py` (sha256
-`{{ custom.sha256 }}`), loadable with `freestack.ml.models.load_pretrained`.
+`{{ custom.sha256 }}`), loadable with `freestack.ml.models.load_pretrained` (below).
 {%- else -%}
 A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` +
-`model.safetensors`, loadable with `FreestackNet.from_pretrained`.
+`model.safetensors`, loadable with `freestack.ml.models.load_pretrained` (below).
 {%- endif %}
 
 ## Intended use
@@ -114,8 +114,59 @@ Window: {{ window_text }}.
 
 ## How to load
 
+In Python with freestack installed, from the version's folder (`registry/{{ model }}/{{ version }}/` under
+the storage root, or a copy of it: `huggingface_hub.snapshot_download(repo_id, revision="{{ version }}")`
+of a Hub repo it was pushed to); the example inputs are the first test rows the evaluation checked:
+{%- if custom %}
+loading runs the version's `module.py`: do it for versions whose code you trust.
+{%- endif %}
+{%- if adapter %}
+the adapter's base, `{{ pretrained.repo }}`, is fetched from the Hub at commit `{{ pretrained.commit }}`.
+{%- endif %}
+
 ```python
-{% if pretrained -%}
+{% if image_column -%}
+import base64
+{% endif -%}
+import json
+
+import torch
+{%- if features %}
+from freestack.ml.features import load_encoder
+{%- endif %}
+from freestack.ml.models import load_pretrained
+
+folder = "."  # the version's folder
+model = load_pretrained(folder)
+{%- if features %}
+encoder = load_encoder(folder)  # preprocessing.json{% if text_column %} + tokenizer.json{% endif %}: the inputs encoded as in training
+{%- endif %}
+sample = json.load(open(f"{folder}/evaluation/smoke.json"))  # test rows, as a client sends them
+{%- if features %}
+
+# a list of raw values per column: {{ features_text }}
+columns = {name: [row[i] for row in sample["rows"][:4]] for i, name in enumerate(sample["features"])}
+{%- if image_column %}
+columns["{{ image_column }}"] = [base64.b64decode(v) for v in columns["{{ image_column }}"]]  # an image is its file's bytes
+{%- endif %}
+x = {group: torch.as_tensor(values) for group, values in encoder.encode(columns).items()}
+{%- else %}
+
+# a row of {{ n_features }} numbers per input, in the order of the columns in model.features
+x = torch.tensor(sample["rows"][:4], dtype=torch.float32)
+{%- endif %}
+{%- if task == "regression" %}
+print(model.predict(x).tolist())  # in the target's units
+{%- else %}
+proba = model.predict_proba(x)  # a probability per class, in model.classes order
+print(proba.tolist())
+print([model.classes[i] for i in proba.argmax(-1).tolist()])
+{%- endif %}
+```
+{% if pretrained %}
+From the Hub with plain `transformers`{% if adapter %} and `peft`{% endif %} (no freestack), once pushed to `<repo>`:
+
+```python
 from transformers import {{ auto_class }}{% if pretrained.task == "text-classification" %}, AutoTokenizer{% endif %}
 {%- if adapter %}
 from transformers import AutoConfig
@@ -123,36 +174,24 @@ from peft import PeftModel
 
 config = AutoConfig.from_pretrained("<repo>", revision="{{ version }}")   # the labels
 base = {{ auto_class }}.from_pretrained("{{ pretrained.repo }}", revision="{{ pretrained.commit }}", config=config)
-model = PeftModel.from_pretrained(base, "<repo>", revision="{{ version }}")
+model = PeftModel.from_pretrained(base, "<repo>", revision="{{ version }}").eval()
 {%- else %}
 
-model = {{ auto_class }}.from_pretrained("<repo>", revision="{{ version }}")
+model = {{ auto_class }}.from_pretrained("<repo>", revision="{{ version }}").eval()
 {%- endif %}
 {%- if pretrained.task == "text-classification" %}
 tokenizer = AutoTokenizer.from_pretrained("<repo>", revision="{{ version }}")
-logits = model(**tokenizer(["some text"], return_tensors="pt", truncation=True)).logits
-{%- endif %}
-{%- elif custom -%}
-from freestack.registry.hub import load_from_hub
-
-# loading runs the repo's module.py: do it for repos whose code you trust
-model = load_from_hub("<repo>", revision="{{ version }}", trust_remote_code=True)
-{%- else -%}
-from freestack.ml.models import FreestackNet
-
-model = FreestackNet.from_pretrained("<repo or folder>", revision="{{ version }}")
-{%- endif %}
-{%- if features and not pretrained %}
-
-# the inputs are {{ features_text }}: encode raw values as the training did
-import torch
-from freestack.ml.features import load_encoder
-
-encoder = load_encoder("<local folder of the version>")   # preprocessing.json (+ tokenizer.json)
-batch = encoder.encode({column: [value, ...] for column in {{ feature_names }}})  # images: file bytes
-model.predict_proba({group: torch.as_tensor(values) for group, values in batch.items()})
+batch = tokenizer(["some text"], return_tensors="pt", padding="max_length", truncation=True, max_length={{ max_length }})
+print(model(**batch).logits.softmax(-1).tolist())  # labels: model.config.id2label
 {%- endif %}
 ```
+{% elif custom %}
+From the Hub, once pushed to `<repo>`: `model = freestack.registry.hub.load_from_hub("<repo>",
+revision="{{ version }}", trust_remote_code=True)`, then as above.
+{% else %}
+From the Hub, once pushed to `<repo>`: `model = freestack.ml.models.FreestackNet.from_pretrained("<repo>",
+revision="{{ version }}")`, then as above.
+{% endif %}
 """
 
 
@@ -160,7 +199,7 @@ def _task_type(task: str, kind: str, lineage: dict[str, Any] | None = None) -> s
     base = (lineage or {}).get("base") or {}
     if base.get("task"):  # a fine-tuned model: text-classification or image-classification
         return str(base["task"])
-    if kind == "cnn":
+    if set(((lineage or {}).get("features") or {}).values()) == {"image"}:  # one image column
         return "image-classification" if task == "classification" else "image-to-text"
     return "tabular-regression" if task == "regression" else "tabular-classification"
 
@@ -204,7 +243,7 @@ def render_card(
         intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
         window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
         airflow_text=_airflow_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
-        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage),
+        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage, facts["train_config"]),
         pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
     )  # fmt: skip
     return str(card)
@@ -225,13 +264,48 @@ def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
             "auto_class": auto, "tags": ["lora"] if peft else []}  # fmt: skip
 
 
-def _features(lineage: dict[str, Any]) -> dict[str, Any]:
-    """The card's words on category, text and image inputs (none for numeric columns only)."""
+def _features(lineage: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    """The card's words on the inputs: the columns and their kinds, the image and text columns (the
+    recipe decodes images from base64, and a text model's tokenizer length)."""
     kinds = lineage.get("features") or {}
+    facts = {"features": None, "features_text": "", "feature_names": list(kinds), "n_features": len(kinds),
+             "image_column": None, "text_column": None,
+             "max_length": (hyper.get("model") or {}).get("max_length") or 128}  # fmt: skip
     if all(k in ("int", "float", "bool") for k in kinds.values()):
-        return {"features": None, "features_text": "", "feature_names": []}
+        return facts
     text = ", ".join(f"`{name}` ({kind})" for name, kind in kinds.items())
-    return {"features": kinds, "features_text": text, "feature_names": list(kinds)}
+    image = next((n for n, k in kinds.items() if k == "image"), None)
+    texts = next((n for n, k in kinds.items() if k == "text"), None)
+    return facts | {"features": kinds, "features_text": text, "image_column": image, "text_column": texts}
+
+
+#: the ``model:`` settings each kind of model uses, beside type, task, name, features and hub_repo
+MODEL_SETTINGS = {
+    "mlp": ("hidden", "dropout"),
+    "cnn": ("image_shape", "channels", "dropout"),
+    "custom": ("module", "class", "init"),
+    "huggingface": ("base", "revision", "peft"),
+}
+
+
+def model_settings(hyper: dict[str, Any], kind: str, kinds: dict[str, str]) -> dict[str, Any]:
+    """The training settings with only the ``model:`` fields that apply to the model's kind (an MLP's
+    widths are not a custom module's) and its inputs (``model.text`` only for a text column); settings
+    left unset (None) are left out."""
+    model = dict(hyper.get("model") or {})
+    if not model:
+        return hyper
+    inputs = set(kinds.values())
+    own = ["type", "task", "name", "features", "hub_repo", *MODEL_SETTINGS.get(kind, MODEL_SETTINGS["mlp"])]
+    if kind == "huggingface":  # the base's tokenizer or image processor: only its length and the augmentations
+        own += ["max_length"] if "text" in inputs else []
+        if "image" in inputs and isinstance(model.get("image"), dict):
+            model["image"] = {"augment": model["image"].get("augment") or []}
+            own.append("image")
+    else:
+        own += [group for group in ("category", "text", "image") if group in inputs]
+        own += ["channels"] if kind == "mlp" and "image" in inputs else []  # the image column's CNN
+    return {**hyper, "model": {k: v for k, v in model.items() if k in own and v is not None}}
 
 
 def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
@@ -241,15 +315,28 @@ def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict
     partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
     return {
         "task": task,
-        "kind": "custom" if lineage.get("module") else str((hyper.get("model") or {}).get("kind") or "mlp"),
+        "kind": _kind(lineage, hyper.get("model") or {}),
         "pipeline": lineage.get("pipeline") or model,
         "metrics": metrics_summary(info.metrics if info.metrics is not None else metrics),
         "window": info.window if info.window is not None else (lineage.get("window") or {}),
         "partitions": [{k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions],
-        "train_config": info.train_config if info.train_config is not None else hyper,
+        "train_config": model_settings(info.train_config if info.train_config is not None else hyper,
+                                       _kind(lineage, hyper.get("model") or {}), lineage.get("features") or {}),
         "sweep": info.sweep if info.sweep is not None else (lineage.get("sweep") or None),
         "gate": info.gate if info.gate is not None else (lineage.get("gate") or None),
     }
+
+
+def _kind(lineage: dict[str, Any], model: dict[str, Any]) -> str:
+    """mlp, cnn (``type: auto`` with an ``image_shape``), custom or huggingface."""
+    if lineage.get("module"):
+        return "custom"
+    if lineage.get("base"):
+        return "huggingface"
+    kind = str(model.get("kind") or model.get("type") or "auto")
+    if kind == "auto":
+        return "cnn" if model.get("image_shape") else "mlp"
+    return kind
 
 
 def _eval_results(facts: dict[str, Any], info: CardInfo, lineage: dict[str, Any]) -> list:
@@ -322,4 +409,4 @@ def _kv_text(d: Any) -> str:
     return str(d)
 
 
-__all__ = ["CARD_TEMPLATE", "CardInfo", "metrics_summary", "render_card"]
+__all__ = ["CARD_TEMPLATE", "CardInfo", "metrics_summary", "model_settings", "render_card"]
