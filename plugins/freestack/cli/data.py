@@ -1,5 +1,6 @@
-"""The Data API's commands in the ``freestack`` CLI: ``data-api`` (the service), ``keys`` (its users and
-API keys), ``acl`` (a collection's readers and writers) and ``data`` (copy files in and out of storage).
+"""The data commands of the ``freestack`` CLI: ``data-api`` (the service), ``keys`` (its users and API
+keys), ``acl`` (a collection's readers and writers), ``data`` (copy files in and out of storage) and
+``split`` (which lake rows a training puts in train, val and test).
 
 ``keys`` works on ``FREESTACK_DATA_API_KEYS`` (default ``<project>/.freestack/data-api/keys.sqlite``)
 or ``--keys``; ``acl`` on the service's backing store (``--root``, else as ``freestack data-api`` would
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from freestack.cli.common import Json
+from freestack.cli.common import Json, Pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, out, print_json, progress, table
 
@@ -220,12 +221,104 @@ def _byte_columns():
     return TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()
 
 
+def split(
+    pipeline: Pipeline,
+    version: Annotated[str | None, typer.Option("--version", metavar="VERSION", help="A registered version (or alias) of the pipeline's model: the partitions it was trained on, checked by sha256, and its split fractions.", show_default=False)] = None,
+    end_ds: Annotated[str | None, typer.Option("--end-ds", metavar="DS", help="The window's last day (default: the newest lake partition).", show_default=False)] = None,
+    days: Annotated[int | None, typer.Option("--days", metavar="DAYS", min=1, help="The window's length in days (default: the spec's train.window_days).", show_default=False)] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="Write one row per lake row (key, ds, split) to this .parquet or .csv file.", show_default=False)] = None,
+    json: Json = False,
+) -> int:  # fmt: skip
+    """Which lake rows are train, val and test: the split every training and evaluation of PIPELINE makes
+    (a salted hash of the row key, freestack.ml.prep.split_of_keys)."""
+    spec = load_pipeline(pipeline)
+    if version and (end_ds or days):
+        raise CliError("--version fixes the window: leave out --end-ds and --days", "or drop --version")
+    if out_file is not None and out_file.suffix not in (".parquet", ".csv"):
+        raise CliError(f"--out {out_file}: write a .parquet or a .csv file", "name the file with one of those suffixes")
+    window, fractions = _split_window(spec, version, end_ds, days)
+    rows = split_rows(spec, window, fractions)
+    counts = {s: int((rows["split"] == s).sum()) for s in ("train", "val", "test")}
+    if out_file is not None:
+        _write_rows(rows, out_file)
+    summary = {"pipeline": spec.name, "version": version, "end_ds": window.end_ds, "days": window.days,
+               "partitions": [p.ds for p in window.of_days(window.days)], "key": spec.source.schema_.key,
+               "val_fraction": fractions[0], "test_fraction": fractions[1], "salt": spec.name, "rows": counts,
+               "out": str(out_file) if out_file is not None else None}  # fmt: skip
+    if json:
+        print_json(summary)
+        return 0
+    t = table("split", "rows", right=("rows",), title=f"{spec.name}: {len(rows)} rows of {len(summary['partitions'])} "
+              f"partitions up to {window.end_ds}, split on {summary['key']!r}")  # fmt: skip
+    for name, n in counts.items():
+        t.add_row(name, str(n))
+    emit(t)
+    if out_file is not None:
+        out().print(f"wrote key, ds and split of every row to {out_file}")
+    return 0
+
+
+def _split_window(spec, version: str | None, end_ds: str | None, days: int | None):
+    """(the window, (val_fraction, test_fraction)): a version's recorded ones, else the lake's."""
+    from freestack.registry.core import registry_for
+    from freestack.train.window import fix_window, lineage_window
+
+    t = spec.train
+    if version is None:
+        return fix_window(spec, end_ds, days or t.window_days), (t.val_fraction, t.test_fraction)
+    reg = registry_for(spec)
+    name = reg.resolve(version)
+    lineage = reg.lineage(name) or {}
+    window = lineage_window(lineage)
+    if window is None:
+        raise CliError(f"{spec.model_name} {name} records no partition hashes in its lineage",
+                       "pass --end-ds and --days instead of --version")  # fmt: skip
+    recorded = lineage.get("split") or {}
+    return window, (float(recorded.get("val_fraction", t.val_fraction)), float(recorded.get("test_fraction", t.test_fraction)))
+
+
+def split_rows(spec, window, fractions: tuple[float, float]):
+    """A frame of the window's rows, in lake order: the key, the partition's ds and the row's split.
+    Each partition is read once, its bytes checked against the window's sha256."""
+    import hashlib
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freestack.ml.prep import split_of_keys
+    from freestack.storage import to_path
+    from freestack.train.window import changed_message
+
+    key = spec.source.schema_.key
+    frames = []
+    for p in window.of_days(window.days):
+        try:
+            data = to_path(p.uri).read_bytes()
+        except FileNotFoundError:
+            raise CliError(changed_message(spec, p, "was removed"), "pick another window or version") from None
+        if hashlib.sha256(data).hexdigest() != p.sha256:
+            raise CliError(changed_message(spec, p, "was rewritten"), "pick another window or version")
+        keys = pq.read_table(pa.BufferReader(data), columns=[key]).column(key).to_pandas()
+        frames.append(pd.DataFrame({key: keys, "ds": p.ds,
+                                    "split": split_of_keys(keys, *fractions, salt=spec.name)}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_rows(rows, path: Path) -> None:
+    if path.suffix == ".csv":
+        rows.to_csv(path, index=False)
+    else:
+        rows.to_parquet(path, index=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``data-api``, ``keys``, ``acl`` and ``data`` to the ``freestack`` command."""
+    """Add ``data-api``, ``keys``, ``acl``, ``data`` and ``split`` to the ``freestack`` command."""
+    app.command("split")(split)
     app.command("data-api")(data_api)
     app.add_typer(keys_app, name="keys")
     app.add_typer(acl_app, name="acl")
     app.add_typer(data_app, name="data")
 
 
-__all__ = ["acl_app", "data_api", "data_app", "keys_app", "register"]
+__all__ = ["acl_app", "data_api", "data_app", "keys_app", "register", "split", "split_rows"]

@@ -16,17 +16,29 @@ from freestack.ml.moments import RunningMoments
 Split = Literal["train", "val", "test"]
 
 
+def split_of_key(key: Any, val_fraction: float, test_fraction: float, salt: str = "") -> Split:
+    """'train', 'val' or 'test' for one row key: the rule every training and evaluation of a pipeline uses.
+
+    ``u = int.from_bytes(blake2b(f"{salt}{key}".encode(), digest_size=8).digest(), "big") / 2**64``
+    (the key as text, ``salt`` the pipeline's name), then ``test`` when ``u < test_fraction``, ``val``
+    when ``u < test_fraction + val_fraction``, else ``train`` (the fractions are the spec's
+    ``train.test_fraction`` and ``train.val_fraction``, 0.15 each by default)."""
+    h = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
+    u = int.from_bytes(h, "big") / 2**64
+    return "test" if u < test_fraction else ("val" if u < test_fraction + val_fraction else "train")
+
+
 def split_of_keys(keys: pd.Series, val_fraction: float, test_fraction: float, salt: str = "") -> np.ndarray:
-    """'train' / 'val' / 'test' per key, from a hash of the key alone.
+    """'train' / 'val' / 'test' per key, from a hash of the key alone (:func:`split_of_key`).
 
     A row keeps its split forever, whatever else arrives: new days never move old rows between
-    train and test, so a test score stays honest as the window grows.
+    train and test, so a test score stays honest as the window grows. To rebuild a pipeline's split
+    outside freestack: ``split_of_keys(frame[key_column], spec.train.val_fraction,
+    spec.train.test_fraction, salt=spec.name)``, or ``freestack split PIPELINE``.
     """
     out = np.empty(len(keys), dtype=object)
     for i, k in enumerate(keys.astype(str)):
-        h = hashlib.blake2b(f"{salt}{k}".encode(), digest_size=8).digest()
-        u = int.from_bytes(h, "big") / 2**64
-        out[i] = "test" if u < test_fraction else ("val" if u < test_fraction + val_fraction else "train")
+        out[i] = split_of_key(k, val_fraction, test_fraction, salt)
     return out
 
 
