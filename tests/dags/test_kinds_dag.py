@@ -98,7 +98,7 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["features"] == {"price": "float", "colour": "category", "review": "text", "photo": "image"}
         card = (version / "README.md").read_text()
-        inputs = card[card.index("# the inputs are "):].split(":", 1)[0]
+        inputs = card[card.index("# a list of raw values per column: "):].split("\n", 1)[0]
         assert all(f"`{c}` ({k})" in inputs for c, k in lineage["features"].items()), inputs
         assert "encoder = load_encoder(" in card
 
