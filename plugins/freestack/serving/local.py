@@ -236,6 +236,7 @@ class LocalServer:
                            f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
 
     def wait_ready(self, timeout: float) -> None:
+        """Wait until the server answers its health check (``timeout``: deploy.local.start_timeout_seconds)."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -251,8 +252,21 @@ class LocalServer:
             time.sleep(0.1)
         raise DeployError(
             f"the model server for {self.cfg['model']} {self.cfg['version']} was not healthy within {timeout:.0f} s "
-            f"({last}); last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            f"({last}){self._slow_hint(timeout)}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
+
+    def _slow_hint(self, timeout: float) -> str:
+        """What to change when a server is not healthy in time: the setting its log points to."""
+        try:
+            killed = "WORKER TIMEOUT" in Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            killed = False
+        if killed:
+            return (f": gunicorn killed workers that were silent for over deploy.local.timeout_seconds "
+                    f"({self.cfg.get('timeout')} s, see WORKER TIMEOUT in the log); raise it in the spec's deploy.local "
+                    "block")  # fmt: skip
+        return (f": if the model needs longer to load, raise deploy.local.start_timeout_seconds (now {timeout:.0f} s) "
+                "in the spec's deploy.local block")  # fmt: skip
 
     def joined(self) -> set[int]:
         """Pids of the workers that accept on the deployment's address (they write them into the gate)."""
@@ -301,7 +315,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
     cfg = {
         "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
-        "threads": local.threads, "worker_class": local.worker_class, "timeout": local.timeout_seconds,
+        "threads": local.threads, "worker_class": local.worker_class, "timeout": local.worker_timeout,
         "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
         "parameters": {
             "model_uri": model_uri,
@@ -379,6 +393,7 @@ def deploy_local(
     slot = _free_slot(model, name, local, live)
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows, spec)
+    local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)
     cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
@@ -399,6 +414,17 @@ def deploy_local(
     if live:
         _retire(live, address)
     return record
+
+
+def _pretrained(version_uri: str) -> bool:
+    """Whether the version is a fine-tuned transformers model (its timeouts default longer)."""
+    from freestack.ml.models import is_pretrained
+    from freestack.storage import join, to_path
+
+    try:
+        return is_pretrained(json.loads(join(to_path(version_uri), "config.json").read_text()))
+    except (OSError, ValueError):
+        return False  # the server's load reports what is wrong with the version
 
 
 def _release(address: Address) -> None:
@@ -422,7 +448,7 @@ def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, An
     t0 = time.monotonic()
     server = start_server(cfg, model_env=model_env)
     try:
-        server.wait_ready(local.start_timeout_seconds)
+        server.wait_ready(local.start_timeout)
         _check_metrics(server, local)
         t1 = time.monotonic()
         checked = _smoke(server, sample)
@@ -440,12 +466,12 @@ def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model
     started again with the gate open (same version and config) and checked again on its own port."""
     server.gate.write_text("")
     if server.cfg["worker_class"] == "freestack" or server.cfg.get("runtime") == "mlserver":
-        server.wait_joined(local.start_timeout_seconds)
+        server.wait_joined(local.start_timeout)
         return server
     server.stop()
     again = start_server(server.cfg, model_env=model_env, gate_open=True)
     try:
-        again.wait_ready(local.start_timeout_seconds)
+        again.wait_ready(local.start_timeout)
         _check_metrics(again, local)
         _smoke(again, sample)
     except BaseException:

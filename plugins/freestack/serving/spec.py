@@ -9,6 +9,8 @@
         workers: 2                  # gunicorn workers (one model copy each)
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
+        timeout_seconds: null       # gunicorn's worker timeout; null: 30 s, 120 s for a huggingface version
+        start_timeout_seconds: null # to load the model and answer health; null: 120 s, 600 s for huggingface
         log_sample_rate: 1.0        # fraction of requests in the request log (monitoring/<model>/requests/)
         cors_origins: []            # browser origins allowed to call the server (CORS); none by default
       kubernetes:
@@ -36,6 +38,9 @@ from freestack.specbase import SpecModel
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")  # the model server's guard reads them the same way
+#: the defaults of deploy.local.timeout_seconds and start_timeout_seconds per kind of model version
+WORKER_TIMEOUT_S = {"built-in": 30, "huggingface": 120}
+START_TIMEOUT_S = {"built-in": 120.0, "huggingface": 600.0}
 
 
 class LocalTarget(SpecModel):
@@ -63,8 +68,19 @@ class LocalTarget(SpecModel):
         "workers (the fastest here, see bench/serve); gthread: gunicorn's threaded worker (threads > 1); "
         "sync: gunicorn's default, a new connection per request",
     )
-    timeout_seconds: int = Field(default=30, ge=1, le=3600, description="gunicorn's worker timeout.")
-    start_timeout_seconds: float = Field(default=120, gt=0, le=3600, description="How long a new server may take to become healthy.")
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, le=3600,
+        description="gunicorn's worker timeout: a worker silent longer (stuck in one request) is killed and "
+        "replaced; a request must also arrive whole within half of it. Loading the model is not bound by it. "
+        "Default (null): 30 s, 120 s for a model.type: huggingface version (a transformer's forward pass over a "
+        "batch is slow on CPU)",
+    )  # fmt: skip
+    start_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="How long a new server may take to load the model and become healthy. Default (null): 120 s, "
+        "600 s for a model.type: huggingface version (loading transformers and the weights takes minutes on a "
+        "busy machine)",
+    )  # fmt: skip
     smoke_rows: int = Field(default=32, ge=1, le=10_000, description="Test rows sent before switching; the answers must equal the evaluation's.")
     log_sample_rate: float = Field(
         default=1.0, ge=0, le=1,
@@ -85,6 +101,25 @@ class LocalTarget(SpecModel):
         "may call the model server: only these get an Access-Control-Allow-Origin header, and a CORS preflight "
         "from any other is refused (403). Default: none (no page on another origin can read an answer)",
     )
+
+    def for_version(self, pretrained: bool) -> LocalTarget:
+        """These settings with the timeouts left at their defaults (null) set for the served version's
+        kind: ``pretrained``, a fine-tuned transformers model (``model.type: huggingface``)."""
+        kind = "huggingface" if pretrained else "built-in"
+        return self.model_copy(update={
+            "timeout_seconds": self.timeout_seconds or WORKER_TIMEOUT_S[kind],
+            "start_timeout_seconds": self.start_timeout_seconds or START_TIMEOUT_S[kind],
+        })  # fmt: skip
+
+    @property
+    def worker_timeout(self) -> int:
+        """``timeout_seconds``, or its default for a built-in model when left null."""
+        return self.timeout_seconds or WORKER_TIMEOUT_S["built-in"]
+
+    @property
+    def start_timeout(self) -> float:
+        """``start_timeout_seconds``, or its default for a built-in model when left null."""
+        return self.start_timeout_seconds or START_TIMEOUT_S["built-in"]
 
     @field_validator("cors_origins")
     @classmethod
@@ -186,4 +221,4 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
 
 
-__all__ = ["Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]
+__all__ = ["START_TIMEOUT_S", "WORKER_TIMEOUT_S", "Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]

@@ -90,6 +90,32 @@ MAX_BODY = 32 * 1024 * 1024  # the max_body_bytes setting's default, until insta
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class LoadBeats:
+    """Mixed into every worker class: while the worker boots (Seldon's ``load``: the model fetched and
+    loaded, a forward pass run; then ``post_worker_init``), a thread tells the arbiter it is alive, so
+    gunicorn's ``timeout`` bounds a request, not the load (a transformers model may take minutes to load
+    on a busy machine). How long a load may take is the deploy's ``start_timeout_seconds``."""
+
+    def load_wsgi(self):
+        import threading
+
+        failed = threading.Event()
+        every = max(0.1, min(self.cfg.timeout / 5, 2.0))
+
+        def beat():  # until the worker runs its own loop, which notifies the arbiter from then on
+            while not failed.wait(every):
+                self.notify()
+                if self.booted:
+                    return
+
+        threading.Thread(target=beat, name="boot-heartbeat", daemon=True).start()
+        try:
+            return super().load_wsgi()
+        except BaseException:
+            failed.set()
+            raise
+
+
 class SharedTable:
     """The workers' shared table (made in the arbiter, before the fork): per slot a worker's pid, its
     open connections and its last heartbeat."""
@@ -191,7 +217,7 @@ class _Settings:
         return getattr(self._cfg, name)
 
 
-class FreestackWorker(JsonErrors, base.Worker):
+class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     """The keep-alive worker; ``table`` is set in the arbiter by :func:`install` before the fork."""
 
     table: SharedTable | None = None
@@ -586,7 +612,7 @@ def buffer_body(req, sock, max_body: int) -> None:
     req.body = io.BytesIO(decode_chunked(body) if kind == "chunked" else body)
 
 
-class SyncWorker(JsonErrors, sync.SyncWorker):
+class SyncWorker(LoadBeats, JsonErrors, sync.SyncWorker):
     """gunicorn's ``sync`` worker (``worker_class: sync``): a request that takes longer than the read
     deadline (``timeout`` / 2) to arrive gets a 408, and what the worker refuses is a JSON answer."""
 
@@ -602,7 +628,7 @@ class SyncWorker(JsonErrors, sync.SyncWorker):
         return super().handle_request(listener, req, client, addr)
 
 
-class ThreadWorker(JsonErrors, gthread.ThreadWorker):
+class ThreadWorker(LoadBeats, JsonErrors, gthread.ThreadWorker):
     """gunicorn's ``gthread`` worker (``worker_class: gthread``), with the read deadline of
     :class:`SyncWorker` on every request of a keep-alive connection."""
 
@@ -652,5 +678,5 @@ def gunicorn_class(name: str, *, max_body: int = MAX_BODY) -> str:
     return f"{__name__}.{cls.__name__}"
 
 
-__all__ = ["CLASSES", "FreestackWorker", "SharedTable", "SyncWorker", "ThreadWorker", "buffer_body", "gunicorn_class",
+__all__ = ["CLASSES", "FreestackWorker", "LoadBeats", "SharedTable", "SyncWorker", "ThreadWorker", "buffer_body", "gunicorn_class",
            "install"]
