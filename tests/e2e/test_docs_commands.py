@@ -114,12 +114,50 @@ def test_nothing_the_demo_logged_is_at_error_level(demo, sandbox):
     assert "Traceback" not in demo.stdout + demo.stderr
 
 
+def _check_backfill_on_the_demo(out, sandbox) -> None:
+    """The documented backfill on the stack `make demo` left (digits_train unpaused): its plan says that
+    the lake updates would start digits_train runs (the sweep, a possible new production), and with
+    --no-downstream none was started: digits_train was paused meanwhile, then unpaused again."""
+    from urllib.error import HTTPError
+
+    plan = next((ln for ln in out.stdout.splitlines() if ln.startswith("the 5 runs update digits_lake")), "")
+    assert "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)" in plan, out.stdout
+    assert "sweep of 8 trials" in plan and "may promote a new production model" in plan and "--no-downstream" in plan
+    assert "dry run: nothing was created" in out.stdout
+    assert out.stdout.count("paused digits_train for the backfill (--no-downstream)") == 2, out.stdout
+    assert out.stdout.count("unpaused digits_train again, as it was") == 2, out.stdout
+    api = sandbox.api()
+    assert api.call("GET", "/dags/digits_train")["is_paused"] is False
+    events = api.call("GET", "/assets/events?source_dag_id=digits_ingest&limit=100&order_by=-timestamp")["asset_events"]
+    ours = [e for e in events if str(e.get("source_run_id")).startswith("backfill__2026-11-0")]
+    assert len(ours) >= 10 and not [e["created_dagruns"] for e in ours if e["created_dagruns"]], ours
+    try:
+        queued = api.call("GET", "/dags/digits_train/assets/queuedEvents")["queued_events"]
+    except HTTPError as exc:  # 404: nothing queued
+        assert exc.code == 404, exc
+        queued = []
+    assert queued == [], queued
+
+
+#: checks of what a block did, run right after it (while the stack it ran on is up): (a text in the block, check)
+AFTER = [("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo)]
+
+
 @pytest.mark.parametrize("block_id,text,skipped", BLOCKS, ids=[b[0] for b in BLOCKS])
 def test_every_documented_command_runs_as_printed(block_id, text, skipped, demo, sandbox):
     if skipped:
         pytest.skip("marked as needing a cluster")
     out = sandbox.run(block_id, text)
     assert out.returncode == 0, f"{block_id} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    for needle, check in AFTER:
+        if needle in text:
+            check(out, sandbox)
+
+
+def test_the_backfill_on_the_demos_stack_is_documented_and_checked():
+    """The documented backfill flow on the demo's stack (docs/operating/embedded.md) is the one checked."""
+    checked = [b for b, text, skipped in BLOCKS if not skipped and any(n in text for n, _ in AFTER)]
+    assert [b.split("#")[0] for b in checked] == ["docs/operating/embedded.md"], checked
 
 
 def test_make_down_stopped_everything_the_demo_started(demo, sandbox):
