@@ -162,7 +162,7 @@ def _payloads(n: int, max_rows: int) -> list[tuple[str, bytes, str | None]]:
     for body in ([], 1, "str", None, True, 2.5):
         out.append((f"not an object {body!r}", _j(body), J))
     for body in ({}, {"meta": {}}, {"foo": 1}, {"data": {"ndarray": [row]}, "jsonData": {}}, {"strData": "hello"},
-                 {"binData": "aGVsbG8="}, {"data": []}, {"data": 1}, {"data": "x"}, {"data": {}}, {"data": {"names": []}},
+                 {"binData": "aGVsbG8="}, {"strData": "\ud800"}, {"strData": ""}, {"binData": ""}, {"data": []}, {"data": 1}, {"data": "x"}, {"data": {}}, {"data": {"names": []}},
                  {"data": {"tftensor": {}}}, {"data": {"ndarray": [row]}, "meta": []}):  # fmt: skip
         out.append((f"envelope {json.dumps(body)[:40]}", _j(body), J))
     return out + _value_payloads(n, max_rows)
@@ -189,16 +189,17 @@ def _value_payloads(n: int, max_rows: int) -> list[tuple[str, bytes, str | None]
                 [["a"] * n], [[*row[:-1], "1"]], [[True] * n], [[*row[:-1], True]], [[False, *row[1:]]],
                 [row, [*row[:-1], True]], [1.0, [1.0]], [0.5, row], [row, 0.5], [[row, row[:-1]]],
                 [[*row[:-1], [0.5]]], [[*row[:-1], {}]], [[{"a": 1}] * n], [{"a": 1}], [True, 1.0],
-                [row] * (max_rows + 1), [[1e39] * n]):  # fmt: skip
+                [row] * (max_rows + 1), [[1e39] * n], [["\ud800"] * n], [[*row[:-1], "40"]]):  # fmt: skip
         out.append((f"ndarray {json.dumps(arr)[:48]}", _j({"data": {"ndarray": arr}}), J))
     for width in [w for w in range(0, n + 21) if w != n]:
         out.append((f"width {width}", _j({"data": {"ndarray": [[0.1] * width]}}), J))
-    for names in (["f0"], [f"g{i}" for i in range(n)], [1] * n, "f0", [None] * n):
+    for names in (["f0"], [f"g{i}" for i in range(n)], [1] * n, "f0", [None] * n, ["\ud800"] * n):
         out.append((f"names {json.dumps(names)[:30]}", _j({"data": {"names": names, "ndarray": [row]}}), J))
     rec = {f"f{i}": 0.5 for i in range(n)}
     for jd in ([], {"instances": 1}, {"instances": []}, {"instances": [1]}, {"instances": [{"f0": 1.0}]},
                {"instances": [{**rec, "f0": "1"}]}, {"instances": [{**rec, "f0": None}]},
                {"instances": [{**rec, "f0": True}]}, {"instances": [{**rec, "f0": [1.0]}]},
+               {"instances": [{**rec, "f0": "\ud800"}]}, {"instances": [{**rec, "f0": "40"}]},
                {"instances": [rec] * (max_rows + 1)}, "x"):  # fmt: skip
         out.append((f"jsonData {json.dumps(jd)[:40]}", _j({"jsonData": jd}), J))
     nums = ", ".join(["0.5"] * (n - 1))

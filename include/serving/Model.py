@@ -23,8 +23,9 @@ it has one): ``/send-feedback`` with it in ``response.meta.tags`` (or ``request.
 true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
 500: the checks run before Seldon's own parsing (``model_error_handler``'s ``before_app_request``).
 Classification answers are class probabilities named by class; regression answers one value per row,
-``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData); the metadata's outputs say
-the same.
+``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData). An answer comes in its
+request's form (``ndarray``, ``tensor``, ``jsonData``; ``tensor`` for strData and binData): the
+metadata's outputs list those three, and ``custom.answers`` says which answers which.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ def _raw_problem(kind: str, value: Any) -> str | None:
     if kind not in RAW_KINDS:
         return (f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
                 '"jsonData" records')  # fmt: skip
+    if kind == "strData":  # any text, the empty one too: the model reads it as training read empty text
+        return None if isinstance(value, str) else f'"strData" must be a string (the text), not {type(value).__name__}'
     if not isinstance(value, str) or not value:
-        return f'"{kind}" must be a non-empty string' + (" (the image file's bytes, base64)" if kind == "binData" else "")
+        return '"binData" must be a non-empty string (the image file\'s bytes, base64)'
     if kind == "binData":
         import base64
         import binascii
@@ -210,6 +213,22 @@ def _input_metadata(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return out
 
 
+def _output_metadata(info: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
+    """The metadata's outputs: an answer comes in its request's form (Seldon's rule): ``ndarray`` for an
+    ndarray, ``tensor`` for a tensor (and for strData / binData), ``jsonData`` for jsonData records."""
+    schema = {"names": names, "shape": [len(names)]}
+    if info["task"] == "classification":
+        records = "[{label: class, probabilities: {class: probability}}]"
+    else:
+        records = "[{value: number}]"
+    return [{"messagetype": "ndarray", "schema": schema}, {"messagetype": "tensor", "schema": schema},
+            {"messagetype": "jsonData", "schema": {"predictions": records, "model_version": "string"}}]  # fmt: skip
+
+
+#: the metadata's ``custom.answers``: which output answers which input
+ANSWERS = "in the request's form: ndarray for data.ndarray, tensor for data.tensor, strData and binData, jsonData for jsonData"
+
+
 class Model(ServedModel):
     """One registered freestack model version behind Seldon's protocol (:class:`ServedModel` does the
     work; this class turns Seldon's calls into its calls, and a :class:`PayloadError` into Seldon's
@@ -246,9 +265,8 @@ class Model(ServedModel):
             "versions": [info["version"]],
             "platform": "freestack",
             "inputs": _input_metadata(info, n),
-            "outputs": [{"messagetype": "tensor", "schema": {"names": [str(c) for c in outputs],
-                                                             "shape": [len(outputs)]}}],
-            "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32",
+            "outputs": _output_metadata(info, [str(c) for c in outputs]),
+            "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32", "answers": ANSWERS,
                        "max_batch_rows": str(self.max_batch_rows),
                        # a custom model runs the version's own module.py: which one, by its sha256
                        **({"module_sha256": info["config"]["custom"]["sha256"],

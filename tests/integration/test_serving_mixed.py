@@ -29,10 +29,10 @@ from tests.unit.ml.test_features import KINDS, frame, png
 KEEP_MODEL_SERVERS = True
 
 
-def train_version(work: Path, kinds: dict[str, str], name: str) -> tuple[Path, Preprocessing]:
+def train_version(work: Path, kinds: dict[str, str], name: str, make=frame) -> tuple[Path, Preprocessing]:
     """A small built-in net over ``kinds`` trained as the train stage trains one, saved as a version
-    folder (weights, preprocessing, tokenizer, smoke sample)."""
-    train, test = frame(200, 1), frame(40, 2)
+    folder (weights, preprocessing, tokenizer, smoke sample); ``make(n, seed)``: the rows."""
+    train, test = make(200, 1), make(40, 2)
     opts = EncoderOptions(text_vocab_size=60, text_max_length=8, image_size=(8, 8))
     pre = Preprocessing.fit(train, list(kinds), "label", "classification", kinds, opts)
     torch.manual_seed(0)

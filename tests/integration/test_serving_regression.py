@@ -133,7 +133,11 @@ def test_regression_metadata_outputs_the_target_not_classes(regression_served):
     assert code == 200, meta
     assert meta["custom"]["task"] == "regression"
     assert meta["inputs"][0]["schema"]["names"] == FEATURES
-    assert meta["outputs"] == [{"messagetype": "tensor", "schema": {"names": [TARGET], "shape": [1]}}]
+    # an answer comes in its request's form: ndarray, tensor or jsonData records of {"value": v}
+    schema = {"names": [TARGET], "shape": [1]}
+    assert meta["outputs"] == [{"messagetype": "ndarray", "schema": schema}, {"messagetype": "tensor", "schema": schema},
+                               {"messagetype": "jsonData", "schema": {"predictions": "[{value: number}]",
+                                                                      "model_version": "string"}}]  # fmt: skip
 
 
 def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):

@@ -162,8 +162,21 @@ class ServedModel:
         if self.request_log_uri and self.request_log_rate > 0:
             self._log = self._request_log(info)
         self.ready = True
-        log.info("serving %s %s from %s (%d features, task %s)", info["model"], self.version, self.model_uri,
-                 self.n_features, self.task)  # fmt: skip
+        log.info("serving %s %s from %s (%s, task %s)", info["model"], self.version, self.model_uri,
+                 self.inputs_summary(), self.task)  # fmt: skip
+
+    def inputs_summary(self) -> str:
+        """What a request carries, in words: "64 numeric features", "1 column: review (text)", "4 columns:
+        1 numeric, 1 category, 1 text, 1 image"."""
+        columns = self.raw_columns()
+        if columns is None:
+            return f"{self.n_features} numeric feature{'s' if self.n_features != 1 else ''}"
+        if len(columns) == 1:
+            return f"1 column: {columns[0][0]} ({columns[0][1]})"
+        counts: dict[str, int] = {}
+        for _, kind in columns:
+            counts[kind] = counts.get(kind, 0) + 1
+        return f"{len(columns)} columns: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
     def _request_log(self, info: dict[str, Any]):
         from freestack.serving.server.requestlog import RequestLog

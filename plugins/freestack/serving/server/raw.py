@@ -4,13 +4,19 @@ sends them, turned into the columns :class:`freestack.ml.features.FeatureEncoder
 Accepted (every row holds every feature column; images as base64 of the file's bytes, a ``data:``
 URI prefix allowed):
 
-- ``{"data": {"names": [...], "ndarray": [[v, ...], ...]}}``: one row per list, in ``names`` order
-  (default: the model's feature order);
+- ``{"data": {"names": [...], "ndarray": [[v, ...], ...]}}``: one row per list, in ``names`` order;
+  ``names`` may be left out only for a model of one column (values of different kinds taken by
+  position would let two swapped columns pass unnoticed);
 - ``{"jsonData": {"instances": [{column: value, ...}, ...]}}`` (or one record);
 - ``{"strData": "..."}``: one row, for a model whose only feature is one text column;
 - ``{"binData": "<base64>"}``: one image, for a model whose only feature is one image column.
 
-Each problem raises :class:`RawInputError` naming the row, the column and what to send.
+Text is any Unicode string, the empty one included (a lone surrogate, ``"\\ud800"``, is not one);
+null is a missing value (text: empty, category: the unknown bucket, as in training). A numeric column
+takes a number, true/false, or a number written as text (``"40"``): Seldon itself turns the numbers of
+an ndarray row that also holds text into text, so text that reads as a number is read as one, the same
+in every message form; other text gets a 400. Each problem raises :class:`RawInputError` naming the
+row, the column and what to send.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class RawInputs:
         if [k for _, k in self.columns] != [kind]:
             raise RawInputError(f"{what} carries one {kind} value; this model takes {self._described()}: send "
                                 '"data" (ndarray with names) or "jsonData" records')  # fmt: skip
-        return {self.names[0]: [value]}
+        return {self.names[0]: [_unicode(value, 0, self.names[0]) if isinstance(value, str) else value]}
 
     def from_records(self, payload: dict[str, Any]) -> dict[str, list]:
         records = payload.get("instances", payload if "instances" not in payload else None)
@@ -78,6 +84,10 @@ class RawInputs:
         if not isinstance(rows[0], list):
             rows = [rows]
         self._check_rows(len(rows))
+        if not names and len(self.names) > 1:
+            raise RawInputError(f'"data.ndarray" needs "data.names" for this model: it takes {len(self.names)} columns '
+                                f"({self._described()}), so values are placed by name, not by position; send "
+                                '{"data": {"names": [...], "ndarray": [[...]]}} or "jsonData" records')  # fmt: skip
         order = list(names) if names else self.names
         unknown = [n for n in order if n not in self.kinds]
         missing = [n for n in self.names if n not in order]
@@ -99,8 +109,10 @@ class RawInputs:
             return _number(v, row, name)
         if kind == "image":
             return image_bytes(v, row, name)
-        if v is None or isinstance(v, str):
+        if v is None:
             return v
+        if isinstance(v, str):
+            return _unicode(v, row, name)
         if isinstance(v, bool | int | float) and kind == "category":
             return str(v) if not isinstance(v, float) or not v.is_integer() else str(int(v))
         raise RawInputError(f"row {row}, {name}: expected text, got {type(v).__name__}")
@@ -113,8 +125,21 @@ class RawInputs:
         return ", ".join(f"{n} ({k})" for n, k in self.columns[:8]) + (" ..." if len(self.columns) > 8 else "")
 
 
+def _unicode(v: str, row: int, name: str) -> str:
+    """``v`` if it is Unicode text, else a RawInputError: JSON's ``\\ud800`` escapes can give a string half of
+    a surrogate pair, which no tokenizer, log or answer can hold."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = v[exc.start : exc.end].encode("unicode_escape").decode()
+        raise RawInputError(f"row {row}, {name}: the text holds a lone surrogate ({bad} at character {exc.start}), "
+                            "which is not Unicode text: send valid UTF-8 (escape a character outside the basic "
+                            "plane as a surrogate pair, or not at all)") from None  # fmt: skip
+    return v
+
+
 def _number(v: Any, row: int, name: str) -> float:
-    if isinstance(v, str):
+    if isinstance(v, str):  # Seldon turns the numbers of an ndarray row that also holds text into text
         try:
             v = float(v)
         except ValueError:
