@@ -45,6 +45,7 @@ def load_model_folder(uri: str):
     from freestack.ml.prep import Preprocessing
     from freestack.storage import join, list_objects, to_path
     from freestack.storage.objects import local_os_path
+    from freestack.train.pretrained import read_storage_file
 
     folder = to_path(uri)
     if not join(folder, "config.json").exists():
@@ -56,7 +57,7 @@ def load_model_folder(uri: str):
                 with open(os.path.join(tmp, obj.name), "wb") as f:
                     f.write(obj.read_bytes())
             local = tmp
-        model = load_pretrained(local)
+        model = load_pretrained(local, read_base=read_storage_file)
         side = {}
         for name in ("preprocessing.json", "metrics.json", "lineage.json", "history.json"):
             path = os.path.join(local, name)

@@ -152,10 +152,11 @@ class GroupEncoders(nn.Module):
         return torch.cat([mean, peak], 1).reshape(rows, -1)
 
 
-def load_pretrained(folder, map_location: str = "cpu"):
+def load_pretrained(folder, map_location: str = "cpu", *, read_base=None):
     """The model of a version folder (local): a :class:`FreestackNet`, a custom model
     (:func:`freestack.ml.custom.load_custom`) or a fine-tuned transformers model
-    (:func:`freestack.ml.pretrained.load_pretrained_version`), as ``config.json`` says."""
+    (:func:`freestack.ml.pretrained.load_pretrained_version`; ``read_base`` reads an adapter's base
+    folder in object storage), as ``config.json`` says."""
     import json
     import os
 
@@ -168,7 +169,7 @@ def load_pretrained(folder, map_location: str = "cpu"):
     if is_pretrained(config):
         from freestack.ml.pretrained import load_pretrained_version
 
-        return load_pretrained_version(folder, config, map_location=map_location)
+        return load_pretrained_version(folder, config, map_location=map_location, read_base=read_base)
     return FreestackNet.from_pretrained(str(folder), map_location=map_location)
 
 

@@ -546,6 +546,7 @@ class ModelRegistry:
         from freestack.ml.models import load_pretrained
         from freestack.storage import join
         from freestack.storage.objects import local_os_path
+        from freestack.train.pretrained import read_storage_file
 
         version = self.resolve(version_or_alias)
         path = self.version_path(version)
@@ -553,10 +554,10 @@ class ModelRegistry:
         if local is not None:
             config = json.loads(join(path, "config.json").read_text())
             self._verify_files(version, ("config.json", *weight_files(config)))
-            return load_pretrained(local, map_location=map_location)
+            return load_pretrained(local, map_location=map_location, read_base=read_storage_file)
         with tempfile.TemporaryDirectory(prefix="freestack-model-") as tmp:
             self.local_copy(version, tmp)
-            return load_pretrained(tmp, map_location=map_location)
+            return load_pretrained(tmp, map_location=map_location, read_base=read_storage_file)
 
     def _verify_files(self, version: str, names: tuple[str, ...]) -> None:
         from freestack.storage import join, sha256_of

@@ -133,7 +133,7 @@ class ServedModel:
         from freestack.ml.features import TOKENIZER_FILE
         from freestack.ml.models import load_pretrained
         from freestack.registry.names import weight_files
-        from freestack.serving.server.fetch import fetch_version
+        from freestack.serving.server.fetch import fetch_version, reader
 
         torch.set_num_threads(max(1, self.torch_threads))
         info = self.describe()
@@ -141,7 +141,7 @@ class ServedModel:
         # against the registration manifest: the server imports that copy of the module
         text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
         fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
-        net = load_pretrained(self.cache_dir)
+        net = load_pretrained(self.cache_dir, read_base=lambda uri, name: reader(uri)(uri, name))  # an adapter's base
         net.eval()
         self.net = net
         self.version = info["version"]
