@@ -76,7 +76,7 @@ class ModelSpec(_Model):
     class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="type custom: the torch.nn.Module class in module.")
     init: dict[str, InitValue] = Field(default_factory=dict, description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).")
     task: Literal["auto", "classification", "regression", "text-classification", "image-classification"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind).")
-    base: str | None = Field(default=None, min_length=1, max_length=500, description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder in storage (a path, file://, s3:// or data:// URI).")
+    base: str | None = Field(default=None, min_length=1, max_length=500, description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights.")
     revision: str = Field(default="main", min_length=1, max_length=200, description="type huggingface: the Hub revision of base (a branch, tag or commit); resolved to its commit sha, recorded in lineage.")
     max_length: int = Field(default=128, ge=8, le=8192, description="type huggingface, text: tokens per text (longer ones are cut).")
     peft: PeftSpec | None = Field(default=None, description="type huggingface: LoRA adapters instead of full fine-tuning (omit for full).")
@@ -114,7 +114,7 @@ class ModelSpec(_Model):
             return self
         if not self.base:
             raise ValueError("type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
-                             "folder of a saved model (a path, s3:// or data:// URI)")  # fmt: skip
+                             "folder of a saved model (a path, or a file://, s3:// or data:// URI)")  # fmt: skip
         if self.task == "regression" or self.task == "classification":
             raise ValueError(f"type: huggingface takes task text-classification or image-classification (or auto), not {self.task!r}")
         return self
