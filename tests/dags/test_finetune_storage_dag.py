@@ -110,6 +110,8 @@ def test_a_lora_version_on_a_base_folder_loads_with_plain_peft_to_the_evaluated_
     assert adapter["base_model_name_or_path"] == str(base) and adapter["revision"] is None, adapter
     if name == "reviews":
         assert "bert.pooler" in adapter["modules_to_save"], adapter["modules_to_save"]
+    card = (version / "README.md").read_text()  # its plain-peft recipe reads the base folder, not a Hub repo
+    assert f'.from_pretrained("{base}", config=config)' in card and "fetched from the Hub" not in card
     evaluated = json.loads((version / "evaluation" / "metrics.json").read_text())["candidate"]["accuracy"]
     inputs, y, classes, own = _test_inputs(version, name)
     assert np.mean(np.asarray(classes)[own.argmax(1)] == y) == evaluated

@@ -227,6 +227,23 @@ def head_modules(model, new: list[str] = ()) -> list[str]:
     return sorted({*head, *new})
 
 
+#: attention's query and value projections, by the names transformers' architectures give them
+_ATTENTION_PAIRS = (("query", "value"), ("q_proj", "v_proj"), ("q_lin", "v_lin"), ("q", "v"))
+
+
+def default_targets(model) -> list[str] | None:
+    """LoRA's targets when the spec names none: peft's own default for the architecture, else the
+    attention's query and value projections found by name (DistilBERT's ``q_lin``/``v_lin``, ViT's
+    ``q_proj``/``v_proj``); None (peft's error, which lists the linear layers) when neither fits."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    known = DEFAULTS.get(getattr(model.config, "model_type", ""))
+    if known:
+        return list(known)
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return next((list(pair) for pair in _ATTENTION_PAIRS if linear.issuperset(pair)), None)
+
+
 def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
     """``model`` with LoRA adapters (peft) on ``peft["target_modules"]``, the head and ``new`` modules
     trained in full (and so saved with the adapter); PretrainedError naming the modules when none match."""
@@ -235,7 +252,7 @@ def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS if task == "text-classification" else None, r=int(peft["r"]),
         lora_alpha=float(peft["alpha"]), lora_dropout=float(peft["dropout"]),
-        target_modules=peft.get("target_modules"), modules_to_save=head_modules(model, new),
+        target_modules=peft.get("target_modules") or default_targets(model), modules_to_save=head_modules(model, new),
     )  # fmt: skip
     try:
         return get_peft_model(model, config)
@@ -446,5 +463,5 @@ def _peft_base_name(base: dict[str, str]) -> str:
 __all__ = [
     "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "BaseReader", "PretrainedError", "PretrainedNet", "adapter_base",
     "add_lora", "build_pretrained", "check_pretrained", "copy_base", "fetch_base", "folder_digest", "image_settings",
-    "load_classifier", "load_pretrained_version", "local_base", "local_folder", "new_modules",
+    "default_targets", "load_classifier", "load_pretrained_version", "local_base", "local_folder", "new_modules",
 ]  # fmt: skip

@@ -65,7 +65,7 @@ CARD_TEMPLATE = """---
 {% if pretrained -%}
 `{{ pretrained.repo }}` (commit `{{ pretrained.commit }}`) fine-tuned by freestack for {{ pretrained.task }}
 {%- if adapter %} with LoRA adapters (`adapter_config.json`, `adapter_model.safetensors`; the base is
-fetched at that commit){% else %} (`config.json` + `model.safetensors`){% endif %}, labels in `config.json`'s
+{% if base_folder %}read from the folder `{{ base_folder }}`{% else %}fetched at that commit{% endif %}){% else %} (`config.json` + `model.safetensors`){% endif %}, labels in `config.json`'s
 `id2label`; loadable with plain `transformers`{% if adapter %} and `peft`{% endif %}.
 {%- elif custom -%}
 A freestack custom model (`{{ custom.class }}` from `{{ custom.source }}`, {{ task }}) in Hugging Face
@@ -121,7 +121,11 @@ of a Hub repo it was pushed to); the example inputs are the first test rows the 
 loading runs the version's `module.py`: do it for versions whose code you trust.
 {%- endif %}
 {%- if adapter %}
+{%- if base_folder %}
+the adapter's base is read from `{{ pretrained.repo }}` and must still hash to `{{ pretrained.commit }}`.
+{%- else %}
 the adapter's base, `{{ pretrained.repo }}`, is fetched from the Hub at commit `{{ pretrained.commit }}`.
+{%- endif %}
 {%- endif %}
 
 ```python
@@ -173,7 +177,12 @@ from transformers import AutoConfig
 from peft import PeftModel
 
 config = AutoConfig.from_pretrained("<repo>", revision="{{ version }}")   # the labels
+{%- if base_folder %}
+# the base folder the adapter was trained on (adapter_config.json's base_model_name_or_path), unchanged
+base = {{ auto_class }}.from_pretrained("{{ base_folder }}", config=config)
+{%- else %}
 base = {{ auto_class }}.from_pretrained("{{ pretrained.repo }}", revision="{{ pretrained.commit }}", config=config)
+{%- endif %}
 model = PeftModel.from_pretrained(base, "<repo>", revision="{{ version }}").eval()
 {%- else %}
 
@@ -245,6 +254,7 @@ def render_card(
         airflow_text=_airflow_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
         sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage, facts["train_config"]),
         pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
+        base_folder=hub.get("base_folder"),
     )  # fmt: skip
     return str(card)
 
@@ -255,13 +265,16 @@ def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
     base = lineage.get("base")
     if not base:
         return {}
+    from freestack.ml.pretrained import local_folder
+
     peft = lineage.get("peft") or None
     adapter = peft is not None and not peft.get("merge")
     repo = str(base.get("repo") or "")
     hub_repo = "://" not in repo and not repo.startswith(("/", ".", "~")) and repo.count("/") <= 1
     auto = "AutoModelForSequenceClassification" if base.get("task") == "text-classification" else "AutoModelForImageClassification"
     return {"base_model": repo if hub_repo else None, "library_name": "peft" if adapter else "transformers",
-            "auto_class": auto, "tags": ["lora"] if peft else []}  # fmt: skip
+            "auto_class": auto, "tags": ["lora"] if peft else [],
+            "base_folder": None if hub_repo else (local_folder(repo) or repo)}  # fmt: skip
 
 
 def _features(lineage: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:

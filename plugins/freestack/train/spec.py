@@ -57,7 +57,7 @@ class PeftSpec(_Model):
     r: int = Field(default=8, ge=1, le=1024, description="The adapters' rank (sweepable as peft.r).")
     alpha: float = Field(default=16, gt=0, description="LoRA's scaling numerator: updates are scaled by alpha / r (sweepable as peft.alpha).")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapters' input (sweepable as peft.dropout).")
-    target_modules: list[str] | None = Field(default=None, description="The modules adapted (names or name suffixes, e.g. [query, value]); default: peft's choice for the base's architecture.")
+    target_modules: list[str] | None = Field(default=None, description="The modules adapted (names or name suffixes, e.g. [query, value]); default: peft's choice for the base's architecture, else its attention's query and value projections found by name (DistilBERT's q_lin/v_lin, ViT's q_proj/v_proj).")
     merge: bool = Field(default=False, description="false: a version holds the adapter and names the base repo and commit; true: the adapter merged into full weights.")
 
 

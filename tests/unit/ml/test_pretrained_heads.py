@@ -17,8 +17,8 @@ from tests.hf_tiny import review_text, tiny_image_model, tiny_text_model
 from tests.plain_hf import plain_probabilities
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "merge": False}
-#: LoRA's targets where peft has no default matching the architecture's module names
-TARGETS = {"distilbert": ["q_lin", "v_lin"], "vit": ["q_proj", "v_proj"]}
+#: LoRA's targets when the spec names none (the tests name none): attention's query and value
+TARGETS = {"bert": ["query", "value"], "distilbert": ["q_lin", "v_lin"], "vit": ["q_proj", "v_proj"]}
 #: (family, head): the modules the classifier adds to such a base
 BASES = {
     ("bert", "masked-lm"): ["bert.pooler", "classifier"],
@@ -63,7 +63,7 @@ def _trained(base, task: str, x, y, family: str):
     from freestack.ml.loop import TrainConfig, fit
     from freestack.ml.pretrained import build_pretrained
 
-    net = build_pretrained(base, task, ["neg", "pos"], peft={**LORA, "target_modules": TARGETS.get(family)}, pad_id=0)
+    net = build_pretrained(base, task, ["neg", "pos"], peft=LORA, pad_id=0)
     fit(net, x, y, x, y, TrainConfig(epochs=2, batch_size=16, learning_rate=0.01), task="classification")
     return net.eval()
 
@@ -88,6 +88,7 @@ def test_an_adapter_holds_every_module_the_head_adds_and_loads_the_same_on_any_s
         assert (got.argmax(1) == want.argmax(1)).all()  # the same predictions: the same accuracy
     adapter = json.loads((tmp_path / "version" / "adapter_config.json").read_text())
     assert set(BASES[family, head]) <= set(adapter["modules_to_save"]) and adapter["base_model_name_or_path"] == str(folder)
+    assert sorted(adapter["target_modules"]) == sorted(TARGETS[family]), adapter["target_modules"]
     settings = json.loads((tmp_path / "version" / "config.json").read_text())["freestack"]
     assert settings["modules_to_save"] == sorted(adapter["modules_to_save"]), settings
 
@@ -99,7 +100,7 @@ def test_the_first_tasks_check_sees_the_modules_training_adds(tmp_path):
 
     folder, task = _base_folder(tmp_path, "distilbert", "masked-lm")
     base = local_base(folder, str(folder))
-    check_pretrained(base, task, {**LORA, "target_modules": TARGETS["distilbert"]})
+    check_pretrained(base, task, LORA)  # no targets named: DistilBERT's attention projections
     only_new = {**LORA, "target_modules": ["pre_classifier"]}
     with pytest.raises(PretrainedError, match="LoRA cannot adapt this distilbert model"):
         check_pretrained(base, task, only_new)
