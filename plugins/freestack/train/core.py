@@ -140,6 +140,7 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     """The spec with the request's form values and overrides applied, validated like the spec itself."""
     from pydantic import ValidationError
 
+    from freestack.specbase import block_problems
     from freestack.train.spec import ModelSpec, TrainSpec
 
     train_values = spec.train.model_dump()
@@ -161,10 +162,7 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
             update={"train": TrainSpec.model_validate(train_values), "model": ModelSpec.model_validate(model_values)}
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise TrainingError(f"the run's hyperparameters are invalid: {problems}") from None
+        raise TrainingError(f"the run's hyperparameters are invalid: {block_problems(exc)}") from None
 
 
 def _version_name(spec: PipelineSpec, req: TrainRequest) -> str:

@@ -113,3 +113,15 @@ def test_the_model_card_of_a_custom_model_says_how_to_load_it():
     assert "trust_remote_code=True" in text and "FreestackNet.from_pretrained" not in text
     plain = render_card("houses", "v1", CardInfo(), metrics={"task": "classification"}, lineage={"pipeline": "houses"})
     assert "FreestackNet.from_pretrained" in plain and "module.py" not in plain
+
+
+def test_an_invalid_trial_override_reads_without_pydantics_prefix(tmp_path):
+    """A trial's model override that breaks a model rule names the field and the rule, in plain words."""
+    from freestack.train.core import TrainingError, TrainRequest, effective_spec
+
+    spec = _spec(tmp_path)
+    with pytest.raises(TrainingError) as caught:
+        effective_spec(spec, TrainRequest(end_ds="2026-11-05", overrides={"model": {"type": "mlp"}}))
+    message = str(caught.value)
+    assert "hyperparameters are invalid" in message and "module, class and init are for type: custom" in message
+    assert "Value error" not in message
