@@ -46,9 +46,19 @@ def _unquoted(text: str) -> str:
     return re.sub(r"'[^']*'", "", text)
 
 
+#: Ctrl-C for a server the script started in the background, as a terminal sends it: its own process
+#: group (job control, so SIGINT is not ignored as bash ignores it for background jobs of a script);
+#: one that has not stopped 30 s later fails the block instead of hanging it
+STOP_WITH_CTRL_C = (
+    "kill -INT -- -$pid; for _ in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "
+    "if kill -0 $pid 2>/dev/null; then echo \"did not stop on Ctrl-C: \"{cmd}; kill -KILL -- -$pid; exit 1; fi; "
+    "wait $pid || true"
+)
+
+
 def _script(commands: list[str], ports: dict[str, int]) -> str:
     """The bash script that runs ``commands`` by the rules above."""
-    lines = ["set -e -o pipefail"]
+    lines = ["set -e -o pipefail -m"]
     for cmd in commands:
         bare = re.sub(r"\s+#[^'\"]*$", "", cmd).strip()
         for default, port in ports.items():
@@ -57,7 +67,7 @@ def _script(commands: list[str], ports: dict[str, int]) -> str:
             lines.append(f"make -n {bare.split()[1]} >/dev/null")
         elif "until Ctrl-C" in cmd:
             lines.append(f"{bare} & pid=$!; sleep 10; kill -0 $pid || {{ echo 'exited early: {bare}'; exit 1; }}")
-            lines.append("kill -INT $pid; wait $pid || true")
+            lines.append(STOP_WITH_CTRL_C.format(cmd=shlex.quote(bare)))
         else:
             lines.append(f"echo {shlex.quote('$ ' + bare.splitlines()[0][:120])}")
             lines.append(bare)
