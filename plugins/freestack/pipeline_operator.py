@@ -11,8 +11,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from freestack.operator_links import FreestackPageLink
 from freestack.spec import PipelineSpec, load_spec
-from freestack.ui.links import FreestackPageLink
 
 #: a task that pushes an XCom under this key (Markdown, at most 1000 characters) has it set as the
 #: DAG run's note when the run ends (:mod:`freestack.runtime.notes`; the Task SDK cannot set notes)

@@ -18,8 +18,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
+from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
-from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 def candidate_of(context: Context) -> dict[str, Any]:

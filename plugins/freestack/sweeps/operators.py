@@ -15,11 +15,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
+from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import PipelineOperator
 from freestack.sweeps.core import agent_threads
 from freestack.sweeps.spec import POOL
 from freestack.train.operators import airflow_info, fixed_window
-from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):

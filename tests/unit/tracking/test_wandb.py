@@ -393,7 +393,7 @@ def test_disabled_writes_nothing(wandb_env, tmp_path):
 
 
 def test_link_urls():
-    from freestack.ui.links import wandb_link
+    from freestack.operator_links import wandb_link
 
     online = {"mode": "online", "url": "https://wandb.ai/team/p/runs/abc", "run_dir": "/x"}
     assert wandb_link(online) == "https://wandb.ai/team/p/runs/abc"
@@ -413,7 +413,7 @@ def test_link_urls():
 def test_operator_link_reads_the_xcom(monkeypatch):
     from airflow.sdk.execution_time import xcom
 
-    from freestack.ui.links import WandbRunLink
+    from freestack.operator_links import WandbRunLink
 
     seen = {}
 
@@ -525,7 +525,7 @@ def test_offline_pages_show_summary_config_and_sync(wandb_env):
 _LINK_DAG = """
 from airflow.sdk import DAG, BaseOperator
 
-from freestack.ui.links import WandbRunLink
+from freestack.operator_links import WandbRunLink
 from freestack.tracking import WandbSettings, start_run
 
 
