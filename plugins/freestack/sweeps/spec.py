@@ -125,6 +125,20 @@ def leaf_parameters(parameters: dict[str, Any], prefix: str = "") -> dict[str, d
     return out
 
 
+def sweep_window_days(sweep: SweepSpec | None) -> int:
+    """The widest window a trial of the sweep can ask for (0 when it does not tune window_days): the
+    training run's window holds every partition such a trial may read."""
+    if sweep is None:
+        return 0
+    widest = 0
+    for path, p in leaf_parameters(sweep.config()["parameters"]).items():
+        if path.rsplit(".", 1)[-1] != "window_days" or not isinstance(p, dict):
+            continue
+        candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
+        widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
+    return widest
+
+
 def grid_size(config: dict[str, Any]) -> int | None:
     """How many points a grid sweep has (None for random/bayes)."""
     if config.get("method") != "grid":
@@ -283,5 +297,6 @@ class SweepSpec(SpecModel):
 
 __all__ = [
     "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "PEFT", "TUNABLE_PEFT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
-    "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "validate",
+    "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "sweep_window_days",
+    "validate",
 ]  # fmt: skip
