@@ -53,7 +53,29 @@ class WrittenObject:
         return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
 
 
-class AtomicWriter:
+class PublishOnExit:
+    """Base of the writers that publish only a finished write.
+
+    Leaving a ``with`` block normally publishes (``_publish``); an exception, or a writer dropped
+    unfinished, abandons the write (``_abandon``), so a failed or forgotten write publishes nothing.
+    A subclass reads ``closed`` True until there is something to publish or abandon.
+    """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._publish()
+        else:
+            self._abandon()
+
+    def __del__(self):
+        if not getattr(self, "closed", True):
+            self._abandon()
+
+
+class AtomicWriter(PublishOnExit):
     """A binary, write-only file object that publishes its target only on ``commit()``.
 
     Use as a context manager: leaving the block normally commits, an exception aborts. With
@@ -200,18 +222,11 @@ class AtomicWriter:
             except AttributeError:
                 pass
 
-    def __enter__(self) -> AtomicWriter:
-        return self
+    def _publish(self) -> None:
+        self.commit()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-    def __del__(self):
-        if not getattr(self, "_done", True):
-            self.abort()
+    def _abandon(self) -> None:
+        self.abort()
 
 
 def _precondition_failed(exc: BaseException) -> bool:
