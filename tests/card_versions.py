@@ -61,8 +61,8 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     """Ingest, train, evaluate and register one version of ``kind`` under ``root``; its folder."""
     from freestack.evaluate.core import evaluate
     from freestack.evaluate.gate import decide
-    from freestack.evaluate.promotion import register_candidate
     from freestack.ingest.core import ingest_partition
+    from freestack.registry.candidates import register_candidate
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
     from freestack.train.core import TrainRequest, train

@@ -128,7 +128,7 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
 
     def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Commit the candidate (blocked ones too) with its model card and the decision."""
-        from freestack.evaluate.promotion import PromotionError, register_candidate
+        from freestack.registry.candidates import PromotionError, register_candidate
 
         spec = self.pipeline_spec()
         try:
