@@ -288,7 +288,7 @@ def test_a_stale_lease_holder_cannot_write_after_a_take_over(tmp_path, storage, 
 
 def test_without_a_reachable_wandb_server_the_local_controller_runs(monkeypatch, caplog):
     from freestack.hooks.wandb import WandbHook
-    from freestack.sweeps.server import server_settings
+    from freestack.sweeps.wandb_sweep import server_settings
 
     monkeypatch.delenv("AIRFLOW_CONN_WANDB_DEFAULT", raising=False)
     assert server_settings(WandbHook().settings()) is None  # no key: local
