@@ -36,8 +36,8 @@ def main(model_uri: str, cases_file: str) -> None:
     from seldon_core import wrapper
 
     from freestack.serving.server import guard
-    from freestack.serving.server.lane import PredictLane
     from freestack.serving.server.metrics import BufferedSeldonMetrics
+    from freestack.serving.server.predict_lane import PredictLane
     from freestack.serving.server.tuning import faster_json, lighter_flask
 
     model = Model(model_uri=model_uri)

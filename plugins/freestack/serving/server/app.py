@@ -41,7 +41,7 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
   ``lighter_app: false`` turns them off;
 - with the freestack worker, a plain prediction request (a JSON message the guard and the model
   accept, no query string, no CORS) is answered by the worker through Seldon's own ``predict``,
-  without the WSGI environ and Flask (:mod:`freestack.serving.server.lane`); config
+  without the WSGI environ and Flask (:mod:`freestack.serving.server.predict_lane`); config
   ``predict_lane: false`` turns it off, and everything else goes through the app as before.
 - with the freestack worker, requests that arrive together share one forward pass of the model
   (adaptive batching with no waiting: :mod:`freestack.serving.server.coalesce`); config
@@ -154,7 +154,7 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
         faster_json(app)
     lane = None
     if cfg.get("predict_lane", True) and cfg.get("worker_class") == "freestack":
-        from freestack.serving.server.lane import PredictLane
+        from freestack.serving.server.predict_lane import PredictLane
 
         lane = PredictLane.for_model(user_object, seldon_metrics, app, raw_values=raw_values)
     options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit,

@@ -29,7 +29,7 @@ sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long r
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
 slot. The response's status line, headers and body go out in one ``sendall``.
 
-A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.lane`, set by
+A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.predict_lane`, set by
 :func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
 parsed request to the lane, which answers it through Seldon's own ``predict`` without building the WSGI
 environ or running Flask; every other request, and one the lane passes on, goes to the app.
@@ -223,7 +223,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     table: SharedTable | None = None
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
-    lane: Any = None  # the prediction lane (freestack.serving.server.lane), from install; None: the app answers all
+    lane: Any = None  # the prediction lane (freestack.serving.server.predict_lane), from install; None: the app answers all
     coalescer: Any = None  # adaptive batching (freestack.serving.server.coalesce), from install; None: off
 
     @classmethod
