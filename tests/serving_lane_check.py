@@ -35,7 +35,7 @@ def main(model_uri: str, cases_file: str) -> None:
     from Model import Model
     from seldon_core import wrapper
 
-    from freestack.serving.server import guard
+    from freestack.serving.server import request_checks
     from freestack.serving.server.metrics import BufferedSeldonMetrics
     from freestack.serving.server.predict_lane import PredictLane
     from freestack.serving.server.tuning import faster_json, lighter_flask
@@ -44,7 +44,7 @@ def main(model_uri: str, cases_file: str) -> None:
     model.load()
     metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
     app = wrapper.get_rest_microservice(model, metrics)
-    guard.install(app, max_body=1 << 20)
+    request_checks.install(app, max_body=1 << 20)
     lighter_flask(app)
     faster_json(app)
     lane = PredictLane.for_model(model, metrics, app, raw_values=False)

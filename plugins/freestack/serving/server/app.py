@@ -26,7 +26,7 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
 - every worker class hands the app only whole requests, their body in memory: a client gets at most
   ``timeout`` / 2 to send its request (the freestack worker gives one that keeps sending 64 KiB/s
   more, and serves others meanwhile), bodies are limited to ``max_body_bytes``, and what the server
-  refuses, in the worker or in front of the app (:mod:`freestack.serving.server.guard`: unknown paths
+  refuses, in the worker or in front of the app (:mod:`freestack.serving.server.request_checks`: unknown paths
   and methods, ``Content-Encoding``, malformed messages on every route that takes one), gets a 4xx
   answer in Seldon's JSON error format;
 - CORS answers only the origins in config ``cors_origins`` (``deploy.local.cors_origins``; none by
@@ -142,11 +142,11 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
             mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
                        daemon=True).start()  # fmt: skip
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
-    from freestack.serving.server import guard
+    from freestack.serving.server import request_checks
 
     takes_raw = getattr(user_object, "takes_raw_values", None)  # freestack's Model: category/text/image inputs
     raw_values = bool(takes_raw()) if callable(takes_raw) else False
-    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
+    request_checks.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
     if cfg.get("lighter_app", True):
         from freestack.serving.server.tuning import faster_json, lighter_flask
 

@@ -2,7 +2,7 @@
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
 connection it accepted and reads what each sends without blocking; once a request is whole (its
-headers and all of its body, found by :func:`freestack.serving.server.guard.request_end`), it parses
+headers and all of its body, found by :func:`freestack.serving.server.request_checks.request_end`), it parses
 it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
 back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
 response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
@@ -69,7 +69,7 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base, gthread, sync
 
-from freestack.serving.server.guard import (
+from freestack.serving.server.request_checks import (
     Frame,
     JsonErrors,
     Refused,
