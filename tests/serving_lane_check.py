@@ -36,9 +36,9 @@ def main(model_uri: str, cases_file: str) -> None:
     from seldon_core import wrapper
 
     from freestack.serving.server import request_checks
+    from freestack.serving.server.lighter_flask import faster_json, lighter_flask
     from freestack.serving.server.metrics import BufferedSeldonMetrics
     from freestack.serving.server.predict_lane import PredictLane
-    from freestack.serving.server.tuning import faster_json, lighter_flask
 
     model = Model(model_uri=model_uri)
     model.load()

@@ -37,7 +37,7 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
   ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask
   (a 130-170 ms stall of the worker each time);
 - three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON provider is
-  backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`); config
+  backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.lighter_flask`); config
   ``lighter_app: false`` turns them off;
 - with the freestack worker, a plain prediction request (a JSON message the guard and the model
   accept, no query string, no CORS) is answered by the worker through Seldon's own ``predict``,
@@ -148,7 +148,7 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
     raw_values = bool(takes_raw()) if callable(takes_raw) else False
     request_checks.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
     if cfg.get("lighter_app", True):
-        from freestack.serving.server.tuning import faster_json, lighter_flask
+        from freestack.serving.server.lighter_flask import faster_json, lighter_flask
 
         lighter_flask(app)
         faster_json(app)

@@ -7,7 +7,7 @@ message passes the guard's checks (:func:`freestack.serving.server.request_check
 model's own (``message_problem``, which freestack's Seldon model has). The lane then calls what
 Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with the same model and
 metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
-answer as the app's orjson provider does (:func:`freestack.serving.server.tuning.faster_json`).
+answer as the app's orjson provider does (:func:`freestack.serving.server.lighter_flask.faster_json`).
 
 Anything else, and any request the model refuses (a :class:`SeldonMicroserviceException`, raised before
 the model logs anything), goes the whole way through the guard and Seldon's app, which answers it as
