@@ -44,7 +44,7 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
   without the WSGI environ and Flask (:mod:`freestack.serving.server.predict_lane`); config
   ``predict_lane: false`` turns it off, and everything else goes through the app as before.
 - with the freestack worker, requests that arrive together share one forward pass of the model
-  (adaptive batching with no waiting: :mod:`freestack.serving.server.coalesce`); config
+  (adaptive batching with no waiting: :mod:`freestack.serving.server.batching`); config
   ``adaptive_batching: false`` turns it off.
 
 The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
@@ -174,7 +174,7 @@ def _coalescer(cfg: dict[str, Any], user_object):
     if not (cfg.get("adaptive_batching", True) and cfg.get("worker_class") == "freestack"
             and isinstance(user_object, ServedModel)):  # fmt: skip
         return None
-    from freestack.serving.server.coalesce import Coalescer
+    from freestack.serving.server.batching import Coalescer
 
     user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows)
     return user_object.coalescer

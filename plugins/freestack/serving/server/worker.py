@@ -224,7 +224,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     lane: Any = None  # the prediction lane (freestack.serving.server.predict_lane), from install; None: the app answers all
-    coalescer: Any = None  # adaptive batching (freestack.serving.server.coalesce), from install; None: off
+    coalescer: Any = None  # adaptive batching (freestack.serving.server.batching), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):
