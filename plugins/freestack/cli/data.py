@@ -54,7 +54,7 @@ def data_api(
 ) -> int:  # fmt: skip
     """Serve the Algorithmia-compatible Data API (/v1/data/...) until Ctrl-C."""
     from freestack.dataapi.app import DataApiSettings
-    from freestack.dataapi.server import serve
+    from freestack.dataapi.standalone import serve
 
     if keys:
         os.environ["FREESTACK_DATA_API_KEYS"] = keys  # for what the server starts (it reads its settings)

@@ -1055,7 +1055,7 @@ async def health(request: Request) -> Response:
 class HeaderLimit:
     """ASGI middleware: 431 for a request line plus headers over ``max_total`` bytes, or one header value
     over ``max_value``. (The standalone server also caps what it buffers before a request is parsed:
-    freestack.dataapi.server.)"""
+    freestack.dataapi.standalone.)"""
 
     def __init__(self, app, max_total: int = MAX_HEADER_BYTES, max_value: int = MAX_HEADER_VALUE):
         self.app = app
