@@ -30,7 +30,7 @@ names that are not valid UTF-8 or hold characters that make them display as some
 controls, zero-width and separator characters, all spaces); names are stored in NFC. Writes check the
 caller may write before looking at what is there. ``If-Match`` compares against the hash recorded when
 the object was written (freestack.dataapi.versions), never by reading it. Temporaries left by killed
-uploads are swept (freestack.dataapi.sweeper); listings inside a collection page through a cached,
+uploads are swept (freestack.dataapi.temporaries); listings inside a collection page through a cached,
 sorted index of the directory (freestack.dataapi.listing).
 
 The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
@@ -67,7 +67,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.dataapi.listing import DirectoryIndex
 from freestack.dataapi.listing import page as listing_page
-from freestack.dataapi.sweeper import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
+from freestack.dataapi.temporaries import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
@@ -195,7 +195,7 @@ class _Service:
         return self
 
     def _start_sweeper(self) -> None:
-        from freestack.dataapi.sweeper import Sweeper
+        from freestack.dataapi.temporaries import Sweeper
 
         self.sweeper = Sweeper(
             self.fs._strip_protocol(self.base), max_age=self.settings.stale_tmp_age_s,
