@@ -38,8 +38,8 @@ ALWAYS = {"type", "task", "name", "features", "hub_repo"}
 def versions(tmp_path_factory):
     """``versions(kind)``: the folder of a registered version of ``kind``, built on first use (one per
     kind for the module), with the Hub stand-in serving the fine-tuned models' bases."""
+    from tests.fakes.hub import FakeHub
     from tests.hf_tiny import publish, tiny_image_model, tiny_text_model
-    from tests.hub_fake import FakeHub
 
     hub = FakeHub().start()
     bases = tmp_path_factory.mktemp("bases")

@@ -100,7 +100,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     from freestack.registry.core import ModelRegistry
     from freestack.serving import k8s, manifests
     from freestack.serving.records import Deployments
-    from tests.k8s_api_fake import FakeKubeAPI
+    from tests.fakes.k8s_api import FakeKubeAPI
 
     api = FakeKubeAPI().start()
     try:

@@ -31,8 +31,8 @@ DAYS = 3
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The Hub stand-in with the two tiny bases published on it."""
+    from tests.fakes.hub import FakeHub
     from tests.hf_tiny import publish, tiny_image_model, tiny_text_model
-    from tests.hub_fake import FakeHub
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")

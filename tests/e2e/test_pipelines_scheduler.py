@@ -96,8 +96,8 @@ def stack(tmp_path_factory):
 
 
 def _start_hub(base: Path) -> dict:
+    from tests.fakes.hub import FakeHub
     from tests.hf_tiny import publish, tiny_text_model
-    from tests.hub_fake import FakeHub
     from tests.landing_finetune import TEXT_BASE
 
     hub = FakeHub().start()

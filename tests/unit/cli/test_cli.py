@@ -274,7 +274,7 @@ def _dead_port() -> int:
 
 
 def test_models_push_to_the_hub(capsys, store, monkeypatch):
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
 
     hub = FakeHub().start()
     try:

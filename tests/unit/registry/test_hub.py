@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from freestack.registry.hub import push_to_hub
-from tests.hub_fake import FakeHub
+from tests.fakes.hub import FakeHub
 from tests.registry_helpers import make_model_folder, sample_input, source_predictions
 
 TOKEN = "hf_fake_token_for_tests"

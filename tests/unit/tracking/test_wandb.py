@@ -23,7 +23,7 @@ from freestack.errors import FreestackError
 from freestack.hooks.wandb import WandbHook
 from freestack.tracking import WandbSettings, start_run, wandb_root
 from freestack.tracking import wandb as tw
-from tests.wandb_fake import BADKEY, GOODKEY, fake_wandb_host
+from tests.fakes.wandb_api import BADKEY, GOODKEY, fake_wandb_host
 
 CONN_JSON = {"conn_type": "wandb", "password": "KEY", "host": "http://127.0.0.1:9", "extra": {"project": "p"}}
 

@@ -87,8 +87,8 @@ def test_a_sweep_may_change_lora_settings_of_a_lora_model_only():
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
+    from tests.fakes.hub import FakeHub
     from tests.hf_tiny import publish
-    from tests.hub_fake import FakeHub
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")
