@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 HOST = "127.0.0.1"
 PAGE_SIZE = 5

@@ -41,7 +41,7 @@ from tests.integration.data_api_service import (  # noqa: F401  (fixture)
     stop,
     wait_healthy,
 )
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 MIB = 1024 * 1024
 TMP_MARK = ".freestack-tmp-"

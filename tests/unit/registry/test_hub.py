@@ -14,7 +14,7 @@ import torch
 
 from freestack.registry.hub import push_to_hub
 from tests.fakes.hub import FakeHub
-from tests.registry_helpers import make_model_folder, sample_input, source_predictions
+from tests.support.registry import make_model_folder, sample_input, source_predictions
 
 TOKEN = "hf_fake_token_for_tests"
 VERSION_FILES = {"config.json", "model.safetensors", "README.md", "metrics.json", "lineage.json",

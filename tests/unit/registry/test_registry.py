@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.registry_helpers import (
+from tests.support.registry import (
     PARTITIONS,
     make_model_folder,
     race_promotions,

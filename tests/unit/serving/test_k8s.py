@@ -22,7 +22,7 @@ from freestack.errors import FreestackError
 from freestack.serving import k8s, manifests
 from freestack.serving.spec import KubernetesTarget
 from tests.fakes.k8s_api import FakeKubeAPI, json_patch, merge_patch
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED_CRD = Path(__file__).parents[3].parent / "shared/seldon/seldondeployment-crd.yaml"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.sweep_helpers import ROOT, objective, quality, write_spec
+from tests.support.sweeps import ROOT, objective, quality, write_spec
 
 LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
 
@@ -193,7 +193,7 @@ def test_hyperband_stops_bad_trials_and_spends_fewer_epochs(make_spec):
 
 def _agent_proc(spec_path, sweep_id, agent_id, sleep, ttl, log_file):
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.sweep_helpers", str(spec_path), sweep_id, agent_id, str(sleep), str(ttl),
+        [sys.executable, "-m", "tests.support.sweeps", str(spec_path), sweep_id, agent_id, str(sleep), str(ttl),
          str(log_file)],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

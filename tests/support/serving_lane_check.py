@@ -1,6 +1,6 @@
 """Run in the serving environment by tests/integration/test_serving_lane.py:
 
-    python tests/serving_lane_check.py MODEL_URI CASES.json
+    python tests/support/serving_lane_check.py MODEL_URI CASES.json
 
 Builds what the model server builds for a Seldon model (freestack's Model, Seldon's REST app with the
 guard and the orjson provider, the buffered metrics) and the prediction lane over the same objects, then
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Request:
