@@ -33,7 +33,6 @@ its own, and the direct baseline uses only this process.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -45,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, host, write_report
+from bench.common import free_port, host, parser, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("direct", "service_http", "service_datafs", "bare_http")
@@ -296,12 +295,10 @@ def _repeats(text: str | None, sizes: list[int]) -> dict[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.data_api.run", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.data_api.run", __doc__, out="data_api.json", workdir=True)
     ap.add_argument("--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)")
     ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:30,256:5)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "data_api.json"))
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes_mib.split(",") if s.strip()]

@@ -34,7 +34,6 @@ parse in < 2 s; no heavy import at parse time. ``--quick`` (the test suite's smo
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -50,7 +49,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, host, write_report
+from bench.common import free_port, host, parser, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "freestack_pipelines.py"
@@ -548,7 +547,7 @@ def _print_summary(s: dict[str, Any], label: str, repeats: int, n_specs: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser("bench.orchestration.run", __doc__, out="orchestration.json", workdir=True)
     ap.add_argument("--quick", action="store_true", help="smoke size: 1 day, 2-trial sweep of 2 epochs, 3 specs")
     ap.add_argument("--days", type=int, default=None, help="days of landing data (default 5; 1 with --quick)")
     ap.add_argument("--specs", type=int, default=None, help="specs in the parse-time folder (default 50; 3 quick)")
@@ -559,8 +558,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speedups", choices=("on", "off", "both"), default="both",
                     help="the runtime speed-ups (FREESTACK_SPEEDUPS) in the Airflow runs: on (the embedded "
                          "stack's default), off (stock Airflow behaviour) or both, alternating (default)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
     n_days = args.days or (1 if args.quick else 5)
     n_specs = args.specs or (3 if args.quick else 50)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, write_report
+from bench.common import add_cell_options, free_port, parser, write_report
 from bench.serve import run as base
 from tests.support.serving_hostile import SlowClients, corpus, run_corpus
 
@@ -157,14 +157,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.serve.slow_clients", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=float, default=1.0, help="seconds not counted per cell")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per cell")
+    ap = parser("bench.serve.slow_clients", __doc__, out="slow_clients.json")
+    add_cell_options(ap, repeats=3, warmup=1.0, duration=8.0)
     ap.add_argument("--slow", type=int, default=4, help="slow clients open in the 'slow' cells")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between a slow client's bytes")
     ap.add_argument("--worker-classes", default="freestack", help="comma-separated: freestack,sync,gthread")
-    ap.add_argument("--out", default=str(base.REPO / "bench" / "results" / "slow_clients.json"))
     args = ap.parse_args(argv)
     if not base.SERVING_PY.exists():
         ap.error(f"{base.SERVING_PY} is missing: run `make serving-venv` first")
