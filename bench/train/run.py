@@ -433,7 +433,7 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
     elapsed = sample["process_s"]
     # other work on the machine while the child ran: CPU seconds the machine was busy minus the child's
     # own, as a fraction of the cores' capacity. torch's OpenMP threads wait for each other at every
-    # operation, so a contended core slows a run far more than the CPU it loses (seen here: 5-15x)
+    # operation, so a contended core slows a run far more than the CPU it loses
     if busy0 is not None and busy1 is not None and elapsed > 0:
         others = max(0.0, (busy1 - busy0) - (child1 - child0))
         sample["others_cpu_s"] = others

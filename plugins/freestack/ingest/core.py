@@ -168,9 +168,9 @@ class _HashingReader(io.RawIOBase):
 class _Throttled(io.RawIOBase):
     """Bounds how far pyarrow's CSV reader reads ahead of the batches taken from it.
 
-    ``open_csv`` otherwise pulls about 36 blocks ahead (measured: ~580 MiB of 16 MiB blocks held
-    as Python bytes), whatever the consumer does; here its I/O thread waits while it is more than
-    ``ahead`` blocks ahead.
+    ``open_csv`` otherwise pulls dozens of blocks ahead, held as Python bytes, whatever the consumer
+    does: memory would grow with its read-ahead, not with the work. Here its I/O thread waits while it
+    is more than ``ahead`` blocks ahead.
     """
 
     def __init__(self, raw, block: int, ahead: int = 3):

@@ -34,8 +34,8 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
 - Seldon's custom metrics are buffered per worker and published to the shared store once a second
   (:mod:`freestack.serving.server.metrics`);
 - each worker freezes the objects it holds after loading the model (``gc.freeze``; config
-  ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask
-  (a 130-170 ms stall of the worker each time);
+  ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask,
+  which stalled the worker each time;
 - three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON provider is
   backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.lighter_flask`); config
   ``lighter_app: false`` turns them off;
@@ -85,10 +85,9 @@ def _labels_env(cfg: dict[str, Any]) -> None:
 
 def _post_worker_init(worker, *, seldon_hook, freeze: bool) -> None:
     """Seldon's hook, then (``gc_freeze``, default on) move everything the worker holds once the
-    model is loaded (torch, Flask, the model: some 230,000 objects) out of the garbage collector's
-    reach. Requests leave few survivors, so full collections are rare, but each one walked all of
-    those objects and stalled the worker for 130-170 ms (measured here): a latency spike for every
-    request queued on it. ``gc.freeze`` is what the Python docs suggest for pre-fork servers."""
+    model is loaded (torch, Flask, the model) out of the garbage collector's reach. Requests leave
+    few survivors, so full collections are rare, but each one walked all of those objects and stalled
+    the worker: a latency spike for every request queued on it. ``gc.freeze`` is what the Python docs suggest for pre-fork servers."""
     seldon_hook(worker)
     if freeze:
         import gc
