@@ -478,15 +478,6 @@ class StreamingUpload(PublishOnExit):
     def flush(self) -> None:
         """Data goes out in chunks as it is written; nothing is published before close()."""
 
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
     def _finish_error(self) -> None:
         self._thread.join()
         if self._error is not None and not isinstance(self._error, _Aborted):

@@ -54,12 +54,21 @@ class WrittenObject:
 
 
 class PublishOnExit:
-    """Base of the writers that publish only a finished write.
+    """Base of the write-only files that publish only a finished write.
 
     Leaving a ``with`` block normally publishes (``_publish``); an exception, or a writer dropped
     unfinished, abandons the write (``_abandon``), so a failed or forgotten write publishes nothing.
     A subclass reads ``closed`` True until there is something to publish or abandon.
     """
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
 
     def __enter__(self):
         return self
@@ -117,15 +126,6 @@ class AtomicWriter(PublishOnExit):
     def flush(self) -> None:
         if not self._done and self._local is not None:
             self._fh.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     @property
     def closed(self) -> bool:
