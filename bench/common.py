@@ -12,6 +12,7 @@ import pstats
 import resource
 import runpy
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -98,6 +99,28 @@ def add_cell_options(ap: argparse.ArgumentParser, *, repeats: int, warmup: float
     ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--warmup", type=float, default=warmup, help="seconds not counted per cell")
     ap.add_argument("--duration", type=float, default=duration, help="seconds measured per cell")
+
+
+def add_modes(ap: argparse.ArgumentParser, modes: tuple[str, ...]) -> None:
+    """``--modes``: which of the benchmark's contenders run (default all)."""
+    ap.add_argument("--modes", default=",".join(modes), help="comma-separated subset of " + ",".join(modes))
+
+
+def chosen_modes(ap: argparse.ArgumentParser, text: str, modes: tuple[str, ...]) -> list[str]:
+    """The ``--modes`` asked for, in the order given; an unknown one is a usage error."""
+    chosen = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = set(chosen) - set(modes)
+    if unknown:
+        ap.error(f"unknown mode(s) {sorted(unknown)}; choose from {','.join(modes)}")
+    return chosen
+
+
+def median(samples: list[dict[str, Any]], key: str, ndigits: int | None = None) -> float | None:
+    """The median of ``key`` over the samples that ran (no ``error``) and have it; None if none did."""
+    vals = [s[key] for s in samples if "error" not in s and s.get(key) is not None]
+    if not vals:
+        return None
+    return statistics.median(vals) if ndigits is None else round(statistics.median(vals), ndigits)
 
 
 def add_child_options(ap: argparse.ArgumentParser, *, experiments: bool = True) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, host, parser, write_report
+from bench.common import add_modes, chosen_modes, free_port, host, median, parser, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("direct", "service_http", "service_datafs", "bare_http")
@@ -225,17 +224,12 @@ def measure(c: Contenders, mode: str, payload: Path, size: int, name: str) -> di
     }
 
 
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s]
-    return round(statistics.median(vals), 2) if vals else None
-
-
 def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"statistic": "median over samples; MB = 10^6 bytes"}
     for size, per_mode in samples.items():
         row: dict[str, Any] = {}
         for mode, ss in per_mode.items():
-            row[mode] = {"upload_mb_s": _median(ss, "upload_mb_s"), "download_mb_s": _median(ss, "download_mb_s"),
+            row[mode] = {"upload_mb_s": median(ss, "upload_mb_s", 2), "download_mb_s": median(ss, "download_mb_s", 2),
                          "errors": sum(1 for s in ss if "error" in s)}
         base = row.get("direct", {})
         for mode in MODES[1:]:
@@ -298,12 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.data_api.run", __doc__, out="data_api.json", workdir=True)
     ap.add_argument("--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)")
     ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:30,256:5)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    add_modes(ap, MODES)
     args = ap.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes_mib.split(",") if s.strip()]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if set(modes) - set(MODES) or "direct" not in modes:
+    modes = chosen_modes(ap, args.modes, MODES)
+    if "direct" not in modes:
         ap.error(f"--modes must be a subset of {','.join(MODES)} that includes direct (the baseline)")
     repeats = _repeats(args.repeats, sizes)
 

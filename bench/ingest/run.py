@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -36,9 +35,12 @@ from typing import Any
 from bench.common import (
     REPO,
     add_child_options,
+    add_modes,
+    chosen_modes,
     experiment_flags,
     host,
     install_patch,
+    median,
     parser,
     peak_rss_mib,
     profiled,
@@ -324,11 +326,6 @@ def _finish_sample(s: dict[str, Any], rows_total: int, size_bytes: int) -> dict[
     return s
 
 
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s]
-    return statistics.median(vals) if vals else None
-
-
 def _max(samples: list[dict[str, Any]], key: str) -> float | None:
     vals = [s[key] for s in samples if "error" not in s]
     return max(vals) if vals else None
@@ -338,8 +335,8 @@ def summarise(samples: dict[str, list[dict[str, Any]]], size_mb: float) -> dict[
     eager_ok = bool(samples["eager"]) and all("error" not in s for s in samples["eager"])
     against = "eager" if eager_ok else "streaming"
     base = samples[against]
-    base_rps = _median(base, "rows_per_s")
-    fs_rps = _median(samples["freestack"], "rows_per_s")
+    base_rps = median(base, "rows_per_s")
+    fs_rps = median(samples["freestack"], "rows_per_s")
     ratio = fs_rps / base_rps if (base_rps and fs_rps) else None
     fs_rss = _max(samples["freestack"], "peak_rss_mib")
     summary = {
@@ -360,10 +357,10 @@ def summarise(samples: dict[str, list[dict[str, Any]]], size_mb: float) -> dict[
     }
     for mode in MODES:
         summary[mode] = {
-            "rows_per_s": _median(samples[mode], "rows_per_s"),
-            "mib_per_s": _median(samples[mode], "mib_per_s"),
-            "wall_s": _median(samples[mode], "wall_s"),
-            "cpu_s": _median(samples[mode], "cpu_s"),
+            "rows_per_s": median(samples[mode], "rows_per_s"),
+            "mib_per_s": median(samples[mode], "mib_per_s"),
+            "wall_s": median(samples[mode], "wall_s"),
+            "cpu_s": median(samples[mode], "cpu_s"),
             "peak_rss_mib": _max(samples[mode], "peak_rss_mib"),
             "errors": sum(1 for s in samples[mode] if "error" in s),
         }
@@ -412,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="samples per mode (default 3; 1 above 1 GiB)")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (the CSV is reused)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    add_modes(ap, MODES)
     add_child_options(ap)
     # child-only arguments
     ap.add_argument("--csv", help=argparse.SUPPRESS)
@@ -425,10 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)), flush=True)
         return 0
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"unknown mode(s) {sorted(unknown)}")
+    modes = chosen_modes(ap, args.modes, MODES)
     repeats = args.repeats if args.repeats is not None else (1 if args.size_mb > 1024 else 3)
     if repeats < 1:
         ap.error("--repeats must be at least 1")

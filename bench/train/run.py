@@ -51,9 +51,12 @@ from typing import Any
 from bench.common import (
     REPO,
     add_child_options,
+    add_modes,
+    chosen_modes,
     experiment_flags,
     host,
     install_patch,
+    median,
     parser,
     peak_rss_mib,
     profiled,
@@ -444,11 +447,6 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
     return sample
 
 
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s and s.get(key) is not None]
-    return statistics.median(vals) if vals else None
-
-
 def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     def ok(mode):
         return [s for s in samples.get(mode, []) if "error" not in s]
@@ -461,16 +459,16 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "samples_per_s": round(statistics.median(sps), 1) if sps else None,
             "samples_per_s_min": round(min(sps), 1) if sps else None,
             "samples_per_s_max": round(max(sps), 1) if sps else None,
-            "wall_s": _median(ss, "wall_s"),
-            "cpu_s": _median(ss, "cpu_s"),
-            "val_accuracy": _median(ss, "val_accuracy"),
+            "wall_s": median(ss, "wall_s"),
+            "cpu_s": median(ss, "cpu_s"),
+            "val_accuracy": median(ss, "val_accuracy"),
             "runs": len(ss),
             "errors": len(samples.get(mode, [])) - len(ss),
         }
         if mode != "baseline":
-            per_mode[mode]["outside_batch_loops_s"] = _median(ss, "outside_batch_loops_s")
-            per_mode[mode]["fit_samples_per_s"] = _median(ss, "fit_samples_per_s")
-            per_mode[mode]["checkpoint_save_s"] = _median(ss, "checkpoint_save_s")
+            per_mode[mode]["outside_batch_loops_s"] = median(ss, "outside_batch_loops_s")
+            per_mode[mode]["fit_samples_per_s"] = median(ss, "fit_samples_per_s")
+            per_mode[mode]["checkpoint_save_s"] = median(ss, "checkpoint_save_s")
     base = per_mode["baseline"]["samples_per_s"]
 
     def ratio(mode):
@@ -559,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="samples per mode (default 3)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="default cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: usable cores)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    add_modes(ap, MODES)
     add_child_options(ap)
     # child-only arguments
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -572,10 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)), flush=True)
         return 0
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"unknown mode(s) {sorted(unknown)}")
+    modes = chosen_modes(ap, args.modes, MODES)
     for name in ("rows", "epochs", "batch_size", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
