@@ -263,7 +263,6 @@ def test_unreachable_server_falls_back_offline(wandb_env, monkeypatch, caplog):
     assert run.url is None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("recorded offline" in r.getMessage() for r in warnings)
-    assert any("wandb sync" in r.getMessage() for r in caplog.records)
     run_dir = Path(run.run_dir)
     assert run_dir.parent.parent == wandb_env.resolve()
     assert run_dir.name.startswith("offline-run-")
