@@ -135,30 +135,29 @@ def _sweep(r: dict[str, Any], file: str) -> list[Row]:
 
 
 def _data_api(r: dict[str, Any], file: str) -> list[Row]:
-    """Per object size: data:// through the service (local reads on this host: the target), the same over
-    HTTP only (a client on another host), the service's plain HTTP and HTTP's ceiling, against direct."""
+    """Per object size: the service's plain HTTP download against HTTP's ceiling (a bare sendfile server:
+    the target), and data:// through the service, plain HTTP and that ceiling against a direct read."""
     rows = []
     for size, v in (r.get("summary") or {}).items():
         if not isinstance(v, dict) or "direct" not in v:
             continue
         direct = v["direct"]
         down = f"{_n(direct['download_mb_s'])} (direct read)"
-        http = v["service_http"]
+        http, bare, target = v["service_http"], v.get("bare_http"), v.get("target") or {}
         rows.append(Row("data_api", f"{size} upload, MB/s", _n(http["upload_mb_s"]),
                         f"{_n(direct['upload_mb_s'])} (direct write)", http.get("upload_ratio"), "-", None))  # fmt: skip
-        local, target = v.get("service_datafs"), v.get("target") or {}
-        if local and local.get("download_ratio") is not None:  # the bench's own verdict on its target
-            rows.append(Row("data_api", f"{size} download through data://, same host (local reads, leased), MB/s",
-                            _n(local["download_mb_s"]), down, local["download_ratio"],
-                            f">= {target.get('service_datafs_download_ratio')}", target.get("met")))  # fmt: skip
-        asked = v.get("service_datafs_nolease")
-        if asked and asked.get("download_ratio") is not None:  # every open a round trip to the service
-            rows.append(Row("data_api", f"{size} download through data://, same host, no read lease, MB/s",
-                            _n(asked["download_mb_s"]), down, asked["download_ratio"], "(reported)", None))  # fmt: skip
-        rows.append(Row("data_api", f"{size} download over HTTP (another host), MB/s", _n(http["download_mb_s"]),
+        if bare and http.get("download_vs_bare_http") is not None:  # the bench's own verdict on its target
+            rows.append(Row("data_api", f"{size} download over HTTP vs a bare sendfile server, MB/s",
+                            _n(http["download_mb_s"]), f"{_n(bare['download_mb_s'])} (bare sendfile server)",
+                            http["download_vs_bare_http"], f">= {target.get('service_http_download_vs_bare_http')}",
+                            target.get("met")))  # fmt: skip
+        datafs = v.get("service_datafs")
+        if datafs and datafs.get("download_ratio") is not None:
+            rows.append(Row("data_api", f"{size} download through data:// (ranged GETs), MB/s",
+                            _n(datafs["download_mb_s"]), down, datafs["download_ratio"], "(reported)", None))  # fmt: skip
+        rows.append(Row("data_api", f"{size} download over HTTP, MB/s", _n(http["download_mb_s"]),
                         down, http.get("download_ratio"), "(reported)", None))  # fmt: skip
-        if "bare_http" in v:  # HTTP's own ceiling here: a bare sendfile server, the same client
-            bare = v["bare_http"]
+        if bare:  # HTTP's own ceiling here: a bare sendfile server, the same client
             rows.append(Row("data_api", f"{size} download, MB/s: the ceiling of HTTP, a bare sendfile server",
                             _n(bare["download_mb_s"]), down, bare.get("download_ratio"), "(reported)", None))  # fmt: skip
     return rows

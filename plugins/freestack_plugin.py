@@ -13,9 +13,9 @@ from freestack.dataapi.app import data_api_app
 from freestack.runtime.notes import run_notes
 from freestack.runtime.pools import pool_listener
 from freestack.runtime.preload import preload_listener
+from freestack.runtime.scheduler_wakeup import wake_listener
 from freestack.runtime.timings import enabled as timings_enabled
 from freestack.runtime.timings import task_timings
-from freestack.runtime.wake import wake_listener
 from freestack.ui.app import views_app
 from freestack.ui.wandb_pages import wandb_app
 

@@ -57,7 +57,7 @@ if str(ROOT / "include") not in sys.path:
 
 
 #: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
-pytest_plugins = ["tests.demo_sandbox"]
+pytest_plugins = ["tests.support.demo_sandbox"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
 DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/e2e/test_monitor_demo.py", "tests/e2e/test_docs_commands.py")
 

@@ -25,7 +25,6 @@ Writes a JSON report (machine, params, samples, summary) and prints a summary.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import shutil
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, write_report
+from bench.common import host, parser, write_report
 from bench.data_api.run import _proc_status, start_service, stop_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,15 +211,13 @@ def bench_kills(svc: Service, kills: int, settle: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.data_api.listing", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.data_api.listing", __doc__, out="dataapi_listing.json", workdir=True)
     ap.add_argument("--small", type=int, default=1000, help="files in the small directory (default 1000)")
     ap.add_argument("--large", type=int, default=20000, help="files in the large directory (default 20000)")
     ap.add_argument("--repeats", type=int, default=5, help="times every page is fetched (default 5)")
     ap.add_argument("--object-mib", type=int, default=256, help="the If-Match object's size (default 256)")
     ap.add_argument("--kills", type=int, default=10, help="kill -9 mid-upload this many times (default 10)")
     ap.add_argument("--settle", type=float, default=20.0, help="seconds to wait for the restart's sweep (default 20)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "dataapi_listing.json"))
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
 
     own = args.workdir is None

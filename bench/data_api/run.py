@@ -5,7 +5,7 @@ same backing store, in the same run.
 
 1. Starts ``freestack data-api`` (uvicorn, httptools, one process) on 127.0.0.1 over a fresh local
    backing folder, creates a user and an API key, and writes one payload file per size (random bytes).
-2. For each size, repeats the four measurements in turn, each on the same object name:
+2. For each size, repeats the measurements in turn, each on the same object name:
      - ``direct``:        data:// straight onto the backing folder, as a task with a direct connection
                           does it: ``atomic_write`` (temporary file, fsync, rename) of the payload read
                           in 8 MiB blocks; download = ``open("rb")`` read in 8 MiB blocks.
@@ -13,15 +13,8 @@ same backing store, in the same run.
                           upload = ``requests.put(url, data=<open file>)`` (what ``putFile`` sends),
                           download = ``requests.get(url, stream=True)`` read in 1 MiB chunks.
      - ``service_datafs``: data:// through the service (a connection whose root is the service URL), as
-                          a task on the service's host does it: the same ``atomic_write`` / ``open("rb")``
-                          calls as ``direct``; the upload is one streamed PUT, the download a local read
-                          (the service checks key and ACL and hands over a descriptor on its Unix socket,
-                          freestack.dataapi.local, with a read lease on the collection: later opens in it
-                          are made by the client until the lease ends), read in 8 MiB blocks.
-     - ``service_datafs_nolease``: the same with read leases off (connection extra ``"read_leases":
-                          false``): every open is a round trip to the service.
-     - ``service_datafs_http``: the same with local reads off (connection extra ``"local_reads": false``,
-                          or a client on another host): the download is 8 MiB ranged GETs.
+                          a task does it: the same ``atomic_write`` / ``open("rb")`` calls as ``direct``;
+                          the upload is one streamed PUT, the download 8 MiB ranged GETs.
      - ``bare_http``:     the ceiling of HTTP here: ``bench/data_api/bare.py``, a bare file server on
                           the same folder (``os.sendfile`` for GET; PUT = temporary file, fsync,
                           rename), no authentication or ACL, asked by the same client as ``service_http``.
@@ -29,10 +22,10 @@ same backing store, in the same run.
    ratio is the cost of HTTP, authentication, the ACL check and the extra copies.
 3. MB/s = bytes / 10^6 / wall seconds of the call (the upload includes the fsync and the service's
    answer; the download ends when the last byte is read). Medians per mode; ``ratio`` =
-   service / direct. The target is a ``service_datafs`` download of at least TARGET_DOWNLOAD_RATIO x
-   ``direct`` at every size; the summary says per size whether it is met, and the report records
-   whether ``service_datafs`` really read locally (``local_reads``). The server's peak RSS (VmHWM) is
-   recorded too. Writes a JSON report (machine, params, raw samples, summary) and prints a table.
+   service / direct. The target is a ``service_http`` download of at least TARGET_VS_BARE x
+   ``bare_http`` at every size (the service adds little to what HTTP itself costs); the summary says
+   per size whether it is met. The server's peak RSS (VmHWM) is recorded too. Writes a JSON report
+   (machine, params, raw samples, summary) and prints a table.
 
 Client and server share the machine (2 cores in CI): the client runs in this process, the service in
 its own, and the direct baseline uses only this process.
@@ -40,11 +33,9 @@ its own, and the direct baseline uses only this process.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,12 +43,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, host, write_report
+from bench.common import add_modes, chosen_modes, free_port, host, median, parser, write_report
 
 REPO = Path(__file__).resolve().parents[2]
-MODES = ("direct", "service_http", "service_datafs", "service_datafs_nolease", "service_datafs_http", "bare_http")
-DATAFS_MODES = ("service_datafs", "service_datafs_nolease", "service_datafs_http")
-TARGET_DOWNLOAD_RATIO = 0.5  # service_datafs download / direct download, at every size
+MODES = ("direct", "service_http", "service_datafs", "bare_http")
+TARGET_VS_BARE = 0.8  # service_http download / bare_http download, at every size
 SIZES_MIB = (1, 256)
 DEFAULT_REPEATS = {1: 30, 256: 5}
 BLOCK = 8 * 1024 * 1024
@@ -157,12 +147,7 @@ class Contenders:
         self.session.trust_env = False
         self.headers = {"Authorization": f"Simple {key}", "Accept-Encoding": "identity"}
         self.direct = DataFileSystem(path=str(root), fs=_local_fs(), owner=USER)
-        self.remote = {
-            mode: DataFileSystem(path="", owner=None, check_acl=False,
-                                 fs=DataApiHttpFileSystem(url, api_key=key, local_reads=local, read_leases=leases))
-            for mode, local, leases in (("service_datafs", True, True), ("service_datafs_nolease", True, False),
-                                        ("service_datafs_http", False, False))
-        }  # fmt: skip
+        self.remote = DataFileSystem(path="", fs=DataApiHttpFileSystem(url, api_key=key), owner=None, check_acl=False)
 
     def _target(self, fs, name: str):
         from freestack.storage.datafs import _Target
@@ -182,7 +167,7 @@ class Contenders:
             return payload.stat().st_size
         from freestack.storage.objects import atomic_write
 
-        fs = self.direct if mode == "direct" else self.remote[mode]
+        fs = self.direct if mode == "direct" else self.remote
         with open(payload, "rb") as f, atomic_write(self._target(fs, name)) as w:
             while block := f.read(BLOCK):
                 w.write(block)
@@ -196,17 +181,11 @@ class Contenders:
                 for chunk in r.iter_content(1024 * 1024):
                     n += len(chunk)
             return n
-        fs = self.direct if mode == "direct" else self.remote[mode]
+        fs = self.direct if mode == "direct" else self.remote
         with fs.open(f".my/{COLLECTION}/{name}", "rb") as f:
             while block := f.read(BLOCK):
                 n += len(block)
         return n
-
-
-    def local_reads(self, mode: str = "service_datafs") -> dict[str, Any]:
-        """Whether ``mode`` read through the service's socket, how often, and how often under a lease."""
-        local = self.remote[mode].fs.local_reads
-        return {"active": local.active, "opened": local.opened, "leased": local.leased, "off_reason": local.off_reason}
 
 
 def _local_fs():
@@ -245,17 +224,12 @@ def measure(c: Contenders, mode: str, payload: Path, size: int, name: str) -> di
     }
 
 
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s]
-    return round(statistics.median(vals), 2) if vals else None
-
-
 def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"statistic": "median over samples; MB = 10^6 bytes"}
     for size, per_mode in samples.items():
         row: dict[str, Any] = {}
         for mode, ss in per_mode.items():
-            row[mode] = {"upload_mb_s": _median(ss, "upload_mb_s"), "download_mb_s": _median(ss, "download_mb_s"),
+            row[mode] = {"upload_mb_s": median(ss, "upload_mb_s", 2), "download_mb_s": median(ss, "download_mb_s", 2),
                          "errors": sum(1 for s in ss if "error" in s)}
         base = row.get("direct", {})
         for mode in MODES[1:]:
@@ -268,9 +242,9 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             # how much of the distance to a direct read is the service's, not HTTP's
             row["service_http"]["download_vs_bare_http"] = round(row["service_http"]["download_mb_s"] / bare["download_mb_s"], 3)
             row["service_http"]["upload_vs_bare_http"] = round(row["service_http"]["upload_mb_s"] / bare["upload_mb_s"], 3)
-        ratio = row.get("service_datafs", {}).get("download_ratio")
-        row["target"] = {"service_datafs_download_ratio": TARGET_DOWNLOAD_RATIO,
-                         "met": None if ratio is None else ratio >= TARGET_DOWNLOAD_RATIO}  # fmt: skip
+        ratio = row.get("service_http", {}).get("download_vs_bare_http")
+        row["target"] = {"service_http_download_vs_bare_http": TARGET_VS_BARE,
+                         "met": None if ratio is None else ratio >= TARGET_VS_BARE}  # fmt: skip
         out[size] = row
     return out
 
@@ -298,13 +272,7 @@ def print_table(report: dict[str, Any]) -> None:
             )
         met = row["target"]["met"]
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
-        print(f"{size:>8} target: service_datafs download >= {TARGET_DOWNLOAD_RATIO}x direct: {verdict}")
-    for mode, key in (("service_datafs", "local_reads"), ("service_datafs_nolease", "local_reads_nolease")):
-        local = report.get(key)
-        if local:
-            state = (f"on ({local['opened']} reads, {local.get('leased', 0)} under a lease)" if local["active"]
-                     else f"off: {local['off_reason']}")  # fmt: skip
-            print(f"{mode} local reads: {state}")
+        print(f"{size:>8} target: service_http download >= {TARGET_VS_BARE}x bare_http: {verdict}")
     print(f"service peak RSS: {report['server']['peak_rss_mib']} MiB (idle {report['server']['idle_rss_mib']} MiB)")
 
 
@@ -321,17 +289,15 @@ def _repeats(text: str | None, sizes: list[int]) -> dict[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.data_api.run", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.data_api.run", __doc__, out="data_api.json", workdir=True)
     ap.add_argument("--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)")
     ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:30,256:5)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "data_api.json"))
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
+    add_modes(ap, MODES)
     args = ap.parse_args(argv)
 
     sizes = [int(s) for s in args.sizes_mib.split(",") if s.strip()]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if set(modes) - set(MODES) or "direct" not in modes:
+    modes = chosen_modes(ap, args.modes, MODES)
+    if "direct" not in modes:
         ap.error(f"--modes must be a subset of {','.join(MODES)} that includes direct (the baseline)")
     repeats = _repeats(args.repeats, sizes)
 
@@ -360,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             samples[label] = {m: [] for m in modes}
             print(f"{label}: {repeats[size_mib]} repeat(s) of {', '.join(modes)}", flush=True)
             c.upload("direct", payload, f"warmup-{label}")  # page cache and connections warm for everyone
-            for mode in ("service_http", *(m for m in DATAFS_MODES if m in modes)):
+            for mode in ("service_http", "service_datafs"):
                 c.download(mode, f"warmup-{label}")
             for r in range(repeats[size_mib]):
                 for mode in modes:
@@ -388,8 +354,6 @@ def main(argv: list[str] | None = None) -> int:
             },
             "samples": samples,
             "summary": summarise(samples),
-            "local_reads": c.local_reads(),
-            "local_reads_nolease": c.local_reads("service_datafs_nolease") if "service_datafs_nolease" in modes else None,
             "server": {
                 "idle_rss_mib": round(idle / 1024, 1) if idle else None,
                 "peak_rss_mib": round(peak / 1024, 1) if peak else None,

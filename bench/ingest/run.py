@@ -26,17 +26,28 @@ import json
 import os
 import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, peak_rss_mib, write_report
+from bench.common import (
+    REPO,
+    add_child_options,
+    add_modes,
+    chosen_modes,
+    experiment_flags,
+    host,
+    install_patch,
+    median,
+    parser,
+    peak_rss_mib,
+    profiled,
+    run_child,
+    write_report,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 DS = "2026-11-01"
 PIPELINE = "bench"
 SEED = 20261101
@@ -226,10 +237,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         storage_root()
         spec = build_spec(json.loads(Path(args.spec).read_text()))
-        if args.patch:  # an experiment: a Python file whose install() monkeypatches freestack
-            import runpy
-
-            runpy.run_path(args.patch)["install"]()
+        install_patch(args.patch)
     rss_before = _rss_now_mib()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
@@ -247,17 +255,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 w.write_batch(batch)
                 rows += batch.num_rows
     elif args.child == "freestack":
-        if args.profile:
-            import cProfile
-            import pstats
-
-            prof = cProfile.Profile()
-            res = prof.runcall(core.ingest_partition, spec, DS)
-            prof.dump_stats(str(out_dir / "freestack.prof"))
-            stats = pstats.Stats(prof, stream=sys.stderr)
-            stats.sort_stats("cumulative").print_stats(45)
-            stats.sort_stats("tottime").print_stats(25)
-        else:
+        with profiled(args.profile, "freestack", dump=out_dir / "freestack.prof"):
             res = core.ingest_partition(spec, DS)
         rows = res.rows_in
         extra = {
@@ -293,35 +291,15 @@ def machine() -> dict[str, Any]:
 
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.ingest.run",
-        "--child",
-        mode,
-        "--csv",
-        ctx["csv"],
-        "--scratch",
-        ctx["scratch"],
-        "--spec",
-        ctx["spec"],
-        "--block-size-mb",
-        str(ctx["block_size_mb"]),
-    ]
-    if ctx.get("profile") and mode == "freestack":
-        cmd.append("--profile")
-    if ctx.get("patch") and mode == "freestack":
-        cmd += ["--patch", ctx["patch"]]
-    env = dict(os.environ)
-    env["FREESTACK_STORAGE_ROOT"] = ctx["root"]
+    argv = ["--child", mode, "--csv", ctx["csv"], "--scratch", ctx["scratch"], "--spec", ctx["spec"],
+            "--block-size-mb", str(ctx["block_size_mb"])]  # fmt: skip
+    if mode == "freestack":
+        argv += experiment_flags(ctx["profile"], ctx["patch"])
+    env = {**os.environ, "FREESTACK_STORAGE_ROOT": ctx["root"]}
     env.setdefault("AIRFLOW_HOME", str(Path(ctx["workdir"]) / "airflow"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"mode": mode, "error": f"timed out after {timeout}s"}
+        sample = run_child("bench.ingest.run", argv, env=env, timeout=timeout,
+                           echo_stderr=bool(ctx["profile"] or ctx["patch"]))  # fmt: skip
     finally:
         # remove outputs so every run starts from the same disk state
         for name in ("eager.parquet", "streaming.parquet"):
@@ -331,22 +309,7 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
         lake = Path(ctx["workdir"]) / "storage" / "lake"
         if lake.exists():
             shutil.rmtree(lake)
-    if (ctx.get("profile") or ctx.get("patch")) and proc.stderr:
-        sys.stderr.write(proc.stderr)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
-        return {
-            "mode": mode,
-            "error": reason,
-            "stderr_tail": proc.stderr[-2000:],
-            "process_s": round(time.perf_counter() - started, 3),
-        }
-    sample = json.loads(lines[-1])
-    sample["process_s"] = time.perf_counter() - started
-    # the 1-minute load average when the child started: other work on the machine skews wall times
-    sample["loadavg_1m_before"] = load
-    return sample
+    return {"mode": mode, **sample}
 
 
 def _finish_sample(s: dict[str, Any], rows_total: int, size_bytes: int) -> dict[str, Any]:
@@ -363,11 +326,6 @@ def _finish_sample(s: dict[str, Any], rows_total: int, size_bytes: int) -> dict[
     return s
 
 
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s]
-    return statistics.median(vals) if vals else None
-
-
 def _max(samples: list[dict[str, Any]], key: str) -> float | None:
     vals = [s[key] for s in samples if "error" not in s]
     return max(vals) if vals else None
@@ -377,8 +335,8 @@ def summarise(samples: dict[str, list[dict[str, Any]]], size_mb: float) -> dict[
     eager_ok = bool(samples["eager"]) and all("error" not in s for s in samples["eager"])
     against = "eager" if eager_ok else "streaming"
     base = samples[against]
-    base_rps = _median(base, "rows_per_s")
-    fs_rps = _median(samples["freestack"], "rows_per_s")
+    base_rps = median(base, "rows_per_s")
+    fs_rps = median(samples["freestack"], "rows_per_s")
     ratio = fs_rps / base_rps if (base_rps and fs_rps) else None
     fs_rss = _max(samples["freestack"], "peak_rss_mib")
     summary = {
@@ -399,10 +357,10 @@ def summarise(samples: dict[str, list[dict[str, Any]]], size_mb: float) -> dict[
     }
     for mode in MODES:
         summary[mode] = {
-            "rows_per_s": _median(samples[mode], "rows_per_s"),
-            "mib_per_s": _median(samples[mode], "mib_per_s"),
-            "wall_s": _median(samples[mode], "wall_s"),
-            "cpu_s": _median(samples[mode], "cpu_s"),
+            "rows_per_s": median(samples[mode], "rows_per_s"),
+            "mib_per_s": median(samples[mode], "mib_per_s"),
+            "wall_s": median(samples[mode], "wall_s"),
+            "cpu_s": median(samples[mode], "cpu_s"),
             "peak_rss_mib": _max(samples[mode], "peak_rss_mib"),
             "errors": sum(1 for s in samples[mode] if "error" in s),
         }
@@ -446,23 +404,14 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.ingest.run", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.ingest.run", __doc__, out="ingest.json")
     ap.add_argument("--size-mb", type=float, default=256, help="CSV size in MiB (default 256)")
     ap.add_argument("--repeats", type=int, default=None, help="samples per mode (default 3; 1 above 1 GiB)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "ingest.json"))
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (the CSV is reused)")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per child run")
-    ap.add_argument("--profile", action="store_true", help="cProfile the freestack runs (to stderr)")
-    ap.add_argument(
-        "--patch",
-        default=None,
-        help="a Python file whose install() is called in each freestack child before timing "
-        "(to measure a proposed change by monkeypatching)",
-    )
+    add_modes(ap, MODES)
+    add_child_options(ap)
     # child-only arguments
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--csv", help=argparse.SUPPRESS)
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -473,10 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)), flush=True)
         return 0
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"unknown mode(s) {sorted(unknown)}")
+    modes = chosen_modes(ap, args.modes, MODES)
     repeats = args.repeats if args.repeats is not None else (1 if args.size_mb > 1024 else 3)
     if repeats < 1:
         ap.error("--repeats must be at least 1")

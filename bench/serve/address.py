@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, write_report
+from bench.common import add_cell_options, free_port, parser, write_report
 from bench.serve import run as base
 
 SERVERS = ("direct", "stable")
@@ -139,12 +139,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.serve.address", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=8)
-    ap.add_argument("--warmup", type=float, default=1.0, help="seconds not counted per cell")
-    ap.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell")
+    ap = parser("bench.serve.address", __doc__, out="serve_address.json")
+    add_cell_options(ap, repeats=8, warmup=1.0, duration=4.0)
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--out", default=str(base.REPO / "bench" / "results" / "serve_address.json"))
     args = ap.parse_args(argv)
     if not base.SERVING_PY.exists():
         ap.error(f"{base.SERVING_PY} is missing: run `make serving-venv` first")

@@ -45,7 +45,6 @@ is reported per cell, so a ratio can be read with what the load cost.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -59,7 +58,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, host, usable_cores, write_report
+from bench.common import free_port, host, parser, usable_cores, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
@@ -579,15 +578,13 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.serve.run", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.serve.run", __doc__, out="serve.json", workdir=True)
     ap.add_argument("--quick", action="store_true", help="smoke size: 1 round, 0.5 s warm-up, 1 s per cell")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3; 1 with --quick)")
     ap.add_argument("--warmup", type=float, default=None, help="seconds not counted per cell (default 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 8)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve.json"))
-    ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)

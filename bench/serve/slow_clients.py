@@ -12,13 +12,13 @@ connections, one 64-feature row per request, a fresh generator process per cell)
 - ``none``: no other client;
 - ``slow``: ``--slow`` clients each keep a connection open that sends the head of a POST with a 2 MB
   body (two with a Content-Length, the others chunked), then one byte every ``--interval`` seconds
-  (``tests/serving_hostile_helpers.SlowClients``; a client that gets an answer, a 408, opens a new
+  (``tests/support/serving_hostile.SlowClients``; a client that gets an answer, a 408, opens a new
   connection at once, so that many are always open). They are opened before the cell's warm-up.
 
 Summary: requests/s of each cell (median over rounds), ``ratio`` = slow / none within each round, then
 the median (target >= 0.9), the errors (non-200 answers or lost connections: must be 0), the slow
 clients' answers, and whether a worker was killed (``WORKER TIMEOUT`` in the server's log, or worker
-pids that changed; must not be). Then the malformed corpus (``tests/serving_hostile_helpers.corpus``:
+pids that changed; must not be). Then the malformed corpus (``tests/support/serving_hostile.corpus``:
 bad JSON, shapes and types, every route that takes a message, GET ``?json=``, chunked framing,
 protocol errors, Content-Encoding), each case on its own connection: the share answered 4xx in
 Seldon's JSON error format (target 1.0), and the cases that were not. A few minutes.
@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import free_port, write_report
+from bench.common import add_cell_options, free_port, parser, write_report
 from bench.serve import run as base
-from tests.serving_hostile_helpers import SlowClients, corpus, run_corpus
+from tests.support.serving_hostile import SlowClients, corpus, run_corpus
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_ROWS = 1000
@@ -157,14 +157,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.serve.slow_clients", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--warmup", type=float, default=1.0, help="seconds not counted per cell")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per cell")
+    ap = parser("bench.serve.slow_clients", __doc__, out="slow_clients.json")
+    add_cell_options(ap, repeats=3, warmup=1.0, duration=8.0)
     ap.add_argument("--slow", type=int, default=4, help="slow clients open in the 'slow' cells")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between a slow client's bytes")
     ap.add_argument("--worker-classes", default="freestack", help="comma-separated: freestack,sync,gthread")
-    ap.add_argument("--out", default=str(base.REPO / "bench" / "results" / "slow_clients.json"))
     args = ap.parse_args(argv)
     if not base.SERVING_PY.exists():
         ap.error(f"{base.SERVING_PY} is missing: run `make serving-venv` first")

@@ -20,14 +20,13 @@ transformers + peft loop, over the same model, data and batch size, in one run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, write_report
+from bench.common import host, parser, write_report
 
 SEED = 20261124
 TARGET = 0.95
@@ -116,13 +115,12 @@ def _footprint(folder: Path, peft: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser("bench.train.finetune", __doc__, out="train_finetune.json")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--size", choices=sorted(SIZES), default="distilbert")
-    ap.add_argument("--out", default="bench/results/train_finetune.json")
     args = ap.parse_args(argv)
     import torch
 

@@ -48,9 +48,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, peak_rss_mib, usable_cores, write_report
+from bench.common import (
+    REPO,
+    add_child_options,
+    add_modes,
+    chosen_modes,
+    experiment_flags,
+    host,
+    install_patch,
+    median,
+    parser,
+    peak_rss_mib,
+    profiled,
+    run_child,
+    usable_cores,
+    write_report,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 SEED = 20261101  # the data
 MODEL_SEED = 42  # TrainConfig's default seed: the model's initial weights
 N_FEATURES = 64
@@ -242,10 +256,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     import freestack.ml.loop as train_mod
 
-    if args.patch:  # an experiment: a Python file whose install() monkeypatches freestack
-        import runpy
-
-        runpy.run_path(args.patch)["install"]()
+    install_patch(args.patch)
 
     x_train, y_train, x_val, y_val = load_data(Path(args.data))
     device = train_mod.resolve_device(args.device)
@@ -274,50 +285,34 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     # construction imports torch._dynamo (1-2 s on a small machine)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=LEARNING_RATE)
 
-    profiler = None
-    if args.profile and mode != "baseline":
-        import cProfile
-
-        profiler = cProfile.Profile()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    if profiler is not None:
-        profiler.enable()
-    if mode == "baseline":
-        last = baseline_fit(
-            model,
-            x_train,
-            y_train,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            device=device,
-            amp_dtype=amp_dtype,
-        )
-        result = None
-    else:
-        result = train_mod.fit(
-            model,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            cfg,
-            task="classification",
-            checkpoints=store,
-            on_epoch=lambda row: None,  # the train stage logs each row to W&B (a no-op when it is off)
-        )
-    if profiler is not None:
-        profiler.disable()
-    wall = time.perf_counter() - t0
-    cpu = time.process_time() - cpu0
-    if profiler is not None:
-        import io
-        import pstats
-
-        buf = io.StringIO()
-        st = pstats.Stats(profiler, stream=buf)
-        st.sort_stats("tottime").print_stats(30)
-        sys.stderr.write(f"--- cProfile of {mode} ({args.kind}) by tottime ---\n{buf.getvalue()}")
+    with profiled(args.profile and mode != "baseline", f"{mode} ({args.kind})"):
+        if mode == "baseline":
+            last = baseline_fit(
+                model,
+                x_train,
+                y_train,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                device=device,
+                amp_dtype=amp_dtype,
+            )
+            result = None
+        else:
+            result = train_mod.fit(
+                model,
+                x_train,
+                y_train,
+                x_val,
+                y_val,
+                cfg,
+                task="classification",
+                checkpoints=store,
+                on_epoch=lambda row: None,  # the train stage logs each row to W&B (a no-op when it is off)
+            )
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
 
     # outside the clock: the same evaluation of both models (fit restores its best epoch's weights)
     xv = torch.as_tensor(x_val, device=device)
@@ -427,59 +422,21 @@ def fit_source() -> dict[str, Any]:
 
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.train.run",
-        "--child",
-        mode,
-        "--data",
-        ctx["data"],
-        "--scratch",
-        ctx["scratch"],
-        "--kind",
-        ctx["kind"],
-        "--epochs",
-        str(ctx["epochs"]),
-        "--batch-size",
-        str(ctx["batch_size"]),
-        "--threads",
-        str(ctx["threads"]),
-        "--device",
-        ctx["device"],
-    ]
-    if ctx.get("profile") and mode != "baseline":
-        cmd.append("--profile")
-    if ctx.get("patch") and mode != "baseline":
-        cmd += ["--patch", ctx["patch"]]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    argv = ["--child", mode, "--data", ctx["data"], "--scratch", ctx["scratch"], "--kind", ctx["kind"],
+            "--epochs", str(ctx["epochs"]), "--batch-size", str(ctx["batch_size"]),
+            "--threads", str(ctx["threads"]), "--device", ctx["device"]]  # fmt: skip
+    if mode != "baseline":
+        argv += experiment_flags(ctx["profile"], ctx["patch"])
     busy0, child0 = _busy_cpu_s(), _children_cpu_s()
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"mode": mode, "error": f"timed out after {timeout}s"}
-    elapsed = time.perf_counter() - started
+    sample = {"mode": mode, **run_child("bench.train.run", argv, timeout=timeout,
+                                        echo_stderr=bool(ctx["profile"] or ctx["patch"]))}  # fmt: skip
+    if "error" in sample:
+        return sample
     busy1, child1 = _busy_cpu_s(), _children_cpu_s()
-    if (ctx.get("profile") or ctx.get("patch")) and proc.stderr:
-        sys.stderr.write(proc.stderr)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
-        return {
-            "mode": mode,
-            "error": reason,
-            "stderr_tail": proc.stderr[-2000:],
-            "process_s": round(time.perf_counter() - started, 3),
-        }
-    sample = json.loads(lines[-1])
-    sample["process_s"] = elapsed
-    sample["loadavg_1m_before"] = load
+    elapsed = sample["process_s"]
     # other work on the machine while the child ran: CPU seconds the machine was busy minus the child's
     # own, as a fraction of the cores' capacity. torch's OpenMP threads wait for each other at every
-    # operation, so a contended core slows a run far more than the CPU it loses (seen here: 5-15x)
+    # operation, so a contended core slows a run far more than the CPU it loses
     if busy0 is not None and busy1 is not None and elapsed > 0:
         others = max(0.0, (busy1 - busy0) - (child1 - child0))
         sample["others_cpu_s"] = others
@@ -488,11 +445,6 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
         if isinstance(v, float):
             sample[k] = round(v, 6 if k in ("val_loss", "final_train_loss", "last_batch_loss") else 4)
     return sample
-
-
-def _median(samples: list[dict[str, Any]], key: str) -> float | None:
-    vals = [s[key] for s in samples if "error" not in s and s.get(key) is not None]
-    return statistics.median(vals) if vals else None
 
 
 def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -507,16 +459,16 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "samples_per_s": round(statistics.median(sps), 1) if sps else None,
             "samples_per_s_min": round(min(sps), 1) if sps else None,
             "samples_per_s_max": round(max(sps), 1) if sps else None,
-            "wall_s": _median(ss, "wall_s"),
-            "cpu_s": _median(ss, "cpu_s"),
-            "val_accuracy": _median(ss, "val_accuracy"),
+            "wall_s": median(ss, "wall_s"),
+            "cpu_s": median(ss, "cpu_s"),
+            "val_accuracy": median(ss, "val_accuracy"),
             "runs": len(ss),
             "errors": len(samples.get(mode, [])) - len(ss),
         }
         if mode != "baseline":
-            per_mode[mode]["outside_batch_loops_s"] = _median(ss, "outside_batch_loops_s")
-            per_mode[mode]["fit_samples_per_s"] = _median(ss, "fit_samples_per_s")
-            per_mode[mode]["checkpoint_save_s"] = _median(ss, "checkpoint_save_s")
+            per_mode[mode]["outside_batch_loops_s"] = median(ss, "outside_batch_loops_s")
+            per_mode[mode]["fit_samples_per_s"] = median(ss, "fit_samples_per_s")
+            per_mode[mode]["checkpoint_save_s"] = median(ss, "checkpoint_save_s")
     base = per_mode["baseline"]["samples_per_s"]
 
     def ratio(mode):
@@ -595,7 +547,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.train.run", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.train.run", __doc__, out="train.json")
     ap.add_argument(
         "--rows", type=int, default=100_000, help="rows generated, 10%% of them validation (default 100000)"
     )
@@ -605,18 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="samples per mode (default 3)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="default cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: usable cores)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per child run")
-    ap.add_argument("--profile", action="store_true", help="cProfile the freestack runs (to stderr)")
-    ap.add_argument(
-        "--patch",
-        default=None,
-        help="a Python file whose install() is called in each freestack child before timing "
-        "(to measure a proposed change by monkeypatching)",
-    )
+    add_modes(ap, MODES)
+    add_child_options(ap)
     # child-only arguments
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--scratch", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -627,10 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)), flush=True)
         return 0
 
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        ap.error(f"unknown mode(s) {sorted(unknown)}")
+    modes = chosen_modes(ap, args.modes, MODES)
     for name in ("rows", "epochs", "batch_size", "repeats", "threads"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")

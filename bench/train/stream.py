@@ -20,10 +20,8 @@ streaming saves (the baseline of the memory ratio is the same stage reading the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +29,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import host, peak_rss_mib, write_report
+from bench.common import REPO, add_child_options, host, parser, peak_rss_mib, run_child, write_report
 
-REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
 FEATURES = 32
 CLASSES = 4
@@ -105,14 +102,14 @@ def child(work: Path, mode: str, days: int, end_ds: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_child(work: Path, mode: str, days: int, end_ds: str, timeout: float | None) -> dict[str, Any]:
+def measure(work: Path, mode: str, days: int, end_ds: str, timeout: float | None) -> dict[str, Any]:
     env = {**os.environ, "FREESTACK_STORAGE_ROOT": (work / "storage").as_uri(), "FREESTACK_SPOOL_DIR": str(work / "spool"),
            "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}  # fmt: skip
-    cmd = [sys.executable, "-m", "bench.train.stream", "--child", f"{mode}:{days}:{end_ds}", "--workdir", str(work)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} over {days} days failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    got = run_child("bench.train.stream", ["--child", f"{mode}:{days}:{end_ds}", "--workdir", str(work)], env=env,
+                    timeout=timeout)  # fmt: skip
+    if "error" in got:
+        raise RuntimeError(f"{mode} over {days} days failed ({got['error']}):\n{got.get('stderr_tail', '')}")
+    return got
 
 
 def summarise(runs: dict[str, dict[str, Any]], scale: int) -> dict[str, Any]:
@@ -131,16 +128,14 @@ def summarise(runs: dict[str, dict[str, Any]], scale: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.train.stream", description=__doc__.split("\n\n")[0])
+    ap = parser("bench.train.stream", __doc__, out="train_stream.json")
     ap.add_argument("--rows-per-day", type=int, default=100_000)
     ap.add_argument("--days", type=int, default=2, help="days of the 1x window (default 2)")
     ap.add_argument("--scale", type=int, default=10, help="the large window is this many times the 1x one")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per child run")
     ap.add_argument("--workdir", help="where the lake goes (default: a temporary folder)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_stream.json"))
-    ap.add_argument("--child", help=argparse.SUPPRESS)
+    add_child_options(ap, experiments=False)
     args = ap.parse_args(argv)
     if args.child:
         mode, days, end_ds = args.child.split(":")
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for mode in ("memory", "stream"):
             for label, days in (("1x", args.days), (f"{args.scale}x", total)):
-                runs[f"{mode}_{label}"] = run_child(work, mode, days, end_ds, args.timeout)
+                runs[f"{mode}_{label}"] = measure(work, mode, days, end_ds, args.timeout)
                 print(f"{mode:6} {label:>4}: {runs[f'{mode}_{label}']['peak_rss_mib']:8.0f} MiB peak, "
                       f"{runs[f'{mode}_{label}']['samples_per_s']:10,.0f} samples/s", flush=True)  # fmt: skip
     report = {

@@ -10,7 +10,6 @@ baseline, in the same run, reads the same files with plain ``open`` + ``json`` i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import host, peak_rss_mib, write_report
+from bench.common import host, parser, peak_rss_mib, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_S = 1.0
@@ -71,11 +70,10 @@ async def _time_pages(app, pages: list[str], repeats: int) -> dict[str, dict[str
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser("bench.ui.run", __doc__, out="ui.json")
     ap.add_argument("--versions", type=int, default=1000)
     ap.add_argument("--trials", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ui.json"))
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="freestack-bench-ui-"))
     try:

@@ -41,7 +41,7 @@ from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
 from freestack.serving.server.core import PayloadError, ServedModel
-from freestack.serving.server.lane import PREDICT_PATHS
+from freestack.serving.server.predict_lane import PREDICT_PATHS
 from freestack.settings import settings
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class Model(ServedModel):
 
     def message_problem(self, body: Any) -> str | None:
         """What the envelope check refuses in ``body`` (a parsed Seldon message), or None: how the model
-        server's prediction lane (:mod:`freestack.serving.server.lane`) asks before it answers without Flask."""
+        server's prediction lane (:mod:`freestack.serving.server.predict_lane`) asks before it answers without Flask."""
         return envelope_problem(body)
 
     # -- Seldon's hooks -------------------------------------------------------------------------------

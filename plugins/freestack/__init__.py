@@ -30,5 +30,5 @@ def get_provider_info() -> dict:
                 "connection-type": "huggingface",
             },
         ],
-        "extra-links": ["freestack.ui.links.WandbRunLink"],
+        "extra-links": ["freestack.operator_links.WandbRunLink"],
     }

@@ -387,8 +387,8 @@ def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
 
     Airflow's task runner parses the DAG file to find its own DAG and says which one in the parsing
     context (``airflow.sdk.get_parsing_context``, Airflow's documented way to skip generating the
-    others). Building every pipeline's five DAGs there would cost each task 30-90 ms per spec in the
-    folder (``bench/orchestration``); a spec name is its file name, so the DAG id names the file."""
+    others). Building every pipeline's five DAGs there would cost each task time for every spec in the
+    folder; a spec name is its file name, so the DAG id names the file."""
     from airflow.sdk import get_parsing_context
 
     dag_id = get_parsing_context().dag_id

@@ -94,7 +94,7 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         # the LocalExecutor forks this many workers up front (Airflow's default: 32), each a copy of
         # the scheduler with its preloaded libraries: 4 per core (8 at least, 32 at most) is plenty on
-        # one machine, and on 2 cores saves 245 MiB (bench/orchestration)
+        # one machine, and every idle copy fewer is memory left to the tasks
         "AIRFLOW__CORE__PARALLELISM": str(min(32, max(8, 4 * (os.cpu_count() or 1)))),
         # freestack.runtime: preloading, the scheduler's wake-up, SQLite's fractional now()
         "FREESTACK_SPEEDUPS": "1",
@@ -180,7 +180,7 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 def warm_execution_api(url: str) -> float:
     """Answer the API server's first Task Execution API request now: the mounted app builds itself on
-    its first request (about 3 s here), which would otherwise delay the first task of the first run.
+    its first request (seconds), which would otherwise delay the first task of the first run.
     Returns the seconds it took (0 if the server did not answer; the first task then pays it)."""
     t0 = time.monotonic()
     try:

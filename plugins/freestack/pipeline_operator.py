@@ -11,8 +11,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from freestack.operator_links import FreestackPageLink
 from freestack.spec import PipelineSpec, load_spec
-from freestack.ui.links import FreestackPageLink
 
 #: a task that pushes an XCom under this key (Markdown, at most 1000 characters) has it set as the
 #: DAG run's note when the run ends (:mod:`freestack.runtime.notes`; the Task SDK cannot set notes)
@@ -26,8 +26,7 @@ class PipelineOperator(BaseOperator):
 
     ``spec_path`` is not a template field: the DAG factory sets it to the spec file's path, so rendering
     it changed nothing, and a task with template fields sends them to the API server before its code
-    starts (one round trip per task, 50 ms alone and several times that when tasks start together;
-    ``bench/orchestration``). Subclasses with real templates (``version``) declare them.
+    starts (one round trip per task, slower still when tasks start together). Subclasses with real templates (``version``) declare them.
 
     Every subclass's ``execute``, ``execute_complete`` and ``poke`` fail the task at once, without its
     retries, on an error no retry can fix (:func:`permanent_error`: permission denied, a read-only

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving_helpers import needs_serving_env
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.card_versions import IMAGE_BASE, KINDS, TEXT_BASE, build_version
-from tests.serving_helpers import needs_serving_env
+from tests.support.card_versions import IMAGE_BASE, KINDS, TEXT_BASE, build_version
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,8 @@ ALWAYS = {"type", "task", "name", "features", "hub_repo"}
 def versions(tmp_path_factory):
     """``versions(kind)``: the folder of a registered version of ``kind``, built on first use (one per
     kind for the module), with the Hub stand-in serving the fine-tuned models' bases."""
-    from tests.hf_tiny import publish, tiny_image_model, tiny_text_model
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
+    from tests.support.hf_tiny import publish, tiny_image_model, tiny_text_model
 
     hub = FakeHub().start()
     bases = tmp_path_factory.mktemp("bases")

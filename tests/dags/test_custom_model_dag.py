@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
-from tests.serving_helpers import needs_serving_env
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]

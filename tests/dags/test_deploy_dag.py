@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving_helpers import in_process, make_version
+from tests.support.serving import in_process, make_version
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -29,7 +29,7 @@ def pipeline(tmp_path, storage, monkeypatch):
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     uris = {v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
             for i, v in enumerate(("v1", "v2"), start=1)}  # fmt: skip
-    from tests.serving_helpers import make_version as _mv  # noqa: F401  (same helper, for readers)
+    from tests.support.serving import make_version as _mv  # noqa: F401  (same helper, for readers)
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
@@ -100,7 +100,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     from freestack.registry.core import ModelRegistry
     from freestack.serving import k8s, manifests
     from freestack.serving.records import Deployments
-    from tests.k8s_api_fake import FakeKubeAPI
+    from tests.fakes.k8s_api import FakeKubeAPI
 
     api = FakeKubeAPI().start()
     try:

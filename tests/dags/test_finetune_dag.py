@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.landing_finetune import (
+from tests.support.landing_finetune import (
     DIGITS_SPEC,
     IMAGE_BASE,
     REVIEWS_SPEC,
@@ -21,7 +21,7 @@ from tests.landing_finetune import (
     digits_landing,
     reviews_landing,
 )
-from tests.serving_helpers import needs_serving_env
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
@@ -31,8 +31,8 @@ DAYS = 3
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The Hub stand-in with the two tiny bases published on it."""
-    from tests.hf_tiny import publish, tiny_image_model, tiny_text_model
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
+    from tests.support.hf_tiny import publish, tiny_image_model, tiny_text_model
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.landing_finetune import DIGITS_SPEC, REVIEWS_SPEC, digits_landing, reviews_landing
-from tests.plain_hf import plain_probabilities
-from tests.serving_helpers import needs_serving_env
+from tests.support.landing_finetune import DIGITS_SPEC, REVIEWS_SPEC, digits_landing, reviews_landing
+from tests.support.plain_hf import plain_probabilities
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
@@ -30,7 +30,7 @@ GATE = {"metric": "accuracy", "threshold": 0.0}
 def pipelines(tmp_path, storage, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    from tests.hf_tiny import tiny_image_model, tiny_text_model
+    from tests.support.hf_tiny import tiny_image_model, tiny_text_model
 
     bases = tmp_path / "bases"
     text, image = tiny_text_model(bases / "bert-mlm", head="masked-lm"), tiny_image_model(bases / "vit-mim", head="masked-lm")

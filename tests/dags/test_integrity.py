@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "pandas", "pyarrow", "wandb", "sklearn", "scipy", "huggingface_hub")
+#: what parsing the DAG files must not import: ML and data libraries (numpy too: the sweep engine's
+#: schema is read from its file, not imported), which only tasks need
+HEAVY = ("torch", "pandas", "pyarrow", "wandb", "numpy", "scipy", "sklearn", "transformers", "peft", "safetensors",
+         "huggingface_hub", "matplotlib", "PIL")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

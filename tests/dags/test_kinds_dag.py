@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
-from tests.serving_helpers import needs_serving_env
+from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]

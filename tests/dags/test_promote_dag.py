@@ -180,8 +180,8 @@ def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_register
     from airflow.dag_processing.dagbag import DagBag
 
     from freestack.evaluate.core import evaluate
-    from freestack.evaluate.promotion import register_candidate
     from freestack.monitor.core import REFERENCE_FILE
+    from freestack.registry.candidates import register_candidate
     from freestack.spec import load_spec
     from tests.dags.test_train_dag import ROOT
 

@@ -215,7 +215,7 @@ def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypat
     from airflow.utils.session import create_session
 
     from tests.dags.test_sweep_dag import _states
-    from tests.wandb_fake import BADKEY, fake_wandb_host
+    from tests.fakes.wandb_api import BADKEY, fake_wandb_host
 
     dag = lake["bag"].get_dag("digits_train")
     with fake_wandb_host() as host:

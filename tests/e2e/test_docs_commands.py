@@ -1,6 +1,6 @@
 """Every shell command block of README.md and docs/ runs as printed, on one demo state.
 
-The demo sandbox (:mod:`tests.demo_sandbox`: its own AIRFLOW_HOME, project home, Airflow port and
+The demo sandbox (:mod:`tests.support.demo_sandbox`: its own AIRFLOW_HOME, project home, Airflow port and
 serving ports, shared with the UI's browser tests) runs the README's ``make demo`` first: that run is also what the demo's own tests here look at (its summary, every task
 log through the REST API, the levels of its log lines). Then every block of every page runs in the
 site's order, getting-started.md last (it ends with ``make down``), and finally nothing the demo

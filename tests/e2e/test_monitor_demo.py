@@ -3,7 +3,7 @@
 second round (every digit moved one pixel): the first interval after the shift alerts, and the drift asset
 starts a ``digits_train`` run that retrains on the latest window.
 
-Slow (a real demo under the real scheduler): ``-m slow``. Shares the demo sandbox (tests/demo_sandbox.py).
+Slow (a real demo under the real scheduler): ``-m slow``. Shares the demo sandbox (tests/support/demo_sandbox.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ import pytest
 
 from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
-from tests.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
-from tests.serving_helpers import needs_serving_env
+from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
+from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -96,9 +96,9 @@ def stack(tmp_path_factory):
 
 
 def _start_hub(base: Path) -> dict:
-    from tests.hf_tiny import publish, tiny_text_model
-    from tests.hub_fake import FakeHub
-    from tests.landing_finetune import TEXT_BASE
+    from tests.fakes.hub import FakeHub
+    from tests.support.hf_tiny import publish, tiny_text_model
+    from tests.support.landing_finetune import TEXT_BASE
 
     hub = FakeHub().start()
     return {"hub": hub, "commit": publish(hub.endpoint, TEXT_BASE, tiny_text_model(base / "tiny-bert"))}
@@ -107,7 +107,7 @@ def _start_hub(base: Path) -> dict:
 def _reviews_spec(port: int) -> dict:
     """The fine-tuning test pipeline with a sweep: 4 trials over LoRA's rank and the learning rate,
     hyperband stopping the weak ones after 2 epochs."""
-    from tests.landing_finetune import REVIEWS_SPEC
+    from tests.support.landing_finetune import REVIEWS_SPEC
 
     sweep = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
              "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
@@ -359,7 +359,7 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
     best is evaluated, gated, registered with its base's commit and served on raw text."""
     from freestack.serving.local import stop_local
     from freestack.serving.smoke import http_json
-    from tests.landing_finetune import TEXT_BASE, reviews_landing
+    from tests.support.landing_finetune import TEXT_BASE, reviews_landing
 
     env, base = stack["env"], stack["base"]
     reviews_landing(base / "storage", date(2026, 11, 1), 3)

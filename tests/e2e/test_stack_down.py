@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 CHROMIUM = "/usr/bin/chromium"

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port, free_ports
+from tests.support.ports import free_port, free_ports
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 HOST = "127.0.0.1"
 PAGE_SIZE = 5
@@ -144,16 +144,16 @@ class DataApi:
 
 def start_service(
     workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, extra_args=(), root_uri: str | None = None,
-    env: dict[str, str] | None = None, port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> DataApi:
     """Start the service over ``workdir/data`` (or ``root_uri``, e.g. an S3 prefix, with ``env`` holding
-    its connection) on ``port`` (default: a free one), with a key for each of ``users`` (new keys when
+    its connection) on a free port, with a key for each of ``users`` (new keys when
     the keys file has them already)."""
     root = workdir / "data"
     root.mkdir(parents=True, exist_ok=True)
     keys_path = workdir / "keys.sqlite"
     log = workdir / "data-api.log"
-    port = port or free_port()
+    port = free_port()
     url = f"http://{HOST}:{port}"
     cmd = [
         str(BIN / "freestack"), "data-api", "--host", HOST, "--port", str(port),

@@ -23,7 +23,7 @@ from tests.integration.data_api_service import (
     stop,
     wait_healthy,
 )
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent
 GiB = 1 << 30

@@ -41,7 +41,7 @@ from tests.integration.data_api_service import (  # noqa: F401  (fixture)
     stop,
     wait_healthy,
 )
-from tests.ports import free_port
+from tests.support.ports import free_port
 
 MIB = 1024 * 1024
 TMP_MARK = ".freestack-tmp-"
@@ -289,7 +289,7 @@ def test_kill_9_mid_upload_then_restart_cleans_temporaries(tmp_path):
 _LAUNCH = """
 import sys
 from freestack.dataapi.app import DataApiSettings
-from freestack.dataapi.server import serve
+from freestack.dataapi.standalone import serve
 port, root, keys, age, every = sys.argv[1:6]
 serve("127.0.0.1", int(port), DataApiSettings(root=root, keys_path=keys, page_size=5,
       stale_tmp_age_s=float(age), tmp_sweep_interval_s=float(every)), log_level="warning")

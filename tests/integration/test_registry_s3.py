@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.registry_helpers import make_model_folder, race_promotions, sample_input, source_predictions
+from tests.support.registry import make_model_folder, race_promotions, sample_input, source_predictions
 
 pytestmark = pytest.mark.s3
 

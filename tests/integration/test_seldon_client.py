@@ -17,7 +17,7 @@ import pytest
 from freestack.errors import DeployError
 from freestack.serving.local import deploy_local, stop_local
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import in_process, make_version, needs_serving_env
+from tests.support.serving import in_process, make_version, needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = needs_serving_env

@@ -27,7 +27,7 @@ from freestack.serving.processes import (
 from freestack.serving.records import Deployments
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import LoadLoop, make_version, needs_serving_env
+from tests.support.serving import LoadLoop, make_version, needs_serving_env
 
 N_FEATURES = 8
 KEEP_MODEL_SERVERS = True  # the tests below walk one deployment through its versions (see conftest)

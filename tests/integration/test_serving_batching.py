@@ -14,9 +14,9 @@ import pytest
 
 from freestack.serving.local import Slot, server_config, start_server
 from freestack.serving.spec import LocalTarget
-from tests.ports import free_ports
-from tests.serving_helpers import in_process, make_version, needs_serving_env
-from tests.serving_hostile_helpers import PREDICT, read_answer, request
+from tests.support.ports import free_ports
+from tests.support.serving import in_process, make_version, needs_serving_env
+from tests.support.serving_hostile import PREDICT, read_answer, request
 
 N_FEATURES = 8
 CONNECTIONS = 12

@@ -22,9 +22,9 @@ import pytest
 
 from freestack.serving.local import LocalServer, Slot, server_config, start_server
 from freestack.serving.spec import LocalTarget
-from tests.ports import free_ports
-from tests.serving_helpers import make_version, needs_serving_env
-from tests.serving_hostile_helpers import (
+from tests.support.ports import free_ports
+from tests.support.serving import make_version, needs_serving_env
+from tests.support.serving_hostile import (
     PREDICT,
     SlowClients,
     chunked,

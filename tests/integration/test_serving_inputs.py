@@ -27,8 +27,8 @@ from freestack.serving.local import LocalServer, Slot, server_config, start_serv
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
 from tests.integration.test_serving_mixed import train_version
-from tests.ports import free_ports
-from tests.serving_helpers import in_process, make_version, needs_serving_env
+from tests.support.ports import free_ports
+from tests.support.serving import in_process, make_version, needs_serving_env
 from tests.unit.ml.test_features import frame
 
 KEEP_MODEL_SERVERS = True

@@ -1,6 +1,6 @@
 """The model server's prediction lane answers the everyday Seldon request exactly as Seldon's app does, and
 passes everything else on to the app. Both run on the same model in the serving environment
-(tests/serving_lane_check.py): the lane on a parsed request, the app through Flask's test client."""
+(tests/support/serving_lane_check.py): the lane on a parsed request, the app through Flask's test client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from freestack.serving.local import serving_python
-from tests.serving_helpers import make_version, needs_serving_env
+from tests.support.serving import make_version, needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8
@@ -64,7 +64,7 @@ def answers(tmp_path_factory) -> dict[str, dict]:
     cases.write_text(json.dumps(ANSWERED + PASSED_ON))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "plugins"), str(ROOT)))
-    proc = subprocess.run([serving_python(), str(ROOT / "tests" / "serving_lane_check.py"), uri, str(cases)],
+    proc = subprocess.run([serving_python(), str(ROOT / "tests" / "support" / "serving_lane_check.py"), uri, str(cases)],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -20,7 +20,7 @@ from freestack.serving.local import deploy_local, describe, stop_local
 from freestack.serving.records import Deployments
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import in_process, make_version, needs_serving_env
+from tests.support.serving import in_process, make_version, needs_serving_env
 
 N_FEATURES = 8
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]

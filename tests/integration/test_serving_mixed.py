@@ -23,7 +23,7 @@ from freestack.serving.local import deploy_local, stop_local
 from freestack.serving.processes import free_port_block
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import needs_serving_env
+from tests.support.serving import needs_serving_env
 from tests.unit.ml.test_features import KINDS, frame, png
 
 KEEP_MODEL_SERVERS = True

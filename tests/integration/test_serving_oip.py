@@ -23,7 +23,7 @@ from freestack.serving.processes import free_port_block
 from freestack.serving.server.oip_server import write_folder
 from tests.integration.test_serving_mixed import b64, train_version
 from tests.integration.test_serving_mixed import in_process as mixed_in_process
-from tests.serving_helpers import in_process, make_version
+from tests.support.serving import in_process, make_version
 from tests.unit.ml.test_features import KINDS, frame
 
 ROOT = Path(__file__).resolve().parents[2]

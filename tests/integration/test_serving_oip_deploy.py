@@ -16,7 +16,7 @@ from freestack.serving.local import deploy_local, describe, serving_dir, stop_lo
 from freestack.serving.processes import free_port_block, stop_serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import LoadLoop, in_process, make_version, needs_serving_env
+from tests.support.serving import LoadLoop, in_process, make_version, needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8

@@ -20,7 +20,7 @@ from freestack.serving.local import deploy_local, stop_local
 from freestack.serving.processes import free_port_block
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
-from tests.serving_helpers import needs_serving_env
+from tests.support.serving import needs_serving_env
 
 KEEP_MODEL_SERVERS = True  # the serving tests below share one deployment (see conftest)
 FEATURES = [f"x{i}" for i in range(5)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sweep_helpers import write_spec
+from tests.support.sweeps import write_spec
 from tests.unit.sweeps.test_sweeps import LR, assert_no_duplicates, run_two_agents
 
 pytestmark = pytest.mark.s3

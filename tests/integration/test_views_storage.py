@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from bench.ui.volume import make_registry, make_sweep
-from tests.demo_sandbox import ROOT
+from tests.support.demo_sandbox import ROOT
 
 pytestmark = pytest.mark.s3
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.demo_sandbox import ROOT
+from tests.support.demo_sandbox import ROOT
 
 pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own

@@ -44,7 +44,7 @@ CLOSE_GRACE_S = 60.0
 POLL_SECONDS = 2.0
 BUSY_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between tries while Airflow answers 503 (SQLite locked)
 #: how long the health check may take before Airflow counts as not answering: on SQLite it waits while the
-#: scheduler writes (a backfill just finished, on a busy machine, took over 2 s); a stopped one refuses at once
+#: scheduler writes (seconds, right after a backfill on a busy machine); a stopped one refuses at once
 HEALTH_TIMEOUT_S = 60.0
 
 

@@ -51,20 +51,14 @@ def data_api(
     page_size: Annotated[int | None, typer.Option(min=1, help="Entries per directory listing page (default 1000).", show_default=False)] = None,
     log_level: Annotated[LogLevel, typer.Option(help="The server's log level.")] = LogLevel.info,
     no_access_log: Annotated[bool, typer.Option("--no-access-log", help="Do not log every request.")] = False,
-    local_reads: Annotated[bool, typer.Option("--local-reads/--no-local-reads", help="Hand readers on this host a file descriptor over a Unix socket (a local --root only).")] = True,
-    local_socket: Annotated[str | None, typer.Option("--local-socket", metavar="PATH", help="That socket (default: data-api-PORT.sock beside the keys file).", show_default=False)] = None,
-    read_lease: Annotated[float | None, typer.Option("--read-lease", metavar="SECONDS", min=0, help="How long a local reader of this OS user may open a collection's files without asking again (default 10); an ACL change or a revoked key ends it at once. 0: every open asks.", show_default=False)] = None,
 ) -> int:  # fmt: skip
     """Serve the Algorithmia-compatible Data API (/v1/data/...) until Ctrl-C."""
     from freestack.dataapi.app import DataApiSettings
-    from freestack.dataapi.server import serve
+    from freestack.dataapi.standalone import serve
 
     if keys:
         os.environ["FREESTACK_DATA_API_KEYS"] = keys  # for what the server starts (it reads its settings)
-    settings = DataApiSettings(root=root, keys_path=keys, page_size=page_size, local_reads=local_reads,
-                               local_reads_socket=local_socket)  # fmt: skip
-    if read_lease is not None:
-        settings.read_lease_s = read_lease
+    settings = DataApiSettings(root=root, keys_path=keys, page_size=page_size)
     serve(host, port, settings, log_level=log_level.value, access_log=not no_access_log)
     return 0
 

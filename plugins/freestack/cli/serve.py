@@ -218,7 +218,7 @@ def deploy(pipeline: Pipeline,
     version = reg.resolve(version or spec.deploy.alias)
     uri = reg.version_uri(version)
     rec = deploy_local(root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
-                       version=version, version_uri=uri, local=spec.deploy.local, spec=spec,
+                       version=version, version_uri=uri, local=spec.deploy.local,
                        reason="freestack serve deploy", source=model_source(uri), runtime=spec.deploy.runtime)  # fmt: skip
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0

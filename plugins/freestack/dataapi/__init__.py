@@ -4,7 +4,7 @@
 - :mod:`freestack.dataapi.keys`   users and API keys, stored only as SHA-256 hashes in SQLite;
 - :mod:`freestack.dataapi.app`    the FastAPI app (hosted by the Airflow API server through the
   freestack plugin, or standalone);
-- :mod:`freestack.dataapi.server` ``freestack data-api``: the app under uvicorn on 127.0.0.1;
+- :mod:`freestack.dataapi.standalone` ``freestack data-api``: the app under uvicorn on 127.0.0.1;
 - :mod:`freestack.dataapi.client` Algorithmia's Python client API (``client().file(...).getJson()``)
   over ``data://``, for code ported from Algorithmia.
 

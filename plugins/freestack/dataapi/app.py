@@ -30,7 +30,7 @@ names that are not valid UTF-8 or hold characters that make them display as some
 controls, zero-width and separator characters, all spaces); names are stored in NFC. Writes check the
 caller may write before looking at what is there. ``If-Match`` compares against the hash recorded when
 the object was written (freestack.dataapi.versions), never by reading it. Temporaries left by killed
-uploads are swept (freestack.dataapi.sweeper); listings inside a collection page through a cached,
+uploads are swept (freestack.dataapi.temporaries); listings inside a collection page through a cached,
 sorted index of the directory (freestack.dataapi.listing).
 
 The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
@@ -40,9 +40,7 @@ and may only read public collections. ``.my`` is the key's user. The access rule
 request for the caller over the backing store.
 
 freestack extensions: ``GET /v1/freestack/whoami``, ``GET /v1/freestack/health``, ``"write"`` lists in
-ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write this file?). When
-``freestack data-api`` serves a local folder, health also names the Unix socket of its local reads
-(freestack.dataapi.local): same-host readers get a file descriptor instead of the bytes over HTTP.
+ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write this file?).
 """
 
 from __future__ import annotations
@@ -69,7 +67,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.dataapi.listing import DirectoryIndex
 from freestack.dataapi.listing import page as listing_page
-from freestack.dataapi.sweeper import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
+from freestack.dataapi.temporaries import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
@@ -88,7 +86,6 @@ MAX_PATH_BYTES = 1024  # a data path in UTF-8 (S3's limit for a key)
 MAX_JSON_DEPTH = 32  # nesting of a request's JSON body
 MAX_MARKER = 4096  # a listing marker's length (those handed out stay under 2,200)
 DEFAULT_PAGE_SIZE = 1000
-DEFAULT_READ_LEASE_S = 10.0  # how long a read lease of local reads lasts (freestack.dataapi.local)
 
 
 class ApiError(Exception):
@@ -119,13 +116,6 @@ class DataApiSettings:
     stale_tmp_age_s: float = DEFAULT_MAX_AGE_S
     #: how often the backing folder is swept for such leftovers (also once at start)
     tmp_sweep_interval_s: float = DEFAULT_INTERVAL_S
-    #: ``freestack data-api`` over a local folder also hands same-host readers a file descriptor over a
-    #: Unix socket (freestack.dataapi.local); the Airflow-hosted app never does
-    local_reads: bool = True
-    #: that socket's path (default ``data-api-<port>.sock`` beside the keys file, else a temporary folder)
-    local_reads_socket: str | None = None
-    #: how long a read lease lasts, in seconds (freestack.dataapi.local); 0: every open asks the service
-    read_lease_s: float = DEFAULT_READ_LEASE_S
 
 
 def resolve_root(explicit: str | None = None) -> str:
@@ -174,8 +164,6 @@ class _Service:
         self.sweeper: Any = None
         self._in_flight: set[str] = set()  # names of the temporaries this process's uploads are writing
         self._in_flight_lock = threading.Lock()
-        #: what health advertises while local reads are served: ``{"socket", "instance", "pid"}``
-        self.local_reads: dict[str, Any] | None = None
 
     def ensure(self) -> _Service:
         if self._ready:
@@ -207,7 +195,7 @@ class _Service:
         return self
 
     def _start_sweeper(self) -> None:
-        from freestack.dataapi.sweeper import Sweeper
+        from freestack.dataapi.temporaries import Sweeper
 
         self.sweeper = Sweeper(
             self.fs._strip_protocol(self.base), max_age=self.settings.stale_tmp_age_s,
@@ -399,8 +387,8 @@ def error_response(status: int, message: str, *, head: bool = False, headers: di
 
 
 def api_error_of(exc: BaseException, display: str) -> ApiError:
-    """The status and message a failure on ``display`` is answered with (over HTTP and over local reads);
-    failures that are not the caller's are logged."""
+    """The status and message a failure on ``display`` is answered with; failures that are not the
+    caller's are logged."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, AccessDenied):
@@ -1057,10 +1045,7 @@ async def health(request: Request) -> Response:
         await _run(svc.ensure)
     except Exception as exc:
         return error_response(503, f"the Data API cannot serve: {exc}")
-    body: dict[str, Any] = {"status": "ok", "root": svc.root}
-    if svc.local_reads:
-        body["local_reads"] = svc.local_reads
-    return JSONResponse(body)
+    return JSONResponse({"status": "ok", "root": svc.root})
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1070,7 +1055,7 @@ async def health(request: Request) -> Response:
 class HeaderLimit:
     """ASGI middleware: 431 for a request line plus headers over ``max_total`` bytes, or one header value
     over ``max_value``. (The standalone server also caps what it buffers before a request is parsed:
-    freestack.dataapi.server.)"""
+    freestack.dataapi.standalone.)"""
 
     def __init__(self, app, max_total: int = MAX_HEADER_BYTES, max_value: int = MAX_HEADER_VALUE):
         self.app = app

@@ -4,9 +4,7 @@ A key is shown once, when it is created (``freestack keys create alice``), and o
 stored. Keys are 256-bit random tokens, so a plain hash is enough (no password-style stretching is
 needed: nothing can be guessed). A key looks like ``fsk_<id>_<secret>``; the ``id`` (8 hex digits) is
 what ``freestack keys list`` shows and what ``freestack keys revoke`` takes. A revoked key is refused
-at once by every process that serves the API (each request looks the hash up). Every revocation is
-also appended to ``<keys file>.revoked`` (the key's id, one line each): a read lease
-(freestack.dataapi.local) holds that file open and ends as soon as it grows.
+at once by every process that serves the API (each request looks the hash up).
 
 The file is ``FREESTACK_DATA_API_KEYS``, else ``<project>/.freestack/data-api/keys.sqlite``; it is
 created with mode 0600 in a 0700 folder. SQLite's WAL mode lets the CLI write while servers read.
@@ -92,18 +90,6 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_keys_path()
         self._local = threading.local()
-
-    @property
-    def revocations_path(self) -> Path:
-        """The append-only log of revocations beside the keys file: one key id a line."""
-        return self.path.with_name(self.path.name + ".revoked")
-
-    def open_revocations(self) -> int:
-        """A read-only descriptor of the revocations log (created, mode 0600, if missing): its size grows
-        with every revocation, so a holder sees one happen with an ``fstat``."""
-        if not self.path.exists():
-            self._create()
-        return os.open(self.revocations_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # -- connections -------------------------------------------------------------------------------------
 
@@ -195,20 +181,9 @@ class KeyStore:
             ).fetchone()
             if row is None:
                 raise KeyError_(f"no API key with id {key_id!r}; `freestack keys list` shows the ids")
-            newly = row[4] is None
-            if newly:
+            if row[4] is None:
                 conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (_now(), key_id))
-        if newly:  # after the commit: a lease granted from here on was checked against the revoked key
-            self._log_revocation(key_id)
         return self.list_keys_by_id(key_id)
-
-    def _log_revocation(self, key_id: str) -> None:
-        fd = os.open(self.revocations_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{key_id}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def list_keys_by_id(self, key_id: str) -> KeyInfo:
         row = self._conn().execute(

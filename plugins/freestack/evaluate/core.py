@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack.errors import FreestackError
+from freestack.ml.plots import png
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -261,16 +261,6 @@ def regression_report(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 # plots and the report
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 #: the learning curves' panels: metrics on one scale share a y axis, never a score (R², accuracy: up to
 #: 1) with an error in the target's units (RMSE, MAE) or a loss
 CURVE_SCALES = (
@@ -320,7 +310,7 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
                             color="white" if m[i, j] > m.max() / 2 else "black")
         fig.colorbar(im, ax=ax)
         ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.4f})")
-        out["confusion_matrix.png"] = _png(fig)
+        out["confusion_matrix.png"] = png(fig)
         names = list(report["per_class"])
         fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.6))
         w = 0.27
@@ -330,7 +320,7 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
         ax.set_title("per-class metrics")
-        out["per_class.png"] = _png(fig)
+        out["per_class.png"] = png(fig)
     else:
         pts = report["_points"]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
@@ -342,7 +332,7 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
         axes[1].hist(np.array(pts["pred"]) - np.array(pts["y"]), bins=40)
         axes[1].set_xlabel("residual (predicted - true)")
         fig.suptitle(f"residuals (RMSE {report['rmse']:.4g}, R² {report['r2']:.4f})")
-        out["residuals.png"] = _png(fig)
+        out["residuals.png"] = png(fig)
     panels = _curve_panels(history) if history else []
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
@@ -354,7 +344,7 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
             ax.set_title(title, fontsize=9)
             ax.legend(fontsize=8)
         fig.suptitle("learning curves")
-        out["learning_curves.png"] = _png(fig)
+        out["learning_curves.png"] = png(fig)
     return out
 
 

@@ -18,8 +18,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
+from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
-from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 def candidate_of(context: Context) -> dict[str, Any]:
@@ -128,7 +128,7 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
 
     def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Commit the candidate (blocked ones too) with its model card and the decision."""
-        from freestack.evaluate.promotion import PromotionError, register_candidate
+        from freestack.registry.candidates import PromotionError, register_candidate
 
         spec = self.pipeline_spec()
         try:

@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -48,6 +47,7 @@ from freestack.ingest.validate import (
     rejected_rows,
     validate_batch,
 )
+from freestack.ml.prefetch import prefetched
 from freestack.storage import (
     AtomicWriter,
     join,
@@ -168,9 +168,9 @@ class _HashingReader(io.RawIOBase):
 class _Throttled(io.RawIOBase):
     """Bounds how far pyarrow's CSV reader reads ahead of the batches taken from it.
 
-    ``open_csv`` otherwise pulls about 36 blocks ahead (measured: ~580 MiB of 16 MiB blocks held
-    as Python bytes), whatever the consumer does; here its I/O thread waits while it is more than
-    ``ahead`` blocks ahead.
+    ``open_csv`` otherwise pulls dozens of blocks ahead, held as Python bytes, whatever the consumer
+    does: memory would grow with its read-ahead, not with the work. Here its I/O thread waits while it
+    is more than ``ahead`` blocks ahead.
     """
 
     def __init__(self, raw, block: int, ahead: int = 3):
@@ -203,51 +203,6 @@ class _Throttled(io.RawIOBase):
         with self._cond:
             self._released = True
             self._cond.notify_all()
-
-
-_END = object()
-
-
-def _prefetch(gen: Iterator, depth: int = 1) -> Iterator:
-    """Run ``gen`` one item ahead in a thread: pyarrow parses while the caller validates."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    err: list[BaseException] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the consumer
-            err.append(exc)
-        finally:
-            close = getattr(gen, "close", None)
-            if stop.is_set() and close:
-                close()
-            q.put(_END)
-
-    t = threading.Thread(target=run, daemon=True, name="freestack-ingest-read")
-    t.start()
-    try:
-        while (item := q.get()) is not _END:
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        t.join()
-    if err:
-        raise err[0]
 
 
 class _BackgroundWriter:
@@ -623,7 +578,7 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectSto
     hashed = _HashingReader(raw)
     # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
     # Parquet needs random access, so its bytes are hashed by the drain() below.
-    for batch in _prefetch(_READERS[fmt](path, hashed, spec, declared, malformed)):
+    for batch in prefetched(_READERS[fmt](path, hashed, spec, declared, malformed), name="freestack-ingest-read"):
         for piece, dup in _pieces(batch, _duplicates(batch, schema.key, keys), rows):
             sink.take(validate_batch(piece, declared, source=path.name, duplicate=dup, key=schema.key, images=images))
         sink.result.rows_in += batch.num_rows

@@ -73,7 +73,7 @@ def resolve_device(requested: str) -> torch.device:
 
 def warm_up() -> None:
     """Import what a process's first optimizer imports lazily: torch's compiler stack (``torch._dynamo``,
-    about 1.5 s here). A process that trains many times (a sweep agent) calls it at start-up, so that its
+    seconds of imports). A process that trains many times (a sweep agent) calls it at start-up, so that its
     first trial does not pay it."""
     import torch._dynamo  # noqa: F401
 

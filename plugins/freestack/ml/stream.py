@@ -14,14 +14,14 @@ in order for validation and test.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from freestack.ml.prefetch import prefetched
 
 Inputs = np.ndarray | dict[str, np.ndarray]
 Tensors = torch.Tensor | dict[str, torch.Tensor]
@@ -135,7 +135,8 @@ class Streamed:
     def _read(self, order_seed: int | None) -> Iterator[tuple[Tensors, torch.Tensor]]:
         """The chunks as CPU tensors, read and encoded ``prefetch`` chunks ahead on a thread (reading
         Parquet, tokenizing and decoding images release the GIL, so this overlaps the training step)."""
-        return _prefetched(((_tensors(x), _tensor(np.asarray(y))) for x, y in self.chunks(order_seed)), self.prefetch)
+        chunks = ((_tensors(x), _tensor(np.asarray(y))) for x, y in self.chunks(order_seed))
+        return prefetched(chunks, self.prefetch, name="freestack-batches")
 
 
 @dataclass
@@ -270,49 +271,6 @@ def _batches(x: Tensors, y: torch.Tensor, start: int, stop: int, batch_size: int
     for i in range(start, stop, batch_size):
         j = min(i + batch_size, stop)
         yield _to(_take(x, slice(i, j)), device), y[i:j].to(device, non_blocking=True)
-
-
-_DONE = object()
-
-
-def _prefetched(items: Iterator, depth: int) -> Iterator:
-    """``items``, produced on a daemon thread at most ``depth`` ahead; its exception is raised here. A
-    consumer that stops early (early stopping, an error) lets the thread finish its current item and end."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            q.put(exc)
-
-    thread = threading.Thread(target=produce, name="freestack-batches", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
 
 
 __all__ = ["BatchSource", "Chunks", "EncodedSpool", "InMemory", "ShuffleBuffer", "Streamed", "epoch_generator"]

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 import numpy as np
 
+from freestack.ml.plots import png
+
 PANELS = 6  # distributions drawn per version: the prediction and the most drifted series
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _psi_plot(v: dict[str, Any], threshold: float) -> bytes:
@@ -33,7 +24,7 @@ def _psi_plot(v: dict[str, Any], threshold: float) -> bytes:
     ax.set_xlabel("population stability index")
     ax.set_title(f"version {v['version']}: PSI per column (red: drifted)", fontsize=10)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig, dpi=90)
 
 
 def _distribution_plot(v: dict[str, Any]) -> bytes:
@@ -58,7 +49,7 @@ def _distribution_plot(v: dict[str, Any]) -> bytes:
         ax.set_title(f"{s['name']} (PSI {s['psi']:.2f})", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"version {v['version']}: share of rows per bin (deciles of the reference)", fontsize=9)
-    return _png(fig)
+    return png(fig, dpi=90)
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:

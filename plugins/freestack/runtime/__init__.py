@@ -7,7 +7,7 @@ everywhere else (the scaled-out stack, Helm, your own Airflow), where Airflow be
 - :mod:`~freestack.runtime.preload`: the scheduler imports the pipeline's libraries, builds the DAGs
   and warms Airflow's Execution API client before the LocalExecutor forks its workers, and starts
   one wandb-core service for all tasks;
-- :mod:`~freestack.runtime.wake`: the scheduler's idle sleep ends when there is work (it stands in
+- :mod:`~freestack.runtime.scheduler_wakeup`: the scheduler's idle sleep ends when there is work (it stands in
   for the ``time`` module of Airflow's scheduler module, inspects the calling frame, and waits on the
   LocalExecutor's private result pipe);
 - :mod:`~freestack.runtime.sqlite`: SQLite's ``now()`` keeps fractions of a second in the scheduler.

@@ -3,7 +3,7 @@
 With the LocalExecutor, the scheduler forks its worker processes when the executor starts, and each
 worker forks a process per task (Airflow's task supervisor). Without help, every task process then
 imports torch, pandas, pyarrow, scikit-learn and wandb again, and parses the pipeline's DAG file with
-freestack's operators: 1-3 s per task, paid again for every task of every run (``bench/orchestration``).
+freestack's operators: seconds per task, paid again for every task of every run (``bench/orchestration``).
 
 The freestack plugin's :data:`preload_listener` imports them once, in the scheduler, when its job
 starts (Airflow's ``on_starting`` listener hook, before the executor forks its workers). The forked
@@ -19,7 +19,7 @@ memory grows by the scheduler's share once, not per task.
   itself as before.
 - It also warms what every task's first run in a process would pay: the providers' asset URI
   handlers, the Execution API client's SSL context, and one build of the pipelines' DAGs (spec and
-  sweep-config validators), so that a task's own DAG build takes about 25 ms instead of 125 ms.
+  sweep-config validators), so that a task's own DAG build costs what a later build does.
 - It also starts one wandb-core service that the tasks share (``wandb.setup()``), instead of one
   started and torn down by every task that logs to W&B (``FREESTACK_SHARED_WANDB_SERVICE=0``: off).
 """
@@ -52,7 +52,7 @@ MODULES: tuple[str, ...] = (
     "sklearn.gaussian_process",
     "scipy.stats",
     "wandb",
-    # what the first wandb.init of a process imports (0.45 s of its 0.6 s)
+    # what the first wandb.init of a process imports: most of that call's time
     "wandb.sdk.wandb_init",
     "wandb.sdk.wandb_run",
     "wandb.apis.public",
@@ -140,8 +140,8 @@ def _warm_asset_uri_handlers() -> bool:
 
 
 def _warm_api_client() -> bool:
-    """The task supervisor's Execution API client builds its SSL context (the certifi bundle: about
-    40 ms) once per process, in each LocalExecutor worker's first task unless it is built here."""
+    """The task supervisor's Execution API client builds its SSL context (loading the certifi bundle)
+    once per process, in each LocalExecutor worker's first task unless it is built here."""
     from airflow.sdk.api.client import API_SSL_CA_FILE_PATH, API_SSL_CERT_PATH, Client
 
     Client._get_ssl_context_cached(API_SSL_CA_FILE_PATH, API_SSL_CERT_PATH)
@@ -161,7 +161,7 @@ def _warm_dag_building() -> bool:
 def _start_wandb_service() -> bool:
     """Start one wandb-core service for every task (``wandb.setup()``, W&B's documented way to share
     it with child processes: it sets ``WANDB_SERVICE``, which the forked tasks inherit). Without it
-    each task that logs to W&B starts and tears down its own service: about 2 s per task here. A task
+    each task that logs to W&B starts and tears down its own service, seconds per task. A task
     whose inherited service does not answer starts its own (``freestack.tracking.wandb``)."""
     if os.environ.get("WANDB_SERVICE") or os.environ.get("WANDB_MODE", "").lower() == "disabled":
         return False

@@ -19,7 +19,7 @@ def fractional_now() -> bool:
     while Airflow stores times with microseconds. The scheduler starts a queued run only when
     ``run_after <= now()``: a run triggered from the UI, REST API or CLI at 12:00:00.6 is therefore
     "not yet due" until 12:00:01, and then waits for the scheduler's next idle loop, up to a second
-    more (``bench/orchestration``: 0.7-1.2 s between the trigger and the run's start). Compiled as
+    more. Compiled as
     ``strftime('%Y-%m-%d %H:%M:%f', 'now')`` (UTC, milliseconds, the same text form Airflow's times
     compare with), it is due at once. Other databases keep their own ``now()``. Idempotent; True once
     installed."""

@@ -56,7 +56,6 @@ from freestack.settings import checkout_dir, settings
 
 if TYPE_CHECKING:
     from freestack.serving.spec import LocalTarget
-    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +370,6 @@ def deploy_local(
     version: str,
     version_uri: str,
     local: LocalTarget,
-    spec: PipelineSpec | None = None,
     reason: str | None = None,
     source: tuple[str, dict[str, str]] | None = None,
     runtime: str = "seldon",
@@ -392,7 +390,7 @@ def deploy_local(
     prior, live = live, _without_address(live)
     slot = _free_slot(model, name, local, live)
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
-    sample = smoke_sample(version_uri, local.smoke_rows, spec)
+    sample = smoke_sample(version_uri, local.smoke_rows)
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)

@@ -64,7 +64,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
 
         record = deploy_local(
             root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
-            version=version, version_uri=uri, local=spec.deploy.local, spec=spec, reason=reason,
+            version=version, version_uri=uri, local=spec.deploy.local, reason=reason,
             source=model_source(uri), runtime=spec.deploy.runtime,
         )  # fmt: skip
         body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'

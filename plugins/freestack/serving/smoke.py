@@ -13,13 +13,10 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from freestack.errors import DeployError
 from freestack.serving.server.requestlog import SMOKE_ID
-
-if TYPE_CHECKING:
-    from freestack.spec import PipelineSpec
 
 
 def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:
@@ -39,28 +36,17 @@ def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[
         return code, body.decode(errors="replace")
 
 
-def smoke_sample(version_uri: str, n: int, spec: PipelineSpec | None = None) -> dict[str, Any]:
-    """The evaluation's test rows and in-process outputs for a version (``evaluation/smoke.json``); for a
-    version evaluated before that file existed, computed here from the trainer's test split."""
+def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
+    """The evaluation's test rows and in-process outputs for a version (``evaluation/smoke.json``, written
+    by every evaluation): a version without them cannot be smoke-tested, so it is not deployed."""
     from freestack.storage import join, to_path
 
     path = join(to_path(version_uri), "evaluation", "smoke.json")
     try:
         sample = json.loads(path.read_text())
     except FileNotFoundError:
-        if spec is None:
-            raise DeployError(f"{version_uri} has no evaluation/smoke.json and no pipeline spec was given") from None
-        from freestack.evaluate.core import load_model_folder, test_split
-        from freestack.evaluate.core import smoke_sample as compute
-
-        model, pre, _m, lineage, _h = load_model_folder(version_uri)
-        window = lineage.get("window") or {}
-        test, data = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days))
-        schema = spec.source.schema_
-        try:
-            sample = compute(model, pre, test, schema.key, schema.target, n)
-        finally:
-            data.close()
+        msg = f"{version_uri} has no evaluation/smoke.json: evaluate the version again to deploy it"
+        raise DeployError(msg) from None
     for k in ("rows", "outputs", "labels", "keys", "predicted"):
         if k in sample:
             sample[k] = sample[k][:n]

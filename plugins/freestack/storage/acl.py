@@ -163,11 +163,11 @@ def _entries(value: Any, *, where: str, allow_public: bool) -> tuple[str, ...]:
 # where ACL documents live, and a cache that never serves a stale one on local disk
 
 
-def acl_stamp(path: str, *, dir_fd: int | None = None) -> tuple[int, int, int] | None:
+def acl_stamp(path: str) -> tuple[int, int, int] | None:
     """What identifies the version of a local ACL document (its mtime in ns, size and inode: a write
     replaces it, so each version has its own); None when there is none (the collection is private)."""
     try:
-        st = os.stat(path, dir_fd=dir_fd)
+        st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_mtime_ns, st.st_size, st.st_ino

@@ -8,9 +8,8 @@ Connection type ``freestack_data`` (the UI form and connection test are
 - the **Data API service**: ``host`` (or extra ``root``) is its URL, e.g. ``http://127.0.0.1:8765`` or
   ``http://airflow:8080/freestack/data`` when the Airflow API server hosts it; ``password`` (or extra
   ``api_key``) is an API key (``freestack keys create <user>``). ``.my`` is the key's user; ``login``,
-  if set, must be that user. Without a key only public collections can be read. On the service's host,
-  reads are local reads (freestack.storage.localreads) unless extra ``"local_reads": false``, under the
-  service's read leases unless extra ``"read_leases": false``.
+  if set, must be that user. Without a key only public collections can be read. Every read and write
+  goes over HTTP; extras ``local_reads`` and ``read_leases`` of older releases are ignored, with a warning.
 
 With no connection named ``freestack_data_default`` the embedded default applies: the ``data_root``
 setting (else ``<home>/.freestack/data``) owned by the ``data_owner`` setting (else ``freestack``).
@@ -18,6 +17,8 @@ setting (else ``<home>/.freestack/data``) owned by the ``data_owner`` setting (e
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 from freestack.errors import FreestackError
@@ -25,6 +26,9 @@ from freestack.settings import settings
 
 DEFAULT_CONN_ID = "freestack_data_default"
 CONN_TYPE = "freestack_data"
+#: extras of the same-host local reads older releases had: a connection that still names them keeps working
+RETIRED_EXTRAS = ("local_reads", "read_leases")
+log = logging.getLogger("freestack.storage")
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,6 @@ class DataStoreConfig:
     root: str
     owner: str | None
     api_key: str | None = None
-    #: through a Data API service on this host: read objects through its Unix socket (extra ``local_reads``)
-    local_reads: bool = True
-    #: and open objects under the read leases it grants (extra ``read_leases``)
-    read_leases: bool = True
 
     @property
     def is_remote_api(self) -> bool:
@@ -44,8 +44,7 @@ class DataStoreConfig:
 
     def __repr__(self) -> str:  # never print the key
         key = "***" if self.api_key else None
-        local = ("" if self.local_reads else ", local_reads=False") + ("" if self.read_leases else ", read_leases=False")
-        return f"DataStoreConfig(root={self.root!r}, owner={self.owner!r}, api_key={key}{local})"
+        return f"DataStoreConfig(root={self.root!r}, owner={self.owner!r}, api_key={key})"
 
 
 def embedded_default() -> DataStoreConfig:
@@ -89,29 +88,18 @@ def config_of(conn_id: str, extra: dict, *, host: str | None, port: int | None, 
         raise FreestackError(f"connection {conn_id!r}: a data:// store cannot be backed by data:// itself")
     api_key = password or extra.get("api_key") or None
     if root.startswith(("http://", "https://")):
-        return DataStoreConfig(root=root.rstrip("/"), owner=login or None, api_key=api_key,
-                               local_reads=_flag(conn_id, extra, "local_reads", default=True),
-                               read_leases=_flag(conn_id, extra, "read_leases", default=True))  # fmt: skip
+        for name in RETIRED_EXTRAS:
+            if name in extra:
+                _warn_retired(conn_id, name)
+        return DataStoreConfig(root=root.rstrip("/"), owner=login or None, api_key=api_key)
     return DataStoreConfig(root=root.rstrip("/"), owner=login or default.owner)
 
 
-_TRUE = frozenset({"true", "yes", "on", "1"})
-_FALSE = frozenset({"false", "no", "off", "0"})
-
-
-def _flag(conn_id: str, extra: dict, name: str, *, default: bool) -> bool:
-    """A yes/no field of a connection's extra: a JSON boolean, or the text true/false (yes/no, on/off, 1/0)."""
-    value = extra.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise FreestackError(
-        f"connection {conn_id!r}: extra {name!r} is {value!r}; use true or false (e.g. {{\"{name}\": false}})"
-    )
+@functools.cache
+def _warn_retired(conn_id: str, name: str) -> None:
+    """Once per process and connection: the connection is read on every ``data://`` filesystem made."""
+    log.warning("connection %r: extra %r is no longer used (data:// reads go over HTTP); remove it from the "
+                "connection", conn_id, name)  # fmt: skip
 
 
 __all__ = ["CONN_TYPE", "DEFAULT_CONN_ID", "DataStoreConfig", "config_of", "embedded_default", "store_config"]

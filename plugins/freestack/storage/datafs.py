@@ -7,8 +7,7 @@ connection; ``data://.my/<collection>`` means the connection's user. The backing
   ACL (freestack.storage.acl) for the connection's user, as the Data API service checks it; or
 - **the Data API service** (the connection's root is its ``http(s)://`` URL, its password an API key):
   the filesystem talks HTTP to the service (freestack.storage.httpfs), which checks the ACLs for the
-  key's user; ``.my`` is whoever the key belongs to. On the service's own host, reads are local reads
-  (freestack.storage.localreads) unless the connection's extra says ``"local_reads": false``.
+  key's user; ``.my`` is whoever the key belongs to.
 
 The module follows the provider filesystem contract (``schemes`` + ``get_fs``), so
 ``ObjectStoragePath("data://.my/models/x.json")`` works in every Airflow process.
@@ -56,8 +55,7 @@ class DataFileSystem(DirFileSystem):
         if config.is_remote_api:
             from freestack.storage.httpfs import DataApiHttpFileSystem
 
-            http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner,
-                                         local_reads=config.local_reads, read_leases=config.read_leases)  # fmt: skip
+            http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner)
             return cls(path="", fs=http, owner=None, check_acl=False)
         from freestack.storage.schemes import to_path
 

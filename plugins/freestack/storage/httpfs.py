@@ -9,12 +9,7 @@ Paths here are already resolved (``owner/collection/...``, no ``.my``). What map
 - ``info``: ``HEAD`` (``X-Data-Type``, ``Content-Length``, ``Last-Modified``);
 - ``ls``: ``GET`` of the directory, following ``marker`` until the listing ends;
 - reading: ``GET`` with ``Range`` for each block, so pyarrow's random access (Parquet footers) works
-  and memory stays at the block size. On the service's own host (a loopback URL) a read is a local read
-  instead (freestack.storage.localreads): the service checks the key and the ACL as for a GET and hands
-  over a read-only descriptor of the object, read like a local file, and later opens in the same
-  collection under the read lease the service may grant with it. ``local_reads=False`` (connection
-  extra ``"local_reads": false``) keeps every read on HTTP; ``read_leases=False`` (``"read_leases":
-  false``) has the service check every open;
+  and memory stays at the block size;
 - writing: one streamed ``PUT`` (chunked transfer encoding) fed by a bounded queue; the service
   publishes the file only when the whole body arrived, so an aborted write (``discard()``, a killed
   task, a dropped connection) never leaves a partial file. ``xb`` sends ``If-None-Match: *``;
@@ -30,8 +25,6 @@ import errno
 import json
 import queue
 import threading
-import weakref
-from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
@@ -40,7 +33,7 @@ from urllib.parse import quote
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from freestack.errors import AccessDenied, FreestackError
-from freestack.storage.localreads import LocalReadFile, LocalReadRefused, LocalReads
+from freestack.storage.objects import PublishOnExit
 
 BLOCK = 8 * 1024 * 1024  # read block (one ranged GET)
 UPLOAD_CHUNK = 4 * 1024 * 1024  # what one queued upload chunk holds
@@ -69,12 +62,8 @@ def _message(resp) -> str:
 
 def _raise_for(resp, what: str) -> NoReturn:
     """The OSError (or AccessDenied) an fsspec caller expects for an error response."""
-    raise_status(resp.status_code, _message(resp), what)
-
-
-def raise_status(status: int, message: str, what: str) -> NoReturn:
-    """The OSError (or AccessDenied) an fsspec caller expects for the service's answer ``status``."""
-    msg = f"{what}: {message}"
+    status = resp.status_code
+    msg = f"{what}: {_message(resp)}"
     if status == 404:
         raise FileNotFoundError(errno.ENOENT, msg)
     if status == 401:
@@ -129,8 +118,7 @@ class DataApiHttpFileSystem(AbstractFileSystem):
     cachable = False
     is_data_api = True
 
-    def __init__(self, url: str, api_key: str | None = None, *, expect_user: str | None = None,
-                 local_reads: bool = True, read_leases: bool = True, **kwargs):  # fmt: skip
+    def __init__(self, url: str, api_key: str | None = None, *, expect_user: str | None = None, **kwargs):
         super().__init__(**kwargs)
         import requests
         from requests.adapters import HTTPAdapter
@@ -138,10 +126,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.expect_user = expect_user
-        #: reads through the service's Unix socket when it runs on this host; None when switched off
-        self.local_reads = (
-            LocalReads(self.url, _health_of(weakref.ref(self)), leases=read_leases) if local_reads else None
-        )
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment for a service we were pointed at
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
@@ -190,22 +174,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
             finally:
                 resp.close()
         return resp
-
-    def _health(self) -> dict[str, Any]:
-        return self.request("GET", "", url=f"{self.url}/v1/freestack/health", what="health of the Data API").json()
-
-    def _open_local(self, path: str) -> LocalReadFile | None:
-        """``path`` opened through local reads; None when it is to be read over HTTP. Refusals raise what
-        the HTTP read raises."""
-        if self.local_reads is None:
-            return None
-        try:
-            return self.local_reads.open(path, self.api_key)
-        except LocalReadRefused as exc:
-            refused = exc  # raised below, outside this handler: the error reads as the HTTP one does
-        if refused.status == 409 and "is a directory" in refused.message:
-            raise IsADirectoryError(errno.EISDIR, f"data://{path} is a directory")
-        raise_status(refused.status, refused.message, f"info of data://{path}")
 
     def whoami(self) -> str | None:
         """The user the API key belongs to (None without a key); checks ``expect_user``."""
@@ -284,12 +252,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
 
     def cat_file(self, path, start=None, end=None, **kwargs) -> bytes:
         path = self._strip_protocol(path)
-        local = self._open_local(path)
-        if local is not None:
-            with local:
-                lo, hi = _span(start, end, local.size)
-                local.seek(lo)
-                return local.read(max(hi - lo, 0))
         headers = None
         if start is not None or end is not None:
             size = None
@@ -317,10 +279,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
         path = self._strip_protocol(path)
-        if mode == "rb":
-            local = self._open_local(path)
-            if local is not None:
-                return local
         if "r" in mode:
             info = self.info(path)
             if info["type"] != "file":
@@ -412,26 +370,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         return f"DataApiHttpFileSystem({self.url!r}, api_key={'***' if self.api_key else None})"
 
 
-def _health_of(ref: weakref.ref[DataApiHttpFileSystem]) -> Callable[[], dict[str, Any]]:
-    """The service's health, asked through the filesystem ``ref`` names. (A weak reference: a filesystem
-    nobody holds any more goes at once, and its local-read connection with it.)"""
-
-    def health() -> dict[str, Any]:
-        fs = ref()
-        if fs is None:
-            raise FreestackError("the Data API filesystem was discarded")
-        return fs._health()
-
-    return health
-
-
-def _span(start: int | None, end: int | None, size: int) -> tuple[int, int]:
-    """``cat_file``'s ``start``/``end`` (None: the ends; negative: from the end) as offsets into ``size`` bytes."""
-    lo = 0 if start is None else (start if start >= 0 else max(size + start, 0))
-    hi = size if end is None else (end if end >= 0 else size + end)
-    return min(lo, size), min(hi, size)
-
-
 class _RangeReader(AbstractBufferedFile):
     """A file read block by block with ranged GETs."""
 
@@ -463,7 +401,7 @@ class _Aborted(Exception):
     """Raised inside the request body to drop the connection: the service discards the upload."""
 
 
-class StreamingUpload:
+class StreamingUpload(PublishOnExit):
     """A write-only file: one ``PUT`` whose body is streamed from ``write()`` calls.
 
     ``close()`` finishes the body and waits for the service to publish the file (errors raise there);
@@ -540,15 +478,6 @@ class StreamingUpload:
     def flush(self) -> None:
         """Data goes out in chunks as it is written; nothing is published before close()."""
 
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
-
     def _finish_error(self) -> None:
         self._thread.join()
         if self._error is not None and not isinstance(self._error, _Aborted):
@@ -595,18 +524,11 @@ class StreamingUpload:
         self.closed = True
         self._drop()
 
-    def __enter__(self) -> StreamingUpload:
-        return self
+    def _publish(self) -> None:
+        self.close()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
-
-    def __del__(self):
-        if not getattr(self, "closed", True):
-            self.discard()
+    def _abandon(self) -> None:
+        self.discard()
 
 
 __all__ = ["DataApiHttpFileSystem", "DataApiUnavailable", "StreamingUpload"]

@@ -53,7 +53,38 @@ class WrittenObject:
         return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
 
 
-class AtomicWriter:
+class PublishOnExit:
+    """Base of the write-only files that publish only a finished write.
+
+    Leaving a ``with`` block normally publishes (``_publish``); an exception, or a writer dropped
+    unfinished, abandons the write (``_abandon``), so a failed or forgotten write publishes nothing.
+    A subclass reads ``closed`` True until there is something to publish or abandon.
+    """
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._publish()
+        else:
+            self._abandon()
+
+    def __del__(self):
+        if not getattr(self, "closed", True):
+            self._abandon()
+
+
+class AtomicWriter(PublishOnExit):
     """A binary, write-only file object that publishes its target only on ``commit()``.
 
     Use as a context manager: leaving the block normally commits, an exception aborts. With
@@ -95,15 +126,6 @@ class AtomicWriter:
     def flush(self) -> None:
         if not self._done and self._local is not None:
             self._fh.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return False
-
-    def seekable(self) -> bool:
-        return False
 
     @property
     def closed(self) -> bool:
@@ -200,18 +222,11 @@ class AtomicWriter:
             except AttributeError:
                 pass
 
-    def __enter__(self) -> AtomicWriter:
-        return self
+    def _publish(self) -> None:
+        self.commit()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-    def __del__(self):
-        if not getattr(self, "_done", True):
-            self.abort()
+    def _abandon(self) -> None:
+        self.abort()
 
 
 def _precondition_failed(exc: BaseException) -> bool:

@@ -15,11 +15,11 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
+from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import PipelineOperator
 from freestack.sweeps.core import agent_threads
 from freestack.sweeps.spec import POOL
 from freestack.train.operators import airflow_info, fixed_window
-from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 
 class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
@@ -44,7 +44,7 @@ class CreateSweepOperator(PipelineOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """One entry per agent (the ``agent`` task is mapped over them with ``expand_kwargs``)."""
         from freestack.sweeps.core import SweepError, create_sweep, sweep_id_for
-        from freestack.sweeps.server import server_settings
+        from freestack.sweeps.wandb_sweep import server_settings
         from freestack.train.core import prune_checkpoints
 
         spec = self.pipeline_spec()
@@ -67,7 +67,7 @@ class CreateSweepOperator(PipelineOperator):
         settings = server_settings(WandbHook().checked_settings())
         try:
             if settings is not None:
-                from freestack.sweeps.server import create_server_sweep
+                from freestack.sweeps.wandb_sweep import create_server_sweep
 
                 sweep = create_server_sweep(spec, sweep_id, request, agents=agents, settings=settings)
             else:
@@ -122,7 +122,7 @@ class SweepAgentOperator(HubEnvironment, PipelineOperator):
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
-                from freestack.sweeps.server import run_server_agent
+                from freestack.sweeps.wandb_sweep import run_server_agent
 
                 report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
             else:

@@ -23,8 +23,8 @@ form the engine and the W&B server take.
 from __future__ import annotations
 
 import copy
+import functools
 import math
-import warnings
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -63,53 +63,104 @@ class SweepConfigError(ValueError):
 
 
 # W&B's v1 log distributions (min/max are base-e exponents) and their v2 replacements, by schema name
-_DEPRECATED_LOG = (("param_loguniform", "param_loguniform_v2"), ("param_inv_loguniform", "param_inv_loguniform_v2"),
-                   ("param_qloguniform", "param_qloguniform_v2"))  # fmt: skip
+_DEPRECATED_LOG = {"param_loguniform": "param_loguniform_v2", "param_inv_loguniform": "param_inv_loguniform_v2",
+                   "param_qloguniform": "param_qloguniform_v2"}  # fmt: skip
+
+
+class _EngineSchema:
+    """The sweeps engine's JSON schema (W&B's sweep rules) from its package data, with a Draft 7 validator
+    for a whole config and one per parameter kind, built once per process.
+
+    Importing ``sweeps.config`` for them would import numpy, requests and jsonref at every DAG parse,
+    and the engine builds a validator per kind again for every parameter it checks."""
+
+    def __init__(self) -> None:
+        import importlib.util
+        import json
+        from pathlib import Path
+
+        import jsonschema
+
+        # located, not imported: the package's __init__ imports the engine
+        package = importlib.util.find_spec("sweeps")
+        if package is None or not package.submodule_search_locations:
+            raise ImportError("the sweeps package (W&B's sweep engine) is not installed")
+        folder = Path(list(package.submodule_search_locations)[0])
+        schema = json.loads((folder / "config" / "schema.json").read_text())
+        checker = jsonschema.FormatChecker()  # the engine's: the formats float and integer are Python types
+        checker.checks("float")(lambda value: isinstance(value, float))
+        checker.checks("integer")(lambda value: isinstance(value, int))
+        self.definitions: dict[str, Any] = schema["definitions"]
+        self.validator = jsonschema.Draft7Validator(schema, format_checker=checker)
+        # the parameter kinds in the engine's order: a parameter is of the first kind it validates against
+        self.kinds = {ref["$ref"].rsplit("/", 1)[-1]: jsonschema.Draft7Validator(
+                          {"$ref": ref["$ref"], "definitions": self.definitions}, format_checker=checker)
+                      for ref in self.definitions["parameter"]["anyOf"]}  # fmt: skip
+
+    def kind(self, parameter: dict[str, Any]) -> str | None:
+        return next((name for name, validator in self.kinds.items() if validator.is_valid(parameter)), None)
+
+    def distribution(self, kind: str) -> str:
+        return self.definitions[kind]["properties"]["distribution"]["enum"][0]
+
+
+@functools.cache
+def _engine_schema() -> _EngineSchema:
+    return _EngineSchema()
+
+
+def _min_max(name: str, parameter: dict[str, Any]) -> list[str]:
+    """The engine's ``validate_min_max``, word for word."""
+    if "min" in parameter and "max" in parameter and parameter["min"] >= parameter["max"]:
+        return [f"{name}: min {parameter['min']} is not less than max {parameter['max']}"]
+    return []
+
+
+def _probabilities(name: str, parameter: dict[str, Any]) -> list[str]:
+    """The engine's ``validate_categorical_prob`` (numpy's ``isclose`` tolerances), word for word."""
+    if "values" not in parameter or "probabilities" not in parameter:
+        return []
+    values, probabilities = parameter["values"], parameter["probabilities"]
+    if len(values) != len(probabilities):
+        return [f"Parameter {name}: values {values} and probabilities {probabilities} are not the same length"]
+    if not abs(sum(probabilities) - 1.0) <= 1e-8 + 1e-5:
+        return [f"Parameter {name}: Probabilities {probabilities} do not sum to 1"]
+    return []
 
 
 def schema_violations(config: dict[str, Any]) -> list[str]:
-    """What ``sweeps.schema_violations_from_proposed_config`` reports, without importing scipy.
+    """What ``sweeps.schema_violations_from_proposed_config`` reports, without importing the engine.
 
     The engine's last check (deprecated log distributions) builds a ``sweeps.params.HyperParameter``,
-    whose module imports ``scipy.stats``: 1.0-1.7 s at every DAG parse (``bench/orchestration``). The
-    same check reads the distribution's name against the engine's own schema here; the messages are
-    the engine's, word for word."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from sweeps.config import schema
-    problems = [f"{error.message}" for error in schema.validator.iter_errors(config)]
+    whose module imports ``scipy.stats``; the same check reads the parameter's kind from the engine's
+    own schema here. The messages are the engine's, word for word."""
+    engine = _engine_schema()
+    problems = [f"{error.message}" for error in engine.validator.iter_errors(config)]
     if not isinstance(config, dict):
         raise ValueError("Sweep config must be parsable as a JSON object.")
-    defs = schema.dereferenced_sweep_config_jsonschema["definitions"]
-
-    def name_of(definition: str) -> str:
-        return defs[definition]["properties"]["distribution"]["enum"][0]
-
     for parameter_name, parameter_dict in (config.get("parameters") or {}).items():
         if not isinstance(parameter_dict, dict):
             raise ValueError(f"Invalid configuration for hyperparameter '{parameter_name}'")
-        for check in (schema.validate_min_max, schema.validate_categorical_prob):
+        for check in (_min_max, _probabilities):
             try:
-                check(parameter_name, parameter_dict)
-            except ValueError as e:
-                problems.append(e.args[0])
+                problems += check(parameter_name, parameter_dict)
             except TypeError:  # the engine compares min and max without checking their types
                 problems.append(f"{parameter_name}: min, max and probabilities must be numbers")
         # the engine's check_for_deprecated_distributions, minus the HyperParameter object around it
-        try:
-            found = schema.fill_parameter(parameter_name, parameter_dict)
-        except schema.ParamValidationError:
+        kind = engine.kind(parameter_dict)
+        if kind == "param_dict":  # nested parameters: the engine does not fill them
             continue
-        except (ValueError, TypeError) as e:
-            problems.append(str(e.args[0]) if e.args else str(e))
-            continue
-        if found is None:
+        if kind is None:
             problems.append(f"invalid hyperparameter configuration: {parameter_name}")
             continue
-        for old, new in _DEPRECATED_LOG:
-            if found[0] == old:
-                problems.append(f"{parameter_name} uses {name_of(old)}, where min/max specify base-e exponents. "
-                                f"Use {name_of(new)} to specify limit values.")  # fmt: skip
+        try:  # the engine fills the parameter only after checking min < max again
+            problems += _min_max(parameter_name, parameter_dict)
+        except TypeError as e:
+            problems.append(str(e.args[0]) if e.args else str(e))
+            continue
+        if kind in _DEPRECATED_LOG:
+            problems.append(f"{parameter_name} uses {engine.distribution(kind)}, where min/max specify base-e "
+                            f"exponents. Use {engine.distribution(_DEPRECATED_LOG[kind])} to specify limit values.")  # fmt: skip
     return problems
 
 
@@ -123,6 +174,20 @@ def leaf_parameters(parameters: dict[str, Any], prefix: str = "") -> dict[str, d
         else:
             out[path] = spec
     return out
+
+
+def sweep_window_days(sweep: SweepSpec | None) -> int:
+    """The widest window a trial of the sweep can ask for (0 when it does not tune window_days): the
+    training run's window holds every partition such a trial may read."""
+    if sweep is None:
+        return 0
+    widest = 0
+    for path, p in leaf_parameters(sweep.config()["parameters"]).items():
+        if path.rsplit(".", 1)[-1] != "window_days" or not isinstance(p, dict):
+            continue
+        candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
+        widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
+    return widest
 
 
 def grid_size(config: dict[str, Any]) -> int | None:
@@ -283,5 +348,6 @@ class SweepSpec(SpecModel):
 
 __all__ = [
     "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "PEFT", "TUNABLE_PEFT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
-    "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "validate",
+    "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "sweep_window_days",
+    "validate",
 ]  # fmt: skip

@@ -9,8 +9,8 @@ from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.huggingface import HubEnvironment
+from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
-from freestack.ui.links import FreestackPageLink, WandbRunLink
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")

@@ -89,26 +89,12 @@ def window_interval(end_ds: str, days: int) -> tuple[str, str]:
     return (end - timedelta(days=int(days))).isoformat(), end.isoformat()
 
 
-def sweep_window_days(spec: PipelineSpec) -> int:
-    """The widest window a trial of the spec's sweep can ask for (0 when it does not tune window_days)."""
-    from freestack.sweeps.spec import leaf_parameters
-
-    if spec.sweep is None:
-        return 0
-    widest = 0
-    for path, p in leaf_parameters(spec.sweep.config()["parameters"]).items():
-        if path.rsplit(".", 1)[-1] != "window_days" or not isinstance(p, dict):
-            continue
-        candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
-        widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
-    return widest
-
-
 def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str = "form") -> Window:
     """The run's window: ``end_ds`` (None: the newest landed partition) and every partition a training of
     this run may read, with the sha256 the ingest published for it (hashed here when it recorded none)."""
     from freestack.ingest.core import PART, lake_partitions, partition_dir, read_manifest
     from freestack.storage import join, sha256_of
+    from freestack.sweeps.spec import sweep_window_days
 
     if end_ds is None:
         landed = lake_partitions(spec)
@@ -118,7 +104,7 @@ def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str
                 f"`freestack backfill {spec.name} --start … --end …`) first"
             )
         end_ds, chosen = landed[-1], "newest"
-    bound = max(days, sweep_window_days(spec))
+    bound = max(days, sweep_window_days(spec.sweep))
     start = _minus_days(end_ds, bound)
     parts = []
     for ds in (d for d in lake_partitions(spec, until=end_ds) if d > start):
@@ -210,4 +196,4 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
 
 
 __all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "changed_message", "lineage_window", "read_window",
-           "sweep_window_days", "window_interval"]  # fmt: skip
+           "window_interval"]  # fmt: skip

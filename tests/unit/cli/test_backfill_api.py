@@ -15,7 +15,7 @@ import pytest
 from freestack.cli import backfill as backfill_cli
 from freestack.cli import main
 from tests.conftest import ROOT
-from tests.ports import free_port
+from tests.support.ports import free_port
 from tests.unit.cli.test_backfill import land
 
 

@@ -10,7 +10,7 @@ import airflow  # noqa: F401  (Airflow sets up logging when imported: here, not 
 import pytest
 
 from freestack.cli import main
-from tests.registry_helpers import make_model_folder
+from tests.support.registry import make_model_folder
 
 GATE = {"promote": True, "decision": "promote", "reasons": [f"reason {i}" for i in range(7)]}
 
@@ -274,7 +274,7 @@ def _dead_port() -> int:
 
 
 def test_models_push_to_the_hub(capsys, store, monkeypatch):
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
 
     hub = FakeHub().start()
     try:

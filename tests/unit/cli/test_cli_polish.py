@@ -130,7 +130,7 @@ def test_a_spec_blocks_validation_error_reads_as_a_spec_error(capsys, monkeypatc
 def test_a_count_of_one_is_singular(capsys, tmp_path):
     """``1 partition``, not ``1 partitions`` (the backfill's ``1 day`` and ``1 run``: tests/unit/cli/test_backfill.py)."""
     from freestack.registry.core import ModelRegistry
-    from tests.registry_helpers import PARTITIONS, make_model_folder
+    from tests.support.registry import PARTITIONS, make_model_folder
 
     folder = make_model_folder(tmp_path / "v1")
     lineage = json.loads((folder / "lineage.json").read_text())

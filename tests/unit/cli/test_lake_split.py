@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from freestack.cli import main
-from tests.card_versions import END, build_version
+from tests.support.card_versions import END, build_version
 
 
 @pytest.fixture(scope="module")

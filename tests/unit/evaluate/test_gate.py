@@ -178,7 +178,7 @@ def test_min_value_on_a_maximized_metric_is_the_threshold():
 def test_bad_gate_blocks_fail_clearly(tmp_path, gate, message):
     from freestack.errors import SpecError
     from freestack.spec import load_spec
-    from tests.sweep_helpers import write_spec
+    from tests.support.sweeps import write_spec
 
     path = write_spec(tmp_path, {"method": "grid", "parameters": {"learning_rate": {"values": [0.01]}}})
     import yaml
@@ -198,7 +198,7 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
     from freestack.train.core import TrainRequest, train
-    from tests.sweep_helpers import ROOT
+    from tests.support.sweeps import ROOT
 
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
     make_landing(storage, date(2026, 11, 1), 2)

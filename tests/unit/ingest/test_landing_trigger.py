@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from freestack.ingest.triggers import LandingTrigger, _has_files
-from tests.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, png
+from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, png
 
 DS = "2026-11-03"
 

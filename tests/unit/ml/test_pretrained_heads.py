@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.hf_tiny import review_text, tiny_image_model, tiny_text_model
-from tests.plain_hf import plain_probabilities
+from tests.support.hf_tiny import review_text, tiny_image_model, tiny_text_model
+from tests.support.plain_hf import plain_probabilities
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None, "merge": False}
 #: LoRA's targets when the spec names none (the tests name none): attention's query and value

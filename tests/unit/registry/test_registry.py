@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.registry_helpers import (
+from tests.support.registry import (
     PARTITIONS,
     make_model_folder,
     race_promotions,
@@ -109,7 +109,6 @@ def test_a_registration_killed_outright_is_not_a_version_and_a_retry_replaces_it
     import signal
     import subprocess
     import sys
-    import time
 
     from freestack.registry.core import VersionNotFound
 
@@ -126,7 +125,6 @@ def test_a_registration_killed_outright_is_not_a_version_and_a_retry_replaces_it
     assert proc.stdout.readline().strip() == b"writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(0.1)
     assert len([p for p in folder.iterdir() if ".freestack-tmp-" in p.name]) == 1, "the killed writer left its temporary"
     assert reg.versions() == []
     with pytest.raises(VersionNotFound, match="not registered"):

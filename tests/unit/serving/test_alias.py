@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from freestack.serving.server.fetch import FetchError, fetch_version, resolve_uri, split_alias
-from tests.serving_helpers import make_version
+from tests.support.serving import make_version
 
 ROOT = Path(__file__).resolve().parents[3]
 

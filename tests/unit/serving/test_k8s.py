@@ -1,6 +1,6 @@
 """The deploy stage's Kubernetes target: SeldonDeployment manifests validated against Seldon Core's CRD,
 and apply / traffic / promote / rollback / the availability trigger at the Kubernetes API boundary
-(a real HTTP server on 127.0.0.1 speaking the custom-objects REST API, ``tests/k8s_api_fake.py``),
+(a real HTTP server on 127.0.0.1 speaking the custom-objects REST API, ``tests/fakes/k8s_api.py``),
 reached through the cncf.kubernetes provider's hooks and a connection from ``AIRFLOW_CONN_*``.
 
 A last test talks to a real cluster when a kubeconfig and ``FREESTACK_K8S_TEST_NAMESPACE`` are set.
@@ -21,8 +21,8 @@ import pytest
 from freestack.errors import FreestackError
 from freestack.serving import k8s, manifests
 from freestack.serving.spec import KubernetesTarget
-from tests.k8s_api_fake import FakeKubeAPI, json_patch, merge_patch
-from tests.ports import free_port
+from tests.fakes.k8s_api import FakeKubeAPI, json_patch, merge_patch
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED_CRD = Path(__file__).parents[3].parent / "shared/seldon/seldondeployment-crd.yaml"

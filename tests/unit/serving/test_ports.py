@@ -15,7 +15,7 @@ from freestack.errors import DeployError
 from freestack.serving import local as local_mod
 from freestack.serving import processes
 from freestack.serving.spec import DeploySpec, LocalTarget
-from tests.serving_helpers import make_version, needs_serving_env
+from tests.support.serving import make_version, needs_serving_env
 
 HOST = "127.0.0.1"
 

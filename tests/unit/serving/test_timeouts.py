@@ -14,7 +14,7 @@ from freestack.errors import DeployError
 from freestack.serving import local as local_mod
 from freestack.serving.local import LocalServer, Slot, server_config
 from freestack.serving.spec import START_TIMEOUT_S, WORKER_TIMEOUT_S, DeploySpec, LocalTarget
-from tests.ports import free_ports
+from tests.support.ports import free_ports
 
 
 def test_null_timeouts_take_the_defaults_of_the_versions_kind():

@@ -158,25 +158,6 @@ def test_keys_create_list_revoke_authenticate(tmp_path):
     assert other.authenticate(key2) is None
 
 
-def test_every_revocation_is_appended_once_to_the_revocations_log(tmp_path):
-    """Read leases hold the log open and end when it grows: each key revoked adds a line, once."""
-    store = KeyStore(tmp_path / "keys" / "keys.sqlite")
-    fd = store.open_revocations()  # made (empty, private) before any revocation
-    try:
-        assert os.fstat(fd).st_size == 0 and oct(store.revocations_path.stat().st_mode & 0o777) == "0o600"
-        first, _ = store.create_key("alice")
-        second, _ = store.create_key("bob")
-        store.revoke(first.id)
-        size = os.fstat(fd).st_size
-        store.revoke(first.id)  # again: nothing new is revoked, the log stays as it is
-        assert os.fstat(fd).st_size == size > 0
-        store.revoke(second.id)
-        assert os.fstat(fd).st_size > size
-        assert store.revocations_path.read_text().split() == [first.id, second.id]
-    finally:
-        os.close(fd)
-
-
 def test_keys_cli(tmp_path, capsys):
     from freestack.cli import main
 

@@ -1,57 +1,51 @@
-"""The freestack_data connection's fields, and the local-reads switch they carry to the Data API client."""
+"""The freestack_data connection's fields, and what of them reaches the Data API client."""
 
 from __future__ import annotations
 
+import logging
 import pickle
 
 import pytest
 
-from freestack.errors import FreestackError
+from freestack.storage import connection
 from freestack.storage.connection import config_of
 from freestack.storage.datafs import DataFileSystem
 from freestack.storage.httpfs import DataApiHttpFileSystem
-from freestack.storage.localreads import LocalReads, is_loopback
 
 URL = "http://127.0.0.1:8765"
 
 
-def service(extra: dict, url: str = URL):
-    return config_of("data_test", extra, host=url, port=None, login=None, password="fsk_x")
+def service(extra: dict, url: str = URL, conn_id: str = "data_test"):
+    return config_of(conn_id, extra, host=url, port=None, login=None, password="fsk_x")
+
+
+def test_a_service_connection_reads_over_http_and_never_prints_its_key():
+    config = service({})
+    assert config.is_remote_api and config.root == URL and config.api_key == "fsk_x"
+    assert "fsk_x" not in repr(config)
+    fs = DataFileSystem.from_config(config)
+    assert isinstance(fs.fs, DataApiHttpFileSystem) and fs.fs.url == URL and not fs.check_acl
 
 
 @pytest.mark.parametrize(
-    ("extra", "expected"),
-    [
-        ({}, True),
-        ({"local_reads": True}, True),
-        ({"local_reads": False}, False),
-        ({"local_reads": "false"}, False),
-        ({"local_reads": " No "}, False),
-        ({"local_reads": "off"}, False),
-        ({"local_reads": 0}, False),
-        ({"local_reads": "TRUE"}, True),
-        ({"local_reads": "1"}, True),
-        ({"local_reads": None}, True),
-    ],
+    "extra",
+    [{"local_reads": True}, {"local_reads": "false"}, {"read_leases": False}, {"local_reads": "maybe", "read_leases": 1}],
 )
-def test_local_reads_extra(extra, expected):
-    config = service(extra)
-    assert config.is_remote_api and config.local_reads is expected
-    fs = DataFileSystem.from_config(config)
-    assert (fs.fs.local_reads is not None) is expected
-    assert ("local_reads=False" in repr(config)) is not expected and "fsk_x" not in repr(config)
-
-
-@pytest.mark.parametrize(("extra", "expected"), [({}, True), ({"read_leases": False}, False), ({"read_leases": "off"}, False)])
-def test_read_leases_extra(extra, expected):
-    config = service(extra)
-    assert config.read_leases is expected and ("read_leases=False" in repr(config)) is not expected
-    assert DataFileSystem.from_config(config).fs.local_reads.leases is expected
-
-
-def test_a_local_reads_extra_that_is_no_yes_or_no_is_refused():
-    with pytest.raises(FreestackError, match=r"connection 'data_test': extra 'local_reads' is 'maybe'; use true or false"):
-        service({"local_reads": "maybe"})
+def test_the_retired_local_reads_extras_are_ignored_with_one_warning(extra, caplog):
+    """A connection made for the same-host local reads of older releases keeps working over HTTP."""
+    connection._warn_retired.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="freestack.storage"):
+        for _ in range(3):  # the connection is read again for every filesystem: it warns once
+            config = service(extra)
+            DataFileSystem.from_config(config)
+    assert config == service({})
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        f"connection 'data_test': extra {name!r} is no longer used (data:// reads go over HTTP); "
+        "remove it from the connection"
+        for name in connection.RETIRED_EXTRAS
+        if name in extra
+    ]
 
 
 def test_a_direct_store_keeps_its_config(tmp_path):
@@ -60,36 +54,9 @@ def test_a_direct_store_keeps_its_config(tmp_path):
     assert not config.is_remote_api and config.owner == "alice"
 
 
-@pytest.mark.parametrize(
-    ("url", "loopback"),
-    [
-        ("http://127.0.0.1:8765", True),
-        ("http://localhost:8080/freestack/data", True),
-        ("http://[::1]:8765", True),
-        ("https://LOCALHOST", True),
-        ("http://10.0.0.5:8765", False),
-        ("http://data-api.internal:8765", False),
-        ("http://127.0.0.2:8765", False),
-    ],
-)
-def test_only_loopback_urls_try_local_reads(url, loopback):
-    assert is_loopback(url) is loopback
-
-    def health() -> dict:
-        raise AssertionError("health must not be asked for a service on another host")
-
-    local = LocalReads(url, health)
-    if not loopback:
-        assert local.open("alice/c/x", "fsk_x") is None
-        assert "not a loopback address" in local.off_reason and not local.active
-
-
-def test_the_switch_survives_pickling():
-    for local in (True, False):
-        fs = DataApiHttpFileSystem(URL, api_key="fsk_x", local_reads=local, read_leases=False)
-        again = pickle.loads(pickle.dumps(fs))
-        assert again.url == URL and again.api_key == "fsk_x"
-        assert (again.local_reads is not None) is local
-        assert not local or again.local_reads.leases is False
-        data = pickle.loads(pickle.dumps(DataFileSystem(path="", fs=fs, owner=None, check_acl=False)))
-        assert (data.fs.local_reads is not None) is local
+def test_the_client_survives_pickling():
+    fs = DataApiHttpFileSystem(URL, api_key="fsk_x", expect_user="alice")
+    again = pickle.loads(pickle.dumps(fs))
+    assert again.url == URL and again.api_key == "fsk_x" and again.expect_user == "alice"
+    data = pickle.loads(pickle.dumps(DataFileSystem(path="", fs=fs, owner=None, check_acl=False)))
+    assert data.fs.url == URL and data.fs.api_key == "fsk_x"

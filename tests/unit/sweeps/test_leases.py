@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from tests.sweep_helpers import ROOT, objective, write_spec
+from tests.support.sweeps import ROOT, objective, write_spec
 
 LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
 SLOT0, SLOT1 = "digits_train/manual__1/agent/0", "digits_train/manual__1/agent/1"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.sweep_helpers import ROOT, objective, quality, write_spec
+from tests.support.sweeps import ROOT, objective, quality, write_spec
 
 LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
 
@@ -193,7 +193,7 @@ def test_hyperband_stops_bad_trials_and_spends_fewer_epochs(make_spec):
 
 def _agent_proc(spec_path, sweep_id, agent_id, sleep, ttl, log_file):
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.sweep_helpers", str(spec_path), sweep_id, agent_id, str(sleep), str(ttl),
+        [sys.executable, "-m", "tests.support.sweeps", str(spec_path), sweep_id, agent_id, str(sleep), str(ttl),
          str(log_file)],
         cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -288,7 +288,7 @@ def test_a_stale_lease_holder_cannot_write_after_a_take_over(tmp_path, storage, 
 
 def test_without_a_reachable_wandb_server_the_local_controller_runs(monkeypatch, caplog):
     from freestack.hooks.wandb import WandbHook
-    from freestack.sweeps.server import server_settings
+    from freestack.sweeps.wandb_sweep import server_settings
 
     monkeypatch.delenv("AIRFLOW_CONN_WANDB_DEFAULT", raising=False)
     assert server_settings(WandbHook().settings()) is None  # no key: local

@@ -83,7 +83,7 @@ def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path
 
     from freestack.ml.features import FeatureEncoder
     from freestack.train.core import TrainingError, encoder_options
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "great": 2, "value": 3, "broke": 4}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

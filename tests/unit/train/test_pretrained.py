@@ -15,7 +15,7 @@ import torch
 
 from freestack.errors import SpecError
 from freestack.spec import parse_spec
-from tests.hf_tiny import review_text, tiny_image_model, tiny_text_model
+from tests.support.hf_tiny import review_text, tiny_image_model, tiny_text_model
 
 COLUMNS = [
     {"name": "id", "type": "string", "nullable": False},
@@ -87,8 +87,8 @@ def test_a_sweep_may_change_lora_settings_of_a_lora_model_only():
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    from tests.hf_tiny import publish
-    from tests.hub_fake import FakeHub
+    from tests.fakes.hub import FakeHub
+    from tests.support.hf_tiny import publish
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.hf_tiny import tiny_text_model
+from tests.support.hf_tiny import tiny_text_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sweep_helpers import ROOT
+from tests.support.sweeps import ROOT
 
 sys.path.insert(0, str(ROOT / "include"))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import ROOT
+from tests.support.sweeps import ROOT
 
 sys.path.insert(0, str(ROOT / "include"))
 
@@ -79,7 +79,7 @@ def test_a_window_trained_already_or_older_than_a_trained_one_is_nothing_new(lak
     """Registered versions (lineage: partitions with sha256) decide whether an automatic run trains."""
     from freestack.registry.core import registry_for
     from freestack.train.window import already_trained, fix_window
-    from tests.registry_helpers import make_model_folder
+    from tests.support.registry import make_model_folder
 
     w = fix_window(lake, None, 30)
     assert already_trained(lake, w) is None

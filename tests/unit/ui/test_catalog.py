@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench.ui.volume import make_registry, make_sweep
-from tests.demo_sandbox import ROOT
+from tests.support.demo_sandbox import ROOT
 
 
 @pytest.fixture

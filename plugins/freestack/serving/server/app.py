@@ -26,7 +26,7 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
 - every worker class hands the app only whole requests, their body in memory: a client gets at most
   ``timeout`` / 2 to send its request (the freestack worker gives one that keeps sending 64 KiB/s
   more, and serves others meanwhile), bodies are limited to ``max_body_bytes``, and what the server
-  refuses, in the worker or in front of the app (:mod:`freestack.serving.server.guard`: unknown paths
+  refuses, in the worker or in front of the app (:mod:`freestack.serving.server.request_checks`: unknown paths
   and methods, ``Content-Encoding``, malformed messages on every route that takes one), gets a 4xx
   answer in Seldon's JSON error format;
 - CORS answers only the origins in config ``cors_origins`` (``deploy.local.cors_origins``; none by
@@ -34,17 +34,17 @@ A stopping server (SIGTERM) answers what its connections already sent, then exit
 - Seldon's custom metrics are buffered per worker and published to the shared store once a second
   (:mod:`freestack.serving.server.metrics`);
 - each worker freezes the objects it holds after loading the model (``gc.freeze``; config
-  ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask
-  (a 130-170 ms stall of the worker each time);
+  ``gc_freeze: false`` turns it off): a full garbage collection no longer walks torch and Flask,
+  which stalled the worker each time;
 - three Flask/werkzeug per-request costs are remembered or skipped, and Flask's JSON provider is
-  backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.tuning`); config
+  backed by orjson with Flask's own as the fallback (:mod:`freestack.serving.server.lighter_flask`); config
   ``lighter_app: false`` turns them off;
 - with the freestack worker, a plain prediction request (a JSON message the guard and the model
   accept, no query string, no CORS) is answered by the worker through Seldon's own ``predict``,
-  without the WSGI environ and Flask (:mod:`freestack.serving.server.lane`); config
+  without the WSGI environ and Flask (:mod:`freestack.serving.server.predict_lane`); config
   ``predict_lane: false`` turns it off, and everything else goes through the app as before.
 - with the freestack worker, requests that arrive together share one forward pass of the model
-  (adaptive batching with no waiting: :mod:`freestack.serving.server.coalesce`); config
+  (adaptive batching with no waiting: :mod:`freestack.serving.server.batching`); config
   ``adaptive_batching: false`` turns it off.
 
 The request/response protocol, the wrapper, the error format and the Model class are Seldon's.
@@ -85,10 +85,9 @@ def _labels_env(cfg: dict[str, Any]) -> None:
 
 def _post_worker_init(worker, *, seldon_hook, freeze: bool) -> None:
     """Seldon's hook, then (``gc_freeze``, default on) move everything the worker holds once the
-    model is loaded (torch, Flask, the model: some 230,000 objects) out of the garbage collector's
-    reach. Requests leave few survivors, so full collections are rare, but each one walked all of
-    those objects and stalled the worker for 130-170 ms (measured here): a latency spike for every
-    request queued on it. ``gc.freeze`` is what the Python docs suggest for pre-fork servers."""
+    model is loaded (torch, Flask, the model) out of the garbage collector's reach. Requests leave
+    few survivors, so full collections are rare, but each one walked all of those objects and stalled
+    the worker: a latency spike for every request queued on it. ``gc.freeze`` is what the Python docs suggest for pre-fork servers."""
     seldon_hook(worker)
     if freeze:
         import gc
@@ -142,19 +141,19 @@ def run(cfg: dict[str, Any], address_fd: int | None = None) -> None:
             mp.Process(target=_metrics_server, args=(seldon_metrics, host, int(cfg["metrics_port"]), os.getpid()),
                        daemon=True).start()  # fmt: skip
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
-    from freestack.serving.server import guard
+    from freestack.serving.server import request_checks
 
     takes_raw = getattr(user_object, "takes_raw_values", None)  # freestack's Model: category/text/image inputs
     raw_values = bool(takes_raw()) if callable(takes_raw) else False
-    guard.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
+    request_checks.install(app, max_body=_max_body(), cors_origins=cfg.get("cors_origins") or (), raw_values=raw_values)
     if cfg.get("lighter_app", True):
-        from freestack.serving.server.tuning import faster_json, lighter_flask
+        from freestack.serving.server.lighter_flask import faster_json, lighter_flask
 
         lighter_flask(app)
         faster_json(app)
     lane = None
     if cfg.get("predict_lane", True) and cfg.get("worker_class") == "freestack":
-        from freestack.serving.server.lane import PredictLane
+        from freestack.serving.server.predict_lane import PredictLane
 
         lane = PredictLane.for_model(user_object, seldon_metrics, app, raw_values=raw_values)
     options = _gunicorn_options(cfg, _binds(cfg, host, address_fd), seldon_metrics, post_worker_init, worker_exit,
@@ -174,7 +173,7 @@ def _coalescer(cfg: dict[str, Any], user_object):
     if not (cfg.get("adaptive_batching", True) and cfg.get("worker_class") == "freestack"
             and isinstance(user_object, ServedModel)):  # fmt: skip
         return None
-    from freestack.serving.server.coalesce import Coalescer
+    from freestack.serving.server.batching import Coalescer
 
     user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows)
     return user_object.coalescer

@@ -246,7 +246,7 @@ class ServedModel:
         return [label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
-    #: the worker's adaptive batching (:mod:`freestack.serving.server.coalesce`), when it is on
+    #: the worker's adaptive batching (:mod:`freestack.serving.server.batching`), when it is on
     coalescer: Any = None
 
     def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:

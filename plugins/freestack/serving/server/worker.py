@@ -2,7 +2,7 @@
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
 connection it accepted and reads what each sends without blocking; once a request is whole (its
-headers and all of its body, found by :func:`freestack.serving.server.guard.request_end`), it parses
+headers and all of its body, found by :func:`freestack.serving.server.request_checks.request_end`), it parses
 it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
 back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
 response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
@@ -29,7 +29,7 @@ sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long r
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
 slot. The response's status line, headers and body go out in one ``sendall``.
 
-A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.lane`, set by
+A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.predict_lane`, set by
 :func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
 parsed request to the lane, which answers it through Seldon's own ``predict`` without building the WSGI
 environ or running Flask; every other request, and one the lane passes on, goes to the app.
@@ -69,7 +69,7 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base, gthread, sync
 
-from freestack.serving.server.guard import (
+from freestack.serving.server.request_checks import (
     Frame,
     JsonErrors,
     Refused,
@@ -223,8 +223,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     table: SharedTable | None = None
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
-    lane: Any = None  # the prediction lane (freestack.serving.server.lane), from install; None: the app answers all
-    coalescer: Any = None  # adaptive batching (freestack.serving.server.coalesce), from install; None: off
+    lane: Any = None  # the prediction lane (freestack.serving.server.predict_lane), from install; None: the app answers all
+    coalescer: Any = None  # adaptive batching (freestack.serving.server.batching), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):

@@ -13,7 +13,7 @@ import torch
 
 from freestack.ml.models import FreestackNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # the model-server tests need the serving environment (.venv-serving, or another named by FREESTACK_SERVING_PYTHON)
 needs_serving_env = pytest.mark.skipif(

@@ -1,7 +1,7 @@
 """After the gate decided: commit the candidate as an immutable registry version, with its model card
 and the decision (blocked candidates too, so every decision stays on record).
 
-Plain Python over :mod:`freestack.registry`; the gate task calls :func:`register_candidate`.
+Plain Python over the registry; the evaluate stage's gate task calls :func:`register_candidate`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Landing data and specs of the fine-tuning pipelines (``model: {type: huggingface}``), on the tiny
-pretrained models of :mod:`tests.hf_tiny` published on the local Hub stand-in:
+pretrained models of :mod:`tests.support.hf_tiny` published on the local Hub stand-in:
 
 - ``reviews``: a CSV per day of product reviews (text) labelled ``pos`` / ``neg`` by their words,
   fine-tuned with LoRA adapters from ``team/tiny-bert``;
@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from demo.reviews import make_landing
-from tests.landing_kinds import GLYPHS_SPEC, glyphs_landing
+from tests.support.landing_kinds import GLYPHS_SPEC, glyphs_landing
 
 TEXT_BASE, IMAGE_BASE = "team/tiny-bert", "team/tiny-vit"
 

@@ -5,24 +5,15 @@ sending endless headers would make the server buffer them. The protocol below co
 request's head has taken so far and, over ``max_head_bytes``, answers 431 with a JSON error and
 closes the connection. (The app itself also refuses heads over 16 KiB with 431, which is what
 applies when the Airflow API server hosts it.)
-
-Over a local backing folder the service also serves local reads on a Unix socket
-(freestack.dataapi.local), from start to shutdown: the socket file is removed when it stops
-(SIGINT or SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from freestack.dataapi.app import DataApiSettings, create_app
-from freestack.dataapi.local import LocalReadServer, start_local_reads
 
 MAX_HEAD_BYTES = 64 * 1024
 log = logging.getLogger("freestack.dataapi")
@@ -124,18 +115,10 @@ def serve(
         log.warning("the Data API could not set up before serving: %s", exc)
     if access_log:
         _keep_access_log()
-    local = start_local_reads(config.app.state.freestack_data, settings, port)
     if hasattr(sys.stdout, "reconfigure"):  # access log lines go to stdout: one at a time, even into a file
         sys.stdout.reconfigure(line_buffering=True)
     print(f"freestack Data API on http://{host}:{port}/v1/data/  (data: {root})", flush=True)
-    if local is not None:
-        print(f"local reads for this host on {local.path}", flush=True)
-    try:
-        with _closed_on_sigterm(local):
-            uvicorn.Server(config).run()
-    finally:
-        if local is not None:
-            local.close()
+    uvicorn.Server(config).run()
 
 
 def _keep_access_log() -> None:
@@ -144,26 +127,6 @@ def _keep_access_log() -> None:
     access = logging.getLogger("uvicorn.access")
     if not access.handlers:
         access.propagate = True
-
-
-@contextmanager
-def _closed_on_sigterm(local: LocalReadServer | None) -> Iterator[None]:
-    """uvicorn stops gracefully on SIGTERM, then raises it again with the handler it found: this one closes
-    ``local`` (its socket file goes) before the process ends as SIGTERM's default would end it."""
-    if local is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def close_then_exit(signum: int, frame: object) -> None:
-        local.close()
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, close_then_exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["MAX_HEAD_BYTES", "head_limited_protocol", "make_config", "serve"]

@@ -5,7 +5,7 @@ run caps, early termination): its per-epoch metric is a known function of the hy
 tests can say which trials are good. The controller, storage and engine are all real. The trainer
 itself is exercised through the sweep DAG test.
 
-Run as a module, it is one agent process: ``python -m tests.sweep_helpers SPEC SWEEP_ID AGENT_ID SLEEP TTL``.
+Run as a module, it is one agent process: ``python -m tests.support.sweeps SPEC SWEEP_ID AGENT_ID SLEEP TTL``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_spec(folder: Path, sweep: dict[str, Any], storage_root: str | None = None) -> Path:

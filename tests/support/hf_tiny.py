@@ -1,5 +1,5 @@
 """Tiny pretrained models for the fine-tuning tests, made here (random weights, ``save_pretrained``) and
-published on the local Hub stand-in (:mod:`tests.hub_fake`), so the real download path runs:
+published on the local Hub stand-in (:mod:`tests.fakes.hub`), so the real download path runs:
 
 - ``tiny_text_model``: a BERT-style sequence classifier (2 layers, width 32) with a WordPiece tokenizer
   over the words of :func:`review_text`, saved as ``tokenizer.json`` + ``tokenizer_config.json``;

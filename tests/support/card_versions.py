@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from tests.dags.test_custom_model_dag import DIGITS_NET
-from tests.landing_finetune import DIGITS_SPEC, IMAGE_BASE, REVIEWS_SPEC, TEXT_BASE, reviews_landing
-from tests.landing_kinds import SHOP_SPEC, glyphs_landing, shop_landing
+from tests.support.landing_finetune import DIGITS_SPEC, IMAGE_BASE, REVIEWS_SPEC, TEXT_BASE, reviews_landing
+from tests.support.landing_kinds import SHOP_SPEC, glyphs_landing, shop_landing
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START, DAYS = date(2026, 11, 1), 3
 END = (START + timedelta(days=DAYS - 1)).isoformat()
 KINDS = ("numeric", "encoded", "custom", "finetuned", "lora")
@@ -61,8 +61,8 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     """Ingest, train, evaluate and register one version of ``kind`` under ``root``; its folder."""
     from freestack.evaluate.core import evaluate
     from freestack.evaluate.gate import decide
-    from freestack.evaluate.promotion import register_candidate
     from freestack.ingest.core import ingest_partition
+    from freestack.registry.candidates import register_candidate
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
     from freestack.train.core import TrainRequest, train

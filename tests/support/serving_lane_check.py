@@ -1,6 +1,6 @@
 """Run in the serving environment by tests/integration/test_serving_lane.py:
 
-    python tests/serving_lane_check.py MODEL_URI CASES.json
+    python tests/support/serving_lane_check.py MODEL_URI CASES.json
 
 Builds what the model server builds for a Seldon model (freestack's Model, Seldon's REST app with the
 guard and the orjson provider, the buffered metrics) and the prediction lane over the same objects, then
@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Request:
@@ -35,16 +35,16 @@ def main(model_uri: str, cases_file: str) -> None:
     from Model import Model
     from seldon_core import wrapper
 
-    from freestack.serving.server import guard
-    from freestack.serving.server.lane import PredictLane
+    from freestack.serving.server import request_checks
+    from freestack.serving.server.lighter_flask import faster_json, lighter_flask
     from freestack.serving.server.metrics import BufferedSeldonMetrics
-    from freestack.serving.server.tuning import faster_json, lighter_flask
+    from freestack.serving.server.predict_lane import PredictLane
 
     model = Model(model_uri=model_uri)
     model.load()
     metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
     app = wrapper.get_rest_microservice(model, metrics)
-    guard.install(app, max_body=1 << 20)
+    request_checks.install(app, max_body=1 << 20)
     lighter_flask(app)
     faster_json(app)
     lane = PredictLane.for_model(model, metrics, app, raw_values=False)

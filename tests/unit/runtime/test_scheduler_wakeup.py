@@ -1,4 +1,4 @@
-"""freestack.runtime.wake: the scheduler loop's idle sleep ends when a LocalExecutor worker reports a task."""
+"""freestack.runtime.scheduler_wakeup: the scheduler loop's idle sleep ends when a LocalExecutor worker reports a task."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from multiprocessing import SimpleQueue
 import pytest
 from sqlalchemy import create_engine, text
 
-from freestack.runtime import wake
+from freestack.runtime import scheduler_wakeup as wake
 
 
 def _no_database():

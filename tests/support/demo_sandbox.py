@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.ports import free_port
+from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRY_MAKE = re.compile(r"^make (test\S*|lint|docs|bench)\b")
 FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
 USERS = "admin:admin,viewer:viewer"
