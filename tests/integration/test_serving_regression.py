@@ -146,7 +146,7 @@ def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
     import freestack.evaluate.core as core
 
     figures = []
-    monkeypatch.setattr(core, "_png", lambda fig: figures.append(fig) or b"png")
+    monkeypatch.setattr(core, "png", lambda fig: figures.append(fig) or b"png")
 
     def shared(fig) -> list[set[str]]:
         return [{ln.get_label() for ln in ax.get_lines()} for ax in fig.axes if ax.get_lines()]
