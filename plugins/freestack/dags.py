@@ -5,6 +5,7 @@ DAG files at parse time.
     <p>_train      window -> choose -> train | create_sweep -> agent x N -> select_best (train, sweeps)
                    -> evaluate -> gate -> [approve] -> promote -> deploy | blocked      (evaluate, registry, serving)
     <p>_rollback   move_production -> deploy                                           (registry, serving)
+                   (every alias move and deploy of a model: its pool of one slot, freestack_deploy_<model>)
     <p>_promote    move_alias -> deploy (when the alias moved is the one served)       (registry, serving)
     <p>_monitor    monitor -> alert, retrain (drift asset -> <p>_train)                (monitor)
 
@@ -203,6 +204,7 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
     from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator
     from freestack.registry.operators import PromoteOperator
+    from freestack.serving.spec import MOVE_PRIORITY
 
     evaluate = EvaluateOperator(
         task_id="evaluate", spec_path=spec_path,
@@ -231,7 +233,9 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
     promote = PromoteOperator(
         task_id="promote", spec_path=spec_path,
         trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
-        doc_md="Move production (and previous) to the new version.",
+        doc_md="Move production (and previous) to the new version; if production moved since `evaluate`, "
+               "first decide again against the new production on the same test rows.",
+        **serialised(spec, MOVE_PRIORITY),
     )  # fmt: skip
     blocked = BlockedOperator(
         task_id="blocked", doc_md="The gate blocked the candidate: its log lists why; production is unchanged."
@@ -241,8 +245,18 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
     return evaluate, promote
 
 
+def serialised(spec: PipelineSpec, priority: int) -> dict[str, Any]:
+    """What every alias move and deploy of the spec's model shares: its pool of one slot (one alias move +
+    deploy of a model at a time, :mod:`freestack.runtime.pools`), and a fixed priority: deploy outranks a
+    move, so a run's deploy follows its own move before another run's move takes the slot."""
+    from freestack.serving.spec import deploy_pool
+
+    return {"pool": deploy_pool(spec.model_name), "priority_weight": priority, "weight_rule": "absolute"}
+
+
 def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, moved_alias: str | None = None):
     from freestack.serving.operators import DeployOperator
+    from freestack.serving.spec import DEPLOY_PRIORITY
 
     how = (
         "a supervised seldon-core-microservice on 127.0.0.1, smoke-tested, switched blue/green."
@@ -250,7 +264,8 @@ def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, m
         else "a SeldonDeployment on Kubernetes, waited on until Available."
     )
     return DeployOperator(task_id="deploy", spec_path=spec_path, moved_alias=moved_alias,
-                          doc_md=doc_md or f"Serve production with Seldon Core: {how}")  # fmt: skip
+                          doc_md=doc_md or f"Serve production with Seldon Core: {how}",
+                          **serialised(spec, DEPLOY_PRIORITY))  # fmt: skip
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
@@ -298,6 +313,7 @@ def _manual(spec: PipelineSpec, kind: str, params: dict[str, Param], description
 
 def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import RollbackOperator
+    from freestack.serving.spec import MOVE_PRIORITY
 
     with DAG(**_manual(
         spec, "rollback", rollback_params(spec),
@@ -309,7 +325,7 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     )) as dag:  # fmt: skip
         move = RollbackOperator(
             task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
-            doc_md="production <- the chosen version (previous <- the current one).",
+            doc_md="production <- the chosen version (previous <- the current one).", **serialised(spec, MOVE_PRIORITY),
         )  # fmt: skip
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production.")
     return dag
@@ -317,6 +333,7 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import MoveAliasOperator
+    from freestack.serving.spec import MOVE_PRIORITY
 
     with DAG(**_manual(
         spec, "promote", promote_params(spec),
@@ -329,6 +346,7 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         move = MoveAliasOperator(
             task_id="move_alias", spec_path=spec_path, version="{{ params.version }}", alias="{{ params.alias }}",
             reason="{{ params.reason }}", doc_md="The alias <- the chosen version (who triggered it is recorded).",
+            **serialised(spec, MOVE_PRIORITY),
         )  # fmt: skip
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production (skipped when another alias moved).",
                             moved_alias="{{ params.alias }}")  # fmt: skip

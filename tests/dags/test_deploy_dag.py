@@ -179,3 +179,67 @@ def test_promote_dag_moves_staging_alone_and_production_with_its_server(pipeline
         assert run.state == "failed" and reg.aliases()["staging"] == "v2"
     finally:
         stop_local(root, "digits", "digits")
+
+
+def test_a_deploy_overtaken_by_another_move_fails_and_says_by_whom(pipeline, monkeypatch):
+    """Between a run's alias move and its deploy, another run moves production: the deploy serves nothing
+    of this run's and fails (no retry) naming that move; never a success for a version that is not what
+    production serves. Every move and deploy of the model runs in its pool of one slot."""
+    from freestack.registry.core import ModelRegistry
+    from freestack.registry.operators import MoveAliasOperator
+    from freestack.serving.local import stop_local
+    from tests.dags.test_sweep_dag import _states
+
+    root = pipeline["root"]
+    reg = ModelRegistry(root, "digits")
+    reg.promote("v1")
+    promote = pipeline["bag"].get_dag("digits_promote")
+    assert {t.pool for t in promote.tasks} == {"freestack_deploy_digits"}
+    assert promote.get_task("deploy").priority_weight > promote.get_task("move_alias").priority_weight
+    original = MoveAliasOperator.execute
+
+    def then_another_run_moves(self, context):
+        out = original(self, context)
+        reg.promote("v1", reason="a rollback meanwhile", by="alice (manual__other)")
+        return out
+
+    monkeypatch.setattr(MoveAliasOperator, "execute", then_another_run_moves)
+    try:
+        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        run = promote.test(run_conf={"version": "v2", "alias": "production"})
+        assert run.state == "failed" and _states(run)["deploy"] == ["failed"]
+        rec, now = _served(root)
+        assert rec["version"] == "v1" == reg.resolve("production") and now["health"] == "ok"
+        assert rec["alias"] == "production" and [h["version"] for h in rec["history"]] == ["v1"]  # v2 never started
+    finally:
+        stop_local(root, "digits", "digits")
+
+
+def test_serve_status_flags_a_deployment_whose_alias_moved(pipeline, capsys):
+    """An alias moved behind the deployment's back (by hand, or a run that failed to deploy) shows as a
+    MISMATCH with the fix, in `freestack serve status` and its JSON."""
+    import json
+
+    from freestack.cli import main
+    from freestack.registry.core import ModelRegistry
+    from freestack.serving.local import stop_local
+
+    root = pipeline["root"]
+    reg = ModelRegistry(root, "digits")
+    reg.promote("v1")
+    try:
+        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        capsys.readouterr()
+        assert main(["serve", "--root", root, "status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["alias_drift"] is None
+        reg.promote("v2", by="test")
+        capsys.readouterr()
+        assert main(["serve", "--root", root, "status"]) == 0
+        said = capsys.readouterr().out
+        assert "MISMATCH  serves v1 but production is v2" in said and "freestack models promote PIPELINE v2" in said
+        # a bare model's served alias may not move behind its deployment: refused with the way to do it
+        assert main(["models", "rollback", "digits", "--root", root]) == 1
+        assert "is served by deployment digits" in capsys.readouterr().err
+        assert reg.resolve("production") == "v2"
+    finally:
+        stop_local(root, "digits", "digits")

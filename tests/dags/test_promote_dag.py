@@ -220,3 +220,45 @@ def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_register
     lineage = reg.get(candidate.name)["lineage"]
     assert lineage["evaluation"]["report"] == (registry / candidate.name / "evaluation" / "report.html").as_uri()
     assert (registry / candidate.name / "evaluation" / "report.html").is_file()
+
+
+def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  # noqa: F811
+    """A rollback or promotion that lands between a run's evaluate and its promote: the gate decides
+    again against the production that is there now, on the candidate's test rows; a candidate that still
+    passes is promoted over it, one that no longer passes is not (promote and deploy skipped)."""
+    from freestack.registry.operators import PromoteOperator
+
+    dag = lake["bag"].get_dag("digits_train")
+    reg = _registry(lake)
+    good = {"end_ds": "2026-11-05", "sweep": False, "epochs": 8, "learning_rate": 3e-3}
+    bad = {"end_ds": "2026-11-05", "sweep": False, "epochs": 1, "learning_rate": 1e-5}
+    assert dag.test(run_conf=good).state == "success"
+    v1 = reg.resolve("production")
+    assert dag.test(run_conf=bad).state == "success"
+    v2 = next(v["version"] for v in reg.versions() if v["version"] != v1)  # blocked, registered
+    original = PromoteOperator.execute
+
+    def moved_first(to):
+        def execute(self, context):
+            reg.promote(to, reason="a rollback meanwhile", by="someone (manual__meanwhile)")
+            return original(self, context)
+        return execute
+
+    # judged against v1, but production is the bad v2 when promote runs: decided again, still promoted
+    monkeypatch.setattr(PromoteOperator, "execute", moved_first(v2))
+    run = dag.test(run_conf=good)
+    assert run.state == "success" and _states(run)["promote"] == ["success"] and _states(run)["deploy"] == ["success"]
+    aliases = reg.aliases()
+    v3 = aliases["production"]
+    assert v3 not in (v1, v2) and aliases["previous"] == v2
+    assert reg.get(v3)["lineage"]["gate"]["champion_version"] == v1  # the recorded gate judged v1; the move says v2
+
+    # a bad candidate passes against the bad v2 (no worse), but production is the good v3 by promote time
+    reg.promote(v2, reason="back to v2 for the test", by="test")
+    monkeypatch.setattr(PromoteOperator, "execute", moved_first(v3))
+    run = dag.test(run_conf=bad)
+    s = _states(run)
+    assert run.state == "success" and s["promote"] == ["skipped"] and s["deploy"] == ["skipped"]
+    assert reg.resolve("production") == v3
+    note = _note(run)
+    assert note.startswith(f"Decided again against {v3}: **Gate: blocked.**"), note

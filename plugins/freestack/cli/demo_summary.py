@@ -54,7 +54,8 @@ def _sweep_lines(pipeline: str, run_id: str, tis: list[dict]) -> list[str]:
     if best is None:
         return [head]
     return [
-        f"{head}; {best['method']}, {plural(int(best['trials']), 'trial')}, {best['stopped_early']} stopped early by hyperband",
+        f"{head}; {best['method']} search, {plural(int(best['trials']), 'trial')}, {best['stopped_early']} stopped early "
+        "by hyperband early termination",
         f"  best trial: {best['best_trial']} {best['metric']} {best['best_value']:.4f}  (table: {best['results_csv']})",
     ]
 

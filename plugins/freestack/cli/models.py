@@ -1,6 +1,9 @@
 """``freestack models``: the model registry's versions and aliases, and a handle on them.
 
 MODEL is a model name, or a pipeline name (then its spec's storage root and model name are used).
+``promote``, ``rollback`` and ``alias`` on a pipeline run its ``<p>_promote``/``<p>_rollback`` DAG
+(:mod:`freestack.cli.actions`): audited, serialised with the model's other deploys, redeployed. On a bare
+model (``--root``) they move the alias directly, and only while no deployment serves it.
 ``--root`` picks the storage root (default: ``FREESTACK_STORAGE_ROOT``, else the project's). VERSION is a
 version name, an alias (``production``, ``previous``, ``staging``...) or ``latest``.
 """
@@ -159,29 +162,66 @@ def _print_aliases(reg: ModelRegistry, aliases: dict[str, Any]) -> None:
     out().print(f"{reg.model}: " + ", ".join(f"{k} -> {v}" for k, v in _shown(aliases).items()))
 
 
-@app.command()
-def promote(model: Model, version: Version, root: Root = None, reason: Reason = None) -> int:
-    """production <- VERSION, previous <- the old production."""
+Timeout = Annotated[float, typer.Option(help="Seconds to follow the DAG run before leaving it to go on.")]
+
+
+def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, str], reason: str | None,
+          timeout: float, direct) -> int:  # fmt: skip
+    """A pipeline's alias moves as a run of its DAG (audited, serialised, redeployed: freestack.cli.actions);
+    a bare model's only while no deployment serves that alias (nothing to redeploy), else refused."""
+    if has_pipeline(model) and not root:
+        from freestack.cli.actions import run_and_follow
+
+        note = f"freestack models {kind} from the command line" + (f": {reason}" if reason else "")
+        return run_and_follow(f"{model}_{'rollback' if kind == 'rollback' else 'promote'}", conf, note, timeout)
     reg = registry(model, root)
-    _print_aliases(reg, reg.promote(version, reason=reason))
+    served = _served_by(reg, alias)
+    if served:
+        raise CliError(f"{reg.model}'s {alias} is served by deployment {served}: moving it here would not redeploy it",
+                       f"move it through the pipeline's DAG run: freestack models {kind} PIPELINE ... (the pipeline "
+                       f"whose model is {reg.model}), or the Models page of the freestack views")  # fmt: skip
+    _print_aliases(reg, direct(reg))
     return 0
 
 
+def _served_by(reg: ModelRegistry, alias: str) -> str | None:
+    """The deployment serving ``alias`` of the model, if any."""
+    from freestack.serving.records import Deployments
+
+    deployments = Deployments(str(reg.root), reg.model)
+    for name in deployments.names():
+        rec = deployments.get(name) or {}
+        if rec.get("state") == "serving" and rec.get("alias", "production") == alias:
+            return name
+    return None
+
+
+def _by() -> str:
+    import getpass
+
+    return f"freestack CLI ({getpass.getuser()})"
+
+
 @app.command()
-def rollback(model: Model, root: Root = None, reason: Reason = None) -> int:
-    """production <- previous."""
-    reg = registry(model, root)
-    _print_aliases(reg, reg.rollback(reason=reason))
-    return 0
+def promote(model: Model, version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:
+    """production <- VERSION, previous <- the old production; redeployed by a <p>_promote run."""
+    return _move(model, root, "production", "promote", {"version": version, "alias": "production", "reason": reason or ""},
+                 reason, timeout, lambda reg: reg.promote(version, reason=reason, by=_by()))  # fmt: skip
+
+
+@app.command()
+def rollback(model: Model, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:
+    """production <- previous; redeployed by a <p>_rollback run."""
+    return _move(model, root, "production", "rollback", {"version": "previous"}, reason, timeout,
+                 lambda reg: reg.rollback(reason=reason, by=_by()))  # fmt: skip
 
 
 @app.command()
 def alias(model: Model, alias: Annotated[str, typer.Argument(metavar="ALIAS", help="The alias to move, e.g. staging.", show_default=False)],
-          version: Version, root: Root = None, reason: Reason = None) -> int:  # fmt: skip
-    """Point ALIAS (e.g. staging) at a version."""
-    reg = registry(model, root)
-    _print_aliases(reg, reg.set_alias(alias, version, reason=reason))
-    return 0
+          version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:  # fmt: skip
+    """Point ALIAS (e.g. staging) at a version, through a <p>_promote run."""
+    return _move(model, root, alias, "alias", {"version": version, "alias": alias, "reason": reason or ""}, reason,
+                 timeout, lambda reg: reg.set_alias(alias, version, reason=reason, by=_by()))  # fmt: skip
 
 
 @app.command()

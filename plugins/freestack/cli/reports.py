@@ -100,8 +100,8 @@ def sweep_report(pipeline: str, run_id: str) -> str:
         best = json.loads(best_path.read_text())
         trials = json.loads(join(folder, "results.json").read_text())["trials"]
         lines = [
-            f"sweep {best['sweep_id']} ({best['method']}, {plural(int(best['trials']), 'trial')}): "
-            f"{best['stopped_early']} stopped early by hyperband, {best['epochs_total']} epochs in all",
+            f"sweep {best['sweep_id']} ({best['method']} search, {plural(int(best['trials']), 'trial')}): "
+            f"{best['stopped_early']} stopped early by hyperband early termination, {best['epochs_total']} epochs in all",
             f"  {'trial':<6} {'state':<9} {'epochs':>6} {best['metric']:>13}  params",
         ]
         for t in trials:

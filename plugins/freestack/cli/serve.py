@@ -60,9 +60,11 @@ def _find(ctx: typer.Context, name: str, model: str | None) -> dict[str, Any]:
 def status(ctx: typer.Context, json: Json = False) -> int:
     """Every deployment: version, URL, process, health."""
     from freestack.serving.local import describe
-    from freestack.serving.records import all_deployments
+    from freestack.serving.records import alias_drift, all_deployments
 
     records = [describe(r) for r in all_deployments(_root(ctx))]
+    for r in records:
+        r["alias_drift"] = alias_drift(_root(ctx), r)
     if json:
         print_json(records)
         return 0
@@ -79,7 +81,8 @@ def status(ctx: typer.Context, json: Json = False) -> int:
 def _status_lines(r: dict[str, Any]) -> list[str]:
     if r.get("target") == "kubernetes":
         canary = f", canary {r['canary_version']} at {r.get('canary_traffic')}%" if r.get("canary_version") else ""
-        return [f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})"]
+        drift = [f"  MISMATCH  {r['alias_drift']}"] if r.get("alias_drift") else []
+        return [f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})", *drift]
     state = r.get("state")
     if state == "serving" and not r.get("alive"):
         state = "DOWN (the recorded process is gone: redeploy, e.g. `freestack serve deploy <pipeline>`)"
@@ -92,6 +95,8 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
     ]
     if r.get("previous"):
         lines.append(f"  previous  {r['previous'].get('version')}")
+    if r.get("alias_drift"):
+        lines.insert(1, f"  MISMATCH  {r['alias_drift']}")
     return lines
 
 
@@ -215,11 +220,13 @@ def deploy(pipeline: Pipeline,
         raise CliError(f"pipeline {pipeline!r} deploys to {spec.deploy.target}, and this command deploys the local target",
                        "trigger its train or rollback DAG for Kubernetes")  # fmt: skip
     reg = registry_for(spec)
+    by_alias = version in (None, spec.deploy.alias)
     version = reg.resolve(version or spec.deploy.alias)
     uri = reg.version_uri(version)
     rec = deploy_local(root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
-                       version=version, version_uri=uri, local=spec.deploy.local,
-                       reason="freestack serve deploy", source=model_source(uri), runtime=spec.deploy.runtime)  # fmt: skip
+                       version=version, version_uri=uri, local=spec.deploy.local, reason="freestack serve deploy",
+                       source=model_source(uri), runtime=spec.deploy.runtime,
+                       alias=spec.deploy.alias if by_alias else None)  # fmt: skip
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0
 

@@ -452,6 +452,28 @@ def evaluate(
     return summary
 
 
+def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
+    partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
+    production moved after the evaluation. Writes nothing."""
+    model, pre, _metrics, lineage, _history = load_model_folder(candidate_uri)
+    window = lineage.get("window") or {}
+    if not window.get("end_ds"):
+        raise EvaluationError(f"{candidate_uri}: lineage.json names no window to score on")
+    test, data = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days), lineage)
+    target = spec.source.schema_.target
+    try:
+        cand = score(model, pre, test, target)
+        champ = score(*load_model_folder(champion_uri)[:2], test, target) if champion_uri else None
+    finally:
+        data.close()
+    return _shown(cand), (_shown(champ) if champ else None)
+
+
+def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "_points"}
+
+
 def _recorded(candidate_uri: str) -> dict[str, Any]:
     """The evaluation a committed version holds (an evaluate task cleared after its gate registered
     the version): versions are immutable, so nothing is written into it again."""
@@ -491,6 +513,6 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
 
 
 __all__ = [
-    "EvaluationError", "evaluate", "load_model_folder", "outputs", "reference_of", "report_of", "score", "smoke_sample",
+    "EvaluationError", "evaluate", "load_model_folder", "outputs", "reference_of", "report_of", "rescore", "score", "smoke_sample",
     "test_split",
 ]  # fmt: skip

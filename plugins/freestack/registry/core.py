@@ -75,6 +75,14 @@ class IntegrityError(RegistryError):
     """A registered file no longer matches the manifest recorded at registration."""
 
 
+class AliasMoved(RegistryError):  # noqa: N818  (reads as the condition)
+    """The alias no longer points where the caller judged it from: someone moved it meanwhile."""
+
+    def __init__(self, message: str, current: str | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -447,13 +455,19 @@ class ModelRegistry:
             )
         return version
 
-    def promote(self, version_or_alias: str, *, reason: str | None = None, by: str | None = None) -> dict[str, Any]:
+    def promote(self, version_or_alias: str, *, reason: str | None = None, by: str | None = None,
+                expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
         """production ← version and previous ← the old production, atomically; return the aliases.
-        ``by`` (who or what moved it: the gate, an approver, a user's DAG run) goes into the history."""
+        ``by`` (who or what moved it: the gate, an approver, a user's DAG run) goes into the history.
+        With ``expect`` (a version, or None for "no production yet"), the move happens only while
+        production is still that version, in the same compare-and-swap: else :class:`AliasMoved`."""
         version = self._require_committed(self.resolve(version_or_alias))
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
             old = a.get("production")
+            if expect is not False and old != expect and old != version:
+                raise AliasMoved(f"production of {self.model!r} is {old or 'unset'}, no longer {expect or 'unset'}: "
+                                 f"{self.last_move('production', a) or 'moved meanwhile'}", old)  # fmt: skip
             if old == version:
                 return a
             if old:
@@ -501,6 +515,15 @@ class ModelRegistry:
         out = self._move(change)
         log.info("model %s: rolled back production to %s", self.model, out["production"])
         return out
+
+    def last_move(self, alias: str, aliases: dict[str, Any] | None = None) -> str | None:
+        """The newest move of ``alias`` in words: "<action> to <version> by <who> at <when> (<reason>)"."""
+        history = (self.aliases() if aliases is None else aliases).get("history") or []
+        for ev in reversed(history):
+            if ev.get("alias") == alias:
+                why = f" ({ev['reason']})" if ev.get("reason") else ""
+                return f"{ev.get('action')} to {ev.get('version')} by {ev.get('by') or '?'} at {ev.get('at')}{why}"
+        return None
 
     # -- model card -----------------------------------------------------------------------------------------
     def write_card(self, version: str, info: CardInfo | dict[str, Any] | None = None) -> str:
@@ -588,6 +611,6 @@ def _event(action: str, alias: str, version: str, old: str | None, reason: str |
 
 
 __all__ = [
-    "IntegrityError", "ModelRegistry", "RegistryError", "VersionExists", "VersionNotFound", "check_alias",
+    "AliasMoved", "IntegrityError", "ModelRegistry", "RegistryError", "VersionExists", "VersionNotFound", "check_alias",
     "check_version", "registry_for", "remove_tree", "walk_files",
 ]  # fmt: skip

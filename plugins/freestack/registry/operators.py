@@ -2,6 +2,10 @@
 ``move_production`` in ``<p>_rollback`` and ``move_alias`` in ``<p>_promote``. Thin operators over
 :class:`freestack.registry.core.ModelRegistry`; the serving stage's ``deploy`` follows them.
 
+Each returns what it set, ``{"alias", "version", ...}``: ``deploy`` serves exactly that version, or fails
+saying who moved the alias since. Every alias move and deploy of a model runs in the model's pool of one
+slot (:mod:`freestack.runtime.pools`).
+
 Every move records who or what made it (``by`` in the aliases' history): the gate, the human who
 approved the candidate, or the user who triggered the rollback or promotion (the DAG run's triggering
 user: the Airflow UI's freestack pages trigger these DAGs with the user's own login).
@@ -12,34 +16,78 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.huggingface import hub_settings
-from freestack.pipeline_operator import PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 
 
 class PromoteOperator(PipelineOperator):
-    """Move ``production`` (and ``previous``) to the new version atomically; on the Hub too."""
+    """Move ``production`` (and ``previous``) to the new version atomically; on the Hub too.
+
+    The move happens only while production is still the version the gate judged the candidate against
+    (one compare-and-swap). If another run moved it meanwhile (a rollback, a promotion), the candidate
+    and the new production are scored again on the same test rows and the gate decides again: a
+    candidate that no longer passes is not promoted (this task and ``deploy`` are skipped, and the
+    run's note says why)."""
 
     ui_color = "#c8ecd4"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import registry_for
+        from freestack.registry.core import AliasMoved, registry_for
         from freestack.registry.hub import promote_on_hub
 
         spec = self.pipeline_spec()
         ti = context["ti"]
-        registered = ti.xcom_pull(task_ids="gate", key="registered")
+        version = ti.xcom_pull(task_ids="gate", key="registered")["version"]
         decision = ti.xcom_pull(task_ids="gate")
-        aliases = registry_for(spec).promote(
-            registered["version"], reason=f"gate: {'; '.join(decision['reasons'])}"[:500], by=_approver(context)
-        )
-        if spec.model.hub_repo and registered.get("hub"):
+        reg = registry_for(spec)
+        for _ in range(MAX_REDECISIONS):
+            judged = decision.get("champion_version")
+            try:
+                aliases = reg.promote(version, reason=f"gate: {'; '.join(decision['reasons'])}"[:500],
+                                      by=_approver(context), expect=judged)  # fmt: skip
+                break
+            except AliasMoved as exc:
+                self.log.warning("production moved after this run's evaluation: %s", exc)
+                decision = self.decide_again(spec, reg, version, exc.current, context)
+        else:
+            raise AirflowFailException(f"production of {spec.model_name} moved {MAX_REDECISIONS} times while "
+                                       "this run decided again; trigger the run again once the moves settle")  # fmt: skip
+        if spec.model.hub_repo and ti.xcom_pull(task_ids="gate", key="registered").get("hub"):
             token, endpoint = hub_settings()
-            promote_on_hub(spec.model.hub_repo, registered["version"], token, endpoint=endpoint)
+            promote_on_hub(spec.model.hub_repo, version, token, endpoint=endpoint)
         self.log.info("%s production -> %s (previous: %s)", spec.model_name, aliases.get("production"),
                       aliases.get("previous"))  # fmt: skip
-        return {k: aliases.get(k) for k in ("production", "previous", "staging")}
+        return {"alias": "production", "version": aliases.get("production"),
+                **{k: aliases.get(k) for k in ("production", "previous", "staging")}}  # fmt: skip
+
+    def decide_again(self, spec, reg, version: str, current: str | None, context: Context) -> dict[str, Any]:
+        """The gate's decision against the production that is there now, on the candidate's test rows;
+        skips this task (and ``deploy``) when it blocks."""
+        from freestack.evaluate.core import EvaluationError, rescore
+        from freestack.evaluate.gate import decide, decision_note
+
+        try:
+            cand, champ = rescore(spec, reg.version_uri(version), reg.version_uri(current) if current else None)
+            decision = decide(spec.gate, cand, champ)
+        except (EvaluationError, ValueError) as exc:
+            raise AirflowFailException(f"cannot decide {version} again against production {current}: {exc}") from None
+        decision.update(candidate_version=version, champion_version=current, decided_again=True)
+        self.log.info("gate for %s %s against the new production %s: %s", spec.model_name, version, current,
+                      "PROMOTE" if decision["promote"] else "BLOCK")  # fmt: skip
+        for reason in decision["reasons"]:
+            self.log.info("  - %s", reason)
+        if not decision["promote"]:
+            note = decision_note(decision, spec.model_name)
+            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"Decided again against {current}: {note}")
+            raise AirflowSkipException(f"not promoted: against the new production {current}, the gate blocks "
+                                       f"{version} ({'; '.join(decision['reasons'])})")  # fmt: skip
+        return decision
+
+
+#: how often ``promote`` decides again when production keeps moving under it
+MAX_REDECISIONS = 3
 
 
 def _approver(context: Context) -> str:
@@ -86,7 +134,8 @@ class RollbackOperator(PipelineOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {spec.model_name}: {exc}") from None
         self.log.info("%s production: %s -> %s", spec.model_name, before, aliases.get("production"))
-        return {"from": before, "production": aliases.get("production"), "previous": aliases.get("previous")}
+        return {"alias": "production", "version": aliases.get("production"), "from": before,
+                "production": aliases.get("production"), "previous": aliases.get("previous")}  # fmt: skip
 
 
 class MoveAliasOperator(PipelineOperator):
@@ -112,7 +161,8 @@ class MoveAliasOperator(PipelineOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}") from None
         self.log.info("%s %s: %s -> %s", spec.model_name, alias, before, aliases.get(alias))
-        return {"alias": alias, "from": before, "to": aliases.get(alias), "production": aliases.get("production")}
+        return {"alias": alias, "version": aliases.get(alias), "from": before, "to": aliases.get(alias),
+                "production": aliases.get("production")}  # fmt: skip
 
 
 __all__ = ["MoveAliasOperator", "PromoteOperator", "RollbackOperator", "triggered_by"]

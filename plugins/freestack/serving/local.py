@@ -373,13 +373,15 @@ def deploy_local(
     reason: str | None = None,
     source: tuple[str, dict[str, str]] | None = None,
     runtime: str = "seldon",
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server
     (``runtime``: ``seldon`` or ``mlserver``, the Open Inference Protocol).
 
     ``source`` is the URI the server reads the version from and the environment it needs for it
     (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
-    address from a live, healthy server, nothing changes."""
+    address from a live, healthy server, nothing changes. ``alias`` (what the version was chosen by, e.g.
+    production) is kept in the record, so a status can flag a deployment whose alias moved on."""
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
@@ -403,6 +405,7 @@ def deploy_local(
         server = _join(server, local, sample, model_env)
         timings["join_s"] = round(time.monotonic() - t0, 3)
         record = _record(prior, server, slot, local, address, version_uri, checked, reason, timings)
+        record["alias"] = alias
         deployments.write(name, record, token)
     except BaseException:
         if server is not None:

@@ -25,7 +25,12 @@ from freestack.pipeline_operator import PipelineOperator
 
 class DeployOperator(HubEnvironment, PipelineOperator):
     """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``).
-    With ``moved_alias`` (what the run before it moved), it skips unless that is the alias served."""
+    With ``moved_alias`` (what the run before it moved), it skips unless that is the alias served.
+
+    After an alias move in the same run, it serves exactly the version that move set, and it ends in
+    success only if that version is served and the alias still points at it: when another run moved the
+    alias in between, it fails (no retry), naming that move, instead of reporting a deploy of a version
+    that is not what the alias serves."""
 
     template_fields = ("version", "moved_alias")
     ui_color = "#d6e4f5"
@@ -45,27 +50,56 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         if self.moved_alias and self.moved_alias.strip() != spec.deploy.alias:
             raise AirflowSkipException(f"{self.moved_alias} moved; {spec.deploy.alias} (what is served) did not")
         reg = registry_for(spec)
+        alias = None if self.version else spec.deploy.alias
+        set_here = self.set_by_this_run(context, spec.deploy.alias)
         try:
-            version = reg.resolve(self.version or spec.deploy.alias)
+            version = reg.resolve(self.version or set_here or spec.deploy.alias)
         except RegistryError as exc:
             raise AirflowFailException(f"nothing to deploy: {exc}") from None
+        if set_here:
+            self.require_still_set(reg, spec.deploy.alias, version, "before deploying it")
         uri = reg.version_uri(version)
         reason = self.reason or f"{context['dag'].dag_id} run {context['run_id']}"
         try:
             if spec.deploy.target == "kubernetes":
                 return self._kubernetes(spec, version, uri, reason)
-            return self._local(spec, version, uri, reason)
+            record = self._local(spec, version, uri, reason, alias)
         except DeployError as exc:
             raise RuntimeError(str(exc)) from None  # retried: a port, the machine or the cluster may be busy
+        if record.get("version") != version:
+            raise AirflowFailException(f"{spec.model_name}/{spec.deployment_name} serves {record.get('version')}, "
+                                       f"not {version}: see `freestack serve status`")  # fmt: skip
+        if alias:
+            self.require_still_set(reg, alias, version, "while it was deployed")
+        return record
 
-    def _local(self, spec, version: str, uri: str, reason: str) -> dict[str, Any]:
+    def set_by_this_run(self, context: Context, alias: str) -> str | None:
+        """The version this run's alias move (the task before this one) pointed ``alias`` at, if any."""
+        for task_id in sorted(self.upstream_task_ids):
+            moved = context["ti"].xcom_pull(task_ids=task_id)
+            if isinstance(moved, dict) and moved.get("alias") == alias and moved.get("version"):
+                return str(moved["version"])
+        return None
+
+    def require_still_set(self, reg, alias: str, version: str, when: str) -> None:
+        """Fail (no retry) unless ``alias`` still points at ``version``: another run moved it after this
+        one, and that run's own deploy serves what it set; this run's version is not what is served."""
+        now = reg.aliases().get(alias)
+        if now != version:
+            raise AirflowFailException(
+                f"{reg.model}'s {alias} moved from {version} to {now} {when} ({reg.last_move(alias) or 'by someone'}); "
+                f"{version} is not what {alias} serves: that move's own deploy serves {now}. Trigger this again "
+                "to serve it after all"
+            )  # fmt: skip
+
+    def _local(self, spec, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
         from freestack.serving.local import deploy_local
         from freestack.storage import storage_root
 
         record = deploy_local(
             root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
             version=version, version_uri=uri, local=spec.deploy.local, reason=reason,
-            source=model_source(uri), runtime=spec.deploy.runtime,
+            source=model_source(uri), runtime=spec.deploy.runtime, alias=alias,
         )  # fmt: skip
         body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
                 if spec.deploy.runtime == "mlserver" else '{"data": {"ndarray": [[...%d features...]]}}')  # fmt: skip
@@ -104,6 +138,12 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         except DeployError as exc:
             raise RuntimeError(str(exc)) from None
         self.log.info("SeldonDeployment %s/%s is Available", event.get("namespace"), event.get("name"))
+        if not self.version:
+            from freestack.registry.core import registry_for
+
+            # with a canary, the new version is the canary's until `freestack serve canary ... promote`
+            self.require_still_set(registry_for(self.pipeline_spec()), self.pipeline_spec().deploy.alias,
+                                   str(record.get("canary_version") or record.get("version")), "while it rolled out")  # fmt: skip
         return {k: v for k, v in record.items() if k != "history"}
 
 

@@ -79,4 +79,28 @@ def all_deployments(root_uri: str) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["Deployments", "all_deployments"]
+def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] | None = None) -> str | None:
+    """What is wrong when a serving deployment's version is not the one its alias (``production`` unless
+    the record names another) points at now, with the fix; None when they agree, when nothing is served
+    or when the version was pinned by name."""
+    from freestack.registry.core import ModelRegistry
+
+    if record.get("state") != "serving" or not record.get("version"):
+        return None
+    alias = record.get("alias", "production")  # records from before aliases were kept served production
+    if alias is None:  # a version pinned by name (`freestack serve deploy --version`)
+        return None
+    if aliases is None:
+        try:
+            aliases = ModelRegistry(root_uri, record["model"]).aliases()
+        except (OSError, ValueError):
+            return None
+    wanted = aliases.get(alias)
+    if wanted is None or wanted in (record["version"], record.get("canary_version")):  # a canary serves it too
+        return None
+    return (f"serves {record['version']} but {alias} is {wanted}: the alias moved without a deploy; redeploy with "
+            f"a {alias} move through the pipeline's DAG (`freestack models promote PIPELINE {wanted}`) or "
+            "`freestack serve deploy PIPELINE`")
+
+
+__all__ = ["Deployments", "alias_drift", "all_deployments"]

@@ -214,6 +214,17 @@ class DeploySpec(SpecModel):
         return self
 
 
+#: the Airflow pool of one slot per model that every alias move and deploy of that model runs in
+DEPLOY_POOL_PREFIX = "freestack_deploy_"
+#: deploy outranks alias moves in that pool: once a run moved its alias, its deploy goes next
+DEPLOY_PRIORITY, MOVE_PRIORITY = 20, 10
+
+
+def deploy_pool(model_name: str) -> str:
+    """``freestack_deploy_<model>``: one alias move + deploy of the model at a time, in the order asked."""
+    return f"{DEPLOY_POOL_PREFIX}{model_name}"
+
+
 def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     """The deployment's name: ``deploy.name``, else the model name made a valid Kubernetes name."""
     if spec_deploy.name:
@@ -221,4 +232,4 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
 
 
-__all__ = ["START_TIMEOUT_S", "WORKER_TIMEOUT_S", "Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]
+__all__ = ["DEPLOY_POOL_PREFIX", "DEPLOY_PRIORITY", "MOVE_PRIORITY", "START_TIMEOUT_S", "deploy_pool", "WORKER_TIMEOUT_S", "Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]

@@ -64,4 +64,19 @@ async def trigger(dag_id: str, conf: dict[str, str], token: str, note: str) -> T
                      url=run_url(dag_id, run["dag_run_id"]))  # fmt: skip
 
 
-__all__ = ["ActionError", "Triggered", "api_base_url", "run_url", "trigger"]
+async def runs_in_flight(dag_id: str, token: str) -> list[str] | None:
+    """The ids of ``dag_id``'s queued or running runs, as the user sees them (None: Airflow did not say)."""
+    import httpx
+
+    url = f"{api_base_url()}/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            got = await client.get(url, params=[("state", "queued"), ("state", "running"), ("limit", "20")],
+                                   headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        got.raise_for_status()
+        return [r["dag_run_id"] for r in got.json().get("dag_runs", [])]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+
+
+__all__ = ["ActionError", "Triggered", "api_base_url", "run_url", "runs_in_flight", "trigger"]

@@ -241,12 +241,13 @@ def _same_origin(request: Request) -> None:
 def _action(pipeline: str, kind: str, version: str | None, alias: str | None) -> dict[str, Any]:
     """What a promote or rollback would run: the DAG, its form, and a sentence saying what it does."""
     if kind == "rollback":
-        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": "previous"},
+        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": "previous"}, "title": "roll back production",
                 "what": "production goes back to the previous version, which is redeployed"}  # fmt: skip
     if alias not in ("production", "staging"):
         raise HTTPException(400, f"alias {alias!r} cannot be set here: use production or staging")
     what = f"{alias} points at {version}" + (" and it is redeployed" if alias == "production" else "")
-    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias}, "what": what}
+    title = "promote to production" if alias == "production" else f"set {alias}"
+    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias}, "what": what, "title": title}
 
 
 @views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
@@ -256,11 +257,15 @@ async def confirm(request: Request, pipeline: str, version: str, kind: str, alia
         raise HTTPException(404, f"no action {kind!r}: promote or rollback")
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
+    from freestack.ui.actions import runs_in_flight
+
     act = _action(pipeline, kind, v.row.version, alias)
     allowed = may_trigger(user, act["dag_id"])
     current = await off_loop(catalog.aliases, spec)
-    return page(request, "confirm.html", title=f"Confirm: {kind}", tab="models", v=v, kind=kind, alias=alias,
-                act=act, allowed=allowed, current=current, status=200 if allowed else 403)  # fmt: skip
+    moves_production = kind == "rollback" or alias == "production"
+    training = await runs_in_flight(f"{pipeline}_train", request_token(request) or "") if moves_production else []
+    return page(request, "confirm.html", title=f"Confirm: {act['title']}", tab="models", v=v, kind=kind, alias=alias,
+                act=act, allowed=allowed, current=current, training=training, status=200 if allowed else 403)  # fmt: skip
 
 
 @views_app.post("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)

@@ -159,6 +159,15 @@ class AliasMove(BaseModel):
     by: str | None = None
 
 
+class Served(BaseModel):
+    """A deployment serving the model: its version, the alias it serves, and what is wrong if they differ."""
+
+    name: str
+    version: str | None
+    alias: str | None
+    mismatch: str | None = None
+
+
 class ModelPage(BaseModel):
     pipeline: str
     model: str
@@ -166,6 +175,7 @@ class ModelPage(BaseModel):
     versions: list[VersionRow]
     aliases: dict[str, str]
     history: list[AliasMove]
+    served: list[Served] = []
 
     def aliases_of(self, version: str) -> list[str]:
         return sorted(a for a, v in self.aliases.items() if v == version)
@@ -240,8 +250,22 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
                          previous=e.get("from"), reason=e.get("reason"), by=e.get("by"))
                for e in aliases.get("history") or []]  # fmt: skip
     return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root), versions=version_rows(reg.folder),
-                     aliases=_named(aliases),
-                     history=history[::-1])  # fmt: skip
+                     aliases=_named(aliases), history=history[::-1],
+                     served=served_by(str(reg.root), spec.model_name, aliases))  # fmt: skip
+
+
+def served_by(root: str, model: str, aliases: dict[str, Any]) -> list[Served]:
+    """The model's serving deployments, each flagged when its version is not what its alias says."""
+    from freestack.serving.records import Deployments, alias_drift
+
+    deployments = Deployments(root, model)
+    out = []
+    for name in deployments.names():
+        rec = deployments.get(name) or {}
+        if rec.get("state") == "serving":
+            out.append(Served(name=name, version=rec.get("version"), alias=rec.get("alias", "production"),
+                              mismatch=alias_drift(root, rec, aliases)))  # fmt: skip
+    return out
 
 
 class Partition(BaseModel):
@@ -435,6 +459,8 @@ class DeploymentRow(BaseModel):
     serving: Serving
     traffic: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
+    alias: str | None = None
+    mismatch: str | None = None
 
 
 def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -448,8 +474,9 @@ def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
     return split
 
 
-def _deployment(record: dict[str, Any], pipeline: str | None) -> DeploymentRow:
+def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> DeploymentRow:
     from freestack.serving.local import describe
+    from freestack.serving.records import alias_drift
 
     serving = record.get("state") == "serving"
     kubernetes = record.get("target") == "kubernetes"
@@ -462,7 +489,8 @@ def _deployment(record: dict[str, Any], pipeline: str | None) -> DeploymentRow:
         state=record.get("state", "?"), version=record.get("version"), address=address, health=health,
         since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"), smoke=record.get("smoke"),
         serving=serving_stats(record.get("metrics_url")) if serving else Serving(), traffic=traffic_split(record),
-        history=list(record.get("history") or [])[-10:][::-1],
+        history=list(record.get("history") or [])[-10:][::-1], alias=record.get("alias", "production"),
+        mismatch=alias_drift(root, record),
     )  # fmt: skip
 
 
@@ -506,8 +534,8 @@ def deployments() -> list[DeploymentRow]:
     out = []
     for root, models in by_root.items():
         for rec in all_deployments(root):
-            out.append((rec, models.get(rec.get("model", ""))))
-    return parallel(lambda pair: _deployment(*pair), out)
+            out.append((rec, models.get(rec.get("model", "")), root))
+    return parallel(lambda args: _deployment(*args), out)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -215,6 +215,41 @@ def test_aliases_promote_rollback_and_set(reg, src, tmp_path):
     assert json.loads((tmp_path / "store/registry/digits/aliases.json").read_text()) == reg.aliases()
 
 
+def test_a_promotion_expecting_a_production_that_moved_is_refused(reg, src):
+    """``expect``: production moves only while it is the version the caller judged against, in the same
+    compare-and-swap; else AliasMoved names the move that happened and the version there now."""
+    from freestack.registry.core import AliasMoved
+
+    for v in ("v1", "v2", "v3"):
+        reg.register(src.as_uri(), v)
+    reg.promote("v2", expect=None)  # nothing in production yet, as expected
+    reg.promote("v1", reason="bad outputs", by="alice (manual__1)")
+    with pytest.raises(AliasMoved, match=r"production of 'digits' is v1, no longer v2: promote to v1 by alice") as got:
+        reg.promote("v3", expect="v2")
+    assert got.value.current == "v1" and reg.resolve("production") == "v1"
+    assert reg.last_move("production").startswith("promote to v1 by alice (manual__1) at ")
+    assert reg.last_move("production").endswith("(bad outputs)") and reg.last_move("staging") is None
+    reg.promote("v3", expect="v1")
+    reg.promote("v3", expect="v1")  # a retry of the same move is not refused
+    assert (reg.aliases()["production"], reg.aliases()["previous"]) == ("v3", "v1")
+
+
+def test_alias_drift_names_what_is_served_and_the_fix(reg, src, tmp_path):
+    from freestack.serving.records import alias_drift
+
+    for v in ("v1", "v2"):
+        reg.register(src.as_uri(), v)
+    reg.promote("v1")
+    root = (tmp_path / "store").as_uri()
+    rec = {"model": "digits", "name": "digits", "state": "serving", "version": "v1", "alias": "production"}
+    assert alias_drift(root, rec) is None
+    reg.promote("v2")
+    assert alias_drift(root, rec).startswith("serves v1 but production is v2")
+    assert alias_drift(root, {k: v for k, v in rec.items() if k != "alias"}).startswith("serves v1")  # older records
+    assert alias_drift(root, {**rec, "alias": None}) is None  # pinned by name
+    assert alias_drift(root, {**rec, "state": "stopped"}) is None
+
+
 def _check_race(aliases: dict, a: str, b: str, start: str) -> None:
     assert {aliases["production"], aliases["previous"]} == {a, b}
     moves = [(h["version"], h["from"]) for h in aliases["history"]]

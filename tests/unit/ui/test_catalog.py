@@ -124,12 +124,12 @@ def test_serving_stats_read_the_model_servers_metrics():
     assert serving_stats("http://127.0.0.1:9/metrics").requests is None  # nothing answers: no numbers, no error
 
 
-def test_a_kubernetes_deployment_shows_its_traffic_split():
+def test_a_kubernetes_deployment_shows_its_traffic_split(tmp_path):
     from freestack.ui.catalog import _deployment
 
     rec = {"name": "digits", "model": "digits", "target": "kubernetes", "state": "serving", "version": "v1",
            "canary_version": "v2", "canary_traffic": 10, "namespace": "models", "message": "SeldonDeployment is Available"}
-    row = _deployment(rec, "digits")
+    row = _deployment(rec, "digits", tmp_path.as_uri())
     assert row.traffic == [{"name": "main", "version": "v1", "traffic": 90}, {"name": "canary", "version": "v2", "traffic": 10}]
     assert row.address == "SeldonDeployment models/digits" and row.health == "SeldonDeployment is Available"
-    assert _deployment({**rec, "canary_version": None}, "digits").traffic == [{"name": "main", "version": "v1", "traffic": 100}]
+    assert _deployment({**rec, "canary_version": None}, "digits", tmp_path.as_uri()).traffic == [{"name": "main", "version": "v1", "traffic": 100}]

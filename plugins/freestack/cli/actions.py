@@ -1,0 +1,68 @@
+"""Alias moves from the command line as the UI makes them: a run of the pipeline's ``<p>_rollback`` or
+``<p>_promote`` DAG through Airflow's public REST API, followed to its end. The move is then audited as
+that run (its triggering user, its note), serialised with every other alias move and deploy of the model
+(its pool of one slot), and ``production`` is redeployed by the run's own ``deploy`` task.
+
+    freestack models rollback PIPELINE           <p>_rollback {version: previous}
+    freestack models promote PIPELINE VERSION    <p>_promote  {version, alias: production, reason}
+    freestack models alias PIPELINE ALIAS V      <p>_promote  {version, alias, reason}
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+from freestack.cli.errors import CliError
+from freestack.cli.output import out
+
+FINISHED = ("success", "failed")
+POLL_SECONDS = 1.0
+
+
+def run_and_follow(dag_id: str, conf: dict[str, str], note: str, timeout: float) -> int:
+    """Trigger ``dag_id`` with ``conf``, print each task's end, and return 0 when the run succeeded, 1
+    when it failed (with the failed task's error lines)."""
+    from freestack.cli.backfill import Airflow
+
+    af = Airflow()
+    run = af.call("POST", f"/dags/{quote(dag_id, safe='')}/dagRuns", {"logical_date": None, "conf": conf, "note": note[:1000]},
+                  what=f"a run of {dag_id}",
+                  not_found=CliError(f"Airflow has no DAG {dag_id}", "is the pipeline's spec valid? `freestack validate`"))  # fmt: skip
+    run_id = run["dag_run_id"]
+    console = out()
+    console.print(f"started {dag_id} run {run_id} ({af.url}/dags/{dag_id}/runs/{quote(run_id, safe='')})")
+    path = f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
+    deadline, shown = time.monotonic() + timeout, set()
+    while True:
+        state = af.call("GET", path, what=f"run {run_id}")["state"]
+        tis = af.call("GET", f"{path}/taskInstances", what=f"the tasks of {run_id}")["task_instances"]
+        for ti in tis:
+            if ti["state"] in ("success", "failed", "skipped", "upstream_failed") and ti["task_id"] not in shown:
+                shown.add(ti["task_id"])
+                console.print(f"  {ti['task_id']}: {ti['state']}")
+                if ti["state"] == "failed":
+                    for line in failure_lines(af, path, ti):
+                        console.print(f"    {line}", markup=False)
+        if state in FINISHED:
+            console.print(f"{dag_id} run {run_id}: {state}")
+            return 0 if state == "success" else 1
+        if time.monotonic() > deadline:
+            raise CliError(f"{dag_id} run {run_id} is still {state} after {timeout:.0f} s",
+                           f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
+        time.sleep(POLL_SECONDS)
+
+
+def failure_lines(af: Any, path: str, ti: dict[str, Any], limit: int = 3) -> list[str]:
+    """The last error lines of a failed task's log (what it said went wrong)."""
+    try:
+        text = af.api.call("GET", f"{path}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{ti.get('try_number') or 1}"
+                                  "?full_content=true", text=True)  # fmt: skip
+    except OSError:
+        return []
+    errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln or "Exception:" in ln or "Error:" in ln]
+    return errors[-limit:]
+
+
+__all__ = ["run_and_follow"]
