@@ -253,8 +253,18 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  #
     assert v3 not in (v1, v2) and aliases["previous"] == v2
     assert reg.get(v3)["lineage"]["gate"]["champion_version"] == v1  # the recorded gate judged v1; the move says v2
 
-    # a bad candidate passes against the bad v2 (no worse), but production is the good v3 by promote time
-    reg.promote(v2, reason="back to v2 for the test", by="test")
+    # a bad candidate passes when there is no production yet (a first model needs only the threshold), but
+    # production is the good v3 by promote time, and against it the candidate is worse
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.dags.test_train_dag import ROOT
+
+    data = yaml.safe_load((lake["specs"] / "digits.yaml").read_text())
+    data["gate"] = {"metric": "accuracy"}  # no threshold
+    (lake["specs"] / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
+    aliases_file = lake["root"] / "registry" / "digits" / "aliases.json"
+    aliases_file.write_text(json.dumps({k: v for k, v in json.loads(aliases_file.read_text()).items() if k != "production"}))
     monkeypatch.setattr(PromoteOperator, "execute", moved_first(v3))
     run = dag.test(run_conf=bad)
     s = _states(run)
