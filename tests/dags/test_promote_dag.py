@@ -271,4 +271,6 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  #
     assert run.state == "success" and s["promote"] == ["skipped"] and s["deploy"] == ["skipped"]
     assert reg.resolve("production") == v3
     note = _note(run)
-    assert note.startswith(f"Decided again against {v3}: **Gate: blocked.**"), note
+    # the gate's first decision, then the one that counts
+    assert note.startswith("**Gate: promoted.**") and f"\n\nProduction moved to `{v3}` before `promote`; decided again " \
+        f"against it: **Gate: blocked.**" in note and "worse by" in note, note

@@ -80,7 +80,8 @@ class PromoteOperator(PipelineOperator):
             self.log.info("  - %s", reason)
         if not decision["promote"]:
             note = decision_note(decision, spec.model_name)
-            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"Decided again against {current}: {note}")
+            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"Production moved to `{current}` before `promote`; decided again "
+                                                              f"against it: {note}")  # fmt: skip
             raise AirflowSkipException(f"not promoted: against the new production {current}, the gate blocks "
                                        f"{version} ({'; '.join(decision['reasons'])})")  # fmt: skip
         return decision
