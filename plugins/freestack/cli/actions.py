@@ -14,18 +14,16 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from freestack.cli.backfill import FINISHED, Airflow
 from freestack.cli.errors import CliError
 from freestack.cli.output import out
 
-FINISHED = ("success", "failed")
 POLL_SECONDS = 1.0
 
 
 def run_and_follow(dag_id: str, conf: dict[str, str], note: str, timeout: float) -> int:
     """Trigger ``dag_id`` with ``conf``, print each task's end, and return 0 when the run succeeded, 1
     when it failed (with the failed task's error lines)."""
-    from freestack.cli.backfill import Airflow
-
     af = Airflow()
     run = af.call("POST", f"/dags/{quote(dag_id, safe='')}/dagRuns", {"logical_date": None, "conf": conf, "note": note[:1000]},
                   what=f"a run of {dag_id}",

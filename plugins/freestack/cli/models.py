@@ -186,14 +186,9 @@ def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, s
 
 def _served_by(reg: ModelRegistry, alias: str) -> str | None:
     """The deployment serving ``alias`` of the model, if any."""
-    from freestack.serving.records import Deployments
+    from freestack.serving.records import served_alias, serving_records
 
-    deployments = Deployments(str(reg.root), reg.model)
-    for name in deployments.names():
-        rec = deployments.get(name) or {}
-        if rec.get("state") == "serving" and rec.get("alias", "production") == alias:
-            return name
-    return None
+    return next((r["name"] for r in serving_records(str(reg.root), reg.model) if served_alias(r) == alias), None)
 
 
 def _by() -> str:

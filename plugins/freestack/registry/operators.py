@@ -39,7 +39,8 @@ class PromoteOperator(PipelineOperator):
 
         spec = self.pipeline_spec()
         ti = context["ti"]
-        version = ti.xcom_pull(task_ids="gate", key="registered")["version"]
+        registered = ti.xcom_pull(task_ids="gate", key="registered")
+        version = registered["version"]
         decision = ti.xcom_pull(task_ids="gate")
         reg = registry_for(spec)
         for _ in range(MAX_REDECISIONS):
@@ -54,7 +55,7 @@ class PromoteOperator(PipelineOperator):
         else:
             raise AirflowFailException(f"production of {spec.model_name} moved {MAX_REDECISIONS} times while "
                                        "this run decided again; trigger the run again once the moves settle")  # fmt: skip
-        if spec.model.hub_repo and ti.xcom_pull(task_ids="gate", key="registered").get("hub"):
+        if spec.model.hub_repo and registered.get("hub"):
             token, endpoint = hub_settings()
             promote_on_hub(spec.model.hub_repo, version, token, endpoint=endpoint)
         self.log.info("%s production -> %s (previous: %s)", spec.model_name, aliases.get("production"),

@@ -63,12 +63,9 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         try:
             if spec.deploy.target == "kubernetes":
                 return self._kubernetes(spec, version, uri, reason)
-            record = self._local(spec, version, uri, reason, alias)
+            record = self._local(spec, version, uri, reason, alias)  # serves `version`, or raises
         except DeployError as exc:
             raise RuntimeError(str(exc)) from None  # retried: a port, the machine or the cluster may be busy
-        if record.get("version") != version:
-            raise AirflowFailException(f"{spec.model_name}/{spec.deployment_name} serves {record.get('version')}, "
-                                       f"not {version}: see `freestack serve status`")  # fmt: skip
         if alias:
             self.require_still_set(reg, alias, version, "while it was deployed")
         return record
@@ -133,8 +130,9 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         from freestack.errors import DeployError
         from freestack.serving.k8s import finish_rollout
 
+        spec = self.pipeline_spec()
         try:
-            record = finish_rollout(self.pipeline_spec(), event)
+            record = finish_rollout(spec, event)
         except DeployError as exc:
             raise RuntimeError(str(exc)) from None
         self.log.info("SeldonDeployment %s/%s is Available", event.get("namespace"), event.get("name"))
@@ -142,7 +140,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             from freestack.registry.core import registry_for
 
             # with a canary, the new version is the canary's until `freestack serve canary ... promote`
-            self.require_still_set(registry_for(self.pipeline_spec()), self.pipeline_spec().deploy.alias,
+            self.require_still_set(registry_for(spec), spec.deploy.alias,
                                    str(record.get("canary_version") or record.get("version")), "while it rolled out")  # fmt: skip
         return {k: v for k, v in record.items() if k != "history"}
 

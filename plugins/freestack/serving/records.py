@@ -79,6 +79,19 @@ def all_deployments(root_uri: str) -> list[dict[str, Any]]:
     return out
 
 
+def served_alias(record: dict[str, Any]) -> str | None:
+    """The alias a deployment serves: its record's; production for records from before aliases were kept;
+    None for a version pinned by name (`freestack serve deploy --version`)."""
+    return record.get("alias", "production")
+
+
+def serving_records(root_uri: str, model: str) -> list[dict[str, Any]]:
+    """The records of the model's deployments that serve now, each with its name."""
+    deployments = Deployments(root_uri, model)
+    records = ({**(deployments.get(name) or {}), "name": name} for name in deployments.names())
+    return [r for r in records if r.get("state") == "serving"]
+
+
 def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] | None = None) -> str | None:
     """What is wrong when a serving deployment's version is not the one its alias (``production`` unless
     the record names another) points at now, with the fix; None when they agree, when nothing is served
@@ -87,8 +100,8 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
 
     if record.get("state") != "serving" or not record.get("version"):
         return None
-    alias = record.get("alias", "production")  # records from before aliases were kept served production
-    if alias is None:  # a version pinned by name (`freestack serve deploy --version`)
+    alias = served_alias(record)
+    if alias is None:
         return None
     if aliases is None:
         try:
@@ -103,4 +116,4 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
             "`freestack serve deploy PIPELINE`")
 
 
-__all__ = ["Deployments", "alias_drift", "all_deployments"]
+__all__ = ["Deployments", "alias_drift", "all_deployments", "served_alias", "serving_records"]

@@ -253,12 +253,12 @@ def _action(pipeline: str, kind: str, version: str | None, alias: str | None) ->
 @views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
 async def confirm(request: Request, pipeline: str, version: str, kind: str, alias: str = "production",
                   user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    from freestack.ui.actions import runs_in_flight
+
     if kind not in ("promote", "rollback"):
         raise HTTPException(404, f"no action {kind!r}: promote or rollback")
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
-    from freestack.ui.actions import runs_in_flight
-
     act = _action(pipeline, kind, v.row.version, alias)
     allowed = may_trigger(user, act["dag_id"])
     current = await off_loop(catalog.aliases, spec)

@@ -256,16 +256,10 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
 
 def served_by(root: str, model: str, aliases: dict[str, Any]) -> list[Served]:
     """The model's serving deployments, each flagged when its version is not what its alias says."""
-    from freestack.serving.records import Deployments, alias_drift
+    from freestack.serving.records import alias_drift, served_alias, serving_records
 
-    deployments = Deployments(root, model)
-    out = []
-    for name in deployments.names():
-        rec = deployments.get(name) or {}
-        if rec.get("state") == "serving":
-            out.append(Served(name=name, version=rec.get("version"), alias=rec.get("alias", "production"),
-                              mismatch=alias_drift(root, rec, aliases)))  # fmt: skip
-    return out
+    return [Served(name=r["name"], version=r.get("version"), alias=served_alias(r), mismatch=alias_drift(root, r, aliases))
+            for r in serving_records(root, model)]  # fmt: skip
 
 
 class Partition(BaseModel):
@@ -476,7 +470,7 @@ def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> DeploymentRow:
     from freestack.serving.local import describe
-    from freestack.serving.records import alias_drift
+    from freestack.serving.records import alias_drift, served_alias
 
     serving = record.get("state") == "serving"
     kubernetes = record.get("target") == "kubernetes"
@@ -489,7 +483,7 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
         state=record.get("state", "?"), version=record.get("version"), address=address, health=health,
         since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"), smoke=record.get("smoke"),
         serving=serving_stats(record.get("metrics_url")) if serving else Serving(), traffic=traffic_split(record),
-        history=list(record.get("history") or [])[-10:][::-1], alias=record.get("alias", "production"),
+        history=list(record.get("history") or [])[-10:][::-1], alias=served_alias(record),
         mismatch=alias_drift(root, record),
     )  # fmt: skip
 
