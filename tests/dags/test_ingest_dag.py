@@ -85,10 +85,11 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
     assert run.state == "failed" and states == {"ingest": "failed"}
     assert not (root / "lake/digits/ds=2026-11-04").exists()
 
-    # an empty file is an empty (but valid) partition
+    # a 0-byte file (the spec says header: true) is missing data: on_missing: fail fails the day and
+    # publishes nothing, so no empty partition can enter a training window
     run, states = _run(dag, "2026-11-05")
-    assert run.state == "success"
-    assert pq.read_table(root / "lake/digits/ds=2026-11-05/part.parquet").num_rows == 0
+    assert run.state == "failed" and states == {"ingest": "failed"}
+    assert not (root / "lake/digits/ds=2026-11-05").exists()
 
     # non-UTF-8 bytes: only that row is quarantined, with the reason
     run, states = _run(dag, "2026-11-06")

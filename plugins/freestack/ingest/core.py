@@ -528,6 +528,7 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         else:
             for path in files:
                 result.sources.append(_ingest_file(spec, path, landing, sink, keys))
+        _require_rows(spec, result)
         sink.flush()
         quar_pq.close()  # first: the part's footer records the quarantine's hash
         held = quar_w.digest() if result.rows_quarantined else None
@@ -541,6 +542,31 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         quar_w.abort()  # reverse order of creation, so the first one can remove the folders it made
         part_w.abort()
         raise
+
+
+def _require_rows(spec: PipelineSpec, result: IngestResult) -> None:
+    """An interval whose files hold no rows (every file empty or a header alone) is missing data, not an
+    empty partition: LandingDataMissing, so ``source.policy.on_missing`` decides."""
+    if any(s["rows"] and not s.get("empty") for s in result.sources):
+        return
+    what = "; ".join(f"{s['name']}: {'0 bytes' if s.get('empty') else 'no rows'}" for s in result.sources)
+    raise LandingDataMissing(
+        f"no landing data for pipeline {spec.name!r} interval {result.ds}: its files hold no rows ({what}). "
+        "Write the rows into the files (or remove them) and clear the task, or set source.policy.on_missing to skip."
+    )
+
+
+def _empty_file(spec: PipelineSpec, path: ObjectStoragePath, sink: _Sink) -> dict[str, Any] | None:
+    """A 0-byte landing file is quarantined as one entry (a header, or a row, was expected), never read
+    as an empty table; None for a file with bytes."""
+    if path.stat().st_size:
+        return None
+    expected = "a header line" if spec.source.format == "csv" and spec.source.csv.header else "at least one row"
+    reason = f"empty file: {path.name} is 0 bytes, {expected} was expected; write its rows or remove it"
+    sink.reject(malformed_rows([(None, reason, "")], spec.source.schema_.fields, path.name))
+    sink.result.rows_in += 1
+    return {"name": path.name, "format": spec.source.format, "rows": 0, "empty": True, "size": 0,
+            "sha256": hashlib.sha256(b"").hexdigest()}  # fmt: skip
 
 
 def _duplicates(batch: pa.RecordBatch, key: str | None, keys: KeySet | None) -> pa.Array | None:
@@ -567,6 +593,8 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectSto
                  keys: KeySet | None) -> dict[str, Any]:  # fmt: skip
     """One landing file, batch by batch: good rows to the partition, rejected ones (and malformed lines)
     to the quarantine, each with its reason. Returns the file's source record (rows, size, sha256)."""
+    if (empty := _empty_file(spec, path, sink)) is not None:
+        return empty
     schema = spec.source.schema_
     declared = schema.fields
     fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower(), spec.source.format)

@@ -116,3 +116,27 @@ def test_missing_column_policy_and_missing_landing(storage):
     assert result.rows_good == 2 and lake_partitions(_spec("csv")) == [DS]
     with pytest.raises(LandingDataMissing, match="2026-11-04.*missing or empty.*on_missing"):
         ingest_partition(_spec("csv"), "2026-11-04")
+
+
+@pytest.mark.parametrize("content", [b"", b"id,when,ok,kind,y\n"], ids=["0-bytes", "header-only"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_day_whose_files_hold_no_rows_is_missing_data_not_an_empty_partition(storage, content, fmt):
+    folder = _landing(storage)
+    (folder / f"day.{fmt}").write_bytes(content if fmt == "csv" else b"")
+    (folder / f"more.{fmt}").write_bytes(b"")
+    with pytest.raises(LandingDataMissing, match=rf"interval {DS}: its files hold no rows \(day.{fmt}: .*more.{fmt}: 0 bytes\).*on_missing"):
+        ingest_partition(_spec(fmt), DS)
+    assert lake_partitions(_spec(fmt)) == []
+    assert not (Path(storage.removeprefix("file://")) / f"lake/events/ds={DS}").exists()
+
+
+def test_a_0_byte_file_beside_rows_is_quarantined_by_name(storage):
+    folder = _landing(storage)
+    (folder / "a.csv").write_text("id,when,ok,kind,y\n1,2026-11-03,true,a,0.5\n2,2026-11-03,false,b,0.25\n")
+    (folder / "b.csv").write_bytes(b"")
+    result = ingest_partition(_spec("csv"), DS)
+    assert (result.rows_good, result.rows_quarantined) == (2, 1)
+    (entry,) = _read(storage, "quarantine")
+    assert entry["_source"] == "b.csv" and entry["_line"] is None
+    assert entry["_reason"] == "empty file: b.csv is 0 bytes, a header line was expected; write its rows or remove it"
+    assert {s["name"]: s["rows"] for s in result.sources} == {"a.csv": 2, "b.csv": 0}

@@ -45,3 +45,13 @@ def test_an_image_that_lands_before_its_table_is_not_the_data(tmp_path, storage)
     path, kwargs = trigger.serialize()
     assert path == "freestack.ingest.triggers.LandingTrigger" and kwargs["spec_path"] == spec_path and kwargs["ds"] == DS
     assert _has_files(folder.as_uri()) == ["first.png", "sales.csv"]  # a trigger deferred without a spec
+
+
+def test_a_0_byte_file_has_not_arrived_yet(tmp_path, storage):
+    spec_path = _spec_file(tmp_path, SHOP_SPEC, storage)
+    folder = Path(storage.removeprefix("file://")) / "landing" / "shop" / DS
+    folder.mkdir(parents=True)
+    (folder / "sales.csv").write_bytes(b"")  # a writer that creates the file before it writes
+    assert _has_files(folder.as_uri(), spec_path, DS) == []
+    (folder / "sales.csv").write_text("id,price,colour,review,photo,returned\n")
+    assert _has_files(folder.as_uri(), spec_path, DS) == ["sales.csv"]
