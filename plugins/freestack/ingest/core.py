@@ -520,7 +520,7 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         quar_pq = _BackgroundWriter(quar_w, quarantine_schema(declared), compression="zstd")
         writers.append(quar_pq)
         sink = _Sink(part_pq, quar_pq, result, hold_bytes=_HOLD_BYTES if has_images(spec) else 0)
-        keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key) else None
+        keys = KeySet() if (spec.source.schema_.key and spec.source.policy.unique_key != "off") else None
         landing = landing_dir(spec, result.ds)
         if spec.source.format == "imagefolder":
             for label, name, group in _label_groups(files, landing):

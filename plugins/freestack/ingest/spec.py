@@ -149,10 +149,19 @@ class IngestPolicy(_Model):
     max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1, description="Over this fraction of rejected rows the partition is not published and the task fails.")
     extra_columns: Literal["drop", "fail"] = Field(default="drop", description="Columns the schema does not declare: drop them, or fail.")
     missing_columns: Literal["fail", "null"] = Field(default="fail", description="Declared columns a file lacks: fail, or load them as null.")
-    unique_key: bool = Field(
-        default=True, description="reject rows whose key repeats an earlier row of the same interval"
+    unique_key: Literal["window", "partition", "off"] = Field(
+        default="window",
+        description="What a key is unique across. window: a row whose key repeats an earlier row of its interval "
+        "is quarantined, and in a training window a key's row from the latest partition wins (the older rows of "
+        "that key are not read); partition: only the first (a key repeated on several days is trained once a "
+        "day); off: keys are not checked. true means window, false off.",
     )
     block_size_mb: int = Field(default=16, ge=1, le=1024, description="How much of a file is read at a time.")
+
+    @field_validator("unique_key", mode="before")
+    @classmethod
+    def _bool_unique_key(cls, v: Any) -> Any:
+        return {True: "window", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class Source(_Model):

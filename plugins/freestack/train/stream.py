@@ -202,15 +202,17 @@ def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[st
     """The window's ``columns`` split into local Parquet files (``splits`` of them), each partition's
     bytes checked against the fixed sha256 as they are copied (WindowError when one changed)."""
     from freestack.settings import settings
-    from freestack.train.window import WindowError
+    from freestack.train.window import WindowError, superseded, window_unique
 
     t = spec.train
     folder = tempfile.TemporaryDirectory(prefix=f"freestack-{spec.name}-window-", dir=settings().spool_dir)
     try:
         writer = _SplitWriter(folder.name, splits, t.data.chunk_rows)
+        partitions = window.of_days(days)
+        drops = superseded(spec, [_keys(spec, p) for p in partitions] if window_unique(spec) else None)
         parts = []
-        for p in window.of_days(days):
-            parts.append(_spool_partition(spec, p, folder.name, columns, writer))
+        for p, drop in zip(partitions, drops or [None] * len(partitions), strict=True):
+            parts.append(_spool_partition(spec, p, folder.name, columns, writer, drop))
         writer.close()
         if not parts:
             raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
@@ -229,8 +231,28 @@ def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[st
     return SpooledWindow(folder, rows, parts, (t.val_fraction, t.test_fraction))
 
 
-def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: list[str], writer: _SplitWriter) -> dict[str, Any]:
-    """One partition copied (hashed on the way), split row by row into ``writer``, its copy removed."""
+def _keys(spec: PipelineSpec, p: Partition):
+    """A partition's key column, read alone (the copy that follows checks the bytes' sha256)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freestack.storage import to_path
+    from freestack.train.window import WindowError, changed_message
+
+    try:
+        with to_path(p.uri).open("rb") as f:
+            return pq.read_table(f, columns=[spec.source.schema_.key]).column(0)
+    except FileNotFoundError:
+        raise WindowError(changed_message(spec, p, "was removed")) from None
+    except pa.ArrowInvalid as exc:  # published partitions read as Parquet: this one's bytes changed
+        raise WindowError(changed_message(spec, p, f"was rewritten (it no longer reads as Parquet: {exc})")) from None
+
+
+def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: list[str], writer: _SplitWriter,
+                     drop=None) -> dict[str, Any]:  # fmt: skip
+    """One partition copied (hashed on the way), split row by row into ``writer`` (but the rows ``drop``
+    marks: a later partition has their key), its copy removed."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from freestack.ml.prep import split_of_keys
@@ -240,7 +262,7 @@ def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: lis
     sha, size = _copy_hashed(spec, p, copy)
     if sha != p.sha256:
         raise WindowError(changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)"))
-    t, key, rows = spec.train, spec.source.schema_.key, 0
+    t, key, rows, start = spec.train, spec.source.schema_.key, 0, 0
     with pq.ParquetFile(copy) as f:
         missing = [c for c in columns if c not in f.schema_arrow.names]
         if missing:
@@ -248,12 +270,17 @@ def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: lis
                               "reads: it was ingested under an older spec; re-ingest that day, or leave it out of "
                               "the window (window_days)")  # fmt: skip
         for batch in f.iter_batches(batch_size=4096, columns=columns):
+            start += batch.num_rows
+            if drop is not None:
+                batch = batch.filter(pa.array(~drop[start - batch.num_rows : start]))
             frame_keys = batch.column(key).to_pandas()
             split = split_of_keys(frame_keys, t.val_fraction, t.test_fraction, salt=spec.name)
             writer.add(batch, split, p.ds)
             rows += batch.num_rows
     os.remove(copy)
-    return {"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": size, "rows": rows}
+    dropped = int(drop.sum()) if drop is not None else 0
+    return {"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": size, "rows": rows, "superseded": dropped,
+            "events": list(p.events)}  # fmt: skip
 
 
 def _copy_hashed(spec: PipelineSpec, p: Partition, dest: str) -> tuple[str, int]:

@@ -120,3 +120,52 @@ def test_a_partition_without_a_column_the_model_reads_is_named(lake, tmp_path):
     with pytest.raises(WindowError, match=r"ds=2026-11-01 of 'digits' has no column\(s\) \['colour'\], which the model reads"):
         spool_window(spec, fix_window(spec, None, 30), 30, ["id", "colour", "label"])
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, storage):
+    """unique_key: window (the default): 150 keys of 11-03 land again, relabelled, on 11-04; both ways of
+    reading the window read those keys once, from 11-04, and lineage counts what was superseded.
+    unique_key: partition reads them on both days."""
+    import csv
+
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.spec import IngestPolicy
+    from freestack.train.stream import spool_window
+    from freestack.train.window import fix_window, read_window
+
+    root = _folder(storage)
+    with open(next((root / "landing/digits/2026-11-03").glob("*.csv")), newline="") as f:
+        rows = list(csv.reader(f))
+    header, again = rows[0], [[*r[:-1], str((int(r[-1]) + 1) % 10)] for r in rows[1:151]]
+    (root / "landing/digits/2026-11-04").mkdir(parents=True)
+    with open(root / "landing/digits/2026-11-04/day.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *again])
+    ingest_partition(lake, "2026-11-04")
+    window = fix_window(lake, None, 30)
+
+    import pyarrow.parquet as pq
+
+    ids = {ds: set(pq.read_table(root / f"lake/digits/ds={ds}/part.parquet").column("id").to_pylist())
+           for ds in ("2026-11-03", "2026-11-04")}  # fmt: skip
+    both = ids["2026-11-03"] & ids["2026-11-04"]
+    assert len(both) > 100  # the 150 rows again, but those the ingest quarantined on either day
+    frame, parts = read_window(lake, window)
+    assert [p["superseded"] for p in parts] == [0, 0, len(both), 0]
+    assert frame["id"].is_unique and len(frame) == sum(p["rows"] for p in parts)
+    relabelled = dict(zip(frame["id"], frame["label"], strict=True))
+    latest: dict[str, int] = {}
+    for r in again:  # a key repeated within a day: its first row was published, the next quarantined
+        latest.setdefault(r[0], int(r[-1]))
+    assert all(relabelled[k] == latest[k] for k in both)  # the latest partition's rows won
+
+    spool = spool_window(lake, window, 30, ["id", "label"])
+    try:
+        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [(p["rows"], p["superseded"]) for p in parts]
+        assert sum(s.rows for s in spool.splits.values()) == len(frame)
+    finally:
+        spool.close()
+
+    per_day = lake.model_copy(update={"source": lake.source.model_copy(
+        update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": "partition"})})})  # fmt: skip
+    frame, parts = read_window(per_day, window)
+    assert [p["superseded"] for p in parts] == [0, 0, 0, 0] and len(frame) == len(set(frame["id"])) + len(both)
