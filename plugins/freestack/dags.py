@@ -191,7 +191,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     )
     window = WindowSensor(
         task_id="window", spec_path=spec_path, wait_minutes=spec.train.ingest_wait_minutes,
-        poke_interval=spec.train.ingest_poke_seconds,
+        poke_interval=spec.train.ingest_poke_seconds, inlets=[lake_asset(spec.name)],
         doc_md="Wait for running ingest runs, then fix the partitions (ds, sha256) every training of this run reads.",
     )
     window >> choose

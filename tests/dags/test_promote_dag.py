@@ -11,6 +11,7 @@ import yaml
 
 from tests.dags.test_sweep_dag import _states
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.support.runs import run_note
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -42,15 +43,6 @@ def _gate_retry_is_safe(dag, lake, version, run_id, decision):  # noqa: F811
         gate.register(ev, again, "manual__someone_else")
 
 
-def _note(run) -> str | None:
-    """The run's note as Airflow stores it (what the grid and the REST API show)."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return session.query(DagRun).filter(DagRun.dag_id == run.dag_id, DagRun.run_id == run.run_id).one().note
-
-
 def _annotated_in_the_schedulers_session(run, note):
     """The scheduler hands the listener a run attached to its own session (dag.test() a detached
     one): the note goes into that transaction, below a note a person wrote, once."""
@@ -64,7 +56,7 @@ def _annotated_in_the_schedulers_session(run, note):
         held.note = "checked by alice"
         session.flush()
         assert annotate(held) == annotate(held) == f"checked by alice\n\n---\n\n{note}"
-    assert _note(run) == f"checked by alice\n\n---\n\n{note}"
+    assert run_note(run) == f"checked by alice\n\n---\n\n{note}"
 
 
 def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
@@ -76,7 +68,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     s = _states(first)
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
     v1 = reg.resolve("production")
-    gate_note, window_line = _note(first).rsplit("\n\n", 1)  # the gate's decision, then the window's line
+    gate_note, window_line = run_note(first).rsplit("\n\n", 1)  # the gate's decision, then the window's line
     assert window_line.startswith("Window: ") and "up to 2026-11-05" in window_line and "end_ds from the form" in window_line
     assert gate_note.startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
     lineage = reg.get(v1)["lineage"]
@@ -102,7 +94,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     assert not gate["promote"] and gate["champion_version"] == v1 and "worse" in gate["reasons"][-1]
     ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
     assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
-    note = _note(worse)  # the decision, each reason with its numbers
+    note = run_note(worse)  # the decision, each reason with its numbers
     assert note.startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
     cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
     assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
@@ -270,7 +262,7 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  #
     s = _states(run)
     assert run.state == "success" and s["promote"] == ["skipped"] and s["deploy"] == ["skipped"]
     assert reg.resolve("production") == v3
-    note = _note(run)
+    note = run_note(run)
     # the gate's first decision, then the one that counts
     assert note.startswith("**Gate: promoted.**") and f"\n\nProduction moved to `{v3}` before `promote`; decided again " \
         f"against it: **Gate: blocked.**" in note and "worse by" in note, note

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.runs import run_note
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -65,6 +67,14 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     }
     assert [p["ds"] for p in lineage["partitions"]] == [f"2026-11-0{d}" for d in range(1, 6)]
     assert all(len(p["sha256"]) == 64 for p in lineage["partitions"])
+    # each partition names the lake event that published its bytes: the ingest run of its day
+    events = [p["events"] for p in lineage["partitions"]]
+    assert [len(e) for e in events] == [1] * 5, events
+    assert [e[0]["dag_id"] for e in events] == ["digits_ingest"] * 5
+    assert len({e[0]["run_id"] for e in events}) == 5
+    ids = [e[0]["id"] for e in events]
+    note = run_note(run) or ""
+    assert f"Lake events covered: {', '.join(map(str, sorted(ids)))} (5)." in note, note
     assert lineage["airflow"]["dag_id"] == "digits_train" and len(lineage["spec_hash"]) == 64
 
     # the version loads back without Airflow through huggingface_hub's mixin, and predicts

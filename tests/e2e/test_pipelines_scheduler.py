@@ -204,6 +204,10 @@ def test_a_parallel_backfill_is_trained_on_whole(stack):
     lineage = json.loads((versions[0] / "lineage.json").read_text())
     assert {p["ds"]: p["sha256"] for p in lineage["partitions"]} == lake
     assert lineage["window"]["end_ds"] == DAYS[-1] and lineage["window"]["fixed_by"] == "newest"
+    # every lake event is linked to that training, whichever run Airflow folded it into
+    events = api.call("GET", "/assets/events?source_dag_id=digits_ingest&limit=100")["asset_events"]
+    covered = {e["id"]: p["ds"] for p in lineage["partitions"] for e in p["events"]}
+    assert covered == {e["id"]: e["extra"]["ds"] for e in events}, (covered, events)
     spec_file = Path(env["FREESTACK_PIPELINES_DIR"]) / "digits.yaml"
     assert lineage["spec_hash"] == hashlib.sha256(spec_file.read_bytes()).hexdigest()
     # every other run started by the lake events found that window trained already, and says so

@@ -128,6 +128,9 @@ def _models_pages(page, sandbox, s: dict) -> None:
     assert page.locator("#gate").inner_text().startswith("promoted")
     parts = page.locator("#partitions").inner_text()
     assert all(p["sha256"] in parts for p in s["lineage"]["partitions"]) and len(s["lineage"]["partitions"]) == 5
+    for p in s["lineage"]["partitions"]:  # each partition's rows read and the lake events that published it
+        cells = page.locator(f"#partitions tr[data-ds='{p['ds']}'] td").all_inner_texts()
+        assert cells[1] == f"{p['rows']:,}" and cells[3] == ", ".join(f"#{e['id']}" for e in p["events"]), cells
     assert s["lineage"]["airflow"]["run_id"] in page.locator("#airflow-run").inner_text()
     assert page.locator("#card").inner_text().strip()
     assert all(img.evaluate("i => i.naturalWidth") > 0 for img in page.locator(".plots img").all())

@@ -54,6 +54,7 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
             )
         except WindowError as exc:
             raise AirflowFailException(str(exc)) from None
+        window = window.with_events(self._lake_events(context, spec))
         note = window.text()
         self.log.info("%s: %s", spec.name, note)
         if run_type in AUTOMATIC_RUNS and params.get("end_ds") is None:
@@ -65,6 +66,18 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
                 raise AirflowSkipException(f"nothing new to train: {seen[1]}")
         context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
         return PokeReturnValue(is_done=True, xcom_value=window.as_dict())
+
+    def _lake_events(self, context: Context, spec) -> list[dict[str, Any]]:
+        """The pipeline's lake asset events (the task's inlet) that carry a partition's ds and sha256."""
+        from freestack.ingest.operators import lake_asset
+
+        found = []
+        for e in context["inlet_events"][lake_asset(spec.name)]:
+            extra = e.extra or {}
+            if extra.get("ds") and extra.get("part_sha256"):
+                found.append({"id": e.id, "timestamp": e.timestamp.isoformat(), "dag_id": e.source_dag_id,
+                              "run_id": e.source_run_id, "ds": extra["ds"], "part_sha256": extra["part_sha256"]})  # fmt: skip
+        return found
 
     def _ingest_running(self, context: Context, spec) -> bool:
         """Whether ``<p>_ingest`` has queued or running runs and this run has waited less than

@@ -14,6 +14,7 @@ otherwise it has nothing new to learn and is skipped (docs/stages/train.md).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ from freestack.errors import FreestackError
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
+
+
+log = logging.getLogger(__name__)
 
 
 class WindowError(FreestackError):
@@ -34,6 +38,8 @@ class Partition:
     uri: str
     sha256: str
     size: int
+    #: the lake asset events that published exactly these bytes (id, timestamp, dag_id, run_id)
+    events: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Window:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Window:
-        parts = [Partition(**p) for p in d.get("partitions") or []]
+        parts = [Partition(**{**p, "events": tuple(p.get("events") or ())}) for p in d.get("partitions") or []]
         return cls(
             d["end_ds"], int(d["days"]), int(d.get("bound_days") or d["days"]), parts, d.get("chosen", "form")
         )
@@ -73,7 +79,25 @@ class Window:
             self.chosen, "the form"
         )
         span = f"{days[0]} … {days[-1]}" if len(days) > 1 else (days[0] if days else "none")
-        return f"Window: {len(days)} partitions ({span}) up to {self.end_ds}, {self.days} days; end_ds from {where}."
+        text = f"Window: {len(days)} partitions ({span}) up to {self.end_ds}, {self.days} days; end_ds from {where}."
+        ids = sorted(e["id"] for p in self.of_days(self.days) for e in p.events)
+        if ids:
+            shown = ", ".join(map(str, ids)) if len(ids) <= 8 else f"{ids[0]} … {ids[-1]}"
+            text += f" Lake events covered: {shown} ({len(ids)})."
+        return text
+
+    def with_events(self, events: list[dict[str, Any]]) -> Window:
+        """The window with, for each partition, the lake events (an asset event's ``extra`` holds the ds and
+        the part's sha256) that published exactly its bytes: the events this window covers, whichever run
+        Airflow folded them into."""
+        import dataclasses
+
+        by_part: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for e in events:
+            by_part.setdefault((e["ds"], e["part_sha256"]), []).append(
+                {k: e[k] for k in ("id", "timestamp", "dag_id", "run_id")})  # fmt: skip
+        parts = [dataclasses.replace(p, events=tuple(by_part.get((p.ds, p.sha256), ()))) for p in self.partitions]
+        return dataclasses.replace(self, partitions=parts)
 
 
 def _minus_days(ds: str, days: int) -> str:
@@ -124,14 +148,15 @@ def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str
 
 def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
     """(DataFrame, partitions) of the fixed window, each partition's bytes hashed as they are read and
-    checked against the fixed sha256; lineage gets the hash of the bytes read."""
+    checked against the fixed sha256; lineage gets the hash of the bytes read. Under ``unique_key:
+    window`` a key's row from the latest partition wins (:func:`superseded`)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from freestack.storage import to_path
 
-    frames, parts = [], []
+    tables, parts = [], []
     for p in window.of_days(days or window.days):
         path = to_path(p.uri)
         try:
@@ -143,11 +168,47 @@ def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
             raise WindowError(
                 changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)")
             )
-        frames.append(pq.read_table(pa.BufferReader(data)).to_pandas())
-        parts.append({"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": len(data), "rows": len(frames[-1])})
-    if not frames:
+        tables.append(pq.read_table(pa.BufferReader(data)))
+        parts.append({"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": len(data), "events": list(p.events)})
+    if not tables:
         raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
+    drops = superseded(spec, [t.column(spec.source.schema_.key) for t in tables] if window_unique(spec) else None)
+    frames = []
+    for table, part, drop in zip(tables, parts, drops or [None] * len(tables), strict=True):
+        frames.append((table.filter(pa.array(~drop)) if drop is not None else table).to_pandas())
+        part.update(rows=len(frames[-1]), superseded=int(drop.sum()) if drop is not None else 0)
     return pd.concat(frames, ignore_index=True), parts
+
+
+def window_unique(spec: PipelineSpec) -> bool:
+    """Whether a key's rows on several days of a window are read once (``unique_key: window``)."""
+    return bool(spec.source.schema_.key) and spec.source.policy.unique_key == "window"
+
+
+def superseded(spec: PipelineSpec, keys: list | None) -> list | None:
+    """For each partition's key column (oldest first), a bool mask of its rows whose key a later partition
+    of the window has: those rows are not read, so the latest partition wins. None: keys are not checked.
+    Null keys are never superseded. Logged when it drops rows."""
+    if keys is None:
+        return None
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from freestack.ingest.keyset import KeySet, hash_keys
+
+    seen, masks = KeySet(), []
+    for col in reversed(keys):
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
+        mask = np.zeros(len(col), dtype=bool)
+        mask[valid] = seen.add_batch(hash_keys(pc.drop_null(col)))
+        masks.append(mask)
+    masks.reverse()
+    if dropped := sum(int(m.sum()) for m in masks):
+        log.info("%d rows of %s's window have a key that a later partition has again: the latest row of each key is "
+                 "read (source.policy.unique_key: window)", dropped, spec.name)  # fmt: skip
+    return masks
 
 
 def changed_message(spec: PipelineSpec, p: Partition, what: str) -> str:
@@ -196,4 +257,4 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
 
 
 __all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "changed_message", "lineage_window", "read_window",
-           "window_interval"]  # fmt: skip
+           "superseded", "window_interval", "window_unique"]  # fmt: skip

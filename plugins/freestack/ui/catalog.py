@@ -262,9 +262,19 @@ def served_by(root: str, model: str, aliases: dict[str, Any]) -> list[Served]:
             for r in serving_records(root, model)]  # fmt: skip
 
 
+class LakeEvent(BaseModel):
+    id: int
+    timestamp: str | None = None
+    dag_id: str | None = None
+    run_id: str | None = None
+
+
 class Partition(BaseModel):
     ds: str
     sha256: str | None = None
+    rows: int | None = None
+    superseded: int = 0
+    events: list[LakeEvent] = []
 
 
 class VersionPage(BaseModel):
@@ -295,8 +305,8 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
     assert row is not None
     files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
     lineage = info["lineage"]
-    parts = [Partition(ds=str(p.get("ds")), sha256=p.get("sha256")) for p in lineage.get("partitions") or []
-             if isinstance(p, dict)]  # fmt: skip
+    parts = [Partition(ds=str(p.get("ds")), sha256=p.get("sha256"), rows=p.get("rows"), superseded=p.get("superseded") or 0,
+                       events=p.get("events") or []) for p in lineage.get("partitions") or [] if isinstance(p, dict)]  # fmt: skip
     return VersionPage(
         pipeline=pipeline, model=spec.model_name, row=row, aliases=info["aliases"], uri=info["uri"], card=info["card"],
         metrics=_numbers(info["metrics_full"]), lineage=lineage, partitions=parts, files=files,
