@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     data_api_page_size: int | None = Field(
         default=None, ge=1, description="Entries per page of a Data API directory listing. Default: 1000."
     )
+    data_api_stale_tmp_age: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds after its last write that a hidden upload temporary (`.<name>.freestack-tmp-<id>`) "
+        "under the Data API's local backing folder counts as left by a killed writer and is removed. Temporaries "
+        "of uploads the service itself (any of its processes) is still receiving are never removed, and those "
+        "listed by a service process that died are removed at once; this age is for the rest (e.g. a pipeline "
+        "task's write). The folder is swept at start-up and every half of this age.",
+    )
 
     # -- training -----------------------------------------------------------------------------------------
     keep_checkpoints: bool = Field(

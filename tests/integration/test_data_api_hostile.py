@@ -4,7 +4,8 @@
   service recorded when it wrote the object: the object is not read (the server's read bytes and peak
   memory stay flat for a 64 MiB object);
 - a ``kill -9`` mid-upload leaves no partial object, and the temporaries it leaves are removed when the
-  service starts again and, while it runs, periodically (never one whose upload is still in flight);
+  service starts again (at once: the dead process's upload journal lists them) and, while it runs,
+  periodically, also by a sibling process over the same folder (never one whose upload is in flight);
 - paths too deep, JSON nested too deep, forged listing markers: 400 naming the limit; a tree deeper
   than Python's recursion limit is deleted (``?force=true``);
 - an owner's namespace answers the same whether the user exists or not; names are NFC, and bidi
@@ -241,47 +242,67 @@ def test_if_match_over_s3(moto_s3, tmp_path):
 # kill -9 and temporaries
 
 
-def _kill_mid_upload(api: DataApi, coll: str, name: str) -> Path:
-    """Start a streamed upload, wait for its temporary, kill -9 the service; returns the temporary."""
+def _start_uploads(api: DataApi, coll: str, names: list[str], size: int) -> list[socket.socket]:
+    """Streamed uploads of ``size`` random bytes to each name, left unfinished once their temporaries hold
+    data (the client never ends them)."""
     folder = api.root / "alice" / coll
     before = set(_temps(folder))
-    s = _open_chunked_put(api, f"/v1/data/alice/{coll}/{name}")
-    _send_chunks(s, os.urandom(3 * MIB))
-    tmp = _wait_for(lambda: set(_temps(folder)) - before, what="the upload's temporary file").pop()
-    os.kill(api.pid, signal.SIGKILL)
-    api.proc.wait(timeout=30)
-    s.close()
-    return tmp
+    sockets = []
+    for name in names:
+        s = _open_chunked_put(api, f"/v1/data/alice/{coll}/{name}")
+        _send_chunks(s, os.urandom(size))
+        sockets.append(s)
+    _wait_for(lambda: len(set(_temps(folder)) - before) == len(names) and all(
+        p.stat().st_size > 0 for p in set(_temps(folder)) - before), what="the uploads' temporaries")
+    return sockets
 
 
-def test_kill_9_mid_upload_then_restart_cleans_temporaries(tmp_path):
+def _journals(api: DataApi) -> list[Path]:
+    return sorted((api.root / ".freestack-uploads").glob("*.journal"))
+
+
+def test_kill_9_mid_upload_then_restart_sweeps_temporaries_at_once(tmp_path):
     api = start_service(tmp_path)
     try:
         coll = _collection(api)
         folder = api.root / "alice" / coll
-        (folder / "keep.txt").write_bytes(b"whole")
-        left = []
-        for i in range(3):
-            left.append(_kill_mid_upload(api, coll, f"big{i}.bin"))
-            api = start_service(tmp_path)
-        assert all(p.exists() for p in left)  # a killed writer cannot clean up after itself
-        # an hour later (a temporary that old belongs to no upload in flight), and another writer's fresh one
+        done = {f"done{i}.bin": os.urandom(3 * MIB + i) for i in range(2)}
+        for name, body in done.items():
+            assert api.raw("PUT", f"/v1/data/alice/{coll}/{name}", user="alice", body=body)[0] == 200
+        # a pipeline task's write (not the service's): fresh, so it may be in flight; and one two hours quiet
+        other = folder / f".other.bin{TMP_MARK}0123456789abcdef"
+        other.write_bytes(b"another process is writing this")
+        dead_other = folder / "sub" / f".gone.bin{TMP_MARK}fedcba9876543210"
+        dead_other.parent.mkdir()
+        dead_other.write_bytes(b"x" * 1000)
         old = time.time() - 2 * 3600
-        for p in left:
-            os.utime(p, (old, old))
-        fresh = folder / f".other.bin{TMP_MARK}0123456789abcdef"
-        fresh.write_bytes(b"another process is writing this")
-        stop(api.proc)
+        os.utime(dead_other, (old, old))
+        killed = [f"big{i}.bin" for i in range(4)]
+        sockets = _start_uploads(api, coll, killed, 3 * MIB)
+        left = sorted(set(_temps(folder)) - {other, dead_other})
+        os.kill(api.pid, signal.SIGKILL)
+        api.proc.wait(timeout=30)
+        for s in sockets:
+            s.close()
+        assert len(left) == 4 and all(p.exists() for p in left)  # a killed writer cannot clean up after itself
+        left_bytes = sum(p.stat().st_size for p in left)
+        assert len(_journals(api)) == 1  # the dead process's list of them, no longer locked
+        started = time.monotonic()
         api = start_service(tmp_path)
-        _wait_for(lambda: not any(p.exists() for p in left), what="removal of the stale temporaries")
-        assert fresh.exists()  # too young to be anyone's leftover
-        # no partial object is visible, by any way of looking
-        for i in range(3):
-            status, _, _ = api.raw("GET", f"/v1/data/alice/{coll}/big{i}.bin", user="alice")
-            assert status == 404
+        # the start-up sweep: the dead process's uploads go at once, although only seconds old
+        _wait_for(lambda: not any(p.exists() for p in [*left, dead_other]), what="the start-up sweep")
+        print(f"start-up sweep: {len(left)} temporaries, {left_bytes / MIB:.1f} MiB, gone "
+              f"{time.monotonic() - started:.2f} s after the restart began")
+        assert other.exists()  # not the service's, and too young to be anyone's leftover
+        assert len(_journals(api)) == 1  # the new process's own; the dead one's is gone
+        for name, body in done.items():  # what was committed is intact
+            status, _, data = api.raw("GET", f"/v1/data/alice/{coll}/{name}", user="alice")
+            assert status == 200 and data == body
+        for name in killed:  # and no partial object is visible
+            assert api.raw("GET", f"/v1/data/alice/{coll}/{name}", user="alice")[0] == 404
         status, _, data = api.raw("GET", f"/v1/data/alice/{coll}", user="alice")
-        assert [f["filename"] for f in json.loads(data)["files"]] == ["keep.txt"]
-        assert sorted(p.name for p in folder.iterdir()) == [fresh.name, "keep.txt"]
+        assert [f["filename"] for f in json.loads(data)["files"]] == sorted(done)
+        assert sorted(p.name for p in folder.iterdir()) == sorted([other.name, *done, "sub"])
     finally:
         stop(api.proc)
 
@@ -296,10 +317,12 @@ serve("127.0.0.1", int(port), DataApiSettings(root=root, keys_path=keys, page_si
 """
 
 
-def _start_with(workdir: Path, **settings: float) -> DataApi:
-    """The service as ``freestack data-api`` runs it, with the temporaries' age limit and sweep interval set."""
-    root = workdir / "data"
+def _start_with(workdir: Path, root: Path | None = None, **settings: float) -> DataApi:
+    """The service as ``freestack data-api`` runs it, with the temporaries' age limit and sweep interval set
+    (over ``root``, default ``workdir/data``)."""
+    root = root or workdir / "data"
     root.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     keys_path, log, port = workdir / "keys.sqlite", workdir / "data-api.log", free_port()
     cmd = [str(BIN / "python"), "-c", _LAUNCH, str(port), root.as_uri(), str(keys_path),
            str(settings["stale_tmp_age_s"]), str(settings["tmp_sweep_interval_s"])]
@@ -347,6 +370,41 @@ def test_periodic_sweep_spares_uploads_in_flight(tmp_path):
         stop(api.proc)
         if api.proc.returncode not in (0, -signal.SIGTERM):
             print(log_tail(api.log))
+
+
+def test_a_sibling_process_spares_live_uploads_and_sweeps_dead_ones(tmp_path):
+    """Two service processes over one folder (as the Airflow API server's workers are): one with a short
+    age limit never removes the other's quiet upload, and removes its uploads once it is killed."""
+    writer = start_service(tmp_path / "writer")
+    sweeper = None
+    try:
+        sweeper = _start_with(tmp_path / "sweeper", root=writer.root, stale_tmp_age_s=1, tmp_sweep_interval_s=0.2)
+        coll = _collection(writer)
+        folder = writer.root / "alice" / coll
+        s = _open_chunked_put(writer, f"/v1/data/alice/{coll}/slow.bin")
+        first, rest = os.urandom(2 * MIB), os.urandom(2 * MIB)
+        _send_chunks(s, first)
+        tmp = _wait_for(lambda: _temps(folder), what="the upload's temporary file")[0]
+        _wait_for(lambda: time.time() - tmp.stat().st_mtime > 2, timeout=60, what="the upload going quiet")
+        time.sleep(1.0)  # several of the sibling's sweeps pass while the temporary is over its age limit
+        assert tmp.exists()
+        _send_chunks(s, rest)
+        reply = _finish(s)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+        assert (folder / "slow.bin").read_bytes() == first + rest
+        # the writer dies mid-upload: the sibling removes its temporaries without waiting for a restart
+        sockets = _start_uploads(writer, coll, ["a.bin", "b.bin"], 3 * MIB)
+        left = _temps(folder)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.proc.wait(timeout=30)
+        for sock in sockets:
+            sock.close()
+        _wait_for(lambda: not any(p.exists() for p in left), what="the sibling's sweep of the dead uploads")
+        assert (folder / "slow.bin").read_bytes() == first + rest
+    finally:
+        stop(writer.proc)
+        if sweeper is not None:
+            stop(sweeper.proc)
 
 
 # ---------------------------------------------------------------------------------------------------------

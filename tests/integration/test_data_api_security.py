@@ -1,6 +1,7 @@
 """The Data API refuses what it must, and loses or corrupts nothing while doing so.
 
-Against the live service: path traversal (``..``, percent-encoded, absolute), someone else's private
+Against the live service: path traversal (``..``, percent-encoded, absolute), encoded separators
+(``%2F`` would otherwise split a name), someone else's private
 collection, a revoked key, no key, oversized headers, truncated uploads. Paths are sent byte for byte
 (http.client / raw sockets), since HTTP clients normalise ``..`` away before sending.
 """
@@ -96,6 +97,30 @@ def test_path_traversal_is_refused_in_every_spelling(data_api):  # noqa: F811
         with pytest.raises(Exception):  # noqa: B017
             c.file(uri).put("x")
     assert _snapshot(data_api.root) == before
+
+
+def test_encoded_separators_are_refused_and_write_nothing(data_api):  # noqa: F811
+    """The server decodes %2F into the '/' that separates names before the app sees the path: without
+    looking at the raw path, PUT .../%2Fevil would write evil and a%2Fb.txt would write a/b.txt."""
+    coll = data_api.collection()
+    data_api.client("alice").dir(f"data://.my/{coll}").create()
+    base = f"/v1/data/alice/{coll}"
+    before = _snapshot(data_api.root)
+    for name in ("%2fevil", "%2Fevil", "a%2fb.txt", "a%2Fb.txt", "sub%2F..%2Fx", "a%5cb.txt", "a%5Cb.txt",
+                 "a%00b.txt", "a%252fb.txt", "a%25252Fb.txt", "%2e%2e%2fx"):
+        for method in ("PUT", "GET", "HEAD", "DELETE"):
+            status, headers, data = data_api.raw(method, f"{base}/{name}", user="alice",
+                                                 body=b"evil" if method == "PUT" else None)
+            assert status == 400, (method, name, status, data)
+            message = headers["x-error-message"] if method == "HEAD" else _error(data)
+            assert "encoded" in message and "Send '/' unencoded" in message, (name, message)
+    assert _snapshot(data_api.root) == before  # nothing written: no evil, no a/b.txt
+    # other escapes are names' UTF-8 bytes, as the docs say: a space, an accent, a literal '%'
+    for name, stored in (("a%20b.txt", "a b.txt"), ("caf%C3%A9.txt", "café.txt"), ("50%25.txt", "50%.txt")):
+        status, _, data = data_api.raw("PUT", f"{base}/{name}", user="alice", body=name.encode())
+        assert status == 200, (name, data)
+        assert (data_api.root / "alice" / coll / stored).read_bytes() == name.encode()
+        assert data_api.raw("GET", f"{base}/{name}", user="alice")[2] == name.encode()
 
 
 def test_someone_elses_private_collection(data_api):  # noqa: F811

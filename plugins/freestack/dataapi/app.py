@@ -24,13 +24,15 @@ Wire behaviour (what ``algorithmia==2.0.5`` and Algorithmia's other clients expe
 with 400 (bad path or body), 401 (no/invalid/revoked key where one is needed), 403 (the ACL says
 no), 404, 409 (exists, not empty, is a directory), 412, 416 or 431 (headers too large).
 
-Hostile input gets a 400 naming the limit: paths deeper than MAX_DEPTH levels or longer than
-MAX_PATH_BYTES, JSON bodies nested deeper than MAX_JSON_DEPTH, markers the service did not hand out,
-names that are not valid UTF-8 or hold characters that make them display as something else (bidi
+Hostile input gets a 400 naming the limit: an encoded separator in the raw path (``%2F``, ``%5C``,
+``%00``, at any level of encoding: the server would decode ``a%2Fb.txt`` into ``a/b.txt``), paths
+deeper than MAX_DEPTH levels or longer than MAX_PATH_BYTES, JSON bodies nested deeper than
+MAX_JSON_DEPTH, markers the service did not hand out, names that are not valid UTF-8 or hold characters that make them display as something else (bidi
 controls, zero-width and separator characters, all spaces); names are stored in NFC. Writes check the
 caller may write before looking at what is there. ``If-Match`` compares against the hash recorded when
 the object was written (freestack.dataapi.versions), never by reading it. Temporaries left by killed
-uploads are swept (freestack.dataapi.temporaries); listings inside a collection page through a cached,
+uploads are swept at start and periodically, never while their upload is in flight
+(freestack.dataapi.temporaries); listings inside a collection page through a cached,
 sorted index of the directory (freestack.dataapi.listing).
 
 The API key is read from ``Authorization`` in the forms clients send it: ``Simple <key>`` (curl
@@ -50,6 +52,7 @@ import base64
 import json
 import logging
 import os
+import re
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -67,7 +70,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.dataapi.listing import DirectoryIndex
 from freestack.dataapi.listing import page as listing_page
-from freestack.dataapi.temporaries import DEFAULT_INTERVAL_S, DEFAULT_MAX_AGE_S
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
@@ -113,9 +115,10 @@ class DataApiSettings:
     #: where the content hashes of written objects are kept (default: ``versions.sqlite`` beside the keys)
     versions_path: str | None = None
     #: hidden temporaries not written to for this long are leftovers of killed writers, and removed
-    stale_tmp_age_s: float = DEFAULT_MAX_AGE_S
-    #: how often the backing folder is swept for such leftovers (also once at start)
-    tmp_sweep_interval_s: float = DEFAULT_INTERVAL_S
+    #: (default: the ``data_api_stale_tmp_age`` setting, 600 s); see freestack.dataapi.temporaries
+    stale_tmp_age_s: float | None = None
+    #: how often the backing folder is swept for leftovers, also once at start (default: half the age)
+    tmp_sweep_interval_s: float | None = None
 
 
 def resolve_root(explicit: str | None = None) -> str:
@@ -162,8 +165,7 @@ class _Service:
         self.versions: Any = None
         self.index = DirectoryIndex()
         self.sweeper: Any = None
-        self._in_flight: set[str] = set()  # names of the temporaries this process's uploads are writing
-        self._in_flight_lock = threading.Lock()
+        self.journal: Any = None  # the temporaries this process's uploads are writing (local folders only)
 
     def ensure(self) -> _Service:
         if self._ready:
@@ -195,30 +197,26 @@ class _Service:
         return self
 
     def _start_sweeper(self) -> None:
-        from freestack.dataapi.temporaries import Sweeper
+        from freestack.dataapi.temporaries import Journal, Sweeper
 
-        self.sweeper = Sweeper(
-            self.fs._strip_protocol(self.base), max_age=self.settings.stale_tmp_age_s,
-            interval=self.settings.tmp_sweep_interval_s, keep=self.in_flight,
-        ).start()
+        root = self.fs._strip_protocol(self.base)
+        try:
+            self.journal = Journal(root)
+        except OSError as exc:  # serving reads beats refusing everything; leftovers then stay
+            log.warning("cannot keep an upload journal under %s (%s): stale temporaries are not swept", root, exc)
+            return
+        max_age = self.settings.stale_tmp_age_s or settings().data_api_stale_tmp_age
+        self.sweeper = Sweeper(root, self.journal, max_age=max_age, interval=self.settings.tmp_sweep_interval_s)
+        self.sweeper.start()
 
     def track(self, temporary: str | None) -> Any:
-        """Mark an upload's temporary as in flight (the sweeper spares it); returns what un-marks it."""
-        if not temporary:
+        """List an upload's temporary as in flight (no sweep, of any process, removes it while this process
+        lives); returns what un-lists it once the upload is committed or aborted."""
+        journal = self.journal
+        if not temporary or journal is None:
             return None
-        name = os.path.basename(temporary)
-        with self._in_flight_lock:
-            self._in_flight.add(name)
-
-        def done() -> None:
-            with self._in_flight_lock:
-                self._in_flight.discard(name)
-
-        return done
-
-    def in_flight(self, path: str) -> bool:
-        with self._in_flight_lock:
-            return os.path.basename(path) in self._in_flight
+        journal.add(temporary)
+        return lambda: journal.discard(temporary)
 
     def fs_for(self, user: str | None):
         """A DataFileSystem over the backing store for this caller: ``.my`` and the ACLs are theirs.
@@ -350,12 +348,41 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _check_utf8(request: Request) -> None:
-    """400 unless the request path, its %XX escapes decoded, is valid UTF-8 (the server would otherwise turn
-    every invalid sequence into U+FFFD, and different names into one)."""
+#: escapes that no name may hold: the server decodes ``%2F`` into the ``/`` that separates names (``a%2Fb.txt``
+#: would write ``a/b.txt``, ``%2Fevil`` ``evil``); ``%5C`` is a backslash, ``%00`` a NUL
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|00)", re.IGNORECASE)
+_MEANS = {b"2f": "'/'", b"5c": "backslash", b"00": "NUL byte"}
+
+
+def _check_escapes(request: Request) -> None:
+    """400 if the raw request path (as sent, before the server decoded it) holds an encoded separator, at
+    any level of encoding (``%252F`` is ``%2F`` once decoded), or is not valid UTF-8 once decoded."""
     raw = request.scope.get("raw_path") or b""
     if b"%" not in raw:
         return
+    level = raw
+    for _ in range(5):  # as freestack.storage.paths.check_relative decodes
+        found = _ENCODED_SEPARATOR.search(level)
+        if found:
+            what = _MEANS[found.group()[1:].lower()]
+            sent = _short(raw.decode("ascii", "backslashreplace"))
+            raise ApiError(
+                400,
+                f"the request path {sent!r} holds {found.group().decode()!r}, an encoded {what}: percent-encoded "
+                "separators are refused, because decoded they would split or end a name (a%2Fb.txt would "
+                "name a/b.txt). Nothing was read or written. Send '/' unencoded between names, and choose "
+                "names without '/', backslashes or NUL",
+            )
+        decoded = unquote_to_bytes(level)
+        if decoded == level:
+            break
+        level = decoded
+    _check_utf8(raw)
+
+
+def _check_utf8(raw: bytes) -> None:
+    """400 unless the raw request path, its %XX escapes decoded, is valid UTF-8 (the server would otherwise
+    turn every invalid sequence into U+FFFD, and different names into one)."""
     try:
         unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -1009,7 +1036,7 @@ async def data_endpoint(request: Request) -> Response:
     try:
         if not svc._ready:
             await _run(svc.ensure)
-        _check_utf8(request)
+        _check_escapes(request)
         rel = parse_data_path(raw)
         display = f"data://{rel}"
         if request.method in ("GET", "HEAD"):

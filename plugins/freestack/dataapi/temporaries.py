@@ -2,34 +2,171 @@
 
 Every atomic write on a local folder streams into a hidden temporary beside its target
 (``.<name>.freestack-tmp-<id>``) and renames it into place at the end, so a killed writer never leaves
-a partial object, but it does leave its temporary. The service removes such temporaries when it starts
-and then every ``interval`` seconds, throughout its backing folder. Only temporaries whose last write
-is older than ``max_age`` seconds are removed, and never one that an upload of this process is still
-writing, however quiet its client has gone: a temporary that old belongs to no write in flight (other
-processes writing into the same folder, such as pipeline tasks, write their temporaries continuously).
-Object stores need none of this: an unfinished upload there is never an object.
+a partial object, but it does leave its temporary. The service sweeps its backing folder when it starts
+and then every ``interval`` seconds. What it removes:
+
+- the temporaries of uploads whose service process died. Each service process lists the temporaries
+  its uploads are writing in a journal, ``<root>/.freestack-uploads/<pid>-<id>.journal``, which it
+  holds locked (``flock``) as long as it lives. The kernel drops the lock of a process that dies, even
+  by ``kill -9``: a journal nobody holds belongs to a dead process, and every temporary it lists is
+  removed whatever its age, then the journal;
+- any other temporary whose last write is older than ``max_age`` seconds (the writer of one that
+  quiet is gone: pipeline tasks writing into the same folder write their temporaries continuously).
+
+Never removed: a temporary listed in the journal of a live process (this one or a sibling worker
+serving the same folder), however quiet its client has gone. A lock and a journal rather than
+refreshing the temporaries' mtimes: a live upload needs no timer to stay safe, and the temporaries of a
+killed service go at its restart instead of after ``max_age``. The journal directory starts with ``.``,
+so no request can name it. Object stores need none of this: an unfinished upload there is never an
+object.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from freestack.storage.objects import TMP_MARK
 
 log = logging.getLogger("freestack.dataapi")
 
-#: temporaries not written to for this long belong to no write in flight
-DEFAULT_MAX_AGE_S = 3600.0
-#: how often the backing folder is swept while the service runs
-DEFAULT_INTERVAL_S = 600.0
+#: temporaries not written to for this long belong to no write in flight (the setting's default)
+DEFAULT_MAX_AGE_S = 600.0
+JOURNALS = ".freestack-uploads"  # under the backing folder
+_SUFFIX = ".journal"
+_STARTING = ".new"  # a journal not yet locked by its process
+_STARTING_GRACE_S = 60.0  # an unlocked ``.new`` journal younger than this may be about to be locked
 
 
 def is_temporary(name: str) -> bool:
     return name.startswith(".") and TMP_MARK in name
+
+
+def default_interval(max_age: float) -> float:
+    """How often to sweep: twice per ``max_age``, so a leftover stays at most 1.5 times that."""
+    return max(max_age / 2, 0.1)
+
+
+class Journal:
+    """The temporaries this process's uploads are writing, kept in memory and in a journal file this
+    process holds locked for its life: lines ``+<path>`` (started) and ``-<path>`` (committed or aborted)."""
+
+    def __init__(self, root: str):
+        folder = os.path.join(root, JOURNALS)
+        os.makedirs(folder, exist_ok=True)
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        starting = os.path.join(folder, name + _STARTING)
+        self._fh = open(starting, "a+", encoding="utf-8")  # noqa: SIM115  (held open: it holds the lock)
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        self.path = os.path.join(folder, name + _SUFFIX)
+        os.rename(starting, self.path)  # only now does a sweep look at it: it is locked
+        self._live: dict[str, str] = {}  # temporary's file name -> its path
+        self._lock = threading.Lock()
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            self._live[os.path.basename(path)] = path
+            self._append(f"+{path}\n")
+
+    def discard(self, path: str) -> None:
+        with self._lock:
+            if self._live.pop(os.path.basename(path), None) is None:
+                return
+            if self._live:
+                self._append(f"-{path}\n")
+            else:  # nothing in flight: start the file afresh
+                self._fh.truncate(0)
+
+    def holds(self, path: str) -> bool:
+        with self._lock:
+            return os.path.basename(path) in self._live
+
+    def compact(self) -> None:
+        """Rewrite the file as the temporaries in flight now (it only grows between compactions)."""
+        with self._lock:
+            self._fh.truncate(0)
+            self._append("".join(f"+{p}\n" for p in self._live.values()))
+
+    def _append(self, text: str) -> None:
+        # flushed, not fsynced: a killed process's page cache survives it; after a power cut the
+        # temporaries not listed any more are still removed once max_age old
+        self._fh.write(text)
+        self._fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _listed(text: str) -> dict[str, str]:
+    """The temporaries a journal's text says are in flight: file name -> path."""
+    live: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("+"):
+            live[os.path.basename(line[1:])] = line[1:]
+        elif line.startswith("-"):
+            live.pop(os.path.basename(line[1:]), None)
+    return live
+
+
+def scan_journals(root: str, own: str | None = None) -> tuple[int, int, set[str]]:
+    """Remove what the journals of dead service processes list, and those journals; return ``(files
+    removed, bytes freed, file names of the temporaries live processes other than ``own`` are writing)``."""
+    folder = os.path.join(root, JOURNALS)
+    removed = freed = 0
+    live: set[str] = set()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no service process has journalled here
+        return 0, 0, live
+    for entry in entries:
+        if entry.path == own or not entry.name.endswith((_SUFFIX, _STARTING)):
+            continue
+        try:
+            if entry.name.endswith(_STARTING) and time.time() - entry.stat().st_mtime < _STARTING_GRACE_S:
+                continue
+            with open(entry.path, encoding="utf-8", errors="replace") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # its process lives: what it lists is in flight
+                    live.update(_listed(fh.read()))
+                    continue
+                r, f = _remove_listed(root, _listed(fh.read()).values())
+                removed, freed = removed + r, freed + f
+                os.unlink(entry.path)  # still locked: no other sweep reads it half-handled
+        except FileNotFoundError:  # another process's sweep handled it meanwhile
+            continue
+        except OSError as exc:
+            log.warning("could not read the upload journal %s: %s", entry.path, exc)
+    return removed, freed, live
+
+
+def _remove_listed(root: str, paths) -> tuple[int, int]:
+    """Remove the temporaries a dead process listed (only temporaries, only under ``root``)."""
+    removed = freed = 0
+    top = os.path.join(os.path.realpath(root), "")
+    for path in paths:
+        if not is_temporary(os.path.basename(path)) or not os.path.realpath(path).startswith(top):
+            continue
+        try:
+            size = os.lstat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:  # committed or aborted before its process died
+            continue
+        except OSError as exc:
+            log.warning("could not remove the temporary %s of a dead upload: %s", path, exc)
+            continue
+        removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def sweep(root: str, *, max_age: float, keep: Callable[[str], bool] = lambda _: False) -> tuple[int, int]:
@@ -49,7 +186,8 @@ def sweep(root: str, *, max_age: float, keep: Callable[[str], bool] = lambda _: 
             for entry in entries:
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                        if entry.name != JOURNALS:
+                            stack.append(entry.path)
                         continue
                     if not is_temporary(entry.name):
                         continue
@@ -68,14 +206,15 @@ def sweep(root: str, *, max_age: float, keep: Callable[[str], bool] = lambda _: 
 
 
 class Sweeper:
-    """Sweeps ``root`` at once (in a background thread) and then every ``interval`` seconds."""
+    """Sweeps ``root`` at once (in a background thread) and then every ``interval`` seconds, sparing what
+    ``journal`` (this process's uploads) and the journals of live sibling processes list."""
 
-    def __init__(self, root: str, *, max_age: float = DEFAULT_MAX_AGE_S, interval: float = DEFAULT_INTERVAL_S,
-                 keep: Callable[[str], bool] = lambda _: False):
+    def __init__(self, root: str, journal: Journal, *, max_age: float = DEFAULT_MAX_AGE_S,
+                 interval: float | None = None):
         self.root = root
+        self.journal = journal
         self.max_age = max_age
-        self.interval = interval
-        self.keep = keep
+        self.interval = interval if interval is not None else default_interval(max_age)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="freestack-data-api-sweeper", daemon=True)
 
@@ -86,16 +225,28 @@ class Sweeper:
     def stop(self) -> None:
         self._stop.set()
 
+    def sweep_once(self) -> tuple[int, int]:
+        """One sweep: dead processes' uploads first, then whatever is older than ``max_age``."""
+        self.journal.compact()
+        dead, dead_bytes, others = scan_journals(self.root, own=self.journal.path)
+        old, old_bytes = sweep(self.root, max_age=self.max_age,
+                               keep=lambda p: self.journal.holds(p) or os.path.basename(p) in others)
+        if dead or old:
+            log.warning(
+                "removed %d temporaries (%.1f MiB) of uploads whose service process died and %d older than "
+                "%.0f s (%.1f MiB) under %s", dead, dead_bytes / 2**20, old, self.max_age, old_bytes / 2**20,
+                self.root,
+            )
+        return dead + old, dead_bytes + old_bytes
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                removed, freed = sweep(self.root, max_age=self.max_age, keep=self.keep)
-                if removed:
-                    log.warning("removed %d stale temporaries (%.1f MiB) left by interrupted writers under %s",
-                                removed, freed / 2**20, self.root)
+                self.sweep_once()
             except Exception:  # a failed sweep must not end the sweeping
                 log.exception("sweeping %s for stale temporaries failed", self.root)
             self._stop.wait(self.interval)
 
 
-__all__ = ["DEFAULT_INTERVAL_S", "DEFAULT_MAX_AGE_S", "Sweeper", "is_temporary", "sweep"]
+__all__ = ["DEFAULT_MAX_AGE_S", "JOURNALS", "Journal", "Sweeper", "default_interval", "is_temporary",
+           "scan_journals", "sweep"]
