@@ -139,7 +139,7 @@ def test_one_tensor_per_feature_and_concurrent_requests_each_get_their_own_answe
 
 @pytest.mark.parametrize("body,status,says", [
     ({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, 400, "takes numbers"),
-    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": [1, 2, 3]}]}, 400, "does not fit its shape"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": [1, 2, 3]}]}, 400, "holds 16 values, but its data has 3"),
     ({"inputs": [{"name": "input", "datatype": "FP99", "shape": [1, 8], "data": [0] * 8}]}, 400, "datatype"),
     ({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 8], "data": [1e39] + [0] * 7}]}, 400, "infinite"),
     ({"inputz": []}, 400, "inputs: Field required"),

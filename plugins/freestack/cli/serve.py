@@ -86,6 +86,9 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
     state = r.get("state")
     if state == "serving" and not r.get("alive"):
         state = "DOWN (the recorded process is gone: redeploy, e.g. `freestack serve deploy <pipeline>`)"
+    elif state == "serving" and r.get("health") not in (None, "ok"):
+        state = (f"DOWN (the process runs but its model does not answer: health {r['health']}; see its log, "
+                 "and redeploy, e.g. `freestack serve deploy <pipeline>`)")  # fmt: skip
     lines = [
         f"{r['model']}/{r['name']}: {r.get('version')} {state}",
         f"  url       {r.get('predict_url')}  (health: {r.get('health') or '-'})",

@@ -38,7 +38,6 @@ CONTAINER = "model"
 HTTP_PORT = 9000
 GRPC_PORT = 9500
 HEALTH_PATH = "/health/ping"
-V2_HEALTH_PATH = "/v2/health/ready"
 #: MLServer's model folder in the mlserver image (empty: the model comes from the MLSERVER_MODEL_* variables)
 MLSERVER_MODELS = "/opt/freestack/models"
 MLSERVER_IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
@@ -112,7 +111,7 @@ def _container(target: KubernetesTarget, *, model: str, version: str, model_uri:
     environment, with a gRPC port and probes on the V2 paths."""
     if runtime == "mlserver":
         env = _mlserver_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
-        container = _base_container(target, target.mlserver_image, env, ready=V2_HEALTH_PATH, live="/v2/health/live")
+        container = _base_container(target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live")
         container["command"] = ["python", "-m", "freestack.serving.server.oip_server", MLSERVER_MODELS]
         container["ports"].append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
         return container

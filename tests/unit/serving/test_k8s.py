@@ -122,7 +122,7 @@ def test_an_mlserver_manifest_is_protocol_v2_and_validates():
     assert json.loads(env["MLSERVER_MODEL_EXTRA"])["request_log_uri"] == "s3://models/monitoring/digits"
     assert env_of(canary)["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/4"
     assert [p["containerPort"] for p in c["ports"]] == [9000, 9500]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"  # the model, not the server
 
 
 def test_a_kserve_inference_service_runs_the_same_v2_container():

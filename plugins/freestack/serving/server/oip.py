@@ -7,14 +7,18 @@ MLServer (1.7.1, Apache-2.0, in ``.venv-mlserver``) loads :class:`FreestackRunti
 writes it). :class:`ServedModel` does the
 work; this class maps the protocol onto it:
 
-- **Inputs.** A model of numbers takes one tensor ``[rows, features]`` (any numeric datatype; a
-  ``[features]`` tensor is one row), or one ``[rows]`` tensor per feature, named by it. A model of raw
+- **Inputs.** A model of numbers takes one tensor ``input`` ``[rows, features]`` (any numeric datatype),
+  or one ``[rows]`` tensor per feature, named by it. A model of raw
   values (category, text, image columns) takes one tensor per column, named by it: ``BYTES`` for
   text, categories and images (the image file's bytes, raw or base64), numbers for numeric columns.
 - **Outputs.** Classification: ``probabilities`` ``FP32 [rows, classes]`` (the classes in the
   metadata's ``parameters``) and ``label`` ``BYTES [rows]``; regression: ``prediction`` ``FP32 [rows]``.
 - **Ids.** The answer's ``id`` is the request's own id when it has one, else a fresh one: the request
   log keys rows by it, and ``feedback`` (below) joins true labels to it.
+- **Checks.** Every input is checked against the metadata before the model sees it: its name, a shape
+  with no negative dimension, an element count that is the data's, and the shape the model takes
+  (``[rows, features]``, not a flat ``[features]``); a refusal names the input, the shape given and the
+  shape taken.
 - **Errors.** What the model cannot answer is an :class:`mlserver.errors.MLServerError` with its HTTP
   status (400, 413, 503): MLServer answers it in the V2 error format, ``{"error": "..."}``.
 - **Batching.** Concurrent requests of a model of numbers share one forward pass (:class:`Batcher`:
@@ -50,6 +54,8 @@ from mlserver.types import (
 
 from freestack.serving.server.core import PayloadError, ServedModel
 
+#: the name of a model of numbers' one tensor [rows, features]
+MATRIX = "input"
 NUMERIC = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
 
 
@@ -171,7 +177,7 @@ class FreestackRuntime(MLModel):
             raise PayloadError("the request has no inputs: send one tensor [rows, features] or one tensor per feature")
         columns = self.core.raw_columns()
         if columns is None and len(inputs) == 1 and inputs[0].name not in self.core.features:
-            return _numeric(inputs[0]), None
+            return _matrix(inputs[0], self.core.features), None
         by_name = {i.name: i for i in inputs}
         if len(by_name) != len(inputs):
             raise PayloadError("two inputs share a name: send one tensor per feature")
@@ -203,9 +209,42 @@ class FreestackRuntime(MLModel):
                                  outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])])  # fmt: skip
 
 
-def _numeric(inp: RequestInput) -> np.ndarray:
+def _matrix(inp: RequestInput, features: list[str]) -> np.ndarray:
+    """The one tensor of a model of numbers: named ``input``, shape ``[rows, features]``."""
+    want = f"[rows, {len(features)}] ({len(features)} features; [-1, {len(features)}] in the metadata)"
+    if inp.name != MATRIX:
+        raise PayloadError(f"input {inp.name!r} is not one this model takes: send {MATRIX!r} {want}, or one "
+                           f"[rows] tensor per feature named by it ({', '.join(features[:5])}, ...)")  # fmt: skip
+    _numeric_type(inp)
+    _check_shape(inp, want)
+    if len(inp.shape) != 2 or inp.shape[1] != len(features):
+        one_row = f": send [1, {len(features)}] for one row" if len(inp.shape) == 1 else ""
+        raise PayloadError(f"input {inp.name!r} has shape {inp.shape}; the model takes {want}{one_row}")
+    return _numeric(inp)
+
+
+def _check_shape(inp: RequestInput, want: str) -> None:
+    """A shape with no negative dimension whose element count is the data's."""
+    if any(d < 0 for d in inp.shape):
+        raise PayloadError(f"input {inp.name!r} has shape {inp.shape}: a request's dimensions are counts, 0 or "
+                           f"more (-1 is for the metadata); the model takes {want}")  # fmt: skip
+    data = inp.data.root if hasattr(inp.data, "root") else inp.data
+    if not isinstance(data, list):
+        n = 1
+    else:  # flat, or nested as the shape is
+        n = len(data) if not data or not isinstance(data[0], list) else np.asarray(data, dtype=object).size
+    if n != int(np.prod(inp.shape, dtype=np.int64)):
+        raise PayloadError(f"input {inp.name!r}: shape {inp.shape} holds {int(np.prod(inp.shape))} values, but its "
+                           f"data has {n}; the model takes {want}")  # fmt: skip
+
+
+def _numeric_type(inp: RequestInput) -> None:
     if inp.datatype not in NUMERIC:
         raise PayloadError(f"input {inp.name!r} is {inp.datatype}: this model takes numbers (FP32, FP64, INT*)")
+
+
+def _numeric(inp: RequestInput) -> np.ndarray:
+    _numeric_type(inp)
     try:
         x = NumpyCodec.decode_input(inp)
     except Exception as exc:  # noqa: BLE001 - MLServer's codec raises several kinds for a bad shape or data
@@ -217,11 +256,11 @@ def _numeric(inp: RequestInput) -> np.ndarray:
 
 def _column(inp: RequestInput, *, numeric: bool, image: bool = False) -> list:
     """One feature's values, one a row: numbers, or strings (an image's bytes as base64)."""
+    _check_shape(inp, "[rows] (one value a row)")
+    if len(inp.shape) > 2 or (len(inp.shape) == 2 and inp.shape[1] != 1):
+        raise PayloadError(f"input {inp.name!r} has shape {inp.shape}: one feature's tensor is [rows] (or [rows, 1])")
     if numeric:
-        x = _numeric(inp)
-        if x.ndim == 2 and x.shape[1] != 1:
-            raise PayloadError(f"input {inp.name!r} has shape {list(x.shape)}: one feature's tensor is [rows]")
-        return x.reshape(-1).tolist()
+        return _numeric(inp).reshape(-1).tolist()
     if inp.datatype != "BYTES":
         if inp.datatype in NUMERIC:  # a category coded as a number, or a label
             return _numeric(inp).reshape(-1).tolist()

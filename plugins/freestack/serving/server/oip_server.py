@@ -3,12 +3,21 @@ and one ``model-settings.json`` a model, :mod:`.oip`), as ``mlserver start FOLDE
 refusal in the V2 error format. Runs in ``.venv-mlserver``.
 
 MLServer answers its own errors as ``{"error": "..."}``, but a body its request model cannot parse
-(invalid JSON, a missing ``inputs``, a wrong type) gets FastAPI's ``{"detail": [...]}``, and it takes
-bodies of any size. For the MLServer release this was written for (:data:`WRITTEN_FOR`), this launcher
-adds, before MLServer builds its app (its exception-handler table, ``mlserver.rest.app``): validation
-errors answered 400 ``{"error": "..."}`` naming the field, and a body limit (``max_body_bytes``,
-413 ``{"error": "..."}``, before the body is read). On another release it starts MLServer unchanged and
-says so in one warning line.
+(invalid JSON, a missing ``inputs``, a wrong type), an unknown route or a wrong method gets FastAPI's
+``{"detail": ...}``; it takes bodies and headers of any size, reads JSON only (Triton's client sends
+binary tensors by default), and its model repository API lets anyone who reaches the port unload the
+model (REST ``/v2/repository/...``, gRPC ``Repository*``). For the MLServer release this was written for
+(:data:`WRITTEN_FOR`), this launcher's :func:`extend` changes, before MLServer builds its servers:
+
+- its exception-handler table (``mlserver.rest.app``): validation errors answered 400 ``{"error": "..."}``
+  naming the field; 404 (no such route) and 405 (wrong method) as ``{"error": "..."}`` too;
+- its REST app (``create_app``), three ASGI middlewares: the repository API refused 403 and headers over
+  :data:`MAX_HEADER_BYTES` 431 (:class:`Refusals`); a body limit (``max_body_bytes``, 413, before the body
+  is read, :class:`BodyLimit`); the binary tensor extension (:mod:`.oip_binary`);
+- its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``.
+
+MLServer 1.7 has no setting that turns its repository API off; deploys, rollbacks and stops go through
+freestack. On another release the launcher starts MLServer unchanged and says so in one warning line.
 """
 
 from __future__ import annotations
@@ -29,6 +38,13 @@ log = logging.getLogger("freestack.serving")
 WRITTEN_FOR = ("1.7.",)
 #: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 KEEP_ALIVE_S = 5.0
+#: the most header bytes (names and values) a request may carry; past it, 431 (uvicorn's httptools parser
+#: has no limit of its own, so the headers are read before they are refused)
+MAX_HEADER_BYTES = 16 * 1024
+#: why the model repository API answers 403 (REST) or PERMISSION_DENIED (gRPC)
+REPOSITORY_DISABLED = ("the model repository API (load, unload, index) is disabled in freestack deployments: "
+                       "deploy, roll back or stop a model through freestack (`freestack serve deploy`, "
+                       "`freestack serve stop`)")  # fmt: skip
 #: MLServer's dotted path of freestack's runtime
 IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
 
@@ -130,33 +146,96 @@ async def _drain(receive, seen: int) -> None:
         seen += len(message.get("body", b""))
 
 
+class Refusals:
+    """ASGI middleware: the model repository API (``/v2/repository/...``) answered 403, and a request whose
+    headers are over :data:`MAX_HEADER_BYTES` 431, both in the V2 format, before MLServer sees them."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
+        if scope["path"].startswith("/v2/repository"):
+            status, headers, body = v2_error(403, REPOSITORY_DISABLED)
+        elif size > MAX_HEADER_BYTES:
+            status, headers, body = v2_error(431, f"the request's headers are {size} bytes; at most "
+                                                  f"{MAX_HEADER_BYTES} are accepted: send smaller headers")  # fmt: skip
+        else:
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def http_error_message(request: Any, exc: Any) -> str:
+    """A routing refusal (Starlette's 404 and 405) as one sentence saying what to send instead."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return (f"{where}: no such V2 endpoint; the model answers POST /v2/models/<name>/infer, GET "
+                "/v2/models/<name> (metadata), /v2/models/<name>/ready and /v2/health/ready")  # fmt: skip
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "another method")
+        return f"{where}: this endpoint takes {allowed}"
+    return f"{where}: {exc.detail}"
+
+
 def extend(max_body_bytes: int) -> bool:
-    """Give MLServer's REST app V2-format validation errors and the body limit; False (and a warning)
-    on a release this was not written for."""
+    """Give MLServer's servers freestack's refusals (see the module); False (and a warning) on a release
+    this was not written for."""
     import mlserver
+
+    if not any(mlserver.__version__.startswith(v) for v in WRITTEN_FOR):
+        log.warning("MLServer %s: freestack's V2 error answers, limits, binary tensors and closed repository API "
+                    "were written for %s; serving with MLServer's own", mlserver.__version__, ", ".join(WRITTEN_FOR))  # fmt: skip
+        return False
+    _extend_rest(max_body_bytes)
+    _close_grpc_repository()
+    return True
+
+
+def _extend_rest(max_body_bytes: int) -> None:
     import mlserver.rest.app as rest_app
     import mlserver.rest.server as rest_server
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
 
-    if not any(mlserver.__version__.startswith(v) for v in WRITTEN_FOR):
-        log.warning("MLServer %s: freestack's V2 error answers and body limit were written for %s; serving "
-                    "with MLServer's own", mlserver.__version__, ", ".join(WRITTEN_FOR))  # fmt: skip
-        return False
+    from freestack.serving.server.oip_binary import BinaryTensors
 
     async def invalid(request, exc: RequestValidationError):
         return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
 
+    async def refused(request, exc: HTTPException):
+        return JSONResponse({"error": http_error_message(request, exc)}, status_code=exc.status_code,
+                            headers=exc.headers)  # fmt: skip
+
     rest_app._EXCEPTION_HANDLERS[RequestValidationError] = invalid
+    rest_app._EXCEPTION_HANDLERS[HTTPException] = refused
     create_app = rest_server.create_app
 
-    def limited_app(*args, **kwargs):
+    def extended_app(*args, **kwargs):
         app = create_app(*args, **kwargs)
+        app.add_middleware(BinaryTensors)  # the last added runs first: Refusals, BodyLimit, BinaryTensors
         app.add_middleware(BodyLimit, limit=max_body_bytes)
+        app.add_middleware(Refusals)
         return app
 
-    rest_server.create_app = limited_app
-    return True
+    rest_server.create_app = extended_app
+
+
+def _close_grpc_repository() -> None:
+    """MLServer's gRPC repository methods (on both services that carry them) answer PERMISSION_DENIED."""
+    import grpc
+    from mlserver.grpc.model_repository import ModelRepositoryServicer
+    from mlserver.grpc.servicers import InferenceServicer
+
+    async def refuse(self: Any, request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, REPOSITORY_DISABLED)
+
+    for servicer in (InferenceServicer, ModelRepositoryServicer):
+        for method in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
+            setattr(servicer, method, refuse)
 
 
 async def serve(folder: str) -> None:
