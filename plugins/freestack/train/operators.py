@@ -68,15 +68,16 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=window.as_dict())
 
     def _lake_events(self, context: Context, spec) -> list[dict[str, Any]]:
-        """The pipeline's lake asset events (the task's inlet) that carry a partition's ds and sha256."""
+        """The pipeline's lake asset events (the task's inlet) that carry a partition's folder, ds and sha256."""
         from freestack.ingest.operators import lake_asset
 
         found = []
         for e in context["inlet_events"][lake_asset(spec.name)]:
             extra = e.extra or {}
-            if extra.get("ds") and extra.get("part_sha256"):
+            if extra.get("ds") and extra.get("part_sha256") and extra.get("partition"):
                 found.append({"id": e.id, "timestamp": e.timestamp.isoformat(), "dag_id": e.source_dag_id,
-                              "run_id": e.source_run_id, "ds": extra["ds"], "part_sha256": extra["part_sha256"]})  # fmt: skip
+                              "run_id": e.source_run_id, "ds": extra["ds"], "part_sha256": extra["part_sha256"],
+                              "partition": extra["partition"]})  # fmt: skip
         return found
 
     def _ingest_running(self, context: Context, spec) -> bool:

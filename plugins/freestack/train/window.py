@@ -87,16 +87,17 @@ class Window:
         return text
 
     def with_events(self, events: list[dict[str, Any]]) -> Window:
-        """The window with, for each partition, the lake events (an asset event's ``extra`` holds the ds and
-        the part's sha256) that published exactly its bytes: the events this window covers, whichever run
-        Airflow folded them into."""
+        """The window with, for each partition, the lake events (an asset event's ``extra`` holds the
+        partition's folder, its ds and the part's sha256) that published exactly its bytes there: the events
+        this window covers, whichever run Airflow folded them into."""
         import dataclasses
 
-        by_part: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_part: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for e in events:
-            by_part.setdefault((e["ds"], e["part_sha256"]), []).append(
+            by_part.setdefault((e["partition"].rstrip("/"), e["ds"], e["part_sha256"]), []).append(
                 {k: e[k] for k in ("id", "timestamp", "dag_id", "run_id")})  # fmt: skip
-        parts = [dataclasses.replace(p, events=tuple(by_part.get((p.ds, p.sha256), ()))) for p in self.partitions]
+        parts = [dataclasses.replace(p, events=tuple(by_part.get((p.uri.rsplit("/", 1)[0], p.ds, p.sha256), ())))
+                 for p in self.partitions]  # fmt: skip
         return dataclasses.replace(self, partitions=parts)
 
 
