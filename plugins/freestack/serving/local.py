@@ -316,6 +316,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
         "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.worker_timeout,
         "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
+        "max_idle_connections": local.max_idle_connections,
         "parameters": {
             "model_uri": model_uri,
             "max_batch_rows": local.max_batch_rows,

@@ -94,6 +94,14 @@ class LocalTarget(SpecModel):
         "waiting for more; each request keeps its own answer, errors, metrics and request log rows). A row's "
         "probabilities may then differ from its answer alone in the last float32 digit; false: one forward per request",
     )
+    max_idle_connections: int = Field(
+        default=256, ge=8, le=900,
+        description="freestack worker: the most connections each worker holds that have not sent a whole request "
+        "head (idle keep-alive ones, and those still sending their head). Over it the oldest is let go (answered "
+        "408 if part of a head is in, else closed), and while a worker holds over half of it a head must arrive "
+        "within 2 s, so that clients that open connections and send nothing whole cannot keep good requests "
+        "waiting. At most 900: a worker holds at most 1,000 connections in all",
+    )  # fmt: skip
     cors_origins: list[str] = Field(
         default_factory=list,
         max_length=100,

@@ -248,7 +248,7 @@ def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, pos
         address = cfg.get("address") or {}
         gate = (address["gate"], int(address["port"])) if address.get("gate") else None
         worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body(), lane=lane,
-                                                    coalescer=coalescer)
+                                                    coalescer=coalescer, max_idle=int(cfg.get("max_idle_connections", 256)))
     elif worker_class in ("sync", "gthread"):
         from freestack.serving.server.worker import gunicorn_class
 

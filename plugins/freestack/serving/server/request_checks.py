@@ -190,12 +190,13 @@ class Frame:
     """Where the request arriving at the start of a connection's buffer ends, found as its bytes come
     in (:func:`request_end`): each byte is looked at about once, however the request is cut up."""
 
-    __slots__ = ("head_end", "searched", "end", "pos", "trailers", "decoded", "expect", "continued")
+    __slots__ = ("head_end", "searched", "end", "pos", "trailers", "decoded", "expect", "continued", "line_ok")
 
     def __init__(self):
         self.head_end = self.end = -1  # head_end: offset of the body; end: of the request (known length)
         self.searched = self.pos = self.decoded = 0  # pos: next chunk-size line; decoded: chunk bytes
         self.trailers = self.expect = self.continued = False
+        self.line_ok = False  # the request line is whole and looks like HTTP/1.x (:func:`check_request_line`)
 
 
 _LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:([^\r]*)", re.IGNORECASE)
@@ -217,10 +218,44 @@ def head_framing(head: bytes, max_body: int) -> tuple[str, int, bool]:
     return kind, length, _EXPECT.search(head) is not None
 
 
+METHOD_MAX = 32  # bytes of a method name (the longest registered one has 17)
+_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_CTL = re.compile(rb"[\x00-\x1f\x7f]")
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(METHOD_MAX).encode() + rb"} [^\x00-\x20\x7f]+ HTTP/1\.[0-9]")
+
+
+def not_http() -> Refused:
+    return Refused(400, "NOT_HTTP", "the request is not HTTP/1.1: send a request line such as 'POST "
+                   "/api/v1.0/predictions HTTP/1.1' and end each line with CRLF (this server speaks neither TLS "
+                   "nor HTTP/2)")  # fmt: skip
+
+
+def check_request_line(buf: bytearray, frame: Frame) -> None:
+    """Raise :class:`Refused` (400) as soon as what ``buf`` starts with cannot be an HTTP/1.x request
+    line: binary data (a TLS ClientHello, a port scanner's probe) would otherwise be held until the read
+    deadline and get a 408. Until the line is whole only its first bytes are looked at (the method, a
+    control character); the whole line once, when its CRLF is in (HTTP/2's preface is refused here too).
+    What the line may still be wrong in (the path, its length) is gunicorn's parser's to refuse."""
+    eol = buf.find(b"\r\n", 0, 8192)
+    if eol >= 0:
+        if not _REQUEST_LINE.fullmatch(buf, 0, eol):
+            raise not_http()
+        frame.line_ok = True
+        return
+    start = bytes(buf[: METHOD_MAX + 1])
+    space = start.find(b" ")
+    method = start if space < 0 else start[:space]
+    if len(method) > METHOD_MAX or not _TOKEN_BYTES.issuperset(method) or _CTL.search(start.rstrip(b"\r")):
+        raise not_http()
+
+
 def request_end(buf: bytearray, frame: Frame, max_body: int) -> int:
     """The offset in ``buf`` where the request it starts with ends, or -1 while some of it is still to
-    come. Raises :class:`Refused` as soon as the request cannot be served: headers over HEAD_LIMIT,
-    framing :func:`framing` refuses, an invalid chunk, a body over ``max_body``."""
+    come. Raises :class:`Refused` as soon as the request cannot be served: a start that is not HTTP/1.x
+    (:func:`check_request_line`), headers over HEAD_LIMIT, framing :func:`framing` refuses, an invalid
+    chunk, a body over ``max_body``."""
+    if not frame.line_ok:
+        check_request_line(buf, frame)
     if frame.head_end < 0:
         i = buf.find(b"\r\n\r\n", max(0, frame.searched - 3))
         if i < 0 or i > HEAD_LIMIT:

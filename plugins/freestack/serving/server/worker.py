@@ -13,7 +13,17 @@ not whole ``timeout`` / 2 after its first byte, plus a second for every MIN_RATE
 client that keeps sending at that rate is never cut off, up to ``max_body_bytes``). A request that
 cannot be served is answered as soon as that is known, before its body is read: framing a server must
 not guess at, an invalid chunk, a body over ``max_body_bytes`` (413), headers over 64 KiB (431). What
-gunicorn's parser refuses (a bad request line, bad headers) is answered in JSON too (:class:`JsonErrors`).
+gunicorn's parser refuses (a bad request line, bad headers) is answered in JSON too (:class:`JsonErrors`);
+bytes that cannot start an HTTP/1.x request line at all (TLS, HTTP/2, binary) get a 400 as they arrive.
+
+Idle and partial connections are bounded too, so that clients that open connections and send nothing
+whole (2,500 of them kept the first good requests waiting 17-40 s) cannot crowd good ones out: a worker
+holds at most ``max_idle`` connections without a whole request head (``waiting``: idle keep-alive ones
+and those with part of a head in, oldest first); accepting one more lets the oldest go (a 408 if part of
+a head is in, else a plain close, as at the end of its keep-alive time), and while over half of
+``max_idle`` are held a head must be in within CROWDED_HEAD_S of its first byte. The worker's own
+connections stay below ``worker_connections``, so it keeps accepting: a good request waits only for
+the connections queued before it.
 
 gunicorn's own ``sync`` and ``gthread`` workers are used as :class:`SyncWorker` and
 :class:`ThreadWorker`: the same refusals in JSON, and the whole body read (under a read deadline of
@@ -27,7 +37,10 @@ benchmark client's connections while the other idled). So the workers share a sm
 and a worker only listens for new connections while it holds no more connections than any live
 sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long request, dead and not
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
-slot. The response's status line, headers and body go out in one ``sendall``.
+slot. A worker held back while connections wait in the accept queue looks again every HELD_POLL (a
+sibling's accept does not wake it; taking turns a TICK apart, two workers accepted 8 connections a
+second), and with over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line, headers and body go out in one
+``sendall``.
 
 A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.predict_lane`, set by
 :func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
@@ -58,6 +71,7 @@ import io
 import os
 import selectors
 import socket
+import struct
 import time
 from datetime import datetime
 from multiprocessing import Lock, RawArray
@@ -87,7 +101,13 @@ RECV_BYTES = 64 * 1024
 MIN_RATE = 64 * 1024  # bytes/s a request must keep coming at once its first io_timeout is spent
 LINGER = 2.0  # seconds a refused request's connection is read (and dropped) before it is closed
 MAX_BODY = 32 * 1024 * 1024  # the max_body_bytes setting's default, until install() sets it
+MAX_IDLE = 256  # connections without a whole request head a worker holds (deploy.local.max_idle_connections)
+CROWDED_HEAD_S = 2.0  # seconds a request head may take from its first byte while a worker is crowded
+FLOOD_QUEUE = 64  # connections in the accept queue above which a worker accepts whatever its siblings hold
+HELD_POLL = 0.005  # seconds between looks at the accept queue while held back with connections queued
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+SHED_INFO = ("the server holds too many connections that have not sent a whole request head, and this was the "
+             "oldest: send each request at once")  # fmt: skip
 
 
 class LoadBeats:
@@ -223,6 +243,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     table: SharedTable | None = None
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
+    max_idle = MAX_IDLE  # the max_idle_connections setting, from install
     lane: Any = None  # the prediction lane (freestack.serving.server.predict_lane), from install; None: the app answers all
     coalescer: Any = None  # adaptive batching (freestack.serving.server.batching), from install; None: off
 
@@ -247,6 +268,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         self.settings = _Settings(self.cfg)
         self.worker_connections = self.cfg.worker_connections
         self.conns: dict[socket.socket, _Conn] = {}
+        # the connections without a whole request head (idle keep-alive or part of a head in), oldest first
+        self.waiting: dict[_Conn, None] = {}
+        # below worker_connections, so that shedding waiting connections always leaves room to accept
+        self.max_waiting = max(1, min(self.max_idle, self.worker_connections - 1))
+        self.full_until = 0.0  # out of file descriptors: accept nothing until then
+        self.held_back = False  # a sibling holds fewer connections and some are queued: look again soon
         self.io_timeout = max(1.0, (self.cfg.timeout or 30) / 2)
         self.slot = self.table.claim(self.pid, self.age)
         self.poller = selectors.DefaultSelector()
@@ -278,8 +305,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                     break
                 next_tick = now + TICK
             self._listen(self._may_accept(now))
-            ready = []
-            for key, _ in self.poller.select(max(0.0, next_tick - now)):
+            ready, wait = [], max(0.0, next_tick - now)
+            for key, _ in self.poller.select(min(wait, HELD_POLL) if self.held_back else wait):
                 if isinstance(key.data, _Conn):
                     ready.append(key.data)
                 else:
@@ -329,8 +356,29 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             now = time.monotonic()
 
     def _may_accept(self, now: float) -> bool:
+        """Below worker_connections, with descriptors to spare, and no sibling holds fewer connections
+        (:class:`SharedTable`), unless over FLOOD_QUEUE are queued; ``held_back``: look again in
+        HELD_POLL (see the module's docstring)."""
         mine = len(self.conns)
-        return mine < self.worker_connections and self.table.may_accept(self.slot, mine, now)
+        self.held_back = False
+        if mine >= self.worker_connections or now < self.full_until:
+            return False
+        if self.table.may_accept(self.slot, mine, now):
+            return True
+        queued = self._queued()
+        self.held_back = queued > 0
+        return queued > FLOOD_QUEUE
+
+    def _queued(self) -> int:
+        """Connections waiting in the listeners' accept queues: a listening TCP socket's TCP_INFO
+        ``tcpi_unacked`` (Linux); 0 where that is not known."""
+        n = 0
+        for sock, _ in self.listeners:
+            try:
+                n += struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32), 24)[0]
+            except (OSError, AttributeError, struct.error):
+                return 0
+        return n
 
     def _listen(self, want: bool) -> None:
         if want == self.accepting:
@@ -348,6 +396,13 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 return
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: free one, pause a tick
+                self.log.warning("Worker %s is out of file descriptors with %d connections open (ulimit -n)",
+                                 self.pid, len(self.conns))  # fmt: skip
+                self.full_until = time.monotonic() + TICK
+                if self.waiting:
+                    self._shed(next(iter(self.waiting)))
+                return
             raise
         util.close_on_exec(sock)
         sock.settimeout(self.io_timeout)
@@ -358,8 +413,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         self.conns[sock] = conn
         self.table.conns[self.slot] = len(self.conns)
         self.poller.register(sock, selectors.EVENT_READ, conn)
+        self.waiting[conn] = None
+        while len(self.waiting) > self.max_waiting:
+            self._shed(next(iter(self.waiting)))
 
     def _close(self, conn: _Conn) -> None:
+        self.waiting.pop(conn, None)
         if self.conns.pop(conn.sock, None) is not None:
             try:
                 self.poller.unregister(conn.sock)
@@ -370,13 +429,35 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
 
     def _expire(self, now: float) -> None:
         """Close idle keep-alive connections and refused ones whose time is up; answer 408 to a request
-        still incomplete io_timeout after its first byte, plus a second per MIN_RATE bytes it sent."""
+        still incomplete io_timeout after its first byte, plus a second per MIN_RATE bytes it sent. While
+        the worker is crowded (over half of max_waiting connections without a whole head), a head must be
+        in within CROWDED_HEAD_S: a client that holds a connection by sending its head slowly gets less."""
+        crowded = len(self.waiting) > self.max_waiting // 2
         for conn in list(self.conns.values()):
             if conn.pending and not conn.closing:
-                if now > conn.started + self.io_timeout + len(conn.pending) / MIN_RATE:
+                if crowded and conn in self.waiting and now > conn.started + min(CROWDED_HEAD_S, self.io_timeout):
+                    self._refuse(conn, RequestTimeout(min(CROWDED_HEAD_S, self.io_timeout)))
+                elif now > conn.started + self.io_timeout + len(conn.pending) / MIN_RATE:
                     self._refuse(conn, RequestTimeout(self.io_timeout))
             elif conn.idle_until < now:
                 self._close(conn)
+
+    def _shed(self, conn: _Conn) -> None:
+        """Let a waiting connection go to make room: an idle one is closed (as when its keep-alive time
+        is up), one with part of a head in is answered 408 first. No LINGER here: lingering connections
+        would hold the descriptors this frees, and all the client sent is read (a close with nothing
+        unread is a FIN, not a reset that could lose the answer)."""
+        if conn.pending:
+            self.log.debug("Shed a partial request from %s (%d connections waiting)", conn.addr, len(self.waiting))
+            try:
+                conn.sock.sendall(error_response(408, "REQUEST_TIMEOUT", SHED_INFO))
+                conn.sock.setblocking(False)  # with a timeout set, recv waits for data whatever its flags
+                for _ in range(4):  # what came in since the last read (a client that streams on gets a reset)
+                    if not conn.sock.recv(RECV_BYTES):
+                        break
+            except OSError:  # BlockingIOError included: nothing more to read
+                pass
+        self._close(conn)
 
     def _refuse(self, conn: _Conn, exc: Refused) -> None:
         """Answer a request the worker will not serve and close its connection. Until then (LINGER) what
@@ -391,9 +472,22 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             return
         conn.closing, conn.pending, conn.frame = True, bytearray(), None
         conn.idle_until = time.monotonic() + LINGER
+        self.waiting.pop(conn, None)
 
     # -- one readable connection ---------------------------------------------------------------------------
     def _serve(self, conn: _Conn) -> None:
+        """:meth:`_read`, then whether ``conn`` is still waiting for a whole request head."""
+        served = self.nr
+        self._read(conn)
+        if conn.closing or conn.sock not in self.conns:
+            return
+        if conn.pending and conn.frame is not None and conn.frame.head_end >= 0:
+            self.waiting.pop(conn, None)  # its head is in: the read deadline bounds the rest
+        elif self.nr != served or conn not in self.waiting:  # served: it waits again, as the newest
+            self.waiting.pop(conn, None)
+            self.waiting[conn] = None
+
+    def _read(self, conn: _Conn) -> None:
         """Read what ``conn`` sent; serve each request once all of it is in (the app never waits on a
         client), answer at once one that cannot be served (framing, size: :func:`request_end`)."""
         try:
@@ -652,15 +746,16 @@ CLASSES = {"sync": SyncWorker, "gthread": ThreadWorker}
 
 
 def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY, lane: Any = None,
-            coalescer: Any = None):
+            coalescer: Any = None, max_idle: int = MAX_IDLE):
     """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
-    prediction lane and adaptive batching (None: off) and, for a server behind a deployment's address, its
-    gate (the gate file and the address's port). Returns gunicorn's ``worker_class`` (an import path) and
-    its ``child_exit`` hook."""
+    prediction lane and adaptive batching (None: off), the most connections without a whole request head
+    a worker holds and, for a server behind a deployment's address, its gate (the gate file and the
+    address's port). Returns gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
     table = SharedTable(slots)
     FreestackWorker.table = table
     FreestackWorker.gate = gate
     FreestackWorker.max_body = max_body
+    FreestackWorker.max_idle = max_idle
     FreestackWorker.lane = lane
     FreestackWorker.coalescer = coalescer
 
