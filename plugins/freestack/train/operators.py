@@ -71,8 +71,11 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         """The pipeline's lake asset events (the task's inlet) that carry a partition's folder, ds and sha256."""
         from freestack.ingest.operators import lake_asset
 
+        inlet_events = context.get("inlet_events")
+        if inlet_events is None:  # called outside Airflow's task runner (bench/orchestration's plain loop)
+            return []
         found = []
-        for e in context["inlet_events"][lake_asset(spec.name)]:
+        for e in inlet_events[lake_asset(spec.name)]:
             extra = e.extra or {}
             if extra.get("ds") and extra.get("part_sha256") and extra.get("partition"):
                 found.append({"id": e.id, "timestamp": e.timestamp.isoformat(), "dag_id": e.source_dag_id,

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from freestack.serving.server.oip_server import replayed
+
 HEADER = b"inference-header-content-length"
 #: little-endian numpy dtypes of the V2 numeric datatypes
 DTYPES = {"BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "|i1",
@@ -195,7 +197,7 @@ class BinaryTensors:
         if body is None:  # the client left
             return None
         if header_length is None and (b"binary_data" not in body or not _is_json(body)):
-            return await self.app(scope, _replay(body, receive), send)  # a JSON request, as MLServer reads it
+            return await self.app(scope, replayed(body, receive), send)  # a JSON request, as MLServer reads it
         try:
             request, named, others = to_json_request(body, header_length)
             new = json.dumps(request, allow_nan=False).encode()
@@ -207,8 +209,8 @@ class BinaryTensors:
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(new)).encode())]
         inner = {**scope, "headers": headers}
         if not named and not others:
-            return await self.app(inner, _replay(new, receive), send)
-        return await self._binary_answer(inner, _replay(new, receive), send, named, others)
+            return await self.app(inner, replayed(new, receive), send)
+        return await self._binary_answer(inner, replayed(new, receive), send, named, others)
 
     async def _binary_answer(self, scope, receive, send, named: dict[str, bool], others: bool) -> None:
         start: dict = {}
@@ -254,19 +256,6 @@ def _is_json(body: bytes) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 async def _refuse(send, message: str) -> None:

@@ -119,22 +119,27 @@ class BodyLimit:
                 if more:
                     await _drain(receive, seen)
                 return await self._refuse(send, seen)
-        body, sent = b"".join(chunks), False
-
-        async def replay():
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
     async def _refuse(self, send, size: int) -> None:
         status, headers, body = v2_error(413, f"the request body is {size} bytes or more; at most {self.limit} "
                                               "are accepted: send fewer rows per request")  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def replayed(body: bytes, receive):
+    """An ASGI ``receive`` that hands the app ``body`` whole (read already), then the client's own messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 async def _drain(receive, seen: int) -> None:
