@@ -19,10 +19,13 @@ from freestack.runtime.timings import task_timings
 from freestack.ui.app import views_app
 from freestack.ui.wandb_pages import wandb_app
 
-#: the ML views in the UI's navigation: a top-level "freestack" entry, and each page under Plugins -> freestack
-#: (framed by the UI; hrefs are relative to its <base>, so a proxy's path prefix is kept)
-VIEWS = [("Models", "models"), ("Sweeps", "sweeps"), ("Deployments", "deployments"), ("Monitoring", "monitoring"),
-         ("Data", "data")]  # fmt: skip
+#: the ML views' one entry in the UI's navigation (top level), framed by the UI under /plugin/freestack; the
+#: pages' own tabs move between Models, Sweeps, Deployments, Monitoring and Data. The href is relative to
+#: the UI's <base> (a proxy's path prefix is kept); "fs-shell" tells the framed page that it was loaded from
+#: the entry, so it goes on to the page the address bar names (/plugin/freestack/models/digits/v3: a
+#: reload, a bookmark, an extra link) and then writes each page's own path there (static/views.js)
+VIEWS_ROUTE = "freestack"
+VIEWS_HREF = "freestack/ui/models?fs-shell=1"
 
 
 def storage_root() -> str:
@@ -35,12 +38,10 @@ def storage_root() -> str:
 class FreestackPlugin(AirflowPlugin):
     name = "freestack"
     macros = [storage_root]
-    # the UI's menu: Browse -> W&B offline runs (the list page, framed in the UI; href relative to its <base>)
+    # the UI's menu: the "freestack" entry (the ML views), and Browse -> W&B offline runs (the list page)
     external_views = [
-        {"name": "freestack", "href": "freestack/ui/models", "url_route": "freestack", "destination": "nav",
+        {"name": "freestack", "href": VIEWS_HREF, "url_route": VIEWS_ROUTE, "destination": "nav",
          "nav_top_level": True, "icon": "freestack/ui/static/freestack.svg"},
-        *({"name": name, "href": f"freestack/ui/{path}", "url_route": f"freestack-{path}", "destination": "nav",
-           "category": "freestack"} for name, path in VIEWS),
         {"name": "W&B offline runs", "href": "freestack/wandb/", "url_route": "freestack-wandb",
          "destination": "nav", "category": "browse"},
     ]  # fmt: skip

@@ -59,7 +59,8 @@ if str(ROOT / "include") not in sys.path:
 #: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
 pytest_plugins = ["tests.support.demo_sandbox"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
-DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/e2e/test_monitor_demo.py", "tests/e2e/test_docs_commands.py")
+DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/ui/test_views_native.py", "tests/ui/test_views_extra.py",
+              "tests/ui/test_views_sweep_live.py", "tests/e2e/test_monitor_demo.py", "tests/e2e/test_docs_commands.py")  # fmt: skip
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -79,10 +80,10 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     """The browser tests read the state ``make demo`` left, then the monitor's test adds a retrained version:
     both run before the documented commands (which end with ``make down``)."""
-    first = [i for f in DEMO_FILES[:2] for i in items if i.nodeid.startswith(f)]
+    first = [i for f in DEMO_FILES[:-1] for i in items if i.nodeid.startswith(f)]
     if not first:
         return
-    rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[:2])]
+    rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[:-1])]
     first_block = next((k for k, i in enumerate(rest) if "test_every_documented_command" in i.nodeid), len(rest))
     items[:] = rest[:first_block] + first + rest[first_block:]
 

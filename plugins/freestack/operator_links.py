@@ -71,12 +71,16 @@ class WandbRunLink(BaseOperatorLink):
 
 #: where the freestack pages are mounted on the API server (:mod:`freestack.ui.app`)
 VIEWS_PREFIX = "/freestack/ui"
+#: the UI's route that frames them (the plugin's "freestack" navigation entry): a path after it names the
+#: page the frame opens (``/plugin/freestack/task?...`` opens ``/freestack/ui/task?...``, see static/views.js)
+UI_ROUTE = "/plugin/freestack"
 
 
 class FreestackPageLink(BaseOperatorLink):
-    """Extra link from a pipeline's task into its freestack page: a training run's tasks open the version
-    they made (or its sweep), ``deploy`` the deployment, ``ingest`` the lake; the page is found when the
-    link is followed (``/freestack/ui/task``), so a task that is still running links too."""
+    """Extra link from a pipeline's task into its freestack page, inside Airflow's UI (its navigation and
+    theme around it): a training run's tasks open the version they made (or its sweep), ``deploy`` the
+    deployment, ``ingest`` the lake; the page is found when the link is followed (``/freestack/ui/task``),
+    so a task that is still running links too."""
 
     def __init__(self, name: str = "freestack") -> None:
         self._name = name
@@ -89,7 +93,8 @@ class FreestackPageLink(BaseOperatorLink):
         query = {"dag_id": ti_key.dag_id, "run_id": ti_key.run_id, "task_id": ti_key.task_id}
         if getattr(ti_key, "map_index", -1) >= 0:
             query["map_index"] = ti_key.map_index
-        return f"{_api_base_url()}{VIEWS_PREFIX}/task?{urlencode(query)}"
+        return f"{_api_base_url()}{UI_ROUTE}/task?{urlencode(query)}"
 
 
-__all__ = ["FreestackPageLink", "OFFLINE_PATH", "URL_PREFIX", "VIEWS_PREFIX", "XCOM_KEY", "WandbRunLink", "wandb_link"]
+__all__ = ["FreestackPageLink", "OFFLINE_PATH", "UI_ROUTE", "URL_PREFIX", "VIEWS_PREFIX", "XCOM_KEY", "WandbRunLink",
+           "wandb_link"]  # fmt: skip

@@ -48,7 +48,8 @@ def _routes() -> list[tuple[str, str]]:
     from freestack.ui.wandb_pages import wandb_app
 
     fill = {"{pipeline}": "digits", "{version}": "production", "{sweep_id}": "s", "{kind}": "promote",
-            "{rel:path}": "README.md", "{name}": "views.css"}
+            "{rel:path}": "README.md", "{name}": "views.css",
+            "{model}": "digits", "{ds}": "2024-01-01"}
     out = []
     for prefix, app in (("/freestack/ui", views_app), ("/freestack/wandb", wandb_app)):
         assert not [r for r in app.routes if type(r).__name__ == "Mount"], "a mounted app skips the login"
@@ -178,8 +179,10 @@ def _task_link(page, sandbox, s: dict) -> None:
     api = sandbox.api()
     run = urllib.parse.quote(s["lineage"]["airflow"]["run_id"], safe="")
     links = api.call("GET", f"/dags/digits_train/dagRuns/{run}/taskInstances/gate/links")["extra_links"]
+    assert "/plugin/freestack/task?" in links["freestack"]  # inside Airflow's UI, not the bare page
     page.goto(links["freestack"])
-    assert page.url.endswith(f"/freestack/ui/models/digits/{s['version']}"), page.url
+    page.frame_locator("iframe").locator("#metrics").wait_for(timeout=60_000)
+    assert page.url.endswith(f"/plugin/freestack/models/digits/{s['version']}"), page.url
 
 
 def _promote_to_staging(page, sandbox, s: dict) -> None:

@@ -11,7 +11,8 @@ under its "freestack" navigation entries):
 Every route needs Airflow's login (:mod:`freestack.ui.auth`); a pipeline's pages need read access to its
 DAGs, and promote / rollback need the right to trigger the DAG they run (:mod:`freestack.ui.actions`).
 Pages are rendered on the server from :mod:`freestack.ui.catalog` (Jinja2, autoescaped); the only
-script is ``static/views.js``, which draws the Plotly figures.
+scripts are ``static/views.js`` (the shell: theme, deep links, tables, the Plotly figures) and
+``static/sweep_live.js`` (a running sweep's page, updated as trials finish).
 """
 
 from __future__ import annotations
@@ -368,13 +369,19 @@ async def data_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.Lake
 # monitoring
 
 
-def _monitoring(user: Any) -> list[catalog.MonitoringPage]:
-    return [catalog.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
+def _monitoring(user: Any, figures: bool = False) -> list[catalog.MonitoringPage]:
+    """Each readable model's judged intervals; with ``figures``, its drift-over-time chart too (the page's)."""
+    from freestack.ui.plots import drift_over_time
+
+    pages = [catalog.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
+    for m in pages if figures else ():
+        m.figure = drift_over_time(m)
+    return pages
 
 
 @views_app.get("/monitoring", response_class=HTMLResponse)
 async def monitoring(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "monitoring.html", title="Monitoring", tab="monitoring", pages=await off_loop(_monitoring, user))
+    return page(request, "monitoring.html", title="Monitoring", tab="monitoring", pages=await off_loop(_monitoring, user, True))
 
 
 @views_app.get("/api/monitoring")
@@ -413,3 +420,17 @@ async def task_page(request: Request, dag_id: str, run_id: str, task_id: str, ma
 
 
 __all__ = ["URL_PREFIX", "views_app"]
+
+from freestack.ui import extra_pages  # noqa: E402  (compare, try a deployment, quarantined rows: on this app's login)
+
+views_app.include_router(extra_pages.routes(page=page, pipeline=_pipeline, off_loop=off_loop, found=found, same_origin=_same_origin))
+
+
+@views_app.get("/api/sweeps/{pipeline}/{sweep_id}/live")
+async def sweep_live(pipeline: str, sweep_id: str, known: str = Query("", max_length=64), user: Any = Depends(user_of)) -> Any:
+    """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
+    status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
+    from freestack.ui.sweep_live import sweep_update
+
+    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    return await off_loop(sweep_update, s, known, TEMPLATES)

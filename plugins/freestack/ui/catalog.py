@@ -353,12 +353,27 @@ class Trial(BaseModel):
     error: str | None = None
 
 
+class Importance(BaseModel):
+    """How much one parameter matters to the sweep's metric (W&B's parameter importance panel)."""
+
+    parameter: str
+    importance: float = Field(description="a random forest's feature importance for the metric (all sum to 1)")
+    correlation: float | None = Field(description="linear correlation of the value (log10 if log-distributed) with the metric")
+
+
 class SweepPage(BaseModel):
     pipeline: str
     sweep: SweepRow
     parameters: list[str]
     trials: list[Trial]
     best: Trial | None
+    status: str = Field("finished", description="running (agents at work), finished (every trial is in), stopped "
+                                                "(no agent at work before the run cap)")  # fmt: skip
+    max_trials: int | None = None
+    distributions: dict[str, str] = Field({}, description="parameter -> its distribution in the sweep config")
+    importance: list[Importance] = Field([], description="most important first; empty while too few trials finished")
+    importance_note: str | None = None
+    signature: str = Field("", description="changes whenever a trial or the status does (the live view's poll)")
 
 
 def _runs_folder(spec: PipelineSpec):
@@ -432,8 +447,127 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     scored = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
     best = next((t for t in trials if t.trial == row.best_trial), None) or (
         (max if row.goal == "maximize" else min)(scored, key=lambda t: t.value) if scored else None)  # fmt: skip
-    params = list(dict.fromkeys(k for t in trials for k in t.params))
-    return SweepPage(pipeline=pipeline, sweep=row, parameters=params, trials=trials, best=best)
+    dists = distributions(doc.get("config") or {})
+    params = list(dict.fromkeys([*dists, *(k for t in trials for k in t.params)]))
+    status = sweep_status(doc, docs)
+    signature = _signature(status, row, trials)
+    importance, note = _cached_importance((str(folder), signature), trials, params, dists)
+    return SweepPage(pipeline=pipeline, sweep=row, parameters=params, trials=trials, best=best, status=status,
+                     max_trials=doc.get("max_trials"), distributions=dists, importance=importance, importance_note=note,
+                     signature=signature)  # fmt: skip
+
+
+#: (sweep folder, signature) -> its parameter importance: a sweep's trials unchanged, the forest is not fit again
+_IMPORTANCE: dict[tuple[str, str], tuple[list[Importance], str | None]] = {}
+IMPORTANCE_CACHE_SIZE = 64
+
+
+def _cached_importance(key: tuple[str, str], trials: list[Trial], params: list[str],
+                       dists: dict[str, str]) -> tuple[list[Importance], str | None]:  # fmt: skip
+    got = _IMPORTANCE.get(key)
+    if got is None:
+        got = parameter_importance(trials, params, dists)
+        with _LOCK:
+            while len(_IMPORTANCE) >= IMPORTANCE_CACHE_SIZE:
+                _IMPORTANCE.pop(next(iter(_IMPORTANCE)))
+            _IMPORTANCE[key] = got
+    return got
+
+
+#: W&B's distributions whose values spread over orders of magnitude: drawn on log axes
+LOG_DISTRIBUTIONS = frozenset({
+    "log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values", "inv_log_uniform",
+    "inv_log_uniform_values", "log_normal", "q_log_normal",
+})  # fmt: skip
+#: a sweep whose trials (and sweep.json) went this long unchanged, none of them leased, has no agent at work
+STALE_SECONDS = 300.0
+#: finished trials needed before parameter importance is estimated
+MIN_IMPORTANCE_TRIALS = 5
+
+
+def distributions(config: dict[str, Any]) -> dict[str, str]:
+    """Each searched parameter's distribution, by its name in the trials' params (``model.dropout``), as W&B
+    infers it: ``values`` -> categorical, ``value`` -> constant, bare min/max -> (int_)uniform."""
+    from freestack.sweeps.spec import leaf_parameters
+
+    out = {}
+    for name, p in leaf_parameters(config.get("parameters") or {}).items():
+        if not isinstance(p, dict):
+            continue
+        ints = isinstance(p.get("min"), int) and isinstance(p.get("max"), int)
+        inferred = "categorical" if "values" in p else "constant" if "value" in p else "int_uniform" if ints else "uniform"
+        out[name] = p.get("distribution") or inferred
+    return out
+
+
+def _seconds(iso: Any) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def sweep_status(doc: dict[str, Any], trials: list[dict[str, Any]], now: float | None = None) -> str:
+    """running, finished or stopped, from what storage holds: ``best.json`` (select_best ran) or every trial
+    in and ended -> finished; a trial whose lease is alive, or anything written in the last
+    :data:`STALE_SECONDS` (agents starting, between trials) -> running; else stopped (the agents are gone)."""
+    import time
+
+    now = time.time() if now is None else now
+    running = [d for d in trials if d.get("state") == "running"]
+    cap = doc.get("max_trials")
+    if doc.get("best") or (cap is not None and len(trials) >= int(cap) and not running):
+        return "finished"
+    if any(float((d.get("lease") or {}).get("expires_at") or 0) > now for d in running):
+        return "running"
+    last = max([_seconds(doc.get("created_at")), *(_seconds(d.get("updated_at")) for d in trials)])
+    return "running" if now - last < STALE_SECONDS else "stopped"
+
+
+def _signature(status: str, row: SweepRow, trials: list[Trial]) -> str:
+    import hashlib
+
+    seen = [status, row.best_trial, row.version_uri, *((t.trial, t.state, t.epochs, t.value, t.error) for t in trials)]
+    return hashlib.sha256(json.dumps(seen, default=str).encode()).hexdigest()[:16]
+
+
+def _encoded(values: list[Any], distribution: str | None) -> tuple[list[float], bool] | None:
+    """A parameter's values as numbers for the forest, and whether they are numbers (not category codes):
+    log10 for a log-distributed one. None when a trial lacks it."""
+    import math
+
+    if any(v is None for v in values):
+        return None
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        log = distribution in LOG_DISTRIBUTIONS and all(v > 0 for v in values)
+        return [math.log10(v) if log else float(v) for v in values], True
+    labels = [json.dumps(v, sort_keys=True) for v in values]
+    codes = {label: k for k, label in enumerate(sorted(set(labels)))}
+    return [float(codes[label]) for label in labels], False
+
+
+def parameter_importance(trials: list[Trial], params: list[str], dists: dict[str, str]) -> tuple[list[Importance], str | None]:
+    """W&B's parameter importance: a random forest fit on the finished trials (parameters -> metric) gives
+    each parameter's importance, and each numeric one's correlation with the metric; with a note instead
+    while fewer than :data:`MIN_IMPORTANCE_TRIALS` trials finished."""
+    import numpy as np
+    from sklearn.ensemble import RandomForestRegressor
+
+    done = [t for t in trials if t.state in ("finished", "early-stopped") and t.value is not None]
+    if len(done) < MIN_IMPORTANCE_TRIALS:
+        return [], f"{len(done)} finished trials: too few to estimate parameter importance (it needs {MIN_IMPORTANCE_TRIALS})"
+    y = np.asarray([t.value for t in done], np.float64)
+    cols = {p: c for p in params if (c := _encoded([t.params.get(p) for t in done], dists.get(p))) and np.ptp(c[0]) > 0}
+    if not cols or np.ptp(y) == 0:
+        return [], "no parameter or no metric value varies across the finished trials: nothing to compare"
+    x = np.column_stack([c for c, _ in cols.values()])
+    forest = RandomForestRegressor(n_estimators=100, random_state=0).fit(x, y)
+    out = [Importance(parameter=p, importance=round(float(w), 4),
+                      correlation=round(float(np.corrcoef(c, y)[0, 1]), 4) if numeric else None)
+           for (p, (c, numeric)), w in zip(cols.items(), forest.feature_importances_, strict=True)]  # fmt: skip
+    return sorted(out, key=lambda i: -i.importance), None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -589,6 +723,8 @@ class IntervalRow(BaseModel):
     alerts: list[str] = Field(description="one line per drifted column or metric: feature, statistic, threshold, report")
     notes: list[str]
     top: list[tuple[str, float]] = Field(description="the largest PSI values of the interval (column, PSI)")
+    drift: dict[str, tuple[float, float | None]] = Field(
+        {}, description="every monitored series: (PSI, its test's p-value), the largest PSI of the versions served")
 
 
 class MonitoringPage(BaseModel):
@@ -597,6 +733,7 @@ class MonitoringPage(BaseModel):
     thresholds: dict[str, float]
     actions: list[str]
     intervals: list[IntervalRow] = Field(description="newest first")
+    figure: str | None = Field(None, exclude=True, description="drift over time (Plotly JSON) for the page; not in the API")
 
 
 def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> MonitoringPage:
@@ -613,11 +750,21 @@ def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> Monit
             name=interval_name(datetime.fromisoformat(start), datetime.fromisoformat(end)), start=start, end=end,
             status=s["status"], rows=s["rows"], labels=s["labels"], versions=[v["version"] for v in s["versions"]],
             alerts=[a["message"] for a in s["alerts"]], notes=s["notes"] + s["problems"],
-            top=[(x["name"], round(x["psi"], 3)) for x in series[:3]],
+            top=[(x["name"], round(x["psi"], 3)) for x in series[:3]], drift=_drift_of(series),
         ))  # fmt: skip
     m = spec.monitor
     return MonitoringPage(pipeline=pipeline, model=spec.model_name, thresholds=m.thresholds.model_dump(),
                           actions=list(m.actions), intervals=rows)  # fmt: skip
+
+
+def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | None]]:
+    """``{name: (PSI, p-value)}`` of an interval's series, largest PSI first (a name judged for two versions
+    keeps its larger PSI)."""
+    out: dict[str, tuple[float, float | None]] = {}
+    for x in series:
+        p = x.get("p_value")
+        out.setdefault(x["name"], (round(float(x["psi"]), 4), float(p) if isinstance(p, int | float) else None))
+    return out
 
 
 def monitoring_report(spec: PipelineSpec, interval: str) -> bytes | None:
@@ -630,7 +777,7 @@ def monitoring_report(spec: PipelineSpec, interval: str) -> bytes | None:
 
 
 __all__ = [
-    "DeploymentRow", "IntervalRow", "LakePage", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
+    "DeploymentRow", "Importance", "IntervalRow", "LakePage", "distributions", "parameter_importance", "sweep_status", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
     "version_file_chunks", "version_page", "version_rows",
 ]  # fmt: skip

@@ -1,7 +1,8 @@
 """The pages' interactive plots, built with Plotly (the browser draws them with the plotly.js that ships
 inside the ``plotly`` package, served by the plugin: nothing is loaded from another host).
 
-Each function returns a figure as JSON text, which a page embeds as data and ``views.js`` draws. The
+Each function returns a figure as JSON text, which a page embeds as data and ``views.js`` draws (a running
+sweep's page gets them again from its live endpoint: ``sweep_live.js``). The
 traces are written as plain dicts in Plotly's figure schema (``make_subplots`` lays out the panels):
 building 500 trials through ``graph_objects``' validation took most of a page's second.
 """
@@ -13,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from freestack.ui.catalog import SweepPage, VersionRow
+    from freestack.ui.catalog import MonitoringPage, SweepPage, VersionRow
 
 COLORS = {"finished": "#1f77b4", "early-stopped": "#9e9e9e", "failed": "#d62728", "crashed": "#d62728",
           "running": "#ff7f0e"}  # fmt: skip
@@ -30,6 +31,18 @@ def _axis_value(v: Any) -> Any:
 def _log_axis(values: list[Any]) -> bool:
     nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     return len(nums) == len(values) and bool(nums) and min(nums) > 0 and max(nums) / min(nums) > 50
+
+
+def is_log(page: SweepPage, name: str, values: list[Any]) -> bool:
+    """A parameter drawn on a log axis: log-distributed in the sweep config (W&B's log_uniform_values...),
+    or, where the config does not say, positive numbers over more than 50x."""
+    from freestack.ui.catalog import LOG_DISTRIBUTIONS
+
+    dist = page.distributions.get(name)
+    if dist is None:
+        return _log_axis(values)
+    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return dist in LOG_DISTRIBUTIONS and all(v > 0 for v in nums)
 
 
 def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> str:
@@ -64,7 +77,7 @@ def metric_vs_params(page: SweepPage) -> str:
             data.append({"type": "scatter", "mode": "markers", "name": "best", "legendgroup": "best", "showlegend": k == 0,
                          "x": [_axis_value(page.best.params.get(name))], "y": [page.best.value],
                          "marker": {"symbol": "star", "size": 16, "color": "#d62728"}, **axes})  # fmt: skip
-        if _log_axis([t.params.get(name) for t in scored]):
+        if is_log(page, name, [t.params.get(name) for t in scored]):
             layout[f"xaxis{k + 1 if k else ''}"]["type"] = "log"
         if k % cols == 0:
             layout[f"yaxis{k + 1 if k else ''}"]["title"] = {"text": page.sweep.metric}
@@ -102,4 +115,163 @@ def metric_over_versions(rows: list[VersionRow], metric: str) -> str:
     return fig.to_json()
 
 
-__all__ = ["metric_over_epochs", "metric_over_versions", "metric_vs_params"]
+def _empty(title: str, note: str, height: int = 200) -> str:
+    """A figure with nothing to draw yet, saying why."""
+    return _figure([], {**LAYOUT, "height": height, "title": {"text": title, "font": {"size": 14}},
+                        "xaxis": {"visible": False}, "yaxis": {"visible": False},
+                        "annotations": [{"text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]})  # fmt: skip
+
+
+def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks of a log10 axis from ``lo`` to ``hi`` (log10 values), labelled in the original units: 1 and 3
+    times each power of ten (only the powers over more than three decades), the ends where fewer than two."""
+    mults = (1,) if hi - lo > 3 else (1, 3)
+    ticks = [math.log10(m) + e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in mults]
+    ticks = [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+    if len(ticks) < 2:
+        ticks = sorted({lo, hi, *ticks})
+    return ticks, [f"{10**t:.3g}" for t in ticks]
+
+
+def _dimension(name: str, values: list[Any], log: bool, choices: bool = False) -> dict[str, Any]:
+    """One axis of the parallel coordinates: its label, each trial's position on it (0..1) and its ticks
+    (position, text): log10 of a log-distributed parameter (ticks in the original units), numbers as they
+    are (ticked at each value when they are a parameter's ``values``), anything else as categories."""
+    nums = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    label, ticks = name, None
+    if nums and log:
+        label, raw = f"{name} (log)", [math.log10(v) for v in values]
+        ticks = list(zip(*_log_ticks(min(raw), max(raw)), strict=True))
+    elif nums:
+        raw = [float(v) for v in values]
+        ticks = [(v, f"{v:.4g}") for v in sorted(set(raw))] if choices and len(set(raw)) <= 12 else None
+    else:
+        labels = [str(_axis_value(v)) for v in values]
+        cats = sorted(set(labels))
+        raw, ticks = [float(cats.index(v)) for v in labels], [(float(k), c[:24]) for k, c in enumerate(cats)]
+    lo, hi = min(raw), max(raw)
+    if ticks is None:
+        ticks = [(lo + (hi - lo) * k / 4, f"{lo + (hi - lo) * k / 4:.3g}") for k in range(5)] if hi > lo else [(lo, f"{lo:.3g}")]
+    span = (hi - lo) or 1.0
+    at = (lambda v: (v - lo) / span) if hi > lo else (lambda v: 0.5)
+    return {"label": label, "y": [round(at(v), 5) for v in raw], "ticks": [(round(at(v), 5), t) for v, t in ticks]}
+
+
+#: colours of the parallel coordinates' lines, worst to best (Viridis)
+VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+
+
+def _lines(dims: list[dict[str, Any]], scored: list[Any], rank: list[float]) -> list[dict[str, Any]]:
+    """One trace per colour band (the trials' lines, separated by gaps) from the worst band to the best."""
+    xs = list(range(len(dims)))
+    out = []
+    for band, color in enumerate(VIRIDIS):
+        group = [k for k, r in enumerate(rank) if min(int(r * len(VIRIDIS)), len(VIRIDIS) - 1) == band]
+        if not group:
+            continue
+        x, y, text = [], [], []
+        for k in group:
+            x += [*xs, None]
+            y += [*(d["y"][k] for d in dims), None]
+            text += [f"{scored[k].trial}: {scored[k].value:.4g}"] * len(xs) + [None]
+        out.append({"type": "scatter", "mode": "lines", "x": x, "y": y, "text": text, "showlegend": False,
+                    "line": {"color": color, "width": 1.5}, "opacity": 0.8, "hovertemplate": "%{text}<extra></extra>"})  # fmt: skip
+    return out
+
+
+def parallel_coordinates(page: SweepPage) -> str:
+    """Every scored trial as a line across its parameters and the metric (colour: the metric, brighter is
+    better; the best trial in red); log-distributed parameters on log10 axes labelled in their own units.
+    Drawn as SVG lines: Plotly's ``parcoords`` draws with WebGL through generated code, which the pages'
+    Content-Security-Policy (no ``unsafe-eval``) does not let run."""
+    title = f"{page.sweep.metric}: parameters of each trial (parallel coordinates)"
+    scored = [t for t in page.trials if t.value is not None]
+    params = [p for p in page.parameters if scored and all(t.params.get(p) is not None for t in scored)]
+    if not scored or not params:
+        return _empty(title, "no trial has a metric value yet")
+    values = [t.value for t in scored]
+    columns = {p: [t.params[p] for t in scored] for p in params}
+    dims = [*(_dimension(p, v, is_log(page, p, v), page.distributions.get(p) == "categorical") for p, v in columns.items()),
+            _dimension(page.sweep.metric or "metric", values, False)]  # fmt: skip
+    lo, hi = min(values), max(values)
+    rank = [((v - lo) / (hi - lo) if hi > lo else 1.0) for v in values]
+    rank = [1 - r for r in rank] if page.sweep.goal == "minimize" else rank
+    data = [*_lines(dims, scored, rank), _colorbar(page, lo, hi)]
+    best = next((k for k, t in enumerate(scored) if page.best and t.trial == page.best.trial), None)
+    if best is not None:
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"best ({scored[best].trial})", "x": list(range(len(dims))),
+                     "y": [d["y"][best] for d in dims], "line": {"color": "#d62728", "width": 3}, "hoverinfo": "skip"})  # fmt: skip
+    return _figure(data, _parallel_layout(dims, title))
+
+
+def _colorbar(page: SweepPage, lo: float, hi: float) -> dict[str, Any]:
+    """An invisible trace whose colour bar says what the lines' colours mean."""
+    return {"type": "scatter", "x": [None], "y": [None], "mode": "markers", "showlegend": False, "hoverinfo": "skip",
+            "marker": {"color": [lo, hi], "cmin": lo, "cmax": hi, "colorscale": "Viridis", "showscale": True,
+                       "reversescale": page.sweep.goal == "minimize", "colorbar": {"title": {"text": page.sweep.metric}}}}  # fmt: skip
+
+
+def _parallel_layout(dims: list[dict[str, Any]], title: str) -> dict[str, Any]:
+    """The parallel coordinates' axes: a vertical line per dimension, its ticks as text beside it, its label on top."""
+    shapes = [{"type": "line", "x0": k, "x1": k, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1}} for k in range(len(dims))]
+    notes = [{"x": k, "y": y, "text": text, "showarrow": False, "xanchor": "right", "xshift": -3, "font": {"size": 10}}
+             for k, d in enumerate(dims) for y, text in d["ticks"]]  # fmt: skip
+    return {**LAYOUT, "height": 400, "shapes": shapes, "annotations": notes, "legend": {"orientation": "h", "y": -0.12},
+            "xaxis": {"tickvals": list(range(len(dims))), "ticktext": [d["label"] for d in dims], "side": "top",
+                      "range": [-0.4, len(dims) - 0.8], "showgrid": False, "zeroline": False},
+            "yaxis": {"visible": False, "range": [-0.04, 1.04]}, "margin": {"l": 30, "r": 20, "t": 90, "b": 40},
+            "title": {"text": title, "font": {"size": 14}}}  # fmt: skip
+
+
+def importance_chart(page: SweepPage) -> str:
+    """Parameter importance (random forest) and correlation with the metric, one bar pair per parameter."""
+    title = f"parameter importance for {page.sweep.metric}"
+    if not page.importance:
+        return _empty(title, page.importance_note or "no parameter importance yet", height=110)
+    rows = page.importance[::-1]  # the most important on top
+    names = [i.parameter for i in rows]
+    data = [{"type": "bar", "orientation": "h", "name": "importance", "y": names, "x": [i.importance for i in rows],
+             "marker": {"color": "#1f77b4"}, "hovertemplate": "%{y}: importance %{x:.3f}<extra></extra>"},
+            {"type": "bar", "orientation": "h", "name": "correlation", "y": names,
+             "x": [i.correlation for i in rows], "marker": {"color": ["#2ca02c" if (i.correlation or 0) >= 0 else "#d62728" for i in rows]},
+             "hovertemplate": "%{y}: correlation %{x:.3f}<extra></extra>"}]  # fmt: skip
+    layout = {**LAYOUT, "barmode": "group", "height": 120 + 45 * len(rows), "xaxis": {"range": [-1, 1], "zeroline": True},
+              "title": {"text": title, "font": {"size": 14}}, "margin": {**LAYOUT["margin"], "l": 140}}  # fmt: skip
+    return _figure(data, layout)
+
+
+#: drift lines shown at first (the largest PSI); the others are a click on their legend entry away
+SHOWN_SERIES = 8
+
+
+def drift_over_time(page: MonitoringPage) -> str | None:
+    """Each monitored feature's PSI across the judged intervals (oldest first), with the PSI threshold; the
+    :data:`SHOWN_SERIES` features that drifted most are drawn, the rest wait in the legend. None with no
+    judged series."""
+    judged = [r for r in page.intervals[::-1] if r.drift]
+    if not judged:
+        return None
+    peak: dict[str, float] = {}
+    for r in judged:
+        for name, (psi, _) in r.drift.items():
+            peak[name] = max(psi, peak.get(name, 0.0))
+    ranked = sorted(peak, key=lambda n: -peak[n])
+    ends = [r.end for r in judged]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": ends,
+             "y": [r.drift[name][0] if name in r.drift else None for r in judged],
+             "customdata": [r.drift[name][1] if name in r.drift else None for r in judged],
+             "visible": True if k < SHOWN_SERIES else "legendonly",
+             "hovertemplate": f"{name}: PSI %{{y:.3f}}, p-value %{{customdata:.2g}}<extra>%{{x}}</extra>"}
+            for k, name in enumerate(ranked)]  # fmt: skip
+    psi = page.thresholds.get("psi")
+    shapes = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": psi, "y1": psi,
+               "line": {"color": "#d62728", "dash": "dash"}}] if psi is not None else []  # fmt: skip
+    layout = {**LAYOUT, "height": 360, "shapes": shapes, "xaxis": {"title": {"text": "interval end"}},
+              "yaxis": {"title": {"text": "PSI"}, "rangemode": "tozero"},
+              "title": {"text": f"{page.model}: drift per feature over time (PSI; dashed: the threshold {psi})",
+                        "font": {"size": 14}}}  # fmt: skip
+    return _figure(data, layout)
+
+
+__all__ = ["drift_over_time", "importance_chart", "is_log", "metric_over_epochs", "metric_over_versions",
+           "metric_vs_params", "parallel_coordinates"]  # fmt: skip
