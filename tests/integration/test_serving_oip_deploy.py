@@ -68,6 +68,6 @@ def test_a_redeploy_under_v2_load_keeps_the_address_and_fails_no_request(dep):
             time.sleep(0.2)
     assert rec["url"] == before["url"] and rec["color"] != before["color"] and rec["version"] == "v2"
     for style, f in load.figures().items():
-        assert f["sent"] > 0 and f["failed"] == 0, (style, f)
+        assert f["sent"] > 0 and f["failed"] == 0, f"{style}: {f['failed']} of {f['sent']} failed: {f['errors']}"
     for style, f in load.figures(t1 + 0.05).items():
         assert f["versions"] == ["v2"], (style, f)  # only the new version once switched
