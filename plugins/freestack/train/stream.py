@@ -209,9 +209,9 @@ def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[st
     try:
         writer = _SplitWriter(folder.name, splits, t.data.chunk_rows)
         partitions = window.of_days(days)
-        drops = superseded(spec, [_keys(spec, p) for p in partitions] if window_unique(spec) else None)
+        keys = [_keys(spec, p) for p in partitions] if window_unique(spec) else None
         parts = []
-        for p, drop in zip(partitions, drops or [None] * len(partitions), strict=True):
+        for p, drop in zip(partitions, superseded(spec, keys, len(partitions)), strict=True):
             parts.append(_spool_partition(spec, p, folder.name, columns, writer, drop))
         writer.close()
         if not parts:

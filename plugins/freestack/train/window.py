@@ -173,9 +173,9 @@ def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
         parts.append({"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": len(data), "events": list(p.events)})
     if not tables:
         raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
-    drops = superseded(spec, [t.column(spec.source.schema_.key) for t in tables] if window_unique(spec) else None)
+    keys = [t.column(spec.source.schema_.key) for t in tables] if window_unique(spec) else None
     frames = []
-    for table, part, drop in zip(tables, parts, drops or [None] * len(tables), strict=True):
+    for table, part, drop in zip(tables, parts, superseded(spec, keys, len(tables)), strict=True):
         frames.append((table.filter(pa.array(~drop)) if drop is not None else table).to_pandas())
         part.update(rows=len(frames[-1]), superseded=int(drop.sum()) if drop is not None else 0)
     return pd.concat(frames, ignore_index=True), parts
@@ -186,12 +186,12 @@ def window_unique(spec: PipelineSpec) -> bool:
     return bool(spec.source.schema_.key) and spec.source.policy.unique_key == "window"
 
 
-def superseded(spec: PipelineSpec, keys: list | None) -> list | None:
-    """For each partition's key column (oldest first), a bool mask of its rows whose key a later partition
-    of the window has: those rows are not read, so the latest partition wins. None: keys are not checked.
-    Null keys are never superseded. Logged when it drops rows."""
+def superseded(spec: PipelineSpec, keys: list | None, n: int) -> list:
+    """For each of the ``n`` partitions' key columns (oldest first), a bool mask of its rows whose key a
+    later partition of the window has: those rows are not read, so the latest partition wins. ``keys``
+    None (keys are not checked): ``n`` times None. Null keys are never superseded. Logged when it drops rows."""
     if keys is None:
-        return None
+        return [None] * n
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
