@@ -432,8 +432,8 @@ def evaluate(
         "champion_uri": champion_uri,
         "champion_version": (c_lineage.get("version") if champion_uri else None),
         "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
-        "candidate": {k: v for k, v in cand.items() if k != "_points"},
-        "champion": {k: v for k, v in champ.items() if k != "_points"} if champ else None,
+        "candidate": _shown(cand),
+        "champion": _shown(champ) if champ else None,
         "plots": {n: str(join(folder, n)) for n in images},
     }
     write_json(join(folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
@@ -471,6 +471,7 @@ def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) ->
 
 
 def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics as the summary keeps them: without the points the plots are drawn from."""
     return {k: v for k, v in metrics.items() if k != "_points"}
 
 

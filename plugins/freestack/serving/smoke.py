@@ -99,9 +99,7 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
     """Send the sample's rows; every answer must equal the in-process output: the same class, and values
     within :func:`tolerance` (for regression, relative to the target's scale). Returns what was compared;
     raises DeployError naming the first row, key and output that differ, both values and the tolerance."""
-    # the smoke test's own request id: the model server leaves it out of the request log (not traffic)
-    payload = {"data": {"names": sample["features"], "ndarray": sample["rows"]}, "meta": {"puid": f"{SMOKE_ID}-{time.time_ns()}"}}
-    code, body = http_json(f"{url}/api/v1.0/predictions", payload, timeout=30.0)
+    code, body = http_json(f"{url}/api/v1.0/predictions", seldon_request(sample), timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "data" not in body:
         raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
     got = body["data"].get("ndarray")
@@ -112,6 +110,12 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
     worst, tol = _compare(got, sample, atol, rtol)
     _check_names(body["data"].get("names"), sample)
     return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": body.get("meta", {})}
+
+
+def seldon_request(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's rows as a Seldon message, under the smoke test's own request id: the model server
+    leaves it out of the request log (not traffic)."""
+    return {"data": {"names": sample["features"], "ndarray": sample["rows"]}, "meta": {"puid": f"{SMOKE_ID}-{time.time_ns()}"}}
 
 
 def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
@@ -207,4 +211,5 @@ def _explain(tol: dict[str, Any], atol: float) -> str:
     return f"{atol:.0e} x {tol['basis']} {tol['scale']:.6g} + {tol['rtol']:.0e} x |expected|"
 
 
-__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "smoke_test", "smoke_test_v2", "tolerance", "v2_request"]
+__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "seldon_request", "smoke_test", "smoke_test_v2", "tolerance",
+           "v2_request"]

@@ -389,12 +389,12 @@ def parsed_row(features: list[FeatureInput], form: dict[str, str]) -> list[Any]:
 def request_body(runtime: str, names: list[str], row: list[Any]) -> dict[str, Any]:
     """One row as the deployment's protocol wants it, marked as not traffic (the request log skips it)."""
     from freestack.serving.server.requestlog import SMOKE_ID
-    from freestack.serving.smoke import v2_request
+    from freestack.serving.smoke import seldon_request, v2_request
 
-    tag = f"{SMOKE_ID}-try-{time.time_ns()}"
+    tag, sample = f"{SMOKE_ID}-try-{time.time_ns()}", {"features": names, "rows": [row]}
     if runtime == "mlserver":
-        return {**v2_request({"features": names, "rows": [row]}), "id": tag}
-    return {"data": {"names": names, "ndarray": [row]}, "meta": {"puid": tag}}
+        return {**v2_request(sample), "id": tag}
+    return {**seldon_request(sample), "meta": {"puid": tag}}
 
 
 def read_answer(body: Any) -> tuple[str | None, dict[str, float]]:
