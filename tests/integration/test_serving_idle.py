@@ -1,4 +1,4 @@
-"""The model server (the freestack worker) against idle and partial connections (issue 41, point 7):
+"""The model server (the freestack worker) against idle and partial connections:
 
 - with about 2,500 connections open that each sent part of a request head and then nothing, good
   requests on new connections are still answered promptly: each worker holds a bounded number of

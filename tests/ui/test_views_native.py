@@ -1,4 +1,4 @@
-"""The freestack pages as part of Airflow's UI (issue 42, "native to Airflow"), on the state a real
+"""The freestack pages as part of Airflow's UI, on the state a real
 ``make demo`` left (the sandbox and browser of tests/ui/test_views_browser.py):
 
 - one "freestack" entry in the UI's navigation (the pages have their own tabs), W&B offline runs under Browse;

@@ -1,4 +1,4 @@
-"""The sweep page's live view and the ML views' additions of issue 42, in Debian's Chromium against the demo
+"""The sweep page's live view and the ML views' sweep and monitoring additions, in Debian's Chromium against the demo
 sandbox (the real ``make demo`` of tests/support/demo_sandbox.py):
 
 - a sweep runs while its page is open: the real local controller (``freestack.sweeps.core``: create_sweep,

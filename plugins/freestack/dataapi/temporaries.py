@@ -35,8 +35,6 @@ from freestack.storage.objects import TMP_MARK
 
 log = logging.getLogger("freestack.dataapi")
 
-#: temporaries not written to for this long belong to no write in flight (the setting's default)
-DEFAULT_MAX_AGE_S = 600.0
 JOURNALS = ".freestack-uploads"  # under the backing folder
 _SUFFIX = ".journal"
 _STARTING = ".new"  # a journal not yet locked by its process
@@ -209,8 +207,7 @@ class Sweeper:
     """Sweeps ``root`` at once (in a background thread) and then every ``interval`` seconds, sparing what
     ``journal`` (this process's uploads) and the journals of live sibling processes list."""
 
-    def __init__(self, root: str, journal: Journal, *, max_age: float = DEFAULT_MAX_AGE_S,
-                 interval: float | None = None):
+    def __init__(self, root: str, journal: Journal, *, max_age: float, interval: float | None = None):
         self.root = root
         self.journal = journal
         self.max_age = max_age
@@ -248,5 +245,5 @@ class Sweeper:
             self._stop.wait(self.interval)
 
 
-__all__ = ["DEFAULT_MAX_AGE_S", "JOURNALS", "Journal", "Sweeper", "default_interval", "is_temporary",
+__all__ = ["JOURNALS", "Journal", "Sweeper", "default_interval", "is_temporary",
            "scan_journals", "sweep"]

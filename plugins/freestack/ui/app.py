@@ -328,6 +328,16 @@ async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of))
     return await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
 
 
+@views_app.get("/api/sweeps/{pipeline}/{sweep_id}/live")
+async def sweep_live(pipeline: str, sweep_id: str, known: str = Query("", max_length=64), user: Any = Depends(user_of)) -> Any:
+    """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
+    status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
+    from freestack.ui.sweep_live import sweep_update
+
+    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    return await off_loop(sweep_update, s, known, TEMPLATES)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # deployments and data
 
@@ -425,12 +435,3 @@ from freestack.ui import extra_pages  # noqa: E402  (compare, try a deployment, 
 
 views_app.include_router(extra_pages.routes(page=page, pipeline=_pipeline, off_loop=off_loop, found=found, same_origin=_same_origin))
 
-
-@views_app.get("/api/sweeps/{pipeline}/{sweep_id}/live")
-async def sweep_live(pipeline: str, sweep_id: str, known: str = Query("", max_length=64), user: Any = Depends(user_of)) -> Any:
-    """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
-    status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
-    from freestack.ui.sweep_live import sweep_update
-
-    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
-    return await off_loop(sweep_update, s, known, TEMPLATES)

@@ -1,4 +1,4 @@
-"""The pages users of MLflow, W&B and SageMaker Studio look for (issue 42), on the ML views' login:
+"""The pages users of MLflow, W&B and SageMaker Studio look for, on the ML views' login:
 
     /compare/<p>?v=A&v=B...                  versions side by side: metrics (best marked, difference to the
                                              first), gate decisions, the training config they recorded, and

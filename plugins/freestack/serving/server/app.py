@@ -243,12 +243,13 @@ def _gunicorn_options(cfg: dict[str, Any], binds: list[str], seldon_metrics, pos
     worker_class: Any = cfg.get("worker_class", "sync")
     extra: dict[str, Any] = {}
     if worker_class == "freestack":
-        from freestack.serving.server.worker import install
+        from freestack.serving.server.worker import MAX_IDLE, install
 
         address = cfg.get("address") or {}
         gate = (address["gate"], int(address["port"])) if address.get("gate") else None
         worker_class, extra["child_exit"] = install(slots=2 * workers + 2, gate=gate, max_body=_max_body(), lane=lane,
-                                                    coalescer=coalescer, max_idle=int(cfg.get("max_idle_connections", 256)))
+                                                    coalescer=coalescer,
+                                                    max_idle=int(cfg.get("max_idle_connections", MAX_IDLE)))  # fmt: skip
     elif worker_class in ("sync", "gthread"):
         from freestack.serving.server.worker import gunicorn_class
 

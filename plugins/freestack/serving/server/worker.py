@@ -17,7 +17,7 @@ gunicorn's parser refuses (a bad request line, bad headers) is answered in JSON 
 bytes that cannot start an HTTP/1.x request line at all (TLS, HTTP/2, binary) get a 400 as they arrive.
 
 Idle and partial connections are bounded too, so that clients that open connections and send nothing
-whole (2,500 of them kept the first good requests waiting 17-40 s) cannot crowd good ones out: a worker
+whole cannot crowd good ones out (docs/benchmarks.md has the figures): a worker
 holds at most ``max_idle`` connections without a whole request head (``waiting``: idle keep-alive ones
 and those with part of a head in, oldest first); accepting one more lets the oldest go (a 408 if part of
 a head is in, else a plain close, as at the end of its keep-alive time), and while over half of
@@ -38,9 +38,9 @@ and a worker only listens for new connections while it holds no more connections
 sibling. A sibling whose heartbeat is older than 2 s (booting, stuck in a long request, dead and not
 yet reaped) does not hold the others back; the arbiter's ``child_exit`` hook frees a dead worker's
 slot. A worker held back while connections wait in the accept queue looks again every HELD_POLL (a
-sibling's accept does not wake it; taking turns a TICK apart, two workers accepted 8 connections a
-second), and with over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line, headers and body go out in one
-``sendall``.
+sibling's accept does not wake it, and taking turns a TICK apart drains a queue far too slowly), and with
+over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line,
+headers and body go out in one ``sendall``.
 
 A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.predict_lane`, set by
 :func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
