@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from freestack.serving.server.oip_server import replayed
-
 HEADER = b"inference-header-content-length"
 #: little-endian numpy dtypes of the V2 numeric datatypes
 DTYPES = {"BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "|i1",
@@ -270,4 +268,18 @@ async def _answer(send, status: int, headers: list, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["BinaryError", "BinaryTensors", "decode_tensor", "encode_tensor", "to_binary_answer", "to_json_request"]
+def replayed(body: bytes, receive):
+    """An ASGI ``receive`` that hands the app ``body`` whole (read already), then the client's own messages."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+__all__ = ["BinaryError", "BinaryTensors", "decode_tensor", "encode_tensor", "replayed", "to_binary_answer", "to_json_request"]

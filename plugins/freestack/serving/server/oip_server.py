@@ -119,6 +119,8 @@ class BodyLimit:
                 if more:
                     await _drain(receive, seen)
                 return await self._refuse(send, seen)
+        from freestack.serving.server.oip_binary import replayed
+
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
     async def _refuse(self, send, size: int) -> None:
@@ -126,20 +128,6 @@ class BodyLimit:
                                               "are accepted: send fewer rows per request")  # fmt: skip
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-def replayed(body: bytes, receive):
-    """An ASGI ``receive`` that hands the app ``body`` whole (read already), then the client's own messages."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 async def _drain(receive, seen: int) -> None:
