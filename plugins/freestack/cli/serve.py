@@ -86,7 +86,9 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
     state = r.get("state")
     if state == "serving" and not r.get("alive"):
         state = "DOWN (the recorded process is gone: redeploy, e.g. `freestack serve deploy <pipeline>`)"
-    elif state == "serving" and r.get("health") not in (None, "ok"):
+    elif state == "serving" and str(r.get("health") or "").startswith("HTTP "):
+        # the server answered that its model is not ready (an unloaded model's 404); a health check that
+        # timed out on a busy machine shows as such below, not as DOWN
         state = (f"DOWN (the process runs but its model does not answer: health {r['health']}; see its log, "
                  "and redeploy, e.g. `freestack serve deploy <pipeline>`)")  # fmt: skip
     lines = [

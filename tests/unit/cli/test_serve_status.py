@@ -15,3 +15,5 @@ def test_serving_only_when_the_process_runs_and_the_model_answers():
     assert "DOWN (the recorded process is gone" in gone
     unloaded = _status_lines({**RECORD, "alive": True, "health": "HTTP 404"})[0]
     assert unloaded.startswith("digits/digits: v3 DOWN (the process runs but its model does not answer: health HTTP 404")
+    busy = _status_lines({**RECORD, "alive": True, "health": "unreachable (timed out)"})
+    assert busy[0] == "digits/digits: v3 serving" and "(health: unreachable (timed out))" in busy[1]
