@@ -190,8 +190,9 @@ def bench_kills(svc: Service, kills: int, settle: float) -> dict[str, Any]:
     svc.request("POST", USER, json={"name": "uploads"}).raise_for_status()
     left_by_kills, size, swept_in = 0, 0, []
     for i in range(kills):
+        before = set(_temps(folder))
         _kill_mid_upload(svc, f"big{i}.bin")
-        temps = _temps(folder)
+        temps = [p for p in _temps(folder) if p not in before]  # this kill's own
         left_by_kills += len(temps)
         size += sum(p.stat().st_size for p in temps)
         started = time.monotonic()

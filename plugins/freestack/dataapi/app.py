@@ -773,9 +773,18 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
         raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
     if if_absent and info is not None:
         raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
-    writer = AtomicWriter(_Target(fs, rel), if_absent=if_absent)
-    # the sweeper spares the temporary however long the client takes; its hash is recorded on commit
-    return svc.versions.writer(writer, resolved, on_done=svc.track(getattr(writer, "_tmp", None)))
+    # the temporary is journalled before it exists, so a kill -9 at any moment leaves nothing unlisted;
+    # the sweeper spares it however long the client takes; its hash is recorded on commit
+    untrack: list[Any] = []
+    try:
+        writer = AtomicWriter(_Target(fs, rel), if_absent=if_absent,
+                              on_temporary=lambda tmp: untrack.append(svc.track(tmp)))
+    except BaseException:
+        for done in untrack:
+            if done is not None:
+                done()
+        raise
+    return svc.versions.writer(writer, resolved, on_done=untrack[0] if untrack else None)
 
 
 async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,9 @@ class AtomicWriter(PublishOnExit):
     ``if_absent=True`` the commit fails if the target exists (create-if-absent), atomically.
     """
 
-    def __init__(self, path: ObjectStoragePath, *, if_absent: bool = False):
+    def __init__(self, path: ObjectStoragePath, *, if_absent: bool = False,
+                 on_temporary: Callable[[str], None] | None = None):
+        """``on_temporary`` is told a local write's temporary before the file exists (to journal it)."""
         self._done = True  # until the handle below is open, there is nothing to abort
         self.path = path
         self.if_absent = if_absent
@@ -104,6 +106,8 @@ class AtomicWriter(PublishOnExit):
             self._made = _makedirs(folder)
             # the name is shortened so that any name the OS accepts still leaves room for the suffix
             self._tmp = os.path.join(folder, f".{name[:40]}{TMP_MARK}{uuid.uuid4().hex}")
+            if on_temporary is not None:
+                on_temporary(self._tmp)
             self._fh = open(self._tmp, "wb")  # noqa: SIM115  (closed in commit/abort)
         else:
             self._tmp = None

@@ -45,6 +45,20 @@ def test_exception_inside_write_leaves_nothing_and_keeps_old_version(tmp_path):
     assert os.listdir(tmp_path) == ["x.bin"]  # no temporary left behind
 
 
+def test_a_local_writers_temporary_is_announced_before_it_exists(tmp_path):
+    """What journals an upload's temporary hears of it before the file is there: a kill -9 at any moment
+    leaves no temporary that the journal does not list."""
+    from freestack.storage.objects import AtomicWriter
+
+    seen = []
+    with AtomicWriter(join(to_path(tmp_path.as_uri()), "x.bin"),
+                      on_temporary=lambda tmp: seen.append((tmp, os.path.exists(tmp)))) as w:
+        w.write(b"data")
+        assert [os.path.exists(tmp) for tmp, _ in seen] == [True]
+    assert len(seen) == 1 and seen[0][1] is False and ".freestack-tmp-" in seen[0][0]
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
+
+
 def test_if_absent_is_exclusive(tmp_path):
     target = join(to_path(tmp_path.as_uri()), "lease.json")
     write_bytes(target, b"first", if_absent=True)
