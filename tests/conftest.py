@@ -60,7 +60,8 @@ if str(ROOT / "include") not in sys.path:
 pytest_plugins = ["tests.support.demo_sandbox"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
 DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/ui/test_views_native.py", "tests/ui/test_views_extra.py",
-              "tests/ui/test_views_sweep_live.py", "tests/e2e/test_monitor_demo.py", "tests/e2e/test_docs_commands.py")  # fmt: skip
+              "tests/ui/test_views_sweep_live.py", "tests/e2e/test_monitor_demo.py", "tests/ui/test_views_rollback_race.py",
+              "tests/e2e/test_docs_commands.py")  # fmt: skip
 
 
 def pytest_xdist_make_scheduler(config, log):
