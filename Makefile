@@ -57,20 +57,20 @@ $(STAMP): pyproject.toml
 
 serving-venv: $(SERVING_STAMP)
 
-$(SERVING_STAMP): include/serving/requirements.txt
+$(SERVING_STAMP): plugins/freestack_server/requirements-seldon.txt
 	test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
 	$(SERVING_VENV)/bin/pip install -q --upgrade pip
 	$(SERVING_VENV)/bin/pip install -q torch==2.13.0
-	$(SERVING_VENV)/bin/pip install -q -r include/serving/requirements.txt
+	$(SERVING_VENV)/bin/pip install -q -r plugins/freestack_server/requirements-seldon.txt
 	touch $@
 
 mlserver-venv: $(MLSERVER_STAMP)
 
-$(MLSERVER_STAMP): include/serving/mlserver-requirements.txt
+$(MLSERVER_STAMP): plugins/freestack_server/requirements-mlserver.txt
 	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install -q --upgrade pip
 	$(MLSERVER_VENV)/bin/pip install -q torch==2.13.0
-	$(MLSERVER_VENV)/bin/pip install -q -r include/serving/mlserver-requirements.txt
+	$(MLSERVER_VENV)/bin/pip install -q -r plugins/freestack_server/requirements-mlserver.txt
 	touch $@
 
 $(AIRFLOW_HOME)/airflow.db: $(STAMP)

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # freestack's Open Inference Protocol server: MLServer 1.7.1 (Apache-2.0) running freestack's runtime
-# (freestack.serving.server.oip), which loads the registry version named by MLSERVER_MODEL_URI. This is
+# (freestack_server.oip), which loads the registry version named by FREESTACK_MODEL_URI. This is
 # the image a SeldonDeployment with protocol: v2 or a KServe InferenceService made by freestack runs
 # (deploy.runtime: mlserver; deploy.kubernetes.mlserver_image).
 #
@@ -18,13 +18,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 ARG TORCH_VERSION=2.13.0
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
 
-COPY include/serving/mlserver-requirements.txt /tmp/mlserver-requirements.txt
+COPY plugins/freestack_server/requirements-mlserver.txt /tmp/mlserver-requirements.txt
 RUN pip install -r /tmp/mlserver-requirements.txt && rm /tmp/mlserver-requirements.txt
 
-# the freestack package, for the runtime (freestack.serving.server, freestack.ml, freestack.settings); --no-deps:
+# the freestack package, for the runtime (freestack_server, freestack.ml, freestack.settings); --no-deps:
 # its Airflow-side dependencies stay out
 COPY pyproject.toml README.md /src/
 COPY plugins/freestack /src/plugins/freestack
+COPY plugins/freestack_server /src/plugins/freestack_server
 RUN pip install --no-deps /src && rm -rf /src
 
 RUN groupadd --system --gid 1000 mlserver \
@@ -34,17 +35,21 @@ RUN groupadd --system --gid 1000 mlserver \
 USER 1000:1000
 WORKDIR /opt/freestack
 
-# REST, gRPC (the ports Seldon's operator gives a predictor), Prometheus metrics; the model comes from the
-# MLSERVER_MODEL_* variables the manifest sets
-ENV MLSERVER_HTTP_PORT=9000 \
-    MLSERVER_GRPC_PORT=9500 \
-    MLSERVER_METRICS_PORT=6000 \
-    MLSERVER_PARALLEL_WORKERS=0 \
-    MLSERVER_MODEL_IMPLEMENTATION=freestack.serving.server.oip.FreestackRuntime \
+# The model server's configuration (docs: the settings reference, FREESTACK_SERVER_*): the mlserver
+# runtime, every listener on all interfaces, REST, gRPC and metrics on the ports Seldon's operator gives a
+# predictor (it sets the same PREDICTIVE_UNIT_* variables in a cluster; under KServe these defaults hold).
+# The model comes from FREESTACK_MODEL_URI, which the manifest sets.
+ENV FREESTACK_SERVER_RUNTIME=mlserver \
+    FREESTACK_SERVER_HOST=0.0.0.0 \
+    FREESTACK_SERVER_WORKDIR=/opt/freestack/models \
+    PREDICTIVE_UNIT_HTTP_SERVICE_PORT=9000 \
+    PREDICTIVE_UNIT_GRPC_SERVICE_PORT=9500 \
+    PREDICTIVE_UNIT_METRICS_SERVICE_PORT=6000 \
     HOME=/home/mlserver
 EXPOSE 9000 9500 6000
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/v2/health/ready', timeout=2)"]
 
-CMD ["python", "-m", "freestack.serving.server.oip_server", "/opt/freestack/models"]
+# the same command as every other target: the supervisor is PID 1 and stops MLServer gracefully on SIGTERM
+CMD ["python", "-m", "freestack_server"]

@@ -125,6 +125,27 @@ def settings_page() -> str:
     for name, field in Settings.model_fields.items():
         description = (field.description or "").replace("|", "\\|")
         lines.append(f"| `{PREFIX}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
+    return "\n".join(lines) + "\n\n" + server_settings_table()
+
+
+def server_settings_table() -> str:
+    """The model server's own variables (:class:`freestack_server.config.ServerConfig`)."""
+    from freestack_server.config import PREFIX as SERVER, ServerConfig
+
+    lines = [
+        "## The model server (`FREESTACK_SERVER_*`)",
+        "",
+        "`python -m freestack_server`, the one command that starts a model server locally, in both images and",
+        "in the manifests, reads these (`freestack_server.config.ServerConfig`) besides the model settings above;",
+        "the images set them with `ENV`, the manifests in the container's `env`, a local deploy in the file it",
+        "passes with `--env-file`. Where Seldon's operator has its own name for a setting, that name works too.",
+        "",
+        "| variable | type | default | what it is |",
+        "|---|---|---|---|",
+    ]
+    for name, field in ServerConfig.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `{SERVER}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
     return "\n".join(lines) + "\n"
 
 

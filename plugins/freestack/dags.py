@@ -259,7 +259,7 @@ def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, m
     from freestack.serving.spec import DEPLOY_PRIORITY
 
     how = (
-        "a supervised seldon-core-microservice on 127.0.0.1, smoke-tested, switched blue/green."
+        "the model server (python -m freestack_server) on 127.0.0.1, smoke-tested, switched blue/green."
         if spec.deploy.target == "local"
         else "a SeldonDeployment on Kubernetes, waited on until Available."
     )

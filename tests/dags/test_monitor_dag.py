@@ -47,7 +47,7 @@ def _log_day(root: str, version: str, model, pre, X: np.ndarray, day: datetime) 
     """One day of requests of ``X`` (30 rows each) with the version's in-process answers, as the server logs them."""
     import torch
 
-    from freestack.serving.server.requestlog import RequestLog, monitoring_uri
+    from freestack_server.requestlog import RequestLog, monitoring_uri
 
     log = RequestLog(monitoring_uri(root, "digits"), rate=1.0, model="digits", version=version, deployment="digits",
                      columns=[(f, "numeric") for f in pre.features], classes=[str(c) for c in pre.classes])  # fmt: skip

@@ -268,11 +268,11 @@ def test_down_lists_the_model_servers_it_stopped(tmp_path):
     serving = Path(env["FREESTACK_SERVING_DIR"])
     (serving / "digits").mkdir(parents=True)
     from freestack.serving.processes import free_port_block, is_holder
-    from freestack.serving.server.address import socket_name
+    from freestack_server.address import socket_name
 
     port = free_port_block()
     holder = subprocess.Popen(
-        [sys.executable, "-m", "freestack.serving.server", "hold", str(serving / "digits"), "127.0.0.1", str(port)],
+        [sys.executable, "-m", "freestack_server", "hold", str(serving / "digits"), "127.0.0.1", str(port)],
         env={**os.environ, "PYTHONPATH": str(PLUGINS)}, stdout=subprocess.DEVNULL, start_new_session=True,
     )
     try:

@@ -1,5 +1,6 @@
-"""The model server against hostile clients (the real server: Seldon's app under gunicorn from
-.venv-serving, started the way ``deploy`` starts it, each worker class the spec allows):
+"""The model server against hostile clients, started exactly as ``docker/serving.Dockerfile`` starts it
+(its ``CMD`` and ``ENV``, in .venv-serving: tests/support/images.py), with each worker class the spec
+allows set through ``FREESTACK_SERVER_WORKER_CLASS``, as a manifest would:
 
 - a corpus of malformed requests (bad JSON, shapes and types, every route that takes a message,
   GET ``?json=``, chunked framing, protocol errors, Content-Encoding) all get a 4xx answer in Seldon's
@@ -20,9 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from freestack.serving.local import LocalServer, Slot, server_config, start_server
-from freestack.serving.spec import LocalTarget
-from tests.support.ports import free_ports
+from tests.support.images import ImageServer, start_like_image
 from tests.support.serving import make_version, needs_serving_env
 from tests.support.serving_hostile import (
     PREDICT,
@@ -55,15 +54,13 @@ def version(tmp_path_factory) -> str:
     return make_version((work / "storage").as_uri(), "h", "v1", work, seed=3, n_features=N_FEATURES)
 
 
-def _start(version_uri: str, worker_class: str, extra: dict) -> LocalServer:
-    port, metrics_port = free_ports(2)
-    local = LocalTarget(workers=2, threads=4 if worker_class == "gthread" else 1, worker_class=worker_class,
-                        timeout_seconds=TIMEOUT_S, max_batch_rows=MAX_ROWS, start_timeout_seconds=90, **extra)  # fmt: skip
+def _start(version_uri: str, worker_class: str, extra: dict, workdir: Path) -> ImageServer:
+    env = {"FREESTACK_SERVER_WORKER_CLASS": worker_class, "FREESTACK_SERVER_THREADS": "4" if worker_class == "gthread" else "1",
+           "FREESTACK_SERVER_TIMEOUT": str(TIMEOUT_S), "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS),
+           "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY), "FREESTACK_SERVER_WORKERS": "2",
+           **{f"FREESTACK_SERVER_{k.upper()}": json.dumps(v) for k, v in extra.items()}}  # fmt: skip
     name = f"hostile-{worker_class}" + ("-cors" if extra else "")
-    cfg = server_config(name, "h", "v1", Slot("blue", port, metrics_port), local, model_uri=version_uri,
-                        request_log_uri=None)  # fmt: skip
-    server = start_server(cfg, model_env={})
-    server.wait_ready(90)
+    server = start_like_image("seldon", version_uri, workdir / name, env=env, timeout=90)
     deadline = time.monotonic() + 60  # every worker has loaded the model (deploy waits for one)
     while _log(server).count("INFO serving h v1") < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -71,35 +68,33 @@ def _start(version_uri: str, worker_class: str, extra: dict) -> LocalServer:
 
 
 @pytest.fixture(scope="module")
-def servers(version):
-    """``servers(worker_class, **local)``: a running server of that class, ``local`` more of its
-    ``deploy.local`` settings (started once per module)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FREESTACK_MAX_BODY_BYTES", str(MAX_BODY))  # reaches the server through its environment
-    started: dict[tuple, LocalServer] = {}
+def servers(version, tmp_path_factory):
+    """``servers(worker_class, **config)``: a running server of that class, ``config`` more of its
+    ``FREESTACK_SERVER_*`` variables (started once per module)."""
+    workdir = tmp_path_factory.mktemp("hostile-servers")
+    started: dict[tuple, ImageServer] = {}
 
-    def get(worker_class: str = "freestack", **extra) -> LocalServer:
+    def get(worker_class: str = "freestack", **extra) -> ImageServer:
         key = (worker_class, json.dumps(extra, sort_keys=True))
         if key not in started:
-            started[key] = _start(version, worker_class, extra)
+            started[key] = _start(version, worker_class, extra, workdir)
         return started[key]
 
     yield get
     for server in started.values():
         server.stop()
-    mp.undo()
 
 
-def _log(server: LocalServer) -> str:
+def _log(server: ImageServer) -> str:
     return Path(server.log_path).read_text(errors="replace")
 
 
-def _pids(server: LocalServer) -> set[int]:
+def _pids(server: ImageServer) -> set[int]:
     return {p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)}
 
 
-def _port(server: LocalServer) -> int:
-    return int(server.cfg["port"])
+def _port(server: ImageServer) -> int:
+    return server.port
 
 
 @pytest.mark.parametrize("worker_class", ["freestack", "sync", "gthread"])
@@ -212,3 +207,18 @@ def test_large_chunked_and_expect_continue_bodies_are_served(servers, worker_cla
             for _ in range(3):
                 ans, buf = read_answer(sock, buf)
                 assert ans.status == 200, ans
+
+
+def test_sigterm_stops_the_image_entrypoint_gracefully(version, tmp_path):
+    """As PID 1 of its container, the server gets the kubelet's SIGTERM: the supervisor and every process
+    under it exit, with code 0 (a stop, not a crash)."""
+    server = start_like_image("seldon", version, tmp_path / "sigterm", env={"FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS)})
+    tree = [server.proc.pid, *_pids(server)]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(request("POST", PREDICT, GOOD))
+        answer, _ = read_answer(s)
+        assert answer.status == 200 and b"ndarray" in answer.body
+        server.proc.send_signal(15)
+    assert server.proc.wait(timeout=30) == 0
+    time.sleep(0.5)
+    assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from freestack.serving.local import LocalServer, Slot, server_config, start_server
-from freestack.serving.server.request_checks import Frame, Refused, request_end
 from freestack.serving.spec import LocalTarget
+from freestack_server.request_checks import Frame, Refused, request_end
 from tests.support.ports import free_ports
 from tests.support.serving import make_version, needs_serving_env
 from tests.support.serving_hostile import PREDICT, exchange, request, seldon_error
@@ -77,7 +77,7 @@ def server(tmp_path_factory, fd_limit):
 
 
 def _port(srv: LocalServer) -> int:
-    return int(srv.cfg["port"])
+    return srv.cfg.port
 
 
 def _open_partial(port: int, n: int) -> list[socket.socket]:

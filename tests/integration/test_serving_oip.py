@@ -1,4 +1,4 @@
-"""The MLServer runtime (freestack.serving.server.oip) serves registry versions over the Open Inference
+"""The MLServer runtime (freestack_server.oip) serves registry versions over the Open Inference
 Protocol: real MLServer 1.7.1 processes in .venv-mlserver, spoken to with Triton's official OIP client
 (tritonclient, HTTP and gRPC) and with plain HTTP for the payloads a client library would not send."""
 
@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -19,10 +17,9 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from freestack.serving.processes import free_port_block
-from freestack.serving.server.oip_server import write_folder
 from tests.integration.test_serving_mixed import b64, train_version
 from tests.integration.test_serving_mixed import in_process as mixed_in_process
+from tests.support.images import start_like_image
 from tests.support.serving import in_process, make_version
 from tests.unit.ml.test_features import KINDS, frame
 
@@ -33,29 +30,15 @@ MAX_BODY = 200_000
 
 
 def start(work: Path, name: str, uri: str, log_uri: str = "") -> dict:
-    port = free_port_block()
-    http_port, grpc_port, metrics_port = port, port + 1, port + 2
-    extra = {"max_batch_rows": 64, "batch_rows": 32, "request_log_uri": log_uri, "request_log_rate": 1.0 if log_uri else 0.0}
-    folder = write_folder(work / f"mlserver-{name}", name=name, model_uri=uri, host="127.0.0.1", http_port=http_port,
-                          grpc_port=grpc_port, metrics_port=metrics_port, workers=0, extra=extra)  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"), "FREESTACK_HOME": str(work),
-           "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY), "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1"}  # fmt: skip
-    log = open(work / f"mlserver-{name}.log", "wb")
-    proc = subprocess.Popen([str(PYTHON), "-m", "freestack.serving.server.oip_server", str(folder)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (work / f"mlserver-{name}.log").read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{name}/ready", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        pytest.fail((work / f"mlserver-{name}.log").read_text()[-3000:])
-    return {"proc": proc, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}",
-            "metrics": f"127.0.0.1:{metrics_port}", "name": name, "uri": uri}  # fmt: skip
+    """MLServer started exactly as docker/mlserver.Dockerfile starts it (tests/support/images.py), with
+    what a manifest sets: the model's name, its limits and its request log."""
+    env = {"FREESTACK_MODEL_NAME": name, "FREESTACK_MAX_BATCH_ROWS": "64", "FREESTACK_SERVER_BATCH_ROWS": "32",
+           "FREESTACK_REQUEST_LOG_URI": log_uri, "FREESTACK_REQUEST_LOG_RATE": "1.0" if log_uri else "0.0",
+           "FREESTACK_HOME": str(work), "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY),
+           "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1"}  # fmt: skip
+    server = start_like_image("mlserver", uri, work / f"mlserver-{name}", env=env, ready_path=f"/v2/models/{name}/ready")
+    return {"proc": server.proc, "server": server, "http": f"127.0.0.1:{server.port}", "grpc": f"127.0.0.1:{server.grpc_port}",
+            "metrics": f"127.0.0.1:{server.metrics_port}", "name": name, "uri": uri}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

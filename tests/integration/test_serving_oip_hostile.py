@@ -1,6 +1,6 @@
 """The MLServer runtime against hostile and careless clients: real MLServer 1.7.1 processes started through
-the production entrypoint (``python -m freestack.serving.server.oip_server FOLDER``, the mlserver image's
-CMD). The model repository API is closed over REST and gRPC; Triton's official client works with its
+the production entrypoint (the mlserver image's ``CMD`` and ``ENV``, tests/support/images.py).
+The model repository API is closed over REST and gRPC; Triton's official client works with its
 defaults (binary tensors); shapes and names are checked against the model's metadata; and a corpus of
 malformed requests gets 4xx answers in the V2 error format, never a 5xx, with the server still serving."""
 

@@ -31,14 +31,13 @@ class Request:
 
 def main(model_uri: str, cases_file: str) -> None:
     os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
-    sys.path.insert(0, str(ROOT / "include" / "serving"))
-    from Model import Model
     from seldon_core import wrapper
 
-    from freestack.serving.server import request_checks
-    from freestack.serving.server.lighter_flask import faster_json, lighter_flask
-    from freestack.serving.server.metrics import BufferedSeldonMetrics
-    from freestack.serving.server.predict_lane import PredictLane
+    from freestack_server import request_checks
+    from freestack_server.lighter_flask import faster_json, lighter_flask
+    from freestack_server.metrics import BufferedSeldonMetrics
+    from freestack_server.predict_lane import PredictLane
+    from freestack_server.seldon_model import Model
 
     model = Model(model_uri=model_uri)
     model.load()

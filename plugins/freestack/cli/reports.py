@@ -48,7 +48,7 @@ def serve_report(pipeline: str) -> str:
     body = json.dumps({"data": {"ndarray": [row]}}, separators=(",", ":"))
     code, answer = http_json(rec["predict_url"], payload)
     lines = [
-        f"\nserved: {spec.model_name} {rec['version']} by seldon-core-microservice (pid {rec['pid']}) at {rec['url']}",
+        f"\nserved: {spec.model_name} {rec['version']} by the model server (pid {rec['pid']}) at {rec['url']}",
         f"  smoke test: {plural(int(rec['smoke']['rows']), 'test row')} answered exactly as in evaluation "
         f"(max |diff| {rec['smoke']['max_abs_diff']:.1e})",
         "  try it:",

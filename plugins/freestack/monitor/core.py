@@ -23,7 +23,7 @@ import numpy as np
 
 from freestack.errors import FreestackError
 from freestack.monitor import stats
-from freestack.serving.server.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
+from freestack_server.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec

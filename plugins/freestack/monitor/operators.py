@@ -78,8 +78,8 @@ class AlertOperator(PipelineOperator):
 
     def execute(self, context: Context) -> list[str]:
         from freestack.monitor.core import interval_name
-        from freestack.serving.server.requestlog import monitoring_uri
         from freestack.storage import join, to_path, write_json
+        from freestack_server.requestlog import monitoring_uri
 
         spec = self.pipeline_spec()
         got = _drifted(context, "alert", spec)

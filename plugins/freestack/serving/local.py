@@ -1,8 +1,8 @@
-"""The local deploy target: a supervised ``seldon-core-microservice`` on 127.0.0.1, switched blue/green
-behind one stable address.
+"""The local deploy target: the model server (``python -m freestack_server --env-file F``, the images'
+command with the deploy's variables in F) on 127.0.0.1, switched blue/green behind one stable address.
 
 A deployment's address is ``deploy.local.port`` (P) for its whole life: an *address holder* process
-listens there and hands the listening socket to each server (:mod:`freestack.serving.server.address`),
+listens there and hands the listening socket to each server (:mod:`freestack_server.address`),
 so the kernel gives connections straight to the servers' gunicorn workers, with no proxy. Blue and
 green are two slots behind it, each server also on its own port (blue P+1, green P+2).
 
@@ -49,10 +49,12 @@ from freestack.serving.processes import (
     supervisors,
 )
 from freestack.serving.records import Deployments
-from freestack.serving.server.address import socket_name
-from freestack.serving.server.requestlog import monitoring_uri
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
+from freestack_server.address import socket_name
+from freestack_server.config import PREFIX as SERVER_PREFIX
+from freestack_server.config import ServerConfig, write_env_file
+from freestack_server.requestlog import monitoring_uri
 
 if TYPE_CHECKING:
     from freestack.serving.spec import LocalTarget
@@ -78,7 +80,7 @@ def serving_python() -> str:
     if not py.exists():
         raise DeployError(
             f"the serving environment is missing ({py}): run `make serving-venv` (seldon-core 1.17.1 needs its "
-            "own virtualenv) or set FREESTACK_SERVING_PYTHON to a python that has include/serving/requirements.txt"
+            "own virtualenv) or set FREESTACK_SERVING_PYTHON to a python that has plugins/freestack_server/requirements-seldon.txt"
         )
     return str(py)
 
@@ -92,7 +94,7 @@ def runtime_python(runtime: str) -> str:
     if not py.exists():
         raise DeployError(f"MLServer's environment is missing ({py}): run `make mlserver-venv` (MLServer 1.7.1 needs "
                           "its own virtualenv) or set FREESTACK_MLSERVER_PYTHON to a python that has "
-                          "include/serving/mlserver-requirements.txt")  # fmt: skip
+                          "plugins/freestack_server/requirements-mlserver.txt")  # fmt: skip
     return str(py)
 
 
@@ -103,11 +105,6 @@ def serving_dir() -> Path:
     path = current.serving_dir or current.project_home / ".freestack" / "serving"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def model_dir() -> Path:
-    """The Seldon model class's folder (``include/serving``: ``Model.py``)."""
-    return checkout_dir() / "include" / "serving"
 
 
 def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
@@ -130,10 +127,9 @@ def _strays(name: str) -> list[int]:
 
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a process of the serving environment: ours, its own PYTHONPATH, ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", SERVER_PREFIX))}
     env.update(extra)
-    env.update({"PYTHONPATH": os.pathsep.join([str(checkout_dir() / "plugins"), str(model_dir())]),
-                "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    env.update({"PYTHONPATH": str(checkout_dir() / "plugins"), "PYTHONUNBUFFERED": "1"})
     return env
 
 
@@ -187,7 +183,7 @@ def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> in
     with open(log_path, "ab") as out:
         out.write(f"\n=== {_now()} holding {host}:{port} ===\n".encode())
         proc = subprocess.Popen(
-            [serving_python(), "-m", "freestack.serving.server", "hold", str(home), host, str(port)],
+            [serving_python(), "-m", "freestack_server", "hold", str(home), host, str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=_server_env({}),
             start_new_session=True,
         )  # fmt: skip
@@ -211,27 +207,29 @@ def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> in
 class LocalServer:
     """One started model server (not yet switched to)."""
 
-    def __init__(self, proc: subprocess.Popen, cfg: dict[str, Any], config_path: Path, log_path: Path):
-        self.proc, self.cfg, self.config_path, self.log_path = proc, cfg, config_path, log_path
+    def __init__(self, proc: subprocess.Popen, launch: ServerLaunch, env_file: Path, log_path: Path):
+        self.proc, self.launch, self.env_file, self.log_path = proc, launch, env_file, log_path
+        self.cfg = launch.config
 
     @property
     def url(self) -> str:
         """The server's own address (not the deployment's)."""
-        return f"http://{self.cfg['host']}:{self.cfg['port']}"
+        return f"http://{self.cfg.host}:{self.cfg.port}"
 
     @property
     def gate(self) -> Path:
-        return Path(self.cfg["address"]["gate"])
+        assert self.cfg.address is not None, "a server without a deployment's address has no gate"
+        return Path(self.cfg.address.gate)
 
     @property
     def health_url(self) -> str:
-        return health_url(self.url, self.cfg.get("runtime", "seldon"), self.cfg["model"])
+        return health_url(self.url, self.cfg.runtime, self.cfg.model)
 
     def _exited(self, what: str) -> DeployError | None:
         rc = self.proc.poll()
         if rc is None:
             return None
-        return DeployError(f"the model server for {self.cfg['model']} {self.cfg['version']} exited with code {rc} "
+        return DeployError(f"the model server for {self.cfg.model} {self.cfg.version} exited with code {rc} "
                            f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
 
     def wait_ready(self, timeout: float) -> None:
@@ -250,7 +248,7 @@ class LocalServer:
                 last = str(exc)
             time.sleep(0.1)
         raise DeployError(
-            f"the model server for {self.cfg['model']} {self.cfg['version']} was not healthy within {timeout:.0f} s "
+            f"the model server for {self.cfg.model} {self.cfg.version} was not healthy within {timeout:.0f} s "
             f"({last}){self._slow_hint(timeout)}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
@@ -262,7 +260,7 @@ class LocalServer:
             killed = False
         if killed:
             return (f": gunicorn killed workers that were silent for over deploy.local.timeout_seconds "
-                    f"({self.cfg.get('timeout')} s, see WORKER TIMEOUT in the log); raise it in the spec's deploy.local "
+                    f"({self.cfg.timeout} s, see WORKER TIMEOUT in the log); raise it in the spec's deploy.local "
                     "block")  # fmt: skip
         return (f": if the model needs longer to load, raise deploy.local.start_timeout_seconds (now {timeout:.0f} s) "
                 "in the spec's deploy.local block")  # fmt: skip
@@ -276,7 +274,7 @@ class LocalServer:
 
     def wait_joined(self, timeout: float) -> None:
         """Wait until every worker accepts on the deployment's address (at least one within ``timeout``)."""
-        want, deadline = int(self.cfg["workers"]), time.monotonic() + timeout
+        want, deadline = 1 if self.cfg.runtime == "mlserver" else self.cfg.workers, time.monotonic() + timeout
         while len(got := self.joined()) < want:
             if exited := self._exited("while joining the deployment's address"):
                 raise exited
@@ -285,7 +283,7 @@ class LocalServer:
                     log.warning("%d of %d workers accept on the deployment's address; going on", len(got), want)
                     return
                 raise DeployError(
-                    f"the model server for {self.cfg['model']} {self.cfg['version']} did not start accepting on "
+                    f"the model server for {self.cfg.model} {self.cfg.version} did not start accepting on "
                     f"the deployment's address within {timeout:.0f} s; last lines of {self.log_path}:\n"
                     f"{log_tail(self.log_path)}"
                 )
@@ -306,57 +304,67 @@ class Slot:
     metrics_port: int
 
 
+@dataclass(frozen=True)
+class ServerLaunch:
+    """One server to start with ``python -m freestack_server --env-file F``: the server's configuration
+    and its model's ``FREESTACK_*`` settings, all written to F (the images set the same variables)."""
+
+    config: ServerConfig
+    model: dict[str, str]
+
+    def variables(self) -> dict[str, str]:
+        return {**self.model, **self.config.env()}
+
+
 def server_config(name: str, model: str, version: str, slot: Slot, local: LocalTarget, *, model_uri: str,
-                  request_log_uri: str | None, address: Address | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
-    """The supervisor's config file for one server (``freestack.serving.server.app``); with ``address``,
-    the server also serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer
-    on the slot's port (one process; gRPC on a free port), :mod:`freestack.serving.server.oip_server`."""
-    cfg = {
-        "name": name, "model": model, "version": version, "predictor": slot.color, "model_dir": str(model_dir()),
-        "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": local.workers,
+                  request_log_uri: str | None, address: Address | None = None, runtime: str = "seldon") -> ServerLaunch:  # fmt: skip
+    """What one server of deployment ``name`` runs with: on the slot's port; with ``address``, it also
+    serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer, one process,
+    gRPC on a free port."""
+    mlserver = runtime == "mlserver"
+    gate = str(_home(name) / f"{slot.color}.gate")
+    cfg = ServerConfig.model_validate({  # the variables alone: nothing of this process's environment
+        "runtime": runtime, "model": model, "version": version, "deployment": name, "predictor": slot.color,
+        "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": 1 if mlserver else local.workers,
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.worker_timeout,
         "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
-        "max_idle_connections": local.max_idle_connections,
-        "parameters": {
-            "model_uri": model_uri,
-            "max_batch_rows": local.max_batch_rows,
-            "request_log_uri": request_log_uri or "",
-            "request_log_rate": local.log_sample_rate if request_log_uri else 0.0,
-            "deployment": name,
-        },
-    }  # fmt: skip
-    if runtime == "mlserver":
-        cfg.update(runtime="mlserver", workers=1, grpc_port=free_port(local.host, exclude=(slot.port, slot.metrics_port)))
-    if address is not None:
-        cfg["address"] = {"host": address.host, "port": address.port, "socket": socket_name(address.port),
-                          "gate": str(_home(name) / f"{slot.color}.gate")}  # fmt: skip
-    return cfg
+        "max_idle_connections": local.max_idle_connections, "workdir": str(_home(name)),
+        "grpc_port": free_port(local.host, exclude=(slot.port, slot.metrics_port)) if mlserver else 9500,
+        "address": None if address is None else {"host": address.host, "port": address.port,
+                                                 "socket": socket_name(address.port), "gate": gate},
+    })  # fmt: skip
+    rate = local.log_sample_rate if request_log_uri else 0.0
+    settings_env = {"FREESTACK_MODEL_URI": model_uri, "FREESTACK_MAX_BATCH_ROWS": str(local.max_batch_rows),
+                    "FREESTACK_REQUEST_LOG_URI": request_log_uri or "", "FREESTACK_REQUEST_LOG_RATE": str(rate)}  # fmt: skip
+    return ServerLaunch(cfg, settings_env)
 
 
-def start_server(cfg: dict[str, Any], *, model_env: dict[str, str], gate_open: bool = False) -> LocalServer:
-    """Start the supervised server for ``cfg`` (returns at once; call ``wait_ready``). ``model_env``: what
-    the server needs to read its model URI (credentials; :func:`freestack.hooks.credentials.model_source`).
-    Its gate starts closed unless ``gate_open``."""
-    home = _home(cfg["name"])
+def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: bool = False) -> LocalServer:
+    """Start the supervised server (returns at once; call ``wait_ready``). ``model_env``: what the server
+    needs to read its model URI (credentials, kept out of the file;
+    :func:`freestack.hooks.credentials.model_source`). Its gate starts closed unless ``gate_open``."""
+    cfg = launch.config
+    home = _home(cfg.name)
     home.mkdir(parents=True, exist_ok=True)
-    cache = home / f"{cfg['predictor']}-cache"
+    cache = home / f"{cfg.predictor}-cache"
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir(parents=True)
-    config_path = home / f"{cfg['predictor']}.json"
-    config_path.write_text(json.dumps(cfg, indent=2))
-    if cfg.get("address") and not gate_open:
-        Path(cfg["address"]["gate"]).unlink(missing_ok=True)
-    log_path = home / f"{cfg['predictor']}.log"
-    env = _server_env({**model_env, "FREESTACK_SERVING_CACHE": str(cache)})
+    env_file = home / f"{cfg.predictor}.env"
+    variables = {**launch.variables(), "FREESTACK_SERVING_CACHE": str(cache)}
+    write_env_file(env_file, variables)
+    env = {k: v for k, v in _server_env(model_env).items() if k not in variables}  # the file's values hold
+    if cfg.address and not gate_open:
+        Path(cfg.address.gate).unlink(missing_ok=True)
+    log_path = home / f"{cfg.predictor}.log"
     with open(log_path, "ab") as out:
-        out.write(f"\n=== {_now()} starting {cfg['model']} {cfg['version']} on {cfg['host']}:{cfg['port']} "
-                  f"({cfg['predictor']}) ===\n".encode())  # fmt: skip
+        out.write(f"\n=== {_now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
+                  f"({cfg.predictor}) ===\n".encode())  # fmt: skip
         proc = subprocess.Popen(
-            [runtime_python(cfg.get("runtime", "seldon")), "-m", "freestack.serving.server", "supervise", str(config_path)],
+            [runtime_python(cfg.runtime), "-m", "freestack_server", "--env-file", str(env_file)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=env,
             start_new_session=True,
         )  # fmt: skip
-    return LocalServer(proc, cfg, config_path, log_path)
+    return LocalServer(proc, launch, env_file, log_path)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -397,11 +405,11 @@ def deploy_local(
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)
-    cfg = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
-                        address=address, runtime=runtime)  # fmt: skip
+    launch = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
+                           address=address, runtime=runtime)  # fmt: skip
     server = None
     try:
-        server, checked, timings = _start_checked(cfg, local, sample, model_env)
+        server, checked, timings = _start_checked(launch, local, sample, model_env)
         t0 = time.monotonic()
         server = _join(server, local, sample, model_env)
         timings["join_s"] = round(time.monotonic() - t0, 3)
@@ -444,11 +452,11 @@ def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     return same and bool(live.get("holder_pid")) and _healthy(live["url"], live.get("runtime", "seldon"), live.get("model", ""))
 
 
-def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]):
+def _start_checked(launch: ServerLaunch, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]):
     """Start the server on its own port, wait for health and require the evaluation's answers; returns
     (server, what the smoke test compared, timings). A server that fails is stopped."""
     t0 = time.monotonic()
-    server = start_server(cfg, model_env=model_env)
+    server = start_server(launch, model_env=model_env)
     try:
         server.wait_ready(local.start_timeout)
         _check_metrics(server, local)
@@ -457,21 +465,21 @@ def _start_checked(cfg: dict[str, Any], local: LocalTarget, sample: dict[str, An
     except BaseException:
         server.stop()
         raise
-    log.info("smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)", cfg["model"],
-             cfg["version"], server.url, checked["rows"], checked["max_abs_diff"])  # fmt: skip
+    log.info("smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)", server.cfg.model,
+             server.cfg.version, server.url, checked["rows"], checked["max_abs_diff"])  # fmt: skip
     return server, checked, {"ready_s": round(t1 - t0, 3), "smoke_s": round(time.monotonic() - t1, 3)}
 
 
 def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]) -> LocalServer:
     """Open the checked server's gate and wait until it accepts on the deployment's address. The freestack
-    worker and MLServer (:class:`freestack.serving.server.oip_server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
+    worker and MLServer (:class:`freestack_server.oip_server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
     started again with the gate open (same version and config) and checked again on its own port."""
     server.gate.write_text("")
-    if server.cfg["worker_class"] == "freestack" or server.cfg.get("runtime") == "mlserver":
+    if server.cfg.worker_class == "freestack" or server.cfg.runtime == "mlserver":
         server.wait_joined(local.start_timeout)
         return server
     server.stop()
-    again = start_server(server.cfg, model_env=model_env, gate_open=True)
+    again = start_server(server.launch, model_env=model_env, gate_open=True)
     try:
         again.wait_ready(local.start_timeout)
         _check_metrics(again, local)
@@ -483,8 +491,8 @@ def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model
 
 
 def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:
-    if server.cfg.get("runtime") == "mlserver":
-        return smoke_test_v2(server.url, server.cfg["model"], sample)
+    if server.cfg.runtime == "mlserver":
+        return smoke_test_v2(server.url, server.cfg.model, sample)
     return smoke_test(server.url, sample)
 
 
@@ -564,13 +572,13 @@ def _metrics_port(record: dict[str, Any]) -> int | None:
 def _check_metrics(server: LocalServer, local: LocalTarget, timeout: float = 15.0) -> None:
     """The server's metrics endpoint answers, from the server's own process group: a metrics port taken
     between the check and the server's start (by another program) fails the deploy, naming it."""
-    port = int(server.cfg["metrics_port"])
+    port = server.cfg.metrics_port
     url, deadline, last = f"http://{local.host}:{port}/metrics", time.monotonic() + timeout, "no answer yet"
     while True:
         pid = port_listener(local.host, port)
         if pid is not None and not _in_group(pid, server.proc.pid):
             raise DeployError(
-                f"metrics port {local.host}:{port} of {server.cfg['model']} {server.cfg['version']} was taken by "
+                f"metrics port {local.host}:{port} of {server.cfg.model} {server.cfg.version} was taken by "
                 f"another program{port_owner(local.host, port)} before the server could listen there; set "
                 "deploy.local.metrics_port to a free port, or leave it unset to have one chosen at deploy"
             )
@@ -585,7 +593,7 @@ def _check_metrics(server: LocalServer, local: LocalTarget, timeout: float = 15.
             last = str(exc)
         if time.monotonic() > deadline:
             raise DeployError(
-                f"the metrics of {server.cfg['model']} {server.cfg['version']} did not answer on {url} within "
+                f"the metrics of {server.cfg.model} {server.cfg.version} did not answer on {url} within "
                 f"{timeout:.0f} s ({last}); last lines of {server.log_path}:\n{log_tail(server.log_path)}"
             )
         time.sleep(0.1)
@@ -603,22 +611,21 @@ def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local
             timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
     """The deployment record once ``server`` serves: where, what, since when, and the switch history."""
     cfg = server.cfg
-    history = [*(prior or {}).get("history", []), {"version": cfg["version"], "at": _now(), "color": slot.color,
+    history = [*(prior or {}).get("history", []), {"version": cfg.version, "at": _now(), "color": slot.color,
                                                    "reason": reason}]  # fmt: skip
     previous = None
     if prior:
         previous = {k: prior.get(k) for k in ("version", "version_uri", "url", "pid", "color", "deployed_at")}
     return {
-        "name": cfg["name"], "model": cfg["model"], "target": "local", "state": "serving",
-        "version": cfg["version"], "version_uri": version_uri, "url": address.url,
-        "runtime": cfg.get("runtime", "seldon"),
-        "predict_url": f"{address.url}/v2/models/{cfg['model']}/infer" if cfg.get("runtime") == "mlserver"
+        "name": cfg.name, "model": cfg.model, "target": "local", "state": "serving",
+        "version": cfg.version, "version_uri": version_uri, "url": address.url, "runtime": cfg.runtime,
+        "predict_url": f"{address.url}/v2/models/{cfg.model}/infer" if cfg.runtime == "mlserver"
                        else f"{address.url}/api/v1.0/predictions",  # fmt: skip
         "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics", "metrics_port": slot.metrics_port,
         "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
         "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
-        "hostname": socket.gethostname(), "config": str(server.config_path), "log": str(server.log_path),
-        "request_log_uri": cfg["parameters"]["request_log_uri"] or None, "workers": cfg["workers"],
+        "hostname": socket.gethostname(), "config": str(server.env_file), "log": str(server.log_path),
+        "request_log_uri": server.launch.model["FREESTACK_REQUEST_LOG_URI"] or None, "workers": cfg.workers,
         "threads": local.threads, "deployed_at": _now(), "timings": timings,
         "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"],
                   "tolerance": checked.get("tolerance")},
@@ -680,6 +687,6 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "Address", "LocalServer", "Slot", "deploy_local", "describe", "hold_address", "log_tail", "model_dir",
-    "serving_dir", "serving_python", "server_config", "start_server", "stop_local",
+    "Address", "LocalServer", "Slot", "deploy_local", "describe", "hold_address", "log_tail",
+    "ServerLaunch", "serving_dir", "serving_python", "server_config", "start_server", "stop_local",
 ]  # fmt: skip

@@ -38,9 +38,6 @@ CONTAINER = "model"
 HTTP_PORT = 9000
 GRPC_PORT = 9500
 HEALTH_PATH = "/health/ping"
-#: MLServer's model folder in the mlserver image (empty: the model comes from the MLSERVER_MODEL_* variables)
-MLSERVER_MODELS = "/opt/freestack/models"
-MLSERVER_IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
 
 MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "freestack"
@@ -86,45 +83,34 @@ def label_value(value: Any) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
 
 
-def _mlserver_env(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
-                  request_log_uri: str | None) -> list[dict[str, str]]:  # fmt: skip
-    """MLServer's settings as its environment (its ``MLSERVER_`` and ``MLSERVER_MODEL_`` variables): the
-    model is freestack's runtime loading ``model_uri``; the request log as for Seldon's runtime."""
-    import json
+def _server_env(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
+                request_log_uri: str | None, runtime: str) -> list[dict[str, str]]:  # fmt: skip
+    """The model server's variables (:mod:`freestack_server.config`), as the local deploy sets them; the
+    interface and ports are the image's ``ENV`` and Seldon's operator's ``PREDICTIVE_UNIT_*``."""
+    from freestack_server.config import ServerConfig
 
-    logs = request_log_uri if request_log_uri and target.log_sample_rate > 0 else ""
-    extra = {"request_log_uri": logs, "request_log_rate": target.log_sample_rate if logs else 0.0, "deployment": model}
-    return [
-        {"name": "MLSERVER_HTTP_PORT", "value": str(HTTP_PORT)}, {"name": "MLSERVER_GRPC_PORT", "value": str(GRPC_PORT)},
-        {"name": "MLSERVER_PARALLEL_WORKERS", "value": "0"}, {"name": "MLSERVER_MODEL_NAME", "value": model},
-        {"name": "MLSERVER_MODEL_VERSION", "value": version},
-        {"name": "MLSERVER_MODEL_IMPLEMENTATION", "value": MLSERVER_IMPLEMENTATION},
-        {"name": "MLSERVER_MODEL_URI", "value": model_uri}, {"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra)},
-        {"name": ENV_URI, "value": model_uri}, {"name": ENV_VERSION, "value": version}, {"name": ENV_NAME, "value": model},
-    ]  # fmt: skip
+    cfg = ServerConfig.model_validate({"runtime": runtime, "model": model, "version": version, "deployment": model,
+                                       "workers": target.workers, "threads": target.threads})  # fmt: skip
+    own = {k: v for k, v in cfg.env().items() if k.removeprefix("FREESTACK_SERVER_").lower() in ("runtime", "deployment", "workers", "threads")}
+    env = [{"name": ENV_URI, "value": model_uri}, {"name": ENV_VERSION, "value": version}, {"name": ENV_NAME, "value": model},
+           *({"name": k, "value": v} for k, v in own.items())]  # fmt: skip
+    if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
+        env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
+                {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
+    return env
 
 
 def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
                request_log_uri: str | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
-    """The model container of either runtime: Seldon's serving image, or (``mlserver``) the mlserver
-    image running freestack's launcher over an empty model folder, the model from MLServer's
-    environment, with a gRPC port and probes on the V2 paths."""
+    """The model container of either runtime, started by its image's own command (``python -m
+    freestack_server``): Seldon's protocol, or (``mlserver``) the Open Inference Protocol, with a gRPC port
+    and probes on the V2 paths."""
+    env = _server_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri,
+                      runtime=runtime)  # fmt: skip
     if runtime == "mlserver":
-        env = _mlserver_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri)
         container = _base_container(target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live")
-        container["command"] = ["python", "-m", "freestack.serving.server.oip_server", MLSERVER_MODELS]
         container["ports"].append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
         return container
-    env = [
-        {"name": ENV_URI, "value": model_uri},
-        {"name": ENV_VERSION, "value": version},
-        {"name": ENV_NAME, "value": model},
-        {"name": "GUNICORN_WORKERS", "value": str(target.workers)},
-        {"name": "GUNICORN_THREADS", "value": str(target.threads)},
-    ]
-    if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
-        env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
-                {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
     return _base_container(target, target.image, env, ready=HEALTH_PATH, live=HEALTH_PATH)
 
 
@@ -465,6 +451,82 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
         )
 
 
+# ---------------------------------------------------------------------------------------------------------
+# KServe: an InferenceService against KServe's CRD
+
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+KSERVE_KIND = "InferenceService"
+#: what KServe's webhook requires of an InferenceService name (it must start with a letter)
+_KSERVE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+def default_kserve_crd_path() -> Path:
+    """KServe's InferenceService CRD in the checkout (``include/serving/kserve-inferenceservice-crd.yaml``)."""
+    return checkout_dir() / "include" / "serving" / "kserve-inferenceservice-crd.yaml"
+
+
+@lru_cache(maxsize=2)
+def _kserve_validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
+    """The v1beta1 schema as strict JSON Schema, like the SeldonDeployment one: unknown fields refused,
+    metadata checked as the API server and KServe's webhook would (the CRD leaves it open)."""
+    import jsonschema
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            docs = [d for d in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise FreestackError(f"cannot read the InferenceService CRD {path}: {exc}") from None
+    crd_spec = next((d.get("spec") or {} for d in docs if d.get("kind") == "CustomResourceDefinition"), {})
+    version = next((v for v in crd_spec.get("versions") or [] if v.get("name") == "v1beta1"), {})
+    schema = (version.get("schema") or {}).get("openAPIV3Schema")
+    if not schema:
+        raise FreestackError(f"{path} is not KServe's InferenceService CRD with a v1beta1 openAPIV3Schema")
+    schema = _convert(schema, strict=True)
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    meta = _object_meta_schema()
+    meta["properties"]["name"] = {"type": "string", "maxLength": 63, "pattern": _KSERVE_NAME}
+    schema["properties"].update(apiVersion={"const": KSERVE_API_VERSION}, kind={"const": KSERVE_KIND},
+                                metadata=meta, status={"type": "object"})  # fmt: skip
+    schema["additionalProperties"] = False
+    checker = jsonschema.FormatChecker(formats=())
+    checker.checks("int32")(_fits_bits(32))
+    checker.checks("int64")(_fits_bits(64))
+    return jsonschema.Draft7Validator(schema, format_checker=checker)
+
+
+def _fits_bits(bits: int):
+    """The CRD's ``format: int32`` / ``int64``: an integer the API server can store in that many bits."""
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return lambda v: not isinstance(v, int) or isinstance(v, bool) or lo <= v <= hi
+
+
+def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.PathLike | None = None) -> None:
+    """Check a KServe InferenceService against KServe's CRD (v1beta1) before it is applied, as
+    :func:`validate_manifest` does for a SeldonDeployment: a cluster would otherwise refuse it (or drop
+    unknown fields) only at apply time. Raises ``ManifestInvalid`` listing each violation's JSON path."""
+    path = Path(crd_path) if crd_path is not None else default_kserve_crd_path()
+    try:
+        st = path.stat()
+    except OSError:
+        raise FreestackError(
+            f"KServe's InferenceService CRD is not at {path}: restore include/serving/kserve-inferenceservice-crd.yaml"
+        ) from None
+    validator = _kserve_validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    violations = sorted((e.json_path, e.message) for e in validator.iter_errors(manifest))
+    if violations:
+        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        shown = [f"  {p}: {m}" for p, m in violations[:25]]
+        if len(violations) > 25:
+            shown.append(f"  ... and {len(violations) - 25} more")
+        raise ManifestInvalid(
+            f"InferenceService {meta.get('namespace', '?')}/{meta.get('name', '?')} does not match KServe's "
+            f"v1beta1 CRD ({path}):\n" + "\n".join(shown),
+            violations,
+        )
+
+
 def split_predictors(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     meta = obj.get("metadata") or {}
     preds = (obj.get("spec") or {}).get("predictors") or []
@@ -572,4 +634,6 @@ __all__ = [
     "API_VERSION", "CANARY", "CONTAINER", "CRD_ENV", "CRD_NAME", "ENV_NAME", "ENV_URI", "ENV_VERSION", "GROUP", "KIND", "MAIN",
     "PLURAL", "VERSION", "ManifestInvalid", "availability", "build_manifest", "default_crd_path", "label_value",
     "predictor_env", "predictor_version", "served_version", "split_predictors", "summary", "validate_manifest",
+    "KSERVE_API_VERSION", "KSERVE_KIND", "build_inference_service", "default_kserve_crd_path",
+    "validate_inference_service",
 ]  # fmt: skip

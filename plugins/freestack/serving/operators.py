@@ -1,8 +1,8 @@
 """Deploy: serve the registry's ``production`` version with Seldon Core, locally or on Kubernetes. A thin
 operator over :mod:`freestack.serving` and :mod:`freestack.registry`.
 
-- local (the default): :func:`freestack.serving.local.deploy_local` starts the version's supervised
-  ``seldon-core-microservice`` on 127.0.0.1, smoke-tests it against the evaluation's own predictions and
+- local (the default): :func:`freestack.serving.local.deploy_local` starts the version's model server
+  (``python -m freestack_server``) on 127.0.0.1, smoke-tests it against the evaluation's own predictions and
   switches the deployment record blue/green; a failure leaves the old version serving.
 - kubernetes: a ``SeldonDeployment`` (validated against the CRD) is applied through the ``kubernetes``
   connection (:func:`freestack.serving.k8s.start_rollout`), and the task defers to a trigger until

@@ -1,10 +1,10 @@
 """The local model servers' processes and ports, portably (psutil: Linux, macOS, the BSDs).
 
-A model server runs as ``python -m freestack.serving.server supervise <config>`` in its own session
+A model server runs as ``python -m freestack_server --env-file <file>`` in its own session
 (it is its process group's leader). It is stopped by SIGTERM to the supervisor alone, which stops
 gunicorn gracefully (workers finish their requests while Seldon's metrics process, in the same group,
 still answers them); whatever of the group is left after the grace is signalled as a group. A
-deployment's address holder (``python -m freestack.serving.server hold HOME HOST PORT``) runs in its
+deployment's address holder (``python -m freestack_server hold HOME HOST PORT``) runs in its
 own session too. A pid in a deployment record is only ever signalled after its command line has been
 checked to be one of these processes.
 """
@@ -12,7 +12,6 @@ checked to be one of these processes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -24,10 +23,11 @@ from typing import Any
 
 import psutil
 
-from freestack.serving.server.address import HOLDER
+from freestack_server.address import HOLDER
+from freestack_server.config import read_env_file
 
 #: what every model-server supervisor's command line holds
-SUPERVISOR = "freestack.serving.server supervise"
+SUPERVISOR = "freestack_server --env-file"
 
 
 def cmdline(pid: int) -> str:
@@ -109,15 +109,13 @@ def _describe(args: list[str]) -> str:
     if holder is not None:
         home, host, port = holder
         return f"address holder for {os.path.basename(home)} on {host}:{port}"
-    config = args[args.index("supervise") + 1] if "supervise" in args[:-1] else ""
+    env_file = args[args.index("--env-file") + 1] if "--env-file" in args[:-1] else ""
     try:
-        with open(config) as f:
-            cfg = json.load(f)
+        cfg = read_env_file(env_file)
     except (OSError, ValueError):
-        return f"model server (supervisor) with config {config or '?'}"
-    behind = f", behind {cfg['host']}:{cfg['address']['port']}" if cfg.get("address") else ""
-    return (f"model server {cfg.get('model')} {cfg.get('version')} ({cfg.get('predictor')} supervisor) on "
-            f"{cfg.get('host')}:{cfg.get('port')}{behind}")  # fmt: skip
+        return f"model server (supervisor) with env file {env_file or '?'}"
+    behind = f", behind {cfg.host}:{cfg.address.port}" if cfg.address else ""
+    return f"model server {cfg.model} {cfg.version} ({cfg.predictor} supervisor) on {cfg.host}:{cfg.port}{behind}"
 
 
 def stop_serving_processes(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[str]:

@@ -1,7 +1,7 @@
 """A pipeline spec's ``deploy:`` block: where and how a promoted version is served.
 
     deploy:
-      target: local                 # local (supervised seldon-core-microservice) | kubernetes
+      target: local                 # local (python -m freestack_server, supervised) | kubernetes
       name: digits                  # deployment name; default: the model name
       local:
         port: 9000                  # the deployment's address, for good; its servers: port + 1, + 2

@@ -1,6 +1,6 @@
 """A model server may be given an alias instead of a version: ``<root>/registry/<model>@production`` is
-resolved through ``registry/<model>/aliases.json`` when the model loads (freestack.serving.server.fetch and
-include/serving/Model.py), so the scaled-out stack's model server serves whatever is in production."""
+resolved through ``registry/<model>/aliases.json`` when the model loads (freestack_server.fetch and
+plugins/freestack_server/seldon_model.py), so the scaled-out stack's model server serves whatever is in production."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from freestack.serving.server.fetch import FetchError, fetch_version, resolve_uri, split_alias
+from freestack_server.fetch import FetchError, fetch_version, resolve_uri, split_alias
 from tests.support.serving import make_version
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -103,13 +103,13 @@ def _serving_python() -> str | None:
 
 @pytest.mark.skipif(_serving_python() is None, reason="the serving environment is missing: run `make serving-venv`")
 def test_seldon_model_class_serves_the_production_version_it_resolved(registry, tmp_path):
-    """include/serving/Model.py in the serving environment (seldon-core 1.17.1, no Airflow): the alias is
+    """plugins/freestack_server/seldon_model.py in the serving environment (seldon-core 1.17.1, no Airflow): the alias is
     read once, and the version it named is the one described, loaded and reported, even when production
     moves on between Seldon's describe (in gunicorn's master) and the load (in each worker)."""
     registry["reg"].promote("v1")
     script = f"""
 import json, sys
-from Model import Model
+from freestack_server.seldon_model import Model
 m = Model(model_uri={registry['alias']!r})
 first = m.init_metadata()
 print("described", flush=True)
@@ -119,7 +119,7 @@ meta = m.init_metadata()
 print(json.dumps({{"version": m.version, "tags": m.tags(), "first": first["versions"], "custom": meta["custom"]}}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include" / "serving")]),
+    env.update(PYTHONPATH=str(ROOT / "plugins"),
                FREESTACK_SERVING_CACHE=str(tmp_path / "cache"))  # fmt: skip
     proc = subprocess.Popen([_serving_python(), "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip

@@ -123,6 +123,7 @@ def test_the_runtime_is_seldon_or_mlserver():
         DeploySpec.model_validate({"runtime": "triton"})
     cfg = local_mod.server_config("d", "m", "v1", local_mod.Slot("blue", 9001, 9101), LocalTarget(port=9000),
                                   model_uri="file:///x", request_log_uri=None, runtime="mlserver")  # fmt: skip
-    assert cfg["runtime"] == "mlserver" and cfg["workers"] == 1 and cfg["grpc_port"] not in (9000, 9001, 9002, 9101)
+    assert cfg.config.runtime == "mlserver" and cfg.config.workers == 1
+    assert cfg.config.grpc_port not in (9000, 9001, 9002, 9101)
     assert local_mod.health_url("http://h:1", "mlserver", "m") == "http://h:1/v2/models/m/ready"
     assert local_mod.health_url("http://h:1", "seldon", "m") == "http://h:1/health/status"

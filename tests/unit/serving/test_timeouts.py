@@ -34,10 +34,10 @@ def test_null_timeouts_take_the_defaults_of_the_versions_kind():
 def test_the_server_config_carries_the_worker_timeout():
     port, metrics = free_ports(2)
     cfg = server_config("m", "m", "v1", Slot("blue", port, metrics), LocalTarget(), model_uri="file:///x", request_log_uri=None)
-    assert cfg["timeout"] == 30
+    assert cfg.config.timeout == 30
     cfg = server_config("m", "m", "v1", Slot("blue", port, metrics), LocalTarget().for_version(True), model_uri="file:///x",
                         request_log_uri=None)  # fmt: skip
-    assert cfg["timeout"] == 120
+    assert cfg.config.timeout == 120
 
 
 @pytest.mark.parametrize(

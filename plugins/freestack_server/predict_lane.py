@@ -3,11 +3,11 @@ WSGI environ, Flask and its hooks. Runs in the serving environment.
 
 A request takes the lane when it is a ``POST`` to a predict path with no query string, a JSON body
 (``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays the guard's), its
-message passes the guard's checks (:func:`freestack.serving.server.request_checks.body_problem`) and the
+message passes the guard's checks (:func:`freestack_server.request_checks.body_problem`) and the
 model's own (``message_problem``, which freestack's Seldon model has). The lane then calls what
 Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with the same model and
 metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
-answer as the app's orjson provider does (:func:`freestack.serving.server.lighter_flask.faster_json`).
+answer as the app's orjson provider does (:func:`freestack_server.lighter_flask.faster_json`).
 
 Anything else, and any request the model refuses (a :class:`SeldonMicroserviceException`, raised before
 the model logs anything), goes the whole way through the guard and Seldon's app, which answers it as
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from freestack.serving.server.request_checks import body_problem, parse_json, reason_phrase
+from freestack_server.request_checks import body_problem, parse_json, reason_phrase
 
 log = logging.getLogger("freestack.serving")
 

@@ -1,6 +1,6 @@
-"""``python -m freestack.serving.server.oip_server FOLDER``: MLServer serving FOLDER (its ``settings.json``
-and one ``model-settings.json`` a model, :mod:`.oip`), as ``mlserver start FOLDER`` does, with every
-refusal in the V2 error format. Runs in ``.venv-mlserver``.
+"""The ``mlserver`` runtime of ``python -m freestack_server``: MLServer serving one model with freestack's
+runtime (:mod:`.oip`), as ``mlserver start FOLDER`` does for the folder :func:`folder_of` writes, with
+every refusal in the V2 error format. Runs in ``.venv-mlserver`` and ``docker/mlserver.Dockerfile``.
 
 MLServer answers its own errors as ``{"error": "..."}``, but a body its request model cannot parse
 (invalid JSON, a missing ``inputs``, a wrong type), an unknown route or a wrong method gets FastAPI's
@@ -28,9 +28,10 @@ import json
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
+
+from freestack_server.config import BOOT_ERROR, ServerConfig
 
 log = logging.getLogger("freestack.serving")
 
@@ -46,19 +47,19 @@ REPOSITORY_DISABLED = ("the model repository API (load, unload, index) is disabl
                        "deploy, roll back or stop a model through freestack (`freestack serve deploy`, "
                        "`freestack serve stop`)")  # fmt: skip
 #: MLServer's dotted path of freestack's runtime
-IMPLEMENTATION = "freestack.serving.server.oip.FreestackRuntime"
+IMPLEMENTATION = "freestack_server.oip.FreestackRuntime"
 
 
 def write_folder(folder: Path, *, name: str, model_uri: str, host: str, http_port: int, grpc_port: int,
                  metrics_port: int, workers: int, extra: dict[str, Any]) -> Path:  # fmt: skip
     """The folder MLServer serves: ``settings.json`` (every listener on ``host``; ``workers`` 0 runs
     the model in the server's own process, n > 0 in n worker processes) and ``<name>/model-settings.json``
-    (:class:`freestack.serving.server.oip.FreestackRuntime` loading ``model_uri``; ``extra``: its
+    (:class:`freestack_server.oip.FreestackRuntime` loading ``model_uri``; ``extra``: its
     batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
     folder.mkdir(parents=True, exist_ok=True)
     server = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
               "parallel_workers": workers, "debug": False, "load_models_at_startup": True, "gzip_enabled": False,
-              "metrics_dir": str(folder / ".metrics")}  # fmt: skip
+              "metrics_dir": str(folder / ".metrics"), "metrics_endpoint": "/metrics" if metrics_port else None}  # fmt: skip
     (folder / "settings.json").write_text(json.dumps(server, indent=2))
     (folder / name).mkdir(exist_ok=True)
     model = {"name": name, "implementation": IMPLEMENTATION, "max_batch_size": 0,
@@ -119,7 +120,7 @@ class BodyLimit:
                 if more:
                     await _drain(receive, seen)
                 return await self._refuse(send, seen)
-        from freestack.serving.server.oip_binary import replayed
+        from freestack_server.oip_binary import replayed
 
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
@@ -194,7 +195,7 @@ def _extend_rest(max_body_bytes: int) -> None:
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
 
-    from freestack.serving.server.oip_binary import BinaryTensors
+    from freestack_server.oip_binary import BinaryTensors
 
     async def invalid(request, exc: RequestValidationError):
         return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
@@ -231,33 +232,25 @@ def _close_grpc_repository() -> None:
             setattr(servicer, method, refuse)
 
 
-async def serve(folder: str) -> None:
-    from mlserver.cli.serve import load_settings
-    from mlserver.server import MLServer
+# ------------------------------------------------------------------------------------------------------
+# the server (what ``python -m freestack_server run`` runs for FREESTACK_SERVER_RUNTIME=mlserver)
 
+
+def folder_of(cfg: ServerConfig) -> Path:
+    """MLServer's folder for this server, in ``FREESTACK_SERVER_WORKDIR``, named after the predictor."""
     from freestack.settings import settings
 
-    extend(settings().max_body_bytes)
-    server_settings, models = await load_settings(folder)
-    await MLServer(server_settings).start(models)
+    config = settings()
+    extra = {"max_batch_rows": config.max_batch_rows, "request_log_uri": config.request_log_uri or "",
+             "request_log_rate": config.request_log_rate, "deployment": cfg.name, "batch_rows": cfg.batch_rows}  # fmt: skip
+    if not config.model_uri:
+        raise SystemExit("no model to serve: set FREESTACK_MODEL_URI")
+    return write_folder(Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver", name=cfg.model, model_uri=config.model_uri,
+                        host=cfg.host, http_port=cfg.port, grpc_port=cfg.grpc_port,
+                        metrics_port=cfg.metrics_port, workers=0, extra=extra)  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------------
-# a deployment's server: run CONFIG (what freestack.serving.server supervise starts for runtime: mlserver)
-
-
-def folder_of(cfg: dict[str, Any], config_path: str) -> Path:
-    """MLServer's folder for the supervisor's config: beside it, named after the slot."""
-    params = cfg.get("parameters") or {}
-    extra = {"max_batch_rows": params.get("max_batch_rows", 0), "request_log_uri": params.get("request_log_uri", ""),
-             "request_log_rate": params.get("request_log_rate", 0.0), "deployment": params.get("deployment", ""),
-             "batch_rows": cfg.get("batch_rows", 32)}  # fmt: skip
-    return write_folder(Path(config_path).with_suffix(".mlserver"), name=cfg["model"], model_uri=params["model_uri"],
-                        host=cfg["host"], http_port=int(cfg["port"]), grpc_port=int(cfg["grpc_port"]),
-                        metrics_port=int(cfg["metrics_port"]), workers=0, extra=extra)  # fmt: skip
-
-
-async def run(cfg: dict[str, Any], config_path: str, address_fd: int | None) -> None:
+async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     """MLServer on the server's own ports; with ``address_fd`` (the deployment's listening socket), once
     the deploy opens the gate it also answers there (:class:`AddressServer`). SIGTERM first stops taking
     connections on the deployment's address and answers what they hold, then stops MLServer."""
@@ -268,10 +261,11 @@ async def run(cfg: dict[str, Any], config_path: str, address_fd: int | None) -> 
 
     if not extend(settings().max_body_bytes) and address_fd is not None:
         raise SystemExit("this MLServer release cannot serve a deployment's address: install the one in "
-                         "include/serving/mlserver-requirements.txt (`make mlserver-venv`)")  # fmt: skip
-    server_settings, models = await load_settings(str(folder_of(cfg, config_path)))
+                         "plugins/freestack_server/requirements-mlserver.txt (`make mlserver-venv`)")  # fmt: skip
+    server_settings, models = await load_settings(str(folder_of(cfg)))
     server = MLServer(server_settings)  # installs its signal handlers: ours replace them below
-    address = AddressServer(server, address_fd, (cfg.get("address") or {}).get("gate")) if address_fd is not None else None
+    gate = cfg.address.gate if cfg.address else None
+    address = AddressServer(server, address_fd, gate) if address_fd is not None else None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(_stop(server, address, s)))
@@ -279,9 +273,7 @@ async def run(cfg: dict[str, Any], config_path: str, address_fd: int | None) -> 
     try:
         await server.start(models)
     except Exception:  # noqa: BLE001 - the model did not load: a broken version, not to be restarted
-        from freestack.serving.server.app import BOOT_ERROR
-
-        log.exception("MLServer could not start %s", cfg["model"])
+        log.exception("MLServer could not start %s", cfg.model)
         raise SystemExit(BOOT_ERROR) from None
     finally:
         if joining is not None:
@@ -374,22 +366,3 @@ def _quiet_uvicorn(config):
             yield
 
     return Quiet(config)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1:
-        asyncio.run(serve(argv[0]))
-        return 0
-    if argv and argv[0] == "run" and len(argv) in (2, 4) and (len(argv) == 2 or argv[2] == "--address-fd"):
-        with open(argv[1]) as f:
-            cfg = json.load(f)
-        asyncio.run(run(cfg, argv[1], int(argv[3]) if len(argv) == 4 else None))
-        return 0
-    print("usage: python -m freestack.serving.server.oip_server FOLDER\n"
-          "       python -m freestack.serving.server.oip_server run CONFIG [--address-fd N]", file=sys.stderr)  # fmt: skip
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -123,7 +123,7 @@ class RequestLog:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from freestack.serving.server.fetch import put_bytes
+        from freestack_server.fetch import put_bytes
 
         now = datetime.now(UTC)
         stem = self.version if kind == "requests" else "feedback"

@@ -1,7 +1,7 @@
 """A deployment's stable address: one listening socket, opened once and handed to every model server
 that serves the deployment. Standard library only; runs in the serving environment.
 
-``python -m freestack.serving.server hold HOME HOST PORT`` is the *address holder*: it listens on
+``python -m freestack_server hold HOME HOST PORT`` is the *address holder*: it listens on
 ``HOST:PORT`` (the spec's ``deploy.local.port``) for the deployment's whole life, and in its folder
 ``HOME`` it answers on the Unix socket ``address-PORT.sock``: each connection gets the listening
 socket's file descriptor (``SCM_RIGHTS``, :func:`socket.send_fds`; Linux and macOS) and is closed.
@@ -28,8 +28,8 @@ import signal
 import socket
 import sys
 
-#: what every holder's command line holds (``python -m freestack.serving.server hold HOME HOST PORT``)
-HOLDER = "freestack.serving.server hold"
+#: what every holder's command line holds (``python -m freestack_server hold HOME HOST PORT``)
+HOLDER = "freestack_server hold"
 BACKLOG = 2048  # gunicorn's default; each server's gunicorn sets its own ``backlog`` on the shared socket
 TAKEN = 2  # the holder's exit code when HOST:PORT cannot be bound
 

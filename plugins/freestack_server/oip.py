@@ -3,7 +3,7 @@
 MLServer (1.7.1, Apache-2.0, in ``.venv-mlserver``) loads :class:`FreestackRuntime` from a
 ``model-settings.json`` whose ``parameters.uri`` is the registry version (or an alias of it) and whose
 ``parameters.extra`` holds ``max_batch_rows``, ``batch_rows``, ``batch_wait_ms``, ``request_log_uri``,
-``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack.serving.server.oip_server.write_folder`
+``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack_server.oip_server.write_folder`
 writes it). :class:`ServedModel` does the
 work; this class maps the protocol onto it:
 
@@ -52,7 +52,7 @@ from mlserver.types import (
     ResponseOutput,
 )
 
-from freestack.serving.server.core import PayloadError, ServedModel
+from freestack_server.core import PayloadError, ServedModel
 
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"

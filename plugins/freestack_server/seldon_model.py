@@ -1,8 +1,8 @@
 """freestack's Seldon Core model: serves one registered model version.
 
-A Seldon Python model class (seldon-core 1.17.1): ``seldon-core-microservice Model`` runs it as is,
-and so does freestack's local launcher (``freestack.serving.server``). Parameters come from Seldon's
-``--parameters`` or the environment:
+A Seldon Python model class (seldon-core 1.17.1), which ``python -m freestack_server`` (runtime
+``seldon``) serves in every target; ``seldon-core-microservice freestack_server.seldon_model.Model``
+would run it too. Parameters come from its constructor or the environment:
 
 - ``model_uri`` / ``FREESTACK_MODEL_URI``: the registry version (``file://``, ``s3://`` or ``data://``),
   or an alias of it, ``<root>/registry/<model>@production``: resolved once, when the model is first
@@ -12,7 +12,7 @@ and so does freestack's local launcher (``freestack.serving.server``). Parameter
 - ``request_log_uri`` / ``FREESTACK_REQUEST_LOG_URI`` and ``request_log_rate`` /
   ``FREESTACK_REQUEST_LOG_RATE``: the model's monitoring folder (``<root>/monitoring/<model>``) and the
   fraction of requests (0 to 1) whose inputs and predictions go to its request log, in Parquet, for the
-  monitor (:mod:`freestack.serving.server.requestlog`); ``deployment`` names the deployment in it;
+  monitor (:mod:`freestack_server.requestlog`); ``deployment`` names the deployment in it;
 - ``torch_threads`` / ``FREESTACK_TORCH_THREADS``: intra-op threads per worker (default 1: gunicorn's
   workers already use the cores).
 
@@ -40,9 +40,9 @@ from flask import Blueprint, jsonify, request
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
-from freestack.serving.server.core import PayloadError, ServedModel
-from freestack.serving.server.predict_lane import PREDICT_PATHS
 from freestack.settings import settings
+from freestack_server.core import PayloadError, ServedModel
+from freestack_server.predict_lane import PREDICT_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Model(ServedModel):
 
     def message_problem(self, body: Any) -> str | None:
         """What the envelope check refuses in ``body`` (a parsed Seldon message), or None: how the model
-        server's prediction lane (:mod:`freestack.serving.server.predict_lane`) asks before it answers without Flask."""
+        server's prediction lane (:mod:`freestack_server.predict_lane`) asks before it answers without Flask."""
         return envelope_problem(body)
 
     # -- Seldon's hooks -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
 connection it accepted and reads what each sends without blocking; once a request is whole (its
-headers and all of its body, found by :func:`freestack.serving.server.request_checks.request_end`), it parses
+headers and all of its body, found by :func:`freestack_server.request_checks.request_end`), it parses
 it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
 back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
 response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
@@ -42,12 +42,12 @@ sibling's accept does not wake it, and taking turns a TICK apart drains a queue 
 over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line,
 headers and body go out in one ``sendall``.
 
-A plain prediction request goes the *prediction lane* (:mod:`freestack.serving.server.predict_lane`, set by
+A plain prediction request goes the *prediction lane* (:mod:`freestack_server.predict_lane`, set by
 :func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
 parsed request to the lane, which answers it through Seldon's own ``predict`` without building the WSGI
 environ or running Flask; every other request, and one the lane passes on, goes to the app.
 
-The deployment's stable address (:mod:`freestack.serving.server.address`) is a listening socket the
+The deployment's stable address (:mod:`freestack_server.address`) is a listening socket the
 worker holds from the start but accepts on only once the deploy opened the server's gate (the gate
 file exists; checked every TICK): then it writes its pid into that file, which is how the deploy
 knows the new server takes connections before it stops the old one.
@@ -83,7 +83,7 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base, gthread, sync
 
-from freestack.serving.server.request_checks import (
+from freestack_server.request_checks import (
     Frame,
     JsonErrors,
     Refused,
@@ -244,8 +244,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     max_idle = MAX_IDLE  # the max_idle_connections setting, from install
-    lane: Any = None  # the prediction lane (freestack.serving.server.predict_lane), from install; None: the app answers all
-    coalescer: Any = None  # adaptive batching (freestack.serving.server.batching), from install; None: off
+    lane: Any = None  # the prediction lane (freestack_server.predict_lane), from install; None: the app answers all
+    coalescer: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):

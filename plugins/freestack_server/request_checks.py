@@ -5,7 +5,7 @@ serving environment.
 
 Two layers:
 
-- the workers (:mod:`freestack.serving.server.worker`) hand the app only whole requests whose body
+- the workers (:mod:`freestack_server.worker`) hand the app only whole requests whose body
   is already in memory, within ``max_body_bytes`` and a read deadline; what they refuse (a bad request
   line, bad headers or framing, a body over the limit, a client too slow to send its request) is
   answered by :func:`error_response` through :class:`JsonErrors` and the connection closed;
@@ -15,7 +15,7 @@ Two layers:
   aggregate), whether it comes as the JSON body, a form's ``json`` field or ``?json=`` on a GET:
   JSON that parses (no NaN or infinite values, at most MAX_DEPTH levels deep), ``meta`` of the types
   Seldon's protocol gives them, ``data.ndarray`` rows of numbers of one width, ``data.tensor`` values
-  a flat list of numbers. The model's own checks (``include/serving/Model.py``) come after these.
+  a flat list of numbers. The model's own checks (``plugins/freestack_server/seldon_model.py``) come after these.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :class:`ServedModel` fetches a registry version (or the version an alias names), loads it with torch,
 checks and encodes a request's rows (numbers, or the raw category/text/image values a model with an
 encoder takes), runs the forward pass, and keeps the request log (:mod:`.requestlog`). It knows no wire
-protocol: Seldon's (``include/serving/Model.py``) and the Open Inference Protocol's (MLServer,
+protocol: Seldon's (``plugins/freestack_server/seldon_model.py``) and the Open Inference Protocol's (MLServer,
 :mod:`freestack.serving.mlserver`) wrap it, and each turns a :class:`PayloadError` into its own error
 format. Runs in the serving environments (no Airflow, no pandas).
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from freestack.serving.server.requestlog import SMOKE_ID
 from freestack.settings import settings
+from freestack_server.requestlog import SMOKE_ID
 
 log = logging.getLogger("freestack.serving")
 
@@ -102,7 +102,7 @@ class ServedModel:
         """Model name, version, features and classes from the small JSON files: no torch involved, so it
         is safe in a server's parent process before its workers fork."""
         if self._described is None:
-            from freestack.serving.server.fetch import fetch_version, resolve_uri
+            from freestack_server.fetch import fetch_version, resolve_uri
 
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
@@ -133,7 +133,7 @@ class ServedModel:
         from freestack.ml.features import TOKENIZER_FILE
         from freestack.ml.models import load_pretrained
         from freestack.registry.names import weight_files
-        from freestack.serving.server.fetch import fetch_version, reader
+        from freestack_server.fetch import fetch_version, reader
 
         torch.set_num_threads(max(1, self.torch_threads))
         info = self.describe()
@@ -179,7 +179,7 @@ class ServedModel:
         return f"{len(columns)} columns: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
     def _request_log(self, info: dict[str, Any]):
-        from freestack.serving.server.requestlog import RequestLog
+        from freestack_server.requestlog import RequestLog
 
         config = settings()
         columns = list(self._encoder.columns) if self._encoder is not None else [(f, "numeric") for f in self.features]
@@ -193,7 +193,7 @@ class ServedModel:
     def _load_encoder(self) -> None:
         """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
         from freestack.ml.features import load_encoder
-        from freestack.serving.server.raw import RawInputs
+        from freestack_server.raw import RawInputs
 
         self._encoder = load_encoder(self.cache_dir)
         self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
@@ -246,7 +246,7 @@ class ServedModel:
         return [label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
-    #: the worker's adaptive batching (:mod:`freestack.serving.server.batching`), when it is on
+    #: the worker's adaptive batching (:mod:`freestack_server.batching`), when it is on
     coalescer: Any = None
 
     def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
@@ -316,7 +316,7 @@ class ServedModel:
         """A request of raw values (category, text, base64 images): its columns, and them encoded as the
         training split was."""
         from freestack.ml.features import EncodingError
-        from freestack.serving.server.raw import RawInputError
+        from freestack_server.raw import RawInputError
 
         try:
             columns = self._raw.from_any(X, names)
