@@ -100,9 +100,9 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     from freestack.registry.core import ModelRegistry
     from freestack.serving import k8s, manifests
     from freestack.serving.records import Deployments
-    from tests.fakes.k8s_api import FakeKubeAPI
+    from tests.fakes.k8s_api import ProxyingKubeAPI
 
-    api = FakeKubeAPI().start()
+    api = ProxyingKubeAPI().start()  # with the service proxy the smoke test sends the version's rows through
     try:
         monkeypatch.setenv("AIRFLOW_CONN_KUBE_TEST",
                            json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
@@ -114,8 +114,9 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
             "canary": {"traffic": 10}, "poll_seconds": 0.2, "timeout_minutes": 1}}  # fmt: skip
         (specs / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
-        for i, v in enumerate(("v1", "v2"), start=1):
-            make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
+        uris = {v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
+                for i, v in enumerate(("v1", "v2"), start=1)}  # fmt: skip
+        api.pods = {"digits-main": uris["v1"], "digits-canary": uris["v2"]}  # what each predictor's pods serve
         reg = ModelRegistry(storage, "digits")
         reg.promote("v1")
         bag = DagBag(dag_folder=str(ROOT / "dags"))

@@ -403,3 +403,39 @@ class FakeKubeAPI:
                 pass
 
         return Handler
+
+
+_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
+
+
+class ProxyingKubeAPI(FakeKubeAPI):
+    """The fake API server plus the core API's service proxy: a POST to ``services/<svc>:http/proxy/<path>``
+    is answered by the version ``pods[svc]`` names, predicting in this process as its pods would."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.pods: dict[str, str] = {}  # service -> the version URI its pods serve
+
+    def handle(self, method, raw_path, content_type, body):
+        m = _PROXY.match(raw_path.split("?")[0])
+        if m is None:
+            return super().handle(method, raw_path, content_type, body)
+        doc = json.loads(body)
+        with self.lock:
+            self.requests.append({"method": method, "path": m.group(0), "service": m.group(2), "body": doc})
+        if m.group(2) not in self.pods:
+            return self._err(503, "ServiceUnavailable", f'no endpoints available for service "{m.group(2)}"')
+        import numpy as np
+
+        from tests.support.serving import in_process
+
+        uri, rows = self.pods[m.group(2)], np.asarray(doc["data"]["ndarray"], dtype=np.float32)
+        answer = {"names": stored_sample(uri)["classes"], "ndarray": in_process(uri, rows).tolist()}
+        return self._ok(200, {"data": answer})
+
+
+def stored_sample(version_uri: str) -> dict:
+    """The rows and answers a version stored for its smoke test."""
+    from pathlib import Path
+
+    return json.loads(Path(version_uri.removeprefix("file://"), "evaluation", "smoke.json").read_text())

@@ -6,6 +6,7 @@ connection says which cluster and which credentials); the manifests themselves a
 
     stored = apply(manifest, conn_id)        # create, or replace carrying resourceVersion
     # ... SeldonDeploymentAvailableTrigger waits for status.state == Available ...
+    smoke_rollout(spec, record)              # the version's test rows, answered as evaluated
     promote_canary(name, namespace, conn_id) # or rollback_canary / set_traffic
 
 Every call that reaches the cluster raises ``DeployError`` (or its ``KubernetesUnavailable``
@@ -18,6 +19,7 @@ Light at import: ``kubernetes`` and Airflow are imported inside the functions.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
 _CONFLICT_RETRIES = 5
+#: test rows a rollout's smoke test sends (as many as deploy.local.smoke_rows sends by default)
+SMOKE_ROWS = 32
 
 
 class KubernetesUnavailable(DeployError):
@@ -212,6 +216,28 @@ class _Session:
     def delete(self) -> dict[str, Any]:
         self.action = "delete"
         return self.api.delete_namespaced_custom_object(*self._args(), self.name)
+
+    def proxy_post(self, url: str, payload: Any, *, timeout: float) -> tuple[int, Any]:
+        """POST ``payload`` to ``url`` on this API server (a service proxy path) with the connection's
+        credentials; answers as :func:`freestack.serving.smoke.http_json` does: (status, JSON body)."""
+        from kubernetes.client.exceptions import ApiException
+
+        self.action = "smoke-test"
+        try:
+            resp = self.api.api_client.call_api(
+                url.removeprefix(self.host), "POST", body=payload, auth_settings=["BearerToken"],
+                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                _preload_content=False, _return_http_data_only=True, _request_timeout=timeout,
+            )  # fmt: skip
+            code, raw = resp.status, resp.data
+        except ApiException as exc:
+            if not exc.status:
+                raise
+            code, raw = exc.status, exc.body or b""
+        try:
+            return code, json.loads(raw)
+        except ValueError:
+            return code, raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
 @contextmanager
@@ -453,11 +479,13 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     version serving, the new one becomes the canary predictor; otherwise it replaces the main one."""
     from freestack.serving.manifests import build_manifest, served_version, validate_manifest
     from freestack.serving.records import Deployments
-    from freestack.serving.server.requestlog import monitoring_uri
+    from freestack.serving.smoke import smoke_sample
     from freestack.storage import storage_root
+    from freestack_server.requestlog import monitoring_uri
 
     target = spec.deploy.kubernetes
     name = spec.deployment_name
+    smoke_sample(_version_uri(spec, version), SMOKE_ROWS)  # no stored test rows: not rolled out
     serving = served_version(get(name, target.namespace, target.conn_id))
     canary = target.canary is not None and serving is not None and serving[0] != version
     logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
@@ -485,7 +513,8 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
 
 
 def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
-    """Record what the wait for Available ended with; DeployError when it did not become Available."""
+    """Record what the wait for Available ended with, once the new version answers the smoke test
+    (:func:`smoke_rollout`); DeployError when it did not become Available or answers otherwise."""
     from freestack.serving.records import Deployments
     from freestack.storage import storage_root
 
@@ -496,12 +525,56 @@ def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
         )
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
     record, token = deployments.read(spec.deployment_name)
-    record = {**(record or {}), "state": "serving", "message": event.get("message")}
+    checked = smoke_rollout(spec, record or {})
+    record = {**(record or {}), "state": "serving", "message": event.get("message"),
+              "smoke": {k: checked.get(k) for k in ("rows", "max_abs_diff", "tolerance")}}  # fmt: skip
     deployments.write(spec.deployment_name, record, token)
     return record
+
+
+def _version_uri(spec: PipelineSpec, version: str) -> str:
+    from freestack.registry.core import registry_for
+
+    return registry_for(spec).version_uri(version)
+
+
+def predictor_service(name: str, predictor: str) -> str:
+    """The Service Seldon Core 1.17 gives a predictor, in front of its executor (port ``http``):
+    ``<name>-<predictor>``, or past 63 characters ``seldon-`` and the md5 of that, as its operator names it."""
+    key = f"{name}-{predictor}"
+    return key if len(key) <= 63 else "seldon-" + hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()
+
+
+def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
+    """Send the rolled-out version's stored test rows (``evaluation/smoke.json``) to its predictor and
+    require the evaluation's answers, with the local deploy's smoke test: Available only says the pods are
+    ready, not that they serve the evaluated model. The request goes through the API server's service
+    proxy, so the worker needs no route into the cluster. A canary that fails is removed again."""
+    from freestack.serving.smoke import smoke_sample, smoke_test, smoke_test_v2
+
+    target, name = spec.deploy.kubernetes, spec.deployment_name
+    canary = record.get("role") == CANARY
+    version = record.get("canary_version" if canary else "version")
+    if not version:
+        raise DeployError(f"no rollout of {name} is recorded: nothing to smoke-test; deploy again")
+    sample = smoke_sample(_version_uri(spec, version), SMOKE_ROWS)
+    service = predictor_service(name, CANARY if canary else MAIN)
+    path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
+    try:
+        with _session(target.conn_id, target.namespace, name) as s:
+            if spec.deploy.runtime == "mlserver":
+                return smoke_test_v2(s.host + path, spec.model_name, sample, post=s.proxy_post)
+            return smoke_test(s.host + path, sample, post=s.proxy_post)
+    except DeployError as exc:
+        if not canary or isinstance(exc, KubernetesUnavailable):
+            raise
+        rollback_canary(name, target.namespace, target.conn_id)
+        raise DeployError(f"{exc}\nThe canary ({version}) was removed: {record.get('version')} takes all traffic "
+                          "again.") from exc  # fmt: skip
 
 
 __all__ = [
     "DeployError", "KubernetesUnavailable", "api_error", "apply", "delete", "finish_rollout", "get", "object_missing",
     "promote_canary", "rollback_canary", "set_traffic", "start_rollout", "unreachable",
+    "SMOKE_ROWS", "predictor_service", "smoke_rollout",
 ]  # fmt: skip

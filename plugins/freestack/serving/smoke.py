@@ -13,10 +13,11 @@ import statistics
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from freestack.errors import DeployError
-from freestack.serving.server.requestlog import SMOKE_ID
+from freestack_server.requestlog import SMOKE_ID
 
 
 def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:
@@ -34,6 +35,10 @@ def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[
         return code, json.loads(body)
     except ValueError:
         return code, body.decode(errors="replace")
+
+
+#: how a smoke request is sent: ``post(url, payload, timeout=...)`` answers (HTTP status, parsed JSON body)
+Post = Callable[..., tuple[int, Any]]
 
 
 def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
@@ -95,11 +100,14 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL,
+               post: Post | None = None) -> dict[str, Any]:  # fmt: skip
     """Send the sample's rows; every answer must equal the in-process output: the same class, and values
     within :func:`tolerance` (for regression, relative to the target's scale). Returns what was compared;
-    raises DeployError naming the first row, key and output that differ, both values and the tolerance."""
-    code, body = http_json(f"{url}/api/v1.0/predictions", seldon_request(sample), timeout=30.0)
+    raises DeployError naming the first row, key and output that differ, both values and the tolerance.
+    ``post`` sends the request: plain HTTP (:func:`http_json`) by default, the Kubernetes API server's
+    service proxy for a cluster."""
+    code, body = (post or http_json)(f"{url}/api/v1.0/predictions", seldon_request(sample), timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "data" not in body:
         raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
     got = body["data"].get("ndarray")
@@ -130,10 +138,11 @@ def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"{SMOKE_ID}-{time.time_ns()}", "inputs": inputs}
 
 
-def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL,
+                  post: Post | None = None) -> dict[str, Any]:  # fmt: skip
     """:func:`smoke_test` over the Open Inference Protocol (``POST /v2/models/<model>/infer``): the
     ``probabilities`` output (classification) or ``prediction`` (regression) must equal the evaluation's."""
-    code, body = http_json(f"{url}/v2/models/{model}/infer", v2_request(sample), timeout=30.0)
+    code, body = (post or http_json)(f"{url}/v2/models/{model}/infer", v2_request(sample), timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "outputs" not in body:
         raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
     want = "probabilities" if sample.get("task") == "classification" else "prediction"

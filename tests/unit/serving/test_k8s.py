@@ -21,8 +21,10 @@ import pytest
 from freestack.errors import FreestackError
 from freestack.serving import k8s, manifests
 from freestack.serving.spec import KubernetesTarget
-from tests.fakes.k8s_api import FakeKubeAPI, json_patch, merge_patch
+from freestack_server.requestlog import SMOKE_ID
+from tests.fakes.k8s_api import FakeKubeAPI, ProxyingKubeAPI, json_patch, merge_patch, stored_sample
 from tests.support.ports import free_port
+from tests.support.serving import make_version
 
 REPO = Path(__file__).resolve().parents[3]
 SHARED_CRD = Path(__file__).parents[3].parent / "shared/seldon/seldondeployment-crd.yaml"
@@ -78,7 +80,10 @@ def test_manifest_without_canary_validates():
     (c,) = pod["containers"]
     assert c["name"] == "model" and c["image"] == "freestack/serving:0.1.0"
     assert env_of(main) == {"FREESTACK_MODEL_URI": "s3://models/registry/digits/3", "FREESTACK_MODEL_VERSION": "3",
-                            "FREESTACK_MODEL_NAME": "digits", "GUNICORN_WORKERS": "3", "GUNICORN_THREADS": "2"}
+                            "FREESTACK_MODEL_NAME": "digits", "FREESTACK_SERVER_RUNTIME": "seldon",
+                            "FREESTACK_SERVER_DEPLOYMENT": "digits", "FREESTACK_SERVER_WORKERS": "3",
+                            "FREESTACK_SERVER_THREADS": "2"}  # fmt: skip
+    assert "command" not in c and "args" not in c  # the image's own CMD: python -m freestack_server
     assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
@@ -105,8 +110,8 @@ def test_manifest_with_canary_validates():
 
 
 def test_an_mlserver_manifest_is_protocol_v2_and_validates():
-    """runtime: mlserver: the mlserver image running freestack's V2 runtime, configured through MLServer's
-    environment, REST and gRPC ports, V2 probes; a canary too."""
+    """runtime: mlserver: the mlserver image's own command (python -m freestack_server) with the same
+    variables as Seldon's runtime, REST and gRPC ports, V2 probes; a canary too."""
     m = manifests.build_manifest("digits", model="digits", version="3", model_uri="s3://models/registry/digits/3",
                                  target=target(), canary_version="4", canary_uri="s3://models/registry/digits/4",
                                  request_log_uri="s3://models/monitoring/digits", runtime="mlserver")  # fmt: skip
@@ -114,13 +119,12 @@ def test_an_mlserver_manifest_is_protocol_v2_and_validates():
     assert m["spec"]["protocol"] == "v2"
     main, canary = m["spec"]["predictors"]
     (c,) = main["componentSpecs"][0]["spec"]["containers"]
-    assert c["image"] == "freestack/mlserver:0.1.0" and c["command"][-2:] == ["freestack.serving.server.oip_server",
-                                                                               manifests.MLSERVER_MODELS]  # fmt: skip
+    assert c["image"] == "freestack/mlserver:0.1.0" and "command" not in c and "args" not in c
     env = env_of(main)
-    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == "freestack.serving.server.oip.FreestackRuntime"
-    assert env["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/3" and env["MLSERVER_MODEL_NAME"] == "digits"
-    assert json.loads(env["MLSERVER_MODEL_EXTRA"])["request_log_uri"] == "s3://models/monitoring/digits"
-    assert env_of(canary)["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/4"
+    assert env["FREESTACK_SERVER_RUNTIME"] == "mlserver" and env["FREESTACK_MODEL_NAME"] == "digits"
+    assert env["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/3"
+    assert env["FREESTACK_REQUEST_LOG_URI"] == "s3://models/monitoring/digits"
+    assert env_of(canary)["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/4"
     assert [p["containerPort"] for p in c["ports"]] == [9000, 9500]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"  # the model, not the server
 
@@ -135,7 +139,8 @@ def test_a_kserve_inference_service_runs_the_same_v2_container():
     assert pred["minReplicas"] == pred["maxReplicas"] == 2 and pred["serviceAccountName"] == "seldon-models"
     assert c["name"] == "kserve-container" and c["image"] == "freestack/mlserver:0.1.0"
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["PROTOCOL"] == "v2" and env["MLSERVER_MODEL_URI"] == "s3://models/registry/digits/3"
+    assert env["PROTOCOL"] == "v2" and env["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/3"
+    assert env["FREESTACK_SERVER_RUNTIME"] == "mlserver" and "command" not in c
     with pytest.raises(ValueError, match="not a valid Kubernetes name"):
         manifests.build_inference_service("Digits!", model="digits", version="3", model_uri="s3://x", target=target())
 
@@ -447,6 +452,79 @@ def test_unreachable_server_and_missing_connection(monkeypatch):
     with pytest.raises(k8s.KubernetesUnavailable, match="cannot load the Kubernetes configuration of connection "
                                                         "'no_such_conn'"):
         k8s.get("digits", NS, "no_such_conn")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the rollout's smoke test: the version's stored rows, through the API server's service proxy
+
+@pytest.fixture
+def rollout(tmp_path, storage, monkeypatch):
+    """A kubernetes deploy of ``digits`` (canary 10%) with versions v1, v2 registered, against the proxying fake."""
+    import yaml
+
+    from freestack.spec import parse_spec
+
+    api = ProxyingKubeAPI().start()
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
+                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+    data = yaml.safe_load((REPO / "include" / "pipelines" / "digits.yaml").read_text())
+    data["deploy"] = {"target": "kubernetes", "kubernetes": {"conn_id": CONN, "namespace": NS,
+                                                            "canary": {"traffic": 10, "replicas": 1}}}  # fmt: skip
+    uris = {v: make_version(storage, "digits", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
+    yield api, parse_spec(data, "digits.yaml"), uris
+    api.stop()
+
+
+def roll_out(spec, version: str, uri: str) -> dict:
+    k8s.start_rollout(spec, version, uri, reason="test")
+    wait_available()
+    return k8s.finish_rollout(spec, {"status": "available", "name": "digits", "namespace": NS, "message": "ok"})
+
+
+def test_a_rollout_sends_the_versions_rows_and_compares_the_answers(rollout):
+    api, spec, uris = rollout
+    api.pods["digits-main"] = uris["v1"]
+    record = roll_out(spec, "v1", uris["v1"])
+    sample = stored_sample(uris["v1"])
+    (sent,) = [r for r in api.requests if "service" in r]
+    assert sent["path"] == f"/api/v1/namespaces/{NS}/services/digits-main:http/proxy/api/v1.0/predictions"
+    assert sent["body"]["data"] == {"names": sample["features"], "ndarray": sample["rows"]}
+    assert sent["body"]["meta"]["puid"].startswith(SMOKE_ID)
+    assert record["state"] == "serving" and record["smoke"]["rows"] == len(sample["rows"])
+    assert record["smoke"]["max_abs_diff"] < 1e-5
+
+
+def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
+    api, spec, uris = rollout
+    api.pods["digits-main"] = uris["v1"]
+    roll_out(spec, "v1", uris["v1"])
+    api.pods["digits-canary"] = uris["v1"]  # the canary's pods do not serve v2's model
+    with pytest.raises(k8s.DeployError, match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed"):
+        roll_out(spec, "v2", uris["v2"])
+    assert [p["name"] for p in k8s.get("digits", NS, CONN)["spec"]["predictors"]] == ["main"]
+    api.pods["digits-canary"] = uris["v2"]
+    record = roll_out(spec, "v2", uris["v2"])
+    assert (record["version"], record["canary_version"], record["state"]) == ("v1", "v2", "serving")
+
+
+def test_a_rollout_the_model_cannot_answer_says_where_it_asked(rollout):
+    api, spec, uris = rollout  # no pods behind the service: the API server answers 503
+    with pytest.raises(k8s.DeployError, match=r"smoke request to .*services/digits-main:http/proxy answered HTTP 503"):
+        roll_out(spec, "v1", uris["v1"])
+
+
+def test_a_version_without_test_rows_is_not_rolled_out(rollout):
+    api, spec, uris = rollout
+    Path(uris["v2"].removeprefix("file://"), "evaluation", "smoke.json").unlink()
+    with pytest.raises(k8s.DeployError, match="has no evaluation/smoke.json"):
+        k8s.start_rollout(spec, "v2", uris["v2"], reason="test")
+    assert not api.calls("POST") and k8s.get("digits", NS, CONN) is None
+
+
+def test_predictor_service_names_follow_seldon():
+    assert k8s.predictor_service("digits", "canary") == "digits-canary"
+    long = k8s.predictor_service("d" * 60, "canary")
+    assert long.startswith("seldon-") and len(long) == len("seldon-") + 32
 
 
 # ---------------------------------------------------------------------------------------------------------
