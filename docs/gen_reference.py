@@ -130,7 +130,8 @@ def settings_page() -> str:
 
 def server_settings_table() -> str:
     """The model server's own variables (:class:`freestack_server.config.ServerConfig`)."""
-    from freestack_server.config import PREFIX as SERVER, ServerConfig
+    from freestack_server.config import PREFIX as SERVER
+    from freestack_server.config import ServerConfig
 
     lines = [
         "## The model server (`FREESTACK_SERVER_*`)",

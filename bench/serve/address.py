@@ -3,12 +3,12 @@ address (a listening socket handed over by the address holder, ``fd://N`` in gun
 
     python -m bench.serve.address [--repeats 8] [--warmup 1] [--duration 4] [--out bench/results/serve_address.json]
 
-Two model servers, each ``freestack.serving.server supervise`` with the deploy's tuned settings
-(``TUNED`` in ``run.py``: 2 workers of ``worker_class: freestack``) and the same MLP as ``run.py``,
+Two model servers, each ``python -m freestack_server --env-file F`` with the image's settings
+(the image's defaults: 2 workers of the freestack worker) and the same MLP as ``run.py``,
 both started before the first cell:
 
 - ``direct``: gunicorn binds ``127.0.0.1:PORT`` itself, as every server did before stable addresses;
-- ``stable``: an address holder (``python -m freestack.serving.server hold``) listens on the
+- ``stable``: an address holder (``python -m freestack_server hold``) listens on the
   deployment's address, the supervisor fetches the socket from it and gunicorn accepts on it as
   ``fd://N`` (its gate open from the start), which is how ``deploy`` serves now; the load goes to the
   deployment's address.
@@ -25,7 +25,6 @@ at concurrency 8 (no proxy hop: the kernel hands connections to the same workers
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -42,22 +41,23 @@ TARGET = 0.95
 
 
 def _config(workdir: Path, name: str, uri: str, port: int, address: dict[str, Any] | None) -> Path:
-    cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(base.REPO / "include" / "serving"),
-           "host": "127.0.0.1", "port": port, "metrics_port": free_port(), "log_level": "warning",
-           "parameters": {"model_uri": uri}, **base.TUNED}  # fmt: skip
-    if address:
-        cfg["address"] = address
-    path = workdir / f"{name}.json"
-    path.write_text(json.dumps(cfg))
+    """The server's variables in an env file, as the local deploy writes them (the image's defaults:
+    2 workers of the freestack worker)."""
+    from freestack_server.config import ServerConfig, write_env_file
+
+    cfg = ServerConfig.model_validate({"model": "bench", "version": "v1", "deployment": "bench", "port": port,
+                                       "metrics_port": free_port(), "address": address})  # fmt: skip
+    path = workdir / f"{name}.env"
+    write_env_file(path, {"FREESTACK_MODEL_URI": uri, **cfg.env()})
     return path
 
 
 def start(workdir: Path, uri: str, folder: Path, body: bytes) -> tuple[dict[str, base.Server], subprocess.Popen]:
     """The direct server, the address holder and the stable server; each answered the same probabilities."""
-    from freestack.serving.server.address import socket_name
+    from freestack_server.address import socket_name
 
     env = base._env(PYTHONPATH=str(base.REPO / "plugins"))
-    cmd = [str(base.SERVING_PY), "-m", "freestack.serving.server"]
+    cmd = [str(base.SERVING_PY), "-m", "freestack_server"]
     address_port = free_port()
     holder = subprocess.Popen([*cmd, "hold", str(workdir), "127.0.0.1", str(address_port)], env=env, cwd=workdir,
                               stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -73,8 +73,8 @@ def start(workdir: Path, uri: str, folder: Path, body: bytes) -> tuple[dict[str,
         cfg = _config(workdir, name, uri, port if addr is None else free_port(), addr)
         what = ("gunicorn binds 127.0.0.1:PORT" if addr is None else
                 "gunicorn accepts on the deployment's address (fd:// from the address holder)")  # fmt: skip
-        servers[name] = base.Server(name, [*cmd, "supervise", str(cfg)], port, workdir / f"{name}.log", env=env,
-                                    cwd=workdir, settings={**base.TUNED, "address": addr is not None},
+        servers[name] = base.Server(name, [*cmd, "--env-file", str(cfg)], port, workdir / f"{name}.log", env=env,
+                                    cwd=workdir, settings={"workers": 2, "worker_class": "freestack", "address": addr is not None},
                                     description=what)  # fmt: skip
     expected = base.expected_probs(folder, body)
     for s in servers.values():

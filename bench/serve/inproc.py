@@ -9,7 +9,7 @@ loop, no HTTP. Stdlib, numpy and torch only, so it runs in either environment.
   ``inference_mode`` (1 thread), ``json.dumps`` of the answer.
 - ``seldon`` (``.venv-serving``, diagnostic): what one request costs in Seldon's wrapper without
   Flask, gunicorn or HTTP: ``json.loads``, our envelope check, ``seldon_core.seldon_methods.predict``
-  on ``include/serving/Model.py`` with the launcher's buffered metrics, ``json.dumps`` of the answer.
+  on ``plugins/freestack_server/seldon_model.py`` with the launcher's buffered metrics, ``json.dumps`` of the answer.
 
 Prints one JSON line shaped like ``bench.serve.load``'s (requests/s, latency percentiles and
 histogram, CPU seconds in the window).
@@ -50,12 +50,10 @@ def _bare(model_dir: str):
 
 def _seldon(model_uri: str, model_dir: str):
     os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
-    if model_dir not in sys.path:
-        sys.path.insert(0, model_dir)
-    from Model import Model, envelope_problem
     from seldon_core import seldon_methods
 
-    from freestack.serving.server.metrics import BufferedSeldonMetrics
+    from freestack_server.metrics import BufferedSeldonMetrics
+    from freestack_server.seldon_model import Model, envelope_problem
 
     model = Model(model_uri=model_uri)
     model.load()

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "include" / "serving"))
     import numpy as np
-    from Model import Model
+
+    from freestack_server.seldon_model import Model
 
     work = tempfile.mkdtemp(prefix="freestack-bench-requestlog-")
     os.environ["FREESTACK_REQUEST_LOG_FLUSH_SECONDS"] = "3600"  # flushed by _rate, so every round pays its own

@@ -6,17 +6,20 @@ and in-process predict, same model, same payloads, same load generator, in the s
 1. Makes a small digits MLP (``FreestackNet(kind="mlp")``, 64 features, 10 classes, hidden 128/64,
    fixed seed) and registers it as ``bench`` ``v1`` in a temporary ``file://`` registry.
 2. Starts the servers, each bound to 127.0.0.1 except the stock one:
-   - ``seldon``: ``freestack.serving.server`` (Seldon 1.17.1's REST app and wrapper under Seldon's
-     gunicorn application, ``include/serving/Model.py``) with the tuned settings (``TUNED``);
+   - ``seldon``: ``python -m freestack_server`` started exactly as ``docker/serving.Dockerfile`` starts
+     it (its ``CMD`` and ``ENV``, read from the Dockerfile: tests/support/images.py), Seldon 1.17.1's REST
+     app under freestack's gunicorn worker, 2 workers: what production runs;
+   - ``seldon_local``: the same program as the local deploy starts it (``--env-file``, deploy.local's
+     defaults): ``image_vs_local`` = ``seldon`` ÷ this at concurrency 8, same round (target >= 0.95);
    - ``seldon_logged``: ``seldon`` with the request log on for every request (``log_sample_rate: 1.0``,
      Parquet under the scratch folder, as the monitor reads it): ``logging_ratio`` = its requests/s ÷
      ``seldon``'s at concurrency 8 and on the batch cell, same round (target >= 0.95);
-   - ``seldon_sync``: the same launcher with gunicorn's ``sync`` worker, 2 workers x 1 thread (the
-     deploy spec's defaults before this benchmark);
-   - ``seldon_stock``: ``seldon-core-microservice Model --service-type MODEL`` with its defaults (1 sync
-     worker, stock metrics); it binds 0.0.0.0, so it is started once, measured, and stopped;
-   - ``mlserver``: MLServer 1.7.1 (``.venv-mlserver``) with freestack's runtime
-     (``freestack.serving.server.oip``) under its launcher (``oip_server``), the same version, asked
+   - ``seldon_sync``: the image with ``FREESTACK_SERVER_WORKER_CLASS=sync`` (gunicorn's sync worker, 2 x 1);
+   - ``seldon_stock``: ``seldon-core-microservice freestack_server.seldon_model.Model --service-type MODEL``
+     with 2 gunicorn workers: the serving image's program before it ran ``freestack_server`` (stock
+     metrics); it binds 0.0.0.0, so it is started once, measured, and stopped;
+   - ``mlserver``: ``python -m freestack_server`` as ``docker/mlserver.Dockerfile`` starts it: MLServer
+     1.7.1 (``.venv-mlserver``) with freestack's runtime (``freestack_server.oip``), the same version, asked
      over the Open Inference Protocol (V2: ``/v2/models/bench/infer``, the rows as one FP32 tensor):
      the model in the server's own process (``parallel_workers: 0``), concurrent requests batched;
    - ``bare``: ``bench/serve/bare.py``, uvicorn + starlette, 2 processes on SO_REUSEPORT sockets (the
@@ -72,15 +75,18 @@ HIDDEN = [128, 64]
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 32
 BATCH_CONCURRENCY = 8
-SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare", "inproc", "inproc_seldon")
-HTTP_SERVERS = ("seldon", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare")
-#: the runtime's batching under test (what its model-settings.json extra carries)
-MLSERVER_EXTRA: dict[str, Any] = {"batch_rows": 64, "batch_wait_ms": 0, "torch_threads": 1}
+SERVERS = ("seldon", "seldon_local", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare", "inproc",
+           "inproc_seldon")  # fmt: skip
+HTTP_SERVERS = ("seldon", "seldon_local", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare")
+#: the runtime's batching under test
+MLSERVER_EXTRA: dict[str, Any] = {"batch_rows": 64}
 
-#: our launcher's settings under test (the config keys freestack.serving.server reads)
-TUNED: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "freestack"}
-#: the deploy spec's LocalTarget defaults before this benchmark
-SPEC_DEFAULTS: dict[str, Any] = {"workers": 2, "threads": 1, "worker_class": "sync"}
+#: what each image-started Seldon server adds to the image's ENV (as a manifest would)
+IMAGE_VARIANTS: dict[str, dict[str, str]] = {
+    "seldon": {},  # the image as it is: FREESTACK_SERVER_* defaults (2 workers, the freestack worker)
+    "seldon_logged": {},
+    "seldon_sync": {"FREESTACK_SERVER_WORKER_CLASS": "sync"},  # gunicorn's sync worker, 2 x 1
+}
 BARE_WORKERS = 2
 
 
@@ -255,31 +261,25 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodie
         port = free_port()
         log = workdir / f"{name}.log"
         if name in ("seldon", "seldon_logged", "seldon_sync"):
-            settings = dict(SPEC_DEFAULTS if name == "seldon_sync" else TUNED)
-            params: dict[str, Any] = {"model_uri": uri}
+            extra = dict(IMAGE_VARIANTS[name])
             if name == "seldon_logged":  # every request into the request log, as deploy writes it by default
-                params.update(request_log_uri=(workdir / "monitoring" / "bench").as_uri(), request_log_rate=1.0)
-            cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(REPO / "include" / "serving"),
-                   "host": "127.0.0.1", "port": port, "metrics_port": free_port(), "log_level": "warning",
-                   "parameters": params, **settings}  # fmt: skip
-            cfg_path = workdir / f"{name}.json"
-            cfg_path.write_text(json.dumps(cfg))
-            servers[name] = Server(
-                name, [str(SERVING_PY), "-m", "freestack.serving.server", "supervise", str(cfg_path)], port, log,
-                env=_env(PYTHONPATH=plugins), cwd=REPO, settings=settings,
-                description="freestack.serving.server: Seldon's REST app + UserModelApplication (gunicorn) on "
-                            "127.0.0.1, buffered metrics",
-            )  # fmt: skip
+                extra.update(FREESTACK_REQUEST_LOG_URI=(workdir / "monitoring" / "bench").as_uri(), FREESTACK_REQUEST_LOG_RATE="1.0")
+            servers[name] = _image_server(name, "seldon", uri, workdir, extra,
+                                          "python -m freestack_server as docker/serving.Dockerfile starts it (its CMD "
+                                          "and ENV) on 127.0.0.1: Seldon's REST app under freestack's gunicorn worker")  # fmt: skip
+        elif name == "seldon_local":
+            servers[name] = _local_server(workdir, uri)
         elif name == "seldon_stock":
-            cmd = [str(STOCK_BIN), "Model", "--service-type", "MODEL", "--http-port", str(port),
+            cmd = [str(STOCK_BIN), "freestack_server.seldon_model.Model", "--service-type", "MODEL", "--http-port", str(port),
                    "--metrics-port", str(free_port()), "--grpc-port", str(free_port())]  # fmt: skip
             servers[name] = Server(
-                name, cmd, port, log, env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri),
-                cwd=REPO / "include" / "serving", settings={"workers": 1, "threads": 1, "worker_class": "sync"},
-                description="seldon-core-microservice Model --service-type MODEL, all defaults (binds 0.0.0.0)",
+                name, cmd, port, log, env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri, GUNICORN_WORKERS="2"),
+                cwd=REPO, settings={"workers": 2, "threads": 1, "worker_class": "sync"},
+                description="seldon-core-microservice with freestack's model class, 2 gunicorn workers: the serving "
+                            "image's program before it ran freestack_server (binds 0.0.0.0)",
             )  # fmt: skip
         elif name == "mlserver":
-            servers[name] = _mlserver(workdir, uri, port, log, plugins)
+            servers[name] = _mlserver(workdir, uri)
         elif name == "bare":
             cmd = [sys.executable, "-m", "bench.serve.bare", "--port", str(port), "--workers", str(BARE_WORKERS)]
             servers[name] = Server(
@@ -294,17 +294,44 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodie
     return servers
 
 
-def _mlserver(workdir: Path, uri: str, port: int, log: Path, plugins: str) -> Server:
-    from freestack.serving.server.oip_server import write_folder
+def _image_server(name: str, runtime: str, uri: str, workdir: Path, extra: dict[str, str], description: str,
+                  **kwargs: Any) -> Server:  # fmt: skip
+    """The runtime's image command and ENV (tests/support/images.py) with a manifest's ``extra`` variables."""
+    from tests.support.images import image_launch
 
-    folder = write_folder(workdir / "mlserver", name="bench", model_uri=uri, host="127.0.0.1", http_port=port,
-                          grpc_port=free_port(), metrics_port=free_port(), workers=0, extra=MLSERVER_EXTRA)  # fmt: skip
-    return Server(
-        "mlserver", [str(MLSERVER_PY), "-m", "freestack.serving.server.oip_server", str(folder)], port, log,
-        env=_env(PYTHONPATH=plugins), cwd=REPO, settings={"parallel_workers": 0, **MLSERVER_EXTRA},
-        description="MLServer 1.7.1 + freestack.serving.server.oip (Open Inference Protocol, V2) on 127.0.0.1",
-        route=V2_ROUTE, v2=True,
-    )  # fmt: skip
+    port = free_port()
+    argv, env = image_launch(runtime, uri, workdir / name, port, env={"FREESTACK_SERVER_MODEL": "bench",
+                                                                      "FREESTACK_SERVER_VERSION": "v1", **extra})  # fmt: skip
+    env.update({"PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(free_port()), "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port())})
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in env.items() if k.startswith("FREESTACK_SERVER_") or k in extra}
+    return Server(name, argv, port, workdir / f"{name}.log", env=env, cwd=workdir / name, settings=settings,
+                  description=description, **kwargs)  # fmt: skip
+
+
+def _local_server(workdir: Path, uri: str) -> Server:
+    """The local deploy's launch of the same program: its variables in an env file (``--env-file``)."""
+    from freestack.serving.local import Slot, server_config
+    from freestack.serving.spec import LocalTarget
+    from freestack_server.config import write_env_file
+
+    port = free_port()
+    launch = server_config("bench", "bench", "v1", Slot("blue", port, free_port()), LocalTarget(log_sample_rate=0),
+                           model_uri=uri, request_log_uri=None)  # fmt: skip
+    env_file = workdir / "seldon_local.env"
+    write_env_file(env_file, launch.variables())
+    return Server("seldon_local", [str(SERVING_PY), "-m", "freestack_server", "--env-file", str(env_file)], port,
+                  workdir / "seldon_local.log", env=_env(PYTHONPATH=str(REPO / "plugins")), cwd=workdir,
+                  settings=launch.config.env(), description="python -m freestack_server --env-file F, as the local "
+                  "deploy starts it (deploy.local's defaults)")  # fmt: skip
+
+
+def _mlserver(workdir: Path, uri: str) -> Server:
+    variables = {"FREESTACK_SERVER_BATCH_ROWS": str(MLSERVER_EXTRA["batch_rows"]), "FREESTACK_TORCH_THREADS": "1"}
+    return _image_server("mlserver", "mlserver", uri, workdir, variables,
+                         "python -m freestack_server as docker/mlserver.Dockerfile starts it: MLServer 1.7.1 + "
+                         "freestack_server.oip (Open Inference Protocol, V2) on 127.0.0.1",
+                         route=V2_ROUTE, v2=True)  # fmt: skip
 
 
 def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
@@ -375,8 +402,8 @@ def measure_inproc(mode: str, body: Path, procs: int, warmup: float, duration: f
         cmd = [sys.executable, "-m", "bench.serve.inproc", "--mode", "bare", "--model-dir", str(folder)]
         env = _env(PYTHONPATH=str(REPO))
     else:
-        cmd = [str(SERVING_PY), "-m", "bench.serve.inproc", "--mode", "seldon", "--model-dir",
-               str(REPO / "include" / "serving"), "--model-uri", uri]  # fmt: skip
+        cmd = [str(SERVING_PY), "-m", "bench.serve.inproc", "--mode", "seldon", "--model-dir", str(folder),
+               "--model-uri", uri]  # fmt: skip
         env = _env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins")]))
     cmd += ["--body-file", str(body), "--warmup", str(warmup), "--duration", str(duration)]
     load = os.getloadavg()[0]
@@ -478,6 +505,7 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
                 r["ratio_rps_by_round"] = rounds
                 r["ratio_rps_same_round_median"] = round(statistics.median(rounds), 3)
     out["logging"] = _logging_ratio(samples)
+    out["image_vs_local"] = _same_round_ratio(samples, "seldon", "seldon_local", 0.95)
     s8, sb = out.get("seldon", {}).get("c8", {}), out.get("seldon", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {})
     if s8:
         out["checks"] = {
@@ -518,6 +546,18 @@ def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[
             out[f"{cell}_by_round"] = [round(x, 3) for x in on]
     out["ok"] = bool(out.get("c8", 0) >= 0.95)
     return out
+
+
+def _same_round_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]], top: str, bottom: str,
+                      target: float) -> dict[str, Any]:  # fmt: skip
+    """Requests/s of ``top`` ÷ ``bottom`` at concurrency 8, per round, then the median."""
+    below = {s["round"]: s["rps"] for s in samples.get(bottom, {}).get("c8", []) if s.get("rps")}
+    ratios = [s["rps"] / below[s["round"]] for s in samples.get(top, {}).get("c8", []) if s.get("round") in below]
+    if not ratios:
+        return {}
+    median = round(statistics.median(ratios), 3)
+    return {"target": f"{top} >= {target} x {bottom} requests/s at concurrency 8", "c8": median,
+            "c8_by_round": [round(x, 3) for x in ratios], "ok": median >= target}
 
 
 def _request_log_in_process(names: list[str], uri: str, duration: float, repeats: int) -> dict[str, Any]:

@@ -4,7 +4,7 @@ its answers to a corpus of malformed requests.
     python -m bench.serve.slow_clients [--repeats 3] [--warmup 1] [--duration 8] [--slow 4] [--interval 5]
         [--worker-classes freestack] [--out bench/results/slow_clients.json]
 
-One model server per worker class (``freestack.serving.server supervise``: 2 workers, gunicorn's
+One model server per worker class (``python -m freestack_server`` as the serving image starts it: 2 workers, gunicorn's
 default 30 s timeout, the same MLP and payload as ``run.py``, bodies up to 4 MiB), started before the
 first cell. Per round, for each server, two cells of ``bench.serve.load`` at concurrency 8 (keep-alive
 connections, one 64-feature row per request, a fresh generator process per cell):
@@ -27,7 +27,6 @@ Seldon's JSON error format (target 1.0), and the cases that were not. A few minu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_cell_options, free_port, parser, write_report
+from bench.common import add_cell_options, parser, write_report
 from bench.serve import run as base
 from tests.support.serving_hostile import SlowClients, corpus, run_corpus
 
@@ -47,18 +46,11 @@ TARGET = 0.9
 
 def start(workdir: Path, uri: str, folder: Path, body: bytes, classes: list[str]) -> dict[str, base.Server]:
     servers = {}
-    env = base._env(PYTHONPATH=str(base.REPO / "plugins"), FREESTACK_MAX_BODY_BYTES=str(MAX_BODY))
     for wc in classes:
-        port = free_port()
-        settings = {"workers": 2, "threads": 4 if wc == "gthread" else 1, "worker_class": wc, "timeout": 30}
-        cfg = {"name": "bench", "model": "bench", "version": "v1", "model_dir": str(base.REPO / "include" / "serving"),
-               "host": "127.0.0.1", "port": port, "metrics_port": free_port(), "log_level": "info",
-               "parameters": {"model_uri": uri, "max_batch_rows": MAX_ROWS}, **settings}  # fmt: skip
-        path = workdir / f"{wc}.json"
-        path.write_text(json.dumps(cfg))
-        servers[wc] = base.Server(wc, [str(base.SERVING_PY), "-m", "freestack.serving.server", "supervise", str(path)],
-                                  port, workdir / f"{wc}.log", env=env, cwd=workdir, settings=settings,
-                                  description=f"freestack.serving.server, worker_class {wc}")  # fmt: skip
+        extra = {"FREESTACK_SERVER_WORKER_CLASS": wc, "FREESTACK_SERVER_THREADS": "4" if wc == "gthread" else "1",
+                 "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY), "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS)}  # fmt: skip
+        servers[wc] = base._image_server(wc, "seldon", uri, workdir, extra,
+                                         f"python -m freestack_server as docker/serving.Dockerfile starts it, worker_class {wc}")  # fmt: skip
     expected = base.expected_probs(folder, body)
     for s in servers.values():
         base.check_answer(s.name, s.wait_ready(body), expected)
