@@ -122,10 +122,16 @@ def settings_page() -> str:
         "| variable | type | default | what it is |",
         "|---|---|---|---|",
     ]
-    for name, field in Settings.model_fields.items():
+    return "\n".join([*lines, *variable_rows(Settings, PREFIX)]) + "\n\n" + server_settings_table()
+
+
+def variable_rows(settings_class: Any, prefix: str) -> list[str]:
+    """One table row per field of a pydantic-settings class: its variable, type, default and description."""
+    rows = []
+    for name, field in settings_class.model_fields.items():
         description = (field.description or "").replace("|", "\\|")
-        lines.append(f"| `{PREFIX}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
-    return "\n".join(lines) + "\n\n" + server_settings_table()
+        rows.append(f"| `{prefix}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
+    return rows
 
 
 def server_settings_table() -> str:
@@ -144,10 +150,7 @@ def server_settings_table() -> str:
         "| variable | type | default | what it is |",
         "|---|---|---|---|",
     ]
-    for name, field in ServerConfig.model_fields.items():
-        description = (field.description or "").replace("|", "\\|")
-        lines.append(f"| `{SERVER}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *variable_rows(ServerConfig, SERVER)]) + "\n"
 
 
 def cli_page() -> str:

@@ -89,10 +89,10 @@ class ServerConfig(BaseSettings):
         """The deployment's name (the model's when none is set)."""
         return self.deployment or self.model
 
-    def env(self) -> dict[str, str]:
-        """The ``FREESTACK_SERVER_*`` variables that give this configuration."""
+    def env(self, include: set[str] | None = None) -> dict[str, str]:
+        """The ``FREESTACK_SERVER_*`` variables that give this configuration (of the fields ``include`` names)."""
         out = {}
-        for key, value in self.model_dump(mode="json", exclude_none=True).items():
+        for key, value in self.model_dump(mode="json", exclude_none=True, include=include).items():
             out[f"{PREFIX}{key.upper()}"] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         return out
 

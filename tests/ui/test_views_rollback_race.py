@@ -16,26 +16,16 @@ Runs last, after the monitor's test (it moves production). Slow: ``-m slow``.
 from __future__ import annotations
 
 import json
-import time
 from urllib.parse import quote
 
 import pytest
 
+from tests.e2e.test_monitor_demo import _wait
 from tests.ui.test_views_browser import _login, _shot, browser  # noqa: F401  (the browser fixture)
 
 pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own
 TERMINAL = ("success", "failed")
-
-
-def _wait(ok, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = ok()
-        if got:
-            return got
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 def _trigger(api, dag_id: str, conf: dict) -> str:

@@ -91,7 +91,7 @@ def _server_env(target: KubernetesTarget, *, model: str, version: str, model_uri
 
     cfg = ServerConfig.model_validate({"runtime": runtime, "model": model, "version": version, "deployment": model,
                                        "workers": target.workers, "threads": target.threads})  # fmt: skip
-    own = {k: v for k, v in cfg.env().items() if k.removeprefix("FREESTACK_SERVER_").lower() in ("runtime", "deployment", "workers", "threads")}
+    own = cfg.env(include={"runtime", "deployment", "workers", "threads"})  # model and version: the names below
     env = [{"name": ENV_URI, "value": model_uri}, {"name": ENV_VERSION, "value": version}, {"name": ENV_NAME, "value": model},
            *({"name": k, "value": v} for k, v in own.items())]  # fmt: skip
     if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
@@ -437,18 +437,26 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
     if not violations:
         violations = _semantic_violations(manifest)
     if violations:
-        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        what = f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
-        shown = [f"  {p}: {m}" for p, m in violations[:25]]
-        if len(violations) > 25:
-            shown.append(f"  ... and {len(violations) - 25} more")
         raise ManifestInvalid(
-            f"SeldonDeployment {what} does not match the Seldon Core v1 CRD ({path}):\n"
-            + "\n".join(shown)
-            + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
+            f"SeldonDeployment {_named(manifest)} does not match the Seldon Core v1 CRD ({path}):\n"
+            + _listed(violations) + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
             violations,
         )
+
+
+def _named(manifest: Any) -> str:
+    """``namespace/name`` of a manifest, ``?`` for what it lacks."""
+    meta = manifest.get("metadata") if isinstance(manifest, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
+
+
+def _listed(violations: list[tuple[str, str]], limit: int = 25) -> str:
+    """One ``  path: message`` line per violation, the first ``limit`` of them."""
+    shown = [f"  {p}: {m}" for p, m in violations[:limit]]
+    if len(violations) > limit:
+        shown.append(f"  ... and {len(violations) - limit} more")
+    return "\n".join(shown)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -515,14 +523,8 @@ def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.Path
     validator = _kserve_validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
     violations = sorted((e.json_path, e.message) for e in validator.iter_errors(manifest))
     if violations:
-        meta = manifest.get("metadata") if isinstance(manifest, dict) else None
-        meta = meta if isinstance(meta, dict) else {}
-        shown = [f"  {p}: {m}" for p, m in violations[:25]]
-        if len(violations) > 25:
-            shown.append(f"  ... and {len(violations) - 25} more")
         raise ManifestInvalid(
-            f"InferenceService {meta.get('namespace', '?')}/{meta.get('name', '?')} does not match KServe's "
-            f"v1beta1 CRD ({path}):\n" + "\n".join(shown),
+            f"InferenceService {_named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n" + _listed(violations),
             violations,
         )
 
