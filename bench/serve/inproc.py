@@ -53,16 +53,18 @@ def _seldon(model_uri: str, model_dir: str):
     from seldon_core import seldon_methods
 
     from freestack_server.metrics import BufferedSeldonMetrics
-    from freestack_server.seldon_model import Model, envelope_problem
+    from freestack_server.request_checks import predict_problem
+    from freestack_server.seldon_model import Model
 
     model = Model(model_uri=model_uri)
     model.load()
     metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
+    inputs = model.inputs()
 
     def call(body: bytes) -> bytes:
         req = json.loads(body)
-        if envelope_problem(req):
-            raise ValueError(envelope_problem(req))
+        if problem := predict_problem(req, body, inputs):
+            raise ValueError(problem)
         return json.dumps(seldon_methods.predict(model, req, metrics)).encode()
 
     return call

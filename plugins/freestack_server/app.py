@@ -112,8 +112,8 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
     from freestack_server import request_checks
 
-    raw_values = bool(user_object.takes_raw_values())  # category/text/image inputs
-    request_checks.install(app, max_body=_max_body(), cors_origins=cfg.cors_origins, raw_values=raw_values)
+    inputs = user_object.inputs()  # what the model takes besides rows of numbers
+    request_checks.install(app, max_body=_max_body(), cors_origins=cfg.cors_origins, inputs=inputs)
     from freestack_server.lighter_flask import faster_json, lighter_flask
 
     lighter_flask(app)
@@ -122,7 +122,7 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
     if cfg.worker_class == "freestack":
         from freestack_server.predict_lane import PredictLane
 
-        lane = PredictLane.for_model(user_object, seldon_metrics, app, raw_values=raw_values)
+        lane = PredictLane(user_object, seldon_metrics, inputs=inputs, json_dumps=app.json.dumps)
     options = _gunicorn_options(cfg, _binds(cfg, address_fd), seldon_metrics, post_worker_init, worker_exit,
                                 lane=lane, coalescer=_coalescer(cfg, user_object))  # fmt: skip
     shared = f", and on the deployment's address {cfg.host}:{cfg.address.port}" if address_fd is not None and cfg.address else ""

@@ -3,8 +3,8 @@ WSGI environ, Flask and its hooks. Runs in the serving environment.
 
 A request takes the lane when it is a ``POST`` to a predict path with no query string, a JSON body
 (``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays the guard's), its
-message passes the guard's checks (:func:`freestack_server.request_checks.body_problem`) and the
-model's own (``message_problem``, which freestack's Seldon model has). The lane then calls what
+message passes the guard's checks (:func:`freestack_server.request_checks.predict_problem`, the one
+check of a message's form). The lane then calls what
 Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with the same model and
 metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
 answer as the app's orjson provider does (:func:`freestack_server.lighter_flask.faster_json`).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from freestack_server.request_checks import body_problem, parse_json, reason_phrase
+from freestack_server.request_checks import Inputs, parse_json, predict_problem, reason_phrase
 
 log = logging.getLogger("freestack.serving")
 
@@ -32,18 +32,9 @@ JSON_HEADERS = (("Content-Type", "application/json"),)
 class PredictLane:
     """Seldon's predict for ``user_model`` with ``seldon_metrics``, for the requests described above."""
 
-    def __init__(self, user_model: Any, seldon_metrics: Any, *, raw_values: bool, json_dumps):
-        self.model, self.metrics, self.raw_values = user_model, seldon_metrics, raw_values
-        self.model_problem = user_model.message_problem
+    def __init__(self, user_model: Any, seldon_metrics: Any, *, inputs: Inputs, json_dumps):
+        self.model, self.metrics, self.inputs = user_model, seldon_metrics, inputs
         self.json_dumps = json_dumps  # the app's JSON provider: what orjson cannot write
-
-    @classmethod
-    def for_model(cls, user_model: Any, seldon_metrics: Any, flask_app, *, raw_values: bool) -> PredictLane | None:
-        """The lane for a model class that checks its own messages (freestack's); None for any other."""
-        if not callable(getattr(user_model, "message_problem", None)):
-            log.info("the prediction lane is off: %s has no message_problem()", type(user_model).__name__)
-            return None
-        return cls(user_model, seldon_metrics, raw_values=raw_values, json_dumps=flask_app.json.dumps)
 
     def answer(self, req) -> tuple[str, list[tuple[str, str]], bytes] | None:
         """(status line, headers, body) for gunicorn's parsed ``req``, or None: the app answers it."""
@@ -77,7 +68,7 @@ class PredictLane:
         raw = req.body.getvalue()
         message, problem = parse_json(raw) if raw else (None, "empty")
         if problem is None:
-            problem = body_problem("message", message, raw, self.raw_values) or self.model_problem(message)
+            problem = predict_problem(message, raw, self.inputs)
         return None if problem is not None else message
 
     def _dumps(self, response: Any) -> bytes:

@@ -15,7 +15,12 @@ Two layers:
   aggregate), whether it comes as the JSON body, a form's ``json`` field or ``?json=`` on a GET:
   JSON that parses (no NaN or infinite values, at most MAX_DEPTH levels deep), ``meta`` of the types
   Seldon's protocol gives them, ``data.ndarray`` rows of numbers of one width, ``data.tensor`` values
-  a flat list of numbers. The model's own checks (``plugins/freestack_server/seldon_model.py``) come after these.
+  a flat list of numbers as many as its shape holds; a prediction's message carries exactly one of
+  ``data``, ``jsonData``, ``strData`` and ``binData``, of a kind the model takes (:class:`Inputs`).
+
+These are the only checks of a message's form: the worker's prediction lane asks them too
+(:mod:`freestack_server.predict_lane`), and the model (:mod:`freestack_server.core`) checks only what
+needs the model, the values against its columns.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import json
 import math
 import re
 import urllib.parse
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -39,12 +45,23 @@ NUMBER = frozenset((int, float))
 CONTAINERS = frozenset((list, dict))
 META_KEYS = frozenset(("puid", "tags", "routing", "requestPath", "metrics"))
 METRIC_TYPES = frozenset(("COUNTER", "GAUGE", "TIMER"))
-MESSAGE_ENDPOINTS = {"Predict": "message", "TransformInput": "message", "TransformOutput": "message",
+MESSAGE_ENDPOINTS = {"Predict": "predict", "TransformInput": "message", "TransformOutput": "message",
                      "Route": "message", "Aggregate": "aggregate", "SendFeedback": "feedback"}  # fmt: skip
 FORM = "application/x-www-form-urlencoded"
 PARSED = "freestack.json"  # environ key: the JSON body as the guard parsed it (the app does not parse it again)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+KINDS = ("data", "jsonData", "strData", "binData")  # what a Seldon message may carry
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the served model takes besides rows of numbers: ``raw_values``, category/text/image values in
+    ``data.ndarray`` rows (text, true/false and null besides numbers); ``raw_kinds``, the one-column
+    messages it takes ("strData": its one column is text, "binData": an image)."""
+
+    raw_values: bool = False
+    raw_kinds: frozenset[str] = frozenset()
 
 
 class Refused(Exception):
@@ -473,6 +490,8 @@ def tensor_problem(t: Any, numbers: bool = False) -> str | None:
     if not numbers and not set(map(type, values)) <= NUMBER:
         i, v = next((i, v) for i, v in enumerate(values) if type(v) not in NUMBER)
         return f'"data.tensor.values" item {i} is {_kind(v)}: values must be a flat list of numbers'
+    if math.prod(shape) != len(values):
+        return f'"data.tensor.shape" {shape} holds {math.prod(shape)} values but "values" has {len(values)}'
     return None
 
 
@@ -521,6 +540,10 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     names = data.get("names")
     if names is not None and (type(names) is not list or not all(type(n) is str for n in names)):
         return '"data.names" must be a list of feature names (strings)'
+    if "tftensor" in data:
+        return '"data.tftensor" is not accepted: send "ndarray" or "tensor"'
+    if "ndarray" not in data and "tensor" not in data:
+        return '"data" must hold "ndarray" or "tensor"'
     for key, value in data.items():
         if key not in ("ndarray", "tensor") and _too_deep(value, MAX_DEPTH - 2):
             return f'"data.{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
@@ -532,11 +555,52 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     return None
 
 
-def body_problem(kind: str, body: Any, raw: bytes | str | None = None, raw_values: bool = False) -> str | None:
-    """``kind``: "message" (a Seldon message, parsed from ``raw``), "feedback" (Seldon's Feedback) or
-    "aggregate" (a list of messages in ``seldonMessages``)."""
+def predict_problem(msg: Any, raw: bytes | str | None = None, inputs: Inputs = Inputs()) -> str | None:
+    """What is wrong with a message to predict on: it carries exactly one of :data:`KINDS`, of a kind the
+    model takes (``inputs``), then what :func:`message_problem` checks."""
+    if type(msg) is not dict:
+        return f"the body must be a JSON object (a Seldon message), not {_kind(msg)}"
+    kinds = [k for k in KINDS if k in msg]
+    if not kinds:
+        return 'the message has no "data" or "jsonData": send {"data": {"ndarray": [[...], ...]}}'
+    if len(kinds) > 1:
+        return f"the message carries {kinds}; send exactly one of them"
+    kind, value = kinds[0], msg[kinds[0]]
+    if kind in ("strData", "binData"):
+        return raw_problem(kind, value, inputs) or message_problem(msg, raw, inputs.raw_values)
+    if kind == "jsonData" and type(value) is not dict:
+        return '"jsonData" must be an object: {"instances": [{feature: value, ...}, ...]} or one record'
+    return message_problem(msg, raw, inputs.raw_values)
+
+
+def raw_problem(kind: str, value: Any, inputs: Inputs) -> str | None:
+    """``strData`` (the text of a one-text-column model) or ``binData`` (the base64 image of a
+    one-image-column model)."""
+    if kind not in inputs.raw_kinds:
+        return (f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
+                '"jsonData" records')  # fmt: skip
+    if kind == "strData":  # any text, the empty one too: the model reads it as training read empty text
+        return None if type(value) is str else f'"strData" must be a string (the text), not {_kind(value)}'
+    if type(value) is not str or not value:
+        return '"binData" must be a non-empty string (the image file\'s bytes, base64)'
+    import base64
+    import binascii
+
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return '"binData" is not valid base64: send the image file\'s bytes base64-encoded'
+    return None
+
+
+def body_problem(kind: str, body: Any, raw: bytes | str | None = None, inputs: Inputs = Inputs()) -> str | None:
+    """``kind``: "predict" (a message to predict on, parsed from ``raw``), "message" (one for Seldon's
+    other message routes), "feedback" (Seldon's Feedback) or "aggregate" (a list of messages in
+    ``seldonMessages``)."""
+    if kind == "predict":
+        return predict_problem(body, raw, inputs)
     if kind == "message":
-        return message_problem(body, raw, raw_values)
+        return message_problem(body, raw, inputs.raw_values)
     if type(body) is not dict:
         return f"the body must be a JSON object, not {_kind(body)}"
     if kind == "aggregate":
@@ -573,8 +637,8 @@ class Guard:
     """WSGI middleware in front of Seldon's Flask app (see the module's docstring)."""
 
     def __init__(self, app, flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
-                 raw_values: bool = False):  # fmt: skip
-        self.app, self.max_body, self.raw_values = app, max_body, raw_values
+                 inputs: Inputs = Inputs()):  # fmt: skip
+        self.app, self.max_body, self.inputs = app, max_body, inputs
         self.origins = frozenset(check_origins(cors_origins))
         self.routes: dict[str, tuple[frozenset[str], str | None]] = {}
         for rule in flask_app.url_map.iter_rules():
@@ -677,7 +741,7 @@ class Guard:
             raw = body
         value, problem = parse_json(raw)
         if problem is None:
-            problem = body_problem(kind, value, raw, self.raw_values)
+            problem = body_problem(kind, value, raw, self.inputs)
         if problem is not None:
             return 400, "BAD_PAYLOAD", problem
         if raw is body:
@@ -699,13 +763,13 @@ def _refuse(start_response, status: int, reason: str, info: str, extra: list | N
 
 
 def install(flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
-            raw_values: bool = False) -> Guard:  # fmt: skip
+            inputs: Inputs = Inputs()) -> Guard:  # fmt: skip
     """Put the guard in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
     take flask_cors out of it: the guard answers CORS from ``cors_origins`` alone. The JSON body the
     guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time.
-    ``raw_values``: the model takes category/text/image values, so rows may hold text and nulls."""
+    ``inputs``: what the model takes besides rows of numbers."""
     _drop_flask_cors(flask_app)
-    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins, raw_values=raw_values)
+    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins, inputs=inputs)
     flask_app.wsgi_app = guard
     base = flask_app.request_class
     if isinstance(getattr(base, "_cached_json", None), tuple):  # werkzeug 2.x: (normal, silent)
@@ -732,7 +796,7 @@ def _drop_flask_cors(app) -> None:
             del app.__dict__[name]
 
 
-__all__ = ["HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
+__all__ = ["HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "Inputs", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
            "check_origins", "chunks_end", "decode_chunked", "error_body", "error_response", "framing", "head_framing",
-           "install", "message_problem", "numbers_only", "parse_json", "protocol_error", "reason_phrase", "request_end",
+           "install", "message_problem", "numbers_only", "parse_json", "predict_problem", "protocol_error", "reason_phrase", "request_end",
            "too_large"]  # fmt: skip

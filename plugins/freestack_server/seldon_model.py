@@ -20,8 +20,10 @@ Payloads: ``{"data": {"ndarray": [[...], ...], "names": [...]}}``, ``{"data": {"
 [n, f], "values": [...]}}}`` or ``{"jsonData": {"instances": [{feature: value, ...}, ...]}}`` (or one
 record). Each answer's ``meta.tags.request_id`` is the request's id (the request's own ``meta.puid`` when
 it has one): ``/send-feedback`` with it in ``response.meta.tags`` (or ``request.meta.puid``) and the
-true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx JSON answer in Seldon's status format, never an HTML page or a
-500: the checks run before Seldon's own parsing (``model_error_handler``'s ``before_app_request``).
+true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx
+JSON answer in Seldon's status format, never an HTML page or a 500: the server's guard checks each
+message's form before Seldon parses it (:mod:`freestack_server.request_checks`, told what this model
+takes by :meth:`Model.inputs`); the model checks the values against its columns.
 Classification answers are class probabilities named by class; regression answers one value per row,
 ``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData). An answer comes in its
 request's form (``ndarray``, ``tensor``, ``jsonData``; ``tensor`` for strData and binData): the
@@ -30,23 +32,18 @@ metadata's outputs list those three, and ``custom.answers`` says which answers w
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
-from freestack.settings import settings
 from freestack_server.core import PayloadError, ServedModel
-from freestack_server.predict_lane import PREDICT_PATHS
+from freestack_server.request_checks import Inputs
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = settings().max_body_bytes
 
 
 def _bad(message: str, status: int = 400, reason: str = "BAD_PAYLOAD") -> SeldonMicroserviceException:
@@ -60,139 +57,15 @@ def _error_response(message: str, status: int, reason: str):
 
 
 # ------------------------------------------------------------------------------------------------------
-# request checks that must run before Seldon parses the body (its parser answers 500 on some shapes)
+# the form of every message is checked once, before Seldon's app sees it (freestack_server.request_checks)
 
-model_error_handler = Blueprint("freestack_payload", __name__)
-
-
-@model_error_handler.before_app_request
-def _check_envelope():
-    request_ = request._get_current_object()  # one context lookup instead of one per attribute
-    if request_.method != "POST" or request_.path not in PREDICT_PATHS:
-        return None
-    length = request_.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        return _error_response(
-            f"the request body is {length} bytes; at most {MAX_BODY_BYTES} are accepted: send fewer rows per request",
-            413, "PAYLOAD_TOO_LARGE",
-        )  # fmt: skip
-    ctype = (request_.mimetype or "").lower()
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raw = request_.form.get("json")
-        if raw is None:
-            return _error_response("a form request needs a 'json' field holding the Seldon message", 400, "BAD_PAYLOAD")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            return _error_response(f"the 'json' field is not valid JSON: {exc}", 400, "INVALID_JSON")
-    elif ctype != "application/json" and not ctype.endswith("+json"):
-        return _error_response(
-            f"Content-Type {request_.mimetype or '(none)'!r} is not supported: send application/json",
-            415, "UNSUPPORTED_MEDIA_TYPE",
-        )  # fmt: skip
-    else:
-        data = request_.get_data(cache=True)
-        if not data:
-            return _error_response("the request body is empty: send a Seldon message such as "
-                                   '{"data": {"ndarray": [[...]]}}', 400, "EMPTY_PAYLOAD")  # fmt: skip
-        try:
-            body = request_.get_json(force=True, cache=True)
-        except HTTPException:
-            try:
-                json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return _error_response(f"the request body is not valid JSON: {exc}", 400, "INVALID_JSON")
-            return _error_response("the request body is not valid JSON", 400, "INVALID_JSON")
-    problem = envelope_problem(body)
-    if problem:
-        return _error_response(problem, 400, "BAD_PAYLOAD")
-    return None
+model_error_handler = Blueprint("freestack_errors", __name__)
 
 
 @model_error_handler.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
     # without this, Seldon's catch-all handler turns a 404/405/413 into a 500
     return _error_response(exc.description or exc.name, exc.code or 400, exc.name.upper().replace(" ", "_"))
-
-
-#: "strData" / "binData" when the loaded model takes one text / one image column (set by Model.load)
-RAW_KINDS: set[str] = set()
-
-
-def _raw_problem(kind: str, value: Any) -> str | None:
-    if kind not in RAW_KINDS:
-        return (f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
-                '"jsonData" records')  # fmt: skip
-    if kind == "strData":  # any text, the empty one too: the model reads it as training read empty text
-        return None if isinstance(value, str) else f'"strData" must be a string (the text), not {type(value).__name__}'
-    if not isinstance(value, str) or not value:
-        return '"binData" must be a non-empty string (the image file\'s bytes, base64)'
-    if kind == "binData":
-        import base64
-        import binascii
-
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return '"binData" is not valid base64: send the image file\'s bytes base64-encoded'
-    return None
-
-
-def envelope_problem(body: Any) -> str | None:
-    """What is structurally wrong with a Seldon message, or None. Values are checked by ``predict``."""
-    if not isinstance(body, dict):
-        return f"the body must be a JSON object (a Seldon message), not {type(body).__name__}"
-    kinds = [k for k in ("data", "jsonData", "strData", "binData") if k in body]
-    if not kinds:
-        return 'the message has no "data" or "jsonData": send {"data": {"ndarray": [[...], ...]}}'
-    if len(kinds) > 1:
-        return f"the message carries {kinds}; send exactly one of them"
-    if "meta" in body and not isinstance(body["meta"], dict):
-        return '"meta" must be an object'
-    kind = kinds[0]
-    if kind in ("strData", "binData"):
-        return _raw_problem(kind, body[kind])
-    if kind == "jsonData":
-        if not isinstance(body["jsonData"], dict):
-            return '"jsonData" must be an object: {"instances": [{feature: value, ...}, ...]} or one record'
-        return None
-    data = body["data"]
-    if not isinstance(data, dict):
-        return '"data" must be an object holding "ndarray" or "tensor"'
-    names = data.get("names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        return '"data.names" must be a list of feature names (strings)'
-    if "tftensor" in data:
-        return '"data.tftensor" is not accepted: send "ndarray" or "tensor"'
-    if "tensor" in data:
-        t = data["tensor"]
-        if not isinstance(t, dict):
-            return '"data.tensor" must be an object with "shape" and "values"'
-        shape, values = t.get("shape"), t.get("values")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                              and d >= 0 for d in shape):  # fmt: skip
-            return '"data.tensor.shape" must be a list of non-negative integers, e.g. [rows, features]'
-        if not isinstance(values, list):
-            return '"data.tensor.values" must be a flat list of numbers'
-        if math.prod(shape) != len(values):
-            return f'"data.tensor.shape" {shape} holds {math.prod(shape)} values but "values" has {len(values)}'
-        return None
-    if "ndarray" in data:
-        arr = data["ndarray"]
-        if not isinstance(arr, list):
-            return '"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...]'
-        if arr and isinstance(arr[0], list):
-            width = len(arr[0])
-            for i, row in enumerate(arr):
-                if not isinstance(row, list) or len(row) != width:
-                    return f'"data.ndarray" is ragged: row {i} is not a list of {width} values like row 0'
-                if row and isinstance(row[0], list):
-                    return f'"data.ndarray" row {i} is nested deeper than [rows, features]'
-        return None
-    return '"data" must hold "ndarray" or "tensor"'
-
-
-# ------------------------------------------------------------------------------------------------------
 
 
 def _input_metadata(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -234,23 +107,19 @@ class Model(ServedModel):
     work; this class turns Seldon's calls into its calls, and a :class:`PayloadError` into Seldon's
     status format)."""
 
-    #: Seldon registers this blueprint on its Flask app: the envelope checks and 4xx error handler
+    #: Seldon registers this blueprint on its Flask app: its 4xx errors in Seldon's format
     model_error_handler = model_error_handler
 
     def __init__(self, model_uri: str = "", max_batch_rows: int = 0, request_log_uri: str = "",
                  request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = ""):  # fmt: skip
         super().__init__(model_uri, max_batch_rows, request_log_uri, request_log_rate, torch_threads, deployment)
 
-    def _load_encoder(self) -> None:
-        super()._load_encoder()
-        kinds = [k for _, k in self._encoder.columns]
-        RAW_KINDS.clear()
-        RAW_KINDS.update({"strData"} if kinds == ["text"] else {"binData"} if kinds == ["image"] else set())
-
-    def message_problem(self, body: Any) -> str | None:
-        """What the envelope check refuses in ``body`` (a parsed Seldon message), or None: how the model
-        server's prediction lane (:mod:`freestack_server.predict_lane`) asks before it answers without Flask."""
-        return envelope_problem(body)
+    def inputs(self) -> Inputs:
+        """What the model takes besides rows of numbers, for the guard's checks of each message: raw values
+        for category/text/image columns; strData for one text column, binData for one image column."""
+        groups = [g for _, g in (self.describe().get("encoder") or {}).get("columns", [])]
+        kinds = {"strData"} if groups == ["text"] else {"binData"} if groups == ["image"] else set()
+        return Inputs(raw_values=self.takes_raw_values(), raw_kinds=frozenset(kinds))
 
     # -- Seldon's hooks -------------------------------------------------------------------------------
     def class_names(self) -> list[str]:

@@ -43,10 +43,10 @@ def main(model_uri: str, cases_file: str) -> None:
     model.load()
     metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
     app = wrapper.get_rest_microservice(model, metrics)
-    request_checks.install(app, max_body=1 << 20)
+    request_checks.install(app, max_body=1 << 20, inputs=model.inputs())
     lighter_flask(app)
     faster_json(app)
-    lane = PredictLane.for_model(model, metrics, app, raw_values=False)
+    lane = PredictLane(model, metrics, inputs=model.inputs(), json_dumps=app.json.dumps)
     client = app.test_client()
     for case in json.loads(Path(cases_file).read_text()):
         answer = lane.answer(Request(case))
