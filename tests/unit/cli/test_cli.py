@@ -289,3 +289,10 @@ def test_models_push_to_the_hub(capsys, store, monkeypatch):
     assert "\x1b[" not in out  # no spinner off a terminal
     code, _, err = run(capsys, "models", "push", "digits", "v1", "--repo", "me/digits", "--root", store)
     assert code == 0 and "not pushed: connection 'huggingface_default' has no token" in err
+
+
+def test_later_demo_rounds_shift_the_digits_one_or_two_pixels_never_more():
+    from freestack.cli.demo import round_shift
+
+    shifts = [round_shift(n) for n in range(1, 12)]
+    assert shifts[:4] == [1, 2, 1, 2] and set(shifts) == {1, 2}
