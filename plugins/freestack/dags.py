@@ -109,6 +109,19 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 # <p>_train
 
 
+#: the JSON Schema dialect of every Trigger-form field. Airflow checks a Param's schema against its
+#: dialect's meta-schema each time it resolves the Param, and every task of a DAG carries the DAG's
+#: Params, each resolved twice when the DAG is serialized: with 2020-12, Airflow's default, that was
+#: most of a DAG file's parse time. Draft 7's meta-schema checks about 3x faster, and every keyword
+#: these forms use means the same in both (``bench/orchestration``, docs/benchmarks.md).
+FORM_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def form_field(default: Any, **schema: Any) -> Param:
+    """A Trigger-form field: a :class:`Param` whose schema is in :data:`FORM_DIALECT`."""
+    return Param(default, **{"$schema": FORM_DIALECT}, **schema)
+
+
 def train_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_train``: the spec's ``train:`` defaults, changeable per run, with the
     spec's own limits (a value the spec would refuse is refused in the form)."""
@@ -122,21 +135,21 @@ def train_params(spec: PipelineSpec) -> dict[str, Param]:
                       "semantics) instead of one training; the best trial becomes the candidate")
     agents = min(2, sweep.run_cap) if sweep is not None and sweep.run_cap else 2
     return {
-        "end_ds": Param(None, type=["null", "string"], format="date", title="Train up to (day)",
+        "end_ds": form_field(None, type=["null", "string"], format="date", title="Train up to (day)",
                         description="The last lake partition (YYYY-MM-DD) in the window. Empty: the newest landed "
                                     "partition once the pipeline's running ingest runs finished (the `window` "
                                     "task's XCom and the run's note show the day chosen)"),
-        "window_days": Param(t.window_days, type="integer", minimum=1, maximum=3660, title="Window (days)",
+        "window_days": form_field(t.window_days, type="integer", minimum=1, maximum=3660, title="Window (days)",
                              description=f"Days of lake partitions up to that day to train on (spec: train.window_days = {t.window_days})"),
-        "epochs": Param(t.epochs, type="integer", minimum=1, maximum=10_000, title="Epochs",
+        "epochs": form_field(t.epochs, type="integer", minimum=1, maximum=10_000, title="Epochs",
                         description=f"The most epochs; early stopping after {t.patience} epochs without a better "
                                     f"validation score may end sooner (spec: train.epochs = {t.epochs})"),
-        "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
+        "learning_rate": form_field(t.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
                                description=f"AdamW's peak learning rate, {t.scheduler} schedule (spec: train.learning_rate = {t.learning_rate:g})"),
-        "batch_size": Param(t.batch_size, type="integer", minimum=1, maximum=1_000_000, title="Batch size",
+        "batch_size": form_field(t.batch_size, type="integer", minimum=1, maximum=1_000_000, title="Batch size",
                             description=f"Rows per optimisation step (spec: train.batch_size = {t.batch_size})"),
-        "sweep": Param(sweep is not None, type="boolean", title="Hyperparameter sweep", description=sweep_text),
-        "sweep_agents": Param(agents, type="integer", minimum=1, maximum=64, title="Sweep agents",
+        "sweep": form_field(sweep is not None, type="boolean", title="Hyperparameter sweep", description=sweep_text),
+        "sweep_agents": form_field(agents, type="integer", minimum=1, maximum=64, title="Sweep agents",
                               description=f"Agents training trials side by side (mapped tasks in the {POOL} pool, "
                                           "which caps how many run at once); ignored without a sweep"),
     }  # fmt: skip
@@ -145,7 +158,7 @@ def train_params(spec: PipelineSpec) -> dict[str, Param]:
 def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_rollback``."""
     return {
-        "version": Param("previous", type="string", minLength=1, examples=["previous"], title="Version to serve",
+        "version": form_field("previous", type="string", minLength=1, examples=["previous"], title="Version to serve",
                          description=f"'previous' (the {spec.model_name} version before the current production) "
                                      "or a registered version name (`freestack models list`)"),
     }  # fmt: skip
@@ -154,12 +167,12 @@ def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
 def promote_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_promote``."""
     return {
-        "version": Param("latest", type="string", minLength=1, title="Version",
+        "version": form_field("latest", type="string", minLength=1, title="Version",
                          description=f"A registered {spec.model_name} version (`freestack models list`), an alias, or "
                                      "latest (the newest version)"),
-        "alias": Param(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
+        "alias": form_field(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
                        description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)"),
-        "reason": Param("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
+        "reason": form_field("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
     }  # fmt: skip
 
 

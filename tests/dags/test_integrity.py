@@ -164,3 +164,22 @@ def test_trigger_form_refuses_what_the_spec_refuses(dagbag):
         with pytest.raises(Exception, match="Invalid input|not valid|ParamValidationError"):
             params.update(bad)
             params.validate()
+
+
+def test_trigger_forms_validate_through_a_serialized_dag_in_their_dialect(dagbag):
+    """Every Trigger-form field declares draft 7 (cheaper for Airflow to check at every parse), and the
+    scheduler's copy of the DAG still refuses what the form refuses: Airflow validates each field."""
+    from airflow.sdk.exceptions import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from freestack.dags import FORM_DIALECT
+
+    for dag_id in ("digits_train", "digits_promote", "digits_rollback"):
+        dag = dagbag.dags[dag_id]
+        assert dag.params and all(dag.params.get_param(k).schema["$schema"] == FORM_DIALECT for k in dag.params)
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["digits_train"])).params
+    ok = scheduled.deep_merge({"epochs": 3, "end_ds": "2026-11-20", "learning_rate": 0.01}).validate()
+    assert ok["epochs"] == 3 and ok["end_ds"] == "2026-11-20"
+    for bad in ({"epochs": 0}, {"end_ds": "2026-13-45"}, {"learning_rate": 0}, {"sweep_agents": "two"}):
+        with pytest.raises(ParamValidationError, match="Invalid input for param"):
+            scheduled.deep_merge(bad).validate()
