@@ -25,6 +25,15 @@ a head is in, else a plain close, as at the end of its keep-alive time), and whi
 connections stay below ``worker_connections``, so it keeps accepting: a good request waits only for
 the connections queued before it.
 
+Why the worker finds where a request ends itself (:func:`freestack_server.request_checks.request_end`)
+rather than leaving it to gunicorn: gunicorn's parser reads from a blocking socket, so it cannot tell an
+event loop whether a request is whole; and the gunicorn that seldon-core 1.17.1 pins (``<20.2``, frozen
+with the last Apache-2.0 release) frames bodies laxly: with both ``Content-Length`` and
+``Transfer-Encoding`` it reads the body as chunked, and it takes a ``Transfer-Encoding`` it does not
+know as none (the request smuggling that gunicorn 22 refuses). gunicorn's limits still apply: its
+parser reads every whole request (``limit_request_line``, ``limit_request_fields``,
+``limit_request_field_size``, answered 414/431 in JSON), and the read deadline is its ``timeout`` / 2.
+
 gunicorn's own ``sync`` and ``gthread`` workers are used as :class:`SyncWorker` and
 :class:`ThreadWorker`: the same refusals in JSON, and the whole body read (under a read deadline of
 ``timeout`` / 2) before the app runs; they read in the worker or thread that serves the request, so
