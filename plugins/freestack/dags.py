@@ -406,11 +406,45 @@ def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# <p>_score
+
+
+def score_dag(spec: PipelineSpec, spec_path: str) -> DAG:
+    from freestack.score.operators import PlanScoreOperator, ScoreOperator, scores_asset
+
+    sc = spec.score
+    with DAG(
+        dag_id=f"{spec.name}_score",
+        description=f"Score {sc.input} with {spec.model_name}@{sc.version}, interval by interval",
+        schedule=_schedule(spec.model_copy(update={"schedule": sc.schedule})),
+        catchup=False,
+        max_active_runs=spec.max_active_runs,
+        doc_md=(
+            f"### {spec.name}: score\n\nFor each data interval, `plan` resolves `{sc.version}` of "
+            f"`{spec.model_name}` once (the run records the version) and lists the days of `{sc.input}` "
+            f"that have input; `score` scores each day in batches of {sc.batch_rows} rows with the version's "
+            f"own preprocessing and publishes one Parquet file per day, whole, to `{sc.output}` (rows that do "
+            f"not encode go to a quarantine beside it, with the reason). Backfill it to rescore past days "
+            f"(`freestack backfill {spec.name} --dag score`). Spec: `{spec_path}`."
+        ),
+        **_common(spec, "score"),
+    ) as dag:
+        plan = PlanScoreOperator(task_id="plan", spec_path=spec_path,
+                                 doc_md="The version (resolved once) and the days with input; skipped when none has any.")  # fmt: skip
+        ScoreOperator.partial(
+            task_id="score", spec_path=spec_path, outlets=[scores_asset(spec.name)],
+            doc_md="One day's scores: key, prediction, probabilities, version, scored_at; published whole.",
+            **({"queue": sc.queue} if sc.queue else {}),
+        ).expand(job=plan.output)  # fmt: skip
+    return dag
+
+
+# ---------------------------------------------------------------------------------------------------------
 # every pipeline
 
 #: the builder of each kind of DAG; which kinds a spec gets is :func:`freestack.spec.pipeline_dags`
 _BUILDERS = {"ingest": ingest_dag, "train": train_dag, "rollback": rollback_dag, "promote": promote_dag,
-             "monitor": monitor_dag}  # fmt: skip
+             "monitor": monitor_dag, "score": score_dag}  # fmt: skip
 
 
 def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
@@ -464,6 +498,6 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
 
 
 __all__ = [
-    "build_all", "raise_spec_errors", "ingest_dag", "monitor_dag", "promote_dag", "promote_params", "rollback_dag", "rollback_params",
+    "build_all", "raise_spec_errors", "ingest_dag", "monitor_dag", "promote_dag", "score_dag", "promote_params", "rollback_dag", "rollback_params",
     "train_dag", "train_params",
 ]  # fmt: skip

@@ -9,6 +9,7 @@
     gate: {...}                  # freestack.evaluate.spec (when a candidate may replace production)
     deploy: {...}                # freestack.serving.spec (where and how it is served)
     monitor: {...}               # freestack.monitor.spec (drift checks of the served model)
+    score: {...}                 # freestack.score.spec   (batch scoring of the lake; optional)
 
 Every block is validated when the spec is read, together with what ties blocks to each other (the
 model's features are columns, the gate's and the sweep's metrics belong to the task); every error names
@@ -32,6 +33,7 @@ from freestack.errors import SpecError
 from freestack.evaluate.spec import METRICS, GateSpec
 from freestack.ingest.spec import Source
 from freestack.monitor.spec import MonitorSpec
+from freestack.score.spec import ScoreSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
@@ -71,6 +73,7 @@ class PipelineSpec(SpecModel):
     gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
     monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="How the served model's request log is judged, and what drift does.")
+    score: ScoreSpec | None = Field(default=None, description="Batch scoring of the lake with a registered version (a <name>_score DAG).")
     #: the sha256 of the spec file's bytes when the spec was read from a file (``load_spec``)
     _file_sha256: str | None = PrivateAttr(default=None)
 
@@ -90,6 +93,13 @@ class PipelineSpec(SpecModel):
         if scheme not in ("file", "s3", "data"):
             raise ValueError(f"storage_root {v!r} must start with file://, s3:// or data://")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _score_has_a_model(self) -> PipelineSpec:
+        if self.score is not None and self.source.schema_.target is None:
+            raise ValueError("score: needs a model to score with: declare source.schema.target, so that the "
+                             "pipeline trains one, or remove the score block")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _model_fits_source(self) -> PipelineSpec:
@@ -289,17 +299,17 @@ _FIELD_FIRST = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.DOTALL)
 #: manual DAG: no schedule, created unpaused). :mod:`freestack.dags` builds exactly these.
 PIPELINE_DAGS: tuple[tuple[str, bool, bool], ...] = (
     ("ingest", False, False), ("train", True, False), ("rollback", True, True), ("promote", True, True),
-    ("monitor", True, False),
+    ("monitor", True, False), ("score", True, False),
 )  # fmt: skip
 
 
 def pipeline_dags(spec: PipelineSpec) -> list[tuple[str, str, bool]]:
     """``(dag_id, kind, manual)`` of every DAG the DAG factory builds for ``spec``: ingest, and with a
-    target the train, rollback, promote and monitor DAGs. Manual DAGs start unpaused, the others paused
+    target the train, rollback, promote and monitor DAGs, and the score DAG with a ``score:`` block. Manual DAGs start unpaused, the others paused
     (Airflow's ``dags_are_paused_at_creation``)."""
     has_target = spec.source.schema_.target is not None
     return [(f"{spec.name}_{kind}", kind, manual) for kind, needs_target, manual in PIPELINE_DAGS
-            if has_target or not needs_target]  # fmt: skip
+            if (has_target or not needs_target) and (kind != "score" or spec.score is not None)]  # fmt: skip
 
 
 def _named(field: str, msg: str) -> tuple[str, str]:

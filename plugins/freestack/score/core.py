@@ -1,0 +1,431 @@
+"""Batch scoring: a registered version scores one interval's input rows into one Parquet file.
+
+    <output>/part.parquet          key, ds, prediction, probabilities (or the value), version, scored_at;
+                                   its footer holds the manifest (the record)
+    <output>/_manifest.json        a copy of the manifest: version, its lineage, the inputs' sha256, counts
+    <output>/_quarantine.parquet   rows that did not encode, with the reason for each (when there are any)
+
+:func:`plan` resolves the version (an alias is resolved once, when the run starts), checks that it loads
+and that the input has its feature columns, and lists the interval's input partitions; :func:`score`
+scores one day of them. Rows are read in record batches of ``score.batch_rows`` (memory stays bounded
+whatever a partition's size), encoded with the version's own preprocessing (what training, evaluation
+and the model server use), predicted, and written as they come into a temporary that is published in
+one step: a rerun replaces the interval whole, and a reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from freestack.errors import FreestackError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+PART, MANIFEST, QUARANTINE = "part.parquet", "_manifest.json", "_quarantine.parquet"
+FOOTER_KEY = b"freestack.scores"
+
+
+class ScoreError(FreestackError):
+    """The interval cannot be scored; the message names what is wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what a run scores
+
+
+def days_of(start: datetime, end: datetime) -> list[str]:
+    """The days (ds) of the data interval ``[start, end)``; a zero-length interval is its start day."""
+    first, last = start.date(), (end - timedelta(microseconds=1)).date() if end > start else start.date()
+    return [(first + timedelta(days=k)).isoformat() for k in range((last - first).days + 1)]
+
+
+def output_dir(spec: PipelineSpec, ds: str) -> str:
+    """Where ``ds``'s scores go (a URI)."""
+    from freestack.storage import join, storage_root
+
+    rel = spec.score.output.format(pipeline=spec.name, ds=ds, model=spec.model_name)
+    return rel if "://" in rel else str(join(storage_root(spec.storage_root), rel))
+
+
+def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
+    """``ds``'s input files, ``{"uri", "sha256", "size"}`` each ([] when there is none): the lake
+    partition's part (the sha256 its manifest recorded), or the Parquet files of the input folder."""
+    from freestack.storage import list_objects, sha256_of, to_path
+
+    lake = spec.score.lake_pipeline
+    if lake is None:
+        folder = to_path(spec.score.input.format(ds=ds, pipeline=spec.name))
+        files = sorted((p for p in list_objects(folder) if p.name.endswith(".parquet")), key=lambda p: p.name) \
+            if folder.exists() else []  # fmt: skip
+        return [{"uri": str(p), "sha256": sha256_of(p), "size": p.stat().st_size} for p in files]
+    from freestack.ingest.core import read_manifest
+
+    manifest = read_manifest(lake_spec(spec), ds)
+    if not manifest or not manifest.get("part"):
+        return []
+    part = manifest["part"]
+    return [{"uri": part["uri"], "sha256": part["sha256"], "size": part.get("size", 0)}]
+
+
+def lake_spec(spec: PipelineSpec) -> PipelineSpec:
+    """The spec whose lake ``score.input`` names (this one, or ``lake:<pipeline>``'s)."""
+    from freestack.errors import SpecError
+    from freestack.spec import load_spec, spec_file
+
+    name = spec.score.lake_pipeline
+    if not name or name == spec.name:
+        return spec
+    try:
+        return load_spec(spec_file(name))
+    except SpecError as exc:
+        raise ScoreError(f"score.input {spec.score.input!r}: pipeline {name!r} cannot be read ({exc}); "
+                         "name a pipeline of the pipelines folder") from None  # fmt: skip
+
+
+def resolve_version(spec: PipelineSpec) -> dict[str, str]:
+    """``{"version", "uri", "asked"}``: the registered version ``score.version`` names now."""
+    from freestack.registry.core import RegistryError, registry_for
+
+    reg, asked = registry_for(spec), spec.score.version
+    try:
+        version = reg.resolve(asked)
+    except RegistryError as exc:
+        raise ScoreError(f"score.version {asked!r}: {exc}. Train and register a version first "
+                         f"({spec.name}_train), or name one in the spec") from None  # fmt: skip
+    return {"version": version, "uri": reg.version_uri(version), "asked": asked}
+
+
+def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
+    """The run's version (checked: it loads, and the input has its columns) and one job per day of
+    ``[start, end)`` that has input; ``skipped`` names the days without."""
+    resolved = resolve_version(spec)
+    model = load_version(resolved["uri"])
+    jobs, skipped = [], []
+    for ds in days_of(start, end):
+        files = input_files(spec, ds)
+        if not files:
+            skipped.append(ds)
+            continue
+        check_columns(spec, model, files[0]["uri"], resolved["version"])
+        jobs.append({"ds": ds, "version": resolved["version"], "version_uri": resolved["uri"], "inputs": files,
+                     "output": output_dir(spec, ds)})  # fmt: skip
+    return {**resolved, "jobs": jobs, "skipped": skipped}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the version
+
+
+class LoadedVersion:
+    """A registered version ready to predict: its model, preprocessing and lineage."""
+
+    def __init__(self, uri: str):
+        from freestack.evaluate.core import EvaluationError, load_model_folder
+
+        try:
+            self.model, self.pre, _, self.lineage, _ = load_model_folder(uri)
+        except (EvaluationError, OSError, ValueError, KeyError) as exc:
+            raise ScoreError(f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or "
+                             "retrain") from None  # fmt: skip
+        self.uri = uri
+        self.model.eval()
+
+    @property
+    def classification(self) -> bool:
+        return self.pre.task == "classification"
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities ``[rows, classes]`` or values ``[rows]`` of ``frame``'s rows."""
+        import torch
+
+        from freestack.ml.loop import to_tensors
+
+        with torch.no_grad():
+            x = to_tensors(self.pre.inputs(frame))
+            out = self.model.predict_proba(x) if self.classification else self.model.predict(x)
+        return out.numpy()
+
+
+def load_version(uri: str) -> LoadedVersion:
+    return LoadedVersion(uri)
+
+
+def check_columns(spec: PipelineSpec, model: LoadedVersion, uri: str, version: str) -> None:
+    """The input file must hold every feature column the version was trained on (and the key)."""
+    import pyarrow.parquet as pq
+
+    from freestack.storage import to_path
+
+    with to_path(uri).open("rb") as f:
+        names = set(pq.read_schema(f).names)
+    key = spec.source.schema_.key
+    missing = [c for c in [*model.pre.features, *([key] if key else [])] if c not in names]
+    if missing:
+        raise ScoreError(f"{uri} has no column(s) {missing}, which version {version} of {spec.model_name} takes: "
+                         f"score an input with the columns it was trained on ({', '.join(model.pre.features[:8])}"
+                         f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one day
+
+
+def bad_rows(model: LoadedVersion, frame: pd.DataFrame) -> dict[int, str]:
+    """Rows of ``frame`` (by position) that cannot be scored, with the reason: a missing value in a
+    numeric feature, or a value its encoder refuses (each such row is tried alone)."""
+    numeric = [c for c in model.pre.numeric if c in frame.columns]
+    reasons: dict[int, str] = {}
+    if numeric:
+        missing = frame[numeric].isna().to_numpy()
+        for i in np.flatnonzero(missing.any(axis=1)):
+            reasons[int(i)] = f"no value in {[c for c, m in zip(numeric, missing[i], strict=True) if m][:5]}"
+    try:
+        model.pre.inputs(frame.drop(frame.index[list(reasons)]) if reasons else frame)
+        return reasons
+    except (ValueError, TypeError, KeyError) as exc:
+        if len(frame) == 1:
+            return {0: str(exc)[:500]}
+    for i in range(len(frame)):
+        if i not in reasons:
+            try:
+                model.pre.inputs(frame.iloc[i : i + 1])
+            except (ValueError, TypeError, KeyError) as exc:
+                reasons[i] = str(exc)[:500]
+    return reasons
+
+
+def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataType) -> pa.Schema:
+    import pyarrow as pa
+
+    key = spec.source.schema_.key or "row"
+    fields = [pa.field(key, key_type), pa.field("ds", pa.string())]
+    wanted = spec.score.columns
+    if model.classification:
+        classes = pa.array(model.pre.classes)
+        if "prediction" in wanted:
+            fields.append(pa.field("prediction", classes.type))
+        if "probabilities" in wanted:
+            fields.append(pa.field("probabilities", pa.list_(pa.float32(), len(model.pre.classes))))
+    else:
+        fields.append(pa.field("prediction", pa.float64()))
+    fields += [pa.field("version", pa.string()), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
+    meta = {b"freestack.classes": json.dumps(model.pre.classes, default=str).encode()} if model.classification else None
+    return pa.schema(fields, metadata=meta)
+
+
+def _scores(spec: PipelineSpec, model: LoadedVersion, frame: pd.DataFrame, out: np.ndarray, keys: pa.Array,
+            ds: str, version: str, at: datetime, schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
+    import pyarrow as pa
+
+    cols: dict[str, Any] = {schema.names[0]: keys, "ds": pa.array([ds] * len(frame))}
+    if model.classification:
+        if "prediction" in schema.names:
+            cols["prediction"] = pa.array([model.pre.classes[i] for i in out.argmax(axis=1)], schema.field("prediction").type)
+        if "probabilities" in schema.names:
+            flat = pa.array(out.astype(np.float32).reshape(-1))
+            cols["probabilities"] = pa.FixedSizeListArray.from_arrays(flat, out.shape[1])
+    else:
+        cols["prediction"] = pa.array(out.astype(np.float64).reshape(-1))
+    cols["version"] = pa.array([version] * len(frame))
+    cols["scored_at"] = pa.array([at] * len(frame), pa.timestamp("us", tz="UTC"))
+    return pa.RecordBatch.from_pydict(cols, schema=schema)
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.rows_in = self.rows_scored = self.rows_quarantined = 0
+        self.per_input: list[dict[str, Any]] = []
+        self.predictions: dict[str, int] = {}
+
+
+def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
+          model: LoadedVersion | None = None) -> dict[str, Any]:  # fmt: skip
+    """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
+    published first, the part last: the part is the one commit point."""
+    from freestack.storage import AtomicWriter, join, remove_temporaries, to_path, write_json
+
+    model = model or load_version(job["version_uri"])
+    out_dir = to_path(job["output"])
+    part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, QUARANTINE))
+    try:
+        counts, manifest = _write(spec, job, model, part_w, quar_w, run)
+    except BaseException:
+        quar_w.abort()
+        part_w.abort()
+        raise
+    if counts.rows_quarantined:
+        quar_w.commit()
+    else:
+        quar_w.abort()
+    part_w.commit()
+    if not counts.rows_quarantined:  # an earlier run's quarantine belongs to the scores just replaced
+        join(out_dir, QUARANTINE).unlink(missing_ok=True)
+    write_json(join(out_dir, MANIFEST), manifest)
+    remove_temporaries(out_dir)
+    log.info("%s: %d rows scored with %s, %d quarantined -> %s", job["ds"], counts.rows_scored, job["version"],
+             counts.rows_quarantined, join(out_dir, PART))  # fmt: skip
+    return manifest
+
+
+def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w, quar_w,
+           run: dict[str, str] | None) -> tuple[_Counts, dict[str, Any]]:  # fmt: skip
+    """Score every input batch into the part's and the quarantine's temporaries (their Parquet writers
+    closed, the part's footer holding the manifest)."""
+    import pyarrow.parquet as pq
+
+    from freestack.storage import join
+
+    counts, at, writer, quar = _Counts(), datetime.now(UTC), None, None
+    try:
+        for item in job["inputs"]:
+            before = counts.rows_in
+            for frame, keys, input_schema in _batches(spec, item):
+                if writer is None:
+                    schema = _output_schema(spec, model, keys.type)
+                    writer = pq.ParquetWriter(part_w, schema, compression="zstd")
+                bad = bad_rows(model, frame)
+                if bad:
+                    quar = quar or pq.ParquetWriter(quar_w, _quarantine_schema(input_schema), compression="zstd")
+                    quar.write_table(_quarantined(frame, bad, input_schema))
+                counts.rows_in += len(frame)
+                counts.rows_quarantined += len(bad)
+                good = [i for i in range(len(frame)) if i not in bad]
+                if good:
+                    sub = frame.iloc[good] if bad else frame
+                    batch = _scores(spec, model, sub, model.predict(sub), keys.take(good) if bad else keys,
+                                    job["ds"], job["version"], at, schema)  # fmt: skip
+                    writer.write_batch(batch)
+                    counts.rows_scored += len(good)
+                    _tally(counts, batch)
+            counts.per_input.append({**item, "rows": counts.rows_in - before})
+        _check_errors(spec, job, counts)
+        if writer is None:
+            raise ScoreError(f"{job['ds']}: the input files hold no rows ({[i['uri'] for i in job['inputs']]})")
+        quarantine = str(join(part_w.path.parent, QUARANTINE)) if quar else None
+        manifest = _manifest(spec, job, counts, model, at, run, quarantine)
+        writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
+    finally:
+        for w in (writer, quar):
+            if w is not None:
+                w.close()
+    return counts, manifest
+
+
+def _batches(spec: PipelineSpec, item: dict[str, Any]):
+    """(frame, keys, the file's schema) per record batch of the input file; the file's bytes must be
+    the ones planned (the sha256 is checked as they are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freestack.storage import sha256_of, to_path
+
+    path = to_path(item["uri"])
+    if sha256_of(path) != item["sha256"]:
+        raise ScoreError(f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it was "
+                         "re-ingested or rewritten; clear this run's plan task to score it as it is now")  # fmt: skip
+    key = spec.source.schema_.key
+    with path.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        offset = 0
+        for batch in pf.iter_batches(batch_size=spec.score.batch_rows):
+            keys = batch.column(key) if key else pa.array(np.arange(offset, offset + batch.num_rows))
+            offset += batch.num_rows
+            yield batch.to_pandas(), keys, pf.schema_arrow
+
+
+def _quarantine_schema(input_schema: pa.Schema) -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([*input_schema, pa.field("reason", pa.string())])
+
+
+def _quarantined(frame: pd.DataFrame, bad: dict[int, str], input_schema: pa.Schema) -> pa.Table:
+    import pyarrow as pa
+
+    rows = sorted(bad)
+    table = pa.Table.from_pandas(frame.iloc[rows], schema=input_schema, preserve_index=False, safe=False)
+    return table.append_column("reason", pa.array([bad[i] for i in rows], pa.string()))
+
+
+def _tally(counts: _Counts, batch: pa.RecordBatch) -> None:
+    if "prediction" in batch.schema.names and not batch.schema.field("prediction").type.equals("double"):
+        for v in batch.column("prediction").to_pylist():
+            counts.predictions[str(v)] = counts.predictions.get(str(v), 0) + 1
+
+
+def _check_errors(spec: PipelineSpec, job: dict[str, Any], counts: _Counts) -> None:
+    limit = spec.score.max_error_fraction
+    if limit is not None and counts.rows_in and counts.rows_quarantined / counts.rows_in > limit:
+        raise ScoreError(f"{job['ds']}: {counts.rows_quarantined} of {counts.rows_in} rows did not encode "
+                         f"({counts.rows_quarantined / counts.rows_in:.1%}), over score.max_error_fraction {limit:.1%}: "
+                         "nothing was published; fix the input (the reasons are in the task log) or raise the limit")  # fmt: skip
+
+
+def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: LoadedVersion, at: datetime,
+              run: dict[str, str] | None, quarantine: str | None) -> dict[str, Any]:  # fmt: skip
+    from freestack.storage import join, to_path
+
+    return {
+        "pipeline": spec.name, "model": spec.model_name, "ds": job["ds"], "version": job["version"],
+        "version_uri": job["version_uri"], "lineage": str(join(to_path(job["version_uri"]), "lineage.json")),
+        "trained_on": [{"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])],
+        "inputs": counts.per_input, "rows_in": counts.rows_in, "rows_scored": counts.rows_scored,
+        "rows_quarantined": counts.rows_quarantined, "quarantine": quarantine,
+        "predictions": dict(sorted(counts.predictions.items())), "columns": list(spec.score.columns),
+        "task": model.pre.task, "scored_at": at.isoformat(timespec="seconds"), "run": run or {},
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading scores back
+
+
+def read_scores_manifest(uri: str) -> dict[str, Any] | None:
+    """The manifest of the scores in folder ``uri`` (from the part's footer: the record), or None."""
+    import pyarrow.parquet as pq
+
+    from freestack.storage import join, to_path
+
+    part = join(to_path(uri), PART)
+    try:
+        with part.open("rb") as f:
+            meta = pq.read_metadata(f).metadata or {}
+    except FileNotFoundError:
+        return None
+    raw = meta.get(FOOTER_KEY)
+    return json.loads(raw) if raw else None
+
+
+def scored_days(spec: PipelineSpec, since: date | None = None, until: date | None = None) -> list[dict[str, Any]]:
+    """The manifests of the days scored so far under the spec's output (newest first), for the UI and the CLI."""
+    out = []
+    base = spec.score.output.split("{ds}", 1)[0]
+    from freestack.storage import join, storage_root, to_path
+
+    folder = to_path(base) if "://" in base else join(storage_root(spec.storage_root),
+                                                     base.format(pipeline=spec.name, model=spec.model_name))  # fmt: skip
+    parent = folder if str(folder).endswith("/") or base.endswith("/") else folder.parent
+    prefix = "" if base.endswith("/") else folder.name
+    if not parent.exists():
+        return []
+    for p in parent.iterdir():
+        ds = p.name[len(prefix):].strip("/")
+        if not ds or (since and ds < since.isoformat()) or (until and ds > until.isoformat()):
+            continue
+        m = read_scores_manifest(output_dir(spec, ds))
+        if m:
+            out.append(m)
+    return sorted(out, key=lambda m: m["ds"], reverse=True)
+
+
+__all__ = ["ScoreError", "days_of", "input_files", "plan", "read_scores_manifest", "resolve_version", "score", "scored_days"]

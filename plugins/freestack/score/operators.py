@@ -1,0 +1,86 @@
+"""The score DAG's operators. Thin over freestack.score.core.
+
+plan   -> resolves score.version once for the run (recorded), checks it loads and that the input has its
+          columns, and lists the interval's days with input (skipped, with a note, when none has any)
+score  -> one mapped task per day: the day's scores published whole; outlet: the scores asset
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+PLAN_XCOM = "plan"
+
+
+def scores_asset(pipeline: str) -> Asset:
+    """Updated by every scored day (the extra: day, version, rows, where): downstream DAGs (a report, an
+    export through a provider) are scheduled on it."""
+    return Asset(name=f"{pipeline}_scores", uri=f"freestack://scores/{pipeline}", group="freestack")
+
+
+class PlanScoreOperator(PipelineOperator):
+    """The run's version and its days to score (the return value: one job per day, mapped by ``score``)."""
+
+    ui_color = "#e8e0f8"
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from freestack.score.core import ScoreError, plan
+
+        spec = self.pipeline_spec()
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        if start is None or end is None:
+            raise AirflowFailException("this run has no data interval: let the schedule or a backfill create it "
+                                       f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)")  # fmt: skip
+        try:
+            got = plan(spec, start, end)
+        except ScoreError as exc:
+            raise AirflowFailException(str(exc)) from None
+        context["ti"].xcom_push(key=PLAN_XCOM, value={k: got[k] for k in ("version", "uri", "asked", "skipped")})
+        days = [j["ds"] for j in got["jobs"]]
+        self.log.info("scoring %s with %s %s (%s)", days or "nothing", spec.model_name, got["version"], got["asked"])
+        if not got["jobs"]:
+            note = (f"nothing to score: no input for {', '.join(got['skipped'])} ({spec.score.input}); ingest the "
+                    "day first, then clear this task")  # fmt: skip
+            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
+            raise AirflowSkipException(note)
+        if got["skipped"]:
+            self.log.warning("no input for %s: those days are not scored", ", ".join(got["skipped"]))
+        return got["jobs"]
+
+
+class ScoreOperator(PipelineOperator):
+    """Score one day (a job from ``plan``) and publish its scores whole."""
+
+    ui_color = "#d8ccf4"
+
+    def __init__(self, *, job: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job = job
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from freestack.score.core import ScoreError, score
+
+        spec = self.pipeline_spec()
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        try:
+            manifest = score(spec, self.job, run)
+        except ScoreError as exc:
+            raise AirflowFailException(str(exc)) from None
+        brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
+        brief["output"] = self.job["output"]
+        context["outlet_events"][scores_asset(spec.name)].extra = brief
+        context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=(
+            f"{manifest['ds']}: {manifest['rows_scored']} rows scored with {manifest['version']}, "
+            f"{manifest['rows_quarantined']} quarantined; {self.job['output']}"))  # fmt: skip
+        return brief
+
+
+__all__ = ["PLAN_XCOM", "PlanScoreOperator", "ScoreOperator", "scores_asset"]

@@ -1,0 +1,78 @@
+"""A pipeline spec's ``score:`` block: how ``<p>_score`` scores the lake with a registered version.
+
+    score:
+      schedule: "@daily"            # a cron or a preset: one data interval per run; backfill to rescore
+      input: lake                   # this pipeline's lake, lake:<pipeline> (another's), or a folder URI
+      version: production           # an alias (resolved when the run starts, recorded) or a version name
+      output: "scores/{pipeline}/ds={ds}/"   # under the storage root, or an s3:// / data:// / file:// URI
+      columns: [prediction, probabilities]   # what is written beside the key (a regression: the value)
+      batch_rows: 4096              # rows read, encoded and predicted at a time
+      max_error_fraction: null      # rows that do not encode are quarantined; above this fraction: fail
+
+A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``): every Parquet file
+in it is one interval's rows, with the model's feature columns and the key. No Airflow, no heavy imports:
+validated when the spec is read (DAG parse time).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from freestack.specbase import SpecModel
+
+_PIPELINE = re.compile(r"^lake(:[a-z][a-z0-9_]{0,62})?$")
+_URI = re.compile(r"^(file|s3|data)://.+\{ds\}")
+
+
+class ScoreSpec(SpecModel):
+    schedule: str = Field(default="@daily",
+                          description="The score DAG's schedule (a cron or a preset): one data interval per run.")  # fmt: skip
+    input: str = Field(default="lake", description="What to score: lake (this pipeline's lake partitions), "
+                       "lake:<pipeline> (another pipeline's, with the same feature columns), or a folder URI "
+                       "template with {ds} holding Parquet files")  # fmt: skip
+    version: str = Field(default="production", min_length=1, max_length=200,
+                         description="An alias (resolved when the run starts; the run records the version) or a "
+                                     "registered version name")  # fmt: skip
+    output: str = Field(default="scores/{pipeline}/ds={ds}/",
+                        description="Where each interval's scores go: a path under the storage root, or a URI; "
+                                    "{pipeline} and {ds} are filled in")  # fmt: skip
+    columns: list[Literal["prediction", "probabilities"]] = Field(
+        default_factory=lambda: ["prediction", "probabilities"], min_length=1,
+        description="Written beside the key: the predicted class (or value), the class probabilities "
+                    "(classification only)")  # fmt: skip
+    batch_rows: int = Field(default=4096, ge=1, le=1_000_000, description="Rows read, encoded and predicted at a time.")
+    max_error_fraction: float | None = Field(default=None, ge=0, le=1,
+                                             description="Rows that do not encode are quarantined with the reason; "
+                                                         "above this fraction of an interval's rows the run fails "
+                                                         "(null: never)")  # fmt: skip
+    queue: str | None = Field(default=None, description="The workers' queue of the score task (e.g. gpu).")
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str) -> str:
+        if not (_PIPELINE.match(v) or _URI.match(v)):
+            raise ValueError(f"input {v!r} must be lake, lake:<pipeline>, or a file://, s3:// or data:// folder "
+                             "URI with {ds} in it, e.g. s3://bucket/customers/ds={ds}/")  # fmt: skip
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if "{ds}" not in v:
+            raise ValueError(f"output {v!r} must hold {{ds}}: each interval's scores go to a folder of their own")
+        if "://" in v and v.split("://", 1)[0] not in ("file", "s3", "data"):
+            raise ValueError(f"output {v!r} must be a path under the storage root or a file://, s3:// or data:// URI")
+        return v
+
+    @property
+    def lake_pipeline(self) -> str | None:
+        """The pipeline whose lake is scored ("" for this one's), or None for a folder input."""
+        if self.input == "lake":
+            return ""
+        return self.input.split(":", 1)[1] if self.input.startswith("lake:") else None
+
+
+__all__ = ["ScoreSpec"]

@@ -1,0 +1,121 @@
+"""<p>_score under dag.test(): the production model scores lake days and a folder of Parquet files; a day
+without input is skipped with a note; bad rows are quarantined with their reason; a rescore with a pinned
+older version replaces a day whole; an alias that names nothing fails the plan with the fix."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.dags.test_monitor_dag import _asset_events
+from tests.dags.test_sweep_dag import _states
+from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+
+def _bag(lake, **score):  # noqa: F811
+    from airflow.dag_processing.dagbag import DagBag
+
+    spec_file = lake["specs"] / "digits.yaml"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["score"] = score
+    spec_file.write_text(yaml.safe_dump(spec))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+def _day(root, ds: str):
+    folder = root / "scores" / "digits" / f"ds={ds}"
+    return pq.read_table(folder / "part.parquet"), json.loads((folder / "_manifest.json").read_text())
+
+
+def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  # noqa: F811
+    from freestack.ingest.core import read_manifest
+    from freestack.registry.core import ModelRegistry
+    from freestack.spec import load_spec
+
+    bag = _bag(lake, schedule="@daily")
+    train = bag.get_dag("digits_train")
+    assert train.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 6}).state == "success"
+    reg = ModelRegistry(lake["root"].as_uri(), "digits")
+    first = reg.resolve("production")
+
+    dag = bag.get_dag("digits_score")
+    run = dag.test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))  # a manual run: the day before its date
+    assert _states(run) == {"plan": ["success"], "score": ["success"]}
+    table, manifest = _day(lake["root"], "2026-11-02")
+    lake_part = read_manifest(load_spec(lake["specs"] / "digits.yaml"), "2026-11-02")["part"]
+    rows = pq.read_table(lake_part["uri"].removeprefix("file://"))
+    assert table.num_rows == rows.num_rows == manifest["rows_scored"] and manifest["rows_quarantined"] == 0
+    assert table.column_names == ["id", "ds", "prediction", "probabilities", "version", "scored_at"]
+    assert set(table.column("version").to_pylist()) == {first} and manifest["version"] == first
+    assert manifest["inputs"][0]["sha256"] == lake_part["sha256"] and manifest["inputs"][0]["rows"] == rows.num_rows
+    truth = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
+    got = dict(zip(table.column("id").to_pylist(), table.column("prediction").to_pylist(), strict=True))
+    assert np.mean([got[k] == truth[k] for k in truth]) > 0.85
+    probs = np.asarray(table.column("probabilities").to_pylist())
+    assert probs.shape == (rows.num_rows, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    footer = json.loads(pq.read_metadata(lake["root"] / "scores/digits/ds=2026-11-02/part.parquet").metadata[b"freestack.scores"])
+    assert footer == manifest and manifest["lineage"].endswith(f"{first}/lineage.json")
+    assert _asset_events("freestack://scores/digits") == 1
+
+    # no lake partition that day: skipped with a note, nothing written
+    empty = dag.test(logical_date=datetime(2026, 11, 20, tzinfo=UTC))
+    assert _states(empty) == {"plan": ["skipped"], "score": ["skipped"]}
+    assert not (lake["root"] / "scores" / "digits" / "ds=2026-11-19").exists()
+
+    # a second version becomes production; the day rescored with the first, pinned: replaced whole
+    assert train.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state == "success"
+    assert len(reg.versions()) == 2
+    bag = _bag(lake, schedule="@daily", version=first)
+    assert _states(bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC)))["score"] == ["success"]
+    again, manifest2 = _day(lake["root"], "2026-11-02")
+    assert manifest2["version"] == first and again.num_rows == table.num_rows
+    assert manifest2["scored_at"] >= manifest["scored_at"]
+    assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == ["_manifest.json", "part.parquet"]
+
+    # an alias that names nothing: the plan fails, naming it and what to do
+    bag = _bag(lake, schedule="@daily", version="canary")
+    failed = bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))
+    assert _states(failed)["plan"] == ["failed"]
+
+
+def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # noqa: F811
+    from freestack.registry.core import ModelRegistry
+    from freestack.score.core import plan, score
+    from freestack.spec import load_spec
+
+    folder = tmp_path / "customers"
+    bag = _bag(lake, input=f"file://{folder}/ds={{ds}}/", max_error_fraction=0.5)
+    assert bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state == "success"
+    rows = pq.read_table(next((lake["root"] / "lake" / "digits" / "ds=2026-11-04").glob("part.parquet"))).drop(["label"])
+    pixels = rows.to_pandas()
+    pixels.loc[3, "px_10"] = None  # a missing value
+    (folder / "ds=2026-11-04").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(pixels, preserve_index=False), folder / "ds=2026-11-04" / "a.parquet")
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    got = plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))
+    assert got["version"] == ModelRegistry(lake["root"].as_uri(), "digits").resolve("production") and len(got["jobs"]) == 1
+    manifest = score(spec, got["jobs"][0])
+    assert manifest["rows_scored"] == len(pixels) - 1 and manifest["rows_quarantined"] == 1
+    out = lake["root"] / "scores" / "digits" / "ds=2026-11-04"
+    quarantined = pq.read_table(out / "_quarantine.parquet").to_pylist()
+    assert quarantined[0]["id"] == pixels.loc[3, "id"] and "px_10" in quarantined[0]["reason"]
+    assert pixels.loc[3, "id"] not in pq.read_table(out / "part.parquet").column("id").to_pylist()
+
+    # a file without a feature column: the plan names it
+    pq.write_table(pa.Table.from_pandas(pixels.drop(columns=["px_0"]), preserve_index=False),
+                   folder / "ds=2026-11-04" / "a.parquet")  # fmt: skip
+    from freestack.score.core import ScoreError
+
+    with pytest.raises(ScoreError, match=r"no column\(s\) \['px_0'\]"):
+        plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))
