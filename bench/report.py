@@ -270,7 +270,7 @@ def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
             f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)", s.get("ratio"), "<= 1.3",
             c.get("ratio_ok"), better="lower"),
         Row("orchestration", f"parse {n} pipeline specs", _n(s.get(f"parse_{n}_specs_s"), 2, "s"), "-", None,
-            "< 5 s", c.get("parse_ok"), better="lower"),
+            "< 2 s", c.get("parse_ok"), better="lower"),
     ] + _orchestration_stock(r.get("summary_stock"))  # fmt: skip
 
 
