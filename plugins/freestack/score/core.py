@@ -245,7 +245,7 @@ class _Counts:
     def __init__(self) -> None:
         self.rows_in = self.rows_scored = self.rows_quarantined = 0
         self.per_input: list[dict[str, Any]] = []
-        self.predictions: dict[str, int] = {}
+        self.predictions: dict[str, float] = {}
 
 
 def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
@@ -358,9 +358,18 @@ def _quarantined(frame: pd.DataFrame, bad: dict[int, str], input_schema: pa.Sche
 
 
 def _tally(counts: _Counts, batch: pa.RecordBatch) -> None:
-    if "prediction" in batch.schema.names and not batch.schema.field("prediction").type.equals("double"):
-        for v in batch.column("prediction").to_pylist():
+    """The day's distribution of predictions: rows per class, or a regression's count, sum, min, max."""
+    if "prediction" not in batch.schema.names:
+        return
+    column = batch.column("prediction")
+    if not column.type.equals("double"):
+        for v in column.to_pylist():
             counts.predictions[str(v)] = counts.predictions.get(str(v), 0) + 1
+        return
+    values = column.to_numpy(zero_copy_only=False)
+    got = counts.predictions or {"count": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}
+    counts.predictions = {"count": got["count"] + len(values), "sum": got["sum"] + float(values.sum()),
+                          "min": min(got["min"], float(values.min())), "max": max(got["max"], float(values.max()))}  # fmt: skip
 
 
 def _check_errors(spec: PipelineSpec, job: dict[str, Any], counts: _Counts) -> None:
