@@ -119,6 +119,11 @@ class RequestLog:
             for hour, group in by_hour.items():
                 self._write(kind, hour_folder(datetime.fromtimestamp(hour * 3600, UTC)), group, build)
 
+    def table(self, entries: list[tuple[datetime, str, Any, np.ndarray]]):
+        """``entries`` (when, request id, inputs, outputs), as :meth:`add` keeps them, as one table of the
+        request log: for a batch job that writes its sample of what it predicted through its own storage."""
+        return self._request_table([(ts.timestamp(), rid, inputs, outputs) for ts, rid, inputs, outputs in entries])
+
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -1,6 +1,7 @@
-"""<p>_score under dag.test(): the production model scores lake days and a folder of Parquet files; a day
-without input is skipped with a note; bad rows are quarantined with their reason; a rescore with a pinned
-older version replaces a day whole; an alias that names nothing fails the plan with the fix."""
+"""<p>_score under dag.test(): the production model scores lake days and a folder of Parquet files; the
+monitor judges a scored day from the sample it logged; a day without input is skipped with a note; bad
+rows are quarantined with their reason; a rescore with a pinned older version replaces a day whole (and
+its monitoring sample); an alias that names nothing fails the plan with the fix."""
 
 from __future__ import annotations
 
@@ -66,6 +67,13 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     footer = json.loads(pq.read_metadata(lake["root"] / "scores/digits/ds=2026-11-02/part.parquet").metadata[b"freestack.scores"])
     assert footer == manifest and manifest["lineage"].endswith(f"{first}/lineage.json")
     assert _asset_events("freestack://scores/digits") == 1
+    # the monitor judges the batch-scored day as it judges served traffic (a sample of 256 rows a batch)
+    from freestack.monitor.core import monitor
+
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
+    assert judged["rows"] == 256 and judged["status"] in ("ok", "drift"), judged
+    assert "<img" in (lake["root"] / "monitoring/digits/reports/2026-11-02T000000--2026-11-03T000000/report.html").read_text()
 
     # no lake partition that day: skipped with a note, nothing written
     empty = dag.test(logical_date=datetime(2026, 11, 20, tzinfo=UTC))
@@ -80,6 +88,8 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     again, manifest2 = _day(lake["root"], "2026-11-02")
     assert manifest2["version"] == first and again.num_rows == table.num_rows
     assert manifest2["scored_at"] >= manifest["scored_at"]
+    again_judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
+    assert again_judged["rows"] == 256  # the rescore replaced its sample, it did not add one
     assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == ["_manifest.json", "part.parquet"]
 
     # an alias that names nothing: the plan fails, naming it and what to do

@@ -51,6 +51,7 @@ HEALTH_TIMEOUT_S = 60.0
 class Dag(StrEnum):
     ingest = "ingest"
     train = "train"
+    score = "score"
 
 
 class Reprocess(StrEnum):
@@ -347,6 +348,8 @@ class _Day:
 def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
     """Interval ``logical_date``: for the ingest DAG, with its landing files (``freestack.ingest.core``)."""
     ds = str(logical_date)[:10]
+    if dag is Dag.score:
+        return _score_day(spec, logical_date, ds)
     if dag is not Dag.ingest:
         return _Day(logical_date, ds, True, True, "run")
     from freestack.ingest.core import landing_dir, landing_files
@@ -369,6 +372,20 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
         return _Day(logical_date, ds, True, False, f"run: no landing files yet, it waits up to {policy.wait_timeout_minutes:g} min "
                     f"for them in {folder} (on_missing: wait)", folder, missing)  # fmt: skip
     return _Day(logical_date, ds, False, False, f"left out: no landing files in {folder}", folder, missing)
+
+
+def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
+    """A day of the score DAG: run when its input (a lake partition, or the input folder's files) is
+    there, else left out: a day without input is never an empty success that looks like data."""
+    from freestack.score.core import input_files
+
+    if spec.score is None:
+        raise CliError(f"pipeline {spec.name!r} has no score: block, so it has no {spec.name}_score DAG",
+                       "add a score: block to its spec (docs/stages/score.md)")  # fmt: skip
+    files = input_files(spec, ds)
+    if files:
+        return _Day(logical_date, ds, True, True, f"run: {plural(len(files), 'input file')} ({spec.score.input})")
+    return _Day(logical_date, ds, False, False, f"left out: no input for {ds} ({spec.score.input})")
 
 
 def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:

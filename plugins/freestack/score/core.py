@@ -246,6 +246,7 @@ class _Counts:
         self.rows_in = self.rows_scored = self.rows_quarantined = 0
         self.per_input: list[dict[str, Any]] = []
         self.predictions: dict[str, float] = {}
+        self.sample: list[tuple[datetime, str, Any, np.ndarray]] = []  # for the monitor: a few rows a batch
 
 
 def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
@@ -272,6 +273,8 @@ def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = 
         join(out_dir, QUARANTINE).unlink(missing_ok=True)
     write_json(join(out_dir, MANIFEST), manifest)
     remove_temporaries(out_dir)
+    if counts.sample:
+        log_sample(spec, job, model, counts.sample)
     log.info("%s: %d rows scored with %s, %d quarantined -> %s", job["ds"], counts.rows_scored, job["version"],
              counts.rows_quarantined, join(out_dir, PART))  # fmt: skip
     return manifest
@@ -302,11 +305,14 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
                 good = [i for i in range(len(frame)) if i not in bad]
                 if good:
                     sub = frame.iloc[good] if bad else frame
-                    batch = _scores(spec, model, sub, model.predict(sub), keys.take(good) if bad else keys,
-                                    job["ds"], job["version"], at, schema)  # fmt: skip
+                    out = model.predict(sub)
+                    batch = _scores(spec, model, sub, out, keys.take(good) if bad else keys, job["ds"],
+                                    job["version"], at, schema)  # fmt: skip
                     writer.write_batch(batch)
                     counts.rows_scored += len(good)
                     _tally(counts, batch)
+                    if spec.score.monitor:
+                        _keep_sample(counts, model, sub, out, job["ds"])
             counts.per_input.append({**item, "rows": counts.rows_in - before})
         _check_errors(spec, job, counts)
         if writer is None:
@@ -370,6 +376,42 @@ def _tally(counts: _Counts, batch: pa.RecordBatch) -> None:
     got = counts.predictions or {"count": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}
     counts.predictions = {"count": got["count"] + len(values), "sum": got["sum"] + float(values.sum()),
                           "min": min(got["min"], float(values.min())), "max": max(got["max"], float(values.max()))}  # fmt: skip
+
+
+#: rows of each batch kept for the monitor (the request log keeps as many of one request)
+SAMPLE_ROWS = 256
+
+
+def _keep_sample(counts: _Counts, model: LoadedVersion, frame: pd.DataFrame, out: np.ndarray, ds: str) -> None:
+    """Up to SAMPLE_ROWS evenly spaced rows of a batch and their outputs, as the model server logs a
+    request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
+    rows = np.linspace(0, len(frame) - 1, min(len(frame), SAMPLE_ROWS)).astype(int)
+    head = frame.iloc[rows]
+    inputs = head[model.pre.features].to_numpy(np.float32) if model.pre.encoder is None else \
+        {f: head[f].tolist() for f in model.pre.features}  # fmt: skip
+    at = datetime.fromisoformat(ds).replace(tzinfo=UTC) + timedelta(seconds=len(counts.sample))
+    counts.sample.append((at, f"score-{ds}-{len(counts.sample)}", inputs, out[rows]))
+
+
+def log_sample(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, sample: list) -> str:
+    """Write the day's sample into the model's request log (``monitoring/<model>/requests/``) under one
+    name per pipeline and day, so that ``<p>_monitor`` judges batch-scored days as it judges served
+    traffic, and a rescore replaces its sample. Returns its URI."""
+    import pyarrow.parquet as pq
+
+    from freestack.monitor.core import feature_kinds
+    from freestack.storage import AtomicWriter, join, to_path
+    from freestack_server.requestlog import RequestLog, hour_folder, monitoring_uri
+
+    kinds = feature_kinds(spec)
+    request_log = RequestLog(monitoring_uri(spec.root, spec.model_name), rate=1.0, model=spec.model_name,
+                             version=job["version"], deployment=f"{spec.name}_score",
+                             columns=[(f, kinds.get(f, "numeric")) for f in model.pre.features],
+                             classes=[str(c) for c in model.pre.classes])  # fmt: skip
+    path = join(to_path(request_log.uri), "requests", hour_folder(sample[0][0]), f"score-{spec.name}.parquet")
+    with AtomicWriter(path) as f:
+        pq.write_table(request_log.table(sample), f, compression="zstd")
+    return str(path)
 
 
 def _check_errors(spec: PipelineSpec, job: dict[str, Any], counts: _Counts) -> None:

@@ -8,6 +8,7 @@
       columns: [prediction, probabilities]   # what is written beside the key (a regression: the value)
       batch_rows: 4096              # rows read, encoded and predicted at a time
       max_error_fraction: null      # rows that do not encode are quarantined; above this fraction: fail
+      monitor: true                 # a sample of each day to the request log: <p>_monitor judges it
 
 A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``): every Parquet file
 in it is one interval's rows, with the model's feature columns and the key. No Airflow, no heavy imports:
@@ -49,6 +50,9 @@ class ScoreSpec(SpecModel):
                                                          "above this fraction of an interval's rows the run fails "
                                                          "(null: never)")  # fmt: skip
     queue: str | None = Field(default=None, description="The workers' queue of the score task (e.g. gpu).")
+    monitor: bool = Field(default=True, description="Log a sample of each day's inputs and predictions (256 rows "
+                          "a batch) to the model's request log, so that <p>_monitor judges batch-scored days "
+                          "as it judges served traffic")  # fmt: skip
 
     @field_validator("input")
     @classmethod
