@@ -129,3 +129,57 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
 
     with pytest.raises(ScoreError, match=r"no column\(s\) \['px_0'\]"):
         plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))
+
+
+KILLED_SCORER = """
+import sys
+from datetime import UTC, datetime
+from freestack.score.core import plan, score
+from freestack.spec import load_spec
+spec = load_spec(sys.argv[1])
+job = plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0]
+print("scoring", flush=True)
+score(spec, job)
+"""
+
+
+def test_a_scorer_killed_mid_write_leaves_the_published_day_whole(lake, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from freestack.score.core import plan, score
+    from freestack.spec import load_spec
+    from freestack.storage.objects import TMP_MARK
+
+    folder = tmp_path / "big"
+    bag = _bag(lake, input=f"file://{folder}/ds={{ds}}/", batch_rows=2048, version="latest")  # blocked or not
+    assert bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 2}).state == "success"
+    day = pq.read_table(lake["root"] / "lake" / "digits" / "ds=2026-11-04" / "part.parquet").drop(["label"])
+    (folder / "ds=2026-11-04").mkdir(parents=True)
+    pq.write_table(pa.concat_tables([day] * 400), folder / "ds=2026-11-04" / "a.parquet")  # about 140,000 rows
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    first = score(spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0])
+    out = lake["root"] / "scores" / "digits" / "ds=2026-11-04"
+    before = (out / "part.parquet").read_bytes()
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCORER, str(lake["specs"] / "digits.yaml")], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(TMP_MARK in p.name for p in out.iterdir()):  # its temporary is being written
+        assert proc.poll() is None and time.monotonic() < deadline, "the scorer ended before it wrote anything"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "part.parquet").read_bytes() == before  # the published day is the first run's, whole
+    assert json.loads((out / "_manifest.json").read_text())["scored_at"] == first["scored_at"]
+    assert pq.read_table(out / "part.parquet").num_rows == first["rows_scored"]
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == ["_manifest.json", "part.parquet"]  # the killed run's temporary is hidden ...
+    again = score(spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0])
+    assert not [p for p in out.iterdir() if TMP_MARK in p.name]  # ... and the next run removes it
+    assert again["rows_scored"] == first["rows_scored"] and again["scored_at"] >= first["scored_at"]
