@@ -34,7 +34,7 @@ def test_orchestration_benchmark_quick_run(tmp_path):
     assert s["parse_heavy_imports"] == [] and s["checks"]["imports_ok"] is True
     assert s["parse_1_spec_s"] > 0 and s["parse_3_specs_s"] > 0
     parse = report["samples"]["parse"]["specs_3"]["importtime"]
-    assert parse["dags"] == 15 and parse["file_s"] > 0  # five DAGs a spec: ingest, train, rollback, promote, monitor
+    assert parse["dags"] == 18 and parse["file_s"] > 0  # six DAGs a spec: ingest, train, rollback, promote, monitor, score
     assert s["repeats"] == 1 and len(report["samples"]["airflow"]) == len(report["samples"]["plain"]) == 1
     airflow = report["samples"]["airflow"][0]
     ran = {t["task_id"] for t in airflow["tasks"]}

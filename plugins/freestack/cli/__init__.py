@@ -7,6 +7,7 @@ models, serving and the Data API.
     freestack backfill PIPELINE --start --end   a backfill on the running Airflow, followed to its end
     freestack validate [SPEC...]            check pipeline specs (file, field, fix); exit 1 if one is invalid
     freestack lake PIPELINE                 partitions, row counts and quarantine reasons
+    freestack scores PIPELINE               the days <p>_score scored: rows, version, predictions
     freestack models ...                    registered versions, aliases, promote, rollback, push to the Hub
     freestack serve ...                     deployments: status, logs, predict, deploy, stop, canary
     freestack data-api | keys | acl | data  the Algorithmia-compatible Data API, its users, ACLs, copies
@@ -28,6 +29,7 @@ from typer.core import TyperCommand
 
 from freestack.cli import backfill as _backfill
 from freestack.cli import lake as _lake
+from freestack.cli import scores as _scores
 from freestack.cli import validate as _validate
 from freestack.cli.data import register as register_data
 from freestack.cli.errors import report
@@ -48,7 +50,7 @@ app = typer.Typer(
 
 
 #: commands that print their results on stdout: Airflow, once imported, logs INFO there (a quiet level for them)
-_QUIET = {"models", "serve", "lake", "backfill", "keys", "acl", "data"}
+_QUIET = {"models", "serve", "lake", "scores", "backfill", "keys", "acl", "data"}
 _LOG_LEVEL = "AIRFLOW__LOGGING__LOGGING_LEVEL"
 
 
@@ -112,6 +114,7 @@ def _airflow(ctx: typer.Context) -> int:
 
 app.command("validate")(_validate.validate)
 app.command("lake")(_lake.lake)
+app.command("scores")(_scores.scores)
 app.command("backfill")(_backfill.backfill)
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")

@@ -36,13 +36,13 @@ def test_validate_lists_every_dag_the_factory_builds_and_which_start_paused(caps
     for name, result in listed.items():
         dags = [d for d in built if d.dag_id.startswith(f"{name}_")]
         assert result["dags"] == [d.dag_id for d in dags]
-        assert len(dags) == 5 and {f"{name}_promote", f"{name}_monitor"} <= set(result["dags"])
+        assert len(dags) == 6 and {f"{name}_promote", f"{name}_monitor", f"{name}_score"} <= set(result["dags"])
         # manual DAGs are created unpaused; the others follow Airflow's default (paused)
         assert result["paused_at_creation"] == [d.dag_id for d in dags if d.is_paused_upon_creation is not False]
     code, out, _ = run(capsys, "validate")
     digits, reviews = out.splitlines()
-    assert ": DAGs digits_ingest, digits_train, digits_rollback, digits_promote, digits_monitor " in digits
-    assert "(digits_ingest, digits_train, digits_monitor start paused)" in digits
+    assert ": DAGs digits_ingest, digits_train, digits_rollback, digits_promote, digits_monitor, digits_score " in digits
+    assert "(digits_ingest, digits_train, digits_monitor, digits_score start paused)" in digits
 
 
 def test_validate_prints_a_pretrained_models_own_task(capsys, tmp_path, monkeypatch):

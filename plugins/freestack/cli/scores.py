@@ -1,0 +1,43 @@
+"""``freestack scores PIPELINE``: the days a pipeline's ``<p>_score`` DAG scored, newest first."""
+
+from __future__ import annotations
+
+from freestack.cli.common import Json, Pipeline, load_pipeline
+from freestack.cli.errors import CliError
+from freestack.cli.output import emit, out, print_json, table
+
+
+def scores(pipeline: Pipeline, json: Json = False) -> int:
+    """The scored days: rows scored and quarantined, the version, the distribution of predictions."""
+    from freestack.score.core import scored_days
+
+    spec = load_pipeline(pipeline)
+    if spec.score is None:
+        raise CliError(f"pipeline {pipeline!r} has no score: block", "add one to its spec (docs/stages/score.md)")
+    days = scored_days(spec)
+    if json:
+        print_json(days)
+        return 0
+    console = out()
+    if not days:
+        console.print(f"{pipeline}: no day scored yet (unpause {pipeline}_score, or "
+                      f"`freestack backfill {pipeline} --dag score --start ... --end ...`)")  # fmt: skip
+        return 0
+    t = table("ds", "rows", "quarantined", "version", "predictions", "scored at", right=("rows", "quarantined"),
+              title=f"scores of {pipeline!r} ({spec.score.output})")  # fmt: skip
+    for d in days:
+        t.add_row(d["ds"], str(d["rows_scored"]), str(d["rows_quarantined"]), d["version"], _spread(d), d["scored_at"])
+    emit(t, console=console)
+    return 0
+
+
+def _spread(day: dict) -> str:
+    """The day's predictions in a few words: the commonest classes, or a regression's range and mean."""
+    p = day.get("predictions") or {}
+    if "count" in p:
+        return f"{p['min']:.4g} to {p['max']:.4g}, mean {p['sum'] / max(p['count'], 1):.4g}"
+    top = sorted(p.items(), key=lambda kv: -kv[1])[:4]
+    return ", ".join(f"{k}: {v}" for k, v in top) + (" ..." if len(p) > 4 else "")
+
+
+__all__ = ["scores"]
