@@ -20,7 +20,7 @@ from freestack.ui.app import views_app
 from freestack.ui.wandb_pages import wandb_app
 
 #: the ML views' one entry in the UI's navigation (top level), framed by the UI under /plugin/freestack; the
-#: pages' own tabs move between Models, Sweeps, Deployments, Monitoring and Data. The href is relative to
+#: pages' own tabs move between Models, Sweeps, Deployments, Monitoring, Scores and Data. The href is relative to
 #: the UI's <base> (a proxy's path prefix is kept); "fs-shell" tells the framed page that it was loaded from
 #: the entry, so it goes on to the page the address bar names (/plugin/freestack/models/digits/v3: a
 #: reload, a bookmark, an extra link) and then writes each page's own path there (static/views.js)

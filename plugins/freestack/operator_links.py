@@ -79,8 +79,9 @@ UI_ROUTE = "/plugin/freestack"
 class FreestackPageLink(BaseOperatorLink):
     """Extra link from a pipeline's task into its freestack page, inside Airflow's UI (its navigation and
     theme around it): a training run's tasks open the version they made (or its sweep), ``deploy`` the
-    deployment, ``ingest`` the lake; the page is found when the link is followed (``/freestack/ui/task``),
-    so a task that is still running links too."""
+    deployment, ``ingest`` the lake, the score DAG's ``plan`` and ``score`` the pipeline's Scores page at
+    the days their run scored; the page is found when the link is followed (``/freestack/ui/task``,
+    :func:`freestack.ui.tasks.page_of_task`), so a task that is still running links too."""
 
     def __init__(self, name: str = "freestack") -> None:
         self._name = name

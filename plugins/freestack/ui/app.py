@@ -5,6 +5,8 @@ under its "freestack" navigation entries):
     /sweeps, /sweeps/<p>/<sweep>                       trials, the best, Plotly pictures
     /deployments                                       what is served, health, requests, latency
     /data, /data/<p>                                   lake partitions, rows, quarantine reasons
+    /monitoring                                        each model's judged intervals, drift over time
+    /scores, /scores/<p>                               the scored days: version, rows, quarantine, predictions
     /task?dag_id=&run_id=&task_id=                     a task's matching page (its "freestack" extra link)
     /api/...                                           the same as JSON
 
@@ -413,6 +415,61 @@ async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(us
 
 
 # ---------------------------------------------------------------------------------------------------------
+# scores
+
+
+def _scoring(name: str, user: Any) -> Any:
+    """The spec of pipeline ``name``, when it has a ``score:`` block and the user may read its ``<name>_score`` DAG."""
+    spec = next((s for p, s in catalog.pipelines() if p.name == name), None)
+    if spec is not None and spec.score is None:
+        raise HTTPException(404, f"pipeline {name!r} has no score: block, so no {name}_score DAG and no scores: add "
+                                 "one to its spec to score its lake day by day")  # fmt: skip
+    return _pipeline(name, user, "score")[1]
+
+
+def _scores(user: Any, figures: bool = False) -> list[catalog.ScoresPage]:
+    """The newest scored days of each readable pipeline with a ``score:`` block; with ``figures``, the page's charts."""
+    specs = [(p, s) for p, s in catalog.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")]
+    return [_with_figure(catalog.scores_page(p.name, s, 1, catalog.SCORES_OVERVIEW), figures) for p, s in specs]
+
+
+def _with_figure(data: catalog.ScoresPage, figure: bool = True) -> catalog.ScoresPage:
+    from freestack.ui.plots import predictions_over_days
+
+    data.figure = predictions_over_days(data) if figure else None
+    return data
+
+
+def _scores_of(pipeline: str, spec: Any, pg: int, figure: bool = False) -> catalog.ScoresPage:
+    data = catalog.scores_page(pipeline, spec, pg)
+    if pg > data.pages:
+        raise HTTPException(404, f"{pipeline} has {data.total} scored days: pages 1 to {data.pages}")
+    return _with_figure(data, figure)
+
+
+@views_app.get("/scores", response_class=HTMLResponse)
+async def scores(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
+    return page(request, "scores.html", title="Scores", tab="scores", pages=await off_loop(_scores, user, True), single=False)
+
+
+@views_app.get("/scores/{pipeline}", response_class=HTMLResponse)
+async def scores_one(request: Request, pipeline: str, pg: int = Query(1, ge=1), run: str = Query("", max_length=250),
+                     user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    data = await off_loop(_scores_of, pipeline, _scoring(pipeline, user), pg, True)
+    return page(request, "scores.html", title=f"Scores: {pipeline}", tab="scores", pages=[data], single=True, run=run)
+
+
+@views_app.get("/api/scores")
+async def scores_json(user: Any = Depends(user_of)) -> list[catalog.ScoresPage]:
+    return await off_loop(_scores, user)
+
+
+@views_app.get("/api/scores/{pipeline}")
+async def scores_one_json(pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)) -> catalog.ScoresPage:
+    return await off_loop(_scores_of, pipeline, _scoring(pipeline, user), pg)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # a task's page
 
 
@@ -420,11 +477,11 @@ async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(us
 async def task_page(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
                     user: Any = Depends(user_of)) -> RedirectResponse:  # fmt: skip
     """Where a pipeline task's "freestack" extra link goes: the version its run made, its sweep, the
-    deployment, the aliases, or the lake."""
+    deployment, the aliases, the lake, or the days its run scored."""
     from freestack.ui.tasks import page_of_task
 
     pipeline, _, kind = dag_id.rpartition("_")
-    _, spec = _pipeline(pipeline, user, "ingest" if kind == "ingest" else "train")
+    _, spec = _pipeline(pipeline, user, kind if kind in ("ingest", "score") else "train")
     target = await off_loop(page_of_task, pipeline, spec, kind, run_id, task_id)
     return RedirectResponse(f"{URL_PREFIX}{target}", status_code=303)
 

@@ -7,6 +7,7 @@
                                              deployment's own recorded predict URL (local ones), the answer
                                              and its latency shown
     /data/<p>/<ds>/quarantine?page=N         a partition's rejected rows, 100 a page, read with pyarrow
+    /scores/<p>/<ds>/quarantine?page=N       the rows of a scored day that did not encode, the same way
     /api/...                                 the same as JSON
 
 An :class:`~fastapi.APIRouter` that :mod:`freestack.ui.app` includes into its ``views_app`` (not mounted: a
@@ -477,7 +478,7 @@ async def try_send_json(request: Request, model: str, name: str, user: Any = Dep
 
 
 # ---------------------------------------------------------------------------------------------------------
-# quarantined rows
+# quarantined rows: of a lake partition (ingest), of a scored day (score)
 
 
 class QuarantinePage(BaseModel):
@@ -531,13 +532,39 @@ def quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QU
     q = (read_manifest(spec, ds) or {}).get("quarantine")
     if not q:
         return QuarantinePage(pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[])
-    with to_path(q["uri"]).open("rb") as f:
+    return _rows_page(pipeline, ds, to_path(q["uri"]), page, size)
+
+
+def _rows_page(pipeline: str, ds: str, path: Any, page: int, size: int) -> QuarantinePage:
+    """Page ``page`` (``size`` rows) of the quarantine file at ``path``."""
+    with path.open("rb") as f:
         total, columns, rows = read_rows(f, (page - 1) * size, size)
     pages = max(1, -(-total // size))
     if page > pages:
         raise HTTPException(404, f"{pipeline} {ds} has {total} quarantined rows: pages 1 to {pages}")
-    return QuarantinePage(pipeline=pipeline, ds=ds, file=q["uri"], total=total, page=page, pages=pages, size=size,
+    return QuarantinePage(pipeline=pipeline, ds=ds, file=str(path), total=total, page=page, pages=pages, size=size,
                           columns=columns, rows=[{k: _cell(v) for k, v in r.items()} for r in rows])  # fmt: skip
+
+
+def score_quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE) -> QuarantinePage:
+    """Page ``page`` of the rows of a scored day that did not encode, read from the day's ``_quarantine.parquet``."""
+    from freestack.score.core import QUARANTINE
+    from freestack.storage import join, to_path
+
+    have = catalog.score_days(spec)
+    if ds not in have:
+        raise HTTPException(404, f"{pipeline} has no scored day {ds!r} (days: {', '.join(have[:10]) or 'none'}"
+                                 f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})")  # fmt: skip
+    day = catalog.scored_day(spec, ds)
+    if day.problem:
+        raise HTTPException(404, f"{pipeline} {ds} cannot be read: {day.problem}")
+    if not day.rows_quarantined:
+        return QuarantinePage(pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[])
+    path = join(to_path(day.folder), QUARANTINE)
+    if not path.exists():
+        raise HTTPException(404, f"{pipeline} {ds}: its manifest counts {day.rows_quarantined} quarantined rows, but "
+                                 f"{path} is gone; rescore the day to write it again")  # fmt: skip
+    return _rows_page(pipeline, ds, path, page, size)
 
 
 def _cell(v: Any) -> Any:
@@ -561,8 +588,31 @@ async def quarantine_json(pipeline: str, ds: str, page: int = Query(1, ge=1), si
     return await ui.off_loop(quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size)
 
 
+def _score_spec(pipeline: str, user: Any) -> Any:
+    _, spec = _ui().pipeline(pipeline, user, "score")
+    if spec.score is None:
+        raise HTTPException(404, f"pipeline {pipeline!r} has no score: block, so no scores")
+    return spec
+
+
+@router.get("/scores/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
+async def score_quarantine(request: Request, pipeline: str, ds: str, page: int = Query(1, ge=1),
+                           size: int = Query(QUARANTINE_PAGE, ge=1, le=1000), user: Any = Depends(_user)) -> HTMLResponse:  # fmt: skip
+    ui = _ui()
+    data = await ui.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
+    return ui.page(request, "quarantine.html", title=f"Rows not scored: {pipeline} {ds}", tab="scores", q=data,
+                   back=(f"/scores/{pipeline}#ds-{ds}", f"the {pipeline} scores"), what="day",
+                   about="Each kept its input columns and the reason it did not encode with the version's preprocessing.")  # fmt: skip
+
+
+@router.get("/api/scores/{pipeline}/{ds}/quarantine")
+async def score_quarantine_json(pipeline: str, ds: str, page: int = Query(1, ge=1), size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+                                user: Any = Depends(_user)) -> QuarantinePage:  # fmt: skip
+    return await _ui().off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
+
+
 __all__ = [
     "ComparePage", "QuarantinePage", "TryAnswer", "TryPage", "compare_page", "diff_rows", "feature_inputs",
     "metric_rows", "parsed_row", "partition_diff", "quarantine_page", "read_answer", "read_rows", "request_body",
-    "router", "try_page",
+    "router", "score_quarantine_page", "try_page",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from freestack.ui.catalog import MonitoringPage, SweepPage, VersionRow
+    from freestack.ui.catalog import MonitoringPage, ScoredDay, ScoresPage, SweepPage, VersionRow
 
 COLORS = {"finished": "#1f77b4", "early-stopped": "#9e9e9e", "failed": "#d62728", "crashed": "#d62728",
           "running": "#ff7f0e"}  # fmt: skip
@@ -273,5 +273,47 @@ def drift_over_time(page: MonitoringPage) -> str | None:
     return _figure(data, layout)
 
 
+def predictions_over_days(page: ScoresPage) -> str | None:
+    """The predictions of the page's days (oldest first): each class's share of a day's rows, stacked (the
+    :data:`SHOWN_SERIES` most predicted classes, the rest as "other"), or a regression's mean with its min
+    and max. None when no day of the page can be drawn."""
+    days = [d for d in page.days[::-1] if d.problem is None and (d.classes or d.values)]
+    if not days:
+        return None
+    title = {"text": f"{page.model}: predictions per scored day", "font": {"size": 14}}
+    layout = {**LAYOUT, "height": 300, "title": title, "xaxis": {"title": {"text": "ds"}, "type": "category"}}
+    if days[-1].values is not None:
+        return _figure(_values_trace([d for d in days if d.values is not None]), {**layout, "yaxis": {"title": {"text": "predicted value"}}})
+    days = [d for d in days if d.classes]
+    return _figure(_class_bars(days), {**layout, "barmode": "stack", "yaxis": {"title": {"text": "share of the day's rows"},
+                                                                               "tickformat": ".0%", "range": [0, 1]}})  # fmt: skip
+
+
+def _class_bars(days: list[ScoredDay]) -> list[dict[str, Any]]:
+    """One bar trace per class (in label order), the classes past :data:`SHOWN_SERIES` as one "other"."""
+    total: dict[str, int] = {}
+    for d in days:
+        for c in d.classes:
+            total[c.label] = total.get(c.label, 0) + c.rows
+    top = set(sorted(total, key=lambda label: -total[label])[:SHOWN_SERIES])
+    shares = [{c.label: c.share for c in d.classes} for d in days]
+    groups = [(label, [s.get(label, 0.0) for s in shares]) for label in total if label in top]
+    if len(total) > len(top):
+        groups.append(("other", [round(sum(v for k, v in s.items() if k not in top), 4) for s in shares]))
+    return [{"type": "bar", "name": label, "x": [d.ds for d in days], "y": y,
+             "hovertemplate": f"{label}: %{{y:.1%}}<extra>%{{x}}</extra>"} for label, y in groups]  # fmt: skip
+
+
+def _values_trace(days: list[ScoredDay]) -> list[dict[str, Any]]:
+    """A regression's mean per day, its min and max as the error bar."""
+    stats = [d.values for d in days if d.values is not None]
+    mean = [s.mean for s in stats]
+    return [{"type": "scatter", "mode": "lines+markers", "name": "mean", "x": [d.ds for d in days], "y": mean,
+             "error_y": {"type": "data", "symmetric": False, "array": [(s.max or 0) - (s.mean or 0) for s in stats],
+                         "arrayminus": [(s.mean or 0) - (s.min or 0) for s in stats]},
+             "customdata": [[s.min, s.max, s.count] for s in stats],
+             "hovertemplate": "mean %{y:.4g} (min %{customdata[0]:.4g}, max %{customdata[1]:.4g}; %{customdata[2]} rows)<extra>%{x}</extra>"}]  # fmt: skip
+
+
 __all__ = ["drift_over_time", "importance_chart", "is_log", "metric_over_epochs", "metric_over_versions",
-           "metric_vs_params", "parallel_coordinates"]  # fmt: skip
+           "metric_vs_params", "parallel_coordinates", "predictions_over_days"]  # fmt: skip

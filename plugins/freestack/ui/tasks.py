@@ -23,9 +23,12 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
     - ingest: the pipeline's lake; ``deploy`` (any DAG): the deployments;
     - train: the sweep of the run (``create_sweep``, ``agent``, ``select_best``), else the version the run
       registered, else (none yet) the model's versions;
-    - rollback, promote: the model's versions and aliases' history."""
+    - rollback, promote: the model's versions and aliases' history;
+    - score: the pipeline's scored days, on the page of the newest day the run scored (its rows marked)."""
     if kind == "ingest":
         return f"/data/{_q(pipeline)}"
+    if kind == "score" and spec.score is not None:
+        return scores_of_run(pipeline, spec, run_id)
     if task_id == "deploy":
         return f"/deployments#{_q(pipeline)}"
     if kind == "train" and task_id in SWEEP_TASKS:
@@ -42,4 +45,18 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
     return f"/models/{_q(pipeline)}"
 
 
-__all__ = ["page_of_task"]
+def scores_of_run(pipeline: str, spec: PipelineSpec, run_id: str) -> str:
+    """The Scores page of the pipeline at the newest day that run ``run_id`` scored (its manifests record the
+    run), read a page of days at a time; the first page while the run has scored none."""
+    days = catalog.score_days(spec)
+    size = catalog.SCORES_PAGE
+    for start in range(0, len(days), size):
+        got = catalog.parallel(lambda ds: catalog.scored_day(spec, ds), days[start : start + size])
+        day = next((d for d in got if d.run_id == run_id), None)
+        if day is not None:
+            pg = "" if start == 0 else f"&pg={start // size + 1}"
+            return f"/scores/{_q(pipeline)}?run={_q(run_id)}{pg}#ds-{day.ds}"
+    return f"/scores/{_q(pipeline)}"
+
+
+__all__ = ["page_of_task", "scores_of_run"]
