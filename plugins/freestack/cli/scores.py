@@ -26,6 +26,9 @@ def scores(pipeline: Pipeline, json: Json = False) -> int:
     t = table("ds", "rows", "quarantined", "version", "predictions", "scored at", right=("rows", "quarantined"),
               title=f"scores of {pipeline!r} ({spec.score.output})")  # fmt: skip
     for d in days:
+        if "problem" in d:  # a day that cannot be read says why, and the others are listed
+            t.add_row(d["ds"], "?", "?", "?", f"unreadable: {d['problem']}", "")
+            continue
         t.add_row(d["ds"], str(d["rows_scored"]), str(d["rows_quarantined"]), d["version"], _spread(d), d["scored_at"])
     emit(t, console=console)
     return 0

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from freestack.errors import FreestackError
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+    from airflow.sdk import ObjectStoragePath
 
     from freestack.spec import PipelineSpec
 
@@ -109,7 +111,7 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
     """The run's version (checked: it loads, and the input has its columns) and one job per day of
     ``[start, end)`` that has input; ``skipped`` names the days without."""
     resolved = resolve_version(spec)
-    model = load_version(resolved["uri"])
+    model = load_version(resolved["uri"], "cpu")  # only to check it loads and what it takes
     jobs, skipped = [], []
     for ds in days_of(start, end):
         files = input_files(spec, ds)
@@ -129,8 +131,9 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
 class LoadedVersion:
     """A registered version ready to predict: its model, preprocessing and lineage."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, device: str = "auto"):
         from freestack.evaluate.core import EvaluationError, load_model_folder
+        from freestack.ml.loop import resolve_device
 
         try:
             self.model, self.pre, _, self.lineage, _ = load_model_folder(uri)
@@ -138,7 +141,8 @@ class LoadedVersion:
             raise ScoreError(f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or "
                              "retrain") from None  # fmt: skip
         self.uri = uri
-        self.model.eval()
+        self.device = resolve_device(device)  # a GPU worker (score.queue) scores on its GPU, as training does
+        self.model.to(self.device).eval()
 
     @property
     def classification(self) -> bool:
@@ -151,13 +155,13 @@ class LoadedVersion:
         from freestack.ml.loop import to_tensors
 
         with torch.no_grad():
-            x = to_tensors(self.pre.inputs(frame))
+            x = to_tensors(self.pre.inputs(frame), self.device)
             out = self.model.predict_proba(x) if self.classification else self.model.predict(x)
-        return out.numpy()
+        return out.cpu().numpy()
 
 
-def load_version(uri: str) -> LoadedVersion:
-    return LoadedVersion(uri)
+def load_version(uri: str, device: str = "auto") -> LoadedVersion:
+    return LoadedVersion(uri, device)
 
 
 def check_columns(spec: PipelineSpec, model: LoadedVersion, uri: str, version: str) -> None:
@@ -255,7 +259,7 @@ def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = 
     published first, the part last: the part is the one commit point."""
     from freestack.storage import AtomicWriter, join, remove_temporaries, to_path, write_json
 
-    model = model or load_version(job["version_uri"])
+    model = model or load_version(job["version_uri"], spec.train.device)
     out_dir = to_path(job["output"])
     part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, QUARANTINE))
     try:
@@ -438,45 +442,74 @@ def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: L
 
 
 # ---------------------------------------------------------------------------------------------------------
-# reading scores back
+# reading scores back (the CLI's `freestack scores` and the views' Scores page)
+
+_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def read_scores_manifest(uri: str) -> dict[str, Any] | None:
-    """The manifest of the scores in folder ``uri`` (from the part's footer: the record), or None."""
+class UnreadableScores(ScoreError):
+    """A scored day whose record cannot be read; the message says what is wrong."""
+
+
+def scores_parent(spec: PipelineSpec) -> tuple[ObjectStoragePath, str, str]:
+    """The folder holding the days' folders, and what a day folder's name has before and after its ds."""
+    from freestack.storage import join, storage_root, to_path
+
+    before, after = spec.score.output.split("{ds}", 1)
+    parent, _, prefix = before.format(pipeline=spec.name, model=spec.model_name).rpartition("/")
+    root = to_path(parent) if "://" in parent else join(storage_root(spec.storage_root), *([parent] if parent else []))
+    return root, prefix, after.split("/", 1)[0]
+
+
+def score_days(spec: PipelineSpec) -> list[str]:
+    """The days (ds) with a folder under the spec's score output, newest first (one listing, nothing read)."""
+    parent, prefix, suffix = scores_parent(spec)
+    parent.fs.invalidate_cache(parent.path)
+    try:
+        entries = parent.fs.ls(parent.path, detail=True)
+    except FileNotFoundError:
+        return []
+    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+    names = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
+    days = [n[len(prefix) : len(n) - len(suffix)] for n in names if len(n) > len(prefix) + len(suffix)]
+    return sorted((d for d in days if _DS.match(d)), reverse=True)
+
+
+def read_scores_manifest(folder: str) -> dict[str, Any]:
+    """The manifest in the footer of a scored day's part (the record); :class:`UnreadableScores` says why not."""
     import pyarrow.parquet as pq
 
     from freestack.storage import join, to_path
 
-    part = join(to_path(uri), PART)
     try:
-        with part.open("rb") as f:
-            meta = pq.read_metadata(f).metadata or {}
+        with join(to_path(folder), PART).open("rb") as f:
+            raw = (pq.read_metadata(f).metadata or {}).get(FOOTER_KEY)
     except FileNotFoundError:
-        return None
-    raw = meta.get(FOOTER_KEY)
-    return json.loads(raw) if raw else None
+        raise UnreadableScores(f"no {PART}: the day was never published (its score task failed, or is running)") from None
+    except (OSError, ValueError) as exc:
+        raise UnreadableScores(f"{PART} cannot be read as Parquet ({str(exc)[:200]})") from None
+    if not raw:
+        raise UnreadableScores(f"{PART} has no scores manifest in its footer (key {FOOTER_KEY.decode()}): "
+                               "it was not written by the score task")  # fmt: skip
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise UnreadableScores(f"the manifest in the footer of {PART} is not JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise UnreadableScores(f"the manifest in the footer of {PART} is not a JSON object")
+    return manifest
 
 
-def scored_days(spec: PipelineSpec, since: date | None = None, until: date | None = None) -> list[dict[str, Any]]:
-    """The manifests of the days scored so far under the spec's output (newest first), for the UI and the CLI."""
+def scored_days(spec: PipelineSpec) -> list[dict[str, Any]]:
+    """The manifests of the scored days, newest first; a day that cannot be read is ``{"ds", "problem"}``."""
     out = []
-    base = spec.score.output.split("{ds}", 1)[0]
-    from freestack.storage import join, storage_root, to_path
-
-    folder = to_path(base) if "://" in base else join(storage_root(spec.storage_root),
-                                                     base.format(pipeline=spec.name, model=spec.model_name))  # fmt: skip
-    parent = folder if str(folder).endswith("/") or base.endswith("/") else folder.parent
-    prefix = "" if base.endswith("/") else folder.name
-    if not parent.exists():
-        return []
-    for p in parent.iterdir():
-        ds = p.name[len(prefix):].strip("/")
-        if not ds or (since and ds < since.isoformat()) or (until and ds > until.isoformat()):
-            continue
-        m = read_scores_manifest(output_dir(spec, ds))
-        if m:
-            out.append(m)
-    return sorted(out, key=lambda m: m["ds"], reverse=True)
+    for ds in score_days(spec):
+        try:
+            out.append(read_scores_manifest(output_dir(spec, ds)))
+        except UnreadableScores as exc:
+            out.append({"ds": ds, "problem": str(exc)})
+    return out
 
 
-__all__ = ["ScoreError", "days_of", "input_files", "plan", "read_scores_manifest", "resolve_version", "score", "scored_days"]
+__all__ = ["ScoreError", "UnreadableScores", "days_of", "input_files", "plan", "read_scores_manifest", "resolve_version",
+           "score", "score_days", "scored_days", "scores_parent"]
