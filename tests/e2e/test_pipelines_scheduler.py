@@ -8,7 +8,9 @@
 3. a team's own model (``model.type: custom``): swept, gated, registered and served;
 4. tables with text and images, and an image folder, served on raw values;
 5. a pretrained Hub model (the local Hub stand-in's tiny BERT) fine-tuned with LoRA: a hyperband sweep
-   over LoRA's rank and the learning rate, the gate, the registry and a served prediction on raw text.
+   over LoRA's rank and the learning rate, the gate, the registry and a served prediction on raw text;
+6. batch scoring (within 4 and 5): the category/text/image table, the image folder and the fine-tuned
+   text model score their lakes through `<p>_score`, backfilled with `freestack backfill --dag score`.
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -78,7 +80,8 @@ def stack(tmp_path_factory):
     # (two pipelines deployed on one machine need an address each: deploy.local.port's default is one port)
     for spec in (SHOP_SPEC, GLYPHS_SPEC):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump({**spec, "schedule": None, "train": {
-            **spec["train"], "schedule": "0 0 1 1 *"}, "deploy": {"local": {"port": free_port_block()}}}, sort_keys=False))  # fmt: skip
+            **spec["train"], "schedule": "0 0 1 1 *"}, "deploy": {"local": {"port": free_port_block()}},
+            "score": {"schedule": "@daily", "batch_rows": 16}}, sort_keys=False))  # fmt: skip
     # a pretrained Hub model fine-tuned with LoRA and swept with hyperband (test 5), from the Hub stand-in
     hub = _start_hub(base)
     (specs / "reviews.yaml").write_text(yaml.safe_dump(_reviews_spec(free_port_block()), sort_keys=False))
@@ -113,7 +116,7 @@ def _reviews_spec(port: int) -> dict:
              "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
              "parameters": {"learning_rate": {"values": [0.01, 0.001]}, "peft": {"parameters": {"r": {"values": [2, 4]}}}}}  # fmt: skip
     return {**REVIEWS_SPEC, "train": {**REVIEWS_SPEC["train"], "schedule": "0 0 1 1 *"}, "sweep": sweep,
-            "deploy": {"local": {"port": port}}}  # fmt: skip
+            "deploy": {"local": {"port": port}}, "score": {"schedule": "@daily"}}  # fmt: skip
 
 
 def _wait(what: str, check, log: Path, timeout: float = 300, every: float = 3):
@@ -124,6 +127,19 @@ def _wait(what: str, check, log: Path, timeout: float = 300, every: float = 3):
             return got
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-5000:]}")
+
+
+def _score_backfill(stack, name: str, start: str, end: str) -> list[tuple]:
+    """``freestack backfill <name> --dag score`` on the stack, then each scored day as (part, manifest)."""
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "freestack"), "backfill", name, "--dag", "score", "--start", start,
+                          "--end", end, "--timeout", "600"], env=stack["env"], capture_output=True, text=True, timeout=700)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    days = sorted((stack["base"] / "storage" / "scores" / name).glob("ds=*/part.parquet"))
+    return [(pq.read_table(p), json.loads((p.parent / "_manifest.json").read_text())) for p in days]
 
 
 def _runs(api, dag_id: str) -> list[dict]:
@@ -297,6 +313,7 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
     registered and deployed; the servers answer raw values as the versions answer in-process."""
     import base64
 
+    import numpy as np
     import pandas as pd
 
     from freestack.evaluate.core import load_model_folder
@@ -350,6 +367,18 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
         model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}")
         want = model.predict_proba(to_tensors(pre.inputs(pd.DataFrame({"image": [image.read_bytes()]})))).tolist()[0]
         assert max(abs(a - b) for a, b in zip(body["data"]["tensor"]["values"], want, strict=True)) < 1e-5
+
+        # both lakes scored by their <p>_score DAGs, backfilled through the CLI: what the versions answer in-process
+        for n, rec in (("shop", shop), ("glyphs", glyphs)):
+            scored = _score_backfill(stack, n, "2026-11-01", "2026-11-02")
+            assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02"], scored
+            model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/{n}/{rec['version']}")
+            for table, manifest in scored:
+                lake = pd.read_parquet(manifest["inputs"][0]["uri"].removeprefix("file://"))
+                assert manifest["version"] == rec["version"] and table.num_rows == len(lake) == manifest["rows_scored"]
+                want = model.predict_proba(to_tensors(pre.inputs(lake))).numpy()
+                got = np.asarray(table.column("probabilities").to_pylist())
+                assert np.abs(got - want).max() < 1e-5
     finally:
         for n in names:
             stop_local(env["FREESTACK_STORAGE_ROOT"], n, n)
@@ -381,5 +410,11 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
         code, body = http_json(rec["predict_url"], {"strData": "great item, it works and i recommend it"})
         assert code == 200, body
         assert body["data"]["names"] == ["neg", "pos"], body
+        # the fine-tuned model scores the three days of reviews through reviews_score
+        scored = _score_backfill(stack, "reviews", "2026-11-01", "2026-11-03")
+        assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+        for table, manifest in scored:
+            assert manifest["version"] == rec["version"] and manifest["rows_scored"] == table.num_rows > 0
+            assert set(table.column("prediction").to_pylist()) <= {"neg", "pos"} and manifest["rows_quarantined"] == 0
     finally:
         stop_local(root, "reviews", "reviews")
