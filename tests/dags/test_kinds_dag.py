@@ -1,7 +1,8 @@
 """Non-numeric data through every stage under dag.test(): a CSV of numbers, categories, text and image
 paths (``shop``) and an image folder (``glyphs``), each with corrupt PNGs among the files, ingested
 (the broken images quarantined with their reasons), trained, evaluated, gated, registered and served;
-the model server answers raw values (text, base64 images) as the version answers in-process."""
+the model server answers raw values (text, base64 images) as the version answers in-process; each
+model scores a day's landing folder as it comes (batch scoring, the corrupt images quarantined)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def kinds(tmp_path, storage, monkeypatch):
     glyphs_landing(root, date(2026, 11, 1), DAYS)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return {"bag": bag, "root": root}
+    return {"bag": bag, "root": root, "specs": specs}
 
 
 def _ingest(kinds, name: str) -> list[dict]:
@@ -113,8 +114,36 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
         got = [[p["probabilities"]["no"], p["probabilities"]["yes"]] for p in body["jsonData"]["predictions"]]
         assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
         _monitored(kinds, landing, rec)
+        _scored_landing(kinds, "shop", version, rows_of=lambda t: len(pd.read_csv(landing / "sales.csv")))
     finally:
         stop_local(root, "shop", "shop")
+
+
+def _scored_landing(kinds, name: str, version: Path, rows_of) -> dict:
+    """The pipeline's model scores a day's landing folder (a CSV with image paths, or an image folder) as
+    it comes, without ingest: the corrupt images are quarantined with the encoder's reason, every other
+    row is scored as the version answers in-process."""
+    import pandas as pd
+
+    from freestack.score.core import plan, score
+    from freestack.score.spec import ScoreSpec
+    from freestack.spec import load_spec
+
+    spec = load_spec(kinds["specs"] / f"{name}.yaml")
+    landing = kinds["root"] / "landing" / name
+    spec = spec.model_copy(update={"score": ScoreSpec(input=f"file://{landing}/{{ds}}/", version="latest", batch_rows=16)})
+    got = plan(spec, datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC))
+    assert got["version"] == version.name and len(got["jobs"]) == 1, got
+    manifest = score(spec, got["jobs"][0])
+    out = kinds["root"] / "scores" / name / "ds=2026-11-03"
+    assert manifest["rows_in"] == rows_of(landing / "2026-11-03") and manifest["rows_scored"] > 0
+    if manifest["rows_quarantined"]:
+        reasons = pq.read_table(out / "_quarantine.parquet").column("reason").to_pylist()
+        assert all(r for r in reasons), reasons
+    scored = pq.read_table(out / "part.parquet").to_pandas()
+    assert len(scored) == manifest["rows_scored"] and set(scored["version"]) == {version.name}
+    assert pd.Series([sum(p) for p in scored["probabilities"]]).between(0.999, 1.001).all()
+    return manifest
 
 
 def _monitored(kinds, landing: Path, rec: dict) -> None:
@@ -181,5 +210,7 @@ def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
             answers.append(body["data"]["tensor"]["values"])
         want = _in_process(version, pd.DataFrame({"image": [f.read_bytes() for f in files]}))
         assert max(abs(a - b) for g, w in zip(answers, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        scored = _scored_landing(kinds, "glyphs", version, rows_of=lambda d: len(list(d.glob("*/*.png"))))
+        assert scored["rows_quarantined"] >= 1  # the day's corrupt PNG, refused by the encoder
     finally:
         stop_local(root, "glyphs", "glyphs")

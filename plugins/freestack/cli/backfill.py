@@ -262,12 +262,16 @@ def _show(plan: _Plan, unpause: bool, no_downstream: bool = False) -> None:
     if due_day is not None:
         console.print(f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): "
                       f"{due_day.due_note}")  # fmt: skip
+    if not plan.chosen and dag_id.endswith("_score"):
+        raise CliError(f"no input for any day of {dag_id} {plan.span} ({plan.spec.score.input}), so no run",
+                       "ingest those days first, or pick days that have input")  # fmt: skip
     if not plan.chosen:
         raise CliError(f"no landing files for any day of {dag_id} {plan.span}, so no run",
                        f"land them first (source.landing of the spec: {plan.spec.source.landing}), or pick days that have them")  # fmt: skip
     for line in _downstream_lines(plan, no_downstream):
         console.print(line)
-    if due_day is not None and not due_day.has_data and not unpause and plan.spec.source.policy.on_missing == "fail":
+    ingest_fails = dag_id.endswith("_ingest") and plan.spec.source.policy.on_missing == "fail"
+    if due_day is not None and not due_day.has_data and not unpause and ingest_fails:
         _refuse_due(plan, due_day)
 
 
@@ -339,7 +343,7 @@ class _Day:
     @property
     def due_note(self) -> str:
         return (
-            "it has landing files"
+            "it has data"
             if self.has_data
             else f"it has none in {self.folder}, so that run would {self.missing}"
         )
@@ -383,9 +387,11 @@ def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
         raise CliError(f"pipeline {spec.name!r} has no score: block, so it has no {spec.name}_score DAG",
                        "add a score: block to its spec (docs/stages/score.md)")  # fmt: skip
     files = input_files(spec, ds)
+    where = spec.score.input if spec.score.lake_pipeline is None else f"the lake of {spec.score.lake_pipeline or spec.name}"
     if files:
-        return _Day(logical_date, ds, True, True, f"run: {plural(len(files), 'input file')} ({spec.score.input})")
-    return _Day(logical_date, ds, False, False, f"left out: no input for {ds} ({spec.score.input})")
+        return _Day(logical_date, ds, True, True, f"run: {plural(len(files), 'input file')} ({where})", where)
+    return _Day(logical_date, ds, False, False, f"left out: no input for {ds} ({where})", where,
+                "be skipped, its plan task saying there was nothing to score")  # fmt: skip
 
 
 def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:

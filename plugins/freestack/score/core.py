@@ -67,9 +67,13 @@ def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
     lake = spec.score.lake_pipeline
     if lake is None:
         folder = to_path(spec.score.input.format(ds=ds, pipeline=spec.name))
-        files = sorted((p for p in list_objects(folder) if p.name.endswith(".parquet")), key=lambda p: p.name) \
-            if folder.exists() else []  # fmt: skip
-        return [{"uri": str(p), "sha256": sha256_of(p), "size": p.stat().st_size} for p in files]
+        files = [p for p in list_objects(folder) if _kind_of(p.name)] if folder.exists() else []
+        if not files or all(_kind_of(p.name) == "image" for p in files):
+            files = _images_under(folder)  # an image folder: images at any depth (label folders)
+        else:  # images beside tables are the tables' image files
+            files = [p for p in files if _kind_of(p.name) != "image"]
+        return [{"uri": str(p), "sha256": sha256_of(p), "size": p.stat().st_size, "kind": _kind_of(p.name),
+                 "folder": str(folder)} for p in files]  # fmt: skip
     from freestack.ingest.core import read_manifest
 
     manifest = read_manifest(lake_spec(spec), ds)
@@ -77,6 +81,29 @@ def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
         return []
     part = manifest["part"]
     return [{"uri": part["uri"], "sha256": part["sha256"], "size": part.get("size", 0)}]
+
+
+#: what a folder input's files are: tables (Parquet, CSV) or images (one row each, for a model of one image)
+FOLDER_KINDS = {".parquet": "parquet", ".csv": "csv"}
+
+
+def _kind_of(name: str) -> str | None:
+    from freestack.ingest.images import IMAGE_SUFFIXES
+
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return FOLDER_KINDS.get(suffix) or ("image" if suffix in IMAGE_SUFFIXES else None)
+
+
+def _images_under(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+    """The image files at any depth under ``folder``, sorted by path (dot-files and temporaries left out)."""
+    from freestack.storage import join
+
+    if not folder.exists():
+        return []
+    folder.fs.invalidate_cache(folder.path)
+    base = folder.path.rstrip("/")
+    rels = [f[len(base) + 1 :] for f in folder.fs.find(folder.path)]
+    return [join(folder, r) for r in sorted(rels) if _kind_of(r) == "image" and not any(x.startswith(".") for x in r.split("/"))]
 
 
 def lake_spec(spec: PipelineSpec) -> PipelineSpec:
@@ -118,7 +145,7 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
         if not files:
             skipped.append(ds)
             continue
-        check_columns(spec, model, files[0]["uri"], resolved["version"])
+        check_columns(spec, model, files[0], resolved["version"])
         jobs.append({"ds": ds, "version": resolved["version"], "version_uri": resolved["uri"], "inputs": files,
                      "output": output_dir(spec, ds)})  # fmt: skip
     return {**resolved, "jobs": jobs, "skipped": skipped}
@@ -164,20 +191,31 @@ def load_version(uri: str, device: str = "auto") -> LoadedVersion:
     return LoadedVersion(uri, device)
 
 
-def check_columns(spec: PipelineSpec, model: LoadedVersion, uri: str, version: str) -> None:
+def check_columns(spec: PipelineSpec, model: LoadedVersion, item: dict[str, Any], version: str) -> None:
     """The input file must hold every feature column the version was trained on (and the key)."""
-    import pyarrow.parquet as pq
-
-    from freestack.storage import to_path
-
-    with to_path(uri).open("rb") as f:
-        names = set(pq.read_schema(f).names)
-    key = spec.source.schema_.key
+    names = _input_names(spec, item)
+    uri, key = item["uri"], spec.source.schema_.key
     missing = [c for c in [*model.pre.features, *([key] if key else [])] if c not in names]
     if missing:
         raise ScoreError(f"{uri} has no column(s) {missing}, which version {version} of {spec.model_name} takes: "
                          f"score an input with the columns it was trained on ({', '.join(model.pre.features[:8])}"
                          f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these")  # fmt: skip
+
+
+def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> set[str]:
+    """The column names an input file gives (an image file: the key and the model's image column)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from freestack.storage import to_path
+
+    kind = item.get("kind", "parquet")
+    if kind == "image":
+        return {spec.source.schema_.key or "row", *spec.model_features}
+    with to_path(item["uri"]).open("rb") as f:
+        if kind == "parquet":
+            return set(pq.read_schema(f).names)
+        return set(pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=1 << 16)).schema.names)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -332,25 +370,86 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
 
 
 def _batches(spec: PipelineSpec, item: dict[str, Any]):
-    """(frame, keys, the file's schema) per record batch of the input file; the file's bytes must be
-    the ones planned (the sha256 is checked as they are read)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    """(frame, keys, the rows' schema) per record batch of an input file; the file's bytes must be the
+    ones planned (its sha256 is checked first). A CSV's columns are read as the spec declares them, and
+    an image column holding paths gets the files' bytes (relative to the input folder); an image file is
+    one row of the model's one image column, its path the key."""
     from freestack.storage import sha256_of, to_path
 
     path = to_path(item["uri"])
     if sha256_of(path) != item["sha256"]:
         raise ScoreError(f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it was "
                          "re-ingested or rewritten; clear this run's plan task to score it as it is now")  # fmt: skip
-    key = spec.source.schema_.key
+    kind = item.get("kind", "parquet")
+    reader = {"parquet": _parquet_batches, "csv": _csv_batches, "image": _image_batch}[kind]
+    offset = 0
+    for batch in reader(spec, path, item):
+        batch = _with_image_bytes(spec, batch, item.get("folder")) if kind == "csv" else batch
+        key = spec.source.schema_.key
+        keys = batch.column(key) if key and key in batch.schema.names else pa_range(offset, batch.num_rows)
+        offset += batch.num_rows
+        yield batch.to_pandas(), keys, batch.schema
+
+
+def pa_range(start: int, n: int):
+    import pyarrow as pa
+
+    return pa.array(np.arange(start, start + n))
+
+
+def _parquet_batches(spec: PipelineSpec, path, item: dict[str, Any]):
+    import pyarrow.parquet as pq
+
     with path.open("rb") as f:
-        pf = pq.ParquetFile(f)
-        offset = 0
-        for batch in pf.iter_batches(batch_size=spec.score.batch_rows):
-            keys = batch.column(key) if key else pa.array(np.arange(offset, offset + batch.num_rows))
-            offset += batch.num_rows
-            yield batch.to_pandas(), keys, pf.schema_arrow
+        yield from pq.ParquetFile(f).iter_batches(batch_size=spec.score.batch_rows)
+
+
+def _csv_batches(spec: PipelineSpec, path, item: dict[str, Any]):
+    """A CSV in record batches, each declared column read as its declared type (the target may be absent)."""
+    import pyarrow.csv as pcsv
+
+    from freestack.ingest.validate import arrow_schema
+
+    declared = arrow_schema(spec.source.schema_.fields)
+    types = {f.name: f.type for f in declared if not f.type.equals("binary")}  # image paths are text here
+    with path.open("rb") as f:
+        reader = pcsv.open_csv(f, convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
+                               read_options=pcsv.ReadOptions(block_size=1 << 22))  # fmt: skip
+        for batch in reader:
+            for start in range(0, batch.num_rows, spec.score.batch_rows):
+                yield batch.slice(start, spec.score.batch_rows)
+
+
+def _image_batch(spec: PipelineSpec, path, item: dict[str, Any]):
+    """One image file as one row: the model's image column, and its path in the folder as the key."""
+    import pyarrow as pa
+
+    images = [f for f, t in spec.feature_kinds.items() if t == "image"]
+    if len(images) != 1 or len(spec.model_features) != 1:
+        raise ScoreError(f"{item['uri']} is an image, but {spec.name}'s model takes {spec.model_features}: an input "
+                         "folder of images is for a model of one image column; put tables (Parquet, CSV) there")  # fmt: skip
+    rel = item["uri"][len(item.get("folder", "").rstrip("/")) + 1 :] if item.get("folder") else path.name
+    key = spec.source.schema_.key or "row"
+    yield pa.RecordBatch.from_pydict({key: [rel], images[0]: [path.read_bytes()]})
+
+
+def _with_image_bytes(spec: PipelineSpec, batch, folder: str | None):
+    """A CSV batch whose image columns hold paths, with the files' bytes instead (None where a file is
+    missing: the row is quarantined with the encoder's reason)."""
+    import pyarrow as pa
+
+    from freestack.storage import join, to_path
+
+    for name in [f for f, t in spec.feature_kinds.items() if t == "image" and f in batch.schema.names]:
+        paths = batch.column(name).to_pylist()
+        data = []
+        for rel in paths:
+            try:
+                data.append(join(to_path(folder), rel).read_bytes() if rel and folder else None)
+            except (FileNotFoundError, IsADirectoryError, ValueError):
+                data.append(None)
+        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(data, pa.binary()))
+    return batch
 
 
 def _quarantine_schema(input_schema: pa.Schema) -> pa.Schema:
