@@ -10,8 +10,10 @@
       max_error_fraction: null      # rows that do not encode are quarantined; above this fraction: fail
       monitor: true                 # a sample of each day to the request log: <p>_monitor judges it
 
-A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``): every Parquet file
-in it is one interval's rows, with the model's feature columns and the key. No Airflow, no heavy imports:
+A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``, or the pipeline's own
+landing folder): its Parquet and CSV files are the day's rows, with the model's feature columns and the key
+(a CSV's image column holds paths under the folder), or, with no table in it, its images at any depth are
+one row each (for a model of one image column). No Airflow, no heavy imports:
 validated when the spec is read (DAG parse time).
 """
 
@@ -33,7 +35,7 @@ class ScoreSpec(SpecModel):
                           description="The score DAG's schedule (a cron or a preset): one data interval per run.")  # fmt: skip
     input: str = Field(default="lake", description="What to score: lake (this pipeline's lake partitions), "
                        "lake:<pipeline> (another pipeline's, with the same feature columns), or a folder URI "
-                       "template with {ds} holding Parquet files")  # fmt: skip
+                       "template with {ds} holding Parquet or CSV files, or images")  # fmt: skip
     version: str = Field(default="production", min_length=1, max_length=200,
                          description="An alias (resolved when the run starts; the run records the version) or a "
                                      "registered version name")  # fmt: skip
