@@ -9,8 +9,9 @@
 4. tables with text and images, and an image folder, served on raw values;
 5. a pretrained Hub model (the local Hub stand-in's tiny BERT) fine-tuned with LoRA: a hyperband sweep
    over LoRA's rank and the learning rate, the gate, the registry and a served prediction on raw text;
-6. batch scoring (within 4 and 5): the category/text/image table, the image folder and the fine-tuned
-   text model score their lakes through `<p>_score`, backfilled with `freestack backfill --dag score`.
+6. batch scoring (within 4 and 5): the category/text/image table and the image folder score their lakes,
+   the fine-tuned text model its landing folder's CSVs, through `<p>_score`, backfilled with
+   `freestack backfill --dag score`.
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -84,7 +85,9 @@ def stack(tmp_path_factory):
             "score": {"schedule": "@daily", "batch_rows": 16}}, sort_keys=False))  # fmt: skip
     # a pretrained Hub model fine-tuned with LoRA and swept with hyperband (test 5), from the Hub stand-in
     hub = _start_hub(base)
-    (specs / "reviews.yaml").write_text(yaml.safe_dump(_reviews_spec(free_port_block()), sort_keys=False))
+    reviews = _reviews_spec(free_port_block())  # scores its landing folder (CSV) as it comes, not its lake
+    reviews["score"]["input"] = f"file://{base / 'storage' / 'landing' / 'reviews'}/{{ds}}/"
+    (specs / "reviews.yaml").write_text(yaml.safe_dump(reviews, sort_keys=False))
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
     saved = os.environ.get("HF_ENDPOINT")
@@ -410,7 +413,7 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
         code, body = http_json(rec["predict_url"], {"strData": "great item, it works and i recommend it"})
         assert code == 200, body
         assert body["data"]["names"] == ["neg", "pos"], body
-        # the fine-tuned model scores the three days of reviews through reviews_score
+        # the fine-tuned model scores the three days' landing CSVs through reviews_score
         scored = _score_backfill(stack, "reviews", "2026-11-01", "2026-11-03")
         assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02", "2026-11-03"]
         for table, manifest in scored:
