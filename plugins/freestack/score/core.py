@@ -26,7 +26,6 @@ import numpy as np
 from freestack.errors import FreestackError
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
@@ -167,24 +166,80 @@ class LoadedVersion:
         except (EvaluationError, OSError, ValueError, KeyError) as exc:
             raise ScoreError(f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or "
                              "retrain") from None  # fmt: skip
+        import pyarrow as pa
+
         self.uri = uri
         self.device = resolve_device(device)  # a GPU worker (score.queue) scores on its GPU, as training does
         self.model.to(self.device).eval()
+        self.classes = pa.array(self.pre.classes) if self.classification else None
 
     @property
     def classification(self) -> bool:
         return self.pre.task == "classification"
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Class probabilities ``[rows, classes]`` or values ``[rows]`` of ``frame``'s rows."""
+    def encode(self, batch: pa.RecordBatch) -> tuple[Any, np.ndarray, dict[int, str]]:
+        """(the model's inputs for the rows of ``batch`` that encode, those rows' positions, the other
+        rows' reasons), each row encoded once: a numbers-only version's float32 matrix straight from the
+        Arrow columns; a version with an encoder (category, text, image) through its preprocessing, a
+        batch it refuses tried row by row to find the rows at fault."""
+        bad = _missing_numbers(self.pre.numeric, batch)
+        good = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad))) if bad else np.arange(batch.num_rows)
+        if self.pre.encoder is None:
+            try:
+                return _matrix(batch.take(good) if bad else batch, self.pre.numeric), good, bad
+            except (TypeError, ValueError):  # not numbers (a text in a number column): tried row by row below
+                pass
+        frame = (batch.take(good) if bad else batch).to_pandas()
+        try:
+            return self.pre.inputs(frame), good, bad
+        except (ValueError, TypeError, KeyError):
+            pass
+        refused = {}
+        for k, i in enumerate(good.tolist()):
+            try:
+                self.pre.inputs(frame.iloc[k : k + 1])
+            except (ValueError, TypeError, KeyError) as exc:
+                refused[i] = str(exc)[:500]
+        kept = np.array([k for k, i in enumerate(good.tolist()) if i not in refused], dtype=int)
+        inputs = self.pre.inputs(frame.iloc[kept]) if len(kept) else None
+        return inputs, good[kept], {**bad, **refused}
+
+    def forward(self, inputs: Any) -> np.ndarray:
+        """Class probabilities ``[rows, classes]`` or values ``[rows]`` of encoded rows."""
         import torch
 
         from freestack.ml.loop import to_tensors
 
         with torch.no_grad():
-            x = to_tensors(self.pre.inputs(frame), self.device)
+            x = to_tensors(inputs, self.device)
             out = self.model.predict_proba(x) if self.classification else self.model.predict(x)
         return out.cpu().numpy()
+
+
+def _missing_numbers(numeric: list[str], batch: pa.RecordBatch) -> dict[int, str]:
+    """Rows (by position) with no value (null, NaN) in a numeric feature, and which."""
+    import pyarrow.compute as pc
+
+    cols = [c for c in numeric if c in batch.schema.names]
+    if not cols or not any(batch.column(c).null_count or _is_float(batch.column(c)) for c in cols):
+        return {}
+    missing = np.column_stack([pc.is_null(batch.column(c), nan_is_null=True).to_numpy(zero_copy_only=False) for c in cols])
+    return {int(i): f"no value in {[c for c, m in zip(cols, missing[i], strict=True) if m][:5]}"
+            for i in np.flatnonzero(missing.any(axis=1))}  # fmt: skip
+
+
+def _is_float(column: pa.Array) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(column.type)
+
+
+def _matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
+    """The numeric feature columns as one float32 matrix (what ``Preprocessing.inputs`` gives)."""
+    x = np.empty((batch.num_rows, len(columns)), np.float32)
+    for j, c in enumerate(columns):
+        x[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
+    return x
 
 
 def load_version(uri: str, device: str = "auto") -> LoadedVersion:
@@ -222,30 +277,6 @@ def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> set[str]:
 # one day
 
 
-def bad_rows(model: LoadedVersion, frame: pd.DataFrame) -> dict[int, str]:
-    """Rows of ``frame`` (by position) that cannot be scored, with the reason: a missing value in a
-    numeric feature, or a value its encoder refuses (each such row is tried alone)."""
-    numeric = [c for c in model.pre.numeric if c in frame.columns]
-    reasons: dict[int, str] = {}
-    if numeric:
-        missing = frame[numeric].isna().to_numpy()
-        for i in np.flatnonzero(missing.any(axis=1)):
-            reasons[int(i)] = f"no value in {[c for c, m in zip(numeric, missing[i], strict=True) if m][:5]}"
-    try:
-        model.pre.inputs(frame.drop(frame.index[list(reasons)]) if reasons else frame)
-        return reasons
-    except (ValueError, TypeError, KeyError) as exc:
-        if len(frame) == 1:
-            return {0: str(exc)[:500]}
-    for i in range(len(frame)):
-        if i not in reasons:
-            try:
-                model.pre.inputs(frame.iloc[i : i + 1])
-            except (ValueError, TypeError, KeyError) as exc:
-                reasons[i] = str(exc)[:500]
-    return reasons
-
-
 def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataType) -> pa.Schema:
     import pyarrow as pa
 
@@ -265,21 +296,21 @@ def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataTy
     return pa.schema(fields, metadata=meta)
 
 
-def _scores(spec: PipelineSpec, model: LoadedVersion, frame: pd.DataFrame, out: np.ndarray, keys: pa.Array,
-            ds: str, version: str, at: datetime, schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
+def _scores(model: LoadedVersion, out: np.ndarray, keys: pa.Array, ds: str, version: str, at: datetime,
+            schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
     import pyarrow as pa
 
-    cols: dict[str, Any] = {schema.names[0]: keys, "ds": pa.array([ds] * len(frame))}
+    n = len(keys)
+    cols: dict[str, Any] = {schema.names[0]: keys, "ds": pa.repeat(ds, n)}
     if model.classification:
         if "prediction" in schema.names:
-            cols["prediction"] = pa.array([model.pre.classes[i] for i in out.argmax(axis=1)], schema.field("prediction").type)
+            cols["prediction"] = model.classes.take(pa.array(out.argmax(axis=1)))
         if "probabilities" in schema.names:
-            flat = pa.array(out.astype(np.float32).reshape(-1))
-            cols["probabilities"] = pa.FixedSizeListArray.from_arrays(flat, out.shape[1])
+            cols["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(out.astype(np.float32).reshape(-1)), out.shape[1])
     else:
         cols["prediction"] = pa.array(out.astype(np.float64).reshape(-1))
-    cols["version"] = pa.array([version] * len(frame))
-    cols["scored_at"] = pa.array([at] * len(frame), pa.timestamp("us", tz="UTC"))
+    cols["version"] = pa.repeat(version, n)
+    cols["scored_at"] = pa.repeat(pa.scalar(at, pa.timestamp("us", tz="UTC")), n)
     return pa.RecordBatch.from_pydict(cols, schema=schema)
 
 
@@ -287,8 +318,16 @@ class _Counts:
     def __init__(self) -> None:
         self.rows_in = self.rows_scored = self.rows_quarantined = 0
         self.per_input: list[dict[str, Any]] = []
-        self.predictions: dict[str, float] = {}
+        self.class_rows: np.ndarray | None = None  # rows predicted per class
+        self.values = {"count": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}  # a regression's
         self.sample: list[tuple[datetime, str, Any, np.ndarray]] = []  # for the monitor: a few rows a batch
+
+    def predictions(self, model: LoadedVersion) -> dict[str, float]:
+        """The day's distribution of predictions: rows per class, or a regression's count, sum, min, max."""
+        if not model.classification:
+            return self.values if self.values["count"] else {}
+        rows = self.class_rows if self.class_rows is not None else []
+        return {str(c): int(k) for c, k in zip(model.pre.classes, rows, strict=False) if k}
 
 
 def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
@@ -334,27 +373,24 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
     try:
         for item in job["inputs"]:
             before = counts.rows_in
-            for frame, keys, input_schema in _batches(spec, item):
+            for batch, keys in _batches(spec, item):
                 if writer is None:
                     schema = _output_schema(spec, model, keys.type)
                     writer = pq.ParquetWriter(part_w, schema, compression="zstd")
-                bad = bad_rows(model, frame)
+                inputs, good, bad = model.encode(batch)
                 if bad:
-                    quar = quar or pq.ParquetWriter(quar_w, _quarantine_schema(input_schema), compression="zstd")
-                    quar.write_table(_quarantined(frame, bad, input_schema))
-                counts.rows_in += len(frame)
+                    quar = quar or pq.ParquetWriter(quar_w, _quarantine_schema(batch.schema), compression="zstd")
+                    quar.write_table(_quarantined(batch, bad))
+                counts.rows_in += batch.num_rows
                 counts.rows_quarantined += len(bad)
-                good = [i for i in range(len(frame)) if i not in bad]
-                if good:
-                    sub = frame.iloc[good] if bad else frame
-                    out = model.predict(sub)
-                    batch = _scores(spec, model, sub, out, keys.take(good) if bad else keys, job["ds"],
-                                    job["version"], at, schema)  # fmt: skip
-                    writer.write_batch(batch)
+                if len(good):
+                    out = model.forward(inputs)
+                    writer.write_batch(_scores(model, out, keys.take(good) if bad else keys, job["ds"], job["version"],
+                                               at, schema))  # fmt: skip
                     counts.rows_scored += len(good)
-                    _tally(counts, batch)
+                    _tally(counts, model, out)
                     if spec.score.monitor:
-                        _keep_sample(counts, model, sub, out, job["ds"])
+                        _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
             counts.per_input.append({**item, "rows": counts.rows_in - before})
         _check_errors(spec, job, counts)
         if writer is None:
@@ -370,7 +406,7 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
 
 
 def _batches(spec: PipelineSpec, item: dict[str, Any]):
-    """(frame, keys, the rows' schema) per record batch of an input file; the file's bytes must be the
+    """(batch, keys) per record batch of an input file; the file's bytes must be the
     ones planned (its sha256 is checked first). A CSV's columns are read as the spec declares them, and
     an image column holding paths gets the files' bytes (relative to the input folder); an image file is
     one row of the model's one image column, its path the key."""
@@ -386,12 +422,12 @@ def _batches(spec: PipelineSpec, item: dict[str, Any]):
     for batch in reader(spec, path, item):
         batch = _with_image_bytes(spec, batch, item.get("folder")) if kind == "csv" else batch
         key = spec.source.schema_.key
-        keys = batch.column(key) if key and key in batch.schema.names else pa_range(offset, batch.num_rows)
+        keys = batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
         offset += batch.num_rows
-        yield batch.to_pandas(), keys, batch.schema
+        yield batch, keys
 
 
-def pa_range(start: int, n: int):
+def _row_numbers(start: int, n: int):
     import pyarrow as pa
 
     return pa.array(np.arange(start, start + n))
@@ -458,42 +494,42 @@ def _quarantine_schema(input_schema: pa.Schema) -> pa.Schema:
     return pa.schema([*input_schema, pa.field("reason", pa.string())])
 
 
-def _quarantined(frame: pd.DataFrame, bad: dict[int, str], input_schema: pa.Schema) -> pa.Table:
+def _quarantined(batch: pa.RecordBatch, bad: dict[int, str]) -> pa.Table:
     import pyarrow as pa
 
     rows = sorted(bad)
-    table = pa.Table.from_pandas(frame.iloc[rows], schema=input_schema, preserve_index=False, safe=False)
+    table = pa.Table.from_batches([batch.take(pa.array(rows))])
     return table.append_column("reason", pa.array([bad[i] for i in rows], pa.string()))
 
 
-def _tally(counts: _Counts, batch: pa.RecordBatch) -> None:
-    """The day's distribution of predictions: rows per class, or a regression's count, sum, min, max."""
-    if "prediction" not in batch.schema.names:
+def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray) -> None:
+    if model.classification:
+        rows = np.bincount(out.argmax(axis=1), minlength=out.shape[1])
+        counts.class_rows = rows if counts.class_rows is None else counts.class_rows + rows
         return
-    column = batch.column("prediction")
-    if not column.type.equals("double"):
-        for v in column.to_pylist():
-            counts.predictions[str(v)] = counts.predictions.get(str(v), 0) + 1
-        return
-    values = column.to_numpy(zero_copy_only=False)
-    got = counts.predictions or {"count": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}
-    counts.predictions = {"count": got["count"] + len(values), "sum": got["sum"] + float(values.sum()),
-                          "min": min(got["min"], float(values.min())), "max": max(got["max"], float(values.max()))}  # fmt: skip
+    values, v = out.astype(np.float64).reshape(-1), counts.values
+    counts.values = {"count": v["count"] + len(values), "sum": v["sum"] + float(values.sum()),
+                     "min": min(v["min"], float(values.min())), "max": max(v["max"], float(values.max()))}  # fmt: skip
 
 
 #: rows of each batch kept for the monitor (the request log keeps as many of one request)
 SAMPLE_ROWS = 256
 
 
-def _keep_sample(counts: _Counts, model: LoadedVersion, frame: pd.DataFrame, out: np.ndarray, ds: str) -> None:
-    """Up to SAMPLE_ROWS evenly spaced rows of a batch and their outputs, as the model server logs a
-    request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
-    rows = np.linspace(0, len(frame) - 1, min(len(frame), SAMPLE_ROWS)).astype(int)
-    head = frame.iloc[rows]
-    inputs = head[model.pre.features].to_numpy(np.float32) if model.pre.encoder is None else \
-        {f: head[f].tolist() for f in model.pre.features}  # fmt: skip
+def _keep_sample(counts: _Counts, model: LoadedVersion, batch: pa.RecordBatch, inputs: Any, out: np.ndarray,
+                 ds: str) -> None:  # fmt: skip
+    """Up to SAMPLE_ROWS evenly spaced scored rows of a batch and their outputs, as the model server logs
+    a request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
+    import pyarrow as pa
+
+    rows = np.linspace(0, len(out) - 1, min(len(out), SAMPLE_ROWS)).astype(int)
+    if model.pre.encoder is None:
+        sample = inputs[rows]
+    else:
+        taken = batch.take(pa.array(rows))
+        sample = {f: taken.column(f).to_pylist() for f in model.pre.features}
     at = datetime.fromisoformat(ds).replace(tzinfo=UTC) + timedelta(seconds=len(counts.sample))
-    counts.sample.append((at, f"score-{ds}-{len(counts.sample)}", inputs, out[rows]))
+    counts.sample.append((at, f"score-{ds}-{len(counts.sample)}", sample, out[rows]))
 
 
 def log_sample(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, sample: list) -> str:
@@ -535,7 +571,7 @@ def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: L
         "trained_on": [{"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])],
         "inputs": counts.per_input, "rows_in": counts.rows_in, "rows_scored": counts.rows_scored,
         "rows_quarantined": counts.rows_quarantined, "quarantine": quarantine,
-        "predictions": dict(sorted(counts.predictions.items())), "columns": list(spec.score.columns),
+        "predictions": counts.predictions(model), "columns": list(spec.score.columns),
         "task": model.pre.task, "scored_at": at.isoformat(timespec="seconds"), "run": run or {},
     }  # fmt: skip
 
