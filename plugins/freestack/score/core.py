@@ -182,13 +182,13 @@ class LoadedVersion:
         rows' reasons), each row encoded once: a numbers-only version's float32 matrix straight from the
         Arrow columns; a version with an encoder (category, text, image) through its preprocessing, a
         batch it refuses tried row by row to find the rows at fault."""
-        bad = _missing_numbers(self.pre.numeric, batch)
-        good = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad))) if bad else np.arange(batch.num_rows)
         if self.pre.encoder is None:
             try:
-                return _matrix(batch.take(good) if bad else batch, self.pre.numeric), good, bad
+                return _without_gaps(_matrix(batch, self.pre.numeric), self.pre.numeric)
             except (TypeError, ValueError):  # not numbers (a text in a number column): tried row by row below
                 pass
+        bad = _missing_numbers(self.pre.numeric, batch)
+        good = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad))) if bad else np.arange(batch.num_rows)
         frame = (batch.take(good) if bad else batch).to_pandas()
         try:
             return self.pre.inputs(frame), good, bad
@@ -232,6 +232,17 @@ def _is_float(column: pa.Array) -> bool:
     import pyarrow as pa
 
     return pa.types.is_floating(column.type)
+
+
+def _without_gaps(x: np.ndarray, columns: list[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """:meth:`LoadedVersion.encode` of a numbers matrix: the rows with no value (NaN, a null) set apart."""
+    gaps = np.isnan(x)
+    missing = np.flatnonzero(gaps.any(axis=1))
+    if not len(missing):
+        return x, np.arange(len(x)), {}
+    bad = {int(i): f"no value in {[c for c, m in zip(columns, gaps[i], strict=True) if m][:5]}" for i in missing}
+    good = np.setdiff1d(np.arange(len(x)), missing)
+    return x[good], good, bad
 
 
 def _matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
