@@ -302,8 +302,34 @@ def _ui(r: dict[str, Any], file: str) -> list[Row]:
     ]  # fmt: skip
 
 
+def _score(r: dict[str, Any], file: str) -> list[Row]:
+    """Batch scoring: the score stage's rows/s against a plain pyarrow + torch loop per model, its peak
+    memory on a partition ``scale`` times as large, and a backfill on 2 workers against 1."""
+    s, t, p = r["summary"], r.get("targets") or {}, r.get("params") or {}
+    rows = []
+    names = {"digits": "digits MLP (64 numbers)", "text": "text model (trained tokenizer)"}
+    target = t.get("throughput_ratio_min", 0.9)
+    for model, m in (s.get("throughput") or {}).items():
+        rows.append(Row("score", f"{names.get(model, model)}, {m['rows']:,} rows, rows/s", _n(m["freestack_rows_per_s"]),
+                        f"{_n(m['plain_rows_per_s'])} (plain pyarrow + torch loop)", m["ratio"], f">= {target}",
+                        m["ratio"] >= target))  # fmt: skip
+    rss = s.get("peak_rss")
+    if rss:
+        scale, rss_max = p.get("scale", 10), t.get("peak_rss_ratio_max", 1.3)
+        big, one = rss["freestack_mib"][f"{scale}x"], rss["freestack_mib"]["1x"]
+        rows.append(Row("score", f"partition {scale}x as large ({p.get('rss_rows', 0) * scale:,} rows), peak memory",
+                        _n(big, 0, "MiB"), f"{_n(one, 0, 'MiB')} (the 1x partition)", rss["ratio"], f"<= {rss_max}",
+                        rss["ratio"] <= rss_max, better="lower"))  # fmt: skip
+    for threads, bf in (s.get("backfill_by_threads") or {}).items():
+        each = "torch's default threads" if threads == "default" else f"{threads} torch thread{'s' if threads != '1' else ''}"
+        rows.append(Row("score", f"{bf['days']}-day backfill, 2 workers vs 1 ({each} each), wall time",
+                        _n(bf["two_workers_s"], 1, "s"), f"{_n(bf['one_worker_s'], 1, 's')} (1 worker)", bf["speedup"],
+                        "reported", None))  # fmt: skip
+    return rows
+
+
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
-    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune, "score": _score, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration, "ui": _ui,
 }  # fmt: skip

@@ -1,0 +1,1 @@
+"""Batch scoring benchmark (``python -m bench.score.run``): see bench/README.md."""
