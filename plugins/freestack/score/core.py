@@ -382,9 +382,9 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
 
     counts, at, writer, quar = _Counts(), datetime.now(UTC), None, None
     try:
-        for item in job["inputs"]:
+        for unit in _units(job["inputs"], spec.score.batch_rows):
             before = counts.rows_in
-            for batch, keys in _batches(spec, item):
+            for batch, keys in _batches(spec, unit):
                 if writer is None:
                     schema = _output_schema(spec, model, keys.type)
                     writer = pq.ParquetWriter(part_w, schema, compression="zstd")
@@ -402,7 +402,8 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
                     _tally(counts, model, out)
                     if spec.score.monitor:
                         _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
-            counts.per_input.append({**item, "rows": counts.rows_in - before})
+            rows = counts.rows_in - before
+            counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
         _check_errors(spec, job, counts)
         if writer is None:
             raise ScoreError(f"{job['ds']}: the input files hold no rows ({[i['uri'] for i in job['inputs']]})")
@@ -416,21 +417,31 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
     return counts, manifest
 
 
-def _batches(spec: PipelineSpec, item: dict[str, Any]):
-    """(batch, keys) per record batch of an input file; the file's bytes must be the
-    ones planned (its sha256 is checked first). A CSV's columns are read as the spec declares them, and
-    an image column holding paths gets the files' bytes (relative to the input folder); an image file is
-    one row of the model's one image column, its path the key."""
+def _units(inputs: list[dict[str, Any]], batch_rows: int) -> list[list[dict[str, Any]]]:
+    """The job's inputs as they are read: each table file alone, image files ``batch_rows`` at a time."""
+    images = [i for i in inputs if i.get("kind") == "image"]
+    tables = [[i] for i in inputs if i.get("kind") != "image"]
+    return tables + [images[k : k + batch_rows] for k in range(0, len(images), batch_rows)]
+
+
+def _batches(spec: PipelineSpec, unit: list[dict[str, Any]]):
+    """(batch, keys) per record batch of a unit of input (:func:`_units`); the files' bytes must be the
+    ones planned (each sha256 is checked first). A CSV's columns are read as the spec declares them, and
+    an image column holding paths gets the files' bytes (relative to the input folder); image files are
+    one row each of the model's one image column, their path in the folder the key."""
     from freestack.storage import sha256_of, to_path
 
-    path = to_path(item["uri"])
-    if sha256_of(path) != item["sha256"]:
-        raise ScoreError(f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it was "
-                         "re-ingested or rewritten; clear this run's plan task to score it as it is now")  # fmt: skip
-    kind = item.get("kind", "parquet")
-    reader = {"parquet": _parquet_batches, "csv": _csv_batches, "image": _image_batch}[kind]
+    for item in unit:
+        if sha256_of(to_path(item["uri"])) != item["sha256"]:
+            raise ScoreError(f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it "
+                             "was re-ingested or rewritten; clear this run's plan task to score it as it is now")  # fmt: skip
+    kind, item = unit[0].get("kind", "parquet"), unit[0]
+    if kind == "image":
+        batch = _image_batch(spec, unit)
+        yield batch, batch.column(0)
+        return
     offset = 0
-    for batch in reader(spec, path, item):
+    for batch in (_parquet_batches if kind == "parquet" else _csv_batches)(spec, to_path(item["uri"]), item):
         batch = _with_image_bytes(spec, batch, item.get("folder")) if kind == "csv" else batch
         key = spec.source.schema_.key
         keys = batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
@@ -467,17 +478,19 @@ def _csv_batches(spec: PipelineSpec, path, item: dict[str, Any]):
                 yield batch.slice(start, spec.score.batch_rows)
 
 
-def _image_batch(spec: PipelineSpec, path, item: dict[str, Any]):
-    """One image file as one row: the model's image column, and its path in the folder as the key."""
+def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
+    """Image files as rows: the model's image column, and each file's path in the folder as the key."""
     import pyarrow as pa
+
+    from freestack.storage import to_path
 
     images = [f for f, t in spec.feature_kinds.items() if t == "image"]
     if len(images) != 1 or len(spec.model_features) != 1:
-        raise ScoreError(f"{item['uri']} is an image, but {spec.name}'s model takes {spec.model_features}: an input "
-                         "folder of images is for a model of one image column; put tables (Parquet, CSV) there")  # fmt: skip
-    rel = item["uri"][len(item.get("folder", "").rstrip("/")) + 1 :] if item.get("folder") else path.name
+        raise ScoreError(f"{unit[0]['uri']} is an image, but {spec.name}'s model takes {spec.model_features}: an "
+                         "input folder of images is for a model of one image column; put tables (Parquet, CSV) there")  # fmt: skip
+    rels = [i["uri"][len(i.get("folder", "").rstrip("/")) + 1 :] for i in unit]
     key = spec.source.schema_.key or "row"
-    yield pa.RecordBatch.from_pydict({key: [rel], images[0]: [path.read_bytes()]})
+    return pa.RecordBatch.from_pydict({key: rels, images[0]: [to_path(i["uri"]).read_bytes() for i in unit]})
 
 
 def _with_image_bytes(spec: PipelineSpec, batch, folder: str | None):
