@@ -210,8 +210,9 @@ class LoadedVersion:
 
         from freestack.ml.loop import to_tensors
 
-        with torch.no_grad():
-            x = to_tensors(inputs, self.device)
+        with torch.no_grad():  # the float32 matrix encode() built is this batch's own: no copy of it
+            own = isinstance(inputs, np.ndarray) and inputs.flags.writeable and self.device.type == "cpu"
+            x = torch.from_numpy(inputs) if own else to_tensors(inputs, self.device)
             out = self.model.predict_proba(x) if self.classification else self.model.predict(x)
         return out.cpu().numpy()
 
@@ -307,15 +308,16 @@ def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataTy
     return pa.schema(fields, metadata=meta)
 
 
-def _scores(model: LoadedVersion, out: np.ndarray, keys: pa.Array, ds: str, version: str, at: datetime,
-            schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
+def _scores(model: LoadedVersion, out: np.ndarray, top: np.ndarray | None, keys: pa.Array, ds: str, version: str,
+            at: datetime, schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
+    """The output batch; ``top``: each row's most probable class (classification)."""
     import pyarrow as pa
 
     n = len(keys)
     cols: dict[str, Any] = {schema.names[0]: keys, "ds": pa.repeat(ds, n)}
     if model.classification:
         if "prediction" in schema.names:
-            cols["prediction"] = model.classes.take(pa.array(out.argmax(axis=1)))
+            cols["prediction"] = model.classes.take(pa.array(top))
         if "probabilities" in schema.names:
             cols["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(out.astype(np.float32).reshape(-1)), out.shape[1])
     else:
@@ -396,10 +398,11 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
                 counts.rows_quarantined += len(bad)
                 if len(good):
                     out = model.forward(inputs)
-                    writer.write_batch(_scores(model, out, keys.take(good) if bad else keys, job["ds"], job["version"],
-                                               at, schema))  # fmt: skip
+                    top = out.argmax(axis=1) if model.classification else None
+                    writer.write_batch(_scores(model, out, top, keys.take(good) if bad else keys, job["ds"],
+                                               job["version"], at, schema))  # fmt: skip
                     counts.rows_scored += len(good)
-                    _tally(counts, model, out)
+                    _tally(counts, model, out, top)
                     if spec.score.monitor:
                         _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
             rows = counts.rows_in - before
@@ -526,9 +529,9 @@ def _quarantined(batch: pa.RecordBatch, bad: dict[int, str]) -> pa.Table:
     return table.append_column("reason", pa.array([bad[i] for i in rows], pa.string()))
 
 
-def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray) -> None:
+def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray, top: np.ndarray | None) -> None:
     if model.classification:
-        rows = np.bincount(out.argmax(axis=1), minlength=out.shape[1])
+        rows = np.bincount(top, minlength=out.shape[1])
         counts.class_rows = rows if counts.class_rows is None else counts.class_rows + rows
         return
     values, v = out.astype(np.float64).reshape(-1), counts.values
