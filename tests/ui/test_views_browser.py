@@ -229,3 +229,26 @@ def test_a_viewer_reads_but_may_not_promote(demo, sandbox, browser):
                                form={"alias": "production"}, headers={"Origin": sandbox.url})  # fmt: skip
     assert posted.status == 403
     _shot(page, "09-viewer-refused")
+
+
+def test_the_scores_page_shows_a_day_the_production_model_scored(demo, sandbox, browser):
+    """The score stage (in-process, on the sandbox's storage) scores the demo's newest lake day with
+    production; the Scores page shows that day: its version, its rows, a bar per predicted digit."""
+    from datetime import UTC, datetime, timedelta
+
+    from freestack.score.core import plan, score
+    from freestack.spec import load_spec
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    spec = spec.model_copy(update={"storage_root": sandbox.storage.as_uri()})
+    ds = max(p.name[3:] for p in (sandbox.storage / "lake" / "digits").glob("ds=*"))
+    start = datetime.fromisoformat(ds).replace(tzinfo=UTC)
+    got = plan(spec, start, start + timedelta(days=1))
+    manifest = score(spec, got["jobs"][0], {"dag_id": "digits_score", "run_id": "browser-test"})
+    page = _login(browser, sandbox, "admin")
+    page.goto(f"{sandbox.url}/freestack/ui/scores/digits")
+    row = page.locator(f"tr#ds-{ds}")
+    assert row.locator("a.version").inner_text() == got["version"]
+    assert row.locator("td.num").first.inner_text() == str(manifest["rows_scored"])
+    assert row.locator(".dist .bar").count() == len(manifest["predictions"])
+    _shot(page, "50-scores")

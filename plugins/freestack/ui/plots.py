@@ -242,6 +242,8 @@ def importance_chart(page: SweepPage) -> str:
 
 #: drift lines shown at first (the largest PSI); the others are a click on their legend entry away
 SHOWN_SERIES = 8
+#: classes the predictions-over-days chart draws one by one (the rest as "other"), as the Scores table does
+SHOWN_CLASSES = 12
 
 
 def drift_over_time(page: MonitoringPage) -> str | None:
@@ -275,7 +277,7 @@ def drift_over_time(page: MonitoringPage) -> str | None:
 
 def predictions_over_days(page: ScoresPage) -> str | None:
     """The predictions of the page's days (oldest first): each class's share of a day's rows, stacked (the
-    :data:`SHOWN_SERIES` most predicted classes, the rest as "other"), or a regression's mean with its min
+    :data:`SHOWN_CLASSES` most predicted classes, the rest as "other"), or a regression's mean with its min
     and max. None when no day of the page can be drawn."""
     days = [d for d in page.days[::-1] if d.problem is None and (d.classes or d.values)]
     if not days:
@@ -290,12 +292,12 @@ def predictions_over_days(page: ScoresPage) -> str | None:
 
 
 def _class_bars(days: list[ScoredDay]) -> list[dict[str, Any]]:
-    """One bar trace per class (in label order), the classes past :data:`SHOWN_SERIES` as one "other"."""
+    """One bar trace per class (in label order), the classes past :data:`SHOWN_CLASSES` as one "other"."""
     total: dict[str, int] = {}
     for d in days:
         for c in d.classes:
             total[c.label] = total.get(c.label, 0) + c.rows
-    top = set(sorted(total, key=lambda label: -total[label])[:SHOWN_SERIES])
+    top = set(sorted(total, key=lambda label: -total[label])[:SHOWN_CLASSES])
     shares = [{c.label: c.share for c in d.classes} for d in days]
     groups = [(label, [s.get(label, 0.0) for s in shares]) for label in total if label in top]
     if len(total) > len(top):

@@ -122,7 +122,7 @@ def test_pages_read_only_their_days(scored):
 
 def test_many_classes_show_the_most_predicted_and_the_chart_stacks_shares(storage):
     from freestack.ui import catalog
-    from freestack.ui.plots import SHOWN_SERIES, predictions_over_days
+    from freestack.ui.plots import SHOWN_CLASSES, predictions_over_days
 
     counts = {str(k): k + 1 for k in range(20)}
     _write_day(storage, _manifest("digits", "2026-11-01", V1, counts))
@@ -132,7 +132,7 @@ def test_many_classes_show_the_most_predicted_and_the_chart_stacks_shares(storag
     assert [c.label for c in shown] == [str(k) for k in range(8, 20)]  # the 12 most predicted, "9" before "10"
     fig = json.loads(predictions_over_days(page))
     bars = {d["name"]: d for d in fig["data"]}
-    assert len(bars) == SHOWN_SERIES + 1 and bars["19"]["x"] == ["2026-11-01", "2026-11-02"]  # oldest first
+    assert len(bars) == SHOWN_CLASSES + 1 and bars["19"]["x"] == ["2026-11-01", "2026-11-02"]  # oldest first
     assert bars["19"]["y"] == [pytest.approx(20 / 210, abs=1e-4), 0.75] and bars["other"]["y"][1] == pytest.approx(0.25)
     assert fig["layout"]["barmode"] == "stack" and "figure" not in page.model_dump(mode="json")
 
