@@ -133,7 +133,8 @@ def test_many_classes_show_the_most_predicted_and_the_chart_stacks_shares(storag
     fig = json.loads(predictions_over_days(page))
     bars = {d["name"]: d for d in fig["data"]}
     assert len(bars) == SHOWN_CLASSES + 1 and bars["19"]["x"] == ["2026-11-01", "2026-11-02"]  # oldest first
-    assert bars["19"]["y"] == [pytest.approx(20 / 210, abs=1e-4), 0.75] and bars["other"]["y"][1] == pytest.approx(0.25)
+    assert bars["19"]["y"] == [pytest.approx(20 / 210, abs=1e-4), 0.75] and bars["0"]["y"][1] == pytest.approx(0.25)
+    assert bars["other"]["y"] == [pytest.approx(sum(range(2, 10)) / 210, abs=1e-4), 0]  # "1".."8": the least predicted
     assert fig["layout"]["barmode"] == "stack" and "figure" not in page.model_dump(mode="json")
 
 
