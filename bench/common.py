@@ -35,6 +35,16 @@ def peak_rss_mib() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / (1 << 20)
 
 
+def busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores; /proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
 def host() -> dict[str, Any]:
     """CPU model, usable cores, memory, Python and platform; each benchmark adds its libraries."""
     cpu = platform.processor() or platform.machine()

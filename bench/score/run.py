@@ -50,6 +50,7 @@ from typing import Any
 from bench.common import (
     REPO,
     add_child_options,
+    busy_cpu_s,
     experiment_flags,
     host,
     install_patch,
@@ -279,23 +280,13 @@ def _arms(work: Path, model: str, ds: str):
     return {"freestack": freestack, "plain": plain}, job
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
 def _timed(fn) -> dict[str, Any]:
     """Rows, wall and CPU seconds of ``fn()``; ``others_busy_fraction``: the share of the cores other
     processes kept busy meanwhile (the machine's busy CPU from /proc/stat minus this process's)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    busy0, t0, c0 = _busy_cpu_s(), time.perf_counter(), time.process_time()
+    busy0, t0, c0 = busy_cpu_s(), time.perf_counter(), time.process_time()
     rows = fn()
-    wall, cpu, busy1 = time.perf_counter() - t0, time.process_time() - c0, _busy_cpu_s()
+    wall, cpu, busy1 = time.perf_counter() - t0, time.process_time() - c0, busy_cpu_s()
     out = {"rows": rows, "wall_s": round(wall, 4), "cpu_s": round(cpu, 3), "rows_per_s": round(rows / wall, 1),
            "loadavg_1m": load}  # fmt: skip
     if busy0 is not None and busy1 is not None:

@@ -52,6 +52,7 @@ from bench.common import (
     REPO,
     add_child_options,
     add_modes,
+    busy_cpu_s,
     chosen_modes,
     experiment_flags,
     host,
@@ -380,16 +381,6 @@ def machine(device: str) -> dict[str, Any]:
     return out
 
 
-def _busy_cpu_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
 def _children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -427,12 +418,12 @@ def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[st
             "--threads", str(ctx["threads"]), "--device", ctx["device"]]  # fmt: skip
     if mode != "baseline":
         argv += experiment_flags(ctx["profile"], ctx["patch"])
-    busy0, child0 = _busy_cpu_s(), _children_cpu_s()
+    busy0, child0 = busy_cpu_s(), _children_cpu_s()
     sample = {"mode": mode, **run_child("bench.train.run", argv, timeout=timeout,
                                         echo_stderr=bool(ctx["profile"] or ctx["patch"]))}  # fmt: skip
     if "error" in sample:
         return sample
-    busy1, child1 = _busy_cpu_s(), _children_cpu_s()
+    busy1, child1 = busy_cpu_s(), _children_cpu_s()
     elapsed = sample["process_s"]
     # other work on the machine while the child ran: CPU seconds the machine was busy minus the child's
     # own, as a fraction of the cores' capacity. torch's OpenMP threads wait for each other at every
