@@ -46,13 +46,14 @@ def raise_spec_errors(directory: str | Path | None = None) -> None:
         raise _combined(broken)
 
 
-def _schedule(spec: PipelineSpec):
-    if spec.schedule is None:
+def _schedule(schedule: str | None):
+    """A spec's schedule (the ingest DAG's, or a block's) as Airflow's."""
+    if schedule is None:
         return None
-    if spec.schedule.startswith("@") and spec.schedule in ("@once", "@continuous"):
-        return spec.schedule
+    if schedule in ("@once", "@continuous"):
+        return schedule
     # classic data intervals: the run for day D starts once D has ended, and {{ ds }} is D
-    return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+    return CronDataIntervalTimetable(schedule, timezone="UTC")
 
 
 def _start(spec: PipelineSpec) -> datetime:
@@ -77,7 +78,7 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     with DAG(
         dag_id=f"{spec.name}_ingest",
         description=f"Ingest landing files of {spec.name} into the lake" + (f": {spec.description}" if spec.description else ""),
-        schedule=_schedule(spec),
+        schedule=_schedule(spec.schedule),
         catchup=spec.catchup,
         max_active_runs=spec.max_active_runs,
         doc_md=(
@@ -383,7 +384,7 @@ def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     with DAG(
         dag_id=f"{spec.name}_monitor",
         description=f"Judge {spec.model_name}'s request log for drift, interval by interval",
-        schedule=_schedule(spec.model_copy(update={"schedule": m.schedule})),
+        schedule=_schedule(m.schedule),
         catchup=False,
         max_active_runs=4,
         doc_md=(
@@ -416,7 +417,7 @@ def score_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     with DAG(
         dag_id=f"{spec.name}_score",
         description=f"Score {sc.input} with {spec.model_name}@{sc.version}, interval by interval",
-        schedule=_schedule(spec.model_copy(update={"schedule": sc.schedule})),
+        schedule=_schedule(sc.schedule),
         catchup=False,
         max_active_runs=spec.max_active_runs,
         doc_md=(
