@@ -344,6 +344,13 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         raise SpecError(str(p), None, "file not found") from None
     except UnicodeDecodeError as exc:
         raise SpecError(str(p), None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return spec_from_text(text, p)
+
+
+def spec_from_text(text: str, path: str | os.PathLike) -> PipelineSpec:
+    """The spec whose file ``path`` holds ``text`` (a process that got the text, not the file: a rank of a
+    distributed training on another machine)."""
+    p = Path(path)
     try:
         # libyaml's parser where PyYAML was built with it: far faster, and a DAG parse loads every spec
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
@@ -353,7 +360,7 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(str(p), None, f"invalid YAML at {where}: {problem}") from None
     spec = parse_spec(data, str(p))
-    spec._file_sha256 = hashlib.sha256(raw).hexdigest()
+    spec._file_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return spec
 
 

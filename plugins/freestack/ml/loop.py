@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, unpack
+from freestack.ml.distributed import Ranks
 from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
 from freestack.ml.schedule import lr_factor
 from freestack.ml.stream import BatchSource, InMemory
@@ -57,6 +58,7 @@ class TrainResult:
     amp: str | None = None
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
+    world_size: int = 1  # data-parallel ranks (freestack.ml.distributed)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the model and the per-epoch history (which is saved on its own)."""
@@ -229,9 +231,12 @@ class EarlyStopping:
 
 @dataclass
 class _Run:
-    """What one ``fit`` call works with."""
+    """What one ``fit`` call works with: ``net`` is the model the steps run through (``model`` under DDP
+    on a data-parallel rank, else ``model`` itself)."""
 
     model: nn.Module
+    net: nn.Module
+    ranks: Ranks | None
     config: TrainConfig
     task: str
     device: torch.device
@@ -255,8 +260,10 @@ def _loss_fn(model: nn.Module, task: str):
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
-def _setup(model: nn.Module, n: int, config: TrainConfig, task: str) -> _Run:
+def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Ranks | None = None) -> _Run:
     device = resolve_device(config.device)
+    if ranks is not None and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
     _seed_all(config.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -273,9 +280,11 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str) -> _Run:
             return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     amp = str(precision.amp_dtype) if precision.amp_dtype else None
-    result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp)
+    result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp,
+                         world_size=ranks.world if ranks is not None else 1)  # fmt: skip
     return _Run(
-        model=model, config=config, task=task, device=device, precision=precision, grads=grads,
+        model=model, net=ranks.wrap(model) if ranks is not None else model, ranks=ranks,
+        config=config, task=task, device=device, precision=precision, grads=grads,
         new_optimizer=new_optimizer, opt=new_optimizer(),
         loss_fn=_loss_fn(model, task), n=n,
         steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience),
@@ -317,28 +326,72 @@ def _config_record(config: TrainConfig) -> dict[str, Any]:
 
 def _train_epoch(run: _Run, source: BatchSource, epoch: int) -> tuple[float, float]:
     """One pass over the training split in a seeded order; (mean training loss, the last learning rate).
-    With ``grad_accumulation`` k, the gradients of k batches (each loss divided by k) make one step."""
+    With ``grad_accumulation`` k, the gradients of k batches (each loss divided by k) make one step.
+
+    On a data-parallel rank each batch is the rank's share of a global batch; the loss is weighted by
+    that share so that DDP's average is the global batch's mean gradient, as one process would compute."""
     config, model = run.config, run.model
     model.train()
     torch.manual_seed(config.seed + epoch)  # dropout: the same masks on a resumed run
     running = torch.zeros((), device=run.device)
+    rows = 0
     total_steps = run.steps_per_epoch * config.epochs
     warmup_steps = run.steps_per_epoch * config.warmup_epochs
     step = (epoch - 1) * run.steps_per_epoch
     k = max(1, config.grad_accumulation)
     lr = config.learning_rate
-    for i, (xb, yb) in enumerate(source.epoch(epoch, config.batch_size, config.seed, run.device)):
+    for i, (xb, yb) in enumerate(_batches(run, source, epoch)):
         if i % k == 0:
             run.grads.zero_()
-        with run.precision.autocast():
-            loss = run.loss_fn(model(xb), yb)
-        _backward(run, loss / k if k > 1 else loss)
-        if (i + 1) % k == 0 or i + 1 == run.steps_per_epoch:
+        last = (i + 1) % k == 0 or i + 1 == run.steps_per_epoch
+        with _no_sync(run, last):
+            with run.precision.autocast():
+                loss = run.loss_fn(run.net(xb), yb)
+            weight = _share(run, source, i, len(yb)) / k
+            _backward(run, loss * weight if weight != 1.0 else loss)
+        if last:
             lr = config.learning_rate * lr_factor(step, total_steps, warmup_steps, config.scheduler)
             _step(run, lr)
         running += loss.detach() * len(yb)
+        rows += len(yb)
         step += 1
+    if run.ranks is not None:
+        total, rows = run.ranks.all_sum([float(running), float(rows)], run.device)
+        return total / max(rows, 1), lr
     return float(running) / run.n, lr
+
+
+def _batches(run: _Run, source: BatchSource, epoch: int):
+    """The epoch's batches. A rank's streamed share may end a batch before another's: the ranks agree on
+    each step (one small all-reduce) and stop together at the first rank's end."""
+    batches = source.epoch(epoch, run.config.batch_size, run.config.seed, run.device)
+    if run.ranks is None or isinstance(source, InMemory):
+        yield from batches
+        return
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        have = torch.tensor([0 if batch is None else 1], dtype=torch.int32, device=run.device)
+        torch.distributed.all_reduce(have, op=torch.distributed.ReduceOp.MIN)
+        if batch is None or not have.item():
+            return
+        yield batch
+
+
+def _share(run: _Run, source: BatchSource, i: int, rows: int) -> float:
+    """The weight of batch ``i``'s mean loss: 1 in one process; on a rank of an in-memory split its rows x
+    ranks / the global batch's rows (ranks' shares differ by a row when the batch does not divide)."""
+    if run.ranks is None or not isinstance(source, InMemory):
+        return 1.0
+    batch = run.config.batch_size
+    return rows * run.ranks.world / min(batch, source.n - i * batch)
+
+
+def _no_sync(run: _Run, last: bool):
+    """DDP's ``no_sync`` on the batches that only accumulate (their gradients are averaged with the last's)."""
+    if run.ranks is None or last:
+        return contextlib.nullcontext()
+    return run.net.no_sync()
 
 
 def _backward(run: _Run, loss: torch.Tensor) -> None:
@@ -375,6 +428,10 @@ def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
 
 def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float) -> None:
     config, result = run.config, run.result
+    if f"val_{result.metric}" not in row:  # a rank other than 0: its share of the epoch
+        log.info("epoch %d/%d  train_loss %.4f (all ranks)  lr %.2e  %s samples/s (all ranks)", epoch, config.epochs,
+                 row["train_loss"], row["lr"], f"{row['samples_per_s']:,.0f}")  # fmt: skip
+        return
     stop = {
         None: "",
         "patience": f"  (early stop: no improvement in {config.patience} epochs)",
@@ -402,14 +459,19 @@ def fit(
     task: str,
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on arrays held in memory (:func:`fit_source` with :class:`InMemory`)."""
     if rows_of(x_train) == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
     device = resolve_device(config.device)
+    if ranks is not None and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
     train = InMemory(to_tensors(x_train, device), torch.tensor(y_train, device=device))
+    if ranks is not None:
+        train = train.shard(ranks.rank, ranks.world)
     val = InMemory(to_tensors(x_val, device), torch.tensor(y_val, device=device))
-    return fit_source(model, train, val, config, task=task, checkpoints=checkpoints, on_epoch=on_epoch)
+    return fit_source(model, train, val, config, task=task, checkpoints=checkpoints, on_epoch=on_epoch, ranks=ranks)
 
 
 def fit_source(
@@ -421,16 +483,21 @@ def fit_source(
     task: str,
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; return it with the best validation weights loaded. ``train`` and ``val``
     are in memory or streamed (:mod:`freestack.ml.stream`).
 
     ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
     sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
+
+    ``ranks``: this process is one rank of a data-parallel training (:mod:`freestack.ml.distributed`);
+    ``train`` is its shard (``InMemory.shard``, ``Streamed.shard``). Rank 0 alone validates, checkpoints
+    and calls ``on_epoch``; its stop decision reaches every rank. Every rank resumes from the checkpoint.
     """
     if train.n == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
-    run = _setup(model, train.n, config, task)
+    run = _setup(model, train.n, config, task, ranks)
     result = run.result
     start_epoch = _resume(run, checkpoints) if checkpoints is not None else 1
     epoch_seconds: list[float] = []
@@ -440,22 +507,33 @@ def fit_source(
         t0 = time.perf_counter()
         train_loss, lr = _train_epoch(run, train, epoch)
         train_seconds = time.perf_counter() - t0
-        val_metrics = _validate(run, val)
-        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val_metrics.items()}, "lr": lr,
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
                "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0}  # fmt: skip
-        run.stopping.update(result, model, epoch, val_metrics[result.metric])
-        result.history.append(row)
-        if run.stopping.exhausted() and epoch < config.epochs:
-            result.stopped_early, result.stop_reason = True, "patience"
-        if on_epoch is not None and on_epoch(row) and epoch < config.epochs:
-            result.stopped_early, result.stop_reason = True, "requested"
-        if checkpoints is not None:
-            _checkpoint(run, checkpoints, epoch)
+        if ranks is None or ranks.main:
+            _judge(run, val, row, on_epoch)
+            if checkpoints is not None:
+                _checkpoint(run, checkpoints, epoch)
+        if ranks is not None:
+            result.stopped_early = ranks.decide(result.stopped_early, run.device)
         epoch_seconds.append(time.perf_counter() - t0)
         result.train_seconds += train_seconds
         _log_epoch(run, row, epoch, (config.epochs - epoch) * (sum(epoch_seconds) / len(epoch_seconds)))
     _finish(run, start_epoch)
     return result
+
+
+def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None:
+    """The epoch's validation metrics into ``row`` and the history, and whether to stop (patience, or
+    ``on_epoch``'s request)."""
+    result, config, epoch = run.result, run.config, int(row["epoch"])
+    val_metrics = _validate(run, val)
+    row.update({f"val_{k}": v for k, v in val_metrics.items()})
+    run.stopping.update(result, run.model, epoch, val_metrics[result.metric])
+    result.history.append(row)
+    if run.stopping.exhausted() and epoch < config.epochs:
+        result.stopped_early, result.stop_reason = True, "patience"
+    if on_epoch is not None and on_epoch(row) and epoch < config.epochs:
+        result.stopped_early, result.stop_reason = True, "requested"
 
 
 def _validate(run: _Run, val: BatchSource) -> dict[str, float]:

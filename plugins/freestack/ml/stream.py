@@ -82,15 +82,26 @@ class InMemory:
 
     x: Tensors
     y: torch.Tensor
+    rank: int = 0  # a data-parallel rank takes rows rank, rank + world, ... of every global batch
+    world: int = 1
 
     @property
     def n(self) -> int:
         return len(self.y)
 
+    def shard(self, rank: int, world: int) -> InMemory:
+        """This split as rank ``rank`` of ``world`` reads it (``DistributedSampler``'s role): every rank draws
+        the same permutation, and each takes its share of each global batch of ``batch_size`` rows."""
+        return InMemory(self.x, self.y, rank, world)
+
     def epoch(self, epoch: int, batch_size: int, seed: int, device: torch.device) -> Iterator[Batch]:
         perm = torch.randperm(self.n, generator=epoch_generator(seed, epoch, device), device=device)
         for i in range(0, self.n, batch_size):
             idx = perm[i : i + batch_size]
+            if self.world > 1:
+                if len(idx) < self.world:  # a last batch too small to give every rank a row: every rank skips it
+                    break
+                idx = idx[self.rank :: self.world]
             yield _take(self.x, idx), self.y[idx]
 
     def ordered(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
@@ -111,8 +122,16 @@ class Streamed:
     buffer_rows: int = 65_536
     buffer_bytes: int = 256 << 20
     prefetch: int = 2
+    world: int = 1  # a data-parallel rank's share: ``chunks`` gives only its chunks, batches are 1/world
+
+    def shard(self, chunks: Chunks, world: int) -> Streamed:
+        """This split as one of ``world`` ranks reads it: ``chunks`` gives that rank's rows only (e.g.
+        :meth:`EncodedSpool.chunks` with its ``shard``), in batches of ``batch_size / world`` rows. ``n`` stays
+        the split's; the ranks' shares differ by a few rows (the loop stops them together at the first end)."""
+        return Streamed(chunks, self.n, self.buffer_rows, self.buffer_bytes, self.prefetch, world)
 
     def epoch(self, epoch: int, batch_size: int, seed: int, device: torch.device) -> Iterator[Batch]:
+        batch_size = max(1, -(-batch_size // self.world))
         gen = epoch_generator(seed, epoch, torch.device("cpu"))
         buffer: ShuffleBuffer | None = None
 
@@ -182,12 +201,21 @@ class EncodedSpool:
         data = np.fromfile(os.path.join(self.folder, f"{name or 'inputs'}.bin"), dtype=dtype, count=rows * width, offset=offset)
         return data.reshape(rows, *shape)
 
-    def chunks(self, order_seed: int | None) -> Iterator[tuple[Inputs, np.ndarray]]:
+    def chunks(self, order_seed: int | None, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Inputs, np.ndarray]]:
+        """The chunks in a seeded order. ``shard`` (rank, world): a rank reads only its part of each chunk,
+        one of ``world`` contiguous row ranges, so the ranks together read each row once and their shares
+        differ by at most a row a chunk; which part is a rank's turns with the seed (a new share each epoch)."""
         starts = np.arange(0, self.n, self.chunk_rows)
         if order_seed is not None:
             starts = np.random.default_rng(order_seed).permutation(starts)
-        for start in starts.tolist():
-            rows = min(self.chunk_rows, self.n - start)
+        rank, world = shard
+        part = (rank + (order_seed or 0)) % world
+        for chunk_start in starts.tolist():
+            chunk = min(self.chunk_rows, self.n - chunk_start)
+            start = chunk_start + chunk * part // world
+            rows = chunk_start + chunk * (part + 1) // world - start
+            if rows == 0:
+                continue
             x = {g: self._read(g, dtype, shape, start, rows) for g, (dtype, shape) in self.groups.items()}
             yield (x[""] if "" in x else x), self._read("target", *self.target, start, rows)
 

@@ -467,29 +467,36 @@ def train(
     tracking_settings=None,
     on_epoch=None,
     window=None,
-) -> TrainOutcome:
+    ranks=None,
+) -> TrainOutcome | None:
     """Train one model. ``on_epoch(row)`` sees each epoch's metrics and may return True to stop;
     ``window`` is a ``load_window`` result to reuse (an agent running several trials loads it once);
-    ``tracking_settings`` are the W&B settings (default: :meth:`WandbSettings.from_environment`)."""
+    ``tracking_settings`` are the W&B settings (default: :meth:`WandbSettings.from_environment`).
+
+    ``ranks``: this process is one rank of a data-parallel training (:mod:`freestack.train.distributed`
+    starts them); rank 0 returns the outcome, the others None."""
     check_trainable(spec)
     spec = effective_spec(spec, req)
     loaded = window if window is not None else load_window(spec, req.end_ds, spec.train.window_days, req.window)
     try:
-        return _train(spec, req, prepare(spec, req.end_ds, loaded), tracking_settings, on_epoch)
+        return _train(spec, req, prepare(spec, req.end_ds, loaded), tracking_settings, on_epoch, ranks)
     finally:
         if window is None:  # a window loaded here (a spool folder) goes; a caller's stays for its next trial
             loaded.close()
 
 
-def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch) -> TrainOutcome:
+def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None) -> TrainOutcome | None:
     from freestack.tracking.wandb import WandbSettings
 
     model = build_model(spec, data)
     cfg = loop_config(spec)
     where = places(spec, req)
+    if ranks is not None and not ranks.main:  # its share of the steps; rank 0 validates, reports and writes
+        _fit_and_test(model, data, cfg, None, where, None, ranks)
+        return None
     settings = tracking_settings if tracking_settings is not None else WandbSettings.from_environment()
     with _tracking_run(spec, req, data, where, cfg, settings) as run:
-        result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch)
+        result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
         _write_version(spec, req, data, where, cfg, model, result, metrics, run)
         tracking = run.as_dict()
     _drop_checkpoint(where)
@@ -579,8 +586,9 @@ def _modified(info: dict[str, Any]) -> float | None:
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
-def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
-    """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics."""
+def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, ranks=None):
+    """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics.
+    A rank other than 0 trains on its shard only (``run`` None) and returns None."""
     from freestack.ml.loop import evaluate_source, fit_source, resolve_device
 
     def epoch_done(row: dict[str, float]) -> bool:
@@ -588,10 +596,15 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
         return bool(on_epoch(row)) if on_epoch is not None else False
 
     device = resolve_device(cfg.device)
+    if ranks is not None and device.type == "cuda":
+        device = ranks.device()
     with contextlib.ExitStack() as stack:
-        sources = {s: batch_source(data, s, device, stack) for s in ("train", "val", "test")}
-        result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task,
-                            checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done)  # fmt: skip
+        splits = ("train", "val", "test") if ranks is None or ranks.main else ("train", "val")
+        sources = {s: batch_source(data, s, device, stack, ranks) for s in splits}
+        result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task, ranks=ranks,
+                            checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done if run is not None else None)  # fmt: skip
+        if run is None:
+            return None
         test = evaluate_source(model, sources["test"], data.task, device)
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
@@ -599,10 +612,13 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch):
     return result, metrics
 
 
-def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack):
+def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack, ranks=None):
     """What the loop reads a split from: its tensors on ``device`` (in memory), or its spooled rows encoded
     once into raw arrays on local disk (removed when ``stack`` closes) and streamed from there, shuffled
-    through ``train.data.shuffle_buffer`` rows."""
+    through ``train.data.shuffle_buffer`` rows. On a data-parallel rank, the train split is the rank's
+    shard: its share of each global batch (in memory), or its own chunks (streamed)."""
+    import functools
+
     import torch
 
     from freestack.ml.loop import to_tensors
@@ -610,11 +626,16 @@ def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack
     from freestack.train.stream import FrameRows
 
     pre, rows = data.pre, getattr(data, split)
+    shard = ranks is not None and split == "train"
     if isinstance(rows, FrameRows):
-        return InMemory(to_tensors(pre.inputs(rows.frame), device), torch.tensor(pre.target_array(rows.frame), device=device))
+        source = InMemory(to_tensors(pre.inputs(rows.frame), device), torch.tensor(pre.target_array(rows.frame), device=device))
+        return source.shard(ranks.rank, ranks.world) if shard else source
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"encoded-{split}-", dir=os.path.dirname(rows.path)))
     encoded = EncodedSpool.write(folder, ((pre.inputs(f), pre.target_array(f)) for f in rows.chunks()), data.chunk_rows)
-    return Streamed(encoded.chunks, encoded.n, buffer_rows=data.shuffle_buffer)
+    source = Streamed(encoded.chunks, encoded.n, buffer_rows=data.shuffle_buffer)
+    if shard:
+        return source.shard(functools.partial(encoded.chunks, shard=(ranks.rank, ranks.world)), ranks.world)
+    return source
 
 
 def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
@@ -636,6 +657,17 @@ def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
         if os.path.exists(path):
             with open(path, "rb") as f:
                 write_bytes(join(where.version_dir, name), f.read())
+
+
+def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
+    """How the version was trained: ranks, nodes, backend and strategy (one process: world size 1)."""
+    from freestack.ml.distributed import backend_for
+
+    d = spec.train.distributed
+    if world_size <= 1:
+        return {"world_size": 1}
+    return {"world_size": world_size, "nodes": d.nodes, "processes_per_node": d.processes_per_node,
+            "backend": backend_for(d.backend, spec.train.device), "strategy": d.strategy, "launcher": d.launcher}  # fmt: skip
 
 
 def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
@@ -663,6 +695,7 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
         **_tokenizer_lineage(spec, data.pre), **_pretrained_lineage(spec, model),
+        "distributed": distributed_lineage(spec, result.world_size),
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)

@@ -153,6 +153,37 @@ class DataSpec(_Model):
     chunk_rows: int = Field(default=16_384, ge=64, le=1_000_000, description="stream: the most rows read at once (a row group of the spool; also at most 64 MiB).")
 
 
+class DistributedSpec(_Model):
+    """Training across processes and machines on ``torch.distributed`` (``train.distributed``): data-parallel
+    ranks (DDP), launched by torch's elastic launcher (what ``torchrun`` runs) in the train task, one task per
+    node, or as a Kubeflow ``PyTorchJob`` (docs/operating/distributed.md)."""
+
+    processes_per_node: int = Field(default=1, ge=1, le=256, description="Ranks on each node: CPU processes, or one per GPU (at most the node's GPU count).")
+    nodes: int = Field(default=1, ge=1, le=1024, description="Machines; more than 1: the ranks of every node meet at rendezvous (c10d).")
+    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU.")
+    strategy: Literal["ddp"] = Field(default="ddp", description="ddp: every rank holds the model, gradients are averaged (DistributedDataParallel).")
+    launcher: Literal["local", "kubernetes"] = Field(default="local", description="local: the train task launches its node's ranks (nodes > 1: one train task per node, on workers that can reach each other); kubernetes: the train task submits a PyTorchJob and follows it.")
+    rendezvous: str = Field(default="127.0.0.1:29400", pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$", description="host:port of the c10d rendezvous, on the machine that runs node 0 (launcher local).")
+    timeout_seconds: float = Field(default=300, ge=10, le=86_400, description="Bounds the rendezvous and every collective: a rank that died or hangs fails the attempt after this long at most, and the retry resumes from the last checkpoint.")
+    threads_per_process: int | None = Field(default=None, ge=1, le=1024, description="CPU threads of each rank; default the node's cores divided among its ranks.")
+    find_unused_parameters: bool = Field(default=False, description="DDP's find_unused_parameters: true for a model whose forward leaves some trainable parameters out.")
+    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,256}$", description="The Airflow pool of the train tasks when nodes > 1 (the gang: it needs a slot per node at once).")
+    image: str = Field(default="freestack/airflow:0.1.0", min_length=1, max_length=500, description="launcher kubernetes: the image of the ranks' pods (the project's Airflow image, docker/Dockerfile, holds freestack and torch).")
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="launcher kubernetes: the namespace of the PyTorchJob.")
+    gpus_per_node: int = Field(default=0, ge=0, le=64, description="launcher kubernetes: nvidia.com/gpu limit of each node's pod.")
+
+    @property
+    def world_size(self) -> int:
+        return self.processes_per_node * self.nodes
+
+    @model_validator(mode="after")
+    def _launcher(self) -> DistributedSpec:
+        if self.launcher == "kubernetes" and self.gpus_per_node and self.processes_per_node > self.gpus_per_node:
+            raise ValueError(f"processes_per_node {self.processes_per_node} is more than gpus_per_node {self.gpus_per_node}: "
+                             "each GPU rank needs its own GPU")  # fmt: skip
+        return self
+
+
 class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
@@ -178,9 +209,10 @@ class TrainSpec(_Model):
     test_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the test split.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU.")
     data: DataSpec = Field(default_factory=DataSpec, description="How the window is read: in memory or streamed.")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Ranks and nodes of a data-parallel training on torch.distributed (default: one process).")
     # the executor queue of the training tasks (``train`` and the sweep's ``agent``s): ``gpu`` sends them
     # to GPU workers (a Celery worker consuming ``gpu``, or the Helm values' GPU pod template)
     queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
 
 
-__all__ = ["PRETRAINED_TASKS", "CategorySpec", "DataSpec", "ImageSpec", "ModelSpec", "PeftSpec", "TextSpec", "TrainSpec"]
+__all__ = ["PRETRAINED_TASKS", "CategorySpec", "DataSpec", "DistributedSpec", "ImageSpec", "ModelSpec", "PeftSpec", "TextSpec", "TrainSpec"]

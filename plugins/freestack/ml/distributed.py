@@ -1,0 +1,109 @@
+"""Data-parallel training on ``torch.distributed``: what one rank of a training knows and does.
+
+A rank is started by torch's elastic launcher (``torchrun``, :mod:`torch.distributed.run`), which sets the
+standard variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). The loop
+(:mod:`freestack.ml.loop`) then:
+
+- wraps the model in ``DistributedDataParallel`` (gradients averaged across ranks in backward);
+- gives each rank its share of every global batch (:meth:`freestack.ml.stream.InMemory.shard`), or its own
+  chunks of a streamed split (:meth:`freestack.ml.stream.Streamed.shard`, uneven ends under DDP's ``Join``);
+- lets rank 0 alone validate, checkpoint and report, and broadcasts its stop decision to the others.
+
+Every collective is bounded by the process group's timeout, so a rank that dies fails the others' next
+collective instead of hanging them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a data-parallel training."""
+
+    rank: int
+    world: int
+    local_rank: int
+    backend: str  # gloo | nccl
+    find_unused_parameters: bool = False
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that validates, checkpoints, reports to W&B and writes the version."""
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` (on this rank's device) under DDP: its parameters and buffers start as rank 0's."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.local_rank] if self.backend == "nccl" else None
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+
+    def all_sum(self, values: list[float], device: torch.device) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def decide(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's ``flag``, on every rank."""
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+def backend_for(requested: str, device: str) -> str:
+    """``auto``: nccl when the training runs on CUDA, gloo on the CPU."""
+    if requested != "auto":
+        return requested
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+def join_group(backend: str, timeout_seconds: float, find_unused_parameters: bool = False) -> Ranks:
+    """Join the process group the launcher set up (``env://``), every collective bounded by the timeout."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        if not torch.cuda.is_available() or torch.cuda.device_count() <= local_rank:
+            raise RuntimeError(f"backend nccl: local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                               "use as many processes_per_node as GPUs, or backend gloo")  # fmt: skip
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
+    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, backend, find_unused_parameters)
+
+
+def leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """End this rank when its launcher dies (a ``kill -9`` of the train task): its collectives would
+    otherwise go on, and a retry would find a stale rank still writing."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                log.error("the launcher (pid %d) is gone: this rank stops", parent)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="freestack-launcher-watch", daemon=True).start()
+
+
+__all__ = ["Ranks", "backend_for", "exit_with_parent", "join_group", "leave_group"]
