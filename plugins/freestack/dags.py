@@ -178,8 +178,8 @@ def promote_params(spec: PipelineSpec) -> dict[str, Param]:
 
 
 def training_tasks(spec: PipelineSpec, spec_path: str):
-    """``window`` -> ``choose`` -> ``train`` | ``create_sweep`` -> ``agent`` x N -> ``select_best``; returns
-    the two ends a candidate comes from (``train``, ``select_best``)."""
+    """``window`` -> ``choose`` -> ``train`` (and ``train_node`` x nodes-1) | ``create_sweep`` -> ``agent`` x N
+    -> ``select_best``; returns the ends a candidate comes from (``train`` and its nodes, ``select_best``)."""
     from freestack.sweeps.operators import (
         ChooseTrainingOperator,
         CreateSweepOperator,
@@ -192,7 +192,10 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
     on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
     choose = ChooseTrainingOperator(task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep).")
-    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue)
+    d = spec.train.distributed
+    nodes = d.nodes if d.launcher == "local" else 1
+    gang = {"pool": d.pool} if d.pool and nodes > 1 else {}  # a slot per node, taken at once
+    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue, **gang)
     create = CreateSweepOperator(task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run.")
     agents = SweepAgentOperator.partial(
         task_id="agent", spec_path=spec_path, pool=POOL,
@@ -211,7 +214,14 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     window >> choose
     choose >> [single, create]
     create >> agents >> best
-    return single, best  # fmt: skip
+    if nodes > 1:  # the other nodes' ranks: a gang, all at once (docs/operating/distributed.md)
+        others = TrainOperator.partial(
+            task_id="train_node", spec_path=spec_path, max_active_tis_per_dagrun=nodes - 1,
+            doc_md="The ranks of node 1.. of a multi-node training; they meet train's at the rendezvous.", **on_queue, **gang,
+        ).expand(node_rank=list(range(1, nodes)))
+        choose >> others
+        return [single, others, best]
+    return [single, best]  # fmt: skip
 
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
@@ -307,9 +317,9 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         ),
         **_common(spec, "train"),
     ) as dag:
-        single, best = training_tasks(spec, spec_path)
+        ends = training_tasks(spec, spec_path)
         evaluate, promote = promotion_tasks(spec, spec_path)
-        [single, best] >> evaluate
+        ends >> evaluate
         promote >> deploy_task(spec, spec_path)
     return dag
 

@@ -23,9 +23,10 @@ from freestack.train.operators import airflow_info, fixed_window
 
 
 class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
-    """One training (``train``) or a sweep (``create_sweep``), as the Params form's ``sweep`` says."""
+    """One training (``train``, with ``train_node`` for the other nodes of a multi-node training) or a
+    sweep (``create_sweep``), as the Params form's ``sweep`` says."""
 
-    def choose_branch(self, context: Context) -> str:
+    def choose_branch(self, context: Context) -> str | list[str]:
         spec = self.pipeline_spec()
         wanted = bool((context.get("params") or {}).get("sweep"))
         if wanted and spec.sweep is None:
@@ -33,7 +34,10 @@ class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
                 f"the form asks for a sweep but {self.spec_path} has no sweep: block; add one (W&B sweep "
                 "configuration) or untick 'sweep'"
             )
-        return "create_sweep" if wanted else "train"
+        if wanted:
+            return "create_sweep"
+        d = spec.train.distributed
+        return ["train", "train_node"] if d.nodes > 1 and d.launcher == "local" else "train"
 
 
 class CreateSweepOperator(PipelineOperator):

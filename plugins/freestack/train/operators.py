@@ -161,19 +161,27 @@ def _iso(value: Any) -> str | None:
 
 
 class TrainOperator(HubEnvironment, PipelineOperator):
-    """Train once with the spec's defaults, overridden by the Params form."""
+    """Train once with the spec's defaults, overridden by the Params form. With ``train.distributed``, the
+    task launches its node's ranks (``node_rank`` 0; the ``train_node`` tasks are the other nodes) or
+    submits a PyTorchJob, and returns the version rank 0 wrote."""
 
     operator_extra_links = (WandbRunLink(), FreestackPageLink())
     ui_color = "#e4d8f7"
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def __init__(self, *, node_rank: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node_rank = node_rank
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
         from freestack.errors import SpecError
         from freestack.hooks.wandb import WandbHook
         from freestack.ml.contract import CustomModelError
-        from freestack.train.core import TrainingError, TrainRequest, prune_checkpoints, train
+        from freestack.train.core import TrainingError, TrainRequest, prune_checkpoints
+        from freestack.train.distributed import LaunchError
 
         spec = self.pipeline_spec()
-        prune_checkpoints(spec)
+        if self.node_rank == 0:
+            prune_checkpoints(spec)
         params = context.get("params") or {}
         window = fixed_window(context)
         end_ds = window["end_ds"]
@@ -190,8 +198,25 @@ class TrainOperator(HubEnvironment, PipelineOperator):
         )
         self.log.info("training %s on the lake up to %s", spec.name, end_ds)
         try:
-            outcome = train(spec, req, tracking_settings=WandbHook().checked_settings())
+            outcome = self._train(spec, req, WandbHook().checked_settings())
         except (TrainingError, SpecError, CustomModelError) as exc:  # a retry would fail the same way
             raise AirflowFailException(str(exc)) from None
+        except LaunchError as exc:  # a rank died or failed: the retry resumes from the checkpoint
+            raise RuntimeError(str(exc)) from None
+        if outcome is None:  # another node's ranks: node 0's task returns the version
+            return None
         ti.xcom_push(key="wandb", value=outcome.tracking)
         return outcome.as_dict()
+
+    def _train(self, spec, req, tracking_settings):
+        """In this process; or this node's ranks (train.distributed); or a PyTorchJob."""
+        from freestack.train.core import train
+        from freestack.train.distributed import is_distributed, launch
+
+        if not is_distributed(spec):
+            return train(spec, req, tracking_settings=tracking_settings)
+        if spec.train.distributed.launcher == "kubernetes":
+            from freestack.train.k8s import run_on_kubernetes
+
+            return run_on_kubernetes(spec, self.spec_path, req, tracking_settings)
+        return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank)
