@@ -52,7 +52,10 @@ class Ranks:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.backend == "nccl" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+        # buffers (batch norm's running statistics) are not broadcast at every step: rank 0's are the ones it
+        # validates with and saves, and the broadcast would cost one more collective a step
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters,
+                                       broadcast_buffers=False)  # fmt: skip
 
     def all_sum(self, values: list[float], device: torch.device) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
