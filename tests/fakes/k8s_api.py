@@ -439,3 +439,168 @@ def stored_sample(version_uri: str) -> dict:
     from pathlib import Path
 
     return json.loads(Path(version_uri.removeprefix("file://"), "evaluation", "smoke.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kubeflow PyTorchJobs (train.distributed, launcher kubernetes)
+
+JOB_GROUP, JOB_PLURAL, JOB_KIND = "kubeflow.org", "pytorchjobs", "PyTorchJob"
+_JOB_PATH = re.compile(rf"^/apis/{re.escape(JOB_GROUP)}/v1/namespaces/([^/]+)/{JOB_PLURAL}(?:/([^/]+))?/?$")
+
+
+class FakeTrainingAPI(FakeKubeAPI):
+    """The fake API server serving PyTorchJobs (``/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs[/{name}]``:
+    get, create, delete) and a fake Training Operator: ``reconcile_after`` seconds after a create the job is
+    Created, then Running, and ``ready_after`` seconds later ``outcome`` (Succeeded, or Failed with
+    ``failure_reason`` and ``failure_message``). ``on_finish(job)`` runs just before the final condition (where
+    rank 0 would have written its outcome). A delete keeps the job ``delete_after`` seconds more with a
+    ``deletionTimestamp`` (foreground deletion: its pods go first). The Seldon paths answer as before."""
+
+    def __init__(self, *, outcome: str = "Succeeded", failure_reason: str = "PyTorchJobFailed",
+                 failure_message: str = "PyTorchJob default/x is failed because 1 Master replica(s) failed.",
+                 delete_after: float = 0.0, on_finish: Any = None, **kw: Any) -> None:  # fmt: skip
+        super().__init__(outcome=outcome, **kw)
+        self.failure_reason, self.failure_message = failure_reason, failure_message
+        self.delete_after = delete_after
+        self.on_finish = on_finish
+
+    def handle(self, method, raw_path, content_type, body):
+        parts = urlsplit(raw_path)
+        m = _JOB_PATH.match(parts.path)
+        if m is None and not parts.path.startswith(f"/apis/{JOB_GROUP}/"):
+            return super().handle(method, raw_path, content_type, body)
+        with self.lock:
+            self.requests.append(
+                {
+                    "method": method,
+                    "path": parts.path,
+                    "query": parse_qs(parts.query),
+                    "content_type": content_type,
+                    "body": json.loads(body) if body else None,
+                }
+            )
+            if self.fail_next:
+                return self._err(self.fail_next.pop(0), "ServiceUnavailable", "etcdserver: request timed out")
+            if m is None or not self.crd_installed:
+                return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+            namespace, name = m.group(1), m.group(2)
+            if self.forbidden:
+                return self._err(
+                    403,
+                    "Forbidden",
+                    f'{JOB_PLURAL}.{JOB_GROUP} "{name or ""}" is forbidden',
+                    {"name": name or "", "group": JOB_GROUP, "kind": JOB_PLURAL},
+                )
+            if self.namespaces is not None and namespace not in self.namespaces:
+                return self._err(
+                    404,
+                    "NotFound",
+                    f'namespaces "{namespace}" not found',
+                    {"name": namespace, "kind": "namespaces"},
+                )
+            if name is None and method == "POST":
+                return self._create_job(namespace, json.loads(body) if body else None)
+            current = self.objects.get((namespace, name))
+            if current is None:
+                return self._err(
+                    404,
+                    "NotFound",
+                    f'{JOB_PLURAL}.{JOB_GROUP} "{name}" not found',
+                    {"name": name, "group": JOB_GROUP, "kind": JOB_PLURAL},
+                )
+            if method == "GET":
+                return self._ok(200, current)
+            if method == "DELETE":
+                return self._delete_job(namespace, name, current)
+            return self._err(405, "MethodNotAllowed", f"{method} is not supported by this fake")
+
+    def _create_job(self, namespace: str, doc: Any):
+        meta = (doc or {}).get("metadata") or {}
+        name = meta.get("name")
+        if (
+            not isinstance(doc, dict)
+            or doc.get("kind") != JOB_KIND
+            or doc.get("apiVersion") != f"{JOB_GROUP}/v1"
+        ):
+            return self._err(422, "Invalid", f"must be {JOB_KIND} in {JOB_GROUP}/v1")
+        if not isinstance((doc.get("spec") or {}).get("pytorchReplicaSpecs"), dict):
+            return self._err(422, "Invalid", f'{JOB_KIND}.{JOB_GROUP} "{name}" is invalid: spec.pytorchReplicaSpecs: '
+                             "Required value", {"name": name, "group": JOB_GROUP, "kind": JOB_KIND,
+                             "causes": [{"field": "spec.pytorchReplicaSpecs", "message": "Required value"}]})  # fmt: skip
+        if (namespace, name) in self.objects:
+            return self._err(
+                409,
+                "AlreadyExists",
+                f'{JOB_PLURAL}.{JOB_GROUP} "{name}" already exists',
+                {"name": name, "group": JOB_GROUP, "kind": JOB_PLURAL},
+            )
+        obj = copy.deepcopy(doc)
+        obj.pop("status", None)
+        obj["metadata"] = {**meta, "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1,
+                           "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "resourceVersion": self._next_rv()}  # fmt: skip
+        self.objects[(namespace, name)] = obj
+        self._schedule_job(namespace, name, obj["metadata"]["uid"])
+        return self._ok(201, obj)
+
+    def _delete_job(self, namespace: str, name: str, current: dict[str, Any]):
+        uid = current["metadata"]["uid"]
+        if self.delete_after <= 0:
+            del self.objects[(namespace, name)]
+        else:
+            current["metadata"]["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+            def gone() -> None:
+                with self.lock:
+                    if (self.objects.get((namespace, name)) or {}).get("metadata", {}).get("uid") == uid:
+                        del self.objects[(namespace, name)]
+
+            t = threading.Timer(self.delete_after, gone)
+            self._timers.append(t)
+            t.start()
+        return self._ok(
+            200,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {"name": name, "group": JOB_GROUP, "kind": JOB_PLURAL, "uid": uid},
+            },
+        )
+
+    def set_condition(
+        self, namespace: str, name: str, kind: str, reason: str = "", message: str = ""
+    ) -> None:
+        """Add a true condition as the operator would (the earlier ones stay, no longer true when final)."""
+        with self.lock:
+            obj = self.objects[(namespace, name)]
+            conditions = (obj.setdefault("status", {})).setdefault("conditions", [])
+            if kind in ("Succeeded", "Failed"):
+                for c in conditions:
+                    if c["type"] == "Running":
+                        c["status"] = "False"
+            conditions.append({"type": kind, "status": "True", "reason": reason or f"PyTorchJob{kind}",
+                               "message": message or f"PyTorchJob {namespace}/{name} is {kind.lower()}.",
+                               "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+
+    def _schedule_job(self, namespace: str, name: str, uid: str) -> None:
+        def step(kind: str) -> None:
+            with self.lock:
+                obj = self.objects.get((namespace, name))
+                if obj is None or obj["metadata"]["uid"] != uid or obj["metadata"].get("deletionTimestamp"):
+                    return  # deleted, or replaced by a new job of the same name
+                if kind in ("Succeeded", "Failed") and self.on_finish is not None:
+                    self.on_finish(copy.deepcopy(obj))
+                failed = kind == "Failed"
+                self.set_condition(namespace, name, kind, self.failure_reason if failed else "",
+                                   self.failure_message if failed else "")  # fmt: skip
+
+        plan = [(self.reconcile_after, "Created"), (2 * self.reconcile_after, "Running")]
+        if self.ready_after is not None:
+            plan.append((2 * self.reconcile_after + self.ready_after, self.outcome))
+        for delay, kind in plan:
+            t = threading.Timer(delay, step, (kind,))
+            self._timers.append(t)
+            t.start()

@@ -122,7 +122,7 @@ def _rank_environment(spec: PipelineSpec, tracking_settings):
     """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
     d = spec.train.distributed
     threads = d.threads_per_process or max(1, (os.cpu_count() or 1) // d.processes_per_node)
-    extra = {"OMP_NUM_THREADS": str(threads), "FREESTACK_RANK_THREADS": str(threads)}
+    extra = {"OMP_NUM_THREADS": str(threads)}  # torch sizes its CPU thread pool by it, as under torchrun
     if getattr(tracking_settings, "api_key", None):
         extra["WANDB_API_KEY"] = tracking_settings.api_key
     saved = {k: os.environ.get(k) for k in extra}
@@ -163,8 +163,6 @@ def _read_outcome(path) -> TrainOutcome:
 
 def run_rank(launch_path: str) -> None:
     """One rank's program: join the group, train its shard; rank 0 writes the outcome."""
-    import torch
-
     from freestack.ml.distributed import backend_for, exit_with_parent, join_group, leave_group
     from freestack.spec import spec_from_text
     from freestack.storage import join, to_path, write_bytes
@@ -175,7 +173,6 @@ def run_rank(launch_path: str) -> None:
     launch = Launch.model_validate_json(to_path(launch_path).read_bytes())
     spec = spec_from_text(launch.spec_text, launch.spec_path)
     d = spec.train.distributed
-    torch.set_num_threads(int(os.environ.get("FREESTACK_RANK_THREADS", "1")))
     ranks = join_group(backend_for(d.backend, spec.train.device), d.timeout_seconds, d.find_unused_parameters)
     _log_as_rank(ranks.rank, ranks.world)
     try:

@@ -215,8 +215,15 @@ class TrainOperator(HubEnvironment, PipelineOperator):
 
         if not is_distributed(spec):
             return train(spec, req, tracking_settings=tracking_settings)
-        if spec.train.distributed.launcher == "kubernetes":
-            from freestack.train.k8s import run_on_kubernetes
+        d = spec.train.distributed
+        if d.launcher == "kubernetes":
+            from freestack.train.k8s import PERMANENT, PyTorchJobError, run_on_kubernetes
 
-            return run_on_kubernetes(spec, self.spec_path, req, tracking_settings)
+            try:
+                return run_on_kubernetes(spec, self.spec_path, req, tracking_settings, conn_id=d.kubernetes_conn_id,
+                                         service_account=d.service_account)  # fmt: skip
+            except PyTorchJobError as exc:
+                if exc.status in PERMANENT:  # RBAC, a missing CRD, a name taken: a retry would fail alike
+                    raise AirflowFailException(str(exc)) from None
+                raise
         return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank)

@@ -171,6 +171,8 @@ class DistributedSpec(_Model):
     image: str = Field(default="freestack/airflow:0.1.0", min_length=1, max_length=500, description="launcher kubernetes: the image of the ranks' pods (the project's Airflow image, docker/Dockerfile, holds freestack and torch).")
     namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="launcher kubernetes: the namespace of the PyTorchJob.")
     gpus_per_node: int = Field(default=0, ge=0, le=64, description="launcher kubernetes: nvidia.com/gpu limit of each node's pod.")
+    kubernetes_conn_id: str = Field(default="kubernetes_default", min_length=1, max_length=250, description="launcher kubernetes: the Airflow connection to the cluster (cncf.kubernetes provider's kubernetes type).")
+    service_account: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="launcher kubernetes: the pods' service account (e.g. one bound to an IAM role for S3).")
 
     @property
     def world_size(self) -> int:

@@ -1,0 +1,375 @@
+"""``train.distributed`` with ``launcher: kubernetes``: the train task submits a Kubeflow ``PyTorchJob`` and
+follows it to the end, then returns the outcome rank 0 left (as the local launcher's node 0 does)::
+
+    outcome = run_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id="kubernetes_default")
+
+    launch.json  ->  PyTorchJob <pipeline>-<run>-<hash>  (Master + Workers, torchrun in each pod)
+                 ->  status.conditions: Created, Running, Succeeded | Failed
+                 ->  outcome.json beside launch.json (written by rank 0)
+
+The API is reached as the deploy stage reaches it (:mod:`freestack.serving.k8s`): the cncf.kubernetes
+provider's ``KubernetesHook`` and its connection, the same session class on another resource, and errors
+that name the API server, the connection, the namespace, the job and what to check.
+
+Light at import: ``kubernetes`` and Airflow are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from freestack.serving.k8s import _resource_type_missing, _Session, _status_body, object_missing
+from freestack.serving.manifests import MANAGED_BY, MANAGED_BY_KEY
+from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
+from freestack.train.kubernetes import (
+    CRD_NAME,
+    DEFAULT_SECRETS,
+    GROUP,
+    JOB_NAME_LABEL,
+    KIND,
+    PLURAL,
+    VERSION,
+    job_name,
+    job_state,
+    pytorchjob_manifest,
+    rendezvous_id,
+    validate_pytorchjob,
+)
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+    from freestack.train.core import TrainOutcome, TrainRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_ID = "kubernetes_default"
+#: how often the job's status is read (a training runs minutes to days: every read is one API call)
+POLL_SECONDS = 10.0
+#: the longest a task follows one job; the job's activeDeadlineSeconds stops its pods at the same bound
+MAX_WAIT_SECONDS = 72 * 3600
+#: how long a replaced job may take to go (its pods are deleted first: foreground deletion)
+DELETE_WAIT_SECONDS = 300.0
+#: consecutive failed status reads tolerated while following (an API server restart is not a failed run)
+UNAVAILABLE_TOLERANCE = 6
+
+
+class PyTorchJobError(LaunchError):
+    """The PyTorchJob could not be created or followed, or it failed; the message says which job, why and
+    what to check. ``status``: the HTTP status the API server answered, when there was one. A LaunchError,
+    so the train task retries it, and the retry resumes from the last checkpoint."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+#: API answers that a retry cannot change: a malformed or forbidden request, no PyTorchJob kind, a conflict
+PERMANENT = frozenset({400, 403, 404, 409, 422})
+
+
+class PyTorchJobUnavailable(PyTorchJobError):
+    """The API server could not be reached, its configuration could not be loaded, or it is failing
+    (5xx, 429, rejected credentials). Retrying later may help."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# talking to the API server (freestack.serving.k8s's session, on pytorchjobs.kubeflow.org)
+
+
+def _api_error(status: int | None, reason: str | None, body: Any, *, host: str, conn_id: str, namespace: str,
+               name: str, action: str) -> PyTorchJobError:  # fmt: skip
+    """The error for an API server answer: what happened, where, and what to check."""
+    doc = _status_body(body) or {}
+    raw = body.decode() if isinstance(body, bytes) else body
+    detail = str(doc.get("message") or raw or reason or "").strip()
+    head = f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
+    head += f" to {action} {KIND} {namespace}/{name}: {detail}"
+    cls, hint = _hint(status, body, doc, detail, conn_id=conn_id, namespace=namespace)
+    return cls(head + hint, status=status)
+
+
+def _hint(status: int | None, body: Any, doc: dict[str, Any], detail: str, *, conn_id: str,
+          namespace: str) -> tuple[type[PyTorchJobError], str]:  # fmt: skip
+    """What to check after an answer, and whether a later retry may help (PyTorchJobUnavailable)."""
+    if status == 401:
+        return PyTorchJobUnavailable, (
+            f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, client "
+            "certificate or exec plugin) is current."
+        )
+    if status == 403:
+        return PyTorchJobError, (
+            f". RBAC: the identity of connection {conn_id!r} needs get, create and delete on {CRD_NAME} in "
+            f"namespace {namespace} (a Role and RoleBinding); check with "
+            f"'kubectl auth can-i create {CRD_NAME} -n {namespace}'."
+        )
+    if status == 404 and (doc.get("details") or {}).get("kind") == "namespaces":
+        return PyTorchJobError, (
+            f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace {namespace}') or set "
+            "train.distributed.namespace in the pipeline spec."
+        )
+    if _resource_type_missing(status, body):
+        return PyTorchJobError, (
+            f". The cluster does not serve {CRD_NAME}: the Kubeflow Training Operator (v1) is not installed "
+            f"('kubectl get crd {CRD_NAME}' finds nothing). Install it, or point the connection at a cluster "
+            "that has it."
+        )
+    if status == 404:
+        return PyTorchJobError, ". The job does not exist (deleted meanwhile?); run the task again."
+    if status == 422:
+        causes = (doc.get("details") or {}).get("causes") or []
+        listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
+        return PyTorchJobError, (
+            f"{listed}\nThe API server (or the Training Operator's webhook) rejected the manifest; fix the "
+            "train.distributed block of the pipeline spec."
+        )
+    if "webhook" in detail and (status or 0) >= 500:
+        return PyTorchJobUnavailable, (
+            ". The Training Operator's webhook could not be called: check that the training-operator pod is "
+            "running ('kubectl get pods -n kubeflow')."
+        )
+    if status == 429 or (status or 0) >= 500 or not status:
+        return PyTorchJobUnavailable, ". The API server is overloaded or failing; retry later."
+    return PyTorchJobError, ""
+
+
+def _unreachable(
+    exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
+) -> PyTorchJobError:
+    return PyTorchJobUnavailable(
+        f"cannot reach the Kubernetes API server {host} (connection {conn_id!r}) to {action} {KIND} "
+        f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
+        "connection's kube_config points at it ('kubectl cluster-info' with the same kubeconfig)."
+    )
+
+
+class _JobSession(_Session):
+    """The deploy stage's session for one object, on ``pytorchjobs.kubeflow.org``."""
+
+    def _args(self) -> tuple[str, str, str, str]:
+        return GROUP, VERSION, self.namespace, PLURAL
+
+    def delete(self) -> dict[str, Any]:
+        """Foreground: the job goes only after its pods, so a new job of the same name never meets them."""
+        self.action = "delete"
+        return self.api.delete_namespaced_custom_object(
+            *self._args(), self.name, propagation_policy="Foreground"
+        )
+
+
+@contextmanager
+def _session(conn_id: str, namespace: str, name: str) -> Iterator[_JobSession]:
+    """A session on the connection's cluster; every failure inside becomes a PyTorchJobError."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        api_client = KubernetesHook(conn_id=conn_id).get_conn()
+    except Exception as exc:  # connection missing, no kubeconfig, conflicting extras, bad YAML...
+        raise PyTorchJobUnavailable(
+            f"cannot load the Kubernetes configuration of connection {conn_id!r} ({type(exc).__name__}: {exc}). "
+            "Give the connection (conn_type kubernetes) exactly one of the extras kube_config_path, kube_config "
+            "(the kubeconfig inline) or in_cluster: true."
+        ) from exc
+    session = _JobSession(api_client, conn_id, namespace, name)
+    where = {"host": session.host, "conn_id": conn_id, "namespace": namespace, "name": name}
+    try:
+        yield session
+    except ApiException as exc:
+        if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
+            raise _unreachable(exc, action=session.action, **where) from exc
+        raise _api_error(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
+    except (HTTPError, OSError) as exc:
+        raise _unreachable(exc, action=session.action, **where) from exc
+    finally:
+        api_client.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the job
+
+
+def get_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any] | None:
+    """The PyTorchJob as stored, or None when it does not exist."""
+    with _session(conn_id, namespace, name) as s:
+        return s.read()
+
+
+def delete_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> bool:
+    """Delete the PyTorchJob and its pods; False when there was none."""
+    from kubernetes.client.exceptions import ApiException
+
+    with _session(conn_id, namespace, name) as s:
+        try:
+            s.delete()
+        except ApiException as exc:
+            if object_missing(exc.status, exc.body):
+                return False
+            raise
+        return True
+
+
+def submit_job(manifest: dict[str, Any], conn_id: str = DEFAULT_CONN_ID, *,
+               delete_wait_seconds: float = DELETE_WAIT_SECONDS) -> dict[str, Any]:  # fmt: skip
+    """Create the PyTorchJob. One of the same name is what a killed attempt of this run left (the name is the
+    run's): it is deleted, with its pods, and the job created again; one freestack did not make is refused."""
+    from kubernetes.client.exceptions import ApiException
+
+    meta = manifest["metadata"]
+    body = copy.deepcopy(manifest)
+    body.pop("status", None)
+    with _session(conn_id, meta["namespace"], meta["name"]) as s:
+        try:
+            return s.create(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        _replace_stale(s, delete_wait_seconds)
+        return s.create(body)
+
+
+def _replace_stale(s: _JobSession, wait_seconds: float) -> None:
+    """Delete the job a killed attempt left and wait until it (and its pods) are gone."""
+    current = s.read()
+    if current is None:
+        return
+    managed = ((current.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_KEY)
+    if managed != MANAGED_BY:
+        raise PyTorchJobError(f"{KIND} {s.namespace}/{s.name} already exists on {s.host} and is not managed by "
+                              f"freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or train in another "
+                              "namespace (train.distributed.namespace)", status=409)  # fmt: skip
+    log.warning("%s %s/%s is left from an earlier attempt (%s): deleting it and its pods", KIND, s.namespace,
+                s.name, job_state(current)[0])  # fmt: skip
+    s.delete()
+    deadline = time.monotonic() + wait_seconds
+    while s.read() is not None:
+        if time.monotonic() >= deadline:
+            raise PyTorchJobError(f"{KIND} {s.namespace}/{s.name} left by an earlier attempt is still being deleted "
+                                  f"after {wait_seconds:g} s (finalizers, or pods that do not stop?); check "
+                                  f"'kubectl describe {CRD_NAME} {s.name} -n {s.namespace}'")  # fmt: skip
+        time.sleep(0.5)
+
+
+def _read_status(name: str, namespace: str, conn_id: str, misses: int) -> tuple[dict[str, Any] | None, int]:
+    """One status read; an unavailable API server counts a miss (a few in a row are tolerated)."""
+    try:
+        obj = get_job(name, namespace, conn_id)
+    except PyTorchJobUnavailable as exc:
+        if misses + 1 >= UNAVAILABLE_TOLERANCE:
+            raise
+        log.warning(
+            "reading %s %s/%s failed (%d in a row), trying again: %s", KIND, namespace, name, misses + 1, exc
+        )
+        return None, misses + 1
+    if obj is None:
+        raise PyTorchJobError(f"{KIND} {namespace}/{name} was deleted while the train task followed it; run the task "
+                              "again (it resumes from the last checkpoint)")  # fmt: skip
+    return obj, 0
+
+
+def wait_for_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID, *, poll_seconds: float = POLL_SECONDS,
+                 max_wait_seconds: float = MAX_WAIT_SECONDS) -> dict[str, Any]:  # fmt: skip
+    """Follow the job's conditions until Succeeded or Failed and return it as stored; bounded by
+    ``max_wait_seconds`` (PyTorchJobError, naming the state it was left in)."""
+    deadline, misses, seen = time.monotonic() + max_wait_seconds, 0, None
+    while True:
+        obj, misses = _read_status(name, namespace, conn_id, misses)
+        state = job_state(obj)[0] if obj is not None else seen
+        if state != seen:
+            log.info("%s %s/%s: %s", KIND, namespace, name, state)
+            seen = state
+        if state in ("Succeeded", "Failed"):
+            return obj
+        if time.monotonic() >= deadline:
+            raise PyTorchJobError(f"{KIND} {namespace}/{name} did not finish within {max_wait_seconds:g} s (it is "
+                                  f"{seen}); it is being deleted. {_logs_hint(name, namespace)}")  # fmt: skip
+        time.sleep(poll_seconds)
+
+
+def _logs_hint(name: str, namespace: str) -> str:
+    return (f"The ranks' logs: kubectl logs -l {JOB_NAME_LABEL}={name} -n {namespace} --prefix --tail=-1 "
+            f"(and 'kubectl describe {CRD_NAME} {name} -n {namespace}' for the job's events).")  # fmt: skip
+
+
+def failure_text(obj: dict[str, Any]) -> str:
+    """Why a job failed (the operator's condition), and where the ranks' logs are."""
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    _, reason, message = job_state(obj)
+    why = ": ".join(p for p in (reason, message) if p) or "no reason given"
+    return (f"{KIND} {namespace}/{name} failed ({why}); every rank of this attempt was stopped, and a retry "
+            f"resumes from the last checkpoint. {_logs_hint(name, namespace)}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a training run
+
+
+def job_manifest(spec: PipelineSpec, req: TrainRequest, launch_uri: str, *, max_wait_seconds: float = MAX_WAIT_SECONDS,
+                 secrets: Sequence[str] = DEFAULT_SECRETS, service_account: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The run's PyTorchJob, validated: named after the pipeline and the run, its pods given the storage
+    root the worker resolved (so they find the same run folder) and stopped when the task stops waiting."""
+    from freestack.storage import storage_root, uri_of
+
+    manifest = pytorchjob_manifest(
+        spec, name=job_name(spec.name, req.run_key), launch_uri=launch_uri,
+        run_id=rendezvous_id(spec.name, req.run_key), run_key=req.run_key,
+        storage_root=uri_of(storage_root(spec.storage_root)), active_deadline_seconds=int(max_wait_seconds),
+        secrets=secrets, service_account=service_account,
+    )  # fmt: skip
+    validate_pytorchjob(manifest)
+    return manifest
+
+
+def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
+                      conn_id: str = DEFAULT_CONN_ID, poll_seconds: float = POLL_SECONDS,
+                      max_wait_seconds: float = MAX_WAIT_SECONDS, secrets: Sequence[str] = DEFAULT_SECRETS,
+                      service_account: str | None = None) -> TrainOutcome:  # fmt: skip
+    """Train as a PyTorchJob and return the outcome rank 0 left beside the launch file. A Failed job raises
+    PyTorchJobError (the operator's reason and how to read the pods' logs); a task that stops waiting
+    (its bound, a kill) deletes the job rather than leave GPUs busy for nobody. ``secrets``: the Secrets
+    the pods take their environment from (storage connection, ``WANDB_API_KEY``); ``service_account``: the
+    pods' identity (e.g. an IAM role for S3)."""
+    from freestack.storage import join, uri_of
+    from freestack.train.core import places
+
+    outcome = join(places(spec, req).run_dir, OUTCOME_FILE)
+    if outcome.exists():
+        outcome.unlink()  # a killed attempt's
+    launch = write_launch(spec, spec_path, req, tracking_settings, 0)
+    manifest = job_manifest(spec, req, uri_of(launch), max_wait_seconds=max_wait_seconds, secrets=secrets,
+                            service_account=service_account)  # fmt: skip
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    submit_job(manifest, conn_id)
+    log.info("submitted %s %s/%s (%d node(s) x %d rank(s)); %s", KIND, namespace, name, spec.train.distributed.nodes,
+             spec.train.distributed.processes_per_node, _logs_hint(name, namespace))  # fmt: skip
+    try:
+        obj = wait_for_job(
+            name, namespace, conn_id, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            delete_job(name, namespace, conn_id)
+        raise
+    if job_state(obj)[0] == "Failed":
+        raise PyTorchJobError(failure_text(obj))
+    if not outcome.exists():
+        raise PyTorchJobError(
+            f"{KIND} {namespace}/{name} succeeded but rank 0 left no {OUTCOME_FILE} at {uri_of(outcome)}: do the "
+            "pods write to the same storage as the worker (FREESTACK_STORAGE_ROOT, the storage Secret)? "
+            + _logs_hint(name, namespace)
+        )
+    return _read_outcome(outcome)
+
+
+__all__ = [
+    "DEFAULT_CONN_ID", "MAX_WAIT_SECONDS", "POLL_SECONDS", "PyTorchJobError", "PyTorchJobUnavailable", "delete_job",
+    "failure_text", "get_job", "job_manifest", "run_on_kubernetes", "submit_job", "wait_for_job",
+]  # fmt: skip

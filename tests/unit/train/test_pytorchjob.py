@@ -1,0 +1,386 @@
+"""``train.distributed`` with ``launcher: kubernetes``: the PyTorchJob manifest validated against the Kubeflow
+Training Operator's CRD (``include/training/pytorchjob-crd.yaml``), and the train task's path through the
+Kubernetes API (``tests/fakes/k8s_api.py``'s FakeTrainingAPI, a fake operator moving the job's conditions):
+create, follow, read rank 0's outcome; a Failed job; a job left by a killed attempt.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from freestack.errors import FreestackError
+from freestack.spec import load_spec
+from freestack.storage import join, to_path, write_bytes
+from freestack.tracking.wandb import WandbSettings
+from freestack.train import k8s
+from freestack.train import kubernetes as kube_job
+from freestack.train.core import TrainRequest, places
+from freestack.train.distributed import Launch, LaunchError
+from tests.fakes.k8s_api import FakeTrainingAPI
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "include/training/pytorchjob-crd.yaml"
+CONN = "training_fake"
+NS = "training"
+RUN_KEY = "digits_train/manual__2026-11-10T00:00:00+00:00"
+SECRET_KEY = "wandb-key-that-must-not-travel-0123456789"
+
+
+def make_spec(tmp_path: Path, **distributed):
+    """digits.yaml with a train.distributed block for the kubernetes launcher, as a file (the launch reads it)."""
+    data = yaml.safe_load((REPO / "include/pipelines/digits.yaml").read_text())
+    data["train"]["distributed"] = {"launcher": "kubernetes", "namespace": NS, **distributed}
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path), str(path)
+
+
+def manifest_for(spec, name: str = "digits-run-1") -> dict:
+    return kube_job.pytorchjob_manifest(spec, name=name, launch_uri="s3://freestack_s3@runs/digits/launch.json",
+                                        run_id="digits-run-1", run_key=RUN_KEY, storage_root="s3://freestack_s3@runs")  # fmt: skip
+
+
+def container_of(manifest: dict, rtype: str = "Master") -> dict:
+    (c,) = manifest["spec"]["pytorchReplicaSpecs"][rtype]["template"]["spec"]["containers"]
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the manifest and the CRD
+
+
+def test_the_stored_crd_is_the_operators_v1_pytorchjob():
+    head = CRD.read_text().splitlines()[:3]
+    assert "kubeflow/training-operator" in head[0] and re.search(r"commit [0-9a-f]{40}", head[1])
+    crd = next(d for d in yaml.safe_load_all(CRD.read_text()) if d)
+    assert crd["metadata"]["name"] == kube_job.CRD_NAME and crd["spec"]["names"]["kind"] == "PyTorchJob"
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_manifest_validates_for_cpu_and_gpu_one_and_several_nodes(tmp_path, nodes, gpus):
+    spec, _ = make_spec(tmp_path, nodes=nodes, processes_per_node=2, gpus_per_node=gpus, threads_per_process=3,
+                        image="registry.example/freestack/airflow:1.2.3")  # fmt: skip
+    m = manifest_for(spec)
+    kube_job.validate_pytorchjob(m, CRD)
+    kube_job.validate_pytorchjob(m)  # the checkout's copy, found by default
+    assert (m["apiVersion"], m["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert m["metadata"]["namespace"] == NS
+    assert m["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "freestack", "freestack.io/pipeline": "digits",
+                                       "freestack.io/run": "digits_train-manual__2026-11-10T00-00-00-00-00"}  # fmt: skip
+    assert m["metadata"]["annotations"]["freestack.io/run"] == RUN_KEY
+    job = m["spec"]
+    assert job["nprocPerNode"] == "2"
+    assert job["runPolicy"]["backoffLimit"] == 0 and job["runPolicy"]["cleanPodPolicy"] == "Running"
+    replicas = job["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1
+    assert ("Worker" in replicas) == (nodes > 1)
+    if nodes > 1:
+        assert replicas["Worker"]["replicas"] == nodes - 1
+        assert container_of(m, "Worker") == container_of(m, "Master")
+    for r in replicas.values():
+        assert r["restartPolicy"] == "Never"
+        assert r["template"]["metadata"]["labels"] == m["metadata"]["labels"]
+    c = container_of(m)
+    assert c["name"] == "pytorch" and c["image"] == "registry.example/freestack/airflow:1.2.3"
+    assert c["command"] == [
+        "torchrun", f"--nnodes={nodes}", "--nproc-per-node=2", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--rdzv-id=digits-run-1", "--rdzv-conf=join_timeout=300",
+        "--max-restarts=0", "-m", "freestack.train.distributed", "s3://freestack_s3@runs/digits/launch.json",
+    ]  # fmt: skip
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["OMP_NUM_THREADS"] == "3" and env["FREESTACK_STORAGE_ROOT"] == "s3://freestack_s3@runs"
+    assert c["envFrom"] == [{"secretRef": {"name": "freestack-s3", "optional": True}},
+                            {"secretRef": {"name": "freestack-wandb", "optional": True}}]  # fmt: skip
+    assert c["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
+    assert c["resources"]["requests"] == {"cpu": "6"}
+    assert c["resources"].get("limits") == ({"nvidia.com/gpu": "2"} if gpus else None)
+
+
+def test_manifest_names_other_secrets_and_a_service_account(tmp_path):
+    spec, _ = make_spec(tmp_path)
+    m = kube_job.pytorchjob_manifest(spec, name="digits-x", launch_uri="file:///l.json", run_id="r",
+                                     secrets=["team-s3"], service_account="trainer", active_deadline_seconds=600)  # fmt: skip
+    kube_job.validate_pytorchjob(m, CRD)
+    assert container_of(m)["envFrom"] == [{"secretRef": {"name": "team-s3", "optional": True}}]
+    assert m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["serviceAccountName"] == "trainer"
+    assert m["spec"]["runPolicy"]["activeDeadlineSeconds"] == 600
+    assert "FREESTACK_STORAGE_ROOT" not in {e["name"] for e in container_of(m)["env"]}
+
+
+def _set(path: list, value):
+    def change(m: dict) -> None:
+        node = m
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+def _drop(path: list):
+    def change(m: dict) -> None:
+        node = m
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return change
+
+
+MASTER = ["spec", "pytorchReplicaSpecs", "Master"]
+MASTER_POD = [*MASTER, "template", "spec"]
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (_set(["spec", "nprocPerNode"], 2), "$.spec.nprocPerNode"),
+        (_set(["spec", "nprocPerNode"], "two"), "$.spec.nprocPerNode"),
+        (_drop([*MASTER_POD, "containers"]), "$.spec.pytorchReplicaSpecs.Master.template.spec"),
+        (_set([*MASTER_POD, "containers"], []), "$.spec.pytorchReplicaSpecs.Master.template.spec.containers"),
+        (_set([*MASTER_POD, "containers", 0, "name"], "trainer"), "$.spec.pytorchReplicaSpecs.Master.template.spec.containers"),
+        (_set([*MASTER_POD, "containers", 0, "ports", 0, "containerPort"], "23456"),
+         "$.spec.pytorchReplicaSpecs.Master.template.spec.containers[0].ports[0].containerPort"),
+        (_set([*MASTER, "replicas"], 2), "$.spec.pytorchReplicaSpecs.Master.replicas"),
+        (_set(["spec", "pytorchReplicaSpecs", "Chief"], {"replicas": 1}), "$.spec.pytorchReplicaSpecs.Chief"),
+        (_drop(["spec", "pytorchReplicaSpecs"]), "$.spec"),
+        (_set(["spec", "runPolicy", "backoffLimit"], "0"), "$.spec.runPolicy.backoffLimit"),
+        (_set(["spec", "runPolicy", "restarts"], 0), "$.spec.runPolicy"),
+        (_set(["metadata", "name"], "1-digits"), "$.metadata.name"),
+        (_set(["metadata", "labels", "freestack.io/run"], "x" * 64), "$.metadata.labels['freestack.io/run']"),
+    ],
+)  # fmt: skip
+def test_broken_manifests_are_refused_naming_the_path(tmp_path, change, path):
+    spec, _ = make_spec(tmp_path, nodes=2)
+    m = copy.deepcopy(manifest_for(spec))
+    change(m)
+    with pytest.raises(kube_job.ManifestInvalid) as err:
+        kube_job.validate_pytorchjob(m, CRD)
+    assert path in [p for p, _ in err.value.violations], err.value.violations
+    assert path in str(err.value) and "PyTorchJob training/" in str(err.value)
+
+
+def test_a_missing_crd_file_is_named(tmp_path):
+    spec, _ = make_spec(tmp_path)
+    with pytest.raises(FreestackError, match="pytorchjob-crd.yaml"):
+        kube_job.validate_pytorchjob(manifest_for(spec), tmp_path / "nowhere.yaml")
+
+
+def test_job_names_are_dns_labels_stable_per_run_and_distinct_between_runs():
+    long_key = "digits_train/scheduled__2026-11-10T00:00:00+00:00" + "-x" * 40
+    names = {kube_job.job_name("digits", f"{long_key}{i}") for i in range(50)}
+    assert len(names) == 50  # the truncated part differs only in the hash
+    for n in [*names, kube_job.job_name("9lives", "run"), kube_job.job_name("__", "//")]:
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= kube_job.MAX_JOB_NAME <= 63, n
+    assert kube_job.job_name("digits", RUN_KEY) == kube_job.job_name("digits", RUN_KEY)
+
+
+@pytest.mark.parametrize(
+    ("conditions", "state"),
+    [
+        ([], "Pending"),
+        ([("Created", "True")], "Created"),
+        ([("Created", "True"), ("Running", "True")], "Running"),
+        ([("Created", "True"), ("Running", "False"), ("Succeeded", "True")], "Succeeded"),
+        ([("Created", "True"), ("Failed", "True"), ("Running", "True")], "Failed"),
+    ],
+)
+def test_job_state_reads_the_conditions(conditions, state):
+    obj = {"status": {"conditions": [{"type": t, "status": s} for t, s in conditions]}}
+    assert kube_job.job_state(obj)[0] == state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the operator path, against the fake API server and operator
+
+
+@pytest.fixture
+def kube(monkeypatch):
+    api = FakeTrainingAPI(reconcile_after=0.02, ready_after=0.15).start()
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
+                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))  # fmt: skip
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def run(tmp_path, storage):
+    """A kubernetes-launched digits training of 3 nodes x 2 ranks, its request and W&B settings with a key."""
+    spec, path = make_spec(tmp_path, nodes=3, processes_per_node=2)
+    req = TrainRequest(end_ds="2026-11-10", run_key=RUN_KEY)
+    return spec, path, req, WandbSettings(mode="online", api_key=SECRET_KEY, project="digits")
+
+
+def outcome_doc(version: str) -> dict:
+    return {"version": version, "version_uri": f"file:///candidates/digits/{version}", "metrics": {"val_accuracy": 0.9},
+            "partitions": [{"ds": "2026-11-10"}], "train": {"epochs": 3}, "wandb": {"run_id": "abc"}}  # fmt: skip
+
+
+def rank0_writes(spec, req, version: str = "v20261110-new"):
+    """What rank 0 does before the job succeeds: outcome.json beside the launch file."""
+    outcome = join(places(spec, req).run_dir, "outcome.json")
+
+    def finish(job: dict) -> None:
+        launch_uri = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+            "command"
+        ][-1]
+        Launch.model_validate_json(to_path(launch_uri).read_bytes())  # the pods can read what they were given
+        write_bytes(outcome, json.dumps(outcome_doc(version)).encode())
+
+    return finish
+
+
+def call(spec, path, req, settings, **kw):
+    return k8s.run_on_kubernetes(spec, path, req, settings, conn_id=CONN, poll_seconds=0.02, **kw)
+
+
+def test_a_job_runs_to_succeeded_and_returns_rank_0s_outcome(kube, run, storage):
+    spec, path, req, settings = run
+    stale = join(places(spec, req).run_dir, "outcome.json")
+    write_bytes(stale, json.dumps(outcome_doc("v-of-a-killed-attempt")).encode())
+    kube.on_finish = rank0_writes(spec, req)
+    outcome = call(spec, path, req, settings, max_wait_seconds=20)
+    assert outcome.version == "v20261110-new" and outcome.metrics == {"val_accuracy": 0.9}
+    (post,) = kube.calls("POST")
+    body = post["body"]
+    kube_job.validate_pytorchjob(body, CRD)
+    name = kube_job.job_name("digits", RUN_KEY)
+    assert post["path"] == f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
+    assert body["metadata"]["name"] == name and body["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    c = container_of(body)
+    assert c["command"][-1] == str(join(places(spec, req).run_dir, "launch.json"))
+    assert {e["name"]: e["value"] for e in c["env"]}["FREESTACK_STORAGE_ROOT"] == storage
+    assert body["spec"]["runPolicy"]["activeDeadlineSeconds"] == 20
+    assert SECRET_KEY not in json.dumps(body)  # the key travels in a Secret, by reference
+    assert SECRET_KEY not in to_path(c["command"][-1]).read_text()
+    assert kube.objects[(NS, name)]["status"]["conditions"][-1]["type"] == "Succeeded"  # kept: its pods' logs
+
+
+def test_a_failed_job_raises_with_the_reason_and_how_to_read_the_logs(kube, run):
+    spec, path, req, settings = run
+    kube.outcome = "Failed"
+    kube.failure_reason = "PyTorchJobFailed"
+    kube.failure_message = "PyTorchJob training/x is failed because 1 Worker replica(s) failed."
+    with pytest.raises(k8s.PyTorchJobError) as err:
+        call(spec, path, req, settings, max_wait_seconds=20)
+    name = kube_job.job_name("digits", RUN_KEY)
+    text = str(err.value)
+    assert isinstance(err.value, LaunchError)  # the train task retries it, resuming from the checkpoint
+    assert f"PyTorchJob {NS}/{name} failed" in text
+    assert "PyTorchJobFailed: PyTorchJob training/x is failed because 1 Worker replica(s) failed." in text
+    assert f"kubectl logs -l training.kubeflow.org/job-name={name} -n {NS}" in text
+    assert (NS, name) in kube.objects  # not deleted: its failed pods hold the logs
+
+
+def test_a_job_left_by_a_killed_attempt_is_deleted_and_created_again(kube, run):
+    spec, path, req, settings = run
+    name = kube_job.job_name("digits", RUN_KEY)
+    old = k8s.job_manifest(spec, req, "file:///old/launch.json")
+    kube.ready_after = None  # the old job runs on, as a killed task left it
+    k8s.submit_job(old, CONN)
+    old_uid = kube.objects[(NS, name)]["metadata"]["uid"]
+    kube.requests.clear()
+    kube.ready_after, kube.delete_after = 0.15, 0.2  # its pods take a while to go
+    kube.on_finish = rank0_writes(spec, req)
+    outcome = call(spec, path, req, settings, max_wait_seconds=20)
+    assert outcome.version == "v20261110-new"
+    methods = [c["method"] for c in kube.calls()]
+    assert methods[:3] == ["POST", "GET", "DELETE"] and methods.count("POST") == 2
+    (delete,) = kube.calls("DELETE")
+    assert delete["query"].get("propagationPolicy") == ["Foreground"]
+    second = methods.index("POST", 1)
+    assert methods[3:second] and set(methods[3:second]) == {"GET"}  # waited until it was gone
+    assert kube.objects[(NS, name)]["metadata"]["uid"] != old_uid
+
+
+def test_a_job_of_the_same_name_that_freestack_did_not_make_is_left_alone(kube, run):
+    spec, path, req, settings = run
+    foreign = k8s.job_manifest(spec, req, "file:///other/launch.json")
+    foreign["metadata"]["labels"] = {"team": "vision"}
+    kube.ready_after = None
+    k8s.submit_job(foreign, CONN)
+    with pytest.raises(k8s.PyTorchJobError, match="not managed by freestack"):
+        call(spec, path, req, settings, max_wait_seconds=5)
+    assert not kube.calls("DELETE")
+
+
+def test_a_job_that_does_not_finish_in_time_is_deleted(kube, run):
+    spec, path, req, settings = run
+    kube.ready_after = None  # stays Running
+    with pytest.raises(k8s.PyTorchJobError, match="did not finish within 0.3 s"):
+        call(spec, path, req, settings, max_wait_seconds=0.3)
+    assert kube.calls("DELETE") and not kube.objects
+
+
+def test_a_succeeded_job_without_an_outcome_says_where_it_looked(kube, run):
+    spec, path, req, settings = run
+    with pytest.raises(k8s.PyTorchJobError, match="left no outcome.json"):
+        call(spec, path, req, settings, max_wait_seconds=20)
+
+
+def test_a_cluster_without_the_training_operator_is_named(kube, run):
+    spec, path, req, settings = run
+    kube.crd_installed = False
+    with pytest.raises(k8s.PyTorchJobError, match="Training Operator .v1. is not installed") as err:
+        call(spec, path, req, settings, max_wait_seconds=5)
+    assert f"connection {CONN!r}" in str(err.value) and "pytorchjobs.kubeflow.org" in str(err.value)
+
+
+def test_a_short_api_outage_while_following_is_tolerated(kube, run):
+    spec, path, req, settings = run
+    kube.on_finish = rank0_writes(spec, req)
+    kube.ready_after = 0.3
+    seen: list[str] = []
+    answer = kube.handle
+
+    def flaky(method, raw_path, content_type, body):  # the 2nd and 3rd status reads answer 503
+        seen.append(method)
+        if method == "GET" and seen.count("GET") in (2, 3):
+            kube.fail_next.append(503)
+        return answer(method, raw_path, content_type, body)
+
+    kube.handle = flaky
+    assert call(spec, path, req, settings, max_wait_seconds=20).version == "v20261110-new"
+    assert seen.count("GET") > 3
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (
+            lambda api: setattr(api, "forbidden", True),
+            "kubectl auth can-i create pytorchjobs.kubeflow.org -n training",
+        ),
+        (lambda api: setattr(api, "namespaces", {"default"}), "kubectl create namespace training"),
+        (lambda api: api.fail_next.extend([503]), "overloaded or failing"),
+    ],
+)
+def test_api_answers_name_what_to_check(kube, run, setup, expected):
+    spec, path, req, settings = run
+    setup(kube)
+    with pytest.raises(k8s.PyTorchJobError, match=re.escape(expected)) as err:
+        call(spec, path, req, settings, max_wait_seconds=5)
+    assert f"PyTorchJob {NS}/{kube_job.job_name('digits', RUN_KEY)}" in str(err.value)
+
+
+def test_an_unreachable_api_server_is_named(run, monkeypatch):
+    from tests.support.ports import free_port
+
+    spec, path, req, settings = run
+    server = f"http://127.0.0.1:{free_port()}"
+    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "x", "cluster": {"server": server}}],
+                  "users": [{"name": "x", "user": {}}], "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+                  "current-context": "x"}  # fmt: skip
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}),
+    )
+    with pytest.raises(k8s.PyTorchJobUnavailable, match=f"cannot reach the Kubernetes API server {server}"):
+        call(spec, path, req, settings, max_wait_seconds=5)
