@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,8 +134,9 @@ def measure(mode: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarise(samples: list[dict[str, Any]], device: str, kinds: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in kinds:
-        rows = [s for s in samples if s["kind"] == kind]
-        pick = lambda m: [s for s in rows if s["mode"] == m]  # noqa: E731
+        def pick(mode: str, kind: str = kind) -> list[dict[str, Any]]:
+            return [s for s in samples if s["kind"] == kind and s["mode"] == mode]
+
         if device == "cpu":
             one, two = median(pick("one"), "samples_per_s"), median(pick("two"), "samples_per_s")
             out[kind] = {"one_samples_per_s": one, "two_ranks_samples_per_s": two,
