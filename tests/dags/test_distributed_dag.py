@@ -241,3 +241,28 @@ def test_bad_distributed_blocks_are_refused_naming_the_field(block, words):
     with pytest.raises(SpecError) as info:
         parse_spec(data, str(DIGITS))
     assert "train.distributed" in str(info.value) and words in str(info.value)
+
+
+def test_a_custom_module_trains_on_two_ranks_from_a_streamed_window(lake, tmp_path):
+    """The user's own module, its window streamed: each rank reads only its part of every spooled chunk,
+    the ranks stop together at the first one's end, and the version is the module's (contract unchanged)."""
+    from freestack.ml.models import load_pretrained
+    from freestack.spec import load_spec
+    from freestack.tracking.wandb import WandbSettings
+    from freestack.train.core import TrainRequest
+    from freestack.train.distributed import launch
+    from tests.dags.test_custom_model_dag import DIGITS_NET
+
+    module = tmp_path / "digits_net.py"
+    module.write_text(DIGITS_NET)
+    path = _spec_file(lake, epochs=8, data={"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 1024},
+                      distributed={"processes_per_node": 2},
+                      model={"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32},
+                             "image_shape": None})  # fmt: skip
+    out = launch(load_spec(path), str(path), TrainRequest(end_ds="2026-11-05", run_key="custom-two"), WandbSettings.from_environment())
+    version = Path(out.version_uri.removeprefix("file://"))
+    lineage = json.loads((version / "lineage.json").read_text())
+    assert lineage["data"]["mode"] == "stream" and lineage["distributed"]["world_size"] == 2
+    assert lineage["module"]["class"] == "DigitsNet"
+    assert out.metrics["test_accuracy"] >= 0.85, out.metrics
+    assert type(load_pretrained(version).net).__name__ == "DigitsNet"

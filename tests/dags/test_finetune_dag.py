@@ -207,3 +207,36 @@ def test_a_base_the_hub_does_not_have_fails_the_first_task_before_any_data_is_re
     assert states["train"] in ("upstream_failed", None), states
     out, err = capfd.readouterr()
     assert "model.base 'team/not-on-the-hub' (revision main) cannot be fetched from the Hub" in out + err
+
+
+def _on_two_ranks(p, name: str) -> None:
+    """The pipeline's spec with ``train.distributed.processes_per_node: 2`` (gloo on this CPU)."""
+    path = p["root"].parent / "pipelines" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_lora_and_full_fine_tunes_train_on_two_ranks_and_serve(pipelines):
+    """A LoRA text fine-tune (with gradient accumulation) and a full image fine-tune, each on 2 data-parallel
+    ranks that fetch the base from the Hub themselves: versions that gate, register and serve."""
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    root = pipelines["root"].as_uri()
+    for name, threshold in (("reviews", 0.8), ("digits", 0.5)):
+        _ingest(pipelines, name)
+        _on_two_ranks(pipelines, name)
+        try:
+            run = pipelines["bag"].get_dag(f"{name}_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+            version, rec = _served(pipelines, name, run)
+            lineage = json.loads((version / "lineage.json").read_text())
+            assert lineage["distributed"]["world_size"] == 2 and lineage["distributed"]["backend"] == "gloo"
+            assert (lineage["peft"] is None) == (name == "digits"), lineage["peft"]
+            evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+            assert evaluation["candidate"]["accuracy"] >= threshold, evaluation
+            code, body = http_json(rec["predict_url"], {"strData": "a fine film"} if name == "reviews" else
+                                   {"binData": base64.b64encode(next((pipelines["root"] / "landing" / "digits").rglob("*.png")).read_bytes()).decode()})  # fmt: skip
+            assert code == 200, body
+        finally:
+            stop_local(root, name, name)
