@@ -183,7 +183,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_retry_resumes(lake, tmp_path):
     retry = subprocess.run([sys.executable, "-c", _launch_child(path, key)], capture_output=True, text=True,
                            timeout=600, env=dict(os.environ))  # fmt: skip
     assert retry.returncode == 0, retry.stderr[-3000:]
-    assert f"resuming from the checkpoint of epoch {saved}/40" in retry.stderr
+    assert f"resuming from the checkpoint of epoch {saved}/40" in retry.stdout
     outcome = _outcome(retry.stdout)
     assert outcome["train"]["resumed_from"] == saved and outcome["train"]["epochs_run"] == 40
     version = Path(outcome["version_uri"].removeprefix("file://"))

@@ -11,7 +11,9 @@
    over LoRA's rank and the learning rate, the gate, the registry and a served prediction on raw text;
 6. batch scoring (within 4 and 5): the category/text/image table and the image folder score their lakes,
    the fine-tuned text model its landing folder's CSVs, through `<p>_score`, backfilled with
-   `freestack backfill --dag score`.
+   `freestack backfill --dag score`;
+7. a distributed training across 2 "nodes" of one rank each: ``train`` and ``train_node`` run at once on the
+   LocalExecutor and meet at the c10d rendezvous; the version gates, registers and serves.
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -88,6 +90,8 @@ def stack(tmp_path_factory):
     reviews = _reviews_spec(free_port_block())  # scores its landing folder (CSV) as it comes, not its lake
     reviews["score"]["input"] = f"file://{base / 'storage' / 'landing' / 'reviews'}/{{ds}}/"
     (specs / "reviews.yaml").write_text(yaml.safe_dump(reviews, sort_keys=False))
+    # a training across 2 "nodes" on loopback: train and train_node meet at the rendezvous (test 7)
+    (specs / "ranks.yaml").write_text(_ranks_text(free_port_block()))
     # a user's new pipeline with one wrong field: the spec is read, and refused
     (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
     saved = os.environ.get("HF_ENDPOINT")
@@ -99,6 +103,21 @@ def stack(tmp_path_factory):
     yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub}
     stop_process(proc.pid, grace_seconds=60)
     hub["hub"].stop()
+
+
+def _ranks_text(port: int) -> str:
+    """The demo spec trained as 2 nodes of 1 rank (train + train_node, the gang in its own pool), a gate it
+    passes, deployed locally; training only when triggered."""
+    import yaml
+
+    from tests.support.ports import free_port
+
+    data = yaml.safe_load(_digits_text("ranks", train_schedule="0 0 1 1 *"))
+    data["gate"]["threshold"] = 0.8
+    data["train"]["distributed"] = {"nodes": 2, "rendezvous": f"127.0.0.1:{free_port()}", "timeout_seconds": 120,
+                                    "pool": "default_pool"}  # fmt: skip
+    data["deploy"] = {"local": {"port": port}}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _start_hub(base: Path) -> dict:
@@ -421,3 +440,60 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
             assert set(table.column("prediction").to_pylist()) <= {"neg", "pos"} and manifest["rows_quarantined"] == 0
     finally:
         stop_local(root, "reviews", "reviews")
+
+
+@ONCE
+@needs_serving_env
+def test_two_nodes_train_one_model_as_a_gang_of_tasks_under_the_scheduler(stack):
+    """train (node 0) and train_node (node 1) run at the same time under the scheduler, meet at the
+    rendezvous, and rank 0's version is gated, registered and served; the task log shows each rank."""
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+    from freestack.serving.smoke import http_json
+
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    api, env, log = stack["api"], stack["env"], stack["log"]
+    make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), 3, pipeline="ranks")
+    dags = {"ranks_ingest", "ranks_train"}
+    _wait("ranks' DAGs", lambda: dags <= {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    for dag_id in sorted(dags):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    for day in (1, 2, 3):
+        api.call("POST", "/dags/ranks_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+    conf = {"end_ds": "2026-11-03", "sweep": False, "epochs": 6}
+    api.call("POST", "/dags/ranks_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "ranks", "conf": conf})
+
+    def done():
+        run = api.call("GET", "/dags/ranks_train/dagRuns/ranks")
+        return run if run["state"] in ("success", "failed") else None
+
+    root = env["FREESTACK_STORAGE_ROOT"]
+    try:
+        run = _wait("ranks_train's run", done, log, timeout=600, every=5)
+        tis = api.call("GET", "/dags/ranks_train/dagRuns/ranks/taskInstances")["task_instances"]
+        states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
+        assert run["state"] == "success", (states, _train_logs(api)[-6000:])
+        assert states[("train", -1)] == states[("train_node", 0)] == states[("deploy", -1)] == "success", states
+        rec = Deployments(root, "ranks").get("ranks")
+        version = stack["base"] / "storage" / "registry" / "ranks" / rec["version"]
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["distributed"]["nodes"] == 2 and lineage["distributed"]["world_size"] == 2
+        code, body = http_json(rec["predict_url"], {"data": {"ndarray": [[0.0] * 64]}})
+        assert code == 200, body
+        text = _train_logs(api)
+        assert "[rank 0/2]" in text or "[rank 1/2]" in text, text[-3000:]
+    finally:
+        stop_local(root, "ranks", "ranks")
+
+
+def _train_logs(api) -> str:
+    """The first try's logs of ranks_train's train and train_node tasks."""
+    got = []
+    for path in ("train/logs/1", "train_node/0/logs/1"):
+        try:
+            got.append(json.dumps(api.call("GET", f"/dags/ranks_train/dagRuns/ranks/taskInstances/{path}?full_content=true")))
+        except Exception as exc:  # noqa: BLE001  (a message for the assertion, whatever went wrong)
+            got.append(f"{path}: {exc}")
+    return "\n".join(got)

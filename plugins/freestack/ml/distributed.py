@@ -52,10 +52,8 @@ class Ranks:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if self.backend == "nccl" else None
-        # buffers (batch norm's running statistics) are not broadcast at every step: rank 0's are the ones it
-        # validates with and saves, and the broadcast would cost one more collective a step
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters,
-                                       broadcast_buffers=False)  # fmt: skip
+                                       **_no_buffer_sync())  # fmt: skip
 
     def all_sum(self, values: list[float], device: torch.device) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
@@ -67,6 +65,19 @@ class Ranks:
         t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
         dist.broadcast(t, src=0)
         return bool(t.item())
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """Buffers (batch norm's running statistics) synced once at the start, not before every step: rank 0's
+    are the ones it validates with and saves, and the sync would cost one more collective a step. torch
+    2.13 names this ``forward_sync_buffers``; earlier releases ``broadcast_buffers`` (now deprecated)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def backend_for(requested: str, device: str) -> str:

@@ -70,9 +70,11 @@ def write_launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking
     return path
 
 
-def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0) -> TrainOutcome | None:
+def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0,
+           environment: dict[str, str] | None = None) -> TrainOutcome | None:  # fmt: skip
     """Run this node's ranks to the end (elastic_launch: what ``torchrun`` does); node 0 returns the
-    outcome rank 0 left. A rank that fails (or dies) ends every rank of the attempt: LaunchError."""
+    outcome rank 0 left. A rank that fails (or dies) ends every rank of the attempt: LaunchError.
+    ``environment``: variables the ranks get besides this process's (an Airflow task's connections)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -89,7 +91,7 @@ def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_setti
     log.info("starting %d rank(s) on node %d of %d (world size %d, rendezvous %s)", d.processes_per_node,
              node_rank, d.nodes, d.world_size, config.rdzv_endpoint)  # fmt: skip
     try:
-        with _rank_environment(spec, tracking_settings):
+        with _rank_environment(spec, tracking_settings, environment or {}):
             elastic_launch(config, sys.executable)("-m", "freestack.train.distributed", str(path))
     except ChildFailedError as exc:
         raise LaunchError(_failure_text(exc, d.timeout_seconds)) from None
@@ -118,11 +120,11 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
 
 
 @contextlib.contextmanager
-def _rank_environment(spec: PipelineSpec, tracking_settings):
+def _rank_environment(spec: PipelineSpec, tracking_settings, environment: dict[str, str]):
     """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
     d = spec.train.distributed
     threads = d.threads_per_process or max(1, (os.cpu_count() or 1) // d.processes_per_node)
-    extra = {"OMP_NUM_THREADS": str(threads)}  # torch sizes its CPU thread pool by it, as under torchrun
+    extra = {**environment, "OMP_NUM_THREADS": str(threads)}  # torch sizes its CPU pool by it, as under torchrun
     if getattr(tracking_settings, "api_key", None):
         extra["WANDB_API_KEY"] = tracking_settings.api_key
     saved = {k: os.environ.get(k) for k in extra}
@@ -187,7 +189,7 @@ def run_rank(launch_path: str) -> None:
 
 def _log_as_rank(rank: int, world: int) -> None:
     """Each log line says which rank wrote it (the task log shows every rank's progress)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
                         format=f"[rank {rank}/{world}] %(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
 
 

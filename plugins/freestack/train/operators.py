@@ -226,4 +226,20 @@ class TrainOperator(HubEnvironment, PipelineOperator):
                 if exc.status in PERMANENT:  # RBAC, a missing CRD, a name taken: a retry would fail alike
                     raise AirflowFailException(str(exc)) from None
                 raise
-        return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank)
+        return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank,
+                      environment=rank_environment(spec))  # fmt: skip
+
+
+def rank_environment(spec) -> dict[str, str]:
+    """What the ranks, processes of their own beside the task, need of Airflow: a database URL they can
+    parse (a task's is blocked on purpose, and the ranks never use one) and the storage root's connection as
+    an ``AIRFLOW_CONN_<ID>`` variable (Airflow's own way to give a process a connection)."""
+    from airflow.sdk import BaseHook
+
+    from freestack.storage import storage_root
+
+    env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://", "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "sqlite://"}
+    conn_id = getattr(storage_root(spec.storage_root), "conn_id", None)
+    if conn_id:
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = BaseHook.get_connection(conn_id).as_json()
+    return env
