@@ -195,7 +195,9 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     d = spec.train.distributed
     nodes = d.nodes if d.launcher == "local" else 1
     gang = {"pool": d.pool} if d.pool and nodes > 1 else {}  # a slot per node, taken at once
-    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.", **on_queue, **gang)
+    host = {"queue": d.host_queue} if d.host_queue and nodes > 1 else {}  # node 0 where the rendezvous is
+    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.",
+                           **{**on_queue, **host}, **gang)  # fmt: skip
     create = CreateSweepOperator(task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run.")
     agents = SweepAgentOperator.partial(
         task_id="agent", spec_path=spec_path, pool=POOL,

@@ -214,12 +214,15 @@ def test_a_multi_node_spec_adds_a_gang_of_node_tasks(tmp_path):
     from freestack.spec import parse_spec
 
     data = yaml.safe_load(DIGITS.read_text())
-    data["train"]["distributed"] = {"nodes": 3, "pool": "gpu_gang", "rendezvous": "trainer-0.internal:29400"}
+    data["train"]["queue"] = "gpu"
+    data["train"]["distributed"] = {"nodes": 3, "pool": "gpu_gang", "rendezvous": "trainer-0.internal:29400",
+                                    "host_queue": "trainer-0"}  # fmt: skip
     dag = train_dag(parse_spec(data, str(DIGITS)), str(DIGITS))
     tasks = {t.task_id: t for t in dag.tasks}
     node = tasks["train_node"]
     assert node.expand_input.value == {"node_rank": [1, 2]}
     assert tasks["train"].pool == node.partial_kwargs["pool"] == "gpu_gang"
+    assert (tasks["train"].queue, node.partial_kwargs["queue"]) == ("trainer-0", "gpu")
     assert {"train", "train_node", "select_best"} == {t.task_id for t in tasks["evaluate"].upstream_list}
 
 

@@ -168,6 +168,7 @@ class DistributedSpec(_Model):
     threads_per_process: int | None = Field(default=None, ge=1, le=1024, description="CPU threads of each rank; default the node's cores divided among its ranks.")
     find_unused_parameters: bool = Field(default=False, description="DDP's find_unused_parameters: true for a model whose forward leaves some trainable parameters out.")
     pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,256}$", description="The Airflow pool of the train tasks when nodes > 1 (the gang: it needs a slot per node at once).")
+    host_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="nodes > 1, launcher local: the executor queue of node 0's task (train), one that only the worker at the rendezvous address consumes; default train.queue.")
     image: str = Field(default="freestack/airflow:0.1.0", min_length=1, max_length=500, description="launcher kubernetes: the image of the ranks' pods (the project's Airflow image, docker/Dockerfile, holds freestack and torch).")
     namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="launcher kubernetes: the namespace of the PyTorchJob.")
     gpus_per_node: int = Field(default=0, ge=0, le=64, description="launcher kubernetes: nvidia.com/gpu limit of each node's pod.")
