@@ -203,7 +203,7 @@ async def version(request: Request, pipeline: str, version: str, user: Any = Dep
     v = await off_loop(_version, pipeline, spec, version)
     af = v.lineage.get("airflow") or {}
     return page(request, "version.html", title=f"{v.model} {v.row.version}", tab="models", v=v,
-                card=render_card(v.card),
+                card=render_card(v.card), trained_on=catalog.trained_on(v.lineage),
                 run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
                 may_promote=may_trigger(user, f"{pipeline}_promote"))  # fmt: skip
 

@@ -195,6 +195,30 @@ def _gate(lineage: dict[str, Any]) -> Gate:
                 metric=g.get("metric"), approval=g.get("approval"))  # fmt: skip
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def trained_on(lineage: dict[str, Any]) -> str:
+    """How a version was trained, from lineage.json's ``distributed``: "1 process", or e.g. "2 ranks (1 node
+    × 2 processes), gloo, DDP, local launcher". A version written before distributed training has no such
+    key: it ran in one process."""
+    d = lineage.get("distributed")
+    d = d if isinstance(d, dict) else {}
+    ranks = d.get("world_size")
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks <= 1:
+        return "1 process"
+    text = _count(ranks, "rank", "ranks")
+    nodes, per_node = d.get("nodes"), d.get("processes_per_node")
+    if isinstance(nodes, int) and isinstance(per_node, int):
+        text += f" ({_count(nodes, 'node', 'nodes')} × {_count(per_node, 'process', 'processes')})"
+    strategy = d.get("strategy")
+    extra = [str(d["backend"]) if d.get("backend") else None,
+             (str(strategy).upper() if str(strategy).lower() in ("ddp", "fsdp") else str(strategy)) if strategy else None,
+             f"{d['launcher']} launcher" if d.get("launcher") else None]  # fmt: skip
+    return ", ".join([text, *(e for e in extra if e)])
+
+
 def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
     """A version's row from its files (``{name: JSON}``), None when it is not committed."""
     from freestack.registry.card import metrics_summary
@@ -909,5 +933,5 @@ __all__ = [
     "DeploymentRow", "Importance", "IntervalRow", "LakePage", "distributions", "parameter_importance", "sweep_status", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
     "ClassCount", "ScoredDay", "ScoresPage", "ValueStats", "score_days", "scored_day", "scores_page",
-    "version_file_chunks", "version_page", "version_rows",
+    "trained_on", "version_file_chunks", "version_page", "version_rows",
 ]  # fmt: skip

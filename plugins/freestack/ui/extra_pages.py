@@ -214,6 +214,7 @@ def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
         "code_version": lineage.get("code_version"), "module.sha256": (lineage.get("module") or {}).get("sha256"),
         "window.end_ds": window.get("end_ds"), "window.days": window.get("days"), "sweep": (lineage.get("sweep") or {}).get("id"),
         "airflow.run_id": af.get("run_id"), "data.rows": (lineage.get("data") or {}).get("rows"),
+        "trained_on": catalog.trained_on(lineage),
     }  # fmt: skip
 
 
