@@ -112,6 +112,26 @@ def _train_finetune(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _train_distributed(r: dict[str, Any], file: str) -> list[Row]:
+    """CPU: 2 ranks against 2x one process (scaling efficiency); CUDA: DDP of one rank against none."""
+    s, device = r["summary"], r["params"]["device"]
+    batch = r["params"]["batch_size"]
+    rows = []
+    for kind, m in s.items():
+        if device == "cpu":
+            eff = m["scaling_efficiency"]
+            rows.append(Row("train_distributed", f"{kind}: 2 gloo ranks of 1 thread ({batch} rows a rank a step), samples/s",
+                            _n(m["two_ranks_samples_per_s"]), f"2 x {_n(m['one_samples_per_s'])} (one process of 1 thread); "
+                            f"all-reduce {_n(m['gloo_allreduce_ms_per_step'], 2, 'ms')}/step", eff, ">= 0.85",
+                            eff is not None and eff >= 0.85))  # fmt: skip
+        else:
+            ratio = m["ddp_overhead_ratio"]
+            rows.append(Row("train_distributed", f"{kind}: one GPU under DDP ({m['amp']}, {batch} rows a step), samples/s",
+                            _n(m["ddp1_samples_per_s"]), f"{_n(m['plain_samples_per_s'])} (the same loop without DDP)",
+                            ratio, ">= 0.97", ratio is not None and ratio >= 0.97))  # fmt: skip
+    return rows
+
+
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
     rows = []
     par = r.get("parallel")
@@ -329,7 +349,8 @@ def _score(r: dict[str, Any], file: str) -> list[Row]:
 
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
-    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune, "score": _score, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune,
+    "train_distributed": _train_distributed, "score": _score, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration, "ui": _ui,
 }  # fmt: skip

@@ -12,7 +12,9 @@ test or a notebook can change one and see it at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -247,7 +249,23 @@ def pipelines_dir() -> Path:
     return settings().pipelines_folder
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs (for the processes it starts), then as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 __all__ = [
+    "environment",
     "PREFIX", "Settings", "SettingsError", "checkout_dir", "default_storage_root", "pipelines_dir", "project_home",
     "settings",
 ]  # fmt: skip

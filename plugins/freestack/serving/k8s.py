@@ -241,30 +241,36 @@ class _Session:
 
 
 @contextmanager
-def _session(conn_id: str, namespace: str, name: str) -> Iterator[_Session]:
+def api_session(conn_id: str, namespace: str, name: str, *, session_class: type[_Session] | None = None,
+                unavailable=None, on_unreachable=None, on_answer=None) -> Iterator[_Session]:  # fmt: skip
+    """A session on the connection's cluster for one object; every failure inside becomes the error the
+    caller's factories make (default: this module's, about SeldonDeployments; the train stage passes its
+    own for PyTorchJobs)."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    unavailable, on_unreachable = unavailable or KubernetesUnavailable, on_unreachable or unreachable
+    on_answer = on_answer or api_error
     try:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
         api_client = KubernetesHook(conn_id=conn_id).get_conn()
     except Exception as exc:  # connection missing, no kubeconfig, conflicting extras, bad YAML...
-        raise KubernetesUnavailable(
+        raise unavailable(
             f"cannot load the Kubernetes configuration of connection {conn_id!r} ({type(exc).__name__}: {exc}). "
             "Give the connection (conn_type kubernetes) exactly one of the extras kube_config_path, kube_config "
             "(the kubeconfig inline) or in_cluster: true."
         ) from exc
-    session = _Session(api_client, conn_id, namespace, name)
+    session = (session_class or _Session)(api_client, conn_id, namespace, name)
     where = {"host": session.host, "conn_id": conn_id, "namespace": namespace, "name": name}
     try:
         yield session
     except ApiException as exc:
         if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
-            raise unreachable(exc, action=session.action, **where) from exc
-        raise api_error(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
+            raise on_unreachable(exc, action=session.action, **where) from exc
+        raise on_answer(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
     except (HTTPError, OSError) as exc:
-        raise unreachable(exc, action=session.action, **where) from exc
+        raise on_unreachable(exc, action=session.action, **where) from exc
     finally:
         api_client.close()
 
@@ -286,7 +292,7 @@ def apply(manifest: dict[str, Any], conn_id: str, *, force: bool = False, dry_ru
 
     name, namespace = _ident(manifest)
     kw = {"dry_run": "All"} if dry_run else {}
-    with _session(conn_id, namespace, name) as s:
+    with api_session(conn_id, namespace, name) as s:
         body = copy.deepcopy(manifest)
         body.pop("status", None)
         body["metadata"].pop("resourceVersion", None)
@@ -326,7 +332,7 @@ def apply(manifest: dict[str, Any], conn_id: str, *, force: bool = False, dry_ru
 
 def get(name: str, namespace: str, conn_id: str) -> dict[str, Any] | None:
     """The SeldonDeployment as stored, or None when it does not exist."""
-    with _session(conn_id, namespace, name) as s:
+    with api_session(conn_id, namespace, name) as s:
         return s.read()
 
 
@@ -334,7 +340,7 @@ def delete(name: str, namespace: str, conn_id: str) -> bool:
     """Delete the SeldonDeployment; False when there was none."""
     from kubernetes.client.exceptions import ApiException
 
-    with _session(conn_id, namespace, name) as s:
+    with api_session(conn_id, namespace, name) as s:
         try:
             s.delete()
         except ApiException as exc:
@@ -356,7 +362,7 @@ def _update(
     that was read (a replace, or a merge patch of ``spec.predictors`` that carries it), retrying conflicts."""
     from kubernetes.client.exceptions import ApiException
 
-    with _session(conn_id, namespace, name) as s:
+    with api_session(conn_id, namespace, name) as s:
         for _ in range(_CONFLICT_RETRIES):
             current = s.read()
             if current is None:
@@ -561,7 +567,7 @@ def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
     service = predictor_service(name, CANARY if canary else MAIN)
     path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
     try:
-        with _session(target.conn_id, target.namespace, name) as s:
+        with api_session(target.conn_id, target.namespace, name) as s:
             if spec.deploy.runtime == "mlserver":
                 return smoke_test_v2(s.host + path, spec.model_name, sample, post=s.proxy_post)
             return smoke_test(s.host + path, sample, post=s.proxy_post)

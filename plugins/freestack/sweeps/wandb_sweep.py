@@ -12,10 +12,8 @@ With no key, or an unreachable server, the local controller runs instead (``serv
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
@@ -43,18 +41,10 @@ def server_settings(settings: WandbSettings) -> WandbSettings | None:
     return settings
 
 
-@contextlib.contextmanager
 def _wandb_env(settings):
-    saved = {k: os.environ.get(k) for k in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE")}
-    os.environ.update({"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from freestack.settings import environment
+
+    return environment({"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"})
 
 
 def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int, settings):

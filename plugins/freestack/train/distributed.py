@@ -15,7 +15,6 @@ shared disk), as the checkpoints already are.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -119,24 +118,16 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
     )  # fmt: skip
 
 
-@contextlib.contextmanager
 def _rank_environment(spec: PipelineSpec, tracking_settings, environment: dict[str, str]):
     """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
+    from freestack.settings import environment as with_environment
+
     d = spec.train.distributed
     threads = d.threads_per_process or max(1, (os.cpu_count() or 1) // d.processes_per_node)
     extra = {**environment, "OMP_NUM_THREADS": str(threads)}  # torch sizes its CPU pool by it, as under torchrun
     if getattr(tracking_settings, "api_key", None):
         extra["WANDB_API_KEY"] = tracking_settings.api_key
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return with_environment(extra)
 
 
 def _failure_text(exc, timeout: float) -> str:

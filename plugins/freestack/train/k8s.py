@@ -20,11 +20,10 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from freestack.serving.k8s import _resource_type_missing, _Session, _status_body, object_missing
+from freestack.serving.k8s import _resource_type_missing, _Session, _status_body, api_session, object_missing
 from freestack.serving.manifests import MANAGED_BY, MANAGED_BY_KEY
 from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
 from freestack.train.kubernetes import (
@@ -162,34 +161,10 @@ class _JobSession(_Session):
         )
 
 
-@contextmanager
-def _session(conn_id: str, namespace: str, name: str) -> Iterator[_JobSession]:
-    """A session on the connection's cluster; every failure inside becomes a PyTorchJobError."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    try:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        api_client = KubernetesHook(conn_id=conn_id).get_conn()
-    except Exception as exc:  # connection missing, no kubeconfig, conflicting extras, bad YAML...
-        raise PyTorchJobUnavailable(
-            f"cannot load the Kubernetes configuration of connection {conn_id!r} ({type(exc).__name__}: {exc}). "
-            "Give the connection (conn_type kubernetes) exactly one of the extras kube_config_path, kube_config "
-            "(the kubeconfig inline) or in_cluster: true."
-        ) from exc
-    session = _JobSession(api_client, conn_id, namespace, name)
-    where = {"host": session.host, "conn_id": conn_id, "namespace": namespace, "name": name}
-    try:
-        yield session
-    except ApiException as exc:
-        if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
-            raise _unreachable(exc, action=session.action, **where) from exc
-        raise _api_error(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
-    except (HTTPError, OSError) as exc:
-        raise _unreachable(exc, action=session.action, **where) from exc
-    finally:
-        api_client.close()
+def _session(conn_id: str, namespace: str, name: str):
+    """A session on the connection's cluster for one PyTorchJob; every failure inside becomes a PyTorchJobError."""
+    return api_session(conn_id, namespace, name, session_class=_JobSession, unavailable=PyTorchJobUnavailable,
+                       on_unreachable=_unreachable, on_answer=_api_error)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
