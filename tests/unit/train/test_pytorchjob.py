@@ -384,3 +384,21 @@ def test_an_unreachable_api_server_is_named(run, monkeypatch):
     )
     with pytest.raises(k8s.PyTorchJobUnavailable, match=f"cannot reach the Kubernetes API server {server}"):
         call(spec, path, req, settings, max_wait_seconds=5)
+
+
+@pytest.mark.parametrize(("setup", "permanent"), [(lambda api: setattr(api, "forbidden", True), True),
+                                                  (lambda api: api.fail_next.extend([503] * 20), False)])  # fmt: skip
+def test_the_train_task_fails_at_once_on_answers_a_retry_cannot_change(kube, tmp_path, storage, setup, permanent):
+    """Through TrainOperator: RBAC refusing the job fails the task for good (no retry would pass); an
+    overloaded API server raises an error the task's retries take."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from freestack.train.operators import TrainOperator
+
+    spec, path = make_spec(tmp_path, nodes=2, kubernetes_conn_id=CONN)
+    req = TrainRequest(end_ds="2026-11-10", run_key=RUN_KEY)
+    setup(kube)
+    op = TrainOperator(task_id="train", spec_path=path)
+    with pytest.raises(AirflowFailException if permanent else k8s.PyTorchJobError) as err:
+        op._train(spec, req, WandbSettings(mode="disabled"))
+    assert ("kubectl auth can-i" in str(err.value)) == permanent
