@@ -1,7 +1,10 @@
 """``train.distributed`` with ``launcher: kubernetes``: the train task submits a Kubeflow ``PyTorchJob`` and
 follows it to the end, then returns the outcome rank 0 left (as the local launcher's node 0 does)::
 
-    outcome = run_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id="kubernetes_default")
+    name, namespace = start_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=...)
+    ... the train task defers to freestack.train.triggers.PyTorchJobFinishedTrigger, whose event ...
+    outcome = finish_on_kubernetes(spec, req, event)
+    # or, waiting in this process: run_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=...)
 
     launch.json  ->  PyTorchJob <pipeline>-<run>-<hash>  (Master + Workers, torchrun in each pod)
                  ->  status.conditions: Created, Running, Succeeded | Failed
@@ -61,11 +64,13 @@ UNAVAILABLE_TOLERANCE = 6
 class PyTorchJobError(LaunchError):
     """The PyTorchJob could not be created or followed, or it failed; the message says which job, why and
     what to check. ``status``: the HTTP status the API server answered, when there was one. A LaunchError,
-    so the train task retries it, and the retry resumes from the last checkpoint."""
+    so the train task retries it, and the retry resumes from the last checkpoint, unless ``permanent``:
+    an answer a retry cannot change (default: ``status`` in :data:`PERMANENT`), which fails the task."""
 
-    def __init__(self, message: str, *, status: int | None = None):
+    def __init__(self, message: str, *, status: int | None = None, permanent: bool | None = None):
         super().__init__(message)
         self.status = status
+        self.permanent = status in PERMANENT if permanent is None else permanent
 
 
 #: API answers that a retry cannot change: a malformed or forbidden request, no PyTorchJob kind, a conflict
@@ -263,8 +268,7 @@ def wait_for_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID, *, p
         if state in ("Succeeded", "Failed"):
             return obj
         if time.monotonic() >= deadline:
-            raise PyTorchJobError(f"{KIND} {namespace}/{name} did not finish within {max_wait_seconds:g} s (it is "
-                                  f"{seen}); it is being deleted. {_logs_hint(name, namespace)}")  # fmt: skip
+            raise PyTorchJobError(timeout_text(name, namespace, max_wait_seconds, str(seen)))
         time.sleep(poll_seconds)
 
 
@@ -281,6 +285,26 @@ def failure_text(obj: dict[str, Any]) -> str:
     why = ": ".join(p for p in (reason, message) if p) or "no reason given"
     return (f"{KIND} {namespace}/{name} failed ({why}); every rank of this attempt was stopped, and a retry "
             f"resumes from the last checkpoint. {_logs_hint(name, namespace)}")  # fmt: skip
+
+
+def job_progress(obj: dict[str, Any]) -> tuple[str, str]:
+    """(status, message) of a stored job, as the trigger's event and the synchronous wait say it:
+    ``succeeded``, ``failed`` (with :func:`failure_text`), else its state in lower case (not final)."""
+    meta = obj.get("metadata") or {}
+    what = f"{KIND} {meta.get('namespace')}/{meta.get('name')}"
+    state, reason, message = job_state(obj)
+    if state == "Succeeded":
+        return "succeeded", f"{what} succeeded"
+    if state == "Failed":
+        return "failed", failure_text(obj)
+    why = ": ".join(p for p in (reason, message) if p)
+    return state.lower(), f"{what} is {state}" + (f" ({why})" if why else "")
+
+
+def timeout_text(name: str, namespace: str, seconds: float, seen: str) -> str:
+    """A job that did not finish in time: what it was last, that it goes, and where its logs are."""
+    return (f"{KIND} {namespace}/{name} did not finish within {seconds:g} s (last seen: {seen}); it is being deleted. "
+            f"{_logs_hint(name, namespace)}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,19 +327,16 @@ def job_manifest(spec: PipelineSpec, req: TrainRequest, launch_uri: str, *, max_
     return manifest
 
 
-def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
-                      conn_id: str = DEFAULT_CONN_ID, poll_seconds: float = POLL_SECONDS,
-                      max_wait_seconds: float = MAX_WAIT_SECONDS, secrets: Sequence[str] = DEFAULT_SECRETS,
-                      service_account: str | None = None) -> TrainOutcome:  # fmt: skip
-    """Train as a PyTorchJob and return the outcome rank 0 left beside the launch file. A Failed job raises
-    PyTorchJobError (the operator's reason and how to read the pods' logs); a task that stops waiting
-    (its bound, a kill) deletes the job rather than leave GPUs busy for nobody. ``secrets``: the Secrets
-    the pods take their environment from (storage connection, ``WANDB_API_KEY``); ``service_account``: the
-    pods' identity (e.g. an IAM role for S3)."""
-    from freestack.storage import join, uri_of
-    from freestack.train.core import places
+def start_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
+                        conn_id: str = DEFAULT_CONN_ID, max_wait_seconds: float = MAX_WAIT_SECONDS,
+                        secrets: Sequence[str] = DEFAULT_SECRETS, service_account: str | None = None) -> tuple[str, str]:  # fmt: skip
+    """Write the launch file and create the run's PyTorchJob; returns its (name, namespace). Split from the
+    wait so the train task can hand the wait to the triggerer (:mod:`freestack.train.triggers`) instead of
+    holding a worker slot for days. A killed attempt's outcome.json is removed first: only this job's
+    rank 0 may leave the one :func:`finish_on_kubernetes` reads."""
+    from freestack.storage import uri_of
 
-    outcome = join(places(spec, req).run_dir, OUTCOME_FILE)
+    outcome = _outcome_path(spec, req)
     if outcome.exists():
         outcome.unlink()  # a killed attempt's
     launch = write_launch(spec, spec_path, req, tracking_settings, 0)
@@ -325,16 +346,28 @@ def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tra
     submit_job(manifest, conn_id)
     log.info("submitted %s %s/%s (%d node(s) x %d rank(s)); %s", KIND, namespace, name, spec.train.distributed.nodes,
              spec.train.distributed.processes_per_node, _logs_hint(name, namespace))  # fmt: skip
-    try:
-        obj = wait_for_job(
-            name, namespace, conn_id, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds
-        )
-    except BaseException:
+    return name, namespace
+
+
+def finish_on_kubernetes(spec: PipelineSpec, req: TrainRequest, event: dict[str, Any], *,
+                         conn_id: str | None = None) -> TrainOutcome:  # fmt: skip
+    """The outcome rank 0 left, once the job's wait ended with ``event`` (the trigger's, or the synchronous
+    wait's: ``status`` succeeded | failed | timeout | error, ``message``, ``name``, ``namespace``). ``req``
+    must be the request the job was started with (its run folder holds the outcome). A failed job raises
+    PyTorchJobError and is kept (its pods hold the logs); on a timeout or an error the job is deleted
+    rather than leave GPUs busy for nobody; an error is ``permanent`` (waiting did not fix it, nor will a
+    retry). ``conn_id``: default the spec's ``train.distributed.kubernetes_conn_id``."""
+    from freestack.storage import uri_of
+
+    status, message = event.get("status"), str(event.get("message") or "")
+    name, namespace = str(event.get("name")), str(event.get("namespace"))
+    if status in ("timeout", "error"):
         with contextlib.suppress(Exception):
-            delete_job(name, namespace, conn_id)
-        raise
-    if job_state(obj)[0] == "Failed":
-        raise PyTorchJobError(failure_text(obj))
+            delete_job(name, namespace, conn_id or spec.train.distributed.kubernetes_conn_id)
+        raise PyTorchJobError(message, permanent=status == "error")
+    if status != "succeeded":
+        raise PyTorchJobError(message or f"{KIND} {namespace}/{name} ended {status!r}")
+    outcome = _outcome_path(spec, req)
     if not outcome.exists():
         raise PyTorchJobError(
             f"{KIND} {namespace}/{name} succeeded but rank 0 left no {OUTCOME_FILE} at {uri_of(outcome)}: do the "
@@ -344,7 +377,41 @@ def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tra
     return _read_outcome(outcome)
 
 
+def _outcome_path(spec: PipelineSpec, req: TrainRequest) -> Any:
+    from freestack.storage import join
+    from freestack.train.core import places
+
+    return join(places(spec, req).run_dir, OUTCOME_FILE)
+
+
+def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
+                      conn_id: str = DEFAULT_CONN_ID, poll_seconds: float = POLL_SECONDS,
+                      max_wait_seconds: float = MAX_WAIT_SECONDS, secrets: Sequence[str] = DEFAULT_SECRETS,
+                      service_account: str | None = None) -> TrainOutcome:  # fmt: skip
+    """Train as a PyTorchJob, waiting in this process, and return the outcome rank 0 left beside the launch
+    file (the train task defers instead: :class:`freestack.train.triggers.PyTorchJobFinishedTrigger`). A
+    Failed job raises PyTorchJobError (the operator's reason and how to read the pods' logs); a wait that
+    ends otherwise (its bound, a kill, an API error) deletes the job rather than leave GPUs busy for
+    nobody. ``secrets``: the Secrets the pods take their environment from (storage connection,
+    ``WANDB_API_KEY``); ``service_account``: the pods' identity (e.g. an IAM role for S3)."""
+    name, namespace = start_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=conn_id,
+                                          max_wait_seconds=max_wait_seconds, secrets=secrets,
+                                          service_account=service_account)  # fmt: skip
+    try:
+        obj = wait_for_job(
+            name, namespace, conn_id, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            delete_job(name, namespace, conn_id)
+        raise
+    status, message = job_progress(obj)
+    event = {"status": status, "message": message, "name": name, "namespace": namespace}
+    return finish_on_kubernetes(spec, req, event, conn_id=conn_id)
+
+
 __all__ = [
     "DEFAULT_CONN_ID", "MAX_WAIT_SECONDS", "POLL_SECONDS", "PyTorchJobError", "PyTorchJobUnavailable", "delete_job",
-    "failure_text", "get_job", "job_manifest", "run_on_kubernetes", "submit_job", "wait_for_job",
+    "failure_text", "finish_on_kubernetes", "get_job", "job_manifest", "job_progress", "run_on_kubernetes",
+    "start_on_kubernetes", "submit_job", "timeout_text", "wait_for_job",
 ]  # fmt: skip

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
@@ -176,27 +178,15 @@ class TrainOperator(HubEnvironment, PipelineOperator):
         from freestack.errors import SpecError
         from freestack.hooks.wandb import WandbHook
         from freestack.ml.contract import CustomModelError
-        from freestack.train.core import TrainingError, TrainRequest, prune_checkpoints
+        from freestack.train.core import TrainingError, prune_checkpoints
         from freestack.train.distributed import LaunchError
 
         spec = self.pipeline_spec()
         if self.node_rank == 0:
             prune_checkpoints(spec)
-        params = context.get("params") or {}
-        window = fixed_window(context)
-        end_ds = window["end_ds"]
-        ti = context["ti"]
-        req = TrainRequest(
-            end_ds=end_ds,
-            window=window,
-            window_days=params.get("window_days"),
-            epochs=params.get("epochs"),
-            learning_rate=params.get("learning_rate"),
-            batch_size=params.get("batch_size"),
-            run_key=f"{ti.dag_id}/{ti.run_id}",
-            airflow=airflow_info(context, window),
-        )
-        self.log.info("training %s on the lake up to %s", spec.name, end_ds)
+        req = train_request(context)
+        self._run_key = req.run_key
+        self.log.info("training %s on the lake up to %s", spec.name, req.end_ds)
         try:
             outcome = self._train(spec, req, WandbHook().checked_settings())
         except (TrainingError, SpecError, CustomModelError) as exc:  # a retry would fail the same way
@@ -205,29 +195,108 @@ class TrainOperator(HubEnvironment, PipelineOperator):
             raise RuntimeError(str(exc)) from None
         if outcome is None:  # another node's ranks: node 0's task returns the version
             return None
-        ti.xcom_push(key="wandb", value=outcome.tracking)
+        return self._returned(context, outcome)
+
+    def _returned(self, context: Context, outcome) -> dict[str, Any]:
+        """What the task returns of an outcome, with its W&B run as the ``wandb`` XCom (the run link's)."""
+        context["ti"].xcom_push(key="wandb", value=outcome.tracking)
         return outcome.as_dict()
 
     def _train(self, spec, req, tracking_settings):
-        """In this process; or this node's ranks (train.distributed); or a PyTorchJob."""
+        """In this process; or this node's ranks (train.distributed); or a PyTorchJob, awaited in the
+        triggerer (the task defers; :meth:`execute_complete` reads the outcome)."""
         from freestack.train.core import train
         from freestack.train.distributed import is_distributed, launch
 
         if not is_distributed(spec):
             return train(spec, req, tracking_settings=tracking_settings)
-        d = spec.train.distributed
-        if d.launcher == "kubernetes":
-            from freestack.train.k8s import PERMANENT, PyTorchJobError, run_on_kubernetes
-
-            try:
-                return run_on_kubernetes(spec, self.spec_path, req, tracking_settings, conn_id=d.kubernetes_conn_id,
-                                         service_account=d.service_account)  # fmt: skip
-            except PyTorchJobError as exc:
-                if exc.status in PERMANENT:  # RBAC, a missing CRD, a name taken: a retry would fail alike
-                    raise AirflowFailException(str(exc)) from None
-                raise
+        if spec.train.distributed.launcher == "kubernetes":
+            self._start_job(spec, req, tracking_settings)
         return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank,
                       environment=rank_environment(spec))  # fmt: skip
+
+    def _start_job(self, spec, req, tracking_settings) -> None:
+        """Create the run's PyTorchJob and defer to its trigger: the wait (up to the job's own 72 h bound)
+        holds no worker slot. Answers a retry cannot change (RBAC, no CRD, a name taken) fail at once."""
+        from freestack.train.k8s import MAX_WAIT_SECONDS, start_on_kubernetes
+        from freestack.train.triggers import PyTorchJobFinishedTrigger
+
+        d = spec.train.distributed
+        conn_id = d.kubernetes_conn_id
+        with _permanent_fails():
+            name, namespace = start_on_kubernetes(spec, self.spec_path, req, tracking_settings, conn_id=conn_id,
+                                                  max_wait_seconds=MAX_WAIT_SECONDS, service_account=d.service_account)  # fmt: skip
+        trigger = PyTorchJobFinishedTrigger(name, namespace, conn_id, timeout_seconds=MAX_WAIT_SECONDS)
+        self.log.info("waiting for PyTorchJob %s/%s in the triggerer", namespace, name)
+        self.defer(
+            trigger=trigger,
+            method_name="execute_complete",
+            timeout=timedelta(seconds=MAX_WAIT_SECONDS + 600),  # the trigger's own timeout event comes first
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """The PyTorchJob's wait ended: return rank 0's outcome as :meth:`execute` would. The request is
+        rebuilt from the run (deterministic: the same run key, so the same run folder and outcome.json)."""
+        from freestack.train.distributed import LaunchError
+        from freestack.train.k8s import finish_on_kubernetes
+
+        spec = self.pipeline_spec()
+        req = train_request(context)
+        self._run_key = req.run_key
+        try:
+            with _permanent_fails():
+                outcome = finish_on_kubernetes(spec, req, event)
+        except LaunchError as exc:  # a failed job or a timeout: the retry resumes from the checkpoint
+            raise RuntimeError(str(exc)) from None
+        self.log.info("PyTorchJob %s/%s succeeded: version %s", event.get("namespace"), event.get("name"),
+                      outcome.version)  # fmt: skip
+        return self._returned(context, outcome)
+
+    def on_kill(self) -> None:
+        """A killed task deletes its run's PyTorchJob (best effort) rather than leave its GPUs busy."""
+        from freestack.train.k8s import delete_job
+        from freestack.train.kubernetes import job_name
+
+        run_key = getattr(self, "_run_key", None)  # set by execute: nothing was submitted before
+        with contextlib.suppress(Exception):
+            spec = self.pipeline_spec()
+            d = spec.train.distributed
+            if run_key and d is not None and d.launcher == "kubernetes" and self.node_rank == 0:
+                delete_job(job_name(spec.name, run_key), d.namespace, d.kubernetes_conn_id)
+
+
+def train_request(context: Context):
+    """The run's TrainRequest: the Params form over the fixed window, keyed by the run. Deterministic
+    from the run, so a deferred task's resumption rebuilds the request its job was started with."""
+    from freestack.train.core import TrainRequest
+
+    params = context.get("params") or {}
+    window = fixed_window(context)
+    ti = context["ti"]
+    return TrainRequest(
+        end_ds=window["end_ds"],
+        window=window,
+        window_days=params.get("window_days"),
+        epochs=params.get("epochs"),
+        learning_rate=params.get("learning_rate"),
+        batch_size=params.get("batch_size"),
+        run_key=f"{ti.dag_id}/{ti.run_id}",
+        airflow=airflow_info(context, window),
+    )
+
+
+@contextlib.contextmanager
+def _permanent_fails() -> Iterator[None]:
+    """A PyTorchJobError a retry cannot change (RBAC, a missing CRD, a name taken, an API refusal the
+    trigger met) fails the task at once; the others pass, for the task's retries."""
+    from freestack.train.k8s import PyTorchJobError
+
+    try:
+        yield
+    except PyTorchJobError as exc:
+        if exc.permanent:
+            raise AirflowFailException(str(exc)) from None
+        raise
 
 
 def rank_environment(spec) -> dict[str, str]:

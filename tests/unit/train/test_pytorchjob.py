@@ -402,3 +402,219 @@ def test_the_train_task_fails_at_once_on_answers_a_retry_cannot_change(kube, tmp
     with pytest.raises(AirflowFailException if permanent else k8s.PyTorchJobError) as err:
         op._train(spec, req, WandbSettings(mode="disabled"))
     assert ("kubectl auth can-i" in str(err.value)) == permanent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# deferred: the trigger waits in the triggerer, the task resumes in execute_complete
+
+
+def run_trigger(trigger) -> dict:
+    """The trigger's one event (a second would fail the test)."""
+    import asyncio
+
+    async def collect():
+        gen = trigger.run()
+        event = await gen.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await gen.__anext__()
+        return event.payload
+
+    return asyncio.run(collect())
+
+
+def job_trigger(name: str, timeout: float = 5.0, poll: float = 0.02, conn: str = CONN):
+    from freestack.train.triggers import PyTorchJobFinishedTrigger
+
+    return PyTorchJobFinishedTrigger(name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout, poll_seconds=poll)
+
+
+def submitted(spec, req) -> str:
+    """Create the run's job as the train task does; its name."""
+    k8s.submit_job(k8s.job_manifest(spec, req, "file:///l.json"), CONN)
+    return kube_job.job_name("digits", RUN_KEY)
+
+
+def test_the_job_trigger_serializes_round_trip_with_an_absolute_deadline():
+    import importlib
+    import time
+
+    from freestack.train.triggers import PyTorchJobFinishedTrigger
+
+    path, kwargs = PyTorchJobFinishedTrigger(name="digits-x", namespace=NS).serialize()
+    assert path == "freestack.train.triggers.PyTorchJobFinishedTrigger"
+    module, cls = path.rsplit(".", 1)
+    again = getattr(importlib.import_module(module), cls)(**kwargs)
+    assert again.serialize() == (path, kwargs)
+    assert kwargs["timeout_seconds"] == k8s.MAX_WAIT_SECONDS and kwargs["poll_seconds"] == k8s.POLL_SECONDS
+    assert kwargs["deadline"] == pytest.approx(time.time() + k8s.MAX_WAIT_SECONDS, abs=5)
+    assert kwargs["conn_id"] == k8s.DEFAULT_CONN_ID
+
+
+def test_the_job_trigger_sees_a_job_succeed_through_api_hiccups(kube, run):
+    spec, _, req, _ = run
+    name = submitted(spec, req)
+    kube.fail_next = [503, 500]
+    event = run_trigger(job_trigger(name))
+    assert event == {"status": "succeeded", "message": f"PyTorchJob {NS}/{name} succeeded", "name": name,
+                     "namespace": NS}  # fmt: skip
+    assert len(kube.calls("GET")) >= 3
+
+
+def test_the_job_trigger_reports_a_failure_with_the_reason_and_the_logs(kube, run):
+    spec, _, req, _ = run
+    kube.outcome, kube.failure_reason, kube.failure_message = "Failed", "PyTorchJobFailed", "1 Worker replica(s) failed."
+    name = submitted(spec, req)
+    event = run_trigger(job_trigger(name))
+    assert event["status"] == "failed"
+    assert "failed (PyTorchJobFailed: 1 Worker replica(s) failed.)" in event["message"]
+    assert f"kubectl logs -l training.kubeflow.org/job-name={name} -n {NS}" in event["message"]
+
+
+def test_the_job_trigger_reports_a_job_deleted_meanwhile(kube, run):
+    import threading
+
+    spec, _, req, _ = run
+    kube.ready_after = None
+    name = submitted(spec, req)
+    threading.Timer(0.1, k8s.delete_job, (name, NS, CONN)).start()
+    event = run_trigger(job_trigger(name))
+    assert event["status"] == "failed" and "was deleted on http://127.0.0.1:" in event["message"]
+
+
+def test_the_job_trigger_times_out_at_its_deadline_naming_the_state(kube, run):
+    import time
+
+    spec, _, req, _ = run
+    kube.ready_after = None  # stays Running
+    name = submitted(spec, req)
+    time.sleep(0.1)
+    started = time.monotonic()
+    event = run_trigger(job_trigger(name, timeout=0.3))
+    assert event["status"] == "timeout" and time.monotonic() - started < 3
+    assert "did not finish within 0.3 s (last seen: PyTorchJob training/" in event["message"]
+    assert "is Running" in event["message"] and "kubectl logs" in event["message"]
+    assert (NS, name) in kube.objects  # the trigger only reports: finish_on_kubernetes deletes it
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda api: setattr(api, "forbidden", True), "kubectl auth can-i create pytorchjobs.kubeflow.org"),
+        (lambda api: setattr(api, "crd_installed", False), "Training Operator (v1) is not installed"),
+    ],
+)
+def test_the_job_trigger_stops_on_answers_waiting_will_not_fix(kube, setup, expected):
+    setup(kube)
+    event = run_trigger(job_trigger("digits-x"))
+    assert event["status"] == "error" and expected in event["message"], event
+    assert f"connection {CONN!r}" in event["message"]
+
+
+def test_the_job_trigger_on_kill_deletes_the_job(kube, run):
+    import asyncio
+
+    spec, _, req, _ = run
+    kube.ready_after = None
+    name = submitted(spec, req)
+    asyncio.run(job_trigger(name).on_kill())
+    assert (NS, name) not in kube.objects
+    (delete,) = kube.calls("DELETE")
+    assert delete["query"].get("propagationPolicy") == ["Foreground"]
+
+
+def test_finish_deletes_the_job_on_a_timeout_and_keeps_a_failed_one(kube, run):
+    spec, _, req, _ = run
+    kube.ready_after = None
+    name = submitted(spec, req)
+    event = {"status": "failed", "message": "PyTorchJob x failed", "name": name, "namespace": NS}
+    with pytest.raises(k8s.PyTorchJobError, match="PyTorchJob x failed") as err:
+        k8s.finish_on_kubernetes(spec, req, event, conn_id=CONN)
+    assert not err.value.permanent and (NS, name) in kube.objects
+    with pytest.raises(k8s.PyTorchJobError, match="did not finish") as err:
+        k8s.finish_on_kubernetes(spec, req, {**event, "status": "timeout", "message": "did not finish"}, conn_id=CONN)
+    assert not err.value.permanent and (NS, name) not in kube.objects
+    with pytest.raises(k8s.PyTorchJobError, match="RBAC") as err:
+        k8s.finish_on_kubernetes(spec, req, {**event, "status": "error", "message": "RBAC"}, conn_id=CONN)
+    assert err.value.permanent
+
+
+class FakeTI:
+    """What TrainOperator reads of its task instance: the run's ids, the window task's XCom; and what it pushes."""
+
+    dag_id, run_id, task_id, try_number = "digits_train", "manual__2026-11-10T00:00:00+00:00", "train", 1
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_pull(self, task_ids: str):
+        return {"end_ds": "2026-11-10", "days": 1, "partitions": []} if task_ids == "window" else None
+
+    def xcom_push(self, key: str, value) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture
+def deferring(kube, tmp_path, storage, monkeypatch):
+    """A TrainOperator for a kubernetes-launched training of 2 nodes, W&B disabled, and its context."""
+    from freestack.hooks.wandb import WandbHook
+    from freestack.train.operators import TrainOperator
+
+    monkeypatch.setattr(WandbHook, "checked_settings", lambda self: WandbSettings(mode="disabled"))
+    spec, path = make_spec(tmp_path, nodes=2, kubernetes_conn_id=CONN)
+    context = {"ti": FakeTI(), "params": {}, "dag_run": None}
+    return TrainOperator(task_id="train", spec_path=path), context, spec
+
+
+def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(deferring, kube):
+    from datetime import timedelta
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from freestack.train.triggers import PyTorchJobFinishedTrigger
+
+    op, context, spec = deferring
+    kube.on_finish = rank0_writes(spec, TrainRequest(end_ds="2026-11-10", run_key=RUN_KEY))
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    trigger, name = deferred.value.trigger, kube_job.job_name("digits", RUN_KEY)
+    assert isinstance(trigger, PyTorchJobFinishedTrigger) and deferred.value.method_name == "execute_complete"
+    assert (trigger.name, trigger.namespace, trigger.conn_id) == (name, NS, CONN)
+    assert trigger.timeout_seconds == k8s.MAX_WAIT_SECONDS
+    assert deferred.value.timeout > timedelta(seconds=k8s.MAX_WAIT_SECONDS)  # the trigger's timeout event first
+    (post,) = kube.calls("POST")
+    assert post["body"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == k8s.MAX_WAIT_SECONDS
+    trigger.poll_seconds = 0.02
+    event = run_trigger(trigger)
+    assert event["status"] == "succeeded"
+    result = getattr(op, deferred.value.method_name)(context, event)
+    assert result["version"] == "v20261110-new" and result["metrics"] == {"val_accuracy": 0.9}
+    assert context["ti"].pushed == {"wandb": {"run_id": "abc"}}
+
+
+@pytest.mark.parametrize(("status", "fails_at_once", "deleted"),
+                         [("failed", False, False), ("timeout", False, True), ("error", True, True)])  # fmt: skip
+def test_the_resumed_train_task_retries_a_failed_job_and_fails_on_an_error(deferring, kube, status, fails_at_once,
+                                                                           deleted):  # fmt: skip
+    from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+
+    op, context, _ = deferring
+    kube.ready_after = None
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    name = deferred.value.trigger.name
+    event = {"status": status, "message": f"it ended {status}", "name": name, "namespace": NS}
+    with pytest.raises(AirflowFailException if fails_at_once else RuntimeError, match=f"it ended {status}"):
+        op.execute_complete(context, event)
+    assert ((NS, name) not in kube.objects) == deleted
+    assert "wandb" not in context["ti"].pushed
+
+
+def test_a_killed_train_task_deletes_its_job(deferring, kube):
+    from airflow.sdk.exceptions import TaskDeferred
+
+    op, context, _ = deferring
+    kube.ready_after = None
+    with pytest.raises(TaskDeferred):
+        op.execute(context)
+    op.on_kill()
+    assert not kube.objects and kube.calls("DELETE")
