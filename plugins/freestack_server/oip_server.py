@@ -14,7 +14,10 @@ model (REST ``/v2/repository/...``, gRPC ``Repository*``). For the MLServer rele
 - its REST app (``create_app``), three ASGI middlewares: the repository API refused 403 and headers over
   :data:`MAX_HEADER_BYTES` 431 (:class:`Refusals`); a body limit (``max_body_bytes``, 413, before the body
   is read, :class:`BodyLimit`); the binary tensor extension (:mod:`.oip_binary`);
-- its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``.
+- its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``;
+- uvicorn's HTTP protocol (:func:`json_400_protocol`, for the uvicorn release of :data:`UVICORN_WRITTEN_FOR`):
+  what its parser cannot read (a garbage request line or header, a bad chunk size or ``Content-Length``,
+  binary data, a TLS ClientHello) gets 400 ``{"error": "..."}``, not uvicorn's plain-text 400.
 
 MLServer 1.7 has no setting that turns its repository API off; deploys, rollbacks and stops go through
 freestack. On another release the launcher starts MLServer unchanged and says so in one warning line.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -37,6 +41,9 @@ log = logging.getLogger("freestack.serving")
 
 #: the MLServer releases whose REST app this launcher extends
 WRITTEN_FOR = ("1.7.",)
+#: the uvicorn releases whose HTTP protocols' ``send_400_response`` this launcher overrides (on another,
+#: requests uvicorn's parser cannot read get its own plain-text 400, and the launcher says so once)
+UVICORN_WRITTEN_FOR = ("0.54.",)
 #: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 KEEP_ALIVE_S = 5.0
 #: the most header bytes (names and values) a request may carry; past it, 431 (uvicorn's httptools parser
@@ -184,6 +191,7 @@ def extend(max_body_bytes: int) -> bool:
                     "were written for %s; serving with MLServer's own", mlserver.__version__, ", ".join(WRITTEN_FOR))  # fmt: skip
         return False
     _extend_rest(max_body_bytes)
+    _json_400_everywhere()
     _close_grpc_repository()
     return True
 
@@ -216,6 +224,64 @@ def _extend_rest(max_body_bytes: int) -> None:
         return app
 
     rest_server.create_app = extended_app
+
+
+def not_http_message(reason: str) -> str:
+    """What a request uvicorn's parser refused is told (``reason``: uvicorn's own words)."""
+    return (f"the request is not HTTP/1.1 this server can read ({reason.rstrip('.')}): send a request line such as "
+            "'POST /v2/models/<name>/infer HTTP/1.1', header lines 'Name: value' ending in CRLF, and a body of the "
+            "length its Content-Length or chunks give (this server speaks neither TLS nor HTTP/2)")  # fmt: skip
+
+
+class JsonBadRequest:
+    """Mixin over a uvicorn HTTP protocol class: its ``send_400_response`` (called, with the connection's
+    bytes unparsable, just before the connection is closed) writes the 400 in the V2 error format instead
+    of uvicorn's plain text. It writes the bytes itself, as uvicorn's httptools protocol does, since the
+    parser's state is broken by then."""
+
+    transport: asyncio.Transport
+    server_state: Any
+
+    def send_400_response(self, msg: str) -> None:
+        status, headers, body = v2_error(400, not_http_message(msg))
+        lines = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in [*self.server_state.default_headers, *headers, (b"connection", b"close")]:
+            lines.append(name + b": " + value + b"\r\n")
+        self.transport.write(b"".join([*lines, b"\r\n", body]))
+        self.transport.close()
+
+
+@functools.cache
+def json_400_protocol() -> type[asyncio.Protocol] | None:
+    """uvicorn's HTTP protocol class (the one its ``http="auto"`` picks: httptools when installed, else h11)
+    with :class:`JsonBadRequest`'s 400; None, with one warning line, on a uvicorn release other than
+    :data:`UVICORN_WRITTEN_FOR` (its protocols' ``send_400_response`` is private API)."""
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    if not any(uvicorn.__version__.startswith(v) for v in UVICORN_WRITTEN_FOR) or not hasattr(AutoHTTPProtocol, "send_400_response"):
+        log.warning("uvicorn %s: freestack's V2 error answer to requests its HTTP parser cannot read was written for "
+                    "%s; those get uvicorn's own plain-text 400", uvicorn.__version__, ", ".join(UVICORN_WRITTEN_FOR))  # fmt: skip
+        return None
+    return type(f"JsonBadRequest{AutoHTTPProtocol.__name__}", (JsonBadRequest, AutoHTTPProtocol), {})
+
+
+def _json_400_everywhere() -> None:
+    """MLServer's REST server (its ``uvicorn.Config``, built in ``RESTServer._get_config``) runs
+    :func:`json_400_protocol`'s class; the deployment's address server does too (:class:`AddressServer`)."""
+    import mlserver.rest.server as rest_server
+
+    protocol = json_400_protocol()
+    if protocol is None:
+        return
+    get_config = rest_server.RESTServer._get_config
+
+    def json_400_config(self: Any) -> Any:
+        config = get_config(self)
+        config.http = protocol  # read by Config.load(), when the server starts
+        return config
+
+    rest_server.RESTServer._get_config = json_400_config
 
 
 def _close_grpc_repository() -> None:
@@ -307,7 +373,8 @@ class AddressServer:
             await asyncio.sleep(0.05)  # MLServer's own REST server is up (its models loaded first)
         sock = socket.socket(fileno=self.fd)
         config = uvicorn.Config(_CloseWhenDraining(self.server._rest_server._app, self), lifespan="off",
-                                log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
+                                log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                                http=json_400_protocol() or "auto")  # fmt: skip
         self.uvicorn = _quiet_uvicorn(config)
         self.task = asyncio.ensure_future(self.uvicorn.serve(sockets=[sock]))
         while not self.uvicorn.started:

@@ -1,22 +1,30 @@
 """A local deployment with ``deploy.runtime: mlserver``: MLServer 1.7.1 (.venv-mlserver) behind the same
 stable address, smoke test and blue/green switch as Seldon's runtime. A load loop speaking the Open
 Inference Protocol through a redeploy sees no failed request; Triton's official client reaches the
-deployment's address; ``freestack serve predict`` sends a V2 request."""
+deployment's address; ``freestack serve predict`` sends a V2 request; what is not HTTP gets a V2 400 at the
+address too; and a deployment whose model cannot be loaded again after a crash reads DOWN in
+``freestack serve status``."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
+import psutil
 import pytest
 
+from freestack.cli import main
 from freestack.errors import DeployError
 from freestack.serving.local import deploy_local, describe, serving_dir, stop_local
 from freestack.serving.processes import free_port_block, stop_serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import LocalTarget
 from tests.support.serving import LoadLoop, in_process, make_version, needs_serving_env
+from tests.support.serving_hostile import TLS_HELLO, exchange
 
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8
@@ -71,3 +79,62 @@ def test_a_redeploy_under_v2_load_keeps_the_address_and_fails_no_request(dep):
         assert f["sent"] > 0 and f["failed"] == 0, f"{style}: {f['failed']} of {f['sent']} failed: {f['errors']}"
     for style, f in load.figures(t1 + 0.05).items():
         assert f["versions"] == ["v2"], (style, f)  # only the new version once switched
+
+
+@pytest.mark.parametrize("raw", [TLS_HELLO, b"\x00\x01\x02\x03", b"GARBAGE\r\n\r\n"], ids=["TLS ClientHello", "NUL bytes", "garbage"])
+def test_what_is_not_http_gets_a_v2_400_at_the_deployments_address(dep, raw):
+    """The address server (oip_server.AddressServer, a second uvicorn server) runs the launcher's HTTP
+    protocol too: uvicorn's parser refusals are 400 ``{"error"}``, not plain text."""
+    rec = Deployments(dep["root"], "oipdep").get("oipdep")
+    ans = exchange(rec["port"], raw, timeout=30)
+    assert ans.status == 400 and ans.headers["content-type"] == "application/json", ans
+    assert set(ans.json()) == {"error"} and "not HTTP/1.1" in ans.json()["error"], ans.body
+    assert ans.headers.get("connection") == "close"
+
+
+def test_a_deployment_whose_model_cannot_load_again_reads_down(tmp_path, capsys):
+    """The repository API is closed, so nobody can unload a deployment's model; what is left is a server
+    that loses it. Here the version's files are deleted and MLServer is killed: the supervisor (the
+    recorded pid) restarts it, each restart answers the model's readiness 404 until it fails to load and
+    stops, and after its restarts the supervisor gives up. `freestack serve status` reads DOWN: whenever
+    the health check got an HTTP answer other than 200 (the process runs but its model does not answer), and
+    for good once the process is gone."""
+    root = (tmp_path / "storage").as_uri()
+    uri = make_version(root, "oipdown", "v1", tmp_path, seed=4)
+    local = LocalTarget(port=free_port_block(), smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=120)
+    rec = deploy_local(root_uri=root, model="oipdown", name="oipdown", version="v1", version_uri=uri, local=local,
+                       runtime="mlserver")  # fmt: skip
+    try:
+        assert _status(root, capsys)[0] == "oipdown/oipdown: v1 serving"
+        shutil.rmtree(urlparse(uri).path)
+        children = psutil.Process(rec["pid"]).children()
+        assert children, "the supervisor runs no MLServer"
+        for child in children:
+            child.kill()
+        seen: list[tuple[float, str, str]] = []  # (s after the kill, state, health)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and not (seen and "process is gone" in seen[-1][1]):
+            first, url_line = _status(root, capsys)[:2]
+            seen.append((round(time.monotonic() - t0, 1), first.removeprefix("oipdown/oipdown: v1 "),
+                         url_line.rpartition("(health: ")[2].removesuffix(")")))  # fmt: skip
+            time.sleep(0.2)
+        changes = [s for i, s in enumerate(seen) if i == 0 or s[1:] != seen[i - 1][1:]]
+        print("\nserve status after the model was lost: " + json.dumps(changes))
+        assert seen[-1][1].startswith("DOWN (the recorded process is gone"), changes
+        for _, state, health in seen:  # an HTTP answer other than 200 is never read as serving
+            assert state.startswith("DOWN") or not health.startswith("HTTP "), changes
+        print(f"DOWN while the process ran (model ready: HTTP 404): {sum(s.startswith('DOWN (the process runs') for _, s, _ in seen)} "
+              f"of {len(seen)} checks")
+    finally:
+        try:
+            stop_local(root, "oipdown", "oipdown")
+        except DeployError:
+            pass
+        stop_serving_processes(serving_dir() / "oipdown")
+
+
+def _status(root: str, capsys) -> list[str]:
+    """`freestack serve status`: the lines it printed for the one deployment under ``root``."""
+    capsys.readouterr()
+    assert main(["serve", "--root", root, "status"]) == 0
+    return capsys.readouterr().out.splitlines()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 PREDICT = "/api/v1.0/predictions"
 J = "application/json"
+#: the start of a TLS 1.2 ClientHello: what a client that speaks HTTPS sends to a plain-HTTP port
+TLS_HELLO = bytes.fromhex("16030100a5010000a10303") + bytes(range(32)) + bytes.fromhex("000020c02bc02fc02cc030cca9cca8")
 
 
 # ---------------------------------------------------------------------------------------------------------
