@@ -156,6 +156,29 @@ def test_policies_skip_schema_drift_and_quarantine_limit(specs, storage, monkeyp
     assert pq.read_table(_quarantine(part_dir)).num_rows == 5, "the rejected rows stay readable"
 
 
+def test_a_day_of_only_empty_files_is_skipped_under_on_missing_skip(specs, storage, monkeypatch):
+    """Empty files are missing data to the DAG as well: with on_missing: skip the day's task is skipped
+    (the run stays green), no partition is published and no asset event is emitted, so nothing
+    downstream (a training window, a sensor) ever sees the day."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    root = Path(storage.removeprefix("file://"))
+    text = (specs / "digits.yaml").read_text()
+    (specs / "digits.yaml").write_text(text.replace("on_missing: fail", "on_missing: skip"))
+    header = ("id,captured_at," + ",".join(f"px_{i}" for i in range(64)) + ",label\n").encode()
+    day = root / "landing/digits/2026-11-13"
+    day.mkdir(parents=True)
+    (day / "empty.csv").write_bytes(b"")
+    (day / "header-only.csv").write_bytes(header)
+    dag = _dag(specs, monkeypatch)
+    run, states = _run(dag, "2026-11-13")
+    assert run.state == "success" and states == {"ingest": "skipped"}, states
+    assert not (root / "lake/digits/ds=2026-11-13").exists()
+    with create_session() as session:
+        assert not [e for e in session.query(AssetEvent).all() if (e.extra or {}).get("ds") == "2026-11-13"]
+
+
 def test_wait_policy_defers_until_the_landing_files_arrive(specs, storage, monkeypatch):
     import threading
 

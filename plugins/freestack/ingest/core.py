@@ -545,11 +545,12 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
 
 
 def _require_rows(spec: PipelineSpec, result: IngestResult) -> None:
-    """An interval whose files hold no rows (every file empty or a header alone) is missing data, not an
+    """An interval whose files hold no rows (every file empty or a header alone; in an image folder, every
+    image 0 bytes, which a label folder's record shows as rows with size 0) is missing data, not an
     empty partition: LandingDataMissing, so ``source.policy.on_missing`` decides."""
-    if any(s["rows"] and not s.get("empty") for s in result.sources):
+    if any(s["rows"] and s.get("size") != 0 and not s.get("empty") for s in result.sources):
         return
-    what = "; ".join(f"{s['name']}: {'0 bytes' if s.get('empty') else 'no rows'}" for s in result.sources)
+    what = "; ".join(f"{s['name']}: {'0 bytes' if s.get('empty') or s.get('size') == 0 else 'no rows'}" for s in result.sources)
     raise LandingDataMissing(
         f"no landing data for pipeline {spec.name!r} interval {result.ds}: its files hold no rows ({what}). "
         "Write the rows into the files (or remove them) and clear the task, or set source.policy.on_missing to skip."

@@ -143,7 +143,7 @@ def test_the_target_is_checked_like_any_category(storage):
     assert quarantine(storage)["horse/1.png"]["_reason"] == "label: not one of the allowed values: 'horse'"
 
 
-@pytest.mark.parametrize("make", ["nothing", "empty label folders", "only markers"])
+@pytest.mark.parametrize("make", ["nothing", "empty label folders", "only markers", "only 0-byte images"])
 def test_an_interval_without_images_is_missing_landing_data(storage, make):
     folder = landing(storage)
     if make == "empty label folders":
@@ -153,8 +153,14 @@ def test_an_interval_without_images_is_missing_landing_data(storage, make):
         (folder / "_SUCCESS").write_bytes(b"")
         (folder / "cat").mkdir()
         (folder / "cat" / ".hidden.png").write_bytes(image())
-    with pytest.raises(LandingDataMissing, match="no landing data for pipeline 'glyphs' interval 2026-11-05"):
+    elif make == "only 0-byte images":  # files created, never written: not an all-quarantined partition
+        for name in ("cat/1.png", "cat/2.png", "dog/3.jpg"):
+            (folder / name).parent.mkdir(exist_ok=True)
+            (folder / name).write_bytes(b"")
+    words = "its files hold no rows \\(cat: 0 bytes; dog: 0 bytes\\)" if make == "only 0-byte images" else ""
+    with pytest.raises(LandingDataMissing, match=f"no landing data for pipeline 'glyphs' interval 2026-11-05.*{words}"):
         ingest_partition(spec(), DS)
+    assert not partition(storage).exists()
 
 
 @pytest.mark.parametrize(
