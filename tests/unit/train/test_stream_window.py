@@ -122,24 +122,30 @@ def test_a_partition_without_a_column_the_model_reads_is_named(lake, tmp_path):
     assert list((tmp_path / "spool").iterdir()) == []
 
 
-def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, storage):
-    """unique_key: window (the default): 150 keys of 11-03 land again, relabelled, on 11-04; both ways of
-    reading the window read those keys once, from 11-04, and lineage counts what was superseded.
-    unique_key: partition reads them on both days."""
+def _relabelled_next_day(root: Path) -> list[list[str]]:
+    """Land 150 rows of 11-03 again on 11-04, each with another label; those rows."""
     import csv
 
-    from freestack.ingest.core import ingest_partition
-    from freestack.ingest.spec import IngestPolicy
-    from freestack.train.stream import spool_window
-    from freestack.train.window import fix_window, read_window
-
-    root = _folder(storage)
     with open(next((root / "landing/digits/2026-11-03").glob("*.csv")), newline="") as f:
         rows = list(csv.reader(f))
     header, again = rows[0], [[*r[:-1], str((int(r[-1]) + 1) % 10)] for r in rows[1:151]]
     (root / "landing/digits/2026-11-04").mkdir(parents=True)
     with open(root / "landing/digits/2026-11-04/day.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *again])
+    return again
+
+
+def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, storage):
+    """unique_key: window (the default): 150 keys of 11-03 land again, relabelled, on 11-04; both ways of
+    reading the window read those keys once, from 11-04, and lineage counts what was superseded.
+    unique_key: partition reads them on both days."""
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.spec import IngestPolicy
+    from freestack.train.stream import spool_window
+    from freestack.train.window import fix_window, read_window
+
+    root = _folder(storage)
+    again = _relabelled_next_day(root)
     ingest_partition(lake, "2026-11-04")
     window = fix_window(lake, None, 30)
 
@@ -169,3 +175,43 @@ def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, stor
         update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": "partition"})})})  # fmt: skip
     frame, parts = read_window(per_day, window)
     assert [p["superseded"] for p in parts] == [0, 0, 0, 0] and len(frame) == len(set(frame["id"])) + len(both)
+
+
+def test_unique_key_off_keeps_a_keys_rows_of_every_day_in_the_window(lake, storage):
+    """unique_key: off (also what `unique_key: false` means): the 150 rows of 11-03 landed again,
+    relabelled, on 11-04 are kept on both days, in the window read in memory and streamed; nothing
+    is superseded, and each such key has both its labels."""
+    import pyarrow.parquet as pq
+
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.spec import IngestPolicy
+    from freestack.train.stream import spool_window
+    from freestack.train.window import fix_window, read_window
+
+    assert IngestPolicy(unique_key=False).unique_key == "off" and IngestPolicy(unique_key=True).unique_key == "window"
+    off = lake.model_copy(update={"source": lake.source.model_copy(
+        update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": False})})})  # fmt: skip
+    root = _folder(storage)
+    _relabelled_next_day(root)
+    ingest_partition(off, "2026-11-04")
+    day4 = pq.read_table(root / "lake/digits/ds=2026-11-04/part.parquet").column("id").to_pylist()
+    assert len(day4) > len(set(day4))  # off: a key repeated within the day is not quarantined either
+    day3 = set(pq.read_table(root / "lake/digits/ds=2026-11-03/part.parquet").column("id").to_pylist())
+    both = day3 & set(day4)
+    assert len(both) > 100
+
+    window = fix_window(off, None, 30)
+    frame, parts = read_window(off, window)
+    assert [p["superseded"] for p in parts] == [0, 0, 0, 0]
+    assert len(frame) == sum(p["rows"] for p in parts) and parts[-1]["rows"] == len(day4)
+    counts = frame["id"].value_counts()
+    assert all(counts[k] == 1 + day4.count(k) for k in both)  # a key's row of 11-03 and each of 11-04
+    labels = frame.groupby("id")["label"].agg(set)
+    assert all(len(labels[k]) == 2 for k in both)  # the old label and the new one, both kept
+
+    spool = spool_window(off, window, 30, ["id", "label"])
+    try:
+        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [(p["rows"], p["superseded"]) for p in parts]
+        assert sum(sp.rows for sp in spool.splits.values()) == len(frame)
+    finally:
+        spool.close()

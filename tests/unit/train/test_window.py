@@ -6,8 +6,9 @@ import hashlib
 import json
 import sys
 import tempfile
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,3 +103,50 @@ def test_a_window_trained_already_or_older_than_a_trained_one_is_nothing_new(lak
     # a window with other partitions than any version's is new
     other = fix_window(lake, "2026-11-01", 30)
     assert [p.ds for p in other.partitions] == ["2026-11-01"]
+
+
+def _event(n: int, partition: str | None, ds: str, sha256: str) -> SimpleNamespace:
+    """An asset event of the lake asset as Airflow hands it to a task's ``inlet_events`` (what
+    IngestOperator's outlet wrote in ``extra``; ``partition`` None: an event of an older release, which
+    named no folder)."""
+    extra = {"ds": ds, "part_sha256": sha256, "rows_good": 1, **({"partition": partition} if partition else {})}
+    return SimpleNamespace(id=n, timestamp=datetime(2026, 11, 4, 0, n, tzinfo=UTC), source_dag_id="digits_ingest",
+                           source_run_id=f"run-{n}", extra=extra)  # fmt: skip
+
+
+def test_lake_events_are_linked_to_a_partition_by_its_folder_ds_and_sha256(lake, storage):
+    """697197d: identical bytes in another lake publish the same ds and sha256, so an event is linked only
+    to the partition of the folder it names; an event that names no folder is linked to none; a day
+    ingested again with other bytes is linked to the event of the bytes the window reads, not the old one."""
+    from freestack.ingest.core import ingest_partition, partition_dir
+    from freestack.ingest.operators import lake_asset
+    from freestack.train.operators import WindowSensor
+    from freestack.train.window import fix_window
+
+    before = {p.ds: p.sha256 for p in fix_window(lake, None, 30).partitions}
+    day = Path(storage.removeprefix("file://")) / "landing/digits/2026-11-03"
+    (landed,) = day.glob("*.csv")
+    lines = landed.read_bytes().splitlines(keepends=True)
+    landed.write_bytes(b"".join(lines[:-50]))  # the day lands again, 50 rows fewer
+    ingest_partition(lake, "2026-11-03")
+    window = fix_window(lake, None, 30)
+    after = {p.ds: p.sha256 for p in window.partitions}
+    assert after["2026-11-03"] != before["2026-11-03"] and after["2026-11-02"] == before["2026-11-02"]
+
+    here = {ds: str(partition_dir(lake, ds)) for ds in after}
+    elsewhere = here["2026-11-02"].replace(str(Path(storage.removeprefix("file://"))), "/srv/another-lake")
+    assert elsewhere != here["2026-11-02"]
+    inlet = [
+        _event(1, here["2026-11-01"], "2026-11-01", after["2026-11-01"]),
+        _event(2, elsewhere, "2026-11-02", after["2026-11-02"]),  # another lake, the same bytes
+        _event(3, None, "2026-11-02", after["2026-11-02"]),  # names no folder
+        _event(4, here["2026-11-03"], "2026-11-03", before["2026-11-03"]),  # the bytes ingested first
+        _event(5, here["2026-11-03"] + "/", "2026-11-03", after["2026-11-03"]),  # the bytes read now
+    ]
+    context = {"inlet_events": {lake_asset(lake.name): inlet}}
+    events = WindowSensor._lake_events(None, context, lake)  # type: ignore[arg-type]  # reads only the context
+    assert [e["id"] for e in events] == [1, 2, 4, 5]  # the one without a folder is dropped here
+    linked = {p.ds: [e["id"] for e in p.events] for p in window.with_events(events).partitions}
+    assert linked == {"2026-11-01": [1], "2026-11-02": [], "2026-11-03": [5]}
+    assert window.with_events(events).partitions[0].events[0] == {"id": 1, "timestamp": "2026-11-04T00:01:00+00:00",
+                                                                  "dag_id": "digits_ingest", "run_id": "run-1"}  # fmt: skip
