@@ -23,6 +23,7 @@ from tests.integration.data_api_service import (
     stop,
     wait_healthy,
 )
+from tests.integration.test_data_api_security import NON_FINAL
 from tests.support.ports import free_port
 
 BIN = Path(sys.executable).parent
@@ -73,6 +74,15 @@ def test_airflow_api_server_hosts_the_data_api(airflow_db, tmp_path):
         # refusals are the same JSON errors
         r = requests.put(f"{url}/v1/data/alice/hosted/x.txt", data=b"x", timeout=30)
         assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+        # an encoded '/' is refused in any segment, behind the API server's mount as in the service
+        def names() -> list[Path]:  # what is stored (not the service's own hidden files)
+            return sorted(p.relative_to(data) for p in data.rglob("*") if not any(n.startswith(".") for n in p.relative_to(data).parts))
+
+        before = names()
+        for path in NON_FINAL:
+            r = requests.put(f"{url}{path.format(coll='hosted')}", data=b"evil", headers={"Authorization": key}, timeout=30)
+            assert r.status_code == 400 and "encoded '/'" in r.json()["error"]["message"], (path, r.text)
+        assert names() == before
     except BaseException:
         print(log_tail(log))
         raise

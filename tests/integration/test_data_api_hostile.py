@@ -307,6 +307,30 @@ def test_kill_9_mid_upload_then_restart_sweeps_temporaries_at_once(tmp_path):
         stop(api.proc)
 
 
+def test_the_default_age_sweeps_a_temporary_quiet_for_700_s_at_start_up_and_keeps_one_of_100_s(tmp_path):
+    """With no age set (``freestack data-api`` as deployed), the default, 600 s (it was 3,600 s), applies: at
+    start-up a temporary last written 700 s ago is taken for a killed writer's and removed, one written
+    100 s ago may still be in flight and stays."""
+    from freestack.settings import Settings
+
+    assert Settings.model_fields["data_api_stale_tmp_age"].default == 600.0
+    assert "FREESTACK_DATA_API_STALE_TMP_AGE" not in os.environ  # the service's environment is ours
+    folder = tmp_path / "data" / "alice" / "quiet"
+    folder.mkdir(parents=True)
+    old, young = folder / f".old.bin{TMP_MARK}0123456789abcdef", folder / f".young.bin{TMP_MARK}fedcba9876543210"
+    for path, age in ((old, 700), (young, 100)):
+        path.write_bytes(b"x" * 1000)
+        then = time.time() - age
+        os.utime(path, (then, then))
+    api = start_service(tmp_path)
+    try:
+        _wait_for(lambda: not old.exists(), what="the start-up sweep of the 700 s old temporary")
+        time.sleep(1.0)  # the same sweep has looked at the young one by now
+        assert young.exists() and young.read_bytes() == b"x" * 1000
+    finally:
+        stop(api.proc)
+
+
 _LAUNCH = """
 import sys
 from freestack.dataapi.app import DataApiSettings

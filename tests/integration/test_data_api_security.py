@@ -123,6 +123,24 @@ def test_encoded_separators_are_refused_and_write_nothing(data_api):  # noqa: F8
         assert data_api.raw("GET", f"{base}/{name}", user="alice")[2] == name.encode()
 
 
+#: an encoded '/' in a segment other than the name's last one: the user, the collection, a folder, the
+#: API's own segments, and a trailing one
+NON_FINAL = ("/v1/data/alice%2f{coll}/x.txt", "/v1/data/alice/{coll}%2fsub/x.txt", "/v1/data/alice/{coll}/sub%2F/x.txt",
+             "/v1/data%2falice/{coll}/x.txt", "/v1%2fdata/alice/{coll}/x.txt", "/v1/data/alice/{coll}/sub%2f")  # fmt: skip
+
+
+def test_an_encoded_separator_in_any_segment_is_refused_and_writes_nothing(data_api):  # noqa: F811
+    coll = data_api.collection()
+    data_api.client("alice").dir(f"data://.my/{coll}").create()
+    before = _snapshot(data_api.root)
+    for path in NON_FINAL:
+        for method in ("PUT", "GET", "DELETE"):
+            status, _, data = data_api.raw(method, path.format(coll=coll), user="alice",
+                                           body=b"evil" if method == "PUT" else None)  # fmt: skip
+            assert status == 400 and "encoded '/'" in _error(data), (method, path, status, data)
+    assert _snapshot(data_api.root) == before
+
+
 def test_someone_elses_private_collection(data_api):  # noqa: F811
     coll, stored = _seed(data_api, "alice")
     base = f"/v1/data/alice/{coll}"
