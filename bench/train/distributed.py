@@ -152,7 +152,7 @@ def summarise(samples: list[dict[str, Any]], device: str, kinds: list[str]) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("bench.train.distributed", __doc__, out="bench/results/train_distributed.json")
+    ap = parser("bench.train.distributed", __doc__, out="train_distributed.json")
     ap.add_argument("--kinds", default="cnn,text")
     ap.add_argument("--rows", type=int, default=40_000)
     ap.add_argument("--epochs", type=int, default=2)
