@@ -333,8 +333,14 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     gate = cfg.address.gate if cfg.address else None
     address = AddressServer(server, address_fd, gate) if address_fd is not None else None
     loop = asyncio.get_running_loop()
+    asked: list[int] = []  # the stop signal, once one came
+
+    def stop(sig: int) -> None:
+        asked.append(sig)
+        asyncio.ensure_future(_stop(server, address, sig))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: asyncio.ensure_future(_stop(server, address, s)))
+        loop.add_signal_handler(sig, stop, sig)
     joining = asyncio.ensure_future(address.join_when_open()) if address is not None else None
     try:
         await server.start(models)
@@ -344,6 +350,9 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     finally:
         if joining is not None:
             joining.cancel()
+    if not asked:  # MLServer logs a model that fails to load and stops by itself: the same broken version
+        log.error("MLServer stopped without being asked: %s did not load (its log is above)", cfg.model)
+        raise SystemExit(BOOT_ERROR)
 
 
 async def _stop(server, address: AddressServer | None, sig: int) -> None:

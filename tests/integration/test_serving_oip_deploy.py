@@ -95,8 +95,9 @@ def test_what_is_not_http_gets_a_v2_400_at_the_deployments_address(dep, raw):
 def test_a_deployment_whose_model_cannot_load_again_reads_down(tmp_path, capsys):
     """The repository API is closed, so nobody can unload a deployment's model; what is left is a server
     that loses it. Here the version's files are deleted and MLServer is killed: the supervisor (the
-    recorded pid) restarts it, each restart answers the model's readiness 404 until it fails to load and
-    stops, and after its restarts the supervisor gives up. `freestack serve status` reads DOWN: whenever
+    recorded pid) restarts it, the restart answers the model's readiness 404 until it fails to load and
+    exits with the boot error, and the supervisor does not restart a broken version again. `freestack
+    serve status` reads DOWN: whenever
     the health check got an HTTP answer other than 200 (the process runs but its model does not answer), and
     for good once the process is gone."""
     root = (tmp_path / "storage").as_uri()
