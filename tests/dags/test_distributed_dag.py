@@ -269,3 +269,40 @@ def test_a_custom_module_trains_on_two_ranks_from_a_streamed_window(lake, tmp_pa
     assert lineage["module"]["class"] == "DigitsNet"
     assert out.metrics["test_accuracy"] >= 0.85, out.metrics
     assert type(load_pretrained(version).net).__name__ == "DigitsNet"
+
+
+def test_fsdp_shards_the_model_takes_the_same_steps_and_resumes(lake, monkeypatch):
+    """strategy fsdp: the parameters, gradients and optimizer state sharded across 2 ranks (FSDP2) give
+    one process's training losses for the same global batch; a retry resumes from the checkpoint gathered
+    whole, each rank cutting its own shards out of it, and ends with the same model."""
+    from safetensors.torch import load_file
+
+    from freestack.spec import load_spec
+    from freestack.tracking.wandb import WandbSettings
+    from freestack.train.core import TrainRequest, train
+    from freestack.train.distributed import launch
+
+    kw = {"epochs": 4, "patience": 100, "model": {"type": "mlp", "dropout": 0.0, "image_shape": None}}
+    one = train(load_spec(_spec_file(lake, **kw)), TrainRequest(end_ds="2026-11-05", run_key="fsdp-one"))
+    path = _spec_file(lake, distributed={"processes_per_node": 2, "threads_per_process": 1, "strategy": "fsdp"}, **kw)
+    monkeypatch.setenv("FREESTACK_KEEP_CHECKPOINTS", "1")  # the finished run's checkpoint stays, for the retry
+    req = TrainRequest(end_ds="2026-11-05", run_key="fsdp-two")
+    first, again = (launch(load_spec(path), str(path), req, WandbSettings.from_environment()) for _ in range(2))
+    folder = Path(first.version_uri.removeprefix("file://"))
+    losses = [row["train_loss"] for row in json.loads((folder / "history.json").read_text())]
+    single = [row["train_loss"] for row in json.loads((Path(one.version_uri.removeprefix("file://")) / "history.json").read_text())]
+    assert losses == pytest.approx(single, rel=1e-4, abs=1e-5), (single, losses)
+    assert json.loads((folder / "lineage.json").read_text())["distributed"]["strategy"] == "fsdp"
+    assert again.summary["resumed_from"] == 4 and again.metrics == first.metrics
+    a, b = load_file(str(folder / "model.safetensors")), load_file(str(Path(one.version_uri.removeprefix("file://")) / "model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+
+
+def test_fsdp_with_lora_is_refused_before_any_data_is_read():
+    from freestack.spec import parse_spec
+    from freestack.train.core import TrainingError, check_trainable
+    from tests.support.landing_finetune import REVIEWS_SPEC
+
+    data = {**REVIEWS_SPEC, "train": {**REVIEWS_SPEC["train"], "distributed": {"processes_per_node": 2, "strategy": "fsdp"}}}
+    with pytest.raises(TrainingError, match="strategy fsdp shards a full fine-tune"):
+        check_trainable(parse_spec(data, "reviews.yaml"))

@@ -209,29 +209,31 @@ def test_a_base_the_hub_does_not_have_fails_the_first_task_before_any_data_is_re
     assert "model.base 'team/not-on-the-hub' (revision main) cannot be fetched from the Hub" in out + err
 
 
-def _on_two_ranks(p, name: str) -> None:
+def _on_two_ranks(p, name: str, strategy: str) -> None:
     """The pipeline's spec with ``train.distributed.processes_per_node: 2`` (gloo on this CPU)."""
     path = p["root"].parent / "pipelines" / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
-    data["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    data["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1, "strategy": strategy}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def test_lora_and_full_fine_tunes_train_on_two_ranks_and_serve(pipelines):
-    """A LoRA text fine-tune (with gradient accumulation) and a full image fine-tune, each on 2 data-parallel
-    ranks that fetch the base from the Hub themselves: versions that gate, register and serve."""
+    """A LoRA text fine-tune (with gradient accumulation) on 2 DDP ranks, and a full image fine-tune sharded
+    across 2 ranks with FSDP (the base's layers, then the whole model), each rank fetching the base from the
+    Hub itself: versions that gate, register and serve."""
     from freestack.serving.local import stop_local
     from freestack.serving.smoke import http_json
 
     root = pipelines["root"].as_uri()
-    for name, threshold in (("reviews", 0.8), ("digits", 0.5)):
+    for name, threshold, strategy in (("reviews", 0.8, "ddp"), ("digits", 0.5, "fsdp")):
         _ingest(pipelines, name)
-        _on_two_ranks(pipelines, name)
+        _on_two_ranks(pipelines, name, strategy)
         try:
             run = pipelines["bag"].get_dag(f"{name}_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
             version, rec = _served(pipelines, name, run)
             lineage = json.loads((version / "lineage.json").read_text())
             assert lineage["distributed"]["world_size"] == 2 and lineage["distributed"]["backend"] == "gloo"
+            assert lineage["distributed"]["strategy"] == strategy
             assert (lineage["peft"] is None) == (name == "digits"), lineage["peft"]
             evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
             assert evaluation["candidate"]["accuracy"] >= threshold, evaluation

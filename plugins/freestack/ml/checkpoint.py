@@ -21,14 +21,17 @@ class CheckpointStore(Protocol):
     def load(self, name: str) -> bytes | None: ...
 
 
-def pack(model: nn.Module, best: dict[str, torch.Tensor] | None, opt: torch.optim.Optimizer, meta: dict) -> bytes:
-    """The checkpoint's bytes: ``model.*``, ``best.*`` and ``opt.<param>.<state>`` tensors, ``meta`` as JSON."""
+def pack(model: nn.Module | dict[str, torch.Tensor], best: dict[str, torch.Tensor] | None,
+         opt: torch.optim.Optimizer | dict[str, Any], meta: dict) -> bytes:  # fmt: skip
+    """The checkpoint's bytes: ``model.*``, ``best.*`` and ``opt.<param>.<state>`` tensors, ``meta`` as JSON.
+    ``model`` and ``opt`` may be given as their state dicts (a sharded model's, gathered whole)."""
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
+    state_dict = model if isinstance(model, dict) else model.state_dict()
+    for k, v in state_dict.items():
         tensors[f"model.{k}"] = v.detach().cpu().contiguous()
     for k, v in (best or {}).items():
-        tensors[f"best.{k}"] = v.contiguous()
-    state = opt.state_dict()
+        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+    state = opt if isinstance(opt, dict) else opt.state_dict()
     for pid, st in state["state"].items():
         for k, v in st.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
@@ -37,20 +40,20 @@ def pack(model: nn.Module, best: dict[str, torch.Tensor] | None, opt: torch.opti
     return st_save(tensors, metadata={"freestack": json.dumps(meta)})
 
 
-def unpack(data: bytes, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> tuple[Any, dict]:
-    """Load a checkpoint into ``model`` and ``opt``; return the best weights (or None) and the loop's state."""
+def read(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any], dict]:
+    """A checkpoint's parts: the model's state, the best weights (or None), the optimizer's state dict
+    (keyed by parameter index, as ``Optimizer.state_dict`` gives it) and the loop's state."""
     tensors = st_load(data)
     header_len = int.from_bytes(data[:8], "little")
     meta = json.loads(json.loads(data[8 : 8 + header_len])["__metadata__"]["freestack"])
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v.to(device) if name != "step" else v
-    opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
-    return best, meta
+            opt_state.setdefault(int(pid), {})[name] = v
+    return model, best, {"state": opt_state, "param_groups": meta.pop("param_groups")}, meta
 
 
-__all__ = ["CHECKPOINT", "CheckpointStore", "pack", "unpack"]
+__all__ = ["CHECKPOINT", "CheckpointStore", "pack", "read"]

@@ -7,6 +7,7 @@ that a retried run resumes from (:mod:`~freestack.ml.checkpoint`: safetensors, n
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, unpack
+from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, read
 from freestack.ml.distributed import Ranks
 from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
 from freestack.ml.schedule import lr_factor
@@ -210,18 +211,32 @@ class FlatGradients:
         self.buffer.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
+class ShardedGradients:
+    """A sharded (FSDP) model's gradients: its own per-parameter shards, zeroed and clipped by torch."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+
+    def zero_(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def clip_(self, max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+
+
 class EarlyStopping:
     """Tracks the best validation metric; ``bad_epochs`` counts the epochs since it last improved."""
 
-    def __init__(self, task: str, patience: int):
-        self.task, self.patience = task, patience
+    def __init__(self, task: str, patience: int, on_cpu: bool = True):
+        self.task, self.patience, self.on_cpu = task, patience, on_cpu
         self.bad_epochs = 0
-        self.best: dict[str, torch.Tensor] | None = None  # the best epoch's weights, on the CPU
+        self.best: dict[str, torch.Tensor] | None = None  # the best epoch's weights (a sharded model's: its shards)
 
     def update(self, result: TrainResult, model: nn.Module, epoch: int, value: float) -> None:
         if is_better(self.task, value, result.best_metric):
             result.best_metric, result.best_epoch, self.bad_epochs = value, epoch, 0
-            self.best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.best = {k: (v.detach().cpu() if self.on_cpu else v.detach()).clone() for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
 
@@ -237,6 +252,7 @@ class _Run:
     model: nn.Module
     net: nn.Module
     ranks: Ranks | None
+    plain: nn.Module | None  # FSDP: rank 0's unsharded copy, which gets the trained weights at the end
     config: TrainConfig
     task: str
     device: torch.device
@@ -270,8 +286,12 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
         torch.backends.cudnn.deterministic = True
     precision = Precision.for_device(device)
     model.to(device)
+    sharded = ranks is not None and ranks.sharded
+    plain = copy.deepcopy(model).to("cpu") if sharded and ranks.main else None
+    if sharded:
+        ranks.wrap(model)  # in place: the parameters become this rank's shards
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = FlatGradients(params, device)
+    grads = ShardedGradients(params) if sharded else FlatGradients(params, device)
 
     def new_optimizer() -> torch.optim.Optimizer:
         try:  # the fused kernel: one call per step for all parameters
@@ -283,11 +303,11 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
     result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp,
                          world_size=ranks.world if ranks is not None else 1)  # fmt: skip
     return _Run(
-        model=model, net=ranks.wrap(model) if ranks is not None else model, ranks=ranks,
+        model=model, net=ranks.wrap(model) if ranks is not None and not sharded else model, ranks=ranks, plain=plain,
         config=config, task=task, device=device, precision=precision, grads=grads,
         new_optimizer=new_optimizer, opt=new_optimizer(),
         loss_fn=_loss_fn(model, task), n=n,
-        steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience),
+        steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience, on_cpu=not sharded),
         result=result,
     )  # fmt: skip
 
@@ -299,14 +319,12 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     if blob is None:
         return 1
     result, config = run.result, run.config
-    initial = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    best, meta = unpack(blob, run.model, run.opt, run.device)
+    state, best, opt_state, meta = read(blob)
     if meta.get("config") != _config_record(config) or meta.get("n_train") != run.n:
         log.warning("checkpoint does not match this run's config or data; starting over")
-        run.model.load_state_dict(initial)  # the weights the run began with (a pretrained base stays itself)
-        run.opt = run.new_optimizer()
         return 1
-    run.stopping.best, run.stopping.bad_epochs = best, meta["bad_epochs"]
+    _load(run, state, best, opt_state)
+    run.stopping.bad_epochs = meta["bad_epochs"]
     result.history = meta["history"]
     result.best_epoch, result.best_metric = meta["best_epoch"], meta["best_metric"]
     result.resumed_from = meta["epoch"]
@@ -314,6 +332,26 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     result.stop_reason = meta.get("stop_reason")
     log.info("resuming from the checkpoint of epoch %d/%d", meta["epoch"], config.epochs)
     return meta["epoch"] + 1
+
+
+def _load(run: _Run, state: dict, best: dict | None, opt_state: dict) -> None:
+    """A checkpoint's weights, best weights and optimizer state into the run (a sharded model: each rank
+    takes its shards of the whole states)."""
+    if run.ranks is None or not run.ranks.sharded:
+        run.model.load_state_dict(state)
+        for st in opt_state["state"].values():
+            for name, v in st.items():
+                if name != "step":
+                    st[name] = v.to(run.device)
+        run.opt.load_state_dict(opt_state)
+        run.stopping.best = best
+        return
+    from freestack.ml.distributed import load_full_state
+
+    if best is not None:  # the best weights' shards: loaded, kept, then the checkpoint's own state
+        load_full_state(run.model, None, best, None)
+        run.stopping.best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    load_full_state(run.model, run.opt, state, opt_state)
 
 
 def _config_record(config: TrainConfig) -> dict[str, Any]:
@@ -388,10 +426,11 @@ def _share(run: _Run, source: BatchSource, i: int, rows: int) -> float:
 
 
 def _no_sync(run: _Run, last: bool):
-    """DDP's ``no_sync`` on the batches that only accumulate (their gradients are averaged with the last's)."""
+    """DDP's ``no_sync`` (FSDP's gradient sync off) on the batches that only accumulate: their gradients are
+    averaged with the last's."""
     if run.ranks is None or last:
         return contextlib.nullcontext()
-    return run.net.no_sync()
+    return run.ranks.accumulating(run.net)
 
 
 def _backward(run: _Run, loss: torch.Tensor) -> None:
@@ -417,13 +456,27 @@ def _step(run: _Run, lr: float) -> None:
 
 
 def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
+    """Rank 0 writes the checkpoint; a sharded model's states are first gathered whole, by every rank."""
     result = run.result
     meta = {
         "epoch": epoch, "bad_epochs": run.stopping.bad_epochs, "history": result.history,
         "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stopped": result.stopped_early,
         "stop_reason": result.stop_reason, "config": _config_record(run.config), "n_train": run.n,
     }  # fmt: skip
-    checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
+    if run.ranks is None or not run.ranks.sharded:
+        checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
+        return
+    from freestack.ml.distributed import full_optimizer_state, full_state
+
+    state, opt_state = full_state(run.model), full_optimizer_state(run.model, run.opt)
+    best = {k: _whole(v) for k, v in run.stopping.best.items()} if run.stopping.best else None
+    if run.ranks.main:
+        checkpoints.save(CHECKPOINT, pack(state, best, opt_state, meta))
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A shard's whole tensor, on the CPU (every rank must ask: it gathers)."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu()
 
 
 def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float) -> None:
@@ -509,8 +562,8 @@ def fit_source(
         train_seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
                "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0}  # fmt: skip
-        if ranks is None or ranks.main:
-            _judge(run, val, row, on_epoch)
+        if ranks is None or ranks.main or ranks.sharded:  # a sharded model's forward needs every rank
+            _judge(run, val, row, on_epoch if ranks is None or ranks.main else None)
             if checkpoints is not None:
                 _checkpoint(run, checkpoints, epoch)
         if ranks is not None:
@@ -528,7 +581,10 @@ def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None
     result, config, epoch = run.result, run.config, int(row["epoch"])
     val_metrics = _validate(run, val)
     row.update({f"val_{k}": v for k, v in val_metrics.items()})
-    run.stopping.update(result, run.model, epoch, val_metrics[result.metric])
+    value = val_metrics[result.metric]
+    if run.ranks is not None and run.ranks.sharded:  # every rank keeps the same best epoch: rank 0's view
+        value = run.ranks.share(value, run.device)
+    run.stopping.update(result, run.model, epoch, value)
     result.history.append(row)
     if run.stopping.exhausted() and epoch < config.epochs:
         result.stopped_early, result.stop_reason = True, "patience"
@@ -549,7 +605,14 @@ def _finish(run: _Run, start_epoch: int) -> None:
         result.samples_per_s = run.n * len(trained) / result.train_seconds
     if run.stopping.best is not None:
         run.model.load_state_dict({k: v.to(run.device) for k, v in run.stopping.best.items()})
-    run.model.eval()
+    if run.ranks is not None and run.ranks.sharded:
+        from freestack.ml.distributed import full_state
+
+        whole = full_state(run.model)  # every rank gathers; rank 0's unsharded copy takes the weights
+        if run.plain is not None:
+            run.plain.load_state_dict(whole)
+            result.model = run.plain.to(run.device)
+    result.model.eval()
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -205,6 +205,9 @@ def check_trainable(spec: PipelineSpec) -> None:
                             "image) but its key and target; declare some in source.schema or list model.features")  # fmt: skip
     if spec.model.type == "custom":
         check_custom_model(spec)
+    if spec.train.distributed.strategy == "fsdp" and spec.model.peft is not None:
+        raise TrainingError(f"pipeline {spec.name!r}: train.distributed.strategy fsdp shards a full fine-tune; LoRA "
+                            "trains a few parameters of a base that fits one device: use strategy ddp")  # fmt: skip
     if spec.model.type == "huggingface":
         check_hub_model(spec)
 
@@ -497,7 +500,7 @@ def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_setti
     settings = tracking_settings if tracking_settings is not None else WandbSettings.from_environment()
     with _tracking_run(spec, req, data, where, cfg, settings) as run:
         result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
-        _write_version(spec, req, data, where, cfg, model, result, metrics, run)
+        _write_version(spec, req, data, where, cfg, result.model, result, metrics, run)
         tracking = run.as_dict()
     _drop_checkpoint(where)
     log.info(
@@ -605,7 +608,7 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
                             checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done if run is not None else None)  # fmt: skip
         if run is None:
             return None
-        test = evaluate_source(model, sources["test"], data.task, device)
+        test = evaluate_source(result.model, sources["test"], data.task, device)  # FSDP: rank 0's whole copy
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
     run.summary_update(metrics)

@@ -166,7 +166,7 @@ def run_rank(launch_path: str) -> None:
     launch = Launch.model_validate_json(to_path(launch_path).read_bytes())
     spec = spec_from_text(launch.spec_text, launch.spec_path)
     d = spec.train.distributed
-    ranks = join_group(backend_for(d.backend, spec.train.device), d.timeout_seconds, d.find_unused_parameters)
+    ranks = join_group(backend_for(d.backend, spec.train.device), d.timeout_seconds, d.find_unused_parameters, d.strategy)
     _log_as_rank(ranks.rank, ranks.world)
     try:
         req = TrainRequest(**launch.request)

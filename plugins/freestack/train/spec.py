@@ -161,7 +161,7 @@ class DistributedSpec(_Model):
     processes_per_node: int = Field(default=1, ge=1, le=256, description="Ranks on each node: CPU processes, or one per GPU (at most the node's GPU count).")
     nodes: int = Field(default=1, ge=1, le=1024, description="Machines; more than 1: the ranks of every node meet at rendezvous (c10d).")
     backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU.")
-    strategy: Literal["ddp"] = Field(default="ddp", description="ddp: every rank holds the model, gradients are averaged (DistributedDataParallel).")
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="ddp: every rank holds the model, gradients are averaged (DistributedDataParallel); fsdp: each rank holds a shard of the parameters, gradients and optimizer state (FSDP2, fully_shard), for a model too large for one device.")
     launcher: Literal["local", "kubernetes"] = Field(default="local", description="local: the train task launches its node's ranks (nodes > 1: one train task per node, on workers that can reach each other); kubernetes: the train task submits a PyTorchJob and follows it.")
     rendezvous: str = Field(default="127.0.0.1:29400", pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$", description="host:port of the c10d rendezvous, on the machine that runs node 0 (launcher local).")
     timeout_seconds: float = Field(default=300, ge=10, le=86_400, description="Bounds the rendezvous and every collective: a rank that died or hangs fails the attempt after this long at most, and the retry resumes from the last checkpoint.")
