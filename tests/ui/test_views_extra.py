@@ -60,6 +60,7 @@ def test_compare_two_versions(sandbox, browser, second):
     errors = _errors(page)
     page.goto(f"{sandbox.url}/freestack/ui/models/digits/{second}")
     page.locator("#compare-link").click()
+    page.locator("#compare-versions th[data-version]").nth(1).wait_for()  # the compare page has loaded
     assert [h.get_attribute("data-version") for h in page.locator("#compare-versions th[data-version]").all()] == [second, s["version"]]
     gate = page.locator("#compare-gate td").all_inner_texts()
     assert gate[0].startswith("blocked") and gate[1].startswith("promoted"), gate
