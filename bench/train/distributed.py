@@ -72,7 +72,7 @@ def rank_main(args: argparse.Namespace) -> None:
     from freestack.ml.loop import TrainConfig, fit
 
     torch.set_num_threads(args.threads)
-    ranks = join_group(args.backend, 120) if "RANK" in os.environ else None
+    ranks = join_group(args.backend, 120, strategy=args.strategy) if "RANK" in os.environ else None
     x, y = make_data(args.kind, args.rows)
     n_val = args.rows // 10
     split = (lambda a: (a[n_val:], a[:n_val])) if not isinstance(x, dict) else None
@@ -118,7 +118,7 @@ def measure(mode: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
         child = ["-m", "bench.train.distributed", "--rank-child", "--kind", kind, "--rows", str(args.rows),
                  "--epochs", str(args.epochs), "--batch-size", str(batch), "--device", args.device,
                  "--threads", "1" if args.device == "cpu" else str(args.threads), "--result", str(result),
-                 "--backend", "nccl" if args.device == "cuda" else "gloo"]  # fmt: skip
+                 "--backend", "nccl" if args.device == "cuda" else "gloo", "--strategy", args.strategy]  # fmt: skip
         ranks = {"one": 0, "plain": 0, "two": 2, "ddp1": 1}[mode]
         if ranks:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *child]
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp", help="how the ranks hold the model")
     ap.add_argument("--rank-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kind", default="cnn", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="gloo", help=argparse.SUPPRESS)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(samples[-1]), flush=True)
     summary = summarise(samples, args.device, kinds)
     targets = {"scaling_efficiency": ">= 0.85 (cpu, 2 ranks of 1 thread)", "ddp_overhead_ratio": ">= 0.97 (one GPU)"}
-    params = {k: getattr(args, k) for k in ("kinds", "rows", "epochs", "batch_size", "repeats", "device", "threads")}
+    params = {k: getattr(args, k) for k in ("kinds", "rows", "epochs", "batch_size", "repeats", "device", "threads", "strategy")}
     write_report({"name": "train_distributed", "machine": host(), "params": params, "samples": samples,
                   "summary": summary, "targets": targets}, args.out)  # fmt: skip
     print(json.dumps(summary, indent=2))
