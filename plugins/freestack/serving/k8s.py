@@ -336,11 +336,12 @@ def get(name: str, namespace: str, conn_id: str) -> dict[str, Any] | None:
         return s.read()
 
 
-def delete(name: str, namespace: str, conn_id: str) -> bool:
-    """Delete the SeldonDeployment; False when there was none."""
+def delete(name: str, namespace: str, conn_id: str, *, session=api_session) -> bool:
+    """Delete the SeldonDeployment (or, through another ``session``, another object); False when there
+    was none."""
     from kubernetes.client.exceptions import ApiException
 
-    with api_session(conn_id, namespace, name) as s:
+    with session(conn_id, namespace, name) as s:
         try:
             s.delete()
         except ApiException as exc:

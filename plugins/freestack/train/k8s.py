@@ -26,7 +26,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from freestack.serving.k8s import _resource_type_missing, _Session, _status_body, api_session, object_missing
+from freestack.serving.k8s import (
+    _resource_type_missing,
+    _Session,
+    _status_body,
+    api_session,
+    delete,
+)
 from freestack.serving.manifests import MANAGED_BY, MANAGED_BY_KEY
 from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
 from freestack.train.kubernetes import (
@@ -184,16 +190,7 @@ def get_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> dict[s
 
 def delete_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> bool:
     """Delete the PyTorchJob and its pods; False when there was none."""
-    from kubernetes.client.exceptions import ApiException
-
-    with _session(conn_id, namespace, name) as s:
-        try:
-            s.delete()
-        except ApiException as exc:
-            if object_missing(exc.status, exc.body):
-                return False
-            raise
-        return True
+    return delete(name, namespace, conn_id, session=_session)
 
 
 def submit_job(manifest: dict[str, Any], conn_id: str = DEFAULT_CONN_ID, *,
