@@ -27,10 +27,11 @@ def pack(model: nn.Module | dict[str, torch.Tensor], best: dict[str, torch.Tenso
     ``model`` and ``opt`` may be given as their state dicts (a sharded model's, gathered whole)."""
     tensors: dict[str, torch.Tensor] = {}
     state_dict = model if isinstance(model, dict) else model.state_dict()
+    seen: set[int] = set()  # tied weights (a language model's embeddings and head) are saved as copies
     for k, v in state_dict.items():
-        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+        tensors[f"model.{k}"] = _own(v, seen)
     for k, v in (best or {}).items():
-        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+        tensors[f"best.{k}"] = _own(v, seen)
     state = opt if isinstance(opt, dict) else opt.state_dict()
     for pid, st in state["state"].items():
         for k, v in st.items():
@@ -38,6 +39,16 @@ def pack(model: nn.Module | dict[str, torch.Tensor], best: dict[str, torch.Tenso
             tensors[f"opt.{pid}.{k}"] = t.detach().cpu().contiguous()
     meta = {**meta, "param_groups": state["param_groups"]}
     return st_save(tensors, metadata={"freestack": json.dumps(meta)})
+
+
+def _own(v: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """``v`` on the CPU, contiguous; a copy when another tensor of the checkpoint shares its memory."""
+    t = v.detach().cpu().contiguous()
+    ptr = t.untyped_storage().data_ptr()
+    if ptr in seen:
+        return t.clone()
+    seen.add(ptr)
+    return t
 
 
 def read(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any], dict]:

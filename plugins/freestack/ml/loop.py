@@ -137,6 +137,8 @@ def evaluate(model: nn.Module, x: Tensors, y: torch.Tensor, task: str, amp_dtype
 def evaluate_source(model: nn.Module, source: BatchSource, task: str, device: torch.device, amp_dtype=None,
                     batch: int = 2048) -> dict[str, float]:  # fmt: skip
     """The metrics over a split: in memory, or read batch by batch (only outputs and targets are kept)."""
+    if task == "generation":
+        return token_metrics(model, source, device, amp_dtype, batch=64)
     if isinstance(source, InMemory):
         return evaluate(model, source.x, source.y, task, amp_dtype)
     model.eval()
@@ -147,6 +149,24 @@ def evaluate_source(model: nn.Module, source: BatchSource, task: str, device: to
         ys.append(yb)
     out = torch.cat(outs) if outs else torch.empty(0, device=device)
     return outputs_metrics(model, out, torch.cat(ys) if ys else torch.empty(0, device=device), task)
+
+
+@torch.no_grad()
+def token_metrics(model: nn.Module, source: BatchSource, device: torch.device, amp_dtype=None, batch: int = 64) -> dict[str, float]:
+    """A language model's mean loss per learnt token over a split, and its perplexity (exp of the loss):
+    summed batch by batch, never holding more than one batch's logits."""
+    from freestack.ml.generation import perplexity, token_loss
+
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = 0
+    for xb, yb in source.ordered(batch, device):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(xb)
+        total += token_loss(logits, yb, reduction="sum").double()
+        tokens += int((yb[:, 1:] != -100).sum())
+    loss = float(total) / max(tokens, 1)
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": float(tokens)}
 
 
 def outputs_metrics(model: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, float]:
@@ -622,5 +642,5 @@ def _fmt_eta(seconds: float) -> str:
 
 __all__ = [
     "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
-    "evaluate", "evaluate_source", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors", "warm_up",
+    "evaluate", "evaluate_source", "token_metrics", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors", "warm_up",
 ]  # fmt: skip

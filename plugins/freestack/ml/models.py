@@ -166,6 +166,10 @@ def load_pretrained(folder, map_location: str = "cpu", *, read_base=None):
         from freestack.ml.custom import load_custom
 
         return load_custom(folder, config, map_location=map_location)
+    if is_generation(config):
+        from freestack.ml.generation import load_generation_version
+
+        return load_generation_version(folder, config, map_location=map_location, read_base=read_base)
     if is_pretrained(config):
         from freestack.ml.pretrained import load_pretrained_version
 
@@ -181,3 +185,8 @@ def is_custom(config: dict) -> bool:
 def is_pretrained(config: dict) -> bool:
     """Whether a version's ``config.json`` describes a fine-tuned transformers model (settings under ``freestack``)."""
     return (config.get("freestack") or {}).get("freestack_model") == "huggingface"
+
+
+def is_generation(config: dict) -> bool:
+    """Whether a version's ``config.json`` describes an instruction-tuned causal LM (task ``generation``)."""
+    return is_pretrained(config) and config["freestack"].get("task") == "generation"

@@ -317,24 +317,31 @@ class PretrainedNet(ScaledModel):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """transformers'/peft's own files: config.json (with ``freestack``) and the weights (the adapter, or
         full weights; LoRA merged into them with ``peft.merge``)."""
-        import copy
+        save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        model = self.model
-        if self.adapter:
-            settings = model.peft_config["default"]
-            settings.base_model_name_or_path, settings.revision = _peft_base_name(self.base), _hub_revision(self.base)
-            model.save_pretrained(str(folder))
-            (folder / "README.md").unlink(missing_ok=True)  # the registry renders the model card
-            model = model.get_base_model()  # its config: the labels
-        else:
-            if self.peft is not None:  # merge: true
-                model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(str(folder), safe_serialization=True)
-        data = json.loads(model.config.to_json_string(use_diff=False))
-        data["freestack"] = self.config()
-        (folder / "config.json").write_text(json.dumps(data, indent=2, default=str))
+
+def save_hf_weights(model, folder: str | os.PathLike, base: dict[str, str], adapter: bool, peft: bool,
+                    freestack: dict[str, Any]) -> None:  # fmt: skip
+    """A transformers model's files as transformers/peft write them: the ``adapter`` (naming its base's Hub
+    repo and commit, or its folder), else full weights (LoRA merged into them when ``peft``), and
+    ``config.json`` with freestack's settings under ``freestack``."""
+    import copy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if adapter:
+        settings = model.peft_config["default"]
+        settings.base_model_name_or_path, settings.revision = _peft_base_name(base), _hub_revision(base)
+        model.save_pretrained(str(folder))
+        (folder / "README.md").unlink(missing_ok=True)  # the registry renders the model card
+        model = model.get_base_model()  # its config: the labels
+    else:
+        if peft:  # merge: true
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(str(folder), safe_serialization=True)
+    data = json.loads(model.config.to_json_string(use_diff=False))
+    data["freestack"] = freestack
+    (folder / "config.json").write_text(json.dumps(data, indent=2, default=str))
 
 
 def _hub_revision(base: dict[str, str]) -> str | None:

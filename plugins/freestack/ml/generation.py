@@ -1,0 +1,559 @@
+"""Causal language models instruction-tuned by freestack (``model: {type: huggingface, task:
+text-generation}``): conversations rendered with the base tokenizer's chat template, the loss on the
+assistant's tokens only, optional packing, and batched generation with left padding.
+
+A lake row is a conversation (:class:`ChatColumns`): a ``prompt`` and a ``response`` column (a user turn
+and the assistant's answer, after an optional system prompt), or a ``messages`` column holding the chat as
+JSON (``[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]``). Every assistant
+turn of it is learnt; the rest is context (labels ``-100``, what transformers' loss ignores).
+
+:class:`ChatEncoding` turns rows into the loop's batches: ``{"input_ids", "attention_mask"}`` (or, packed,
+``{"input_ids", "position_ids"}``: several conversations per row, each restarting its positions, which
+transformers' attention masks reads as separate sequences) and the labels. :class:`CausalLMNet` wraps the
+``AutoModelForCausalLM`` (maybe a peft model) for the loop: logits in, the mean token loss out.
+
+A version folder is what transformers/peft and the tokenizer write: ``config.json`` (with ``freestack``),
+``model.safetensors`` or ``adapter_config.json`` + ``adapter_model.safetensors``, ``generation_config.json``
+and the tokenizer files with the chat template, so ``AutoModelForCausalLM`` (+ ``PeftModel``) and
+``AutoTokenizer`` load it and ``apply_chat_template`` + ``generate`` answer as freestack's server does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freestack.errors import FreestackError
+
+TASK = "generation"
+PIPELINE_TASK = "text-generation"
+IGNORE = -100  # the label transformers' loss skips
+ROLES = ("system", "user", "assistant")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+class ChatError(FreestackError):
+    """A conversation, a chat template or a generation request that cannot be used; the message says what
+    is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class ChatColumns:
+    """Which lake columns hold a conversation (``model.data``): ``prompt`` + ``response``, or ``messages``
+    (JSON); ``system`` is a system prompt put first in every conversation (training and serving)."""
+
+    prompt: str | None = "prompt"
+    response: str | None = "response"
+    messages: str | None = None
+    system: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.messages] if self.messages else [c for c in (self.prompt, self.response) if c]
+
+    @property
+    def input_column(self) -> str:
+        """What a request carries: the prompt, or the conversation so far."""
+        return self.messages or self.prompt or "prompt"
+
+    def conversation(self, row: dict[str, Any], index: int = 0) -> list[dict[str, str]]:
+        """A row as a chat, with the assistant's answer (the last turn)."""
+        if self.messages:
+            chat = parse_messages(row.get(self.messages), f"row {index}, column {self.messages!r}")
+        else:
+            prompt, response = row.get(self.prompt), row.get(self.response)
+            for name, v in ((self.prompt, prompt), (self.response, response)):
+                if not isinstance(v, str):
+                    raise ChatError(f"row {index}, column {name!r}: expected text, got {_kind(v)}")
+            chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if not any(m["role"] == "assistant" for m in chat):
+            raise ChatError(f"row {index}: the conversation has no assistant turn to learn from")
+        return self.with_system(chat)
+
+    def with_system(self, chat: list[dict[str, str]]) -> list[dict[str, str]]:
+        if self.system and (not chat or chat[0]["role"] != "system"):
+            return [{"role": "system", "content": self.system}, *chat]
+        return chat
+
+    def prompt_of(self, row: dict[str, Any], index: int = 0) -> list[dict[str, str]]:
+        """A row's chat up to (without) its last assistant turn: what the model answers at evaluation."""
+        chat = self.conversation(row, index)
+        last = max(i for i, m in enumerate(chat) if m["role"] == "assistant")
+        return chat[:last]
+
+    def answer_of(self, row: dict[str, Any], index: int = 0) -> str:
+        chat = self.conversation(row, index)
+        return next(m["content"] for m in reversed(chat) if m["role"] == "assistant")
+
+
+def _kind(v: Any) -> str:
+    return (
+        "nothing (a missing value)"
+        if v is None or (isinstance(v, float) and math.isnan(v))
+        else type(v).__name__
+    )
+
+
+def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
+    """A chat as JSON text (or already a list): a list of ``{"role", "content"}`` with known roles."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ChatError(f"{where}: not JSON ({exc}); store the chat as a JSON list of "
+                            '{"role": ..., "content": ...} objects') from None  # fmt: skip
+    if not isinstance(value, list) or not value:
+        raise ChatError(
+            f'{where}: expected a non-empty list of {{"role": ..., "content": ...}}, got {_kind(value)}'
+        )
+    chat = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ChatError(
+                f"{where}, message {i}: each message needs a role ({', '.join(ROLES)}) and text content"
+            )
+        chat.append({"role": m["role"], "content": m["content"]})
+    return chat
+
+
+# -- the tokenizer and its chat template --------------------------------------------------------------------
+
+
+def load_tokenizer(folder: str | os.PathLike, chat_template: str | None = None):
+    """The fast tokenizer saved in ``folder`` (a base or a version), with ``chat_template`` when given (it
+    wins over the folder's); ChatError when neither has a template."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ChatError(f"the tokenizer in {folder} cannot be loaded ({str(exc)[:200]}); save the base with "
+                        "tokenizer.save_pretrained next to the model") from None  # fmt: skip
+    if chat_template:
+        tok.chat_template = chat_template
+    if not tok.chat_template:
+        raise ChatError(f"the base's tokenizer ({folder}) has no chat template, so conversations cannot be rendered: set "
+                        "model.chat_template to a Jinja template (e.g. ChatML's), or pick a chat/instruct base")  # fmt: skip
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def render(tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as exc:  # jinja2's TemplateError, or a template raising on roles it does not know
+        raise ChatError(f"the chat template cannot render this conversation ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "check model.chat_template, or the roles of the messages") from None  # fmt: skip
+
+
+def encode_chat(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(token ids, labels) of a conversation: labels are the ids on the assistant turns (up to and with the
+    template's end-of-turn), ``IGNORE`` elsewhere. Spans are found on the text (each assistant turn
+    starts where the chat before it, rendered with the generation prompt, ends), then mapped to tokens by
+    their offsets, so tokenization across a boundary cannot shift them."""
+    text = render(tokenizer, chat)
+    spans = []
+    for i, m in enumerate(chat):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(tokenizer, chat[:i], generation_prompt=True))
+        end = len(render(tokenizer, chat[: i + 1]))
+        spans.append((start, end))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, labels = list(enc["input_ids"]), []
+    for tok_id, (a, _b) in zip(ids, enc["offset_mapping"], strict=True):
+        labels.append(tok_id if any(s <= a < e for s, e in spans) else IGNORE)
+    return ids, labels
+
+
+def eos_ids(tokenizer, generation_config: dict[str, Any] | None = None) -> list[int]:
+    """The tokens that end an answer: the generation config's, and the tokenizer's end of sequence."""
+    found = (generation_config or {}).get("eos_token_id")
+    ids = list(found) if isinstance(found, list) else ([found] if found is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+# -- rows into batches ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """A split as the loop takes it; ``cut`` counts conversations longer than ``max_length`` (cut at the
+    end), ``dropped`` those left with no answer token to learn (their answer was cut off)."""
+
+    x: dict[str, np.ndarray]
+    y: np.ndarray
+    conversations: int = 0
+    cut: int = 0
+    dropped: int = 0
+    tokens: int = 0  # the tokens learnt from (labels that are not IGNORE)
+
+
+def pad_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int) -> Encoded:
+    """One conversation per row, right-padded to the longest (at most ``max_length``)."""
+    width = max((len(ids) for ids, _ in examples), default=1)
+    ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(examples), width), dtype=np.int64)
+    labels = np.full((len(examples), width), IGNORE, dtype=np.int64)
+    for r, (i, lab) in enumerate(examples):
+        ids[r, : len(i)], mask[r, : len(i)], labels[r, : len(i)] = i, 1, lab
+    return Encoded({"input_ids": ids, "attention_mask": mask}, labels)
+
+
+def pack_rows(examples: Sequence[tuple[list[int], list[int]]], max_length: int, pad_id: int) -> Encoded:
+    """Conversations packed into rows of ``max_length`` tokens, longest first, each into the first row
+    with room (best-fit decreasing, as TRL's ``bfd`` packing); positions restart at each conversation, so
+    attention stays within it (transformers reads restarting ``position_ids`` as packed sequences)."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = len(examples[i][0])
+        fit = min((r for r in range(len(rows)) if room[r] >= n), key=lambda r: room[r], default=None)
+        if fit is None:
+            rows.append([])
+            room.append(max_length)
+            fit = len(rows) - 1
+        rows[fit].append(i)
+        room[fit] -= n
+    ids = np.full((len(rows), max_length), pad_id, dtype=np.int64)
+    pos = np.zeros((len(rows), max_length), dtype=np.int64)
+    labels = np.full((len(rows), max_length), IGNORE, dtype=np.int64)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            tok, lab = examples[i]
+            ids[r, at : at + len(tok)], labels[r, at : at + len(tok)] = tok, lab
+            pos[r, at : at + len(tok)] = np.arange(len(tok))
+            at += len(tok)
+        pos[r, at:] = np.arange(max_length - at)  # the padding: one more sequence, never learnt
+    return Encoded({"input_ids": ids, "position_ids": pos}, labels)
+
+
+@dataclass
+class ChatEncoding:
+    """The generation task's preprocessing: the chat columns, the template and the token budget. It plays
+    :class:`~freestack.ml.prep.Preprocessing`'s part for the train and evaluate stages (``inputs``,
+    ``target_array``, ``as_dict``); the tokenizer is the base's (saved in every version)."""
+
+    tokenizer: Any
+    columns: ChatColumns
+    max_length: int
+    packing: bool = False
+    task: str = TASK
+    classes: list[Any] = field(default_factory=list)
+    encoder: Any = None
+    tokenizer_json: str | None = None  # the version's tokenizer files are transformers' own
+    _memo: tuple[int, Encoded] | None = field(default=None, repr=False)
+
+    @property
+    def features(self) -> list[str]:
+        return [self.columns.input_column]
+
+    @property
+    def target(self) -> str:
+        return self.columns.messages or self.columns.response or ""
+
+    def encode_rows(self, rows: Iterable[dict[str, Any]], *, packing: bool | None = None) -> Encoded:
+        examples, cut, dropped = [], 0, 0
+        for i, row in enumerate(rows):
+            ids, labels = encode_chat(self.tokenizer, self.columns.conversation(row, i))
+            if len(ids) > self.max_length:
+                ids, labels, cut = ids[: self.max_length], labels[: self.max_length], cut + 1
+            if all(lab == IGNORE for lab in labels):
+                dropped += 1
+                continue
+            examples.append((ids, labels))
+        pad = self.tokenizer.pad_token_id
+        out = (pack_rows if (self.packing if packing is None else packing) else pad_rows)(
+            examples, self.max_length, pad
+        )
+        out.conversations, out.cut, out.dropped = len(examples), cut, dropped
+        out.tokens = int((out.y != IGNORE).sum())
+        return out
+
+    def encode_frame(self, df) -> Encoded:
+        key = id(df)
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, self.encode_rows(df[self.columns.columns].to_dict("records")))
+        return self._memo[1]
+
+    def inputs(self, df) -> dict[str, np.ndarray]:
+        return self.encode_frame(df).x
+
+    def target_array(self, df) -> np.ndarray:
+        return self.encode_frame(df).y
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"task": TASK, "features": self.features, "target": self.target, "classes": [],
+                "chat": {"columns": asdict(self.columns), "max_length": self.max_length, "packing": self.packing}}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], folder: str | os.PathLike) -> ChatEncoding:
+        chat = d["chat"]
+        return cls(
+            load_tokenizer(folder),
+            ChatColumns(**chat["columns"]),
+            int(chat["max_length"]),
+            bool(chat.get("packing")),
+        )
+
+
+# -- the model --------------------------------------------------------------------------------------------
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each next token (logits at t predict the label at t + 1), ``IGNORE`` skipped."""
+    shifted = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
+    return nn.functional.cross_entropy(
+        shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction=reduction
+    )
+
+
+class CausalLMNet(nn.Module):
+    """A transformers causal LM (``model``, maybe a peft model) taking freestack's batches."""
+
+    task = TASK
+
+    def __init__(self, model, *, base: dict[str, str], columns: ChatColumns, max_length: int,
+                 peft: dict[str, Any] | None = None, packing: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.model, self.base, self.columns = model, dict(base), columns
+        self.max_length, self.peft, self.packing = int(max_length), peft, packing
+        self.pipeline_task = PIPELINE_TASK
+        self.classes: list[Any] = []
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "position_ids" in x:  # packed: no mask, restarting positions separate the conversations
+            return self.model(
+                input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False
+            ).logits
+        return self.model(
+            input_ids=x["input_ids"], attention_mask=x["attention_mask"], use_cache=False
+        ).logits
+
+    def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return token_loss(logits, labels)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    @property
+    def adapter(self) -> bool:
+        return self.peft is not None and not self.peft.get("merge")
+
+    def weight_files(self) -> list[str]:
+        from freestack.ml.pretrained import ADAPTER_FILES
+
+        return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
+
+    def config(self) -> dict[str, Any]:
+        return {"freestack_model": "huggingface", "task": TASK, "pipeline_task": PIPELINE_TASK, "classes": [],
+                "base": self.base, "peft": self.peft, "files": self.weight_files(), "max_length": self.max_length,
+                "chat": asdict(self.columns), "packing": self.packing}  # fmt: skip
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """transformers'/peft's own files, ``config.json`` with ``freestack``; the tokenizer is saved beside
+        them by :func:`save_tokenizer`."""
+        from freestack.ml.pretrained import save_hf_weights
+
+        save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
+
+
+def save_tokenizer(
+    tokenizer, folder: str | os.PathLike, generation: dict[str, Any] | None = None
+) -> list[str]:
+    """The tokenizer (its chat template included) and ``generation_config.json`` into ``folder``; the
+    files written."""
+    from transformers import GenerationConfig
+
+    folder = Path(folder)
+    before = set(os.listdir(folder)) if folder.exists() else set()
+    tokenizer.save_pretrained(str(folder))
+    ids = eos_ids(tokenizer)
+    GenerationConfig(eos_token_id=ids if len(ids) > 1 else ids[0], pad_token_id=tokenizer.pad_token_id,
+                     **(generation or {})).save_pretrained(str(folder))  # fmt: skip
+    return sorted(set(os.listdir(folder)) - before)
+
+
+def load_causal_lm(folder: str, *, meta: bool = False):
+    """The base's ``AutoModelForCausalLM`` in float32 (mixed precision is the loop's, on CUDA)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from freestack.ml.pretrained import PretrainedError
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, **({"device_map": "meta"} if meta else {})
+        )
+    except (ValueError, KeyError, OSError) as exc:
+        raise PretrainedError(f"the base at {folder} cannot be loaded as a causal language model ({type(exc).__name__}: "
+                              f"{str(exc)[:300]}); text-generation needs a decoder (GPT-2, Llama, Qwen, SmolLM ...)") from None  # fmt: skip
+
+
+def add_causal_lora(model, peft: dict[str, Any]):
+    """LoRA adapters (peft, ``CAUSAL_LM``) on ``peft["target_modules"]`` or peft's default for the
+    architecture; PretrainedError naming the linear layers when none match."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from freestack.ml.pretrained import PretrainedError, default_targets
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=int(peft["r"]), lora_alpha=float(peft["alpha"]),
+                        lora_dropout=float(peft["dropout"]), target_modules=peft.get("target_modules") or default_targets(model))  # fmt: skip
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise PretrainedError(f"LoRA cannot adapt this {model.config.model_type} model: {str(exc)[:300]}. Set "
+                              f"model.peft.target_modules to some of its linear layers: {', '.join(linear)}") from None  # fmt: skip
+
+
+def load_generation_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu", *,
+                            endpoint: str | None = None, token: str | None = None, read_base=None) -> CausalLMNet:  # fmt: skip
+    """A version's causal LM: full weights as they are, or the adapter on its recorded base."""
+    info = config["freestack"]
+    if "model.safetensors" in info["files"]:
+        model = load_causal_lm(str(folder))
+    else:
+        from peft import PeftModel
+
+        from freestack.ml.pretrained import adapter_base
+
+        base = adapter_base(info["base"], endpoint=endpoint, token=token, read_base=read_base)
+        model = PeftModel.from_pretrained(load_causal_lm(base.folder), str(folder))
+    net = CausalLMNet(model, base=info["base"], columns=ChatColumns(**info["chat"]), max_length=info["max_length"],
+                      peft=info.get("peft"), packing=bool(info.get("packing")))  # fmt: skip
+    return net.to(map_location).eval()
+
+
+# -- generation -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How answers are generated: greedy when ``temperature`` is 0; ``stop`` strings end an answer early;
+    a prompt over ``max_prompt_tokens`` is cut from the left (``truncate: left``) or refused."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    max_prompt_tokens: int = 1024
+    truncate: str = "left"  # left | refuse
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop (end of turn or a stop string) | length
+    truncated: bool = False  # the prompt was cut from the left
+
+
+class PromptTooLong(ChatError):
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(f"prompt {index} is {tokens} tokens, over the limit of {limit}: shorten it, or deploy with "
+                         "generation.truncate: left to keep its last tokens")  # fmt: skip
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
+def prompt_ids(
+    tokenizer, chats: Sequence[list[dict[str, str]]], settings: GenerationSettings
+) -> list[tuple[list[int], bool]]:
+    """Each chat rendered with the generation prompt, as token ids (cut from the left, or refused, when over
+    ``max_prompt_tokens``), and whether it was cut."""
+    out = []
+    for i, chat in enumerate(chats):
+        ids = tokenizer(render(tokenizer, chat, generation_prompt=True), add_special_tokens=False)[
+            "input_ids"
+        ]
+        if len(ids) > settings.max_prompt_tokens:
+            if settings.truncate != "left":
+                raise PromptTooLong(i, len(ids), settings.max_prompt_tokens)
+            out.append((ids[-settings.max_prompt_tokens :], True))
+        else:
+            out.append((ids, False))
+    return out
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, chats: Sequence[list[dict[str, str]]], settings: GenerationSettings,
+             generation_config: dict[str, Any] | None = None) -> list[Completion]:  # fmt: skip
+    """Answers to ``chats`` in one batch: prompts left-padded, ``model.generate`` (greedy, or sampled with
+    ``temperature``/``top_p``), the new tokens decoded without special tokens and cut at a stop string."""
+    if not chats:
+        return []
+    prompts = prompt_ids(tokenizer, chats, settings)
+    width = max(len(ids) for ids, _ in prompts)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, (p, _) in enumerate(prompts):
+        ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
+    eos = eos_ids(tokenizer, generation_config)
+    sample = settings.temperature > 0
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    kw: dict[str, Any] = {"do_sample": sample, "max_new_tokens": settings.max_new_tokens, "eos_token_id": eos,
+                          "pad_token_id": pad}  # fmt: skip
+    kw.update(
+        {"temperature": settings.temperature, "top_p": settings.top_p}
+        if sample
+        else {"temperature": None, "top_p": None, "top_k": None}
+    )
+    if settings.stop:
+        kw.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)[:, width:].cpu()
+    return [
+        _completion(tokenizer, row.tolist(), eos, pad, len(p), cut, settings)
+        for row, (p, cut) in zip(out, prompts, strict=True)
+    ]
+
+
+def _completion(tokenizer, new: list[int], eos: list[int], pad: int, prompt_tokens: int, cut: bool,
+                settings: GenerationSettings) -> Completion:  # fmt: skip
+    end = next((i for i, t in enumerate(new) if t in eos), None)
+    tokens = new[:end] if end is not None else [t for t in new if t != pad] if pad not in eos else new
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    reason = "stop" if end is not None else "length"
+    for s in settings.stop:
+        if s and s in text:
+            text, reason = text[: text.index(s)], "stop"
+    return Completion(text.strip(), prompt_tokens, len(tokens), reason, cut)
+
+
+def perplexity(loss: float) -> float:
+    return float(math.exp(min(loss, 50.0)))
+
+
+__all__ = [
+    "IGNORE", "PIPELINE_TASK", "TASK", "CausalLMNet", "ChatColumns", "ChatEncoding", "ChatError", "Completion", "Encoded",
+    "GenerationSettings", "PromptTooLong", "add_causal_lora", "encode_chat", "eos_ids", "generate", "load_causal_lm",
+    "load_generation_version", "load_tokenizer", "pack_rows", "pad_rows", "parse_messages", "perplexity", "render",
+    "save_tokenizer", "token_loss",
+]  # fmt: skip
