@@ -41,7 +41,7 @@ from freestack.sweeps.spec import EPOCH_METRICS, SweepSpec
 from freestack.train.spec import ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "generation")
 #: the column types a model can take (freestack.ml.features encodes them)
 FEATURE_TYPES = ("int", "float", "bool", "category", "text", "image")
 
@@ -122,6 +122,9 @@ class PipelineSpec(SpecModel):
         return self
 
     def _check_feature_kinds(self) -> None:
+        if self.model.generative:
+            self._check_chat_columns()
+            return
         kinds = self.feature_kinds
         loose = [f for f, t in kinds.items() if t not in FEATURE_TYPES]
         if loose:
@@ -137,6 +140,21 @@ class PipelineSpec(SpecModel):
                              "read by the built-in net's image encoder (model.image) with type: auto or mlp")  # fmt: skip
         if self.model.type == "huggingface":
             self._check_pretrained_input(kinds)
+
+    def _check_chat_columns(self) -> None:
+        """A text-generation model reads its conversations from ``model.data``'s columns, which are text
+        columns of the schema; the target is the response (or the messages) column."""
+        data, schema = self.model.chat, self.source.schema_
+        types = {c.name: c.type for c in schema.fields}
+        for name in data.columns:
+            if types.get(name) not in ("text", "string"):
+                found = f"a {types[name]} column" if name in types else "not a column of source.schema"
+                raise ValueError(f"model.data: {name!r} is {found}; the conversation columns are text columns "
+                                 "(set model.data.prompt/response or messages to yours)")  # fmt: skip
+        answer = data.messages or data.response
+        if schema.target is not None and schema.target != answer:
+            raise ValueError(f"source.schema.target is {schema.target!r}, but a text-generation model learns the "
+                             f"{answer!r} column (model.data): set target: {answer}")  # fmt: skip
 
     def _check_pretrained_input(self, kinds: dict[str, str]) -> None:
         """A pretrained model reads one column: a text column (text-classification) or an image column."""
@@ -205,6 +223,8 @@ class PipelineSpec(SpecModel):
         """``model.task``, else what the target column says: classification for string/bool/category targets and
         for int targets whose ``allowed:`` values list the classes, regression for float targets; None
         for other int targets (the data decides: few distinct values make it classification)."""
+        if self.model.generative:
+            return "generation"
         if self.model.type == "huggingface":
             return "classification"  # text-classification / image-classification
         if self.model.task != "auto":
@@ -223,6 +243,8 @@ class PipelineSpec(SpecModel):
         return next((c for c in schema.fields if c.name == schema.target), None)
 
     def _task_reason(self) -> str:
+        if self.model.generative:
+            return "model.task is text-generation"
         if self.model.type == "huggingface":
             return "model.type is huggingface (a classification task)"
         if self.model.task != "auto":
@@ -242,6 +264,8 @@ class PipelineSpec(SpecModel):
         """The feature columns: ``model.features``, else every int/float/bool/category/text/image column
         but key and target (string, date and timestamp columns are never features)."""
         schema = self.source.schema_
+        if self.model.generative:  # the conversation's columns (model.data)
+            return [c for c in self.model.chat.columns if c != schema.target] or list(self.model.chat.columns)
         if self.model.features is not None:
             return list(self.model.features)
         return [c.name for c in schema.fields if c.type in FEATURE_TYPES and c.name not in (schema.key, schema.target)]

@@ -22,9 +22,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from freestack.specbase import SpecModel
 
-MAXIMIZE = {"accuracy", "macro_f1", "r2"}
-MINIMIZE = {"log_loss", "rmse", "mae", "loss"}
-METRICS = {"classification": ("accuracy", "macro_f1", "log_loss"), "regression": ("rmse", "mae", "r2")}
+MAXIMIZE = {"accuracy", "macro_f1", "r2", "exact_match", "rouge_l"}
+MINIMIZE = {"log_loss", "rmse", "mae", "loss", "perplexity"}
+METRICS = {"classification": ("accuracy", "macro_f1", "log_loss"), "regression": ("rmse", "mae", "r2"),
+           "generation": ("perplexity", "loss", "exact_match", "rouge_l")}  # fmt: skip
 
 
 def goal_of(metric: str | None, direction: str | None = None) -> str | None:

@@ -47,8 +47,9 @@ TUNABLE_PEFT = ("r", "alpha", "dropout")
 EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
     "regression": ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss"),
+    "generation": ("val_loss", "val_perplexity", "train_loss"),
 }
-ALL_EPOCH_METRICS = tuple(dict.fromkeys(EPOCH_METRICS["classification"] + EPOCH_METRICS["regression"]))
+ALL_EPOCH_METRICS = tuple(dict.fromkeys(m for metrics in EPOCH_METRICS.values() for m in metrics))
 
 
 def _short_name(path: str) -> str:

@@ -292,6 +292,8 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
             f"the window up to {end_ds} has {sum(sizes.values())} rows: too few for train/val/test splits "
             f"({sizes['train']}/{sizes['val']}/{sizes['test']}); widen window_days"
         )
+    if spec.model.generative:
+        return _prepare_chats(spec, data, splits)
     task = spec.task or _infer_task(spec, splits.values())
     try:
         pre = Preprocessing.fit_chunks(splits["train"].chunks, spec.model_features, schema.target, task,
@@ -303,6 +305,34 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
         val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
     return Prepared(task, spec.model_features, pre, splits["train"], val, test, data.partitions, data.summary(),
                     t.data.shuffle_buffer, t.data.chunk_rows)  # fmt: skip
+
+
+def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared:
+    """A text-generation window: the splits' conversations tokenized with the base's chat template (held in
+    memory: an instruction set is small next to the model). How many were cut to ``max_length``, or
+    dropped for having no answer token left, goes into the version's lineage."""
+    from freestack.ml.generation import ChatError
+    from freestack.train.pretrained import chat_encoding
+    from freestack.train.stream import FrameRows
+
+    if not all(isinstance(rows, FrameRows) for rows in splits.values()):
+        raise TrainingError(f"pipeline {spec.name!r}: a text-generation window is read into memory; set "
+                            "train.data.mode: memory (or raise train.data.memory_limit_mb)")  # fmt: skip
+    pre = chat_encoding(spec)
+    counts: dict[str, dict[str, int]] = {}
+    for name, rows in splits.items():
+        try:
+            enc = pre.encode_frame(rows.frame)
+        except ChatError as exc:
+            raise TrainingError(f"pipeline {spec.name!r}, {name} split: {exc}") from None
+        counts[name] = {"conversations": enc.conversations, "tokens": enc.tokens, "cut": enc.cut, "dropped": enc.dropped,
+                        "rows": len(enc.y)}  # fmt: skip
+        if enc.cut or enc.dropped:
+            log.warning("%s split: %d conversations over model.max_length %d were cut, %d dropped with no answer left",
+                        name, enc.cut, spec.model.max_length, enc.dropped)  # fmt: skip
+    summary = {**data.summary(), "conversations": counts}
+    return Prepared("generation", spec.model_features, pre, splits["train"], splits["val"], splits["test"],
+                    data.partitions, summary, spec.train.data.shuffle_buffer, spec.train.data.chunk_rows)  # fmt: skip
 
 
 def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
@@ -662,6 +692,16 @@ def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
                 write_bytes(join(where.version_dir, name), f.read())
 
 
+def _save_tokenizer(tokenizer, where: Places) -> None:
+    from freestack.ml.generation import save_tokenizer
+    from freestack.storage import join, write_bytes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in save_tokenizer(tokenizer, tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                write_bytes(join(where.version_dir, name), f.read())
+
+
 def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
     """How the version was trained: ranks, nodes, backend and strategy (one process: world size 1)."""
     from freestack.ml.distributed import backend_for
@@ -706,7 +746,9 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
             with open(os.path.join(tmp, name), "rb") as f:
                 write_bytes(join(where.version_dir, name), f.read())
     write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
-    if spec.model.type == "huggingface":  # the base's tokenizer or image processor files, as transformers reads them
+    if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
+        _save_tokenizer(data.pre.tokenizer, where)
+    elif spec.model.type == "huggingface":  # the base's tokenizer or image processor files, as transformers reads them
         _copy_base_files(spec, where)
     if data.pre.tokenizer_json is not None:  # the text columns' tokenizer, a plain Hugging Face tokenizers file
         from freestack.ml.features import TOKENIZER_FILE

@@ -76,10 +76,69 @@ def read_storage_file(uri: str, name: str) -> bytes:
 
 
 def check_pretrained_model(spec: PipelineSpec) -> None:
-    """The base is reachable, fits the task, and LoRA (when asked for) finds modules to adapt."""
+    """The base is reachable, fits the task, and LoRA (when asked for) finds modules to adapt; a
+    text-generation base is a causal LM whose tokenizer (or the spec) has a chat template."""
     from freestack.ml.pretrained import check_pretrained
 
+    if spec.model.generative:
+        check_causal_base(spec)
+        return
     check_pretrained(pretrained_base(spec), pretrained_task(spec), peft_settings(spec))
+
+
+def check_causal_base(spec: PipelineSpec) -> None:
+    """On an empty (meta) copy of the base, before any data is read: it loads as a causal LM, LoRA finds its
+    modules, and the chat template renders a conversation."""
+    from freestack.ml.generation import add_causal_lora, load_causal_lm, render
+
+    base = pretrained_base(spec)
+    model = load_causal_lm(base.folder, meta=True)
+    if spec.model.peft is not None:
+        add_causal_lora(model, peft_settings(spec))
+    render(chat_tokenizer(spec), [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}])
+
+
+def chat_template(spec: PipelineSpec) -> str | None:
+    """``model.chat_template``: the Jinja text, or a ``.jinja`` file of the project read as it."""
+    template = spec.model.chat_template
+    if template and template.endswith((".jinja", ".j2")) and "\n" not in template:
+        from freestack.settings import checkout_dir
+
+        path = Path(checkout_dir()) / template
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise FreestackError(f"model.chat_template {template!r} cannot be read ({exc}); give a file of the project "
+                                 "(relative to the checkout) or the template itself") from None  # fmt: skip
+    return template
+
+
+def chat_tokenizer(spec: PipelineSpec):
+    """The base's tokenizer, with the spec's chat template when it gives one."""
+    from freestack.ml.generation import load_tokenizer
+
+    return load_tokenizer(pretrained_base(spec).folder, chat_template(spec))
+
+
+def chat_encoding(spec: PipelineSpec):
+    """The generation task's preprocessing (:class:`~freestack.ml.generation.ChatEncoding`)."""
+    from freestack.ml.generation import ChatColumns, ChatEncoding
+
+    d = spec.model.chat
+    columns = ChatColumns(prompt=d.prompt, response=d.response, messages=d.messages, system=d.system)
+    return ChatEncoding(chat_tokenizer(spec), columns, spec.model.max_length, spec.model.packing)
+
+
+def build_causal_model(spec: PipelineSpec, pre) -> Any:
+    """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations."""
+    from freestack.ml.generation import CausalLMNet, add_causal_lora, load_causal_lm
+
+    model = load_causal_lm(pretrained_base(spec).folder)
+    peft = peft_settings(spec)
+    if peft is not None:
+        model = add_causal_lora(model, peft)
+    return CausalLMNet(model, base=pretrained_base(spec).lineage(), columns=pre.columns, max_length=spec.model.max_length,
+                       peft=peft, packing=spec.model.packing)  # fmt: skip
 
 
 def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
@@ -107,6 +166,8 @@ def build_pretrained_model(spec: PipelineSpec, data) -> Any:
     """The base with a head for the data's classes (and LoRA adapters when the spec asks for them)."""
     from freestack.ml.pretrained import build_pretrained
 
+    if spec.model.generative:
+        return build_causal_model(spec, data.pre)
     text = data.pre.encoder.text if data.pre.encoder is not None else None
     return build_pretrained(pretrained_base(spec), pretrained_task(spec), list(data.pre.classes),
                             pad_id=text.pad_id if text is not None else 0, peft=peft_settings(spec),
@@ -121,6 +182,6 @@ def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
 
 
 __all__ = [
-    "build_pretrained_model", "check_pretrained_model", "encoder_settings", "is_storage_base", "peft_settings",
+    "build_causal_model", "build_pretrained_model", "chat_encoding", "chat_template", "chat_tokenizer", "check_causal_base", "check_pretrained_model", "encoder_settings", "is_storage_base", "peft_settings",
     "pretrained_base", "pretrained_lineage", "pretrained_task", "read_storage_file", "storage_base_uri",
 ]  # fmt: skip

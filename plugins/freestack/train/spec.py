@@ -62,7 +62,49 @@ class PeftSpec(_Model):
 
 
 #: the pretrained tasks of ``type: huggingface`` and the feature kind each one reads
-PRETRAINED_TASKS = {"text-classification": "text", "image-classification": "image"}
+PRETRAINED_TASKS = {"text-classification": "text", "image-classification": "image", "text-generation": "text"}
+
+
+class ChatDataSpec(_Model):
+    """Where a ``text-generation`` model's conversations are in the lake (``model.data``): a ``prompt`` and a
+    ``response`` column (a user turn and the assistant's answer), or one ``messages`` column holding the
+    chat as JSON (``[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]``; every
+    assistant turn is learnt). ``system`` is a system prompt put first in every conversation."""
+
+    prompt: str | None = Field(default="prompt", description="The column of the user's instruction (with response).")
+    response: str | None = Field(default="response", description="The column of the answer to learn (with prompt).")
+    messages: str | None = Field(default=None, description="Instead of prompt/response: the column of whole chats, as JSON lists of {role, content}.")
+    system: str | None = Field(default=None, max_length=20_000, description="A system prompt put first in every conversation, in training and in serving.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data):
+        if isinstance(data, dict) and data.get("messages") is not None:
+            if data.get("prompt") is not None or data.get("response") is not None:
+                raise ValueError("model.data takes either prompt and response columns or a messages column, not both")
+            return {**data, "prompt": None, "response": None}
+        return data
+
+    @model_validator(mode="after")
+    def _both(self) -> ChatDataSpec:
+        if self.messages is None and (not self.prompt or not self.response):
+            raise ValueError("model.data needs both prompt and response columns (or a messages column)")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.messages] if self.messages else [self.prompt or "", self.response or ""]
+
+
+class GenerationEvalSpec(_Model):
+    """How a ``text-generation`` model is judged on the held-out rows (``model.generation``): per-token loss
+    and perplexity, and ``metric`` over greedy answers of at most ``max_new_tokens`` tokens."""
+
+    metric: Literal["exact_match", "rouge_l"] = Field(default="exact_match", description="exact_match: the answer equals the reference (whitespace trimmed); rouge_l: ROUGE-L F1 (Google's rouge-score package).")
+    max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Tokens generated per answer at evaluation (greedy).")
+    max_rows: int = Field(default=256, ge=1, le=100_000, description="The most test rows answered by generation (perplexity uses them all).")
+    batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts per generate call at evaluation.")
+    samples: int = Field(default=8, ge=0, le=100, description="Sample prompts shown in the report with both models' answers.")
 
 
 class ModelSpec(_Model):
@@ -75,11 +117,15 @@ class ModelSpec(_Model):
     module: str | None = Field(default=None, min_length=1, max_length=500, description="type custom: a .py file of the project (relative to the checkout, e.g. include/models/my_net.py) or a dotted import path.")
     class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="type custom: the torch.nn.Module class in module.")
     init: dict[str, InitValue] = Field(default_factory=dict, description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).")
-    task: Literal["auto", "classification", "regression", "text-classification", "image-classification"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind).")
+    task: Literal["auto", "classification", "regression", "text-classification", "image-classification", "text-generation"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind), or text-generation (instruction-tuning a causal LM on model.data's conversations).")
     base: str | None = Field(default=None, min_length=1, max_length=500, description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights.")
     revision: str = Field(default="main", min_length=1, max_length=200, description="type huggingface: the Hub revision of base (a branch, tag or commit); resolved to its commit sha, recorded in lineage.")
     max_length: int = Field(default=128, ge=8, le=8192, description="type huggingface, text: tokens per text (longer ones are cut).")
     peft: PeftSpec | None = Field(default=None, description="type huggingface: LoRA adapters instead of full fine-tuning (omit for full).")
+    data: ChatDataSpec | None = Field(default=None, description="task text-generation: the columns of the conversations (default: prompt and response).")
+    chat_template: str | None = Field(default=None, min_length=1, max_length=100_000, description="task text-generation: a Jinja chat template (or a .jinja file of the project) used instead of the base tokenizer's; needed when the base has none.")
+    packing: bool = Field(default=False, description="task text-generation: pack several conversations into each max_length row (positions restart per conversation, so attention stays within it).")
+    generation: GenerationEvalSpec = Field(default_factory=GenerationEvalSpec, description="task text-generation: how the evaluation generates and scores answers.")
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
     image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="The MLP's hidden layer widths.")
@@ -108,16 +154,28 @@ class ModelSpec(_Model):
     @model_validator(mode="after")
     def _pretrained(self) -> ModelSpec:
         """A pretrained model names its base; its tasks and settings belong to it alone."""
+        if self.task != "text-generation" and (self.data is not None or self.chat_template or self.packing):
+            raise ValueError("data, chat_template and packing are for task: text-generation")
         if self.type != "huggingface":
             if self.base or self.peft is not None or self.task in PRETRAINED_TASKS:
-                raise ValueError("base, peft and the tasks text-classification / image-classification are for type: huggingface")
+                raise ValueError("base, peft and the tasks text-classification / image-classification / text-generation are for type: huggingface")
             return self
         if not self.base:
             raise ValueError("type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
                              "folder of a saved model (a path, or a file://, s3:// or data:// URI)")  # fmt: skip
         if self.task == "regression" or self.task == "classification":
-            raise ValueError(f"type: huggingface takes task text-classification or image-classification (or auto), not {self.task!r}")
+            raise ValueError(f"type: huggingface takes task text-classification, image-classification (or auto) or text-generation, not {self.task!r}")
         return self
+
+    @property
+    def chat(self) -> ChatDataSpec:
+        """``model.data``, or its defaults (prompt and response columns)."""
+        return self.data or ChatDataSpec()
+
+    @property
+    def generative(self) -> bool:
+        """Whether the model is an instruction-tuned causal LM (``task: text-generation``)."""
+        return self.type == "huggingface" and self.task == "text-generation"
 
     @property
     def pretrained_task(self) -> str | None:
