@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack.errors import FreestackError
+from freestack.evaluate.generation import samples_html
 from freestack.ml.plots import png
 
 if TYPE_CHECKING:
@@ -64,11 +65,17 @@ def load_model_folder(uri: str):
             side[name] = json.loads(open(path).read()) if os.path.exists(path) else None
         tokenizer = os.path.join(local, TOKENIZER_FILE)
         tokenizer_json = open(tokenizer, encoding="utf-8").read() if os.path.exists(tokenizer) else ""
-    if side["preprocessing.json"] is None:
-        raise EvaluationError(f"{uri} has no preprocessing.json; it was not written by freestack's trainer")
+        if side["preprocessing.json"] is None:
+            raise EvaluationError(f"{uri} has no preprocessing.json; it was not written by freestack's trainer")
+        if side["preprocessing.json"].get("task") == "generation":  # the version's own tokenizer and chat template
+            from freestack.ml.generation import ChatEncoding
+
+            pre = ChatEncoding.from_dict(side["preprocessing.json"], local)
+        else:
+            pre = Preprocessing.from_dict(side["preprocessing.json"], tokenizer_json)
     return (
         model,
-        Preprocessing.from_dict(side["preprocessing.json"], tokenizer_json),
+        pre,
         side["metrics.json"] or {},
         side["lineage.json"] or {},
         side["history.json"] or [],
@@ -294,7 +301,9 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
     import matplotlib.pyplot as plt
 
     out: dict[str, bytes] = {}
-    if report["task"] == "classification":
+    if report["task"] == "generation":
+        pass  # the report's sample answers say more than a plot
+    elif report["task"] == "classification":
         cm = report["confusion_matrix"]
         m = np.array(cm["matrix"])
         fig, ax = plt.subplots(figsize=(5.5, 4.8))
@@ -381,7 +390,7 @@ def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -
         + table([("version", summary["version"]), ("test rows", cand["rows"]), ("window", summary["window"])])
         + "<h2>test metrics: candidate vs champion</h2>"
         f"<table><tr><th>metric</th><th>candidate</th><th>champion {html.escape(str(summary.get('champion_version') or '(none)'))}</th></tr>"
-        f"{comparison}</table><h2>plots</h2>{imgs}</body></html>"
+        f"{comparison}</table>{samples_html(summary.get('samples') or [])}<h2>plots</h2>{imgs}</body></html>"
     )
 
 
@@ -412,15 +421,19 @@ def evaluate(
     target = spec.source.schema_.target
     folder = join(to_path(candidate_uri), "evaluation")
     version = lineage.get("version") or to_path(candidate_uri).name
+    samples, c_lineage = None, {}
     try:
-        y, out = outputs(model, pre, test, target)
-        cand = report_of(pre, y, out)
-        write_json(join(to_path(candidate_uri), REFERENCE_FILE), reference_of(spec, pre, data, test, out, version, cand))
-        champ = None
-        if champion_uri:
-            c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
-            champ = score(c_model, c_pre, test, target)
-        write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target))
+        if pre.task == "generation":
+            cand, champ, samples, c_lineage = _generation(spec, model, pre, test, version, champion_uri, candidate_uri, folder)
+        else:
+            y, out = outputs(model, pre, test, target)
+            cand = report_of(pre, y, out)
+            write_json(join(to_path(candidate_uri), REFERENCE_FILE), reference_of(spec, pre, data, test, out, version, cand))
+            champ = None
+            if champion_uri:
+                c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
+                champ = score(c_model, c_pre, test, target)
+            write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target))
     finally:
         data.close()
     images = plots(cand, history, champ)
@@ -431,6 +444,7 @@ def evaluate(
         "candidate_uri": str(candidate_uri),
         "champion_uri": champion_uri,
         "champion_version": (c_lineage.get("version") if champion_uri else None),
+        **({"samples": samples} if samples is not None else {}),
         "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
         "candidate": _shown(cand),
         "champion": _shown(champ) if champ else None,
@@ -452,6 +466,32 @@ def evaluate(
     return summary
 
 
+def _frame(test):
+    import pandas as pd
+
+    return test.frame if hasattr(test, "frame") else pd.concat(list(test.chunks()), ignore_index=True)
+
+
+def _generation(spec: PipelineSpec, model, pre, test, version: str, champion_uri: str | None, candidate_uri: str, folder):
+    """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
+    metrics, the sample answers side by side, the monitor's reference and the deploy's smoke sample."""
+    from freestack.evaluate import generation as gen
+    from freestack.monitor.core import REFERENCE_FILE
+    from freestack.storage import join, to_path, write_json
+
+    frame = _frame(test)
+    cand = gen.answer(model, pre, frame, spec)
+    champ, c_lineage = None, {}
+    if champion_uri:
+        c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
+        champ = gen.answer(c_model, c_pre, frame, spec)
+    chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
+    samples = gen.samples_table(chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples)
+    write_json(join(to_path(candidate_uri), REFERENCE_FILE), gen.reference_of(spec, frame, cand.texts, version, cand.metrics))
+    write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
+    return cand.metrics, (champ.metrics if champ else None), samples, c_lineage
+
+
 def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
     partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
@@ -463,8 +503,15 @@ def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) ->
     test, data = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days), lineage)
     target = spec.source.schema_.target
     try:
-        cand = score(model, pre, test, target)
-        champ = score(*load_model_folder(champion_uri)[:2], test, target) if champion_uri else None
+        if pre.task == "generation":
+            from freestack.evaluate.generation import answer
+
+            frame = _frame(test)
+            cand = answer(model, pre, frame, spec).metrics
+            champ = answer(*load_model_folder(champion_uri)[:2], frame, spec).metrics if champion_uri else None
+        else:
+            cand = score(model, pre, test, target)
+            champ = score(*load_model_folder(champion_uri)[:2], test, target) if champion_uri else None
     finally:
         data.close()
     return _shown(cand), (_shown(champ) if champ else None)

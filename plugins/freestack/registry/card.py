@@ -129,6 +129,19 @@ the adapter's base, `{{ pretrained.repo }}`, is fetched from the Hub at commit `
 {%- endif %}
 
 ```python
+{% if pretrained and pretrained.task == "text-generation" -%}
+import json
+
+from freestack.ml.generation import GenerationSettings, generate, load_tokenizer
+from freestack.ml.models import load_pretrained
+
+folder = "."  # the version's folder
+net = load_pretrained(folder)
+tokenizer = load_tokenizer(folder)  # with the chat template trained on
+sample = json.load(open(f"{folder}/evaluation/smoke.json"))  # test prompts and the answers evaluation saw
+for answer in generate(net.model, tokenizer, sample["chats"][:4], GenerationSettings(max_new_tokens=sample["max_new_tokens"])):
+    print(answer.text, answer.finish_reason)
+{% else -%}
 {% if image_column -%}
 import base64
 {% endif -%}
@@ -166,12 +179,13 @@ proba = model.predict_proba(x)  # a probability per class, in model.classes orde
 print(proba.tolist())
 print([model.classes[i] for i in proba.argmax(-1).tolist()])
 {%- endif %}
+{% endif -%}
 ```
 {% if pretrained %}
 From the Hub with plain `transformers`{% if adapter %} and `peft`{% endif %} (no freestack), once pushed to `<repo>`:
 
 ```python
-from transformers import {{ auto_class }}{% if pretrained.task == "text-classification" %}, AutoTokenizer{% endif %}
+from transformers import {{ auto_class }}{% if pretrained.task in ("text-classification", "text-generation") %}, AutoTokenizer{% endif %}
 {%- if adapter %}
 from transformers import AutoConfig
 from peft import PeftModel
@@ -192,6 +206,12 @@ model = {{ auto_class }}.from_pretrained("<repo>", revision="{{ version }}").eva
 tokenizer = AutoTokenizer.from_pretrained("<repo>", revision="{{ version }}")
 batch = tokenizer(["some text"], return_tensors="pt", padding="max_length", truncation=True, max_length={{ max_length }})
 print(model(**batch).logits.softmax(-1).tolist())  # labels: model.config.id2label
+{%- elif pretrained.task == "text-generation" %}
+tokenizer = AutoTokenizer.from_pretrained("<repo>", revision="{{ version }}")  # with the chat template trained on
+chat = [{"role": "user", "content": "your instruction"}]
+ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+out = model.generate(**ids, max_new_tokens=64, do_sample=False)
+print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
 {%- endif %}
 ```
 {% elif custom %}
@@ -271,7 +291,8 @@ def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
     adapter = peft is not None and not peft.get("merge")
     repo = str(base.get("repo") or "")
     hub_repo = "://" not in repo and not repo.startswith(("/", ".", "~")) and repo.count("/") <= 1
-    auto = "AutoModelForSequenceClassification" if base.get("task") == "text-classification" else "AutoModelForImageClassification"
+    auto = {"text-classification": "AutoModelForSequenceClassification", "text-generation": "AutoModelForCausalLM"}.get(
+        str(base.get("task")), "AutoModelForImageClassification")  # fmt: skip
     return {"base_model": repo if hub_repo else None, "library_name": "peft" if adapter else "transformers",
             "auto_class": auto, "tags": ["lora"] if peft else [],
             "base_folder": None if hub_repo else (local_folder(repo) or repo)}  # fmt: skip

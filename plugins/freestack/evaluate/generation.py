@@ -1,0 +1,161 @@
+"""The evaluation of a text-generation model (``model.task: text-generation``) on the held-out rows.
+
+Both models, the candidate and production, answer the same test conversations: their per-token loss and
+perplexity on the reference answers (every test row), and ``model.generation.metric`` over their greedy
+answers (at most ``max_rows`` rows, ``max_new_tokens`` tokens each): exact match (the answer equals the
+reference, whitespace trimmed) and ROUGE-L F1 (Google's ``rouge-score``). The report puts sample prompts
+with the reference and both models' answers side by side; ``smoke.json`` holds the answers the deploy
+stage expects a freshly started server to give, one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Answers:
+    """One model's answers to the test prompts, and its metrics."""
+
+    metrics: dict[str, Any]
+    texts: list[str]
+
+
+def chats_of(pre, frame) -> tuple[list[list[dict[str, str]]], list[str]]:
+    """The test rows' prompt conversations and reference answers (their last assistant turn)."""
+    rows = frame[pre.columns.columns].to_dict("records")
+    return [pre.columns.prompt_of(r, i) for i, r in enumerate(rows)], [
+        pre.columns.answer_of(r, i) for i, r in enumerate(rows)
+    ]
+
+
+def rouge_l(references: list[str], answers: list[str]) -> float:
+    """The mean ROUGE-L F1 of ``answers`` against ``references`` (``rouge-score``, no stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scores = [scorer.score(r, a)["rougeL"].fmeasure for r, a in zip(references, answers, strict=True)]
+    return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+def exact_match(references: list[str], answers: list[str]) -> float:
+    hits = [r.strip() == a.strip() for r, a in zip(references, answers, strict=True)]
+    return float(sum(hits) / len(hits)) if hits else 0.0
+
+
+def settings_for(spec: PipelineSpec):
+    from freestack.ml.generation import GenerationSettings
+
+    g = spec.model.generation
+    return GenerationSettings(
+        max_new_tokens=g.max_new_tokens, max_prompt_tokens=spec.model.max_length, truncate="left"
+    )
+
+
+def answer(model, pre, frame, spec: PipelineSpec) -> Answers:
+    """One model's loss/perplexity on every test row and its greedy answers to the first ``max_rows``."""
+    import torch
+
+    from freestack.ml.generation import generate
+    from freestack.ml.loop import to_tensors, token_metrics
+    from freestack.ml.stream import InMemory
+
+    g = spec.model.generation
+    enc = pre.encode_rows(frame[pre.columns.columns].to_dict("records"), packing=False)
+    source = InMemory(to_tensors(enc.x), torch.as_tensor(enc.y))
+    metrics: dict[str, Any] = {
+        "task": "generation",
+        "rows": int(len(frame)),
+        **token_metrics(model, source, torch.device("cpu")),
+    }
+    chats, refs = chats_of(pre, frame.head(g.max_rows))
+    lm = model.model if hasattr(model, "model") else model
+    texts: list[str] = []
+    for i in range(0, len(chats), g.batch_size):
+        texts += [
+            c.text for c in generate(lm, pre.tokenizer, chats[i : i + g.batch_size], settings_for(spec))
+        ]
+    metrics.update(
+        exact_match=exact_match(refs, texts), rouge_l=rouge_l(refs, texts), generated_rows=len(texts)
+    )
+    return Answers(metrics, texts)
+
+
+def smoke_sample(model, pre, frame, spec: PipelineSpec, key: str, n: int = 64) -> dict[str, Any]:
+    """The lowest-keyed test rows' prompts and the model's greedy answers, one prompt at a time (no
+    padding): what a freshly started server must answer to the same requests."""
+    from freestack.ml.generation import generate
+
+    rows = frame.sort_values(key, kind="stable").head(n) if key in frame.columns else frame.head(n)
+    chats, refs = chats_of(pre, rows)
+    lm = model.model if hasattr(model, "model") else model
+    outputs = [generate(lm, pre.tokenizer, [chat], settings_for(spec))[0].text for chat in chats]
+    return {"task": "generation", "features": list(pre.features), "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
+            "chats": chats, "labels": refs, "outputs": outputs, "max_new_tokens": spec.model.generation.max_new_tokens}  # fmt: skip
+
+
+def samples_table(
+    chats, refs: list[str], cand: list[str], champ: list[str] | None, n: int
+) -> list[dict[str, str]]:
+    """The first ``n`` test prompts with the reference and both models' answers."""
+    out = []
+    for i in range(min(n, len(cand))):
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in chats[i])
+        out.append(
+            {
+                "prompt": prompt,
+                "reference": refs[i],
+                "candidate": cand[i],
+                **({"champion": champ[i]} if champ else {}),
+            }
+        )
+    return out
+
+
+def samples_html(samples: list[dict[str, str]]) -> str:
+    if not samples:
+        return ""
+    heads = list(samples[0])
+    rows = "".join(
+        "<tr>" + "".join(f"<td><pre>{html.escape(s[h])}</pre></td>" for h in heads) + "</tr>" for s in samples
+    )
+    return (
+        "<h2>sample answers</h2><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in heads)
+        + f"</tr>{rows}</table>"
+    )
+
+
+def reference_of(
+    spec: PipelineSpec, frame, answers: list[str], version: str, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The monitor's reference: the window's prompts (text statistics) and the answers' lengths in
+    characters (the served answers' lengths are compared with them)."""
+    from freestack.monitor.core import build_reference
+
+    n = spec.monitor.reference_rows
+    sample = frame.sample(n, random_state=0) if len(frame) > n else frame
+    metric = spec.gate.metric if isinstance(metrics.get(spec.gate.metric or ""), float) else None
+    return build_reference(spec, sample, [float(len(a)) for a in answers], version=version, source="window",
+                           metric=(metric, metrics[metric]) if metric else None)  # fmt: skip
+
+
+__all__ = [
+    "Answers",
+    "answer",
+    "chats_of",
+    "exact_match",
+    "reference_of",
+    "rouge_l",
+    "samples_html",
+    "samples_table",
+    "smoke_sample",
+]
