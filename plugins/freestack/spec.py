@@ -96,6 +96,9 @@ class PipelineSpec(SpecModel):
 
     @model_validator(mode="after")
     def _score_has_a_model(self) -> PipelineSpec:
+        if self.score is not None and self.model.generative:
+            raise ValueError("score: batch scoring of a text-generation model is not available: remove the score block; "
+                             "the deployed model answers prompts (deploy)")  # fmt: skip
         if self.score is not None and self.source.schema_.target is None:
             raise ValueError("score: needs a model to score with: declare source.schema.target, so that the "
                              "pipeline trains one, or remove the score block")  # fmt: skip

@@ -1,0 +1,136 @@
+"""freestack.ml.generation on a tiny causal LM built here (tests.support.hf_tiny): the loss is on the
+assistant's tokens only, packing keeps conversations apart, generation pads on the left and stops where
+it should, and every bad conversation or prompt gets an error that says what to do."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from freestack.ml.generation import (
+    IGNORE,
+    ChatColumns,
+    ChatEncoding,
+    ChatError,
+    GenerationSettings,
+    PromptTooLong,
+    encode_chat,
+    generate,
+    load_causal_lm,
+    load_tokenizer,
+    token_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from tests.support.hf_tiny import tiny_causal_lm
+
+    return tiny_causal_lm(tmp_path_factory.mktemp("lm"), pretrain_steps=0)
+
+
+@pytest.fixture(scope="module")
+def tok(base):
+    return load_tokenizer(base)
+
+
+def _learnt(tok, ids, labels) -> str:
+    return tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+def test_only_the_assistant_turns_are_learnt(tok):
+    chat = ChatColumns(system="Answer briefly.").conversation({"prompt": "What is 3 + 4?", "response": "7"})
+    ids, labels = encode_chat(tok, chat)
+    assert _learnt(tok, ids, labels).strip() == "7<|im_end|>"
+    assert tok.decode(ids).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    turns = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
+             {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]  # fmt: skip
+    ids, labels = encode_chat(tok, turns)
+    assert _learnt(tok, ids, labels).replace("\n", "") == "2<|im_end|>4<|im_end|>"
+
+
+def test_packing_restarts_positions_and_keeps_every_answer(tok):
+    rows = [{"prompt": f"What is {a} + 1?", "response": str(a + 1)} for a in range(9)]
+    enc = ChatEncoding(tok, ChatColumns(), max_length=64)
+    padded, packed = enc.encode_rows(rows), enc.encode_rows(rows, packing=True)
+    assert len(packed.y) < len(padded.y) and packed.tokens == padded.tokens == 9 * int((padded.y[0] != IGNORE).sum())
+    pos = packed.x["position_ids"][0]
+    assert pos[0] == 0 and (np.diff(pos) != 1).sum() >= 1  # a second conversation starts at 0 again
+
+
+def test_packed_conversations_do_not_attend_to_each_other(base, tok):
+    """The logits of a conversation packed after another equal those of it alone."""
+    model = load_causal_lm(str(base)).eval()
+    enc = ChatEncoding(tok, ChatColumns(), max_length=64)
+    rows = [{"prompt": "What is 2 + 2?", "response": "4"}, {"prompt": "Reverse the digits: 123", "response": "321"}]
+    alone = enc.encode_rows(rows[1:])
+    packed = enc.encode_rows(rows, packing=True)
+    n = int(alone.x["attention_mask"][0].sum())
+    with torch.no_grad():
+        one = model(input_ids=torch.as_tensor(alone.x["input_ids"][:, :n])).logits[0]
+        both = model(input_ids=torch.as_tensor(packed.x["input_ids"]), position_ids=torch.as_tensor(packed.x["position_ids"])).logits[0]
+    start = int(np.flatnonzero(packed.x["position_ids"][0] == 0)[1])
+    longer_first = packed.x["input_ids"][0, start : start + n].tolist() == alone.x["input_ids"][0, :n].tolist()
+    offset = start if longer_first else 0
+    assert torch.allclose(both[offset : offset + n], one, atol=1e-4)
+
+
+def test_over_long_conversations_are_cut_and_answerless_ones_dropped(tok):
+    enc = ChatEncoding(tok, ChatColumns(), max_length=12)
+    out = enc.encode_rows([{"prompt": "Convert 2026-11-03 to DD/MM/YYYY.", "response": "03/11/2026"}])
+    assert (out.cut, out.dropped, len(out.y)) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        ({"chat": "[{'role': 'user'}]"}, "not JSON"),
+        ({"chat": json.dumps([{"role": "robot", "content": "hi"}])}, "needs a role"),
+        ({"chat": json.dumps([{"role": "user", "content": "hi"}])}, "no assistant turn"),
+        ({"chat": None}, "non-empty list"),
+    ],
+)
+def test_a_malformed_chat_names_the_row_and_the_fix(tok, row, says):
+    with pytest.raises(ChatError, match=says) as err:
+        ChatEncoding(tok, ChatColumns(prompt=None, response=None, messages="chat"), 64).encode_rows([row])
+    assert "row 0" in str(err.value)
+
+
+def test_a_base_without_a_chat_template_is_refused_naming_the_setting(tmp_path):
+    from tests.support.hf_tiny import tiny_causal_lm
+
+    folder = tiny_causal_lm(tmp_path / "plain", chat_template=False, pretrain_steps=0)
+    with pytest.raises(ChatError, match="model.chat_template"):
+        load_tokenizer(folder)
+    assert load_tokenizer(folder, "{% for m in messages %}{{ m['content'] }}{% endfor %}").chat_template
+
+
+def test_generation_pads_left_and_answers_each_prompt_as_alone(base, tok):
+    model = load_causal_lm(str(base)).eval()
+    chats = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Convert 2026-11-03 to DD/MM/YYYY."}]]
+    settings = GenerationSettings(max_new_tokens=6)
+    batched = generate(model, tok, chats, settings)
+    alone = [generate(model, tok, [c], settings)[0] for c in chats]
+    assert [c.text for c in batched] == [c.text for c in alone]
+    assert all(c.completion_tokens <= 6 and c.finish_reason in ("stop", "length") for c in batched)
+    assert batched[0].prompt_tokens < batched[1].prompt_tokens
+
+
+def test_an_over_long_prompt_is_cut_from_the_left_or_refused(base, tok):
+    model = load_causal_lm(str(base)).eval()
+    chat = [[{"role": "user", "content": "What is 1 + 1? " * 20}]]
+    cut = generate(model, tok, chat, GenerationSettings(max_new_tokens=2, max_prompt_tokens=16))[0]
+    assert cut.truncated and cut.prompt_tokens == 16
+    with pytest.raises(PromptTooLong, match="over the limit of 16"):
+        generate(model, tok, chat, GenerationSettings(max_new_tokens=2, max_prompt_tokens=16, truncate="refuse"))
+
+
+def test_the_token_loss_ignores_masked_labels():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.full((2, 5), IGNORE)
+    labels[0, 3] = 4
+    want = torch.nn.functional.cross_entropy(logits[0, 2:3], torch.tensor([4]))
+    assert torch.allclose(token_loss(logits, labels), want)
