@@ -41,7 +41,7 @@ from freestack.sweeps.spec import EPOCH_METRICS, SweepSpec
 from freestack.train.spec import ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-TASKS = ("classification", "regression", "generation")
+TASKS = ("classification", "regression")
 #: the column types a model can take (freestack.ml.features encodes them)
 FEATURE_TYPES = ("int", "float", "bool", "category", "text", "image")
 
@@ -207,7 +207,7 @@ class PipelineSpec(SpecModel):
         for field, name, table in named:
             if name is None:
                 continue
-            owners = [t for t in TASKS if name in table[t]]
+            owners = [t for t in table if name in table[t]]
             if task is not None and task not in owners:
                 raise ValueError(
                     f"{field}: {name!r} is not a {task} metric ({self._task_reason()}); use one of "

@@ -324,9 +324,8 @@ class ChatEncoding:
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of each next token (logits at t predict the label at t + 1), ``IGNORE`` skipped."""
     shifted = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
-    return nn.functional.cross_entropy(
-        shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction=reduction
-    )
+    labels = labels[:, 1 : logits.shape[1]]  # a batch cut to its longest row: its labels past it are IGNORE
+    return nn.functional.cross_entropy(shifted, labels.reshape(-1), ignore_index=IGNORE, reduction=reduction)
 
 
 class CausalLMNet(nn.Module):
@@ -347,9 +346,9 @@ class CausalLMNet(nn.Module):
             return self.model(
                 input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False
             ).logits
-        return self.model(
-            input_ids=x["input_ids"], attention_mask=x["attention_mask"], use_cache=False
-        ).logits
+        mask = x["attention_mask"]
+        width = int(mask.sum(dim=1).max())  # rows are right-padded to the split's longest: cut to the batch's
+        return self.model(input_ids=x["input_ids"][:, :width], attention_mask=mask[:, :width], use_cache=False).logits
 
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_loss(logits, labels)

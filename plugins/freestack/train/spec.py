@@ -158,13 +158,14 @@ class ModelSpec(_Model):
             raise ValueError("data, chat_template and packing are for task: text-generation")
         if self.type != "huggingface":
             if self.base or self.peft is not None or self.task in PRETRAINED_TASKS:
-                raise ValueError("base, peft and the tasks text-classification / image-classification / text-generation are for type: huggingface")
+                raise ValueError("base, peft and the tasks text-classification / image-classification are for type: huggingface "
+                                 "(and text-generation)")  # fmt: skip
             return self
         if not self.base:
             raise ValueError("type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
                              "folder of a saved model (a path, or a file://, s3:// or data:// URI)")  # fmt: skip
         if self.task == "regression" or self.task == "classification":
-            raise ValueError(f"type: huggingface takes task text-classification, image-classification (or auto) or text-generation, not {self.task!r}")
+            raise ValueError(f"type: huggingface takes task text-classification or image-classification (or auto), or text-generation, not {self.task!r}")
         return self
 
     @property
