@@ -136,6 +136,16 @@ def _train_distributed(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _train_sft(r: dict[str, Any], file: str) -> list[Row]:
+    """LoRA instruction-tuning of a causal LM: freestack's loop against TRL's SFTTrainer, tokens/s."""
+    s, p = r["summary"], r["params"]
+    dtype, threads = p["dtype"].removeprefix("torch."), p.get("threads")
+    where = f"cpu, {threads} thread{'s' if threads > 1 else ''}" if p["device"] == "cpu" and threads else p["device"]  # fmt: skip
+    label = f"LoRA SFT, {p['parameters'] / 1e6:.0f}M-parameter Llama ({where}, {dtype}, batch {p['batch_size']}), tokens/s"
+    return [Row("train_sft", label, _n(s["freestack_tokens_per_s"], 1), f"{_n(s['trl_tokens_per_s'], 1)} (TRL SFTTrainer)",
+                s["ratio"], f">= {s['target']}", s["met"])]  # fmt: skip
+
+
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
     rows = []
     par = r.get("parallel")
@@ -354,7 +364,8 @@ def _score(r: dict[str, Any], file: str) -> list[Row]:
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune,
-    "train_distributed": _train_distributed, "score": _score, "sweep": _sweep, "data_api": _data_api, "serve": _serve,
+    "train_distributed": _train_distributed, "train_sft": _train_sft, "score": _score, "sweep": _sweep,
+    "data_api": _data_api, "serve": _serve,
     "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration, "ui": _ui,
 }  # fmt: skip
