@@ -16,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -147,6 +148,14 @@ class Settings(BaseSettings):
     )
     request_log_max_rows: int = Field(default=256, ge=1, description="Model server: the most rows of one request that the request log keeps.")
     torch_threads: int = Field(default=1, ge=1, description="Model server: intra-op torch threads per worker.")
+    # a text-generation model's request bounds (the deploy spec's `deploy.generation`, freestack.serving.spec)
+    generation_max_new_tokens: int = Field(default=256, ge=1, description="Model server, text generation: the most new tokens a request may ask for (400 above).")
+    generation_default_max_new_tokens: int = Field(default=64, ge=1, description="Model server, text generation: the new tokens of a request that names none.")
+    generation_max_temperature: float = Field(default=2.0, ge=0, description="Model server, text generation: the highest sampling temperature a request may ask for (400 above).")
+    generation_max_prompt_tokens: int | None = Field(default=None, ge=1, description="Model server, text generation: the most prompt tokens (after the chat template); default: the model's `max_length`.")
+    generation_truncate: Literal["left", "refuse"] = Field(default="left", description="Model server, text generation: a longer prompt keeps its last tokens (`left`) or is refused (`refuse`, 413).")
+    generation_max_stop_strings: int = Field(default=4, ge=0, description="Model server, text generation: the most stop strings a request may carry (400 above).")
+    generation_batch_prompts: int = Field(default=8, ge=1, description="Model server, text generation: the most prompts of one batched `generate` call.")
     serving_cache: Path | None = Field(default=None, description="Model server: the folder the version's files are copied to.")
     data_api_url: str | None = Field(
         default=None, description="Model server: the Data API service that `data://` model URIs are read through."

@@ -18,6 +18,11 @@ by one. If the stacked forward fails, each request's rows are run alone, so each
 answer or the error it would have got alone. A row's probabilities can differ from its answer alone
 in the last float32 digit (a different matrix-multiply blocking), as with any batching server;
 config ``adaptive_batching: false`` turns it off.
+
+A text-generation model parks its checked prompts instead (:class:`freestack_server.generation.Prompts`):
+those of a round with the same generation parameters (``batch_key``) share one ``generate`` call of at
+most ``batch_limit`` prompts (``deploy.generation.batch_prompts``), left-padded, and each request gets its
+own prompts' completions back.
 """
 
 from __future__ import annotations
@@ -81,11 +86,20 @@ class Coalescer:
         return again
 
     def _groups(self, parked: list[tuple[greenlet, Any]]) -> list[list[tuple[greenlet, Any]]]:
-        """Runs of float32 matrices of one width and at most ``max_rows`` rows together; anything else alone."""
+        """Runs of float32 matrices of one width and at most ``max_rows`` rows together; prompts of one
+        ``batch_key`` together, at most ``batch_limit`` of them a group; anything else alone."""
         groups: list[list[tuple[greenlet, Any]]] = []
         current: list[tuple[greenlet, Any]] = []
+        keyed: dict[Any, list[list[tuple[greenlet, Any]]]] = {}
         rows = 0
         for g, x in parked:
+            key = getattr(x, "batch_key", None)
+            if key is not None:
+                runs = keyed.setdefault(key, [[]])
+                if runs[-1] and sum(len(y) for _, y in runs[-1]) + len(x) > x.batch_limit:
+                    runs.append([])
+                runs[-1].append((g, x))
+                continue
             if not _stackable(x):
                 groups.append([(g, x)])
                 continue
@@ -96,19 +110,21 @@ class Coalescer:
             rows += x.shape[0]
         if current:
             groups.append(current)
-        return groups
+        return groups + [run for runs in keyed.values() for run in runs]
 
     def _forward_group(self, group: list[tuple[greenlet, Any]]) -> list[tuple[greenlet, Any, BaseException | None]]:
         if len(group) > 1:
+            xs = [x for _, x in group]
             try:
-                out = self.forward(np.concatenate([x for _, x in group]))
+                out = self.forward(type(xs[0]).join(xs) if hasattr(xs[0], "batch_key") else np.concatenate(xs))
             except Exception:  # noqa: BLE001 - each request is run alone, and gets its own error
                 pass
             else:
                 self.rounds += 1
                 self.batched += len(group)
-                ends = np.cumsum([x.shape[0] for _, x in group])
-                return [(g, part, None) for (g, _), part in zip(group, np.split(out, ends[:-1]), strict=True)]
+                ends = np.cumsum([len(x) for x in xs]).tolist()
+                parts = [out[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+                return [(g, part, None) for (g, _), part in zip(group, parts, strict=True)]
         results = []
         for g, x in group:
             try:

@@ -24,17 +24,10 @@ from typing import Any
 import numpy as np
 
 from freestack.settings import settings
+from freestack_server.errors import PayloadError
 from freestack_server.requestlog import SMOKE_ID
 
 log = logging.getLogger("freestack.serving")
-
-
-class PayloadError(ValueError):
-    """A request the model cannot answer: the message says what is wrong and what to send."""
-
-    def __init__(self, message: str, status: int = 400, reason: str = "BAD_PAYLOAD"):
-        super().__init__(message)
-        self.message, self.status, self.reason = message, status, reason
 
 
 _ids: tuple[int, str, Any] = (0, "", None)  # (pid, the process's random prefix, its counter)
@@ -73,11 +66,27 @@ class Prediction:
     ms: float
 
 
+@dataclass
+class Generation:
+    """One text-generation request's answers (:class:`freestack_server.generation.Generated`, one a
+    prompt), its id and how long it took."""
+
+    answers: list
+    request_id: str
+    ms: float
+
+    @property
+    def batch(self) -> int:
+        """The most prompts a ``generate`` call that answered this request held (more than its own: batched)."""
+        return max((a.batch for a in self.answers), default=0)
+
+
 class ServedModel:
     """One registered freestack model version, behind any wire protocol."""
 
     def __init__(self, model_uri: str = "", max_batch_rows: int = 0, request_log_uri: str = "",
-                 request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = ""):  # fmt: skip
+                 request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = "",
+                 generation: dict[str, Any] | None = None):  # fmt: skip
         config = settings()
         self.model_uri = (model_uri or config.model_uri or "").rstrip("/")
         if not self.model_uri:
@@ -92,10 +101,14 @@ class ServedModel:
         self.deployment = deployment or os.environ.get("SELDON_DEPLOYMENT_ID", "")
         self.cache_dir = str(config.serving_cache or tempfile.mkdtemp(prefix="freestack-model-"))
         self.net = None
+        self._marker: dict[str, Any] | None = None  # the version's registration manifest, once fetched
         self.ready = False
         self._described: dict[str, Any] | None = None
         self._local = threading.local()
         self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
+        #: a text-generation model's bounds as given (MLServer's model settings); None: the FREESTACK_GENERATION_* settings
+        self.generation_bounds = generation
+        self.generator = None  # a text-generation model's (freestack_server.generation.Generator), once loaded
 
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -120,6 +133,7 @@ class ServedModel:
                 "config": config,
                 # category / text / image columns: requests carry raw values (freestack.ml.features)
                 "encoder": pre.get("encoder"),
+                "chat": pre.get("chat"),  # a text-generation model's chat columns (freestack.ml.generation)
             }
         return self._described
 
@@ -140,7 +154,7 @@ class ServedModel:
         # the weights (or a fine-tuned model's adapter), and a custom model's own module.py, all checked
         # against the registration manifest: the server imports that copy of the module
         text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
-        fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
+        self._marker = fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
         net = load_pretrained(self.cache_dir, read_base=lambda uri, name: reader(uri)(uri, name))  # an adapter's base
         net.eval()
         self.net = net
@@ -153,12 +167,15 @@ class ServedModel:
         self._class_names = [str(c) for c in self.classes] if self.task == "classification" else [info["target"] or "prediction"]
         self._torch = torch
         self._encoder = self._raw = None
-        if info["encoder"]:
-            self._load_encoder()
-        # one real forward pass before answering health checks: a broken model fails here, not on traffic
-        out = self.forward(self.zero_row())
-        if not np.all(np.isfinite(out)):
-            raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
+        if self.task == "generation":
+            self._load_generation()  # answers one token before health checks: a broken model fails here
+        else:
+            if info["encoder"]:
+                self._load_encoder()
+            # one real forward pass before answering health checks: a broken model fails here, not on traffic
+            out = self.forward(self.zero_row())
+            if not np.all(np.isfinite(out)):
+                raise RuntimeError(f"{self.model_uri}: the model answers non-finite values on a zero row")
         if self.request_log_uri and self.request_log_rate > 0:
             self._log = self._request_log(info)
         self.ready = True
@@ -168,6 +185,9 @@ class ServedModel:
     def inputs_summary(self) -> str:
         """What a request carries, in words: "64 numeric features", "1 column: review (text)", "4 columns:
         1 numeric, 1 category, 1 text, 1 image"."""
+        if self.generator is not None:
+            return (f"prompts or chats in {self.generator.columns.input_column} (text), max_length "
+                    f"{self.generator.max_length}, prompts up to {self.generator.max_prompt_tokens} tokens")  # fmt: skip
         columns = self.raw_columns()
         if columns is None:
             return f"{self.n_features} numeric feature{'s' if self.n_features != 1 else ''}"
@@ -182,13 +202,36 @@ class ServedModel:
         from freestack_server.requestlog import RequestLog
 
         config = settings()
-        columns = list(self._encoder.columns) if self._encoder is not None else [(f, "numeric") for f in self.features]
+        if self.generator is not None:  # the prompt (or the chat, as JSON) is one text column
+            columns = [(self.generator.columns.input_column, "text")]
+        elif self._encoder is not None:
+            columns = list(self._encoder.columns)
+        else:
+            columns = [(f, "numeric") for f in self.features]
         return RequestLog(
             self.request_log_uri, rate=self.request_log_rate, model=info["model"], version=self.version,
             deployment=self.deployment, columns=columns,
             classes=self._class_names if self.task == "classification" else [],
             flush_seconds=config.request_log_flush_seconds, max_rows_per_request=config.request_log_max_rows,
         )  # fmt: skip
+
+    def _load_generation(self) -> None:
+        """A text-generation model's tokenizer (its chat template) and generation config, fetched with the
+        weights (:func:`freestack.registry.names.weight_files`), and the deployment's bounds."""
+        from freestack.ml.generation import load_tokenizer
+        from freestack_server.fetch import fetch_version
+        from freestack_server.generation import Bounds, Generator
+
+        marker_files = set((self._marker or {}).get("files") or {})
+        optional = tuple(n for n in ("special_tokens_map.json", "added_tokens.json") if n in marker_files)
+        if optional:
+            fetch_version(self.model_uri, self.cache_dir, names=optional)
+        path = os.path.join(self.cache_dir, "generation_config.json")
+        generation_config = json.loads(open(path).read()) if os.path.exists(path) else {}
+        bounds = Bounds.from_mapping(self.generation_bounds) if self.generation_bounds is not None else Bounds.from_settings()
+        self.generator = Generator(self.net, load_tokenizer(self.cache_dir), bounds=bounds,
+                                   generation_config=generation_config, max_prompts=self.max_batch_rows)  # fmt: skip
+        self.generator.warm_up()
 
     def _load_encoder(self) -> None:
         """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
@@ -257,6 +300,8 @@ class ServedModel:
         return self.forward_now(x)
 
     def forward_now(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        if self.generator is not None:  # a text-generation model's forward is a generate call (Prompts in)
+            return self.generator.run(x)
         torch = self._torch
         with torch.inference_mode():
             t = {k: torch.from_numpy(v) for k, v in x.items()} if isinstance(x, dict) else torch.from_numpy(x)
@@ -376,6 +421,22 @@ class ServedModel:
             self._log.add(request_id, raw, out)  # the deploy's smoke test is not traffic
         return Prediction(out, idx, per_class, request_id, ms)
 
+    # -- text generation ----------------------------------------------------------------------------------
+    def generate(self, prompts: Any, request_id: str | None = None) -> Generation:
+        """Answer a text-generation request's checked prompts (:class:`freestack_server.generation.Prompts`;
+        with adaptive batching in one ``generate`` call with the requests that arrived with it) and log them."""
+        started = time.perf_counter()
+        return self.answer_generated(prompts, self.forward(prompts), request_id, started)
+
+    def answer_generated(self, prompts: Any, answers: list, request_id: str | None, started: float) -> Generation:
+        """A text-generation request's answers as a :class:`Generation`, logged (unless it is the deploy's
+        smoke test): each prompt with its completion and token counts."""
+        ms = (time.perf_counter() - started) * 1000.0
+        request_id = request_id or new_request_id()
+        if self._log is not None and self._log.sampled() and not request_id.startswith(SMOKE_ID):
+            self._log.add_generated(request_id, prompts.texts, [a.completion for a in answers])
+        return Generation(answers, request_id, ms)
+
     def predict_rows(self, X: Any, names: list[str] | None = None, request_id: str | None = None) -> Prediction:
         """Check and encode a request's rows, answer them, and log them."""
         started = time.perf_counter()
@@ -383,4 +444,4 @@ class ServedModel:
         return self.answer(raw, self.forward(x), request_id, started)
 
 
-__all__ = ["PayloadError", "Prediction", "ServedModel", "label_text", "new_request_id"]
+__all__ = ["Generation", "PayloadError", "Prediction", "ServedModel", "label_text", "new_request_id"]

@@ -29,12 +29,22 @@ work; this class maps the protocol onto it:
   merged request has lost the ids the request log and feedback join on; it stays off.
 - **Ground truth.** A request with ``parameters.feedback_for: <request id>`` and one input ``truth``
   (one label a row) is not a prediction: its labels go to the request log beside that request.
+- **Text generation.** A text-generation model takes and answers the tensors MLServer's own Hugging Face
+  runtime (``mlserver-huggingface``, task ``text-generation``) does, so its clients need nothing else:
+  the prompts in one ``BYTES`` input ``args`` (or ``array_inputs`` / ``text_inputs``; content type ``str``,
+  one prompt a value; ``hg_jsonlist``, a conversation of ``{"role", "content"}`` messages, or one JSON
+  list of messages a value), the generation parameters as more inputs named by them (``max_new_tokens``,
+  ``temperature``, ``top_p``, ``stop``; content type ``raw``) or in the request's ``parameters``; the
+  answer one ``BYTES`` output ``output`` ``[prompts, 1]`` of content type ``hg_jsonlist``, a JSON object a
+  prompt: ``{"generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "truncated"}``.
+  Requests with equal parameters share a ``generate`` call (:class:`freestack_server.generation.PromptQueue`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from typing import Any
 
@@ -53,6 +63,8 @@ from mlserver.types import (
 )
 
 from freestack_server.core import PayloadError, ServedModel
+from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, PromptQueue, Prompts
+from freestack_server.generation import describe as describe_generation
 
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"
@@ -118,8 +130,16 @@ class FreestackRuntime(MLModel):
             request_log_uri=str(extra.get("request_log_uri", "")),
             request_log_rate=float(extra.get("request_log_rate", -1.0)),
             torch_threads=int(extra.get("torch_threads", 0)), deployment=str(extra.get("deployment", "")),
+            generation=extra.get("generation"),
         )  # fmt: skip
         self.core.load()
+        if self.core.generator is not None:  # one generate call at a time, off the event loop
+            from freestack.ml.generation import load_tokenizer
+
+            self.core.generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the loop's own
+            self.queue = PromptQueue(self.core.forward_now, float(extra.get("batch_wait_ms", 0)) / 1000)
+            self.batcher = None
+            return True
         rows = int(extra.get("batch_rows", 32))
         self.batcher = Batcher(self.core.forward, rows, float(extra.get("batch_wait_ms", 0)) / 1000) if rows > 1 else None
         return True
@@ -127,6 +147,8 @@ class FreestackRuntime(MLModel):
     # -- metadata -------------------------------------------------------------------------------------
     async def metadata(self) -> MetadataModelResponse:
         core, info = self.core, self.core.describe()
+        if core.generator is not None:
+            return self._generation_metadata(info)
         columns = core.raw_columns()
         if columns is None:
             inputs = [MetadataTensor(name="input", datatype="FP32", shape=[-1, core.n_features],
@@ -151,6 +173,8 @@ class FreestackRuntime(MLModel):
         feedback_for = payload.parameters and getattr(payload.parameters, "feedback_for", None)
         if feedback_for:
             return self._feedback(str(feedback_for), payload)
+        if self.core.generator is not None:
+            return await self._generate(payload)
         started = time.perf_counter()
         try:
             raw, x = self.core.prepare(*self._rows(payload.inputs))
@@ -196,6 +220,48 @@ class FreestackRuntime(MLModel):
         _same_rows(expected, cols)
         return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
 
+    # -- text generation ------------------------------------------------------------------------------
+    def _generation_metadata(self, info: dict[str, Any]) -> MetadataModelResponse:
+        inputs, outputs = _generation_metadata_tensors()
+        bounds = describe_generation(self.core.generator.bounds, info)
+        return MetadataModelResponse(name=self.name, versions=[self.core.version], platform="freestack",
+                                     inputs=inputs, outputs=outputs,
+                                     parameters=Parameters(task="generation", model_uri=self.core.model_uri,
+                                                           model=info["model"], max_batch_rows=self.core.max_batch_rows,
+                                                           **bounds))  # fmt: skip
+
+    def _generation_request(self, payload: InferenceRequest) -> tuple[Prompts, list[Any], bool]:
+        prompt_inputs = [i for i in payload.inputs if i.name in PROMPT_INPUTS]
+        if len(prompt_inputs) != 1:
+            found = [i.name for i in payload.inputs]
+            raise PayloadError(f"this model generates text and takes one prompt input, got {found}: {V2_HINT}")
+        params = _parameters(payload)
+        for inp in payload.inputs:
+            if inp is prompt_inputs[0]:
+                continue
+            if inp.name not in _KWARGS:
+                raise PayloadError(f"input {inp.name!r} is not one this model takes: {V2_HINT} ({', '.join(PARAMETERS)})")
+            if inp.name in params:
+                raise PayloadError(f"{inp.name!r} is both an input and a request parameter: send it once")
+            params[inp.name] = _kwarg(inp)
+        full_text = params.pop("return_full_text", False)
+        if type(full_text) is not bool:
+            raise PayloadError('"return_full_text" must be true or false')
+        chats, texts, sent = _prompts_of(self.core, prompt_inputs[0])
+        return self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}), sent, full_text
+
+    async def _generate(self, payload: InferenceRequest) -> InferenceResponse:
+        started = time.perf_counter()
+        try:
+            prompts, sent, full_text = self._generation_request(payload)
+        except PayloadError as exc:
+            raise _error(exc) from None
+        answers = await self.queue(prompts)
+        g = self.core.answer_generated(prompts, answers, payload.id or None, started)
+        return InferenceResponse(id=g.request_id, model_name=self.name, model_version=self.core.version,
+                                 parameters=Parameters(generate_batch=g.batch),
+                                 outputs=[_generated_output(sent, answers, full_text)])  # fmt: skip
+
     # -- ground truth ---------------------------------------------------------------------------------
     def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:
         truth = [i for i in payload.inputs if i.name == "truth"]
@@ -207,6 +273,128 @@ class FreestackRuntime(MLModel):
             raise _error(exc) from None
         return InferenceResponse(id=request_id, model_name=self.name, model_version=self.core.version,
                                  outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])])  # fmt: skip
+
+
+# -- text generation: mlserver-huggingface's tensors ------------------------------------------------------------
+# MLServer's Hugging Face runtime (SeldonIO/MLServer 1.7.1, runtimes/huggingface/mlserver_huggingface):
+# runtime.py decodes a request with HuggingfaceRequestCodec (codecs/base.py): each input by its own content type
+# (none: StringCodec, a list of strings; "raw": codecs/raw.py, its first value; "hg_jsonlist": codecs/jsonlist.py,
+# one JSON value an element), then calls the pipeline with the "args" input as its positional arguments, the
+# "array_inputs" input as one list argument and every other input as a keyword argument (generation kwargs such as
+# max_new_tokens are inputs of their own, not request parameters). It answers one output "output", BYTES, shape
+# [n, 1], content type "hg_jsonlist" (HuggingfaceListJSONCodec.encode_output), one JSON text per pipeline result,
+# e.g. '{"generated_text": "..."}' (docs/examples/huggingface/README.md); metadata.py names text-generation's
+# input "array_inputs", BYTES [-1], content type "str".
+
+#: the inputs that carry prompts, as mlserver-huggingface names them
+PROMPT_INPUTS = ("args", "array_inputs", "text_inputs")
+#: the one output, and its content type (mlserver-huggingface's HuggingfaceListJSONCodec)
+GENERATED, JSONLIST = "output", "hg_jsonlist"
+_KWARGS = (*PARAMETERS, *ALIASES, *FLAGS, "return_full_text")
+V2_HINT = ('send the prompts as one BYTES input "args" [prompts] (content type "str"), or a conversation as '
+           '"array_inputs" with content type "hg_jsonlist" (one {"role", "content"} message a value), and '
+           'the generation parameters as inputs named by them (content type "raw") or in "parameters"')  # fmt: skip
+
+
+def _generation_metadata_tensors() -> tuple[list[MetadataTensor], list[MetadataTensor]]:
+    raw = Parameters(content_type="raw")
+    inputs = [MetadataTensor(name="args", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
+              MetadataTensor(name="array_inputs", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
+              MetadataTensor(name="max_new_tokens", datatype="INT32", shape=[1], parameters=raw),
+              MetadataTensor(name="temperature", datatype="FP32", shape=[1], parameters=raw),
+              MetadataTensor(name="top_p", datatype="FP32", shape=[1], parameters=raw),
+              MetadataTensor(name="stop", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str"))]  # fmt: skip
+    outputs = [MetadataTensor(name=GENERATED, datatype="BYTES", shape=[-1, 1], parameters=Parameters(content_type=JSONLIST))]
+    return inputs, outputs
+
+
+def _values(inp: RequestInput) -> list:
+    data = inp.data.root if hasattr(inp.data, "root") else inp.data
+    values = data if isinstance(data, list) else [data]
+    while values and all(isinstance(v, list) for v in values):  # nested as its shape ([n, 1])
+        values = [x for v in values for x in v]
+    return values
+
+
+def _text(v: Any, where: str) -> str:
+    if isinstance(v, bytes | bytearray):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PayloadError(f"{where}: the bytes are not UTF-8 text") from None
+    if not isinstance(v, str):
+        raise PayloadError(f"{where}: expected text, got {type(v).__name__}")
+    return v
+
+
+def _content_type(inp: RequestInput) -> str | None:
+    return getattr(inp.parameters, "content_type", None) if inp.parameters is not None else None
+
+
+def _kwarg(inp: RequestInput) -> Any:
+    """A generation parameter sent as an input: its one value (content type ``raw``, or a number or BYTES
+    holding one), or for ``stop`` its strings."""
+    _check_shape(inp, "[1] (one value)")
+    values = _values(inp)
+    if inp.name in ("stop", "stop_strings", "stop_sequence"):
+        return [_text(v, f"input {inp.name!r}") for v in values]
+    if len(values) != 1:
+        raise PayloadError(f"input {inp.name!r} holds {len(values)} values: a generation parameter is one value, shape [1]")
+    v = values[0]
+    if isinstance(v, bytes | bytearray | str):  # a number or true/false sent as text
+        text = _text(v, f"input {inp.name!r}")
+        try:
+            v = json.loads(text)
+        except ValueError:
+            raise PayloadError(f"input {inp.name!r}: {text[:40]!r} is not a number or true/false") from None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _parameters(payload: InferenceRequest) -> dict[str, Any]:
+    """The generation parameters of the request's ``parameters`` (an extension: mlserver-huggingface reads
+    only inputs)."""
+    if payload.parameters is None:
+        return {}
+    given = payload.parameters.model_dump(exclude_none=True)
+    return {k: v for k, v in given.items() if k in _KWARGS}
+
+
+def _prompts_of(core: ServedModel, inp: RequestInput) -> tuple[list, list[str], list[Any]]:
+    """(chats, logged texts, what the client sent per prompt) of the prompt input."""
+    gen = core.generator
+    if inp.datatype != "BYTES":
+        raise PayloadError(f"input {inp.name!r} is {inp.datatype}: prompts are BYTES (text); {V2_HINT}")
+    _check_shape(inp, "[prompts]")
+    texts = [_text(v, f"input {inp.name!r}, value {i}") for i, v in enumerate(_values(inp))]
+    if not texts:
+        raise PayloadError(f"input {inp.name!r} holds no prompt; {V2_HINT}")
+    if _content_type(inp) in (JSONLIST, "hg_json"):
+        try:
+            decoded = [json.loads(t) for t in texts]
+        except ValueError as exc:
+            raise PayloadError(f"input {inp.name!r} ({JSONLIST}): a value is not JSON ({exc})") from None
+        if all(isinstance(d, dict) for d in decoded):  # one conversation, a message a value
+            chat, text = gen.chat(decoded, f"input {inp.name!r}", messages=True)
+            return [chat], [text], [decoded]
+        if all(isinstance(d, list) for d in decoded):  # a conversation a value
+            pairs = [gen.chat(d, f"input {inp.name!r}, value {i}", messages=True) for i, d in enumerate(decoded)]
+            return [c for c, _ in pairs], [t for _, t in pairs], decoded
+        raise PayloadError(f"input {inp.name!r} ({JSONLIST}): send one {{\"role\", \"content\"}} message a value "
+                           "(one conversation), or one JSON list of messages a value")  # fmt: skip
+    pairs = [gen.chat(t, f"input {inp.name!r}, value {i}", messages=False) for i, t in enumerate(texts)]
+    return [c for c, _ in pairs], [t for _, t in pairs], texts
+
+
+def _generated_output(sent: list[Any], answers: list, full_text: bool) -> ResponseOutput:
+    items = []
+    for given, a in zip(sent, answers, strict=True):
+        text = a.completion.text
+        if full_text:  # the pipeline's default: the prompt (or the conversation) before the answer
+            text = given + text if isinstance(given, str) else [*given, {"role": "assistant", "content": text}]
+        fields = {k: v for k, v in a.as_dict().items() if k != "text"}
+        items.append(json.dumps({"generated_text": text, **fields}, ensure_ascii=False))
+    return ResponseOutput(name=GENERATED, datatype="BYTES", shape=[len(items), 1],
+                          parameters=Parameters(content_type=JSONLIST), data=items)  # fmt: skip
 
 
 def _matrix(inp: RequestInput, features: list[str]) -> np.ndarray:

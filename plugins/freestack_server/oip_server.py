@@ -307,8 +307,11 @@ def folder_of(cfg: ServerConfig) -> Path:
     from freestack.settings import settings
 
     config = settings()
+    from freestack_server.generation import Bounds
+
     extra = {"max_batch_rows": config.max_batch_rows, "request_log_uri": config.request_log_uri or "",
-             "request_log_rate": config.request_log_rate, "deployment": cfg.name, "batch_rows": cfg.batch_rows}  # fmt: skip
+             "request_log_rate": config.request_log_rate, "deployment": cfg.name, "batch_rows": cfg.batch_rows,
+             "generation": Bounds.from_settings().as_dict()}  # a text-generation model's bounds  # fmt: skip
     if not config.model_uri:
         raise SystemExit("no model to serve: set FREESTACK_MODEL_URI")
     return write_folder(Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver", name=cfg.model, model_uri=config.model_uri,

@@ -62,6 +62,13 @@ class Inputs:
 
     raw_values: bool = False
     raw_kinds: frozenset[str] = frozenset()
+    generation: bool = False  # a text-generation model: prompts in strData or jsonData, never rows of numbers
+
+
+#: what a text-generation model takes, for the refusal of anything else
+GENERATION_HINT = ('{"strData": "a prompt"}, or {"jsonData": {"prompt": "..."}} or {"jsonData": {"messages": [{"role": '
+                   '"user", "content": "..."}]}} (several: {"jsonData": {"instances": [...]}}), with "parameters": '
+                   '{"max_new_tokens", "temperature", "top_p", "stop"}')  # fmt: skip
 
 
 class Refused(Exception):
@@ -566,6 +573,9 @@ def predict_problem(msg: Any, raw: bytes | str | None = None, inputs: Inputs = I
     if len(kinds) > 1:
         return f"the message carries {kinds}; send exactly one of them"
     kind, value = kinds[0], msg[kinds[0]]
+    if inputs.generation and kind in ("data", "binData"):
+        what = '"data" (ndarray or tensor)' if kind == "data" else '"binData"'
+        return f"this model generates text and takes no {what}: send {GENERATION_HINT}"
     if kind in ("strData", "binData"):
         return raw_problem(kind, value, inputs) or message_problem(msg, raw, inputs.raw_values)
     if kind == "jsonData" and type(value) is not dict:
@@ -796,7 +806,7 @@ def _drop_flask_cors(app) -> None:
             del app.__dict__[name]
 
 
-__all__ = ["HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "Inputs", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
+__all__ = ["GENERATION_HINT", "HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "Inputs", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
            "check_origins", "chunks_end", "decode_chunked", "error_body", "error_response", "framing", "head_framing",
            "install", "message_problem", "numbers_only", "parse_json", "predict_problem", "protocol_error", "reason_phrase", "request_end",
            "too_large"]  # fmt: skip

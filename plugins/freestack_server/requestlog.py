@@ -8,6 +8,12 @@ One row per predicted row: ``request_id``, ``row`` (its place in the request), `
 float64, category and text values as strings, images as their bytes), ``prediction`` (the class label as
 a string, or the value) and ``outputs`` (the class probabilities, or the value).
 
+A text-generation model (``model.task: text-generation``) logs one row per prompt: ``input.<column>`` is the
+prompt as the client sent it (a conversation as its JSON), ``prediction`` the completion's text, and
+``prompt_chars``, ``prompt_tokens`` (with the chat template), ``completion_chars``, ``completion_tokens``,
+``finish_reason`` (``stop``: the end of the answer or a stop string; ``length``: ``max_new_tokens`` ran out)
+and ``truncated`` (the prompt was cut from the left) beside them; ``outputs`` is not written.
+
 A label row (``/send-feedback``, or a file a user drops under ``labels/``): ``request_id``, ``row``,
 ``label`` (string), ``reward``, ``ts``. The monitor joins them to the requests by request id and row.
 
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: the request log's fixed columns (the inputs follow as ``input.<feature>``)
 REQUEST_COLUMNS = ("request_id", "row", "ts", "model", "version", "deployment", "prediction", "outputs")
+#: a text-generation model's columns besides the inputs and ``prediction`` (the completion's text)
+GENERATION_COLUMNS = ("prompt_chars", "prompt_tokens", "completion_chars", "completion_tokens", "finish_reason", "truncated")
 LABEL_COLUMNS = ("request_id", "row", "label", "reward", "ts")
 INPUT_PREFIX = "input."
 #: the start of the deploy's smoke-test request ids: not traffic, so not written to the request log
@@ -62,6 +70,7 @@ class RequestLog:
         self.columns, self.classes = columns, classes
         self.flush_seconds, self.flush_rows, self.max_rows = flush_seconds, flush_rows, max_rows_per_request
         self._requests: list[tuple[datetime, str, Any, np.ndarray]] = []
+        self._generated: list[tuple[float, str, list[str], list[Any]]] = []
         self._labels: list[tuple[datetime, str, list, float | None]] = []
         self._rows = 0
         self._lock = threading.Lock()
@@ -79,6 +88,13 @@ class RequestLog:
         entry = (ts.timestamp() if ts else time.time(), request_id, inputs, outputs)
         self._append("_requests", entry, min(len(outputs), self.max_rows))
 
+    def add_generated(self, request_id: str, prompts: list[str], completions: list[Any], ts: datetime | None = None) -> None:
+        """Keep one answered text-generation request: its prompts (the text the client sent, a chat as JSON)
+        and their completions (:class:`freestack.ml.generation.Completion`: text, token counts, finish reason)."""
+        n = min(len(prompts), self.max_rows)
+        entry = (ts.timestamp() if ts else time.time(), request_id, prompts[:n], completions[:n])
+        self._append("_generated", entry, n)
+
     def add_labels(self, request_id: str, labels: list, reward: float | None, ts: datetime | None = None) -> None:
         """Keep the ground truth of an earlier request (one label per row it predicted)."""
         self._append("_labels", (ts.timestamp() if ts else time.time(), request_id, labels, reward), len(labels))
@@ -87,7 +103,7 @@ class RequestLog:
         with self._lock:
             if self._pid != os.getpid():  # first use in this (forked) worker: its own buffer and writer
                 self._pid = os.getpid()
-                self._requests, self._labels, self._rows = [], [], 0
+                self._requests, self._generated, self._labels, self._rows = [], [], [], 0
                 threading.Thread(target=self._loop, name="freestack-request-log", daemon=True).start()
             getattr(self, buffer).append(entry)
             self._rows += rows
@@ -107,10 +123,11 @@ class RequestLog:
 
     def flush(self) -> None:
         with self._lock:
-            requests, labels = self._requests, self._labels
-            self._requests, self._labels, self._rows = [], [], 0
+            requests, generated, labels = self._requests, self._generated, self._labels
+            self._requests, self._generated, self._labels, self._rows = [], [], [], 0
         for kind, entries, build in (
             ("requests", requests, self._request_table),
+            ("requests", generated, self._generation_table),
             ("labels", labels, _label_table),
         ):
             by_hour: dict[int, list] = {}
@@ -185,6 +202,32 @@ class RequestLog:
         return pa.table(cols)
 
 
+    def _generation_table(self, entries: list):
+        """The buffered text-generation requests as one table: a row per prompt."""
+        import pyarrow as pa
+
+        rows = [(e[0], e[1], i, p, c) for e in entries for i, (p, c) in enumerate(zip(e[2], e[3], strict=True))]
+        n = len(rows)
+        one = pa.array(np.zeros(n, dtype=np.int32))
+        (name, _kind), = self.columns  # the prompt column (a chat: its JSON)
+        return pa.table({
+            "request_id": pa.array([r[1] for r in rows], pa.string()).dictionary_encode(),
+            "row": pa.array([r[2] for r in rows], pa.int32()),
+            "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            "model": pa.DictionaryArray.from_arrays(one, pa.array([self.model])),
+            "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
+            "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
+            INPUT_PREFIX + name: pa.array([r[3] for r in rows], pa.string()),
+            "prediction": pa.array([r[4].text for r in rows], pa.string()),
+            "prompt_chars": pa.array([len(r[3]) for r in rows], pa.int32()),
+            "prompt_tokens": pa.array([r[4].prompt_tokens for r in rows], pa.int32()),
+            "completion_chars": pa.array([len(r[4].text) for r in rows], pa.int32()),
+            "completion_tokens": pa.array([r[4].completion_tokens for r in rows], pa.int32()),
+            "finish_reason": pa.array([r[4].finish_reason for r in rows], pa.string()).dictionary_encode(),
+            "truncated": pa.array([bool(r[4].truncated) for r in rows], pa.bool_()),
+        })  # fmt: skip
+
+
 _ARROW_KIND = {"numeric": "float64", "category": "string", "text": "string", "image": "binary"}
 
 
@@ -221,4 +264,4 @@ def _label_table(entries: list):
     })  # fmt: skip
 
 
-__all__ = ["INPUT_PREFIX", "LABEL_COLUMNS", "REQUEST_COLUMNS", "RequestLog", "hour_folder", "monitoring_uri"]
+__all__ = ["GENERATION_COLUMNS", "INPUT_PREFIX", "LABEL_COLUMNS", "REQUEST_COLUMNS", "RequestLog", "hour_folder", "monitoring_uri"]

@@ -24,6 +24,11 @@ true labels in ``truth`` records the ground truth beside the logged request. Eve
 JSON answer in Seldon's status format, never an HTML page or a 500: the server's guard checks each
 message's form before Seldon parses it (:mod:`freestack_server.request_checks`, told what this model
 takes by :meth:`Model.inputs`); the model checks the values against its columns.
+A text-generation model (``model.task: text-generation``) takes ``strData`` (a prompt; answered as ``strData``,
+the completion) or ``jsonData`` ``{"prompt": ...}``, ``{"messages": [...]}`` or ``{"instances": [...]}`` with
+``"parameters": {"max_new_tokens", "temperature", "top_p", "stop"}`` (answered as ``{"completions": [{"text",
+"finish_reason", "prompt_tokens", "completion_tokens", "truncated"}], "model_version"}``; ``meta.tags`` adds
+``generate_batch``, the prompts of the ``generate`` call that answered it): :mod:`freestack_server.generation`.
 Classification answers are class probabilities named by class; regression answers one value per row,
 ``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData). An answer comes in its
 request's form (``ndarray``, ``tensor``, ``jsonData``; ``tensor`` for strData and binData): the
@@ -41,6 +46,8 @@ from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
 from freestack_server.core import PayloadError, ServedModel
+from freestack_server.generation import SELDON_HINT, Bounds
+from freestack_server.generation import describe as describe_generation
 from freestack_server.request_checks import Inputs
 
 log = logging.getLogger(__name__)
@@ -98,6 +105,9 @@ def _output_metadata(info: dict[str, Any], names: list[str]) -> list[dict[str, A
             {"messagetype": "jsonData", "schema": {"predictions": records, "model_version": "string"}}]  # fmt: skip
 
 
+#: a text-generation model's ``custom.answers``
+GENERATION_ANSWERS = "strData for strData (the completion), jsonData {completions: [...]} for jsonData"
+
 #: the metadata's ``custom.answers``: which output answers which input
 ANSWERS = "in the request's form: ndarray for data.ndarray, tensor for data.tensor, strData and binData, jsonData for jsonData"
 
@@ -116,7 +126,10 @@ class Model(ServedModel):
 
     def inputs(self) -> Inputs:
         """What the model takes besides rows of numbers, for the guard's checks of each message: raw values
-        for category/text/image columns; strData for one text column, binData for one image column."""
+        for category/text/image columns; strData for one text column, binData for one image column; a
+        text-generation model, prompts (strData, jsonData) only."""
+        if self.describe()["task"] == "generation":
+            return Inputs(raw_kinds=frozenset({"strData"}), generation=True)
         groups = [g for _, g in (self.describe().get("encoder") or {}).get("columns", [])]
         kinds = {"strData"} if groups == ["text"] else {"binData"} if groups == ["image"] else set()
         return Inputs(raw_values=self.takes_raw_values(), raw_kinds=frozenset(kinds))
@@ -127,6 +140,8 @@ class Model(ServedModel):
 
     def init_metadata(self) -> dict[str, Any]:
         info = self.describe()
+        if info["task"] == "generation":
+            return self._generation_metadata(info)
         n = len(info["features"])
         outputs = info["classes"] if info["task"] == "classification" else [info["target"] or "prediction"]
         return {
@@ -143,9 +158,28 @@ class Model(ServedModel):
                        **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {})},
         }  # fmt: skip
 
+    def _generation_metadata(self, info: dict[str, Any]) -> dict[str, Any]:
+        bounds = describe_generation(self.generator.bounds if self.generator else Bounds.from_settings(), info)
+        return {
+            "name": info["model"], "versions": [info["version"]], "platform": "freestack",
+            "inputs": [{"messagetype": "strData"},
+                       {"messagetype": "jsonData", "schema": {
+                           "prompt": "string", "messages": "[{role: system|user|assistant, content: string}]",
+                           "instances": "[{prompt: string} | {messages: [...]}]",
+                           "parameters": "{max_new_tokens: int, temperature: number, top_p: number, stop: string | [string]}"}}],
+            "outputs": [{"messagetype": "strData"},
+                        {"messagetype": "jsonData", "schema": {
+                            "completions": "[{text, finish_reason: stop|length, prompt_tokens, completion_tokens, truncated}]",
+                            "model_version": "string"}}],
+            "custom": {"task": "generation", "model_uri": self.model_uri, "answers": GENERATION_ANSWERS,
+                       "max_batch_rows": str(self.max_batch_rows), **{k: str(v) for k, v in bounds.items()}},
+        }  # fmt: skip
+
     def health_status(self) -> list[float]:
         if not self.ready:
             raise _bad("the model is still loading", 503, "NOT_READY")
+        if self.generator is not None:  # no generate call per probe: the load answered one token
+            return [1.0]
         return self.forward(self.zero_row()).tolist()
 
     def tags(self) -> dict[str, Any]:
@@ -154,6 +188,10 @@ class Model(ServedModel):
         if request_id is not None:
             self._local.request_id = None
             tags["request_id"] = request_id
+        batch = getattr(self._local, "generate_batch", None)
+        if batch is not None:  # the prompts of the generate call that answered this request
+            self._local.generate_batch = None
+            tags["generate_batch"] = batch
         return tags
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -168,6 +206,13 @@ class Model(ServedModel):
         ]
         for label, n in counts:
             out.append({"type": "COUNTER", "key": "freestack_predictions_total", "value": n, "tags": {"class": label}})
+        generated = getattr(self._local, "generated", None)
+        if generated is not None:  # a text-generation request's tokens, and whether it shared its generate call
+            self._local.generated = None
+            prompt, completion, batched = generated
+            out += [{"type": "COUNTER", "key": "freestack_prompt_tokens_total", "value": prompt},
+                    {"type": "COUNTER", "key": "freestack_completion_tokens_total", "value": completion},
+                    {"type": "COUNTER", "key": "freestack_generate_batched_requests_total", "value": batched}]  # fmt: skip
         return out
 
     # -- ground truth, later ------------------------------------------------------------------------------
@@ -202,6 +247,8 @@ class Model(ServedModel):
     # -- predict --------------------------------------------------------------------------------------
     def predict(self, X: Any, features_names: list[str] | None = None, meta: dict | None = None):
         puid = meta.get("puid") if isinstance(meta, dict) else None
+        if self.generator is not None:
+            return self._generate(X, puid if isinstance(puid, str) and puid else None)
         try:
             p = self.predict_rows(X, features_names, puid if isinstance(puid, str) and puid else None)
         except PayloadError as exc:
@@ -219,3 +266,20 @@ class Model(ServedModel):
             # (the target), while a flat array would go out with no names at all
             return p.out.reshape(-1, 1)
         return p.out
+
+    def _generate(self, X: Any, puid: str | None):
+        """A text-generation request: strData (a prompt) or jsonData (prompts or conversations, parameters)."""
+        if isinstance(X, np.ndarray):  # data.ndarray / data.tensor (the guard refuses them first)
+            raise _bad(f"this model generates text: send {SELDON_HINT}")
+        try:
+            prompts = self.generator.from_seldon(X)
+            g = self.generate(prompts, puid)
+        except PayloadError as exc:
+            raise _bad(exc.message, exc.status, exc.reason) from None
+        done = [a.completion for a in g.answers]
+        self._local.last = (len(done), g.ms, [])
+        self._local.generated = (sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done),
+                                 int(g.batch > len(prompts)))  # fmt: skip
+        self._local.request_id = g.request_id
+        self._local.generate_batch = g.batch
+        return self.generator.seldon_answer(prompts, g.answers, self.version)

@@ -199,7 +199,9 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
     kinds = ref["features"]
     vocab = {f: set(w) for f, w in (ref.get("vocabulary") or {}).items()}
     series = stats.series_of(_logged_columns(rows, kinds), kinds, vocab)
-    pred = rows["prediction"]
+    # a text-generation model's log holds its answers' texts and their lengths: its reference holds those
+    # lengths in characters (freestack.evaluate.generation.reference_of)
+    pred = rows["completion_chars"] if "completion_chars" in rows and ref["task"] != "classification" else rows["prediction"]
     series["prediction"] = ("category", stats.category_values(pred.tolist())) if ref["task"] == "classification" \
         else ("numeric", pred.to_numpy(np.float64))  # fmt: skip
     judged = []

@@ -23,6 +23,8 @@ RESERVED = frozenset({"history", "latest"})
 #: fine-tuned model with LoRA adapters holds ``adapter_model.safetensors`` (and its config) instead
 MODEL_FILES = ("config.json", "model.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: what a text-generation version answers with besides its weights (freestack.ml.generation.save_tokenizer)
+GENERATION_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def missing_model_files(names: set[str] | frozenset[str]) -> list[str]:
@@ -34,12 +36,15 @@ def missing_model_files(names: set[str] | frozenset[str]) -> list[str]:
 
 def weight_files(config: dict) -> tuple[str, ...]:
     """The files beside ``config.json`` that a version's model is loaded from, by its config: a custom
-    model's weights and its ``module.py``, a fine-tuned model's weights or adapter, else the weights."""
+    model's weights and its ``module.py``, a fine-tuned model's weights or adapter (and a text-generation
+    model's tokenizer, chat template and generation config), else the weights."""
     if config.get("freestack_model") == "custom":
         return ("model.safetensors", "module.py")
     fine_tuned = config.get("freestack") or {}
     if fine_tuned.get("freestack_model") == "huggingface":
-        return tuple(fine_tuned.get("files") or ("model.safetensors",))
+        files = tuple(fine_tuned.get("files") or ("model.safetensors",))
+        # a text-generation model answers with its own tokenizer, chat template and generation config
+        return files + GENERATION_FILES if fine_tuned.get("task") == "generation" else files
     return ("model.safetensors",)
 
 
@@ -52,6 +57,6 @@ def valid_alias(name: object) -> bool:
 
 
 __all__ = [
-    "ADAPTER_FILES", "ALIASES", "ALIAS_RE", "missing_model_files", "weight_files", "KNOWN_ALIASES", "MARKER", "MODEL_FILES", "RESERVED", "VERSION_RE", "valid_alias",
+    "ADAPTER_FILES", "ALIASES", "GENERATION_FILES", "ALIAS_RE", "missing_model_files", "weight_files", "KNOWN_ALIASES", "MARKER", "MODEL_FILES", "RESERVED", "VERSION_RE", "valid_alias",
     "valid_version",
 ]  # fmt: skip

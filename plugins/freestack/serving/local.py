@@ -335,7 +335,8 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
     })  # fmt: skip
     rate = local.log_sample_rate if request_log_uri else 0.0
     settings_env = {"FREESTACK_MODEL_URI": model_uri, "FREESTACK_MAX_BATCH_ROWS": str(local.max_batch_rows),
-                    "FREESTACK_REQUEST_LOG_URI": request_log_uri or "", "FREESTACK_REQUEST_LOG_RATE": str(rate)}  # fmt: skip
+                    "FREESTACK_REQUEST_LOG_URI": request_log_uri or "", "FREESTACK_REQUEST_LOG_RATE": str(rate),
+                    **local.generation.env()}  # fmt: skip
     return ServerLaunch(cfg, settings_env)
 
 

@@ -97,6 +97,8 @@ def _server_env(target: KubernetesTarget, *, model: str, version: str, model_uri
     if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
         env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
                 {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
+    # deploy.generation's bounds that differ from the server's defaults (a text-generation model's requests)
+    env += [{"name": k, "value": v} for k, v in target.generation.env(defaults=False).items()]
     return env
 
 

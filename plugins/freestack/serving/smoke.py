@@ -3,6 +3,9 @@
 The evaluation saved its test rows and in-process outputs with the version (``evaluation/smoke.json``);
 :func:`smoke_test` sends those rows to the new server and requires the same answers: the same class, and
 values within a tolerance on the output's own scale (:func:`tolerance`: probabilities, or the target's std).
+A text-generation version's sample holds test conversations and the model's greedy answers, each computed
+alone: :func:`smoke_generation` sends them one request at a time (``temperature: 0``, the sample's
+``max_new_tokens``) and requires the very same texts.
 """
 
 from __future__ import annotations
@@ -52,10 +55,10 @@ def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
     except FileNotFoundError:
         msg = f"{version_uri} has no evaluation/smoke.json: evaluate the version again to deploy it"
         raise DeployError(msg) from None
-    for k in ("rows", "outputs", "labels", "keys", "predicted"):
+    for k in ("rows", "outputs", "labels", "keys", "predicted", "chats"):
         if k in sample:
             sample[k] = sample[k][:n]
-    if sample.get("task") != "classification" and "target_std" not in sample:
+    if sample.get("task") not in ("classification", "generation") and "target_std" not in sample:
         # the target's name and scale: what a regression answer is named and compared on (smoke_test)
         try:
             pre = json.loads(join(to_path(version_uri), "preprocessing.json").read_text())
@@ -106,7 +109,9 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
     within :func:`tolerance` (for regression, relative to the target's scale). Returns what was compared;
     raises DeployError naming the first row, key and output that differ, both values and the tolerance.
     ``post`` sends the request: plain HTTP (:func:`http_json`) by default, the Kubernetes API server's
-    service proxy for a cluster."""
+    service proxy for a cluster. A text-generation sample: :func:`smoke_generation`."""
+    if sample.get("task") == "generation":
+        return smoke_generation(url, sample, post=post)
     code, body = (post or http_json)(f"{url}/api/v1.0/predictions", seldon_request(sample), timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "data" not in body:
         raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
@@ -141,7 +146,10 @@ def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
 def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL,
                   post: Post | None = None) -> dict[str, Any]:  # fmt: skip
     """:func:`smoke_test` over the Open Inference Protocol (``POST /v2/models/<model>/infer``): the
-    ``probabilities`` output (classification) or ``prediction`` (regression) must equal the evaluation's."""
+    ``probabilities`` output (classification) or ``prediction`` (regression) must equal the evaluation's
+    (a text-generation sample: :func:`smoke_generation`, over V2)."""
+    if sample.get("task") == "generation":
+        return smoke_generation(url, sample, post=post, v2_model=model)
     code, body = (post or http_json)(f"{url}/v2/models/{model}/infer", v2_request(sample), timeout=30.0)
     if code != 200 or not isinstance(body, dict) or "outputs" not in body:
         raise DeployError(f"the smoke request to {url} answered HTTP {code}: {str(body)[:500]}")
@@ -154,6 +162,61 @@ def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float =
     got = [data[i : i + width] for i in range(0, len(data), width)]
     worst, tol = _compare(got, sample, atol, rtol)
     return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": {"id": body.get("id")}}
+
+
+#: how long one smoke prompt may take to answer (a CPU generates some tokens a second for a large model)
+GENERATION_TIMEOUT_S = 300.0
+
+
+def generation_request(chat: list[dict[str, str]], max_new_tokens: int, request_id: str, *,
+                       v2: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One smoke conversation as a greedy request (``temperature: 0``): Seldon's ``jsonData`` ``messages``, or
+    (``v2``) mlserver-huggingface's ``array_inputs`` tensor of ``hg_jsonlist`` messages."""
+    params = {"max_new_tokens": int(max_new_tokens), "temperature": 0}
+    if v2:
+        return {"id": request_id, "parameters": params, "inputs": [{
+            "name": "array_inputs", "datatype": "BYTES", "shape": [len(chat)], "parameters": {"content_type": "hg_jsonlist"},
+            "data": [json.dumps(m) for m in chat]}]}  # fmt: skip
+    return {"jsonData": {"messages": chat, "parameters": params}, "meta": {"puid": request_id}}
+
+
+def smoke_generation(url: str, sample: dict[str, Any], *, post: Post | None = None,
+                     v2_model: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Send each of the sample's conversations (``chats``) alone, greedy with its ``max_new_tokens``, to
+    Seldon's ``/api/v1.0/predictions`` or (``v2_model``) ``/v2/models/<model>/infer``; every answer must
+    be the evaluation's text (``outputs``), exactly. DeployError names the first row that differs, what was
+    expected and what came back."""
+    chats, expected = sample.get("chats") or [], sample.get("outputs") or []
+    if not chats or len(chats) != len(expected):
+        raise DeployError(f"the smoke sample holds {len(chats)} conversations and {len(expected)} answers: evaluate "
+                          "the version again to deploy it")  # fmt: skip
+    n, keys = int(sample.get("max_new_tokens") or 64), sample.get("keys") or []
+    path = f"/v2/models/{v2_model}/infer" if v2_model else "/api/v1.0/predictions"
+    stamp = time.time_ns()
+    for i, (chat, want) in enumerate(zip(chats, expected, strict=True)):
+        body = generation_request(chat, n, f"{SMOKE_ID}-{stamp}-{i}", v2=v2_model is not None)
+        code, answer = (post or http_json)(url + path, body, timeout=GENERATION_TIMEOUT_S)
+        got = _generated_text(answer, v2_model is not None) if code == 200 else None
+        if got is None:
+            raise DeployError(f"the smoke request {i} to {url} answered HTTP {code}: {str(answer)[:500]}")
+        if got != want:
+            where = f"smoke row {i}" + (f" (key {keys[i]})" if i < len(keys) else "")
+            raise DeployError(f"{where}: the server answered {got!r}, the evaluation {want!r} in-process (greedy, "
+                              f"max_new_tokens {n}, one prompt at a time): the served model does not answer as the "
+                              "evaluated one")  # fmt: skip
+    return {"rows": len(chats), "max_abs_diff": 0.0, "tolerance": {"basis": "the same text"},
+            "meta": {"max_new_tokens": n}}  # fmt: skip
+
+
+def _generated_text(answer: Any, v2: bool) -> str | None:
+    """The one completion's text of a generation answer (None: not such an answer)."""
+    try:
+        if v2:
+            out = next(o for o in answer["outputs"] if o.get("name") == "output")
+            return json.loads(out["data"][0])["generated_text"]
+        return answer["jsonData"]["completions"][0]["text"]
+    except (KeyError, IndexError, TypeError, StopIteration, ValueError):
+        return None
 
 
 def _compare(got: Any, sample: dict[str, Any], atol: float, rtol: float) -> tuple[float, dict[str, Any]]:
@@ -220,5 +283,5 @@ def _explain(tol: dict[str, Any], atol: float) -> str:
     return f"{atol:.0e} x {tol['basis']} {tol['scale']:.6g} + {tol['rtol']:.0e} x |expected|"
 
 
-__all__ = ["ATOL", "RTOL", "http_json", "smoke_sample", "seldon_request", "smoke_test", "smoke_test_v2", "tolerance",
-           "v2_request"]
+__all__ = ["ATOL", "RTOL", "generation_request", "http_json", "smoke_generation", "smoke_sample", "seldon_request", "smoke_test",
+           "smoke_test_v2", "tolerance", "v2_request"]  # fmt: skip

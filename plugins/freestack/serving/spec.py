@@ -22,6 +22,14 @@
         canary: {traffic: 10, replicas: 1}   # a second predictor takes this % of traffic
         env_secret: s3-credentials           # a Secret with AWS_* (or FREESTACK_DATA_API_*) variables
         timeout_minutes: 15
+      generation:                   # a text-generation model's request bounds (model.task: text-generation)
+        max_new_tokens: 256         # the most new tokens a request may ask for (400 above)
+        default_max_new_tokens: 64  # what a request that names none gets
+        max_temperature: 2.0        # the highest temperature a request may ask for (400 above)
+        max_prompt_tokens: null     # null: the model's max_length
+        truncate: left              # a longer prompt keeps its last tokens (left) or is refused (refuse: 413)
+        max_stop_strings: 4
+        batch_prompts: 8            # prompts of concurrent requests answered by one generate call
 
 No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
@@ -29,9 +37,9 @@ No Airflow, no heavy imports: the spec loader validates it when the spec is read
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from freestack.settings import settings
 from freestack.specbase import SpecModel
@@ -43,7 +51,75 @@ WORKER_TIMEOUT_S = {"built-in": 30, "huggingface": 120}
 START_TIMEOUT_S = {"built-in": 120.0, "huggingface": 600.0}
 
 
-class LocalTarget(SpecModel):
+class GenerationBounds(SpecModel):
+    """What a request to a text-generation model (``model.task: text-generation``) may ask for, on every
+    target: the server answers a request beyond a bound with a 400 naming it, and a prompt over
+    ``max_prompt_tokens`` is cut from the left or refused (413), never a 500. Travels to the server as
+    its ``FREESTACK_GENERATION_*`` settings (:meth:`env`)."""
+
+    max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="The most new tokens a request may ask for "
+                                "(`max_new_tokens` above it: 400).")  # fmt: skip
+    default_max_new_tokens: int = Field(default=64, ge=1, le=32_768, description="The new tokens of a request that "
+                                        "names no `max_new_tokens` (a strData prompt, say); at most `max_new_tokens` (a lower "
+                                        "`max_new_tokens` alone lowers it too).")  # fmt: skip
+    max_temperature: float = Field(default=2.0, ge=0, le=100, description="The highest sampling `temperature` a "
+                                   "request may ask for (0, the default, is greedy decoding).")  # fmt: skip
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, le=1_000_000,
+        description="The most tokens of a prompt, rendered with the model's chat template (the system prompt "
+        "included). Default (null): the model's `max_length`. A prompt that leaves no room for its "
+        "`max_new_tokens` within the model's context counts as over it too",
+    )  # fmt: skip
+    truncate: Literal["left", "refuse"] = Field(
+        default="left", description="A prompt over `max_prompt_tokens`: `left` keeps its last tokens (the answer "
+        "says `truncated: true`); `refuse` answers 413 naming the limit",
+    )  # fmt: skip
+    max_stop_strings: int = Field(default=4, ge=0, le=64, description="The most `stop` strings a request may carry.")
+    batch_prompts: int = Field(
+        default=8, ge=1, le=1024,
+        description="The most prompts one batched `generate` call answers: concurrent requests with the same "
+        "generation parameters share a call (prompts left-padded), up to this many prompts",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_under_the_cap(cls, data: Any) -> Any:
+        """A cap under the default's default lowers it: ``max_new_tokens: 12`` alone means a default of 12."""
+        if isinstance(data, dict) and "default_max_new_tokens" not in data and isinstance(data.get("max_new_tokens"), int):
+            return {**data, "default_max_new_tokens": min(data["max_new_tokens"], 64)}
+        return data
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> GenerationBounds:
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError(f"default_max_new_tokens {self.default_max_new_tokens} is over max_new_tokens "
+                             f"{self.max_new_tokens}: lower it, or raise max_new_tokens")  # fmt: skip
+        return self
+
+    def env(self, *, defaults: bool = True) -> dict[str, str]:
+        """The model server's ``FREESTACK_GENERATION_*`` settings for these bounds (:mod:`freestack.settings`);
+        ``defaults: False``: only those that differ from the defaults (a manifest's env)."""
+        values = self.model_dump(exclude_defaults=not defaults, exclude_none=True)
+        return {f"FREESTACK_GENERATION_{k.upper()}": f"{v:g}" if isinstance(v, float) else str(v) for k, v in values.items()}
+
+
+class _ServesGeneration(SpecModel):
+    """A target's copy of ``deploy.generation`` (set by :class:`DeploySpec`), for the code that starts its servers."""
+
+    _generation: GenerationBounds | None = PrivateAttr(default=None)
+
+    @property
+    def generation(self) -> GenerationBounds:
+        return self._generation or GenerationBounds()
+
+    def with_generation(self, bounds: GenerationBounds):
+        """These settings, serving a text-generation model within ``bounds``."""
+        out = self.model_copy()
+        out._generation = bounds
+        return out
+
+
+class LocalTarget(_ServesGeneration):
     host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
     port: int = Field(
         default_factory=lambda: settings().serve_port,
@@ -154,7 +230,7 @@ class Canary(SpecModel):
     replicas: int = Field(default=1, ge=1, le=100, description="Pods of the predictor.")
 
 
-class KubernetesTarget(SpecModel):
+class KubernetesTarget(_ServesGeneration):
     conn_id: str = Field(default="kubernetes_default", description="The Airflow kubernetes connection.")
     namespace: str = Field(default="default", description="The namespace of the SeldonDeployment.")
     image: str = Field(default="freestack/serving:0.1.0", description="The serving image (runtime: seldon).")
@@ -201,6 +277,11 @@ class DeploySpec(SpecModel):
     alias: str = Field(default="production", description="the registry alias that is served")
     local: LocalTarget = Field(default_factory=LocalTarget, description="The local target's settings.")
     kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget, description="The Kubernetes target's settings.")
+    generation: GenerationBounds = Field(
+        default_factory=GenerationBounds,
+        description="A text-generation model's request bounds, on either target: max_new_tokens, "
+        "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts",
+    )
 
     @field_validator("name")
     @classmethod
@@ -210,6 +291,13 @@ class DeploySpec(SpecModel):
                 f"deploy.name {v!r} must be a Kubernetes name: lowercase letters, digits and '-', at most 50"
             )
         return v
+
+    @model_validator(mode="after")
+    def _targets_serve_generation(self) -> DeploySpec:
+        # the targets start the servers: each carries the bounds to them (local.generation, kubernetes.generation)
+        self.local._generation = self.generation
+        self.kubernetes._generation = self.generation
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:
@@ -240,4 +328,5 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
 
 
-__all__ = ["DEPLOY_POOL_PREFIX", "DEPLOY_PRIORITY", "MOVE_PRIORITY", "START_TIMEOUT_S", "deploy_pool", "WORKER_TIMEOUT_S", "Canary", "DeploySpec", "KubernetesTarget", "LocalTarget", "deploy_name"]
+__all__ = ["DEPLOY_POOL_PREFIX", "DEPLOY_PRIORITY", "MOVE_PRIORITY", "START_TIMEOUT_S", "deploy_pool", "WORKER_TIMEOUT_S", "Canary", "DeploySpec",
+           "GenerationBounds", "KubernetesTarget", "LocalTarget", "deploy_name"]  # fmt: skip

@@ -1,0 +1,458 @@
+"""Text generation in the model server: an instruction-tuned causal LM (``model: {type: huggingface, task:
+text-generation}``) answering prompts and conversations, on both runtimes. Runs in the serving
+environments (no Airflow); the ML itself is :mod:`freestack.ml.generation`'s (``generate``: a batch of
+chats, left-padded, greedy when the temperature is 0, cut at stop strings).
+
+What a request may ask is bounded by the deployment (:class:`Bounds`: ``deploy.generation`` in the spec,
+the ``FREESTACK_GENERATION_*`` settings in the server): a parameter beyond a bound is a 400 naming the
+bound, a prompt over ``max_prompt_tokens`` is cut from the left or refused (413) as ``truncate`` says,
+never a 500. Every request is checked alone (:meth:`Generator.prompts`) before it joins a batch, so a
+bad one is refused alone.
+
+A request's prompts travel as :class:`Prompts`: the chats, the text the request log keeps, and the
+generation settings. Concurrent requests with the same settings share one ``generate`` call of at most
+``batch_prompts`` prompts: the Seldon worker's adaptive batching (:mod:`freestack_server.batching`, whose
+rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`) and MLServer's :class:`PromptQueue`.
+Each answer (:class:`Generated`) says how many prompts its ``generate`` call answered.
+
+The payloads (Seldon's ``strData`` / ``jsonData``; the Open Inference Protocol's tensors, named as
+MLServer's own ``mlserver-huggingface`` runtime names them) are in ``docs/stages/serving.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from freestack_server.errors import PayloadError
+from freestack_server.request_checks import GENERATION_HINT as SELDON_HINT
+
+log = logging.getLogger("freestack.serving")
+
+#: the generation parameters a request may carry, and the other names clients use for them (transformers'
+#: ``generate`` and text-generation pipeline: ``stop_strings``, ``stop_sequence``)
+PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop")
+ALIASES = {"stop_strings": "stop", "stop_sequence": "stop"}
+#: accepted and checked, but not a setting of its own: the pipeline's ``do_sample: false`` is temperature 0
+FLAGS = ("do_sample",)
+MIN_TEMPERATURE = 1e-4  # a temperature below this is greedy decoding
+MAX_STOP_CHARS = 128  # a stop string longer than this is refused (transformers builds tables per stop string)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a request may ask for (``deploy.generation``; the defaults are the settings' and the spec's)."""
+
+    max_new_tokens: int = 256
+    default_max_new_tokens: int = 64
+    max_temperature: float = 2.0
+    max_prompt_tokens: int | None = None  # None: the model's max_length
+    truncate: str = "left"  # left | refuse
+    max_stop_strings: int = 4
+    batch_prompts: int = 8
+
+    @classmethod
+    def from_settings(cls) -> Bounds:
+        """The ``FREESTACK_GENERATION_*`` settings (:mod:`freestack.settings`)."""
+        from freestack.settings import settings
+
+        config = settings()
+        return cls(**{f.name: getattr(config, f"generation_{f.name}") for f in fields(cls)})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> Bounds:
+        """From ``model-settings.json``'s ``parameters.extra.generation`` (MLServer); missing keys: the settings'."""
+        base = cls.from_settings()
+        if not values:
+            return base
+        known = {f.name for f in fields(cls)}
+        return cls(**{**asdict(base), **{k: v for k, v in values.items() if k in known}})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prompts:
+    """One request's prompts (or several requests' prompts, joined for one batch): each a chat, the text the
+    request log keeps for it, and the generation settings they share. ``form``: how the request asked
+    (the runtimes answer in it)."""
+
+    chats: list[list[dict[str, str]]]
+    texts: list[str]
+    settings: Any  # freestack.ml.generation.GenerationSettings (frozen: hashable)
+    limit: int = 8  # the most prompts of one generate call (Bounds.batch_prompts)
+    form: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.chats)
+
+    @property
+    def batch_key(self) -> Any:
+        """Requests with equal keys may share a ``generate`` call (the batching rounds group by it)."""
+        return ("generate", self.settings)
+
+    @property
+    def batch_limit(self) -> int:
+        return self.limit
+
+    @classmethod
+    def join(cls, parts: Sequence[Prompts]) -> Prompts:
+        if len(parts) == 1:
+            return parts[0]
+        return cls([c for p in parts for c in p.chats], [t for p in parts for t in p.texts], parts[0].settings,
+                   parts[0].limit)  # fmt: skip
+
+
+@dataclass
+class Generated:
+    """One prompt's answer, and how many prompts the ``generate`` call that answered it held."""
+
+    completion: Any  # freestack.ml.generation.Completion
+    batch: int
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.completion
+        return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "truncated": c.truncated}  # fmt: skip
+
+
+def _kind(v: Any) -> str:
+    return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
+        type(v), type(v).__name__)  # fmt: skip
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class Generator:
+    """A version's causal LM, its tokenizer and chat columns, and the deployment's bounds: checks requests
+    and answers them (:meth:`run`)."""
+
+    def __init__(self, net, tokenizer, *, bounds: Bounds, generation_config: dict[str, Any] | None = None,
+                 max_prompts: int = 10_000):  # fmt: skip
+        self.net, self.lm, self.tokenizer = net, net.model, tokenizer
+        #: the tokenizer the checks count prompt tokens with: the runtime that generates in another thread
+        #: gives them a copy of their own (a fast tokenizer is not safe to share across threads)
+        self.check_tokenizer = tokenizer
+        self.columns = net.columns  # freestack.ml.generation.ChatColumns
+        self.bounds, self.generation_config, self.max_prompts = bounds, generation_config or {}, max_prompts
+        self.max_length = int(net.max_length)
+        self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
+        self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
+        self.calls = self.batched_calls = 0  # generate calls, and those that answered more than one prompt
+
+    # -- what a request may ask -------------------------------------------------------------------------
+    def settings(self, params: Mapping[str, Any] | None):
+        """The generation settings of a request's ``params`` within the bounds; PayloadError (400) naming
+        the bound a parameter is beyond, or what to send."""
+        from freestack.ml.generation import GenerationSettings
+
+        b = self.bounds
+        params = dict(params or {})
+        for alias, name in ALIASES.items():
+            if alias in params:
+                if name in params:
+                    raise PayloadError(f'"{alias}" and "{name}" are the same parameter: send one')
+                params[name] = params.pop(alias)
+        unknown = sorted(k for k in params if k not in PARAMETERS and k not in FLAGS)
+        if unknown:
+            raise PayloadError(
+                f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)}"
+            )
+        for flag in FLAGS:
+            if flag in params and type(params[flag]) is not bool:
+                raise PayloadError(f'"{flag}" must be true or false, not {_kind(params[flag])}')
+        n = params.get("max_new_tokens", min(b.default_max_new_tokens, b.max_new_tokens))
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if type(n) is not int or n < 1:
+            raise PayloadError(f'"max_new_tokens" must be a whole number of tokens, 1 or more, not {n!r}')
+        if n > b.max_new_tokens:
+            raise PayloadError(f"max_new_tokens {n} is over this deployment's bound of {b.max_new_tokens} "
+                               f"(deploy.generation.max_new_tokens): ask for at most {b.max_new_tokens}")  # fmt: skip
+        t = params.get("temperature", 0.0)
+        if params.get("do_sample") is False:
+            t = 0.0
+        if not _number(t) or t < 0:
+            raise PayloadError(f'"temperature" must be a number, 0 (greedy) or more, not {t!r}')
+        if t < MIN_TEMPERATURE:  # dividing the logits by less overflows them: as good as greedy anyway
+            t = 0.0
+        if t > b.max_temperature:
+            raise PayloadError(f"temperature {t:g} is over this deployment's bound of {b.max_temperature:g} "
+                               "(deploy.generation.max_temperature)")  # fmt: skip
+        p = params.get("top_p", 1.0)
+        if not _number(p) or not 0 < p <= 1:
+            raise PayloadError(f'"top_p" must be a number above 0 and at most 1, not {p!r}')
+        stop = params.get("stop", [])
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise PayloadError('"stop" must be a string or a list of non-empty strings')
+        if len(stop) > b.max_stop_strings:
+            raise PayloadError(f"{len(stop)} stop strings; this deployment takes at most {b.max_stop_strings} "
+                               "(deploy.generation.max_stop_strings)")  # fmt: skip
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise PayloadError(f"a stop string is over {MAX_STOP_CHARS} characters: send shorter ones")
+        return GenerationSettings(max_new_tokens=n, temperature=float(t), top_p=float(p), stop=tuple(stop),
+                                  max_prompt_tokens=self._prompt_budget(n), truncate=b.truncate)  # fmt: skip
+
+    def _prompt_budget(self, max_new_tokens: int) -> int:
+        """The most prompt tokens a request with ``max_new_tokens`` may have: max_prompt_tokens, and room
+        for the answer within the model's positions."""
+        budget = self.max_prompt_tokens
+        if self.context is not None:
+            room = self.context - max_new_tokens
+            if room < 1:
+                raise PayloadError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                                   f"context of {self.context} tokens: ask for fewer")  # fmt: skip
+            budget = min(budget, room)
+        return budget
+
+    def chat(self, value: Any, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
+        """A prompt (text: one user turn) or a conversation (``messages``: a list of {"role", "content"}, or
+        its JSON), with the model's system prompt first; and the text the request log keeps."""
+        from freestack.ml.generation import ChatError, parse_messages
+
+        if messages:
+            try:
+                chat = parse_messages(value, where)
+            except ChatError as exc:
+                raise PayloadError(str(exc)) from None
+            text = json.dumps(chat, ensure_ascii=False)
+        else:
+            if not isinstance(value, str):
+                raise PayloadError(f"{where}: a prompt is text, not {_kind(value)}")
+            _check_text(value, where)
+            chat, text = [{"role": "user", "content": value}], value
+        for m in chat:
+            _check_text(m["content"], where)
+        return self.columns.with_system(chat), text
+
+    def prompts(self, chats: list[list[dict[str, str]]], texts: list[str], params: Mapping[str, Any] | None,
+                form: dict[str, Any] | None = None) -> Prompts:  # fmt: skip
+        """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
+        the left, or refused with 413, by ``truncate``)."""
+        from freestack.ml.generation import ChatError, PromptTooLong, prompt_ids
+
+        if not chats:
+            raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
+        if len(chats) > self.max_prompts:
+            raise PayloadError(f"{len(chats)} prompts in one request; at most {self.max_prompts}: split them", 413,
+                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+        settings = self.settings(params)
+        try:
+            prompt_ids(self.check_tokenizer, chats, settings)
+        except PromptTooLong as exc:
+            limit = (f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens"
+                     + (f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
+                        if self.context is not None and exc.limit < self.max_prompt_tokens else "") + ")")  # fmt: skip
+            raise PayloadError(f"prompt {exc.index} is {exc.tokens} tokens with the chat template, over {limit}: "
+                               "shorten it, or deploy with generation.truncate: left to keep its last tokens", 413,
+                               "PROMPT_TOO_LONG") from None  # fmt: skip
+        except ChatError as exc:
+            raise PayloadError(str(exc)) from None
+        return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}))
+
+    # -- answering --------------------------------------------------------------------------------------
+    def run(self, prompts: Prompts) -> list[Generated]:
+        """Answers to ``prompts`` (checked), ``batch_prompts`` at a time: one ``generate`` call each."""
+        from freestack.ml.generation import generate
+
+        out: list[Generated] = []
+        step = max(1, self.bounds.batch_prompts)
+        for i in range(0, len(prompts.chats), step):
+            chats = prompts.chats[i : i + step]
+            completions = generate(self.lm, self.tokenizer, chats, prompts.settings, self.generation_config)
+            self.calls += 1
+            self.batched_calls += len(chats) > 1
+            out += [Generated(c, len(chats)) for c in completions]
+        return out
+
+    def warm_up(self) -> None:
+        """One token for an empty prompt: a broken model fails here, at load, not on traffic."""
+        from freestack.ml.generation import GenerationSettings, generate
+
+        chat = self.columns.with_system([{"role": "user", "content": ""}])
+        generate(self.lm, self.tokenizer, [chat], GenerationSettings(max_new_tokens=1, max_prompt_tokens=self.max_prompt_tokens),
+                 self.generation_config)  # fmt: skip
+
+    # -- Seldon's messages --------------------------------------------------------------------------------
+    def from_seldon(self, X: Any) -> Prompts:
+        """``strData`` (``X`` a string: one prompt, default parameters) or ``jsonData``: ``{"prompt": ...}``,
+        ``{"messages": [...]}`` or ``{"instances": [{"prompt"|"messages": ...}, ...]}`` (a string instance is
+        a prompt), with ``"parameters": {...}``. The model's own input column names a prompt or a
+        conversation too."""
+        if isinstance(X, str):
+            chat, text = self.chat(X, "strData", messages=False)
+            return self.prompts([chat], [text], None, {"kind": "strData"})
+        if not isinstance(X, dict):
+            raise PayloadError(f"this model generates text: send {SELDON_HINT}")
+        unknown = sorted(set(X) - {"prompt", "messages", "instances", "parameters", *self._record_keys()})
+        if unknown:
+            raise PayloadError(f"jsonData holds {unknown}: send {SELDON_HINT}")
+        params = X.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise PayloadError(
+                f'"parameters" must be an object of {", ".join(PARAMETERS)}, not {_kind(params)}'
+            )
+        if "instances" in X:
+            records = X["instances"]
+            if any(k in X for k in self._record_keys()):
+                raise PayloadError(
+                    'jsonData holds "instances" and a prompt beside them: send one or the other'
+                )
+            if not isinstance(records, list) or not records:
+                raise PayloadError(
+                    '"instances" must be a non-empty list of {"prompt": ...} or {"messages": [...]}'
+                )
+            if len(records) > self.max_prompts:
+                raise PayloadError(f"{len(records)} prompts in one request; at most {self.max_prompts}: split them",
+                                   413, "PAYLOAD_TOO_LARGE")  # fmt: skip
+        else:
+            records = [{k: v for k, v in X.items() if k != "parameters"}]
+        chats, texts = [], []
+        for i, rec in enumerate(records):
+            chat, text = self._record(rec, f"instance {i}" if "instances" in X else "jsonData")
+            chats.append(chat)
+            texts.append(text)
+        return self.prompts(chats, texts, params, {"kind": "jsonData"})
+
+    def _record_keys(self) -> set[str]:
+        return {"prompt", "messages", self.columns.input_column}
+
+    def _record(self, rec: Any, where: str) -> tuple[list[dict[str, str]], str]:
+        if isinstance(rec, str):
+            return self.chat(rec, where, messages=False)
+        if not isinstance(rec, dict):
+            raise PayloadError(f'{where} is {_kind(rec)}: send {{"prompt": ...}} or {{"messages": [...]}}')
+        keys = [k for k in rec if k in self._record_keys()]
+        extra = sorted(set(rec) - self._record_keys())
+        if len(keys) != 1 or extra:
+            raise PayloadError(
+                f'{where} must hold one of "prompt" and "messages" (and nothing else), got {sorted(rec)}'
+            )
+        key = keys[0]
+        messages = key == "messages" or (key == self.columns.messages and key != "prompt")
+        return self.chat(rec[key], f"{where}, {key!r}", messages=messages)
+
+    def seldon_answer(self, prompts: Prompts, answers: list[Generated], version: str) -> str | dict[str, Any]:
+        """A strData request's answer is its completion (strData); a jsonData request's, ``{"completions":
+        [...], "model_version": ...}``."""
+        if prompts.form.get("kind") == "strData":
+            return answers[0].completion.text
+        return {"completions": [a.as_dict() for a in answers], "model_version": version}
+
+
+def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
+    """The bounds a version is served within and its chat columns, for the metadata: from the small JSON
+    files (``info``: :meth:`freestack_server.core.ServedModel.describe`), before the model is loaded."""
+    chat = info.get("chat") or {}
+    config = info.get("config") or {}
+    columns = chat.get("columns") or {}
+    out = {**bounds.as_dict(), "max_prompt_tokens": bounds.max_prompt_tokens or chat.get("max_length"),
+           "context": context_of(config), "max_length": chat.get("max_length"),
+           "input": (info.get("features") or ["prompt"])[0], "system_prompt": bool(columns.get("system"))}  # fmt: skip
+    out["default_max_new_tokens"] = min(bounds.default_max_new_tokens, bounds.max_new_tokens)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _check_text(value: str, where: str) -> None:
+    """A lone surrogate (the JSON escape \\ud800 without its pair) is not Unicode text: the tokenizer cannot
+    encode it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{where}: the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): send "
+                           "valid Unicode text") from None  # fmt: skip
+
+
+def context_of(config: Any) -> int | None:
+    """The model's position limit (GPT-2's ``n_positions``, most others' ``max_position_embeddings``), from
+    its config (transformers' object or ``config.json``'s dict): a prompt plus its answer must fit, else the
+    model fails or answers nonsense."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# MLServer: one generate call at a time, off the event loop
+
+
+class PromptQueue:
+    """MLServer's batching of generation requests: one ``generate`` call at a time, in a worker thread (the
+    event loop keeps answering health checks and reading requests meanwhile). Requests that wait with
+    equal settings join the next call, up to ``batch_prompts`` prompts (a request of more is answered in
+    calls of that many). The first request waits ``wait_s`` (default 0: the end of the loop's turn) for
+    others; later ones gather while a call runs. If a shared call fails, each of its requests is run
+    alone, so each gets its own answer or error."""
+
+    def __init__(self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.run, self.wait_s = run, wait_s
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="freestack-generate")
+        self.waiting: list[tuple[Prompts, asyncio.Future, bool]] = []  # (prompts, future, run alone)
+        self.busy = False
+
+    async def __call__(self, prompts: Prompts) -> list[Generated]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append((prompts, future, False))
+        self._kick(loop)
+        return await future
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.busy or not self.waiting:
+            return
+        self.busy = True
+        if self.wait_s > 0:
+            loop.call_later(self.wait_s, self._start, loop)
+        else:
+            loop.call_soon(self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting = [w for w in self.waiting if not w[1].done()]  # a client that left is not answered
+        if not self.waiting:
+            self.busy = False
+            return
+        first, _, alone = self.waiting[0]
+        group, rest, n = [], [], 0
+        for w in self.waiting:
+            p, _, solo = w
+            fits = not group or (
+                not alone and not solo and p.batch_key == first.batch_key and n + len(p) <= p.batch_limit
+            )
+            (group if fits else rest).append(w)
+            n += len(p) if fits else 0
+        self.waiting = rest
+        job = loop.run_in_executor(self.executor, self.run, Prompts.join([p for p, _, _ in group]))
+        job.add_done_callback(lambda done: self._done(loop, group, done))
+
+    def _done(self, loop: asyncio.AbstractEventLoop, group: list, done: asyncio.Future) -> None:
+        self.busy = False
+        exc = done.exception()
+        if exc is not None and len(group) > 1:  # each alone: its own answer or error
+            self.waiting = [(p, f, True) for p, f, _ in group] + self.waiting
+        elif exc is not None:
+            if not group[0][1].done():
+                group[0][1].set_exception(exc)
+        else:
+            out, start = done.result(), 0
+            for p, f, _ in group:
+                if not f.done():
+                    f.set_result(out[start : start + len(p)])
+                start += len(p)
+        self._kick(loop)
+
+
+__all__ = ["ALIASES", "PARAMETERS", "SELDON_HINT", "Bounds", "Generated", "Generator", "PromptQueue", "Prompts", "context_of",
+           "describe"]  # fmt: skip
