@@ -272,6 +272,25 @@ def _serve_slow_clients(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _serve_generation(r: dict[str, Any], file: str) -> list[Row]:
+    """Text generation through the model server against a plain ``model.generate`` loop in-process with the
+    same batching: completion tokens/s, and p50 / p99 time to the last token (the answer)."""
+    s, p = r["summary"], r["params"]
+    threads = p["threads"]
+    model = f"{p['parameters'] / 1e6:.1f}M-parameter Llama, cpu, {threads} thread{'s' if threads > 1 else ''}"
+    rows = []
+    for runtime in p["runtimes"]:
+        for c in p["concurrency"]:
+            m, b = s[runtime][f"c{c}"], s["baseline"][f"c{c}"]
+            rows.append(Row("serve_generation", f"{runtime} runtime, c={c} ({model}, {p['max_new_tokens']} new tokens), "
+                            "tokens/s (p50 / p99 to the last token)",
+                            f"{_n(m['tokens_per_s'])} ({_n(m['p50_ms'], 0, 'ms')} / {_n(m['p99_ms'], 0, 'ms')}; "
+                            f"mean generate batch {m['mean_generate_batch']:g})",
+                            f"{_n(b['tokens_per_s'])} ({_n(b['p50_ms'], 0, 'ms')} / {_n(b['p99_ms'], 0, 'ms')}; "
+                            f"model.generate loop, batches of {c})", m["ratio"], "(reported)", None))  # fmt: skip
+    return rows
+
+
 def _dataapi_listing(r: dict[str, Any], file: str) -> list[Row]:
     s = r["summary"]
     listing, anon, kills = s["listing"], s["if_match"]["anonymous"], s["kill_9"]
@@ -366,7 +385,8 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune,
     "train_distributed": _train_distributed, "train_sft": _train_sft, "score": _score, "sweep": _sweep,
     "data_api": _data_api, "serve": _serve,
-    "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "dataapi_listing": _dataapi_listing,
+    "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "serve_generation": _serve_generation,
+    "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration, "ui": _ui,
 }  # fmt: skip
 ORDER = list(EXTRACT)
