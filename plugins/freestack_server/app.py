@@ -138,7 +138,8 @@ def _coalescer(cfg: ServerConfig, user_object):
         return None
     from freestack_server.batching import Coalescer
 
-    user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows)
+    generation = user_object.describe().get("task") == "generation"  # small JSON files only: no torch before the fork
+    user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows, 0.005 if generation else 0.0)
     return user_object.coalescer
 
 

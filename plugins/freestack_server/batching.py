@@ -22,7 +22,9 @@ config ``adaptive_batching: false`` turns it off.
 A text-generation model parks its checked prompts instead (:class:`freestack_server.generation.Prompts`):
 those of a round with the same generation parameters (``batch_key``) share one ``generate`` call of at
 most ``batch_limit`` prompts (``deploy.generation.batch_prompts``), left-padded, and each request gets its
-own prompts' completions back.
+own prompts' completions back. Its requests take long enough that the worker waits ``gather_s`` (5 ms)
+for the rest of a round when fewer requests come in than in the last one: concurrent clients, answered
+together, send again together, and keep sharing one call.
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ from greenlet import getcurrent, greenlet
 class Coalescer:
     """Runs a round of jobs, one greenlet each, and their parked forwards as few stacked forwards."""
 
-    def __init__(self, forward: Callable[[Any], np.ndarray], max_rows: int):
+    def __init__(self, forward: Callable[[Any], np.ndarray], max_rows: int, gather_s: float = 0.0):
         self.forward = forward  # the model's own forward over a float32 matrix (or its other inputs)
         self.max_rows = max(1, int(max_rows))
+        #: how long the worker waits for more requests when fewer arrive than in the last round (a
+        #: generation model's clients send again at once when a shared call answers them: without it a
+        #: straggler splits their next round); 0 for models whose forward is shorter than the wait
+        self.gather_s = gather_s
+        self.last_round = 1  # requests of the worker's last round
         self._hub: Any = None  # the greenlet running the round, while one runs
         self.rounds = self.batched = 0  # rounds with a stacked forward, and the requests they answered
 

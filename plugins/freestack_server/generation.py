@@ -392,13 +392,16 @@ class PromptQueue:
     event loop keeps answering health checks and reading requests meanwhile). Requests that wait with
     equal settings join the next call, up to ``batch_prompts`` prompts (a request of more is answered in
     calls of that many). The first request waits ``wait_s`` (default 0: the end of the loop's turn) for
-    others; later ones gather while a call runs. If a shared call fails, each of its requests is run
-    alone, so each gets its own answer or error."""
+    others; later ones gather while a call runs. When the last call answered several requests and fewer
+    are waiting now, their clients are likely sending again: the call waits ``gather_s`` for them, so
+    that concurrent clients keep sharing one call instead of splitting into a call of one and the rest.
+    If a shared call fails, each of its requests is run alone, so each gets its own answer or error."""
 
-    def __init__(self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0):
+    def __init__(self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0, gather_s: float = 0.005):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.run, self.wait_s = run, wait_s
+        self.run, self.wait_s, self.gather_s = run, wait_s, gather_s
+        self.last_group = 1  # requests the last call answered
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="freestack-generate")
         self.waiting: list[tuple[Prompts, asyncio.Future, bool]] = []  # (prompts, future, run alone)
         self.busy = False
@@ -414,8 +417,9 @@ class PromptQueue:
         if self.busy or not self.waiting:
             return
         self.busy = True
-        if self.wait_s > 0:
-            loop.call_later(self.wait_s, self._start, loop)
+        wait = self.gather_s if len(self.waiting) < self.last_group else self.wait_s
+        if wait > 0:
+            loop.call_later(wait, self._start, loop)
         else:
             loop.call_soon(self._start, loop)
 
@@ -433,7 +437,7 @@ class PromptQueue:
             )
             (group if fits else rest).append(w)
             n += len(p) if fits else 0
-        self.waiting = rest
+        self.waiting, self.last_group = rest, len(group)
         job = loop.run_in_executor(self.executor, self.run, Prompts.join([p for p, _, _ in group]))
         job.add_done_callback(lambda done: self._done(loop, group, done))
 

@@ -314,17 +314,29 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                     break
                 next_tick = now + TICK
             self._listen(self._may_accept(now))
-            ready, wait = [], max(0.0, next_tick - now)
-            for key, _ in self.poller.select(min(wait, HELD_POLL) if self.held_back else wait):
-                if isinstance(key.data, _Conn):
-                    ready.append(key.data)
-                else:
-                    self._accept(key.fileobj, key.data)
+            wait = max(0.0, next_tick - now)
+            ready = self._ready(min(wait, HELD_POLL) if self.held_back else wait)
+            c = self.coalescer
+            if c is not None and c.gather_s and 0 < len(ready) < c.last_round:
+                time.sleep(c.gather_s)  # the last shared round's clients are likely sending again: let them
+                ready = self._ready(0.0)
+            if c is not None and ready:
+                c.last_round = len(ready)
             if self.coalescer is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
                 self.coalescer.run([functools.partial(self._serve, conn) for conn in ready])
             else:
                 for conn in ready:
                     self._serve(conn)
+
+    def _ready(self, wait: float) -> list[_Conn]:
+        """The connections with a request in, after up to ``wait`` seconds (new connections accepted)."""
+        ready = []
+        for key, _ in self.poller.select(wait):
+            if isinstance(key.data, _Conn):
+                ready.append(key.data)
+            else:
+                self._accept(key.fileobj, key.data)
+        return ready
 
     def _tick(self, now: float) -> bool:
         """Heartbeat, keep-alive expiry and the parent check; False when the arbiter is gone."""

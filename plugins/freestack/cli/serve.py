@@ -156,6 +156,12 @@ def sample_request(rec: dict[str, Any], rows: int = 1) -> tuple[dict[str, Any], 
     from freestack.serving.smoke import smoke_sample, v2_request
 
     sample = smoke_sample(rec["version_uri"], rows)
+    if sample.get("task") == "generation":  # the first test prompt, and the answer evaluation got
+        chat, n = sample["chats"][0], sample.get("max_new_tokens", 32)
+        if rec.get("runtime") == "mlserver":
+            return {"inputs": [{"name": "args", "datatype": "BYTES", "shape": [len(chat)], "parameters": {"content_type": "hg_jsonlist"},
+                                "data": [json.dumps(m) for m in chat]}], "parameters": {"max_new_tokens": n}}, sample["outputs"][:1]  # fmt: skip
+        return {"jsonData": {"messages": chat, "parameters": {"max_new_tokens": n}}}, sample["outputs"][:1]
     if rec.get("runtime") == "mlserver":
         return {"inputs": v2_request(sample)["inputs"]}, sample.get("labels", [])
     return {"data": {"names": sample["features"], "ndarray": sample["rows"]}}, sample.get("labels", [])
@@ -185,10 +191,17 @@ def predict(ctx: typer.Context, name: Name,
         body, labels = sample_request(rec)
     code, answer = http_json(rec["predict_url"], body, timeout=30)
     print(json.dumps(answer, indent=2) if isinstance(answer, dict) else answer, flush=True)
-    if code == 200 and isinstance(answer, dict) and labels:
+    if code == 200 and isinstance(answer, dict) and labels and "completions" in (answer.get("jsonData") or {}):
+        out().print(f"evaluation's answer: {labels[0]!r}")
+    elif code == 200 and isinstance(answer, dict) and labels and not _generated(answer):
         for label, (cls, p) in zip(labels, _predicted(answer), strict=False):
             out().print(f"predicted {cls} (p={p:.3f}); true label {label}")
     return 0 if code == 200 else 1
+
+
+def _generated(answer: dict[str, Any]) -> bool:
+    """Whether an answer is a text-generation model's (a V2 ``output`` of generated texts)."""
+    return any(o.get("name") == "output" for o in answer.get("outputs") or [])
 
 
 def _predicted(answer: dict[str, Any]) -> list[tuple[str, float]]:

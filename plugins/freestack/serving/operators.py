@@ -99,12 +99,15 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             source=model_source(uri), runtime=spec.deploy.runtime, alias=alias,
         )  # fmt: skip
         body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
-                if spec.deploy.runtime == "mlserver" else '{"data": {"ndarray": [[...%d features...]]}}')  # fmt: skip
+                if spec.deploy.runtime == "mlserver" else '{"data": {"ndarray": [[...%d features...]]}}') % len(spec.model_features)  # fmt: skip
+        if spec.model.generative:
+            body = ('{"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["your prompt"]}]}'
+                    if spec.deploy.runtime == "mlserver" else '{"strData": "your prompt"}')  # fmt: skip
         self.log.info(
             "%s %s is served at %s (pid %s, %s, %s); try:\n  curl -s -H 'Content-Type: application/json' -d "
             "'%s' %s\nmetrics (Prometheus): %s",
             spec.model_name, version, record["url"], record["pid"], record["color"], spec.deploy.runtime,
-            body % len(spec.model_features), record["predict_url"], record["metrics_url"],
+            body, record["predict_url"], record["metrics_url"],
         )  # fmt: skip
         return {k: v for k, v in record.items() if k != "history"}
 
