@@ -1,0 +1,136 @@
+"""Landing drops of the instruction-tuning tutorial's pipeline ``arith``: a CSV of templated instructions
+per day, each with the one right answer, so a fine-tuned model is scored by exact match.
+
+The tasks are small enough that a 2-layer transformer learns them in a short CPU fine-tune, with a small,
+fixed vocabulary (the words of the templates, the digits and a little punctuation):
+
+- a date converted from ISO form: ``Convert 2026-11-03 to DD/MM/YYYY.`` -> ``03/11/2026`` (or to
+  ``MM/DD/YYYY`` -> ``11/03/2026``);
+- single-digit addition: ``What is 3 + 5?`` -> ``8``;
+- digits reversed: ``Reverse the digits: 4821`` -> ``1284`` (digits, not letters: a tokenizer's merges
+  would hide a word's letters from a tiny model, a digit is always one token).
+
+Each drop is ``<root>/landing/<pipeline>/<ds>/instructions.csv`` with columns ``id, prompt, response``,
+or ``id, messages`` (``--format messages``: a JSON list of chat messages, user then assistant, with a
+system message first when ``--system`` is given). :func:`corpus` gives plain text of the same tasks,
+not chat formatted, to pretrain a tiny base on (``tests/support/hf_tiny.py``).
+
+    .venv/bin/python include/demo/instructions.py --start 2026-11-01 --days 3   # [--rows 200] [--root URI]
+    # [--format messages] [--system TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from datetime import date, timedelta
+
+#: the tasks, in the order their share is drawn
+TASKS = ("date-dmy", "date-mdy", "add", "reverse")
+FORMATS = ("pairs", "messages")
+#: the dates drawn: 2020-01-01 up to 2029-12-31
+_FIRST, _LAST = date(2020, 1, 1).toordinal(), date(2029, 12, 31).toordinal()
+#: what joins an instruction and its answer in :func:`corpus`'s plain text
+ANSWER = "The answer is:"
+
+
+def instruction_pair(rng) -> tuple[str, str]:
+    """One (prompt, response) drawn by ``rng`` (a numpy ``Generator``): a date conversion, a sum or
+    reversed digits, the response the one right answer."""
+    kind = TASKS[int(rng.integers(len(TASKS)))]
+    if kind == "add":
+        a, b = (int(v) for v in rng.integers(0, 10, size=2))
+        return f"What is {a} + {b}?", str(a + b)
+    if kind == "reverse":
+        digits = "".join(str(int(v)) for v in rng.integers(0, 10, size=int(rng.integers(3, 5))))
+        return f"Reverse the digits: {digits}", digits[::-1]
+    day = date.fromordinal(int(rng.integers(_FIRST, _LAST + 1)))
+    form, answer = (
+        ("DD/MM/YYYY", f"{day:%d/%m/%Y}") if kind == "date-dmy" else ("MM/DD/YYYY", f"{day:%m/%d/%Y}")
+    )
+    return f"Convert {day.isoformat()} to {form}.", answer
+
+
+def messages(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
+    """The pair as chat messages: ``system`` (when given), user, assistant."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    """``n`` lines of plain text (not chat formatted) on the same tasks, each an instruction and its answer
+    as a web page might put them, e.g. ``What is 3 + 5? The answer is: 8`` or ``Convert 2026-11-03 to
+    DD/MM/YYYY. The answer is: 03/11/2026``: what a tiny base is pretrained on, so that instruction
+    tuning mostly has to teach it the chat format. (`` The answer is: `` is five tokens of the tiny base's
+    tokenizer, as many as ChatML puts between a user's message and the assistant's answer: the answer
+    stands as far from the question in both, and what the base learnt carries over.)"""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [f"{prompt} {ANSWER} {response}" for prompt, response in (instruction_pair(rng) for _ in range(n))]
+
+
+def day_csv(day: date, rows: int, fmt: str = "pairs", system: str | None = None) -> bytes:
+    """One day's ``instructions.csv`` (seeded by the day): id, prompt, response (``fmt="pairs"``) or id,
+    messages (``fmt="messages"``, a JSON list of chat messages)."""
+    import numpy as np
+
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, not {fmt!r}")
+    rng = np.random.default_rng(day.toordinal())
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["id", "prompt", "response"] if fmt == "pairs" else ["id", "messages"])
+    for i in range(rows):
+        prompt, response = instruction_pair(rng)
+        key = f"{day:%Y%m%d}-{i:04d}"
+        if fmt == "pairs":
+            out.writerow([key, prompt, response])
+        else:
+            out.writerow([key, json.dumps(messages(prompt, response, system))])
+    return buf.getvalue().encode()
+
+
+def make_landing(
+    root: str,
+    start: date,
+    days: int,
+    rows: int = 200,
+    pipeline: str = "arith",
+    fmt: str = "pairs",
+    system: str | None = None,
+) -> list[str]:
+    """``days`` drops from ``start`` under ``<root>/landing/<pipeline>/<ds>/instructions.csv``; their URIs."""
+    from freestack.storage import join, to_path, write_bytes
+
+    uris = []
+    for d in range(days):
+        day = start + timedelta(days=d)
+        path = join(to_path(root), "landing", pipeline, day.isoformat(), "instructions.csv")
+        write_bytes(path, day_csv(day, rows, fmt, system))
+        uris.append(str(path))
+    return uris
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", help="storage root URI (default: the project's, as `make demo` uses)")
+    ap.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
+    ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--format", choices=FORMATS, default="pairs", dest="fmt",
+                    help="pairs: id, prompt, response; messages: id, messages (JSON chat messages)")  # fmt: skip
+    ap.add_argument("--system", help="a system message first in each row's messages (--format messages)")
+    args = ap.parse_args()
+    if args.root is None:
+        from freestack.settings import default_storage_root
+
+        args.root = default_storage_root()
+    for uri in make_landing(args.root, args.start, args.days, args.rows, fmt=args.fmt, system=args.system):
+        print(uri)
+
+
+if __name__ == "__main__":
+    main()
