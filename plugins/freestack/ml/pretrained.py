@@ -43,7 +43,7 @@ TASKS = {
 }
 #: what is fetched of a base (the rest of a Hub repo, pickled weights above all, is never downloaded)
 BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "vocab.txt", "preprocessor_config.json")  # fmt: skip
+              "vocab.txt", "preprocessor_config.json", "chat_template.jinja", "generation_config.json")  # fmt: skip
 SHARD_INDEX = "model.safetensors.index.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
