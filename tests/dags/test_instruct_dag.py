@@ -107,6 +107,7 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
                 "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= names, names  # fmt: skip
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["base"] == {"repo": LM_BASE, "revision": "main", "commit": p["commits"][LM_BASE], "task": "text-generation"}
+        assert lineage["chat"]["template"] == "base tokenizer" and lineage["data"]["conversations"]["train"]["cut"] == 0
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         cand = evaluation["candidate"]
         smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
@@ -183,6 +184,15 @@ def _second_version_is_gated_against_production(p, first: str) -> None:
     assert all("champion" in s and "candidate" in s for s in evaluation["samples"])
     gate = json.loads((second[0] / "lineage.json").read_text())["gate"]
     assert gate["champion_version"] == first and any(r.startswith("perplexity") for r in gate["reasons"]), gate
+    # the ML views read both versions: their perplexity and exact match, the report with the answers
+    from freestack.spec import load_spec
+    from freestack.ui.catalog import model_page, version_page
+
+    spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "arith.yaml")
+    rows = {r.version: r for r in model_page("arith", spec).versions}
+    assert {first, second[0].name} <= set(rows) and "test_perplexity" in rows[first].metrics, rows
+    page = version_page("arith", spec, first)
+    assert page.report == "evaluation/report.html" and "pipeline_tag: text-generation" in page.card
 
 
 def test_a_base_without_a_chat_template_is_refused_before_any_data_is_read(pipelines):

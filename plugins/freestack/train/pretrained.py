@@ -177,8 +177,12 @@ def build_pretrained_model(spec: PipelineSpec, data) -> Any:
 def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
     """The base (repo, revision, commit), the task, LoRA's settings and the trainable parameter count."""
     trainable, total = model.trainable_parameters()
-    return {"base": {**pretrained_base(spec).lineage(), "task": pretrained_task(spec)},
-            "peft": peft_settings(spec), "parameters": {"trainable": trainable, "total": total}}  # fmt: skip
+    out = {"base": {**pretrained_base(spec).lineage(), "task": pretrained_task(spec)},
+           "peft": peft_settings(spec), "parameters": {"trainable": trainable, "total": total}}  # fmt: skip
+    if spec.model.generative:  # how conversations were rendered: the template's source, its columns, packing
+        out["chat"] = {"template": "model.chat_template" if spec.model.chat_template else "base tokenizer",
+                       "data": spec.model.chat.model_dump(), "max_length": spec.model.max_length, "packing": spec.model.packing}  # fmt: skip
+    return out
 
 
 __all__ = [

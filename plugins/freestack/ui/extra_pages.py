@@ -117,8 +117,8 @@ class ComparePage(BaseModel):
     aliases: dict[str, str]
 
 
-_MAXIMIZE = ("accuracy", "f1", "r2", "auc", "precision", "recall")
-_MINIMIZE = ("loss", "rmse", "mae", "mse", "error", "seconds")
+_MAXIMIZE = ("accuracy", "f1", "r2", "auc", "precision", "recall", "exact_match", "rouge")
+_MINIMIZE = ("loss", "rmse", "mae", "mse", "error", "seconds", "perplexity")
 
 
 def goal_of(metric: str) -> Literal["maximize", "minimize"] | None:
