@@ -134,3 +134,33 @@ def test_the_token_loss_ignores_masked_labels():
     labels[0, 3] = 4
     want = torch.nn.functional.cross_entropy(logits[0, 2:3], torch.tensor([4]))
     assert torch.allclose(token_loss(logits, labels), want)
+
+
+def test_a_retry_resumes_a_tied_language_model_from_its_checkpoint(base, tok):
+    """Embeddings tied to the head are saved as copies (safetensors refuses shared memory) and a retried
+    run resumes from the checkpoint's epoch with the same weights."""
+    from freestack.ml.generation import CausalLMNet
+    from freestack.ml.loop import TrainConfig, fit
+
+    class Store(dict):
+        def save(self, name, data):
+            self[name] = data
+
+        def load(self, name):
+            return self.get(name)
+
+    enc = ChatEncoding(tok, ChatColumns(), max_length=48).encode_rows(
+        [{"prompt": f"What is {a} + 2?", "response": str(a + 2)} for a in range(8)]
+    )
+
+    def net():
+        model = load_causal_lm(str(base))
+        assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+        return CausalLMNet(model, base={"repo": "x"}, columns=ChatColumns(), max_length=48)
+
+    store, config = Store(), TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, warmup_epochs=0)
+    first = fit(net(), enc.x, enc.y, enc.x, enc.y, config, task="generation", checkpoints=store)
+    again = fit(net(), enc.x, enc.y, enc.x, enc.y, config, task="generation", checkpoints=store)
+    assert again.resumed_from == 2 and again.history == first.history
+    want, got = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
