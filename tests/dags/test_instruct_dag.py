@@ -57,7 +57,9 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
 
     specs = tmp_path / "pipelines"
     specs.mkdir()
-    for spec in (arith_spec(), arith_spec("plain", PLAIN_BASE)):
+    ranks = arith_spec("ranks")
+    ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    for spec in (arith_spec(), arith_spec("plain", PLAIN_BASE), ranks):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     monkeypatch.setenv("HF_ENDPOINT", hub[0].endpoint)
@@ -66,7 +68,7 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     root = Path(storage.removeprefix("file://"))
-    for name in ("arith", "plain"):
+    for name in ("arith", "plain", "ranks"):
         make_landing(root.as_uri(), date(2026, 11, 1), DAYS, rows=200, pipeline=name)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
@@ -202,3 +204,23 @@ def test_a_base_without_a_chat_template_is_refused_before_any_data_is_read(pipel
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "plain.yaml")
     with pytest.raises(TrainingError, match="no chat template.*model.chat_template"):
         check_trainable(spec)
+
+
+def test_two_ranks_instruction_tune_one_model_that_learns_the_task(pipelines):
+    """train.distributed with 2 local ranks (DDP, gloo): each rank takes its share of every global batch of
+    conversations; rank 0 validates, writes the version, and it gates and serves like one process's."""
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+
+    p = pipelines
+    _ingest(p, "ranks")
+    try:
+        run = p["bag"].get_dag("ranks_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        assert run.state == "success"
+        rec = Deployments(p["root"].as_uri(), "ranks").get("ranks")
+        version = p["root"] / "registry" / "ranks" / rec["version"]
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["distributed"]["world_size"] == 2 and lineage["distributed"]["strategy"] == "ddp"
+        assert json.loads((version / "evaluation" / "metrics.json").read_text())["candidate"]["exact_match"] >= 0.5
+    finally:
+        stop_local(p["root"].as_uri(), "ranks", "ranks")
