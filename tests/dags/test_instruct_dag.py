@@ -59,7 +59,10 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
     specs.mkdir()
     ranks = arith_spec("ranks")
     ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
-    for spec in (arith_spec(), arith_spec("plain", PLAIN_BASE), ranks):
+    tuned = arith_spec("tuned")
+    tuned["sweep"] = {"method": "grid", "metric": {"name": "val_perplexity", "goal": "minimize"},
+                      "parameters": {"learning_rate": {"values": [3e-3, 1e-2]}}}  # fmt: skip
+    for spec in (arith_spec(), arith_spec("plain", PLAIN_BASE), ranks, tuned):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     monkeypatch.setenv("HF_ENDPOINT", hub[0].endpoint)
@@ -68,7 +71,7 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     root = Path(storage.removeprefix("file://"))
-    for name in ("arith", "plain", "ranks"):
+    for name in ("arith", "plain", "ranks", "tuned"):
         make_landing(root.as_uri(), date(2026, 11, 1), DAYS, rows=200, pipeline=name)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
@@ -224,3 +227,25 @@ def test_two_ranks_instruction_tune_one_model_that_learns_the_task(pipelines):
         assert json.loads((version / "evaluation" / "metrics.json").read_text())["candidate"]["exact_match"] >= 0.5
     finally:
         stop_local(p["root"].as_uri(), "ranks", "ranks")
+
+
+def test_a_sweep_of_instruction_tunings_keeps_the_lowest_validation_perplexity(pipelines):
+    """A grid over the learning rate, judged on val_perplexity: select_best keeps the trial with the lowest,
+    which is evaluated, gated and registered with the sweep in its lineage."""
+    from freestack.serving.local import stop_local
+
+    p = pipelines
+    _ingest(p, "tuned")
+    try:
+        run = p["bag"].get_dag("tuned_train").test(run_conf={"end_ds": "2026-11-03", "sweep_agents": 1})
+        assert run.state == "success"
+        folder = next((p["root"] / "runs" / "tuned").glob("sweep-*/best.json")).parent
+        table = json.loads((folder / "results.json").read_text())
+        best = json.loads((folder / "best.json").read_text())
+        assert table["metric"] == "val_perplexity" and len(table["trials"]) == 2
+        assert best["best_value"] == min(r["val_perplexity"] for r in table["trials"])
+        name = best["version_uri"].rstrip("/").rsplit("/", 1)[-1]
+        lineage = json.loads((p["root"] / "registry" / "tuned" / name / "lineage.json").read_text())
+        assert lineage["sweep"]["trial"] == best["best_trial"] and lineage["gate"]["decision"] == "promote", lineage["gate"]
+    finally:
+        stop_local(p["root"].as_uri(), "tuned", "tuned")
