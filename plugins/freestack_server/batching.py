@@ -23,8 +23,8 @@ A text-generation model parks its checked prompts instead (:class:`freestack_ser
 those of a round with the same generation parameters (``batch_key``) share one ``generate`` call of at
 most ``batch_limit`` prompts (``deploy.generation.batch_prompts``), left-padded, and each request gets its
 own prompts' completions back. Its requests take long enough that the worker waits ``gather_s`` (5 ms)
-for the rest of a round when fewer requests come in than in the last one: concurrent clients, answered
-together, send again together, and keep sharing one call.
+for the rest of a round when requests are concurrent (several in this round or the last) and other open
+connections have none in yet: clients answered together send again together, and keep sharing one call.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Coalescer:
     def __init__(self, forward: Callable[[Any], np.ndarray], max_rows: int, gather_s: float = 0.0):
         self.forward = forward  # the model's own forward over a float32 matrix (or its other inputs)
         self.max_rows = max(1, int(max_rows))
-        #: how long the worker waits for more requests when fewer arrive than in the last round (a
+        #: how long the worker waits for more requests on its other open connections (a
         #: generation model's clients send again at once when a shared call answers them: without it a
         #: straggler splits their next round); 0 for models whose forward is shorter than the wait
         self.gather_s = gather_s

@@ -317,8 +317,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             wait = max(0.0, next_tick - now)
             ready = self._ready(min(wait, HELD_POLL) if self.held_back else wait)
             c = self.coalescer
-            if c is not None and c.gather_s and 0 < len(ready) < c.last_round:
-                time.sleep(c.gather_s)  # the last shared round's clients are likely sending again: let them
+            if c is not None and c.gather_s and 0 < len(ready) < len(self.conns) and max(len(ready), c.last_round) > 1:
+                time.sleep(c.gather_s)  # concurrent clients on the other open connections are likely sending too
                 ready = self._ready(0.0)
             if c is not None and ready:
                 c.last_round = len(ready)
