@@ -414,19 +414,10 @@ def load_causal_lm(folder: str, *, meta: bool = False):
 
 def add_causal_lora(model, peft: dict[str, Any]):
     """LoRA adapters (peft, ``CAUSAL_LM``) on ``peft["target_modules"]`` or peft's default for the
-    architecture; PretrainedError naming the linear layers when none match."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    architecture: :func:`~freestack.ml.pretrained.add_lora` for the text-generation task."""
+    from freestack.ml.pretrained import add_lora
 
-    from freestack.ml.pretrained import PretrainedError, default_targets
-
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=int(peft["r"]), lora_alpha=float(peft["alpha"]),
-                        lora_dropout=float(peft["dropout"]), target_modules=peft.get("target_modules") or default_targets(model))  # fmt: skip
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise PretrainedError(f"LoRA cannot adapt this {model.config.model_type} model: {str(exc)[:300]}. Set "
-                              f"model.peft.target_modules to some of its linear layers: {', '.join(linear)}") from None  # fmt: skip
+    return add_lora(model, PIPELINE_TASK, peft)
 
 
 def load_generation_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu", *,

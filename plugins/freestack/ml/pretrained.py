@@ -250,9 +250,9 @@ def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "text-classification" else None, r=int(peft["r"]),
+        task_type={"text-classification": TaskType.SEQ_CLS, "text-generation": TaskType.CAUSAL_LM}.get(task), r=int(peft["r"]),
         lora_alpha=float(peft["alpha"]), lora_dropout=float(peft["dropout"]),
-        target_modules=peft.get("target_modules") or default_targets(model), modules_to_save=head_modules(model, new),
+        target_modules=peft.get("target_modules") or default_targets(model), modules_to_save=head_modules(model, new) or None,
     )  # fmt: skip
     try:
         return get_peft_model(model, config)
