@@ -193,6 +193,25 @@ def test_if_match_checks_permission_first_and_never_reads_the_object(data_api): 
     assert data_api.raw("PUT", missing, body=b"x", headers={"If-Match": f'"{sha}"'})[0] == 401
 
 
+def test_an_if_match_that_cannot_apply_is_refused_with_400_naming_the_request(data_api):  # noqa: F811
+    """A tag that is not a sha256 is a bad request (400), not a changed object (412); a body too large for
+    a compare-and-swap is named as the request's, not as the stored object's; nothing is written."""
+    coll = _collection(data_api)
+    path = f"/v1/data/alice/{coll}/small.txt"
+    assert data_api.raw("PUT", path, user="alice", body=b"v1")[0] == 200
+    for tag in ("not-a-hash", '"not-a-hash"', "*", "0" * 63, "g" * 64):
+        status, _, data = data_api.raw("PUT", path, user="alice", body=b"x", headers={"If-Match": tag})
+        assert status == 400, (tag, status, data)
+        assert "is not a content hash" in _error(data) and "sha256 (64 hex digits)" in _error(data), data
+    sha = hashlib.sha256(b"v1").hexdigest()
+    status, _, data = data_api.raw("PUT", path, user="alice", body=os.urandom(2 * MIB), headers={"If-Match": sha})
+    message = _error(data)
+    assert status == 400 and f"this request's body is {2 * MIB} bytes" in message, data
+    assert "is larger" not in message and "nothing was written" in message, message
+    assert (data_api.root / "alice" / coll / "small.txt").read_bytes() == b"v1"
+    assert data_api.raw("PUT", path, user="alice", body=b"v2", headers={"If-Match": sha.upper()})[0] == 200
+
+
 @pytest.mark.s3
 def test_if_match_over_s3(moto_s3, tmp_path):
     """Over S3 the record's stamp is the ETag (when it is the MD5 of what was written); an object without

@@ -828,6 +828,20 @@ def _check_match(svc: _Service, key: str | None, rel: str, display: str, if_matc
         raise ApiError(412, f"{display} changed since it was read (If-Match {if_match[:12]}... is not current)")
 
 
+def _if_match(header: str | None) -> str | None:
+    """The sha256 an ``If-Match`` header names (``"<64 hex digits>"``, quoted or not), lower-cased; None
+    without the header. Anything else is refused: it could never match, and the caller's write would
+    only be refused later as if the object had changed."""
+    tag = (header or "").strip().strip('"')
+    if not tag:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", tag):
+        shown = tag if len(tag) <= 80 else tag[:77] + "..."
+        raise ApiError(400, f"If-Match {shown!r} is not a content hash: give the sha256 (64 hex digits) of the "
+                            "version to replace, as \"<sha256>\"; nothing was written")  # fmt: skip
+    return tag.lower()
+
+
 async def _put_small(request: Request, svc: _Service, key: str | None, rel: str, display: str,
                      if_absent: bool, expected_n: int, if_match: str | None = None) -> Response:
     chunks: list[bytes] = []
@@ -875,16 +889,18 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
             'to create a directory, POST {"name": ...} to its parent',
         )
     if_absent = request.headers.get("if-none-match", "").strip() == "*"
-    if_match = request.headers.get("if-match", "").strip().strip('"') or None
+    if_match = _if_match(request.headers.get("if-match"))
     expected = request.headers.get("content-length")
     try:
         expected_n = int(expected) if expected is not None else None
     except ValueError:
         raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
     if if_match is not None and (expected_n is None or expected_n > CHUNK):
+        body = "has no Content-Length" if expected_n is None else f"is {expected_n} bytes"
         raise ApiError(
-            400, f"If-Match (compare-and-swap) is for objects up to {CHUNK} bytes with a Content-Length; "
-            f"{display} is larger or has none"
+            400, f"If-Match (compare-and-swap) takes a new body of at most {CHUNK} bytes with a Content-Length; "
+            f"this request's body {body}: nothing was written to {display}. Send a smaller body with its "
+            "Content-Length, or replace the object without If-Match"
         )
     if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
         return await _put_small(request, svc, key, rel, display, if_absent, expected_n, if_match)
