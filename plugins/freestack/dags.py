@@ -8,6 +8,9 @@ DAG files at parse time.
                    (every alias move and deploy of a model: its pool of one slot, freestack_deploy_<model>)
     <p>_promote    move_alias -> deploy (when the alias moved is the one served)       (registry, serving)
     <p>_monitor    monitor -> alert, retrain (drift asset -> <p>_train)                (monitor)
+    <p>_score      plan -> score (with a ``score:`` block)                             (score)
+
+Which of them a spec gets is :func:`freestack.spec.pipeline_dags` (no target: ingest alone).
 
 Parse-time rules: no torch/pandas/pyarrow/wandb import, no connection, no Variable, no network.
 A broken spec is left out here and reported as the import error of ``dags/freestack_spec_errors.py``
@@ -465,7 +468,7 @@ def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
 
     Airflow's task runner parses the DAG file to find its own DAG and says which one in the parsing
     context (``airflow.sdk.get_parsing_context``, Airflow's documented way to skip generating the
-    others). Building every pipeline's five DAGs there would cost each task time for every spec in the
+    others). Building all of every pipeline's DAGs there would cost each task time for every spec in the
     folder; a spec name is its file name, so the DAG id names the file."""
     from airflow.sdk import get_parsing_context
 

@@ -1,6 +1,6 @@
 """The monitor: one interval of a model's request log judged against each served version's reference.
 
-    monitoring/<model>/requests/ds=D/hour=H/*.parquet    the model server's request log (serving.server.requestlog)
+    monitoring/<model>/requests/ds=D/hour=H/*.parquet    the model server's request log (freestack_server.requestlog)
     monitoring/<model>/labels/ds=D/hour=H/*.parquet      ground truth: /send-feedback, or files users drop here
     registry/<model>/<version>/reference.json            the version's reference statistics (written at evaluation)
     monitoring/<model>/reports/<start>--<end>/           report.html (plots inline) and summary.json per interval
