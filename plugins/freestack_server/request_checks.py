@@ -542,10 +542,16 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     for key, value in msg.items():
         if key != "data" and _too_deep(value, MAX_DEPTH - 1):
             return f'"{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
+    if "data" not in msg:
+        return None
     if type(data) is not dict:
-        return None if data is None else f'"data" must be an object holding "ndarray" or "tensor", not {_kind(data)}'
-    names = data.get("names")
-    if names is not None and (type(names) is not list or not all(type(n) is str for n in names)):
+        return ('"data" must be an object holding "ndarray" or "tensor", e.g. {"data": {"ndarray": [[...]]}}, '
+                f"not {_kind(data)}")  # fmt: skip
+    names = data.get("names", [])
+    if type(names) is not list:
+        return (f'"data.names" must be a list of feature names (strings), not {_kind(names)}: leave it out to '
+                "send none")  # fmt: skip
+    if not all(type(n) is str for n in names):
         return '"data.names" must be a list of feature names (strings)'
     if "tftensor" in data:
         return '"data.tftensor" is not accepted: send "ndarray" or "tensor"'

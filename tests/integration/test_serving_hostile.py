@@ -136,6 +136,15 @@ def test_refusals_say_what_is_wrong(servers, worker_class):
                         (b"[" * 20_000 + b"]" * 20_000, "nested too deeply")):  # fmt: skip
         ans = exchange(port, request("POST", PREDICT, body))
         assert ans.status == 400 and words in ans.json()["status"]["info"], ans
+    # null where the protocol has an object or a list (Seldon's app fails on it: a 500)
+    row = [0.5] * N_FEATURES
+    for path in (PREDICT, "/predict"):
+        for body, words in (({"data": None}, '"data" must be an object holding "ndarray"'),
+                            ({"data": None, "meta": {}}, '"data" must be an object holding "ndarray"'),
+                            ({"data": {"names": None, "ndarray": [row]}},
+                             '"data.names" must be a list')):  # fmt: skip
+            ans = exchange(port, request("POST", path, json.dumps(body).encode()))
+            assert ans.status == 400 and words in ans.json()["status"]["info"], ans
     assert exchange(port, request("POST", PREDICT, GOOD)).status == 200
 
 

@@ -137,7 +137,10 @@ def _malformed(n: int) -> list[tuple[str, bytes, str | None]]:
     for body in ({}, {"meta": {}}, {"foo": 1}, {"data": {"ndarray": [good_row]}, "jsonData": {}},
                  {"strData": "hello"}, {"binData": "aGVsbG8="}, {"data": []}, {"data": 1}, {"data": "x"},
                  {"data": {}}, {"data": {"names": []}}, {"data": {"tftensor": {}}},
-                 {"data": {"ndarray": [good_row]}, "meta": []}):  # fmt: skip
+                 {"data": {"ndarray": [good_row]}, "meta": []}, {"data": None}, {"data": None, "meta": {}},
+                 {"data": {"ndarray": None}}, {"data": {"tensor": None}},
+                 {"data": {"names": None, "ndarray": [good_row]}}, {"strData": None},
+                 {"jsonData": None}):  # fmt: skip
         cases.append((f"envelope {json.dumps(body)[:40]}", j(body), J))
     for t in (1, [], {"values": [1.0] * n}, {"shape": [1, n]}, {"shape": "1x8", "values": good_row},
               {"shape": [1, -n], "values": good_row}, {"shape": [1.5, n], "values": good_row},

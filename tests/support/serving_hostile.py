@@ -165,9 +165,18 @@ def _payloads(n: int, max_rows: int) -> list[tuple[str, bytes, str | None]]:
         out.append((f"not an object {body!r}", _j(body), J))
     for body in ({}, {"meta": {}}, {"foo": 1}, {"data": {"ndarray": [row]}, "jsonData": {}}, {"strData": "hello"},
                  {"binData": "aGVsbG8="}, {"strData": "\ud800"}, {"strData": ""}, {"binData": ""}, {"data": []}, {"data": 1}, {"data": "x"}, {"data": {}}, {"data": {"names": []}},
-                 {"data": {"tftensor": {}}}, {"data": {"ndarray": [row]}, "meta": []}):  # fmt: skip
+                 {"data": {"tftensor": {}}}, {"data": {"ndarray": [row]}, "meta": []},
+                 *_nulls(row)):  # fmt: skip
         out.append((f"envelope {json.dumps(body)[:40]}", _j(body), J))
     return out + _value_payloads(n, max_rows)
+
+
+def _nulls(row: list[float]) -> list[dict]:
+    """Messages with a null where Seldon's protocol has an object, a list or a string."""
+    return [{"data": None}, {"data": None, "meta": {}}, {"data": {"ndarray": None}},
+            {"data": {"tensor": None}}, {"data": {"names": None, "ndarray": [row]}},
+            {"data": {"ndarray": [row], "tensor": None}}, {"strData": None}, {"jsonData": None},
+            {"binData": None}, {"data": {"ndarray": [row]}, "meta": None}, {"data": None, "jsonData": None}]
 
 
 def _value_payloads(n: int, max_rows: int) -> list[tuple[str, bytes, str | None]]:
@@ -227,6 +236,7 @@ def _message_routes(n: int) -> list[tuple[str, bytes]]:
         ("nested tensor values", _j({"data": {"tensor": {"shape": [1, n], "values": [row]}}})),
         ("not an object", b"[1]"),
         ("invalid json", b"{"),
+        ("data null", _j({"data": None})),
     ]
 
 
@@ -238,6 +248,8 @@ def _routes(n: int) -> list[tuple[str, bytes]]:
                  "/api/v1.0/feedback", "/api/v0.1/feedback"):  # fmt: skip
         for what, body in _message_routes(n)[:5]:
             cases.append((f"POST {path} {what}", request("POST", path, body)))
+    for path in ("/predict", "/api/v0.1/predictions", "/transform-input", "/transform-output", "/route"):
+        cases.append((f"POST {path} data null", request("POST", path, _j({"data": None, "meta": {}}))))
     for path in ("/predict", "/transform-input", "/send-feedback", "/route"):
         for what, body in _message_routes(n):
             q = urllib.parse.quote(body.decode())
