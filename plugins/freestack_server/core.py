@@ -3,8 +3,8 @@
 :class:`ServedModel` fetches a registry version (or the version an alias names), loads it with torch,
 checks and encodes a request's rows (numbers, or the raw category/text/image values a model with an
 encoder takes), runs the forward pass, and keeps the request log (:mod:`.requestlog`). It knows no wire
-protocol: Seldon's (``plugins/freestack_server/seldon_model.py``) and the Open Inference Protocol's (MLServer,
-:mod:`freestack.serving.mlserver`) wrap it, and each turns a :class:`PayloadError` into its own error
+protocol: Seldon's (:mod:`freestack_server.seldon_model`) and the Open Inference Protocol's (MLServer,
+:mod:`freestack_server.oip`) wrap it, and each turns a :class:`PayloadError` into its own error
 format. Runs in the serving environments (no Airflow, no pandas).
 """
 
