@@ -24,7 +24,7 @@ def _module(parts: list[str]) -> tuple[Path, list[str]] | None:
 
 
 def _defines(source: str, name: str) -> bool:
-    pattern = rf"^(?:async def|def|class) {name}\b|^{name}\s*[:=]|^\s+(?:async def|def) {name}\b|^\s+{name}\s*[:=]"
+    pattern = rf"^\s*(?:(?:async def|def|class) {name}\b|{name}\s*[:=])"  # a module's or a class's
     return re.search(pattern, source, re.MULTILINE) is not None
 
 
@@ -53,8 +53,8 @@ def test_the_model_servers_words_name_modules_that_exist():
 
 def test_a_stale_name_is_caught(tmp_path):
     stale = tmp_path / "stale.py"
-    stale.write_text('"""Wrapped by :mod:`freestack.serving.mlserver` and freestack_server.oip.NoSuchThing."""\n'
-                     'log = "freestack.serving"\n')  # fmt: skip
+    stale.write_text('"""Wrapped by :mod:`freestack.serving.mlserver` and '
+                     'freestack_server.oip.NoSuchThing."""\nlog = "freestack.serving"\n')  # fmt: skip
     assert missing_names(stale) == [
         "stale.py: freestack.serving.mlserver (freestack/serving/__init__.py has no mlserver)",
         "stale.py: freestack_server.oip.NoSuchThing (freestack_server/oip.py has no NoSuchThing)",
