@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     generation_truncate: Literal["left", "refuse"] = Field(default="left", description="Model server, text generation: a longer prompt keeps its last tokens (`left`) or is refused (`refuse`, 413).")
     generation_max_stop_strings: int = Field(default=4, ge=0, description="Model server, text generation: the most stop strings a request may carry (400 above).")
     generation_batch_prompts: int = Field(default=8, ge=1, description="Model server, text generation: the most prompts of one batched `generate` call.")
+    generation_max_prompts_per_request: int = Field(default=16, ge=1, description="Model server, text generation: the most prompts one request may carry (413 above).")
     serving_cache: Path | None = Field(default=None, description="Model server: the folder the version's files are copied to.")
     data_api_url: str | None = Field(
         default=None, description="Model server: the Data API service that `data://` model URIs are read through."

@@ -230,7 +230,7 @@ class ServedModel:
         generation_config = json.loads(open(path).read()) if os.path.exists(path) else {}
         bounds = Bounds.from_mapping(self.generation_bounds) if self.generation_bounds is not None else Bounds.from_settings()
         self.generator = Generator(self.net, load_tokenizer(self.cache_dir), bounds=bounds,
-                                   generation_config=generation_config, max_prompts=self.max_batch_rows)  # fmt: skip
+                                   generation_config=generation_config)  # fmt: skip
         self.generator.warm_up()
 
     def _load_encoder(self) -> None:

@@ -55,6 +55,7 @@ class Bounds:
     truncate: str = "left"  # left | refuse
     max_stop_strings: int = 4
     batch_prompts: int = 8
+    max_prompts_per_request: int = 16
 
     @classmethod
     def from_settings(cls) -> Bounds:
@@ -135,14 +136,13 @@ class Generator:
     """A version's causal LM, its tokenizer and chat columns, and the deployment's bounds: checks requests
     and answers them (:meth:`run`)."""
 
-    def __init__(self, net, tokenizer, *, bounds: Bounds, generation_config: dict[str, Any] | None = None,
-                 max_prompts: int = 10_000):  # fmt: skip
+    def __init__(self, net, tokenizer, *, bounds: Bounds, generation_config: dict[str, Any] | None = None):
         self.net, self.lm, self.tokenizer = net, net.model, tokenizer
         #: the tokenizer the checks count prompt tokens with: the runtime that generates in another thread
         #: gives them a copy of their own (a fast tokenizer is not safe to share across threads)
         self.check_tokenizer = tokenizer
         self.columns = net.columns  # freestack.ml.generation.ChatColumns
-        self.bounds, self.generation_config, self.max_prompts = bounds, generation_config or {}, max_prompts
+        self.bounds, self.generation_config = bounds, generation_config or {}
         self.max_length = int(net.max_length)
         self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
         self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
@@ -214,6 +214,15 @@ class Generator:
             budget = min(budget, room)
         return budget
 
+    def check_count(self, n: int) -> None:
+        """A request of more prompts than ``max_prompts_per_request`` is refused (413) before any is read: one
+        request of thousands would hold every other client for minutes."""
+        limit = self.bounds.max_prompts_per_request
+        if n > limit:
+            raise PayloadError(f"{n} prompts in one request; this deployment answers at most {limit} a request "
+                               "(deploy.generation.max_prompts_per_request): send them in several requests", 413,
+                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+
     def chat(self, value: Any, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
         """A prompt (text: one user turn) or a conversation (``messages``: a list of {"role", "content"}, or
         its JSON), with the model's system prompt first; and the text the request log keeps."""
@@ -242,9 +251,7 @@ class Generator:
 
         if not chats:
             raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
-        if len(chats) > self.max_prompts:
-            raise PayloadError(f"{len(chats)} prompts in one request; at most {self.max_prompts}: split them", 413,
-                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+        self.check_count(len(chats))
         settings = self.settings(params)
         try:
             prompt_ids(self.check_tokenizer, chats, settings)
@@ -311,9 +318,7 @@ class Generator:
                 raise PayloadError(
                     '"instances" must be a non-empty list of {"prompt": ...} or {"messages": [...]}'
                 )
-            if len(records) > self.max_prompts:
-                raise PayloadError(f"{len(records)} prompts in one request; at most {self.max_prompts}: split them",
-                                   413, "PAYLOAD_TOO_LARGE")  # fmt: skip
+            self.check_count(len(records))
         else:
             records = [{k: v for k, v in X.items() if k != "parameters"}]
         chats, texts = [], []

@@ -291,6 +291,10 @@ PROMPT_INPUTS = ("args", "array_inputs", "text_inputs")
 #: the one output, and its content type (mlserver-huggingface's HuggingfaceListJSONCodec)
 GENERATED, JSONLIST = "output", "hg_jsonlist"
 _KWARGS = (*PARAMETERS, *ALIASES, *FLAGS, "return_full_text")
+#: a request's parameters that belong to the protocol and its clients, not to generation: MLServer's
+#: (content type, the HTTP headers it copies in), Triton's client's, and freestack's ``feedback_for``
+PROTOCOL_PARAMETERS = frozenset(("content_type", "headers", "binary_data_output", "sequence_id", "sequence_start",
+                                 "sequence_end", "priority", "timeout", "feedback_for"))  # fmt: skip
 V2_HINT = ('send the prompts as one BYTES input "args" [prompts] (content type "str"), or a conversation as '
            '"array_inputs" with content type "hg_jsonlist" (one {"role", "content"} message a value), and '
            'the generation parameters as inputs named by them (content type "raw") or in "parameters"')  # fmt: skip
@@ -356,6 +360,10 @@ def _parameters(payload: InferenceRequest) -> dict[str, Any]:
     if payload.parameters is None:
         return {}
     given = payload.parameters.model_dump(exclude_none=True)
+    unknown = sorted(k for k in given if k not in _KWARGS and k not in PROTOCOL_PARAMETERS)
+    if unknown:
+        raise PayloadError(f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)} "
+                           '(inputs named by them, or in "parameters")')  # fmt: skip
     return {k: v for k, v in given.items() if k in _KWARGS}
 
 

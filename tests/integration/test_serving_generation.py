@@ -38,7 +38,7 @@ pytestmark = [needs_serving_env, pytest.mark.skipif(not (ROOT / ".venv-mlserver"
                                                     reason="the MLServer environment is missing: run `make mlserver-venv`")]  # fmt: skip
 
 MODEL = "chat"
-MAX_NEW, DEFAULT_NEW, MAX_TEMPERATURE, MAX_PROMPT, MAX_STOPS = 24, 6, 1.5, 64, 2
+MAX_NEW, DEFAULT_NEW, MAX_TEMPERATURE, MAX_PROMPT, MAX_STOPS, MAX_PROMPTS = 24, 6, 1.5, 64, 2, 3
 TRUNCATE = {"seldon": "left", "mlserver": "refuse"}
 LONG = "Tell me about the digits " + "one two three four five " * 30  # far over MAX_PROMPT tokens
 
@@ -57,7 +57,8 @@ def _env(work: Path, runtime: str) -> dict[str, str]:
     """What a manifest gives the container: the model's name, one worker, the request log and the
     deployment's generation bounds (FREESTACK_GENERATION_*, as deploy.generation writes them)."""
     bounds = GenerationBounds(max_new_tokens=MAX_NEW, default_max_new_tokens=DEFAULT_NEW, max_temperature=MAX_TEMPERATURE,
-                              max_prompt_tokens=MAX_PROMPT, truncate=TRUNCATE[runtime], max_stop_strings=MAX_STOPS)  # fmt: skip
+                              max_prompt_tokens=MAX_PROMPT, truncate=TRUNCATE[runtime], max_stop_strings=MAX_STOPS,
+                              max_prompts_per_request=MAX_PROMPTS)  # fmt: skip
     return {"FREESTACK_MODEL_NAME": MODEL, "FREESTACK_SERVER_WORKERS": "1", "FREESTACK_HOME": str(work),
             "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
             "FREESTACK_REQUEST_LOG_RATE": "1.0", "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1", **bounds.env()}  # fmt: skip
@@ -227,6 +228,20 @@ def test_what_a_generation_model_does_not_take_gets_a_400_saying_what_to_send(se
     assert code == 400 and says in body["status"]["info"], body
 
 
+@pytest.mark.parametrize("n", [MAX_PROMPTS + 1, 10_000])
+def test_a_request_of_more_prompts_than_the_deployment_takes_is_a_413_on_both_runtimes(servers, n):
+    """One request may carry at most deploy.generation.max_prompts_per_request prompts (not max_batch_rows,
+    10,000 by default: that many would hold every other client for minutes)."""
+    says = f"{n} prompts in one request; this deployment answers at most {MAX_PROMPTS} a request " \
+           "(deploy.generation.max_prompts_per_request)"  # fmt: skip
+    code, body = seldon(servers, {"jsonData": {"instances": [{"prompt": f"What is {i} + 1?"} for i in range(n)]}})
+    assert code == 413 and says in body["status"]["info"], body
+    code, body = v2(servers, args(*[f"What is {i} + 1?" for i in range(n)], max_new_tokens=2))
+    assert code == 413 and set(body) == {"error"} and says in body["error"], body
+    code, body = v2(servers, args(*[f"What is {i} + 1?" for i in range(MAX_PROMPTS)], max_new_tokens=2))
+    assert code == 200 and len(generated(body)) == MAX_PROMPTS, body
+
+
 def test_a_lone_surrogate_is_refused_not_a_500(servers):
     code, body = seldon(servers, b'{"strData": "hi \\ud800"}')
     assert code == 400 and "lone surrogate" in body["status"]["info"], body
@@ -308,9 +323,12 @@ def test_oip_speaks_mlserver_huggingfaces_tensors(servers, version):
     ({**args("hi"), "inputs": [*args("hi")["inputs"], {"name": "num_beams", "datatype": "INT32", "shape": [1], "data": [2]}]},
      "input 'num_beams' is not one this model takes"),
     (args("hi", max_new_tokens=[3, 4]), "a generation parameter is one value"),
+    ({**args("hi"), "parameters": {"num_beams": 4}}, "unknown generation parameters ['num_beams']: a request may set"),
+    ({**args("hi"), "parameters": {"max_tokens": 5, "max_new_tokens": 5}}, "unknown generation parameters ['max_tokens']"),
     ({"inputs": [{"name": "array_inputs", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "hg_jsonlist"},
                   "data": ["{not json"]}]}, "a value is not JSON"),
-], ids=["no-prompt-input", "numbers", "unknown-input", "two-values", "bad-json"])  # fmt: skip
+], ids=["no-prompt-input", "numbers", "unknown-input", "two-values", "unknown-parameter", "misnamed-parameter",
+        "bad-json"])  # fmt: skip
 def test_bad_v2_generation_requests_get_a_400_in_the_v2_format(servers, body, says):
     code, answer = v2(servers, body)
     assert code == 400 and set(answer) == {"error"} and says in answer["error"], answer

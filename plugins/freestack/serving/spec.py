@@ -30,6 +30,7 @@
         truncate: left              # a longer prompt keeps its last tokens (left) or is refused (refuse: 413)
         max_stop_strings: 4
         batch_prompts: 8            # prompts of concurrent requests answered by one generate call
+        max_prompts_per_request: 16 # the most prompts one request may carry (413 above)
 
 No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
@@ -79,6 +80,12 @@ class GenerationBounds(SpecModel):
         default=8, ge=1, le=1024,
         description="The most prompts one batched `generate` call answers: concurrent requests with the same "
         "generation parameters share a call (prompts left-padded), up to this many prompts",
+    )  # fmt: skip
+    max_prompts_per_request: int = Field(
+        default=16, ge=1, le=1024,
+        description="The most prompts (or conversations) one request may carry; a request of more is refused "
+        "(413) before any is read, so that one client cannot hold the server for minutes (a text-generation "
+        "model's requests are bounded by this, not by `deploy.local.max_batch_rows`)",
     )  # fmt: skip
 
     @model_validator(mode="before")
@@ -280,7 +287,8 @@ class DeploySpec(SpecModel):
     generation: GenerationBounds = Field(
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
-        "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts",
+        "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
+        "max_prompts_per_request",
     )
 
     @field_validator("name")
