@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class FreestackError(Exception):
     """Base class: the message says what is wrong and what to do."""
@@ -20,6 +22,23 @@ class SpecError(FreestackError):
 
 class UnsafePathError(FreestackError, ValueError):
     """A path tried to leave its root (``..``, an absolute path, an encoded form of either)."""
+
+
+class StorageFull(FreestackError, OSError):
+    """A write found no space left (or its quota spent) on the filesystem it writes to. The message names
+    the filesystem, the storage root and the object, and says what to do; ``errno`` stays ENOSPC (or
+    EDQUOT), so code that checks it still can. Nothing partial is left behind."""
+
+    def __init__(self, code: int, message: str, filename: str | None = None):
+        super().__init__(code, message, filename)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    @classmethod
+    def caused(cls, exc: BaseException) -> bool:
+        """Whether ``exc`` is running out of space: ENOSPC, or a quota's EDQUOT."""
+        return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class LandingDataMissing(FreestackError):

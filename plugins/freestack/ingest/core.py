@@ -50,6 +50,7 @@ from freestack.ingest.validate import (
 from freestack.ml.prefetch import prefetched
 from freestack.storage import (
     AtomicWriter,
+    abort_all,
     join,
     list_objects,
     remove_temporaries,
@@ -465,9 +466,16 @@ def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePa
     out_dir = partition_dir(spec, ds)
     result = IngestResult(pipeline=spec.name, ds=ds, partition=str(out_dir), spec_hash=spec.spec_hash())
     part_w = AtomicWriter(join(out_dir, PART))
-    quar_w = AtomicWriter(join(out_dir, f"{QUARANTINE_PREFIX}.staging-{uuid.uuid4().hex[:12]}.parquet"))
-    _write_partition(spec, files, part_w, quar_w, result)
-    _publish(spec, ds, out_dir, part_w, quar_w, result)
+    quar_w = None
+    try:
+        quar_w = AtomicWriter(join(out_dir, f"{QUARANTINE_PREFIX}.staging-{uuid.uuid4().hex[:12]}.parquet"))
+        _write_partition(spec, files, part_w, quar_w, result)
+        _publish(spec, ds, out_dir, part_w, quar_w, result)
+    except BaseException:
+        # both temporaries go, whatever aborting the first raises (reverse order of creation, so the
+        # first can remove the folders it made); a committed writer's abort does nothing
+        abort_all(quar_w, part_w)
+        raise
     result.seconds = time.monotonic() - started
     write_json(join(out_dir, MANIFEST), result.as_dict())
     _remove_other_quarantines(out_dir, keep=(result.quarantine or {}).get("uri"))
@@ -511,7 +519,7 @@ class _Sink:
 def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w: AtomicWriter,
                      quar_w: AtomicWriter, result: IngestResult) -> None:  # fmt: skip
     """Stream every file through validation into the partition's and the quarantine's temporaries; on
-    any error both are thrown away (nothing becomes visible)."""
+    any error the Parquet writers are closed and the error raised (the caller throws both away)."""
     declared = spec.source.schema_.fields
     writers: list[_BackgroundWriter] = []
     try:
@@ -534,13 +542,11 @@ def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w:
         held = quar_w.digest() if result.rows_quarantined else None
         part_pq.close(metadata={FOOTER_KEY: result.footer_record(held)})
     except BaseException:
-        for w in writers:  # finish the parquet footers into the temporaries, then throw them away
+        for w in writers:  # stop their threads; the temporaries are thrown away by the caller
             try:
                 w.close()
             except Exception:
                 pass
-        quar_w.abort()  # reverse order of creation, so the first one can remove the folders it made
-        part_w.abort()
         raise
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 from freestack.storage.objects import (
     AtomicWriter,
     WrittenObject,
+    abort_all,
     atomic_write,
     list_objects,
+    remove_stale_temporaries,
     remove_temporaries,
     sha256_of,
     write_bytes,
@@ -21,10 +23,12 @@ from freestack.storage.schemes import storage_root, to_path  # registers data://
 __all__ = [
     "AtomicWriter",
     "WrittenObject",
+    "abort_all",
     "atomic_write",
     "check_relative",
     "join",
     "list_objects",
+    "remove_stale_temporaries",
     "remove_temporaries",
     "sha256_of",
     "storage_root",

@@ -20,6 +20,7 @@ Other backends have no conditional write; they get a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -28,8 +29,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from freestack.errors import FreestackError
-from freestack.storage.objects import TMP_MARK, _fsync_dir, _makedirs, _precondition_failed, local_os_path
+from freestack.errors import FreestackError, StorageFull
+from freestack.storage.objects import (
+    TMP_MARK,
+    _fsync_dir,
+    _makedirs,
+    _precondition_failed,
+    local_os_path,
+    no_space_message,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -139,7 +147,7 @@ def create(path: ObjectStoragePath, data: bytes) -> str:
     if kind == "local":
         folder = os.path.dirname(target)
         _makedirs(folder)
-        tmp = _write_tmp(target, data)
+        tmp = _write_tmp(target, data, str(path))
         try:
             os.link(tmp, target)
         except FileExistsError:
@@ -178,7 +186,7 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
                 raise CasConflict(f"{path} no longer exists") from None
             if current != token:
                 raise CasConflict(f"{path} changed since it was read")
-            tmp = _write_tmp(target, data)
+            tmp = _write_tmp(target, data, str(path))
             os.replace(tmp, target)
             _fsync_dir(os.path.dirname(target))
         return _sha(data)
@@ -214,13 +222,23 @@ def _conflict(exc: BaseException) -> bool:
     return False
 
 
-def _write_tmp(target: str, data: bytes) -> str:
+def _write_tmp(target: str, data: bytes, uri: str) -> str:
+    """``data`` in a new temporary beside ``target`` (the object ``uri``); nothing is left behind when that
+    fails (a full disk: StorageFull)."""
     folder, name = os.path.split(target)
     tmp = os.path.join(folder, f".{name[:40]}{TMP_MARK}{uuid.uuid4().hex}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if StorageFull.caused(exc):
+            raise StorageFull(exc.errno, no_space_message(exc, uri, target, len(data)),
+                              target) from exc  # fmt: skip
+        raise
     return tmp
 
 

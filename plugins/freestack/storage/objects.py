@@ -6,26 +6,46 @@ A reader never sees a partial object, whatever the backend and even after ``kill
 - S3: an object appears only when its PUT or multipart upload completes; on error the upload is
   aborted, so an exception never publishes the bytes written so far.
 The sha256 of the content is computed while writing, for lineage.
+
+A local temporary is held locked (``flock``) by its writer while it writes. A writer killed mid-write
+(``kill -9``, out of memory) leaves its temporary behind, unlocked: the next writer into that folder
+removes it (:func:`remove_stale_temporaries`, one listing of the folder), so a killed write never keeps
+its space. A write that finds the filesystem full removes its temporary and raises StorageFull, which
+says where and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import stat
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from freestack.errors import FreestackError
+from freestack.errors import FreestackError, StorageFull
+from freestack.settings import default_storage_root
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
+log = logging.getLogger(__name__)
+
 TMP_MARK = ".freestack-tmp-"
 CHUNK = 8 * 1024 * 1024
+#: an unlocked temporary younger than this may belong to a writer between creating and locking it
+STALE_AFTER_S = 30.0
+_LIVE: set[str] = set()  # this process's temporaries being written (a lock does not exclude its own process
+_LIVE_LOCK = threading.Lock()  # on every filesystem: NFS emulates flock with POSIX locks, which are per process)
 
 
 def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None:
@@ -99,16 +119,27 @@ class AtomicWriter(PublishOnExit):
         self.if_absent = if_absent
         self._hash = hashlib.sha256()
         self._size = 0
+        self._failed: StorageFull | None = None
         self.result: WrittenObject | None = None
         self._local = local_os_path(path, write=True)
         if self._local is not None:
             folder, name = os.path.split(self._local)
-            self._made = _makedirs(folder)
             # the name is shortened so that any name the OS accepts still leaves room for the suffix
             self._tmp = os.path.join(folder, f".{name[:40]}{TMP_MARK}{uuid.uuid4().hex}")
-            if on_temporary is not None:
-                on_temporary(self._tmp)
-            self._fh = open(self._tmp, "wb")  # noqa: SIM115  (closed in commit/abort)
+            self._made: list[str] = []
+            try:
+                self._made = _makedirs(folder)
+                if not self._made and on_temporary is None:  # a journalled write's owner sweeps its own
+                    remove_stale_temporaries(folder)
+                if on_temporary is not None:
+                    on_temporary(self._tmp)
+                self._fh = _open_locked(self._tmp)
+            except OSError as exc:
+                if StorageFull.caused(exc):
+                    full = self._full(exc)
+                    self._remove_folders()
+                    raise full from exc
+                raise
         else:
             self._tmp = None
             self._fh = path.fs.open(path.path, "xb" if if_absent else "wb")
@@ -116,11 +147,16 @@ class AtomicWriter(PublishOnExit):
 
     # file-object protocol (what pyarrow and json need)
     def write(self, data) -> int:
+        if self._failed is not None:
+            raise self._failed
         if self._done:
             raise ValueError(f"write to {self.path} after commit/abort")
         view = memoryview(data).cast("B")
         self._hash.update(view)
-        self._fh.write(view)
+        try:
+            self._fh.write(view)
+        except OSError as exc:
+            self._fail(exc)
         self._size += view.nbytes
         return view.nbytes
 
@@ -129,7 +165,10 @@ class AtomicWriter(PublishOnExit):
 
     def flush(self) -> None:
         if not self._done and self._local is not None:
-            self._fh.flush()
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
 
     @property
     def closed(self) -> bool:
@@ -164,25 +203,15 @@ class AtomicWriter(PublishOnExit):
         return self.result
 
     def commit(self) -> WrittenObject:
+        if self._failed is not None:
+            raise self._failed
         if self._done:
             if self.result is None:
                 raise FreestackError(f"{self.path} was aborted; it cannot be committed")
             return self.result
         try:
             if self._local is not None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
-                if self.if_absent:
-                    try:
-                        os.link(self._tmp, self._local)
-                    except FileExistsError:
-                        raise FileExistsError(f"{self.path} already exists") from None
-                    finally:
-                        os.unlink(self._tmp)
-                else:
-                    os.replace(self._tmp, self._local)
-                _fsync_dir(os.path.dirname(self._local))
+                self._commit_local()
             else:
                 try:
                     self._fh.close()
@@ -190,32 +219,83 @@ class AtomicWriter(PublishOnExit):
                     if self.if_absent and _precondition_failed(exc):
                         raise FileExistsError(f"{self.path} already exists") from exc
                     raise
-        except BaseException:
+        except BaseException as exc:
+            if StorageFull.caused(exc) and not isinstance(exc, StorageFull):
+                self._failed = self._full(exc)  # before the cleanup: how full the disk was
             self._done = True
             self._cleanup()
+            if self._failed is not None:
+                raise self._failed from exc
             raise
         self._done = True
         self.result = WrittenObject(uri=str(self.path), sha256=self._hash.hexdigest(), size=self._size)
         return self.result
 
+    def _commit_local(self) -> None:
+        """fsync the temporary, then move it into place while still holding it (and its lock) open, so
+        no sweep can take it for a killed writer's between the two."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        if self.if_absent:
+            try:
+                os.link(self._tmp, self._local)
+            except FileExistsError:
+                raise FileExistsError(f"{self.path} already exists") from None
+            finally:
+                os.unlink(self._tmp)
+        else:
+            os.replace(self._tmp, self._local)
+        self._release()
+        _fsync_dir(os.path.dirname(self._local))
+
     def abort(self) -> None:
+        """Throw the write away. Never raises for the bytes it discards (closing a handle on a full disk
+        fails): whatever happens, the temporary is removed."""
         if self._done:
             return
         self._done = True
         self._cleanup()
 
+    def _fail(self, exc: OSError) -> None:
+        """A write or flush failed: out of space, abort at once (freeing the space for other writers) and
+        raise StorageFull, again for any later call; any other error is raised as it is."""
+        if not StorageFull.caused(exc):
+            raise exc
+        self._failed = self._full(exc)  # before the abort: how full the disk was
+        self.abort()
+        raise self._failed from exc
+
+    def _full(self, exc: OSError) -> StorageFull:
+        written = self._size
+        if self._local is not None and getattr(self, "_fh", None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                written = os.fstat(self._fh.fileno()).st_size  # what reached the disk
+        return StorageFull(exc.errno, no_space_message(exc, str(self.path), self._local, written), self._local)
+
+    def _release(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:  # a full disk fails the flush of bytes being thrown away
+            pass
+        with _LIVE_LOCK:
+            _LIVE.discard(self._tmp)
+
+    def _remove_folders(self) -> None:
+        for folder in self._made:  # only folders this writer created, and only if empty
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
     def _cleanup(self) -> None:
         if self._local is not None:
             try:
-                self._fh.close()
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass
             finally:
-                if self._tmp and os.path.exists(self._tmp):
-                    os.unlink(self._tmp)
-                for folder in self._made:  # only folders this writer created, and only if empty
-                    try:
-                        os.rmdir(folder)
-                    except OSError:
-                        break
+                self._release()
+                self._remove_folders()
         else:
             discard = getattr(self._fh, "discard", None)
             if callable(discard):
@@ -231,6 +311,116 @@ class AtomicWriter(PublishOnExit):
 
     def _abandon(self) -> None:
         self.abort()
+
+
+def abort_all(*writers: AtomicWriter | None) -> None:
+    """Abort every writer, whatever aborting one of them raises (logged): one failed abort must not
+    leave the others' temporaries behind. For the error path, so it raises nothing itself."""
+    for writer in writers:
+        if writer is None:
+            continue
+        try:
+            writer.abort()
+        except Exception:
+            log.warning("aborting the write of %s failed", writer.path, exc_info=True)
+
+
+def _open_locked(tmp: str):
+    """Create the temporary ``tmp`` and hold it locked, so sweeps know its writer lives."""
+    fh = open(tmp, "xb")  # noqa: SIM115  (closed in commit/abort)
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    except OSError:  # a filesystem without locks: the age rule of remove_stale_temporaries still holds
+        pass
+    with _LIVE_LOCK:
+        _LIVE.add(tmp)
+    return fh
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is that of a write's hidden temporary."""
+    return name.startswith(".") and TMP_MARK in name
+
+
+def remove_stale_temporaries(folder: str, *, min_age: float = STALE_AFTER_S) -> tuple[int, int]:
+    """Remove the temporaries directly in the local ``folder`` whose writer is gone; return ``(files
+    removed, bytes freed)``. Gone means: no process holds the temporary locked (a writer holds it from
+    creating it until it is renamed into place or removed; the kernel drops the lock of a process that
+    dies, even by ``kill -9``), it is not this process's, and it is older than ``min_age`` seconds (a
+    writer locks it just after creating it). One listing of ``folder``; nothing below it."""
+    removed = freed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0, 0
+    cutoff = time.time() - min_age
+    for entry in entries:
+        if not is_temporary(entry.name):
+            continue
+        with _LIVE_LOCK:
+            if entry.path in _LIVE:
+                continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and _remove_unlocked(entry.path):
+                removed, freed = removed + 1, freed + st.st_size
+        except FileNotFoundError:  # committed, aborted or removed meanwhile
+            continue
+        except OSError as exc:
+            log.warning("could not remove the stale temporary %s: %s", entry.path, exc)
+    if removed:
+        log.warning("removed %d temporaries (%.1f MiB) that killed writers left in %s", removed,
+                    freed / 2**20, folder)  # fmt: skip
+    return removed, freed
+
+
+def _remove_unlocked(path: str) -> bool:
+    """Remove ``path`` if no process holds it locked (checked and removed under a lock of our own)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # its writer lives
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+def no_space_message(exc: OSError, uri: str, local: str | None, written: int) -> str:
+    """What a write that ran out of space says: the filesystem and how full it is, the storage root, the
+    object and how much of it was written, that nothing of it was published, and what to do."""
+    what = "No space left" if exc.errno == errno.ENOSPC else "Disk quota exceeded"
+    where = ""
+    if local is not None:
+        mount = _mount_point(os.path.dirname(local))
+        where = f" on the filesystem at {mount}"
+        try:
+            vfs = os.statvfs(mount)
+            where += f" ({_mib(vfs.f_bavail * vfs.f_frsize)} free of {_mib(vfs.f_blocks * vfs.f_frsize)})"
+        except OSError:
+            pass
+    root = default_storage_root().rstrip("/")
+    under = f"storage root {root}; " if uri.startswith(root + "/") else ""
+    return (
+        f"{what}{where} while writing {uri} ({under}{_mib(written)} of it written): it was not published and "
+        "its partial copy was removed. Free space on that filesystem (or point the storage root, "
+        "FREESTACK_STORAGE_ROOT or the spec's storage_root, at a larger one), then re-run the task."
+    )
+
+
+def _mount_point(folder: str) -> str:
+    cur = os.path.abspath(folder)
+    while not os.path.exists(cur):
+        cur = os.path.dirname(cur)
+    while not os.path.ismount(cur):
+        cur = os.path.dirname(cur)
+    return cur
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _precondition_failed(exc: BaseException) -> bool:
