@@ -10,11 +10,15 @@ and then every ``interval`` seconds. What it removes:
   holds locked (``flock``) as long as it lives. The kernel drops the lock of a process that dies, even
   by ``kill -9``: a journal nobody holds belongs to a dead process, and every temporary it lists is
   removed whatever its age, then the journal;
-- any other temporary whose last write is older than ``max_age`` seconds (the writer of one that
-  quiet is gone: pipeline tasks writing into the same folder write their temporaries continuously).
+- any other temporary whose last write is older than ``max_age`` seconds, unless its writer holds it
+  locked: every writer (:class:`freestack.storage.AtomicWriter`) holds its temporary locked until it is
+  renamed into place, so a pipeline task writing slowly into the same folder keeps its own.
 
 Never removed: a temporary listed in the journal of a live process (this one or a sibling worker
-serving the same folder), however quiet its client has gone. A lock and a journal rather than
+serving the same folder), however quiet its client has gone, nor one a live writer holds locked. A
+pipeline task's write sweeps its own folder of killed writers' temporaries the same way
+(:func:`freestack.storage.remove_stale_temporaries`); the service, whose uploads are journalled, leaves
+its folder to this sweep. A lock and a journal rather than
 refreshing the temporaries' mtimes: a live upload needs no timer to stay safe, and the temporaries of a
 killed service go at its restart instead of after ``max_age``. The journal directory starts with ``.``,
 so no request can name it. Object stores need none of this: an unfinished upload there is never an
@@ -31,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from freestack.storage.objects import TMP_MARK
+from freestack.storage.objects import is_temporary, remove_if_unlocked
 
 log = logging.getLogger("freestack.dataapi")
 
@@ -39,10 +43,6 @@ JOURNALS = ".freestack-uploads"  # under the backing folder
 _SUFFIX = ".journal"
 _STARTING = ".new"  # a journal not yet locked by its process
 _STARTING_GRACE_S = 60.0  # an unlocked ``.new`` journal younger than this may be about to be locked
-
-
-def is_temporary(name: str) -> bool:
-    return name.startswith(".") and TMP_MARK in name
 
 
 def default_interval(max_age: float) -> float:
@@ -190,9 +190,8 @@ def sweep(root: str, *, max_age: float, keep: Callable[[str], bool] = lambda _: 
                     if not is_temporary(entry.name):
                         continue
                     st = entry.stat(follow_symlinks=False)
-                    if st.st_mtime > cutoff or keep(entry.path):
+                    if st.st_mtime > cutoff or keep(entry.path) or not remove_if_unlocked(entry.path):
                         continue
-                    os.unlink(entry.path)
                 except FileNotFoundError:  # committed or aborted meanwhile
                     continue
                 except OSError as exc:

@@ -357,12 +357,9 @@ def remove_stale_temporaries(folder: str, *, min_age: float = STALE_AFTER_S) -> 
     for entry in entries:
         if not is_temporary(entry.name):
             continue
-        with _LIVE_LOCK:
-            if entry.path in _LIVE:
-                continue
         try:
             st = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and _remove_unlocked(entry.path):
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff and remove_if_unlocked(entry.path):
                 removed, freed = removed + 1, freed + st.st_size
         except FileNotFoundError:  # committed, aborted or removed meanwhile
             continue
@@ -374,8 +371,12 @@ def remove_stale_temporaries(folder: str, *, min_age: float = STALE_AFTER_S) -> 
     return removed, freed
 
 
-def _remove_unlocked(path: str) -> bool:
-    """Remove ``path`` if no process holds it locked (checked and removed under a lock of our own)."""
+def remove_if_unlocked(path: str) -> bool:
+    """Remove the temporary ``path`` unless a writer holds it: one of this process's, or one that holds
+    it locked (checked, and removed, under a lock of our own)."""
+    with _LIVE_LOCK:
+        if path in _LIVE:
+            return False
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         try:

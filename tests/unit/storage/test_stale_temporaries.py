@@ -50,3 +50,21 @@ def test_a_writer_in_this_process_keeps_its_temporary_from_a_sweep_of_its_folder
         write_bytes(join(to_path(tmp_path.as_uri()), "b.bin"), b"b")  # another writer into the same folder
     assert (tmp_path / "a.bin").read_bytes() == b"a" * 100
     assert temporaries(tmp_path) == []
+
+
+def test_the_data_api_sweep_spares_an_old_temporary_its_writer_still_holds(tmp_path):
+    """The service's age rule removes what nobody has written to for ``max_age``, but never a temporary
+    a live writer holds (a pipeline task writing slowly into the service's folder)."""
+    from freestack.dataapi.temporaries import sweep
+
+    folder = tmp_path / "alice" / "models"
+    folder.mkdir(parents=True)
+    live, killed = writing(f"file://{folder}/slow.bin", 10), writing(f"file://{folder}/gone.bin", 10)
+    try:
+        kill(killed)
+        for p in temporaries(folder):
+            age(p, 3600)
+        assert sweep(str(tmp_path), max_age=600) == (1, 10)
+        assert [p.name.split(TMP_MARK)[0] for p in temporaries(folder)] == [".slow.bin"]
+    finally:
+        kill(live)
