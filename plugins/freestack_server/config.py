@@ -35,6 +35,15 @@ class Address(BaseModel):
     gate: str
 
 
+def _model_of_uri() -> str:
+    """The model's name when none is set: the one its ``FREESTACK_MODEL_URI`` names."""
+    from freestack.settings import settings
+    from freestack_server.fetch import model_name_of
+
+    uri = settings().model_uri
+    return (model_name_of(uri) if uri else None) or "model"
+
+
 def _env(name: str, *seldon: str) -> AliasChoices:
     """The variable ``FREESTACK_SERVER_<NAME>``, or Seldon's operator's names for the same thing."""
     return AliasChoices(PREFIX + name.upper(), *seldon)
@@ -48,9 +57,11 @@ class ServerConfig(BaseSettings):
     runtime: Literal["seldon", "mlserver"] = Field(
         default="seldon", description="Model server: `seldon` (Seldon's protocol, the freestack gunicorn worker) or "
         "`mlserver` (the Open Inference Protocol, V2, on MLServer).")  # fmt: skip
-    model: str = Field(default="model", validation_alias=_env("model", "FREESTACK_MODEL_NAME"),
-                       description="Model server: the model's name (MLServer serves it under it; metric labels; "
-                       "`FREESTACK_MODEL_NAME` too).")  # fmt: skip
+    model: str = Field(default_factory=_model_of_uri, validation_alias=_env("model", "FREESTACK_MODEL_NAME"),
+                       description="Model server: the model's name (MLServer serves it under it, at "
+                       "`/v2/models/<name>`; metric labels; `FREESTACK_MODEL_NAME` too). Default: the model "
+                       "`FREESTACK_MODEL_URI` names (`.../registry/<model>/<version>`, "
+                       "`.../registry/<model>@<alias>`), else `model`.")  # fmt: skip
     version: str = Field(default="unknown", validation_alias=_env("version", "FREESTACK_MODEL_VERSION"),
                          description="Model server: the version served, for logs and metric labels (`FREESTACK_MODEL_VERSION` too).")  # fmt: skip
     deployment: str = Field(default="", validation_alias=_env("deployment", "SELDON_DEPLOYMENT_ID"),

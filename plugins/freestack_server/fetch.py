@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -127,6 +128,23 @@ def split_alias(uri: str) -> tuple[str, str, str] | None:
     if not model or not ALIAS_RE.match(alias):
         return None
     return f"{parent}/{model}", model, alias
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def model_name_of(uri: str) -> str | None:
+    """The model a version or alias URI names: ``<model>`` of ``<root>/registry/<model>@<alias>``, else the
+    folder holding the version (``<root>/registry/<model>/<version>``, or any ``.../<model>/<version>``);
+    None when there is no such folder or its name is not one a URL path takes as it is."""
+    parts = split_alias(uri)
+    if parts is not None:
+        name = parts[1]
+    else:
+        path = uri.rstrip("/").partition("://")[2] if "://" in uri else uri.rstrip("/")
+        segments = [s for s in path.split("/") if s]
+        name = segments[-2] if len(segments) >= 2 else ""
+    return name if _NAME.match(name) else None
 
 
 def resolve_uri(uri: str) -> str:

@@ -14,7 +14,8 @@ model (REST ``/v2/repository/...``, gRPC ``Repository*``). For the MLServer rele
 - its REST app (``create_app``), three ASGI middlewares: the repository API refused 403 and headers over
   :data:`MAX_HEADER_BYTES` 431 (:class:`Refusals`); a body limit (``max_body_bytes``, 413, before the body
   is read, :class:`BodyLimit`); the binary tensor extension (:mod:`.oip_binary`);
-- its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``;
+- its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``; ``ModelReady`` of an unknown
+  model ``NOT_FOUND`` (MLServer's own answers ``UNKNOWN`` with a traceback);
 - uvicorn's HTTP protocol (:func:`json_400_protocol`, for the uvicorn release of :data:`UVICORN_WRITTEN_FOR`):
   what its parser cannot read (a garbage request line or header, a bad chunk size or ``Content-Length``,
   binary data, a TLS ClientHello) gets 400 ``{"error": "..."}``, not uvicorn's plain-text 400.
@@ -193,6 +194,7 @@ def extend(max_body_bytes: int) -> bool:
     _extend_rest(max_body_bytes)
     _json_400_everywhere()
     _close_grpc_repository()
+    _grpc_model_ready_not_found()
     return True
 
 
@@ -296,6 +298,29 @@ def _close_grpc_repository() -> None:
     for servicer in (InferenceServicer, ModelRepositoryServicer):
         for method in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"):
             setattr(servicer, method, refuse)
+
+
+def _grpc_model_ready_not_found() -> None:
+    """MLServer's gRPC ``ModelReady`` of a model it does not serve answers ``NOT_FOUND`` naming the model (as
+    REST answers 404), not ``UNKNOWN`` with the exception's traceback: unlike the other model methods it has
+    no error handler. A client's unknown model is not the server's error: nothing is logged."""
+    import grpc
+    from mlserver.errors import MLServerError
+    from mlserver.grpc.servicers import InferenceServicer
+    from mlserver.grpc.utils import STATUS_CODE_MAPPING
+
+    model_ready = InferenceServicer.ModelReady
+    if getattr(model_ready, "freestack", False):
+        return
+
+    async def ready(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await model_ready(self, request, context)
+        except MLServerError as err:
+            await context.abort(STATUS_CODE_MAPPING.get(err.status_code, grpc.StatusCode.INTERNAL), str(err))
+
+    ready.freestack = True  # type: ignore[attr-defined]
+    InferenceServicer.ModelReady = ready
 
 
 # ------------------------------------------------------------------------------------------------------

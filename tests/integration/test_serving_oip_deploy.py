@@ -38,7 +38,8 @@ def dep(tmp_path_factory):
     work = tmp_path_factory.mktemp("oip-deploy")
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "oipdep", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
-    local = LocalTarget(port=free_port_block(), smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=120)
+    local = LocalTarget(port=free_port_block(), smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=120,
+                        grpc_port=free_port_block(), metrics_port=free_port_block())  # fmt: skip
     rec = deploy_local(root_uri=root, model="oipdep", name="oipdep", version="v1", version_uri=uris["v1"],
                        local=local, runtime="mlserver")  # fmt: skip
     yield {"root": root, "uris": uris, "local": local, "first": rec}
@@ -79,6 +80,22 @@ def test_a_redeploy_under_v2_load_keeps_the_address_and_fails_no_request(dep):
         assert f["sent"] > 0 and f["failed"] == 0, f"{style}: {f['failed']} of {f['sent']} failed: {f['errors']}"
     for style, f in load.figures(t1 + 0.05).items():
         assert f["versions"] == ["v2"], (style, f)  # only the new version once switched
+
+
+def test_the_grpc_and_metrics_ports_are_the_settings_and_serve_status_shows_them(dep, capsys):
+    """deploy.local.grpc_port and metrics_port: blue's, green's + 1 (the redeploy above moved to green);
+    the record and `freestack serve status` name them, and Triton's gRPC client answers there."""
+    import tritonclient.grpc as grpcclient
+
+    rec = Deployments(dep["root"], "oipdep").get("oipdep")
+    offset = ("blue", "green").index(rec["color"])
+    grpc_port, metrics_port = dep["local"].grpc_port + offset, dep["local"].metrics_port + offset
+    assert (rec["grpc_port"], rec["grpc_address"]) == (grpc_port, f"127.0.0.1:{grpc_port}")
+    assert rec["metrics_port"] == metrics_port and rec["metrics_url"] == f"http://127.0.0.1:{metrics_port}/metrics"
+    assert grpcclient.InferenceServerClient(rec["grpc_address"]).is_model_ready("oipdep")
+    lines = _status(dep["root"], capsys)
+    assert f"  metrics   http://127.0.0.1:{metrics_port}/metrics" in lines, lines
+    assert any(line.startswith(f"  grpc      127.0.0.1:{grpc_port}  (the {rec['color']} server's own") for line in lines), lines
 
 
 @pytest.mark.parametrize("raw", [TLS_HELLO, b"\x00\x01\x02\x03", b"GARBAGE\r\n\r\n"], ids=["TLS ClientHello", "NUL bytes", "garbage"])

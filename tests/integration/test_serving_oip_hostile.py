@@ -19,6 +19,7 @@ from freestack.serving.local import health_url
 from tests.integration.test_serving_mixed import b64, train_version
 from tests.integration.test_serving_mixed import in_process as mixed_in_process
 from tests.integration.test_serving_oip import MAX_BODY, PYTHON, post, start
+from tests.support.images import start_like_image
 from tests.support.serving import in_process, make_version
 from tests.support.serving_hostile import TLS_HELLO
 from tests.unit.ml.test_features import KINDS, frame
@@ -141,6 +142,43 @@ def test_a_deployment_whose_model_is_gone_reads_down(servers):
     with pytest.raises(urllib.error.HTTPError) as gone:
         urllib.request.urlopen(health_url(url, "mlserver", "gone"), timeout=5)
     assert gone.value.code == 404
+
+
+def test_the_readiness_of_an_unknown_model_over_grpc_is_not_found(servers):
+    """As REST answers 404: NOT_FOUND naming the model (MLServer's own ModelReady answers UNKNOWN, with the
+    exception's traceback in the server's log)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    toy = servers["toy"]
+    client = grpcclient.InferenceServerClient(toy["grpc"])
+    with pytest.raises(InferenceServerException) as unknown:
+        client.is_model_ready("gone")
+    assert unknown.value.status() == "StatusCode.NOT_FOUND", unknown.value
+    assert unknown.value.message().startswith("Model gone ") and unknown.value.message().endswith(" not found")
+    assert "ModelNotFound" not in toy["server"].log()
+    assert client.is_model_ready("toy")
+
+
+def test_without_freestack_model_name_the_image_serves_the_model_its_uri_names(tmp_path):
+    """docker/mlserver.Dockerfile started with FREESTACK_MODEL_URI alone (the compose stack's alias URI):
+    the model is served under its registry name, not as "model"."""
+    from freestack.registry.core import ModelRegistry
+
+    root = (tmp_path / "storage").as_uri()
+    make_version(root, "digits", "v1", tmp_path)
+    ModelRegistry(root, "digits").promote("v1")
+    server = start_like_image("mlserver", f"{root}/registry/digits@production", tmp_path / "mlserver",
+                              env={"FREESTACK_HOME": str(tmp_path)}, ready_path="/v2/models/digits/ready")  # fmt: skip
+    try:
+        with urllib.request.urlopen(f"{server.url}/v2/models/digits", timeout=10) as r:
+            meta = json.loads(r.read())
+        assert meta["name"] == "digits" and meta["versions"] == ["v1"], meta
+        with pytest.raises(urllib.error.HTTPError) as unnamed:
+            urllib.request.urlopen(f"{server.url}/v2/models/model/ready", timeout=10)
+        assert unnamed.value.code == 404
+    finally:
+        server.stop()
 
 
 # -- 2. the official client's defaults: binary tensors ---------------------------------------------------

@@ -95,6 +95,8 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
         f"{r['model']}/{r['name']}: {r.get('version')} {state}",
         f"  url       {r.get('predict_url')}  (health: {r.get('health') or '-'})",
         f"  metrics   {r.get('metrics_url')}",
+        *([f"  grpc      {r['grpc_address']}  (the {r.get('color')} server's own; it moves with each deploy)"]
+          if r.get("grpc_address") else []),
         f"  process   pid {r.get('pid')} ({r.get('color')}), {r.get('workers')} workers x {r.get('threads')} threads",
         f"  since     {r.get('deployed_at')}; log {r.get('log')}",
     ]

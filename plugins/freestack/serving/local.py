@@ -297,11 +297,13 @@ class LocalServer:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where a new server goes: its color, its own port and its metrics port."""
+    """Where a new server goes: its color, its own port, its metrics port and (runtime mlserver) its gRPC
+    port (None: chosen free when its configuration is written)."""
 
     color: str
     port: int
     metrics_port: int
+    grpc_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,7 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
                   request_log_uri: str | None, address: Address | None = None, runtime: str = "seldon") -> ServerLaunch:  # fmt: skip
     """What one server of deployment ``name`` runs with: on the slot's port; with ``address``, it also
     serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer, one process,
-    gRPC on a free port."""
+    gRPC on the slot's gRPC port (a free one when the slot has none)."""
     mlserver = runtime == "mlserver"
     gate = str(_home(name) / f"{slot.color}.gate")
     cfg = ServerConfig.model_validate({  # the variables alone: nothing of this process's environment
@@ -329,7 +331,8 @@ def server_config(name: str, model: str, version: str, slot: Slot, local: LocalT
         "threads": local.threads, "worker_class": local.worker_class, "timeout": local.worker_timeout,
         "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
         "max_idle_connections": local.max_idle_connections, "workdir": str(_home(name)),
-        "grpc_port": free_port(local.host, exclude=(slot.port, slot.metrics_port)) if mlserver else 9500,
+        "grpc_port": (slot.grpc_port or free_port(local.host, exclude=(slot.port, slot.metrics_port)))
+                     if mlserver else 9500,
         "address": None if address is None else {"host": address.host, "port": address.port,
                                                  "socket": socket_name(address.port), "gate": gate},
     })  # fmt: skip
@@ -400,7 +403,7 @@ def deploy_local(
         return {**live, "unchanged": True}
     _stop_strays(name, live, local)
     prior, live = live, _without_address(live)
-    slot = _free_slot(model, name, local, live)
+    slot = _free_slot(model, name, local, live, runtime=runtime)
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows)
     local = local.for_version(_pretrained(version_uri))
@@ -450,6 +453,8 @@ def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     same = live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
     if local.metrics_port is not None and live.get("color") in COLORS:
         same = same and _metrics_port(live) == local.metrics_port + COLORS.index(live["color"])
+    if local.grpc_port is not None and live.get("runtime") == "mlserver" and live.get("color") in COLORS:
+        same = same and live.get("grpc_port") == local.grpc_port + COLORS.index(live["color"])
     return same and bool(live.get("holder_pid")) and _healthy(live["url"], live.get("runtime", "seldon"), live.get("model", ""))
 
 
@@ -536,10 +541,12 @@ def _without_address(live: dict[str, Any] | None) -> dict[str, Any] | None:
     return live
 
 
-def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None) -> Slot:
+def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None, *,
+               runtime: str = "seldon") -> Slot:  # fmt: skip
     """The color the live server does not use, with its own port and its metrics port checked free. The
     metrics port is ``deploy.local.metrics_port`` (blue; green: + 1) when set, else a free port chosen
-    now (it goes into the deployment record: ``metrics_port``, ``metrics_url``)."""
+    now (it goes into the deployment record: ``metrics_port``, ``metrics_url``); so is the gRPC port of
+    ``runtime: mlserver`` (``deploy.local.grpc_port``; the record's ``grpc_port``, ``grpc_address``)."""
     color = "green" if live and live.get("color") == "blue" else "blue"
     offset = COLORS.index(color)
     port = local.port + 1 + offset
@@ -549,17 +556,30 @@ def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] |
             f"{port_owner(local.host, port)}; free it or set deploy.local.port in the pipeline spec (the address "
             "is port; the blue server uses port + 1, the green one port + 2)"
         )
-    if local.metrics_port is None:
-        return Slot(color, port, free_port(local.host, exclude=range(local.port, local.port + 3)))
-    metrics_port = local.metrics_port + offset
-    if not port_free(local.host, metrics_port):
+    serving = range(local.port, local.port + 3)
+    metrics_port = _own_port(model, name, local, color, "metrics_port", local.metrics_port, serving)
+    grpc_port = None
+    if runtime == "mlserver":
+        taken = [*serving, metrics_port]
+        grpc_port = _own_port(model, name, local, color, "grpc_port", local.grpc_port, taken)
+    return Slot(color, port, metrics_port, grpc_port)
+
+
+def _own_port(model: str, name: str, local: LocalTarget, color: str, setting: str, base: int | None,
+              exclude: list[int] | range) -> int:  # fmt: skip
+    """A server's metrics or gRPC port: ``base`` (blue; green: + 1) checked free, else a free one."""
+    if base is None:
+        return free_port(local.host, exclude=exclude)
+    port = base + COLORS.index(color)
+    if not port_free(local.host, port):
+        what = setting.removesuffix("_port")
         raise DeployError(
-            f"metrics port {local.host}:{metrics_port} for the {color} server of {model}/{name} is taken"
-            f"{port_owner(local.host, metrics_port) or ' by another program'}; free it, set "
-            f"deploy.local.metrics_port to another port (blue uses metrics_port, green metrics_port + 1), or "
-            "leave it unset (null) to have free metrics ports chosen at each deploy"
+            f"{what} port {local.host}:{port} for the {color} server of {model}/{name} is taken"
+            f"{port_owner(local.host, port) or ' by another program'}; free it, set "
+            f"deploy.local.{setting} to another port (blue uses {setting}, green {setting} + 1), or "
+            f"leave it unset (null) to have free {what} ports chosen at each deploy"
         )
-    return Slot(color, port, metrics_port)
+    return port
 
 
 def _metrics_port(record: dict[str, Any]) -> int | None:
@@ -623,6 +643,8 @@ def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local
         "predict_url": f"{address.url}/v2/models/{cfg.model}/infer" if cfg.runtime == "mlserver"
                        else f"{address.url}/api/v1.0/predictions",  # fmt: skip
         "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics", "metrics_port": slot.metrics_port,
+        **({"grpc_port": cfg.grpc_port, "grpc_address": f"{local.host}:{cfg.grpc_port}"}
+           if cfg.runtime == "mlserver" else {}),
         "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
         "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
         "hostname": socket.gethostname(), "config": str(server.env_file), "log": str(server.log_path),

@@ -6,6 +6,7 @@
       local:
         port: 9000                  # the deployment's address, for good; its servers: port + 1, + 2
         metrics_port: null          # blue's metrics (green: + 1); null: free ports chosen at deploy
+        grpc_port: null             # runtime mlserver: blue's gRPC (green: + 1); null: free ones at deploy
         workers: 2                  # gunicorn workers (one model copy each)
         worker_class: freestack     # freestack (keep-alive, 1 thread) | gthread (threads: N) | sync
         smoke_rows: 32              # test rows sent before switching; answers must equal evaluation's
@@ -142,6 +143,16 @@ class LocalTarget(_ServesGeneration):
         description="the blue server's Prometheus metrics port; the green one's is metrics_port + 1; default "
         "(null): free ports chosen at each deploy and written in the deployment record (metrics_port, "
         "metrics_url). Set it for a fixed scrape target",
+    )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65534,
+        description="runtime mlserver: the blue server's gRPC port (the Open Inference Protocol over gRPC); "
+        "the green one's is grpc_port + 1. gRPC is answered on the serving server's own port, not on the "
+        "deployment's address, so it moves between the two at each deploy (`freestack serve status` and the "
+        "deployment record name the live one: grpc_port, grpc_address). Default (null): free ports chosen at "
+        "each deploy",
     )
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
     threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
@@ -309,11 +320,21 @@ class DeploySpec(SpecModel):
 
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:
-        mp = self.local.metrics_port
-        if mp is not None and self.local.port - 1 <= mp <= self.local.port + 2:
+        port, mp, gp = self.local.port, self.local.metrics_port, self.local.grpc_port
+        if mp is not None and port - 1 <= mp <= port + 2:
             raise ValueError(
                 f"deploy.local.metrics_port {mp} collides with the serving ports (port, port + 1, port + 2) "
                 "or the green metrics port (metrics_port + 1): choose one outside port - 1 .. port + 2"
+            )
+        if gp is not None and port - 1 <= gp <= port + 2:
+            raise ValueError(
+                f"deploy.local.grpc_port {gp} collides with the serving ports (port, port + 1, port + 2) or "
+                "the green gRPC port (grpc_port + 1): choose one outside port - 1 .. port + 2"
+            )
+        if gp is not None and mp is not None and abs(gp - mp) <= 1:
+            raise ValueError(
+                f"deploy.local.grpc_port {gp} and metrics_port {mp} overlap (blue uses each, green each "
+                "+ 1): keep them at least 2 apart"
             )
         return self
 

@@ -126,3 +126,21 @@ def test_the_deploy_specs_defaults_are_the_servers():
         assert LocalTarget.model_fields[name].default == server[name].default, name
     for name in ("workers", "threads"):
         assert KubernetesTarget.model_fields[name].default == server[name].default, name
+
+
+@pytest.mark.parametrize(("uri", "name"), [
+    ("file:///models/digits/v20260105-1a2b3c4d", "digits"),
+    ("s3://freestack_s3@bucket/freestack/registry/churn/v3/", "churn"),
+    ("data://owner/models/registry/spam-filter@production", "spam-filter"),
+    ("/srv/registry/houses@staging", "houses"),
+    ("file:///v1", None),
+    ("s3://bucket/odd name/v1", None),
+])  # fmt: skip
+def test_the_model_name_defaults_to_the_model_the_uri_names(uri, name, monkeypatch):
+    """Without FREESTACK_MODEL_NAME the server (MLServer's /v2/models/<name>, metric labels) is named after the
+    model of FREESTACK_MODEL_URI, not "model"; a name that is set wins."""
+    from freestack_server.fetch import model_name_of
+
+    assert model_name_of(uri) == name
+    assert _config_from({"FREESTACK_MODEL_URI": uri}).model == (name or "model")
+    assert _config_from({"FREESTACK_MODEL_URI": uri, "FREESTACK_MODEL_NAME": "mine"}).model == "mine"

@@ -127,3 +127,46 @@ def test_the_runtime_is_seldon_or_mlserver():
     assert cfg.config.grpc_port not in (9000, 9001, 9002, 9101)
     assert local_mod.health_url("http://h:1", "mlserver", "m") == "http://h:1/v2/models/m/ready"
     assert local_mod.health_url("http://h:1", "seldon", "m") == "http://h:1/health/status"
+
+
+def test_a_grpc_port_setting_places_blue_and_green_and_a_taken_one_fails_naming_it():
+    port, gp = processes.free_port_block(), processes.free_port_block()
+    local = LocalTarget(port=port, grpc_port=gp)
+    blue = local_mod._free_slot("m", "m", local, None, runtime="mlserver")
+    green = local_mod._free_slot("m", "m", local, {"color": "blue"}, runtime="mlserver")
+    assert (blue.grpc_port, green.grpc_port) == (gp, gp + 1)
+    assert local_mod._free_slot("m", "m", local, None).grpc_port is None  # Seldon's runtime has no gRPC
+    launch = local_mod.server_config("m", "m", "v1", blue, local, model_uri="file:///x", request_log_uri=None,
+                                     runtime="mlserver")  # fmt: skip
+    assert launch.config.grpc_port == gp
+    with listening(gp + 1):
+        with pytest.raises(DeployError) as err:
+            local_mod._free_slot("m", "m", local, {"color": "blue"}, runtime="mlserver")
+    msg = str(err.value)
+    assert f"grpc port {HOST}:{gp + 1} for the green server" in msg and "deploy.local.grpc_port" in msg, msg
+    default = local_mod._free_slot("m", "m", LocalTarget(port=port), None, runtime="mlserver")
+    assert default.grpc_port not in (*range(port - 1, port + 3), default.metrics_port)
+
+
+@pytest.mark.parametrize(("local", "says"), [
+    ({"port": 9000, "grpc_port": 9002}, "deploy.local.grpc_port 9002 collides with the serving ports"),
+    ({"port": 9000, "grpc_port": 8999}, "deploy.local.grpc_port 8999 collides with the serving ports"),
+    ({"port": 9000, "grpc_port": 9500, "metrics_port": 9501}, "grpc_port 9500 and metrics_port 9501 overlap"),
+])  # fmt: skip
+def test_grpc_ports_that_collide_are_refused_in_the_spec(local, says):
+    with pytest.raises(ValueError, match=says):
+        DeploySpec.model_validate({"local": local})
+    assert DeploySpec.model_validate({"local": {"port": 9000, "grpc_port": 9500, "metrics_port": 9502}})
+
+
+def test_serve_status_shows_the_metrics_and_grpc_addresses():
+    from freestack.cli.serve import _status_lines
+
+    record = {"model": "m", "name": "m", "version": "v1", "state": "serving", "alive": True, "health": "ok",
+              "predict_url": "http://127.0.0.1:9000/v2/models/m/infer", "color": "green", "runtime": "mlserver",
+              "metrics_url": "http://127.0.0.1:9401/metrics", "metrics_port": 9401, "grpc_port": 9501,
+              "grpc_address": "127.0.0.1:9501", "pid": 1, "workers": 1, "threads": 1}  # fmt: skip
+    lines = _status_lines(record)
+    assert "  metrics   http://127.0.0.1:9401/metrics" in lines
+    assert "  grpc      127.0.0.1:9501  (the green server's own; it moves with each deploy)" in lines
+    assert not [line for line in _status_lines({**record, "grpc_address": None}) if "grpc" in line]
