@@ -63,6 +63,55 @@ class PipelineOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from None
 
 
+class TorchTask:
+    """Mixed into the operators whose task computes with torch (train, the sweep agents, evaluate, score):
+    before ``execute``, torch's CPU thread pool is sized to the task's share of the worker's cores
+    (:meth:`torch_threads`) and the size is logged; ``self.threads`` holds it for what the task starts."""
+
+    threads: int | None = None
+
+    def pre_execute(self, context: Any) -> None:
+        from freestack.ml.threads import size_pool
+
+        super().pre_execute(context)  # type: ignore[misc]
+        threads, why = self.torch_threads()
+        if threads:
+            self.threads = size_pool(threads)
+            log = self.log  # type: ignore[attr-defined]
+            log.info("torch computes on %d CPU thread(s) in this task: %s", self.threads, why)
+
+    def torch_threads(self) -> tuple[int | None, str]:
+        """The pool's size and why; None leaves torch's own."""
+        return task_threads()
+
+
+def task_threads() -> tuple[int, str]:
+    """The CPU threads of a torch task and why: ``FREESTACK_TASK_THREADS``, else this worker's cores shared
+    out among the tasks it runs at once (:func:`worker_slots`)."""
+    from freestack.ml.threads import cores, share
+    from freestack.settings import settings
+
+    configured = settings().task_threads
+    if configured:
+        return configured, "FREESTACK_TASK_THREADS"
+    slots, source = worker_slots()
+    n = cores()
+    why = f"{n} core(s) shared by {slots} task slot(s) ({source}); FREESTACK_TASK_THREADS sets it"
+    return share(n, slots), why
+
+
+def worker_slots() -> tuple[int, str]:
+    """How many tasks this worker runs at once, and the setting that says so."""
+    from airflow.sdk.configuration import conf
+
+    executor = (conf.get("core", "executor", fallback="") or "").split(",")[0]
+    if "Celery" in executor:
+        return conf.getint("celery", "worker_concurrency", fallback=16), "[celery] worker_concurrency"
+    if "Kubernetes" in executor:
+        return 1, "a pod per task"
+    return conf.getint("core", "parallelism", fallback=32), "[core] parallelism"
+
+
 def permanent_error(exc: BaseException, root: str | None = None) -> str | None:
     """The message to fail with when ``exc`` (or what caused it) is an error a retry cannot fix; None
     for the rest (network, a busy database, a killed process: retries are for those). ``root`` (the
@@ -110,4 +159,6 @@ def _failing_fast(method: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["RUN_NOTE_XCOM", "PipelineOperator", "permanent_error"]
+__all__ = [
+    "RUN_NOTE_XCOM", "PipelineOperator", "TorchTask", "permanent_error", "task_threads", "worker_slots",
+]  # fmt: skip

@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     )
 
     # -- training -----------------------------------------------------------------------------------------
+    task_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="torch's CPU threads in each task that computes with torch (train, evaluate, score); "
+        "a distributed training's ranks share them out (`train.distributed.threads_per_process` wins). "
+        "Default: the worker's cores divided by the tasks it runs at once (CeleryExecutor: `[celery] "
+        "worker_concurrency`; KubernetesExecutor: 1, a pod per task; otherwise `[core] parallelism`), at "
+        "least 1, so that tasks side by side never hold more threads than there are cores. A worker that "
+        "trains alone: its cores.",
+    )
     keep_checkpoints: bool = Field(
         default=False,
         description="Keep a training's checkpoint (`runs/<pipeline>/.../checkpoint.safetensors`) once its model is "

@@ -19,7 +19,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
-from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 
 def candidate_of(context: Context) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def candidate_of(context: Context) -> dict[str, Any]:
     raise AirflowFailException("neither train nor select_best produced a model version in this run")
 
 
-class EvaluateOperator(HubEnvironment, PipelineOperator):
+class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
     """Score the candidate and the current production model on the same held-out test split."""
 
     operator_extra_links = (WandbRunLink(), FreestackPageLink())

@@ -60,6 +60,7 @@ class TrainResult:
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
     world_size: int = 1  # data-parallel ranks (freestack.ml.distributed)
+    threads: int = 0  # torch's CPU threads (its intra-op pool) in the process that trained (rank 0's)
 
     def summary(self) -> dict[str, Any]:
         """Everything but the model and the per-epoch history (which is saved on its own)."""
@@ -321,7 +322,8 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
 
     amp = str(precision.amp_dtype) if precision.amp_dtype else None
     result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp,
-                         world_size=ranks.world if ranks is not None else 1)  # fmt: skip
+                         world_size=ranks.world if ranks is not None else 1,
+                         threads=torch.get_num_threads())  # fmt: skip
     return _Run(
         model=model, net=ranks.wrap(model) if ranks is not None and not sharded else model, ranks=ranks, plain=plain,
         config=config, task=task, device=device, precision=precision, grads=grads,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,7 +56,7 @@ class PlanScoreOperator(PipelineOperator):
         return got["jobs"]
 
 
-class ScoreOperator(PipelineOperator):
+class ScoreOperator(TorchTask, PipelineOperator):
     """Score one day (a job from ``plan``) and publish its scores whole."""
 
     ui_color = "#d8ccf4"

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
-from freestack.pipeline_operator import PipelineOperator
+from freestack.pipeline_operator import PipelineOperator, TorchTask
 from freestack.sweeps.core import agent_threads
 from freestack.sweeps.spec import POOL
 from freestack.train.operators import airflow_info, fixed_window
@@ -88,7 +88,7 @@ class CreateSweepOperator(PipelineOperator):
         ]
 
 
-class SweepAgentOperator(HubEnvironment, PipelineOperator):
+class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
     """One agent: lease a trial, train it, report each epoch, stop when told; until the sweep is done."""
 
     ui_color = "#fde9c9"
@@ -108,17 +108,17 @@ class SweepAgentOperator(HubEnvironment, PipelineOperator):
         self.agents = agents
         self.sweep_mode = sweep_mode
 
+    def torch_threads(self) -> tuple[int | None, str]:
+        """The agents' own rule: FREESTACK_AGENT_THREADS, else the cores shared out among the agents."""
+        why = f"FREESTACK_AGENT_THREADS, else the cores among {self.agents} agents"
+        return agent_threads(self.agents), why
+
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.sweeps.core import LocalAgent, SweepError, load_sweep
         from freestack.sweeps.trials import make_trial_runner
 
         spec = self.pipeline_spec()
         ti = context["ti"]
-        threads = agent_threads(self.agents)
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         # the agent's slot outlives its tries: a retry takes over the trial its dead try held at once
         slot = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', self.agent_index)}"
         agent_id = f"{slot}/try{ti.try_number}/pid{os.getpid()}"

@@ -70,10 +70,12 @@ def write_launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking
 
 
 def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0,
-           environment: dict[str, str] | None = None) -> TrainOutcome | None:  # fmt: skip
+           environment: dict[str, str] | None = None,
+           threads: int | None = None) -> TrainOutcome | None:  # fmt: skip
     """Run this node's ranks to the end (elastic_launch: what ``torchrun`` does); node 0 returns the
     outcome rank 0 left. A rank that fails (or dies) ends every rank of the attempt: LaunchError.
-    ``environment``: variables the ranks get besides this process's (an Airflow task's connections)."""
+    ``environment``: variables the ranks get besides this process's (an Airflow task's connections);
+    ``threads``: the CPU threads the ranks share (the train task's own; default the node's cores)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
 
@@ -90,7 +92,7 @@ def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_setti
     log.info("starting %d rank(s) on node %d of %d (world size %d, rendezvous %s)", d.processes_per_node,
              node_rank, d.nodes, d.world_size, config.rdzv_endpoint)  # fmt: skip
     try:
-        with _rank_environment(spec, tracking_settings, environment or {}):
+        with _rank_environment(spec, tracking_settings, environment or {}, threads):
             elastic_launch(config, sys.executable)("-m", "freestack.train.distributed", str(path))
     except ChildFailedError as exc:
         raise LaunchError(_failure_text(exc, d.timeout_seconds)) from None
@@ -118,13 +120,23 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
     )  # fmt: skip
 
 
-def _rank_environment(spec: PipelineSpec, tracking_settings, environment: dict[str, str]):
+def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
+    """Each rank's CPU threads: ``threads_per_process``, else ``threads`` (default: the node's cores)
+    shared out among the node's ranks, at least 1."""
+    from freestack.ml.threads import cores, share
+
+    d = spec.train.distributed
+    return d.threads_per_process or share(threads or cores(), d.processes_per_node)
+
+
+def _rank_environment(spec: PipelineSpec, tracking_settings, environment: dict[str, str],
+                      threads: int | None):  # fmt: skip
     """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
     from freestack.settings import environment as with_environment
 
-    d = spec.train.distributed
-    threads = d.threads_per_process or max(1, (os.cpu_count() or 1) // d.processes_per_node)
-    extra = {**environment, "OMP_NUM_THREADS": str(threads)}  # torch sizes its CPU pool by it, as under torchrun
+    per_rank = rank_threads(spec, threads)
+    log.info("each rank computes on %d CPU thread(s)", per_rank)
+    extra = {**environment, "OMP_NUM_THREADS": str(per_rank)}  # torch sizes its pool by it, as under torchrun
     if getattr(tracking_settings, "api_key", None):
         extra["WANDB_API_KEY"] = tracking_settings.api_key
     return with_environment(extra)
@@ -157,12 +169,16 @@ def _read_outcome(path) -> TrainOutcome:
 def run_rank(launch_path: str) -> None:
     """One rank's program: join the group, train its shard; rank 0 writes the outcome."""
     from freestack.ml.distributed import backend_for, exit_with_parent, join_group, leave_group
+    from freestack.ml.threads import size_pool
     from freestack.spec import spec_from_text
     from freestack.storage import join, to_path, write_bytes
     from freestack.tracking.wandb import WandbSettings
     from freestack.train.core import TrainRequest, places, train
 
     exit_with_parent()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # the launcher's (torchrun's) size: torch caps it at the cores
+        size_pool(int(threads))
     launch = Launch.model_validate_json(to_path(launch_path).read_bytes())
     spec = spec_from_text(launch.spec_text, launch.spec_path)
     d = spec.train.distributed

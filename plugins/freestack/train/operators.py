@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.operator_links import FreestackPageLink, WandbRunLink
-from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
@@ -162,7 +162,7 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if hasattr(value, "isoformat") else (str(value) if value else None)
 
 
-class TrainOperator(HubEnvironment, PipelineOperator):
+class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     """Train once with the spec's defaults, overridden by the Params form. With ``train.distributed``, the
     task launches its node's ranks (``node_rank`` 0; the ``train_node`` tasks are the other nodes) or
     submits a PyTorchJob, and returns the version rank 0 wrote."""
@@ -213,7 +213,7 @@ class TrainOperator(HubEnvironment, PipelineOperator):
         if spec.train.distributed.launcher == "kubernetes":
             self._start_job(spec, req, tracking_settings)
         return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank,
-                      environment=rank_environment(spec))  # fmt: skip
+                      environment=rank_environment(spec), threads=self.threads)  # fmt: skip
 
     def _start_job(self, spec, req, tracking_settings) -> None:
         """Create the run's PyTorchJob and defer to its trigger: the wait (up to the job's own 72 h bound)
