@@ -21,10 +21,8 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__EXECUTOR := LocalExecutor
 export AIRFLOW__API__HOST := 127.0.0.1
-export AIRFLOW_PORT ?= 8080
-export AIRFLOW__API__PORT := $(AIRFLOW_PORT)
-export AIRFLOW__CORE__EXECUTION_API_SERVER_URL := http://127.0.0.1:$(AIRFLOW_PORT)/execution/
-export AIRFLOW__API__BASE_URL := http://127.0.0.1:$(AIRFLOW_PORT)
+# the API server's port: AIRFLOW_PORT when given (`make up AIRFLOW_PORT=8090`), else the port of the stack that
+# runs (`make up` and `make demo` record it in $(AIRFLOW_HOME)/standalone.json), else 8080 (freestack.embedded)
 export WANDB_MODE ?= offline
 export WANDB_DIR ?= $(CURDIR)/.freestack/wandb
 export WANDB_DATA_DIR ?= $(CURDIR)/.freestack/wandb/data
@@ -40,7 +38,7 @@ help:
 	@echo "make demo   - start Airflow, land the demo data, backfill ingest and trigger training under the real scheduler"
 	@echo "make test   - install everything and run the whole test suite"
 	@echo "make test-scaleout - only the scaled-out stack (Postgres, Celery + Redis, S3) tests"
-	@echo "make up     - start airflow standalone on http://127.0.0.1:$(AIRFLOW_PORT) (make down stops it and the model servers)"
+	@echo "make up     - start airflow standalone on http://127.0.0.1:$(or $(AIRFLOW_PORT),8080) (make down stops it and the model servers)"
 	@echo "make airflow ARGS=\"dags list\" - any airflow command against this project's instance (= freestack airflow ...)"
 	@echo "make lint   - ruff, the import contracts (lint-imports) and the docs build"
 	@echo "make docs   - the docs site into .freestack/site (warnings are errors)"

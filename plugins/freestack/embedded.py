@@ -20,14 +20,22 @@ Airflow imports this module in every process (through that setting), so it stays
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from freestack.errors import FreestackError
 
 #: seconds a SQLite writer waits for the lock before ``database is locked``
 BUSY_TIMEOUT_S = 60.0
@@ -75,14 +83,16 @@ def settings_for(sql_alchemy_conn: str | None) -> dict[str, str]:
 
 
 def airflow_env() -> dict[str, str]:
-    """Environment for the embedded Airflow: home, dags and plugins inside the project, 127.0.0.1, and
-    the runtime wing's speed-ups on (``FREESTACK_SPEEDUPS=0`` in the environment keeps them off)."""
+    """Environment for the embedded Airflow: home, dags and plugins inside the project, 127.0.0.1 on the
+    port of :func:`stack_address`, and the runtime wing's speed-ups on (``FREESTACK_SPEEDUPS=0`` in the
+    environment keeps them off)."""
     from freestack.settings import checkout_dir, project_home
 
     home = checkout_dir()
-    port = os.environ.get("AIRFLOW_PORT", "8080")
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or home / ".airflow")
+    port, url = stack_address(airflow_home)
     defaults = {
-        "AIRFLOW_HOME": str(home / ".airflow"),
+        "AIRFLOW_HOME": str(airflow_home),
         "FREESTACK_HOME": str(project_home()),
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
@@ -91,7 +101,7 @@ def airflow_env() -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": port,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__BASE_URL": url,
         # the LocalExecutor forks this many workers up front (Airflow's default: 32), each a copy of
         # the scheduler with its preloaded libraries: 4 per core (8 at least, 32 at most) is plenty on
         # one machine, and every idle copy fewer is memory left to the tasks
@@ -168,14 +178,68 @@ def standalone_files(env: dict[str, str]) -> tuple[Path, Path, Path]:
     )
 
 
-def healthy(url: str, timeout: float = 2.0) -> bool:
+#: the variables that name the API server's address: one set in the environment wins over the stack record
+ADDRESS_VARIABLES = ("AIRFLOW_PORT", "AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL")
+DEFAULT_PORT = "8080"
+
+
+def stack_record(airflow_home: Path) -> Path:
+    """Where ``freestack up`` writes down the address its stack listens on (beside its pid file)."""
+    return airflow_home / "standalone.json"
+
+
+def record_stack(env: dict[str, str], pid: int) -> None:
+    """Write down that ``airflow standalone`` (``pid``) serves at ``env``'s port and URL: every later
+    command of this project (``freestack backfill``, ``make demo``, ``freestack airflow``) talks to it
+    there, whichever port it was started on, until it stops."""
+    import psutil
+
+    record = {"url": env["AIRFLOW__API__BASE_URL"], "port": int(env["AIRFLOW__API__PORT"]), "pid": pid,
+              "started": psutil.Process(pid).create_time()}  # fmt: skip
+    path = stack_record(Path(env["AIRFLOW_HOME"]))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def recorded_stack(airflow_home: Path) -> dict[str, Any] | None:
+    """The running stack's record (``url``, ``port``, ``pid``), or None: none was written, or it is stale
+    (its process is gone or its pid now belongs to another process: ``make down`` removes it, a crash or a
+    reboot leaves it)."""
+    import psutil
+
+    try:
+        record = json.loads(stack_record(airflow_home).read_text())
+        alive = abs(psutil.Process(int(record["pid"])).create_time() - float(record["started"])) < 0.01
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return record if alive else None
+
+
+def forget_stack(airflow_home: Path) -> None:
+    stack_record(airflow_home).unlink(missing_ok=True)
+
+
+def stack_address(airflow_home: Path) -> tuple[str, str]:
+    """The API server's port and URL: as the environment names them (``AIRFLOW_PORT``, ``AIRFLOW__API__*``),
+    else those of the stack running from ``airflow_home`` (its record), else 127.0.0.1:8080."""
+    if not any(os.environ.get(k) for k in ADDRESS_VARIABLES):
+        record = recorded_stack(airflow_home)
+        if record is not None:
+            return str(record["port"]), str(record["url"])
+    port = os.environ.get("AIRFLOW_PORT") or os.environ.get("AIRFLOW__API__PORT") or DEFAULT_PORT
+    return port, os.environ.get("AIRFLOW__API__BASE_URL") or f"http://127.0.0.1:{port}"
+
+
+def healthy(url: str, timeout: float = 2.0, *, late: bool = False) -> bool:
     """Whether the Airflow API server at ``url`` answers its health check within ``timeout`` seconds (a
-    server that is down refuses the connection at once, whatever the timeout)."""
+    server that is down refuses the connection at once, whatever the timeout); with ``late``, a check
+    still unanswered then counts too (a saturated machine answers late, and the calls wait for it)."""
     try:
         with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=timeout) as r:
             return r.status == 200
-    except OSError:
-        return False
+    except OSError as exc:
+        return late and timed_out(exc)
 
 
 def warm_execution_api(url: str) -> float:
@@ -191,39 +255,160 @@ def warm_execution_api(url: str) -> float:
     return time.monotonic() - t0
 
 
+#: seconds Airflow's API server may take to answer a call before the call counts as unanswered
+API_TIMEOUT_S = 60.0
+#: tries of an unanswered call that is safe to send again, and the pause before the second (then doubling, at
+#: most TIMEOUT_PAUSE_MAX_S): on a saturated machine the API server answers late, not never
+TIMEOUT_TRIES = 6
+TIMEOUT_PAUSE_S = 5.0
+TIMEOUT_PAUSE_MAX_S = 60.0
+#: methods whose second sending does what the first did
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+
+
+class AirflowTimeout(FreestackError, TimeoutError):
+    """Airflow's API server left a call unanswered on every try; the message says where, what was asked,
+    and where to follow what Airflow goes on running."""
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is an answer that did not come in time (reading it, or connecting), not a refusal."""
+    if isinstance(exc, AirflowTimeout):
+        return False
+    return isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError)
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class AirflowAPI:
     """Airflow's public REST API (``/api/v2``) on the embedded instance, as the admin that ``airflow
     standalone`` creates (its password file under ``AIRFLOW_HOME``), with a JWT from ``/auth/token``:
-    what the UI's buttons do, for ``freestack demo`` and the CLI."""
+    what the UI's buttons do, for ``freestack demo`` and the CLI.
 
-    def __init__(self, env: dict[str, str]) -> None:
+    A call left unanswered for :data:`API_TIMEOUT_S` is sent again when that does no harm, after 5, 10,
+    20, 40 and 60 s, each wait said through ``notice`` with where to follow the pipeline meanwhile
+    (``follow``: the UI, or the DAG or run the caller points it at); :class:`AirflowTimeout` when no try
+    was answered. A POST that starts something is sent again only after looking for what the unanswered
+    try made (:meth:`trigger`, :meth:`create_backfill`)."""
+
+    def __init__(self, env: dict[str, str], notice: Callable[[str], None] = _to_stderr) -> None:
         self.url = env["AIRFLOW__API__BASE_URL"]
+        self.follow = self.url
+        self.notice = notice
         self._password_file = standalone_files(env)[2]
         self._token: str | None = None
 
+    def call(self, method: str, path: str, body: dict | None = None, *, text: bool = False,
+             safe: bool = False) -> Any:  # fmt: skip
+        """``method /api/v2{path}``: the decoded JSON answer (or the raw text with ``text=True``). Sent again
+        while unanswered if ``method`` is idempotent or the POST changes nothing (``safe``: a dry run);
+        any other POST is sent once."""
+        token = self._token_now()
+        send = functools.partial(self._send, method, path, body, token, text)
+        return self.patiently(send, f"{method} {path}", None if method in IDEMPOTENT or safe else 1)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], note: str | None = None) -> dict[str, Any]:
+        """A manual run of ``dag_id`` (the UI's Trigger button) under a run id chosen here: after a try left
+        unanswered the run is looked up first, and is the answer if that try made it (one run, never two)."""
+        run_id = f"manual__{datetime.now(UTC).isoformat()}"
+        path = f"/dags/{quote(dag_id, safe='')}/dagRuns"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf, **({"note": note} if note else {})}
+
+        def made(token: str) -> dict[str, Any] | None:
+            try:
+                return self._send("GET", f"{path}/{quote(run_id, safe='')}", None, token, False)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                raise
+
+        return self._post_once(path, body, made)
+
+    def create_backfill(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /backfills``: after a try left unanswered, the DAG's backfill of the same days created
+        since the first try, if there is one, is the answer (a second backfill is never created)."""
+        since = time.time() - 1.0
+        days = (_ts(body["from_date"]), _ts(body["to_date"]))
+
+        def made(token: str) -> dict[str, Any] | None:
+            query = urlencode({"dag_id": body["dag_id"], "order_by": "-id", "limit": 10})
+            found = self._send("GET", f"/backfills?{query}", None, token, False).get("backfills", [])
+            return next((b for b in found if _ts(b["created_at"]) >= since
+                         and (_ts(b["from_date"]), _ts(b["to_date"])) == days), None)  # fmt: skip
+
+        return self._post_once("/backfills", body, made)
+
+    def _post_once(self, path: str, body: dict[str, Any], made: Callable[[str], Any]) -> Any:
+        """POST ``body``; before each try after the first, ``made(token)`` looks for what a try made."""
+        token, tries = self._token_now(), 0
+
+        def send() -> Any:
+            nonlocal tries
+            tries += 1
+            found = made(token) if tries > 1 else None
+            return found if found is not None else self._send("POST", path, body, token, False)
+
+        return self.patiently(send, f"POST {path}")
+
+    def patiently(self, send: Callable[[], Any], what: str, tries: int | None = None) -> Any:
+        """``send()``, tried again while Airflow leaves it unanswered (up to ``tries``, default
+        :data:`TIMEOUT_TRIES`); :class:`AirflowTimeout` when no try was answered."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        t0, most = time.monotonic(), tries or TIMEOUT_TRIES
+        retrying = Retrying(
+            retry=retry_if_exception(timed_out), stop=stop_after_attempt(most), reraise=True,
+            wait=wait_exponential(multiplier=TIMEOUT_PAUSE_S, max=TIMEOUT_PAUSE_MAX_S),
+            before_sleep=lambda state: self.notice(self._slow_line(what, state.next_action.sleep)),
+        )  # fmt: skip
+        try:
+            return retrying(send)
+        except OSError as exc:
+            if not timed_out(exc):
+                raise
+            raise AirflowTimeout(self._timeout_line(what, most, time.monotonic() - t0)) from None
+
+    def _slow_line(self, what: str, pause: float) -> str:
+        return (f"Airflow at {self.url} has not answered {what} in {API_TIMEOUT_S:g} s (a busy machine "
+                f"answers late): asking again in {pause:.0f} s; the pipeline keeps running meanwhile, "
+                f"follow it at {self.follow}")  # fmt: skip
+
+    def _timeout_line(self, what: str, tries: int, seconds: float) -> str:
+        sent = "once: it may have been done" if tries == 1 else f"{tries} times over {seconds:.0f} s"
+        return (f"Airflow at {self.url} left {what} unanswered ({API_TIMEOUT_S:g} s each try), sent {sent}; "
+                f"the pipeline keeps running in Airflow: follow it at {self.follow}, and run this command "
+                "again once the machine is less busy")  # fmt: skip
+
     def _token_now(self) -> str:
         if self._token is None:
-            password = json.loads(self._password_file.read_text())["admin"]
-            body = json.dumps({"username": "admin", "password": password}).encode()
-            req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-            with urllib.request.urlopen(req, timeout=60) as r:
-                self._token = json.loads(r.read())["access_token"]
+            login = {"username": "admin", "password": json.loads(self._password_file.read_text())["admin"]}
+            send = functools.partial(self._request, "POST", "/auth/token", login, {}, False)
+            answer = self.patiently(send, "POST /auth/token")  # a login changes nothing: sent again
+            self._token = answer["access_token"]
         return self._token
 
-    def call(self, method: str, path: str, body: dict | None = None, *, text: bool = False):
-        """``method /api/v2{path}``: the decoded JSON answer (or the raw text with ``text=True``)."""
+    def _send(self, method: str, path: str, body: dict | None, token: str, text: bool) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} | ({"Accept": "text/plain"} if text else {})
+        return self._request(method, f"/api/v2{path}", body, headers, text)
+
+    def _request(self, method: str, path: str, body: dict | None, headers: dict[str, str], text: bool) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._token_now()}"}
-        if text:
-            headers["Accept"] = "text/plain"
-        req = urllib.request.Request(f"{self.url}/api/v2{path}", data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=60) as r:
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", **headers})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=API_TIMEOUT_S) as r:
             raw = r.read().decode()
         return raw if text else json.loads(raw)
 
 
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
 __all__ = [
-    "AirflowAPI", "BUSY_TIMEOUT_S", "SQLITE_CONNECT_ARGS", "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "healthy", "settings_for",
-    "standalone_env", "standalone_files", "start_standalone", "warm_execution_api",
+    "API_TIMEOUT_S", "AirflowAPI", "AirflowTimeout", "BUSY_TIMEOUT_S", "DEFAULT_PORT", "SQLITE_CONNECT_ARGS",
+    "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "forget_stack", "healthy", "record_stack",
+    "recorded_stack", "settings_for", "stack_address", "stack_record", "standalone_env", "standalone_files",
+    "start_standalone", "timed_out", "warm_execution_api",
 ]  # fmt: skip

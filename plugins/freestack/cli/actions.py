@@ -25,12 +25,12 @@ def run_and_follow(dag_id: str, conf: dict[str, str], note: str, timeout: float)
     """Trigger ``dag_id`` with ``conf``, print each task's end, and return 0 when the run succeeded, 1
     when it failed (with the failed task's error lines)."""
     af = Airflow()
-    run = af.call("POST", f"/dags/{quote(dag_id, safe='')}/dagRuns", {"logical_date": None, "conf": conf, "note": note[:1000]},
-                  what=f"a run of {dag_id}",
-                  not_found=CliError(f"Airflow has no DAG {dag_id}", "is the pipeline's spec valid? `freestack validate`"))  # fmt: skip
+    no_dag = CliError(f"Airflow has no DAG {dag_id}", "is the pipeline's spec valid? `freestack validate`")
+    run = af.trigger(dag_id, conf, note[:1000], no_dag)
     run_id = run["dag_run_id"]
     console = out()
-    console.print(f"started {dag_id} run {run_id} ({af.url}/dags/{dag_id}/runs/{quote(run_id, safe='')})")
+    af.api.follow = f"{af.url}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
+    console.print(f"started {dag_id} run {run_id} ({af.api.follow})")
     path = f"/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
     deadline, shown = time.monotonic() + timeout, set()
     while True:

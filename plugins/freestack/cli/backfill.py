@@ -24,6 +24,7 @@ The embedded instance (``make up``) is addressed as its generated admin.
 
 from __future__ import annotations
 
+import functools
 import json as _json
 import time
 import urllib.error
@@ -61,7 +62,10 @@ class Reprocess(StrEnum):
 
 
 class Airflow:
-    """The embedded Airflow's REST API, with its failures as one-line :class:`CliError`\\ s."""
+    """The embedded Airflow's REST API (at the address the running stack recorded, unless the environment
+    names one), with its failures as one-line :class:`CliError`\\ s that name that address. A call it
+    leaves unanswered is sent again when that is safe (:class:`~freestack.embedded.AirflowAPI`), each wait
+    said on stderr with where to follow the runs meanwhile."""
 
     def __init__(self) -> None:
         from freestack.embedded import AirflowAPI, airflow_env, healthy, standalone_files
@@ -69,39 +73,59 @@ class Airflow:
         env = airflow_env()
         self.api = AirflowAPI(env)
         self.url = self.api.url
-        if not healthy(self.url, timeout=HEALTH_TIMEOUT_S):
+        if not healthy(self.url, timeout=HEALTH_TIMEOUT_S, late=True):
             raise CliError(
                 f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)"
             )
         if not standalone_files(env)[2].exists():
             raise CliError(f"no admin password file {standalone_files(env)[2]}",
-                           "is the Airflow at this address the project's own (`make up`)?")  # fmt: skip
+                           f"is the Airflow at {self.url} the project's own (`make up`)?")  # fmt: skip
 
     def call(self, method: str, path: str, body: dict | None = None, what: str = "", *,
-             not_found: CliError | None = None, busy: tuple[int, ...] = (503,)) -> Any:  # fmt: skip
-        """One API call; a 503 (on SQLite the API server refuses a backfill while the scheduler holds
-        the database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are
-        the other ``busy`` codes, and a 500 "Database error": the same lock met inside a request)."""
+             not_found: CliError | None = None, busy: tuple[int, ...] = (503,),
+             safe: bool = False) -> Any:  # fmt: skip
+        """One API call (``safe``: a POST that changes nothing: sent again if unanswered); :meth:`_busy`."""
+        send = functools.partial(self.api.call, method, path, body, safe=safe)
+        return self._busy(send, f"{method} {path}", what, not_found, busy)
+
+    def create_backfill(self, body: dict[str, Any], what: str, busy: tuple[int, ...] = (503,)) -> Any:
+        """``POST /backfills``, never twice for one backfill however late Airflow answers."""
+        send = functools.partial(self.api.create_backfill, body)
+        return self._busy(send, "POST /backfills", what, None, busy)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], note: str, not_found: CliError) -> dict[str, Any]:
+        """A manual run of ``dag_id``, never two however late Airflow answers."""
+        send = functools.partial(self.api.trigger, dag_id, conf, note)
+        return self._busy(send, f"POST /dags/{dag_id}/dagRuns", f"a run of {dag_id}", not_found, (503,))
+
+    def _busy(self, send: Any, request: str, what: str, not_found: CliError | None,
+              busy: tuple[int, ...]) -> Any:  # fmt: skip
+        """``send()``; a 503 (on SQLite the API server refuses a backfill while the scheduler holds the
+        database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are the other
+        ``busy`` codes, and a 500 "Database error": the same lock met inside a request)."""
+        from freestack.embedded import AirflowTimeout
+
         for pause in (*BUSY_RETRIES, None):
             try:
-                return self.api.call(method, path, body)
+                return send()
             except urllib.error.HTTPError as exc:
                 detail = _detail(exc)
                 locked = exc.code in busy or (exc.code == 500 and "database" in detail.lower())
                 if not locked or pause is None:
-                    self._refused(exc.code, detail, method, path, what, not_found)
+                    self._refused(exc.code, detail, request, what, not_found)
+            except AirflowTimeout:
+                raise  # its message says where the runs go on
             except OSError as exc:
                 raise CliError(
                     f"Airflow stopped answering at {self.url} ({exc})", "is it still up? `make up` starts it"
                 ) from None
             time.sleep(pause)
 
-    def _refused(
-        self, code: int, detail: str, method: str, path: str, what: str, not_found: CliError | None
-    ) -> NoReturn:
+    def _refused(self, code: int, detail: str, request: str, what: str,
+                 not_found: CliError | None) -> NoReturn:  # fmt: skip
         if code == 404 and not_found is not None:
             raise not_found from None
-        raise CliError(f"Airflow refused {what or f'{method} {path}'}: HTTP {code} {detail}",
+        raise CliError(f"Airflow at {self.url} refused {what or request}: HTTP {code} {detail}",
                        _hint(code, self.url)) from None  # fmt: skip
 
 
@@ -114,7 +138,9 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 
 
 def _hint(code: int, url: str) -> str:
-    return {401: "the admin password file does not match this Airflow: restart it with `make down` and `make up`",
+    return {401: "the admin password file does not match it: if it is another stack, this project's listens "
+                 "where `make up` started it (AIRFLOW_PORT=PORT names it); if it is this project's, restart "
+                 "it with `make down` and `make up`",
             409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
             500: f"see the API server's log ({url}); a 'Database error' is SQLite locked: try again, or run on PostgreSQL",
             503: "the scheduler kept the SQLite database locked for half a minute: try again, or run on PostgreSQL",
@@ -188,7 +214,8 @@ def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
     span = f"from {body['from_date'][:10]} to {body['to_date'][:10]}"
     info = _dag(af, dag_id)
     paused = bool(info.get("is_paused"))
-    dates = [str(r["logical_date"]) for r in af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}")["backfills"]]
+    dry_run = af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}", safe=True)
+    dates = [str(r["logical_date"]) for r in dry_run["backfills"]]
     if not dates:
         raise CliError(f"nothing to backfill: every day of {dag_id} {span} has a run",
                        "pass --reprocess completed to run them again")  # fmt: skip
@@ -305,8 +332,8 @@ def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float,
             console.print(f"paused {d.dag_id} for the backfill (--no-downstream)")
         for k, (seg, part) in enumerate(zip(plan.segments, plan.bodies, strict=True)):
             # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
-            backfill = af.call("POST", "/backfills", part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
-            created = backfill["id"]
+            backfill = af.create_backfill(part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
+            created, af.api.follow = backfill["id"], f"{af.url}/dags/{dag_id}"
             if plan.paused and not unpaused:  # after the first backfill's runs exist: the latest interval may be one
                 _set_paused(af, dag_id, False, f"unpausing {dag_id}")
                 unpaused = True

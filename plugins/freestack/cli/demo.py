@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from freestack.cli.output import plural
-from freestack.embedded import AirflowAPI, airflow_env
+from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env
 from freestack.settings import checkout_dir, project_home
 
 DEMO_DAYS = 5
@@ -71,7 +71,7 @@ def demo() -> int:
         _pause(api, MONITOR, False)
         out.say(f"{MONITOR}: unpaused: it judges the served model's request log each day (docs: concepts/monitoring)")
         _summary(api, ui, run_id, out)
-    except DemoError as exc:
+    except (DemoError, AirflowTimeout) as exc:
         out.say(f"error: {exc}")
         return 1
     return 0
@@ -92,7 +92,7 @@ def _airflow_up(out: Out) -> tuple[AirflowAPI, str]:
     except UpError as exc:
         raise DemoError(str(exc)) from None
     out.say(f"Airflow: {url} ({'started' if started else 'already running'}; user admin, password {password})")
-    api = AirflowAPI(dict(os.environ))
+    api = AirflowAPI(dict(os.environ), notice=out.say)  # a long wait for Airflow is said, and where to look
     _wait(lambda: _dag_known(api, INGEST) and _dag_known(api, TRAIN), 240, "the DAG processor to parse the DAGs",
           f"check `freestack airflow dags list-import-errors` and {_rel(_standalone_log())}")  # fmt: skip
     return api, url
@@ -168,6 +168,7 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
     t0 = time.monotonic()
     _pause(api, TRAIN, True)
     backfill = _create_backfill(api, days)
+    api.follow = f"{api.url}/dags/{INGEST}"
     _pause(api, INGEST, False)
     _wait(lambda: api.call("GET", f"/backfills/{backfill['id']}").get("completed_at"), 900,
           f"the {INGEST} backfill", f"open {api.url}/dags/{INGEST}")  # fmt: skip
@@ -204,7 +205,7 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
     deadline = time.monotonic() + 120
     while True:
         try:
-            return api.call("POST", "/backfills", body)
+            return api.create_backfill(body)
         except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed; 503, or 500
             answer = exc.read()[:300]  # "Database error": SQLite locked by the scheduler, the request rolled back
             busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in answer)
@@ -223,9 +224,9 @@ def _train(api: AirflowAPI, end: date, out: Out) -> str:
     """Trigger the train DAG as the UI does and wait for the run; returns its run id."""
     t0 = time.monotonic()
     _pause(api, TRAIN, False)
-    run = api.call("POST", f"/dags/{TRAIN}/dagRuns",
-                   {"logical_date": None, "conf": {"end_ds": end.isoformat(), "sweep_agents": DEMO_AGENTS}})  # fmt: skip
+    run = api.trigger(TRAIN, {"end_ds": end.isoformat(), "sweep_agents": DEMO_AGENTS})
     run_id = run["dag_run_id"]
+    api.follow = f"{api.url}/dags/{TRAIN}/runs/{run_id}"
     path = f"/dags/{TRAIN}/dagRuns/{run_id}"
     _wait(lambda: api.call("GET", path)["state"] in TERMINAL, 1800, f"{TRAIN} run {run_id}",
           f"open {api.url}/dags/{TRAIN}/runs/{run_id}")  # fmt: skip

@@ -7,11 +7,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from freestack.embedded import (
     airflow_env,
     ensure_migrated,
+    forget_stack,
     healthy,
+    record_stack,
+    recorded_stack,
     standalone_env,
     standalone_files,
     start_standalone,
@@ -25,14 +29,18 @@ class UpError(Exception):
 
 def ensure_up(env: dict[str, str], timeout: float = 240.0) -> tuple[str, str, bool]:
     """Start ``airflow standalone`` unless it already runs; wait until it answers. Returns its URL, the
-    admin password and whether it was started now."""
+    admin password and whether it was started now. The stack's address is recorded
+    (:func:`~freestack.embedded.record_stack`): later commands find it there, whatever its port."""
     pid_file, log_file, pw_file = standalone_files(env)
     url = env["AIRFLOW__API__BASE_URL"]
     started = not (pid_file.exists() and _alive(int(pid_file.read_text())))
+    if not started:
+        _check_address(env, url)
     if started:
         ensure_migrated(env)
         proc = start_standalone(env, log_file)
         pid_file.write_text(str(proc.pid))
+        record_stack(env, proc.pid)
         deadline = time.monotonic() + timeout
         while not healthy(url):
             if proc.poll() is not None:
@@ -63,6 +71,15 @@ def up(timeout: float = 240.0) -> int:
     return 0
 
 
+def _check_address(env: dict[str, str], url: str) -> None:
+    """UpError when the running stack listens elsewhere than ``url`` (the environment names another port)."""
+    record = recorded_stack(Path(env["AIRFLOW_HOME"]))
+    if record is not None and record["url"] != url:
+        raise UpError(f"this project's Airflow already runs at {record['url']} (pid {record['pid']}), not "
+                      f"at {url}: leave AIRFLOW_PORT unset to use it there, or stop it with `make down` and "
+                      "start it on the new port")  # fmt: skip
+
+
 def _alive(pid: int) -> bool:
     import psutil
 
@@ -86,6 +103,7 @@ def down(grace: float = 30.0) -> int:
     leader = _recorded_pid(pid_file)
     stack = stop_stack(env["AIRFLOW_HOME"], leader, grace_seconds=grace)
     pid_file.unlink(missing_ok=True)
+    forget_stack(Path(env["AIRFLOW_HOME"]))
     servers = stop_serving(serving_dir(), grace_seconds=grace)
     _report(env["AIRFLOW_HOME"], stack, leader, servers, grace)
     return 0

@@ -93,6 +93,9 @@ class FakeAirflow:
                          "total_entries": len(self.days) - self.existing}  # fmt: skip
         if path == "/backfills" and method == "POST":
             return self._create(body)
+        if path == "/backfills" and method == "GET":  # the DAG's backfills, the latest first (order_by=-id)
+            assert query["dag_id"] == ["digits_ingest"] and query["order_by"] == ["-id"]
+            return 200, {"backfills": [self.backfill] if self.backfill else [], "total_entries": len(self.created)}
         if self.backfill and path == f"/backfills/{self.backfill['id']}":
             return 200, {**self.backfill, "completed_at": _now() if self._done() else None}
         if path == "/dags/digits_ingest/dagRuns":
