@@ -8,8 +8,6 @@ elsewhere these tests skip, saying so.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,8 @@ import pytest
 
 from freestack.errors import StorageFull
 from freestack.storage import AtomicWriter, join, to_path
-from freestack.storage.objects import STALE_AFTER_S, TMP_MARK
+from freestack.storage.objects import STALE_AFTER_S
+from tests.support.small_fs import ballast, free_mib, mounted_tmpfs, temporaries
 
 DS = "2026-11-03"
 SIZE_MIB = 4
@@ -25,41 +24,10 @@ SIZE_MIB = 4
 
 @pytest.fixture
 def small_fs(tmp_path, monkeypatch):
-    """A 4 MiB tmpfs holding the storage root (``<mount>/root``), unmounted after the test."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting the small tmpfs this test fills needs root (CI runs as root)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MIB}m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
-    try:
-        root = mount / "root"
-        monkeypatch.setenv("FREESTACK_STORAGE_ROOT", root.as_uri())
+    """A 4 MiB tmpfs holding the storage root (``<mount>/root``)."""
+    with mounted_tmpfs(tmp_path / "small", SIZE_MIB) as mount:
+        monkeypatch.setenv("FREESTACK_STORAGE_ROOT", (mount / "root").as_uri())
         yield mount
-    finally:
-        busy = subprocess.run(["umount", str(mount)], capture_output=True, text=True)
-        if busy.returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-            pytest.fail(f"{mount} could not be unmounted (a file on it was left open?): {busy.stderr.strip()}")
-
-
-def _ballast(mount: Path, free_mib: float) -> Path:
-    """Another user's data: a file filling the filesystem until ``free_mib`` is left."""
-    vfs = os.statvfs(mount)
-    path = mount / "ballast.bin"
-    path.write_bytes(b"\xa5" * int(vfs.f_bavail * vfs.f_frsize - free_mib * 2**20))
-    return path
-
-
-def _temporaries(mount: Path) -> list[str]:
-    return [str(p) for p in mount.rglob("*") if TMP_MARK in p.name]
-
-
-def _free_mib(mount: Path) -> float:
-    vfs = os.statvfs(mount)
-    return vfs.f_bavail * vfs.f_frsize / 2**20
 
 
 def _events_spec(landing: Path):
@@ -94,7 +62,7 @@ def test_an_ingest_that_fills_the_disk_leaves_nothing_and_the_next_run_succeeds(
     landing = tmp_path / "landing"
     _land(landing, rows=50_000)
     spec = _events_spec(landing)
-    ballast = _ballast(small_fs, free_mib=1.0)
+    extra = ballast(small_fs, free_mib=1.0)
 
     with pytest.raises(StorageFull) as failed:
         ingest_partition(spec, DS)
@@ -104,14 +72,14 @@ def test_an_ingest_that_fills_the_disk_leaves_nothing_and_the_next_run_succeeds(
     assert "/lake/events/ds=2026-11-03/" in message and "it was not published" in message
     assert "Free space on that filesystem" in message and "FREESTACK_STORAGE_ROOT" in message
     assert "Errno" not in message
-    assert _temporaries(small_fs) == [], "a temporary of the failed ingest was left on the full disk"
+    assert temporaries(small_fs) == [], "a temporary of the failed ingest was left on the full disk"
     assert read_manifest(spec, DS) is None
 
-    ballast.unlink()  # space is freed: the same ingest on the same root now succeeds
+    extra.unlink()  # space is freed: the same ingest on the same root now succeeds
     result = ingest_partition(spec, DS)
     assert result.rows_good + result.rows_quarantined == 50_000 and result.rows_quarantined == 51
     assert read_manifest(spec, DS)["part"]["sha256"] == result.part["sha256"]
-    assert _temporaries(small_fs) == []
+    assert temporaries(small_fs) == []
 
 
 def test_a_checkpoint_write_on_a_full_disk_says_so_and_the_next_one_succeeds(small_fs):
@@ -128,20 +96,20 @@ def test_a_checkpoint_write_on_a_full_disk_says_so_and_the_next_one_succeeds(sma
     run_dir = join(to_path((small_fs / "root").as_uri()), "runs", "events", "run-1")
     store = StoreCheckpoints(run_dir)
     store.save("notes.json", b"{}")  # the run's folder is there already
-    ballast = _ballast(small_fs, free_mib=0.5)
+    extra = ballast(small_fs, free_mib=0.5)
 
     with pytest.raises(StorageFull) as failed:
         store.save(CHECKPOINT, data)
     message = str(failed.value)
     assert f"No space left on the filesystem at {small_fs}" in message
     assert f"{run_dir}/{CHECKPOINT}" in message and "re-run the task" in message
-    assert _temporaries(small_fs) == []
+    assert temporaries(small_fs) == []
     assert store.load(CHECKPOINT) is None
 
-    ballast.unlink()
+    extra.unlink()
     store.save(CHECKPOINT, data)
     assert torch.equal(read(store.load(CHECKPOINT))[0]["weight"], model.weight.detach())
-    assert _temporaries(small_fs) == []
+    assert temporaries(small_fs) == []
 
 
 def test_throwing_a_write_away_on_a_full_disk_never_fails_and_frees_its_space(small_fs):
@@ -151,10 +119,10 @@ def test_throwing_a_write_away_on_a_full_disk_never_fails_and_frees_its_space(sm
     first, second = AtomicWriter(join(root, "a", "one.bin")), AtomicWriter(join(root, "a", "two.bin"))
     first.write(b"x" * 1000)  # buffered: reaches the disk only when flushed
     second.write(b"y" * 1000)
-    _ballast(small_fs, free_mib=0)
+    ballast(small_fs, free_mib=0)
     second.abort()
     first.abort()  # last: the folders it made are empty now, and go too
-    assert _temporaries(small_fs) == []
+    assert temporaries(small_fs) == []
     assert not (small_fs / "root").exists()
 
 
@@ -164,11 +132,11 @@ def test_a_compare_and_swap_write_on_a_full_disk_leaves_no_temporary(small_fs):
     root = to_path((small_fs / "root").as_uri())
     target = join(root, "runs", "events", "sweep.json")
     token = cas.create(target, b"{}")
-    ballast = _ballast(small_fs, free_mib=0.5)
+    extra = ballast(small_fs, free_mib=0.5)
     with pytest.raises(StorageFull, match="sweep.json"):
         cas.replace(target, b"x" * 2**20, token)
-    assert _temporaries(small_fs) == []
-    ballast.unlink()
+    assert temporaries(small_fs) == []
+    extra.unlink()
     cas.replace(target, b"x" * 2**20, token)
     assert cas.read(target).data == b"x" * 2**20
 
@@ -186,10 +154,10 @@ def test_a_killed_ingests_temporary_does_not_keep_the_disk_full(small_fs, tmp_pa
     partition.mkdir(parents=True)
     killed = writing(f"file://{partition}/part.parquet", int((SIZE_MIB - 0.5) * 2**20))
     kill(killed)
-    (left,) = _temporaries(small_fs)
+    (left,) = temporaries(small_fs)
     age(Path(left), STALE_AFTER_S * 2)
-    assert _free_mib(small_fs) < 1
+    assert free_mib(small_fs) < 1
 
     result = ingest_partition(spec, DS)
     assert read_manifest(spec, DS)["part"]["sha256"] == result.part["sha256"]
-    assert _temporaries(small_fs) == []
+    assert temporaries(small_fs) == []

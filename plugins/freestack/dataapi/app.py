@@ -70,7 +70,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.dataapi.listing import DirectoryIndex
 from freestack.dataapi.listing import page as listing_page
-from freestack.errors import AccessDenied, FreestackError, UnsafePathError
+from freestack.errors import AccessDenied, FreestackError, StorageFull, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
 from freestack.storage.paths import check_relative
@@ -430,6 +430,10 @@ def api_error_of(exc: BaseException, display: str) -> ApiError:
         return ApiError(409, f"{display} is a directory")
     if isinstance(exc, NotADirectoryError):
         return ApiError(409, f"{display}: a file is in the way (a path segment is a file)")
+    if isinstance(exc, StorageFull):  # the operator's to fix: the log says where, the caller what happened
+        log.error("Data API write of %s: %s", display, exc)
+        return ApiError(507, f"the Data API's storage has no space left for {display}: nothing of it was "
+                             "written; send it again once the service's operator has freed space")
     if isinstance(exc, FreestackError):
         return ApiError(400, str(exc))
     log.error("Data API failure on %s", display, exc_info=exc)

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from freestack.errors import AccessDenied, FreestackError
+from freestack.errors import AccessDenied, FreestackError, StorageFull
 from freestack.storage.objects import PublishOnExit
 
 BLOCK = 8 * 1024 * 1024  # read block (one ranged GET)
@@ -78,6 +78,8 @@ def _raise_for(resp, what: str) -> NoReturn:
         raise FileExistsError(errno.EEXIST, msg)
     if status == 400:
         raise OSError(errno.EINVAL, msg)
+    if status == 507:  # the service's disk is full
+        raise StorageFull(errno.ENOSPC, msg)
     raise OSError(errno.EIO, f"{msg} (HTTP {status})")
 
 
