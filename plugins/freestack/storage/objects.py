@@ -9,8 +9,8 @@ The sha256 of the content is computed while writing, for lineage.
 
 A local temporary is held locked (``flock``) by its writer while it writes. A writer killed mid-write
 (``kill -9``, out of memory) leaves its temporary behind, unlocked: the next writer into that folder
-removes it (:func:`remove_stale_temporaries`, one listing of the folder), so a killed write never keeps
-its space. A write that finds the filesystem full removes its temporary and raises StorageFull, which
+removes it (:func:`remove_stale_temporaries`, one listing of the folder, at a process's first write
+there), so a killed write never keeps its space. A write that finds the filesystem full removes its temporary and raises StorageFull, which
 says where and what to do.
 """
 
@@ -46,6 +46,7 @@ CHUNK = 8 * 1024 * 1024
 STALE_AFTER_S = 30.0
 _LIVE: set[str] = set()  # this process's temporaries being written (a lock does not exclude its own process
 _LIVE_LOCK = threading.Lock()  # on every filesystem: NFS emulates flock with POSIX locks, which are per process)
+_SWEPT: set[str] = set()  # folders this process has swept: once each is enough (a task is a process of its own)
 
 
 def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None:
@@ -130,7 +131,7 @@ class AtomicWriter(PublishOnExit):
             try:
                 self._made = _makedirs(folder)
                 if not self._made and on_temporary is None:  # a journalled write's owner sweeps its own
-                    remove_stale_temporaries(folder)
+                    _sweep_once(folder)
                 if on_temporary is not None:
                     on_temporary(self._tmp)
                 self._fh = _open_locked(self._tmp)
@@ -335,6 +336,15 @@ def _open_locked(tmp: str):
     with _LIVE_LOCK:
         _LIVE.add(tmp)
     return fh
+
+
+def _sweep_once(folder: str) -> None:
+    """The first write of this process into ``folder`` removes what killed writers left there."""
+    with _LIVE_LOCK:
+        if folder in _SWEPT:
+            return
+        _SWEPT.add(folder)
+    remove_stale_temporaries(folder)
 
 
 def is_temporary(name: str) -> bool:
