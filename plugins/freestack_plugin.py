@@ -17,6 +17,7 @@ from freestack.runtime.scheduler_wakeup import wake_listener
 from freestack.runtime.timings import enabled as timings_enabled
 from freestack.runtime.timings import task_timings
 from freestack.ui.app import views_app
+from freestack.ui.moved import MovedPages
 from freestack.ui.wandb_pages import wandb_app
 
 #: the ML views' one entry in the UI's navigation (top level), framed by the UI under /plugin/freestack; the
@@ -61,6 +62,9 @@ class FreestackPlugin(AirflowPlugin):
         # the Algorithmia-compatible Data API: Algorithmia.client(key, "http://<airflow>/freestack/data")
         {"app": data_api_app, "url_prefix": PLUGIN_URL_PREFIX, "name": "freestack Data API"},
     ]
+    # the pages' older addresses in the UI (/plugin/freestack-models...: one navigation entry each, before
+    # the tabs) answer 301 with their address now, /plugin/freestack/models... (freestack.ui.moved)
+    fastapi_root_middlewares = [{"middleware": MovedPages, "name": "freestack moved pages"}]
 
 
 __all__ = ["FreestackPlugin", "freestack"]

@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from freestack.ui import catalog
 from freestack.ui.auth import current_user, may_read, may_trigger, request_token, user_name
+from freestack.ui.vendor import plotly_js, plotly_js_name
 
 HERE = Path(__file__).parent
 URL_PREFIX = "/freestack/ui"
@@ -53,6 +54,7 @@ def _templates():
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = lambda v, digits=4: "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
     env.filters["short"] = lambda v, n=12: "" if not v else str(v)[:n]
+    env.globals["plotly_js"] = plotly_js_name  # the versioned name, read when a chart page is first drawn
     return env
 
 
@@ -86,14 +88,15 @@ def static(name: str) -> Response:
                     headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})  # fmt: skip
 
 
-@views_app.get("/vendor/plotly.min.js")
-def plotly_js() -> Response:
-    """plotly.js as the ``plotly`` package ships it (no other host is asked for anything)."""
-    import plotly
-
-    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    return Response(path.read_bytes(), media_type="text/javascript",
-                    headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})  # fmt: skip
+@views_app.get("/vendor/{name}")
+def vendor(name: str, request: Request) -> Response:
+    """plotly.js under its versioned name, gzipped and cached for a year (:mod:`freestack.ui.vendor`); the
+    unversioned name of older pages is redirected to it."""
+    if name == plotly_js_name():
+        return plotly_js(request)
+    if name == "plotly.min.js":
+        return RedirectResponse(plotly_js_name(), status_code=301)
+    raise HTTPException(404, f"no file {name!r} here: the chart pages load {plotly_js_name()}")
 
 
 @views_app.exception_handler(HTTPException)

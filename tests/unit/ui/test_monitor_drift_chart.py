@@ -71,4 +71,4 @@ def test_the_monitoring_page_embeds_the_chart(digits):
     pages[0].figure = drift_over_time(pages[0])
     html = TEMPLATES.get_template("monitoring.html").render(base="/b", user="u", run_url=lambda *a: "", title="t", pages=pages)
     assert '<div id="fig-1" class="figure drift-over-time" data-pipeline="digits">' in html
-    assert 'class="plotly-figure" data-target="fig-1">{"data":' in html and "/b/vendor/plotly.min.js" in html
+    assert 'class="plotly-figure" data-target="fig-1">{"data":' in html and "/b/vendor/plotly-" in html
