@@ -18,6 +18,7 @@ from freestack.storage import AtomicWriter, join, to_path
 from freestack.storage.objects import STALE_AFTER_S
 from tests.support.small_fs import ballast, free_mib, mounted_tmpfs, temporaries
 
+ROOT = Path(__file__).resolve().parents[2]
 DS = "2026-11-03"
 SIZE_MIB = 4
 
@@ -160,4 +161,42 @@ def test_a_killed_ingests_temporary_does_not_keep_the_disk_full(small_fs, tmp_pa
 
     result = ingest_partition(spec, DS)
     assert read_manifest(spec, DS)["part"]["sha256"] == result.part["sha256"]
+    assert temporaries(small_fs) == []
+
+
+def test_the_ingest_task_on_a_full_disk_fails_saying_what_to_do_and_succeeds_once_space_is_freed(
+        small_fs, tmp_path, monkeypatch, airflow_db, capfd):  # fmt: skip
+    """The issue as a user meets it: the ingest DAG run by Airflow (dag.test) with its storage root on a
+    disk that fills while the partition is written."""
+    from datetime import UTC, date, datetime
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from demo.landing import make_landing
+
+    root = (small_fs / "root").as_uri()
+    make_landing(root, date(2026, 11, 1), 1)
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
+    (specs / "digits.yaml").write_text(text.replace("retries: 2\n", "retries: 0\n"))
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.get_dag("digits_ingest")
+    extra = ballast(small_fs, free_mib=0.02)
+
+    run = dag.test(logical_date=datetime(2026, 11, 1, tzinfo=UTC))
+    (ti,) = run.get_task_instances()
+    assert ti.state == "failed"
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert f"No space left on the filesystem at {small_fs}" in log, log[-3000:]
+    assert "/lake/digits/ds=2026-11-01/" in log and f"storage root {root}" in log
+    assert temporaries(small_fs) == []
+
+    extra.unlink()
+    run = dag.test(logical_date=datetime(2026, 11, 1, tzinfo=UTC))
+    assert [ti.state for ti in run.get_task_instances()] == ["success"]
+    assert (small_fs / "root" / "lake" / "digits" / "ds=2026-11-01" / "part.parquet").exists()
     assert temporaries(small_fs) == []
