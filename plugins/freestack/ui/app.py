@@ -164,8 +164,10 @@ async def model(request: Request, pipeline: str, pg: int = Query(1, ge=1), user:
     shown = newest[(pg - 1) * PAGE_SIZE : pg * PAGE_SIZE]
     metric = _plotted_metric(spec, newest)
     figure = metric_over_versions(data.versions, metric) if metric and len(data.versions) > 1 else None
+    columns = list(dict.fromkeys(k for r in shown for k in r.metrics))  # a sortable column per test metric
     return page(request, "model.html", title=f"{data.model} versions", tab="models", m=data, shown=shown, pg=pg,
-                pages=pages, figures=[figure] if figure else [], may_promote=may_trigger(user, f"{pipeline}_promote"),
+                pages=pages, metric_columns=columns, figures=[figure] if figure else [],
+                may_promote=may_trigger(user, f"{pipeline}_promote"),
                 may_rollback=may_trigger(user, f"{pipeline}_rollback"))  # fmt: skip
 
 
