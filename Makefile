@@ -144,6 +144,7 @@ bench: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m bench.train.run --kind mlp
 	$(BIN)/python -m bench.train.run --kind cnn --out bench/results/train_cnn.json
 	$(BIN)/python -m bench.train.stream
+	$(BIN)/python -m bench.train.loaded
 	$(BIN)/python -m bench.train.finetune
 	$(BIN)/python -m bench.score.run
 	$(BIN)/python -m bench.sweep.run
