@@ -2,7 +2,8 @@
 on numeric columns; on category, text and image columns; a custom module; a Hub model fine-tuned in full
 and with LoRA adapters), the Python blocks of the registered version's ``README.md`` run in a fresh
 interpreter in the version's folder and print what freestack answers in-process; the card's settings list
-holds only the ``model:`` fields that kind uses."""
+holds only the ``model:`` fields that kind uses. An instruction-tuned LLM's recipes (freestack's, and plain
+transformers + peft from the Hub) answer what its model server answers, system prompt included."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.card_versions import IMAGE_BASE, KINDS, TEXT_BASE, build_version
+from tests.support.card_versions import (
+    GENERATION,
+    IMAGE_BASE,
+    KINDS,
+    LM_BASE,
+    SYSTEM,
+    TEXT_BASE,
+    build_version,
+)
 from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +48,7 @@ def versions(tmp_path_factory):
     """``versions(kind)``: the folder of a registered version of ``kind``, built on first use (one per
     kind for the module), with the Hub stand-in serving the fine-tuned models' bases."""
     from tests.fakes.hub import FakeHub
-    from tests.support.hf_tiny import publish, tiny_image_model, tiny_text_model
+    from tests.support.hf_tiny import publish, tiny_causal_lm, tiny_image_model, tiny_text_model
 
     hub = FakeHub().start()
     bases = tmp_path_factory.mktemp("bases")
@@ -50,6 +59,8 @@ def versions(tmp_path_factory):
         mp.setenv("HF_ENDPOINT", hub.endpoint)
 
         def version(kind: str) -> Path:
+            if kind == GENERATION and kind not in built:
+                publish(hub.endpoint, LM_BASE, tiny_causal_lm(bases / "lm"))
             if kind not in built:
                 base = tmp_path_factory.mktemp(kind)
                 (base / "specs").mkdir()
@@ -153,3 +164,47 @@ def test_the_plain_transformers_recipe_runs_from_the_hub(versions, kind):
         batch = load_encoder(folder).encode({"review": ["some text"]})
         want = load_pretrained(folder).predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
         assert close(ast.literal_eval(printed[-1]), want), (printed, want)
+
+
+@needs_serving_env
+def test_an_llm_cards_recipes_answer_what_its_server_answers(versions, tmp_path):
+    """The version was trained, and is served, with a system prompt (``model.data.system``): the card's
+    freestack recipe (the evaluation's smoke chats) and its plain transformers + peft recipe from the Hub
+    (the user's instruction in place of ``your instruction``) answer what the real model server answers."""
+    from freestack.registry.core import ModelRegistry
+    from freestack.registry.hub import push_to_hub
+    from freestack.serving.smoke import http_json
+    from tests.support.images import start_like_image
+
+    folder = versions(GENERATION)
+    sample = json.loads((folder / "evaluation" / "smoke.json").read_text())
+    assert all(chat[0] == {"role": "system", "content": SYSTEM} for chat in sample["chats"]), sample["chats"]
+    blocks = python_blocks((folder / "README.md").read_text())
+    assert len(blocks) == 2, blocks
+    prompts = [chat[-1]["content"] for chat in sample["chats"][:4]]  # what a client sends: the system is the server's
+    recipe_tokens = int(re.search(r"max_new_tokens=(\d+)", blocks[1]).group(1))
+
+    server = start_like_image("seldon", folder.as_uri(), tmp_path / "seldon", env={"FREESTACK_MODEL_NAME": "chat"},
+                              ready_path="/health/status", timeout=180)  # fmt: skip
+    try:
+        def served(prompt: str, tokens: int) -> str:
+            code, body = http_json(f"{server.url}/api/v1.0/predictions", {"jsonData": {
+                "messages": [{"role": "user", "content": prompt}], "parameters": {"max_new_tokens": tokens}}})
+            assert code == 200, body
+            return body["jsonData"]["completions"][0]["text"]
+
+        smoke = [served(p, sample["max_new_tokens"]) for p in prompts]
+        plain = [served(p, recipe_tokens) for p in prompts[:3]]
+    finally:
+        server.stop()
+    printed = run(blocks[0], folder)
+    assert [line.rsplit(" ", 1)[0].strip() for line in printed[-4:]] == [s.strip() for s in smoke], (printed, smoke)
+
+    reg = ModelRegistry(folder.parents[2].as_uri(), folder.parent.name)
+    push_to_hub(reg, folder.name, "team/cards-chat", "hf_fake", endpoint=versions.hub.endpoint)
+    python = os.environ.get("FREESTACK_SERVING_PYTHON") or str(ROOT / ".venv-serving" / "bin" / "python")
+    for prompt, want in zip(prompts[:3], plain, strict=True):
+        code = blocks[1].replace("<repo>", "team/cards-chat").replace('"your instruction"', repr(prompt))
+        printed = run(code, Path("/"), python)
+        assert (printed[-1].strip() if printed else "") == want.strip(), (prompt, printed, want)
+    assert f"system = {SYSTEM!r}" in blocks[1], blocks[1]  # the system prompt, as the recipe's reader sees it

@@ -1,8 +1,9 @@
 """One registered version of each kind of model freestack trains, built without Airflow (ingest, train,
 evaluate, gate and register as the DAG tasks call them) for the tests of what a version's model card
 says: the built-in net on numeric columns (``digits``), the built-in net on category, text and image
-columns (``shop``), a custom module (``handwriting``), and Hub models fine-tuned in full (``vit``) and with
-LoRA adapters (``reviews``).
+columns (``shop``), a custom module (``handwriting``), Hub models fine-tuned in full (``vit``) and with
+LoRA adapters (``reviews``), and a causal LM instruction-tuned with LoRA and a system prompt (``chat``,
+:data:`GENERATION`: the tutorial's ``arith`` spec on the tiny LM the Hub stand-in serves as ``LM_BASE``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 START, DAYS = date(2026, 11, 1), 3
 END = (START + timedelta(days=DAYS - 1)).isoformat()
 KINDS = ("numeric", "encoded", "custom", "finetuned", "lora")
+#: the text-generation kind (its card's recipes generate text rather than predict rows)
+GENERATION = "generation"
+LM_BASE = "team/tiny-lm"
+#: the generation version's system prompt (``model.data.system``): first in every conversation
+SYSTEM = "Give the answer only."
 
 
 def _digits(name: str) -> dict[str, Any]:
@@ -30,8 +36,22 @@ def _digits(name: str) -> dict[str, Any]:
     return {**data, "name": name, "retries": 0, "gate": {"metric": "accuracy", "threshold": 0.0}}
 
 
+def _chat() -> dict[str, Any]:
+    """The instruction-tuning tutorial's spec on the tiny LM, with a system prompt, trained for seconds."""
+    data = yaml.safe_load((ROOT / "include" / "pipelines" / "arith.yaml").read_text())
+    data.update(name="chat", retries=0)
+    data["model"].update(base=LM_BASE, max_length=96, data={"prompt": "prompt", "response": "response", "system": SYSTEM},
+                         generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4},
+                         peft={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})  # fmt: skip
+    data["train"] = {"learning_rate": 1e-2, "batch_size": 16, "window_days": 30}
+    data["gate"] = {"metric": "exact_match", "threshold": 0.0}
+    return data
+
+
 def spec_of(kind: str, folder: Path) -> dict[str, Any]:
     """The pipeline spec of one kind of version (a gate every version passes: the tests are about the card)."""
+    if kind == GENERATION:
+        return _chat()
     if kind == "numeric":
         return _digits("digits")
     if kind == "custom":
@@ -53,6 +73,10 @@ def land(kind: str, name: str, root: Path) -> None:
         shop_landing(root, START, DAYS)
     elif kind == "finetuned":
         glyphs_landing(root, START, DAYS, name=name)
+    elif kind == GENERATION:
+        from demo.instructions import make_landing as instructions_landing
+
+        instructions_landing(root.as_uri(), START, DAYS, rows=200, pipeline=name)
     else:
         reviews_landing(root, START, DAYS)
 
@@ -84,4 +108,4 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     return Path(registered["version_uri"].removeprefix("file://"))
 
 
-__all__ = ["END", "KINDS", "START", "TEXT_BASE", "IMAGE_BASE", "build_version", "spec_of"]
+__all__ = ["END", "GENERATION", "KINDS", "LM_BASE", "START", "SYSTEM", "TEXT_BASE", "IMAGE_BASE", "build_version", "spec_of"]

@@ -208,7 +208,12 @@ batch = tokenizer(["some text"], return_tensors="pt", padding="max_length", trun
 print(model(**batch).logits.softmax(-1).tolist())  # labels: model.config.id2label
 {%- elif pretrained.task == "text-generation" %}
 tokenizer = AutoTokenizer.from_pretrained("<repo>", revision="{{ version }}")  # with the chat template trained on
+{% if system_literal -%}
+system = {{ system_literal }}  # data.system: first in every conversation, in training and in serving
+chat = [{"role": "system", "content": system}, {"role": "user", "content": "your instruction"}]
+{% else -%}
 chat = [{"role": "user", "content": "your instruction"}]
+{% endif -%}
 ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 out = model.generate(**ids, max_new_tokens=64, do_sample=False)
 print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
@@ -274,9 +279,16 @@ def render_card(
         airflow_text=_airflow_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
         sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage, facts["train_config"]),
         pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
-        base_folder=hub.get("base_folder"),
+        base_folder=hub.get("base_folder"), system_literal=_system_literal(lineage),
     )  # fmt: skip
     return str(card)
+
+
+def _system_literal(lineage: dict[str, Any]) -> str | None:
+    """A text-generation version's system prompt (``model.data.system``) as a Python string literal, for the
+    recipe that builds the chat as training and serving did; None without one."""
+    system = ((lineage.get("chat") or {}).get("data") or {}).get("system")
+    return repr(system) if system else None
 
 
 def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
