@@ -121,7 +121,7 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
 
 def _scored_landing(kinds, name: str, version: Path, rows_of) -> dict:
     """The pipeline's model scores a day's landing folder (a CSV with image paths, or an image folder) as
-    it comes, without ingest: the corrupt images are quarantined with the encoder's reason, every other
+    it comes, without ingest: the corrupt images are quarantined with their reason, every other
     row is scored as the version answers in-process."""
     import pandas as pd
 
@@ -138,7 +138,7 @@ def _scored_landing(kinds, name: str, version: Path, rows_of) -> dict:
     out = kinds["root"] / "scores" / name / "ds=2026-11-03"
     assert manifest["rows_in"] == rows_of(landing / "2026-11-03") and manifest["rows_scored"] > 0
     if manifest["rows_quarantined"]:
-        reasons = pq.read_table(out / "_quarantine.parquet").column("reason").to_pylist()
+        reasons = pq.read_table(out / "_quarantine.parquet").column("_reason").to_pylist()
         assert all(r for r in reasons), reasons
     scored = pq.read_table(out / "part.parquet").to_pandas()
     assert len(scored) == manifest["rows_scored"] and set(scored["version"]) == {version.name}

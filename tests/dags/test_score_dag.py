@@ -119,7 +119,7 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
     assert manifest["rows_scored"] == len(pixels) - 1 and manifest["rows_quarantined"] == 1
     out = lake["root"] / "scores" / "digits" / "ds=2026-11-04"
     quarantined = pq.read_table(out / "_quarantine.parquet").to_pylist()
-    assert quarantined[0]["id"] == pixels.loc[3, "id"] and "px_10" in quarantined[0]["reason"]
+    assert quarantined[0]["id"] == pixels.loc[3, "id"] and "px_10" in quarantined[0]["_reason"]
     assert pixels.loc[3, "id"] not in pq.read_table(out / "part.parquet").column("id").to_pylist()
 
     # a file without a feature column: the plan names it

@@ -61,6 +61,8 @@ def quarantine_schema(columns: list[Column]) -> pa.Schema:
 class Validated:
     good: pa.Table
     rejected: pa.Table
+    kept: pa.Array | None = None  # which rows of the batch are in ``good`` (a boolean mask)
+    texts: pa.Table | None = None  # every row's values as text, as ``rejected`` shows them
 
 
 class _Reasons:
@@ -260,7 +262,7 @@ def validate_batch(
         rejected = pa.table(rej).filter(bad).cast(quarantine_schema(columns))
     else:
         rejected = quarantine_schema(columns).empty_table()
-    return Validated(good=good, rejected=rejected)
+    return Validated(good=good, rejected=rejected, kept=good_mask, texts=pa.table(texts))
 
 
 def rejected_rows(texts: dict[str, list[str | None]], reasons: list[str], columns: list[Column], source: str) -> pa.Table:

@@ -3,14 +3,19 @@
     <output>/part.parquet          key, ds, prediction, probabilities (or the value), version, scored_at;
                                    its footer holds the manifest (the record)
     <output>/_manifest.json        a copy of the manifest: version, its lineage, the inputs' sha256, counts
-    <output>/_quarantine.parquet   rows that did not encode, with the reason for each (when there are any)
+    <output>/_quarantine.parquet   rows not scored, with the reason for each (when there are any), laid out
+                                   as ingest's quarantine: _source, _line, _reason, _raw, the columns as text
+    <output>/_failed.json          why the day's last run failed (removed when a run publishes the day)
+    <output>/_failed_quarantine.parquet   the rows a day over score.max_error_fraction could not score
 
 :func:`plan` resolves the version (an alias is resolved once, when the run starts), checks that it loads
-and that the input has its feature columns, and lists the interval's input partitions; :func:`score`
-scores one day of them. Rows are read in record batches of ``score.batch_rows`` (memory stays bounded
-whatever a partition's size), encoded with the version's own preprocessing (what training, evaluation
-and the model server use), predicted, and written as they come into a temporary that is published in
-one step: a rerun replaces the interval whole, and a reader never sees a half-written file.
+and that every input file has its feature columns, and lists the interval's input partitions (0-byte
+files left out, by name); :func:`score` scores one day of them. Rows are read in record batches of
+``score.batch_rows`` (memory stays bounded whatever a partition's size); a folder's rows are checked by
+ingest's validator against the spec's schema (the lake's rows were, when they were ingested); rows are
+encoded with the version's own preprocessing (what training, evaluation and the model server use),
+predicted, and written as they come into a temporary that is published in one step: a rerun replaces
+the interval whole, and a reader never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +35,24 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
+    from freestack.ingest.spec import Column
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 PART, MANIFEST, QUARANTINE = "part.parquet", "_manifest.json", "_quarantine.parquet"
+FAILED, FAILED_QUARANTINE = "_failed.json", "_failed_quarantine.parquet"
+#: the quarantine's name until the day is published (as QUARANTINE) or fails (as FAILED_QUARANTINE)
+STAGING = "_quarantine-staging.parquet"
 FOOTER_KEY = b"freestack.scores"
 
 
 class ScoreError(FreestackError):
-    """The interval cannot be scored; the message names what is wrong and what to do."""
+    """The interval cannot be scored; the message names what is wrong and what to do. ``ds``: the day at
+    fault, when it is one day's."""
+
+    def __init__(self, message: str, *, ds: str | None = None):
+        super().__init__(message)
+        self.ds = ds
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,19 +149,34 @@ def resolve_version(spec: PipelineSpec) -> dict[str, str]:
 
 
 def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
-    """The run's version (checked: it loads, and the input has its columns) and one job per day of
-    ``[start, end)`` that has input; ``skipped`` names the days without."""
+    """The run's version (checked: it loads, and every input file has its columns) and one job per day
+    of ``[start, end)`` that has input; ``skipped`` names the days without. An empty file (0 bytes, or no
+    header) is left out of its day with a line naming it (``job["empty"]``)."""
     resolved = resolve_version(spec)
     model = load_version(resolved["uri"], "cpu")  # only to check it loads and what it takes
     jobs, skipped = [], []
     for ds in days_of(start, end):
-        files = input_files(spec, ds)
+        files, empty = [], []
+        for item in input_files(spec, ds):
+            try:
+                names = _input_names(spec, item)
+            except (OSError, ValueError) as exc:
+                kind = item.get("kind", "parquet")
+                raise ScoreError(f"{item['uri']} cannot be read as {kind} ({str(exc)[:300]}): replace or "
+                                 "remove the file, then clear this task", ds=ds) from None  # fmt: skip
+            if names is None:
+                log.warning("%s: %s is empty (%d bytes): not scored; write its rows or remove it", ds,
+                            item["uri"], item["size"])  # fmt: skip
+                empty.append(item["uri"])
+                continue
+            if item.get("kind") != "image" or not files:  # image files all give the same columns
+                check_columns(spec, model, item, resolved["version"], names, ds)
+            files.append(item)
         if not files:
             skipped.append(ds)
             continue
-        check_columns(spec, model, files[0], resolved["version"])
         jobs.append({"ds": ds, "version": resolved["version"], "version_uri": resolved["uri"], "inputs": files,
-                     "output": output_dir(spec, ds)})  # fmt: skip
+                     "output": output_dir(spec, ds), "empty": empty})  # fmt: skip
     return {**resolved, "jobs": jobs, "skipped": skipped}
 
 
@@ -258,31 +288,48 @@ def load_version(uri: str, device: str = "auto") -> LoadedVersion:
     return LoadedVersion(uri, device)
 
 
-def check_columns(spec: PipelineSpec, model: LoadedVersion, item: dict[str, Any], version: str) -> None:
+def check_columns(spec: PipelineSpec, model: LoadedVersion, item: dict[str, Any], version: str,
+                  names: list[str] | None = None, ds: str | None = None) -> None:  # fmt: skip
     """The input file must hold every feature column the version was trained on (and the key)."""
-    names = _input_names(spec, item)
+    names = _input_names(spec, item) if names is None else names
     uri, key = item["uri"], spec.source.schema_.key
-    missing = [c for c in [*model.pre.features, *([key] if key else [])] if c not in names]
+    missing = [c for c in [*model.pre.features, *([key] if key else [])] if c not in (names or [])]
     if missing:
         raise ScoreError(f"{uri} has no column(s) {missing}, which version {version} of {spec.model_name} takes: "
                          f"score an input with the columns it was trained on ({', '.join(model.pre.features[:8])}"
-                         f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these")  # fmt: skip
+                         f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these",
+                         ds=ds)  # fmt: skip
 
 
-def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> set[str]:
-    """The column names an input file gives (an image file: the key and the model's image column)."""
-    import pyarrow.csv as pcsv
+def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> list[str] | None:
+    """The column names an input file gives (an image file: the key and the model's image column); None
+    for an empty file (0 bytes, or a CSV without even a header)."""
     import pyarrow.parquet as pq
 
     from freestack.storage import to_path
 
     kind = item.get("kind", "parquet")
     if kind == "image":
-        return {spec.source.schema_.key or "row", *spec.model_features}
+        return [spec.source.schema_.key or "row", *spec.model_features]
+    if not item.get("size", 1):
+        return None
     with to_path(item["uri"]).open("rb") as f:
         if kind == "parquet":
-            return set(pq.read_schema(f).names)
-        return set(pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=1 << 16)).schema.names)
+            return pq.read_schema(f).names
+        return _csv_names(spec, f)
+
+
+def _csv_names(spec: PipelineSpec, f) -> list[str] | None:
+    """A CSV's column names: its header's (None when it has none), or the schema's without a header."""
+    import csv
+
+    opts = spec.source.csv
+    if not opts.header:
+        return [c.name for c in spec.source.schema_.fields]
+    first = f.readline().decode(opts.encoding, errors="replace").lstrip("\ufeff")
+    row = next(csv.reader([first], delimiter=opts.delimiter, quotechar=opts.quote_char), [])
+    names = [c.strip() for c in row]
+    return names if any(names) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,6 +381,7 @@ class _Counts:
         self.class_rows: np.ndarray | None = None  # rows predicted per class
         self.values = {"count": 0, "sum": 0.0, "min": float("inf"), "max": float("-inf")}  # a regression's
         self.sample: list[tuple[datetime, str, Any, np.ndarray]] = []  # for the monitor: a few rows a batch
+        self.reasons: Counter[str] = Counter()  # why rows were not scored (the commonest, for a failed day)
 
     def predictions(self, model: LoadedVersion) -> dict[str, float]:
         """The day's distribution of predictions: rows per class, or a regression's count, sum, min, max."""
@@ -346,32 +394,51 @@ class _Counts:
 def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
           model: LoadedVersion | None = None) -> dict[str, Any]:  # fmt: skip
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
-    published first, the part last: the part is the one commit point."""
+    published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
+    nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
     from freestack.storage import AtomicWriter, join, remove_temporaries, to_path, write_json
 
     model = model or load_version(job["version_uri"], spec.train.device)
     out_dir = to_path(job["output"])
-    part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, QUARANTINE))
+    part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, STAGING))
     try:
         counts, manifest = _write(spec, job, model, part_w, quar_w, run)
     except BaseException:
         quar_w.abort()
         part_w.abort()
         raise
+    limit = spec.score.max_error_fraction
+    if limit is not None and counts.rows_quarantined / counts.rows_in > limit:
+        part_w.abort()  # the day's published scores, if any, stay as they were, with their quarantine
+        kept = quar_w.commit_as(join(out_dir, FAILED_QUARANTINE))
+        join(out_dir, STAGING).unlink(missing_ok=True)
+        raise ScoreError(_over_limit(job["ds"], counts, limit, kept.uri), ds=job["ds"])
     if counts.rows_quarantined:
-        quar_w.commit()
+        quar_w.commit_as(join(out_dir, QUARANTINE))
     else:
         quar_w.abort()
     part_w.commit()
     if not counts.rows_quarantined:  # an earlier run's quarantine belongs to the scores just replaced
         join(out_dir, QUARANTINE).unlink(missing_ok=True)
+    for name in (FAILED, FAILED_QUARANTINE, STAGING):  # an earlier failure of the day is answered
+        join(out_dir, name).unlink(missing_ok=True)
     write_json(join(out_dir, MANIFEST), manifest)
     remove_temporaries(out_dir)
     if counts.sample:
         log_sample(spec, job, model, counts.sample)
+    for uri in job.get("empty", []):
+        log.warning("%s: %s is empty: not scored", job["ds"], uri)
     log.info("%s: %d rows scored with %s, %d quarantined -> %s", job["ds"], counts.rows_scored, job["version"],
              counts.rows_quarantined, join(out_dir, PART))  # fmt: skip
     return manifest
+
+
+def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
+    common = "; ".join(f"{why} ({n} row{'s' * (n > 1)})" for why, n in counts.reasons.most_common(3))
+    share = counts.rows_quarantined / counts.rows_in
+    return (f"{ds}: {counts.rows_quarantined} of {counts.rows_in} rows were not scored ({share:.1%}), over "
+            f"score.max_error_fraction {limit:.1%}: nothing was published. Each of those rows and its reason "
+            f"is in {kept}; the commonest: {common}. Fix the input and clear this task, or raise the limit")
 
 
 def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w, quar_w,
@@ -382,42 +449,65 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
 
     from freestack.storage import join
 
-    counts, at, writer, quar = _Counts(), datetime.now(UTC), None, None
+    counts, at = _Counts(), datetime.now(UTC)
+    quar = _Quarantine(quar_w, spec, counts)
+    schema = _output_schema(spec, model, _key_type(spec, job))
+    writer = pq.ParquetWriter(part_w, schema, compression="zstd")
     try:
         for unit in _units(job["inputs"], spec.score.batch_rows):
             before = counts.rows_in
-            for batch, keys in _batches(spec, unit):
-                if writer is None:
-                    schema = _output_schema(spec, model, keys.type)
-                    writer = pq.ParquetWriter(part_w, schema, compression="zstd")
-                inputs, good, bad = model.encode(batch)
-                if bad:
-                    quar = quar or pq.ParquetWriter(quar_w, _quarantine_schema(batch.schema), compression="zstd")
-                    quar.write_table(_quarantined(batch, bad))
-                counts.rows_in += batch.num_rows
-                counts.rows_quarantined += len(bad)
-                if len(good):
-                    out = model.forward(inputs)
-                    top = out.argmax(axis=1) if model.classification else None
-                    writer.write_batch(_scores(model, out, top, keys.take(good) if bad else keys, job["ds"],
-                                               job["version"], at, schema))  # fmt: skip
-                    counts.rows_scored += len(good)
-                    _tally(counts, model, out, top)
-                    if spec.score.monitor:
-                        _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
+            for piece in _pieces(spec, unit):
+                counts.rows_in += piece.rows_in
+                quar.write(piece.rejected)
+                if piece.batch is not None and piece.batch.num_rows:
+                    _score_piece(spec, job, model, piece, writer, quar, counts, at)
             rows = counts.rows_in - before
             counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
-        _check_errors(spec, job, counts)
-        if writer is None:
-            raise ScoreError(f"{job['ds']}: the input files hold no rows ({[i['uri'] for i in job['inputs']]})")
-        quarantine = str(join(part_w.path.parent, QUARANTINE)) if quar else None
+        if not counts.rows_in:
+            files = [i["uri"] for i in job["inputs"]]
+            raise ScoreError(f"{job['ds']}: the input files hold no rows ({files}): write their rows, or "
+                             "remove them", ds=job["ds"])  # fmt: skip
+        quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
         manifest = _manifest(spec, job, counts, model, at, run, quarantine)
         writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
     finally:
-        for w in (writer, quar):
-            if w is not None:
-                w.close()
+        writer.close()
+        quar.close()
     return counts, manifest
+
+
+def _score_piece(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, piece: _Piece, writer,
+                 quar: _Quarantine, counts: _Counts, at: datetime) -> None:  # fmt: skip
+    """Encode, predict and write one piece's rows; the rows the version's preprocessing refuses go to
+    the quarantine."""
+    batch = piece.batch
+    inputs, good, bad = model.encode(batch)
+    if bad:
+        quar.write(piece.refused(bad))
+    if not len(good):
+        return
+    out = model.forward(inputs)
+    top = out.argmax(axis=1) if model.classification else None
+    writer.write_batch(_scores(model, out, top, piece.keys.take(good) if bad else piece.keys, job["ds"],
+                               job["version"], at, writer.schema))  # fmt: skip
+    counts.rows_scored += len(good)
+    _tally(counts, model, out, top)
+    if spec.score.monitor:
+        _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
+
+
+def _key_type(spec: PipelineSpec, job: dict[str, Any]) -> pa.DataType:
+    """The key's type in the scores: an image file's path, the declared key's, or a row number."""
+    import pyarrow as pa
+
+    from freestack.ingest.validate import ARROW_TYPES
+
+    key = spec.source.schema_.key
+    if any(i.get("kind") == "image" for i in job["inputs"]):
+        return pa.string()
+    if key is None:
+        return pa.int64()
+    return ARROW_TYPES[next(c.type for c in spec.source.schema_.fields if c.name == key)]
 
 
 def _units(inputs: list[dict[str, Any]], batch_rows: int) -> list[list[dict[str, Any]]]:
@@ -427,11 +517,96 @@ def _units(inputs: list[dict[str, Any]], batch_rows: int) -> list[list[dict[str,
     return tables + [images[k : k + batch_rows] for k in range(0, len(images), batch_rows)]
 
 
-def _batches(spec: PipelineSpec, unit: list[dict[str, Any]]):
-    """(batch, keys) per record batch of a unit of input (:func:`_units`); the files' bytes must be the
-    ones planned (each sha256 is checked first). A CSV's columns are read as the spec declares them, and
-    an image column holding paths gets the files' bytes (relative to the input folder); image files are
-    one row each of the model's one image column, their path in the folder the key."""
+class _Piece:
+    """Rows read from one input: ``batch`` the rows to score (typed as the lake types them) and their
+    ``keys``; ``rejected`` the rows the schema refused (in the quarantine's layout); ``texts`` the
+    batch's rows as text as they came (a folder's), for the rows the version's preprocessing refuses."""
+
+    def __init__(self, batch: pa.RecordBatch | None, keys: pa.Array | None, source: str | pa.Array,
+                 rows_in: int, rejected: pa.Table | None = None, texts: pa.Table | None = None):  # fmt: skip
+        self.batch, self.keys, self.source, self.rows_in = batch, keys, source, rows_in
+        self.rejected, self.texts = rejected, texts
+
+    def refused(self, bad: dict[int, str]) -> pa.Table:
+        """The rows of ``batch`` at the positions of ``bad``, with their reasons, as quarantined rows."""
+        import pyarrow as pa
+
+        at = sorted(bad)
+        rows, n = pa.array(at, pa.int64()), len(at)
+        shown = self.texts.take(rows) if self.texts is not None else _as_text(self.batch.take(rows))
+        one = isinstance(self.source, str)
+        meta = {"_source": pa.array([self.source] * n, pa.string()) if one else self.source.take(rows),
+                "_line": pa.nulls(n, pa.int64()), "_reason": pa.array([bad[i] for i in at], pa.string()),
+                "_raw": pa.nulls(n, pa.string())}  # fmt: skip
+        return pa.table({**meta, **{c: shown.column(c) for c in shown.column_names if c not in meta}})
+
+
+def _as_text(rows: pa.RecordBatch) -> pa.Table:
+    """Typed rows as text (an image's bytes as their size), as a quarantine shows them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = {}
+    for name in rows.schema.names:
+        col = rows.column(name)
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            cols[name] = pa.array([None if v is None else f"<{len(v)} bytes>" for v in col.to_pylist()])
+            continue
+        try:
+            cols[name] = pc.cast(col, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            cols[name] = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
+    return pa.table(cols)
+
+
+class _Quarantine:
+    """The day's rows not scored, written as they come in ingest's quarantine layout (``_source``,
+    ``_line``, ``_reason``, ``_raw`` and the schema's columns but the target, as text), each counted."""
+
+    #: the most distinct reasons counted (a reason holds the value at fault: a bad day may have many)
+    REASONS = 1000
+
+    def __init__(self, sink, spec: PipelineSpec, counts: _Counts):
+        from freestack.ingest.validate import quarantine_schema
+
+        self.sink, self.counts, self.writer = sink, counts, None
+        self.schema = quarantine_schema(_checked_columns(spec, None))
+
+    def write(self, rows: pa.Table | None) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        if rows is None or not rows.num_rows:
+            return
+        n = rows.num_rows
+        have = set(rows.column_names)
+        table = pa.table([rows.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type)
+                          for f in self.schema], schema=self.schema)  # fmt: skip
+        self.writer = self.writer or pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        self.writer.write_table(table)
+        self.counts.rows_quarantined += n
+        for c in pc.value_counts(table.column("_reason")).to_pylist():
+            if c["values"] in self.counts.reasons or len(self.counts.reasons) < self.REASONS:
+                self.counts.reasons[c["values"]] += c["counts"]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _checked_columns(spec: PipelineSpec, names: list[str] | None) -> list[Column]:
+    """The schema's columns a folder file is checked against: those it has (``names``; None: all), the
+    target left out (a file to score need not hold it)."""
+    schema = spec.source.schema_
+    return [c for c in schema.fields if c.name != schema.target and (names is None or c.name in names)]
+
+
+def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
+    """The :class:`_Piece` s of a unit of input (:func:`_units`); the files' bytes must be the ones planned
+    (each sha256 is checked first). A lake partition's rows are as ingest checked them; a folder's table
+    files are checked here by ingest's validator (:func:`_checked_pieces`); image files are one row each
+    of the model's one image column, their path in the folder the key."""
     from freestack.storage import sha256_of, to_path
 
     for item in unit:
@@ -441,15 +616,47 @@ def _batches(spec: PipelineSpec, unit: list[dict[str, Any]]):
     kind, item = unit[0].get("kind", "parquet"), unit[0]
     if kind == "image":
         batch = _image_batch(spec, unit)
-        yield batch, batch.column(0)
+        yield _Piece(batch, batch.column(0), batch.column(0), batch.num_rows)
         return
-    offset = 0
-    for batch in (_parquet_batches if kind == "parquet" else _csv_batches)(spec, to_path(item["uri"]), item):
-        batch = _with_image_bytes(spec, batch, item.get("folder")) if kind == "csv" else batch
-        key = spec.source.schema_.key
+    if "folder" in item:
+        yield from _checked_pieces(spec, item)
+        return
+    offset, key = 0, spec.source.schema_.key
+    for batch in _parquet_batches(spec, to_path(item["uri"])):
         keys = batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
         offset += batch.num_rows
-        yield batch, keys
+        yield _Piece(batch, keys, item["uri"], batch.num_rows)
+
+
+def _checked_pieces(spec: PipelineSpec, item: dict[str, Any]):
+    """A folder's table file, batch by batch, its values read as text and checked against the schema by
+    ingest's validator, with ingest's rules: a value that does not parse as its column's type, a null key
+    or a null in a column that is not nullable, a value outside ``allowed``, ``min`` or ``max``, an image
+    that cannot be read (an image column holds paths under the folder, or a Parquet file's bytes); a line
+    with too many or too few fields. Those rows are quarantined with the reason; the others are scored."""
+    from freestack.ingest.images import check_images
+    from freestack.ingest.validate import malformed_rows, validate_batch
+    from freestack.storage import to_path
+
+    path, name, kind = to_path(item["uri"]), item["uri"].rsplit("/", 1)[-1], item["kind"]
+    folder, opts = to_path(item["folder"]), spec.source.images
+
+    def images(column: str, values: list):  # paths under the folder (a CSV's), or a Parquet file's images
+        return check_images(column, values, folder, opts, inline=kind == "parquet")
+
+    key, offset, malformed = spec.source.schema_.key, 0, []
+    for text in (_csv_text if kind == "csv" else _parquet_text)(spec, path, malformed):
+        columns = _checked_columns(spec, text.schema.names)
+        checked = validate_batch(text, columns, source=name, key=key, images=images)
+        good = checked.good.combine_chunks().to_batches()
+        batch = good[0] if good else None
+        kept = checked.kept
+        keys = batch.column(key) if key and batch else _row_numbers(offset, text.num_rows).filter(kept)
+        offset += text.num_rows
+        yield _Piece(batch, keys, name, text.num_rows, checked.rejected, checked.texts.filter(kept))
+    if malformed:
+        rows = malformed_rows(sorted(malformed, key=lambda r: r[0] or 0), _checked_columns(spec, None), name)
+        yield _Piece(None, None, name, len(malformed), rows)
 
 
 def _row_numbers(start: int, n: int):
@@ -458,24 +665,65 @@ def _row_numbers(start: int, n: int):
     return pa.array(np.arange(start, start + n))
 
 
-def _parquet_batches(spec: PipelineSpec, path, item: dict[str, Any]):
+def _parquet_batches(spec: PipelineSpec, path):
     import pyarrow.parquet as pq
 
     with path.open("rb") as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=spec.score.batch_rows)
 
 
-def _csv_batches(spec: PipelineSpec, path, item: dict[str, Any]):
-    """A CSV in record batches, each declared column read as its declared type (the target may be absent)."""
+def _parquet_text(spec: PipelineSpec, path, malformed: list):
+    """A folder's Parquet file in record batches of the schema's columns, each value as text (bytes stay
+    bytes: an image column's values are the images), as ingest reads one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with path.open("rb") as f:
+        pf = pq.ParquetFile(f)
+        wanted = [c.name for c in _checked_columns(spec, pf.schema_arrow.names)]
+        for batch in pf.iter_batches(batch_size=spec.score.batch_rows, columns=wanted):
+            cols = {}
+            for name, col in zip(batch.schema.names, batch.columns, strict=True):
+                t = col.type
+                if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+                    cols[name] = pc.cast(col, pa.binary())
+                else:
+                    cols[name] = col if pa.types.is_string(t) else pc.cast(col, pa.string())
+            yield pa.RecordBatch.from_pydict(cols)
+
+
+def _csv_text(spec: PipelineSpec, path, malformed: list):
+    """A folder's CSV in record batches, every value as text (bytes) as ingest reads one (the spec's
+    ``source.csv`` options; a line with too many or too few fields goes to ``malformed``)."""
+    import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    from freestack.ingest.validate import arrow_schema
-
-    declared = arrow_schema(spec.source.schema_.fields)
-    types = {f.name: f.type for f in declared if not f.type.equals("binary")}  # image paths are text here
+    opts = spec.source.csv
     with path.open("rb") as f:
-        reader = pcsv.open_csv(f, convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-                               read_options=pcsv.ReadOptions(block_size=1 << 22))  # fmt: skip
+        names = _csv_names(spec, f)
+    if not names:
+        return
+
+    def on_invalid(row) -> str:
+        why = f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}"
+        malformed.append((row.number, why, row.text))
+        return "skip"
+
+    encoding = "utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding
+    read = pcsv.ReadOptions(block_size=1 << 22, column_names=names, skip_rows=1 if opts.header else 0,
+                            encoding=encoding)  # fmt: skip
+    parse = pcsv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
+                              invalid_row_handler=on_invalid)  # fmt: skip
+    convert = pcsv.ConvertOptions(column_types={n: pa.binary() for n in names}, null_values=opts.null_values,
+                                  strings_can_be_null=True, quoted_strings_can_be_null=False)  # fmt: skip
+    with path.open("rb") as f:
+        try:
+            reader = pcsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):  # a header alone
+                return
+            raise
         for batch in reader:
             for start in range(0, batch.num_rows, spec.score.batch_rows):
                 yield batch.slice(start, spec.score.batch_rows)
@@ -494,39 +742,6 @@ def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
     rels = [i["uri"][len(i.get("folder", "").rstrip("/")) + 1 :] for i in unit]
     key = spec.source.schema_.key or "row"
     return pa.RecordBatch.from_pydict({key: rels, images[0]: [to_path(i["uri"]).read_bytes() for i in unit]})
-
-
-def _with_image_bytes(spec: PipelineSpec, batch, folder: str | None):
-    """A CSV batch whose image columns hold paths, with the files' bytes instead (None where a file is
-    missing: the row is quarantined with the encoder's reason)."""
-    import pyarrow as pa
-
-    from freestack.storage import join, to_path
-
-    for name in [f for f, t in spec.feature_kinds.items() if t == "image" and f in batch.schema.names]:
-        paths = batch.column(name).to_pylist()
-        data = []
-        for rel in paths:
-            try:
-                data.append(join(to_path(folder), rel).read_bytes() if rel and folder else None)
-            except (FileNotFoundError, IsADirectoryError, ValueError):
-                data.append(None)
-        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(data, pa.binary()))
-    return batch
-
-
-def _quarantine_schema(input_schema: pa.Schema) -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([*input_schema, pa.field("reason", pa.string())])
-
-
-def _quarantined(batch: pa.RecordBatch, bad: dict[int, str]) -> pa.Table:
-    import pyarrow as pa
-
-    rows = sorted(bad)
-    table = pa.Table.from_batches([batch.take(pa.array(rows))])
-    return table.append_column("reason", pa.array([bad[i] for i in rows], pa.string()))
 
 
 def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray, top: np.ndarray | None) -> None:
@@ -580,14 +795,6 @@ def log_sample(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, sa
     return str(path)
 
 
-def _check_errors(spec: PipelineSpec, job: dict[str, Any], counts: _Counts) -> None:
-    limit = spec.score.max_error_fraction
-    if limit is not None and counts.rows_in and counts.rows_quarantined / counts.rows_in > limit:
-        raise ScoreError(f"{job['ds']}: {counts.rows_quarantined} of {counts.rows_in} rows did not encode "
-                         f"({counts.rows_quarantined / counts.rows_in:.1%}), over score.max_error_fraction {limit:.1%}: "
-                         "nothing was published; fix the input (the reasons are in the task log) or raise the limit")  # fmt: skip
-
-
 def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: LoadedVersion, at: datetime,
               run: dict[str, str] | None, quarantine: str | None) -> dict[str, Any]:  # fmt: skip
     from freestack.storage import join, to_path
@@ -597,7 +804,7 @@ def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: L
         "version_uri": job["version_uri"], "lineage": str(join(to_path(job["version_uri"]), "lineage.json")),
         "trained_on": [{"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])],
         "inputs": counts.per_input, "rows_in": counts.rows_in, "rows_scored": counts.rows_scored,
-        "rows_quarantined": counts.rows_quarantined, "quarantine": quarantine,
+        "rows_quarantined": counts.rows_quarantined, "quarantine": quarantine, "empty": job.get("empty", []),
         "predictions": counts.predictions(model), "columns": list(spec.score.columns),
         "task": model.pre.task, "scored_at": at.isoformat(timespec="seconds"), "run": run or {},
     }  # fmt: skip
@@ -663,15 +870,52 @@ def read_scores_manifest(folder: str) -> dict[str, Any]:
 
 
 def scored_days(spec: PipelineSpec) -> list[dict[str, Any]]:
-    """The manifests of the scored days, newest first; a day that cannot be read is ``{"ds", "problem"}``."""
+    """The manifests of the scored days, newest first; a day that cannot be read is ``{"ds", "problem"}``;
+    a day whose last run failed has ``failed`` (:func:`read_failure`), published scores or not."""
     out = []
     for ds in score_days(spec):
+        folder = output_dir(spec, ds)
         try:
-            out.append(read_scores_manifest(output_dir(spec, ds)))
+            day = read_scores_manifest(folder)
         except UnreadableScores as exc:
-            out.append({"ds": ds, "problem": str(exc)})
+            day = {"ds": ds, "problem": str(exc)}
+        if (failed := read_failure(folder)) is not None:
+            day["failed"] = failed
+        out.append(day)
     return out
 
 
-__all__ = ["ScoreError", "UnreadableScores", "days_of", "input_files", "plan", "read_scores_manifest", "resolve_version",
-           "score", "score_days", "scored_days", "scores_parent"]
+def record_failure(spec: PipelineSpec, ds: str, error: str, *, task: str,
+                   run: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write why ``ds``'s run failed into the day's folder (``_failed.json``), where the Scores page and
+    ``freestack scores`` read it; the next run that publishes the day removes it. A record that cannot be
+    written is logged, never raised over the error it records."""
+    from freestack.storage import join, to_path, write_json
+
+    record = {"ds": ds, "error": error, "task": task, "run": run or {},
+              "failed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    try:
+        write_json(join(to_path(output_dir(spec, ds)), FAILED), record)
+    except (OSError, FreestackError) as exc:
+        log.warning("%s: the failure could not be recorded in %s (%s)", ds, output_dir(spec, ds), exc)
+
+
+def read_failure(folder: str) -> dict[str, Any] | None:
+    """The day's last failure (``error``, ``task``, ``run``, ``failed_at``); None when its last run
+    published it."""
+    from freestack.storage import join, to_path
+
+    try:
+        record = json.loads(join(to_path(folder), FAILED).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"error": f"{FAILED} cannot be read ({str(exc)[:200]})"}
+    if not isinstance(record, dict) or not record.get("error"):
+        return {"error": f"{FAILED} holds no error"}
+    return record
+
+
+__all__ = ["ScoreError", "UnreadableScores", "days_of", "input_files", "plan", "read_failure",
+           "read_scores_manifest", "record_failure", "resolve_version", "score", "score_days", "scored_days",
+           "scores_parent"]

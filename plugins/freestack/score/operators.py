@@ -32,7 +32,7 @@ class PlanScoreOperator(PipelineOperator):
     ui_color = "#e8e0f8"
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from freestack.score.core import ScoreError, plan
+        from freestack.score.core import ScoreError, days_of, plan, record_failure
 
         spec = self.pipeline_spec()
         start, end = context["data_interval_start"], context["data_interval_end"]
@@ -41,7 +41,10 @@ class PlanScoreOperator(PipelineOperator):
                                        f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)")  # fmt: skip
         try:
             got = plan(spec, start, end)
-        except ScoreError as exc:
+        except ScoreError as exc:  # the day at fault, or every day of the run, is listed failed with why
+            run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+            for ds in [exc.ds] if exc.ds else days_of(start, end):
+                record_failure(spec, ds, str(exc), task="plan", run=run)
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key=PLAN_XCOM, value={k: got[k] for k in ("version", "uri", "asked", "skipped")})
         days = [j["ds"] for j in got["jobs"]]
@@ -66,14 +69,20 @@ class ScoreOperator(TorchTask, PipelineOperator):
         self.job = job
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.score.core import ScoreError, score
+        from freestack.score.core import ScoreError, record_failure, score
 
         spec = self.pipeline_spec()
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         try:
             manifest = score(spec, self.job, run)
         except ScoreError as exc:
+            record_failure(spec, self.job["ds"], str(exc), task="score", run=run)
             raise AirflowFailException(str(exc)) from None
+        except Exception as exc:  # listed failed with the try: Airflow retries it, and a success clears it
+            tries = f"try {context['ti'].try_number} of {self.retries + 1}"
+            error = f"{type(exc).__name__}: {str(exc)[:1000]} ({tries})"
+            record_failure(spec, self.job["ds"], error, task="score", run=run)
+            raise
         brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
         brief["output"] = self.job["output"]
         context["outlet_events"][scores_asset(spec.name)].extra = brief

@@ -7,14 +7,14 @@
       output: "scores/{pipeline}/ds={ds}/"   # under the storage root, or an s3:// / data:// / file:// URI
       columns: [prediction, probabilities]   # what is written beside the key (a regression: the value)
       batch_rows: 4096              # rows read, encoded and predicted at a time
-      max_error_fraction: null      # rows that do not encode are quarantined; above this fraction: fail
+      max_error_fraction: null      # rows not scored are quarantined; above this fraction: fail
       monitor: true                 # a sample of each day to the request log: <p>_monitor judges it
 
 A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``, or the pipeline's own
 landing folder): its Parquet and CSV files are the day's rows, with the model's feature columns and the key
-(a CSV's image column holds paths under the folder), or, with no table in it, its images at any depth are
-one row each (for a model of one image column). No Airflow, no heavy imports:
-validated when the spec is read (DAG parse time).
+(a CSV's image column holds paths under the folder), checked with ingest's row rules against
+``source.schema``, or, with no table in it, its images at any depth are one row each (for a model of one
+image column). No Airflow, no heavy imports: validated when the spec is read (DAG parse time).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ class ScoreSpec(SpecModel):
                     "(classification only)")  # fmt: skip
     batch_rows: int = Field(default=4096, ge=1, le=1_000_000, description="Rows read, encoded and predicted at a time.")
     max_error_fraction: float | None = Field(default=None, ge=0, le=1,
-                                             description="Rows that do not encode are quarantined with the reason; "
-                                                         "above this fraction of an interval's rows the run fails "
-                                                         "(null: never)")  # fmt: skip
+                                             description="Rows not scored (refused by the schema's rules or the "
+                                                         "version's preprocessing) are quarantined with the reason; "
+                                                         "above this fraction of a day's rows the day fails, nothing "
+                                                         "is published and those rows are kept in "
+                                                         "_failed_quarantine.parquet (null: never)")  # fmt: skip
     queue: str | None = Field(default=None, description="The workers' queue of the score task (e.g. gpu).")
     monitor: bool = Field(default=True, description="Log a sample of each day's inputs and predictions (256 rows "
                           "a batch) to the model's request log, so that <p>_monitor judges batch-scored days "
