@@ -26,10 +26,14 @@ def scores(pipeline: Pipeline, json: Json = False) -> int:
     t = table("ds", "rows", "quarantined", "version", "predictions", "scored at", right=("rows", "quarantined"),
               title=f"scores of {pipeline!r} ({spec.score.output})")  # fmt: skip
     for d in days:
-        if "problem" in d:  # a day that cannot be read says why, and the others are listed
-            t.add_row(d["ds"], "?", "?", "?", f"unreadable: {d['problem']}", "")
+        f = d.get("failed") or {}
+        failed = f"failed in {f.get('task') or 'a task'}: {f['error']}" if f else None
+        if "problem" in d:  # a day that cannot be read (or failed) says why, and the others are listed
+            t.add_row(d["ds"], "?", "?", "?", failed or f"unreadable: {d['problem']}", f.get("failed_at", ""))
             continue
         t.add_row(d["ds"], str(d["rows_scored"]), str(d["rows_quarantined"]), d["version"], _spread(d), d["scored_at"])
+        if failed:  # a later run failed: the scores listed are the last published
+            t.add_row("", "", "", "", f"then {failed}", f.get("failed_at", ""))
     emit(t, console=console)
     return 0
 

@@ -824,6 +824,14 @@ class ValueStats(BaseModel):
     max: float | None
 
 
+class ScoreFailure(BaseModel):
+    error: str = Field(description="why the day's last run failed, as its task said")
+    task: str | None = Field(None, description="plan or score")
+    failed_at: str | None = None
+    dag_id: str | None = None
+    run_id: str | None = None
+
+
 class ScoredDay(BaseModel):
     ds: str
     folder: str = Field(description="the day's folder: part.parquet, _manifest.json, _quarantine.parquet")
@@ -840,6 +848,7 @@ class ScoredDay(BaseModel):
     dag_id: str | None = None
     run_id: str | None = None
     problem: str | None = Field(None, description="why the day cannot be read (then only ds and folder are known)")
+    failed: ScoreFailure | None = Field(None, description="the day's last run failed (after the scores shown, if any)")
 
     def shown_classes(self) -> list[ClassCount]:
         """The :data:`SHOWN_CLASSES` most predicted classes, in label order."""
@@ -905,17 +914,26 @@ def _day_of(ds: str, folder: str, m: dict[str, Any]) -> ScoredDay:
 def scored_day(spec: PipelineSpec, ds: str) -> ScoredDay:
     """One scored day from the footer of its part; a day that cannot be read says why (``problem``) and
     how to repair it, instead of failing the page."""
-    from freestack.score.core import UnreadableScores, output_dir, read_scores_manifest
+    from freestack.score.core import UnreadableScores, output_dir, read_failure, read_scores_manifest
 
     folder = output_dir(spec, ds)
+    failed = _failure(read_failure(folder))
     try:
-        return _day_of(ds, folder, read_scores_manifest(folder))
+        return _day_of(ds, folder, read_scores_manifest(folder)).model_copy(update={"failed": failed})
     except UnreadableScores as exc:
         problem = str(exc)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         problem = f"the manifest in the footer is not a scores manifest ({type(exc).__name__}: {str(exc)[:200]})"
     fix = f"Rescore the day: clear its score task, or `freestack backfill {spec.name} --dag score --reprocess completed` over it"
-    return ScoredDay(ds=ds, folder=folder, problem=f"{problem}. {fix}")
+    return ScoredDay(ds=ds, folder=folder, problem=f"{problem}. {fix}", failed=failed)
+
+
+def _failure(record: dict[str, Any] | None) -> ScoreFailure | None:
+    if record is None:
+        return None
+    run = record.get("run") if isinstance(record.get("run"), dict) else {}
+    return ScoreFailure(error=str(record["error"]), task=record.get("task"), failed_at=record.get("failed_at"),
+                        dag_id=run.get("dag_id"), run_id=run.get("run_id"))  # fmt: skip
 
 
 def scores_page(pipeline: str, spec: PipelineSpec, page: int = 1, size: int = SCORES_PAGE) -> ScoresPage:
@@ -932,6 +950,6 @@ def scores_page(pipeline: str, spec: PipelineSpec, page: int = 1, size: int = SC
 __all__ = [
     "DeploymentRow", "Importance", "IntervalRow", "LakePage", "distributions", "parameter_importance", "sweep_status", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
-    "ClassCount", "ScoredDay", "ScoresPage", "ValueStats", "score_days", "scored_day", "scores_page",
+    "ClassCount", "ScoreFailure", "ScoredDay", "ScoresPage", "ValueStats", "score_days", "scored_day", "scores_page",
     "trained_on", "version_file_chunks", "version_page", "version_rows",
 ]  # fmt: skip

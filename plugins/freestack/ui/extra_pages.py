@@ -7,7 +7,7 @@
                                              deployment's own recorded predict URL (local ones), the answer
                                              and its latency shown
     /data/<p>/<ds>/quarantine?page=N         a partition's rejected rows, 100 a page, read with pyarrow
-    /scores/<p>/<ds>/quarantine?page=N       the rows of a scored day that did not encode, the same way
+    /scores/<p>/<ds>/quarantine?page=N       the rows of a scored day that were not scored, the same way
     /api/...                                 the same as JSON
 
 An :class:`~fastapi.APIRouter` that :mod:`freestack.ui.app` includes into its ``views_app`` (not mounted: a
@@ -548,7 +548,7 @@ def _rows_page(pipeline: str, ds: str, path: Any, page: int, size: int) -> Quara
 
 
 def score_quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE) -> QuarantinePage:
-    """Page ``page`` of the rows of a scored day that did not encode, read from the day's ``_quarantine.parquet``."""
+    """Page ``page`` of the rows of a scored day that were not scored, read from the day's ``_quarantine.parquet``."""
     from freestack.score.core import QUARANTINE
     from freestack.storage import join, to_path
 
@@ -603,7 +603,7 @@ async def score_quarantine(request: Request, pipeline: str, ds: str, page: int =
     data = await ui.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
     return ui.page(request, "quarantine.html", title=f"Rows not scored: {pipeline} {ds}", tab="scores", q=data,
                    back=(f"/scores/{pipeline}#ds-{ds}", f"the {pipeline} scores"), what="day",
-                   about="Each kept its input columns and the reason it did not encode with the version's preprocessing.")  # fmt: skip
+                   about="Each kept its source file, its values as text and the reason it was not scored.")  # fmt: skip
 
 
 @router.get("/api/scores/{pipeline}/{ds}/quarantine")

@@ -238,3 +238,29 @@ def test_the_score_dags_tasks_carry_the_freestack_link():
     key = SimpleNamespace(dag_id="digits_score", run_id="manual__a", task_id="score", map_index=2)
     url = FreestackPageLink().get_link(dag.get_task("score"), ti_key=key)
     assert url.endswith("/plugin/freestack/task?dag_id=digits_score&run_id=manual__a&task_id=score&map_index=2")
+
+
+def test_failed_days_are_listed_with_their_error(client, scored):
+    """A day whose run failed (never published, or failed after the scores shown) is listed with the error
+    its task recorded (freestack.score.core.record_failure), linked to the run; a publish clears it."""
+    from freestack.score.core import record_failure, scored_days
+
+    spec, run = scored["digits"], {"dag_id": "digits_score", "run_id": "manual__b"}
+    over = "2026-11-05: 30 of 40 rows were not scored (75.0%), over score.max_error_fraction 50.0%"
+    record_failure(spec, "2026-11-05", over, task="score", run=run)
+    record_failure(spec, "2026-11-03", "b.csv has no column(s) ['px_7']", task="plan", run=run)
+    record_failure(spec, "2026-11-06", "score.version 'canary': no such alias", task="plan", run=run)  # no folder before
+    r = client.get("/scores/digits")
+    assert r.status_code == 200, r.text
+    failed = r.text[r.text.index('id="ds-2026-11-05"'):r.text.index('id="ds-2026-11-04"')]
+    assert 'class="failed"' in failed and "failed in score" in failed and over in failed
+    assert 'href="http://af/dags/digits_score/runs/manual__b"' in failed and "never published" not in failed
+    assert "score.version &#39;canary&#39;: no such alias" in r.text  # a day the run planned, no folder before
+    after = r.text[r.text.index('id="ds-2026-11-03"'):r.text.index('id="ds-2026-11-02"')]
+    assert f'class="version">{V2}</a>' in after and 'class="failed-after"' in after  # the scores stay, then the error
+    assert "failed in plan" in after and "b.csv has no column(s) [&#39;px_7&#39;]" in after
+    days = {d["ds"]: d for d in client.get("/api/scores/digits").json()["days"]}
+    assert days["2026-11-05"]["failed"]["error"] == over and days["2026-11-05"]["failed"]["run_id"] == "manual__b"
+    assert days["2026-11-03"]["failed"]["task"] == "plan" and days["2026-11-01"]["failed"] is None
+    cli = {d["ds"]: d for d in scored_days(spec)}  # what `freestack scores` lists
+    assert cli["2026-11-05"]["failed"]["error"] == over and cli["2026-11-03"]["rows_scored"] == 24
