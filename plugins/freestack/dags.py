@@ -163,8 +163,12 @@ def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_rollback``."""
     return {
         "version": form_field("previous", type="string", minLength=1, examples=["previous"], title="Version to serve",
-                         description=f"'previous' (the {spec.model_name} version before the current production) "
-                                     "or a registered version name (`freestack models list`)"),
+                         description=f"'previous' (the {spec.model_name} version before production when the move "
+                                     "runs) or a registered version name (`freestack models list`)"),
+        "expect_production": form_field(None, type=["null", "string"], title="Production now",
+                         description="The version production is as you ask (the Models page and `freestack models "
+                                     "rollback` fill it): if another move lands first, this run fails naming it and "
+                                     "changes nothing. Empty: move from whatever production is when the task runs"),
     }  # fmt: skip
 
 
@@ -177,6 +181,10 @@ def promote_params(spec: PipelineSpec) -> dict[str, Param]:
         "alias": form_field(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
                        description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)"),
         "reason": form_field("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
+        "expect": form_field(None, type=["null", "string"], title="Alias now",
+                        description="The version the alias points at as you ask (the Models page and `freestack "
+                                    "models promote` fill it): if another move lands first, this run fails naming it "
+                                    "and changes nothing. Empty: move it from whatever it is when the task runs"),
     }  # fmt: skip
 
 
@@ -350,11 +358,14 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
         "in the form (default `previous`) and redeploys it the way `deploy` does "
         f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
-        f"smoke test. Spec: `{spec_path}`.",
+        "smoke test. With `expect_production` (what production was when you asked), it moves only while "
+        f"production still is that version, else fails naming the move that came first. Spec: `{spec_path}`.",
     )) as dag:  # fmt: skip
         move = RollbackOperator(
             task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
-            doc_md="production <- the chosen version (previous <- the current one).", **serialised(spec, MOVE_PRIORITY),
+            expect_production="{{ params.expect_production or '' }}",
+            doc_md="production <- the chosen version (previous <- the current one), only while production is "
+                   "still `expect_production` when the form names it.", **serialised(spec, MOVE_PRIORITY),
         )  # fmt: skip
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production.")
     return dag
@@ -374,7 +385,9 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     )) as dag:  # fmt: skip
         move = MoveAliasOperator(
             task_id="move_alias", spec_path=spec_path, version="{{ params.version }}", alias="{{ params.alias }}",
-            reason="{{ params.reason }}", doc_md="The alias <- the chosen version (who triggered it is recorded).",
+            reason="{{ params.reason }}", expect="{{ params.expect or '' }}",
+            doc_md="The alias <- the chosen version (who triggered it is recorded), only while the alias is still "
+                   "`expect` when the form names it.",
             **serialised(spec, MOVE_PRIORITY),
         )  # fmt: skip
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production (skipped when another alias moved).",

@@ -70,7 +70,10 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     v1 = reg.resolve("production")
     gate_note, window_line = run_note(first).rsplit("\n\n", 1)  # the gate's decision, then the window's line
     assert window_line.startswith("Window: ") and "up to 2026-11-05" in window_line and "end_ds from the form" in window_line
-    assert gate_note.startswith(f"**Gate: promoted.** Candidate `{v1}` of `digits` is production now: accuracy 0.")
+    # the gate says the candidate passed; `promote`, once production moved, that it is production now
+    gate_note, promoted = gate_note.split("\n\n")
+    assert gate_note.startswith(f"**Gate: passed.** Candidate `{v1}` of `digits` goes on to `promote`: accuracy 0.")
+    assert promoted == f"**Promoted.** `{v1}` of `digits` is production now."
     lineage = reg.get(v1)["lineage"]
     assert lineage["gate"]["promote"] and "no production model yet" in " ".join(lineage["gate"]["reasons"])
     assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
@@ -214,7 +217,7 @@ def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_register
     assert (registry / candidate.name / "evaluation" / "report.html").is_file()
 
 
-def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  # noqa: F811
+def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, capsys):  # noqa: F811
     """A rollback or promotion that lands between a run's evaluate and its promote: the gate decides
     again against the production that is there now, on the candidate's test rows; a candidate that still
     passes is promoted over it, one that no longer passes is not (promote and deploy skipped)."""
@@ -263,6 +266,34 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch):  #
     assert run.state == "success" and s["promote"] == ["skipped"] and s["deploy"] == ["skipped"]
     assert reg.resolve("production") == v3
     note = run_note(run)
-    # the gate's first decision, then the one that counts
-    assert note.startswith("**Gate: promoted.**") and f"\n\nProduction moved to `{v3}` before `promote`; decided again " \
+    # the gate's first decision, then the one that counts; nothing says it was promoted
+    assert note.startswith("**Gate: passed.**") and f"\n\nProduction moved to `{v3}` before `promote`; decided again " \
         f"against it: **Gate: blocked.**" in note and "worse by" in note, note
+    assert "Gate: promoted" not in note and "is production now" not in note
+    v4 = next(v["version"] for v in reg.versions() if v["version"] not in (v1, v2, v3))
+    _blocked_everywhere(lake, reg, v4, v3, capsys)
+
+
+def _blocked_everywhere(lake, reg, version: str, production: str, capsys) -> None:  # noqa: F811
+    """A candidate blocked when `promote` decided it again reads blocked, with those reasons, wherever its
+    gate decision shows: the registry, the Models and version pages' data, `freestack models show`."""
+    from freestack.cli import main
+    from freestack.spec import load_spec
+    from freestack.ui import catalog
+
+    assert reg.lineage(version)["gate"]["promote"]  # what the gate registered: passed against no production
+    held = reg.gate_of(version)
+    assert not held["promote"] and held["decided_again"] and held["champion_version"] == production
+    assert any("worse by" in r for r in held["reasons"])
+    blocked = [e for e in reg.aliases()["history"] if e["action"] == "blocked"]
+    assert [(e["version"], e["from"], e["by"]) for e in blocked] == [(version, production, "gate")]
+    spec = load_spec(lake["specs"] / "digits.yaml")
+    row = next(r for r in catalog.model_page("digits", spec).versions if r.version == version)
+    assert row.gate.decision == "blocked" and row.gate.decided_again and row.gate.reasons == held["reasons"]
+    assert catalog.version_page("digits", spec, version).row.gate.decision == "blocked"
+    capsys.readouterr()
+    assert main(["models", "show", "digits", version, "--root", lake["root"].as_uri()]) == 0
+    shown = " ".join(capsys.readouterr().out.split())  # as wide as the terminal: the cell may wrap
+    assert f"gate BLOCKED (decided again against production {production} when promote ran)" in shown, shown
+    assert main(["models", "show", "digits", version, "--root", lake["root"].as_uri(), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gate"] == held

@@ -110,7 +110,7 @@ def _run_in_the_ui(page, ui: str, run_id: str) -> None:
 
     run_page = f"{ui}/dags/digits_train/runs/{quote(run_id, safe='')}"
     page.goto(run_page)
-    page.get_by_text("Gate: promoted.", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text("Gate: passed.", exact=False).first.wait_for(timeout=60_000)
     page.goto(f"{run_page}/tasks/train")
     page.get_by_text("Details", exact=True).first.click()  # the task instance's Details: Extra Links
     link = page.get_by_role("link", name="W&B run", exact=True)
@@ -151,7 +151,7 @@ def test_run_view_log_levels_link_note_and_offline_page(lake, api_server, spawne
 
     base = f"{url}/api/v2/dags/digits_train/dagRuns/{run.run_id}"
     gate_note, window_line = _get(base)["note"].rsplit("\n\n", 1)  # the gate's decision, then the window's line
-    assert gate_note.startswith("**Gate: promoted.**") and window_line.startswith("Window: ")
+    assert gate_note.startswith("**Gate: passed.**") and "**Promoted.**" in gate_note and window_line.startswith("Window: ")
     link = _get(f"{base}/taskInstances/train/links")["extra_links"]["W&B run"]
     assert link.startswith(f"{url}/freestack/wandb/offline?run_dir=")
     views = {v["name"]: v for p in _get(f"{url}/api/v2/plugins")["plugins"] for v in p.get("external_views", [])}

@@ -1,11 +1,13 @@
 """Alias moves from the command line as the UI makes them: a run of the pipeline's ``<p>_rollback`` or
 ``<p>_promote`` DAG through Airflow's public REST API, followed to its end. The move is then audited as
 that run (its triggering user, its note), serialised with every other alias move and deploy of the model
-(its pool of one slot), and ``production`` is redeployed by the run's own ``deploy`` task.
+(its pool of one slot, one at a time but not in the order asked), and ``production`` is redeployed by the
+run's own ``deploy`` task. Each form names what the alias is as the user asks (``expect_production``,
+``expect``): if another move lands first, the run fails naming it and changes nothing.
 
-    freestack models rollback PIPELINE           <p>_rollback {version: previous}
-    freestack models promote PIPELINE VERSION    <p>_promote  {version, alias: production, reason}
-    freestack models alias PIPELINE ALIAS V      <p>_promote  {version, alias, reason}
+    freestack models rollback PIPELINE           <p>_rollback {version: previous as it is now, expect_production}
+    freestack models promote PIPELINE VERSION    <p>_promote  {version, alias: production, reason, expect}
+    freestack models alias PIPELINE ALIAS V      <p>_promote  {version, alias, reason, expect}
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from freestack.cli.output import out
 POLL_SECONDS = 1.0
 
 
-def run_and_follow(dag_id: str, conf: dict[str, str], note: str, timeout: float) -> int:
+def run_and_follow(dag_id: str, conf: dict[str, Any], note: str, timeout: float) -> int:
     """Trigger ``dag_id`` with ``conf``, print each task's end, and return 0 when the run succeeded, 1
     when it failed (with the failed task's error lines)."""
     af = Airflow()

@@ -101,7 +101,10 @@ def gate_lines(gate: dict[str, Any], limit: int = 4) -> list[str]:
         return ["no gate decision recorded"]
     promoted = gate.get("promote", gate.get("decision") == "promote")
     reasons = list(gate.get("reasons") or [])
-    lines = ["promoted" if promoted else "BLOCKED"] + [f"- {r}" for r in reasons[:limit]]
+    verdict = "promoted" if promoted else "BLOCKED"
+    if gate.get("decided_again"):
+        verdict += f" (decided again against production {gate.get('champion_version') or '(none)'} when promote ran)"
+    lines = [verdict] + [f"- {r}" for r in reasons[:limit]]
     if len(reasons) > limit:
         lines.append(f"- ... {len(reasons) - limit} more (--details)")
     return lines
@@ -114,8 +117,9 @@ def show(model: Model, version: Version, root: Root = None, json: Json = False,
     """One version on a screen: created, test metrics, gate decision, aliases (--details: the rest)."""
     reg = registry(model, root)
     info = reg.get(version)
+    gate = reg.gate_of(info["version"], info["lineage"])  # a decision taken again at promotion holds
     if json:
-        print_json(info)
+        print_json({**info, "gate": gate})
         return 0
     console = out()
     console.print(f"{reg.model} {info['version']}", style="bold")
@@ -123,8 +127,8 @@ def show(model: Model, version: Version, root: Root = None, json: Json = False,
     facts.show_header = False
     facts.add_row("created", str(info["created"]))
     facts.add_row("aliases", ", ".join(info["aliases"]) or "none")
-    verdict, *reasons = gate_lines(info["lineage"].get("gate") or {}, 100 if details else 4)
-    style = "bold green" if verdict == "promoted" else "bold red"
+    verdict, *reasons = gate_lines(gate, 100 if details else 4)
+    style = "bold green" if verdict.startswith("promoted") else "bold red"
     facts.add_row("gate", Text.assemble((verdict, style), "".join(f"\n{r}" for r in reasons)))
     facts.add_row("uri", info["uri"])
     emit(facts, console=console)
@@ -165,7 +169,7 @@ def _print_aliases(reg: ModelRegistry, aliases: dict[str, Any]) -> None:
 Timeout = Annotated[float, typer.Option(help="Seconds to follow the DAG run before leaving it to go on.")]
 
 
-def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, str], reason: str | None,
+def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, str | None], reason: str | None,
           timeout: float, direct) -> int:  # fmt: skip
     """A pipeline's alias moves as a run of its DAG (audited, serialised, redeployed: freestack.cli.actions);
     a bare model's only while no deployment serves that alias (nothing to redeploy), else refused."""
@@ -184,6 +188,17 @@ def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, s
     return 0
 
 
+def _as_asked(model: str, root: str | None, alias: str, say: bool = True) -> dict[str, Any]:
+    """A pipeline's aliases as the user asks (for the run's form: the move happens only while the alias
+    still is what it was now, and a rollback goes to the version previous names now); {} for a bare model."""
+    if not has_pipeline(model) or root:
+        return {}
+    aliases = registry(model, root).aliases()
+    if say:
+        out().print(f"{alias} is {aliases.get(alias) or '(not set)'} now: the run moves it only while it still is")
+    return aliases
+
+
 def _served_by(reg: ModelRegistry, alias: str) -> str | None:
     """The deployment serving ``alias`` of the model, if any."""
     from freestack.serving.records import served_alias, serving_records
@@ -199,15 +214,27 @@ def _by() -> str:
 
 @app.command()
 def promote(model: Model, version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:
-    """production <- VERSION, previous <- the old production; redeployed by a <p>_promote run."""
-    return _move(model, root, "production", "promote", {"version": version, "alias": "production", "reason": reason or ""},
+    """production <- VERSION, previous <- the old production; redeployed by a <p>_promote run (which fails,
+    changing nothing, if another move lands first)."""
+    now = _as_asked(model, root, "production")
+    return _move(model, root, "production", "promote",
+                 {"version": version, "alias": "production", "reason": reason or "", "expect": now.get("production")},
                  reason, timeout, lambda reg: reg.promote(version, reason=reason, by=_by()))  # fmt: skip
 
 
 @app.command()
 def rollback(model: Model, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:
-    """production <- previous; redeployed by a <p>_rollback run."""
-    return _move(model, root, "production", "rollback", {"version": "previous"}, reason, timeout,
+    """production <- previous (the version it names now); redeployed by a <p>_rollback run (which fails,
+    changing nothing, if another move lands first)."""
+    now = _as_asked(model, root, "production", say=False)
+    if now and not now.get("previous"):
+        raise CliError(f"{model} has no previous version to roll back to (production: {now.get('production') or 'none'})",
+                       f"point production at a version instead: freestack models promote {model} VERSION")  # fmt: skip
+    conf = {"version": now["previous"], "expect_production": now.get("production")} if now else {"version": "previous"}
+    if now:
+        out().print(f"rolling back production from {now.get('production')} to {now['previous']}: the run moves it "
+                    "only while production is still the former")  # fmt: skip
+    return _move(model, root, "production", "rollback", conf, reason, timeout,
                  lambda reg: reg.rollback(reason=reason, by=_by()))  # fmt: skip
 
 
@@ -215,7 +242,9 @@ def rollback(model: Model, root: Root = None, reason: Reason = None, timeout: Ti
 def alias(model: Model, alias: Annotated[str, typer.Argument(metavar="ALIAS", help="The alias to move, e.g. staging.", show_default=False)],
           version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:  # fmt: skip
     """Point ALIAS (e.g. staging) at a version, through a <p>_promote run."""
-    return _move(model, root, alias, "alias", {"version": version, "alias": alias, "reason": reason or ""}, reason,
+    now = _as_asked(model, root, alias)
+    return _move(model, root, alias, "alias", {"version": version, "alias": alias, "reason": reason or "",
+                                                "expect": now.get(alias)}, reason,
                  timeout, lambda reg: reg.set_alias(alias, version, reason=reason, by=_by()))  # fmt: skip
 
 

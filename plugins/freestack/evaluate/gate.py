@@ -126,7 +126,7 @@ NOTE_LIMIT = 860
 
 def decision_note(decision: dict[str, Any], model: str) -> str:
     """The DAG-run note (Markdown) for a gate decision: blocked, with every reason and its numbers; or a
-    short line when the candidate goes on to production (or to a human's approval)."""
+    short line when the candidate goes on to ``promote`` (or to a human's approval)."""
     cand, champ = decision.get("candidate_version"), decision.get("champion_version")
     metric, value = decision["metric"], decision["candidate"]
     vs = f" vs {decision['champion']:.4f} for production `{champ}`" if champ else " (no production model yet)"
@@ -142,7 +142,8 @@ def decision_note(decision: dict[str, Any], model: str) -> str:
             f"**Gate: passed, awaiting approval.** Candidate `{cand}` of `{model}` may replace production "
             f"once a human approves (`approve`): {metric} {value:.4f}{vs}."
         )
-    return f"**Gate: promoted.** Candidate `{cand}` of `{model}` is production now: {metric} {value:.4f}{vs}."
+    # `promote` moves production, and may find it moved and decide again: it says what became of it
+    return f"**Gate: passed.** Candidate `{cand}` of `{model}` goes on to `promote`: {metric} {value:.4f}{vs}."
 
 
 def _capped(body: str, tail: str) -> str:

@@ -76,11 +76,12 @@ class IntegrityError(RegistryError):
 
 
 class AliasMoved(RegistryError):  # noqa: N818  (reads as the condition)
-    """The alias no longer points where the caller judged it from: someone moved it meanwhile."""
+    """The alias no longer points where the caller judged it from: someone moved it meanwhile.
+    ``expected`` is where the caller saw it, ``current`` where it is, ``move`` that move in words."""
 
-    def __init__(self, message: str, current: str | None) -> None:
+    def __init__(self, message: str, current: str | None, expected: str | None = None, move: str | None = None) -> None:
         super().__init__(message)
-        self.current = current
+        self.current, self.expected, self.move = current, expected, move
 
 
 def _now() -> str:
@@ -455,6 +456,16 @@ class ModelRegistry:
             )
         return version
 
+    def _still(self, alias: str, a: dict[str, Any], expect: str | None | bool, version: str | None) -> None:
+        """:class:`AliasMoved` unless ``alias`` is still ``expect`` (False: no check) in the aliases ``a``;
+        an alias that points at ``version`` already passes (a retry of the same move finds it done)."""
+        old = a.get(alias)
+        if expect is False or old == expect or (version is not None and old == version):
+            return
+        move = self.last_move(alias, a)
+        raise AliasMoved(f"{alias} of {self.model!r} is {old or 'unset'}, no longer {expect or 'unset'}: "
+                         f"{move or 'moved meanwhile'}", old, expect or None, move)  # fmt: skip
+
     def promote(self, version_or_alias: str, *, reason: str | None = None, by: str | None = None,
                 expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
         """production ← version and previous ← the old production, atomically; return the aliases.
@@ -464,10 +475,8 @@ class ModelRegistry:
         version = self._require_committed(self.resolve(version_or_alias))
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
+            self._still("production", a, expect, version)
             old = a.get("production")
-            if expect is not False and old != expect and old != version:
-                raise AliasMoved(f"production of {self.model!r} is {old or 'unset'}, no longer {expect or 'unset'}: "
-                                 f"{self.last_move('production', a) or 'moved meanwhile'}", old)  # fmt: skip
             if old == version:
                 return a
             if old:
@@ -481,14 +490,16 @@ class ModelRegistry:
         return out
 
     def set_alias(self, alias: str, version_or_alias: str, *, reason: str | None = None,
-                  by: str | None = None) -> dict[str, Any]:  # fmt: skip
-        """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`)."""
+                  by: str | None = None, expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
+        """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`); with
+        ``expect``, only while the alias is still that version (else :class:`AliasMoved`)."""
         check_alias(alias)
         if alias == "production":
-            return self.promote(version_or_alias, reason=reason, by=by)
+            return self.promote(version_or_alias, reason=reason, by=by, expect=expect)
         version = self._require_committed(self.resolve(version_or_alias))
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
+            self._still(alias, a, expect, version)
             old = a.get(alias)
             if old == version:
                 return a
@@ -498,16 +509,23 @@ class ModelRegistry:
 
         return self._move(change)
 
-    def rollback(self, *, reason: str | None = None, by: str | None = None) -> dict[str, Any]:
-        """production ← previous (and previous ← the rolled-back version); return the aliases."""
+    def rollback(self, *, to: str | None = None, reason: str | None = None, by: str | None = None,
+                 expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
+        """production ← ``to`` (default: previous) and previous ← the rolled-back version; return the
+        aliases. With ``expect``, only while production is still that version, in the same
+        compare-and-swap (else :class:`AliasMoved`, and nothing changes)."""
+        target = self._require_committed(self.resolve(to)) if to else None
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
-            prev, cur = a.get("previous"), a.get("production")
+            self._still("production", a, expect, target)
+            prev, cur = target or a.get("previous"), a.get("production")
             if not prev:
                 raise RegistryError(
                     f"model {self.model!r} has no 'previous' version to roll back to "
                     f"(production: {cur or 'none'})"
                 )
+            if prev == cur:
+                return a  # there already (a retry of this rollback)
             a["production"], a["previous"] = prev, cur
             a.setdefault("history", []).append(_event("rollback", "production", prev, cur, reason, by))
             return a
@@ -516,11 +534,36 @@ class ModelRegistry:
         log.info("model %s: rolled back production to %s", self.model, out["production"])
         return out
 
+    def block(self, version: str, decision: dict[str, Any], *, by: str | None = "gate") -> dict[str, Any]:
+        """Record that the gate, deciding again at promotion time, blocked ``version``: a ``blocked`` event
+        in the aliases' history (no alias moves) holding the decision, which :meth:`gate_of` then reads
+        instead of the one registered with the version."""
+        self._require_committed(version)
+        against = decision.get("champion_version")
+        reason = f"decided again against production {against or '(none)'}: {'; '.join(decision.get('reasons') or [])}"
+
+        def change(a: dict[str, Any]) -> dict[str, Any]:
+            ev = _event("blocked", "production", version, a.get("production"), reason[:500], by)
+            a.setdefault("history", []).append({**ev, "decision": {k: v for k, v in decision.items() if k != "gate"}})
+            return a
+
+        return self._move(change)
+
+    def gate_of(self, version: str, lineage: dict[str, Any] | None = None,
+                aliases: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """The gate decision that holds for ``version``: the newest one recorded when it was decided again
+        (:meth:`block`), else the one registered with it (its lineage's ``gate``)."""
+        again = redecisions(self.aliases() if aliases is None else aliases).get(version)
+        if again is not None:
+            return again
+        got = self.lineage(version) if lineage is None else lineage
+        return (got or {}).get("gate") or {}
+
     def last_move(self, alias: str, aliases: dict[str, Any] | None = None) -> str | None:
         """The newest move of ``alias`` in words: "<action> to <version> by <who> at <when> (<reason>)"."""
         history = (self.aliases() if aliases is None else aliases).get("history") or []
         for ev in reversed(history):
-            if ev.get("alias") == alias:
+            if ev.get("alias") == alias and ev.get("action") not in NOT_MOVES:
                 why = f" ({ev['reason']})" if ev.get("reason") else ""
                 return f"{ev.get('action')} to {ev.get('version')} by {ev.get('by') or '?'} at {ev.get('at')}{why}"
         return None
@@ -593,6 +636,16 @@ class ModelRegistry:
 
 
 
+#: history events that record a decision, not a move of the alias
+NOT_MOVES = frozenset({"blocked"})
+
+
+def redecisions(aliases: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """version -> the newest gate decision recorded when it was decided again (:meth:`ModelRegistry.block`)."""
+    return {ev["version"]: ev["decision"] for ev in aliases.get("history") or []
+            if ev.get("action") == "blocked" and isinstance(ev.get("decision"), dict) and ev.get("version")}  # fmt: skip
+
+
 def registry_for(spec: PipelineSpec) -> ModelRegistry:
     """The registry of a pipeline's model, under the pipeline's storage root."""
     from freestack.storage import storage_root
@@ -611,6 +664,6 @@ def _event(action: str, alias: str, version: str, old: str | None, reason: str |
 
 
 __all__ = [
-    "AliasMoved", "IntegrityError", "ModelRegistry", "RegistryError", "VersionExists", "VersionNotFound", "check_alias",
-    "check_version", "registry_for", "remove_tree", "walk_files",
+    "AliasMoved", "IntegrityError", "ModelRegistry", "NOT_MOVES", "RegistryError", "VersionExists", "VersionNotFound",
+    "check_alias", "check_version", "redecisions", "registry_for", "remove_tree", "walk_files",
 ]  # fmt: skip

@@ -60,6 +60,7 @@ class PromoteOperator(PipelineOperator):
             promote_on_hub(spec.model.hub_repo, version, token, endpoint=endpoint)
         self.log.info("%s production -> %s (previous: %s)", spec.model_name, aliases.get("production"),
                       aliases.get("previous"))  # fmt: skip
+        ti.xcom_push(key=RUN_NOTE_XCOM, value=promoted_note(spec.model_name, version, aliases, decision))
         return {"alias": "production", "version": aliases.get("production"),
                 **{k: aliases.get(k) for k in ("production", "previous", "staging")}}  # fmt: skip
 
@@ -80,6 +81,7 @@ class PromoteOperator(PipelineOperator):
         for reason in decision["reasons"]:
             self.log.info("  - %s", reason)
         if not decision["promote"]:
+            reg.block(version, decision)  # every page reads this decision from now on, not the gate's first
             note = decision_note(decision, spec.model_name)
             context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"Production moved to `{current}` before `promote`; decided again "
                                                               f"against it: {note}")  # fmt: skip
@@ -90,6 +92,23 @@ class PromoteOperator(PipelineOperator):
 
 #: how often ``promote`` decides again when production keeps moving under it
 MAX_REDECISIONS = 3
+
+
+def promoted_note(model: str, version: str, aliases: dict[str, Any], decision: dict[str, Any]) -> str:
+    """The run's note once ``promote`` moved production: the gate's note only said the candidate passed."""
+    note = f"**Promoted.** `{version}` of `{model}` is production now"
+    if aliases.get("previous") and aliases.get("previous") != version:
+        note += f" (previous: `{aliases['previous']}`)"
+    if decision.get("decided_again"):
+        note += (f"; production had moved to `{decision.get('champion_version')}` before `promote`, and the gate, "
+                 "deciding again against it, passed it too")  # fmt: skip
+    return note + "."
+
+
+def moved_text(exc: Any, alias: str, asked: str, again: str) -> str:
+    """Why a move a user asked for was refused: the alias is no longer where they saw it."""
+    return (f"{alias} moved from {exc.expected or '(none)'} to {exc.current or '(none)'} ({exc.move or 'by someone'}) "
+            f"after this {asked} was asked; nothing was changed: ask again if it is still wanted ({again})")  # fmt: skip
 
 
 def _approver(context: Context) -> str:
@@ -111,28 +130,38 @@ def triggered_by(context: Context) -> str:
 
 
 class RollbackOperator(PipelineOperator):
-    """Move ``production`` to ``version`` (``previous``: the version before the current one)."""
+    """Move ``production`` to ``version`` (``previous``: the version before the current one).
 
-    template_fields = ("version",)
+    With ``expect_production`` (what production was when the user asked: the Models page and the CLI
+    fill it, with the version they named), the move is one compare-and-swap: if another move landed
+    first, the task fails without a retry, naming that move, and nothing changes. A run triggered by hand
+    without it moves production from whatever it is when the task runs (its log says so)."""
+
+    template_fields = ("version", "expect_production")
     ui_color = "#f5dcd6"
 
-    def __init__(self, *, version: str = "previous", **kwargs: Any) -> None:
+    def __init__(self, *, version: str = "previous", expect_production: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.version = version
+        self.version, self.expect_production = version, expect_production
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import RegistryError, registry_for
+        from freestack.registry.core import AliasMoved, RegistryError, registry_for
 
         spec = self.pipeline_spec()
         reg = registry_for(spec)
         wanted = (self.version or "previous").strip()
+        expect = (self.expect_production or "").strip() or None
         reason = f"manual rollback ({context['run_id']})"
+        before = reg.aliases().get("production")
+        if expect is None:
+            self.log.info("the form names no expect_production: %s's production moves from whatever it is when this "
+                          "task runs (%s now) to %s", spec.model_name, before, wanted)  # fmt: skip
         try:
-            before = reg.aliases().get("production")
-            if wanted == "previous":
-                aliases = reg.rollback(reason=reason, by=triggered_by(context))
-            else:
-                aliases = reg.promote(wanted, reason=reason, by=triggered_by(context))
+            aliases = reg.rollback(to=None if wanted == "previous" else wanted, reason=reason,
+                                   by=triggered_by(context), expect=expect if expect else False)  # fmt: skip
+        except AliasMoved as exc:
+            raise AirflowFailException(moved_text(exc, "production", "rollback",
+                                                  f"the Models page, or freestack models rollback {spec.name}")) from None
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {spec.model_name}: {exc}") from None
         self.log.info("%s production: %s -> %s", spec.model_name, before, aliases.get("production"))
@@ -141,25 +170,32 @@ class RollbackOperator(PipelineOperator):
 
 
 class MoveAliasOperator(PipelineOperator):
-    """Point ``alias`` (production, staging...) at ``version``; production moves previous along."""
+    """Point ``alias`` (production, staging...) at ``version``; production moves previous along. With
+    ``expect`` (what the alias was when the user asked), only while it still is (as :class:`RollbackOperator`)."""
 
-    template_fields = ("version", "alias", "reason")
+    template_fields = ("version", "alias", "reason", "expect")
     ui_color = "#e4dcf5"
 
-    def __init__(self, *, version: str, alias: str = "production", reason: str = "", **kwargs: Any) -> None:
+    def __init__(self, *, version: str, alias: str = "production", reason: str = "", expect: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
-        self.version, self.alias, self.reason = version, alias, reason
+        self.version, self.alias, self.reason, self.expect = version, alias, reason, expect
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import RegistryError, registry_for
+        from freestack.registry.core import AliasMoved, RegistryError, registry_for
 
         spec = self.pipeline_spec()
         reg = registry_for(spec)
         alias, wanted = (self.alias or "production").strip(), (self.version or "").strip()
+        expect = (self.expect or "").strip() or None
         reason = (self.reason or "").strip() or f"manual promotion ({context['run_id']})"
         try:
             before = reg.aliases().get(alias)
-            aliases = reg.set_alias(alias, wanted, reason=reason[:500], by=triggered_by(context))
+            aliases = reg.set_alias(alias, wanted, reason=reason[:500], by=triggered_by(context),
+                                    expect=expect if expect else False)  # fmt: skip
+        except AliasMoved as exc:
+            command = f"freestack models promote {spec.name}" if alias == "production" else f"freestack models alias {spec.name}"
+            raise AirflowFailException(moved_text(exc, alias, "promotion", f"the Models page, or {command}")) from None
         except RegistryError as exc:
             raise AirflowFailException(f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}") from None
         self.log.info("%s %s: %s -> %s", spec.model_name, alias, before, aliases.get(alias))

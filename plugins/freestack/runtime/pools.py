@@ -3,8 +3,10 @@
 - ``freestack_sweep``: how many sweep agents train at once; one slot per GPU, else per CPU core.
 - ``freestack_deploy_<model>``: one slot per model; every alias move (``promote``, ``move_production``,
   ``move_alias``) and ``deploy`` of that model runs in it, so one alias move + deploy of a model happens
-  at a time, in the order the runs asked (deploy outranks a move, so a run's deploy follows its own
-  move). It counts deferred tasks too: a Kubernetes rollout holds the slot until it is Available.
+  at a time (deploy outranks a move, so a run's deploy follows its own move), in no promised order
+  between runs: each move checks the alias is still what its run was asked from (compare-and-swap), and
+  fails naming the move that came first. It counts deferred tasks too: a Kubernetes rollout holds the
+  slot until it is Available.
 
 A pool an operator has resized is left alone. The pools of every valid spec are ensured when an Airflow
 component starts (the plugin's listener), and a model's deploy pool again when a run of one of its DAGs

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from freestack.registry.names import MARKER, VERSION_RE
+from freestack.registry.names import ALIASES, MARKER, VERSION_RE
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -134,6 +134,8 @@ class Gate(BaseModel):
     reasons: list[str] = []
     metric: str | None = None
     approval: str | None = None
+    decided_again: bool = Field(False, description="decided again by `promote` (production had moved); this holds")
+    against: str | None = Field(None, description="the production version it was judged against")
 
 
 class VersionRow(BaseModel):
@@ -187,12 +189,26 @@ _LOCK = threading.Lock()
 
 
 def _gate(lineage: dict[str, Any]) -> Gate:
-    g = lineage.get("gate") or {}
+    return gate_of(lineage.get("gate") or {})
+
+
+def gate_of(g: dict[str, Any]) -> Gate:
+    """A gate decision (the registered one, or one recorded when ``promote`` decided again) as shown."""
     if not g:
         return Gate(decision="none")
     promoted = g.get("promote", g.get("decision") == "promote")
     return Gate(decision="promoted" if promoted else "blocked", reasons=[str(r) for r in g.get("reasons") or []],
-                metric=g.get("metric"), approval=g.get("approval"))  # fmt: skip
+                metric=g.get("metric"), approval=g.get("approval"), decided_again=bool(g.get("decided_again")),
+                against=g.get("champion_version"))  # fmt: skip
+
+
+def decided_again(rows: list[VersionRow], aliases: dict[str, Any]) -> list[VersionRow]:
+    """The rows with the decision that holds: a version blocked when ``promote`` decided it again (the
+    aliases' history records it) reads blocked, with those reasons, not the gate's first decision."""
+    from freestack.registry.core import redecisions
+
+    again = redecisions(aliases)
+    return [r.model_copy(update={"gate": gate_of(again[r.version])}) if r.version in again else r for r in rows]
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -238,8 +254,9 @@ def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
     )  # fmt: skip
 
 
-def version_rows(folder: ObjectStoragePath) -> list[VersionRow]:
-    """The committed versions under a model's registry folder, oldest first."""
+def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = None) -> list[VersionRow]:
+    """The committed versions under a model's registry folder, oldest first, each with the gate decision
+    that holds (:func:`decided_again`; ``aliases``: the model's ``aliases.json``, read when not given)."""
     names = [n for n in subfolders(folder) if VERSION_RE.match(n)]
     key = str(folder)
     missing = [n for n in names if (key, n) not in _VERSIONS]
@@ -250,7 +267,19 @@ def version_rows(folder: ObjectStoragePath) -> list[VersionRow]:
             with _LOCK:
                 _VERSIONS[(key, name)] = row
     rows = [_VERSIONS[(key, n)] for n in names if (key, n) in _VERSIONS]
-    return sorted(rows, key=lambda r: (r.created or "", r.version))
+    if aliases is None:
+        aliases = _aliases_in(folder)
+    return decided_again(sorted(rows, key=lambda r: (r.created or "", r.version)), aliases)
+
+
+def _aliases_in(folder: ObjectStoragePath) -> dict[str, Any]:
+    """A model's ``aliases.json`` from its registry folder ({} when it has none)."""
+    from freestack.storage import join
+
+    try:
+        return json.loads(join(folder, ALIASES).read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def aliases(spec: PipelineSpec) -> dict[str, str]:
@@ -273,8 +302,8 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
     history = [AliasMove(at=e.get("at"), action=e.get("action", "?"), alias=e.get("alias", "?"), version=e.get("version"),
                          previous=e.get("from"), reason=e.get("reason"), by=e.get("by"))
                for e in aliases.get("history") or []]  # fmt: skip
-    return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root), versions=version_rows(reg.folder),
-                     aliases=_named(aliases), history=history[::-1],
+    return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root),
+                     versions=version_rows(reg.folder, aliases), aliases=_named(aliases), history=history[::-1],
                      served=served_by(str(reg.root), spec.model_name, aliases))  # fmt: skip
 
 
@@ -327,6 +356,7 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         f"{name}/{MARKER}": {"registered_at": info["created"]}, f"{name}/lineage.json": info["lineage"],
         f"{name}/metrics.json": info["metrics_full"]})  # fmt: skip
     assert row is not None
+    [row] = decided_again([row], reg.aliases())
     files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
     lineage = info["lineage"]
     parts = [Partition(ds=str(p.get("ds")), sha256=p.get("sha256"), rows=p.get("rows"), superseded=p.get("superseded") or 0,
@@ -951,5 +981,5 @@ __all__ = [
     "DeploymentRow", "Importance", "IntervalRow", "LakePage", "distributions", "parameter_importance", "sweep_status", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
     "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
     "ClassCount", "ScoreFailure", "ScoredDay", "ScoresPage", "ValueStats", "score_days", "scored_day", "scores_page",
-    "trained_on", "version_file_chunks", "version_page", "version_rows",
+    "trained_on", "version_file_chunks", "version_page", "version_rows", "decided_again", "gate_of",
 ]  # fmt: skip

@@ -290,7 +290,7 @@ def test_decision_notes():
     better = decide(GateSpec(), CLS, {**CLS, "accuracy": 0.9})
     better.update(candidate_version="v3", champion_version="v1")
     assert decision_note(better, "digits") == (
-        "**Gate: promoted.** Candidate `v3` of `digits` is production now: accuracy 0.9500 vs 0.9000 for production `v1`."
+        "**Gate: passed.** Candidate `v3` of `digits` goes on to `promote`: accuracy 0.9500 vs 0.9000 for production `v1`."
     )
     first = decide(GateSpec(approval="required"), CLS, None)
     first.update(candidate_version="v1", champion_version=None)
