@@ -2,8 +2,12 @@
 user's own token, so the change is an audited DAG run of that user (its triggering user, its note) and
 Airflow itself checks the user's right to trigger it.
 
-    promote    <p>_promote  {version, alias, reason}   the alias <- version (production redeploys)
-    rollback   <p>_rollback {version: previous}        production <- previous, redeployed
+    promote    <p>_promote  {version, alias, reason, expect}     the alias <- version (production redeploys)
+    rollback   <p>_rollback {version, expect_production}         production <- the version shown, redeployed
+
+Each form names the version the page showed and what the alias was as the user asked (``expect``,
+``expect_production``): the run moves the alias only while it still is, else fails naming the move that
+came first (runs of the model's moves take its deploy pool one at a time, not in the order asked).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"{api_base_url()}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-async def trigger(dag_id: str, conf: dict[str, str], token: str, note: str) -> Triggered:
+async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: str) -> Triggered:
     """``POST /api/v2/dags/{dag_id}/dagRuns`` as the user whose token this is."""
     import httpx
 

@@ -246,47 +246,70 @@ def _same_origin(request: Request) -> None:
         raise HTTPException(403, f"the form was sent from {urlsplit(origin).netloc}, not from this server")
 
 
-def _action(pipeline: str, kind: str, version: str | None, alias: str | None) -> dict[str, Any]:
-    """What a promote or rollback would run: the DAG, its form, and a sentence saying what it does."""
+def _action(pipeline: str, kind: str, version: str, alias: str | None, to: str | None,
+            expect: str | None) -> dict[str, Any]:  # fmt: skip
+    """What a promote or rollback would run: the DAG, its form, and a sentence saying what it does. The
+    form names the version the button showed (``to`` for a rollback) and what the alias is as the user
+    asks (``expect``): the run moves it only while it still is."""
     if kind == "rollback":
-        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": "previous"}, "title": "roll back production",
-                "what": "production goes back to the previous version, which is redeployed"}  # fmt: skip
+        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": to, "expect_production": expect}, "alias": "production",
+                "title": "roll back production", "expect": expect,
+                "what": f"production goes back from {expect} to {to}, which is redeployed"}  # fmt: skip
     if alias not in ("production", "staging"):
         raise HTTPException(400, f"alias {alias!r} cannot be set here: use production or staging")
     what = f"{alias} points at {version}" + (" and it is redeployed" if alias == "production" else "")
     title = "promote to production" if alias == "production" else f"set {alias}"
-    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias}, "what": what, "title": title}
+    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias, "expect": expect},
+            "alias": alias, "expect": expect, "what": what, "title": title}  # fmt: skip
+
+
+def _check(kind: str) -> None:
+    if kind not in ("promote", "rollback"):
+        raise HTTPException(404, f"no action {kind!r}: promote or rollback")
 
 
 @views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
 async def confirm(request: Request, pipeline: str, version: str, kind: str, alias: str = "production",
-                  user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+                  to: str = Query("", max_length=128), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    """The confirmation page. A rollback's button names the production it showed (``version``) and the
+    version it goes back to (``to``, else previous as it is now); a promotion's form keeps what the alias
+    is now. The gate's decision on a version to promote is shown with its reasons."""
     from freestack.ui.actions import runs_in_flight
 
-    if kind not in ("promote", "rollback"):
-        raise HTTPException(404, f"no action {kind!r}: promote or rollback")
+    _check(kind)
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
-    act = _action(pipeline, kind, v.row.version, alias)
-    allowed = may_trigger(user, act["dag_id"])
     current = await off_loop(catalog.aliases, spec)
-    moves_production = kind == "rollback" or alias == "production"
-    training = await runs_in_flight(f"{pipeline}_train", request_token(request) or "") if moves_production else []
+    if kind == "rollback":
+        to = (await off_loop(_version, pipeline, spec, to or current.get("previous") or "previous")).row.version
+    act = _action(pipeline, kind, v.row.version, alias, to,
+                  v.row.version if kind == "rollback" else current.get(alias))  # fmt: skip
+    moved = kind == "rollback" and current.get("production") != v.row.version
+    allowed = may_trigger(user, act["dag_id"])
+    training = await runs_in_flight(f"{pipeline}_train", request_token(request) or "") if act["alias"] == "production" else []
     return page(request, "confirm.html", title=f"Confirm: {act['title']}", tab="models", v=v, kind=kind, alias=alias,
-                act=act, allowed=allowed, current=current, training=training, status=200 if allowed else 403)  # fmt: skip
+                act=act, allowed=allowed, current=current, training=training, moved=moved,
+                status=200 if allowed else 403)  # fmt: skip
 
 
 @views_app.post("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
 async def act(request: Request, pipeline: str, version: str, kind: str, alias: str = Form("production"),
-              reason: str = Form("", max_length=500), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+              reason: str = Form("", max_length=500), to: str = Form("", max_length=128),
+              expect: str = Form("", max_length=128), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+    """Start the run the confirmation page showed: its form names the version that page named and what the
+    alias was then (``expect``), so the run moves nothing if another move landed first."""
     from freestack.ui.actions import ActionError, trigger
 
     _same_origin(request)
-    if kind not in ("promote", "rollback"):
-        raise HTTPException(404, f"no action {kind!r}: promote or rollback")
+    _check(kind)
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
-    action = _action(pipeline, kind, v.row.version, alias)
+    if kind == "rollback" and not (to and expect):
+        raise HTTPException(400, "the form does not name the version to roll back to and the production it "
+                                 "replaces: open the rollback from the Models page again")  # fmt: skip
+    if kind == "rollback":
+        to = (await off_loop(_version, pipeline, spec, to)).row.version
+    action = _action(pipeline, kind, v.row.version, alias, to, expect or None)
     if not may_trigger(user, action["dag_id"]):
         raise HTTPException(403, f"you may not trigger {action['dag_id']}, so not {kind} {v.model}")
     conf = {**action["conf"], **({"reason": reason} if kind == "promote" and reason else {})}
