@@ -10,8 +10,8 @@ The sha256 of the content is computed while writing, for lineage.
 A local temporary is held locked (``flock``) by its writer while it writes. A writer killed mid-write
 (``kill -9``, out of memory) leaves its temporary behind, unlocked: the next writer into that folder
 removes it (:func:`remove_stale_temporaries`, one listing of the folder, at a process's first write
-there), so a killed write never keeps its space. A write that finds the filesystem full removes its temporary and raises StorageFull, which
-says where and what to do.
+there), so a killed write never keeps its space. A write that finds the filesystem full removes its
+temporary and raises StorageFull, which says where and what to do.
 """
 
 from __future__ import annotations
@@ -44,9 +44,12 @@ TMP_MARK = ".freestack-tmp-"
 CHUNK = 8 * 1024 * 1024
 #: an unlocked temporary younger than this may belong to a writer between creating and locking it
 STALE_AFTER_S = 30.0
-_LIVE: set[str] = set()  # this process's temporaries being written (a lock does not exclude its own process
-_LIVE_LOCK = threading.Lock()  # on every filesystem: NFS emulates flock with POSIX locks, which are per process)
-_SWEPT: set[str] = set()  # folders this process has swept: once each is enough (a task is a process of its own)
+#: this process's temporaries being written: a lock does not keep out its own process on every filesystem
+#: (NFS emulates flock with POSIX locks, which are per process)
+_LIVE: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+#: folders this process has swept: once each is enough (a task is a process of its own)
+_SWEPT: set[str] = set()
 
 
 def local_os_path(path: ObjectStoragePath, *, write: bool = False) -> str | None:
@@ -271,7 +274,8 @@ class AtomicWriter(PublishOnExit):
         if self._local is not None and getattr(self, "_fh", None) is not None:
             with contextlib.suppress(OSError, ValueError):
                 written = os.fstat(self._fh.fileno()).st_size  # what reached the disk
-        return StorageFull(exc.errno, no_space_message(exc, str(self.path), self._local, written), self._local)
+        message = no_space_message(exc, str(self.path), self._local, written)
+        return StorageFull(exc.errno, message, self._local)
 
     def _release(self) -> None:
         try:
