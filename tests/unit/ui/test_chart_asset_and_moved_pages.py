@@ -68,8 +68,8 @@ def test_chart_pages_load_the_versioned_bundle_gzipped_and_cached_for_a_year(cli
 
 def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(storage):
     """The views' figures use only the bundle's trace types (scatter, bar): the versions chart, the sweep's
-    four and the monitoring chart; the bundle is the basic build of a plotly.js of the same major version as
-    the one the plotly package ships."""
+    four, the monitoring chart and the scores' (classes and values); the bundle is the basic build of a
+    plotly.js of the same major version as the one the plotly package ships."""
     from plotly.offline._plotlyjs_version import __plotlyjs_version__
 
     from freestack.spec import load_spec
@@ -85,6 +85,18 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
     s = catalog.sweep_page("digits", spec, make_sweep(storage, "digits", 12))
     figures = [plots.metric_over_versions(page.versions, "test_accuracy"), plots.metric_vs_params(s),
                plots.metric_over_epochs(s), plots.parallel_coordinates(s), plots.importance_chart(s)]
+    row = catalog.IntervalRow(name="i", start="a", end="b", status="drift", rows=1, labels=0, versions=["v1"],
+                              alerts=[], notes=[], top=[], drift={"px_1": (0.3, 0.01)})  # fmt: skip
+    monitoring = catalog.MonitoringPage(pipeline="digits", model="digits", intervals=[row],
+                                        thresholds={"psi": 0.2}, actions=[])  # fmt: skip
+    figures.append(plots.drift_over_time(monitoring))
+    classes = [catalog.ClassCount(label=str(k), rows=r, share=r / 4) for k, r in ((0, 3), (1, 1))]
+    values = catalog.ValueStats(count=4, min=0.0, mean=1.0, max=3.0)
+    for day in ({"classes": classes}, {"values": values}):
+        scored = catalog.ScoredDay(ds="2026-11-01", folder="f", **day)
+        scores = catalog.ScoresPage(pipeline="digits", model="digits", folder="f", version="production",
+                                    schedule="@daily", total=1, page=1, pages=1, days=[scored])  # fmt: skip
+        figures.append(plots.predictions_over_days(scores))
     types = {trace.get("type", "scatter") for f in figures for trace in json.loads(f)["data"]}
     assert types and types <= TRACES, types
 
