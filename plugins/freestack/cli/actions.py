@@ -57,12 +57,28 @@ def run_and_follow(dag_id: str, conf: dict[str, Any], note: str, timeout: float)
 def failure_lines(af: Any, path: str, ti: dict[str, Any], limit: int = 3) -> list[str]:
     """The last error lines of a failed task's log (what it said went wrong)."""
     try:
-        text = af.api.call("GET", f"{path}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{ti.get('try_number') or 1}"
-                                  "?full_content=true", text=True)  # fmt: skip
+        text = task_log(af.api, path, ti)
     except OSError:
         return []
     errors = [ln.strip() for ln in text.splitlines() if "ERROR" in ln or "Exception:" in ln or "Error:" in ln]
     return errors[-limit:]
 
 
-__all__ = ["run_and_follow"]
+def task_log(api: Any, run_path: str, ti: dict[str, Any]) -> str:
+    """A task instance's log as lines of text, from Airflow's log endpoint (``run_path``: the run's API
+    path), which answers JSON (it refuses ``text/plain``): each event's level and text, and for a
+    failure the exception's type and message."""
+    got = api.call("GET", f"{run_path}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{ti.get('try_number') or 1}"
+                          "?full_content=true")  # fmt: skip
+    lines = []
+    for entry in got.get("content") or []:
+        if not isinstance(entry, dict):
+            lines.append(str(entry))
+            continue
+        lines.append(f"{str(entry.get('level') or '').upper()} {entry.get('event') or ''}".strip())
+        lines += [f"ERROR {d.get('exc_type')}: {d.get('exc_value')}" for d in entry.get("error_detail") or []
+                  if isinstance(d, dict)]  # fmt: skip
+    return "\n".join(lines)
+
+
+__all__ = ["run_and_follow", "task_log"]
