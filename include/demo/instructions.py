@@ -13,7 +13,7 @@ fixed vocabulary (the words of the templates, the digits and a little punctuatio
 Each drop is ``<root>/landing/<pipeline>/<ds>/instructions.csv`` with columns ``id, prompt, response``,
 or ``id, messages`` (``--format messages``: a JSON list of chat messages, user then assistant, with a
 system message first when ``--system`` is given). :func:`corpus` gives plain text of the same tasks,
-not chat formatted, to pretrain a tiny base on (``tests/support/hf_tiny.py``).
+not chat formatted, to pretrain a tiny base on (``include/demo/tiny_lm.py``).
 
     .venv/bin/python include/demo/instructions.py --start 2026-11-01 --days 3   # [--rows 200] [--root URI]
     # [--format messages] [--system TEXT]
