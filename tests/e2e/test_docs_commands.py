@@ -21,6 +21,7 @@ Slow (a real demo under the real scheduler): ``-m slow``.
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 import urllib.parse
@@ -139,8 +140,66 @@ def _check_backfill_on_the_demo(out, sandbox) -> None:
     assert queued == [], queued
 
 
+def _runs_done(api, dag_id: str, at_least: int = 1, timeout: float = 1800) -> list[dict]:
+    """``dag_id``'s runs once there are ``at_least`` and none is queued or running (the scheduler's own
+    runs included)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = api.call("GET", f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+        if len(runs) >= at_least and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        assert time.monotonic() < deadline, f"{dag_id}: runs still going after {timeout:.0f} s: {runs}"
+        time.sleep(5)
+
+
+def _page(name: str) -> str:
+    return " ".join((ROOT / "docs" / name).read_text().split())
+
+
+def _check_score_on_the_demo(out, sandbox) -> None:
+    """The scoring tutorial's count: the backfill's days and the latest interval its unpausing started."""
+    assert "5 runs succeeded" in out.stdout, out.stdout
+    runs = _runs_done(sandbox.api(), "digits_score", at_least=6, timeout=600)
+    assert all(r["state"] == "success" for r in runs), runs
+    days = sorted(p.name for p in (sandbox.storage / "scores" / "digits").glob("ds=*"))
+    assert len(days) == 6 and "Six days are scored" in _page("tutorials/score-nightly.md"), days
+
+
+def _check_llm_trained_offline(out, sandbox) -> None:
+    """The tutorial's offline run: the small local base, instruction-tuned, passed the gate and serves."""
+    api = sandbox.api()
+    runs = _runs_done(api, "arith_tiny_train")
+    if [r["state"] for r in runs] != ["success"]:
+        logs = _logs(api, "arith_tiny_train", runs[-1]["dag_run_id"])
+        failed = {task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
+                  for task, content in logs.items() if any(isinstance(e, dict) and e.get("level") in ("error", "critical")
+                                                           for e in content)}  # fmt: skip
+        raise AssertionError(f"arith_tiny_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n"
+                             + json.dumps(failed or {t: c[-8:] for t, c in logs.items()}, indent=1, default=str)[-6000:])
+    aliases = json.loads((sandbox.storage / "registry" / "arith_tiny" / "aliases.json").read_text())
+    assert "production" in json.dumps(aliases), aliases
+
+
+def _check_second_demo(out, sandbox) -> None:
+    """A second `make demo` re-lands the same days, and the first model scores on them as the docs say."""
+    versions = sorted(p for p in (sandbox.storage / "registry" / "digits").glob("v*") if p.is_dir())
+    if len(versions) != 2:
+        return  # the first demo, or a later one whose window holds the days backfilled meanwhile
+    last = json.loads((versions[-1] / "evaluation" / "metrics.json").read_text())
+    first_days = [p["ds"] for p in json.loads((versions[0] / "lineage.json").read_text())["partitions"]]
+    last_days = [p["ds"] for p in json.loads((versions[-1] / "lineage.json").read_text())["partitions"]]
+    assert last_days == first_days, (first_days, last_days)
+    said = re.search(r"the first model scores about (0\.\d+)", _page("stages/evaluate.md"))
+    assert said and abs(last["champion"]["accuracy"] - float(said.group(1))) < 0.15, (said, last["champion"])
+
+
 #: checks of what a block did, run right after it (while the stack it ran on is up): (a text in the block, check)
-AFTER = [("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo)]
+AFTER = [("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo),
+         ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
+         ("dags trigger arith_tiny_train", _check_llm_trained_offline),
+         ("make demo", _check_second_demo)]
 
 
 @pytest.mark.parametrize("block_id,text,skipped", BLOCKS, ids=[b[0] for b in BLOCKS])
@@ -156,8 +215,29 @@ def test_every_documented_command_runs_as_printed(block_id, text, skipped, demo,
 
 def test_the_backfill_on_the_demos_stack_is_documented_and_checked():
     """The documented backfill flow on the demo's stack (docs/operating/embedded.md) is the one checked."""
-    checked = [b for b, text, skipped in BLOCKS if not skipped and any(n in text for n, _ in AFTER)]
+    checked = [b for b, text, skipped in BLOCKS if not skipped and AFTER[0][0] in text]
     assert [b.split("#")[0] for b in checked] == ["docs/operating/embedded.md"], checked
+
+
+def test_the_tutorials_offline_llm_run_is_documented_and_checked():
+    """The instruction-tuning tutorial trains on a local base as printed: its blocks run (none marked as
+    needing the Hub) and the run they start is checked."""
+    blocks = [(b, text) for b, text, skipped in BLOCKS if b.startswith("docs/tutorials/instruction-tune.md") and not skipped]
+    assert any("include/demo/tiny_lm.py" in text for _, text in blocks), blocks
+    assert any(AFTER[2][0] in text for _, text in blocks), blocks
+
+
+def test_where_things_are_lists_what_make_demo_made(demo, sandbox):
+    """Getting started's map of the project's state: every folder and file it lists is there after `make
+    demo` (in the sandbox, .airflow/ is its AIRFLOW_HOME and .freestack/ its FREESTACK_HOME's)."""
+    text = (ROOT / "docs" / "getting-started.md").read_text()
+    block = re.search(r"## Where things are.*?```text\n(.*?)```", text, re.S).group(1)
+    places = {".airflow/": Path(sandbox.env["AIRFLOW_HOME"])}
+    listed = [t for line in block.splitlines() for t in line.split("  ")[0].split()]
+    assert listed, block
+    for name in listed:
+        path = places.get(name) or (sandbox.base / name if name.startswith(".freestack") else ROOT / name)
+        assert path.exists(), f"{name} is listed, but `make demo` did not make {path}"
 
 
 def test_make_down_stopped_everything_the_demo_started(demo, sandbox):
