@@ -137,7 +137,7 @@ lint: $(STAMP)
 	$(MAKE) --no-print-directory docs
 
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
 
 bench: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m bench.ingest.run

@@ -122,7 +122,7 @@ def settings_page() -> str:
         "| variable | type | default | what it is |",
         "|---|---|---|---|",
     ]
-    return "\n".join([*lines, *variable_rows(Settings, PREFIX)]) + "\n\n" + server_settings_table()
+    return "\n".join([*lines, *variable_rows(Settings, PREFIX), "", *model_sections(Settings)]) + "\n\n" + server_settings_table()
 
 
 def variable_rows(settings_class: Any, prefix: str) -> list[str]:
@@ -150,7 +150,16 @@ def server_settings_table() -> str:
         "| variable | type | default | what it is |",
         "|---|---|---|---|",
     ]
-    return "\n".join([*lines, *variable_rows(ServerConfig, SERVER)]) + "\n"
+    return "\n".join([*lines, *variable_rows(ServerConfig, SERVER), "", *model_sections(ServerConfig)]) + "\n"
+
+
+def model_sections(settings_class: Any) -> list[str]:
+    """A section (its field table) for each model a setting's type names, which the type column links to."""
+    lines: list[str] = []
+    for model in {m: None for f in settings_class.model_fields.values() for m in models_in(f.annotation)}:
+        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        lines += [f"### {model.__name__}", "", doc, "", *field_table(model), ""]
+    return lines
 
 
 def cli_page() -> str:
