@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: where the script writes the base unless told (the tutorial's spec names it: include/pipelines/arith_tiny.yaml):
-#: a local folder, which training, evaluation and the model server all read without a service
+#: where the script writes the base unless told (include/pipelines/arith_tiny.yaml names it): a local
+#: folder, which training, evaluation and the model server all read without a service
 DEFAULT_URI = "~/.cache/freestack/tiny-chat-lm"
 #: ChatML as Qwen writes it (system, user and assistant turns; ``add_generation_prompt`` opens the assistant's)
 CHAT_TEMPLATE = (

@@ -173,11 +173,13 @@ def _check_llm_trained_offline(out, sandbox) -> None:
     runs = _runs_done(api, "arith_tiny_train")
     if [r["state"] for r in runs] != ["success"]:
         logs = _logs(api, "arith_tiny_train", runs[-1]["dag_run_id"])
-        failed = {task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
-                  for task, content in logs.items() if any(isinstance(e, dict) and e.get("level") in ("error", "critical")
-                                                           for e in content)}  # fmt: skip
-        raise AssertionError(f"arith_tiny_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n"
-                             + json.dumps(failed or {t: c[-8:] for t, c in logs.items()}, indent=1, default=str)[-6000:])
+        def bad(content: list) -> bool:
+            return any(isinstance(e, dict) and e.get("level") in ("error", "critical") for e in content)
+
+        shown = {task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
+                 for task, content in logs.items() if bad(content)} or {t: c[-8:] for t, c in logs.items()}  # fmt: skip
+        text = json.dumps(shown, indent=1, default=str)[-6000:]
+        raise AssertionError(f"arith_tiny_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n{text}")
     aliases = json.loads((sandbox.storage / "registry" / "arith_tiny" / "aliases.json").read_text())
     assert "production" in json.dumps(aliases), aliases
 
@@ -222,7 +224,8 @@ def test_the_backfill_on_the_demos_stack_is_documented_and_checked():
 def test_the_tutorials_offline_llm_run_is_documented_and_checked():
     """The instruction-tuning tutorial trains on a local base as printed: its blocks run (none marked as
     needing the Hub) and the run they start is checked."""
-    blocks = [(b, text) for b, text, skipped in BLOCKS if b.startswith("docs/tutorials/instruction-tune.md") and not skipped]
+    page = "docs/tutorials/instruction-tune.md"
+    blocks = [(b, text) for b, text, skipped in BLOCKS if b.startswith(page) and not skipped]
     assert any("include/demo/tiny_lm.py" in text for _, text in blocks), blocks
     assert any(AFTER[2][0] in text for _, text in blocks), blocks
 

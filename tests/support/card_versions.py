@@ -40,9 +40,10 @@ def _chat() -> dict[str, Any]:
     """The instruction-tuning tutorial's spec on the tiny LM, with a system prompt, trained for seconds."""
     data = yaml.safe_load((ROOT / "include" / "pipelines" / "arith.yaml").read_text())
     data.update(name="chat", retries=0)
-    data["model"].update(base=LM_BASE, max_length=96, data={"prompt": "prompt", "response": "response", "system": SYSTEM},
-                         generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4},
-                         peft={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})  # fmt: skip
+    chat = {"prompt": "prompt", "response": "response", "system": SYSTEM}
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    data["model"].update(base=LM_BASE, max_length=96, data=chat, peft=lora,
+                         generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4})
     data["train"] = {"learning_rate": 1e-2, "batch_size": 16, "window_days": 30}
     data["gate"] = {"metric": "exact_match", "threshold": 0.0}
     return data
@@ -108,4 +109,5 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     return Path(registered["version_uri"].removeprefix("file://"))
 
 
-__all__ = ["END", "GENERATION", "KINDS", "LM_BASE", "START", "SYSTEM", "TEXT_BASE", "IMAGE_BASE", "build_version", "spec_of"]
+__all__ = ["END", "GENERATION", "KINDS", "LM_BASE", "START", "SYSTEM", "TEXT_BASE", "IMAGE_BASE", "build_version",
+           "spec_of"]
