@@ -50,6 +50,7 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     first = reg.resolve("production")
 
     dag = bag.get_dag("digits_score")
+    events = _asset_events("freestack://scores/digits")  # other tests of this worker's Airflow may have scored
     run = dag.test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))  # a manual run: the day before its date
     assert _states(run) == {"plan": ["success"], "score": ["success"]}
     table, manifest = _day(lake["root"], "2026-11-02")
@@ -66,7 +67,7 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     assert probs.shape == (rows.num_rows, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
     footer = json.loads(pq.read_metadata(lake["root"] / "scores/digits/ds=2026-11-02/part.parquet").metadata[b"freestack.scores"])
     assert footer == manifest and manifest["lineage"].endswith(f"{first}/lineage.json")
-    assert _asset_events("freestack://scores/digits") == 1
+    assert _asset_events("freestack://scores/digits") == events + 1
     # the monitor judges the batch-scored day as it judges served traffic (a sample of 256 rows a batch)
     from freestack.monitor.core import monitor
 
