@@ -89,27 +89,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def make_tokenizer(vocab_size: int = 1024):
     """A byte-level BPE tokenizer trained on the tutorial's pairs (as bench/train/sft.py's), ChatML template."""
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
+    from bench.train.sft import chat_tokenizer
 
-    from bench.train.sft import _SPLIT, CHAT_TEMPLATE, pairs
-
-    text = [t for row in pairs(4000, SEED + 1) for t in row.values()] + ["system\nuser\nassistant\n"] * 100
-    tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(text, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, model_max_length=MAX_LENGTH)  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return chat_tokenizer(vocab_size, MAX_LENGTH, seed=SEED + 1)
 
 
 def make_version(work: Path, size: str) -> tuple[str, Path, dict[str, Any]]:

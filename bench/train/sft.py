@@ -72,55 +72,44 @@ SIZES = {
 #: LoRA on every projection of the blocks, as SFT recipes usually set it
 LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-#: Qwen2's pre-tokenizer split: words, single digits, punctuation runs, whitespace
-_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the base and the data (made once, by the driver)
 
 
+def _demo(name: str):
+    """A module of the tutorial's ``include/demo`` (its data, its small base's tokenizer)."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "include"))
+    try:
+        return importlib.import_module(f"demo.{name}")
+    finally:
+        sys.path.remove(str(REPO / "include"))
+
+
 def pairs(n: int, seed: int) -> list[dict[str, str]]:
     """``n`` prompt/response rows: the instruction-tuning tutorial's tasks (dates, sums, reversed digits)."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO / "include"))
-    try:
-        from demo.instructions import instruction_pair
-    finally:
-        sys.path.remove(str(REPO / "include"))
+    instruction_pair = _demo("instructions").instruction_pair
     rng = np.random.default_rng(seed)
     return [dict(zip(("prompt", "response"), instruction_pair(rng), strict=True)) for _ in range(n)]
+
+
+def chat_tokenizer(vocab_size: int, model_max_length: int, seed: int = SEED + 1):
+    """The tutorial base's kind of tokenizer (:func:`demo.tiny_lm.chatml_tokenizer`) trained on 4,000 pairs."""
+    text = [t for row in pairs(4000, seed) for t in row.values()]
+    return _demo("tiny_lm").chatml_tokenizer(text, vocab_size=vocab_size, model_max_length=model_max_length)
 
 
 def make_base(folder: Path, size: str) -> dict[str, Any]:
     """A trained tokenizer (ChatML template) and a random-weight Llama saved in ``folder``; its figures."""
     import torch
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    text = [t for row in pairs(4000, SEED + 1) for t in row.values()] + ["system\nuser\nassistant\n"] * 100
-    tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = BpeTrainer(vocab_size=SIZES[size]["vocab_size"], min_frequency=2, special_tokens=specials,
-                         show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(text, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, model_max_length=2048)  # fmt: skip
-    fast.chat_template = CHAT_TEMPLATE
+    fast = chat_tokenizer(SIZES[size]["vocab_size"], 2048)
     fast.save_pretrained(folder)
     torch.manual_seed(SEED)
     ids = {"pad_token_id": fast.pad_token_id, "eos_token_id": fast.eos_token_id, "bos_token_id": fast.pad_token_id}  # fmt: skip

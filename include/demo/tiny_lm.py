@@ -26,6 +26,8 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+#: ChatML's special tokens: padding, a turn's start, a turn's end (the eos)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: Qwen2's pre-tokenizer split: words, single digits, punctuation runs, whitespace
 _SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
@@ -63,28 +65,35 @@ def _lm_tokenizer(chat_template: bool):
     """A byte-level BPE tokenizer (314 tokens, the same for every seed) trained on the tasks' text and the
     chat roles, splitting digits apart as Qwen2's does."""
     import numpy as np
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
 
     from demo.instructions import corpus, instruction_pair
 
     rng = np.random.default_rng(0)
     pairs = [instruction_pair(rng) for _ in range(2000)]
-    text = corpus(2000, 0) + [t for pair in pairs for t in pair] + ["system\nuser\nassistant\n"] * 100
+    text = corpus(2000, 0) + [t for pair in pairs for t in pair]
+    return chatml_tokenizer(text, vocab_size=384, model_max_length=128, chat_template=chat_template)
+
+
+def chatml_tokenizer(text: list[str], *, vocab_size: int, model_max_length: int, chat_template: bool = True):
+    """A byte-level BPE tokenizer trained on ``text`` and the chat roles, Qwen2's split (each digit one
+    token), ChatML's special tokens (``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads) and, with
+    ``chat_template``, its template: the tutorial's base and the instruction-tuning benchmarks' share it."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])  # fmt: skip
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = BpeTrainer(vocab_size=384, min_frequency=2, special_tokens=specials, show_progress=False,
+    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(text, trainer)
+    tok.train_from_iterator([*text, *["system\nuser\nassistant\n"] * 100], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, model_max_length=128)  # fmt: skip
+                                   bos_token=None, unk_token=None, model_max_length=model_max_length)  # fmt: skip
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     return fast
