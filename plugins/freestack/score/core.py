@@ -396,7 +396,7 @@ def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = 
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
-    from freestack.storage import AtomicWriter, join, remove_temporaries, to_path, write_json
+    from freestack.storage import AtomicWriter, abort_all, join, remove_temporaries, to_path, write_json
 
     model = model or load_version(job["version_uri"], spec.train.device)
     out_dir = to_path(job["output"])
@@ -404,8 +404,7 @@ def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = 
     try:
         counts, manifest = _write(spec, job, model, part_w, quar_w, run)
     except BaseException:
-        quar_w.abort()
-        part_w.abort()
+        abort_all(quar_w, part_w)  # both temporaries go, whatever aborting the first raises
         raise
     limit = spec.score.max_error_fraction
     if limit is not None and counts.rows_quarantined / counts.rows_in > limit:
