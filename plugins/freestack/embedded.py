@@ -300,13 +300,12 @@ class AirflowAPI:
         self._password_file = standalone_files(env)[2]
         self._token: str | None = None
 
-    def call(self, method: str, path: str, body: dict | None = None, *, text: bool = False,
-             safe: bool = False) -> Any:  # fmt: skip
-        """``method /api/v2{path}``: the decoded JSON answer (or the raw text with ``text=True``). Sent again
+    def call(self, method: str, path: str, body: dict | None = None, *, safe: bool = False) -> Any:
+        """``method /api/v2{path}``: the decoded JSON answer (Airflow's API answers JSON only). Sent again
         while unanswered if ``method`` is idempotent or the POST changes nothing (``safe``: a dry run);
         any other POST is sent once."""
         token = self._token_now()
-        send = functools.partial(self._send, method, path, body, token, text)
+        send = functools.partial(self._send, method, path, body, token)
         return self.patiently(send, f"{method} {path}", None if method in IDEMPOTENT or safe else 1)
 
     def trigger(self, dag_id: str, conf: dict[str, Any], note: str | None = None) -> dict[str, Any]:
@@ -318,7 +317,7 @@ class AirflowAPI:
 
         def made(token: str) -> dict[str, Any] | None:
             try:
-                return self._send("GET", f"{path}/{quote(run_id, safe='')}", None, token, False)
+                return self._send("GET", f"{path}/{quote(run_id, safe='')}", None, token)
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     return None
@@ -334,7 +333,7 @@ class AirflowAPI:
 
         def made(token: str) -> dict[str, Any] | None:
             query = urlencode({"dag_id": body["dag_id"], "order_by": "-id", "limit": 10})
-            found = self._send("GET", f"/backfills?{query}", None, token, False).get("backfills", [])
+            found = self._send("GET", f"/backfills?{query}", None, token).get("backfills", [])
             return next((b for b in found if _ts(b["created_at"]) >= since
                          and (_ts(b["from_date"]), _ts(b["to_date"])) == days), None)  # fmt: skip
 
@@ -348,7 +347,7 @@ class AirflowAPI:
             nonlocal tries
             tries += 1
             found = made(token) if tries > 1 else None
-            return found if found is not None else self._send("POST", path, body, token, False)
+            return found if found is not None else self._send("POST", path, body, token)
 
         return self.patiently(send, f"POST {path}")
 
@@ -384,22 +383,20 @@ class AirflowAPI:
     def _token_now(self) -> str:
         if self._token is None:
             login = {"username": "admin", "password": json.loads(self._password_file.read_text())["admin"]}
-            send = functools.partial(self._request, "POST", "/auth/token", login, {}, False)
+            send = functools.partial(self._request, "POST", "/auth/token", login, {})
             answer = self.patiently(send, "POST /auth/token")  # a login changes nothing: sent again
             self._token = answer["access_token"]
         return self._token
 
-    def _send(self, method: str, path: str, body: dict | None, token: str, text: bool) -> Any:
-        headers = {"Authorization": f"Bearer {token}"} | ({"Accept": "text/plain"} if text else {})
-        return self._request(method, f"/api/v2{path}", body, headers, text)
+    def _send(self, method: str, path: str, body: dict | None, token: str) -> Any:
+        return self._request(method, f"/api/v2{path}", body, {"Authorization": f"Bearer {token}"})
 
-    def _request(self, method: str, path: str, body: dict | None, headers: dict[str, str], text: bool) -> Any:
+    def _request(self, method: str, path: str, body: dict | None, headers: dict[str, str]) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json", **headers})  # fmt: skip
         with urllib.request.urlopen(req, timeout=API_TIMEOUT_S) as r:
-            raw = r.read().decode()
-        return raw if text else json.loads(raw)
+            return json.loads(r.read().decode())
 
 
 def _ts(text: str) -> float:
