@@ -12,25 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from tests.dags.test_monitor_dag import _asset_events
 from tests.dags.test_sweep_dag import _states
 from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.support.runs import dags_with
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 
 def _bag(lake, **score):  # noqa: F811
-    from airflow.dag_processing.dagbag import DagBag
-
-    spec_file = lake["specs"] / "digits.yaml"
-    spec = yaml.safe_load(spec_file.read_text())
-    spec["score"] = score
-    spec_file.write_text(yaml.safe_dump(spec))
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag
+    return dags_with(lake["specs"], "score", score)
 
 
 def _day(root, ds: str):

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 import torch
-import yaml
 
 from tests.dags.test_sweep_dag import _states
 from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.support.runs import dags_with
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 LINE = "torch computes on {n} CPU thread(s) in this task: FREESTACK_TASK_THREADS"
@@ -27,15 +27,7 @@ def pool():
 
 
 def _bag(lake, **train):  # noqa: F811
-    from airflow.dag_processing.dagbag import DagBag
-
-    spec_file = lake["specs"] / "digits.yaml"
-    spec = yaml.safe_load(spec_file.read_text())
-    spec["train"] = {**spec["train"], **train}
-    spec_file.write_text(yaml.safe_dump(spec))
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag
+    return dags_with(lake["specs"], "train", train, merge=True)
 
 
 def _metrics(lake, run_id: str) -> dict:  # noqa: F811
