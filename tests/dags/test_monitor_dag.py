@@ -58,12 +58,15 @@ def _log_day(root: str, version: str, model, pre, X: np.ndarray, day: datetime) 
     log.flush()
 
 
-def _asset_events(uri: str) -> int:
+def _asset_events(uri: str, *runs) -> int:
+    """The events on ``uri`` that ``runs`` emitted (other tests on this worker's Airflow emit their own)."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(AssetModel.uri == uri).count()
+        query = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        query = query.filter(AssetModel.uri == uri, AssetEvent.source_run_id.in_([r.run_id for r in runs]))
+        return query.count()
 
 
 def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
@@ -114,7 +117,8 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     mail = "".join(p.get_payload(decode=True).decode() for p in smtp[0].walk() if not p.is_multipart())
     assert first["series"] in mail and "PSI" in mail and "0.2" in mail and "report.html" in mail
     assert (lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T000000--2026-11-12T000000.json").exists()
-    assert _asset_events("freestack://drift/digits") == 1 and _asset_events("freestack://monitoring/digits") == 2
+    assert _asset_events("freestack://drift/digits", quiet, drifted) == 1
+    assert _asset_events("freestack://monitoring/digits", quiet, drifted) == 2
 
     # a day with a truncated file and a version that has no reference statistics: a report, no alert
     day = lake["root"] / "monitoring" / "digits" / "requests" / "ds=2026-11-12" / "hour=03"

@@ -213,7 +213,7 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
 
     env = standalone["env"]
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-    conf = json.dumps({"end_ds": DAYS[-1], "sweep": True, "sweep_agents": 2, "epochs": 6})
+    conf = json.dumps({"end_ds": DAYS[-1], "sweep": True, "sweep_agents": 2, "epochs": 30})
     deadline = time.monotonic() + 120
     while _airflow(env, "dags", "trigger", "digits_train", "--run-id", "sweep-e2e", "--conf", conf,
                    check=False).returncode != 0:
