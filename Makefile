@@ -132,6 +132,7 @@ airflow: $(STAMP)
 	$(BIN)/python -m freestack.cli airflow $(ARGS)
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check plugins dags tests bench include docs
 	$(BIN)/ruff check plugins dags tests bench include docs
 	$(BIN)/lint-imports --no-logo
 	$(MAKE) --no-print-directory docs

@@ -93,14 +93,18 @@ def write_report(report: dict[str, Any], out: str | Path, *, indent: int = 2) ->
 # the harness: command line, child processes, experiments
 
 
-def parser(module: str, doc: str | None, *, out: str | None = None, workdir: bool = False) -> argparse.ArgumentParser:
+def parser(
+    module: str, doc: str | None, *, out: str | None = None, workdir: bool = False
+) -> argparse.ArgumentParser:
     """The command line of ``python -m <module>``, described by its docstring's first paragraph; ``out``
     is the default report's name under bench/results (``--out``); ``workdir`` adds ``--workdir``."""
     ap = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n\n")[0])
     if out is not None:
         ap.add_argument("--out", default=str(RESULTS / out))
     if workdir:
-        ap.add_argument("--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)")
+        ap.add_argument(
+            "--workdir", default=None, help="scratch folder (default: a new one under $TMPDIR, removed)"
+        )
     return ap
 
 
@@ -197,8 +201,14 @@ def run_child(
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *argv],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s"}
     elapsed = time.perf_counter() - started

@@ -56,15 +56,31 @@ def _ingest(r: dict[str, Any], file: str) -> list[Row]:
     mib = (r.get("params") or {}).get("csv_mib")
     size = "" if not mib else (f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib:g} MiB")
     label = f"CSV -> validated Parquet{f' ({size})' if size else ''}"
-    rows = [Row("ingest", label + ", rows/s", _n(s["freestack_rows_per_s"]), f"{_n(s['baseline_rows_per_s'])} "
-                f"(raw pyarrow, {s.get('ratio_against', 'eager')})", s.get("throughput_ratio"),
-                f">= {t.get('throughput_ratio_min', 0.7)}", (s.get("checks") or {}).get("throughput_ratio_ok"))]  # fmt: skip
+    rows = [
+        Row(
+            "ingest",
+            label + ", rows/s",
+            _n(s["freestack_rows_per_s"]),
+            f"{_n(s['baseline_rows_per_s'])} (raw pyarrow, {s.get('ratio_against', 'eager')})",
+            s.get("throughput_ratio"),
+            f">= {t.get('throughput_ratio_min', 0.7)}",
+            (s.get("checks") or {}).get("throughput_ratio_ok"),
+        )
+    ]
     rss_ok = (s.get("checks") or {}).get("peak_rss_ok_for_2gib")
     if rss_ok is not None:
-        rows.append(Row("ingest", label + ", peak memory", _n(s["freestack_peak_rss_mib"], 0, "MiB"),
-                        _n(s["baseline_peak_rss_mib"], 0, "MiB"),
-                        round(s["freestack_peak_rss_mib"] / s["baseline_peak_rss_mib"], 3),
-                        f"< {t.get('peak_rss_mib_max_for_2gib', 1024)} MiB", rss_ok, better="lower"))  # fmt: skip
+        rows.append(
+            Row(
+                "ingest",
+                label + ", peak memory",
+                _n(s["freestack_peak_rss_mib"], 0, "MiB"),
+                _n(s["baseline_peak_rss_mib"], 0, "MiB"),
+                round(s["freestack_peak_rss_mib"] / s["baseline_peak_rss_mib"], 3),
+                f"< {t.get('peak_rss_mib_max_for_2gib', 1024)} MiB",
+                rss_ok,
+                better="lower",
+            )
+        )
     return rows
 
 
@@ -72,15 +88,30 @@ def _train(r: dict[str, Any], file: str) -> list[Row]:
     s, t = r["summary"], r.get("targets") or {}
     kind = (r.get("params") or {}).get("kind") or ("cnn" if "cnn" in file else "mlp")
     ratio, target = s.get("ratio"), t.get("ratio_min", 0.95)
-    rows = [Row("train", f"{kind.upper()} training, samples/s", _n(s["freestack_samples_per_s"]),
-                f"{_n(s['baseline_samples_per_s'])} (plain PyTorch loop)", ratio, f">= {target}",
-                ratio is not None and ratio >= target)]  # fmt: skip
+    rows = [
+        Row(
+            "train",
+            f"{kind.upper()} training, samples/s",
+            _n(s["freestack_samples_per_s"]),
+            f"{_n(s['baseline_samples_per_s'])} (plain PyTorch loop)",
+            ratio,
+            f">= {target}",
+            ratio is not None and ratio >= target,
+        )
+    ]
     custom = s.get("ratio_custom_vs_builtin")
     if custom is not None:
-        rows.append(Row("train", "the MLP as a custom module (model.type: custom), samples/s",
-                        _n(s["modes"]["freestack_custom"]["samples_per_s"]),
-                        f"{_n(s['freestack_samples_per_s'])} (the built-in MLP)", custom, f">= {target}",
-                        custom >= target))  # fmt: skip
+        rows.append(
+            Row(
+                "train",
+                "the MLP as a custom module (model.type: custom), samples/s",
+                _n(s["modes"]["freestack_custom"]["samples_per_s"]),
+                f"{_n(s['freestack_samples_per_s'])} (the built-in MLP)",
+                custom,
+                f">= {target}",
+                custom >= target,
+            )
+        )
     return rows
 
 
@@ -89,27 +120,57 @@ def _train_stream(r: dict[str, Any], file: str) -> list[Row]:
     rss, rss_max = s["peak_rss_ratio_stream"], t.get("peak_rss_ratio_stream_max", 1.3)
     speed, speed_min = s["throughput_ratio_stream_vs_memory"], t.get("throughput_ratio_min", 0.9)
     return [
-        Row("train_stream", f"streamed window {scale}x as large, peak memory", _n(runs[f"stream_{scale}x"]["peak_rss_mib"], 0, "MiB"),
+        Row(
+            "train_stream",
+            f"streamed window {scale}x as large, peak memory",
+            _n(runs[f"stream_{scale}x"]["peak_rss_mib"], 0, "MiB"),
             f"{_n(runs['stream_1x']['peak_rss_mib'], 0, 'MiB')} (streamed 1x window; in memory: "
             f"{_n(runs['memory_1x']['peak_rss_mib'], 0, 'MiB')} -> {_n(runs[f'memory_{scale}x']['peak_rss_mib'], 0, 'MiB')})",
-            rss, f"<= {rss_max}", rss <= rss_max, better="lower"),
-        Row("train_stream", "streamed window, samples/s", _n(runs["stream_1x"]["samples_per_s"]),
-            f"{_n(runs['memory_1x']['samples_per_s'])} (the same window in memory)", speed, f">= {speed_min}",
-            speed >= speed_min),
-    ]  # fmt: skip
+            rss,
+            f"<= {rss_max}",
+            rss <= rss_max,
+            better="lower",
+        ),
+        Row(
+            "train_stream",
+            "streamed window, samples/s",
+            _n(runs["stream_1x"]["samples_per_s"]),
+            f"{_n(runs['memory_1x']['samples_per_s'])} (the same window in memory)",
+            speed,
+            f">= {speed_min}",
+            speed >= speed_min,
+        ),
+    ]
 
 
 def _train_finetune(r: dict[str, Any], file: str) -> list[Row]:
     s, t, modes = r["summary"], r.get("targets") or {}, r["modes"]
     target, size = t.get("ratio_min", 0.95), (r.get("params") or {}).get("size", "distilbert")
-    rows = [Row("train_finetune", f"{size}-sized fine-tuning ({name}), samples/s", _n(m["samples_per_s"]["freestack"], 1),
-                f"{_n(m['samples_per_s']['baseline'], 1)} (hand-written transformers+peft loop)", m["ratio"],
-                f">= {target}", m["ratio"] >= target) for name, m in modes.items()]  # fmt: skip
+    rows = [
+        Row(
+            "train_finetune",
+            f"{size}-sized fine-tuning ({name}), samples/s",
+            _n(m["samples_per_s"]["freestack"], 1),
+            f"{_n(m['samples_per_s']['baseline'], 1)} (hand-written transformers+peft loop)",
+            m["ratio"],
+            f">= {target}",
+            m["ratio"] >= target,
+        )
+        for name, m in modes.items()
+    ]
     lora, full = modes["lora"], modes["full"]
-    rows.append(Row("train_finetune", "LoRA vs full fine-tuning: trainable parameters / version weights",
-                    f"{_n(lora['trainable_parameters'])} / {_n(lora['version_weights_mib'], 1, 'MiB')}",
-                    f"{_n(full['trainable_parameters'])} / {_n(full['version_weights_mib'], 1, 'MiB')} (full)",
-                    s["trainable_lora_vs_full"], "(reported)", None, better="lower"))  # fmt: skip
+    rows.append(
+        Row(
+            "train_finetune",
+            "LoRA vs full fine-tuning: trainable parameters / version weights",
+            f"{_n(lora['trainable_parameters'])} / {_n(lora['version_weights_mib'], 1, 'MiB')}",
+            f"{_n(full['trainable_parameters'])} / {_n(full['version_weights_mib'], 1, 'MiB')} (full)",
+            s["trainable_lora_vs_full"],
+            "(reported)",
+            None,
+            better="lower",
+        )
+    )
     return rows
 
 
@@ -121,19 +182,43 @@ def _train_distributed(r: dict[str, Any], file: str) -> list[Row]:
     for kind, m in s.items():
         if device == "cpu":
             eff = m["scaling_efficiency"]
-            rows.append(Row("train_distributed", f"{kind}: 2 gloo ranks of 1 thread ({batch} rows a rank a step), samples/s",
-                            _n(m["two_ranks_samples_per_s"]), f"2 x {_n(m['one_samples_per_s'])} (one process of 1 thread); "
-                            f"all-reduce {_n(m['gloo_allreduce_ms_per_step'], 2, 'ms')}/step", eff, ">= 0.85",
-                            eff is not None and eff >= 0.85))  # fmt: skip
+            rows.append(
+                Row(
+                    "train_distributed",
+                    f"{kind}: 2 gloo ranks of 1 thread ({batch} rows a rank a step), samples/s",
+                    _n(m["two_ranks_samples_per_s"]),
+                    f"2 x {_n(m['one_samples_per_s'])} (one process of 1 thread); "
+                    f"all-reduce {_n(m['gloo_allreduce_ms_per_step'], 2, 'ms')}/step",
+                    eff,
+                    ">= 0.85",
+                    eff is not None and eff >= 0.85,
+                )
+            )
         elif strategy == "ddp":
             ratio = m["ddp_overhead_ratio"]
-            rows.append(Row("train_distributed", f"{kind}: one GPU under DDP ({m['amp']}, {batch} rows a step), samples/s",
-                            _n(m["ddp1_samples_per_s"]), f"{_n(m['plain_samples_per_s'])} (the same loop without DDP)",
-                            ratio, ">= 0.97", ratio is not None and ratio >= 0.97))  # fmt: skip
+            rows.append(
+                Row(
+                    "train_distributed",
+                    f"{kind}: one GPU under DDP ({m['amp']}, {batch} rows a step), samples/s",
+                    _n(m["ddp1_samples_per_s"]),
+                    f"{_n(m['plain_samples_per_s'])} (the same loop without DDP)",
+                    ratio,
+                    ">= 0.97",
+                    ratio is not None and ratio >= 0.97,
+                )
+            )
         else:  # FSDP on one GPU: its gathers' cost, reported (it is for models larger than a device)
-            rows.append(Row("train_distributed", f"{kind}: one GPU under FSDP ({m['amp']}, {batch} rows a step), samples/s",
-                            _n(m["ddp1_samples_per_s"]), f"{_n(m['plain_samples_per_s'])} (the same loop, not sharded)",
-                            m["ddp_overhead_ratio"], "(reported)", None))  # fmt: skip
+            rows.append(
+                Row(
+                    "train_distributed",
+                    f"{kind}: one GPU under FSDP ({m['amp']}, {batch} rows a step), samples/s",
+                    _n(m["ddp1_samples_per_s"]),
+                    f"{_n(m['plain_samples_per_s'])} (the same loop, not sharded)",
+                    m["ddp_overhead_ratio"],
+                    "(reported)",
+                    None,
+                )
+            )
     return rows
 
 
@@ -141,10 +226,23 @@ def _train_sft(r: dict[str, Any], file: str) -> list[Row]:
     """LoRA instruction-tuning of a causal LM: freestack's loop against TRL's SFTTrainer, tokens/s."""
     s, p = r["summary"], r["params"]
     dtype, threads = p["dtype"].removeprefix("torch."), p.get("threads")
-    where = f"cpu, {threads} thread{'s' if threads > 1 else ''}" if p["device"] == "cpu" and threads else p["device"]  # fmt: skip
+    where = (
+        f"cpu, {threads} thread{'s' if threads > 1 else ''}"
+        if p["device"] == "cpu" and threads
+        else p["device"]
+    )
     label = f"LoRA SFT, {p['parameters'] / 1e6:.0f}M-parameter Llama ({where}, {dtype}, batch {p['batch_size']}), tokens/s"
-    return [Row("train_sft", label, _n(s["freestack_tokens_per_s"], 1), f"{_n(s['trl_tokens_per_s'], 1)} (TRL SFTTrainer)",
-                s["ratio"], f">= {s['target']}", s["met"])]  # fmt: skip
+    return [
+        Row(
+            "train_sft",
+            label,
+            _n(s["freestack_tokens_per_s"], 1),
+            f"{_n(s['trl_tokens_per_s'], 1)} (TRL SFTTrainer)",
+            s["ratio"],
+            f">= {s['target']}",
+            s["met"],
+        )
+    ]
 
 
 def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
@@ -153,16 +251,30 @@ def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
     modes, sized, own = s["modes"], p["sized_threads"], p["own_threads"]
     beside = f"{p['load_procs']} {p['load']} process{'es' if p['load_procs'] > 1 else ''}"
     pools = f"{sized} thread(s) (the task's share) vs {own} (torch's own)"
-    rows = [Row("train_loaded", f"training beside {beside}: {pools}, samples/s",
-                _n(modes["sized_loaded"]["samples_per_s"]),
-                f"{_n(modes['own_loaded']['samples_per_s'])} (torch's own pool)",
-                s["ratio_loaded"], "reported", None)]
+    rows = [
+        Row(
+            "train_loaded",
+            f"training beside {beside}: {pools}, samples/s",
+            _n(modes["sized_loaded"]["samples_per_s"]),
+            f"{_n(modes['own_loaded']['samples_per_s'])} (torch's own pool)",
+            s["ratio_loaded"],
+            "reported",
+            None,
+        )
+    ]
     if s.get("ratio_quiet"):
-        rows.append(Row("train_loaded", f"the same without the load: {pools}, samples/s",
-                        _n(modes["sized_quiet"]["samples_per_s"]),
-                        f"{_n(modes['own_quiet']['samples_per_s'])} (torch's own pool)",
-                        s["ratio_quiet"], "reported", None))
-    return rows  # fmt: skip
+        rows.append(
+            Row(
+                "train_loaded",
+                f"the same without the load: {pools}, samples/s",
+                _n(modes["sized_quiet"]["samples_per_s"]),
+                f"{_n(modes['own_quiet']['samples_per_s'])} (torch's own pool)",
+                s["ratio_quiet"],
+                "reported",
+                None,
+            )
+        )
+    return rows
 
 
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
@@ -170,20 +282,43 @@ def _sweep(r: dict[str, Any], file: str) -> list[Row]:
     par = r.get("parallel")
     if par:
         w = par.get("median_wall_s", {})
-        rows.append(Row("sweep", "2 agents vs 1, wall time", _n(w.get("two_agents"), 1, "s"),
-                        f"{_n(w.get('one_agent_same_threads'), 1, 's')} (1 agent)", par.get("speedup"),
-                        f">= {par.get('target')} speed-up", par.get("met")))  # fmt: skip
+        rows.append(
+            Row(
+                "sweep",
+                "2 agents vs 1, wall time",
+                _n(w.get("two_agents"), 1, "s"),
+                f"{_n(w.get('one_agent_same_threads'), 1, 's')} (1 agent)",
+                par.get("speedup"),
+                f">= {par.get('target')} speed-up",
+                par.get("met"),
+            )
+        )
         up = par.get("median_wall_with_startup_s")
         if up:
-            rows.append(Row("sweep", "2 agents vs 1, agents' start-up counted", _n(up.get("two_agents"), 1, "s"),
-                            f"{_n(up.get('one_agent_same_threads'), 1, 's')} (1 agent)", par.get("speedup_with_startup"),
-                            "reported", None))  # fmt: skip
+            rows.append(
+                Row(
+                    "sweep",
+                    "2 agents vs 1, agents' start-up counted",
+                    _n(up.get("two_agents"), 1, "s"),
+                    f"{_n(up.get('one_agent_same_threads'), 1, 's')} (1 agent)",
+                    par.get("speedup_with_startup"),
+                    "reported",
+                    None,
+                )
+            )
     hb = r.get("hyperband")
     if hb:
-        rows.append(Row("sweep", "hyperband, trial-epochs", _n(hb["with"]["epochs"]),
-                        f"{_n(hb['without']['epochs'])} (no early termination)", hb.get("epochs_ratio"),
-                        f">= {hb['target']['epochs_ratio']}x fewer, best within {hb['target']['best_gap']:.0%}",
-                        hb.get("met")))  # fmt: skip
+        rows.append(
+            Row(
+                "sweep",
+                "hyperband, trial-epochs",
+                _n(hb["with"]["epochs"]),
+                f"{_n(hb['without']['epochs'])} (no early termination)",
+                hb.get("epochs_ratio"),
+                f">= {hb['target']['epochs_ratio']}x fewer, best within {hb['target']['best_gap']:.0%}",
+                hb.get("met"),
+            )
+        )
     return rows
 
 
@@ -197,22 +332,65 @@ def _data_api(r: dict[str, Any], file: str) -> list[Row]:
         direct = v["direct"]
         down = f"{_n(direct['download_mb_s'])} (direct read)"
         http, bare, target = v["service_http"], v.get("bare_http"), v.get("target") or {}
-        rows.append(Row("data_api", f"{size} upload, MB/s", _n(http["upload_mb_s"]),
-                        f"{_n(direct['upload_mb_s'])} (direct write)", http.get("upload_ratio"), "-", None))  # fmt: skip
+        rows.append(
+            Row(
+                "data_api",
+                f"{size} upload, MB/s",
+                _n(http["upload_mb_s"]),
+                f"{_n(direct['upload_mb_s'])} (direct write)",
+                http.get("upload_ratio"),
+                "-",
+                None,
+            )
+        )
         if bare and http.get("download_vs_bare_http") is not None:  # the bench's own verdict on its target
-            rows.append(Row("data_api", f"{size} download over HTTP vs a bare sendfile server, MB/s",
-                            _n(http["download_mb_s"]), f"{_n(bare['download_mb_s'])} (bare sendfile server)",
-                            http["download_vs_bare_http"], f">= {target.get('service_http_download_vs_bare_http')}",
-                            target.get("met")))  # fmt: skip
+            rows.append(
+                Row(
+                    "data_api",
+                    f"{size} download over HTTP vs a bare sendfile server, MB/s",
+                    _n(http["download_mb_s"]),
+                    f"{_n(bare['download_mb_s'])} (bare sendfile server)",
+                    http["download_vs_bare_http"],
+                    f">= {target.get('service_http_download_vs_bare_http')}",
+                    target.get("met"),
+                )
+            )
         datafs = v.get("service_datafs")
         if datafs and datafs.get("download_ratio") is not None:
-            rows.append(Row("data_api", f"{size} download through data:// (ranged GETs), MB/s",
-                            _n(datafs["download_mb_s"]), down, datafs["download_ratio"], "(reported)", None))  # fmt: skip
-        rows.append(Row("data_api", f"{size} download over HTTP, MB/s", _n(http["download_mb_s"]),
-                        down, http.get("download_ratio"), "(reported)", None))  # fmt: skip
+            rows.append(
+                Row(
+                    "data_api",
+                    f"{size} download through data:// (ranged GETs), MB/s",
+                    _n(datafs["download_mb_s"]),
+                    down,
+                    datafs["download_ratio"],
+                    "(reported)",
+                    None,
+                )
+            )
+        rows.append(
+            Row(
+                "data_api",
+                f"{size} download over HTTP, MB/s",
+                _n(http["download_mb_s"]),
+                down,
+                http.get("download_ratio"),
+                "(reported)",
+                None,
+            )
+        )
         if bare:  # HTTP's own ceiling here: a bare sendfile server, the same client
-            rows.append(Row("data_api", f"{size} download, MB/s: the ceiling of HTTP, a bare sendfile server",
-                            _n(bare["download_mb_s"]), down, bare.get("download_ratio"), "(reported)", None))  # fmt: skip
+            rows.append(
+                Row(
+                    "data_api",
+                    f"{size} download, MB/s: the ceiling of HTTP, a bare sendfile server",
+                    _n(bare["download_mb_s"]),
+                    down,
+                    bare.get("download_ratio"),
+                    "(reported)",
+                    None,
+                )
+            )
     return rows
 
 
@@ -222,8 +400,17 @@ def _seldon_batch(s: dict[str, Any]) -> list[Row]:
     if not (seldon and bare):
         return []
     ratio = seldon.get("ratio_rps")
-    return [Row("serve", "Seldon model server, 32 rows a request, c=8, req/s", _n(seldon["rps"]),
-                f"{_n(bare['rps'])} (bare uvicorn)", ratio, ">= 1.0", ratio is not None and ratio >= 1.0)]  # fmt: skip
+    return [
+        Row(
+            "serve",
+            "Seldon model server, 32 rows a request, c=8, req/s",
+            _n(seldon["rps"]),
+            f"{_n(bare['rps'])} (bare uvicorn)",
+            ratio,
+            ">= 1.0",
+            ratio is not None and ratio >= 1.0,
+        )
+    ]
 
 
 def _serve(r: dict[str, Any], file: str) -> list[Row]:
@@ -233,15 +420,29 @@ def _serve(r: dict[str, Any], file: str) -> list[Row]:
     c = s.get("checks") or {}
     seldon, bare = s["seldon"]["c8"], s["bare"]["c8"]
     return [
-        Row("serve", "Seldon model server, c=8, req/s", _n(seldon["rps"]), f"{_n(bare['rps'])} (bare uvicorn)",
-            c.get("seldon_c8_ratio"), ">= 0.8", c.get("ratio_ok")),
-        Row("serve", "Seldon model server, c=8, p99", _n(seldon["p99_ms"], 1, "ms"), _n(bare["p99_ms"], 1, "ms"),
-            round(seldon["p99_ms"] / bare["p99_ms"], 3) if bare.get("p99_ms") else None, "< 5 ms", c.get("p99_ok"),
-            better="lower"),
+        Row(
+            "serve",
+            "Seldon model server, c=8, req/s",
+            _n(seldon["rps"]),
+            f"{_n(bare['rps'])} (bare uvicorn)",
+            c.get("seldon_c8_ratio"),
+            ">= 0.8",
+            c.get("ratio_ok"),
+        ),
+        Row(
+            "serve",
+            "Seldon model server, c=8, p99",
+            _n(seldon["p99_ms"], 1, "ms"),
+            _n(bare["p99_ms"], 1, "ms"),
+            round(seldon["p99_ms"] / bare["p99_ms"], 3) if bare.get("p99_ms") else None,
+            "< 5 ms",
+            c.get("p99_ok"),
+            better="lower",
+        ),
         *_seldon_batch(s),
         *_request_log(s),
         *_oip(s),
-    ]  # fmt: skip
+    ]
 
 
 def _oip(s: dict[str, Any]) -> list[Row]:
@@ -252,27 +453,59 @@ def _oip(s: dict[str, Any]) -> list[Row]:
     batch = "batch32_c8"
     return [
         # the target is the faster runtime's (Seldon's rows above); MLServer's figures are reported beside it
-        Row("serve", "MLServer runtime (V2), c=8, req/s", _n(m["c8"]["rps"]), f"{_n(bare['c8']['rps'])} (bare uvicorn)",
-            c.get("mlserver_c8_ratio"), "(reported)", None),
-        Row("serve", "MLServer runtime (V2), 32 rows a request, c=8, req/s", _n(m[batch]["rps"]),
-            f"{_n(bare[batch]['rps'])} (bare uvicorn)", c.get("mlserver_batch_ratio"), "(reported)", None),
-    ]  # fmt: skip
+        Row(
+            "serve",
+            "MLServer runtime (V2), c=8, req/s",
+            _n(m["c8"]["rps"]),
+            f"{_n(bare['c8']['rps'])} (bare uvicorn)",
+            c.get("mlserver_c8_ratio"),
+            "(reported)",
+            None,
+        ),
+        Row(
+            "serve",
+            "MLServer runtime (V2), 32 rows a request, c=8, req/s",
+            _n(m[batch]["rps"]),
+            f"{_n(bare[batch]['rps'])} (bare uvicorn)",
+            c.get("mlserver_batch_ratio"),
+            "(reported)",
+            None,
+        ),
+    ]
 
 
 def _request_log(s: dict[str, Any]) -> list[Row]:
     """Serving with the request log on (every request, as deployed by default) ÷ off, same round."""
     lg, on = s.get("logging") or {}, s.get("seldon_logged") or {}
-    return [Row("serve", f"request log on ÷ off, {cell}, req/s", _n(on[cell]["rps"]), f"{_n(s['seldon'][cell]['rps'])} (log off)",
-                lg[cell], ">= 0.95" if cell == "c8" else "-", lg[cell] >= 0.95 if cell == "c8" else None)
-            for cell in ("c8", "batch32_c8") if cell in lg and cell in on]  # fmt: skip
+    return [
+        Row(
+            "serve",
+            f"request log on ÷ off, {cell}, req/s",
+            _n(on[cell]["rps"]),
+            f"{_n(s['seldon'][cell]['rps'])} (log off)",
+            lg[cell],
+            ">= 0.95" if cell == "c8" else "-",
+            lg[cell] >= 0.95 if cell == "c8" else None,
+        )
+        for cell in ("c8", "batch32_c8")
+        if cell in lg and cell in on
+    ]
 
 
 def _serve_address(r: dict[str, Any], file: str) -> list[Row]:
     s = r["summary"]
     stable, direct = s["stable"]["c8"], s["direct"]["c8"]
-    return [Row("serve_address", "stable address (fd:// from the holder), c=8, req/s", _n(stable["rps"]),
-                f"{_n(direct['rps'])} (same server, bound directly)", stable.get("ratio_rps"), ">= 0.95",
-                s["checks"].get("ratio_ok"))]  # fmt: skip
+    return [
+        Row(
+            "serve_address",
+            "stable address (fd:// from the holder), c=8, req/s",
+            _n(stable["rps"]),
+            f"{_n(direct['rps'])} (same server, bound directly)",
+            stable.get("ratio_rps"),
+            ">= 0.95",
+            s["checks"].get("ratio_ok"),
+        )
+    ]
 
 
 def _serve_slow_clients(r: dict[str, Any], file: str) -> list[Row]:
@@ -282,12 +515,28 @@ def _serve_slow_clients(r: dict[str, Any], file: str) -> list[Row]:
     rows = []
     for wc in r["params"]["worker_classes"]:
         w = s[wc]
-        rows.append(Row("serve_slow_clients", f"{slow} slow clients open ({wc} worker), c=8, req/s", _n(w["rps_slow"]),
-                        f"{_n(w['rps_none'])} (same server, no slow client)", w.get("ratio"),
-                        ">= 0.9, no worker killed", bool(c.get(f"{wc}_ratio_ok")) and not w["workers_killed"]))  # fmt: skip
-        rows.append(Row("serve_slow_clients", f"malformed requests answered 4xx JSON ({wc} worker)",
-                        f"{w['corpus_json_4xx']} of {w['corpus_cases']}", "-", w.get("corpus_json_4xx_share"), "1.00",
-                        w.get("corpus_json_4xx_share") == 1.0))  # fmt: skip
+        rows.append(
+            Row(
+                "serve_slow_clients",
+                f"{slow} slow clients open ({wc} worker), c=8, req/s",
+                _n(w["rps_slow"]),
+                f"{_n(w['rps_none'])} (same server, no slow client)",
+                w.get("ratio"),
+                ">= 0.9, no worker killed",
+                bool(c.get(f"{wc}_ratio_ok")) and not w["workers_killed"],
+            )
+        )
+        rows.append(
+            Row(
+                "serve_slow_clients",
+                f"malformed requests answered 4xx JSON ({wc} worker)",
+                f"{w['corpus_json_4xx']} of {w['corpus_cases']}",
+                "-",
+                w.get("corpus_json_4xx_share"),
+                "1.00",
+                w.get("corpus_json_4xx_share") == 1.0,
+            )
+        )
     return rows
 
 
@@ -301,12 +550,20 @@ def _serve_generation(r: dict[str, Any], file: str) -> list[Row]:
     for runtime in p["runtimes"]:
         for c in p["concurrency"]:
             m, b = s[runtime][f"c{c}"], s["baseline"][f"c{c}"]
-            rows.append(Row("serve_generation", f"{runtime} runtime, c={c} ({model}, {p['max_new_tokens']} new tokens), "
-                            "tokens/s (p50 / p99 to the last token)",
-                            f"{_n(m['tokens_per_s'])} ({_n(m['p50_ms'], 0, 'ms')} / {_n(m['p99_ms'], 0, 'ms')}; "
-                            f"mean generate batch {m['mean_generate_batch']:g})",
-                            f"{_n(b['tokens_per_s'])} ({_n(b['p50_ms'], 0, 'ms')} / {_n(b['p99_ms'], 0, 'ms')}; "
-                            f"model.generate loop, batches of {c})", m["ratio"], "(reported)", None))  # fmt: skip
+            rows.append(
+                Row(
+                    "serve_generation",
+                    f"{runtime} runtime, c={c} ({model}, {p['max_new_tokens']} new tokens), "
+                    "tokens/s (p50 / p99 to the last token)",
+                    f"{_n(m['tokens_per_s'])} ({_n(m['p50_ms'], 0, 'ms')} / {_n(m['p99_ms'], 0, 'ms')}; "
+                    f"mean generate batch {m['mean_generate_batch']:g})",
+                    f"{_n(b['tokens_per_s'])} ({_n(b['p50_ms'], 0, 'ms')} / {_n(b['p99_ms'], 0, 'ms')}; "
+                    f"model.generate loop, batches of {c})",
+                    m["ratio"],
+                    "(reported)",
+                    None,
+                )
+            )
     return rows
 
 
@@ -315,17 +572,37 @@ def _dataapi_listing(r: dict[str, Any], file: str) -> list[Row]:
     listing, anon, kills = s["listing"], s["if_match"]["anonymous"], s["kill_9"]
     p = r["params"]
     return [
-        Row("dataapi_listing", f"list a folder of {p['large']:,} files, page time", _n(listing["large_median_page_s"] * 1000, 1, "ms"),
-            f"{_n(listing['small_median_page_s'] * 1000, 1, 'ms')} ({p['small']:,} files)", listing.get("ratio"),
-            "<= 2 (flat in folder size)", listing.get("ratio") is not None and listing["ratio"] <= 2, better="lower"),
-        Row("dataapi_listing", f"anonymous If-Match on {p['object_mib']} MiB, server memory", _n(anon["peak_rss_delta_mib"], 1, "MiB"),
-            f"{p['object_mib']} MiB (the object)", None, f"401, < 16 MiB (got {anon['status']})",
-            anon["status"] == 401 and anon["peak_rss_delta_mib"] < 16, better="lower"),
-        Row("dataapi_listing", f"temporaries left by {kills['kills']} kill -9, after the sweep",
+        Row(
+            "dataapi_listing",
+            f"list a folder of {p['large']:,} files, page time",
+            _n(listing["large_median_page_s"] * 1000, 1, "ms"),
+            f"{_n(listing['small_median_page_s'] * 1000, 1, 'ms')} ({p['small']:,} files)",
+            listing.get("ratio"),
+            "<= 2 (flat in folder size)",
+            listing.get("ratio") is not None and listing["ratio"] <= 2,
+            better="lower",
+        ),
+        Row(
+            "dataapi_listing",
+            f"anonymous If-Match on {p['object_mib']} MiB, server memory",
+            _n(anon["peak_rss_delta_mib"], 1, "MiB"),
+            f"{p['object_mib']} MiB (the object)",
+            None,
+            f"401, < 16 MiB (got {anon['status']})",
+            anon["status"] == 401 and anon["peak_rss_delta_mib"] < 16,
+            better="lower",
+        ),
+        Row(
+            "dataapi_listing",
+            f"temporaries left by {kills['kills']} kill -9, after the sweep",
             str(kills.get("temps_after_restart", kills.get("temps_after_restart_2h_later"))),
-            f"{kills['temps_after_kills']} (before the sweep)", None, "0",
-            kills.get("temps_after_restart", kills.get("temps_after_restart_2h_later")) == 0, better="lower"),
-    ]  # fmt: skip
+            f"{kills['temps_after_kills']} (before the sweep)",
+            None,
+            "0",
+            kills.get("temps_after_restart", kills.get("temps_after_restart_2h_later")) == 0,
+            better="lower",
+        ),
+    ]
 
 
 def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
@@ -335,15 +612,37 @@ def _orchestration(r: dict[str, Any], file: str) -> list[Row]:
     c = s["checks"]
     n = r["params"]["specs"]
     return [
-        Row("orchestration", "per-task overhead (median)", _n(s["overhead_per_task_s"]["median"], 2, "s"),
-            "published: ~3 s stock Airflow", None, "<= 0.5 s", c.get("overhead_ok"), better="lower"),
-        Row("orchestration", "demo pipeline, wall time" + (f" (median of {s['repeats']})" if s.get("repeats", 1) > 1 else ""),
+        Row(
+            "orchestration",
+            "per-task overhead (median)",
+            _n(s["overhead_per_task_s"]["median"], 2, "s"),
+            "published: ~3 s stock Airflow",
+            None,
+            "<= 0.5 s",
+            c.get("overhead_ok"),
+            better="lower",
+        ),
+        Row(
+            "orchestration",
+            "demo pipeline, wall time" + (f" (median of {s['repeats']})" if s.get("repeats", 1) > 1 else ""),
             _n(s["pipeline_airflow_s"], 1, "s"),
-            f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)", s.get("ratio"), "<= 1.3",
-            c.get("ratio_ok"), better="lower"),
-        Row("orchestration", f"parse {n} pipeline specs", _n(s.get(f"parse_{n}_specs_s"), 2, "s"), "-", None,
-            "< 2 s", c.get("parse_ok"), better="lower"),
-    ] + _orchestration_stock(r.get("summary_stock"))  # fmt: skip
+            f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)",
+            s.get("ratio"),
+            "<= 1.3",
+            c.get("ratio_ok"),
+            better="lower",
+        ),
+        Row(
+            "orchestration",
+            f"parse {n} pipeline specs",
+            _n(s.get(f"parse_{n}_specs_s"), 2, "s"),
+            "-",
+            None,
+            "< 2 s",
+            c.get("parse_ok"),
+            better="lower",
+        ),
+    ] + _orchestration_stock(r.get("summary_stock"))
 
 
 def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
@@ -351,12 +650,27 @@ def _orchestration_stock(s: dict[str, Any] | None) -> list[Row]:
     if not s:
         return []
     return [
-        Row("orchestration", "per-task overhead, speed-ups off (median)", _n(s["overhead_per_task_s"]["median"], 2, "s"),
-            "published: ~3 s stock Airflow", None, "-", None, better="lower"),
-        Row("orchestration", "demo pipeline, speed-ups off", _n(s["pipeline_airflow_s"], 1, "s"),
-            f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)", s.get("ratio"), "-", None,
-            better="lower"),
-    ]  # fmt: skip
+        Row(
+            "orchestration",
+            "per-task overhead, speed-ups off (median)",
+            _n(s["overhead_per_task_s"]["median"], 2, "s"),
+            "published: ~3 s stock Airflow",
+            None,
+            "-",
+            None,
+            better="lower",
+        ),
+        Row(
+            "orchestration",
+            "demo pipeline, speed-ups off",
+            _n(s["pipeline_airflow_s"], 1, "s"),
+            f"{_n(s['pipeline_plain_s'], 1, 's')} (same code, one process)",
+            s.get("ratio"),
+            "-",
+            None,
+            better="lower",
+        ),
+    ]
 
 
 def _ui(r: dict[str, Any], file: str) -> list[Row]:
@@ -365,13 +679,27 @@ def _ui(r: dict[str, Any], file: str) -> list[Row]:
     b, ratios = r["baseline"], r["ratios"]
     scale = f"{r['versions']:,} versions / {r['trials']:,} trials"
     return [
-        Row("ui", f"slowest page, server time ({scale})", _n(r["slowest_s"] * 1000, 0, "ms"), "-", None,
-            f"<= {r['target_s'] * 1000:.0f} ms", r["met"], better="lower"),
-        Row("ui", f"versions page, first load ({r['versions']:,} versions)",
+        Row(
+            "ui",
+            f"slowest page, server time ({scale})",
+            _n(r["slowest_s"] * 1000, 0, "ms"),
+            "-",
+            None,
+            f"<= {r['target_s'] * 1000:.0f} ms",
+            r["met"],
+            better="lower",
+        ),
+        Row(
+            "ui",
+            f"versions page, first load ({r['versions']:,} versions)",
             _n(r["pages"]["/freestack/ui/models/digits"]["cold_s"] * 1000, 0, "ms"),
             f"{_n(b['versions_s'] * 1000, 0, 'ms')} (plain reads of the same files)",
-            ratios["versions_page_cold_vs_plain_reads"], "-", None, better="lower"),
-    ]  # fmt: skip
+            ratios["versions_page_cold_vs_plain_reads"],
+            "-",
+            None,
+            better="lower",
+        ),
+    ]
 
 
 def _ui_charts(r: dict[str, Any], file: str) -> list[Row]:
@@ -383,9 +711,18 @@ def _ui_charts(r: dict[str, Any], file: str) -> list[Row]:
             continue
         for kind, when in (("cold", "empty cache"), ("warm", "cache warm")):
             s, base = t[f"{kind}_s"], plain[f"{kind}_s"]
-            rows.append(Row("ui_charts", f"{name} drawn in the browser, {when}", _n(s * 1000, 0, "ms"),
-                            f"{_n(base * 1000, 0, 'ms')} (a page without a chart)", s / base,
-                            f"<= {r['target_s'] * 1000:.0f} ms", s <= r["target_s"], better="lower"))  # fmt: skip
+            rows.append(
+                Row(
+                    "ui_charts",
+                    f"{name} drawn in the browser, {when}",
+                    _n(s * 1000, 0, "ms"),
+                    f"{_n(base * 1000, 0, 'ms')} (a page without a chart)",
+                    s / base,
+                    f"<= {r['target_s'] * 1000:.0f} ms",
+                    s <= r["target_s"],
+                    better="lower",
+                )
+            )
     return rows
 
 
@@ -397,33 +734,73 @@ def _score(r: dict[str, Any], file: str) -> list[Row]:
     names = {"digits": "digits MLP (64 numbers)", "text": "text model (trained tokenizer)"}
     target = t.get("throughput_ratio_min", 0.9)
     for model, m in (s.get("throughput") or {}).items():
-        rows.append(Row("score", f"{names.get(model, model)}, {m['rows']:,} rows, rows/s", _n(m["freestack_rows_per_s"]),
-                        f"{_n(m['plain_rows_per_s'])} (plain pyarrow + torch loop)", m["ratio"], f">= {target}",
-                        m["ratio"] >= target))  # fmt: skip
+        rows.append(
+            Row(
+                "score",
+                f"{names.get(model, model)}, {m['rows']:,} rows, rows/s",
+                _n(m["freestack_rows_per_s"]),
+                f"{_n(m['plain_rows_per_s'])} (plain pyarrow + torch loop)",
+                m["ratio"],
+                f">= {target}",
+                m["ratio"] >= target,
+            )
+        )
     rss = s.get("peak_rss")
     if rss:
         scale, rss_max = p.get("scale", 10), t.get("peak_rss_ratio_max", 1.3)
         big, one = rss["freestack_mib"][f"{scale}x"], rss["freestack_mib"]["1x"]
-        rows.append(Row("score", f"partition {scale}x as large ({p.get('rss_rows', 0) * scale:,} rows), peak memory",
-                        _n(big, 0, "MiB"), f"{_n(one, 0, 'MiB')} (the 1x partition)", rss["ratio"], f"<= {rss_max}",
-                        rss["ratio"] <= rss_max, better="lower"))  # fmt: skip
+        rows.append(
+            Row(
+                "score",
+                f"partition {scale}x as large ({p.get('rss_rows', 0) * scale:,} rows), peak memory",
+                _n(big, 0, "MiB"),
+                f"{_n(one, 0, 'MiB')} (the 1x partition)",
+                rss["ratio"],
+                f"<= {rss_max}",
+                rss["ratio"] <= rss_max,
+                better="lower",
+            )
+        )
     for threads, bf in (s.get("backfill_by_threads") or {}).items():
-        each = "torch's default threads" if threads == "default" else f"{threads} torch thread{'s' if threads != '1' else ''}"
-        rows.append(Row("score", f"{bf['days']}-day backfill, 2 workers vs 1 ({each} each), wall time",
-                        _n(bf["two_workers_s"], 1, "s"), f"{_n(bf['one_worker_s'], 1, 's')} (1 worker)", bf["speedup"],
-                        "reported", None))  # fmt: skip
+        each = (
+            "torch's default threads"
+            if threads == "default"
+            else f"{threads} torch thread{'s' if threads != '1' else ''}"
+        )
+        rows.append(
+            Row(
+                "score",
+                f"{bf['days']}-day backfill, 2 workers vs 1 ({each} each), wall time",
+                _n(bf["two_workers_s"], 1, "s"),
+                f"{_n(bf['one_worker_s'], 1, 's')} (1 worker)",
+                bf["speedup"],
+                "reported",
+                None,
+            )
+        )
     return rows
 
 
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
-    "ingest": _ingest, "train": _train, "train_stream": _train_stream, "train_finetune": _train_finetune,
-    "train_distributed": _train_distributed, "train_sft": _train_sft, "train_loaded": _train_loaded,
-    "score": _score, "sweep": _sweep,
-    "data_api": _data_api, "serve": _serve,
-    "serve_address": _serve_address, "serve_slow_clients": _serve_slow_clients, "serve_generation": _serve_generation,
+    "ingest": _ingest,
+    "train": _train,
+    "train_stream": _train_stream,
+    "train_finetune": _train_finetune,
+    "train_distributed": _train_distributed,
+    "train_sft": _train_sft,
+    "train_loaded": _train_loaded,
+    "score": _score,
+    "sweep": _sweep,
+    "data_api": _data_api,
+    "serve": _serve,
+    "serve_address": _serve_address,
+    "serve_slow_clients": _serve_slow_clients,
+    "serve_generation": _serve_generation,
     "dataapi_listing": _dataapi_listing,
-    "orchestration": _orchestration, "ui": _ui, "ui_charts": _ui_charts,
-}  # fmt: skip
+    "orchestration": _orchestration,
+    "ui": _ui,
+    "ui_charts": _ui_charts,
+}
 ORDER = list(EXTRACT)
 
 
@@ -448,12 +825,16 @@ def rows_of(found: list[tuple[str, str, dict[str, Any]]]) -> list[Row]:
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| benchmark | measure | freestack | baseline (same machine, same run) | ratio | target | met |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "| benchmark | measure | freestack | baseline (same machine, same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         met = {True: "yes", False: "**no**", None: "-"}[r.met]
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
-        out.append(f"| {r.bench} | {r.measure} | {r.freestack} | {r.baseline} | {ratio} | {r.target} | {met} |")
+        out.append(
+            f"| {r.bench} | {r.measure} | {r.freestack} | {r.baseline} | {ratio} | {r.target} | {met} |"
+        )
     return "\n".join(out)
 
 
@@ -499,7 +880,12 @@ def charts(found: list[tuple[str, str, dict[str, Any]]], rows: list[Row], out: P
         fig, ax = plt.subplots(figsize=(7, 3.6))
         width = 0.8 / max(1, len(servers))
         for i, srv in enumerate(servers):
-            ax.bar([j + i * width for j in range(len(cells))], [s[srv][c]["rps"] for c in cells], width, label=srv)
+            ax.bar(
+                [j + i * width for j in range(len(cells))],
+                [s[srv][c]["rps"] for c in cells],
+                width,
+                label=srv,
+            )
         ax.set_xticks([j + width * (len(servers) - 1) / 2 for j in range(len(cells))], cells)
         ax.set_ylabel("requests/s")
         ax.set_title("serving: one 64-feature row per request")
@@ -525,21 +911,31 @@ def charts(found: list[tuple[str, str, dict[str, Any]]], rows: list[Row], out: P
         after = [max(0.0, t["code_to_success_s"]) for t in tasks]
         ax1.barh(names, before, color="#d8843b", label="queued -> code starts")
         ax1.barh(names, code, left=before, color="#3b7dd8", label="the task's code")
-        ax1.barh(names, after, left=[b + c for b, c in zip(before, code, strict=True)], color="#888",
-                 label="code ends -> success")  # fmt: skip
+        ax1.barh(
+            names,
+            after,
+            left=[b + c for b, c in zip(before, code, strict=True)],
+            color="#888",
+            label="code ends -> success",
+        )
         ax1.invert_yaxis()
         ax1.tick_params(axis="y", labelsize=7)
         ax1.set_xlabel("seconds")
         ax1.legend(fontsize=7)
         ax1.set_title("each task under airflow standalone" + (" (first repeat)" if len(runs) > 1 else ""))
         s = orch["summary"]
-        ax2.bar(["plain", "airflow"], [s["pipeline_plain_s"], s["pipeline_airflow_s"]], color=["#888", "#3b7dd8"])
+        ax2.bar(
+            ["plain", "airflow"], [s["pipeline_plain_s"], s["pipeline_airflow_s"]], color=["#888", "#3b7dd8"]
+        )
         for x, key in ((0, "pipeline_plain_runs_s"), (1, "pipeline_airflow_runs_s")):
             values = s.get(key) or []
             ax2.scatter([x] * len(values), values, color="k", s=12, zorder=3)
         ax2.set_ylabel("seconds")
-        ax2.set_title(f"demo pipeline ({s['ratio']:.2f}x)" + (f"\nmedian of {len(runs)}; dots: each run"
-                                                            if len(runs) > 1 else ""), fontsize=9)  # fmt: skip
+        ax2.set_title(
+            f"demo pipeline ({s['ratio']:.2f}x)"
+            + (f"\nmedian of {len(runs)}; dots: each run" if len(runs) > 1 else ""),
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(out / "orchestration.png", dpi=110)
         plt.close(fig)
@@ -553,9 +949,12 @@ def charts(found: list[tuple[str, str, dict[str, Any]]], rows: list[Row], out: P
 
 def machine_line(report: dict[str, Any]) -> str:
     m = report.get("machine") or {}
-    parts = [m.get("cpu_model"), f"{m.get('cores')} cores" if m.get("cores") else None,
-             f"{m.get('memory_gib')} GiB" if m.get("memory_gib") else None,
-             f"Python {m.get('python')}" if m.get("python") else None]  # fmt: skip
+    parts = [
+        m.get("cpu_model"),
+        f"{m.get('cores')} cores" if m.get("cores") else None,
+        f"{m.get('memory_gib')} GiB" if m.get("memory_gib") else None,
+        f"Python {m.get('python')}" if m.get("python") else None,
+    ]
     return ", ".join(p for p in parts if p)
 
 
@@ -595,8 +994,12 @@ def update_readme(readme: Path, rows: list[Row]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--readme", type=Path, default=REPO / "docs" / "benchmarks.md",
-                    help="the page whose bench-table markers get the table ('' to leave it alone)")
+    ap.add_argument(
+        "--readme",
+        type=Path,
+        default=REPO / "docs" / "benchmarks.md",
+        help="the page whose bench-table markers get the table ('' to leave it alone)",
+    )
     ap.add_argument("--no-charts", action="store_true")
     args = ap.parse_args(argv)
     found = load(args.results)
@@ -609,7 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     if str(args.readme) and args.readme.name:
         if not update_readme(args.readme, rows):
-            print(f"{args.readme} has no {START} ... {END} markers: its table was not updated", file=sys.stderr)
+            print(
+                f"{args.readme} has no {START} ... {END} markers: its table was not updated", file=sys.stderr
+            )
     print(f"\nwrote {args.results / 'README.md'} and {', '.join(images) or 'no charts'}")
     return 0
 

@@ -122,7 +122,11 @@ def settings_page() -> str:
         "| variable | type | default | what it is |",
         "|---|---|---|---|",
     ]
-    return "\n".join([*lines, *variable_rows(Settings, PREFIX), "", *model_sections(Settings)]) + "\n\n" + server_settings_table()
+    return (
+        "\n".join([*lines, *variable_rows(Settings, PREFIX), "", *model_sections(Settings)])
+        + "\n\n"
+        + server_settings_table()
+    )
 
 
 def variable_rows(settings_class: Any, prefix: str) -> list[str]:
@@ -130,7 +134,9 @@ def variable_rows(settings_class: Any, prefix: str) -> list[str]:
     rows = []
     for name, field in settings_class.model_fields.items():
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{prefix}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
+        rows.append(
+            f"| `{prefix}{name.upper()}` | {type_name(field.annotation)} | {default_text(field)} | {description} |"
+        )
     return rows
 
 
@@ -176,13 +182,24 @@ def cli_page() -> str:
         "",
     ]
     for path, cmd, ctx in commands(command(), ["freestack"]):
-        lines += [f"## `{' '.join(path)}`", "", (cmd.help or "").strip(), "", "```text",
-                  cmd.get_usage(ctx).strip(), "```", "", *param_table(cmd, ctx)]  # fmt: skip
+        lines += [
+            f"## `{' '.join(path)}`",
+            "",
+            (cmd.help or "").strip(),
+            "",
+            "```text",
+            cmd.get_usage(ctx).strip(),
+            "```",
+            "",
+            *param_table(cmd, ctx),
+        ]
         subs = getattr(cmd, "commands", {})
         if subs:
             lines += ["| command | what it does |", "|---|---|"]
-            lines += [f"| [`{name}`](#{anchor([*path, name])}) | {cell(sub.get_short_help_str(limit=120))} |"
-                      for name, sub in subs.items()]  # fmt: skip
+            lines += [
+                f"| [`{name}`](#{anchor([*path, name])}) | {cell(sub.get_short_help_str(limit=120))} |"
+                for name, sub in subs.items()
+            ]
             lines.append("")
     return "\n".join(lines)
 
@@ -196,10 +213,19 @@ def commands(cmd: Any, path: list[str], parent: Any = None):
 
 
 def param_table(cmd: Any, ctx: Any) -> list[str]:
-    records = [r for p in cmd.get_params(ctx) if "--help" not in getattr(p, "opts", ()) and (r := p.get_help_record(ctx))]
+    records = [
+        r
+        for p in cmd.get_params(ctx)
+        if "--help" not in getattr(p, "opts", ()) and (r := p.get_help_record(ctx))
+    ]
     if not records:
         return []
-    return ["| argument or option | what it is |", "|---|---|", *(f"| `{name}` | {cell(text)} |" for name, text in records), ""]
+    return [
+        "| argument or option | what it is |",
+        "|---|---|",
+        *(f"| `{name}` | {cell(text)} |" for name, text in records),
+        "",
+    ]
 
 
 def cell(text: str) -> str:
@@ -211,7 +237,10 @@ def anchor(path: list[str]) -> str:
     return "-".join(path)
 
 
-for target, page in (("reference/spec.md", spec_page), ("reference/settings.md", settings_page),
-                     ("reference/cli.md", cli_page)):  # fmt: skip
+for target, page in (
+    ("reference/spec.md", spec_page),
+    ("reference/settings.md", settings_page),
+    ("reference/cli.md", cli_page),
+):
     with mkdocs_gen_files.open(target, "w") as f:
         f.write(page())

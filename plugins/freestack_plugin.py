@@ -41,18 +41,33 @@ class FreestackPlugin(AirflowPlugin):
     macros = [storage_root]
     # the UI's menu: the "freestack" entry (the ML views), and Browse -> W&B offline runs (the list page)
     external_views = [
-        {"name": "freestack", "href": VIEWS_HREF, "url_route": VIEWS_ROUTE, "destination": "nav",
-         "nav_top_level": True, "icon": "freestack/ui/static/freestack.svg"},
-        {"name": "W&B offline runs", "href": "freestack/wandb/", "url_route": "freestack-wandb",
-         "destination": "nav", "category": "browse"},
-    ]  # fmt: skip
+        {
+            "name": "freestack",
+            "href": VIEWS_HREF,
+            "url_route": VIEWS_ROUTE,
+            "destination": "nav",
+            "nav_top_level": True,
+            "icon": "freestack/ui/static/freestack.svg",
+        },
+        {
+            "name": "W&B offline runs",
+            "href": "freestack/wandb/",
+            "url_route": "freestack-wandb",
+            "destination": "nav",
+            "category": "browse",
+        },
+    ]
     # freestack.runtime: pool_listener creates the sweep agents' pool when a component starts (always);
     # run_notes sets a finished run's note from its tasks' freestack_run_note XCom (always: the gate's
     # decision); preload_listener and wake_listener are the speed-ups (only with FREESTACK_SPEEDUPS, on in
     # the embedded stack); task_timings records each task's start and end (FREESTACK_TASK_TIMINGS=file)
     listeners = [
-        pool_listener, run_notes, preload_listener, wake_listener, *([task_timings] if timings_enabled() else [])
-    ]  # fmt: skip
+        pool_listener,
+        run_notes,
+        preload_listener,
+        wake_listener,
+        *([task_timings] if timings_enabled() else []),
+    ]
     fastapi_apps = [
         # the ML views (models, sweeps, deployments, data), behind Airflow's login (freestack.ui.auth)
         {"app": views_app, "url_prefix": "/freestack/ui", "name": "freestack views"},

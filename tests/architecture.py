@@ -28,7 +28,9 @@ class AcyclicModulesContract(Contract):
         cycles = [sorted(group) for group in strongly_connected(edges) if len(group) > 1]
         chains = [graph.find_shortest_chain(c[0], c[1]) or () for c in cycles]
         back = [graph.find_shortest_chain(c[1], c[0]) or () for c in cycles]
-        return ContractCheck(kept=not cycles, metadata={"cycles": cycles, "chains": list(zip(chains, back, strict=True))})
+        return ContractCheck(
+            kept=not cycles, metadata={"cycles": cycles, "chains": list(zip(chains, back, strict=True))}
+        )
 
     def render_broken_contract(self, check: ContractCheck) -> None:
         for group, (there, back) in zip(check.metadata["cycles"], check.metadata["chains"], strict=True):

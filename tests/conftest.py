@@ -59,9 +59,15 @@ if str(ROOT / "include") not in sys.path:
 #: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
 pytest_plugins = ["tests.support.demo_sandbox"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
-DEMO_FILES = ("tests/ui/test_views_browser.py", "tests/ui/test_views_native.py", "tests/ui/test_views_extra.py",
-              "tests/ui/test_views_sweep_live.py", "tests/e2e/test_monitor_demo.py", "tests/ui/test_views_rollback_race.py",
-              "tests/e2e/test_docs_commands.py")  # fmt: skip
+DEMO_FILES = (
+    "tests/ui/test_views_browser.py",
+    "tests/ui/test_views_native.py",
+    "tests/ui/test_views_extra.py",
+    "tests/ui/test_views_sweep_live.py",
+    "tests/e2e/test_monitor_demo.py",
+    "tests/ui/test_views_rollback_race.py",
+    "tests/e2e/test_docs_commands.py",
+)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -85,7 +91,9 @@ def pytest_collection_modifyitems(config, items):
     if not first:
         return
     rest = [i for i in items if not i.nodeid.startswith(DEMO_FILES[:-1])]
-    first_block = next((k for k, i in enumerate(rest) if "test_every_documented_command" in i.nodeid), len(rest))
+    first_block = next(
+        (k for k, i in enumerate(rest) if "test_every_documented_command" in i.nodeid), len(rest)
+    )
     items[:] = rest[:first_block] + first + rest[first_block:]
 
 

@@ -75,7 +75,9 @@ class Service:
 
     def request(self, method: str, path: str, *, key: bool = True, **kwargs):
         headers = {**({"Authorization": f"Simple {self.key}"} if key else {}), **kwargs.pop("headers", {})}
-        return self.session.request(method, f"{self.url}/v1/data/{path}", headers=headers, timeout=600, **kwargs)
+        return self.session.request(
+            method, f"{self.url}/v1/data/{path}", headers=headers, timeout=600, **kwargs
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,10 +113,18 @@ def bench_listing(svc: Service, sizes: dict[str, int], repeats: int) -> dict[str
         cold = time.perf_counter() - t0
         _pages(svc, label)  # warm-up
         samples = [t for _ in range(repeats) for t in _pages(svc, label)]
-        out[label] = {"files": n, "pages": len(samples) // repeats, "cold_first_page_s": round(cold, 5),
-                      "page_s": [round(t, 5) for t in samples], "median_page_s": round(statistics.median(samples), 5)}
-        print(f"  {n:>7} files: {out[label]['pages']} page(s), median page {out[label]['median_page_s'] * 1000:.1f} ms"
-              f" (cold first page {cold * 1000:.1f} ms)", flush=True)
+        out[label] = {
+            "files": n,
+            "pages": len(samples) // repeats,
+            "cold_first_page_s": round(cold, 5),
+            "page_s": [round(t, 5) for t in samples],
+            "median_page_s": round(statistics.median(samples), 5),
+        }
+        print(
+            f"  {n:>7} files: {out[label]['pages']} page(s), median page {out[label]['median_page_s'] * 1000:.1f} ms"
+            f" (cold first page {cold * 1000:.1f} ms)",
+            flush=True,
+        )
     return out
 
 
@@ -134,8 +144,11 @@ def _measure(svc: Service, fn) -> dict[str, Any]:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from the current RSS on
     rss, read = _proc_status(pid, "VmHWM"), _proc_io(pid, "rchar")
     status = fn()
-    return {"status": status, "peak_rss_delta_mib": round((_proc_status(pid, "VmHWM") - rss) / 1024, 1),
-            "read_mib": round((_proc_io(pid, "rchar") - read) / MIB, 2)}
+    return {
+        "status": status,
+        "peak_rss_delta_mib": round((_proc_status(pid, "VmHWM") - rss) / 1024, 1),
+        "read_mib": round((_proc_io(pid, "rchar") - read) / MIB, 2),
+    }
 
 
 def bench_if_match(svc: Service, object_mib: int) -> dict[str, Any]:
@@ -150,14 +163,22 @@ def bench_if_match(svc: Service, object_mib: int) -> dict[str, Any]:
     svc.request("PUT", f"{USER}/public/big.bin", data=body()).raise_for_status()
     tag = {"If-Match": f'"{h.hexdigest()}"'}
     out = {
-        "anonymous": _measure(svc, lambda: svc.request("PUT", f"{USER}/public/big.bin", key=False, data=b"x",
-                                                       headers=tag).status_code),
-        "owner": _measure(svc, lambda: svc.request("PUT", f"{USER}/public/big.bin", data=b"x",
-                                                   headers=tag).status_code),
+        "anonymous": _measure(
+            svc,
+            lambda: (
+                svc.request("PUT", f"{USER}/public/big.bin", key=False, data=b"x", headers=tag).status_code
+            ),
+        ),
+        "owner": _measure(
+            svc, lambda: svc.request("PUT", f"{USER}/public/big.bin", data=b"x", headers=tag).status_code
+        ),
     }
     for who, m in out.items():
-        print(f"  If-Match, {who}: HTTP {m['status']}, server peak RSS +{m['peak_rss_delta_mib']} MiB, "
-              f"read {m['read_mib']} MiB", flush=True)
+        print(
+            f"  If-Match, {who}: HTTP {m['status']}, server peak RSS +{m['peak_rss_delta_mib']} MiB, "
+            f"read {m['read_mib']} MiB",
+            flush=True,
+        )
     return out
 
 
@@ -174,8 +195,12 @@ def _kill_mid_upload(svc: Service, name: str) -> None:
     folder = svc.root / USER / "uploads"
     before = len(_temps(folder))
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall((f"PUT /v1/data/{USER}/uploads/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Simple {svc.key}"
-                   "\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"PUT /v1/data/{USER}/uploads/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Simple {svc.key}"
+                "\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
         piece = os.urandom(256 * 1024)
         deadline = time.monotonic() + 30
         while len(_temps(folder)) <= before and time.monotonic() < deadline:
@@ -202,10 +227,18 @@ def bench_kills(svc: Service, kills: int, settle: float) -> dict[str, Any]:
             time.sleep(0.05)
         swept_in.append(time.monotonic() - started)
     left = _temps(folder)
-    out = {"kills": kills, "temps_after_kills": left_by_kills, "temps_after_kills_mib": round(size / MIB, 1),
-           "temps_after_restart": len(left), "restart_to_swept_s": round(max(swept_in, default=0.0), 2)}
-    print(f"  {kills} kill -9 mid-upload: {left_by_kills} temporaries ({out['temps_after_kills_mib']} MiB); after "
-          f"each restart: {len(left)} (swept within {out['restart_to_swept_s']} s of the restart)", flush=True)
+    out = {
+        "kills": kills,
+        "temps_after_kills": left_by_kills,
+        "temps_after_kills_mib": round(size / MIB, 1),
+        "temps_after_restart": len(left),
+        "restart_to_swept_s": round(max(swept_in, default=0.0), 2),
+    }
+    print(
+        f"  {kills} kill -9 mid-upload: {left_by_kills} temporaries ({out['temps_after_kills_mib']} MiB); after "
+        f"each restart: {len(left)} (swept within {out['restart_to_swept_s']} s of the restart)",
+        flush=True,
+    )
     return out
 
 
@@ -219,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="times every page is fetched (default 5)")
     ap.add_argument("--object-mib", type=int, default=256, help="the If-Match object's size (default 256)")
     ap.add_argument("--kills", type=int, default=10, help="kill -9 mid-upload this many times (default 10)")
-    ap.add_argument("--settle", type=float, default=20.0, help="seconds to wait for the restart's sweep (default 20)")
+    ap.add_argument(
+        "--settle", type=float, default=20.0, help="seconds to wait for the restart's sweep (default 20)"
+    )
     args = ap.parse_args(argv)
 
     own = args.workdir is None
@@ -246,19 +281,30 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "name": "dataapi_listing",
         "machine": {**host(), "freestack": str(Path(sys.modules["freestack"].__file__).parent)},
-        "params": {"small": args.small, "large": args.large, "repeats": args.repeats,
-                   "object_mib": args.object_mib, "kills": args.kills, "page_size": 1000},
+        "params": {
+            "small": args.small,
+            "large": args.large,
+            "repeats": args.repeats,
+            "object_mib": args.object_mib,
+            "kills": args.kills,
+            "page_size": 1000,
+        },
         "samples": {"listing": listing},
         "summary": {
-            "listing": {"small_median_page_s": small, "large_median_page_s": large,
-                        "ratio": round(large / small, 2) if small else None},
+            "listing": {
+                "small_median_page_s": small,
+                "large_median_page_s": large,
+                "ratio": round(large / small, 2) if small else None,
+            },
             "if_match": if_match,
             "kill_9": kills,
         },
     }
     out = write_report(report, args.out)
-    print(f"\nlisting page: {small * 1000:.1f} ms at {args.small} files, {large * 1000:.1f} ms at {args.large} "
-          f"files (ratio {report['summary']['listing']['ratio']})")
+    print(
+        f"\nlisting page: {small * 1000:.1f} ms at {args.small} files, {large * 1000:.1f} ms at {args.large} "
+        f"files (ratio {report['summary']['listing']['ratio']})"
+    )
     print(f"report: {out}")
     return 0
 

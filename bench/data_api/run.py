@@ -69,12 +69,29 @@ def start_service(workdir: Path, root: Path, keys: Path) -> tuple[subprocess.Pop
     env["FREESTACK_HOME"] = str(workdir / "home")
     env.setdefault("AIRFLOW_HOME", str(workdir / "airflow"))
     cmd = [
-        str(Path(sys.executable).with_name("freestack")), "data-api", "--host", "127.0.0.1", "--port", str(port),
-        "--root", root.as_uri(), "--keys", str(keys), "--log-level", "warning", "--no-access-log",
+        str(Path(sys.executable).with_name("freestack")),
+        "data-api",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--root",
+        root.as_uri(),
+        "--keys",
+        str(keys),
+        "--log-level",
+        "warning",
+        "--no-access-log",
     ]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -94,8 +111,13 @@ def start_bare(root: Path) -> tuple[subprocess.Popen, str]:
     import requests
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.data_api.bare", "--root", str(root), "--port", str(port)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.data_api.bare", "--root", str(root), "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -147,7 +169,9 @@ class Contenders:
         self.session.trust_env = False
         self.headers = {"Authorization": f"Simple {key}", "Accept-Encoding": "identity"}
         self.direct = DataFileSystem(path=str(root), fs=_local_fs(), owner=USER)
-        self.remote = DataFileSystem(path="", fs=DataApiHttpFileSystem(url, api_key=key), owner=None, check_acl=False)
+        self.remote = DataFileSystem(
+            path="", fs=DataApiHttpFileSystem(url, api_key=key), owner=None, check_acl=False
+        )
 
     def _target(self, fs, name: str):
         from freestack.storage.datafs import _Target
@@ -176,7 +200,9 @@ class Contenders:
     def download(self, mode: str, name: str) -> int:
         n = 0
         if mode in ("service_http", "bare_http"):
-            with self.session.get(self._http_url(mode, name), headers=self.headers, stream=True, timeout=600) as r:
+            with self.session.get(
+                self._http_url(mode, name), headers=self.headers, stream=True, timeout=600
+            ) as r:
                 r.raise_for_status()
                 for chunk in r.iter_content(1024 * 1024):
                     n += len(chunk)
@@ -229,8 +255,11 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
     for size, per_mode in samples.items():
         row: dict[str, Any] = {}
         for mode, ss in per_mode.items():
-            row[mode] = {"upload_mb_s": median(ss, "upload_mb_s", 2), "download_mb_s": median(ss, "download_mb_s", 2),
-                         "errors": sum(1 for s in ss if "error" in s)}
+            row[mode] = {
+                "upload_mb_s": median(ss, "upload_mb_s", 2),
+                "download_mb_s": median(ss, "download_mb_s", 2),
+                "errors": sum(1 for s in ss if "error" in s),
+            }
         base = row.get("direct", {})
         for mode in MODES[1:]:
             if mode in row and base.get("upload_mb_s") and row[mode]["upload_mb_s"]:
@@ -240,11 +269,17 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         bare = row.get("bare_http", {})
         if bare.get("download_mb_s") and row.get("service_http", {}).get("download_mb_s"):
             # how much of the distance to a direct read is the service's, not HTTP's
-            row["service_http"]["download_vs_bare_http"] = round(row["service_http"]["download_mb_s"] / bare["download_mb_s"], 3)
-            row["service_http"]["upload_vs_bare_http"] = round(row["service_http"]["upload_mb_s"] / bare["upload_mb_s"], 3)
+            row["service_http"]["download_vs_bare_http"] = round(
+                row["service_http"]["download_mb_s"] / bare["download_mb_s"], 3
+            )
+            row["service_http"]["upload_vs_bare_http"] = round(
+                row["service_http"]["upload_mb_s"] / bare["upload_mb_s"], 3
+            )
         ratio = row.get("service_http", {}).get("download_vs_bare_http")
-        row["target"] = {"service_http_download_vs_bare_http": TARGET_VS_BARE,
-                         "met": None if ratio is None else ratio >= TARGET_VS_BARE}  # fmt: skip
+        row["target"] = {
+            "service_http_download_vs_bare_http": TARGET_VS_BARE,
+            "met": None if ratio is None else ratio >= TARGET_VS_BARE,
+        }
         out[size] = row
     return out
 
@@ -273,7 +308,9 @@ def print_table(report: dict[str, Any]) -> None:
         met = row["target"]["met"]
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
         print(f"{size:>8} target: service_http download >= {TARGET_VS_BARE}x bare_http: {verdict}")
-    print(f"service peak RSS: {report['server']['peak_rss_mib']} MiB (idle {report['server']['idle_rss_mib']} MiB)")
+    print(
+        f"service peak RSS: {report['server']['peak_rss_mib']} MiB (idle {report['server']['idle_rss_mib']} MiB)"
+    )
 
 
 def _repeats(text: str | None, sizes: list[int]) -> dict[int, int]:
@@ -290,7 +327,9 @@ def _repeats(text: str | None, sizes: list[int]) -> dict[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.data_api.run", __doc__, out="data_api.json", workdir=True)
-    ap.add_argument("--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)")
+    ap.add_argument(
+        "--sizes-mib", default=",".join(map(str, SIZES_MIB)), help="object sizes in MiB (default 1,256)"
+    )
     ap.add_argument("--repeats", default=None, help="N for all sizes, or SIZE:N,... (default 1:30,256:5)")
     add_modes(ap, MODES)
     args = ap.parse_args(argv)
@@ -335,10 +374,19 @@ def main(argv: list[str] | None = None) -> int:
                     samples[label][mode].append(s)
                 if size_mib >= 64 or r == repeats[size_mib] - 1:
                     last = {m: samples[label][m][-1] for m in modes}
-                    print("  " + "  ".join(
-                        f"{m}: " + (last[m]["error"] if "error" in last[m] else
-                                    f"{last[m]['upload_mb_s']:.0f} up / {last[m]['download_mb_s']:.0f} down")
-                        for m in modes), flush=True)
+                    print(
+                        "  "
+                        + "  ".join(
+                            f"{m}: "
+                            + (
+                                last[m]["error"]
+                                if "error" in last[m]
+                                else f"{last[m]['upload_mb_s']:.0f} up / {last[m]['download_mb_s']:.0f} down"
+                            )
+                            for m in modes
+                        ),
+                        flush=True,
+                    )
             payload.unlink()
         peak = _proc_status(proc.pid, "VmHWM")
         report = {

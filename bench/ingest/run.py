@@ -291,15 +291,30 @@ def machine() -> dict[str, Any]:
 
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    argv = ["--child", mode, "--csv", ctx["csv"], "--scratch", ctx["scratch"], "--spec", ctx["spec"],
-            "--block-size-mb", str(ctx["block_size_mb"])]  # fmt: skip
+    argv = [
+        "--child",
+        mode,
+        "--csv",
+        ctx["csv"],
+        "--scratch",
+        ctx["scratch"],
+        "--spec",
+        ctx["spec"],
+        "--block-size-mb",
+        str(ctx["block_size_mb"]),
+    ]
     if mode == "freestack":
         argv += experiment_flags(ctx["profile"], ctx["patch"])
     env = {**os.environ, "FREESTACK_STORAGE_ROOT": ctx["root"]}
     env.setdefault("AIRFLOW_HOME", str(Path(ctx["workdir"]) / "airflow"))
     try:
-        sample = run_child("bench.ingest.run", argv, env=env, timeout=timeout,
-                           echo_stderr=bool(ctx["profile"] or ctx["patch"]))  # fmt: skip
+        sample = run_child(
+            "bench.ingest.run",
+            argv,
+            env=env,
+            timeout=timeout,
+            echo_stderr=bool(ctx["profile"] or ctx["patch"]),
+        )
     finally:
         # remove outputs so every run starts from the same disk state
         for name in ("eager.parquet", "streaming.parquet"):

@@ -24,7 +24,13 @@ class PlainTI:
     """What the operators use of a task instance: ids, try number and XComs (a shared dict)."""
 
     def __init__(self, store: dict, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> None:
-        self.store, self.dag_id, self.run_id, self.task_id, self.map_index = store, dag_id, run_id, task_id, map_index
+        self.store, self.dag_id, self.run_id, self.task_id, self.map_index = (
+            store,
+            dag_id,
+            run_id,
+            task_id,
+            map_index,
+        )
         self.try_number = 1
 
     def xcom_push(self, key: str, value: Any) -> None:
@@ -46,16 +52,32 @@ class PlainRun:
         self.conf = conf
 
 
-def _context(ti: PlainTI, params: dict[str, Any], logical: datetime, conf: dict[str, Any], dag: Any = None) -> dict[str, Any]:
+def _context(
+    ti: PlainTI, params: dict[str, Any], logical: datetime, conf: dict[str, Any], dag: Any = None
+) -> dict[str, Any]:
     return {
-        "ti": ti, "task_instance": ti, "params": params, "ds": logical.strftime("%Y-%m-%d"), "dag": dag,
-        "dag_run": PlainRun(logical, conf), "run_id": ti.run_id, "logical_date": logical,
-        "triggering_asset_events": {}, "outlet_events": None,
-    }  # fmt: skip
+        "ti": ti,
+        "task_instance": ti,
+        "params": params,
+        "ds": logical.strftime("%Y-%m-%d"),
+        "dag": dag,
+        "dag_run": PlainRun(logical, conf),
+        "run_id": ti.run_id,
+        "logical_date": logical,
+        "triggering_asset_events": {},
+        "outlet_events": None,
+    }
 
 
-def _agent(spec_path: str, kwargs: dict[str, Any], run_id: str, params: dict[str, Any], logical: datetime,
-           conf: dict[str, Any], out) -> None:  # fmt: skip
+def _agent(
+    spec_path: str,
+    kwargs: dict[str, Any],
+    run_id: str,
+    params: dict[str, Any],
+    logical: datetime,
+    conf: dict[str, Any],
+    out,
+) -> None:
     from freestack.sweeps.operators import SweepAgentOperator
 
     op = SweepAgentOperator(task_id="agent", spec_path=spec_path, **kwargs)
@@ -64,8 +86,9 @@ def _agent(spec_path: str, kwargs: dict[str, Any], run_id: str, params: dict[str
     out.put(op.execute(_context(ti, params, logical, conf)))
 
 
-def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: str, agents: int,
-                 run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_pipeline(
+    dags: dict[str, Any], pipeline: str, days: list[str], end_ds: str, agents: int, run_id: str | None = None
+) -> dict[str, Any]:
     """Run ingest for ``days``, then the train DAG's path (sweep, evaluate, gate, promote, deploy), and
     return the wall time of each stage and of the whole. ``run_id``: the train run's id, which seeds
     the sweep's proposals (give the scheduler's run id for the very same trials)."""
@@ -83,7 +106,10 @@ def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: s
         logical = datetime.fromisoformat(ds).replace(tzinfo=UTC)
         ingest.ds = ds  # the rendered template
         ti = PlainTI({}, ingest.dag_id, f"plain__{ds}", "ingest")
-        timed(f"ingest {ds}", lambda ti=ti, logical=logical: ingest.execute(_context(ti, {}, logical, {}, ingest.dag)))
+        timed(
+            f"ingest {ds}",
+            lambda ti=ti, logical=logical: ingest.execute(_context(ti, {}, logical, {}, ingest.dag)),
+        )
 
     dag = dags[f"{pipeline}_train"]
     conf = {"end_ds": end_ds, "sweep_agents": agents}
@@ -116,8 +142,10 @@ def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: s
     def run_agents() -> list[dict[str, Any]]:
         ctx_mp = mp.get_context("fork")  # torch is imported but unused so far: no thread pool to copy
         out = ctx_mp.Queue()
-        procs = [ctx_mp.Process(target=_agent, args=(spec_path, kw, run_id, params, logical, conf, out))
-                 for kw in created]  # fmt: skip
+        procs = [
+            ctx_mp.Process(target=_agent, args=(spec_path, kw, run_id, params, logical, conf, out))
+            for kw in created
+        ]
         for p in procs:
             p.start()
         results = [out.get() for _ in procs]
@@ -146,5 +174,8 @@ def run_pipeline(dags: dict[str, Any], pipeline: str, days: list[str], end_ds: s
         raise SystemExit(f"the plain run expects the gate to promote, it said {route!r}")
     for task_id in ("promote", "deploy"):
         timed(task_id, lambda task_id=task_id: call(task_id))
-    return {"wall_s": round(time.perf_counter() - t_all, 3), "stages": stages,
-            "deployed": store.get(("deploy", "return_value"))}  # fmt: skip
+    return {
+        "wall_s": round(time.perf_counter() - t_all, 3),
+        "stages": stages,
+        "deployed": store.get(("deploy", "return_value")),
+    }

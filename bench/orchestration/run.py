@@ -54,7 +54,18 @@ from bench.common import free_port, host, parser, write_report
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "freestack_pipelines.py"
 DIGITS = REPO / "include" / "pipelines" / "digits.yaml"
-MUST_NOT = ("torch", "pandas", "pyarrow", "wandb", "numpy", "scipy", "sklearn", "transformers", "peft", "matplotlib")
+MUST_NOT = (
+    "torch",
+    "pandas",
+    "pyarrow",
+    "wandb",
+    "numpy",
+    "scipy",
+    "sklearn",
+    "transformers",
+    "peft",
+    "matplotlib",
+)
 HEAVY = (*MUST_NOT, "safetensors", "huggingface_hub")
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -95,18 +106,22 @@ def _env(base: Path, specs: Path, **extra: str) -> dict[str, str]:
     from freestack.embedded import airflow_env
 
     env = airflow_env()
-    env.update({
-        "AIRFLOW_HOME": str(base / "airflow"),
-        "FREESTACK_HOME": str(base),
-        "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
-        "FREESTACK_PIPELINES_DIR": str(specs),
-        "FREESTACK_SERVING_DIR": str(base / "serving"),
-        "WANDB_MODE": "offline",
-        **{k: str(base / "wandb" / k.lower()) for k in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR",
-                                                       "WANDB_CONFIG_DIR")},
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
-        **extra,
-    })  # fmt: skip
+    env.update(
+        {
+            "AIRFLOW_HOME": str(base / "airflow"),
+            "FREESTACK_HOME": str(base),
+            "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
+            "FREESTACK_PIPELINES_DIR": str(specs),
+            "FREESTACK_SERVING_DIR": str(base / "serving"),
+            "WANDB_MODE": "offline",
+            **{
+                k: str(base / "wandb" / k.lower())
+                for k in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")
+            },
+            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+            **extra,
+        }
+    )
     env.pop("FREESTACK_TASK_TIMINGS", None)
     env.update(extra)
     return env
@@ -138,8 +153,14 @@ def importtime(specs: Path, base: Path) -> dict[str, Any]:
     env = _env(base, specs)
     probe = _PARSE_PROBE % (HEAVY,)
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", probe, str(DAG_FILE)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe, str(DAG_FILE)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"parsing the dags file failed:\n{out.stderr[-4000:]}")
@@ -197,14 +218,27 @@ class StatsdListener:
 def dag_processor(specs: Path, base: Path) -> dict[str, Any]:
     """``airflow dag-processor --num-runs 1`` and its ``dag_processing.last_duration`` StatsD timing."""
     listener = StatsdListener()
-    env = _env(base, specs, AIRFLOW__METRICS__STATSD_ON="True", AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
-               AIRFLOW__METRICS__STATSD_PORT=str(listener.port), AIRFLOW__METRICS__STATSD_PREFIX="airflow")  # fmt: skip
+    env = _env(
+        base,
+        specs,
+        AIRFLOW__METRICS__STATSD_ON="True",
+        AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+        AIRFLOW__METRICS__STATSD_PORT=str(listener.port),
+        AIRFLOW__METRICS__STATSD_PREFIX="airflow",
+    )
     try:
         if not (base / "airflow" / "airflow.db").exists():
-            subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=True, timeout=600)
+            subprocess.run(
+                [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=True, timeout=600
+            )
         t0 = time.perf_counter()
-        out = subprocess.run([AIRFLOW, "dag-processor", "--num-runs", "1"], env=env, capture_output=True, text=True,
-                             timeout=600)  # fmt: skip
+        out = subprocess.run(
+            [AIRFLOW, "dag-processor", "--num-runs", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         wall = time.perf_counter() - t0
         time.sleep(0.5)
     finally:
@@ -218,8 +252,10 @@ def dag_processor(specs: Path, base: Path) -> dict[str, Any]:
             if m:  # Airflow hands the timer its duration in seconds (a float), which goes out as is
                 durations.append(float(m.group(1)))
     if not durations:
-        raise SystemExit("the DAG processor sent no dag_processing.last_duration metric for the dags file; "
-                         f"it sent: {sorted({ln.split(':')[0] for ln in listener.lines})[:20]}")  # fmt: skip
+        raise SystemExit(
+            "the DAG processor sent no dag_processing.last_duration metric for the dags file; "
+            f"it sent: {sorted({ln.split(':')[0] for ln in listener.lines})[:20]}"
+        )
     return {"last_duration_s": round(durations[-1], 3), "processor_wall_s": round(wall, 3)}
 
 
@@ -230,11 +266,18 @@ def parse_bench(n_specs: int, work: Path) -> dict[str, Any]:
         write_specs(specs, n)
         base = work / f"parse_{n}"
         base.mkdir(parents=True, exist_ok=True)
-        out[f"specs_{n}"] = {"specs": n, "importtime": importtime(specs, base), "dag_processor": dag_processor(specs, base)}
-        print(f"parse {n:>3} spec(s): file {out[f'specs_{n}']['importtime']['file_s']:.2f} s "
-              f"(+ Airflow import {out[f'specs_{n}']['importtime']['airflow_import_s']:.2f} s), "
-              f"dag processor {out[f'specs_{n}']['dag_processor']['last_duration_s']:.2f} s, "
-              f"{out[f'specs_{n}']['importtime']['dags']} DAGs", flush=True)  # fmt: skip
+        out[f"specs_{n}"] = {
+            "specs": n,
+            "importtime": importtime(specs, base),
+            "dag_processor": dag_processor(specs, base),
+        }
+        print(
+            f"parse {n:>3} spec(s): file {out[f'specs_{n}']['importtime']['file_s']:.2f} s "
+            f"(+ Airflow import {out[f'specs_{n}']['importtime']['airflow_import_s']:.2f} s), "
+            f"dag processor {out[f'specs_{n}']['dag_processor']['last_duration_s']:.2f} s, "
+            f"{out[f'specs_{n}']['importtime']['dags']} DAGs",
+            flush=True,
+        )
     return out
 
 
@@ -272,8 +315,11 @@ def _wait_runs(db: Path, dag_id: str, n: int, timeout: float, log: Path) -> list
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            runs = _db_rows(db, "SELECT run_id, state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = ?",
-                            (dag_id,))  # fmt: skip
+            runs = _db_rows(
+                db,
+                "SELECT run_id, state, queued_at, start_date, end_date FROM dag_run WHERE dag_id = ?",
+                (dag_id,),
+            )
         except sqlite3.OperationalError:
             runs = []
         done = [r for r in runs if r["state"] in ("success", "failed")]
@@ -295,18 +341,27 @@ def _rest(env: dict[str, str], method: str, path: str, body: dict[str, Any]) -> 
 
     url = env["AIRFLOW__API__BASE_URL"]
     password = json.loads(standalone_files(env)[2].read_text())["admin"]
-    req = urllib.request.Request(f"{url}/auth/token", data=json.dumps({"username": "admin", "password": password}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
+    req = urllib.request.Request(
+        f"{url}/auth/token",
+        data=json.dumps({"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         token = json.loads(r.read())["access_token"]
-    req = urllib.request.Request(f"{url}/api/v2{path}", data=json.dumps(body).encode(), method=method,
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})  # fmt: skip
+    req = urllib.request.Request(
+        f"{url}/api/v2{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
 
-def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name: str = "standalone",
-                     speedups: bool = True) -> dict[str, Any]:  # fmt: skip
+def standalone_bench(
+    work: Path, days: list[str], agents: int, quick: bool, name: str = "standalone", speedups: bool = True
+) -> dict[str, Any]:
     from freestack.embedded import healthy, start_standalone, warm_execution_api
     from freestack.serving.processes import free_port_block, stop_process
 
@@ -315,10 +370,16 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
     write_specs(specs, 1, quick=quick, first_day=days[0])
     port = free_port()
     timings = base / "task_timings.jsonl"
-    env = _env(base, specs, FREESTACK_TASK_TIMINGS=str(timings), FREESTACK_SERVE_PORT=str(free_port_block()),
-               FREESTACK_SPEEDUPS="1" if speedups else "0",
-               AIRFLOW__API__PORT=str(port), AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
-               AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/")  # fmt: skip
+    env = _env(
+        base,
+        specs,
+        FREESTACK_TASK_TIMINGS=str(timings),
+        FREESTACK_SERVE_PORT=str(free_port_block()),
+        FREESTACK_SPEEDUPS="1" if speedups else "0",
+        AIRFLOW__API__PORT=str(port),
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+    )
     log = base / "standalone.log"
     proc = start_standalone(env, log)
     db = base / "airflow" / "airflow.db"
@@ -350,13 +411,20 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
         ingest_runs = _wait_runs(db, "digits_ingest", len(days), 900, log)
         # triggered the way the UI's Trigger button does it: the REST API, as the standalone admin
         t_trigger = time.time()
-        run = _rest(env, "POST", "/dags/digits_train/dagRuns",
-                    {"logical_date": None, "conf": {"end_ds": days[-1], "sweep_agents": agents}})  # fmt: skip
+        run = _rest(
+            env,
+            "POST",
+            "/dags/digits_train/dagRuns",
+            {"logical_date": None, "conf": {"end_ds": days[-1], "sweep_agents": agents}},
+        )
         trigger_s = time.time() - t_trigger
         train_runs = _wait_runs(db, "digits_train", 1, 1800, log)
         memory = _executor_memory(proc.pid)
-        tis = _db_rows(db, "SELECT dag_id, run_id, task_id, map_index, try_number, state, scheduled_dttm, queued_dttm, "
-                           "start_date, end_date, updated_at, duration FROM task_instance")  # fmt: skip
+        tis = _db_rows(
+            db,
+            "SELECT dag_id, run_id, task_id, map_index, try_number, state, scheduled_dttm, queued_dttm, "
+            "start_date, end_date, updated_at, duration FROM task_instance",
+        )
     finally:
         stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
         _stop_model_servers(env)
@@ -376,26 +444,40 @@ def standalone_bench(work: Path, days: list[str], agents: int, quick: bool, name
             continue  # a branch's skipped tasks never ran
         # end_date is taken in the task process as soon as execute returns (before the listener's
         # "end"); updated_at is when the API server committed the success to the database
-        tasks.append({
-            "dag_id": ti["dag_id"], "task_id": ti["task_id"], "map_index": ti["map_index"],
-            "scheduled_to_queued_s": round(queued - _ts(ti["scheduled_dttm"]), 3) if ti["scheduled_dttm"] else None,
-            "queued_to_code_s": round(ev["start"] - queued, 3),
-            "queued_to_started_s": round(_ts(ti["start_date"]) - queued, 3) if ti["start_date"] else None,
-            "code_s": round(end - ev["start"], 3),
-            "code_to_success_s": round(done - end, 3),
-        })  # fmt: skip
+        tasks.append(
+            {
+                "dag_id": ti["dag_id"],
+                "task_id": ti["task_id"],
+                "map_index": ti["map_index"],
+                "scheduled_to_queued_s": round(queued - _ts(ti["scheduled_dttm"]), 3)
+                if ti["scheduled_dttm"]
+                else None,
+                "queued_to_code_s": round(ev["start"] - queued, 3),
+                "queued_to_started_s": round(_ts(ti["start_date"]) - queued, 3) if ti["start_date"] else None,
+                "code_s": round(end - ev["start"], 3),
+                "code_to_success_s": round(done - end, 3),
+            }
+        )
     ingest_span = max(_ts(r["end_date"]) for r in ingest_runs) - min(_ts(r["queued_at"]) for r in ingest_runs)
     train = train_runs[-1]
     if train["run_id"] != run["dag_run_id"]:
-        raise SystemExit(f"digits_train ran {train['run_id']}, not the run triggered ({run['dag_run_id']}); see {log}")
+        raise SystemExit(
+            f"digits_train ran {train['run_id']}, not the run triggered ({run['dag_run_id']}); see {log}"
+        )
     train_span = _ts(train["end_date"]) - _ts(train["queued_at"])
-    return {"tasks": tasks, "ingest_span_s": round(ingest_span, 3), "train_span_s": round(train_span, 3),
-            "wall_s": round(ingest_span + train_span, 3), "tasks_run": len(tasks), "train_run_id": train["run_id"],
-            "speedups": speedups,
-            "trigger_request_s": round(trigger_s, 3),
-            "train_run_started_after_s": round(_ts(train["start_date"]) - _ts(train["queued_at"]), 3),
-            "scheduler_and_workers_memory": memory,
-            "trial_epochs": _trial_epochs(Path(env["FREESTACK_STORAGE_ROOT"].removeprefix("file://")))}  # fmt: skip
+    return {
+        "tasks": tasks,
+        "ingest_span_s": round(ingest_span, 3),
+        "train_span_s": round(train_span, 3),
+        "wall_s": round(ingest_span + train_span, 3),
+        "tasks_run": len(tasks),
+        "train_run_id": train["run_id"],
+        "speedups": speedups,
+        "trigger_request_s": round(trigger_s, 3),
+        "train_run_started_after_s": round(_ts(train["start_date"]) - _ts(train["queued_at"]), 3),
+        "scheduler_and_workers_memory": memory,
+        "trial_epochs": _trial_epochs(Path(env["FREESTACK_STORAGE_ROOT"].removeprefix("file://"))),
+    }
 
 
 def _executor_memory(pgid: int) -> dict[str, Any]:
@@ -432,16 +514,31 @@ def _trial_epochs(storage: Path) -> int:
 
 def _stop_model_servers(env: dict[str, str]) -> None:
     """Stop the model server the pipeline's deploy started (it outlives Airflow on purpose)."""
-    subprocess.run([sys.executable, "-m", "freestack.cli", "serve", "--root", env["FREESTACK_STORAGE_ROOT"], "stop",
-                    "digits"], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freestack.cli",
+            "serve",
+            "--root",
+            env["FREESTACK_STORAGE_ROOT"],
+            "stop",
+            "digits",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. the same pipeline in one plain process
 
 
-def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: str | None,
-                name: str = "plain") -> dict[str, Any]:  # fmt: skip
+def plain_bench(
+    work: Path, days: list[str], agents: int, quick: bool, run_id: str | None, name: str = "plain"
+) -> dict[str, Any]:
     from freestack.serving.processes import free_port_block
 
     base = work / name
@@ -463,8 +560,9 @@ def plain_bench(work: Path, days: list[str], agents: int, quick: bool, run_id: s
     )
     make_landing(env["FREESTACK_STORAGE_ROOT"], date.fromisoformat(days[0]), len(days))
     try:
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=3600)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=3600
+        )
     finally:
         _stop_model_servers(env)
     if out.returncode != 0:
@@ -487,8 +585,9 @@ def _q(values: list[float], q: float) -> float | None:
     return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3)
 
 
-def summarise(parse: dict[str, Any], airflow: list[dict[str, Any]], plain: list[dict[str, Any]],
-              n_specs: int) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    parse: dict[str, Any], airflow: list[dict[str, Any]], plain: list[dict[str, Any]], n_specs: int
+) -> dict[str, Any]:
     """Per-task figures over the tasks of every repeat; the pipeline's wall times as the median of the
     repeats (each pair ran back to back on the same machine), and the ratio of those medians."""
     tasks = [t for run in airflow for t in run["tasks"]]
@@ -497,7 +596,9 @@ def summarise(parse: dict[str, Any], airflow: list[dict[str, Any]], plain: list[
     total = [t["queued_to_code_s"] + t["code_to_success_s"] for t in tasks]
     sched = [t["scheduled_to_queued_s"] for t in tasks if t["scheduled_to_queued_s"] is not None]
     many = parse[f"specs_{n_specs}"]
-    heavy = sorted({m for k in parse.values() for m in k["importtime"]["heavy_modules_loaded"]} & set(MUST_NOT))
+    heavy = sorted(
+        {m for k in parse.values() for m in k["importtime"]["heavy_modules_loaded"]} & set(MUST_NOT)
+    )
     summary = {
         "tasks": len(tasks),
         "queued_to_code_s": {"median": _q(before, 0.5), "p90": _q(before, 0.9)},
@@ -509,21 +610,25 @@ def summarise(parse: dict[str, Any], airflow: list[dict[str, Any]], plain: list[
         "pipeline_plain_s": _q([r["wall_s"] for r in plain], 0.5),
         "pipeline_airflow_runs_s": [r["wall_s"] for r in airflow],
         "pipeline_plain_runs_s": [r["wall_s"] for r in plain],
-        "ratio_per_repeat": [round(a["wall_s"] / p["wall_s"], 3) for a, p in zip(airflow, plain, strict=False)],
+        "ratio_per_repeat": [
+            round(a["wall_s"] / p["wall_s"], 3) for a, p in zip(airflow, plain, strict=False)
+        ],
         "parse_1_spec_s": parse["specs_1"]["dag_processor"]["last_duration_s"],
         f"parse_{n_specs}_specs_s": many["dag_processor"]["last_duration_s"],
         "parse_heavy_imports": heavy,
     }
-    summary["ratio"] = round(summary["pipeline_airflow_s"] / summary["pipeline_plain_s"], 3) if plain else None
+    summary["ratio"] = (
+        round(summary["pipeline_airflow_s"] / summary["pipeline_plain_s"], 3) if plain else None
+    )
     summary["checks"] = {
         "target": "median per-task overhead <= 0.5 s; pipeline <= 1.3 x plain; 50 specs parse < 2 s; "
-                  f"none of {', '.join(MUST_NOT)} at parse time",
+        f"none of {', '.join(MUST_NOT)} at parse time",
         "overhead_ok": summary["overhead_per_task_s"]["median"] is not None
         and summary["overhead_per_task_s"]["median"] <= 0.5,
         "ratio_ok": summary["ratio"] is not None and summary["ratio"] <= 1.3,
         "parse_ok": many["dag_processor"]["last_duration_s"] < 2 if n_specs >= 50 else None,
         "imports_ok": not heavy,
-    }  # fmt: skip
+    }
     return summary
 
 
@@ -537,27 +642,45 @@ def machine() -> dict[str, Any]:
 
 
 def _print_summary(s: dict[str, Any], label: str, repeats: int, n_specs: int) -> None:
-    print(f"[{label}] per-task overhead: median {s['overhead_per_task_s']['median']} s, "
-          f"p90 {s['overhead_per_task_s']['p90']} s (queued->code {s['queued_to_code_s']['median']} s, "
-          f"code->success {s['code_to_success_s']['median']} s)")
-    print(f"[{label}] pipeline (median of {repeats}): airflow {s['pipeline_airflow_s']} s vs plain "
-          f"{s['pipeline_plain_s']} s = {s['ratio']}x (per repeat: {s['ratio_per_repeat']})")
-    print(f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
-          f"heavy imports: {s['parse_heavy_imports'] or 'none'}")  # fmt: skip
+    print(
+        f"[{label}] per-task overhead: median {s['overhead_per_task_s']['median']} s, "
+        f"p90 {s['overhead_per_task_s']['p90']} s (queued->code {s['queued_to_code_s']['median']} s, "
+        f"code->success {s['code_to_success_s']['median']} s)"
+    )
+    print(
+        f"[{label}] pipeline (median of {repeats}): airflow {s['pipeline_airflow_s']} s vs plain "
+        f"{s['pipeline_plain_s']} s = {s['ratio']}x (per repeat: {s['ratio_per_repeat']})"
+    )
+    print(
+        f"parse: 1 spec {s['parse_1_spec_s']} s, {n_specs} specs {s[f'parse_{n_specs}_specs_s']} s; "
+        f"heavy imports: {s['parse_heavy_imports'] or 'none'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.orchestration.run", __doc__, out="orchestration.json", workdir=True)
-    ap.add_argument("--quick", action="store_true", help="smoke size: 1 day, 2-trial sweep of 2 epochs, 3 specs")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke size: 1 day, 2-trial sweep of 2 epochs, 3 specs"
+    )
     ap.add_argument("--days", type=int, default=None, help="days of landing data (default 5; 1 with --quick)")
-    ap.add_argument("--specs", type=int, default=None, help="specs in the parse-time folder (default 50; 3 quick)")
+    ap.add_argument(
+        "--specs", type=int, default=None, help="specs in the parse-time folder (default 50; 3 quick)"
+    )
     ap.add_argument("--agents", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=None,
-                    help="pipeline runs under Airflow and plain, alternating (default 5; 1 with --quick)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="pipeline runs under Airflow and plain, alternating (default 5; 1 with --quick)",
+    )
     ap.add_argument("--parts", default="parse,airflow,plain", help="a subset of parse,airflow,plain")
-    ap.add_argument("--speedups", choices=("on", "off", "both"), default="both",
-                    help="the runtime speed-ups (FREESTACK_SPEEDUPS) in the Airflow runs: on (the embedded "
-                         "stack's default), off (stock Airflow behaviour) or both, alternating (default)")
+    ap.add_argument(
+        "--speedups",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the runtime speed-ups (FREESTACK_SPEEDUPS) in the Airflow runs: on (the embedded "
+        "stack's default), off (stock Airflow behaviour) or both, alternating (default)",
+    )
     args = ap.parse_args(argv)
     n_days = args.days or (1 if args.quick else 5)
     n_specs = args.specs or (3 if args.quick else 50)
@@ -578,11 +701,22 @@ def main(argv: list[str] | None = None) -> int:
             run_id = None
             for on in modes if "airflow" in parts else ():
                 label = "speed-ups on" if on else "stock"
-                airflow[on].append(standalone_bench(work, days, args.agents, args.quick,
-                                                    f"standalone{'' if on else '_stock'}{suffix}", speedups=on))
+                airflow[on].append(
+                    standalone_bench(
+                        work,
+                        days,
+                        args.agents,
+                        args.quick,
+                        f"standalone{'' if on else '_stock'}{suffix}",
+                        speedups=on,
+                    )
+                )
                 run_id = run_id or airflow[on][-1]["train_run_id"]
-                print(f"[{i + 1}/{repeats}] airflow standalone ({label}): {airflow[on][-1]['wall_s']:.1f} s "
-                      f"({airflow[on][-1]['tasks_run']} tasks)", flush=True)  # fmt: skip
+                print(
+                    f"[{i + 1}/{repeats}] airflow standalone ({label}): {airflow[on][-1]['wall_s']:.1f} s "
+                    f"({airflow[on][-1]['tasks_run']} tasks)",
+                    flush=True,
+                )
             if "plain" in parts:
                 # the scheduler's train run id seeds the sweep: the plain run trains the very same trials
                 plain.append(plain_bench(work, days, args.agents, args.quick, run_id, f"plain{suffix}"))
@@ -593,12 +727,22 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "name": "orchestration",
         "machine": machine(),
-        "params": {"days": days, "agents": args.agents, "specs": n_specs, "quick": args.quick, "repeats": repeats,
-                   "speedups": args.speedups,
-                   "pipeline": "digits_ingest x days (scheduler catchup), then digits_train (sweep -> deploy) "
-                               "triggered through the REST API"},  # fmt: skip
-        "samples": {"parse": parse, "airflow": airflow.get(True, []), "airflow_stock": airflow.get(False, []),
-                    "plain": plain},
+        "params": {
+            "days": days,
+            "agents": args.agents,
+            "specs": n_specs,
+            "quick": args.quick,
+            "repeats": repeats,
+            "speedups": args.speedups,
+            "pipeline": "digits_ingest x days (scheduler catchup), then digits_train (sweep -> deploy) "
+            "triggered through the REST API",
+        },
+        "samples": {
+            "parse": parse,
+            "airflow": airflow.get(True, []),
+            "airflow_stock": airflow.get(False, []),
+            "plain": plain,
+        },
     }
     for on, key in ((True, "summary"), (False, "summary_stock")):
         if parse and airflow.get(on) and plain:

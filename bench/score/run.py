@@ -70,7 +70,16 @@ PIPELINES = {"digits": "scoredigits", "text": "scoretext"}
 TRAIN_ROWS = {"digits": 1797 * 2, "text": 4000}
 CHUNK_ROWS = 100_000
 #: what the lakes and versions depend on (a kept --workdir whose setup had the same is reused)
-SETUP_KEYS = ("rows", "text_rows", "rss_rows", "scale", "backfill_days", "backfill_rows", "epochs", "batch_rows")
+SETUP_KEYS = (
+    "rows",
+    "text_rows",
+    "rss_rows",
+    "scale",
+    "backfill_days",
+    "backfill_rows",
+    "epochs",
+    "batch_rows",
+)
 
 DIGITS_SPEC = """\
 name: scoredigits
@@ -185,13 +194,19 @@ def train_version(work: Path, model: str) -> dict[str, Any]:
 
     spec = load_spec(work / f"{PIPELINES[model]}.yaml")
     t0 = time.perf_counter()
-    outcome = train(spec, TrainRequest(end_ds=TRAIN_DS, window_days=1, run_key="bench-score"),
-                    tracking_settings=WandbSettings(mode="disabled"))  # fmt: skip
+    outcome = train(
+        spec,
+        TrainRequest(end_ds=TRAIN_DS, window_days=1, run_key="bench-score"),
+        tracking_settings=WandbSettings(mode="disabled"),
+    )
     reg = registry_for(spec)
     reg.register(outcome.version_uri, outcome.version)
     reg.promote(outcome.version, reason="bench")
-    return {"version": outcome.version, "test_accuracy": round(outcome.metrics.get("test_accuracy", float("nan")), 4),
-            "train_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    return {
+        "version": outcome.version,
+        "test_accuracy": round(outcome.metrics.get("test_accuracy", float("nan")), 4),
+        "train_s": round(time.perf_counter() - t0, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,7 +228,9 @@ def _local(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def plain_loop(version_dir: Path, src: Path, out: Path, *, key: str, ds: str, version: str, batch_rows: int) -> int:
+def plain_loop(
+    version_dir: Path, src: Path, out: Path, *, key: str, ds: str, version: str, batch_rows: int
+) -> int:
     """The same job by hand: the lake part read in record batches of ``batch_rows`` (the key and the
     feature columns), the version's model (and tokenizer) applied under ``no_grad``, the scores written
     with the stage's output columns. Returns the rows scored."""
@@ -239,25 +256,45 @@ def plain_loop(version_dir: Path, src: Path, out: Path, *, key: str, ds: str, ve
     ts = pa.timestamp("us", tz="UTC")
     at = pa.scalar(datetime.now(UTC), ts)
     pf = pq.ParquetFile(src)
-    schema = pa.schema([pf.schema_arrow.field(key), pa.field("ds", pa.string()), pa.field("prediction", classes.type),
-                        pa.field("probabilities", pa.list_(pa.float32(), len(classes))),
-                        pa.field("version", pa.string()), pa.field("scored_at", ts)])  # fmt: skip
+    schema = pa.schema(
+        [
+            pf.schema_arrow.field(key),
+            pa.field("ds", pa.string()),
+            pa.field("prediction", classes.type),
+            pa.field("probabilities", pa.list_(pa.float32(), len(classes))),
+            pa.field("version", pa.string()),
+            pa.field("scored_at", ts),
+        ]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with torch.no_grad(), pq.ParquetWriter(out, schema, compression="zstd") as writer:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=[key, *features]):
             n = batch.num_rows
             if tok is None:
-                x = torch.from_numpy(np.column_stack([batch.column(f).to_numpy() for f in features]).astype(np.float32))
+                x = torch.from_numpy(
+                    np.column_stack([batch.column(f).to_numpy() for f in features]).astype(np.float32)
+                )
             else:
-                enc = tok.encode_batch(batch.column(features[0]).to_pylist(), add_special_tokens=text["special_tokens"])
+                enc = tok.encode_batch(
+                    batch.column(features[0]).to_pylist(), add_special_tokens=text["special_tokens"]
+                )
                 ids = np.asarray([e.ids for e in enc], dtype=np.int64)
                 x = {"text": torch.from_numpy(ids.reshape(n, 1, text["max_length"]))}
             probs = torch.softmax(model(x), dim=-1).numpy()
-            writer.write_batch(pa.record_batch([
-                batch.column(key), pa.repeat(ds, n), classes.take(pa.array(probs.argmax(axis=1))),
-                pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1]),
-                pa.repeat(version, n), pa.repeat(at, n)], schema=schema))  # fmt: skip
+            writer.write_batch(
+                pa.record_batch(
+                    [
+                        batch.column(key),
+                        pa.repeat(ds, n),
+                        classes.take(pa.array(probs.argmax(axis=1))),
+                        pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1]),
+                        pa.repeat(version, n),
+                        pa.repeat(at, n),
+                    ],
+                    schema=schema,
+                )
+            )
             rows += n
     return rows
 
@@ -274,8 +311,15 @@ def _arms(work: Path, model: str, ds: str):
         return score(spec, job)["rows_scored"]
 
     def plain() -> int:
-        return plain_loop(_local(job["version_uri"]), src, plain_out, key=spec.source.schema_.key, ds=ds,
-                          version=job["version"], batch_rows=spec.score.batch_rows)  # fmt: skip
+        return plain_loop(
+            _local(job["version_uri"]),
+            src,
+            plain_out,
+            key=spec.source.schema_.key,
+            ds=ds,
+            version=job["version"],
+            batch_rows=spec.score.batch_rows,
+        )
 
     return {"freestack": freestack, "plain": plain}, job
 
@@ -287,8 +331,13 @@ def _timed(fn) -> dict[str, Any]:
     busy0, t0, c0 = busy_cpu_s(), time.perf_counter(), time.process_time()
     rows = fn()
     wall, cpu, busy1 = time.perf_counter() - t0, time.process_time() - c0, busy_cpu_s()
-    out = {"rows": rows, "wall_s": round(wall, 4), "cpu_s": round(cpu, 3), "rows_per_s": round(rows / wall, 1),
-           "loadavg_1m": load}  # fmt: skip
+    out = {
+        "rows": rows,
+        "wall_s": round(wall, 4),
+        "cpu_s": round(cpu, 3),
+        "rows_per_s": round(rows / wall, 1),
+        "loadavg_1m": load,
+    }
     if busy0 is not None and busy1 is not None:
         out["others_busy_fraction"] = round(max(0.0, busy1 - busy0 - cpu) / (wall * usable_cores()), 3)
     return out
@@ -302,9 +351,13 @@ def _threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
-def child_throughput(work: Path, model: str, rounds: int, threads: int, profile: bool, patch: str | None) -> dict[str, Any]:
+def child_throughput(
+    work: Path, model: str, rounds: int, threads: int, profile: bool, patch: str | None
+) -> dict[str, Any]:
     threads = _threads(threads)
-    install_patch(patch)  # a proposed change to the stage, measured by monkeypatching (the plain arm is its own)
+    install_patch(
+        patch
+    )  # a proposed change to the stage, measured by monkeypatching (the plain arm is its own)
     arms, job = _arms(work, model, SCORE_DS)
     warmup = {arm: _timed(fn) for arm, fn in arms.items()}
     samples = []
@@ -312,8 +365,16 @@ def child_throughput(work: Path, model: str, rounds: int, threads: int, profile:
         for arm in ("freestack", "plain") if r % 2 == 0 else ("plain", "freestack"):
             with profiled(profile and arm == "freestack", f"score() of {model}, round {r}"):
                 samples.append({"round": r, "arm": arm, **_timed(arms[arm])})
-    return {"model": model, "ds": SCORE_DS, "version": job["version"], "torch_threads": threads, "patch": patch,
-            "warmup": warmup, "samples": samples, "peak_rss_mib": round(peak_rss_mib(), 1)}  # fmt: skip
+    return {
+        "model": model,
+        "ds": SCORE_DS,
+        "version": job["version"],
+        "torch_threads": threads,
+        "patch": patch,
+        "warmup": warmup,
+        "samples": samples,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def vm_hwm_mib() -> float | None:
@@ -334,7 +395,14 @@ def child_rss(work: Path, model: str, ds: str, arm: str, threads: int) -> dict[s
     _threads(threads)
     arms, _ = _arms(work, model, ds)
     got = _timed(arms[arm])
-    return {"model": model, "ds": ds, "arm": arm, **got, "peak_rss_mib": round(peak_rss_mib(), 1), "vm_hwm_mib": vm_hwm_mib()}
+    return {
+        "model": model,
+        "ds": ds,
+        "arm": arm,
+        **got,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "vm_hwm_mib": vm_hwm_mib(),
+    }
 
 
 def child_worker(work: Path, model: str, folder: Path, index: int, threads: int) -> dict[str, Any]:
@@ -361,8 +429,14 @@ def child_worker(work: Path, model: str, folder: Path, index: int, threads: int)
         t0 = time.perf_counter()
         rows = score(spec, job)["rows_scored"]
         days.append({"ds": job["ds"], "rows": rows, "s": round(time.perf_counter() - t0, 3)})
-    return {"index": index, "start": start, "end": time.time(), "days": days, "threads": threads,
-            "peak_rss_mib": round(peak_rss_mib(), 1)}  # fmt: skip
+    return {
+        "index": index,
+        "start": start,
+        "end": time.time(),
+        "days": days,
+        "threads": threads,
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+    }
 
 
 def child_setup(work: Path) -> dict[str, Any]:
@@ -376,7 +450,9 @@ def child_setup(work: Path) -> dict[str, Any]:
     args = json.loads((work / "setup.json").read_text())
     parts = set(args["parts"])
     for model in MODELS:
-        (work / f"{PIPELINES[model]}.yaml").write_text(SPECS[model].format(epochs=args["epochs"], batch_rows=args["batch_rows"]))
+        (work / f"{PIPELINES[model]}.yaml").write_text(
+            SPECS[model].format(epochs=args["epochs"], batch_rows=args["batch_rows"])
+        )
     t0 = time.perf_counter()
     lake: dict[str, list[dict[str, Any]]] = {m: [] for m in MODELS}
     versions = {}
@@ -392,12 +468,22 @@ def child_setup(work: Path) -> dict[str, Any]:
     jobs = []
     if "backfill" in parts:
         for k in range(args["backfill_days"]):
-            lake["digits"].append(land_and_ingest(work, "digits", (BACKFILL_START + timedelta(days=k)).isoformat(),
-                                                  args["backfill_rows"]))  # fmt: skip
+            lake["digits"].append(
+                land_and_ingest(
+                    work, "digits", (BACKFILL_START + timedelta(days=k)).isoformat(), args["backfill_rows"]
+                )
+            )
         start = datetime.combine(BACKFILL_START, datetime.min.time(), UTC)
-        jobs = plan(load_spec(work / "scoredigits.yaml"), start, start + timedelta(days=args["backfill_days"]))["jobs"]
-    return {"lake": lake, "versions": versions, "jobs": jobs, "setup_s": round(time.perf_counter() - t0, 1),
-            "libraries": {"torch": torch.__version__, "pyarrow": pyarrow.__version__}}  # fmt: skip
+        jobs = plan(
+            load_spec(work / "scoredigits.yaml"), start, start + timedelta(days=args["backfill_days"])
+        )["jobs"]
+    return {
+        "lake": lake,
+        "versions": versions,
+        "jobs": jobs,
+        "setup_s": round(time.perf_counter() - t0, 1),
+        "libraries": {"torch": torch.__version__, "pyarrow": pyarrow.__version__},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,8 +491,12 @@ def child_setup(work: Path) -> dict[str, Any]:
 
 
 def _env(work: Path) -> dict[str, str]:
-    return {**os.environ, "FREESTACK_STORAGE_ROOT": (work / "storage").as_uri(), "WANDB_MODE": "disabled",
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}  # fmt: skip
+    return {
+        **os.environ,
+        "FREESTACK_STORAGE_ROOT": (work / "storage").as_uri(),
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+    }
 
 
 def _child(work: Path, spec: str, timeout: float | None, *, flags: list[str] | None = None) -> dict[str, Any]:
@@ -417,8 +507,9 @@ def _child(work: Path, spec: str, timeout: float | None, *, flags: list[str] | N
     return got
 
 
-def backfill_round(work: Path, jobs: list[dict[str, Any]], workers: int, label: str, threads: int,
-                   timeout: float | None) -> dict[str, Any]:  # fmt: skip
+def backfill_round(
+    work: Path, jobs: list[dict[str, Any]], workers: int, label: str, threads: int, timeout: float | None
+) -> dict[str, Any]:
     """``workers`` processes share the days; wall time from the start signal to the last one done."""
     folder = work / "backfill" / label
     shutil.rmtree(folder, ignore_errors=True)  # a kept --workdir's earlier round
@@ -428,15 +519,31 @@ def backfill_round(work: Path, jobs: list[dict[str, Any]], workers: int, label: 
     procs = []
     for i in range(workers):
         err = open(folder / f"stderr-{i}", "w")  # noqa: SIM115  (closed below)
-        argv = [sys.executable, "-m", "bench.score.run", "--child", f"worker:digits:{folder}:{i}:{threads}",
-                "--workdir", str(work)]  # fmt: skip
-        procs.append((subprocess.Popen(argv, cwd=REPO, env=_env(work), stdout=subprocess.PIPE, stderr=err, text=True), err))
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.score.run",
+            "--child",
+            f"worker:digits:{folder}:{i}:{threads}",
+            "--workdir",
+            str(work),
+        ]
+        procs.append(
+            (
+                subprocess.Popen(
+                    argv, cwd=REPO, env=_env(work), stdout=subprocess.PIPE, stderr=err, text=True
+                ),
+                err,
+            )
+        )
     deadline = launched + (timeout or 3600)
     while not all((folder / f"ready-{i}").exists() for i in range(workers)):
         if any(p.poll() is not None for p, _ in procs) or time.time() > deadline:
             for p, _ in procs:
                 p.kill()
-            raise RuntimeError(f"a backfill worker did not start: {(folder / 'stderr-0').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"a backfill worker did not start: {(folder / 'stderr-0').read_text()[-2000:]}"
+            )
         time.sleep(0.01)
     go = time.time()
     (folder / "go").touch()
@@ -446,19 +553,32 @@ def backfill_round(work: Path, jobs: list[dict[str, Any]], workers: int, label: 
         err.close()
         lines = [ln for ln in out.splitlines() if ln.startswith("{")]
         if p.returncode != 0 or not lines:
-            raise RuntimeError(f"backfill worker {i} failed (exit {p.returncode}):\n"
-                               f"{(folder / f'stderr-{i}').read_text()[-2000:]}")  # fmt: skip
+            raise RuntimeError(
+                f"backfill worker {i} failed (exit {p.returncode}):\n"
+                f"{(folder / f'stderr-{i}').read_text()[-2000:]}"
+            )
         results.append(json.loads(lines[-1]))
     end = max(r["end"] for r in results)
     scored = sorted(d["ds"] for r in results for d in r["days"])
     if scored != sorted(j["ds"] for j in jobs):
         raise RuntimeError(f"the workers scored {scored}, not the {len(jobs)} planned days")
-    return {"workers": workers, "wall_s": round(end - go, 3), "wall_with_startup_s": round(end - launched, 3),
-            "loadavg_1m_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "per_worker": [{"days": len(r["days"]), "rows": sum(d["rows"] for d in r["days"]),
-                            "busy_s": round(sum(d["s"] for d in r["days"]), 3), "threads": r["threads"],
-                            "finished_after_s": round(r["end"] - go, 3), "peak_rss_mib": r["peak_rss_mib"]}
-                           for r in results]}  # fmt: skip
+    return {
+        "workers": workers,
+        "wall_s": round(end - go, 3),
+        "wall_with_startup_s": round(end - launched, 3),
+        "loadavg_1m_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "per_worker": [
+            {
+                "days": len(r["days"]),
+                "rows": sum(d["rows"] for d in r["days"]),
+                "busy_s": round(sum(d["s"] for d in r["days"]), 3),
+                "threads": r["threads"],
+                "finished_after_s": round(r["end"] - go, 3),
+                "peak_rss_mib": r["peak_rss_mib"],
+            }
+            for r in results
+        ],
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -471,14 +591,26 @@ def summarise_throughput(runs: dict[str, dict[str, Any]], target: float) -> dict
         by_arm = {arm: [s for s in run["samples"] if s["arm"] == arm] for arm in ("freestack", "plain")}
         med = {arm: _median([s["rows_per_s"] for s in got]) for arm, got in by_arm.items()}
         rounds = sorted({s["round"] for s in run["samples"]})
-        per_round = [round(next(s["rows_per_s"] for s in by_arm["freestack"] if s["round"] == r)
-                           / next(s["rows_per_s"] for s in by_arm["plain"] if s["round"] == r), 3) for r in rounds]  # fmt: skip
+        per_round = [
+            round(
+                next(s["rows_per_s"] for s in by_arm["freestack"] if s["round"] == r)
+                / next(s["rows_per_s"] for s in by_arm["plain"] if s["round"] == r),
+                3,
+            )
+            for r in rounds
+        ]
         ratio = med["freestack"] / med["plain"]
-        out[model] = {"rows": run["samples"][0]["rows"], "freestack_rows_per_s": round(med["freestack"]),
-                      "plain_rows_per_s": round(med["plain"]), "ratio": round(ratio, 3), "round_ratios": per_round,
-                      "freestack_cpu_s": _median([s["cpu_s"] for s in by_arm["freestack"]]),
-                      "plain_cpu_s": _median([s["cpu_s"] for s in by_arm["plain"]]), "met": ratio >= target,
-                      "others_busy_fraction": _median([s.get("others_busy_fraction") or 0.0 for s in run["samples"]])}  # fmt: skip
+        out[model] = {
+            "rows": run["samples"][0]["rows"],
+            "freestack_rows_per_s": round(med["freestack"]),
+            "plain_rows_per_s": round(med["plain"]),
+            "ratio": round(ratio, 3),
+            "round_ratios": per_round,
+            "freestack_cpu_s": _median([s["cpu_s"] for s in by_arm["freestack"]]),
+            "plain_cpu_s": _median([s["cpu_s"] for s in by_arm["plain"]]),
+            "met": ratio >= target,
+            "others_busy_fraction": _median([s.get("others_busy_fraction") or 0.0 for s in run["samples"]]),
+        }
     return out
 
 
@@ -492,33 +624,57 @@ def summarise_backfill(rounds: list[dict[str, Any]], args) -> dict[str, Any]:
     up = {n: [b["wall_with_startup_s"] for b in rounds if b["workers"] == n] for n in (1, 2)}
     one, two = _median(walls[1]), _median(walls[2])
     return {
-        "days": args.backfill_days, "rows_per_day": args.backfill_rows, "threads_per_worker": rounds[0]["per_worker"][0]["threads"],
-        "one_worker_s": round(one, 3), "two_workers_s": round(two, 3), "speedup": round(one / two, 3),
+        "days": args.backfill_days,
+        "rows_per_day": args.backfill_rows,
+        "threads_per_worker": rounds[0]["per_worker"][0]["threads"],
+        "one_worker_s": round(one, 3),
+        "two_workers_s": round(two, 3),
+        "speedup": round(one / two, 3),
         "round_speedups": [round(a / b, 3) for a, b in zip(walls[1], walls[2], strict=True)],
-        "one_worker_with_startup_s": round(_median(up[1]), 3), "two_workers_with_startup_s": round(_median(up[2]), 3),
+        "one_worker_with_startup_s": round(_median(up[1]), 3),
+        "two_workers_with_startup_s": round(_median(up[2]), 3),
         "speedup_with_startup": round(_median(up[1]) / _median(up[2]), 3),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.score.run", __doc__, out="score.json", workdir=True)
-    ap.add_argument("--rows", type=int, default=300_000, help="rows of the digits day whose throughput is measured")
-    ap.add_argument("--text-rows", type=int, default=100_000, help="rows of the text day whose throughput is measured")
-    ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (each: both arms, the order alternating)")
+    ap.add_argument(
+        "--rows", type=int, default=300_000, help="rows of the digits day whose throughput is measured"
+    )
+    ap.add_argument(
+        "--text-rows", type=int, default=100_000, help="rows of the text day whose throughput is measured"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="throughput rounds (each: both arms, the order alternating)"
+    )
     ap.add_argument("--batch-rows", type=int, default=4096, help="score.batch_rows (the spec's default)")
-    ap.add_argument("--rss-rows", type=int, default=100_000, help="rows of the 1x partition of the memory measure")
+    ap.add_argument(
+        "--rss-rows", type=int, default=100_000, help="rows of the 1x partition of the memory measure"
+    )
     ap.add_argument("--scale", type=int, default=10, help="the large partition is this many times the 1x one")
     ap.add_argument("--backfill-days", type=int, default=30)
     ap.add_argument("--backfill-rows", type=int, default=20_000, help="rows per backfill day")
-    ap.add_argument("--backfill-rounds", type=int, default=3, help="rounds of 1 worker and 2, the order alternating")
-    ap.add_argument("--backfill-threads", default="0,1",
-                    help="torch threads per backfill worker, one setting after the other (0: torch's default, as a "
-                         "task process has; the first setting is the headline)")
+    ap.add_argument(
+        "--backfill-rounds", type=int, default=3, help="rounds of 1 worker and 2, the order alternating"
+    )
+    ap.add_argument(
+        "--backfill-threads",
+        default="0,1",
+        help="torch threads per backfill worker, one setting after the other (0: torch's default, as a "
+        "task process has; the first setting is the headline)",
+    )
     ap.add_argument("--epochs", type=int, default=5, help="epochs of the two trainings")
-    ap.add_argument("--quick", action="store_true", help="smoke size: a few thousand rows, 1 round, 4 backfill days")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke size: a few thousand rows, 1 round, 4 backfill days"
+    )
     ap.add_argument("--parts", default="throughput,rss,backfill", help="a subset of throughput,rss,backfill")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads of the throughput and memory runs (0: torch's default, as a task process has)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the throughput and memory runs (0: torch's default, as a task process has)",
+    )
     add_child_options(ap)  # --profile / --patch: the freestack arm of the throughput runs
     args = ap.parse_args(argv)
     if args.child:
@@ -538,9 +694,14 @@ def main(argv: list[str] | None = None) -> int:
         args.rows, args.text_rows, args.rounds, args.rss_rows = 6_000, 3_000, 1, 2_000
         args.backfill_days, args.backfill_rows, args.backfill_rounds, args.epochs = 4, 1_000, 1, 2
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    backfill_threads = [int(t) for t in args.backfill_threads.split(",") if t.strip()][: 1 if args.quick else None]
+    backfill_threads = [int(t) for t in args.backfill_threads.split(",") if t.strip()][
+        : 1 if args.quick else None
+    ]
     stage = REPO / "plugins" / "freestack" / "score" / "core.py"
-    score_source = {"path": str(stage.relative_to(REPO)), "sha256": hashlib.sha256(stage.read_bytes()).hexdigest()}
+    score_source = {
+        "path": str(stage.relative_to(REPO)),
+        "sha256": hashlib.sha256(stage.read_bytes()).hexdigest(),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -564,26 +725,42 @@ def main(argv: list[str] | None = None) -> int:
         throughput, rss, backfill = {}, {}, []
         if "throughput" in parts:
             for model in MODELS:
-                throughput[model] = _child(work, f"throughput:{model}:{args.rounds}:{args.threads}", args.timeout,
-                                           flags=experiment_flags(args.profile, args.patch))  # fmt: skip
+                throughput[model] = _child(
+                    work,
+                    f"throughput:{model}:{args.rounds}:{args.threads}",
+                    args.timeout,
+                    flags=experiment_flags(args.profile, args.patch),
+                )
                 for s in throughput[model]["samples"]:
-                    print(f"{model:6} round {s['round']} {s['arm']:9}: {s['rows_per_s']:12,.0f} rows/s "
-                          f"({s['wall_s']:.2f} s)", flush=True)  # fmt: skip
+                    print(
+                        f"{model:6} round {s['round']} {s['arm']:9}: {s['rows_per_s']:12,.0f} rows/s "
+                        f"({s['wall_s']:.2f} s)",
+                        flush=True,
+                    )
         if "rss" in parts:
             for arm in ("freestack",) if args.quick else ("freestack", "plain"):  # the plain loop's: context
                 for label, ds in (("1x", RSS_1X_DS), (f"{args.scale}x", RSS_BIG_DS)):
-                    rss[f"{arm}_{label}"] = _child(work, f"rss:digits:{ds}:{arm}:{args.threads}", args.timeout)
-                    print(f"rss {arm:9} {label:>4}: {rss[f'{arm}_{label}']['peak_rss_mib']:8.0f} MiB peak, "
-                          f"{rss[f'{arm}_{label}']['rows_per_s']:12,.0f} rows/s", flush=True)  # fmt: skip
+                    rss[f"{arm}_{label}"] = _child(
+                        work, f"rss:digits:{ds}:{arm}:{args.threads}", args.timeout
+                    )
+                    print(
+                        f"rss {arm:9} {label:>4}: {rss[f'{arm}_{label}']['peak_rss_mib']:8.0f} MiB peak, "
+                        f"{rss[f'{arm}_{label}']['rows_per_s']:12,.0f} rows/s",
+                        flush=True,
+                    )
         if "backfill" in parts:
             for threads in backfill_threads:
                 for r in range(args.backfill_rounds):
                     for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                        got = backfill_round(work, jobs, workers, f"t{threads}-r{r}-w{workers}", threads, args.timeout)
+                        got = backfill_round(
+                            work, jobs, workers, f"t{threads}-r{r}-w{workers}", threads, args.timeout
+                        )
                         backfill.append({"round": r, "threads_setting": threads, **got})
-                        print(f"backfill ({_threads_label(threads)} threads) round {r}, {workers} worker(s): "
-                              f"{got['wall_s']:.2f} s (days per worker {[w['days'] for w in got['per_worker']]})",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"backfill ({_threads_label(threads)} threads) round {r}, {workers} worker(s): "
+                            f"{got['wall_s']:.2f} s (days per worker {[w['days'] for w in got['per_worker']]})",
+                            flush=True,
+                        )
 
     targets = {"throughput_ratio_min": 0.9, "peak_rss_ratio_max": 1.3}
     summary: dict[str, Any] = {"checks": {}}
@@ -595,34 +772,60 @@ def main(argv: list[str] | None = None) -> int:
         big_label = f"{args.scale}x"
         ratio = rss[f"freestack_{big_label}"]["peak_rss_mib"] / rss["freestack_1x"]["peak_rss_mib"]
         summary["peak_rss"] = {
-            "freestack_mib": {k.split("_", 1)[1]: v["peak_rss_mib"] for k, v in rss.items() if k.startswith("freestack")},
-            "plain_mib": {k.split("_", 1)[1]: v["peak_rss_mib"] for k, v in rss.items() if k.startswith("plain")},
+            "freestack_mib": {
+                k.split("_", 1)[1]: v["peak_rss_mib"] for k, v in rss.items() if k.startswith("freestack")
+            },
+            "plain_mib": {
+                k.split("_", 1)[1]: v["peak_rss_mib"] for k, v in rss.items() if k.startswith("plain")
+            },
             "ratio": round(ratio, 3),
-        }  # fmt: skip
+        }
         if "plain_1x" in rss:
-            summary["peak_rss"]["plain_ratio"] = round(rss[f"plain_{big_label}"]["peak_rss_mib"] / rss["plain_1x"]["peak_rss_mib"], 3)
+            summary["peak_rss"]["plain_ratio"] = round(
+                rss[f"plain_{big_label}"]["peak_rss_mib"] / rss["plain_1x"]["peak_rss_mib"], 3
+            )
         summary["checks"]["peak_rss_ratio_ok"] = ratio <= targets["peak_rss_ratio_max"]
     if backfill:
-        by_threads = {_threads_label(t): summarise_backfill([b for b in backfill if b["threads_setting"] == t], args)
-                      for t in backfill_threads}  # fmt: skip
-        summary["backfill"] = {**by_threads[_threads_label(backfill_threads[0])], "threads": _threads_label(backfill_threads[0])}
+        by_threads = {
+            _threads_label(t): summarise_backfill([b for b in backfill if b["threads_setting"] == t], args)
+            for t in backfill_threads
+        }
+        summary["backfill"] = {
+            **by_threads[_threads_label(backfill_threads[0])],
+            "threads": _threads_label(backfill_threads[0]),
+        }
         summary["backfill_by_threads"] = by_threads
     report = {
         "name": "score",
         "machine": {**host(), **setup["libraries"]},
-        "params": {"rows": args.rows, "text_rows": args.text_rows, "rounds": args.rounds, "batch_rows": args.batch_rows,
-                   "rss_rows": args.rss_rows, "scale": args.scale, "backfill_days": args.backfill_days,
-                   "backfill_rows": args.backfill_rows, "backfill_rounds": args.backfill_rounds,
-                   "backfill_threads": [_threads_label(t) for t in backfill_threads], "epochs": args.epochs,
-                   "threads": args.threads or "torch default", "patch": args.patch, "score_source": score_source,
-                   "quick": args.quick, "data_seed": SEED, "setup_seconds": round(setup_s, 1),
-                   "lake": lake, "versions": versions},
+        "params": {
+            "rows": args.rows,
+            "text_rows": args.text_rows,
+            "rounds": args.rounds,
+            "batch_rows": args.batch_rows,
+            "rss_rows": args.rss_rows,
+            "scale": args.scale,
+            "backfill_days": args.backfill_days,
+            "backfill_rows": args.backfill_rows,
+            "backfill_rounds": args.backfill_rounds,
+            "backfill_threads": [_threads_label(t) for t in backfill_threads],
+            "epochs": args.epochs,
+            "threads": args.threads or "torch default",
+            "patch": args.patch,
+            "score_source": score_source,
+            "quick": args.quick,
+            "data_seed": SEED,
+            "setup_seconds": round(setup_s, 1),
+            "lake": lake,
+            "versions": versions,
+        },
         "baseline": "a plain in-process loop: pyarrow ParquetFile.iter_batches over the same lake part (key and "
-                    "feature columns, the same batch size), the version's model forward under torch.no_grad "
-                    "(its tokenizer through tokenizers for text), softmax, ParquetWriter(zstd) of the same columns",
+        "feature columns, the same batch size), the version's model forward under torch.no_grad "
+        "(its tokenizer through tokenizers for text), softmax, ParquetWriter(zstd) of the same columns",
         "samples": {"throughput": throughput, "rss": rss, "backfill": backfill},
-        "summary": summary, "targets": targets,
-    }  # fmt: skip
+        "summary": summary,
+        "targets": targets,
+    }
     path = write_report(report, args.out)
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")

@@ -45,37 +45,67 @@ def _config(workdir: Path, name: str, uri: str, port: int, address: dict[str, An
     2 workers of the freestack worker)."""
     from freestack_server.config import ServerConfig, write_env_file
 
-    cfg = ServerConfig.model_validate({"model": "bench", "version": "v1", "deployment": "bench", "port": port,
-                                       "metrics_port": free_port(), "address": address})  # fmt: skip
+    cfg = ServerConfig.model_validate(
+        {
+            "model": "bench",
+            "version": "v1",
+            "deployment": "bench",
+            "port": port,
+            "metrics_port": free_port(),
+            "address": address,
+        }
+    )
     path = workdir / f"{name}.env"
     write_env_file(path, {"FREESTACK_MODEL_URI": uri, **cfg.env()})
     return path
 
 
-def start(workdir: Path, uri: str, folder: Path, body: bytes) -> tuple[dict[str, base.Server], subprocess.Popen]:
+def start(
+    workdir: Path, uri: str, folder: Path, body: bytes
+) -> tuple[dict[str, base.Server], subprocess.Popen]:
     """The direct server, the address holder and the stable server; each answered the same probabilities."""
     from freestack_server.address import socket_name
 
     env = base._env(PYTHONPATH=str(base.REPO / "plugins"))
     cmd = [str(base.SERVING_PY), "-m", "freestack_server"]
     address_port = free_port()
-    holder = subprocess.Popen([*cmd, "hold", str(workdir), "127.0.0.1", str(address_port)], env=env, cwd=workdir,
-                              stdout=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [*cmd, "hold", str(workdir), "127.0.0.1", str(address_port)],
+        env=env,
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     while not (workdir / socket_name(address_port)).exists():
         if holder.poll() is not None:
             raise SystemExit(f"the address holder exited with {holder.returncode}")
         time.sleep(0.02)
     gate = workdir / "stable.gate"
     gate.write_text("")  # open from the start: the server accepts on the address as soon as it is up
-    address = {"host": "127.0.0.1", "port": address_port, "socket": socket_name(address_port), "gate": str(gate)}
+    address = {
+        "host": "127.0.0.1",
+        "port": address_port,
+        "socket": socket_name(address_port),
+        "gate": str(gate),
+    }
     servers = {}
     for name, port, addr in (("direct", free_port(), None), ("stable", address_port, address)):
         cfg = _config(workdir, name, uri, port if addr is None else free_port(), addr)
-        what = ("gunicorn binds 127.0.0.1:PORT" if addr is None else
-                "gunicorn accepts on the deployment's address (fd:// from the address holder)")  # fmt: skip
-        servers[name] = base.Server(name, [*cmd, "--env-file", str(cfg)], port, workdir / f"{name}.log", env=env,
-                                    cwd=workdir, settings={"workers": 2, "worker_class": "freestack", "address": addr is not None},
-                                    description=what)  # fmt: skip
+        what = (
+            "gunicorn binds 127.0.0.1:PORT"
+            if addr is None
+            else "gunicorn accepts on the deployment's address (fd:// from the address holder)"
+        )
+        servers[name] = base.Server(
+            name,
+            [*cmd, "--env-file", str(cfg)],
+            port,
+            workdir / f"{name}.log",
+            env=env,
+            cwd=workdir,
+            settings={"workers": 2, "worker_class": "freestack", "address": addr is not None},
+            description=what,
+        )
     expected = base.expected_probs(folder, body)
     for s in servers.values():
         s.first_answer = s.wait_ready(body)
@@ -85,13 +115,18 @@ def start(workdir: Path, uri: str, folder: Path, body: bytes) -> tuple[dict[str,
 
 
 def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"statistic": "median over rounds; ratio_rps = stable / direct within each round, then "
-                                        "the median"}  # fmt: skip
+    out: dict[str, Any] = {
+        "statistic": "median over rounds; ratio_rps = stable / direct within each round, then the median"
+    }
     for name, per_cell in samples.items():
-        out[name] = {cell: {k: round(statistics.median(s[k] for s in ss), 3)
-                            for k in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
-                     | {"errors": sum(s["errors"] for s in ss), "rounds": len(ss)}
-                     for cell, ss in per_cell.items()}  # fmt: skip
+        out[name] = {
+            cell: {
+                k: round(statistics.median(s[k] for s in ss), 3)
+                for k in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
+            }
+            | {"errors": sum(s["errors"] for s in ss), "rounds": len(ss)}
+            for cell, ss in per_cell.items()
+        }
     for cell, ss in samples["stable"].items():
         direct = {s["round"]: s["rps"] for s in samples["direct"][cell]}
         rounds = [round(s["rps"] / direct[s["round"]], 3) for s in ss if direct.get(s["round"])]
@@ -122,20 +157,32 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     s["round"] = r
                     s.pop("latency_us_hist", None)
                     samples[name][f"c{c}"].append(s)
-                    print(f"  round {r + 1} {name:<7} c{c:<3} {s['rps']:>9.1f} req/s  p50 {s['p50_ms']} ms  "
-                          f"p99 {s['p99_ms']} ms  errors {s['errors']}", flush=True)  # fmt: skip
+                    print(
+                        f"  round {r + 1} {name:<7} c{c:<3} {s['rps']:>9.1f} req/s  p50 {s['p50_ms']} ms  "
+                        f"p99 {s['p99_ms']} ms  errors {s['errors']}",
+                        flush=True,
+                    )
     finally:
         for s in servers.values():
             s.stop()
         holder.terminate()
         holder.wait(timeout=10)
     return {
-        "name": "serve_address", "machine": base.machine(),
-        "params": {"repeats": args.repeats, "warmup_s": args.warmup, "duration_s": args.duration, "concurrency": conc,
-                   "servers": {n: {"description": s.description, "settings": s.settings} for n, s in servers.items()},
-                   "payload": "one 64-feature row per request, keep-alive connections (bench/serve/load.py)"},
-        "samples": samples, "summary": summarise(samples),
-    }  # fmt: skip
+        "name": "serve_address",
+        "machine": base.machine(),
+        "params": {
+            "repeats": args.repeats,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "concurrency": conc,
+            "servers": {
+                n: {"description": s.description, "settings": s.settings} for n, s in servers.items()
+            },
+            "payload": "one 64-feature row per request, keep-alive connections (bench/serve/load.py)",
+        },
+        "samples": samples,
+        "summary": summarise(samples),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     s = report["summary"]
     for cell in s["stable"]:
         d, st = s["direct"][cell], s["stable"][cell]
-        print(f"{cell:<4} direct {d['rps']:>8.1f} req/s ({d['server_cpu_us_per_request']} us CPU/request)  stable "
-              f"{st['rps']:>8.1f} req/s ({st['server_cpu_us_per_request']} us)  ratio {st['ratio_rps']} "
-              f"by round {st['ratio_rps_by_round']}")  # fmt: skip
+        print(
+            f"{cell:<4} direct {d['rps']:>8.1f} req/s ({d['server_cpu_us_per_request']} us CPU/request)  stable "
+            f"{st['rps']:>8.1f} req/s ({st['server_cpu_us_per_request']} us)  ratio {st['ratio_rps']} "
+            f"by round {st['ratio_rps_by_round']}"
+        )
     print(f"checks: {s['checks']}\nreport: {out}")
     return 0
 

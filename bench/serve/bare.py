@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.one or args.workers == 1:
         serve_one(args.port)
         return 0
-    children = [subprocess.Popen([sys.executable, "-m", "bench.serve.bare", "--port", str(args.port), "--one"])
-                for _ in range(args.workers)]  # fmt: skip
+    children = [
+        subprocess.Popen([sys.executable, "-m", "bench.serve.bare", "--port", str(args.port), "--one"])
+        for _ in range(args.workers)
+    ]
 
     def stop(signum, _frame):
         for c in children:

@@ -66,7 +66,10 @@ from bench.common import REPO, busy_cpu_s, host, parser, usable_cores, write_rep
 SEED = 20261204
 MODEL, VERSION = "benchgen", "v1"
 RUNTIMES = ("seldon", "mlserver")
-PYTHONS = {"seldon": REPO / ".venv-serving" / "bin" / "python", "mlserver": REPO / ".venv-mlserver" / "bin" / "python"}
+PYTHONS = {
+    "seldon": REPO / ".venv-serving" / "bin" / "python",
+    "mlserver": REPO / ".venv-mlserver" / "bin" / "python",
+}
 SELDON_ROUTE = "/api/v1.0/predictions"
 V2_ROUTE = f"/v2/models/{MODEL}/infer"
 CONCURRENCY = (1, 8)
@@ -75,11 +78,21 @@ INPROC = ("baseline", "inproc_generate")
 MAX_LENGTH = 256  # the version's max_length: the prompts are far shorter
 CONTENDED = 0.1  # a cell went beside other work when this share of the cores was busy with it
 SIZES = {
-    "base": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
-             "num_key_value_heads": 4},
-    "small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2},
-}  # fmt: skip
+    "base": {
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+    },
+    "small": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -103,9 +116,18 @@ def make_version(work: Path, size: str) -> tuple[str, Path, dict[str, Any]]:
     from freestack.registry.core import ModelRegistry
 
     tok = make_tokenizer()
-    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.pad_token_id}
-    config = LlamaConfig(**SIZES[size], vocab_size=len(tok), max_position_embeddings=2 * MAX_LENGTH,
-                         tie_word_embeddings=False, **ids)  # fmt: skip
+    ids = {
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.pad_token_id,
+    }
+    config = LlamaConfig(
+        **SIZES[size],
+        vocab_size=len(tok),
+        max_position_embeddings=2 * MAX_LENGTH,
+        tie_word_embeddings=False,
+        **ids,
+    )
     torch.manual_seed(SEED)
     lm = LlamaForCausalLM(config).eval()
     # random weights with logits far apart (normal, 4 / sqrt(width); the norms kept): greedy answers do not
@@ -121,18 +143,32 @@ def make_version(work: Path, size: str) -> tuple[str, Path, dict[str, Any]]:
             lm.lm_head.weight[tok.convert_tokens_to_ids(token)] = 0.0
     columns = ChatColumns()
     src = work / "version"
-    net = CausalLMNet(lm, base={"name": "bench-random-llama", "folder": str(src)}, columns=columns, max_length=MAX_LENGTH)
+    net = CausalLMNet(
+        lm, base={"name": "bench-random-llama", "folder": str(src)}, columns=columns, max_length=MAX_LENGTH
+    )
     net.save_pretrained(src)
     save_tokenizer(tok, src)
-    pre = {"task": "generation", "features": [columns.input_column], "target": "response", "classes": [],
-           "chat": {"columns": {"prompt": "prompt", "response": "response", "messages": None, "system": None},
-                    "max_length": MAX_LENGTH, "packing": False}}  # fmt: skip
+    pre = {
+        "task": "generation",
+        "features": [columns.input_column],
+        "target": "response",
+        "classes": [],
+        "chat": {
+            "columns": {"prompt": "prompt", "response": "response", "messages": None, "system": None},
+            "max_length": MAX_LENGTH,
+            "packing": False,
+        },
+    }
     (src / "preprocessing.json").write_text(json.dumps(pre))
     (src / "lineage.json").write_text(json.dumps({"pipeline": MODEL, "model": MODEL}))
     root = (work / "storage").as_uri()
     uri = ModelRegistry(root, MODEL).register(src.as_uri(), VERSION)
-    figures = {"parameters": sum(p.numel() for p in lm.parameters()), "vocab": len(tok), "config": SIZES[size],
-               "weights": f"normal(0, {scale:.3g}) except the norms; LM head rows of {', '.join(SPECIALS)} zero"}  # fmt: skip
+    figures = {
+        "parameters": sum(p.numel() for p in lm.parameters()),
+        "vocab": len(tok),
+        "config": SIZES[size],
+        "weights": f"normal(0, {scale:.3g}) except the norms; LM head rows of {', '.join(SPECIALS)} zero",
+    }
     return uri, work / "storage" / "registry" / MODEL / VERSION, figures
 
 
@@ -146,8 +182,14 @@ def prompt_tokens(folder: Path, prompts: list[str]) -> list[int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(folder))
-    return [len(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True,
-                                        return_dict=True)["input_ids"]) for p in prompts]  # fmt: skip
+    return [
+        len(
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True, return_dict=True
+            )["input_ids"]
+        )
+        for p in prompts
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,12 +236,21 @@ def child_inproc(args: argparse.Namespace) -> None:
     eos = set(eos if isinstance(eos, list) else [eos])
 
     def plain(batch: list[str]) -> tuple[list[str], list[int]]:
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in batch]  # fmt: skip
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+            )
+            for p in batch
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=n_new, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=sorted(eos))  # fmt: skip
+            out = model.generate(
+                **enc,
+                max_new_tokens=n_new,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=sorted(eos),
+            )
         new = out[:, enc["input_ids"].shape[1] :].tolist()
         kept = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in new]
         return [tok.decode(row, skip_special_tokens=True).strip() for row in kept], [len(row) for row in kept]
@@ -234,23 +285,57 @@ def child_inproc(args: argparse.Namespace) -> None:
                 tokens += sum(counts)
                 texts += got
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            cells[f"c{c}"] = {"requests": len(prompts), "batches": -(-len(prompts) // c), "completion_tokens": tokens,
-                              "wall_s": round(wall, 4), "tokens_per_s": round(tokens / wall, 2), "cpu_s": round(cpu, 4),
-                              "tokens_per_cpu_s": round(tokens / cpu, 2) if cpu else None, **_quantiles(latencies),
-                              "latencies_ms": [round(x * 1000, 2) for x in latencies], "texts": texts,
-                              "loadavg_1m_before": load, "others_busy_fraction": _others(busy0, busy_cpu_s(), cpu, wall)}  # fmt: skip
+            cells[f"c{c}"] = {
+                "requests": len(prompts),
+                "batches": -(-len(prompts) // c),
+                "completion_tokens": tokens,
+                "wall_s": round(wall, 4),
+                "tokens_per_s": round(tokens / wall, 2),
+                "cpu_s": round(cpu, 4),
+                "tokens_per_cpu_s": round(tokens / cpu, 2) if cpu else None,
+                **_quantiles(latencies),
+                "latencies_ms": [round(x * 1000, 2) for x in latencies],
+                "texts": texts,
+                "loadavg_1m_before": load,
+                "others_busy_fraction": _others(busy0, busy_cpu_s(), cpu, wall),
+            }
         sides[mode] = cells
     import transformers
 
-    print(json.dumps({"sides": sides, "torch": torch.__version__, "transformers": transformers.__version__,
-                      "threads": torch.get_num_threads()}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "sides": sides,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
 
 
-def measure_inproc(python: Path, folder: Path, spec_file: Path, modes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def measure_inproc(
+    python: Path, folder: Path, spec_file: Path, modes: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
     """One fresh process in ``python`` running the in-process ``modes`` in turn."""
-    cmd = [str(python), "-m", "bench.serve.generation", "--child", "inproc", "--modes", ",".join(modes),
-           "--folder", str(folder), "--prompts-file", str(spec_file), "--threads", str(args.threads),
-           "--concurrency", ",".join(map(str, args.concurrency))]  # fmt: skip
+    cmd = [
+        str(python),
+        "-m",
+        "bench.serve.generation",
+        "--child",
+        "inproc",
+        "--modes",
+        ",".join(modes),
+        "--folder",
+        str(folder),
+        "--prompts-file",
+        str(spec_file),
+        "--threads",
+        str(args.threads),
+        "--concurrency",
+        ",".join(map(str, args.concurrency)),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FREESTACK_", "PYTHON", "VIRTUAL_ENV"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins")])
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -265,16 +350,34 @@ def measure_inproc(python: Path, folder: Path, spec_file: Path, modes: list[str]
 
 
 def seldon_body(prompt: str, n_new: int) -> bytes:
-    return json.dumps({"jsonData": {"prompt": prompt, "parameters": {"max_new_tokens": n_new, "temperature": 0}}}).encode()
+    return json.dumps(
+        {"jsonData": {"prompt": prompt, "parameters": {"max_new_tokens": n_new, "temperature": 0}}}
+    ).encode()
 
 
 def v2_body(prompt: str, n_new: int) -> bytes:
     """mlserver-huggingface's request: the prompt in ``args``, the parameters as raw inputs."""
-    return json.dumps({"inputs": [
-        {"name": "args", "datatype": "BYTES", "shape": [1], "data": [prompt]},
-        {"name": "max_new_tokens", "datatype": "INT32", "shape": [1], "data": [n_new], "parameters": {"content_type": "raw"}},
-        {"name": "temperature", "datatype": "FP32", "shape": [1], "data": [0.0], "parameters": {"content_type": "raw"}},
-    ]}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "inputs": [
+                {"name": "args", "datatype": "BYTES", "shape": [1], "data": [prompt]},
+                {
+                    "name": "max_new_tokens",
+                    "datatype": "INT32",
+                    "shape": [1],
+                    "data": [n_new],
+                    "parameters": {"content_type": "raw"},
+                },
+                {
+                    "name": "temperature",
+                    "datatype": "FP32",
+                    "shape": [1],
+                    "data": [0.0],
+                    "parameters": {"content_type": "raw"},
+                },
+            ]
+        }
+    ).encode()
 
 
 def parse_answer(runtime: str, body: dict[str, Any]) -> tuple[str, int, int, str]:
@@ -284,20 +387,33 @@ def parse_answer(runtime: str, body: dict[str, Any]) -> tuple[str, int, int, str
         return c["text"], c["completion_tokens"], body["meta"]["tags"]["generate_batch"], c["finish_reason"]
     (out,) = body["outputs"]
     c = json.loads(out["data"][0])
-    return c["generated_text"], c["completion_tokens"], body["parameters"]["generate_batch"], c["finish_reason"]
+    return (
+        c["generated_text"],
+        c["completion_tokens"],
+        body["parameters"]["generate_batch"],
+        c["finish_reason"],
+    )
 
 
 def start_server(runtime: str, uri: str, work: Path, threads: int):
     from tests.support.images import start_like_image
 
-    env = {"FREESTACK_MODEL_NAME": MODEL, "FREESTACK_MODEL_VERSION": VERSION, "FREESTACK_SERVER_WORKERS": "1",
-           "FREESTACK_TORCH_THREADS": str(threads), "FREESTACK_HOME": str(work), "FREESTACK_REQUEST_LOG_RATE": "0",
-           "FREESTACK_GENERATION_BATCH_PROMPTS": str(max(CONCURRENCY))}  # fmt: skip
+    env = {
+        "FREESTACK_MODEL_NAME": MODEL,
+        "FREESTACK_MODEL_VERSION": VERSION,
+        "FREESTACK_SERVER_WORKERS": "1",
+        "FREESTACK_TORCH_THREADS": str(threads),
+        "FREESTACK_HOME": str(work),
+        "FREESTACK_REQUEST_LOG_RATE": "0",
+        "FREESTACK_GENERATION_BATCH_PROMPTS": str(max(CONCURRENCY)),
+    }
     ready = f"/v2/models/{MODEL}/ready" if runtime == "mlserver" else "/health/status"
     return start_like_image(runtime, uri, work / runtime, env=env, ready_path=ready, timeout=300), env
 
 
-def measure_server(runtime: str, server, prompts: list[str], warm: list[str], c: int, n_new: int) -> dict[str, Any]:
+def measure_server(
+    runtime: str, server, prompts: list[str], warm: list[str], c: int, n_new: int
+) -> dict[str, Any]:
     """c client threads, each with its own keep-alive connection, closed loop over its share of ``prompts``."""
     from bench.serve.run import _group_cpu
 
@@ -310,7 +426,9 @@ def measure_server(runtime: str, server, prompts: list[str], warm: list[str], c:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
 
         def ask(prompt: str) -> tuple[str, int, int, str]:
-            conn.request("POST", route, body=body(prompt, n_new), headers={"Content-Type": "application/json"})
+            conn.request(
+                "POST", route, body=body(prompt, n_new), headers={"Content-Type": "application/json"}
+            )
             r = conn.getresponse()
             data = r.read()
             if r.status != 200:
@@ -337,7 +455,12 @@ def measure_server(runtime: str, server, prompts: list[str], warm: list[str], c:
         t.start()
     ready.wait(timeout=600)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    busy0, srv0, own0, t0 = busy_cpu_s(), sum(_group_cpu(server.proc.pid)), time.process_time(), time.perf_counter()
+    busy0, srv0, own0, t0 = (
+        busy_cpu_s(),
+        sum(_group_cpu(server.proc.pid)),
+        time.process_time(),
+        time.perf_counter(),
+    )
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
@@ -349,13 +472,22 @@ def measure_server(runtime: str, server, prompts: list[str], warm: list[str], c:
     batches: dict[str, int] = {}
     for r in done:
         batches[str(r[4])] = batches.get(str(r[4]), 0) + 1
-    return {"requests": len(done), "completion_tokens": tokens, "wall_s": round(wall, 4),
-            "tokens_per_s": round(tokens / wall, 2), "cpu_s": round(srv, 4),
-            "tokens_per_cpu_s": round(tokens / srv, 2) if srv else None, "client_cpu_s": round(own, 4),
-            **_quantiles([r[1] for r in done]), "latencies_ms": [round(r[1] * 1000, 2) for r in done],
-            "generate_batch": dict(sorted(batches.items(), key=lambda kv: int(kv[0]))),
-            "finish_reasons": sorted({r[5] for r in done}), "texts": [r[2] for r in done],
-            "loadavg_1m_before": load, "others_busy_fraction": _others(busy0, busy_cpu_s(), srv + own, wall)}  # fmt: skip
+    return {
+        "requests": len(done),
+        "completion_tokens": tokens,
+        "wall_s": round(wall, 4),
+        "tokens_per_s": round(tokens / wall, 2),
+        "cpu_s": round(srv, 4),
+        "tokens_per_cpu_s": round(tokens / srv, 2) if srv else None,
+        "client_cpu_s": round(own, 4),
+        **_quantiles([r[1] for r in done]),
+        "latencies_ms": [round(r[1] * 1000, 2) for r in done],
+        "generate_batch": dict(sorted(batches.items(), key=lambda kv: int(kv[0]))),
+        "finish_reasons": sorted({r[5] for r in done}),
+        "texts": [r[2] for r in done],
+        "loadavg_1m_before": load,
+        "others_busy_fraction": _others(busy0, busy_cpu_s(), srv + own, wall),
+    }
 
 
 def scrape_counters(server) -> dict[str, float]:
@@ -370,8 +502,11 @@ def scrape_counters(server) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in lines:
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in ("freestack_generate_batched_requests_total", "freestack_completion_tokens_total",
-                    "freestack_prompt_tokens_total"):  # fmt: skip
+        if name in (
+            "freestack_generate_batched_requests_total",
+            "freestack_completion_tokens_total",
+            "freestack_prompt_tokens_total",
+        ):
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -381,8 +516,10 @@ def scrape_counters(server) -> dict[str, float]:
 
 
 def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"statistic": "tokens/s: median over rounds; p50/p99: over every request of every round; "
-                                        "ratio = server / baseline tokens/s (medians), ratio_by_round within each round"}  # fmt: skip
+    out: dict[str, Any] = {
+        "statistic": "tokens/s: median over rounds; p50/p99: over every request of every round; "
+        "ratio = server / baseline tokens/s (medians), ratio_by_round within each round"
+    }
     by = {(s["side"], s["cell"], s["round"]): s for s in samples}
     rounds = sorted({s["round"] for s in samples})
     for side in sides:
@@ -391,18 +528,27 @@ def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list
             cell = f"c{c}"
             ss = [by[(side, cell, r)] for r in rounds if (side, cell, r) in by]
             lat = [x / 1000 for s in ss for x in s["latencies_ms"]]
-            r = {"tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in ss), 2),
-                 "tokens_per_s_by_round": [s["tokens_per_s"] for s in ss], **_quantiles(lat),
-                 "tokens_per_cpu_s": round(statistics.median(s["tokens_per_cpu_s"] for s in ss if s["tokens_per_cpu_s"]), 2),
-                 "completion_tokens_per_request": round(sum(s["completion_tokens"] for s in ss) / sum(s["requests"] for s in ss), 2),
-                 "requests": sum(s["requests"] for s in ss)}  # fmt: skip
+            r = {
+                "tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in ss), 2),
+                "tokens_per_s_by_round": [s["tokens_per_s"] for s in ss],
+                **_quantiles(lat),
+                "tokens_per_cpu_s": round(
+                    statistics.median(s["tokens_per_cpu_s"] for s in ss if s["tokens_per_cpu_s"]), 2
+                ),
+                "completion_tokens_per_request": round(
+                    sum(s["completion_tokens"] for s in ss) / sum(s["requests"] for s in ss), 2
+                ),
+                "requests": sum(s["requests"] for s in ss),
+            }
             if side in RUNTIMES:
                 hist: dict[str, int] = {}
                 for s in ss:
                     for k, v in s["generate_batch"].items():
                         hist[k] = hist.get(k, 0) + v
                 r["generate_batch"] = dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
-                r["mean_generate_batch"] = round(sum(int(k) * v for k, v in hist.items()) / sum(hist.values()), 2)
+                r["mean_generate_batch"] = round(
+                    sum(int(k) * v for k, v in hist.items()) / sum(hist.values()), 2
+                )
             row[cell] = r
         out[side] = row
     base = out.get("baseline", {})
@@ -413,53 +559,73 @@ def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list
             cell, r = f"c{c}", out[side][f"c{c}"]
             b = base[cell]
             r["ratio"] = round(r["tokens_per_s"] / b["tokens_per_s"], 3)
-            per = [round(by[(side, cell, k)]["tokens_per_s"] / by[("baseline", cell, k)]["tokens_per_s"], 3)
-                   for k in rounds if (side, cell, k) in by and ("baseline", cell, k) in by]  # fmt: skip
+            per = [
+                round(by[(side, cell, k)]["tokens_per_s"] / by[("baseline", cell, k)]["tokens_per_s"], 3)
+                for k in rounds
+                if (side, cell, k) in by and ("baseline", cell, k) in by
+            ]
             r["ratio_by_round"] = per
             r["ratio_same_round_median"] = round(statistics.median(per), 3) if per else None
             r["ratio_cpu"] = round(r["tokens_per_cpu_s"] / b["tokens_per_cpu_s"], 3)
             r["p50_ratio"] = round(r["p50_ms"] / b["p50_ms"], 3) if b["p50_ms"] else None
             r["p99_ratio"] = round(r["p99_ms"] / b["p99_ms"], 3) if b["p99_ms"] else None
-            texts = [(by[(side, cell, k)]["texts"], by[("baseline", cell, k)]["texts"]) for k in rounds
-                     if (side, cell, k) in by and ("baseline", cell, k) in by]  # fmt: skip
+            texts = [
+                (by[(side, cell, k)]["texts"], by[("baseline", cell, k)]["texts"])
+                for k in rounds
+                if (side, cell, k) in by and ("baseline", cell, k) in by
+            ]
             pairs_ = [(a, b) for srv, bl in texts for a, b in zip(srv, bl, strict=True)]
             r["answers_equal"] = round(sum(a == b for a, b in pairs_) / len(pairs_), 3) if pairs_ else None
     busy = {f"{s['side']} {s['cell']} #{s['round']}": s.get("others_busy_fraction") or 0 for s in samples}
     out["contended_samples"] = [k for k, v in busy.items() if v > CONTENDED]
-    out["contended_rule"] = f"other processes kept more than {CONTENDED:.0%} of the cores busy during the cell"
+    out["contended_rule"] = (
+        f"other processes kept more than {CONTENDED:.0%} of the cores busy during the cell"
+    )
     out["others_busy_fraction_median"] = round(statistics.median(busy.values()), 3) if busy else None
     return out
 
 
 def _versions(python: Path) -> dict[str, str]:
     """The libraries of a serving environment that the figures depend on."""
-    code = ("import importlib.metadata as m, json\nout = {}\nfor p in ('torch', 'transformers', 'tokenizers', "
-            "'seldon-core', 'mlserver'):\n    try:\n        out[p] = m.version(p)\n    except m.PackageNotFoundError:\n"
-            "        pass\nprint(json.dumps(out))")  # fmt: skip
+    code = (
+        "import importlib.metadata as m, json\nout = {}\nfor p in ('torch', 'transformers', 'tokenizers', "
+        "'seldon-core', 'mlserver'):\n    try:\n        out[p] = m.version(p)\n    except m.PackageNotFoundError:\n"
+        "        pass\nprint(json.dumps(out))"
+    )
     got = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
     return json.loads(got.stdout) if got.returncode == 0 and got.stdout.strip() else {}
 
 
 def print_table(report: dict[str, Any]) -> None:
     s, p = report["summary"], report["params"]
-    print(f"\nGeneration serving ({p['model']}, {p['threads']} torch thread(s), {p['max_new_tokens']} new tokens, "
-          f"{p['requests']} requests a cell, {p['repeats']} round(s))")  # fmt: skip
-    print(f"{'side':<16} {'cell':<5} {'tok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'tok/cpu-s':>9} {'ratio':>6} {'batches':>20}")
+    print(
+        f"\nGeneration serving ({p['model']}, {p['threads']} torch thread(s), {p['max_new_tokens']} new tokens, "
+        f"{p['requests']} requests a cell, {p['repeats']} round(s))"
+    )
+    print(
+        f"{'side':<16} {'cell':<5} {'tok/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'tok/cpu-s':>9} {'ratio':>6} {'batches':>20}"
+    )
     for side in [*p["runtimes"], *INPROC[::-1]]:
         for cell, r in s[side].items():
-            print(f"{side:<16} {cell:<5} {r['tokens_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-                  f"{r['tokens_per_cpu_s']:>9.1f} {r.get('ratio', ''):>6} {json.dumps(r.get('generate_batch', '')):>20}")  # fmt: skip
+            print(
+                f"{side:<16} {cell:<5} {r['tokens_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                f"{r['tokens_per_cpu_s']:>9.1f} {r.get('ratio', ''):>6} {json.dumps(r.get('generate_batch', '')):>20}"
+            )
     print(f"contended cells: {s['contended_samples'] or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.serve.generation", __doc__, out="serve_generation.json", workdir=True)
     ap.add_argument("--size", choices=list(SIZES), default="base")
-    ap.add_argument("--runtime", default=",".join(RUNTIMES), help="comma-separated subset of " + ",".join(RUNTIMES))
+    ap.add_argument(
+        "--runtime", default=",".join(RUNTIMES), help="comma-separated subset of " + ",".join(RUNTIMES)
+    )
     ap.add_argument("--requests", type=int, default=64, help="measured requests a cell (at each concurrency)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5, help="rounds (the order of the sides alternating)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads: the server's worker and the baseline")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads: the server's worker and the baseline"
+    )
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     ap.add_argument("--timeout", type=float, default=900, help="seconds per in-process run")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -477,9 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--runtime must be a subset of {','.join(RUNTIMES)}")
     for r in runtimes:
         if not PYTHONS[r].exists():
-            ap.error(f"{PYTHONS[r]} is missing: run `make {'serving' if r == 'seldon' else 'mlserver'}-venv` first")
+            ap.error(
+                f"{PYTHONS[r]} is missing: run `make {'serving' if r == 'seldon' else 'mlserver'}-venv` first"
+            )
     if max(args.concurrency) > 8:
-        ap.error("the server batches at most 8 prompts a generate call here (deploy.generation.batch_prompts)")
+        ap.error(
+            "the server batches at most 8 prompts a generate call here (deploy.generation.batch_prompts)"
+        )
     # the in-process sides run the same torch and transformers as the first runtime's server
     inproc_python = PYTHONS[runtimes[0]]
 
@@ -494,10 +664,15 @@ def main(argv: list[str] | None = None) -> int:
         all_prompts = make_prompts(args.requests + n_warm)
         warm, prompts = all_prompts[:n_warm], all_prompts[n_warm:]
         spec_file = work / "prompts.json"
-        spec_file.write_text(json.dumps({"prompts": prompts, "warm": warm, "max_new_tokens": args.max_new_tokens}))
+        spec_file.write_text(
+            json.dumps({"prompts": prompts, "warm": warm, "max_new_tokens": args.max_new_tokens})
+        )
         lengths = prompt_tokens(folder, prompts)
-        print(f"version {uri} ({figures['parameters'] / 1e6:.2f}M parameters); {len(prompts)} prompts of "
-              f"{min(lengths)}-{max(lengths)} tokens; runtimes {', '.join(runtimes)}", flush=True)  # fmt: skip
+        print(
+            f"version {uri} ({figures['parameters'] / 1e6:.2f}M parameters); {len(prompts)} prompts of "
+            f"{min(lengths)}-{max(lengths)} tokens; runtimes {', '.join(runtimes)}",
+            flush=True,
+        )
         settings = {}
         for r in runtimes:
             started = time.perf_counter()
@@ -511,15 +686,28 @@ def main(argv: list[str] | None = None) -> int:
                     modes = list(INPROC if k % 2 == 0 else INPROC[::-1])
                     got = measure_inproc(inproc_python, folder, spec_file, modes, args)
                     inproc_libs = {key: got[key] for key in ("torch", "transformers", "threads")}
-                    cells = [(mode, f"c{c}", got["sides"][mode][f"c{c}"]) for mode in modes for c in args.concurrency]
+                    cells = [
+                        (mode, f"c{c}", got["sides"][mode][f"c{c}"])
+                        for mode in modes
+                        for c in args.concurrency
+                    ]
                 else:
-                    cells = [(side, f"c{c}", measure_server(side, servers[side], prompts, warm, c, args.max_new_tokens))
-                             for c in args.concurrency]  # fmt: skip
+                    cells = [
+                        (
+                            side,
+                            f"c{c}",
+                            measure_server(side, servers[side], prompts, warm, c, args.max_new_tokens),
+                        )
+                        for c in args.concurrency
+                    ]
                 for name, cell, s in cells:
                     samples.append({"side": name, "cell": cell, "round": k, **s})
-                    print(f"  round {k + 1} {name:<15} {cell:<4} {s['tokens_per_s']:>8.1f} tok/s  p50 {s['p50_ms']} ms  "
-                          f"p99 {s['p99_ms']} ms  batches {s.get('generate_batch', '-')}  "
-                          f"others busy {s['others_busy_fraction']}", flush=True)  # fmt: skip
+                    print(
+                        f"  round {k + 1} {name:<15} {cell:<4} {s['tokens_per_s']:>8.1f} tok/s  p50 {s['p50_ms']} ms  "
+                        f"p99 {s['p99_ms']} ms  batches {s.get('generate_batch', '-')}  "
+                        f"others busy {s['others_busy_fraction']}",
+                        flush=True,
+                    )
         counters = {r: scrape_counters(servers[r]) for r in runtimes if r == "seldon"}
     finally:
         for srv in servers.values():
@@ -528,32 +716,58 @@ def main(argv: list[str] | None = None) -> int:
     for s in samples:  # compared in the summary (answers_equal): random weights answer bytes, not words
         del s["texts"]
     params = {
-        "size": args.size, "model": f"LlamaForCausalLM, random weights, {figures['parameters'] / 1e6:.2f}M parameters",
-        "parameters": figures["parameters"], "config": figures["config"], "vocab": figures["vocab"],
-        "weights": figures["weights"], "device": "cpu", "dtype": "torch.float32", "threads": args.threads,
-        "runtimes": runtimes, "concurrency": args.concurrency, "requests": args.requests, "repeats": args.repeats,
-        "max_new_tokens": args.max_new_tokens, "temperature": 0,
-        "prompts": {"source": "include/demo/instructions.py instruction_pair, one user turn, ChatML",
-                    "count": len(prompts), "prompt_tokens_min": min(lengths), "prompt_tokens_max": max(lengths),
-                    "prompt_tokens_mean": round(sum(lengths) / len(lengths), 2), "examples": prompts[:4]},
-        "servers": {r: {"command": "python -m freestack_server as its image starts it (tests/support/images.py)",
-                        "settings": {k: v for k, v in settings[r].items() if k != "FREESTACK_HOME"},
-                        "route": SELDON_ROUTE if r == "seldon" else V2_ROUTE} for r in runtimes},
+        "size": args.size,
+        "model": f"LlamaForCausalLM, random weights, {figures['parameters'] / 1e6:.2f}M parameters",
+        "parameters": figures["parameters"],
+        "config": figures["config"],
+        "vocab": figures["vocab"],
+        "weights": figures["weights"],
+        "device": "cpu",
+        "dtype": "torch.float32",
+        "threads": args.threads,
+        "runtimes": runtimes,
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+        "repeats": args.repeats,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 0,
+        "prompts": {
+            "source": "include/demo/instructions.py instruction_pair, one user turn, ChatML",
+            "count": len(prompts),
+            "prompt_tokens_min": min(lengths),
+            "prompt_tokens_max": max(lengths),
+            "prompt_tokens_mean": round(sum(lengths) / len(lengths), 2),
+            "examples": prompts[:4],
+        },
+        "servers": {
+            r: {
+                "command": "python -m freestack_server as its image starts it (tests/support/images.py)",
+                "settings": {k: v for k, v in settings[r].items() if k != "FREESTACK_HOME"},
+                "route": SELDON_ROUTE if r == "seldon" else V2_ROUTE,
+            }
+            for r in runtimes
+        },
         "clients": "one thread and one keep-alive http.client connection per client, closed loop; client k of c "
-                   "sends prompts k, k + c, ...; one untimed warm-up request each",
+        "sends prompts k, k + c, ...; one untimed warm-up request each",
         "baseline": "AutoModelForCausalLM + AutoTokenizer of the same folder in a fresh process (the first runtime's "
-                    "Python), apply_chat_template, left padding, model.generate(do_sample=False), decode; batches "
-                    "of c prompts in order",
+        "Python), apply_chat_template, left padding, model.generate(do_sample=False), decode; batches "
+        "of c prompts in order",
         "inproc_generate": "diagnostic: freestack.ml.generation.generate (what both servers call) on the same model "
-                           "object, in the same process as the baseline and with the same batches: the gap between "
-                           "it and a server is the server's, between it and the baseline the generation core's",
+        "object, in the same process as the baseline and with the same batches: the gap between "
+        "it and a server is the server's, between it and the baseline the generation core's",
         "inproc_env": inproc_libs,
         "tokens": "completion tokens as each side counts them (the server's completion_tokens); every answer runs "
-                  "to max_new_tokens by construction",
-    }  # fmt: skip
+        "to max_new_tokens by construction",
+    }
     machine = {**host(), **{f"{r}_env": _versions(PYTHONS[r]) for r in runtimes}}
-    report = {"name": "serve_generation", "machine": machine, "params": params, "samples": samples,
-              "server_counters": counters, "summary": summary}  # fmt: skip
+    report = {
+        "name": "serve_generation",
+        "machine": machine,
+        "params": params,
+        "samples": samples,
+        "server_counters": counters,
+        "summary": summary,
+    }
     out = write_report(report, args.out, indent=1)
     if own:
         import shutil

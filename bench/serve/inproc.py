@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.serve.inproc")
     ap.add_argument("--mode", choices=("bare", "seldon"), default="bare")
-    ap.add_argument("--model-dir", required=True, help="the version folder (bare) or include/serving (seldon)")
+    ap.add_argument(
+        "--model-dir", required=True, help="the version folder (bare) or include/serving (seldon)"
+    )
     ap.add_argument("--model-uri", default="", help="seldon mode: the registered version's URI")
     ap.add_argument("--body-file", required=True)
     ap.add_argument("--warmup", type=float, default=2.0)
@@ -116,19 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     cpu = ru.ru_utime + ru.ru_stime - (cpu0 or 0.0)
     window = t_end - t_warm
     n = sum(hist.values())
-    print(json.dumps({
-        "mode": args.mode,
-        "warmup_s": args.warmup,
-        "duration_s": round(window, 4),
-        "requests": n,
-        "errors": errors,
-        "rps": round(n / window, 2) if window > 0 else 0.0,
-        **summarize_hist(hist),
-        "per_second": per_second,
-        "latency_us_hist": {str(k): v for k, v in sorted(hist.items())},
-        "cpu_s": round(cpu, 4),
-        "cpu_us_per_request": round(cpu / n * 1e6, 2) if n else None,
-    }), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "warmup_s": args.warmup,
+                "duration_s": round(window, 4),
+                "requests": n,
+                "errors": errors,
+                "rps": round(n / window, 2) if window > 0 else 0.0,
+                **summarize_hist(hist),
+                "per_second": per_second,
+                "latency_us_hist": {str(k): v for k, v in sorted(hist.items())},
+                "cpu_s": round(cpu, 4),
+                "cpu_us_per_request": round(cpu / n * 1e6, 2) if n else None,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

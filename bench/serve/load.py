@@ -72,8 +72,10 @@ def summarize_hist(hist: dict[int, int]) -> dict[str, float | None]:
 
 
 def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -125,8 +127,15 @@ class _Conn(asyncio.Protocol):
             self.fut.set_result((0, True))
 
 
-async def run(host: str, port: int, request: bytes, concurrency: int, warmup: float, duration: float,
-              connect_timeout: float = 10.0) -> dict:  # fmt: skip
+async def run(
+    host: str,
+    port: int,
+    request: bytes,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    connect_timeout: float = 10.0,
+) -> dict:
     loop = asyncio.get_running_loop()
     hist: Counter = Counter()
     per_second = [0] * max(1, int(duration + 0.999))
@@ -138,7 +147,9 @@ async def run(host: str, port: int, request: bytes, concurrency: int, warmup: fl
 
     async def connect() -> _Conn:
         state["connects"] += 1
-        _, conn = await asyncio.wait_for(loop.create_connection(lambda: _Conn(loop), host, port), connect_timeout)
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: _Conn(loop), host, port), connect_timeout
+        )
         return conn
 
     async def client() -> None:

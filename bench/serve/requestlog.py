@@ -41,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     from freestack_server.seldon_model import Model
 
     work = tempfile.mkdtemp(prefix="freestack-bench-requestlog-")
-    os.environ["FREESTACK_REQUEST_LOG_FLUSH_SECONDS"] = "3600"  # flushed by _rate, so every round pays its own
+    os.environ["FREESTACK_REQUEST_LOG_FLUSH_SECONDS"] = (
+        "3600"  # flushed by _rate, so every round pays its own
+    )
     off = Model(model_uri=args.model_uri)
-    on = Model(model_uri=args.model_uri, request_log_uri=Path(work, "monitoring", "bench").as_uri(), request_log_rate=1.0)
+    on = Model(
+        model_uri=args.model_uri,
+        request_log_uri=Path(work, "monitoring", "bench").as_uri(),
+        request_log_rate=1.0,
+    )
     for m in (off, on):
         m.load()
     rng = np.random.default_rng(0)
@@ -55,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             a = _rate(off, np.asarray(X), off.features, args.seconds)
             b = _rate(on, np.asarray(X), on.features, args.seconds)
             ratios.append(round(b / a, 3))
-        out[label] = {"ratios": ratios, "median": statistics.median(ratios), "off_per_s": round(a, 1), "on_per_s": round(b, 1)}
+        out[label] = {
+            "ratios": ratios,
+            "median": statistics.median(ratios),
+            "off_per_s": round(a, 1),
+            "on_per_s": round(b, 1),
+        }
     print(json.dumps(out))
     return 0
 

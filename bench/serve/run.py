@@ -75,8 +75,17 @@ HIDDEN = [128, 64]
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 32
 BATCH_CONCURRENCY = 8
-SERVERS = ("seldon", "seldon_local", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare", "inproc",
-           "inproc_seldon")  # fmt: skip
+SERVERS = (
+    "seldon",
+    "seldon_local",
+    "seldon_logged",
+    "seldon_sync",
+    "seldon_stock",
+    "mlserver",
+    "bare",
+    "inproc",
+    "inproc_seldon",
+)
 HTTP_SERVERS = ("seldon", "seldon_local", "seldon_logged", "seldon_sync", "seldon_stock", "mlserver", "bare")
 #: the runtime's batching under test
 MLSERVER_EXTRA: dict[str, Any] = {"batch_rows": 64}
@@ -104,8 +113,15 @@ def make_model(workdir: Path) -> tuple[str, Path]:
 
     features = [f"px_{i}" for i in range(N_FEATURES)]
     torch.manual_seed(0)
-    net = FreestackNet(kind="mlp", task="classification", n_features=N_FEATURES, n_outputs=len(CLASSES),
-                       hidden=HIDDEN, features=features, classes=CLASSES)  # fmt: skip
+    net = FreestackNet(
+        kind="mlp",
+        task="classification",
+        n_features=N_FEATURES,
+        n_outputs=len(CLASSES),
+        hidden=HIDDEN,
+        features=features,
+        classes=CLASSES,
+    )
     rng = np.random.default_rng(0)
     mean, std = rng.uniform(0, 8, N_FEATURES), rng.uniform(1, 6, N_FEATURES)
     net.set_scaling(mean, std)
@@ -113,8 +129,16 @@ def make_model(workdir: Path) -> tuple[str, Path]:
     for old in (src, workdir / "registry"):  # a kept --workdir: register afresh
         shutil.rmtree(old, ignore_errors=True)
     net.save_pretrained(src)
-    pre = {"task": "classification", "features": features, "mean": mean.tolist(), "std": std.tolist(),
-           "classes": CLASSES, "target": "label", "target_mean": 0.0, "target_std": 1.0}  # fmt: skip
+    pre = {
+        "task": "classification",
+        "features": features,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "classes": CLASSES,
+        "target": "label",
+        "target_mean": 0.0,
+        "target_std": 1.0,
+    }
     (src / "preprocessing.json").write_text(json.dumps(pre))
     root = (workdir / "registry").as_uri()
     uri = ModelRegistry(root, "bench").register(src.as_uri(), "v1")
@@ -133,8 +157,16 @@ def make_bodies(workdir: Path) -> dict[str, Path]:
         path = workdir / f"body-{name}.json"
         path.write_text(json.dumps({"data": {"ndarray": data}}))
         out[name] = path
-        v2 = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(data), N_FEATURES],
-                          "data": [v for r in data for v in r]}]}  # fmt: skip
+        v2 = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [len(data), N_FEATURES],
+                    "data": [v for r in data for v in r],
+                }
+            ]
+        }
         out[f"{name}_v2"] = workdir / f"body-{name}-v2.json"
         out[f"{name}_v2"].write_text(json.dumps(v2))
     return out
@@ -181,31 +213,57 @@ def _env(**extra: str) -> dict[str, str]:
 class Server:
     """One server under test: its process group, port and log."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path, *, env: dict[str, str], cwd: Path,
-                 description: str, settings: dict[str, Any], route: str = ROUTE, v2: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        port: int,
+        log: Path,
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        description: str,
+        settings: dict[str, Any],
+        route: str = ROUTE,
+        v2: bool = False,
+    ):
         self.name, self.cmd, self.port, self.log = name, cmd, port, log
         self.route, self.v2 = route, v2  # where it is asked, and whether over V2 (the *_v2 bodies)
         self.description, self.settings = description, settings
         with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=cwd, start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
 
     def wait_ready(self, body: bytes, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise SystemExit(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{self.route}", data=body,
-                                             headers={"Content-Type": "application/json"})  # fmt: skip
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{self.port}{self.route}",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
                 with urllib.request.urlopen(req, timeout=5) as r:
                     return json.loads(r.read())
             except OSError as exc:
                 last = repr(exc)
             time.sleep(0.3)
         self.stop()
-        raise SystemExit(f"{self.name} did not answer within {timeout:.0f} s ({last}):\n{self.log.read_text()[-3000:]}")
+        raise SystemExit(
+            f"{self.name} did not answer within {timeout:.0f} s ({last}):\n{self.log.read_text()[-3000:]}"
+        )
 
     def cpu_seconds(self) -> tuple[float, float]:
         return _group_cpu(self.proc.pid)
@@ -254,7 +312,9 @@ def _machine_busy() -> tuple[float, float]:
     return sum(vals) - idle, sum(vals)
 
 
-def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodies: dict[str, Path]) -> dict[str, Server]:
+def start_servers(
+    names: list[str], workdir: Path, uri: str, folder: Path, bodies: dict[str, Path]
+) -> dict[str, Server]:
     servers: dict[str, Server] = {}
     plugins = str(REPO / "plugins")
     for name in names:
@@ -263,29 +323,67 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodie
         if name in ("seldon", "seldon_logged", "seldon_sync"):
             extra = dict(IMAGE_VARIANTS[name])
             if name == "seldon_logged":  # every request into the request log, as deploy writes it by default
-                extra.update(FREESTACK_REQUEST_LOG_URI=(workdir / "monitoring" / "bench").as_uri(), FREESTACK_REQUEST_LOG_RATE="1.0")
-            servers[name] = _image_server(name, "seldon", uri, workdir, extra,
-                                          "python -m freestack_server as docker/serving.Dockerfile starts it (its CMD "
-                                          "and ENV) on 127.0.0.1: Seldon's REST app under freestack's gunicorn worker")  # fmt: skip
+                extra.update(
+                    FREESTACK_REQUEST_LOG_URI=(workdir / "monitoring" / "bench").as_uri(),
+                    FREESTACK_REQUEST_LOG_RATE="1.0",
+                )
+            servers[name] = _image_server(
+                name,
+                "seldon",
+                uri,
+                workdir,
+                extra,
+                "python -m freestack_server as docker/serving.Dockerfile starts it (its CMD "
+                "and ENV) on 127.0.0.1: Seldon's REST app under freestack's gunicorn worker",
+            )
         elif name == "seldon_local":
             servers[name] = _local_server(workdir, uri)
         elif name == "seldon_stock":
-            cmd = [str(STOCK_BIN), "freestack_server.seldon_model.Model", "--service-type", "MODEL", "--http-port", str(port),
-                   "--metrics-port", str(free_port()), "--grpc-port", str(free_port())]  # fmt: skip
+            cmd = [
+                str(STOCK_BIN),
+                "freestack_server.seldon_model.Model",
+                "--service-type",
+                "MODEL",
+                "--http-port",
+                str(port),
+                "--metrics-port",
+                str(free_port()),
+                "--grpc-port",
+                str(free_port()),
+            ]
             servers[name] = Server(
-                name, cmd, port, log, env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri, GUNICORN_WORKERS="2"),
-                cwd=REPO, settings={"workers": 2, "threads": 1, "worker_class": "sync"},
+                name,
+                cmd,
+                port,
+                log,
+                env=_env(PYTHONPATH=plugins, FREESTACK_MODEL_URI=uri, GUNICORN_WORKERS="2"),
+                cwd=REPO,
+                settings={"workers": 2, "threads": 1, "worker_class": "sync"},
                 description="seldon-core-microservice with freestack's model class, 2 gunicorn workers: the serving "
-                            "image's program before it ran freestack_server (binds 0.0.0.0)",
-            )  # fmt: skip
+                "image's program before it ran freestack_server (binds 0.0.0.0)",
+            )
         elif name == "mlserver":
             servers[name] = _mlserver(workdir, uri)
         elif name == "bare":
-            cmd = [sys.executable, "-m", "bench.serve.bare", "--port", str(port), "--workers", str(BARE_WORKERS)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.serve.bare",
+                "--port",
+                str(port),
+                "--workers",
+                str(BARE_WORKERS),
+            ]
             servers[name] = Server(
-                name, cmd, port, log, env=_env(BENCH_SERVE_MODEL_DIR=str(folder), PYTHONPATH=str(REPO)), cwd=REPO,
-                settings={"workers": BARE_WORKERS}, description="uvicorn + starlette (bench/serve/bare.py)",
-            )  # fmt: skip
+                name,
+                cmd,
+                port,
+                log,
+                env=_env(BENCH_SERVE_MODEL_DIR=str(folder), PYTHONPATH=str(REPO)),
+                cwd=REPO,
+                settings={"workers": BARE_WORKERS},
+                description="uvicorn + starlette (bench/serve/bare.py)",
+            )
     for s in servers.values():
         body = bodies["row_v2" if s.v2 else "row"].read_bytes()
         s.first_answer = s.wait_ready(body)
@@ -294,19 +392,39 @@ def start_servers(names: list[str], workdir: Path, uri: str, folder: Path, bodie
     return servers
 
 
-def _image_server(name: str, runtime: str, uri: str, workdir: Path, extra: dict[str, str], description: str,
-                  **kwargs: Any) -> Server:  # fmt: skip
+def _image_server(
+    name: str, runtime: str, uri: str, workdir: Path, extra: dict[str, str], description: str, **kwargs: Any
+) -> Server:
     """The runtime's image command and ENV (tests/support/images.py) with a manifest's ``extra`` variables."""
     from tests.support.images import image_launch
 
     port = free_port()
-    argv, env = image_launch(runtime, uri, workdir / name, port, env={"FREESTACK_SERVER_MODEL": "bench",
-                                                                      "FREESTACK_SERVER_VERSION": "v1", **extra})  # fmt: skip
-    env.update({"PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(free_port()), "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port())})
+    argv, env = image_launch(
+        runtime,
+        uri,
+        workdir / name,
+        port,
+        env={"FREESTACK_SERVER_MODEL": "bench", "FREESTACK_SERVER_VERSION": "v1", **extra},
+    )
+    env.update(
+        {
+            "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(free_port()),
+            "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(free_port()),
+        }
+    )
     (workdir / name).mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in env.items() if k.startswith("FREESTACK_SERVER_") or k in extra}
-    return Server(name, argv, port, workdir / f"{name}.log", env=env, cwd=workdir / name, settings=settings,
-                  description=description, **kwargs)  # fmt: skip
+    return Server(
+        name,
+        argv,
+        port,
+        workdir / f"{name}.log",
+        env=env,
+        cwd=workdir / name,
+        settings=settings,
+        description=description,
+        **kwargs,
+    )
 
 
 def _local_server(workdir: Path, uri: str) -> Server:
@@ -316,22 +434,46 @@ def _local_server(workdir: Path, uri: str) -> Server:
     from freestack_server.config import write_env_file
 
     port = free_port()
-    launch = server_config("bench", "bench", "v1", Slot("blue", port, free_port()), LocalTarget(log_sample_rate=0),
-                           model_uri=uri, request_log_uri=None)  # fmt: skip
+    launch = server_config(
+        "bench",
+        "bench",
+        "v1",
+        Slot("blue", port, free_port()),
+        LocalTarget(log_sample_rate=0),
+        model_uri=uri,
+        request_log_uri=None,
+    )
     env_file = workdir / "seldon_local.env"
     write_env_file(env_file, launch.variables())
-    return Server("seldon_local", [str(SERVING_PY), "-m", "freestack_server", "--env-file", str(env_file)], port,
-                  workdir / "seldon_local.log", env=_env(PYTHONPATH=str(REPO / "plugins")), cwd=workdir,
-                  settings=launch.config.env(), description="python -m freestack_server --env-file F, as the local "
-                  "deploy starts it (deploy.local's defaults)")  # fmt: skip
+    return Server(
+        "seldon_local",
+        [str(SERVING_PY), "-m", "freestack_server", "--env-file", str(env_file)],
+        port,
+        workdir / "seldon_local.log",
+        env=_env(PYTHONPATH=str(REPO / "plugins")),
+        cwd=workdir,
+        settings=launch.config.env(),
+        description="python -m freestack_server --env-file F, as the local "
+        "deploy starts it (deploy.local's defaults)",
+    )
 
 
 def _mlserver(workdir: Path, uri: str) -> Server:
-    variables = {"FREESTACK_SERVER_BATCH_ROWS": str(MLSERVER_EXTRA["batch_rows"]), "FREESTACK_TORCH_THREADS": "1"}
-    return _image_server("mlserver", "mlserver", uri, workdir, variables,
-                         "python -m freestack_server as docker/mlserver.Dockerfile starts it: MLServer 1.7.1 + "
-                         "freestack_server.oip (Open Inference Protocol, V2) on 127.0.0.1",
-                         route=V2_ROUTE, v2=True)  # fmt: skip
+    variables = {
+        "FREESTACK_SERVER_BATCH_ROWS": str(MLSERVER_EXTRA["batch_rows"]),
+        "FREESTACK_TORCH_THREADS": "1",
+    }
+    return _image_server(
+        "mlserver",
+        "mlserver",
+        uri,
+        workdir,
+        variables,
+        "python -m freestack_server as docker/mlserver.Dockerfile starts it: MLServer 1.7.1 + "
+        "freestack_server.oip (Open Inference Protocol, V2) on 127.0.0.1",
+        route=V2_ROUTE,
+        v2=True,
+    )
 
 
 def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
@@ -351,13 +493,35 @@ def wait_idle(servers: list[Server], timeout: float = 90.0) -> None:
 # the measurements
 
 
-def measure_http(server: Server, body: Path, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.serve.load", "--port", str(server.port), "--path", server.route,
-           "--body-file", str(body), "--concurrency", str(concurrency), "--warmup", str(warmup),
-           "--duration", str(duration)]  # fmt: skip
+def measure_http(
+    server: Server, body: Path, concurrency: int, warmup: float, duration: float
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.serve.load",
+        "--port",
+        str(server.port),
+        "--path",
+        server.route,
+        "--body-file",
+        str(body),
+        "--concurrency",
+        str(concurrency),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ]
     load = os.getloadavg()[0]
-    gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                           env=_env(PYTHONPATH=str(REPO)))  # fmt: skip
+    gen = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=_env(PYTHONPATH=str(REPO)),
+    )
     marks: dict[str, Any] = {}
     result = None
     for line in gen.stdout:
@@ -371,44 +535,73 @@ def measure_http(server: Server, body: Path, concurrency: int, warmup: float, du
     err = gen.stderr.read()
     gen.wait(timeout=60)
     if result is None:
-        raise SystemExit(f"the load generator failed on {server.name} (exit {gen.returncode}):\n{err[-3000:]}")
+        raise SystemExit(
+            f"the load generator failed on {server.name} (exit {gen.returncode}):\n{err[-3000:]}"
+        )
     window = result["duration_s"]
     before, after = marks["cpu0"], marks["cpu1"]
-    per_pid = {pid: (u - before.get(pid, (0.0, 0.0))[0], s - before.get(pid, (0.0, 0.0))[1])
-               for pid, (u, s) in after.items()}  # fmt: skip
+    per_pid = {
+        pid: (u - before.get(pid, (0.0, 0.0))[0], s - before.get(pid, (0.0, 0.0))[1])
+        for pid, (u, s) in after.items()
+    }
     user, system = sum(u for u, _ in per_pid.values()), sum(s for _, s in per_pid.values())
     cpu = user + system
     busy = marks["busy1"][0] - marks["busy0"][0]
     total = marks["busy1"][1] - marks["busy0"][1]
-    result.update({
-        "server_cpu_s": round(cpu, 3),
-        "server_system_cpu_fraction": round(system / cpu, 3) if cpu else None,
-        # the busiest processes' CPU seconds: how evenly the workers shared the load
-        "server_process_cpu_s": sorted((round(u + s, 2) for u, s in per_pid.values() if u + s >= 0.01),
-                                       reverse=True)[:4],
-        "server_cores_busy": round(cpu / window, 3) if window else None,
-        "server_cpu_us_per_request": round(cpu / result["requests"] * 1e6, 1) if result["requests"] else None,
-        "machine_busy_fraction": round(busy / total, 3) if total else None,
-        "loadavg_1m_before": load,
-    })  # fmt: skip
+    result.update(
+        {
+            "server_cpu_s": round(cpu, 3),
+            "server_system_cpu_fraction": round(system / cpu, 3) if cpu else None,
+            # the busiest processes' CPU seconds: how evenly the workers shared the load
+            "server_process_cpu_s": sorted(
+                (round(u + s, 2) for u, s in per_pid.values() if u + s >= 0.01), reverse=True
+            )[:4],
+            "server_cores_busy": round(cpu / window, 3) if window else None,
+            "server_cpu_us_per_request": round(cpu / result["requests"] * 1e6, 1)
+            if result["requests"]
+            else None,
+            "machine_busy_fraction": round(busy / total, 3) if total else None,
+            "loadavg_1m_before": load,
+        }
+    )
     return result
 
 
-def measure_inproc(mode: str, body: Path, procs: int, warmup: float, duration: float, *, folder: Path,
-                   uri: str) -> dict[str, Any]:  # fmt: skip
+def measure_inproc(
+    mode: str, body: Path, procs: int, warmup: float, duration: float, *, folder: Path, uri: str
+) -> dict[str, Any]:
     from bench.serve.load import summarize_hist
 
     if mode == "bare":
         cmd = [sys.executable, "-m", "bench.serve.inproc", "--mode", "bare", "--model-dir", str(folder)]
         env = _env(PYTHONPATH=str(REPO))
     else:
-        cmd = [str(SERVING_PY), "-m", "bench.serve.inproc", "--mode", "seldon", "--model-dir", str(folder),
-               "--model-uri", uri]  # fmt: skip
+        cmd = [
+            str(SERVING_PY),
+            "-m",
+            "bench.serve.inproc",
+            "--mode",
+            "seldon",
+            "--model-dir",
+            str(folder),
+            "--model-uri",
+            uri,
+        ]
         env = _env(PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "plugins")]))
     cmd += ["--body-file", str(body), "--warmup", str(warmup), "--duration", str(duration)]
     load = os.getloadavg()[0]
-    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
-                           cwd=REPO, env=env) for _ in range(procs)]  # fmt: skip
+    ps = [
+        subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        for _ in range(procs)
+    ]
     for p in ps:  # every process loaded and warm: start them together
         line = p.stdout.readline()
         while line and line.strip() != "ready":  # libraries may print while loading
@@ -475,16 +668,23 @@ def _median(samples: list[dict[str, Any]], key: str) -> float | None:
 
 
 def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"statistic": "median over rounds; ratio_rps = server / bare at the same cell (medians); "
-                                        "ratio_rps_by_round = the same within each round"}
+    out: dict[str, Any] = {
+        "statistic": "median over rounds; ratio_rps = server / bare at the same cell (medians); "
+        "ratio_rps_by_round = the same within each round"
+    }
     for server, per_cell in samples.items():
         row = {}
         for cell, ss in per_cell.items():
             r = {k: _median(ss, k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")}
             r["errors"] = sum(s["errors"] for s in ss)
             r["rounds"] = len(ss)
-            for k in ("generator_cpu_fraction", "server_cores_busy", "server_cpu_us_per_request",
-                      "machine_busy_fraction", "cpu_us_per_request"):  # fmt: skip
+            for k in (
+                "generator_cpu_fraction",
+                "server_cores_busy",
+                "server_cpu_us_per_request",
+                "machine_busy_fraction",
+                "cpu_us_per_request",
+            ):
                 if any(k in s for s in ss):
                     r[k] = _median(ss, k)
             row[cell] = r
@@ -498,19 +698,27 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             if b and b.get("rps") and r.get("rps"):
                 r["ratio_rps"] = round(r["rps"] / b["rps"], 3)
             # the same ratio within each round (both measured minutes apart at most), then the median
-            bare_rounds = {s["round"]: s["rps"] for s in samples.get("bare", {}).get(cell, []) if s.get("rps")}
-            rounds = [round(s["rps"] / bare_rounds[s["round"]], 3) for s in samples[server][cell]
-                      if s.get("rps") and s.get("round") in bare_rounds]  # fmt: skip
+            bare_rounds = {
+                s["round"]: s["rps"] for s in samples.get("bare", {}).get(cell, []) if s.get("rps")
+            }
+            rounds = [
+                round(s["rps"] / bare_rounds[s["round"]], 3)
+                for s in samples[server][cell]
+                if s.get("rps") and s.get("round") in bare_rounds
+            ]
             if rounds and server != "seldon_stock":  # the stock server's rounds run after the others
                 r["ratio_rps_by_round"] = rounds
                 r["ratio_rps_same_round_median"] = round(statistics.median(rounds), 3)
     out["logging"] = _logging_ratio(samples)
     out["image_vs_local"] = _same_round_ratio(samples, "seldon", "seldon_local", 0.95)
-    s8, sb = out.get("seldon", {}).get("c8", {}), out.get("seldon", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {})
+    s8, sb = (
+        out.get("seldon", {}).get("c8", {}),
+        out.get("seldon", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {}),
+    )
     if s8:
         out["checks"] = {
             "target": "seldon >= 0.8 x bare requests/s at concurrency 8 with p99 < 5 ms, >= 1.0 x bare with "
-                      f"{BATCH_ROWS} rows a request, 0 errors",
+            f"{BATCH_ROWS} rows a request, 0 errors",
             "seldon_c8_ratio": s8.get("ratio_rps"),
             "seldon_c8_ratio_same_round_median": s8.get("ratio_rps_same_round_median"),
             "seldon_c8_p99_ms": s8.get("p99_ms"),
@@ -518,29 +726,44 @@ def summarise(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             "p99_ok": bool(s8.get("p99_ms") is not None and s8["p99_ms"] < 5.0),
             "seldon_batch_ratio": sb.get("ratio_rps"),
             "batch_ok": bool(sb.get("ratio_rps") and sb["ratio_rps"] >= 1.0),
-            "errors_ok": all(r.get("errors", 0) == 0 for srv, row in out.items() if isinstance(row, dict)
-                             and srv != "checks" for r in row.values() if isinstance(r, dict)),
-        }  # fmt: skip
-    m8, mb = out.get("mlserver", {}).get("c8", {}), out.get("mlserver", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {})
+            "errors_ok": all(
+                r.get("errors", 0) == 0
+                for srv, row in out.items()
+                if isinstance(row, dict) and srv != "checks"
+                for r in row.values()
+                if isinstance(r, dict)
+            ),
+        }
+    m8, mb = (
+        out.get("mlserver", {}).get("c8", {}),
+        out.get("mlserver", {}).get(f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}", {}),
+    )
     if m8:
         out["checks_oip"] = {
             "target": "the faster runtime (here mlserver) >= 0.8 x bare requests/s at concurrency 8 with p99 < 5 ms, "
-                      f"and >= 1.0 x bare with {BATCH_ROWS} rows a request",
-            "mlserver_c8_ratio": m8.get("ratio_rps"), "mlserver_c8_p99_ms": m8.get("p99_ms"),
+            f"and >= 1.0 x bare with {BATCH_ROWS} rows a request",
+            "mlserver_c8_ratio": m8.get("ratio_rps"),
+            "mlserver_c8_p99_ms": m8.get("p99_ms"),
             "mlserver_batch_ratio": mb.get("ratio_rps"),
             "c8_ok": bool(m8.get("ratio_rps") and m8["ratio_rps"] >= 0.8 and (m8.get("p99_ms") or 1e9) < 5.0),
             "batch_ok": bool(mb.get("ratio_rps") and mb["ratio_rps"] >= 1.0),
-        }  # fmt: skip
+        }
     return out
 
 
 def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Requests/s with the request log on ÷ off (seldon_logged / seldon), per round, then the median; the
     target is on the one-row cell at concurrency 8 (the batch cell is reported beside it)."""
-    out: dict[str, Any] = {"target": "seldon_logged >= 0.95 x seldon requests/s at concurrency 8, one row a request"}
+    out: dict[str, Any] = {
+        "target": "seldon_logged >= 0.95 x seldon requests/s at concurrency 8, one row a request"
+    }
     for cell in ("c8", f"batch{BATCH_ROWS}_c{BATCH_CONCURRENCY}"):
         off = {s["round"]: s["rps"] for s in samples.get("seldon", {}).get(cell, []) if s.get("rps")}
-        on = [s["rps"] / off[s["round"]] for s in samples.get("seldon_logged", {}).get(cell, []) if s.get("round") in off]
+        on = [
+            s["rps"] / off[s["round"]]
+            for s in samples.get("seldon_logged", {}).get(cell, [])
+            if s.get("round") in off
+        ]
         if on:
             out[cell] = round(statistics.median(on), 3)
             out[f"{cell}_by_round"] = [round(x, 3) for x in on]
@@ -548,28 +771,54 @@ def _logging_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[
     return out
 
 
-def _same_round_ratio(samples: dict[str, dict[str, list[dict[str, Any]]]], top: str, bottom: str,
-                      target: float) -> dict[str, Any]:  # fmt: skip
+def _same_round_ratio(
+    samples: dict[str, dict[str, list[dict[str, Any]]]], top: str, bottom: str, target: float
+) -> dict[str, Any]:
     """Requests/s of ``top`` ÷ ``bottom`` at concurrency 8, per round, then the median."""
     below = {s["round"]: s["rps"] for s in samples.get(bottom, {}).get("c8", []) if s.get("rps")}
-    ratios = [s["rps"] / below[s["round"]] for s in samples.get(top, {}).get("c8", []) if s.get("round") in below]
+    ratios = [
+        s["rps"] / below[s["round"]] for s in samples.get(top, {}).get("c8", []) if s.get("round") in below
+    ]
     if not ratios:
         return {}
     median = round(statistics.median(ratios), 3)
-    return {"target": f"{top} >= {target} x {bottom} requests/s at concurrency 8", "c8": median,
-            "c8_by_round": [round(x, 3) for x in ratios], "ok": median >= target}
+    return {
+        "target": f"{top} >= {target} x {bottom} requests/s at concurrency 8",
+        "c8": median,
+        "c8_by_round": [round(x, 3) for x in ratios],
+        "ok": median >= target,
+    }
 
 
 def _request_log_in_process(names: list[str], uri: str, duration: float, repeats: int) -> dict[str, Any]:
     """``bench.serve.requestlog`` in the serving environment: the log's cost on the model's predict alone."""
     if "seldon_logged" not in names:
         return {}
-    cmd = [str(SERVING_PY), "-m", "bench.serve.requestlog", "--model-uri", uri, "--seconds", str(min(duration, 4.0)),
-           "--repeats", str(max(repeats, 3))]  # fmt: skip
-    got = subprocess.run(cmd, cwd=REPO, env=_env(PYTHONPATH=f"{REPO / 'plugins'}:{REPO}"), capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+    cmd = [
+        str(SERVING_PY),
+        "-m",
+        "bench.serve.requestlog",
+        "--model-uri",
+        uri,
+        "--seconds",
+        str(min(duration, 4.0)),
+        "--repeats",
+        str(max(repeats, 3)),
+    ]
+    got = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=_env(PYTHONPATH=f"{REPO / 'plugins'}:{REPO}"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [ln for ln in got.stdout.splitlines() if ln.startswith("{")]
-    return {"logging_in_process": json.loads(lines[-1]) if got.returncode == 0 and lines else {"error": got.stderr[-500:]}}
+    return {
+        "logging_in_process": json.loads(lines[-1])
+        if got.returncode == 0 and lines
+        else {"error": got.stderr[-500:]}
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -577,7 +826,12 @@ def machine() -> dict[str, Any]:
     import torch
     import uvicorn
 
-    info = {**host(), "torch": torch.__version__, "uvicorn": uvicorn.__version__, "starlette": starlette.__version__}
+    info = {
+        **host(),
+        "torch": torch.__version__,
+        "uvicorn": uvicorn.__version__,
+        "starlette": starlette.__version__,
+    }
     try:
         import uvloop
 
@@ -585,8 +839,10 @@ def machine() -> dict[str, Any]:
     except ImportError:
         pass
     if SERVING_PY.exists():
-        code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
-                "('seldon-core', 'flask', 'werkzeug', 'gunicorn', 'flask-cors', 'torch', 'numpy')}))")  # fmt: skip
+        code = (
+            "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+            "('seldon-core', 'flask', 'werkzeug', 'gunicorn', 'flask-cors', 'torch', 'numpy')}))"
+        )
         got = subprocess.run([str(SERVING_PY), "-c", code], capture_output=True, text=True, timeout=60)
         if got.returncode == 0:
             info["serving_env"] = json.loads(got.stdout)
@@ -595,22 +851,30 @@ def machine() -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     s = report["summary"]
-    print(f"\nServing benchmark ({report['machine']['cores']} cores, {report['params']['repeats']} round(s), "
-          f"{report['params']['duration_s']} s per cell): medians")  # fmt: skip
-    print(f"{'server':<14} {'cell':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'ratio':>6} "
-          f"{'srv cores':>9} {'gen cpu':>7}")  # fmt: skip
+    print(
+        f"\nServing benchmark ({report['machine']['cores']} cores, {report['params']['repeats']} round(s), "
+        f"{report['params']['duration_s']} s per cell): medians"
+    )
+    print(
+        f"{'server':<14} {'cell':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'ratio':>6} "
+        f"{'srv cores':>9} {'gen cpu':>7}"
+    )
     for server in SERVERS:
         if server not in s:
             continue
         for cell, r in s[server].items():
-            print(f"{server:<14} {cell:<12} {r['rps'] or 0:>9.1f} {r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f} "
-                  f"{r['errors']:>6} {r.get('ratio_rps', '') or '':>6} {r.get('server_cores_busy', '') or '':>9} "
-                  f"{r.get('generator_cpu_fraction', '') or '':>7}")  # fmt: skip
+            print(
+                f"{server:<14} {cell:<12} {r['rps'] or 0:>9.1f} {r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f} "
+                f"{r['errors']:>6} {r.get('ratio_rps', '') or '':>6} {r.get('server_cores_busy', '') or '':>9} "
+                f"{r.get('generator_cpu_fraction', '') or '':>7}"
+            )
     if "checks" in s:
         c = s["checks"]
-        print(f"\nseldon at c=8: {c['seldon_c8_ratio']} x bare, p99 {c['seldon_c8_p99_ms']} ms "
-              f"(ratio_ok={c['ratio_ok']}, p99_ok={c['p99_ok']}, errors_ok={c['errors_ok']}); {BATCH_ROWS} rows a "
-              f"request: {c['seldon_batch_ratio']} x bare (batch_ok={c['batch_ok']})")  # fmt: skip
+        print(
+            f"\nseldon at c=8: {c['seldon_c8_ratio']} x bare, p99 {c['seldon_c8_p99_ms']} ms "
+            f"(ratio_ok={c['ratio_ok']}, p99_ok={c['p99_ok']}, errors_ok={c['errors_ok']}); {BATCH_ROWS} rows a "
+            f"request: {c['seldon_batch_ratio']} x bare (batch_ok={c['batch_ok']})"
+        )
     if s.get("logging"):
         print(f"request log on / off: {s['logging']}")
     if s.get("logging_in_process"):
@@ -624,7 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=None, help="seconds not counted per cell (default 2)")
     ap.add_argument("--duration", type=float, default=None, help="seconds measured per cell (default 8)")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
+    ap.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS)
+    )
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
@@ -651,26 +917,42 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             samples[n] = {label: [] for label, _, c in plan if n != "inproc_seldon" or (label == "c1")}
         interleaved = [n for n in names if n in HTTP_SERVERS and n != "seldon_stock"]
-        print(f"model {uri}; servers {', '.join(names)}; {repeats} round(s) of {warmup}+{duration} s per cell",
-              flush=True)  # fmt: skip
+        print(
+            f"model {uri}; servers {', '.join(names)}; {repeats} round(s) of {warmup}+{duration} s per cell",
+            flush=True,
+        )
         servers = start_servers(interleaved, workdir, uri, folder, bodies)
         answers = {n: s.first_answer for n, s in servers.items()}
 
         def one(name: str, label: str, body: str, c: int, r: int) -> None:
             if name in servers:
-                s = measure_http(servers[name], bodies[f"{body}_v2" if servers[name].v2 else body], c, warmup, duration)
+                s = measure_http(
+                    servers[name], bodies[f"{body}_v2" if servers[name].v2 else body], c, warmup, duration
+                )
             else:
                 procs = 1 if name == "inproc_seldon" else min(c, usable_cores())
-                s = measure_inproc("bare" if name == "inproc" else "seldon", bodies[body], procs, warmup, duration,
-                                   folder=folder, uri=uri)  # fmt: skip
+                s = measure_inproc(
+                    "bare" if name == "inproc" else "seldon",
+                    bodies[body],
+                    procs,
+                    warmup,
+                    duration,
+                    folder=folder,
+                    uri=uri,
+                )
             s["round"] = r
             samples[name][label].append(s)
-            print(f"  {name:<14} {label:<12} {s['rps']:>9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
-                  f"  errors {s['errors']}", flush=True)  # fmt: skip
+            print(
+                f"  {name:<14} {label:<12} {s['rps']:>9.1f} req/s  p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms"
+                f"  errors {s['errors']}",
+                flush=True,
+            )
 
         for r in range(repeats):
             print(f"round {r + 1}/{repeats}", flush=True)
-            for name in names if r % 2 == 0 else names[::-1]:  # every other round in reverse: no server always first
+            for name in (
+                names if r % 2 == 0 else names[::-1]
+            ):  # every other round in reverse: no server always first
                 if name == "seldon_stock":
                     continue
                 for label, body, c in plan:
@@ -697,21 +979,33 @@ def main(argv: list[str] | None = None) -> int:
             "name": "serve",
             "machine": machine(),
             "params": {
-                "repeats": repeats, "warmup_s": warmup, "duration_s": duration, "concurrency": conc,
-                "cells": {label: {"rows_per_request": BATCH_ROWS if body == "batch" else 1, "concurrency": c}
-                          for label, body, c in plan},
-                "model": {"kind": "mlp", "n_features": N_FEATURES, "hidden": HIDDEN, "classes": len(CLASSES),
-                          "torch_threads_per_process": 1},
-                "payload": "{\"data\": {\"ndarray\": [[64 floats 0..16]]}} POSTed to " + ROUTE + "; mlserver: "
-                           "{\"inputs\": [{\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [n, 64], ...}]} to " + V2_ROUTE,
+                "repeats": repeats,
+                "warmup_s": warmup,
+                "duration_s": duration,
+                "concurrency": conc,
+                "cells": {
+                    label: {"rows_per_request": BATCH_ROWS if body == "batch" else 1, "concurrency": c}
+                    for label, body, c in plan
+                },
+                "model": {
+                    "kind": "mlp",
+                    "n_features": N_FEATURES,
+                    "hidden": HIDDEN,
+                    "classes": len(CLASSES),
+                    "torch_threads_per_process": 1,
+                },
+                "payload": '{"data": {"ndarray": [[64 floats 0..16]]}} POSTed to ' + ROUTE + "; mlserver: "
+                '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [n, 64], ...}]} to ' + V2_ROUTE,
                 "request_bytes": {k: v.stat().st_size for k, v in bodies.items()},
-                "servers": {n: {"description": s.description, "settings": s.settings} for n, s in servers.items()},
+                "servers": {
+                    n: {"description": s.description, "settings": s.settings} for n, s in servers.items()
+                },
                 "inproc": "the bare server's per-request work in a loop, min(c, cores) processes at concurrency c",
                 "inproc_seldon": "json.loads + envelope check + seldon_methods.predict + json.dumps, 1 process",
                 "load_generator": "bench/serve/load.py: 1 process, asyncio (uvloop), keep-alive raw connections, "
-                                  "closed loop, pre-encoded request",
+                "closed loop, pre-encoded request",
                 "latency_ms_quantiles": "per sample, from the generator's latency histogram (us, 3 significant digits)",
-            },  # fmt: skip
+            },
             "first_answers": answers,
             "samples": samples,
             "summary": {**summarise(samples), **_request_log_in_process(names, uri, duration, repeats)},

@@ -47,10 +47,20 @@ TARGET = 0.9
 def start(workdir: Path, uri: str, folder: Path, body: bytes, classes: list[str]) -> dict[str, base.Server]:
     servers = {}
     for wc in classes:
-        extra = {"FREESTACK_SERVER_WORKER_CLASS": wc, "FREESTACK_SERVER_THREADS": "4" if wc == "gthread" else "1",
-                 "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY), "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS)}  # fmt: skip
-        servers[wc] = base._image_server(wc, "seldon", uri, workdir, extra,
-                                         f"python -m freestack_server as docker/serving.Dockerfile starts it, worker_class {wc}")  # fmt: skip
+        extra = {
+            "FREESTACK_SERVER_WORKER_CLASS": wc,
+            "FREESTACK_SERVER_THREADS": "4" if wc == "gthread" else "1",
+            "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY),
+            "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS),
+        }
+        servers[wc] = base._image_server(
+            wc,
+            "seldon",
+            uri,
+            workdir,
+            extra,
+            f"python -m freestack_server as docker/serving.Dockerfile starts it, worker_class {wc}",
+        )
     expected = base.expected_probs(folder, body)
     for s in servers.values():
         base.check_answer(s.name, s.wait_ready(body), expected)
@@ -71,7 +81,9 @@ def measure(server: base.Server, body: Path, args: argparse.Namespace, slow: int
     with by_length, chunked:
         sample = base.measure_http(server, body, CONCURRENCY, args.warmup, args.duration)
     sample["slow_clients"] = slow
-    sample["slow_answers"] = {str(k): v for k, v in sorted(_count(by_length.statuses + chunked.statuses).items())}
+    sample["slow_answers"] = {
+        str(k): v for k, v in sorted(_count(by_length.statuses + chunked.statuses).items())
+    }
     return sample
 
 
@@ -82,21 +94,26 @@ def _count(values: list[int]) -> dict[int, int]:
     return out
 
 
-def summarise(samples: dict[str, dict[str, list[dict]]], killed: dict[str, list[str]],
-              corpora: dict[str, dict]) -> dict[str, Any]:  # fmt: skip
-    out: dict[str, Any] = {"statistic": "median over rounds; ratio = slow / none within each round, then the median"}
+def summarise(
+    samples: dict[str, dict[str, list[dict]]], killed: dict[str, list[str]], corpora: dict[str, dict]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "statistic": "median over rounds; ratio = slow / none within each round, then the median"
+    }
     for wc, cells in samples.items():
         none = {s["round"]: s["rps"] for s in cells["none"]}
         ratios = [round(s["rps"] / none[s["round"]], 3) for s in cells["slow"] if none.get(s["round"])]
         out[wc] = {
             "rps_none": round(statistics.median(s["rps"] for s in cells["none"]), 1),
             "rps_slow": round(statistics.median(s["rps"] for s in cells["slow"]), 1),
-            "ratio_by_round": ratios, "ratio": round(statistics.median(ratios), 3) if ratios else None,
+            "ratio_by_round": ratios,
+            "ratio": round(statistics.median(ratios), 3) if ratios else None,
             "errors": sum(s["errors"] for c in cells.values() for s in c),
             "workers_killed": killed[wc],
-            "corpus_cases": corpora[wc]["cases"], "corpus_json_4xx": corpora[wc]["json_4xx"],
+            "corpus_cases": corpora[wc]["cases"],
+            "corpus_json_4xx": corpora[wc]["json_4xx"],
             "corpus_json_4xx_share": round(corpora[wc]["json_4xx"] / corpora[wc]["cases"], 4),
-        }  # fmt: skip
+        }
     out["checks"] = {
         "target": f"slow / none >= {TARGET} requests/s, no errors, no worker killed; every malformed request 4xx JSON",
         **{f"{wc}_ratio_ok": bool(out[wc]["ratio"] and out[wc]["ratio"] >= TARGET) for wc in samples},
@@ -124,8 +141,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     s["round"] = r
                     s.pop("latency_us_hist", None)
                     samples[wc][cell].append(s)
-                    print(f"  round {r + 1} {wc:<9} {cell:<4} {s['rps']:>8.1f} req/s  p99 {s['p99_ms']} ms  errors "
-                          f"{s['errors']}  slow answers {s.get('slow_answers', {})}", flush=True)  # fmt: skip
+                    print(
+                        f"  round {r + 1} {wc:<9} {cell:<4} {s['rps']:>8.1f} req/s  p99 {s['p99_ms']} ms  errors "
+                        f"{s['errors']}  slow answers {s.get('slow_answers', {})}",
+                        flush=True,
+                    )
         for wc, server in servers.items():
             log = server.log.read_text(errors="replace")
             killed[wc] = [ln for ln in log.splitlines() if "WORKER TIMEOUT" in ln]
@@ -134,18 +154,32 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             t0 = time.monotonic()
             corpora[wc] = run_corpus(server.port, corpus(base.N_FEATURES, MAX_ROWS, MAX_BODY), timeout=60)
             corpora[wc]["seconds"] = round(time.monotonic() - t0, 1)
-            print(f"  {wc:<9} corpus: {corpora[wc]['json_4xx']} of {corpora[wc]['cases']} answered 4xx JSON", flush=True)
+            print(
+                f"  {wc:<9} corpus: {corpora[wc]['json_4xx']} of {corpora[wc]['cases']} answered 4xx JSON",
+                flush=True,
+            )
     finally:
         for s in servers.values():
             s.stop()
     return {
-        "name": "serve_slow_clients", "machine": base.machine(),
-        "params": {"repeats": args.repeats, "warmup_s": args.warmup, "duration_s": args.duration,
-                   "concurrency": CONCURRENCY, "slow_clients": args.slow, "slow_interval_s": args.interval,
-                   "slow_body_bytes": 2_000_000, "max_body_bytes": MAX_BODY, "worker_classes": classes,
-                   "servers": {n: s.settings for n, s in servers.items()}},
-        "samples": samples, "corpus": corpora, "summary": summarise(samples, killed, corpora),
-    }  # fmt: skip
+        "name": "serve_slow_clients",
+        "machine": base.machine(),
+        "params": {
+            "repeats": args.repeats,
+            "warmup_s": args.warmup,
+            "duration_s": args.duration,
+            "concurrency": CONCURRENCY,
+            "slow_clients": args.slow,
+            "slow_interval_s": args.interval,
+            "slow_body_bytes": 2_000_000,
+            "max_body_bytes": MAX_BODY,
+            "worker_classes": classes,
+            "servers": {n: s.settings for n, s in servers.items()},
+        },
+        "samples": samples,
+        "corpus": corpora,
+        "summary": summarise(samples, killed, corpora),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     s = report["summary"]
     for wc in report["params"]["worker_classes"]:
         w = s[wc]
-        print(f"{wc:<9} none {w['rps_none']:>8.1f} req/s  {args.slow} slow clients {w['rps_slow']:>8.1f} req/s  "
-              f"ratio {w['ratio']} by round {w['ratio_by_round']}  errors {w['errors']}  workers killed "
-              f"{len(w['workers_killed'])}  corpus {w['corpus_json_4xx']}/{w['corpus_cases']} 4xx JSON "
-              f"({w['corpus_json_4xx_share']:.1%})")  # fmt: skip
+        print(
+            f"{wc:<9} none {w['rps_none']:>8.1f} req/s  {args.slow} slow clients {w['rps_slow']:>8.1f} req/s  "
+            f"ratio {w['ratio']} by round {w['ratio_by_round']}  errors {w['errors']}  workers killed "
+            f"{len(w['workers_killed'])}  corpus {w['corpus_json_4xx']}/{w['corpus_cases']} 4xx JSON "
+            f"({w['corpus_json_4xx_share']:.1%})"
+        )
     print(f"checks: {s['checks']}\nreport: {out}")
     return 0
 

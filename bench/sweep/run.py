@@ -68,16 +68,18 @@ HYPERBAND = {"type": "hyperband", "min_iter": 2, "eta": 3}
 
 def _env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "FREESTACK_STORAGE_ROOT": (root / "storage").as_uri(),
-        "FREESTACK_HOME": str(root),
-        "WANDB_MODE": "disabled",
-        "WANDB_DIR": str(root / "wandb"),
-        "WANDB_DATA_DIR": str(root / "wandb" / "data"),
-        "WANDB_CACHE_DIR": str(root / "wandb" / "cache"),
-        "WANDB_CONFIG_DIR": str(root / "wandb" / "config"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "include"), env.get("PYTHONPATH", "")]),
-    })  # fmt: skip
+    env.update(
+        {
+            "FREESTACK_STORAGE_ROOT": (root / "storage").as_uri(),
+            "FREESTACK_HOME": str(root),
+            "WANDB_MODE": "disabled",
+            "WANDB_DIR": str(root / "wandb"),
+            "WANDB_DATA_DIR": str(root / "wandb" / "data"),
+            "WANDB_CACHE_DIR": str(root / "wandb" / "cache"),
+            "WANDB_CONFIG_DIR": str(root / "wandb" / "config"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "include"), env.get("PYTHONPATH", "")]),
+        }
+    )
     return env
 
 
@@ -146,9 +148,13 @@ def child_create(args: argparse.Namespace) -> None:
 
 def _child(env, *argv: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.sweep.run", *argv], env=env, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "bench.sweep.run", *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait(proc: subprocess.Popen) -> str:
@@ -168,7 +174,9 @@ def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds:
     go = Path(env["FREESTACK_HOME"]) / f"go-{sweep_id}"
     go.unlink(missing_ok=True)
     launched = time.time()
-    procs = [_child(env, "_agent", str(spec), sweep_id, f"agent{i}", str(threads), str(go)) for i in range(agents)]
+    procs = [
+        _child(env, "_agent", str(spec), sweep_id, f"agent{i}", str(threads), str(go)) for i in range(agents)
+    ]
     for p in procs:  # every agent has imported torch, the trainer and the controller, and read the window
         if not any(line.strip() == "ready" for line in iter(p.stdout.readline, "")):
             p.kill()
@@ -181,7 +189,10 @@ def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds:
     # and from the agents' launch: their start-up (interpreter, imports, the window, warm-up) included
     wall_startup = max(r["ended"] for r in reports) - launched - (min(r["started"] for r in reports) - go_at)
     storage = Path(env["FREESTACK_STORAGE_ROOT"].removeprefix("file://"))
-    trials = [json.loads(p.read_text()) for p in sorted((storage / "runs" / "digits" / sweep_id).glob("trials/*/trial.json"))]
+    trials = [
+        json.loads(p.read_text())
+        for p in sorted((storage / "runs" / "digits" / sweep_id).glob("trials/*/trial.json"))
+    ]
     best = max((max((r["val_accuracy"] for r in t["history"]), default=0.0) for t in trials), default=0.0)
     return {
         "agents": agents,
@@ -195,7 +206,10 @@ def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds:
         "best_val_accuracy": best,
         "duplicates": len(trials) - len({t["id"] for t in trials}),
         "agent_spans_s": [
-            [round(r["started"] - min(x["started"] for x in reports), 2), round(r["ended"] - min(x["started"] for x in reports), 2)]
+            [
+                round(r["started"] - min(x["started"] for x in reports), 2),
+                round(r["ended"] - min(x["started"] for x in reports), 2),
+            ]
             for r in reports
         ],
     }
@@ -219,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             ns.spec, ns.sweep_id, ns.end_ds, ns.agents = rest[0], rest[1], rest[2], int(rest[3])
             child_create(ns)
         elif kind == "_agent":
-            ns.spec, ns.sweep_id, ns.agent_id, ns.threads, ns.go = rest[0], rest[1], rest[2], int(rest[3]), rest[4]
+            ns.spec, ns.sweep_id, ns.agent_id, ns.threads, ns.go = (
+                rest[0],
+                rest[1],
+                rest[2],
+                int(rest[3]),
+                rest[4],
+            )
             child_agent(ns)
         return 0
 
@@ -244,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         _wait(_child(env, "_setup", str(grid_spec), str(args.days)))
 
         per = max(1, cores // 2)
-        runs: dict[str, list[dict[str, Any]]] = {"one_agent_same_threads": [], "one_agent_all_cores": [],
-                                                 "two_agents": []}
+        runs: dict[str, list[dict[str, Any]]] = {
+            "one_agent_same_threads": [],
+            "one_agent_all_cores": [],
+            "two_agents": [],
+        }
         for r in range(args.repeats):  # interleaved, so drift in the machine's load hits all three
             runs["one_agent_same_threads"].append(run_sweep(env, grid_spec, f"p1s-{r}", 1, per, end_ds))
             runs["one_agent_all_cores"].append(run_sweep(env, grid_spec, f"p1a-{r}", 1, cores, end_ds))
@@ -256,37 +279,58 @@ def main(argv: list[str] | None = None) -> int:
         vs_all = med["one_agent_all_cores"] / med["two_agents"]
         with_up = med_up["one_agent_same_threads"] / med_up["two_agents"]
         report["parallel"] = {
-            "runs": runs, "median_wall_s": med, "median_wall_with_startup_s": med_up, "speedup": round(speedup, 3),
-            "speedup_vs_one_agent_all_cores": round(vs_all, 3), "speedup_with_startup": round(with_up, 3),
-            "target": 1.8, "met": speedup >= 1.8,
-        }  # fmt: skip
-        print(f"parallel agents ({args.trials} grid trials x {args.epochs} epochs, CNN on {args.days} days of digits; "
-              f"median of {args.repeats}):")
+            "runs": runs,
+            "median_wall_s": med,
+            "median_wall_with_startup_s": med_up,
+            "speedup": round(speedup, 3),
+            "speedup_vs_one_agent_all_cores": round(vs_all, 3),
+            "speedup_with_startup": round(with_up, 3),
+            "target": 1.8,
+            "met": speedup >= 1.8,
+        }
+        print(
+            f"parallel agents ({args.trials} grid trials x {args.epochs} epochs, CNN on {args.days} days of digits; "
+            f"median of {args.repeats}):"
+        )
         print(f"  1 agent  x {per} thread(s): {med['one_agent_same_threads']:7.1f} s")
         print(f"  1 agent  x {cores} thread(s): {med['one_agent_all_cores']:7.1f} s")
-        print(f"  2 agents x {per} thread(s): {med['two_agents']:7.1f} s  trials per agent "
-              f"{runs['two_agents'][0]['per_agent_trials']}")
-        print(f"  speed-up {speedup:.2f} at the same threads per agent (target >= 1.8); "
-              f"{vs_all:.2f} against one agent on all cores; {with_up:.2f} with start-up counted "
-              f"({med_up['one_agent_same_threads']:.1f} s vs {med_up['two_agents']:.1f} s)")
+        print(
+            f"  2 agents x {per} thread(s): {med['two_agents']:7.1f} s  trials per agent "
+            f"{runs['two_agents'][0]['per_agent_trials']}"
+        )
+        print(
+            f"  speed-up {speedup:.2f} at the same threads per agent (target >= 1.8); "
+            f"{vs_all:.2f} against one agent on all cores; {with_up:.2f} with start-up counted "
+            f"({med_up['one_agent_same_threads']:.1f} s vs {med_up['two_agents']:.1f} s)"
+        )
 
         if not args.skip_hyperband:
             full_spec = write_spec(work / "full", RANDOM, args.hb_epochs, args.hb_trials)
-            hb_spec = write_spec(work / "hb", {**RANDOM, "early_terminate": HYPERBAND}, args.hb_epochs, args.hb_trials)
+            hb_spec = write_spec(
+                work / "hb", {**RANDOM, "early_terminate": HYPERBAND}, args.hb_epochs, args.hb_trials
+            )
             full = run_sweep(env, full_spec, "hb-same-id", 1, cores, end_ds)
             shutil.rmtree(work / "storage" / "runs" / "digits" / "hb-same-id")  # same id: the same proposals
             hb = run_sweep(env, hb_spec, "hb-same-id", 1, cores, end_ds)
             fewer = full["epochs"] / max(1, hb["epochs"])
             gap = (full["best_val_accuracy"] - hb["best_val_accuracy"]) / full["best_val_accuracy"]
             report["hyperband"] = {
-                "without": full, "with": hb, "epochs_ratio": round(fewer, 3), "best_gap": round(gap, 5),
-                "target": {"epochs_ratio": 2.0, "best_gap": 0.01}, "met": fewer >= 2.0 and gap <= 0.01,
+                "without": full,
+                "with": hb,
+                "epochs_ratio": round(fewer, 3),
+                "best_gap": round(gap, 5),
+                "target": {"epochs_ratio": 2.0, "best_gap": 0.01},
+                "met": fewer >= 2.0 and gap <= 0.01,
                 "early_terminate": HYPERBAND,
-            }  # fmt: skip
+            }
             print(f"hyperband ({args.hb_trials} random trials, up to {args.hb_epochs} epochs each):")
-            print(f"  without: {full['epochs']:4d} epochs, best val_accuracy {full['best_val_accuracy']:.4f}, {full['wall_s']:.1f} s")
-            print(f"  with:    {hb['epochs']:4d} epochs, best val_accuracy {hb['best_val_accuracy']:.4f}, {hb['wall_s']:.1f} s, "
-                  f"{hb['stopped_early']} trials stopped")
+            print(
+                f"  without: {full['epochs']:4d} epochs, best val_accuracy {full['best_val_accuracy']:.4f}, {full['wall_s']:.1f} s"
+            )
+            print(
+                f"  with:    {hb['epochs']:4d} epochs, best val_accuracy {hb['best_val_accuracy']:.4f}, {hb['wall_s']:.1f} s, "
+                f"{hb['stopped_early']} trials stopped"
+            )
             print(f"  {fewer:.2f}x fewer epochs (target >= 2), best within {100 * gap:.2f}% (target <= 1%)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -300,11 +344,14 @@ def with_summary(report: dict[str, Any]) -> dict[str, Any]:
     """``name``, ``summary`` and ``ratio`` (two agents' speed-up over one) first, like every benchmark."""
     par, hb = report.get("parallel") or {}, report.get("hyperband") or {}
     summary = {
-        "speedup_two_agents": par.get("speedup"), "speedup_target": par.get("target"), "speedup_met": par.get("met"),
+        "speedup_two_agents": par.get("speedup"),
+        "speedup_target": par.get("target"),
+        "speedup_met": par.get("met"),
         "speedup_with_startup": par.get("speedup_with_startup"),
-        "hyperband_epochs_ratio": hb.get("epochs_ratio"), "hyperband_best_gap": hb.get("best_gap"),
+        "hyperband_epochs_ratio": hb.get("epochs_ratio"),
+        "hyperband_best_gap": hb.get("best_gap"),
         "hyperband_met": hb.get("met"),
-    }  # fmt: skip
+    }
     return {"name": "sweep", **report, "summary": summary, "ratio": par.get("speedup")}
 
 

@@ -59,7 +59,9 @@ def build_model(kind: str):
 
     torch.manual_seed(42)
     if kind == "cnn":
-        return FreestackNet(kind="cnn", n_features=64, n_outputs=10, channels=[16, 32], image_shape=[8, 8], hidden=[128, 64])
+        return FreestackNet(
+            kind="cnn", n_features=64, n_outputs=10, channels=[16, 32], image_shape=[8, 8], hidden=[128, 64]
+        )
     text = {"names": ["text"], "size": 1, "vocab_sizes": [VOCAB], "shape": [1, TOKENS], "pad_id": 0}
     return FreestackNet(kind="mlp", n_features=0, n_outputs=10, hidden=[128, 64], inputs={"text": text})
 
@@ -79,10 +81,17 @@ def rank_main(args: argparse.Namespace) -> None:
     x_train, x_val = split(x) if split else ({"text": x["text"][n_val:]}, {"text": x["text"][:n_val]})
     model = build_model(args.kind)
     device = "cuda" if args.device == "cuda" else "cpu"
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=100, device=device, warmup_epochs=0)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=100, device=device, warmup_epochs=0
+    )
     result = fit(model, x_train, y[n_val:], x_val, y[:n_val], config, task="classification", ranks=ranks)
-    out = {"samples_per_s": result.samples_per_s, "train_seconds": result.train_seconds, "amp": result.amp,
-           "world_size": result.world_size, "device": result.device}  # fmt: skip
+    out = {
+        "samples_per_s": result.samples_per_s,
+        "train_seconds": result.train_seconds,
+        "amp": result.amp,
+        "world_size": result.world_size,
+        "device": result.device,
+    }
     if ranks is not None:
         out["allreduce_ms"] = _allreduce_ms(model, ranks, result.device)
         torch.distributed.destroy_process_group()
@@ -115,16 +124,46 @@ def measure(mode: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         batch = args.batch_size * (2 if mode == "two" else 1)
-        child = ["-m", "bench.train.distributed", "--rank-child", "--kind", kind, "--rows", str(args.rows),
-                 "--epochs", str(args.epochs), "--batch-size", str(batch), "--device", args.device,
-                 "--threads", "1" if args.device == "cpu" else str(args.threads), "--result", str(result),
-                 "--backend", "nccl" if args.device == "cuda" else "gloo", "--strategy", args.strategy]  # fmt: skip
+        child = [
+            "-m",
+            "bench.train.distributed",
+            "--rank-child",
+            "--kind",
+            kind,
+            "--rows",
+            str(args.rows),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(batch),
+            "--device",
+            args.device,
+            "--threads",
+            "1" if args.device == "cpu" else str(args.threads),
+            "--result",
+            str(result),
+            "--backend",
+            "nccl" if args.device == "cuda" else "gloo",
+            "--strategy",
+            args.strategy,
+        ]
         ranks = {"one": 0, "plain": 0, "two": 2, "ddp1": 1}[mode]
         if ranks:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *child]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={ranks}",
+                *child,
+            ]
         else:
             cmd = [sys.executable, *child]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]), "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+            "OMP_NUM_THREADS": "1",
+        }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, cwd=REPO)
         if proc.returncode != 0:
             raise RuntimeError(f"{mode} {kind} failed:\n{proc.stderr[-3000:]}")
@@ -134,20 +173,27 @@ def measure(mode: str, kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def summarise(samples: list[dict[str, Any]], device: str, kinds: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in kinds:
+
         def pick(mode: str, kind: str = kind) -> list[dict[str, Any]]:
             return [s for s in samples if s["kind"] == kind and s["mode"] == mode]
 
         if device == "cpu":
             one, two = median(pick("one"), "samples_per_s"), median(pick("two"), "samples_per_s")
-            out[kind] = {"one_samples_per_s": one, "two_ranks_samples_per_s": two,
-                         "scaling_efficiency": round(two / (2 * one), 3) if one and two else None,
-                         "gloo_allreduce_ms_per_step": median(pick("two"), "allreduce_ms", 3)}  # fmt: skip
+            out[kind] = {
+                "one_samples_per_s": one,
+                "two_ranks_samples_per_s": two,
+                "scaling_efficiency": round(two / (2 * one), 3) if one and two else None,
+                "gloo_allreduce_ms_per_step": median(pick("two"), "allreduce_ms", 3),
+            }
         else:
             plain, ddp = median(pick("plain"), "samples_per_s"), median(pick("ddp1"), "samples_per_s")
-            out[kind] = {"plain_samples_per_s": plain, "ddp1_samples_per_s": ddp,
-                         "ddp_overhead_ratio": round(ddp / plain, 3) if plain and ddp else None,
-                         "amp": pick("plain")[0]["amp"] if pick("plain") else None,
-                         "nccl_allreduce_ms_per_step": median(pick("ddp1"), "allreduce_ms", 3)}  # fmt: skip
+            out[kind] = {
+                "plain_samples_per_s": plain,
+                "ddp1_samples_per_s": ddp,
+                "ddp_overhead_ratio": round(ddp / plain, 3) if plain and ddp else None,
+                "amp": pick("plain")[0]["amp"] if pick("plain") else None,
+                "nccl_allreduce_ms_per_step": median(pick("ddp1"), "allreduce_ms", 3),
+            }
     return out
 
 
@@ -179,10 +225,25 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append(measure(mode, kind, args))
                 print(json.dumps(samples[-1]), flush=True)
     summary = summarise(samples, args.device, kinds)
-    targets = {"scaling_efficiency": ">= 0.85 (cpu, 2 ranks of 1 thread)", "ddp_overhead_ratio": ">= 0.97 (one GPU)"}
-    params = {k: getattr(args, k) for k in ("kinds", "rows", "epochs", "batch_size", "repeats", "device", "threads", "strategy")}
-    write_report({"name": "train_distributed", "machine": host(), "params": params, "samples": samples,
-                  "summary": summary, "targets": targets}, args.out)  # fmt: skip
+    targets = {
+        "scaling_efficiency": ">= 0.85 (cpu, 2 ranks of 1 thread)",
+        "ddp_overhead_ratio": ">= 0.97 (one GPU)",
+    }
+    params = {
+        k: getattr(args, k)
+        for k in ("kinds", "rows", "epochs", "batch_size", "repeats", "device", "threads", "strategy")
+    }
+    write_report(
+        {
+            "name": "train_distributed",
+            "machine": host(),
+            "params": params,
+            "samples": samples,
+            "summary": summary,
+            "targets": targets,
+        },
+        args.out,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -42,7 +42,9 @@ def _base(folder: Path, size: str) -> Path:
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     torch.manual_seed(SEED)
-    DistilBertForSequenceClassification(DistilBertConfig(**SIZES[size], max_position_embeddings=512)).save_pretrained(folder)
+    DistilBertForSequenceClassification(
+        DistilBertConfig(**SIZES[size], max_position_embeddings=512)
+    ).save_pretrained(folder)
     return folder
 
 
@@ -65,7 +67,9 @@ def _freestack(folder: Path, ids, y, batch: int, peft: dict[str, Any] | None) ->
     from freestack.ml.pretrained import build_pretrained, local_base
 
     torch.manual_seed(SEED)
-    net = build_pretrained(local_base(folder, str(folder)), "text-classification", [0, 1], pad_id=0, peft=peft)
+    net = build_pretrained(
+        local_base(folder, str(folder)), "text-classification", [0, 1], pad_id=0, peft=peft
+    )
     config = TrainConfig(epochs=1, batch_size=batch, learning_rate=5e-5, warmup_epochs=0, device="cpu")
     result = fit(net, {"text": ids}, y, {"text": ids[:batch]}, y[:batch], config, task="classification")
     return result.samples_per_s
@@ -81,8 +85,16 @@ def _baseline(folder: Path, ids, y, batch: int, peft: dict[str, Any] | None) -> 
     if peft is not None:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=peft["r"], lora_alpha=peft["alpha"],
-                                                 lora_dropout=peft["dropout"], target_modules=peft["target_modules"]))  # fmt: skip
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=peft["r"],
+                lora_alpha=peft["alpha"],
+                lora_dropout=peft["dropout"],
+                target_modules=peft["target_modules"],
+            ),
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-4)
     x, t = torch.as_tensor(ids[:, 0]), torch.as_tensor(y)
@@ -92,7 +104,9 @@ def _baseline(folder: Path, ids, y, batch: int, peft: dict[str, Any] | None) -> 
     for i in range(0, len(t), batch):
         idx = order[i : i + batch]
         xb = x[idx]
-        loss = torch.nn.functional.cross_entropy(model(input_ids=xb, attention_mask=(xb != 0).long()).logits, t[idx])
+        loss = torch.nn.functional.cross_entropy(
+            model(input_ids=xb, attention_mask=(xb != 0).long()).logits, t[idx]
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -110,8 +124,12 @@ def _footprint(folder: Path, peft: dict[str, Any] | None) -> dict[str, Any]:
         net.save_pretrained(out)
         weights = "adapter_model.safetensors" if peft is not None else "model.safetensors"
         size = os.path.getsize(os.path.join(out, weights))
-    return {"trainable_parameters": trainable, "total_parameters": total, "version_weights": weights,
-            "version_weights_mib": round(size / 2**20, 3)}  # fmt: skip
+    return {
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "version_weights": weights,
+        "version_weights_mib": round(size / 2**20, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -135,24 +153,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs["baseline"].append(_baseline(folder, ids, y, args.batch_size, peft))
                 runs["freestack"].append(_freestack(folder, ids, y, args.batch_size, peft))
             best = {k: max(v) for k, v in runs.items()}
-            modes[name] = {"samples_per_s": best, "runs": runs, "ratio": round(best["freestack"] / best["baseline"], 3),
-                           **_footprint(folder, peft)}  # fmt: skip
-            print(f"{name}: freestack {best['freestack']:.1f} samples/s, baseline {best['baseline']:.1f}: "
-                  f"{modes[name]['ratio']:.3f}; trainable {modes[name]['trainable_parameters']:,}, "
-                  f"{modes[name]['version_weights']} {modes[name]['version_weights_mib']} MiB", flush=True)  # fmt: skip
+            modes[name] = {
+                "samples_per_s": best,
+                "runs": runs,
+                "ratio": round(best["freestack"] / best["baseline"], 3),
+                **_footprint(folder, peft),
+            }
+            print(
+                f"{name}: freestack {best['freestack']:.1f} samples/s, baseline {best['baseline']:.1f}: "
+                f"{modes[name]['ratio']:.3f}; trainable {modes[name]['trainable_parameters']:,}, "
+                f"{modes[name]['version_weights']} {modes[name]['version_weights_mib']} MiB",
+                flush=True,
+            )
     lora, full = modes["lora"], modes["full"]
     report = {
-        "name": "train_finetune", "machine": host(),
-        "params": {"size": args.size, **SIZES[args.size], "steps": args.steps, "batch_size": args.batch_size,
-                   "seq_len": args.seq_len, "repeats": args.repeats, "lora": LORA, "device": "cpu"},
+        "name": "train_finetune",
+        "machine": host(),
+        "params": {
+            "size": args.size,
+            **SIZES[args.size],
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "repeats": args.repeats,
+            "lora": LORA,
+            "device": "cpu",
+        },
         "baseline": "a minimal hand-written transformers + peft loop (AdamW, clip_grad_norm_, cross-entropy) over "
-                    "the same model, batches and batch size",
+        "the same model, batches and batch size",
         "modes": modes,
-        "summary": {"ratio_lora": lora["ratio"], "ratio_full": full["ratio"],
-                    "trainable_lora_vs_full": round(lora["trainable_parameters"] / full["trainable_parameters"], 5),
-                    "weights_mib_lora_vs_full": [lora["version_weights_mib"], full["version_weights_mib"]]},
+        "summary": {
+            "ratio_lora": lora["ratio"],
+            "ratio_full": full["ratio"],
+            "trainable_lora_vs_full": round(lora["trainable_parameters"] / full["trainable_parameters"], 5),
+            "weights_mib_lora_vs_full": [lora["version_weights_mib"], full["version_weights_mib"]],
+        },
         "targets": {"ratio_min": TARGET},
-    }  # fmt: skip
+    }
     write_report(report, args.out)
     return report
 

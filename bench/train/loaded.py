@@ -75,11 +75,31 @@ def start_load(kind: str, procs: int, threads: int, ctx: dict[str, Any]) -> list
     if kind == "busy":
         argv = [sys.executable, "-c", BUSY_LOOP]
     else:  # a training that outlasts the sample: stopped by the bench
-        argv = [sys.executable, "-m", "bench.train.run", "--child", "freestack_nockpt", "--data", ctx["data"],
-                "--scratch", ctx["scratch"], "--kind", "mlp", "--epochs", "100000", "--batch-size",
-                str(ctx["batch_size"]), "--threads", str(threads), "--device", "cpu"]  # fmt: skip
-    started = [subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for _ in range(procs)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.train.run",
+            "--child",
+            "freestack_nockpt",
+            "--data",
+            ctx["data"],
+            "--scratch",
+            ctx["scratch"],
+            "--kind",
+            "mlp",
+            "--epochs",
+            "100000",
+            "--batch-size",
+            str(ctx["batch_size"]),
+            "--threads",
+            str(threads),
+            "--device",
+            "cpu",
+        ]
+    started = [
+        subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(procs)
+    ]
     deadline = time.monotonic() + 120
     while any(_cpu_s(p.pid) < 1.0 for p in started) and time.monotonic() < deadline:
         if any(p.poll() is not None for p in started):
@@ -105,9 +125,24 @@ def stop_load(started: list[subprocess.Popen]) -> None:
 def sample(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     """One training in a fresh process, beside the load for a ``*_loaded`` mode."""
     threads = ctx["cores"] if mode.startswith("own") else ctx["sized_threads"]
-    argv = ["--child", "freestack_nockpt", "--data", ctx["data"], "--scratch", ctx["scratch"], "--kind", "mlp",
-            "--epochs", str(ctx["epochs"]), "--batch-size", str(ctx["batch_size"]), "--threads", str(threads),
-            "--device", "cpu"]  # fmt: skip
+    argv = [
+        "--child",
+        "freestack_nockpt",
+        "--data",
+        ctx["data"],
+        "--scratch",
+        ctx["scratch"],
+        "--kind",
+        "mlp",
+        "--epochs",
+        str(ctx["epochs"]),
+        "--batch-size",
+        str(ctx["batch_size"]),
+        "--threads",
+        str(threads),
+        "--device",
+        "cpu",
+    ]
     busy0, children0, t0 = busy_cpu_s(), _children_cpu_s(), time.perf_counter()
     load = start_load(ctx["load"], ctx["load_procs"], threads, ctx) if mode.endswith("loaded") else []
     load0 = sum(_cpu_s(p.pid) for p in load)
@@ -163,14 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     from bench.train.run import write_data
 
     ap = parser("bench.train.loaded", __doc__, out="train_loaded.json")
-    ap.add_argument("--rows", type=int, default=20_000, help="rows generated, 10%% validation (default 20000)")
+    ap.add_argument(
+        "--rows", type=int, default=20_000, help="rows generated, 10%% validation (default 20000)"
+    )
     ap.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
     ap.add_argument("--batch-size", type=int, default=64, help="batch size (default 64, the train: default)")
     ap.add_argument("--repeats", type=int, default=3, help="samples per mode (default 3)")
     ap.add_argument("--load", choices=("busy", "train"), default="busy", help="what loads the machine")
     ap.add_argument("--load-procs", type=int, default=1, help="load processes (default 1)")
-    ap.add_argument("--sized-threads", type=int, default=None,
-                    help="the sized pool (default: the usable cores shared by 1 + --load-procs tasks)")  # fmt: skip
+    ap.add_argument(
+        "--sized-threads",
+        type=int,
+        default=None,
+        help="the sized pool (default: the usable cores shared by 1 + --load-procs tasks)",
+    )
     add_modes(ap, MODES)
     add_child_options(ap, experiments=False)
     args = ap.parse_args(argv)
@@ -188,9 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="freestack-bench-loaded-"))
     try:
         data = write_data(workdir / "data", args.rows)
-        ctx = {"data": str(workdir / "data"), "scratch": str(workdir / "scratch"), "epochs": args.epochs,
-               "batch_size": args.batch_size, "cores": cores, "sized_threads": sized, "load": args.load,
-               "load_procs": args.load_procs}  # fmt: skip
+        ctx = {
+            "data": str(workdir / "data"),
+            "scratch": str(workdir / "scratch"),
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "cores": cores,
+            "sized_threads": sized,
+            "load": args.load,
+            "load_procs": args.load_procs,
+        }
         samples: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for r in range(args.repeats):
             for mode in modes:
@@ -204,17 +252,27 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "name": "train_loaded",
         "machine": {**host(), "torch_version": torch.__version__},
-        "params": {"rows": data["rows"], "rows_train": data["rows_train"], "epochs": args.epochs,
-                   "batch_size": args.batch_size, "repeats": args.repeats, "load": args.load,
-                   "load_procs": args.load_procs, "own_threads": cores, "sized_threads": sized,
-                   "trainer": "bench.train.run freestack_nockpt (freestack.ml.loop.fit, no checkpoints)"},  # fmt: skip
+        "params": {
+            "rows": data["rows"],
+            "rows_train": data["rows_train"],
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "load": args.load,
+            "load_procs": args.load_procs,
+            "own_threads": cores,
+            "sized_threads": sized,
+            "trainer": "bench.train.run freestack_nockpt (freestack.ml.loop.fit, no checkpoints)",
+        },
         "samples": samples,
         "summary": summarise(samples),
     }
     path = write_report(report, args.out)
     sm = report["summary"]
-    print(f"sized ({sized}) / own ({cores}) threads, samples/s: beside the {args.load} load {sm['ratio_loaded']}, "
-          f"quiet {sm['ratio_quiet']}; report {path}")  # fmt: skip
+    print(
+        f"sized ({sized}) / own ({cores}) threads, samples/s: beside the {args.load} load {sm['ratio_loaded']}, "
+        f"quiet {sm['ratio_quiet']}; report {path}"
+    )
     return 0
 
 

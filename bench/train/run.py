@@ -202,7 +202,9 @@ def build_model(kind: str, x_train, custom: bool = False):
 
         group = FeatureGroup("numeric", [f"x{i}" for i in range(N_FEATURES)], N_FEATURES)
         inputs = ModelInputs("classification", N_CLASSES, {"numeric": group}, list(range(N_CLASSES)))
-        model = build_custom(CUSTOM_MODULE, "CustomMLP", {"hidden": list(HIDDEN), "dropout": DROPOUT}, inputs, REPO)
+        model = build_custom(
+            CUSTOM_MODULE, "CustomMLP", {"hidden": list(HIDDEN), "dropout": DROPOUT}, inputs, REPO
+        )
         model.set_scaling(x_train.mean(axis=0), x_train.std(axis=0) + 1e-6)
         return model
     model = FreestackNet(
@@ -413,14 +415,33 @@ def fit_source() -> dict[str, Any]:
 
 
 def _run_child(mode: str, ctx: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    argv = ["--child", mode, "--data", ctx["data"], "--scratch", ctx["scratch"], "--kind", ctx["kind"],
-            "--epochs", str(ctx["epochs"]), "--batch-size", str(ctx["batch_size"]),
-            "--threads", str(ctx["threads"]), "--device", ctx["device"]]  # fmt: skip
+    argv = [
+        "--child",
+        mode,
+        "--data",
+        ctx["data"],
+        "--scratch",
+        ctx["scratch"],
+        "--kind",
+        ctx["kind"],
+        "--epochs",
+        str(ctx["epochs"]),
+        "--batch-size",
+        str(ctx["batch_size"]),
+        "--threads",
+        str(ctx["threads"]),
+        "--device",
+        ctx["device"],
+    ]
     if mode != "baseline":
         argv += experiment_flags(ctx["profile"], ctx["patch"])
     busy0, child0 = busy_cpu_s(), _children_cpu_s()
-    sample = {"mode": mode, **run_child("bench.train.run", argv, timeout=timeout,
-                                        echo_stderr=bool(ctx["profile"] or ctx["patch"]))}  # fmt: skip
+    sample = {
+        "mode": mode,
+        **run_child(
+            "bench.train.run", argv, timeout=timeout, echo_stderr=bool(ctx["profile"] or ctx["patch"])
+        ),
+    }
     if "error" in sample:
         return sample
     busy1, child1 = busy_cpu_s(), _children_cpu_s()
@@ -480,7 +501,8 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "ratio_batch_loops_only": round(loop_only / base, 4) if (loop_only and base) else None,
         # the custom-model path (the same MLP as a user's module) against the built-in net, both through fit
         "ratio_custom_vs_builtin": round(per_mode["freestack_custom"]["samples_per_s"] / fs, 4)
-        if (per_mode["freestack_custom"]["samples_per_s"] and fs) else None,
+        if (per_mode["freestack_custom"]["samples_per_s"] and fs)
+        else None,
         "ratio_of": "freestack (fit with a file checkpoint store, as the train stage calls it) / baseline",
         "statistic": "samples/s = rows_train * epochs / wall seconds of the call; median over samples",
         "modes": per_mode,
@@ -492,9 +514,12 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         ],
         "contended_rule": f"other processes kept more than {CONTENDED:.0%} of the cores busy during the run; "
         "such samples are kept in the medians but the ratio is only trustworthy without them",
-        "checks": {"ratio_ok": None if r is None else r >= TARGET_RATIO,
-                   "custom_ok": None if not per_mode["freestack_custom"]["samples_per_s"] or not fs
-                   else per_mode["freestack_custom"]["samples_per_s"] / fs >= TARGET_RATIO},
+        "checks": {
+            "ratio_ok": None if r is None else r >= TARGET_RATIO,
+            "custom_ok": None
+            if not per_mode["freestack_custom"]["samples_per_s"] or not fs
+            else per_mode["freestack_custom"]["samples_per_s"] / fs >= TARGET_RATIO,
+        },
     }
 
 

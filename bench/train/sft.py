@@ -64,14 +64,30 @@ TARGET = 0.95
 CONTENDED = 0.1  # a run went beside other work when this share of the cores was busy with it
 SIDES = ("freestack", "trl")
 SIZES = {
-    "base": {"hidden_size": 768, "intermediate_size": 2304, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "num_key_value_heads": 12, "vocab_size": 4096},
-    "small": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 4, "vocab_size": 512},
-}  # fmt: skip
+    "base": {
+        "hidden_size": 768,
+        "intermediate_size": 2304,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 12,
+        "vocab_size": 4096,
+    },
+    "small": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "vocab_size": 512,
+    },
+}
 #: LoRA on every projection of the blocks, as SFT recipes usually set it
-LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05,
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}  # fmt: skip
+LORA = {
+    "r": 16,
+    "alpha": 32.0,
+    "dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,12 +128,19 @@ def make_base(folder: Path, size: str) -> dict[str, Any]:
     fast = chat_tokenizer(SIZES[size]["vocab_size"], 2048)
     fast.save_pretrained(folder)
     torch.manual_seed(SEED)
-    ids = {"pad_token_id": fast.pad_token_id, "eos_token_id": fast.eos_token_id, "bos_token_id": fast.pad_token_id}  # fmt: skip
+    ids = {
+        "pad_token_id": fast.pad_token_id,
+        "eos_token_id": fast.eos_token_id,
+        "bos_token_id": fast.pad_token_id,
+    }
     config = LlamaConfig(**SIZES[size], max_position_embeddings=2048, tie_word_embeddings=False, **ids)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
-    return {"parameters": sum(p.numel() for p in model.parameters()), "tokenizer_tokens": len(fast),
-            "config": SIZES[size]}  # fmt: skip
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_tokens": len(fast),
+        "config": SIZES[size],
+    }
 
 
 def make_data(folder: Path, work: Path, rows: int, batch: int, max_length: int) -> dict[str, Any]:
@@ -135,13 +158,24 @@ def make_data(folder: Path, work: Path, rows: int, batch: int, max_length: int) 
         enc = encoding.encode_rows(part)
         np.savez(work / f"{name}.npz", labels=enc.y, **enc.x)
         lengths = enc.x["attention_mask"].sum(1)
-        out[name] = {"rows": len(enc.y), "tokens": int(lengths.sum()), "learnt_tokens": enc.tokens, "cut": enc.cut,
-                     "dropped": enc.dropped, "width": int(enc.y.shape[1]), "mean_length": round(float(lengths.mean()), 2),
-                     "max_length": int(lengths.max()), "min_length": int(lengths.min())}  # fmt: skip
+        out[name] = {
+            "rows": len(enc.y),
+            "tokens": int(lengths.sum()),
+            "learnt_tokens": enc.tokens,
+            "cut": enc.cut,
+            "dropped": enc.dropped,
+            "width": int(enc.y.shape[1]),
+            "mean_length": round(float(lengths.mean()), 2),
+            "max_length": int(lengths.max()),
+            "min_length": int(lengths.min()),
+        }
         if name == "train":
             rng = np.random.default_rng(SEED)
-            widths = [lengths[perm[i : i + batch]].max() for perm in (rng.permutation(len(lengths)) for _ in range(50))
-                      for i in range(0, len(lengths), batch)]  # fmt: skip
+            widths = [
+                lengths[perm[i : i + batch]].max()
+                for perm in (rng.permutation(len(lengths)) for _ in range(50))
+                for i in range(0, len(lengths), batch)
+            ]
             out[name]["mean_batch_longest"] = round(float(np.mean(widths)), 2)
     return out
 
@@ -198,10 +232,25 @@ def run_freestack(args: argparse.Namespace) -> dict[str, Any]:
     install_patch(args.patch)
     torch.manual_seed(SEED)
     model = add_causal_lora(load_causal_lm(folder), LORA)
-    net = CausalLMNet(model, base={"name": "bench", "folder": folder}, columns=ChatColumns(),
-                      max_length=args.max_length, peft=LORA)  # fmt: skip
-    config = TrainConfig(epochs=1, learning_rate=args.lr, batch_size=args.batch_size, weight_decay=0.0, patience=100,
-                         grad_clip=1.0, scheduler="cosine", warmup_epochs=0, seed=SEED, device=args.device)  # fmt: skip
+    net = CausalLMNet(
+        model,
+        base={"name": "bench", "folder": folder},
+        columns=ChatColumns(),
+        max_length=args.max_length,
+        peft=LORA,
+    )
+    config = TrainConfig(
+        epochs=1,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=0.0,
+        patience=100,
+        grad_clip=1.0,
+        scheduler="cosine",
+        warmup_epochs=0,
+        seed=SEED,
+        device=args.device,
+    )
     device = resolve_device(args.device)
     # what fit() does with arrays; the training split read through Clocked for the epoch's CPU seconds
     train = Clocked(InMemory(to_tensors(x, device), torch.tensor(y, device=device)))
@@ -209,10 +258,16 @@ def run_freestack(args: argparse.Namespace) -> dict[str, Any]:
     with profiled(args.profile, "freestack fit"):
         result = fit_source(net, train, val, config, task="generation")
     trainable, total = net.trainable_parameters()
-    return {"train_seconds": result.train_seconds, "cpu_seconds": train.cpu_seconds,
-            "steps": math.ceil(len(y) / args.batch_size),
-            "train_loss": result.history[-1]["train_loss"], "device": result.device,
-            "dtype": result.amp or "torch.float32", "trainable_parameters": trainable, "parameters": total}  # fmt: skip
+    return {
+        "train_seconds": result.train_seconds,
+        "cpu_seconds": train.cpu_seconds,
+        "steps": math.ceil(len(y) / args.batch_size),
+        "train_loss": result.history[-1]["train_loss"],
+        "device": result.device,
+        "dtype": result.amp or "torch.float32",
+        "trainable_parameters": trainable,
+        "parameters": total,
+    }
 
 
 def run_trl(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,8 +283,12 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     work, folder = Path(args.workdir), str(Path(args.workdir) / "base")
     x, y = load_split(work, "train")
     lengths = x["attention_mask"].sum(1)
-    dataset = Dataset.from_dict({"input_ids": [ids[:n].tolist() for ids, n in zip(x["input_ids"], lengths, strict=True)],
-                                 "labels": [lab[:n].tolist() for lab, n in zip(y, lengths, strict=True)]})  # fmt: skip
+    dataset = Dataset.from_dict(
+        {
+            "input_ids": [ids[:n].tolist() for ids, n in zip(x["input_ids"], lengths, strict=True)],
+            "labels": [lab[:n].tolist() for lab, n in zip(y, lengths, strict=True)],
+        }
+    )
     warm_up()
     cuda = args.device == "cuda"
 
@@ -247,26 +306,61 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             self.end, self.cpu_end = time.perf_counter(), time.process_time()
 
     config = SFTConfig(
-        output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="cosine", warmup_steps=0, max_grad_norm=1.0,
-        optim="adamw_torch_fused", bf16=cuda, fp16=False, use_cpu=not cuda, gradient_checkpointing=False,
-        max_length=args.max_length, packing=False, padding_free=False, dataset_kwargs={"skip_prepare_dataset": True},
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        seed=SEED, data_seed=SEED, dataloader_num_workers=0,
-    )  # fmt: skip
-    peft = LoraConfig(task_type=TaskType.CAUSAL_LM, r=LORA["r"], lora_alpha=LORA["alpha"],
-                      lora_dropout=LORA["dropout"], target_modules=LORA["target_modules"])  # fmt: skip
+        output_dir=str(work / "trl"),
+        num_train_epochs=1,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        weight_decay=0.0,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        optim="adamw_torch_fused",
+        bf16=cuda,
+        fp16=False,
+        use_cpu=not cuda,
+        gradient_checkpointing=False,
+        max_length=args.max_length,
+        packing=False,
+        padding_free=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=SEED,
+        data_seed=SEED,
+        dataloader_num_workers=0,
+    )
+    peft = LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"],
+    )
     clock = Clock()
-    trainer = SFTTrainer(model=folder, args=config, train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(folder),
-                         peft_config=peft, callbacks=[clock])  # fmt: skip
+    trainer = SFTTrainer(
+        model=folder,
+        args=config,
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(folder),
+        peft_config=peft,
+        callbacks=[clock],
+    )
     out = trainer.train()
     params = list(trainer.model.parameters())
     dtype = "torch.bfloat16" if cuda else str(next(p for p in params if p.requires_grad).dtype)
-    return {"train_seconds": clock.end - clock.start, "cpu_seconds": clock.cpu_end - clock.cpu_start,
-            "steps": out.global_step, "train_loss": out.training_loss,
-            "device": str(trainer.args.device), "dtype": dtype,
-            "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
-            "parameters": sum(p.numel() for p in params)}  # fmt: skip
+    return {
+        "train_seconds": clock.end - clock.start,
+        "cpu_seconds": clock.cpu_end - clock.cpu_start,
+        "steps": out.global_step,
+        "train_loss": out.training_loss,
+        "device": str(trainer.args.device),
+        "dtype": dtype,
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "parameters": sum(p.numel() for p in params),
+    }
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -276,8 +370,13 @@ def child_main(args: argparse.Namespace) -> None:
     out = (run_freestack if args.child == "freestack" else run_trl)(args)
     x, _ = load_split(Path(args.workdir), "train")
     tokens = int(x["attention_mask"].sum())
-    out.update(side=args.child, tokens=tokens, tokens_per_s=tokens / out["train_seconds"],
-               tokens_per_cpu_s=tokens / out["cpu_seconds"], threads=torch.get_num_threads())  # fmt: skip
+    out.update(
+        side=args.child,
+        tokens=tokens,
+        tokens_per_s=tokens / out["train_seconds"],
+        tokens_per_cpu_s=tokens / out["cpu_seconds"],
+        threads=torch.get_num_threads(),
+    )
     print(json.dumps(out), flush=True)
 
 
@@ -291,13 +390,31 @@ def _children_cpu_s() -> float:
 
 
 def measure(side: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    argv = ["--child", side, "--workdir", str(work), "--device", args.device, "--threads", str(args.threads),
-            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--lr", str(args.lr)]  # fmt: skip
+    argv = [
+        "--child",
+        side,
+        "--workdir",
+        str(work),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-length",
+        str(args.max_length),
+        "--lr",
+        str(args.lr),
+    ]
     if side == "freestack":
         argv += experiment_flags(args.profile, args.patch)
     busy0, child0, t0 = busy_cpu_s(), _children_cpu_s(), time.perf_counter()
-    sample = {"side": side, **run_child("bench.train.sft", argv, timeout=args.timeout,
-                                        echo_stderr=bool(args.profile or args.patch))}  # fmt: skip
+    sample = {
+        "side": side,
+        **run_child(
+            "bench.train.sft", argv, timeout=args.timeout, echo_stderr=bool(args.profile or args.patch)
+        ),
+    }
     if "error" in sample:
         raise RuntimeError(f"{side} failed: {sample['error']}\n{sample.get('stderr_tail', '')}")
     busy1, child1, elapsed = busy_cpu_s(), _children_cpu_s(), time.perf_counter() - t0
@@ -325,11 +442,19 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, Any]:
     fs_cpu, trl_cpu = med("freestack", "tokens_per_cpu_s"), med("trl", "tokens_per_cpu_s")
     busy = {f"{s['side']} #{s['repeat']}": s.get("others_busy_fraction") or 0 for s in samples}
     contended = [name for name, share in busy.items() if share > CONTENDED]
-    return {"freestack_tokens_per_s": round(fs, 1), "trl_tokens_per_s": round(trl, 1), "ratio": ratio,
-            "ratio_per_repeat": per_repeat, "target": TARGET, "met": ratio >= TARGET,
-            "freestack_tokens_per_cpu_s": round(fs_cpu, 1), "trl_tokens_per_cpu_s": round(trl_cpu, 1),
-            "ratio_cpu": round(fs_cpu / trl_cpu, 3), "contended_samples": contended,
-            "contended_rule": f"other processes kept more than {CONTENDED:.0%} of the cores busy during the run"}  # fmt: skip
+    return {
+        "freestack_tokens_per_s": round(fs, 1),
+        "trl_tokens_per_s": round(trl, 1),
+        "ratio": ratio,
+        "ratio_per_repeat": per_repeat,
+        "target": TARGET,
+        "met": ratio >= TARGET,
+        "freestack_tokens_per_cpu_s": round(fs_cpu, 1),
+        "trl_tokens_per_cpu_s": round(trl_cpu, 1),
+        "ratio_cpu": round(fs_cpu / trl_cpu, 3),
+        "contended_samples": contended,
+        "contended_rule": f"other processes kept more than {CONTENDED:.0%} of the cores busy during the run",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,23 +486,46 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(samples[-1]), flush=True)
     summary = summarise(samples)
     first = samples[0]
-    params = {"size": args.size, "model": f"LlamaForCausalLM, random weights, {base['parameters'] / 1e6:.1f}M parameters",
-              "parameters": base["parameters"], "trainable_parameters": first["trainable_parameters"],
-              "config": base["config"], "tokenizer_tokens": base["tokenizer_tokens"], "lora": LORA,
-              "rows": args.rows, "batch_size": args.batch_size, "steps": first["steps"], "max_length": args.max_length,
-              "padding": "right: TRL to the longest in each batch (its collator), freestack to the split's longest "
-                         "(encode_rows' arrays, as the train stage holds them)",
-              "learning_rate": args.lr, "optimizer": "AdamW (fused), weight decay 0, cosine, no warm-up, clip 1.0",
-              "device": args.device, "dtype": first["dtype"], "threads": args.threads, "repeats": args.repeats,
-              "data": data, "data_source": "include/demo/instructions.py instruction_pair, ChatML"}  # fmt: skip
+    params = {
+        "size": args.size,
+        "model": f"LlamaForCausalLM, random weights, {base['parameters'] / 1e6:.1f}M parameters",
+        "parameters": base["parameters"],
+        "trainable_parameters": first["trainable_parameters"],
+        "config": base["config"],
+        "tokenizer_tokens": base["tokenizer_tokens"],
+        "lora": LORA,
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "steps": first["steps"],
+        "max_length": args.max_length,
+        "padding": "right: TRL to the longest in each batch (its collator), freestack to the split's longest "
+        "(encode_rows' arrays, as the train stage holds them)",
+        "learning_rate": args.lr,
+        "optimizer": "AdamW (fused), weight decay 0, cosine, no warm-up, clip 1.0",
+        "device": args.device,
+        "dtype": first["dtype"],
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "data": data,
+        "data_source": "include/demo/instructions.py instruction_pair, ChatML",
+    }
     libs = {}
     for name in ("torch", "transformers", "peft", "trl", "datasets"):
         try:
             libs[name] = __import__(name).__version__
         except ImportError:
             pass
-    write_report({"name": "train_sft", "machine": {**host(), **libs}, "params": params, "samples": samples,
-                  "summary": summary, "targets": {"ratio_min": TARGET}}, args.out)  # fmt: skip
+    write_report(
+        {
+            "name": "train_sft",
+            "machine": {**host(), **libs},
+            "params": params,
+            "samples": samples,
+            "summary": summary,
+            "targets": {"ratio_min": TARGET},
+        },
+        args.out,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -74,8 +74,13 @@ def make_lake(work: Path, days: int, rows: int) -> None:
         ds = (START + timedelta(days=d)).isoformat()
         x = rng.normal(size=(rows, FEATURES))
         label = (x @ teacher + rng.normal(scale=0.5, size=(rows, CLASSES))).argmax(axis=1)
-        table = pa.table({"id": np.arange(d * rows, (d + 1) * rows), **{f"f{i:02d}": x[:, i] for i in range(FEATURES)},
-                          "label": label})  # fmt: skip
+        table = pa.table(
+            {
+                "id": np.arange(d * rows, (d + 1) * rows),
+                **{f"f{i:02d}": x[:, i] for i in range(FEATURES)},
+                "label": label,
+            }
+        )
         folder = work / "storage" / "landing" / "streambench" / ds
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, folder / "part.parquet")
@@ -89,24 +94,43 @@ def child(work: Path, mode: str, days: int, end_ds: str) -> dict[str, Any]:
     from freestack.train.core import TrainRequest, train
 
     spec = load_spec(work / "streambench.yaml")
-    req = TrainRequest(end_ds=end_ds, window_days=days, run_key=f"{mode}-{days}",
-                       overrides={"train": {"data": {"mode": mode}}})  # fmt: skip
+    req = TrainRequest(
+        end_ds=end_ds,
+        window_days=days,
+        run_key=f"{mode}-{days}",
+        overrides={"train": {"data": {"mode": mode}}},
+    )
     t0 = time.perf_counter()
     outcome = train(spec, req, tracking_settings=WandbSettings(mode="disabled"))
     wall = time.perf_counter() - t0
     lineage = json.loads((Path(outcome.version_uri.removeprefix("file://")) / "lineage.json").read_text())
     return {
-        "mode": mode, "days": days, "rows": lineage["data"]["rows"], "data": lineage["data"],
-        "samples_per_s": outcome.summary["samples_per_s"], "train_seconds": outcome.summary["train_seconds"],
-        "wall_s": wall, "test_accuracy": outcome.metrics["test_accuracy"], "peak_rss_mib": peak_rss_mib(),
-    }  # fmt: skip
+        "mode": mode,
+        "days": days,
+        "rows": lineage["data"]["rows"],
+        "data": lineage["data"],
+        "samples_per_s": outcome.summary["samples_per_s"],
+        "train_seconds": outcome.summary["train_seconds"],
+        "wall_s": wall,
+        "test_accuracy": outcome.metrics["test_accuracy"],
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def measure(work: Path, mode: str, days: int, end_ds: str, timeout: float | None) -> dict[str, Any]:
-    env = {**os.environ, "FREESTACK_STORAGE_ROOT": (work / "storage").as_uri(), "FREESTACK_SPOOL_DIR": str(work / "spool"),
-           "WANDB_MODE": "disabled", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}  # fmt: skip
-    got = run_child("bench.train.stream", ["--child", f"{mode}:{days}:{end_ds}", "--workdir", str(work)], env=env,
-                    timeout=timeout)  # fmt: skip
+    env = {
+        **os.environ,
+        "FREESTACK_STORAGE_ROOT": (work / "storage").as_uri(),
+        "FREESTACK_SPOOL_DIR": str(work / "spool"),
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+    }
+    got = run_child(
+        "bench.train.stream",
+        ["--child", f"{mode}:{days}:{end_ds}", "--workdir", str(work)],
+        env=env,
+        timeout=timeout,
+    )
     if "error" in got:
         raise RuntimeError(f"{mode} over {days} days failed ({got['error']}):\n{got.get('stderr_tail', '')}")
     return got
@@ -118,13 +142,20 @@ def summarise(runs: dict[str, dict[str, Any]], scale: int) -> dict[str, Any]:
     throughput = runs["stream_1x"]["samples_per_s"] / runs["memory_1x"]["samples_per_s"]
     memory_rss = runs[f"memory_{scale}x"]["peak_rss_mib"] / runs["memory_1x"]["peak_rss_mib"]
     return {
-        "peak_rss_ratio_stream": round(rss_ratio, 3), "peak_rss_ratio_memory": round(memory_rss, 3),
+        "peak_rss_ratio_stream": round(rss_ratio, 3),
+        "peak_rss_ratio_memory": round(memory_rss, 3),
         "throughput_ratio_stream_vs_memory": round(throughput, 3),
-        "throughput_ratio_stream_vs_memory_large": round(runs[big]["samples_per_s"] / runs[f"memory_{scale}x"]["samples_per_s"], 3),
-        "stream_peak_rss_mib": {k: round(v["peak_rss_mib"], 1) for k, v in runs.items() if k.startswith("stream")},
-        "memory_peak_rss_mib": {k: round(v["peak_rss_mib"], 1) for k, v in runs.items() if k.startswith("memory")},
+        "throughput_ratio_stream_vs_memory_large": round(
+            runs[big]["samples_per_s"] / runs[f"memory_{scale}x"]["samples_per_s"], 3
+        ),
+        "stream_peak_rss_mib": {
+            k: round(v["peak_rss_mib"], 1) for k, v in runs.items() if k.startswith("stream")
+        },
+        "memory_peak_rss_mib": {
+            k: round(v["peak_rss_mib"], 1) for k, v in runs.items() if k.startswith("memory")
+        },
         "checks": {"peak_rss_ratio_ok": rss_ratio <= 1.3, "throughput_ratio_ok": throughput >= 0.9},
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,17 +186,30 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("memory", "stream"):
             for label, days in (("1x", args.days), (f"{args.scale}x", total)):
                 runs[f"{mode}_{label}"] = measure(work, mode, days, end_ds, args.timeout)
-                print(f"{mode:6} {label:>4}: {runs[f'{mode}_{label}']['peak_rss_mib']:8.0f} MiB peak, "
-                      f"{runs[f'{mode}_{label}']['samples_per_s']:10,.0f} samples/s", flush=True)  # fmt: skip
+                print(
+                    f"{mode:6} {label:>4}: {runs[f'{mode}_{label}']['peak_rss_mib']:8.0f} MiB peak, "
+                    f"{runs[f'{mode}_{label}']['samples_per_s']:10,.0f} samples/s",
+                    flush=True,
+                )
     report = {
-        "name": "train_stream", "machine": host(),
-        "params": {"rows_per_day": args.rows_per_day, "days": args.days, "scale": args.scale, "epochs": args.epochs,
-                   "batch_size": args.batch_size, "features": FEATURES, "classes": CLASSES, "data_seed": SEED,
-                   "lake_seconds": round(lake_s, 1)},
+        "name": "train_stream",
+        "machine": host(),
+        "params": {
+            "rows_per_day": args.rows_per_day,
+            "days": args.days,
+            "scale": args.scale,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "features": FEATURES,
+            "classes": CLASSES,
+            "data_seed": SEED,
+            "lake_seconds": round(lake_s, 1),
+        },
         "baseline": "the same train stage with train.data.mode: memory (the window read whole into a DataFrame)",
-        "runs": runs, "summary": summarise(runs, args.scale),
+        "runs": runs,
+        "summary": summarise(runs, args.scale),
         "targets": {"peak_rss_ratio_stream_max": 1.3, "throughput_ratio_min": 0.9},
-    }  # fmt: skip
+    }
     path = write_report(report, args.out)
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {path}")

@@ -69,8 +69,14 @@ def _measure(browser, url: str, figures: int, repeats: int) -> dict:
         cold.append(first["s"])
         warm.append(second["s"])
         sizes.append((first["bytes"], second["bytes"]))
-    return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm), "cold_samples": cold,
-            "warm_samples": warm, "cold_bytes": sizes[0][0], "warm_bytes": sizes[0][1]}  # fmt: skip
+    return {
+        "cold_s": statistics.median(cold),
+        "warm_s": statistics.median(warm),
+        "cold_samples": cold,
+        "warm_samples": warm,
+        "cold_bytes": sizes[0][0],
+        "warm_bytes": sizes[0][1],
+    }
 
 
 def main() -> int:
@@ -96,9 +102,11 @@ def main() -> int:
         sweep_id = make_sweep(os.environ["FREESTACK_STORAGE_ROOT"], "digits", args.trials)
         url, server = _serve()
         ui = f"{url}/freestack/ui"
-        pages = {"versions page (1 chart)": (f"{ui}/models/digits", 1),
-                 "sweep page (4 charts)": (f"{ui}/sweeps/digits/{sweep_id}", 4),
-                 "baseline: models page (no chart)": (f"{ui}/models", 0)}  # fmt: skip
+        pages = {
+            "versions page (1 chart)": (f"{ui}/models/digits", 1),
+            "sweep page (4 charts)": (f"{ui}/sweeps/digits/{sweep_id}", 4),
+            "baseline: models page (no chart)": (f"{ui}/models", 0),
+        }
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
             for path, n in pages.values():  # the server's first requests (imports, the bundle gzipped once)
@@ -116,18 +124,39 @@ def _report(args, timings: dict) -> int:
     plain = timings["baseline: models page (no chart)"]
     print(f"{'page':<40} {'cold s':>8} {'warm s':>8} {'cold KiB':>9} {'warm KiB':>9}")
     for name, t in timings.items():
-        print(f"{name:<40} {t['cold_s']:8.3f} {t['warm_s']:8.3f} "
-              f"{t['cold_bytes'] / 1024:9.0f} {t['warm_bytes'] / 1024:9.0f}")
-    ratios = {f"{name.split(' ')[0]}_{kind}_vs_no_chart": t[f"{kind}_s"] / plain[f"{kind}_s"]
-              for name, t in timings.items() if t is not plain for kind in ("cold", "warm")}  # fmt: skip
+        print(
+            f"{name:<40} {t['cold_s']:8.3f} {t['warm_s']:8.3f} "
+            f"{t['cold_bytes'] / 1024:9.0f} {t['warm_bytes'] / 1024:9.0f}"
+        )
+    ratios = {
+        f"{name.split(' ')[0]}_{kind}_vs_no_chart": t[f"{kind}_s"] / plain[f"{kind}_s"]
+        for name, t in timings.items()
+        if t is not plain
+        for kind in ("cold", "warm")
+    }
     print(", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     worst = max(max(t["cold_s"], t["warm_s"]) for t in timings.values())
     met = worst <= LIMIT_S
-    print(f"slowest chart page {worst:.3f} s: {'meets' if met else 'MISSES'} the {LIMIT_S:.0f} s target "
-          f"(1-minute load average {args.load['start']:.1f} at the start, {args.load['end']:.1f} at the end)")
-    write_report({"name": "ui_charts", "host": host(), "versions": args.versions, "trials": args.trials,
-                  "repeats": args.repeats, "pages": timings, "ratios": ratios, "slowest_s": worst,
-                  "target_s": LIMIT_S, "met": met, "load_avg_1min": args.load}, args.out)  # fmt: skip
+    print(
+        f"slowest chart page {worst:.3f} s: {'meets' if met else 'MISSES'} the {LIMIT_S:.0f} s target "
+        f"(1-minute load average {args.load['start']:.1f} at the start, {args.load['end']:.1f} at the end)"
+    )
+    write_report(
+        {
+            "name": "ui_charts",
+            "host": host(),
+            "versions": args.versions,
+            "trials": args.trials,
+            "repeats": args.repeats,
+            "pages": timings,
+            "ratios": ratios,
+            "slowest_s": worst,
+            "target_s": LIMIT_S,
+            "met": met,
+            "load_avg_1min": args.load,
+        },
+        args.out,
+    )
     return 0 if met else 1
 
 

@@ -30,14 +30,24 @@ LIMIT_S = 1.0
 def _environment(base: Path) -> None:
     (base / "pipelines").mkdir(parents=True)
     shutil.copy(ROOT / "include" / "pipelines" / "digits.yaml", base / "pipelines" / "digits.yaml")
-    os.environ.update({
-        "AIRFLOW_HOME": str(base / "airflow"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__API_AUTH__JWT_SECRET": "bench-ui-" + "0" * 64,
-        "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(), "FREESTACK_PIPELINES_DIR": str(base / "pipelines"),
-    })  # fmt: skip
-    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ))  # fmt: skip
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(base / "airflow"),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "bench-ui-" + "0" * 64,
+            "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
+            "FREESTACK_PIPELINES_DIR": str(base / "pipelines"),
+        }
+    )
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
 
 
 def _baseline(storage: Path, sweep_id: str) -> dict[str, float]:
@@ -57,7 +67,9 @@ async def _time_pages(app, pages: list[str], repeats: int) -> dict[str, dict[str
     import httpx
 
     out = {}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as client:
         for path in pages:
             times = []
             for _ in range(1 + repeats):
@@ -65,7 +77,11 @@ async def _time_pages(app, pages: list[str], repeats: int) -> dict[str, dict[str
                 got = await client.get(path)
                 times.append(time.perf_counter() - t0)
                 assert got.status_code == 200, (path, got.status_code, got.text[:300])
-            out[path] = {"cold_s": times[0], "warm_s": statistics.median(times[1:]), "bytes": len(got.content)}
+            out[path] = {
+                "cold_s": times[0],
+                "warm_s": statistics.median(times[1:]),
+                "bytes": len(got.content),
+            }
     return out
 
 
@@ -83,14 +99,26 @@ def main() -> int:
         t0 = time.perf_counter()
         names = make_registry(os.environ["FREESTACK_STORAGE_ROOT"], "digits", args.versions)
         sweep_id = make_sweep(os.environ["FREESTACK_STORAGE_ROOT"], "digits", args.trials)
-        print(f"wrote {args.versions} versions and {args.trials} trials in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"wrote {args.versions} versions and {args.trials} trials in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
         baseline = _baseline(base / "storage", sweep_id)
         from airflow.api_fastapi.app import create_app
 
         ui = "/freestack/ui"
-        pages = [f"{ui}/models", f"{ui}/models/digits", f"{ui}/models/digits?pg=10", f"{ui}/models/digits/{names[-1]}",
-                 f"{ui}/sweeps", f"{ui}/sweeps/digits/{sweep_id}", f"{ui}/api/models/digits",
-                 f"{ui}/api/sweeps/digits/{sweep_id}", f"{ui}/deployments", f"{ui}/data"]  # fmt: skip
+        pages = [
+            f"{ui}/models",
+            f"{ui}/models/digits",
+            f"{ui}/models/digits?pg=10",
+            f"{ui}/models/digits/{names[-1]}",
+            f"{ui}/sweeps",
+            f"{ui}/sweeps/digits/{sweep_id}",
+            f"{ui}/api/models/digits",
+            f"{ui}/api/sweeps/digits/{sweep_id}",
+            f"{ui}/deployments",
+            f"{ui}/data",
+        ]
         timings = asyncio.run(_time_pages(create_app(), pages, args.repeats))
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -104,16 +132,35 @@ def _report(args, timings: dict, baseline: dict) -> int:
         print(f"{path:<66} {t['cold_s']:8.3f} {t['warm_s']:8.3f} {t['bytes'] / 1024:7.0f}")
     models_page = timings["/freestack/ui/models/digits"]
     sweep_page = next(t for p, t in timings.items() if p.startswith("/freestack/ui/sweeps/digits/"))
-    ratios = {"versions_page_cold_vs_plain_reads": models_page["cold_s"] / baseline["versions_s"],
-              "sweep_page_cold_vs_plain_reads": sweep_page["cold_s"] / baseline["trials_s"]}  # fmt: skip
-    print(f"plain reads: versions {baseline['versions_s']:.3f} s, trials {baseline['trials_s']:.3f} s; "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))  # fmt: skip
+    ratios = {
+        "versions_page_cold_vs_plain_reads": models_page["cold_s"] / baseline["versions_s"],
+        "sweep_page_cold_vs_plain_reads": sweep_page["cold_s"] / baseline["trials_s"],
+    }
+    print(
+        f"plain reads: versions {baseline['versions_s']:.3f} s, trials {baseline['trials_s']:.3f} s; "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+    )
     met = worst <= LIMIT_S
-    print(f"slowest page {worst:.3f} s at {args.versions} versions / {args.trials} trials: "
-          f"{'meets' if met else 'MISSES'} the {LIMIT_S:.0f} s target")  # fmt: skip
-    write_report({"name": "ui", "host": host(), "versions": args.versions, "trials": args.trials, "pages": timings,
-                  "baseline": baseline, "ratios": ratios, "slowest_s": worst, "target_s": LIMIT_S, "met": met,
-                  "peak_rss_mib": peak_rss_mib()}, args.out)  # fmt: skip
+    print(
+        f"slowest page {worst:.3f} s at {args.versions} versions / {args.trials} trials: "
+        f"{'meets' if met else 'MISSES'} the {LIMIT_S:.0f} s target"
+    )
+    write_report(
+        {
+            "name": "ui",
+            "host": host(),
+            "versions": args.versions,
+            "trials": args.trials,
+            "pages": timings,
+            "baseline": baseline,
+            "ratios": ratios,
+            "slowest_s": worst,
+            "target_s": LIMIT_S,
+            "met": met,
+            "peak_rss_mib": peak_rss_mib(),
+        },
+        args.out,
+    )
     return 0 if met else 1
 
 

@@ -21,24 +21,51 @@ def _commit(folder, files: dict[str, bytes], at: str) -> None:
     for rel, data in files.items():
         write_bytes(join(folder, rel), data)
     manifest = {rel: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for rel, d in files.items()}
-    marker = {"model": folder.parent.name, "version": folder.name, "registered_at": at, "source": None, "files": manifest}
+    marker = {
+        "model": folder.parent.name,
+        "version": folder.name,
+        "registered_at": at,
+        "source": None,
+        "files": manifest,
+    }
     write_bytes(join(folder, MARKER), json.dumps(marker).encode())
 
 
-def _version_files(model: str, version: str, k: int, rng: random.Random, partitions: list[dict]) -> dict[str, bytes]:
+def _version_files(
+    model: str, version: str, k: int, rng: random.Random, partitions: list[dict]
+) -> dict[str, bytes]:
     acc = 0.80 + 0.15 * rng.random()
     promoted = acc > 0.85
     lineage = {
-        "model": model, "version": version, "window": {"end_ds": partitions[-1]["ds"], "days": 30},
-        "partitions": partitions, "spec_hash": hashlib.sha256(b"spec").hexdigest(), "code_version": "0.1.0",
+        "model": model,
+        "version": version,
+        "window": {"end_ds": partitions[-1]["ds"], "days": 30},
+        "partitions": partitions,
+        "spec_hash": hashlib.sha256(b"spec").hexdigest(),
+        "code_version": "0.1.0",
         "airflow": {"dag_id": f"{model}_train", "run_id": f"scheduled__run-{k:05d}", "task_id": "train"},
-        "gate": {"promote": promoted, "decision": "promote" if promoted else "block", "metric": "accuracy",
-                 "reasons": [f"accuracy {acc:.4f} {'≥' if promoted else '<'} 0.8500 (threshold, higher is better)"]},
-    }  # fmt: skip
-    metrics = {"test_accuracy": acc, "test_macro_f1": acc - 0.01, "test_log_loss": 1 - acc, "best_val_accuracy": acc}
-    return {"config.json": b'{"freestack_model": "mlp"}', "model.safetensors": bytes(256),
-            "metrics.json": json.dumps(metrics).encode(), "lineage.json": json.dumps(lineage).encode(),
-            "README.md": f"---\nlibrary_name: pytorch\n---\n# {model} {version}\n\naccuracy {acc:.4f}\n".encode()}  # fmt: skip
+        "gate": {
+            "promote": promoted,
+            "decision": "promote" if promoted else "block",
+            "metric": "accuracy",
+            "reasons": [
+                f"accuracy {acc:.4f} {'≥' if promoted else '<'} 0.8500 (threshold, higher is better)"
+            ],
+        },
+    }
+    metrics = {
+        "test_accuracy": acc,
+        "test_macro_f1": acc - 0.01,
+        "test_log_loss": 1 - acc,
+        "best_val_accuracy": acc,
+    }
+    return {
+        "config.json": b'{"freestack_model": "mlp"}',
+        "model.safetensors": bytes(256),
+        "metrics.json": json.dumps(metrics).encode(),
+        "lineage.json": json.dumps(lineage).encode(),
+        "README.md": f"---\nlibrary_name: pytorch\n---\n# {model} {version}\n\naccuracy {acc:.4f}\n".encode(),
+    }
 
 
 def make_registry(root_uri: str, model: str, versions: int, seed: int = 0) -> list[str]:
@@ -53,29 +80,61 @@ def make_registry(root_uri: str, model: str, versions: int, seed: int = 0) -> li
     for k in range(versions):
         day = start + timedelta(days=k)
         version = f"v{day:%Y%m%d}-{k:08x}"
-        parts = [{"ds": (day - timedelta(days=d)).date().isoformat(), "sha256": hashlib.sha256(f"{k}-{d}".encode()).hexdigest()}
-                 for d in range(5, 0, -1)]  # fmt: skip
-        _commit(join(folder, version), _version_files(model, version, k, rng, parts), f"{day.isoformat()[:19]}Z")
+        parts = [
+            {
+                "ds": (day - timedelta(days=d)).date().isoformat(),
+                "sha256": hashlib.sha256(f"{k}-{d}".encode()).hexdigest(),
+            }
+            for d in range(5, 0, -1)
+        ]
+        _commit(
+            join(folder, version), _version_files(model, version, k, rng, parts), f"{day.isoformat()[:19]}Z"
+        )
         names.append(version)
-    history = [{"at": f"{start + timedelta(days=k)}", "action": "promote", "alias": "production", "version": v,
-                "from": names[k - 1] if k else None, "by": "gate"} for k, v in enumerate(names)]  # fmt: skip
-    aliases = {"production": names[-1], "previous": names[-2] if versions > 1 else None,
-               "staging": names[-3] if versions > 2 else None, "history": history}  # fmt: skip
+    history = [
+        {
+            "at": f"{start + timedelta(days=k)}",
+            "action": "promote",
+            "alias": "production",
+            "version": v,
+            "from": names[k - 1] if k else None,
+            "by": "gate",
+        }
+        for k, v in enumerate(names)
+    ]
+    aliases = {
+        "production": names[-1],
+        "previous": names[-2] if versions > 1 else None,
+        "staging": names[-3] if versions > 2 else None,
+        "history": history,
+    }
     write_bytes(join(folder, "aliases.json"), json.dumps({k: v for k, v in aliases.items() if v}).encode())
     return names
 
 
 def _trial(k: int, rng: random.Random, epochs: int) -> dict[str, Any]:
-    params = {"learning_rate": 10 ** rng.uniform(-4, -2), "batch_size": rng.choice([32, 64, 128]),
-              "model.dropout": rng.uniform(0, 0.5)}  # fmt: skip
+    params = {
+        "learning_rate": 10 ** rng.uniform(-4, -2),
+        "batch_size": rng.choice([32, 64, 128]),
+        "model.dropout": rng.uniform(0, 0.5),
+    }
     ceiling = 0.6 + 0.38 * rng.random()
     stopped = rng.random() < 0.3
     n = 3 if stopped else epochs
     history = [{"epoch": e + 1, "val_accuracy": ceiling * (1 - 0.7 ** (e + 1))} for e in range(n)]
     state = "failed" if rng.random() < 0.03 else "finished"
-    return {"id": f"t{k:04d}", "number": k, "params": params, "config": params, "state": state, "stopped": stopped,
-            "history": history if state == "finished" else history[:1], "summary": {"task": "classification"},
-            "lease": {"slot": f"demo_train/run/agent/{k % 2}"}, "error": "CUDA out of memory" if state == "failed" else None}  # fmt: skip
+    return {
+        "id": f"t{k:04d}",
+        "number": k,
+        "params": params,
+        "config": params,
+        "state": state,
+        "stopped": stopped,
+        "history": history if state == "finished" else history[:1],
+        "summary": {"task": "classification"},
+        "lease": {"slot": f"demo_train/run/agent/{k % 2}"},
+        "error": "CUDA out of memory" if state == "failed" else None,
+    }
 
 
 def make_sweep(root_uri: str, pipeline: str, trials: int, epochs: int = 10, seed: int = 0) -> str:
@@ -85,18 +144,44 @@ def make_sweep(root_uri: str, pipeline: str, trials: int, epochs: int = 10, seed
     rng = random.Random(seed)
     sweep_id = f"sweep-20240101-{seed:08x}"
     folder = join(to_path(root_uri), "runs", pipeline, sweep_id)
-    config = {"method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": trials,
-              "parameters": {p: {"values": [1]} for p in PARAMS}}  # fmt: skip
+    config = {
+        "method": "random",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "run_cap": trials,
+        "parameters": {p: {"values": [1]} for p in PARAMS},
+    }
     docs = [_trial(k, rng, epochs) for k in range(trials)]
     for d in docs:
         write_bytes(join(folder, "trials", d["id"], "trial.json"), json.dumps(d).encode())
-    best = max((d for d in docs if d["state"] == "finished"), key=lambda d: max(r["val_accuracy"] for r in d["history"]))
-    write_bytes(join(folder, "sweep.json"), json.dumps({
-        "id": sweep_id, "pipeline": pipeline, "config": config, "created_at": "2024-01-01T00:00:00+00:00",
-        "request": {"end_ds": "2024-01-01", "airflow": {"run_id": "manual__sweep"}}}).encode())  # fmt: skip
-    write_bytes(join(folder, "best.json"), json.dumps({
-        "sweep_id": sweep_id, "metric": "val_accuracy", "goal": "maximize", "trials": trials, "best_trial": best["id"],
-        "best_value": max(r["val_accuracy"] for r in best["history"])}).encode())  # fmt: skip
+    best = max(
+        (d for d in docs if d["state"] == "finished"),
+        key=lambda d: max(r["val_accuracy"] for r in d["history"]),
+    )
+    write_bytes(
+        join(folder, "sweep.json"),
+        json.dumps(
+            {
+                "id": sweep_id,
+                "pipeline": pipeline,
+                "config": config,
+                "created_at": "2024-01-01T00:00:00+00:00",
+                "request": {"end_ds": "2024-01-01", "airflow": {"run_id": "manual__sweep"}},
+            }
+        ).encode(),
+    )
+    write_bytes(
+        join(folder, "best.json"),
+        json.dumps(
+            {
+                "sweep_id": sweep_id,
+                "metric": "val_accuracy",
+                "goal": "maximize",
+                "trials": trials,
+                "best_trial": best["id"],
+                "best_value": max(r["val_accuracy"] for r in best["history"]),
+            }
+        ).encode(),
+    )
     return sweep_id
 
 

@@ -120,8 +120,13 @@ def main() -> None:
     ap.add_argument("--start", type=date.fromisoformat, default=date(2026, 11, 1))
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--rows", type=int, default=200)
-    ap.add_argument("--format", choices=FORMATS, default="pairs", dest="fmt",
-                    help="pairs: id, prompt, response; messages: id, messages (JSON chat messages)")  # fmt: skip
+    ap.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="pairs",
+        dest="fmt",
+        help="pairs: id, prompt, response; messages: id, messages (JSON chat messages)",
+    )
     ap.add_argument("--system", help="a system message first in each row's messages (--format messages)")
     args = ap.parse_args()
     if args.root is None:

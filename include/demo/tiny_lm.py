@@ -54,8 +54,9 @@ def tiny_causal_lm(
     model = AutoModelForCausalLM.from_config(_lm_config(family, tok))
     if pretrain_steps:
         _pretrain(model, tok, seed, pretrain_steps)
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                               do_sample=False, max_new_tokens=16)  # fmt: skip
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False, max_new_tokens=16
+    )
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -84,16 +85,29 @@ def chatml_tokenizer(text: list[str], *, vocab_size: int, model_max_length: int,
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
-                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([*text, *["system\nuser\nassistant\n"] * 100], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token=None, unk_token=None, model_max_length=model_max_length)  # fmt: skip
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        model_max_length=model_max_length,
+    )
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -103,14 +117,34 @@ def _lm_config(family: str, tok):
     from transformers import GPT2Config, LlamaConfig
 
     # the tokenizer has no bos token; as Qwen's configs do, the config names <|endoftext|> (the pad) as bos
-    ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.pad_token_id}  # fmt: skip
+    ids = {
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.pad_token_id,
+    }
     if family == "llama":
-        return LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                           tie_word_embeddings=True, **ids)  # fmt: skip
+        return LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **ids,
+        )
     if family == "gpt2":
-        return GPT2Config(vocab_size=len(tok), n_embd=64, n_inner=128, n_layer=2, n_head=4, n_positions=128,
-                          tie_word_embeddings=True, **ids)  # fmt: skip
+        return GPT2Config(
+            vocab_size=len(tok),
+            n_embd=64,
+            n_inner=128,
+            n_layer=2,
+            n_head=4,
+            n_positions=128,
+            tie_word_embeddings=True,
+            **ids,
+        )
     raise ValueError(f"family must be 'llama' or 'gpt2', not {family!r}")
 
 

@@ -35,7 +35,9 @@ from freestack.spec import PipelineSpec, discover_specs, load_spec, pipeline_dag
 def _combined(errors: list[SpecError]) -> SpecError:
     if len(errors) == 1:
         return errors[0]
-    return SpecError(f"{len(errors)} pipeline specs are invalid", None, "\n" + "\n".join(str(e) for e in errors))
+    return SpecError(
+        f"{len(errors)} pipeline specs are invalid", None, "\n" + "\n".join(str(e) for e in errors)
+    )
 
 
 def raise_spec_errors(directory: str | Path | None = None) -> None:
@@ -80,7 +82,8 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     policy = spec.source.policy
     with DAG(
         dag_id=f"{spec.name}_ingest",
-        description=f"Ingest landing files of {spec.name} into the lake" + (f": {spec.description}" if spec.description else ""),
+        description=f"Ingest landing files of {spec.name} into the lake"
+        + (f": {spec.description}" if spec.description else ""),
         schedule=_schedule(spec.schedule),
         catchup=spec.catchup,
         max_active_runs=spec.max_active_runs,
@@ -135,57 +138,122 @@ def train_params(spec: PipelineSpec) -> dict[str, Param]:
     if sweep is None:
         sweep_text = "This spec has no sweep: block, so this must stay off (add one to sweep)"
     else:
-        sweep_text = (f"Run the spec's {sweep.method} hyperparameter sweep ({sweep.run_cap or 'grid'} trials, W&B sweep "
-                      "semantics) instead of one training; the best trial becomes the candidate")
+        sweep_text = (
+            f"Run the spec's {sweep.method} hyperparameter sweep ({sweep.run_cap or 'grid'} trials, W&B sweep "
+            "semantics) instead of one training; the best trial becomes the candidate"
+        )
     agents = min(2, sweep.run_cap) if sweep is not None and sweep.run_cap else 2
     return {
-        "end_ds": form_field(None, type=["null", "string"], format="date", title="Train up to (day)",
-                        description="The last lake partition (YYYY-MM-DD) in the window. Empty: the newest landed "
-                                    "partition once the pipeline's running ingest runs finished (the `window` "
-                                    "task's XCom and the run's note show the day chosen)"),
-        "window_days": form_field(t.window_days, type="integer", minimum=1, maximum=3660, title="Window (days)",
-                             description=f"Days of lake partitions up to that day to train on (spec: train.window_days = {t.window_days})"),
-        "epochs": form_field(t.epochs, type="integer", minimum=1, maximum=10_000, title="Epochs",
-                        description=f"The most epochs; early stopping after {t.patience} epochs without a better "
-                                    f"validation score may end sooner (spec: train.epochs = {t.epochs})"),
-        "learning_rate": form_field(t.learning_rate, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate",
-                               description=f"AdamW's peak learning rate, {t.scheduler} schedule (spec: train.learning_rate = {t.learning_rate:g})"),
-        "batch_size": form_field(t.batch_size, type="integer", minimum=1, maximum=1_000_000, title="Batch size",
-                            description=f"Rows per optimisation step (spec: train.batch_size = {t.batch_size})"),
-        "sweep": form_field(sweep is not None, type="boolean", title="Hyperparameter sweep", description=sweep_text),
-        "sweep_agents": form_field(agents, type="integer", minimum=1, maximum=64, title="Sweep agents",
-                              description=f"Agents training trials side by side (mapped tasks in the {POOL} pool, "
-                                          "which caps how many run at once); ignored without a sweep"),
-    }  # fmt: skip
+        "end_ds": form_field(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Train up to (day)",
+            description="The last lake partition (YYYY-MM-DD) in the window. Empty: the newest landed "
+            "partition once the pipeline's running ingest runs finished (the `window` "
+            "task's XCom and the run's note show the day chosen)",
+        ),
+        "window_days": form_field(
+            t.window_days,
+            type="integer",
+            minimum=1,
+            maximum=3660,
+            title="Window (days)",
+            description=f"Days of lake partitions up to that day to train on (spec: train.window_days = {t.window_days})",
+        ),
+        "epochs": form_field(
+            t.epochs,
+            type="integer",
+            minimum=1,
+            maximum=10_000,
+            title="Epochs",
+            description=f"The most epochs; early stopping after {t.patience} epochs without a better "
+            f"validation score may end sooner (spec: train.epochs = {t.epochs})",
+        ),
+        "learning_rate": form_field(
+            t.learning_rate,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=10,
+            title="Learning rate",
+            description=f"AdamW's peak learning rate, {t.scheduler} schedule (spec: train.learning_rate = {t.learning_rate:g})",
+        ),
+        "batch_size": form_field(
+            t.batch_size,
+            type="integer",
+            minimum=1,
+            maximum=1_000_000,
+            title="Batch size",
+            description=f"Rows per optimisation step (spec: train.batch_size = {t.batch_size})",
+        ),
+        "sweep": form_field(
+            sweep is not None, type="boolean", title="Hyperparameter sweep", description=sweep_text
+        ),
+        "sweep_agents": form_field(
+            agents,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Sweep agents",
+            description=f"Agents training trials side by side (mapped tasks in the {POOL} pool, "
+            "which caps how many run at once); ignored without a sweep",
+        ),
+    }
 
 
 def rollback_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_rollback``."""
     return {
-        "version": form_field("previous", type="string", minLength=1, examples=["previous"], title="Version to serve",
-                         description=f"'previous' (the {spec.model_name} version before production when the move "
-                                     "runs) or a registered version name (`freestack models list`)"),
-        "expect_production": form_field(None, type=["null", "string"], title="Production now",
-                         description="The version production is as you ask (the Models page and `freestack models "
-                                     "rollback` fill it): if another move lands first, this run fails naming it and "
-                                     "changes nothing. Empty: move from whatever production is when the task runs"),
-    }  # fmt: skip
+        "version": form_field(
+            "previous",
+            type="string",
+            minLength=1,
+            examples=["previous"],
+            title="Version to serve",
+            description=f"'previous' (the {spec.model_name} version before production when the move "
+            "runs) or a registered version name (`freestack models list`)",
+        ),
+        "expect_production": form_field(
+            None,
+            type=["null", "string"],
+            title="Production now",
+            description="The version production is as you ask (the Models page and `freestack models "
+            "rollback` fill it): if another move lands first, this run fails naming it and "
+            "changes nothing. Empty: move from whatever production is when the task runs",
+        ),
+    }
 
 
 def promote_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_promote``."""
     return {
-        "version": form_field("latest", type="string", minLength=1, title="Version",
-                         description=f"A registered {spec.model_name} version (`freestack models list`), an alias, or "
-                                     "latest (the newest version)"),
-        "alias": form_field(spec.deploy.alias, type="string", enum=["production", "staging"], title="Alias",
-                       description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)"),
-        "reason": form_field("", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"),
-        "expect": form_field(None, type=["null", "string"], title="Alias now",
-                        description="The version the alias points at as you ask (the Models page and `freestack "
-                                    "models promote` fill it): if another move lands first, this run fails naming it "
-                                    "and changes nothing. Empty: move it from whatever it is when the task runs"),
-    }  # fmt: skip
+        "version": form_field(
+            "latest",
+            type="string",
+            minLength=1,
+            title="Version",
+            description=f"A registered {spec.model_name} version (`freestack models list`), an alias, or "
+            "latest (the newest version)",
+        ),
+        "alias": form_field(
+            spec.deploy.alias,
+            type="string",
+            enum=["production", "staging"],
+            title="Alias",
+            description=f"The alias to point at it; moving {spec.deploy.alias} redeploys (previous <- the old one)",
+        ),
+        "reason": form_field(
+            "", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"
+        ),
+        "expect": form_field(
+            None,
+            type=["null", "string"],
+            title="Alias now",
+            description="The version the alias points at as you ask (the Models page and `freestack "
+            "models promote` fill it): if another move lands first, this run fails naming it "
+            "and changes nothing. Empty: move it from whatever it is when the task runs",
+        ),
+    }
 
 
 def training_tasks(spec: PipelineSpec, spec_path: str):
@@ -202,26 +270,42 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
     # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
     on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
-    choose = ChooseTrainingOperator(task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep).")
+    choose = ChooseTrainingOperator(
+        task_id="choose", spec_path=spec_path, doc_md="One training, or the sweep (Params: sweep)."
+    )
     d = spec.train.distributed
     nodes = d.nodes if d.launcher == "local" else 1
     gang = {"pool": d.pool} if d.pool and nodes > 1 else {}  # a slot per node, taken at once
     host = {"queue": d.host_queue} if d.host_queue and nodes > 1 else {}  # node 0 where the rendezvous is
-    single = TrainOperator(task_id="train", spec_path=spec_path, doc_md="Train once; the W&B run is an extra link.",
-                           **{**on_queue, **host}, **gang)  # fmt: skip
-    create = CreateSweepOperator(task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run.")
+    single = TrainOperator(
+        task_id="train",
+        spec_path=spec_path,
+        doc_md="Train once; the W&B run is an extra link.",
+        **{**on_queue, **host},
+        **gang,
+    )
+    create = CreateSweepOperator(
+        task_id="create_sweep", spec_path=spec_path, doc_md="Create the sweep (W&B config) once per run."
+    )
     agents = SweepAgentOperator.partial(
-        task_id="agent", spec_path=spec_path, pool=POOL,
-        doc_md="Lease trials, train them, report epochs, stop when hyperband says so.", **on_queue,
+        task_id="agent",
+        spec_path=spec_path,
+        pool=POOL,
+        doc_md="Lease trials, train them, report epochs, stop when hyperband says so.",
+        **on_queue,
     ).expand_kwargs(create.output)
     best = SelectBestOperator(
-        task_id="select_best", spec_path=spec_path,
+        task_id="select_best",
+        spec_path=spec_path,
         trigger_rule="all_done_min_one_success",  # select among finished trials even if an agent failed
         doc_md="Trial table (CSV/JSON/W&B), metric-vs-parameter plot, the best model as a version.",
     )
     window = WindowSensor(
-        task_id="window", spec_path=spec_path, wait_minutes=spec.train.ingest_wait_minutes,
-        poke_interval=spec.train.ingest_poke_seconds, inlets=[lake_asset(spec.name)],
+        task_id="window",
+        spec_path=spec_path,
+        wait_minutes=spec.train.ingest_wait_minutes,
+        poke_interval=spec.train.ingest_poke_seconds,
+        inlets=[lake_asset(spec.name)],
         doc_md="Wait for running ingest runs, then fix the partitions (ds, sha256) every training of this run reads.",
     )
     window >> choose
@@ -229,12 +313,16 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     create >> agents >> best
     if nodes > 1:  # the other nodes' ranks: a gang, all at once (docs/operating/distributed.md)
         others = TrainOperator.partial(
-            task_id="train_node", spec_path=spec_path, max_active_tis_per_dagrun=nodes - 1,
-            doc_md="The ranks of node 1.. of a multi-node training; they meet train's at the rendezvous.", **on_queue, **gang,
+            task_id="train_node",
+            spec_path=spec_path,
+            max_active_tis_per_dagrun=nodes - 1,
+            doc_md="The ranks of node 1.. of a multi-node training; they meet train's at the rendezvous.",
+            **on_queue,
+            **gang,
         ).expand(node_rank=list(range(1, nodes)))
         choose >> others
         return [single, others, best]
-    return [single, best]  # fmt: skip
+    return [single, best]
 
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
@@ -244,18 +332,20 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
     from freestack.serving.spec import MOVE_PRIORITY
 
     evaluate = EvaluateOperator(
-        task_id="evaluate", spec_path=spec_path,
+        task_id="evaluate",
+        spec_path=spec_path,
         trigger_rule="none_failed_min_one_success",  # after train or after select_best
         doc_md="Candidate and production scored on the same held-out test split; HTML report.",
-    )  # fmt: skip
+    )
     gate = GateOperator(
-        task_id="gate", spec_path=spec_path,
+        task_id="gate",
+        spec_path=spec_path,
         doc_md=(
             "The spec's gate decides promote or block, with reasons; the candidate is committed as an "
             "immutable version with its model card and that decision (blocked ones too); then on to "
             "`promote`, `approve` first, or `blocked`."
         ),
-    )  # fmt: skip
+    )
     approve = ApprovalOperator(
         task_id="approve",
         subject=f"Promote a new {spec.model_name} version to production?",
@@ -268,14 +358,16 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
         doc_md="A human approves the promotion (the spec's gate says approval: required).",
     )
     promote = PromoteOperator(
-        task_id="promote", spec_path=spec_path,
+        task_id="promote",
+        spec_path=spec_path,
         trigger_rule="none_failed_min_one_success",  # straight from the gate, or after approve
         doc_md="Move production (and previous) to the new version; if production moved since `evaluate`, "
-               "first decide again against the new production on the same test rows.",
+        "first decide again against the new production on the same test rows.",
         **serialised(spec, MOVE_PRIORITY),
-    )  # fmt: skip
+    )
     blocked = BlockedOperator(
-        task_id="blocked", doc_md="The gate blocked the candidate: its log lists why; production is unchanged."
+        task_id="blocked",
+        doc_md="The gate blocked the candidate: its log lists why; production is unchanged.",
     )
     evaluate >> gate >> [approve, promote, blocked]
     approve >> promote
@@ -291,7 +383,9 @@ def serialised(spec: PipelineSpec, priority: int) -> dict[str, Any]:
     return {"pool": deploy_pool(spec.model_name), "priority_weight": priority, "weight_rule": "absolute"}
 
 
-def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, moved_alias: str | None = None):
+def deploy_task(
+    spec: PipelineSpec, spec_path: str, doc_md: str | None = None, moved_alias: str | None = None
+):
     from freestack.serving.operators import DeployOperator
     from freestack.serving.spec import DEPLOY_PRIORITY
 
@@ -300,9 +394,13 @@ def deploy_task(spec: PipelineSpec, spec_path: str, doc_md: str | None = None, m
         if spec.deploy.target == "local"
         else "a SeldonDeployment on Kubernetes, waited on until Available."
     )
-    return DeployOperator(task_id="deploy", spec_path=spec_path, moved_alias=moved_alias,
-                          doc_md=doc_md or f"Serve production with Seldon Core: {how}",
-                          **serialised(spec, DEPLOY_PRIORITY))  # fmt: skip
+    return DeployOperator(
+        task_id="deploy",
+        spec_path=spec_path,
+        moved_alias=moved_alias,
+        doc_md=doc_md or f"Serve production with Seldon Core: {how}",
+        **serialised(spec, DEPLOY_PRIORITY),
+    )
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
@@ -341,32 +439,49 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 # <p>_rollback and <p>_promote: manual DAGs
 
 
-def _manual(spec: PipelineSpec, kind: str, params: dict[str, Param], description: str, doc_md: str) -> dict[str, Any]:
+def _manual(
+    spec: PipelineSpec, kind: str, params: dict[str, Param], description: str, doc_md: str
+) -> dict[str, Any]:
     """What the manual DAGs share: no schedule, one run at a time, unpaused (they never run by themselves)."""
-    return {"dag_id": f"{spec.name}_{kind}", "description": description, "schedule": None, "catchup": False,
-            "max_active_runs": 1, "is_paused_upon_creation": False, "params": params, "doc_md": doc_md,
-            **_common(spec, kind)}  # fmt: skip
+    return {
+        "dag_id": f"{spec.name}_{kind}",
+        "description": description,
+        "schedule": None,
+        "catchup": False,
+        "max_active_runs": 1,
+        "is_paused_upon_creation": False,
+        "params": params,
+        "doc_md": doc_md,
+        **_common(spec, kind),
+    }
 
 
 def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import RollbackOperator
     from freestack.serving.spec import MOVE_PRIORITY
 
-    with DAG(**_manual(
-        spec, "rollback", rollback_params(spec),
-        f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
-        f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
-        "in the form (default `previous`) and redeploys it the way `deploy` does "
-        f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
-        "smoke test. With `expect_production` (what production was when you asked), it moves only while "
-        f"production still is that version, else fails naming the move that came first. Spec: `{spec_path}`.",
-    )) as dag:  # fmt: skip
+    with DAG(
+        **_manual(
+            spec,
+            "rollback",
+            rollback_params(spec),
+            f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
+            f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
+            "in the form (default `previous`) and redeploys it the way `deploy` does "
+            f"(target `{spec.deploy.target}`): the old server keeps serving until the new one passed its "
+            "smoke test. With `expect_production` (what production was when you asked), it moves only while "
+            f"production still is that version, else fails naming the move that came first. Spec: `{spec_path}`.",
+        )
+    ) as dag:
         move = RollbackOperator(
-            task_id="move_production", spec_path=spec_path, version="{{ params.version }}",
+            task_id="move_production",
+            spec_path=spec_path,
+            version="{{ params.version }}",
             expect_production="{{ params.expect_production or '' }}",
             doc_md="production <- the chosen version (previous <- the current one), only while production is "
-                   "still `expect_production` when the form names it.", **serialised(spec, MOVE_PRIORITY),
-        )  # fmt: skip
+            "still `expect_production` when the form names it.",
+            **serialised(spec, MOVE_PRIORITY),
+        )
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production.")
     return dag
 
@@ -375,23 +490,35 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     from freestack.registry.operators import MoveAliasOperator
     from freestack.serving.spec import MOVE_PRIORITY
 
-    with DAG(**_manual(
-        spec, "promote", promote_params(spec),
-        f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
-        f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
-        f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
-        f"`{spec.deploy.alias}` redeploys it the way `deploy` does (target `{spec.deploy.target}`), and "
-        f"`previous` keeps the version it replaced; `staging` only moves. Spec: `{spec_path}`.",
-    )) as dag:  # fmt: skip
+    with DAG(
+        **_manual(
+            spec,
+            "promote",
+            promote_params(spec),
+            f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
+            f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
+            f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
+            f"`{spec.deploy.alias}` redeploys it the way `deploy` does (target `{spec.deploy.target}`), and "
+            f"`previous` keeps the version it replaced; `staging` only moves. Spec: `{spec_path}`.",
+        )
+    ) as dag:
         move = MoveAliasOperator(
-            task_id="move_alias", spec_path=spec_path, version="{{ params.version }}", alias="{{ params.alias }}",
-            reason="{{ params.reason }}", expect="{{ params.expect or '' }}",
+            task_id="move_alias",
+            spec_path=spec_path,
+            version="{{ params.version }}",
+            alias="{{ params.alias }}",
+            reason="{{ params.reason }}",
+            expect="{{ params.expect or '' }}",
             doc_md="The alias <- the chosen version (who triggered it is recorded), only while the alias is still "
-                   "`expect` when the form names it.",
+            "`expect` when the form names it.",
             **serialised(spec, MOVE_PRIORITY),
-        )  # fmt: skip
-        move >> deploy_task(spec, spec_path, doc_md="Serve the new production (skipped when another alias moved).",
-                            moved_alias="{{ params.alias }}")  # fmt: skip
+        )
+        move >> deploy_task(
+            spec,
+            spec_path,
+            doc_md="Serve the new production (skipped when another alias moved).",
+            moved_alias="{{ params.alias }}",
+        )
     return dag
 
 
@@ -424,12 +551,23 @@ def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         ),
         **_common(spec, "monitor"),
     ) as dag:
-        judge = MonitorOperator(task_id="monitor", spec_path=spec_path, outlets=[monitoring_asset(spec.name)],
-                                doc_md="The interval's report (HTML), summary.json and W&B figures.")  # fmt: skip
-        alert = AlertOperator(task_id="alert", spec_path=spec_path,
-                              doc_md="The spec's notifiers get every drifted column: feature, statistic, threshold, report.")  # fmt: skip
-        retrain = RetrainOperator(task_id="retrain", spec_path=spec_path, outlets=[drift_asset(spec.name)],
-                                  doc_md=f"The drift asset: {spec.name}_train retrains on the latest window.")  # fmt: skip
+        judge = MonitorOperator(
+            task_id="monitor",
+            spec_path=spec_path,
+            outlets=[monitoring_asset(spec.name)],
+            doc_md="The interval's report (HTML), summary.json and W&B figures.",
+        )
+        alert = AlertOperator(
+            task_id="alert",
+            spec_path=spec_path,
+            doc_md="The spec's notifiers get every drifted column: feature, statistic, threshold, report.",
+        )
+        retrain = RetrainOperator(
+            task_id="retrain",
+            spec_path=spec_path,
+            outlets=[drift_asset(spec.name)],
+            doc_md=f"The drift asset: {spec.name}_train retrains on the latest window.",
+        )
         judge >> [alert, retrain]
     return dag
 
@@ -458,13 +596,18 @@ def score_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         ),
         **_common(spec, "score"),
     ) as dag:
-        plan = PlanScoreOperator(task_id="plan", spec_path=spec_path,
-                                 doc_md="The version (resolved once) and the days with input; skipped when none has any.")  # fmt: skip
+        plan = PlanScoreOperator(
+            task_id="plan",
+            spec_path=spec_path,
+            doc_md="The version (resolved once) and the days with input; skipped when none has any.",
+        )
         ScoreOperator.partial(
-            task_id="score", spec_path=spec_path, outlets=[scores_asset(spec.name)],
+            task_id="score",
+            spec_path=spec_path,
+            outlets=[scores_asset(spec.name)],
             doc_md="One day's scores: key, prediction, probabilities, version, scored_at; published whole.",
             **({"queue": sc.queue} if sc.queue else {}),
-        ).expand(job=plan.output)  # fmt: skip
+        ).expand(job=plan.output)
     return dag
 
 
@@ -472,8 +615,14 @@ def score_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 # every pipeline
 
 #: the builder of each kind of DAG; which kinds a spec gets is :func:`freestack.spec.pipeline_dags`
-_BUILDERS = {"ingest": ingest_dag, "train": train_dag, "rollback": rollback_dag, "promote": promote_dag,
-             "monitor": monitor_dag, "score": score_dag}  # fmt: skip
+_BUILDERS = {
+    "ingest": ingest_dag,
+    "train": train_dag,
+    "rollback": rollback_dag,
+    "promote": promote_dag,
+    "monitor": monitor_dag,
+    "score": score_dag,
+}
 
 
 def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
@@ -518,7 +667,11 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
     for stem, spec in discover_specs(folder).items():
         if isinstance(spec, SpecError):
             continue  # dags/freestack_spec_errors.py reports it; the other pipelines stay live
-        path = str(folder / f"{stem}.yaml") if (folder / f"{stem}.yaml").exists() else str(folder / f"{stem}.yml")
+        path = (
+            str(folder / f"{stem}.yaml")
+            if (folder / f"{stem}.yaml").exists()
+            else str(folder / f"{stem}.yml")
+        )
         for _, kind, _ in pipeline_dags(spec):
             dag = _BUILDERS[kind](spec, path)
             namespace[dag.dag_id] = dag
@@ -527,6 +680,15 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
 
 
 __all__ = [
-    "build_all", "raise_spec_errors", "ingest_dag", "monitor_dag", "promote_dag", "score_dag", "promote_params", "rollback_dag", "rollback_params",
-    "train_dag", "train_params",
-]  # fmt: skip
+    "build_all",
+    "raise_spec_errors",
+    "ingest_dag",
+    "monitor_dag",
+    "promote_dag",
+    "score_dag",
+    "promote_params",
+    "rollback_dag",
+    "rollback_params",
+    "train_dag",
+    "train_params",
+]

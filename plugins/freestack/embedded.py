@@ -111,8 +111,12 @@ def airflow_env() -> dict[str, str]:
     }
     # W&B (the scheduler starts the tasks' shared wandb-core service) writes inside the project
     wandb_home = project_home() / ".freestack" / "wandb"
-    for key, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"),
-                     ("WANDB_CONFIG_DIR", "config")):  # fmt: skip
+    for key, sub in (
+        ("WANDB_DIR", ""),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+    ):
         defaults[key] = str(wandb_home / sub) if sub else str(wandb_home)
     # SQLite metadata (the default): writers wait for the lock instead of failing after 5 s
     defaults.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
@@ -194,8 +198,12 @@ def record_stack(env: dict[str, str], pid: int) -> None:
     there, whichever port it was started on, until it stops."""
     import psutil
 
-    record = {"url": env["AIRFLOW__API__BASE_URL"], "port": int(env["AIRFLOW__API__PORT"]), "pid": pid,
-              "started": psutil.Process(pid).create_time()}  # fmt: skip
+    record = {
+        "url": env["AIRFLOW__API__BASE_URL"],
+        "port": int(env["AIRFLOW__API__PORT"]),
+        "pid": pid,
+        "started": psutil.Process(pid).create_time(),
+    }
     path = stack_record(Path(env["AIRFLOW_HOME"]))
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(record))
@@ -334,8 +342,14 @@ class AirflowAPI:
         def made(token: str) -> dict[str, Any] | None:
             query = urlencode({"dag_id": body["dag_id"], "order_by": "-id", "limit": 10})
             found = self._send("GET", f"/backfills?{query}", None, token).get("backfills", [])
-            return next((b for b in found if _ts(b["created_at"]) >= since
-                         and (_ts(b["from_date"]), _ts(b["to_date"])) == days), None)  # fmt: skip
+            return next(
+                (
+                    b
+                    for b in found
+                    if _ts(b["created_at"]) >= since and (_ts(b["from_date"]), _ts(b["to_date"])) == days
+                ),
+                None,
+            )
 
         return self._post_once("/backfills", body, made)
 
@@ -358,10 +372,12 @@ class AirflowAPI:
 
         t0, most = time.monotonic(), tries or TIMEOUT_TRIES
         retrying = Retrying(
-            retry=retry_if_exception(timed_out), stop=stop_after_attempt(most), reraise=True,
+            retry=retry_if_exception(timed_out),
+            stop=stop_after_attempt(most),
+            reraise=True,
             wait=wait_exponential(multiplier=TIMEOUT_PAUSE_S, max=TIMEOUT_PAUSE_MAX_S),
             before_sleep=lambda state: self.notice(self._slow_line(what, state.next_action.sleep)),
-        )  # fmt: skip
+        )
         try:
             return retrying(send)
         except OSError as exc:
@@ -370,15 +386,19 @@ class AirflowAPI:
             raise AirflowTimeout(self._timeout_line(what, most, time.monotonic() - t0)) from None
 
     def _slow_line(self, what: str, pause: float) -> str:
-        return (f"Airflow at {self.url} has not answered {what} in {API_TIMEOUT_S:g} s (a busy machine "
-                f"answers late): asking again in {pause:.0f} s; the pipeline keeps running meanwhile, "
-                f"follow it at {self.follow}")  # fmt: skip
+        return (
+            f"Airflow at {self.url} has not answered {what} in {API_TIMEOUT_S:g} s (a busy machine "
+            f"answers late): asking again in {pause:.0f} s; the pipeline keeps running meanwhile, "
+            f"follow it at {self.follow}"
+        )
 
     def _timeout_line(self, what: str, tries: int, seconds: float) -> str:
         sent = "once: it may have been done" if tries == 1 else f"{tries} times over {seconds:.0f} s"
-        return (f"Airflow at {self.url} left {what} unanswered ({API_TIMEOUT_S:g} s each try), sent {sent}; "
-                f"the pipeline keeps running in Airflow: follow it at {self.follow}, and run this command "
-                "again once the machine is less busy")  # fmt: skip
+        return (
+            f"Airflow at {self.url} left {what} unanswered ({API_TIMEOUT_S:g} s each try), sent {sent}; "
+            f"the pipeline keeps running in Airflow: follow it at {self.follow}, and run this command "
+            "again once the machine is less busy"
+        )
 
     def _token_now(self) -> str:
         if self._token is None:
@@ -393,8 +413,12 @@ class AirflowAPI:
 
     def _request(self, method: str, path: str, body: dict | None, headers: dict[str, str]) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json", **headers})  # fmt: skip
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **headers},
+        )
         with urllib.request.urlopen(req, timeout=API_TIMEOUT_S) as r:
             return json.loads(r.read().decode())
 
@@ -404,8 +428,25 @@ def _ts(text: str) -> float:
 
 
 __all__ = [
-    "API_TIMEOUT_S", "AirflowAPI", "AirflowTimeout", "BUSY_TIMEOUT_S", "DEFAULT_PORT", "SQLITE_CONNECT_ARGS",
-    "SQLITE_CONNECT_ARGS_ASYNC", "airflow_env", "ensure_migrated", "forget_stack", "healthy", "record_stack",
-    "recorded_stack", "settings_for", "stack_address", "stack_record", "standalone_env", "standalone_files",
-    "start_standalone", "timed_out", "warm_execution_api",
-]  # fmt: skip
+    "API_TIMEOUT_S",
+    "AirflowAPI",
+    "AirflowTimeout",
+    "BUSY_TIMEOUT_S",
+    "DEFAULT_PORT",
+    "SQLITE_CONNECT_ARGS",
+    "SQLITE_CONNECT_ARGS_ASYNC",
+    "airflow_env",
+    "ensure_migrated",
+    "forget_stack",
+    "healthy",
+    "record_stack",
+    "recorded_stack",
+    "settings_for",
+    "stack_address",
+    "stack_record",
+    "standalone_env",
+    "standalone_files",
+    "start_standalone",
+    "timed_out",
+    "warm_execution_api",
+]

@@ -97,5 +97,13 @@ class FreestackPageLink(BaseOperatorLink):
         return f"{_api_base_url()}{UI_ROUTE}/task?{urlencode(query)}"
 
 
-__all__ = ["FreestackPageLink", "OFFLINE_PATH", "UI_ROUTE", "URL_PREFIX", "VIEWS_PREFIX", "XCOM_KEY", "WandbRunLink",
-           "wandb_link"]  # fmt: skip
+__all__ = [
+    "FreestackPageLink",
+    "OFFLINE_PATH",
+    "UI_ROUTE",
+    "URL_PREFIX",
+    "VIEWS_PREFIX",
+    "XCOM_KEY",
+    "WandbRunLink",
+    "wandb_link",
+]

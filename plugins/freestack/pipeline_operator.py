@@ -139,7 +139,12 @@ def permanent_error(exc: BaseException, root: str | None = None) -> str | None:
 
 def _s3_denied(exc: BaseException) -> bool:
     error = (getattr(exc, "response", None) or {}).get("Error", {})
-    return error.get("Code") in {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+    return error.get("Code") in {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    }
 
 
 def _failing_fast(method: Callable) -> Callable:
@@ -160,5 +165,10 @@ def _failing_fast(method: Callable) -> Callable:
 
 
 __all__ = [
-    "RUN_NOTE_XCOM", "PipelineOperator", "TorchTask", "permanent_error", "task_threads", "worker_slots",
-]  # fmt: skip
+    "RUN_NOTE_XCOM",
+    "PipelineOperator",
+    "TorchTask",
+    "permanent_error",
+    "task_threads",
+    "worker_slots",
+]

@@ -33,7 +33,9 @@ class SettingsError(FreestackError):
 class Settings(BaseSettings):
     """The ``FREESTACK_*`` environment variables, grouped by the part of freestack that reads them."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True, str_strip_whitespace=True)
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, extra="ignore", frozen=True, str_strip_whitespace=True
+    )
 
     # -- where things are ------------------------------------------------------------------------------
     home: Path | None = Field(
@@ -57,9 +59,12 @@ class Settings(BaseSettings):
         "Default: `file://<home>/.freestack/data`.",
     )
     data_owner: str = Field(
-        default="freestack", description="The user `data://.my` means when there is no `freestack_data_default` connection."
+        default="freestack",
+        description="The user `data://.my` means when there is no `freestack_data_default` connection.",
     )
-    data_acl_ttl: float = Field(default=2.0, ge=0, description="Seconds a collection's ACL is cached by a `data://` filesystem.")
+    data_acl_ttl: float = Field(
+        default=2.0, ge=0, description="Seconds a collection's ACL is cached by a `data://` filesystem."
+    )
     data_api_root: str | None = Field(
         default=None,
         description="What the Data API service serves (`file:///...` or `s3://conn@bucket/prefix`). Default: the "
@@ -114,17 +119,24 @@ class Settings(BaseSettings):
 
     # -- sweeps -------------------------------------------------------------------------------------------
     agent_threads: int | None = Field(
-        default=None, ge=1, description="CPU threads per sweep agent. Default: the cores shared out among the agents."
+        default=None,
+        ge=1,
+        description="CPU threads per sweep agent. Default: the cores shared out among the agents.",
     )
     sweep_lease_seconds: float = Field(
-        default=15.0, gt=0, description="Seconds without a heartbeat after which another sweep agent takes a trial over (its "
+        default=15.0,
+        gt=0,
+        description="Seconds without a heartbeat after which another sweep agent takes a trial over (its "
         "holder renews the lease every third of this, however long an epoch takes; a retry of the same agent task takes "
-        "its trial over at once)."
+        "its trial over at once).",
     )
 
     # -- serving: the deploy side ---------------------------------------------------------------------------
     serve_port: int = Field(
-        default=9000, ge=1024, le=65533, description="`deploy.local.port` when a spec gives none (the deployment's address; its blue and green servers: port + 1, port + 2)."
+        default=9000,
+        ge=1024,
+        le=65533,
+        description="`deploy.local.port` when a spec gives none (the deployment's address; its blue and green servers: port + 1, port + 2).",
     )
     serving_dir: Path | None = Field(
         default=None,
@@ -146,33 +158,91 @@ class Settings(BaseSettings):
 
     # -- serving: the model server (its Seldon parameters win over these) ------------------------------------------
     model_uri: str | None = Field(
-        default=None, description="Model server: the registry version (or `<root>/registry/<model>@<alias>`) it serves."
+        default=None,
+        description="Model server: the registry version (or `<root>/registry/<model>@<alias>`) it serves.",
     )
-    max_batch_rows: int = Field(default=10_000, ge=1, description="Model server: the most rows one request may carry (413 above).")
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="Model server: the largest request body accepted (413 above).")
+    max_batch_rows: int = Field(
+        default=10_000, ge=1, description="Model server: the most rows one request may carry (413 above)."
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Model server: the largest request body accepted (413 above).",
+    )
     request_log_uri: str | None = Field(
-        default=None, description="Model server: the model's monitoring folder (`<root>/monitoring/<model>`), where sampled requests and predictions and the feedback's labels are written."
+        default=None,
+        description="Model server: the model's monitoring folder (`<root>/monitoring/<model>`), where sampled requests and predictions and the feedback's labels are written.",
     )
-    request_log_rate: float = Field(default=0.0, ge=0, le=1, description="Model server: the fraction of requests written to `request_log_uri`.")
+    request_log_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Model server: the fraction of requests written to `request_log_uri`.",
+    )
     request_log_flush_seconds: float = Field(
-        default=10.0, gt=0, le=3600, description="Model server: how often each worker writes its buffered request log (one Parquet object per hour it holds)."
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Model server: how often each worker writes its buffered request log (one Parquet object per hour it holds).",
     )
-    request_log_max_rows: int = Field(default=256, ge=1, description="Model server: the most rows of one request that the request log keeps.")
-    torch_threads: int = Field(default=1, ge=1, description="Model server: intra-op torch threads per worker.")
+    request_log_max_rows: int = Field(
+        default=256,
+        ge=1,
+        description="Model server: the most rows of one request that the request log keeps.",
+    )
+    torch_threads: int = Field(
+        default=1, ge=1, description="Model server: intra-op torch threads per worker."
+    )
     # a text-generation model's request bounds (the deploy spec's `deploy.generation`, freestack.serving.spec)
-    generation_max_new_tokens: int = Field(default=256, ge=1, description="Model server, text generation: the most new tokens a request may ask for (400 above).")
-    generation_default_max_new_tokens: int = Field(default=64, ge=1, description="Model server, text generation: the new tokens of a request that names none.")
-    generation_max_temperature: float = Field(default=2.0, ge=0, description="Model server, text generation: the highest sampling temperature a request may ask for (400 above).")
-    generation_max_prompt_tokens: int | None = Field(default=None, ge=1, description="Model server, text generation: the most prompt tokens (after the chat template); default: the model's `max_length`.")
-    generation_truncate: Literal["left", "refuse"] = Field(default="left", description="Model server, text generation: a longer prompt keeps its last tokens (`left`) or is refused (`refuse`, 413).")
-    generation_max_stop_strings: int = Field(default=4, ge=0, description="Model server, text generation: the most stop strings a request may carry (400 above).")
-    generation_batch_prompts: int = Field(default=8, ge=1, description="Model server, text generation: the most prompts of one batched `generate` call.")
-    generation_max_prompts_per_request: int = Field(default=16, ge=1, description="Model server, text generation: the most prompts one request may carry (413 above).")
-    serving_cache: Path | None = Field(default=None, description="Model server: the folder the version's files are copied to.")
-    data_api_url: str | None = Field(
-        default=None, description="Model server: the Data API service that `data://` model URIs are read through."
+    generation_max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="Model server, text generation: the most new tokens a request may ask for (400 above).",
     )
-    data_api_key: str | None = Field(default=None, repr=False, description="Model server: the API key for `data_api_url`.")
+    generation_default_max_new_tokens: int = Field(
+        default=64,
+        ge=1,
+        description="Model server, text generation: the new tokens of a request that names none.",
+    )
+    generation_max_temperature: float = Field(
+        default=2.0,
+        ge=0,
+        description="Model server, text generation: the highest sampling temperature a request may ask for (400 above).",
+    )
+    generation_max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model server, text generation: the most prompt tokens (after the chat template); default: the model's `max_length`.",
+    )
+    generation_truncate: Literal["left", "refuse"] = Field(
+        default="left",
+        description="Model server, text generation: a longer prompt keeps its last tokens (`left`) or is refused (`refuse`, 413).",
+    )
+    generation_max_stop_strings: int = Field(
+        default=4,
+        ge=0,
+        description="Model server, text generation: the most stop strings a request may carry (400 above).",
+    )
+    generation_batch_prompts: int = Field(
+        default=8,
+        ge=1,
+        description="Model server, text generation: the most prompts of one batched `generate` call.",
+    )
+    generation_max_prompts_per_request: int = Field(
+        default=16,
+        ge=1,
+        description="Model server, text generation: the most prompts one request may carry (413 above).",
+    )
+    serving_cache: Path | None = Field(
+        default=None, description="Model server: the folder the version's files are copied to."
+    )
+    data_api_url: str | None = Field(
+        default=None,
+        description="Model server: the Data API service that `data://` model URIs are read through.",
+    )
+    data_api_key: str | None = Field(
+        default=None, repr=False, description="Model server: the API key for `data_api_url`."
+    )
 
     # -- the runtime wing: speed-ups that reach into Airflow's internals -----------------------------------------------
     speedups: bool = Field(
@@ -184,12 +254,16 @@ class Settings(BaseSettings):
         default="1",
         description="With `speedups`: `0` turns preloading off; `a,b` names the modules the scheduler preloads instead of the defaults.",
     )
-    scheduler_wake: bool = Field(default=True, description="With `speedups`: the scheduler's idle sleep ends when there is work.")
+    scheduler_wake: bool = Field(
+        default=True, description="With `speedups`: the scheduler's idle sleep ends when there is work."
+    )
     shared_wandb_service: bool = Field(
-        default=True, description="With `speedups` and preloading: the scheduler starts one wandb-core service for all tasks."
+        default=True,
+        description="With `speedups` and preloading: the scheduler starts one wandb-core service for all tasks.",
     )
     task_timings: Path | None = Field(
-        default=None, description="A JSON-lines file each task appends its start and end to (`bench/orchestration`)."
+        default=None,
+        description="A JSON-lines file each task appends its start and end to (`bench/orchestration`).",
     )
     component_restarts: int = Field(
         default=5,
@@ -287,6 +361,12 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 __all__ = [
     "environment",
-    "PREFIX", "Settings", "SettingsError", "checkout_dir", "default_storage_root", "pipelines_dir", "project_home",
+    "PREFIX",
+    "Settings",
+    "SettingsError",
+    "checkout_dir",
+    "default_storage_root",
+    "pipelines_dir",
+    "project_home",
     "settings",
-]  # fmt: skip
+]

@@ -53,27 +53,43 @@ class PipelineSpec(SpecModel):
     description: str = Field(default="", description="Shown on the DAGs and in the model card.")
     owner: str = Field(default="freestack", description="The DAGs' owner.")
     storage_root: str | None = Field(
-        default=None, description="This pipeline's storage root (file://, s3:// or data://); default: the storage_root setting."
+        default=None,
+        description="This pipeline's storage root (file://, s3:// or data://); default: the storage_root setting.",
     )
-    schedule: str | None = Field(default="@daily", description="The ingest DAG's schedule (a cron or a preset); null: manual.")
+    schedule: str | None = Field(
+        default="@daily", description="The ingest DAG's schedule (a cron or a preset); null: manual."
+    )
     start_date: date = Field(default=date(2026, 1, 1), description="The first data interval.")
     catchup: bool = Field(default=False, description="Unpausing runs every missed interval since start_date.")
     max_active_runs: int = Field(
-        default=8, ge=1, le=64,
+        default=8,
+        ge=1,
+        le=64,
         description="Ingest runs (days) at once: catch-up, scheduled and backfill runs (a backfill's own "
         "--max-active-runs wins for it).",
-    )  # fmt: skip
-    retries: int = Field(default=2, ge=0, le=20, description="Retries of every task (I/O errors; data errors fail at once).")
+    )
+    retries: int = Field(
+        default=2, ge=0, le=20, description="Retries of every task (I/O errors; data errors fail at once)."
+    )
     retry_delay_seconds: float = Field(default=30, ge=0, description="Seconds between retries.")
     tags: list[str] = Field(default_factory=list, description="Extra DAG tags.")
     source: Source = Field(description="Landing files, their schema and the ingest policy.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="What to train.")
-    train: TrainSpec = Field(default_factory=TrainSpec, description="How to train (the Params form overrides it per run).")
-    sweep: SweepSpec | None = Field(default=None, description="A hyperparameter sweep (W&B sweep configuration).")
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="How to train (the Params form overrides it per run)."
+    )
+    sweep: SweepSpec | None = Field(
+        default=None, description="A hyperparameter sweep (W&B sweep configuration)."
+    )
     gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
-    monitor: MonitorSpec = Field(default_factory=MonitorSpec, description="How the served model's request log is judged, and what drift does.")
-    score: ScoreSpec | None = Field(default=None, description="Batch scoring of the lake with a registered version (a <name>_score DAG).")
+    monitor: MonitorSpec = Field(
+        default_factory=MonitorSpec,
+        description="How the served model's request log is judged, and what drift does.",
+    )
+    score: ScoreSpec | None = Field(
+        default=None, description="Batch scoring of the lake with a registered version (a <name>_score DAG)."
+    )
     #: the sha256 of the spec file's bytes when the spec was read from a file (``load_spec``)
     _file_sha256: str | None = PrivateAttr(default=None)
 
@@ -97,11 +113,15 @@ class PipelineSpec(SpecModel):
     @model_validator(mode="after")
     def _score_has_a_model(self) -> PipelineSpec:
         if self.score is not None and self.model.generative:
-            raise ValueError("score: batch scoring of a text-generation model is not available: remove the score block; "
-                             "the deployed model answers prompts (deploy)")  # fmt: skip
+            raise ValueError(
+                "score: batch scoring of a text-generation model is not available: remove the score block; "
+                "the deployed model answers prompts (deploy)"
+            )
         if self.score is not None and self.source.schema_.target is None:
-            raise ValueError("score: needs a model to score with: declare source.schema.target, so that the "
-                             "pipeline trains one, or remove the score block")  # fmt: skip
+            raise ValueError(
+                "score: needs a model to score with: declare source.schema.target, so that the "
+                "pipeline trains one, or remove the score block"
+            )
         return self
 
     @model_validator(mode="after")
@@ -131,16 +151,20 @@ class PipelineSpec(SpecModel):
         kinds = self.feature_kinds
         loose = [f for f, t in kinds.items() if t not in FEATURE_TYPES]
         if loose:
-            raise ValueError(f"model.features {loose} are {sorted({kinds[f] for f in loose})} columns, which a model "
-                             "cannot take: declare them as category (a few distinct values) or text (free text) in "
-                             "source.schema, or leave them out of model.features")  # fmt: skip
+            raise ValueError(
+                f"model.features {loose} are {sorted({kinds[f] for f in loose})} columns, which a model "
+                "cannot take: declare them as category (a few distinct values) or text (free text) in "
+                "source.schema, or leave them out of model.features"
+            )
         images = [f for f, t in kinds.items() if t == "image"]
         if len(images) > 1:
             raise ValueError(f"one image column per model, not {images}: list one of them in model.features")
         plain = all(t in ("int", "float", "bool") for t in kinds.values())
         if not plain and (self.model.type == "cnn" or self.model.image_shape is not None):
-            raise ValueError("type: cnn and image_shape are for pixels held in numeric columns; an image column is "
-                             "read by the built-in net's image encoder (model.image) with type: auto or mlp")  # fmt: skip
+            raise ValueError(
+                "type: cnn and image_shape are for pixels held in numeric columns; an image column is "
+                "read by the built-in net's image encoder (model.image) with type: auto or mlp"
+            )
         if self.model.type == "huggingface":
             self._check_pretrained_input(kinds)
 
@@ -152,12 +176,16 @@ class PipelineSpec(SpecModel):
         for name in data.columns:
             if types.get(name) not in ("text", "string"):
                 found = f"a {types[name]} column" if name in types else "not a column of source.schema"
-                raise ValueError(f"model.data: {name!r} is {found}; the conversation columns are text columns "
-                                 "(set model.data.prompt/response or messages to yours)")  # fmt: skip
+                raise ValueError(
+                    f"model.data: {name!r} is {found}; the conversation columns are text columns "
+                    "(set model.data.prompt/response or messages to yours)"
+                )
         answer = data.messages or data.response
         if schema.target is not None and schema.target != answer:
-            raise ValueError(f"source.schema.target is {schema.target!r}, but a text-generation model learns the "
-                             f"{answer!r} column (model.data): set target: {answer}")  # fmt: skip
+            raise ValueError(
+                f"source.schema.target is {schema.target!r}, but a text-generation model learns the "
+                f"{answer!r} column (model.data): set target: {answer}"
+            )
 
     def _check_pretrained_input(self, kinds: dict[str, str]) -> None:
         """A pretrained model reads one column: a text column (text-classification) or an image column."""
@@ -166,9 +194,15 @@ class PipelineSpec(SpecModel):
         wanted = PRETRAINED_TASKS.get(self.model.task)
         fits = [f for f, t in kinds.items() if t in ("text", "image") and (wanted is None or t == wanted)]
         if len(kinds) != 1 or len(fits) != 1:
-            need = f"one {wanted} column" if wanted else "one text column (text-classification) or one image column (image-classification)"
-            raise ValueError(f"type: huggingface reads {need} as its feature, but the features are "
-                             f"{ {f: t for f, t in kinds.items()} or 'none' }; list it in model.features")  # fmt: skip
+            need = (
+                f"one {wanted} column"
+                if wanted
+                else "one text column (text-classification) or one image column (image-classification)"
+            )
+            raise ValueError(
+                f"type: huggingface reads {need} as its feature, but the features are "
+                f"{ {f: t for f, t in kinds.items()} or 'none' }; list it in model.features"
+            )
 
     @model_validator(mode="after")
     def _sweep_init_is_the_models(self) -> PipelineSpec:
@@ -185,23 +219,31 @@ class PipelineSpec(SpecModel):
             if INIT not in parents:
                 continue
             if self.model.type != "custom":
-                raise ValueError(f"sweep.parameters.{path}: init.<argument> parameters are for model.type: custom")
+                raise ValueError(
+                    f"sweep.parameters.{path}: init.<argument> parameters are for model.type: custom"
+                )
             if name not in self.model.init:
-                raise ValueError(f"sweep.parameters.{path}: {name!r} is not in model.init "
-                                 f"({', '.join(self.model.init) or 'empty'}); give it a default there")  # fmt: skip
+                raise ValueError(
+                    f"sweep.parameters.{path}: {name!r} is not in model.init "
+                    f"({', '.join(self.model.init) or 'empty'}); give it a default there"
+                )
         return self
 
     def _check_peft_parameter(self, path: str, name: str) -> None:
         if self.model.type != "huggingface" or self.model.peft is None:
-            raise ValueError(f"sweep.parameters.{path}: peft.<setting> parameters are for model.type: huggingface with a peft block")
+            raise ValueError(
+                f"sweep.parameters.{path}: peft.<setting> parameters are for model.type: huggingface with a peft block"
+            )
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
         """The gate's and the sweep's metrics must be ones the task reports: checked when the spec is read,
         not when a run reaches the gate."""
         task = self.task
-        named = [("gate.metric", self.gate.metric, METRICS),
-                 *(("gate.max_regression", m, METRICS) for m in self.gate.max_regression)]  # fmt: skip
+        named = [
+            ("gate.metric", self.gate.metric, METRICS),
+            *(("gate.max_regression", m, METRICS) for m in self.gate.max_regression),
+        ]
         if self.sweep is not None and self.sweep.metric is not None:
             named.append(("sweep.metric.name", self.sweep.metric.name, EPOCH_METRICS))
         for field, name, table in named:
@@ -254,7 +296,9 @@ class PipelineSpec(SpecModel):
             return f"model.task is {self.model.task}"
         target = self._target_column()
         kind = f"a {target.type} target" if target is not None else "no target"
-        extra = " with allowed: classes" if target is not None and target.type == "int" and target.allowed else ""
+        extra = (
+            " with allowed: classes" if target is not None and target.type == "int" and target.allowed else ""
+        )
         return f"model.task is auto and {self.source.schema_.target!r} is {kind}{extra}"
 
     @property
@@ -271,7 +315,11 @@ class PipelineSpec(SpecModel):
             return [c for c in self.model.chat.columns if c != schema.target] or list(self.model.chat.columns)
         if self.model.features is not None:
             return list(self.model.features)
-        return [c.name for c in schema.fields if c.type in FEATURE_TYPES and c.name not in (schema.key, schema.target)]
+        return [
+            c.name
+            for c in schema.fields
+            if c.type in FEATURE_TYPES and c.name not in (schema.key, schema.target)
+        ]
 
     @property
     def feature_kinds(self) -> dict[str, str]:
@@ -283,7 +331,9 @@ class PipelineSpec(SpecModel):
     def uses_hub(self) -> bool:
         """Whether training reads from the Hugging Face Hub: a pretrained base, or a named tokenizer."""
         m = self.model
-        return m.type == "huggingface" or (m.text.tokenizer != "train" and "text" in self.feature_kinds.values())
+        return m.type == "huggingface" or (
+            m.text.tokenizer != "train" and "text" in self.feature_kinds.values()
+        )
 
     @property
     def model_name(self) -> str:
@@ -325,9 +375,13 @@ _FIELD_FIRST = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", re.DOTALL)
 #: every DAG a pipeline gets, in order: (kind, whether it needs ``source.schema.target``, whether it is a
 #: manual DAG: no schedule, created unpaused). :mod:`freestack.dags` builds exactly these.
 PIPELINE_DAGS: tuple[tuple[str, bool, bool], ...] = (
-    ("ingest", False, False), ("train", True, False), ("rollback", True, True), ("promote", True, True),
-    ("monitor", True, False), ("score", True, False),
-)  # fmt: skip
+    ("ingest", False, False),
+    ("train", True, False),
+    ("rollback", True, True),
+    ("promote", True, True),
+    ("monitor", True, False),
+    ("score", True, False),
+)
 
 
 def pipeline_dags(spec: PipelineSpec) -> list[tuple[str, str, bool]]:
@@ -335,8 +389,11 @@ def pipeline_dags(spec: PipelineSpec) -> list[tuple[str, str, bool]]:
     target the train, rollback, promote and monitor DAGs, and the score DAG with a ``score:`` block. Manual DAGs start unpaused, the others paused
     (Airflow's ``dags_are_paused_at_creation``)."""
     has_target = spec.source.schema_.target is not None
-    return [(f"{spec.name}_{kind}", kind, manual) for kind, needs_target, manual in PIPELINE_DAGS
-            if (has_target or not needs_target) and (kind != "score" or spec.score is not None)]  # fmt: skip
+    return [
+        (f"{spec.name}_{kind}", kind, manual)
+        for kind, needs_target, manual in PIPELINE_DAGS
+        if (has_target or not needs_target) and (kind != "score" or spec.score is not None)
+    ]
 
 
 def _named(field: str, msg: str) -> tuple[str, str]:
@@ -412,4 +469,13 @@ def discover_specs(directory: str | os.PathLike | None = None) -> dict[str, Pipe
     return out
 
 
-__all__ = ["PIPELINE_DAGS", "TASKS", "PipelineSpec", "discover_specs", "load_spec", "parse_spec", "pipeline_dags", "spec_file"]
+__all__ = [
+    "PIPELINE_DAGS",
+    "TASKS",
+    "PipelineSpec",
+    "discover_specs",
+    "load_spec",
+    "parse_spec",
+    "pipeline_dags",
+    "spec_file",
+]

@@ -46,8 +46,12 @@ def hold(home: str, host: str, port: int) -> int:
     try:
         tcp = socket.create_server((host, port), backlog=BACKLOG)  # SO_REUSEADDR on POSIX
     except OSError as exc:
-        print(f"address holder: cannot listen on {host}:{port} ({exc.strerror or exc}); another program holds "
-              f"the port: stop it or choose another deploy.local.port", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"address holder: cannot listen on {host}:{port} ({exc.strerror or exc}); another program holds "
+            f"the port: stop it or choose another deploy.local.port",
+            file=sys.stderr,
+            flush=True,
+        )
         return TAKEN
     name = socket_name(port)
     unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -62,7 +66,9 @@ def hold(home: str, host: str, port: int) -> int:
     os.replace(f"{name}.new", name)  # the name appears once it answers (what the deploy waits for)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
-    print(f"address holder: listening on {host}:{port}; servers get the socket from {home}/{name}", flush=True)
+    print(
+        f"address holder: listening on {host}:{port}; servers get the socket from {home}/{name}", flush=True
+    )
     try:
         _answer(unix, tcp, f"{host}:{port}".encode())
     finally:
@@ -106,8 +112,10 @@ def receive(name: str, host: str, port: int, *, timeout: float = 10.0) -> int:
         got = probe.getsockname()[:2]
     if (got[0], got[1]) != (host, int(port)):
         os.close(fd)
-        raise AddressError(f"the address holder on {name} holds {got[0]}:{got[1]}, not {host}:{port}; "
-                           "stop the deployment and deploy again")  # fmt: skip
+        raise AddressError(
+            f"the address holder on {name} holds {got[0]}:{got[1]}, not {host}:{port}; "
+            "stop the deployment and deploy again"
+        )
     return fd
 
 

@@ -86,8 +86,14 @@ def _metrics_server(seldon_metrics, host: str, port: int, parent: int) -> None:
 
     _watch_parent(parent)
     app = wrapper.get_metrics_microservice(seldon_metrics)
-    options = {"bind": f"{host}:{port}", "workers": 1, "timeout": 60, "loglevel": "warning",
-               "post_worker_init": post_worker_init, "accesslog": None}  # fmt: skip
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": 1,
+        "timeout": 60,
+        "loglevel": "warning",
+        "post_worker_init": post_worker_init,
+        "accesslog": None,
+    }
     StandaloneApplication(app, options=options).run()
 
 
@@ -107,8 +113,11 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
     with _kept_from_forks(address_fd):  # Seldon's metrics manager and metrics server need no listener
         seldon_metrics = BufferedSeldonMetrics(worker_id_func=os.getpid)
         if cfg.metrics_port:
-            mp.Process(target=_metrics_server, args=(seldon_metrics, cfg.host, cfg.metrics_port, os.getpid()),
-                       daemon=True).start()  # fmt: skip
+            mp.Process(
+                target=_metrics_server,
+                args=(seldon_metrics, cfg.host, cfg.metrics_port, os.getpid()),
+                daemon=True,
+            ).start()
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
     from freestack_server import request_checks
 
@@ -123,11 +132,29 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
         from freestack_server.predict_lane import PredictLane
 
         lane = PredictLane(user_object, seldon_metrics, inputs=inputs, json_dumps=app.json.dumps)
-    options = _gunicorn_options(cfg, _binds(cfg, address_fd), seldon_metrics, post_worker_init, worker_exit,
-                                lane=lane, coalescer=_coalescer(cfg, user_object))  # fmt: skip
-    shared = f", and on the deployment's address {cfg.host}:{cfg.address.port}" if address_fd is not None and cfg.address else ""
-    log.info("serving %s %s on http://%s:%s/%s (metrics on %s)", cfg.model, cfg.version, cfg.host, cfg.port, shared,
-             cfg.metrics_port or "no port")  # fmt: skip
+    options = _gunicorn_options(
+        cfg,
+        _binds(cfg, address_fd),
+        seldon_metrics,
+        post_worker_init,
+        worker_exit,
+        lane=lane,
+        coalescer=_coalescer(cfg, user_object),
+    )
+    shared = (
+        f", and on the deployment's address {cfg.host}:{cfg.address.port}"
+        if address_fd is not None and cfg.address
+        else ""
+    )
+    log.info(
+        "serving %s %s on http://%s:%s/%s (metrics on %s)",
+        cfg.model,
+        cfg.version,
+        cfg.host,
+        cfg.port,
+        shared,
+        cfg.metrics_port or "no port",
+    )
     UserModelApplication(app, user_object, False, None, "Model", options=options).run()
 
 
@@ -138,8 +165,12 @@ def _coalescer(cfg: ServerConfig, user_object):
         return None
     from freestack_server.batching import Coalescer
 
-    generation = user_object.describe().get("task") == "generation"  # small JSON files only: no torch before the fork
-    user_object.coalescer = Coalescer(user_object.forward_now, user_object.max_batch_rows, 0.005 if generation else 0.0)
+    generation = (
+        user_object.describe().get("task") == "generation"
+    )  # small JSON files only: no torch before the fork
+    user_object.coalescer = Coalescer(
+        user_object.forward_now, user_object.max_batch_rows, 0.005 if generation else 0.0
+    )
     return user_object.coalescer
 
 
@@ -177,8 +208,13 @@ def _binds(cfg: ServerConfig, address_fd: int | None) -> list[str]:
     try:
         own = socket.create_server((host, port), backlog=BACKLOG)
     except OSError as exc:
-        log.error("cannot listen on %s:%d (%s): another program holds the port; free it or change "
-                  "deploy.local.port", host, port, exc.strerror or exc)  # fmt: skip
+        log.error(
+            "cannot listen on %s:%d (%s): another program holds the port; free it or change "
+            "deploy.local.port",
+            host,
+            port,
+            exc.strerror or exc,
+        )
         sys.exit(BOOT_ERROR)
     binds = [f"fd://{own.detach()}"]  # gunicorn owns (and closes) the descriptor from here
     gate = cfg.address.gate if cfg.address else None
@@ -189,8 +225,15 @@ def _binds(cfg: ServerConfig, address_fd: int | None) -> list[str]:
     return binds
 
 
-def _gunicorn_options(cfg: ServerConfig, binds: list[str], seldon_metrics, post_worker_init,
-                      worker_exit, lane=None, coalescer=None) -> dict[str, Any]:  # fmt: skip
+def _gunicorn_options(
+    cfg: ServerConfig,
+    binds: list[str],
+    seldon_metrics,
+    post_worker_init,
+    worker_exit,
+    lane=None,
+    coalescer=None,
+) -> dict[str, Any]:
     """gunicorn's options from the server's configuration."""
     from functools import partial
 
@@ -200,8 +243,14 @@ def _gunicorn_options(cfg: ServerConfig, binds: list[str], seldon_metrics, post_
         from freestack_server.worker import install
 
         gate = (cfg.address.gate, cfg.address.port) if cfg.address else None
-        worker_class, extra["child_exit"] = install(slots=2 * cfg.workers + 2, gate=gate, max_body=_max_body(), lane=lane,
-                                                    coalescer=coalescer, max_idle=cfg.max_idle_connections)  # fmt: skip
+        worker_class, extra["child_exit"] = install(
+            slots=2 * cfg.workers + 2,
+            gate=gate,
+            max_body=_max_body(),
+            lane=lane,
+            coalescer=coalescer,
+            max_idle=cfg.max_idle_connections,
+        )
     else:
         from freestack_server.worker import gunicorn_class
 
@@ -257,7 +306,9 @@ def supervise(env_file: str | None, *, max_restarts: int = 5, window_seconds: fl
         cmd += ["--address-fd", str(address_fd)]
     restarts: list[float] = []
     while True:
-        child = subprocess.Popen(cmd, preexec_fn=_die_with_parent, pass_fds=() if address_fd is None else (address_fd,))
+        child = subprocess.Popen(
+            cmd, preexec_fn=_die_with_parent, pass_fds=() if address_fd is None else (address_fd,)
+        )
         rc = child.wait()
         if stopping.is_set():
             return 0
@@ -267,8 +318,12 @@ def supervise(env_file: str | None, *, max_restarts: int = 5, window_seconds: fl
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < window_seconds] + [now]
         if len(restarts) > max_restarts:
-            log.error("the model server died %d times in %.0f s (last exit %s): giving up", len(restarts),
-                      window_seconds, rc)  # fmt: skip
+            log.error(
+                "the model server died %d times in %.0f s (last exit %s): giving up",
+                len(restarts),
+                window_seconds,
+                rc,
+            )
             return rc or 1
         log.warning("the model server exited with %s; restarting (%d/%d)", rc, len(restarts), max_restarts)
         time.sleep(min(2.0 ** (len(restarts) - 1), 10.0))
@@ -278,11 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    ap = argparse.ArgumentParser(prog="python -m freestack_server", description=(
-        "The model server, configured by FREESTACK_SERVER_* and FREESTACK_* variables (docs: settings "
-        "reference). With no command: the server under a supervisor that restarts it if it dies."))  # fmt: skip
-    ap.add_argument("--env-file", default=None, help="variables to set first (NAME='value' lines); the environment wins")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    ap = argparse.ArgumentParser(
+        prog="python -m freestack_server",
+        description=(
+            "The model server, configured by FREESTACK_SERVER_* and FREESTACK_* variables (docs: settings "
+            "reference). With no command: the server under a supervisor that restarts it if it dies."
+        ),
+    )
+    ap.add_argument(
+        "--env-file", default=None, help="variables to set first (NAME='value' lines); the environment wins"
+    )
     sub = ap.add_subparsers(dest="command")
     run_p = sub.add_parser("run", help="the server itself, unsupervised (what the supervisor starts)")
     run_p.add_argument("--env-file", default=None, dest="run_env_file")

@@ -119,11 +119,15 @@ class Coalescer:
             groups.append(current)
         return groups + [run for runs in keyed.values() for run in runs]
 
-    def _forward_group(self, group: list[tuple[greenlet, Any]]) -> list[tuple[greenlet, Any, BaseException | None]]:
+    def _forward_group(
+        self, group: list[tuple[greenlet, Any]]
+    ) -> list[tuple[greenlet, Any, BaseException | None]]:
         if len(group) > 1:
             xs = [x for _, x in group]
             try:
-                out = self.forward(type(xs[0]).join(xs) if hasattr(xs[0], "batch_key") else np.concatenate(xs))
+                out = self.forward(
+                    type(xs[0]).join(xs) if hasattr(xs[0], "batch_key") else np.concatenate(xs)
+                )
             except Exception:  # noqa: BLE001 - each request is run alone, and gets its own error
                 pass
             else:

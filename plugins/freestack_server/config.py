@@ -55,45 +55,105 @@ class ServerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True, populate_by_name=True)
 
     runtime: Literal["seldon", "mlserver"] = Field(
-        default="seldon", description="Model server: `seldon` (Seldon's protocol, the freestack gunicorn worker) or "
-        "`mlserver` (the Open Inference Protocol, V2, on MLServer).")  # fmt: skip
-    model: str = Field(default_factory=_model_of_uri, validation_alias=_env("model", "FREESTACK_MODEL_NAME"),
-                       description="Model server: the model's name (MLServer serves it under it, at "
-                       "`/v2/models/<name>`; metric labels; `FREESTACK_MODEL_NAME` too). Default: the model "
-                       "`FREESTACK_MODEL_URI` names (`.../registry/<model>/<version>`, "
-                       "`.../registry/<model>@<alias>`), else `model`.")  # fmt: skip
-    version: str = Field(default="unknown", validation_alias=_env("version", "FREESTACK_MODEL_VERSION"),
-                         description="Model server: the version served, for logs and metric labels (`FREESTACK_MODEL_VERSION` too).")  # fmt: skip
-    deployment: str = Field(default="", validation_alias=_env("deployment", "SELDON_DEPLOYMENT_ID"),
-                            description="Model server: the deployment's name, in the request log and metric labels "
-                            "(`SELDON_DEPLOYMENT_ID` too; default: the model's name).")  # fmt: skip
-    predictor: str = Field(default="main", validation_alias=_env("predictor", "PREDICTOR_ID"),
-                           description="Model server: the predictor (a local server's color), in metric labels (`PREDICTOR_ID` too).")  # fmt: skip
-    host: str = Field(default="127.0.0.1", description="Model server: the interface every listener binds (`0.0.0.0` in the images).")
-    port: int = Field(default=9000, ge=1, le=65535, validation_alias=_env("port", "PREDICTIVE_UNIT_HTTP_SERVICE_PORT"),
-                      description="Model server: the REST port (`PREDICTIVE_UNIT_HTTP_SERVICE_PORT` too).")  # fmt: skip
-    grpc_port: int = Field(default=9500, ge=1, le=65535, validation_alias=_env("grpc_port", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT"),
-                           description="Model server, `mlserver`: the gRPC port (`PREDICTIVE_UNIT_GRPC_SERVICE_PORT` too).")  # fmt: skip
-    metrics_port: int = Field(default=6000, ge=0, le=65535,
-                              validation_alias=_env("metrics_port", "PREDICTIVE_UNIT_METRICS_SERVICE_PORT"),
-                              description="Model server: the Prometheus metrics port, 0 for none "
-                              "(`PREDICTIVE_UNIT_METRICS_SERVICE_PORT` too).")  # fmt: skip
-    workers: int = Field(default=2, ge=1, le=64, description="Model server, `seldon`: gunicorn workers (one model copy each).")
-    threads: int = Field(default=1, ge=1, le=64, description="Model server, `seldon`: threads per worker (`gthread` only).")
+        default="seldon",
+        description="Model server: `seldon` (Seldon's protocol, the freestack gunicorn worker) or "
+        "`mlserver` (the Open Inference Protocol, V2, on MLServer).",
+    )
+    model: str = Field(
+        default_factory=_model_of_uri,
+        validation_alias=_env("model", "FREESTACK_MODEL_NAME"),
+        description="Model server: the model's name (MLServer serves it under it, at "
+        "`/v2/models/<name>`; metric labels; `FREESTACK_MODEL_NAME` too). Default: the model "
+        "`FREESTACK_MODEL_URI` names (`.../registry/<model>/<version>`, "
+        "`.../registry/<model>@<alias>`), else `model`.",
+    )
+    version: str = Field(
+        default="unknown",
+        validation_alias=_env("version", "FREESTACK_MODEL_VERSION"),
+        description="Model server: the version served, for logs and metric labels (`FREESTACK_MODEL_VERSION` too).",
+    )
+    deployment: str = Field(
+        default="",
+        validation_alias=_env("deployment", "SELDON_DEPLOYMENT_ID"),
+        description="Model server: the deployment's name, in the request log and metric labels "
+        "(`SELDON_DEPLOYMENT_ID` too; default: the model's name).",
+    )
+    predictor: str = Field(
+        default="main",
+        validation_alias=_env("predictor", "PREDICTOR_ID"),
+        description="Model server: the predictor (a local server's color), in metric labels (`PREDICTOR_ID` too).",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Model server: the interface every listener binds (`0.0.0.0` in the images).",
+    )
+    port: int = Field(
+        default=9000,
+        ge=1,
+        le=65535,
+        validation_alias=_env("port", "PREDICTIVE_UNIT_HTTP_SERVICE_PORT"),
+        description="Model server: the REST port (`PREDICTIVE_UNIT_HTTP_SERVICE_PORT` too).",
+    )
+    grpc_port: int = Field(
+        default=9500,
+        ge=1,
+        le=65535,
+        validation_alias=_env("grpc_port", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT"),
+        description="Model server, `mlserver`: the gRPC port (`PREDICTIVE_UNIT_GRPC_SERVICE_PORT` too).",
+    )
+    metrics_port: int = Field(
+        default=6000,
+        ge=0,
+        le=65535,
+        validation_alias=_env("metrics_port", "PREDICTIVE_UNIT_METRICS_SERVICE_PORT"),
+        description="Model server: the Prometheus metrics port, 0 for none "
+        "(`PREDICTIVE_UNIT_METRICS_SERVICE_PORT` too).",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=64, description="Model server, `seldon`: gunicorn workers (one model copy each)."
+    )
+    threads: int = Field(
+        default=1, ge=1, le=64, description="Model server, `seldon`: threads per worker (`gthread` only)."
+    )
     worker_class: Literal["freestack", "gthread", "sync"] = Field(
-        default="freestack", description="Model server, `seldon`: `freestack` (keep-alive event loop, adaptive batching, "
-        "slow-client limits), or gunicorn's `gthread` or `sync`.")  # fmt: skip
-    timeout: int = Field(default=30, ge=1, le=3600, description="Model server, `seldon`: gunicorn's worker timeout (s); "
-                         "a request must arrive whole within half of it.")  # fmt: skip
-    max_idle_connections: int = Field(default=256, ge=8, le=900, description="Model server, `freestack` worker: the most "
-                                      "connections a worker holds that have not sent a whole request head.")  # fmt: skip
-    adaptive_batching: bool = Field(default=True, description="Model server: requests that arrive together share one forward pass.")
-    batch_rows: int = Field(default=32, ge=1, description="Model server, `mlserver`: the most rows of one batched forward pass.")
-    cors_origins: list[str] = Field(default_factory=list, description="Model server: the origins CORS answers (JSON list; `[\"*\"]` for any).")
-    address: Address | None = Field(default=None, description="Model server, local deploys: the deployment's stable "
-                                    "address (JSON: host, port, socket, gate), held by the address holder.")  # fmt: skip
-    workdir: Path | None = Field(default=None, description="Model server, `mlserver`: the folder MLServer's settings are "
-                                 "written to (default: the working directory).")  # fmt: skip
+        default="freestack",
+        description="Model server, `seldon`: `freestack` (keep-alive event loop, adaptive batching, "
+        "slow-client limits), or gunicorn's `gthread` or `sync`.",
+    )
+    timeout: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Model server, `seldon`: gunicorn's worker timeout (s); "
+        "a request must arrive whole within half of it.",
+    )
+    max_idle_connections: int = Field(
+        default=256,
+        ge=8,
+        le=900,
+        description="Model server, `freestack` worker: the most "
+        "connections a worker holds that have not sent a whole request head.",
+    )
+    adaptive_batching: bool = Field(
+        default=True, description="Model server: requests that arrive together share one forward pass."
+    )
+    batch_rows: int = Field(
+        default=32, ge=1, description="Model server, `mlserver`: the most rows of one batched forward pass."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Model server: the origins CORS answers (JSON list; `["*"]` for any).',
+    )
+    address: Address | None = Field(
+        default=None,
+        description="Model server, local deploys: the deployment's stable "
+        "address (JSON: host, port, socket, gate), held by the address holder.",
+    )
+    workdir: Path | None = Field(
+        default=None,
+        description="Model server, `mlserver`: the folder MLServer's settings are "
+        "written to (default: the working directory).",
+    )
 
     @property
     def name(self) -> str:
@@ -104,7 +164,9 @@ class ServerConfig(BaseSettings):
         """The ``FREESTACK_SERVER_*`` variables that give this configuration (of the fields ``include`` names)."""
         out = {}
         for key, value in self.model_dump(mode="json", exclude_none=True, include=include).items():
-            out[f"{PREFIX}{key.upper()}"] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            out[f"{PREFIX}{key.upper()}"] = (
+                value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            )
         return out
 
 
@@ -138,4 +200,13 @@ def load(env_file: str | None = None) -> ServerConfig:
     return ServerConfig()
 
 
-__all__ = ["ADDRESS_ERROR", "BOOT_ERROR", "PREFIX", "Address", "ServerConfig", "load", "read_env_file", "write_env_file"]
+__all__ = [
+    "ADDRESS_ERROR",
+    "BOOT_ERROR",
+    "PREFIX",
+    "Address",
+    "ServerConfig",
+    "load",
+    "read_env_file",
+    "write_env_file",
+]

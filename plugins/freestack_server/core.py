@@ -84,9 +84,16 @@ class Generation:
 class ServedModel:
     """One registered freestack model version, behind any wire protocol."""
 
-    def __init__(self, model_uri: str = "", max_batch_rows: int = 0, request_log_uri: str = "",
-                 request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = "",
-                 generation: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model_uri: str = "",
+        max_batch_rows: int = 0,
+        request_log_uri: str = "",
+        request_log_rate: float = -1.0,
+        torch_threads: int = 0,
+        deployment: str = "",
+        generation: dict[str, Any] | None = None,
+    ):
         config = settings()
         self.model_uri = (model_uri or config.model_uri or "").rstrip("/")
         if not self.model_uri:
@@ -108,7 +115,9 @@ class ServedModel:
         self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
         #: a text-generation model's bounds as given (MLServer's model settings); None: the FREESTACK_GENERATION_* settings
         self.generation_bounds = generation
-        self.generator = None  # a text-generation model's (freestack_server.generation.Generator), once loaded
+        self.generator = (
+            None  # a text-generation model's (freestack_server.generation.Generator), once loaded
+        )
 
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -120,7 +129,9 @@ class ServedModel:
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
             self.model_uri = resolve_uri(self.model_uri)
-            marker = fetch_version(self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json"))
+            marker = fetch_version(
+                self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json")
+            )
             config = json.loads(open(os.path.join(self.cache_dir, "config.json")).read())
             pre = json.loads(open(os.path.join(self.cache_dir, "preprocessing.json")).read())
             self._described = {
@@ -154,8 +165,12 @@ class ServedModel:
         # the weights (or a fine-tuned model's adapter), and a custom model's own module.py, all checked
         # against the registration manifest: the server imports that copy of the module
         text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
-        self._marker = fetch_version(self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text))
-        net = load_pretrained(self.cache_dir, read_base=lambda uri, name: reader(uri)(uri, name))  # an adapter's base
+        self._marker = fetch_version(
+            self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text)
+        )
+        net = load_pretrained(
+            self.cache_dir, read_base=lambda uri, name: reader(uri)(uri, name)
+        )  # an adapter's base
         net.eval()
         self.net = net
         self.version = info["version"]
@@ -164,7 +179,11 @@ class ServedModel:
         self._feature_index = {f: i for i, f in enumerate(self.features)}
         self.task = info["task"]
         self.classes = info["classes"]
-        self._class_names = [str(c) for c in self.classes] if self.task == "classification" else [info["target"] or "prediction"]
+        self._class_names = (
+            [str(c) for c in self.classes]
+            if self.task == "classification"
+            else [info["target"] or "prediction"]
+        )
         self._torch = torch
         self._encoder = self._raw = None
         if self.task == "generation":
@@ -179,15 +198,23 @@ class ServedModel:
         if self.request_log_uri and self.request_log_rate > 0:
             self._log = self._request_log(info)
         self.ready = True
-        log.info("serving %s %s from %s (%s, task %s)", info["model"], self.version, self.model_uri,
-                 self.inputs_summary(), self.task)  # fmt: skip
+        log.info(
+            "serving %s %s from %s (%s, task %s)",
+            info["model"],
+            self.version,
+            self.model_uri,
+            self.inputs_summary(),
+            self.task,
+        )
 
     def inputs_summary(self) -> str:
         """What a request carries, in words: "64 numeric features", "1 column: review (text)", "4 columns:
         1 numeric, 1 category, 1 text, 1 image"."""
         if self.generator is not None:
-            return (f"prompts or chats in {self.generator.columns.input_column} (text), max_length "
-                    f"{self.generator.max_length}, prompts up to {self.generator.max_prompt_tokens} tokens")  # fmt: skip
+            return (
+                f"prompts or chats in {self.generator.columns.input_column} (text), max_length "
+                f"{self.generator.max_length}, prompts up to {self.generator.max_prompt_tokens} tokens"
+            )
         columns = self.raw_columns()
         if columns is None:
             return f"{self.n_features} numeric feature{'s' if self.n_features != 1 else ''}"
@@ -209,11 +236,16 @@ class ServedModel:
         else:
             columns = [(f, "numeric") for f in self.features]
         return RequestLog(
-            self.request_log_uri, rate=self.request_log_rate, model=info["model"], version=self.version,
-            deployment=self.deployment, columns=columns,
+            self.request_log_uri,
+            rate=self.request_log_rate,
+            model=info["model"],
+            version=self.version,
+            deployment=self.deployment,
+            columns=columns,
             classes=self._class_names if self.task == "classification" else [],
-            flush_seconds=config.request_log_flush_seconds, max_rows_per_request=config.request_log_max_rows,
-        )  # fmt: skip
+            flush_seconds=config.request_log_flush_seconds,
+            max_rows_per_request=config.request_log_max_rows,
+        )
 
     def _load_generation(self) -> None:
         """A text-generation model's tokenizer (its chat template) and generation config, fetched with the
@@ -228,9 +260,14 @@ class ServedModel:
             fetch_version(self.model_uri, self.cache_dir, names=optional)
         path = os.path.join(self.cache_dir, "generation_config.json")
         generation_config = json.loads(open(path).read()) if os.path.exists(path) else {}
-        bounds = Bounds.from_mapping(self.generation_bounds) if self.generation_bounds is not None else Bounds.from_settings()
-        self.generator = Generator(self.net, load_tokenizer(self.cache_dir), bounds=bounds,
-                                   generation_config=generation_config)  # fmt: skip
+        bounds = (
+            Bounds.from_mapping(self.generation_bounds)
+            if self.generation_bounds is not None
+            else Bounds.from_settings()
+        )
+        self.generator = Generator(
+            self.net, load_tokenizer(self.cache_dir), bounds=bounds, generation_config=generation_config
+        )
         self.generator.warm_up()
 
     def _load_encoder(self) -> None:
@@ -254,8 +291,9 @@ class ServedModel:
         from freestack.ml.custom import zero_batch
 
         sizes = self._encoder.group_sizes()
-        inputs = ModelInputs.from_dict({"task": self.task, "n_outputs": 1, "groups": {
-            g: {"kind": g, **v} for g, v in sizes.items()}})  # fmt: skip
+        inputs = ModelInputs.from_dict(
+            {"task": self.task, "n_outputs": 1, "groups": {g: {"kind": g, **v} for g, v in sizes.items()}}
+        )
         return {k: v.numpy() for k, v in zero_batch(inputs, 1).items()}
 
     @property
@@ -274,8 +312,12 @@ class ServedModel:
     def require_request_log(self) -> None:
         """Feedback is joined to requests through the request log: refuse it when there is none."""
         if self._log is None:
-            raise PayloadError("this server keeps no request log (deploy.local.log_sample_rate is 0), so feedback "
-                               "cannot be joined to a request: turn the request log on", 400, "NO_REQUEST_LOG")  # fmt: skip
+            raise PayloadError(
+                "this server keeps no request log (deploy.local.log_sample_rate is 0), so feedback "
+                "cannot be joined to a request: turn the request log on",
+                400,
+                "NO_REQUEST_LOG",
+            )
 
     def truth_labels(self, truth: np.ndarray) -> list[str]:
         """One label per row: values, or one row of class probabilities (one-hot) per row."""
@@ -285,7 +327,9 @@ class ServedModel:
         if self.task == "classification" and truth.ndim == 2 and truth.shape[1] == len(self._class_names) > 1:
             return [self._class_names[i] for i in truth.astype(np.float64).argmax(axis=1).tolist()]
         if truth.ndim > 2 or (truth.ndim == 2 and truth.shape[1] != 1):
-            raise PayloadError(f'"truth" has shape {list(truth.shape)}: send one label per row, [[label], ...] or [label, ...]')
+            raise PayloadError(
+                f'"truth" has shape {list(truth.shape)}: send one label per row, [[label], ...] or [label, ...]'
+            )
         return [label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
@@ -317,32 +361,42 @@ class ServedModel:
             raise PayloadError("expected numeric features (data.ndarray, data.tensor or jsonData records)")
         if X.dtype.kind not in "iuf":
             kind = {"U": "strings", "S": "bytes", "O": "mixed or non-numeric values", "b": "booleans"}.get(
-                X.dtype.kind, f"dtype {X.dtype}")  # fmt: skip
+                X.dtype.kind, f"dtype {X.dtype}"
+            )
             raise PayloadError(f"features must be numbers; the payload holds {kind}")
         if X.ndim == 1:
             if X.size == 0:
                 raise PayloadError("the payload holds no rows: send at least one row of features")
             X = X.reshape(1, -1)
         if X.ndim != 2:
-            raise PayloadError(f"features must be a 2-D array [rows, {self.n_features}], got shape {list(X.shape)}")
+            raise PayloadError(
+                f"features must be a 2-D array [rows, {self.n_features}], got shape {list(X.shape)}"
+            )
         rows, width = X.shape
         if rows == 0:
             raise PayloadError("the payload holds no rows: send at least one row of features")
         if rows > self.max_batch_rows:
-            raise PayloadError(f"{rows} rows in one request; at most {self.max_batch_rows}: split the batch", 413,
-                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+            raise PayloadError(
+                f"{rows} rows in one request; at most {self.max_batch_rows}: split the batch",
+                413,
+                "PAYLOAD_TOO_LARGE",
+            )
         if names:
             X = self._reordered(X, names, width)
         if X.shape[1] != self.n_features:
-            raise PayloadError(f"each row must hold {self.n_features} features ({', '.join(self.features[:4])}, ...), "
-                               f"got {width}")  # fmt: skip
+            raise PayloadError(
+                f"each row must hold {self.n_features} features ({', '.join(self.features[:4])}, ...), "
+                f"got {width}"
+            )
         X = np.ascontiguousarray(X, dtype=np.float32)
         # one pass for the common case: the largest magnitude is NaN if any value is NaN
         if not np.abs(X).max(initial=0.0) <= 3.0e38:
             if not np.isfinite(X).all():
                 r, c = np.argwhere(~np.isfinite(X))[0]
-                raise PayloadError(f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite "
-                                   "values are not accepted; impute them first")  # fmt: skip
+                raise PayloadError(
+                    f"row {r}, feature {self.features[c] if self.features else c}: NaN or infinite "
+                    "values are not accepted; impute them first"
+                )
             raise PayloadError("feature values overflow float32")
         return X
 
@@ -354,7 +408,9 @@ class ServedModel:
         unknown = [n for n in names if n not in self._feature_index]
         missing = [f for f in self.features if f not in set(names)]
         if unknown or missing:
-            raise PayloadError(f"feature names do not match the model's: unknown {unknown[:10]}, missing {missing[:10]}")
+            raise PayloadError(
+                f"feature names do not match the model's: unknown {unknown[:10]}, missing {missing[:10]}"
+            )
         return X[:, [names.index(f) for f in self.features]]
 
     def encoded(self, X: Any, names: list[str] | None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
@@ -368,19 +424,28 @@ class ServedModel:
             return columns, self._encoder.encode(columns)
         except RawInputError as exc:
             status = 413 if "at most" in str(exc) else 400
-            raise PayloadError(str(exc), status, "PAYLOAD_TOO_LARGE" if status == 413 else "BAD_PAYLOAD") from None
+            raise PayloadError(
+                str(exc), status, "PAYLOAD_TOO_LARGE" if status == 413 else "BAD_PAYLOAD"
+            ) from None
         except EncodingError as exc:
-            raise PayloadError(f"{exc}; send the image file's bytes (PNG, JPEG, ...) base64-encoded") from None
+            raise PayloadError(
+                f"{exc}; send the image file's bytes (PNG, JPEG, ...) base64-encoded"
+            ) from None
 
     def _records(self, payload: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
         records = payload.get("instances", payload if "instances" not in payload else None)
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list) or not records:
-            raise PayloadError('jsonData must be {"instances": [{feature: value, ...}, ...]} with at least one record')
+            raise PayloadError(
+                'jsonData must be {"instances": [{feature: value, ...}, ...]} with at least one record'
+            )
         if len(records) > self.max_batch_rows:
-            raise PayloadError(f"{len(records)} records in one request; at most {self.max_batch_rows}", 413,
-                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+            raise PayloadError(
+                f"{len(records)} records in one request; at most {self.max_batch_rows}",
+                413,
+                "PAYLOAD_TOO_LARGE",
+            )
         out = np.empty((len(records), self.n_features), dtype=np.float64)
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
@@ -391,7 +456,9 @@ class ServedModel:
             for j, f in enumerate(self.features):
                 v = rec[f]
                 if not _is_number(v):
-                    raise PayloadError(f"jsonData record {i}, feature {f}: expected a number, got {type(v).__name__}")
+                    raise PayloadError(
+                        f"jsonData record {i}, feature {f}: expected a number, got {type(v).__name__}"
+                    )
                 out[i, j] = v
         return out, list(self.features)
 
@@ -428,7 +495,9 @@ class ServedModel:
         started = time.perf_counter()
         return self.answer_generated(prompts, self.forward(prompts), request_id, started)
 
-    def answer_generated(self, prompts: Any, answers: list, request_id: str | None, started: float) -> Generation:
+    def answer_generated(
+        self, prompts: Any, answers: list, request_id: str | None, started: float
+    ) -> Generation:
         """A text-generation request's answers as a :class:`Generation`, logged (unless it is the deploy's
         smoke test): each prompt with its completion and token counts."""
         ms = (time.perf_counter() - started) * 1000.0
@@ -437,7 +506,9 @@ class ServedModel:
             self._log.add_generated(request_id, prompts.texts, [a.completion for a in answers])
         return Generation(answers, request_id, ms)
 
-    def predict_rows(self, X: Any, names: list[str] | None = None, request_id: str | None = None) -> Prediction:
+    def predict_rows(
+        self, X: Any, names: list[str] | None = None, request_id: str | None = None
+    ) -> Prediction:
         """Check and encode a request's rows, answer them, and log them."""
         started = time.perf_counter()
         raw, x = self.prepare(X, names)

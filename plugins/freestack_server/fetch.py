@@ -80,7 +80,9 @@ def _read_s3(uri: str, name: str) -> bytes:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NotFound"):
             raise FileNotFoundError(f"s3://{bucket}/{key}") from None
-        raise FetchError(f"s3://{bucket}/{key}: {code or exc}; check the AWS_* credentials and endpoint") from exc
+        raise FetchError(
+            f"s3://{bucket}/{key}: {code or exc}; check the AWS_* credentials and endpoint"
+        ) from exc
     except BotoCoreError as exc:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
         raise FetchError(f"s3://{bucket}/{key}: cannot reach {endpoint} ({exc})") from exc
@@ -104,7 +106,9 @@ def _read_data_api(uri: str, name: str) -> bytes:
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise FileNotFoundError(f"data://{path}") from None
-        raise FetchError(f"data://{path}: the Data API answered {exc.code}; check FREESTACK_DATA_API_KEY") from exc
+        raise FetchError(
+            f"data://{path}: the Data API answered {exc.code}; check FREESTACK_DATA_API_KEY"
+        ) from exc
     except urllib.error.URLError as exc:
         raise FetchError(f"data://{path}: cannot reach the Data API at {base} ({exc.reason})") from exc
 
@@ -230,7 +234,7 @@ def put_bytes(uri: str, data: bytes) -> None:
         base = settings().data_api_url
         if not base:
             raise FetchError(f"{uri}: FREESTACK_DATA_API_URL is not set")
-        url = f"{base.rstrip('/')}/v1/data/{urllib.parse.quote(uri[len('data://'):], safe='/')}"
+        url = f"{base.rstrip('/')}/v1/data/{urllib.parse.quote(uri[len('data://') :], safe='/')}"
         req = urllib.request.Request(url, data=data, method="PUT")
         key = settings().data_api_key
         if key:

@@ -106,8 +106,12 @@ class Prompts:
     def join(cls, parts: Sequence[Prompts]) -> Prompts:
         if len(parts) == 1:
             return parts[0]
-        return cls([c for p in parts for c in p.chats], [t for p in parts for t in p.texts], parts[0].settings,
-                   parts[0].limit)  # fmt: skip
+        return cls(
+            [c for p in parts for c in p.chats],
+            [t for p in parts for t in p.texts],
+            parts[0].settings,
+            parts[0].limit,
+        )
 
 
 @dataclass
@@ -119,13 +123,19 @@ class Generated:
 
     def as_dict(self) -> dict[str, Any]:
         c = self.completion
-        return {"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "truncated": c.truncated}  # fmt: skip
+        return {
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "truncated": c.truncated,
+        }
 
 
 def _kind(v: Any) -> str:
     return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
-        type(v), type(v).__name__)  # fmt: skip
+        type(v), type(v).__name__
+    )
 
 
 def _number(v: Any) -> bool:
@@ -175,8 +185,10 @@ class Generator:
         if type(n) is not int or n < 1:
             raise PayloadError(f'"max_new_tokens" must be a whole number of tokens, 1 or more, not {n!r}')
         if n > b.max_new_tokens:
-            raise PayloadError(f"max_new_tokens {n} is over this deployment's bound of {b.max_new_tokens} "
-                               f"(deploy.generation.max_new_tokens): ask for at most {b.max_new_tokens}")  # fmt: skip
+            raise PayloadError(
+                f"max_new_tokens {n} is over this deployment's bound of {b.max_new_tokens} "
+                f"(deploy.generation.max_new_tokens): ask for at most {b.max_new_tokens}"
+            )
         t = params.get("temperature", 0.0)
         if params.get("do_sample") is False:
             t = 0.0
@@ -185,8 +197,10 @@ class Generator:
         if t < MIN_TEMPERATURE:  # dividing the logits by less overflows them: as good as greedy anyway
             t = 0.0
         if t > b.max_temperature:
-            raise PayloadError(f"temperature {t:g} is over this deployment's bound of {b.max_temperature:g} "
-                               "(deploy.generation.max_temperature)")  # fmt: skip
+            raise PayloadError(
+                f"temperature {t:g} is over this deployment's bound of {b.max_temperature:g} "
+                "(deploy.generation.max_temperature)"
+            )
         p = params.get("top_p", 1.0)
         if not _number(p) or not 0 < p <= 1:
             raise PayloadError(f'"top_p" must be a number above 0 and at most 1, not {p!r}')
@@ -195,12 +209,20 @@ class Generator:
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise PayloadError('"stop" must be a string or a list of non-empty strings')
         if len(stop) > b.max_stop_strings:
-            raise PayloadError(f"{len(stop)} stop strings; this deployment takes at most {b.max_stop_strings} "
-                               "(deploy.generation.max_stop_strings)")  # fmt: skip
+            raise PayloadError(
+                f"{len(stop)} stop strings; this deployment takes at most {b.max_stop_strings} "
+                "(deploy.generation.max_stop_strings)"
+            )
         if any(len(s) > MAX_STOP_CHARS for s in stop):
             raise PayloadError(f"a stop string is over {MAX_STOP_CHARS} characters: send shorter ones")
-        return GenerationSettings(max_new_tokens=n, temperature=float(t), top_p=float(p), stop=tuple(stop),
-                                  max_prompt_tokens=self._prompt_budget(n), truncate=b.truncate)  # fmt: skip
+        return GenerationSettings(
+            max_new_tokens=n,
+            temperature=float(t),
+            top_p=float(p),
+            stop=tuple(stop),
+            max_prompt_tokens=self._prompt_budget(n),
+            truncate=b.truncate,
+        )
 
     def _prompt_budget(self, max_new_tokens: int) -> int:
         """The most prompt tokens a request with ``max_new_tokens`` may have: max_prompt_tokens, and room
@@ -209,8 +231,10 @@ class Generator:
         if self.context is not None:
             room = self.context - max_new_tokens
             if room < 1:
-                raise PayloadError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                                   f"context of {self.context} tokens: ask for fewer")  # fmt: skip
+                raise PayloadError(
+                    f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                    f"context of {self.context} tokens: ask for fewer"
+                )
             budget = min(budget, room)
         return budget
 
@@ -219,9 +243,12 @@ class Generator:
         request of thousands would hold every other client for minutes."""
         limit = self.bounds.max_prompts_per_request
         if n > limit:
-            raise PayloadError(f"{n} prompts in one request; this deployment answers at most {limit} a request "
-                               "(deploy.generation.max_prompts_per_request): send them in several requests", 413,
-                               "PAYLOAD_TOO_LARGE")  # fmt: skip
+            raise PayloadError(
+                f"{n} prompts in one request; this deployment answers at most {limit} a request "
+                "(deploy.generation.max_prompts_per_request): send them in several requests",
+                413,
+                "PAYLOAD_TOO_LARGE",
+            )
 
     def chat(self, value: Any, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
         """A prompt (text: one user turn) or a conversation (``messages``: a list of {"role", "content"}, or
@@ -243,8 +270,13 @@ class Generator:
             _check_text(m["content"], where)
         return self.columns.with_system(chat), text
 
-    def prompts(self, chats: list[list[dict[str, str]]], texts: list[str], params: Mapping[str, Any] | None,
-                form: dict[str, Any] | None = None) -> Prompts:  # fmt: skip
+    def prompts(
+        self,
+        chats: list[list[dict[str, str]]],
+        texts: list[str],
+        params: Mapping[str, Any] | None,
+        form: dict[str, Any] | None = None,
+    ) -> Prompts:
         """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
         the left, or refused with 413, by ``truncate``)."""
         from freestack.ml.generation import ChatError, PromptTooLong, prompt_ids
@@ -256,12 +288,21 @@ class Generator:
         try:
             prompt_ids(self.check_tokenizer, chats, settings)
         except PromptTooLong as exc:
-            limit = (f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens"
-                     + (f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
-                        if self.context is not None and exc.limit < self.max_prompt_tokens else "") + ")")  # fmt: skip
-            raise PayloadError(f"prompt {exc.index} is {exc.tokens} tokens with the chat template, over {limit}: "
-                               "shorten it, or deploy with generation.truncate: left to keep its last tokens", 413,
-                               "PROMPT_TOO_LONG") from None  # fmt: skip
+            limit = (
+                f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens"
+                + (
+                    f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
+                    if self.context is not None and exc.limit < self.max_prompt_tokens
+                    else ""
+                )
+                + ")"
+            )
+            raise PayloadError(
+                f"prompt {exc.index} is {exc.tokens} tokens with the chat template, over {limit}: "
+                "shorten it, or deploy with generation.truncate: left to keep its last tokens",
+                413,
+                "PROMPT_TOO_LONG",
+            ) from None
         except ChatError as exc:
             raise PayloadError(str(exc)) from None
         return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}))
@@ -286,8 +327,13 @@ class Generator:
         from freestack.ml.generation import GenerationSettings, generate
 
         chat = self.columns.with_system([{"role": "user", "content": ""}])
-        generate(self.lm, self.tokenizer, [chat], GenerationSettings(max_new_tokens=1, max_prompt_tokens=self.max_prompt_tokens),
-                 self.generation_config)  # fmt: skip
+        generate(
+            self.lm,
+            self.tokenizer,
+            [chat],
+            GenerationSettings(max_new_tokens=1, max_prompt_tokens=self.max_prompt_tokens),
+            self.generation_config,
+        )
 
     # -- Seldon's messages --------------------------------------------------------------------------------
     def from_seldon(self, X: Any) -> Prompts:
@@ -360,9 +406,14 @@ def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
     chat = info.get("chat") or {}
     config = info.get("config") or {}
     columns = chat.get("columns") or {}
-    out = {**bounds.as_dict(), "max_prompt_tokens": bounds.max_prompt_tokens or chat.get("max_length"),
-           "context": context_of(config), "max_length": chat.get("max_length"),
-           "input": (info.get("features") or ["prompt"])[0], "system_prompt": bool(columns.get("system"))}  # fmt: skip
+    out = {
+        **bounds.as_dict(),
+        "max_prompt_tokens": bounds.max_prompt_tokens or chat.get("max_length"),
+        "context": context_of(config),
+        "max_length": chat.get("max_length"),
+        "input": (info.get("features") or ["prompt"])[0],
+        "system_prompt": bool(columns.get("system")),
+    }
     out["default_max_new_tokens"] = min(bounds.default_max_new_tokens, bounds.max_new_tokens)
     return {k: v for k, v in out.items() if v is not None}
 
@@ -373,8 +424,10 @@ def _check_text(value: str, where: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PayloadError(f"{where}: the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): send "
-                           "valid Unicode text") from None  # fmt: skip
+        raise PayloadError(
+            f"{where}: the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): send "
+            "valid Unicode text"
+        ) from None
 
 
 def context_of(config: Any) -> int | None:
@@ -402,7 +455,9 @@ class PromptQueue:
     that concurrent clients keep sharing one call instead of splitting into a call of one and the rest.
     If a shared call fails, each of its requests is run alone, so each gets its own answer or error."""
 
-    def __init__(self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0, gather_s: float = 0.005):
+    def __init__(
+        self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0, gather_s: float = 0.005
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         self.run, self.wait_s, self.gather_s = run, wait_s, gather_s
@@ -463,5 +518,15 @@ class PromptQueue:
         self._kick(loop)
 
 
-__all__ = ["ALIASES", "PARAMETERS", "SELDON_HINT", "Bounds", "Generated", "Generator", "PromptQueue", "Prompts", "context_of",
-           "describe"]  # fmt: skip
+__all__ = [
+    "ALIASES",
+    "PARAMETERS",
+    "SELDON_HINT",
+    "Bounds",
+    "Generated",
+    "Generator",
+    "PromptQueue",
+    "Prompts",
+    "context_of",
+    "describe",
+]

@@ -82,10 +82,12 @@ class BufferedSeldonMetrics(SeldonMetrics):
             if not self._dirty:
                 return
             snapshot = {
-                k: {"value": (list(v["value"][0]), v["value"][1]) if k[0] == "TIMER" else v["value"],
-                    "tags": v["tags"]}
+                k: {
+                    "value": (list(v["value"][0]), v["value"][1]) if k[0] == "TIMER" else v["value"],
+                    "tags": v["tags"],
+                }
                 for k, v in self._local.items()
-            }  # fmt: skip
+            }
             self._dirty = False
         with self._lock:
             self.data[self.worker_id_func()] = snapshot

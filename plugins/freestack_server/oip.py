@@ -68,7 +68,20 @@ from freestack_server.generation import describe as describe_generation
 
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"
-NUMERIC = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64")
+NUMERIC = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+)
 
 
 def _error(exc: PayloadError) -> MLServerError:
@@ -94,7 +107,9 @@ class Batcher:
         if self.rows >= self.max_rows:
             self.run()
         elif self._handle is None:
-            self._handle = loop.call_later(self.wait_s, self.run) if self.wait_s > 0 else loop.call_soon(self.run)
+            self._handle = (
+                loop.call_later(self.wait_s, self.run) if self.wait_s > 0 else loop.call_soon(self.run)
+            )
         return await future
 
     def run(self) -> None:
@@ -126,12 +141,14 @@ class FreestackRuntime(MLModel):
         extra = dict((params.extra if params else None) or {})
         uri = (params.uri if params else None) or ""
         self.core = ServedModel(
-            model_uri=uri, max_batch_rows=int(extra.get("max_batch_rows", 0)),
+            model_uri=uri,
+            max_batch_rows=int(extra.get("max_batch_rows", 0)),
             request_log_uri=str(extra.get("request_log_uri", "")),
             request_log_rate=float(extra.get("request_log_rate", -1.0)),
-            torch_threads=int(extra.get("torch_threads", 0)), deployment=str(extra.get("deployment", "")),
+            torch_threads=int(extra.get("torch_threads", 0)),
+            deployment=str(extra.get("deployment", "")),
             generation=extra.get("generation"),
-        )  # fmt: skip
+        )
         self.core.load()
         if self.core.generator is not None:  # one generate call at a time, off the event loop
             from freestack.ml.generation import load_tokenizer
@@ -141,7 +158,11 @@ class FreestackRuntime(MLModel):
             self.batcher = None
             return True
         rows = int(extra.get("batch_rows", 32))
-        self.batcher = Batcher(self.core.forward, rows, float(extra.get("batch_wait_ms", 0)) / 1000) if rows > 1 else None
+        self.batcher = (
+            Batcher(self.core.forward, rows, float(extra.get("batch_wait_ms", 0)) / 1000)
+            if rows > 1
+            else None
+        )
         return True
 
     # -- metadata -------------------------------------------------------------------------------------
@@ -151,22 +172,56 @@ class FreestackRuntime(MLModel):
             return self._generation_metadata(info)
         columns = core.raw_columns()
         if columns is None:
-            inputs = [MetadataTensor(name="input", datatype="FP32", shape=[-1, core.n_features],
-                                     parameters=Parameters(features=core.features))]  # fmt: skip
+            inputs = [
+                MetadataTensor(
+                    name="input",
+                    datatype="FP32",
+                    shape=[-1, core.n_features],
+                    parameters=Parameters(features=core.features),
+                )
+            ]
         else:
-            inputs = [MetadataTensor(name=name, datatype="FP32" if kind == "numeric" else "BYTES", shape=[-1],
-                                     parameters=Parameters(kind=kind)) for name, kind in columns]  # fmt: skip
+            inputs = [
+                MetadataTensor(
+                    name=name,
+                    datatype="FP32" if kind == "numeric" else "BYTES",
+                    shape=[-1],
+                    parameters=Parameters(kind=kind),
+                )
+                for name, kind in columns
+            ]
         if core.task == "classification":
-            outputs = [MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, len(core.output_names)],
-                                      parameters=Parameters(classes=core.output_names)),
-                       MetadataTensor(name="label", datatype="BYTES", shape=[-1])]  # fmt: skip
+            outputs = [
+                MetadataTensor(
+                    name="probabilities",
+                    datatype="FP32",
+                    shape=[-1, len(core.output_names)],
+                    parameters=Parameters(classes=core.output_names),
+                ),
+                MetadataTensor(name="label", datatype="BYTES", shape=[-1]),
+            ]
         else:
-            outputs = [MetadataTensor(name="prediction", datatype="FP32", shape=[-1],
-                                      parameters=Parameters(target=core.output_names[0]))]  # fmt: skip
-        return MetadataModelResponse(name=self.name, versions=[core.version], platform="freestack",
-                                     inputs=inputs, outputs=outputs,
-                                     parameters=Parameters(task=core.task, model_uri=core.model_uri,
-                                                           model=info["model"], max_batch_rows=core.max_batch_rows))  # fmt: skip
+            outputs = [
+                MetadataTensor(
+                    name="prediction",
+                    datatype="FP32",
+                    shape=[-1],
+                    parameters=Parameters(target=core.output_names[0]),
+                )
+            ]
+        return MetadataModelResponse(
+            name=self.name,
+            versions=[core.version],
+            platform="freestack",
+            inputs=inputs,
+            outputs=outputs,
+            parameters=Parameters(
+                task=core.task,
+                model_uri=core.model_uri,
+                model=info["model"],
+                max_batch_rows=core.max_batch_rows,
+            ),
+        )
 
     # -- predict --------------------------------------------------------------------------------------
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -183,22 +238,34 @@ class FreestackRuntime(MLModel):
         batched = self.batcher is not None and isinstance(x, np.ndarray)
         out = await self.batcher(x) if batched else self.core.forward(x)
         p = self.core.answer(raw, out, payload.id or None, started)
-        return InferenceResponse(id=p.request_id, model_name=self.name, model_version=self.core.version,
-                                 outputs=self._outputs(p.out, p.idx))  # fmt: skip
+        return InferenceResponse(
+            id=p.request_id,
+            model_name=self.name,
+            model_version=self.core.version,
+            outputs=self._outputs(p.out, p.idx),
+        )
 
     def _outputs(self, out: np.ndarray, idx: np.ndarray | None) -> list[ResponseOutput]:
         if self.core.task != "classification":
-            return [NumpyCodec.encode_output("prediction", np.ascontiguousarray(out.reshape(-1), dtype=np.float32))]
+            return [
+                NumpyCodec.encode_output(
+                    "prediction", np.ascontiguousarray(out.reshape(-1), dtype=np.float32)
+                )
+            ]
         names = self.core.output_names
         labels = [names[i] for i in idx.tolist()]
-        return [NumpyCodec.encode_output("probabilities", np.ascontiguousarray(out, dtype=np.float32)),
-                ResponseOutput(name="label", datatype="BYTES", shape=[len(labels)], data=labels)]  # fmt: skip
+        return [
+            NumpyCodec.encode_output("probabilities", np.ascontiguousarray(out, dtype=np.float32)),
+            ResponseOutput(name="label", datatype="BYTES", shape=[len(labels)], data=labels),
+        ]
 
     def _rows(self, inputs: list[RequestInput]) -> tuple[Any, list[str] | None]:
         """The request's rows as :class:`ServedModel` takes them: a matrix (and its column names), or
         records of raw values."""
         if not inputs:
-            raise PayloadError("the request has no inputs: send one tensor [rows, features] or one tensor per feature")
+            raise PayloadError(
+                "the request has no inputs: send one tensor [rows, features] or one tensor per feature"
+            )
         columns = self.core.raw_columns()
         if columns is None and len(inputs) == 1 and inputs[0].name not in self.core.features:
             return _matrix(inputs[0], self.core.features), None
@@ -209,14 +276,18 @@ class FreestackRuntime(MLModel):
         unknown = [n for n in by_name if n not in expected]
         missing = [n for n in expected if n not in by_name]
         if unknown or missing:
-            raise PayloadError(f"the inputs must be the model's features, one tensor each: unknown {unknown[:10]}, "
-                               f"missing {missing[:10]}")  # fmt: skip
+            raise PayloadError(
+                f"the inputs must be the model's features, one tensor each: unknown {unknown[:10]}, "
+                f"missing {missing[:10]}"
+            )
         if columns is None:
             cols = [_column(by_name[n], numeric=True) for n in expected]
             _same_rows(expected, cols)
             return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), list(expected)
         kinds = dict(columns)
-        cols = [_column(by_name[n], numeric=kinds[n] == "numeric", image=kinds[n] == "image") for n in expected]
+        cols = [
+            _column(by_name[n], numeric=kinds[n] == "numeric", image=kinds[n] == "image") for n in expected
+        ]
         _same_rows(expected, cols)
         return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
 
@@ -224,23 +295,36 @@ class FreestackRuntime(MLModel):
     def _generation_metadata(self, info: dict[str, Any]) -> MetadataModelResponse:
         inputs, outputs = _generation_metadata_tensors()
         bounds = describe_generation(self.core.generator.bounds, info)
-        return MetadataModelResponse(name=self.name, versions=[self.core.version], platform="freestack",
-                                     inputs=inputs, outputs=outputs,
-                                     parameters=Parameters(task="generation", model_uri=self.core.model_uri,
-                                                           model=info["model"], max_batch_rows=self.core.max_batch_rows,
-                                                           **bounds))  # fmt: skip
+        return MetadataModelResponse(
+            name=self.name,
+            versions=[self.core.version],
+            platform="freestack",
+            inputs=inputs,
+            outputs=outputs,
+            parameters=Parameters(
+                task="generation",
+                model_uri=self.core.model_uri,
+                model=info["model"],
+                max_batch_rows=self.core.max_batch_rows,
+                **bounds,
+            ),
+        )
 
     def _generation_request(self, payload: InferenceRequest) -> tuple[Prompts, list[Any], bool]:
         prompt_inputs = [i for i in payload.inputs if i.name in PROMPT_INPUTS]
         if len(prompt_inputs) != 1:
             found = [i.name for i in payload.inputs]
-            raise PayloadError(f"this model generates text and takes one prompt input, got {found}: {V2_HINT}")
+            raise PayloadError(
+                f"this model generates text and takes one prompt input, got {found}: {V2_HINT}"
+            )
         params = _parameters(payload)
         for inp in payload.inputs:
             if inp is prompt_inputs[0]:
                 continue
             if inp.name not in _KWARGS:
-                raise PayloadError(f"input {inp.name!r} is not one this model takes: {V2_HINT} ({', '.join(PARAMETERS)})")
+                raise PayloadError(
+                    f"input {inp.name!r} is not one this model takes: {V2_HINT} ({', '.join(PARAMETERS)})"
+                )
             if inp.name in params:
                 raise PayloadError(f"{inp.name!r} is both an input and a request parameter: send it once")
             params[inp.name] = _kwarg(inp)
@@ -248,7 +332,11 @@ class FreestackRuntime(MLModel):
         if type(full_text) is not bool:
             raise PayloadError('"return_full_text" must be true or false')
         chats, texts, sent = _prompts_of(self.core, prompt_inputs[0])
-        return self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}), sent, full_text
+        return (
+            self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}),
+            sent,
+            full_text,
+        )
 
     async def _generate(self, payload: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
@@ -258,9 +346,13 @@ class FreestackRuntime(MLModel):
             raise _error(exc) from None
         answers = await self.queue(prompts)
         g = self.core.answer_generated(prompts, answers, payload.id or None, started)
-        return InferenceResponse(id=g.request_id, model_name=self.name, model_version=self.core.version,
-                                 parameters=Parameters(generate_batch=g.batch),
-                                 outputs=[_generated_output(sent, answers, full_text)])  # fmt: skip
+        return InferenceResponse(
+            id=g.request_id,
+            model_name=self.name,
+            model_version=self.core.version,
+            parameters=Parameters(generate_batch=g.batch),
+            outputs=[_generated_output(sent, answers, full_text)],
+        )
 
     # -- ground truth ---------------------------------------------------------------------------------
     def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:
@@ -271,8 +363,12 @@ class FreestackRuntime(MLModel):
             n = self.core.add_feedback(request_id, np.asarray(_column(truth[0], numeric=False), dtype=object))
         except PayloadError as exc:
             raise _error(exc) from None
-        return InferenceResponse(id=request_id, model_name=self.name, model_version=self.core.version,
-                                 outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])])  # fmt: skip
+        return InferenceResponse(
+            id=request_id,
+            model_name=self.name,
+            model_version=self.core.version,
+            outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])],
+        )
 
 
 # -- text generation: mlserver-huggingface's tensors ------------------------------------------------------------
@@ -293,22 +389,43 @@ GENERATED, JSONLIST = "output", "hg_jsonlist"
 _KWARGS = (*PARAMETERS, *ALIASES, *FLAGS, "return_full_text")
 #: a request's parameters that belong to the protocol and its clients, not to generation: MLServer's
 #: (content type, the HTTP headers it copies in), Triton's client's, and freestack's ``feedback_for``
-PROTOCOL_PARAMETERS = frozenset(("content_type", "headers", "binary_data_output", "sequence_id", "sequence_start",
-                                 "sequence_end", "priority", "timeout", "feedback_for"))  # fmt: skip
-V2_HINT = ('send the prompts as one BYTES input "args" [prompts] (content type "str"), or a conversation as '
-           '"array_inputs" with content type "hg_jsonlist" (one {"role", "content"} message a value), and '
-           'the generation parameters as inputs named by them (content type "raw") or in "parameters"')  # fmt: skip
+PROTOCOL_PARAMETERS = frozenset(
+    (
+        "content_type",
+        "headers",
+        "binary_data_output",
+        "sequence_id",
+        "sequence_start",
+        "sequence_end",
+        "priority",
+        "timeout",
+        "feedback_for",
+    )
+)
+V2_HINT = (
+    'send the prompts as one BYTES input "args" [prompts] (content type "str"), or a conversation as '
+    '"array_inputs" with content type "hg_jsonlist" (one {"role", "content"} message a value), and '
+    'the generation parameters as inputs named by them (content type "raw") or in "parameters"'
+)
 
 
 def _generation_metadata_tensors() -> tuple[list[MetadataTensor], list[MetadataTensor]]:
     raw = Parameters(content_type="raw")
-    inputs = [MetadataTensor(name="args", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
-              MetadataTensor(name="array_inputs", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
-              MetadataTensor(name="max_new_tokens", datatype="INT32", shape=[1], parameters=raw),
-              MetadataTensor(name="temperature", datatype="FP32", shape=[1], parameters=raw),
-              MetadataTensor(name="top_p", datatype="FP32", shape=[1], parameters=raw),
-              MetadataTensor(name="stop", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str"))]  # fmt: skip
-    outputs = [MetadataTensor(name=GENERATED, datatype="BYTES", shape=[-1, 1], parameters=Parameters(content_type=JSONLIST))]
+    inputs = [
+        MetadataTensor(name="args", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
+        MetadataTensor(
+            name="array_inputs", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")
+        ),
+        MetadataTensor(name="max_new_tokens", datatype="INT32", shape=[1], parameters=raw),
+        MetadataTensor(name="temperature", datatype="FP32", shape=[1], parameters=raw),
+        MetadataTensor(name="top_p", datatype="FP32", shape=[1], parameters=raw),
+        MetadataTensor(name="stop", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
+    ]
+    outputs = [
+        MetadataTensor(
+            name=GENERATED, datatype="BYTES", shape=[-1, 1], parameters=Parameters(content_type=JSONLIST)
+        )
+    ]
     return inputs, outputs
 
 
@@ -343,7 +460,9 @@ def _kwarg(inp: RequestInput) -> Any:
     if inp.name in ("stop", "stop_strings", "stop_sequence"):
         return [_text(v, f"input {inp.name!r}") for v in values]
     if len(values) != 1:
-        raise PayloadError(f"input {inp.name!r} holds {len(values)} values: a generation parameter is one value, shape [1]")
+        raise PayloadError(
+            f"input {inp.name!r} holds {len(values)} values: a generation parameter is one value, shape [1]"
+        )
     v = values[0]
     if isinstance(v, bytes | bytearray | str):  # a number or true/false sent as text
         text = _text(v, f"input {inp.name!r}")
@@ -362,8 +481,10 @@ def _parameters(payload: InferenceRequest) -> dict[str, Any]:
     given = payload.parameters.model_dump(exclude_none=True)
     unknown = sorted(k for k in given if k not in _KWARGS and k not in PROTOCOL_PARAMETERS)
     if unknown:
-        raise PayloadError(f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)} "
-                           '(inputs named by them, or in "parameters")')  # fmt: skip
+        raise PayloadError(
+            f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)} "
+            '(inputs named by them, or in "parameters")'
+        )
     return {k: v for k, v in given.items() if k in _KWARGS}
 
 
@@ -385,10 +506,14 @@ def _prompts_of(core: ServedModel, inp: RequestInput) -> tuple[list, list[str], 
             chat, text = gen.chat(decoded, f"input {inp.name!r}", messages=True)
             return [chat], [text], [decoded]
         if all(isinstance(d, list) for d in decoded):  # a conversation a value
-            pairs = [gen.chat(d, f"input {inp.name!r}, value {i}", messages=True) for i, d in enumerate(decoded)]
+            pairs = [
+                gen.chat(d, f"input {inp.name!r}, value {i}", messages=True) for i, d in enumerate(decoded)
+            ]
             return [c for c, _ in pairs], [t for _, t in pairs], decoded
-        raise PayloadError(f"input {inp.name!r} ({JSONLIST}): send one {{\"role\", \"content\"}} message a value "
-                           "(one conversation), or one JSON list of messages a value")  # fmt: skip
+        raise PayloadError(
+            f'input {inp.name!r} ({JSONLIST}): send one {{"role", "content"}} message a value '
+            "(one conversation), or one JSON list of messages a value"
+        )
     pairs = [gen.chat(t, f"input {inp.name!r}, value {i}", messages=False) for i, t in enumerate(texts)]
     return [c for c, _ in pairs], [t for _, t in pairs], texts
 
@@ -398,19 +523,28 @@ def _generated_output(sent: list[Any], answers: list, full_text: bool) -> Respon
     for given, a in zip(sent, answers, strict=True):
         text = a.completion.text
         if full_text:  # the pipeline's default: the prompt (or the conversation) before the answer
-            text = given + text if isinstance(given, str) else [*given, {"role": "assistant", "content": text}]
+            text = (
+                given + text if isinstance(given, str) else [*given, {"role": "assistant", "content": text}]
+            )
         fields = {k: v for k, v in a.as_dict().items() if k != "text"}
         items.append(json.dumps({"generated_text": text, **fields}, ensure_ascii=False))
-    return ResponseOutput(name=GENERATED, datatype="BYTES", shape=[len(items), 1],
-                          parameters=Parameters(content_type=JSONLIST), data=items)  # fmt: skip
+    return ResponseOutput(
+        name=GENERATED,
+        datatype="BYTES",
+        shape=[len(items), 1],
+        parameters=Parameters(content_type=JSONLIST),
+        data=items,
+    )
 
 
 def _matrix(inp: RequestInput, features: list[str]) -> np.ndarray:
     """The one tensor of a model of numbers: named ``input``, shape ``[rows, features]``."""
     want = f"[rows, {len(features)}] ({len(features)} features; [-1, {len(features)}] in the metadata)"
     if inp.name != MATRIX:
-        raise PayloadError(f"input {inp.name!r} is not one this model takes: send {MATRIX!r} {want}, or one "
-                           f"[rows] tensor per feature named by it ({', '.join(features[:5])}, ...)")  # fmt: skip
+        raise PayloadError(
+            f"input {inp.name!r} is not one this model takes: send {MATRIX!r} {want}, or one "
+            f"[rows] tensor per feature named by it ({', '.join(features[:5])}, ...)"
+        )
     _numeric_type(inp)
     _check_shape(inp, want)
     if len(inp.shape) != 2 or inp.shape[1] != len(features):
@@ -422,21 +556,27 @@ def _matrix(inp: RequestInput, features: list[str]) -> np.ndarray:
 def _check_shape(inp: RequestInput, want: str) -> None:
     """A shape with no negative dimension whose element count is the data's."""
     if any(d < 0 for d in inp.shape):
-        raise PayloadError(f"input {inp.name!r} has shape {inp.shape}: a request's dimensions are counts, 0 or "
-                           f"more (-1 is for the metadata); the model takes {want}")  # fmt: skip
+        raise PayloadError(
+            f"input {inp.name!r} has shape {inp.shape}: a request's dimensions are counts, 0 or "
+            f"more (-1 is for the metadata); the model takes {want}"
+        )
     data = inp.data.root if hasattr(inp.data, "root") else inp.data
     if not isinstance(data, list):
         n = 1
     else:  # flat, or nested as the shape is
         n = len(data) if not data or not isinstance(data[0], list) else np.asarray(data, dtype=object).size
     if n != int(np.prod(inp.shape, dtype=np.int64)):
-        raise PayloadError(f"input {inp.name!r}: shape {inp.shape} holds {int(np.prod(inp.shape))} values, but its "
-                           f"data has {n}; the model takes {want}")  # fmt: skip
+        raise PayloadError(
+            f"input {inp.name!r}: shape {inp.shape} holds {int(np.prod(inp.shape))} values, but its "
+            f"data has {n}; the model takes {want}"
+        )
 
 
 def _numeric_type(inp: RequestInput) -> None:
     if inp.datatype not in NUMERIC:
-        raise PayloadError(f"input {inp.name!r} is {inp.datatype}: this model takes numbers (FP32, FP64, INT*)")
+        raise PayloadError(
+            f"input {inp.name!r} is {inp.datatype}: this model takes numbers (FP32, FP64, INT*)"
+        )
 
 
 def _numeric(inp: RequestInput) -> np.ndarray:
@@ -444,7 +584,9 @@ def _numeric(inp: RequestInput) -> np.ndarray:
     try:
         x = NumpyCodec.decode_input(inp)
     except Exception as exc:  # noqa: BLE001 - MLServer's codec raises several kinds for a bad shape or data
-        raise PayloadError(f"input {inp.name!r}: its data does not fit its shape {inp.shape} ({exc})") from None
+        raise PayloadError(
+            f"input {inp.name!r}: its data does not fit its shape {inp.shape} ({exc})"
+        ) from None
     if x.ndim > 2:
         raise PayloadError(f"input {inp.name!r} has shape {list(x.shape)}: send [rows, features]")
     return x
@@ -454,7 +596,9 @@ def _column(inp: RequestInput, *, numeric: bool, image: bool = False) -> list:
     """One feature's values, one a row: numbers, or strings (an image's bytes as base64)."""
     _check_shape(inp, "[rows] (one value a row)")
     if len(inp.shape) > 2 or (len(inp.shape) == 2 and inp.shape[1] != 1):
-        raise PayloadError(f"input {inp.name!r} has shape {inp.shape}: one feature's tensor is [rows] (or [rows, 1])")
+        raise PayloadError(
+            f"input {inp.name!r} has shape {inp.shape}: one feature's tensor is [rows] (or [rows, 1])"
+        )
     if numeric:
         return _numeric(inp).reshape(-1).tolist()
     if inp.datatype != "BYTES":

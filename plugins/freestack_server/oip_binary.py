@@ -33,8 +33,20 @@ import numpy as np
 
 HEADER = b"inference-header-content-length"
 #: little-endian numpy dtypes of the V2 numeric datatypes
-DTYPES = {"BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "|i1",
-          "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}  # fmt: skip
+DTYPES = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
 
 
 class BinaryError(ValueError):
@@ -49,19 +61,25 @@ def decode_tensor(name: str, datatype: Any, shape: Any, raw: bytes) -> list:
     elif datatype in DTYPES:
         size = np.dtype(DTYPES[datatype]).itemsize
         if len(raw) % size:
-            raise BinaryError(f"input {name!r}: binary_data_size {len(raw)} is not a whole number of {datatype} "
-                              f"values ({size} bytes each)")  # fmt: skip
+            raise BinaryError(
+                f"input {name!r}: binary_data_size {len(raw)} is not a whole number of {datatype} "
+                f"values ({size} bytes each)"
+            )
         array = np.frombuffer(raw, dtype=DTYPES[datatype])
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise BinaryError(f"input {name!r} holds NaN or infinite values: send finite numbers")
         values = array.tolist()
     else:
-        raise BinaryError(f"input {name!r}: datatype {datatype!r} has no binary form; use one of "
-                          f"{', '.join([*DTYPES, 'BYTES'])}")  # fmt: skip
+        raise BinaryError(
+            f"input {name!r}: datatype {datatype!r} has no binary form; use one of "
+            f"{', '.join([*DTYPES, 'BYTES'])}"
+        )
     want = _elements(shape)
     if want is not None and want != len(values):
-        raise BinaryError(f"input {name!r}: its {len(raw)} bytes hold {len(values)} {datatype} values, but its "
-                          f"shape {shape} needs {want}: send shape and bytes that agree")  # fmt: skip
+        raise BinaryError(
+            f"input {name!r}: its {len(raw)} bytes hold {len(values)} {datatype} values, but its "
+            f"shape {shape} needs {want}: send shape and bytes that agree"
+        )
     return values
 
 
@@ -70,11 +88,15 @@ def split_bytes(name: str, raw: bytes) -> list[bytes]:
     out, at = [], 0
     while at < len(raw):
         if at + 4 > len(raw):
-            raise BinaryError(f"input {name!r}: BYTES element {len(out)} is cut inside its 4-byte length prefix")
+            raise BinaryError(
+                f"input {name!r}: BYTES element {len(out)} is cut inside its 4-byte length prefix"
+            )
         n = int(np.frombuffer(raw, dtype="<u4", count=1, offset=at)[0])
         at += 4
         if at + n > len(raw):
-            raise BinaryError(f"input {name!r}: BYTES element {len(out)} says {n} bytes, {len(raw) - at} are left")
+            raise BinaryError(
+                f"input {name!r}: BYTES element {len(out)} says {n} bytes, {len(raw) - at} are left"
+            )
         out.append(raw[at : at + n])
         at += n
     return out
@@ -83,7 +105,9 @@ def split_bytes(name: str, raw: bytes) -> list[bytes]:
 def encode_tensor(datatype: str, data: list) -> bytes:
     """An output's JSON ``data`` as the extension's bytes."""
     if datatype == "BYTES":
-        items = [v if isinstance(v, bytes) else str(v).encode() for v in np.asarray(data, dtype=object).ravel()]
+        items = [
+            v if isinstance(v, bytes) else str(v).encode() for v in np.asarray(data, dtype=object).ravel()
+        ]
         return b"".join(np.array([len(v)], dtype="<u4").tobytes() + v for v in items)
     return np.asarray(data, dtype=DTYPES[datatype]).tobytes()
 
@@ -110,8 +134,10 @@ def to_json_request(body: bytes, header_length: bytes | None) -> tuple[dict, dic
     try:
         request = json.loads(body[:n])
     except ValueError as exc:
-        raise BinaryError(f"the request's JSON header (its first {n} bytes, Inference-Header-Content-Length) "
-                          f"is not valid JSON ({exc}): send a V2 inference request") from None  # fmt: skip
+        raise BinaryError(
+            f"the request's JSON header (its first {n} bytes, Inference-Header-Content-Length) "
+            f"is not valid JSON ({exc}): send a V2 inference request"
+        ) from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise BinaryError('the request\'s JSON header must be an object with "inputs": a list of tensors')
     at = n
@@ -120,13 +146,19 @@ def to_json_request(body: bytes, header_length: bytes | None) -> tuple[dict, dic
         if size is None:
             continue
         if at + size > len(body):
-            raise BinaryError(f"input {inp.get('name')!r}: binary_data_size is {size}, but the body has "
-                              f"{len(body) - at} bytes left: the body is truncated or the size is wrong")  # fmt: skip
-        inp["data"] = decode_tensor(str(inp.get("name")), inp.get("datatype"), inp.get("shape"), body[at : at + size])
+            raise BinaryError(
+                f"input {inp.get('name')!r}: binary_data_size is {size}, but the body has "
+                f"{len(body) - at} bytes left: the body is truncated or the size is wrong"
+            )
+        inp["data"] = decode_tensor(
+            str(inp.get("name")), inp.get("datatype"), inp.get("shape"), body[at : at + size]
+        )
         at += size
     if at != len(body):
-        raise BinaryError(f"the body has {len(body) - at} bytes after its JSON header and binary inputs: "
-                          "each input's parameters.binary_data_size must give its byte count")  # fmt: skip
+        raise BinaryError(
+            f"the body has {len(body) - at} bytes after its JSON header and binary inputs: "
+            "each input's parameters.binary_data_size must give its byte count"
+        )
     return request, *_wanted_binary(request)
 
 
@@ -134,8 +166,10 @@ def _header_length(value: bytes | None, size: int) -> int:
     if value is None:
         return size
     if not value.strip().isdigit() or int(value) > size:
-        raise BinaryError(f"Inference-Header-Content-Length is {value.decode('latin-1')!r}: it must be the JSON "
-                          f"header's byte count, at most the body's {size} bytes")  # fmt: skip
+        raise BinaryError(
+            f"Inference-Header-Content-Length is {value.decode('latin-1')!r}: it must be the JSON "
+            f"header's byte count, at most the body's {size} bytes"
+        )
     return int(value)
 
 
@@ -195,14 +229,18 @@ class BinaryTensors:
         if body is None:  # the client left
             return None
         if header_length is None and (b"binary_data" not in body or not _is_json(body)):
-            return await self.app(scope, replayed(body, receive), send)  # a JSON request, as MLServer reads it
+            return await self.app(
+                scope, replayed(body, receive), send
+            )  # a JSON request, as MLServer reads it
         try:
             request, named, others = to_json_request(body, header_length)
             new = json.dumps(request, allow_nan=False).encode()
         except BinaryError as exc:
             return await _refuse(send, str(exc))
         except ValueError as exc:  # NaN or infinity in the JSON header
-            return await _refuse(send, f"the request holds a value JSON cannot carry ({exc}): send finite numbers")
+            return await _refuse(
+                send, f"the request holds a value JSON cannot carry ({exc}): send finite numbers"
+            )
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _BODY_HEADERS]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(new)).encode())]
         inner = {**scope, "headers": headers}
@@ -224,7 +262,9 @@ class BinaryTensors:
         body = b"".join(chunks)
         headers = start.get("headers", [])
         encoded = any(k.lower() == b"content-encoding" for k, _ in headers)
-        converted = to_binary_answer(body, named, others) if start.get("status") == 200 and not encoded else None
+        converted = (
+            to_binary_answer(body, named, others) if start.get("status") == 200 and not encoded else None
+        )
         if converted is None:
             return await _answer(send, start.get("status", 500), headers, body)
         body, n = converted
@@ -263,8 +303,13 @@ async def _refuse(send, message: str) -> None:
 
 async def _answer(send, status: int, headers: list, body: bytes) -> None:
     headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -282,4 +327,12 @@ def replayed(body: bytes, receive):
     return replay
 
 
-__all__ = ["BinaryError", "BinaryTensors", "decode_tensor", "encode_tensor", "replayed", "to_binary_answer", "to_json_request"]
+__all__ = [
+    "BinaryError",
+    "BinaryTensors",
+    "decode_tensor",
+    "encode_tensor",
+    "replayed",
+    "to_binary_answer",
+    "to_json_request",
+]

@@ -51,34 +51,63 @@ KEEP_ALIVE_S = 5.0
 #: has no limit of its own, so the headers are read before they are refused)
 MAX_HEADER_BYTES = 16 * 1024
 #: why the model repository API answers 403 (REST) or PERMISSION_DENIED (gRPC)
-REPOSITORY_DISABLED = ("the model repository API (load, unload, index) is disabled in freestack deployments: "
-                       "deploy, roll back or stop a model through freestack (`freestack serve deploy`, "
-                       "`freestack serve stop`)")  # fmt: skip
+REPOSITORY_DISABLED = (
+    "the model repository API (load, unload, index) is disabled in freestack deployments: "
+    "deploy, roll back or stop a model through freestack (`freestack serve deploy`, "
+    "`freestack serve stop`)"
+)
 #: MLServer's dotted path of freestack's runtime
 IMPLEMENTATION = "freestack_server.oip.FreestackRuntime"
 
 
-def write_folder(folder: Path, *, name: str, model_uri: str, host: str, http_port: int, grpc_port: int,
-                 metrics_port: int, workers: int, extra: dict[str, Any]) -> Path:  # fmt: skip
+def write_folder(
+    folder: Path,
+    *,
+    name: str,
+    model_uri: str,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    workers: int,
+    extra: dict[str, Any],
+) -> Path:
     """The folder MLServer serves: ``settings.json`` (every listener on ``host``; ``workers`` 0 runs
     the model in the server's own process, n > 0 in n worker processes) and ``<name>/model-settings.json``
     (:class:`freestack_server.oip.FreestackRuntime` loading ``model_uri``; ``extra``: its
     batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
     folder.mkdir(parents=True, exist_ok=True)
-    server = {"host": host, "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-              "parallel_workers": workers, "debug": False, "load_models_at_startup": True, "gzip_enabled": False,
-              "metrics_dir": str(folder / ".metrics"), "metrics_endpoint": "/metrics" if metrics_port else None}  # fmt: skip
+    server = {
+        "host": host,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "parallel_workers": workers,
+        "debug": False,
+        "load_models_at_startup": True,
+        "gzip_enabled": False,
+        "metrics_dir": str(folder / ".metrics"),
+        "metrics_endpoint": "/metrics" if metrics_port else None,
+    }
     (folder / "settings.json").write_text(json.dumps(server, indent=2))
     (folder / name).mkdir(exist_ok=True)
-    model = {"name": name, "implementation": IMPLEMENTATION, "max_batch_size": 0,
-             "parameters": {"uri": model_uri, "extra": extra}}  # fmt: skip
+    model = {
+        "name": name,
+        "implementation": IMPLEMENTATION,
+        "max_batch_size": 0,
+        "parameters": {"uri": model_uri, "extra": extra},
+    }
     (folder / name / "model-settings.json").write_text(json.dumps(model, indent=2))
     return folder
 
 
 def v2_error(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     body = json.dumps({"error": message}).encode()
-    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
+    return (
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        body,
+    )
 
 
 def validation_message(errors: list[dict[str, Any]]) -> str:
@@ -133,8 +162,11 @@ class BodyLimit:
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
     async def _refuse(self, send, size: int) -> None:
-        status, headers, body = v2_error(413, f"the request body is {size} bytes or more; at most {self.limit} "
-                                              "are accepted: send fewer rows per request")  # fmt: skip
+        status, headers, body = v2_error(
+            413,
+            f"the request body is {size} bytes or more; at most {self.limit} "
+            "are accepted: send fewer rows per request",
+        )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -162,8 +194,11 @@ class Refusals:
         if scope["path"].startswith("/v2/repository"):
             status, headers, body = v2_error(403, REPOSITORY_DISABLED)
         elif size > MAX_HEADER_BYTES:
-            status, headers, body = v2_error(431, f"the request's headers are {size} bytes; at most "
-                                                  f"{MAX_HEADER_BYTES} are accepted: send smaller headers")  # fmt: skip
+            status, headers, body = v2_error(
+                431,
+                f"the request's headers are {size} bytes; at most "
+                f"{MAX_HEADER_BYTES} are accepted: send smaller headers",
+            )
         else:
             return await self.app(scope, receive, send)
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -174,8 +209,10 @@ def http_error_message(request: Any, exc: Any) -> str:
     """A routing refusal (Starlette's 404 and 405) as one sentence saying what to send instead."""
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
-        return (f"{where}: no such V2 endpoint; the model answers POST /v2/models/<name>/infer, GET "
-                "/v2/models/<name> (metadata), /v2/models/<name>/ready and /v2/health/ready")  # fmt: skip
+        return (
+            f"{where}: no such V2 endpoint; the model answers POST /v2/models/<name>/infer, GET "
+            "/v2/models/<name> (metadata), /v2/models/<name>/ready and /v2/health/ready"
+        )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "another method")
         return f"{where}: this endpoint takes {allowed}"
@@ -188,8 +225,12 @@ def extend(max_body_bytes: int) -> bool:
     import mlserver
 
     if not any(mlserver.__version__.startswith(v) for v in WRITTEN_FOR):
-        log.warning("MLServer %s: freestack's V2 error answers, limits, binary tensors and closed repository API "
-                    "were written for %s; serving with MLServer's own", mlserver.__version__, ", ".join(WRITTEN_FOR))  # fmt: skip
+        log.warning(
+            "MLServer %s: freestack's V2 error answers, limits, binary tensors and closed repository API "
+            "were written for %s; serving with MLServer's own",
+            mlserver.__version__,
+            ", ".join(WRITTEN_FOR),
+        )
         return False
     _extend_rest(max_body_bytes)
     _json_400_everywhere()
@@ -211,8 +252,9 @@ def _extend_rest(max_body_bytes: int) -> None:
         return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
 
     async def refused(request, exc: HTTPException):
-        return JSONResponse({"error": http_error_message(request, exc)}, status_code=exc.status_code,
-                            headers=exc.headers)  # fmt: skip
+        return JSONResponse(
+            {"error": http_error_message(request, exc)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     rest_app._EXCEPTION_HANDLERS[RequestValidationError] = invalid
     rest_app._EXCEPTION_HANDLERS[HTTPException] = refused
@@ -230,9 +272,11 @@ def _extend_rest(max_body_bytes: int) -> None:
 
 def not_http_message(reason: str) -> str:
     """What a request uvicorn's parser refused is told (``reason``: uvicorn's own words)."""
-    return (f"the request is not HTTP/1.1 this server can read ({reason.rstrip('.')}): send a request line such as "
-            "'POST /v2/models/<name>/infer HTTP/1.1', header lines 'Name: value' ending in CRLF, and a body of the "
-            "length its Content-Length or chunks give (this server speaks neither TLS nor HTTP/2)")  # fmt: skip
+    return (
+        f"the request is not HTTP/1.1 this server can read ({reason.rstrip('.')}): send a request line such as "
+        "'POST /v2/models/<name>/infer HTTP/1.1', header lines 'Name: value' ending in CRLF, and a body of the "
+        "length its Content-Length or chunks give (this server speaks neither TLS nor HTTP/2)"
+    )
 
 
 class JsonBadRequest:
@@ -261,9 +305,15 @@ def json_400_protocol() -> type[asyncio.Protocol] | None:
     import uvicorn
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    if not any(uvicorn.__version__.startswith(v) for v in UVICORN_WRITTEN_FOR) or not hasattr(AutoHTTPProtocol, "send_400_response"):
-        log.warning("uvicorn %s: freestack's V2 error answer to requests its HTTP parser cannot read was written for "
-                    "%s; those get uvicorn's own plain-text 400", uvicorn.__version__, ", ".join(UVICORN_WRITTEN_FOR))  # fmt: skip
+    if not any(uvicorn.__version__.startswith(v) for v in UVICORN_WRITTEN_FOR) or not hasattr(
+        AutoHTTPProtocol, "send_400_response"
+    ):
+        log.warning(
+            "uvicorn %s: freestack's V2 error answer to requests its HTTP parser cannot read was written for "
+            "%s; those get uvicorn's own plain-text 400",
+            uvicorn.__version__,
+            ", ".join(UVICORN_WRITTEN_FOR),
+        )
         return None
     return type(f"JsonBadRequest{AutoHTTPProtocol.__name__}", (JsonBadRequest, AutoHTTPProtocol), {})
 
@@ -334,14 +384,27 @@ def folder_of(cfg: ServerConfig) -> Path:
     config = settings()
     from freestack_server.generation import Bounds
 
-    extra = {"max_batch_rows": config.max_batch_rows, "request_log_uri": config.request_log_uri or "",
-             "request_log_rate": config.request_log_rate, "deployment": cfg.name, "batch_rows": cfg.batch_rows,
-             "generation": Bounds.from_settings().as_dict()}  # a text-generation model's bounds  # fmt: skip
+    extra = {
+        "max_batch_rows": config.max_batch_rows,
+        "request_log_uri": config.request_log_uri or "",
+        "request_log_rate": config.request_log_rate,
+        "deployment": cfg.name,
+        "batch_rows": cfg.batch_rows,
+        "generation": Bounds.from_settings().as_dict(),
+    }  # a text-generation model's bounds
     if not config.model_uri:
         raise SystemExit("no model to serve: set FREESTACK_MODEL_URI")
-    return write_folder(Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver", name=cfg.model, model_uri=config.model_uri,
-                        host=cfg.host, http_port=cfg.port, grpc_port=cfg.grpc_port,
-                        metrics_port=cfg.metrics_port, workers=0, extra=extra)  # fmt: skip
+    return write_folder(
+        Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver",
+        name=cfg.model,
+        model_uri=config.model_uri,
+        host=cfg.host,
+        http_port=cfg.port,
+        grpc_port=cfg.grpc_port,
+        metrics_port=cfg.metrics_port,
+        workers=0,
+        extra=extra,
+    )
 
 
 async def run(cfg: ServerConfig, address_fd: int | None) -> None:
@@ -354,8 +417,10 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     from freestack.settings import settings
 
     if not extend(settings().max_body_bytes) and address_fd is not None:
-        raise SystemExit("this MLServer release cannot serve a deployment's address: install the one in "
-                         "plugins/freestack_server/requirements-mlserver.txt (`make mlserver-venv`)")  # fmt: skip
+        raise SystemExit(
+            "this MLServer release cannot serve a deployment's address: install the one in "
+            "plugins/freestack_server/requirements-mlserver.txt (`make mlserver-venv`)"
+        )
     server_settings, models = await load_settings(str(folder_of(cfg)))
     server = MLServer(server_settings)  # installs its signal handlers: ours replace them below
     gate = cfg.address.gate if cfg.address else None
@@ -404,14 +469,22 @@ class AddressServer:
 
         import uvicorn
 
-        while not (self.gate and os.path.exists(self.gate)) or getattr(self.server._rest_server, "_app", None) is None:
+        while (
+            not (self.gate and os.path.exists(self.gate))
+            or getattr(self.server._rest_server, "_app", None) is None
+        ):
             await asyncio.sleep(0.1)
         while not getattr(getattr(self.server._rest_server, "_server", None), "started", False):
             await asyncio.sleep(0.05)  # MLServer's own REST server is up (its models loaded first)
         sock = socket.socket(fileno=self.fd)
-        config = uvicorn.Config(_CloseWhenDraining(self.server._rest_server._app, self), lifespan="off",
-                                log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
-                                http=json_400_protocol() or "auto")  # fmt: skip
+        config = uvicorn.Config(
+            _CloseWhenDraining(self.server._rest_server._app, self),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            http=json_400_protocol() or "auto",
+        )
         self.uvicorn = _quiet_uvicorn(config)
         self.task = asyncio.ensure_future(self.uvicorn.serve(sockets=[sock]))
         while not self.uvicorn.started:

@@ -49,7 +49,11 @@ class PredictLane:
         except SeldonMicroserviceException:
             return None  # refused before anything was logged: the app answers it in its own words
         status = 200
-        if isinstance(response, dict) and isinstance(response.get("status"), dict) and "code" in response["status"]:
+        if (
+            isinstance(response, dict)
+            and isinstance(response.get("status"), dict)
+            and "code" in response["status"]
+        ):
             status = int(response["status"]["code"])  # as Seldon's Predict view does
         body = self._dumps(response)
         return f"{status} {reason_phrase(status)}", [*JSON_HEADERS, ("Content-Length", str(len(body)))], body

@@ -55,8 +55,10 @@ class RawInputs:
     def single(self, kind: str, value: Any) -> dict[str, list]:
         what = {"text": "strData", "image": "binData"}[kind]
         if [k for _, k in self.columns] != [kind]:
-            raise RawInputError(f"{what} carries one {kind} value; this model takes {self._described()}: send "
-                                '"data" (ndarray with names) or "jsonData" records')  # fmt: skip
+            raise RawInputError(
+                f"{what} carries one {kind} value; this model takes {self._described()}: send "
+                '"data" (ndarray with names) or "jsonData" records'
+            )
         return {self.names[0]: [_unicode(value, 0, self.names[0]) if isinstance(value, str) else value]}
 
     def from_records(self, payload: dict[str, Any]) -> dict[str, list]:
@@ -64,7 +66,9 @@ class RawInputs:
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list) or not records:
-            raise RawInputError('jsonData must be {"instances": [{column: value, ...}, ...]} with at least one record')
+            raise RawInputError(
+                'jsonData must be {"instances": [{column: value, ...}, ...]} with at least one record'
+            )
         self._check_rows(len(records))
         out: dict[str, list] = {n: [] for n in self.names}
         for i, rec in enumerate(records):
@@ -72,7 +76,9 @@ class RawInputs:
                 raise RawInputError(f"jsonData record {i} must be an object of column: value")
             missing = [n for n in self.names if n not in rec]
             if missing:
-                raise RawInputError(f"jsonData record {i} lacks {missing[:10]}; this model takes {self._described()}")
+                raise RawInputError(
+                    f"jsonData record {i} lacks {missing[:10]}; this model takes {self._described()}"
+                )
             for n in self.names:
                 out[n].append(self.value(rec[n], i, n))
         return out
@@ -85,15 +91,19 @@ class RawInputs:
             rows = [rows]
         self._check_rows(len(rows))
         if not names and len(self.names) > 1:
-            raise RawInputError(f'"data.ndarray" needs "data.names" for this model: it takes {len(self.names)} columns '
-                                f"({self._described()}), so values are placed by name, not by position; send "
-                                '{"data": {"names": [...], "ndarray": [[...]]}} or "jsonData" records')  # fmt: skip
+            raise RawInputError(
+                f'"data.ndarray" needs "data.names" for this model: it takes {len(self.names)} columns '
+                f"({self._described()}), so values are placed by name, not by position; send "
+                '{"data": {"names": [...], "ndarray": [[...]]}} or "jsonData" records'
+            )
         order = list(names) if names else self.names
         unknown = [n for n in order if n not in self.kinds]
         missing = [n for n in self.names if n not in order]
         if unknown or missing or len(order) != len(set(order)):
-            raise RawInputError(f"data.names {order[:10]} do not match the model's columns {self.names} "
-                                f"(unknown {unknown[:10]}, missing {missing[:10]})")  # fmt: skip
+            raise RawInputError(
+                f"data.names {order[:10]} do not match the model's columns {self.names} "
+                f"(unknown {unknown[:10]}, missing {missing[:10]})"
+            )
         out: dict[str, list] = {n: [] for n in self.names}
         for i, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != len(order):
@@ -122,7 +132,9 @@ class RawInputs:
             raise RawInputError(f"{n} rows in one request; at most {self.max_rows}: split the batch")
 
     def _described(self) -> str:
-        return ", ".join(f"{n} ({k})" for n, k in self.columns[:8]) + (" ..." if len(self.columns) > 8 else "")
+        return ", ".join(f"{n} ({k})" for n, k in self.columns[:8]) + (
+            " ..." if len(self.columns) > 8 else ""
+        )
 
 
 def _unicode(v: str, row: int, name: str) -> str:
@@ -132,9 +144,11 @@ def _unicode(v: str, row: int, name: str) -> str:
         v.encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = v[exc.start : exc.end].encode("unicode_escape").decode()
-        raise RawInputError(f"row {row}, {name}: the text holds a lone surrogate ({bad} at character {exc.start}), "
-                            "which is not Unicode text: send valid UTF-8 (escape a character outside the basic "
-                            "plane as a surrogate pair, or not at all)") from None  # fmt: skip
+        raise RawInputError(
+            f"row {row}, {name}: the text holds a lone surrogate ({bad} at character {exc.start}), "
+            "which is not Unicode text: send valid UTF-8 (escape a character outside the basic "
+            "plane as a surrogate pair, or not at all)"
+        ) from None
     return v
 
 
@@ -156,13 +170,17 @@ def image_bytes(v: Any, row: int, name: str) -> bytes:
     if isinstance(v, bytes | bytearray):
         return bytes(v)
     if not isinstance(v, str) or not v:
-        raise RawInputError(f"row {row}, {name}: expected an image as base64 text, got "
-                            f"{type(v).__name__ if v is not None else 'null'}")  # fmt: skip
+        raise RawInputError(
+            f"row {row}, {name}: expected an image as base64 text, got "
+            f"{type(v).__name__ if v is not None else 'null'}"
+        )
     text = v.split(",", 1)[1] if v.startswith("data:") and "," in v else v
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise RawInputError(f"row {row}, {name}: not valid base64; send the image file's bytes base64-encoded") from None
+        raise RawInputError(
+            f"row {row}, {name}: not valid base64; send the image file's bytes base64-encoded"
+        ) from None
 
 
 def rows_of(columns: dict[str, Sequence]) -> int:

@@ -45,10 +45,18 @@ NUMBER = frozenset((int, float))
 CONTAINERS = frozenset((list, dict))
 META_KEYS = frozenset(("puid", "tags", "routing", "requestPath", "metrics"))
 METRIC_TYPES = frozenset(("COUNTER", "GAUGE", "TIMER"))
-MESSAGE_ENDPOINTS = {"Predict": "predict", "TransformInput": "message", "TransformOutput": "message",
-                     "Route": "message", "Aggregate": "aggregate", "SendFeedback": "feedback"}  # fmt: skip
+MESSAGE_ENDPOINTS = {
+    "Predict": "predict",
+    "TransformInput": "message",
+    "TransformOutput": "message",
+    "Route": "message",
+    "Aggregate": "aggregate",
+    "SendFeedback": "feedback",
+}
 FORM = "application/x-www-form-urlencoded"
-PARSED = "freestack.json"  # environ key: the JSON body as the guard parsed it (the app does not parse it again)
+PARSED = (
+    "freestack.json"  # environ key: the JSON body as the guard parsed it (the app does not parse it again)
+)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 KINDS = ("data", "jsonData", "strData", "binData")  # what a Seldon message may carry
@@ -66,9 +74,11 @@ class Inputs:
 
 
 #: what a text-generation model takes, for the refusal of anything else
-GENERATION_HINT = ('{"strData": "a prompt"}, or {"jsonData": {"prompt": "..."}} or {"jsonData": {"messages": [{"role": '
-                   '"user", "content": "..."}]}} (several: {"jsonData": {"instances": [...]}}), with "parameters": '
-                   '{"max_new_tokens", "temperature", "top_p", "stop"}')  # fmt: skip
+GENERATION_HINT = (
+    '{"strData": "a prompt"}, or {"jsonData": {"prompt": "..."}} or {"jsonData": {"messages": [{"role": '
+    '"user", "content": "..."}]}} (several: {"jsonData": {"instances": [...]}}), with "parameters": '
+    '{"max_new_tokens", "temperature", "top_p", "stop"}'
+)
 
 
 class Refused(Exception):
@@ -83,8 +93,12 @@ class RequestTimeout(Refused):
     """The client did not send its whole request within the read deadline."""
 
     def __init__(self, seconds: float):
-        super().__init__(408, "REQUEST_TIMEOUT", f"the request did not arrive whole within the read deadline "
-                         f"({seconds:.0f} s from its first byte): send each request at once")  # fmt: skip
+        super().__init__(
+            408,
+            "REQUEST_TIMEOUT",
+            f"the request did not arrive whole within the read deadline "
+            f"({seconds:.0f} s from its first byte): send each request at once",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -100,8 +114,10 @@ def error_response(status: int, reason: str, info: str) -> bytes:
     """A whole HTTP/1.1 answer for a worker to send before it closes the connection."""
     body = error_body(info, reason)
     phrase = reason_phrase(status)
-    return (f"HTTP/1.1 {status} {phrase}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
@@ -123,8 +139,11 @@ def protocol_error(exc: BaseException) -> tuple[int, str, str]:
     if isinstance(exc, e.LimitRequestHeaders):
         return 431, "HEADERS_TOO_LARGE", f"{exc}: send fewer or shorter headers"
     if isinstance(exc, e.InvalidRequestLine | e.InvalidRequestMethod | e.InvalidHTTPVersion):
-        return 400, "BAD_REQUEST_LINE", (f"invalid request line ({type(exc).__name__}: {exc}): send "
-                                         "'METHOD /path HTTP/1.1'")  # fmt: skip
+        return (
+            400,
+            "BAD_REQUEST_LINE",
+            (f"invalid request line ({type(exc).__name__}: {exc}): send 'METHOD /path HTTP/1.1'"),
+        )
     if isinstance(exc, e.InvalidHeader | e.InvalidHeaderName | e.InvalidSchemeHeaders):
         return 400, "BAD_HEADER", f"invalid header ({type(exc).__name__}: {exc})"
     if isinstance(exc, e.InvalidChunkSize | e.ChunkMissingTerminator):
@@ -169,21 +188,34 @@ def framing(headers: list[tuple[str, str]], max_body: int) -> tuple[str, int]:
 
 
 def _control_characters() -> Refused:
-    return Refused(400, "BAD_HEADER", "a header holds a NUL, CR or LF character: end each header line with CRLF, "
-                   "and send no control characters in values")  # fmt: skip
+    return Refused(
+        400,
+        "BAD_HEADER",
+        "a header holds a NUL, CR or LF character: end each header line with CRLF, "
+        "and send no control characters in values",
+    )
 
 
 def _framing(lengths: list, codings: list, max_body: int) -> tuple[str, int]:
     if len(lengths) > 1 or len(codings) > 1:
-        raise Refused(400, "BAD_FRAMING", "the request has more than one Content-Length or Transfer-Encoding "
-                      "header: send exactly one")  # fmt: skip
+        raise Refused(
+            400,
+            "BAD_FRAMING",
+            "the request has more than one Content-Length or Transfer-Encoding header: send exactly one",
+        )
     if codings:
         if lengths:
-            raise Refused(400, "BAD_FRAMING", "the request has both Content-Length and Transfer-Encoding: send one")
+            raise Refused(
+                400, "BAD_FRAMING", "the request has both Content-Length and Transfer-Encoding: send one"
+            )
         coding = _text(codings[0])
         if coding.lower() != "chunked":
-            raise Refused(400, "BAD_FRAMING", f"Transfer-Encoding {coding!r} is not supported: send the body with "
-                          "a Content-Length or Transfer-Encoding: chunked")  # fmt: skip
+            raise Refused(
+                400,
+                "BAD_FRAMING",
+                f"Transfer-Encoding {coding!r} is not supported: send the body with "
+                "a Content-Length or Transfer-Encoding: chunked",
+            )
         return "chunked", 0
     if not lengths:
         return "none", 0
@@ -202,8 +234,11 @@ def _text(value: str | bytes) -> str:
 
 def too_large(length: int | None, max_body: int) -> Refused:
     what = f"{length} bytes" if length is not None else f"over {max_body} bytes"
-    return Refused(413, "PAYLOAD_TOO_LARGE", f"the request body is {what}; at most {max_body} are accepted: send "
-                   "fewer rows per request")  # fmt: skip
+    return Refused(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"the request body is {what}; at most {max_body} are accepted: send fewer rows per request",
+    )
 
 
 HEAD_LIMIT = 64 * 1024  # bytes of request line and headers (and of a chunked body's trailers)
@@ -214,7 +249,17 @@ class Frame:
     """Where the request arriving at the start of a connection's buffer ends, found as its bytes come
     in (:func:`request_end`): each byte is looked at about once, however the request is cut up."""
 
-    __slots__ = ("head_end", "searched", "end", "pos", "trailers", "decoded", "expect", "continued", "line_ok")
+    __slots__ = (
+        "head_end",
+        "searched",
+        "end",
+        "pos",
+        "trailers",
+        "decoded",
+        "expect",
+        "continued",
+        "line_ok",
+    )
 
     def __init__(self):
         self.head_end = self.end = -1  # head_end: offset of the body; end: of the request (known length)
@@ -236,8 +281,11 @@ def head_framing(head: bytes, max_body: int) -> tuple[str, int, bool]:
     if b"\x00" in head or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
         raise _control_characters()
     if b"\r\n " in head or b"\r\n\t" in head:
-        raise Refused(400, "BAD_HEADER", "a header line starts with whitespace (obsolete line folding): send "
-                      "each header on one line")  # fmt: skip
+        raise Refused(
+            400,
+            "BAD_HEADER",
+            "a header line starts with whitespace (obsolete line folding): send each header on one line",
+        )
     kind, length = _framing(_LENGTH.findall(head), _CODING.findall(head), max_body)
     return kind, length, _EXPECT.search(head) is not None
 
@@ -245,13 +293,19 @@ def head_framing(head: bytes, max_body: int) -> tuple[str, int, bool]:
 METHOD_MAX = 32  # bytes of a method name (the longest registered one has 17)
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
-_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(METHOD_MAX).encode() + rb"} [^\x00-\x20\x7f]+ HTTP/1\.[0-9]")
+_REQUEST_LINE = re.compile(
+    rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(METHOD_MAX).encode() + rb"} [^\x00-\x20\x7f]+ HTTP/1\.[0-9]"
+)
 
 
 def not_http() -> Refused:
-    return Refused(400, "NOT_HTTP", "the request is not HTTP/1.1: send a request line such as 'POST "
-                   "/api/v1.0/predictions HTTP/1.1' and end each line with CRLF (this server speaks neither TLS "
-                   "nor HTTP/2)")  # fmt: skip
+    return Refused(
+        400,
+        "NOT_HTTP",
+        "the request is not HTTP/1.1: send a request line such as 'POST "
+        "/api/v1.0/predictions HTTP/1.1' and end each line with CRLF (this server speaks neither TLS "
+        "nor HTTP/2)",
+    )
 
 
 def check_request_line(buf: bytearray, frame: Frame) -> None:
@@ -285,8 +339,11 @@ def request_end(buf: bytearray, frame: Frame, max_body: int) -> int:
         if i < 0 or i > HEAD_LIMIT:
             frame.searched = len(buf)
             if len(buf) > HEAD_LIMIT:
-                raise Refused(431, "HEADERS_TOO_LARGE", f"the request line and headers exceed {HEAD_LIMIT} bytes: "
-                              "send fewer or shorter headers")  # fmt: skip
+                raise Refused(
+                    431,
+                    "HEADERS_TOO_LARGE",
+                    f"the request line and headers exceed {HEAD_LIMIT} bytes: send fewer or shorter headers",
+                )
             return -1
         frame.head_end = i + 4
         kind, length, frame.expect = head_framing(bytes(buf[: i + 2]), max_body)
@@ -305,22 +362,28 @@ def chunks_end(buf: bytearray, frame: Frame, max_body: int) -> int:
     pos, n = frame.pos, len(buf)
     while True:
         if frame.trailers:
-            if n >= pos + 2 and buf[pos:pos + 2] == b"\r\n":
+            if n >= pos + 2 and buf[pos : pos + 2] == b"\r\n":
                 return pos + 2
             i = buf.find(b"\r\n\r\n", pos)
             if i >= 0:
                 return i + 4
             if n - pos > HEAD_LIMIT:
-                raise Refused(431, "HEADERS_TOO_LARGE", f"the chunked body's trailers exceed {HEAD_LIMIT} bytes")
+                raise Refused(
+                    431, "HEADERS_TOO_LARGE", f"the chunked body's trailers exceed {HEAD_LIMIT} bytes"
+                )
             break
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
             if n - pos > 1024:
-                raise Refused(400, "BAD_CHUNK", "a chunk-size line is longer than 1 KiB: send the size in hex digits")
+                raise Refused(
+                    400, "BAD_CHUNK", "a chunk-size line is longer than 1 KiB: send the size in hex digits"
+                )
             break
         text = bytes(buf[pos:eol]).split(b";", 1)[0].strip(b" \t")
         if not _HEX.match(text):
-            raise Refused(400, "BAD_CHUNK", f"invalid chunk size {text[:20]!r}: send each chunk's size in hex digits")
+            raise Refused(
+                400, "BAD_CHUNK", f"invalid chunk size {text[:20]!r}: send each chunk's size in hex digits"
+            )
         size = int(text, 16)
         if size == 0:
             frame.trailers, pos = True, eol + 2
@@ -330,8 +393,10 @@ def chunks_end(buf: bytearray, frame: Frame, max_body: int) -> int:
         end = eol + 2 + size
         if n < end + 2:
             break
-        if buf[end:end + 2] != b"\r\n":
-            raise Refused(400, "BAD_CHUNK", f"a chunk of {size} bytes is not followed by CRLF: its size is wrong")
+        if buf[end : end + 2] != b"\r\n":
+            raise Refused(
+                400, "BAD_CHUNK", f"a chunk of {size} bytes is not followed by CRLF: its size is wrong"
+            )
         frame.decoded += size
         pos = end + 2
     frame.pos = pos
@@ -382,8 +447,10 @@ def parse_json(raw: bytes | str) -> tuple[Any, str | None]:
     try:
         return json.loads(raw, parse_constant=_constant, parse_float=_finite), None
     except _NotFinite as exc:
-        return None, (f"NaN or infinite values are not accepted ({exc} in the JSON): impute them first, and send "
-                      "finite numbers")  # fmt: skip
+        return None, (
+            f"NaN or infinite values are not accepted ({exc} in the JSON): impute them first, and send "
+            "finite numbers"
+        )
     except RecursionError:
         return None, f"the JSON is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels"
     except (ValueError, UnicodeDecodeError) as exc:
@@ -450,7 +517,8 @@ def numbers_only(msg: dict, raw: bytes | str) -> bool:
 
 def _kind(value: Any) -> str:
     return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__)  # fmt: skip
+        type(value), type(value).__name__
+    )
 
 
 #: the values a row may hold for a model of category, text or image columns (images as base64 text)
@@ -468,7 +536,9 @@ def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str |
         return None
     if kinds != {list}:
         if kinds <= NUMBER | {list}:
-            return '"data.ndarray" mixes numbers and rows: send a list of rows, [[...], ...], or one row, [...]'
+            return (
+                '"data.ndarray" mixes numbers and rows: send a list of rows, [[...], ...], or one row, [...]'
+            )
         i, v = next((i, v) for i, v in enumerate(arr) if type(v) not in NUMBER and type(v) is not list)
         return f'"data.ndarray" item {i} is {_kind(v)}: each row must be a list of numbers'
     widths = set(map(len, arr))
@@ -479,7 +549,9 @@ def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str |
         return None
     i, j, v = next((i, j, v) for i, row in enumerate(arr) for j, v in enumerate(row) if type(v) not in NUMBER)
     if type(v) in CONTAINERS:
-        return f'"data.ndarray" row {i}, value {j} is {_kind(v)}: rows are nested deeper than [rows, features]'
+        return (
+            f'"data.ndarray" row {i}, value {j} is {_kind(v)}: rows are nested deeper than [rows, features]'
+        )
     hint = " (send true/false as 1 or 0)" if type(v) is bool else ""
     return f'"data.ndarray" row {i}, value {j} is {_kind(v)}: features must be numbers{hint}'
 
@@ -514,20 +586,29 @@ def meta_problem(meta: Any) -> str | None:
     if "tags" in meta and type(meta["tags"]) is not dict:
         return f'"meta.tags" must be an object of name: value, not {_kind(meta["tags"])}'
     for key, kind, what in (("routing", int, "an integer"), ("requestPath", str, "a string")):
-        if key in meta and (type(meta[key]) is not dict or not all(type(v) is kind for v in meta[key].values())):
+        if key in meta and (
+            type(meta[key]) is not dict or not all(type(v) is kind for v in meta[key].values())
+        ):
             return f'"meta.{key}" must be an object whose values are each {what}'
     metrics = meta.get("metrics", [])
     if type(metrics) is not list or not all(_metric_ok(m) for m in metrics):
-        return ('"meta.metrics" must be a list of {"key": name, "type": "COUNTER" | "GAUGE" | "TIMER", "value": '
-                'number, "tags": {name: string}}')  # fmt: skip
+        return (
+            '"meta.metrics" must be a list of {"key": name, "type": "COUNTER" | "GAUGE" | "TIMER", "value": '
+            'number, "tags": {name: string}}'
+        )
     return None
 
 
 def _metric_ok(m: Any) -> bool:
     tags = m.get("tags", {}) if type(m) is dict else None
-    return (type(m) is dict and type(m.get("key")) is str and m.get("type", "COUNTER") in METRIC_TYPES
-            and type(m.get("value")) in NUMBER and type(tags) is dict
-            and all(type(v) is str for v in tags.values()))  # fmt: skip
+    return (
+        type(m) is dict
+        and type(m.get("key")) is str
+        and m.get("type", "COUNTER") in METRIC_TYPES
+        and type(m.get("value")) in NUMBER
+        and type(tags) is dict
+        and all(type(v) is str for v in tags.values())
+    )
 
 
 def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool = False) -> str | None:
@@ -545,12 +626,16 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     if "data" not in msg:
         return None
     if type(data) is not dict:
-        return ('"data" must be an object holding "ndarray" or "tensor", e.g. {"data": {"ndarray": [[...]]}}, '
-                f"not {_kind(data)}")  # fmt: skip
+        return (
+            '"data" must be an object holding "ndarray" or "tensor", e.g. {"data": {"ndarray": [[...]]}}, '
+            f"not {_kind(data)}"
+        )
     names = data.get("names", [])
     if type(names) is not list:
-        return (f'"data.names" must be a list of feature names (strings), not {_kind(names)}: leave it out to '
-                "send none")  # fmt: skip
+        return (
+            f'"data.names" must be a list of feature names (strings), not {_kind(names)}: leave it out to '
+            "send none"
+        )
     if not all(type(n) is str for n in names):
         return '"data.names" must be a list of feature names (strings)'
     if "tftensor" in data:
@@ -593,8 +678,10 @@ def raw_problem(kind: str, value: Any, inputs: Inputs) -> str | None:
     """``strData`` (the text of a one-text-column model) or ``binData`` (the base64 image of a
     one-image-column model)."""
     if kind not in inputs.raw_kinds:
-        return (f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
-                '"jsonData" records')  # fmt: skip
+        return (
+            f'"{kind}" is not accepted by this model: send its features in "data" (ndarray with names) or '
+            '"jsonData" records'
+        )
     if kind == "strData":  # any text, the empty one too: the model reads it as training read empty text
         return None if type(value) is str else f'"strData" must be a string (the text), not {_kind(value)}'
     if type(value) is not str or not value:
@@ -609,7 +696,9 @@ def raw_problem(kind: str, value: Any, inputs: Inputs) -> str | None:
     return None
 
 
-def body_problem(kind: str, body: Any, raw: bytes | str | None = None, inputs: Inputs = Inputs()) -> str | None:
+def body_problem(
+    kind: str, body: Any, raw: bytes | str | None = None, inputs: Inputs = Inputs()
+) -> str | None:
     """``kind``: "predict" (a message to predict on, parsed from ``raw``), "message" (one for Seldon's
     other message routes), "feedback" (Seldon's Feedback) or "aggregate" (a list of messages in
     ``seldonMessages``)."""
@@ -623,15 +712,23 @@ def body_problem(kind: str, body: Any, raw: bytes | str | None = None, inputs: I
         msgs = body.get("seldonMessages")
         if type(msgs) is not list or set(body) != {"seldonMessages"}:
             return 'an aggregate request is {"seldonMessages": [message, ...]}'
-        return next((f"seldonMessages[{i}]: {p}" for i, m in enumerate(msgs) if (p := message_problem(m))), None)
+        return next(
+            (f"seldonMessages[{i}]: {p}" for i, m in enumerate(msgs) if (p := message_problem(m))), None
+        )
     unknown = sorted(set(body) - {"request", "response", "reward", "truth"})
     if unknown:
         return f'feedback holds {unknown}: send {{"request": message, "response": message, "reward": number, "truth": message}}'
     if "reward" in body and type(body["reward"]) not in NUMBER:
         return '"reward" must be a number'
     # the truth may hold class names (strings), like a raw-values request
-    return next((f'"{k}": {p}' for k in ("request", "response", "truth") if k in body
-                 and (p := message_problem(body[k], None, raw_values=k == "truth"))), None)  # fmt: skip
+    return next(
+        (
+            f'"{k}": {p}'
+            for k in ("request", "response", "truth")
+            if k in body and (p := message_problem(body[k], None, raw_values=k == "truth"))
+        ),
+        None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -644,7 +741,9 @@ def check_origins(origins: list[str] | tuple[str, ...]) -> list[str]:
     for origin in origins:
         origin = str(origin).strip().rstrip("/")
         if origin != "*" and not _ORIGIN.match(origin):
-            raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] (e.g. https://app.example.com) or *")
+            raise ValueError(
+                f"CORS origin {origin!r} is not scheme://host[:port] (e.g. https://app.example.com) or *"
+            )
         out.append(origin)
     return out
 
@@ -652,8 +751,15 @@ def check_origins(origins: list[str] | tuple[str, ...]) -> list[str]:
 class Guard:
     """WSGI middleware in front of Seldon's Flask app (see the module's docstring)."""
 
-    def __init__(self, app, flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
-                 inputs: Inputs = Inputs()):  # fmt: skip
+    def __init__(
+        self,
+        app,
+        flask_app,
+        *,
+        max_body: int,
+        cors_origins: list[str] | tuple[str, ...] = (),
+        inputs: Inputs = Inputs(),
+    ):
         self.app, self.max_body, self.inputs = app, max_body, inputs
         self.origins = frozenset(check_origins(cors_origins))
         self.routes: dict[str, tuple[frozenset[str], str | None]] = {}
@@ -666,8 +772,13 @@ class Guard:
     def __call__(self, environ, start_response):
         route = self.routes.get(environ.get("PATH_INFO", ""))
         if route is None:
-            return _refuse(start_response, 404, "NOT_FOUND", f"no such path {environ.get('PATH_INFO', '')!r}: the "
-                           "model answers POST /api/v1.0/predictions (see GET /api/v1.0/metadata)")  # fmt: skip
+            return _refuse(
+                start_response,
+                404,
+                "NOT_FOUND",
+                f"no such path {environ.get('PATH_INFO', '')!r}: the "
+                "model answers POST /api/v1.0/predictions (see GET /api/v1.0/metadata)",
+            )
         methods, kind = route
         method = environ.get("REQUEST_METHOD", "")
         origin = environ.get("HTTP_ORIGIN")
@@ -677,8 +788,13 @@ class Guard:
             start_response = self._cors(start_response, origin)
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return _refuse(start_response, 405, "METHOD_NOT_ALLOWED", f"{method} is not allowed on "
-                           f"{environ.get('PATH_INFO')}: use {allowed}", [("Allow", allowed)])  # fmt: skip
+            return _refuse(
+                start_response,
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"{method} is not allowed on {environ.get('PATH_INFO')}: use {allowed}",
+                [("Allow", allowed)],
+            )
         if kind is not None and method not in ("OPTIONS",):
             refusal = self._check_message(environ, kind)
             if refusal is not None:
@@ -706,11 +822,22 @@ class Guard:
     def _preflight(self, environ, start_response, origin: str, methods: frozenset[str]):
         allowed = self._allowed(origin)
         if allowed is None:
-            return _refuse(start_response, 403, "CORS_ORIGIN_NOT_ALLOWED", f"origin {origin!r} may not call this "
-                           "server from a browser: list it in deploy.local.cors_origins")  # fmt: skip
-        headers = [("Access-Control-Allow-Origin", allowed), ("Vary", "Origin"), ("Access-Control-Max-Age", "600"),
-                   ("Access-Control-Allow-Methods", ", ".join(sorted(methods)))]  # fmt: skip
-        asked = [h.strip() for h in environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "").split(",") if h.strip()]
+            return _refuse(
+                start_response,
+                403,
+                "CORS_ORIGIN_NOT_ALLOWED",
+                f"origin {origin!r} may not call this "
+                "server from a browser: list it in deploy.local.cors_origins",
+            )
+        headers = [
+            ("Access-Control-Allow-Origin", allowed),
+            ("Vary", "Origin"),
+            ("Access-Control-Max-Age", "600"),
+            ("Access-Control-Allow-Methods", ", ".join(sorted(methods))),
+        ]
+        asked = [
+            h.strip() for h in environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "").split(",") if h.strip()
+        ]
         if asked and all(_TOKEN.match(h) for h in asked):
             headers.append(("Access-Control-Allow-Headers", ", ".join(asked)))
         start_response("204 No Content", [*headers, ("Content-Length", "0")])
@@ -722,8 +849,11 @@ class Guard:
         does (a form's ``json`` field, else ``?json=``, else the JSON body) and check it."""
         encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
         if encoding not in ("", "identity"):
-            return (415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Encoding {encoding!r} is not accepted: send the body "
-                    "uncompressed")  # fmt: skip
+            return (
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed",
+            )
         stream = environ.get("wsgi.input")
         body = stream.read(self.max_body + 1) if stream is not None else b""
         if len(body) > self.max_body:
@@ -734,8 +864,11 @@ class Guard:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
         if mimetype == "multipart/form-data":  # Seldon reads every part of one as JSON, whatever ?json= says
-            return (415, "UNSUPPORTED_MEDIA_TYPE", "multipart/form-data is not supported: send the Seldon message "
-                    "as application/json")  # fmt: skip
+            return (
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "multipart/form-data is not supported: send the Seldon message as application/json",
+            )
         raw = None
         if mimetype == FORM:
             raw = _first(urllib.parse.parse_qs(body))
@@ -747,13 +880,23 @@ class Guard:
                 return 400, "BAD_PAYLOAD", "a form request needs a 'json' field holding the Seldon message"
             if mimetype != "application/json" and not mimetype.endswith("+json"):
                 if not body and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
-                    return (400, "BAD_PAYLOAD", "no message: POST it as the JSON body (Content-Type: "
-                            "application/json) or pass it as ?json=")  # fmt: skip
-                return (415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type {mimetype or '(none)'!r} is not supported: "
-                        "send application/json")  # fmt: skip
+                    return (
+                        400,
+                        "BAD_PAYLOAD",
+                        "no message: POST it as the JSON body (Content-Type: "
+                        "application/json) or pass it as ?json=",
+                    )
+                return (
+                    415,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    f"Content-Type {mimetype or '(none)'!r} is not supported: send application/json",
+                )
             if not body.strip():
-                return (400, "EMPTY_PAYLOAD", 'the request body is empty: send a Seldon message such as '
-                        '{"data": {"ndarray": [[...]]}}')  # fmt: skip
+                return (
+                    400,
+                    "EMPTY_PAYLOAD",
+                    'the request body is empty: send a Seldon message such as {"data": {"ndarray": [[...]]}}',
+                )
             raw = body
         value, problem = parse_json(raw)
         if problem is None:
@@ -773,13 +916,16 @@ def _first(params: dict[bytes, list[bytes]]) -> str | None:
 
 def _refuse(start_response, status: int, reason: str, info: str, extra: list | None = None):
     body = error_body(info, reason)
-    start_response(f"{status} {reason_phrase(status)}", [("Content-Type", "application/json"),
-                                                   ("Content-Length", str(len(body))), *(extra or [])])  # fmt: skip
+    start_response(
+        f"{status} {reason_phrase(status)}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *(extra or [])],
+    )
     return [body]
 
 
-def install(flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (),
-            inputs: Inputs = Inputs()) -> Guard:  # fmt: skip
+def install(
+    flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (), inputs: Inputs = Inputs()
+) -> Guard:
     """Put the guard in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
     take flask_cors out of it: the guard answers CORS from ``cors_origins`` alone. The JSON body the
     guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time.
@@ -812,7 +958,31 @@ def _drop_flask_cors(app) -> None:
             del app.__dict__[name]
 
 
-__all__ = ["GENERATION_HINT", "HEAD_LIMIT", "MAX_DEPTH", "Frame", "Guard", "Inputs", "JsonErrors", "Refused", "RequestTimeout", "body_problem",
-           "check_origins", "chunks_end", "decode_chunked", "error_body", "error_response", "framing", "head_framing",
-           "install", "message_problem", "numbers_only", "parse_json", "predict_problem", "protocol_error", "reason_phrase", "request_end",
-           "too_large"]  # fmt: skip
+__all__ = [
+    "GENERATION_HINT",
+    "HEAD_LIMIT",
+    "MAX_DEPTH",
+    "Frame",
+    "Guard",
+    "Inputs",
+    "JsonErrors",
+    "Refused",
+    "RequestTimeout",
+    "body_problem",
+    "check_origins",
+    "chunks_end",
+    "decode_chunked",
+    "error_body",
+    "error_response",
+    "framing",
+    "head_framing",
+    "install",
+    "message_problem",
+    "numbers_only",
+    "parse_json",
+    "predict_problem",
+    "protocol_error",
+    "reason_phrase",
+    "request_end",
+    "too_large",
+]

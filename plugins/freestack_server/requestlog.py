@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 #: the request log's fixed columns (the inputs follow as ``input.<feature>``)
 REQUEST_COLUMNS = ("request_id", "row", "ts", "model", "version", "deployment", "prediction", "outputs")
 #: a text-generation model's columns besides the inputs and ``prediction`` (the completion's text)
-GENERATION_COLUMNS = ("prompt_chars", "prompt_tokens", "completion_chars", "completion_tokens", "finish_reason", "truncated")
+GENERATION_COLUMNS = (
+    "prompt_chars",
+    "prompt_tokens",
+    "completion_chars",
+    "completion_tokens",
+    "finish_reason",
+    "truncated",
+)
 LABEL_COLUMNS = ("request_id", "row", "label", "reward", "ts")
 INPUT_PREFIX = "input."
 #: the start of the deploy's smoke-test request ids: not traffic, so not written to the request log
@@ -62,9 +69,20 @@ class RequestLog:
     ``columns``: the model's inputs as (feature, kind), kind one of numeric, category, text, image;
     ``classes``: the class names of a classifier (empty for a regression)."""
 
-    def __init__(self, uri: str, *, rate: float, model: str, version: str, deployment: str,
-                 columns: list[tuple[str, str]], classes: list[str], flush_seconds: float = 10.0,
-                 flush_rows: int = 20_000, max_rows_per_request: int = 256):  # fmt: skip
+    def __init__(
+        self,
+        uri: str,
+        *,
+        rate: float,
+        model: str,
+        version: str,
+        deployment: str,
+        columns: list[tuple[str, str]],
+        classes: list[str],
+        flush_seconds: float = 10.0,
+        flush_rows: int = 20_000,
+        max_rows_per_request: int = 256,
+    ):
         self.uri, self.rate = uri.rstrip("/"), rate
         self.model, self.version, self.deployment = model, version, deployment
         self.columns, self.classes = columns, classes
@@ -81,23 +99,34 @@ class RequestLog:
     def sampled(self) -> bool:
         return self.rate >= 1.0 or random.random() < self.rate
 
-    def add(self, request_id: str, inputs: np.ndarray | dict[str, list], outputs: np.ndarray,
-            ts: datetime | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        request_id: str,
+        inputs: np.ndarray | dict[str, list],
+        outputs: np.ndarray,
+        ts: datetime | None = None,
+    ) -> None:
         """Keep one answered request: its inputs (a numbers matrix in feature order, or the raw columns);
         ``ts``: when it was answered (default: now; a replayed log gives its own)."""
         entry = (ts.timestamp() if ts else time.time(), request_id, inputs, outputs)
         self._append("_requests", entry, min(len(outputs), self.max_rows))
 
-    def add_generated(self, request_id: str, prompts: list[str], completions: list[Any], ts: datetime | None = None) -> None:
+    def add_generated(
+        self, request_id: str, prompts: list[str], completions: list[Any], ts: datetime | None = None
+    ) -> None:
         """Keep one answered text-generation request: its prompts (the text the client sent, a chat as JSON)
         and their completions (:class:`freestack.ml.generation.Completion`: text, token counts, finish reason)."""
         n = min(len(prompts), self.max_rows)
         entry = (ts.timestamp() if ts else time.time(), request_id, prompts[:n], completions[:n])
         self._append("_generated", entry, n)
 
-    def add_labels(self, request_id: str, labels: list, reward: float | None, ts: datetime | None = None) -> None:
+    def add_labels(
+        self, request_id: str, labels: list, reward: float | None, ts: datetime | None = None
+    ) -> None:
         """Keep the ground truth of an earlier request (one label per row it predicted)."""
-        self._append("_labels", (ts.timestamp() if ts else time.time(), request_id, labels, reward), len(labels))
+        self._append(
+            "_labels", (ts.timestamp() if ts else time.time(), request_id, labels, reward), len(labels)
+        )
 
     def _append(self, buffer: str, entry: tuple, rows: int) -> None:
         with self._lock:
@@ -139,7 +168,9 @@ class RequestLog:
     def table(self, entries: list[tuple[datetime, str, Any, np.ndarray]]):
         """``entries`` (when, request id, inputs, outputs), as :meth:`add` keeps them, as one table of the
         request log: for a batch job that writes its sample of what it predicted through its own storage."""
-        return self._request_table([(ts.timestamp(), rid, inputs, outputs) for ts, rid, inputs, outputs in entries])
+        return self._request_table(
+            [(ts.timestamp(), rid, inputs, outputs) for ts, rid, inputs, outputs in entries]
+        )
 
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
         import pyarrow as pa
@@ -156,7 +187,11 @@ class RequestLog:
             # as dictionaries, and min/max statistics of every column, cost more CPU than serving the
             # request they describe (bench/serve/requestlog.py)
             table = build(entries)
-            strings = [f.name for f in table.schema if f.type in (pa.string(), pa.binary()) or pa.types.is_dictionary(f.type)]
+            strings = [
+                f.name
+                for f in table.schema
+                if f.type in (pa.string(), pa.binary()) or pa.types.is_dictionary(f.type)
+            ]
             pq.write_table(table, buf, compression="snappy", use_dictionary=strings, write_statistics=["ts"])
             put_bytes(uri, buf.getvalue())
         except Exception as exc:  # a full disk or an unreachable store must not take serving down
@@ -174,18 +209,26 @@ class RequestLog:
             outs = [o[:k] for o, k in zip(outs, n.tolist(), strict=True)]
         total = int(n.sum())
         which = np.repeat(np.arange(len(entries), dtype=np.int32), n)  # each row's request
-        ts_ms = (np.fromiter((e[0] for e in entries), dtype=np.float64, count=len(entries)) * 1000).astype(np.int64)
+        ts_ms = (np.fromiter((e[0] for e in entries), dtype=np.float64, count=len(entries)) * 1000).astype(
+            np.int64
+        )
         one = pa.array(np.zeros(total, dtype=np.int32))
         cols: dict[str, Any] = {
-            "request_id": pa.DictionaryArray.from_arrays(pa.array(which), pa.array([e[1] for e in entries], pa.string())),
-            "row": pa.array(np.arange(total, dtype=np.int32) - np.repeat(np.cumsum(n) - n, n).astype(np.int32), pa.int32()),
+            "request_id": pa.DictionaryArray.from_arrays(
+                pa.array(which), pa.array([e[1] for e in entries], pa.string())
+            ),
+            "row": pa.array(
+                np.arange(total, dtype=np.int32) - np.repeat(np.cumsum(n) - n, n).astype(np.int32), pa.int32()
+            ),
             "ts": pa.array(ts_ms[which], pa.int64()).cast(pa.timestamp("ms", "UTC")),
             "model": pa.DictionaryArray.from_arrays(one, pa.array([self.model])),
             "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
             "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
-        }  # fmt: skip
+        }
         numbers_only = not any(isinstance(x, dict) for x in ins)
-        matrix_in = np.concatenate(ins).astype(np.float32, copy=False).T.copy() if numbers_only and ins else None
+        matrix_in = (
+            np.concatenate(ins).astype(np.float32, copy=False).T.copy() if numbers_only and ins else None
+        )
         for j, (name, kind) in enumerate(self.columns):
             if matrix_in is not None:  # a numbers-only model: float32, as the model read them
                 cols[INPUT_PREFIX + name] = pa.array(matrix_in[j], pa.float32())
@@ -194,38 +237,44 @@ class RequestLog:
         matrix = np.concatenate(outs).astype(np.float32, copy=False) if outs else np.zeros((0, 1), np.float32)
         matrix = matrix.reshape(len(matrix), -1)
         if self.classes:
-            cols["prediction"] = pa.DictionaryArray.from_arrays(pa.array(matrix.argmax(axis=1).astype(np.int32)),
-                                                                pa.array(self.classes, pa.string()))  # fmt: skip
+            cols["prediction"] = pa.DictionaryArray.from_arrays(
+                pa.array(matrix.argmax(axis=1).astype(np.int32)), pa.array(self.classes, pa.string())
+            )
         else:
             cols["prediction"] = pa.array(matrix[:, 0].astype(np.float64), pa.float64())
         cols["outputs"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
         return pa.table(cols)
 
-
     def _generation_table(self, entries: list):
         """The buffered text-generation requests as one table: a row per prompt."""
         import pyarrow as pa
 
-        rows = [(e[0], e[1], i, p, c) for e in entries for i, (p, c) in enumerate(zip(e[2], e[3], strict=True))]
+        rows = [
+            (e[0], e[1], i, p, c) for e in entries for i, (p, c) in enumerate(zip(e[2], e[3], strict=True))
+        ]
         n = len(rows)
         one = pa.array(np.zeros(n, dtype=np.int32))
-        (name, _kind), = self.columns  # the prompt column (a chat: its JSON)
-        return pa.table({
-            "request_id": pa.array([r[1] for r in rows], pa.string()).dictionary_encode(),
-            "row": pa.array([r[2] for r in rows], pa.int32()),
-            "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            "model": pa.DictionaryArray.from_arrays(one, pa.array([self.model])),
-            "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
-            "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
-            INPUT_PREFIX + name: pa.array([r[3] for r in rows], pa.string()),
-            "prediction": pa.array([r[4].text for r in rows], pa.string()),
-            "prompt_chars": pa.array([len(r[3]) for r in rows], pa.int32()),
-            "prompt_tokens": pa.array([r[4].prompt_tokens for r in rows], pa.int32()),
-            "completion_chars": pa.array([len(r[4].text) for r in rows], pa.int32()),
-            "completion_tokens": pa.array([r[4].completion_tokens for r in rows], pa.int32()),
-            "finish_reason": pa.array([r[4].finish_reason for r in rows], pa.string()).dictionary_encode(),
-            "truncated": pa.array([bool(r[4].truncated) for r in rows], pa.bool_()),
-        })  # fmt: skip
+        ((name, _kind),) = self.columns  # the prompt column (a chat: its JSON)
+        return pa.table(
+            {
+                "request_id": pa.array([r[1] for r in rows], pa.string()).dictionary_encode(),
+                "row": pa.array([r[2] for r in rows], pa.int32()),
+                "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                "model": pa.DictionaryArray.from_arrays(one, pa.array([self.model])),
+                "version": pa.DictionaryArray.from_arrays(one, pa.array([self.version])),
+                "deployment": pa.DictionaryArray.from_arrays(one, pa.array([self.deployment])),
+                INPUT_PREFIX + name: pa.array([r[3] for r in rows], pa.string()),
+                "prediction": pa.array([r[4].text for r in rows], pa.string()),
+                "prompt_chars": pa.array([len(r[3]) for r in rows], pa.int32()),
+                "prompt_tokens": pa.array([r[4].prompt_tokens for r in rows], pa.int32()),
+                "completion_chars": pa.array([len(r[4].text) for r in rows], pa.int32()),
+                "completion_tokens": pa.array([r[4].completion_tokens for r in rows], pa.int32()),
+                "finish_reason": pa.array(
+                    [r[4].finish_reason for r in rows], pa.string()
+                ).dictionary_encode(),
+                "truncated": pa.array([bool(r[4].truncated) for r in rows], pa.bool_()),
+            }
+        )
 
 
 _ARROW_KIND = {"numeric": "float64", "category": "string", "text": "string", "image": "binary"}
@@ -255,13 +304,23 @@ def _label_table(entries: list):
     import pyarrow as pa
 
     rows = [(ts, rid, i, lab, reward) for ts, rid, labels, reward in entries for i, lab in enumerate(labels)]
-    return pa.table({
-        "request_id": pa.array([r[1] for r in rows], pa.string()),
-        "row": pa.array([r[2] for r in rows], pa.int32()),
-        "label": pa.array([str(r[3]) for r in rows], pa.string()),
-        "reward": pa.array([r[4] for r in rows], pa.float64()),
-        "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "request_id": pa.array([r[1] for r in rows], pa.string()),
+            "row": pa.array([r[2] for r in rows], pa.int32()),
+            "label": pa.array([str(r[3]) for r in rows], pa.string()),
+            "reward": pa.array([r[4] for r in rows], pa.float64()),
+            "ts": pa.array([int(r[0] * 1000) for r in rows], pa.int64()).cast(pa.timestamp("ms", "UTC")),
+        }
+    )
 
 
-__all__ = ["GENERATION_COLUMNS", "INPUT_PREFIX", "LABEL_COLUMNS", "REQUEST_COLUMNS", "RequestLog", "hour_folder", "monitoring_uri"]
+__all__ = [
+    "GENERATION_COLUMNS",
+    "INPUT_PREFIX",
+    "LABEL_COLUMNS",
+    "REQUEST_COLUMNS",
+    "RequestLog",
+    "hour_folder",
+    "monitoring_uri",
+]

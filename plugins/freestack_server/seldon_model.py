@@ -80,12 +80,18 @@ def _input_metadata(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
     (each column's kind named; images as base64) and the strData / binData a one-column model takes."""
     encoder = info.get("encoder")
     if not encoder:
-        return [{"messagetype": "tensor", "schema": {"names": info["features"], "shape": [n]}},
-                {"messagetype": "jsonData", "schema": {"instances": "[{feature: number}]"}}]  # fmt: skip
+        return [
+            {"messagetype": "tensor", "schema": {"names": info["features"], "shape": [n]}},
+            {"messagetype": "jsonData", "schema": {"instances": "[{feature: number}]"}},
+        ]
     kinds = {name: group for name, group in encoder["columns"]}
-    out = [{"messagetype": "ndarray", "schema": {"names": info["features"], "shape": [n]}},
-           {"messagetype": "jsonData", "schema": {"instances": "[{column: value}]; images as base64",
-                                                  "columns": kinds}}]  # fmt: skip
+    out = [
+        {"messagetype": "ndarray", "schema": {"names": info["features"], "shape": [n]}},
+        {
+            "messagetype": "jsonData",
+            "schema": {"instances": "[{column: value}]; images as base64", "columns": kinds},
+        },
+    ]
     if list(kinds.values()) == ["text"]:  # Seldon's metadata gives strData and binData no schema
         out.append({"messagetype": "strData"})
     if list(kinds.values()) == ["image"]:
@@ -101,8 +107,11 @@ def _output_metadata(info: dict[str, Any], names: list[str]) -> list[dict[str, A
         records = "[{label: class, probabilities: {class: probability}}]"
     else:
         records = "[{value: number}]"
-    return [{"messagetype": "ndarray", "schema": schema}, {"messagetype": "tensor", "schema": schema},
-            {"messagetype": "jsonData", "schema": {"predictions": records, "model_version": "string"}}]  # fmt: skip
+    return [
+        {"messagetype": "ndarray", "schema": schema},
+        {"messagetype": "tensor", "schema": schema},
+        {"messagetype": "jsonData", "schema": {"predictions": records, "model_version": "string"}},
+    ]
 
 
 #: a text-generation model's ``custom.answers``
@@ -120,9 +129,18 @@ class Model(ServedModel):
     #: Seldon registers this blueprint on its Flask app: its 4xx errors in Seldon's format
     model_error_handler = model_error_handler
 
-    def __init__(self, model_uri: str = "", max_batch_rows: int = 0, request_log_uri: str = "",
-                 request_log_rate: float = -1.0, torch_threads: int = 0, deployment: str = ""):  # fmt: skip
-        super().__init__(model_uri, max_batch_rows, request_log_uri, request_log_rate, torch_threads, deployment)
+    def __init__(
+        self,
+        model_uri: str = "",
+        max_batch_rows: int = 0,
+        request_log_uri: str = "",
+        request_log_rate: float = -1.0,
+        torch_threads: int = 0,
+        deployment: str = "",
+    ):
+        super().__init__(
+            model_uri, max_batch_rows, request_log_uri, request_log_rate, torch_threads, deployment
+        )
 
     def inputs(self) -> Inputs:
         """What the model takes besides rows of numbers, for the guard's checks of each message: raw values
@@ -150,30 +168,63 @@ class Model(ServedModel):
             "platform": "freestack",
             "inputs": _input_metadata(info, n),
             "outputs": _output_metadata(info, [str(c) for c in outputs]),
-            "custom": {"task": info["task"], "model_uri": self.model_uri, "dtype": "float32", "answers": ANSWERS,
-                       "max_batch_rows": str(self.max_batch_rows),
-                       # a custom model runs the version's own module.py: which one, by its sha256
-                       **({"module_sha256": info["config"]["custom"]["sha256"],
-                           "module_class": info["config"]["custom"]["class"]} if "custom" in info["config"] else {}),
-                       **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {})},
-        }  # fmt: skip
+            "custom": {
+                "task": info["task"],
+                "model_uri": self.model_uri,
+                "dtype": "float32",
+                "answers": ANSWERS,
+                "max_batch_rows": str(self.max_batch_rows),
+                # a custom model runs the version's own module.py: which one, by its sha256
+                **(
+                    {
+                        "module_sha256": info["config"]["custom"]["sha256"],
+                        "module_class": info["config"]["custom"]["class"],
+                    }
+                    if "custom" in info["config"]
+                    else {}
+                ),
+                **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {}),
+            },
+        }
 
     def _generation_metadata(self, info: dict[str, Any]) -> dict[str, Any]:
-        bounds = describe_generation(self.generator.bounds if self.generator else Bounds.from_settings(), info)
+        bounds = describe_generation(
+            self.generator.bounds if self.generator else Bounds.from_settings(), info
+        )
         return {
-            "name": info["model"], "versions": [info["version"]], "platform": "freestack",
-            "inputs": [{"messagetype": "strData"},
-                       {"messagetype": "jsonData", "schema": {
-                           "prompt": "string", "messages": "[{role: system|user|assistant, content: string}]",
-                           "instances": "[{prompt: string} | {messages: [...]}]",
-                           "parameters": "{max_new_tokens: int, temperature: number, top_p: number, stop: string | [string]}"}}],
-            "outputs": [{"messagetype": "strData"},
-                        {"messagetype": "jsonData", "schema": {
-                            "completions": "[{text, finish_reason: stop|length, prompt_tokens, completion_tokens, truncated}]",
-                            "model_version": "string"}}],
-            "custom": {"task": "generation", "model_uri": self.model_uri, "answers": GENERATION_ANSWERS,
-                       "max_batch_rows": str(self.max_batch_rows), **{k: str(v) for k, v in bounds.items()}},
-        }  # fmt: skip
+            "name": info["model"],
+            "versions": [info["version"]],
+            "platform": "freestack",
+            "inputs": [
+                {"messagetype": "strData"},
+                {
+                    "messagetype": "jsonData",
+                    "schema": {
+                        "prompt": "string",
+                        "messages": "[{role: system|user|assistant, content: string}]",
+                        "instances": "[{prompt: string} | {messages: [...]}]",
+                        "parameters": "{max_new_tokens: int, temperature: number, top_p: number, stop: string | [string]}",
+                    },
+                },
+            ],
+            "outputs": [
+                {"messagetype": "strData"},
+                {
+                    "messagetype": "jsonData",
+                    "schema": {
+                        "completions": "[{text, finish_reason: stop|length, prompt_tokens, completion_tokens, truncated}]",
+                        "model_version": "string",
+                    },
+                },
+            ],
+            "custom": {
+                "task": "generation",
+                "model_uri": self.model_uri,
+                "answers": GENERATION_ANSWERS,
+                "max_batch_rows": str(self.max_batch_rows),
+                **{k: str(v) for k, v in bounds.items()},
+            },
+        }
 
     def health_status(self) -> list[float]:
         if not self.ready:
@@ -205,14 +256,25 @@ class Model(ServedModel):
             {"type": "TIMER", "key": "freestack_model_predict_seconds", "value": ms},
         ]
         for label, n in counts:
-            out.append({"type": "COUNTER", "key": "freestack_predictions_total", "value": n, "tags": {"class": label}})
+            out.append(
+                {
+                    "type": "COUNTER",
+                    "key": "freestack_predictions_total",
+                    "value": n,
+                    "tags": {"class": label},
+                }
+            )
         generated = getattr(self._local, "generated", None)
-        if generated is not None:  # a text-generation request's tokens, and whether it shared its generate call
+        if (
+            generated is not None
+        ):  # a text-generation request's tokens, and whether it shared its generate call
             self._local.generated = None
             prompt, completion, batched = generated
-            out += [{"type": "COUNTER", "key": "freestack_prompt_tokens_total", "value": prompt},
-                    {"type": "COUNTER", "key": "freestack_completion_tokens_total", "value": completion},
-                    {"type": "COUNTER", "key": "freestack_generate_batched_requests_total", "value": batched}]  # fmt: skip
+            out += [
+                {"type": "COUNTER", "key": "freestack_prompt_tokens_total", "value": prompt},
+                {"type": "COUNTER", "key": "freestack_completion_tokens_total", "value": completion},
+                {"type": "COUNTER", "key": "freestack_generate_batched_requests_total", "value": batched},
+            ]
         return out
 
     # -- ground truth, later ------------------------------------------------------------------------------
@@ -227,16 +289,25 @@ class Model(ServedModel):
         except PayloadError as exc:
             raise _bad(exc.message, exc.status, exc.reason) from None
         tags = feedback.response.meta.tags
-        request_id = (tags["request_id"].string_value if "request_id" in tags else "") or feedback.request.meta.puid \
-            or feedback.response.meta.puid  # fmt: skip
+        request_id = (
+            (tags["request_id"].string_value if "request_id" in tags else "")
+            or feedback.request.meta.puid
+            or feedback.response.meta.puid
+        )
         if not request_id:
-            raise _bad('the feedback names no request: send the answer\'s meta as "response" ({"meta": {"tags": '
-                       '{"request_id": ...}}}) or the request\'s "meta": {"puid": ...}')  # fmt: skip
+            raise _bad(
+                'the feedback names no request: send the answer\'s meta as "response" ({"meta": {"tags": '
+                '{"request_id": ...}}}) or the request\'s "meta": {"puid": ...}'
+            )
         if feedback.truth.WhichOneof("data_oneof") != "data":
-            raise _bad('the feedback carries no "truth": send {"truth": {"data": {"ndarray": [label, ...]}}}, one '
-                       "label per row of the request")  # fmt: skip
+            raise _bad(
+                'the feedback carries no "truth": send {"truth": {"data": {"ndarray": [label, ...]}}}, one '
+                "label per row of the request"
+            )
         try:
-            n = self.add_feedback(request_id, np.asarray(grpc_datadef_to_array(feedback.truth.data)), feedback.reward)
+            n = self.add_feedback(
+                request_id, np.asarray(grpc_datadef_to_array(feedback.truth.data)), feedback.reward
+            )
         except PayloadError as exc:
             raise _bad(exc.message, exc.status, exc.reason) from None
         answer = prediction_pb2.SeldonMessage()
@@ -257,10 +328,20 @@ class Model(ServedModel):
         self._local.request_id = p.request_id
         if isinstance(X, dict):  # jsonData
             if self.task == "classification":
-                return {"predictions": [{"label": self.classes[i], "probabilities": dict(zip(self.output_names, row.tolist(), strict=True))}
-                                        for i, row in zip(p.idx.tolist(), p.out, strict=True)],
-                        "model_version": self.version}  # fmt: skip
-            return {"predictions": [{"value": float(v)} for v in p.out.tolist()], "model_version": self.version}
+                return {
+                    "predictions": [
+                        {
+                            "label": self.classes[i],
+                            "probabilities": dict(zip(self.output_names, row.tolist(), strict=True)),
+                        }
+                        for i, row in zip(p.idx.tolist(), p.out, strict=True)
+                    ],
+                    "model_version": self.version,
+                }
+            return {
+                "predictions": [{"value": float(v)} for v in p.out.tolist()],
+                "model_version": self.version,
+            }
         if self.task != "classification":
             # one value per row, as a column: Seldon names the columns of a 2-D answer by class_names()
             # (the target), while a flat array would go out with no names at all
@@ -278,8 +359,11 @@ class Model(ServedModel):
             raise _bad(exc.message, exc.status, exc.reason) from None
         done = [a.completion for a in g.answers]
         self._local.last = (len(done), g.ms, [])
-        self._local.generated = (sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done),
-                                 int(g.batch > len(prompts)))  # fmt: skip
+        self._local.generated = (
+            sum(c.prompt_tokens for c in done),
+            sum(c.completion_tokens for c in done),
+            int(g.batch > len(prompts)),
+        )
         self._local.request_id = g.request_id
         self._local.generate_batch = g.batch
         return self.generator.seldon_answer(prompts, g.answers, self.version)

@@ -115,8 +115,10 @@ CROWDED_HEAD_S = 2.0  # seconds a request head may take from its first byte whil
 FLOOD_QUEUE = 64  # connections in the accept queue above which a worker accepts whatever its siblings hold
 HELD_POLL = 0.005  # seconds between looks at the accept queue while held back with connections queued
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-SHED_INFO = ("the server holds too many connections that have not sent a whole request head, and this was the "
-             "oldest: send each request at once")  # fmt: skip
+SHED_INFO = (
+    "the server holds too many connections that have not sent a whole request head, and this was the "
+    "oldest: send each request at once"
+)
 
 
 class LoadBeats:
@@ -253,7 +255,9 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     max_idle = MAX_IDLE  # the max_idle_connections setting, from install
-    lane: Any = None  # the prediction lane (freestack_server.predict_lane), from install; None: the app answers all
+    lane: Any = (
+        None  # the prediction lane (freestack_server.predict_lane), from install; None: the app answers all
+    )
     coalescer: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
 
     @classmethod
@@ -268,8 +272,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         util.http_date = _http_date_cached(util.http_date)
         cfg = self.cfg
         # what gunicorn's Logger.access checks before it logs anything
-        self.access_log = bool(cfg.accesslog or cfg.logconfig or getattr(cfg, "logconfig_dict", None)
-                               or (cfg.syslog and not cfg.disable_redirect_access_to_syslog))  # fmt: skip
+        self.access_log = bool(
+            cfg.accesslog
+            or cfg.logconfig
+            or getattr(cfg, "logconfig_dict", None)
+            or (cfg.syslog and not cfg.disable_redirect_access_to_syslog)
+        )
         super().init_process()
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -301,8 +309,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 self._close(conn)
             self.table.release(self.slot, self.pid)
             if self.coalescer is not None:
-                self.log.info("Worker %s: adaptive batching answered %d requests in %d shared forward passes",
-                              self.pid, self.coalescer.batched, self.coalescer.rounds)  # fmt: skip
+                self.log.info(
+                    "Worker %s: adaptive batching answered %d requests in %d shared forward passes",
+                    self.pid,
+                    self.coalescer.batched,
+                    self.coalescer.rounds,
+                )
             self.poller.close()
 
     def _loop(self) -> None:
@@ -317,8 +329,15 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             wait = max(0.0, next_tick - now)
             ready = self._ready(min(wait, HELD_POLL) if self.held_back else wait)
             c = self.coalescer
-            if c is not None and c.gather_s and 0 < len(ready) < len(self.conns) and max(len(ready), c.last_round) > 1:
-                time.sleep(c.gather_s)  # concurrent clients on the other open connections are likely sending too
+            if (
+                c is not None
+                and c.gather_s
+                and 0 < len(ready) < len(self.conns)
+                and max(len(ready), c.last_round) > 1
+            ):
+                time.sleep(
+                    c.gather_s
+                )  # concurrent clients on the other open connections are likely sending too
                 ready = self._ready(0.0)
             if c is not None and ready:
                 c.last_round = len(ready)
@@ -418,8 +437,11 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 return
             if exc.errno in (errno.EMFILE, errno.ENFILE):  # out of descriptors: free one, pause a tick
-                self.log.warning("Worker %s is out of file descriptors with %d connections open (ulimit -n)",
-                                 self.pid, len(self.conns))  # fmt: skip
+                self.log.warning(
+                    "Worker %s is out of file descriptors with %d connections open (ulimit -n)",
+                    self.pid,
+                    len(self.conns),
+                )
                 self.full_until = time.monotonic() + TICK
                 if self.waiting:
                     self._shed(next(iter(self.waiting)))
@@ -456,7 +478,11 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         crowded = len(self.waiting) > self.max_waiting // 2
         for conn in list(self.conns.values()):
             if conn.pending and not conn.closing:
-                if crowded and conn in self.waiting and now > conn.started + min(CROWDED_HEAD_S, self.io_timeout):
+                if (
+                    crowded
+                    and conn in self.waiting
+                    and now > conn.started + min(CROWDED_HEAD_S, self.io_timeout)
+                ):
                     self._refuse(conn, RequestTimeout(min(CROWDED_HEAD_S, self.io_timeout)))
                 elif now > conn.started + self.io_timeout + len(conn.pending) / MIN_RATE:
                     self._refuse(conn, RequestTimeout(self.io_timeout))
@@ -469,7 +495,9 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         would hold the descriptors this frees, and all the client sent is read (a close with nothing
         unread is a FIN, not a reset that could lose the answer)."""
         if conn.pending:
-            self.log.debug("Shed a partial request from %s (%d connections waiting)", conn.addr, len(self.waiting))
+            self.log.debug(
+                "Shed a partial request from %s (%d connections waiting)", conn.addr, len(self.waiting)
+            )
             try:
                 conn.sock.sendall(error_response(408, "REQUEST_TIMEOUT", SHED_INFO))
                 conn.sock.setblocking(False)  # with a timeout set, recv waits for data whatever its flags
@@ -568,7 +596,9 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 # once (gunicorn's readers copy what is left of the buffer at each 1 KiB they read)
                 unreader = conn.parser.unreader
                 body, unreader.buf = unreader.buf.getvalue(), io.BytesIO()
-                req.body = io.BytesIO(decode_chunked(body) if isinstance(req.body.reader, ChunkedReader) else body)
+                req.body = io.BytesIO(
+                    decode_chunked(body) if isinstance(req.body.reader, ChunkedReader) else body
+                )
                 keepalive = self._handle_request(req, conn)
         except http.errors.NoMoreData as exc:
             self.log.debug("Ignored premature client disconnection. %s", exc)
@@ -766,8 +796,15 @@ class ThreadWorker(LoadBeats, JsonErrors, gthread.ThreadWorker):
 CLASSES = {"sync": SyncWorker, "gthread": ThreadWorker}
 
 
-def install(slots: int, gate: tuple[str, int] | None = None, *, max_body: int = MAX_BODY, lane: Any = None,
-            coalescer: Any = None, max_idle: int = MAX_IDLE):
+def install(
+    slots: int,
+    gate: tuple[str, int] | None = None,
+    *,
+    max_body: int = MAX_BODY,
+    lane: Any = None,
+    coalescer: Any = None,
+    max_idle: int = MAX_IDLE,
+):
     """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
     prediction lane and adaptive batching (None: off), the most connections without a whole request head
     a worker holds and, for a server behind a deployment's address, its gate (the gate file and the
@@ -794,5 +831,14 @@ def gunicorn_class(name: str, *, max_body: int = MAX_BODY) -> str:
     return f"{__name__}.{cls.__name__}"
 
 
-__all__ = ["CLASSES", "FreestackWorker", "LoadBeats", "SharedTable", "SyncWorker", "ThreadWorker", "buffer_body", "gunicorn_class",
-           "install"]
+__all__ = [
+    "CLASSES",
+    "FreestackWorker",
+    "LoadBeats",
+    "SharedTable",
+    "SyncWorker",
+    "ThreadWorker",
+    "buffer_body",
+    "gunicorn_class",
+    "install",
+]

@@ -19,9 +19,30 @@ def test_data_api_listing_benchmark_tiny_run(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.data_api.listing", "--small", "20", "--large", "1200", "--repeats", "1",
-         "--object-mib", "4", "--kills", "2", "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bench.data_api.listing",
+            "--small",
+            "20",
+            "--large",
+            "1200",
+            "--repeats",
+            "1",
+            "--object-mib",
+            "4",
+            "--kills",
+            "2",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

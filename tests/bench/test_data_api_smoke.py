@@ -18,9 +18,24 @@ def test_data_api_benchmark_tiny_run(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.data_api.run", "--sizes-mib", "1,2", "--repeats", "2", "--out", str(out),
-         "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "bench.data_api.run",
+            "--sizes-mib",
+            "1,2",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -36,6 +51,11 @@ def test_data_api_benchmark_tiny_run(tmp_path):
         for mode in modes[1:]:
             assert row[mode]["upload_ratio"] > 0 and row[mode]["download_ratio"] > 0
         assert row["service_http"]["download_vs_bare_http"] > 0  # the service against HTTP's own ceiling
-        assert row["target"]["service_http_download_vs_bare_http"] == 0.8 and isinstance(row["target"]["met"], bool)
+        assert row["target"]["service_http_download_vs_bare_http"] == 0.8 and isinstance(
+            row["target"]["met"], bool
+        )
     assert report["server"]["peak_rss_mib"] > 0
-    assert "Data API benchmark" in proc.stdout and "target: service_http download >= 0.8x bare_http" in proc.stdout
+    assert (
+        "Data API benchmark" in proc.stdout
+        and "target: service_http download >= 0.8x bare_http" in proc.stdout
+    )

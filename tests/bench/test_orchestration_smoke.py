@@ -19,14 +19,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                    reason="the serving environment is missing: run `make serving-venv`")  # fmt: skip
+@pytest.mark.skipif(
+    not (ROOT / ".venv-serving" / "bin" / "python").exists(),
+    reason="the serving environment is missing: run `make serving-venv`",
+)
 def test_orchestration_benchmark_quick_run(tmp_path):
     out, work = tmp_path / "orchestration.json", tmp_path / "work"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")] if p)
-    proc = subprocess.run([sys.executable, "-m", "bench.orchestration.run", "--quick", "--speedups", "on", "--out",
-                           str(out), "--workdir", str(work)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")] if p
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.orchestration.run",
+            "--quick",
+            "--speedups",
+            "on",
+            "--out",
+            str(out),
+            "--workdir",
+            str(work),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     report = json.loads(out.read_text())
     assert report["name"] == "orchestration" and report["machine"]["cores"] >= 1
@@ -34,12 +55,23 @@ def test_orchestration_benchmark_quick_run(tmp_path):
     assert s["parse_heavy_imports"] == [] and s["checks"]["imports_ok"] is True
     assert s["parse_1_spec_s"] > 0 and s["parse_3_specs_s"] > 0
     parse = report["samples"]["parse"]["specs_3"]["importtime"]
-    assert parse["dags"] == 18 and parse["file_s"] > 0  # six DAGs a spec: ingest, train, rollback, promote, monitor, score
+    assert (
+        parse["dags"] == 18 and parse["file_s"] > 0
+    )  # six DAGs a spec: ingest, train, rollback, promote, monitor, score
     assert s["repeats"] == 1 and len(report["samples"]["airflow"]) == len(report["samples"]["plain"]) == 1
     airflow = report["samples"]["airflow"][0]
     ran = {t["task_id"] for t in airflow["tasks"]}
-    assert {"ingest", "choose", "create_sweep", "agent", "select_best", "evaluate", "gate", "promote",
-            "deploy"} <= ran, ran  # fmt: skip
+    assert {
+        "ingest",
+        "choose",
+        "create_sweep",
+        "agent",
+        "select_best",
+        "evaluate",
+        "gate",
+        "promote",
+        "deploy",
+    } <= ran, ran
     for t in airflow["tasks"]:
         assert t["queued_to_code_s"] > 0 and t["code_s"] >= 0 and t["code_to_success_s"] >= -0.01, t
     assert s["overhead_per_task_s"]["median"] > 0 and report["ratio"] > 0

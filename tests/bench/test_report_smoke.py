@@ -13,15 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bench.report", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_report_from_the_committed_results(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(ROOT / "bench" / "results", results, ignore=shutil.ignore_patterns("*.png", "README.md"))
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nbefore\n<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\nafter\n")
+    readme.write_text(
+        "# x\n\nbefore\n<!-- bench-table:start -->\nold table\n<!-- bench-table:end -->\nafter\n"
+    )
     out = _run("--results", str(results), "--readme", str(readme))
     assert out.returncode == 0, out.stderr
     text = readme.read_text()

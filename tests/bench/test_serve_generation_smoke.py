@@ -16,25 +16,51 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 
 
-@pytest.mark.skipif(not SERVING_PY.exists(), reason="the serving environment is missing: run `make serving-venv`")
+@pytest.mark.skipif(
+    not SERVING_PY.exists(), reason="the serving environment is missing: run `make serving-venv`"
+)
 def test_generation_serving_benchmark_tiny_run(tmp_path):
     from bench.report import rows_of
 
     out = tmp_path / "serve_generation.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    cmd = [sys.executable, "-m", "bench.serve.generation", "--size", "small", "--runtime", "seldon", "--requests", "8",
-           "--max-new-tokens", "4", "--repeats", "1", "--out", str(out), "--workdir", str(tmp_path / "work")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.serve.generation",
+        "--size",
+        "small",
+        "--runtime",
+        "seldon",
+        "--requests",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["name"] == "serve_generation" and report["machine"]["cores"] >= 1
     params, summary = report["params"], report["summary"]
     assert (params["size"], params["runtimes"], params["concurrency"]) == ("small", ["seldon"], [1, 8])
-    assert (params["max_new_tokens"], params["requests"], params["threads"], params["device"]) == (4, 8, 1, "cpu")
+    assert (params["max_new_tokens"], params["requests"], params["threads"], params["device"]) == (
+        4,
+        8,
+        1,
+        "cpu",
+    )
     assert params["prompts"]["count"] == 8 and params["parameters"] > 0
     assert params["servers"]["seldon"]["settings"]["FREESTACK_TORCH_THREADS"] == "1"
     sides = {"seldon", "baseline", "inproc_generate"}
-    assert {(s["side"], s["cell"]) for s in report["samples"]} == {(side, c) for side in sides for c in ("c1", "c8")}
+    assert {(s["side"], s["cell"]) for s in report["samples"]} == {
+        (side, c) for side in sides for c in ("c1", "c8")
+    }
     for s in report["samples"]:
         # every answer runs to max_new_tokens (the special tokens can never win), on every side
         assert s["requests"] == 8 and s["completion_tokens"] == 8 * 4, s

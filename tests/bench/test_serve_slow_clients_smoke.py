@@ -26,10 +26,29 @@ def test_slow_clients_benchmark_tiny_run(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.serve.slow_clients", "--repeats", "1", "--warmup", "0.5", "--duration", "2",
-         "--slow", "2", "--interval", "1", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.serve.slow_clients",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "2",
+            "--slow",
+            "2",
+            "--interval",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["name"] == "serve_slow_clients" and report["params"]["worker_classes"] == ["freestack"]
@@ -39,7 +58,9 @@ def test_slow_clients_benchmark_tiny_run(tmp_path):
     assert report["samples"]["freestack"]["slow"][0]["slow_clients"] == 2
     s = report["summary"]["freestack"]
     assert s["workers_killed"] == [] and s["ratio"] > 0
-    assert s["corpus_cases"] > 100 and s["corpus_json_4xx"] == s["corpus_cases"], report["corpus"]["freestack"]
+    assert s["corpus_cases"] > 100 and s["corpus_json_4xx"] == s["corpus_cases"], report["corpus"][
+        "freestack"
+    ]
 
     from bench.report import rows_of
 

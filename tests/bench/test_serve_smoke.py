@@ -21,9 +21,11 @@ CELLS = ["c1", "c8", "c32", "batch32_c8"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists()
-                    or not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
-                    reason="a serving environment is missing: run `make serving-venv mlserver-venv`")  # fmt: skip
+@pytest.mark.skipif(
+    not (ROOT / ".venv-serving" / "bin" / "python").exists()
+    or not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+    reason="a serving environment is missing: run `make serving-venv mlserver-venv`",
+)
 def test_serve_benchmark_quick_run(tmp_path):
     out = tmp_path / "serve.json"
     http = HTTP + (["seldon_stock"] if os.environ.get("FREESTACK_BENCH_STOCK") == "1" else [])
@@ -31,10 +33,24 @@ def test_serve_benchmark_quick_run(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.serve.run", "--quick", "--servers", ",".join(servers), "--out", str(out),
-         "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.serve.run",
+            "--quick",
+            "--servers",
+            ",".join(servers),
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["name"] == "serve" and report["machine"]["cores"] >= 1
@@ -51,7 +67,9 @@ def test_serve_benchmark_quick_run(tmp_path):
     for server in http:
         s = report["samples"][server]["c8"][0]
         assert s["server_cpu_s"] > 0 and s["generator_cpu_s"] > 0, s  # what each side cost
-        answer = report["first_answers"][server]  # the same probabilities were checked (Seldon's shape, or V2's)
+        answer = report["first_answers"][
+            server
+        ]  # the same probabilities were checked (Seldon's shape, or V2's)
         assert answer.get("data", {}).get("ndarray") or answer["outputs"][0]["data"], answer
     for server in [s for s in servers if s != "bare"]:
         cells = CELLS if server != "inproc_seldon" else ["c1"]
@@ -59,5 +77,7 @@ def test_serve_benchmark_quick_run(tmp_path):
     inproc_seldon = report["samples"]["inproc_seldon"]["c1"][0]
     assert inproc_seldon["errors"] == 0 and inproc_seldon["rps"] > 0
     assert summary["checks"]["errors_ok"] is True and "seldon_c8_ratio" in summary["checks"]
-    assert summary["checks_oip"]["mlserver_c8_ratio"] > 0 and report["params"]["servers"]["mlserver"]["settings"]
+    assert (
+        summary["checks_oip"]["mlserver_c8_ratio"] > 0 and report["params"]["servers"]["mlserver"]["settings"]
+    )
     assert "Serving benchmark" in proc.stdout

@@ -23,10 +23,31 @@ def test_sweep_benchmark_tiny_run(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.sweep.run", "--days", "2", "--trials", "2", "--epochs", "1",
-         "--repeats", "1", "--hb-trials", "3", "--hb-epochs", "3", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep.run",
+            "--days",
+            "2",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--repeats",
+            "1",
+            "--hb-trials",
+            "3",
+            "--hb-epochs",
+            "3",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     par = report["parallel"]

@@ -18,8 +18,21 @@ def test_distributed_benchmark_tiny_run(tmp_path):
 
     out = tmp_path / "train_distributed.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    cmd = [sys.executable, "-m", "bench.train.distributed", "--kinds", "cnn", "--rows", "2000", "--epochs", "1",
-           "--repeats", "1", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train.distributed",
+        "--kinds",
+        "cnn",
+        "--rows",
+        "2000",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

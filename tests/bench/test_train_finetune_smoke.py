@@ -17,13 +17,29 @@ def test_finetuning_benchmark_tiny_run(tmp_path):
 
     out = tmp_path / "train_finetune.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    cmd = [sys.executable, "-m", "bench.train.finetune", "--size", "tiny", "--steps", "2", "--repeats", "1",
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train.finetune",
+        "--size",
+        "tiny",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     lora, full = report["modes"]["lora"], report["modes"]["full"]
-    assert all(m["samples_per_s"]["freestack"] > 0 and m["samples_per_s"]["baseline"] > 0 for m in (lora, full))
+    assert all(
+        m["samples_per_s"]["freestack"] > 0 and m["samples_per_s"]["baseline"] > 0 for m in (lora, full)
+    )
     assert lora["trainable_parameters"] < full["trainable_parameters"] == full["total_parameters"]
-    assert lora["version_weights"] == "adapter_model.safetensors" and lora["version_weights_mib"] < full["version_weights_mib"]
+    assert (
+        lora["version_weights"] == "adapter_model.safetensors"
+        and lora["version_weights_mib"] < full["version_weights_mib"]
+    )
     assert len(rows_of([("train_finetune", "train_finetune", report)])) == 3

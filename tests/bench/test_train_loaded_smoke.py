@@ -22,10 +22,29 @@ def test_train_loaded_benchmark_tiny_run(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     env["TMPDIR"] = str(tmp_path)  # the bench's data folder, named on its load processes' command lines
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.train.loaded", "--rows", "600", "--epochs", "1", "--repeats", "1",
-         "--load", "train", "--sized-threads", "1", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.train.loaded",
+            "--rows",
+            "600",
+            "--epochs",
+            "1",
+            "--repeats",
+            "1",
+            "--load",
+            "train",
+            "--sized-threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["name"] == "train_loaded"

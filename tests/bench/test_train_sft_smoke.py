@@ -18,8 +18,23 @@ def test_sft_benchmark_tiny_run(tmp_path):
 
     out = tmp_path / "train_sft.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    cmd = [sys.executable, "-m", "bench.train.sft", "--size", "small", "--rows", "16", "--batch-size", "4",
-           "--repeats", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train.sft",
+        "--size",
+        "small",
+        "--rows",
+        "16",
+        "--batch-size",
+        "4",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())

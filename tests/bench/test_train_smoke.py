@@ -89,5 +89,7 @@ def test_train_benchmark_tiny_run(tmp_path):
     ):
         assert summary[key] > 0, key
     assert set(summary["modes"]) == set(MODES)
-    assert isinstance(summary["checks"]["ratio_ok"], bool) and isinstance(summary["checks"]["custom_ok"], bool)
+    assert isinstance(summary["checks"]["ratio_ok"], bool) and isinstance(
+        summary["checks"]["custom_ok"], bool
+    )
     assert report["targets"] == {"ratio_min": 0.95}

@@ -33,6 +33,10 @@ def test_ui_charts_benchmark_tiny_run(tmp_path):
     assert len(pages) == 3 and all(t["cold_s"] > 0 and t["warm_s"] > 0 for t in pages.values())
     charts = pages["versions page (1 chart)"]
     assert charts["cold_bytes"] > 300_000 > charts["warm_bytes"]  # the bundle once, then from the cache
-    assert set(report["ratios"]) == {"versions_cold_vs_no_chart", "versions_warm_vs_no_chart",
-                                     "sweep_cold_vs_no_chart", "sweep_warm_vs_no_chart"}  # fmt: skip
+    assert set(report["ratios"]) == {
+        "versions_cold_vs_no_chart",
+        "versions_warm_vs_no_chart",
+        "sweep_cold_vs_no_chart",
+        "sweep_warm_vs_no_chart",
+    }
     assert "slowest chart page" in proc.stdout

@@ -20,7 +20,9 @@ def _refusal(operator, dag, **fields) -> str:
 
     task = dag.get_task("move_production" if dag.dag_id.endswith("_rollback") else "move_alias")
     with pytest.raises(AirflowFailException) as got:
-        operator(task_id=task.task_id, spec_path=task.spec_path, **fields).execute({"run_id": "manual__asked"})
+        operator(task_id=task.task_id, spec_path=task.spec_path, **fields).execute(
+            {"run_id": "manual__asked"}
+        )
     return str(got.value)
 
 
@@ -35,10 +37,14 @@ def test_a_rollback_overtaken_by_a_promotion_fails_naming_it_and_changes_nothing
     reg.promote("v1")
     reg.promote("v2")  # production v2, previous v1: what the Models page showed when the user asked
     asked = {"version": "v1", "expect_production": "v2"}
-    reg.promote("v3", reason="a newer candidate", by="bob (manual__promote)")  # lands before the rollback runs
+    reg.promote(
+        "v3", reason="a newer candidate", by="bob (manual__promote)"
+    )  # lands before the rollback runs
     before = reg.aliases()
     rollback = pipeline["bag"].get_dag("digits_rollback")
-    assert rollback.params["expect_production"] is None  # the form's field: empty unless the page or CLI fill it
+    assert (
+        rollback.params["expect_production"] is None
+    )  # the form's field: empty unless the page or CLI fill it
     try:
         run = rollback.test(run_conf=asked)
         assert run.state == "failed"
@@ -51,8 +57,14 @@ def test_a_rollback_overtaken_by_a_promotion_fails_naming_it_and_changes_nothing
         promote = pipeline["bag"].get_dag("digits_promote")
         asked = {"version": "v1", "alias": "production", "expect": "v2"}
         run = promote.test(run_conf=asked)
-        assert run.state == "failed" and _states(run)["deploy"] == ["upstream_failed"] and reg.aliases() == before
-        assert _refusal(MoveAliasOperator, promote, **asked).startswith("production moved from v2 to v3 (promote to v3 by bob")
+        assert (
+            run.state == "failed"
+            and _states(run)["deploy"] == ["upstream_failed"]
+            and reg.aliases() == before
+        )
+        assert _refusal(MoveAliasOperator, promote, **asked).startswith(
+            "production moved from v2 to v3 (promote to v3 by bob"
+        )
 
         # asked again from what is there now: it lands on the version it named, and that is served
         run = rollback.test(run_conf={"version": "v1", "expect_production": "v3"})

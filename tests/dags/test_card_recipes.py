@@ -91,7 +91,9 @@ def in_process(folder: Path, rows: int = 4) -> list[list[float]]:
     else:
         kinds = dict(encoder.columns)
         columns = {f: [r[i] for r in sample["rows"][:rows]] for i, f in enumerate(sample["features"])}
-        columns = {f: [base64.b64decode(v) for v in vs] if kinds[f] == "image" else vs for f, vs in columns.items()}
+        columns = {
+            f: [base64.b64decode(v) for v in vs] if kinds[f] == "image" else vs for f, vs in columns.items()
+        }
         x = {g: torch.as_tensor(v) for g, v in encoder.encode(columns).items()}
     return model.predict_proba(x).tolist()
 
@@ -134,8 +136,13 @@ def test_the_cards_settings_are_the_ones_its_kind_uses(versions, kind):
     model = front["freestack"]["train_config"]["model"]
     assert set(model) <= ALWAYS | SETTINGS[kind], sorted(set(model) - ALWAYS - SETTINGS[kind])
     assert None not in model.values()
-    used = {"numeric": {"image_shape", "channels"}, "encoded": {"hidden", "category", "text", "image"},
-            "custom": {"module", "class", "init"}, "finetuned": {"base"}, "lora": {"base", "peft"}}[kind]  # fmt: skip
+    used = {
+        "numeric": {"image_shape", "channels"},
+        "encoded": {"hidden", "category", "text", "image"},
+        "custom": {"module", "class", "init"},
+        "finetuned": {"base"},
+        "lora": {"base", "peft"},
+    }[kind]
     assert used <= set(model), model
 
 
@@ -162,7 +169,9 @@ def test_the_plain_transformers_recipe_runs_from_the_hub(versions, kind):
     printed = run(blocks[1].replace("<repo>", repo), Path("/"), python)
     if kind == "lora":
         batch = load_encoder(folder).encode({"review": ["some text"]})
-        want = load_pretrained(folder).predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
+        want = (
+            load_pretrained(folder).predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
+        )
         assert close(ast.literal_eval(printed[-1]), want), (printed, want)
 
 
@@ -181,15 +190,31 @@ def test_an_llm_cards_recipes_answer_what_its_server_answers(versions, tmp_path)
     assert all(chat[0] == {"role": "system", "content": SYSTEM} for chat in sample["chats"]), sample["chats"]
     blocks = python_blocks((folder / "README.md").read_text())
     assert len(blocks) == 2, blocks
-    prompts = [chat[-1]["content"] for chat in sample["chats"][:4]]  # what a client sends: the system is the server's
+    prompts = [
+        chat[-1]["content"] for chat in sample["chats"][:4]
+    ]  # what a client sends: the system is the server's
     recipe_tokens = int(re.search(r"max_new_tokens=(\d+)", blocks[1]).group(1))
 
-    server = start_like_image("seldon", folder.as_uri(), tmp_path / "seldon", env={"FREESTACK_MODEL_NAME": "chat"},
-                              ready_path="/health/status", timeout=180)  # fmt: skip
+    server = start_like_image(
+        "seldon",
+        folder.as_uri(),
+        tmp_path / "seldon",
+        env={"FREESTACK_MODEL_NAME": "chat"},
+        ready_path="/health/status",
+        timeout=180,
+    )
     try:
+
         def served(prompt: str, tokens: int) -> str:
-            code, body = http_json(f"{server.url}/api/v1.0/predictions", {"jsonData": {
-                "messages": [{"role": "user", "content": prompt}], "parameters": {"max_new_tokens": tokens}}})
+            code, body = http_json(
+                f"{server.url}/api/v1.0/predictions",
+                {
+                    "jsonData": {
+                        "messages": [{"role": "user", "content": prompt}],
+                        "parameters": {"max_new_tokens": tokens},
+                    }
+                },
+            )
             assert code == 200, body
             return body["jsonData"]["completions"][0]["text"]
 
@@ -198,7 +223,10 @@ def test_an_llm_cards_recipes_answer_what_its_server_answers(versions, tmp_path)
     finally:
         server.stop()
     printed = run(blocks[0], folder)
-    assert [line.rsplit(" ", 1)[0].strip() for line in printed[-4:]] == [s.strip() for s in smoke], (printed, smoke)
+    assert [line.rsplit(" ", 1)[0].strip() for line in printed[-4:]] == [s.strip() for s in smoke], (
+        printed,
+        smoke,
+    )
 
     reg = ModelRegistry(folder.parents[2].as_uri(), folder.parent.name)
     push_to_hub(reg, folder.name, "team/cards-chat", "hf_fake", endpoint=versions.hub.endpoint)

@@ -41,11 +41,20 @@ def use_custom_model(data: dict, module: Path, threshold: float) -> dict:
     """The digits spec ``data`` with DigitsNet from ``module``: a 2-trial grid sweep over its width and
     a gate at ``threshold`` accuracy. The window is streamed: each agent spools it once for its trials."""
     data["train"]["data"] = {"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 1024}
-    data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
-    data["sweep"] = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
-        "learning_rate": {"values": [1.0e-2]},
-        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
-    }}  # fmt: skip
+    data["model"] = {
+        "type": "custom",
+        "module": str(module),
+        "class": "DigitsNet",
+        "init": {"hidden": 32, "dropout": 0.1},
+    }
+    data["sweep"] = {
+        "method": "grid",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {
+            "learning_rate": {"values": [1.0e-2]},
+            "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [16, 48]}}}}},
+        },
+    }
     data["gate"]["threshold"] = threshold
     return data
 
@@ -69,17 +78,26 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
 
     root = lake["root"].as_uri()
     try:
-        run = bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep_agents": 2, "epochs": 8})
+        run = bag.get_dag("digits_train").test(
+            run_conf={"end_ds": "2026-11-05", "sweep_agents": 2, "epochs": 8}
+        )
         assert run.state == "success"
         sweep = next(p.parent for p in (lake["root"] / "runs" / "digits").glob("sweep-*/best.json"))
         trials = [json.loads(p.read_text()) for p in sorted(sweep.glob("trials/*/trial.json"))]
         assert sorted(t["params"]["model.init.hidden"] for t in trials) == [16, 48]
         best = json.loads((sweep / "best.json").read_text())
-        version = lake["root"] / "registry" / "digits" / Path(best["version_uri"].removeprefix("file://")).name
+        version = (
+            lake["root"] / "registry" / "digits" / Path(best["version_uri"].removeprefix("file://")).name
+        )
         lineage = json.loads((version / "lineage.json").read_text())
         sha = hashlib.sha256(module.read_bytes()).hexdigest()
-        assert lineage["module"] == {"class": "DigitsNet", "file": "module.py", "source": str(module), "sha256": sha,
-                                     "init": {"hidden": lineage["module"]["init"]["hidden"], "dropout": 0.1}}  # fmt: skip
+        assert lineage["module"] == {
+            "class": "DigitsNet",
+            "file": "module.py",
+            "source": str(module),
+            "sha256": sha,
+            "init": {"hidden": lineage["module"]["init"]["hidden"], "dropout": 0.1},
+        }
         assert lineage["module"]["init"]["hidden"] in (16, 48)
         assert lineage["data"]["mode"] == "stream" and lineage["data"]["rows"]["train"] > 0, lineage["data"]
         assert (version / "module.py").read_bytes() == module.read_bytes()
@@ -98,6 +116,10 @@ def test_a_custom_module_goes_from_sweep_to_a_served_prediction(lake, tmp_path):
         expected = load_pretrained(version).predict_proba(torch.as_tensor(rows, dtype=torch.float32)).numpy()
         assert np.abs(np.asarray(body["data"]["ndarray"]) - expected).max() < 1e-5
         code, meta = http_json(rec["predict_url"].replace("/predictions", "/metadata"))
-        assert code == 200 and meta["custom"]["module_sha256"] == sha and meta["custom"]["module_class"] == "DigitsNet"
+        assert (
+            code == 200
+            and meta["custom"]["module_sha256"] == sha
+            and meta["custom"]["module_class"] == "DigitsNet"
+        )
     finally:
         stop_local(root, "digits", "digits")

@@ -14,9 +14,11 @@ from tests.support.serving import in_process, make_version
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
     pytest.mark.usefixtures("airflow_db"),
-    pytest.mark.skipif(not (ROOT / ".venv-serving" / "bin" / "python").exists(),
-                       reason="the serving environment is missing: run `make serving-venv`"),
-]  # fmt: skip
+    pytest.mark.skipif(
+        not (ROOT / ".venv-serving" / "bin" / "python").exists(),
+        reason="the serving environment is missing: run `make serving-venv`",
+    ),
+]
 
 
 @pytest.fixture
@@ -27,8 +29,10 @@ def pipeline(tmp_path, storage, monkeypatch):
     specs.mkdir()
     shutil.copy(ROOT / "include" / "pipelines" / "digits.yaml", specs / "digits.yaml")
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
-    uris = {v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
-            for i, v in enumerate(("v1", "v2"), start=1)}  # fmt: skip
+    uris = {
+        v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
+        for i, v in enumerate(("v1", "v2"), start=1)
+    }
     from tests.support.serving import make_version as _mv  # noqa: F401  (same helper, for readers)
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
@@ -59,7 +63,9 @@ def test_rollback_dag_restores_the_previous_version(pipeline):
     assert rollback.params["version"] == "previous"
     try:
         # production (v2) is served first, as the train DAG's deploy task leaves it
-        deploy_only = pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
+        deploy_only = (
+            pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
+        )
         assert deploy_only.test().state == "success"
         rec, now = _served(root)
         assert rec["version"] == "v2" and now["health"] == "ok"
@@ -104,19 +110,35 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
 
     api = ProxyingKubeAPI().start()  # with the service proxy the smoke test sends the version's rows through
     try:
-        monkeypatch.setenv("AIRFLOW_CONN_KUBE_TEST",
-                           json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_KUBE_TEST",
+            json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}),
+        )
         specs = tmp_path / "pipelines"
         specs.mkdir()
         data = yaml.safe_load((ROOT / "include" / "pipelines" / "digits.yaml").read_text())
-        data["deploy"] = {"target": "kubernetes", "kubernetes": {
-            "conn_id": "kube_test", "namespace": "models", "image": "freestack/serving:test", "replicas": 2,
-            "canary": {"traffic": 10}, "poll_seconds": 0.2, "timeout_minutes": 1}}  # fmt: skip
+        data["deploy"] = {
+            "target": "kubernetes",
+            "kubernetes": {
+                "conn_id": "kube_test",
+                "namespace": "models",
+                "image": "freestack/serving:test",
+                "replicas": 2,
+                "canary": {"traffic": 10},
+                "poll_seconds": 0.2,
+                "timeout_minutes": 1,
+            },
+        }
         (specs / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
-        uris = {v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
-                for i, v in enumerate(("v1", "v2"), start=1)}  # fmt: skip
-        api.pods = {"digits-main": uris["v1"], "digits-canary": uris["v2"]}  # what each predictor's pods serve
+        uris = {
+            v: make_version(storage, "digits", v, tmp_path, seed=i, n_features=64, classes=tuple(range(10)))
+            for i, v in enumerate(("v1", "v2"), start=1)
+        }
+        api.pods = {
+            "digits-main": uris["v1"],
+            "digits-canary": uris["v2"],
+        }  # what each predictor's pods serve
         reg = ModelRegistry(storage, "digits")
         reg.promote("v1")
         bag = DagBag(dag_folder=str(ROOT / "dags"))
@@ -125,8 +147,16 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         obj = k8s.get("digits", "models", "kube_test")
         assert manifests.summary(obj)["predictors"][0]["version"] == "v1"
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
-        manifests.validate_manifest({k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")} | {
-            "metadata": {"name": obj["metadata"]["name"], "namespace": "models", "labels": obj["metadata"].get("labels", {})}})
+        manifests.validate_manifest(
+            {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+            | {
+                "metadata": {
+                    "name": obj["metadata"]["name"],
+                    "namespace": "models",
+                    "labels": obj["metadata"].get("labels", {}),
+                }
+            }
+        )
         rec = Deployments(storage, "digits").get("digits")
         assert rec["state"] == "serving" and rec["target"] == "kubernetes" and rec["version"] == "v1"
 
@@ -162,13 +192,28 @@ def test_promote_dag_moves_staging_alone_and_production_with_its_server(pipeline
     assert promote.schedule is None or str(promote.timetable.summary) in ("None", "Never")
     assert promote.params.get_param("alias").schema["enum"] == ["production", "staging"]
     try:
-        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        assert (
+            pipeline["bag"]
+            .get_dag("digits_rollback")
+            .partial_subset(["deploy"], include_upstream=False)
+            .test()
+            .state
+            == "success"
+        )
         run = promote.test(run_conf={"version": "v2", "alias": "staging", "reason": "try it first"})
         assert run.state == "success" and _states(run)["deploy"] == ["skipped"]
         aliases = reg.aliases()
-        assert aliases["staging"] == "v2" and aliases["production"] == "v1" and _served(root)[0]["version"] == "v1"
+        assert (
+            aliases["staging"] == "v2"
+            and aliases["production"] == "v1"
+            and _served(root)[0]["version"] == "v1"
+        )
         move = aliases["history"][-1]
-        assert move["reason"] == "try it first" and move["by"].startswith("dag_test (") and run.run_id in move["by"]
+        assert (
+            move["reason"] == "try it first"
+            and move["by"].startswith("dag_test (")
+            and run.run_id in move["by"]
+        )
 
         run = promote.test(run_conf={"version": "v2", "alias": "production"})
         assert run.state == "success" and _states(run)["deploy"] == ["success"]
@@ -206,12 +251,21 @@ def test_a_deploy_overtaken_by_another_move_fails_and_says_by_whom(pipeline, mon
 
     monkeypatch.setattr(MoveAliasOperator, "execute", then_another_run_moves)
     try:
-        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        assert (
+            pipeline["bag"]
+            .get_dag("digits_rollback")
+            .partial_subset(["deploy"], include_upstream=False)
+            .test()
+            .state
+            == "success"
+        )
         run = promote.test(run_conf={"version": "v2", "alias": "production"})
         assert run.state == "failed" and _states(run)["deploy"] == ["failed"]
         rec, now = _served(root)
         assert rec["version"] == "v1" == reg.resolve("production") and now["health"] == "ok"
-        assert rec["alias"] == "production" and [h["version"] for h in rec["history"]] == ["v1"]  # v2 never started
+        assert rec["alias"] == "production" and [h["version"] for h in rec["history"]] == [
+            "v1"
+        ]  # v2 never started
     finally:
         stop_local(root, "digits", "digits")
 
@@ -229,7 +283,14 @@ def test_serve_status_flags_a_deployment_whose_alias_moved(pipeline, capsys):
     reg = ModelRegistry(root, "digits")
     reg.promote("v1")
     try:
-        assert pipeline["bag"].get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False).test().state == "success"
+        assert (
+            pipeline["bag"]
+            .get_dag("digits_rollback")
+            .partial_subset(["deploy"], include_upstream=False)
+            .test()
+            .state
+            == "success"
+        )
         capsys.readouterr()
         assert main(["serve", "--root", root, "status", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[0]["alias_drift"] is None
@@ -237,7 +298,10 @@ def test_serve_status_flags_a_deployment_whose_alias_moved(pipeline, capsys):
         capsys.readouterr()
         assert main(["serve", "--root", root, "status"]) == 0
         said = capsys.readouterr().out
-        assert "MISMATCH  serves v1 but production is v2" in said and "freestack models promote PIPELINE v2" in said
+        assert (
+            "MISMATCH  serves v1 but production is v2" in said
+            and "freestack models promote PIPELINE v2" in said
+        )
         # a bare model's served alias may not move behind its deployment: refused with the way to do it
         assert main(["models", "rollback", "digits", "--root", root]) == 1
         assert "is served by deployment digits" in capsys.readouterr().err

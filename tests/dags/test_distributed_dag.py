@@ -107,8 +107,14 @@ def test_two_ranks_under_dag_test_gate_register_and_serve(lake):
         rec = Deployments(lake["root"].as_uri(), "digits").get("digits")
         version = lake["root"] / "registry" / "digits" / rec["version"]
         lineage = json.loads((version / "lineage.json").read_text())
-        assert lineage["distributed"] == {"world_size": 2, "nodes": 1, "processes_per_node": 2, "backend": "gloo",
-                                          "strategy": "ddp", "launcher": "local"}  # fmt: skip
+        assert lineage["distributed"] == {
+            "world_size": 2,
+            "nodes": 1,
+            "processes_per_node": 2,
+            "backend": "gloo",
+            "strategy": "ddp",
+            "launcher": "local",
+        }
         metrics = json.loads((version / "metrics.json").read_text())
         assert metrics["train"]["world_size"] == 2
         code, body = http_json(rec["predict_url"], {"data": {"ndarray": [[0.0] * 64]}})
@@ -137,9 +143,19 @@ def test_two_ranks_take_the_steps_of_one_process_with_the_same_global_batch(lake
     one = train(load_spec(path), TrainRequest(end_ds="2026-11-05", run_key="steps-one"))
     path = _spec_file(lake, distributed={"processes_per_node": 2, "threads_per_process": 1}, **kw)
     spec = load_spec(path)
-    runs = [launch(spec, str(path), TrainRequest(end_ds="2026-11-05", run_key=f"steps-two-{i}"), WandbSettings.from_environment())
-            for i in range(2)]  # fmt: skip
-    histories = [json.loads((Path(r.version_uri.removeprefix("file://")) / "history.json").read_text()) for r in (one, *runs)]
+    runs = [
+        launch(
+            spec,
+            str(path),
+            TrainRequest(end_ds="2026-11-05", run_key=f"steps-two-{i}"),
+            WandbSettings.from_environment(),
+        )
+        for i in range(2)
+    ]
+    histories = [
+        json.loads((Path(r.version_uri.removeprefix("file://")) / "history.json").read_text())
+        for r in (one, *runs)
+    ]
     single, *pair = ([row["train_loss"] for row in h] for h in histories)
     for losses in pair:
         assert losses == pytest.approx(single, rel=1e-4, abs=1e-5), (single, losses)
@@ -153,19 +169,29 @@ def test_a_killed_rank_fails_the_attempt_and_the_retry_resumes(lake, tmp_path):
     the collective timeout), naming the rank; the retry (same run key) resumes from the checkpoint."""
     import psutil
 
-    path = _spec_file(lake, epochs=40, patience=1000, distributed={"processes_per_node": 2, "timeout_seconds": 60})
+    path = _spec_file(
+        lake, epochs=40, patience=1000, distributed={"processes_per_node": 2, "timeout_seconds": 60}
+    )
     key = "digits_train/killed-rank"
     ckpt = lake["root"] / "runs" / "digits" / "digits_train_killed-rank" / "train" / "checkpoint.safetensors"
     log = tmp_path / "attempt-1.log"
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", _launch_child(path, key)], stdout=sink, stderr=subprocess.STDOUT,
-                                env=dict(os.environ))  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _launch_child(path, key)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     deadline = time.monotonic() + 300
     while not ckpt.exists():
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.2)
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "freestack.train.distributed" in " ".join(p.cmdline())]
+    ranks = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "freestack.train.distributed" in " ".join(p.cmdline())
+    ]
     assert len(ranks) == 2, ranks
     victim = max(ranks, key=lambda p: p.create_time())
     killed_at = time.monotonic()
@@ -180,24 +206,41 @@ def test_a_killed_rank_fails_the_attempt_and_the_retry_resumes(lake, tmp_path):
 
     with safe_open(str(ckpt), "pt") as f:
         saved = json.loads(f.metadata()["freestack"])["epoch"]
-    retry = subprocess.run([sys.executable, "-c", _launch_child(path, key)], capture_output=True, text=True,
-                           timeout=600, env=dict(os.environ))  # fmt: skip
+    retry = subprocess.run(
+        [sys.executable, "-c", _launch_child(path, key)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
     assert retry.returncode == 0, retry.stderr[-3000:]
     assert f"resuming from the checkpoint of epoch {saved}/40" in retry.stdout
     outcome = _outcome(retry.stdout)
     assert outcome["train"]["resumed_from"] == saved and outcome["train"]["epochs_run"] == 40
     version = Path(outcome["version_uri"].removeprefix("file://"))
-    assert {"model.safetensors", "metrics.json", "lineage.json", "history.json"} <= {p.name for p in version.iterdir()}
+    assert {"model.safetensors", "metrics.json", "lineage.json", "history.json"} <= {
+        p.name for p in version.iterdir()
+    }
 
 
 def test_two_nodes_on_loopback_meet_at_the_rendezvous_and_train_one_model(lake):
     """Two launches with node ranks 0 and 1 (as two machines' train and train_node tasks would run them):
     the c10d rendezvous on node 0's address joins them into one training of world size 2."""
     port = free_port()
-    path = _spec_file(lake, epochs=4, distributed={"nodes": 2, "rendezvous": f"127.0.0.1:{port}", "timeout_seconds": 120})
+    path = _spec_file(
+        lake, epochs=4, distributed={"nodes": 2, "rendezvous": f"127.0.0.1:{port}", "timeout_seconds": 120}
+    )
     key = "digits_train/two-nodes"
-    procs = [subprocess.Popen([sys.executable, "-c", _launch_child(path, key, r)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=dict(os.environ)) for r in (1, 0)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _launch_child(path, key, r)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for r in (1, 0)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     node1, node0 = (_outcome(o[0]) for o in outs)
@@ -215,8 +258,12 @@ def test_a_multi_node_spec_adds_a_gang_of_node_tasks(tmp_path):
 
     data = yaml.safe_load(DIGITS.read_text())
     data["train"]["queue"] = "gpu"
-    data["train"]["distributed"] = {"nodes": 3, "pool": "gpu_gang", "rendezvous": "trainer-0.internal:29400",
-                                    "host_queue": "trainer-0"}  # fmt: skip
+    data["train"]["distributed"] = {
+        "nodes": 3,
+        "pool": "gpu_gang",
+        "rendezvous": "trainer-0.internal:29400",
+        "host_queue": "trainer-0",
+    }
     dag = train_dag(parse_spec(data, str(DIGITS)), str(DIGITS))
     tasks = {t.task_id: t for t in dag.tasks}
     node = tasks["train_node"]
@@ -258,11 +305,25 @@ def test_a_custom_module_trains_on_two_ranks_from_a_streamed_window(lake, tmp_pa
 
     module = tmp_path / "digits_net.py"
     module.write_text(DIGITS_NET)
-    path = _spec_file(lake, epochs=8, data={"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 1024},
-                      distributed={"processes_per_node": 2},
-                      model={"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32},
-                             "image_shape": None})  # fmt: skip
-    out = launch(load_spec(path), str(path), TrainRequest(end_ds="2026-11-05", run_key="custom-two"), WandbSettings.from_environment())
+    path = _spec_file(
+        lake,
+        epochs=8,
+        data={"mode": "stream", "chunk_rows": 256, "shuffle_buffer": 1024},
+        distributed={"processes_per_node": 2},
+        model={
+            "type": "custom",
+            "module": str(module),
+            "class": "DigitsNet",
+            "init": {"hidden": 32},
+            "image_shape": None,
+        },
+    )
+    out = launch(
+        load_spec(path),
+        str(path),
+        TrainRequest(end_ds="2026-11-05", run_key="custom-two"),
+        WandbSettings.from_environment(),
+    )
     version = Path(out.version_uri.removeprefix("file://"))
     lineage = json.loads((version / "lineage.json").read_text())
     assert lineage["data"]["mode"] == "stream" and lineage["distributed"]["world_size"] == 2
@@ -284,17 +345,29 @@ def test_fsdp_shards_the_model_takes_the_same_steps_and_resumes(lake, monkeypatc
 
     kw = {"epochs": 4, "patience": 100, "model": {"type": "mlp", "dropout": 0.0, "image_shape": None}}
     one = train(load_spec(_spec_file(lake, **kw)), TrainRequest(end_ds="2026-11-05", run_key="fsdp-one"))
-    path = _spec_file(lake, distributed={"processes_per_node": 2, "threads_per_process": 1, "strategy": "fsdp"}, **kw)
-    monkeypatch.setenv("FREESTACK_KEEP_CHECKPOINTS", "1")  # the finished run's checkpoint stays, for the retry
+    path = _spec_file(
+        lake, distributed={"processes_per_node": 2, "threads_per_process": 1, "strategy": "fsdp"}, **kw
+    )
+    monkeypatch.setenv(
+        "FREESTACK_KEEP_CHECKPOINTS", "1"
+    )  # the finished run's checkpoint stays, for the retry
     req = TrainRequest(end_ds="2026-11-05", run_key="fsdp-two")
-    first, again = (launch(load_spec(path), str(path), req, WandbSettings.from_environment()) for _ in range(2))
+    first, again = (
+        launch(load_spec(path), str(path), req, WandbSettings.from_environment()) for _ in range(2)
+    )
     folder = Path(first.version_uri.removeprefix("file://"))
     losses = [row["train_loss"] for row in json.loads((folder / "history.json").read_text())]
-    single = [row["train_loss"] for row in json.loads((Path(one.version_uri.removeprefix("file://")) / "history.json").read_text())]
+    single = [
+        row["train_loss"]
+        for row in json.loads((Path(one.version_uri.removeprefix("file://")) / "history.json").read_text())
+    ]
     assert losses == pytest.approx(single, rel=1e-4, abs=1e-5), (single, losses)
     assert json.loads((folder / "lineage.json").read_text())["distributed"]["strategy"] == "fsdp"
     assert again.summary["resumed_from"] == 4 and again.metrics == first.metrics
-    a, b = load_file(str(folder / "model.safetensors")), load_file(str(Path(one.version_uri.removeprefix("file://")) / "model.safetensors"))
+    a, b = (
+        load_file(str(folder / "model.safetensors")),
+        load_file(str(Path(one.version_uri.removeprefix("file://")) / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
@@ -303,6 +376,9 @@ def test_fsdp_with_lora_is_refused_before_any_data_is_read():
     from freestack.train.core import TrainingError, check_trainable
     from tests.support.landing_finetune import REVIEWS_SPEC
 
-    data = {**REVIEWS_SPEC, "train": {**REVIEWS_SPEC["train"], "distributed": {"processes_per_node": 2, "strategy": "fsdp"}}}
+    data = {
+        **REVIEWS_SPEC,
+        "train": {**REVIEWS_SPEC["train"], "distributed": {"processes_per_node": 2, "strategy": "fsdp"}},
+    }
     with pytest.raises(TrainingError, match="strategy fsdp shards a full fine-tune"):
         check_trainable(parse_spec(data, "reviews.yaml"))

@@ -36,8 +36,10 @@ def hub(tmp_path_factory):
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")
-    commits = {TEXT_BASE: publish(hub.endpoint, TEXT_BASE, tiny_text_model(folder / "text")),
-               IMAGE_BASE: publish(hub.endpoint, IMAGE_BASE, tiny_image_model(folder / "image"))}  # fmt: skip
+    commits = {
+        TEXT_BASE: publish(hub.endpoint, TEXT_BASE, tiny_text_model(folder / "text")),
+        IMAGE_BASE: publish(hub.endpoint, IMAGE_BASE, tiny_image_model(folder / "image")),
+    }
     yield hub, commits
     hub.stop()
 
@@ -93,30 +95,50 @@ def test_a_hub_text_model_is_fine_tuned_with_lora_and_served_on_raw_text(pipelin
     _ingest(pipelines, "reviews")
     root = pipelines["root"].as_uri()
     try:
-        run = pipelines["bag"].get_dag("reviews_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        run = (
+            pipelines["bag"].get_dag("reviews_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        )
         version, rec = _served(pipelines, "reviews", run)
         names = {p.name for p in version.iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "tokenizer.json",
-                "tokenizer_config.json"} <= names and "model.safetensors" not in names, names  # fmt: skip
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        } <= names and "model.safetensors" not in names, names
         adapter = json.loads((version / "adapter_config.json").read_text())
         commit = pipelines["commits"][TEXT_BASE]
         assert (adapter["base_model_name_or_path"], adapter["revision"]) == (TEXT_BASE, commit)
         lineage = json.loads((version / "lineage.json").read_text())
-        assert lineage["base"] == {"repo": TEXT_BASE, "revision": "main", "commit": commit, "task": "text-classification"}
-        assert 0 < lineage["parameters"]["trainable"] < lineage["parameters"]["total"] / 4, lineage["parameters"]
+        assert lineage["base"] == {
+            "repo": TEXT_BASE,
+            "revision": "main",
+            "commit": commit,
+            "task": "text-classification",
+        }
+        assert 0 < lineage["parameters"]["trainable"] < lineage["parameters"]["total"] / 4, lineage[
+            "parameters"
+        ]
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         assert evaluation["candidate"]["accuracy"] >= 0.8, evaluation
         config = json.loads((version / "config.json").read_text())
         assert config["id2label"] == {"0": "neg", "1": "pos"}
 
-        texts = pd.read_csv(pipelines["root"] / "landing" / "reviews" / "2026-11-03" / "reviews.csv")["review"][:6].tolist()
-        code, body = http_json(rec["predict_url"], {"data": {"ndarray": [[t] for t in texts], "names": ["review"]}})
+        texts = pd.read_csv(pipelines["root"] / "landing" / "reviews" / "2026-11-03" / "reviews.csv")[
+            "review"
+        ][:6].tolist()
+        code, body = http_json(
+            rec["predict_url"], {"data": {"ndarray": [[t] for t in texts], "names": ["review"]}}
+        )
         assert code == 200, body
         model, encoder = load_pretrained(version), load_encoder(version)
         batch = encoder.encode({"review": texts})
         want = model.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}).tolist()
         got = body["data"]["ndarray"]
-        assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        assert (
+            max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        )
         code, body = http_json(rec["predict_url"], {"strData": texts[0]})
         assert code == 200, body
         _loads_with_plain_transformers(pipelines, version, texts, want)
@@ -155,13 +177,39 @@ def _loads_with_plain_transformers(p, version: Path, texts: list[str], want: lis
     from freestack.registry.hub import push_to_hub
 
     card = (version / "README.md").read_text()
-    assert f"base_model: {TEXT_BASE}" in card and "library_name: peft" in card and "pipeline_tag: text-classification" in card
-    pushed = push_to_hub(ModelRegistry(p["root"].as_uri(), "reviews"), version.name, "team/reviews-lora", "hf_fake",
-                         endpoint=p["hub"].endpoint)  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {"HF_ENDPOINT": p["hub"].endpoint}
+    assert (
+        f"base_model: {TEXT_BASE}" in card
+        and "library_name: peft" in card
+        and "pipeline_tag: text-classification" in card
+    )
+    pushed = push_to_hub(
+        ModelRegistry(p["root"].as_uri(), "reviews"),
+        version.name,
+        "team/reviews-lora",
+        "hf_fake",
+        endpoint=p["hub"].endpoint,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)} | {
+        "HF_ENDPOINT": p["hub"].endpoint
+    }
     python = os.environ.get("FREESTACK_SERVING_PYTHON") or str(ROOT / ".venv-serving" / "bin" / "python")
-    out = subprocess.run([python, "-c", PLAIN_LOAD, "team/reviews-lora", pushed["tag"], TEXT_BASE, p["commits"][TEXT_BASE],
-                          json.dumps(texts)], env=env, cwd="/", capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            PLAIN_LOAD,
+            "team/reviews-lora",
+            pushed["tag"],
+            TEXT_BASE,
+            p["commits"][TEXT_BASE],
+            json.dumps(texts),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
@@ -173,7 +221,9 @@ def _loads_with_plain_transformers(p, version: Path, texts: list[str], want: lis
 
     batch = load_encoder(version).encode({"review": texts})
     again = load_from_hub("team/reviews-lora", pushed["tag"], endpoint=p["hub"].endpoint)
-    assert torch.allclose(again.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}), torch.tensor(want), atol=1e-5)
+    assert torch.allclose(
+        again.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}), torch.tensor(want), atol=1e-5
+    )
 
 
 def test_a_hub_image_model_is_fine_tuned_in_full_and_served_on_bindata(pipelines):
@@ -229,7 +279,11 @@ def test_lora_and_full_fine_tunes_train_on_two_ranks_and_serve(pipelines):
         _ingest(pipelines, name)
         _on_two_ranks(pipelines, name, strategy)
         try:
-            run = pipelines["bag"].get_dag(f"{name}_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+            run = (
+                pipelines["bag"]
+                .get_dag(f"{name}_train")
+                .test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+            )
             version, rec = _served(pipelines, name, run)
             lineage = json.loads((version / "lineage.json").read_text())
             assert lineage["distributed"]["world_size"] == 2 and lineage["distributed"]["backend"] == "gloo"
@@ -237,8 +291,16 @@ def test_lora_and_full_fine_tunes_train_on_two_ranks_and_serve(pipelines):
             assert (lineage["peft"] is None) == (name == "digits"), lineage["peft"]
             evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
             assert evaluation["candidate"]["accuracy"] >= threshold, evaluation
-            code, body = http_json(rec["predict_url"], {"strData": "a fine film"} if name == "reviews" else
-                                   {"binData": base64.b64encode(next((pipelines["root"] / "landing" / "digits").rglob("*.png")).read_bytes()).decode()})  # fmt: skip
+            code, body = http_json(
+                rec["predict_url"],
+                {"strData": "a fine film"}
+                if name == "reviews"
+                else {
+                    "binData": base64.b64encode(
+                        next((pipelines["root"] / "landing" / "digits").rglob("*.png")).read_bytes()
+                    ).decode()
+                },
+            )
             assert code == 200, body
         finally:
             stop_local(root, name, name)

@@ -33,10 +33,17 @@ def pipelines(tmp_path, storage, monkeypatch):
     from tests.support.hf_tiny import tiny_image_model, tiny_text_model
 
     bases = tmp_path / "bases"
-    text, image = tiny_text_model(bases / "bert-mlm", head="masked-lm"), tiny_image_model(bases / "vit-mim", head="masked-lm")
+    text, image = (
+        tiny_text_model(bases / "bert-mlm", head="masked-lm"),
+        tiny_image_model(bases / "vit-mim", head="masked-lm"),
+    )
     reviews = {**REVIEWS_SPEC, "model": {**REVIEWS_SPEC["model"], "base": text.as_uri()}, "gate": GATE}
     lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    digits = {**DIGITS_SPEC, "model": {**DIGITS_SPEC["model"], "base": str(image), "peft": lora}, "gate": GATE}
+    digits = {
+        **DIGITS_SPEC,
+        "model": {**DIGITS_SPEC["model"], "base": str(image), "peft": lora},
+        "gate": GATE,
+    }
     specs = tmp_path / "pipelines"
     specs.mkdir()
     for spec in (reviews, digits):
@@ -105,7 +112,9 @@ def test_a_lora_version_on_a_base_folder_loads_with_plain_peft_to_the_evaluated_
     version = _trained(pipelines, name)
     base = pipelines["bases"][name]
     lineage = json.loads((version / "lineage.json").read_text())
-    assert lineage["base"]["repo"] == base.as_uri() and lineage["base"]["commit"].startswith("sha256:"), lineage["base"]
+    assert lineage["base"]["repo"] == base.as_uri() and lineage["base"]["commit"].startswith("sha256:"), (
+        lineage["base"]
+    )
     adapter = json.loads((version / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(base) and adapter["revision"] is None, adapter
     if name == "reviews":

@@ -62,7 +62,9 @@ def test_several_days_with_bad_rows_empty_file_missing_day_and_non_utf8(specs, s
     good = (root / "landing/digits/2026-11-01/digits.csv").read_bytes().splitlines()
     bad_row = good[1].replace(b"digit-", b"d\xff\xfeigit-", 1)
     (root / "landing/digits/2026-11-06").mkdir(parents=True)
-    (root / "landing/digits/2026-11-06/day.csv").write_bytes(b"\n".join([good[0], *good[30:60], bad_row]) + b"\n")
+    (root / "landing/digits/2026-11-06/day.csv").write_bytes(
+        b"\n".join([good[0], *good[30:60], bad_row]) + b"\n"
+    )
 
     # a broken spec beside it: an import error naming it, and digits still loads and runs
     (specs / "broken.yaml").write_text("name: broken\nsource:\n  format: csv\n  schema: {columns: []}\n")
@@ -120,7 +122,9 @@ def test_rerun_is_byte_identical_and_emits_asset_event(specs, storage, monkeypat
     assert events, "no asset event with the partition's extra"
     extra = events[-1].extra
     assert extra["part_sha256"] == first[0]
-    assert extra["rows_good"] + extra["rows_quarantined"] == extra["rows_in"] and extra["rows_quarantined"] == 5
+    assert (
+        extra["rows_good"] + extra["rows_quarantined"] == extra["rows_in"] and extra["rows_quarantined"] == 5
+    )
 
 
 def test_policies_skip_schema_drift_and_quarantine_limit(specs, storage, monkeypatch):
@@ -152,7 +156,9 @@ def test_policies_skip_schema_drift_and_quarantine_limit(specs, storage, monkeyp
     run, states = _run(dag, "2026-11-12")
     assert run.state == "failed"
     part_dir = root / "lake/digits/ds=2026-11-12"
-    assert not (part_dir / "part.parquet").exists(), "a partition over the quarantine limit must not be published"
+    assert not (part_dir / "part.parquet").exists(), (
+        "a partition over the quarantine limit must not be published"
+    )
     assert pq.read_table(_quarantine(part_dir)).num_rows == 5, "the rejected rows stay readable"
 
 

@@ -27,9 +27,17 @@ def arith_spec(name: str = "arith", base: str = LM_BASE) -> dict:
     """The tutorial's spec (include/pipelines/arith.yaml) on the tiny base, trained for a CPU minute."""
     spec = yaml.safe_load((ROOT / "include" / "pipelines" / "arith.yaml").read_text())
     spec.update(name=name, retries=0)
-    spec["model"].update(base=base, max_length=48, generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 6},
-                         peft={"r": 8, "alpha": 16, "dropout": 0.0,
-                               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]})  # fmt: skip
+    spec["model"].update(
+        base=base,
+        max_length=48,
+        generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 6},
+        peft={
+            "r": 8,
+            "alpha": 16,
+            "dropout": 0.0,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        },
+    )
     spec["train"] = {"epochs": 20, "learning_rate": 1e-2, "batch_size": 16, "window_days": 30, "patience": 5}
     spec["gate"] = {"metric": "exact_match", "threshold": 0.5, "max_regression": {"perplexity": 5.0}}
     return spec
@@ -43,8 +51,12 @@ def hub(tmp_path_factory):
 
     hub = FakeHub().start()
     folder = tmp_path_factory.mktemp("bases")
-    commits = {LM_BASE: publish(hub.endpoint, LM_BASE, tiny_causal_lm(folder / "lm")),
-               PLAIN_BASE: publish(hub.endpoint, PLAIN_BASE, tiny_causal_lm(folder / "plain", chat_template=False, pretrain_steps=0))}  # fmt: skip
+    commits = {
+        LM_BASE: publish(hub.endpoint, LM_BASE, tiny_causal_lm(folder / "lm")),
+        PLAIN_BASE: publish(
+            hub.endpoint, PLAIN_BASE, tiny_causal_lm(folder / "plain", chat_template=False, pretrain_steps=0)
+        ),
+    }
     yield hub, commits, folder / "lm"
     hub.stop()
 
@@ -60,8 +72,11 @@ def pipelines(tmp_path, storage, monkeypatch, hub):
     ranks = arith_spec("ranks")
     ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
     tuned = arith_spec("tuned")
-    tuned["sweep"] = {"method": "grid", "metric": {"name": "val_perplexity", "goal": "minimize"},
-                      "parameters": {"learning_rate": {"values": [3e-3, 1e-2]}}}  # fmt: skip
+    tuned["sweep"] = {
+        "method": "grid",
+        "metric": {"name": "val_perplexity", "goal": "minimize"},
+        "parameters": {"learning_rate": {"values": [3e-3, 1e-2]}},
+    }
     for spec in (arith_spec(), arith_spec("plain", PLAIN_BASE), ranks, tuned):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
@@ -108,11 +123,26 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
         rec = Deployments(p["root"].as_uri(), "arith").get("arith")
         version = p["root"] / "registry" / "arith" / rec["version"]
         names = {f.name for f in version.iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "generation_config.json",
-                "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= names, names  # fmt: skip
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "chat_template.jinja",
+        } <= names, names
         lineage = json.loads((version / "lineage.json").read_text())
-        assert lineage["base"] == {"repo": LM_BASE, "revision": "main", "commit": p["commits"][LM_BASE], "task": "text-generation"}
-        assert lineage["chat"]["template"] == "base tokenizer" and lineage["data"]["conversations"]["train"]["cut"] == 0
+        assert lineage["base"] == {
+            "repo": LM_BASE,
+            "revision": "main",
+            "commit": p["commits"][LM_BASE],
+            "task": "text-generation",
+        }
+        assert (
+            lineage["chat"]["template"] == "base tokenizer"
+            and lineage["data"]["conversations"]["train"]["cut"] == 0
+        )
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         cand = evaluation["candidate"]
         smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
@@ -121,11 +151,22 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
         assert cand["perplexity"] < 3 and len(evaluation["samples"]) == 6
         assert "sample answers" in (version / "evaluation" / "report.html").read_text()
         card = (version / "README.md").read_text()
-        assert f"base_model: {LM_BASE}" in card and "library_name: peft" in card and "pipeline_tag: text-generation" in card
+        assert (
+            f"base_model: {LM_BASE}" in card
+            and "library_name: peft" in card
+            and "pipeline_tag: text-generation" in card
+        )
 
         # served: the smoke prompts answered as evaluation answered them; a prompt as strData
-        code, body = http_json(rec["predict_url"], {"jsonData": {"messages": smoke["chats"][0],
-                                                                 "parameters": {"max_new_tokens": smoke["max_new_tokens"]}}})  # fmt: skip
+        code, body = http_json(
+            rec["predict_url"],
+            {
+                "jsonData": {
+                    "messages": smoke["chats"][0],
+                    "parameters": {"max_new_tokens": smoke["max_new_tokens"]},
+                }
+            },
+        )
         assert code == 200, body
         assert body["jsonData"]["completions"][0]["text"] == smoke["outputs"][0]
         code, body = http_json(rec["predict_url"], {"strData": smoke["chats"][1][-1]["content"]})
@@ -168,12 +209,34 @@ def _loads_with_plain_transformers(p, version: Path, smoke: dict) -> None:
     from freestack.registry.core import ModelRegistry
     from freestack.registry.hub import push_to_hub
 
-    pushed = push_to_hub(ModelRegistry(p["root"].as_uri(), "arith"), version.name, "team/arith-lora", "hf_fake", endpoint=p["hub"].endpoint)
+    pushed = push_to_hub(
+        ModelRegistry(p["root"].as_uri(), "arith"),
+        version.name,
+        "team/arith-lora",
+        "hf_fake",
+        endpoint=p["hub"].endpoint,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_ENDPOINT": p["hub"].endpoint}
     python = os.environ.get("FREESTACK_SERVING_PYTHON") or str(ROOT / ".venv-serving" / "bin" / "python")
     chats = smoke["chats"][:6]
-    out = subprocess.run([python, "-c", PLAIN_GENERATE, "team/arith-lora", pushed["tag"], LM_BASE, p["commits"][LM_BASE],
-                          json.dumps(chats), str(smoke["max_new_tokens"])], env=env, cwd="/", capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            PLAIN_GENERATE,
+            "team/arith-lora",
+            pushed["tag"],
+            LM_BASE,
+            p["commits"][LM_BASE],
+            json.dumps(chats),
+            str(smoke["max_new_tokens"]),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == smoke["outputs"][:6]
 
@@ -181,14 +244,18 @@ def _loads_with_plain_transformers(p, version: Path, smoke: dict) -> None:
 def _second_version_is_gated_against_production(p, first: str) -> None:
     """A retraining is scored beside production on the same rows: both models' metrics and answers."""
     run = p["bag"].get_dag("arith_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False, "epochs": 2})
-    second = [f for f in (p["root"] / "registry" / "arith").iterdir() if f.name.startswith("v") and f.name != first]
+    second = [
+        f for f in (p["root"] / "registry" / "arith").iterdir() if f.name.startswith("v") and f.name != first
+    ]
     assert run.state == "success" and len(second) == 1, second
     evaluation = json.loads((second[0] / "evaluation" / "metrics.json").read_text())
     assert evaluation["champion_version"] == first, evaluation
     assert evaluation["champion"]["rows"] == evaluation["candidate"]["rows"]
     assert all("champion" in s and "candidate" in s for s in evaluation["samples"])
     gate = json.loads((second[0] / "lineage.json").read_text())["gate"]
-    assert gate["champion_version"] == first and any(r.startswith("perplexity") for r in gate["reasons"]), gate
+    assert gate["champion_version"] == first and any(r.startswith("perplexity") for r in gate["reasons"]), (
+        gate
+    )
     # the ML views read both versions: their perplexity and exact match, the report with the answers
     from freestack.spec import load_spec
     from freestack.ui.catalog import model_page, version_page
@@ -224,7 +291,10 @@ def test_two_ranks_instruction_tune_one_model_that_learns_the_task(pipelines):
         version = p["root"] / "registry" / "ranks" / rec["version"]
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["distributed"]["world_size"] == 2 and lineage["distributed"]["strategy"] == "ddp"
-        assert json.loads((version / "evaluation" / "metrics.json").read_text())["candidate"]["exact_match"] >= 0.5
+        assert (
+            json.loads((version / "evaluation" / "metrics.json").read_text())["candidate"]["exact_match"]
+            >= 0.5
+        )
     finally:
         stop_local(p["root"].as_uri(), "ranks", "ranks")
 
@@ -246,6 +316,8 @@ def test_a_sweep_of_instruction_tunings_keeps_the_lowest_validation_perplexity(p
         assert best["best_value"] == min(r["val_perplexity"] for r in table["trials"])
         name = best["version_uri"].rstrip("/").rsplit("/", 1)[-1]
         lineage = json.loads((p["root"] / "registry" / "tuned" / name / "lineage.json").read_text())
-        assert lineage["sweep"]["trial"] == best["best_trial"] and lineage["gate"]["decision"] == "promote", lineage["gate"]
+        assert lineage["sweep"]["trial"] == best["best_trial"] and lineage["gate"]["decision"] == "promote", (
+            lineage["gate"]
+        )
     finally:
         stop_local(p["root"].as_uri(), "tuned", "tuned")

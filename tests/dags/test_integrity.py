@@ -14,8 +14,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: what parsing the DAG files must not import: ML and data libraries (numpy too: the sweep engine's
 #: schema is read from its file, not imported), which only tasks need
-HEAVY = ("torch", "pandas", "pyarrow", "wandb", "numpy", "scipy", "sklearn", "transformers", "peft", "safetensors",
-         "huggingface_hub", "matplotlib", "PIL")  # fmt: skip
+HEAVY = (
+    "torch",
+    "pandas",
+    "pyarrow",
+    "wandb",
+    "numpy",
+    "scipy",
+    "sklearn",
+    "transformers",
+    "peft",
+    "safetensors",
+    "huggingface_hub",
+    "matplotlib",
+    "PIL",
+)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +162,9 @@ def test_every_param_has_a_title_a_description_and_a_valid_default(dagbag):
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
     train = dagbag.dags["digits_train"].params
     assert (train["epochs"], train["window_days"], train["batch_size"]) == (
-        spec.train.epochs, spec.train.window_days, spec.train.batch_size
+        spec.train.epochs,
+        spec.train.window_days,
+        spec.train.batch_size,
     )
     assert train["sweep"] is True and train["sweep_agents"] == 2
     assert f"train.epochs = {spec.train.epochs}" in train.get_param("epochs").description
@@ -176,7 +191,9 @@ def test_trigger_forms_validate_through_a_serialized_dag_in_their_dialect(dagbag
 
     for dag_id in ("digits_train", "digits_promote", "digits_rollback"):
         dag = dagbag.dags[dag_id]
-        assert dag.params and all(dag.params.get_param(k).schema["$schema"] == FORM_DIALECT for k in dag.params)
+        assert dag.params and all(
+            dag.params.get_param(k).schema["$schema"] == FORM_DIALECT for k in dag.params
+        )
     scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["digits_train"])).params
     ok = scheduled.deep_merge({"epochs": 3, "end_ds": "2026-11-20", "learning_rate": 0.01}).validate()
     assert ok["epochs"] == 3 and ok["end_ds"] == "2026-11-20"

@@ -89,30 +89,57 @@ def test_a_table_of_numbers_categories_text_and_images_is_trained_and_served_on_
     try:
         run = kinds["bag"].get_dag("shop_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
         version, rec = _served(kinds, "shop", run)
-        assert {"tokenizer.json", "preprocessing.json", "model.safetensors"} <= {p.name for p in version.iterdir()}
+        assert {"tokenizer.json", "preprocessing.json", "model.safetensors"} <= {
+            p.name for p in version.iterdir()
+        }
         pre = json.loads((version / "preprocessing.json").read_text())
-        assert dict(pre["encoder"]["columns"]) == {"price": "numeric", "colour": "category", "review": "text",
-                                                  "photo": "image"}  # fmt: skip
-        assert set(pre["encoder"]["category"]["colour"]) == {"navy", "green", "black", "orange", "pink", "yellow"}
+        assert dict(pre["encoder"]["columns"]) == {
+            "price": "numeric",
+            "colour": "category",
+            "review": "text",
+            "photo": "image",
+        }
+        assert set(pre["encoder"]["category"]["colour"]) == {
+            "navy",
+            "green",
+            "black",
+            "orange",
+            "pink",
+            "yellow",
+        }
         evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
         assert evaluation["candidate"]["accuracy"] >= 0.8, evaluation
         lineage = json.loads((version / "lineage.json").read_text())
-        assert lineage["features"] == {"price": "float", "colour": "category", "review": "text", "photo": "image"}
+        assert lineage["features"] == {
+            "price": "float",
+            "colour": "category",
+            "review": "text",
+            "photo": "image",
+        }
         card = (version / "README.md").read_text()
-        inputs = card[card.index("# a list of raw values per column: "):].split("\n", 1)[0]
+        inputs = card[card.index("# a list of raw values per column: ") :].split("\n", 1)[0]
         assert all(f"`{c}` ({k})" in inputs for c, k in lineage["features"].items()), inputs
         assert "encoder = load_encoder(" in card
 
         landing = kinds["root"] / "landing" / "shop" / "2026-11-03"
         rows = pd.read_csv(landing / "sales.csv").iloc[10:16]
         rows["photo"] = [(landing / p).read_bytes() for p in rows["photo"]]
-        records = [{"price": r.price, "colour": r.colour, "review": r.review,
-                    "photo": base64.b64encode(r.photo).decode()} for r in rows.itertuples()]  # fmt: skip
+        records = [
+            {
+                "price": r.price,
+                "colour": r.colour,
+                "review": r.review,
+                "photo": base64.b64encode(r.photo).decode(),
+            }
+            for r in rows.itertuples()
+        ]
         code, body = http_json(rec["predict_url"], {"jsonData": {"instances": records}})
         assert code == 200, body
         want = _in_process(version, rows)
         got = [[p["probabilities"]["no"], p["probabilities"]["yes"]] for p in body["jsonData"]["predictions"]]
-        assert max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        assert (
+            max(abs(a - b) for g, w in zip(got, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        )
         _monitored(kinds, landing, rec)
         _scored_landing(kinds, "shop", version, rows_of=lambda t: len(pd.read_csv(landing / "sales.csv")))
     finally:
@@ -131,7 +158,9 @@ def _scored_landing(kinds, name: str, version: Path, rows_of) -> dict:
 
     spec = load_spec(kinds["specs"] / f"{name}.yaml")
     landing = kinds["root"] / "landing" / name
-    spec = spec.model_copy(update={"score": ScoreSpec(input=f"file://{landing}/{{ds}}/", version="latest", batch_rows=16)})
+    spec = spec.model_copy(
+        update={"score": ScoreSpec(input=f"file://{landing}/{{ds}}/", version="latest", batch_rows=16)}
+    )
     got = plan(spec, datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC))
     assert got["version"] == version.name and len(got["jobs"]) == 1, got
     manifest = score(spec, got["jobs"][0])
@@ -167,23 +196,39 @@ def _monitored(kinds, landing: Path, rec: dict) -> None:
         except Exception:
             readable.append(False)
     rows, photos = rows[readable], [b for b, ok in zip(photos, readable, strict=True) if ok]
-    records = [{"price": r.price, "colour": r.colour, "review": r.review, "photo": base64.b64encode(b).decode()}
-               for r, b in zip(rows.itertuples(), photos, strict=True)]  # fmt: skip
+    records = [
+        {"price": r.price, "colour": r.colour, "review": r.review, "photo": base64.b64encode(b).decode()}
+        for r, b in zip(rows.itertuples(), photos, strict=True)
+    ]
     for k in range(0, len(records), 40):
         assert http_json(rec["predict_url"], {"jsonData": {"instances": records[k : k + 40]}})[0] == 200
     logs = kinds["root"] / "monitoring" / "shop" / "requests"
     deadline, table = time.monotonic() + 60, None
     while time.monotonic() < deadline and (table is None or len(table) < len(records)):
         time.sleep(1.0)
-        table = pd.concat([pq.read_table(f).to_pandas() for f in logs.rglob("*.parquet")]) if list(logs.rglob("*.parquet")) else None
+        table = (
+            pd.concat([pq.read_table(f).to_pandas() for f in logs.rglob("*.parquet")])
+            if list(logs.rglob("*.parquet"))
+            else None
+        )
     mine = table[table["input.review"].isin(set(rows["review"]))]
-    assert set(mine["input.photo"].map(bytes)) <= set(photos) and set(mine["input.colour"]) <= set(rows["colour"].dropna())
+    assert set(mine["input.photo"].map(bytes)) <= set(photos) and set(mine["input.colour"]) <= set(
+        rows["colour"].dropna()
+    )
     now = datetime.now(UTC)
-    run = kinds["bag"].get_dag("shop_monitor").test(logical_date=datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1))
+    run = (
+        kinds["bag"]
+        .get_dag("shop_monitor")
+        .test(logical_date=datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1))
+    )
     assert run.state == "success"
-    summary = json.loads(next((kinds["root"] / "monitoring" / "shop" / "reports").glob("*/summary.json")).read_text())
+    summary = json.loads(
+        next((kinds["root"] / "monitoring" / "shop" / "reports").glob("*/summary.json")).read_text()
+    )
     series = {s["name"] for v in summary["versions"] for s in v["series"]}
-    assert {"colour", "review.length", "review.unknown_rate", "photo.brightness", "prediction"} <= series, summary["notes"]
+    assert {"colour", "review.length", "review.unknown_rate", "photo.brightness", "prediction"} <= series, (
+        summary["notes"]
+    )
 
 
 def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
@@ -209,7 +254,10 @@ def test_an_image_folder_is_trained_and_served_on_bindata(kinds):
             assert code == 200, body
             answers.append(body["data"]["tensor"]["values"])
         want = _in_process(version, pd.DataFrame({"image": [f.read_bytes() for f in files]}))
-        assert max(abs(a - b) for g, w in zip(answers, want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        assert (
+            max(abs(a - b) for g, w in zip(answers, want, strict=True) for a, b in zip(g, w, strict=True))
+            < 1e-5
+        )
         scored = _scored_landing(kinds, "glyphs", version, rows_of=lambda d: len(list(d.glob("*/*.png"))))
         assert scored["rows_quarantined"] >= 1  # the day's corrupt PNG, refused by the encoder
     finally:

@@ -36,8 +36,17 @@ def smtp(monkeypatch):
     port = free_port()
     server = Controller(Keep(), hostname="127.0.0.1", port=port)
     server.start()
-    conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": port,
-            "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "freestack@example.com", "timeout": 10}}  # fmt: skip
+    conn = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": port,
+        "extra": {
+            "disable_tls": True,
+            "disable_ssl": True,
+            "from_email": "freestack@example.com",
+            "timeout": 10,
+        },
+    }
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(conn))
     yield got
     server.stop()
@@ -49,12 +58,21 @@ def _log_day(root: str, version: str, model, pre, X: np.ndarray, day: datetime) 
 
     from freestack_server.requestlog import RequestLog, monitoring_uri
 
-    log = RequestLog(monitoring_uri(root, "digits"), rate=1.0, model="digits", version=version, deployment="digits",
-                     columns=[(f, "numeric") for f in pre.features], classes=[str(c) for c in pre.classes])  # fmt: skip
+    log = RequestLog(
+        monitoring_uri(root, "digits"),
+        rate=1.0,
+        model="digits",
+        version=version,
+        deployment="digits",
+        columns=[(f, "numeric") for f in pre.features],
+        classes=[str(c) for c in pre.classes],
+    )
     with torch.no_grad():
         out = model.predict_proba(torch.as_tensor(X, dtype=torch.float32)).numpy()
     for k in range(0, len(X), 30):
-        log.add(f"{day:%d}-{k}", X[k : k + 30].astype(np.float32), out[k : k + 30], ts=day + timedelta(minutes=k))
+        log.add(
+            f"{day:%d}-{k}", X[k : k + 30].astype(np.float32), out[k : k + 30], ts=day + timedelta(minutes=k)
+        )
     log.flush()
 
 
@@ -77,8 +95,12 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
 
     spec_file = lake["specs"] / "digits.yaml"
     spec = yaml.safe_load(spec_file.read_text())
-    spec["monitor"]["notify"] = [{"notifier": "airflow.providers.smtp.notifications.smtp.SmtpNotifier",
-                                  "args": {"to": "ml-team@example.com"}}]  # fmt: skip
+    spec["monitor"]["notify"] = [
+        {
+            "notifier": "airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+            "args": {"to": "ml-team@example.com"},
+        }
+    ]
     spec_file.write_text(yaml.safe_dump(spec))
     from airflow.dag_processing.dagbag import DagBag
 
@@ -91,14 +113,18 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     reg = lake["root"] / "registry" / "digits"
     version = ModelRegistry(lake["root"].as_uri(), "digits").resolve("production")
     ref = json.loads((reg / version / "reference.json").read_text())
-    assert ref["source"] == "window" and ref["rows"] > 1500 and len(ref["series"]) == 65  # 64 pixels, the prediction
+    assert (
+        ref["source"] == "window" and ref["rows"] > 1500 and len(ref["series"]) == 65
+    )  # 64 pixels, the prediction
     assert "reference.json" in json.loads((reg / version / "_REGISTERED.json").read_text())["files"]
     model, pre, *_ = load_model_folder((reg / version).as_uri())
     X = load_digits().data
     rng = np.random.default_rng(3)
     root = lake["root"].as_uri()
     _log_day(root, version, model, pre, X[rng.choice(len(X), ROWS)], datetime(2026, 11, 10, 1, tzinfo=UTC))
-    _log_day(root, version, model, pre, shifted(X[rng.choice(len(X), ROWS)]), datetime(2026, 11, 11, 1, tzinfo=UTC))
+    _log_day(
+        root, version, model, pre, shifted(X[rng.choice(len(X), ROWS)]), datetime(2026, 11, 11, 1, tzinfo=UTC)
+    )
 
     dag = bag.get_dag("digits_monitor")  # a run's logical date ends its interval: the day before is judged
     quiet = dag.test(logical_date=datetime(2026, 11, 11, tzinfo=UTC))
@@ -116,7 +142,9 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     assert len(smtp) == 1 and "digits drifted" in smtp[0]["Subject"]
     mail = "".join(p.get_payload(decode=True).decode() for p in smtp[0].walk() if not p.is_multipart())
     assert first["series"] in mail and "PSI" in mail and "0.2" in mail and "report.html" in mail
-    assert (lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T000000--2026-11-12T000000.json").exists()
+    assert (
+        lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T000000--2026-11-12T000000.json"
+    ).exists()
     assert _asset_events("freestack://drift/digits", quiet, drifted) == 1
     assert _asset_events("freestack://monitoring/digits", quiet, drifted) == 2
 
@@ -135,4 +163,8 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     shutil.rmtree(day)
     empty = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=UTC))
     summary = json.loads((reports / "2026-11-20T000000--2026-11-21T000000" / "summary.json").read_text())
-    assert empty.state == "success" and summary["status"] == "no_data" and "no requests were logged" in summary["notes"][0]
+    assert (
+        empty.state == "success"
+        and summary["status"] == "no_data"
+        and "no requests were logged" in summary["notes"][0]
+    )

@@ -69,14 +69,22 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     assert s["promote"] == ["success"] and s["blocked"] == ["skipped"] and s["approve"] == ["skipped"]
     v1 = reg.resolve("production")
     gate_note, window_line = run_note(first).rsplit("\n\n", 1)  # the gate's decision, then the window's line
-    assert window_line.startswith("Window: ") and "up to 2026-11-05" in window_line and "end_ds from the form" in window_line
+    assert (
+        window_line.startswith("Window: ")
+        and "up to 2026-11-05" in window_line
+        and "end_ds from the form" in window_line
+    )
     # the gate says the candidate passed; `promote`, once production moved, that it is production now
     gate_note, promoted = gate_note.split("\n\n")
-    assert gate_note.startswith(f"**Gate: passed.** Candidate `{v1}` of `digits` goes on to `promote`: accuracy 0.")
+    assert gate_note.startswith(
+        f"**Gate: passed.** Candidate `{v1}` of `digits` goes on to `promote`: accuracy 0."
+    )
     assert promoted == f"**Promoted.** `{v1}` of `digits` is production now."
     lineage = reg.get(v1)["lineage"]
     assert lineage["gate"]["promote"] and "no production model yet" in " ".join(lineage["gate"]["reasons"])
-    assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith("report.html")
+    assert lineage["airflow"]["run_id"] == first.run_id and lineage["evaluation"]["report"].endswith(
+        "report.html"
+    )
     card = reg.get(v1)["card"]
     assert card.startswith("---\n") and "test_accuracy" in card and lineage["partitions"][0]["sha256"] in card
     # decide, register and route are one task, `gate`
@@ -98,11 +106,18 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
     ev = json.loads((lake["root"] / "registry" / "digits" / v2 / "evaluation" / "metrics.json").read_text())
     assert ev["champion_version"] == v1 and ev["candidate"]["accuracy"] < ev["champion"]["accuracy"]
     note = run_note(worse)  # the decision, each reason with its numbers
-    assert note.startswith(f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)")
+    assert note.startswith(
+        f"**Gate: blocked.** Candidate `{v2}` of `digits` stays out of production (`{v1}` keeps serving)"
+    )
     cand, champ = ev["candidate"]["accuracy"], ev["champion"]["accuracy"]
     assert f"accuracy {cand:.4f} vs {champ:.4f} for production `{v1}`" in note
-    assert f"- accuracy {cand:.4f} vs production {champ:.4f}: worse by {champ - cand:.4f} (needed: no worse): block" in note
-    assert note.rsplit("\n\n", 1)[0].endswith("`promote` and `deploy` were skipped.") and "\n\nWindow: " in note
+    assert (
+        f"- accuracy {cand:.4f} vs production {champ:.4f}: worse by {champ - cand:.4f} (needed: no worse): block"
+        in note
+    )
+    assert (
+        note.rsplit("\n\n", 1)[0].endswith("`promote` and `deploy` were skipped.") and "\n\nWindow: " in note
+    )
     _annotated_in_the_schedulers_session(worse, note)
 
     better = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 25, "learning_rate": 3e-3})
@@ -148,9 +163,13 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
                     ti = row.task_instance
                     answered["body"] = row.body
                     update_hitl_detail(
-                        dag_id=ti.dag_id, dag_run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index,
+                        dag_id=ti.dag_id,
+                        dag_run_id=ti.run_id,
+                        task_id=ti.task_id,
+                        map_index=ti.map_index,
                         update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=["Approve"]),
-                        user=Reviewer(), session=session,
+                        user=Reviewer(),
+                        session=session,
                     )
                     return
             time.sleep(0.5)
@@ -162,7 +181,10 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
     assert run.state == "success"
     s = _states(run)
     assert s["approve"] == ["success"] and s["promote"] == ["success"]
-    assert "vs production" in answered["body"] and "≥ 0.5000 (threshold, higher is better): pass" in answered["body"]
+    assert (
+        "vs production" in answered["body"]
+        and "≥ 0.5000 (threshold, higher is better): pass" in answered["body"]
+    )
     assert _registry(lake).resolve("production")
     assert _registry(lake).aliases()["history"][-1]["by"] == "approved by reviewer"  # who approved, kept
 
@@ -213,7 +235,9 @@ def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_register
     assert [v["version"] for v in reg.versions()] == [v1, candidate.name] and not candidate.exists()
     reg.verify(candidate.name)
     lineage = reg.get(candidate.name)["lineage"]
-    assert lineage["evaluation"]["report"] == (registry / candidate.name / "evaluation" / "report.html").as_uri()
+    assert (
+        lineage["evaluation"]["report"] == (registry / candidate.name / "evaluation" / "report.html").as_uri()
+    )
     assert (registry / candidate.name / "evaluation" / "report.html").is_file()
 
 
@@ -237,16 +261,23 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, cap
         def execute(self, context):
             reg.promote(to, reason="a rollback meanwhile", by="someone (manual__meanwhile)")
             return original(self, context)
+
         return execute
 
     # judged against v1, but production is the bad v2 when promote runs: decided again, still promoted
     monkeypatch.setattr(PromoteOperator, "execute", moved_first(v2))
     run = dag.test(run_conf=good)
-    assert run.state == "success" and _states(run)["promote"] == ["success"] and _states(run)["deploy"] == ["success"]
+    assert (
+        run.state == "success"
+        and _states(run)["promote"] == ["success"]
+        and _states(run)["deploy"] == ["success"]
+    )
     aliases = reg.aliases()
     v3 = aliases["production"]
     assert v3 not in (v1, v2) and aliases["previous"] == v2
-    assert reg.get(v3)["lineage"]["gate"]["champion_version"] == v1  # the recorded gate judged v1; the move says v2
+    assert (
+        reg.get(v3)["lineage"]["gate"]["champion_version"] == v1
+    )  # the recorded gate judged v1; the move says v2
 
     # a bad candidate passes when there is no production yet (a first model needs only the threshold), but
     # production is the good v3 by promote time, and against it the candidate is worse
@@ -259,7 +290,9 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, cap
     (lake["specs"] / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
     aliases_file = lake["root"] / "registry" / "digits" / "aliases.json"
-    aliases_file.write_text(json.dumps({k: v for k, v in json.loads(aliases_file.read_text()).items() if k != "production"}))
+    aliases_file.write_text(
+        json.dumps({k: v for k, v in json.loads(aliases_file.read_text()).items() if k != "production"})
+    )
     monkeypatch.setattr(PromoteOperator, "execute", moved_first(v3))
     run = dag.test(run_conf=bad)
     s = _states(run)
@@ -267,8 +300,12 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, cap
     assert reg.resolve("production") == v3
     note = run_note(run)
     # the gate's first decision, then the one that counts; nothing says it was promoted
-    assert note.startswith("**Gate: passed.**") and f"\n\nProduction moved to `{v3}` before `promote`; decided again " \
-        f"against it: **Gate: blocked.**" in note and "worse by" in note, note
+    assert (
+        note.startswith("**Gate: passed.**")
+        and f"\n\nProduction moved to `{v3}` before `promote`; decided again against it: **Gate: blocked.**"
+        in note
+        and "worse by" in note
+    ), note
     assert "Gate: promoted" not in note and "is production now" not in note
     v4 = next(v["version"] for v in reg.versions() if v["version"] not in (v1, v2, v3))
     _blocked_everywhere(lake, reg, v4, v3, capsys)

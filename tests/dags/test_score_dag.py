@@ -42,7 +42,9 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     first = reg.resolve("production")
 
     dag = bag.get_dag("digits_score")
-    events = _asset_events("freestack://scores/digits")  # other tests of this worker's Airflow may have scored
+    events = _asset_events(
+        "freestack://scores/digits"
+    )  # other tests of this worker's Airflow may have scored
     run = dag.test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))  # a manual run: the day before its date
     assert _states(run) == {"plan": ["success"], "score": ["success"]}
     table, manifest = _day(lake["root"], "2026-11-02")
@@ -51,13 +53,20 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     assert table.num_rows == rows.num_rows == manifest["rows_scored"] and manifest["rows_quarantined"] == 0
     assert table.column_names == ["id", "ds", "prediction", "probabilities", "version", "scored_at"]
     assert set(table.column("version").to_pylist()) == {first} and manifest["version"] == first
-    assert manifest["inputs"][0]["sha256"] == lake_part["sha256"] and manifest["inputs"][0]["rows"] == rows.num_rows
+    assert (
+        manifest["inputs"][0]["sha256"] == lake_part["sha256"]
+        and manifest["inputs"][0]["rows"] == rows.num_rows
+    )
     truth = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist(), strict=True))
     got = dict(zip(table.column("id").to_pylist(), table.column("prediction").to_pylist(), strict=True))
     assert np.mean([got[k] == truth[k] for k in truth]) > 0.85
     probs = np.asarray(table.column("probabilities").to_pylist())
     assert probs.shape == (rows.num_rows, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    footer = json.loads(pq.read_metadata(lake["root"] / "scores/digits/ds=2026-11-02/part.parquet").metadata[b"freestack.scores"])
+    footer = json.loads(
+        pq.read_metadata(lake["root"] / "scores/digits/ds=2026-11-02/part.parquet").metadata[
+            b"freestack.scores"
+        ]
+    )
     assert footer == manifest and manifest["lineage"].endswith(f"{first}/lineage.json")
     assert _asset_events("freestack://scores/digits") == events + 1
     # the monitor judges the batch-scored day as it judges served traffic (a sample of 256 rows a batch)
@@ -66,7 +75,12 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     spec = load_spec(lake["specs"] / "digits.yaml")
     judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
     assert judged["rows"] == 256 and judged["status"] in ("ok", "drift"), judged
-    assert "<img" in (lake["root"] / "monitoring/digits/reports/2026-11-02T000000--2026-11-03T000000/report.html").read_text()
+    assert (
+        "<img"
+        in (
+            lake["root"] / "monitoring/digits/reports/2026-11-02T000000--2026-11-03T000000/report.html"
+        ).read_text()
+    )
 
     # no lake partition that day: skipped with a note, nothing written
     empty = dag.test(logical_date=datetime(2026, 11, 20, tzinfo=UTC))
@@ -77,13 +91,18 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     assert train.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state == "success"
     assert len(reg.versions()) == 2
     bag = _bag(lake, schedule="@daily", version=first)
-    assert _states(bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC)))["score"] == ["success"]
+    assert _states(bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC)))[
+        "score"
+    ] == ["success"]
     again, manifest2 = _day(lake["root"], "2026-11-02")
     assert manifest2["version"] == first and again.num_rows == table.num_rows
     assert manifest2["scored_at"] >= manifest["scored_at"]
     again_judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
     assert again_judged["rows"] == 256  # the rescore replaced its sample, it did not add one
-    assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == ["_manifest.json", "part.parquet"]
+    assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == [
+        "_manifest.json",
+        "part.parquet",
+    ]
 
     # an alias that names nothing: the plan fails, naming it and what to do
     bag = _bag(lake, schedule="@daily", version="canary")
@@ -98,8 +117,13 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
 
     folder = tmp_path / "customers"
     bag = _bag(lake, input=f"file://{folder}/ds={{ds}}/", max_error_fraction=0.5)
-    assert bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state == "success"
-    rows = pq.read_table(next((lake["root"] / "lake" / "digits" / "ds=2026-11-04").glob("part.parquet"))).drop(["label"])
+    assert (
+        bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state
+        == "success"
+    )
+    rows = pq.read_table(
+        next((lake["root"] / "lake" / "digits" / "ds=2026-11-04").glob("part.parquet"))
+    ).drop(["label"])
     pixels = rows.to_pandas()
     pixels.loc[3, "px_10"] = None  # a missing value
     (folder / "ds=2026-11-04").mkdir(parents=True)
@@ -107,7 +131,10 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
 
     spec = load_spec(lake["specs"] / "digits.yaml")
     got = plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))
-    assert got["version"] == ModelRegistry(lake["root"].as_uri(), "digits").resolve("production") and len(got["jobs"]) == 1
+    assert (
+        got["version"] == ModelRegistry(lake["root"].as_uri(), "digits").resolve("production")
+        and len(got["jobs"]) == 1
+    )
     manifest = score(spec, got["jobs"][0])
     assert manifest["rows_scored"] == len(pixels) - 1 and manifest["rows_quarantined"] == 1
     out = lake["root"] / "scores" / "digits" / "ds=2026-11-04"
@@ -116,8 +143,10 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
     assert pixels.loc[3, "id"] not in pq.read_table(out / "part.parquet").column("id").to_pylist()
 
     # a file without a feature column: the plan names it
-    pq.write_table(pa.Table.from_pandas(pixels.drop(columns=["px_0"]), preserve_index=False),
-                   folder / "ds=2026-11-04" / "a.parquet")  # fmt: skip
+    pq.write_table(
+        pa.Table.from_pandas(pixels.drop(columns=["px_0"]), preserve_index=False),
+        folder / "ds=2026-11-04" / "a.parquet",
+    )
     from freestack.score.core import ScoreError
 
     with pytest.raises(ScoreError, match=r"no column\(s\) \['px_0'\]"):
@@ -149,21 +178,34 @@ def test_a_scorer_killed_mid_write_leaves_the_published_day_whole(lake, tmp_path
 
     folder = tmp_path / "big"
     bag = _bag(lake, input=f"file://{folder}/ds={{ds}}/", batch_rows=2048, version="latest")  # blocked or not
-    assert bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 2}).state == "success"
+    assert (
+        bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 2}).state
+        == "success"
+    )
     day = pq.read_table(lake["root"] / "lake" / "digits" / "ds=2026-11-04" / "part.parquet").drop(["label"])
     (folder / "ds=2026-11-04").mkdir(parents=True)
-    pq.write_table(pa.concat_tables([day] * 400), folder / "ds=2026-11-04" / "a.parquet")  # about 140,000 rows
+    pq.write_table(
+        pa.concat_tables([day] * 400), folder / "ds=2026-11-04" / "a.parquet"
+    )  # about 140,000 rows
     spec = load_spec(lake["specs"] / "digits.yaml")
-    first = score(spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0])
+    first = score(
+        spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0]
+    )
     out = lake["root"] / "scores" / "digits" / "ds=2026-11-04"
     before = (out / "part.parquet").read_bytes()
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_SCORER, str(lake["specs"] / "digits.yaml")], env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SCORER, str(lake["specs"] / "digits.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not any(TMP_MARK in p.name for p in out.iterdir()):  # its temporary is being written
-        assert proc.poll() is None and time.monotonic() < deadline, "the scorer ended before it wrote anything"
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "the scorer ended before it wrote anything"
+        )
         time.sleep(0.05)
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
@@ -173,6 +215,8 @@ def test_a_scorer_killed_mid_write_leaves_the_published_day_whole(lake, tmp_path
     assert pq.read_table(out / "part.parquet").num_rows == first["rows_scored"]
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == ["_manifest.json", "part.parquet"]  # the killed run's temporary is hidden ...
-    again = score(spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0])
+    again = score(
+        spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0]
+    )
     assert not [p for p in out.iterdir() if TMP_MARK in p.name]  # ... and the next run removes it
     assert again["rows_scored"] == first["rows_scored"] and again["scored_at"] >= first["scored_at"]

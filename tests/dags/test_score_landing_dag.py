@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 ROWS = 40  # rows of a day's folder
 #: columns the model does not take but the schema declares, with rules of their own
-EXTRA = [{"name": "n_strokes", "type": "int", "nullable": True},
-         {"name": "pen", "type": "category", "allowed": ["ink", "pencil"]}]  # fmt: skip
+EXTRA = [
+    {"name": "n_strokes", "type": "int", "nullable": True},
+    {"name": "pen", "type": "category", "allowed": ["ink", "pencil"]},
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +63,13 @@ def landed(tmp_path_factory):
         root = Path(storage.removeprefix("file://"))
         lake = pq.read_table(root / "lake" / "digits" / "ds=2026-11-02" / "part.parquet").to_pandas()
         rows = lake.drop(columns=["label"]).head(ROWS).astype(str).assign(n_strokes="3", pen="ink")
-        yield {"dag": bag.get_dag("digits_score"), "root": root, "landing": tmp / "landing", "rows": rows,
-               "specs": specs}  # fmt: skip
+        yield {
+            "dag": bag.get_dag("digits_score"),
+            "root": root,
+            "landing": tmp / "landing",
+            "rows": rows,
+            "specs": specs,
+        }
 
 
 def _with(rows, at: list[int], **values):
@@ -76,27 +83,52 @@ def _with(rows, at: list[int], **values):
 #: None; the reasons of the rows quarantined; what the failure's message names)
 CASES = {
     "an int column holding twelve": (
-        lambda r: {"a.csv": _with(r, [3], n_strokes="twelve")}, None,
-        ["n_strokes: not an integer: 'twelve'"], []),
+        lambda r: {"a.csv": _with(r, [3], n_strokes="twelve")},
+        None,
+        ["n_strokes: not an integer: 'twelve'"],
+        [],
+    ),
     "a null key": (
-        lambda r: {"a.csv": _with(r, [4], id="")}, None, ["id: missing value (column is not nullable)"], []),
+        lambda r: {"a.csv": _with(r, [4], id="")},
+        None,
+        ["id: missing value (column is not nullable)"],
+        [],
+    ),
     "a category outside allowed": (
-        lambda r: {"a.csv": _with(r, [5], pen="crayon")}, None,
-        ["pen: not one of the allowed values: 'crayon'"], []),
+        lambda r: {"a.csv": _with(r, [5], pen="crayon")},
+        None,
+        ["pen: not one of the allowed values: 'crayon'"],
+        [],
+    ),
     "a null in a column that is not nullable": (
-        lambda r: {"a.csv": _with(r, [6], px_5="")}, None,
-        ["px_5: missing value (column is not nullable)"], []),
+        lambda r: {"a.csv": _with(r, [6], px_5="")},
+        None,
+        ["px_5: missing value (column is not nullable)"],
+        [],
+    ),
     "a 0-byte file listed first beside good files": (
-        lambda r: {"a.csv": b"", "b.csv": r[:25], "c.csv": r[25:]}, None, [], []),
+        lambda r: {"a.csv": b"", "b.csv": r[:25], "c.csv": r[25:]},
+        None,
+        [],
+        [],
+    ),
     "a second file without a column": (
-        lambda r: {"a.csv": r[:20], "b.csv": r[20:].drop(columns=["px_7"])}, "plan", [],
-        ["b.csv has no column(s) ['px_7']"]),
+        lambda r: {"a.csv": r[:20], "b.csv": r[20:].drop(columns=["px_7"])},
+        "plan",
+        [],
+        ["b.csv has no column(s) ['px_7']"],
+    ),
     "over max_error_fraction": (
-        lambda r: {"a.csv": _with(r, list(range(30)), n_strokes="twelve")}, "score",
+        lambda r: {"a.csv": _with(r, list(range(30)), n_strokes="twelve")},
+        "score",
         ["n_strokes: not an integer: 'twelve'"] * 30,
-        ["30 of 40 rows were not scored (75.0%), over score.max_error_fraction 50.0%",
-         "_failed_quarantine.parquet", "the commonest: n_strokes: not an integer: 'twelve' (30 rows)"]),
-}  # fmt: skip
+        [
+            "30 of 40 rows were not scored (75.0%), over score.max_error_fraction 50.0%",
+            "_failed_quarantine.parquet",
+            "the commonest: n_strokes: not an integer: 'twelve' (30 rows)",
+        ],
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

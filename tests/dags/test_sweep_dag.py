@@ -18,9 +18,11 @@ def _states(run) -> dict[str, list[str]]:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        tis = session.query(TaskInstance).filter(
-            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
-        ).all()
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
+            .all()
+        )
         out: dict[str, list[str]] = {}
         for ti in tis:
             out.setdefault(ti.task_id, []).append(str(ti.state))
@@ -28,8 +30,11 @@ def _states(run) -> dict[str, list[str]]:
 
 
 def _sweep_folder(root, run_id):
-    found = [p for p in (root / "runs" / "digits").glob("sweep-*/sweep.json")
-             if json.loads(p.read_text())["request"]["airflow"]["run_id"] == run_id]
+    found = [
+        p
+        for p in (root / "runs" / "digits").glob("sweep-*/sweep.json")
+        if json.loads(p.read_text())["request"]["airflow"]["run_id"] == run_id
+    ]
     assert len(found) == 1, found
     return found[0].parent
 
@@ -75,7 +80,11 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
     # lineage names the task that published the version, and the days it trained on: a run triggered by
     # hand has no data interval of its own, so the interval is the window's (30 days up to 2026-11-05)
     airflow = lineage["airflow"]
-    assert (airflow["dag_id"], airflow["run_id"], airflow["task_id"]) == ("digits_train", run.run_id, "select_best")
+    assert (airflow["dag_id"], airflow["run_id"], airflow["task_id"]) == (
+        "digits_train",
+        run.run_id,
+        "select_best",
+    )
     assert airflow["run_type"] == "manual" and airflow["run_after"] and airflow["try_number"] == 1
     assert airflow["data_interval_from"] == "window"
     assert airflow["data_interval_start"] == "2026-10-07T00:00:00+00:00"
@@ -83,7 +92,10 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
     assert lineage["window"] == {"end_ds": "2026-11-05", "days": 30, "fixed_by": "form"}
     card = (version / "README.md").read_text()
     assert "task_id `select_best`" in card and "create_sweep" not in card
-    assert "data interval `2026-10-07T00:00:00+00:00` to `2026-11-06T00:00:00+00:00` (the days of the lake window" in card
+    assert (
+        "data interval `2026-10-07T00:00:00+00:00` to `2026-11-06T00:00:00+00:00` (the days of the lake window"
+        in card
+    )
     # each trial is its own offline W&B run, grouped by the sweep
     wandb_dirs = {t["wandb"]["run_dir"] for t in trials}
     assert len(wandb_dirs) == 8 and all(os.path.isdir(d) for d in wandb_dirs)

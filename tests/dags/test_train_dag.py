@@ -54,7 +54,13 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     dag = lake["bag"].get_dag("digits_train")
     assert "freestack://lake/digits" in repr(dag.timetable.asset_condition)  # scheduled on the lake
     assert set(dag.params.keys()) == {
-        "end_ds", "window_days", "epochs", "learning_rate", "batch_size", "sweep", "sweep_agents"
+        "end_ds",
+        "window_days",
+        "epochs",
+        "learning_rate",
+        "batch_size",
+        "sweep",
+        "sweep_agents",
     }
     run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False})
     assert run.state == "success"
@@ -63,7 +69,12 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     assert metrics["test_accuracy"] >= 0.9, metrics
     assert metrics["train"]["train_seconds"] > 0  # recorded; its speed is measured in bench/train
     assert {p.name for p in version.iterdir()} >= {
-        "config.json", "model.safetensors", "preprocessing.json", "metrics.json", "lineage.json", "history.json"
+        "config.json",
+        "model.safetensors",
+        "preprocessing.json",
+        "metrics.json",
+        "lineage.json",
+        "history.json",
     }
     assert [p["ds"] for p in lineage["partitions"]] == [f"2026-11-0{d}" for d in range(1, 6)]
     assert all(len(p["sha256"]) == 64 for p in lineage["partitions"])
@@ -85,7 +96,9 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
         "print(json.dumps({'kind': m.kind, 'classes': m.classes, 'out': list(m.predict(torch.zeros(2, 64)).shape)}))\n"
         "print('airflow' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe, str(version)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(version)], capture_output=True, text=True, check=True
+    )
     loaded, airflow_imported = out.stdout.strip().splitlines()[-2:]
     assert json.loads(loaded) == {"kind": "cnn", "classes": list(range(10)), "out": [2]}
     assert airflow_imported == "False"
@@ -95,7 +108,11 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     assert wb["mode"] == "offline" and wb["sync_command"].startswith("wandb sync ")
     proc = subprocess.run(
         [sys.executable, "-m", "wandb", "leet", "inspect", "--json", wb["run_dir"]],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -125,7 +142,9 @@ def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
     (_, a), (va, b) = (_lineage(lake["root"], r.run_id) for r in runs)
     ma = json.loads((_lineage(lake["root"], runs[0].run_id)[0] / "metrics.json").read_text())
     mb = json.loads((va / "metrics.json").read_text())
-    assert {k: v for k, v in ma.items() if k.startswith("test_")} == {k: v for k, v in mb.items() if k.startswith("test_")}
+    assert {k: v for k, v in ma.items() if k.startswith("test_")} == {
+        k: v for k, v in mb.items() if k.startswith("test_")
+    }
     # an interval in the past reads only the partitions up to it
     assert [p["ds"] for p in a["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
 
@@ -133,7 +152,10 @@ def test_same_seed_same_metrics_and_backfill_sees_no_future(lake):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        ("  image_shape: [8, 8]", "  type: transformer", ),
+        (
+            "  image_shape: [8, 8]",
+            "  type: transformer",
+        ),
         ("  image_shape: [8, 8]", "  image_shape: [8, 9]"),
         ("    target: label", "    target: colour"),
     ],
@@ -181,7 +203,9 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
     (lake["specs"] / "digits.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     out = tmp_path / "killed-attempt.log"
     with out.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-c", child], env=dict(os.environ), stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child], env=dict(os.environ), stdout=sink, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 600  # a loaded 2-core machine: start-up, window read and one epoch
     while not ckpt.exists():
         tail = lambda: out.read_text(errors="replace")[-4000:]  # noqa: E731
@@ -214,7 +238,9 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
     assert [r["attempts"] for r in listed] == [2]
     # the finished training's checkpoint is gone (the model is written); nothing temporary is left
     assert not ckpt.exists()
-    assert not [p for p in Path(outcome.version_uri.removeprefix("file://")).rglob("*") if ".freestack-tmp-" in p.name]
+    assert not [
+        p for p in Path(outcome.version_uri.removeprefix("file://")).rglob("*") if ".freestack-tmp-" in p.name
+    ]
 
 
 def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypatch, capfd):
@@ -229,8 +255,12 @@ def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypat
 
     dag = lake["bag"].get_dag("digits_train")
     with fake_wandb_host() as host:
-        monkeypatch.setenv("AIRFLOW_CONN_WANDB_DEFAULT", json.dumps(
-            {"conn_type": "wandb", "password": BADKEY, "host": host, "extra": {"project": "digits"}}))  # fmt: skip
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_WANDB_DEFAULT",
+            json.dumps(
+                {"conn_type": "wandb", "password": BADKEY, "host": host, "extra": {"project": "digits"}}
+            ),
+        )
         monkeypatch.delenv("WANDB_MODE")
         single = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False})
         sweep = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": True})
@@ -240,8 +270,15 @@ def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypat
     assert _states(sweep)["create_sweep"] == ["failed"]
     with create_session() as session:
         for run, task_id in ((single, "train"), (sweep, "create_sweep")):
-            ti = session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id).one()
+            ti = (
+                session.query(TaskInstance)
+                .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id)
+                .one()
+            )
             assert ti.try_number == 1, task_id  # no retry: a retry cannot mend a key
-    assert f"the W&B API key in connection 'wandb_default' was rejected by {host} (HTTP 401" in said.out + said.err
+    assert (
+        f"the W&B API key in connection 'wandb_default' was rejected by {host} (HTTP 401"
+        in said.out + said.err
+    )
     assert not (lake["root"] / "registry" / "digits").exists()
     assert not list((Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*"))

@@ -34,8 +34,13 @@ def _paused(env) -> bool | None:
 
 
 def _freestack(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("freestack")), *args], env=env, capture_output=True,
-                          text=True, timeout=540)  # fmt: skip
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("freestack")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
 
 
 def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(standalone):
@@ -81,8 +86,12 @@ def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(s
     assert sorted(p.name for p in lake.glob("ds=*")) == [f"ds={d}" for d in (days[0], days[1], days[3])]
 
     # unpausing now starts nothing: the latest interval has its (backfill) run
-    subprocess.run([str(Path(sys.executable).with_name("airflow")), "dags", "unpause", "digits_ingest"], env=env,
-                   capture_output=True, check=True)  # fmt: skip
+    subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "unpause", "digits_ingest"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
     time.sleep(15)  # several scheduler loops (heartbeat 1 s)
     assert sorted(r["run_id"] for r in _runs(env)) == sorted(r["run_id"] for r in runs), _runs(env)
     print(f"backfill of a paused DAG, 3 days in 2 backfills: {took:.0f} s")

@@ -94,8 +94,19 @@ def _backfill(env, *extra: str) -> None:
     closed by the scheduler or SQLite is briefly locked by it."""
     deadline = time.monotonic() + 180
     while True:
-        out = _airflow(env, "backfill", "create", "--dag-id", "digits_ingest", "--from-date", DAYS[0],
-                       "--to-date", DAYS[-1], *extra, check=False)
+        out = _airflow(
+            env,
+            "backfill",
+            "create",
+            "--dag-id",
+            "digits_ingest",
+            "--from-date",
+            DAYS[0],
+            "--to-date",
+            DAYS[-1],
+            *extra,
+            check=False,
+        )
         if out.returncode == 0:
             return
         text = out.stderr + out.stdout
@@ -145,7 +156,8 @@ def _ts(text: str) -> float:
 def _hashes(base: Path) -> dict[str, str]:
     lake = base / "storage" / "lake" / "digits"
     return {
-        p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(lake.glob("ds=*/part.parquet"))
+        p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(lake.glob("ds=*/part.parquet"))
     }
 
 
@@ -158,8 +170,22 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
 
     # wait until the dag processor has serialized the DAG
     deadline = time.monotonic() + 180
-    while _airflow(env, "backfill", "create", "--dag-id", "digits_ingest", "--from-date", DAYS[0],
-                   "--to-date", DAYS[-1], "--dry-run", check=False).returncode != 0:
+    while (
+        _airflow(
+            env,
+            "backfill",
+            "create",
+            "--dag-id",
+            "digits_ingest",
+            "--from-date",
+            DAYS[0],
+            "--to-date",
+            DAYS[-1],
+            "--dry-run",
+            check=False,
+        ).returncode
+        != 0
+    ):
         assert time.monotonic() < deadline, standalone["log"].read_text()[-4000:]
         time.sleep(3)
 
@@ -176,10 +202,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
     # every listening socket of the embedded Airflow is on the loopback interface
     group = [p for p in psutil.process_iter(["pid"]) if _in_group(p, standalone["proc"].pid)]
     listening = {
-        (c.laddr.ip, c.laddr.port)
-        for p in group
-        for c in _conns(p)
-        if c.status == psutil.CONN_LISTEN
+        (c.laddr.ip, c.laddr.port) for p in group for c in _conns(p) if c.status == psutil.CONN_LISTEN
     }
     assert listening and all(ip in ("127.0.0.1", "::1") for ip, _ in listening), listening
 
@@ -215,8 +238,12 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     conf = json.dumps({"end_ds": DAYS[-1], "sweep": True, "sweep_agents": 2, "epochs": 30})
     deadline = time.monotonic() + 120
-    while _airflow(env, "dags", "trigger", "digits_train", "--run-id", "sweep-e2e", "--conf", conf,
-                   check=False).returncode != 0:
+    while (
+        _airflow(
+            env, "dags", "trigger", "digits_train", "--run-id", "sweep-e2e", "--conf", conf, check=False
+        ).returncode
+        != 0
+    ):
         assert time.monotonic() < deadline, "digits_train could not be triggered"
         time.sleep(3)
     _airflow(env, "dags", "unpause", "digits_train")
@@ -224,7 +251,9 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     state = None
     while time.monotonic() < deadline:
         with sqlite3.connect(db, timeout=30) as c:
-            row = c.execute("select state from dag_run where dag_id='digits_train' and run_id='sweep-e2e'").fetchone()
+            row = c.execute(
+                "select state from dag_run where dag_id='digits_train' and run_id='sweep-e2e'"
+            ).fetchone()
         state = row[0] if row else None
         if state in ("success", "failed"):
             break
@@ -271,7 +300,8 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
 
     env, log = standalone["env"], standalone["log"]
     shims = [
-        p for p in psutil.process_iter(["pid", "cmdline"])
+        p
+        for p in psutil.process_iter(["pid", "cmdline"])
         if _in_group(p, standalone["proc"].pid)
         and any(a.endswith("include/bin/airflow") for a in (p.info["cmdline"] or []))
         and "scheduler" in (p.info["cmdline"] or [])
@@ -292,8 +322,12 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
         time.sleep(0.5)
     assert restarted[0] != old_pid
     # the dead scheduler's executor workers (which ignore SIGTERM) were stopped: only the new one's remain
-    workers = [p for p in psutil.process_iter(["pid", "ppid", "cmdline"]) if _in_group(p, standalone["proc"].pid)
-               and " ".join(p.info["cmdline"] or ()).startswith("airflow worker -- LocalExecutor")]  # fmt: skip
+    workers = [
+        p
+        for p in psutil.process_iter(["pid", "ppid", "cmdline"])
+        if _in_group(p, standalone["proc"].pid)
+        and " ".join(p.info["cmdline"] or ()).startswith("airflow worker -- LocalExecutor")
+    ]
     assert all(p.info["ppid"] == restarted[0] for p in workers), [(p.pid, p.info["ppid"]) for p in workers]
 
     sys.path.insert(0, str(ROOT / "include"))
@@ -301,8 +335,16 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
 
     make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 6), 1)  # a day no earlier test ingested
     _airflow(env, "dags", "unpause", "digits_ingest")  # (already, when the backfill test ran first)
-    _airflow(env, "dags", "trigger", "digits_ingest", "--run-id", "after-crash",
-             "--logical-date", "2026-11-06T00:00:00+00:00")
+    _airflow(
+        env,
+        "dags",
+        "trigger",
+        "digits_ingest",
+        "--run-id",
+        "after-crash",
+        "--logical-date",
+        "2026-11-06T00:00:00+00:00",
+    )
     deadline = time.monotonic() + 240
     while True:
         states = {r["run_id"]: r["state"] for r in _runs(env)}

@@ -70,7 +70,9 @@ def _logs(api, dag_id: str, run_id: str) -> dict[str, list]:
     for t in tis:
         if t["state"] in ("success", "failed"):
             mi = f"?map_index={t['map_index']}" if t["map_index"] >= 0 else ""
-            got = api.call("GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{t['task_id']}/logs/{t['try_number']}{mi}")
+            got = api.call(
+                "GET", f"/dags/{dag_id}/dagRuns/{q}/taskInstances/{t['task_id']}/logs/{t['try_number']}{mi}"
+            )
             out[f"{t['task_id']}[{t['map_index']}]"] = got["content"]
     return out
 
@@ -95,8 +97,13 @@ def test_demo_task_logs_are_readable_through_the_rest_api_and_the_agents_ran_sid
         ours = [e for e in content if isinstance(e, dict) and "freestack" in (e.get("logger") or "")]
         assert ours, (name, content[:20])  # the task's own lines, not only Airflow's frame
     q = urllib.parse.quote(run_id, safe="")
-    agents = [t for t in api.call("GET", f"/dags/digits_train/dagRuns/{q}/taskInstances?task_id=agent")["task_instances"]
-              if t["task_id"] == "agent"]  # fmt: skip
+    agents = [
+        t
+        for t in api.call("GET", f"/dags/digits_train/dagRuns/{q}/taskInstances?task_id=agent")[
+            "task_instances"
+        ]
+        if t["task_id"] == "agent"
+    ]
     starts, ends = [t["start_date"] for t in agents], [t["end_date"] for t in agents]
     assert len(agents) == 2 and max(starts) < min(ends), agents  # both ran at once
 
@@ -109,8 +116,11 @@ def test_nothing_the_demo_logged_is_at_error_level(demo, sandbox):
     errors = []
     for dag_id, run_id in runs:
         for name, content in _logs(api, dag_id, run_id).items():
-            errors += [f"{dag_id} {name}: {e.get('event')}" for e in content
-                       if isinstance(e, dict) and e.get("level") in ("error", "critical")]  # fmt: skip
+            errors += [
+                f"{dag_id} {name}: {e.get('event')}"
+                for e in content
+                if isinstance(e, dict) and e.get("level") in ("error", "critical")
+            ]
     assert not errors, "\n".join(errors[:30])
     assert "Traceback" not in demo.stdout + demo.stderr
 
@@ -122,14 +132,23 @@ def _check_backfill_on_the_demo(out, sandbox) -> None:
     from urllib.error import HTTPError
 
     plan = next((ln for ln in out.stdout.splitlines() if ln.startswith("the 5 runs update digits_lake")), "")
-    assert "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)" in plan, out.stdout
-    assert "sweep of 8 trials" in plan and "may promote a new production model" in plan and "--no-downstream" in plan
+    assert (
+        "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)"
+        in plan
+    ), out.stdout
+    assert (
+        "sweep of 8 trials" in plan
+        and "may promote a new production model" in plan
+        and "--no-downstream" in plan
+    )
     assert "dry run: nothing was created" in out.stdout
     assert out.stdout.count("paused digits_train for the backfill (--no-downstream)") == 2, out.stdout
     assert out.stdout.count("unpaused digits_train again, as it was") == 2, out.stdout
     api = sandbox.api()
     assert api.call("GET", "/dags/digits_train")["is_paused"] is False
-    events = api.call("GET", "/assets/events?source_dag_id=digits_ingest&limit=100&order_by=-timestamp")["asset_events"]
+    events = api.call("GET", "/assets/events?source_dag_id=digits_ingest&limit=100&order_by=-timestamp")[
+        "asset_events"
+    ]
     ours = [e for e in events if str(e.get("source_run_id")).startswith("backfill__2026-11-0")]
     assert len(ours) >= 10 and not [e["created_dagruns"] for e in ours if e["created_dagruns"]], ours
     try:
@@ -173,11 +192,15 @@ def _check_llm_trained_offline(out, sandbox) -> None:
     runs = _runs_done(api, "arith_tiny_train")
     if [r["state"] for r in runs] != ["success"]:
         logs = _logs(api, "arith_tiny_train", runs[-1]["dag_run_id"])
+
         def bad(content: list) -> bool:
             return any(isinstance(e, dict) and e.get("level") in ("error", "critical") for e in content)
 
-        shown = {task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
-                 for task, content in logs.items() if bad(content)} or {t: c[-8:] for t, c in logs.items()}  # fmt: skip
+        shown = {
+            task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
+            for task, content in logs.items()
+            if bad(content)
+        } or {t: c[-8:] for t, c in logs.items()}
         text = json.dumps(shown, indent=1, default=str)[-6000:]
         raise AssertionError(f"arith_tiny_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n{text}")
     aliases = json.loads((sandbox.storage / "registry" / "arith_tiny" / "aliases.json").read_text())
@@ -198,10 +221,12 @@ def _check_second_demo(out, sandbox) -> None:
 
 
 #: checks of what a block did, run right after it (while the stack it ran on is up): (a text in the block, check)
-AFTER = [("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo),
-         ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
-         ("dags trigger arith_tiny_train", _check_llm_trained_offline),
-         ("make demo", _check_second_demo)]
+AFTER = [
+    ("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo),
+    ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
+    ("dags trigger arith_tiny_train", _check_llm_trained_offline),
+    ("make demo", _check_second_demo),
+]
 
 
 @pytest.mark.parametrize("block_id,text,skipped", BLOCKS, ids=[b[0] for b in BLOCKS])

@@ -58,7 +58,11 @@ def _wait(ok, seconds: float, what: str):
 
 def _monitor(api, start: datetime, end: datetime) -> dict[str, str]:
     """A digits_monitor run for [start, end), as a backfill or the schedule would make it; its task states."""
-    body = {"logical_date": end.isoformat(), "data_interval_start": start.isoformat(), "data_interval_end": end.isoformat()}
+    body = {
+        "logical_date": end.isoformat(),
+        "data_interval_start": start.isoformat(),
+        "data_interval_end": end.isoformat(),
+    }
     run_id = api.call("POST", "/dags/digits_monitor/dagRuns", body)["dag_run_id"]
     path = f"/dags/digits_monitor/dagRuns/{run_id}"
     _wait(lambda: api.call("GET", path)["state"] in TERMINAL, 300, f"digits_monitor {run_id}")
@@ -69,7 +73,11 @@ def _monitor(api, start: datetime, end: datetime) -> dict[str, str]:
 def _summary(storage, start: datetime, end: datetime) -> dict:
     from freestack.monitor.core import interval_name
 
-    return json.loads((storage / "monitoring" / "digits" / "reports" / interval_name(start, end) / "summary.json").read_text())
+    return json.loads(
+        (
+            storage / "monitoring" / "digits" / "reports" / interval_name(start, end) / "summary.json"
+        ).read_text()
+    )
 
 
 def _views_json(sandbox, api, path: str):
@@ -99,9 +107,14 @@ def test_requests_to_the_demo_model_are_judged_and_the_shifted_round_retrains(de
     assert states == {"monitor": "success", "alert": "skipped", "retrain": "skipped"}, states
     quiet = _summary(storage, t0, t1)
     assert quiet["status"] == "ok" and quiet["rows"] >= 300 and not quiet["alerts"]
-    assert "<img" in (storage / "monitoring" / "digits" / "reports" / interval_name(t0, t1) / "report.html").read_text()
+    assert (
+        "<img"
+        in (storage / "monitoring" / "digits" / "reports" / interval_name(t0, t1) / "report.html").read_text()
+    )
 
-    trains_before = {r["dag_run_id"] for r in api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]}
+    trains_before = {
+        r["dag_run_id"] for r in api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]
+    }
     _send(url, _digits(1))  # the demo's second round: every digit one pixel to the right
     _wait(lambda: _logged_since(storage, t1) >= 300, 90, "the shifted requests in the log")
     t2 = _now()
@@ -109,11 +122,17 @@ def test_requests_to_the_demo_model_are_judged_and_the_shifted_round_retrains(de
     assert states == {"monitor": "success", "alert": "success", "retrain": "success"}, states
     drifted = _summary(storage, t1, t2)
     first = drifted["alerts"][0]
-    assert drifted["status"] == "drift" and first["series"].startswith(("px_", "prediction")) and first["threshold"] == 0.2
+    assert (
+        drifted["status"] == "drift"
+        and first["series"].startswith(("px_", "prediction"))
+        and first["threshold"] == 0.2
+    )
     assert (storage / "monitoring" / "digits" / "alerts").exists()
     page = _views_json(sandbox, api, "/freestack/ui/api/monitoring")
     shown = {r["name"]: r for p in page for r in p["intervals"]}
-    assert shown[interval_name(t1, t2)]["status"] == "drift" and shown[interval_name(t0, t1)]["status"] == "ok"
+    assert (
+        shown[interval_name(t1, t2)]["status"] == "drift" and shown[interval_name(t0, t1)]["status"] == "ok"
+    )
 
     def retraining():
         runs = api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]

@@ -49,9 +49,16 @@ def _digits_text(name: str, *, train_schedule: str | None) -> str:
     text = text.replace("on_missing: fail ", "on_missing: skip ", 1)
     text = text[: text.index("\nsweep:\n")] + "\n" + text[text.index("\ngate:\n") :]
     text = re.sub(r"\n  threshold: [0-9.]+\n", "\n  threshold: 0.999\n", text, count=1)
-    extra = "  epochs: 2\n  ingest_poke_seconds: 2\n" + (f'  schedule: "{train_schedule}"\n' if train_schedule else "")
+    extra = "  epochs: 2\n  ingest_poke_seconds: 2\n" + (
+        f'  schedule: "{train_schedule}"\n' if train_schedule else ""
+    )
     text = re.sub(r"\ntrain:\n  epochs: \d+\n", "\ntrain:\n" + extra, text, count=1)
-    assert "on_missing: skip" in text and "  epochs: 2\n" in text and "\nsweep:" not in text and "threshold: 0.999" in text
+    assert (
+        "on_missing: skip" in text
+        and "  epochs: 2\n" in text
+        and "\nsweep:" not in text
+        and "threshold: 0.999" in text
+    )
     return text
 
 
@@ -60,7 +67,9 @@ def _own_text(module: Path) -> str:
     gate it passes, deployed locally; training only when triggered (a cron that does not come soon)."""
     import yaml
 
-    data = use_custom_model(yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *")), module, threshold=0.7)
+    data = use_custom_model(
+        yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *")), module, threshold=0.7
+    )
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -82,9 +91,18 @@ def stack(tmp_path_factory):
     # non-numeric data: a table with category, text and image columns, and an image folder (test 4)
     # (two pipelines deployed on one machine need an address each: deploy.local.port's default is one port)
     for spec in (SHOP_SPEC, GLYPHS_SPEC):
-        (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump({**spec, "schedule": None, "train": {
-            **spec["train"], "schedule": "0 0 1 1 *"}, "deploy": {"local": {"port": free_port_block()}},
-            "score": {"schedule": "@daily", "batch_rows": 16}}, sort_keys=False))  # fmt: skip
+        (specs / f"{spec['name']}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    **spec,
+                    "schedule": None,
+                    "train": {**spec["train"], "schedule": "0 0 1 1 *"},
+                    "deploy": {"local": {"port": free_port_block()}},
+                    "score": {"schedule": "@daily", "batch_rows": 16},
+                },
+                sort_keys=False,
+            )
+        )
     # a pretrained Hub model fine-tuned with LoRA and swept with hyperband (test 5), from the Hub stand-in
     hub = _start_hub(base)
     reviews = _reviews_spec(free_port_block())  # scores its landing folder (CSV) as it comes, not its lake
@@ -93,7 +111,9 @@ def stack(tmp_path_factory):
     # a training across 2 "nodes" on loopback: train and train_node meet at the rendezvous (test 7)
     (specs / "ranks.yaml").write_text(_ranks_text(free_port_block()))
     # a user's new pipeline with one wrong field: the spec is read, and refused
-    (specs / "broken.yaml").write_text(_digits_text("broken", train_schedule=None).replace("format: csv", "format: xml"))
+    (specs / "broken.yaml").write_text(
+        _digits_text("broken", train_schedule=None).replace("format: csv", "format: xml")
+    )
     saved = os.environ.get("HF_ENDPOINT")
     os.environ["HF_ENDPOINT"] = hub["hub"].endpoint  # what the tasks fetch the base from
     try:
@@ -114,8 +134,12 @@ def _ranks_text(port: int) -> str:
 
     data = yaml.safe_load(_digits_text("ranks", train_schedule="0 0 1 1 *"))
     data["gate"]["threshold"] = 0.8
-    data["train"]["distributed"] = {"nodes": 2, "rendezvous": f"127.0.0.1:{free_port()}", "timeout_seconds": 120,
-                                    "pool": "default_pool"}  # fmt: skip
+    data["train"]["distributed"] = {
+        "nodes": 2,
+        "rendezvous": f"127.0.0.1:{free_port()}",
+        "timeout_seconds": 120,
+        "pool": "default_pool",
+    }
     data["deploy"] = {"local": {"port": port}}
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -134,11 +158,22 @@ def _reviews_spec(port: int) -> dict:
     hyperband stopping the weak ones after 2 epochs."""
     from tests.support.landing_finetune import REVIEWS_SPEC
 
-    sweep = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
-             "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
-             "parameters": {"learning_rate": {"values": [0.01, 0.001]}, "peft": {"parameters": {"r": {"values": [2, 4]}}}}}  # fmt: skip
-    return {**REVIEWS_SPEC, "train": {**REVIEWS_SPEC["train"], "schedule": "0 0 1 1 *"}, "sweep": sweep,
-            "deploy": {"local": {"port": port}}, "score": {"schedule": "@daily"}}  # fmt: skip
+    sweep = {
+        "method": "grid",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+        "parameters": {
+            "learning_rate": {"values": [0.01, 0.001]},
+            "peft": {"parameters": {"r": {"values": [2, 4]}}},
+        },
+    }
+    return {
+        **REVIEWS_SPEC,
+        "train": {**REVIEWS_SPEC["train"], "schedule": "0 0 1 1 *"},
+        "sweep": sweep,
+        "deploy": {"local": {"port": port}},
+        "score": {"schedule": "@daily"},
+    }
 
 
 def _wait(what: str, check, log: Path, timeout: float = 300, every: float = 3):
@@ -157,8 +192,25 @@ def _score_backfill(stack, name: str, start: str, end: str) -> list[tuple]:
 
     import pyarrow.parquet as pq
 
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "freestack"), "backfill", name, "--dag", "score", "--start", start,
-                          "--end", end, "--timeout", "600"], env=stack["env"], capture_output=True, text=True, timeout=700)  # fmt: skip
+    out = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "freestack"),
+            "backfill",
+            name,
+            "--dag",
+            "score",
+            "--start",
+            start,
+            "--end",
+            end,
+            "--timeout",
+            "600",
+        ],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=700,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     days = sorted((stack["base"] / "storage" / "scores" / name).glob("ds=*/part.parquet"))
     return [(pq.read_table(p), json.loads((p.parent / "_manifest.json").read_text())) for p in days]
@@ -182,10 +234,15 @@ def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
     dags = {d["dag_id"]: d for d in api.call("GET", "/dags?limit=100&exclude_stale=false")["dags"]}
     assert all(not dags[d]["is_stale"] for d in wanted), {d: dags[d]["is_stale"] for d in wanted}
 
-    errors = _wait("the spec error", lambda: api.call("GET", "/importErrors")["import_errors"], log, timeout=120)
+    errors = _wait(
+        "the spec error", lambda: api.call("GET", "/importErrors")["import_errors"], log, timeout=120
+    )
     assert len(errors) == 1, errors
     assert errors[0]["filename"].endswith("freestack_spec_errors.py")
-    assert "broken.yaml: source.format: Input should be 'csv', 'parquet', 'jsonl' or 'imagefolder'" in errors[0]["stack_trace"]
+    assert (
+        "broken.yaml: source.format: Input should be 'csv', 'parquet', 'jsonl' or 'imagefolder'"
+        in errors[0]["stack_trace"]
+    )
 
     # another pipeline still runs: one ingest day of `other`, under the scheduler
     sys.path.insert(0, str(ROOT / "include"))
@@ -193,7 +250,11 @@ def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
 
     make_landing(stack["env"]["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), 1, pipeline="other")
     api.call("PATCH", "/dags/other_ingest", {"is_paused": False})
-    api.call("POST", "/dags/other_ingest/dagRuns", {"logical_date": "2026-11-01T00:00:00Z", "dag_run_id": "one-day"})
+    api.call(
+        "POST",
+        "/dags/other_ingest/dagRuns",
+        {"logical_date": "2026-11-01T00:00:00Z", "dag_run_id": "one-day"},
+    )
     # (unpausing also started a run for yesterday: no landing files, so skipped)
 
     def done():
@@ -211,14 +272,22 @@ def test_a_parallel_backfill_is_trained_on_whole(stack):
 
     api, env, log, base = stack["api"], stack["env"], stack["log"], stack["base"]
     make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 1), len(DAYS))
-    _wait("digits_ingest", lambda: "digits_ingest" in {d["dag_id"] for d in api.call("GET", "/dags")["dags"]}, log)
+    _wait(
+        "digits_ingest",
+        lambda: "digits_ingest" in {d["dag_id"] for d in api.call("GET", "/dags")["dags"]},
+        log,
+    )
     for dag_id in ("digits_train", "digits_ingest"):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
     _backfill(env, "--max-active-runs", "5")  # retried while SQLite is briefly locked by the scheduler
 
     def ingested():
         runs = [r for r in _runs(api, "digits_ingest") if r["run_type"] == "backfill"]
-        return runs if len(runs) == len(DAYS) and all(r["state"] in ("success", "failed") for r in runs) else None
+        return (
+            runs
+            if len(runs) == len(DAYS) and all(r["state"] in ("success", "failed") for r in runs)
+            else None
+        )
 
     runs = _wait("the backfill", ingested, log, timeout=420)
     assert all(r["state"] == "success" for r in runs), runs
@@ -229,7 +298,9 @@ def test_a_parallel_backfill_is_trained_on_whole(stack):
         return train if settled and _wait_quiet(api) else None
 
     train = _wait("the training runs", trained, log, timeout=600, every=5)
-    assert all(r["state"] == "success" for r in train), [(r["dag_run_id"], r["state"], r.get("note")) for r in train]
+    assert all(r["state"] == "success" for r in train), [
+        (r["dag_run_id"], r["state"], r.get("note")) for r in train
+    ]
     lake = {
         p.parent.name[3:]: hashlib.sha256(p.read_bytes()).hexdigest()
         for p in (base / "storage" / "lake" / "digits").glob("ds=*/part.parquet")
@@ -277,9 +348,17 @@ def _swept_and_deployed(stack, name: str, conf: dict, *, timeout: float) -> tupl
     for dag_id in sorted(dags):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
     for day in (1, 2, 3):
-        api.call("POST", f"/dags/{name}_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+        api.call(
+            "POST",
+            f"/dags/{name}_ingest/dagRuns",
+            {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"},
+        )
     conf = {"end_ds": "2026-11-03", "sweep": True, "sweep_agents": 2, **conf}
-    api.call("POST", f"/dags/{name}_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": name, "conf": conf})
+    api.call(
+        "POST",
+        f"/dags/{name}_train/dagRuns",
+        {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": name, "conf": conf},
+    )
 
     def done():
         run = api.call("GET", f"/dags/{name}_train/dagRuns/{name}")
@@ -350,12 +429,18 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
     glyphs_landing(storage, date(2026, 11, 1), 2)
     names = ("shop", "glyphs")
     wanted = {f"{n}_{k}" for n in names for k in ("ingest", "train")}
-    _wait("the DAGs", lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/dags?limit=100")["dags"]}, log)
+    _wait(
+        "the DAGs", lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/dags?limit=100")["dags"]}, log
+    )
     for dag_id in sorted(wanted):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
     for n in names:
         for day in (1, 2):
-            api.call("POST", f"/dags/{n}_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+            api.call(
+                "POST",
+                f"/dags/{n}_ingest/dagRuns",
+                {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"},
+            )
 
     def ended(dag_id: str, run_id: str):
         run = api.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
@@ -363,9 +448,16 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
 
     for n in names:
         for day in (1, 2):
-            assert _wait(f"{n} day {day}", lambda n=n, day=day: ended(f"{n}_ingest", f"day-{day}"), log)["state"] == "success"
+            assert (
+                _wait(f"{n} day {day}", lambda n=n, day=day: ended(f"{n}_ingest", f"day-{day}"), log)["state"]
+                == "success"
+            )
         conf = {"end_ds": "2026-11-02", "sweep": False}
-        api.call("POST", f"/dags/{n}_train/dagRuns", {"logical_date": "2026-11-02T00:00:00Z", "dag_run_id": "kinds", "conf": conf})
+        api.call(
+            "POST",
+            f"/dags/{n}_train/dagRuns",
+            {"logical_date": "2026-11-02T00:00:00Z", "dag_run_id": "kinds", "conf": conf},
+        )
     try:
         for n in names:
             run = _wait(f"{n}_train", lambda n=n: ended(f"{n}_train", "kinds"), log, timeout=600, every=5)
@@ -376,28 +468,48 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
         rows = pd.read_csv(landing / "sales.csv").iloc[20:24]
         rows["photo"] = [(landing / p).read_bytes() for p in rows["photo"]]
         data = [[r.price, r.colour, r.review, base64.b64encode(r.photo).decode()] for r in rows.itertuples()]
-        code, body = http_json(shop["predict_url"], {"data": {"names": ["price", "colour", "review", "photo"], "ndarray": data}})
+        code, body = http_json(
+            shop["predict_url"], {"data": {"names": ["price", "colour", "review", "photo"], "ndarray": data}}
+        )
         assert code == 200, body
         model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/shop/{shop['version']}")
         want = model.predict_proba(to_tensors(pre.inputs(rows))).tolist()
-        assert max(abs(a - b) for g, w in zip(body["data"]["ndarray"], want, strict=True) for a, b in zip(g, w, strict=True)) < 1e-5
+        assert (
+            max(
+                abs(a - b)
+                for g, w in zip(body["data"]["ndarray"], want, strict=True)
+                for a, b in zip(g, w, strict=True)
+            )
+            < 1e-5
+        )
 
         glyphs = Deployments(env["FREESTACK_STORAGE_ROOT"], "glyphs").get("glyphs")
         image = sorted((storage / "landing" / "glyphs" / "2026-11-02").glob("*/*.png"))[-1]
-        code, body = http_json(glyphs["predict_url"], {"binData": base64.b64encode(image.read_bytes()).decode()})
+        code, body = http_json(
+            glyphs["predict_url"], {"binData": base64.b64encode(image.read_bytes()).decode()}
+        )
         assert code == 200, body
-        model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}")
-        want = model.predict_proba(to_tensors(pre.inputs(pd.DataFrame({"image": [image.read_bytes()]})))).tolist()[0]
+        model, pre, *_ = load_model_folder(
+            f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}"
+        )
+        want = model.predict_proba(
+            to_tensors(pre.inputs(pd.DataFrame({"image": [image.read_bytes()]})))
+        ).tolist()[0]
         assert max(abs(a - b) for a, b in zip(body["data"]["tensor"]["values"], want, strict=True)) < 1e-5
 
         # both lakes scored by their <p>_score DAGs, backfilled through the CLI: what the versions answer in-process
         for n, rec in (("shop", shop), ("glyphs", glyphs)):
             scored = _score_backfill(stack, n, "2026-11-01", "2026-11-02")
             assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02"], scored
-            model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/{n}/{rec['version']}")
+            model, pre, *_ = load_model_folder(
+                f"{env['FREESTACK_STORAGE_ROOT']}/registry/{n}/{rec['version']}"
+            )
             for table, manifest in scored:
                 lake = pd.read_parquet(manifest["inputs"][0]["uri"].removeprefix("file://"))
-                assert manifest["version"] == rec["version"] and table.num_rows == len(lake) == manifest["rows_scored"]
+                assert (
+                    manifest["version"] == rec["version"]
+                    and table.num_rows == len(lake) == manifest["rows_scored"]
+                )
                 want = model.predict_proba(to_tensors(pre.inputs(lake))).numpy()
                 got = np.asarray(table.column("probabilities").to_pylist())
                 assert np.abs(got - want).max() < 1e-5
@@ -428,7 +540,12 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
         rows = json.loads(next((base / "storage" / "runs" / "reviews").rglob("results.json")).read_text())
         rows = rows["trials"]
         assert len(rows) == 4 and {r["state"] for r in rows} == {"finished"}, rows
-        assert {(r["param.peft.r"], r["param.learning_rate"]) for r in rows} == {(2, 0.01), (4, 0.01), (2, 0.001), (4, 0.001)}
+        assert {(r["param.peft.r"], r["param.learning_rate"]) for r in rows} == {
+            (2, 0.01),
+            (4, 0.01),
+            (2, 0.001),
+            (4, 0.001),
+        }
         code, body = http_json(rec["predict_url"], {"strData": "great item, it works and i recommend it"})
         assert code == 200, body
         assert body["data"]["names"] == ["neg", "pos"], body
@@ -437,7 +554,10 @@ def test_a_hub_model_is_fine_tuned_with_a_hyperband_sweep_gated_and_served_under
         assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02", "2026-11-03"]
         for table, manifest in scored:
             assert manifest["version"] == rec["version"] and manifest["rows_scored"] == table.num_rows > 0
-            assert set(table.column("prediction").to_pylist()) <= {"neg", "pos"} and manifest["rows_quarantined"] == 0
+            assert (
+                set(table.column("prediction").to_pylist()) <= {"neg", "pos"}
+                and manifest["rows_quarantined"] == 0
+            )
     finally:
         stop_local(root, "reviews", "reviews")
 
@@ -461,9 +581,17 @@ def test_two_nodes_train_one_model_as_a_gang_of_tasks_under_the_scheduler(stack)
     for dag_id in sorted(dags):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
     for day in (1, 2, 3):
-        api.call("POST", "/dags/ranks_ingest/dagRuns", {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"})
+        api.call(
+            "POST",
+            "/dags/ranks_ingest/dagRuns",
+            {"logical_date": f"2026-11-0{day}T00:00:00Z", "dag_run_id": f"day-{day}"},
+        )
     conf = {"end_ds": "2026-11-03", "sweep": False, "epochs": 6}
-    api.call("POST", "/dags/ranks_train/dagRuns", {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "ranks", "conf": conf})
+    api.call(
+        "POST",
+        "/dags/ranks_train/dagRuns",
+        {"logical_date": "2026-11-03T00:00:00Z", "dag_run_id": "ranks", "conf": conf},
+    )
 
     def done():
         run = api.call("GET", "/dags/ranks_train/dagRuns/ranks")
@@ -475,7 +603,9 @@ def test_two_nodes_train_one_model_as_a_gang_of_tasks_under_the_scheduler(stack)
         tis = api.call("GET", "/dags/ranks_train/dagRuns/ranks/taskInstances")["task_instances"]
         states = {(t["task_id"], t["map_index"]): t["state"] for t in tis}
         assert run["state"] == "success", (states, _train_logs(api)[-6000:])
-        assert states[("train", -1)] == states[("train_node", 0)] == states[("deploy", -1)] == "success", states
+        assert states[("train", -1)] == states[("train_node", 0)] == states[("deploy", -1)] == "success", (
+            states
+        )
         rec = Deployments(root, "ranks").get("ranks")
         version = stack["base"] / "storage" / "registry" / "ranks" / rec["version"]
         lineage = json.loads((version / "lineage.json").read_text())
@@ -493,7 +623,11 @@ def _train_logs(api) -> str:
     got = []
     for path in ("train/logs/1", "train_node/0/logs/1"):
         try:
-            got.append(json.dumps(api.call("GET", f"/dags/ranks_train/dagRuns/ranks/taskInstances/{path}?full_content=true")))
+            got.append(
+                json.dumps(
+                    api.call("GET", f"/dags/ranks_train/dagRuns/ranks/taskInstances/{path}?full_content=true")
+                )
+            )
         except Exception as exc:  # noqa: BLE001  (a message for the assertion, whatever went wrong)
             got.append(f"{path}: {exc}")
     return "\n".join(got)

@@ -28,7 +28,7 @@ PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 #: the stray task: ignores SIGTERM, starts a child that ignores it too (own process group, bare
 #: environment), writes both pids, then waits
-STRAY_DAG = '''
+STRAY_DAG = """
 import os, signal, subprocess, sys, time
 from datetime import timedelta
 from pathlib import Path
@@ -61,7 +61,7 @@ def stack_down_stray():
 
 
 stack_down_stray()
-'''
+"""
 
 
 def _env(base: Path) -> dict[str, str]:
@@ -92,8 +92,13 @@ def _env(base: Path) -> dict[str, str]:
 
 
 def _freestack(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "freestack.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "freestack.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _session(sid: int) -> list[psutil.Process]:
@@ -192,9 +197,13 @@ def test_down_stops_orphans_and_sigterm_ignorers_and_reports_them(tmp_path):
         left = [(p.pid, " ".join(p.cmdline())) for p in _session(sid) if p.is_running()]
         assert not left, f"left running in the stack's session: {left}\n{report}"
         assert not _of_home(home), f"left running with AIRFLOW_HOME={home}: {_of_home(home)}\n{report}"
-        ended = {int(w[0]): w[1] for w in (line.split() for line in report.splitlines()) if w and w[0].isdigit()}
+        ended = {
+            int(w[0]): w[1] for w in (line.split() for line in report.splitlines()) if w and w[0].isdigit()
+        }
         for pid in (task, child, *orphans):
-            assert ended.get(pid) == "KILL", f"pid {pid} (it ignores SIGTERM) is not reported as killed:\n{report}"
+            assert ended.get(pid) == "KILL", (
+                f"pid {pid} (it ignores SIGTERM) is not reported as killed:\n{report}"
+            )
         assert ended.get(sid) in ("TERM", "KILL"), report
     finally:
         _kill(_session(sid))  # the stack's session id is not handed out again while it has a process
@@ -214,8 +223,9 @@ time.sleep(600)
 
 
 def _session_leader(env: dict[str, str], code: str = "import time; time.sleep(600)") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def test_only_the_processes_of_this_airflow_home_are_the_stacks(tmp_path):
@@ -273,10 +283,14 @@ def test_down_lists_the_model_servers_it_stopped(tmp_path):
     port = free_port_block()
     holder = subprocess.Popen(
         [sys.executable, "-m", "freestack_server", "hold", str(serving / "digits"), "127.0.0.1", str(port)],
-        env={**os.environ, "PYTHONPATH": str(PLUGINS)}, stdout=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PLUGINS)},
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
-        _wait_for("the address holder", lambda: (serving / "digits" / socket_name(port)).exists(), tmp_path / "none")
+        _wait_for(
+            "the address holder", lambda: (serving / "digits" / socket_name(port)).exists(), tmp_path / "none"
+        )
         down = _freestack(env, "down", timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
         line = next((ln for ln in down.stdout.splitlines() if ln.split()[:1] == [str(holder.pid)]), "")

@@ -56,17 +56,27 @@ def api_server(lake, monkeypatch, tmp_path):  # noqa: F811
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     for key, value in {
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": url,
-        "AIRFLOW__API__WORKERS": "1", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "freestack-test-secret", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-    }.items():  # fmt: skip
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "freestack-test-secret",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_SILENT", raising=False)  # wandb speaks: its lines must land at their level
     log = tmp_path / "api-server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "api-server"], env=dict(os.environ),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("airflow")), "api-server"],
+            env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -150,14 +160,24 @@ def test_run_view_log_levels_link_note_and_offline_page(lake, api_server, spawne
     _check_log_levels(run)
 
     base = f"{url}/api/v2/dags/digits_train/dagRuns/{run.run_id}"
-    gate_note, window_line = _get(base)["note"].rsplit("\n\n", 1)  # the gate's decision, then the window's line
-    assert gate_note.startswith("**Gate: passed.**") and "**Promoted.**" in gate_note and window_line.startswith("Window: ")
+    gate_note, window_line = _get(base)["note"].rsplit(
+        "\n\n", 1
+    )  # the gate's decision, then the window's line
+    assert (
+        gate_note.startswith("**Gate: passed.**")
+        and "**Promoted.**" in gate_note
+        and window_line.startswith("Window: ")
+    )
     link = _get(f"{base}/taskInstances/train/links")["extra_links"]["W&B run"]
     assert link.startswith(f"{url}/freestack/wandb/offline?run_dir=")
-    views = {v["name"]: v for p in _get(f"{url}/api/v2/plugins")["plugins"] for v in p.get("external_views", [])}
+    views = {
+        v["name"]: v for p in _get(f"{url}/api/v2/plugins")["plugins"] for v in p.get("external_views", [])
+    }
     assert views["W&B offline runs"]["url_route"] == "freestack-wandb"
     assert views["freestack"]["url_route"] == "freestack" and views["freestack"]["nav_top_level"]
-    assert not {"Models", "Sweeps", "Deployments", "Data"} & set(views)  # one entry: the pages have their own tabs
+    assert not {"Models", "Sweeps", "Deployments", "Data"} & set(
+        views
+    )  # one entry: the pages have their own tabs
 
     out = _get(f"{base}/taskInstances/train/xcomEntries/return_value")["value"]
     out = json.loads(out) if isinstance(out, str) else out

@@ -61,7 +61,11 @@ class FakeHub:
         self.server.server_close()
 
     def calls(self, method: str | None = None, pattern: str = "") -> list[dict[str, Any]]:
-        return [r for r in self.requests if (method is None or r["method"] == method) and re.search(pattern, r["path"])]
+        return [
+            r
+            for r in self.requests
+            if (method is None or r["method"] == method) and re.search(pattern, r["path"])
+        ]
 
     # -- the API --------------------------------------------------------------------------------------
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict, bytes]:
@@ -78,7 +82,9 @@ class FakeHub:
             req = json.loads(body)
             repo_id = f"{req['organization']}/{req['name']}" if req.get("organization") else req["name"]
             if repo_id in self.repos:
-                return self._json(409, {"error": "You already created this model repo", "url": f"{self.endpoint}/{repo_id}"})
+                return self._json(
+                    409, {"error": "You already created this model repo", "url": f"{self.endpoint}/{repo_id}"}
+                )
             self.repos[repo_id] = Repo()
             return self._json(200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id})
         if method == "POST" and path == "/api/validate-yaml":
@@ -103,24 +109,42 @@ class FakeHub:
             commit = repo.resolve(unquote(m.group(2))) if repo else None
             name = unquote(m.group(3))
             if repo is None:
-                return 404, {"X-Error-Code": "RepoNotFound", "Content-Type": "text/plain"}, b"Repository not found"
+                return (
+                    404,
+                    {"X-Error-Code": "RepoNotFound", "Content-Type": "text/plain"},
+                    b"Repository not found",
+                )
             if commit is None:
-                return 404, {"X-Error-Code": "RevisionNotFound", "Content-Type": "text/plain"}, b"Invalid rev id"
+                return (
+                    404,
+                    {"X-Error-Code": "RevisionNotFound", "Content-Type": "text/plain"},
+                    b"Invalid rev id",
+                )
             if name not in commit.tree:
                 return 404, {"X-Error-Code": "EntryNotFound", "Content-Type": "text/plain"}, b"not found"
             data = commit.tree[name]
-            return 200, {
-                "X-Repo-Commit": commit.oid,
-                "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                "Content-Type": "application/octet-stream",
-            }, data
+            return (
+                200,
+                {
+                    "X-Repo-Commit": commit.oid,
+                    "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                    "Content-Type": "application/octet-stream",
+                },
+                data,
+            )
         return self._json(404, {"error": f"fake hub: no route for {method} {path}"})
 
     def _preupload(self, method, repo_id, repo, rev, body):
         files = json.loads(body)["files"]
-        return self._json(200, {"files": [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
-        ]})
+        return self._json(
+            200,
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                    for f in files
+                ]
+            },
+        )
 
     def _commit(self, method, repo_id, repo, rev, body):
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
@@ -137,11 +161,14 @@ class FakeHub:
         tree = {**(parent.tree if parent else {}), **added}
         # like git, the commit names its content: a cache never mistakes two different trees for one
         content = [[name, hashlib.sha256(data).hexdigest()] for name, data in sorted(tree.items())]
-        oid = hashlib.sha1(json.dumps([repo_id, len(repo.commits), header["summary"], content]).encode()).hexdigest()
+        oid = hashlib.sha1(
+            json.dumps([repo_id, len(repo.commits), header["summary"], content]).encode()
+        ).hexdigest()
         repo.commits.append(Commit(oid, header["summary"], header.get("description", ""), added, tree))
         repo.branches[rev] = oid
-        return self._json(200, {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid,
-                                "success": True})
+        return self._json(
+            200, {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+        )
 
     def _tag(self, method, repo_id, repo, rev, body):
         if method == "DELETE":
@@ -181,8 +208,9 @@ class FakeHub:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
                 path = urlsplit(self.path).path
-                code, headers, data = hub.handle(self.command, path, {k.lower(): v for k, v in self.headers.items()},
-                                                 body)
+                code, headers, data = hub.handle(
+                    self.command, path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
                 self.send_response(code)
                 for k, v in headers.items():
                     self.send_header(k, v)

@@ -162,8 +162,9 @@ class FakeKubeAPI:
             obj["metadata"].setdefault("annotations", {})["fake/touched"] = str(time.time())
             obj["metadata"]["resourceVersion"] = self._next_rv()
 
-    def set_status(self, namespace: str, name: str, state: str, description: str = "",
-                   observed: int | None = None) -> None:
+    def set_status(
+        self, namespace: str, name: str, state: str, description: str = "", observed: int | None = None
+    ) -> None:
         """Write status as the controller would; ``observed`` defaults to the current generation."""
         with self.lock:
             obj = self.objects[(namespace, name)]
@@ -182,8 +183,13 @@ class FakeKubeAPI:
                 "availableReplicas": want if state == "Available" else 0,
                 "status": state,
             }
-        return {"state": state, "description": description, "observedGeneration": observed,
-                "deploymentStatus": deployments, "replicas": sum(d["replicas"] for d in deployments.values())}
+        return {
+            "state": state,
+            "description": description,
+            "observedGeneration": observed,
+            "deploymentStatus": deployments,
+            "replicas": sum(d["replicas"] for d in deployments.values()),
+        }
 
     def _schedule(self, namespace: str, name: str, generation: int) -> None:
         def step(state: str, description: str) -> None:
@@ -206,8 +212,16 @@ class FakeKubeAPI:
     # -- the API -----------------------------------------------------------------------------------------
     @staticmethod
     def _status_doc(code: int, reason: str, message: str, details: dict | None = None) -> dict[str, Any]:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-                "reason": reason, "details": details or {}, "code": code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": details or {},
+            "code": code,
+        }
 
     def _err(self, code: int, reason: str, message: str, details: dict | None = None):
         return code, "application/json", json.dumps(self._status_doc(code, reason, message, details)).encode()
@@ -218,8 +232,13 @@ class FakeKubeAPI:
     def handle(self, method: str, raw_path: str, content_type: str, body: bytes):
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
-        rec = {"method": method, "path": parts.path, "query": query, "content_type": content_type,
-               "body": json.loads(body) if body else None}
+        rec = {
+            "method": method,
+            "path": parts.path,
+            "query": query,
+            "content_type": content_type,
+            "body": json.loads(body) if body else None,
+        }
         with self.lock:
             self.requests.append(rec)
             if self.fail_next:
@@ -230,38 +249,74 @@ class FakeKubeAPI:
                 return 404, "text/plain; charset=utf-8", b"404 page not found\n"
             namespace, name = m.group(1), m.group(2)
             if self.forbidden:
-                verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
-                return self._err(403, "Forbidden",
-                                 f'{PLURAL}.{GROUP} "{name or ""}" is forbidden: User "system:serviceaccount:airflow:'
-                                 f'worker" cannot {verb} resource "{PLURAL}" in API group "{GROUP}" in the '
-                                 f'namespace "{namespace}"',
-                                 {"name": name or "", "group": GROUP, "kind": PLURAL})
+                verb = {
+                    "GET": "get",
+                    "POST": "create",
+                    "PUT": "update",
+                    "PATCH": "patch",
+                    "DELETE": "delete",
+                }[method]
+                return self._err(
+                    403,
+                    "Forbidden",
+                    f'{PLURAL}.{GROUP} "{name or ""}" is forbidden: User "system:serviceaccount:airflow:'
+                    f'worker" cannot {verb} resource "{PLURAL}" in API group "{GROUP}" in the '
+                    f'namespace "{namespace}"',
+                    {"name": name or "", "group": GROUP, "kind": PLURAL},
+                )
             if self.namespaces is not None and namespace not in self.namespaces:
-                return self._err(404, "NotFound", f'namespaces "{namespace}" not found',
-                                 {"name": namespace, "kind": "namespaces"})
+                return self._err(
+                    404,
+                    "NotFound",
+                    f'namespaces "{namespace}" not found',
+                    {"name": namespace, "kind": "namespaces"},
+                )
             dry = query.get("dryRun") == ["All"]
             doc = json.loads(body) if body else None
             if name is None:
                 if method == "GET":
                     items = [o for (ns, _), o in sorted(self.objects.items()) if ns == namespace]
-                    return self._ok(200, {"apiVersion": f"{GROUP}/{VERSION}", "kind": f"{KIND}List",
-                                          "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+                    return self._ok(
+                        200,
+                        {
+                            "apiVersion": f"{GROUP}/{VERSION}",
+                            "kind": f"{KIND}List",
+                            "metadata": {"resourceVersion": str(self._rv)},
+                            "items": items,
+                        },
+                    )
                 if method == "POST":
                     return self._create(namespace, doc, dry)
                 return self._err(405, "MethodNotAllowed", f"{method} is not supported on the collection")
             current = self.objects.get((namespace, name))
             if current is None:
                 if method in ("GET", "PUT", "PATCH", "DELETE"):
-                    return self._err(404, "NotFound", f'{PLURAL}.{GROUP} "{name}" not found',
-                                     {"name": name, "group": GROUP, "kind": PLURAL})
+                    return self._err(
+                        404,
+                        "NotFound",
+                        f'{PLURAL}.{GROUP} "{name}" not found',
+                        {"name": name, "group": GROUP, "kind": PLURAL},
+                    )
             if method == "GET":
                 return self._ok(200, current)
             if method == "DELETE":
                 if not dry:
                     del self.objects[(namespace, name)]
-                return self._ok(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                      "details": {"name": name, "group": GROUP, "kind": PLURAL,
-                                                  "uid": current["metadata"]["uid"]}})
+                return self._ok(
+                    200,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Success",
+                        "details": {
+                            "name": name,
+                            "group": GROUP,
+                            "kind": PLURAL,
+                            "uid": current["metadata"]["uid"],
+                        },
+                    },
+                )
             if method == "PUT":
                 return self._update(namespace, name, current, doc, dry)
             if method == "PATCH":
@@ -274,10 +329,13 @@ class FakeKubeAPI:
                             return self._err(400, "BadRequest", "json patch must be a list of operations")
                         patched = json_patch(current, doc)
                     else:
-                        return self._err(415, "UnsupportedMediaType",
-                                         f"the body of the request was in an unknown format - accepted media "
-                                         f"types include: application/json-patch+json, application/merge-patch+json "
-                                         f"(got {ctype!r})")
+                        return self._err(
+                            415,
+                            "UnsupportedMediaType",
+                            f"the body of the request was in an unknown format - accepted media "
+                            f"types include: application/json-patch+json, application/merge-patch+json "
+                            f"(got {ctype!r})",
+                        )
                 except PatchError as exc:
                     return self._err(422, "Invalid", str(exc))
                 return self._update(namespace, name, current, patched, dry)
@@ -286,7 +344,11 @@ class FakeKubeAPI:
     def _invalid(self, name: str, doc: Any) -> list[dict[str, str]]:
         """The API server's own structural checks, the few that matter here."""
         causes = []
-        if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != f"{GROUP}/{VERSION}":
+        if (
+            not isinstance(doc, dict)
+            or doc.get("kind") != KIND
+            or doc.get("apiVersion") != f"{GROUP}/{VERSION}"
+        ):
             causes.append({"field": "kind", "message": f"must be {KIND} in {GROUP}/{VERSION}"})
             return causes
         preds = (doc.get("spec") or {}).get("predictors")
@@ -296,18 +358,32 @@ class FakeKubeAPI:
         for i, p in enumerate(preds):
             t = p.get("traffic")
             if t is not None and (not isinstance(t, int) or isinstance(t, bool)):
-                causes.append({"field": f"spec.predictors[{i}].traffic",
-                               "message": f'Invalid value: "{type(t).__name__}": spec.predictors[{i}].traffic in '
-                                          f'body must be of type integer: "{type(t).__name__}"'})
+                causes.append(
+                    {
+                        "field": f"spec.predictors[{i}].traffic",
+                        "message": f'Invalid value: "{type(t).__name__}": spec.predictors[{i}].traffic in '
+                        f'body must be of type integer: "{type(t).__name__}"',
+                    }
+                )
             if "graph" not in p:
                 causes.append({"field": f"spec.predictors[{i}].graph", "message": "Required value"})
         return causes
 
     def _reject(self, name: str, causes: list[dict[str, str]]):
-        msg = f'{KIND}.{GROUP} "{name}" is invalid: ' + ", ".join(f"{c['field']}: {c['message']}" for c in causes)
-        return self._err(422, "Invalid", msg,
-                         {"name": name, "group": GROUP, "kind": KIND,
-                          "causes": [{"reason": "FieldValueInvalid", **c} for c in causes]})
+        msg = f'{KIND}.{GROUP} "{name}" is invalid: ' + ", ".join(
+            f"{c['field']}: {c['message']}" for c in causes
+        )
+        return self._err(
+            422,
+            "Invalid",
+            msg,
+            {
+                "name": name,
+                "group": GROUP,
+                "kind": KIND,
+                "causes": [{"reason": "FieldValueInvalid", **c} for c in causes],
+            },
+        )
 
     def _create(self, namespace: str, doc: Any, dry: bool):
         meta = (doc or {}).get("metadata") or {}
@@ -315,16 +391,25 @@ class FakeKubeAPI:
         if not name:
             return self._err(422, "Invalid", "metadata.name: Required value")
         if meta.get("namespace", namespace) != namespace:
-            return self._err(400, "BadRequest", "the namespace of the provided object does not match the namespace "
-                                                "sent on the request")
+            return self._err(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if meta.get("resourceVersion"):
-            return self._err(500, "InternalError", "resourceVersion should not be set on objects to be created")
+            return self._err(
+                500, "InternalError", "resourceVersion should not be set on objects to be created"
+            )
         causes = self._invalid(name, doc)
         if causes:
             return self._reject(name, causes)
         if (namespace, name) in self.objects:
-            return self._err(409, "AlreadyExists", f'{PLURAL}.{GROUP} "{name}" already exists',
-                             {"name": name, "group": GROUP, "kind": PLURAL})
+            return self._err(
+                409,
+                "AlreadyExists",
+                f'{PLURAL}.{GROUP} "{name}" already exists',
+                {"name": name, "group": GROUP, "kind": PLURAL},
+            )
         self._run_before_write()
         obj = copy.deepcopy(doc)
         obj.pop("status", None)
@@ -345,8 +430,15 @@ class FakeKubeAPI:
         meta = (doc or {}).get("metadata") or {}
         rv = meta.get("resourceVersion")
         if not rv:
-            return self._reject(name, [{"field": "metadata.resourceVersion",
-                                        "message": "Invalid value: 0x0: must be specified for an update"}])
+            return self._reject(
+                name,
+                [
+                    {
+                        "field": "metadata.resourceVersion",
+                        "message": "Invalid value: 0x0: must be specified for an update",
+                    }
+                ],
+            )
         if meta.get("name", name) != name:
             return self._err(400, "BadRequest", "the name of the object does not match the name on the URL")
         causes = self._invalid(name, doc)
@@ -355,10 +447,13 @@ class FakeKubeAPI:
         self._run_before_write()
         current = self.objects.get((namespace, name), current)
         if rv != current["metadata"]["resourceVersion"]:
-            return self._err(409, "Conflict",
-                             f'Operation cannot be fulfilled on {PLURAL}.{GROUP} "{name}": the object has been '
-                             "modified; please apply your changes to the latest version and try again",
-                             {"name": name, "group": GROUP, "kind": PLURAL})
+            return self._err(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {PLURAL}.{GROUP} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "group": GROUP, "kind": PLURAL},
+            )
         obj = copy.deepcopy(doc)
         obj["status"] = copy.deepcopy(current.get("status"))
         if obj["status"] is None:
@@ -390,7 +485,9 @@ class FakeKubeAPI:
             def _serve(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
-                code, ctype, data = api.handle(self.command, self.path, self.headers.get("Content-Type") or "", body)
+                code, ctype, data = api.handle(
+                    self.command, self.path, self.headers.get("Content-Type") or "", body
+                )
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -456,9 +553,16 @@ class FakeTrainingAPI(FakeKubeAPI):
     rank 0 would have written its outcome). A delete keeps the job ``delete_after`` seconds more with a
     ``deletionTimestamp`` (foreground deletion: its pods go first). The Seldon paths answer as before."""
 
-    def __init__(self, *, outcome: str = "Succeeded", failure_reason: str = "PyTorchJobFailed",
-                 failure_message: str = "PyTorchJob default/x is failed because 1 Master replica(s) failed.",
-                 delete_after: float = 0.0, on_finish: Any = None, **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        outcome: str = "Succeeded",
+        failure_reason: str = "PyTorchJobFailed",
+        failure_message: str = "PyTorchJob default/x is failed because 1 Master replica(s) failed.",
+        delete_after: float = 0.0,
+        on_finish: Any = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(outcome=outcome, **kw)
         self.failure_reason, self.failure_message = failure_reason, failure_message
         self.delete_after = delete_after
@@ -524,9 +628,17 @@ class FakeTrainingAPI(FakeKubeAPI):
         ):
             return self._err(422, "Invalid", f"must be {JOB_KIND} in {JOB_GROUP}/v1")
         if not isinstance((doc.get("spec") or {}).get("pytorchReplicaSpecs"), dict):
-            return self._err(422, "Invalid", f'{JOB_KIND}.{JOB_GROUP} "{name}" is invalid: spec.pytorchReplicaSpecs: '
-                             "Required value", {"name": name, "group": JOB_GROUP, "kind": JOB_KIND,
-                             "causes": [{"field": "spec.pytorchReplicaSpecs", "message": "Required value"}]})  # fmt: skip
+            return self._err(
+                422,
+                "Invalid",
+                f'{JOB_KIND}.{JOB_GROUP} "{name}" is invalid: spec.pytorchReplicaSpecs: Required value',
+                {
+                    "name": name,
+                    "group": JOB_GROUP,
+                    "kind": JOB_KIND,
+                    "causes": [{"field": "spec.pytorchReplicaSpecs", "message": "Required value"}],
+                },
+            )
         if (namespace, name) in self.objects:
             return self._err(
                 409,
@@ -536,9 +648,14 @@ class FakeTrainingAPI(FakeKubeAPI):
             )
         obj = copy.deepcopy(doc)
         obj.pop("status", None)
-        obj["metadata"] = {**meta, "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1,
-                           "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "resourceVersion": self._next_rv()}  # fmt: skip
+        obj["metadata"] = {
+            **meta,
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "resourceVersion": self._next_rv(),
+        }
         self.objects[(namespace, name)] = obj
         self._schedule_job(namespace, name, obj["metadata"]["uid"])
         return self._ok(201, obj)
@@ -580,9 +697,15 @@ class FakeTrainingAPI(FakeKubeAPI):
                 for c in conditions:
                     if c["type"] == "Running":
                         c["status"] = "False"
-            conditions.append({"type": kind, "status": "True", "reason": reason or f"PyTorchJob{kind}",
-                               "message": message or f"PyTorchJob {namespace}/{name} is {kind.lower()}.",
-                               "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+            conditions.append(
+                {
+                    "type": kind,
+                    "status": "True",
+                    "reason": reason or f"PyTorchJob{kind}",
+                    "message": message or f"PyTorchJob {namespace}/{name} is {kind.lower()}.",
+                    "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
             obj["metadata"]["resourceVersion"] = self._next_rv()
 
     def _schedule_job(self, namespace: str, name: str, uid: str) -> None:
@@ -594,8 +717,13 @@ class FakeTrainingAPI(FakeKubeAPI):
                 if kind in ("Succeeded", "Failed") and self.on_finish is not None:
                     self.on_finish(copy.deepcopy(obj))
                 failed = kind == "Failed"
-                self.set_condition(namespace, name, kind, self.failure_reason if failed else "",
-                                   self.failure_message if failed else "")  # fmt: skip
+                self.set_condition(
+                    namespace,
+                    name,
+                    kind,
+                    self.failure_reason if failed else "",
+                    self.failure_message if failed else "",
+                )
 
         plan = [(self.reconcile_after, "Created"), (2 * self.reconcile_after, "Running")]
         if self.ready_after is not None:

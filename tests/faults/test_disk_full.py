@@ -37,12 +37,18 @@ def _events_spec(landing: Path):
     columns = [{"name": "id", "type": "int", "nullable": False}]
     columns += [{"name": c, "type": "float"} for c in "abcd"]
     columns += [{"name": "y", "type": "float", "min": 0, "max": 1}]
-    return parse_spec({
-        "name": "events",
-        "source": {"format": "csv", "landing": f"{landing.as_uri()}/{{ds}}/",
-                   "schema": {"key": "id", "target": "y", "columns": columns},
-                   "policy": {"max_quarantine_fraction": 0.5}},
-    }, "events.yaml")  # fmt: skip
+    return parse_spec(
+        {
+            "name": "events",
+            "source": {
+                "format": "csv",
+                "landing": f"{landing.as_uri()}/{{ds}}/",
+                "schema": {"key": "id", "target": "y", "columns": columns},
+                "policy": {"max_quarantine_fraction": 0.5},
+            },
+        },
+        "events.yaml",
+    )
 
 
 def _land(landing: Path, rows: int) -> None:
@@ -165,7 +171,8 @@ def test_a_killed_ingests_temporary_does_not_keep_the_disk_full(small_fs, tmp_pa
 
 
 def test_the_ingest_task_on_a_full_disk_fails_saying_what_to_do_and_succeeds_once_space_is_freed(
-        small_fs, tmp_path, monkeypatch, airflow_db, capfd):  # fmt: skip
+    small_fs, tmp_path, monkeypatch, airflow_db, capfd
+):
     """The issue as a user meets it: the ingest DAG run by Airflow (dag.test) with its storage root on a
     disk that fills while the partition is written."""
     from datetime import UTC, date, datetime

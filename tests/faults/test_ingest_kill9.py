@@ -89,17 +89,27 @@ def landed(storage, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_of_ingest_at_random_points_never_leaves_a_mixed_partition(storage, landed, tmp_path, monkeypatch):
+def test_kill_9_of_ingest_at_random_points_never_leaves_a_mixed_partition(
+    storage, landed, tmp_path, monkeypatch
+):
     landing, first, second = landed
     spec_path = ROOT / "include" / "pipelines" / "digits.yaml"
     spec = load_spec(spec_path)
     partition = Path(storage.removeprefix("file://")) / "lake" / "digits" / f"ds={DS}"
     sources = {_sha(first), _sha(second)}
     rng = random.Random(SEED)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "plugins"), str(ROOT / "include"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     for _ in range(KILLS):
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(spec_path), str(landing), str(first), str(second)],
-                                stdout=subprocess.PIPE, env=env)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(spec_path), str(landing), str(first), str(second)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
         assert proc.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.05, 1.5))
         assert proc.poll() is None, "the ingest loop ended before it was killed"

@@ -98,7 +98,9 @@ def client(endpoint_url: str, access_key: str, secret_key: str):
     )
 
 
-def wait_ready(name: str, proc: subprocess.Popen, log: Path, endpoint_url: str, key: str, secret: str) -> None:
+def wait_ready(
+    name: str, proc: subprocess.Popen, log: Path, endpoint_url: str, key: str, secret: str
+) -> None:
     """Poll until the server stores and returns an object (answering is not enough: SeaweedFS
     answers S3 calls a moment before its volume server has registered and can take writes)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -218,8 +220,13 @@ def moto_s3(tmp_path_factory) -> Iterator[S3Service]:
     cmd = [exe, "-H", HOST, "-p", str(port)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=server_env(), start_new_session=True,
+            cmd,
+            cwd=workdir,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(),
+            start_new_session=True,
         )
     try:
         wait_ready("moto_server", proc, log, endpoint, "testing", "testing")
@@ -239,24 +246,37 @@ def seaweed_s3(tmp_path_factory) -> Iterator[S3Service]:
     (master, master_g, volume, volume_g, filer, filer_g, s3p, s3_g, admin, admin_g) = free_ports(10)
     endpoint = f"http://{HOST}:{s3p}"
     cmd = [
-        exe, "mini",
+        exe,
+        "mini",
         f"-dir={data}",
-        f"-ip={HOST}", f"-ip.bind={HOST}",
-        f"-master.port={master}", f"-master.port.grpc={master_g}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume_g}",
-        f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-master.port={master}",
+        f"-master.port.grpc={master_g}",
+        f"-volume.port={volume}",
+        f"-volume.port.grpc={volume_g}",
+        f"-filer.port={filer}",
+        f"-filer.port.grpc={filer_g}",
         f"-filer.localSocket={workdir / 'filer.sock'}",
-        f"-s3.port={s3p}", f"-s3.port.grpc={s3_g}",
+        f"-s3.port={s3p}",
+        f"-s3.port.grpc={s3_g}",
         f"-s3.localSocket={workdir / 's3.sock'}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-admin.port={admin}", f"-admin.port.grpc={admin_g}", "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-admin.port={admin}",
+        f"-admin.port.grpc={admin_g}",
+        "-admin.ui=false",
         "-webdav=false",
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=64",
     ]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            cwd=workdir,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env=server_env(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret),
             start_new_session=True,
         )
@@ -311,8 +331,15 @@ def s3_conn(s3_server: S3Target, monkeypatch, tmp_path) -> Iterator[S3Target]:
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
     monkeypatch.setenv("FREESTACK_HOME", str(tmp_path / "home"))
     # keep botocore away from any ambient AWS settings: the connection is the only source
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))

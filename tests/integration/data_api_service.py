@@ -54,7 +54,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = S
             last = exc
         time.sleep(0.2)
     stop(proc)
-    raise RuntimeError(f"the service did not answer at {url} within {timeout:.0f}s ({last!r}):\n{log_tail(log)}")
+    raise RuntimeError(
+        f"the service did not answer at {url} within {timeout:.0f}s ({last!r}):\n{log_tail(log)}"
+    )
 
 
 def log_tail(path: Path, lines: int = 60) -> str:
@@ -111,8 +113,15 @@ class DataApi:
     def headers(self, user: str | None) -> dict[str, str]:
         return {"Authorization": f"Simple {self.keys[user]}"} if user else {}
 
-    def raw(self, method: str, path: str, *, user: str | None = None, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         """One request with ``path`` sent exactly as given (no client-side normalisation of ``..``)."""
         host, port = self.url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -143,7 +152,12 @@ class DataApi:
 
 
 def start_service(
-    workdir: Path, *, page_size: int = PAGE_SIZE, users=USERS, extra_args=(), root_uri: str | None = None,
+    workdir: Path,
+    *,
+    page_size: int = PAGE_SIZE,
+    users=USERS,
+    extra_args=(),
+    root_uri: str | None = None,
     env: dict[str, str] | None = None,
 ) -> DataApi:
     """Start the service over ``workdir/data`` (or ``root_uri``, e.g. an S3 prefix, with ``env`` holding
@@ -156,14 +170,31 @@ def start_service(
     port = free_port()
     url = f"http://{HOST}:{port}"
     cmd = [
-        str(BIN / "freestack"), "data-api", "--host", HOST, "--port", str(port),
-        "--root", root_uri or root.as_uri(), "--keys", str(keys_path), "--page-size", str(page_size),
-        "--log-level", "warning", *extra_args,
+        str(BIN / "freestack"),
+        "data-api",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--root",
+        root_uri or root.as_uri(),
+        "--keys",
+        str(keys_path),
+        "--page-size",
+        str(page_size),
+        "--log-level",
+        "warning",
+        *extra_args,
     ]
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home"), **(env or {})), start_new_session=True,
+            cmd,
+            cwd=workdir,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home"), **(env or {})),
+            start_new_session=True,
         )
     try:
         wait_healthy(url, proc, log)

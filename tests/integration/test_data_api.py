@@ -30,7 +30,10 @@ def test_files_put_get_exists_delete(data_api, tmp_path):  # noqa: F811
     f = c.file(f"data://.my/{coll}/model.json")
     assert f.putJson({"lr": 0.001, "layers": [64, 10]}) is f
     assert c.file(f"data://.my/{coll}/model.json").getJson() == {"lr": 0.001, "layers": [64, 10]}
-    assert json.loads((data_api.root / "alice" / coll / "model.json").read_bytes()) == {"lr": 0.001, "layers": [64, 10]}
+    assert json.loads((data_api.root / "alice" / coll / "model.json").read_bytes()) == {
+        "lr": 0.001,
+        "layers": [64, 10],
+    }
 
     # put / getBytes (binary) and getString (text), through the owner's own name as well as .my
     blob = bytes(range(256)) * 1000
@@ -69,7 +72,11 @@ def test_files_put_get_exists_delete(data_api, tmp_path):  # noqa: F811
     with pytest.raises(DataApiError, match="does not exist"):
         c.file(f"data://.my/{coll}/hello.txt").delete()
     # nothing hidden was left behind by any of it
-    assert sorted(p.name for p in (data_api.root / "alice" / coll).iterdir()) == ["blob.bin", "model.json", "weights.bin"]
+    assert sorted(p.name for p in (data_api.root / "alice" / coll).iterdir()) == [
+        "blob.bin",
+        "model.json",
+        "weights.bin",
+    ]
 
 
 def test_directories_create_list_iterate_delete(data_api):  # noqa: F811
@@ -84,7 +91,9 @@ def test_directories_create_list_iterate_delete(data_api):  # noqa: F811
     assert d.exists() and (data_api.root / "alice" / coll).is_dir()
     with pytest.raises(Exception, match="409"):  # noqa: B017  (the client wraps a refused POST generically)
         d.create()
-    r = requests.post(f"{data_api.url}/v1/data/.my", json={"name": coll}, headers=data_api.headers("alice"), timeout=10)
+    r = requests.post(
+        f"{data_api.url}/v1/data/.my", json={"name": coll}, headers=data_api.headers("alice"), timeout=10
+    )
     assert r.status_code == 409 and r.json()["error"]["message"] == f"data://.my/{coll} already exists"
 
     # the collection shows in the owner's namespace, as Algorithmia lists it (paths keep .my)
@@ -117,12 +126,17 @@ def test_directories_create_list_iterate_delete(data_api):  # noqa: F811
     assert body["folders"] == [{"name": "sub_a"}, {"name": "sub_b"}]
     assert set(body["files"][0]) == {"filename", "size", "last_modified"}
     r2 = requests.get(
-        f"{data_api.url}/v1/data/.my/{coll}", params={"marker": body["marker"]}, headers=data_api.headers("alice"),
+        f"{data_api.url}/v1/data/.my/{coll}",
+        params={"marker": body["marker"]},
+        headers=data_api.headers("alice"),
         timeout=10,
     )
     assert [f["filename"] for f in r2.json()["files"]] == names[3:8]
     bad = requests.get(
-        f"{data_api.url}/v1/data/.my/{coll}", params={"marker": "garbage"}, headers=data_api.headers("alice"), timeout=10
+        f"{data_api.url}/v1/data/.my/{coll}",
+        params={"marker": "garbage"},
+        headers=data_api.headers("alice"),
+        timeout=10,
     )
     assert bad.status_code == 400 and "marker" in bad.json()["error"]["message"]
 
@@ -144,7 +158,10 @@ def test_directories_create_list_iterate_delete(data_api):  # noqa: F811
     d.file("a").put("1")
     d.file("b").put("2")
     r = requests.delete(
-        f"{data_api.url}/v1/data/.my/{coll}", params={"force": "true"}, headers=data_api.headers("alice"), timeout=10
+        f"{data_api.url}/v1/data/.my/{coll}",
+        params={"force": "true"},
+        headers=data_api.headers("alice"),
+        timeout=10,
     )
     assert r.status_code == 200 and r.json() == {"result": {"deleted": 2}}
 
@@ -192,35 +209,52 @@ def test_permissions_private_public_team(data_api):  # noqa: F811
     with pytest.raises(DataApiError):
         data_api.client("carol").file(f"data://alice/{coll}/secret.txt").getString()
     r = requests.patch(
-        f"{data_api.url}/v1/data/alice/{coll}", headers=data_api.headers("alice"), timeout=10,
+        f"{data_api.url}/v1/data/alice/{coll}",
+        headers=data_api.headers("alice"),
+        timeout=10,
         json={"acl": {"read": ["user://bob", "user://carol"], "write": ["user://bob"]}},
     )
     assert r.status_code == 200, r.text
     bob.file(f"data://alice/{coll}/from_bob.txt").put("bob's contribution")
     assert (data_api.root / "alice" / coll / "from_bob.txt").read_text() == "bob's contribution"
-    assert data_api.client("carol").file(f"data://alice/{coll}/from_bob.txt").getString() == "bob's contribution"
+    assert (
+        data_api.client("carol").file(f"data://alice/{coll}/from_bob.txt").getString() == "bob's contribution"
+    )
     r = requests.put(
-        f"{data_api.url}/v1/data/alice/{coll}/from_carol.txt", data=b"x", headers=data_api.headers("carol"), timeout=10
+        f"{data_api.url}/v1/data/alice/{coll}/from_carol.txt",
+        data=b"x",
+        headers=data_api.headers("carol"),
+        timeout=10,
     )
     assert r.status_code == 403 and "may not write" in r.json()["error"]["message"]
     acl = requests.get(
-        f"{data_api.url}/v1/data/alice/{coll}", params={"acl": "true"}, headers=data_api.headers("bob"), timeout=10
+        f"{data_api.url}/v1/data/alice/{coll}",
+        params={"acl": "true"},
+        headers=data_api.headers("bob"),
+        timeout=10,
     ).json()["acl"]
     assert acl == {"read": ["user://bob", "user://carol"], "write": ["user://bob"]}
     # a team writer still cannot delete the collection itself
     r = requests.delete(
-        f"{data_api.url}/v1/data/alice/{coll}", params={"force": "true"}, headers=data_api.headers("bob"), timeout=10
+        f"{data_api.url}/v1/data/alice/{coll}",
+        params={"force": "true"},
+        headers=data_api.headers("bob"),
+        timeout=10,
     )
     assert r.status_code == 403 and (data_api.root / "alice" / coll / "secret.txt").exists()
 
     # invalid ACLs are refused with what is allowed
     r = requests.patch(
-        f"{data_api.url}/v1/data/alice/{coll}", headers=data_api.headers("alice"), timeout=10,
+        f"{data_api.url}/v1/data/alice/{coll}",
+        headers=data_api.headers("alice"),
+        timeout=10,
         json={"acl": {"read": ["everyone"]}},
     )
     assert r.status_code == 400 and "user://*" in r.json()["error"]["message"]
     r = requests.patch(
-        f"{data_api.url}/v1/data/alice/{coll}", headers=data_api.headers("alice"), timeout=10,
+        f"{data_api.url}/v1/data/alice/{coll}",
+        headers=data_api.headers("alice"),
+        timeout=10,
         json={"acl": {"read": [], "write": ["user://*"]}},
     )
     assert r.status_code == 400 and "never write" in r.json()["error"]["message"]
@@ -237,23 +271,33 @@ def test_key_forms_whoami_head_and_ranges(data_api):  # noqa: F811
     for header in (f"Simple {key}", key, f"Bearer {key}", f"simple   {key}"):
         r = requests.get(f"{data_api.url}/v1/freestack/whoami", headers={"Authorization": header}, timeout=10)
         assert r.status_code == 200 and r.json() == {"username": "alice"}, header
-        r = requests.get(f"{data_api.url}/v1/data/.my/{coll}/r.bin", headers={"Authorization": header}, timeout=10)
+        r = requests.get(
+            f"{data_api.url}/v1/data/.my/{coll}/r.bin", headers={"Authorization": header}, timeout=10
+        )
         assert r.content == bytes(range(100))
 
     url = f"{data_api.url}/v1/data/.my/{coll}/r.bin"
     h = data_api.headers("alice")
     r = requests.head(url, headers=h, timeout=10)
-    assert r.status_code == 200 and r.headers["X-Data-Type"] == "file" and r.headers["Content-Length"] == "100"
+    assert (
+        r.status_code == 200 and r.headers["X-Data-Type"] == "file" and r.headers["Content-Length"] == "100"
+    )
     assert r.headers["Last-Modified"].endswith("GMT")
     r = requests.head(f"{data_api.url}/v1/data/.my/{coll}", headers=h, timeout=10)
     assert r.status_code == 200 and r.headers["X-Data-Type"] == "directory"
     r = requests.head(f"{data_api.url}/v1/data/.my/{coll}/missing", headers=h, timeout=10)
     assert r.status_code == 404 and "does not exist" in r.headers["X-Error-Message"] and not r.content
     # ranges: a slice, a suffix, an open end, and one outside the file
-    assert requests.get(url, headers={**h, "Range": "bytes=10-19"}, timeout=10).content == bytes(range(10, 20))
+    assert requests.get(url, headers={**h, "Range": "bytes=10-19"}, timeout=10).content == bytes(
+        range(10, 20)
+    )
     assert requests.get(url, headers={**h, "Range": "bytes=-5"}, timeout=10).content == bytes(range(95, 100))
     r = requests.get(url, headers={**h, "Range": "bytes=90-"}, timeout=10)
-    assert r.status_code == 206 and r.headers["Content-Range"] == "bytes 90-99/100" and r.content == bytes(range(90, 100))
+    assert (
+        r.status_code == 206
+        and r.headers["Content-Range"] == "bytes 90-99/100"
+        and r.content == bytes(range(90, 100))
+    )
     r = requests.get(url, headers={**h, "Range": "bytes=200-300"}, timeout=10)
     assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */100"
     # create-only writes
@@ -275,7 +319,9 @@ def test_freestack_client_through_the_service(data_api, monkeypatch, clean_store
     for user in ("alice", "bob"):
         monkeypatch.setenv(
             f"AIRFLOW_CONN_DATA_{user.upper()}",
-            json.dumps({"conn_type": "freestack_data", "host": data_api.url, "password": data_api.keys[user]}),
+            json.dumps(
+                {"conn_type": "freestack_data", "host": data_api.url, "password": data_api.keys[user]}
+            ),
         )
     alice, bob = DataClient("data_alice"), DataClient("data_bob")
     assert alice.owner == "alice" and bob.owner == "bob"

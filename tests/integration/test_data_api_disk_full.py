@@ -20,8 +20,13 @@ def full_service(tmp_path, monkeypatch, clean_stores):
         api = start_service(tmp_path / "service", root_uri=(mount / "data").as_uri(), users=("alice",))
         try:
             coll = api.collection()
-            status, _, body = api.raw("POST", "/v1/data/alice", user="alice", body=json.dumps({"name": coll}).encode(),
-                                      headers={"Content-Type": "application/json"})  # fmt: skip
+            status, _, body = api.raw(
+                "POST",
+                "/v1/data/alice",
+                user="alice",
+                body=json.dumps({"name": coll}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             assert status == 200, body
             conn = {"conn_type": "freestack_data", "host": api.url, "password": api.keys["alice"]}
             monkeypatch.setenv("AIRFLOW_CONN_FREESTACK_DATA_DEFAULT", json.dumps(conn))
@@ -35,7 +40,9 @@ def test_an_upload_to_a_full_disk_is_507_and_leaves_nothing(full_service):
     extra = ballast(mount, free_mib=1.0)
     target = to_path(f"data://.my/{coll}/weights.bin")
 
-    status, _, body = api.raw("PUT", f"/v1/data/alice/{coll}/weights.bin", user="alice", body=b"w" * (2 << 20))
+    status, _, body = api.raw(
+        "PUT", f"/v1/data/alice/{coll}/weights.bin", user="alice", body=b"w" * (2 << 20)
+    )
     assert status == 507
     assert "no space left" in json.loads(body)["error"]["message"]
     with pytest.raises(StorageFull, match=f"no space left for data://alice/{coll}/weights.bin"):

@@ -47,7 +47,11 @@ def test_airflow_api_server_hosts_the_data_api(airflow_db, tmp_path):
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [str(BIN / "airflow"), "api-server", "-H", HOST, "-p", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     url = f"http://{HOST}:{port}{PLUGIN_URL_PREFIX}"
     try:
@@ -69,18 +73,27 @@ def test_airflow_api_server_hosts_the_data_api(airflow_db, tmp_path):
         c.file("data://.my/hosted/blob.bin").put(blob)
         r = requests.get(f"{url}/v1/data/.my/hosted/blob.bin", headers={"Authorization": key}, timeout=30)
         assert r.headers.get("Content-Encoding") == "identity" and r.content == blob
-        r = requests.get(f"{url}/v1/data/alice/hosted/blob.bin", headers={"Range": "bytes=100-199"}, timeout=30)
+        r = requests.get(
+            f"{url}/v1/data/alice/hosted/blob.bin", headers={"Range": "bytes=100-199"}, timeout=30
+        )
         assert r.status_code == 206 and r.content == blob[100:200]
         # refusals are the same JSON errors
         r = requests.put(f"{url}/v1/data/alice/hosted/x.txt", data=b"x", timeout=30)
         assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+
         # an encoded '/' is refused in any segment, behind the API server's mount as in the service
         def names() -> list[Path]:  # what is stored (not the service's own hidden files)
-            return sorted(p.relative_to(data) for p in data.rglob("*") if not any(n.startswith(".") for n in p.relative_to(data).parts))
+            return sorted(
+                p.relative_to(data)
+                for p in data.rglob("*")
+                if not any(n.startswith(".") for n in p.relative_to(data).parts)
+            )
 
         before = names()
         for path in NON_FINAL:
-            r = requests.put(f"{url}{path.format(coll='hosted')}", data=b"evil", headers={"Authorization": key}, timeout=30)
+            r = requests.put(
+                f"{url}{path.format(coll='hosted')}", data=b"evil", headers={"Authorization": key}, timeout=30
+            )
             assert r.status_code == 400 and "encoded '/'" in r.json()["error"]["message"], (path, r.text)
         assert names() == before
     except BaseException:
@@ -103,7 +116,9 @@ def test_one_gib_up_and_down_in_bounded_memory(tmp_path):
     try:
         url = f"{api.url}/v1/data/.my/big/one_gib.bin"
         headers = api.headers("alice")
-        requests.post(f"{api.url}/v1/data/.my", json={"name": "big"}, headers=headers, timeout=30).raise_for_status()
+        requests.post(
+            f"{api.url}/v1/data/.my", json={"name": "big"}, headers=headers, timeout=30
+        ).raise_for_status()
         idle = rss_now_kib(api.pid)
 
         want = hashlib.sha256()

@@ -55,8 +55,13 @@ def _error(body: bytes) -> str:
 def _collection(api: DataApi, owner: str = "alice", acl: dict | None = None) -> str:
     coll = api.collection()
     body = {"name": coll, **({"acl": acl} if acl is not None else {})}
-    status, _, data = api.raw("POST", f"/v1/data/{owner}", user=owner, body=json.dumps(body).encode(),
-                              headers={"Content-Type": "application/json"})
+    status, _, data = api.raw(
+        "POST",
+        f"/v1/data/{owner}",
+        user=owner,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 200, data
     return coll
 
@@ -79,8 +84,12 @@ def _open_chunked_put(api: DataApi, path: str, user: str = "alice") -> socket.so
     """A PUT with a chunked body, left open: the caller sends chunks and ends it (or does not)."""
     port = int(api.url.rsplit(":", 1)[1])
     s = socket.create_connection((HOST, port), timeout=30)
-    head = [f"PUT {path} HTTP/1.1", f"Host: {HOST}", f"Authorization: Simple {api.keys[user]}",
-            "Transfer-Encoding: chunked"]
+    head = [
+        f"PUT {path} HTTP/1.1",
+        f"Host: {HOST}",
+        f"Authorization: Simple {api.keys[user]}",
+        "Transfer-Encoding: chunked",
+    ]
     s.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
     return s
 
@@ -155,7 +164,9 @@ def test_if_match_checks_permission_first_and_never_reads_the_object(data_api): 
     read_before = _proc_io(pid, "rchar")
     _reset_peak(pid)
     base = rss_peak_kib(pid)
-    status, _, data = data_api.raw("PUT", path, user="alice", body=b"stale", headers={"If-Match": f'"{"1" * 64}"'})
+    status, _, data = data_api.raw(
+        "PUT", path, user="alice", body=b"stale", headers={"If-Match": f'"{"1" * 64}"'}
+    )
     assert status == 412 and "changed since it was read" in _error(data), data
     status, _, data = data_api.raw("PUT", path, user="alice", body=b"v2", headers={"If-Match": f'"{sha}"'})
     assert status == 200, data
@@ -174,18 +185,26 @@ def test_if_match_checks_permission_first_and_never_reads_the_object(data_api): 
     _reset_peak(pid)
     base = rss_peak_kib(pid)
     dpath = f"/v1/data/alice/{coll}/direct.bin"
-    status, _, data = data_api.raw("PUT", dpath, user="alice", body=b"n", headers={"If-Match": f'"{"2" * 64}"'})
+    status, _, data = data_api.raw(
+        "PUT", dpath, user="alice", body=b"n", headers={"If-Match": f'"{"2" * 64}"'}
+    )
     assert status == 412, data
     status, _, data = data_api.raw("PUT", dpath, user="alice", body=b"new", headers={"If-Match": f'"{dsha}"'})
     assert status == 200, data
     assert rss_peak_kib(pid) - base < 16 * 1024
     # replaced beside the service after the service recorded it: the record is not trusted
     direct.write_bytes(b"changed on disk")
-    status, _, data = data_api.raw("PUT", dpath, user="alice", body=b"x",
-                                   headers={"If-Match": f'"{hashlib.sha256(b"new").hexdigest()}"'})
+    status, _, data = data_api.raw(
+        "PUT", dpath, user="alice", body=b"x", headers={"If-Match": f'"{hashlib.sha256(b"new").hexdigest()}"'}
+    )
     assert status == 412, data
-    status, _, data = data_api.raw("PUT", dpath, user="alice", body=b"y",
-                                   headers={"If-Match": f'"{hashlib.sha256(b"changed on disk").hexdigest()}"'})
+    status, _, data = data_api.raw(
+        "PUT",
+        dpath,
+        user="alice",
+        body=b"y",
+        headers={"If-Match": f'"{hashlib.sha256(b"changed on disk").hexdigest()}"'},
+    )
     assert status == 200, data
     # absent object: 412 for the owner, 401 for an anonymous caller
     missing = f"/v1/data/alice/{coll}/missing.bin"
@@ -204,7 +223,9 @@ def test_an_if_match_that_cannot_apply_is_refused_with_400_naming_the_request(da
         assert status == 400, (tag, status, data)
         assert "is not a content hash" in _error(data) and "sha256 (64 hex digits)" in _error(data), data
     sha = hashlib.sha256(b"v1").hexdigest()
-    status, _, data = data_api.raw("PUT", path, user="alice", body=os.urandom(2 * MIB), headers={"If-Match": sha})
+    status, _, data = data_api.raw(
+        "PUT", path, user="alice", body=os.urandom(2 * MIB), headers={"If-Match": sha}
+    )
     message = _error(data)
     assert status == 400 and f"this request's body is {2 * MIB} bytes" in message, data
     assert "is larger" not in message and "nothing was written" in message, message
@@ -221,37 +242,54 @@ def test_if_match_over_s3(moto_s3, tmp_path):
     s3 = moto_s3.client()
     bucket = f"fs-hostile-{os.getpid()}-{int(time.time())}"
     s3.create_bucket(Bucket=bucket)
-    conn = {"conn_type": "aws", "login": moto_s3.access_key, "password": moto_s3.secret_key,
-            "extra": {"endpoint_url": moto_s3.endpoint_url, "region_name": REGION}}
+    conn = {
+        "conn_type": "aws",
+        "login": moto_s3.access_key,
+        "password": moto_s3.secret_key,
+        "extra": {"endpoint_url": moto_s3.endpoint_url, "region_name": REGION},
+    }
     api = start_service(
-        tmp_path, root_uri=f"s3://{moto_s3.conn_id}@{bucket}/data", users=("alice", "bob"),
-        env={f"AIRFLOW_CONN_{moto_s3.conn_id.upper()}": json.dumps(conn), "AWS_EC2_METADATA_DISABLED": "true"},
+        tmp_path,
+        root_uri=f"s3://{moto_s3.conn_id}@{bucket}/data",
+        users=("alice", "bob"),
+        env={
+            f"AIRFLOW_CONN_{moto_s3.conn_id.upper()}": json.dumps(conn),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
     )
     try:
         coll = _collection(api, acl={"read": ["user://*"]})
         for name, body in (("small.json", b'{"v": 1}'), ("big.bin", os.urandom(12 * MIB + 5))):
             path = f"/v1/data/alice/{coll}/{name}"
             if len(body) > MIB:
-                r = requests.put(f"{api.url}{path}", data=iter([body]), headers=api.headers("alice"), timeout=120)
+                r = requests.put(
+                    f"{api.url}{path}", data=iter([body]), headers=api.headers("alice"), timeout=120
+                )
                 assert r.status_code == 200, r.text
             else:
                 assert api.raw("PUT", path, user="alice", body=body)[0] == 200
             tag = hashlib.sha256(body).hexdigest()
             with sqlite3.connect(tmp_path / "versions.sqlite") as db:  # the hash, recorded at write time
-                rows = db.execute("SELECT sha256, stamp FROM versions WHERE path = ?", (f"alice/{coll}/{name}",)).fetchall()
+                rows = db.execute(
+                    "SELECT sha256, stamp FROM versions WHERE path = ?", (f"alice/{coll}/{name}",)
+                ).fetchall()
             etag = s3.head_object(Bucket=bucket, Key=f"data/alice/{coll}/{name}")["ETag"].strip('"')
             single_part = etag == hashlib.md5(body, usedforsecurity=False).hexdigest()
             assert rows == ([(tag, etag)] if single_part else []), rows  # multipart: no ETag to trust
             assert api.raw("PUT", path, body=b"x", headers={"If-Match": f'"{tag}"'})[0] == 401
             assert api.raw("PUT", path, user="bob", body=b"x", headers={"If-Match": f'"{tag}"'})[0] == 403
-            assert api.raw("PUT", path, user="alice", body=b"x", headers={"If-Match": f'"{"0" * 64}"'})[0] == 412
+            assert (
+                api.raw("PUT", path, user="alice", body=b"x", headers={"If-Match": f'"{"0" * 64}"'})[0] == 412
+            )
             assert api.raw("PUT", path, user="alice", body=b"v2", headers={"If-Match": f'"{tag}"'})[0] == 200
             # replaced beside the service: the recorded hash no longer applies
             s3.put_object(Bucket=bucket, Key=f"data/alice/{coll}/{name}", Body=b"outside")
             v2 = hashlib.sha256(b"v2").hexdigest()
             assert api.raw("PUT", path, user="alice", body=b"y", headers={"If-Match": f'"{v2}"'})[0] == 412
             outside = hashlib.sha256(b"outside").hexdigest()
-            assert api.raw("PUT", path, user="alice", body=b"z", headers={"If-Match": f'"{outside}"'})[0] == 200
+            assert (
+                api.raw("PUT", path, user="alice", body=b"z", headers={"If-Match": f'"{outside}"'})[0] == 200
+            )
             assert s3.get_object(Bucket=bucket, Key=f"data/alice/{coll}/{name}")["Body"].read() == b"z"
     finally:
         stop(api.proc)
@@ -271,8 +309,13 @@ def _start_uploads(api: DataApi, coll: str, names: list[str], size: int) -> list
         s = _open_chunked_put(api, f"/v1/data/alice/{coll}/{name}")
         _send_chunks(s, os.urandom(size))
         sockets.append(s)
-    _wait_for(lambda: len(set(_temps(folder)) - before) == len(names) and all(
-        p.stat().st_size > 0 for p in set(_temps(folder)) - before), what="the uploads' temporaries")
+    _wait_for(
+        lambda: (
+            len(set(_temps(folder)) - before) == len(names)
+            and all(p.stat().st_size > 0 for p in set(_temps(folder)) - before)
+        ),
+        what="the uploads' temporaries",
+    )
     return sockets
 
 
@@ -303,15 +346,19 @@ def test_kill_9_mid_upload_then_restart_sweeps_temporaries_at_once(tmp_path):
         api.proc.wait(timeout=30)
         for s in sockets:
             s.close()
-        assert len(left) == 4 and all(p.exists() for p in left)  # a killed writer cannot clean up after itself
+        assert len(left) == 4 and all(
+            p.exists() for p in left
+        )  # a killed writer cannot clean up after itself
         left_bytes = sum(p.stat().st_size for p in left)
         assert len(_journals(api)) == 1  # the dead process's list of them, no longer locked
         started = time.monotonic()
         api = start_service(tmp_path)
         # the start-up sweep: the dead process's uploads go at once, although only seconds old
         _wait_for(lambda: not any(p.exists() for p in [*left, dead_other]), what="the start-up sweep")
-        print(f"start-up sweep: {len(left)} temporaries, {left_bytes / MIB:.1f} MiB, gone "
-              f"{time.monotonic() - started:.2f} s after the restart began")
+        print(
+            f"start-up sweep: {len(left)} temporaries, {left_bytes / MIB:.1f} MiB, gone "
+            f"{time.monotonic() - started:.2f} s after the restart began"
+        )
         assert other.exists()  # not the service's, and too young to be anyone's leftover
         assert len(_journals(api)) == 1  # the new process's own; the dead one's is gone
         for name, body in done.items():  # what was committed is intact
@@ -336,7 +383,10 @@ def test_the_default_age_sweeps_a_temporary_quiet_for_700_s_at_start_up_and_keep
     assert "FREESTACK_DATA_API_STALE_TMP_AGE" not in os.environ  # the service's environment is ours
     folder = tmp_path / "data" / "alice" / "quiet"
     folder.mkdir(parents=True)
-    old, young = folder / f".old.bin{TMP_MARK}0123456789abcdef", folder / f".young.bin{TMP_MARK}fedcba9876543210"
+    old, young = (
+        folder / f".old.bin{TMP_MARK}0123456789abcdef",
+        folder / f".young.bin{TMP_MARK}fedcba9876543210",
+    )
     for path, age in ((old, 700), (young, 100)):
         path.write_bytes(b"x" * 1000)
         then = time.time() - age
@@ -367,12 +417,26 @@ def _start_with(workdir: Path, root: Path | None = None, **settings: float) -> D
     root.mkdir(parents=True, exist_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     keys_path, log, port = workdir / "keys.sqlite", workdir / "data-api.log", free_port()
-    cmd = [str(BIN / "python"), "-c", _LAUNCH, str(port), root.as_uri(), str(keys_path),
-           str(settings["stale_tmp_age_s"]), str(settings["tmp_sweep_interval_s"])]
+    cmd = [
+        str(BIN / "python"),
+        "-c",
+        _LAUNCH,
+        str(port),
+        root.as_uri(),
+        str(keys_path),
+        str(settings["stale_tmp_age_s"]),
+        str(settings["tmp_sweep_interval_s"]),
+    ]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home")),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=service_env(keys_path, FREESTACK_HOME=str(workdir / "home")),
+            start_new_session=True,
+        )
     api = DataApi(url=f"http://{HOST}:{port}", root=root, keys_path=keys_path, proc=proc, log=log)
     try:
         wait_healthy(api.url, proc, log)
@@ -421,7 +485,9 @@ def test_a_sibling_process_spares_live_uploads_and_sweeps_dead_ones(tmp_path):
     writer = start_service(tmp_path / "writer")
     sweeper = None
     try:
-        sweeper = _start_with(tmp_path / "sweeper", root=writer.root, stale_tmp_age_s=1, tmp_sweep_interval_s=0.2)
+        sweeper = _start_with(
+            tmp_path / "sweeper", root=writer.root, stale_tmp_age_s=1, tmp_sweep_interval_s=0.2
+        )
         coll = _collection(writer)
         folder = writer.root / "alice" / coll
         s = _open_chunked_put(writer, f"/v1/data/alice/{coll}/slow.bin")
@@ -470,20 +536,38 @@ def test_deep_paths_bodies_and_forged_markers_are_400(data_api):  # noqa: F811
 
     # JSON nested 30,000 deep (inside the 64 KiB body limit)
     body = '{"name": "sub", "acl": ' + "[" * 30000 + "]" * 30000 + "}"
-    status, _, data = data_api.raw("POST", f"/v1/data/alice/{coll}", user="alice", body=body.encode(),
-                                   headers={"Content-Type": "application/json"})
+    status, _, data = data_api.raw(
+        "POST",
+        f"/v1/data/alice/{coll}",
+        user="alice",
+        body=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 400 and "nested" in _error(data) and "32" in _error(data), data
-    status, _, data = data_api.raw("PATCH", f"/v1/data/alice/{coll}", user="alice",
-                                   body=('{"acl": ' + "{\"read\": " * 5000 + "[]" + "}" * 5000 + "}").encode())
+    status, _, data = data_api.raw(
+        "PATCH",
+        f"/v1/data/alice/{coll}",
+        user="alice",
+        body=('{"acl": ' + '{"read": ' * 5000 + "[]" + "}" * 5000 + "}").encode(),
+    )
     assert status == 400 and "nested" in _error(data), data
 
     # listing markers that this service never handed out
     def enc(text: str) -> str:
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
-    for forged in (enc("[1e999, 1, \"a\"]"), enc("[1, 1e999, \"a\"]"), enc("1e999"), enc("[-1e999, 0, \"a\"]"),
-                   enc("[1, 1, {\"a\": 1}]"), enc("[true, 1, \"a\"]"), enc("[" * 1500 + "]" * 1500),
-                   enc("[NaN, 1, \"a\"]"), "!!!", "A" * 10000):
+    for forged in (
+        enc('[1e999, 1, "a"]'),
+        enc('[1, 1e999, "a"]'),
+        enc("1e999"),
+        enc('[-1e999, 0, "a"]'),
+        enc('[1, 1, {"a": 1}]'),
+        enc('[true, 1, "a"]'),
+        enc("[" * 1500 + "]" * 1500),
+        enc('[NaN, 1, "a"]'),
+        "!!!",
+        "A" * 10000,
+    ):
         status, _, data = data_api.raw("GET", f"/v1/data/alice/{coll}?marker={forged}", user="alice")
         assert status == 400 and "marker" in _error(data), (forged[:40], status, data[:200])
 
@@ -541,7 +625,11 @@ def test_an_owner_namespace_answers_the_same_for_known_and_unknown_users(data_ap
             head = data_api.raw("HEAD", f"/v1/data/{owner}", user=user)
             answers.append((got[0], got[2], head[0], head[1].get("x-data-type")))
         assert answers[0] == answers[1], answers
-        assert answers[0][0] == 200 and json.loads(answers[0][1]) == {"folders": [], "files": [], "marker": None}
+        assert answers[0][0] == 200 and json.loads(answers[0][1]) == {
+            "folders": [],
+            "files": [],
+            "marker": None,
+        }
 
 
 def test_names_are_nfc_and_invisible_or_ambiguous_characters_are_refused(data_api):  # noqa: F811
@@ -560,8 +648,13 @@ def test_names_are_nfc_and_invisible_or_ambiguous_characters_are_refused(data_ap
     assert [f["filename"] for f in listing["files"]] == [nfc]
     assert sorted(p.name for p in (data_api.root / "alice" / coll).iterdir()) == [nfc]
     # a directory name too
-    status, _, data = data_api.raw("POST", base, user="alice", body=json.dumps({"name": unicodedata.normalize(
-        "NFD", "résumé")}).encode(), headers={"Content-Type": "application/json"})
+    status, _, data = data_api.raw(
+        "POST",
+        base,
+        user="alice",
+        body=json.dumps({"name": unicodedata.normalize("NFD", "résumé")}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 200 and json.loads(data)["result"] == f"data://alice/{coll}/résumé"
 
     refused = {
@@ -579,12 +672,18 @@ def test_names_are_nfc_and_invisible_or_ambiguous_characters_are_refused(data_ap
     }
     for name, what in refused.items():
         for method in ("PUT", "GET"):
-            status, headers, data = data_api.raw(method, f"{base}/{quote(name)}", user="alice",
-                                                 body=b"x" if method == "PUT" else None)
+            status, headers, data = data_api.raw(
+                method, f"{base}/{quote(name)}", user="alice", body=b"x" if method == "PUT" else None
+            )
             assert status == 400, (name, method, status, data)
             assert what in _error(data), (name, _error(data))
-        status, _, data = data_api.raw("POST", base, user="alice", body=json.dumps({"name": name}).encode(),
-                                       headers={"Content-Type": "application/json"})
+        status, _, data = data_api.raw(
+            "POST",
+            base,
+            user="alice",
+            body=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         assert status == 400 and what in _error(data), (name, data)
     # invalid UTF-8 is refused, rather than every invalid sequence becoming the same name
     for raw in ("%FF.txt", "%FE.txt", "%C3.txt", "%ED%A0%80.txt"):
@@ -643,7 +742,9 @@ def test_listing_pages_see_every_change(data_api):  # noqa: F811
     def listing() -> list[str]:
         names, marker = [], None
         while True:
-            status, _, data = data_api.raw("GET", base + (f"?marker={marker}" if marker else ""), user="alice")
+            status, _, data = data_api.raw(
+                "GET", base + (f"?marker={marker}" if marker else ""), user="alice"
+            )
             assert status == 200, data
             page = json.loads(data)
             assert len(page["folders"]) + len(page["files"]) <= 5  # the test service's page size
@@ -665,8 +766,13 @@ def test_listing_pages_see_every_change(data_api):  # noqa: F811
         assert listing() == expected
     assert data_api.raw("PUT", f"{base}/f50.txt", user="alice", body=b"12345")[0] == 200
     assert listing() == expected[:1] + sorted(expected[1:] + ["f50.txt"])
-    page = json.loads(data_api.raw("GET", base + "?marker=" + json.loads(data_api.raw("GET", base, user="alice")[2])[
-        "marker"], user="alice")[2])
+    page = json.loads(
+        data_api.raw(
+            "GET",
+            base + "?marker=" + json.loads(data_api.raw("GET", base, user="alice")[2])["marker"],
+            user="alice",
+        )[2]
+    )
     sizes = {f["filename"]: f["size"] for f in page["files"]}
     assert sizes["f05.txt"] == 5
     (folder / "f05.txt").write_bytes(b"longer now")  # same name, new size: seen at once
@@ -675,4 +781,3 @@ def test_listing_pages_see_every_change(data_api):  # noqa: F811
     assert {f["filename"]: f["size"] for f in page["files"]}["f05.txt"] == 10
     assert data_api.raw("DELETE", f"{base}/f50.txt", user="alice")[0] == 200
     assert listing() == expected
-

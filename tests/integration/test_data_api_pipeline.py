@@ -84,14 +84,18 @@ def test_ingest_and_train_with_the_storage_root_behind_the_data_api(pipeline):
         manifest = json.loads((part_dir / "_manifest.json").read_text())
         quarantine = part_dir / manifest["quarantine"]["uri"].rsplit("/", 1)[1]
         assert pq.read_table(quarantine).num_rows == 5
-        assert manifest["part"]["sha256"] == hashlib.sha256((part_dir / "part.parquet").read_bytes()).hexdigest()
+        assert (
+            manifest["part"]["sha256"] == hashlib.sha256((part_dir / "part.parquet").read_bytes()).hexdigest()
+        )
         assert manifest["rows_good"] == table.num_rows
         assert not [p.name for p in part_dir.iterdir() if p.name.startswith(".")]  # no temporaries left
 
     # the same lake through the official client
     c = api.client("alice")
     assert [d.getName() for d in c.dir(f"data://.my/{coll}/lake/digits").dirs()] == [
-        "ds=2026-11-01", "ds=2026-11-02", "ds=2026-11-03"
+        "ds=2026-11-01",
+        "ds=2026-11-02",
+        "ds=2026-11-03",
     ]
 
     # training reads the partitions back over HTTP (ranged reads of Parquet) and writes the model there
@@ -103,7 +107,12 @@ def test_ingest_and_train_with_the_storage_root_behind_the_data_api(pipeline):
     assert {"config.json", "model.safetensors", "metrics.json", "lineage.json"} <= files
     lineage = json.loads((versions[0] / "lineage.json").read_text())
     assert [p["ds"] for p in lineage["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
-    assert c.file(f"data://.my/{coll}/registry/digits/{versions[0].name}/metrics.json").getJson()["test_accuracy"] > 0.5
+    assert (
+        c.file(f"data://.my/{coll}/registry/digits/{versions[0].name}/metrics.json").getJson()[
+            "test_accuracy"
+        ]
+        > 0.5
+    )
 
 
 def test_pipeline_tasks_obey_the_collection_acl(pipeline):
@@ -122,7 +131,9 @@ def test_pipeline_tasks_obey_the_collection_acl(pipeline):
 
     # alice shares it with bob, read-only: reading works, publishing the partition still does not
     r = requests.patch(
-        f"{api.url}/v1/data/alice/{coll}", headers=api.headers("alice"), timeout=10,
+        f"{api.url}/v1/data/alice/{coll}",
+        headers=api.headers("alice"),
+        timeout=10,
         json={"acl": {"read": ["user://bob"]}},
     )
     assert r.status_code == 200
@@ -132,7 +143,9 @@ def test_pipeline_tasks_obey_the_collection_acl(pipeline):
 
     # ... and as a writer: bob's run publishes into alice's collection
     r = requests.patch(
-        f"{api.url}/v1/data/alice/{coll}", headers=api.headers("alice"), timeout=10,
+        f"{api.url}/v1/data/alice/{coll}",
+        headers=api.headers("alice"),
+        timeout=10,
         json={"acl": {"read": ["user://bob"], "write": ["user://bob"]}},
     )
     assert r.status_code == 200

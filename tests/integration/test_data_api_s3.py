@@ -25,12 +25,19 @@ def test_data_api_over_s3(moto_s3, tmp_path):
     bucket = f"fs-data-api-{os.getpid()}-{int(time.time())}"
     s3.create_bucket(Bucket=bucket)
     conn = {
-        "conn_type": "aws", "login": moto_s3.access_key, "password": moto_s3.secret_key,
+        "conn_type": "aws",
+        "login": moto_s3.access_key,
+        "password": moto_s3.secret_key,
         "extra": {"endpoint_url": moto_s3.endpoint_url, "region_name": REGION},
     }
     api = start_service(
-        tmp_path, root_uri=f"s3://{moto_s3.conn_id}@{bucket}/data", users=("alice", "bob"),
-        env={f"AIRFLOW_CONN_{moto_s3.conn_id.upper()}": json.dumps(conn), "AWS_EC2_METADATA_DISABLED": "true"},
+        tmp_path,
+        root_uri=f"s3://{moto_s3.conn_id}@{bucket}/data",
+        users=("alice", "bob"),
+        env={
+            f"AIRFLOW_CONN_{moto_s3.conn_id.upper()}": json.dumps(conn),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
     )
 
     def keys() -> list[str]:
@@ -54,8 +61,10 @@ def test_data_api_over_s3(moto_s3, tmp_path):
         assert r.content == big
         assert [f.getName() for f in d.files()] == ["big.bin", "config.json"]
         assert keys() == [
-            "data/alice/models/.freestack-acl.json", "data/alice/models/.freestack-dir",
-            "data/alice/models/big.bin", "data/alice/models/config.json",
+            "data/alice/models/.freestack-acl.json",
+            "data/alice/models/.freestack-dir",
+            "data/alice/models/big.bin",
+            "data/alice/models/config.json",
         ]
         assert s3.get_object(Bucket=bucket, Key="data/alice/models/big.bin")["Body"].read() == big
 
@@ -69,8 +78,10 @@ def test_data_api_over_s3(moto_s3, tmp_path):
         port = int(api.url.rsplit(":", 1)[1])
         with socket.create_connection((HOST, port), timeout=10) as sock:
             sock.sendall(
-                (f"PUT /v1/data/alice/models/cut.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {api.keys['alice']}\r\n"
-                 f"Content-Length: {20 * 1024 * 1024}\r\n\r\n").encode()
+                (
+                    f"PUT /v1/data/alice/models/cut.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {api.keys['alice']}\r\n"
+                    f"Content-Length: {20 * 1024 * 1024}\r\n\r\n"
+                ).encode()
             )
             sock.sendall(os.urandom(9 * 1024 * 1024))
         deadline = time.monotonic() + 15

@@ -40,7 +40,11 @@ def _seed(api, owner: str = "alice") -> tuple[str, dict[str, bytes]]:
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     base = root.parent  # the service's working folder: anything escaping the data root lands here
-    return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file() and "keys.sqlite" not in p.name and not p.name.endswith(".log")}
+    return {
+        str(p.relative_to(base)): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and "keys.sqlite" not in p.name and not p.name.endswith(".log")
+    }
 
 
 def _error(body: bytes) -> str:
@@ -76,11 +80,16 @@ def test_path_traversal_is_refused_in_every_spelling(data_api):  # noqa: F811
                 assert _error(data), (method, path)
         # creating a directory with a traversing name, and an ACL write through the back door
         status, _, data = data_api.raw(
-            "POST", f"/v1/data/.my/{alice_coll}", user="alice",
-            body=json.dumps({"name": "../../bob/evil"}).encode(), headers={"Content-Type": "application/json"},
+            "POST",
+            f"/v1/data/.my/{alice_coll}",
+            user="alice",
+            body=json.dumps({"name": "../../bob/evil"}).encode(),
+            headers={"Content-Type": "application/json"},
         )
         assert status == 400, data
-    status, _, data = data_api.raw("GET", f"/v1/data/.my/{alice_coll}/../../bob/{coll}/secret.txt", user="alice")
+    status, _, data = data_api.raw(
+        "GET", f"/v1/data/.my/{alice_coll}/../../bob/{coll}/secret.txt", user="alice"
+    )
     assert "'..'" in _error(data)  # the message says what is wrong
     # nothing was read out (no 200 above), written or deleted anywhere
     assert _snapshot(data_api.root) == before
@@ -90,8 +99,11 @@ def test_path_traversal_is_refused_in_every_spelling(data_api):  # noqa: F811
     from Algorithmia.errors import DataApiError
 
     c = data_api.client("alice")
-    for uri in (f"data://.my/{alice_coll}/../../bob/{coll}/secret.txt", "data:///etc/passwd",
-                f"data://.my/{alice_coll}/%2e%2e/%2e%2e/bob/{coll}/secret.txt"):
+    for uri in (
+        f"data://.my/{alice_coll}/../../bob/{coll}/secret.txt",
+        "data:///etc/passwd",
+        f"data://.my/{alice_coll}/%2e%2e/%2e%2e/bob/{coll}/secret.txt",
+    ):
         with pytest.raises((DataApiError, ValueError, Exception)):  # noqa: B017
             c.file(uri).getString()
         with pytest.raises(Exception):  # noqa: B017
@@ -106,11 +118,23 @@ def test_encoded_separators_are_refused_and_write_nothing(data_api):  # noqa: F8
     data_api.client("alice").dir(f"data://.my/{coll}").create()
     base = f"/v1/data/alice/{coll}"
     before = _snapshot(data_api.root)
-    for name in ("%2fevil", "%2Fevil", "a%2fb.txt", "a%2Fb.txt", "sub%2F..%2Fx", "a%5cb.txt", "a%5Cb.txt",
-                 "a%00b.txt", "a%252fb.txt", "a%25252Fb.txt", "%2e%2e%2fx"):
+    for name in (
+        "%2fevil",
+        "%2Fevil",
+        "a%2fb.txt",
+        "a%2Fb.txt",
+        "sub%2F..%2Fx",
+        "a%5cb.txt",
+        "a%5Cb.txt",
+        "a%00b.txt",
+        "a%252fb.txt",
+        "a%25252Fb.txt",
+        "%2e%2e%2fx",
+    ):
         for method in ("PUT", "GET", "HEAD", "DELETE"):
-            status, headers, data = data_api.raw(method, f"{base}/{name}", user="alice",
-                                                 body=b"evil" if method == "PUT" else None)
+            status, headers, data = data_api.raw(
+                method, f"{base}/{name}", user="alice", body=b"evil" if method == "PUT" else None
+            )
             assert status == 400, (method, name, status, data)
             message = headers["x-error-message"] if method == "HEAD" else _error(data)
             assert "encoded" in message and "Send '/' unencoded" in message, (name, message)
@@ -125,8 +149,14 @@ def test_encoded_separators_are_refused_and_write_nothing(data_api):  # noqa: F8
 
 #: an encoded '/' in a segment other than the name's last one: the user, the collection, a folder, the
 #: API's own segments, and a trailing one
-NON_FINAL = ("/v1/data/alice%2f{coll}/x.txt", "/v1/data/alice/{coll}%2fsub/x.txt", "/v1/data/alice/{coll}/sub%2F/x.txt",
-             "/v1/data%2falice/{coll}/x.txt", "/v1%2fdata/alice/{coll}/x.txt", "/v1/data/alice/{coll}/sub%2f")  # fmt: skip
+NON_FINAL = (
+    "/v1/data/alice%2f{coll}/x.txt",
+    "/v1/data/alice/{coll}%2fsub/x.txt",
+    "/v1/data/alice/{coll}/sub%2F/x.txt",
+    "/v1/data%2falice/{coll}/x.txt",
+    "/v1%2fdata/alice/{coll}/x.txt",
+    "/v1/data/alice/{coll}/sub%2f",
+)
 
 
 def test_an_encoded_separator_in_any_segment_is_refused_and_writes_nothing(data_api):  # noqa: F811
@@ -135,8 +165,9 @@ def test_an_encoded_separator_in_any_segment_is_refused_and_writes_nothing(data_
     before = _snapshot(data_api.root)
     for path in NON_FINAL:
         for method in ("PUT", "GET", "DELETE"):
-            status, _, data = data_api.raw(method, path.format(coll=coll), user="alice",
-                                           body=b"evil" if method == "PUT" else None)  # fmt: skip
+            status, _, data = data_api.raw(
+                method, path.format(coll=coll), user="alice", body=b"evil" if method == "PUT" else None
+            )
             assert status == 400 and "encoded '/'" in _error(data), (method, path, status, data)
     assert _snapshot(data_api.root) == before
 
@@ -189,14 +220,19 @@ def test_revoked_key_and_no_key(data_api):  # noqa: F811
 
     listing = subprocess.run(
         [str(BIN / "freestack"), "keys", "list", "carol", "--json", "--keys", str(data_api.keys_path)],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     key_id = key.split("_")[1]
     assert key_id in {k["id"] for k in json.loads(listing.stdout)}
     assert key not in listing.stdout  # list never shows keys
     revoked = subprocess.run(
         [str(BIN / "freestack"), "keys", "revoke", key_id, "--keys", str(data_api.keys_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert revoked.returncode == 0, revoked.stderr
     assert "revoked" in revoked.stdout
@@ -206,8 +242,11 @@ def test_revoked_key_and_no_key(data_api):  # noqa: F811
         c.file(f"data://.my/{coll}/a.txt").getString()
     for method, body in (("GET", None), ("PUT", b"after revocation"), ("DELETE", None)):
         r = requests.request(
-            method, f"{data_api.url}/v1/data/carol/{coll}/a.txt", data=body,
-            headers={"Authorization": f"Simple {key}"}, timeout=10,
+            method,
+            f"{data_api.url}/v1/data/carol/{coll}/a.txt",
+            data=body,
+            headers={"Authorization": f"Simple {key}"},
+            timeout=10,
         )
         assert r.status_code == 401 and "revoked" in r.json()["error"]["message"], (method, r.text)
         assert r.headers["WWW-Authenticate"].startswith("Simple")
@@ -228,7 +267,9 @@ def test_revoked_key_and_no_key(data_api):  # noqa: F811
         assert headers["content-type"] == "application/json" and _error(data)
     # malformed keys
     for header in ("Simple", "Basic dXNlcjpwdw==", "Simple " + "k" * 5000):
-        status, _, data = data_api.raw("GET", f"/v1/data/carol/{coll}/a.txt", headers={"Authorization": header})
+        status, _, data = data_api.raw(
+            "GET", f"/v1/data/carol/{coll}/a.txt", headers={"Authorization": header}
+        )
         assert status == 401, header
     assert not (data_api.root / "carol" / coll / "b.txt").exists()
 
@@ -319,18 +360,30 @@ def test_truncated_uploads_never_become_files(data_api):  # noqa: F811
     folder = data_api.root / "alice" / coll
     c = data_api.client("alice")
     # a small body (taken whole before anything is written) cut short: nothing appears
-    _truncated_put(data_api, f"/v1/data/alice/{coll}/small.bin", chunked=False, send=100_000, declared=500_000)
+    _truncated_put(
+        data_api, f"/v1/data/alice/{coll}/small.bin", chunked=False, send=100_000, declared=500_000
+    )
     _truncated_put(data_api, f"/v1/data/alice/{coll}/secret.txt", chunked=False, send=10, declared=100)
     assert _settled(folder) == ["model.bin", "secret.txt"]
     for chunked in (False, True):
         # a new file: nothing appears, not even a temporary
-        _truncated_put(data_api, f"/v1/data/alice/{coll}/new.bin", chunked=chunked, send=3 * 1024 * 1024,
-                       declared=10 * 1024 * 1024)
+        _truncated_put(
+            data_api,
+            f"/v1/data/alice/{coll}/new.bin",
+            chunked=chunked,
+            send=3 * 1024 * 1024,
+            declared=10 * 1024 * 1024,
+        )
         assert _settled(folder) == ["model.bin", "secret.txt"]
         assert not c.file(f"data://.my/{coll}/new.bin").exists()
         # an existing file: the old content stays, whole
-        _truncated_put(data_api, f"/v1/data/alice/{coll}/secret.txt", chunked=chunked, send=2 * 1024 * 1024,
-                       declared=5 * 1024 * 1024)
+        _truncated_put(
+            data_api,
+            f"/v1/data/alice/{coll}/secret.txt",
+            chunked=chunked,
+            send=2 * 1024 * 1024,
+            declared=5 * 1024 * 1024,
+        )
         assert _settled(folder) == ["model.bin", "secret.txt"]
         assert c.file(f"data://.my/{coll}/secret.txt").getString() == "alice's secret"
     assert data_api.files_under("alice", coll) == stored

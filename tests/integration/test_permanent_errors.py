@@ -20,8 +20,12 @@ def denied_lake(seaweed_s3, monkeypatch, tmp_path):
     """The storage root in a bucket of the server, through a connection with the wrong secret."""
     bucket = "fs-denied"
     seaweed_s3.client().create_bucket(Bucket=bucket)
-    conn = {"conn_type": "aws", "login": seaweed_s3.access_key, "password": "not-the-secret",
-            "extra": {"endpoint_url": seaweed_s3.endpoint_url, "region_name": REGION}}  # fmt: skip
+    conn = {
+        "conn_type": "aws",
+        "login": seaweed_s3.access_key,
+        "password": "not-the-secret",
+        "extra": {"endpoint_url": seaweed_s3.endpoint_url, "region_name": REGION},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_S3_DENIED", json.dumps(conn))
     monkeypatch.setenv("FREESTACK_STORAGE_ROOT", f"s3://s3_denied@{bucket}/freestack")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):

@@ -31,7 +31,9 @@ def test_registry_round_trip_and_aliases_on_s3(s3_conn, tmp_path):
     assert "root/registry/digits/v1/_REGISTERED.json" in keys
     assert "root/registry/digits/v1/evaluation/metrics.json" in keys
     assert json.loads(s3_conn.get("root/registry/digits/v1/lineage.json"))["gate"] == {"decision": "promote"}
-    assert s3_conn.get("root/registry/digits/v1/model.safetensors") == (src / "model.safetensors").read_bytes()
+    assert (
+        s3_conn.get("root/registry/digits/v1/model.safetensors") == (src / "model.safetensors").read_bytes()
+    )
     with pytest.raises(VersionExists, match="new version"):
         reg.register(other.as_uri(), "v1")
     reg.register(other.as_uri(), "v2")  # from local disk into S3

@@ -100,7 +100,11 @@ def test_round_trip_hash_and_listing(s3_conn):
     obj2 = write_bytes(join(base, "a.bin"), b"v2")
     assert s3.get("prefix/a.bin") == b"v2" and obj2.sha256 == sha(b"v2") and obj2.size == 2
     assert s3.keys("prefix/") == [
-        "prefix/.a.bin.freestack-tmp-123", "prefix/.hidden", "prefix/a.bin", "prefix/b.json", "prefix/sub/c.txt"
+        "prefix/.a.bin.freestack-tmp-123",
+        "prefix/.hidden",
+        "prefix/a.bin",
+        "prefix/b.json",
+        "prefix/sub/c.txt",
     ]
 
 
@@ -279,7 +283,9 @@ def test_data_namespace_on_s3(data_conn):
 
 
 def _make_landing():
-    spec = importlib.util.spec_from_file_location("freestack_demo_landing", ROOT / "include" / "demo" / "landing.py")
+    spec = importlib.util.spec_from_file_location(
+        "freestack_demo_landing", ROOT / "include" / "demo" / "landing.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -334,11 +340,12 @@ def test_ingest_partition_on_s3(s3_conn, monkeypatch):
     assert s3.get(lake + "part.parquet") == part_bytes
     assert s3.get(quarantine_key) == quar_bytes
     assert (second.rows_in, second.rows_good, second.rows_quarantined) == (
-        first.rows_in, first.rows_good, first.rows_quarantined
+        first.rows_in,
+        first.rows_good,
+        first.rows_quarantined,
     )
     assert s3.pending_uploads() == []
     assert not [k for k in s3.keys() if ".freestack-tmp-" in k]
-
 
 
 # ---------------------------------------------------------------------------------------------------------

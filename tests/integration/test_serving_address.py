@@ -42,8 +42,12 @@ def dep(tmp_path_factory):
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "addr", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
     uris["vbad"] = make_version(root, "addr", "vbad", work, seed=9, broken=True)
-    local = LocalTarget(port=free_port_block(), workers=2, smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=90)
-    rec = deploy_local(root_uri=root, model="addr", name="addr", version="v1", version_uri=uris["v1"], local=local)
+    local = LocalTarget(
+        port=free_port_block(), workers=2, smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=90
+    )
+    rec = deploy_local(
+        root_uri=root, model="addr", name="addr", version="v1", version_uri=uris["v1"], local=local
+    )
     yield {"root": root, "uris": uris, "local": local, "first": rec}
     try:
         stop_local(root, "addr", "addr")
@@ -53,12 +57,20 @@ def dep(tmp_path_factory):
 
 
 def _deploy(dep, version: str, reason: str | None = None, *, name: str = "addr", local=None) -> dict:
-    return deploy_local(root_uri=dep["root"], model="addr", name=name, version=version,
-                        version_uri=dep["uris"][version], local=local or dep["local"], reason=reason)  # fmt: skip
+    return deploy_local(
+        root_uri=dep["root"],
+        model="addr",
+        name=name,
+        version=version,
+        version_uri=dep["uris"][version],
+        local=local or dep["local"],
+        reason=reason,
+    )
 
 
-def _switch_under_load(dep, version: str, reason: str, *, name: str = "addr", local=None,
-                       threads: dict[str, int] | None = None) -> tuple[dict, dict, dict]:  # fmt: skip
+def _switch_under_load(
+    dep, version: str, reason: str, *, name: str = "addr", local=None, threads: dict[str, int] | None = None
+) -> tuple[dict, dict, dict]:
     """Redeploy ``version`` while the load loop runs: (record, figures during the redeploy, overall)."""
     before = Deployments(dep["root"], "addr").get(name)
     with LoadLoop("127.0.0.1", before["port"], [0.5] * N_FEATURES, threads=threads) as load:
@@ -76,13 +88,17 @@ def _switch_under_load(dep, version: str, reason: str, *, name: str = "addr", lo
     first_new = min(r[1] for r in load.results if r[4] and r[3] == version)
     last_old = max(r[1] + r[2] for r in load.results if r[4] and r[3] == before["version"])
     switch = load.figures(first_new - 0.5, last_old + 0.5)
-    print(f"\n{before['version']} -> {version} at {rec['url']}: redeploy {t1 - t0:.2f} s {rec['timings']}; both "
-          f"versions answered for {max(0.0, last_old - first_new):.2f} s")  # fmt: skip
+    print(
+        f"\n{before['version']} -> {version} at {rec['url']}: redeploy {t1 - t0:.2f} s {rec['timings']}; both "
+        f"versions answered for {max(0.0, last_old - first_new):.2f} s"
+    )
     for style in load.threads:
         d, o, w = during[style], overall[style], switch[style]
-        print(f"  {style:<9} redeploy: sent {d['sent']}, failed {d['failed']}, max {d['max_ms']} ms (p50 {d['p50_ms']}); "
-              f"switch: sent {w['sent']}, failed {w['failed']}, max {w['max_ms']} ms (p50 {w['p50_ms']}); whole run: "
-              f"sent {o['sent']}, failed {o['failed']}" + (f", errors {o['errors']}" if o["errors"] else ""))  # fmt: skip
+        print(
+            f"  {style:<9} redeploy: sent {d['sent']}, failed {d['failed']}, max {d['max_ms']} ms (p50 {d['p50_ms']}); "
+            f"switch: sent {w['sent']}, failed {w['failed']}, max {w['max_ms']} ms (p50 {w['p50_ms']}); whole run: "
+            f"sent {o['sent']}, failed {o['failed']}" + (f", errors {o['errors']}" if o["errors"] else "")
+        )
     for style, f in overall.items():
         assert f["sent"] > 0 and f["failed"] == 0, (style, f)
         if style != "idle":  # a few requests only: they may all have reached one server
@@ -114,9 +130,17 @@ def test_sync_workers_switch_by_a_second_start_and_fail_no_request(dep):
     local = dep["local"].model_copy(update={"port": free_port_block(), "worker_class": "sync"})
     first = _deploy(dep, "v1", name="addr-sync", local=local)
     try:
-        rec, _, _ = _switch_under_load(dep, "v2", "sync redeploy", name="addr-sync", local=local,
-                                       threads={"fresh": 2, "keepalive": 1, "session": 1})  # fmt: skip
-        assert (rec["url"], rec["holder_pid"]) == (first["url"], first["holder_pid"]) and rec["version"] == "v2"
+        rec, _, _ = _switch_under_load(
+            dep,
+            "v2",
+            "sync redeploy",
+            name="addr-sync",
+            local=local,
+            threads={"fresh": 2, "keepalive": 1, "session": 1},
+        )
+        assert (rec["url"], rec["holder_pid"]) == (first["url"], first["holder_pid"]) and rec[
+            "version"
+        ] == "v2"
     finally:
         stop_local(dep["root"], "addr", "addr-sync")
 
@@ -125,8 +149,10 @@ def test_serving_processes_lists_the_server_and_the_holder(dep):
     rec = Deployments(dep["root"], "addr").get("addr")
     found = dict(serving_processes(serving_dir()))
     assert found[rec["holder_pid"]] == f"address holder for addr on 127.0.0.1:{rec['port']}"
-    assert found[rec["pid"]] == (f"model server addr {rec['version']} (blue supervisor) on 127.0.0.1:"
-                                 f"{rec['server_port']}, behind 127.0.0.1:{rec['port']}")  # fmt: skip
+    assert found[rec["pid"]] == (
+        f"model server addr {rec['version']} (blue supervisor) on 127.0.0.1:"
+        f"{rec['server_port']}, behind 127.0.0.1:{rec['port']}"
+    )
 
 
 def test_holder_gone_while_serving_then_after_a_restart(dep):
@@ -136,14 +162,21 @@ def test_holder_gone_while_serving_then_after_a_restart(dep):
     os.kill(rec["holder_pid"], signal.SIGKILL)
     _wait_gone(rec["holder_pid"])
     assert http_json(rec["predict_url"], {"data": {"ndarray": [[0.1] * N_FEATURES]}})[0] == 200
-    with pytest.raises(DeployError, match=rf"address holder of addr/addr is gone.*127\.0\.0\.1:{rec['port']}"
-                                          r".*freestack serve stop addr"):  # fmt: skip
+    with pytest.raises(
+        DeployError,
+        match=rf"address holder of addr/addr is gone.*127\.0\.0\.1:{rec['port']}"
+        r".*freestack serve stop addr",
+    ):
         _deploy(dep, "v2")
     assert describe(Deployments(dep["root"], "addr").get("addr"))["health"] == "ok"  # untouched
     os.killpg(rec["pid"], signal.SIGKILL)  # the machine restarts: every process is gone, the record stays
     _wait_gone(rec["pid"], group=True)
     again = _deploy(dep, "v2", "after a restart")
-    assert again["url"] == rec["url"] and again["holder_pid"] != rec["holder_pid"] and is_holder(again["holder_pid"])
+    assert (
+        again["url"] == rec["url"]
+        and again["holder_pid"] != rec["holder_pid"]
+        and is_holder(again["holder_pid"])
+    )
     code, body = http_json(again["predict_url"], {"data": {"ndarray": [[0.1] * N_FEATURES]}})
     assert code == 200 and body["meta"]["tags"]["model_version"] == "v2"
 
@@ -180,10 +213,19 @@ def test_port_taken_by_another_program(dep, tmp_path):
     try:
         assert squatter.stdout.readline().strip() == "up"
         local = dep["local"].model_copy(update={"port": port})
-        with pytest.raises(DeployError, match=rf"127\.0\.0\.1:{port}, the address of addr/other \(deploy\.local\.port\), "
-                                              r"is taken by another program.*set deploy\.local\.port") as got:  # fmt: skip
-            deploy_local(root_uri=dep["root"], model="addr", name="other", version="v1", version_uri=dep["uris"]["v1"],
-                         local=local)  # fmt: skip
+        with pytest.raises(
+            DeployError,
+            match=rf"127\.0\.0\.1:{port}, the address of addr/other \(deploy\.local\.port\), "
+            r"is taken by another program.*set deploy\.local\.port",
+        ) as got:
+            deploy_local(
+                root_uri=dep["root"],
+                model="addr",
+                name="other",
+                version="v1",
+                version_uri=dep["uris"]["v1"],
+                local=local,
+            )
         if sys.platform == "linux":  # psutil sees who listens (macOS needs privileges for that)
             assert f"(pid {squatter.pid}: " in str(got.value)
         assert not serving_processes(serving_dir() / "other")  # nothing was started
@@ -213,4 +255,3 @@ def _in(proc: psutil.Process, pid: int, group: bool) -> bool:
         return mine and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.Error, ProcessLookupError):
         return False
-

@@ -33,14 +33,19 @@ def version(tmp_path_factory) -> str:
 
 def _start(version_uri: str, name: str, **local):
     port, metrics_port = free_ports(2)
-    target = LocalTarget(workers=2, threads=1, worker_class="freestack", max_batch_rows=50, start_timeout_seconds=90,
-                         **local)  # fmt: skip
-    cfg = server_config(name, "b", "v1", Slot("blue", port, metrics_port), target, model_uri=version_uri,
-                        request_log_uri=None)  # fmt: skip
+    target = LocalTarget(
+        workers=2, threads=1, worker_class="freestack", max_batch_rows=50, start_timeout_seconds=90, **local
+    )
+    cfg = server_config(
+        name, "b", "v1", Slot("blue", port, metrics_port), target, model_uri=version_uri, request_log_uri=None
+    )
     server = start_server(cfg, model_env={})
     server.wait_ready(90)
     deadline = time.monotonic() + 60  # every worker has loaded the model
-    while Path(server.log_path).read_text(errors="replace").count("INFO serving b v1") < 2 and time.monotonic() < deadline:
+    while (
+        Path(server.log_path).read_text(errors="replace").count("INFO serving b v1") < 2
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     return server, port
 
@@ -49,7 +54,9 @@ def _message(i: int, rows: np.ndarray, round_: int) -> tuple[bytes, str]:
     """Request ``i`` of a round: most a good message (every third by Seldon's app, through a query
     string), some refused by the model (the wrong width, a NaN). Returns the request and its kind."""
     if i % 7 == 3:
-        return request("POST", PREDICT, json.dumps({"data": {"ndarray": [[1.0] * (N_FEATURES - 1)]}}).encode()), "width"
+        return request(
+            "POST", PREDICT, json.dumps({"data": {"ndarray": [[1.0] * (N_FEATURES - 1)]}}).encode()
+        ), "width"
     if i % 7 == 5:
         return request("POST", PREDICT, b'{"data": {"ndarray": [[NaN, 1, 2, 3, 4, 5, 6, 7]]}}'), "nan"
     path = PREDICT + ("?via=app" if i % 3 == 0 else "")
@@ -98,7 +105,9 @@ def test_requests_that_arrive_together_share_a_forward_and_each_gets_its_own_ans
             info = body["status"]["info"]
             assert ("7" in info and str(N_FEATURES) in info) if kind == "width" else "NaN" in info, info
     # every good answer is the model's in-process answer for its own rows (the model loaded once)
-    np.testing.assert_allclose(np.concatenate(got), in_process(version, np.concatenate(sent)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate(got), in_process(version, np.concatenate(sent)), rtol=1e-5, atol=1e-6
+    )
     good = len(sent)
     assert len(ids) == good  # each its own request id (its puid)
     log = Path(server.log_path).read_text(errors="replace")

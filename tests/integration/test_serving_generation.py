@@ -34,8 +34,13 @@ from tests.support.serving_hostile import PREDICT, read_answer, request
 
 ROOT = Path(__file__).resolve().parents[2]
 KEEP_MODEL_SERVERS = True  # the module's two servers answer every test (see tests/conftest.py)
-pytestmark = [needs_serving_env, pytest.mark.skipif(not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
-                                                    reason="the MLServer environment is missing: run `make mlserver-venv`")]  # fmt: skip
+pytestmark = [
+    needs_serving_env,
+    pytest.mark.skipif(
+        not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+        reason="the MLServer environment is missing: run `make mlserver-venv`",
+    ),
+]
 
 MODEL = "chat"
 MAX_NEW, DEFAULT_NEW, MAX_TEMPERATURE, MAX_PROMPT, MAX_STOPS, MAX_PROMPTS = 24, 6, 1.5, 64, 2, 3
@@ -56,12 +61,24 @@ def version(work) -> GenerationVersion:
 def _env(work: Path, runtime: str) -> dict[str, str]:
     """What a manifest gives the container: the model's name, one worker, the request log and the
     deployment's generation bounds (FREESTACK_GENERATION_*, as deploy.generation writes them)."""
-    bounds = GenerationBounds(max_new_tokens=MAX_NEW, default_max_new_tokens=DEFAULT_NEW, max_temperature=MAX_TEMPERATURE,
-                              max_prompt_tokens=MAX_PROMPT, truncate=TRUNCATE[runtime], max_stop_strings=MAX_STOPS,
-                              max_prompts_per_request=MAX_PROMPTS)  # fmt: skip
-    return {"FREESTACK_MODEL_NAME": MODEL, "FREESTACK_SERVER_WORKERS": "1", "FREESTACK_HOME": str(work),
-            "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
-            "FREESTACK_REQUEST_LOG_RATE": "1.0", "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1", **bounds.env()}  # fmt: skip
+    bounds = GenerationBounds(
+        max_new_tokens=MAX_NEW,
+        default_max_new_tokens=DEFAULT_NEW,
+        max_temperature=MAX_TEMPERATURE,
+        max_prompt_tokens=MAX_PROMPT,
+        truncate=TRUNCATE[runtime],
+        max_stop_strings=MAX_STOPS,
+        max_prompts_per_request=MAX_PROMPTS,
+    )
+    return {
+        "FREESTACK_MODEL_NAME": MODEL,
+        "FREESTACK_SERVER_WORKERS": "1",
+        "FREESTACK_HOME": str(work),
+        "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
+        "FREESTACK_REQUEST_LOG_RATE": "1.0",
+        "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
+        **bounds.env(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +88,9 @@ def servers(work, version):
     try:
         for runtime in ("seldon", "mlserver"):
             ready = f"/v2/models/{MODEL}/ready" if runtime == "mlserver" else "/health/status"
-            out[runtime] = start_like_image(runtime, version.uri, work / runtime, env=_env(work, runtime),
-                                            ready_path=ready, timeout=180)  # fmt: skip
+            out[runtime] = start_like_image(
+                runtime, version.uri, work / runtime, env=_env(work, runtime), ready_path=ready, timeout=180
+            )
         yield out
     finally:
         for server in out.values():
@@ -105,8 +123,15 @@ def args(*prompts: str, **parameters) -> dict:
             "BYTES" if isinstance(value, str | list) else "FP32" if isinstance(value, float) else "INT32"
         )
         data = value if isinstance(value, list) else [value]
-        inputs.append({"name": name, "datatype": datatype, "shape": [len(data)], "data": data,
-                       "parameters": {"content_type": "raw" if datatype != "BYTES" else "str"}})  # fmt: skip
+        inputs.append(
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": [len(data)],
+                "data": data,
+                "parameters": {"content_type": "raw" if datatype != "BYTES" else "str"},
+            }
+        )
     return {"inputs": inputs}
 
 
@@ -134,17 +159,30 @@ def test_strdata_and_jsondata_prompts_and_messages_answer_as_in_process(servers,
     )  # no parameters: the default
     assert body["meta"]["tags"]["model_version"] == "v1" and body["meta"]["tags"]["request_id"]
 
-    code, body = seldon(servers, {"jsonData": {"prompt": "What is 2 + 2?", "parameters": {"max_new_tokens": 12}},
-                                  "meta": {"puid": "mine-1"}})  # fmt: skip
+    code, body = seldon(
+        servers,
+        {
+            "jsonData": {"prompt": "What is 2 + 2?", "parameters": {"max_new_tokens": 12}},
+            "meta": {"puid": "mine-1"},
+        },
+    )
     assert code == 200, body
     (c,) = body["jsonData"]["completions"]
     want = version.answer([chat], max_new_tokens=12)[0]
-    assert c == {"text": want.text, "finish_reason": want.finish_reason, "prompt_tokens": want.prompt_tokens,
-                 "completion_tokens": want.completion_tokens, "truncated": False}  # fmt: skip
+    assert c == {
+        "text": want.text,
+        "finish_reason": want.finish_reason,
+        "prompt_tokens": want.prompt_tokens,
+        "completion_tokens": want.completion_tokens,
+        "truncated": False,
+    }
     assert body["jsonData"]["model_version"] == "v1" and body["meta"]["tags"]["request_id"] == "mine-1"
 
-    turns = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
-             {"role": "user", "content": "And 2 + 2?"}]  # fmt: skip
+    turns = [
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "And 2 + 2?"},
+    ]
     code, body = seldon(servers, {"jsonData": {"messages": turns, "parameters": {"max_new_tokens": 8}}})
     assert code == 200, body
     assert (
@@ -152,8 +190,15 @@ def test_strdata_and_jsondata_prompts_and_messages_answer_as_in_process(servers,
         == version.alone([version.chat(messages=turns)], max_new_tokens=8)[0]
     )
 
-    code, body = seldon(servers, {"jsonData": {"instances": [{"prompt": "What is 7 + 5?"}, {"messages": turns}],
-                                               "parameters": {"max_new_tokens": 8}}})  # fmt: skip
+    code, body = seldon(
+        servers,
+        {
+            "jsonData": {
+                "instances": [{"prompt": "What is 7 + 5?"}, {"messages": turns}],
+                "parameters": {"max_new_tokens": 8},
+            }
+        },
+    )
     assert code == 200, body
     chats = [version.chat("What is 7 + 5?"), version.chat(messages=turns)]
     assert [c["text"] for c in body["jsonData"]["completions"]] == version.alone(chats, max_new_tokens=8)
@@ -180,8 +225,15 @@ def test_stop_strings_end_an_answer_and_sampling_stays_within_its_bounds(servers
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     want = version.answer([chat], max_new_tokens=MAX_NEW, stop=(stop,))[0]
     assert want.finish_reason == "stop" and len(want.text) < len(full)
-    code, body = seldon(servers, {"jsonData": {"prompt": "Reverse the digits: 98765",
-                                               "parameters": {"max_new_tokens": MAX_NEW, "stop": stop}}})  # fmt: skip
+    code, body = seldon(
+        servers,
+        {
+            "jsonData": {
+                "prompt": "Reverse the digits: 98765",
+                "parameters": {"max_new_tokens": MAX_NEW, "stop": stop},
+            }
+        },
+    )
     assert code == 200, body
     (c,) = body["jsonData"]["completions"]
     assert (c["text"], c["finish_reason"]) == (want.text, "stop")
@@ -191,15 +243,22 @@ def test_stop_strings_end_an_answer_and_sampling_stays_within_its_bounds(servers
 
 
 @pytest.mark.parametrize("runtime", ["seldon", "mlserver"])
-@pytest.mark.parametrize(("parameters", "says"), [
-    ({"max_new_tokens": MAX_NEW + 1}, f"bound of {MAX_NEW} (deploy.generation.max_new_tokens)"),
-    ({"temperature": MAX_TEMPERATURE + 0.1}, f"bound of {MAX_TEMPERATURE:g} (deploy.generation.max_temperature)"),
-    ({"stop": ["a", "b", "c"]}, f"at most {MAX_STOPS} (deploy.generation.max_stop_strings)"),
-    ({"top_p": 0}, '"top_p" must be a number above 0'),
-    ({"max_new_tokens": 0}, '"max_new_tokens" must be a whole number'),
-    ({"temperature": -1}, '"temperature" must be a number, 0 (greedy) or more'),
-    ({"num_beams": 4}, "unknown generation parameters ['num_beams']"),
-], ids=["max_new_tokens", "temperature", "stop", "top_p", "zero-tokens", "negative-temperature", "unknown"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("parameters", "says"),
+    [
+        ({"max_new_tokens": MAX_NEW + 1}, f"bound of {MAX_NEW} (deploy.generation.max_new_tokens)"),
+        (
+            {"temperature": MAX_TEMPERATURE + 0.1},
+            f"bound of {MAX_TEMPERATURE:g} (deploy.generation.max_temperature)",
+        ),
+        ({"stop": ["a", "b", "c"]}, f"at most {MAX_STOPS} (deploy.generation.max_stop_strings)"),
+        ({"top_p": 0}, '"top_p" must be a number above 0'),
+        ({"max_new_tokens": 0}, '"max_new_tokens" must be a whole number'),
+        ({"temperature": -1}, '"temperature" must be a number, 0 (greedy) or more'),
+        ({"num_beams": 4}, "unknown generation parameters ['num_beams']"),
+    ],
+    ids=["max_new_tokens", "temperature", "stop", "top_p", "zero-tokens", "negative-temperature", "unknown"],
+)
 def test_parameters_beyond_the_bounds_are_400_naming_the_bound(servers, runtime, parameters, says):
     if runtime == "seldon":
         code, body = seldon(servers, {"jsonData": {"prompt": "hi", "parameters": parameters}})
@@ -211,18 +270,36 @@ def test_parameters_beyond_the_bounds_are_400_naming_the_bound(servers, runtime,
     assert code == 400 and says in info, body
 
 
-@pytest.mark.parametrize(("message", "says"), [
-    ({"data": {"ndarray": [[1.0, 2.0]]}}, 'takes no "data" (ndarray or tensor): send {"strData": "a prompt"}'),
-    ({"data": {"tensor": {"shape": [1, 2], "values": [1.0, 2.0]}}}, 'takes no "data"'),
-    ({"binData": "aGk="}, 'takes no "binData"'),
-    ({"jsonData": {"prompt": 5}}, "a prompt is text, not int"),
-    ({"jsonData": {"messages": [{"role": "robot", "content": "hi"}]}}, "each message needs a role"),
-    ({"jsonData": {"instances": []}}, '"instances" must be a non-empty list'),
-    ({"jsonData": {"prompt": "a", "messages": []}}, 'must hold one of "prompt" and "messages"'),
-    ({"jsonData": {"prompt": "a", "top_k": 3}}, "jsonData holds ['top_k']"),
-    ({"jsonData": {"prompt": "a", "parameters": [1]}}, '"parameters" must be an object'),
-    ({"strData": 5}, '"strData" must be a string'),
-], ids=["ndarray", "tensor", "binData", "number", "role", "no-instances", "both", "unknown-key", "parameters", "strData"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        (
+            {"data": {"ndarray": [[1.0, 2.0]]}},
+            'takes no "data" (ndarray or tensor): send {"strData": "a prompt"}',
+        ),
+        ({"data": {"tensor": {"shape": [1, 2], "values": [1.0, 2.0]}}}, 'takes no "data"'),
+        ({"binData": "aGk="}, 'takes no "binData"'),
+        ({"jsonData": {"prompt": 5}}, "a prompt is text, not int"),
+        ({"jsonData": {"messages": [{"role": "robot", "content": "hi"}]}}, "each message needs a role"),
+        ({"jsonData": {"instances": []}}, '"instances" must be a non-empty list'),
+        ({"jsonData": {"prompt": "a", "messages": []}}, 'must hold one of "prompt" and "messages"'),
+        ({"jsonData": {"prompt": "a", "top_k": 3}}, "jsonData holds ['top_k']"),
+        ({"jsonData": {"prompt": "a", "parameters": [1]}}, '"parameters" must be an object'),
+        ({"strData": 5}, '"strData" must be a string'),
+    ],
+    ids=[
+        "ndarray",
+        "tensor",
+        "binData",
+        "number",
+        "role",
+        "no-instances",
+        "both",
+        "unknown-key",
+        "parameters",
+        "strData",
+    ],
+)
 def test_what_a_generation_model_does_not_take_gets_a_400_saying_what_to_send(servers, message, says):
     code, body = seldon(servers, message)
     assert code == 400 and says in body["status"]["info"], body
@@ -232,9 +309,13 @@ def test_what_a_generation_model_does_not_take_gets_a_400_saying_what_to_send(se
 def test_a_request_of_more_prompts_than_the_deployment_takes_is_a_413_on_both_runtimes(servers, n):
     """One request may carry at most deploy.generation.max_prompts_per_request prompts (not max_batch_rows,
     10,000 by default: that many would hold every other client for minutes)."""
-    says = f"{n} prompts in one request; this deployment answers at most {MAX_PROMPTS} a request " \
-           "(deploy.generation.max_prompts_per_request)"  # fmt: skip
-    code, body = seldon(servers, {"jsonData": {"instances": [{"prompt": f"What is {i} + 1?"} for i in range(n)]}})
+    says = (
+        f"{n} prompts in one request; this deployment answers at most {MAX_PROMPTS} a request "
+        "(deploy.generation.max_prompts_per_request)"
+    )
+    code, body = seldon(
+        servers, {"jsonData": {"instances": [{"prompt": f"What is {i} + 1?"} for i in range(n)]}}
+    )
     assert code == 413 and says in body["status"]["info"], body
     code, body = v2(servers, args(*[f"What is {i} + 1?" for i in range(n)], max_new_tokens=2))
     assert code == 413 and set(body) == {"error"} and says in body["error"], body
@@ -288,8 +369,13 @@ def test_oip_speaks_mlserver_huggingfaces_tensors(servers, version):
     assert code == 200, body
     (one,) = generated(body)
     want = version.answer([version.chat("What is 2 + 2?")], max_new_tokens=9)[0]
-    assert one == {"generated_text": want.text, "finish_reason": want.finish_reason, "prompt_tokens": want.prompt_tokens,
-                   "completion_tokens": want.completion_tokens, "truncated": False}  # fmt: skip
+    assert one == {
+        "generated_text": want.text,
+        "finish_reason": want.finish_reason,
+        "prompt_tokens": want.prompt_tokens,
+        "completion_tokens": want.completion_tokens,
+        "truncated": False,
+    }
 
     prompts = ["What is 2 + 2?", "Reverse the digits: 123"]
     code, body = v2(
@@ -300,10 +386,23 @@ def test_oip_speaks_mlserver_huggingfaces_tensors(servers, version):
         [version.chat(p) for p in prompts], max_new_tokens=7
     )
 
-    turns = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
-             {"role": "user", "content": "And 2 + 2?"}]  # fmt: skip
-    chat_body = {"inputs": [{"name": "array_inputs", "datatype": "BYTES", "shape": [3], "parameters": {"content_type": "hg_jsonlist"},
-                             "data": [json.dumps(m) for m in turns]}], "parameters": {"max_new_tokens": 6}}  # fmt: skip
+    turns = [
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "And 2 + 2?"},
+    ]
+    chat_body = {
+        "inputs": [
+            {
+                "name": "array_inputs",
+                "datatype": "BYTES",
+                "shape": [3],
+                "parameters": {"content_type": "hg_jsonlist"},
+                "data": [json.dumps(m) for m in turns],
+            }
+        ],
+        "parameters": {"max_new_tokens": 6},
+    }
     code, body = v2(servers, chat_body)
     assert code == 200, body
     assert (
@@ -317,18 +416,61 @@ def test_oip_speaks_mlserver_huggingfaces_tensors(servers, version):
     assert code == 200 and generated(body)[0]["generated_text"].startswith("What is 2 + 2?"), body
 
 
-@pytest.mark.parametrize(("body", "says"), [
-    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}, 'one prompt input, got [\'input\']'),
-    ({"inputs": [{"name": "args", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, "prompts are BYTES"),
-    ({**args("hi"), "inputs": [*args("hi")["inputs"], {"name": "num_beams", "datatype": "INT32", "shape": [1], "data": [2]}]},
-     "input 'num_beams' is not one this model takes"),
-    (args("hi", max_new_tokens=[3, 4]), "a generation parameter is one value"),
-    ({**args("hi"), "parameters": {"num_beams": 4}}, "unknown generation parameters ['num_beams']: a request may set"),
-    ({**args("hi"), "parameters": {"max_tokens": 5, "max_new_tokens": 5}}, "unknown generation parameters ['max_tokens']"),
-    ({"inputs": [{"name": "array_inputs", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "hg_jsonlist"},
-                  "data": ["{not json"]}]}, "a value is not JSON"),
-], ids=["no-prompt-input", "numbers", "unknown-input", "two-values", "unknown-parameter", "misnamed-parameter",
-        "bad-json"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]},
+            "one prompt input, got ['input']",
+        ),
+        (
+            {"inputs": [{"name": "args", "datatype": "FP32", "shape": [1], "data": [1.0]}]},
+            "prompts are BYTES",
+        ),
+        (
+            {
+                **args("hi"),
+                "inputs": [
+                    *args("hi")["inputs"],
+                    {"name": "num_beams", "datatype": "INT32", "shape": [1], "data": [2]},
+                ],
+            },
+            "input 'num_beams' is not one this model takes",
+        ),
+        (args("hi", max_new_tokens=[3, 4]), "a generation parameter is one value"),
+        (
+            {**args("hi"), "parameters": {"num_beams": 4}},
+            "unknown generation parameters ['num_beams']: a request may set",
+        ),
+        (
+            {**args("hi"), "parameters": {"max_tokens": 5, "max_new_tokens": 5}},
+            "unknown generation parameters ['max_tokens']",
+        ),
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "array_inputs",
+                        "datatype": "BYTES",
+                        "shape": [1],
+                        "parameters": {"content_type": "hg_jsonlist"},
+                        "data": ["{not json"],
+                    }
+                ]
+            },
+            "a value is not JSON",
+        ),
+    ],
+    ids=[
+        "no-prompt-input",
+        "numbers",
+        "unknown-input",
+        "two-values",
+        "unknown-parameter",
+        "misnamed-parameter",
+        "bad-json",
+    ],
+)
 def test_bad_v2_generation_requests_get_a_400_in_the_v2_format(servers, body, says):
     code, answer = v2(servers, body)
     assert code == 400 and set(answer) == {"error"} and says in answer["error"], answer
@@ -448,8 +590,16 @@ def _logged(work: Path, request_id: str, rows: int, timeout: float = 20.0) -> li
 
 def test_the_request_log_keeps_prompts_completions_and_token_counts(servers, work, version):
     turns = [{"role": "user", "content": "What is 1 + 1?"}]
-    code, body = seldon(servers, {"jsonData": {"instances": [{"prompt": "What is 2 + 2?"}, {"messages": turns}],
-                                               "parameters": {"max_new_tokens": 5}}, "meta": {"puid": "log-seldon"}})  # fmt: skip
+    code, body = seldon(
+        servers,
+        {
+            "jsonData": {
+                "instances": [{"prompt": "What is 2 + 2?"}, {"messages": turns}],
+                "parameters": {"max_new_tokens": 5},
+            },
+            "meta": {"puid": "log-seldon"},
+        },
+    )
     assert code == 200, body
     code, answer = v2(servers, {"id": "log-v2", **args("Tell me about the digits", max_new_tokens=4)})
     assert code == 200, answer
@@ -457,8 +607,13 @@ def test_the_request_log_keeps_prompts_completions_and_token_counts(servers, wor
     completions = body["jsonData"]["completions"]
     assert [r["input.prompt"] for r in seldon_rows] == ["What is 2 + 2?", json.dumps(turns)]
     for r, c in zip(seldon_rows, completions, strict=True):
-        assert (r["prediction"], r["prompt_tokens"], r["completion_tokens"], r["finish_reason"], r["truncated"]) == \
-            (c["text"], c["prompt_tokens"], c["completion_tokens"], c["finish_reason"], False)  # fmt: skip
+        assert (
+            r["prediction"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["finish_reason"],
+            r["truncated"],
+        ) == (c["text"], c["prompt_tokens"], c["completion_tokens"], c["finish_reason"], False)
         assert r["completion_chars"] == len(c["text"]) and r["prompt_chars"] == len(r["input.prompt"])
         assert (r["model"], r["version"], r["deployment"]) == (MODEL, "v1", MODEL)
     (r,) = v2_rows
@@ -486,9 +641,23 @@ def test_the_request_log_keeps_prompts_completions_and_token_counts(servers, wor
         "What is 7 + 5?",
         "Convert 2026-11-03 to DD/MM/YYYY.",
     ] * 5
-    ref = {"version": "v1", "task": "regression", "features": {"prompt": "text"}, "vocabulary": {"prompt": stats.vocabulary(prompts)},
-           "series": stats.reference({**stats.series_of({"prompt": prompts}, {"prompt": "text"}, {"prompt": set(stats.vocabulary(prompts))}),
-                                      "prediction": ("numeric", np.asarray([len(t) for t in version.sample["outputs"] * 5], np.float64))})}  # fmt: skip
+    ref = {
+        "version": "v1",
+        "task": "regression",
+        "features": {"prompt": "text"},
+        "vocabulary": {"prompt": stats.vocabulary(prompts)},
+        "series": stats.reference(
+            {
+                **stats.series_of(
+                    {"prompt": prompts}, {"prompt": "text"}, {"prompt": set(stats.vocabulary(prompts))}
+                ),
+                "prediction": (
+                    "numeric",
+                    np.asarray([len(t) for t in version.sample["outputs"] * 5], np.float64),
+                ),
+            }
+        ),
+    }
     spec = SimpleNamespace(monitor=SimpleNamespace(thresholds=Thresholds()))
     verdict = judge_version(ref, rows, rows.iloc[0:0], spec)
     assert verdict["rows"] == 3 and {"prompt.length", "prediction"} <= {s["name"] for s in verdict["series"]}
@@ -526,9 +695,19 @@ def test_a_local_deploy_of_an_adapter_carries_deploy_generation_to_the_server(wo
     from freestack.serving.processes import free_port_block
     from freestack.serving.spec import DeploySpec
 
-    spec = DeploySpec.model_validate({"runtime": "mlserver", "generation": {"max_new_tokens": 12, "truncate": "refuse"},
-                                      "local": {"port": free_port_block(), "workers": 1, "smoke_rows": 4,
-                                                "log_sample_rate": 0.0, "start_timeout_seconds": 180}})  # fmt: skip
+    spec = DeploySpec.model_validate(
+        {
+            "runtime": "mlserver",
+            "generation": {"max_new_tokens": 12, "truncate": "refuse"},
+            "local": {
+                "port": free_port_block(),
+                "workers": 1,
+                "smoke_rows": 4,
+                "log_sample_rate": 0.0,
+                "start_timeout_seconds": 180,
+            },
+        }
+    )
     assert spec.local.generation == spec.kubernetes.generation == spec.generation
     m = manifests.build_manifest(
         MODEL,
@@ -549,8 +728,15 @@ def test_a_local_deploy_of_an_adapter_carries_deploy_generation_to_the_server(wo
     root = (work / "storage").as_uri()
     adapter = make_generation_version(root, MODEL, "v2", work, seed=1, lora=True)
     assert "adapter_model.safetensors" in {p.name for p in adapter.folder.iterdir()}
-    rec = deploy_local(root_uri=root, model=MODEL, name="chat-deploy", version="v2", version_uri=adapter.uri,
-                       local=spec.local, runtime="mlserver")  # fmt: skip
+    rec = deploy_local(
+        root_uri=root,
+        model=MODEL,
+        name="chat-deploy",
+        version="v2",
+        version_uri=adapter.uri,
+        local=spec.local,
+        runtime="mlserver",
+    )
     try:
         assert rec["smoke"]["rows"] == 4 and rec["smoke"]["tolerance"] == {"basis": "the same text"}
         assert "FREESTACK_GENERATION_MAX_NEW_TOKENS='12'" in Path(rec["config"]).read_text()

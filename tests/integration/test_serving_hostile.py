@@ -55,10 +55,15 @@ def version(tmp_path_factory) -> str:
 
 
 def _start(version_uri: str, worker_class: str, extra: dict, workdir: Path) -> ImageServer:
-    env = {"FREESTACK_SERVER_WORKER_CLASS": worker_class, "FREESTACK_SERVER_THREADS": "4" if worker_class == "gthread" else "1",
-           "FREESTACK_SERVER_TIMEOUT": str(TIMEOUT_S), "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS),
-           "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY), "FREESTACK_SERVER_WORKERS": "2",
-           **{f"FREESTACK_SERVER_{k.upper()}": json.dumps(v) for k, v in extra.items()}}  # fmt: skip
+    env = {
+        "FREESTACK_SERVER_WORKER_CLASS": worker_class,
+        "FREESTACK_SERVER_THREADS": "4" if worker_class == "gthread" else "1",
+        "FREESTACK_SERVER_TIMEOUT": str(TIMEOUT_S),
+        "FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS),
+        "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY),
+        "FREESTACK_SERVER_WORKERS": "2",
+        **{f"FREESTACK_SERVER_{k.upper()}": json.dumps(v) for k, v in extra.items()},
+    }
     name = f"hostile-{worker_class}" + ("-cors" if extra else "")
     server = start_like_image("seldon", version_uri, workdir / name, env=env, timeout=90)
     deadline = time.monotonic() + 60  # every worker has loaded the model (deploy waits for one)
@@ -102,7 +107,9 @@ def test_malformed_requests_get_4xx_json(servers, worker_class):
     server = servers(worker_class)
     result = run_corpus(_port(server), corpus(N_FEATURES, MAX_ROWS, MAX_BODY))
     assert result["cases"] >= 280
-    assert not result["failures"], f"{len(result['failures'])} of {result['cases']}:\n" + "\n".join(result["failures"])
+    assert not result["failures"], f"{len(result['failures'])} of {result['cases']}:\n" + "\n".join(
+        result["failures"]
+    )
     # and the server still answers, with the same workers
     assert exchange(_port(server), request("POST", PREDICT, GOOD)).status == 200
     assert "WORKER TIMEOUT" not in _log(server)
@@ -123,26 +130,36 @@ def test_refusals_say_what_is_wrong(servers, worker_class):
         (f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {10**12}\r\n\r\n".encode(), 413),
         (f"GET /{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 414),
         (b"GARBAGE\r\n\r\n", 400),
-    ):  # fmt: skip
+    ):
         ans = exchange(port, raw)
         assert ans.status == status and seldon_error(ans) is None, (raw[:60], ans)
     ans = exchange(port, request("GET", PREDICT, ctype=None))
     assert "POST" in ans.headers.get("allow", ""), ans
     # values the model would have taken, and should not: NaN (it came back as null), booleans, nesting
-    nan = b'{"data": {"ndarray": [[' + b", ".join([b"0.5"] * N_FEATURES) + b']]}, "meta": {"tags": {"x": NaN}}}'
-    for body, words in ((nan, "NaN or infinite"),
-                        (json.dumps({"data": {"ndarray": [[True] + [0.5] * (N_FEATURES - 1)]}}).encode(), "true/false"),
-                        (json.dumps({"data": {"tensor": {"shape": [1, N_FEATURES], "values": [[0.5] * N_FEATURES]}}}).encode(), "flat list"),
-                        (b"[" * 20_000 + b"]" * 20_000, "nested too deeply")):  # fmt: skip
+    nan = (
+        b'{"data": {"ndarray": [[' + b", ".join([b"0.5"] * N_FEATURES) + b']]}, "meta": {"tags": {"x": NaN}}}'
+    )
+    for body, words in (
+        (nan, "NaN or infinite"),
+        (json.dumps({"data": {"ndarray": [[True] + [0.5] * (N_FEATURES - 1)]}}).encode(), "true/false"),
+        (
+            json.dumps(
+                {"data": {"tensor": {"shape": [1, N_FEATURES], "values": [[0.5] * N_FEATURES]}}}
+            ).encode(),
+            "flat list",
+        ),
+        (b"[" * 20_000 + b"]" * 20_000, "nested too deeply"),
+    ):
         ans = exchange(port, request("POST", PREDICT, body))
         assert ans.status == 400 and words in ans.json()["status"]["info"], ans
     # null where the protocol has an object or a list (Seldon's app fails on it: a 500)
     row = [0.5] * N_FEATURES
     for path in (PREDICT, "/predict"):
-        for body, words in (({"data": None}, '"data" must be an object holding "ndarray"'),
-                            ({"data": None, "meta": {}}, '"data" must be an object holding "ndarray"'),
-                            ({"data": {"names": None, "ndarray": [row]}},
-                             '"data.names" must be a list')):  # fmt: skip
+        for body, words in (
+            ({"data": None}, '"data" must be an object holding "ndarray"'),
+            ({"data": None, "meta": {}}, '"data" must be an object holding "ndarray"'),
+            ({"data": {"names": None, "ndarray": [row]}}, '"data.names" must be a list'),
+        ):
             ans = exchange(port, request("POST", path, json.dumps(body).encode()))
             assert ans.status == 400 and words in ans.json()["status"]["info"], ans
     assert exchange(port, request("POST", PREDICT, GOOD)).status == 200
@@ -165,9 +182,15 @@ def test_cors_only_for_listed_origins(servers):
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
     ans = exchange(port, request("OPTIONS", PREDICT, ctype=None, headers={"Origin": ORIGIN, **preflight}))
     assert ans.status == 204 and ans.headers.get("access-control-allow-origin") == ORIGIN, ans
-    assert "POST" in ans.headers["access-control-allow-methods"] and ans.headers["access-control-allow-headers"]
-    ans = exchange(port, request("OPTIONS", PREDICT, ctype=None, headers={"Origin": "https://evil.example", **preflight}))
-    assert ans.status == 403 and seldon_error(ans) is None and "access-control-allow-origin" not in ans.headers
+    assert (
+        "POST" in ans.headers["access-control-allow-methods"] and ans.headers["access-control-allow-headers"]
+    )
+    ans = exchange(
+        port, request("OPTIONS", PREDICT, ctype=None, headers={"Origin": "https://evil.example", **preflight})
+    )
+    assert (
+        ans.status == 403 and seldon_error(ans) is None and "access-control-allow-origin" not in ans.headers
+    )
 
 
 @pytest.mark.parametrize("worker_class", ["freestack", "sync", "gthread"])
@@ -179,7 +202,10 @@ def test_slow_clients_hold_up_no_one(servers, worker_class):
     port = _port(server)
     pids, log_before = _pids(server), len(_log(server))
     results = []
-    with SlowClients(port, 2, interval=1.0) as by_length, SlowClients(port, 2, interval=1.0, chunked=True) as by_chunks:
+    with (
+        SlowClients(port, 2, interval=1.0) as by_length,
+        SlowClients(port, 2, interval=1.0, chunked=True) as by_chunks,
+    ):
         until = time.monotonic() + TIMEOUT_S + 3  # a worker stuck in one read this long would be killed
         while time.monotonic() < until:
             results.append(good_requests(port, GOOD, 20))
@@ -211,7 +237,11 @@ def test_large_chunked_and_expect_continue_bodies_are_served(servers, worker_cla
         assert ans.status == 200, ans
     if worker_class == "freestack":  # sync answers one request per connection; gthread waits for the socket
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(request("POST", PREDICT, GOOD) + chunked(PREDICT, [GOOD[:9], GOOD[9:]]) + request("POST", PREDICT, GOOD))
+            sock.sendall(
+                request("POST", PREDICT, GOOD)
+                + chunked(PREDICT, [GOOD[:9], GOOD[9:]])
+                + request("POST", PREDICT, GOOD)
+            )
             buf = b""
             for _ in range(3):
                 ans, buf = read_answer(sock, buf)
@@ -221,7 +251,9 @@ def test_large_chunked_and_expect_continue_bodies_are_served(servers, worker_cla
 def test_sigterm_stops_the_image_entrypoint_gracefully(version, tmp_path):
     """As PID 1 of its container, the server gets the kubelet's SIGTERM: the supervisor and every process
     under it exit, with code 0 (a stop, not a crash)."""
-    server = start_like_image("seldon", version, tmp_path / "sigterm", env={"FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS)})
+    server = start_like_image(
+        "seldon", version, tmp_path / "sigterm", env={"FREESTACK_MAX_BATCH_ROWS": str(MAX_ROWS)}
+    )
     tree = [server.proc.pid, *_pids(server)]
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(request("POST", PREDICT, GOOD))
@@ -230,4 +262,6 @@ def test_sigterm_stops_the_image_entrypoint_gracefully(version, tmp_path):
         server.proc.send_signal(15)
     assert server.proc.wait(timeout=30) == 0
     time.sleep(0.5)
-    assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]

@@ -48,7 +48,9 @@ FDS_NEEDED = N_PARTIAL + 300  # per process: this one's sockets (a server worker
 PARTIAL_HEAD = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode()
 GOOD = json.dumps({"data": {"ndarray": [[0.5] * N_FEATURES]}}).encode()
 V2_INFER = "/v2/models/i/infer"
-V2_GOOD = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": [0.5] * N_FEATURES}]}).encode()
+V2_GOOD = json.dumps(
+    {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, N_FEATURES], "data": [0.5] * N_FEATURES}]}
+).encode()
 
 pytestmark = needs_serving_env
 
@@ -71,14 +73,26 @@ def server(tmp_path_factory, fd_limit):
     work = tmp_path_factory.mktemp("idle")
     version = make_version((work / "storage").as_uri(), "i", "v1", work, seed=5, n_features=N_FEATURES)
     port, metrics_port = free_ports(2)
-    local = LocalTarget(workers=2, worker_class="freestack", start_timeout_seconds=90)  # timeout: the 30 s default
-    cfg = server_config("idle-conns", "i", "v1", Slot("blue", port, metrics_port), local, model_uri=version,
-                        request_log_uri=None)  # fmt: skip
+    local = LocalTarget(
+        workers=2, worker_class="freestack", start_timeout_seconds=90
+    )  # timeout: the 30 s default
+    cfg = server_config(
+        "idle-conns",
+        "i",
+        "v1",
+        Slot("blue", port, metrics_port),
+        local,
+        model_uri=version,
+        request_log_uri=None,
+    )
     srv = start_server(cfg, model_env={})
     try:
         srv.wait_ready(90)
         deadline = time.monotonic() + 60  # every worker has loaded the model
-        while Path(srv.log_path).read_text(errors="replace").count("INFO serving i v1") < 2 and time.monotonic() < deadline:
+        while (
+            Path(srv.log_path).read_text(errors="replace").count("INFO serving i v1") < 2
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         yield srv
     finally:
@@ -118,14 +132,20 @@ class Target:
 def target(request, server) -> Target:
     """Each server in turn: the freestack worker (kept for the whole module), then MLServer (started when
     first asked for, stopped once its tests are done)."""
-    return _target(request.param, server if request.param == "freestack" else request.getfixturevalue("mlserver"))
+    return _target(
+        request.param, server if request.param == "freestack" else request.getfixturevalue("mlserver")
+    )
 
 
 def _target(name: str, srv) -> Target:
     if name == "freestack":
         return Target(name, _port(srv), PARTIAL_HEAD, request("POST", PREDICT, GOOD))
-    return Target(name, int(srv["http"].rsplit(":", 1)[1]), f"POST {V2_INFER} HTTP/1.1\r\nHost: x\r\n".encode(),
-                  request("POST", V2_INFER, V2_GOOD))  # fmt: skip
+    return Target(
+        name,
+        int(srv["http"].rsplit(":", 1)[1]),
+        f"POST {V2_INFER} HTTP/1.1\r\nHost: x\r\n".encode(),
+        request("POST", V2_INFER, V2_GOOD),
+    )
 
 
 def _port(srv: LocalServer) -> int:
@@ -210,7 +230,11 @@ def _fates(socks: list[socket.socket]) -> dict[str, int]:
         sock.setblocking(False)
         try:
             data = sock.recv(200)
-            what = data.split(b" ", 2)[1].decode() if data.startswith(b"HTTP/1.1 ") else ("closed" if not data else "other")
+            what = (
+                data.split(b" ", 2)[1].decode()
+                if data.startswith(b"HTTP/1.1 ")
+                else ("closed" if not data else "other")
+            )
         except BlockingIOError:
             what = "open"
         except OSError:
@@ -232,8 +256,14 @@ def test_good_requests_get_through_many_partial_connections(target):
             sock.close()
     assert not problems, problems
     lat = sorted(latencies)
-    figures = {"partial": N_PARTIAL, "opened_s": round(opened_s, 2), "good": len(lat),
-               "p50_ms": round(statistics.median(lat) * 1000, 1), "max_ms": round(lat[-1] * 1000, 1), "partial_fates": fates}  # fmt: skip
+    figures = {
+        "partial": N_PARTIAL,
+        "opened_s": round(opened_s, 2),
+        "good": len(lat),
+        "p50_ms": round(statistics.median(lat) * 1000, 1),
+        "max_ms": round(lat[-1] * 1000, 1),
+        "partial_fates": fates,
+    }
     print(f"\nidle connections ({target.name}): {json.dumps(figures)}")
     assert lat[-1] < target.within_s, figures
     # a partial head let go gets a 408 (or only the close, or a reset where the 408 raced more input)
@@ -251,36 +281,74 @@ def test_good_requests_get_through_a_flood_of_partial_connections(target):
         reopened = flood.reopened
     assert not problems, problems
     lat = sorted(latencies)
-    figures = {"partial": N_PARTIAL, "reopened": reopened, "good": len(lat),
-               "p50_ms": round(statistics.median(lat) * 1000, 1), "max_ms": round(lat[-1] * 1000, 1)}  # fmt: skip
+    figures = {
+        "partial": N_PARTIAL,
+        "reopened": reopened,
+        "good": len(lat),
+        "p50_ms": round(statistics.median(lat) * 1000, 1),
+        "max_ms": round(lat[-1] * 1000, 1),
+    }
     print(f"\nflood of partial connections ({target.name}): {json.dumps(figures)}")
     assert lat[-1] < target.within_s, figures
     assert exchange(port, target.good).status == 200
 
 
-@pytest.mark.parametrize("raw", [random.Random(7).randbytes(64), TLS_HELLO, b"\x00\x01\x02\x03",
-                                 b"GET / HTTP/1.1\n\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
-                         ids=["random bytes", "TLS ClientHello", "NUL bytes", "bare LF", "HTTP/2 preface"])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw",
+    [
+        random.Random(7).randbytes(64),
+        TLS_HELLO,
+        b"\x00\x01\x02\x03",
+        b"GET / HTTP/1.1\n\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ],
+    ids=["random bytes", "TLS ClientHello", "NUL bytes", "bare LF", "HTTP/2 preface"],
+)
 def test_what_is_not_http_gets_400_json(server, raw):
     """A 400 as soon as the bytes are in (before, the same bytes got a 408 at the 15 s read deadline)."""
     ans = exchange(_port(server), raw, timeout=30)
     assert ans.status == 400 and seldon_error(ans) is None, ans
-    assert ans.json()["status"]["reason"] == "NOT_HTTP" and "HTTP/1.1" in ans.json()["status"]["info"], ans.body
+    assert ans.json()["status"]["reason"] == "NOT_HTTP" and "HTTP/1.1" in ans.json()["status"]["info"], (
+        ans.body
+    )
     assert ans.headers.get("connection") == "close"
 
 
 # the check itself (request_checks.request_end), on what arrives so far
 
 
-@pytest.mark.parametrize("start", [b"\x16\x03\x01", b"\x00", b"GET\x00", b"G@T / HTTP/1.1\r\n", b"GET / FOO/1.1\r\n",
-                                   b"A" * 40, b"GET /\x01 HTTP/1.1\r\n", b"\r\n"])  # fmt: skip
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"\x16\x03\x01",
+        b"\x00",
+        b"GET\x00",
+        b"G@T / HTTP/1.1\r\n",
+        b"GET / FOO/1.1\r\n",
+        b"A" * 40,
+        b"GET /\x01 HTTP/1.1\r\n",
+        b"\r\n",
+    ],
+)
 def test_request_line_refused_as_soon_as_it_is_not_http(start):
     with pytest.raises(Refused) as exc:
         request_end(bytearray(start), Frame(), 1024)
     assert exc.value.status == 400 and "HTTP/1.1" in exc.value.info
 
 
-@pytest.mark.parametrize("start", [b"", b"P", b"POST", b"POST ", f"POST {PREDICT} HTTP/1".encode(), PARTIAL_HEAD,
-                                   b"GET /" + b"a" * 9000, b"GET /caf\xc3\xa9 HTTP/1.1\r\n", b"M-SEARCH * HTTP/1.1\r\n"])  # fmt: skip
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"",
+        b"P",
+        b"POST",
+        b"POST ",
+        f"POST {PREDICT} HTTP/1".encode(),
+        PARTIAL_HEAD,
+        b"GET /" + b"a" * 9000,
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\n",
+        b"M-SEARCH * HTTP/1.1\r\n",
+    ],
+)
 def test_request_line_waits_while_it_may_still_be_http(start):
     assert request_end(bytearray(start), Frame(), 1024) == -1

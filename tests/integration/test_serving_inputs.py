@@ -43,8 +43,15 @@ def shop_frame(n: int, seed: int = 0):
 
 def _start(name: str, uri: str, **local) -> LocalServer:
     port, metrics_port = free_ports(2)
-    cfg = server_config(name, name, "v1", Slot("blue", port, metrics_port), LocalTarget(workers=1, **local),
-                        model_uri=uri, request_log_uri=None)  # fmt: skip
+    cfg = server_config(
+        name,
+        name,
+        "v1",
+        Slot("blue", port, metrics_port),
+        LocalTarget(workers=1, **local),
+        model_uri=uri,
+        request_log_uri=None,
+    )
     return start_server(cfg, model_env={})
 
 
@@ -53,8 +60,10 @@ def servers(tmp_path_factory):
     work = tmp_path_factory.mktemp("inputs")
     root = (work / "storage").as_uri()
     uris = {}
-    for name, kinds, make in (("reviews", {"review": "text"}, frame),
-                              ("shop", {"size": "float", "weight": "float", "colour": "category"}, shop_frame)):  # fmt: skip
+    for name, kinds, make in (
+        ("reviews", {"review": "text"}, frame),
+        ("shop", {"size": "float", "weight": "float", "colour": "category"}, shop_frame),
+    ):
         folder, _ = train_version(work, kinds, name, make)
         uris[name] = ModelRegistry(root, name).register(folder.as_uri(), "v1")
     uris["pixels"] = make_version(root, "pixels", "v1", work, n_features=N_PIXELS)
@@ -62,7 +71,10 @@ def servers(tmp_path_factory):
     try:
         for server in started.values():
             server.wait_ready(120)
-        yield {name: {"server": s, "url": f"{s.url}/api/v1.0/predictions", "uri": uris[name]} for name, s in started.items()}
+        yield {
+            name: {"server": s, "url": f"{s.url}/api/v1.0/predictions", "uri": uris[name]}
+            for name, s in started.items()
+        }
     finally:
         for server in started.values():
             server.stop()
@@ -86,11 +98,14 @@ def _probabilities(body: dict) -> list[float]:
 def test_empty_text_is_accepted_in_every_form_and_answers_alike(servers):
     url = servers["reviews"]["url"]
     answers = {}
-    for form, payload in (("strData", {"strData": ""}), ("ndarray empty", {"data": {"ndarray": [[""]]}}),
-                          ("ndarray null", {"data": {"ndarray": [[None]]}}),
-                          ("names", {"data": {"names": ["review"], "ndarray": [[""]]}}),
-                          ("record", {"jsonData": {"instances": [{"review": ""}]}}),
-                          ("record null", {"jsonData": {"review": None}})):  # fmt: skip
+    for form, payload in (
+        ("strData", {"strData": ""}),
+        ("ndarray empty", {"data": {"ndarray": [[""]]}}),
+        ("ndarray null", {"data": {"ndarray": [[None]]}}),
+        ("names", {"data": {"names": ["review"], "ndarray": [[""]]}}),
+        ("record", {"jsonData": {"instances": [{"review": ""}]}}),
+        ("record null", {"jsonData": {"review": None}}),
+    ):
         code, body = http_json(url, payload)
         assert code == 200, (form, body)
         answers[form] = _probabilities(body)
@@ -101,8 +116,13 @@ def test_empty_text_is_accepted_in_every_form_and_answers_alike(servers):
 
 @pytest.mark.parametrize(
     "payload",
-    [{"strData": "\ud800"}, {"strData": "fine \udfff text"}, {"data": {"ndarray": [["\ud800"]]}},
-     {"data": {"names": ["review"], "ndarray": [["ok"], ["\udc00 then"]]}}, {"jsonData": {"review": "\ud800"}}],
+    [
+        {"strData": "\ud800"},
+        {"strData": "fine \udfff text"},
+        {"data": {"ndarray": [["\ud800"]]}},
+        {"data": {"names": ["review"], "ndarray": [["ok"], ["\udc00 then"]]}},
+        {"jsonData": {"review": "\ud800"}},
+    ],
 )
 def test_a_lone_surrogate_in_text_gets_400_naming_row_and_column(servers, payload):
     code, body = http_json(servers["reviews"]["url"], payload)
@@ -115,7 +135,9 @@ def test_a_lone_surrogate_in_a_category_gets_400(servers):
     record = {"size": 1.0, "weight": 2.0, "colour": "r\ud83ded"}  # half of a pair
     code, body = http_json(servers["shop"]["url"], {"jsonData": {"instances": [record]}})
     assert code == 400 and "row 0, colour: the text holds a lone surrogate" in body["status"]["info"], body
-    code, body = http_json(servers["shop"]["url"], {"jsonData": {"size": 1.0, "weight": 2.0, "colour": "\U0001f534"}})
+    code, body = http_json(
+        servers["shop"]["url"], {"jsonData": {"size": 1.0, "weight": 2.0, "colour": "\U0001f534"}}
+    )
     assert code == 200, body  # a whole pair (an emoji) is text like any other: an unseen category
 
 
@@ -128,7 +150,10 @@ def test_several_raw_columns_need_names_and_are_placed_by_them(servers):
     code, body = http_json(url, {"data": {"ndarray": [[0.5, 12.0, "red"]]}})
     assert code == 400, body
     info = body["status"]["info"]
-    assert '"data.ndarray" needs "data.names"' in info and "size (numeric), weight (numeric), colour (category)" in info
+    assert (
+        '"data.ndarray" needs "data.names"' in info
+        and "size (numeric), weight (numeric), colour (category)" in info
+    )
     named = {"data": {"names": ["size", "weight", "colour"], "ndarray": [[0.5, 12.0, "red"]]}}
     swapped = {"data": {"names": ["colour", "weight", "size"], "ndarray": [["red", 12.0, 0.5]]}}
     record = {"jsonData": {"size": 0.5, "weight": 12.0, "colour": "red"}}
@@ -137,10 +162,14 @@ def test_several_raw_columns_need_names_and_are_placed_by_them(servers):
         code, body = http_json(url, payload)
         assert code == 200, body
         answers.append(_probabilities(body))
-    assert answers[1] == pytest.approx(answers[0], abs=1e-6) and answers[2] == pytest.approx(answers[0], abs=1e-6)
+    assert answers[1] == pytest.approx(answers[0], abs=1e-6) and answers[2] == pytest.approx(
+        answers[0], abs=1e-6
+    )
     crossed = {"data": {"names": ["weight", "size", "colour"], "ndarray": [[0.5, 12.0, "red"]]}}
     code, body = http_json(url, crossed)
-    assert code == 200 and _probabilities(body) != pytest.approx(answers[0], abs=1e-6), body  # the names decide
+    assert code == 200 and _probabilities(body) != pytest.approx(answers[0], abs=1e-6), (
+        body
+    )  # the names decide
 
 
 def test_a_number_written_as_text_reads_as_that_number_in_every_form(servers):
@@ -148,15 +177,21 @@ def test_a_number_written_as_text_reads_as_that_number_in_every_form(servers):
     reads "12" as 12 whatever the message form; text that is no number gets a 400."""
     url, names = servers["shop"]["url"], ["size", "weight", "colour"]
     answers = []
-    for payload in ({"jsonData": {"size": 0.5, "weight": 12, "colour": "red"}},
-                    {"jsonData": {"size": "0.5", "weight": "12", "colour": "red"}},
-                    {"data": {"names": names, "ndarray": [[0.5, "12", "red"]]}}):  # fmt: skip
+    for payload in (
+        {"jsonData": {"size": 0.5, "weight": 12, "colour": "red"}},
+        {"jsonData": {"size": "0.5", "weight": "12", "colour": "red"}},
+        {"data": {"names": names, "ndarray": [[0.5, "12", "red"]]}},
+    ):
         code, body = http_json(url, payload)
         assert code == 200, body
         answers.append(_probabilities(body))
-    assert answers[1] == pytest.approx(answers[0], abs=1e-6) and answers[2] == pytest.approx(answers[0], abs=1e-6)
-    for payload in ({"jsonData": {"size": "forty", "weight": 1.0, "colour": "red"}},
-                    {"data": {"names": names, "ndarray": [[0.5, "nan", "red"]]}}):  # fmt: skip
+    assert answers[1] == pytest.approx(answers[0], abs=1e-6) and answers[2] == pytest.approx(
+        answers[0], abs=1e-6
+    )
+    for payload in (
+        {"jsonData": {"size": "forty", "weight": 1.0, "colour": "red"}},
+        {"data": {"names": names, "ndarray": [[0.5, "nan", "red"]]}},
+    ):
         code, body = http_json(url, payload)
         assert code == 400 and "row 0, " in body["status"]["info"], body
 
@@ -217,4 +252,3 @@ def test_loading_the_model_is_not_bound_by_the_worker_timeout(servers):
         assert "WORKER TIMEOUT" not in log and log.count("Booting worker") == 1, log[-3000:]
     finally:
         server.stop()
-

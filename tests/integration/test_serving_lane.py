@@ -22,26 +22,55 @@ ROW = [0.5, -1.0, 2.0, 0.0, 3.5, 1.0, -2.0, 0.25]
 pytestmark = needs_serving_env
 
 
-def _case(name: str, message, *, path: str = "/api/v1.0/predictions", headers=None, query: str = "",
-          method: str = "POST") -> dict:  # fmt: skip
+def _case(
+    name: str,
+    message,
+    *,
+    path: str = "/api/v1.0/predictions",
+    headers=None,
+    query: str = "",
+    method: str = "POST",
+) -> dict:
     body = message if isinstance(message, str) else json.dumps(message)
-    return {"name": name, "path": path, "query": query, "method": method, "headers": headers or JSON, "body": body}
+    return {
+        "name": name,
+        "path": path,
+        "query": query,
+        "method": method,
+        "headers": headers or JSON,
+        "body": body,
+    }
 
 
 # each answered case carries its own request id (meta.puid): the model uses it, so the bodies are equal bytes
 ANSWERED = [
     _case("one row", {"data": {"ndarray": [ROW]}, "meta": {"puid": "r1"}}),
-    _case("rows with names", {"data": {"names": [f"f{i}" for i in range(N_FEATURES)][::-1],
-                                       "ndarray": [ROW[::-1], ROW[::-1]]}, "meta": {"puid": "r2"}}),  # fmt: skip
-    _case("tensor", {"data": {"tensor": {"shape": [2, N_FEATURES], "values": ROW * 2}}, "meta": {"puid": "r3"}}),
-    _case("records", {"jsonData": {"instances": [{f"f{i}": v for i, v in enumerate(ROW)}]}, "meta": {"puid": "r4"}}),
-    _case("charset", {"data": {"ndarray": [ROW]}, "meta": {"puid": "r5"}},
-          headers={"Content-Type": "application/json; charset=utf-8"}),
+    _case(
+        "rows with names",
+        {
+            "data": {"names": [f"f{i}" for i in range(N_FEATURES)][::-1], "ndarray": [ROW[::-1], ROW[::-1]]},
+            "meta": {"puid": "r2"},
+        },
+    ),
+    _case(
+        "tensor", {"data": {"tensor": {"shape": [2, N_FEATURES], "values": ROW * 2}}, "meta": {"puid": "r3"}}
+    ),
+    _case(
+        "records",
+        {"jsonData": {"instances": [{f"f{i}": v for i, v in enumerate(ROW)}]}, "meta": {"puid": "r4"}},
+    ),
+    _case(
+        "charset",
+        {"data": {"ndarray": [ROW]}, "meta": {"puid": "r5"}},
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    ),
     _case("old path", {"data": {"ndarray": [ROW]}, "meta": {"puid": "r6"}}, path="/predict"),
 ]
 PASSED_ON = [
     _case("query string", {"data": {"ndarray": [ROW]}}, query="x=1"),
-    _case("browser origin", {"data": {"ndarray": [ROW]}}, headers={**JSON, "Origin": "http://localhost:3000"}),
+    _case(
+        "browser origin", {"data": {"ndarray": [ROW]}}, headers={**JSON, "Origin": "http://localhost:3000"}
+    ),
     _case("not json", {"data": {"ndarray": [ROW]}}, headers={"Content-Type": "text/plain"}),
     _case("compressed", {"data": {"ndarray": [ROW]}}, headers={**JSON, "Content-Encoding": "gzip"}),
     _case("invalid json", '{"data": {"ndarray": [[1, 2'),
@@ -64,8 +93,14 @@ def answers(tmp_path_factory) -> dict[str, dict]:
     cases.write_text(json.dumps(ANSWERED + PASSED_ON))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "plugins"), str(ROOT)))
-    proc = subprocess.run([serving_python(), str(ROOT / "tests" / "support" / "serving_lane_check.py"), uri, str(cases)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)  # fmt: skip
+    proc = subprocess.run(
+        [serving_python(), str(ROOT / "tests" / "support" / "serving_lane_check.py"), uri, str(cases)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return {o["name"]: o for o in out}
@@ -79,7 +114,10 @@ def test_lane_answers_what_the_app_answers(answers, name):
     assert app["status"] == 200, app["body"]
     assert lane["status"] == "200 OK"
     assert lane["body"] == app["body"]  # the same bytes: same names, values, tags and request path
-    assert dict(lane["headers"]) == {"Content-Type": app["content_type"], "Content-Length": str(len(lane["body"]))}
+    assert dict(lane["headers"]) == {
+        "Content-Type": app["content_type"],
+        "Content-Length": str(len(lane["body"])),
+    }
     tags = json.loads(lane["body"])["meta"]["tags"]
     assert tags["model_version"] == "v1" and tags["request_id"].startswith("r")
 

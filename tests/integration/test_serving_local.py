@@ -41,8 +41,9 @@ def served(tmp_path_factory):
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "m", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
     uris["vbad"] = make_version(root, "m", "vbad", work, seed=9, broken=True)
-    local = LocalTarget(workers=2, smoke_rows=16, log_sample_rate=1.0, start_timeout_seconds=90,
-                        max_batch_rows=MAX_ROWS)  # fmt: skip
+    local = LocalTarget(
+        workers=2, smoke_rows=16, log_sample_rate=1.0, start_timeout_seconds=90, max_batch_rows=MAX_ROWS
+    )
     rec = deploy_local(root_uri=root, model="m", name="m", version="v1", version_uri=uris["v1"], local=local)
     yield {"root": root, "uris": uris, "local": local, "record": rec, "work": work}
     mp.undo()
@@ -79,8 +80,13 @@ def test_served_predictions_equal_in_process(served):
     assert np.abs(got - want).max() < 1e-5
     assert body["meta"]["tags"]["model_version"] == "v1"
     # the tensor form and named, reordered columns give the same answer
-    code, body = http_json(rec["predict_url"], {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}})
-    assert code == 200 and np.abs(np.asarray(body["data"]["tensor"]["values"]).reshape(got.shape) - got).max() < 1e-6
+    code, body = http_json(
+        rec["predict_url"], {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}}
+    )
+    assert (
+        code == 200
+        and np.abs(np.asarray(body["data"]["tensor"]["values"]).reshape(got.shape) - got).max() < 1e-6
+    )
     names = [f"f{i}" for i in range(N_FEATURES)][::-1]
     code, body = http_json(rec["predict_url"], {"data": {"names": names, "ndarray": rows[:, ::-1].tolist()}})
     assert code == 200 and np.abs(np.asarray(body["data"]["ndarray"]) - got).max() < 1e-6
@@ -99,7 +105,9 @@ def test_prediction_lane_and_app_answer_alike_over_http(served):
     """A plain request (answered by the worker's prediction lane) and the same request with a query string
     (which goes through Seldon's app) get the same status, headers and bytes."""
     host, port = served["record"]["url"].split("//", 1)[1].split(":")
-    body = json.dumps({"data": {"ndarray": [[0.5] * N_FEATURES]}, "meta": {"puid": "1a2e" * 8}}).encode()  # a request id like the server's
+    body = json.dumps(
+        {"data": {"ndarray": [[0.5] * N_FEATURES]}, "meta": {"puid": "1a2e" * 8}}
+    ).encode()  # a request id like the server's
     answers = []
     for path in ("/api/v1.0/predictions", "/api/v1.0/predictions?via=app"):
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -129,37 +137,98 @@ def _malformed(n: int) -> list[tuple[str, bytes, str | None]]:
         ("empty body", b"", J),
         ("whitespace body", b"   ", J),
     ]
-    for bad in (b"{", b'{"data":', b"nul", b"[1,2", b"{'a': 1}", b"\xff\xfe\x00", b'{"data": {"ndarray": [[1,2,]]}}',
-                b"{}}", b'{"a" 1}', b"NaNx"):  # fmt: skip
+    for bad in (
+        b"{",
+        b'{"data":',
+        b"nul",
+        b"[1,2",
+        b"{'a': 1}",
+        b"\xff\xfe\x00",
+        b'{"data": {"ndarray": [[1,2,]]}}',
+        b"{}}",
+        b'{"a" 1}',
+        b"NaNx",
+    ):
         cases.append((f"invalid json {bad[:12]!r}", bad, J))
     for body in ([], 1, "str", None, True, 2.5):
         cases.append((f"not an object {body!r}", j(body), J))
-    for body in ({}, {"meta": {}}, {"foo": 1}, {"data": {"ndarray": [good_row]}, "jsonData": {}},
-                 {"strData": "hello"}, {"binData": "aGVsbG8="}, {"data": []}, {"data": 1}, {"data": "x"},
-                 {"data": {}}, {"data": {"names": []}}, {"data": {"tftensor": {}}},
-                 {"data": {"ndarray": [good_row]}, "meta": []}, {"data": None}, {"data": None, "meta": {}},
-                 {"data": {"ndarray": None}}, {"data": {"tensor": None}},
-                 {"data": {"names": None, "ndarray": [good_row]}}, {"strData": None},
-                 {"jsonData": None}):  # fmt: skip
+    for body in (
+        {},
+        {"meta": {}},
+        {"foo": 1},
+        {"data": {"ndarray": [good_row]}, "jsonData": {}},
+        {"strData": "hello"},
+        {"binData": "aGVsbG8="},
+        {"data": []},
+        {"data": 1},
+        {"data": "x"},
+        {"data": {}},
+        {"data": {"names": []}},
+        {"data": {"tftensor": {}}},
+        {"data": {"ndarray": [good_row]}, "meta": []},
+        {"data": None},
+        {"data": None, "meta": {}},
+        {"data": {"ndarray": None}},
+        {"data": {"tensor": None}},
+        {"data": {"names": None, "ndarray": [good_row]}},
+        {"strData": None},
+        {"jsonData": None},
+    ):
         cases.append((f"envelope {json.dumps(body)[:40]}", j(body), J))
-    for t in (1, [], {"values": [1.0] * n}, {"shape": [1, n]}, {"shape": "1x8", "values": good_row},
-              {"shape": [1, -n], "values": good_row}, {"shape": [1.5, n], "values": good_row},
-              {"shape": [1, n], "values": "x"}, {"shape": [2, n], "values": good_row}, {"shape": [], "values": []},
-              {"shape": [1, n + 1], "values": [0.0] * (n + 1)}):  # fmt: skip
+    for t in (
+        1,
+        [],
+        {"values": [1.0] * n},
+        {"shape": [1, n]},
+        {"shape": "1x8", "values": good_row},
+        {"shape": [1, -n], "values": good_row},
+        {"shape": [1.5, n], "values": good_row},
+        {"shape": [1, n], "values": "x"},
+        {"shape": [2, n], "values": good_row},
+        {"shape": [], "values": []},
+        {"shape": [1, n + 1], "values": [0.0] * (n + 1)},
+    ):
         cases.append((f"tensor {json.dumps(t)[:40]}", j({"data": {"tensor": t}}), J))
-    for arr in (1, "x", {}, [[1.0, 2.0], [3.0]], [good_row, [1.0]], [good_row, "row"], [[[0.0] * n]], [], [[]],
-                [[None] * n], [["a"] * n], [[*good_row[:-1], "1"]], [[True] * n], [[float("nan")] * n],
-                [[*good_row[:-1], float("inf")]], [[float("-inf"), *good_row[1:]]], [[1e39] * n],
-                [good_row] * (MAX_ROWS + 1)):  # fmt: skip
+    for arr in (
+        1,
+        "x",
+        {},
+        [[1.0, 2.0], [3.0]],
+        [good_row, [1.0]],
+        [good_row, "row"],
+        [[[0.0] * n]],
+        [],
+        [[]],
+        [[None] * n],
+        [["a"] * n],
+        [[*good_row[:-1], "1"]],
+        [[True] * n],
+        [[float("nan")] * n],
+        [[*good_row[:-1], float("inf")]],
+        [[float("-inf"), *good_row[1:]]],
+        [[1e39] * n],
+        [good_row] * (MAX_ROWS + 1),
+    ):
         cases.append((f"ndarray {json.dumps(arr)[:40]}", j({"data": {"ndarray": arr}}), J))
     for width in [w for w in range(0, n + 21) if w != n]:
         cases.append((f"width {width}", j({"data": {"ndarray": [[0.1] * width]}}), J))
     for names in (["f0"], [f"g{i}" for i in range(n)], [1] * n, "f0"):
-        cases.append((f"names {json.dumps(names)[:30]}", j({"data": {"names": names, "ndarray": [good_row]}}), J))
+        cases.append(
+            (f"names {json.dumps(names)[:30]}", j({"data": {"names": names, "ndarray": [good_row]}}), J)
+        )
     rec = {f"f{i}": 0.5 for i in range(n)}
-    for jd in ([], {"instances": 1}, {"instances": []}, {"instances": [1]}, {"instances": [{"f0": 1.0}]},
-               {"instances": [{**rec, "f0": "1"}]}, {"instances": [{**rec, "f0": None}]},
-               {"instances": [{**rec, "f0": True}]}, {"instances": [rec] * (MAX_ROWS + 1)}, "x"):  # fmt: skip
+    for jd in (
+        [],
+        {"instances": 1},
+        {"instances": []},
+        {"instances": [1]},
+        {"instances": [{"f0": 1.0}]},
+        {"instances": [{**rec, "f0": "1"}]},
+        {"instances": [{**rec, "f0": None}]},
+        {"instances": [{**rec, "f0": True}]},
+        {"instances": [rec] * (MAX_ROWS + 1)},
+        "x",
+    ):
         cases.append((f"jsonData {json.dumps(jd)[:40]}", j({"jsonData": jd}), J))
     cases.append(("body over the size limit", j({"data": {"ndarray": [good_row] * 2000}}), J))
     return cases
@@ -187,7 +256,9 @@ def test_malformed_payloads_get_4xx_json(served):
     # message, an integer beyond 64 bits is still a number
     status, _, data = _post(url, b'{"data": {"ndarray": [[NaN' + b", 0" * (N_FEATURES - 1) + b"]]}}")
     assert status == 400 and "NaN or infinite" in json.loads(data)["status"]["info"], data
-    status, _, data = _post(url, b'{"data": {"ndarray": [[' + str(2**70).encode() + b", 0" * (N_FEATURES - 1) + b"]]}}")
+    status, _, data = _post(
+        url, b'{"data": {"ndarray": [[' + str(2**70).encode() + b", 0" * (N_FEATURES - 1) + b"]]}}"
+    )
     assert status == 200 and len(json.loads(data)["data"]["ndarray"][0]) > 0, data
     # and the server still answers
     code, _ = http_json(url, {"data": {"ndarray": [[0.1] * N_FEATURES]}})
@@ -201,7 +272,9 @@ def _read_response(sock: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
         assert chunk, f"connection closed mid-response: {buf[:200]!r}"
         buf += chunk
     head, rest = buf.split(b"\r\n\r\n", 1)
-    length = next(int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+    length = next(
+        int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")
+    )
     while len(rest) < length:
         chunk = sock.recv(65536)
         assert chunk, "connection closed mid-body"
@@ -210,8 +283,10 @@ def _read_response(sock: socket.socket, buf: bytes) -> tuple[int, bytes, bytes]:
 
 
 def _request(path: str, body: bytes, extra: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body  # fmt: skip
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def test_keep_alive_worker_pipelining_slow_clients_and_balance(served):
@@ -241,8 +316,10 @@ def test_keep_alive_worker_pipelining_slow_clients_and_balance(served):
             assert status == 200
         assert time.monotonic() - t0 < 10  # not waiting on the stalled clients
         # a chunked body
-        chunked = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   "Transfer-Encoding: chunked\r\n\r\n").encode()  # fmt: skip
+        chunked = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
         half = len(body) // 2
         for part in (body[:half], body[half:]):
             chunked += f"{len(part):x}\r\n".encode() + part + b"\r\n"
@@ -263,7 +340,9 @@ def test_keep_alive_worker_pipelining_slow_clients_and_balance(served):
             assert resp.status == 200 and resp.read()
         held: dict[int, int] = {}
         for proc in psutil.Process(int(rec["pid"])).children(recursive=True):
-            n = sum(1 for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED")
+            n = sum(
+                1 for c in proc.net_connections("tcp") if c.laddr.port == port and c.status == "ESTABLISHED"
+            )
             if n:
                 held[proc.pid] = n
         for c in clients:
@@ -278,7 +357,9 @@ def test_broken_version_leaves_the_old_one_serving_then_switch(served):
     root, uris, local = served["root"], served["uris"], served["local"]
     before = Deployments(root, "m").get("m")
     with pytest.raises(DeployError, match="exited with code|not healthy"):
-        deploy_local(root_uri=root, model="m", name="m", version="vbad", version_uri=uris["vbad"], local=local)
+        deploy_local(
+            root_uri=root, model="m", name="m", version="vbad", version_uri=uris["vbad"], local=local
+        )
     after = Deployments(root, "m").get("m")
     assert after == before  # the record never moved
     assert describe(after)["health"] == "ok"
@@ -286,14 +367,25 @@ def test_broken_version_leaves_the_old_one_serving_then_switch(served):
     assert code == 200 and body["meta"]["tags"]["model_version"] == "v1"
 
     rec = deploy_local(root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local)
-    assert rec["version"] == "v2" and rec["color"] == "green" and rec["server_port"] == before["server_port"] + 1
-    assert (rec["url"], rec["port"], rec["holder_pid"]) == (before["url"], before["port"], before["holder_pid"])
+    assert (
+        rec["version"] == "v2" and rec["color"] == "green" and rec["server_port"] == before["server_port"] + 1
+    )
+    assert (rec["url"], rec["port"], rec["holder_pid"]) == (
+        before["url"],
+        before["port"],
+        before["holder_pid"],
+    )
     assert rec["previous"]["version"] == "v1"
     assert not describe(before)["alive"]  # the blue server was stopped after the switch
     rows = np.random.default_rng(3).normal(size=(5, N_FEATURES))
     code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
-    assert code == 200 and np.abs(np.asarray(body["data"]["ndarray"]) - in_process(uris["v2"], rows)).max() < 1e-5
-    again = deploy_local(root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local)
+    assert (
+        code == 200
+        and np.abs(np.asarray(body["data"]["ndarray"]) - in_process(uris["v2"], rows)).max() < 1e-5
+    )
+    again = deploy_local(
+        root_uri=root, model="m", name="m", version="v2", version_uri=uris["v2"], local=local
+    )
     assert again.get("unchanged") and again["pid"] == rec["pid"]
     served["record"] = rec
 
@@ -310,7 +402,9 @@ def test_metrics_and_request_log(served):
     assert "freestack_predictions_total" in text and "freestack_prediction_rows_total" in text
     logs = Path(rec["request_log_uri"].removeprefix("file://"))
     table = None
-    while time.monotonic() < deadline + 15 and (table is None or (table["input.f0"] == np.float32(0.3)).sum() < 10):
+    while time.monotonic() < deadline + 15 and (
+        table is None or (table["input.f0"] == np.float32(0.3)).sum() < 10
+    ):
         time.sleep(0.5)
         files = sorted(logs.glob("requests/ds=*/hour=*/*.parquet"))
         table = pd.concat([pq.read_table(f).to_pandas() for f in files]) if files else None
@@ -320,7 +414,9 @@ def test_metrics_and_request_log(served):
     # to v1, one row each, may come first in the table)
     ours = table[table["input.f0"] == np.float32(0.3)].groupby("request_id")["row"].apply(sorted)
     assert len(ours) >= 5 and all(rows == [0, 1] for rows in ours), ours
-    assert {f"input.{f}" for f in FEATURES} <= set(table.columns) and (table["input.f0"] == np.float32(0.3)).sum() >= 10
+    assert {f"input.{f}" for f in FEATURES} <= set(table.columns) and (
+        table["input.f0"] == np.float32(0.3)
+    ).sum() >= 10
     assert table["request_id"].str.len().min() == 32 and len(table["outputs"].iloc[0]) == 3
     assert not list(logs.glob("requests/ds=*/hour=*/.*"))  # no half-written object left behind
 
@@ -329,8 +425,10 @@ def test_feedback_joins_the_request_log(served):
     rec = Deployments(served["root"], "m").get("m")
     code, answer = http_json(rec["predict_url"], {"data": {"ndarray": [[0.1] * N_FEATURES] * 2}})
     request_id = answer["meta"]["tags"]["request_id"]
-    code, got = http_json(rec["url"] + "/api/v1.0/feedback",
-                          {"response": answer, "truth": {"data": {"ndarray": [["a"], ["b"]]}}, "reward": 1})  # fmt: skip
+    code, got = http_json(
+        rec["url"] + "/api/v1.0/feedback",
+        {"response": answer, "truth": {"data": {"ndarray": [["a"], ["b"]]}}, "reward": 1},
+    )
     assert code == 200 and got["meta"]["tags"] == {"request_id": request_id, "labels": 2}, got
     code, bad = http_json(rec["url"] + "/api/v1.0/feedback", {"truth": {"data": {"ndarray": [1]}}})
     assert code == 400 and "names no request" in bad["status"]["info"]

@@ -36,13 +36,28 @@ def train_version(work: Path, kinds: dict[str, str], name: str, make=frame) -> t
     opts = EncoderOptions(text_vocab_size=60, text_max_length=8, image_size=(8, 8))
     pre = Preprocessing.fit(train, list(kinds), "label", "classification", kinds, opts)
     torch.manual_seed(0)
-    net = FreestackNet(task="classification", n_features=len(pre.numeric), n_outputs=2, hidden=[16], channels=[8],
-                       features=pre.features, classes=pre.classes, inputs=pre.encoder.group_sizes())  # fmt: skip
+    net = FreestackNet(
+        task="classification",
+        n_features=len(pre.numeric),
+        n_outputs=2,
+        hidden=[16],
+        channels=[8],
+        features=pre.features,
+        classes=pre.classes,
+        inputs=pre.encoder.group_sizes(),
+    )
     net.set_scaling(pre.mean, pre.std)
     if pre.encoder.image is not None:
         net.set_image_scaling(pre.encoder.image.mean, pre.encoder.image.std)
-    fit(net, pre.inputs(train), pre.target_array(train), pre.inputs(test), pre.target_array(test),
-        TrainConfig(epochs=4, learning_rate=1e-2, batch_size=32), task="classification")  # fmt: skip
+    fit(
+        net,
+        pre.inputs(train),
+        pre.target_array(train),
+        pre.inputs(test),
+        pre.target_array(test),
+        TrainConfig(epochs=4, learning_rate=1e-2, batch_size=32),
+        task="classification",
+    )
     folder = work / name
     net.save_pretrained(folder)
     (folder / "preprocessing.json").write_text(json.dumps(pre.as_dict()))
@@ -50,7 +65,9 @@ def train_version(work: Path, kinds: dict[str, str], name: str, make=frame) -> t
         (folder / TOKENIZER_FILE).write_text(pre.tokenizer_json)
     (folder / "evaluation").mkdir()
     test = test.assign(id=range(len(test)))
-    (folder / "evaluation" / "smoke.json").write_text(json.dumps(smoke_sample(net, pre, test, "id", "label", 12)))
+    (folder / "evaluation" / "smoke.json").write_text(
+        json.dumps(smoke_sample(net, pre, test, "id", "label", 12))
+    )
     (folder / "lineage.json").write_text(json.dumps({"pipeline": name, "model": name}))
     return folder, pre
 
@@ -60,7 +77,9 @@ def serve(work: Path, root: str, kinds: dict[str, str], name: str):
 
     folder, pre = train_version(work, kinds, name)
     uri = ModelRegistry(root, name).register(folder.as_uri(), "v1")
-    local = LocalTarget(port=free_port_block(), workers=1, smoke_rows=12, log_sample_rate=0.0, start_timeout_seconds=90)
+    local = LocalTarget(
+        port=free_port_block(), workers=1, smoke_rows=12, log_sample_rate=0.0, start_timeout_seconds=90
+    )
     # deploy_local runs the smoke test: the evaluation's rows as raw values must come back as in-process
     rec = deploy_local(root_uri=root, model=name, name=name, version="v1", version_uri=uri, local=local)
     return {"url": rec["url"], "pre": pre, "uri": uri}
@@ -70,7 +89,10 @@ def serve(work: Path, root: str, kinds: dict[str, str], name: str):
 def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("mixed")
     root = (work / "storage").as_uri()
-    models = {"mixed": serve(work, root, KINDS, "mixed"), "photos": serve(work, root, {"photo": "image"}, "photos")}
+    models = {
+        "mixed": serve(work, root, KINDS, "mixed"),
+        "photos": serve(work, root, {"photo": "image"}, "photos"),
+    }
     yield models
     for name in models:
         try:
@@ -92,8 +114,13 @@ def in_process(model: dict, rows) -> list[list[float]]:
 @needs_serving_env
 def test_records_of_raw_values_answer_what_the_model_answers_in_process(served):
     rows = frame(5, 7)
-    records = [{"size": r.size, "colour": r.colour, "review": r.review, "photo": b64(r.photo)} for r in rows.itertuples()]
-    code, body = http_json(f"{served['mixed']['url']}/api/v1.0/predictions", {"jsonData": {"instances": records}})
+    records = [
+        {"size": r.size, "colour": r.colour, "review": r.review, "photo": b64(r.photo)}
+        for r in rows.itertuples()
+    ]
+    code, body = http_json(
+        f"{served['mixed']['url']}/api/v1.0/predictions", {"jsonData": {"instances": records}}
+    )
     assert code == 200, body
     preds = body["jsonData"]["predictions"]
     want = in_process(served["mixed"], rows)
@@ -107,7 +134,9 @@ def test_an_ndarray_with_names_in_any_order_and_an_unseen_category(served):
     rows = frame(3, 8)
     names = ["photo", "review", "colour", "size"]
     data = [[b64(r.photo), r.review, "purple", r.size] for r in rows.itertuples()]
-    code, body = http_json(f"{served['mixed']['url']}/api/v1.0/predictions", {"data": {"names": names, "ndarray": data}})
+    code, body = http_json(
+        f"{served['mixed']['url']}/api/v1.0/predictions", {"data": {"names": names, "ndarray": data}}
+    )
     assert code == 200, body
     assert body["data"]["names"] == ["no", "yes"] and len(body["data"]["ndarray"]) == 3
     unseen = rows.assign(colour="purple")
@@ -120,13 +149,30 @@ def test_an_ndarray_with_names_in_any_order_and_an_unseen_category(served):
     ("payload", "words"),
     [
         ({"jsonData": {"instances": [{"size": 1.0, "colour": "red", "review": "ok"}]}}, "lacks ['photo']"),
-        ({"jsonData": {"instances": [{"size": "big", "colour": "red", "review": "ok", "photo": b64(png(9))}]}},
-         "row 0, size: expected a number"),
-        ({"jsonData": {"instances": [{"size": 1, "colour": "red", "review": "ok", "photo": "%%%"}]}},
-         "row 0, photo: not valid base64"),
-        ({"jsonData": {"instances": [{"size": 1, "colour": "red", "review": "ok", "photo": b64(b"GIF89a junk")}]}},
-         "photo: not a decodable image"),
-        ({"data": {"names": ["size", "colour"], "ndarray": [[1.0, "red"]]}}, "do not match the model's columns"),
+        (
+            {
+                "jsonData": {
+                    "instances": [{"size": "big", "colour": "red", "review": "ok", "photo": b64(png(9))}]
+                }
+            },
+            "row 0, size: expected a number",
+        ),
+        (
+            {"jsonData": {"instances": [{"size": 1, "colour": "red", "review": "ok", "photo": "%%%"}]}},
+            "row 0, photo: not valid base64",
+        ),
+        (
+            {
+                "jsonData": {
+                    "instances": [{"size": 1, "colour": "red", "review": "ok", "photo": b64(b"GIF89a junk")}]
+                }
+            },
+            "photo: not a decodable image",
+        ),
+        (
+            {"data": {"names": ["size", "colour"], "ndarray": [[1.0, "red"]]}},
+            "do not match the model's columns",
+        ),
         ({"strData": "a review"}, '"strData" is not accepted by this model'),
         ({"binData": b64(png(9))}, '"binData" is not accepted by this model'),
     ],

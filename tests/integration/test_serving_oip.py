@@ -25,20 +25,37 @@ from tests.unit.ml.test_features import KINDS, frame
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv-mlserver" / "bin" / "python"
-pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason="the MLServer environment is missing: run `make mlserver-venv`")
+pytestmark = pytest.mark.skipif(
+    not PYTHON.exists(), reason="the MLServer environment is missing: run `make mlserver-venv`"
+)
 MAX_BODY = 200_000
 
 
 def start(work: Path, name: str, uri: str, log_uri: str = "") -> dict:
     """MLServer started exactly as docker/mlserver.Dockerfile starts it (tests/support/images.py), with
     what a manifest sets: the model's name, its limits and its request log."""
-    env = {"FREESTACK_MODEL_NAME": name, "FREESTACK_MAX_BATCH_ROWS": "64", "FREESTACK_SERVER_BATCH_ROWS": "32",
-           "FREESTACK_REQUEST_LOG_URI": log_uri, "FREESTACK_REQUEST_LOG_RATE": "1.0" if log_uri else "0.0",
-           "FREESTACK_HOME": str(work), "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY),
-           "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1"}  # fmt: skip
-    server = start_like_image("mlserver", uri, work / f"mlserver-{name}", env=env, ready_path=f"/v2/models/{name}/ready")
-    return {"proc": server.proc, "server": server, "http": f"127.0.0.1:{server.port}", "grpc": f"127.0.0.1:{server.grpc_port}",
-            "metrics": f"127.0.0.1:{server.metrics_port}", "name": name, "uri": uri}  # fmt: skip
+    env = {
+        "FREESTACK_MODEL_NAME": name,
+        "FREESTACK_MAX_BATCH_ROWS": "64",
+        "FREESTACK_SERVER_BATCH_ROWS": "32",
+        "FREESTACK_REQUEST_LOG_URI": log_uri,
+        "FREESTACK_REQUEST_LOG_RATE": "1.0" if log_uri else "0.0",
+        "FREESTACK_HOME": str(work),
+        "FREESTACK_MAX_BODY_BYTES": str(MAX_BODY),
+        "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
+    }
+    server = start_like_image(
+        "mlserver", uri, work / f"mlserver-{name}", env=env, ready_path=f"/v2/models/{name}/ready"
+    )
+    return {
+        "proc": server.proc,
+        "server": server,
+        "http": f"127.0.0.1:{server.port}",
+        "grpc": f"127.0.0.1:{server.grpc_port}",
+        "metrics": f"127.0.0.1:{server.metrics_port}",
+        "name": name,
+        "uri": uri,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +67,11 @@ def servers(tmp_path_factory):
     from freestack.registry.core import ModelRegistry
 
     mixed = ModelRegistry(root, "mixed").register(folder.as_uri(), "v1")
-    out = {"toy": start(work, "toy", toy, f"{root}/monitoring/toy"), "mixed": start(work, "mixed", mixed),
-           "root": work / "storage"}  # fmt: skip
+    out = {
+        "toy": start(work, "toy", toy, f"{root}/monitoring/toy"),
+        "mixed": start(work, "mixed", mixed),
+        "root": work / "storage",
+    }
     out["mixed"]["pre"] = pre
     yield out
     for s in (out["toy"], out["mixed"]):
@@ -61,8 +81,11 @@ def servers(tmp_path_factory):
 
 def post(server: dict, body, path: str = "") -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://{server['http']}/v2/models/{path or server['name']}/infer", data=data,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        f"http://{server['http']}/v2/models/{path or server['name']}/infer",
+        data=data,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -100,15 +123,25 @@ def test_one_tensor_per_feature_and_concurrent_requests_each_get_their_own_answe
     toy = servers["toy"]
     rows = np.random.default_rng(4).normal(size=(40, 8)).astype(np.float32)
     want = in_process(toy["uri"], rows)
-    per_feature = {"inputs": [{"name": f"f{j}", "datatype": "FP64", "shape": [2], "data": rows[:2, j].tolist()}
-                              for j in reversed(range(8))]}  # fmt: skip
+    per_feature = {
+        "inputs": [
+            {"name": f"f{j}", "datatype": "FP64", "shape": [2], "data": rows[:2, j].tolist()}
+            for j in reversed(range(8))
+        ]
+    }
     code, body = post(toy, per_feature)
     assert code == 200, body
     np.testing.assert_allclose(np.reshape(body["outputs"][0]["data"], (2, 3)), want[:2], atol=1e-5)
 
     def one(i: int):  # a bad request among them is refused alone
         row = rows[i].tolist() if i % 10 else rows[i].tolist()[:5]
-        return i, post(toy, {"id": f"r{i}", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(row)], "data": row}]})
+        return i, post(
+            toy,
+            {
+                "id": f"r{i}",
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, len(row)], "data": row}],
+            },
+        )
 
     with cf.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(40)))
@@ -120,16 +153,53 @@ def test_one_tensor_per_feature_and_concurrent_requests_each_get_their_own_answe
         np.testing.assert_allclose(body["outputs"][0]["data"], want[i], atol=1e-5)
 
 
-@pytest.mark.parametrize("body,status,says", [
-    ({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, 400, "takes numbers"),
-    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": [1, 2, 3]}]}, 400, "holds 16 values, but its data has 3"),
-    ({"inputs": [{"name": "input", "datatype": "FP99", "shape": [1, 8], "data": [0] * 8}]}, 400, "datatype"),
-    ({"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 8], "data": [1e39] + [0] * 7}]}, 400, "infinite"),
-    ({"inputz": []}, 400, "inputs: Field required"),
-    (b"{not json", 400, "not valid JSON"),
-    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [100, 8], "data": [0.5] * 800}]}, 413, "at most 64"),
-    ({"inputs": [{"name": "input", "datatype": "FP32", "shape": [30000, 8], "data": [0.5] * 240000}]}, 413, "bytes"),
-], ids=["wrong-datatype", "shape-mismatch", "unknown-datatype", "overflow", "no-inputs", "invalid-json", "too-many-rows", "oversized-body"])  # fmt: skip
+@pytest.mark.parametrize(
+    "body,status,says",
+    [
+        (
+            {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
+            400,
+            "takes numbers",
+        ),
+        (
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": [1, 2, 3]}]},
+            400,
+            "holds 16 values, but its data has 3",
+        ),
+        (
+            {"inputs": [{"name": "input", "datatype": "FP99", "shape": [1, 8], "data": [0] * 8}]},
+            400,
+            "datatype",
+        ),
+        (
+            {"inputs": [{"name": "input", "datatype": "FP64", "shape": [1, 8], "data": [1e39] + [0] * 7}]},
+            400,
+            "infinite",
+        ),
+        ({"inputz": []}, 400, "inputs: Field required"),
+        (b"{not json", 400, "not valid JSON"),
+        (
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [100, 8], "data": [0.5] * 800}]},
+            413,
+            "at most 64",
+        ),
+        (
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [30000, 8], "data": [0.5] * 240000}]},
+            413,
+            "bytes",
+        ),
+    ],
+    ids=[
+        "wrong-datatype",
+        "shape-mismatch",
+        "unknown-datatype",
+        "overflow",
+        "no-inputs",
+        "invalid-json",
+        "too-many-rows",
+        "oversized-body",
+    ],
+)
 def test_bad_v2_payloads_get_4xx_in_the_v2_error_format(servers, body, status, says):
     code, answer = post(servers["toy"], body)
     assert code == status and set(answer) == {"error"} and says in answer["error"], answer
@@ -141,15 +211,22 @@ def test_an_oversized_body_is_read_and_dropped_so_the_client_gets_its_413(server
     import http.client
 
     rows = 200_000  # 8 MB: far more than the socket buffers, so the client is still writing when refused
-    big = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 8], "data": [0.5] * rows * 8}]})
+    big = json.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 8], "data": [0.5] * rows * 8}]}
+    )
     for _ in range(5):
         code, answer = post(servers["toy"], big.encode())
         assert code == 413 and "bytes" in answer["error"], answer
     host, port = servers["toy"]["http"].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     chunks = (big[i : i + 65536].encode() for i in range(0, len(big), 65536))
-    conn.request("POST", f"/v2/models/{servers['toy']['name']}/infer", body=chunks, encode_chunked=True,
-                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})  # fmt: skip
+    conn.request(
+        "POST",
+        f"/v2/models/{servers['toy']['name']}/infer",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    )
     answer = conn.getresponse()
     assert answer.status == 413 and "bytes" in json.loads(answer.read())["error"]
     conn.close()
@@ -163,12 +240,14 @@ def test_an_unknown_model_is_404_in_the_v2_error_format(servers):
 def test_raw_category_text_and_image_values_as_bytes_tensors(servers):
     mixed = servers["mixed"]
     rows = frame(4, 7)
-    body = {"inputs": [
-        {"name": "size", "datatype": "FP32", "shape": [4], "data": rows["size"].tolist()},
-        {"name": "colour", "datatype": "BYTES", "shape": [4], "data": rows["colour"].tolist()},
-        {"name": "review", "datatype": "BYTES", "shape": [4], "data": rows["review"].tolist()},
-        {"name": "photo", "datatype": "BYTES", "shape": [4], "data": [b64(p) for p in rows["photo"]]},
-    ]}  # fmt: skip
+    body = {
+        "inputs": [
+            {"name": "size", "datatype": "FP32", "shape": [4], "data": rows["size"].tolist()},
+            {"name": "colour", "datatype": "BYTES", "shape": [4], "data": rows["colour"].tolist()},
+            {"name": "review", "datatype": "BYTES", "shape": [4], "data": rows["review"].tolist()},
+            {"name": "photo", "datatype": "BYTES", "shape": [4], "data": [b64(p) for p in rows["photo"]]},
+        ]
+    }
     code, answer = post(mixed, body)
     assert code == 200, answer
     want = mixed_in_process(mixed, rows)
@@ -182,11 +261,19 @@ def test_raw_category_text_and_image_values_as_bytes_tensors(servers):
 def test_requests_are_logged_under_the_answer_id_and_feedback_joins_them(servers):
     toy = servers["toy"]
     rows = np.random.default_rng(5).normal(size=(3, 8)).astype(np.float32)
-    code, body = post(toy, {"id": "logged-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 8],
-                                                          "data": rows.ravel().tolist()}]})  # fmt: skip
+    code, body = post(
+        toy,
+        {
+            "id": "logged-1",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 8], "data": rows.ravel().tolist()}],
+        },
+    )
     assert code == 200
-    truth = {"id": "fb", "parameters": {"feedback_for": "logged-1"},
-             "inputs": [{"name": "truth", "datatype": "BYTES", "shape": [3], "data": ["0", "1", "2"]}]}  # fmt: skip
+    truth = {
+        "id": "fb",
+        "parameters": {"feedback_for": "logged-1"},
+        "inputs": [{"name": "truth", "datatype": "BYTES", "shape": [3], "data": ["0", "1", "2"]}],
+    }
     code, answer = post(toy, truth)
     assert code == 200 and answer["outputs"][0]["data"] == [3], answer
     folder = servers["root"] / "monitoring" / "toy"
@@ -199,7 +286,11 @@ def test_requests_are_logged_under_the_answer_id_and_feedback_joins_them(servers
         time.sleep(0.5)
     ids = [i for t in req for i in t.column("request_id").to_pylist()]
     assert ids.count("logged-1") == 3
-    labels = [(r, v) for t in lab for r, v in zip(t.column("request_id").to_pylist(), t.column("label").to_pylist(), strict=True)]
+    labels = [
+        (r, v)
+        for t in lab
+        for r, v in zip(t.column("request_id").to_pylist(), t.column("label").to_pylist(), strict=True)
+    ]
     assert sorted(v for r, v in labels if r == "logged-1") == ["0", "1", "2"]
 
 
@@ -208,8 +299,12 @@ def test_every_listener_is_on_127_0_0_1(servers):
     for name in ("toy", "mixed"):
         proc = psutil.Process(servers[name]["proc"].pid)
         procs = [proc, *proc.children(recursive=True)]
-        listening = [c.laddr for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-        assert len(listening) >= 3 and {a.ip.removeprefix("::ffff:") for a in listening} == {"127.0.0.1"}, listening
+        listening = [
+            c.laddr for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+        ]
+        assert len(listening) >= 3 and {a.ip.removeprefix("::ffff:") for a in listening} == {"127.0.0.1"}, (
+            listening
+        )
     with urllib.request.urlopen(f"http://{servers['toy']['metrics']}/metrics", timeout=5) as r:
         assert b"model_infer_request_success" in r.read()
 

@@ -29,8 +29,13 @@ from tests.support.serving_hostile import TLS_HELLO, exchange
 ROOT = Path(__file__).resolve().parents[2]
 N_FEATURES = 8
 KEEP_MODEL_SERVERS = True  # one deployment walks through its versions (see conftest)
-pytestmark = [needs_serving_env, pytest.mark.skipif(not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
-                                                    reason="the MLServer environment is missing: run `make mlserver-venv`")]  # fmt: skip
+pytestmark = [
+    needs_serving_env,
+    pytest.mark.skipif(
+        not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+        reason="the MLServer environment is missing: run `make mlserver-venv`",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +43,23 @@ def dep(tmp_path_factory):
     work = tmp_path_factory.mktemp("oip-deploy")
     root = (work / "storage").as_uri()
     uris = {v: make_version(root, "oipdep", v, work, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
-    local = LocalTarget(port=free_port_block(), smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=120,
-                        grpc_port=free_port_block(), metrics_port=free_port_block())  # fmt: skip
-    rec = deploy_local(root_uri=root, model="oipdep", name="oipdep", version="v1", version_uri=uris["v1"],
-                       local=local, runtime="mlserver")  # fmt: skip
+    local = LocalTarget(
+        port=free_port_block(),
+        smoke_rows=8,
+        log_sample_rate=0.0,
+        start_timeout_seconds=120,
+        grpc_port=free_port_block(),
+        metrics_port=free_port_block(),
+    )
+    rec = deploy_local(
+        root_uri=root,
+        model="oipdep",
+        name="oipdep",
+        version="v1",
+        version_uri=uris["v1"],
+        local=local,
+        runtime="mlserver",
+    )
     yield {"root": root, "uris": uris, "local": local, "first": rec}
     try:
         stop_local(root, "oipdep", "oipdep")
@@ -61,7 +79,9 @@ def test_the_deployment_answers_v2_at_its_address_after_the_smoke_test(dep):
     rows = np.random.default_rng(2).normal(size=(3, N_FEATURES)).astype(np.float32)
     inp = httpclient.InferInput("input", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows, binary_data=False)
-    got = client.infer("oipdep", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)])
+    got = client.infer(
+        "oipdep", [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    )
     np.testing.assert_allclose(got.as_numpy("probabilities"), in_process(dep["uris"]["v1"], rows), atol=1e-5)
 
 
@@ -69,15 +89,24 @@ def test_a_redeploy_under_v2_load_keeps_the_address_and_fails_no_request(dep):
     before = Deployments(dep["root"], "oipdep").get("oipdep")
     with LoadLoop("127.0.0.1", before["port"], [0.5] * N_FEATURES, v2_model="oipdep") as load:
         time.sleep(1.0)
-        rec = deploy_local(root_uri=dep["root"], model="oipdep", name="oipdep", version="v2",
-                           version_uri=dep["uris"]["v2"], local=dep["local"], runtime="mlserver")  # fmt: skip
+        rec = deploy_local(
+            root_uri=dep["root"],
+            model="oipdep",
+            name="oipdep",
+            version="v2",
+            version_uri=dep["uris"]["v2"],
+            local=dep["local"],
+            runtime="mlserver",
+        )
         t1 = time.monotonic()
         deadline = t1 + 10
         while time.monotonic() < deadline and not all(f["sent"] for f in load.figures(t1 + 0.05).values()):
             time.sleep(0.2)
     assert rec["url"] == before["url"] and rec["color"] != before["color"] and rec["version"] == "v2"
     for style, f in load.figures().items():
-        assert f["sent"] > 0 and f["failed"] == 0, f"{style}: {f['failed']} of {f['sent']} failed: {f['errors']}"
+        assert f["sent"] > 0 and f["failed"] == 0, (
+            f"{style}: {f['failed']} of {f['sent']} failed: {f['errors']}"
+        )
     for style, f in load.figures(t1 + 0.05).items():
         assert f["versions"] == ["v2"], (style, f)  # only the new version once switched
 
@@ -91,14 +120,24 @@ def test_the_grpc_and_metrics_ports_are_the_settings_and_serve_status_shows_them
     offset = ("blue", "green").index(rec["color"])
     grpc_port, metrics_port = dep["local"].grpc_port + offset, dep["local"].metrics_port + offset
     assert (rec["grpc_port"], rec["grpc_address"]) == (grpc_port, f"127.0.0.1:{grpc_port}")
-    assert rec["metrics_port"] == metrics_port and rec["metrics_url"] == f"http://127.0.0.1:{metrics_port}/metrics"
+    assert (
+        rec["metrics_port"] == metrics_port
+        and rec["metrics_url"] == f"http://127.0.0.1:{metrics_port}/metrics"
+    )
     assert grpcclient.InferenceServerClient(rec["grpc_address"]).is_model_ready("oipdep")
     lines = _status(dep["root"], capsys)
     assert f"  metrics   http://127.0.0.1:{metrics_port}/metrics" in lines, lines
-    assert any(line.startswith(f"  grpc      127.0.0.1:{grpc_port}  (the {rec['color']} server's own") for line in lines), lines
+    assert any(
+        line.startswith(f"  grpc      127.0.0.1:{grpc_port}  (the {rec['color']} server's own")
+        for line in lines
+    ), lines
 
 
-@pytest.mark.parametrize("raw", [TLS_HELLO, b"\x00\x01\x02\x03", b"GARBAGE\r\n\r\n"], ids=["TLS ClientHello", "NUL bytes", "garbage"])
+@pytest.mark.parametrize(
+    "raw",
+    [TLS_HELLO, b"\x00\x01\x02\x03", b"GARBAGE\r\n\r\n"],
+    ids=["TLS ClientHello", "NUL bytes", "garbage"],
+)
 def test_what_is_not_http_gets_a_v2_400_at_the_deployments_address(dep, raw):
     """The address server (oip_server.AddressServer, a second uvicorn server) runs the launcher's HTTP
     protocol too: uvicorn's parser refusals are 400 ``{"error"}``, not plain text."""
@@ -120,8 +159,15 @@ def test_a_deployment_whose_model_cannot_load_again_reads_down(tmp_path, capsys)
     root = (tmp_path / "storage").as_uri()
     uri = make_version(root, "oipdown", "v1", tmp_path, seed=4)
     local = LocalTarget(port=free_port_block(), smoke_rows=8, log_sample_rate=0.0, start_timeout_seconds=120)
-    rec = deploy_local(root_uri=root, model="oipdown", name="oipdown", version="v1", version_uri=uri, local=local,
-                       runtime="mlserver")  # fmt: skip
+    rec = deploy_local(
+        root_uri=root,
+        model="oipdown",
+        name="oipdown",
+        version="v1",
+        version_uri=uri,
+        local=local,
+        runtime="mlserver",
+    )
     try:
         assert _status(root, capsys)[0] == "oipdown/oipdown: v1 serving"
         shutil.rmtree(urlparse(uri).path)
@@ -133,16 +179,23 @@ def test_a_deployment_whose_model_cannot_load_again_reads_down(tmp_path, capsys)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and not (seen and "process is gone" in seen[-1][1]):
             first, url_line = _status(root, capsys)[:2]
-            seen.append((round(time.monotonic() - t0, 1), first.removeprefix("oipdown/oipdown: v1 "),
-                         url_line.rpartition("(health: ")[2].removesuffix(")")))  # fmt: skip
+            seen.append(
+                (
+                    round(time.monotonic() - t0, 1),
+                    first.removeprefix("oipdown/oipdown: v1 "),
+                    url_line.rpartition("(health: ")[2].removesuffix(")"),
+                )
+            )
             time.sleep(0.2)
         changes = [s for i, s in enumerate(seen) if i == 0 or s[1:] != seen[i - 1][1:]]
         print("\nserve status after the model was lost: " + json.dumps(changes))
         assert seen[-1][1].startswith("DOWN (the recorded process is gone"), changes
         for _, state, health in seen:  # an HTTP answer other than 200 is never read as serving
             assert state.startswith("DOWN") or not health.startswith("HTTP "), changes
-        print(f"DOWN while the process ran (model ready: HTTP 404): {sum(s.startswith('DOWN (the process runs') for _, s, _ in seen)} "
-              f"of {len(seen)} checks")
+        print(
+            f"DOWN while the process ran (model ready: HTTP 404): {sum(s.startswith('DOWN (the process runs') for _, s, _ in seen)} "
+            f"of {len(seen)} checks"
+        )
     finally:
         try:
             stop_local(root, "oipdown", "oipdown")

@@ -24,7 +24,9 @@ from tests.support.serving import in_process, make_version
 from tests.support.serving_hostile import TLS_HELLO
 from tests.unit.ml.test_features import KINDS, frame
 
-pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason="the MLServer environment is missing: run `make mlserver-venv`")
+pytestmark = pytest.mark.skipif(
+    not PYTHON.exists(), reason="the MLServer environment is missing: run `make mlserver-venv`"
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,12 @@ def http(method: str, path: str, body: bytes = b"", headers: dict[str, str] | No
     head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Connection": "close", **(headers or {})}
     if body or method in ("POST", "PUT"):
         head["Content-Length"] = str(len(body))
-    return f"{method} {path} HTTP/1.1\r\n".encode() + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode() + b"\r\n" + body
+    return (
+        f"{method} {path} HTTP/1.1\r\n".encode()
+        + "".join(f"{k}: {v}\r\n" for k, v in head.items()).encode()
+        + b"\r\n"
+        + body
+    )
 
 
 def v2_error(status: int, body: bytes) -> str:
@@ -98,15 +105,24 @@ def texts(array: np.ndarray) -> list[str]:
 def serves(server: dict) -> None:
     """The model is still loaded and answers."""
     rows = np.random.default_rng(9).normal(size=(2, 8)).astype(np.float32)
-    code, body = post(server, {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": rows.ravel().tolist()}]})
+    code, body = post(
+        server,
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": rows.ravel().tolist()}]},
+    )
     assert code == 200, body
-    np.testing.assert_allclose(np.reshape(body["outputs"][0]["data"], (2, 3)), in_process(server["uri"], rows), atol=1e-5)
+    np.testing.assert_allclose(
+        np.reshape(body["outputs"][0]["data"], (2, 3)), in_process(server["uri"], rows), atol=1e-5
+    )
 
 
 # -- 1. the model repository API ---------------------------------------------------------------------------
 def test_nobody_can_unload_load_or_list_the_model_over_rest(servers):
     toy = servers["toy"]
-    for path in ("/v2/repository/models/toy/unload", "/v2/repository/models/toy/load", "/v2/repository/index"):
+    for path in (
+        "/v2/repository/models/toy/unload",
+        "/v2/repository/models/toy/load",
+        "/v2/repository/index",
+    ):
         status, headers, body = raw(toy, http("POST", path, b"{}"))
         assert status == 403 and "disabled in freestack deployments" in v2_error(status, body), (path, body)
     serves(toy)
@@ -119,12 +135,20 @@ def test_nobody_can_unload_load_or_list_the_model_over_grpc(servers):
 
     toy = servers["toy"]
     client = grpcclient.InferenceServerClient(toy["grpc"])
-    for call in (lambda: client.unload_model("toy"), lambda: client.load_model("toy"), client.get_model_repository_index):
+    for call in (
+        lambda: client.unload_model("toy"),
+        lambda: client.load_model("toy"),
+        client.get_model_repository_index,
+    ):
         with pytest.raises(InferenceServerException) as refused:
             call()
-        assert refused.value.status() == "StatusCode.PERMISSION_DENIED" and "disabled" in refused.value.message()
+        assert (
+            refused.value.status() == "StatusCode.PERMISSION_DENIED" and "disabled" in refused.value.message()
+        )
     with grpc.insecure_channel(toy["grpc"]) as channel:  # MLServer's older service of the same methods
-        unload = channel.unary_unary("/inference.model_repository.ModelRepositoryService/RepositoryModelUnload")
+        unload = channel.unary_unary(
+            "/inference.model_repository.ModelRepositoryService/RepositoryModelUnload"
+        )
         with pytest.raises(grpc.RpcError) as refused:
             unload(b"\x12\x03toy", timeout=10)  # RepositoryModelUnloadRequest(model_name="toy")
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -155,7 +179,9 @@ def test_the_readiness_of_an_unknown_model_over_grpc_is_not_found(servers):
     with pytest.raises(InferenceServerException) as unknown:
         client.is_model_ready("gone")
     assert unknown.value.status() == "StatusCode.NOT_FOUND", unknown.value
-    assert unknown.value.message().startswith("Model gone ") and unknown.value.message().endswith(" not found")
+    assert unknown.value.message().startswith("Model gone ") and unknown.value.message().endswith(
+        " not found"
+    )
     assert "ModelNotFound" not in toy["server"].log()
     assert client.is_model_ready("toy")
 
@@ -168,8 +194,13 @@ def test_without_freestack_model_name_the_image_serves_the_model_its_uri_names(t
     root = (tmp_path / "storage").as_uri()
     make_version(root, "digits", "v1", tmp_path)
     ModelRegistry(root, "digits").promote("v1")
-    server = start_like_image("mlserver", f"{root}/registry/digits@production", tmp_path / "mlserver",
-                              env={"FREESTACK_HOME": str(tmp_path)}, ready_path="/v2/models/digits/ready")  # fmt: skip
+    server = start_like_image(
+        "mlserver",
+        f"{root}/registry/digits@production",
+        tmp_path / "mlserver",
+        env={"FREESTACK_HOME": str(tmp_path)},
+        ready_path="/v2/models/digits/ready",
+    )
     try:
         with urllib.request.urlopen(f"{server.url}/v2/models/digits", timeout=10) as r:
             meta = json.loads(r.read())
@@ -188,25 +219,36 @@ def test_the_official_client_with_its_defaults_answers_as_json_requests_do(serve
 
     toy = servers["toy"]
     rows = np.random.default_rng(11).normal(size=(6, 8)).astype(np.float32)
-    code, body = post(toy, {"inputs": [{"name": "input", "datatype": "FP32", "shape": [6, 8], "data": rows.ravel().tolist()}]})
+    code, body = post(
+        toy,
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [6, 8], "data": rows.ravel().tolist()}]},
+    )
     assert code == 200, body
     want, labels = np.reshape(body["outputs"][0]["data"], (6, 3)), body["outputs"][1]["data"]
     np.testing.assert_allclose(want, in_process(toy["uri"], rows), atol=1e-5)
     client = httpclient.InferenceServerClient(toy["http"])
     inp = httpclient.InferInput("input", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows)  # binary_data=True
-    for outputs in (None, [httpclient.InferRequestedOutput("probabilities"), httpclient.InferRequestedOutput("label")]):
+    for outputs in (
+        None,
+        [httpclient.InferRequestedOutput("probabilities"), httpclient.InferRequestedOutput("label")],
+    ):
         got = client.infer("toy", [inp], request_id="bin-1", outputs=outputs)
         assert got.get_response()["id"] == "bin-1"
-        assert all("binary_data_size" in o["parameters"] for o in got.get_response()["outputs"])  # answered binary
+        assert all(
+            "binary_data_size" in o["parameters"] for o in got.get_response()["outputs"]
+        )  # answered binary
         np.testing.assert_allclose(got.as_numpy("probabilities"), want, atol=1e-6)
         assert texts(got.as_numpy("label")) == labels
     for dtype, datatype in ((np.float64, "FP64"), (np.int32, "INT32")):  # other numeric datatypes in binary
         ints = np.round(rows).astype(dtype)
         inp2 = httpclient.InferInput("input", list(rows.shape), datatype)
         inp2.set_data_from_numpy(ints)
-        np.testing.assert_allclose(client.infer("toy", [inp2]).as_numpy("probabilities"),
-                                   in_process(toy["uri"], ints.astype(np.float32)), atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            client.infer("toy", [inp2]).as_numpy("probabilities"),
+            in_process(toy["uri"], ints.astype(np.float32)),
+            atol=1e-5,
+        )
     grpc = grpcclient.InferenceServerClient(toy["grpc"])
     ginp = grpcclient.InferInput("input", list(rows.shape), "FP32")
     ginp.set_data_from_numpy(rows)  # raw_input_contents
@@ -223,10 +265,23 @@ def test_bytes_tensors_in_binary_text_categories_and_raw_image_files(servers):
     mixed = servers["mixed"]
     rows = frame(4, 8)
     want = mixed_in_process(mixed, rows)
-    columns = {"size": rows["size"].to_numpy(np.float32), "colour": np.array(rows["colour"].tolist(), dtype=object),
-               "review": np.array(rows["review"].tolist(), dtype=object), "photo": np.array(list(rows["photo"]), dtype=object)}  # fmt: skip
-    json_body = {"inputs": [{"name": n, "datatype": "FP32" if n == "size" else "BYTES", "shape": [4],
-                             "data": [b64(p) for p in v] if n == "photo" else v.tolist()} for n, v in columns.items()]}  # fmt: skip
+    columns = {
+        "size": rows["size"].to_numpy(np.float32),
+        "colour": np.array(rows["colour"].tolist(), dtype=object),
+        "review": np.array(rows["review"].tolist(), dtype=object),
+        "photo": np.array(list(rows["photo"]), dtype=object),
+    }
+    json_body = {
+        "inputs": [
+            {
+                "name": n,
+                "datatype": "FP32" if n == "size" else "BYTES",
+                "shape": [4],
+                "data": [b64(p) for p in v] if n == "photo" else v.tolist(),
+            }
+            for n, v in columns.items()
+        ]
+    }
     code, body = post(mixed, json_body)
     assert code == 200, body
     for module in (httpclient, grpcclient):
@@ -236,7 +291,9 @@ def test_bytes_tensors_in_binary_text_categories_and_raw_image_files(servers):
             inputs.append(module.InferInput(name, [4], "FP32" if name == "size" else "BYTES"))
             inputs[-1].set_data_from_numpy(values)
         got = client.infer("mixed", inputs)
-        np.testing.assert_allclose(got.as_numpy("probabilities"), np.reshape(body["outputs"][0]["data"], (4, 2)), atol=1e-6)
+        np.testing.assert_allclose(
+            got.as_numpy("probabilities"), np.reshape(body["outputs"][0]["data"], (4, 2)), atol=1e-6
+        )
         np.testing.assert_allclose(got.as_numpy("probabilities"), want, atol=1e-5)
         assert texts(got.as_numpy("label")) == body["outputs"][1]["data"], module.__name__
 
@@ -244,27 +301,53 @@ def test_bytes_tensors_in_binary_text_categories_and_raw_image_files(servers):
 def test_a_json_request_may_ask_for_binary_outputs(servers):
     toy = servers["toy"]
     rows = np.random.default_rng(12).normal(size=(2, 8)).astype(np.float32)
-    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": rows.ravel().tolist()}],
-               "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}]}  # fmt: skip
+    request = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 8], "data": rows.ravel().tolist()}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "label"}],
+    }
     status, headers, body = raw(toy, http("POST", "/v2/models/toy/infer", json.dumps(request).encode()))
     assert status == 200 and headers["content-type"] == "application/octet-stream", body[:300]
     n = int(headers["inference-header-content-length"])
     answer = json.loads(body[:n])
     probabilities, label = answer["outputs"]
     assert probabilities["parameters"]["binary_data_size"] == 2 * 3 * 4 and "data" not in probabilities
-    np.testing.assert_allclose(np.frombuffer(body[n:], "<f4").reshape(2, 3), in_process(toy["uri"], rows), atol=1e-5)
+    np.testing.assert_allclose(
+        np.frombuffer(body[n:], "<f4").reshape(2, 3), in_process(toy["uri"], rows), atol=1e-5
+    )
     assert len(label["data"]) == 2  # not asked for in binary: JSON
 
 
 # -- 3. shapes and names against the metadata ------------------------------------------------------------
-@pytest.mark.parametrize("inp,says", [
-    ({"name": "input", "datatype": "FP32", "shape": [8], "data": [0.5] * 8}, "[8]; the model takes [rows, 8]"),
-    ({"name": "input", "datatype": "FP32", "shape": [-1, 8], "data": [0.5] * 8}, "[-1, 8]: a request's dimensions"),
-    ({"name": "input", "datatype": "FP32", "shape": [1, -8], "data": [0.5] * 8}, "[1, -8]: a request's dimensions"),
-    ({"name": "input", "datatype": "FP32", "shape": [1, 8, 1], "data": [0.5] * 8}, "[1, 8, 1]; the model takes [rows, 8]"),
-    ({"name": "input", "datatype": "FP32", "shape": [3, 8], "data": [0.5] * 8}, "[3, 8] holds 24 values, but its data has 8"),
-    ({"name": "nope", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}, "'nope' is not one this model takes"),
-], ids=["flat", "minus-one", "negative", "3-d", "count", "unknown-name"])  # fmt: skip
+@pytest.mark.parametrize(
+    "inp,says",
+    [
+        (
+            {"name": "input", "datatype": "FP32", "shape": [8], "data": [0.5] * 8},
+            "[8]; the model takes [rows, 8]",
+        ),
+        (
+            {"name": "input", "datatype": "FP32", "shape": [-1, 8], "data": [0.5] * 8},
+            "[-1, 8]: a request's dimensions",
+        ),
+        (
+            {"name": "input", "datatype": "FP32", "shape": [1, -8], "data": [0.5] * 8},
+            "[1, -8]: a request's dimensions",
+        ),
+        (
+            {"name": "input", "datatype": "FP32", "shape": [1, 8, 1], "data": [0.5] * 8},
+            "[1, 8, 1]; the model takes [rows, 8]",
+        ),
+        (
+            {"name": "input", "datatype": "FP32", "shape": [3, 8], "data": [0.5] * 8},
+            "[3, 8] holds 24 values, but its data has 8",
+        ),
+        (
+            {"name": "nope", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8},
+            "'nope' is not one this model takes",
+        ),
+    ],
+    ids=["flat", "minus-one", "negative", "3-d", "count", "unknown-name"],
+)
 def test_shapes_and_names_are_checked_against_the_metadata(servers, inp, says):
     code, answer = post(servers["toy"], {"inputs": [inp]})
     assert code == 400 and says in answer["error"] and "[rows, 8]" in answer["error"], answer
@@ -277,13 +360,17 @@ def test_a_per_feature_tensor_with_a_negative_shape_is_refused(servers):
     assert code == 400 and "'f0' has shape [-1]" in answer["error"] and "[rows]" in answer["error"], answer
 
 
-@pytest.mark.parametrize("request_,status,says", [
-    (http("GET", "/v2/nowhere"), 404, "no such V2 endpoint"),
-    (http("POST", "/v2/models/..%2f..%2fetc/infer", b"{}"), 404, "no such V2 endpoint"),
-    (http("GET", "/v2/models/toy/infer"), 405, "takes POST"),
-    (http("DELETE", "/v2/models/toy"), 405, "takes GET"),
-    (http("GET", "/v2/health/ready", headers={"X-Big": "a" * 100_000}), 431, "at most 16384"),
-], ids=["unknown-route", "traversal", "get-infer", "delete-model", "100kb-header"])  # fmt: skip
+@pytest.mark.parametrize(
+    "request_,status,says",
+    [
+        (http("GET", "/v2/nowhere"), 404, "no such V2 endpoint"),
+        (http("POST", "/v2/models/..%2f..%2fetc/infer", b"{}"), 404, "no such V2 endpoint"),
+        (http("GET", "/v2/models/toy/infer"), 405, "takes POST"),
+        (http("DELETE", "/v2/models/toy"), 405, "takes GET"),
+        (http("GET", "/v2/health/ready", headers={"X-Big": "a" * 100_000}), 431, "at most 16384"),
+    ],
+    ids=["unknown-route", "traversal", "get-infer", "delete-model", "100kb-header"],
+)
 def test_routing_refusals_are_in_the_v2_error_format(servers, request_, status, says):
     got, _, body = raw(servers["toy"], request_)
     assert got == status and says in v2_error(got, body), body
@@ -299,7 +386,9 @@ def _tensor(**kw) -> dict:
     return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8, **kw}]}
 
 
-def _binary(tensors: list[tuple[dict, bytes]], *, header_length: int | None = None, tail: bytes = b"", cut: int = 0) -> bytes:
+def _binary(
+    tensors: list[tuple[dict, bytes]], *, header_length: int | None = None, tail: bytes = b"", cut: int = 0
+) -> bytes:
     """A binary request; ``cut``: that many bytes fewer in the body than its sizes say (negative: more)."""
     body, n = binary_request(tensors)
     body = body[: len(body) - cut] if cut > 0 else body
@@ -307,7 +396,10 @@ def _binary(tensors: list[tuple[dict, bytes]], *, header_length: int | None = No
         header = json.loads(body[:n])
         header["inputs"][-1]["parameters"]["binary_data_size"] = -cut
         body, n = json.dumps(header).encode() + b"".join(b for _, b in tensors), len(json.dumps(header))
-    return _infer(body + tail, headers={"Inference-Header-Content-Length": str(n if header_length is None else header_length)})
+    return _infer(
+        body + tail,
+        headers={"Inference-Header-Content-Length": str(n if header_length is None else header_length)},
+    )
 
 
 ROW = np.full(8, 0.5, dtype="<f4").tobytes()
@@ -328,7 +420,9 @@ CORPUS = {
     "invalid-json": _infer(b"{not json"),
     "empty-body": _infer(b""),
     "json-array": _infer(b"[]"),
-    "nan-literal": _infer(b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [NaN, 1, 1, 1, 1, 1, 1, 1]}]}'),
+    "nan-literal": _infer(
+        b'{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 8], "data": [NaN, 1, 1, 1, 1, 1, 1, 1]}]}'
+    ),
     "inputs-not-a-list": _infer({"inputs": "x"}),
     "input-missing-fields": _infer({"inputs": [{"name": 1}]}),
     "shape-not-a-list": _infer(_tensor(shape="x")),
@@ -348,9 +442,17 @@ CORPUS = {
     "overflow": _infer(_tensor(datatype="FP64", data=[1e39] + [0] * 7)),
     "too-many-rows": _infer(_tensor(shape=[100, 8], data=[0.5] * 800)),
     "over-max-body": _infer(b'{"inputs": [], "pad": "' + b"x" * (MAX_BODY + 10) + b'"}'),
-    "duplicate-features": _infer({"inputs": [{"name": "f0", "datatype": "FP64", "shape": [1], "data": [1]}] * 2}),
-    "unknown-and-missing-features": _infer({"inputs": [{"name": "f0", "datatype": "FP64", "shape": [1], "data": [1]},
-                                                       {"name": "zz", "datatype": "FP64", "shape": [1], "data": [1]}]}),  # fmt: skip
+    "duplicate-features": _infer(
+        {"inputs": [{"name": "f0", "datatype": "FP64", "shape": [1], "data": [1]}] * 2}
+    ),
+    "unknown-and-missing-features": _infer(
+        {
+            "inputs": [
+                {"name": "f0", "datatype": "FP64", "shape": [1], "data": [1]},
+                {"name": "zz", "datatype": "FP64", "shape": [1], "data": [1]},
+            ]
+        }
+    ),
     "unknown-model": _infer(_tensor(), model="nope"),
     "traversal-encoded-slashes": _infer(_tensor(), model="..%2f..%2fetc"),
     "traversal-dots": _infer(_tensor(), model="%2e%2e"),
@@ -374,7 +476,9 @@ CORPUS = {
     "binary-size-not-the-shape": _binary([({**FP32, "shape": [2, 8]}, ROW)]),
     "binary-unknown-datatype": _binary([({**FP32, "datatype": "FP99"}, ROW)]),
     "binary-bytes-cut-prefix": _binary([({"name": "input", "datatype": "BYTES", "shape": [1]}, b"\x05\x00")]),
-    "binary-bytes-cut-element": _binary([({"name": "input", "datatype": "BYTES", "shape": [1]}, b"\x09\x00\x00\x00abc")]),
+    "binary-bytes-cut-element": _binary(
+        [({"name": "input", "datatype": "BYTES", "shape": [1]}, b"\x09\x00\x00\x00abc")]
+    ),
     "binary-nan": _binary([(FP32, np.full(8, np.nan, dtype="<f4").tobytes())]),
     "binary-flat-shape": _binary([({**FP32, "shape": [8]}, ROW)]),
     **PARSER,
@@ -384,7 +488,9 @@ CORPUS = {
 def test_a_hostile_corpus_gets_4xx_v2_errors_and_the_server_keeps_serving(servers, capsys):
     toy = servers["toy"]
     answers = {name: raw(toy, request) for name, request in CORPUS.items()}
-    plain = {n for n, (_, h, _) in answers.items() if not h.get("content-type", "").startswith("application/json")}
+    plain = {
+        n for n, (_, h, _) in answers.items() if not h.get("content-type", "").startswith("application/json")
+    }
     server_errors = {n: (s, b[:200]) for n, (s, _, b) in answers.items() if s >= 500}
     assert not server_errors, server_errors
     assert all(400 <= s < 500 for s, _, _ in answers.values()), {n: s for n, (s, _, _) in answers.items()}
@@ -392,10 +498,16 @@ def test_a_hostile_corpus_gets_4xx_v2_errors_and_the_server_keeps_serving(server
     for name, (status, headers, body) in answers.items():
         error = v2_error(status, body)
         if name in PARSER:  # answered by the launcher's uvicorn protocol, which then closes the connection
-            assert status == 400 and "not HTTP/1.1" in error and headers.get("connection") == "close", (name, headers, body)
+            assert status == 400 and "not HTTP/1.1" in error and headers.get("connection") == "close", (
+                name,
+                headers,
+                body,
+            )
     with capsys.disabled():
-        print(f"\nV2 hostile corpus: {len(answers)} requests, {len(answers) - len(plain)} 4xx JSON {{'error'}} "
-              f"({len(PARSER)} of them refused by uvicorn's parser), {len(server_errors)} 5xx, {len(plain)} plain text")
+        print(
+            f"\nV2 hostile corpus: {len(answers)} requests, {len(answers) - len(plain)} 4xx JSON {{'error'}} "
+            f"({len(PARSER)} of them refused by uvicorn's parser), {len(server_errors)} 5xx, {len(plain)} plain text"
+        )
     serves(toy)
 
 
@@ -423,8 +535,16 @@ def test_on_another_uvicorn_release_its_own_400_stays_and_the_launcher_says_so()
     from tests.integration.test_serving_oip import ROOT
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
-    got = subprocess.run([str(PYTHON), "-c", _UVICORN_CHECK], capture_output=True, text=True, env=env, timeout=120)
+    got = subprocess.run(
+        [str(PYTHON), "-c", _UVICORN_CHECK], capture_output=True, text=True, env=env, timeout=120
+    )
     assert got.returncode == 0, got.stderr
-    assert "WRITTEN-FOR 0.54.0 ['JsonBadRequestHttpToolsProtocol', 'JsonBadRequest', 'HttpToolsProtocol']" in got.stdout, got.stdout
+    assert (
+        "WRITTEN-FOR 0.54.0 ['JsonBadRequestHttpToolsProtocol', 'JsonBadRequest', 'HttpToolsProtocol']"
+        in got.stdout
+    ), got.stdout
     assert "OTHER None True" in got.stdout, got.stdout
-    assert "WARNING uvicorn 0.99.0: freestack's V2 error answer to requests its HTTP parser cannot read was written for 0.54." in got.stdout
+    assert (
+        "WARNING uvicorn 0.99.0: freestack's V2 error answer to requests its HTTP parser cannot read was written for 0.54."
+        in got.stdout
+    )

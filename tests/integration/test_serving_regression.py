@@ -41,8 +41,15 @@ def train_regression(
     train, test = df.iloc[:300], df.iloc[300:]
     pre = Preprocessing.fit(train, FEATURES, TARGET, "regression")
     torch.manual_seed(seed)
-    net = FreestackNet(kind="mlp", task="regression", n_features=len(FEATURES), n_outputs=1, hidden=[16],
-                       features=FEATURES, dropout=0.0)  # fmt: skip
+    net = FreestackNet(
+        kind="mlp",
+        task="regression",
+        n_features=len(FEATURES),
+        n_outputs=1,
+        hidden=[16],
+        features=FEATURES,
+        dropout=0.0,
+    )
     net.set_scaling(pre.mean, pre.std)
     net.set_target_scaling(pre.target_mean, pre.target_std)
     xt, yt = torch.as_tensor(pre.features_array(train)), torch.as_tensor(pre.target_array(train))
@@ -77,8 +84,9 @@ def regression_served(tmp_path_factory):
     root = (work / "storage").as_uri()
     folder, test, pre = train_regression(work)
     uri = ModelRegistry(root, "houses").register(folder.as_uri(), "v1")
-    local = LocalTarget(port=free_port_block(), workers=1, smoke_rows=16, log_sample_rate=0.0,
-                        start_timeout_seconds=90)  # fmt: skip
+    local = LocalTarget(
+        port=free_port_block(), workers=1, smoke_rows=16, log_sample_rate=0.0, start_timeout_seconds=90
+    )
     rec = deploy_local(
         root_uri=root, model="houses", name="houses", version="v1", version_uri=uri, local=local
     )
@@ -105,8 +113,9 @@ def test_regression_ndarray_and_tensor_answer_one_value_per_row_named_after_the_
     got = np.asarray(body["data"]["ndarray"])
     assert got.shape == (7, 1), got
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-5)
-    code, body = http_json(rec["predict_url"], {"data": {"tensor": {"shape": list(rows.shape),
-                                                                   "values": rows.ravel().tolist()}}})  # fmt: skip
+    code, body = http_json(
+        rec["predict_url"], {"data": {"tensor": {"shape": list(rows.shape), "values": rows.ravel().tolist()}}}
+    )
     assert code == 200, body
     assert body["data"]["names"] == [TARGET] and body["data"]["tensor"]["shape"] == [7, 1]
     np.testing.assert_allclose(body["data"]["tensor"]["values"], want, rtol=1e-5)
@@ -135,9 +144,14 @@ def test_regression_metadata_outputs_the_target_not_classes(regression_served):
     assert meta["inputs"][0]["schema"]["names"] == FEATURES
     # an answer comes in its request's form: ndarray, tensor or jsonData records of {"value": v}
     schema = {"names": [TARGET], "shape": [1]}
-    assert meta["outputs"] == [{"messagetype": "ndarray", "schema": schema}, {"messagetype": "tensor", "schema": schema},
-                               {"messagetype": "jsonData", "schema": {"predictions": "[{value: number}]",
-                                                                      "model_version": "string"}}]  # fmt: skip
+    assert meta["outputs"] == [
+        {"messagetype": "ndarray", "schema": schema},
+        {"messagetype": "tensor", "schema": schema},
+        {
+            "messagetype": "jsonData",
+            "schema": {"predictions": "[{value: number}]", "model_version": "string"},
+        },
+    ]
 
 
 def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
@@ -151,8 +165,19 @@ def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
     def shared(fig) -> list[set[str]]:
         return [{ln.get_label() for ln in ax.get_lines()} for ax in fig.axes if ax.get_lines()]
 
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_rmse": 2e4 / e, "val_mae": 1.5e4 / e,
-                "val_r2": 1 - 1 / e, "lr": 1e-3, "samples_per_s": 1e5} for e in range(1, 6)]  # fmt: skip
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1.1 / e,
+            "val_rmse": 2e4 / e,
+            "val_mae": 1.5e4 / e,
+            "val_r2": 1 - 1 / e,
+            "lr": 1e-3,
+            "samples_per_s": 1e5,
+        }
+        for e in range(1, 6)
+    ]
     report = {"task": "regression", "rmse": 1e4, "r2": 0.9, "_points": {"y": [1.0, 2.0], "pred": [1.1, 2.1]}}
     core.plots(report, history, None)
     axes = shared(figures[-1])
@@ -163,12 +188,24 @@ def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
         assert len(scales) == 1, f"one y axis holds metrics of different scales: {sorted(labels)}"
 
     figures.clear()
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 1 / (e + 1),
-                "val_macro_f1": 1 - 1 / (e + 2), "val_log_loss": 1.1 / e} for e in range(1, 6)]  # fmt: skip
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_loss": 1.1 / e,
+            "val_accuracy": 1 - 1 / (e + 1),
+            "val_macro_f1": 1 - 1 / (e + 2),
+            "val_log_loss": 1.1 / e,
+        }
+        for e in range(1, 6)
+    ]
     cm = {"labels": ["0", "1"], "matrix": [[3, 1], [0, 4]]}
     per_class = {c: {"precision": 0.9, "recall": 0.8, "f1": 0.85} for c in ("0", "1")}
-    core.plots({"task": "classification", "accuracy": 0.9, "confusion_matrix": cm, "per_class": per_class},
-               history, None)  # fmt: skip
+    core.plots(
+        {"task": "classification", "accuracy": 0.9, "confusion_matrix": cm, "per_class": per_class},
+        history,
+        None,
+    )
     for labels in shared(figures[-1]):
         scales = {("loss" if "loss" in lbl else "score") for lbl in labels}
         assert len(scales) == 1, f"one y axis holds metrics of different scales: {sorted(labels)}"

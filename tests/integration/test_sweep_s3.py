@@ -32,8 +32,13 @@ def test_compare_and_swap_on_s3(s3_conn):
 def test_two_agent_processes_never_run_the_same_trial_on_s3(s3_conn, tmp_path):
     spec_path = write_spec(
         tmp_path / "specs",
-        {"method": "random", "run_cap": 10, "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
-         "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {"learning_rate": LR}},
+        {
+            "method": "random",
+            "run_cap": 10,
+            "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+            "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "parameters": {"learning_rate": LR},
+        },
         storage_root=s3_conn.uri("root"),
     )
     reports, trials, starts = run_two_agents(spec_path, "par-s3", tmp_path, sleep=0.02)

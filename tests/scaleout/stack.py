@@ -118,9 +118,14 @@ class Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.popen = subprocess.Popen(
-                cmd, cwd=self.cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                cmd,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     @property
@@ -173,8 +178,21 @@ class Stack:
     # ---------------------------------------------------------------- layout and settings
     def __post_init__(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
-        names = ["pg", "redis", "api", "s3", "master", "master_g", "volume", "volume_g", "filer", "filer_g",
-                 "s3_g", "admin", "admin_g"]  # fmt: skip
+        names = [
+            "pg",
+            "redis",
+            "api",
+            "s3",
+            "master",
+            "master_g",
+            "volume",
+            "volume_g",
+            "filer",
+            "filer_g",
+            "s3_g",
+            "admin",
+            "admin_g",
+        ]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         from freestack.serving.processes import free_port_block
 
@@ -205,13 +223,20 @@ class Stack:
         return f"postgresql+psycopg2://airflow@{HOST}:{self.ports['pg']}/airflow"
 
     def s3_connection(self) -> dict[str, Any]:
-        return {"conn_type": "aws", "login": S3_KEY, "password": S3_SECRET,
-                "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"}}  # fmt: skip
+        return {
+            "conn_type": "aws",
+            "login": S3_KEY,
+            "password": S3_SECRET,
+            "extra": {"endpoint_url": self.s3_endpoint, "region_name": "us-east-1"},
+        }
 
     def airflow_env(self, home: Path, **extra: str) -> dict[str, str]:
         """The environment every Airflow process of the stack shares, with its own AIRFLOW_HOME."""
-        keep = {k: v for k, v in os.environ.items()
-                if not k.startswith(("AIRFLOW", "FREESTACK_", "AWS_", "WANDB_"))}  # fmt: skip
+        keep = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW", "FREESTACK_", "AWS_", "WANDB_"))
+        }
         passwords = self.base / "passwords.json"
         if not passwords.exists():
             passwords.write_text(json.dumps({"admin": ADMIN_PASSWORD}))
@@ -275,20 +300,54 @@ class Stack:
             shutil.chown(self.pg_dir, user)
         data, sock = self.pg_dir / "data", self.pg_dir
         pre = ["runuser", "-u", user, "--"] if user else []
-        out = subprocess.run([*pre, initdb, "-D", str(data), "-U", "airflow", "-A", "trust", "-E", "UTF8"],
-                             capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [*pre, initdb, "-D", str(data), "-U", "airflow", "-A", "trust", "-E", "UTF8"],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             raise StackError(f"initdb failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
         self.procs["postgres"] = Proc(
             "postgres",
-            [pg_bin("postgres") or "postgres", "-D", str(data), "-c", f"listen_addresses={HOST}",
-             "-p", str(self.ports["pg"]), "-k", str(sock), "-c", "max_connections=200", "-c", "fsync=off"],
-            env=dict(os.environ), cwd=self.pg_dir, log=self.base / "logs" / "postgres.log", user=user,
-        ).start()  # fmt: skip
+            [
+                pg_bin("postgres") or "postgres",
+                "-D",
+                str(data),
+                "-c",
+                f"listen_addresses={HOST}",
+                "-p",
+                str(self.ports["pg"]),
+                "-k",
+                str(sock),
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=off",
+            ],
+            env=dict(os.environ),
+            cwd=self.pg_dir,
+            log=self.base / "logs" / "postgres.log",
+            user=user,
+        ).start()
         self._wait(lambda: self._pg_ready(), "postgres", 60)
         psql = pg_bin("psql") or "psql"
-        subprocess.run([psql, "-h", HOST, "-p", str(self.ports["pg"]), "-U", "airflow", "-d", "postgres", "-c",
-                        "CREATE DATABASE airflow"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                psql,
+                "-h",
+                HOST,
+                "-p",
+                str(self.ports["pg"]),
+                "-U",
+                "airflow",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE airflow",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def _pg_ready(self) -> bool:
         exe = pg_bin("pg_isready")
@@ -310,10 +369,26 @@ class Stack:
         d = self.base / "redis"
         d.mkdir(exist_ok=True)
         self.procs["redis"] = Proc(
-            "redis", [exe, "--bind", HOST, "--port", str(self.ports["redis"]), "--save", "", "--appendonly", "no",
-                      "--dir", str(d), "--protected-mode", "yes"],
-            env=dict(os.environ), cwd=d, log=self.base / "logs" / "redis.log",
-        ).start()  # fmt: skip
+            "redis",
+            [
+                exe,
+                "--bind",
+                HOST,
+                "--port",
+                str(self.ports["redis"]),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(d),
+                "--protected-mode",
+                "yes",
+            ],
+            env=dict(os.environ),
+            cwd=d,
+            log=self.base / "logs" / "redis.log",
+        ).start()
 
         def ready() -> bool:
             try:
@@ -333,15 +408,30 @@ class Stack:
         (d / "data").mkdir(parents=True, exist_ok=True)
         p = self.ports
         cmd = [
-            exe, "mini", f"-dir={d / 'data'}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_g']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_g']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_g']}", f"-filer.localSocket={d / 'filer.sock'}",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_g']}", f"-s3.localSocket={d / 's3.sock'}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_g']}", "-admin.ui=false",
-            "-webdav=false", "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
-        ]  # fmt: skip
+            exe,
+            "mini",
+            f"-dir={d / 'data'}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_g']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_g']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_g']}",
+            f"-filer.localSocket={d / 'filer.sock'}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_g']}",
+            f"-s3.localSocket={d / 's3.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin_g']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
         self.procs["s3"] = Proc("s3", cmd, env=env, cwd=d, log=self.base / "logs" / "seaweed.log").start()
@@ -351,9 +441,14 @@ class Stack:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, aws_access_key_id=S3_KEY,
-                            aws_secret_access_key=S3_SECRET, region_name="us-east-1",
-                            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10))  # fmt: skip
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10),
+        )
 
     def _s3_ready(self) -> bool:
         """Answering is not enough: the bucket must take and return an object."""
@@ -389,15 +484,21 @@ class Stack:
     def start_airflow(self) -> None:
         env = self.control_env()
         Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-        out = subprocess.run([self._airflow(), "db", "migrate"], env=env, capture_output=True, text=True,
-                             cwd=self.base)  # fmt: skip
+        out = subprocess.run(
+            [self._airflow(), "db", "migrate"], env=env, capture_output=True, text=True, cwd=self.base
+        )
         if out.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         home = self.base / "control"
-        for name, args in (("api-server", ["api-server"]), ("scheduler", ["scheduler", "--skip-serve-logs"]),
-                           ("dag-processor", ["dag-processor"]), ("triggerer", ["triggerer", "--skip-serve-logs"])):  # fmt: skip
-            self.procs[name] = Proc(name, [self._airflow(), *args], env=env, cwd=home,
-                                    log=self.base / "logs" / f"{name}.log").start()  # fmt: skip
+        for name, args in (
+            ("api-server", ["api-server"]),
+            ("scheduler", ["scheduler", "--skip-serve-logs"]),
+            ("dag-processor", ["dag-processor"]),
+            ("triggerer", ["triggerer", "--skip-serve-logs"]),
+        ):
+            self.procs[name] = Proc(
+                name, [self._airflow(), *args], env=env, cwd=home, log=self.base / "logs" / f"{name}.log"
+            ).start()
         for i in range(self.workers):
             self.start_worker(i)
         self._wait(self._api_healthy, "airflow api-server and scheduler", 240)
@@ -412,10 +513,20 @@ class Stack:
         Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
         self.procs[f"worker{i}"] = Proc(
             f"worker{i}",
-            [self._airflow(), "celery", "worker", "--celery-hostname", f"worker{i}@%h", "--skip-serve-logs",
-             "--concurrency", "2"],
-            env=env, cwd=home, log=self.base / "logs" / f"worker{i}.log",
-        ).start()  # fmt: skip
+            [
+                self._airflow(),
+                "celery",
+                "worker",
+                "--celery-hostname",
+                f"worker{i}@%h",
+                "--skip-serve-logs",
+                "--concurrency",
+                "2",
+            ],
+            env=env,
+            cwd=home,
+            log=self.base / "logs" / f"worker{i}.log",
+        ).start()
 
     def _api_healthy(self) -> bool:
         try:
@@ -482,7 +593,14 @@ class Stack:
             self._watchdog[0].set()
             self._watchdog[1].join(5)
         order = [n for n in self.procs if n.startswith("worker")] + [
-            "scheduler", "triggerer", "dag-processor", "api-server", "redis", "s3", "postgres"]  # fmt: skip
+            "scheduler",
+            "triggerer",
+            "dag-processor",
+            "api-server",
+            "redis",
+            "s3",
+            "postgres",
+        ]
         for name in order:
             if name in self.procs:
                 self.procs[name].stop(grace=20, sig=signal.SIGINT if name == "postgres" else signal.SIGTERM)
@@ -501,8 +619,11 @@ class Stack:
     def _wait(self, ok, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not ok():
-            dead = [p.name for p in self.procs.values() if p.popen is not None and not p.alive()
-                    and not self._restarted_by_watchdog(p)]  # fmt: skip
+            dead = [
+                p.name
+                for p in self.procs.values()
+                if p.popen is not None and not p.alive() and not self._restarted_by_watchdog(p)
+            ]
             if dead or time.monotonic() > deadline:
                 logs = "\n".join(
                     f"--- {n}\n{self.procs[n].tail(3000)}" for n in (dead or list(self.procs)[-2:])
@@ -516,9 +637,11 @@ class Stack:
     def token(self) -> str:
         if self._token is None:
             req = urllib.request.Request(
-                f"{self.api}/auth/token", data=json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode(),
-                headers={"Content-Type": "application/json"}, method="POST",
-            )  # fmt: skip
+                f"{self.api}/auth/token",
+                data=json.dumps({"username": "admin", "password": ADMIN_PASSWORD}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 self._token = json.loads(r.read())["access_token"]
         return self._token
@@ -527,9 +650,11 @@ class Stack:
         self, method: str, path: str, body: dict | None = None, *, ok: tuple[int, ...] = (200, 201)
     ) -> Any:
         req = urllib.request.Request(
-            f"{self.api}/api/v2{path}", data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"}, method=method,
-        )  # fmt: skip
+            f"{self.api}/api/v2{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"},
+            method=method,
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 text = r.read()

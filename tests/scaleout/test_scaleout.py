@@ -43,7 +43,9 @@ def stack(tmp_path_factory):
         s.stop()
     from freestack.serving.processes import serving_processes
 
-    left = [what for i in range(s.workers) for _, what in serving_processes(s.base / f"worker{i}" / "serving")]
+    left = [
+        what for i in range(s.workers) for _, what in serving_processes(s.base / f"worker{i}" / "serving")
+    ]
     assert not left, f"the stack left model servers or address holders running: {left}"
 
 
@@ -127,14 +129,23 @@ def test_pipeline_through_the_rest_api_on_celery_postgres_and_s3(stack):
         _wait_dag(s, dag_id)
 
     # a 3-day backfill, through the REST API
-    backfill = s.rest("POST", "/backfills", {
-        "dag_id": "digits_ingest", "from_date": f"{DAYS[0]}T00:00:00Z", "to_date": f"{DAYS[-1]}T00:00:00Z",
-        "max_active_runs": 3,
-    })  # fmt: skip
+    backfill = s.rest(
+        "POST",
+        "/backfills",
+        {
+            "dag_id": "digits_ingest",
+            "from_date": f"{DAYS[0]}T00:00:00Z",
+            "to_date": f"{DAYS[-1]}T00:00:00Z",
+            "max_active_runs": 3,
+        },
+    )
     deadline = time.monotonic() + 300
     while True:
-        runs = [r for r in s.rest("GET", "/dags/digits_ingest/dagRuns?limit=50")["dag_runs"]
-                if r["run_type"] == "backfill"]  # fmt: skip
+        runs = [
+            r
+            for r in s.rest("GET", "/dags/digits_ingest/dagRuns?limit=50")["dag_runs"]
+            if r["run_type"] == "backfill"
+        ]
         if len(runs) == len(DAYS) and all(r["state"] in TERMINAL for r in runs):
             break
         assert time.monotonic() < deadline, f"backfill {backfill['id']}: {runs}\n{_logs(s)}"
@@ -188,8 +199,11 @@ def test_pipeline_through_the_rest_api_on_celery_postgres_and_s3(stack):
     import urllib.request
 
     row = [0.0] * 64
-    req = urllib.request.Request(rec["predict_url"], data=json.dumps({"data": {"ndarray": [row]}}).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    req = urllib.request.Request(
+        rec["predict_url"],
+        data=json.dumps({"data": {"ndarray": [row]}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         answer = json.loads(r.read())
     probs = answer["data"]["ndarray"][0]
@@ -216,7 +230,11 @@ def _views_read_s3(s: Stack, version: str) -> None:
     code, sweeps = _views(s, "/sweeps/digits", s.token())
     assert code == 200 and len(sweeps) == 1 and sweeps[0]["airflow_run"] == "scaleout"
     code, sweep = _views(s, f"/sweeps/digits/{sweeps[0]['sweep_id']}", s.token())
-    stored = [k for k in _keys(s, f"freestack/runs/digits/{sweeps[0]['sweep_id']}/trials/") if k.endswith("trial.json")]
+    stored = [
+        k
+        for k in _keys(s, f"freestack/runs/digits/{sweeps[0]['sweep_id']}/trials/")
+        if k.endswith("trial.json")
+    ]
     assert code == 200 and len(sweep["trials"]) == len(stored) > 0 and sweep["best"]
     code, served = _views(s, "/deployments", s.token())
     assert code == 200 and [(d["version"], d["health"]) for d in served] == [(version, "ok")]
@@ -296,8 +314,11 @@ def test_s3_unreachable_for_a_while_retries_survive_it_and_nothing_is_lost(stack
     _land(s, [day])
     s.stop_s3()  # down before the task starts: its first try cannot reach the lake
     run_id = "s3-outage"
-    s.rest("POST", "/dags/digits_ingest/dagRuns",
-           {"dag_run_id": run_id, "logical_date": f"{day}T00:00:00Z", "conf": {}})  # fmt: skip
+    s.rest(
+        "POST",
+        "/dags/digits_ingest/dagRuns",
+        {"dag_run_id": run_id, "logical_date": f"{day}T00:00:00Z", "conf": {}},
+    )
     deadline = time.monotonic() + 120
     while True:
         ti = _tis(s, "digits_ingest", run_id)

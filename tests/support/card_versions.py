@@ -42,8 +42,13 @@ def _chat() -> dict[str, Any]:
     data.update(name="chat", retries=0)
     chat = {"prompt": "prompt", "response": "response", "system": SYSTEM}
     lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
-    data["model"].update(base=LM_BASE, max_length=96, data=chat, peft=lora,
-                         generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4})
+    data["model"].update(
+        base=LM_BASE,
+        max_length=96,
+        data=chat,
+        peft=lora,
+        generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4},
+    )
     data["train"] = {"learning_rate": 1e-2, "batch_size": 16, "window_days": 30}
     data["gate"] = {"metric": "exact_match", "threshold": 0.0}
     return data
@@ -59,7 +64,12 @@ def spec_of(kind: str, folder: Path) -> dict[str, Any]:
         module = folder / "digits_net.py"
         module.write_text(DIGITS_NET)
         data = _digits("handwriting")
-        data["model"] = {"type": "custom", "module": str(module), "class": "DigitsNet", "init": {"hidden": 32, "dropout": 0.1}}
+        data["model"] = {
+            "type": "custom",
+            "module": str(module),
+            "class": "DigitsNet",
+            "init": {"hidden": 32, "dropout": 0.1},
+        }
         return data
     base = {"encoded": SHOP_SPEC, "finetuned": {**DIGITS_SPEC, "name": "vit"}, "lora": REVIEWS_SPEC}[kind]
     return {**copy.deepcopy(base), "gate": {"metric": "accuracy", "threshold": 0.0}}
@@ -109,5 +119,15 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     return Path(registered["version_uri"].removeprefix("file://"))
 
 
-__all__ = ["END", "GENERATION", "KINDS", "LM_BASE", "START", "SYSTEM", "TEXT_BASE", "IMAGE_BASE", "build_version",
-           "spec_of"]
+__all__ = [
+    "END",
+    "GENERATION",
+    "KINDS",
+    "LM_BASE",
+    "START",
+    "SYSTEM",
+    "TEXT_BASE",
+    "IMAGE_BASE",
+    "build_version",
+    "spec_of",
+]

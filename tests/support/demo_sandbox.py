@@ -51,7 +51,7 @@ def _unquoted(text: str) -> str:
 #: one that has not stopped 30 s later fails the block instead of hanging it
 STOP_WITH_CTRL_C = (
     "kill -INT -- -$pid; for _ in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "
-    "if kill -0 $pid 2>/dev/null; then echo \"did not stop on Ctrl-C: \"{cmd}; kill -KILL -- -$pid; exit 1; fi; "
+    'if kill -0 $pid 2>/dev/null; then echo "did not stop on Ctrl-C: "{cmd}; kill -KILL -- -$pid; exit 1; fi; '
     "wait $pid || true"
 )
 
@@ -66,7 +66,9 @@ def _script(commands: list[str], ports: dict[str, int]) -> str:
         if DRY_MAKE.match(bare):
             lines.append(f"make -n {bare.split()[1]} >/dev/null")
         elif "until Ctrl-C" in cmd:
-            lines.append(f"{bare} & pid=$!; sleep 10; kill -0 $pid || {{ echo 'exited early: {bare}'; exit 1; }}")
+            lines.append(
+                f"{bare} & pid=$!; sleep 10; kill -0 $pid || {{ echo 'exited early: {bare}'; exit 1; }}"
+            )
             lines.append(STOP_WITH_CTRL_C.format(cmd=shlex.quote(bare)))
         else:
             lines.append(f"echo {shlex.quote('$ ' + bare.splitlines()[0][:120])}")
@@ -83,27 +85,40 @@ class Sandbox:
         self.base, self.port = base, free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FREESTACK_", "WANDB_"))}
         wandb = base / ".freestack" / "wandb"
-        env.update({
-            "AIRFLOW_HOME": str(base / "airflow"), "FREESTACK_HOME": str(base), "AIRFLOW_PORT": str(self.port),
-            "FREESTACK_SERVE_PORT": str(free_port_block()), "WANDB_MODE": "offline", "WANDB_DIR": str(wandb),
-            "WANDB_DATA_DIR": str(wandb / "data"), "WANDB_CACHE_DIR": str(wandb / "cache"),
-            "WANDB_CONFIG_DIR": str(wandb / "config"), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
-        })  # fmt: skip
+        env.update(
+            {
+                "AIRFLOW_HOME": str(base / "airflow"),
+                "FREESTACK_HOME": str(base),
+                "AIRFLOW_PORT": str(self.port),
+                "FREESTACK_SERVE_PORT": str(free_port_block()),
+                "WANDB_MODE": "offline",
+                "WANDB_DIR": str(wandb),
+                "WANDB_DATA_DIR": str(wandb / "data"),
+                "WANDB_CACHE_DIR": str(wandb / "cache"),
+                "WANDB_CONFIG_DIR": str(wandb / "config"),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
+            }
+        )
         self.env, self.results = env, {}
 
     def run(self, block_id: str, text: str) -> subprocess.CompletedProcess:
         if block_id not in self.results:
             ports = {"8080": self.port, "9000": int(self.env["FREESTACK_SERVE_PORT"])}
             script = _script(_commands(text), ports)
-            self.results[block_id] = subprocess.run(["bash", "-c", script], cwd=ROOT, env=self.env,
-                                                    capture_output=True, text=True, timeout=1200)  # fmt: skip
+            self.results[block_id] = subprocess.run(
+                ["bash", "-c", script], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=1200
+            )
         return self.results[block_id]
 
     def api(self):
         from freestack.embedded import AirflowAPI
 
-        return AirflowAPI({"AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
-                           "AIRFLOW_HOME": self.env["AIRFLOW_HOME"]})  # fmt: skip
+        return AirflowAPI(
+            {
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
+                "AIRFLOW_HOME": self.env["AIRFLOW_HOME"],
+            }
+        )
 
     def processes(self) -> list[str]:
         """Processes that belong to this sandbox: its path in their command line or environment."""
@@ -120,7 +135,9 @@ class Sandbox:
 
     def password(self, user: str = "admin") -> str:
         """The password ``airflow standalone`` generated for ``user``."""
-        return json.loads((Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text())[user]
+        return json.loads(
+            (Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated").read_text()
+        )[user]
 
     @property
     def url(self) -> str:
@@ -132,8 +149,6 @@ class Sandbox:
 
     def down(self) -> None:
         subprocess.run([str(ROOT / ".venv" / "bin" / "freestack"), "down"], env=self.env, capture_output=True)
-
-
 
 
 def readme_demo_block() -> tuple[str, str]:

@@ -61,8 +61,18 @@ class GenerationVersion:
         return [self.answer([c], **settings)[0].text for c in chats]
 
 
-def make_generation_version(root: str, model: str, version: str, work: Path, *, seed: int = 0, max_length: int = 96,
-                            smoke_tokens: int = 10, scale: float = 0.5, lora: bool = False) -> GenerationVersion:  # fmt: skip
+def make_generation_version(
+    root: str,
+    model: str,
+    version: str,
+    work: Path,
+    *,
+    seed: int = 0,
+    max_length: int = 96,
+    smoke_tokens: int = 10,
+    scale: float = 0.5,
+    lora: bool = False,
+) -> GenerationVersion:
     """Register ``version`` of ``model`` (a tiny Llama, full weights, ChatML template, system prompt
     :data:`SYSTEM`, prompt/response columns) under ``root``, with ``evaluation/smoke.json`` as the evaluate
     stage writes it for generation. Its weights are drawn at random (normal, ``scale``; the norms kept): a
@@ -108,17 +118,31 @@ def make_generation_version(root: str, model: str, version: str, work: Path, *, 
     net = CausalLMNet(lm, base=lineage, columns=columns, max_length=max_length, peft=peft)
     net.save_pretrained(folder)
     save_tokenizer(tok, folder)
-    pre = {"task": "generation", "features": [columns.input_column], "target": "response", "classes": [],
-           "chat": {"columns": {"prompt": "prompt", "response": "response", "messages": None, "system": SYSTEM},
-                    "max_length": max_length, "packing": False}}  # fmt: skip
+    pre = {
+        "task": "generation",
+        "features": [columns.input_column],
+        "target": "response",
+        "classes": [],
+        "chat": {
+            "columns": {"prompt": "prompt", "response": "response", "messages": None, "system": SYSTEM},
+            "max_length": max_length,
+            "packing": False,
+        },
+    }
     (folder / "preprocessing.json").write_text(json.dumps(pre))
     (folder / "lineage.json").write_text(json.dumps({"pipeline": model, "model": model}))
     out = GenerationVersion("", folder, lm, tok, columns, max_length, {})
     chats = [out.chat(p) for p in SMOKE_PROMPTS]
     answers = out.alone(chats, max_new_tokens=smoke_tokens)
-    out.sample = {"task": "generation", "features": [columns.input_column], "keys": [str(i) for i in range(len(chats))],
-                  "chats": chats, "labels": ["4", "321", "03/11/2026", "12"], "outputs": answers,
-                  "max_new_tokens": smoke_tokens}  # fmt: skip
+    out.sample = {
+        "task": "generation",
+        "features": [columns.input_column],
+        "keys": [str(i) for i in range(len(chats))],
+        "chats": chats,
+        "labels": ["4", "321", "03/11/2026", "12"],
+        "outputs": answers,
+        "max_new_tokens": smoke_tokens,
+    }
     (folder / "evaluation").mkdir()
     (folder / "evaluation" / "smoke.json").write_text(json.dumps(out.sample))
     out.uri = ModelRegistry(root, model).register(folder.as_uri(), version)

@@ -28,19 +28,42 @@ from demo.reviews import BAD, FILLER, GOOD, review_text  # the tutorial's landin
 from demo.tiny_lm import CHAT_TEMPLATE, tiny_causal_lm  # the tutorial's small local base (include/demo)
 
 __all__ = [
-    "BAD", "CHAT_TEMPLATE", "FILLER", "GOOD", "HEADS", "LM_BASE", "corpus", "instruction_pair", "messages",
-    "publish", "review_text", "tiny_causal_lm", "tiny_image_model", "tiny_text_model",
-]  # fmt: skip
+    "BAD",
+    "CHAT_TEMPLATE",
+    "FILLER",
+    "GOOD",
+    "HEADS",
+    "LM_BASE",
+    "corpus",
+    "instruction_pair",
+    "messages",
+    "publish",
+    "review_text",
+    "tiny_causal_lm",
+    "tiny_image_model",
+    "tiny_text_model",
+]
 
 #: the Hub repo the tests publish the tiny causal LM as
 LM_BASE = "team/tiny-lm"
 #: the transformers class a base of each family is saved as, by head
 HEADS = {
-    "bert": {"classifier": "BertForSequenceClassification", "masked-lm": "BertForMaskedLM", "bare": "BertModel"},
-    "distilbert": {"classifier": "DistilBertForSequenceClassification", "masked-lm": "DistilBertForMaskedLM",
-                   "bare": "DistilBertModel"},
-    "vit": {"classifier": "ViTForImageClassification", "masked-lm": "ViTForMaskedImageModeling", "bare": "ViTModel"},
-}  # fmt: skip
+    "bert": {
+        "classifier": "BertForSequenceClassification",
+        "masked-lm": "BertForMaskedLM",
+        "bare": "BertModel",
+    },
+    "distilbert": {
+        "classifier": "DistilBertForSequenceClassification",
+        "masked-lm": "DistilBertForMaskedLM",
+        "bare": "DistilBertModel",
+    },
+    "vit": {
+        "classifier": "ViTForImageClassification",
+        "masked-lm": "ViTForMaskedImageModeling",
+        "bare": "ViTModel",
+    },
+}
 
 
 def tiny_text_model(folder: Path, seed: int = 0, *, family: str = "bert", head: str = "classifier") -> Path:
@@ -58,18 +81,40 @@ def tiny_text_model(folder: Path, seed: int = 0, *, family: str = "bert", head: 
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(seed)
     if family == "bert":
-        config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=64, initializer_range=0.2)
+        config = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+        )
     else:
-        config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                  max_position_embeddings=64, initializer_range=0.2, pad_token_id=vocab["[PAD]"])
+        config = DistilBertConfig(
+            vocab_size=len(vocab),
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+            pad_token_id=vocab["[PAD]"],
+        )
     getattr(transformers, HEADS[family][head])(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -82,8 +127,17 @@ def tiny_image_model(folder: Path, seed: int = 0, *, head: str = "classifier") -
     from transformers import ViTConfig, ViTImageProcessor
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_channels=3, initializer_range=0.2, encoder_stride=4)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_channels=3,
+        initializer_range=0.2,
+        encoder_stride=4,
+    )
     getattr(transformers, HEADS["vit"][head])(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(folder)
     return folder

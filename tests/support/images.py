@@ -20,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = {"seldon": ROOT / "docker" / "serving.Dockerfile", "mlserver": ROOT / "docker" / "mlserver.Dockerfile"}
-PYTHONS = {"seldon": ROOT / ".venv-serving" / "bin" / "python", "mlserver": ROOT / ".venv-mlserver" / "bin" / "python"}
+DOCKERFILES = {
+    "seldon": ROOT / "docker" / "serving.Dockerfile",
+    "mlserver": ROOT / "docker" / "mlserver.Dockerfile",
+}
+PYTHONS = {
+    "seldon": ROOT / ".venv-serving" / "bin" / "python",
+    "mlserver": ROOT / ".venv-mlserver" / "bin" / "python",
+}
 #: what an image's environment holds that only makes sense inside the image
 IMAGE_ONLY = ("HOME", "PIP_", "FREESTACK_SERVER_WORKDIR")
 
@@ -88,23 +94,45 @@ class ImageServer:
             return None
 
 
-def image_launch(runtime: str, model_uri: str, workdir: Path, port: int, *,
-                 env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+def image_launch(
+    runtime: str, model_uri: str, workdir: Path, port: int, *, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the ``runtime``'s image command on ``port`` (gRPC ``port + 1``, metrics
     ``port + 2``); ``env``: what a manifest adds (it wins over the image's, as a container's env does)."""
     dockerfile = DOCKERFILES[runtime]
     variables = {k: v for k, v in image_env(dockerfile).items() if not k.startswith(IMAGE_ONLY)}
-    variables.update({"PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(port), "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(port + 1),
-                      "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(port + 2), "FREESTACK_SERVER_HOST": "127.0.0.1",
-                      "FREESTACK_MODEL_URI": model_uri, "FREESTACK_SERVER_WORKDIR": str(workdir)})  # fmt: skip
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("FREESTACK_", "PYTHON", "VIRTUAL_ENV"))}
+    variables.update(
+        {
+            "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(port),
+            "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(port + 1),
+            "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(port + 2),
+            "FREESTACK_SERVER_HOST": "127.0.0.1",
+            "FREESTACK_MODEL_URI": model_uri,
+            "FREESTACK_SERVER_WORKDIR": str(workdir),
+        }
+    )
+    inherited = {
+        k: v for k, v in os.environ.items() if not k.startswith(("FREESTACK_", "PYTHON", "VIRTUAL_ENV"))
+    }
     cmd = image_cmd(dockerfile)
     assert cmd[0] == "python", f"{dockerfile}'s CMD does not start with python: {cmd}"
-    return [str(PYTHONS[runtime]), *cmd[1:]], {**inherited, **variables, **(env or {}), "PYTHONPATH": str(ROOT / "plugins")}
+    return [str(PYTHONS[runtime]), *cmd[1:]], {
+        **inherited,
+        **variables,
+        **(env or {}),
+        "PYTHONPATH": str(ROOT / "plugins"),
+    }
 
 
-def start_like_image(runtime: str, model_uri: str, workdir: Path, *, env: dict[str, str] | None = None,
-                     ready_path: str | None = None, timeout: float = 120.0) -> ImageServer:  # fmt: skip
+def start_like_image(
+    runtime: str,
+    model_uri: str,
+    workdir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    ready_path: str | None = None,
+    timeout: float = 120.0,
+) -> ImageServer:
     """Start the ``runtime``'s image command with its image's environment (:func:`image_launch`) on free
     ports; waits until ``ready_path`` answers 200."""
     from freestack.serving.processes import free_port_block
@@ -114,10 +142,19 @@ def start_like_image(runtime: str, model_uri: str, workdir: Path, *, env: dict[s
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{runtime}-{port}.log"
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, env=full, cwd=str(workdir), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            env=full,
+            cwd=str(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     server = ImageServer(proc, port, port + 1, port + 2, log_path)
-    _wait_ready(server, ready_path or ("/v2/health/ready" if runtime == "mlserver" else "/health/ping"), timeout)
+    _wait_ready(
+        server, ready_path or ("/v2/health/ready" if runtime == "mlserver" else "/health/ping"), timeout
+    )
     return server
 
 

@@ -37,9 +37,20 @@ REVIEWS_SPEC = {
             ],
         },
     },
-    "model": {"type": "huggingface", "base": TEXT_BASE, "task": "text-classification", "max_length": 16,
-              "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "key", "value", "dense"]}},
-    "train": {"epochs": 10, "window_days": 30, "learning_rate": 0.01, "batch_size": 16, "grad_accumulation": 2},
+    "model": {
+        "type": "huggingface",
+        "base": TEXT_BASE,
+        "task": "text-classification",
+        "max_length": 16,
+        "peft": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "key", "value", "dense"]},
+    },
+    "train": {
+        "epochs": 10,
+        "window_days": 30,
+        "learning_rate": 0.01,
+        "batch_size": 16,
+        "grad_accumulation": 2,
+    },
     "gate": {"metric": "accuracy", "threshold": 0.8},
 }
 

@@ -41,7 +41,12 @@ SHOP_SPEC = {
         },
         "policy": {"max_quarantine_fraction": 0.1},
     },
-    "model": {"hidden": [32], "channels": [8], "image": {"size": [16, 16]}, "text": {"vocab_size": 200, "max_length": 12}},
+    "model": {
+        "hidden": [32],
+        "channels": [8],
+        "image": {"size": [16, 16]},
+        "text": {"vocab_size": 200, "max_length": 12},
+    },
     "train": {"epochs": 8, "window_days": 30, "learning_rate": 0.01, "batch_size": 32},
     # the tests that use it are about every kind of input going through every stage, not the model's
     # quality: on their two days of rows a good run scores 0.8-1.0 and an unlucky one 0.75, so the gate
@@ -72,8 +77,13 @@ GLYPHS_SPEC = {
     },
     "model": {"hidden": [64], "channels": [16, 32], "image": {"size": [16, 16], "channels": 1}},
     # the window is streamed: spooled in row groups of 64 images, shuffled through a 256-row buffer
-    "train": {"epochs": 10, "window_days": 30, "learning_rate": 0.01, "batch_size": 32,
-              "data": {"mode": "stream", "chunk_rows": 64, "shuffle_buffer": 256}},
+    "train": {
+        "epochs": 10,
+        "window_days": 30,
+        "learning_rate": 0.01,
+        "batch_size": 32,
+        "data": {"mode": "stream", "chunk_rows": 64, "shuffle_buffer": 256},
+    },
     "gate": {"metric": "accuracy", "threshold": 0.7},
 }
 
@@ -107,7 +117,9 @@ def shop_day(folder: Path, day: date, rows: int = 160, seed: int = 0, corrupt: i
         for i in range(rows):
             key = f"{day:%Y%m%d}-{i:04d}"
             back = bool(rng.random() < 0.5)
-            votes = rng.random(3) < 0.85  # each of colour, review, photo agrees with the outcome 85% of the time
+            votes = (
+                rng.random(3) < 0.85
+            )  # each of colour, review, photo agrees with the outcome 85% of the time
             colour = rng.choice(COLOURS_RETURNED if votes[0] == back else COLOURS_KEPT)
             review = rng.choice(BAD_WORDS if votes[1] == back else GOOD_WORDS)
             name = f"photos/{key}.png"

@@ -60,14 +60,25 @@ def run_plain(script: str, *args: str, env: dict[str, str] | None = None, timeou
     site = sysconfig.get_paths()["purelib"]
     code = PRELUDE.format(site=site) + script
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (env or {})
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, *args], env=environ, cwd="/",
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, *args],
+        env=environ,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
 
 
-def plain_probabilities(version: str | Path, inputs: dict[str, np.ndarray], folder: Path, seeds=(0, 1),
-                        hub: dict[str, str] | None = None) -> list[np.ndarray]:  # fmt: skip
+def plain_probabilities(
+    version: str | Path,
+    inputs: dict[str, np.ndarray],
+    folder: Path,
+    seeds=(0, 1),
+    hub: dict[str, str] | None = None,
+) -> list[np.ndarray]:
     """The class probabilities of a LoRA version loaded with plain transformers + peft, one array per
     torch seed: ``version`` a folder, or a Hub repo id with ``hub`` = {"revision": tag} (HF_ENDPOINT set)."""
     folder.mkdir(parents=True, exist_ok=True)

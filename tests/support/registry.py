@@ -25,9 +25,15 @@ def make_model_folder(folder: Path, *, seed: int = 0, accuracy: float = 0.9) -> 
     net.set_scaling(torch.arange(N_FEATURES, dtype=torch.float32), torch.full((N_FEATURES,), 2.0))
     folder.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(folder)
-    metrics = {"task": "classification", "test_accuracy": accuracy, "test_f1_macro": accuracy - 0.05,
-               "test_loss": 0.3, "best_val_accuracy": accuracy + 0.01, "best_epoch": 4,
-               "train": {"epochs": 5, "seconds": 1.5}}
+    metrics = {
+        "task": "classification",
+        "test_accuracy": accuracy,
+        "test_f1_macro": accuracy - 0.05,
+        "test_loss": 0.3,
+        "best_val_accuracy": accuracy + 0.01,
+        "best_epoch": 4,
+        "train": {"epochs": 5, "seconds": 1.5},
+    }
     lineage = {
         "pipeline": "digits",
         "model": "digits",
@@ -37,8 +43,15 @@ def make_model_folder(folder: Path, *, seed: int = 0, accuracy: float = 0.9) -> 
         "spec_hash": "c" * 64,
         "code_version": "0.1.0",
         "wandb": {"id": "run123", "project": "digits", "mode": "offline"},
-        "airflow": {"dag_id": "digits_train", "run_id": "manual__2024-01-02", "interval": ["2024-01-01", "2024-01-02"]},
-        "hyperparameters": {"train": {"learning_rate": 0.01, "epochs": 5}, "model": {"kind": "mlp", "hidden": [16]}},
+        "airflow": {
+            "dag_id": "digits_train",
+            "run_id": "manual__2024-01-02",
+            "interval": ["2024-01-01", "2024-01-02"],
+        },
+        "hyperparameters": {
+            "train": {"learning_rate": 0.01, "epochs": 5},
+            "model": {"kind": "mlp", "hidden": [16]},
+        },
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "lineage.json").write_text(json.dumps(lineage))

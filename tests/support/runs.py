@@ -11,7 +11,9 @@ def run_note(run) -> str | None:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        return session.query(DagRun).filter(DagRun.dag_id == run.dag_id, DagRun.run_id == run.run_id).one().note
+        return (
+            session.query(DagRun).filter(DagRun.dag_id == run.dag_id, DagRun.run_id == run.run_id).one().note
+        )
 
 
 def dags_with(specs, block: str, values: dict, *, merge: bool = False):

@@ -51,10 +51,20 @@ def main(model_uri: str, cases_file: str) -> None:
     for case in json.loads(Path(cases_file).read_text()):
         answer = lane.answer(Request(case))
         url = case["path"] + (f"?{case['query']}" if case.get("query") else "")
-        resp = client.open(url, method=case.get("method", "POST"), data=case["body"].encode(),
-                           headers=case.get("headers", {}))  # fmt: skip
-        out = {"name": case["name"], "app": {"status": resp.status_code, "body": resp.get_data(as_text=True),
-                                             "content_type": resp.headers.get("Content-Type")}}  # fmt: skip
+        resp = client.open(
+            url,
+            method=case.get("method", "POST"),
+            data=case["body"].encode(),
+            headers=case.get("headers", {}),
+        )
+        out = {
+            "name": case["name"],
+            "app": {
+                "status": resp.status_code,
+                "body": resp.get_data(as_text=True),
+                "content_type": resp.headers.get("Content-Type"),
+            },
+        }
         if answer is not None:
             status, headers, body = answer
             out["lane"] = {"status": status, "headers": headers, "body": body.decode()}

@@ -53,8 +53,9 @@ class LateProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() in _RELAYED}
-                req = urllib.request.Request(proxy.upstream + self.path, data=body, method=self.command,
-                                             headers=headers)  # fmt: skip
+                req = urllib.request.Request(
+                    proxy.upstream + self.path, data=body, method=self.command, headers=headers
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=120) as r:
                         code, data, kind = r.status, r.read(), r.headers.get("Content-Type", JSON)

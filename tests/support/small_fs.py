@@ -20,8 +20,11 @@ def mounted_tmpfs(mount: Path, size_mib: int) -> Iterator[Path]:
     mount.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting the small tmpfs this test fills needs root (CI runs as root)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
     try:
@@ -30,7 +33,9 @@ def mounted_tmpfs(mount: Path, size_mib: int) -> Iterator[Path]:
         busy = subprocess.run(["umount", str(mount)], capture_output=True, text=True)
         if busy.returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=False)
-            pytest.fail(f"{mount} could not be unmounted (a file on it was left open?): {busy.stderr.strip()}")
+            pytest.fail(
+                f"{mount} could not be unmounted (a file on it was left open?): {busy.stderr.strip()}"
+            )
 
 
 def ballast(mount: Path, free_mib: float) -> Path:

@@ -69,7 +69,11 @@ def main(argv: list[str]) -> None:
     log_file = argv[5] if len(argv) > 5 else None
     spec = load_spec(spec_path)
     report = LocalAgent(
-        spec, sweep_id, objective(sleep=float(sleep), log_file=log_file), agent_id=agent_id, ttl=float(ttl),
+        spec,
+        sweep_id,
+        objective(sleep=float(sleep), log_file=log_file),
+        agent_id=agent_id,
+        ttl=float(ttl),
         poll_seconds=0.2,
     ).run()
     print(json.dumps(report.as_dict()))

@@ -34,7 +34,9 @@ ARTIFACTS = Path(os.environ.get("FREESTACK_TEST_ARTIFACTS") or ROOT / ".freestac
 
 
 def _status(url: str, method: str = "GET", headers: dict | None = None) -> int:
-    req = urllib.request.Request(url, method=method, headers=headers or {}, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(
+        url, method=method, headers=headers or {}, data=b"" if method == "POST" else None
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status
@@ -47,9 +49,16 @@ def _routes() -> list[tuple[str, str]]:
     from freestack.ui.app import views_app
     from freestack.ui.wandb_pages import wandb_app
 
-    fill = {"{pipeline}": "digits", "{version}": "production", "{sweep_id}": "s", "{kind}": "promote",
-            "{rel:path}": "README.md", "{name}": "views.css",
-            "{model}": "digits", "{ds}": "2024-01-01"}
+    fill = {
+        "{pipeline}": "digits",
+        "{version}": "production",
+        "{sweep_id}": "s",
+        "{kind}": "promote",
+        "{rel:path}": "README.md",
+        "{name}": "views.css",
+        "{model}": "digits",
+        "{ds}": "2024-01-01",
+    }
     out = []
     for prefix, app in (("/freestack/ui", views_app), ("/freestack/wandb", wandb_app)):
         assert not [r for r in app.routes if type(r).__name__ == "Mount"], "a mounted app skips the login"
@@ -77,7 +86,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's Chromium is missing: `apt-get install -y chromium` (make browser-deps, as root)")
+        pytest.skip(
+            "Debian's Chromium is missing: `apt-get install -y chromium` (make browser-deps, as root)"
+        )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -106,9 +117,14 @@ def _stored(sandbox) -> dict:
     version = aliases["production"]
     lineage = json.loads((reg / version / "lineage.json").read_text())
     sweep = sandbox.storage / "runs" / "digits" / lineage["sweep"]["id"]
-    return {"version": version, "aliases": aliases, "lineage": lineage,
-            "metrics": json.loads((reg / version / "metrics.json").read_text()),
-            "best": json.loads((sweep / "best.json").read_text()), "trials": len(list((sweep / "trials").iterdir()))}  # fmt: skip
+    return {
+        "version": version,
+        "aliases": aliases,
+        "lineage": lineage,
+        "metrics": json.loads((reg / version / "metrics.json").read_text()),
+        "best": json.loads((sweep / "best.json").read_text()),
+        "trials": len(list((sweep / "trials").iterdir())),
+    }
 
 
 def _models_pages(page, sandbox, s: dict) -> None:
@@ -125,13 +141,19 @@ def _models_pages(page, sandbox, s: dict) -> None:
     _shot(page, "02-model-versions")
     page.goto(f"{ui}/models/digits/{s['version']}")
     metrics = page.locator("#metrics")
-    assert f"{s['metrics']['test_accuracy']:.6g}" in metrics.locator("tr", has_text="test_accuracy").inner_text()
+    assert (
+        f"{s['metrics']['test_accuracy']:.6g}" in metrics.locator("tr", has_text="test_accuracy").inner_text()
+    )
     assert page.locator("#gate").inner_text().startswith("promoted")
     parts = page.locator("#partitions").inner_text()
-    assert all(p["sha256"] in parts for p in s["lineage"]["partitions"]) and len(s["lineage"]["partitions"]) == 5
+    assert (
+        all(p["sha256"] in parts for p in s["lineage"]["partitions"]) and len(s["lineage"]["partitions"]) == 5
+    )
     for p in s["lineage"]["partitions"]:  # each partition's rows read and the lake events that published it
         cells = page.locator(f"#partitions tr[data-ds='{p['ds']}'] td").all_inner_texts()
-        assert cells[1] == f"{p['rows']:,}" and cells[3] == ", ".join(f"#{e['id']}" for e in p["events"]), cells
+        assert cells[1] == f"{p['rows']:,}" and cells[3] == ", ".join(f"#{e['id']}" for e in p["events"]), (
+            cells
+        )
     assert s["lineage"]["airflow"]["run_id"] in page.locator("#airflow-run").inner_text()
     assert page.locator("#card").inner_text().strip()
     assert all(img.evaluate("i => i.naturalWidth") > 0 for img in page.locator(".plots img").all())
@@ -162,14 +184,27 @@ def _serving_and_data(page, sandbox) -> None:
     page.goto(f"{sandbox.url}/freestack/ui/data")
     rows = page.locator("#lake-digits tr[data-ds]")
     assert rows.count() == 5
-    for r in rows.all():  # each partition's rows and quarantined rows (the demo's malformed ones) as ingest recorded them
-        manifest = json.loads((sandbox.storage / "lake" / "digits" / f"ds={r.get_attribute('data-ds')}" / "_manifest.json").read_text())
+    for r in (
+        rows.all()
+    ):  # each partition's rows and quarantined rows (the demo's malformed ones) as ingest recorded them
+        manifest = json.loads(
+            (
+                sandbox.storage / "lake" / "digits" / f"ds={r.get_attribute('data-ds')}" / "_manifest.json"
+            ).read_text()
+        )
         cells = r.locator("td")
-        assert [cells.nth(1).inner_text(), cells.nth(2).inner_text()] == [str(manifest["rows_good"]), str(manifest["rows_quarantined"])]
-        assert manifest["rows_quarantined"] > 0 and manifest["part"]["sha256"].startswith(cells.nth(4).inner_text())
+        assert [cells.nth(1).inner_text(), cells.nth(2).inner_text()] == [
+            str(manifest["rows_good"]),
+            str(manifest["rows_quarantined"]),
+        ]
+        assert manifest["rows_quarantined"] > 0 and manifest["part"]["sha256"].startswith(
+            cells.nth(4).inner_text()
+        )
     assert "not a number" in page.locator("#lake-digits").inner_text()
     _shot(page, "06-data")
-    page.goto(f"{sandbox.url}/freestack/ui/monitoring")  # judged intervals (tests/e2e/test_monitor_demo.py adds some)
+    page.goto(
+        f"{sandbox.url}/freestack/ui/monitoring"
+    )  # judged intervals (tests/e2e/test_monitor_demo.py adds some)
     section = page.locator("section#monitoring-digits")
     assert "digits_monitor" in section.inner_text() and "PSI" in section.inner_text()
     _shot(page, "07-monitoring")
@@ -225,8 +260,11 @@ def test_a_viewer_reads_but_may_not_promote(demo, sandbox, browser):
     assert page.locator("#metrics").is_visible() and page.locator("#promote-staging").count() == 0
     got = page.goto(f"{sandbox.url}/freestack/ui/models/digits/{s['version']}/promote?alias=staging")
     assert got.status == 403 and "may not trigger digits_promote" in page.locator("#refused").inner_text()
-    posted = page.request.post(f"{sandbox.url}/freestack/ui/models/digits/{s['version']}/promote",
-                               form={"alias": "production"}, headers={"Origin": sandbox.url})  # fmt: skip
+    posted = page.request.post(
+        f"{sandbox.url}/freestack/ui/models/digits/{s['version']}/promote",
+        form={"alias": "production"},
+        headers={"Origin": sandbox.url},
+    )
     assert posted.status == 403
     _shot(page, "09-viewer-refused")
 

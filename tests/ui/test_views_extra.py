@@ -33,7 +33,9 @@ def second(demo, sandbox) -> str:
     paused = api.call("GET", "/dags/digits_train")["is_paused"]
     api.call("PATCH", "/dags/digits_train?update_mask=is_paused", {"is_paused": False})
     conf = {"end_ds": s["lineage"]["window"]["end_ds"], "sweep": False, "epochs": 1, "learning_rate": 1e-4}
-    run_id = api.call("POST", "/dags/digits_train/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    run_id = api.call("POST", "/dags/digits_train/dagRuns", {"logical_date": None, "conf": conf})[
+        "dag_run_id"
+    ]
     deadline = time.monotonic() + 900
     while (state := api.call("GET", f"/dags/digits_train/dagRuns/{run_id}")["state"]) not in TERMINAL:
         assert time.monotonic() < deadline, f"digits_train {run_id} still {state}"
@@ -42,8 +44,14 @@ def second(demo, sandbox) -> str:
         api.call("PATCH", "/dags/digits_train?update_mask=is_paused", {"is_paused": True})
     assert state == "success", f"digits_train {run_id} {state}"
     reg = sandbox.storage / "registry" / "digits"
-    [version] = [p.name for p in reg.iterdir() if (p / "lineage.json").exists() and _lineage(sandbox, p.name)["airflow"]["run_id"] == run_id]
-    assert _lineage(sandbox, version)["gate"]["decision"] != "promote", "the one-epoch version must not replace production"
+    [version] = [
+        p.name
+        for p in reg.iterdir()
+        if (p / "lineage.json").exists() and _lineage(sandbox, p.name)["airflow"]["run_id"] == run_id
+    ]
+    assert _lineage(sandbox, version)["gate"]["decision"] != "promote", (
+        "the one-epoch version must not replace production"
+    )
     assert _stored(sandbox)["version"] == s["version"]
     return version
 
@@ -61,14 +69,25 @@ def test_compare_two_versions(sandbox, browser, second):
     page.goto(f"{sandbox.url}/freestack/ui/models/digits/{second}")
     page.locator("#compare-link").click()
     page.locator("#compare-versions th[data-version]").nth(1).wait_for()  # the compare page has loaded
-    assert [h.get_attribute("data-version") for h in page.locator("#compare-versions th[data-version]").all()] == [second, s["version"]]
+    assert [
+        h.get_attribute("data-version") for h in page.locator("#compare-versions th[data-version]").all()
+    ] == [second, s["version"]]
     gate = page.locator("#compare-gate td").all_inner_texts()
     assert gate[0].startswith("blocked") and gate[1].startswith("promoted"), gate
     acc = page.locator("#compare-metrics tr[data-metric='test_accuracy'] td")
-    assert f"{s['metrics']['test_accuracy']:.6g}" in acc.nth(2).inner_text() and acc.nth(2).locator("strong").count() == 1
-    assert acc.nth(1).locator("strong").count() == 0 and "(+" in acc.nth(2).inner_text()  # better than the first, by how much
-    epochs = page.locator("#compare-params tr.differs[data-key='hyperparameters.train.epochs'] td").all_inner_texts()
-    assert epochs[1] == "1" and epochs[2] == str(_lineage(sandbox, s["version"])["hyperparameters"]["train"]["epochs"]), epochs
+    assert (
+        f"{s['metrics']['test_accuracy']:.6g}" in acc.nth(2).inner_text()
+        and acc.nth(2).locator("strong").count() == 1
+    )
+    assert (
+        acc.nth(1).locator("strong").count() == 0 and "(+" in acc.nth(2).inner_text()
+    )  # better than the first, by how much
+    epochs = page.locator(
+        "#compare-params tr.differs[data-key='hyperparameters.train.epochs'] td"
+    ).all_inner_texts()
+    assert epochs[1] == "1" and epochs[2] == str(
+        _lineage(sandbox, s["version"])["hyperparameters"]["train"]["epochs"]
+    ), epochs
     assert "differs" in page.locator("#compare-lineage tr[data-key='sweep']").inner_text()
     assert page.locator("#compare-lineage tr[data-key='spec_hash']").get_attribute("class") == "same"
     assert page.locator("#compare-partitions tr[data-ds]").count() == len(s["lineage"]["partitions"])
@@ -102,7 +121,10 @@ def test_try_a_deployment(demo, sandbox, browser):
     page.locator("#try-submit").click()
     assert "px_5: 'many' is not a number" in page.locator("#error").inner_text()
     url = f"{sandbox.url}/freestack/ui/deployments/digits/{_deployment(sandbox)}/try"
-    assert page.request.post(url, form={"px_0": "1"}, headers={"Origin": "http://elsewhere.example"}).status == 403
+    assert (
+        page.request.post(url, form={"px_0": "1"}, headers={"Origin": "http://elsewhere.example"}).status
+        == 403
+    )
 
 
 def _deployment(sandbox) -> str:
@@ -129,7 +151,10 @@ def test_quarantined_rows_page_by_page(demo, sandbox, browser):
     page.locator("a.next").first.click()
     assert f"page 2 of {-(-total // 2)}" in page.locator("#quarantine-count").inner_text()
     assert page.locator("#quarantine tr[data-line]").count() == 2
-    assert page.locator("#quarantine tr[data-line]").first.get_attribute("data-line") != first or "page=2" in page.url
+    assert (
+        page.locator("#quarantine tr[data-line]").first.get_attribute("data-line") != first
+        or "page=2" in page.url
+    )
     _shot(page, "23-quarantined-rows-page-2")
     assert not errors, errors  # no script or CSP error (the 404 below is one on purpose)
     assert page.goto(f"{sandbox.url}/freestack/ui/data/digits/1999-01-01/quarantine").status == 404

@@ -52,9 +52,12 @@ def _background(page) -> float:
 
 def _set_theme(page, mode: str) -> None:
     """What Airflow's theme switch does (next-themes): localStorage "theme" and the class on <html>."""
-    page.evaluate("""mode => { localStorage.setItem("theme", mode);
+    page.evaluate(
+        """mode => { localStorage.setItem("theme", mode);
         const c = document.documentElement.classList; c.remove("light", "dark"); c.add(mode);
-        document.documentElement.style.colorScheme = mode; }""", mode)  # fmt: skip
+        document.documentElement.style.colorScheme = mode; }""",
+        mode,
+    )
 
 
 def test_one_menu_entry_and_the_uis_theme(demo, sandbox, browser):
@@ -64,8 +67,11 @@ def test_one_menu_entry_and_the_uis_theme(demo, sandbox, browser):
     entry.first.wait_for(timeout=60_000)
     assert entry.count() == 1
     assert page.locator("a[href*='/plugin/freestack-']:not([href$='-wandb'])").count() == 0
-    views = [v["name"] for p in page.request.get(f"{sandbox.url}/api/v2/plugins").json()["plugins"]
-             for v in p.get("external_views", [])]  # fmt: skip
+    views = [
+        v["name"]
+        for p in page.request.get(f"{sandbox.url}/api/v2/plugins").json()["plugins"]
+        for v in p.get("external_views", [])
+    ]
     ours = sorted(
         v for v in views if "freestack" in v.lower() or v in ("Models", "Sweeps", "Deployments", "Data")
     )

@@ -47,9 +47,14 @@ def _register_copy(api, storage, work, name: str, promote: bool) -> None:
     copy = reg.local_copy(reg.resolve("production"), work / name)
     reg.register(copy.as_uri(), name)
     if promote:
-        run = _trigger(api, "digits_promote", {"version": name, "alias": "production",
-                                               "reason": "a second version to roll back from"})  # fmt: skip
-        state = _wait(lambda: (s := _run(api, "digits_promote", run)["state"]) in TERMINAL and s, 300, "digits_promote")
+        run = _trigger(
+            api,
+            "digits_promote",
+            {"version": name, "alias": "production", "reason": "a second version to roll back from"},
+        )
+        state = _wait(
+            lambda: (s := _run(api, "digits_promote", run)["state"]) in TERMINAL and s, 300, "digits_promote"
+        )
         assert state == "success", _tis(api, "digits_promote", run)
 
 
@@ -82,17 +87,24 @@ def _ended_as_asked(api, storage, dag_id: str, run_id: str, version: str) -> str
     """The run's end: success with its move and its deploy on ``version``, or a failure its log explains."""
     from freestack.serving.records import Deployments
 
-    ended = _wait(lambda: (r := _run(api, dag_id, run_id))["state"] in TERMINAL and r, 900, f"{dag_id} {run_id}")
+    ended = _wait(
+        lambda: (r := _run(api, dag_id, run_id))["state"] in TERMINAL and r, 900, f"{dag_id} {run_id}"
+    )
     tis = _tis(api, dag_id, run_id)
     history = json.loads((storage / "registry" / "digits" / "aliases.json").read_text())["history"]
     mine = [h for h in history if h["alias"] == "production" and run_id in str(h.get("by"))]
     if ended["state"] == "success":
         assert [h["version"] for h in mine] == [version], (mine, version)
-        served = api.call("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/deploy/"
-                                 "xcomEntries/return_value?deserialize=true")["value"]  # fmt: skip
+        served = api.call(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/deploy/"
+            "xcomEntries/return_value?deserialize=true",
+        )["value"]
         assert served["version"] == version, served
         rec = Deployments(storage.as_uri(), "digits").get("digits")
-        assert any(h["version"] == version and run_id in str(h.get("reason")) for h in rec["history"]), rec["history"]
+        assert any(h["version"] == version and run_id in str(h.get("reason")) for h in rec["history"]), rec[
+            "history"
+        ]
         return "success"
     failed = [t for t in tis.values() if t["state"] == "failed"]
     assert failed, tis
@@ -106,7 +118,11 @@ def _ended_as_asked(api, storage, dag_id: str, run_id: str, version: str) -> str
 
 
 def test_a_rollback_and_a_promotion_racing_a_training_deploy_land_as_named_or_fail_explained(
-        demo, sandbox, browser, tmp_path):  # noqa: F811  # fmt: skip
+    demo,
+    sandbox,
+    browser,  # noqa: F811
+    tmp_path,
+):
     from freestack.serving.local import describe
     from freestack.serving.records import Deployments
 
@@ -119,9 +135,14 @@ def test_a_rollback_and_a_promotion_racing_a_training_deploy_land_as_named_or_fa
     before = json.loads(aliases_file.read_text())
     rollback_to, promoted = before["previous"], "v20990102-racecopy"
     # a manual run over the demo's window trains a new candidate (only automatic runs skip an unchanged window)
-    train = _trigger(api, "digits_train", {"end_ds": max(p["ds"] for p in lineage["partitions"]), "sweep_agents": 2})
-    _wait(lambda: any(t["state"] == "running" for t in _tis(api, "digits_train", train).values()), 300,
-          f"a task of digits_train {train} to run")  # fmt: skip
+    train = _trigger(
+        api, "digits_train", {"end_ds": max(p["ds"] for p in lineage["partitions"]), "sweep_agents": 2}
+    )
+    _wait(
+        lambda: any(t["state"] == "running" for t in _tis(api, "digits_train", train).values()),
+        300,
+        f"a task of digits_train {train} to run",
+    )
 
     page = _login(browser, sandbox, "admin")
     page.goto(f"{sandbox.url}/freestack/ui/models/digits")
@@ -129,26 +150,44 @@ def test_a_rollback_and_a_promotion_racing_a_training_deploy_land_as_named_or_fa
     page.locator("#rollback").click()
     warning = page.locator("#training-in-flight").inner_text()
     assert train in warning and "one at a time" in warning and "not necessarily in the order" in warning
-    assert f"production goes back from {before['production']} to {rollback_to}" in page.locator("#what").inner_text()
+    assert (
+        f"production goes back from {before['production']} to {rollback_to}"
+        in page.locator("#what").inner_text()
+    )
     _shot(page, "40-rollback-while-training")
     rollback = _confirm(page, "digits_rollback")
 
     page.goto(f"{sandbox.url}/freestack/ui/models/digits/{promoted}")
     page.locator("#promote-production").click()
-    assert "gate-result" in page.content() and "only while it is still" in page.locator("#expect").inner_text()
+    assert (
+        "gate-result" in page.content() and "only while it is still" in page.locator("#expect").inner_text()
+    )
     promote = _confirm(page, "digits_promote")
 
-    outcomes = {"rollback": _ended_as_asked(api, storage, "digits_rollback", rollback, rollback_to),
-                "promote": _ended_as_asked(api, storage, "digits_promote", promote, promoted)}
+    outcomes = {
+        "rollback": _ended_as_asked(api, storage, "digits_rollback", rollback, rollback_to),
+        "promote": _ended_as_asked(api, storage, "digits_promote", promote, promoted),
+    }
     # the rollback never lands on a third version, whatever `previous` became
-    assert all(h["version"] == rollback_to for h in json.loads(aliases_file.read_text())["history"]
-               if h["action"] == "rollback" and rollback in str(h.get("by")))  # fmt: skip
+    assert all(
+        h["version"] == rollback_to
+        for h in json.loads(aliases_file.read_text())["history"]
+        if h["action"] == "rollback" and rollback in str(h.get("by"))
+    )
 
-    state = _wait(lambda: (s := _run(api, "digits_train", train)["state"]) in TERMINAL and s, 900, f"digits_train {train}")
+    state = _wait(
+        lambda: (s := _run(api, "digits_train", train)["state"]) in TERMINAL and s,
+        900,
+        f"digits_train {train}",
+    )
     assert state == "success", _tis(api, "digits_train", train)
     rec = Deployments(storage.as_uri(), "digits").get("digits")
     production = json.loads(aliases_file.read_text())["production"]
-    assert rec["version"] == production and describe(rec)["health"] == "ok", (rec["version"], production, outcomes)
+    assert rec["version"] == production and describe(rec)["health"] == "ok", (
+        rec["version"],
+        production,
+        outcomes,
+    )
     page.goto(f"{sandbox.url}/freestack/ui/deployments")
     assert page.locator("section#digits .health").inner_text() == "ok"
     assert page.locator("section#digits .mismatch").count() == 0

@@ -27,13 +27,15 @@ pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own
 RUN_CAP = 6
 SWEEP = {
-    "method": "random", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": RUN_CAP,
+    "method": "random",
+    "metric": {"name": "val_accuracy", "goal": "maximize"},
+    "run_cap": RUN_CAP,
     "parameters": {
         "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-2},
         "batch_size": {"values": [32, 64, 128]},
         "model": {"parameters": {"dropout": {"distribution": "uniform", "min": 0.0, "max": 0.4}}},
     },
-}  # fmt: skip
+}
 
 
 @pytest.fixture
@@ -44,7 +46,9 @@ def live_sweep(demo, sandbox, tmp_path):
 
     spec = load_spec(write_spec(tmp_path / "specs", SWEEP, storage_root=sandbox.storage.as_uri()))
     sweep_id = f"sweep-live-{uuid.uuid4().hex[:8]}"
-    create_sweep(spec, sweep_id, {"end_ds": "2026-11-05", "airflow": {"run_id": f"manual__{sweep_id}"}}, agents=1)
+    create_sweep(
+        spec, sweep_id, {"end_ds": "2026-11-05", "airflow": {"run_id": f"manual__{sweep_id}"}}, agents=1
+    )
     threads: list[threading.Thread] = []
 
     def start_agent() -> None:
@@ -65,20 +69,32 @@ def _figure(page, target: str, expr: str):
 
 def _log_axis_of(page, parameter: str) -> str | None:
     """The x axis type of ``parameter``'s panel in the metric-vs-parameters figure (panels are titled by name)."""
-    return _figure(page, "fig-1", f"""(() => {{
+    return _figure(
+        page,
+        "fig-1",
+        f"""(() => {{
         const k = gd.layout.annotations.findIndex((a) => a.text === {parameter!r});
         const axis = gd.layout[k === 0 ? 'xaxis' : 'xaxis' + (k + 1)];
-        return axis ? axis.type : null; }})()""")
+        return axis ? axis.type : null; }})()""",
+    )
 
 
-def test_trials_appear_live_with_log_axes_parallel_coordinates_importance_and_filter(demo, sandbox, browser, live_sweep):  # noqa: F811
+def test_trials_appear_live_with_log_axes_parallel_coordinates_importance_and_filter(
+    demo,
+    sandbox,
+    browser,  # noqa: F811
+    live_sweep,
+):
     sweep_id, start_agent = live_sweep
     page = _login(browser, sandbox, "admin")
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(f"{sandbox.url}/freestack/ui/sweeps/digits/{sweep_id}")
     assert page.locator("#summary").get_attribute("data-status") == "running"
-    assert page.locator("#trials tr[data-trial]").count() == 0 and "0 of 6 trials" in page.locator("#summary").inner_text()
+    assert (
+        page.locator("#trials tr[data-trial]").count() == 0
+        and "0 of 6 trials" in page.locator("#summary").inner_text()
+    )
     page.locator("#importance-note").wait_for()  # "0 finished trials: too few ..."
     page.evaluate("() => { window.notReloaded = true; }")
 
@@ -94,23 +110,41 @@ def test_trials_appear_live_with_log_axes_parallel_coordinates_importance_and_fi
     assert page.locator("#trial-count").inner_text() == str(RUN_CAP)
 
     assert _log_axis_of(page, "learning_rate") == "log" and _log_axis_of(page, "model.dropout") != "log"
-    par = _figure(page, "fig-3", "({labels: gd.layout.xaxis.ticktext, lines: gd.data.filter((d) => d.mode === 'lines')"
-                                 ".reduce((n, d) => n + d.x.filter((x) => x === null).length, 0)})")  # fmt: skip
-    assert par == {"labels": ["batch_size", "learning_rate (log)", "model.dropout", "val_accuracy"], "lines": RUN_CAP}
+    par = _figure(
+        page,
+        "fig-3",
+        "({labels: gd.layout.xaxis.ticktext, lines: gd.data.filter((d) => d.mode === 'lines')"
+        ".reduce((n, d) => n + d.x.filter((x) => x === null).length, 0)})",
+    )
+    assert par == {
+        "labels": ["batch_size", "learning_rate (log)", "model.dropout", "val_accuracy"],
+        "lines": RUN_CAP,
+    }
     ticks = _figure(page, "fig-3", "gd.layout.annotations.filter((a) => a.x === 1).map((a) => a.text)")
-    assert len(ticks) >= 2 and all(1e-4 <= float(t) <= 3e-2 for t in ticks), ticks  # the log axis in its own units
+    assert len(ticks) >= 2 and all(1e-4 <= float(t) <= 3e-2 for t in ticks), (
+        ticks
+    )  # the log axis in its own units
     assert page.locator("#fig-3 .annotation-text").count() >= len(ticks)
     assert page.locator("#importance tr[data-parameter]").count() == 3
     assert _figure(page, "fig-4", "gd.data.map((d) => d.name)") == ["importance", "correlation"]
     _shot(page, "31-sweep-live-finished")
-    polls = page.evaluate("() => performance.getEntriesByType('resource').filter((r) => r.name.includes('/live?')).length")
+    polls = page.evaluate(
+        "() => performance.getEntriesByType('resource').filter((r) => r.name.includes('/live?')).length"
+    )
     page.wait_for_timeout(7_000)
-    assert page.evaluate("() => performance.getEntriesByType('resource').filter((r) => r.name.includes('/live?')).length") == polls
+    assert (
+        page.evaluate(
+            "() => performance.getEntriesByType('resource').filter((r) => r.name.includes('/live?')).length"
+        )
+        == polls
+    )
 
     page.reload()  # the table's filter (views.js) on the finished sweep's rows
     box = page.locator("#trials-filter")
     box.fill("t0003")
-    assert [r.get_attribute("data-trial") for r in page.locator("#trials tr[data-trial]:visible").all()] == ["t0003"]
+    assert [r.get_attribute("data-trial") for r in page.locator("#trials tr[data-trial]:visible").all()] == [
+        "t0003"
+    ]
     _shot(page, "32-sweep-trials-filtered")
     assert not errors, errors  # no script or CSP error
 
@@ -134,7 +168,11 @@ def test_monitoring_draws_drift_over_time(demo, sandbox, browser):  # noqa: F811
     page.goto(f"{sandbox.url}/freestack/ui/monitoring")
     section = page.locator("section#monitoring-digits")
     reports = sandbox.storage / "monitoring" / "digits" / "reports"
-    judged = [p for p in reports.glob("*/summary.json") if any(v.get("series") for v in json.loads(p.read_text())["versions"])]
+    judged = [
+        p
+        for p in reports.glob("*/summary.json")
+        if any(v.get("series") for v in json.loads(p.read_text())["versions"])
+    ]
     if not judged:  # the demo's first monitor run may have had no rows yet: the builder's unit tests cover it
         assert section.locator(".drift-over-time").count() == 0
         pytest.skip("the demo's monitor judged no series yet: no drift to draw")

@@ -37,8 +37,11 @@ def spec_reference_anchors() -> set[str]:
 
 def test_links_into_the_spec_reference_name_a_section_it_has():
     anchors = spec_reference_anchors()
-    links = [(p.relative_to(DOCS), a) for p in DOCS.rglob("*.md")
-             for a in re.findall(r"reference/spec\.md#([\w-]+)", p.read_text())]  # fmt: skip
+    links = [
+        (p.relative_to(DOCS), a)
+        for p in DOCS.rglob("*.md")
+        for a in re.findall(r"reference/spec\.md#([\w-]+)", p.read_text())
+    ]
     assert all(a in anchors for _, a in links), [link for link in links if link[1] not in anchors]
     page = (DOCS / "operating" / "distributed.md").read_text()
     assert "reference/spec.md#distributedspec" in page  # train.distributed's own section, not the page's top

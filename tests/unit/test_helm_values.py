@@ -70,25 +70,46 @@ def test_the_chart_version_is_named_where_it_is_installed(values):
 def pod_overlay_schema(defs: dict) -> dict:
     """A Pod with only the fields the pod_mutation_hook in values.yaml merges, each checked against the
     Kubernetes definition the chart's schema carries."""
-    ref = {name: {"$ref": f"#/definitions/io.k8s.{name}"} for name in
-           ("api.core.v1.Container", "api.core.v1.Toleration", "api.core.v1.Affinity",
-            "apimachinery.pkg.apis.meta.v1.ObjectMeta")}  # fmt: skip
-    container = {"allOf": [ref["api.core.v1.Container"]], "type": "object", "additionalProperties": False,
-                 "properties": {k: {} for k in ("name", "image", "resources", "env")}}  # fmt: skip
+    ref = {
+        name: {"$ref": f"#/definitions/io.k8s.{name}"}
+        for name in (
+            "api.core.v1.Container",
+            "api.core.v1.Toleration",
+            "api.core.v1.Affinity",
+            "apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        )
+    }
+    container = {
+        "allOf": [ref["api.core.v1.Container"]],
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {k: {} for k in ("name", "image", "resources", "env")},
+    }
     spec = {
-        "type": "object", "required": ["containers"], "additionalProperties": False,
+        "type": "object",
+        "required": ["containers"],
+        "additionalProperties": False,
         "properties": {
             "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
             "tolerations": {"type": "array", "items": ref["api.core.v1.Toleration"]},
-            "affinity": ref["api.core.v1.Affinity"], "runtimeClassName": {"type": "string"},
+            "affinity": ref["api.core.v1.Affinity"],
+            "runtimeClassName": {"type": "string"},
             "priorityClassName": {"type": "string"},
             "containers": {"type": "array", "minItems": 1, "items": container},
         },
-    }  # fmt: skip
-    return {"type": "object", "required": ["apiVersion", "kind", "spec"], "additionalProperties": False,
-            "properties": {"apiVersion": {"const": "v1"}, "kind": {"const": "Pod"},
-                           "metadata": ref["apimachinery.pkg.apis.meta.v1.ObjectMeta"], "spec": spec},
-            "definitions": defs}  # fmt: skip
+    }
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "v1"},
+            "kind": {"const": "Pod"},
+            "metadata": ref["apimachinery.pkg.apis.meta.v1.ObjectMeta"],
+            "spec": spec,
+        },
+        "definitions": defs,
+    }
 
 
 def test_the_gpu_overlay_is_a_pod_with_a_base_container(schema):

@@ -19,7 +19,9 @@ def test_settings_follow_the_environment(monkeypatch, tmp_path):
     assert settings().default_storage_root == "s3://conn@bucket/prefix"
 
 
-@pytest.mark.parametrize("value, on", [("1", True), ("on", True), (" true ", True), ("0", False), ("off", False)])
+@pytest.mark.parametrize(
+    "value, on", [("1", True), ("on", True), (" true ", True), ("0", False), ("off", False)]
+)
 def test_on_off_settings(monkeypatch, value, on):
     monkeypatch.setenv("FREESTACK_SPEEDUPS", value)
     assert settings().speedups is on
@@ -27,10 +29,14 @@ def test_on_off_settings(monkeypatch, value, on):
 
 def test_a_value_that_does_not_parse_names_the_variable(monkeypatch):
     monkeypatch.setenv("FREESTACK_SERVE_PORT", "ninety")
-    with pytest.raises(SettingsError, match=r"FREESTACK_SERVE_PORT='ninety': Input should be a valid integer"):
+    with pytest.raises(
+        SettingsError, match=r"FREESTACK_SERVE_PORT='ninety': Input should be a valid integer"
+    ):
         settings()
     monkeypatch.setenv("FREESTACK_SERVE_PORT", "80")
-    with pytest.raises(SettingsError, match=r"FREESTACK_SERVE_PORT='80': Input should be greater than or equal to 1024"):
+    with pytest.raises(
+        SettingsError, match=r"FREESTACK_SERVE_PORT='80': Input should be greater than or equal to 1024"
+    ):
         settings()
 
 
@@ -47,9 +53,13 @@ def test_no_freestack_variable_is_read_outside_the_settings():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    reads = re.compile(r"os\.(environ\.get|getenv)\(\s*[\"']FREESTACK_|os\.environ\[[\"']FREESTACK_[A-Z_]+[\"']\](?!\s*=)")
+    reads = re.compile(
+        r"os\.(environ\.get|getenv)\(\s*[\"']FREESTACK_|os\.environ\[[\"']FREESTACK_[A-Z_]+[\"']\](?!\s*=)"
+    )
     found = [
-        f"{p.relative_to(root)}:{n}" for p in [*(root / "plugins").rglob("*.py"), root / "plugins/freestack_server/seldon_model.py"]
-        for n, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)
-    ]  # fmt: skip
+        f"{p.relative_to(root)}:{n}"
+        for p in [*(root / "plugins").rglob("*.py"), root / "plugins/freestack_server/seldon_model.py"]
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if reads.search(line)
+    ]
     assert found == []

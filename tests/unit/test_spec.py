@@ -15,7 +15,12 @@ DIGITS = ROOT / "include" / "pipelines" / "digits.yaml"
 def _base() -> dict:
     return {
         "name": "p",
-        "source": {"schema": {"key": "id", "columns": [{"name": "id", "nullable": False}, {"name": "x", "type": "float"}]}},
+        "source": {
+            "schema": {
+                "key": "id",
+                "columns": [{"name": "id", "nullable": False}, {"name": "x", "type": "float"}],
+            }
+        },
     }
 
 
@@ -32,18 +37,48 @@ def test_demo_spec_loads_and_expands_repeated_columns():
     "mutate, field, words",
     [
         (lambda d: d["source"].update(format="xml"), "source.format", "csv"),
-        (lambda d: d["source"]["schema"]["columns"][1].update(type="decimal"), "source.schema.columns[1].type", "float"),
-        (lambda d: d["source"]["schema"].update(key="nope"), "source.schema", "not one of the declared columns"),
+        (
+            lambda d: d["source"]["schema"]["columns"][1].update(type="decimal"),
+            "source.schema.columns[1].type",
+            "float",
+        ),
+        (
+            lambda d: d["source"]["schema"].update(key="nope"),
+            "source.schema",
+            "not one of the declared columns",
+        ),
         (lambda d: d["source"].update(landing="landing/{pipeline}/"), "source.landing", "{ds}"),
-        (lambda d: d["source"].update(landing="landing/{bogus}/{ds}"), "source.landing", "unknown placeholder"),
-        (lambda d: d["source"]["schema"]["columns"][1].update(min=5, max=1), "source.schema.columns[1]", "greater than max"),
-        (lambda d: d["source"]["policy"] if False else d["source"].update(policy={"max_quarantine_fraction": 2}), "source.policy.max_quarantine_fraction", "1"),
+        (
+            lambda d: d["source"].update(landing="landing/{bogus}/{ds}"),
+            "source.landing",
+            "unknown placeholder",
+        ),
+        (
+            lambda d: d["source"]["schema"]["columns"][1].update(min=5, max=1),
+            "source.schema.columns[1]",
+            "greater than max",
+        ),
+        (
+            lambda d: (
+                d["source"]["policy"] if False else d["source"].update(policy={"max_quarantine_fraction": 2})
+            ),
+            "source.policy.max_quarantine_fraction",
+            "1",
+        ),
         (lambda d: d.update(storage_root="ftp://x"), "storage_root", "s3://"),
         (lambda d: d.update(colour="blue"), "colour", "Extra inputs"),
         (lambda d: d.update(deploy={"target": "cloud"}), "deploy", "'local' or 'kubernetes'"),
-        (lambda d: d.update(deploy={"local": {"worker_class": "eventlet"}}), "deploy", "'freestack', 'gthread' or 'sync'"),
+        (
+            lambda d: d.update(deploy={"local": {"worker_class": "eventlet"}}),
+            "deploy",
+            "'freestack', 'gthread' or 'sync'",
+        ),
         (lambda d: d.update(deploy={"local": {"threads": 4}}), "deploy", "needs worker_class: gthread"),
-        (lambda d: d.update(deploy={"kubernetes": {"canary": {"traffic": 100}}}), "deploy", "kubernetes.canary.traffic"),
+        (
+            lambda d: d.update(deploy={"kubernetes": {"canary": {"traffic": 100}}}),
+            "deploy",
+            "kubernetes.canary.traffic",
+        ),
         (lambda d: d.update(train={"queue": "gpu queue"}), "train.queue", "pattern"),
     ],
 )
@@ -128,11 +163,30 @@ def _with_target(target_type: str, **blocks) -> dict:
 @pytest.mark.parametrize(
     "target_type, blocks, field, words",
     [
-        ("float", {"gate": {"metric": "accuracy"}}, "gate.metric", "is not a regression metric (model.task is auto and 'y' is a float target); use one of rmse, mae, r2"),
-        ("string", {"gate": {"max_regression": {"rmse": 0.1}}}, "gate.max_regression", "is not a classification metric"),
-        ("float", {"sweep": {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
-                             "parameters": {"learning_rate": {"values": [0.01]}}}},
-         "sweep.metric.name", "use one of val_loss, val_rmse, val_mae, val_r2, train_loss"),
+        (
+            "float",
+            {"gate": {"metric": "accuracy"}},
+            "gate.metric",
+            "is not a regression metric (model.task is auto and 'y' is a float target); use one of rmse, mae, r2",
+        ),
+        (
+            "string",
+            {"gate": {"max_regression": {"rmse": 0.1}}},
+            "gate.max_regression",
+            "is not a classification metric",
+        ),
+        (
+            "float",
+            {
+                "sweep": {
+                    "method": "grid",
+                    "metric": {"name": "val_accuracy", "goal": "maximize"},
+                    "parameters": {"learning_rate": {"values": [0.01]}},
+                }
+            },
+            "sweep.metric.name",
+            "use one of val_loss, val_rmse, val_mae, val_r2, train_loss",
+        ),
     ],
 )
 def test_metrics_are_checked_against_the_task_when_the_spec_is_read(target_type, blocks, field, words):
@@ -147,17 +201,26 @@ def test_an_int_target_names_its_task_before_naming_one_tasks_metric():
     """An int target's task is decided by the data (few distinct values: classification), so a metric of
     one task alone (val_accuracy on a regression of counts, say) would fail late, at the gate or in the
     sweep: the spec must say the task, and the error says how. Metrics of both tasks (val_loss) need not."""
-    sweep = {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"},
-             "parameters": {"learning_rate": {"values": [0.01]}}}  # fmt: skip
+    sweep = {
+        "method": "grid",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {"learning_rate": {"values": [0.01]}},
+    }
     with pytest.raises(SpecError) as info:
         parse_spec(_with_target("int", sweep=sweep), "p.yaml")
     assert info.value.field == "sweep.metric.name"
-    assert "'val_accuracy' is a classification metric" in str(info.value) and "set model.task: classification" in str(info.value)
-    with pytest.raises(SpecError, match="gate.metric: 'rmse' is a regression metric.*set model.task: regression"):
+    assert "'val_accuracy' is a classification metric" in str(
+        info.value
+    ) and "set model.task: classification" in str(info.value)
+    with pytest.raises(
+        SpecError, match="gate.metric: 'rmse' is a regression metric.*set model.task: regression"
+    ):
         parse_spec(_with_target("int", gate={"metric": "rmse"}), "p.yaml")
     data = _with_target("int", gate={"metric": "rmse"}, sweep=sweep)
     data["model"] = {"task": "regression"}
-    with pytest.raises(SpecError, match="sweep.metric.name: 'val_accuracy' is not a regression metric.*val_rmse"):
+    with pytest.raises(
+        SpecError, match="sweep.metric.name: 'val_accuracy' is not a regression metric.*val_rmse"
+    ):
         parse_spec(data, "p.yaml")
     data["sweep"]["metric"] = {"name": "val_rmse", "goal": "minimize"}
     assert parse_spec(data, "p.yaml").task == "regression"
@@ -191,18 +254,30 @@ def test_the_blocks_are_typed():
     from freestack.sweeps.spec import SweepSpec
 
     spec = load_spec(DIGITS)
-    assert isinstance(spec.sweep, SweepSpec) and isinstance(spec.gate, GateSpec) and isinstance(spec.deploy, DeploySpec)
+    assert (
+        isinstance(spec.sweep, SweepSpec)
+        and isinstance(spec.gate, GateSpec)
+        and isinstance(spec.deploy, DeploySpec)
+    )
     config = spec.sweep.config()
     assert config["method"] == spec.sweep.method and "run_cap" in config and "strict" not in str(config)
     assert SweepSpec.model_validate(config).config() == config  # the W&B form round-trips
     # int bounds stay ints: W&B's int_uniform refuses floats
-    sweep = SweepSpec.model_validate({"method": "grid", "parameters": {"epochs": {"distribution": "int_uniform", "min": 2, "max": 4}}})
+    sweep = SweepSpec.model_validate(
+        {"method": "grid", "parameters": {"epochs": {"distribution": "int_uniform", "min": 2, "max": 4}}}
+    )
     assert sweep.config()["parameters"]["epochs"] == {"distribution": "int_uniform", "min": 2, "max": 4}
 
 
 def test_a_copied_wandb_config_keeps_its_program_and_command_but_unknown_keys_fail():
-    sweep = {"method": "grid", "parameters": {"learning_rate": {"values": [0.01]}}, "program": "train.py",
-             "command": ["${env}", "python", "${program}"]}  # fmt: skip
+    sweep = {
+        "method": "grid",
+        "parameters": {"learning_rate": {"values": [0.01]}},
+        "program": "train.py",
+        "command": ["${env}", "python", "${program}"],
+    }
     assert parse_spec({**_base(), "sweep": sweep}, "p.yaml").sweep.program == "train.py"
-    with pytest.raises(SpecError, match=r"sweep: Additional properties are not allowed \('tries' was unexpected\)"):
+    with pytest.raises(
+        SpecError, match=r"sweep: Additional properties are not allowed \('tries' was unexpected\)"
+    ):
         parse_spec({**_base(), "sweep": {**sweep, "tries": 3}}, "p.yaml")

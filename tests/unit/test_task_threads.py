@@ -23,7 +23,9 @@ def test_the_setting_is_unset_by_default_and_refuses_what_is_not_a_thread_count(
     monkeypatch.setenv("FREESTACK_TASK_THREADS", " 3 ")
     assert settings().task_threads == 3
     monkeypatch.setenv("FREESTACK_TASK_THREADS", "0")
-    with pytest.raises(SettingsError, match=r"FREESTACK_TASK_THREADS='0': Input should be greater than or equal to 1"):
+    with pytest.raises(
+        SettingsError, match=r"FREESTACK_TASK_THREADS='0': Input should be greater than or equal to 1"
+    ):
         settings()
     monkeypatch.setenv("FREESTACK_TASK_THREADS", "all")
     with pytest.raises(SettingsError, match=r"FREESTACK_TASK_THREADS='all': Input should be a valid integer"):
@@ -36,13 +38,22 @@ def test_the_setting_wins_over_the_workers_share(monkeypatch):
     assert task_threads() == (5, "FREESTACK_TASK_THREADS")
 
 
-@pytest.mark.parametrize("executor, variables, slots", [
-    ("LocalExecutor", {"AIRFLOW__CORE__PARALLELISM": "1"}, 1),
-    ("LocalExecutor", {"AIRFLOW__CORE__PARALLELISM": "64"}, 64),
-    ("CeleryExecutor", {"AIRFLOW__CELERY__WORKER_CONCURRENCY": "2", "AIRFLOW__CORE__PARALLELISM": "64"}, 2),
-    ("airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor", {}, 1),
-])  # fmt: skip
-def test_by_default_the_cores_are_shared_out_among_the_workers_task_slots(monkeypatch, executor, variables, slots):
+@pytest.mark.parametrize(
+    "executor, variables, slots",
+    [
+        ("LocalExecutor", {"AIRFLOW__CORE__PARALLELISM": "1"}, 1),
+        ("LocalExecutor", {"AIRFLOW__CORE__PARALLELISM": "64"}, 64),
+        (
+            "CeleryExecutor",
+            {"AIRFLOW__CELERY__WORKER_CONCURRENCY": "2", "AIRFLOW__CORE__PARALLELISM": "64"},
+            2,
+        ),
+        ("airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor", {}, 1),
+    ],
+)
+def test_by_default_the_cores_are_shared_out_among_the_workers_task_slots(
+    monkeypatch, executor, variables, slots
+):
     monkeypatch.delenv("FREESTACK_TASK_THREADS", raising=False)
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
     for name, value in variables.items():
@@ -76,7 +87,9 @@ def test_ranks_share_the_tasks_threads_unless_the_spec_sets_theirs():
 
 
 def _child(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout.splitlines()[-1])
 
 

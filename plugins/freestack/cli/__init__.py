@@ -55,8 +55,10 @@ _LOG_LEVEL = "AIRFLOW__LOGGING__LOGGING_LEVEL"
 
 
 @app.callback()
-def _root(ctx: typer.Context,
-          debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False) -> None:  # fmt: skip
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
     _state["debug"] = debug
     if ctx.invoked_subcommand in _QUIET and _LOG_LEVEL not in os.environ:
         os.environ[_LOG_LEVEL] = "WARNING"  # read when the command first imports Airflow; main() restores it
@@ -71,7 +73,11 @@ def _demo() -> int:
 
 
 @app.command("up")
-def _up(timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for it to answer.")] = 240) -> int:
+def _up(
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="How long to wait for it to answer.")
+    ] = 240,
+) -> int:
     """Start airflow standalone on 127.0.0.1 in the background."""
     from freestack.cli.stack import up as start
 
@@ -80,9 +86,13 @@ def _up(timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long
 
 @app.command("down")
 def _down(
-    grace: Annotated[float, typer.Option(min=0, metavar="SECONDS",
-                                         help="How long each process gets after SIGTERM before SIGKILL.")] = 30.0,
-) -> int:  # fmt: skip
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0, metavar="SECONDS", help="How long each process gets after SIGTERM before SIGKILL."
+        ),
+    ] = 30.0,
+) -> int:
     """Stop every process of the airflow standalone started by `up` (orphaned ones too) and the local
     model servers; list each and how it ended."""
     from freestack.cli.stack import down as stop
@@ -102,10 +112,14 @@ class _Passthrough(TyperCommand):
         return ["ARGS..."]
 
 
-@app.command("airflow", cls=_Passthrough, add_help_option=False,
-             help="Run any airflow command against this project's instance (its AIRFLOW_HOME, DAGs, plugins and "
-             "settings); every argument passes to airflow as it is: `freestack airflow dags list -o json`, "
-             "`freestack airflow --help`.")  # fmt: skip
+@app.command(
+    "airflow",
+    cls=_Passthrough,
+    add_help_option=False,
+    help="Run any airflow command against this project's instance (its AIRFLOW_HOME, DAGs, plugins and "
+    "settings); every argument passes to airflow as it is: `freestack airflow dags list -o json`, "
+    "`freestack airflow --help`.",
+)
 def _airflow(ctx: typer.Context) -> int:
     from freestack.cli import stack
 

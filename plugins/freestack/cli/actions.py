@@ -39,7 +39,10 @@ def run_and_follow(dag_id: str, conf: dict[str, Any], note: str, timeout: float)
         state = af.call("GET", path, what=f"run {run_id}")["state"]
         tis = af.call("GET", f"{path}/taskInstances", what=f"the tasks of {run_id}")["task_instances"]
         for ti in tis:
-            if ti["state"] in ("success", "failed", "skipped", "upstream_failed") and ti["task_id"] not in shown:
+            if (
+                ti["state"] in ("success", "failed", "skipped", "upstream_failed")
+                and ti["task_id"] not in shown
+            ):
                 shown.add(ti["task_id"])
                 console.print(f"  {ti['task_id']}: {ti['state']}")
                 if ti["state"] == "failed":
@@ -49,8 +52,10 @@ def run_and_follow(dag_id: str, conf: dict[str, Any], note: str, timeout: float)
             console.print(f"{dag_id} run {run_id}: {state}")
             return 0 if state == "success" else 1
         if time.monotonic() > deadline:
-            raise CliError(f"{dag_id} run {run_id} is still {state} after {timeout:.0f} s",
-                           f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
+            raise CliError(
+                f"{dag_id} run {run_id} is still {state} after {timeout:.0f} s",
+                f"it goes on; follow it at {af.url}/dags/{dag_id}",
+            )
         time.sleep(POLL_SECONDS)
 
 
@@ -68,16 +73,22 @@ def task_log(api: Any, run_path: str, ti: dict[str, Any]) -> str:
     """A task instance's log as lines of text, from Airflow's log endpoint (``run_path``: the run's API
     path), which answers JSON (it refuses ``text/plain``): each event's level and text, and for a
     failure the exception's type and message."""
-    got = api.call("GET", f"{run_path}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{ti.get('try_number') or 1}"
-                          "?full_content=true")  # fmt: skip
+    got = api.call(
+        "GET",
+        f"{run_path}/taskInstances/{quote(ti['task_id'], safe='')}/logs/{ti.get('try_number') or 1}"
+        "?full_content=true",
+    )
     lines = []
     for entry in got.get("content") or []:
         if not isinstance(entry, dict):
             lines.append(str(entry))
             continue
         lines.append(f"{str(entry.get('level') or '').upper()} {entry.get('event') or ''}".strip())
-        lines += [f"ERROR {d.get('exc_type')}: {d.get('exc_value')}" for d in entry.get("error_detail") or []
-                  if isinstance(d, dict)]  # fmt: skip
+        lines += [
+            f"ERROR {d.get('exc_type')}: {d.get('exc_value')}"
+            for d in entry.get("error_detail") or []
+            if isinstance(d, dict)
+        ]
     return "\n".join(lines)
 
 

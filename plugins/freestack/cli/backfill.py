@@ -78,12 +78,22 @@ class Airflow:
                 f"Airflow is not reachable at {self.url}", "start it with `make up` (or `freestack up`)"
             )
         if not standalone_files(env)[2].exists():
-            raise CliError(f"no admin password file {standalone_files(env)[2]}",
-                           f"is the Airflow at {self.url} the project's own (`make up`)?")  # fmt: skip
+            raise CliError(
+                f"no admin password file {standalone_files(env)[2]}",
+                f"is the Airflow at {self.url} the project's own (`make up`)?",
+            )
 
-    def call(self, method: str, path: str, body: dict | None = None, what: str = "", *,
-             not_found: CliError | None = None, busy: tuple[int, ...] = (503,),
-             safe: bool = False) -> Any:  # fmt: skip
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None = None,
+        what: str = "",
+        *,
+        not_found: CliError | None = None,
+        busy: tuple[int, ...] = (503,),
+        safe: bool = False,
+    ) -> Any:
         """One API call (``safe``: a POST that changes nothing: sent again if unanswered); :meth:`_busy`."""
         send = functools.partial(self.api.call, method, path, body, safe=safe)
         return self._busy(send, f"{method} {path}", what, not_found, busy)
@@ -98,8 +108,9 @@ class Airflow:
         send = functools.partial(self.api.trigger, dag_id, conf, note)
         return self._busy(send, f"POST /dags/{dag_id}/dagRuns", f"a run of {dag_id}", not_found, (503,))
 
-    def _busy(self, send: Any, request: str, what: str, not_found: CliError | None,
-              busy: tuple[int, ...]) -> Any:  # fmt: skip
+    def _busy(
+        self, send: Any, request: str, what: str, not_found: CliError | None, busy: tuple[int, ...]
+    ) -> Any:
         """``send()``; a 503 (on SQLite the API server refuses a backfill while the scheduler holds the
         database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are the other
         ``busy`` codes, and a 500 "Database error": the same lock met inside a request)."""
@@ -121,12 +132,14 @@ class Airflow:
                 ) from None
             time.sleep(pause)
 
-    def _refused(self, code: int, detail: str, request: str, what: str,
-                 not_found: CliError | None) -> NoReturn:  # fmt: skip
+    def _refused(
+        self, code: int, detail: str, request: str, what: str, not_found: CliError | None
+    ) -> NoReturn:
         if code == 404 and not_found is not None:
             raise not_found from None
-        raise CliError(f"Airflow at {self.url} refused {what or request}: HTTP {code} {detail}",
-                       _hint(code, self.url)) from None  # fmt: skip
+        raise CliError(
+            f"Airflow at {self.url} refused {what or request}: HTTP {code} {detail}", _hint(code, self.url)
+        ) from None
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
@@ -138,34 +151,70 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 
 
 def _hint(code: int, url: str) -> str:
-    return {401: "the admin password file does not match it: if it is another stack, this project's listens "
-                 "where `make up` started it (AIRFLOW_PORT=PORT names it); if it is this project's, restart "
-                 "it with `make down` and `make up`",
-            409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
-            500: f"see the API server's log ({url}); a 'Database error' is SQLite locked: try again, or run on PostgreSQL",
-            503: "the scheduler kept the SQLite database locked for half a minute: try again, or run on PostgreSQL",
-            }.get(code, f"see {url}")  # fmt: skip
+    return {
+        401: "the admin password file does not match it: if it is another stack, this project's listens "
+        "where `make up` started it (AIRFLOW_PORT=PORT names it); if it is this project's, restart "
+        "it with `make down` and `make up`",
+        409: "one backfill per DAG at a time: wait for the running one, or cancel it in the UI",
+        500: f"see the API server's log ({url}); a 'Database error' is SQLite locked: try again, or run on PostgreSQL",
+        503: "the scheduler kept the SQLite database locked for half a minute: try again, or run on PostgreSQL",
+    }.get(code, f"see {url}")
 
 
 def backfill(
     pipeline: Pipeline,
-    start: Annotated[datetime, typer.Option("--start", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The first day.", show_default=False)],
-    end: Annotated[datetime, typer.Option("--end", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The last day (inclusive).", show_default=False)],
+    start: Annotated[
+        datetime,
+        typer.Option(
+            "--start", formats=["%Y-%m-%d"], metavar="YYYY-MM-DD", help="The first day.", show_default=False
+        ),
+    ],
+    end: Annotated[
+        datetime,
+        typer.Option(
+            "--end",
+            formats=["%Y-%m-%d"],
+            metavar="YYYY-MM-DD",
+            help="The last day (inclusive).",
+            show_default=False,
+        ),
+    ],
     dag: Annotated[Dag, typer.Option(help="Which of the pipeline's DAGs.")] = Dag.ingest,
-    reprocess: Annotated[Reprocess, typer.Option(help="Run again days that have a run: none, failed ones, or completed ones too.")] = Reprocess.none,
-    unpause: Annotated[bool, typer.Option("--unpause", help="Leave a paused DAG unpaused afterwards: its schedule starts, its latest interval's run too (by default it is unpaused for the backfill only, and pausing it again ends the backfill).")] = False,
-    no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Pause the unpaused DAGs scheduled on what the runs update (the lake asset: the train DAG) for the backfill, and unpause them at the end: the backfill starts no training.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (the days, what they set off) and stop.")] = False,
+    reprocess: Annotated[
+        Reprocess,
+        typer.Option(help="Run again days that have a run: none, failed ones, or completed ones too."),
+    ] = Reprocess.none,
+    unpause: Annotated[
+        bool,
+        typer.Option(
+            "--unpause",
+            help="Leave a paused DAG unpaused afterwards: its schedule starts, its latest interval's run too (by default it is unpaused for the backfill only, and pausing it again ends the backfill).",
+        ),
+    ] = False,
+    no_downstream: Annotated[
+        bool,
+        typer.Option(
+            "--no-downstream",
+            help="Pause the unpaused DAGs scheduled on what the runs update (the lake asset: the train DAG) for the backfill, and unpause them at the end: the backfill starts no training.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (the days, what they set off) and stop.")
+    ] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the runs.")] = 3600,
-) -> int:  # fmt: skip
+) -> int:
     """Backfill a pipeline's DAG over days on the running Airflow (make up) and follow its runs.
 
     It prints its plan first: the days, which have landing files, and which DAGs the runs set off (an unpaused train DAG retrains; --no-downstream holds it). A day with no landing files gets no run (unless on_missing: wait). A paused DAG is unpaused for the backfill only."""
     if end < start:
         raise typer.BadParameter(f"{end:%Y-%m-%d} is before --start {start:%Y-%m-%d}", param_hint="--end")
     af, dag_id = Airflow(), f"{pipeline}_{dag.value}"
-    body = {"dag_id": dag_id, "from_date": f"{start:%Y-%m-%d}T00:00:00Z", "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
-            "reprocess_behavior": reprocess.value}  # fmt: skip
+    body = {
+        "dag_id": dag_id,
+        "from_date": f"{start:%Y-%m-%d}T00:00:00Z",
+        "to_date": f"{end:%Y-%m-%d}T00:00:00Z",
+        "reprocess_behavior": reprocess.value,
+    }
     plan = _plan(af, load_pipeline(pipeline), dag, body)
     _show(plan, unpause, no_downstream)
     if dry_run:
@@ -174,10 +223,14 @@ def backfill(
     runs, created = _run(af, plan, unpause, timeout, no_downstream)
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     if failed:
-        raise CliError(f"{len(failed)} of {plural(len(runs), f'{dag_id} run')} failed: {', '.join(failed)}",
-                       f"their task logs: {af.url}/dags/{dag_id}")  # fmt: skip
+        raise CliError(
+            f"{len(failed)} of {plural(len(runs), f'{dag_id} run')} failed: {', '.join(failed)}",
+            f"their task logs: {af.url}/dags/{dag_id}",
+        )
     done = f"{plural(len(runs), 'run')} succeeded"
-    out().print(f"backfill of {dag_id}: {done}" if len(plan.bodies) > 1 else f"backfill {created} of {dag_id}: {done}")
+    out().print(
+        f"backfill of {dag_id}: {done}" if len(plan.bodies) > 1 else f"backfill {created} of {dag_id}: {done}"
+    )
     return 0
 
 
@@ -217,8 +270,10 @@ def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
     dry_run = af.call("POST", "/backfills/dry_run", body, f"the backfill of {dag_id}", safe=True)
     dates = [str(r["logical_date"]) for r in dry_run["backfills"]]
     if not dates:
-        raise CliError(f"nothing to backfill: every day of {dag_id} {span} has a run",
-                       "pass --reprocess completed to run them again")  # fmt: skip
+        raise CliError(
+            f"nothing to backfill: every day of {dag_id} {span} has a run",
+            "pass --reprocess completed to run them again",
+        )
     days = [_day(spec, dag, d) for d in dates]
     chosen = [d for d in days if d.runs]
     due = _due_run(af, dag_id, info, {_ts(d.logical_date) for d in chosen}) if paused else None
@@ -226,9 +281,23 @@ def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
     if len(segments) == 1 and len(segments[0]) == len(days):
         bodies = [body]  # the days asked for, as asked
     else:
-        bodies = [{**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)} for seg in segments]
-    return _Plan(spec, dag_id, paused, days, chosen, _day(spec, dag, due) if due else None, segments, bodies, span,
-                 _downstream(af, dag_id), dag is Dag.train)  # fmt: skip
+        bodies = [
+            {**body, "from_date": _iso(seg[0].logical_date), "to_date": _iso(seg[-1].logical_date)}
+            for seg in segments
+        ]
+    return _Plan(
+        spec,
+        dag_id,
+        paused,
+        days,
+        chosen,
+        _day(spec, dag, due) if due else None,
+        segments,
+        bodies,
+        span,
+        _downstream(af, dag_id),
+        dag is Dag.train,
+    )
 
 
 def _downstream(af: Airflow, dag_id: str) -> list[_Downstream]:
@@ -241,7 +310,10 @@ def _downstream(af: Airflow, dag_id: str) -> list[_Downstream]:
             for ref in asset.get("scheduled_dags", ()):
                 if ref["dag_id"] != dag_id:
                     consumers.setdefault(ref["dag_id"], []).append(asset.get("name") or asset["uri"])
-    return [_Downstream(d, bool(_dag(af, d).get("is_paused")), ", ".join(names)) for d, names in sorted(consumers.items())]
+    return [
+        _Downstream(d, bool(_dag(af, d).get("is_paused")), ", ".join(names))
+        for d, names in sorted(consumers.items())
+    ]
 
 
 def _what_train_does(spec: Any) -> str:
@@ -250,7 +322,11 @@ def _what_train_does(spec: Any) -> str:
     if sweep is None:
         how = "one training"
     else:
-        how = f"a {sweep.method} sweep of {plural(sweep.run_cap, 'trial')}" if sweep.run_cap else f"a {sweep.method} sweep"
+        how = (
+            f"a {sweep.method} sweep of {plural(sweep.run_cap, 'trial')}"
+            if sweep.run_cap
+            else f"a {sweep.method} sweep"
+        )
     approve = ", after a human approves it" if spec.gate.approval == "required" else ""
     return f"{how}, then the gate, which may promote a new production model and redeploy it{approve}"
 
@@ -262,39 +338,59 @@ def _downstream_lines(plan: _Plan, no_downstream: bool) -> list[str]:
         lines.append(f"each {plan.dag_id} run trains {plan.spec.name}: {_what_train_does(plan.spec)}")
     runs = plural(len(plan.chosen), "run")
     for d in plan.downstream:
-        does = _what_train_does(plan.spec) if d.dag_id == f"{plan.spec.name}_train" else "whatever its tasks do"
+        does = (
+            _what_train_does(plan.spec) if d.dag_id == f"{plan.spec.name}_train" else "whatever its tasks do"
+        )
         head = f"the {runs} update {d.assets}, on which {d.dag_id} is scheduled"
         if d.paused:
-            lines.append(f"{head} (paused): they start no {d.dag_id} run; to act on the new data, unpause it "
-                         f"(`freestack airflow dags unpause {d.dag_id}`) and trigger a run "
-                         f"(`freestack airflow dags trigger {d.dag_id}`): {does}")  # fmt: skip
+            lines.append(
+                f"{head} (paused): they start no {d.dag_id} run; to act on the new data, unpause it "
+                f"(`freestack airflow dags unpause {d.dag_id}`) and trigger a run "
+                f"(`freestack airflow dags trigger {d.dag_id}`): {does}"
+            )
         elif no_downstream:
-            lines.append(f"{head} (unpaused): --no-downstream pauses it for the backfill and unpauses it at the "
-                         f"end, so they start no {d.dag_id} run; trigger one afterwards to act on the new data "
-                         f"(`freestack airflow dags trigger {d.dag_id}`)")  # fmt: skip
+            lines.append(
+                f"{head} (unpaused): --no-downstream pauses it for the backfill and unpauses it at the "
+                f"end, so they start no {d.dag_id} run; trigger one afterwards to act on the new data "
+                f"(`freestack airflow dags trigger {d.dag_id}`)"
+            )
         else:
-            lines.append(f"{head} (unpaused): each update it sees starts a {d.dag_id} run (up to {len(plan.chosen)}): "
-                         f"{does}; to backfill without that, pass --no-downstream (it pauses {d.dag_id} for the "
-                         f"backfill only), or pause it (`freestack airflow dags pause {d.dag_id}`)")  # fmt: skip
+            lines.append(
+                f"{head} (unpaused): each update it sees starts a {d.dag_id} run (up to {len(plan.chosen)}): "
+                f"{does}; to backfill without that, pass --no-downstream (it pauses {d.dag_id} for the "
+                f"backfill only), or pause it (`freestack airflow dags pause {d.dag_id}`)"
+            )
     return lines
 
 
 def _show(plan: _Plan, unpause: bool, no_downstream: bool = False) -> None:
     """Print the plan; CliError when no day has data, or when unpausing would start a run that fails."""
     console, dag_id, due_day = out(), plan.dag_id, plan.due_day
-    state = "unpaused" if not plan.paused else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
-    console.print(f"{dag_id} ({state}): {plural(len(plan.days), 'day')} {plan.span}, {len(plan.chosen)} to run")
+    state = (
+        "unpaused"
+        if not plan.paused
+        else "paused: unpaused for the backfill" + ("" if unpause else ", paused again after")
+    )
+    console.print(
+        f"{dag_id} ({state}): {plural(len(plan.days), 'day')} {plan.span}, {len(plan.chosen)} to run"
+    )
     for d in plan.days:
         console.print(f"  {d.ds}  {d.note}")
     if due_day is not None:
-        console.print(f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): "
-                      f"{due_day.due_note}")  # fmt: skip
+        console.print(
+            f"  unpausing lets the scheduler start its latest interval {due_day.ds} too (catchup: false): "
+            f"{due_day.due_note}"
+        )
     if not plan.chosen and dag_id.endswith("_score"):
-        raise CliError(f"no input for any day of {dag_id} {plan.span} ({plan.spec.score.input}), so no run",
-                       "ingest those days first, or pick days that have input")  # fmt: skip
+        raise CliError(
+            f"no input for any day of {dag_id} {plan.span} ({plan.spec.score.input}), so no run",
+            "ingest those days first, or pick days that have input",
+        )
     if not plan.chosen:
-        raise CliError(f"no landing files for any day of {dag_id} {plan.span}, so no run",
-                       f"land them first (source.landing of the spec: {plan.spec.source.landing}), or pick days that have them")  # fmt: skip
+        raise CliError(
+            f"no landing files for any day of {dag_id} {plan.span}, so no run",
+            f"land them first (source.landing of the spec: {plan.spec.source.landing}), or pick days that have them",
+        )
     for line in _downstream_lines(plan, no_downstream):
         console.print(line)
     ingest_fails = dag_id.endswith("_ingest") and plan.spec.source.policy.on_missing == "fail"
@@ -317,8 +413,9 @@ def _refuse_due(plan: _Plan, due: _Day) -> NoReturn:
     )
 
 
-def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float,
-         no_downstream: bool = False) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+def _run(
+    af: Airflow, plan: _Plan, unpause: bool, timeout: float, no_downstream: bool = False
+) -> tuple[list[dict[str, Any]], str]:
     """Send the plan's parts one after the other and follow their runs; a paused DAG is unpaused after
     the first part's runs exist and, without ``--unpause``, paused again at the end; with
     ``no_downstream`` the unpaused downstream DAGs are paused meanwhile. (runs, last backfill id)"""
@@ -334,13 +431,26 @@ def _run(af: Airflow, plan: _Plan, unpause: bool, timeout: float,
             # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
             backfill = af.create_backfill(part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
             created, af.api.follow = backfill["id"], f"{af.url}/dags/{dag_id}"
-            if plan.paused and not unpaused:  # after the first backfill's runs exist: the latest interval may be one
+            if (
+                plan.paused and not unpaused
+            ):  # after the first backfill's runs exist: the latest interval may be one
                 _set_paused(af, dag_id, False, f"unpausing {dag_id}")
                 unpaused = True
-                console.print(f"unpaused {dag_id} for the backfill" + (" (--unpause: it stays unpaused)" if unpause else ""))
-            console.print(f"backfill {created} of {dag_id}: {plural(len(seg), 'run')}, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})")
-            runs += _follow(af, dag_id, {**backfill, "from_date": part["from_date"], "to_date": part["to_date"]}, len(seg),
-                            timeout, repause=plan.paused and not unpause)  # fmt: skip
+                console.print(
+                    f"unpaused {dag_id} for the backfill"
+                    + (" (--unpause: it stays unpaused)" if unpause else "")
+                )
+            console.print(
+                f"backfill {created} of {dag_id}: {plural(len(seg), 'run')}, {seg[0].ds} to {seg[-1].ds} ({af.url}/dags/{dag_id})"
+            )
+            runs += _follow(
+                af,
+                dag_id,
+                {**backfill, "from_date": part["from_date"], "to_date": part["to_date"]},
+                len(seg),
+                timeout,
+                repause=plan.paused and not unpause,
+            )
     finally:
         if unpaused and not unpause:
             _set_paused(af, dag_id, True, f"pausing {dag_id} again")
@@ -387,8 +497,11 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
 
     files, policy = len(landing_files(spec, ds)), spec.source.policy
     folder = str(landing_dir(spec, ds))
-    missing = {"fail": "fail (on_missing: fail)", "skip": "be skipped (on_missing: skip)",
-               "wait": f"wait up to {policy.wait_timeout_minutes:g} min for them (on_missing: wait)"}[policy.on_missing]  # fmt: skip
+    missing = {
+        "fail": "fail (on_missing: fail)",
+        "skip": "be skipped (on_missing: skip)",
+        "wait": f"wait up to {policy.wait_timeout_minutes:g} min for them (on_missing: wait)",
+    }[policy.on_missing]
     if files:
         return _Day(
             logical_date,
@@ -400,8 +513,16 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
             missing,
         )
     if policy.on_missing == "wait":
-        return _Day(logical_date, ds, True, False, f"run: no landing files yet, it waits up to {policy.wait_timeout_minutes:g} min "
-                    f"for them in {folder} (on_missing: wait)", folder, missing)  # fmt: skip
+        return _Day(
+            logical_date,
+            ds,
+            True,
+            False,
+            f"run: no landing files yet, it waits up to {policy.wait_timeout_minutes:g} min "
+            f"for them in {folder} (on_missing: wait)",
+            folder,
+            missing,
+        )
     return _Day(logical_date, ds, False, False, f"left out: no landing files in {folder}", folder, missing)
 
 
@@ -411,14 +532,27 @@ def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
     from freestack.score.core import input_files
 
     if spec.score is None:
-        raise CliError(f"pipeline {spec.name!r} has no score: block, so it has no {spec.name}_score DAG",
-                       "add a score: block to its spec (docs/stages/score.md)")  # fmt: skip
+        raise CliError(
+            f"pipeline {spec.name!r} has no score: block, so it has no {spec.name}_score DAG",
+            "add a score: block to its spec (docs/stages/score.md)",
+        )
     files = input_files(spec, ds)
-    where = spec.score.input if spec.score.lake_pipeline is None else f"the lake of {spec.score.lake_pipeline or spec.name}"
+    where = (
+        spec.score.input
+        if spec.score.lake_pipeline is None
+        else f"the lake of {spec.score.lake_pipeline or spec.name}"
+    )
     if files:
         return _Day(logical_date, ds, True, True, f"run: {plural(len(files), 'input file')} ({where})", where)
-    return _Day(logical_date, ds, False, False, f"left out: no input for {ds} ({where})", where,
-                "be skipped, its plan task saying there was nothing to score")  # fmt: skip
+    return _Day(
+        logical_date,
+        ds,
+        False,
+        False,
+        f"left out: no input for {ds} ({where})",
+        where,
+        "be skipped, its plan task saying there was nothing to score",
+    )
 
 
 def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:
@@ -438,8 +572,10 @@ def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:
 
 def _dag(af: Airflow, dag_id: str) -> dict[str, Any]:
     """The DAG as the API shows it; :class:`CliError` if Airflow has no such DAG."""
-    missing = CliError(f"Airflow has no DAG {dag_id!r} (yet)",
-                       "its DAG processor may still be parsing it; check `freestack airflow dags list-import-errors`")  # fmt: skip
+    missing = CliError(
+        f"Airflow has no DAG {dag_id!r} (yet)",
+        "its DAG processor may still be parsing it; check `freestack airflow dags list-import-errors`",
+    )
     return af.call("GET", f"/dags/{dag_id}", what=f"DAG {dag_id}", not_found=missing)
 
 
@@ -458,8 +594,9 @@ def _iso(logical_date: str) -> str:
     return datetime.fromisoformat(str(logical_date).replace("Z", "+00:00")).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float, *,
-            repause: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def _follow(
+    af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float, *, repause: bool = False
+) -> list[dict[str, Any]]:
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
     since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
     all_done: float | None = None
@@ -490,10 +627,16 @@ def _follow(af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, time
             if completed or (all_done and time.monotonic() - all_done > CLOSE_GRACE_S):
                 return done
             if time.monotonic() > deadline:
-                rest = (f"the DAG is paused again, as it was, so its other runs wait: unpause it ({af.url}/dags/{dag_id}) "
-                        "to let them finish" if repause else f"it goes on; follow it at {af.url}/dags/{dag_id}")  # fmt: skip
-                raise CliError(f"backfill {backfill['id']} of {dag_id}: {len(done)} of {plural(total, 'run')} finished after {timeout:.0f} s",
-                               rest)  # fmt: skip
+                rest = (
+                    f"the DAG is paused again, as it was, so its other runs wait: unpause it ({af.url}/dags/{dag_id}) "
+                    "to let them finish"
+                    if repause
+                    else f"it goes on; follow it at {af.url}/dags/{dag_id}"
+                )
+                raise CliError(
+                    f"backfill {backfill['id']} of {dag_id}: {len(done)} of {plural(total, 'run')} finished after {timeout:.0f} s",
+                    rest,
+                )
             time.sleep(POLL_SECONDS)
 
 
@@ -501,8 +644,15 @@ def _runs(af: Airflow, dag_id: str, first: str, last: str) -> list[dict[str, Any
     """The DAG's runs from ``first`` to ``last`` (logical dates), page by page (Airflow caps a page at 100)."""
     runs: list[dict[str, Any]] = []
     while True:
-        query = urlencode({"logical_date_gte": first, "logical_date_lte": last, "order_by": "logical_date",
-                           "limit": 100, "offset": len(runs)})  # fmt: skip
+        query = urlencode(
+            {
+                "logical_date_gte": first,
+                "logical_date_lte": last,
+                "order_by": "logical_date",
+                "limit": 100,
+                "offset": len(runs),
+            }
+        )
         page = af.call("GET", f"/dags/{dag_id}/dagRuns?{query}", what=f"the runs of {dag_id}")
         runs += page["dag_runs"]
         if not page["dag_runs"] or len(runs) >= page.get("total_entries", 0):

@@ -14,9 +14,20 @@ if TYPE_CHECKING:
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 Root = Annotated[
     str | None,
-    typer.Option("--root", help="Storage root URI (default: FREESTACK_STORAGE_ROOT, else the project's).", show_default=False),
+    typer.Option(
+        "--root",
+        help="Storage root URI (default: FREESTACK_STORAGE_ROOT, else the project's).",
+        show_default=False,
+    ),
 ]
-Pipeline = Annotated[str, typer.Argument(metavar="PIPELINE", help="A pipeline name (its spec: include/pipelines/PIPELINE.yaml).", show_default=False)]
+Pipeline = Annotated[
+    str,
+    typer.Argument(
+        metavar="PIPELINE",
+        help="A pipeline name (its spec: include/pipelines/PIPELINE.yaml).",
+        show_default=False,
+    ),
+]
 
 
 def pipeline_names() -> list[str]:
@@ -24,7 +35,9 @@ def pipeline_names() -> list[str]:
     from freestack.settings import pipelines_dir
 
     folder = pipelines_dir()
-    return sorted({p.stem for p in [*folder.glob("*.yaml"), *folder.glob("*.yml")]}) if folder.is_dir() else []
+    return (
+        sorted({p.stem for p in [*folder.glob("*.yaml"), *folder.glob("*.yml")]}) if folder.is_dir() else []
+    )
 
 
 def has_pipeline(name: str) -> bool:
@@ -39,7 +52,9 @@ def load_pipeline(name: str) -> PipelineSpec:
 
     if not has_pipeline(name):
         names = pipeline_names()
-        hint = f"pipelines: {', '.join(names)}" if names else f"there is no pipeline spec in {pipelines_dir()}"
+        hint = (
+            f"pipelines: {', '.join(names)}" if names else f"there is no pipeline spec in {pipelines_dir()}"
+        )
         raise CliError(f"no pipeline {name!r}", hint)
     return load_spec(spec_file(name))
 

@@ -62,14 +62,18 @@ def demo() -> int:
     for k, v in airflow_env().items():
         os.environ.setdefault(k, v)
     out = Out(project_home() / ".freestack" / "demo.log")
-    out.say(f"freestack demo: the {PIPELINE} pipeline under the real scheduler (full log: {_rel(out.log_path)})")
+    out.say(
+        f"freestack demo: the {PIPELINE} pipeline under the real scheduler (full log: {_rel(out.log_path)})"
+    )
     try:
         api, ui = _airflow_up(out)
         days = _land(out)
         _ingest(api, days, out)
         run_id = _train(api, days[-1], out)
         _pause(api, MONITOR, False)
-        out.say(f"{MONITOR}: unpaused: it judges the served model's request log each day (docs: concepts/monitoring)")
+        out.say(
+            f"{MONITOR}: unpaused: it judges the served model's request log each day (docs: concepts/monitoring)"
+        )
         _summary(api, ui, run_id, out)
     except (DemoError, AirflowTimeout) as exc:
         out.say(f"error: {exc}")
@@ -91,10 +95,16 @@ def _airflow_up(out: Out) -> tuple[AirflowAPI, str]:
         url, password, started = ensure_up(dict(os.environ), timeout=300.0)
     except UpError as exc:
         raise DemoError(str(exc)) from None
-    out.say(f"Airflow: {url} ({'started' if started else 'already running'}; user admin, password {password})")
+    out.say(
+        f"Airflow: {url} ({'started' if started else 'already running'}; user admin, password {password})"
+    )
     api = AirflowAPI(dict(os.environ), notice=out.say)  # a long wait for Airflow is said, and where to look
-    _wait(lambda: _dag_known(api, INGEST) and _dag_known(api, TRAIN), 240, "the DAG processor to parse the DAGs",
-          f"check `freestack airflow dags list-import-errors` and {_rel(_standalone_log())}")  # fmt: skip
+    _wait(
+        lambda: _dag_known(api, INGEST) and _dag_known(api, TRAIN),
+        240,
+        "the DAG processor to parse the DAGs",
+        f"check `freestack airflow dags list-import-errors` and {_rel(_standalone_log())}",
+    )
     return api, url
 
 
@@ -140,8 +150,11 @@ def _land(out: Out) -> list[date]:
     seen = {d.isoformat() for d in days} & set(lake_partitions(spec))
     variant = round_shift(round_) if seen else 0
     uris = make_landing(default_storage_root(), days[0], DEMO_DAYS, variant=variant)
-    what = f"new rows (round {round_ + 1}: each digit {plural(variant, 'pixel')} to the right)" if seen else \
-        "real digits, a few malformed rows each"
+    what = (
+        f"new rows (round {round_ + 1}: each digit {plural(variant, 'pixel')} to the right)"
+        if seen
+        else "real digits, a few malformed rows each"
+    )
     out.say(f"landed {plural(len(uris), 'daily drop')}, {days[0]} to {days[-1]}: {what}")
     for u in uris:
         out.detail(f"  {u}")
@@ -170,16 +183,24 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
     backfill = _create_backfill(api, days)
     api.follow = f"{api.url}/dags/{INGEST}"
     _pause(api, INGEST, False)
-    _wait(lambda: api.call("GET", f"/backfills/{backfill['id']}").get("completed_at"), 900,
-          f"the {INGEST} backfill", f"open {api.url}/dags/{INGEST}")  # fmt: skip
+    _wait(
+        lambda: api.call("GET", f"/backfills/{backfill['id']}").get("completed_at"),
+        900,
+        f"the {INGEST} backfill",
+        f"open {api.url}/dags/{INGEST}",
+    )
     runs = _runs(api, INGEST, days)
     bad = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     from freestack.cli.reports import lake_report
 
     out.detail(lake_report(PIPELINE))
     if bad:
-        raise DemoError(f"{len(bad)} {INGEST} run(s) failed: {', '.join(bad)}; see their task logs at {api.url}/dags/{INGEST}")
-    out.say(f"{INGEST}: backfill of {plural(len(runs), 'day')} succeeded in {time.monotonic() - t0:.0f} s ({_lake_line()})")
+        raise DemoError(
+            f"{len(bad)} {INGEST} run(s) failed: {', '.join(bad)}; see their task logs at {api.url}/dags/{INGEST}"
+        )
+    out.say(
+        f"{INGEST}: backfill of {plural(len(runs), 'day')} succeeded in {time.monotonic() - t0:.0f} s ({_lake_line()})"
+    )
 
 
 def _lake_line() -> str:
@@ -200,17 +221,26 @@ def _pause(api: AirflowAPI, dag_id: str, paused: bool) -> None:
 def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
     import urllib.error
 
-    body = {"dag_id": INGEST, "from_date": f"{days[0]}T00:00:00Z", "to_date": f"{days[-1]}T00:00:00Z",
-            "reprocess_behavior": "completed", "max_active_runs": DEMO_DAYS}  # fmt: skip
+    body = {
+        "dag_id": INGEST,
+        "from_date": f"{days[0]}T00:00:00Z",
+        "to_date": f"{days[-1]}T00:00:00Z",
+        "reprocess_behavior": "completed",
+        "max_active_runs": DEMO_DAYS,
+    }
     deadline = time.monotonic() + 120
     while True:
         try:
             return api.create_backfill(body)
         except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed; 503, or 500
-            answer = exc.read()[:300]  # "Database error": SQLite locked by the scheduler, the request rolled back
+            answer = exc.read()[
+                :300
+            ]  # "Database error": SQLite locked by the scheduler, the request rolled back
             busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in answer)
             if not busy or time.monotonic() > deadline:
-                raise DemoError(f"could not create the {INGEST} backfill: HTTP {exc.code} {answer!r}") from None
+                raise DemoError(
+                    f"could not create the {INGEST} backfill: HTTP {exc.code} {answer!r}"
+                ) from None
             time.sleep(2.0)
 
 
@@ -228,13 +258,19 @@ def _train(api: AirflowAPI, end: date, out: Out) -> str:
     run_id = run["dag_run_id"]
     api.follow = f"{api.url}/dags/{TRAIN}/runs/{run_id}"
     path = f"/dags/{TRAIN}/dagRuns/{run_id}"
-    _wait(lambda: api.call("GET", path)["state"] in TERMINAL, 1800, f"{TRAIN} run {run_id}",
-          f"open {api.url}/dags/{TRAIN}/runs/{run_id}")  # fmt: skip
+    _wait(
+        lambda: api.call("GET", path)["state"] in TERMINAL,
+        1800,
+        f"{TRAIN} run {run_id}",
+        f"open {api.url}/dags/{TRAIN}/runs/{run_id}",
+    )
     state = api.call("GET", path)["state"]
     out.say(f"{TRAIN}: run {run_id} {state} in {time.monotonic() - t0:.0f} s")
     if state != "success":
         failed = [t["task_id"] for t in _tis(api, run_id) if t["state"] in ("failed", "upstream_failed")]
-        raise DemoError(f"{TRAIN} failed at {', '.join(failed) or '?'}; the task logs: {api.url}/dags/{TRAIN}/runs/{run_id}")
+        raise DemoError(
+            f"{TRAIN} failed at {', '.join(failed) or '?'}; the task logs: {api.url}/dags/{TRAIN}/runs/{run_id}"
+        )
     return run_id
 
 
@@ -247,7 +283,9 @@ def _summary(api: AirflowAPI, ui: str, run_id: str, out: Out) -> None:
 
     for line in summary_lines(PIPELINE, run_id, _tis(api, run_id), out.detail):
         out.say(line)
-    out.say(f"the run in the UI: {ui}/dags/{TRAIN}/runs/{run_id}  (Airflow keeps running: `make down` stops it)")
+    out.say(
+        f"the run in the UI: {ui}/dags/{TRAIN}/runs/{run_id}  (Airflow keeps running: `make down` stops it)"
+    )
 
 
 __all__ = ["DEMO_AGENTS", "DEMO_DAYS", "DemoError", "demo"]

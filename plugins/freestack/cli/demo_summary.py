@@ -46,7 +46,10 @@ def _sweep_lines(pipeline: str, run_id: str, tis: list[dict]) -> list[str]:
     best = None
     for folder in runs.iterdir() if runs.exists() else []:
         sweep = folder / "sweep.json"
-        if sweep.exists() and json.loads(sweep.read_text())["request"].get("airflow", {}).get("run_id") == run_id:
+        if (
+            sweep.exists()
+            and json.loads(sweep.read_text())["request"].get("airflow", {}).get("run_id") == run_id
+        ):
             best = json.loads((folder / "best.json").read_text()) if (folder / "best.json").exists() else None
     spans = [(_ts(t["start_date"]), _ts(t["end_date"])) for t in agents]
     overlap = max(0.0, min(e for _, e in spans) - max(s for s, _ in spans))

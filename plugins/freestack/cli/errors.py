@@ -40,7 +40,9 @@ def validation_line(exc: Any) -> str:
     without pydantic's "Value error, ", its error types and its links)."""
     from freestack.specbase import problems
 
-    return f"invalid {exc.title}: " + "; ".join(m if f == "(top level)" else f"{f}: {m}" for f, m in problems(exc))
+    return f"invalid {exc.title}: " + "; ".join(
+        m if f == "(top level)" else f"{f}: {m}" for f, m in problems(exc)
+    )
 
 
 def say_error(text: str) -> None:
@@ -57,7 +59,10 @@ def click_impl() -> ModuleType:
 def report(exc: BaseException, *, debug: bool = False) -> int:
     """Print ``exc`` as one line (after its traceback with ``debug``); return the exit code."""
     ex = click_impl().exceptions
-    exit_, abort = (typer.Exit, getattr(ex, "Exit", typer.Exit)), (typer.Abort, getattr(ex, "Abort", typer.Abort))
+    exit_, abort = (
+        (typer.Exit, getattr(ex, "Exit", typer.Exit)),
+        (typer.Abort, getattr(ex, "Abort", typer.Abort)),
+    )
     if isinstance(exc, exit_):
         return exc.exit_code
     if isinstance(exc, SystemExit):
@@ -96,4 +101,13 @@ def _known_or_unexpected(exc: BaseException, debug: bool) -> int:
     return 1
 
 
-__all__ = ["INTERRUPTED", "USAGE", "CliError", "click_impl", "one_line", "report", "say_error", "validation_line"]
+__all__ = [
+    "INTERRUPTED",
+    "USAGE",
+    "CliError",
+    "click_impl",
+    "one_line",
+    "report",
+    "say_error",
+    "validation_line",
+]

@@ -17,14 +17,28 @@ def lake(pipeline: Pipeline, json: Json = False) -> int:
         return 0
     console = out()
     if not data["partitions"]:
-        console.print(f"lake of {pipeline!r} under {data['root']}: no partitions yet (land data and run {pipeline}_ingest)")
+        console.print(
+            f"lake of {pipeline!r} under {data['root']}: no partitions yet (land data and run {pipeline}_ingest)"
+        )
         return 0
-    t = table("ds", "rows", "quarantined", "part sha256", "quarantine reasons", right=("rows", "quarantined"),
-              title=f"lake of {pipeline!r} under {data['root']}")  # fmt: skip
+    t = table(
+        "ds",
+        "rows",
+        "quarantined",
+        "part sha256",
+        "quarantine reasons",
+        right=("rows", "quarantined"),
+        title=f"lake of {pipeline!r} under {data['root']}",
+    )
     for p in data["partitions"]:
         reasons = "\n".join(f"{n} x {r}" for r, n in p["quarantine_reasons"].items())
-        t.add_row(p["ds"], "?" if p["rows"] is None else str(p["rows"]), str(p["quarantined"]),
-                  str(p["sha256"] or "?")[:12], reasons)  # fmt: skip
+        t.add_row(
+            p["ds"],
+            "?" if p["rows"] is None else str(p["rows"]),
+            str(p["quarantined"]),
+            str(p["sha256"] or "?")[:12],
+            reasons,
+        )
     emit(t, console=console)
     return 0
 

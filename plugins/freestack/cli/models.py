@@ -31,8 +31,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Model = Annotated[str, typer.Argument(metavar="MODEL", help="Model name (or pipeline name).", show_default=False)]
-Version = Annotated[str, typer.Argument(metavar="VERSION", help="Version, alias (production, previous...) or latest.", show_default=False)]
+Model = Annotated[
+    str, typer.Argument(metavar="MODEL", help="Model name (or pipeline name).", show_default=False)
+]
+Version = Annotated[
+    str,
+    typer.Argument(
+        metavar="VERSION", help="Version, alias (production, previous...) or latest.", show_default=False
+    ),
+]
 Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' history).", show_default=False)]
 
 
@@ -62,7 +69,11 @@ def registry(model: str, root: str | None) -> ModelRegistry:
         reg = ModelRegistry(storage_root(), model)
     if not reg.folder.exists():
         names = model_names(reg.root)
-        hint = f"models: {', '.join(names)}" if names else "no model is registered there yet (--root picks another)"
+        hint = (
+            f"models: {', '.join(names)}"
+            if names
+            else "no model is registered there yet (--root picks another)"
+        )
         if has_pipeline(model) and not root:
             hint += f"; pipeline {model!r} registers versions when its {model}_train DAG runs"
         raise CliError(f"no model {reg.model!r} under {join(reg.root, 'registry')}", hint)
@@ -88,7 +99,9 @@ def list_(model: Model, root: Root = None, json: Json = False) -> int:
     names = sorted({k for v in versions for k in v["metrics"] if k.startswith("test_")})[:4]
     t = table("version", "created", *names, "aliases", right=tuple(names))
     for v in versions:
-        t.add_row(v["version"], v["created"], *(fmt(v["metrics"].get(n)) for n in names), ", ".join(v["aliases"]))
+        t.add_row(
+            v["version"], v["created"], *(fmt(v["metrics"].get(n)) for n in names), ", ".join(v["aliases"])
+        )
     emit(t, console=console)
     console.print("aliases: " + (", ".join(f"{k} -> {v}" for k, v in aliases.items()) or "none"))
     console.print(f"registry: {reg.folder}")
@@ -103,7 +116,9 @@ def gate_lines(gate: dict[str, Any], limit: int = 4) -> list[str]:
     reasons = list(gate.get("reasons") or [])
     verdict = "promoted" if promoted else "BLOCKED"
     if gate.get("decided_again"):
-        verdict += f" (decided again against production {gate.get('champion_version') or '(none)'} when promote ran)"
+        verdict += (
+            f" (decided again against production {gate.get('champion_version') or '(none)'} when promote ran)"
+        )
     lines = [verdict] + [f"- {r}" for r in reasons[:limit]]
     if len(reasons) > limit:
         lines.append(f"- ... {len(reasons) - limit} more (--details)")
@@ -111,9 +126,15 @@ def gate_lines(gate: dict[str, Any], limit: int = 4) -> list[str]:
 
 
 @app.command()
-def show(model: Model, version: Version, root: Root = None, json: Json = False,
-         details: Annotated[bool, typer.Option(help="Also all metrics, the lineage, the files and the model card.")] = False,
-         ) -> int:  # fmt: skip
+def show(
+    model: Model,
+    version: Version,
+    root: Root = None,
+    json: Json = False,
+    details: Annotated[
+        bool, typer.Option(help="Also all metrics, the lineage, the files and the model card.")
+    ] = False,
+) -> int:
     """One version on a screen: created, test metrics, gate decision, aliases (--details: the rest)."""
     reg = registry(model, root)
     info = reg.get(version)
@@ -132,14 +153,18 @@ def show(model: Model, version: Version, root: Root = None, json: Json = False,
     facts.add_row("gate", Text.assemble((verdict, style), "".join(f"\n{r}" for r in reasons)))
     facts.add_row("uri", info["uri"])
     emit(facts, console=console)
-    metrics = info["metrics"] if details else {k: v for k, v in info["metrics"].items() if k.startswith("test_")}
+    metrics = (
+        info["metrics"] if details else {k: v for k, v in info["metrics"].items() if k.startswith("test_")}
+    )
     shown = list(metrics.items())[: None if details else 10]
     t = table("metric", "value", right=("value",))
     for k, v in shown:
         t.add_row(k, fmt(v))
     emit(t, console=console)
     if not details:
-        console.print(f"more: freestack models show {model} {version} --details  (lineage, files, model card)")
+        console.print(
+            f"more: freestack models show {model} {version} --details  (lineage, files, model card)"
+        )
         return 0
     _details(console, info)
     return 0
@@ -148,7 +173,16 @@ def show(model: Model, version: Version, root: Root = None, json: Json = False,
 def _details(console, info: dict[str, Any]) -> None:
     lineage = info["lineage"]
     t = table("lineage", "")
-    for key in ("window", "partitions", "spec_hash", "code_version", "airflow", "evaluation", "wandb", "sweep"):
+    for key in (
+        "window",
+        "partitions",
+        "spec_hash",
+        "code_version",
+        "airflow",
+        "evaluation",
+        "wandb",
+        "sweep",
+    ):
         if lineage.get(key) is not None:
             value = lineage[key]
             if key == "partitions" and isinstance(value, list):
@@ -169,21 +203,33 @@ def _print_aliases(reg: ModelRegistry, aliases: dict[str, Any]) -> None:
 Timeout = Annotated[float, typer.Option(help="Seconds to follow the DAG run before leaving it to go on.")]
 
 
-def _move(model: str, root: str | None, alias: str, kind: str, conf: dict[str, str | None], reason: str | None,
-          timeout: float, direct) -> int:  # fmt: skip
+def _move(
+    model: str,
+    root: str | None,
+    alias: str,
+    kind: str,
+    conf: dict[str, str | None],
+    reason: str | None,
+    timeout: float,
+    direct,
+) -> int:
     """A pipeline's alias moves as a run of its DAG (audited, serialised, redeployed: freestack.cli.actions);
     a bare model's only while no deployment serves that alias (nothing to redeploy), else refused."""
     if has_pipeline(model) and not root:
         from freestack.cli.actions import run_and_follow
 
         note = f"freestack models {kind} from the command line" + (f": {reason}" if reason else "")
-        return run_and_follow(f"{model}_{'rollback' if kind == 'rollback' else 'promote'}", conf, note, timeout)
+        return run_and_follow(
+            f"{model}_{'rollback' if kind == 'rollback' else 'promote'}", conf, note, timeout
+        )
     reg = registry(model, root)
     served = _served_by(reg, alias)
     if served:
-        raise CliError(f"{reg.model}'s {alias} is served by deployment {served}: moving it here would not redeploy it",
-                       f"move it through the pipeline's DAG run: freestack models {kind} PIPELINE ... (the pipeline "
-                       f"whose model is {reg.model}), or the Models page of the freestack views")  # fmt: skip
+        raise CliError(
+            f"{reg.model}'s {alias} is served by deployment {served}: moving it here would not redeploy it",
+            f"move it through the pipeline's DAG run: freestack models {kind} PIPELINE ... (the pipeline "
+            f"whose model is {reg.model}), or the Models page of the freestack views",
+        )
     _print_aliases(reg, direct(reg))
     return 0
 
@@ -195,7 +241,9 @@ def _as_asked(model: str, root: str | None, alias: str, say: bool = True) -> dic
         return {}
     aliases = registry(model, root).aliases()
     if say:
-        out().print(f"{alias} is {aliases.get(alias) or '(not set)'} now: the run moves it only while it still is")
+        out().print(
+            f"{alias} is {aliases.get(alias) or '(not set)'} now: the run moves it only while it still is"
+        )
     return aliases
 
 
@@ -203,7 +251,9 @@ def _served_by(reg: ModelRegistry, alias: str) -> str | None:
     """The deployment serving ``alias`` of the model, if any."""
     from freestack.serving.records import served_alias, serving_records
 
-    return next((r["name"] for r in serving_records(str(reg.root), reg.model) if served_alias(r) == alias), None)
+    return next(
+        (r["name"] for r in serving_records(str(reg.root), reg.model) if served_alias(r) == alias), None
+    )
 
 
 def _by() -> str:
@@ -213,13 +263,22 @@ def _by() -> str:
 
 
 @app.command()
-def promote(model: Model, version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:
+def promote(
+    model: Model, version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900
+) -> int:
     """production <- VERSION, previous <- the old production; redeployed by a <p>_promote run (which fails,
     changing nothing, if another move lands first)."""
     now = _as_asked(model, root, "production")
-    return _move(model, root, "production", "promote",
-                 {"version": version, "alias": "production", "reason": reason or "", "expect": now.get("production")},
-                 reason, timeout, lambda reg: reg.promote(version, reason=reason, by=_by()))  # fmt: skip
+    return _move(
+        model,
+        root,
+        "production",
+        "promote",
+        {"version": version, "alias": "production", "reason": reason or "", "expect": now.get("production")},
+        reason,
+        timeout,
+        lambda reg: reg.promote(version, reason=reason, by=_by()),
+    )
 
 
 @app.command()
@@ -228,33 +287,70 @@ def rollback(model: Model, root: Root = None, reason: Reason = None, timeout: Ti
     changing nothing, if another move lands first)."""
     now = _as_asked(model, root, "production", say=False)
     if now and not now.get("previous"):
-        raise CliError(f"{model} has no previous version to roll back to (production: {now.get('production') or 'none'})",
-                       f"point production at a version instead: freestack models promote {model} VERSION")  # fmt: skip
-    conf = {"version": now["previous"], "expect_production": now.get("production")} if now else {"version": "previous"}
+        raise CliError(
+            f"{model} has no previous version to roll back to (production: {now.get('production') or 'none'})",
+            f"point production at a version instead: freestack models promote {model} VERSION",
+        )
+    conf = (
+        {"version": now["previous"], "expect_production": now.get("production")}
+        if now
+        else {"version": "previous"}
+    )
     if now:
-        out().print(f"rolling back production from {now.get('production')} to {now['previous']}: the run moves it "
-                    "only while production is still the former")  # fmt: skip
-    return _move(model, root, "production", "rollback", conf, reason, timeout,
-                 lambda reg: reg.rollback(reason=reason, by=_by()))  # fmt: skip
+        out().print(
+            f"rolling back production from {now.get('production')} to {now['previous']}: the run moves it "
+            "only while production is still the former"
+        )
+    return _move(
+        model,
+        root,
+        "production",
+        "rollback",
+        conf,
+        reason,
+        timeout,
+        lambda reg: reg.rollback(reason=reason, by=_by()),
+    )
 
 
 @app.command()
-def alias(model: Model, alias: Annotated[str, typer.Argument(metavar="ALIAS", help="The alias to move, e.g. staging.", show_default=False)],
-          version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900) -> int:  # fmt: skip
+def alias(
+    model: Model,
+    alias: Annotated[
+        str, typer.Argument(metavar="ALIAS", help="The alias to move, e.g. staging.", show_default=False)
+    ],
+    version: Version,
+    root: Root = None,
+    reason: Reason = None,
+    timeout: Timeout = 900,
+) -> int:
     """Point ALIAS (e.g. staging) at a version, through a <p>_promote run."""
     now = _as_asked(model, root, alias)
-    return _move(model, root, alias, "alias", {"version": version, "alias": alias, "reason": reason or "",
-                                                "expect": now.get(alias)}, reason,
-                 timeout, lambda reg: reg.set_alias(alias, version, reason=reason, by=_by()))  # fmt: skip
+    return _move(
+        model,
+        root,
+        alias,
+        "alias",
+        {"version": version, "alias": alias, "reason": reason or "", "expect": now.get(alias)},
+        reason,
+        timeout,
+        lambda reg: reg.set_alias(alias, version, reason=reason, by=_by()),
+    )
 
 
 @app.command()
-def push(model: Model, version: Version,
-         repo: Annotated[str, typer.Option(help="Hub repo id, e.g. my-org/digits.", show_default=False)],
-         root: Root = None,
-         conn: Annotated[str, typer.Option(help="The huggingface connection (token, endpoint).")] = "huggingface_default",
-         promote: Annotated[bool, typer.Option("--promote", help="Also move the Hub's production tag to it.")] = False,
-         ) -> int:  # fmt: skip
+def push(
+    model: Model,
+    version: Version,
+    repo: Annotated[str, typer.Option(help="Hub repo id, e.g. my-org/digits.", show_default=False)],
+    root: Root = None,
+    conn: Annotated[
+        str, typer.Option(help="The huggingface connection (token, endpoint).")
+    ] = "huggingface_default",
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Also move the Hub's production tag to it.")
+    ] = False,
+) -> int:
     """Push a version to the Hugging Face Hub (one commit, tagged with the version)."""
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -265,7 +361,9 @@ def push(model: Model, version: Version,
     name = reg.resolve(version)
     hub = HuggingFaceHook(conn).settings
     if not hub.token:
-        print(f"not pushed: connection {conn!r} has no token; {reg.model} {name} stays local", file=sys.stderr)
+        print(
+            f"not pushed: connection {conn!r} has no token; {reg.model} {name} stays local", file=sys.stderr
+        )
         return 0
     size = sum(m.get("size", 0) for m in reg.get(name)["files"].values() if isinstance(m, dict))
     # the Hub client reports no progress: a spinner and the elapsed time while it uploads
@@ -275,7 +373,9 @@ def push(model: Model, version: Version,
         if result is not None and promote:
             promote_on_hub(repo, result["version"], hub.token, endpoint=hub.endpoint)
     assert result is not None
-    out().print(f"pushed {reg.model} {result['version']} to {result['repo_id']}: commit {result['commit']}, tag {result['tag']}")
+    out().print(
+        f"pushed {reg.model} {result['version']} to {result['repo_id']}: commit {result['commit']}, tag {result['tag']}"
+    )
     if promote:
         out().print(f"moved tag production -> {result['version']}")
     return 0

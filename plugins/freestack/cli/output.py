@@ -61,7 +61,12 @@ def progress(*columns: ProgressColumn | str, console: Console | None = None) -> 
     """A rich progress display, live on a terminal and disabled (silent) otherwise. The default columns:
     description, bar, done/total, elapsed time."""
     console = console or out()
-    cols = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    cols = columns or (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     return Progress(*cols, console=console, disable=not console.is_terminal)
 
 

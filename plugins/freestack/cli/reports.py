@@ -14,8 +14,10 @@ def lake_data(pipeline: str) -> dict:
     from freestack.ingest.core import lake_summary
 
     spec = load_spec(spec_file(pipeline))
-    partitions = [{**{k: p[k] for k in ("ds", "rows", "quarantined", "sha256")}, "quarantine_reasons": p["reasons"]}
-                  for p in lake_summary(spec)]  # fmt: skip
+    partitions = [
+        {**{k: p[k] for k in ("ds", "rows", "quarantined", "sha256")}, "quarantine_reasons": p["reasons"]}
+        for p in lake_summary(spec)
+    ]
     return {"pipeline": pipeline, "root": str(spec.root), "partitions": partitions}
 
 
@@ -24,8 +26,10 @@ def lake_report(pipeline: str) -> str:
     lines = [f"lake of {pipeline!r} under {data['root']}:"]
     for p in data["partitions"]:
         rows = "?" if p["rows"] is None else p["rows"]
-        lines.append(f"  ds={p['ds']}  {rows:>5} rows  {p['quarantined']:>3} quarantined  "
-                     f"part sha256 {str(p['sha256'] or '?')[:12]}")  # fmt: skip
+        lines.append(
+            f"  ds={p['ds']}  {rows:>5} rows  {p['quarantined']:>3} quarantined  "
+            f"part sha256 {str(p['sha256'] or '?')[:12]}"
+        )
         lines += [f"      quarantine: {n} x {reason}" for reason, n in p["quarantine_reasons"].items()]
     if not data["partitions"]:
         lines.append("  (no partitions yet)")
@@ -57,7 +61,9 @@ def serve_report(pipeline: str) -> str:
     if code == 200:
         names, probs = answer["data"]["names"], answer["data"]["ndarray"][0]
         best = max(range(len(probs)), key=probs.__getitem__)
-        lines.append(f"  the server answered: digit {names[best]} (p={probs[best]:.3f}); true label: {labels[0]}")
+        lines.append(
+            f"  the server answered: digit {names[best]} (p={probs[best]:.3f}); true label: {labels[0]}"
+        )
     else:
         lines.append(f"  the server answered HTTP {code}: {answer}")
     lines += [
@@ -106,12 +112,16 @@ def sweep_report(pipeline: str, run_id: str) -> str:
         ]
         for t in trials:
             params = ", ".join(
-                f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}" for k, v in t.items() if k.startswith("param.")
+                f"{k[6:]}={v:.3g}" if isinstance(v, float) else f"{k[6:]}={v}"
+                for k, v in t.items()
+                if k.startswith("param.")
             )
             value = t.get(best["metric"])
             mark = " *" if t["trial"] == best["best_trial"] else ""
             state = "stopped" if t["stopped_early"] else t["state"]
-            lines.append(f"  {t['trial']:<6} {state:<9} {t['epochs']:>6} {value if value is None else f'{value:.4f}':>13}  {params}{mark}")
+            lines.append(
+                f"  {t['trial']:<6} {state:<9} {t['epochs']:>6} {value if value is None else f'{value:.4f}':>13}  {params}{mark}"
+            )
         lines.append(f"  best: {best['best_trial']} {best['metric']} {best['best_value']:.4f}")
         lines.append(f"  table: {best['results_csv']}\n  plot:  {best['plot']}")
         return "\n".join(lines)
@@ -143,7 +153,9 @@ def train_report(pipeline: str, run_id: str) -> str:
     wb = lineage.get("wandb") or {}
     lines = [f"model version: {version}"]
     lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]
-    lines.append(f"  trained on {plural(len(lineage['partitions']), 'partition')} up to {lineage['window']['end_ds']}")
+    lines.append(
+        f"  trained on {plural(len(lineage['partitions']), 'partition')} up to {lineage['window']['end_ds']}"
+    )
     if wb.get("url"):
         lines.append(f"W&B run: {wb['url']}")
     elif wb.get("run_dir"):
@@ -151,4 +163,12 @@ def train_report(pipeline: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["gate_report", "lake_data", "lake_report", "serve_report", "sweep_report", "train_report", "version_of_run"]
+__all__ = [
+    "gate_report",
+    "lake_data",
+    "lake_report",
+    "serve_report",
+    "sweep_report",
+    "train_report",
+    "version_of_run",
+]

@@ -25,8 +25,16 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Name = Annotated[str, typer.Argument(metavar="NAME", help="Deployment name (see `freestack serve status`).", show_default=False)]
-Model = Annotated[str | None, typer.Option(help="The model, when several models have a deployment NAME.", show_default=False)]
+Name = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME", help="Deployment name (see `freestack serve status`).", show_default=False
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(help="The model, when several models have a deployment NAME.", show_default=False),
+]
 _ROOT = "freestack.serve.root"
 
 
@@ -48,11 +56,19 @@ def _find(ctx: typer.Context, name: str, model: str | None) -> dict[str, Any]:
     found = [r for r in records if r.get("name") == name and (not model or r.get("model") == model)]
     if not found:
         known = sorted({f"{r.get('model')}/{r.get('name')}" for r in records})
-        raise CliError(f"no deployment named {name!r}" + (f" of model {model!r}" if model else "") + f" under {_root(ctx)}",
-                       f"deployments: {', '.join(known)}" if known else "nothing is deployed there: `freestack serve deploy PIPELINE`")  # fmt: skip
+        raise CliError(
+            f"no deployment named {name!r}"
+            + (f" of model {model!r}" if model else "")
+            + f" under {_root(ctx)}",
+            f"deployments: {', '.join(known)}"
+            if known
+            else "nothing is deployed there: `freestack serve deploy PIPELINE`",
+        )
     if len(found) > 1:
-        raise CliError(f"{len(found)} models have a deployment {name!r}",
-                       "pass --model " + " or --model ".join(sorted(str(r.get('model')) for r in found)))  # fmt: skip
+        raise CliError(
+            f"{len(found)} models have a deployment {name!r}",
+            "pass --model " + " or --model ".join(sorted(str(r.get("model")) for r in found)),
+        )
     return found[0]
 
 
@@ -80,23 +96,35 @@ def status(ctx: typer.Context, json: Json = False) -> int:
 
 def _status_lines(r: dict[str, Any]) -> list[str]:
     if r.get("target") == "kubernetes":
-        canary = f", canary {r['canary_version']} at {r.get('canary_traffic')}%" if r.get("canary_version") else ""
+        canary = (
+            f", canary {r['canary_version']} at {r.get('canary_traffic')}%" if r.get("canary_version") else ""
+        )
         drift = [f"  MISMATCH  {r['alias_drift']}"] if r.get("alias_drift") else []
-        return [f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})", *drift]
+        return [
+            f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})",
+            *drift,
+        ]
     state = r.get("state")
     if state == "serving" and not r.get("alive"):
         state = "DOWN (the recorded process is gone: redeploy, e.g. `freestack serve deploy <pipeline>`)"
     elif state == "serving" and str(r.get("health") or "").startswith("HTTP "):
         # the server answered that its model is not ready (an unloaded model's 404); a health check that
         # timed out on a busy machine shows as such below, not as DOWN
-        state = (f"DOWN (the process runs but its model does not answer: health {r['health']}; see its log, "
-                 "and redeploy, e.g. `freestack serve deploy <pipeline>`)")  # fmt: skip
+        state = (
+            f"DOWN (the process runs but its model does not answer: health {r['health']}; see its log, "
+            "and redeploy, e.g. `freestack serve deploy <pipeline>`)"
+        )
     lines = [
         f"{r['model']}/{r['name']}: {r.get('version')} {state}",
         f"  url       {r.get('predict_url')}  (health: {r.get('health') or '-'})",
         f"  metrics   {r.get('metrics_url')}",
-        *([f"  grpc      {r['grpc_address']}  (the {r.get('color')} server's own; it moves with each deploy)"]
-          if r.get("grpc_address") else []),
+        *(
+            [
+                f"  grpc      {r['grpc_address']}  (the {r.get('color')} server's own; it moves with each deploy)"
+            ]
+            if r.get("grpc_address")
+            else []
+        ),
         f"  process   pid {r.get('pid')} ({r.get('color')}), {r.get('workers')} workers x {r.get('threads')} threads",
         f"  since     {r.get('deployed_at')}; log {r.get('log')}",
     ]
@@ -119,18 +147,25 @@ def stop(ctx: typer.Context, name: Name, model: Model = None) -> int:
 
 
 @app.command()
-def logs(ctx: typer.Context, name: Name, model: Model = None,
-         n: Annotated[int, typer.Option("-n", help="How many lines from the end.")] = 50,
-         follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing what is appended (Ctrl-C stops).")] = False,
-         ) -> int:  # fmt: skip
+def logs(
+    ctx: typer.Context,
+    name: Name,
+    model: Model = None,
+    n: Annotated[int, typer.Option("-n", help="How many lines from the end.")] = 50,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing what is appended (Ctrl-C stops).")
+    ] = False,
+) -> int:
     """A local server's log."""
     from freestack.serving.local import log_tail
 
     rec = _find(ctx, name, model)
     path = rec.get("log")
     if not path or not Path(path).exists():
-        raise CliError(f"{rec['model']}/{rec['name']} has no local log" + (f" at {path}" if path else ""),
-                       "a Kubernetes deployment's logs are its pods' (kubectl logs)")  # fmt: skip
+        raise CliError(
+            f"{rec['model']}/{rec['name']} has no local log" + (f" at {path}" if path else ""),
+            "a Kubernetes deployment's logs are its pods' (kubectl logs)",
+        )
     print(log_tail(path, n), flush=True)
     if follow:
         _follow(path)
@@ -161,8 +196,18 @@ def sample_request(rec: dict[str, Any], rows: int = 1) -> tuple[dict[str, Any], 
     if sample.get("task") == "generation":  # the first test prompt, and the answer evaluation got
         chat, n = sample["chats"][0], sample.get("max_new_tokens", 32)
         if rec.get("runtime") == "mlserver":
-            return {"inputs": [{"name": "args", "datatype": "BYTES", "shape": [len(chat)], "parameters": {"content_type": "hg_jsonlist"},
-                                "data": [json.dumps(m) for m in chat]}], "parameters": {"max_new_tokens": n}}, sample["outputs"][:1]  # fmt: skip
+            return {
+                "inputs": [
+                    {
+                        "name": "args",
+                        "datatype": "BYTES",
+                        "shape": [len(chat)],
+                        "parameters": {"content_type": "hg_jsonlist"},
+                        "data": [json.dumps(m) for m in chat],
+                    }
+                ],
+                "parameters": {"max_new_tokens": n},
+            }, sample["outputs"][:1]
         return {"jsonData": {"messages": chat, "parameters": {"max_new_tokens": n}}}, sample["outputs"][:1]
     if rec.get("runtime") == "mlserver":
         return {"inputs": v2_request(sample)["inputs"]}, sample.get("labels", [])
@@ -180,9 +225,19 @@ def _payload(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
 
 
 @app.command()
-def predict(ctx: typer.Context, name: Name,
-            payload: Annotated[str | None, typer.Argument(metavar="PAYLOAD", help="A Seldon message (or, for runtime: mlserver, a V2 inference request) as JSON, or - for stdin (default: one test row of the served version).", show_default=False)] = None,
-            model: Model = None) -> int:  # fmt: skip
+def predict(
+    ctx: typer.Context,
+    name: Name,
+    payload: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="PAYLOAD",
+            help="A Seldon message (or, for runtime: mlserver, a V2 inference request) as JSON, or - for stdin (default: one test row of the served version).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Model = None,
+) -> int:
     """Send a prediction request and print the answer."""
     from freestack.serving.smoke import http_json
 
@@ -193,7 +248,12 @@ def predict(ctx: typer.Context, name: Name,
         body, labels = sample_request(rec)
     code, answer = http_json(rec["predict_url"], body, timeout=30)
     print(json.dumps(answer, indent=2) if isinstance(answer, dict) else answer, flush=True)
-    if code == 200 and isinstance(answer, dict) and labels and "completions" in (answer.get("jsonData") or {}):
+    if (
+        code == 200
+        and isinstance(answer, dict)
+        and labels
+        and "completions" in (answer.get("jsonData") or {})
+    ):
         out().print(f"evaluation's answer: {labels[0]!r}")
     elif code == 200 and isinstance(answer, dict) and labels and not _generated(answer):
         for label, (cls, p) in zip(labels, _predicted(answer), strict=False):
@@ -214,7 +274,9 @@ def _predicted(answer: dict[str, Any]) -> list[tuple[str, float]]:
         labels, probs = (out.get("label") or {}).get("data") or [], out.get("probabilities") or {}
         width = (probs.get("shape") or [0, 1])[-1] or 1
         data = probs.get("data") or []
-        return [(str(lab), max(data[k * width : (k + 1) * width], default=0.0)) for k, lab in enumerate(labels)]
+        return [
+            (str(lab), max(data[k * width : (k + 1) * width], default=0.0)) for k, lab in enumerate(labels)
+        ]
     data = answer.get("data", {})
     names, rows = data.get("names") or [], data.get("ndarray") or []
     out_rows = []
@@ -226,9 +288,15 @@ def _predicted(answer: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 @app.command()
-def deploy(pipeline: Pipeline,
-           version: Annotated[str | None, typer.Option(help="A version or alias (default: the spec's deploy.alias, production).", show_default=False)] = None,
-           ) -> int:  # fmt: skip
+def deploy(
+    pipeline: Pipeline,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            help="A version or alias (default: the spec's deploy.alias, production).", show_default=False
+        ),
+    ] = None,
+) -> int:
     """Deploy a pipeline's production version (or --version) locally now, as the DAG's deploy does."""
     from freestack.hooks.credentials import model_source
     from freestack.registry.core import registry_for
@@ -237,16 +305,26 @@ def deploy(pipeline: Pipeline,
 
     spec = load_pipeline(pipeline)
     if spec.deploy.target != "local":
-        raise CliError(f"pipeline {pipeline!r} deploys to {spec.deploy.target}, and this command deploys the local target",
-                       "trigger its train or rollback DAG for Kubernetes")  # fmt: skip
+        raise CliError(
+            f"pipeline {pipeline!r} deploys to {spec.deploy.target}, and this command deploys the local target",
+            "trigger its train or rollback DAG for Kubernetes",
+        )
     reg = registry_for(spec)
     by_alias = version in (None, spec.deploy.alias)
     version = reg.resolve(version or spec.deploy.alias)
     uri = reg.version_uri(version)
-    rec = deploy_local(root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
-                       version=version, version_uri=uri, local=spec.deploy.local, reason="freestack serve deploy",
-                       source=model_source(uri), runtime=spec.deploy.runtime,
-                       alias=spec.deploy.alias if by_alias else None)  # fmt: skip
+    rec = deploy_local(
+        root_uri=str(storage_root(spec.storage_root)),
+        model=spec.model_name,
+        name=spec.deployment_name,
+        version=version,
+        version_uri=uri,
+        local=spec.deploy.local,
+        reason="freestack serve deploy",
+        source=model_source(uri),
+        runtime=spec.deploy.runtime,
+        alias=spec.deploy.alias if by_alias else None,
+    )
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0
 
@@ -258,17 +336,33 @@ class CanaryAction(StrEnum):
 
 
 @app.command()
-def canary(ctx: typer.Context, pipeline: Pipeline,
-           action: Annotated[CanaryAction, typer.Argument(metavar="ACTION", help="promote: the canary takes over; rollback: it is removed; traffic: it gets --percent.", show_default=False)],
-           percent: Annotated[int | None, typer.Option(min=0, max=100, help="The canary's share of traffic (with traffic).", show_default=False)] = None,
-           ) -> int:  # fmt: skip
+def canary(
+    ctx: typer.Context,
+    pipeline: Pipeline,
+    action: Annotated[
+        CanaryAction,
+        typer.Argument(
+            metavar="ACTION",
+            help="promote: the canary takes over; rollback: it is removed; traffic: it gets --percent.",
+            show_default=False,
+        ),
+    ],
+    percent: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=100, help="The canary's share of traffic (with traffic).", show_default=False
+        ),
+    ] = None,
+) -> int:
     """Kubernetes: promote or roll back the canary, or set its traffic."""
     from freestack.serving import k8s, manifests
 
     spec = load_pipeline(pipeline)
     if spec.deploy.target != "kubernetes":
-        raise CliError(f"pipeline {pipeline!r} deploys locally (blue/green), and canaries are a Kubernetes feature",
-                       "`freestack serve deploy` switches a local deployment")  # fmt: skip
+        raise CliError(
+            f"pipeline {pipeline!r} deploys locally (blue/green), and canaries are a Kubernetes feature",
+            "`freestack serve deploy` switches a local deployment",
+        )
     if action is CanaryAction.traffic and percent is None:
         raise typer.BadParameter("traffic needs --percent N (0-100)", param_hint="--percent")
     t, name = spec.deploy.kubernetes, spec.deployment_name
@@ -292,7 +386,11 @@ def _record_canary(ctx: typer.Context, spec, action: CanaryAction, percent: int 
     record, token = deployments.read(name)
     record = dict(record or {"name": name, "model": spec.model_name, "target": "kubernetes"})
     if action is CanaryAction.promote:
-        record.update(version=record.get("canary_version") or record.get("version"), canary_version=None, canary_traffic=0)
+        record.update(
+            version=record.get("canary_version") or record.get("version"),
+            canary_version=None,
+            canary_traffic=0,
+        )
     elif action is CanaryAction.rollback:
         record.update(canary_version=None, canary_traffic=0)
     else:

@@ -75,9 +75,11 @@ def _check_address(env: dict[str, str], url: str) -> None:
     """UpError when the running stack listens elsewhere than ``url`` (the environment names another port)."""
     record = recorded_stack(Path(env["AIRFLOW_HOME"]))
     if record is not None and record["url"] != url:
-        raise UpError(f"this project's Airflow already runs at {record['url']} (pid {record['pid']}), not "
-                      f"at {url}: leave AIRFLOW_PORT unset to use it there, or stop it with `make down` and "
-                      "start it on the new port")  # fmt: skip
+        raise UpError(
+            f"this project's Airflow already runs at {record['url']} (pid {record['pid']}), not "
+            f"at {url}: leave AIRFLOW_PORT unset to use it there, or stop it with `make down` and "
+            "start it on the new port"
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -117,7 +119,9 @@ def _recorded_pid(pid_file) -> int | None:
         return None
 
 
-def _report(home: str, stack: list, leader: int | None, servers: list[tuple[int, str, str]], grace: float) -> None:
+def _report(
+    home: str, stack: list, leader: int | None, servers: list[tuple[int, str, str]], grace: float
+) -> None:
     """A table of every stopped process (pid, how it ended: TERM, KILL after the grace, gone, left; what
     it was), then one line for the stack and one per model server."""
     from freestack.cli.output import emit, plural, table
@@ -132,19 +136,27 @@ def _report(home: str, stack: list, leader: int | None, servers: list[tuple[int,
     emit(t)
     others = len([s for s in stack if s.pid != leader])
     if any(s.pid == leader for s in stack):
-        print(f"stopped airflow standalone (pid {leader}: scheduler, dag processor, triggerer, API server) "
-              f"and {others} more of its processes")  # fmt: skip
+        print(
+            f"stopped airflow standalone (pid {leader}: scheduler, dag processor, triggerer, API server) "
+            f"and {others} more of its processes"
+        )
     elif stack:
-        print(f"stopped {plural(len(stack), 'process', 'processes')} of the embedded Airflow (AIRFLOW_HOME {home})")
+        print(
+            f"stopped {plural(len(stack), 'process', 'processes')} of the embedded Airflow (AIRFLOW_HOME {home})"
+        )
     for pid, what, _ in servers:
         print(f"stopped {what} (pid {pid})")
     killed = [f"{pid} ({what})" for pid, ended, what in rows if ended == "KILL"]
     if killed:
-        print(f"killed (SIGKILL) {plural(len(killed), 'process', 'processes')} that still ran {grace:g} s after "
-              f"SIGTERM: {'; '.join(killed)}")  # fmt: skip
+        print(
+            f"killed (SIGKILL) {plural(len(killed), 'process', 'processes')} that still ran {grace:g} s after "
+            f"SIGTERM: {'; '.join(killed)}"
+        )
     left = [f"{pid} ({what})" for pid, ended, what in rows if ended == "left"]
     if left:
-        print(f"warning: still running after SIGKILL (stuck in the kernel?): {'; '.join(left)}", file=sys.stderr)
+        print(
+            f"warning: still running after SIGKILL (stuck in the kernel?): {'; '.join(left)}", file=sys.stderr
+        )
 
 
 def airflow(args: list[str]) -> int:
@@ -156,7 +168,6 @@ def airflow(args: list[str]) -> int:
     ensure_migrated(env)
     exe = env["FREESTACK_AIRFLOW_BIN"]
     os.execve(exe, [exe, *args], env)  # replaces this process: the exit code and signals are airflow's
-
 
 
 __all__ = ["UpError", "airflow", "down", "ensure_up", "up"]

@@ -52,9 +52,15 @@ def _task(spec) -> str | None:
 
 
 def validate(
-    specs: Annotated[list[str] | None, typer.Argument(metavar="[SPEC]...", help="Spec files or pipeline names; default: every spec in the pipelines folder.")] = None,
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[SPEC]...",
+            help="Spec files or pipeline names; default: every spec in the pipelines folder.",
+        ),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="One JSON object per spec: file, ok, error.")] = False,
-) -> int:  # fmt: skip
+) -> int:
     """Check pipeline specs (each file, field and fix, as the UI's import error says); exit 1 if any is invalid."""
     from freestack.errors import SpecError
     from freestack.spec import load_spec, pipeline_dags
@@ -76,13 +82,23 @@ def validate(
             continue
         dags = pipeline_dags(spec)
         task = _task(spec)
-        results.append({"file": str(path), "ok": True, "pipeline": spec.name, "dags": [d for d, _, _ in dags],
-                        "paused_at_creation": [d for d, _, manual in dags if not manual], "task": task or "auto",
-                        "sha256": spec.file_sha256})  # fmt: skip
+        results.append(
+            {
+                "file": str(path),
+                "ok": True,
+                "pipeline": spec.name,
+                "dags": [d for d, _, _ in dags],
+                "paused_at_creation": [d for d, _, manual in dags if not manual],
+                "task": task or "auto",
+                "sha256": spec.file_sha256,
+            }
+        )
         if not json:
             paused = [d for d, _, manual in dags if not manual]
-            print(f"ok {path}: DAGs {', '.join(d for d, _, _ in dags)} ({', '.join(paused)} start paused); "
-                  f"task {task or 'decided by the data'}")  # fmt: skip
+            print(
+                f"ok {path}: DAGs {', '.join(d for d, _, _ in dags)} ({', '.join(paused)} start paused); "
+                f"task {task or 'decided by the data'}"
+            )
     if json:
         print_json(results)
     return 1 if bad else 0

@@ -203,10 +203,14 @@ class _Service:
         try:
             self.journal = Journal(root)
         except OSError as exc:  # serving reads beats refusing everything; leftovers then stay
-            log.warning("cannot keep an upload journal under %s (%s): stale temporaries are not swept", root, exc)
+            log.warning(
+                "cannot keep an upload journal under %s (%s): stale temporaries are not swept", root, exc
+            )
             return
         max_age = self.settings.stale_tmp_age_s or settings().data_api_stale_tmp_age
-        self.sweeper = Sweeper(root, self.journal, max_age=max_age, interval=self.settings.tmp_sweep_interval_s)
+        self.sweeper = Sweeper(
+            root, self.journal, max_age=max_age, interval=self.settings.tmp_sweep_interval_s
+        )
         self.sweeper.start()
 
     def track(self, temporary: str | None) -> Any:
@@ -285,12 +289,14 @@ def parse_data_path(raw: str) -> str:
     parts = rel.split("/") if rel else []
     if len(parts) > MAX_DEPTH:
         raise ApiError(
-            400, f"data path {_short(raw)!r} is {len(parts)} levels deep; the limit is {MAX_DEPTH} levels "
+            400,
+            f"data path {_short(raw)!r} is {len(parts)} levels deep; the limit is {MAX_DEPTH} levels "
             "(owner and collection included): use a flatter layout",
         )
     if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
         raise ApiError(
-            400, f"data path {_short(raw)!r} is {len(rel.encode('utf-8'))} bytes long (UTF-8); the limit is "
+            400,
+            f"data path {_short(raw)!r} is {len(rel.encode('utf-8'))} bytes long (UTF-8); the limit is "
             f"{MAX_PATH_BYTES} bytes: use shorter names or a flatter layout",
         )
     for i, seg in enumerate(parts):
@@ -432,14 +438,18 @@ def api_error_of(exc: BaseException, display: str) -> ApiError:
         return ApiError(409, f"{display}: a file is in the way (a path segment is a file)")
     if isinstance(exc, StorageFull):  # the operator's to fix: the log says where, the caller what happened
         log.error("Data API write of %s: %s", display, exc)
-        return ApiError(507, f"the Data API's storage has no space left for {display}: nothing of it was "
-                             "written; send it again once the service's operator has freed space")
+        return ApiError(
+            507,
+            f"the Data API's storage has no space left for {display}: nothing of it was "
+            "written; send it again once the service's operator has freed space",
+        )
     if isinstance(exc, FreestackError):
         return ApiError(400, str(exc))
     log.error("Data API failure on %s", display, exc_info=exc)
     if isinstance(exc, OSError):
         return ApiError(
-            502, f"the storage behind the Data API failed on {display} ({type(exc).__name__}); see the service log"
+            502,
+            f"the storage behind the Data API failed on {display} ({type(exc).__name__}); see the service log",
         )
     return ApiError(500, f"internal error on {display} ({type(exc).__name__}); see the service log")
 
@@ -525,11 +535,15 @@ def _unmarker(text: str) -> tuple:
         except (ValueError, TypeError, RecursionError):
             value = None
     if (
-        isinstance(value, list) and len(value) == 3
-        and all(type(v) is int and v in (0, 1) for v in value[:2]) and isinstance(value[2], str)
+        isinstance(value, list)
+        and len(value) == 3
+        and all(type(v) is int and v in (0, 1) for v in value[:2])
+        and isinstance(value[2], str)
     ):
         return (value[0], value[1], value[2])
-    raise ApiError(400, f"marker {_short(text, 60)!r} is not one this service handed out; list again without it")
+    raise ApiError(
+        400, f"marker {_short(text, 60)!r} is not one this service handed out; list again without it"
+    )
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -538,12 +552,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_JSON_BODY:
-            raise ApiError(413, f"the request body is over {MAX_JSON_BODY // 1024} KiB; send a small JSON object")
+            raise ApiError(
+                413, f"the request body is over {MAX_JSON_BODY // 1024} KiB; send a small JSON object"
+            )
         chunks.append(chunk)
     raw = b"".join(chunks).strip() or b"{}"
     if _json_depth(raw) > MAX_JSON_DEPTH:
         raise ApiError(
-            400, f"the request body is JSON nested more than {MAX_JSON_DEPTH} levels deep; send a flat object, "
+            400,
+            f"the request body is JSON nested more than {MAX_JSON_DEPTH} levels deep; send a flat object, "
             'e.g. {"name": "my_collection", "acl": {"read": ["user://*"]}}',
         )
     try:
@@ -612,7 +629,9 @@ def _get_sync(svc: _Service, key: str | None, rel: str, display: str, head: bool
 
 def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str) -> None:
     if _depth(rel) < 3:
-        raise ApiError(400, f"{display} is not a file path: files live in a collection (<owner>/<collection>/<name>)")
+        raise ApiError(
+            400, f"{display} is not a file path: files live in a collection (<owner>/<collection>/<name>)"
+        )
     fs.check(fs.resolve(rel), WRITE)
     info = _info(svc, fs, rel, user)
     if info is not None and info.get("type") == "directory":
@@ -651,7 +670,9 @@ def _local_page(svc: _Service, fs, resolved: str, after: tuple | None) -> tuple[
     return listing_page(folder, keys, after, svc.page_size)
 
 
-def _filtered_page(svc: _Service, fs, resolved: str, user: str | None, after: tuple | None) -> tuple[list, bool]:
+def _filtered_page(
+    svc: _Service, fs, resolved: str, user: str | None, after: tuple | None
+) -> tuple[list, bool]:
     """A page of a listing the data:// filesystem filters per entry (the root and owners' namespaces show
     only what the caller may read) or of a directory on an object store."""
     try:
@@ -781,8 +802,9 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
     # the sweeper spares it however long the client takes; its hash is recorded on commit
     untrack: list[Any] = []
     try:
-        writer = AtomicWriter(_Target(fs, rel), if_absent=if_absent,
-                              on_temporary=lambda tmp: untrack.append(svc.track(tmp)))
+        writer = AtomicWriter(
+            _Target(fs, rel), if_absent=if_absent, on_temporary=lambda tmp: untrack.append(svc.track(tmp))
+        )
     except BaseException:
         for done in untrack:
             if done is not None:
@@ -829,7 +851,9 @@ def _check_match(svc: _Service, key: str | None, rel: str, display: str, if_matc
     if current is None:
         raise ApiError(412, f"{display} does not exist (If-Match asks to replace a version of it)")
     if current != if_match.lower():
-        raise ApiError(412, f"{display} changed since it was read (If-Match {if_match[:12]}... is not current)")
+        raise ApiError(
+            412, f"{display} changed since it was read (If-Match {if_match[:12]}... is not current)"
+        )
 
 
 def _if_match(header: str | None) -> str | None:
@@ -841,13 +865,24 @@ def _if_match(header: str | None) -> str | None:
         return None
     if not re.fullmatch(r"[0-9a-fA-F]{64}", tag):
         shown = tag if len(tag) <= 80 else tag[:77] + "..."
-        raise ApiError(400, f"If-Match {shown!r} is not a content hash: give the sha256 (64 hex digits) of the "
-                            "version to replace, as \"<sha256>\"; nothing was written")  # fmt: skip
+        raise ApiError(
+            400,
+            f"If-Match {shown!r} is not a content hash: give the sha256 (64 hex digits) of the "
+            'version to replace, as "<sha256>"; nothing was written',
+        )
     return tag.lower()
 
 
-async def _put_small(request: Request, svc: _Service, key: str | None, rel: str, display: str,
-                     if_absent: bool, expected_n: int, if_match: str | None = None) -> Response:
+async def _put_small(
+    request: Request,
+    svc: _Service,
+    key: str | None,
+    rel: str,
+    display: str,
+    if_absent: bool,
+    expected_n: int,
+    if_match: str | None = None,
+) -> Response:
     chunks: list[bytes] = []
     received = 0
     try:
@@ -859,7 +894,8 @@ async def _put_small(request: Request, svc: _Service, key: str | None, rel: str,
         return Response(status_code=400)
     if received != expected_n:
         raise ApiError(
-            400, f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written"
+            400,
+            f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written",
         )
 
     def store() -> None:
@@ -869,7 +905,9 @@ async def _put_small(request: Request, svc: _Service, key: str | None, rel: str,
             writer.commit()
         except FileExistsError:
             writer.abort()
-            raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
+            raise ApiError(
+                412, f"{display} already exists (If-None-Match: * asks to create it only if absent)"
+            ) from None
         except BaseException:
             writer.abort()
             raise
@@ -902,9 +940,10 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
     if if_match is not None and (expected_n is None or expected_n > CHUNK):
         body = "has no Content-Length" if expected_n is None else f"is {expected_n} bytes"
         raise ApiError(
-            400, f"If-Match (compare-and-swap) takes a new body of at most {CHUNK} bytes with a Content-Length; "
+            400,
+            f"If-Match (compare-and-swap) takes a new body of at most {CHUNK} bytes with a Content-Length; "
             f"this request's body {body}: nothing was written to {display}. Send a smaller body with its "
-            "Content-Length, or replace the object without If-Match"
+            "Content-Length, or replace the object without If-Match",
         )
     if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
         return await _put_small(request, svc, key, rel, display, if_absent, expected_n, if_match)
@@ -937,7 +976,8 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
         await worker
         if expected_n is not None and received != expected_n:
             raise ApiError(
-                400, f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written"
+                400,
+                f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written",
             )
         await _run(writer.commit)
     except BaseException as exc:
@@ -949,10 +989,14 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
                 pass
         writer.abort()
         if isinstance(exc, ClientDisconnect):
-            log.warning("upload of %s interrupted after %d bytes: discarded, nothing was written", display, received)
+            log.warning(
+                "upload of %s interrupted after %d bytes: discarded, nothing was written", display, received
+            )
             return Response(status_code=400)  # nobody is listening any more
         if isinstance(exc, FileExistsError):
-            raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)") from None
+            raise ApiError(
+                412, f"{display} already exists (If-None-Match: * asks to create it only if absent)"
+            ) from None
         raise
     return JSONResponse({"result": display})
 
@@ -961,7 +1005,9 @@ async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None,
     body = await _json_body(request)
     name = body.get("name")
     if not isinstance(name, str) or not name or "/" in name.strip("/"):
-        raise ApiError(400, 'POST creates one directory: send {"name": "<name>"} (one name, no "/") to its parent')
+        raise ApiError(
+            400, 'POST creates one directory: send {"name": "<name>"} (one name, no "/") to its parent'
+        )
     name = name.strip("/")
     if name.startswith(".") or name in ("..", "."):
         raise ApiError(400, f"directory name {name!r} starts with '.', which is reserved; choose another")
@@ -996,7 +1042,10 @@ async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None,
 async def _patch(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
     body = await _json_body(request)
     if "acl" not in body:
-        raise ApiError(400, 'PATCH changes a collection\'s ACL: send {"acl": {"read": ["user://*"]}} or {"acl": {"read": []}}')
+        raise ApiError(
+            400,
+            'PATCH changes a collection\'s ACL: send {"acl": {"read": ["user://*"]}} or {"acl": {"read": []}}',
+        )
     acl = Acl.parse(body["acl"], where="acl")
 
     def work() -> None:
@@ -1019,7 +1068,10 @@ async def _delete(request: Request, svc: _Service, fs, rel: str, user: str | Non
     def work() -> int:
         resolved = fs.resolve(rel)
         if _depth(resolved) < 2:
-            raise ApiError(400, f"refusing to delete {display}: it is a whole namespace; delete its collections one by one")
+            raise ApiError(
+                400,
+                f"refusing to delete {display}: it is a whole namespace; delete its collections one by one",
+            )
         fs.check(resolved, WRITE)  # first: a refusal is about writing, and tells nothing about what is there
         info = _info(svc, fs, rel, user)
         if info is None:
@@ -1070,7 +1122,13 @@ async def data_endpoint(request: Request) -> Response:
         display = f"data://{rel}"
         if request.method in ("GET", "HEAD"):
             out = await _run(
-                _get_sync, svc, _api_key(request), rel, display, head, request.query_params,
+                _get_sync,
+                svc,
+                _api_key(request),
+                rel,
+                display,
+                head,
+                request.query_params,
                 request.headers.get("range"),
             )
             return out.response() if isinstance(out, _FileStream) else out
@@ -1163,6 +1221,12 @@ def create_app(settings: DataApiSettings | None = None) -> FastAPI:
 data_api_app = create_app()
 
 __all__ = [
-    "ApiError", "DataApiSettings", "HeaderLimit", "api_error_of", "create_app", "data_api_app", "parse_data_path",
+    "ApiError",
+    "DataApiSettings",
+    "HeaderLimit",
+    "api_error_of",
+    "create_app",
+    "data_api_app",
+    "parse_data_path",
     "resolve_root",
 ]

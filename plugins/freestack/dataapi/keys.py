@@ -186,9 +186,11 @@ class KeyStore:
         return self.list_keys_by_id(key_id)
 
     def list_keys_by_id(self, key_id: str) -> KeyInfo:
-        row = self._conn().execute(
-            "SELECT id, user, label, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT id, user, label, created_at, revoked_at FROM api_keys WHERE id = ?", (key_id,))
+            .fetchone()
+        )
         if row is None:
             raise KeyError_(f"no API key with id {key_id!r}")
         return KeyInfo(*row)
@@ -197,9 +199,11 @@ class KeyStore:
         """The user an active ``key`` belongs to, else None (unknown, revoked or malformed)."""
         if not key or len(key) > MAX_KEY_LENGTH or not self.path.exists():
             return None
-        row = self._conn().execute(
-            "SELECT user FROM api_keys WHERE sha256 = ? AND revoked_at IS NULL", (hash_key(key),)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT user FROM api_keys WHERE sha256 = ? AND revoked_at IS NULL", (hash_key(key),))
+            .fetchone()
+        )
         return row[0] if row else None
 
 

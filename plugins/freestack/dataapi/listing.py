@@ -82,7 +82,9 @@ def scan(folder: str) -> list[Key]:
     return keys
 
 
-def page(folder: str, keys: list[Key], after: Key | None, size: int) -> tuple[list[tuple[Key, dict | None]], bool]:
+def page(
+    folder: str, keys: list[Key], after: Key | None, size: int
+) -> tuple[list[tuple[Key, dict | None]], bool]:
     """Up to ``size`` entries following ``after``: ``(key, {"size", "mtime"} for a file / None for a folder)``,
     and whether more follow. Files removed since the directory was read are skipped."""
     i = bisect.bisect_right(keys, after) if after is not None else 0
@@ -97,7 +99,9 @@ def page(folder: str, keys: list[Key], after: Key | None, size: int) -> tuple[li
             st = os.stat(os.path.join(folder, key[2]))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if stat.S_ISDIR(st.st_mode):  # replaced by a folder meanwhile: the next read of the directory shows it
+        if stat.S_ISDIR(
+            st.st_mode
+        ):  # replaced by a folder meanwhile: the next read of the directory shows it
             continue
         out.append((key, {"size": st.st_size, "mtime": st.st_mtime}))
     return out, i < len(keys)

@@ -225,12 +225,20 @@ class Sweeper:
         """One sweep: dead processes' uploads first, then whatever is older than ``max_age``."""
         self.journal.compact()
         dead, dead_bytes, others = scan_journals(self.root, own=self.journal.path)
-        old, old_bytes = sweep(self.root, max_age=self.max_age,
-                               keep=lambda p: self.journal.holds(p) or os.path.basename(p) in others)
+        old, old_bytes = sweep(
+            self.root,
+            max_age=self.max_age,
+            keep=lambda p: self.journal.holds(p) or os.path.basename(p) in others,
+        )
         if dead or old:
             log.warning(
                 "removed %d temporaries (%.1f MiB) of uploads whose service process died and %d older than "
-                "%.0f s (%.1f MiB) under %s", dead, dead_bytes / 2**20, old, self.max_age, old_bytes / 2**20,
+                "%.0f s (%.1f MiB) under %s",
+                dead,
+                dead_bytes / 2**20,
+                old,
+                self.max_age,
+                old_bytes / 2**20,
                 self.root,
             )
         return dead + old, dead_bytes + old_bytes
@@ -244,5 +252,4 @@ class Sweeper:
             self._stop.wait(self.interval)
 
 
-__all__ = ["JOURNALS", "Journal", "Sweeper", "default_interval", "is_temporary",
-           "scan_journals", "sweep"]
+__all__ = ["JOURNALS", "Journal", "Sweeper", "default_interval", "is_temporary", "scan_journals", "sweep"]

@@ -71,7 +71,9 @@ class VersionStore:
                 conn.execute("PRAGMA synchronous = NORMAL")  # a lost record only costs one hashing
                 conn.executescript(_SCHEMA)
             except (OSError, sqlite3.Error) as exc:
-                log.warning("cannot keep content hashes in %s (%s): If-Match will hash objects", self.path, exc)
+                log.warning(
+                    "cannot keep content hashes in %s (%s): If-Match will hash objects", self.path, exc
+                )
                 self._broken = True
                 return None
             self._local.conn = conn
@@ -82,7 +84,9 @@ class VersionStore:
         conn = self._conn()
         if conn is None:
             return None
-        row = conn.execute("SELECT sha256, stamp FROM versions WHERE root = ? AND path = ?", (self.root, rel)).fetchone()
+        row = conn.execute(
+            "SELECT sha256, stamp FROM versions WHERE root = ? AND path = ?", (self.root, rel)
+        ).fetchone()
         return (row[0], row[1]) if row else None
 
     def put(self, rel: str, sha256: str, size: int, stamp: str) -> None:
@@ -193,7 +197,9 @@ class RecordingWriter:
     """Wraps an AtomicWriter: on commit, records the sha256 of what was written with the stamp of the
     version it published."""
 
-    def __init__(self, writer: Any, versions: Versions, rel: str, *, on_done: Callable[[], None] | None = None):
+    def __init__(
+        self, writer: Any, versions: Versions, rel: str, *, on_done: Callable[[], None] | None = None
+    ):
         self.writer = writer
         self.versions = versions
         self.rel = rel

@@ -66,8 +66,12 @@ def load_model_folder(uri: str):
         tokenizer = os.path.join(local, TOKENIZER_FILE)
         tokenizer_json = open(tokenizer, encoding="utf-8").read() if os.path.exists(tokenizer) else ""
         if side["preprocessing.json"] is None:
-            raise EvaluationError(f"{uri} has no preprocessing.json; it was not written by freestack's trainer")
-        if side["preprocessing.json"].get("task") == "generation":  # the version's own tokenizer and chat template
+            raise EvaluationError(
+                f"{uri} has no preprocessing.json; it was not written by freestack's trainer"
+            )
+        if (
+            side["preprocessing.json"].get("task") == "generation"
+        ):  # the version's own tokenizer and chat template
             from freestack.ml.generation import ChatEncoding
 
             pre = ChatEncoding.from_dict(side["preprocessing.json"], local)
@@ -94,14 +98,21 @@ def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, An
 
     fixed = lineage_window(lineage or {})
     try:
-        data = load_window(spec, end_ds, days, fixed.as_dict() if fixed is not None else None, splits=("test",))
+        data = load_window(
+            spec, end_ds, days, fixed.as_dict() if fixed is not None else None, splits=("test",)
+        )
     except TrainingError as exc:
         raise EvaluationError(str(exc)) from None
     if data.spool is not None:
         test = data.spool.splits["test"]
     else:
         t, df = spec.train, data.frame
-        test = FrameRows(df[split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name) == "test"])
+        test = FrameRows(
+            df[
+                split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name)
+                == "test"
+            ]
+        )
     if test.rows == 0:
         data.close()
         raise EvaluationError(f"the window up to {end_ds} has no test rows; widen window_days")
@@ -121,7 +132,9 @@ def outputs(model, pre, test, target: str) -> tuple[np.ndarray, np.ndarray]:
         for frame in rows:
             x = to_tensors(pre.inputs(frame))
             ys.append(frame[target].to_numpy())
-            outs.append((model.predict_proba(x) if pre.task == "classification" else model.predict(x)).numpy())
+            outs.append(
+                (model.predict_proba(x) if pre.task == "classification" else model.predict(x)).numpy()
+            )
     y = np.concatenate(ys) if ys else np.array([])
     if pre.task == "classification":
         return y, np.concatenate(outs) if outs else np.zeros((0, len(pre.classes)))
@@ -140,7 +153,9 @@ def score(model, pre, test, target: str) -> dict[str, Any]:
     return report_of(pre, *outputs(model, pre, test, target))
 
 
-def reference_of(spec: PipelineSpec, pre, data, test, out: np.ndarray, version: str, cand: dict[str, Any]) -> dict[str, Any]:
+def reference_of(
+    spec: PipelineSpec, pre, data, test, out: np.ndarray, version: str, cand: dict[str, Any]
+) -> dict[str, Any]:
     """The version's reference statistics for the monitor: a sample of the window's rows (the test split's
     when the window was read as a stream) and the version's predictions on the test split."""
     import pandas as pd
@@ -155,10 +170,20 @@ def reference_of(spec: PipelineSpec, pre, data, test, out: np.ndarray, version: 
         source = "test split"
     if len(frame) > n:
         frame = frame.sample(n, random_state=0)
-    predicted = [str(pre.classes[i]) for i in out.argmax(axis=1).tolist()] if pre.task == "classification" else out.reshape(-1).tolist()
+    predicted = (
+        [str(pre.classes[i]) for i in out.argmax(axis=1).tolist()]
+        if pre.task == "classification"
+        else out.reshape(-1).tolist()
+    )
     metric = spec.gate.metric if isinstance(cand.get(spec.gate.metric), float) else None
-    return build_reference(spec, frame, predicted, version=version, source=source,
-                           metric=(metric, cand[metric]) if metric else None)  # fmt: skip
+    return build_reference(
+        spec,
+        frame,
+        predicted,
+        version=version,
+        source=source,
+        metric=(metric, cand[metric]) if metric else None,
+    )
 
 
 def lowest_keys(test, key: str, n: int):
@@ -231,7 +256,12 @@ def classification_report(y: np.ndarray, proba: np.ndarray, classes: list[Any]) 
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-        per_class[str(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(y == c))}
+        per_class[str(c)] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": int(np.sum(y == c)),
+        }
         if tp + fp + fn:
             f1s.append(f1)
     return {
@@ -256,10 +286,11 @@ def regression_report(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
         "mae": float(np.mean(np.abs(err))),
         "r2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else 0.0,
         "residuals": {
-            "mean": float(err.mean()), "std": float(err.std()),
+            "mean": float(err.mean()),
+            "std": float(err.std()),
             "quantiles": dict(zip(("p05", "p25", "p50", "p75", "p95"), q, strict=True)),
             "max_abs": float(np.abs(err).max()) if len(err) else 0.0,
-        },  # fmt: skip
+        },
         "_points": {"y": y.tolist(), "pred": pred.tolist()},
     }
 
@@ -294,7 +325,9 @@ def _curve_panels(history: list[dict[str, Any]]) -> list[tuple[str, list[tuple[s
     return sorted(panels.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
-def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None) -> dict[str, bytes]:
+def plots(
+    report: dict[str, Any], history: list[dict[str, Any]], champion: dict[str, Any] | None
+) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,8 +348,15 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if m[i, j]:
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if m[i, j] > m.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(m[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if m[i, j] > m.max() / 2 else "black",
+                    )
         fig.colorbar(im, ax=ax)
         ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.4f})")
         out["confusion_matrix.png"] = png(fig)
@@ -324,7 +364,12 @@ def plots(report: dict[str, Any], history: list[dict[str, Any]], champion: dict[
         fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.6))
         w = 0.27
         for k, metric in enumerate(("precision", "recall", "f1")):
-            ax.bar(np.arange(len(names)) + (k - 1) * w, [report["per_class"][n][metric] for n in names], w, label=metric)
+            ax.bar(
+                np.arange(len(names)) + (k - 1) * w,
+                [report["per_class"][n][metric] for n in names],
+                w,
+                label=metric,
+            )
         ax.set_xticks(range(len(names)), names)
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
@@ -424,16 +469,23 @@ def evaluate(
     samples, c_lineage = None, {}
     try:
         if pre.task == "generation":
-            cand, champ, samples, c_lineage = _generation(spec, model, pre, test, version, champion_uri, candidate_uri, folder)
+            cand, champ, samples, c_lineage = _generation(
+                spec, model, pre, test, version, champion_uri, candidate_uri, folder
+            )
         else:
             y, out = outputs(model, pre, test, target)
             cand = report_of(pre, y, out)
-            write_json(join(to_path(candidate_uri), REFERENCE_FILE), reference_of(spec, pre, data, test, out, version, cand))
+            write_json(
+                join(to_path(candidate_uri), REFERENCE_FILE),
+                reference_of(spec, pre, data, test, out, version, cand),
+            )
             champ = None
             if champion_uri:
                 c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
                 champ = score(c_model, c_pre, test, target)
-            write_json(join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target))
+            write_json(
+                join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target)
+            )
     finally:
         data.close()
     images = plots(cand, history, champ)
@@ -457,12 +509,17 @@ def evaluate(
     summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
     log.info(
         "evaluated %s on %d test rows up to %s: %s%s; report %s",
-        version, cand["rows"], end_ds,
+        version,
+        cand["rows"],
+        end_ds,
         ", ".join(f"{k} {v:.4f}" for k, v in summary["candidate"].items() if isinstance(v, float)),
-        "" if not champ else " (champion: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in summary["champion"].items() if isinstance(v, float)) + ")",
+        ""
+        if not champ
+        else " (champion: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in summary["champion"].items() if isinstance(v, float))
+        + ")",
         report.uri,
-    )  # fmt: skip
+    )
     return summary
 
 
@@ -472,7 +529,9 @@ def _frame(test):
     return test.frame if hasattr(test, "frame") else pd.concat(list(test.chunks()), ignore_index=True)
 
 
-def _generation(spec: PipelineSpec, model, pre, test, version: str, champion_uri: str | None, candidate_uri: str, folder):
+def _generation(
+    spec: PipelineSpec, model, pre, test, version: str, champion_uri: str | None, candidate_uri: str, folder
+):
     """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
     metrics, the sample answers side by side, the monitor's reference and the deploy's smoke sample."""
     from freestack.evaluate import generation as gen
@@ -486,13 +545,20 @@ def _generation(spec: PipelineSpec, model, pre, test, version: str, champion_uri
         c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
         champ = gen.answer(c_model, c_pre, frame, spec)
     chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
-    samples = gen.samples_table(chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples)
-    write_json(join(to_path(candidate_uri), REFERENCE_FILE), gen.reference_of(spec, frame, cand.texts, version, cand.metrics))
+    samples = gen.samples_table(
+        chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples
+    )
+    write_json(
+        join(to_path(candidate_uri), REFERENCE_FILE),
+        gen.reference_of(spec, frame, cand.texts, version, cand.metrics),
+    )
     write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
     return cand.metrics, (champ.metrics if champ else None), samples, c_lineage
 
 
-def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def rescore(
+    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
     partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
     production moved after the evaluation. Writes nothing."""
@@ -500,7 +566,9 @@ def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) ->
     window = lineage.get("window") or {}
     if not window.get("end_ds"):
         raise EvaluationError(f"{candidate_uri}: lineage.json names no window to score on")
-    test, data = test_split(spec, window["end_ds"], int(window.get("days") or spec.train.window_days), lineage)
+    test, data = test_split(
+        spec, window["end_ds"], int(window.get("days") or spec.train.window_days), lineage
+    )
     target = spec.source.schema_.target
     try:
         if pre.task == "generation":
@@ -508,7 +576,9 @@ def rescore(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) ->
 
             frame = _frame(test)
             cand = answer(model, pre, frame, spec).metrics
-            champ = answer(*load_model_folder(champion_uri)[:2], frame, spec).metrics if champion_uri else None
+            champ = (
+                answer(*load_model_folder(champion_uri)[:2], frame, spec).metrics if champion_uri else None
+            )
         else:
             cand = score(model, pre, test, target)
             champ = score(*load_model_folder(champion_uri)[:2], test, target) if champion_uri else None
@@ -529,10 +599,16 @@ def _recorded(candidate_uri: str) -> dict[str, Any]:
 
     folder = join(to_path(candidate_uri), "evaluation")
     summary = json.loads(join(folder, "metrics.json").read_text())
-    plots = {n: rel if "://" in rel else str(join(to_path(candidate_uri), *rel.split("/")))
-             for n, rel in (summary.get("plots") or {}).items()}  # fmt: skip
-    summary.update(candidate_uri=str(candidate_uri), plots=plots, report=str(join(folder, "report.html")), wandb=None)
-    log.info("%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"])
+    plots = {
+        n: rel if "://" in rel else str(join(to_path(candidate_uri), *rel.split("/")))
+        for n, rel in (summary.get("plots") or {}).items()
+    }
+    summary.update(
+        candidate_uri=str(candidate_uri), plots=plots, report=str(join(folder, "report.html")), wandb=None
+    )
+    log.info(
+        "%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"]
+    )
     return summary
 
 
@@ -553,7 +629,9 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
     ) as run:
         flat = {f"eval/{k}": v for k, v in summary["candidate"].items() if isinstance(v, int | float)}
         if summary["champion"]:
-            flat.update({f"champion/{k}": v for k, v in summary["champion"].items() if isinstance(v, int | float)})
+            flat.update(
+                {f"champion/{k}": v for k, v in summary["champion"].items() if isinstance(v, int | float)}
+            )
         run.summary_update(flat)
         for name in images:
             run.log_image(f"eval/{name.removesuffix('.png')}", summary["plots"][name])
@@ -561,6 +639,14 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
 
 
 __all__ = [
-    "EvaluationError", "evaluate", "load_model_folder", "outputs", "reference_of", "report_of", "rescore", "score", "smoke_sample",
+    "EvaluationError",
+    "evaluate",
+    "load_model_folder",
+    "outputs",
+    "reference_of",
+    "report_of",
+    "rescore",
+    "score",
+    "smoke_sample",
     "test_split",
-]  # fmt: skip
+]

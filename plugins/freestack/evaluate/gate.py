@@ -143,7 +143,9 @@ def decision_note(decision: dict[str, Any], model: str) -> str:
             f"once a human approves (`approve`): {metric} {value:.4f}{vs}."
         )
     # `promote` moves production, and may find it moved and decide again: it says what became of it
-    return f"**Gate: passed.** Candidate `{cand}` of `{model}` goes on to `promote`: {metric} {value:.4f}{vs}."
+    return (
+        f"**Gate: passed.** Candidate `{cand}` of `{model}` goes on to `promote`: {metric} {value:.4f}{vs}."
+    )
 
 
 def _capped(body: str, tail: str) -> str:

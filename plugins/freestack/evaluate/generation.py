@@ -98,8 +98,15 @@ def smoke_sample(model, pre, frame, spec: PipelineSpec, key: str, n: int = 64) -
     chats, refs = chats_of(pre, rows)
     lm = model.model if hasattr(model, "model") else model
     outputs = [generate(lm, pre.tokenizer, [chat], settings_for(spec))[0].text for chat in chats]
-    return {"task": "generation", "features": list(pre.features), "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
-            "chats": chats, "labels": refs, "outputs": outputs, "max_new_tokens": spec.model.generation.max_new_tokens}  # fmt: skip
+    return {
+        "task": "generation",
+        "features": list(pre.features),
+        "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
+        "chats": chats,
+        "labels": refs,
+        "outputs": outputs,
+        "max_new_tokens": spec.model.generation.max_new_tokens,
+    }
 
 
 def samples_table(
@@ -144,8 +151,14 @@ def reference_of(
     n = spec.monitor.reference_rows
     sample = frame.sample(n, random_state=0) if len(frame) > n else frame
     metric = spec.gate.metric if isinstance(metrics.get(spec.gate.metric or ""), float) else None
-    return build_reference(spec, sample, [float(len(a)) for a in answers], version=version, source="window",
-                           metric=(metric, metrics[metric]) if metric else None)  # fmt: skip
+    return build_reference(
+        spec,
+        sample,
+        [float(len(a)) for a in answers],
+        version=version,
+        source="window",
+        metric=(metric, metrics[metric]) if metric else None,
+    )
 
 
 __all__ = [

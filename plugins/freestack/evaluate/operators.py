@@ -30,7 +30,12 @@ def candidate_of(context: Context) -> dict[str, Any]:
         if out:
             uri = out.get("version_uri")
             version = out.get("version") or uri.rstrip("/").rsplit("/", 1)[-1]
-            return {"version": version, "version_uri": uri, "from": task_id, "sweep": out if task_id == "select_best" else None}
+            return {
+                "version": version,
+                "version_uri": uri,
+                "from": task_id,
+                "sweep": out if task_id == "select_best" else None,
+            }
     raise AirflowFailException("neither train nor select_best produced a model version in this run")
 
 
@@ -51,9 +56,13 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         try:
             champion_version = reg.resolve("production")
         except RegistryError:
-            self.log.info("no production version of %s yet: the candidate is the first model", spec.model_name)
+            self.log.info(
+                "no production version of %s yet: the candidate is the first model", spec.model_name
+            )
         # a version the gate registered already (this task cleared after it): its evaluation stands
-        candidate_uri = reg.version_uri(cand["version"]) if reg.is_registered(cand["version"]) else cand["version_uri"]
+        candidate_uri = (
+            reg.version_uri(cand["version"]) if reg.is_registered(cand["version"]) else cand["version_uri"]
+        )
         try:
             summary = evaluate(
                 spec,
@@ -112,7 +121,9 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
             decision = decide(gate, ev["candidate"], ev.get("champion"))
         except ValueError as exc:
             raise AirflowFailException(f"{self.spec_path}: gate: {exc}") from None
-        decision.update(candidate_version=ev["candidate_version"], champion_version=ev.get("champion_version"))
+        decision.update(
+            candidate_version=ev["candidate_version"], champion_version=ev.get("champion_version")
+        )
         verdict = "PROMOTE" if decision["promote"] else "BLOCK"
         if decision["promote"] and gate.approval == "required":
             verdict += " (after a human approves)"
@@ -147,9 +158,11 @@ class BlockedOperator(BaseOperator):
         decision = context["ti"].xcom_pull(task_ids="gate") or {}
         self.log.warning(
             "the gate blocked candidate %s: %s %s; production stays %s",
-            decision.get("candidate_version"), decision.get("metric"), decision.get("candidate"),
+            decision.get("candidate_version"),
+            decision.get("metric"),
+            decision.get("candidate"),
             decision.get("champion_version") or "(none)",
-        )  # fmt: skip
+        )
         for reason in decision.get("reasons") or []:
             self.log.warning("  - %s", reason)
         return {"blocked": decision.get("candidate_version"), "production": decision.get("champion_version")}

@@ -24,8 +24,11 @@ from freestack.specbase import SpecModel
 
 MAXIMIZE = {"accuracy", "macro_f1", "r2", "exact_match", "rouge_l"}
 MINIMIZE = {"log_loss", "rmse", "mae", "loss", "perplexity"}
-METRICS = {"classification": ("accuracy", "macro_f1", "log_loss"), "regression": ("rmse", "mae", "r2"),
-           "generation": ("perplexity", "loss", "exact_match", "rouge_l")}  # fmt: skip
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "log_loss"),
+    "regression": ("rmse", "mae", "r2"),
+    "generation": ("perplexity", "loss", "exact_match", "rouge_l"),
+}
 
 
 def goal_of(metric: str | None, direction: str | None = None) -> str | None:

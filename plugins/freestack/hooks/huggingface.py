@@ -95,7 +95,10 @@ class HuggingFaceHook(BaseHook):
             if api is None:
                 return False, "no token: set the access token as the connection's password"
             who = api.whoami()
-            return True, f"signed in to {self.settings.endpoint or 'https://huggingface.co'} as {who.get('name')!r}"
+            return (
+                True,
+                f"signed in to {self.settings.endpoint or 'https://huggingface.co'} as {who.get('name')!r}",
+            )
         except Exception as exc:
             return False, str(exc)
 

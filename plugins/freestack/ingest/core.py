@@ -353,10 +353,14 @@ def _read_jsonl(
                 sink.append((lineno, "malformed row: not valid UTF-8 text", line.decode("utf-8", "replace")))
                 continue
             except json.JSONDecodeError as exc:
-                sink.append((lineno, f"malformed row: invalid JSON ({exc.msg})", line.decode("utf-8", "replace")))
+                sink.append(
+                    (lineno, f"malformed row: invalid JSON ({exc.msg})", line.decode("utf-8", "replace"))
+                )
                 continue
             if not isinstance(obj, dict):
-                sink.append((lineno, "malformed row: a JSON object is expected", line.decode("utf-8", "replace")))
+                sink.append(
+                    (lineno, "malformed row: a JSON object is expected", line.decode("utf-8", "replace"))
+                )
                 continue
             if not checked:
                 seen_keys.update(obj)
@@ -377,7 +381,9 @@ def _read_jsonl(
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}
 
 
-def _check_drift(path: ObjectStoragePath, names: list[str], declared: list[Column], spec: PipelineSpec) -> None:
+def _check_drift(
+    path: ObjectStoragePath, names: list[str], declared: list[Column], spec: PipelineSpec
+) -> None:
     policy = spec.source.policy
     declared_names = [c.name for c in declared]
     missing = [n for n in declared_names if n not in names]
@@ -421,10 +427,21 @@ class IngestResult:
     def footer_record(self, quarantine: tuple[str, int] | None) -> bytes:
         """The deterministic part of the manifest (no timings, no URIs), for the part's footer: the
         same landing files give the same bytes. ``quarantine`` is the rejected rows' (sha256, size)."""
-        q = None if quarantine is None else {"name": quarantine_name(quarantine[0]), "sha256": quarantine[0], "size": quarantine[1]}
-        record = {"pipeline": self.pipeline, "ds": self.ds, "rows_in": self.rows_in, "rows_good": self.rows_good,
-                  "rows_quarantined": self.rows_quarantined, "sources": self.sources, "spec_hash": self.spec_hash,
-                  "quarantine": q}  # fmt: skip
+        q = (
+            None
+            if quarantine is None
+            else {"name": quarantine_name(quarantine[0]), "sha256": quarantine[0], "size": quarantine[1]}
+        )
+        record = {
+            "pipeline": self.pipeline,
+            "ds": self.ds,
+            "rows_in": self.rows_in,
+            "rows_good": self.rows_good,
+            "rows_quarantined": self.rows_quarantined,
+            "sources": self.sources,
+            "spec_hash": self.spec_hash,
+            "quarantine": q,
+        }
         self.footer = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         return self.footer
 
@@ -449,7 +466,9 @@ class IngestResult:
         }
 
 
-def ingest_partition(spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePath] | None = None) -> IngestResult:
+def ingest_partition(
+    spec: PipelineSpec, ds: str, *, files: list[ObjectStoragePath] | None = None
+) -> IngestResult:
     """Validate the landing files of interval ``ds`` and publish the lake partition.
 
     Raises LandingDataMissing (no files), SchemaDriftError (columns beyond policy) or
@@ -487,7 +506,9 @@ class _Sink:
     ``result``. With ``hold_bytes``, good rows are held until about that many bytes and written as one
     row group (image rows are checked a few at a time; one row group each would be many small ones)."""
 
-    def __init__(self, part: _BackgroundWriter, quar: _BackgroundWriter, result: IngestResult, hold_bytes: int = 0):
+    def __init__(
+        self, part: _BackgroundWriter, quar: _BackgroundWriter, result: IngestResult, hold_bytes: int = 0
+    ):
         self.part, self.quar, self.result, self.hold_bytes = part, quar, result, hold_bytes
         self._held: list[pa.Table] = []
         self._size = 0
@@ -516,8 +537,13 @@ class _Sink:
             self._held, self._size = [], 0
 
 
-def _write_partition(spec: PipelineSpec, files: list[ObjectStoragePath], part_w: AtomicWriter,
-                     quar_w: AtomicWriter, result: IngestResult) -> None:  # fmt: skip
+def _write_partition(
+    spec: PipelineSpec,
+    files: list[ObjectStoragePath],
+    part_w: AtomicWriter,
+    quar_w: AtomicWriter,
+    result: IngestResult,
+) -> None:
     """Stream every file through validation into the partition's and the quarantine's temporaries; on
     any error the Parquet writers are closed and the error raised (the caller throws both away)."""
     declared = spec.source.schema_.fields
@@ -556,7 +582,10 @@ def _require_rows(spec: PipelineSpec, result: IngestResult) -> None:
     empty partition: LandingDataMissing, so ``source.policy.on_missing`` decides."""
     if any(s["rows"] and s.get("size") != 0 and not s.get("empty") for s in result.sources):
         return
-    what = "; ".join(f"{s['name']}: {'0 bytes' if s.get('empty') or s.get('size') == 0 else 'no rows'}" for s in result.sources)
+    what = "; ".join(
+        f"{s['name']}: {'0 bytes' if s.get('empty') or s.get('size') == 0 else 'no rows'}"
+        for s in result.sources
+    )
     raise LandingDataMissing(
         f"no landing data for pipeline {spec.name!r} interval {result.ds}: its files hold no rows ({what}). "
         "Write the rows into the files (or remove them) and clear the task, or set source.policy.on_missing to skip."
@@ -568,12 +597,20 @@ def _empty_file(spec: PipelineSpec, path: ObjectStoragePath, sink: _Sink) -> dic
     as an empty table; None for a file with bytes."""
     if path.stat().st_size:
         return None
-    expected = "a header line" if spec.source.format == "csv" and spec.source.csv.header else "at least one row"
+    expected = (
+        "a header line" if spec.source.format == "csv" and spec.source.csv.header else "at least one row"
+    )
     reason = f"empty file: {path.name} is 0 bytes, {expected} was expected; write its rows or remove it"
     sink.reject(malformed_rows([(None, reason, "")], spec.source.schema_.fields, path.name))
     sink.result.rows_in += 1
-    return {"name": path.name, "format": spec.source.format, "rows": 0, "empty": True, "size": 0,
-            "sha256": hashlib.sha256(b"").hexdigest()}  # fmt: skip
+    return {
+        "name": path.name,
+        "format": spec.source.format,
+        "rows": 0,
+        "empty": True,
+        "size": 0,
+        "sha256": hashlib.sha256(b"").hexdigest(),
+    }
 
 
 def _duplicates(batch: pa.RecordBatch, key: str | None, keys: KeySet | None) -> pa.Array | None:
@@ -596,8 +633,9 @@ def _pieces(batch: pa.RecordBatch, dup: pa.Array | None, rows: int | None) -> It
         yield batch.slice(start, rows), None if dup is None else dup.slice(start, rows)
 
 
-def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectStoragePath, sink: _Sink,
-                 keys: KeySet | None) -> dict[str, Any]:  # fmt: skip
+def _ingest_file(
+    spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectStoragePath, sink: _Sink, keys: KeySet | None
+) -> dict[str, Any]:
     """One landing file, batch by batch: good rows to the partition, rejected ones (and malformed lines)
     to the quarantine, each with its reason. Returns the file's source record (rows, size, sha256)."""
     if (empty := _empty_file(spec, path, sink)) is not None:
@@ -613,9 +651,15 @@ def _ingest_file(spec: PipelineSpec, path: ObjectStoragePath, landing: ObjectSto
     hashed = _HashingReader(raw)
     # CSV and JSON lines stream through ``hashed``: one read gives rows and sha256.
     # Parquet needs random access, so its bytes are hashed by the drain() below.
-    for batch in prefetched(_READERS[fmt](path, hashed, spec, declared, malformed), name="freestack-ingest-read"):
+    for batch in prefetched(
+        _READERS[fmt](path, hashed, spec, declared, malformed), name="freestack-ingest-read"
+    ):
         for piece, dup in _pieces(batch, _duplicates(batch, schema.key, keys), rows):
-            sink.take(validate_batch(piece, declared, source=path.name, duplicate=dup, key=schema.key, images=images))
+            sink.take(
+                validate_batch(
+                    piece, declared, source=path.name, duplicate=dup, key=schema.key, images=images
+                )
+            )
         sink.result.rows_in += batch.num_rows
         source["rows"] += batch.num_rows
     if malformed:
@@ -649,8 +693,15 @@ def _label_groups(files: list[ObjectStoragePath], landing: ObjectStoragePath) ->
     return [(label, name, group) for (label, name), group in groups.items()]
 
 
-def _ingest_images(spec: PipelineSpec, label: str | None, name: str, files: list[ObjectStoragePath],
-                   landing: ObjectStoragePath, sink: _Sink, keys: KeySet | None) -> dict[str, Any]:  # fmt: skip
+def _ingest_images(
+    spec: PipelineSpec,
+    label: str | None,
+    name: str,
+    files: list[ObjectStoragePath],
+    landing: ObjectStoragePath,
+    sink: _Sink,
+    keys: KeySet | None,
+) -> dict[str, Any]:
     """One label folder of an image folder, a few images at a time: a row each (key ``label/file``,
     target the label, image the file's bytes, checked). A file with no label (at the top of the interval
     folder) is quarantined. The source record's sha256 is over the sorted ``path<TAB>sha256`` lines."""
@@ -674,33 +725,60 @@ def _ingest_images(spec: PipelineSpec, label: str | None, name: str, files: list
     return {"name": name, "format": "imagefolder", "rows": len(files), "size": size, "sha256": digest}
 
 
-def _labelled(spec: PipelineSpec, label: str, rels: list[str], read: list, landing: ObjectStoragePath, sink: _Sink,
-              keys: KeySet | None, source: str) -> None:  # fmt: skip
+def _labelled(
+    spec: PipelineSpec,
+    label: str,
+    rels: list[str],
+    read: list,
+    landing: ObjectStoragePath,
+    sink: _Sink,
+    keys: KeySet | None,
+    source: str,
+) -> None:
     """Rows of a label folder's images (already read): key, target and image, validated like any row."""
     schema = spec.source.schema_
     image = next(c.name for c in schema.fields if c.type == "image")
     checked = check_files(image, rels, read, spec.source.images, landing)
-    batch = pa.RecordBatch.from_pydict({
-        schema.key: pa.array(rels, pa.string()), schema.target: pa.array([label] * len(rels), pa.string()),
-        image: pa.array(rels, pa.string()),
-    })  # fmt: skip
+    batch = pa.RecordBatch.from_pydict(
+        {
+            schema.key: pa.array(rels, pa.string()),
+            schema.target: pa.array([label] * len(rels), pa.string()),
+            image: pa.array(rels, pa.string()),
+        }
+    )
     dup = _duplicates(batch, schema.key, keys)
-    sink.take(validate_batch(batch, schema.fields, source=source, duplicate=dup, key=schema.key,
-                             images=lambda column, values: checked))  # fmt: skip
+    sink.take(
+        validate_batch(
+            batch,
+            schema.fields,
+            source=source,
+            duplicate=dup,
+            key=schema.key,
+            images=lambda column, values: checked,
+        )
+    )
 
 
 def _unlabelled(spec: PipelineSpec, rels: list[str], sink: _Sink, source: str) -> None:
     """Images at the top of the interval folder: no label, so each row is quarantined saying where to move it."""
     schema = spec.source.schema_
     image = next(c.name for c in schema.fields if c.type == "image")
-    why = (f"{image}: {{}} is not in a label folder; an image folder holds one sub-folder per label "
-           "(label/file.png): move the file into its label's folder")  # fmt: skip
+    why = (
+        f"{image}: {{}} is not in a label folder; an image folder holds one sub-folder per label "
+        "(label/file.png): move the file into its label's folder"
+    )
     texts = {schema.key: rels, image: rels}
     sink.reject(rejected_rows(texts, [why.format(r) for r in rels], schema.fields, source))
 
 
-def _publish(spec: PipelineSpec, ds: str, out_dir: ObjectStoragePath, part_w: AtomicWriter, quar_w: AtomicWriter,
-             result: IngestResult) -> None:  # fmt: skip
+def _publish(
+    spec: PipelineSpec,
+    ds: str,
+    out_dir: ObjectStoragePath,
+    part_w: AtomicWriter,
+    quar_w: AtomicWriter,
+    result: IngestResult,
+) -> None:
     """Commit the quarantine (if any rows were rejected) under its hash's name, where it replaces
     nothing, then the part: the partition's one commit point. Over the quarantine limit the part is
     not committed and the partition stays as it was (the new quarantine is left for reading)."""
@@ -750,12 +828,19 @@ def read_manifest(spec: PipelineSpec, ds: str) -> dict[str, Any] | None:
     digest = hashlib.sha256(footer).hexdigest()
     if copy and copy.get("footer_sha256") == digest:
         return copy
-    log.warning("%s does not match %s (a publish stopped before its copy); reading the part's footer", copy_path, part)
+    log.warning(
+        "%s does not match %s (a publish stopped before its copy); reading the part's footer", copy_path, part
+    )
     record = json.loads(footer)
     q = record.pop("quarantine")
-    record.update(partition=str(folder), footer_sha256=digest,
-                  part={"uri": str(part), "sha256": sha256_of(part), "size": part.stat().st_size},
-                  quarantine=None if q is None else {"uri": str(join(folder, q["name"])), "sha256": q["sha256"], "size": q["size"]})  # fmt: skip
+    record.update(
+        partition=str(folder),
+        footer_sha256=digest,
+        part={"uri": str(part), "sha256": sha256_of(part), "size": part.stat().st_size},
+        quarantine=None
+        if q is None
+        else {"uri": str(join(folder, q["name"])), "sha256": q["sha256"], "size": q["size"]},
+    )
     return record
 
 
@@ -767,7 +852,6 @@ def _footer(part: ObjectStoragePath) -> bytes | None:
     except FileNotFoundError:
         return None
     return meta.get(FOOTER_KEY)
-
 
 
 def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str]:
@@ -798,8 +882,13 @@ def lake_summary(spec: PipelineSpec) -> list[dict[str, Any]]:
                 q = pq.read_table(f, columns=["_reason"])
             counts = pc.value_counts(q.column("_reason")).to_pylist()
             reasons = {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])}
-        return {"ds": ds, "rows": m.get("rows_good"), "quarantined": m.get("rows_quarantined", 0),
-                "sha256": (m.get("part") or {}).get("sha256"), "reasons": reasons}  # fmt: skip
+        return {
+            "ds": ds,
+            "rows": m.get("rows_good"),
+            "quarantined": m.get("rows_quarantined", 0),
+            "sha256": (m.get("part") or {}).get("sha256"),
+            "reasons": reasons,
+        }
 
     days = lake_partitions(spec)
     if len(days) < 4:

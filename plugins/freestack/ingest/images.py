@@ -161,18 +161,31 @@ def _value(column: str, value: bytes | str, inline: bool, landing: ObjectStorage
     text = _as_text(value)
     if text is None:
         shown = bytes(value).decode("utf-8", "replace")
-        return shown, None, None, f"{column}: {shown[:80]!r} is not UTF-8 text; give the image's path under {landing}"
+        return (
+            shown,
+            None,
+            None,
+            f"{column}: {shown[:80]!r} is not UTF-8 text; give the image's path under {landing}",
+        )
     if not text.strip():
         return None, None, None, None  # empty: a missing value (nullable decides)
     rel = relative_path(text)
     if rel is None:
-        why = f"{column}: {text[:200]!r} is not a path inside the landing folder; give it relative to {landing}"
+        why = (
+            f"{column}: {text[:200]!r} is not a path inside the landing folder; give it relative to {landing}"
+        )
         return text, None, None, why + " (no '..', no leading '/', no scheme)"
     return text, None, rel, None
 
 
-def check_images(column: str, values: list[bytes | str | None], landing: ObjectStoragePath, opts: ImageOptions,
-                 *, inline: bool = False) -> Checked:  # fmt: skip
+def check_images(
+    column: str,
+    values: list[bytes | str | None],
+    landing: ObjectStoragePath,
+    opts: ImageOptions,
+    *,
+    inline: bool = False,
+) -> Checked:
     """Read and check each value of an image column: a path under ``landing`` (text, or UTF-8 bytes as a
     CSV gives them); with ``inline`` (a Parquet file), a ``bytes`` value is the image itself."""
     n = len(values)
@@ -191,13 +204,19 @@ def check_images(column: str, values: list[bytes | str | None], landing: ObjectS
     for i in range(n):
         if out.data[i] is not None and out.reasons[i] is None and i not in paths:  # inline bytes
             problem = image_problem(out.data[i], opts)
-            out.reasons[i] = None if problem is None else f"{column}: {out.shown[i]} {problem}; replace the file or drop the row"
+            out.reasons[i] = (
+                None
+                if problem is None
+                else f"{column}: {out.shown[i]} {problem}; replace the file or drop the row"
+            )
         if out.reasons[i] is not None:
             out.data[i] = None
     return out
 
 
-def _problem(column: str, rel: str, f: ImageFile, opts: ImageOptions, landing: ObjectStoragePath) -> str | None:
+def _problem(
+    column: str, rel: str, f: ImageFile, opts: ImageOptions, landing: ObjectStoragePath
+) -> str | None:
     """The reason an image file read from ``rel`` fails (missing, too large, not a good image), or None."""
     if f.sha256 is None:
         return f"{column}: {rel}: no such file under the landing folder {landing}; add it or drop the row"
@@ -208,8 +227,9 @@ def _problem(column: str, rel: str, f: ImageFile, opts: ImageOptions, landing: O
     return None if problem is None else f"{column}: {rel} {problem}; replace the file or drop the row"
 
 
-def check_files(column: str, rels: list[str], files: list[ImageFile], opts: ImageOptions,
-                landing: ObjectStoragePath) -> Checked:  # fmt: skip
+def check_files(
+    column: str, rels: list[str], files: list[ImageFile], opts: ImageOptions, landing: ObjectStoragePath
+) -> Checked:
     """Check image files already read (an image folder's), shown by their paths ``rels``."""
     out = Checked([], [], list(rels))
     for rel, f in zip(rels, files, strict=True):
@@ -219,5 +239,15 @@ def check_files(column: str, rels: list[str], files: list[ImageFile], opts: Imag
     return out
 
 
-__all__ = ["IMAGE_SUFFIXES", "Checked", "ImageFile", "check_files", "check_images", "image_problem", "image_rows",
-           "read_image_file", "read_image_files", "relative_path"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Checked",
+    "ImageFile",
+    "check_files",
+    "check_images",
+    "image_problem",
+    "image_rows",
+    "read_image_file",
+    "read_image_files",
+    "relative_path",
+]

@@ -90,7 +90,9 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
     template_fields: Sequence[str] = ("ds",)
     ui_color = "#f7f1d8"
 
-    def __init__(self, *, spec_path: str, ds: str = "{{ ds }}", deferrable: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *, spec_path: str, ds: str = "{{ ds }}", deferrable: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(spec_path=spec_path, **kwargs)
         self.ds = ds
         self.deferrable = deferrable
@@ -113,7 +115,9 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
         from freestack.ingest.triggers import LandingTrigger
 
         self.defer(
-            trigger=LandingTrigger(uri=self._uri(), poke_interval=self.poke_interval, spec_path=self.spec_path, ds=self.ds),
+            trigger=LandingTrigger(
+                uri=self._uri(), poke_interval=self.poke_interval, spec_path=self.spec_path, ds=self.ds
+            ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
         )

@@ -1,15 +1,15 @@
 """The ``source:`` block of a pipeline spec: where landing files are, their format, schema and policy.
 
-    source:
-      landing: "landing/{pipeline}/{ds}/"   # relative to the storage root, or a URI
-      format: csv                          # csv | parquet | jsonl (a file's suffix wins)
-      schema:
-        key: id                            # unique per row; later stages split on it
-        target: label                      # what a model learns to predict
-        columns:
-          - {name: id, type: string, nullable: false}
-          - {name: "px_{i}", repeat: 64, type: float, min: 0, max: 16}
-      policy: {on_missing: fail, max_quarantine_fraction: 0.05}
+source:
+  landing: "landing/{pipeline}/{ds}/"   # relative to the storage root, or a URI
+  format: csv                          # csv | parquet | jsonl (a file's suffix wins)
+  schema:
+    key: id                            # unique per row; later stages split on it
+    target: label                      # what a model learns to predict
+    columns:
+      - {name: id, type: string, nullable: false}
+      - {name: "px_{i}", repeat: 64, type: float, min: 0, max: 16}
+  policy: {on_missing: fail, max_quarantine_fraction: 0.05}
 """
 
 from __future__ import annotations
@@ -31,8 +31,13 @@ class Column(_Model):
     """One column of the landing schema."""
 
     name: str
-    type: ColumnType = Field(default="string", description="The column's type; values are coerced to it and rows that do not fit are quarantined. category: a few distinct values (a vocabulary); text: free text (tokenized); image: a path under the interval's landing folder, or the image bytes in a Parquet file (checked with Pillow, kept as bytes in the lake).")
-    nullable: bool = Field(default=True, description="Whether an empty value (see csv.null_values) is allowed.")
+    type: ColumnType = Field(
+        default="string",
+        description="The column's type; values are coerced to it and rows that do not fit are quarantined. category: a few distinct values (a vocabulary); text: free text (tokenized); image: a path under the interval's landing folder, or the image bytes in a Parquet file (checked with Pillow, kept as bytes in the lake).",
+    )
+    nullable: bool = Field(
+        default=True, description="Whether an empty value (see csv.null_values) is allowed."
+    )
     min: float | None = Field(default=None, description="The smallest allowed value (int and float columns).")
     max: float | None = Field(default=None, description="The largest allowed value (int and float columns).")
     allowed: list[Any] | None = Field(default=None, description="The only values allowed.")
@@ -58,14 +63,18 @@ class Column(_Model):
         if self.allowed is not None and not self.allowed:
             raise ValueError("allowed must list at least one value")
         if self.allowed is not None and self.type in ("text", "image"):
-            raise ValueError(f"allowed does not apply to {self.type} columns; a column of a few known values is a category")
+            raise ValueError(
+                f"allowed does not apply to {self.type} columns; a column of a few known values is a category"
+            )
         return self
 
 
 class ColumnSpec(Column):
     """A column as written in YAML: ``repeat: N`` expands ``name: "px_{i}"`` to px_0..px_{N-1}."""
 
-    repeat: int | None = Field(default=None, ge=1, le=100_000, description="Expand `name: \"px_{i}\"` to px_0 .. px_{N-1}, all alike.")
+    repeat: int | None = Field(
+        default=None, ge=1, le=100_000, description='Expand `name: "px_{i}"` to px_0 .. px_{N-1}, all alike.'
+    )
 
     @field_validator("name")
     @classmethod
@@ -125,7 +134,9 @@ class CsvOptions(_Model):
     delimiter: str = Field(default=",", min_length=1, max_length=1, description="The field separator.")
     quote_char: str = Field(default='"', min_length=1, max_length=1, description="The quote character.")
     header: bool = Field(default=True, description="Whether the first line names the columns.")
-    null_values: list[str] = Field(default_factory=lambda: ["", "NA", "N/A", "null", "NULL"], description="Values read as empty.")
+    null_values: list[str] = Field(
+        default_factory=lambda: ["", "NA", "N/A", "null", "NULL"], description="Values read as empty."
+    )
     encoding: str = Field(default="utf-8", description="The files' text encoding.")
 
 
@@ -133,8 +144,14 @@ class ImageOptions(_Model):
     """What ingest accepts in ``image`` columns (``source.images``); other images are quarantined."""
 
     max_bytes: int = Field(default=20_000_000, ge=1, description="The largest image file, in bytes.")
-    max_pixels: int = Field(default=40_000_000, ge=1, description="The most pixels (width x height), checked before decoding.")
-    formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), min_length=1, description="The image formats accepted (Pillow's names).")
+    max_pixels: int = Field(
+        default=40_000_000, ge=1, description="The most pixels (width x height), checked before decoding."
+    )
+    formats: list[str] = Field(
+        default_factory=lambda: list(IMAGE_FORMATS),
+        min_length=1,
+        description="The image formats accepted (Pillow's names).",
+    )
 
     @field_validator("formats")
     @classmethod
@@ -143,12 +160,28 @@ class ImageOptions(_Model):
 
 
 class IngestPolicy(_Model):
-    on_missing: Literal["fail", "skip", "wait"] = Field(default="fail", description="No landing files for the interval: fail the task, skip it (the run stays green), or wait for them (a deferrable sensor).")
-    wait_timeout_minutes: float = Field(default=360, gt=0, description="With on_missing: wait, how long to wait.")
-    wait_poke_seconds: float = Field(default=60, gt=0, description="With on_missing: wait, how often to look.")
-    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1, description="Over this fraction of rejected rows the partition is not published and the task fails.")
-    extra_columns: Literal["drop", "fail"] = Field(default="drop", description="Columns the schema does not declare: drop them, or fail.")
-    missing_columns: Literal["fail", "null"] = Field(default="fail", description="Declared columns a file lacks: fail, or load them as null.")
+    on_missing: Literal["fail", "skip", "wait"] = Field(
+        default="fail",
+        description="No landing files for the interval: fail the task, skip it (the run stays green), or wait for them (a deferrable sensor).",
+    )
+    wait_timeout_minutes: float = Field(
+        default=360, gt=0, description="With on_missing: wait, how long to wait."
+    )
+    wait_poke_seconds: float = Field(
+        default=60, gt=0, description="With on_missing: wait, how often to look."
+    )
+    max_quarantine_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Over this fraction of rejected rows the partition is not published and the task fails.",
+    )
+    extra_columns: Literal["drop", "fail"] = Field(
+        default="drop", description="Columns the schema does not declare: drop them, or fail."
+    )
+    missing_columns: Literal["fail", "null"] = Field(
+        default="fail", description="Declared columns a file lacks: fail, or load them as null."
+    )
     unique_key: Literal["window", "partition", "off"] = Field(
         default="window",
         description="What a key is unique across. window: a row whose key repeats an earlier row of its interval "
@@ -165,12 +198,20 @@ class IngestPolicy(_Model):
 
 
 class Source(_Model):
-    landing: str = Field(default="landing/{pipeline}/{ds}/", description="Where an interval's files land: relative to the storage root, or a URI; {pipeline}, {ds}, {ds_nodash}, {yyyy}, {mm}, {dd}.")
-    format: Literal["csv", "parquet", "jsonl", "imagefolder"] = Field(default="csv", description="The files' format (a file's suffix wins); imagefolder: one sub-folder per label holding its images, a row per image.")
+    landing: str = Field(
+        default="landing/{pipeline}/{ds}/",
+        description="Where an interval's files land: relative to the storage root, or a URI; {pipeline}, {ds}, {ds_nodash}, {yyyy}, {mm}, {dd}.",
+    )
+    format: Literal["csv", "parquet", "jsonl", "imagefolder"] = Field(
+        default="csv",
+        description="The files' format (a file's suffix wins); imagefolder: one sub-folder per label holding its images, a row per image.",
+    )
     csv: CsvOptions = Field(default_factory=CsvOptions, description="How CSV files are read.")
     images: ImageOptions = Field(default_factory=ImageOptions, description="What image columns accept.")
     schema_: Schema = Field(alias="schema", description="The columns, the row key and the target.")
-    policy: IngestPolicy = Field(default_factory=IngestPolicy, description="What to do with missing files and bad rows.")
+    policy: IngestPolicy = Field(
+        default_factory=IngestPolicy, description="What to do with missing files and bad rows."
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -217,16 +258,33 @@ def _imagefolder_problems(schema: Schema) -> list[str]:
     if schema.target is None:
         out.append("source.schema.target is not set: name the string or category column that gets the label")
     elif cols[schema.target].type not in ("string", "category"):
-        out.append(f"source.schema.target {schema.target!r} is type {cols[schema.target].type}: make it category")
+        out.append(
+            f"source.schema.target {schema.target!r} is type {cols[schema.target].type}: make it category"
+        )
     if len(images) != 1:
-        out.append(f"source.schema.columns has {len(images)} image columns ({', '.join(images) or 'none'}): declare one")
+        out.append(
+            f"source.schema.columns has {len(images)} image columns ({', '.join(images) or 'none'}): declare one"
+        )
     if schema.key is not None and schema.key == schema.target:
-        out.append(f"source.schema.key and source.schema.target are both {schema.key!r}: the target is the label, another column")
+        out.append(
+            f"source.schema.key and source.schema.target are both {schema.key!r}: the target is the label, another column"
+        )
     extra = [n for n in cols if n not in (schema.key, schema.target, *images)]
     if extra and schema.key is not None and schema.target is not None:
-        out.append(f"source.schema.columns has {extra}, which an image folder gives no values for: remove them")
+        out.append(
+            f"source.schema.columns has {extra}, which an image folder gives no values for: remove them"
+        )
     return out
 
 
-__all__ = ["Column", "ColumnSpec", "ColumnType", "CsvOptions", "IMAGE_FORMATS", "ImageOptions", "IngestPolicy", "Schema",
-           "Source"]
+__all__ = [
+    "Column",
+    "ColumnSpec",
+    "ColumnType",
+    "CsvOptions",
+    "IMAGE_FORMATS",
+    "ImageOptions",
+    "IngestPolicy",
+    "Schema",
+    "Source",
+]

@@ -24,7 +24,9 @@ def _has_files(uri: str, spec_path: str | None = None, ds: str | None = None) ->
 
 
 class LandingTrigger(BaseTrigger):
-    def __init__(self, uri: str, poke_interval: float = 60.0, spec_path: str | None = None, ds: str | None = None):
+    def __init__(
+        self, uri: str, poke_interval: float = 60.0, spec_path: str | None = None, ds: str | None = None
+    ):
         super().__init__()
         self.uri = uri
         self.poke_interval = poke_interval
@@ -33,7 +35,12 @@ class LandingTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "freestack.ingest.triggers.LandingTrigger",
-            {"uri": self.uri, "poke_interval": self.poke_interval, "spec_path": self.spec_path, "ds": self.ds},
+            {
+                "uri": self.uri,
+                "poke_interval": self.poke_interval,
+                "spec_path": self.spec_path,
+                "ds": self.ds,
+            },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

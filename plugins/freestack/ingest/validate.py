@@ -40,9 +40,7 @@ QUARANTINE_META = [
 ]
 
 _INT_RE = r"^\s*[+-]?[0-9]+\s*$"
-_FLOAT_RE = (
-    r"^\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|(?i:nan|inf|infinity))\s*$"
-)
+_FLOAT_RE = r"^\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|(?i:nan|inf|infinity))\s*$"
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 
@@ -173,7 +171,9 @@ def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             parsed = None
             for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
-                attempt = pc.strptime(pc.utf8_trim_whitespace(text), format=fmt, unit="us", error_is_null=True)
+                attempt = pc.strptime(
+                    pc.utf8_trim_whitespace(text), format=fmt, unit="us", error_is_null=True
+                )
                 parsed = attempt if parsed is None else pc.coalesce(parsed, attempt)
     if col.type == "date":
         out = pc.cast(parsed, pa.date32())
@@ -188,12 +188,17 @@ def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
 def _check(col: Column, values: pa.Array, text: pa.Array, reasons: _Reasons) -> None:
     if not col.nullable:
         reasons.add(
-            pc.and_(pc.is_null(values), pc.is_null(text)), f"{col.name}: missing value (column is not nullable)"
+            pc.and_(pc.is_null(values), pc.is_null(text)),
+            f"{col.name}: missing value (column is not nullable)",
         )
     if col.min is not None:
-        reasons.add(pc.less(values, col.min), _with_value(f"{col.name}: below the minimum {col.min:g}: ", text))
+        reasons.add(
+            pc.less(values, col.min), _with_value(f"{col.name}: below the minimum {col.min:g}: ", text)
+        )
     if col.max is not None:
-        reasons.add(pc.greater(values, col.max), _with_value(f"{col.name}: above the maximum {col.max:g}: ", text))
+        reasons.add(
+            pc.greater(values, col.max), _with_value(f"{col.name}: above the maximum {col.max:g}: ", text)
+        )
     if col.type == "float" and (col.min is not None or col.max is not None):
         reasons.add(pc.is_nan(values), _with_value(f"{col.name}: NaN is outside the allowed range: ", text))
     if col.allowed is not None:
@@ -204,7 +209,9 @@ def _check(col: Column, values: pa.Array, text: pa.Array, reasons: _Reasons) -> 
         )
 
 
-def _images(col: Column, raw: pa.Array, images: ImageChecker | None, reasons: _Reasons) -> tuple[pa.Array, pa.Array]:
+def _images(
+    col: Column, raw: pa.Array, images: ImageChecker | None, reasons: _Reasons
+) -> tuple[pa.Array, pa.Array]:
     """(what the quarantine shows, the images' bytes) of an image column; failures get their reason."""
     if images is None:
         raise ValueError(f"{col.name}: an image column needs the landing folder to read images from")
@@ -265,7 +272,9 @@ def validate_batch(
     return Validated(good=good, rejected=rejected, kept=good_mask, texts=pa.table(texts))
 
 
-def rejected_rows(texts: dict[str, list[str | None]], reasons: list[str], columns: list[Column], source: str) -> pa.Table:
+def rejected_rows(
+    texts: dict[str, list[str | None]], reasons: list[str], columns: list[Column], source: str
+) -> pa.Table:
     """Rows refused before their values are checked (an image outside every label folder), each with its
     reason and its values as text (``texts``: by column; the others null)."""
     n = len(reasons)

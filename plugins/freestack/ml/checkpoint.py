@@ -21,8 +21,12 @@ class CheckpointStore(Protocol):
     def load(self, name: str) -> bytes | None: ...
 
 
-def pack(model: nn.Module | dict[str, torch.Tensor], best: dict[str, torch.Tensor] | None,
-         opt: torch.optim.Optimizer | dict[str, Any], meta: dict) -> bytes:  # fmt: skip
+def pack(
+    model: nn.Module | dict[str, torch.Tensor],
+    best: dict[str, torch.Tensor] | None,
+    opt: torch.optim.Optimizer | dict[str, Any],
+    meta: dict,
+) -> bytes:
     """The checkpoint's bytes: ``model.*``, ``best.*`` and ``opt.<param>.<state>`` tensors, ``meta`` as JSON.
     ``model`` and ``opt`` may be given as their state dicts (a sharded model's, gathered whole)."""
     tensors: dict[str, torch.Tensor] = {}

@@ -89,8 +89,14 @@ class ModelInputs:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelInputs:
         groups = {k: FeatureGroup(**v) for k, v in d["groups"].items()}
-        return cls(d["task"], int(d["n_outputs"]), groups, list(d.get("classes") or []), d.get("target", ""),
-                   list(d.get("augment") or []))
+        return cls(
+            d["task"],
+            int(d["n_outputs"]),
+            groups,
+            list(d.get("classes") or []),
+            d.get("target", ""),
+            list(d.get("augment") or []),
+        )
 
 
 def is_dotted(module: str) -> bool:
@@ -120,8 +126,10 @@ def static_check(module: str, class_name: str, base: Path) -> str | None:
         return f"{path}, line {exc.lineno}: {exc.msg} (model.module does not parse)"
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     if class_name not in classes:
-        return (f"{path} has no top-level class {class_name!r} (model.class); it defines "
-                f"{', '.join(classes) or 'no class'}")  # fmt: skip
+        return (
+            f"{path} has no top-level class {class_name!r} (model.class); it defines "
+            f"{', '.join(classes) or 'no class'}"
+        )
     return None
 
 
@@ -130,6 +138,14 @@ def sha256_of(data: bytes) -> str:
 
 
 __all__ = [
-    "CONTRACT", "GROUPS", "MODULE_FILE", "CustomModelError", "FeatureGroup", "ModelInputs", "is_dotted",
-    "module_path", "sha256_of", "static_check",
-]  # fmt: skip
+    "CONTRACT",
+    "GROUPS",
+    "MODULE_FILE",
+    "CustomModelError",
+    "FeatureGroup",
+    "ModelInputs",
+    "is_dotted",
+    "module_path",
+    "sha256_of",
+    "static_check",
+]

@@ -67,11 +67,15 @@ def import_source(source: bytes, path: str, class_name: str) -> type[nn.Module]:
             sys.modules[name] = module  # dataclasses and typing look their module up while it runs
             exec(code, module.__dict__)
         except SyntaxError as exc:
-            raise CustomModelError(f"{_where(exc, path)}: the module does not parse: {exc.msg}. {CONTRACT}") from None
+            raise CustomModelError(
+                f"{_where(exc, path)}: the module does not parse: {exc.msg}. {CONTRACT}"
+            ) from None
         except Exception as exc:
             sys.modules.pop(name, None)
-            raise CustomModelError(f"{_where(exc, path)}: importing the custom model failed: "
-                                   f"{type(exc).__name__}: {exc}. {CONTRACT}") from None  # fmt: skip
+            raise CustomModelError(
+                f"{_where(exc, path)}: importing the custom model failed: "
+                f"{type(exc).__name__}: {exc}. {CONTRACT}"
+            ) from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         found = "not defined" if cls is None else f"a {type(cls).__name__}, not a torch.nn.Module class"
@@ -89,8 +93,10 @@ def read_module(module: str, base: Path) -> tuple[bytes, str]:
         else:
             why = "not found on the Python path"
         if found is None or not found.origin or not found.origin.endswith(".py"):
-            raise CustomModelError(f"model.module {module!r}: {why if found is None else 'not a single .py file'}; "
-                                   "name a file of the project or a module importable in the task's environment")  # fmt: skip
+            raise CustomModelError(
+                f"model.module {module!r}: {why if found is None else 'not a single .py file'}; "
+                "name a file of the project or a module importable in the task's environment"
+            )
         path = found.origin
     else:
         path = str(module_path(module, base))
@@ -112,8 +118,11 @@ def construct(cls: type[nn.Module], inputs: ModelInputs, init: dict[str, Any], p
         takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
         named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         unknown = sorted(k for k in init if k not in named) if not takes_any else []
-        required = [p.name for p in params[1:] if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                    and p.name not in init]  # fmt: skip
+        required = [
+            p.name
+            for p in params[1:]
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in init
+        ]
         problem = None
         if not positional:
             problem = "__init__ takes no inputs argument"
@@ -128,20 +137,36 @@ def construct(cls: type[nn.Module], inputs: ModelInputs, init: dict[str, Any], p
     try:
         return cls(inputs, **init)
     except Exception as exc:
-        raise CustomModelError(f"{_where(exc, path)}: {cls.__name__}(inputs, **model.init) failed: "
-                               f"{type(exc).__name__}: {exc}. {CONTRACT}") from None  # fmt: skip
+        raise CustomModelError(
+            f"{_where(exc, path)}: {cls.__name__}(inputs, **model.init) failed: "
+            f"{type(exc).__name__}: {exc}. {CONTRACT}"
+        ) from None
 
 
 class CustomNet(ScaledModel):
     """The user's module (``net``) with freestack's scaling around it; the interface of FreestackNet."""
 
-    def __init__(self, net: nn.Module, inputs: ModelInputs, *, class_name: str, init: dict[str, Any],
-                 source: bytes, source_path: str, origin: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: nn.Module,
+        inputs: ModelInputs,
+        *,
+        class_name: str,
+        init: dict[str, Any],
+        source: bytes,
+        source_path: str,
+        origin: str | None = None,
+    ) -> None:
         super().__init__()
         self.net, self.inputs = net, inputs
         self.task, self.classes = inputs.task, list(inputs.classes)
         self.features = inputs.feature_names
-        self.class_name, self.init, self.source, self.source_path = class_name, dict(init), source, source_path
+        self.class_name, self.init, self.source, self.source_path = (
+            class_name,
+            dict(init),
+            source,
+            source_path,
+        )
         self.origin = origin or source_path  # model.module as the spec gave it
         self.add_scaling(inputs.groups["numeric"].size if "numeric" in inputs.groups else 0)
         if "image" in inputs.groups:
@@ -159,23 +184,35 @@ class CustomNet(ScaledModel):
         want = [rows, self.inputs.n_outputs] if self.task == "classification" else [rows]
         if not torch.is_tensor(out) or not out.is_floating_point():
             got = type(out).__name__ if not torch.is_tensor(out) else f"a {out.dtype} tensor"
-            raise CustomModelError(f"{self.source_path}: {self.class_name}.forward returned {got}; "
-                                   f"it must return a float tensor of shape {want}. {CONTRACT}")  # fmt: skip
+            raise CustomModelError(
+                f"{self.source_path}: {self.class_name}.forward returned {got}; "
+                f"it must return a float tensor of shape {want}. {CONTRACT}"
+            )
         if self.task == "regression" and out.dim() == 2 and out.shape[1] == 1:
             out = out.squeeze(-1)
         if list(out.shape) != want:
-            raise CustomModelError(f"{self.source_path}: {self.class_name}.forward returned shape {list(out.shape)} for "
-                                   f"{rows} rows; the contract wants {want}. {CONTRACT}")  # fmt: skip
+            raise CustomModelError(
+                f"{self.source_path}: {self.class_name}.forward returned shape {list(out.shape)} for "
+                f"{rows} rows; the contract wants {want}. {CONTRACT}"
+            )
         return out
 
     def config(self) -> dict[str, Any]:
         return {
-            "freestack_model": "custom", "task": self.task, "features": self.features, "classes": self.classes,
+            "freestack_model": "custom",
+            "task": self.task,
+            "features": self.features,
+            "classes": self.classes,
             "n_features": int(self.mean.numel()),
-            "custom": {"class": self.class_name, "init": self.init, "file": MODULE_FILE, "source": self.origin,
-                       "sha256": sha256_of(self.source)},
+            "custom": {
+                "class": self.class_name,
+                "init": self.init,
+                "file": MODULE_FILE,
+                "source": self.origin,
+                "sha256": sha256_of(self.source),
+            },
             "inputs": self.inputs.as_dict(),
-        }  # fmt: skip
+        }
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """``config.json``, ``model.safetensors`` and ``module.py`` (the module's source) into ``folder``."""
@@ -188,12 +225,21 @@ class CustomNet(ScaledModel):
         save_model(self, str(folder / WEIGHTS))
 
 
-def build_custom(module: str, class_name: str, init: dict[str, Any], inputs: ModelInputs, base: Path) -> CustomNet:
+def build_custom(
+    module: str, class_name: str, init: dict[str, Any], inputs: ModelInputs, base: Path
+) -> CustomNet:
     """A fresh :class:`CustomNet` of the user's class (read from the project or the Python path)."""
     source, path = read_module(module, base)
     cls = import_source(source, path, class_name)
-    return CustomNet(construct(cls, inputs, init, path), inputs, class_name=class_name, init=init,
-                     source=source, source_path=path, origin=module)  # fmt: skip
+    return CustomNet(
+        construct(cls, inputs, init, path),
+        inputs,
+        class_name=class_name,
+        init=init,
+        source=source,
+        source_path=path,
+        origin=module,
+    )
 
 
 def check_custom(net: CustomNet, rows: int = 2) -> None:
@@ -204,12 +250,16 @@ def check_custom(net: CustomNet, rows: int = 2) -> None:
     except CustomModelError:
         raise
     except Exception as exc:
-        raise CustomModelError(f"{_where(exc, net.source_path)}: {net.class_name}.forward failed on a batch of "
-                               f"{rows} rows: {type(exc).__name__}: {exc}. {CONTRACT}") from None  # fmt: skip
+        raise CustomModelError(
+            f"{_where(exc, net.source_path)}: {net.class_name}.forward failed on a batch of "
+            f"{rows} rows: {type(exc).__name__}: {exc}. {CONTRACT}"
+        ) from None
     out = net.checked(out, rows)
     if not out.requires_grad:
-        raise CustomModelError(f"{net.source_path}: {net.class_name}.forward's answer has no gradient (no trainable "
-                               f"parameter reached it, or it ran under no_grad). {CONTRACT}")  # fmt: skip
+        raise CustomModelError(
+            f"{net.source_path}: {net.class_name}.forward's answer has no gradient (no trainable "
+            f"parameter reached it, or it ran under no_grad). {CONTRACT}"
+        )
 
 
 def zero_batch(inputs: ModelInputs, rows: int) -> dict[str, torch.Tensor]:
@@ -236,14 +286,31 @@ def load_custom(folder: str | os.PathLike, config: dict[str, Any], map_location:
     info = config["custom"]
     source = (folder / info.get("file", MODULE_FILE)).read_bytes()
     if sha256_of(source) != info["sha256"]:
-        raise CustomModelError(f"{folder / MODULE_FILE} does not match the sha256 in config.json; the version was changed")
+        raise CustomModelError(
+            f"{folder / MODULE_FILE} does not match the sha256 in config.json; the version was changed"
+        )
     path = str(folder / MODULE_FILE)
     inputs = ModelInputs.from_dict(config["inputs"])
     cls = import_source(source, path, info["class"])
-    net = CustomNet(construct(cls, inputs, dict(info.get("init") or {}), path), inputs, class_name=info["class"],
-                    init=dict(info.get("init") or {}), source=source, source_path=path, origin=info.get("source"))  # fmt: skip
+    net = CustomNet(
+        construct(cls, inputs, dict(info.get("init") or {}), path),
+        inputs,
+        class_name=info["class"],
+        init=dict(info.get("init") or {}),
+        source=source,
+        source_path=path,
+        origin=info.get("source"),
+    )
     load_model(net, str(folder / WEIGHTS), device=str(map_location))
     return net
 
 
-__all__ = ["CustomNet", "build_custom", "check_custom", "construct", "import_source", "load_custom", "read_module"]
+__all__ = [
+    "CustomNet",
+    "build_custom",
+    "check_custom",
+    "construct",
+    "import_source",
+    "load_custom",
+    "read_module",
+]

@@ -64,11 +64,14 @@ class Ranks:
             return shard(model)
 
         ids = [self.local_rank] if self.backend == "nccl" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters,
-                                       **_no_buffer_sync())  # fmt: skip
+        return DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=self.find_unused_parameters, **_no_buffer_sync()
+        )
 
     def all_sum(self, values: list[float], device: torch.device) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+        t = torch.tensor(
+            values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device
+        )
         dist.all_reduce(t)
         return t.tolist()
 
@@ -80,7 +83,9 @@ class Ranks:
 
     def share(self, value: float, device: torch.device) -> float:
         """Rank 0's ``value``, on every rank (a metric every rank decides on alike)."""
-        t = torch.tensor([value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+        t = torch.tensor(
+            [value], dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device
+        )
         dist.broadcast(t, src=0)
         return float(t.item())
 
@@ -130,16 +135,19 @@ def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     keys it; on rank 0 alone (every rank must call it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    state = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_optimizer_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if not state:  # gathered on rank 0 alone
         return {}
     order = [fqn for group in state["param_groups"] for fqn in group["params"]]
     index = {fqn: i for i, fqn in enumerate(order)}
-    return {"state": {index[k]: v for k, v in state["state"].items()},
-            "param_groups": state["param_groups"]}  # fmt: skip
+    return {"state": {index[k]: v for k, v in state["state"].items()}, "param_groups": state["param_groups"]}
 
 
-def load_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, state: dict, opt_state: dict | None) -> None:
+def load_full_state(
+    model: nn.Module, opt: torch.optim.Optimizer | None, state: dict, opt_state: dict | None
+) -> None:
     """Whole states (a checkpoint's, which every rank read) into a sharded model and its optimizer: each
     rank cuts its own shards out of them, with no collective (``distribute_tensor`` with no source rank)."""
     current = model.state_dict()
@@ -147,9 +155,14 @@ def load_full_state(model: nn.Module, opt: torch.optim.Optimizer | None, state: 
     if opt is None or opt_state is None:
         return
     params = [p for group in opt.param_groups for p in group["params"]]
-    cut = {i: {name: t if name == "step" else _cut(t, params[int(i)]) for name, t in st.items()}
-           for i, st in opt_state["state"].items()}  # fmt: skip
-    groups = [{**saved, "params": group["params"]} for saved, group in zip(opt_state["param_groups"], opt.state_dict()["param_groups"], strict=True)]
+    cut = {
+        i: {name: t if name == "step" else _cut(t, params[int(i)]) for name, t in st.items()}
+        for i, st in opt_state["state"].items()
+    }
+    groups = [
+        {**saved, "params": group["params"]}
+        for saved, group in zip(opt_state["param_groups"], opt.state_dict()["param_groups"], strict=True)
+    ]
     opt.load_state_dict({"state": cut, "param_groups": groups})
 
 
@@ -184,16 +197,22 @@ def backend_for(requested: str, device: str) -> str:
     return "nccl" if cuda else "gloo"
 
 
-def join_group(backend: str, timeout_seconds: float, find_unused_parameters: bool = False, strategy: str = "ddp") -> Ranks:
+def join_group(
+    backend: str, timeout_seconds: float, find_unused_parameters: bool = False, strategy: str = "ddp"
+) -> Ranks:
     """Join the process group the launcher set up (``env://``), every collective bounded by the timeout."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
         if not torch.cuda.is_available() or torch.cuda.device_count() <= local_rank:
-            raise RuntimeError(f"backend nccl: local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                               "use as many processes_per_node as GPUs, or backend gloo")  # fmt: skip
+            raise RuntimeError(
+                f"backend nccl: local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                "use as many processes_per_node as GPUs, or backend gloo"
+            )
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds))
-    return Ranks(dist.get_rank(), dist.get_world_size(), local_rank, backend, find_unused_parameters, strategy)
+    return Ranks(
+        dist.get_rank(), dist.get_world_size(), local_rank, backend, find_unused_parameters, strategy
+    )
 
 
 def leave_group() -> None:

@@ -30,8 +30,14 @@ import numpy as np
 from freestack.ml.moments import RunningMoments
 
 #: the column kinds a model can take, and the feature group each one goes to
-KINDS = {"int": "numeric", "float": "numeric", "bool": "numeric", "category": "category", "text": "text",
-         "image": "image"}  # fmt: skip
+KINDS = {
+    "int": "numeric",
+    "float": "numeric",
+    "bool": "numeric",
+    "category": "category",
+    "text": "text",
+    "image": "image",
+}
 PAD, UNK = "[PAD]", "[UNK]"
 #: where a model version keeps its text columns' tokenizer (``tokenizers.Tokenizer.from_file`` reads it)
 TOKENIZER_FILE = "tokenizer.json"
@@ -106,13 +112,20 @@ class FeatureEncoder:
         return self.groups in (["numeric"], [])
 
     @classmethod
-    def fit(cls, columns: Mapping[str, Sequence], kinds: Mapping[str, str], options: EncoderOptions) -> FeatureEncoder:
+    def fit(
+        cls, columns: Mapping[str, Sequence], kinds: Mapping[str, str], options: EncoderOptions
+    ) -> FeatureEncoder:
         """Fitted on the training split's ``columns`` (name -> values), whose ``kinds`` are column types."""
         return cls.fit_chunks(lambda: iter([columns]), list(columns), kinds, options)
 
     @classmethod
-    def fit_chunks(cls, chunks: Callable[[], Iterable[Mapping[str, Sequence]]], names: list[str],
-                   kinds: Mapping[str, str], options: EncoderOptions) -> FeatureEncoder:  # fmt: skip
+    def fit_chunks(
+        cls,
+        chunks: Callable[[], Iterable[Mapping[str, Sequence]]],
+        names: list[str],
+        kinds: Mapping[str, str],
+        options: EncoderOptions,
+    ) -> FeatureEncoder:
         """Fitted on the training split read chunk by chunk (``chunks()`` starts a pass; each chunk maps
         the column ``names`` to values): one pass for vocabularies and image statistics, one more to train
         a tokenizer. The result does not depend on how the split is cut into chunks."""
@@ -129,7 +142,9 @@ class FeatureEncoder:
                 if images:
                     pixels.add(image_pixels(images[0], chunk[images[0]], options), axes=(0, 2, 3))
         for name, counter in counts.items():
-            enc.category[name] = choose_vocabulary(counter, options.category_max_size, options.category_min_count)
+            enc.category[name] = choose_vocabulary(
+                counter, options.category_max_size, options.category_min_count
+            )
         if enc.names("text"):
             enc.text = fit_text(enc.names("text"), chunks, options)
         if images:
@@ -146,7 +161,9 @@ class FeatureEncoder:
         if self.numeric:
             out["numeric"] = encode_numeric(self.numeric, columns, rows)
         if self.category:
-            out["category"] = np.stack([encode_category(self.category[n], columns[n]) for n in self.names("category")], 1)
+            out["category"] = np.stack(
+                [encode_category(self.category[n], columns[n]) for n in self.names("category")], 1
+            )
         if self.text is not None:
             out["text"] = encode_text(self.text, columns)
         if self.image is not None:
@@ -155,9 +172,17 @@ class FeatureEncoder:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able; the tokenizer is left out (it is saved as its own ``tokenizer.json``)."""
-        text = None if self.text is None else {k: v for k, v in asdict(self.text).items() if k != "tokenizer_json"}
-        return {"columns": [list(c) for c in self.columns], "category": self.category, "text": text,
-                "image": None if self.image is None else asdict(self.image)}  # fmt: skip
+        text = (
+            None
+            if self.text is None
+            else {k: v for k, v in asdict(self.text).items() if k != "tokenizer_json"}
+        )
+        return {
+            "columns": [list(c) for c in self.columns],
+            "category": self.category,
+            "text": text,
+            "image": None if self.image is None else asdict(self.image),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], tokenizer_json: str = "") -> FeatureEncoder:
@@ -174,8 +199,11 @@ class FeatureEncoder:
         if "category" in sizes:
             sizes["category"]["vocab_sizes"] = [len(self.category[n]) + 1 for n in self.names("category")]
         if self.text is not None:
-            sizes["text"].update(vocab_sizes=[self.text.vocab_size], shape=[len(self.text.columns), self.text.max_length],
-                                 pad_id=self.text.pad_id)  # fmt: skip
+            sizes["text"].update(
+                vocab_sizes=[self.text.vocab_size],
+                shape=[len(self.text.columns), self.text.max_length],
+                pad_id=self.text.pad_id,
+            )
         if self.image is not None:
             sizes["image"].update(shape=[self.image.channels, self.image.height, self.image.width])
         return sizes
@@ -227,7 +255,9 @@ def choose_vocabulary(counts: Counter, max_size: int, min_count: int) -> list[st
 
 def encode_category(vocabulary: list[str], values: Sequence) -> np.ndarray:
     index = {v: i + 1 for i, v in enumerate(vocabulary)}
-    return np.fromiter((0 if v is None or _is_nan(v) else index.get(str(v), 0) for v in values), np.int64, len(values))
+    return np.fromiter(
+        (0 if v is None or _is_nan(v) else index.get(str(v), 0) for v in values), np.int64, len(values)
+    )
 
 
 def _is_nan(v: Any) -> bool:
@@ -237,7 +267,9 @@ def _is_nan(v: Any) -> bool:
 # -- text ----------------------------------------------------------------------------------------------
 
 
-def fit_text(names: list[str], chunks: Callable[[], Iterable[Mapping[str, Sequence]]], options: EncoderOptions) -> TextEncoding:
+def fit_text(
+    names: list[str], chunks: Callable[[], Iterable[Mapping[str, Sequence]]], options: EncoderOptions
+) -> TextEncoding:
     """A tokenizer for the text columns: the Hub one given, or a WordPiece one trained on the training
     split (lower-cased, accents stripped, split on whitespace and punctuation), read in one pass."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
@@ -248,15 +280,26 @@ def fit_text(names: list[str], chunks: Callable[[], Iterable[Mapping[str, Sequen
         tok = Tokenizer.from_str(options.tokenizer_json)
     else:
         tok = Tokenizer(WordPiece(unk_token=UNK))
-        tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+        )
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        trainer = WordPieceTrainer(vocab_size=options.text_vocab_size, special_tokens=[PAD, UNK], show_progress=False)
+        trainer = WordPieceTrainer(
+            vocab_size=options.text_vocab_size, special_tokens=[PAD, UNK], show_progress=False
+        )
         texts = (_text(v) for chunk in chunks() for n in names for v in chunk[n])
         tok.train_from_iterator(texts, trainer=trainer)
         tok = _ordered_vocabulary(tok)
     pad_id = _pad_id(tok)
-    return TextEncoding(names, options.text_max_length, tok.get_vocab_size(), pad_id, options.tokenizer_source,
-                        tok.to_str(), options.text_special_tokens)  # fmt: skip
+    return TextEncoding(
+        names,
+        options.text_max_length,
+        tok.get_vocab_size(),
+        pad_id,
+        options.tokenizer_source,
+        tok.to_str(),
+        options.text_special_tokens,
+    )
 
 
 def _ordered_vocabulary(tok):
@@ -270,7 +313,9 @@ def _ordered_vocabulary(tok):
     data = json.loads(tok.to_str())
     vocab = data["model"]["vocab"]
     specials = sorted((t for t in vocab if t in (PAD, UNK)), key=vocab.get)
-    data["model"]["vocab"] = {t: i for i, t in enumerate([*specials, *sorted(t for t in vocab if t not in specials)])}
+    data["model"]["vocab"] = {
+        t: i for i, t in enumerate([*specials, *sorted(t for t in vocab if t not in specials)])
+    }
     return Tokenizer.from_str(json.dumps(data))
 
 
@@ -306,8 +351,18 @@ def _tokenizer(text: TextEncoding):
 
 def encode_text(text: TextEncoding, columns: Mapping[str, Sequence]) -> np.ndarray:
     tok = _tokenizer(text)
-    out = [np.asarray([e.ids for e in tok.encode_batch([_text(v) for v in columns[n]], add_special_tokens=text.special_tokens)],
-                      dtype=np.int64).reshape(-1, text.max_length) for n in text.columns]  # fmt: skip
+    out = [
+        np.asarray(
+            [
+                e.ids
+                for e in tok.encode_batch(
+                    [_text(v) for v in columns[n]], add_special_tokens=text.special_tokens
+                )
+            ],
+            dtype=np.int64,
+        ).reshape(-1, text.max_length)
+        for n in text.columns
+    ]
     return np.stack(out, 1)
 
 
@@ -321,10 +376,14 @@ def decode_image(data: Any, channels: int, height: int, width: int) -> np.ndarra
     if isinstance(data, bytearray | memoryview):
         data = bytes(data)
     if not isinstance(data, bytes) or not data:
-        raise EncodingError(f"expected image bytes, got {type(data).__name__ if data is not None else 'nothing'}")
+        raise EncodingError(
+            f"expected image bytes, got {type(data).__name__ if data is not None else 'nothing'}"
+        )
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB" if channels == 3 else "L").resize((width, height), Image.Resampling.BILINEAR)
+            img = img.convert("RGB" if channels == 3 else "L").resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
             arr = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise EncodingError(f"not a decodable image ({exc})") from None
@@ -367,6 +426,15 @@ def fit_image(name: str, values: Sequence, options: EncoderOptions) -> ImageEnco
 
 
 __all__ = [
-    "KINDS", "TOKENIZER_FILE", "EncoderOptions", "EncodingError", "FeatureEncoder", "ImageEncoding", "TextEncoding", "decode_image",
-    "encode_category", "fit_vocabulary", "load_encoder",
-]  # fmt: skip
+    "KINDS",
+    "TOKENIZER_FILE",
+    "EncoderOptions",
+    "EncodingError",
+    "FeatureEncoder",
+    "ImageEncoding",
+    "TextEncoding",
+    "decode_image",
+    "encode_category",
+    "fit_vocabulary",
+    "load_encoder",
+]

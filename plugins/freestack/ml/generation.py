@@ -114,8 +114,10 @@ def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
         try:
             value = json.loads(value)
         except ValueError as exc:
-            raise ChatError(f"{where}: not JSON ({exc}); store the chat as a JSON list of "
-                            '{"role": ..., "content": ...} objects') from None  # fmt: skip
+            raise ChatError(
+                f"{where}: not JSON ({exc}); store the chat as a JSON list of "
+                '{"role": ..., "content": ...} objects'
+            ) from None
     if not isinstance(value, list) or not value:
         raise ChatError(
             f'{where}: expected a non-empty list of {{"role": ..., "content": ...}}, got {_kind(value)}'
@@ -143,13 +145,17 @@ def load_tokenizer(folder: str | os.PathLike, chat_template: str | None = None):
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
-        raise ChatError(f"the tokenizer in {folder} cannot be loaded ({str(exc)[:200]}); save the base with "
-                        "tokenizer.save_pretrained next to the model") from None  # fmt: skip
+        raise ChatError(
+            f"the tokenizer in {folder} cannot be loaded ({str(exc)[:200]}); save the base with "
+            "tokenizer.save_pretrained next to the model"
+        ) from None
     if chat_template:
         tok.chat_template = chat_template
     if not tok.chat_template:
-        raise ChatError(f"the base's tokenizer ({folder}) has no chat template, so conversations cannot be rendered: set "
-                        "model.chat_template to a Jinja template (e.g. ChatML's), or pick a chat/instruct base")  # fmt: skip
+        raise ChatError(
+            f"the base's tokenizer ({folder}) has no chat template, so conversations cannot be rendered: set "
+            "model.chat_template to a Jinja template (e.g. ChatML's), or pick a chat/instruct base"
+        )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -159,8 +165,10 @@ def render(tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = F
     try:
         return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # jinja2's TemplateError, or a template raising on roles it does not know
-        raise ChatError(f"the chat template cannot render this conversation ({type(exc).__name__}: {str(exc)[:200]}); "
-                        "check model.chat_template, or the roles of the messages") from None  # fmt: skip
+        raise ChatError(
+            f"the chat template cannot render this conversation ({type(exc).__name__}: {str(exc)[:200]}); "
+            "check model.chat_template, or the roles of the messages"
+        ) from None
 
 
 def encode_chat(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -304,8 +312,13 @@ class ChatEncoding:
         return self.encode_frame(df).y
 
     def as_dict(self) -> dict[str, Any]:
-        return {"task": TASK, "features": self.features, "target": self.target, "classes": [],
-                "chat": {"columns": asdict(self.columns), "max_length": self.max_length, "packing": self.packing}}  # fmt: skip
+        return {
+            "task": TASK,
+            "features": self.features,
+            "target": self.target,
+            "classes": [],
+            "chat": {"columns": asdict(self.columns), "max_length": self.max_length, "packing": self.packing},
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], folder: str | os.PathLike) -> ChatEncoding:
@@ -333,8 +346,16 @@ class CausalLMNet(nn.Module):
 
     task = TASK
 
-    def __init__(self, model, *, base: dict[str, str], columns: ChatColumns, max_length: int,
-                 peft: dict[str, Any] | None = None, packing: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        *,
+        base: dict[str, str],
+        columns: ChatColumns,
+        max_length: int,
+        peft: dict[str, Any] | None = None,
+        packing: bool = False,
+    ) -> None:
         super().__init__()
         self.model, self.base, self.columns = model, dict(base), columns
         self.max_length, self.peft, self.packing = int(max_length), peft, packing
@@ -348,7 +369,9 @@ class CausalLMNet(nn.Module):
             ).logits
         mask = x["attention_mask"]
         width = int(mask.sum(dim=1).max())  # rows are right-padded to the split's longest: cut to the batch's
-        return self.model(input_ids=x["input_ids"][:, :width], attention_mask=mask[:, :width], use_cache=False).logits
+        return self.model(
+            input_ids=x["input_ids"][:, :width], attention_mask=mask[:, :width], use_cache=False
+        ).logits
 
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_loss(logits, labels)
@@ -367,9 +390,18 @@ class CausalLMNet(nn.Module):
         return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
 
     def config(self) -> dict[str, Any]:
-        return {"freestack_model": "huggingface", "task": TASK, "pipeline_task": PIPELINE_TASK, "classes": [],
-                "base": self.base, "peft": self.peft, "files": self.weight_files(), "max_length": self.max_length,
-                "chat": asdict(self.columns), "packing": self.packing}  # fmt: skip
+        return {
+            "freestack_model": "huggingface",
+            "task": TASK,
+            "pipeline_task": PIPELINE_TASK,
+            "classes": [],
+            "base": self.base,
+            "peft": self.peft,
+            "files": self.weight_files(),
+            "max_length": self.max_length,
+            "chat": asdict(self.columns),
+            "packing": self.packing,
+        }
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """transformers'/peft's own files, ``config.json`` with ``freestack``; the tokenizer is saved beside
@@ -390,8 +422,11 @@ def save_tokenizer(
     before = set(os.listdir(folder)) if folder.exists() else set()
     tokenizer.save_pretrained(str(folder))
     ids = eos_ids(tokenizer)
-    GenerationConfig(eos_token_id=ids if len(ids) > 1 else ids[0], pad_token_id=tokenizer.pad_token_id,
-                     **(generation or {})).save_pretrained(str(folder))  # fmt: skip
+    GenerationConfig(
+        eos_token_id=ids if len(ids) > 1 else ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+        **(generation or {}),
+    ).save_pretrained(str(folder))
     return sorted(set(os.listdir(folder)) - before)
 
 
@@ -408,8 +443,10 @@ def load_causal_lm(folder: str, *, meta: bool = False):
             folder, dtype=torch.float32, **({"device_map": "meta"} if meta else {})
         )
     except (ValueError, KeyError, OSError) as exc:
-        raise PretrainedError(f"the base at {folder} cannot be loaded as a causal language model ({type(exc).__name__}: "
-                              f"{str(exc)[:300]}); text-generation needs a decoder (GPT-2, Llama, Qwen, SmolLM ...)") from None  # fmt: skip
+        raise PretrainedError(
+            f"the base at {folder} cannot be loaded as a causal language model ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); text-generation needs a decoder (GPT-2, Llama, Qwen, SmolLM ...)"
+        ) from None
 
 
 def add_causal_lora(model, peft: dict[str, Any]):
@@ -420,8 +457,15 @@ def add_causal_lora(model, peft: dict[str, Any]):
     return add_lora(model, PIPELINE_TASK, peft)
 
 
-def load_generation_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu", *,
-                            endpoint: str | None = None, token: str | None = None, read_base=None) -> CausalLMNet:  # fmt: skip
+def load_generation_version(
+    folder: str | os.PathLike,
+    config: dict[str, Any],
+    map_location: str = "cpu",
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    read_base=None,
+) -> CausalLMNet:
     """A version's causal LM: full weights as they are, or the adapter on its recorded base."""
     info = config["freestack"]
     if "model.safetensors" in info["files"]:
@@ -433,8 +477,14 @@ def load_generation_version(folder: str | os.PathLike, config: dict[str, Any], m
 
         base = adapter_base(info["base"], endpoint=endpoint, token=token, read_base=read_base)
         model = PeftModel.from_pretrained(load_causal_lm(base.folder), str(folder))
-    net = CausalLMNet(model, base=info["base"], columns=ChatColumns(**info["chat"]), max_length=info["max_length"],
-                      peft=info.get("peft"), packing=bool(info.get("packing")))  # fmt: skip
+    net = CausalLMNet(
+        model,
+        base=info["base"],
+        columns=ChatColumns(**info["chat"]),
+        max_length=info["max_length"],
+        peft=info.get("peft"),
+        packing=bool(info.get("packing")),
+    )
     return net.to(map_location).eval()
 
 
@@ -466,8 +516,10 @@ class Completion:
 
 class PromptTooLong(ChatError):
     def __init__(self, index: int, tokens: int, limit: int):
-        super().__init__(f"prompt {index} is {tokens} tokens, over the limit of {limit}: shorten it, or deploy with "
-                         "generation.truncate: left to keep its last tokens")  # fmt: skip
+        super().__init__(
+            f"prompt {index} is {tokens} tokens, over the limit of {limit}: shorten it, or deploy with "
+            "generation.truncate: left to keep its last tokens"
+        )
         self.index, self.tokens, self.limit = index, tokens, limit
 
 
@@ -491,8 +543,13 @@ def prompt_ids(
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, chats: Sequence[list[dict[str, str]]], settings: GenerationSettings,
-             generation_config: dict[str, Any] | None = None) -> list[Completion]:  # fmt: skip
+def generate(
+    model,
+    tokenizer,
+    chats: Sequence[list[dict[str, str]]],
+    settings: GenerationSettings,
+    generation_config: dict[str, Any] | None = None,
+) -> list[Completion]:
     """Answers to ``chats`` in one batch: prompts left-padded, ``model.generate`` (greedy, or sampled with
     ``temperature``/``top_p``), the new tokens decoded without special tokens and cut at a stop string."""
     if not chats:
@@ -509,8 +566,12 @@ def generate(model, tokenizer, chats: Sequence[list[dict[str, str]]], settings: 
     sample = settings.temperature > 0
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    kw: dict[str, Any] = {"do_sample": sample, "max_new_tokens": settings.max_new_tokens, "eos_token_id": eos,
-                          "pad_token_id": pad}  # fmt: skip
+    kw: dict[str, Any] = {
+        "do_sample": sample,
+        "max_new_tokens": settings.max_new_tokens,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
     kw.update(
         {"temperature": settings.temperature, "top_p": settings.top_p}
         if sample
@@ -525,8 +586,15 @@ def generate(model, tokenizer, chats: Sequence[list[dict[str, str]]], settings: 
     ]
 
 
-def _completion(tokenizer, new: list[int], eos: list[int], pad: int, prompt_tokens: int, cut: bool,
-                settings: GenerationSettings) -> Completion:  # fmt: skip
+def _completion(
+    tokenizer,
+    new: list[int],
+    eos: list[int],
+    pad: int,
+    prompt_tokens: int,
+    cut: bool,
+    settings: GenerationSettings,
+) -> Completion:
     end = next((i for i, t in enumerate(new) if t in eos), None)
     tokens = new[:end] if end is not None else [t for t in new if t != pad] if pad not in eos else new
     text = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -542,8 +610,29 @@ def perplexity(loss: float) -> float:
 
 
 __all__ = [
-    "IGNORE", "PIPELINE_TASK", "TASK", "CausalLMNet", "ChatColumns", "ChatEncoding", "ChatError", "Completion", "Encoded",
-    "GenerationSettings", "PromptTooLong", "add_causal_lora", "encode_chat", "eos_ids", "generate", "load_causal_lm",
-    "load_generation_version", "load_tokenizer", "pack_rows", "pad_rows", "parse_messages", "perplexity", "render",
-    "save_tokenizer", "token_loss",
-]  # fmt: skip
+    "IGNORE",
+    "PIPELINE_TASK",
+    "TASK",
+    "CausalLMNet",
+    "ChatColumns",
+    "ChatEncoding",
+    "ChatError",
+    "Completion",
+    "Encoded",
+    "GenerationSettings",
+    "PromptTooLong",
+    "add_causal_lora",
+    "encode_chat",
+    "eos_ids",
+    "generate",
+    "load_causal_lm",
+    "load_generation_version",
+    "load_tokenizer",
+    "pack_rows",
+    "pad_rows",
+    "parse_messages",
+    "perplexity",
+    "render",
+    "save_tokenizer",
+    "token_loss",
+]

@@ -135,8 +135,9 @@ def evaluate(model: nn.Module, x: Tensors, y: torch.Tensor, task: str, amp_dtype
 
 
 @torch.no_grad()
-def evaluate_source(model: nn.Module, source: BatchSource, task: str, device: torch.device, amp_dtype=None,
-                    batch: int = 2048) -> dict[str, float]:  # fmt: skip
+def evaluate_source(
+    model: nn.Module, source: BatchSource, task: str, device: torch.device, amp_dtype=None, batch: int = 2048
+) -> dict[str, float]:
     """The metrics over a split: in memory, or read batch by batch (only outputs and targets are kept)."""
     if task == "generation":
         return token_metrics(model, source, device, amp_dtype, batch=64)
@@ -153,7 +154,9 @@ def evaluate_source(model: nn.Module, source: BatchSource, task: str, device: to
 
 
 @torch.no_grad()
-def token_metrics(model: nn.Module, source: BatchSource, device: torch.device, amp_dtype=None, batch: int = 64) -> dict[str, float]:
+def token_metrics(
+    model: nn.Module, source: BatchSource, device: torch.device, amp_dtype=None, batch: int = 64
+) -> dict[str, float]:
     """A language model's mean loss per learnt token over a split, and its perplexity (exp of the loss):
     summed batch by batch, never holding more than one batch's logits."""
     from freestack.ml.generation import perplexity, token_loss
@@ -216,7 +219,9 @@ class FlatGradients:
     def __init__(self, params: list[nn.Parameter], device: torch.device):
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1:
-            raise ValueError(f"the model's trainable parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+            raise ValueError(
+                f"the model's trainable parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype"
+            )
         self.buffer = torch.zeros(sum(p.numel() for p in params), device=device, dtype=dtypes.pop())
         offset = 0
         for p in params:
@@ -252,12 +257,17 @@ class EarlyStopping:
     def __init__(self, task: str, patience: int, on_cpu: bool = True):
         self.task, self.patience, self.on_cpu = task, patience, on_cpu
         self.bad_epochs = 0
-        self.best: dict[str, torch.Tensor] | None = None  # the best epoch's weights (a sharded model's: its shards)
+        self.best: dict[str, torch.Tensor] | None = (
+            None  # the best epoch's weights (a sharded model's: its shards)
+        )
 
     def update(self, result: TrainResult, model: nn.Module, epoch: int, value: float) -> None:
         if is_better(self.task, value, result.best_metric):
             result.best_metric, result.best_epoch, self.bad_epochs = value, epoch, 0
-            self.best = {k: (v.detach().cpu() if self.on_cpu else v.detach()).clone() for k, v in model.state_dict().items()}
+            self.best = {
+                k: (v.detach().cpu() if self.on_cpu else v.detach()).clone()
+                for k, v in model.state_dict().items()
+            }
         else:
             self.bad_epochs += 1
 
@@ -316,22 +326,40 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
 
     def new_optimizer() -> torch.optim.Optimizer:
         try:  # the fused kernel: one call per step for all parameters
-            return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
+            return torch.optim.AdamW(
+                params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+            )
         except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
             return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     amp = str(precision.amp_dtype) if precision.amp_dtype else None
-    result = TrainResult(model=model, task=task, metric=PRIMARY[task][0], device=str(device), amp=amp,
-                         world_size=ranks.world if ranks is not None else 1,
-                         threads=torch.get_num_threads())  # fmt: skip
+    result = TrainResult(
+        model=model,
+        task=task,
+        metric=PRIMARY[task][0],
+        device=str(device),
+        amp=amp,
+        world_size=ranks.world if ranks is not None else 1,
+        threads=torch.get_num_threads(),
+    )
     return _Run(
-        model=model, net=ranks.wrap(model) if ranks is not None and not sharded else model, ranks=ranks, plain=plain,
-        config=config, task=task, device=device, precision=precision, grads=grads,
-        new_optimizer=new_optimizer, opt=new_optimizer(),
-        loss_fn=_loss_fn(model, task), n=n,
-        steps_per_epoch=math.ceil(n / config.batch_size), stopping=EarlyStopping(task, config.patience, on_cpu=not sharded),
+        model=model,
+        net=ranks.wrap(model) if ranks is not None and not sharded else model,
+        ranks=ranks,
+        plain=plain,
+        config=config,
+        task=task,
+        device=device,
+        precision=precision,
+        grads=grads,
+        new_optimizer=new_optimizer,
+        opt=new_optimizer(),
+        loss_fn=_loss_fn(model, task),
+        n=n,
+        steps_per_epoch=math.ceil(n / config.batch_size),
+        stopping=EarlyStopping(task, config.patience, on_cpu=not sharded),
         result=result,
-    )  # fmt: skip
+    )
 
 
 def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
@@ -481,10 +509,16 @@ def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
     """Rank 0 writes the checkpoint; a sharded model's states are first gathered whole, by every rank."""
     result = run.result
     meta = {
-        "epoch": epoch, "bad_epochs": run.stopping.bad_epochs, "history": result.history,
-        "best_epoch": result.best_epoch, "best_metric": result.best_metric, "stopped": result.stopped_early,
-        "stop_reason": result.stop_reason, "config": _config_record(run.config), "n_train": run.n,
-    }  # fmt: skip
+        "epoch": epoch,
+        "bad_epochs": run.stopping.bad_epochs,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_metric": result.best_metric,
+        "stopped": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "config": _config_record(run.config),
+        "n_train": run.n,
+    }
     if run.ranks is None or not run.ranks.sharded:
         checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
         return
@@ -504,8 +538,14 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float) -> None:
     config, result = run.config, run.result
     if f"val_{result.metric}" not in row:  # a rank other than 0: its share of the epoch
-        log.info("epoch %d/%d  train_loss %.4f (all ranks)  lr %.2e  %s samples/s (all ranks)", epoch, config.epochs,
-                 row["train_loss"], row["lr"], f"{row['samples_per_s']:,.0f}")  # fmt: skip
+        log.info(
+            "epoch %d/%d  train_loss %.4f (all ranks)  lr %.2e  %s samples/s (all ranks)",
+            epoch,
+            config.epochs,
+            row["train_loss"],
+            row["lr"],
+            f"{row['samples_per_s']:,.0f}",
+        )
         return
     stop = {
         None: "",
@@ -514,9 +554,17 @@ def _log_epoch(run: _Run, row: dict[str, float], epoch: int, eta_seconds: float)
     }[result.stop_reason]
     log.info(
         "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_%s %.4f  lr %.2e  %s samples/s  ETA %s%s",
-        epoch, config.epochs, row["train_loss"], row["val_loss"], result.metric, row[f"val_{result.metric}"],
-        row["lr"], f"{row['samples_per_s']:,.0f}", _fmt_eta(0 if result.stopped_early else eta_seconds), stop,
-    )  # fmt: skip
+        epoch,
+        config.epochs,
+        row["train_loss"],
+        row["val_loss"],
+        result.metric,
+        row[f"val_{result.metric}"],
+        row["lr"],
+        f"{row['samples_per_s']:,.0f}",
+        _fmt_eta(0 if result.stopped_early else eta_seconds),
+        stop,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -546,7 +594,9 @@ def fit(
     if ranks is not None:
         train = train.shard(ranks.rank, ranks.world)
     val = InMemory(to_tensors(x_val, device), torch.tensor(y_val, device=device))
-    return fit_source(model, train, val, config, task=task, checkpoints=checkpoints, on_epoch=on_epoch, ranks=ranks)
+    return fit_source(
+        model, train, val, config, task=task, checkpoints=checkpoints, on_epoch=on_epoch, ranks=ranks
+    )
 
 
 def fit_source(
@@ -582,8 +632,12 @@ def fit_source(
         t0 = time.perf_counter()
         train_loss, lr = _train_epoch(run, train, epoch)
         train_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": lr,
-               "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0}  # fmt: skip
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "lr": lr,
+            "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0,
+        }
         if ranks is None or ranks.main or ranks.sharded:  # a sharded model's forward needs every rank
             _judge(run, val, row, on_epoch if ranks is None or ranks.main else None)
             if checkpoints is not None:
@@ -643,6 +697,24 @@ def _fmt_eta(seconds: float) -> str:
 
 
 __all__ = [
-    "CHECKPOINT", "CheckpointStore", "EarlyStopping", "FlatGradients", "Precision", "TrainConfig", "TrainResult",
-    "evaluate", "evaluate_source", "token_metrics", "fit", "fit_source", "lr_factor", "outputs_metrics", "predict_outputs", "resolve_device", "rows_of", "take", "to_tensors", "warm_up",
-]  # fmt: skip
+    "CHECKPOINT",
+    "CheckpointStore",
+    "EarlyStopping",
+    "FlatGradients",
+    "Precision",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "evaluate_source",
+    "token_metrics",
+    "fit",
+    "fit_source",
+    "lr_factor",
+    "outputs_metrics",
+    "predict_outputs",
+    "resolve_device",
+    "rows_of",
+    "take",
+    "to_tensors",
+    "warm_up",
+]

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 # the metric each task early-stops on, and whether higher is better
-PRIMARY = {"classification": ("accuracy", True), "regression": ("rmse", False), "generation": ("perplexity", False)}
+PRIMARY = {
+    "classification": ("accuracy", True),
+    "regression": ("rmse", False),
+    "generation": ("perplexity", False),
+}
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

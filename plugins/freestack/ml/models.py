@@ -113,7 +113,9 @@ class GroupEncoders(nn.Module):
         super().__init__()
         self.width = 0
         cat = groups.get("category")
-        self.category = nn.ModuleList(nn.Embedding(v, embedding_dim(v)) for v in (cat or {}).get("vocab_sizes", []))
+        self.category = nn.ModuleList(
+            nn.Embedding(v, embedding_dim(v)) for v in (cat or {}).get("vocab_sizes", [])
+        )
         self.width += sum(e.embedding_dim for e in self.category)
         text = groups.get("text")
         self.tokens = self.text_conv = None
@@ -128,7 +130,12 @@ class GroupEncoders(nn.Module):
             layers: list[nn.Module] = []
             c_in = image["shape"][0]
             for c in channels:
-                layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+                layers += [
+                    nn.Conv2d(c_in, c, 3, padding=1),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(),
+                    nn.MaxPool2d(2, ceil_mode=True),
+                ]
                 c_in = c
             self.cnn = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.width += c_in

@@ -60,14 +60,28 @@ class Preprocessing:
     encoder: FeatureEncoder | None = None
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, features: list[str], target: str, task: str,
-            kinds: dict[str, str] | None = None, options: EncoderOptions | None = None) -> Preprocessing:  # fmt: skip
+    def fit(
+        cls,
+        train: pd.DataFrame,
+        features: list[str],
+        target: str,
+        task: str,
+        kinds: dict[str, str] | None = None,
+        options: EncoderOptions | None = None,
+    ) -> Preprocessing:
         """``kinds`` are the feature columns' types (int, float, bool, category, text, image)."""
         return cls.fit_chunks(lambda: iter([train]), features, target, task, kinds, options)
 
     @classmethod
-    def fit_chunks(cls, chunks: Callable[[], Iterable[pd.DataFrame]], features: list[str], target: str, task: str,
-                   kinds: dict[str, str] | None = None, options: EncoderOptions | None = None) -> Preprocessing:  # fmt: skip
+    def fit_chunks(
+        cls,
+        chunks: Callable[[], Iterable[pd.DataFrame]],
+        features: list[str],
+        target: str,
+        task: str,
+        kinds: dict[str, str] | None = None,
+        options: EncoderOptions | None = None,
+    ) -> Preprocessing:
         """Fitted on the training split read as frames (``chunks()`` starts a pass; a streamed window
         gives its row groups, an in-memory one the whole split): the same result either way."""
         encoder = None

@@ -42,8 +42,17 @@ TASKS = {
     "image-classification": ("image", "AutoModelForImageClassification"),
 }
 #: what is fetched of a base (the rest of a Hub repo, pickled weights above all, is never downloaded)
-BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "vocab.txt", "preprocessor_config.json", "chat_template.jinja", "generation_config.json")  # fmt: skip
+BASE_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "preprocessor_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 SHARD_INDEX = "model.safetensors.index.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -86,7 +95,9 @@ def _read_json(path: Path, repo: str) -> dict[str, Any]:
         raise PretrainedError(f"base {repo!r}: {path.name} cannot be read ({exc})") from None
 
 
-def fetch_base(repo: str, revision: str = "main", *, endpoint: str | None = None, token: str | None = None) -> Base:
+def fetch_base(
+    repo: str, revision: str = "main", *, endpoint: str | None = None, token: str | None = None
+) -> Base:
     """A Hub repo's model files at ``revision``, through ``huggingface_hub`` (its cache, ``HF_ENDPOINT``
     and token): ``config.json`` first, the rest from the commit it came from, so a branch moving in
     between cannot mix two states."""
@@ -110,7 +121,9 @@ def fetch_base(repo: str, revision: str = "main", *, endpoint: str | None = None
             hf_hub_download(filename=name, revision=commit, **kw)
     if not (config.parent / "model.safetensors").exists():
         _fetch_shards(config.parent, commit, kw)
-    return Base(str(config.parent), repo, revision, commit if _COMMIT.match(commit) else folder_digest(config.parent))
+    return Base(
+        str(config.parent), repo, revision, commit if _COMMIT.match(commit) else folder_digest(config.parent)
+    )
 
 
 def _fetch_shards(folder: Path, commit: str, kw: dict[str, Any]) -> None:
@@ -121,8 +134,10 @@ def _fetch_shards(folder: Path, commit: str, kw: dict[str, Any]) -> None:
     try:
         index = json.loads(Path(hf_hub_download(filename=SHARD_INDEX, revision=commit, **kw)).read_text())
     except EntryNotFoundError:
-        raise PretrainedError(f"model.base {kw['repo_id']!r}@{commit} has no model.safetensors (nor a sharded index): "
-                              "freestack loads safetensors weights only, never pickled .bin files") from None  # fmt: skip
+        raise PretrainedError(
+            f"model.base {kw['repo_id']!r}@{commit} has no model.safetensors (nor a sharded index): "
+            "freestack loads safetensors weights only, never pickled .bin files"
+        ) from None
     for shard in sorted(set(index.get("weight_map", {}).values())):
         hf_hub_download(filename=shard, revision=commit, **kw)
 
@@ -131,11 +146,15 @@ def local_base(folder: str | os.PathLike, given: str, revision: str = "main") ->
     """A base already in a local ``folder`` (``given`` is how the spec named it)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise PretrainedError(f"model.base {given!r}: {folder} holds no config.json; point base at a folder written "
-                              "by save_pretrained (config.json, model.safetensors, tokenizer or processor files)")  # fmt: skip
+        raise PretrainedError(
+            f"model.base {given!r}: {folder} holds no config.json; point base at a folder written "
+            "by save_pretrained (config.json, model.safetensors, tokenizer or processor files)"
+        )
     if not (folder / "model.safetensors").is_file() and not (folder / SHARD_INDEX).is_file():
-        raise PretrainedError(f"model.base {given!r}: {folder} holds no model.safetensors; freestack loads "
-                              "safetensors weights only, never pickled .bin files")  # fmt: skip
+        raise PretrainedError(
+            f"model.base {given!r}: {folder} holds no model.safetensors; freestack loads "
+            "safetensors weights only, never pickled .bin files"
+        )
     return Base(str(folder), given, revision, folder_digest(folder))
 
 
@@ -193,14 +212,24 @@ def load_classifier(folder: str, task: str, classes: list[Any], *, meta: bool = 
     labels = [str(c) for c in classes]
     try:
         model, info = auto.from_pretrained(
-            folder, num_labels=len(labels), id2label=dict(enumerate(labels)), output_loading_info=True,
-            label2id={c: i for i, c in enumerate(labels)}, ignore_mismatched_sizes=True, dtype=torch.float32,
+            folder,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            output_loading_info=True,
+            label2id={c: i for i, c in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            dtype=torch.float32,
             **({"device_map": "meta"} if meta else {}),
-        )  # fmt: skip
+        )
     except (ValueError, KeyError, OSError) as exc:
-        raise PretrainedError(f"the base at {folder} cannot be loaded for {task} ({type(exc).__name__}: "
-                              f"{str(exc)[:300]}); check that model.task fits the base's architecture") from None  # fmt: skip
-    fresh = [*info.get("missing_keys", ()), *(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ()))]
+        raise PretrainedError(
+            f"the base at {folder} cannot be loaded for {task} ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); check that model.task fits the base's architecture"
+        ) from None
+    fresh = [
+        *info.get("missing_keys", ()),
+        *(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())),
+    ]
     return model, new_modules(model, fresh)
 
 
@@ -223,7 +252,9 @@ def new_modules(model, keys) -> list[str]:
 def head_modules(model, new: list[str] = ()) -> list[str]:
     """The modules trained in full and saved beside LoRA adapters: the classification head and every
     module the task's architecture added to the base (``new``), whose weights the base does not hold."""
-    head = [n for n in ("classifier", "score", "head") if isinstance(getattr(model, n, None), torch.nn.Module)]
+    head = [
+        n for n in ("classifier", "score", "head") if isinstance(getattr(model, n, None), torch.nn.Module)
+    ]
     return sorted({*head, *new})
 
 
@@ -250,16 +281,23 @@ def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
     from peft import LoraConfig, TaskType, get_peft_model
 
     config = LoraConfig(
-        task_type={"text-classification": TaskType.SEQ_CLS, "text-generation": TaskType.CAUSAL_LM}.get(task), r=int(peft["r"]),
-        lora_alpha=float(peft["alpha"]), lora_dropout=float(peft["dropout"]),
-        target_modules=peft.get("target_modules") or default_targets(model), modules_to_save=head_modules(model, new) or None,
-    )  # fmt: skip
+        task_type={"text-classification": TaskType.SEQ_CLS, "text-generation": TaskType.CAUSAL_LM}.get(task),
+        r=int(peft["r"]),
+        lora_alpha=float(peft["alpha"]),
+        lora_dropout=float(peft["dropout"]),
+        target_modules=peft.get("target_modules") or default_targets(model),
+        modules_to_save=head_modules(model, new) or None,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise PretrainedError(f"LoRA cannot adapt this {model.config.model_type} model: {str(exc)[:300]}. Set "
-                              f"model.peft.target_modules to some of its linear layers: {', '.join(linear)}") from None  # fmt: skip
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        )
+        raise PretrainedError(
+            f"LoRA cannot adapt this {model.config.model_type} model: {str(exc)[:300]}. Set "
+            f"model.peft.target_modules to some of its linear layers: {', '.join(linear)}"
+        ) from None
 
 
 class PretrainedNet(ScaledModel):
@@ -267,8 +305,17 @@ class PretrainedNet(ScaledModel):
 
     task = "classification"
 
-    def __init__(self, model, *, pipeline_task: str, classes: list[Any], base: dict[str, str], pad_id: int = 0,
-                 image: dict[str, Any] | None = None, peft: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        *,
+        pipeline_task: str,
+        classes: list[Any],
+        base: dict[str, str],
+        pad_id: int = 0,
+        image: dict[str, Any] | None = None,
+        peft: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.model, self.pipeline_task, self.classes = model, pipeline_task, list(classes)
         self.base, self.pad_id, self.peft, self.image = dict(base), int(pad_id), peft, image
@@ -294,10 +341,17 @@ class PretrainedNet(ScaledModel):
     def config(self) -> dict[str, Any]:
         """freestack's settings of the version (``config.json["freestack"]``)."""
         return {
-            "freestack_model": "huggingface", "task": "classification", "pipeline_task": self.pipeline_task,
-            "classes": self.classes, "base": self.base, "pad_id": self.pad_id, "peft": self.peft,
-            "image": self.image, "files": self.weight_files(), "modules_to_save": self.modules_to_save(),
-        }  # fmt: skip
+            "freestack_model": "huggingface",
+            "task": "classification",
+            "pipeline_task": self.pipeline_task,
+            "classes": self.classes,
+            "base": self.base,
+            "pad_id": self.pad_id,
+            "peft": self.peft,
+            "image": self.image,
+            "files": self.weight_files(),
+            "modules_to_save": self.modules_to_save(),
+        }
 
     def modules_to_save(self) -> list[str] | None:
         """The modules an adapter version holds in full beside LoRA's (the head, and what the task's
@@ -320,8 +374,14 @@ class PretrainedNet(ScaledModel):
         save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
 
 
-def save_hf_weights(model, folder: str | os.PathLike, base: dict[str, str], adapter: bool, peft: bool,
-                    freestack: dict[str, Any]) -> None:  # fmt: skip
+def save_hf_weights(
+    model,
+    folder: str | os.PathLike,
+    base: dict[str, str],
+    adapter: bool,
+    peft: bool,
+    freestack: dict[str, Any],
+) -> None:
     """A transformers model's files as transformers/peft write them: the ``adapter`` (naming its base's Hub
     repo and commit, or its folder), else full weights (LoRA merged into them when ``peft``), and
     ``config.json`` with freestack's settings under ``freestack``."""
@@ -350,8 +410,15 @@ def _hub_revision(base: dict[str, str]) -> str | None:
     return commit if _COMMIT.match(commit) else None
 
 
-def build_pretrained(base: Base, task: str, classes: list[Any], *, pad_id: int = 0, peft: dict[str, Any] | None = None,
-                     augment: list[str] | None = None) -> PretrainedNet:  # fmt: skip
+def build_pretrained(
+    base: Base,
+    task: str,
+    classes: list[Any],
+    *,
+    pad_id: int = 0,
+    peft: dict[str, Any] | None = None,
+    augment: list[str] | None = None,
+) -> PretrainedNet:
     """A fresh :class:`PretrainedNet` on ``base`` for ``classes`` (LoRA adapters when ``peft`` is given)."""
     model, new = load_classifier(base.folder, task, classes)
     if peft is not None:
@@ -360,7 +427,9 @@ def build_pretrained(base: Base, task: str, classes: list[Any], *, pad_id: int =
     if input_kind(task) == "image":
         _, mean, std = image_settings(base.processor())
         image = {"mean": mean, "std": std, "augment": list(augment or [])}
-    return PretrainedNet(model, pipeline_task=task, classes=classes, base=base.lineage(), pad_id=pad_id, image=image, peft=peft)
+    return PretrainedNet(
+        model, pipeline_task=task, classes=classes, base=base.lineage(), pad_id=pad_id, image=image, peft=peft
+    )
 
 
 def check_pretrained(base: Base, task: str, peft: dict[str, Any] | None) -> None:
@@ -370,9 +439,11 @@ def check_pretrained(base: Base, task: str, peft: dict[str, Any] | None) -> None
     try:
         model, new = load_classifier(base.folder, task, ["0", "1"], meta=True)
     except PretrainedError as exc:
-        raise PretrainedError(f"model.base {base.repo!r} is a {config.get('model_type', 'unknown')!r} model, which "
-                              f"transformers cannot use for {task} ({str(exc)[:200]}); pick a base with a "
-                              f"{task} architecture, or the other task") from None  # fmt: skip
+        raise PretrainedError(
+            f"model.base {base.repo!r} is a {config.get('model_type', 'unknown')!r} model, which "
+            f"transformers cannot use for {task} ({str(exc)[:200]}); pick a base with a "
+            f"{task} architecture, or the other task"
+        ) from None
     if peft is not None:
         add_lora(model, task, peft, new)
 
@@ -381,9 +452,15 @@ def check_pretrained(base: Base, task: str, peft: dict[str, Any] | None) -> None
 BaseReader = Callable[[str, str], bytes]
 
 
-def load_pretrained_version(folder: str | os.PathLike, config: dict[str, Any], map_location: str = "cpu",
-                            *, endpoint: str | None = None, token: str | None = None,
-                            read_base: BaseReader | None = None) -> PretrainedNet:  # fmt: skip
+def load_pretrained_version(
+    folder: str | os.PathLike,
+    config: dict[str, Any],
+    map_location: str = "cpu",
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    read_base: BaseReader | None = None,
+) -> PretrainedNet:
     """A version's model from its folder: full weights as they are; an adapter on its base, fetched
     from the Hub at the recorded commit, or read from the recorded base folder (a path or ``file://``
     URI; another storage URI through ``read_base``) and checked against its recorded sha256."""
@@ -396,13 +473,25 @@ def load_pretrained_version(folder: str | os.PathLike, config: dict[str, Any], m
 
         base = adapter_base(info["base"], endpoint=endpoint, token=token, read_base=read_base)
         model = PeftModel.from_pretrained(load_classifier(base.folder, task, info["classes"])[0], str(folder))
-    net = PretrainedNet(model, pipeline_task=task, classes=info["classes"], base=info["base"], pad_id=info.get("pad_id", 0),
-                        image=info.get("image"), peft=info.get("peft"))  # fmt: skip
+    net = PretrainedNet(
+        model,
+        pipeline_task=task,
+        classes=info["classes"],
+        base=info["base"],
+        pad_id=info.get("pad_id", 0),
+        image=info.get("image"),
+        peft=info.get("peft"),
+    )
     return net.to(map_location).eval()
 
 
-def adapter_base(base: dict[str, str], *, endpoint: str | None = None, token: str | None = None,
-                 read_base: BaseReader | None = None) -> Base:  # fmt: skip
+def adapter_base(
+    base: dict[str, str],
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    read_base: BaseReader | None = None,
+) -> Base:
     """The base an adapter was trained on, as lineage names it: a Hub repo at its commit, or a folder
     whose config and weights still hash to the recorded ``sha256:``."""
     commit = _hub_revision(base)
@@ -412,14 +501,18 @@ def adapter_base(base: dict[str, str], *, endpoint: str | None = None, token: st
     folder = local_folder(uri)
     if folder is None:
         if read_base is None:
-            raise PretrainedError(f"the adapter's base {uri} is in object storage, which this loader cannot read: load "
-                                  "the version with freestack's registry, or copy the base to a local folder and load it "
-                                  "with transformers, then the adapter with peft")  # fmt: skip
+            raise PretrainedError(
+                f"the adapter's base {uri} is in object storage, which this loader cannot read: load "
+                "the version with freestack's registry, or copy the base to a local folder and load it "
+                "with transformers, then the adapter with peft"
+            )
         folder = copy_base(uri, read_base)
     found = local_base(folder, uri, base.get("revision", "main"))
     if base.get("commit") and found.commit != base["commit"]:
-        raise PretrainedError(f"the adapter's base {uri} has changed since training: its config and weights hash to "
-                              f"{found.commit}, the version was trained on {base['commit']}; restore that base")  # fmt: skip
+        raise PretrainedError(
+            f"the adapter's base {uri} has changed since training: its config and weights hash to "
+            f"{found.commit}, the version was trained on {base['commit']}; restore that base"
+        )
     return found
 
 
@@ -464,7 +557,25 @@ def _peft_base_name(base: dict[str, str]) -> str:
 
 
 __all__ = [
-    "ADAPTER_FILES", "BASE_FILES", "TASKS", "Base", "BaseReader", "PretrainedError", "PretrainedNet", "adapter_base",
-    "add_lora", "build_pretrained", "check_pretrained", "copy_base", "fetch_base", "folder_digest", "image_settings",
-    "default_targets", "load_classifier", "load_pretrained_version", "local_base", "local_folder", "new_modules",
-]  # fmt: skip
+    "ADAPTER_FILES",
+    "BASE_FILES",
+    "TASKS",
+    "Base",
+    "BaseReader",
+    "PretrainedError",
+    "PretrainedNet",
+    "adapter_base",
+    "add_lora",
+    "build_pretrained",
+    "check_pretrained",
+    "copy_base",
+    "fetch_base",
+    "folder_digest",
+    "image_settings",
+    "default_targets",
+    "load_classifier",
+    "load_pretrained_version",
+    "local_base",
+    "local_folder",
+    "new_modules",
+]

@@ -99,7 +99,9 @@ class InMemory:
         for i in range(0, self.n, batch_size):
             idx = perm[i : i + batch_size]
             if self.world > 1:
-                if len(idx) < self.world:  # a last batch too small to give every rank a row: every rank skips it
+                if (
+                    len(idx) < self.world
+                ):  # a last batch too small to give every rank a row: every rank skips it
                     break
                 idx = idx[self.rank :: self.world]
             yield _take(self.x, idx), self.y[idx]
@@ -139,7 +141,9 @@ class Streamed:
             nonlocal buffer
             for x, y in self._read(seed * 1_000_003 + epoch):
                 if buffer is None:  # wide rows (images, long texts): fewer of them in the buffer
-                    rows = min(self.buffer_rows, max(batch_size, self.buffer_bytes // max(1, _row_bytes(x, y))))
+                    rows = min(
+                        self.buffer_rows, max(batch_size, self.buffer_bytes // max(1, _row_bytes(x, y)))
+                    )
                     buffer = ShuffleBuffer(rows, gen)
                 yield from buffer.push(x, y)
             if buffer is not None:
@@ -165,7 +169,9 @@ class EncodedSpool:
     and encoding the same rows again. ``chunks`` gives the ranges in a seeded order."""
 
     folder: str
-    groups: dict[str, tuple[str, tuple[int, ...]]]  # group ("" for a numeric-only matrix) -> (dtype, row shape)
+    groups: dict[
+        str, tuple[str, tuple[int, ...]]
+    ]  # group ("" for a numeric-only matrix) -> (dtype, row shape)
     target: tuple[str, tuple[int, ...]]
     n: int
     chunk_rows: int
@@ -198,10 +204,17 @@ class EncodedSpool:
         the kernel's, out of the process's resident memory)."""
         width = int(np.prod(shape, dtype=np.int64))
         offset = start * width * np.dtype(dtype).itemsize
-        data = np.fromfile(os.path.join(self.folder, f"{name or 'inputs'}.bin"), dtype=dtype, count=rows * width, offset=offset)
+        data = np.fromfile(
+            os.path.join(self.folder, f"{name or 'inputs'}.bin"),
+            dtype=dtype,
+            count=rows * width,
+            offset=offset,
+        )
         return data.reshape(rows, *shape)
 
-    def chunks(self, order_seed: int | None, shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[Inputs, np.ndarray]]:
+    def chunks(
+        self, order_seed: int | None, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[Inputs, np.ndarray]]:
         """The chunks in a seeded order. ``shard`` (rank, world): a rank reads only its part of each chunk,
         one of ``world`` contiguous row ranges, so the ranks together read each row once and their shares
         differ by at most a row a chunk; which part is a rank's turns with the seed (a new share each epoch)."""
@@ -273,7 +286,9 @@ def _empty(x: Tensors, rows: int) -> Tensors:
     return x.new_empty((rows, *x.shape[1:]))
 
 
-def _rebatch(groups: Iterator[tuple[Tensors, torch.Tensor]], batch_size: int, device: torch.device) -> Iterator[Batch]:
+def _rebatch(
+    groups: Iterator[tuple[Tensors, torch.Tensor]], batch_size: int, device: torch.device
+) -> Iterator[Batch]:
     """Batches of ``batch_size`` rows (the last one shorter) across groups of any size; full batches
     inside a group are views of it."""
     carry: tuple[Tensors, torch.Tensor] | None = None
@@ -295,10 +310,20 @@ def _rebatch(groups: Iterator[tuple[Tensors, torch.Tensor]], batch_size: int, de
         yield _to(carry[0], device), carry[1].to(device, non_blocking=True)
 
 
-def _batches(x: Tensors, y: torch.Tensor, start: int, stop: int, batch_size: int, device: torch.device) -> Iterator[Batch]:
+def _batches(
+    x: Tensors, y: torch.Tensor, start: int, stop: int, batch_size: int, device: torch.device
+) -> Iterator[Batch]:
     for i in range(start, stop, batch_size):
         j = min(i + batch_size, stop)
         yield _to(_take(x, slice(i, j)), device), y[i:j].to(device, non_blocking=True)
 
 
-__all__ = ["BatchSource", "Chunks", "EncodedSpool", "InMemory", "ShuffleBuffer", "Streamed", "epoch_generator"]
+__all__ = [
+    "BatchSource",
+    "Chunks",
+    "EncodedSpool",
+    "InMemory",
+    "ShuffleBuffer",
+    "Streamed",
+    "epoch_generator",
+]

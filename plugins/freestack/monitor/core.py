@@ -53,8 +53,9 @@ def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
 # reference statistics (the evaluate task writes them into the candidate's folder)
 
 
-def build_reference(spec: PipelineSpec, frame, predicted: list, *, version: str, metric: tuple[str, float] | None,
-                    source: str) -> dict[str, Any]:  # fmt: skip
+def build_reference(
+    spec: PipelineSpec, frame, predicted: list, *, version: str, metric: tuple[str, float] | None, source: str
+) -> dict[str, Any]:
     """The reference of a version: statistics of the window's rows ``frame`` (a sample) and of the model's
     predictions ``predicted`` (class labels, or values) on its test split."""
     kinds = feature_kinds(spec)
@@ -68,14 +69,23 @@ def build_reference(spec: PipelineSpec, frame, predicted: list, *, version: str,
     for f, kind in kinds.items():  # a text feature's proxies from its own half of the rows
         series.update(stats.series_of({f: cols[f]}, {f: kind}, sets))
     task = "classification" if predicted and isinstance(predicted[0], str) else "regression"
-    series["prediction"] = ("category", stats.category_values(predicted)) if task == "classification" else \
-        ("numeric", np.asarray(predicted, np.float64))  # fmt: skip
+    series["prediction"] = (
+        ("category", stats.category_values(predicted))
+        if task == "classification"
+        else ("numeric", np.asarray(predicted, np.float64))
+    )
     return {
-        "model": spec.model_name, "version": version, "rows": int(len(frame)), "source": source, "task": task,
-        "features": kinds, "vocabulary": vocab, "series": stats.reference(series),
+        "model": spec.model_name,
+        "version": version,
+        "rows": int(len(frame)),
+        "source": source,
+        "task": task,
+        "features": kinds,
+        "vocabulary": vocab,
+        "series": stats.reference(series),
         "metric": {"name": metric[0], "value": metric[1]} if metric else None,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
 
 
 def read_reference(spec: PipelineSpec, version: str) -> dict[str, Any] | None:
@@ -122,7 +132,9 @@ def _read_folders(folders: list) -> Logged:
         files += 1
         try:
             with obj.open("rb") as f:
-                frames.append(_plain(pq.read_table(f)).to_pandas() if obj.name.endswith(".parquet") else _csv(f))
+                frames.append(
+                    _plain(pq.read_table(f)).to_pandas() if obj.name.endswith(".parquet") else _csv(f)
+                )
         except Exception as exc:  # a truncated or foreign file: reported, the rest still judged
             problems.append(f"{obj}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); it was left out")
     return Logged(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), files, problems)
@@ -132,8 +144,14 @@ def _plain(table):
     """The table with dictionary-encoded columns (the request ids, the version) as plain values."""
     import pyarrow as pa
 
-    return table.cast(pa.schema([pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                                 for f in table.schema]))  # fmt: skip
+    return table.cast(
+        pa.schema(
+            [
+                pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                for f in table.schema
+            ]
+        )
+    )
 
 
 def _csv(f):
@@ -162,7 +180,9 @@ def read_labels(root: str, model: str, since: datetime) -> Logged:
 
     from freestack.storage import join, to_path
 
-    logged = _read_folders(_label_folders(join(to_path(monitoring_uri(root, model)), "labels"), f"ds={since:%Y-%m-%d}"))
+    logged = _read_folders(
+        _label_folders(join(to_path(monitoring_uri(root, model)), "labels"), f"ds={since:%Y-%m-%d}")
+    )
     if not len(logged.rows):
         logged.rows = pd.DataFrame(columns=["request_id", "row", "label"])
     elif "row" not in logged.rows:
@@ -178,7 +198,9 @@ def _label_folders(folder, since: str) -> list:
     while todo:
         here = todo.pop()
         out.append(here)
-        todo += [p for p in here.iterdir() if p.is_dir() and not (p.name.startswith("ds=") and p.name < since)]
+        todo += [
+            p for p in here.iterdir() if p.is_dir() and not (p.name.startswith("ds=") and p.name < since)
+        ]
     return out
 
 
@@ -201,9 +223,16 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
     series = stats.series_of(_logged_columns(rows, kinds), kinds, vocab)
     # a text-generation model's log holds its answers' texts and their lengths: its reference holds those
     # lengths in characters (freestack.evaluate.generation.reference_of)
-    pred = rows["completion_chars"] if "completion_chars" in rows and ref["task"] != "classification" else rows["prediction"]
-    series["prediction"] = ("category", stats.category_values(pred.tolist())) if ref["task"] == "classification" \
-        else ("numeric", pred.to_numpy(np.float64))  # fmt: skip
+    pred = (
+        rows["completion_chars"]
+        if "completion_chars" in rows and ref["task"] != "classification"
+        else rows["prediction"]
+    )
+    series["prediction"] = (
+        ("category", stats.category_values(pred.tolist()))
+        if ref["task"] == "classification"
+        else ("numeric", pred.to_numpy(np.float64))
+    )
     judged = []
     for name, (kind, values) in series.items():
         if name not in ref["series"]:
@@ -211,9 +240,13 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
         got = stats.drift(ref["series"][name], kind, values, t.psi, t.p_value)
         judged.append({"name": name, **got})
     judged.sort(key=lambda s: -s["psi"])
-    out = {"version": ref["version"], "rows": int(len(rows)), "series": judged,
-           "drifted": [s["name"] for s in judged if s["drifted"]],
-           "labels": _labelled_metric(ref, rows, labels, spec)}  # fmt: skip
+    out = {
+        "version": ref["version"],
+        "rows": int(len(rows)),
+        "series": judged,
+        "drifted": [s["name"] for s in judged if s["drifted"]],
+        "labels": _labelled_metric(ref, rows, labels, spec),
+    }
     out["status"] = "drift" if out["drifted"] or (out["labels"] or {}).get("drifted") else "ok"
     return out
 
@@ -222,8 +255,11 @@ def _labelled_metric(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> d
     """The gate's metric over the interval's rows that got a label, against the version's test score."""
     if not len(labels) or not ref.get("metric"):
         return None
-    joined = rows.merge(labels[["request_id", "row", "label"]].drop_duplicates(["request_id", "row"], keep="last"),
-                        on=["request_id", "row"], how="inner")  # fmt: skip
+    joined = rows.merge(
+        labels[["request_id", "row", "label"]].drop_duplicates(["request_id", "row"], keep="last"),
+        on=["request_id", "row"],
+        how="inner",
+    )
     t = spec.monitor.thresholds
     name, before = ref["metric"]["name"], ref["metric"]["value"]
     out = {"rows": int(len(joined)), "metric": name, "reference": before, "value": None, "drifted": False}
@@ -257,21 +293,34 @@ def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -
     for v in versions:
         for s in v.get("series", []):
             if s["drifted"]:
-                out.append({
-                    "version": v["version"], "series": s["name"], "statistic": "psi", "value": round(s["psi"], 4),
-                    "threshold": t.psi, "test": s["test"], "p_value": s["p_value"], "p_threshold": t.p_value,
-                    "message": f"{spec.model_name} {v['version']}: {s['name']} drifted: PSI {s['psi']:.3f} >= "
-                               f"{t.psi:g} and {s['test']} p-value {s['p_value']:.2g} < {t.p_value:g}; report {report}",
-                })  # fmt: skip
+                out.append(
+                    {
+                        "version": v["version"],
+                        "series": s["name"],
+                        "statistic": "psi",
+                        "value": round(s["psi"], 4),
+                        "threshold": t.psi,
+                        "test": s["test"],
+                        "p_value": s["p_value"],
+                        "p_threshold": t.p_value,
+                        "message": f"{spec.model_name} {v['version']}: {s['name']} drifted: PSI {s['psi']:.3f} >= "
+                        f"{t.psi:g} and {s['test']} p-value {s['p_value']:.2g} < {t.p_value:g}; report {report}",
+                    }
+                )
         lab = v.get("labels") or {}
         if lab.get("drifted"):
-            out.append({
-                "version": v["version"], "series": lab["metric"], "statistic": "metric_drop", "value": round(lab["drop"], 4),
-                "threshold": t.metric_drop,
-                "message": f"{spec.model_name} {v['version']}: {lab['metric']} on {lab['rows']} labelled rows is "
-                           f"{lab['value']:.4f}, {lab['drop']:.4f} worse than at registration ({lab['reference']:.4f}; "
-                           f"threshold {t.metric_drop:g}); report {report}",
-            })  # fmt: skip
+            out.append(
+                {
+                    "version": v["version"],
+                    "series": lab["metric"],
+                    "statistic": "metric_drop",
+                    "value": round(lab["drop"], 4),
+                    "threshold": t.metric_drop,
+                    "message": f"{spec.model_name} {v['version']}: {lab['metric']} on {lab['rows']} labelled rows is "
+                    f"{lab['value']:.4f}, {lab['drop']:.4f} worse than at registration ({lab['reference']:.4f}; "
+                    f"threshold {t.metric_drop:g}); report {report}",
+                }
+            )
     return out
 
 
@@ -283,8 +332,14 @@ def interval_name(start: datetime, end: datetime) -> str:
     return f"{start:%Y-%m-%dT%H%M%S}--{end:%Y-%m-%dT%H%M%S}"
 
 
-def monitor(spec: PipelineSpec, start: datetime, end: datetime, *, tracking_settings=None,
-            run: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def monitor(
+    spec: PipelineSpec,
+    start: datetime,
+    end: datetime,
+    *,
+    tracking_settings=None,
+    run: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Judge the interval [start, end) of the model's request log; write the report and the summary;
     log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``)."""
     from freestack.monitor.report import render
@@ -298,22 +353,40 @@ def monitor(spec: PipelineSpec, start: datetime, end: datetime, *, tracking_sett
     report_uri = str(join(folder, "report.html"))
     alerts = alerts_of(versions, spec, report_uri)
     summary = {
-        "pipeline": spec.name, "model": model, "interval": {"start": start.isoformat(), "end": end.isoformat()},
+        "pipeline": spec.name,
+        "model": model,
+        "interval": {"start": start.isoformat(), "end": end.isoformat()},
         "status": "drift" if alerts else ("ok" if any(v.get("series") for v in versions) else "no_data"),
-        "alert": bool(alerts), "alerts": alerts, "rows": int(len(logged.rows)), "files": logged.files,
-        "labels": int(len(labels.rows)), "problems": logged.problems + labels.problems, "notes": notes,
-        "versions": versions, "thresholds": spec.monitor.thresholds.model_dump(), "min_rows": spec.monitor.min_rows,
-        "actions": list(spec.monitor.actions), "report": report_uri, "airflow": run or {},
+        "alert": bool(alerts),
+        "alerts": alerts,
+        "rows": int(len(logged.rows)),
+        "files": logged.files,
+        "labels": int(len(labels.rows)),
+        "problems": logged.problems + labels.problems,
+        "notes": notes,
+        "versions": versions,
+        "thresholds": spec.monitor.thresholds.model_dump(),
+        "min_rows": spec.monitor.min_rows,
+        "actions": list(spec.monitor.actions),
+        "report": report_uri,
+        "airflow": run or {},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    }
     page, images = render(summary)
     write_bytes(join(folder, "report.html"), page.encode())
     summary["wandb"] = _log(spec, summary, images, tracking_settings)
     write_json(join(folder, "summary.json"), summary)
     for line in [*notes, *summary["problems"], *(a["message"] for a in alerts)]:
         log.warning("%s", line)
-    log.info("%s %s: %s, %d rows, %d alert(s); report %s", model, interval_name(start, end), summary["status"],
-             summary["rows"], len(alerts), report_uri)  # fmt: skip
+    log.info(
+        "%s %s: %s, %d rows, %d alert(s); report %s",
+        model,
+        interval_name(start, end),
+        summary["status"],
+        summary["rows"],
+        len(alerts),
+        report_uri,
+    )
     return summary
 
 
@@ -321,19 +394,27 @@ def _judge_all(spec: PipelineSpec, logged: Logged, labels: Logged) -> tuple[list
     """Each version's rows judged, or why not (no requests, too few rows, no reference statistics)."""
     rows, notes, out = logged.rows, [], []
     if not len(rows):
-        notes.append(f"no requests were logged for {spec.model_name} in this interval ({logged.files} files): nothing "
-                     "to judge. Is the model deployed, with deploy.local.log_sample_rate above 0, and did it get traffic?")  # fmt: skip
+        notes.append(
+            f"no requests were logged for {spec.model_name} in this interval ({logged.files} files): nothing "
+            "to judge. Is the model deployed, with deploy.local.log_sample_rate above 0, and did it get traffic?"
+        )
         return out, notes
     for version, part in rows.groupby("version", sort=True):
         entry = {"version": str(version), "rows": int(len(part)), "series": [], "drifted": [], "labels": None}
         ref = read_reference(spec, str(version))
         if ref is None:
-            entry.update(status="no_reference", note=f"version {version} has no reference statistics ({REFERENCE_FILE}): "
-                         "it was registered before monitoring existed or not by the evaluate task; retrain or judge "
-                         "only versions registered since")  # fmt: skip
+            entry.update(
+                status="no_reference",
+                note=f"version {version} has no reference statistics ({REFERENCE_FILE}): "
+                "it was registered before monitoring existed or not by the evaluate task; retrain or judge "
+                "only versions registered since",
+            )
         elif len(part) < spec.monitor.min_rows:
-            entry.update(status="too_few_rows", note=f"version {version}: {len(part)} logged rows, fewer than "
-                         f"monitor.min_rows ({spec.monitor.min_rows}); no verdict for this interval")  # fmt: skip
+            entry.update(
+                status="too_few_rows",
+                note=f"version {version}: {len(part)} logged rows, fewer than "
+                f"monitor.min_rows ({spec.monitor.min_rows}); no verdict for this interval",
+            )
         else:
             entry = judge_version(ref, part, labels.rows, spec)
         if entry.get("note"):
@@ -354,17 +435,27 @@ def _log(
     if tracking_settings is None:
         tracking_settings = WandbSettings.from_environment()
     start = summary["interval"]["start"][:16]
-    flat: dict[str, Any] = {"monitor/rows": summary["rows"], "monitor/alerts": len(summary["alerts"]),
-                            "monitor/drift": int(summary["alert"])}  # fmt: skip
+    flat: dict[str, Any] = {
+        "monitor/rows": summary["rows"],
+        "monitor/alerts": len(summary["alerts"]),
+        "monitor/drift": int(summary["alert"]),
+    }
     for v in summary["versions"]:
         for s in v.get("series", []):
             flat[f"monitor/psi/{s['name']}"] = s["psi"]
         if (v.get("labels") or {}).get("value") is not None:
             flat[f"monitor/labelled/{v['labels']['metric']}"] = v["labels"]["value"]
-    with start_run(tracking_settings, project=spec.name, name=f"{spec.name}-monitor-{start}",
-                   config={"interval": summary["interval"], "versions": [v["version"] for v in summary["versions"]]},
-                   tags=[f"pipeline:{spec.name}", "monitor"], job_type="monitor") as run, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+    with (
+        start_run(
+            tracking_settings,
+            project=spec.name,
+            name=f"{spec.name}-monitor-{start}",
+            config={"interval": summary["interval"], "versions": [v["version"] for v in summary["versions"]]},
+            tags=[f"pipeline:{spec.name}", "monitor"],
+            job_type="monitor",
+        ) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         run.summary_update(flat)
         for name, data in images.items():
             path = Path(tmp) / name
@@ -390,6 +481,15 @@ def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]
 
 
 __all__ = [
-    "MonitorError", "REFERENCE_FILE", "build_reference", "feature_kinds", "interval_name", "judge_version", "monitor",
-    "read_labels", "read_reference", "read_requests", "recent_summaries",
-]  # fmt: skip
+    "MonitorError",
+    "REFERENCE_FILE",
+    "build_reference",
+    "feature_kinds",
+    "interval_name",
+    "judge_version",
+    "monitor",
+    "read_labels",
+    "read_reference",
+    "read_requests",
+    "recent_summaries",
+]

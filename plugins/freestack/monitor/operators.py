@@ -41,14 +41,18 @@ class MonitorOperator(PipelineOperator):
         spec = self.pipeline_spec()
         start, end = context["data_interval_start"], context["data_interval_end"]
         if start is None or end is None or start >= end:
-            raise AirflowFailException(f"this run has no data interval ({start} to {end}): trigger it with one, or "
-                                       "let the schedule or a backfill create the run")  # fmt: skip
+            raise AirflowFailException(
+                f"this run has no data interval ({start} to {end}): trigger it with one, or "
+                "let the schedule or a backfill create the run"
+            )
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         summary = monitor(spec, start, end, run=run)
         brief = {k: summary[k] for k in ("status", "alert", "rows", "report")}
         brief["alerts"] = [a["message"] for a in summary["alerts"]][:20]
         context["outlet_events"][monitoring_asset(spec.name)].extra = {
-            **{k: brief[k] for k in ("status", "rows", "report")}, "alerts": len(summary["alerts"])}  # fmt: skip
+            **{k: brief[k] for k in ("status", "rows", "report")},
+            "alerts": len(summary["alerts"]),
+        }
         context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=_note(summary))
         return brief
 
@@ -84,8 +88,13 @@ class AlertOperator(PipelineOperator):
         spec = self.pipeline_spec()
         got = _drifted(context, "alert", spec)
         start, end = context["data_interval_start"], context["data_interval_end"]
-        alert = {"model": spec.model_name, "interval": {"start": start.isoformat(), "end": end.isoformat()},
-                 "report": got["report"], "alerts": got["alerts"], "run_id": context["run_id"]}  # fmt: skip
+        alert = {
+            "model": spec.model_name,
+            "interval": {"start": start.isoformat(), "end": end.isoformat()},
+            "report": got["report"],
+            "alerts": got["alerts"],
+            "run_id": context["run_id"],
+        }
         write_json(
             join(
                 to_path(monitoring_uri(spec.root, spec.model_name)),
@@ -121,8 +130,10 @@ def _notifier(path: str, args: dict[str, Any], subject: str, text: str):
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise AirflowFailException(f"monitor.notify: cannot import {path} ({exc}); install its provider on the "
-                                   "workers or fix the dotted path") from None  # fmt: skip
+        raise AirflowFailException(
+            f"monitor.notify: cannot import {path} ({exc}); install its provider on the "
+            "workers or fix the dotted path"
+        ) from None
     if not (inspect.isclass(cls) and issubclass(cls, BaseNotifier)):
         raise AirflowFailException(
             f"monitor.notify: {path} is not an Airflow notifier (a BaseNotifier subclass)"

@@ -18,8 +18,11 @@ def _psi_plot(v: dict[str, Any], threshold: float) -> bytes:
 
     top = v["series"][:20][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
-    ax.barh([s["name"] for s in top], [s["psi"] for s in top],
-            color=["#d62728" if s["drifted"] else "#1f77b4" for s in top])  # fmt: skip
+    ax.barh(
+        [s["name"] for s in top],
+        [s["psi"] for s in top],
+        color=["#d62728" if s["drifted"] else "#1f77b4" for s in top],
+    )
     ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("population stability index")
     ax.set_title(f"version {v['version']}: PSI per column (red: drifted)", fontsize=10)
@@ -66,10 +69,22 @@ def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
 
     matplotlib.use("Agg")
     images: dict[str, bytes] = {}
-    parts = [f"<h1>{html.escape(summary['model'])}: monitoring {html.escape(summary['interval']['start'])} to "
-             f"{html.escape(summary['interval']['end'])}</h1>",
-             _table(["status", "logged rows", "log files", "labels", "alerts"],
-                    [[summary["status"], summary["rows"], summary["files"], summary["labels"], len(summary["alerts"])]])]  # fmt: skip
+    parts = [
+        f"<h1>{html.escape(summary['model'])}: monitoring {html.escape(summary['interval']['start'])} to "
+        f"{html.escape(summary['interval']['end'])}</h1>",
+        _table(
+            ["status", "logged rows", "log files", "labels", "alerts"],
+            [
+                [
+                    summary["status"],
+                    summary["rows"],
+                    summary["files"],
+                    summary["labels"],
+                    len(summary["alerts"]),
+                ]
+            ],
+        ),
+    ]
     if summary["alerts"]:
         parts.append(
             "<h2>alerts</h2><ul>"
@@ -86,22 +101,59 @@ def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
         )
         if not v.get("series"):
             continue
-        for name, data in ((f"psi-{v['version']}.png", _psi_plot(v, t["psi"])),
-                           (f"distributions-{v['version']}.png", _distribution_plot(v))):  # fmt: skip
+        for name, data in (
+            (f"psi-{v['version']}.png", _psi_plot(v, t["psi"])),
+            (f"distributions-{v['version']}.png", _distribution_plot(v)),
+        ):
             images[name] = data
             parts.append(
                 f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
             )
         lab = v.get("labels")
         if lab:
-            parts.append("<h3>labelled rows</h3>" + _table(
-                ["rows", "metric", "this interval", "at registration", "worse by", "threshold", "drifted"],
-                [[lab["rows"], lab["metric"], lab.get("value") if lab.get("value") is not None else lab.get("note", ""),
-                  lab["reference"], lab.get("drop", ""), t["metric_drop"], lab["drifted"]]]))  # fmt: skip
-        parts.append(f"<h3>columns (PSI threshold {t['psi']:g}, p-value threshold {t['p_value']:g})</h3>" + _table(
-            ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"],
-            [[s["name"], s["kind"], s["rows"], s["psi"], s["test"], s["p_value"], "yes" if s["drifted"] else ""]
-             for s in v["series"]]))  # fmt: skip
+            parts.append(
+                "<h3>labelled rows</h3>"
+                + _table(
+                    [
+                        "rows",
+                        "metric",
+                        "this interval",
+                        "at registration",
+                        "worse by",
+                        "threshold",
+                        "drifted",
+                    ],
+                    [
+                        [
+                            lab["rows"],
+                            lab["metric"],
+                            lab.get("value") if lab.get("value") is not None else lab.get("note", ""),
+                            lab["reference"],
+                            lab.get("drop", ""),
+                            t["metric_drop"],
+                            lab["drifted"],
+                        ]
+                    ],
+                )
+            )
+        parts.append(
+            f"<h3>columns (PSI threshold {t['psi']:g}, p-value threshold {t['p_value']:g})</h3>"
+            + _table(
+                ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"],
+                [
+                    [
+                        s["name"],
+                        s["kind"],
+                        s["rows"],
+                        s["psi"],
+                        s["test"],
+                        s["p_value"],
+                        "yes" if s["drifted"] else "",
+                    ]
+                    for s in v["series"]
+                ],
+            )
+        )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(summary['model'])} monitoring</title><style>"

@@ -71,8 +71,10 @@ class Notify(SpecModel):
     @classmethod
     def _dotted(cls, v: str) -> str:
         if not _DOTTED.match(v):
-            raise ValueError(f"notifier {v!r} must be a class's dotted path, e.g. "
-                             "airflow.providers.smtp.notifications.smtp.SmtpNotifier")  # fmt: skip
+            raise ValueError(
+                f"notifier {v!r} must be a class's dotted path, e.g. "
+                "airflow.providers.smtp.notifications.smtp.SmtpNotifier"
+            )
         return v
 
 
@@ -95,9 +97,11 @@ class MonitorSpec(SpecModel):
     thresholds: Thresholds = Field(
         default_factory=Thresholds, description="When a column or the metric counts as drifted."
     )
-    actions: list[Literal["alert", "retrain"]] = Field(default_factory=lambda: ["alert"],
+    actions: list[Literal["alert", "retrain"]] = Field(
+        default_factory=lambda: ["alert"],
         description="On drift: alert (the notifiers, and the alert on the monitoring page) and/or retrain (the "
-                    "drift asset schedules <p>_train on the latest window)")  # fmt: skip
+        "drift asset schedules <p>_train on the latest window)",
+    )
     notify: list[Notify] = Field(
         default_factory=list, max_length=20, description="Airflow notifiers that receive each alert."
     )

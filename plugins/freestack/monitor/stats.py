@@ -75,8 +75,10 @@ def image_series(name: str, values: list) -> dict[str, np.ndarray]:
 
 
 def category_values(values: list) -> np.ndarray:
-    return np.asarray([MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
-                      dtype=object)  # fmt: skip
+    return np.asarray(
+        [MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values],
+        dtype=object,
+    )
 
 
 def series_of(
@@ -128,10 +130,17 @@ def numeric_reference(values: np.ndarray, rng: np.random.Generator) -> dict[str,
     props = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1) / len(finite)
     sample = finite if len(finite) <= KS_SAMPLE else rng.choice(finite, KS_SAMPLE, replace=False)
     return {
-        "kind": "numeric", "rows": int(len(values)), "missing": missing, "edges": edges.tolist(),
-        "proportions": props.tolist(), "sample": np.sort(sample).tolist(),
-        "mean": float(finite.mean()), "std": float(finite.std()), "min": float(finite.min()), "max": float(finite.max()),
-    }  # fmt: skip
+        "kind": "numeric",
+        "rows": int(len(values)),
+        "missing": missing,
+        "edges": edges.tolist(),
+        "proportions": props.tolist(),
+        "sample": np.sort(sample).tolist(),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+    }
 
 
 def category_reference(values: np.ndarray) -> dict[str, Any]:
@@ -146,8 +155,10 @@ def category_reference(values: np.ndarray) -> dict[str, Any]:
 
 def reference(series: dict[str, tuple[str, np.ndarray]], seed: int = 0) -> dict[str, dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    return {name: numeric_reference(v, rng) if kind == "numeric" else category_reference(v)
-            for name, (kind, v) in series.items()}  # fmt: skip
+    return {
+        name: numeric_reference(v, rng) if kind == "numeric" else category_reference(v)
+        for name, (kind, v) in series.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,15 +178,28 @@ def numeric_drift(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
 
     finite = values[np.isfinite(values)]
     if not len(finite) or not ref["sample"]:
-        return {"statistic": "psi", "psi": 0.0, "test": "ks", "p_value": 1.0, "rows": int(len(finite)),
-                "note": "no finite values on one side"}  # fmt: skip
+        return {
+            "statistic": "psi",
+            "psi": 0.0,
+            "test": "ks",
+            "p_value": 1.0,
+            "rows": int(len(finite)),
+            "note": "no finite values on one side",
+        }
     edges = np.asarray(ref["edges"])
     cur = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1) / len(finite)
     test = ks_2samp(np.asarray(ref["sample"]), finite)
-    return {"statistic": "psi", "psi": psi(np.asarray(ref["proportions"]), cur), "test": "ks",
-            "ks": float(test.statistic), "p_value": float(test.pvalue), "rows": int(len(finite)),
-            "mean": float(finite.mean()), "reference_mean": ref.get("mean"),
-            "bins": {"reference": ref["proportions"], "current": cur.tolist()}}  # fmt: skip
+    return {
+        "statistic": "psi",
+        "psi": psi(np.asarray(ref["proportions"]), cur),
+        "test": "ks",
+        "ks": float(test.statistic),
+        "p_value": float(test.pvalue),
+        "rows": int(len(finite)),
+        "mean": float(finite.mean()),
+        "reference_mean": ref.get("mean"),
+        "bins": {"reference": ref["proportions"], "current": cur.tolist()},
+    }
 
 
 def category_drift(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
@@ -192,10 +216,16 @@ def category_drift(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
     exp_s = np.maximum(exp, FLOOR)
     test = chisquare(cur, exp_s / exp_s.sum() * n) if n else None
     new = sorted((k for k in counts if k not in props), key=lambda k: -counts[k])[:5]
-    return {"statistic": "psi", "psi": psi(exp, cur / max(n, 1)), "test": "chi2",
-            "chi2": float(test.statistic) if test else 0.0, "p_value": float(test.pvalue) if test else 1.0,
-            "rows": int(n), "unseen": new,
-            "bins": {"labels": [*known, OTHER], "reference": exp.tolist(), "current": (cur / max(n, 1)).tolist()}}  # fmt: skip
+    return {
+        "statistic": "psi",
+        "psi": psi(exp, cur / max(n, 1)),
+        "test": "chi2",
+        "chi2": float(test.statistic) if test else 0.0,
+        "p_value": float(test.pvalue) if test else 1.0,
+        "rows": int(n),
+        "unseen": new,
+        "bins": {"labels": [*known, OTHER], "reference": exp.tolist(), "current": (cur / max(n, 1)).tolist()},
+    }
 
 
 def drift(

@@ -20,8 +20,16 @@ log = logging.getLogger(__name__)
 
 #: the sweep summary's fields that the model card shows
 CARD_SWEEP_FIELDS = (
-    "sweep_id", "method", "metric", "best_trial", "best_value", "best_params", "trials", "stopped_early", "epochs_total",
-)  # fmt: skip
+    "sweep_id",
+    "method",
+    "metric",
+    "best_trial",
+    "best_value",
+    "best_params",
+    "trials",
+    "stopped_early",
+    "epochs_total",
+)
 
 
 class PromotionError(FreestackError):
@@ -68,11 +76,16 @@ def register_candidate(
     reg = registry_for(spec)
     lineage = {
         "gate": decision,
-        "evaluation": {"report": str(join(reg.version_path(version), "evaluation", "report.html")),
-                       "champion_version": ev.get("champion_version"), "candidate": _numbers(ev["candidate"])},
-    }  # fmt: skip
+        "evaluation": {
+            "report": str(join(reg.version_path(version), "evaluation", "report.html")),
+            "champion_version": ev.get("champion_version"),
+            "candidate": _numbers(ev["candidate"]),
+        },
+    }
     try:
-        uri = reg.register(ev["candidate_uri"], version, lineage_updates=lineage, card=candidate_card(spec, ev, decision))
+        uri = reg.register(
+            ev["candidate_uri"], version, lineage_updates=lineage, card=candidate_card(spec, ev, decision)
+        )
     except VersionExists:
         uri = _registered_by(reg, version, run_id)
     except RegistryError as exc:

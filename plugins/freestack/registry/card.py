@@ -42,9 +42,10 @@ class CardInfo:
             return info
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         unknown = {k: v for k, v in info.items() if k not in known}
-        return cls(**{k: v for k, v in info.items() if k in known}, extra=dict(info.get("extra") or {}) | {
-            k: v for k, v in unknown.items() if k != "extra"
-        })
+        return cls(
+            **{k: v for k, v in info.items() if k in known},
+            extra=dict(info.get("extra") or {}) | {k: v for k, v in unknown.items() if k != "extra"},
+        )
 
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, float]:
@@ -248,11 +249,20 @@ def render_card(
     facts = _facts(model, info, metrics=metrics, lineage=lineage)
     task, kind, pipeline = facts["task"], facts["kind"], facts["pipeline"]
     freestack = {
-        "model": model, "version": version, "metrics": facts["metrics"], "window": facts["window"],
-        "partitions": facts["partitions"], "train_config": facts["train_config"], "sweep": facts["sweep"],
-        "gate": facts["gate"], "spec_hash": lineage.get("spec_hash"), "code_version": lineage.get("code_version"),
-        "airflow": lineage.get("airflow") or None, "wandb": _wandb_ref(lineage.get("wandb")), **info.extra,
-    }  # fmt: skip
+        "model": model,
+        "version": version,
+        "metrics": facts["metrics"],
+        "window": facts["window"],
+        "partitions": facts["partitions"],
+        "train_config": facts["train_config"],
+        "sweep": facts["sweep"],
+        "gate": facts["gate"],
+        "spec_hash": lineage.get("spec_hash"),
+        "code_version": lineage.get("code_version"),
+        "airflow": lineage.get("airflow") or None,
+        "wandb": _wandb_ref(lineage.get("wandb")),
+        **info.extra,
+    }
     hub = _pretrained_facts(lineage)
     data = ModelCardData(
         model_name=f"{model}-{version}",
@@ -273,14 +283,30 @@ def render_card(
         "can drift as the data changes. Check the metrics on your own data before relying on it."
     )
     card = ModelCard.from_template(
-        data, template_str=CARD_TEMPLATE, model=model, version=version, task=task, kind=kind,
-        intended_use=intended, limitations=limits, metrics=facts["metrics"], partitions=facts["partitions"],
-        window_text=_window_text(facts["window"]), gate_text=_gate_text(facts["gate"]), lineage=_Attr(lineage),
-        airflow_text=_airflow_text(lineage.get("airflow")), wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
-        sweep_text=_kv_text(facts["sweep"]), custom=lineage.get("module"), **_features(lineage, facts["train_config"]),
-        pretrained=lineage.get("base"), adapter=hub.get("library_name") == "peft", auto_class=hub.get("auto_class"),
-        base_folder=hub.get("base_folder"), system_literal=_system_literal(lineage),
-    )  # fmt: skip
+        data,
+        template_str=CARD_TEMPLATE,
+        model=model,
+        version=version,
+        task=task,
+        kind=kind,
+        intended_use=intended,
+        limitations=limits,
+        metrics=facts["metrics"],
+        partitions=facts["partitions"],
+        window_text=_window_text(facts["window"]),
+        gate_text=_gate_text(facts["gate"]),
+        lineage=_Attr(lineage),
+        airflow_text=_airflow_text(lineage.get("airflow")),
+        wandb_text=_kv_text(_wandb_ref(lineage.get("wandb"))),
+        sweep_text=_kv_text(facts["sweep"]),
+        custom=lineage.get("module"),
+        **_features(lineage, facts["train_config"]),
+        pretrained=lineage.get("base"),
+        adapter=hub.get("library_name") == "peft",
+        auto_class=hub.get("auto_class"),
+        base_folder=hub.get("base_folder"),
+        system_literal=_system_literal(lineage),
+    )
     return str(card)
 
 
@@ -303,20 +329,32 @@ def _pretrained_facts(lineage: dict[str, Any]) -> dict[str, Any]:
     adapter = peft is not None and not peft.get("merge")
     repo = str(base.get("repo") or "")
     hub_repo = "://" not in repo and not repo.startswith(("/", ".", "~")) and repo.count("/") <= 1
-    auto = {"text-classification": "AutoModelForSequenceClassification", "text-generation": "AutoModelForCausalLM"}.get(
-        str(base.get("task")), "AutoModelForImageClassification")  # fmt: skip
-    return {"base_model": repo if hub_repo else None, "library_name": "peft" if adapter else "transformers",
-            "auto_class": auto, "tags": ["lora"] if peft else [],
-            "base_folder": None if hub_repo else (local_folder(repo) or repo)}  # fmt: skip
+    auto = {
+        "text-classification": "AutoModelForSequenceClassification",
+        "text-generation": "AutoModelForCausalLM",
+    }.get(str(base.get("task")), "AutoModelForImageClassification")
+    return {
+        "base_model": repo if hub_repo else None,
+        "library_name": "peft" if adapter else "transformers",
+        "auto_class": auto,
+        "tags": ["lora"] if peft else [],
+        "base_folder": None if hub_repo else (local_folder(repo) or repo),
+    }
 
 
 def _features(lineage: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
     """The card's words on the inputs: the columns and their kinds, the image and text columns (the
     recipe decodes images from base64, and a text model's tokenizer length)."""
     kinds = lineage.get("features") or {}
-    facts = {"features": None, "features_text": "", "feature_names": list(kinds), "n_features": len(kinds),
-             "image_column": None, "text_column": None,
-             "max_length": (hyper.get("model") or {}).get("max_length") or 128}  # fmt: skip
+    facts = {
+        "features": None,
+        "features_text": "",
+        "feature_names": list(kinds),
+        "n_features": len(kinds),
+        "image_column": None,
+        "text_column": None,
+        "max_length": (hyper.get("model") or {}).get("max_length") or 128,
+    }
     if all(k in ("int", "float", "bool") for k in kinds.values()):
         return facts
     text = ", ".join(f"`{name}` ({kind})" for name, kind in kinds.items())
@@ -343,7 +381,9 @@ def model_settings(hyper: dict[str, Any], kind: str, kinds: dict[str, str]) -> d
         return hyper
     inputs = set(kinds.values())
     own = ["type", "task", "name", "features", "hub_repo", *MODEL_SETTINGS.get(kind, MODEL_SETTINGS["mlp"])]
-    if kind == "huggingface":  # the base's tokenizer or image processor: only its length and the augmentations
+    if (
+        kind == "huggingface"
+    ):  # the base's tokenizer or image processor: only its length and the augmentations
         own += ["max_length"] if "text" in inputs else []
         if "image" in inputs and isinstance(model.get("image"), dict):
             model["image"] = {"augment": model["image"].get("augment") or []}
@@ -365,9 +405,14 @@ def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict
         "pipeline": lineage.get("pipeline") or model,
         "metrics": metrics_summary(info.metrics if info.metrics is not None else metrics),
         "window": info.window if info.window is not None else (lineage.get("window") or {}),
-        "partitions": [{k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions],
-        "train_config": model_settings(info.train_config if info.train_config is not None else hyper,
-                                       _kind(lineage, hyper.get("model") or {}), lineage.get("features") or {}),
+        "partitions": [
+            {k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions
+        ],
+        "train_config": model_settings(
+            info.train_config if info.train_config is not None else hyper,
+            _kind(lineage, hyper.get("model") or {}),
+            lineage.get("features") or {},
+        ),
         "sweep": info.sweep if info.sweep is not None else (lineage.get("sweep") or None),
         "gate": info.gate if info.gate is not None else (lineage.get("gate") or None),
     }
@@ -392,10 +437,14 @@ def _eval_results(facts: dict[str, Any], info: CardInfo, lineage: dict[str, Any]
     pipeline = facts["pipeline"]
     return [
         EvalResult(
-            task_type=_task_type(facts["task"], facts["kind"], lineage), dataset_type=f"freestack/{pipeline}",
-            dataset_name=info.dataset_name or f"{pipeline} lake window", dataset_split="test",
-            metric_type=name.removeprefix("test_").removeprefix("best_val_"), metric_name=name, metric_value=value,
-        )  # fmt: skip
+            task_type=_task_type(facts["task"], facts["kind"], lineage),
+            dataset_type=f"freestack/{pipeline}",
+            dataset_name=info.dataset_name or f"{pipeline} lake window",
+            dataset_split="test",
+            metric_type=name.removeprefix("test_").removeprefix("best_val_"),
+            metric_name=name,
+            metric_value=value,
+        )
         for name, value in facts["metrics"].items()
     ]
 

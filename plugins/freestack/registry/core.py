@@ -79,7 +79,9 @@ class AliasMoved(RegistryError):  # noqa: N818  (reads as the condition)
     """The alias no longer points where the caller judged it from: someone moved it meanwhile.
     ``expected`` is where the caller saw it, ``current`` where it is, ``move`` that move in words."""
 
-    def __init__(self, message: str, current: str | None, expected: str | None = None, move: str | None = None) -> None:
+    def __init__(
+        self, message: str, current: str | None, expected: str | None = None, move: str | None = None
+    ) -> None:
         super().__init__(message)
         self.current, self.expected, self.move = current, expected, move
 
@@ -245,12 +247,16 @@ class ModelRegistry:
         try:
             lineage = self._copy(src, files, version)
             self._finish(version, lineage, lineage_updates, card)
-            return self._commit(version, source=str(src), expected=(names - {MARKER}) | {"README.md", "lineage.json"})
+            return self._commit(
+                version, source=str(src), expected=(names - {MARKER}) | {"README.md", "lineage.json"}
+            )
         except BaseException:
             self._discard(version)
             raise
 
-    def _copy(self, src: ObjectStoragePath, files: list[tuple[str, ObjectStoragePath]], version: str) -> dict[str, Any]:
+    def _copy(
+        self, src: ObjectStoragePath, files: list[tuple[str, ObjectStoragePath]], version: str
+    ) -> dict[str, Any]:
         """Copy the model files into the version folder; return the source's lineage."""
         from freestack.storage import join, write_bytes
 
@@ -272,7 +278,9 @@ class ModelRegistry:
                 return
             remove_tree(self.version_path(version))
         except Exception as exc:  # the failure that got here is the one to report
-            log.warning("could not remove %s after its registration failed: %s", self.version_path(version), exc)
+            log.warning(
+                "could not remove %s after its registration failed: %s", self.version_path(version), exc
+            )
 
     def _refuse_existing(self, version: str) -> None:
         marker = self._read_marker(version)
@@ -325,7 +333,9 @@ class ModelRegistry:
                 f"version {version!r} of model {self.model!r} was registered by someone else meanwhile; "
                 "versions are immutable: register under a new version"
             ) from None
-        log.info("registered %s %s at %s (%d files)", self.model, version, self.version_path(version), len(files))
+        log.info(
+            "registered %s %s at %s (%d files)", self.model, version, self.version_path(version), len(files)
+        )
         return self.version_uri(version)
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -463,11 +473,22 @@ class ModelRegistry:
         if expect is False or old == expect or (version is not None and old == version):
             return
         move = self.last_move(alias, a)
-        raise AliasMoved(f"{alias} of {self.model!r} is {old or 'unset'}, no longer {expect or 'unset'}: "
-                         f"{move or 'moved meanwhile'}", old, expect or None, move)  # fmt: skip
+        raise AliasMoved(
+            f"{alias} of {self.model!r} is {old or 'unset'}, no longer {expect or 'unset'}: "
+            f"{move or 'moved meanwhile'}",
+            old,
+            expect or None,
+            move,
+        )
 
-    def promote(self, version_or_alias: str, *, reason: str | None = None, by: str | None = None,
-                expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
+    def promote(
+        self,
+        version_or_alias: str,
+        *,
+        reason: str | None = None,
+        by: str | None = None,
+        expect: str | None | bool = False,
+    ) -> dict[str, Any]:
         """production ← version and previous ← the old production, atomically; return the aliases.
         ``by`` (who or what moved it: the gate, an approver, a user's DAG run) goes into the history.
         With ``expect`` (a version, or None for "no production yet"), the move happens only while
@@ -489,8 +510,15 @@ class ModelRegistry:
         log.info("model %s: production -> %s (previous %s)", self.model, version, out.get("previous"))
         return out
 
-    def set_alias(self, alias: str, version_or_alias: str, *, reason: str | None = None,
-                  by: str | None = None, expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
+    def set_alias(
+        self,
+        alias: str,
+        version_or_alias: str,
+        *,
+        reason: str | None = None,
+        by: str | None = None,
+        expect: str | None | bool = False,
+    ) -> dict[str, Any]:
         """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`); with
         ``expect``, only while the alias is still that version (else :class:`AliasMoved`)."""
         check_alias(alias)
@@ -509,8 +537,14 @@ class ModelRegistry:
 
         return self._move(change)
 
-    def rollback(self, *, to: str | None = None, reason: str | None = None, by: str | None = None,
-                 expect: str | None | bool = False) -> dict[str, Any]:  # fmt: skip
+    def rollback(
+        self,
+        *,
+        to: str | None = None,
+        reason: str | None = None,
+        by: str | None = None,
+        expect: str | None | bool = False,
+    ) -> dict[str, Any]:
         """production ← ``to`` (default: previous) and previous ← the rolled-back version; return the
         aliases. With ``expect``, only while production is still that version, in the same
         compare-and-swap (else :class:`AliasMoved`, and nothing changes)."""
@@ -544,13 +578,16 @@ class ModelRegistry:
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
             ev = _event("blocked", "production", version, a.get("production"), reason[:500], by)
-            a.setdefault("history", []).append({**ev, "decision": {k: v for k, v in decision.items() if k != "gate"}})
+            a.setdefault("history", []).append(
+                {**ev, "decision": {k: v for k, v in decision.items() if k != "gate"}}
+            )
             return a
 
         return self._move(change)
 
-    def gate_of(self, version: str, lineage: dict[str, Any] | None = None,
-                aliases: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    def gate_of(
+        self, version: str, lineage: dict[str, Any] | None = None, aliases: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The gate decision that holds for ``version``: the newest one recorded when it was decided again
         (:meth:`block`), else the one registered with it (its lineage's ``gate``)."""
         again = redecisions(self.aliases() if aliases is None else aliases).get(version)
@@ -605,7 +642,9 @@ class ModelRegistry:
             target.write_bytes(data)
         return out
 
-    def load(self, version_or_alias: str = "production", *, map_location: str = "cpu") -> FreestackNet | CustomNet:
+    def load(
+        self, version_or_alias: str = "production", *, map_location: str = "cpu"
+    ) -> FreestackNet | CustomNet:
         """The registered model (a :class:`FreestackNet`, or a custom model with its own ``module.py``),
         from local disk or (via a temporary folder) from S3; the model files are checked against the
         registration manifest."""
@@ -635,15 +674,17 @@ class ModelRegistry:
                 raise IntegrityError(f"{name} of {self.model} {version} does not match what was registered")
 
 
-
 #: history events that record a decision, not a move of the alias
 NOT_MOVES = frozenset({"blocked"})
 
 
 def redecisions(aliases: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """version -> the newest gate decision recorded when it was decided again (:meth:`ModelRegistry.block`)."""
-    return {ev["version"]: ev["decision"] for ev in aliases.get("history") or []
-            if ev.get("action") == "blocked" and isinstance(ev.get("decision"), dict) and ev.get("version")}  # fmt: skip
+    return {
+        ev["version"]: ev["decision"]
+        for ev in aliases.get("history") or []
+        if ev.get("action") == "blocked" and isinstance(ev.get("decision"), dict) and ev.get("version")
+    }
 
 
 def registry_for(spec: PipelineSpec) -> ModelRegistry:
@@ -653,8 +694,9 @@ def registry_for(spec: PipelineSpec) -> ModelRegistry:
     return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
 
 
-def _event(action: str, alias: str, version: str, old: str | None, reason: str | None,
-           by: str | None = None) -> dict[str, Any]:  # fmt: skip
+def _event(
+    action: str, alias: str, version: str, old: str | None, reason: str | None, by: str | None = None
+) -> dict[str, Any]:
     ev = {"at": _now(), "action": action, "alias": alias, "version": version, "from": old, "pid": os.getpid()}
     if reason:
         ev["reason"] = reason
@@ -664,6 +706,17 @@ def _event(action: str, alias: str, version: str, old: str | None, reason: str |
 
 
 __all__ = [
-    "AliasMoved", "IntegrityError", "ModelRegistry", "NOT_MOVES", "RegistryError", "VersionExists", "VersionNotFound",
-    "check_alias", "check_version", "redecisions", "registry_for", "remove_tree", "walk_files",
-]  # fmt: skip
+    "AliasMoved",
+    "IntegrityError",
+    "ModelRegistry",
+    "NOT_MOVES",
+    "RegistryError",
+    "VersionExists",
+    "VersionNotFound",
+    "check_alias",
+    "check_version",
+    "redecisions",
+    "registry_for",
+    "remove_tree",
+    "walk_files",
+]

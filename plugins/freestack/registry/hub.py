@@ -132,8 +132,10 @@ def load_from_hub(
     commit = config.parent.name  # .../snapshots/<commit>/config.json
     settings = json.loads(config.read_text())
     if is_custom(settings) and not trust_remote_code:
-        raise RegistryError(f"{repo_id}@{revision} is a custom model whose {MODULE_FILE} would run on loading; "
-                            "pass trust_remote_code=True if you trust the repo's code")  # fmt: skip
+        raise RegistryError(
+            f"{repo_id}@{revision} is a custom model whose {MODULE_FILE} would run on loading; "
+            "pass trust_remote_code=True if you trust the repo's code"
+        )
     for name in weight_files(settings):
         if Path(hf_hub_download(filename=name, revision=commit, **kw)).parent != config.parent:
             raise RegistryError(f"{repo_id}@{revision}: config.json and {name} came from different commits")

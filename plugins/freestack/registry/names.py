@@ -24,7 +24,12 @@ RESERVED = frozenset({"history", "latest"})
 MODEL_FILES = ("config.json", "model.safetensors")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 #: what a text-generation version answers with besides its weights (freestack.ml.generation.save_tokenizer)
-GENERATION_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+GENERATION_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+)
 
 
 def missing_model_files(names: set[str] | frozenset[str]) -> list[str]:
@@ -57,6 +62,17 @@ def valid_alias(name: object) -> bool:
 
 
 __all__ = [
-    "ADAPTER_FILES", "ALIASES", "GENERATION_FILES", "ALIAS_RE", "missing_model_files", "weight_files", "KNOWN_ALIASES", "MARKER", "MODEL_FILES", "RESERVED", "VERSION_RE", "valid_alias",
+    "ADAPTER_FILES",
+    "ALIASES",
+    "GENERATION_FILES",
+    "ALIAS_RE",
+    "missing_model_files",
+    "weight_files",
+    "KNOWN_ALIASES",
+    "MARKER",
+    "MODEL_FILES",
+    "RESERVED",
+    "VERSION_RE",
+    "valid_alias",
     "valid_version",
-]  # fmt: skip
+]

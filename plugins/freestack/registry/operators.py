@@ -46,23 +46,36 @@ class PromoteOperator(PipelineOperator):
         for _ in range(MAX_REDECISIONS):
             judged = decision.get("champion_version")
             try:
-                aliases = reg.promote(version, reason=f"gate: {'; '.join(decision['reasons'])}"[:500],
-                                      by=_approver(context), expect=judged)  # fmt: skip
+                aliases = reg.promote(
+                    version,
+                    reason=f"gate: {'; '.join(decision['reasons'])}"[:500],
+                    by=_approver(context),
+                    expect=judged,
+                )
                 break
             except AliasMoved as exc:
                 self.log.warning("production moved after this run's evaluation: %s", exc)
                 decision = self.decide_again(spec, reg, version, exc.current, context)
         else:
-            raise AirflowFailException(f"production of {spec.model_name} moved {MAX_REDECISIONS} times while "
-                                       "this run decided again; trigger the run again once the moves settle")  # fmt: skip
+            raise AirflowFailException(
+                f"production of {spec.model_name} moved {MAX_REDECISIONS} times while "
+                "this run decided again; trigger the run again once the moves settle"
+            )
         if spec.model.hub_repo and registered.get("hub"):
             token, endpoint = hub_settings()
             promote_on_hub(spec.model.hub_repo, version, token, endpoint=endpoint)
-        self.log.info("%s production -> %s (previous: %s)", spec.model_name, aliases.get("production"),
-                      aliases.get("previous"))  # fmt: skip
+        self.log.info(
+            "%s production -> %s (previous: %s)",
+            spec.model_name,
+            aliases.get("production"),
+            aliases.get("previous"),
+        )
         ti.xcom_push(key=RUN_NOTE_XCOM, value=promoted_note(spec.model_name, version, aliases, decision))
-        return {"alias": "production", "version": aliases.get("production"),
-                **{k: aliases.get(k) for k in ("production", "previous", "staging")}}  # fmt: skip
+        return {
+            "alias": "production",
+            "version": aliases.get("production"),
+            **{k: aliases.get(k) for k in ("production", "previous", "staging")},
+        }
 
     def decide_again(self, spec, reg, version: str, current: str | None, context: Context) -> dict[str, Any]:
         """The gate's decision against the production that is there now, on the candidate's test rows;
@@ -71,22 +84,35 @@ class PromoteOperator(PipelineOperator):
         from freestack.evaluate.gate import decide, decision_note
 
         try:
-            cand, champ = rescore(spec, reg.version_uri(version), reg.version_uri(current) if current else None)
+            cand, champ = rescore(
+                spec, reg.version_uri(version), reg.version_uri(current) if current else None
+            )
             decision = decide(spec.gate, cand, champ)
         except (EvaluationError, ValueError) as exc:
-            raise AirflowFailException(f"cannot decide {version} again against production {current}: {exc}") from None
+            raise AirflowFailException(
+                f"cannot decide {version} again against production {current}: {exc}"
+            ) from None
         decision.update(candidate_version=version, champion_version=current, decided_again=True)
-        self.log.info("gate for %s %s against the new production %s: %s", spec.model_name, version, current,
-                      "PROMOTE" if decision["promote"] else "BLOCK")  # fmt: skip
+        self.log.info(
+            "gate for %s %s against the new production %s: %s",
+            spec.model_name,
+            version,
+            current,
+            "PROMOTE" if decision["promote"] else "BLOCK",
+        )
         for reason in decision["reasons"]:
             self.log.info("  - %s", reason)
         if not decision["promote"]:
             reg.block(version, decision)  # every page reads this decision from now on, not the gate's first
             note = decision_note(decision, spec.model_name)
-            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"Production moved to `{current}` before `promote`; decided again "
-                                                              f"against it: {note}")  # fmt: skip
-            raise AirflowSkipException(f"not promoted: against the new production {current}, the gate blocks "
-                                       f"{version} ({'; '.join(decision['reasons'])})")  # fmt: skip
+            context["ti"].xcom_push(
+                key=RUN_NOTE_XCOM,
+                value=f"Production moved to `{current}` before `promote`; decided again against it: {note}",
+            )
+            raise AirflowSkipException(
+                f"not promoted: against the new production {current}, the gate blocks "
+                f"{version} ({'; '.join(decision['reasons'])})"
+            )
         return decision
 
 
@@ -100,19 +126,23 @@ def promoted_note(model: str, version: str, aliases: dict[str, Any], decision: d
     if aliases.get("previous") and aliases.get("previous") != version:
         note += f" (previous: `{aliases['previous']}`)"
     if decision.get("decided_again"):
-        note += (f"; production had moved to `{decision.get('champion_version')}` before `promote`, and the gate, "
-                 "deciding again against it, passed it too")  # fmt: skip
+        note += (
+            f"; production had moved to `{decision.get('champion_version')}` before `promote`, and the gate, "
+            "deciding again against it, passed it too"
+        )
     return note + "."
 
 
 def moved_text(exc: Any, alias: str, asked: str, again: str) -> str:
     """Why a move a user asked for was refused: the alias is no longer where they saw it."""
-    return (f"{alias} moved from {exc.expected or '(none)'} to {exc.current or '(none)'} ({exc.move or 'by someone'}) "
-            f"after this {asked} was asked; nothing was changed: ask again if it is still wanted ({again})")  # fmt: skip
+    return (
+        f"{alias} moved from {exc.expected or '(none)'} to {exc.current or '(none)'} ({exc.move or 'by someone'}) "
+        f"after this {asked} was asked; nothing was changed: ask again if it is still wanted ({again})"
+    )
 
 
 def _approver(context: Context) -> str:
-    """"approved by <user>" when the run's ``approve`` task took a human's answer, else "gate"."""
+    """ "approved by <user>" when the run's ``approve`` task took a human's answer, else "gate"."""
     has_approval = "approve" in context["dag"].task_ids
     answer = context["ti"].xcom_pull(task_ids="approve") if has_approval else None
     user = (answer or {}).get("responded_by_user") if isinstance(answer, dict) else None
@@ -140,7 +170,9 @@ class RollbackOperator(PipelineOperator):
     template_fields = ("version", "expect_production")
     ui_color = "#f5dcd6"
 
-    def __init__(self, *, version: str = "previous", expect_production: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, version: str = "previous", expect_production: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.version, self.expect_production = version, expect_production
 
@@ -154,19 +186,39 @@ class RollbackOperator(PipelineOperator):
         reason = f"manual rollback ({context['run_id']})"
         before = reg.aliases().get("production")
         if expect is None:
-            self.log.info("the form names no expect_production: %s's production moves from whatever it is when this "
-                          "task runs (%s now) to %s", spec.model_name, before, wanted)  # fmt: skip
+            self.log.info(
+                "the form names no expect_production: %s's production moves from whatever it is when this "
+                "task runs (%s now) to %s",
+                spec.model_name,
+                before,
+                wanted,
+            )
         try:
-            aliases = reg.rollback(to=None if wanted == "previous" else wanted, reason=reason,
-                                   by=triggered_by(context), expect=expect if expect else False)  # fmt: skip
+            aliases = reg.rollback(
+                to=None if wanted == "previous" else wanted,
+                reason=reason,
+                by=triggered_by(context),
+                expect=expect if expect else False,
+            )
         except AliasMoved as exc:
-            raise AirflowFailException(moved_text(exc, "production", "rollback",
-                                                  f"the Models page, or freestack models rollback {spec.name}")) from None
+            raise AirflowFailException(
+                moved_text(
+                    exc,
+                    "production",
+                    "rollback",
+                    f"the Models page, or freestack models rollback {spec.name}",
+                )
+            ) from None
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {spec.model_name}: {exc}") from None
         self.log.info("%s production: %s -> %s", spec.model_name, before, aliases.get("production"))
-        return {"alias": "production", "version": aliases.get("production"), "from": before,
-                "production": aliases.get("production"), "previous": aliases.get("previous")}  # fmt: skip
+        return {
+            "alias": "production",
+            "version": aliases.get("production"),
+            "from": before,
+            "production": aliases.get("production"),
+            "previous": aliases.get("previous"),
+        }
 
 
 class MoveAliasOperator(PipelineOperator):
@@ -176,8 +228,15 @@ class MoveAliasOperator(PipelineOperator):
     template_fields = ("version", "alias", "reason", "expect")
     ui_color = "#e4dcf5"
 
-    def __init__(self, *, version: str, alias: str = "production", reason: str = "", expect: str | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        version: str,
+        alias: str = "production",
+        reason: str = "",
+        expect: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.version, self.alias, self.reason, self.expect = version, alias, reason, expect
 
@@ -191,16 +250,34 @@ class MoveAliasOperator(PipelineOperator):
         reason = (self.reason or "").strip() or f"manual promotion ({context['run_id']})"
         try:
             before = reg.aliases().get(alias)
-            aliases = reg.set_alias(alias, wanted, reason=reason[:500], by=triggered_by(context),
-                                    expect=expect if expect else False)  # fmt: skip
+            aliases = reg.set_alias(
+                alias,
+                wanted,
+                reason=reason[:500],
+                by=triggered_by(context),
+                expect=expect if expect else False,
+            )
         except AliasMoved as exc:
-            command = f"freestack models promote {spec.name}" if alias == "production" else f"freestack models alias {spec.name}"
-            raise AirflowFailException(moved_text(exc, alias, "promotion", f"the Models page, or {command}")) from None
+            command = (
+                f"freestack models promote {spec.name}"
+                if alias == "production"
+                else f"freestack models alias {spec.name}"
+            )
+            raise AirflowFailException(
+                moved_text(exc, alias, "promotion", f"the Models page, or {command}")
+            ) from None
         except RegistryError as exc:
-            raise AirflowFailException(f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}") from None
+            raise AirflowFailException(
+                f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}"
+            ) from None
         self.log.info("%s %s: %s -> %s", spec.model_name, alias, before, aliases.get(alias))
-        return {"alias": alias, "version": aliases.get(alias), "from": before, "to": aliases.get(alias),
-                "production": aliases.get("production")}  # fmt: skip
+        return {
+            "alias": alias,
+            "version": aliases.get(alias),
+            "from": before,
+            "to": aliases.get(alias),
+            "production": aliases.get("production"),
+        }
 
 
 __all__ = ["MoveAliasOperator", "PromoteOperator", "RollbackOperator", "triggered_by"]

@@ -59,8 +59,12 @@ def fits(what: str, version: str | None = None) -> bool:
         return True
     if what not in _warned:
         _warned.add(what)
-        log.warning("freestack: %s was written for Airflow %s; Airflow %s runs without it (stock behaviour)",
-                    what, " or ".join(WRITTEN_FOR), version)  # fmt: skip
+        log.warning(
+            "freestack: %s was written for Airflow %s; Airflow %s runs without it (stock behaviour)",
+            what,
+            " or ".join(WRITTEN_FOR),
+            version,
+        )
     return False
 
 

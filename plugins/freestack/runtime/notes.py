@@ -34,7 +34,11 @@ def notes_of(dag_run: Any, session: Any) -> list[str]:
 
     rows = session.execute(
         select(XComModel.value)
-        .where(XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.key == RUN_NOTE_XCOM)
+        .where(
+            XComModel.dag_id == dag_run.dag_id,
+            XComModel.run_id == dag_run.run_id,
+            XComModel.key == RUN_NOTE_XCOM,
+        )
         .order_by(XComModel.task_id == "window", XComModel.timestamp)  # the window's line last
     ).all()
     return [v for v in (XComModel.deserialize_value(r) for r in rows) if isinstance(v, str) and v.strip()]
@@ -67,7 +71,9 @@ def annotate(dag_run: Any) -> str | None:
     from airflow.utils.session import create_session
 
     with create_session() as own:
-        row = own.scalar(select(DagRun).where(DagRun.dag_id == dag_run.dag_id, DagRun.run_id == dag_run.run_id))
+        row = own.scalar(
+            select(DagRun).where(DagRun.dag_id == dag_run.dag_id, DagRun.run_id == dag_run.run_id)
+        )
         return _annotate(row, own) if row is not None else None
 
 

@@ -35,8 +35,14 @@ SWEEP_TEXT = "freestack sweep agents: one slot per agent (default: GPUs, else CP
 DEPLOY_TEXT = "freestack: one alias move + deploy of model {model} at a time (keep 1 slot)"
 
 
-def ensure_pool(name: str | None = None, slots: int | None = None, *, description: str = SWEEP_TEXT,
-                include_deferred: bool = False, session: Any = None) -> bool:  # fmt: skip
+def ensure_pool(
+    name: str | None = None,
+    slots: int | None = None,
+    *,
+    description: str = SWEEP_TEXT,
+    include_deferred: bool = False,
+    session: Any = None,
+) -> bool:
     """Create the pool if it does not exist (in ``session`` when given, else in its own); return True if
     it was created."""
     from airflow.models.pool import Pool
@@ -46,7 +52,9 @@ def ensure_pool(name: str | None = None, slots: int | None = None, *, descriptio
     slots = slots or default_pool_slots()
     if session is None:
         with create_session() as own:
-            return ensure_pool(name, slots, description=description, include_deferred=include_deferred, session=own)
+            return ensure_pool(
+                name, slots, description=description, include_deferred=include_deferred, session=own
+            )
     if session.query(Pool).filter(Pool.pool == name).first() is not None:
         return False
     session.add(Pool(pool=name, slots=slots, description=description, include_deferred=include_deferred))
@@ -55,8 +63,13 @@ def ensure_pool(name: str | None = None, slots: int | None = None, *, descriptio
 
 
 def ensure_deploy_pool(model: str, session: Any = None) -> bool:
-    return ensure_pool(deploy_pool(model), 1, description=DEPLOY_TEXT.format(model=model), include_deferred=True,
-                       session=session)  # fmt: skip
+    return ensure_pool(
+        deploy_pool(model),
+        1,
+        description=DEPLOY_TEXT.format(model=model),
+        include_deferred=True,
+        session=session,
+    )
 
 
 def spec_models() -> list[str]:
@@ -64,7 +77,9 @@ def spec_models() -> list[str]:
     from freestack.settings import pipelines_dir
     from freestack.spec import PipelineSpec, discover_specs
 
-    return sorted({s.model_name for s in discover_specs(pipelines_dir()).values() if isinstance(s, PipelineSpec)})
+    return sorted(
+        {s.model_name for s in discover_specs(pipelines_dir()).values() if isinstance(s, PipelineSpec)}
+    )
 
 
 def model_of_dag(dag_id: str) -> str | None:
@@ -86,9 +101,15 @@ def model_of_dag(dag_id: str) -> str | None:
 
 
 def _commands(models: list[str]) -> str:
-    return "; ".join([f"airflow pools set {POOL} {default_pool_slots()} 'freestack sweep agents'",
-                      *(f"airflow pools set {deploy_pool(m)} 1 'freestack deploys of {m}' --include-deferred"
-                        for m in models)])  # fmt: skip
+    return "; ".join(
+        [
+            f"airflow pools set {POOL} {default_pool_slots()} 'freestack sweep agents'",
+            *(
+                f"airflow pools set {deploy_pool(m)} 1 'freestack deploys of {m}' --include-deferred"
+                for m in models
+            ),
+        ]
+    )
 
 
 class PoolListener:
@@ -120,7 +141,12 @@ class PoolListener:
         try:  # in the scheduler's session: a second writer would wait on the SQLite lock it holds
             ensure_deploy_pool(model, session=object_session(dag_run))
         except Exception as exc:  # a pool is never worth a scheduler's trouble
-            log.warning("could not ensure the pool %s (%s); create it: %s", deploy_pool(model), exc, _commands([model]))
+            log.warning(
+                "could not ensure the pool %s (%s); create it: %s",
+                deploy_pool(model),
+                exc,
+                _commands([model]),
+            )
 
 
 def _quietly(fn, default):
@@ -133,4 +159,11 @@ def _quietly(fn, default):
 
 pool_listener = PoolListener()
 
-__all__ = ["PoolListener", "ensure_deploy_pool", "ensure_pool", "model_of_dag", "pool_listener", "spec_models"]
+__all__ = [
+    "PoolListener",
+    "ensure_deploy_pool",
+    "ensure_pool",
+    "model_of_dag",
+    "pool_listener",
+    "spec_models",
+]

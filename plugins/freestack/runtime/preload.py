@@ -125,7 +125,10 @@ def is_forking_scheduler() -> bool:
         return False
     import multiprocessing
 
-    return "LocalExecutor" in executor and (start or multiprocessing.get_start_method(allow_none=True) or "fork") == "fork"
+    return (
+        "LocalExecutor" in executor
+        and (start or multiprocessing.get_start_method(allow_none=True) or "fork") == "fork"
+    )
 
 
 def _warm_asset_uri_handlers() -> bool:
@@ -197,7 +200,9 @@ def preload(modules: tuple[str, ...]) -> dict[str, float]:
         try:
             importlib.import_module(name)
         except Exception as exc:  # a missing optional library: the task imports what it needs itself
-            log.warning("freestack preload: could not import %s (%s); tasks will import it themselves", name, exc)
+            log.warning(
+                "freestack preload: could not import %s (%s); tasks will import it themselves", name, exc
+            )
             continue
         took[name] = round(time.perf_counter() - t0, 3)
     _warm(took, "asset URI handlers", _warm_asset_uri_handlers, "asset URI handlers not discovered")
@@ -228,12 +233,23 @@ class PreloadListener:
         PreloadListener.done = True
         t0 = time.perf_counter()
         took = preload(modules)
-        log.info("freestack preload: %d modules in %.1f s for the task processes (%s)", len(took),
-                 time.perf_counter() - t0, ", ".join(f"{k} {v:.2f}s" for k, v in took.items() if v >= 0.1))  # fmt: skip
+        log.info(
+            "freestack preload: %d modules in %.1f s for the task processes (%s)",
+            len(took),
+            time.perf_counter() - t0,
+            ", ".join(f"{k} {v:.2f}s" for k, v in took.items() if v >= 0.1),
+        )
 
 
 preload_listener = PreloadListener()
 
 __all__ = [
-    "MODULES", "OFF", "PreloadListener", "is_forking_scheduler", "is_scheduler", "preload", "preload_listener", "wanted",
-]  # fmt: skip
+    "MODULES",
+    "OFF",
+    "PreloadListener",
+    "is_forking_scheduler",
+    "is_scheduler",
+    "preload",
+    "preload_listener",
+    "wanted",
+]

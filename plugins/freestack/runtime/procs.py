@@ -139,8 +139,13 @@ def _descendants(roots: set[int], table: dict) -> set[int]:
     return out
 
 
-def stop_stack(airflow_home: str | os.PathLike, leader: int | None = None, *, grace_seconds: float = 10.0,
-               rounds: int = 3) -> list[Stopped]:  # fmt: skip
+def stop_stack(
+    airflow_home: str | os.PathLike,
+    leader: int | None = None,
+    *,
+    grace_seconds: float = 10.0,
+    rounds: int = 3,
+) -> list[Stopped]:
     """Stop every process of the stack of ``airflow_home`` (:func:`stack_processes`): SIGTERM to all,
     SIGKILL to what runs after ``grace_seconds``; then look again, up to ``rounds`` times, for what
     started meanwhile. Returns each process stopped, ``leader`` first."""
@@ -217,7 +222,9 @@ def command(proc: psutil.Process, width: int = 100) -> str:
         return "?"
     interpreter = os.path.basename(args[0])
     if len(args) > 1 and "/" in args[1] and interpreter.startswith(("python", "bash", "sh")):
-        script = os.path.basename(args[1])  # a shell script keeps its shell: `bash airflow scheduler`, the shim
+        script = os.path.basename(
+            args[1]
+        )  # a shell script keeps its shell: `bash airflow scheduler`, the shim
         args = [script, *args[2:]] if interpreter.startswith("python") else [interpreter, script, *args[2:]]
     text = " ".join(args).strip()
     return text if len(text) <= width else text[: width - 3] + "..."

@@ -65,7 +65,11 @@ def result_readers(runner: Any) -> list[Any]:
     readers = []
     for executor in getattr(runner, "executors", None) or ():
         reader = getattr(getattr(executor, "result_queue", None), "_reader", None)
-        if reader is not None and callable(getattr(reader, "fileno", None)) and not getattr(reader, "closed", False):
+        if (
+            reader is not None
+            and callable(getattr(reader, "fileno", None))
+            and not getattr(reader, "closed", False)
+        ):
             readers.append(reader)
     return readers
 
@@ -101,7 +105,9 @@ def work_signature(engine: Any) -> tuple[int, ...] | None:
         global _warned
         if not _warned:
             _warned = True
-            log.warning("freestack: the scheduler's wake-up query failed (%s); it sleeps as before meanwhile", exc)
+            log.warning(
+                "freestack: the scheduler's wake-up query failed (%s); it sleeps as before meanwhile", exc
+            )
         return None
 
 
@@ -192,10 +198,17 @@ class WakeListener:
 
     @hookimpl
     def on_starting(self, component) -> None:
-        if type(component).__name__ != "Job" or not enabled() or not is_scheduler() or not fits("the scheduler wake-up"):
+        if (
+            type(component).__name__ != "Job"
+            or not enabled()
+            or not is_scheduler()
+            or not fits("the scheduler wake-up")
+        ):
             return
         if install():
-            log.info("freestack: the scheduler wakes when a task ends (FREESTACK_SCHEDULER_WAKE=0 turns this off)")
+            log.info(
+                "freestack: the scheduler wakes when a task ends (FREESTACK_SCHEDULER_WAKE=0 turns this off)"
+            )
         # a run triggered now is due now, not at the next whole second (SQLite's CURRENT_TIMESTAMP)
         from freestack.runtime.sqlite import fractional_now
 
@@ -204,4 +217,15 @@ class WakeListener:
 
 wake_listener = WakeListener()
 
-__all__ = ["POLL_S", "WORK_QUERY", "SchedulerClock", "more_work", "work_signature", "WakeListener", "enabled", "install", "result_readers", "wake_listener"]
+__all__ = [
+    "POLL_S",
+    "WORK_QUERY",
+    "SchedulerClock",
+    "more_work",
+    "work_signature",
+    "WakeListener",
+    "enabled",
+    "install",
+    "result_readers",
+    "wake_listener",
+]

@@ -35,4 +35,3 @@ def fractional_now() -> bool:
 
     _fractional_now = True
     return True
-

@@ -86,8 +86,16 @@ def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
             files = _images_under(folder)  # an image folder: images at any depth (label folders)
         else:  # images beside tables are the tables' image files
             files = [p for p in files if _kind_of(p.name) != "image"]
-        return [{"uri": str(p), "sha256": sha256_of(p), "size": p.stat().st_size, "kind": _kind_of(p.name),
-                 "folder": str(folder)} for p in files]  # fmt: skip
+        return [
+            {
+                "uri": str(p),
+                "sha256": sha256_of(p),
+                "size": p.stat().st_size,
+                "kind": _kind_of(p.name),
+                "folder": str(folder),
+            }
+            for p in files
+        ]
     from freestack.ingest.core import read_manifest
 
     manifest = read_manifest(lake_spec(spec), ds)
@@ -117,7 +125,11 @@ def _images_under(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     folder.fs.invalidate_cache(folder.path)
     base = folder.path.rstrip("/")
     rels = [f[len(base) + 1 :] for f in folder.fs.find(folder.path)]
-    return [join(folder, r) for r in sorted(rels) if _kind_of(r) == "image" and not any(x.startswith(".") for x in r.split("/"))]
+    return [
+        join(folder, r)
+        for r in sorted(rels)
+        if _kind_of(r) == "image" and not any(x.startswith(".") for x in r.split("/"))
+    ]
 
 
 def lake_spec(spec: PipelineSpec) -> PipelineSpec:
@@ -131,8 +143,10 @@ def lake_spec(spec: PipelineSpec) -> PipelineSpec:
     try:
         return load_spec(spec_file(name))
     except SpecError as exc:
-        raise ScoreError(f"score.input {spec.score.input!r}: pipeline {name!r} cannot be read ({exc}); "
-                         "name a pipeline of the pipelines folder") from None  # fmt: skip
+        raise ScoreError(
+            f"score.input {spec.score.input!r}: pipeline {name!r} cannot be read ({exc}); "
+            "name a pipeline of the pipelines folder"
+        ) from None
 
 
 def resolve_version(spec: PipelineSpec) -> dict[str, str]:
@@ -143,8 +157,10 @@ def resolve_version(spec: PipelineSpec) -> dict[str, str]:
     try:
         version = reg.resolve(asked)
     except RegistryError as exc:
-        raise ScoreError(f"score.version {asked!r}: {exc}. Train and register a version first "
-                         f"({spec.name}_train), or name one in the spec") from None  # fmt: skip
+        raise ScoreError(
+            f"score.version {asked!r}: {exc}. Train and register a version first "
+            f"({spec.name}_train), or name one in the spec"
+        ) from None
     return {"version": version, "uri": reg.version_uri(version), "asked": asked}
 
 
@@ -162,11 +178,18 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
                 names = _input_names(spec, item)
             except (OSError, ValueError) as exc:
                 kind = item.get("kind", "parquet")
-                raise ScoreError(f"{item['uri']} cannot be read as {kind} ({str(exc)[:300]}): replace or "
-                                 "remove the file, then clear this task", ds=ds) from None  # fmt: skip
+                raise ScoreError(
+                    f"{item['uri']} cannot be read as {kind} ({str(exc)[:300]}): replace or "
+                    "remove the file, then clear this task",
+                    ds=ds,
+                ) from None
             if names is None:
-                log.warning("%s: %s is empty (%d bytes): not scored; write its rows or remove it", ds,
-                            item["uri"], item["size"])  # fmt: skip
+                log.warning(
+                    "%s: %s is empty (%d bytes): not scored; write its rows or remove it",
+                    ds,
+                    item["uri"],
+                    item["size"],
+                )
                 empty.append(item["uri"])
                 continue
             if item.get("kind") != "image" or not files:  # image files all give the same columns
@@ -175,8 +198,16 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
         if not files:
             skipped.append(ds)
             continue
-        jobs.append({"ds": ds, "version": resolved["version"], "version_uri": resolved["uri"], "inputs": files,
-                     "output": output_dir(spec, ds), "empty": empty})  # fmt: skip
+        jobs.append(
+            {
+                "ds": ds,
+                "version": resolved["version"],
+                "version_uri": resolved["uri"],
+                "inputs": files,
+                "output": output_dir(spec, ds),
+                "empty": empty,
+            }
+        )
     return {**resolved, "jobs": jobs, "skipped": skipped}
 
 
@@ -194,8 +225,9 @@ class LoadedVersion:
         try:
             self.model, self.pre, _, self.lineage, _ = load_model_folder(uri)
         except (EvaluationError, OSError, ValueError, KeyError) as exc:
-            raise ScoreError(f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or "
-                             "retrain") from None  # fmt: skip
+            raise ScoreError(
+                f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or retrain"
+            ) from None
         import pyarrow as pa
 
         self.uri = uri
@@ -218,7 +250,11 @@ class LoadedVersion:
             except (TypeError, ValueError):  # not numbers (a text in a number column): tried row by row below
                 pass
         bad = _missing_numbers(self.pre.numeric, batch)
-        good = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad))) if bad else np.arange(batch.num_rows)
+        good = (
+            np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad)))
+            if bad
+            else np.arange(batch.num_rows)
+        )
         frame = (batch.take(good) if bad else batch).to_pandas()
         try:
             return self.pre.inputs(frame), good, bad
@@ -254,9 +290,13 @@ def _missing_numbers(numeric: list[str], batch: pa.RecordBatch) -> dict[int, str
     cols = [c for c in numeric if c in batch.schema.names]
     if not cols or not any(batch.column(c).null_count or _is_float(batch.column(c)) for c in cols):
         return {}
-    missing = np.column_stack([pc.is_null(batch.column(c), nan_is_null=True).to_numpy(zero_copy_only=False) for c in cols])
-    return {int(i): f"no value in {[c for c, m in zip(cols, missing[i], strict=True) if m][:5]}"
-            for i in np.flatnonzero(missing.any(axis=1))}  # fmt: skip
+    missing = np.column_stack(
+        [pc.is_null(batch.column(c), nan_is_null=True).to_numpy(zero_copy_only=False) for c in cols]
+    )
+    return {
+        int(i): f"no value in {[c for c, m in zip(cols, missing[i], strict=True) if m][:5]}"
+        for i in np.flatnonzero(missing.any(axis=1))
+    }
 
 
 def _is_float(column: pa.Array) -> bool:
@@ -271,7 +311,9 @@ def _without_gaps(x: np.ndarray, columns: list[str]) -> tuple[np.ndarray, np.nda
     missing = np.flatnonzero(gaps.any(axis=1))
     if not len(missing):
         return x, np.arange(len(x)), {}
-    bad = {int(i): f"no value in {[c for c, m in zip(columns, gaps[i], strict=True) if m][:5]}" for i in missing}
+    bad = {
+        int(i): f"no value in {[c for c, m in zip(columns, gaps[i], strict=True) if m][:5]}" for i in missing
+    }
     good = np.setdiff1d(np.arange(len(x)), missing)
     return x[good], good, bad
 
@@ -288,17 +330,25 @@ def load_version(uri: str, device: str = "auto") -> LoadedVersion:
     return LoadedVersion(uri, device)
 
 
-def check_columns(spec: PipelineSpec, model: LoadedVersion, item: dict[str, Any], version: str,
-                  names: list[str] | None = None, ds: str | None = None) -> None:  # fmt: skip
+def check_columns(
+    spec: PipelineSpec,
+    model: LoadedVersion,
+    item: dict[str, Any],
+    version: str,
+    names: list[str] | None = None,
+    ds: str | None = None,
+) -> None:
     """The input file must hold every feature column the version was trained on (and the key)."""
     names = _input_names(spec, item) if names is None else names
     uri, key = item["uri"], spec.source.schema_.key
     missing = [c for c in [*model.pre.features, *([key] if key else [])] if c not in (names or [])]
     if missing:
-        raise ScoreError(f"{uri} has no column(s) {missing}, which version {version} of {spec.model_name} takes: "
-                         f"score an input with the columns it was trained on ({', '.join(model.pre.features[:8])}"
-                         f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these",
-                         ds=ds)  # fmt: skip
+        raise ScoreError(
+            f"{uri} has no column(s) {missing}, which version {version} of {spec.model_name} takes: "
+            f"score an input with the columns it was trained on ({', '.join(model.pre.features[:8])}"
+            f"{'...' if len(model.pre.features) > 8 else ''}), or train a version on these",
+            ds=ds,
+        )
 
 
 def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> list[str] | None:
@@ -351,12 +401,24 @@ def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataTy
     else:
         fields.append(pa.field("prediction", pa.float64()))
     fields += [pa.field("version", pa.string()), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
-    meta = {b"freestack.classes": json.dumps(model.pre.classes, default=str).encode()} if model.classification else None
+    meta = (
+        {b"freestack.classes": json.dumps(model.pre.classes, default=str).encode()}
+        if model.classification
+        else None
+    )
     return pa.schema(fields, metadata=meta)
 
 
-def _scores(model: LoadedVersion, out: np.ndarray, top: np.ndarray | None, keys: pa.Array, ds: str, version: str,
-            at: datetime, schema: pa.Schema) -> pa.RecordBatch:  # fmt: skip
+def _scores(
+    model: LoadedVersion,
+    out: np.ndarray,
+    top: np.ndarray | None,
+    keys: pa.Array,
+    ds: str,
+    version: str,
+    at: datetime,
+    schema: pa.Schema,
+) -> pa.RecordBatch:
     """The output batch; ``top``: each row's most probable class (classification)."""
     import pyarrow as pa
 
@@ -366,7 +428,9 @@ def _scores(model: LoadedVersion, out: np.ndarray, top: np.ndarray | None, keys:
         if "prediction" in schema.names:
             cols["prediction"] = model.classes.take(pa.array(top))
         if "probabilities" in schema.names:
-            cols["probabilities"] = pa.FixedSizeListArray.from_arrays(pa.array(out.astype(np.float32).reshape(-1)), out.shape[1])
+            cols["probabilities"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(out.astype(np.float32).reshape(-1)), out.shape[1]
+            )
     else:
         cols["prediction"] = pa.array(out.astype(np.float64).reshape(-1))
     cols["version"] = pa.repeat(version, n)
@@ -391,8 +455,12 @@ class _Counts:
         return {str(c): int(k) for c, k in zip(model.pre.classes, rows, strict=False) if k}
 
 
-def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None,
-          model: LoadedVersion | None = None) -> dict[str, Any]:  # fmt: skip
+def score(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    run: dict[str, str] | None = None,
+    model: LoadedVersion | None = None,
+) -> dict[str, Any]:
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
@@ -427,21 +495,30 @@ def score(spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = 
         log_sample(spec, job, model, counts.sample)
     for uri in job.get("empty", []):
         log.warning("%s: %s is empty: not scored", job["ds"], uri)
-    log.info("%s: %d rows scored with %s, %d quarantined -> %s", job["ds"], counts.rows_scored, job["version"],
-             counts.rows_quarantined, join(out_dir, PART))  # fmt: skip
+    log.info(
+        "%s: %d rows scored with %s, %d quarantined -> %s",
+        job["ds"],
+        counts.rows_scored,
+        job["version"],
+        counts.rows_quarantined,
+        join(out_dir, PART),
+    )
     return manifest
 
 
 def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
     common = "; ".join(f"{why} ({n} row{'s' * (n > 1)})" for why, n in counts.reasons.most_common(3))
     share = counts.rows_quarantined / counts.rows_in
-    return (f"{ds}: {counts.rows_quarantined} of {counts.rows_in} rows were not scored ({share:.1%}), over "
-            f"score.max_error_fraction {limit:.1%}: nothing was published. Each of those rows and its reason "
-            f"is in {kept}; the commonest: {common}. Fix the input and clear this task, or raise the limit")
+    return (
+        f"{ds}: {counts.rows_quarantined} of {counts.rows_in} rows were not scored ({share:.1%}), over "
+        f"score.max_error_fraction {limit:.1%}: nothing was published. Each of those rows and its reason "
+        f"is in {kept}; the commonest: {common}. Fix the input and clear this task, or raise the limit"
+    )
 
 
-def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w, quar_w,
-           run: dict[str, str] | None) -> tuple[_Counts, dict[str, Any]]:  # fmt: skip
+def _write(
+    spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w, quar_w, run: dict[str, str] | None
+) -> tuple[_Counts, dict[str, Any]]:
     """Score every input batch into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest)."""
     import pyarrow.parquet as pq
@@ -464,8 +541,10 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
             counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
         if not counts.rows_in:
             files = [i["uri"] for i in job["inputs"]]
-            raise ScoreError(f"{job['ds']}: the input files hold no rows ({files}): write their rows, or "
-                             "remove them", ds=job["ds"])  # fmt: skip
+            raise ScoreError(
+                f"{job['ds']}: the input files hold no rows ({files}): write their rows, or remove them",
+                ds=job["ds"],
+            )
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
         manifest = _manifest(spec, job, counts, model, at, run, quarantine)
         writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
@@ -475,8 +554,16 @@ def _write(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w
     return counts, manifest
 
 
-def _score_piece(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, piece: _Piece, writer,
-                 quar: _Quarantine, counts: _Counts, at: datetime) -> None:  # fmt: skip
+def _score_piece(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    model: LoadedVersion,
+    piece: _Piece,
+    writer,
+    quar: _Quarantine,
+    counts: _Counts,
+    at: datetime,
+) -> None:
     """Encode, predict and write one piece's rows; the rows the version's preprocessing refuses go to
     the quarantine."""
     batch = piece.batch
@@ -487,8 +574,18 @@ def _score_piece(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, 
         return
     out = model.forward(inputs)
     top = out.argmax(axis=1) if model.classification else None
-    writer.write_batch(_scores(model, out, top, piece.keys.take(good) if bad else piece.keys, job["ds"],
-                               job["version"], at, writer.schema))  # fmt: skip
+    writer.write_batch(
+        _scores(
+            model,
+            out,
+            top,
+            piece.keys.take(good) if bad else piece.keys,
+            job["ds"],
+            job["version"],
+            at,
+            writer.schema,
+        )
+    )
     counts.rows_scored += len(good)
     _tally(counts, model, out, top)
     if spec.score.monitor:
@@ -521,8 +618,15 @@ class _Piece:
     ``keys``; ``rejected`` the rows the schema refused (in the quarantine's layout); ``texts`` the
     batch's rows as text as they came (a folder's), for the rows the version's preprocessing refuses."""
 
-    def __init__(self, batch: pa.RecordBatch | None, keys: pa.Array | None, source: str | pa.Array,
-                 rows_in: int, rejected: pa.Table | None = None, texts: pa.Table | None = None):  # fmt: skip
+    def __init__(
+        self,
+        batch: pa.RecordBatch | None,
+        keys: pa.Array | None,
+        source: str | pa.Array,
+        rows_in: int,
+        rejected: pa.Table | None = None,
+        texts: pa.Table | None = None,
+    ):
         self.batch, self.keys, self.source, self.rows_in = batch, keys, source, rows_in
         self.rejected, self.texts = rejected, texts
 
@@ -534,9 +638,12 @@ class _Piece:
         rows, n = pa.array(at, pa.int64()), len(at)
         shown = self.texts.take(rows) if self.texts is not None else _as_text(self.batch.take(rows))
         one = isinstance(self.source, str)
-        meta = {"_source": pa.array([self.source] * n, pa.string()) if one else self.source.take(rows),
-                "_line": pa.nulls(n, pa.int64()), "_reason": pa.array([bad[i] for i in at], pa.string()),
-                "_raw": pa.nulls(n, pa.string())}  # fmt: skip
+        meta = {
+            "_source": pa.array([self.source] * n, pa.string()) if one else self.source.take(rows),
+            "_line": pa.nulls(n, pa.int64()),
+            "_reason": pa.array([bad[i] for i in at], pa.string()),
+            "_raw": pa.nulls(n, pa.string()),
+        }
         return pa.table({**meta, **{c: shown.column(c) for c in shown.column_names if c not in meta}})
 
 
@@ -580,8 +687,13 @@ class _Quarantine:
             return
         n = rows.num_rows
         have = set(rows.column_names)
-        table = pa.table([rows.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type)
-                          for f in self.schema], schema=self.schema)  # fmt: skip
+        table = pa.table(
+            [
+                rows.column(f.name).cast(f.type) if f.name in have else pa.nulls(n, f.type)
+                for f in self.schema
+            ],
+            schema=self.schema,
+        )
         self.writer = self.writer or pq.ParquetWriter(self.sink, self.schema, compression="zstd")
         self.writer.write_table(table)
         self.counts.rows_quarantined += n
@@ -610,8 +722,10 @@ def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
 
     for item in unit:
         if sha256_of(to_path(item["uri"])) != item["sha256"]:
-            raise ScoreError(f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it "
-                             "was re-ingested or rewritten; clear this run's plan task to score it as it is now")  # fmt: skip
+            raise ScoreError(
+                f"{item['uri']} changed after this run planned it (sha256 {item['sha256'][:12]}...): it "
+                "was re-ingested or rewritten; clear this run's plan task to score it as it is now"
+            )
     kind, item = unit[0].get("kind", "parquet"), unit[0]
     if kind == "image":
         batch = _image_batch(spec, unit)
@@ -622,7 +736,9 @@ def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
         return
     offset, key = 0, spec.source.schema_.key
     for batch in _parquet_batches(spec, to_path(item["uri"])):
-        keys = batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
+        keys = (
+            batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
+        )
         offset += batch.num_rows
         yield _Piece(batch, keys, item["uri"], batch.num_rows)
 
@@ -710,12 +826,18 @@ def _csv_text(spec: PipelineSpec, path, malformed: list):
         return "skip"
 
     encoding = "utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding
-    read = pcsv.ReadOptions(block_size=1 << 22, column_names=names, skip_rows=1 if opts.header else 0,
-                            encoding=encoding)  # fmt: skip
-    parse = pcsv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote_char,
-                              invalid_row_handler=on_invalid)  # fmt: skip
-    convert = pcsv.ConvertOptions(column_types={n: pa.binary() for n in names}, null_values=opts.null_values,
-                                  strings_can_be_null=True, quoted_strings_can_be_null=False)  # fmt: skip
+    read = pcsv.ReadOptions(
+        block_size=1 << 22, column_names=names, skip_rows=1 if opts.header else 0, encoding=encoding
+    )
+    parse = pcsv.ParseOptions(
+        delimiter=opts.delimiter, quote_char=opts.quote_char, invalid_row_handler=on_invalid
+    )
+    convert = pcsv.ConvertOptions(
+        column_types={n: pa.binary() for n in names},
+        null_values=opts.null_values,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
     with path.open("rb") as f:
         try:
             reader = pcsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
@@ -736,8 +858,10 @@ def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
 
     images = [f for f, t in spec.feature_kinds.items() if t == "image"]
     if len(images) != 1 or len(spec.model_features) != 1:
-        raise ScoreError(f"{unit[0]['uri']} is an image, but {spec.name}'s model takes {spec.model_features}: an "
-                         "input folder of images is for a model of one image column; put tables (Parquet, CSV) there")  # fmt: skip
+        raise ScoreError(
+            f"{unit[0]['uri']} is an image, but {spec.name}'s model takes {spec.model_features}: an "
+            "input folder of images is for a model of one image column; put tables (Parquet, CSV) there"
+        )
     rels = [i["uri"][len(i.get("folder", "").rstrip("/")) + 1 :] for i in unit]
     key = spec.source.schema_.key or "row"
     return pa.RecordBatch.from_pydict({key: rels, images[0]: [to_path(i["uri"]).read_bytes() for i in unit]})
@@ -749,16 +873,21 @@ def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray, top: np.ndarr
         counts.class_rows = rows if counts.class_rows is None else counts.class_rows + rows
         return
     values, v = out.astype(np.float64).reshape(-1), counts.values
-    counts.values = {"count": v["count"] + len(values), "sum": v["sum"] + float(values.sum()),
-                     "min": min(v["min"], float(values.min())), "max": max(v["max"], float(values.max()))}  # fmt: skip
+    counts.values = {
+        "count": v["count"] + len(values),
+        "sum": v["sum"] + float(values.sum()),
+        "min": min(v["min"], float(values.min())),
+        "max": max(v["max"], float(values.max())),
+    }
 
 
 #: rows of each batch kept for the monitor (the request log keeps as many of one request)
 SAMPLE_ROWS = 256
 
 
-def _keep_sample(counts: _Counts, model: LoadedVersion, batch: pa.RecordBatch, inputs: Any, out: np.ndarray,
-                 ds: str) -> None:  # fmt: skip
+def _keep_sample(
+    counts: _Counts, model: LoadedVersion, batch: pa.RecordBatch, inputs: Any, out: np.ndarray, ds: str
+) -> None:
     """Up to SAMPLE_ROWS evenly spaced scored rows of a batch and their outputs, as the model server logs
     a request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
     import pyarrow as pa
@@ -784,29 +913,54 @@ def log_sample(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, sa
     from freestack_server.requestlog import RequestLog, hour_folder, monitoring_uri
 
     kinds = feature_kinds(spec)
-    request_log = RequestLog(monitoring_uri(spec.root, spec.model_name), rate=1.0, model=spec.model_name,
-                             version=job["version"], deployment=f"{spec.name}_score",
-                             columns=[(f, kinds.get(f, "numeric")) for f in model.pre.features],
-                             classes=[str(c) for c in model.pre.classes])  # fmt: skip
+    request_log = RequestLog(
+        monitoring_uri(spec.root, spec.model_name),
+        rate=1.0,
+        model=spec.model_name,
+        version=job["version"],
+        deployment=f"{spec.name}_score",
+        columns=[(f, kinds.get(f, "numeric")) for f in model.pre.features],
+        classes=[str(c) for c in model.pre.classes],
+    )
     path = join(to_path(request_log.uri), "requests", hour_folder(sample[0][0]), f"score-{spec.name}.parquet")
     with AtomicWriter(path) as f:
         pq.write_table(request_log.table(sample), f, compression="zstd")
     return str(path)
 
 
-def _manifest(spec: PipelineSpec, job: dict[str, Any], counts: _Counts, model: LoadedVersion, at: datetime,
-              run: dict[str, str] | None, quarantine: str | None) -> dict[str, Any]:  # fmt: skip
+def _manifest(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    counts: _Counts,
+    model: LoadedVersion,
+    at: datetime,
+    run: dict[str, str] | None,
+    quarantine: str | None,
+) -> dict[str, Any]:
     from freestack.storage import join, to_path
 
     return {
-        "pipeline": spec.name, "model": spec.model_name, "ds": job["ds"], "version": job["version"],
-        "version_uri": job["version_uri"], "lineage": str(join(to_path(job["version_uri"]), "lineage.json")),
-        "trained_on": [{"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])],
-        "inputs": counts.per_input, "rows_in": counts.rows_in, "rows_scored": counts.rows_scored,
-        "rows_quarantined": counts.rows_quarantined, "quarantine": quarantine, "empty": job.get("empty", []),
-        "predictions": counts.predictions(model), "columns": list(spec.score.columns),
-        "task": model.pre.task, "scored_at": at.isoformat(timespec="seconds"), "run": run or {},
-    }  # fmt: skip
+        "pipeline": spec.name,
+        "model": spec.model_name,
+        "ds": job["ds"],
+        "version": job["version"],
+        "version_uri": job["version_uri"],
+        "lineage": str(join(to_path(job["version_uri"]), "lineage.json")),
+        "trained_on": [
+            {"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])
+        ],
+        "inputs": counts.per_input,
+        "rows_in": counts.rows_in,
+        "rows_scored": counts.rows_scored,
+        "rows_quarantined": counts.rows_quarantined,
+        "quarantine": quarantine,
+        "empty": job.get("empty", []),
+        "predictions": counts.predictions(model),
+        "columns": list(spec.score.columns),
+        "task": model.pre.task,
+        "scored_at": at.isoformat(timespec="seconds"),
+        "run": run or {},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -825,7 +979,11 @@ def scores_parent(spec: PipelineSpec) -> tuple[ObjectStoragePath, str, str]:
 
     before, after = spec.score.output.split("{ds}", 1)
     parent, _, prefix = before.format(pipeline=spec.name, model=spec.model_name).rpartition("/")
-    root = to_path(parent) if "://" in parent else join(storage_root(spec.storage_root), *([parent] if parent else []))
+    root = (
+        to_path(parent)
+        if "://" in parent
+        else join(storage_root(spec.storage_root), *([parent] if parent else []))
+    )
     return root, prefix, after.split("/", 1)[0]
 
 
@@ -853,12 +1011,16 @@ def read_scores_manifest(folder: str) -> dict[str, Any]:
         with join(to_path(folder), PART).open("rb") as f:
             raw = (pq.read_metadata(f).metadata or {}).get(FOOTER_KEY)
     except FileNotFoundError:
-        raise UnreadableScores(f"no {PART}: the day was never published (its score task failed, or is running)") from None
+        raise UnreadableScores(
+            f"no {PART}: the day was never published (its score task failed, or is running)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise UnreadableScores(f"{PART} cannot be read as Parquet ({str(exc)[:200]})") from None
     if not raw:
-        raise UnreadableScores(f"{PART} has no scores manifest in its footer (key {FOOTER_KEY.decode()}): "
-                               "it was not written by the score task")  # fmt: skip
+        raise UnreadableScores(
+            f"{PART} has no scores manifest in its footer (key {FOOTER_KEY.decode()}): "
+            "it was not written by the score task"
+        )
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -884,15 +1046,21 @@ def scored_days(spec: PipelineSpec) -> list[dict[str, Any]]:
     return out
 
 
-def record_failure(spec: PipelineSpec, ds: str, error: str, *, task: str,
-                   run: dict[str, Any] | None = None) -> None:  # fmt: skip
+def record_failure(
+    spec: PipelineSpec, ds: str, error: str, *, task: str, run: dict[str, Any] | None = None
+) -> None:
     """Write why ``ds``'s run failed into the day's folder (``_failed.json``), where the Scores page and
     ``freestack scores`` read it; the next run that publishes the day removes it. A record that cannot be
     written is logged, never raised over the error it records."""
     from freestack.storage import join, to_path, write_json
 
-    record = {"ds": ds, "error": error, "task": task, "run": run or {},
-              "failed_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    record = {
+        "ds": ds,
+        "error": error,
+        "task": task,
+        "run": run or {},
+        "failed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     try:
         write_json(join(to_path(output_dir(spec, ds)), FAILED), record)
     except (OSError, FreestackError) as exc:
@@ -915,6 +1083,18 @@ def read_failure(folder: str) -> dict[str, Any] | None:
     return record
 
 
-__all__ = ["ScoreError", "UnreadableScores", "days_of", "input_files", "plan", "read_failure",
-           "read_scores_manifest", "record_failure", "resolve_version", "score", "score_days", "scored_days",
-           "scores_parent"]
+__all__ = [
+    "ScoreError",
+    "UnreadableScores",
+    "days_of",
+    "input_files",
+    "plan",
+    "read_failure",
+    "read_scores_manifest",
+    "record_failure",
+    "resolve_version",
+    "score",
+    "score_days",
+    "scored_days",
+    "scores_parent",
+]

@@ -37,8 +37,10 @@ class PlanScoreOperator(PipelineOperator):
         spec = self.pipeline_spec()
         start, end = context["data_interval_start"], context["data_interval_end"]
         if start is None or end is None:
-            raise AirflowFailException("this run has no data interval: let the schedule or a backfill create it "
-                                       f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)")  # fmt: skip
+            raise AirflowFailException(
+                "this run has no data interval: let the schedule or a backfill create it "
+                f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)"
+            )
         try:
             got = plan(spec, start, end)
         except ScoreError as exc:  # the day at fault, or every day of the run, is listed failed with why
@@ -46,12 +48,18 @@ class PlanScoreOperator(PipelineOperator):
             for ds in [exc.ds] if exc.ds else days_of(start, end):
                 record_failure(spec, ds, str(exc), task="plan", run=run)
             raise AirflowFailException(str(exc)) from None
-        context["ti"].xcom_push(key=PLAN_XCOM, value={k: got[k] for k in ("version", "uri", "asked", "skipped")})
+        context["ti"].xcom_push(
+            key=PLAN_XCOM, value={k: got[k] for k in ("version", "uri", "asked", "skipped")}
+        )
         days = [j["ds"] for j in got["jobs"]]
-        self.log.info("scoring %s with %s %s (%s)", days or "nothing", spec.model_name, got["version"], got["asked"])
+        self.log.info(
+            "scoring %s with %s %s (%s)", days or "nothing", spec.model_name, got["version"], got["asked"]
+        )
         if not got["jobs"]:
-            note = (f"nothing to score: no input for {', '.join(got['skipped'])} ({spec.score.input}); ingest the "
-                    "day first, then clear this task")  # fmt: skip
+            note = (
+                f"nothing to score: no input for {', '.join(got['skipped'])} ({spec.score.input}); ingest the "
+                "day first, then clear this task"
+            )
             context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
             raise AirflowSkipException(note)
         if got["skipped"]:
@@ -86,9 +94,13 @@ class ScoreOperator(TorchTask, PipelineOperator):
         brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
         brief["output"] = self.job["output"]
         context["outlet_events"][scores_asset(spec.name)].extra = brief
-        context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=(
-            f"{manifest['ds']}: {manifest['rows_scored']} rows scored with {manifest['version']}, "
-            f"{manifest['rows_quarantined']} quarantined; {self.job['output']}"))  # fmt: skip
+        context["ti"].xcom_push(
+            key=RUN_NOTE_XCOM,
+            value=(
+                f"{manifest['ds']}: {manifest['rows_scored']} rows scored with {manifest['version']}, "
+                f"{manifest['rows_quarantined']} quarantined; {self.job['output']}"
+            ),
+        )
         return brief
 
 

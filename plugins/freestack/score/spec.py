@@ -31,48 +31,76 @@ _URI = re.compile(r"^(file|s3|data)://.+\{ds\}")
 
 
 class ScoreSpec(SpecModel):
-    schedule: str = Field(default="@daily",
-                          description="The score DAG's schedule (a cron or a preset): one data interval per run.")  # fmt: skip
-    input: str = Field(default="lake", description="What to score: lake (this pipeline's lake partitions), "
-                       "lake:<pipeline> (another pipeline's, with the same feature columns), or a folder URI "
-                       "template with {ds} holding Parquet or CSV files, or images")  # fmt: skip
-    version: str = Field(default="production", min_length=1, max_length=200,
-                         description="An alias (resolved when the run starts; the run records the version) or a "
-                                     "registered version name")  # fmt: skip
-    output: str = Field(default="scores/{pipeline}/ds={ds}/",
-                        description="Where each interval's scores go: a path under the storage root, or a URI; "
-                                    "{pipeline} and {ds} are filled in")  # fmt: skip
+    schedule: str = Field(
+        default="@daily",
+        description="The score DAG's schedule (a cron or a preset): one data interval per run.",
+    )
+    input: str = Field(
+        default="lake",
+        description="What to score: lake (this pipeline's lake partitions), "
+        "lake:<pipeline> (another pipeline's, with the same feature columns), or a folder URI "
+        "template with {ds} holding Parquet or CSV files, or images",
+    )
+    version: str = Field(
+        default="production",
+        min_length=1,
+        max_length=200,
+        description="An alias (resolved when the run starts; the run records the version) or a "
+        "registered version name",
+    )
+    output: str = Field(
+        default="scores/{pipeline}/ds={ds}/",
+        description="Where each interval's scores go: a path under the storage root, or a URI; "
+        "{pipeline} and {ds} are filled in",
+    )
     columns: list[Literal["prediction", "probabilities"]] = Field(
-        default_factory=lambda: ["prediction", "probabilities"], min_length=1,
+        default_factory=lambda: ["prediction", "probabilities"],
+        min_length=1,
         description="Written beside the key: the predicted class (or value), the class probabilities "
-                    "(classification only)")  # fmt: skip
-    batch_rows: int = Field(default=4096, ge=1, le=1_000_000, description="Rows read, encoded and predicted at a time.")
-    max_error_fraction: float | None = Field(default=None, ge=0, le=1,
-                                             description="Rows not scored (refused by the schema's rules or the "
-                                                         "version's preprocessing) are quarantined with the reason; "
-                                                         "above this fraction of a day's rows the day fails, nothing "
-                                                         "is published and those rows are kept in "
-                                                         "_failed_quarantine.parquet (null: never)")  # fmt: skip
+        "(classification only)",
+    )
+    batch_rows: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Rows read, encoded and predicted at a time."
+    )
+    max_error_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Rows not scored (refused by the schema's rules or the "
+        "version's preprocessing) are quarantined with the reason; "
+        "above this fraction of a day's rows the day fails, nothing "
+        "is published and those rows are kept in "
+        "_failed_quarantine.parquet (null: never)",
+    )
     queue: str | None = Field(default=None, description="The workers' queue of the score task (e.g. gpu).")
-    monitor: bool = Field(default=True, description="Log a sample of each day's inputs and predictions (256 rows "
-                          "a batch) to the model's request log, so that <p>_monitor judges batch-scored days "
-                          "as it judges served traffic")  # fmt: skip
+    monitor: bool = Field(
+        default=True,
+        description="Log a sample of each day's inputs and predictions (256 rows "
+        "a batch) to the model's request log, so that <p>_monitor judges batch-scored days "
+        "as it judges served traffic",
+    )
 
     @field_validator("input")
     @classmethod
     def _input(cls, v: str) -> str:
         if not (_PIPELINE.match(v) or _URI.match(v)):
-            raise ValueError(f"input {v!r} must be lake, lake:<pipeline>, or a file://, s3:// or data:// folder "
-                             "URI with {ds} in it, e.g. s3://bucket/customers/ds={ds}/")  # fmt: skip
+            raise ValueError(
+                f"input {v!r} must be lake, lake:<pipeline>, or a file://, s3:// or data:// folder "
+                "URI with {ds} in it, e.g. s3://bucket/customers/ds={ds}/"
+            )
         return v
 
     @field_validator("output")
     @classmethod
     def _output(cls, v: str) -> str:
         if "{ds}" not in v:
-            raise ValueError(f"output {v!r} must hold {{ds}}: each interval's scores go to a folder of their own")
+            raise ValueError(
+                f"output {v!r} must hold {{ds}}: each interval's scores go to a folder of their own"
+            )
         if "://" in v and v.split("://", 1)[0] not in ("file", "s3", "data"):
-            raise ValueError(f"output {v!r} must be a path under the storage root or a file://, s3:// or data:// URI")
+            raise ValueError(
+                f"output {v!r} must be a path under the storage root or a file://, s3:// or data:// URI"
+            )
         return v
 
     @property

@@ -107,7 +107,9 @@ def api_error(
     """The error to raise for an API server answer (sync and async clients alike): what happened, where,
     and what to check."""
     doc = _status_body(body)
-    detail = (doc or {}).get("message") or (body.decode() if isinstance(body, bytes) else body) or reason or ""
+    detail = (
+        (doc or {}).get("message") or (body.decode() if isinstance(body, bytes) else body) or reason or ""
+    )
     detail = str(detail).strip()
     head = (
         f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
@@ -115,13 +117,15 @@ def api_error(
     )
     if status == 401:
         return KubernetesUnavailable(
-            head + f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, "
+            head
+            + f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, "
             "client certificate or exec plugin) is current.",
             status=status,
         )
     if status == 403:
         return DeployError(
-            head + f". RBAC: the identity of connection {conn_id!r} needs get, create, update, patch and delete "
+            head
+            + f". RBAC: the identity of connection {conn_id!r} needs get, create, update, patch and delete "
             f"on {CRD_NAME} in namespace {namespace} (a Role and RoleBinding); check with "
             f"'kubectl auth can-i create {CRD_NAME} -n {namespace}'.",
             status=status,
@@ -141,10 +145,13 @@ def api_error(
                 "seldon-core-operator Helm chart) or point the connection at a cluster that has it.",
                 status=status,
             )
-        return DeployError(head + ". The object does not exist (deleted meanwhile?); deploy it again.",
-                           status=status)
+        return DeployError(
+            head + ". The object does not exist (deleted meanwhile?); deploy it again.", status=status
+        )
     if status == 409:
-        return DeployError(head + ". It changed while we were updating it; run the deploy again.", status=status)
+        return DeployError(
+            head + ". It changed while we were updating it; run the deploy again.", status=status
+        )
     if status == 422:
         causes = ((doc or {}).get("details") or {}).get("causes") or []
         listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
@@ -160,13 +167,15 @@ def api_error(
             status=status,
         )
     if status == 429 or (status or 0) >= 500 or not status:
-        return KubernetesUnavailable(head + ". The API server is overloaded or failing; retry later.",
-                                     status=status)
+        return KubernetesUnavailable(
+            head + ". The API server is overloaded or failing; retry later.", status=status
+        )
     return DeployError(head, status=status)
 
 
-def unreachable(exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str,
-                action: str) -> KubernetesUnavailable:
+def unreachable(
+    exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
+) -> KubernetesUnavailable:
     return KubernetesUnavailable(
         f"cannot reach the Kubernetes API server {host} (connection {conn_id!r}) to {action} SeldonDeployment "
         f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
@@ -225,10 +234,15 @@ class _Session:
         self.action = "smoke-test"
         try:
             resp = self.api.api_client.call_api(
-                url.removeprefix(self.host), "POST", body=payload, auth_settings=["BearerToken"],
+                url.removeprefix(self.host),
+                "POST",
+                body=payload,
+                auth_settings=["BearerToken"],
                 header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                _preload_content=False, _return_http_data_only=True, _request_timeout=timeout,
-            )  # fmt: skip
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=timeout,
+            )
             code, raw = resp.status, resp.data
         except ApiException as exc:
             if not exc.status:
@@ -241,8 +255,16 @@ class _Session:
 
 
 @contextmanager
-def api_session(conn_id: str, namespace: str, name: str, *, session_class: type[_Session] | None = None,
-                unavailable=None, on_unreachable=None, on_answer=None) -> Iterator[_Session]:  # fmt: skip
+def api_session(
+    conn_id: str,
+    namespace: str,
+    name: str,
+    *,
+    session_class: type[_Session] | None = None,
+    unavailable=None,
+    on_unreachable=None,
+    on_answer=None,
+) -> Iterator[_Session]:
     """A session on the connection's cluster for one object; every failure inside becomes the error the
     caller's factories make (default: this module's, about SeldonDeployments; the train stage passes its
     own for PyTorchJobs)."""
@@ -282,7 +304,9 @@ def _ident(manifest: dict[str, Any]) -> tuple[str, str]:
     return meta["name"], meta["namespace"]
 
 
-def apply(manifest: dict[str, Any], conn_id: str, *, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+def apply(
+    manifest: dict[str, Any], conn_id: str, *, force: bool = False, dry_run: bool = False
+) -> dict[str, Any]:
     """Create the SeldonDeployment, or replace the one that exists (carrying its ``resourceVersion``; on a
     409 conflict it is read again and the replace retried). Returns the object as stored.
 
@@ -380,7 +404,10 @@ def _update(
                 if patch:
                     # a merge patch replaces lists whole; the resourceVersion in it is a precondition (409)
                     return s.merge_patch(
-                        {"metadata": {"resourceVersion": rv}, "spec": {"predictors": desired["spec"]["predictors"]}}
+                        {
+                            "metadata": {"resourceVersion": rv},
+                            "spec": {"predictors": desired["spec"]["predictors"]},
+                        }
                     )
                 desired.pop("status", None)
                 desired["metadata"]["resourceVersion"] = rv
@@ -399,7 +426,11 @@ def _update(
 def set_traffic(name: str, namespace: str, conn_id: str, *, canary_traffic: int) -> dict[str, Any]:
     """Send ``canary_traffic`` percent of requests to the canary predictor and the rest to main (a merge
     patch conditioned on the resourceVersion just read)."""
-    if isinstance(canary_traffic, bool) or not isinstance(canary_traffic, int) or not 0 <= canary_traffic <= 100:
+    if (
+        isinstance(canary_traffic, bool)
+        or not isinstance(canary_traffic, int)
+        or not 0 <= canary_traffic <= 100
+    ):
         raise ValueError(f"canary_traffic must be an integer percentage 0..100, got {canary_traffic!r}")
 
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -425,7 +456,11 @@ def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | No
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
         main, canary = split_predictors(obj)
         if canary is None:
-            if version is not None and predictor_version(main) == version and main.get("traffic") in (100, None):
+            if (
+                version is not None
+                and predictor_version(main) == version
+                and main.get("traffic") in (100, None)
+            ):
                 return None
             raise DeployError(
                 f"SeldonDeployment {namespace}/{name} has no {CANARY!r} predictor to promote "
@@ -497,24 +532,45 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     canary = target.canary is not None and serving is not None and serving[0] != version
     logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
     if canary:
-        manifest = build_manifest(name, model=spec.model_name, version=serving[0], model_uri=serving[1], target=target,
-                                  canary_version=version, canary_uri=model_uri, request_log_uri=logs,
-                                  runtime=spec.deploy.runtime)  # fmt: skip
+        manifest = build_manifest(
+            name,
+            model=spec.model_name,
+            version=serving[0],
+            model_uri=serving[1],
+            target=target,
+            canary_version=version,
+            canary_uri=model_uri,
+            request_log_uri=logs,
+            runtime=spec.deploy.runtime,
+        )
     else:
-        manifest = build_manifest(name, model=spec.model_name, version=version, model_uri=model_uri, target=target,
-                                  request_log_uri=logs, runtime=spec.deploy.runtime)  # fmt: skip
+        manifest = build_manifest(
+            name,
+            model=spec.model_name,
+            version=version,
+            model_uri=model_uri,
+            target=target,
+            request_log_uri=logs,
+            runtime=spec.deploy.runtime,
+        )
     validate_manifest(manifest)
     stored = apply(manifest, target.conn_id)
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
     old, token = deployments.read(name)
     record = {
-        "name": name, "model": spec.model_name, "target": "kubernetes", "state": "rolling-out",
+        "name": name,
+        "model": spec.model_name,
+        "target": "kubernetes",
+        "state": "rolling-out",
         "version": (old or {}).get("version", serving[0]) if canary else version,
         "canary_version": version if canary else None,
         "canary_traffic": target.canary.traffic if canary else 0,
-        "namespace": target.namespace, "conn_id": target.conn_id, "role": CANARY if canary else MAIN,
-        "generation": (stored.get("metadata") or {}).get("generation"), "reason": reason,
-    }  # fmt: skip
+        "namespace": target.namespace,
+        "conn_id": target.conn_id,
+        "role": CANARY if canary else MAIN,
+        "generation": (stored.get("metadata") or {}).get("generation"),
+        "reason": reason,
+    }
     deployments.write(name, {**(old or {}), **record}, token)
     return record
 
@@ -533,8 +589,12 @@ def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
     record, token = deployments.read(spec.deployment_name)
     checked = smoke_rollout(spec, record or {})
-    record = {**(record or {}), "state": "serving", "message": event.get("message"),
-              "smoke": {k: checked.get(k) for k in ("rows", "max_abs_diff", "tolerance")}}  # fmt: skip
+    record = {
+        **(record or {}),
+        "state": "serving",
+        "message": event.get("message"),
+        "smoke": {k: checked.get(k) for k in ("rows", "max_abs_diff", "tolerance")},
+    }
     deployments.write(spec.deployment_name, record, token)
     return record
 
@@ -576,12 +636,26 @@ def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
         if not canary or isinstance(exc, KubernetesUnavailable):
             raise
         rollback_canary(name, target.namespace, target.conn_id)
-        raise DeployError(f"{exc}\nThe canary ({version}) was removed: {record.get('version')} takes all traffic "
-                          "again.") from exc  # fmt: skip
+        raise DeployError(
+            f"{exc}\nThe canary ({version}) was removed: {record.get('version')} takes all traffic again."
+        ) from exc
 
 
 __all__ = [
-    "DeployError", "KubernetesUnavailable", "api_error", "apply", "delete", "finish_rollout", "get", "object_missing",
-    "promote_canary", "rollback_canary", "set_traffic", "start_rollout", "unreachable",
-    "SMOKE_ROWS", "predictor_service", "smoke_rollout",
-]  # fmt: skip
+    "DeployError",
+    "KubernetesUnavailable",
+    "api_error",
+    "apply",
+    "delete",
+    "finish_rollout",
+    "get",
+    "object_missing",
+    "promote_canary",
+    "rollback_canary",
+    "set_traffic",
+    "start_rollout",
+    "unreachable",
+    "SMOKE_ROWS",
+    "predictor_service",
+    "smoke_rollout",
+]

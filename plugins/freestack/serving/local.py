@@ -92,9 +92,11 @@ def runtime_python(runtime: str) -> str:
         return serving_python()
     py = settings().mlserver_python or checkout_dir() / ".venv-mlserver" / "bin" / "python"
     if not py.exists():
-        raise DeployError(f"MLServer's environment is missing ({py}): run `make mlserver-venv` (MLServer 1.7.1 needs "
-                          "its own virtualenv) or set FREESTACK_MLSERVER_PYTHON to a python that has "
-                          "plugins/freestack_server/requirements-mlserver.txt")  # fmt: skip
+        raise DeployError(
+            f"MLServer's environment is missing ({py}): run `make mlserver-venv` (MLServer 1.7.1 needs "
+            "its own virtualenv) or set FREESTACK_MLSERVER_PYTHON to a python that has "
+            "plugins/freestack_server/requirements-mlserver.txt"
+        )
     return str(py)
 
 
@@ -184,17 +186,23 @@ def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> in
         out.write(f"\n=== {_now()} holding {host}:{port} ===\n".encode())
         proc = subprocess.Popen(
             [serving_python(), "-m", "freestack_server", "hold", str(home), host, str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=_server_env({}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(home),
+            env=_server_env({}),
             start_new_session=True,
-        )  # fmt: skip
+        )
     deadline = time.monotonic() + timeout
     while not ready.exists():
         rc = proc.poll()
         if rc is not None or time.monotonic() > deadline:
             if rc is None:
                 stop_holder(proc.pid)
-            raise DeployError(f"the address holder for {host}:{port} did not start (exit {rc}); last lines of "
-                              f"{log_path}:\n{log_tail(log_path, 5)}")  # fmt: skip
+            raise DeployError(
+                f"the address holder for {host}:{port} did not start (exit {rc}); last lines of "
+                f"{log_path}:\n{log_tail(log_path, 5)}"
+            )
         time.sleep(0.02)
     log.info("address holder for %s:%d started (pid %d)", host, port, proc.pid)
     return proc.pid
@@ -229,8 +237,10 @@ class LocalServer:
         rc = self.proc.poll()
         if rc is None:
             return None
-        return DeployError(f"the model server for {self.cfg.model} {self.cfg.version} exited with code {rc} "
-                           f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
+        return DeployError(
+            f"the model server for {self.cfg.model} {self.cfg.version} exited with code {rc} "
+            f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+        )
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the server answers its health check (``timeout``: deploy.local.start_timeout_seconds)."""
@@ -259,11 +269,15 @@ class LocalServer:
         except OSError:
             killed = False
         if killed:
-            return (f": gunicorn killed workers that were silent for over deploy.local.timeout_seconds "
-                    f"({self.cfg.timeout} s, see WORKER TIMEOUT in the log); raise it in the spec's deploy.local "
-                    "block")  # fmt: skip
-        return (f": if the model needs longer to load, raise deploy.local.start_timeout_seconds (now {timeout:.0f} s) "
-                "in the spec's deploy.local block")  # fmt: skip
+            return (
+                f": gunicorn killed workers that were silent for over deploy.local.timeout_seconds "
+                f"({self.cfg.timeout} s, see WORKER TIMEOUT in the log); raise it in the spec's deploy.local "
+                "block"
+            )
+        return (
+            f": if the model needs longer to load, raise deploy.local.start_timeout_seconds (now {timeout:.0f} s) "
+            "in the spec's deploy.local block"
+        )
 
     def joined(self) -> set[int]:
         """Pids of the workers that accept on the deployment's address (they write them into the gate)."""
@@ -280,7 +294,9 @@ class LocalServer:
                 raise exited
             if time.monotonic() > deadline:
                 if got:
-                    log.warning("%d of %d workers accept on the deployment's address; going on", len(got), want)
+                    log.warning(
+                        "%d of %d workers accept on the deployment's address; going on", len(got), want
+                    )
                     return
                 raise DeployError(
                     f"the model server for {self.cfg.model} {self.cfg.version} did not start accepting on "
@@ -318,28 +334,62 @@ class ServerLaunch:
         return {**self.model, **self.config.env()}
 
 
-def server_config(name: str, model: str, version: str, slot: Slot, local: LocalTarget, *, model_uri: str,
-                  request_log_uri: str | None, address: Address | None = None, runtime: str = "seldon") -> ServerLaunch:  # fmt: skip
+def server_config(
+    name: str,
+    model: str,
+    version: str,
+    slot: Slot,
+    local: LocalTarget,
+    *,
+    model_uri: str,
+    request_log_uri: str | None,
+    address: Address | None = None,
+    runtime: str = "seldon",
+) -> ServerLaunch:
     """What one server of deployment ``name`` runs with: on the slot's port; with ``address``, it also
     serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer, one process,
     gRPC on the slot's gRPC port (a free one when the slot has none)."""
     mlserver = runtime == "mlserver"
     gate = str(_home(name) / f"{slot.color}.gate")
-    cfg = ServerConfig.model_validate({  # the variables alone: nothing of this process's environment
-        "runtime": runtime, "model": model, "version": version, "deployment": name, "predictor": slot.color,
-        "host": local.host, "port": slot.port, "metrics_port": slot.metrics_port, "workers": 1 if mlserver else local.workers,
-        "threads": local.threads, "worker_class": local.worker_class, "timeout": local.worker_timeout,
-        "cors_origins": list(local.cors_origins), "adaptive_batching": local.adaptive_batching,
-        "max_idle_connections": local.max_idle_connections, "workdir": str(_home(name)),
-        "grpc_port": (slot.grpc_port or free_port(local.host, exclude=(slot.port, slot.metrics_port)))
-                     if mlserver else 9500,
-        "address": None if address is None else {"host": address.host, "port": address.port,
-                                                 "socket": socket_name(address.port), "gate": gate},
-    })  # fmt: skip
+    cfg = ServerConfig.model_validate(
+        {  # the variables alone: nothing of this process's environment
+            "runtime": runtime,
+            "model": model,
+            "version": version,
+            "deployment": name,
+            "predictor": slot.color,
+            "host": local.host,
+            "port": slot.port,
+            "metrics_port": slot.metrics_port,
+            "workers": 1 if mlserver else local.workers,
+            "threads": local.threads,
+            "worker_class": local.worker_class,
+            "timeout": local.worker_timeout,
+            "cors_origins": list(local.cors_origins),
+            "adaptive_batching": local.adaptive_batching,
+            "max_idle_connections": local.max_idle_connections,
+            "workdir": str(_home(name)),
+            "grpc_port": (slot.grpc_port or free_port(local.host, exclude=(slot.port, slot.metrics_port)))
+            if mlserver
+            else 9500,
+            "address": None
+            if address is None
+            else {
+                "host": address.host,
+                "port": address.port,
+                "socket": socket_name(address.port),
+                "gate": gate,
+            },
+        }
+    )
     rate = local.log_sample_rate if request_log_uri else 0.0
-    settings_env = {"FREESTACK_MODEL_URI": model_uri, "FREESTACK_MAX_BATCH_ROWS": str(local.max_batch_rows),
-                    "FREESTACK_REQUEST_LOG_URI": request_log_uri or "", "FREESTACK_REQUEST_LOG_RATE": str(rate),
-                    **local.generation.env()}  # fmt: skip
+    settings_env = {
+        "FREESTACK_MODEL_URI": model_uri,
+        "FREESTACK_MAX_BATCH_ROWS": str(local.max_batch_rows),
+        "FREESTACK_REQUEST_LOG_URI": request_log_uri or "",
+        "FREESTACK_REQUEST_LOG_RATE": str(rate),
+        **local.generation.env(),
+    }
     return ServerLaunch(cfg, settings_env)
 
 
@@ -361,13 +411,19 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
         Path(cfg.address.gate).unlink(missing_ok=True)
     log_path = home / f"{cfg.predictor}.log"
     with open(log_path, "ab") as out:
-        out.write(f"\n=== {_now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
-                  f"({cfg.predictor}) ===\n".encode())  # fmt: skip
+        out.write(
+            f"\n=== {_now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
+            f"({cfg.predictor}) ===\n".encode()
+        )
         proc = subprocess.Popen(
             [runtime_python(cfg.runtime), "-m", "freestack_server", "--env-file", str(env_file)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(home), env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(home),
+            env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
     return LocalServer(proc, launch, env_file, log_path)
 
 
@@ -409,8 +465,17 @@ def deploy_local(
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     address = hold_address(model, name, local, live)
-    launch = server_config(name, model, version, slot, local, model_uri=model_uri, request_log_uri=request_log,
-                           address=address, runtime=runtime)  # fmt: skip
+    launch = server_config(
+        name,
+        model,
+        version,
+        slot,
+        local,
+        model_uri=model_uri,
+        request_log_uri=request_log,
+        address=address,
+        runtime=runtime,
+    )
     server = None
     try:
         server, checked, timings = _start_checked(launch, local, sample, model_env)
@@ -450,15 +515,23 @@ def _release(address: Address) -> None:
 
 def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     """The live server serves ``version`` at ``local``'s address, and answers."""
-    same = live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
+    same = (
+        live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
+    )
     if local.metrics_port is not None and live.get("color") in COLORS:
         same = same and _metrics_port(live) == local.metrics_port + COLORS.index(live["color"])
     if local.grpc_port is not None and live.get("runtime") == "mlserver" and live.get("color") in COLORS:
         same = same and live.get("grpc_port") == local.grpc_port + COLORS.index(live["color"])
-    return same and bool(live.get("holder_pid")) and _healthy(live["url"], live.get("runtime", "seldon"), live.get("model", ""))
+    return (
+        same
+        and bool(live.get("holder_pid"))
+        and _healthy(live["url"], live.get("runtime", "seldon"), live.get("model", ""))
+    )
 
 
-def _start_checked(launch: ServerLaunch, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]):
+def _start_checked(
+    launch: ServerLaunch, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]
+):
     """Start the server on its own port, wait for health and require the evaluation's answers; returns
     (server, what the smoke test compared, timings). A server that fails is stopped."""
     t0 = time.monotonic()
@@ -471,12 +544,20 @@ def _start_checked(launch: ServerLaunch, local: LocalTarget, sample: dict[str, A
     except BaseException:
         server.stop()
         raise
-    log.info("smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)", server.cfg.model,
-             server.cfg.version, server.url, checked["rows"], checked["max_abs_diff"])  # fmt: skip
+    log.info(
+        "smoke test of %s %s at %s: %d rows equal the evaluation's (max |diff| %.1e)",
+        server.cfg.model,
+        server.cfg.version,
+        server.url,
+        checked["rows"],
+        checked["max_abs_diff"],
+    )
     return server, checked, {"ready_s": round(t1 - t0, 3), "smoke_s": round(time.monotonic() - t1, 3)}
 
 
-def _join(server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]) -> LocalServer:
+def _join(
+    server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]
+) -> LocalServer:
     """Open the checked server's gate and wait until it accepts on the deployment's address. The freestack
     worker and MLServer (:class:`freestack_server.oip_server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
     started again with the gate open (same version and config) and checked again on its own port."""
@@ -526,7 +607,9 @@ def _stop_strays(name: str, live: dict[str, Any] | None, local: LocalTarget) -> 
     keep = {(local.host, local.port)} | ({(live.get("host"), live.get("port"))} if live else set())
     for pid, home, host, port in holders(str(_home(name))):
         if home == str(_home(name)) and (host, port) not in keep:
-            log.warning("stopping the address holder of %s:%d, which no server uses (pid %d)", host, port, pid)
+            log.warning(
+                "stopping the address holder of %s:%d, which no server uses (pid %d)", host, port, pid
+            )
             stop_holder(pid)
 
 
@@ -534,15 +617,20 @@ def _without_address(live: dict[str, Any] | None) -> dict[str, Any] | None:
     """A live server from before deployments had a stable address listens on the address itself: it
     is stopped first, once (clients see the address down until the new server is up)."""
     if live and not live.get("holder_pid"):
-        log.warning("%s/%s is served without an address holder (deployed by an older freestack): stopping it "
-                    "first, so that its address can be held from now on", live.get("model"), live.get("name"))  # fmt: skip
+        log.warning(
+            "%s/%s is served without an address holder (deployed by an older freestack): stopping it "
+            "first, so that its address can be held from now on",
+            live.get("model"),
+            live.get("name"),
+        )
         stop_server(int(live["pid"]))
         return None
     return live
 
 
-def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] | None, *,
-               runtime: str = "seldon") -> Slot:  # fmt: skip
+def _free_slot(
+    model: str, name: str, local: LocalTarget, live: dict[str, Any] | None, *, runtime: str = "seldon"
+) -> Slot:
     """The color the live server does not use, with its own port and its metrics port checked free. The
     metrics port is ``deploy.local.metrics_port`` (blue; green: + 1) when set, else a free port chosen
     now (it goes into the deployment record: ``metrics_port``, ``metrics_url``); so is the gRPC port of
@@ -565,8 +653,15 @@ def _free_slot(model: str, name: str, local: LocalTarget, live: dict[str, Any] |
     return Slot(color, port, metrics_port, grpc_port)
 
 
-def _own_port(model: str, name: str, local: LocalTarget, color: str, setting: str, base: int | None,
-              exclude: list[int] | range) -> int:  # fmt: skip
+def _own_port(
+    model: str,
+    name: str,
+    local: LocalTarget,
+    color: str,
+    setting: str,
+    base: int | None,
+    exclude: list[int] | range,
+) -> int:
     """A server's metrics or gRPC port: ``base`` (blue; green: + 1) checked free, else a free one."""
     if base is None:
         return free_port(local.host, exclude=exclude)
@@ -627,33 +722,68 @@ def _in_group(pid: int, leader: int) -> bool:
         return False
 
 
-def _record(prior: dict[str, Any] | None, server: LocalServer, slot: Slot, local: LocalTarget, address: Address,
-            version_uri: str, checked: dict[str, Any], reason: str | None,
-            timings: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+def _record(
+    prior: dict[str, Any] | None,
+    server: LocalServer,
+    slot: Slot,
+    local: LocalTarget,
+    address: Address,
+    version_uri: str,
+    checked: dict[str, Any],
+    reason: str | None,
+    timings: dict[str, float],
+) -> dict[str, Any]:
     """The deployment record once ``server`` serves: where, what, since when, and the switch history."""
     cfg = server.cfg
-    history = [*(prior or {}).get("history", []), {"version": cfg.version, "at": _now(), "color": slot.color,
-                                                   "reason": reason}]  # fmt: skip
+    history = [
+        *(prior or {}).get("history", []),
+        {"version": cfg.version, "at": _now(), "color": slot.color, "reason": reason},
+    ]
     previous = None
     if prior:
         previous = {k: prior.get(k) for k in ("version", "version_uri", "url", "pid", "color", "deployed_at")}
     return {
-        "name": cfg.name, "model": cfg.model, "target": "local", "state": "serving",
-        "version": cfg.version, "version_uri": version_uri, "url": address.url, "runtime": cfg.runtime,
-        "predict_url": f"{address.url}/v2/models/{cfg.model}/infer" if cfg.runtime == "mlserver"
-                       else f"{address.url}/api/v1.0/predictions",  # fmt: skip
-        "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics", "metrics_port": slot.metrics_port,
-        **({"grpc_port": cfg.grpc_port, "grpc_address": f"{local.host}:{cfg.grpc_port}"}
-           if cfg.runtime == "mlserver" else {}),
-        "host": local.host, "port": address.port, "holder_pid": address.holder_pid, "color": slot.color,
-        "server_url": server.url, "server_port": slot.port, "pid": server.proc.pid,
-        "hostname": socket.gethostname(), "config": str(server.env_file), "log": str(server.log_path),
-        "request_log_uri": server.launch.model["FREESTACK_REQUEST_LOG_URI"] or None, "workers": cfg.workers,
-        "threads": local.threads, "deployed_at": _now(), "timings": timings,
-        "smoke": {"rows": checked["rows"], "max_abs_diff": checked["max_abs_diff"],
-                  "tolerance": checked.get("tolerance")},
-        "previous": previous, "history": history[-HISTORY:],
-    }  # fmt: skip
+        "name": cfg.name,
+        "model": cfg.model,
+        "target": "local",
+        "state": "serving",
+        "version": cfg.version,
+        "version_uri": version_uri,
+        "url": address.url,
+        "runtime": cfg.runtime,
+        "predict_url": f"{address.url}/v2/models/{cfg.model}/infer"
+        if cfg.runtime == "mlserver"
+        else f"{address.url}/api/v1.0/predictions",
+        "metrics_url": f"http://{local.host}:{slot.metrics_port}/metrics",
+        "metrics_port": slot.metrics_port,
+        **(
+            {"grpc_port": cfg.grpc_port, "grpc_address": f"{local.host}:{cfg.grpc_port}"}
+            if cfg.runtime == "mlserver"
+            else {}
+        ),
+        "host": local.host,
+        "port": address.port,
+        "holder_pid": address.holder_pid,
+        "color": slot.color,
+        "server_url": server.url,
+        "server_port": slot.port,
+        "pid": server.proc.pid,
+        "hostname": socket.gethostname(),
+        "config": str(server.env_file),
+        "log": str(server.log_path),
+        "request_log_uri": server.launch.model["FREESTACK_REQUEST_LOG_URI"] or None,
+        "workers": cfg.workers,
+        "threads": local.threads,
+        "deployed_at": _now(),
+        "timings": timings,
+        "smoke": {
+            "rows": checked["rows"],
+            "max_abs_diff": checked["max_abs_diff"],
+            "tolerance": checked.get("tolerance"),
+        },
+        "previous": previous,
+        "history": history[-HISTORY:],
+    }
 
 
 def _retire(old: dict[str, Any], address: Address) -> None:
@@ -666,8 +796,14 @@ def _retire(old: dict[str, Any], address: Address) -> None:
     old_holder = old.get("holder_pid")
     if old_holder and old_holder != address.holder_pid and is_holder(old_holder, str(_home(old["name"]))):
         stop_holder(int(old_holder))
-    log.info("stopped the %s server of %s %s (pid %s) in %.1f s", old.get("color"), old.get("model"),
-             old.get("version"), old.get("pid"), time.monotonic() - t0)  # fmt: skip
+    log.info(
+        "stopped the %s server of %s %s (pid %s) in %.1f s",
+        old.get("color"),
+        old.get("model"),
+        old.get("version"),
+        old.get("pid"),
+        time.monotonic() - t0,
+    )
 
 
 def stop_local(root_uri: str, model: str, name: str) -> dict[str, Any]:
@@ -700,8 +836,10 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
         health = None
         if alive:
             try:
-                code, _ = http_json(health_url(record["url"], record.get("runtime", "seldon"), record.get("model", "")),
-                                    timeout=3.0)  # fmt: skip
+                code, _ = http_json(
+                    health_url(record["url"], record.get("runtime", "seldon"), record.get("model", "")),
+                    timeout=3.0,
+                )
                 health = "ok" if code == 200 else f"HTTP {code}"
             except OSError as exc:
                 health = f"unreachable ({exc})"
@@ -710,6 +848,17 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
-    "Address", "LocalServer", "Slot", "deploy_local", "describe", "hold_address", "log_tail",
-    "ServerLaunch", "serving_dir", "serving_python", "server_config", "start_server", "stop_local",
-]  # fmt: skip
+    "Address",
+    "LocalServer",
+    "Slot",
+    "deploy_local",
+    "describe",
+    "hold_address",
+    "log_tail",
+    "ServerLaunch",
+    "serving_dir",
+    "serving_python",
+    "server_config",
+    "start_server",
+    "stop_local",
+]

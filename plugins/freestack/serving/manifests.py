@@ -63,7 +63,6 @@ _QUALIFIED_KEY = (
 )
 
 
-
 class ManifestInvalid(FreestackError, ValueError):
     """A manifest does not match the SeldonDeployment CRD. ``violations`` holds (JSON path, message)."""
 
@@ -83,42 +82,82 @@ def label_value(value: Any) -> str:
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
 
 
-def _server_env(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
-                request_log_uri: str | None, runtime: str) -> list[dict[str, str]]:  # fmt: skip
+def _server_env(
+    target: KubernetesTarget,
+    *,
+    model: str,
+    version: str,
+    model_uri: str,
+    request_log_uri: str | None,
+    runtime: str,
+) -> list[dict[str, str]]:
     """The model server's variables (:mod:`freestack_server.config`), as the local deploy sets them; the
     interface and ports are the image's ``ENV`` and Seldon's operator's ``PREDICTIVE_UNIT_*``."""
     from freestack_server.config import ServerConfig
 
-    cfg = ServerConfig.model_validate({"runtime": runtime, "model": model, "version": version, "deployment": model,
-                                       "workers": target.workers, "threads": target.threads})  # fmt: skip
-    own = cfg.env(include={"runtime", "deployment", "workers", "threads"})  # model and version: the names below
-    env = [{"name": ENV_URI, "value": model_uri}, {"name": ENV_VERSION, "value": version}, {"name": ENV_NAME, "value": model},
-           *({"name": k, "value": v} for k, v in own.items())]  # fmt: skip
+    cfg = ServerConfig.model_validate(
+        {
+            "runtime": runtime,
+            "model": model,
+            "version": version,
+            "deployment": model,
+            "workers": target.workers,
+            "threads": target.threads,
+        }
+    )
+    own = cfg.env(
+        include={"runtime", "deployment", "workers", "threads"}
+    )  # model and version: the names below
+    env = [
+        {"name": ENV_URI, "value": model_uri},
+        {"name": ENV_VERSION, "value": version},
+        {"name": ENV_NAME, "value": model},
+        *({"name": k, "value": v} for k, v in own.items()),
+    ]
     if request_log_uri and target.log_sample_rate > 0:  # the monitor's request log (freestack.monitor)
-        env += [{"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
-                {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"}]  # fmt: skip
+        env += [
+            {"name": "FREESTACK_REQUEST_LOG_URI", "value": request_log_uri},
+            {"name": "FREESTACK_REQUEST_LOG_RATE", "value": f"{target.log_sample_rate:g}"},
+        ]
     # deploy.generation's bounds that differ from the server's defaults (a text-generation model's requests)
     env += [{"name": k, "value": v} for k, v in target.generation.env(defaults=False).items()]
     return env
 
 
-def _container(target: KubernetesTarget, *, model: str, version: str, model_uri: str,
-               request_log_uri: str | None = None, runtime: str = "seldon") -> dict[str, Any]:  # fmt: skip
+def _container(
+    target: KubernetesTarget,
+    *,
+    model: str,
+    version: str,
+    model_uri: str,
+    request_log_uri: str | None = None,
+    runtime: str = "seldon",
+) -> dict[str, Any]:
     """The model container of either runtime, started by its image's own command (``python -m
     freestack_server``): Seldon's protocol, or (``mlserver``) the Open Inference Protocol, with a gRPC port
     and probes on the V2 paths."""
-    env = _server_env(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri,
-                      runtime=runtime)  # fmt: skip
+    env = _server_env(
+        target,
+        model=model,
+        version=version,
+        model_uri=model_uri,
+        request_log_uri=request_log_uri,
+        runtime=runtime,
+    )
     if runtime == "mlserver":
-        container = _base_container(target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live")
+        container = _base_container(
+            target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live"
+        )
         container["ports"].append({"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"})
         return container
     return _base_container(target, target.image, env, ready=HEALTH_PATH, live=HEALTH_PATH)
 
 
-def _base_container(target: KubernetesTarget, image: str, env: list[dict[str, str]], *, ready: str,
-                    live: str) -> dict[str, Any]:  # fmt: skip
+def _base_container(
+    target: KubernetesTarget, image: str, env: list[dict[str, str]], *, ready: str, live: str
+) -> dict[str, Any]:
     """The container both runtimes share: the HTTP port, resources, the secret's environment and the probes."""
+
     def probe(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http", "scheme": "HTTP"}, "timeoutSeconds": 5}
 
@@ -151,11 +190,20 @@ def _check_name(name: str) -> None:
 
 
 def _predictor(
-    name: str, target: KubernetesTarget, *, replicas: int, traffic: int, model: str, version: str, uri: str,
-    request_log_uri: str | None = None, runtime: str = "seldon",
+    name: str,
+    target: KubernetesTarget,
+    *,
+    replicas: int,
+    traffic: int,
+    model: str,
+    version: str,
+    uri: str,
+    request_log_uri: str | None = None,
+    runtime: str = "seldon",
 ) -> dict[str, Any]:
-    container = _container(target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri,
-                           runtime=runtime)  # fmt: skip
+    container = _container(
+        target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri, runtime=runtime
+    )
     pod: dict[str, Any] = {"containers": [container]}
     if target.service_account:
         pod["serviceAccountName"] = target.service_account
@@ -198,7 +246,9 @@ def build_manifest(
         if not isinstance(v, str) or not v:
             raise ValueError(f"{what} must be a non-empty string, got {v!r}")
     if (canary_version is None) != (canary_uri is None):
-        given, missing = ("canary_version", "canary_uri") if canary_uri is None else ("canary_uri", "canary_version")
+        given, missing = (
+            ("canary_version", "canary_uri") if canary_uri is None else ("canary_uri", "canary_version")
+        )
         raise ValueError(f"{given} was given without {missing}: a canary needs both its version and its URI")
     canary = canary_version is not None
     if canary and target.canary is None:
@@ -207,7 +257,11 @@ def build_manifest(
             "'canary: {traffic: 10, replicas: 1}' to the deploy block, or deploy without a canary"
         )
 
-    meta_labels = {MANAGED_BY_KEY: MANAGED_BY, MODEL_KEY: label_value(model), VERSION_KEY: label_value(version)}
+    meta_labels = {
+        MANAGED_BY_KEY: MANAGED_BY,
+        MODEL_KEY: label_value(model),
+        VERSION_KEY: label_value(version),
+    }
     annotations = {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri}
     if canary:
         meta_labels[CANARY_VERSION_KEY] = label_value(canary_version)
@@ -223,47 +277,99 @@ def build_manifest(
 
     main_traffic = 100 - target.canary.traffic if canary else 100
     predictors = [
-        _predictor(MAIN, target, replicas=target.replicas, traffic=main_traffic, model=model, version=version,
-                   uri=model_uri, request_log_uri=request_log_uri, runtime=runtime)
+        _predictor(
+            MAIN,
+            target,
+            replicas=target.replicas,
+            traffic=main_traffic,
+            model=model,
+            version=version,
+            uri=model_uri,
+            request_log_uri=request_log_uri,
+            runtime=runtime,
+        )
     ]
     if canary:
         predictors.append(
-            _predictor(CANARY, target, replicas=target.canary.replicas, traffic=target.canary.traffic,
-                       model=model, version=canary_version, uri=canary_uri, request_log_uri=request_log_uri,
-                       runtime=runtime)
+            _predictor(
+                CANARY,
+                target,
+                replicas=target.canary.replicas,
+                traffic=target.canary.traffic,
+                model=model,
+                version=canary_version,
+                uri=canary_uri,
+                request_log_uri=request_log_uri,
+                runtime=runtime,
+            )
         )
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": target.namespace, "labels": meta_labels,
-                     "annotations": annotations},
-        "spec": {"name": name, "protocol": "v2" if runtime == "mlserver" else "seldon", "predictors": predictors},
+        "metadata": {
+            "name": name,
+            "namespace": target.namespace,
+            "labels": meta_labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "name": name,
+            "protocol": "v2" if runtime == "mlserver" else "seldon",
+            "predictors": predictors,
+        },
     }
 
 
-def build_inference_service(name: str, *, model: str, version: str, model_uri: str, target: KubernetesTarget,
-                            request_log_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
+def build_inference_service(
+    name: str,
+    *,
+    model: str,
+    version: str,
+    model_uri: str,
+    target: KubernetesTarget,
+    request_log_uri: str | None = None,
+) -> dict[str, Any]:
     """A KServe ``serving.kserve.io/v1beta1`` InferenceService serving ``model`` ``version`` with freestack's
     V2 runtime (the mlserver image, the same container as a ``protocol: v2`` SeldonDeployment's), for a
     cluster that runs KServe instead of Seldon Core."""
     _check_name(name)
-    container = _container(target, model=model, version=version, model_uri=model_uri, request_log_uri=request_log_uri,
-                           runtime="mlserver")  # fmt: skip
+    container = _container(
+        target,
+        model=model,
+        version=version,
+        model_uri=model_uri,
+        request_log_uri=request_log_uri,
+        runtime="mlserver",
+    )
     container["name"] = "kserve-container"
     container["env"] = [*container["env"], {"name": "PROTOCOL", "value": "v2"}]
-    predictor: dict[str, Any] = {"minReplicas": target.replicas, "maxReplicas": target.replicas,
-                                 "containers": [container]}  # fmt: skip
+    predictor: dict[str, Any] = {
+        "minReplicas": target.replicas,
+        "maxReplicas": target.replicas,
+        "containers": [container],
+    }
     if target.service_account:
         predictor["serviceAccountName"] = target.service_account
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": target.namespace,
-                     "labels": {MANAGED_BY_KEY: MANAGED_BY, MODEL_KEY: label_value(model), VERSION_KEY: label_value(version)},
-                     "annotations": {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri,
-                                     "serving.kserve.io/deploymentMode": "RawDeployment"}},
+        "metadata": {
+            "name": name,
+            "namespace": target.namespace,
+            "labels": {
+                MANAGED_BY_KEY: MANAGED_BY,
+                MODEL_KEY: label_value(model),
+                VERSION_KEY: label_value(version),
+            },
+            "annotations": {
+                MODEL_KEY: model,
+                VERSION_KEY: version,
+                MODEL_URI_KEY: model_uri,
+                "serving.kserve.io/deploymentMode": "RawDeployment",
+            },
+        },
         "spec": {"predictor": predictor},
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,9 +518,11 @@ def _semantic_violations(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         graph = p.get("graph") or {}
         if not graph.get("implementation") and graph.get("name") not in containers:
             out.append(
-                (f"{where}.graph.name",
-                 f"graph node {graph.get('name')!r} has no container of that name in componentSpecs "
-                 f"(containers: {sorted(c for c in containers if c)})")
+                (
+                    f"{where}.graph.name",
+                    f"graph node {graph.get('name')!r} has no container of that name in componentSpecs "
+                    f"(containers: {sorted(c for c in containers if c)})",
+                )
             )
     if counted > 1 and total != 100:
         out.append(("$.spec.predictors", f"the predictors' traffic adds up to {total}, not 100"))
@@ -441,7 +549,8 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
     if violations:
         raise ManifestInvalid(
             f"SeldonDeployment {_named(manifest)} does not match the Seldon Core v1 CRD ({path}):\n"
-            + _listed(violations) + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
+            + _listed(violations)
+            + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
             violations,
         )
 
@@ -496,8 +605,12 @@ def _kserve_validator(path: str, mtime_ns: int, size: int):  # the file's identi
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
     meta = _object_meta_schema()
     meta["properties"]["name"] = {"type": "string", "maxLength": 63, "pattern": _KSERVE_NAME}
-    schema["properties"].update(apiVersion={"const": KSERVE_API_VERSION}, kind={"const": KSERVE_KIND},
-                                metadata=meta, status={"type": "object"})  # fmt: skip
+    schema["properties"].update(
+        apiVersion={"const": KSERVE_API_VERSION},
+        kind={"const": KSERVE_KIND},
+        metadata=meta,
+        status={"type": "object"},
+    )
     schema["additionalProperties"] = False
     checker = jsonschema.FormatChecker(formats=())
     checker.checks("int32")(_fits_bits(32))
@@ -526,7 +639,8 @@ def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.Path
     violations = sorted((e.json_path, e.message) for e in validator.iter_errors(manifest))
     if violations:
         raise ManifestInvalid(
-            f"InferenceService {_named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n" + _listed(violations),
+            f"InferenceService {_named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n"
+            + _listed(violations),
             violations,
         )
 
@@ -567,7 +681,9 @@ def _replica_summary(status: dict[str, Any]) -> tuple[str, list[str]]:
     for dep, st in sorted((status.get("deploymentStatus") or {}).items()):
         st = st or {}
         avail, want = st.get("availableReplicas") or 0, st.get("replicas") or 0
-        parts.append(f"{dep} {avail}/{want} available" + (f" ({st['description']})" if st.get("description") else ""))
+        parts.append(
+            f"{dep} {avail}/{want} available" + (f" ({st['description']})" if st.get("description") else "")
+        )
         if avail < want:
             short.append(dep)
     return "; ".join(parts), short
@@ -597,7 +713,9 @@ def availability(obj: dict[str, Any]) -> tuple[str, str]:
     if state == "Available" and not short:
         return "available", f"{what} is Available" + (f": {replicas}" if replicas else "")
     shown = state or "no status yet"
-    return "progressing", f"{what}: {shown}" + (f": {desc}" if desc else "") + (f" [{replicas}]" if replicas else "")
+    return "progressing", f"{what}: {shown}" + (f": {desc}" if desc else "") + (
+        f" [{replicas}]" if replicas else ""
+    )
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:
@@ -607,16 +725,34 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     preds = []
     for p in (obj.get("spec") or {}).get("predictors") or []:
         image = next(
-            (c.get("image") for cs in p.get("componentSpecs") or []
-             for c in ((cs or {}).get("spec") or {}).get("containers") or [] if c.get("name") == CONTAINER),
+            (
+                c.get("image")
+                for cs in p.get("componentSpecs") or []
+                for c in ((cs or {}).get("spec") or {}).get("containers") or []
+                if c.get("name") == CONTAINER
+            ),
             None,
         )
-        preds.append({"name": p.get("name"), "version": predictor_version(p), "model_uri": predictor_env(p, ENV_URI),
-                      "traffic": p.get("traffic"), "replicas": p.get("replicas"), "image": image})
+        preds.append(
+            {
+                "name": p.get("name"),
+                "version": predictor_version(p),
+                "model_uri": predictor_env(p, ENV_URI),
+                "traffic": p.get("traffic"),
+                "replicas": p.get("replicas"),
+                "image": image,
+            }
+        )
     state, message = availability(obj)
-    return {"name": meta.get("name"), "namespace": meta.get("namespace"), "generation": meta.get("generation"),
-            "resource_version": meta.get("resourceVersion"), "predictors": preds, "state": state,
-            "message": message}
+    return {
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "generation": meta.get("generation"),
+        "resource_version": meta.get("resourceVersion"),
+        "predictors": preds,
+        "state": state,
+        "message": message,
+    }
 
 
 def served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -635,9 +771,33 @@ def served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
 
 
 __all__ = [
-    "API_VERSION", "CANARY", "CONTAINER", "CRD_ENV", "CRD_NAME", "ENV_NAME", "ENV_URI", "ENV_VERSION", "GROUP", "KIND", "MAIN",
-    "PLURAL", "VERSION", "ManifestInvalid", "availability", "build_manifest", "default_crd_path", "label_value",
-    "predictor_env", "predictor_version", "served_version", "split_predictors", "summary", "validate_manifest",
-    "KSERVE_API_VERSION", "KSERVE_KIND", "build_inference_service", "default_kserve_crd_path",
+    "API_VERSION",
+    "CANARY",
+    "CONTAINER",
+    "CRD_ENV",
+    "CRD_NAME",
+    "ENV_NAME",
+    "ENV_URI",
+    "ENV_VERSION",
+    "GROUP",
+    "KIND",
+    "MAIN",
+    "PLURAL",
+    "VERSION",
+    "ManifestInvalid",
+    "availability",
+    "build_manifest",
+    "default_crd_path",
+    "label_value",
+    "predictor_env",
+    "predictor_version",
+    "served_version",
+    "split_predictors",
+    "summary",
+    "validate_manifest",
+    "KSERVE_API_VERSION",
+    "KSERVE_KIND",
+    "build_inference_service",
+    "default_kserve_crd_path",
     "validate_inference_service",
-]  # fmt: skip
+]

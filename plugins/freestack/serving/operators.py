@@ -35,8 +35,14 @@ class DeployOperator(HubEnvironment, PipelineOperator):
     template_fields = ("version", "moved_alias")
     ui_color = "#d6e4f5"
 
-    def __init__(self, *, version: str | None = None, reason: str | None = None, moved_alias: str | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        version: str | None = None,
+        reason: str | None = None,
+        moved_alias: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.version = version
         self.reason = reason
@@ -48,7 +54,9 @@ class DeployOperator(HubEnvironment, PipelineOperator):
 
         spec = self.pipeline_spec()
         if self.moved_alias and self.moved_alias.strip() != spec.deploy.alias:
-            raise AirflowSkipException(f"{self.moved_alias} moved; {spec.deploy.alias} (what is served) did not")
+            raise AirflowSkipException(
+                f"{self.moved_alias} moved; {spec.deploy.alias} (what is served) did not"
+            )
         reg = registry_for(spec)
         alias = None if self.version else spec.deploy.alias
         set_here = self.set_by_this_run(context, spec.deploy.alias)
@@ -87,28 +95,48 @@ class DeployOperator(HubEnvironment, PipelineOperator):
                 f"{reg.model}'s {alias} moved from {version} to {now} {when} ({reg.last_move(alias) or 'by someone'}); "
                 f"{version} is not what {alias} serves: that move's own deploy serves {now}. Trigger this again "
                 "to serve it after all"
-            )  # fmt: skip
+            )
 
     def _local(self, spec, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
         from freestack.serving.local import deploy_local
         from freestack.storage import storage_root
 
         record = deploy_local(
-            root_uri=str(storage_root(spec.storage_root)), model=spec.model_name, name=spec.deployment_name,
-            version=version, version_uri=uri, local=spec.deploy.local, reason=reason,
-            source=model_source(uri), runtime=spec.deploy.runtime, alias=alias,
-        )  # fmt: skip
-        body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
-                if spec.deploy.runtime == "mlserver" else '{"data": {"ndarray": [[...%d features...]]}}') % len(spec.model_features)  # fmt: skip
+            root_uri=str(storage_root(spec.storage_root)),
+            model=spec.model_name,
+            name=spec.deployment_name,
+            version=version,
+            version_uri=uri,
+            local=spec.deploy.local,
+            reason=reason,
+            source=model_source(uri),
+            runtime=spec.deploy.runtime,
+            alias=alias,
+        )
+        body = (
+            '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
+            if spec.deploy.runtime == "mlserver"
+            else '{"data": {"ndarray": [[...%d features...]]}}'
+        ) % len(spec.model_features)
         if spec.model.generative:
-            body = ('{"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["your prompt"]}]}'
-                    if spec.deploy.runtime == "mlserver" else '{"strData": "your prompt"}')  # fmt: skip
+            body = (
+                '{"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["your prompt"]}]}'
+                if spec.deploy.runtime == "mlserver"
+                else '{"strData": "your prompt"}'
+            )
         self.log.info(
             "%s %s is served at %s (pid %s, %s, %s); try:\n  curl -s -H 'Content-Type: application/json' -d "
             "'%s' %s\nmetrics (Prometheus): %s",
-            spec.model_name, version, record["url"], record["pid"], record["color"], spec.deploy.runtime,
-            body, record["predict_url"], record["metrics_url"],
-        )  # fmt: skip
+            spec.model_name,
+            version,
+            record["url"],
+            record["pid"],
+            record["color"],
+            spec.deploy.runtime,
+            body,
+            record["predict_url"],
+            record["metrics_url"],
+        )
         return {k: v for k, v in record.items() if k != "history"}
 
     def _kubernetes(self, spec, version: str, uri: str, reason: str) -> None:
@@ -118,16 +146,24 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         target = spec.deploy.kubernetes
         model_uri, _env = model_source(uri)  # credentials reach the pod through target.env_secret
         record = start_rollout(spec, version, model_uri, reason=reason)
-        self.log.info("applied SeldonDeployment %s/%s (%s %s); waiting for Available", target.namespace,
-                      record["name"], record["role"], version)  # fmt: skip
+        self.log.info(
+            "applied SeldonDeployment %s/%s (%s %s); waiting for Available",
+            target.namespace,
+            record["name"],
+            record["role"],
+            version,
+        )
         self.defer(
             trigger=SeldonDeploymentAvailableTrigger(
-                name=record["name"], namespace=target.namespace, conn_id=target.conn_id,
-                timeout_seconds=target.timeout_minutes * 60, poll_seconds=target.poll_seconds,
+                name=record["name"],
+                namespace=target.namespace,
+                conn_id=target.conn_id,
+                timeout_seconds=target.timeout_minutes * 60,
+                poll_seconds=target.poll_seconds,
             ),
             method_name="execute_complete",
             timeout=timedelta(minutes=target.timeout_minutes + 5),
-        )  # fmt: skip
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         from freestack.errors import DeployError
@@ -143,8 +179,12 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             from freestack.registry.core import registry_for
 
             # with a canary, the new version is the canary's until `freestack serve canary ... promote`
-            self.require_still_set(registry_for(spec), spec.deploy.alias,
-                                   str(record.get("canary_version") or record.get("version")), "while it rolled out")  # fmt: skip
+            self.require_still_set(
+                registry_for(spec),
+                spec.deploy.alias,
+                str(record.get("canary_version") or record.get("version")),
+                "while it rolled out",
+            )
         return {k: v for k, v in record.items() if k != "history"}
 
 

@@ -124,7 +124,9 @@ def stop_serving_processes(serving_dir: str | os.PathLike, *, grace_seconds: flo
     return [f"{what} (pid {pid})" for pid, what, _ in stop_serving(serving_dir, grace_seconds=grace_seconds)]
 
 
-def stop_serving(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[tuple[int, str, str]]:
+def stop_serving(
+    serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0
+) -> list[tuple[int, str, str]]:
     """:func:`stop_serving_processes`, with how each ended: (pid, what it was, ``TERM`` or ``KILL``).
     ``KILL``: something of its process group still ran after the grace and was killed."""
     found = serving_processes(serving_dir)
@@ -346,7 +348,24 @@ def _bindable(host: str, port: int) -> bool:
 
 
 __all__ = [
-    "SUPERVISOR", "cmdline", "ephemeral_port_floor", "free_port", "free_port_block", "holders", "is_holder",
-    "is_ours", "port_free", "port_listener", "port_owner", "process_alive", "serving_processes", "stop_holder",
-    "stop_process", "stop_server", "stop_servers", "stop_serving", "stop_serving_processes", "supervisors",
-]  # fmt: skip
+    "SUPERVISOR",
+    "cmdline",
+    "ephemeral_port_floor",
+    "free_port",
+    "free_port_block",
+    "holders",
+    "is_holder",
+    "is_ours",
+    "port_free",
+    "port_listener",
+    "port_owner",
+    "process_alive",
+    "serving_processes",
+    "stop_holder",
+    "stop_process",
+    "stop_server",
+    "stop_servers",
+    "stop_serving",
+    "stop_serving_processes",
+    "supervisors",
+]

@@ -55,7 +55,9 @@ class Deployments:
         from freestack.storage import list_objects
 
         try:
-            return sorted(p.name[: -len(".json")] for p in list_objects(self.folder) if p.name.endswith(".json"))
+            return sorted(
+                p.name[: -len(".json")] for p in list_objects(self.folder) if p.name.endswith(".json")
+            )
         except FileNotFoundError:
             return []
 
@@ -109,11 +111,16 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
         except (OSError, ValueError):
             return None
     wanted = aliases.get(alias)
-    if wanted is None or wanted in (record["version"], record.get("canary_version")):  # a canary serves it too
+    if wanted is None or wanted in (
+        record["version"],
+        record.get("canary_version"),
+    ):  # a canary serves it too
         return None
-    return (f"serves {record['version']} but {alias} is {wanted}: the alias moved without a deploy; redeploy with "
-            f"a {alias} move through the pipeline's DAG (`freestack models promote PIPELINE {wanted}`) or "
-            "`freestack serve deploy PIPELINE`")
+    return (
+        f"serves {record['version']} but {alias} is {wanted}: the alias moved without a deploy; redeploy with "
+        f"a {alias} move through the pipeline's DAG (`freestack models promote PIPELINE {wanted}`) or "
+        "`freestack serve deploy PIPELINE`"
+    )
 
 
 __all__ = ["Deployments", "alias_drift", "all_deployments", "served_alias", "serving_records"]

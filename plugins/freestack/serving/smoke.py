@@ -94,8 +94,12 @@ def _target_scale(sample: dict[str, Any]) -> tuple[float, str]:
     labels = [float(v) for v in sample.get("labels") or [] if _number(v) and math.isfinite(v)]
     if len(labels) >= 2 and statistics.pstdev(labels) > 0:
         return statistics.pstdev(labels), "std of the sample's labels"
-    values = [abs(float(v)) for row in sample.get("outputs") or [] for v in (row if isinstance(row, list) else [row])
-              if _number(v) and math.isfinite(v)]  # fmt: skip
+    values = [
+        abs(float(v))
+        for row in sample.get("outputs") or []
+        for v in (row if isinstance(row, list) else [row])
+        if _number(v) and math.isfinite(v)
+    ]
     return max([1.0, *values]), "largest expected value"
 
 
@@ -103,8 +107,9 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL,
-               post: Post | None = None) -> dict[str, Any]:  # fmt: skip
+def smoke_test(
+    url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL, post: Post | None = None
+) -> dict[str, Any]:
     """Send the sample's rows; every answer must equal the in-process output: the same class, and values
     within :func:`tolerance` (for regression, relative to the target's scale). Returns what was compared;
     raises DeployError naming the first row, key and output that differ, both values and the tolerance.
@@ -122,13 +127,21 @@ def smoke_test(url: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: fl
         got = [t["values"][i : i + width] for i in range(0, len(t["values"]), width)]
     worst, tol = _compare(got, sample, atol, rtol)
     _check_names(body["data"].get("names"), sample)
-    return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": body.get("meta", {})}
+    return {
+        "rows": len(sample["outputs"]),
+        "max_abs_diff": worst,
+        "tolerance": tol,
+        "meta": body.get("meta", {}),
+    }
 
 
 def seldon_request(sample: dict[str, Any]) -> dict[str, Any]:
     """The sample's rows as a Seldon message, under the smoke test's own request id: the model server
     leaves it out of the request log (not traffic)."""
-    return {"data": {"names": sample["features"], "ndarray": sample["rows"]}, "meta": {"puid": f"{SMOKE_ID}-{time.time_ns()}"}}
+    return {
+        "data": {"names": sample["features"], "ndarray": sample["rows"]},
+        "meta": {"puid": f"{SMOKE_ID}-{time.time_ns()}"},
+    }
 
 
 def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +151,26 @@ def v2_request(sample: dict[str, Any]) -> dict[str, Any]:
     for j, name in enumerate(sample["features"]):
         values = [row[j] for row in sample["rows"]]
         numeric = all(_number(v) for v in values)
-        inputs.append({"name": name, "datatype": "FP64" if numeric else "BYTES", "shape": [len(values)],
-                       "data": values if numeric else [str(v) for v in values]})  # fmt: skip
+        inputs.append(
+            {
+                "name": name,
+                "datatype": "FP64" if numeric else "BYTES",
+                "shape": [len(values)],
+                "data": values if numeric else [str(v) for v in values],
+            }
+        )
     return {"id": f"{SMOKE_ID}-{time.time_ns()}", "inputs": inputs}
 
 
-def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float = ATOL, rtol: float = RTOL,
-                  post: Post | None = None) -> dict[str, Any]:  # fmt: skip
+def smoke_test_v2(
+    url: str,
+    model: str,
+    sample: dict[str, Any],
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    post: Post | None = None,
+) -> dict[str, Any]:
     """:func:`smoke_test` over the Open Inference Protocol (``POST /v2/models/<model>/infer``): the
     ``probabilities`` output (classification) or ``prediction`` (regression) must equal the evaluation's
     (a text-generation sample: :func:`smoke_generation`, over V2)."""
@@ -161,35 +187,54 @@ def smoke_test_v2(url: str, model: str, sample: dict[str, Any], *, atol: float =
     data = out["data"]
     got = [data[i : i + width] for i in range(0, len(data), width)]
     worst, tol = _compare(got, sample, atol, rtol)
-    return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": {"id": body.get("id")}}
+    return {
+        "rows": len(sample["outputs"]),
+        "max_abs_diff": worst,
+        "tolerance": tol,
+        "meta": {"id": body.get("id")},
+    }
 
 
 #: how long one smoke prompt may take to answer (a CPU generates some tokens a second for a large model)
 GENERATION_TIMEOUT_S = 300.0
 
 
-def generation_request(chat: list[dict[str, str]], max_new_tokens: int, request_id: str, *,
-                       v2: bool = False) -> dict[str, Any]:  # fmt: skip
+def generation_request(
+    chat: list[dict[str, str]], max_new_tokens: int, request_id: str, *, v2: bool = False
+) -> dict[str, Any]:
     """One smoke conversation as a greedy request (``temperature: 0``): Seldon's ``jsonData`` ``messages``, or
     (``v2``) mlserver-huggingface's ``array_inputs`` tensor of ``hg_jsonlist`` messages."""
     params = {"max_new_tokens": int(max_new_tokens), "temperature": 0}
     if v2:
-        return {"id": request_id, "parameters": params, "inputs": [{
-            "name": "array_inputs", "datatype": "BYTES", "shape": [len(chat)], "parameters": {"content_type": "hg_jsonlist"},
-            "data": [json.dumps(m) for m in chat]}]}  # fmt: skip
+        return {
+            "id": request_id,
+            "parameters": params,
+            "inputs": [
+                {
+                    "name": "array_inputs",
+                    "datatype": "BYTES",
+                    "shape": [len(chat)],
+                    "parameters": {"content_type": "hg_jsonlist"},
+                    "data": [json.dumps(m) for m in chat],
+                }
+            ],
+        }
     return {"jsonData": {"messages": chat, "parameters": params}, "meta": {"puid": request_id}}
 
 
-def smoke_generation(url: str, sample: dict[str, Any], *, post: Post | None = None,
-                     v2_model: str | None = None) -> dict[str, Any]:  # fmt: skip
+def smoke_generation(
+    url: str, sample: dict[str, Any], *, post: Post | None = None, v2_model: str | None = None
+) -> dict[str, Any]:
     """Send each of the sample's conversations (``chats``) alone, greedy with its ``max_new_tokens``, to
     Seldon's ``/api/v1.0/predictions`` or (``v2_model``) ``/v2/models/<model>/infer``; every answer must
     be the evaluation's text (``outputs``), exactly. DeployError names the first row that differs, what was
     expected and what came back."""
     chats, expected = sample.get("chats") or [], sample.get("outputs") or []
     if not chats or len(chats) != len(expected):
-        raise DeployError(f"the smoke sample holds {len(chats)} conversations and {len(expected)} answers: evaluate "
-                          "the version again to deploy it")  # fmt: skip
+        raise DeployError(
+            f"the smoke sample holds {len(chats)} conversations and {len(expected)} answers: evaluate "
+            "the version again to deploy it"
+        )
     n, keys = int(sample.get("max_new_tokens") or 64), sample.get("keys") or []
     path = f"/v2/models/{v2_model}/infer" if v2_model else "/api/v1.0/predictions"
     stamp = time.time_ns()
@@ -201,11 +246,17 @@ def smoke_generation(url: str, sample: dict[str, Any], *, post: Post | None = No
             raise DeployError(f"the smoke request {i} to {url} answered HTTP {code}: {str(answer)[:500]}")
         if got != want:
             where = f"smoke row {i}" + (f" (key {keys[i]})" if i < len(keys) else "")
-            raise DeployError(f"{where}: the server answered {got!r}, the evaluation {want!r} in-process (greedy, "
-                              f"max_new_tokens {n}, one prompt at a time): the served model does not answer as the "
-                              "evaluated one")  # fmt: skip
-    return {"rows": len(chats), "max_abs_diff": 0.0, "tolerance": {"basis": "the same text"},
-            "meta": {"max_new_tokens": n}}  # fmt: skip
+            raise DeployError(
+                f"{where}: the server answered {got!r}, the evaluation {want!r} in-process (greedy, "
+                f"max_new_tokens {n}, one prompt at a time): the served model does not answer as the "
+                "evaluated one"
+            )
+    return {
+        "rows": len(chats),
+        "max_abs_diff": 0.0,
+        "tolerance": {"basis": "the same text"},
+        "meta": {"max_new_tokens": n},
+    }
 
 
 def _generated_text(answer: Any, v2: bool) -> str | None:
@@ -269,8 +320,10 @@ def _check_names(names: list[str] | None, sample: dict[str, Any]) -> None:
         if sample.get("classes") and names and list(names) != outputs:
             raise DeployError(f"the server names its outputs {names}, the model's classes are {outputs}")
     elif sample.get("target") and names is not None and list(names) != outputs:
-        raise DeployError(f"the server names its outputs {names}; a regression model answers one value per row, "
-                          f"named after its target {outputs[0]!r}")  # fmt: skip
+        raise DeployError(
+            f"the server names its outputs {names}; a regression model answers one value per row, "
+            f"named after its target {outputs[0]!r}"
+        )
 
 
 def _name(outputs: list[str], j: int) -> str:
@@ -283,5 +336,16 @@ def _explain(tol: dict[str, Any], atol: float) -> str:
     return f"{atol:.0e} x {tol['basis']} {tol['scale']:.6g} + {tol['rtol']:.0e} x |expected|"
 
 
-__all__ = ["ATOL", "RTOL", "generation_request", "http_json", "smoke_generation", "smoke_sample", "seldon_request", "smoke_test",
-           "smoke_test_v2", "tolerance", "v2_request"]  # fmt: skip
+__all__ = [
+    "ATOL",
+    "RTOL",
+    "generation_request",
+    "http_json",
+    "smoke_generation",
+    "smoke_sample",
+    "seldon_request",
+    "smoke_test",
+    "smoke_test_v2",
+    "tolerance",
+    "v2_request",
+]

@@ -59,56 +59,88 @@ class GenerationBounds(SpecModel):
     ``max_prompt_tokens`` is cut from the left or refused (413), never a 500. Travels to the server as
     its ``FREESTACK_GENERATION_*`` settings (:meth:`env`)."""
 
-    max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="The most new tokens a request may ask for "
-                                "(`max_new_tokens` above it: 400).")  # fmt: skip
-    default_max_new_tokens: int = Field(default=64, ge=1, le=32_768, description="The new tokens of a request that "
-                                        "names no `max_new_tokens` (a strData prompt, say); at most `max_new_tokens` (a lower "
-                                        "`max_new_tokens` alone lowers it too).")  # fmt: skip
-    max_temperature: float = Field(default=2.0, ge=0, le=100, description="The highest sampling `temperature` a "
-                                   "request may ask for (0, the default, is greedy decoding).")  # fmt: skip
+    max_new_tokens: int = Field(
+        default=256,
+        ge=1,
+        le=32_768,
+        description="The most new tokens a request may ask for (`max_new_tokens` above it: 400).",
+    )
+    default_max_new_tokens: int = Field(
+        default=64,
+        ge=1,
+        le=32_768,
+        description="The new tokens of a request that "
+        "names no `max_new_tokens` (a strData prompt, say); at most `max_new_tokens` (a lower "
+        "`max_new_tokens` alone lowers it too).",
+    )
+    max_temperature: float = Field(
+        default=2.0,
+        ge=0,
+        le=100,
+        description="The highest sampling `temperature` a "
+        "request may ask for (0, the default, is greedy decoding).",
+    )
     max_prompt_tokens: int | None = Field(
-        default=None, ge=1, le=1_000_000,
+        default=None,
+        ge=1,
+        le=1_000_000,
         description="The most tokens of a prompt, rendered with the model's chat template (the system prompt "
         "included). Default (null): the model's `max_length`. A prompt that leaves no room for its "
         "`max_new_tokens` within the model's context counts as over it too",
-    )  # fmt: skip
+    )
     truncate: Literal["left", "refuse"] = Field(
-        default="left", description="A prompt over `max_prompt_tokens`: `left` keeps its last tokens (the answer "
+        default="left",
+        description="A prompt over `max_prompt_tokens`: `left` keeps its last tokens (the answer "
         "says `truncated: true`); `refuse` answers 413 naming the limit",
-    )  # fmt: skip
-    max_stop_strings: int = Field(default=4, ge=0, le=64, description="The most `stop` strings a request may carry.")
+    )
+    max_stop_strings: int = Field(
+        default=4, ge=0, le=64, description="The most `stop` strings a request may carry."
+    )
     batch_prompts: int = Field(
-        default=8, ge=1, le=1024,
+        default=8,
+        ge=1,
+        le=1024,
         description="The most prompts one batched `generate` call answers: concurrent requests with the same "
         "generation parameters share a call (prompts left-padded), up to this many prompts",
-    )  # fmt: skip
+    )
     max_prompts_per_request: int = Field(
-        default=16, ge=1, le=1024,
+        default=16,
+        ge=1,
+        le=1024,
         description="The most prompts (or conversations) one request may carry; a request of more is refused "
         "(413) before any is read, so that one client cannot hold the server for minutes (a text-generation "
         "model's requests are bounded by this, not by `deploy.local.max_batch_rows`)",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _default_under_the_cap(cls, data: Any) -> Any:
         """A cap under the default's default lowers it: ``max_new_tokens: 12`` alone means a default of 12."""
-        if isinstance(data, dict) and "default_max_new_tokens" not in data and isinstance(data.get("max_new_tokens"), int):
+        if (
+            isinstance(data, dict)
+            and "default_max_new_tokens" not in data
+            and isinstance(data.get("max_new_tokens"), int)
+        ):
             return {**data, "default_max_new_tokens": min(data["max_new_tokens"], 64)}
         return data
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> GenerationBounds:
         if self.default_max_new_tokens > self.max_new_tokens:
-            raise ValueError(f"default_max_new_tokens {self.default_max_new_tokens} is over max_new_tokens "
-                             f"{self.max_new_tokens}: lower it, or raise max_new_tokens")  # fmt: skip
+            raise ValueError(
+                f"default_max_new_tokens {self.default_max_new_tokens} is over max_new_tokens "
+                f"{self.max_new_tokens}: lower it, or raise max_new_tokens"
+            )
         return self
 
     def env(self, *, defaults: bool = True) -> dict[str, str]:
         """The model server's ``FREESTACK_GENERATION_*`` settings for these bounds (:mod:`freestack.settings`);
         ``defaults: False``: only those that differ from the defaults (a manifest's env)."""
         values = self.model_dump(exclude_defaults=not defaults, exclude_none=True)
-        return {f"FREESTACK_GENERATION_{k.upper()}": f"{v:g}" if isinstance(v, float) else str(v) for k, v in values.items()}
+        return {
+            f"FREESTACK_GENERATION_{k.upper()}": f"{v:g}" if isinstance(v, float) else str(v)
+            for k, v in values.items()
+        }
 
 
 class _ServesGeneration(SpecModel):
@@ -163,25 +195,38 @@ class LocalTarget(_ServesGeneration):
         "sync: gunicorn's default, a new connection per request",
     )
     timeout_seconds: int | None = Field(
-        default=None, ge=1, le=3600,
+        default=None,
+        ge=1,
+        le=3600,
         description="gunicorn's worker timeout: a worker silent longer (stuck in one request) is killed and "
         "replaced; a request must also arrive whole within half of it. Loading the model is not bound by it. "
         "Default (null): 30 s, 120 s for a model.type: huggingface version (a transformer's forward pass over a "
         "batch is slow on CPU)",
-    )  # fmt: skip
+    )
     start_timeout_seconds: float | None = Field(
-        default=None, gt=0, le=3600,
+        default=None,
+        gt=0,
+        le=3600,
         description="How long a new server may take to load the model and become healthy. Default (null): 120 s, "
         "600 s for a model.type: huggingface version (loading transformers and the weights takes minutes on a "
         "busy machine)",
-    )  # fmt: skip
-    smoke_rows: int = Field(default=32, ge=1, le=10_000, description="Test rows sent before switching; the answers must equal the evaluation's.")
+    )
+    smoke_rows: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Test rows sent before switching; the answers must equal the evaluation's.",
+    )
     log_sample_rate: float = Field(
-        default=1.0, ge=0, le=1,
+        default=1.0,
+        ge=0,
+        le=1,
         description="The fraction of requests whose inputs and predictions go to the request log "
         "(`monitoring/<model>/requests/`, Parquet) for the monitor; 0 turns the log (and /send-feedback) off",
-    )  # fmt: skip
-    max_batch_rows: int = Field(default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry.")
+    )
+    max_batch_rows: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="The most rows one request may carry."
+    )
     adaptive_batching: bool = Field(
         default=True,
         description="freestack worker: requests that arrive together share one forward pass of the model (no "
@@ -189,13 +234,15 @@ class LocalTarget(_ServesGeneration):
         "probabilities may then differ from its answer alone in the last float32 digit; false: one forward per request",
     )
     max_idle_connections: int = Field(
-        default=256, ge=8, le=900,
+        default=256,
+        ge=8,
+        le=900,
         description="freestack worker: the most connections each worker holds that have not sent a whole request "
         "head (idle keep-alive ones, and those still sending their head). Over it the oldest is let go (answered "
         "408 if part of a head is in, else closed), and while a worker holds over half of it a head must arrive "
         "within 2 s, so that clients that open connections and send nothing whole cannot keep good requests "
         "waiting. At most 900: a worker holds at most 1,000 connections in all",
-    )  # fmt: skip
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         max_length=100,
@@ -208,10 +255,12 @@ class LocalTarget(_ServesGeneration):
         """These settings with the timeouts left at their defaults (null) set for the served version's
         kind: ``pretrained``, a fine-tuned transformers model (``model.type: huggingface``)."""
         kind = "huggingface" if pretrained else "built-in"
-        return self.model_copy(update={
-            "timeout_seconds": self.timeout_seconds or WORKER_TIMEOUT_S[kind],
-            "start_timeout_seconds": self.start_timeout_seconds or START_TIMEOUT_S[kind],
-        })  # fmt: skip
+        return self.model_copy(
+            update={
+                "timeout_seconds": self.timeout_seconds or WORKER_TIMEOUT_S[kind],
+                "start_timeout_seconds": self.start_timeout_seconds or START_TIMEOUT_S[kind],
+            }
+        )
 
     @property
     def worker_timeout(self) -> int:
@@ -229,8 +278,10 @@ class LocalTarget(_ServesGeneration):
         out = [o.strip().rstrip("/") for o in v]
         bad = [o for o in out if o != "*" and not _ORIGIN.match(o)]
         if bad:
-            raise ValueError(f"cors_origins {bad} must each be scheme://host[:port] (no path), e.g. "
-                             "https://app.example.com, or * for any origin")  # fmt: skip
+            raise ValueError(
+                f"cors_origins {bad} must each be scheme://host[:port] (no path), e.g. "
+                "https://app.example.com, or * for any origin"
+            )
         return out
 
     @model_validator(mode="after")
@@ -252,27 +303,39 @@ class KubernetesTarget(_ServesGeneration):
     conn_id: str = Field(default="kubernetes_default", description="The Airflow kubernetes connection.")
     namespace: str = Field(default="default", description="The namespace of the SeldonDeployment.")
     image: str = Field(default="freestack/serving:0.1.0", description="The serving image (runtime: seldon).")
-    mlserver_image: str = Field(default="freestack/mlserver:0.1.0", description="The serving image for runtime: mlserver (docker/mlserver.Dockerfile).")
+    mlserver_image: str = Field(
+        default="freestack/mlserver:0.1.0",
+        description="The serving image for runtime: mlserver (docker/mlserver.Dockerfile).",
+    )
     replicas: int = Field(default=1, ge=1, le=1000, description="Pods of the predictor.")
     resources: dict[str, dict[str, str]] = Field(
         default_factory=lambda: {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     )
-    canary: Canary | None = Field(default=None, description="A second predictor for a new version, with this share of the traffic.")
+    canary: Canary | None = Field(
+        default=None, description="A second predictor for a new version, with this share of the traffic."
+    )
     env_secret: str | None = Field(default=None, description="Secret whose keys become the container's env")
     service_account: str | None = Field(default=None, description="The pods' service account.")
     workers: int = Field(default=2, ge=1, le=64, description="gunicorn workers (one model copy each).")
     threads: int = Field(default=1, ge=1, le=64, description="Threads per worker (gthread only).")
     log_sample_rate: float = Field(
-        default=1.0, ge=0, le=1, description="The fraction of requests the servers write to the request log (0: off)."
+        default=1.0,
+        ge=0,
+        le=1,
+        description="The fraction of requests the servers write to the request log (0: off).",
     )
-    timeout_minutes: float = Field(default=15, gt=0, le=24 * 60, description="How long to wait for Available.")
+    timeout_minutes: float = Field(
+        default=15, gt=0, le=24 * 60, description="How long to wait for Available."
+    )
     poll_seconds: float = Field(default=10, gt=0, le=600, description="How often to look while waiting.")
 
     @field_validator("namespace")
     @classmethod
     def _ns(cls, v: str) -> str:
         if not _DNS1123.match(v) or len(v) > 63:
-            raise ValueError(f"namespace {v!r} is not a valid Kubernetes name (lowercase letters, digits, '-')")
+            raise ValueError(
+                f"namespace {v!r} is not a valid Kubernetes name (lowercase letters, digits, '-')"
+            )
         return v
 
     @field_validator("resources")
@@ -285,16 +348,21 @@ class KubernetesTarget(_ServesGeneration):
 
 
 class DeploySpec(SpecModel):
-    target: Literal["local", "kubernetes"] = Field(default="local", description="local: a supervised model server on this machine; kubernetes: a SeldonDeployment.")
+    target: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="local: a supervised model server on this machine; kubernetes: a SeldonDeployment.",
+    )
     runtime: Literal["seldon", "mlserver"] = Field(
         default="seldon",
         description="seldon: Seldon Core 1.17.1's protocol (/api/v1.0/predictions); mlserver: MLServer 1.7.1 and the Open "
-                    "Inference Protocol (V2: /v2/models/<model>/infer, REST and gRPC).",
+        "Inference Protocol (V2: /v2/models/<model>/infer, REST and gRPC).",
     )
     name: str | None = Field(default=None, description="deployment name; default: the model name")
     alias: str = Field(default="production", description="the registry alias that is served")
     local: LocalTarget = Field(default_factory=LocalTarget, description="The local target's settings.")
-    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget, description="The Kubernetes target's settings.")
+    kubernetes: KubernetesTarget = Field(
+        default_factory=KubernetesTarget, description="The Kubernetes target's settings."
+    )
     generation: GenerationBounds = Field(
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
@@ -357,5 +425,17 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", model_name.lower()).strip("-")[:50] or "model"
 
 
-__all__ = ["DEPLOY_POOL_PREFIX", "DEPLOY_PRIORITY", "MOVE_PRIORITY", "START_TIMEOUT_S", "deploy_pool", "WORKER_TIMEOUT_S", "Canary", "DeploySpec",
-           "GenerationBounds", "KubernetesTarget", "LocalTarget", "deploy_name"]  # fmt: skip
+__all__ = [
+    "DEPLOY_POOL_PREFIX",
+    "DEPLOY_PRIORITY",
+    "MOVE_PRIORITY",
+    "START_TIMEOUT_S",
+    "deploy_pool",
+    "WORKER_TIMEOUT_S",
+    "Canary",
+    "DeploySpec",
+    "GenerationBounds",
+    "KubernetesTarget",
+    "LocalTarget",
+    "deploy_name",
+]

@@ -47,8 +47,15 @@ class CustomObjectTrigger(BaseTrigger):
     #: the states of ``state_of`` that end the wait (each becomes the event's status)
     terminal: ClassVar[frozenset[str]]
 
-    def __init__(self, name: str, namespace: str, conn_id: str = "kubernetes_default",
-                 timeout_seconds: float = 900.0, poll_seconds: float = 10.0, deadline: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        conn_id: str = "kubernetes_default",
+        timeout_seconds: float = 900.0,
+        poll_seconds: float = 10.0,
+        deadline: float | None = None,
+    ):
         super().__init__()
         self.name = name
         self.namespace = namespace

@@ -74,7 +74,7 @@ class Acl:
             return PRIVATE
         if not isinstance(data, dict):
             raise AclError(
-                f"{where} must be an object like {{\"read\": [\"user://*\"]}}, got {type(data).__name__}"
+                f'{where} must be an object like {{"read": ["user://*"]}}, got {type(data).__name__}'
             )
         unknown = set(data) - {"read", "write"}
         if unknown:
@@ -253,9 +253,7 @@ class _Target:
 # the rules
 
 #: what an anonymous caller is told to do
-SIGN_IN = (
-    "sign in with an API key (header 'Authorization: Simple <key>'; create one with `freestack keys create <user>`)"
-)
+SIGN_IN = "sign in with an API key (header 'Authorization: Simple <key>'; create one with `freestack keys create <user>`)"
 
 
 def check_access(user: str | None, rel: str, mode: str, acl_of: Callable[[str, str], Acl]) -> None:

@@ -158,8 +158,14 @@ def create(path: ObjectStoragePath, data: bytes) -> str:
         return _sha(data)
     if kind == "http":
         fs, full = target
-        resp = fs.request("PUT", full, ok=(200, 412), data=data, what=f"create of {path}",
-                          headers={"If-None-Match": "*", "Content-Type": "application/octet-stream"})
+        resp = fs.request(
+            "PUT",
+            full,
+            ok=(200, 412),
+            data=data,
+            what=f"create of {path}",
+            headers={"If-None-Match": "*", "Content-Type": "application/octet-stream"},
+        )
         if resp.status_code == 412:
             raise CasConflict(f"{path} already exists")
         return _sha(data)
@@ -192,10 +198,18 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
         return _sha(data)
     if kind == "http":
         fs, full = target
-        resp = fs.request("PUT", full, ok=(200, 412), data=data, what=f"replace of {path}",
-                          headers={"If-Match": f'"{token}"', "Content-Type": "application/octet-stream"})
+        resp = fs.request(
+            "PUT",
+            full,
+            ok=(200, 412),
+            data=data,
+            what=f"replace of {path}",
+            headers={"If-Match": f'"{token}"', "Content-Type": "application/octet-stream"},
+        )
         if resp.status_code == 412:
-            raise CasConflict(f"{path} {'no longer exists' if read(path) is None else 'changed since it was read'}")
+            raise CasConflict(
+                f"{path} {'no longer exists' if read(path) is None else 'changed since it was read'}"
+            )
         return _sha(data)
     fs, bucket, key = target
     try:
@@ -205,7 +219,9 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
     except Exception as exc:
         if _precondition_failed(exc) or _conflict(exc):
             gone = read(path) is None  # some servers answer 412 rather than 404 for a missing key
-            raise CasConflict(f"{path} {'no longer exists' if gone else 'changed since it was read'}") from None
+            raise CasConflict(
+                f"{path} {'no longer exists' if gone else 'changed since it was read'}"
+            ) from None
         raise
     fs.invalidate_cache(f"{bucket}/{key}")
     return resp["ETag"]
@@ -236,8 +252,7 @@ def _write_tmp(target: str, data: bytes, uri: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if StorageFull.caused(exc):
-            raise StorageFull(exc.errno, no_space_message(exc, uri, target, len(data)),
-                              target) from exc  # fmt: skip
+            raise StorageFull(exc.errno, no_space_message(exc, uri, target, len(data)), target) from exc
         raise
     return tmp
 

@@ -66,14 +66,21 @@ def store_config(conn_id: str | None = None) -> DataStoreConfig:
             return embedded_default()
         raise FreestackError(
             f"data:// connection {conn_id!r} was not found ({exc}). Create it with conn_type "
-            f"'{CONN_TYPE}', login = owner, extra {{\"root\": \"file:///... or s3://...\"}}"
+            f'\'{CONN_TYPE}\', login = owner, extra {{"root": "file:///... or s3://..."}}'
         ) from None
-    return config_of(conn_id, conn.extra_dejson or {}, host=conn.host, port=conn.port, login=conn.login,
-                     password=conn.password)  # fmt: skip
+    return config_of(
+        conn_id,
+        conn.extra_dejson or {},
+        host=conn.host,
+        port=conn.port,
+        login=conn.login,
+        password=conn.password,
+    )
 
 
-def config_of(conn_id: str, extra: dict, *, host: str | None, port: int | None, login: str | None,
-              password: str | None) -> DataStoreConfig:  # fmt: skip
+def config_of(
+    conn_id: str, extra: dict, *, host: str | None, port: int | None, login: str | None, password: str | None
+) -> DataStoreConfig:
     """A connection's fields as a :class:`DataStoreConfig` (checked: the root must be a usable URI)."""
     default = embedded_default()
     root = extra.get("root") or host or default.root
@@ -98,8 +105,12 @@ def config_of(conn_id: str, extra: dict, *, host: str | None, port: int | None, 
 @functools.cache
 def _warn_retired(conn_id: str, name: str) -> None:
     """Once per process and connection: the connection is read on every ``data://`` filesystem made."""
-    log.warning("connection %r: extra %r is no longer used (data:// reads go over HTTP); remove it from the "
-                "connection", conn_id, name)  # fmt: skip
+    log.warning(
+        "connection %r: extra %r is no longer used (data:// reads go over HTTP); remove it from the "
+        "connection",
+        conn_id,
+        name,
+    )
 
 
 __all__ = ["CONN_TYPE", "DEFAULT_CONN_ID", "DataStoreConfig", "config_of", "embedded_default", "store_config"]

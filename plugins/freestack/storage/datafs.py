@@ -236,7 +236,8 @@ class DataFileSystem(DirFileSystem):
                 continue
             try:
                 collections = [
-                    c.rstrip("/").rsplit("/", 1)[-1] for c in self.fs.ls(DirFileSystem._join(self, owner), detail=False)
+                    c.rstrip("/").rsplit("/", 1)[-1]
+                    for c in self.fs.ls(DirFileSystem._join(self, owner), detail=False)
                 ]
             except (FileNotFoundError, NotADirectoryError):
                 continue
@@ -312,7 +313,9 @@ class DataFileSystem(DirFileSystem):
         if self.is_local:
             return remove_tree(full)
         prefix = full.rstrip("/") + "/"
-        files = [p for p in self.fs.find(full) if not any(s.startswith(".") for s in p[len(prefix) :].split("/"))]
+        files = [
+            p for p in self.fs.find(full) if not any(s.startswith(".") for s in p[len(prefix) :].split("/"))
+        ]
         self.fs.rm(full, recursive=True)
         return len(files)
 
@@ -456,4 +459,3 @@ class _DefaultDataFileSystem(DataFileSystem):
 
     def __new__(cls, *args, **kwargs):
         return get_fs(kwargs.pop("conn_id", None))
-

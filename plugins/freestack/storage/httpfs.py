@@ -264,7 +264,9 @@ class DataApiHttpFileSystem(AbstractFileSystem):
             if hi is not None and hi <= lo:
                 return b""
             headers = {"Range": f"bytes={lo}-" + ("" if hi is None else str(hi - 1))}
-        resp = self.request("GET", path, headers=headers, ok=(200, 206), stream=True, what=f"read of data://{path}")
+        resp = self.request(
+            "GET", path, headers=headers, ok=(200, 206), stream=True, what=f"read of data://{path}"
+        )
         with resp:
             if resp.headers.get("X-Data-Type") == "directory":
                 raise IsADirectoryError(errno.EISDIR, f"data://{path} is a directory")
@@ -286,11 +288,18 @@ class DataApiHttpFileSystem(AbstractFileSystem):
             if info["type"] != "file":
                 raise IsADirectoryError(errno.EISDIR, f"data://{path} is a directory")
             return _RangeReader(
-                self, path, mode=mode, block_size=block_size or BLOCK, size=info["size"],
-                cache_options=cache_options, **kwargs,
+                self,
+                path,
+                mode=mode,
+                block_size=block_size or BLOCK,
+                size=info["size"],
+                cache_options=cache_options,
+                **kwargs,
             )
         if "a" in mode or "+" in mode:
-            raise ValueError(f"data:// over the Data API cannot open files in mode {mode!r}; use 'rb' or 'wb'")
+            raise ValueError(
+                f"data:// over the Data API cannot open files in mode {mode!r}; use 'rb' or 'wb'"
+            )
         return StreamingUpload(self, path, if_absent="x" in mode)
 
     # -- writes ----------------------------------------------------------------------------------------
@@ -332,7 +341,10 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         if acl is not None:
             body["acl"] = acl.to_json()
         self.request(
-            "POST", parent, data=json.dumps(body), headers={"Content-Type": "application/json"},
+            "POST",
+            parent,
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
             what=f"create data://{path}",
         )
 
@@ -364,7 +376,10 @@ class DataApiHttpFileSystem(AbstractFileSystem):
 
     def set_acl(self, path: str, acl) -> None:
         self.request(
-            "PATCH", path, data=json.dumps({"acl": acl.to_json()}), headers={"Content-Type": "application/json"},
+            "PATCH",
+            path,
+            data=json.dumps({"acl": acl.to_json()}),
+            headers={"Content-Type": "application/json"},
             what=f"ACL update of data://{path}",
         )
 
@@ -379,7 +394,11 @@ class _RangeReader(AbstractBufferedFile):
         if end <= start:
             return b""
         resp = self.fs.request(
-            "GET", self.path, headers={"Range": f"bytes={start}-{end - 1}"}, ok=(200, 206), stream=True,
+            "GET",
+            self.path,
+            headers={"Range": f"bytes={start}-{end - 1}"},
+            ok=(200, 206),
+            stream=True,
             what=f"read of data://{self.path}",
         )
         with resp:
@@ -442,7 +461,9 @@ class StreamingUpload(PublishOnExit):
             headers["If-None-Match"] = "*"
         try:
             self._resp = self.fs.session.put(
-                self.fs.data_url(self.path), data=self._body(), headers=self.fs._headers(headers),
+                self.fs.data_url(self.path),
+                data=self._body(),
+                headers=self.fs._headers(headers),
                 timeout=TIMEOUT,
             )
         except BaseException as exc:  # noqa: BLE001  (reported by close())

@@ -115,8 +115,13 @@ class AtomicWriter(PublishOnExit):
     ``if_absent=True`` the commit fails if the target exists (create-if-absent), atomically.
     """
 
-    def __init__(self, path: ObjectStoragePath, *, if_absent: bool = False,
-                 on_temporary: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        path: ObjectStoragePath,
+        *,
+        if_absent: bool = False,
+        on_temporary: Callable[[str], None] | None = None,
+    ):
         """``on_temporary`` is told a local write's temporary before the file exists (to journal it)."""
         self._done = True  # until the handle below is open, there is nothing to abort
         self.path = path
@@ -380,8 +385,9 @@ def remove_stale_temporaries(folder: str, *, min_age: float = STALE_AFTER_S) -> 
         except OSError as exc:
             log.warning("could not remove the stale temporary %s: %s", entry.path, exc)
     if removed:
-        log.warning("removed %d temporaries (%.1f MiB) that killed writers left in %s", removed,
-                    freed / 2**20, folder)  # fmt: skip
+        log.warning(
+            "removed %d temporaries (%.1f MiB) that killed writers left in %s", removed, freed / 2**20, folder
+        )
     return removed, freed
 
 

@@ -40,9 +40,7 @@ def check_relative(path: str, *, what: str = "path") -> str:
         if "\\" in candidate:
             raise UnsafePathError(f"{what} {path!r} contains a backslash; use '/' between segments")
         if candidate.startswith("/") or re.match(r"^[A-Za-z]:", candidate) or candidate.startswith("~"):
-            raise UnsafePathError(
-                f"{what} {path!r} is absolute; give a path relative to the storage root"
-            )
+            raise UnsafePathError(f"{what} {path!r} is absolute; give a path relative to the storage root")
         segments = candidate.split("/")
         if any(s in ("..", ".") for s in segments):
             raise UnsafePathError(

@@ -38,7 +38,9 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 value = value["value"]
             if isinstance(value, dict):
                 walk(value, node or (name if name in (INIT, PEFT) else None))
-            elif node is not None:  # a custom model's constructor argument (model.init.<name>), a LoRA setting
+            elif (
+                node is not None
+            ):  # a custom model's constructor argument (model.init.<name>), a LoRA setting
                 out["model"].setdefault(node, {})[name] = value
             elif name in TUNABLE_TRAIN:
                 out["train"][name] = value
@@ -80,7 +82,11 @@ def engine_run_config(run_config: dict[str, Any], config: dict[str, Any]) -> dic
         for name, value in values.items():
             inner = value["value"] if isinstance(value, dict) and set(value) == {"value"} else value
             spec = params.get(name)
-            if isinstance(spec, dict) and isinstance(spec.get("parameters"), dict) and isinstance(inner, dict):
+            if (
+                isinstance(spec, dict)
+                and isinstance(spec.get("parameters"), dict)
+                and isinstance(inner, dict)
+            ):
                 walk(inner, spec["parameters"], f"{prefix}{name}{delim}")
             else:
                 out[f"{prefix}{name}"] = {"value": inner}

@@ -102,7 +102,6 @@ def default_pool_slots() -> int:
     return gpu_count() or os.cpu_count() or 1
 
 
-
 class SweepError(FreestackError):
     """The sweep cannot go on; the message says why and what to do."""
 
@@ -143,7 +142,9 @@ def trial_id(number: int) -> str:
 # the sweep document
 
 
-def create_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int) -> dict[str, Any]:
+def create_sweep(
+    spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int
+) -> dict[str, Any]:
     """Write ``sweep.json`` (once: a retry finds the same sweep and reuses it)."""
     from freestack.storage import join
 
@@ -169,8 +170,13 @@ def create_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, 
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
     try:
         cas.create(path, _dump(doc))
-        log.info("sweep %s created at %s: %s, at most %d trials", sweep_id, path.parent, config["method"],
-                 doc["max_trials"])
+        log.info(
+            "sweep %s created at %s: %s, at most %d trials",
+            sweep_id,
+            path.parent,
+            config["method"],
+            doc["max_trials"],
+        )
         return doc
     except cas.CasConflict:
         existing = load_sweep(spec, sweep_id)
@@ -376,13 +382,16 @@ class LocalAgent:
         self.slot = slot
         self.try_number = try_number
         self.agent_id = agent_id or (
-            f"{slot}/try{try_number}/pid{os.getpid()}" if slot
+            f"{slot}/try{try_number}/pid{os.getpid()}"
+            if slot
             else f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        )  # fmt: skip
+        )
         self.ttl = ttl if ttl is not None else lease_seconds()
         if self.ttl <= 0:
-            raise SweepError(f"the trial lease must last a positive number of seconds, not {self.ttl}; "
-                             "fix the sweep_lease_seconds setting (FREESTACK_SWEEP_LEASE_SECONDS)")  # fmt: skip
+            raise SweepError(
+                f"the trial lease must last a positive number of seconds, not {self.ttl}; "
+                "fix the sweep_lease_seconds setting (FREESTACK_SWEEP_LEASE_SECONDS)"
+            )
         # each running trial's last seen version, and when (monotonic) this agent saw it change: a lease
         # seen renewed within its TTL is alive whatever the clocks of the two machines say
         self._seen: dict[str, tuple[str, float | None]] = {}
@@ -413,7 +422,9 @@ class LocalAgent:
             trials = load_trials(self.spec, self.sweep_id)
             self._observe(trials)
             if (newer := self._superseded(trials)) is not None:
-                log.warning("agent %s: try %d of its slot runs now; this earlier try stops", self.agent_id, newer)
+                log.warning(
+                    "agent %s: try %d of its slot runs now; this earlier try stops", self.agent_id, newer
+                )
                 break
             claimed = self._reclaim_own(trials) or self._take_over_expired(trials) or self._propose(trials)
             if claimed == "retry":
@@ -436,8 +447,12 @@ class LocalAgent:
                 )
         log.info(
             "agent %s done: ran %s, took over %s, lost %s; %d epochs",
-            self.agent_id, self.report.trials, self.report.resumed, self.report.lost, self.report.epochs,
-        )  # fmt: skip
+            self.agent_id,
+            self.report.trials,
+            self.report.resumed,
+            self.report.lost,
+            self.report.epochs,
+        )
         return self.report
 
     def _await_running(self, trials, seconds: float) -> None:
@@ -472,8 +487,15 @@ class LocalAgent:
         return join(sweep_dir(self.spec, self.sweep_id), "trials", tid, TRIAL_FILE)
 
     def _lease(self, now: float, attempt: int) -> dict[str, Any]:
-        return {"owner": self.agent_id, "slot": self.slot, "try": self.try_number, "attempt": attempt,
-                "ttl": self.ttl, "expires_at": now + self.ttl, "renewed_at": now}  # fmt: skip
+        return {
+            "owner": self.agent_id,
+            "slot": self.slot,
+            "try": self.try_number,
+            "attempt": attempt,
+            "ttl": self.ttl,
+            "expires_at": now + self.ttl,
+            "renewed_at": now,
+        }
 
     def _observe(self, trials) -> None:
         mono = time.monotonic()
@@ -509,7 +531,11 @@ class LocalAgent:
             return None
         for doc, token in trials:
             lease = doc["lease"]
-            if doc["state"] == "running" and lease.get("slot") == self.slot and (lease.get("try") or 0) < self.try_number:
+            if (
+                doc["state"] == "running"
+                and lease.get("slot") == self.slot
+                and (lease.get("try") or 0) < self.try_number
+            ):
                 return self._take_over(doc, token, "reclaimed")
         return None
 
@@ -526,17 +552,34 @@ class LocalAgent:
         new = json.loads(json.dumps(doc))
         new["lease"] = self._lease(now, prev["attempt"] + 1)
         silent = round(now - prev["renewed_at"], 3)
-        new["attempts"] = [*doc.get("attempts", []), {"owner": self.agent_id, "at": _iso(now), "after": prev["owner"],
-                                                      "reason": reason, "silent_s": silent}]  # fmt: skip
+        new["attempts"] = [
+            *doc.get("attempts", []),
+            {
+                "owner": self.agent_id,
+                "at": _iso(now),
+                "after": prev["owner"],
+                "reason": reason,
+                "silent_s": silent,
+            },
+        ]
         try:
             token = cas.replace(self._trial_path(doc["id"]), _dump(new), token)
         except cas.CasConflict:
             return "retry"  # someone else took it (or its owner renewed it): look again
-        why = "it was leased to an earlier try of this agent's slot" if reason == "reclaimed" else "its lease expired"
+        why = (
+            "it was leased to an earlier try of this agent's slot"
+            if reason == "reclaimed"
+            else "its lease expired"
+        )
         log.warning(
             "trial %s: %s (%s, last heartbeat %.1fs ago); agent %s takes it over (attempt %d)",
-            doc["id"], why, prev["owner"], silent, self.agent_id, new["lease"]["attempt"],
-        )  # fmt: skip
+            doc["id"],
+            why,
+            prev["owner"],
+            silent,
+            self.agent_id,
+            new["lease"]["attempt"],
+        )
         self.report.resumed.append(doc["id"])
         return new, token
 
@@ -597,7 +640,9 @@ class LocalAgent:
             if not early:
                 return False
             others = [d for d, _ in load_trials(self.spec, self.sweep_id) if d["id"] != cur["id"]]
-            to_stop = sweeps_engine().stop_runs(engine_part(self.config), engine_runs(self.config, [*others, cur]))
+            to_stop = sweeps_engine().stop_runs(
+                engine_part(self.config), engine_runs(self.config, [*others, cur])
+            )
             if any(r.name == cur["id"] for r in to_stop):
                 log.info("trial %s: hyperband stops it after epoch %d", cur["id"], row.get("epoch", 0))
                 lease.update(lambda d: d.update(stopped=True))
@@ -635,6 +680,22 @@ class LocalAgent:
 
 
 __all__ = [
-    "AgentReport", "LeaseLost", "LocalAgent", "SweepError", "TrialLease", "agent_threads", "best_of", "create_sweep",
-    "default_pool_slots", "engine_runs", "gpu_count", "heartbeat_seconds", "lease_seconds", "load_sweep", "load_trials", "sweep_dir", "sweep_id_for", "trial_id",
-]  # fmt: skip
+    "AgentReport",
+    "LeaseLost",
+    "LocalAgent",
+    "SweepError",
+    "TrialLease",
+    "agent_threads",
+    "best_of",
+    "create_sweep",
+    "default_pool_slots",
+    "engine_runs",
+    "gpu_count",
+    "heartbeat_seconds",
+    "lease_seconds",
+    "load_sweep",
+    "load_trials",
+    "sweep_dir",
+    "sweep_id_for",
+    "trial_id",
+]

@@ -80,8 +80,13 @@ class CreateSweepOperator(PipelineOperator):
             raise AirflowFailException(str(exc)) from None
         self.log.info(
             "sweep %s (%s, %s): at most %s trials by %d agents; state in %s",
-            sweep["id"], sweep["mode"], spec.sweep.method, sweep["max_trials"], agents, sweep.get("uri"),
-        )  # fmt: skip
+            sweep["id"],
+            sweep["mode"],
+            spec.sweep.method,
+            sweep["max_trials"],
+            agents,
+            sweep.get("uri"),
+        )
         return [
             {"agent_index": i, "sweep_id": sweep["id"], "sweep_mode": sweep["mode"], "agents": agents}
             for i in range(agents)
@@ -131,9 +136,13 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
                 report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
             else:
                 runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
-                report = LocalAgent(
-                    spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
-                ).run().as_dict()
+                report = (
+                    LocalAgent(
+                        spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
+                    )
+                    .run()
+                    .as_dict()
+                )
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         return report
@@ -157,13 +166,21 @@ class SelectBestOperator(PipelineOperator):
             raise AirflowFailException("create_sweep did not run; there is no sweep to select from")
         try:
             summary = select_best(
-                spec, created[0]["sweep_id"], tracking_settings=WandbHook().checked_settings(),
+                spec,
+                created[0]["sweep_id"],
+                tracking_settings=WandbHook().checked_settings(),
                 airflow=airflow_info(context, fixed_window(context)),
-            )  # fmt: skip
+            )
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=summary.get("wandb"))
         return summary
 
 
-__all__ = ["POOL", "ChooseTrainingOperator", "CreateSweepOperator", "SelectBestOperator", "SweepAgentOperator"]
+__all__ = [
+    "POOL",
+    "ChooseTrainingOperator",
+    "CreateSweepOperator",
+    "SelectBestOperator",
+    "SweepAgentOperator",
+]

@@ -71,7 +71,9 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, config: dict[str, Any]) -> bytes:
+def plot_metric_vs_params(
+    rows: list[dict[str, Any]], metric: str, goal: str, config: dict[str, Any]
+) -> bytes:
     """One panel per parameter: the metric of every trial (finished in blue, stopped early in grey)."""
     import matplotlib
 
@@ -81,7 +83,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, co
     from freestack.sweeps.spec import leaf_parameters
 
     leaves = leaf_parameters(config["parameters"])
-    params = [k[len("param."):] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
+    params = [k[len("param.") :] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
     params = params or ["(none)"]
     cols = min(3, len(params))
     nrows = math.ceil(len(params) / cols)
@@ -108,7 +110,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, co
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(params):]:
+    for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
     fig.suptitle(f"{metric} ({goal}) by parameter; grey: stopped early, star: best", fontsize=10)
     fig.tight_layout()
@@ -118,8 +120,9 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, co
     return buf.getvalue()
 
 
-def publish_best(spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any],
-                 airflow: dict[str, Any] | None = None) -> str:  # fmt: skip
+def publish_best(
+    spec: PipelineSpec, sweep: dict[str, Any], best: dict[str, Any], airflow: dict[str, Any] | None = None
+) -> str:
     """Copy the best trial's model folder into ``candidates/<model>/<version>``; return its URI.
     ``airflow`` is the publishing task's record (:func:`freestack.train.operators.airflow_info`): it
     replaces the trial's, which names the task that created the sweep."""
@@ -162,8 +165,9 @@ def _trained_interval(airflow: dict[str, Any], window: dict[str, Any]) -> dict[s
     return {**airflow, "data_interval_start": start, "data_interval_end": end}
 
 
-def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None,
-                airflow: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def select_best(
+    spec: PipelineSpec, sweep_id: str, *, tracking_settings=None, airflow: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write the table and the plot, publish the best trial's model (its lineage naming the Airflow task
     ``airflow`` describes), log both to W&B."""
     from freestack.storage import join, write_bytes, write_json
@@ -180,9 +184,14 @@ def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None,
     best = (max if goal == "maximize" else min)(done, key=lambda r: r[metric])
     table = write_json(join(folder, "results.json"), {"metric": metric, "goal": goal, "trials": rows})
     table_csv = write_bytes(join(folder, "results.csv"), _csv(rows))
-    plot = write_bytes(join(folder, "metric_vs_params.png"), plot_metric_vs_params(rows, metric, goal, sweep["config"]))
+    plot = write_bytes(
+        join(folder, "metric_vs_params.png"), plot_metric_vs_params(rows, metric, goal, sweep["config"])
+    )
     version_uri = publish_best(
-        spec, sweep, {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}}, airflow=airflow
+        spec,
+        sweep,
+        {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}},
+        airflow=airflow,
     )
     epochs_total = sum(r["epochs"] for r in rows)
     summary = {
@@ -192,7 +201,7 @@ def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None,
         "goal": goal,
         "best_trial": best["trial"],
         "best_value": best[metric],
-        "best_params": {k[len("param."):]: v for k, v in best.items() if k.startswith("param.")},
+        "best_params": {k[len("param.") :]: v for k, v in best.items() if k.startswith("param.")},
         "version_uri": version_uri,
         "trials": len(rows),
         "finished": sum(r["state"] == "finished" for r in rows),
@@ -208,8 +217,15 @@ def select_best(spec: PipelineSpec, sweep_id: str, *, tracking_settings=None,
     write_json(join(folder, "best.json"), summary)
     log.info(
         "sweep %s: best trial %s with %s %.4f of %d trials (%d stopped early, %d epochs in all); model %s",
-        sweep_id, best["trial"], metric, best[metric], len(rows), summary["stopped_early"], epochs_total, version_uri,
-    )  # fmt: skip
+        sweep_id,
+        best["trial"],
+        metric,
+        best[metric],
+        len(rows),
+        summary["stopped_early"],
+        epochs_total,
+        version_uri,
+    )
     return summary
 
 
@@ -219,7 +235,10 @@ def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, An
     if tracking_settings is None:
         tracking_settings = WandbSettings.from_environment()
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    data = [[json.dumps(r.get(c)) if isinstance(r.get(c), list | dict) else r.get(c) for c in columns] for r in rows]
+    data = [
+        [json.dumps(r.get(c)) if isinstance(r.get(c), list | dict) else r.get(c) for c in columns]
+        for r in rows
+    ]
     with start_run(
         tracking_settings,
         project=spec.name,

@@ -34,9 +34,17 @@ from freestack.specbase import SpecModel
 #: keys of a W&B sweep config that the W&B server (not the search engine) handles
 SERVER_KEYS = ("run_cap", "name", "description", "program", "command", "project", "entity", "controller")
 TUNABLE_TRAIN = (
-    "learning_rate", "batch_size", "epochs", "weight_decay", "patience", "grad_clip",
-    "scheduler", "warmup_epochs", "seed", "window_days",
-)  # fmt: skip
+    "learning_rate",
+    "batch_size",
+    "epochs",
+    "weight_decay",
+    "patience",
+    "grad_clip",
+    "scheduler",
+    "warmup_epochs",
+    "seed",
+    "window_days",
+)
 TUNABLE_MODEL = ("hidden", "channels", "dropout", "type")
 #: the parameter-tree node whose leaves are a custom model's constructor arguments (model.init)
 INIT = "init"
@@ -64,8 +72,11 @@ class SweepConfigError(ValueError):
 
 
 # W&B's v1 log distributions (min/max are base-e exponents) and their v2 replacements, by schema name
-_DEPRECATED_LOG = {"param_loguniform": "param_loguniform_v2", "param_inv_loguniform": "param_inv_loguniform_v2",
-                   "param_qloguniform": "param_qloguniform_v2"}  # fmt: skip
+_DEPRECATED_LOG = {
+    "param_loguniform": "param_loguniform_v2",
+    "param_inv_loguniform": "param_inv_loguniform_v2",
+    "param_qloguniform": "param_qloguniform_v2",
+}
 
 
 class _EngineSchema:
@@ -94,9 +105,12 @@ class _EngineSchema:
         self.definitions: dict[str, Any] = schema["definitions"]
         self.validator = jsonschema.Draft7Validator(schema, format_checker=checker)
         # the parameter kinds in the engine's order: a parameter is of the first kind it validates against
-        self.kinds = {ref["$ref"].rsplit("/", 1)[-1]: jsonschema.Draft7Validator(
-                          {"$ref": ref["$ref"], "definitions": self.definitions}, format_checker=checker)
-                      for ref in self.definitions["parameter"]["anyOf"]}  # fmt: skip
+        self.kinds = {
+            ref["$ref"].rsplit("/", 1)[-1]: jsonschema.Draft7Validator(
+                {"$ref": ref["$ref"], "definitions": self.definitions}, format_checker=checker
+            )
+            for ref in self.definitions["parameter"]["anyOf"]
+        }
 
     def kind(self, parameter: dict[str, Any]) -> str | None:
         return next((name for name, validator in self.kinds.items() if validator.is_valid(parameter)), None)
@@ -123,7 +137,9 @@ def _probabilities(name: str, parameter: dict[str, Any]) -> list[str]:
         return []
     values, probabilities = parameter["values"], parameter["probabilities"]
     if len(values) != len(probabilities):
-        return [f"Parameter {name}: values {values} and probabilities {probabilities} are not the same length"]
+        return [
+            f"Parameter {name}: values {values} and probabilities {probabilities} are not the same length"
+        ]
     if not abs(sum(probabilities) - 1.0) <= 1e-8 + 1e-5:
         return [f"Parameter {name}: Probabilities {probabilities} do not sum to 1"]
     return []
@@ -160,8 +176,10 @@ def schema_violations(config: dict[str, Any]) -> list[str]:
             problems.append(str(e.args[0]) if e.args else str(e))
             continue
         if kind in _DEPRECATED_LOG:
-            problems.append(f"{parameter_name} uses {engine.distribution(kind)}, where min/max specify base-e "
-                            f"exponents. Use {engine.distribution(_DEPRECATED_LOG[kind])} to specify limit values.")  # fmt: skip
+            problems.append(
+                f"{parameter_name} uses {engine.distribution(kind)}, where min/max specify base-e "
+                f"exponents. Use {engine.distribution(_DEPRECATED_LOG[kind])} to specify limit values."
+            )
     return problems
 
 
@@ -224,17 +242,23 @@ def validate(block: Any) -> dict[str, Any]:
     except ValueError as exc:  # the engine raises for shapes it cannot even walk
         problems = [str(exc)]
     if problems:
-        raise SweepConfigError("; ".join(dict.fromkeys(problems)) + " (see W&B's sweep configuration reference)")
+        raise SweepConfigError(
+            "; ".join(dict.fromkeys(problems)) + " (see W&B's sweep configuration reference)"
+        )
 
     leaves = leaf_parameters(config["parameters"])
     tunable = TUNABLE_TRAIN + TUNABLE_MODEL
     for path, _spec in leaves.items():
         *parents, name = path.split(".")
-        if INIT in parents:  # a custom model's constructor argument: the spec checks it names one of model.init
+        if (
+            INIT in parents
+        ):  # a custom model's constructor argument: the spec checks it names one of model.init
             continue
         if PEFT in parents:  # a fine-tuned model's LoRA setting
             if name not in TUNABLE_PEFT:
-                raise SweepConfigError(f"parameters.{path}: {name!r} is not a LoRA setting a sweep can change; use one of {', '.join(TUNABLE_PEFT)}")
+                raise SweepConfigError(
+                    f"parameters.{path}: {name!r} is not a LoRA setting a sweep can change; use one of {', '.join(TUNABLE_PEFT)}"
+                )
             continue
         if name not in tunable:
             raise SweepConfigError(
@@ -268,12 +292,26 @@ def validate(block: Any) -> dict[str, Any]:
     return config
 
 
-
 Distribution = Literal[
-    "constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform", "log_uniform", "log_uniform_values", "q_uniform",
-    "q_log_uniform", "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal",
-    "log_normal", "q_log_normal", "beta", "q_beta",
-]  # fmt: skip
+    "constant",
+    "categorical",
+    "categorical_w_probabilities",
+    "int_uniform",
+    "uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "q_uniform",
+    "q_log_uniform",
+    "q_log_uniform_values",
+    "inv_log_uniform",
+    "inv_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
+    "beta",
+    "q_beta",
+]
 
 #: the sweep agents' Airflow pool: one slot per agent that trains at once
 POOL = "freestack_sweep"
@@ -282,10 +320,18 @@ POOL = "freestack_sweep"
 class SweepMetric(SpecModel):
     """What the sweep optimises: a metric the trainer logs every epoch."""
 
-    name: str = Field(description="An epoch metric: val_loss, val_accuracy, val_macro_f1, val_log_loss, val_rmse, val_mae, val_r2, train_loss.")
-    goal: Literal["minimize", "maximize"] = Field(default="minimize", description="Whether lower or higher is better.")
-    target: float | None = Field(default=None, description="Stop the sweep once a trial reaches this value (W&B).")
-    impute: float | None = Field(default=None, description="The value a trial that never logged the metric counts as (W&B).")
+    name: str = Field(
+        description="An epoch metric: val_loss, val_accuracy, val_macro_f1, val_log_loss, val_rmse, val_mae, val_r2, train_loss."
+    )
+    goal: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="Whether lower or higher is better."
+    )
+    target: float | None = Field(
+        default=None, description="Stop the sweep once a trial reaches this value (W&B)."
+    )
+    impute: float | None = Field(
+        default=None, description="The value a trial that never logged the metric counts as (W&B)."
+    )
 
 
 class EarlyTerminate(SpecModel):
@@ -293,7 +339,9 @@ class EarlyTerminate(SpecModel):
 
     type: Literal["hyperband"] = Field(description="The only kind W&B supports.")
     min_iter: int | None = Field(default=None, ge=1, description="The epoch of the first bracket.")
-    max_iter: int | None = Field(default=None, ge=1, description="The most epochs a trial runs (brackets count down from it).")
+    max_iter: int | None = Field(
+        default=None, ge=1, description="The most epochs a trial runs (brackets count down from it)."
+    )
     s: int | None = Field(default=None, ge=1, description="The number of brackets (with max_iter).")
     eta: float | None = Field(default=None, gt=1, description="The bracket multiplier (default 3).")
 
@@ -310,7 +358,9 @@ class SweepParameter(SpecModel):
     max: int | float | None = Field(default=None, description="The distribution's upper bound.")
     q: int | float | None = Field(default=None, description="The step of a quantised distribution.")
     mu: int | float | None = Field(default=None, description="The mean of a normal distribution.")
-    sigma: int | float | None = Field(default=None, description="The standard deviation of a normal distribution.")
+    sigma: int | float | None = Field(
+        default=None, description="The standard deviation of a normal distribution."
+    )
     a: int | float | None = Field(default=None, description="A beta distribution's alpha.")
     b: int | float | None = Field(default=None, description="A beta distribution's beta.")
     parameters: dict[str, SweepParameter] | None = Field(default=None, description="Nested parameters.")
@@ -320,21 +370,35 @@ class SweepSpec(SpecModel):
     """A W&B sweep configuration for the pipeline's trainer."""
 
     method: Literal["grid", "random", "bayes"] = Field(description="How trials are proposed.")
-    metric: SweepMetric | None = Field(default=None, description="What to optimise; bayes and early_terminate need it.")
+    metric: SweepMetric | None = Field(
+        default=None, description="What to optimise; bayes and early_terminate need it."
+    )
     parameters: dict[str, SweepParameter] = Field(
         min_length=1,
         description="The searched parameters, by name: train: fields (learning_rate, batch_size, epochs, ...) "
         "or model: fields (hidden, channels, dropout, type), nested as you like.",
     )
-    early_terminate: EarlyTerminate | None = Field(default=None, description="Stop weak trials early (hyperband).")
-    run_cap: int | None = Field(default=None, ge=1, description="The number of trials; random and bayes need it.")
+    early_terminate: EarlyTerminate | None = Field(
+        default=None, description="Stop weak trials early (hyperband)."
+    )
+    run_cap: int | None = Field(
+        default=None, ge=1, description="The number of trials; random and bayes need it."
+    )
     name: str | None = Field(default=None, description="A name for the sweep in W&B.")
     description: str | None = Field(default=None, description="A description for the sweep in W&B.")
     project: str | None = Field(default=None, description="The W&B project of a sweep on a W&B server.")
     entity: str | None = Field(default=None, description="The W&B entity of a sweep on a W&B server.")
-    program: Any = Field(default=None, description="Accepted in a copied W&B config and ignored: the agents run the pipeline's trainer.")
-    command: Any = Field(default=None, description="Accepted in a copied W&B config and ignored, like program.")
-    controller: Any = Field(default=None, description="Accepted in a copied W&B config and ignored: the controller is freestack's.")
+    program: Any = Field(
+        default=None,
+        description="Accepted in a copied W&B config and ignored: the agents run the pipeline's trainer.",
+    )
+    command: Any = Field(
+        default=None, description="Accepted in a copied W&B config and ignored, like program."
+    )
+    controller: Any = Field(
+        default=None,
+        description="Accepted in a copied W&B config and ignored: the controller is freestack's.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -348,7 +412,22 @@ class SweepSpec(SpecModel):
 
 
 __all__ = [
-    "ALL_EPOCH_METRICS", "EPOCH_METRICS", "INIT", "PEFT", "TUNABLE_PEFT", "POOL", "SERVER_KEYS", "TUNABLE_MODEL", "TUNABLE_TRAIN", "EarlyTerminate",
-    "SweepConfigError", "SweepMetric", "SweepParameter", "SweepSpec", "grid_size", "leaf_parameters", "sweep_window_days",
+    "ALL_EPOCH_METRICS",
+    "EPOCH_METRICS",
+    "INIT",
+    "PEFT",
+    "TUNABLE_PEFT",
+    "POOL",
+    "SERVER_KEYS",
+    "TUNABLE_MODEL",
+    "TUNABLE_TRAIN",
+    "EarlyTerminate",
+    "SweepConfigError",
+    "SweepMetric",
+    "SweepParameter",
+    "SweepSpec",
+    "grid_size",
+    "leaf_parameters",
+    "sweep_window_days",
     "validate",
-]  # fmt: skip
+]

@@ -80,7 +80,9 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
     from freestack.ml.loop import warm_up
 
     warm_up()
-    base = TrainRequest(end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window"))
+    base = TrainRequest(
+        end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window")
+    )
     try:
         window_for(base)
     except TrainingError as exc:  # the first trial reads it again, and its trial.json says why it failed

@@ -35,8 +35,11 @@ def server_settings(settings: WandbSettings) -> WandbSettings | None:
         return None
     problem = verify_api_key(settings)
     if problem is not None:
-        log.warning("W&B server %s cannot be reached (%s); the sweep runs on the local controller",
-                    settings.base_url, problem)
+        log.warning(
+            "W&B server %s cannot be reached (%s); the sweep runs on the local controller",
+            settings.base_url,
+            problem,
+        )
         return None
     return settings
 
@@ -44,7 +47,9 @@ def server_settings(settings: WandbSettings) -> WandbSettings | None:
 def _wandb_env(settings):
     from freestack.settings import environment
 
-    return environment({"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"})
+    return environment(
+        {"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"}
+    )
 
 
 def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int, settings):
@@ -102,25 +107,52 @@ def run_server_agent(
         config = {k: v for k, v in dict(run.config).items() if k in names}
         folder = join(sweep_dir(spec, sweep["id"]), "trials", f"w-{run.id}")
         history: list[dict[str, Any]] = []
-        doc = {"id": f"w-{run.id}", "sweep_id": sweep["id"], "config": config, "params": plain_values(config),
-               "state": "running", "stopped": False, "history": history, "summary": {},
-               "attempts": [{"owner": agent_id}], "wandb": {"id": run.id, "url": run.url}}
+        doc = {
+            "id": f"w-{run.id}",
+            "sweep_id": sweep["id"],
+            "config": config,
+            "params": plain_values(config),
+            "state": "running",
+            "stopped": False,
+            "history": history,
+            "summary": {},
+            "attempts": [{"owner": agent_id}],
+            "wandb": {"id": run.id, "url": run.url},
+        }
 
         def report(row):
             history.append(dict(row))
             return False  # the server stops runs itself: wandb.agent interrupts this thread
 
         try:
-            outcome = train(spec, TrainRequest(
-                end_ds=request["end_ds"], window_days=request.get("window_days"), epochs=request.get("epochs"),
-                learning_rate=request.get("learning_rate"), batch_size=request.get("batch_size"),
-                run_key=f"{sweep['id']}/{run.id}", airflow=request.get("airflow") or {}, window=request.get("window"),
-                overrides=to_overrides(config), output_uri=str(join(folder, "model")),
-                checkpoint_uri=str(join(folder, "train")),
-                tracking={"run": run, "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id}},
-            ), tracking_settings=settings, on_epoch=report)
-            doc.update(state="finished", summary={**outcome.metrics, "task": outcome.summary.get("task")},
-                       model_uri=outcome.version_uri, epochs_run=outcome.summary.get("epochs_run"))
+            outcome = train(
+                spec,
+                TrainRequest(
+                    end_ds=request["end_ds"],
+                    window_days=request.get("window_days"),
+                    epochs=request.get("epochs"),
+                    learning_rate=request.get("learning_rate"),
+                    batch_size=request.get("batch_size"),
+                    run_key=f"{sweep['id']}/{run.id}",
+                    airflow=request.get("airflow") or {},
+                    window=request.get("window"),
+                    overrides=to_overrides(config),
+                    output_uri=str(join(folder, "model")),
+                    checkpoint_uri=str(join(folder, "train")),
+                    tracking={
+                        "run": run,
+                        "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id},
+                    },
+                ),
+                tracking_settings=settings,
+                on_epoch=report,
+            )
+            doc.update(
+                state="finished",
+                summary={**outcome.metrics, "task": outcome.summary.get("task")},
+                model_uri=outcome.version_uri,
+                epochs_run=outcome.summary.get("epochs_run"),
+            )
         except BaseException as exc:  # the agent stops a run by raising in this thread
             doc.update(state="finished" if history else "failed", stopped=bool(history), error=repr(exc))
             raise
@@ -131,7 +163,9 @@ def run_server_agent(
     with _wandb_env(settings):
         route_console()  # the agent's runs print like ours: to the log, at their level
         try:
-            wandb.agent(sweep["server_id"], function=one_trial, project=sweep["project"], entity=sweep["entity"])
+            wandb.agent(
+                sweep["server_id"], function=one_trial, project=sweep["project"], entity=sweep["entity"]
+            )
         except Exception as exc:
             raise SweepError(f"wandb.agent for sweep {sweep['server_id']} failed: {exc}") from exc
     return {"agent": agent_id, "trials": done, "server_id": sweep["server_id"]}

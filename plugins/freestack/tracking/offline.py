@@ -81,7 +81,9 @@ def inspect_run(folder: Path) -> dict[str, Any]:
             return _CACHE[key]
     cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(folder)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OfflineRunError(f"wandb could not read {folder}: {exc}") from None
     if proc.returncode != 0:
@@ -143,6 +145,15 @@ def shown(value: Any) -> str:
 
 
 __all__ = [
-    "CARD", "OfflineRunError", "flat", "inspect_run", "logs_of", "offline_runs", "read_card", "shown",
-    "sync_command", "synced", "write_card",
-]  # fmt: skip
+    "CARD",
+    "OfflineRunError",
+    "flat",
+    "inspect_run",
+    "logs_of",
+    "offline_runs",
+    "read_card",
+    "shown",
+    "sync_command",
+    "synced",
+    "write_card",
+]

@@ -142,7 +142,9 @@ _ACCEPTED: set[tuple[str, str]] = set()
 
 def _fix_hint(source: str) -> str:
     if source.startswith("connection"):
-        return f'fix the API key (password) of {source} or set its mode to offline (extra {{"mode": "offline"}})'
+        return (
+            f'fix the API key (password) of {source} or set its mode to offline (extra {{"mode": "offline"}})'
+        )
     return f"fix {source} or set WANDB_MODE=offline"
 
 
@@ -166,7 +168,9 @@ def verify_api_key(settings: WandbSettings) -> str | None:
     from wandb.errors import AuthenticationError
 
     try:
-        wandb.Api(overrides={"base_url": settings.base_url}, api_key=settings.api_key, timeout=int(PROBE_TIMEOUT_S))
+        wandb.Api(
+            overrides={"base_url": settings.base_url}, api_key=settings.api_key, timeout=int(PROBE_TIMEOUT_S)
+        )
     except AuthenticationError as exc:
         if exc.__cause__ is None:  # wandb checks a key's form before it asks the server
             raise WandbKeyRejected(
@@ -492,7 +496,10 @@ def _init(
             raise
     # the shared service still holds the run: the attempt that started it was killed, and a killed
     # client's run stays open there. This attempt records into the same run id through its own service.
-    log.warning("the shared W&B service still holds run %s of a killed attempt; this attempt uses its own service", run_id)
+    log.warning(
+        "the shared W&B service still holds run %s of a killed attempt; this attempt uses its own service",
+        run_id,
+    )
     os.environ.pop("WANDB_SERVICE", None)
     wandb.teardown()
     return wandb.init(**kwargs)
@@ -525,9 +532,13 @@ def start_run(
         try:
             existing.config.update(dict(config or {}), allow_val_change=True)
         except Exception as exc:
-            log.warning("W&B could not add the training config to run %s: %s", getattr(existing, "id", None), exc)
+            log.warning(
+                "W&B could not add the training config to run %s: %s", getattr(existing, "id", None), exc
+            )
         return TrackingRun(existing, mode=settings.mode, project=project, entity=settings.entity)
-    kwargs = dict(project=project, name=name, config=config, tags=tags, group=group, job_type=job_type, run_id=run_id)
+    kwargs = dict(
+        project=project, name=name, config=config, tags=tags, group=group, job_type=job_type, run_id=run_id
+    )
     mode: Mode = settings.mode
 
     if mode == "disabled":
@@ -561,7 +572,9 @@ def start_run(
         from freestack.tracking.offline import write_card
 
         card = {k: v for k, v in kwargs.items() if k not in ("config", "run_id")}
-        card.update(id=tracking.id, project=tracking.project, started=datetime.now(UTC).isoformat(timespec="seconds"))
+        card.update(
+            id=tracking.id, project=tracking.project, started=datetime.now(UTC).isoformat(timespec="seconds")
+        )
         write_card(tracking.run_dir, card)
     log.info(
         "W&B offline run %s is written to %s; upload it later with: %s",

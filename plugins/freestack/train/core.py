@@ -109,8 +109,13 @@ def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list
     return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
 
 
-def load_window(spec: PipelineSpec, end_ds: str, window_days: int, fixed: dict[str, Any] | None = None,
-                splits: tuple[str, ...] = ("train", "val", "test")):  # fmt: skip
+def load_window(
+    spec: PipelineSpec,
+    end_ds: str,
+    window_days: int,
+    fixed: dict[str, Any] | None = None,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+):
     """The window ending at ``end_ds`` (:class:`~freestack.train.stream.WindowData`): the run's ``fixed``
     window when it has one (:mod:`freestack.train.window`), else the lake as it is; in memory, or
     spooled into ``splits`` when ``train.data`` says so (:func:`~freestack.train.stream.choose_mode`)."""
@@ -150,16 +155,24 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     train_values.update(req.overrides.get("train") or {})
     model_over = dict(req.overrides.get("model") or {})
     model_values = spec.model.model_dump(by_alias=True)
-    for node in ("init", "peft"):  # a trial's init / LoRA values are merged into the spec's, not put in their place
+    for node in (
+        "init",
+        "peft",
+    ):  # a trial's init / LoRA values are merged into the spec's, not put in their place
         if node in model_over and isinstance(model_values.get(node), dict):
             model_over[node] = {**model_values[node], **model_over[node]}
     model_values.update(model_over)
     unknown = set(req.overrides) - {"train", "model"}
     if unknown:
-        raise TrainingError(f"overrides {sorted(unknown)} are not spec blocks; only train and model can change")
+        raise TrainingError(
+            f"overrides {sorted(unknown)} are not spec blocks; only train and model can change"
+        )
     try:
         return spec.model_copy(
-            update={"train": TrainSpec.model_validate(train_values), "model": ModelSpec.model_validate(model_values)}
+            update={
+                "train": TrainSpec.model_validate(train_values),
+                "model": ModelSpec.model_validate(model_values),
+            }
         )
     except ValidationError as exc:
         raise TrainingError(f"the run's hyperparameters are invalid: {block_problems(exc)}") from None
@@ -201,13 +214,17 @@ def check_trainable(spec: PipelineSpec) -> None:
     if schema.key is None:
         raise TrainingError(f"pipeline {spec.name!r} has no source.schema.key: the split is keyed on it")
     if not spec.model_features:
-        raise TrainingError(f"pipeline {spec.name!r} has no feature columns (int, float, bool, category, text or "
-                            "image) but its key and target; declare some in source.schema or list model.features")  # fmt: skip
+        raise TrainingError(
+            f"pipeline {spec.name!r} has no feature columns (int, float, bool, category, text or "
+            "image) but its key and target; declare some in source.schema or list model.features"
+        )
     if spec.model.type == "custom":
         check_custom_model(spec)
     if spec.train.distributed.strategy == "fsdp" and spec.model.peft is not None:
-        raise TrainingError(f"pipeline {spec.name!r}: train.distributed.strategy fsdp shards a full fine-tune; LoRA "
-                            "trains a few parameters of a base that fits one device: use strategy ddp")  # fmt: skip
+        raise TrainingError(
+            f"pipeline {spec.name!r}: train.distributed.strategy fsdp shards a full fine-tune; LoRA "
+            "trains a few parameters of a base that fits one device: use strategy ddp"
+        )
     if spec.model.type == "huggingface":
         check_hub_model(spec)
 
@@ -231,7 +248,14 @@ def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
     n_outputs = len(classes) if task == "classification" else 1
     sizes = group_sizes(pre.encoder if pre is not None else None, spec)
     groups = {g: FeatureGroup(g, **v) for g, v in sizes.items()}
-    return ModelInputs(task, n_outputs, groups, list(classes), spec.source.schema_.target or "", list(spec.model.image.augment))
+    return ModelInputs(
+        task,
+        n_outputs,
+        groups,
+        list(classes),
+        spec.source.schema_.target or "",
+        list(spec.model.image.augment),
+    )
 
 
 def group_sizes(encoder, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
@@ -246,14 +270,18 @@ def group_sizes(encoder, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
     columns = {c.name: c for c in spec.source.schema_.fields}
     sizes: dict[str, dict[str, Any]] = {}
     for name, kind in spec.feature_kinds.items():
-        group = sizes.setdefault(KINDS[kind], {"names": [], "size": 0, "vocab_sizes": [], "shape": [], "pad_id": 0})
+        group = sizes.setdefault(
+            KINDS[kind], {"names": [], "size": 0, "vocab_sizes": [], "shape": [], "pad_id": 0}
+        )
         group["names"].append(name)
         group["size"] += 1
         if kind == "category":
             group["vocab_sizes"].append(len(columns[name].allowed or []) + 1 if columns[name].allowed else 8)
     m = spec.model
     if "text" in sizes:
-        sizes["text"].update(vocab_sizes=[m.text.vocab_size], shape=[sizes["text"]["size"], m.text.max_length])
+        sizes["text"].update(
+            vocab_sizes=[m.text.vocab_size], shape=[sizes["text"]["size"], m.text.max_length]
+        )
     if "image" in sizes:
         sizes["image"]["shape"] = [m.image.channels, *m.image.size]
     return sizes
@@ -272,7 +300,9 @@ def check_custom_model(spec: PipelineSpec) -> None:
     classes = list(getattr(target, "allowed", None) or [0, 1, 2]) if task == "classification" else []
     inputs = model_inputs(spec, task, classes)
     try:
-        check_custom(build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir()))
+        check_custom(
+            build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir())
+        )
     except CustomModelError as exc:
         raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
@@ -296,15 +326,31 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
         return _prepare_chats(spec, data, splits)
     task = spec.task or _infer_task(spec, splits.values())
     try:
-        pre = Preprocessing.fit_chunks(splits["train"].chunks, spec.model_features, schema.target, task,
-                                       spec.feature_kinds, encoder_options(spec))  # fmt: skip
+        pre = Preprocessing.fit_chunks(
+            splits["train"].chunks,
+            spec.model_features,
+            schema.target,
+            task,
+            spec.feature_kinds,
+            encoder_options(spec),
+        )
     except EncodingError as exc:
         raise TrainingError(f"pipeline {spec.name!r}: the training split cannot be encoded: {exc}") from None
     val, test = splits["val"], splits["test"]
     if task == "classification":  # labels the training split never saw cannot be scored
         val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
-    return Prepared(task, spec.model_features, pre, splits["train"], val, test, data.partitions, data.summary(),
-                    t.data.shuffle_buffer, t.data.chunk_rows)  # fmt: skip
+    return Prepared(
+        task,
+        spec.model_features,
+        pre,
+        splits["train"],
+        val,
+        test,
+        data.partitions,
+        data.summary(),
+        t.data.shuffle_buffer,
+        t.data.chunk_rows,
+    )
 
 
 def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared:
@@ -316,8 +362,10 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
     from freestack.train.stream import FrameRows
 
     if not all(isinstance(rows, FrameRows) for rows in splits.values()):
-        raise TrainingError(f"pipeline {spec.name!r}: a text-generation window is read into memory; set "
-                            "train.data.mode: memory (or raise train.data.memory_limit_mb)")  # fmt: skip
+        raise TrainingError(
+            f"pipeline {spec.name!r}: a text-generation window is read into memory; set "
+            "train.data.mode: memory (or raise train.data.memory_limit_mb)"
+        )
     pre = chat_encoding(spec)
     counts: dict[str, dict[str, int]] = {}
     for name, rows in splits.items():
@@ -325,14 +373,34 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
             enc = pre.encode_frame(rows.frame)
         except ChatError as exc:
             raise TrainingError(f"pipeline {spec.name!r}, {name} split: {exc}") from None
-        counts[name] = {"conversations": enc.conversations, "tokens": enc.tokens, "cut": enc.cut, "dropped": enc.dropped,
-                        "rows": len(enc.y)}  # fmt: skip
+        counts[name] = {
+            "conversations": enc.conversations,
+            "tokens": enc.tokens,
+            "cut": enc.cut,
+            "dropped": enc.dropped,
+            "rows": len(enc.y),
+        }
         if enc.cut or enc.dropped:
-            log.warning("%s split: %d conversations over model.max_length %d were cut, %d dropped with no answer left",
-                        name, enc.cut, spec.model.max_length, enc.dropped)  # fmt: skip
+            log.warning(
+                "%s split: %d conversations over model.max_length %d were cut, %d dropped with no answer left",
+                name,
+                enc.cut,
+                spec.model.max_length,
+                enc.dropped,
+            )
     summary = {**data.summary(), "conversations": counts}
-    return Prepared("generation", spec.model_features, pre, splits["train"], splits["val"], splits["test"],
-                    data.partitions, summary, spec.train.data.shuffle_buffer, spec.train.data.chunk_rows)  # fmt: skip
+    return Prepared(
+        "generation",
+        spec.model_features,
+        pre,
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        data.partitions,
+        summary,
+        spec.train.data.shuffle_buffer,
+        spec.train.data.chunk_rows,
+    )
 
 
 def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
@@ -343,8 +411,10 @@ def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
     t = spec.train
     if data.spool is not None:
         if data.spool.fractions != (t.val_fraction, t.test_fraction):
-            raise TrainingError(f"the spooled window was split {data.spool.fractions} (val, test) but this run asks for "
-                                f"{(t.val_fraction, t.test_fraction)}; load the window for this run")  # fmt: skip
+            raise TrainingError(
+                f"the spooled window was split {data.spool.fractions} (val, test) but this run asks for "
+                f"{(t.val_fraction, t.test_fraction)}; load the window for this run"
+            )
         return dict(data.spool.splits)
     df = data.frame
     split = split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name)
@@ -370,15 +440,24 @@ def encoder_options(spec: PipelineSpec):
 
     m = spec.model
     tokenizer, source = None, m.text.tokenizer
-    if m.text.tokenizer != "train" and any(t == "text" for t in spec.feature_kinds.values()) and m.type != "huggingface":
+    if (
+        m.text.tokenizer != "train"
+        and any(t == "text" for t in spec.feature_kinds.values())
+        and m.type != "huggingface"
+    ):
         tokenizer, commit = hub_tokenizer(m.text.tokenizer, m.text.revision)
         source = f"{m.text.tokenizer}@{commit}" if commit else m.text.tokenizer
     options: dict[str, Any] = dict(
-        category_max_size=m.category.max_size, category_min_count=m.category.min_count,
-        text_vocab_size=m.text.vocab_size, text_max_length=m.text.max_length, tokenizer_json=tokenizer,
-        tokenizer_source=source, image_size=(m.image.size[0], m.image.size[1]),
-        image_channels=m.image.channels, augment=tuple(m.image.augment),
-    )  # fmt: skip
+        category_max_size=m.category.max_size,
+        category_min_count=m.category.min_count,
+        text_vocab_size=m.text.vocab_size,
+        text_max_length=m.text.max_length,
+        tokenizer_json=tokenizer,
+        tokenizer_source=source,
+        image_size=(m.image.size[0], m.image.size[1]),
+        image_channels=m.image.channels,
+        augment=tuple(m.image.augment),
+    )
     if m.type == "huggingface":  # the base's own tokenizer, or its image processor's size
         from freestack.train.pretrained import encoder_settings
 
@@ -395,11 +474,15 @@ def hub_tokenizer(repo: str, revision: str, endpoint: str | None = None) -> tupl
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = hf_hub_download(repo, "tokenizer.json", revision=revision, endpoint=endpoint or os.environ.get("HF_ENDPOINT"))
+        path = hf_hub_download(
+            repo, "tokenizer.json", revision=revision, endpoint=endpoint or os.environ.get("HF_ENDPOINT")
+        )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise TrainingError(f"model.text.tokenizer {repo!r} (revision {revision}): its tokenizer.json cannot be "
-                            f"fetched from the Hub ({type(exc).__name__}: {str(exc)[:200]}); check the repo id and "
-                            "the huggingface connection, or use tokenizer: train") from None  # fmt: skip
+        raise TrainingError(
+            f"model.text.tokenizer {repo!r} (revision {revision}): its tokenizer.json cannot be "
+            f"fetched from the Hub ({type(exc).__name__}: {str(exc)[:200]}); check the repo id and "
+            "the huggingface connection, or use tokenizer: train"
+        ) from None
     commit = os.path.basename(os.path.dirname(path))
     with open(path, encoding="utf-8") as f:
         return f.read(), commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
@@ -428,13 +511,18 @@ def build_model(spec: PipelineSpec, data: Prepared):
         model = _build_custom(spec, data)
     else:
         model = FreestackNet(
-            kind=model_kind(spec), task=data.task, n_features=len(data.pre.numeric),
+            kind=model_kind(spec),
+            task=data.task,
+            n_features=len(data.pre.numeric),
             n_outputs=len(data.pre.classes) if data.task == "classification" else 1,
-            hidden=list(spec.model.hidden), channels=list(spec.model.channels),
+            hidden=list(spec.model.hidden),
+            channels=list(spec.model.channels),
             image_shape=list(spec.model.image_shape) if spec.model.image_shape else None,
-            dropout=spec.model.dropout, features=data.features, classes=data.pre.classes,
+            dropout=spec.model.dropout,
+            features=data.features,
+            classes=data.pre.classes,
             **_group_args(spec, data.pre),
-        )  # fmt: skip
+        )
     model.set_scaling(data.pre.mean, data.pre.std)
     model.set_target_scaling(data.pre.target_mean, data.pre.target_std)
     image = data.pre.encoder.image if data.pre.encoder is not None else None
@@ -458,7 +546,9 @@ def _build_custom(spec: PipelineSpec, data: Prepared):
 
     inputs = model_inputs(spec, data.task, data.pre.classes, data.pre)
     try:
-        return build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir())
+        return build_custom(
+            spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir()
+        )
     except CustomModelError as exc:
         raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
@@ -468,10 +558,18 @@ def loop_config(spec: PipelineSpec):
 
     t = spec.train
     return TrainConfig(
-        epochs=t.epochs, learning_rate=t.learning_rate, batch_size=t.batch_size, weight_decay=t.weight_decay,
-        patience=t.patience, grad_clip=t.grad_clip, scheduler=t.scheduler, warmup_epochs=t.warmup_epochs,
-        seed=t.seed, device=t.device, grad_accumulation=t.grad_accumulation,
-    )  # fmt: skip
+        epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        batch_size=t.batch_size,
+        weight_decay=t.weight_decay,
+        patience=t.patience,
+        grad_clip=t.grad_clip,
+        scheduler=t.scheduler,
+        warmup_epochs=t.warmup_epochs,
+        seed=t.seed,
+        device=t.device,
+        grad_accumulation=t.grad_accumulation,
+    )
 
 
 @dataclass
@@ -487,9 +585,15 @@ def places(spec: PipelineSpec, req: TrainRequest) -> Places:
     from freestack.storage import join, storage_root, to_path
 
     root = storage_root(spec.storage_root)
-    run_dir = to_path(req.checkpoint_uri) if req.checkpoint_uri else join(root, "runs", spec.name, _safe_key(req.run_key), "train")
+    run_dir = (
+        to_path(req.checkpoint_uri)
+        if req.checkpoint_uri
+        else join(root, "runs", spec.name, _safe_key(req.run_key), "train")
+    )
     version = _version_name(spec, req)
-    version_dir = to_path(req.output_uri) if req.output_uri else join(root, "candidates", spec.model_name, version)
+    version_dir = (
+        to_path(req.output_uri) if req.output_uri else join(root, "candidates", spec.model_name, version)
+    )
     return Places(version, version_dir, run_dir)
 
 
@@ -510,7 +614,9 @@ def train(
     starts them); rank 0 returns the outcome, the others None."""
     check_trainable(spec)
     spec = effective_spec(spec, req)
-    loaded = window if window is not None else load_window(spec, req.end_ds, spec.train.window_days, req.window)
+    loaded = (
+        window if window is not None else load_window(spec, req.end_ds, spec.train.window_days, req.window)
+    )
     try:
         return _train(spec, req, prepare(spec, req.end_ds, loaded), tracking_settings, on_epoch, ranks)
     finally:
@@ -518,7 +624,9 @@ def train(
             loaded.close()
 
 
-def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None) -> TrainOutcome | None:
+def _train(
+    spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
+) -> TrainOutcome | None:
     from freestack.tracking.wandb import WandbSettings
 
     model = build_model(spec, data)
@@ -534,11 +642,21 @@ def _train(spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_setti
         tracking = run.as_dict()
     _drop_checkpoint(where)
     log.info(
-        "model %s %s: %s; test %s; files in %s", spec.model_name, where.version,
-        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), data.task, where.version_dir,
-    )  # fmt: skip
-    return TrainOutcome(version=where.version, version_uri=str(where.version_dir), metrics=metrics,
-                        partitions=data.partitions, summary=result.summary(), tracking=tracking)  # fmt: skip
+        "model %s %s: %s; test %s; files in %s",
+        spec.model_name,
+        where.version,
+        ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
+        data.task,
+        where.version_dir,
+    )
+    return TrainOutcome(
+        version=where.version,
+        version_uri=str(where.version_dir),
+        metrics=metrics,
+        partitions=data.partitions,
+        summary=result.summary(),
+        tracking=tracking,
+    )
 
 
 def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, settings):
@@ -546,21 +664,32 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
     from freestack.tracking.wandb import start_run
 
     config = {
-        "pipeline": spec.name, "model": spec.model.model_dump(by_alias=True),
-        "train": {**cfg.__dict__, "window_days": spec.train.window_days}, "task": data.task,
-        "kind": model_kind(spec), "features": len(data.features),
-        "rows": data.rows(), "data": data.data, "end_ds": req.end_ds,
+        "pipeline": spec.name,
+        "model": spec.model.model_dump(by_alias=True),
+        "train": {**cfg.__dict__, "window_days": spec.train.window_days},
+        "task": data.task,
+        "kind": model_kind(spec),
+        "features": len(data.features),
+        "rows": data.rows(),
+        "data": data.data,
+        "end_ds": req.end_ds,
         **(req.tracking.get("config") or {}),
-    }  # fmt: skip
+    }
     tags = [f"pipeline:{spec.name}", f"interval:{req.end_ds}"]
     if req.airflow.get("run_id"):
         tags.append(f"airflow_run:{req.airflow['run_id']}"[:64])
     tags.extend(req.tracking.get("tags") or [])
     return start_run(
-        settings, project=spec.name, name=req.tracking.get("name") or f"{spec.name}-{where.version}", config=config,
-        tags=tags, group=req.tracking.get("group"), job_type=req.tracking.get("job_type", "train"),
-        existing=req.tracking.get("run"), run_id=tracking_id(spec, req),
-    )  # fmt: skip
+        settings,
+        project=spec.name,
+        name=req.tracking.get("name") or f"{spec.name}-{where.version}",
+        config=config,
+        tags=tags,
+        group=req.tracking.get("group"),
+        job_type=req.tracking.get("job_type", "train"),
+        existing=req.tracking.get("run"),
+        run_id=tracking_id(spec, req),
+    )
 
 
 def tracking_id(spec: PipelineSpec, req: TrainRequest) -> str:
@@ -606,7 +735,12 @@ def prune_checkpoints(spec: PipelineSpec) -> list[str]:
     except Exception as exc:  # a cleanup must never fail a training
         log.warning("could not prune old checkpoints under %s: %s", folder, exc)
     if removed:
-        log.info("removed %d checkpoint(s) older than %g days under %s", len(removed), settings().checkpoint_retention_days, folder)
+        log.info(
+            "removed %d checkpoint(s) older than %g days under %s",
+            len(removed),
+            settings().checkpoint_retention_days,
+            folder,
+        )
     return removed
 
 
@@ -634,8 +768,16 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
     with contextlib.ExitStack() as stack:
         splits = ("train", "val", "test") if ranks is None or ranks.main else ("train", "val")
         sources = {s: batch_source(data, s, device, stack, ranks) for s in splits}
-        result = fit_source(model, sources["train"], sources["val"], cfg, task=data.task, ranks=ranks,
-                            checkpoints=StoreCheckpoints(where.run_dir), on_epoch=epoch_done if run is not None else None)  # fmt: skip
+        result = fit_source(
+            model,
+            sources["train"],
+            sources["val"],
+            cfg,
+            task=data.task,
+            ranks=ranks,
+            checkpoints=StoreCheckpoints(where.run_dir),
+            on_epoch=epoch_done if run is not None else None,
+        )
         if run is None:
             return None
         test = evaluate_source(result.model, sources["test"], data.task, device)  # FSDP: rank 0's whole copy
@@ -661,10 +803,17 @@ def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack
     pre, rows = data.pre, getattr(data, split)
     shard = ranks is not None and split == "train"
     if isinstance(rows, FrameRows):
-        source = InMemory(to_tensors(pre.inputs(rows.frame), device), torch.tensor(pre.target_array(rows.frame), device=device))
+        source = InMemory(
+            to_tensors(pre.inputs(rows.frame), device),
+            torch.tensor(pre.target_array(rows.frame), device=device),
+        )
         return source.shard(ranks.rank, ranks.world) if shard else source
-    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"encoded-{split}-", dir=os.path.dirname(rows.path)))
-    encoded = EncodedSpool.write(folder, ((pre.inputs(f), pre.target_array(f)) for f in rows.chunks()), data.chunk_rows)
+    folder = stack.enter_context(
+        tempfile.TemporaryDirectory(prefix=f"encoded-{split}-", dir=os.path.dirname(rows.path))
+    )
+    encoded = EncodedSpool.write(
+        folder, ((pre.inputs(f), pre.target_array(f)) for f in rows.chunks()), data.chunk_rows
+    )
     source = Streamed(encoded.chunks, encoded.n, buffer_rows=data.shuffle_buffer)
     if shard:
         return source.shard(functools.partial(encoded.chunks, shard=(ranks.rank, ranks.world)), ranks.world)
@@ -677,7 +826,13 @@ def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
     if text is None or spec.model.text.tokenizer == "train":
         return {}
     commit = text.source.rpartition("@")[2] if "@" in text.source else None
-    return {"tokenizer": {"repo": spec.model.text.tokenizer, "revision": spec.model.text.revision, "commit": commit}}
+    return {
+        "tokenizer": {
+            "repo": spec.model.text.tokenizer,
+            "revision": spec.model.text.revision,
+            "commit": commit,
+        }
+    }
 
 
 def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
@@ -709,8 +864,14 @@ def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
     d = spec.train.distributed
     if world_size <= 1:
         return {"world_size": 1}
-    return {"world_size": world_size, "nodes": d.nodes, "processes_per_node": d.processes_per_node,
-            "backend": backend_for(d.backend, spec.train.device), "strategy": d.strategy, "launcher": d.launcher}  # fmt: skip
+    return {
+        "world_size": world_size,
+        "nodes": d.nodes,
+        "processes_per_node": d.processes_per_node,
+        "backend": backend_for(d.backend, spec.train.device),
+        "strategy": d.strategy,
+        "launcher": d.launcher,
+    }
 
 
 def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
@@ -721,25 +882,55 @@ def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
     return pretrained_lineage(spec, model)
 
 
-def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, model, result,
-                   metrics: dict[str, Any], run) -> None:  # fmt: skip
+def _write_version(
+    spec: PipelineSpec,
+    req: TrainRequest,
+    data: Prepared,
+    where: Places,
+    cfg,
+    model,
+    result,
+    metrics: dict[str, Any],
+    run,
+) -> None:
     """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
     from freestack.storage import join, write_bytes, write_json
 
     t = spec.train
     lineage = {
-        "pipeline": spec.name, "model": spec.model_name, "version": where.version, "partitions": data.partitions,
-        "window": {"end_ds": req.end_ds, "days": t.window_days, "fixed_by": (req.window or {}).get("chosen", "read")},
-        "spec_hash": spec.spec_hash(), "spec_file_sha256": spec.file_sha256, "spec_normalized_hash": spec.normalized_hash(),
-        "code_version": __version__, "wandb": run.as_dict(), "airflow": req.airflow,
-        "split": {"val_fraction": t.val_fraction, "test_fraction": t.test_fraction, "keyed_on": spec.source.schema_.key},
-        "hyperparameters": {"train": {**cfg.__dict__, "window_days": t.window_days}, "model": spec.model.model_dump(by_alias=True)},
-        "overrides": req.overrides, "features": spec.feature_kinds, "data": {**data.data, "rows": data.rows()},
+        "pipeline": spec.name,
+        "model": spec.model_name,
+        "version": where.version,
+        "partitions": data.partitions,
+        "window": {
+            "end_ds": req.end_ds,
+            "days": t.window_days,
+            "fixed_by": (req.window or {}).get("chosen", "read"),
+        },
+        "spec_hash": spec.spec_hash(),
+        "spec_file_sha256": spec.file_sha256,
+        "spec_normalized_hash": spec.normalized_hash(),
+        "code_version": __version__,
+        "wandb": run.as_dict(),
+        "airflow": req.airflow,
+        "split": {
+            "val_fraction": t.val_fraction,
+            "test_fraction": t.test_fraction,
+            "keyed_on": spec.source.schema_.key,
+        },
+        "hyperparameters": {
+            "train": {**cfg.__dict__, "window_days": t.window_days},
+            "model": spec.model.model_dump(by_alias=True),
+        },
+        "overrides": req.overrides,
+        "features": spec.feature_kinds,
+        "data": {**data.data, "rows": data.rows()},
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
-        **_tokenizer_lineage(spec, data.pre), **_pretrained_lineage(spec, model),
+        **_tokenizer_lineage(spec, data.pre),
+        **_pretrained_lineage(spec, model),
         "distributed": distributed_lineage(spec, result.world_size),
-    }  # fmt: skip
+    }
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)
         for name in sorted(os.listdir(tmp)):
@@ -748,20 +939,42 @@ def _write_version(spec: PipelineSpec, req: TrainRequest, data: Prepared, where:
     write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
-    elif spec.model.type == "huggingface":  # the base's tokenizer or image processor files, as transformers reads them
+    elif (
+        spec.model.type == "huggingface"
+    ):  # the base's tokenizer or image processor files, as transformers reads them
         _copy_base_files(spec, where)
-    if data.pre.tokenizer_json is not None:  # the text columns' tokenizer, a plain Hugging Face tokenizers file
+    if (
+        data.pre.tokenizer_json is not None
+    ):  # the text columns' tokenizer, a plain Hugging Face tokenizers file
         from freestack.ml.features import TOKENIZER_FILE
 
         write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
     write_json(join(where.version_dir, "history.json"), result.history)
-    write_json(join(where.version_dir, "metrics.json"), {"task": data.task, **metrics, "train": result.summary()})
+    write_json(
+        join(where.version_dir, "metrics.json"), {"task": data.task, **metrics, "train": result.summary()}
+    )
     write_json(join(where.version_dir, "lineage.json"), lineage)
-    run.log_artifact_reference(name=f"{spec.model_name}", type="model", uri=str(where.version_dir),
-                               metadata={"version": where.version, **metrics})  # fmt: skip
+    run.log_artifact_reference(
+        name=f"{spec.model_name}",
+        type="model",
+        uri=str(where.version_dir),
+        metadata={"version": where.version, **metrics},
+    )
 
 
 __all__ = [
-    "Places", "Prepared", "TrainOutcome", "TrainRequest", "TrainingError", "build_model", "check_trainable",
-    "effective_spec", "load_window", "loop_config", "places", "prepare", "train", "window_partitions",
-]  # fmt: skip
+    "Places",
+    "Prepared",
+    "TrainOutcome",
+    "TrainRequest",
+    "TrainingError",
+    "build_model",
+    "check_trainable",
+    "effective_spec",
+    "load_window",
+    "loop_config",
+    "places",
+    "prepare",
+    "train",
+    "window_partitions",
+]

@@ -55,7 +55,9 @@ def is_distributed(spec: PipelineSpec) -> bool:
     return d.world_size > 1 or d.launcher == "kubernetes"
 
 
-def write_launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0) -> Any:
+def write_launch(
+    spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0
+) -> Any:
     """The launch file of this node (``launch-<node>.json``; node 0: ``launch.json``) in the run's folder."""
     from freestack.storage import join, write_bytes
     from freestack.train.core import places
@@ -69,9 +71,15 @@ def write_launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking
     return path
 
 
-def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0,
-           environment: dict[str, str] | None = None,
-           threads: int | None = None) -> TrainOutcome | None:  # fmt: skip
+def launch(
+    spec: PipelineSpec,
+    spec_path: str,
+    req: TrainRequest,
+    tracking_settings,
+    node_rank: int = 0,
+    environment: dict[str, str] | None = None,
+    threads: int | None = None,
+) -> TrainOutcome | None:
     """Run this node's ranks to the end (elastic_launch: what ``torchrun`` does); node 0 returns the
     outcome rank 0 left. A rank that fails (or dies) ends every rank of the attempt: LaunchError.
     ``environment``: variables the ranks get besides this process's (an Airflow task's connections);
@@ -89,8 +97,14 @@ def launch(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_setti
     path = write_launch(spec, spec_path, req, tracking_settings, node_rank)
     config = launch_config(spec, req, node_rank)
     d = spec.train.distributed
-    log.info("starting %d rank(s) on node %d of %d (world size %d, rendezvous %s)", d.processes_per_node,
-             node_rank, d.nodes, d.world_size, config.rdzv_endpoint)  # fmt: skip
+    log.info(
+        "starting %d rank(s) on node %d of %d (world size %d, rendezvous %s)",
+        d.processes_per_node,
+        node_rank,
+        d.nodes,
+        d.world_size,
+        config.rdzv_endpoint,
+    )
     try:
         with _rank_environment(spec, tracking_settings, environment or {}, threads):
             elastic_launch(config, sys.executable)("-m", "freestack.train.distributed", str(path))
@@ -113,11 +127,21 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
     endpoint = d.rendezvous if d.nodes > 1 else "127.0.0.1:0"
     run_id = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{spec.name}-{req.run_key}")[-120:]
     return LaunchConfig(
-        min_nodes=d.nodes, max_nodes=d.nodes, nproc_per_node=d.processes_per_node, run_id=run_id,
-        rdzv_backend="c10d", rdzv_endpoint=endpoint, max_restarts=0, monitor_interval=0.2,
-        rdzv_configs={"is_host": node_rank == 0, "join_timeout": int(d.timeout_seconds), "timeout": int(d.timeout_seconds)},
+        min_nodes=d.nodes,
+        max_nodes=d.nodes,
+        nproc_per_node=d.processes_per_node,
+        run_id=run_id,
+        rdzv_backend="c10d",
+        rdzv_endpoint=endpoint,
+        max_restarts=0,
+        monitor_interval=0.2,
+        rdzv_configs={
+            "is_host": node_rank == 0,
+            "join_timeout": int(d.timeout_seconds),
+            "timeout": int(d.timeout_seconds),
+        },
         local_addr="127.0.0.1" if d.nodes == 1 else None,
-    )  # fmt: skip
+    )
 
 
 def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
@@ -129,8 +153,9 @@ def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
     return d.threads_per_process or share(threads or cores(), d.processes_per_node)
 
 
-def _rank_environment(spec: PipelineSpec, tracking_settings, environment: dict[str, str],
-                      threads: int | None):  # fmt: skip
+def _rank_environment(
+    spec: PipelineSpec, tracking_settings, environment: dict[str, str], threads: int | None
+):
     """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
     from freestack.settings import environment as with_environment
 
@@ -149,17 +174,25 @@ def _failure_text(exc, timeout: float) -> str:
     if first is None:
         return f"a rank of the distributed training failed: {exc}"
     how = f"exit code {first.exitcode}" if first.exitcode >= 0 else f"killed by signal {-first.exitcode}"
-    return (f"rank {rank} of the distributed training failed ({how}); every rank of this attempt was stopped. "
-            f"Its error is above in this log. A retry resumes from the last checkpoint; a rank that hangs is "
-            f"cut after train.distributed.timeout_seconds ({timeout:g} s).")  # fmt: skip
+    return (
+        f"rank {rank} of the distributed training failed ({how}); every rank of this attempt was stopped. "
+        f"Its error is above in this log. A retry resumes from the last checkpoint; a rank that hangs is "
+        f"cut after train.distributed.timeout_seconds ({timeout:g} s)."
+    )
 
 
 def _read_outcome(path) -> TrainOutcome:
     from freestack.train.core import TrainOutcome
 
     data = json.loads(path.read_bytes())
-    return TrainOutcome(version=data["version"], version_uri=data["version_uri"], metrics=data["metrics"],
-                        partitions=data["partitions"], summary=data["train"], tracking=data["wandb"])  # fmt: skip
+    return TrainOutcome(
+        version=data["version"],
+        version_uri=data["version_uri"],
+        metrics=data["metrics"],
+        partitions=data["partitions"],
+        summary=data["train"],
+        tracking=data["wandb"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,22 +215,31 @@ def run_rank(launch_path: str) -> None:
     launch = Launch.model_validate_json(to_path(launch_path).read_bytes())
     spec = spec_from_text(launch.spec_text, launch.spec_path)
     d = spec.train.distributed
-    ranks = join_group(backend_for(d.backend, spec.train.device), d.timeout_seconds, d.find_unused_parameters, d.strategy)
+    ranks = join_group(
+        backend_for(d.backend, spec.train.device), d.timeout_seconds, d.find_unused_parameters, d.strategy
+    )
     _log_as_rank(ranks.rank, ranks.world)
     try:
         req = TrainRequest(**launch.request)
         settings = WandbSettings(**launch.tracking, api_key=os.environ.get("WANDB_API_KEY") or None)
         outcome = train(spec, req, tracking_settings=settings, ranks=ranks)
         if outcome is not None:
-            write_bytes(join(places(spec, req).run_dir, OUTCOME_FILE), json.dumps(outcome.as_dict(), default=str).encode())
+            write_bytes(
+                join(places(spec, req).run_dir, OUTCOME_FILE),
+                json.dumps(outcome.as_dict(), default=str).encode(),
+            )
     finally:
         leave_group()
 
 
 def _log_as_rank(rank: int, world: int) -> None:
     """Each log line says which rank wrote it (the task log shows every rank's progress)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
-                        format=f"[rank {rank}/{world}] %(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stdout,
+        force=True,
+        format=f"[rank {rank}/{world}] %(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,4 +255,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["LAUNCH_FILE", "OUTCOME_FILE", "Launch", "LaunchError", "is_distributed", "launch", "launch_config", "run_rank"]
+__all__ = [
+    "LAUNCH_FILE",
+    "OUTCOME_FILE",
+    "Launch",
+    "LaunchError",
+    "is_distributed",
+    "launch",
+    "launch_config",
+    "run_rank",
+]

@@ -92,8 +92,17 @@ class PyTorchJobUnavailable(PyTorchJobError):
 # talking to the API server (freestack.serving.k8s's session, on pytorchjobs.kubeflow.org)
 
 
-def _api_error(status: int | None, reason: str | None, body: Any, *, host: str, conn_id: str, namespace: str,
-               name: str, action: str) -> PyTorchJobError:  # fmt: skip
+def _api_error(
+    status: int | None,
+    reason: str | None,
+    body: Any,
+    *,
+    host: str,
+    conn_id: str,
+    namespace: str,
+    name: str,
+    action: str,
+) -> PyTorchJobError:
     """The error for an API server answer: what happened, where, and what to check."""
     doc = _status_body(body) or {}
     raw = body.decode() if isinstance(body, bytes) else body
@@ -104,8 +113,9 @@ def _api_error(status: int | None, reason: str | None, body: Any, *, host: str, 
     return cls(head + hint, status=status)
 
 
-def _hint(status: int | None, body: Any, doc: dict[str, Any], detail: str, *, conn_id: str,
-          namespace: str) -> tuple[type[PyTorchJobError], str]:  # fmt: skip
+def _hint(
+    status: int | None, body: Any, doc: dict[str, Any], detail: str, *, conn_id: str, namespace: str
+) -> tuple[type[PyTorchJobError], str]:
     """What to check after an answer, and whether a later retry may help (PyTorchJobUnavailable)."""
     if status == 401:
         return PyTorchJobUnavailable, (
@@ -174,8 +184,15 @@ class _JobSession(_Session):
 
 def _session(conn_id: str, namespace: str, name: str):
     """A session on the connection's cluster for one PyTorchJob; every failure inside becomes a PyTorchJobError."""
-    return api_session(conn_id, namespace, name, session_class=_JobSession, unavailable=PyTorchJobUnavailable,
-                       on_unreachable=_unreachable, on_answer=_api_error)  # fmt: skip
+    return api_session(
+        conn_id,
+        namespace,
+        name,
+        session_class=_JobSession,
+        unavailable=PyTorchJobUnavailable,
+        on_unreachable=_unreachable,
+        on_answer=_api_error,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,8 +210,12 @@ def delete_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> boo
     return delete(name, namespace, conn_id, session=_session)
 
 
-def submit_job(manifest: dict[str, Any], conn_id: str = DEFAULT_CONN_ID, *,
-               delete_wait_seconds: float = DELETE_WAIT_SECONDS) -> dict[str, Any]:  # fmt: skip
+def submit_job(
+    manifest: dict[str, Any],
+    conn_id: str = DEFAULT_CONN_ID,
+    *,
+    delete_wait_seconds: float = DELETE_WAIT_SECONDS,
+) -> dict[str, Any]:
     """Create the PyTorchJob. One of the same name is what a killed attempt of this run left (the name is the
     run's): it is deleted, with its pods, and the job created again; one freestack did not make is refused."""
     from kubernetes.client.exceptions import ApiException
@@ -219,18 +240,28 @@ def _replace_stale(s: _JobSession, wait_seconds: float) -> None:
         return
     managed = ((current.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_KEY)
     if managed != MANAGED_BY:
-        raise PyTorchJobError(f"{KIND} {s.namespace}/{s.name} already exists on {s.host} and is not managed by "
-                              f"freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or train in another "
-                              "namespace (train.distributed.namespace)", status=409)  # fmt: skip
-    log.warning("%s %s/%s is left from an earlier attempt (%s): deleting it and its pods", KIND, s.namespace,
-                s.name, job_state(current)[0])  # fmt: skip
+        raise PyTorchJobError(
+            f"{KIND} {s.namespace}/{s.name} already exists on {s.host} and is not managed by "
+            f"freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or train in another "
+            "namespace (train.distributed.namespace)",
+            status=409,
+        )
+    log.warning(
+        "%s %s/%s is left from an earlier attempt (%s): deleting it and its pods",
+        KIND,
+        s.namespace,
+        s.name,
+        job_state(current)[0],
+    )
     s.delete()
     deadline = time.monotonic() + wait_seconds
     while s.read() is not None:
         if time.monotonic() >= deadline:
-            raise PyTorchJobError(f"{KIND} {s.namespace}/{s.name} left by an earlier attempt is still being deleted "
-                                  f"after {wait_seconds:g} s (finalizers, or pods that do not stop?); check "
-                                  f"'kubectl describe {CRD_NAME} {s.name} -n {s.namespace}'")  # fmt: skip
+            raise PyTorchJobError(
+                f"{KIND} {s.namespace}/{s.name} left by an earlier attempt is still being deleted "
+                f"after {wait_seconds:g} s (finalizers, or pods that do not stop?); check "
+                f"'kubectl describe {CRD_NAME} {s.name} -n {s.namespace}'"
+            )
         time.sleep(0.5)
 
 
@@ -246,13 +277,21 @@ def _read_status(name: str, namespace: str, conn_id: str, misses: int) -> tuple[
         )
         return None, misses + 1
     if obj is None:
-        raise PyTorchJobError(f"{KIND} {namespace}/{name} was deleted while the train task followed it; run the task "
-                              "again (it resumes from the last checkpoint)")  # fmt: skip
+        raise PyTorchJobError(
+            f"{KIND} {namespace}/{name} was deleted while the train task followed it; run the task "
+            "again (it resumes from the last checkpoint)"
+        )
     return obj, 0
 
 
-def wait_for_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID, *, poll_seconds: float = POLL_SECONDS,
-                 max_wait_seconds: float = MAX_WAIT_SECONDS) -> dict[str, Any]:  # fmt: skip
+def wait_for_job(
+    name: str,
+    namespace: str,
+    conn_id: str = DEFAULT_CONN_ID,
+    *,
+    poll_seconds: float = POLL_SECONDS,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+) -> dict[str, Any]:
     """Follow the job's conditions until Succeeded or Failed and return it as stored; bounded by
     ``max_wait_seconds`` (PyTorchJobError, naming the state it was left in)."""
     deadline, misses, seen = time.monotonic() + max_wait_seconds, 0, None
@@ -270,8 +309,10 @@ def wait_for_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID, *, p
 
 
 def _logs_hint(name: str, namespace: str) -> str:
-    return (f"The ranks' logs: kubectl logs -l {JOB_NAME_LABEL}={name} -n {namespace} --prefix --tail=-1 "
-            f"(and 'kubectl describe {CRD_NAME} {name} -n {namespace}' for the job's events).")  # fmt: skip
+    return (
+        f"The ranks' logs: kubectl logs -l {JOB_NAME_LABEL}={name} -n {namespace} --prefix --tail=-1 "
+        f"(and 'kubectl describe {CRD_NAME} {name} -n {namespace}' for the job's events)."
+    )
 
 
 def failure_text(obj: dict[str, Any]) -> str:
@@ -280,8 +321,10 @@ def failure_text(obj: dict[str, Any]) -> str:
     name, namespace = meta.get("name"), meta.get("namespace")
     _, reason, message = job_state(obj)
     why = ": ".join(p for p in (reason, message) if p) or "no reason given"
-    return (f"{KIND} {namespace}/{name} failed ({why}); every rank of this attempt was stopped, and a retry "
-            f"resumes from the last checkpoint. {_logs_hint(name, namespace)}")  # fmt: skip
+    return (
+        f"{KIND} {namespace}/{name} failed ({why}); every rank of this attempt was stopped, and a retry "
+        f"resumes from the last checkpoint. {_logs_hint(name, namespace)}"
+    )
 
 
 def job_progress(obj: dict[str, Any]) -> tuple[str, str]:
@@ -300,33 +343,55 @@ def job_progress(obj: dict[str, Any]) -> tuple[str, str]:
 
 def timeout_text(name: str, namespace: str, seconds: float, seen: str) -> str:
     """A job that did not finish in time: what it was last, that it goes, and where its logs are."""
-    return (f"{KIND} {namespace}/{name} did not finish within {seconds:g} s (last seen: {seen}); it is being deleted. "
-            f"{_logs_hint(name, namespace)}")  # fmt: skip
+    return (
+        f"{KIND} {namespace}/{name} did not finish within {seconds:g} s (last seen: {seen}); it is being deleted. "
+        f"{_logs_hint(name, namespace)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # a training run
 
 
-def job_manifest(spec: PipelineSpec, req: TrainRequest, launch_uri: str, *, max_wait_seconds: float = MAX_WAIT_SECONDS,
-                 secrets: Sequence[str] = DEFAULT_SECRETS, service_account: str | None = None) -> dict[str, Any]:  # fmt: skip
+def job_manifest(
+    spec: PipelineSpec,
+    req: TrainRequest,
+    launch_uri: str,
+    *,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    secrets: Sequence[str] = DEFAULT_SECRETS,
+    service_account: str | None = None,
+) -> dict[str, Any]:
     """The run's PyTorchJob, validated: named after the pipeline and the run, its pods given the storage
     root the worker resolved (so they find the same run folder) and stopped when the task stops waiting."""
     from freestack.storage import storage_root, uri_of
 
     manifest = pytorchjob_manifest(
-        spec, name=job_name(spec.name, req.run_key), launch_uri=launch_uri,
-        run_id=rendezvous_id(spec.name, req.run_key), run_key=req.run_key,
-        storage_root=uri_of(storage_root(spec.storage_root)), active_deadline_seconds=int(max_wait_seconds),
-        secrets=secrets, service_account=service_account,
-    )  # fmt: skip
+        spec,
+        name=job_name(spec.name, req.run_key),
+        launch_uri=launch_uri,
+        run_id=rendezvous_id(spec.name, req.run_key),
+        run_key=req.run_key,
+        storage_root=uri_of(storage_root(spec.storage_root)),
+        active_deadline_seconds=int(max_wait_seconds),
+        secrets=secrets,
+        service_account=service_account,
+    )
     validate_pytorchjob(manifest)
     return manifest
 
 
-def start_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
-                        conn_id: str = DEFAULT_CONN_ID, max_wait_seconds: float = MAX_WAIT_SECONDS,
-                        secrets: Sequence[str] = DEFAULT_SECRETS, service_account: str | None = None) -> tuple[str, str]:  # fmt: skip
+def start_on_kubernetes(
+    spec: PipelineSpec,
+    spec_path: str,
+    req: TrainRequest,
+    tracking_settings: Any,
+    *,
+    conn_id: str = DEFAULT_CONN_ID,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    secrets: Sequence[str] = DEFAULT_SECRETS,
+    service_account: str | None = None,
+) -> tuple[str, str]:
     """Write the launch file and create the run's PyTorchJob; returns its (name, namespace). Split from the
     wait so the train task can hand the wait to the triggerer (:mod:`freestack.train.triggers`) instead of
     holding a worker slot for days. A killed attempt's outcome.json is removed first: only this job's
@@ -337,17 +402,31 @@ def start_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, t
     if outcome.exists():
         outcome.unlink()  # a killed attempt's
     launch = write_launch(spec, spec_path, req, tracking_settings, 0)
-    manifest = job_manifest(spec, req, uri_of(launch), max_wait_seconds=max_wait_seconds, secrets=secrets,
-                            service_account=service_account)  # fmt: skip
+    manifest = job_manifest(
+        spec,
+        req,
+        uri_of(launch),
+        max_wait_seconds=max_wait_seconds,
+        secrets=secrets,
+        service_account=service_account,
+    )
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
     submit_job(manifest, conn_id)
-    log.info("submitted %s %s/%s (%d node(s) x %d rank(s)); %s", KIND, namespace, name, spec.train.distributed.nodes,
-             spec.train.distributed.processes_per_node, _logs_hint(name, namespace))  # fmt: skip
+    log.info(
+        "submitted %s %s/%s (%d node(s) x %d rank(s)); %s",
+        KIND,
+        namespace,
+        name,
+        spec.train.distributed.nodes,
+        spec.train.distributed.processes_per_node,
+        _logs_hint(name, namespace),
+    )
     return name, namespace
 
 
-def finish_on_kubernetes(spec: PipelineSpec, req: TrainRequest, event: dict[str, Any], *,
-                         conn_id: str | None = None) -> TrainOutcome:  # fmt: skip
+def finish_on_kubernetes(
+    spec: PipelineSpec, req: TrainRequest, event: dict[str, Any], *, conn_id: str | None = None
+) -> TrainOutcome:
     """The outcome rank 0 left, once the job's wait ended with ``event`` (the trigger's, or the synchronous
     wait's: ``status`` succeeded | failed | timeout | error, ``message``, ``name``, ``namespace``). ``req``
     must be the request the job was started with (its run folder holds the outcome). A failed job raises
@@ -381,19 +460,34 @@ def _outcome_path(spec: PipelineSpec, req: TrainRequest) -> Any:
     return join(places(spec, req).run_dir, OUTCOME_FILE)
 
 
-def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings: Any, *,
-                      conn_id: str = DEFAULT_CONN_ID, poll_seconds: float = POLL_SECONDS,
-                      max_wait_seconds: float = MAX_WAIT_SECONDS, secrets: Sequence[str] = DEFAULT_SECRETS,
-                      service_account: str | None = None) -> TrainOutcome:  # fmt: skip
+def run_on_kubernetes(
+    spec: PipelineSpec,
+    spec_path: str,
+    req: TrainRequest,
+    tracking_settings: Any,
+    *,
+    conn_id: str = DEFAULT_CONN_ID,
+    poll_seconds: float = POLL_SECONDS,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    secrets: Sequence[str] = DEFAULT_SECRETS,
+    service_account: str | None = None,
+) -> TrainOutcome:
     """Train as a PyTorchJob, waiting in this process, and return the outcome rank 0 left beside the launch
     file (the train task defers instead: :class:`freestack.train.triggers.PyTorchJobFinishedTrigger`). A
     Failed job raises PyTorchJobError (the operator's reason and how to read the pods' logs); a wait that
     ends otherwise (its bound, a kill, an API error) deletes the job rather than leave GPUs busy for
     nobody. ``secrets``: the Secrets the pods take their environment from (storage connection,
     ``WANDB_API_KEY``); ``service_account``: the pods' identity (e.g. an IAM role for S3)."""
-    name, namespace = start_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=conn_id,
-                                          max_wait_seconds=max_wait_seconds, secrets=secrets,
-                                          service_account=service_account)  # fmt: skip
+    name, namespace = start_on_kubernetes(
+        spec,
+        spec_path,
+        req,
+        tracking_settings,
+        conn_id=conn_id,
+        max_wait_seconds=max_wait_seconds,
+        secrets=secrets,
+        service_account=service_account,
+    )
     try:
         obj = wait_for_job(
             name, namespace, conn_id, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds
@@ -408,7 +502,20 @@ def run_on_kubernetes(spec: PipelineSpec, spec_path: str, req: TrainRequest, tra
 
 
 __all__ = [
-    "DEFAULT_CONN_ID", "MAX_WAIT_SECONDS", "POLL_SECONDS", "PyTorchJobError", "PyTorchJobUnavailable", "delete_job",
-    "failure_text", "finish_on_kubernetes", "get_job", "job_manifest", "job_progress", "run_on_kubernetes",
-    "start_on_kubernetes", "submit_job", "timeout_text", "wait_for_job",
-]  # fmt: skip
+    "DEFAULT_CONN_ID",
+    "MAX_WAIT_SECONDS",
+    "POLL_SECONDS",
+    "PyTorchJobError",
+    "PyTorchJobUnavailable",
+    "delete_job",
+    "failure_text",
+    "finish_on_kubernetes",
+    "get_job",
+    "job_manifest",
+    "job_progress",
+    "run_on_kubernetes",
+    "start_on_kubernetes",
+    "submit_job",
+    "timeout_text",
+    "wait_for_job",
+]

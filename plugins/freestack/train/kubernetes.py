@@ -143,8 +143,7 @@ def _container(
     """The ``pytorch`` container: the ranks' threads and the storage root as values, credentials only as
     references to Secrets (never their values in the manifest)."""
     threads = str(_threads(d))
-    env = [{"name": "OMP_NUM_THREADS", "value": threads},
-           {"name": "PYTHONUNBUFFERED", "value": "1"}]  # fmt: skip
+    env = [{"name": "OMP_NUM_THREADS", "value": threads}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
     if storage_root:  # the pods resolve the run folder as the worker did
         env.append({"name": "FREESTACK_STORAGE_ROOT", "value": storage_root})
     container: dict[str, Any] = {
@@ -182,8 +181,11 @@ def _replica(
 
 def _run_policy(active_deadline_seconds: int | None) -> dict[str, Any]:
     """No restarts by the operator (Airflow's retry is the restart); the failed pods' logs stay a day."""
-    policy: dict[str, Any] = {"backoffLimit": 0, "cleanPodPolicy": CLEAN_POD_POLICY,
-                              "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_SECONDS}  # fmt: skip
+    policy: dict[str, Any] = {
+        "backoffLimit": 0,
+        "cleanPodPolicy": CLEAN_POD_POLICY,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_SECONDS,
+    }
     if active_deadline_seconds:  # the cluster stops the pods when the task gives up waiting
         policy["activeDeadlineSeconds"] = int(active_deadline_seconds)
     return policy
@@ -218,11 +220,18 @@ def pytorchjob_manifest(
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "namespace": d.namespace, "labels": labels,
-                     "annotations": {PIPELINE_KEY: spec.name, RUN_KEY: run, LAUNCH_KEY: launch_uri}},
-        "spec": {"nprocPerNode": str(d.processes_per_node), "pytorchReplicaSpecs": replicas,
-                 "runPolicy": _run_policy(active_deadline_seconds)},
-    }  # fmt: skip
+        "metadata": {
+            "name": name,
+            "namespace": d.namespace,
+            "labels": labels,
+            "annotations": {PIPELINE_KEY: spec.name, RUN_KEY: run, LAUNCH_KEY: launch_uri},
+        },
+        "spec": {
+            "nprocPerNode": str(d.processes_per_node),
+            "pytorchReplicaSpecs": replicas,
+            "runPolicy": _run_policy(active_deadline_seconds),
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,8 +272,9 @@ def _validator(path: str, mtime_ns: int, size: int):  # the file's identity keys
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
     meta = _object_meta_schema()
     meta["properties"]["name"] = {"type": "string", "maxLength": 63, "pattern": _DNS1035_LABEL}
-    schema["properties"].update(apiVersion={"const": API_VERSION}, kind={"const": KIND}, metadata=meta,
-                                status={"type": "object"})  # fmt: skip
+    schema["properties"].update(
+        apiVersion={"const": API_VERSION}, kind={"const": KIND}, metadata=meta, status={"type": "object"}
+    )
     schema["additionalProperties"] = False
     checker = jsonschema.FormatChecker(formats=())
     checker.checks("int32")(_fits_bits(32))
@@ -346,8 +356,27 @@ def job_state(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 
 __all__ = [
-    "API_VERSION", "CLEAN_POD_POLICY", "CONTAINER", "CRD_NAME", "DEFAULT_SECRETS", "GROUP", "JOB_NAME_LABEL", "KIND",
-    "MASTER", "MAX_JOB_NAME", "PLURAL", "STORAGE_SECRET", "VERSION", "WANDB_SECRET", "WORKER", "ManifestInvalid",
-    "default_crd_path", "job_name", "job_state", "pytorchjob_manifest", "rendezvous_id", "torchrun_command",
+    "API_VERSION",
+    "CLEAN_POD_POLICY",
+    "CONTAINER",
+    "CRD_NAME",
+    "DEFAULT_SECRETS",
+    "GROUP",
+    "JOB_NAME_LABEL",
+    "KIND",
+    "MASTER",
+    "MAX_JOB_NAME",
+    "PLURAL",
+    "STORAGE_SECRET",
+    "VERSION",
+    "WANDB_SECRET",
+    "WORKER",
+    "ManifestInvalid",
+    "default_crd_path",
+    "job_name",
+    "job_state",
+    "pytorchjob_manifest",
+    "rendezvous_id",
+    "torchrun_command",
     "validate_pytorchjob",
-]  # fmt: skip
+]

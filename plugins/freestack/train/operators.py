@@ -80,9 +80,17 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         for e in inlet_events[lake_asset(spec.name)]:
             extra = e.extra or {}
             if extra.get("ds") and extra.get("part_sha256") and extra.get("partition"):
-                found.append({"id": e.id, "timestamp": e.timestamp.isoformat(), "dag_id": e.source_dag_id,
-                              "run_id": e.source_run_id, "ds": extra["ds"], "part_sha256": extra["part_sha256"],
-                              "partition": extra["partition"]})  # fmt: skip
+                found.append(
+                    {
+                        "id": e.id,
+                        "timestamp": e.timestamp.isoformat(),
+                        "dag_id": e.source_dag_id,
+                        "run_id": e.source_run_id,
+                        "ds": extra["ds"],
+                        "part_sha256": extra["part_sha256"],
+                        "partition": extra["partition"],
+                    }
+                )
         return found
 
     def _ingest_running(self, context: Context, spec) -> bool:
@@ -97,8 +105,13 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         started = getattr(context.get("dag_run"), "start_date", None)
         waited = (datetime.now(UTC) - started).total_seconds() / 60 if started else 0.0
         if waited >= self.wait_minutes:
-            self.log.warning("%d %s runs still active after %.0f minutes (train.ingest_wait_minutes): fixing the "
-                             "window on the lake as it is", active, ingest, waited)  # fmt: skip
+            self.log.warning(
+                "%d %s runs still active after %.0f minutes (train.ingest_wait_minutes): fixing the "
+                "window on the lake as it is",
+                active,
+                ingest,
+                waited,
+            )
             return False
         self.log.info("waiting for %d queued or running %s runs before fixing the window", active, ingest)
         return True
@@ -138,7 +151,11 @@ def airflow_info(context: Context, window: dict[str, Any] | None = None) -> dict
     kind = getattr(dag_run, "run_type", None)
     run_type = str(getattr(kind, "value", kind) or "") or None
     start, end = getattr(dag_run, "data_interval_start", None), getattr(dag_run, "data_interval_end", None)
-    source = "airflow" if run_type in INTERVAL_RUNS and start is not None and end is not None and start < end else None
+    source = (
+        "airflow"
+        if run_type in INTERVAL_RUNS and start is not None and end is not None and start < end
+        else None
+    )
     if source is None and window:
         from freestack.train.window import window_interval
 
@@ -212,8 +229,15 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             return train(spec, req, tracking_settings=tracking_settings)
         if spec.train.distributed.launcher == "kubernetes":
             self._start_job(spec, req, tracking_settings)
-        return launch(spec, self.spec_path, req, tracking_settings, node_rank=self.node_rank,
-                      environment=rank_environment(spec), threads=self.threads)  # fmt: skip
+        return launch(
+            spec,
+            self.spec_path,
+            req,
+            tracking_settings,
+            node_rank=self.node_rank,
+            environment=rank_environment(spec),
+            threads=self.threads,
+        )
 
     def _start_job(self, spec, req, tracking_settings) -> None:
         """Create the run's PyTorchJob and defer to its trigger: the wait (up to the job's own 72 h bound)
@@ -224,8 +248,15 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         d = spec.train.distributed
         conn_id = d.kubernetes_conn_id
         with _permanent_fails():
-            name, namespace = start_on_kubernetes(spec, self.spec_path, req, tracking_settings, conn_id=conn_id,
-                                                  max_wait_seconds=MAX_WAIT_SECONDS, service_account=d.service_account)  # fmt: skip
+            name, namespace = start_on_kubernetes(
+                spec,
+                self.spec_path,
+                req,
+                tracking_settings,
+                conn_id=conn_id,
+                max_wait_seconds=MAX_WAIT_SECONDS,
+                service_account=d.service_account,
+            )
         trigger = PyTorchJobFinishedTrigger(name, namespace, conn_id, timeout_seconds=MAX_WAIT_SECONDS)
         self.log.info("waiting for PyTorchJob %s/%s in the triggerer", namespace, name)
         self.defer(
@@ -248,8 +279,12 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
                 outcome = finish_on_kubernetes(spec, req, event)
         except LaunchError as exc:  # a failed job or a timeout: the retry resumes from the checkpoint
             raise RuntimeError(str(exc)) from None
-        self.log.info("PyTorchJob %s/%s succeeded: version %s", event.get("namespace"), event.get("name"),
-                      outcome.version)  # fmt: skip
+        self.log.info(
+            "PyTorchJob %s/%s succeeded: version %s",
+            event.get("namespace"),
+            event.get("name"),
+            outcome.version,
+        )
         return self._returned(context, outcome)
 
     def on_kill(self) -> None:

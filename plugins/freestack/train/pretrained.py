@@ -21,7 +21,11 @@ _SCHEMES = ("file://", "s3://", "data://")
 
 def is_storage_base(base: str) -> bool:
     """Whether ``model.base`` names a folder (a path or a storage URI) rather than a Hub repo id."""
-    return base.startswith(_SCHEMES) or base.startswith(("/", "./", "~")) or os.path.isdir(os.path.expanduser(base))
+    return (
+        base.startswith(_SCHEMES)
+        or base.startswith(("/", "./", "~"))
+        or os.path.isdir(os.path.expanduser(base))
+    )
 
 
 def pretrained_task(spec: PipelineSpec) -> str:
@@ -95,7 +99,9 @@ def check_causal_base(spec: PipelineSpec) -> None:
     model = load_causal_lm(base.folder, meta=True)
     if spec.model.peft is not None:
         add_causal_lora(model, peft_settings(spec))
-    render(chat_tokenizer(spec), [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}])
+    render(
+        chat_tokenizer(spec), [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    )
 
 
 def chat_template(spec: PipelineSpec) -> str | None:
@@ -108,8 +114,10 @@ def chat_template(spec: PipelineSpec) -> str | None:
         try:
             return path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise FreestackError(f"model.chat_template {template!r} cannot be read ({exc}); give a file of the project "
-                                 "(relative to the checkout) or the template itself") from None  # fmt: skip
+            raise FreestackError(
+                f"model.chat_template {template!r} cannot be read ({exc}); give a file of the project "
+                "(relative to the checkout) or the template itself"
+            ) from None
     return template
 
 
@@ -137,8 +145,14 @@ def build_causal_model(spec: PipelineSpec, pre) -> Any:
     peft = peft_settings(spec)
     if peft is not None:
         model = add_causal_lora(model, peft)
-    return CausalLMNet(model, base=pretrained_base(spec).lineage(), columns=pre.columns, max_length=spec.model.max_length,
-                       peft=peft, packing=spec.model.packing)  # fmt: skip
+    return CausalLMNet(
+        model,
+        base=pretrained_base(spec).lineage(),
+        columns=pre.columns,
+        max_length=spec.model.max_length,
+        peft=peft,
+        packing=spec.model.packing,
+    )
 
 
 def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
@@ -154,10 +168,16 @@ def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
     if pretrained_task(spec) == "text-classification":
         tokenizer = base.tokenizer_json()
         if tokenizer is None:
-            raise FreestackError(f"model.base {spec.model.base!r} has no tokenizer.json (a fast tokenizer): save the "
-                                 "base with its tokenizer (tokenizer.save_pretrained) next to the model")  # fmt: skip
-        return {"tokenizer_json": tokenizer, "tokenizer_source": f"{base.repo}@{base.commit}",
-                "text_max_length": spec.model.max_length, "text_special_tokens": True}  # fmt: skip
+            raise FreestackError(
+                f"model.base {spec.model.base!r} has no tokenizer.json (a fast tokenizer): save the "
+                "base with its tokenizer (tokenizer.save_pretrained) next to the model"
+            )
+        return {
+            "tokenizer_json": tokenizer,
+            "tokenizer_source": f"{base.repo}@{base.commit}",
+            "text_max_length": spec.model.max_length,
+            "text_special_tokens": True,
+        }
     (height, width), _, _ = image_settings(base.processor())
     return {"image_size": (height, width), "image_channels": 3}
 
@@ -169,23 +189,48 @@ def build_pretrained_model(spec: PipelineSpec, data) -> Any:
     if spec.model.generative:
         return build_causal_model(spec, data.pre)
     text = data.pre.encoder.text if data.pre.encoder is not None else None
-    return build_pretrained(pretrained_base(spec), pretrained_task(spec), list(data.pre.classes),
-                            pad_id=text.pad_id if text is not None else 0, peft=peft_settings(spec),
-                            augment=list(spec.model.image.augment))  # fmt: skip
+    return build_pretrained(
+        pretrained_base(spec),
+        pretrained_task(spec),
+        list(data.pre.classes),
+        pad_id=text.pad_id if text is not None else 0,
+        peft=peft_settings(spec),
+        augment=list(spec.model.image.augment),
+    )
 
 
 def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
     """The base (repo, revision, commit), the task, LoRA's settings and the trainable parameter count."""
     trainable, total = model.trainable_parameters()
-    out = {"base": {**pretrained_base(spec).lineage(), "task": pretrained_task(spec)},
-           "peft": peft_settings(spec), "parameters": {"trainable": trainable, "total": total}}  # fmt: skip
+    out = {
+        "base": {**pretrained_base(spec).lineage(), "task": pretrained_task(spec)},
+        "peft": peft_settings(spec),
+        "parameters": {"trainable": trainable, "total": total},
+    }
     if spec.model.generative:  # how conversations were rendered: the template's source, its columns, packing
-        out["chat"] = {"template": "model.chat_template" if spec.model.chat_template else "base tokenizer",
-                       "data": spec.model.chat.model_dump(), "max_length": spec.model.max_length, "packing": spec.model.packing}  # fmt: skip
+        out["chat"] = {
+            "template": "model.chat_template" if spec.model.chat_template else "base tokenizer",
+            "data": spec.model.chat.model_dump(),
+            "max_length": spec.model.max_length,
+            "packing": spec.model.packing,
+        }
     return out
 
 
 __all__ = [
-    "build_causal_model", "build_pretrained_model", "chat_encoding", "chat_template", "chat_tokenizer", "check_causal_base", "check_pretrained_model", "encoder_settings", "is_storage_base", "peft_settings",
-    "pretrained_base", "pretrained_lineage", "pretrained_task", "read_storage_file", "storage_base_uri",
-]  # fmt: skip
+    "build_causal_model",
+    "build_pretrained_model",
+    "chat_encoding",
+    "chat_template",
+    "chat_tokenizer",
+    "check_causal_base",
+    "check_pretrained_model",
+    "encoder_settings",
+    "is_storage_base",
+    "peft_settings",
+    "pretrained_base",
+    "pretrained_lineage",
+    "pretrained_task",
+    "read_storage_file",
+    "storage_base_uri",
+]

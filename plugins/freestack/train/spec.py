@@ -21,25 +21,52 @@ class CategorySpec(_Model):
     """How ``category`` columns are encoded (``model.category``): a vocabulary per column, fitted on the
     training split; values outside it (or missing) share the unknown bucket."""
 
-    max_size: int = Field(default=10_000, ge=1, le=1_000_000, description="The most values a column's vocabulary keeps (the most frequent).")
-    min_count: int = Field(default=1, ge=1, description="A value is kept when the training split has it at least this often.")
+    max_size: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="The most values a column's vocabulary keeps (the most frequent).",
+    )
+    min_count: int = Field(
+        default=1, ge=1, description="A value is kept when the training split has it at least this often."
+    )
 
 
 class TextSpec(_Model):
     """How ``text`` columns are tokenized (``model.text``)."""
 
-    tokenizer: str = Field(default="train", min_length=1, max_length=200, description="train: a WordPiece tokenizer trained on the training split (Hugging Face tokenizers); or a Hub repo id whose tokenizer.json is used.")
+    tokenizer: str = Field(
+        default="train",
+        min_length=1,
+        max_length=200,
+        description="train: a WordPiece tokenizer trained on the training split (Hugging Face tokenizers); or a Hub repo id whose tokenizer.json is used.",
+    )
     revision: str = Field(default="main", description="The Hub revision of a named tokenizer.")
-    vocab_size: int = Field(default=8_000, ge=16, le=1_000_000, description="A trained tokenizer's vocabulary size.")
-    max_length: int = Field(default=64, ge=1, le=8192, description="Tokens per text value (longer ones are cut, shorter ones padded).")
+    vocab_size: int = Field(
+        default=8_000, ge=16, le=1_000_000, description="A trained tokenizer's vocabulary size."
+    )
+    max_length: int = Field(
+        default=64,
+        ge=1,
+        le=8192,
+        description="Tokens per text value (longer ones are cut, shorter ones padded).",
+    )
 
 
 class ImageSpec(_Model):
     """How the ``image`` column is decoded for the model (``model.image``)."""
 
-    size: list[int] = Field(default_factory=lambda: [32, 32], min_length=2, max_length=2, description="[height, width] every image is resized to.")
+    size: list[int] = Field(
+        default_factory=lambda: [32, 32],
+        min_length=2,
+        max_length=2,
+        description="[height, width] every image is resized to.",
+    )
     channels: Literal[1, 3] = Field(default=3, description="3: RGB; 1: grey.")
-    augment: list[Literal["flip", "shift"]] = Field(default_factory=list, description="Augmentations in training: flip (horizontal, half the images), shift (up to 1/8 of the size).")
+    augment: list[Literal["flip", "shift"]] = Field(
+        default_factory=list,
+        description="Augmentations in training: flip (horizontal, half the images), shift (up to 1/8 of the size).",
+    )
 
     @field_validator("size")
     @classmethod
@@ -55,10 +82,22 @@ class PeftSpec(_Model):
 
     method: Literal["lora"] = Field(default="lora", description="lora: low-rank adapters (the peft library).")
     r: int = Field(default=8, ge=1, le=1024, description="The adapters' rank (sweepable as peft.r).")
-    alpha: float = Field(default=16, gt=0, description="LoRA's scaling numerator: updates are scaled by alpha / r (sweepable as peft.alpha).")
-    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapters' input (sweepable as peft.dropout).")
-    target_modules: list[str] | None = Field(default=None, description="The modules adapted (names or name suffixes, e.g. [query, value]); default: peft's choice for the base's architecture, else its attention's query and value projections found by name (DistilBERT's q_lin/v_lin, ViT's q_proj/v_proj).")
-    merge: bool = Field(default=False, description="false: a version holds the adapter and names the base repo and commit; true: the adapter merged into full weights.")
+    alpha: float = Field(
+        default=16,
+        gt=0,
+        description="LoRA's scaling numerator: updates are scaled by alpha / r (sweepable as peft.alpha).",
+    )
+    dropout: float = Field(
+        default=0.05, ge=0, lt=1, description="Dropout on the adapters' input (sweepable as peft.dropout)."
+    )
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="The modules adapted (names or name suffixes, e.g. [query, value]); default: peft's choice for the base's architecture, else its attention's query and value projections found by name (DistilBERT's q_lin/v_lin, ViT's q_proj/v_proj).",
+    )
+    merge: bool = Field(
+        default=False,
+        description="false: a version holds the adapter and names the base repo and commit; true: the adapter merged into full weights.",
+    )
 
 
 #: the pretrained tasks of ``type: huggingface`` and the feature kind each one reads
@@ -71,17 +110,30 @@ class ChatDataSpec(_Model):
     chat as JSON (``[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]``; every
     assistant turn is learnt). ``system`` is a system prompt put first in every conversation."""
 
-    prompt: str | None = Field(default="prompt", description="The column of the user's instruction (with response).")
-    response: str | None = Field(default="response", description="The column of the answer to learn (with prompt).")
-    messages: str | None = Field(default=None, description="Instead of prompt/response: the column of whole chats, as JSON lists of {role, content}.")
-    system: str | None = Field(default=None, max_length=20_000, description="A system prompt put first in every conversation, in training and in serving.")
+    prompt: str | None = Field(
+        default="prompt", description="The column of the user's instruction (with response)."
+    )
+    response: str | None = Field(
+        default="response", description="The column of the answer to learn (with prompt)."
+    )
+    messages: str | None = Field(
+        default=None,
+        description="Instead of prompt/response: the column of whole chats, as JSON lists of {role, content}.",
+    )
+    system: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="A system prompt put first in every conversation, in training and in serving.",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _one_form(cls, data):
         if isinstance(data, dict) and data.get("messages") is not None:
             if data.get("prompt") is not None or data.get("response") is not None:
-                raise ValueError("model.data takes either prompt and response columns or a messages column, not both")
+                raise ValueError(
+                    "model.data takes either prompt and response columns or a messages column, not both"
+                )
             return {**data, "prompt": None, "response": None}
         return data
 
@@ -100,11 +152,23 @@ class GenerationEvalSpec(_Model):
     """How a ``text-generation`` model is judged on the held-out rows (``model.generation``): per-token loss
     and perplexity, and ``metric`` over greedy answers of at most ``max_new_tokens`` tokens."""
 
-    metric: Literal["exact_match", "rouge_l"] = Field(default="exact_match", description="exact_match: the answer equals the reference (whitespace trimmed); rouge_l: ROUGE-L F1 (Google's rouge-score package).")
-    max_new_tokens: int = Field(default=32, ge=1, le=4096, description="Tokens generated per answer at evaluation (greedy).")
-    max_rows: int = Field(default=256, ge=1, le=100_000, description="The most test rows answered by generation (perplexity uses them all).")
+    metric: Literal["exact_match", "rouge_l"] = Field(
+        default="exact_match",
+        description="exact_match: the answer equals the reference (whitespace trimmed); rouge_l: ROUGE-L F1 (Google's rouge-score package).",
+    )
+    max_new_tokens: int = Field(
+        default=32, ge=1, le=4096, description="Tokens generated per answer at evaluation (greedy)."
+    )
+    max_rows: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="The most test rows answered by generation (perplexity uses them all).",
+    )
     batch_size: int = Field(default=16, ge=1, le=1024, description="Prompts per generate call at evaluation.")
-    samples: int = Field(default=8, ge=0, le=100, description="Sample prompts shown in the report with both models' answers.")
+    samples: int = Field(
+        default=8, ge=0, le=100, description="Sample prompts shown in the report with both models' answers."
+    )
 
 
 class ModelSpec(_Model):
@@ -113,24 +177,92 @@ class ModelSpec(_Model):
     :mod:`freestack.ml.contract`)."""
 
     name: str | None = Field(default=None, description="registry name; default: the pipeline name")
-    type: Literal["auto", "mlp", "cnn", "custom", "huggingface"] = Field(default="auto", description="auto: a CNN when image_shape is given, else an MLP; custom: your own torch.nn.Module (module, class, init); huggingface: fine-tune a pretrained transformers model (base, task).")
-    module: str | None = Field(default=None, min_length=1, max_length=500, description="type custom: a .py file of the project (relative to the checkout, e.g. include/models/my_net.py) or a dotted import path.")
-    class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="type custom: the torch.nn.Module class in module.")
-    init: dict[str, InitValue] = Field(default_factory=dict, description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).")
-    task: Literal["auto", "classification", "regression", "text-classification", "image-classification", "text-generation"] = Field(default="auto", description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind), or text-generation (instruction-tuning a causal LM on model.data's conversations).")
-    base: str | None = Field(default=None, min_length=1, max_length=500, description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights.")
-    revision: str = Field(default="main", min_length=1, max_length=200, description="type huggingface: the Hub revision of base (a branch, tag or commit); resolved to its commit sha, recorded in lineage.")
-    max_length: int = Field(default=128, ge=8, le=8192, description="type huggingface, text: tokens per text (longer ones are cut).")
-    peft: PeftSpec | None = Field(default=None, description="type huggingface: LoRA adapters instead of full fine-tuning (omit for full).")
-    data: ChatDataSpec | None = Field(default=None, description="task text-generation: the columns of the conversations (default: prompt and response).")
-    chat_template: str | None = Field(default=None, min_length=1, max_length=100_000, description="task text-generation: a Jinja chat template (or a .jinja file of the project) used instead of the base tokenizer's; needed when the base has none.")
-    packing: bool = Field(default=False, description="task text-generation: pack several conversations into each max_length row (positions restart per conversation, so attention stays within it).")
-    generation: GenerationEvalSpec = Field(default_factory=GenerationEvalSpec, description="task text-generation: how the evaluation generates and scores answers.")
+    type: Literal["auto", "mlp", "cnn", "custom", "huggingface"] = Field(
+        default="auto",
+        description="auto: a CNN when image_shape is given, else an MLP; custom: your own torch.nn.Module (module, class, init); huggingface: fine-tune a pretrained transformers model (base, task).",
+    )
+    module: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="type custom: a .py file of the project (relative to the checkout, e.g. include/models/my_net.py) or a dotted import path.",
+    )
+    class_: str | None = Field(
+        default=None,
+        alias="class",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="type custom: the torch.nn.Module class in module.",
+    )
+    init: dict[str, InitValue] = Field(
+        default_factory=dict,
+        description="type custom: keyword arguments of the class's constructor, after the inputs (sweepable as model.init.<name>).",
+    )
+    task: Literal[
+        "auto",
+        "classification",
+        "regression",
+        "text-classification",
+        "image-classification",
+        "text-generation",
+    ] = Field(
+        default="auto",
+        description="auto: classification for string/bool targets and ints with few values, else regression; type huggingface: text-classification or image-classification (auto: from the feature column's kind), or text-generation (instruction-tuning a causal LM on model.data's conversations).",
+    )
+    base: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights.",
+    )
+    revision: str = Field(
+        default="main",
+        min_length=1,
+        max_length=200,
+        description="type huggingface: the Hub revision of base (a branch, tag or commit); resolved to its commit sha, recorded in lineage.",
+    )
+    max_length: int = Field(
+        default=128,
+        ge=8,
+        le=8192,
+        description="type huggingface, text: tokens per text (longer ones are cut).",
+    )
+    peft: PeftSpec | None = Field(
+        default=None,
+        description="type huggingface: LoRA adapters instead of full fine-tuning (omit for full).",
+    )
+    data: ChatDataSpec | None = Field(
+        default=None,
+        description="task text-generation: the columns of the conversations (default: prompt and response).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100_000,
+        description="task text-generation: a Jinja chat template (or a .jinja file of the project) used instead of the base tokenizer's; needed when the base has none.",
+    )
+    packing: bool = Field(
+        default=False,
+        description="task text-generation: pack several conversations into each max_length row (positions restart per conversation, so attention stays within it).",
+    )
+    generation: GenerationEvalSpec = Field(
+        default_factory=GenerationEvalSpec,
+        description="task text-generation: how the evaluation generates and scores answers.",
+    )
     features: list[str] | None = Field(default=None, description="default: every numeric/bool column")
-    image_shape: list[int] | None = Field(default=None, min_length=2, max_length=3, description="The features as an image: [height, width] or [channels, height, width].")
+    image_shape: list[int] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=3,
+        description="The features as an image: [height, width] or [channels, height, width].",
+    )
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="The MLP's hidden layer widths.")
-    channels: list[int] = Field(default_factory=lambda: [16, 32], description="The CNN's convolution channels (also the image column's encoder).")
-    category: CategorySpec = Field(default_factory=CategorySpec, description="How category columns are encoded.")
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 32],
+        description="The CNN's convolution channels (also the image column's encoder).",
+    )
+    category: CategorySpec = Field(
+        default_factory=CategorySpec, description="How category columns are encoded."
+    )
     text: TextSpec = Field(default_factory=TextSpec, description="How text columns are tokenized.")
     image: ImageSpec = Field(default_factory=ImageSpec, description="How the image column is decoded.")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout probability.")
@@ -158,14 +290,20 @@ class ModelSpec(_Model):
             raise ValueError("data, chat_template and packing are for task: text-generation")
         if self.type != "huggingface":
             if self.base or self.peft is not None or self.task in PRETRAINED_TASKS:
-                raise ValueError("base, peft and the tasks text-classification / image-classification are for type: huggingface "
-                                 "(and text-generation)")  # fmt: skip
+                raise ValueError(
+                    "base, peft and the tasks text-classification / image-classification are for type: huggingface "
+                    "(and text-generation)"
+                )
             return self
         if not self.base:
-            raise ValueError("type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
-                             "folder of a saved model (a path, or a file://, s3:// or data:// URI)")  # fmt: skip
+            raise ValueError(
+                "type: huggingface needs base: a Hub repo id (e.g. distilbert/distilbert-base-uncased) or a "
+                "folder of a saved model (a path, or a file://, s3:// or data:// URI)"
+            )
         if self.task == "regression" or self.task == "classification":
-            raise ValueError(f"type: huggingface takes task text-classification or image-classification (or auto), or text-generation, not {self.task!r}")
+            raise ValueError(
+                f"type: huggingface takes task text-classification or image-classification (or auto), or text-generation, not {self.task!r}"
+            )
         return self
 
     @property
@@ -191,8 +329,10 @@ class ModelSpec(_Model):
                 raise ValueError("module, class and init are for type: custom")
             return self
         if not self.module or not self.class_:
-            raise ValueError("type: custom needs module (a .py file of the project, or a dotted import path) "
-                             "and class (the torch.nn.Module class in it)")  # fmt: skip
+            raise ValueError(
+                "type: custom needs module (a .py file of the project, or a dotted import path) "
+                "and class (the torch.nn.Module class in it)"
+            )
         from freestack.ml.contract import static_check
         from freestack.settings import checkout_dir
 
@@ -206,10 +346,27 @@ class DataSpec(_Model):
     """How a training run reads its window (``train.data``): into memory, or streamed from a local spool
     (docs/stages/train.md#windows-larger-than-memory)."""
 
-    mode: Literal["auto", "memory", "stream"] = Field(default="auto", description="auto: stream when the window's estimated in-memory size is over memory_limit_mb; memory: load it whole (fastest); stream: read it in row groups through a shuffle buffer.")
-    memory_limit_mb: int | None = Field(default=None, ge=16, description="auto: the most MiB a window may take in memory (3x its uncompressed Parquet size) before it is streamed; default a quarter of the machine's (or container's) memory.")
-    shuffle_buffer: int = Field(default=65_536, ge=1, le=10_000_000, description="stream: rows in the shuffle buffer (fewer when they would take over 256 MiB encoded).")
-    chunk_rows: int = Field(default=16_384, ge=64, le=1_000_000, description="stream: the most rows read at once (a row group of the spool; also at most 64 MiB).")
+    mode: Literal["auto", "memory", "stream"] = Field(
+        default="auto",
+        description="auto: stream when the window's estimated in-memory size is over memory_limit_mb; memory: load it whole (fastest); stream: read it in row groups through a shuffle buffer.",
+    )
+    memory_limit_mb: int | None = Field(
+        default=None,
+        ge=16,
+        description="auto: the most MiB a window may take in memory (3x its uncompressed Parquet size) before it is streamed; default a quarter of the machine's (or container's) memory.",
+    )
+    shuffle_buffer: int = Field(
+        default=65_536,
+        ge=1,
+        le=10_000_000,
+        description="stream: rows in the shuffle buffer (fewer when they would take over 256 MiB encoded).",
+    )
+    chunk_rows: int = Field(
+        default=16_384,
+        ge=64,
+        le=1_000_000,
+        description="stream: the most rows read at once (a row group of the spool; also at most 64 MiB).",
+    )
 
 
 class DistributedSpec(_Model):
@@ -217,22 +374,85 @@ class DistributedSpec(_Model):
     ranks (DDP), launched by torch's elastic launcher (what ``torchrun`` runs) in the train task, one task per
     node, or as a Kubeflow ``PyTorchJob`` (docs/operating/distributed.md)."""
 
-    processes_per_node: int = Field(default=1, ge=1, le=256, description="Ranks on each node: CPU processes, or one per GPU (at most the node's GPU count).")
-    nodes: int = Field(default=1, ge=1, le=1024, description="Machines; more than 1: the ranks of every node meet at rendezvous (c10d).")
-    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, gloo on the CPU.")
-    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="ddp: every rank holds the model, gradients are averaged (DistributedDataParallel); fsdp: each rank holds a shard of the parameters, gradients and optimizer state (FSDP2, fully_shard), for a model too large for one device.")
-    launcher: Literal["local", "kubernetes"] = Field(default="local", description="local: the train task launches its node's ranks (nodes > 1: one train task per node, on workers that can reach each other); kubernetes: the train task submits a PyTorchJob and follows it.")
-    rendezvous: str = Field(default="127.0.0.1:29400", pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$", description="host:port of the c10d rendezvous, on the machine that runs node 0 (launcher local).")
-    timeout_seconds: float = Field(default=300, ge=10, le=86_400, description="Bounds the rendezvous and every collective: a rank that died or hangs fails the attempt after this long at most, and the retry resumes from the last checkpoint.")
-    threads_per_process: int | None = Field(default=None, ge=1, le=1024, description="CPU threads of each rank; default the train task's threads (FREESTACK_TASK_THREADS, else the worker's share of the cores) divided among the node's ranks, at least 1.")
-    find_unused_parameters: bool = Field(default=False, description="DDP's find_unused_parameters: true for a model whose forward leaves some trainable parameters out.")
-    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,256}$", description="The Airflow pool of the train tasks when nodes > 1 (the gang: it needs a slot per node at once).")
-    host_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="nodes > 1, launcher local: the executor queue of node 0's task (train), one that only the worker at the rendezvous address consumes; default train.queue.")
-    image: str = Field(default="freestack/airflow:0.1.0", min_length=1, max_length=500, description="launcher kubernetes: the image of the ranks' pods (the project's Airflow image, docker/Dockerfile, holds freestack and torch).")
-    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="launcher kubernetes: the namespace of the PyTorchJob.")
-    gpus_per_node: int = Field(default=0, ge=0, le=64, description="launcher kubernetes: nvidia.com/gpu limit of each node's pod.")
-    kubernetes_conn_id: str = Field(default="kubernetes_default", min_length=1, max_length=250, description="launcher kubernetes: the Airflow connection to the cluster (cncf.kubernetes provider's kubernetes type).")
-    service_account: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="launcher kubernetes: the pods' service account (e.g. one bound to an IAM role for S3).")
+    processes_per_node: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Ranks on each node: CPU processes, or one per GPU (at most the node's GPU count).",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Machines; more than 1: the ranks of every node meet at rendezvous (c10d).",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto", description="auto: nccl on CUDA, gloo on the CPU."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="ddp: every rank holds the model, gradients are averaged (DistributedDataParallel); fsdp: each rank holds a shard of the parameters, gradients and optimizer state (FSDP2, fully_shard), for a model too large for one device.",
+    )
+    launcher: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="local: the train task launches its node's ranks (nodes > 1: one train task per node, on workers that can reach each other); kubernetes: the train task submits a PyTorchJob and follows it.",
+    )
+    rendezvous: str = Field(
+        default="127.0.0.1:29400",
+        pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$",
+        description="host:port of the c10d rendezvous, on the machine that runs node 0 (launcher local).",
+    )
+    timeout_seconds: float = Field(
+        default=300,
+        ge=10,
+        le=86_400,
+        description="Bounds the rendezvous and every collective: a rank that died or hangs fails the attempt after this long at most, and the retry resumes from the last checkpoint.",
+    )
+    threads_per_process: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="CPU threads of each rank; default the train task's threads (FREESTACK_TASK_THREADS, else the worker's share of the cores) divided among the node's ranks, at least 1.",
+    )
+    find_unused_parameters: bool = Field(
+        default=False,
+        description="DDP's find_unused_parameters: true for a model whose forward leaves some trainable parameters out.",
+    )
+    pool: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,256}$",
+        description="The Airflow pool of the train tasks when nodes > 1 (the gang: it needs a slot per node at once).",
+    )
+    host_queue: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="nodes > 1, launcher local: the executor queue of node 0's task (train), one that only the worker at the rendezvous address consumes; default train.queue.",
+    )
+    image: str = Field(
+        default="freestack/airflow:0.1.0",
+        min_length=1,
+        max_length=500,
+        description="launcher kubernetes: the image of the ranks' pods (the project's Airflow image, docker/Dockerfile, holds freestack and torch).",
+    )
+    namespace: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="launcher kubernetes: the namespace of the PyTorchJob.",
+    )
+    gpus_per_node: int = Field(
+        default=0, ge=0, le=64, description="launcher kubernetes: nvidia.com/gpu limit of each node's pod."
+    )
+    kubernetes_conn_id: str = Field(
+        default="kubernetes_default",
+        min_length=1,
+        max_length=250,
+        description="launcher kubernetes: the Airflow connection to the cluster (cncf.kubernetes provider's kubernetes type).",
+    )
+    service_account: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="launcher kubernetes: the pods' service account (e.g. one bound to an IAM role for S3).",
+    )
 
     @property
     def world_size(self) -> int:
@@ -240,9 +460,15 @@ class DistributedSpec(_Model):
 
     @model_validator(mode="after")
     def _launcher(self) -> DistributedSpec:
-        if self.launcher == "kubernetes" and self.gpus_per_node and self.processes_per_node > self.gpus_per_node:
-            raise ValueError(f"processes_per_node {self.processes_per_node} is more than gpus_per_node {self.gpus_per_node}: "
-                             "each GPU rank needs its own GPU")  # fmt: skip
+        if (
+            self.launcher == "kubernetes"
+            and self.gpus_per_node
+            and self.processes_per_node > self.gpus_per_node
+        ):
+            raise ValueError(
+                f"processes_per_node {self.processes_per_node} is more than gpus_per_node {self.gpus_per_node}: "
+                "each GPU rank needs its own GPU"
+            )
         return self
 
 
@@ -251,30 +477,77 @@ class TrainSpec(_Model):
 
     schedule: str | None = Field(default=None, description="a cron; default: run on each lake update")
     ingest_wait_minutes: float = Field(
-        default=120, ge=0, le=7 * 24 * 60,
+        default=120,
+        ge=0,
+        le=7 * 24 * 60,
         description="A training run first waits this long at most for the pipeline's queued and running ingest "
         "runs (a backfill) to finish, then fixes its window; 0: do not wait.",
-    )  # fmt: skip
-    ingest_poke_seconds: float = Field(default=30, ge=1, le=3600, description="How often the window task looks again while ingest runs are active.")
-    window_days: int = Field(default=30, ge=1, le=3660, description="Days of lake partitions up to the run's interval to train on.")
-    epochs: int = Field(default=30, ge=1, le=10_000, description="The most epochs (early stopping may end sooner).")
+    )
+    ingest_poke_seconds: float = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="How often the window task looks again while ingest runs are active.",
+    )
+    window_days: int = Field(
+        default=30, ge=1, le=3660, description="Days of lake partitions up to the run's interval to train on."
+    )
+    epochs: int = Field(
+        default=30, ge=1, le=10_000, description="The most epochs (early stopping may end sooner)."
+    )
     learning_rate: float = Field(default=3e-3, gt=0, le=10, description="AdamW's peak learning rate.")
     batch_size: int = Field(default=64, ge=1, le=1_000_000, description="Rows per step.")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW's weight decay.")
-    patience: int = Field(default=5, ge=1, description="Epochs without a better validation metric before stopping.")
-    grad_accumulation: int = Field(default=1, ge=1, le=4096, description="Batches whose gradients are summed before each optimizer step (an effective batch of batch_size x grad_accumulation).")
-    grad_clip: float | None = Field(default=1.0, gt=0, description="The gradient norm is clipped to this (null: no clipping).")
-    scheduler: Literal["cosine", "constant", "onecycle"] = Field(default="cosine", description="The learning-rate schedule (with warmup_epochs of linear warm-up).")
+    patience: int = Field(
+        default=5, ge=1, description="Epochs without a better validation metric before stopping."
+    )
+    grad_accumulation: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Batches whose gradients are summed before each optimizer step (an effective batch of batch_size x grad_accumulation).",
+    )
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="The gradient norm is clipped to this (null: no clipping)."
+    )
+    scheduler: Literal["cosine", "constant", "onecycle"] = Field(
+        default="cosine", description="The learning-rate schedule (with warmup_epochs of linear warm-up)."
+    )
     warmup_epochs: int = Field(default=1, ge=0, description="Epochs of linear warm-up.")
     seed: int = Field(default=42, description="The seed: the same seed gives the same metrics.")
-    val_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the validation split.")
-    test_fraction: float = Field(default=0.15, gt=0, lt=0.5, description="Share of row keys in the test split.")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU.")
-    data: DataSpec = Field(default_factory=DataSpec, description="How the window is read: in memory or streamed.")
-    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Ranks and nodes of a data-parallel training on torch.distributed (default: one process).")
+    val_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Share of row keys in the validation split."
+    )
+    test_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Share of row keys in the test split."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU."
+    )
+    data: DataSpec = Field(
+        default_factory=DataSpec, description="How the window is read: in memory or streamed."
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec,
+        description="Ranks and nodes of a data-parallel training on torch.distributed (default: one process).",
+    )
     # the executor queue of the training tasks (``train`` and the sweep's ``agent``s): ``gpu`` sends them
     # to GPU workers (a Celery worker consuming ``gpu``, or the Helm values' GPU pod template)
-    queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The executor queue of train and the sweep's agents (gpu: GPU workers).")
+    queue: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The executor queue of train and the sweep's agents (gpu: GPU workers).",
+    )
 
 
-__all__ = ["PRETRAINED_TASKS", "CategorySpec", "DataSpec", "DistributedSpec", "ImageSpec", "ModelSpec", "PeftSpec", "TextSpec", "TrainSpec"]
+__all__ = [
+    "PRETRAINED_TASKS",
+    "CategorySpec",
+    "DataSpec",
+    "DistributedSpec",
+    "ImageSpec",
+    "ModelSpec",
+    "PeftSpec",
+    "TextSpec",
+    "TrainSpec",
+]

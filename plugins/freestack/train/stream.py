@@ -76,7 +76,9 @@ class SpoolRows:
         if self._rows is None:
             import pyarrow.parquet as pq
 
-            self._rows = len(self.values(self.column)) if self.column else pq.read_metadata(self.path).num_rows
+            self._rows = (
+                len(self.values(self.column)) if self.column else pq.read_metadata(self.path).num_rows
+            )
         return self._rows
 
     def values(self, column: str) -> pd.Series:
@@ -197,8 +199,9 @@ def choose_mode(spec: PipelineSpec, partitions: list[Partition]) -> tuple[str, s
 # -- spooling ------------------------------------------------------------------------------------------
 
 
-def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[str],
-                 splits: tuple[str, ...] = SPLITS) -> SpooledWindow:  # fmt: skip
+def spool_window(
+    spec: PipelineSpec, window: Window, days: int, columns: list[str], splits: tuple[str, ...] = SPLITS
+) -> SpooledWindow:
     """The window's ``columns`` split into local Parquet files (``splits`` of them), each partition's
     bytes checked against the fixed sha256 as they are copied (WindowError when one changed)."""
     from freestack.settings import settings
@@ -220,14 +223,20 @@ def spool_window(spec: PipelineSpec, window: Window, days: int, columns: list[st
         folder.cleanup()
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise
-        raise WindowError(f"spooling the window of {spec.name!r} to {folder.name} failed ({exc}); free space there "
-                          "or set FREESTACK_SPOOL_DIR to a local folder with room for the window") from None  # fmt: skip
+        raise WindowError(
+            f"spooling the window of {spec.name!r} to {folder.name} failed ({exc}); free space there "
+            "or set FREESTACK_SPOOL_DIR to a local folder with room for the window"
+        ) from None
     except BaseException:
         folder.cleanup()
         raise
     rows = {s: SpoolRows(writer.path(s), _rows=writer.rows[s]) for s in splits}
-    log.info("window spooled to %s: %s rows (%s)", folder.name, f"{sum(writer.rows.values()):,}",
-             ", ".join(f"{s} {n:,}" for s, n in writer.rows.items()))  # fmt: skip
+    log.info(
+        "window spooled to %s: %s rows (%s)",
+        folder.name,
+        f"{sum(writer.rows.values()):,}",
+        ", ".join(f"{s} {n:,}" for s, n in writer.rows.items()),
+    )
     return SpooledWindow(folder, rows, parts, (t.val_fraction, t.test_fraction))
 
 
@@ -245,11 +254,14 @@ def _keys(spec: PipelineSpec, p: Partition):
     except FileNotFoundError:
         raise WindowError(changed_message(spec, p, "was removed")) from None
     except pa.ArrowInvalid as exc:  # published partitions read as Parquet: this one's bytes changed
-        raise WindowError(changed_message(spec, p, f"was rewritten (it no longer reads as Parquet: {exc})")) from None
+        raise WindowError(
+            changed_message(spec, p, f"was rewritten (it no longer reads as Parquet: {exc})")
+        ) from None
 
 
-def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: list[str], writer: _SplitWriter,
-                     drop=None) -> dict[str, Any]:  # fmt: skip
+def _spool_partition(
+    spec: PipelineSpec, p: Partition, folder: str, columns: list[str], writer: _SplitWriter, drop=None
+) -> dict[str, Any]:
     """One partition copied (hashed on the way), split row by row into ``writer`` (but the rows ``drop``
     marks: a later partition has their key), its copy removed."""
     import pyarrow as pa
@@ -261,14 +273,18 @@ def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: lis
     copy = os.path.join(folder, "partition.parquet")
     sha, size = _copy_hashed(spec, p, copy)
     if sha != p.sha256:
-        raise WindowError(changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)"))
+        raise WindowError(
+            changed_message(spec, p, f"was rewritten (sha256 {p.sha256[:12]}… then, {sha[:12]}… now)")
+        )
     t, key, rows, start = spec.train, spec.source.schema_.key, 0, 0
     with pq.ParquetFile(copy) as f:
         missing = [c for c in columns if c not in f.schema_arrow.names]
         if missing:
-            raise WindowError(f"lake partition ds={p.ds} of {spec.name!r} has no column(s) {missing}, which the model "
-                              "reads: it was ingested under an older spec; re-ingest that day, or leave it out of "
-                              "the window (window_days)")  # fmt: skip
+            raise WindowError(
+                f"lake partition ds={p.ds} of {spec.name!r} has no column(s) {missing}, which the model "
+                "reads: it was ingested under an older spec; re-ingest that day, or leave it out of "
+                "the window (window_days)"
+            )
         for batch in f.iter_batches(batch_size=4096, columns=columns):
             start += batch.num_rows
             if drop is not None:
@@ -279,8 +295,15 @@ def _spool_partition(spec: PipelineSpec, p: Partition, folder: str, columns: lis
             rows += batch.num_rows
     os.remove(copy)
     dropped = int(drop.sum()) if drop is not None else 0
-    return {"ds": p.ds, "uri": p.uri, "sha256": sha, "bytes": size, "rows": rows, "superseded": dropped,
-            "events": list(p.events)}  # fmt: skip
+    return {
+        "ds": p.ds,
+        "uri": p.uri,
+        "sha256": sha,
+        "bytes": size,
+        "rows": rows,
+        "superseded": dropped,
+        "events": list(p.events),
+    }
 
 
 def _copy_hashed(spec: PipelineSpec, p: Partition, dest: str) -> tuple[str, int]:
@@ -325,15 +348,20 @@ class _SplitWriter:
             try:
                 batch = pa.Table.from_batches([batch]).cast(self._schema).combine_chunks().to_batches()[0]
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, IndexError) as exc:
-                raise WindowError(f"lake partition ds={ds} has columns {batch.schema} unlike the earlier "
-                                  f"partitions' {self._schema} ({exc}); re-ingest it with the current spec") from None  # fmt: skip
+                raise WindowError(
+                    f"lake partition ds={ds} has columns {batch.schema} unlike the earlier "
+                    f"partitions' {self._schema} ({exc}); re-ingest it with the current spec"
+                ) from None
         for s in self.splits:
             rows = batch.filter(pa.array(np.asarray(split == s)))
             if rows.num_rows:
                 self._held[s].append(rows)
                 self.rows[s] += rows.num_rows
                 held = self._held[s]
-                if sum(b.num_rows for b in held) >= self.chunk_rows or sum(b.nbytes for b in held) >= GROUP_BYTES:
+                if (
+                    sum(b.num_rows for b in held) >= self.chunk_rows
+                    or sum(b.nbytes for b in held) >= GROUP_BYTES
+                ):
                     self._flush(s)
 
     def _flush(self, split: str) -> None:
@@ -361,5 +389,13 @@ class _SplitWriter:
                 pq.write_table(pa.Table.from_batches([], schema=self._schema or pa.schema([])), self.path(s))
 
 
-__all__ = ["FrameRows", "SpoolRows", "SpooledWindow", "WindowData", "choose_mode", "memory_limit_bytes",
-           "spool_window", "uncompressed_bytes"]  # fmt: skip
+__all__ = [
+    "FrameRows",
+    "SpoolRows",
+    "SpooledWindow",
+    "WindowData",
+    "choose_mode",
+    "memory_limit_bytes",
+    "spool_window",
+    "uncompressed_bytes",
+]

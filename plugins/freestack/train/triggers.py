@@ -30,17 +30,25 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
     group, version, plural, kind = GROUP, VERSION, PLURAL, KIND
     terminal = frozenset({"succeeded", "failed"})
 
-    def __init__(self, name: str, namespace: str, conn_id: str = k8s.DEFAULT_CONN_ID,
-                 timeout_seconds: float = k8s.MAX_WAIT_SECONDS, poll_seconds: float = k8s.POLL_SECONDS,
-                 deadline: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        conn_id: str = k8s.DEFAULT_CONN_ID,
+        timeout_seconds: float = k8s.MAX_WAIT_SECONDS,
+        poll_seconds: float = k8s.POLL_SECONDS,
+        deadline: float | None = None,
+    ):
         super().__init__(name, namespace, conn_id, timeout_seconds, poll_seconds, deadline)
 
     def state_of(self, obj: dict[str, Any]) -> tuple[str, str]:
         return k8s.job_progress(obj)
 
     def missing(self) -> tuple[str, str]:
-        return "failed", (f"{self.what} was deleted on {self.host} while the train task awaited it; run the task "
-                          "again (it resumes from the last checkpoint)")  # fmt: skip
+        return "failed", (
+            f"{self.what} was deleted on {self.host} while the train task awaited it; run the task "
+            "again (it resumes from the last checkpoint)"
+        )
 
     def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
         err = k8s._api_error(status, reason, body, action="read", **self._where())
@@ -62,8 +70,14 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
         try:
             async with AsyncKubernetesHook(conn_id=self.conn_id).get_conn() as api_client:
                 api = CustomObjectsApi(api_client)
-                await api.delete_namespaced_custom_object(self.group, self.version, self.namespace, self.plural,
-                                                          self.name, propagation_policy="Foreground")  # fmt: skip
+                await api.delete_namespaced_custom_object(
+                    self.group,
+                    self.version,
+                    self.namespace,
+                    self.plural,
+                    self.name,
+                    propagation_policy="Foreground",
+                )
         except Exception as exc:  # gone already, or the API refused: the job's own deadline still stops it
             self.log.warning("could not delete %s after the task was killed: %s", self.what, exc)
         else:

@@ -58,7 +58,9 @@ class Window:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Window:
-        parts = [Partition(**{**p, "events": tuple(p.get("events") or ())}) for p in d.get("partitions") or []]
+        parts = [
+            Partition(**{**p, "events": tuple(p.get("events") or ())}) for p in d.get("partitions") or []
+        ]
         return cls(
             d["end_ds"], int(d["days"]), int(d.get("bound_days") or d["days"]), parts, d.get("chosen", "form")
         )
@@ -95,9 +97,12 @@ class Window:
         by_part: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for e in events:
             by_part.setdefault((e["partition"].rstrip("/"), e["ds"], e["part_sha256"]), []).append(
-                {k: e[k] for k in ("id", "timestamp", "dag_id", "run_id")})  # fmt: skip
-        parts = [dataclasses.replace(p, events=tuple(by_part.get((p.uri.rsplit("/", 1)[0], p.ds, p.sha256), ())))
-                 for p in self.partitions]  # fmt: skip
+                {k: e[k] for k in ("id", "timestamp", "dag_id", "run_id")}
+            )
+        parts = [
+            dataclasses.replace(p, events=tuple(by_part.get((p.uri.rsplit("/", 1)[0], p.ds, p.sha256), ())))
+            for p in self.partitions
+        ]
         return dataclasses.replace(self, partitions=parts)
 
 
@@ -207,8 +212,12 @@ def superseded(spec: PipelineSpec, keys: list | None, n: int) -> list:
         masks.append(mask)
     masks.reverse()
     if dropped := sum(int(m.sum()) for m in masks):
-        log.info("%d rows of %s's window have a key that a later partition has again: the latest row of each key is "
-                 "read (source.policy.unique_key: window)", dropped, spec.name)  # fmt: skip
+        log.info(
+            "%d rows of %s's window have a key that a later partition has again: the latest row of each key is "
+            "read (source.policy.unique_key: window)",
+            dropped,
+            spec.name,
+        )
     return masks
 
 
@@ -257,5 +266,16 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
     return None
 
 
-__all__ = ["Partition", "Window", "WindowError", "already_trained", "fix_window", "changed_message", "lineage_window", "read_window",
-           "superseded", "window_interval", "window_unique"]  # fmt: skip
+__all__ = [
+    "Partition",
+    "Window",
+    "WindowError",
+    "already_trained",
+    "fix_window",
+    "changed_message",
+    "lineage_window",
+    "read_window",
+    "superseded",
+    "window_interval",
+    "window_unique",
+]

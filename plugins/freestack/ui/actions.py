@@ -56,16 +56,24 @@ async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: st
         async with httpx.AsyncClient(timeout=30) as client:
             got = await client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
-        raise ActionError(f"Airflow's API at {url} did not answer ({exc}); is [api] base_url this server?") from None
+        raise ActionError(
+            f"Airflow's API at {url} did not answer ({exc}); is [api] base_url this server?"
+        ) from None
     if got.status_code >= 400:
         try:
             detail = got.json().get("detail")
         except ValueError:
             detail = got.text[:300]
-        raise ActionError(f"Airflow refused to start {dag_id} (HTTP {got.status_code}): {detail}", got.status_code)
+        raise ActionError(
+            f"Airflow refused to start {dag_id} (HTTP {got.status_code}): {detail}", got.status_code
+        )
     run = got.json()
-    return Triggered(dag_id=dag_id, run_id=run["dag_run_id"], state=run.get("state") or "queued",
-                     url=run_url(dag_id, run["dag_run_id"]))  # fmt: skip
+    return Triggered(
+        dag_id=dag_id,
+        run_id=run["dag_run_id"],
+        state=run.get("state") or "queued",
+        url=run_url(dag_id, run["dag_run_id"]),
+    )
 
 
 async def runs_in_flight(dag_id: str, token: str) -> list[str] | None:
@@ -75,8 +83,11 @@ async def runs_in_flight(dag_id: str, token: str) -> list[str] | None:
     url = f"{api_base_url()}/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            got = await client.get(url, params=[("state", "queued"), ("state", "running"), ("limit", "20")],
-                                   headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            got = await client.get(
+                url,
+                params=[("state", "queued"), ("state", "running"), ("limit", "20")],
+                headers={"Authorization": f"Bearer {token}"},
+            )
         got.raise_for_status()
         return [r["dag_run_id"] for r in got.json().get("dag_runs", [])]
     except (httpx.HTTPError, ValueError, KeyError):

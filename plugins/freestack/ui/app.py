@@ -43,8 +43,13 @@ HEADERS = {
 FILE_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PAGE_SIZE = 100
 
-views_app = FastAPI(title="freestack views", docs_url=None, redoc_url=None, openapi_url=None,
-                    dependencies=[Depends(current_user)])  # fmt: skip
+views_app = FastAPI(
+    title="freestack views",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+    dependencies=[Depends(current_user)],
+)
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.suffix in (".css", ".js", ".svg")}
 
 
@@ -52,7 +57,9 @@ def _templates():
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.filters["num"] = lambda v, digits=4: "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+    env.filters["num"] = lambda v, digits=4: (
+        "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
+    )
     env.filters["short"] = lambda v, n=12: "" if not v else str(v)[:n]
     env.globals["plotly_js"] = plotly_js_name  # the versioned name, read when a chart page is first drawn
     return env
@@ -68,9 +75,11 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     from freestack.ui.actions import run_url
 
     html = TEMPLATES.get_template(template).render(
-        base=str(request.scope.get("root_path", "")) or URL_PREFIX, user=user_name(request.state.user),
-        run_url=run_url, **context,
-    )  # fmt: skip
+        base=str(request.scope.get("root_path", "")) or URL_PREFIX,
+        user=user_name(request.state.user),
+        run_url=run_url,
+        **context,
+    )
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
@@ -84,8 +93,11 @@ def static(name: str) -> Response:
     if name not in STATIC:
         raise HTTPException(404, f"no static file {name!r}")
     kinds = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
-    return Response(STATIC[name].read_bytes(), media_type=kinds[STATIC[name].suffix],
-                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})  # fmt: skip
+    return Response(
+        STATIC[name].read_bytes(),
+        media_type=kinds[STATIC[name].suffix],
+        headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @views_app.get("/vendor/{name}")
@@ -105,9 +117,12 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
     if _wants_json(request):
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers={"Cache-Control": "no-store"})
     if not hasattr(request.state, "user"):
-        return HTMLResponse(TEMPLATES.get_template("login.html").render(message=exc.detail), exc.status_code,
-                            headers=HEADERS)  # fmt: skip
-    return page(request, "error.html", status=exc.status_code, title=f"HTTP {exc.status_code}", message=exc.detail)
+        return HTMLResponse(
+            TEMPLATES.get_template("login.html").render(message=exc.detail), exc.status_code, headers=HEADERS
+        )
+    return page(
+        request, "error.html", status=exc.status_code, title=f"HTTP {exc.status_code}", message=exc.detail
+    )
 
 
 async def user_of(request: Request, user: Any = Depends(current_user)) -> Any:
@@ -145,7 +160,9 @@ def _models_overview(user: Any) -> list[catalog.ModelPage]:
 @views_app.get("/", response_class=HTMLResponse)
 @views_app.get("/models", response_class=HTMLResponse)
 async def models(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "models.html", title="Models", tab="models", models=await off_loop(_models_overview, user))
+    return page(
+        request, "models.html", title="Models", tab="models", models=await off_loop(_models_overview, user)
+    )
 
 
 @views_app.get("/api/models")
@@ -154,7 +171,9 @@ async def models_json(request: Request, user: Any = Depends(user_of)) -> list[ca
 
 
 @views_app.get("/models/{pipeline}", response_class=HTMLResponse)
-async def model(request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)) -> HTMLResponse:
+async def model(
+    request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
+) -> HTMLResponse:
     from freestack.ui.plots import metric_over_versions
 
     _, spec = _pipeline(pipeline, user)
@@ -165,10 +184,20 @@ async def model(request: Request, pipeline: str, pg: int = Query(1, ge=1), user:
     metric = _plotted_metric(spec, newest)
     figure = metric_over_versions(data.versions, metric) if metric and len(data.versions) > 1 else None
     columns = list(dict.fromkeys(k for r in shown for k in r.metrics))  # a sortable column per test metric
-    return page(request, "model.html", title=f"{data.model} versions", tab="models", m=data, shown=shown, pg=pg,
-                pages=pages, metric_columns=columns, figures=[figure] if figure else [],
-                may_promote=may_trigger(user, f"{pipeline}_promote"),
-                may_rollback=may_trigger(user, f"{pipeline}_rollback"))  # fmt: skip
+    return page(
+        request,
+        "model.html",
+        title=f"{data.model} versions",
+        tab="models",
+        m=data,
+        shown=shown,
+        pg=pg,
+        pages=pages,
+        metric_columns=columns,
+        figures=[figure] if figure else [],
+        may_promote=may_trigger(user, f"{pipeline}_promote"),
+        may_rollback=may_trigger(user, f"{pipeline}_rollback"),
+    )
 
 
 def _plotted_metric(spec: Any, newest: list[catalog.VersionRow]) -> str | None:
@@ -200,17 +229,26 @@ def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
 
 
 @views_app.get("/models/{pipeline}/{version}", response_class=HTMLResponse)
-async def version(request: Request, pipeline: str, version: str, user: Any = Depends(user_of)) -> HTMLResponse:
+async def version(
+    request: Request, pipeline: str, version: str, user: Any = Depends(user_of)
+) -> HTMLResponse:
     from freestack.ui.actions import run_url
     from freestack.ui.cards import render_card
 
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     af = v.lineage.get("airflow") or {}
-    return page(request, "version.html", title=f"{v.model} {v.row.version}", tab="models", v=v,
-                card=render_card(v.card), trained_on=catalog.trained_on(v.lineage),
-                run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
-                may_promote=may_trigger(user, f"{pipeline}_promote"))  # fmt: skip
+    return page(
+        request,
+        "version.html",
+        title=f"{v.model} {v.row.version}",
+        tab="models",
+        v=v,
+        card=render_card(v.card),
+        trained_on=catalog.trained_on(v.lineage),
+        run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
+        may_promote=may_trigger(user, f"{pipeline}_promote"),
+    )
 
 
 @views_app.get("/api/models/{pipeline}/{version}")
@@ -226,13 +264,28 @@ async def version_file(pipeline: str, version: str, rel: str, user: Any = Depend
     v = await off_loop(_version, pipeline, spec, version)
     if rel not in v.files:
         raise HTTPException(404, f"{v.model} {v.row.version} has no registered file {rel!r}")
-    kinds = {".html": "text/html", ".png": "image/png", ".json": "application/json", ".md": "text/plain",
-             ".csv": "text/csv", ".txt": "text/plain"}  # fmt: skip
+    kinds = {
+        ".html": "text/html",
+        ".png": "image/png",
+        ".json": "application/json",
+        ".md": "text/plain",
+        ".csv": "text/csv",
+        ".txt": "text/plain",
+    }
     kind = kinds.get(Path(rel).suffix.lower())
-    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP, "Cache-Control": "private, max-age=3600"}
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": FILE_CSP,
+        "Cache-Control": "private, max-age=3600",
+    }
     if kind is None:
-        kind, headers["Content-Disposition"] = "application/octet-stream", f'attachment; filename="{Path(rel).name}"'
-    return StreamingResponse(catalog.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers)
+        kind, headers["Content-Disposition"] = (
+            "application/octet-stream",
+            f'attachment; filename="{Path(rel).name}"',
+        )
+    return StreamingResponse(
+        catalog.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -246,21 +299,33 @@ def _same_origin(request: Request) -> None:
         raise HTTPException(403, f"the form was sent from {urlsplit(origin).netloc}, not from this server")
 
 
-def _action(pipeline: str, kind: str, version: str, alias: str | None, to: str | None,
-            expect: str | None) -> dict[str, Any]:  # fmt: skip
+def _action(
+    pipeline: str, kind: str, version: str, alias: str | None, to: str | None, expect: str | None
+) -> dict[str, Any]:
     """What a promote or rollback would run: the DAG, its form, and a sentence saying what it does. The
     form names the version the button showed (``to`` for a rollback) and what the alias is as the user
     asks (``expect``): the run moves it only while it still is."""
     if kind == "rollback":
-        return {"dag_id": f"{pipeline}_rollback", "conf": {"version": to, "expect_production": expect}, "alias": "production",
-                "title": "roll back production", "expect": expect,
-                "what": f"production goes back from {expect} to {to}, which is redeployed"}  # fmt: skip
+        return {
+            "dag_id": f"{pipeline}_rollback",
+            "conf": {"version": to, "expect_production": expect},
+            "alias": "production",
+            "title": "roll back production",
+            "expect": expect,
+            "what": f"production goes back from {expect} to {to}, which is redeployed",
+        }
     if alias not in ("production", "staging"):
         raise HTTPException(400, f"alias {alias!r} cannot be set here: use production or staging")
     what = f"{alias} points at {version}" + (" and it is redeployed" if alias == "production" else "")
     title = "promote to production" if alias == "production" else f"set {alias}"
-    return {"dag_id": f"{pipeline}_promote", "conf": {"version": version, "alias": alias, "expect": expect},
-            "alias": alias, "expect": expect, "what": what, "title": title}  # fmt: skip
+    return {
+        "dag_id": f"{pipeline}_promote",
+        "conf": {"version": version, "alias": alias, "expect": expect},
+        "alias": alias,
+        "expect": expect,
+        "what": what,
+        "title": title,
+    }
 
 
 def _check(kind: str) -> None:
@@ -269,8 +334,15 @@ def _check(kind: str) -> None:
 
 
 @views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
-async def confirm(request: Request, pipeline: str, version: str, kind: str, alias: str = "production",
-                  to: str = Query("", max_length=128), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+async def confirm(
+    request: Request,
+    pipeline: str,
+    version: str,
+    kind: str,
+    alias: str = "production",
+    to: str = Query("", max_length=128),
+    user: Any = Depends(user_of),
+) -> HTMLResponse:
     """The confirmation page. A rollback's button names the production it showed (``version``) and the
     version it goes back to (``to``, else previous as it is now); a promotion's form keeps what the alias
     is now. The gate's decision on a version to promote is shown with its reasons."""
@@ -281,21 +353,48 @@ async def confirm(request: Request, pipeline: str, version: str, kind: str, alia
     v = await off_loop(_version, pipeline, spec, version)
     current = await off_loop(catalog.aliases, spec)
     if kind == "rollback":
-        to = (await off_loop(_version, pipeline, spec, to or current.get("previous") or "previous")).row.version
-    act = _action(pipeline, kind, v.row.version, alias, to,
-                  v.row.version if kind == "rollback" else current.get(alias))  # fmt: skip
+        to = (
+            await off_loop(_version, pipeline, spec, to or current.get("previous") or "previous")
+        ).row.version
+    act = _action(
+        pipeline, kind, v.row.version, alias, to, v.row.version if kind == "rollback" else current.get(alias)
+    )
     moved = kind == "rollback" and current.get("production") != v.row.version
     allowed = may_trigger(user, act["dag_id"])
-    training = await runs_in_flight(f"{pipeline}_train", request_token(request) or "") if act["alias"] == "production" else []
-    return page(request, "confirm.html", title=f"Confirm: {act['title']}", tab="models", v=v, kind=kind, alias=alias,
-                act=act, allowed=allowed, current=current, training=training, moved=moved,
-                status=200 if allowed else 403)  # fmt: skip
+    training = (
+        await runs_in_flight(f"{pipeline}_train", request_token(request) or "")
+        if act["alias"] == "production"
+        else []
+    )
+    return page(
+        request,
+        "confirm.html",
+        title=f"Confirm: {act['title']}",
+        tab="models",
+        v=v,
+        kind=kind,
+        alias=alias,
+        act=act,
+        allowed=allowed,
+        current=current,
+        training=training,
+        moved=moved,
+        status=200 if allowed else 403,
+    )
 
 
 @views_app.post("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
-async def act(request: Request, pipeline: str, version: str, kind: str, alias: str = Form("production"),
-              reason: str = Form("", max_length=500), to: str = Form("", max_length=128),
-              expect: str = Form("", max_length=128), user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+async def act(
+    request: Request,
+    pipeline: str,
+    version: str,
+    kind: str,
+    alias: str = Form("production"),
+    reason: str = Form("", max_length=500),
+    to: str = Form("", max_length=128),
+    expect: str = Form("", max_length=128),
+    user: Any = Depends(user_of),
+) -> HTMLResponse:
     """Start the run the confirmation page showed: its form names the version that page named and what the
     alias was then (``expect``), so the run moves nothing if another move landed first."""
     from freestack.ui.actions import ActionError, trigger
@@ -305,15 +404,20 @@ async def act(request: Request, pipeline: str, version: str, kind: str, alias: s
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     if kind == "rollback" and not (to and expect):
-        raise HTTPException(400, "the form does not name the version to roll back to and the production it "
-                                 "replaces: open the rollback from the Models page again")  # fmt: skip
+        raise HTTPException(
+            400,
+            "the form does not name the version to roll back to and the production it "
+            "replaces: open the rollback from the Models page again",
+        )
     if kind == "rollback":
         to = (await off_loop(_version, pipeline, spec, to)).row.version
     action = _action(pipeline, kind, v.row.version, alias, to, expect or None)
     if not may_trigger(user, action["dag_id"]):
         raise HTTPException(403, f"you may not trigger {action['dag_id']}, so not {kind} {v.model}")
     conf = {**action["conf"], **({"reason": reason} if kind == "promote" and reason else {})}
-    note = f"{kind} from the freestack Models page by {user_name(user)}: {action['what']}" + (f" ({reason})" if reason else "")
+    note = f"{kind} from the freestack Models page by {user_name(user)}: {action['what']}" + (
+        f" ({reason})" if reason else ""
+    )
     try:
         run = await trigger(action["dag_id"], conf, request_token(request) or "", note)
     except ActionError as exc:
@@ -331,7 +435,9 @@ def _sweeps_overview(user: Any) -> list[tuple[str, list[catalog.SweepRow]]]:
 
 @views_app.get("/sweeps", response_class=HTMLResponse)
 async def sweeps(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "sweeps.html", title="Sweeps", tab="sweeps", groups=await off_loop(_sweeps_overview, user))
+    return page(
+        request, "sweeps.html", title="Sweeps", tab="sweeps", groups=await off_loop(_sweeps_overview, user)
+    )
 
 
 def _sweep(pipeline: str, spec: Any, sweep_id: str) -> catalog.SweepPage:
@@ -344,8 +450,12 @@ async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depe
 
     s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
     figures = [metric_vs_params(s), metric_over_epochs(s)] if s.trials else []
-    counts = {state: sum(t.state == state for t in s.trials) for state in dict.fromkeys(t.state for t in s.trials)}
-    return page(request, "sweep.html", title=f"Sweep {sweep_id}", tab="sweeps", s=s, figures=figures, counts=counts)
+    counts = {
+        state: sum(t.state == state for t in s.trials) for state in dict.fromkeys(t.state for t in s.trials)
+    }
+    return page(
+        request, "sweep.html", title=f"Sweep {sweep_id}", tab="sweeps", s=s, figures=figures, counts=counts
+    )
 
 
 @views_app.get("/api/sweeps/{pipeline}")
@@ -359,7 +469,9 @@ async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of))
 
 
 @views_app.get("/api/sweeps/{pipeline}/{sweep_id}/live")
-async def sweep_live(pipeline: str, sweep_id: str, known: str = Query("", max_length=64), user: Any = Depends(user_of)) -> Any:
+async def sweep_live(
+    pipeline: str, sweep_id: str, known: str = Query("", max_length=64), user: Any = Depends(user_of)
+) -> Any:
     """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
     status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
     from freestack.ui.sweep_live import sweep_update
@@ -379,8 +491,13 @@ def _deployments(user: Any) -> list[catalog.DeploymentRow]:
 
 @views_app.get("/deployments", response_class=HTMLResponse)
 async def deployments(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "deployments.html", title="Deployments", tab="deployments",
-                rows=await off_loop(_deployments, user))  # fmt: skip
+    return page(
+        request,
+        "deployments.html",
+        title="Deployments",
+        tab="deployments",
+        rows=await off_loop(_deployments, user),
+    )
 
 
 @views_app.get("/api/deployments")
@@ -421,7 +538,13 @@ def _monitoring(user: Any, figures: bool = False) -> list[catalog.MonitoringPage
 
 @views_app.get("/monitoring", response_class=HTMLResponse)
 async def monitoring(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "monitoring.html", title="Monitoring", tab="monitoring", pages=await off_loop(_monitoring, user, True))
+    return page(
+        request,
+        "monitoring.html",
+        title="Monitoring",
+        tab="monitoring",
+        pages=await off_loop(_monitoring, user, True),
+    )
 
 
 @views_app.get("/api/monitoring")
@@ -438,8 +561,11 @@ async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(us
     data = await off_loop(catalog.monitoring_report, spec, interval)
     if data is None:
         raise HTTPException(404, f"{pipeline} has no monitoring report for {interval}")
-    return Response(data, media_type="text/html", headers={"X-Content-Type-Options": "nosniff",
-                                                           "Content-Security-Policy": FILE_CSP})  # fmt: skip
+    return Response(
+        data,
+        media_type="text/html",
+        headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": FILE_CSP},
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,15 +576,22 @@ def _scoring(name: str, user: Any) -> Any:
     """The spec of pipeline ``name``, when it has a ``score:`` block and the user may read its ``<name>_score`` DAG."""
     spec = next((s for p, s in catalog.pipelines() if p.name == name), None)
     if spec is not None and spec.score is None:
-        raise HTTPException(404, f"pipeline {name!r} has no score: block, so no {name}_score DAG and no scores: add "
-                                 "one to its spec to score its lake day by day")  # fmt: skip
+        raise HTTPException(
+            404,
+            f"pipeline {name!r} has no score: block, so no {name}_score DAG and no scores: add "
+            "one to its spec to score its lake day by day",
+        )
     return _pipeline(name, user, "score")[1]
 
 
 def _scores(user: Any, figures: bool = False) -> list[catalog.ScoresPage]:
     """The newest scored days of each readable pipeline with a ``score:`` block; with ``figures``, the page's charts."""
-    specs = [(p, s) for p, s in catalog.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")]
-    return [_with_figure(catalog.scores_page(p.name, s, 1, catalog.SCORES_OVERVIEW), figures) for p, s in specs]
+    specs = [
+        (p, s) for p, s in catalog.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")
+    ]
+    return [
+        _with_figure(catalog.scores_page(p.name, s, 1, catalog.SCORES_OVERVIEW), figures) for p, s in specs
+    ]
 
 
 def _with_figure(data: catalog.ScoresPage, figure: bool = True) -> catalog.ScoresPage:
@@ -477,14 +610,28 @@ def _scores_of(pipeline: str, spec: Any, pg: int, figure: bool = False) -> catal
 
 @views_app.get("/scores", response_class=HTMLResponse)
 async def scores(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    return page(request, "scores.html", title="Scores", tab="scores", pages=await off_loop(_scores, user, True), single=False)
+    return page(
+        request,
+        "scores.html",
+        title="Scores",
+        tab="scores",
+        pages=await off_loop(_scores, user, True),
+        single=False,
+    )
 
 
 @views_app.get("/scores/{pipeline}", response_class=HTMLResponse)
-async def scores_one(request: Request, pipeline: str, pg: int = Query(1, ge=1), run: str = Query("", max_length=250),
-                     user: Any = Depends(user_of)) -> HTMLResponse:  # fmt: skip
+async def scores_one(
+    request: Request,
+    pipeline: str,
+    pg: int = Query(1, ge=1),
+    run: str = Query("", max_length=250),
+    user: Any = Depends(user_of),
+) -> HTMLResponse:
     data = await off_loop(_scores_of, pipeline, _scoring(pipeline, user), pg, True)
-    return page(request, "scores.html", title=f"Scores: {pipeline}", tab="scores", pages=[data], single=True, run=run)
+    return page(
+        request, "scores.html", title=f"Scores: {pipeline}", tab="scores", pages=[data], single=True, run=run
+    )
 
 
 @views_app.get("/api/scores")
@@ -493,7 +640,9 @@ async def scores_json(user: Any = Depends(user_of)) -> list[catalog.ScoresPage]:
 
 
 @views_app.get("/api/scores/{pipeline}")
-async def scores_one_json(pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)) -> catalog.ScoresPage:
+async def scores_one_json(
+    pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
+) -> catalog.ScoresPage:
     return await off_loop(_scores_of, pipeline, _scoring(pipeline, user), pg)
 
 
@@ -502,8 +651,14 @@ async def scores_one_json(pipeline: str, pg: int = Query(1, ge=1), user: Any = D
 
 
 @views_app.get("/task")
-async def task_page(request: Request, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
-                    user: Any = Depends(user_of)) -> RedirectResponse:  # fmt: skip
+async def task_page(
+    request: Request,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_index: int = -1,
+    user: Any = Depends(user_of),
+) -> RedirectResponse:
     """Where a pipeline task's "freestack" extra link goes: the version its run made, its sweep, the
     deployment, the aliases, the lake, or the days its run scored."""
     from freestack.ui.tasks import page_of_task
@@ -518,5 +673,8 @@ __all__ = ["URL_PREFIX", "views_app"]
 
 from freestack.ui import extra_pages  # noqa: E402  (compare, try a deployment, quarantined rows: on this app's login)
 
-views_app.include_router(extra_pages.routes(page=page, pipeline=_pipeline, off_loop=off_loop, found=found, same_origin=_same_origin))
-
+views_app.include_router(
+    extra_pages.routes(
+        page=page, pipeline=_pipeline, off_loop=off_loop, found=found, same_origin=_same_origin
+    )
+)

@@ -58,9 +58,14 @@ async def current_user(request: Request) -> Any:
 def _dag_check(user: Any, dag_id: str, method: str, run: bool) -> bool:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
-    return bool(auth_manager().is_authorized_dag(
-        method=method, access_entity=DagAccessEntity.RUN if run else None, details=DagDetails(id=dag_id), user=user,
-    ))  # fmt: skip
+    return bool(
+        auth_manager().is_authorized_dag(
+            method=method,
+            access_entity=DagAccessEntity.RUN if run else None,
+            details=DagDetails(id=dag_id),
+            user=user,
+        )
+    )
 
 
 def may_read(user: Any, dag_id: str) -> bool:

@@ -14,9 +14,20 @@ from pydantic import BaseModel
 #: the card's sections the version page shows in its own tables
 PAGE_SECTIONS = ("Metrics", "Training data", "Gate decision", "Lineage")
 #: metadata the version page shows itself: the metrics, the window, the partitions, the gate, the lineage
-PAGE_KEYS = {"model-index", "freestack.metrics", "freestack.window", "freestack.partitions", "freestack.gate",
-             "freestack.spec_hash", "freestack.code_version", "freestack.airflow", "freestack.wandb",
-             "freestack.model", "freestack.version", "freestack.sweep"}  # fmt: skip
+PAGE_KEYS = {
+    "model-index",
+    "freestack.metrics",
+    "freestack.window",
+    "freestack.partitions",
+    "freestack.gate",
+    "freestack.spec_hash",
+    "freestack.code_version",
+    "freestack.airflow",
+    "freestack.wandb",
+    "freestack.model",
+    "freestack.version",
+    "freestack.sweep",
+}
 
 
 class RenderedCard(BaseModel):
@@ -92,8 +103,9 @@ def render_card(text: str | None, page_sections: tuple[str, ...] = PAGE_SECTIONS
         return None
     metadata, body = split_front_matter(text)
     md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
-    return RenderedCard(metadata=metadata, html=md.render(_without_sections(body, page_sections)),
-                        facts=card_facts(metadata))  # fmt: skip
+    return RenderedCard(
+        metadata=metadata, html=md.render(_without_sections(body, page_sections)), facts=card_facts(metadata)
+    )
 
 
 __all__ = ["PAGE_KEYS", "PAGE_SECTIONS", "RenderedCard", "card_facts", "render_card", "split_front_matter"]

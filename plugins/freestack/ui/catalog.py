@@ -93,7 +93,9 @@ def subfolders(folder: ObjectStoragePath) -> list[str]:
 
 
 def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
-    return {k: float(v) for k, v in (d or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in (d or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,9 +121,20 @@ def pipelines() -> list[tuple[Pipeline, PipelineSpec]]:
     for name, spec in discover_specs().items():
         if isinstance(spec, SpecError):
             continue
-        out.append((Pipeline(name=name, model=spec.model_name, root=str(spec.root), description=spec.description or "",
-                             train_dag=f"{name}_train", ingest_dag=f"{name}_ingest",
-                             trains=spec.source.schema_.target is not None), spec))  # fmt: skip
+        out.append(
+            (
+                Pipeline(
+                    name=name,
+                    model=spec.model_name,
+                    root=str(spec.root),
+                    description=spec.description or "",
+                    train_dag=f"{name}_train",
+                    ingest_dag=f"{name}_ingest",
+                    trains=spec.source.schema_.target is not None,
+                ),
+                spec,
+            )
+        )
     return out
 
 
@@ -134,7 +147,9 @@ class Gate(BaseModel):
     reasons: list[str] = []
     metric: str | None = None
     approval: str | None = None
-    decided_again: bool = Field(False, description="decided again by `promote` (production had moved); this holds")
+    decided_again: bool = Field(
+        False, description="decided again by `promote` (production had moved); this holds"
+    )
     against: str | None = Field(None, description="the production version it was judged against")
 
 
@@ -197,9 +212,14 @@ def gate_of(g: dict[str, Any]) -> Gate:
     if not g:
         return Gate(decision="none")
     promoted = g.get("promote", g.get("decision") == "promote")
-    return Gate(decision="promoted" if promoted else "blocked", reasons=[str(r) for r in g.get("reasons") or []],
-                metric=g.get("metric"), approval=g.get("approval"), decided_again=bool(g.get("decided_again")),
-                against=g.get("champion_version"))  # fmt: skip
+    return Gate(
+        decision="promoted" if promoted else "blocked",
+        reasons=[str(r) for r in g.get("reasons") or []],
+        metric=g.get("metric"),
+        approval=g.get("approval"),
+        decided_again=bool(g.get("decided_again")),
+        against=g.get("champion_version"),
+    )
 
 
 def decided_again(rows: list[VersionRow], aliases: dict[str, Any]) -> list[VersionRow]:
@@ -208,7 +228,9 @@ def decided_again(rows: list[VersionRow], aliases: dict[str, Any]) -> list[Versi
     from freestack.registry.core import redecisions
 
     again = redecisions(aliases)
-    return [r.model_copy(update={"gate": gate_of(again[r.version])}) if r.version in again else r for r in rows]
+    return [
+        r.model_copy(update={"gate": gate_of(again[r.version])}) if r.version in again else r for r in rows
+    ]
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -229,9 +251,13 @@ def trained_on(lineage: dict[str, Any]) -> str:
     if isinstance(nodes, int) and isinstance(per_node, int):
         text += f" ({_count(nodes, 'node', 'nodes')} × {_count(per_node, 'process', 'processes')})"
     strategy = d.get("strategy")
-    extra = [str(d["backend"]) if d.get("backend") else None,
-             (str(strategy).upper() if str(strategy).lower() in ("ddp", "fsdp") else str(strategy)) if strategy else None,
-             f"{d['launcher']} launcher" if d.get("launcher") else None]  # fmt: skip
+    extra = [
+        str(d["backend"]) if d.get("backend") else None,
+        (str(strategy).upper() if str(strategy).lower() in ("ddp", "fsdp") else str(strategy))
+        if strategy
+        else None,
+        f"{d['launcher']} launcher" if d.get("launcher") else None,
+    ]
     return ", ".join([text, *(e for e in extra if e)])
 
 
@@ -246,12 +272,17 @@ def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
     metrics = metrics_summary(files.get(f"{version}/metrics.json") or {})
     window, airflow = lineage.get("window") or {}, lineage.get("airflow") or {}
     return VersionRow(
-        version=version, created=marker.get("registered_at"), window_end=window.get("end_ds"),
-        window_days=window.get("days"), partitions=len(lineage.get("partitions") or []),
-        metrics={k: v for k, v in _numbers(metrics).items() if k.startswith("test_")}, gate=_gate(lineage),
-        airflow_run=airflow.get("run_id"), airflow_dag=airflow.get("dag_id"),
+        version=version,
+        created=marker.get("registered_at"),
+        window_end=window.get("end_ds"),
+        window_days=window.get("days"),
+        partitions=len(lineage.get("partitions") or []),
+        metrics={k: v for k, v in _numbers(metrics).items() if k.startswith("test_")},
+        gate=_gate(lineage),
+        airflow_run=airflow.get("run_id"),
+        airflow_dag=airflow.get("dag_id"),
         sweep=(lineage.get("sweep") or {}).get("id"),
-    )  # fmt: skip
+    )
 
 
 def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = None) -> list[VersionRow]:
@@ -299,20 +330,42 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
 
     reg = registry_for(spec)
     aliases = reg.aliases()
-    history = [AliasMove(at=e.get("at"), action=e.get("action", "?"), alias=e.get("alias", "?"), version=e.get("version"),
-                         previous=e.get("from"), reason=e.get("reason"), by=e.get("by"))
-               for e in aliases.get("history") or []]  # fmt: skip
-    return ModelPage(pipeline=pipeline, model=spec.model_name, root=str(reg.root),
-                     versions=version_rows(reg.folder, aliases), aliases=_named(aliases), history=history[::-1],
-                     served=served_by(str(reg.root), spec.model_name, aliases))  # fmt: skip
+    history = [
+        AliasMove(
+            at=e.get("at"),
+            action=e.get("action", "?"),
+            alias=e.get("alias", "?"),
+            version=e.get("version"),
+            previous=e.get("from"),
+            reason=e.get("reason"),
+            by=e.get("by"),
+        )
+        for e in aliases.get("history") or []
+    ]
+    return ModelPage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        root=str(reg.root),
+        versions=version_rows(reg.folder, aliases),
+        aliases=_named(aliases),
+        history=history[::-1],
+        served=served_by(str(reg.root), spec.model_name, aliases),
+    )
 
 
 def served_by(root: str, model: str, aliases: dict[str, Any]) -> list[Served]:
     """The model's serving deployments, each flagged when its version is not what its alias says."""
     from freestack.serving.records import alias_drift, served_alias, serving_records
 
-    return [Served(name=r["name"], version=r.get("version"), alias=served_alias(r), mismatch=alias_drift(root, r, aliases))
-            for r in serving_records(root, model)]  # fmt: skip
+    return [
+        Served(
+            name=r["name"],
+            version=r.get("version"),
+            alias=served_alias(r),
+            mismatch=alias_drift(root, r, aliases),
+        )
+        for r in serving_records(root, model)
+    ]
 
 
 class LakeEvent(BaseModel):
@@ -352,21 +405,43 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
     reg = registry_for(spec)
     info = reg.get(version)
     name = info["version"]
-    row = _VERSIONS.get((str(reg.folder), name)) or _version_row(name, {  # what get() read already
-        f"{name}/{MARKER}": {"registered_at": info["created"]}, f"{name}/lineage.json": info["lineage"],
-        f"{name}/metrics.json": info["metrics_full"]})  # fmt: skip
+    row = _VERSIONS.get((str(reg.folder), name)) or _version_row(
+        name,
+        {  # what get() read already
+            f"{name}/{MARKER}": {"registered_at": info["created"]},
+            f"{name}/lineage.json": info["lineage"],
+            f"{name}/metrics.json": info["metrics_full"],
+        },
+    )
     assert row is not None
     [row] = decided_again([row], reg.aliases())
     files = {rel: int((meta or {}).get("size", 0)) for rel, meta in sorted(info["files"].items())}
     lineage = info["lineage"]
-    parts = [Partition(ds=str(p.get("ds")), sha256=p.get("sha256"), rows=p.get("rows"), superseded=p.get("superseded") or 0,
-                       events=p.get("events") or []) for p in lineage.get("partitions") or [] if isinstance(p, dict)]  # fmt: skip
+    parts = [
+        Partition(
+            ds=str(p.get("ds")),
+            sha256=p.get("sha256"),
+            rows=p.get("rows"),
+            superseded=p.get("superseded") or 0,
+            events=p.get("events") or [],
+        )
+        for p in lineage.get("partitions") or []
+        if isinstance(p, dict)
+    ]
     return VersionPage(
-        pipeline=pipeline, model=spec.model_name, row=row, aliases=info["aliases"], uri=info["uri"], card=info["card"],
-        metrics=_numbers(info["metrics_full"]), lineage=lineage, partitions=parts, files=files,
+        pipeline=pipeline,
+        model=spec.model_name,
+        row=row,
+        aliases=info["aliases"],
+        uri=info["uri"],
+        card=info["card"],
+        metrics=_numbers(info["metrics_full"]),
+        lineage=lineage,
+        partitions=parts,
+        files=files,
         plots=[f for f in files if f.startswith("evaluation/") and f.endswith(".png")],
         report="evaluation/report.html" if "evaluation/report.html" in files else None,
-    )  # fmt: skip
+    )
 
 
 def version_file_chunks(spec: PipelineSpec, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -411,8 +486,12 @@ class Importance(BaseModel):
     """How much one parameter matters to the sweep's metric (W&B's parameter importance panel)."""
 
     parameter: str
-    importance: float = Field(description="a random forest's feature importance for the metric (all sum to 1)")
-    correlation: float | None = Field(description="linear correlation of the value (log10 if log-distributed) with the metric")
+    importance: float = Field(
+        description="a random forest's feature importance for the metric (all sum to 1)"
+    )
+    correlation: float | None = Field(
+        description="linear correlation of the value (log10 if log-distributed) with the metric"
+    )
 
 
 class SweepPage(BaseModel):
@@ -421,13 +500,20 @@ class SweepPage(BaseModel):
     parameters: list[str]
     trials: list[Trial]
     best: Trial | None
-    status: str = Field("finished", description="running (agents at work), finished (every trial is in), stopped "
-                                                "(no agent at work before the run cap)")  # fmt: skip
+    status: str = Field(
+        "finished",
+        description="running (agents at work), finished (every trial is in), stopped "
+        "(no agent at work before the run cap)",
+    )
     max_trials: int | None = None
     distributions: dict[str, str] = Field({}, description="parameter -> its distribution in the sweep config")
-    importance: list[Importance] = Field([], description="most important first; empty while too few trials finished")
+    importance: list[Importance] = Field(
+        [], description="most important first; empty while too few trials finished"
+    )
     importance_note: str | None = None
-    signature: str = Field("", description="changes whenever a trial or the status does (the live view's poll)")
+    signature: str = Field(
+        "", description="changes whenever a trial or the status does (the live view's poll)"
+    )
 
 
 def _runs_folder(spec: PipelineSpec):
@@ -448,11 +534,17 @@ def _sweep_row(doc: dict[str, Any]) -> SweepRow:
     best = doc["best"]
     metric = best.get("metric") or ((doc.get("config") or {}).get("metric") or {}).get("name")
     return SweepRow(
-        sweep_id=doc["id"], method=(doc.get("config") or {}).get("method", "?"), created=doc.get("created_at"),
-        metric=metric, goal=best.get("goal") or ((doc.get("config") or {}).get("metric") or {}).get("goal"),
-        trials=int(best.get("trials") or 0), best_trial=best.get("best_trial"), best_value=best.get("best_value"),
-        airflow_run=((doc.get("request") or {}).get("airflow") or {}).get("run_id"), version_uri=best.get("version_uri"),
-    )  # fmt: skip
+        sweep_id=doc["id"],
+        method=(doc.get("config") or {}).get("method", "?"),
+        created=doc.get("created_at"),
+        metric=metric,
+        goal=best.get("goal") or ((doc.get("config") or {}).get("metric") or {}).get("goal"),
+        trials=int(best.get("trials") or 0),
+        best_trial=best.get("best_trial"),
+        best_value=best.get("best_value"),
+        airflow_run=((doc.get("request") or {}).get("airflow") or {}).get("run_id"),
+        version_uri=best.get("version_uri"),
+    )
 
 
 def sweeps(spec: PipelineSpec) -> list[SweepRow]:
@@ -473,10 +565,16 @@ def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
     if state == "finished" and doc.get("stopped"):
         state = "early-stopped"
     slot = str((doc.get("lease") or {}).get("slot") or "")
-    return Trial(trial=doc["id"], state=state, agent=f"agent {slot.rsplit('/', 1)[-1]}" if slot else None, params=doc.get("params") or {},
-                 value=best_of(hist, metric, goal), epochs=len(hist),
-                 history=[r.get(metric) if isinstance(r.get(metric), int | float) else None for r in hist],
-                 error=doc.get("error"))  # fmt: skip
+    return Trial(
+        trial=doc["id"],
+        state=state,
+        agent=f"agent {slot.rsplit('/', 1)[-1]}" if slot else None,
+        params=doc.get("params") or {},
+        value=best_of(hist, metric, goal),
+        epochs=len(hist),
+        history=[r.get(metric) if isinstance(r.get(metric), int | float) else None for r in hist],
+        error=doc.get("error"),
+    )
 
 
 def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
@@ -500,15 +598,26 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     row.trials = len(trials)
     scored = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
     best = next((t for t in trials if t.trial == row.best_trial), None) or (
-        (max if row.goal == "maximize" else min)(scored, key=lambda t: t.value) if scored else None)  # fmt: skip
+        (max if row.goal == "maximize" else min)(scored, key=lambda t: t.value) if scored else None
+    )
     dists = distributions(doc.get("config") or {})
     params = list(dict.fromkeys([*dists, *(k for t in trials for k in t.params)]))
     status = sweep_status(doc, docs)
     signature = _signature(status, row, trials)
     importance, note = _cached_importance((str(folder), signature), trials, params, dists)
-    return SweepPage(pipeline=pipeline, sweep=row, parameters=params, trials=trials, best=best, status=status,
-                     max_trials=doc.get("max_trials"), distributions=dists, importance=importance, importance_note=note,
-                     signature=signature)  # fmt: skip
+    return SweepPage(
+        pipeline=pipeline,
+        sweep=row,
+        parameters=params,
+        trials=trials,
+        best=best,
+        status=status,
+        max_trials=doc.get("max_trials"),
+        distributions=dists,
+        importance=importance,
+        importance_note=note,
+        signature=signature,
+    )
 
 
 #: (sweep folder, signature) -> its parameter importance: a sweep's trials unchanged, the forest is not fit again
@@ -516,8 +625,9 @@ _IMPORTANCE: dict[tuple[str, str], tuple[list[Importance], str | None]] = {}
 IMPORTANCE_CACHE_SIZE = 64
 
 
-def _cached_importance(key: tuple[str, str], trials: list[Trial], params: list[str],
-                       dists: dict[str, str]) -> tuple[list[Importance], str | None]:  # fmt: skip
+def _cached_importance(
+    key: tuple[str, str], trials: list[Trial], params: list[str], dists: dict[str, str]
+) -> tuple[list[Importance], str | None]:
     got = _IMPORTANCE.get(key)
     if got is None:
         got = parameter_importance(trials, params, dists)
@@ -529,10 +639,18 @@ def _cached_importance(key: tuple[str, str], trials: list[Trial], params: list[s
 
 
 #: W&B's distributions whose values spread over orders of magnitude: drawn on log axes
-LOG_DISTRIBUTIONS = frozenset({
-    "log_uniform", "log_uniform_values", "q_log_uniform", "q_log_uniform_values", "inv_log_uniform",
-    "inv_log_uniform_values", "log_normal", "q_log_normal",
-})  # fmt: skip
+LOG_DISTRIBUTIONS = frozenset(
+    {
+        "log_uniform",
+        "log_uniform_values",
+        "q_log_uniform",
+        "q_log_uniform_values",
+        "inv_log_uniform",
+        "inv_log_uniform_values",
+        "log_normal",
+        "q_log_normal",
+    }
+)
 #: a sweep whose trials (and sweep.json) went this long unchanged, none of them leased, has no agent at work
 STALE_SECONDS = 300.0
 #: finished trials needed before parameter importance is estimated
@@ -549,7 +667,15 @@ def distributions(config: dict[str, Any]) -> dict[str, str]:
         if not isinstance(p, dict):
             continue
         ints = isinstance(p.get("min"), int) and isinstance(p.get("max"), int)
-        inferred = "categorical" if "values" in p else "constant" if "value" in p else "int_uniform" if ints else "uniform"
+        inferred = (
+            "categorical"
+            if "values" in p
+            else "constant"
+            if "value" in p
+            else "int_uniform"
+            if ints
+            else "uniform"
+        )
         out[name] = p.get("distribution") or inferred
     return out
 
@@ -583,7 +709,12 @@ def sweep_status(doc: dict[str, Any], trials: list[dict[str, Any]], now: float |
 def _signature(status: str, row: SweepRow, trials: list[Trial]) -> str:
     import hashlib
 
-    seen = [status, row.best_trial, row.version_uri, *((t.trial, t.state, t.epochs, t.value, t.error) for t in trials)]
+    seen = [
+        status,
+        row.best_trial,
+        row.version_uri,
+        *((t.trial, t.state, t.epochs, t.value, t.error) for t in trials),
+    ]
     return hashlib.sha256(json.dumps(seen, default=str).encode()).hexdigest()[:16]
 
 
@@ -602,7 +733,9 @@ def _encoded(values: list[Any], distribution: str | None) -> tuple[list[float], 
     return [float(codes[label]) for label in labels], False
 
 
-def parameter_importance(trials: list[Trial], params: list[str], dists: dict[str, str]) -> tuple[list[Importance], str | None]:
+def parameter_importance(
+    trials: list[Trial], params: list[str], dists: dict[str, str]
+) -> tuple[list[Importance], str | None]:
     """W&B's parameter importance: a random forest fit on the finished trials (parameters -> metric) gives
     each parameter's importance, and each numeric one's correlation with the metric; with a note instead
     while fewer than :data:`MIN_IMPORTANCE_TRIALS` trials finished."""
@@ -611,16 +744,28 @@ def parameter_importance(trials: list[Trial], params: list[str], dists: dict[str
 
     done = [t for t in trials if t.state in ("finished", "early-stopped") and t.value is not None]
     if len(done) < MIN_IMPORTANCE_TRIALS:
-        return [], f"{len(done)} finished trials: too few to estimate parameter importance (it needs {MIN_IMPORTANCE_TRIALS})"
+        return (
+            [],
+            f"{len(done)} finished trials: too few to estimate parameter importance (it needs {MIN_IMPORTANCE_TRIALS})",
+        )
     y = np.asarray([t.value for t in done], np.float64)
-    cols = {p: c for p in params if (c := _encoded([t.params.get(p) for t in done], dists.get(p))) and np.ptp(c[0]) > 0}
+    cols = {
+        p: c
+        for p in params
+        if (c := _encoded([t.params.get(p) for t in done], dists.get(p))) and np.ptp(c[0]) > 0
+    }
     if not cols or np.ptp(y) == 0:
         return [], "no parameter or no metric value varies across the finished trials: nothing to compare"
     x = np.column_stack([c for c, _ in cols.values()])
     forest = RandomForestRegressor(n_estimators=100, random_state=0).fit(x, y)
-    out = [Importance(parameter=p, importance=round(float(w), 4),
-                      correlation=round(float(np.corrcoef(c, y)[0, 1]), 4) if numeric else None)
-           for (p, (c, numeric)), w in zip(cols.items(), forest.feature_importances_, strict=True)]  # fmt: skip
+    out = [
+        Importance(
+            parameter=p,
+            importance=round(float(w), 4),
+            correlation=round(float(np.corrcoef(c, y)[0, 1]), 4) if numeric else None,
+        )
+        for (p, (c, numeric)), w in zip(cols.items(), forest.feature_importances_, strict=True)
+    ]
     return sorted(out, key=lambda i: -i.importance), None
 
 
@@ -673,17 +818,32 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
     serving = record.get("state") == "serving"
     kubernetes = record.get("target") == "kubernetes"
     if kubernetes:
-        address, health = f"SeldonDeployment {record.get('namespace')}/{record.get('name')}", record.get("message")
+        address, health = (
+            f"SeldonDeployment {record.get('namespace')}/{record.get('name')}",
+            record.get("message"),
+        )
     else:
-        address, health = record.get("predict_url") or record.get("url"), describe(record).get("health") if serving else None
+        address, health = (
+            record.get("predict_url") or record.get("url"),
+            describe(record).get("health") if serving else None,
+        )
     return DeploymentRow(
-        pipeline=pipeline, model=record.get("model", "?"), name=record.get("name", "?"), target=record.get("target", "local"),
-        state=record.get("state", "?"), version=record.get("version"), address=address, health=health,
-        since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"), smoke=record.get("smoke"),
-        serving=serving_stats(record.get("metrics_url")) if serving else Serving(), traffic=traffic_split(record),
-        history=list(record.get("history") or [])[-10:][::-1], alias=served_alias(record),
+        pipeline=pipeline,
+        model=record.get("model", "?"),
+        name=record.get("name", "?"),
+        target=record.get("target", "local"),
+        state=record.get("state", "?"),
+        version=record.get("version"),
+        address=address,
+        health=health,
+        since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"),
+        smoke=record.get("smoke"),
+        serving=serving_stats(record.get("metrics_url")) if serving else Serving(),
+        traffic=traffic_split(record),
+        history=list(record.get("history") or [])[-10:][::-1],
+        alias=served_alias(record),
         mismatch=alias_drift(root, record),
-    )  # fmt: skip
+    )
 
 
 def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
@@ -712,8 +872,12 @@ def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
     count = sums.get("freestack_model_predict_seconds_count", 0.0)
     mean = 1000 * sums.get("freestack_model_predict_seconds_sum", 0.0) / count if count else None
     p95 = next((1000 * le for le, n in sorted(buckets.items()) if count and n >= 0.95 * count), None)
-    return Serving(requests=count, rows=sums.get("freestack_prediction_rows_total"), mean_latency_ms=mean,
-                   p95_latency_ms=p95 if p95 is None or p95 != float("inf") else None)
+    return Serving(
+        requests=count,
+        rows=sums.get("freestack_prediction_rows_total"),
+        mean_latency_ms=mean,
+        p95_latency_ms=p95 if p95 is None or p95 != float("inf") else None,
+    )
 
 
 def deployments() -> list[DeploymentRow]:
@@ -746,7 +910,9 @@ class LakePage(BaseModel):
     pipeline: str
     root: str
     partitions: list[PartitionRow]
-    missing: list[str] = Field(default_factory=list, description="days between the first and last partition without one")
+    missing: list[str] = Field(
+        default_factory=list, description="days between the first and last partition without one"
+    )
 
 
 def lake_page(pipeline: str, spec: PipelineSpec) -> LakePage:
@@ -774,11 +940,15 @@ class IntervalRow(BaseModel):
     rows: int
     labels: int
     versions: list[str]
-    alerts: list[str] = Field(description="one line per drifted column or metric: feature, statistic, threshold, report")
+    alerts: list[str] = Field(
+        description="one line per drifted column or metric: feature, statistic, threshold, report"
+    )
     notes: list[str]
     top: list[tuple[str, float]] = Field(description="the largest PSI values of the interval (column, PSI)")
     drift: dict[str, tuple[float, float | None]] = Field(
-        {}, description="every monitored series: (PSI, its test's p-value), the largest PSI of the versions served")
+        {},
+        description="every monitored series: (PSI, its test's p-value), the largest PSI of the versions served",
+    )
 
 
 class MonitoringPage(BaseModel):
@@ -787,7 +957,9 @@ class MonitoringPage(BaseModel):
     thresholds: dict[str, float]
     actions: list[str]
     intervals: list[IntervalRow] = Field(description="newest first")
-    figure: str | None = Field(None, exclude=True, description="drift over time (Plotly JSON) for the page; not in the API")
+    figure: str | None = Field(
+        None, exclude=True, description="drift over time (Plotly JSON) for the page; not in the API"
+    )
 
 
 def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> MonitoringPage:
@@ -800,15 +972,29 @@ def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> Monit
     for s in recent_summaries(spec, limit):
         start, end = s["interval"]["start"], s["interval"]["end"]
         series = sorted((x for v in s["versions"] for x in v.get("series", [])), key=lambda x: -x["psi"])
-        rows.append(IntervalRow(
-            name=interval_name(datetime.fromisoformat(start), datetime.fromisoformat(end)), start=start, end=end,
-            status=s["status"], rows=s["rows"], labels=s["labels"], versions=[v["version"] for v in s["versions"]],
-            alerts=[a["message"] for a in s["alerts"]], notes=s["notes"] + s["problems"],
-            top=[(x["name"], round(x["psi"], 3)) for x in series[:3]], drift=_drift_of(series),
-        ))  # fmt: skip
+        rows.append(
+            IntervalRow(
+                name=interval_name(datetime.fromisoformat(start), datetime.fromisoformat(end)),
+                start=start,
+                end=end,
+                status=s["status"],
+                rows=s["rows"],
+                labels=s["labels"],
+                versions=[v["version"] for v in s["versions"]],
+                alerts=[a["message"] for a in s["alerts"]],
+                notes=s["notes"] + s["problems"],
+                top=[(x["name"], round(x["psi"], 3)) for x in series[:3]],
+                drift=_drift_of(series),
+            )
+        )
     m = spec.monitor
-    return MonitoringPage(pipeline=pipeline, model=spec.model_name, thresholds=m.thresholds.model_dump(),
-                          actions=list(m.actions), intervals=rows)  # fmt: skip
+    return MonitoringPage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        thresholds=m.thresholds.model_dump(),
+        actions=list(m.actions),
+        intervals=rows,
+    )
 
 
 def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | None]]:
@@ -817,7 +1003,9 @@ def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | No
     out: dict[str, tuple[float, float | None]] = {}
     for x in series:
         p = x.get("p_value")
-        out.setdefault(x["name"], (round(float(x["psi"]), 4), float(p) if isinstance(p, int | float) else None))
+        out.setdefault(
+            x["name"], (round(float(x["psi"]), 4), float(p) if isinstance(p, int | float) else None)
+        )
     return out
 
 
@@ -877,8 +1065,12 @@ class ScoredDay(BaseModel):
     scored_at: str | None = None
     dag_id: str | None = None
     run_id: str | None = None
-    problem: str | None = Field(None, description="why the day cannot be read (then only ds and folder are known)")
-    failed: ScoreFailure | None = Field(None, description="the day's last run failed (after the scores shown, if any)")
+    problem: str | None = Field(
+        None, description="why the day cannot be read (then only ds and folder are known)"
+    )
+    failed: ScoreFailure | None = Field(
+        None, description="the day's last run failed (after the scores shown, if any)"
+    )
 
     def shown_classes(self) -> list[ClassCount]:
         """The :data:`SHOWN_CLASSES` most predicted classes, in label order."""
@@ -890,13 +1082,17 @@ class ScoresPage(BaseModel):
     pipeline: str
     model: str
     folder: str = Field(description="where the days' folders are")
-    version: str = Field(description="what score.version asks for: an alias (resolved by each run) or a version")
+    version: str = Field(
+        description="what score.version asks for: an alias (resolved by each run) or a version"
+    )
     schedule: str
     total: int = Field(description="days scored (folders found)")
     page: int
     pages: int
     days: list[ScoredDay] = Field(description="this page's days, newest first")
-    figure: str | None = Field(None, exclude=True, description="predictions over the days (Plotly JSON); not in the API")
+    figure: str | None = Field(
+        None, exclude=True, description="predictions over the days (Plotly JSON); not in the API"
+    )
 
 
 def score_days(spec: PipelineSpec) -> list[str]:
@@ -917,12 +1113,20 @@ def _label_order(label: str) -> tuple[int, float, str]:
 def _classes(predictions: dict[str, Any]) -> list[ClassCount]:
     counts = {str(k): int(v) for k, v in predictions.items()}
     total = sum(counts.values()) or 1
-    return [ClassCount(label=k, rows=counts[k], share=round(counts[k] / total, 4)) for k in sorted(counts, key=_label_order)]
+    return [
+        ClassCount(label=k, rows=counts[k], share=round(counts[k] / total, 4))
+        for k in sorted(counts, key=_label_order)
+    ]
 
 
 def _values(p: dict[str, Any]) -> ValueStats:
     n = int(p.get("count") or 0)
-    return ValueStats(count=n, min=p.get("min") if n else None, mean=p["sum"] / n if n else None, max=p.get("max") if n else None)
+    return ValueStats(
+        count=n,
+        min=p.get("min") if n else None,
+        mean=p["sum"] / n if n else None,
+        max=p.get("max") if n else None,
+    )
 
 
 def _day_of(ds: str, folder: str, m: dict[str, Any]) -> ScoredDay:
@@ -934,11 +1138,21 @@ def _day_of(ds: str, folder: str, m: dict[str, Any]) -> ScoredDay:
         raise UnreadableScores(f"the manifest in the footer has no {' and no '.join(missing)}")
     run, preds, regression = m.get("run") or {}, m.get("predictions") or {}, m.get("task") == "regression"
     return ScoredDay(
-        ds=ds, folder=folder, version=m["version"], version_uri=m.get("version_uri"), task=m.get("task"),
-        rows_in=m.get("rows_in"), rows_scored=m["rows_scored"], rows_quarantined=m.get("rows_quarantined") or 0,
-        classes=[] if regression else _classes(preds), values=_values(preds) if regression and preds else None,
-        inputs=m.get("inputs") or [], scored_at=m.get("scored_at"), dag_id=run.get("dag_id"), run_id=run.get("run_id"),
-    )  # fmt: skip
+        ds=ds,
+        folder=folder,
+        version=m["version"],
+        version_uri=m.get("version_uri"),
+        task=m.get("task"),
+        rows_in=m.get("rows_in"),
+        rows_scored=m["rows_scored"],
+        rows_quarantined=m.get("rows_quarantined") or 0,
+        classes=[] if regression else _classes(preds),
+        values=_values(preds) if regression and preds else None,
+        inputs=m.get("inputs") or [],
+        scored_at=m.get("scored_at"),
+        dag_id=run.get("dag_id"),
+        run_id=run.get("run_id"),
+    )
 
 
 def scored_day(spec: PipelineSpec, ds: str) -> ScoredDay:
@@ -953,7 +1167,9 @@ def scored_day(spec: PipelineSpec, ds: str) -> ScoredDay:
     except UnreadableScores as exc:
         problem = str(exc)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        problem = f"the manifest in the footer is not a scores manifest ({type(exc).__name__}: {str(exc)[:200]})"
+        problem = (
+            f"the manifest in the footer is not a scores manifest ({type(exc).__name__}: {str(exc)[:200]})"
+        )
     fix = f"Rescore the day: clear its score task, or `freestack backfill {spec.name} --dag score --reprocess completed` over it"
     return ScoredDay(ds=ds, folder=folder, problem=f"{problem}. {fix}", failed=failed)
 
@@ -962,8 +1178,13 @@ def _failure(record: dict[str, Any] | None) -> ScoreFailure | None:
     if record is None:
         return None
     run = record.get("run") if isinstance(record.get("run"), dict) else {}
-    return ScoreFailure(error=str(record["error"]), task=record.get("task"), failed_at=record.get("failed_at"),
-                        dag_id=run.get("dag_id"), run_id=run.get("run_id"))  # fmt: skip
+    return ScoreFailure(
+        error=str(record["error"]),
+        task=record.get("task"),
+        failed_at=record.get("failed_at"),
+        dag_id=run.get("dag_id"),
+        run_id=run.get("run_id"),
+    )
 
 
 def scores_page(pipeline: str, spec: PipelineSpec, page: int = 1, size: int = SCORES_PAGE) -> ScoresPage:
@@ -973,13 +1194,57 @@ def scores_page(pipeline: str, spec: PipelineSpec, page: int = 1, size: int = SC
     days = score_days(spec)
     shown = parallel(lambda ds: scored_day(spec, ds), days[(page - 1) * size : page * size])
     sc = spec.score
-    return ScoresPage(pipeline=pipeline, model=spec.model_name, folder=str(scores_parent(spec)[0]), version=sc.version,
-                      schedule=sc.schedule, total=len(days), page=page, pages=max(1, -(-len(days) // size)), days=shown)  # fmt: skip
+    return ScoresPage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        folder=str(scores_parent(spec)[0]),
+        version=sc.version,
+        schedule=sc.schedule,
+        total=len(days),
+        page=page,
+        pages=max(1, -(-len(days) // size)),
+        days=shown,
+    )
 
 
 __all__ = [
-    "DeploymentRow", "Importance", "IntervalRow", "LakePage", "distributions", "parameter_importance", "sweep_status", "MonitoringPage", "monitoring_page", "monitoring_report", "aliases", "ModelPage", "Pipeline", "SweepPage", "SweepRow", "Trial", "VersionPage", "VersionRow",
-    "deployments", "lake_page", "model_page", "pipelines", "serving_stats", "sweep_page", "sweeps",
-    "ClassCount", "ScoreFailure", "ScoredDay", "ScoresPage", "ValueStats", "score_days", "scored_day", "scores_page",
-    "trained_on", "version_file_chunks", "version_page", "version_rows", "decided_again", "gate_of",
-]  # fmt: skip
+    "DeploymentRow",
+    "Importance",
+    "IntervalRow",
+    "LakePage",
+    "distributions",
+    "parameter_importance",
+    "sweep_status",
+    "MonitoringPage",
+    "monitoring_page",
+    "monitoring_report",
+    "aliases",
+    "ModelPage",
+    "Pipeline",
+    "SweepPage",
+    "SweepRow",
+    "Trial",
+    "VersionPage",
+    "VersionRow",
+    "deployments",
+    "lake_page",
+    "model_page",
+    "pipelines",
+    "serving_stats",
+    "sweep_page",
+    "sweeps",
+    "ClassCount",
+    "ScoreFailure",
+    "ScoredDay",
+    "ScoresPage",
+    "ValueStats",
+    "score_days",
+    "scored_day",
+    "scores_page",
+    "trained_on",
+    "version_file_chunks",
+    "version_page",
+    "version_rows",
+    "decided_again",
+    "gate_of",
+]

@@ -192,8 +192,17 @@ def partition_diff(lists: list[list[dict[str, Any]]]) -> list[PartitionDiff]:
         changes: list[Any] = [""]
         for s in shas[1:]:
             here = ds in s
-            changes.append("same" if here and base and s[ds] == got[0] else
-                           "changed" if here and base else "added" if here else "removed" if base else "")  # fmt: skip
+            changes.append(
+                "same"
+                if here and base and s[ds] == got[0]
+                else "changed"
+                if here and base
+                else "added"
+                if here
+                else "removed"
+                if base
+                else ""
+            )
         rows.append(PartitionDiff(ds=ds, sha256=got, changes=changes))
     return rows
 
@@ -202,26 +211,36 @@ def training_config(lineage: dict[str, Any], files: dict[str, Any]) -> dict[str,
     """What a version recorded about how it was trained: the hyperparameters, overrides, split and features
     (lineage.json), the model's config.json and the preprocessing it fitted (preprocessing.json)."""
     keep = ("hyperparameters", "overrides", "split", "features", "module", "tokenizer", "pretrained")
-    return {**{k: lineage[k] for k in keep if lineage.get(k) is not None},
-            "config.json": files.get("config.json") or {}, "preprocessing.json": files.get("preprocessing.json") or {}}  # fmt: skip
+    return {
+        **{k: lineage[k] for k in keep if lineage.get(k) is not None},
+        "config.json": files.get("config.json") or {},
+        "preprocessing.json": files.get("preprocessing.json") or {},
+    }
 
 
 def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
     """The lineage that says where a version came from, beyond its partitions."""
     window, af = lineage.get("window") or {}, lineage.get("airflow") or {}
     return {
-        "spec_hash": lineage.get("spec_hash"), "spec_normalized_hash": lineage.get("spec_normalized_hash"),
-        "code_version": lineage.get("code_version"), "module.sha256": (lineage.get("module") or {}).get("sha256"),
-        "window.end_ds": window.get("end_ds"), "window.days": window.get("days"), "sweep": (lineage.get("sweep") or {}).get("id"),
-        "airflow.run_id": af.get("run_id"), "data.rows": (lineage.get("data") or {}).get("rows"),
+        "spec_hash": lineage.get("spec_hash"),
+        "spec_normalized_hash": lineage.get("spec_normalized_hash"),
+        "code_version": lineage.get("code_version"),
+        "module.sha256": (lineage.get("module") or {}).get("sha256"),
+        "window.end_ds": window.get("end_ds"),
+        "window.days": window.get("days"),
+        "sweep": (lineage.get("sweep") or {}).get("id"),
+        "airflow.run_id": af.get("run_id"),
+        "data.rows": (lineage.get("data") or {}).get("rows"),
         "trained_on": catalog.trained_on(lineage),
-    }  # fmt: skip
+    }
 
 
 def _extra_files(spec: Any, version: str) -> dict[str, Any]:
     from freestack.registry.core import registry_for
 
-    return catalog.read_many(registry_for(spec).folder, [f"{version}/config.json", f"{version}/preprocessing.json"])
+    return catalog.read_many(
+        registry_for(spec).folder, [f"{version}/config.json", f"{version}/preprocessing.json"]
+    )
 
 
 def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
@@ -231,16 +250,22 @@ def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
     pages = catalog.parallel(lambda v: catalog.version_page(pipeline, spec, v), asked)
     extra = catalog.parallel(lambda p: _extra_files(spec, p.row.version), pages)
     files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
-    versions = [Compared(asked=a, version=p.row.version, aliases=p.aliases, created=p.row.created, gate=p.row.gate)
-                for a, p in zip(asked, pages, strict=True)]  # fmt: skip
+    versions = [
+        Compared(asked=a, version=p.row.version, aliases=p.aliases, created=p.row.created, gate=p.row.gate)
+        for a, p in zip(asked, pages, strict=True)
+    ]
     reg = registry_for(spec)
     return ComparePage(
-        pipeline=pipeline, model=spec.model_name, versions=versions, metrics=metric_rows([p.metrics for p in pages]),
+        pipeline=pipeline,
+        model=spec.model_name,
+        versions=versions,
+        metrics=metric_rows([p.metrics for p in pages]),
         params=diff_rows([training_config(p.lineage, f) for p, f in zip(pages, files, strict=True)]),
         lineage=diff_rows([lineage_facts(p.lineage) for p in pages]),
         partitions=partition_diff([p.lineage.get("partitions") or [] for p in pages]),
-        choices=catalog.version_rows(reg.folder)[::-1], aliases=catalog.aliases(spec),
-    )  # fmt: skip
+        choices=catalog.version_rows(reg.folder)[::-1],
+        aliases=catalog.aliases(spec),
+    )
 
 
 def _asked(v: list[str]) -> list[str]:
@@ -257,13 +282,23 @@ def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
 def _choices_only(pipeline: str, spec: Any) -> ComparePage:
     from freestack.registry.core import registry_for
 
-    return ComparePage(pipeline=pipeline, model=spec.model_name, versions=[], metrics=[], params=[], lineage=[],
-                       partitions=[], choices=catalog.version_rows(registry_for(spec).folder)[::-1],
-                       aliases=catalog.aliases(spec))  # fmt: skip
+    return ComparePage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        versions=[],
+        metrics=[],
+        params=[],
+        lineage=[],
+        partitions=[],
+        choices=catalog.version_rows(registry_for(spec).folder)[::-1],
+        aliases=catalog.aliases(spec),
+    )
 
 
 @router.get("/compare/{pipeline}", response_class=HTMLResponse)
-async def compare(request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(_user)) -> HTMLResponse:
+async def compare(
+    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(_user)
+) -> HTMLResponse:
     ui = _ui()
     _, spec = ui.pipeline(pipeline, user)
     asked = _asked(v)
@@ -324,21 +359,40 @@ def _input_of(kind: str, categories: list[str]) -> Literal["number", "text", "ca
     return "textarea" if kind == "text" else "text"
 
 
-def feature_inputs(lineage: dict[str, Any], pre: dict[str, Any], sample: dict[str, Any] | None) -> list[FeatureInput]:
+def feature_inputs(
+    lineage: dict[str, Any], pre: dict[str, Any], sample: dict[str, Any] | None
+) -> list[FeatureInput]:
     """One input per raw feature the version was trained on (lineage's feature kinds, else the
     preprocessing's feature list), categories from the fitted encoder, prefilled from the evaluation's
     first test row when there is one."""
     kinds = lineage.get("features") or {f: "float" for f in pre.get("features") or []}
     categories = ((pre.get("encoder") or {}).get("category")) or {}
-    first = dict(zip(sample.get("features") or [], (sample.get("rows") or [[]])[0], strict=False)) if sample else {}
-    order = [*(sample or {}).get("features", []), *(pre.get("features") or []), *kinds]  # the model's order first
+    first = (
+        dict(zip(sample.get("features") or [], (sample.get("rows") or [[]])[0], strict=False))
+        if sample
+        else {}
+    )
+    order = [
+        *(sample or {}).get("features", []),
+        *(pre.get("features") or []),
+        *kinds,
+    ]  # the model's order first
     out = []
     for name in [n for n in dict.fromkeys(order) if n in kinds]:
         kind = kinds[name]
-        options = [str(c) for c in categories.get(name) or []] or (["true", "false"] if kind == "bool" else [])
+        options = [str(c) for c in categories.get(name) or []] or (
+            ["true", "false"] if kind == "bool" else []
+        )
         value = first.get(name)
-        out.append(FeatureInput(name=name, kind=str(kind), input=_input_of(str(kind), options), options=options,
-                                value="" if value is None else str(value)))  # fmt: skip
+        out.append(
+            FeatureInput(
+                name=name,
+                kind=str(kind),
+                input=_input_of(str(kind), options),
+                options=options,
+                value="" if value is None else str(value),
+            )
+        )
     return out
 
 
@@ -354,9 +408,16 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
     if record is None:
         names = ", ".join(Deployments(spec.root, model).names()) or "none"
         raise HTTPException(404, f"model {model!r} has no deployment {name!r} (deployments: {names})")
-    if record.get("target", "local") != "local" or record.get("state") != "serving" or not record.get("predict_url"):
-        raise HTTPException(409, f"{model}/{name} is {record.get('state')} on {record.get('target', 'local')}: "
-                                 "only a serving local deployment can be tried here")  # fmt: skip
+    if (
+        record.get("target", "local") != "local"
+        or record.get("state") != "serving"
+        or not record.get("predict_url")
+    ):
+        raise HTTPException(
+            409,
+            f"{model}/{name} is {record.get('state')} on {record.get('target', 'local')}: "
+            "only a serving local deployment can be tried here",
+        )
     return p.name, spec, record
 
 
@@ -365,11 +426,24 @@ def try_page(model: str, name: str, user: Any) -> TryPage:
 
     pipeline, _, record = _record(model, name, user)
     folder = to_path(record["version_uri"]) if record.get("version_uri") else None
-    got = catalog.read_many(folder, ["lineage.json", "preprocessing.json", "evaluation/smoke.json"]) if folder else {}
-    return TryPage(pipeline=pipeline, model=model, name=name, version=record.get("version"),
-                   runtime=record.get("runtime", "seldon"), predict_url=record["predict_url"],
-                   features=feature_inputs(got.get("lineage.json") or {}, got.get("preprocessing.json") or {},
-                                           got.get("evaluation/smoke.json")))  # fmt: skip
+    got = (
+        catalog.read_many(folder, ["lineage.json", "preprocessing.json", "evaluation/smoke.json"])
+        if folder
+        else {}
+    )
+    return TryPage(
+        pipeline=pipeline,
+        model=model,
+        name=name,
+        version=record.get("version"),
+        runtime=record.get("runtime", "seldon"),
+        predict_url=record["predict_url"],
+        features=feature_inputs(
+            got.get("lineage.json") or {},
+            got.get("preprocessing.json") or {},
+            got.get("evaluation/smoke.json"),
+        ),
+    )
 
 
 def parsed_row(features: list[FeatureInput], form: dict[str, str]) -> list[Any]:
@@ -410,11 +484,15 @@ def read_answer(body: Any) -> tuple[str | None, dict[str, float]]:
         out = {o.get("name"): o for o in body.get("outputs") or [] if isinstance(o, dict)}
         probs = out.get("probabilities") or out.get("prediction") or {}
         values = probs.get("data") or []
-        names = ((probs.get("parameters") or {}).get("names")) or [f"{probs.get('name', 'output')}_{k}" for k in range(len(values))]
+        names = ((probs.get("parameters") or {}).get("names")) or [
+            f"{probs.get('name', 'output')}_{k}" for k in range(len(values))
+        ]
     outputs = {str(n): float(v) for n, v in zip(names, values, strict=False) if isinstance(v, int | float)}
     if not outputs:
         return None, {}
-    predicted = max(outputs, key=outputs.__getitem__) if len(outputs) > 1 else f"{next(iter(outputs.values())):.6g}"
+    predicted = (
+        max(outputs, key=outputs.__getitem__) if len(outputs) > 1 else f"{next(iter(outputs.values())):.6g}"
+    )
     return predicted, outputs
 
 
@@ -424,13 +502,19 @@ def send_row(page: TryPage, row: list[Any]) -> TryAnswer:
 
     t0 = time.perf_counter()
     try:
-        status, body = http_json(page.predict_url, request_body(page.runtime, [f.name for f in page.features], row), timeout=30.0)
+        status, body = http_json(
+            page.predict_url, request_body(page.runtime, [f.name for f in page.features], row), timeout=30.0
+        )
     except OSError as exc:
-        return TryAnswer(status=None, latency_ms=1000 * (time.perf_counter() - t0), body=f"unreachable: {exc}")
+        return TryAnswer(
+            status=None, latency_ms=1000 * (time.perf_counter() - t0), body=f"unreachable: {exc}"
+        )
     latency = 1000 * (time.perf_counter() - t0)
     predicted, outputs = read_answer(body) if status == 200 else (None, {})
     text = body if isinstance(body, str) else json.dumps(body, indent=1)
-    return TryAnswer(status=status, latency_ms=latency, predicted=predicted, outputs=outputs, body=text[:20_000])
+    return TryAnswer(
+        status=status, latency_ms=latency, predicted=predicted, outputs=outputs, body=text[:20_000]
+    )
 
 
 def _filled(page: TryPage, form: dict[str, str]) -> TryPage:
@@ -471,9 +555,9 @@ async def try_send_json(request: Request, model: str, name: str, user: Any = Dep
     try:
         given = await request.json()
     except ValueError:
-        raise HTTPException(400, "the body is not JSON: send {\"<feature>\": value, ...}") from None
+        raise HTTPException(400, 'the body is not JSON: send {"<feature>": value, ...}') from None
     if not isinstance(given, dict):
-        raise HTTPException(400, "send one row as a JSON object: {\"<feature>\": value, ...}")
+        raise HTTPException(400, 'send one row as a JSON object: {"<feature>": value, ...}')
     form = {k: "" if v is None else str(v) for k, v in given.items()}
     return await ui.off_loop(send_row, data, parsed_row(data.features, form))
 
@@ -500,8 +584,11 @@ def _partition(spec: Any, ds: str) -> None:
     have = lake_partitions(spec)
     if ds not in have:
         shown_days = ", ".join(have[-10:]) or "none"
-        raise HTTPException(404, f"{spec.name} has no published partition {ds!r} (partitions: {shown_days}"
-                                 f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})")  # fmt: skip
+        raise HTTPException(
+            404,
+            f"{spec.name} has no published partition {ds!r} (partitions: {shown_days}"
+            f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})",
+        )
 
 
 def read_rows(f: Any, start: int, n: int) -> tuple[int, list[str], list[dict[str, Any]]]:
@@ -524,7 +611,9 @@ def read_rows(f: Any, start: int, n: int) -> tuple[int, list[str], list[dict[str
     return meta.num_rows, columns, table.slice(start - (first or 0), n).to_pylist()
 
 
-def quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE) -> QuarantinePage:
+def quarantine_page(
+    pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE
+) -> QuarantinePage:
     """Page ``page`` (``size`` rows) of the partition's quarantined rows, read from its quarantine file."""
     from freestack.ingest.core import read_manifest
     from freestack.storage import to_path
@@ -532,7 +621,9 @@ def quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QU
     _partition(spec, ds)
     q = (read_manifest(spec, ds) or {}).get("quarantine")
     if not q:
-        return QuarantinePage(pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[])
+        return QuarantinePage(
+            pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[]
+        )
     return _rows_page(pipeline, ds, to_path(q["uri"]), page, size)
 
 
@@ -543,28 +634,47 @@ def _rows_page(pipeline: str, ds: str, path: Any, page: int, size: int) -> Quara
     pages = max(1, -(-total // size))
     if page > pages:
         raise HTTPException(404, f"{pipeline} {ds} has {total} quarantined rows: pages 1 to {pages}")
-    return QuarantinePage(pipeline=pipeline, ds=ds, file=str(path), total=total, page=page, pages=pages, size=size,
-                          columns=columns, rows=[{k: _cell(v) for k, v in r.items()} for r in rows])  # fmt: skip
+    return QuarantinePage(
+        pipeline=pipeline,
+        ds=ds,
+        file=str(path),
+        total=total,
+        page=page,
+        pages=pages,
+        size=size,
+        columns=columns,
+        rows=[{k: _cell(v) for k, v in r.items()} for r in rows],
+    )
 
 
-def score_quarantine_page(pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE) -> QuarantinePage:
+def score_quarantine_page(
+    pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE
+) -> QuarantinePage:
     """Page ``page`` of the rows of a scored day that were not scored, read from the day's ``_quarantine.parquet``."""
     from freestack.score.core import QUARANTINE
     from freestack.storage import join, to_path
 
     have = catalog.score_days(spec)
     if ds not in have:
-        raise HTTPException(404, f"{pipeline} has no scored day {ds!r} (days: {', '.join(have[:10]) or 'none'}"
-                                 f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})")  # fmt: skip
+        raise HTTPException(
+            404,
+            f"{pipeline} has no scored day {ds!r} (days: {', '.join(have[:10]) or 'none'}"
+            f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})",
+        )
     day = catalog.scored_day(spec, ds)
     if day.problem:
         raise HTTPException(404, f"{pipeline} {ds} cannot be read: {day.problem}")
     if not day.rows_quarantined:
-        return QuarantinePage(pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[])
+        return QuarantinePage(
+            pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[]
+        )
     path = join(to_path(day.folder), QUARANTINE)
     if not path.exists():
-        raise HTTPException(404, f"{pipeline} {ds}: its manifest counts {day.rows_quarantined} quarantined rows, but "
-                                 f"{path} is gone; rescore the day to write it again")  # fmt: skip
+        raise HTTPException(
+            404,
+            f"{pipeline} {ds}: its manifest counts {day.rows_quarantined} quarantined rows, but "
+            f"{path} is gone; rescore the day to write it again",
+        )
     return _rows_page(pipeline, ds, path, page, size)
 
 
@@ -575,18 +685,33 @@ def _cell(v: Any) -> Any:
 
 
 @router.get("/data/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
-async def quarantine(request: Request, pipeline: str, ds: str, page: int = Query(1, ge=1),
-                     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000), user: Any = Depends(_user)) -> HTMLResponse:  # fmt: skip
+async def quarantine(
+    request: Request,
+    pipeline: str,
+    ds: str,
+    page: int = Query(1, ge=1),
+    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+    user: Any = Depends(_user),
+) -> HTMLResponse:
     ui = _ui()
-    data = await ui.off_loop(quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size)
+    data = await ui.off_loop(
+        quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size
+    )
     return ui.page(request, "quarantine.html", title=f"Quarantined rows: {pipeline} {ds}", tab="data", q=data)
 
 
 @router.get("/api/data/{pipeline}/{ds}/quarantine")
-async def quarantine_json(pipeline: str, ds: str, page: int = Query(1, ge=1), size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-                          user: Any = Depends(_user)) -> QuarantinePage:  # fmt: skip
+async def quarantine_json(
+    pipeline: str,
+    ds: str,
+    page: int = Query(1, ge=1),
+    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+    user: Any = Depends(_user),
+) -> QuarantinePage:
     ui = _ui()
-    return await ui.off_loop(quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size)
+    return await ui.off_loop(
+        quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size
+    )
 
 
 def _score_spec(pipeline: str, user: Any) -> Any:
@@ -597,23 +722,55 @@ def _score_spec(pipeline: str, user: Any) -> Any:
 
 
 @router.get("/scores/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
-async def score_quarantine(request: Request, pipeline: str, ds: str, page: int = Query(1, ge=1),
-                           size: int = Query(QUARANTINE_PAGE, ge=1, le=1000), user: Any = Depends(_user)) -> HTMLResponse:  # fmt: skip
+async def score_quarantine(
+    request: Request,
+    pipeline: str,
+    ds: str,
+    page: int = Query(1, ge=1),
+    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+    user: Any = Depends(_user),
+) -> HTMLResponse:
     ui = _ui()
     data = await ui.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
-    return ui.page(request, "quarantine.html", title=f"Rows not scored: {pipeline} {ds}", tab="scores", q=data,
-                   back=(f"/scores/{pipeline}#ds-{ds}", f"the {pipeline} scores"), what="day",
-                   about="Each kept its source file, its values as text and the reason it was not scored.")  # fmt: skip
+    return ui.page(
+        request,
+        "quarantine.html",
+        title=f"Rows not scored: {pipeline} {ds}",
+        tab="scores",
+        q=data,
+        back=(f"/scores/{pipeline}#ds-{ds}", f"the {pipeline} scores"),
+        what="day",
+        about="Each kept its source file, its values as text and the reason it was not scored.",
+    )
 
 
 @router.get("/api/scores/{pipeline}/{ds}/quarantine")
-async def score_quarantine_json(pipeline: str, ds: str, page: int = Query(1, ge=1), size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-                                user: Any = Depends(_user)) -> QuarantinePage:  # fmt: skip
+async def score_quarantine_json(
+    pipeline: str,
+    ds: str,
+    page: int = Query(1, ge=1),
+    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+    user: Any = Depends(_user),
+) -> QuarantinePage:
     return await _ui().off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
 
 
 __all__ = [
-    "ComparePage", "QuarantinePage", "TryAnswer", "TryPage", "compare_page", "diff_rows", "feature_inputs",
-    "metric_rows", "parsed_row", "partition_diff", "quarantine_page", "read_answer", "read_rows", "request_body",
-    "router", "score_quarantine_page", "try_page",
-]  # fmt: skip
+    "ComparePage",
+    "QuarantinePage",
+    "TryAnswer",
+    "TryPage",
+    "compare_page",
+    "diff_rows",
+    "feature_inputs",
+    "metric_rows",
+    "parsed_row",
+    "partition_diff",
+    "quarantine_page",
+    "read_answer",
+    "read_rows",
+    "request_body",
+    "router",
+    "score_quarantine_page",
+    "try_page",
+]

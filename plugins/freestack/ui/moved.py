@@ -39,7 +39,7 @@ class MovedPages:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             root = scope.get("root_path", "")
             path = scope["path"]
-            target = new_address(path[len(root):] if root and path.startswith(root) else path)
+            target = new_address(path[len(root) :] if root and path.startswith(root) else path)
             if target is not None:
                 query = URL(scope=scope).query
                 location = root + target + (f"?{query}" if query else "")

@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from freestack.ui.catalog import MonitoringPage, ScoredDay, ScoresPage, SweepPage, VersionRow
 
-COLORS = {"finished": "#1f77b4", "early-stopped": "#9e9e9e", "failed": "#d62728", "crashed": "#d62728",
-          "running": "#ff7f0e"}  # fmt: skip
+COLORS = {
+    "finished": "#1f77b4",
+    "early-stopped": "#9e9e9e",
+    "failed": "#d62728",
+    "crashed": "#d62728",
+    "running": "#ff7f0e",
+}
 LAYOUT = {"margin": {"l": 55, "r": 15, "t": 40, "b": 45}, "template": "plotly_white", "height": 330}
 
 
@@ -61,41 +66,80 @@ def metric_vs_params(page: SweepPage) -> str:
     params = page.parameters or ["(none)"]
     cols = min(3, len(params))
     rows = math.ceil(len(params) / cols)
-    layout = make_subplots(rows=rows, cols=cols, subplot_titles=params, horizontal_spacing=0.08,
-                           vertical_spacing=0.18).layout.to_plotly_json()  # fmt: skip
+    layout = make_subplots(
+        rows=rows, cols=cols, subplot_titles=params, horizontal_spacing=0.08, vertical_spacing=0.18
+    ).layout.to_plotly_json()
     scored = [t for t in page.trials if t.value is not None]
     data: list[dict[str, Any]] = []
     for k, name in enumerate(params):
         axes = {"xaxis": _axis_ref("x", k), "yaxis": _axis_ref("y", k)}
         for state in dict.fromkeys(t.state for t in scored):
             group = [t for t in scored if t.state == state]
-            data.append({"type": "scatter", "mode": "markers", "name": state, "legendgroup": state, "showlegend": k == 0,
-                         "x": [_axis_value(t.params.get(name)) for t in group], "y": [t.value for t in group],
-                         "text": [t.trial for t in group], "marker": {"color": COLORS.get(state, "#555"), "size": 8},
-                         "hovertemplate": "%{text}: %{y:.4g}<extra></extra>", **axes})  # fmt: skip
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": state,
+                    "legendgroup": state,
+                    "showlegend": k == 0,
+                    "x": [_axis_value(t.params.get(name)) for t in group],
+                    "y": [t.value for t in group],
+                    "text": [t.trial for t in group],
+                    "marker": {"color": COLORS.get(state, "#555"), "size": 8},
+                    "hovertemplate": "%{text}: %{y:.4g}<extra></extra>",
+                    **axes,
+                }
+            )
         if page.best is not None and page.best.value is not None:
-            data.append({"type": "scatter", "mode": "markers", "name": "best", "legendgroup": "best", "showlegend": k == 0,
-                         "x": [_axis_value(page.best.params.get(name))], "y": [page.best.value],
-                         "marker": {"symbol": "star", "size": 16, "color": "#d62728"}, **axes})  # fmt: skip
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": "best",
+                    "legendgroup": "best",
+                    "showlegend": k == 0,
+                    "x": [_axis_value(page.best.params.get(name))],
+                    "y": [page.best.value],
+                    "marker": {"symbol": "star", "size": 16, "color": "#d62728"},
+                    **axes,
+                }
+            )
         if is_log(page, name, [t.params.get(name) for t in scored]):
             layout[f"xaxis{k + 1 if k else ''}"]["type"] = "log"
         if k % cols == 0:
             layout[f"yaxis{k + 1 if k else ''}"]["title"] = {"text": page.sweep.metric}
-    layout.update(LAYOUT, height=300 * rows + 80, margin={**LAYOUT["margin"], "t": 80},
-                  title={"text": f"{page.sweep.metric} ({page.sweep.goal}) by parameter", "font": {"size": 14}})  # fmt: skip
+    layout.update(
+        LAYOUT,
+        height=300 * rows + 80,
+        margin={**LAYOUT["margin"], "t": 80},
+        title={"text": f"{page.sweep.metric} ({page.sweep.goal}) by parameter", "font": {"size": 14}},
+    )
     return _figure(data, layout)
 
 
 def metric_over_epochs(page: SweepPage) -> str:
     """The metric after each epoch, one line per trial (the best trial drawn thicker)."""
     best = page.best.trial if page.best else None
-    data = [{"type": "scatter", "mode": "lines", "name": t.trial, "x": list(range(1, len(t.history) + 1)), "y": t.history,
-             "line": {"color": COLORS.get(t.state, "#555"), "width": 3 if t.trial == best else 1},
-             "opacity": 1.0 if t.trial == best else 0.55,
-             "hovertemplate": f"{t.trial} ({t.state}) epoch %{{x}}: %{{y:.4g}}<extra></extra>"} for t in page.trials]  # fmt: skip
-    layout = {**LAYOUT, "showlegend": len(page.trials) <= 20, "xaxis": {"title": {"text": "epoch"}},
-              "yaxis": {"title": {"text": page.sweep.metric}},
-              "title": {"text": f"{page.sweep.metric} after each epoch, per trial", "font": {"size": 14}}}  # fmt: skip
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": t.trial,
+            "x": list(range(1, len(t.history) + 1)),
+            "y": t.history,
+            "line": {"color": COLORS.get(t.state, "#555"), "width": 3 if t.trial == best else 1},
+            "opacity": 1.0 if t.trial == best else 0.55,
+            "hovertemplate": f"{t.trial} ({t.state}) epoch %{{x}}: %{{y:.4g}}<extra></extra>",
+        }
+        for t in page.trials
+    ]
+    layout = {
+        **LAYOUT,
+        "showlegend": len(page.trials) <= 20,
+        "xaxis": {"title": {"text": "epoch"}},
+        "yaxis": {"title": {"text": page.sweep.metric}},
+        "title": {"text": f"{page.sweep.metric} after each epoch, per trial", "font": {"size": 14}},
+    }
     return _figure(data, layout)
 
 
@@ -107,19 +151,39 @@ def metric_over_versions(rows: list[VersionRow], metric: str) -> str:
     for decision, color in (("promoted", "#2ca02c"), ("blocked", "#d62728"), ("none", "#555")):
         group = [r for r in rows if r.gate.decision == decision and metric in r.metrics]
         if group:
-            fig.add_scatter(x=[r.created for r in group], y=[r.metrics[metric] for r in group], mode="markers",
-                            name=decision, marker={"color": color, "size": 7}, text=[r.version for r in group],
-                            hovertemplate="%{text}: %{y:.4g}<extra></extra>")  # fmt: skip
-    fig.update_layout(**{**LAYOUT, "height": 260}, xaxis_title="registered", yaxis_title=metric,
-                      title={"text": f"{metric} by version", "font": {"size": 14}})  # fmt: skip
+            fig.add_scatter(
+                x=[r.created for r in group],
+                y=[r.metrics[metric] for r in group],
+                mode="markers",
+                name=decision,
+                marker={"color": color, "size": 7},
+                text=[r.version for r in group],
+                hovertemplate="%{text}: %{y:.4g}<extra></extra>",
+            )
+    fig.update_layout(
+        **{**LAYOUT, "height": 260},
+        xaxis_title="registered",
+        yaxis_title=metric,
+        title={"text": f"{metric} by version", "font": {"size": 14}},
+    )
     return fig.to_json()
 
 
 def _empty(title: str, note: str, height: int = 200) -> str:
     """A figure with nothing to draw yet, saying why."""
-    return _figure([], {**LAYOUT, "height": height, "title": {"text": title, "font": {"size": 14}},
-                        "xaxis": {"visible": False}, "yaxis": {"visible": False},
-                        "annotations": [{"text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}]})  # fmt: skip
+    return _figure(
+        [],
+        {
+            **LAYOUT,
+            "height": height,
+            "title": {"text": title, "font": {"size": 14}},
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "annotations": [
+                {"text": note, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
+            ],
+        },
+    )
 
 
 def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
@@ -151,14 +215,33 @@ def _dimension(name: str, values: list[Any], log: bool, choices: bool = False) -
         raw, ticks = [float(cats.index(v)) for v in labels], [(float(k), c[:24]) for k, c in enumerate(cats)]
     lo, hi = min(raw), max(raw)
     if ticks is None:
-        ticks = [(lo + (hi - lo) * k / 4, f"{lo + (hi - lo) * k / 4:.3g}") for k in range(5)] if hi > lo else [(lo, f"{lo:.3g}")]
+        ticks = (
+            [(lo + (hi - lo) * k / 4, f"{lo + (hi - lo) * k / 4:.3g}") for k in range(5)]
+            if hi > lo
+            else [(lo, f"{lo:.3g}")]
+        )
     span = (hi - lo) or 1.0
     at = (lambda v: (v - lo) / span) if hi > lo else (lambda v: 0.5)
-    return {"label": label, "y": [round(at(v), 5) for v in raw], "ticks": [(round(at(v), 5), t) for v, t in ticks]}
+    return {
+        "label": label,
+        "y": [round(at(v), 5) for v in raw],
+        "ticks": [(round(at(v), 5), t) for v, t in ticks],
+    }
 
 
 #: colours of the parallel coordinates' lines, worst to best (Viridis)
-VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"]
+VIRIDIS = [
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+]
 
 
 def _lines(dims: list[dict[str, Any]], scored: list[Any], rank: list[float]) -> list[dict[str, Any]]:
@@ -174,8 +257,19 @@ def _lines(dims: list[dict[str, Any]], scored: list[Any], rank: list[float]) -> 
             x += [*xs, None]
             y += [*(d["y"][k] for d in dims), None]
             text += [f"{scored[k].trial}: {scored[k].value:.4g}"] * len(xs) + [None]
-        out.append({"type": "scatter", "mode": "lines", "x": x, "y": y, "text": text, "showlegend": False,
-                    "line": {"color": color, "width": 1.5}, "opacity": 0.8, "hovertemplate": "%{text}<extra></extra>"})  # fmt: skip
+        out.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "x": x,
+                "y": y,
+                "text": text,
+                "showlegend": False,
+                "line": {"color": color, "width": 1.5},
+                "opacity": 0.8,
+                "hovertemplate": "%{text}<extra></extra>",
+            }
+        )
     return out
 
 
@@ -191,36 +285,91 @@ def parallel_coordinates(page: SweepPage) -> str:
         return _empty(title, "no trial has a metric value yet")
     values = [t.value for t in scored]
     columns = {p: [t.params[p] for t in scored] for p in params}
-    dims = [*(_dimension(p, v, is_log(page, p, v), page.distributions.get(p) == "categorical") for p, v in columns.items()),
-            _dimension(page.sweep.metric or "metric", values, False)]  # fmt: skip
+    dims = [
+        *(
+            _dimension(p, v, is_log(page, p, v), page.distributions.get(p) == "categorical")
+            for p, v in columns.items()
+        ),
+        _dimension(page.sweep.metric or "metric", values, False),
+    ]
     lo, hi = min(values), max(values)
     rank = [((v - lo) / (hi - lo) if hi > lo else 1.0) for v in values]
     rank = [1 - r for r in rank] if page.sweep.goal == "minimize" else rank
     data = [*_lines(dims, scored, rank), _colorbar(page, lo, hi)]
     best = next((k for k, t in enumerate(scored) if page.best and t.trial == page.best.trial), None)
     if best is not None:
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"best ({scored[best].trial})", "x": list(range(len(dims))),
-                     "y": [d["y"][best] for d in dims], "line": {"color": "#d62728", "width": 3}, "hoverinfo": "skip"})  # fmt: skip
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": f"best ({scored[best].trial})",
+                "x": list(range(len(dims))),
+                "y": [d["y"][best] for d in dims],
+                "line": {"color": "#d62728", "width": 3},
+                "hoverinfo": "skip",
+            }
+        )
     return _figure(data, _parallel_layout(dims, title))
 
 
 def _colorbar(page: SweepPage, lo: float, hi: float) -> dict[str, Any]:
     """An invisible trace whose colour bar says what the lines' colours mean."""
-    return {"type": "scatter", "x": [None], "y": [None], "mode": "markers", "showlegend": False, "hoverinfo": "skip",
-            "marker": {"color": [lo, hi], "cmin": lo, "cmax": hi, "colorscale": "Viridis", "showscale": True,
-                       "reversescale": page.sweep.goal == "minimize", "colorbar": {"title": {"text": page.sweep.metric}}}}  # fmt: skip
+    return {
+        "type": "scatter",
+        "x": [None],
+        "y": [None],
+        "mode": "markers",
+        "showlegend": False,
+        "hoverinfo": "skip",
+        "marker": {
+            "color": [lo, hi],
+            "cmin": lo,
+            "cmax": hi,
+            "colorscale": "Viridis",
+            "showscale": True,
+            "reversescale": page.sweep.goal == "minimize",
+            "colorbar": {"title": {"text": page.sweep.metric}},
+        },
+    }
 
 
 def _parallel_layout(dims: list[dict[str, Any]], title: str) -> dict[str, Any]:
     """The parallel coordinates' axes: a vertical line per dimension, its ticks as text beside it, its label on top."""
-    shapes = [{"type": "line", "x0": k, "x1": k, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1}} for k in range(len(dims))]
-    notes = [{"x": k, "y": y, "text": text, "showarrow": False, "xanchor": "right", "xshift": -3, "font": {"size": 10}}
-             for k, d in enumerate(dims) for y, text in d["ticks"]]  # fmt: skip
-    return {**LAYOUT, "height": 400, "shapes": shapes, "annotations": notes, "legend": {"orientation": "h", "y": -0.12},
-            "xaxis": {"tickvals": list(range(len(dims))), "ticktext": [d["label"] for d in dims], "side": "top",
-                      "range": [-0.4, len(dims) - 0.8], "showgrid": False, "zeroline": False},
-            "yaxis": {"visible": False, "range": [-0.04, 1.04]}, "margin": {"l": 30, "r": 20, "t": 90, "b": 40},
-            "title": {"text": title, "font": {"size": 14}}}  # fmt: skip
+    shapes = [
+        {"type": "line", "x0": k, "x1": k, "y0": 0, "y1": 1, "line": {"color": "#888", "width": 1}}
+        for k in range(len(dims))
+    ]
+    notes = [
+        {
+            "x": k,
+            "y": y,
+            "text": text,
+            "showarrow": False,
+            "xanchor": "right",
+            "xshift": -3,
+            "font": {"size": 10},
+        }
+        for k, d in enumerate(dims)
+        for y, text in d["ticks"]
+    ]
+    return {
+        **LAYOUT,
+        "height": 400,
+        "shapes": shapes,
+        "annotations": notes,
+        "legend": {"orientation": "h", "y": -0.12},
+        "xaxis": {
+            "tickvals": list(range(len(dims))),
+            "ticktext": [d["label"] for d in dims],
+            "side": "top",
+            "range": [-0.4, len(dims) - 0.8],
+            "showgrid": False,
+            "zeroline": False,
+        },
+        "yaxis": {"visible": False, "range": [-0.04, 1.04]},
+        "margin": {"l": 30, "r": 20, "t": 90, "b": 40},
+        "title": {"text": title, "font": {"size": 14}},
+    }
 
 
 def importance_chart(page: SweepPage) -> str:
@@ -230,13 +379,34 @@ def importance_chart(page: SweepPage) -> str:
         return _empty(title, page.importance_note or "no parameter importance yet", height=110)
     rows = page.importance[::-1]  # the most important on top
     names = [i.parameter for i in rows]
-    data = [{"type": "bar", "orientation": "h", "name": "importance", "y": names, "x": [i.importance for i in rows],
-             "marker": {"color": "#1f77b4"}, "hovertemplate": "%{y}: importance %{x:.3f}<extra></extra>"},
-            {"type": "bar", "orientation": "h", "name": "correlation", "y": names,
-             "x": [i.correlation for i in rows], "marker": {"color": ["#2ca02c" if (i.correlation or 0) >= 0 else "#d62728" for i in rows]},
-             "hovertemplate": "%{y}: correlation %{x:.3f}<extra></extra>"}]  # fmt: skip
-    layout = {**LAYOUT, "barmode": "group", "height": 120 + 45 * len(rows), "xaxis": {"range": [-1, 1], "zeroline": True},
-              "title": {"text": title, "font": {"size": 14}}, "margin": {**LAYOUT["margin"], "l": 140}}  # fmt: skip
+    data = [
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": "importance",
+            "y": names,
+            "x": [i.importance for i in rows],
+            "marker": {"color": "#1f77b4"},
+            "hovertemplate": "%{y}: importance %{x:.3f}<extra></extra>",
+        },
+        {
+            "type": "bar",
+            "orientation": "h",
+            "name": "correlation",
+            "y": names,
+            "x": [i.correlation for i in rows],
+            "marker": {"color": ["#2ca02c" if (i.correlation or 0) >= 0 else "#d62728" for i in rows]},
+            "hovertemplate": "%{y}: correlation %{x:.3f}<extra></extra>",
+        },
+    ]
+    layout = {
+        **LAYOUT,
+        "barmode": "group",
+        "height": 120 + 45 * len(rows),
+        "xaxis": {"range": [-1, 1], "zeroline": True},
+        "title": {"text": title, "font": {"size": 14}},
+        "margin": {**LAYOUT["margin"], "l": 140},
+    }
     return _figure(data, layout)
 
 
@@ -259,19 +429,46 @@ def drift_over_time(page: MonitoringPage) -> str | None:
             peak[name] = max(psi, peak.get(name, 0.0))
     ranked = sorted(peak, key=lambda n: -peak[n])
     ends = [r.end for r in judged]
-    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": ends,
-             "y": [r.drift[name][0] if name in r.drift else None for r in judged],
-             "customdata": [r.drift[name][1] if name in r.drift else None for r in judged],
-             "visible": True if k < SHOWN_SERIES else "legendonly",
-             "hovertemplate": f"{name}: PSI %{{y:.3f}}, p-value %{{customdata:.2g}}<extra>%{{x}}</extra>"}
-            for k, name in enumerate(ranked)]  # fmt: skip
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": ends,
+            "y": [r.drift[name][0] if name in r.drift else None for r in judged],
+            "customdata": [r.drift[name][1] if name in r.drift else None for r in judged],
+            "visible": True if k < SHOWN_SERIES else "legendonly",
+            "hovertemplate": f"{name}: PSI %{{y:.3f}}, p-value %{{customdata:.2g}}<extra>%{{x}}</extra>",
+        }
+        for k, name in enumerate(ranked)
+    ]
     psi = page.thresholds.get("psi")
-    shapes = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": psi, "y1": psi,
-               "line": {"color": "#d62728", "dash": "dash"}}] if psi is not None else []  # fmt: skip
-    layout = {**LAYOUT, "height": 360, "shapes": shapes, "xaxis": {"title": {"text": "interval end"}},
-              "yaxis": {"title": {"text": "PSI"}, "rangemode": "tozero"},
-              "title": {"text": f"{page.model}: drift per feature over time (PSI; dashed: the threshold {psi})",
-                        "font": {"size": 14}}}  # fmt: skip
+    shapes = (
+        [
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "y0": psi,
+                "y1": psi,
+                "line": {"color": "#d62728", "dash": "dash"},
+            }
+        ]
+        if psi is not None
+        else []
+    )
+    layout = {
+        **LAYOUT,
+        "height": 360,
+        "shapes": shapes,
+        "xaxis": {"title": {"text": "interval end"}},
+        "yaxis": {"title": {"text": "PSI"}, "rangemode": "tozero"},
+        "title": {
+            "text": f"{page.model}: drift per feature over time (PSI; dashed: the threshold {psi})",
+            "font": {"size": 14},
+        },
+    }
     return _figure(data, layout)
 
 
@@ -285,10 +482,19 @@ def predictions_over_days(page: ScoresPage) -> str | None:
     title = {"text": f"{page.model}: predictions per scored day", "font": {"size": 14}}
     layout = {**LAYOUT, "height": 300, "title": title, "xaxis": {"title": {"text": "ds"}, "type": "category"}}
     if days[-1].values is not None:
-        return _figure(_values_trace([d for d in days if d.values is not None]), {**layout, "yaxis": {"title": {"text": "predicted value"}}})
+        return _figure(
+            _values_trace([d for d in days if d.values is not None]),
+            {**layout, "yaxis": {"title": {"text": "predicted value"}}},
+        )
     days = [d for d in days if d.classes]
-    return _figure(_class_bars(days), {**layout, "barmode": "stack", "yaxis": {"title": {"text": "share of the day's rows"},
-                                                                               "tickformat": ".0%", "range": [0, 1]}})  # fmt: skip
+    return _figure(
+        _class_bars(days),
+        {
+            **layout,
+            "barmode": "stack",
+            "yaxis": {"title": {"text": "share of the day's rows"}, "tickformat": ".0%", "range": [0, 1]},
+        },
+    )
 
 
 def _class_bars(days: list[ScoredDay]) -> list[dict[str, Any]]:
@@ -302,20 +508,48 @@ def _class_bars(days: list[ScoredDay]) -> list[dict[str, Any]]:
     groups = [(label, [s.get(label, 0.0) for s in shares]) for label in total if label in top]
     if len(total) > len(top):
         groups.append(("other", [round(sum(v for k, v in s.items() if k not in top), 4) for s in shares]))
-    return [{"type": "bar", "name": label, "x": [d.ds for d in days], "y": y,
-             "hovertemplate": f"{label}: %{{y:.1%}}<extra>%{{x}}</extra>"} for label, y in groups]  # fmt: skip
+    return [
+        {
+            "type": "bar",
+            "name": label,
+            "x": [d.ds for d in days],
+            "y": y,
+            "hovertemplate": f"{label}: %{{y:.1%}}<extra>%{{x}}</extra>",
+        }
+        for label, y in groups
+    ]
 
 
 def _values_trace(days: list[ScoredDay]) -> list[dict[str, Any]]:
     """A regression's mean per day, its min and max as the error bar."""
     stats = [d.values for d in days if d.values is not None]
     mean = [s.mean for s in stats]
-    return [{"type": "scatter", "mode": "lines+markers", "name": "mean", "x": [d.ds for d in days], "y": mean,
-             "error_y": {"type": "data", "symmetric": False, "array": [(s.max or 0) - (s.mean or 0) for s in stats],
-                         "arrayminus": [(s.mean or 0) - (s.min or 0) for s in stats]},
-             "customdata": [[s.min, s.max, s.count] for s in stats],
-             "hovertemplate": "mean %{y:.4g} (min %{customdata[0]:.4g}, max %{customdata[1]:.4g}; %{customdata[2]} rows)<extra>%{x}</extra>"}]  # fmt: skip
+    return [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "mean",
+            "x": [d.ds for d in days],
+            "y": mean,
+            "error_y": {
+                "type": "data",
+                "symmetric": False,
+                "array": [(s.max or 0) - (s.mean or 0) for s in stats],
+                "arrayminus": [(s.mean or 0) - (s.min or 0) for s in stats],
+            },
+            "customdata": [[s.min, s.max, s.count] for s in stats],
+            "hovertemplate": "mean %{y:.4g} (min %{customdata[0]:.4g}, max %{customdata[1]:.4g}; %{customdata[2]} rows)<extra>%{x}</extra>",
+        }
+    ]
 
 
-__all__ = ["drift_over_time", "importance_chart", "is_log", "metric_over_epochs", "metric_over_versions",
-           "metric_vs_params", "parallel_coordinates", "predictions_over_days"]  # fmt: skip
+__all__ = [
+    "drift_over_time",
+    "importance_chart",
+    "is_log",
+    "metric_over_epochs",
+    "metric_over_versions",
+    "metric_vs_params",
+    "parallel_coordinates",
+    "predictions_over_days",
+]

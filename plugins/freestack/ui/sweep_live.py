@@ -37,8 +37,12 @@ def sweep_figures(s: SweepPage) -> dict[str, str]:
     """The sweep page's figures by element id."""
     from freestack.ui import plots
 
-    return {"fig-1": plots.metric_vs_params(s), "fig-2": plots.metric_over_epochs(s),
-            "fig-3": plots.parallel_coordinates(s), "fig-4": plots.importance_chart(s)}  # fmt: skip
+    return {
+        "fig-1": plots.metric_vs_params(s),
+        "fig-2": plots.metric_over_epochs(s),
+        "fig-3": plots.parallel_coordinates(s),
+        "fig-4": plots.importance_chart(s),
+    }
 
 
 def sweep_update(s: SweepPage, known: str, templates: Any) -> SweepUpdate:
@@ -47,10 +51,15 @@ def sweep_update(s: SweepPage, known: str, templates: Any) -> SweepUpdate:
         return SweepUpdate(status=s.status, signature=s.signature, changed=False)
     parts = templates.get_template("sweep_parts.html").module
     return SweepUpdate(
-        status=s.status, signature=s.signature, changed=True, summary=str(parts.summary(s)), header=str(parts.header(s)),
-        rows=[(t.trial, str(parts.trial_row(s, t))) for t in s.trials], importance=str(parts.importance(s)),
+        status=s.status,
+        signature=s.signature,
+        changed=True,
+        summary=str(parts.summary(s)),
+        header=str(parts.header(s)),
+        rows=[(t.trial, str(parts.trial_row(s, t))) for t in s.trials],
+        importance=str(parts.importance(s)),
         figures=sweep_figures(s),
-    )  # fmt: skip
+    )
 
 
 __all__ = ["POLL_SECONDS", "SweepUpdate", "sweep_figures", "sweep_update"]

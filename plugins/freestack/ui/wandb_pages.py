@@ -26,8 +26,13 @@ from fastapi.responses import HTMLResponse
 from freestack.tracking import offline
 from freestack.ui.auth import current_user
 
-wandb_app = FastAPI(title="freestack W&B", docs_url=None, redoc_url=None, openapi_url=None,
-                    dependencies=[Depends(current_user)])  # fmt: skip
+wandb_app = FastAPI(
+    title="freestack W&B",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+    dependencies=[Depends(current_user)],
+)
 
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
@@ -95,10 +100,13 @@ def _run_facts(folder: Path, info: dict[str, Any] | None) -> list[tuple[str, str
     esc = html.escape
     rows = [("Folder", f"<code>{esc(str(folder))}</code>")]
     if info:
-        rows += [("Project", esc(str(info.get("project") or ""))), ("Run id", esc(str(info.get("run_id") or ""))),
-                 ("State", esc(f"{info.get('state')} (exit code {info.get('exit_code')})")),
-                 ("Started", esc(str(info.get("start_time") or ""))),
-                 ("Tags", esc(", ".join(info.get("tags") or [])) or "(none)")]  # fmt: skip
+        rows += [
+            ("Project", esc(str(info.get("project") or ""))),
+            ("Run id", esc(str(info.get("run_id") or ""))),
+            ("State", esc(f"{info.get('state')} (exit code {info.get('exit_code')})")),
+            ("Started", esc(str(info.get("start_time") or ""))),
+            ("Tags", esc(", ".join(info.get("tags") or [])) or "(none)"),
+        ]
     for p in offline.logs_of(folder):
         rows.append(("Transaction log", f"<code>{esc(p.name)}</code> ({p.stat().st_size:,} bytes)"))
     return rows
@@ -109,24 +117,41 @@ def _run_body(folder: Path) -> tuple[str, str]:
     card = offline.read_card(folder) if folder.is_dir() else {}
     upload = (
         "<h2>Upload it</h2><p>On the machine that holds the folder, logged in with <code>wandb login</code>"
-        f":</p><pre id=\"sync\">{html.escape(offline.sync_command(folder))}</pre>"
+        f':</p><pre id="sync">{html.escape(offline.sync_command(folder))}</pre>'
     )
     if not folder.is_dir():
         note = "<p>The folder is not on this server: it is on the worker that ran the task.</p>"
-        return "W&amp;B offline run", "<p>Recorded offline.</p>" + upload + note + _table("run", ("", ""), _run_facts(folder, None))
-    done = " <strong>Uploaded already</strong> (<code>wandb sync</code> left its marker)." if offline.synced(folder) else ""
-    lead = f"<p>Recorded offline: nothing was sent to a W&amp;B server.{done} <a href=\"./\">All offline runs</a></p>"
+        return "W&amp;B offline run", "<p>Recorded offline.</p>" + upload + note + _table(
+            "run", ("", ""), _run_facts(folder, None)
+        )
+    done = (
+        " <strong>Uploaded already</strong> (<code>wandb sync</code> left its marker)."
+        if offline.synced(folder)
+        else ""
+    )
+    lead = f'<p>Recorded offline: nothing was sent to a W&amp;B server.{done} <a href="./">All offline runs</a></p>'
     try:
         info = offline.inspect_run(folder)
     except offline.OfflineRunError as exc:
         trouble = f"<p>The run's log could not be read: {html.escape(str(exc))}</p>"
-        return "W&amp;B offline run", lead + upload + trouble + _table("run", ("", ""), _run_facts(folder, None))
-    title = html.escape(f"W&B offline run {card.get('name') or info.get('name') or info.get('run_id') or folder.name}")
+        return "W&amp;B offline run", lead + upload + trouble + _table(
+            "run", ("", ""), _run_facts(folder, None)
+        )
+    title = html.escape(
+        f"W&B offline run {card.get('name') or info.get('name') or info.get('run_id') or folder.name}"
+    )
     summary = _values(info.get("summary") or {}) or [("(none)", "")]
     config = _values(info.get("config") or {}) or [("(none)", "")]
-    body = (lead + upload + "<h2>Summary metrics</h2>" + _table("summary", ("Metric", "Value"), summary, numeric=True)
-            + "<h2>Config</h2>" + _table("config", ("Key", "Value"), config)
-            + "<h2>Run</h2>" + _table("run", ("", ""), _run_facts(folder, info)))  # fmt: skip
+    body = (
+        lead
+        + upload
+        + "<h2>Summary metrics</h2>"
+        + _table("summary", ("Metric", "Value"), summary, numeric=True)
+        + "<h2>Config</h2>"
+        + _table("config", ("Key", "Value"), config)
+        + "<h2>Run</h2>"
+        + _table("run", ("", ""), _run_facts(folder, info))
+    )
     return title, body
 
 
@@ -152,14 +177,18 @@ def offline_list() -> HTMLResponse:
     for r in runs:
         card, folder = r["card"], r["folder"]
         link = f'<a href="offline?{esc(urlencode({"run_dir": str(folder)}))}">{esc(card.get("name") or folder.name)}</a>'
-        rows.append(f"<tr><td>{esc(str(card.get('started') or _stamp(folder)))}</td><td>{link}</td>"
-                    f"<td>{esc(str(card.get('job_type') or ''))}</td><td>{esc(', '.join(card.get('tags') or []))}</td>"
-                    f"<td>{'yes' if r['synced'] else 'no'}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{esc(str(card.get('started') or _stamp(folder)))}</td><td>{link}</td>"
+            f"<td>{esc(str(card.get('job_type') or ''))}</td><td>{esc(', '.join(card.get('tags') or []))}</td>"
+            f"<td>{'yes' if r['synced'] else 'no'}</td></tr>"
+        )
     head = "<tr><th>Started</th><th>Run</th><th>Job</th><th>Tags</th><th>Uploaded</th></tr>"
     listing = f'<table id="runs">{head}{"".join(rows)}</table>' if rows else "<p>No offline runs yet.</p>"
-    body = (f"<p>Runs recorded offline under <code>{esc(str(root))}</code>, newest first (at most {LIST_LIMIT}). "
-            "Each page shows the run's summary metrics and config, and the <code>wandb sync</code> command that "
-            f"uploads it.</p>{listing}")  # fmt: skip
+    body = (
+        f"<p>Runs recorded offline under <code>{esc(str(root))}</code>, newest first (at most {LIST_LIMIT}). "
+        "Each page shows the run's summary metrics and config, and the <code>wandb sync</code> command that "
+        f"uploads it.</p>{listing}"
+    )
     return _page("W&amp;B offline runs", body)
 
 

@@ -27,9 +27,18 @@ def _now() -> str:
 class FakeAirflow:
     """The state behind the fake API: one DAG, its runs, at most one backfill."""
 
-    def __init__(self, days: list[str], *, paused: bool = False, fail: set[str] = frozenset(), existing: int = 0,
-                 locked: int = 0, next_run: str | None = None, slow_health: float = 0.0,
-                 train_paused: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        days: list[str],
+        *,
+        paused: bool = False,
+        fail: set[str] = frozenset(),
+        existing: int = 0,
+        locked: int = 0,
+        next_run: str | None = None,
+        slow_health: float = 0.0,
+        train_paused: bool | None = None,
+    ):
         self.days, self.paused, self.fail = days, paused, fail
         # digits_train, scheduled on the lake asset digits_ingest updates: paused or not (None: no such DAG)
         self.train_paused, self.train_pauses = train_paused, []
@@ -81,21 +90,36 @@ class FakeAirflow:
             return 200, {"dag_id": "digits_train", "is_paused": self.train_paused}
         if path == "/assets" and method == "GET":
             assert query["dag_ids"] == ["digits_ingest"]
-            consumers = [] if self.train_paused is None else [{"dag_id": "digits_train", "created_at": _now(), "updated_at": _now()}]
-            lake = {"id": 1, "name": "digits_lake", "uri": "freestack://lake/digits", "group": "freestack",
-                    "scheduled_dags": consumers, "consuming_tasks": [],
-                    "producing_tasks": [{"dag_id": "digits_ingest", "task_id": "ingest"}]}  # fmt: skip
+            consumers = (
+                []
+                if self.train_paused is None
+                else [{"dag_id": "digits_train", "created_at": _now(), "updated_at": _now()}]
+            )
+            lake = {
+                "id": 1,
+                "name": "digits_lake",
+                "uri": "freestack://lake/digits",
+                "group": "freestack",
+                "scheduled_dags": consumers,
+                "consuming_tasks": [],
+                "producing_tasks": [{"dag_id": "digits_ingest", "task_id": "ingest"}],
+            }
             return 200, {"assets": [lake], "total_entries": 1}
         if path.startswith("/dags/") and method in ("GET", "PATCH") and "/dagRuns" not in path:
             return 404, {"detail": f"The Dag with ID: `{path.split('/')[2]}` was not found"}
         if path == "/backfills/dry_run":
-            return 200, {"backfills": [{"logical_date": f"{d}T00:00:00Z"} for d in self.days[self.existing:]],
-                         "total_entries": len(self.days) - self.existing}  # fmt: skip
+            return 200, {
+                "backfills": [{"logical_date": f"{d}T00:00:00Z"} for d in self.days[self.existing :]],
+                "total_entries": len(self.days) - self.existing,
+            }
         if path == "/backfills" and method == "POST":
             return self._create(body)
         if path == "/backfills" and method == "GET":  # the DAG's backfills, the latest first (order_by=-id)
             assert query["dag_id"] == ["digits_ingest"] and query["order_by"] == ["-id"]
-            return 200, {"backfills": [self.backfill] if self.backfill else [], "total_entries": len(self.created)}
+            return 200, {
+                "backfills": [self.backfill] if self.backfill else [],
+                "total_entries": len(self.created),
+            }
         if self.backfill and path == f"/backfills/{self.backfill['id']}":
             return 200, {**self.backfill, "completed_at": _now() if self._done() else None}
         if path == "/dags/digits_ingest/dagRuns":
@@ -119,13 +143,27 @@ class FakeAirflow:
             }
         if self.backfill is not None and not self._done():
             return 409, {"detail": "There is already a running backfill for dag digits_ingest"}
-        self.backfill = {"id": len(self.created) + 1, "dag_id": body["dag_id"], "from_date": body["from_date"],
-                         "to_date": body["to_date"], "created_at": _now(), "completed_at": None,
-                         "reprocess_behavior": body["reprocess_behavior"]}  # fmt: skip
+        self.backfill = {
+            "id": len(self.created) + 1,
+            "dag_id": body["dag_id"],
+            "from_date": body["from_date"],
+            "to_date": body["to_date"],
+            "created_at": _now(),
+            "completed_at": None,
+            "reprocess_behavior": body["reprocess_behavior"],
+        }
         self.created.append(body)
-        self.runs += [{"dag_run_id": f"backfill__{d}T00:00:00+00:00", "logical_date": f"{d}T00:00:00Z", "state": "queued",
-                       "end_date": None, "duration": None} for d in self.days[self.existing:]
-                      if body["from_date"][:10] <= d <= body["to_date"][:10]]  # fmt: skip
+        self.runs += [
+            {
+                "dag_run_id": f"backfill__{d}T00:00:00+00:00",
+                "logical_date": f"{d}T00:00:00Z",
+                "state": "queued",
+                "end_date": None,
+                "duration": None,
+            }
+            for d in self.days[self.existing :]
+            if body["from_date"][:10] <= d <= body["to_date"][:10]
+        ]
         return 200, self.backfill
 
     def _done(self) -> bool:
@@ -221,8 +259,12 @@ def test_backfill_runs_every_day_and_prints_a_line_per_run(fake_airflow, capsys)
     )
     assert "\x1b[" not in out  # no progress bar when stdout is not a terminal
     created = next(b for m, p, b in api.calls if m == "POST" and p == "/api/v2/backfills")
-    assert created == {"dag_id": "digits_ingest", "from_date": "2026-11-01T00:00:00Z", "to_date": "2026-11-05T00:00:00Z",
-                       "reprocess_behavior": "completed"}  # fmt: skip
+    assert created == {
+        "dag_id": "digits_ingest",
+        "from_date": "2026-11-01T00:00:00Z",
+        "to_date": "2026-11-05T00:00:00Z",
+        "reprocess_behavior": "completed",
+    }
 
 
 def test_a_locked_database_is_waited_out_then_reported(fake_airflow, monkeypatch, capsys):
@@ -305,8 +347,10 @@ def test_days_without_landing_files_get_no_run(fake_airflow, capsys):
     out = capsys.readouterr().out
     assert "5 days from 2026-11-01 to 2026-11-05, 4 to run" in out.splitlines()[0]
     assert any(ln.startswith("  2026-11-03  left out: no landing files in ") for ln in out.splitlines())
-    assert [(b["from_date"][:10], b["to_date"][:10]) for b in api.created] == [("2026-11-01", "2026-11-02"),
-                                                                               ("2026-11-04", "2026-11-05")]  # fmt: skip
+    assert [(b["from_date"][:10], b["to_date"][:10]) for b in api.created] == [
+        ("2026-11-01", "2026-11-02"),
+        ("2026-11-04", "2026-11-05"),
+    ]
     assert sorted(r["logical_date"][:10] for r in api.runs) == [d for d in DAYS if d != "2026-11-03"]
     assert out.splitlines()[-1] == "backfill of digits_ingest: 4 runs succeeded"
     # paused, with its latest interval among them: that part first, so that it has its run when unpaused
@@ -372,20 +416,38 @@ def test_the_plan_says_an_unpaused_train_dag_retrains_and_no_downstream_holds_it
     assert main([*ARGV, "--dry-run"]) == 0
     out = capsys.readouterr().out
     said = next(ln for ln in out.splitlines() if ln.startswith("the 5 runs update digits_lake"))
-    assert "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)" in said
-    assert "a random sweep of 8 trials, then the gate, which may promote a new production model and redeploy it" in said
+    assert (
+        "digits_train is scheduled (unpaused): each update it sees starts a digits_train run (up to 5)"
+        in said
+    )
+    assert (
+        "a random sweep of 8 trials, then the gate, which may promote a new production model and redeploy it"
+        in said
+    )
     assert "pass --no-downstream" in said and "freestack airflow dags pause digits_train" in said
-    assert out.splitlines()[-1] == "dry run: nothing was created" and not api.created and api.train_pauses == []
+    assert (
+        out.splitlines()[-1] == "dry run: nothing was created" and not api.created and api.train_pauses == []
+    )
     # --no-downstream: paused before the runs exist, unpaused after they all finished
     assert main([*ARGV, "--no-downstream"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any("--no-downstream pauses it for the backfill and unpauses it at the end" in ln for ln in lines)
     assert "paused digits_train for the backfill (--no-downstream)" in lines
-    assert lines[-2:] == ["unpaused digits_train again, as it was", "backfill 1 of digits_ingest: 5 runs succeeded"]
+    assert lines[-2:] == [
+        "unpaused digits_train again, as it was",
+        "backfill 1 of digits_ingest: 5 runs succeeded",
+    ]
     assert api.train_pauses == [True, False] and api.train_paused is False
-    writes = [(m, p.split("?")[0]) for m, p, _ in api.calls if m in ("POST", "PATCH") and "/api/" in p and "dry_run" not in p]
-    assert writes == [("PATCH", "/api/v2/dags/digits_train"), ("POST", "/api/v2/backfills"),
-                      ("PATCH", "/api/v2/dags/digits_train")]  # fmt: skip
+    writes = [
+        (m, p.split("?")[0])
+        for m, p, _ in api.calls
+        if m in ("POST", "PATCH") and "/api/" in p and "dry_run" not in p
+    ]
+    assert writes == [
+        ("PATCH", "/api/v2/dags/digits_train"),
+        ("POST", "/api/v2/backfills"),
+        ("PATCH", "/api/v2/dags/digits_train"),
+    ]
     api = fake_airflow(DAYS, train_paused=False, fail={"2026-11-02"})  # unpaused again after failed runs too
     assert main([*ARGV, "--no-downstream"]) == 1 and api.train_pauses == [True, False]
 
@@ -396,7 +458,10 @@ def test_the_plan_says_a_paused_train_dag_does_not_train_and_how_to_start_it(fak
     out = capsys.readouterr().out
     said = next(ln for ln in out.splitlines() if ln.startswith("the 5 runs update digits_lake"))
     assert "digits_train is scheduled (paused): they start no digits_train run" in said
-    assert "freestack airflow dags unpause digits_train" in said and "freestack airflow dags trigger digits_train" in said
+    assert (
+        "freestack airflow dags unpause digits_train" in said
+        and "freestack airflow dags trigger digits_train" in said
+    )
     assert api.train_pauses == [] and api.train_paused is True  # a paused DAG is left alone
 
 
@@ -405,8 +470,15 @@ def test_a_refused_latest_interval_names_every_way_out(fake_airflow, storage, tm
     assert main(ARGV) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "that run would fail (on_missing: fail)" in err
-    for way in ("land 2026-11-22's files first", "--end 2026-11-22", "on_missing to skip", "or wait",
-                "digits.yaml", "--unpause", "once the files have landed"):  # fmt: skip
+    for way in (
+        "land 2026-11-22's files first",
+        "--end 2026-11-22",
+        "on_missing to skip",
+        "or wait",
+        "digits.yaml",
+        "--unpause",
+        "once the files have landed",
+    ):
         assert way in err, (way, err)
     # on_missing: skip: that run would be skipped, no harm done: the plan says so and the backfill runs
     from pathlib import Path
@@ -427,5 +499,7 @@ def test_counts_of_one_are_singular(fake_airflow, capsys):
     assert main(["backfill", "digits", "--start", DAYS[0], "--end", DAYS[0]]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "digits_ingest (unpaused): 1 day from 2026-11-01 to 2026-11-01, 1 to run"
-    assert lines[1].endswith("run: 1 landing file") and lines[2].startswith("backfill 1 of digits_ingest: 1 run, ")
+    assert lines[1].endswith("run: 1 landing file") and lines[2].startswith(
+        "backfill 1 of digits_ingest: 1 run, "
+    )
     assert lines[-1] == "backfill 1 of digits_ingest: 1 run succeeded"

@@ -73,8 +73,11 @@ def _finish_backfill_runs(dag_id: str, stop: threading.Event) -> None:
 
     while not stop.is_set():
         with create_session() as session:
-            run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_type == "backfill",
-                                                       DagRun.state == "queued").limit(1)).first()  # fmt: skip
+            run = session.scalars(
+                select(DagRun)
+                .where(DagRun.dag_id == dag_id, DagRun.run_type == "backfill", DagRun.state == "queued")
+                .limit(1)
+            ).first()
             if run is not None:
                 run.state, run.start_date, run.end_date = "success", timezone.utcnow(), timezone.utcnow()
         time.sleep(0.5)

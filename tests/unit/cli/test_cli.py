@@ -85,7 +85,11 @@ def test_validate_names_each_broken_spec_and_exits_1(capsys, tmp_path, monkeypat
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(tmp_path))
     code, out, err = run(capsys, "validate")
     assert code == 1 and out.startswith(f"ok {tmp_path / 'digits.yaml'}: DAGs digits_ingest, digits_train")
-    one_error_line(err, "counts.yaml: gate.metric: 'accuracy' is a classification metric", "set model.task: classification")
+    one_error_line(
+        err,
+        "counts.yaml: gate.metric: 'accuracy' is a classification metric",
+        "set model.task: classification",
+    )
     code, out, err = run(capsys, "validate", "digits")
     assert code == 0 and err == "" and "task classification" in out
     code, out, _ = run(capsys, "validate", "--json", str(tmp_path / "counts.yaml"))
@@ -95,7 +99,12 @@ def test_validate_names_each_broken_spec_and_exits_1(capsys, tmp_path, monkeypat
 
 def test_unreachable_data_api(capsys, tmp_path, monkeypatch, clean_stores):
     (tmp_path / "x.txt").write_text("x")
-    monkeypatch.setenv("AIRFLOW_CONN_D_DOWN", json.dumps({"conn_type": "freestack_data", "host": f"http://127.0.0.1:{_dead_port()}", "password": "fsk_x"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_D_DOWN",
+        json.dumps(
+            {"conn_type": "freestack_data", "host": f"http://127.0.0.1:{_dead_port()}", "password": "fsk_x"}
+        ),
+    )
     code, _, err = run(capsys, "data", "put", str(tmp_path / "x.txt"), "data://d_down@alice/c/x.txt")
     assert code == 1
     one_error_line(err, "cannot be reached", "freestack data-api")
@@ -118,8 +127,19 @@ def test_deployment_errors(capsys, tmp_path):
     one_error_line(err, "deploys locally", "canaries are a Kubernetes feature")
 
 
-@pytest.mark.parametrize("exc_name", ["RegistryError", "DeployError", "SpecError", "SettingsError", "AclError",
-                                      "DataApiUnavailable", "FileNotFoundError", "KeyError_"])  # fmt: skip
+@pytest.mark.parametrize(
+    "exc_name",
+    [
+        "RegistryError",
+        "DeployError",
+        "SpecError",
+        "SettingsError",
+        "AclError",
+        "DataApiUnavailable",
+        "FileNotFoundError",
+        "KeyError_",
+    ],
+)
 def test_every_known_error_class_is_one_line(capsys, monkeypatch, exc_name):
     from freestack.cli import models
     from freestack.dataapi.keys import KeyError_
@@ -130,11 +150,15 @@ def test_every_known_error_class_is_one_line(capsys, monkeypatch, exc_name):
     from freestack.storage.httpfs import DataApiUnavailable
 
     made = {
-        "RegistryError": RegistryError("r is wrong; do r"), "DeployError": DeployError("d is wrong\nsecond line"),
-        "SpecError": SpecError("x.yaml", "gate", "bad"), "SettingsError": SettingsError("invalid setting: FREESTACK_X"),
-        "AclError": AclError("a is wrong"), "DataApiUnavailable": DataApiUnavailable("down; start it"),
-        "FileNotFoundError": FileNotFoundError(2, "No such file or directory", "/nope"), "KeyError_": KeyError_("k"),
-    }[exc_name]  # fmt: skip
+        "RegistryError": RegistryError("r is wrong; do r"),
+        "DeployError": DeployError("d is wrong\nsecond line"),
+        "SpecError": SpecError("x.yaml", "gate", "bad"),
+        "SettingsError": SettingsError("invalid setting: FREESTACK_X"),
+        "AclError": AclError("a is wrong"),
+        "DataApiUnavailable": DataApiUnavailable("down; start it"),
+        "FileNotFoundError": FileNotFoundError(2, "No such file or directory", "/nope"),
+        "KeyError_": KeyError_("k"),
+    }[exc_name]
 
     def fail(*a, **k):
         raise made
@@ -160,16 +184,19 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monk
     assert code == 1 and "Traceback" in err and err.rstrip().endswith("error: unexpected RuntimeError: boom")
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["nosuch"], "No such command 'nosuch'"),
-    (["models", "list"], "Missing argument"),
-    (["lake", "digits", "--jsn"], "--jsn"),
-    (["backfill", "digits", "--start", "2026-13-01", "--end", "2026-11-02"], "2026-13-01"),
-    (["backfill", "digits", "--start", "2026-11-05", "--end", "2026-11-01"], "before --start"),
-    (["serve", "canary", "digits", "nope"], "nope"),
-    (["acl", "set", "data://alice/c"], "exactly one of --public, --private, --team"),
-    (["serve", "predict", "m", "{not json"], "not valid JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["nosuch"], "No such command 'nosuch'"),
+        (["models", "list"], "Missing argument"),
+        (["lake", "digits", "--jsn"], "--jsn"),
+        (["backfill", "digits", "--start", "2026-13-01", "--end", "2026-11-02"], "2026-13-01"),
+        (["backfill", "digits", "--start", "2026-11-05", "--end", "2026-11-01"], "before --start"),
+        (["serve", "canary", "digits", "nope"], "nope"),
+        (["acl", "set", "data://alice/c"], "exactly one of --public, --private, --team"),
+        (["serve", "predict", "m", "{not json"], "not valid JSON"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(capsys, argv, needle):
     code, _, err = run(capsys, *argv)
     assert code == 2
@@ -209,8 +236,17 @@ def test_models_show_fits_a_screen(capsys, store):
     lines = out.splitlines()
     assert len(lines) <= 25, out
     assert lines[0] == "digits v1" and "\x1b[" not in out  # plain text when not on a terminal
-    for part in ("created", "aliases", "production", "promoted", "reason 0", "3 more", "test_accuracy", "0.8000",
-                 "--details"):  # fmt: skip
+    for part in (
+        "created",
+        "aliases",
+        "production",
+        "promoted",
+        "reason 0",
+        "3 more",
+        "test_accuracy",
+        "0.8000",
+        "--details",
+    ):
         assert part in out, part
     assert "model-index:" not in out and "best_val_accuracy" not in out
 
@@ -218,18 +254,41 @@ def test_models_show_fits_a_screen(capsys, store):
 def test_models_show_details(capsys, store):
     code, out, _ = run(capsys, "models", "show", "digits", "v2", "--root", store, "--details")
     assert code == 0
-    for part in ("digits v2", "reason 6", "best_val_accuracy", "spec_hash", "model.safetensors", "model-index:"):
+    for part in (
+        "digits v2",
+        "reason 6",
+        "best_val_accuracy",
+        "spec_hash",
+        "model.safetensors",
+        "model-index:",
+    ):
         assert part in out, part
 
 
 # -- the lead's commands, wired -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [
-    ["version"], ["dags", "list", "-o", "json"], ["--help"], ["-h"],
-    ["backfill", "create", "--dag-id", "digits_ingest", "--from-date", "2026-11-01", "--reprocess-behavior", "completed"],
-    ["tasks", "test", "--", "x"], [],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["version"],
+        ["dags", "list", "-o", "json"],
+        ["--help"],
+        ["-h"],
+        [
+            "backfill",
+            "create",
+            "--dag-id",
+            "digits_ingest",
+            "--from-date",
+            "2026-11-01",
+            "--reprocess-behavior",
+            "completed",
+        ],
+        ["tasks", "test", "--", "x"],
+        [],
+    ],
+)
 def test_airflow_args_pass_through_untouched(capsys, monkeypatch, argv):
     from freestack.cli import stack
 
@@ -246,7 +305,12 @@ def test_demo_up_down_are_wired(monkeypatch):
     monkeypatch.setattr(demo, "demo", lambda: calls.append("demo") or 0)
     monkeypatch.setattr(stack, "up", lambda timeout: calls.append(("up", timeout)) or 0)
     monkeypatch.setattr(stack, "down", lambda grace: calls.append(("down", grace)) or 3)
-    assert main(["demo"]) == 0 and main(["up", "--timeout", "5"]) == 0 and main(["up"]) == 0 and main(["down"]) == 3
+    assert (
+        main(["demo"]) == 0
+        and main(["up", "--timeout", "5"]) == 0
+        and main(["up"]) == 0
+        and main(["down"]) == 3
+    )
     assert main(["down", "--grace", "2"]) == 3
     assert calls == ["demo", ("up", 5.0), ("up", 240.0), ("down", 30.0), ("down", 2.0)]
 
@@ -260,7 +324,9 @@ def test_data_put_and_get(capsys, tmp_path):
     code, out, _ = run(capsys, "data", "put", str(src), (tmp_path / "up").as_uri() + "/")
     assert code == 0 and "uploaded" in out and "\x1b[" not in out  # no progress bar off a terminal
     assert (tmp_path / "up" / "blob.bin").read_bytes() == src.read_bytes()
-    code, out, _ = run(capsys, "data", "get", (tmp_path / "up" / "blob.bin").as_uri(), str(tmp_path / "back.bin"))
+    code, out, _ = run(
+        capsys, "data", "get", (tmp_path / "up" / "blob.bin").as_uri(), str(tmp_path / "back.bin")
+    )
     assert code == 0 and (tmp_path / "back.bin").read_bytes() == src.read_bytes()
     code, _, err = run(capsys, "data", "get", (tmp_path / "up" / "nope.bin").as_uri(), str(tmp_path))
     assert code == 1
@@ -278,10 +344,26 @@ def test_models_push_to_the_hub(capsys, store, monkeypatch):
 
     hub = FakeHub().start()
     try:
-        monkeypatch.setenv("AIRFLOW_CONN_HF_TEST", json.dumps({"conn_type": "huggingface", "password": "hf_fake",
-                                                                "extra": {"endpoint": hub.endpoint}}))  # fmt: skip
-        code, out, err = run(capsys, "models", "push", "digits", "production", "--repo", "me/digits", "--conn", "hf_test",
-                             "--root", store, "--promote")  # fmt: skip
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_HF_TEST",
+            json.dumps(
+                {"conn_type": "huggingface", "password": "hf_fake", "extra": {"endpoint": hub.endpoint}}
+            ),
+        )
+        code, out, err = run(
+            capsys,
+            "models",
+            "push",
+            "digits",
+            "production",
+            "--repo",
+            "me/digits",
+            "--conn",
+            "hf_test",
+            "--root",
+            store,
+            "--promote",
+        )
     finally:
         hub.stop()
     assert code == 0, err

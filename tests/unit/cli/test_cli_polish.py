@@ -36,12 +36,19 @@ def test_validate_lists_every_dag_the_factory_builds_and_which_start_paused(caps
     for name, result in listed.items():
         dags = [d for d in built if d.dag_id.startswith(f"{name}_")]
         assert result["dags"] == [d.dag_id for d in dags]
-        assert len(dags) == 6 and {f"{name}_promote", f"{name}_monitor", f"{name}_score"} <= set(result["dags"])
+        assert len(dags) == 6 and {f"{name}_promote", f"{name}_monitor", f"{name}_score"} <= set(
+            result["dags"]
+        )
         # manual DAGs are created unpaused; the others follow Airflow's default (paused)
-        assert result["paused_at_creation"] == [d.dag_id for d in dags if d.is_paused_upon_creation is not False]
+        assert result["paused_at_creation"] == [
+            d.dag_id for d in dags if d.is_paused_upon_creation is not False
+        ]
     code, out, _ = run(capsys, "validate")
     digits, reviews = out.splitlines()
-    assert ": DAGs digits_ingest, digits_train, digits_rollback, digits_promote, digits_monitor, digits_score " in digits
+    assert (
+        ": DAGs digits_ingest, digits_train, digits_rollback, digits_promote, digits_monitor, digits_score "
+        in digits
+    )
     assert "(digits_ingest, digits_train, digits_monitor, digits_score start paused)" in digits
 
 
@@ -82,21 +89,28 @@ def test_help_shows_flags_as_flags(capsys):
     _, out, _ = run(capsys, "backfill", "--help")
     flags = {ln.split()[0] for ln in out.splitlines() if ln.strip().startswith("--")}
     assert {"--unpause", "--no-downstream", "--dry-run"} <= flags
-    assert any(ln.split() == ["--dry-run", "Print", "the", "plan", "(the", "days,", "what", "they", "set", "off)"]
-               for ln in out.splitlines())  # fmt: skip
+    assert any(
+        ln.split() == ["--dry-run", "Print", "the", "plan", "(the", "days,", "what", "they", "set", "off)"]
+        for ln in out.splitlines()
+    )
 
 
 def test_down_names_each_process_it_killed(capsys):
     from freestack.cli.stack import _report
     from freestack.runtime.procs import Stopped
 
-    stack = [Stopped(101, "airflow scheduler", "TERM"), Stopped(102, "airflow worker -- LocalExecutor", "KILL"),
-             Stopped(103, "python -c import time", "KILL")]  # fmt: skip
+    stack = [
+        Stopped(101, "airflow scheduler", "TERM"),
+        Stopped(102, "airflow worker -- LocalExecutor", "KILL"),
+        Stopped(103, "python -c import time", "KILL"),
+    ]
     _report("/x/airflow", stack, None, [(104, "model server of digits v3 on 127.0.0.1:9000", "KILL")], 30.0)
     lines = capsys.readouterr().out.splitlines()
     assert "stopped 3 processes of the embedded Airflow (AIRFLOW_HOME /x/airflow)" in lines
-    assert lines[-1] == ("killed (SIGKILL) 3 processes that still ran 30 s after SIGTERM: 102 (airflow worker -- "
-                         "LocalExecutor); 103 (python -c import time); 104 (model server of digits v3 on 127.0.0.1:9000)")  # fmt: skip
+    assert lines[-1] == (
+        "killed (SIGKILL) 3 processes that still ran 30 s after SIGTERM: 102 (airflow worker -- "
+        "LocalExecutor); 103 (python -c import time); 104 (model server of digits v3 on 127.0.0.1:9000)"
+    )
     _report("/x/airflow", [Stopped(105, "airflow triggerer", "KILL")], None, [], 2.0)
     lines = capsys.readouterr().out.splitlines()
     assert "stopped 1 process of the embedded Airflow (AIRFLOW_HOME /x/airflow)" in lines
@@ -136,5 +150,7 @@ def test_a_count_of_one_is_singular(capsys, tmp_path):
     lineage = json.loads((folder / "lineage.json").read_text())
     (folder / "lineage.json").write_text(json.dumps({**lineage, "partitions": PARTITIONS[:1]}))
     ModelRegistry((tmp_path / "store").as_uri(), "digits").register(folder.as_uri(), "v1")
-    code, out, _ = run(capsys, "models", "show", "digits", "v1", "--details", "--root", (tmp_path / "store").as_uri())
+    code, out, _ = run(
+        capsys, "models", "show", "digits", "v1", "--details", "--root", (tmp_path / "store").as_uri()
+    )
     assert code == 0 and any(ln.split() == ["partitions", "1", "partition"] for ln in out.splitlines()), out

@@ -15,7 +15,9 @@ def started(storage, monkeypatch):
     from freestack.cli import actions
 
     runs: list[tuple[str, dict]] = []
-    monkeypatch.setattr(actions, "run_and_follow", lambda dag_id, conf, note, timeout: runs.append((dag_id, conf)) or 0)
+    monkeypatch.setattr(
+        actions, "run_and_follow", lambda dag_id, conf, note, timeout: runs.append((dag_id, conf)) or 0
+    )
     return runs
 
 
@@ -25,10 +27,14 @@ def test_the_cli_names_the_version_and_what_production_is_as_asked(storage, star
     names = make_registry(storage, "digits", 4)  # production, previous, staging: the newest three
     assert main(["models", "rollback", "digits"]) == 0
     assert started[-1] == ("digits_rollback", {"version": names[-2], "expect_production": names[-1]})
-    assert f"rolling back production from {names[-1]} to {names[-2]}" in " ".join(capsys.readouterr().out.split())
+    assert f"rolling back production from {names[-1]} to {names[-2]}" in " ".join(
+        capsys.readouterr().out.split()
+    )
     assert main(["models", "promote", "digits", names[0], "--reason", "by hand"]) == 0
-    assert started[-1] == ("digits_promote", {"version": names[0], "alias": "production", "reason": "by hand",
-                                              "expect": names[-1]})  # fmt: skip
+    assert started[-1] == (
+        "digits_promote",
+        {"version": names[0], "alias": "production", "reason": "by hand", "expect": names[-1]},
+    )
     assert main(["models", "alias", "digits", "staging", names[0]]) == 0
     assert started[-1][1]["expect"] == names[-3]
 
@@ -39,5 +45,7 @@ def test_a_rollback_without_a_previous_version_is_refused_before_any_run(storage
     make_registry(storage, "digits", 1)
     assert main(["models", "rollback", "digits"]) == 1
     said = capsys.readouterr().err
-    assert "digits has no previous version to roll back to" in said and "freestack models promote digits" in said
+    assert (
+        "digits has no previous version to roll back to" in said and "freestack models promote digits" in said
+    )
     assert started == []

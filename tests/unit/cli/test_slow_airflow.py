@@ -44,8 +44,14 @@ def late_airflow(fake_airflow, quick_timeouts, monkeypatch):  # noqa: F811
 
 
 def test_late_answers_are_waited_out_and_the_backfill_is_created_once(late_airflow, capsys):
-    api, proxy = late_airflow({("POST", "/auth/token"): 1, ("GET", "/api/v2/dags/digits_ingest"): 1,
-                               ("POST", "/api/v2/backfills"): 1, RUNS: 2})  # fmt: skip
+    api, proxy = late_airflow(
+        {
+            ("POST", "/auth/token"): 1,
+            ("GET", "/api/v2/dags/digits_ingest"): 1,
+            ("POST", "/api/v2/backfills"): 1,
+            RUNS: 2,
+        }
+    )
     with proxy:
         code = main(ARGV)
     out, err = capsys.readouterr()
@@ -90,7 +96,9 @@ def no_train_runs():
 
 
 def test_a_run_and_a_backfill_whose_answers_came_late_are_made_once_by_the_real_api(
-    api_server, no_train_runs, monkeypatch  # noqa: F811
+    api_server,  # noqa: F811
+    no_train_runs,
+    monkeypatch,  # noqa: F811
 ):
     """Airflow's own API server does the POST; its answer is held past the timeout. The client finds the
     run by the id it chose, and the backfill by its days, instead of making a second of either."""
@@ -102,19 +110,29 @@ def test_a_run_and_a_backfill_whose_answers_came_late_are_made_once_by_the_real_
         env = {"AIRFLOW__API__BASE_URL": proxy.url, "AIRFLOW_HOME": os.environ["AIRFLOW_HOME"]}
         api = embedded.AirflowAPI(env, notice=notices.append)
         # other tests of this worker's Airflow may have left runs and backfills: only new ones count
-        before = {r["dag_run_id"] for r in api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]}
+        before = {
+            r["dag_run_id"] for r in api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]
+        }
         backfills_before = {b["id"] for b in api.call("GET", "/backfills?dag_id=digits_ingest")["backfills"]}
         notices.clear()
         run = api.trigger("digits_train", {"end_ds": "2026-11-03"}, note="a late answer")
         runs = api.call("GET", "/dags/digits_train/dagRuns?limit=100")["dag_runs"]
-        body = {"dag_id": "digits_ingest", "from_date": "2026-11-01T00:00:00Z",
-                "to_date": "2026-11-03T00:00:00Z", "reprocess_behavior": "none"}  # fmt: skip
+        body = {
+            "dag_id": "digits_ingest",
+            "from_date": "2026-11-01T00:00:00Z",
+            "to_date": "2026-11-03T00:00:00Z",
+            "reprocess_behavior": "none",
+        }
         backfill = api.create_backfill(body)
         backfills = api.call("GET", "/backfills?dag_id=digits_ingest")["backfills"]
-    assert [r["dag_run_id"] for r in runs if r["dag_run_id"] not in before] == [run["dag_run_id"]]  # one, the client's
+    assert [r["dag_run_id"] for r in runs if r["dag_run_id"] not in before] == [
+        run["dag_run_id"]
+    ]  # one, the client's
     assert run["dag_run_id"].startswith("manual__")
     assert run["conf"] == {"end_ds": "2026-11-03"} and run["note"] == "a late answer"
-    assert [b["id"] for b in backfills if b["id"] not in backfills_before] == [backfill["id"]] and backfill["from_date"].startswith("2026-11-01")
+    assert [b["id"] for b in backfills if b["id"] not in backfills_before] == [backfill["id"]] and backfill[
+        "from_date"
+    ].startswith("2026-11-01")
     assert proxy.calls.count(("POST", "/api/v2/dags/digits_train/dagRuns")) == 1
     assert proxy.calls.count(("POST", "/api/v2/backfills")) == 1
     assert len(notices) == 2 and all("has not answered POST " in n for n in notices)

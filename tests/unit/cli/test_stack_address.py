@@ -30,8 +30,11 @@ def stand_in(tmp_path, monkeypatch):
     started: list[subprocess.Popen] = []
 
     def start(env, log_file):
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
-                                env=embedded.standalone_env(env), start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(300)"],
+            env=embedded.standalone_env(env),
+            start_new_session=True,
+        )
         started.append(proc)
         return proc
 
@@ -51,7 +54,10 @@ def _no_address(monkeypatch) -> None:
 
 
 def test_every_command_uses_the_port_the_stack_was_started_on(
-    fake_airflow, stand_in, monkeypatch, capsys  # noqa: F811
+    fake_airflow,  # noqa: F811
+    stand_in,
+    monkeypatch,
+    capsys,  # noqa: F811
 ):
     api = fake_airflow(DAYS)
     url = os.environ["AIRFLOW__API__BASE_URL"]
@@ -89,8 +95,11 @@ def test_a_stale_record_is_ignored_and_a_port_the_environment_names_wins(tmp_pat
     _no_address(monkeypatch)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
-        env = {"AIRFLOW_HOME": str(home), "AIRFLOW__API__PORT": "8110",
-               "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8110"}  # fmt: skip
+        env = {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__API__PORT": "8110",
+            "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8110",
+        }
         embedded.record_stack(env, proc.pid)
         found = embedded.airflow_env()
         assert found["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8110"

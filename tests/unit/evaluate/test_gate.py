@@ -118,10 +118,19 @@ def test_comparisons_with_production_say_better_or_worse_and_by_how_much():
 def _regression_spec(gate: dict) -> dict:
     return {
         "name": "x",
-        "source": {"schema": {"key": "id", "target": "y", "columns": [
-            {"name": "id", "nullable": False}, {"name": "f", "type": "float"}, {"name": "y", "type": "float"}]}},
+        "source": {
+            "schema": {
+                "key": "id",
+                "target": "y",
+                "columns": [
+                    {"name": "id", "nullable": False},
+                    {"name": "f", "type": "float"},
+                    {"name": "y", "type": "float"},
+                ],
+            }
+        },
         "gate": gate,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(

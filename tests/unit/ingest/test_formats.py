@@ -121,22 +121,38 @@ def test_missing_column_policy_and_missing_landing(storage):
 def _zero_row_parquet() -> bytes:
     """A Parquet file with the schema's columns and no rows (what a writer of an empty data frame leaves)."""
     sink = pa.BufferOutputStream()
-    schema = pa.schema([("id", pa.int64()), ("when", pa.string()), ("ok", pa.bool_()), ("kind", pa.string()), ("y", pa.float64())])
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("when", pa.string()),
+            ("ok", pa.bool_()),
+            ("kind", pa.string()),
+            ("y", pa.float64()),
+        ]
+    )
     pq.write_table(schema.empty_table(), sink)
     return sink.getvalue().to_pybytes()
 
 
 @pytest.mark.parametrize(
     ("fmt", "content", "says"),
-    [("csv", b"", "0 bytes"), ("csv", b"id,when,ok,kind,y\n", "no rows"), ("jsonl", b"", "0 bytes"),
-     ("jsonl", b"\n\n  \n", "no rows"), ("parquet", _zero_row_parquet(), "no rows")],
+    [
+        ("csv", b"", "0 bytes"),
+        ("csv", b"id,when,ok,kind,y\n", "no rows"),
+        ("jsonl", b"", "0 bytes"),
+        ("jsonl", b"\n\n  \n", "no rows"),
+        ("parquet", _zero_row_parquet(), "no rows"),
+    ],
     ids=["csv-0-bytes", "csv-header-only", "jsonl-0-bytes", "jsonl-blank-lines", "parquet-0-rows"],
-)  # fmt: skip
+)
 def test_a_day_whose_files_hold_no_rows_is_missing_data_not_an_empty_partition(storage, fmt, content, says):
     folder = _landing(storage)
     (folder / f"day.{fmt}").write_bytes(content)
     (folder / f"more.{fmt}").write_bytes(b"")
-    with pytest.raises(LandingDataMissing, match=rf"interval {DS}: its files hold no rows \(day.{fmt}: {says}; more.{fmt}: 0 bytes\).*on_missing"):
+    with pytest.raises(
+        LandingDataMissing,
+        match=rf"interval {DS}: its files hold no rows \(day.{fmt}: {says}; more.{fmt}: 0 bytes\).*on_missing",
+    ):
         ingest_partition(_spec(fmt), DS)
     assert lake_partitions(_spec(fmt)) == []
     assert not (Path(storage.removeprefix("file://")) / f"lake/events/ds={DS}").exists()
@@ -150,5 +166,8 @@ def test_a_0_byte_file_beside_rows_is_quarantined_by_name(storage):
     assert (result.rows_good, result.rows_quarantined) == (2, 1)
     (entry,) = _read(storage, "quarantine")
     assert entry["_source"] == "b.csv" and entry["_line"] is None
-    assert entry["_reason"] == "empty file: b.csv is 0 bytes, a header line was expected; write its rows or remove it"
+    assert (
+        entry["_reason"]
+        == "empty file: b.csv is 0 bytes, a header line was expected; write its rows or remove it"
+    )
     assert {s["name"]: s["rows"] for s in result.sources} == {"a.csv": 2, "b.csv": 0}

@@ -22,7 +22,11 @@ from freestack.spec import parse_spec
 DS = "2026-11-05"
 COLUMNS = [
     {"name": "path", "type": "string", "nullable": False},
-    {"name": "label", "type": "category", "nullable": False},  # before the image: reasons still name the image
+    {
+        "name": "label",
+        "type": "category",
+        "nullable": False,
+    },  # before the image: reasons still name the image
     {"name": "image", "type": "image", "nullable": False},
 ]
 
@@ -33,8 +37,13 @@ def image(fmt: str = "PNG", size=(12, 12), colour=(0, 0, 0)) -> bytes:
     return buf.getvalue()
 
 
-def spec(columns: list | None = None, *, images: dict | None = None, key: str | None = "path",
-         target: str | None = "label"):  # fmt: skip
+def spec(
+    columns: list | None = None,
+    *,
+    images: dict | None = None,
+    key: str | None = "path",
+    target: str | None = "label",
+):
     schema = {"key": key, "target": target, "columns": columns or COLUMNS}
     source = {"format": "imagefolder", "schema": schema, "policy": {"max_quarantine_fraction": 1.0}}
     if images is not None:
@@ -61,17 +70,30 @@ def folder_record(folder: Path, label: str) -> dict:
     """The source record the manifest should hold for a label folder."""
     files = sorted(p for p in (folder / label).iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
     lines = sorted(f"{label}/{p.name}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in files)
-    return {"name": label, "format": "imagefolder", "rows": len(files), "size": sum(p.stat().st_size for p in files),
-            "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}  # fmt: skip
+    return {
+        "name": label,
+        "format": "imagefolder",
+        "rows": len(files),
+        "size": sum(p.stat().st_size for p in files),
+        "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
+    }
 
 
 def test_a_row_per_image_labelled_by_its_folder_with_broken_images_quarantined(storage):
     folder = landing(storage)
-    good = {"cat/001.png": image(colour=(250, 0, 0)), "cat/002.jpg": image("JPEG", colour=(200, 0, 0)),
-            "dog/001.png": image(colour=(0, 0, 250)), "dog/002.bmp": image("BMP", colour=(0, 0, 200))}  # fmt: skip
+    good = {
+        "cat/001.png": image(colour=(250, 0, 0)),
+        "cat/002.jpg": image("JPEG", colour=(200, 0, 0)),
+        "dog/001.png": image(colour=(0, 0, 250)),
+        "dog/002.bmp": image("BMP", colour=(0, 0, 200)),
+    }
     half = image(size=(40, 40), colour=(9, 9, 9))
-    bad = {"cat/noise.png": bytes(range(200)), "dog/half.png": half[: len(half) // 2],
-           "dog/readme.jpg": b"a text file named .jpg\n", "dog/big.png": image(size=(100, 100))}  # fmt: skip
+    bad = {
+        "cat/noise.png": bytes(range(200)),
+        "dog/half.png": half[: len(half) // 2],
+        "dog/readme.jpg": b"a text file named .jpg\n",
+        "dog/big.png": image(size=(100, 100)),
+    }
     for rel, data in {**good, **bad}.items():
         (folder / rel).parent.mkdir(exist_ok=True)
         (folder / rel).write_bytes(data)
@@ -91,14 +113,20 @@ def test_a_row_per_image_labelled_by_its_folder_with_broken_images_quarantined(s
         rel: (rel.split("/")[0], data) for rel, data in good.items()
     }
     q = quarantine(storage)
-    assert q["cat/noise.png"]["_reason"] == ("image: cat/noise.png does not decode as an image (not a format Pillow "
-                                             "knows); replace the file or drop the row")  # fmt: skip
+    assert q["cat/noise.png"]["_reason"] == (
+        "image: cat/noise.png does not decode as an image (not a format Pillow "
+        "knows); replace the file or drop the row"
+    )
     assert q["dog/half.png"]["_reason"].startswith("image: dog/half.png does not decode as an image (")
     assert q["dog/readme.jpg"]["_reason"].startswith("image: dog/readme.jpg does not decode as an image")
-    assert q["dog/big.png"]["_reason"] == ("image: dog/big.png is 100x100 pixels, over source.images.max_pixels 2,500; "
-                                           "replace the file or drop the row")  # fmt: skip
-    assert q["stray.png"]["_reason"] == ("image: stray.png is not in a label folder; an image folder holds one "
-                                         "sub-folder per label (label/file.png): move the file into its label's folder")  # fmt: skip
+    assert q["dog/big.png"]["_reason"] == (
+        "image: dog/big.png is 100x100 pixels, over source.images.max_pixels 2,500; "
+        "replace the file or drop the row"
+    )
+    assert q["stray.png"]["_reason"] == (
+        "image: stray.png is not in a label folder; an image folder holds one "
+        "sub-folder per label (label/file.png): move the file into its label's folder"
+    )
     assert q["dog/big.png"]["label"] == "dog" and q["dog/big.png"]["image"] == "dog/big.png"
     assert q["stray.png"]["label"] is None and q["stray.png"]["_source"] == "stray.png"
 
@@ -108,9 +136,16 @@ def test_a_row_per_image_labelled_by_its_folder_with_broken_images_quarantined(s
     assert manifest["sources"] == [
         folder_record(folder, "cat"),
         folder_record(folder, "dog"),
-        {"name": "stray.png", "format": "imagefolder", "rows": 1, "size": len(stray),
-         "sha256": hashlib.sha256(f"stray.png\t{hashlib.sha256(stray).hexdigest()}\n".encode()).hexdigest()},
-    ]  # fmt: skip
+        {
+            "name": "stray.png",
+            "format": "imagefolder",
+            "rows": 1,
+            "size": len(stray),
+            "sha256": hashlib.sha256(
+                f"stray.png\t{hashlib.sha256(stray).hexdigest()}\n".encode()
+            ).hexdigest(),
+        },
+    ]
     assert [s["rows"] for s in manifest["sources"]] == [3, 5, 1]
     saved = json.loads((partition(storage) / "_manifest.json").read_text())
     assert saved["sources"] == manifest["sources"]
@@ -127,9 +162,14 @@ def test_many_images_of_a_label_are_read_a_few_at_a_time_and_rerun_byte_identica
     first = ingest_partition(s, DS)
     assert (first.rows_good, first.rows_quarantined) == (39, 1)
     paths = pq.read_table(partition(storage) / "part.parquet").column("path").to_pylist()
-    assert paths == [f"{label}/{i:02d}.png" for label in ("a", "b") for i in range(20) if (label, i) != ("b", 5)]
+    assert paths == [
+        f"{label}/{i:02d}.png" for label in ("a", "b") for i in range(20) if (label, i) != ("b", 5)
+    ]
     again = ingest_partition(s, DS)
-    assert again.part["sha256"] == first.part["sha256"] and again.quarantine["sha256"] == first.quarantine["sha256"]
+    assert (
+        again.part["sha256"] == first.part["sha256"]
+        and again.quarantine["sha256"] == first.quarantine["sha256"]
+    )
 
 
 def test_the_target_is_checked_like_any_category(storage):
@@ -158,7 +198,9 @@ def test_an_interval_without_images_is_missing_landing_data(storage, make):
             (folder / name).parent.mkdir(exist_ok=True)
             (folder / name).write_bytes(b"")
     words = "its files hold no rows \\(cat: 0 bytes; dog: 0 bytes\\)" if make == "only 0-byte images" else ""
-    with pytest.raises(LandingDataMissing, match=f"no landing data for pipeline 'glyphs' interval 2026-11-05.*{words}"):
+    with pytest.raises(
+        LandingDataMissing, match=f"no landing data for pipeline 'glyphs' interval 2026-11-05.*{words}"
+    ):
         ingest_partition(spec(), DS)
     assert not partition(storage).exists()
 
@@ -166,18 +208,40 @@ def test_an_interval_without_images_is_missing_landing_data(storage, make):
 @pytest.mark.parametrize(
     ("columns", "schema", "words"),
     [
-        ([*COLUMNS, {"name": "extra", "type": "int"}], {}, "source.schema.columns has ['extra'], which an image folder gives no values for"),
-        ([COLUMNS[0], COLUMNS[1], {**COLUMNS[2], "type": "string"}], {}, "source.schema.columns has 0 image columns (none): declare one"),
-        ([{**COLUMNS[0], "type": "int"}, *COLUMNS[1:]], {}, "source.schema.key 'path' is type int: make it type string"),
-        ([COLUMNS[0], {**COLUMNS[1], "type": "float"}, COLUMNS[2]], {}, "source.schema.target 'label' is type float"),
+        (
+            [*COLUMNS, {"name": "extra", "type": "int"}],
+            {},
+            "source.schema.columns has ['extra'], which an image folder gives no values for",
+        ),
+        (
+            [COLUMNS[0], COLUMNS[1], {**COLUMNS[2], "type": "string"}],
+            {},
+            "source.schema.columns has 0 image columns (none): declare one",
+        ),
+        (
+            [{**COLUMNS[0], "type": "int"}, *COLUMNS[1:]],
+            {},
+            "source.schema.key 'path' is type int: make it type string",
+        ),
+        (
+            [COLUMNS[0], {**COLUMNS[1], "type": "float"}, COLUMNS[2]],
+            {},
+            "source.schema.target 'label' is type float",
+        ),
         (COLUMNS, {"target": None}, "source.schema.target is not set"),
         (COLUMNS, {"key": None}, "source.schema.key is not set"),
-        ([COLUMNS[0], COLUMNS[2]], {"target": "path"}, "source.schema.key and source.schema.target are both 'path'"),
+        (
+            [COLUMNS[0], COLUMNS[2]],
+            {"target": "path"},
+            "source.schema.key and source.schema.target are both 'path'",
+        ),
     ],
 )
 def test_a_schema_that_does_not_fit_an_image_folder_is_a_spec_error_naming_the_field(columns, schema, words):
     with pytest.raises(SpecError) as err:
         spec(columns, **schema)
     assert err.value.field == "source.schema", err.value
-    assert err.value.detail.startswith("source.format imagefolder: declare exactly three columns: the key (type string")
+    assert err.value.detail.startswith(
+        "source.format imagefolder: declare exactly three columns: the key (type string"
+    )
     assert words in err.value.detail, err.value.detail

@@ -37,10 +37,19 @@ def image(fmt: str = "PNG", size=(8, 6), colour=(200, 30, 90)) -> bytes:
     return buf.getvalue()
 
 
-def spec(fmt: str = "csv", *, images: dict | None = None, columns: list | None = None, landing: str | None = None,
-         limit: float = 1.0):  # fmt: skip
-    source = {"format": fmt, "schema": {"key": "id", "target": "label", "columns": columns or COLUMNS},
-              "policy": {"max_quarantine_fraction": limit}}  # fmt: skip
+def spec(
+    fmt: str = "csv",
+    *,
+    images: dict | None = None,
+    columns: list | None = None,
+    landing: str | None = None,
+    limit: float = 1.0,
+):
+    source = {
+        "format": fmt,
+        "schema": {"key": "id", "target": "label", "columns": columns or COLUMNS},
+        "policy": {"max_quarantine_fraction": limit},
+    }
     if images is not None:
         source["images"] = images
     if landing is not None:
@@ -73,11 +82,16 @@ def csv_rows(rows: list[tuple]) -> str:
 
 
 def test_category_and_text_columns_are_strings_and_allowed_applies_to_the_category(storage):
-    cols = [{"name": "id", "type": "string", "nullable": False},
-            {"name": "colour", "type": "category", "allowed": ["red", "blue"], "nullable": False},
-            {"name": "review", "type": "text"}, {"name": "label", "type": "category", "nullable": False}]  # fmt: skip
-    text = ('id,colour,review,label\n1,red,"Sturdy, well made; ""five stars""",yes\n2,blue,,no\n'
-            "3,green,nice,yes\n4,,missing colour,no\n5,red,\u00e9t\u00e9 parfait,no\n")  # fmt: skip
+    cols = [
+        {"name": "id", "type": "string", "nullable": False},
+        {"name": "colour", "type": "category", "allowed": ["red", "blue"], "nullable": False},
+        {"name": "review", "type": "text"},
+        {"name": "label", "type": "category", "nullable": False},
+    ]
+    text = (
+        'id,colour,review,label\n1,red,"Sturdy, well made; ""five stars""",yes\n2,blue,,no\n'
+        "3,green,nice,yes\n4,,missing colour,no\n5,red,\u00e9t\u00e9 parfait,no\n"
+    )
     (landing(storage) / "sales.csv").write_text(text, encoding="utf-8")
     result = ingest_partition(spec(columns=cols), DS)
     assert (result.rows_in, result.rows_good, result.rows_quarantined) == (5, 3, 2)
@@ -89,14 +103,19 @@ def test_category_and_text_columns_are_strings_and_allowed_applies_to_the_catego
         {"id": "5", "colour": "red", "review": "\u00e9t\u00e9 parfait", "label": "no"},
     ]
     reasons = {k: r["_reason"] for k, r in quarantine(storage).items()}
-    assert reasons == {"3": "colour: not one of the allowed values: 'green'",
-                       "4": "colour: missing value (column is not nullable)"}  # fmt: skip
+    assert reasons == {
+        "3": "colour: not one of the allowed values: 'green'",
+        "4": "colour: missing value (column is not nullable)",
+    }
 
 
 @pytest.mark.parametrize("kind", ["category", "text"])
 def test_min_and_max_are_refused_for_category_and_text_as_for_strings(kind):
-    cols = [{"name": "id", "type": "string", "nullable": False}, {"name": "c", "type": kind, "min": 1},
-            {"name": "label", "type": "string", "nullable": False}]  # fmt: skip
+    cols = [
+        {"name": "id", "type": "string", "nullable": False},
+        {"name": "c", "type": kind, "min": 1},
+        {"name": "label", "type": "string", "nullable": False},
+    ]
     with pytest.raises(SpecError, match=f"min/max apply to int and float columns, not {kind}"):
         spec(columns=cols)
 
@@ -105,18 +124,32 @@ def test_image_paths_in_a_csv_are_read_checked_and_kept_as_the_bytes_that_landed
     folder = landing(storage)
     (folder / "images").mkdir()
     png, jpeg = image(), image("JPEG", colour=(10, 200, 10))
-    files = {"cat_001.png": png, "dog.jpg": jpeg, "noise.png": bytes(range(256)) * 3, "half.png": png[: len(png) // 2],
-             "notes.jpg": b"this is a text file\n", "big.png": image(size=(300, 200))}  # fmt: skip
+    files = {
+        "cat_001.png": png,
+        "dog.jpg": jpeg,
+        "noise.png": bytes(range(256)) * 3,
+        "half.png": png[: len(png) // 2],
+        "notes.jpg": b"this is a text file\n",
+        "big.png": image(size=(300, 200)),
+    }
     for name, data in files.items():
         (folder / "images" / name).write_bytes(data)
     (folder / "escape.png").write_bytes(png)  # beside the CSV: an image, not a table file
     (folder / "README.md").write_text("not a table")
-    rows = [("1", "red", "fine", "images/cat_001.png"), ("2", "blue", "good", "./images/dog.jpg"),
-            ("3", "red", "x", "images/noise.png"), ("4", "red", "x", "images/half.png"),
-            ("5", "red", "x", "images/notes.jpg"), ("6", "red", "x", "images/big.png"),
-            ("7", "red", "x", "images/gone.png"), ("8", "red", "x", "../escape.png"),
-            ("9", "red", "x", "/etc/hostname"), ("10", "red", "x", "s3://bucket/cat.png"),
-            ("11", "blue", "same file again", "images/cat_001.png"), ("12", "red", "no photo", "")]  # fmt: skip
+    rows = [
+        ("1", "red", "fine", "images/cat_001.png"),
+        ("2", "blue", "good", "./images/dog.jpg"),
+        ("3", "red", "x", "images/noise.png"),
+        ("4", "red", "x", "images/half.png"),
+        ("5", "red", "x", "images/notes.jpg"),
+        ("6", "red", "x", "images/big.png"),
+        ("7", "red", "x", "images/gone.png"),
+        ("8", "red", "x", "../escape.png"),
+        ("9", "red", "x", "/etc/hostname"),
+        ("10", "red", "x", "s3://bucket/cat.png"),
+        ("11", "blue", "same file again", "images/cat_001.png"),
+        ("12", "red", "no photo", ""),
+    ]
     (folder / "sales.csv").write_text(csv_rows(rows))
     s = spec(images={"max_pixels": 50_000})
     assert [p.name for p in landing_files(s, DS)] == ["sales.csv"]
@@ -129,24 +162,42 @@ def test_image_paths_in_a_csv_are_read_checked_and_kept_as_the_bytes_that_landed
     assert good == {"1": png, "2": jpeg, "11": png, "12": None}  # the bytes as they landed, not re-encoded
     q = quarantine(storage)
     uri = f"{storage}/landing/shop/{DS}"
-    assert q["3"]["_reason"] == ("photo: images/noise.png does not decode as an image (not a format Pillow knows); "
-                                 "replace the file or drop the row")  # fmt: skip
+    assert q["3"]["_reason"] == (
+        "photo: images/noise.png does not decode as an image (not a format Pillow knows); "
+        "replace the file or drop the row"
+    )
     assert q["4"]["_reason"].startswith("photo: images/half.png does not decode as an image (")
     assert q["4"]["_reason"].endswith("); replace the file or drop the row")
     assert q["5"]["_reason"].startswith("photo: images/notes.jpg does not decode as an image")
-    assert q["6"]["_reason"] == ("photo: images/big.png is 300x200 pixels, over source.images.max_pixels 50,000; "
-                                 "replace the file or drop the row")  # fmt: skip
-    assert q["7"]["_reason"] == f"photo: images/gone.png: no such file under the landing folder {uri}; add it or drop the row"
+    assert q["6"]["_reason"] == (
+        "photo: images/big.png is 300x200 pixels, over source.images.max_pixels 50,000; "
+        "replace the file or drop the row"
+    )
+    assert (
+        q["7"]["_reason"]
+        == f"photo: images/gone.png: no such file under the landing folder {uri}; add it or drop the row"
+    )
     for key, path in (("8", "../escape.png"), ("9", "/etc/hostname"), ("10", "s3://bucket/cat.png")):
-        assert q[key]["_reason"].startswith(f"photo: '{path}' is not a path inside the landing folder; give it relative to {uri}")
-    assert {k: r["photo"] for k, r in q.items()} == {r[0]: r[3] for r in rows if r[0] in q}  # the path, as it landed
+        assert q[key]["_reason"].startswith(
+            f"photo: '{path}' is not a path inside the landing folder; give it relative to {uri}"
+        )
+    assert {k: r["photo"] for k, r in q.items()} == {
+        r[0]: r[3] for r in rows if r[0] in q
+    }  # the path, as it landed
     assert all(r["colour"] == "red" and r["_source"] == "sales.csv" for r in q.values())
 
     manifest = read_manifest(s, DS)
     assert (manifest["rows_in"], manifest["rows_good"], manifest["rows_quarantined"]) == (12, 4, 8)
     landed = (folder / "sales.csv").read_bytes()
-    assert manifest["sources"] == [{"name": "sales.csv", "format": "csv", "rows": 12, "size": len(landed),
-                                    "sha256": hashlib.sha256(landed).hexdigest()}]  # fmt: skip
+    assert manifest["sources"] == [
+        {
+            "name": "sales.csv",
+            "format": "csv",
+            "rows": 12,
+            "size": len(landed),
+            "sha256": hashlib.sha256(landed).hexdigest(),
+        }
+    ]
     part = (partition(storage) / "part.parquet").read_bytes()
     assert manifest["part"]["sha256"] == hashlib.sha256(part).hexdigest()  # the hash covers the images
 
@@ -163,10 +214,14 @@ def test_an_image_over_max_bytes_or_of_another_format_is_quarantined(storage):
     result = ingest_partition(s, DS)
     assert (result.rows_good, result.rows_quarantined) == (1, 2)
     q = quarantine(storage)
-    assert q["2"]["_reason"] == (f"photo: large.png is {len(large):,} bytes, over source.images.max_bytes "
-                                 f"{len(small) + 1:,}; replace the file or drop the row")  # fmt: skip
-    assert q["3"]["_reason"] == ("photo: anim.gif is GIF, not one of source.images.formats ['PNG', 'JPEG']; "
-                                 "replace the file or drop the row")  # fmt: skip
+    assert q["2"]["_reason"] == (
+        f"photo: large.png is {len(large):,} bytes, over source.images.max_bytes "
+        f"{len(small) + 1:,}; replace the file or drop the row"
+    )
+    assert q["3"]["_reason"] == (
+        "photo: anim.gif is GIF, not one of source.images.formats ['PNG', 'JPEG']; "
+        "replace the file or drop the row"
+    )
 
 
 def test_a_decompression_bomb_is_refused_from_its_header():
@@ -176,16 +231,33 @@ def test_a_decompression_bomb_is_refused_from_its_header():
         return buf.getvalue()
 
     opts = ImageOptions()
-    assert image_problem(bilevel(12_000), opts) == "is 12000x12000 pixels, over source.images.max_pixels 40,000,000"
-    assert image_problem(bilevel(12_000), ImageOptions(max_pixels=150_000_000)) is None  # a larger limit is honoured
-    assert image_problem(bilevel(14_000), opts).startswith("is over Pillow's decompression-bomb limit (Image size (")
+    assert (
+        image_problem(bilevel(12_000), opts)
+        == "is 12000x12000 pixels, over source.images.max_pixels 40,000,000"
+    )
+    assert (
+        image_problem(bilevel(12_000), ImageOptions(max_pixels=150_000_000)) is None
+    )  # a larger limit is honoured
+    assert image_problem(bilevel(14_000), opts).startswith(
+        "is over Pillow's decompression-bomb limit (Image size ("
+    )
 
 
 def test_paths_must_stay_inside_the_landing_folder():
     assert relative_path("images/cat_001.png") == "images/cat_001.png"
     assert relative_path("./images\\cat.png") == "images/cat.png"
-    for bad in ("../x.png", "images/../../x.png", "%2e%2e/x.png", "/etc/passwd", "C:/x.png", "s3://b/x.png",
-                "file:x.png", "~/x.png", "", "."):  # fmt: skip
+    for bad in (
+        "../x.png",
+        "images/../../x.png",
+        "%2e%2e/x.png",
+        "/etc/passwd",
+        "C:/x.png",
+        "s3://b/x.png",
+        "file:x.png",
+        "~/x.png",
+        "",
+        ".",
+    ):
         assert relative_path(bad) is None, bad
 
 
@@ -195,20 +267,29 @@ def test_json_lines_give_paths_and_parquet_gives_paths_or_the_bytes(storage):
     a, b, c = image(colour=(1, 1, 1)), image("JPEG", colour=(2, 2, 2)), image("WEBP", colour=(3, 3, 3))
     (folder / "img" / "a.png").write_bytes(a)
     (folder / "img" / "b.jpg").write_bytes(b)
-    lines = [{"id": "j1", "colour": "red", "review": "ok", "photo": "img/a.png", "label": "y"},
-             {"id": "j2", "colour": "red", "review": "ok", "photo": "img/nothere.png", "label": "y"}]  # fmt: skip
+    lines = [
+        {"id": "j1", "colour": "red", "review": "ok", "photo": "img/a.png", "label": "y"},
+        {"id": "j2", "colour": "red", "review": "ok", "photo": "img/nothere.png", "label": "y"},
+    ]
     (folder / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     common = {"colour": ["blue", "blue"], "review": ["r", "r"], "label": ["n", "n"]}
-    pq.write_table(pa.table({"id": ["p1", "p2"], **common, "photo": pa.array(["img/b.jpg", "img/a.png"])}), folder / "b.parquet")
-    inline = pa.array([c, b"\x00\x01 not an image"], pa.large_binary())  # large_binary: as polars writes bytes
+    pq.write_table(
+        pa.table({"id": ["p1", "p2"], **common, "photo": pa.array(["img/b.jpg", "img/a.png"])}),
+        folder / "b.parquet",
+    )
+    inline = pa.array(
+        [c, b"\x00\x01 not an image"], pa.large_binary()
+    )  # large_binary: as polars writes bytes
     pq.write_table(pa.table({"id": ["i1", "i2"], **common, "photo": inline}), folder / "c.parquet")
     result = ingest_partition(spec("parquet"), DS)
     assert (result.rows_in, result.rows_good, result.rows_quarantined) == (6, 4, 2)
     assert {r["id"]: r["photo"] for r in lake(storage).to_pylist()} == {"j1": a, "p1": b, "p2": a, "i1": c}
     q = quarantine(storage)
     assert q["j2"]["_reason"].startswith("photo: img/nothere.png: no such file under the landing folder ")
-    assert q["i2"]["_reason"] == ("photo: <15 bytes> does not decode as an image (not a format Pillow knows); "
-                                  "replace the file or drop the row")  # fmt: skip
+    assert q["i2"]["_reason"] == (
+        "photo: <15 bytes> does not decode as an image (not a format Pillow knows); "
+        "replace the file or drop the row"
+    )
     assert q["i2"]["photo"] == "<15 bytes>"  # the quarantine shows the size of inline bytes, not the bytes
 
 
@@ -243,7 +324,10 @@ def test_the_same_landing_bytes_give_the_same_partition_bytes(storage):
     first = ingest_partition(spec(), DS)
     quarantined = quarantine(storage)
     again = ingest_partition(spec(), DS)
-    assert again.part["sha256"] == first.part["sha256"] and again.quarantine["sha256"] == first.quarantine["sha256"]
+    assert (
+        again.part["sha256"] == first.part["sha256"]
+        and again.quarantine["sha256"] == first.quarantine["sha256"]
+    )
     assert quarantine(storage) == quarantined
 
 
@@ -258,21 +342,33 @@ def test_the_quarantine_fraction_limit_applies_to_images(storage):
     assert quarantine(storage)["2"]["_reason"].startswith("photo: gone.png: no such file")
 
 
-def test_images_are_read_through_the_storage_layer_on_a_data_uri(storage, tmp_path, monkeypatch, clean_stores):
+def test_images_are_read_through_the_storage_layer_on_a_data_uri(
+    storage, tmp_path, monkeypatch, clean_stores
+):
     from freestack.storage import to_path, write_bytes
 
     root = tmp_path / "data"
     monkeypatch.setenv("FREESTACK_DATA_ROOT", root.as_uri())
     monkeypatch.setenv("FREESTACK_DATA_OWNER", "alice")
-    monkeypatch.setenv("AIRFLOW_CONN_DATA_ALICE",
-                       json.dumps({"conn_type": "freestack_data", "login": "alice", "extra": {"root": root.as_uri()}}))  # fmt: skip
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DATA_ALICE",
+        json.dumps({"conn_type": "freestack_data", "login": "alice", "extra": {"root": root.as_uri()}}),
+    )
     to_path("data://data_alice@alice/x").fs.create_dir("alice/landing")
     base = f"data://data_alice@alice/landing/shop/{DS}"
     png = image()
     write_bytes(to_path(f"{base}/pics/a.png"), png)
     write_bytes(to_path(f"{base}/pics/bad.png"), png[:40])
-    write_bytes(to_path(f"{base}/sales.csv"), csv_rows([("1", "red", "t", "pics/a.png"), ("2", "red", "t", "pics/bad.png"),
-                                                         ("3", "red", "t", "pics/gone.png")]).encode())  # fmt: skip
+    write_bytes(
+        to_path(f"{base}/sales.csv"),
+        csv_rows(
+            [
+                ("1", "red", "t", "pics/a.png"),
+                ("2", "red", "t", "pics/bad.png"),
+                ("3", "red", "t", "pics/gone.png"),
+            ]
+        ).encode(),
+    )
     result = ingest_partition(spec(landing="data://data_alice@alice/landing/{pipeline}/{ds}/"), DS)
     assert (result.rows_good, result.rows_quarantined) == (1, 2)
     assert lake(storage).column("photo").to_pylist() == [png]

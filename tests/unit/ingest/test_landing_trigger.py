@@ -43,7 +43,11 @@ def test_an_image_that_lands_before_its_table_is_not_the_data(tmp_path, storage)
     assert _has_files(folder.as_uri(), spec_path, DS) == ["sales.csv"]
     trigger = LandingTrigger(folder.as_uri(), 5, spec_path, DS)
     path, kwargs = trigger.serialize()
-    assert path == "freestack.ingest.triggers.LandingTrigger" and kwargs["spec_path"] == spec_path and kwargs["ds"] == DS
+    assert (
+        path == "freestack.ingest.triggers.LandingTrigger"
+        and kwargs["spec_path"] == spec_path
+        and kwargs["ds"] == DS
+    )
     assert _has_files(folder.as_uri()) == ["first.png", "sales.csv"]  # a trigger deferred without a spec
 
 

@@ -43,7 +43,9 @@ def _spec():
 def _land(storage: str, good: int, bad: int, seed: int) -> None:
     folder = Path(storage.removeprefix("file://")) / "landing" / "events" / DS
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [f"{i},{(i * seed % 97) / 97:.4f}" for i in range(good)] + [f"{good + i},{2 + seed}" for i in range(bad)]
+    rows = [f"{i},{(i * seed % 97) / 97:.4f}" for i in range(good)] + [
+        f"{good + i},{2 + seed}" for i in range(bad)
+    ]
     (folder / "data.csv").write_text(HEADER + "\n".join(rows) + "\n")
 
 
@@ -138,8 +140,18 @@ def test_over_the_quarantine_limit_keeps_the_previous_partition(storage, publish
     spec, before = published
     _land(storage, good=2, bad=30, seed=5)
     with pytest.raises(Exception, match="over the limit") as err:
-        ingest_partition(spec.model_copy(update={"source": spec.source.model_copy(update={
-            "policy": spec.source.policy.model_copy(update={"max_quarantine_fraction": 0.5})})}), DS)  # fmt: skip
+        ingest_partition(
+            spec.model_copy(
+                update={
+                    "source": spec.source.model_copy(
+                        update={
+                            "policy": spec.source.policy.model_copy(update={"max_quarantine_fraction": 0.5})
+                        }
+                    )
+                }
+            ),
+            DS,
+        )
     assert _observed(storage, spec) == before
     rejected = Path(str(err.value).split("reasons in ")[1].split(",")[0].removeprefix("file://"))
     assert pq.read_table(rejected).num_rows == 30, "the rejected attempt's quarantine is readable"

@@ -43,7 +43,9 @@ class TinyNet(nn.Module):
 
 def _inputs(n: int = 4, classes=(0, 1, 2)) -> ModelInputs:
     names = [f"x{i}" for i in range(n)]
-    return ModelInputs("classification", len(classes), {"numeric": FeatureGroup("numeric", names, n)}, list(classes), "y")
+    return ModelInputs(
+        "classification", len(classes), {"numeric": FeatureGroup("numeric", names, n)}, list(classes), "y"
+    )
 
 
 def _module(tmp_path: Path, source: str, name: str = "my_net.py") -> Path:
@@ -61,8 +63,15 @@ def test_a_custom_model_trains_saves_its_source_and_loads_without_the_original(t
     x = rng.normal(size=(300, 4)).astype(np.float32) * 5 + 3
     y = (x[:, 0] > 3).astype(np.int64) + (x[:, 1] > 6).astype(np.int64)
     net.set_scaling(x.mean(axis=0), x.std(axis=0))
-    result = fit(net, x[:240], y[:240], x[240:], y[240:], TrainConfig(epochs=30, batch_size=32, learning_rate=1e-2, patience=30, device="cpu"),
-                 task="classification")  # fmt: skip
+    result = fit(
+        net,
+        x[:240],
+        y[:240],
+        x[240:],
+        y[240:],
+        TrainConfig(epochs=30, batch_size=32, learning_rate=1e-2, patience=30, device="cpu"),
+        task="classification",
+    )
     assert result.best_metric > 0.8 and net.net.calls > 0  # the module's own loss() trained it
 
     folder = tmp_path / "version"
@@ -92,19 +101,42 @@ def test_regression_answers_one_value_per_row(tmp_path):
 @pytest.mark.parametrize(
     "source, init, words",
     [
-        ("import torch\nfrom torch import nn\nclass TinyNet(nn.Module)\n    pass\n", {}, ["my_net.py, line 3", "does not parse"]),
-        ("import torch\nraise RuntimeError('no GPU here')\nclass TinyNet: pass\n", {}, ["my_net.py, line 2", "RuntimeError: no GPU here"]),
+        (
+            "import torch\nfrom torch import nn\nclass TinyNet(nn.Module)\n    pass\n",
+            {},
+            ["my_net.py, line 3", "does not parse"],
+        ),
+        (
+            "import torch\nraise RuntimeError('no GPU here')\nclass TinyNet: pass\n",
+            {},
+            ["my_net.py, line 2", "RuntimeError: no GPU here"],
+        ),
         ("class TinyNet:\n    pass\n", {}, ["not a torch.nn.Module class"]),
-        (GOOD, {"width": 3}, ["model.init ['width'] are not parameters of __init__", "line 9", "ModelInputs"]),
+        (
+            GOOD,
+            {"width": 3},
+            ["model.init ['width'] are not parameters of __init__", "line 9", "ModelInputs"],
+        ),
         (GOOD.replace("hidden: int = 16", "hidden: int"), {}, ["__init__ needs ['hidden']"]),
-        (GOOD.replace("return self.body(batch[\"numeric\"])", "return self.body(batch[\"numeric\"])[:, :2]"), {},
-         ["forward returned shape [2, 2] for 2 rows; the contract wants [2, 3]"]),
-        (GOOD.replace("return self.body(batch[\"numeric\"])", "return batch[\"text\"]"), {},
-         ["my_net.py, line 17", "KeyError: 'text'"]),
-        (GOOD.replace("return self.body(batch[\"numeric\"])", "return torch.zeros(len(batch['numeric']), 3)"), {},
-         ["has no gradient"]),
+        (
+            GOOD.replace('return self.body(batch["numeric"])', 'return self.body(batch["numeric"])[:, :2]'),
+            {},
+            ["forward returned shape [2, 2] for 2 rows; the contract wants [2, 3]"],
+        ),
+        (
+            GOOD.replace('return self.body(batch["numeric"])', 'return batch["text"]'),
+            {},
+            ["my_net.py, line 17", "KeyError: 'text'"],
+        ),
+        (
+            GOOD.replace(
+                'return self.body(batch["numeric"])', "return torch.zeros(len(batch['numeric']), 3)"
+            ),
+            {},
+            ["has no gradient"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_broken_module_names_the_file_the_line_and_the_contract(tmp_path, source, init, words):
     _module(tmp_path, source)
     with pytest.raises(CustomModelError) as info:

@@ -36,14 +36,23 @@ def frame(n: int, seed: int = 0) -> pd.DataFrame:
     bad = ["broke after a day", "terrible, do not buy", "awful smell"]
     review = [good[i % 3] if y else bad[i % 3] for i, y in enumerate(label)]
     photo = [png(220 if y else 30) for y in label]
-    return pd.DataFrame({"size": rng.normal(size=n), "colour": colour, "review": review, "photo": photo,
-                         "label": np.where(label == 1, "yes", "no")})
+    return pd.DataFrame(
+        {
+            "size": rng.normal(size=n),
+            "colour": colour,
+            "review": review,
+            "photo": photo,
+            "label": np.where(label == 1, "yes", "no"),
+        }
+    )
 
 
 def test_vocabulary_is_most_frequent_first_and_unknown_is_zero():
     vocab = fit_vocabulary(["b", "a", "b", "c", None, float("nan"), "a", "b"], max_size=2, min_count=1)
     assert vocab == ["b", "a"]
-    enc = FeatureEncoder.fit({"c": ["b", "a", "b", "c"]}, {"c": "category"}, EncoderOptions(category_max_size=2))
+    enc = FeatureEncoder.fit(
+        {"c": ["b", "a", "b", "c"]}, {"c": "category"}, EncoderOptions(category_max_size=2)
+    )
     assert enc.encode({"c": ["a", "b", "zebra", None]})["category"][:, 0].tolist() == [2, 1, 0, 0]
 
 
@@ -66,7 +75,9 @@ def test_every_group_is_encoded_with_its_shape_and_round_trips_through_json():
 
 def test_a_corrupt_image_names_the_row_and_the_column():
     df = frame(6)
-    enc = FeatureEncoder.fit({"photo": df["photo"].tolist()}, {"photo": "image"}, EncoderOptions(image_size=(8, 8)))
+    enc = FeatureEncoder.fit(
+        {"photo": df["photo"].tolist()}, {"photo": "image"}, EncoderOptions(image_size=(8, 8))
+    )
     with pytest.raises(EncodingError, match=r"row 1, photo: not a decodable image"):
         enc.encode({"photo": [png(3), b"\x89PNG\r\n\x1a\nnot really"]})
 
@@ -75,15 +86,32 @@ def test_the_built_in_net_learns_from_category_text_and_image_and_reloads(tmp_pa
     train, val = frame(240, 1), frame(80, 2)
     opts = EncoderOptions(text_vocab_size=60, text_max_length=8, image_size=(8, 8), augment=("flip", "shift"))
     pre = Preprocessing.fit(train, list(KINDS), "label", "classification", KINDS, opts)
-    net = FreestackNet(task="classification", n_features=len(pre.numeric), n_outputs=2, hidden=[32],
-                       channels=[8], features=pre.features, classes=pre.classes, inputs=pre.encoder.group_sizes(),
-                       augment=["flip", "shift"])
+    net = FreestackNet(
+        task="classification",
+        n_features=len(pre.numeric),
+        n_outputs=2,
+        hidden=[32],
+        channels=[8],
+        features=pre.features,
+        classes=pre.classes,
+        inputs=pre.encoder.group_sizes(),
+        augment=["flip", "shift"],
+    )
     net.set_scaling(pre.mean, pre.std)
     net.set_image_scaling(pre.encoder.image.mean, pre.encoder.image.std)
     cfg = TrainConfig(epochs=6, learning_rate=1e-2, batch_size=32, patience=10)
-    fit(net, pre.inputs(train), pre.target_array(train), pre.inputs(val), pre.target_array(val), cfg,
-        task="classification")
-    scores = evaluate(net, to_tensors(pre.inputs(val)), torch.as_tensor(pre.target_array(val)), "classification")
+    fit(
+        net,
+        pre.inputs(train),
+        pre.target_array(train),
+        pre.inputs(val),
+        pre.target_array(val),
+        cfg,
+        task="classification",
+    )
+    scores = evaluate(
+        net, to_tensors(pre.inputs(val)), torch.as_tensor(pre.target_array(val)), "classification"
+    )
     assert scores["accuracy"] >= 0.95, scores
     net.save_pretrained(tmp_path)
     again = load_pretrained(tmp_path)
@@ -132,9 +160,18 @@ def test_a_custom_module_gets_a_tensor_per_group_and_learns_from_them(tmp_path):
     net.set_image_scaling(pre.encoder.image.mean, pre.encoder.image.std)
     check_custom(net)
     cfg = TrainConfig(epochs=8, learning_rate=2e-2, batch_size=32, patience=10)
-    fit(net, pre.inputs(train), pre.target_array(train), pre.inputs(val), pre.target_array(val), cfg,
-        task="classification")
-    scores = evaluate(net, to_tensors(pre.inputs(val)), torch.as_tensor(pre.target_array(val)), "classification")
+    fit(
+        net,
+        pre.inputs(train),
+        pre.target_array(train),
+        pre.inputs(val),
+        pre.target_array(val),
+        cfg,
+        task="classification",
+    )
+    scores = evaluate(
+        net, to_tensors(pre.inputs(val)), torch.as_tensor(pre.target_array(val)), "classification"
+    )
     assert scores["accuracy"] >= 0.9, scores
     net.save_pretrained(tmp_path / "version")
     again = load_pretrained(tmp_path / "version")

@@ -46,8 +46,12 @@ def test_only_the_assistant_turns_are_learnt(tok):
     ids, labels = encode_chat(tok, chat)
     assert _learnt(tok, ids, labels).strip() == "7<|im_end|>"
     assert tok.decode(ids).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
-    turns = [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"},
-             {"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]  # fmt: skip
+    turns = [
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4"},
+    ]
     ids, labels = encode_chat(tok, turns)
     assert _learnt(tok, ids, labels).replace("\n", "") == "2<|im_end|>4<|im_end|>"
 
@@ -56,7 +60,9 @@ def test_packing_restarts_positions_and_keeps_every_answer(tok):
     rows = [{"prompt": f"What is {a} + 1?", "response": str(a + 1)} for a in range(9)]
     enc = ChatEncoding(tok, ChatColumns(), max_length=64)
     padded, packed = enc.encode_rows(rows), enc.encode_rows(rows, packing=True)
-    assert len(packed.y) < len(padded.y) and packed.tokens == padded.tokens == 9 * int((padded.y[0] != IGNORE).sum())
+    assert len(packed.y) < len(padded.y) and packed.tokens == padded.tokens == 9 * int(
+        (padded.y[0] != IGNORE).sum()
+    )
     pos = packed.x["position_ids"][0]
     assert pos[0] == 0 and (np.diff(pos) != 1).sum() >= 1  # a second conversation starts at 0 again
 
@@ -65,15 +71,23 @@ def test_packed_conversations_do_not_attend_to_each_other(base, tok):
     """The logits of a conversation packed after another equal those of it alone."""
     model = load_causal_lm(str(base)).eval()
     enc = ChatEncoding(tok, ChatColumns(), max_length=64)
-    rows = [{"prompt": "What is 2 + 2?", "response": "4"}, {"prompt": "Reverse the digits: 123", "response": "321"}]
+    rows = [
+        {"prompt": "What is 2 + 2?", "response": "4"},
+        {"prompt": "Reverse the digits: 123", "response": "321"},
+    ]
     alone = enc.encode_rows(rows[1:])
     packed = enc.encode_rows(rows, packing=True)
     n = int(alone.x["attention_mask"][0].sum())
     with torch.no_grad():
         one = model(input_ids=torch.as_tensor(alone.x["input_ids"][:, :n])).logits[0]
-        both = model(input_ids=torch.as_tensor(packed.x["input_ids"]), position_ids=torch.as_tensor(packed.x["position_ids"])).logits[0]
+        both = model(
+            input_ids=torch.as_tensor(packed.x["input_ids"]),
+            position_ids=torch.as_tensor(packed.x["position_ids"]),
+        ).logits[0]
     start = int(np.flatnonzero(packed.x["position_ids"][0] == 0)[1])
-    longer_first = packed.x["input_ids"][0, start : start + n].tolist() == alone.x["input_ids"][0, :n].tolist()
+    longer_first = (
+        packed.x["input_ids"][0, start : start + n].tolist() == alone.x["input_ids"][0, :n].tolist()
+    )
     offset = start if longer_first else 0
     assert torch.allclose(both[offset : offset + n], one, atol=1e-4)
 
@@ -110,7 +124,10 @@ def test_a_base_without_a_chat_template_is_refused_naming_the_setting(tmp_path):
 
 def test_generation_pads_left_and_answers_each_prompt_as_alone(base, tok):
     model = load_causal_lm(str(base)).eval()
-    chats = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Convert 2026-11-03 to DD/MM/YYYY."}]]
+    chats = [
+        [{"role": "user", "content": "What is 2 + 2?"}],
+        [{"role": "user", "content": "Convert 2026-11-03 to DD/MM/YYYY."}],
+    ]
     settings = GenerationSettings(max_new_tokens=6)
     batched = generate(model, tok, chats, settings)
     alone = [generate(model, tok, [c], settings)[0] for c in chats]
@@ -125,7 +142,9 @@ def test_an_over_long_prompt_is_cut_from_the_left_or_refused(base, tok):
     cut = generate(model, tok, chat, GenerationSettings(max_new_tokens=2, max_prompt_tokens=16))[0]
     assert cut.truncated and cut.prompt_tokens == 16
     with pytest.raises(PromptTooLong, match="over the limit of 16"):
-        generate(model, tok, chat, GenerationSettings(max_new_tokens=2, max_prompt_tokens=16, truncate="refuse"))
+        generate(
+            model, tok, chat, GenerationSettings(max_new_tokens=2, max_prompt_tokens=16, truncate="refuse")
+        )
 
 
 def test_the_token_loss_ignores_masked_labels():

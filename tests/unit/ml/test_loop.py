@@ -64,6 +64,7 @@ def test_same_seed_same_metrics_and_early_stopping():
         m = _net(seed=7)
         m.set_scaling(x[:400].mean(0), x[:400].std(0))
         results.append(fit(m, x[:400], y[:400], x[400:], y[400:], cfg, task="classification"))
+
     def strip(h):
         return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in h]
 
@@ -87,7 +88,17 @@ def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_result
     first = _net(seed=3)
     first.set_scaling(x.mean(0), x.std(0))
     with pytest.raises(KeyboardInterrupt):
-        fit(first, x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store, on_epoch=die_after_3)
+        fit(
+            first,
+            x[:400],
+            y[:400],
+            x[400:],
+            y[400:],
+            cfg,
+            task="classification",
+            checkpoints=store,
+            on_epoch=die_after_3,
+        )
     assert store.saves == 3
     retried = _net(seed=99)  # a new process: fresh weights, all state comes from the checkpoint
     retried.set_scaling(x.mean(0), x.std(0))
@@ -103,7 +114,16 @@ def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_result
 def test_checkpoint_is_safetensors_with_no_pickle():
     x, y = _blobs()
     store = DictStore()
-    fit(_net(), x[:400], y[:400], x[400:], y[400:], TrainConfig(epochs=1), task="classification", checkpoints=store)
+    fit(
+        _net(),
+        x[:400],
+        y[:400],
+        x[400:],
+        y[400:],
+        TrainConfig(epochs=1),
+        task="classification",
+        checkpoints=store,
+    )
     blob = store.blobs["checkpoint.safetensors"]
     from safetensors.torch import load
 
@@ -114,7 +134,14 @@ def test_checkpoint_is_safetensors_with_no_pickle():
 
 def test_hf_format_round_trip_cnn(tmp_path):
     x, y = _blobs(d=16)
-    m = _net(d=16, kind="cnn", image_shape=[4, 4], channels=[4, 8], features=[f"f{i}" for i in range(16)], classes=[0, 1, 2])
+    m = _net(
+        d=16,
+        kind="cnn",
+        image_shape=[4, 4],
+        channels=[4, 8],
+        features=[f"f{i}" for i in range(16)],
+        classes=[0, 1, 2],
+    )
     m.set_scaling(x.mean(0), x.std(0))
     fit(m, x[:400], y[:400], x[400:], y[400:], TrainConfig(epochs=2), task="classification")
     m.save_pretrained(tmp_path)
@@ -134,7 +161,9 @@ def test_regression_metrics():
     m.set_scaling(x.mean(0), x.std(0))
     m.set_target_scaling(yraw.mean(), yraw.std())
     ys = (yraw - yraw.mean()) / yraw.std()
-    fit(m, x[:400], ys[:400], x[400:], ys[400:], TrainConfig(epochs=40, learning_rate=1e-2), task="regression")
+    fit(
+        m, x[:400], ys[:400], x[400:], ys[400:], TrainConfig(epochs=40, learning_rate=1e-2), task="regression"
+    )
     metrics = evaluate(m, torch.tensor(x[400:]), torch.tensor(ys[400:]), "regression")
     assert metrics["r2"] > 0.9 and metrics["rmse"] < 0.35 * yraw.std()
     assert set(metrics) == {"loss", "rmse", "mae", "r2"}
@@ -146,8 +175,19 @@ def test_a_requested_stop_ends_training_and_survives_a_resume():
     store = DictStore()
     m = _net(seed=5)
     m.set_scaling(x.mean(0), x.std(0))
-    res = fit(m, x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store,
-              on_epoch=lambda row: row["epoch"] == 2)
+    res = fit(
+        m,
+        x[:400],
+        y[:400],
+        x[400:],
+        y[400:],
+        cfg,
+        task="classification",
+        checkpoints=store,
+        on_epoch=lambda row: row["epoch"] == 2,
+    )
     assert res.epochs_run == 2 and res.stopped_early and res.stop_reason == "requested"
-    again = fit(_net(seed=5), x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store)
+    again = fit(
+        _net(seed=5), x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store
+    )
     assert again.epochs_run == 2 and again.stop_reason == "requested" and again.resumed_from == 2

@@ -28,7 +28,9 @@ print("ok")
 
 
 def test_arrays_are_writable():
-    df = pd.DataFrame({"a": np.arange(6, dtype=np.float32), "b": np.ones(6, dtype=np.float32), "y": [0, 1, 2] * 2})
+    df = pd.DataFrame(
+        {"a": np.arange(6, dtype=np.float32), "b": np.ones(6, dtype=np.float32), "y": [0, 1, 2] * 2}
+    )
     part = df[df["a"] > 1]
     for task in ("classification", "regression"):
         pre = Preprocessing.fit(df, ["a", "b"], "y", task)

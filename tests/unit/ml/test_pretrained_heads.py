@@ -81,13 +81,19 @@ def test_an_adapter_holds_every_module_the_head_adds_and_loads_the_same_on_any_s
     net.save_pretrained(tmp_path / "version")
     for seed in (0, 1):
         torch.manual_seed(seed)
-        again = load_pretrained(tmp_path / "version").predict_proba({k: torch.as_tensor(v) for k, v in x.items()})
+        again = load_pretrained(tmp_path / "version").predict_proba(
+            {k: torch.as_tensor(v) for k, v in x.items()}
+        )
         np.testing.assert_allclose(again.numpy(), want, atol=1e-6)
-    for got in plain_probabilities(tmp_path / "version", _plain_inputs(net, x), tmp_path / "inputs", seeds=(0, 1)):
+    for got in plain_probabilities(
+        tmp_path / "version", _plain_inputs(net, x), tmp_path / "inputs", seeds=(0, 1)
+    ):
         np.testing.assert_allclose(got, want, atol=1e-5)
         assert (got.argmax(1) == want.argmax(1)).all()  # the same predictions: the same accuracy
     adapter = json.loads((tmp_path / "version" / "adapter_config.json").read_text())
-    assert set(BASES[family, head]) <= set(adapter["modules_to_save"]) and adapter["base_model_name_or_path"] == str(folder)
+    assert set(BASES[family, head]) <= set(adapter["modules_to_save"]) and adapter[
+        "base_model_name_or_path"
+    ] == str(folder)
     assert sorted(adapter["target_modules"]) == sorted(TARGETS[family]), adapter["target_modules"]
     settings = json.loads((tmp_path / "version" / "config.json").read_text())["freestack"]
     assert settings["modules_to_save"] == sorted(adapter["modules_to_save"]), settings
@@ -127,5 +133,7 @@ def test_an_adapter_on_a_file_uri_base_names_a_folder_peft_loads_and_checks_its_
     (got,) = plain_probabilities(tmp_path / "version", _plain_inputs(net, x), tmp_path / "inputs", seeds=(3,))
     np.testing.assert_allclose(got, want, atol=1e-5)
     tiny_text_model(folder, seed=1, head="masked-lm")  # another base in the same folder
-    with pytest.raises(PretrainedError, match=f"the adapter's base {folder.as_uri()} has changed since training"):
+    with pytest.raises(
+        PretrainedError, match=f"the adapter's base {folder.as_uri()} has changed since training"
+    ):
         load_pretrained(tmp_path / "version")

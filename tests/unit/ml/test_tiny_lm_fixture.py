@@ -104,8 +104,10 @@ def test_base_loads_generates_and_knows_the_tasks_in_plain_text(base, tok):
     dates = [(p, r) for p, r in pairs if p.startswith("Convert")]
     plain = _greedy(model, tok, [f"{p} {instructions.ANSWER}" for p, _ in dates])
     assert np.mean([got == want for got, (_, want) in zip(plain, dates, strict=True)]) >= 0.8
-    chat = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-            for p, _ in pairs]  # fmt: skip
+    chat = [
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p, _ in pairs
+    ]
     answers = _greedy(model, tok, chat)
     assert np.mean([got == want for got, (_, want) in zip(answers, pairs, strict=True)]) <= 0.1
 

@@ -22,8 +22,14 @@ def digits():
     model = LogisticRegression(max_iter=400).fit(d.data, d.target)
     spec = load_spec(spec_file("digits"))
     frame = pd.DataFrame(d.data, columns=[f"px_{i}" for i in range(64)])
-    ref = build_reference(spec, frame, [str(c) for c in model.predict(d.data)], version="v1", source="window",
-                          metric=("accuracy", 0.97))  # fmt: skip
+    ref = build_reference(
+        spec,
+        frame,
+        [str(c) for c in model.predict(d.data)],
+        version="v1",
+        source="window",
+        metric=("accuracy", 0.97),
+    )
     return spec, d, model, ref
 
 
@@ -43,8 +49,10 @@ def shifted(X: np.ndarray, pixels: int = 1) -> np.ndarray:
 def test_in_distribution_intervals_raise_at_most_one_alert(digits):
     spec, d, model, ref = digits
     rng = np.random.default_rng(7)
-    verdicts = [judge_version(ref, logged(model, d.data[rng.choice(len(d.data), ROWS)]), pd.DataFrame(), spec)
-                for _ in range(INTERVALS)]  # fmt: skip
+    verdicts = [
+        judge_version(ref, logged(model, d.data[rng.choice(len(d.data), ROWS)]), pd.DataFrame(), spec)
+        for _ in range(INTERVALS)
+    ]
     alerts = sum(v["status"] == "drift" for v in verdicts)
     worst = max(s["psi"] for v in verdicts for s in v["series"])
     print(

@@ -16,8 +16,11 @@ def reg(tmp_path):
     reg = ModelRegistry((tmp_path / "store").as_uri(), "digits")
     src = make_model_folder(tmp_path / "candidate")
     for v in ("v1", "v2", "v3"):
-        reg.register(src.as_uri(), v, lineage_updates={"gate": {"promote": True, "decision": "promote",
-                                                                 "reasons": ["first model"]}})  # fmt: skip
+        reg.register(
+            src.as_uri(),
+            v,
+            lineage_updates={"gate": {"promote": True, "decision": "promote", "reasons": ["first model"]}},
+        )
     return reg
 
 
@@ -33,7 +36,9 @@ def test_a_rollback_lands_on_the_named_version_only_while_production_is_what_was
         reg.rollback(to="v1", expect="v2", by="alice (manual__1)")
     assert reg.aliases() == before  # nothing was changed
     exc = got.value
-    assert (exc.expected, exc.current) == ("v2", "v3") and exc.move.startswith("promote to v3 by bob (manual__2) at ")
+    assert (exc.expected, exc.current) == ("v2", "v3") and exc.move.startswith(
+        "promote to v3 by bob (manual__2) at "
+    )
     said = moved_text(exc, "production", "rollback", "the Models page")
     assert said.startswith("production moved from v2 to v3 (promote to v3 by bob (manual__2) at ")
     assert "(a newer candidate)) after this rollback was asked; nothing was changed: ask again" in said
@@ -42,8 +47,14 @@ def test_a_rollback_lands_on_the_named_version_only_while_production_is_what_was
     a = reg.rollback(to="v1", expect="v3", by="alice (manual__3)")
     assert (a["production"], a["previous"]) == ("v1", "v3")
     assert a["history"][-1] | {"at": "", "pid": 0} == {
-        "at": "", "pid": 0, "action": "rollback", "alias": "production", "version": "v1", "from": "v3",
-        "by": "alice (manual__3)"}  # fmt: skip
+        "at": "",
+        "pid": 0,
+        "action": "rollback",
+        "alias": "production",
+        "version": "v1",
+        "from": "v3",
+        "by": "alice (manual__3)",
+    }
     assert reg.rollback(to="v1", expect="v3") == a  # its retry finds it done, and changes nothing
     # a rollback that resolves previous when it runs (a hand-triggered run without the form's fields)
     assert reg.rollback()["production"] == "v3"
@@ -68,16 +79,25 @@ def test_a_candidate_blocked_when_decided_again_reads_blocked(reg):
 
     reg.promote("v1")
     assert reg.gate_of("v2")["promote"] is True  # what the gate registered with it
-    decision = {"promote": False, "decision": "block", "metric": "accuracy", "candidate_version": "v2",
-                "champion_version": "v3", "decided_again": True, "gate": {"metric": "accuracy"},
-                "reasons": ["accuracy 0.9000 vs production 0.9500: worse by 0.0500 (needed: no worse): block"]}  # fmt: skip
+    decision = {
+        "promote": False,
+        "decision": "block",
+        "metric": "accuracy",
+        "candidate_version": "v2",
+        "champion_version": "v3",
+        "decided_again": True,
+        "gate": {"metric": "accuracy"},
+        "reasons": ["accuracy 0.9000 vs production 0.9500: worse by 0.0500 (needed: no worse): block"],
+    }
     reg.promote("v3", by="bob")
     before = {k: v for k, v in reg.aliases().items() if k != "history"}
     a = reg.block("v2", decision)
     assert {k: v for k, v in a.items() if k != "history"} == before  # no alias moved
     ev = a["history"][-1]
     assert (ev["action"], ev["version"], ev["from"], ev["by"]) == ("blocked", "v2", "v3", "gate")
-    assert ev["reason"].startswith("decided again against production v3: accuracy 0.9000 vs production 0.9500")
+    assert ev["reason"].startswith(
+        "decided again against production v3: accuracy 0.9000 vs production 0.9500"
+    )
     held = reg.gate_of("v2")
     assert held["promote"] is False and held["decided_again"] and held["reasons"] == decision["reasons"]
     assert "gate" not in held and redecisions(reg.aliases()) == {"v2": held}

@@ -16,8 +16,16 @@ from tests.fakes.hub import FakeHub
 from tests.support.registry import make_model_folder, sample_input, source_predictions
 
 TOKEN = "hf_fake_token_for_tests"
-VERSION_FILES = {"config.json", "model.safetensors", "README.md", "metrics.json", "lineage.json",
-                 "preprocessing.json", "history.json", "evaluation/metrics.json"}
+VERSION_FILES = {
+    "config.json",
+    "model.safetensors",
+    "README.md",
+    "metrics.json",
+    "lineage.json",
+    "preprocessing.json",
+    "history.json",
+    "evaluation/metrics.json",
+}
 
 
 @pytest.fixture
@@ -32,8 +40,11 @@ def reg(tmp_path):
     from freestack.registry.core import ModelRegistry
 
     r = ModelRegistry((tmp_path / "store").as_uri(), "digits")
-    r.register(make_model_folder(tmp_path / "c1").as_uri(), "v20240102-aaaa1111",
-               lineage_updates={"gate": {"decision": "promote"}})
+    r.register(
+        make_model_folder(tmp_path / "c1").as_uri(),
+        "v20240102-aaaa1111",
+        lineage_updates={"gate": {"decision": "promote"}},
+    )
     r.register(make_model_folder(tmp_path / "c2", seed=5).as_uri(), "v20240103-bbbb2222")
     return r
 
@@ -42,7 +53,10 @@ def test_push_is_one_commit_with_exactly_the_version_files_and_a_version_tag(hub
     out = push_to_hub(reg, "v20240102-aaaa1111", "alice/digits", TOKEN, endpoint=hub.endpoint)
 
     [create] = hub.calls("POST", r"^/api/repos/create$")
-    assert json.loads(create["body"])["name"] == "digits" and json.loads(create["body"])["organization"] == "alice"
+    assert (
+        json.loads(create["body"])["name"] == "digits"
+        and json.loads(create["body"])["organization"] == "alice"
+    )
     assert all(r["auth"] == f"Bearer {TOKEN}" for r in hub.requests)
     [commit_req] = hub.calls("POST", r"/commit/")
     assert commit_req["path"] == "/api/models/alice/digits/commit/main"
@@ -59,8 +73,13 @@ def test_push_is_one_commit_with_exactly_the_version_files_and_a_version_tag(hub
     assert json.loads(tag_req["body"])["tag"] == "v20240102-aaaa1111"
     [validate] = hub.calls("POST", "validate-yaml")  # the card's YAML was checked before uploading
     assert "model-index" in json.loads(validate["body"])["content"]
-    assert out == {"repo_id": "alice/digits", "version": "v20240102-aaaa1111", "commit": commit.oid,
-                   "commit_url": f"{hub.endpoint}/alice/digits/commit/{commit.oid}", "tag": "v20240102-aaaa1111"}
+    assert out == {
+        "repo_id": "alice/digits",
+        "version": "v20240102-aaaa1111",
+        "commit": commit.oid,
+        "commit_url": f"{hub.endpoint}/alice/digits/commit/{commit.oid}",
+        "tag": "v20240102-aaaa1111",
+    }
 
 
 def test_second_version_and_production_tag_moves(hub, reg):
@@ -93,8 +112,12 @@ def test_load_from_hub_at_a_revision(hub, reg, tmp_path):
     promote_on_hub("alice/digits", "v20240102-aaaa1111", TOKEN, endpoint=hub.endpoint)
     x = sample_input()
     cache = tmp_path / "hf-cache"
-    for rev, src in (("v20240102-aaaa1111", "c1"), ("v20240103-bbbb2222", "c2"), ("production", "c1"),
-                     ("main", "c2")):
+    for rev, src in (
+        ("v20240102-aaaa1111", "c1"),
+        ("v20240103-bbbb2222", "c2"),
+        ("production", "c1"),
+        ("main", "c2"),
+    ):
         net = load_from_hub("alice/digits", rev, endpoint=hub.endpoint, cache_dir=cache)
         assert torch.allclose(net.predict_proba(x), source_predictions(tmp_path / src, x)), rev
     assert not hub.calls(pattern=r"pytorch_model\.bin")  # safetensors only
@@ -114,8 +137,12 @@ def test_hook_reads_the_huggingface_connection(monkeypatch):
 
     monkeypatch.delenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT", raising=False)
     assert not HuggingFaceHook().settings.enabled  # no connection: local only
-    monkeypatch.setenv("AIRFLOW_CONN_HUGGINGFACE_DEFAULT", json.dumps(
-        {"conn_type": "huggingface", "password": TOKEN, "extra": {"endpoint": "http://127.0.0.1:1/"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HUGGINGFACE_DEFAULT",
+        json.dumps(
+            {"conn_type": "huggingface", "password": TOKEN, "extra": {"endpoint": "http://127.0.0.1:1/"}}
+        ),
+    )
     s = HuggingFaceHook().settings
     assert s.token == TOKEN and s.endpoint == "http://127.0.0.1:1" and TOKEN not in repr(s)
     assert (HuggingFaceHook().token(), HuggingFaceHook().endpoint()) == (TOKEN, "http://127.0.0.1:1")
@@ -126,9 +153,11 @@ def test_hook_reads_the_huggingface_connection(monkeypatch):
     assert HuggingFaceHook.get_ui_field_behaviour()["relabeling"]["password"].startswith("Access token")
 
 
-@pytest.mark.skipif(not os.environ.get("HF_TOKEN"),
-                    reason="HF_TOKEN is not set: no Hugging Face Hub account to push to (the HTTP-boundary "
-                           "tests above cover the push)")
+@pytest.mark.skipif(
+    not os.environ.get("HF_TOKEN"),
+    reason="HF_TOKEN is not set: no Hugging Face Hub account to push to (the HTTP-boundary "
+    "tests above cover the push)",
+)
 def test_push_to_the_real_hub(reg, tmp_path):  # pragma: no cover - needs an account and the internet
     from huggingface_hub import HfApi
 
@@ -161,7 +190,9 @@ def test_a_custom_model_travels_with_its_module_and_loads_only_when_trusted(hub,
 
     folder = make_model_folder(tmp_path / "c")
     (tmp_path / "my_net.py").write_text(GOOD)
-    inputs = ModelInputs("classification", 3, {"numeric": FeatureGroup("numeric", [f"f{i}" for i in range(6)], 6)}, [0, 1, 2])
+    inputs = ModelInputs(
+        "classification", 3, {"numeric": FeatureGroup("numeric", [f"f{i}" for i in range(6)], 6)}, [0, 1, 2]
+    )
     net = build_custom(str(tmp_path / "my_net.py"), "TinyNet", {"hidden": 8}, inputs, tmp_path)
     net.save_pretrained(folder)
     reg = ModelRegistry((tmp_path / "store").as_uri(), "houses")
@@ -172,6 +203,8 @@ def test_a_custom_model_travels_with_its_module_and_loads_only_when_trusted(hub,
     cache = tmp_path / "hf-cache"
     with pytest.raises(RegistryError, match="trust_remote_code=True"):
         load_from_hub("alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache)
-    loaded = load_from_hub("alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache, trust_remote_code=True)
+    loaded = load_from_hub(
+        "alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache, trust_remote_code=True
+    )
     x = torch.rand(4, 6)
     assert isinstance(loaded, CustomNet) and torch.equal(loaded.predict_proba(x), net.predict_proba(x))

@@ -49,17 +49,33 @@ def test_register_copies_the_folder_and_lists_the_version(reg, src, tmp_path):
     uri = reg.register(src.as_uri(), "v20240102-aaaa1111", lineage_updates={"gate": GATE})
     folder = tmp_path / "store" / "registry" / "digits" / "v20240102-aaaa1111"
     assert uri == folder.as_uri()
-    for name in ("config.json", "model.safetensors", "README.md", "metrics.json", "lineage.json",
-                 "preprocessing.json", "history.json", "evaluation/metrics.json", "_REGISTERED.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "metrics.json",
+        "lineage.json",
+        "preprocessing.json",
+        "history.json",
+        "evaluation/metrics.json",
+        "_REGISTERED.json",
+    ):
         assert (folder / name).is_file(), name
     assert (folder / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
     lineage = json.loads((folder / "lineage.json").read_text())
     assert lineage["version"] == "v20240102-aaaa1111" and lineage["gate"] == GATE
     assert lineage["partitions"] == PARTITIONS and lineage["registered_from"] == src.as_uri()
     marker = json.loads((folder / "_REGISTERED.json").read_text())
-    assert set(marker["files"]) == {"config.json", "model.safetensors", "README.md", "metrics.json",
-                                    "lineage.json", "preprocessing.json", "history.json",
-                                    "evaluation/metrics.json"}
+    assert set(marker["files"]) == {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "metrics.json",
+        "lineage.json",
+        "preprocessing.json",
+        "history.json",
+        "evaluation/metrics.json",
+    }
     [v] = reg.versions()
     assert v["version"] == "v20240102-aaaa1111" and v["metrics"]["test_accuracy"] == 0.9
     assert "best_epoch" not in v["metrics"] and v["created"].endswith("Z")
@@ -121,11 +137,15 @@ def test_a_registration_killed_outright_is_not_a_version_and_a_retry_replaces_it
         "w.write(b'x' * 1024); w.flush(); print('writing', flush=True)\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", writer, (folder / "history.json").as_uri()], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", writer, (folder / "history.json").as_uri()], stdout=subprocess.PIPE
+    )
     assert proc.stdout.readline().strip() == b"writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len([p for p in folder.iterdir() if ".freestack-tmp-" in p.name]) == 1, "the killed writer left its temporary"
+    assert len([p for p in folder.iterdir() if ".freestack-tmp-" in p.name]) == 1, (
+        "the killed writer left its temporary"
+    )
     assert reg.versions() == []
     with pytest.raises(VersionNotFound, match="not registered"):
         reg.promote("v5")
@@ -156,7 +176,9 @@ def test_candidates_live_outside_the_registry_until_registered(reg, tmp_path):
     with pytest.raises(VersionExists):
         reg.register(str(candidate), "v3")
     own = make_model_folder(tmp_path / "store/registry/digits/v4")  # written into the registry directly
-    with pytest.raises(RegistryError, match="is the folder of version 'v4' itself; register from the candidate"):
+    with pytest.raises(
+        RegistryError, match="is the folder of version 'v4' itself; register from the candidate"
+    ):
         reg.register(own.as_uri(), "v4")
     with pytest.raises(RegistryError, match="config.json, model.safetensors missing"):
         reg.register(str(reg.candidate_path("v6")), "v6")
@@ -203,11 +225,17 @@ def test_aliases_promote_rollback_and_set(reg, src, tmp_path):
     a = reg.aliases()
     assert (a["production"], a["previous"], a["staging"]) == ("v3", "v1", "v3")
     assert [(h["action"], h["version"], h["from"]) for h in a["history"]] == [
-        ("promote", "v1", None), ("promote", "v2", "v1"), ("rollback", "v1", "v2"),
-        ("set", "v3", None), ("promote", "v3", "v1"),
+        ("promote", "v1", None),
+        ("promote", "v2", "v1"),
+        ("rollback", "v1", "v2"),
+        ("set", "v3", None),
+        ("promote", "v3", "v1"),
     ]
     assert {v["version"]: v["aliases"] for v in reg.versions()} == {
-        "v1": ["previous"], "v2": [], "v3": ["production", "staging"]}
+        "v1": ["previous"],
+        "v2": [],
+        "v3": ["production", "staging"],
+    }
     with pytest.raises(VersionNotFound, match="'v7' is not registered as a version or alias"):
         reg.promote("v7")
     with pytest.raises(RegistryError, match="alias 'History'"):
@@ -224,7 +252,9 @@ def test_a_promotion_expecting_a_production_that_moved_is_refused(reg, src):
         reg.register(src.as_uri(), v)
     reg.promote("v2", expect=None)  # nothing in production yet, as expected
     reg.promote("v1", reason="bad outputs", by="alice (manual__1)")
-    with pytest.raises(AliasMoved, match=r"production of 'digits' is v1, no longer v2: promote to v1 by alice") as got:
+    with pytest.raises(
+        AliasMoved, match=r"production of 'digits' is v1, no longer v2: promote to v1 by alice"
+    ) as got:
         reg.promote("v3", expect="v2")
     assert got.value.current == "v1" and reg.resolve("production") == "v1"
     assert reg.last_move("production").startswith("promote to v1 by alice (manual__1) at ")
@@ -245,7 +275,9 @@ def test_alias_drift_names_what_is_served_and_the_fix(reg, src, tmp_path):
     assert alias_drift(root, rec) is None
     reg.promote("v2")
     assert alias_drift(root, rec).startswith("serves v1 but production is v2")
-    assert alias_drift(root, {k: v for k, v in rec.items() if k != "alias"}).startswith("serves v1")  # older records
+    assert alias_drift(root, {k: v for k, v in rec.items() if k != "alias"}).startswith(
+        "serves v1"
+    )  # older records
     assert alias_drift(root, {**rec, "alias": None}) is None  # pinned by name
     assert alias_drift(root, {**rec, "state": "stopped"}) is None
 
@@ -253,7 +285,9 @@ def test_alias_drift_names_what_is_served_and_the_fix(reg, src, tmp_path):
 def _check_race(aliases: dict, a: str, b: str, start: str) -> None:
     assert {aliases["production"], aliases["previous"]} == {a, b}
     moves = [(h["version"], h["from"]) for h in aliases["history"]]
-    assert sorted(moves[-2:]) == sorted([(aliases["previous"], start), (aliases["production"], aliases["previous"])])
+    assert sorted(moves[-2:]) == sorted(
+        [(aliases["previous"], start), (aliases["production"], aliases["previous"])]
+    )
 
 
 def test_two_racing_promotions_in_threads_leave_consistent_aliases(reg, tmp_path, monkeypatch):
@@ -299,8 +333,9 @@ def test_two_racing_promotion_processes_serialise(reg, tmp_path):
     reg.promote("v0")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)  # both children imported and waiting, then both go
-    procs = [ctx.Process(target=_promote_loop, args=(root, vs, 15, barrier))
-             for vs in (["a1", "a2"], ["b1", "b2"])]
+    procs = [
+        ctx.Process(target=_promote_loop, args=(root, vs, 15, barrier)) for vs in (["a1", "a2"], ["b1", "b2"])
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -320,8 +355,14 @@ def test_two_racing_promotion_processes_serialise(reg, tmp_path):
 def test_model_card_holds_metrics_lineage_gate_and_sweep(reg, src):
     from huggingface_hub import ModelCard
 
-    info = {"gate": GATE, "sweep": SWEEP, "intended_use": "Recognising hand-written digits in the demo.",
-            "limitations": "Only 8x8 greyscale digits.", "tags": ["digits"], "license": "mit"}
+    info = {
+        "gate": GATE,
+        "sweep": SWEEP,
+        "intended_use": "Recognising hand-written digits in the demo.",
+        "limitations": "Only 8x8 greyscale digits.",
+        "tags": ["digits"],
+        "license": "mit",
+    }
     reg.register(src.as_uri(), "v1", card=info)
     text = reg.get("v1")["card"]
     data = _front_matter(text)
@@ -369,8 +410,11 @@ def test_cli_lists_shows_promotes_and_rolls_back(reg, tmp_path, capsys):
 
     root = (tmp_path / "store").as_uri()
     for i, v in enumerate(("v1", "v2")):
-        reg.register(make_model_folder(tmp_path / v, seed=i, accuracy=0.8 + i / 10).as_uri(), v,
-                     lineage_updates={"gate": GATE})
+        reg.register(
+            make_model_folder(tmp_path / v, seed=i, accuracy=0.8 + i / 10).as_uri(),
+            v,
+            lineage_updates={"gate": GATE},
+        )
     assert main(["models", "promote", "digits", "v1", "--root", root]) == 0
     assert main(["models", "promote", "digits", "v2", "--root", root, "--reason", "better"]) == 0
     capsys.readouterr()

@@ -73,6 +73,10 @@ def test_a_run_of_a_new_spec_creates_its_pool_in_the_runs_session(specs):
     assert _pool("freestack_deploy_other") == (1, True)
     with create_session() as session:
         session.query(Pool).filter(Pool.pool == "freestack_deploy_other").update({"slots": 3})
-    pool_listener.on_dag_run_running(DagRun(dag_id="other_promote", run_id="manual__2", run_type="manual"), "started")
+    pool_listener.on_dag_run_running(
+        DagRun(dag_id="other_promote", run_id="manual__2", run_type="manual"), "started"
+    )
     assert _pool("freestack_deploy_other") == (3, True)
-    pool_listener.on_dag_run_running(DagRun(dag_id="unrelated_dag", run_id="m", run_type="manual"), "started")  # nothing
+    pool_listener.on_dag_run_running(
+        DagRun(dag_id="unrelated_dag", run_id="m", run_type="manual"), "started"
+    )  # nothing

@@ -30,8 +30,13 @@ print(json.dumps({"after_task": after_task, "after_job": "tabnanny" in sys.modul
 
 
 def _probe(*argv: str, **env: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -49,7 +54,11 @@ def test_which_modules(monkeypatch):
 
 
 def test_only_the_scheduler_job_with_a_forking_executor_preloads():
-    env = {"FREESTACK_PRELOAD": "tabnanny", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "FREESTACK_SPEEDUPS": "1"}
+    env = {
+        "FREESTACK_PRELOAD": "tabnanny",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "FREESTACK_SPEEDUPS": "1",
+    }
     assert _probe("scheduler", **env) == {"after_task": False, "after_job": True, "done": True}
     assert _probe("api-server", **env)["after_job"] is False
     assert _probe("scheduler", **{**env, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"})["after_job"] is False
@@ -99,9 +108,13 @@ print(json.dumps({"took": took, "handlers": sorted(rt._asset_uri_handlers), "reb
 def test_preload_warms_asset_handlers_and_dag_building(monkeypatch):
     """The first DAG build in a process discovers every provider's asset URI handlers and fills the spec
     validators' caches: preloading does it once, in the scheduler, so that task processes start warm."""
-    env = {**os.environ, "FREESTACK_PIPELINES_DIR": str(preload.__file__).rsplit("/plugins/", 1)[0]
-           + "/include/pipelines"}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", WARM_PROBE], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "FREESTACK_PIPELINES_DIR": str(preload.__file__).rsplit("/plugins/", 1)[0] + "/include/pipelines",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", WARM_PROBE], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert "asset URI handlers" in got["took"] and "DAG building" in got["took"]

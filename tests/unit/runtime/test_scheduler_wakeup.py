@@ -64,7 +64,9 @@ class _Runner:
 
 
 def _report_later(executor: _Executor, after: float) -> threading.Thread:
-    t = threading.Thread(target=lambda: (time.sleep(after), executor.result_queue.put(("key", "success", None))))
+    t = threading.Thread(
+        target=lambda: (time.sleep(after), executor.result_queue.put(("key", "success", None)))
+    )
     t.start()
     return t
 
@@ -190,7 +192,14 @@ def test_install_replaces_time_in_the_scheduler_module_once(monkeypatch):
 
 @pytest.mark.parametrize(
     "speedups,value,on",
-    [("1", "0", False), ("1", "off", False), ("1", "1", True), ("1", None, True), ("0", "1", False), (None, "1", False)],
+    [
+        ("1", "0", False),
+        ("1", "off", False),
+        ("1", "1", True),
+        ("1", None, True),
+        ("0", "1", False),
+        (None, "1", False),
+    ],
 )
 def test_the_switches(monkeypatch, speedups, value, on):
     """On only with the runtime wing's speed-ups (FREESTACK_SPEEDUPS), and then unless turned off alone."""
@@ -250,8 +259,10 @@ def test_another_airflow_version_keeps_the_stock_sleep(monkeypatch, caplog):
         wake.wake_listener.on_starting(Job())
     assert scheduler.time is time
     warnings = [r.getMessage() for r in caplog.records if "written for Airflow" in r.getMessage()]
-    assert warnings == ["freestack: the scheduler wake-up was written for Airflow 3.3; Airflow 3.4.0 runs without it "
-                        "(stock behaviour)"]
+    assert warnings == [
+        "freestack: the scheduler wake-up was written for Airflow 3.3; Airflow 3.4.0 runs without it "
+        "(stock behaviour)"
+    ]
 
 
 def test_the_work_query_reads_airflows_own_schema(airflow_db):
@@ -270,7 +281,9 @@ def test_the_pool_listener_names_the_command_on_another_airflow(monkeypatch, cap
 
     monkeypatch.setattr(runtime, "airflow_version", lambda: "4.0.0")
     monkeypatch.setattr(runtime, "_warned", set())
-    monkeypatch.setattr("freestack.runtime.pools.ensure_pool", lambda *a, **k: pytest.fail("ensure_pool was called"))
+    monkeypatch.setattr(
+        "freestack.runtime.pools.ensure_pool", lambda *a, **k: pytest.fail("ensure_pool was called")
+    )
 
     class Job:
         pass

@@ -22,9 +22,14 @@ PLUGINS = Path(__file__).resolve().parents[3] / "plugins"
 
 def _hold(home: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PLUGINS)}
-    return subprocess.Popen([sys.executable, "-m", "freestack_server", "hold", str(home), "127.0.0.1", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "freestack_server", "hold", str(home), "127.0.0.1", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
@@ -90,7 +95,9 @@ def test_serving_processes_finds_and_stops_a_holder(holder):
     assert is_holder(proc.pid, str(home)) and not is_holder(proc.pid, str(serving / "elsewhere"))
     assert serving_processes(serving) == [(proc.pid, f"address holder for digits on 127.0.0.1:{port}")]
     assert serving_processes(str(serving) + "-not") == []
-    assert stop_serving_processes(serving) == [f"address holder for digits on 127.0.0.1:{port} (pid {proc.pid})"]
+    assert stop_serving_processes(serving) == [
+        f"address holder for digits on 127.0.0.1:{port} (pid {proc.pid})"
+    ]
     assert proc.wait(timeout=10) == 0 and serving_processes(serving) == []
 
 
@@ -100,4 +107,6 @@ def test_metrics_port_may_not_collide_with_the_serving_ports():
     for bad in (8999, 9000, 9001, 9002):
         with pytest.raises(ValueError, match="collides with the serving ports"):
             DeploySpec.model_validate({"local": {"port": 9000, "metrics_port": bad}})
-    assert DeploySpec.model_validate({"local": {"port": 9000, "metrics_port": 9003}}).local.metrics_port == 9003
+    assert (
+        DeploySpec.model_validate({"local": {"port": 9000, "metrics_port": 9003}}).local.metrics_port == 9003
+    )

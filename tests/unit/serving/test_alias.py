@@ -20,14 +20,16 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("s3://freestack_s3@bucket/freestack/registry/digits@production",
-         ("s3://freestack_s3@bucket/freestack/registry/digits", "digits", "production")),
+        (
+            "s3://freestack_s3@bucket/freestack/registry/digits@production",
+            ("s3://freestack_s3@bucket/freestack/registry/digits", "digits", "production"),
+        ),
         ("s3://bucket/registry/digits@staging/", ("s3://bucket/registry/digits", "digits", "staging")),
         ("file:///srv/storage/registry/m@previous", ("file:///srv/storage/registry/m", "m", "previous")),
         ("/srv/storage/registry/m@production", ("/srv/storage/registry/m", "m", "production")),
         ("data://.my/ml/registry/m@production", ("data://.my/ml/registry/m", "m", "production")),
     ],
-)  # fmt: skip
+)
 def test_split_alias_recognises_registry_alias_uris(uri, expected):
     assert split_alias(uri) == expected
 
@@ -43,7 +45,7 @@ def test_split_alias_recognises_registry_alias_uris(uri, expected):
         "file:///srv/storage/registry/@production",  # no model
         "file:///srv/storage/registry/m@../../x",
     ],
-)  # fmt: skip
+)
 def test_split_alias_leaves_everything_else_alone(uri):
     assert split_alias(uri) is None
 
@@ -61,7 +63,12 @@ def registry(tmp_path):
 
     root = (tmp_path / "storage").as_uri()
     uris = {v: make_version(root, "m", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
-    return {"root": root, "uris": uris, "reg": ModelRegistry(root, "m"), "alias": f"{root}/registry/m@production"}
+    return {
+        "root": root,
+        "uris": uris,
+        "reg": ModelRegistry(root, "m"),
+        "alias": f"{root}/registry/m@production",
+    }
 
 
 def test_alias_resolves_to_the_version_it_names_now(registry):
@@ -101,7 +108,9 @@ def _serving_python() -> str | None:
     return str(py) if py.exists() else None
 
 
-@pytest.mark.skipif(_serving_python() is None, reason="the serving environment is missing: run `make serving-venv`")
+@pytest.mark.skipif(
+    _serving_python() is None, reason="the serving environment is missing: run `make serving-venv`"
+)
 def test_seldon_model_class_serves_the_production_version_it_resolved(registry, tmp_path):
     """plugins/freestack_server/seldon_model.py in the serving environment (seldon-core 1.17.1, no Airflow): the alias is
     read once, and the version it named is the one described, loaded and reported, even when production
@@ -110,7 +119,7 @@ def test_seldon_model_class_serves_the_production_version_it_resolved(registry, 
     script = f"""
 import json, sys
 from freestack_server.seldon_model import Model
-m = Model(model_uri={registry['alias']!r})
+m = Model(model_uri={registry["alias"]!r})
 first = m.init_metadata()
 print("described", flush=True)
 sys.stdin.readline()
@@ -119,10 +128,16 @@ meta = m.init_metadata()
 print(json.dumps({{"version": m.version, "tags": m.tags(), "first": first["versions"], "custom": meta["custom"]}}))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(PYTHONPATH=str(ROOT / "plugins"),
-               FREESTACK_SERVING_CACHE=str(tmp_path / "cache"))  # fmt: skip
-    proc = subprocess.Popen([_serving_python(), "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    env.update(PYTHONPATH=str(ROOT / "plugins"), FREESTACK_SERVING_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [_serving_python(), "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "described", proc.stderr.read()[-3000:] if proc.poll() is not None else line

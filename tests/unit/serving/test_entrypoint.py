@@ -68,31 +68,57 @@ def test_the_local_deploy_starts_the_images_command_with_the_same_variables(runt
     monkeypatch.setenv("FREESTACK_SERVING_DIR", str(tmp_path))
     monkeypatch.setattr(subprocess, "Popen", Capture)
     monkeypatch.setattr(local, "runtime_python", lambda rt: f"/venv-{rt}/bin/python")
-    launch = local.server_config("d", "m", "v1", local.Slot("blue", 9001, 9101), LocalTarget(port=9000),
-                                 model_uri="file:///x", request_log_uri=None, runtime=runtime)  # fmt: skip
+    launch = local.server_config(
+        "d",
+        "m",
+        "v1",
+        local.Slot("blue", 9001, 9101),
+        LocalTarget(port=9000),
+        model_uri="file:///x",
+        request_log_uri=None,
+        runtime=runtime,
+    )
     server = local.start_server(launch, model_env={})
     (argv,) = started
-    assert argv[1:] == [*COMMAND[1:], "--env-file", str(server.env_file)] and argv[0] == f"/venv-{runtime}/bin/python"
+    assert (
+        argv[1:] == [*COMMAND[1:], "--env-file", str(server.env_file)]
+        and argv[0] == f"/venv-{runtime}/bin/python"
+    )
     written = dict(line.split("=", 1) for line in server.env_file.read_text().splitlines())
     assert not set(written) - known_variables()
     image = server_variables(image_env(DOCKERFILES[runtime]))
     assert written[f"{SERVER}RUNTIME"] == f"'{image[f'{SERVER}RUNTIME']}'"
     differ = {k for k in image if k in written and written[k].strip("'") != image[k]}
-    aliases = {"PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT", "PREDICTIVE_UNIT_METRICS_SERVICE_PORT"}
+    aliases = {
+        "PREDICTIVE_UNIT_HTTP_SERVICE_PORT",
+        "PREDICTIVE_UNIT_GRPC_SERVICE_PORT",
+        "PREDICTIVE_UNIT_METRICS_SERVICE_PORT",
+    }
     assert differ <= {f"{SERVER}HOST", f"{SERVER}WORKDIR"} | aliases, differ
 
 
 def test_the_manifests_use_the_images_command_and_known_variables():
-    target = KubernetesTarget(namespace="models", image="freestack/serving:1", mlserver_image="freestack/mlserver:1")
+    target = KubernetesTarget(
+        namespace="models", image="freestack/serving:1", mlserver_image="freestack/mlserver:1"
+    )
     for runtime in ("seldon", "mlserver"):
-        m = manifests.build_manifest("digits", model="digits", version="3", model_uri="s3://m/registry/digits/3",
-                                     target=target, request_log_uri="s3://m/monitoring/digits", runtime=runtime)  # fmt: skip
+        m = manifests.build_manifest(
+            "digits",
+            model="digits",
+            version="3",
+            model_uri="s3://m/registry/digits/3",
+            target=target,
+            request_log_uri="s3://m/monitoring/digits",
+            runtime=runtime,
+        )
         (c,) = m["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
         assert "command" not in c and "args" not in c
         names = {e["name"] for e in c["env"]} - {"PROTOCOL"}  # PROTOCOL: Seldon's own, for its executor
         assert not names - known_variables(), names - known_variables()
         assert {e["name"]: e["value"] for e in c["env"]}[f"{SERVER}RUNTIME"] == runtime
-    isvc = manifests.build_inference_service("digits", model="digits", version="3", model_uri="s3://m/x", target=target)
+    isvc = manifests.build_inference_service(
+        "digits", model="digits", version="3", model_uri="s3://m/x", target=target
+    )
     (c,) = isvc["spec"]["predictor"]["containers"]
     assert "command" not in c and not ({e["name"] for e in c["env"]} - {"PROTOCOL"} - known_variables())
 
@@ -103,8 +129,11 @@ def test_the_server_reads_an_env_file_and_the_environment_wins(tmp_path, monkeyp
     for key in [k for k in os.environ if k.startswith((SERVER, "PREDICTIVE_UNIT_"))]:
         monkeypatch.delenv(key)
     env_file = tmp_path / "blue.env"
-    variables = {f"{SERVER}WORKERS": "3", f"{SERVER}CORS_ORIGINS": '["https://a.example"]',
-                 f"{SERVER}ADDRESS": '{"host":"127.0.0.1","port":9000,"socket":"s","gate":"/g"}'}  # fmt: skip
+    variables = {
+        f"{SERVER}WORKERS": "3",
+        f"{SERVER}CORS_ORIGINS": '["https://a.example"]',
+        f"{SERVER}ADDRESS": '{"host":"127.0.0.1","port":9000,"socket":"s","gate":"/g"}',
+    }
     write_env_file(env_file, variables)
     monkeypatch.setenv("PREDICTIVE_UNIT_HTTP_SERVICE_PORT", "9123")
     monkeypatch.setenv(f"{SERVER}WORKERS", "5")
@@ -114,7 +143,12 @@ def test_the_server_reads_an_env_file_and_the_environment_wins(tmp_path, monkeyp
         for key in variables:
             if key != f"{SERVER}WORKERS":
                 os.environ.pop(key, None)
-    assert (cfg.workers, cfg.port, cfg.cors_origins, cfg.address.port) == (5, 9123, ["https://a.example"], 9000)
+    assert (cfg.workers, cfg.port, cfg.cors_origins, cfg.address.port) == (
+        5,
+        9123,
+        ["https://a.example"],
+        9000,
+    )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(str(tmp_path / "missing.env"))
 
@@ -128,14 +162,17 @@ def test_the_deploy_specs_defaults_are_the_servers():
         assert KubernetesTarget.model_fields[name].default == server[name].default, name
 
 
-@pytest.mark.parametrize(("uri", "name"), [
-    ("file:///models/digits/v20260105-1a2b3c4d", "digits"),
-    ("s3://freestack_s3@bucket/freestack/registry/churn/v3/", "churn"),
-    ("data://owner/models/registry/spam-filter@production", "spam-filter"),
-    ("/srv/registry/houses@staging", "houses"),
-    ("file:///v1", None),
-    ("s3://bucket/odd name/v1", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("uri", "name"),
+    [
+        ("file:///models/digits/v20260105-1a2b3c4d", "digits"),
+        ("s3://freestack_s3@bucket/freestack/registry/churn/v3/", "churn"),
+        ("data://owner/models/registry/spam-filter@production", "spam-filter"),
+        ("/srv/registry/houses@staging", "houses"),
+        ("file:///v1", None),
+        ("s3://bucket/odd name/v1", None),
+    ],
+)
 def test_the_model_name_defaults_to_the_model_the_uri_names(uri, name, monkeypatch):
     """Without FREESTACK_MODEL_NAME the server (MLServer's /v2/models/<name>, metric labels) is named after the
     model of FREESTACK_MODEL_URI, not "model"; a name that is set wins."""

@@ -38,8 +38,12 @@ def test_hadolint_runs_with_the_projects_config():
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_dockerfile_passes_hadolint(name):
     path = ROOT / "docker" / name
-    run = subprocess.run([hadolint(), "--config", str(CONFIG), "--format", "json", str(path)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    run = subprocess.run(
+        [hadolint(), "--config", str(CONFIG), "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     findings = json.loads(run.stdout or "[]")
     shown = [f"{path.name}:{f['line']} {f['code']} ({f['level']}): {f['message']}" for f in findings]
     assert run.returncode == 0 and not findings, "hadolint findings:\n" + "\n".join(shown or [run.stderr])

@@ -35,16 +35,28 @@ NS = "seldon"
 
 
 def target(**kw) -> KubernetesTarget:
-    base = {"conn_id": CONN, "namespace": NS, "image": "freestack/serving:0.1.0", "replicas": 2,
-            "env_secret": "s3-credentials", "service_account": "seldon-models", "workers": 3, "threads": 2,
-            "canary": {"traffic": 10, "replicas": 1}}
+    base = {
+        "conn_id": CONN,
+        "namespace": NS,
+        "image": "freestack/serving:0.1.0",
+        "replicas": 2,
+        "env_secret": "s3-credentials",
+        "service_account": "seldon-models",
+        "workers": 3,
+        "threads": 2,
+        "canary": {"traffic": 10, "replicas": 1},
+    }
     return KubernetesTarget.model_validate({**base, **kw})
 
 
 def manifest(version: str = "3", canary: str | None = None, name: str = "digits", **kw) -> dict:
     return manifests.build_manifest(
-        name, model="digits", version=version, model_uri=f"s3://models/registry/digits/{version}",
-        target=target(**kw), canary_version=canary,
+        name,
+        model="digits",
+        version=version,
+        model_uri=f"s3://models/registry/digits/{version}",
+        target=target(**kw),
+        canary_version=canary,
         canary_uri=f"s3://models/registry/digits/{canary}" if canary else None,
     )
 
@@ -70,8 +82,11 @@ def test_manifest_without_canary_validates():
     manifests.validate_manifest(m, CRD)
     assert m["apiVersion"] == "machinelearning.seldon.io/v1" and m["kind"] == "SeldonDeployment"
     assert m["metadata"]["namespace"] == NS and m["metadata"]["name"] == "digits"
-    assert m["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "freestack", "freestack.io/model": "digits",
-                                       "freestack.io/version": "3"}
+    assert m["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "freestack",
+        "freestack.io/model": "digits",
+        "freestack.io/version": "3",
+    }
     (main,) = m["spec"]["predictors"]
     assert (main["name"], main["replicas"], main["traffic"]) == ("main", 2, 100)
     assert main["graph"] == {"name": "model", "type": "MODEL", "endpoint": {"type": "REST"}, "children": []}
@@ -79,10 +94,15 @@ def test_manifest_without_canary_validates():
     assert pod["serviceAccountName"] == "seldon-models"
     (c,) = pod["containers"]
     assert c["name"] == "model" and c["image"] == "freestack/serving:0.1.0"
-    assert env_of(main) == {"FREESTACK_MODEL_URI": "s3://models/registry/digits/3", "FREESTACK_MODEL_VERSION": "3",
-                            "FREESTACK_MODEL_NAME": "digits", "FREESTACK_SERVER_RUNTIME": "seldon",
-                            "FREESTACK_SERVER_DEPLOYMENT": "digits", "FREESTACK_SERVER_WORKERS": "3",
-                            "FREESTACK_SERVER_THREADS": "2"}  # fmt: skip
+    assert env_of(main) == {
+        "FREESTACK_MODEL_URI": "s3://models/registry/digits/3",
+        "FREESTACK_MODEL_VERSION": "3",
+        "FREESTACK_MODEL_NAME": "digits",
+        "FREESTACK_SERVER_RUNTIME": "seldon",
+        "FREESTACK_SERVER_DEPLOYMENT": "digits",
+        "FREESTACK_SERVER_WORKERS": "3",
+        "FREESTACK_SERVER_THREADS": "2",
+    }
     assert "command" not in c and "args" not in c  # the image's own CMD: python -m freestack_server
     assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
     assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
@@ -112,9 +132,17 @@ def test_manifest_with_canary_validates():
 def test_an_mlserver_manifest_is_protocol_v2_and_validates():
     """runtime: mlserver: the mlserver image's own command (python -m freestack_server) with the same
     variables as Seldon's runtime, REST and gRPC ports, V2 probes; a canary too."""
-    m = manifests.build_manifest("digits", model="digits", version="3", model_uri="s3://models/registry/digits/3",
-                                 target=target(), canary_version="4", canary_uri="s3://models/registry/digits/4",
-                                 request_log_uri="s3://models/monitoring/digits", runtime="mlserver")  # fmt: skip
+    m = manifests.build_manifest(
+        "digits",
+        model="digits",
+        version="3",
+        model_uri="s3://models/registry/digits/3",
+        target=target(),
+        canary_version="4",
+        canary_uri="s3://models/registry/digits/4",
+        request_log_uri="s3://models/monitoring/digits",
+        runtime="mlserver",
+    )
     manifests.validate_manifest(m, CRD)
     assert m["spec"]["protocol"] == "v2"
     main, canary = m["spec"]["predictors"]
@@ -130,8 +158,9 @@ def test_an_mlserver_manifest_is_protocol_v2_and_validates():
 
 
 def test_a_kserve_inference_service_runs_the_same_v2_container():
-    isvc = manifests.build_inference_service("digits", model="digits", version="3",
-                                             model_uri="s3://models/registry/digits/3", target=target())  # fmt: skip
+    isvc = manifests.build_inference_service(
+        "digits", model="digits", version="3", model_uri="s3://models/registry/digits/3", target=target()
+    )
     assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
     assert isvc["metadata"]["namespace"] == NS and isvc["metadata"]["labels"]["freestack.io/version"] == "3"
     pred = isvc["spec"]["predictor"]
@@ -142,31 +171,52 @@ def test_a_kserve_inference_service_runs_the_same_v2_container():
     assert env["PROTOCOL"] == "v2" and env["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/3"
     assert env["FREESTACK_SERVER_RUNTIME"] == "mlserver" and "command" not in c
     with pytest.raises(ValueError, match="not a valid Kubernetes name"):
-        manifests.build_inference_service("Digits!", model="digits", version="3", model_uri="s3://x", target=target())
+        manifests.build_inference_service(
+            "Digits!", model="digits", version="3", model_uri="s3://x", target=target()
+        )
 
 
 def test_label_values_are_sanitized_and_exact_values_kept_in_annotations():
     version = "2026-03-01T12:00:00+00:00/run 7_" + "x" * 80
-    m = manifests.build_manifest("digits", model="Digits Model!", version=version, model_uri="file:///tmp/m",
-                           target=target(), labels={"team": "ml platform", "example.com/tier": "gold"})
+    m = manifests.build_manifest(
+        "digits",
+        model="Digits Model!",
+        version=version,
+        model_uri="file:///tmp/m",
+        target=target(),
+        labels={"team": "ml platform", "example.com/tier": "gold"},
+    )
     manifests.validate_manifest(m, CRD)  # label values valid (<= 63, alphanumeric ends)
     labels, ann = m["metadata"]["labels"], m["metadata"]["annotations"]
-    assert len(labels["freestack.io/version"]) <= 63 and labels["freestack.io/version"].startswith("2026-03-01T12")
+    assert len(labels["freestack.io/version"]) <= 63 and labels["freestack.io/version"].startswith(
+        "2026-03-01T12"
+    )
     assert labels["freestack.io/model"] == "Digits-Model"
     assert labels["team"] == "ml-platform" and labels["example.com/tier"] == "gold"
     assert ann["freestack.io/version"] == version and ann["freestack.io/model"] == "Digits Model!"
     with pytest.raises(ValueError, match="label key"):
-        manifests.build_manifest("digits", model="d", version="1", model_uri="u", target=target(), labels={"bad key!": "x"})
+        manifests.build_manifest(
+            "digits", model="d", version="1", model_uri="u", target=target(), labels={"bad key!": "x"}
+        )
 
 
 def test_build_manifest_refuses_half_a_canary_and_a_canary_without_config():
     with pytest.raises(ValueError, match="canary_version was given without canary_uri"):
-        manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(), canary_version="2")
+        manifests.build_manifest(
+            "d", model="d", version="1", model_uri="u", target=target(), canary_version="2"
+        )
     with pytest.raises(ValueError, match="canary_uri was given without canary_version"):
         manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(), canary_uri="v")
     with pytest.raises(ValueError, match="deploy.kubernetes.canary is not set"):
-        manifests.build_manifest("d", model="d", version="1", model_uri="u", target=target(canary=None),
-                           canary_version="2", canary_uri="v")
+        manifests.build_manifest(
+            "d",
+            model="d",
+            version="1",
+            model_uri="u",
+            target=target(canary=None),
+            canary_version="2",
+            canary_uri="v",
+        )
     with pytest.raises(ValueError, match="not a valid Kubernetes name"):
         manifests.build_manifest("Digits_v2", model="d", version="1", model_uri="u", target=target())
     # a plain dict target works too (the operator may hold the spec as a dict)
@@ -190,7 +240,9 @@ def test_broken_manifest_is_rejected_naming_each_path():
 
     no_graph = manifest("3", canary=None)
     del no_graph["spec"]["predictors"][0]["graph"]
-    with pytest.raises(manifests.ManifestInvalid, match=r"\$\.spec\.predictors\[0\]: 'graph' is a required property"):
+    with pytest.raises(
+        manifests.ManifestInvalid, match=r"\$\.spec\.predictors\[0\]: 'graph' is a required property"
+    ):
         manifests.validate_manifest(no_graph, CRD)
 
     wrong_kind = manifest("3")
@@ -205,7 +257,9 @@ def test_broken_manifest_is_rejected_naming_each_path():
         manifests.validate_manifest(split, CRD)
     renamed = manifest("3")
     renamed["spec"]["predictors"][0]["graph"]["name"] = "classifier"
-    with pytest.raises(manifests.ManifestInvalid, match=r"graph\.name: graph node 'classifier' has no container"):
+    with pytest.raises(
+        manifests.ManifestInvalid, match=r"graph\.name: graph node 'classifier' has no container"
+    ):
         manifests.validate_manifest(renamed, CRD)
 
 
@@ -219,7 +273,9 @@ def test_int_or_string_and_nullable_fields():
     c["resources"]["limits"]["cpu"] = "1500m"  # ... or a quantity string
     manifests.validate_manifest(m, CRD)
     c["resources"]["limits"]["cpu"] = "two cores"  # but the quantity pattern holds
-    with pytest.raises(manifests.ManifestInvalid, match=r"resources\.limits\.cpu: 'two cores' does not match"):
+    with pytest.raises(
+        manifests.ManifestInvalid, match=r"resources\.limits\.cpu: 'two cores' does not match"
+    ):
         manifests.validate_manifest(m, CRD)
     c["resources"]["limits"]["cpu"] = "1"
     m["spec"]["predictors"][0]["replicas"] = 2**31  # format int32
@@ -250,11 +306,17 @@ def test_availability_reads_seldon_v1_status():
     obj["status"] = {"state": "Available", "observedGeneration": 1}
     state, msg = manifests.availability(obj)
     assert state == "progressing" and "has not processed generation 2" in msg  # stale: the previous spec's
-    obj["status"] = {"state": "Available", "observedGeneration": 2,
-                     "deploymentStatus": {"d-main-0-model": {"replicas": 2, "availableReplicas": 1}}}
+    obj["status"] = {
+        "state": "Available",
+        "observedGeneration": 2,
+        "deploymentStatus": {"d-main-0-model": {"replicas": 2, "availableReplicas": 1}},
+    }
     assert manifests.availability(obj)[0] == "progressing"
     obj["status"]["deploymentStatus"]["d-main-0-model"]["availableReplicas"] = 2
-    assert manifests.availability(obj) == ("available", "SeldonDeployment ns/d is Available: d-main-0-model 2/2 available")
+    assert manifests.availability(obj) == (
+        "available",
+        "SeldonDeployment ns/d is Available: d-main-0-model 2/2 available",
+    )
     obj["status"] = {"state": "Failed", "description": "Deployment d-main-0-model failed: ImagePullBackOff"}
     state, msg = manifests.availability(obj)
     assert state == "failed" and "ImagePullBackOff" in msg
@@ -265,9 +327,15 @@ def test_availability_reads_seldon_v1_status():
 def test_fake_patch_semantics():
     doc = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
     assert merge_patch(doc, {"a": {"b": None, "c": [3]}, "e": 1}) == {"a": {"c": [3]}, "d": "x", "e": 1}
-    assert json_patch(doc, [{"op": "test", "path": "/d", "value": "x"}, {"op": "replace", "path": "/a/c/1", "value": 9},
-                            {"op": "add", "path": "/a/c/-", "value": 7}, {"op": "remove", "path": "/a/b"}]) == {
-        "a": {"c": [1, 9, 7]}, "d": "x"}
+    assert json_patch(
+        doc,
+        [
+            {"op": "test", "path": "/d", "value": "x"},
+            {"op": "replace", "path": "/a/c/1", "value": 9},
+            {"op": "add", "path": "/a/c/-", "value": 7},
+            {"op": "remove", "path": "/a/b"},
+        ],
+    ) == {"a": {"c": [1, 9, 7]}, "d": "x"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -277,8 +345,10 @@ def test_fake_patch_semantics():
 @pytest.fixture
 def kube(monkeypatch):
     api = FakeKubeAPI().start()
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
-                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}),
+    )
     yield api
     api.stop()
 
@@ -329,8 +399,9 @@ def test_apply_retries_when_another_writer_wins_the_race(kube):
     kube.requests.clear()
     stored = k8s.apply(manifest("4"), CONN)
     assert [c["method"] for c in kube.calls()] == ["POST", "GET", "PUT", "GET", "PUT"]
-    assert kube.calls("PUT")[1]["body"]["metadata"]["resourceVersion"] == str(int(
-        kube.calls("PUT")[0]["body"]["metadata"]["resourceVersion"]) + 1)
+    assert kube.calls("PUT")[1]["body"]["metadata"]["resourceVersion"] == str(
+        int(kube.calls("PUT")[0]["body"]["metadata"]["resourceVersion"]) + 1
+    )
     assert env_of(stored["spec"]["predictors"][0])["FREESTACK_MODEL_VERSION"] == "4"
 
 
@@ -380,7 +451,10 @@ def test_set_traffic_promote_and_rollback(kube):
     assert obj["metadata"]["annotations"]["freestack.io/model-uri"] == "s3://models/registry/digits/4"
     manifests.validate_manifest(obj, CRD)  # the stored object (status, uid, ...) still matches the CRD
     # a retried promote is harmless; promoting another version is refused
-    assert k8s.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"] == obj["metadata"]["generation"]
+    assert (
+        k8s.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"]
+        == obj["metadata"]["generation"]
+    )
     with pytest.raises(k8s.DeployError, match="no 'canary' predictor to promote"):
         k8s.promote_canary("digits", NS, CONN, version="5")
     with pytest.raises(k8s.DeployError, match="no 'canary' predictor to send traffic to"):
@@ -395,8 +469,15 @@ def test_set_traffic_promote_and_rollback(kube):
     assert "freestack.io/canary-version" not in obj["metadata"]["labels"]
     assert k8s.rollback_canary("digits", NS, CONN)["metadata"]["generation"] == obj["metadata"]["generation"]
     assert manifests.summary(obj)["predictors"] == [
-        {"name": "main", "version": "4", "model_uri": "s3://models/registry/digits/4", "traffic": 100,
-         "replicas": 2, "image": "freestack/serving:0.1.0"}]
+        {
+            "name": "main",
+            "version": "4",
+            "model_uri": "s3://models/registry/digits/4",
+            "traffic": 100,
+            "replicas": 2,
+            "image": "freestack/serving:0.1.0",
+        }
+    ]
     with pytest.raises(k8s.DeployError, match="does not exist"):
         k8s.rollback_canary("other", NS, CONN)
 
@@ -406,7 +487,9 @@ def test_crd_not_installed_says_so(kube):
     with pytest.raises(k8s.DeployError) as info:
         k8s.apply(manifest("3"), CONN)
     msg = str(info.value)
-    assert "Seldon Core's CRD is not installed" in msg and "seldondeployments.machinelearning.seldon.io" in msg
+    assert (
+        "Seldon Core's CRD is not installed" in msg and "seldondeployments.machinelearning.seldon.io" in msg
+    )
     assert kube.url in msg and "seldon/digits" in msg and "404" in msg
     with pytest.raises(k8s.DeployError, match="CRD is not installed"):
         k8s.get("digits", NS, CONN)  # not "absent": the type itself is missing
@@ -423,7 +506,9 @@ def test_rbac_namespace_and_server_side_validation_errors(kube):
     kube.namespaces = None
     bad = manifest("3")
     bad["spec"]["predictors"][0]["traffic"] = "all"
-    with pytest.raises(k8s.DeployError, match=r"422.*\n  spec\.predictors\[0\]\.traffic: Invalid value") as info:
+    with pytest.raises(
+        k8s.DeployError, match=r"422.*\n  spec\.predictors\[0\]\.traffic: Invalid value"
+    ) as info:
         k8s.apply(bad, CONN)
     assert info.value.status == 422 and not isinstance(info.value, k8s.KubernetesUnavailable)
     kube.fail_next = [503]
@@ -433,12 +518,21 @@ def test_rbac_namespace_and_server_side_validation_errors(kube):
 
 def unreachable_conn(monkeypatch) -> tuple[str, str]:
     url = f"http://127.0.0.1:{free_port()}"
-    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "c", "cluster": {"server": url}}],
-                  "users": [{"name": "u", "user": {}}],
-                  "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "current-context": "c"}
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": url}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }
     # a JSON string works as well as a dict, and the pre-2.3 prefixed extra name too
-    monkeypatch.setenv("AIRFLOW_CONN_K8S_DOWN", json.dumps(
-        {"conn_type": "kubernetes", "extra": {"extra__kubernetes__kube_config": json.dumps(kubeconfig)}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_K8S_DOWN",
+        json.dumps(
+            {"conn_type": "kubernetes", "extra": {"extra__kubernetes__kube_config": json.dumps(kubeconfig)}}
+        ),
+    )
     return "k8s_down", url
 
 
@@ -449,13 +543,16 @@ def test_unreachable_server_and_missing_connection(monkeypatch):
     msg = str(info.value)
     assert f"cannot reach the Kubernetes API server {url}" in msg and "'k8s_down'" in msg
     assert "seldon/digits" in msg and "kubectl cluster-info" in msg
-    with pytest.raises(k8s.KubernetesUnavailable, match="cannot load the Kubernetes configuration of connection "
-                                                        "'no_such_conn'"):
+    with pytest.raises(
+        k8s.KubernetesUnavailable,
+        match="cannot load the Kubernetes configuration of connection 'no_such_conn'",
+    ):
         k8s.get("digits", NS, "no_such_conn")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the rollout's smoke test: the version's stored rows, through the API server's service proxy
+
 
 @pytest.fixture
 def rollout(tmp_path, storage, monkeypatch):
@@ -465,12 +562,18 @@ def rollout(tmp_path, storage, monkeypatch):
     from freestack.spec import parse_spec
 
     api = ProxyingKubeAPI().start()
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
-                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}),
+    )
     data = yaml.safe_load((REPO / "include" / "pipelines" / "digits.yaml").read_text())
-    data["deploy"] = {"target": "kubernetes", "kubernetes": {"conn_id": CONN, "namespace": NS,
-                                                            "canary": {"traffic": 10, "replicas": 1}}}  # fmt: skip
-    uris = {v: make_version(storage, "digits", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)}
+    data["deploy"] = {
+        "target": "kubernetes",
+        "kubernetes": {"conn_id": CONN, "namespace": NS, "canary": {"traffic": 10, "replicas": 1}},
+    }
+    uris = {
+        v: make_version(storage, "digits", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)
+    }
     yield api, parse_spec(data, "digits.yaml"), uris
     api.stop()
 
@@ -478,7 +581,9 @@ def rollout(tmp_path, storage, monkeypatch):
 def roll_out(spec, version: str, uri: str) -> dict:
     k8s.start_rollout(spec, version, uri, reason="test")
     wait_available()
-    return k8s.finish_rollout(spec, {"status": "available", "name": "digits", "namespace": NS, "message": "ok"})
+    return k8s.finish_rollout(
+        spec, {"status": "available", "name": "digits", "namespace": NS, "message": "ok"}
+    )
 
 
 def test_a_rollout_sends_the_versions_rows_and_compares_the_answers(rollout):
@@ -499,7 +604,9 @@ def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
     api.pods["digits-main"] = uris["v1"]
     roll_out(spec, "v1", uris["v1"])
     api.pods["digits-canary"] = uris["v1"]  # the canary's pods do not serve v2's model
-    with pytest.raises(k8s.DeployError, match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed"):
+    with pytest.raises(
+        k8s.DeployError, match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed"
+    ):
         roll_out(spec, "v2", uris["v2"])
     assert [p["name"] for p in k8s.get("digits", NS, CONN)["spec"]["predictors"]] == ["main"]
     api.pods["digits-canary"] = uris["v2"]
@@ -509,7 +616,9 @@ def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
 
 def test_a_rollout_the_model_cannot_answer_says_where_it_asked(rollout):
     api, spec, uris = rollout  # no pods behind the service: the API server answers 503
-    with pytest.raises(k8s.DeployError, match=r"smoke request to .*services/digits-main:http/proxy answered HTTP 503"):
+    with pytest.raises(
+        k8s.DeployError, match=r"smoke request to .*services/digits-main:http/proxy answered HTTP 503"
+    ):
         roll_out(spec, "v1", uris["v1"])
 
 
@@ -545,8 +654,9 @@ def run_trigger(trigger) -> dict:
 def make_trigger(name="digits", timeout=5.0, poll=0.02, conn=CONN):
     from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 
-    return SeldonDeploymentAvailableTrigger(name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout,
-                                            poll_seconds=poll)
+    return SeldonDeploymentAvailableTrigger(
+        name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout, poll_seconds=poll
+    )
 
 
 def test_trigger_serializes_round_trip():
@@ -557,9 +667,16 @@ def test_trigger_serializes_round_trip():
     module, cls = path.rsplit(".", 1)
     again = getattr(importlib.import_module(module), cls)(**kwargs)
     assert again.serialize() == (path, kwargs)
-    assert kwargs["deadline"] == pytest.approx(time.time() + 60, abs=5)  # absolute: a restart does not extend it
+    assert kwargs["deadline"] == pytest.approx(
+        time.time() + 60, abs=5
+    )  # absolute: a restart does not extend it
     assert {k: kwargs[k] for k in ("name", "namespace", "conn_id", "timeout_seconds", "poll_seconds")} == {
-        "name": "digits", "namespace": NS, "conn_id": CONN, "timeout_seconds": 60.0, "poll_seconds": 5.0}
+        "name": "digits",
+        "namespace": NS,
+        "conn_id": CONN,
+        "timeout_seconds": 60.0,
+        "poll_seconds": 5.0,
+    }
 
 
 def test_trigger_available_after_transient_errors(kube):
@@ -578,7 +695,10 @@ def test_trigger_does_not_take_the_previous_specs_available_as_success(kube):
     k8s.apply(manifest("4"), CONN)
     event = run_trigger(make_trigger(timeout=0.4))
     assert event["status"] == "timeout"
-    assert "has not processed generation 2" in event["message"] and "kubectl -n seldon get pods" in event["message"]
+    assert (
+        "has not processed generation 2" in event["message"]
+        and "kubectl -n seldon get pods" in event["message"]
+    )
     kube.set_status(NS, "digits", "Available")
     assert run_trigger(make_trigger())["status"] == "available"
 
@@ -636,13 +756,22 @@ def test_real_cluster(monkeypatch):
         pytest.skip("no kubeconfig (KUBECONFIG or ~/.kube/config): no Kubernetes cluster to test against")
     namespace = os.environ.get("FREESTACK_K8S_TEST_NAMESPACE")
     if not namespace:
-        pytest.skip("a kubeconfig is present; set FREESTACK_K8S_TEST_NAMESPACE to a namespace this test may "
-                    "create a SeldonDeployment in")
-    monkeypatch.setenv("AIRFLOW_CONN_K8S_REAL",
-                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": path}}))
+        pytest.skip(
+            "a kubeconfig is present; set FREESTACK_K8S_TEST_NAMESPACE to a namespace this test may "
+            "create a SeldonDeployment in"
+        )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_K8S_REAL", json.dumps({"conn_type": "kubernetes", "extra": {"kube_config_path": path}})
+    )
     name = f"freestack-test-{uuid.uuid4().hex[:8]}"
-    m = manifests.build_manifest(name, model="digits", version="1", model_uri="file:///nonexistent",
-                           target={"namespace": namespace, "replicas": 1}, labels={"freestack.io/test": "true"})
+    m = manifests.build_manifest(
+        name,
+        model="digits",
+        version="1",
+        model_uri="file:///nonexistent",
+        target={"namespace": namespace, "replicas": 1},
+        labels={"freestack.io/test": "true"},
+    )
     manifests.validate_manifest(m, CRD)
     try:
         k8s.get(name, namespace, "k8s_real")

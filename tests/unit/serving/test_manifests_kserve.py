@@ -19,7 +19,11 @@ CRD = REPO / "include/serving/kserve-inferenceservice-crd.yaml"
 
 def isvc(**kw) -> dict:
     return manifests.build_inference_service(
-        "digits", model="digits", version="3", model_uri="s3://models/registry/digits/3", target=target(**kw),
+        "digits",
+        model="digits",
+        version="3",
+        model_uri="s3://models/registry/digits/3",
+        target=target(**kw),
         request_log_uri="s3://models/monitoring/digits",
     )
 

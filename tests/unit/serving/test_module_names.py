@@ -53,8 +53,10 @@ def test_the_model_servers_words_name_modules_that_exist():
 
 def test_a_stale_name_is_caught(tmp_path):
     stale = tmp_path / "stale.py"
-    stale.write_text('"""Wrapped by :mod:`freestack.serving.mlserver` and '
-                     'freestack_server.oip.NoSuchThing."""\nlog = "freestack.serving"\n')  # fmt: skip
+    stale.write_text(
+        '"""Wrapped by :mod:`freestack.serving.mlserver` and '
+        'freestack_server.oip.NoSuchThing."""\nlog = "freestack.serving"\n'
+    )
     assert missing_names(stale) == [
         "stale.py: freestack.serving.mlserver (freestack/serving/__init__.py has no mlserver)",
         "stale.py: freestack_server.oip.NoSuchThing (freestack_server/oip.py has no NoSuchThing)",

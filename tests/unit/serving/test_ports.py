@@ -99,8 +99,13 @@ def test_deploy_records_the_metrics_port_it_chose(tmp_path):
 
     root = (tmp_path / "storage").as_uri()
     uri = make_version(root, "pm", "v1", tmp_path)
-    local = LocalTarget(port=processes.free_port_block(), workers=1, smoke_rows=4, log_sample_rate=0.0,
-                        start_timeout_seconds=90)  # fmt: skip
+    local = LocalTarget(
+        port=processes.free_port_block(),
+        workers=1,
+        smoke_rows=4,
+        log_sample_rate=0.0,
+        start_timeout_seconds=90,
+    )
     with listening(local.port + 100):
         rec = local_mod.deploy_local(
             root_uri=root, model="pm", name="pm", version="v1", version_uri=uri, local=local
@@ -118,11 +123,22 @@ def test_deploy_records_the_metrics_port_it_chose(tmp_path):
 
 
 def test_the_runtime_is_seldon_or_mlserver():
-    assert DeploySpec().runtime == "seldon" and DeploySpec.model_validate({"runtime": "mlserver"}).runtime == "mlserver"
+    assert (
+        DeploySpec().runtime == "seldon"
+        and DeploySpec.model_validate({"runtime": "mlserver"}).runtime == "mlserver"
+    )
     with pytest.raises(ValueError, match="'seldon' or 'mlserver'"):
         DeploySpec.model_validate({"runtime": "triton"})
-    cfg = local_mod.server_config("d", "m", "v1", local_mod.Slot("blue", 9001, 9101), LocalTarget(port=9000),
-                                  model_uri="file:///x", request_log_uri=None, runtime="mlserver")  # fmt: skip
+    cfg = local_mod.server_config(
+        "d",
+        "m",
+        "v1",
+        local_mod.Slot("blue", 9001, 9101),
+        LocalTarget(port=9000),
+        model_uri="file:///x",
+        request_log_uri=None,
+        runtime="mlserver",
+    )
     assert cfg.config.runtime == "mlserver" and cfg.config.workers == 1
     assert cfg.config.grpc_port not in (9000, 9001, 9002, 9101)
     assert local_mod.health_url("http://h:1", "mlserver", "m") == "http://h:1/v2/models/m/ready"
@@ -136,8 +152,9 @@ def test_a_grpc_port_setting_places_blue_and_green_and_a_taken_one_fails_naming_
     green = local_mod._free_slot("m", "m", local, {"color": "blue"}, runtime="mlserver")
     assert (blue.grpc_port, green.grpc_port) == (gp, gp + 1)
     assert local_mod._free_slot("m", "m", local, None).grpc_port is None  # Seldon's runtime has no gRPC
-    launch = local_mod.server_config("m", "m", "v1", blue, local, model_uri="file:///x", request_log_uri=None,
-                                     runtime="mlserver")  # fmt: skip
+    launch = local_mod.server_config(
+        "m", "m", "v1", blue, local, model_uri="file:///x", request_log_uri=None, runtime="mlserver"
+    )
     assert launch.config.grpc_port == gp
     with listening(gp + 1):
         with pytest.raises(DeployError) as err:
@@ -148,11 +165,17 @@ def test_a_grpc_port_setting_places_blue_and_green_and_a_taken_one_fails_naming_
     assert default.grpc_port not in (*range(port - 1, port + 3), default.metrics_port)
 
 
-@pytest.mark.parametrize(("local", "says"), [
-    ({"port": 9000, "grpc_port": 9002}, "deploy.local.grpc_port 9002 collides with the serving ports"),
-    ({"port": 9000, "grpc_port": 8999}, "deploy.local.grpc_port 8999 collides with the serving ports"),
-    ({"port": 9000, "grpc_port": 9500, "metrics_port": 9501}, "grpc_port 9500 and metrics_port 9501 overlap"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("local", "says"),
+    [
+        ({"port": 9000, "grpc_port": 9002}, "deploy.local.grpc_port 9002 collides with the serving ports"),
+        ({"port": 9000, "grpc_port": 8999}, "deploy.local.grpc_port 8999 collides with the serving ports"),
+        (
+            {"port": 9000, "grpc_port": 9500, "metrics_port": 9501},
+            "grpc_port 9500 and metrics_port 9501 overlap",
+        ),
+    ],
+)
 def test_grpc_ports_that_collide_are_refused_in_the_spec(local, says):
     with pytest.raises(ValueError, match=says):
         DeploySpec.model_validate({"local": local})
@@ -162,10 +185,24 @@ def test_grpc_ports_that_collide_are_refused_in_the_spec(local, says):
 def test_serve_status_shows_the_metrics_and_grpc_addresses():
     from freestack.cli.serve import _status_lines
 
-    record = {"model": "m", "name": "m", "version": "v1", "state": "serving", "alive": True, "health": "ok",
-              "predict_url": "http://127.0.0.1:9000/v2/models/m/infer", "color": "green", "runtime": "mlserver",
-              "metrics_url": "http://127.0.0.1:9401/metrics", "metrics_port": 9401, "grpc_port": 9501,
-              "grpc_address": "127.0.0.1:9501", "pid": 1, "workers": 1, "threads": 1}  # fmt: skip
+    record = {
+        "model": "m",
+        "name": "m",
+        "version": "v1",
+        "state": "serving",
+        "alive": True,
+        "health": "ok",
+        "predict_url": "http://127.0.0.1:9000/v2/models/m/infer",
+        "color": "green",
+        "runtime": "mlserver",
+        "metrics_url": "http://127.0.0.1:9401/metrics",
+        "metrics_port": 9401,
+        "grpc_port": 9501,
+        "grpc_address": "127.0.0.1:9501",
+        "pid": 1,
+        "workers": 1,
+        "threads": 1,
+    }
     lines = _status_lines(record)
     assert "  metrics   http://127.0.0.1:9401/metrics" in lines
     assert "  grpc      127.0.0.1:9501  (the green server's own; it moves with each deploy)" in lines

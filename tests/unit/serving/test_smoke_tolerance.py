@@ -20,9 +20,15 @@ def _serve(monkeypatch, answer) -> None:
 
 def _regression_sample(outputs: list[float], **extra) -> dict:
     n = len(outputs)
-    return {"task": "regression", "features": ["a", "b"], "keys": [f"k{i}" for i in range(n)],
-            "rows": [[float(i), 1.0] for i in range(n)], "outputs": outputs,
-            "labels": [o + (-1) ** i * 9_000.0 for i, o in enumerate(outputs)], **extra}  # fmt: skip
+    return {
+        "task": "regression",
+        "features": ["a", "b"],
+        "keys": [f"k{i}" for i in range(n)],
+        "rows": [[float(i), 1.0] for i in range(n)],
+        "outputs": outputs,
+        "labels": [o + (-1) ** i * 9_000.0 for i, o in enumerate(outputs)],
+        **extra,
+    }
 
 
 PRICES = [251_234.56, 198_765.43, 310_000.12, 275_432.1]
@@ -63,8 +69,15 @@ def test_regression_answer_named_after_another_output_fails(monkeypatch):
 
 def _classification_sample() -> dict:
     outputs = [[0.7, 0.2, 0.1], [0.1, 0.45, 0.45 - 1e-3], [0.2, 0.3, 0.5]]
-    return {"task": "classification", "features": ["a"], "keys": ["r0", "r1", "r2"], "rows": [[0.0], [1.0], [2.0]],
-            "outputs": outputs, "classes": ["cat", "dog", "eel"], "labels": ["cat", "dog", "eel"]}  # fmt: skip
+    return {
+        "task": "classification",
+        "features": ["a"],
+        "keys": ["r0", "r1", "r2"],
+        "rows": [[0.0], [1.0], [2.0]],
+        "outputs": outputs,
+        "classes": ["cat", "dog", "eel"],
+        "labels": ["cat", "dog", "eel"],
+    }
 
 
 def test_classification_keeps_exact_class_and_probability_checks(monkeypatch):
@@ -91,8 +104,16 @@ def test_smoke_sample_carries_the_target_scale(tmp_path):
     folder = tmp_path / "v1"
     (folder / "evaluation").mkdir(parents=True)
     (folder / "evaluation" / "smoke.json").write_text(json.dumps(_regression_sample(PRICES)))
-    pre = {"task": "regression", "features": ["a", "b"], "mean": [0, 0], "std": [1, 1], "classes": [],
-           "target": "price", "target_mean": 250_000.0, "target_std": 80_000.0}  # fmt: skip
+    pre = {
+        "task": "regression",
+        "features": ["a", "b"],
+        "mean": [0, 0],
+        "std": [1, 1],
+        "classes": [],
+        "target": "price",
+        "target_mean": 250_000.0,
+        "target_std": 80_000.0,
+    }
     (folder / "preprocessing.json").write_text(json.dumps(pre))
     sample = smoke.smoke_sample(folder.as_uri(), 2)
     assert sample["target"] == "price" and sample["target_std"] == 80_000.0 and len(sample["outputs"]) == 2
@@ -105,8 +126,17 @@ def test_the_v2_smoke_test_sends_one_tensor_per_column_and_compares_the_same_way
 
     def answer(url, payload=None, **kw):
         sent.update(url=url, payload=payload)
-        return 200, {"id": payload["id"], "outputs": [{"name": "prediction", "datatype": "FP32", "shape": [4],
-                                                       "data": [float(np.float32(p)) for p in PRICES]}]}  # fmt: skip
+        return 200, {
+            "id": payload["id"],
+            "outputs": [
+                {
+                    "name": "prediction",
+                    "datatype": "FP32",
+                    "shape": [4],
+                    "data": [float(np.float32(p)) for p in PRICES],
+                }
+            ],
+        }
 
     monkeypatch.setattr(smoke, "http_json", answer)
     sample = _regression_sample(PRICES, target="price", target_std=80_000.0)
@@ -114,9 +144,21 @@ def test_the_v2_smoke_test_sends_one_tensor_per_column_and_compares_the_same_way
     checked = smoke.smoke_test_v2("http://x", "houses", sample)
     assert sent["url"] == "http://x/v2/models/houses/infer" and checked["rows"] == 4
     a, b = sent["payload"]["inputs"]
-    assert (a["name"], a["datatype"], a["shape"], b["datatype"], b["data"]) == ("a", "FP64", [4], "BYTES", ["blue", "red", "blue", "red"])
+    assert (a["name"], a["datatype"], a["shape"], b["datatype"], b["data"]) == (
+        "a",
+        "FP64",
+        [4],
+        "BYTES",
+        ["blue", "red", "blue", "red"],
+    )
     assert sent["payload"]["id"].startswith(smoke.SMOKE_ID)  # left out of the request log
-    monkeypatch.setattr(smoke, "http_json", lambda url, payload=None, **kw: (200, {"outputs": [
-        {"name": "prediction", "shape": [4], "data": [p + 5_000.0 for p in PRICES]}]}))  # fmt: skip
+    monkeypatch.setattr(
+        smoke,
+        "http_json",
+        lambda url, payload=None, **kw: (
+            200,
+            {"outputs": [{"name": "prediction", "shape": [4], "data": [p + 5_000.0 for p in PRICES]}]},
+        ),
+    )
     with pytest.raises(DeployError, match="smoke row 0 \\(key k0\\), output 'price'"):
         smoke.smoke_test_v2("http://x", "houses", sample)

@@ -33,17 +33,42 @@ def test_null_timeouts_take_the_defaults_of_the_versions_kind():
 
 def test_the_server_config_carries_the_worker_timeout():
     port, metrics = free_ports(2)
-    cfg = server_config("m", "m", "v1", Slot("blue", port, metrics), LocalTarget(), model_uri="file:///x", request_log_uri=None)
+    cfg = server_config(
+        "m",
+        "m",
+        "v1",
+        Slot("blue", port, metrics),
+        LocalTarget(),
+        model_uri="file:///x",
+        request_log_uri=None,
+    )
     assert cfg.config.timeout == 30
-    cfg = server_config("m", "m", "v1", Slot("blue", port, metrics), LocalTarget().for_version(True), model_uri="file:///x",
-                        request_log_uri=None)  # fmt: skip
+    cfg = server_config(
+        "m",
+        "m",
+        "v1",
+        Slot("blue", port, metrics),
+        LocalTarget().for_version(True),
+        model_uri="file:///x",
+        request_log_uri=None,
+    )
     assert cfg.config.timeout == 120
 
 
 @pytest.mark.parametrize(
     ("config", "pretrained"),
-    [({"freestack": {"freestack_model": "huggingface"}, "architectures": ["BertForSequenceClassification"]}, True),
-     ({"kind": "mlp", "n_features": 8}, False), ({"freestack_model": "custom"}, False), (None, False)],
+    [
+        (
+            {
+                "freestack": {"freestack_model": "huggingface"},
+                "architectures": ["BertForSequenceClassification"],
+            },
+            True,
+        ),
+        ({"kind": "mlp", "n_features": 8}, False),
+        ({"freestack_model": "custom"}, False),
+        (None, False),
+    ],
 )
 def test_the_deploy_reads_the_versions_kind_from_its_config(tmp_path, config, pretrained):
     if config is not None:
@@ -55,8 +80,15 @@ def _server(tmp_path, log: str, timeout: int) -> LocalServer:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     (tmp_path / "blue.log").write_text(log)
     port, metrics = free_ports(2)  # nothing listens there: the health check never answers
-    cfg = server_config("m", "m", "v1", Slot("blue", port, metrics), LocalTarget(timeout_seconds=timeout),
-                        model_uri="file:///x", request_log_uri=None)  # fmt: skip
+    cfg = server_config(
+        "m",
+        "m",
+        "v1",
+        Slot("blue", port, metrics),
+        LocalTarget(timeout_seconds=timeout),
+        model_uri="file:///x",
+        request_log_uri=None,
+    )
     return LocalServer(proc, cfg, tmp_path / "blue.json", tmp_path / "blue.log")
 
 
@@ -69,7 +101,10 @@ def test_not_healthy_in_time_names_the_start_timeout(tmp_path):
         server.proc.kill()
     message = str(err.value)
     assert "was not healthy within 1 s" in message, message
-    assert "raise deploy.local.start_timeout_seconds (now 1 s)" in message and "deploy.local.timeout_seconds" not in message
+    assert (
+        "raise deploy.local.start_timeout_seconds (now 1 s)" in message
+        and "deploy.local.timeout_seconds" not in message
+    )
 
 
 def test_workers_killed_by_the_worker_timeout_name_that_setting(tmp_path):
@@ -81,5 +116,7 @@ def test_workers_killed_by_the_worker_timeout_name_that_setting(tmp_path):
     finally:
         server.proc.kill()
     message = str(err.value)
-    assert "gunicorn killed workers that were silent for over deploy.local.timeout_seconds (7 s" in message, message
+    assert "gunicorn killed workers that were silent for over deploy.local.timeout_seconds (7 s" in message, (
+        message
+    )
     assert "raise it in the spec's deploy.local block" in message and "WORKER TIMEOUT (pid:12)" in message

@@ -73,23 +73,36 @@ def test_user_names_refused(name):
 
 
 def test_check_access_matrix():
-    acls = {("alice", "pub"): Acl.parse({"read": ["user://*"]}), ("alice", "team"): Acl.parse(
-        {"read": ["user://bob"], "write": ["user://bob"]})}
+    acls = {
+        ("alice", "pub"): Acl.parse({"read": ["user://*"]}),
+        ("alice", "team"): Acl.parse({"read": ["user://bob"], "write": ["user://bob"]}),
+    }
 
     def acl_of(owner, coll):
         return acls.get((owner, coll), PRIVATE)
 
     ok = [
-        ("alice", "alice/priv/x", WRITE), ("alice", "alice/priv", WRITE), ("alice", "alice", WRITE),
-        ("bob", "", READ), (None, "", READ), ("bob", "alice", READ), (None, "alice", READ),
-        ("bob", "alice/pub/x", READ), (None, "alice/pub/x", READ), ("bob", "alice/team/x", WRITE),
+        ("alice", "alice/priv/x", WRITE),
+        ("alice", "alice/priv", WRITE),
+        ("alice", "alice", WRITE),
+        ("bob", "", READ),
+        (None, "", READ),
+        ("bob", "alice", READ),
+        (None, "alice", READ),
+        ("bob", "alice/pub/x", READ),
+        (None, "alice/pub/x", READ),
+        ("bob", "alice/team/x", WRITE),
         ("bob", "alice/team/sub/y", WRITE),
     ]
     for user, rel, mode in ok:
         check_access(user, rel, mode, acl_of)
     denied = [
-        ("bob", "", WRITE, False), ("bob", "alice", WRITE, False), ("bob", "alice/priv/x", READ, False),
-        (None, "alice/priv/x", READ, True), ("bob", "alice/pub/x", WRITE, False), (None, "alice/pub/x", WRITE, True),
+        ("bob", "", WRITE, False),
+        ("bob", "alice", WRITE, False),
+        ("bob", "alice/priv/x", READ, False),
+        (None, "alice/priv/x", READ, True),
+        ("bob", "alice/pub/x", WRITE, False),
+        (None, "alice/pub/x", WRITE, True),
         ("bob", "alice/team", WRITE, False),  # a team writer cannot delete or re-create the collection
         ("carol", "alice/team/x", READ, False),
     ]
@@ -275,11 +288,18 @@ def test_connection_kinds(monkeypatch):
         "AIRFLOW_CONN_D_HTTP",
         json.dumps({"conn_type": "freestack_data", "host": "http://127.0.0.1:8765/", "password": "fsk_x"}),
     )
-    monkeypatch.setenv("AIRFLOW_CONN_D_PORT", json.dumps({"conn_type": "freestack_data", "host": "svc", "port": 9000}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_D_PORT", json.dumps({"conn_type": "freestack_data", "host": "svc", "port": 9000})
+    )
     monkeypatch.setenv(
         "AIRFLOW_CONN_D_AIRFLOW",
-        json.dumps({"conn_type": "freestack_data", "login": "alice",
-                    "extra": {"root": "http://airflow:8080/freestack/data", "api_key": "fsk_y"}}),
+        json.dumps(
+            {
+                "conn_type": "freestack_data",
+                "login": "alice",
+                "extra": {"root": "http://airflow:8080/freestack/data", "api_key": "fsk_y"},
+            }
+        ),
     )
     c = DataStoreHook("d_http").config
     assert c.is_remote_api and c.root == "http://127.0.0.1:8765" and c.api_key == "fsk_x" and c.owner is None
@@ -297,12 +317,17 @@ def test_acl_cli(tmp_path, capsys):
     root = tmp_path / "data"
     (root / "alice" / "models").mkdir(parents=True)
     uri = root.as_uri()
-    assert main(["acl", "set", "data://alice/models", "--team", "bob,carol", "--writers", "bob", "--root", uri]) == 0
+    assert (
+        main(["acl", "set", "data://alice/models", "--team", "bob,carol", "--writers", "bob", "--root", uri])
+        == 0
+    )
     assert "team: readers bob, carol" in capsys.readouterr().out
     assert main(["acl", "show", "data://alice/models", "--root", uri, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["kind"] == "team" and shown["acl"] == {
-        "read": ["user://bob", "user://carol"], "write": ["user://bob"]}
+        "read": ["user://bob", "user://carol"],
+        "write": ["user://bob"],
+    }
     assert json.loads((root / "alice" / "models" / ACL_NAME).read_text()) == shown["acl"]
     assert main(["acl", "set", "data://alice/models", "--public", "--root", uri]) == 0
     assert "public" in capsys.readouterr().out

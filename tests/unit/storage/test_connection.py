@@ -29,7 +29,12 @@ def test_a_service_connection_reads_over_http_and_never_prints_its_key():
 
 @pytest.mark.parametrize(
     "extra",
-    [{"local_reads": True}, {"local_reads": "false"}, {"read_leases": False}, {"local_reads": "maybe", "read_leases": 1}],
+    [
+        {"local_reads": True},
+        {"local_reads": "false"},
+        {"read_leases": False},
+        {"local_reads": "maybe", "read_leases": 1},
+    ],
 )
 def test_the_retired_local_reads_extras_are_ignored_with_one_warning(extra, caplog):
     """A connection made for the same-host local reads of older releases keeps working over HTTP."""
@@ -49,8 +54,14 @@ def test_the_retired_local_reads_extras_are_ignored_with_one_warning(extra, capl
 
 
 def test_a_direct_store_keeps_its_config(tmp_path):
-    config = config_of("d", {"root": tmp_path.as_uri(), "local_reads": False}, host=None, port=None, login="alice",
-                       password=None)  # fmt: skip
+    config = config_of(
+        "d",
+        {"root": tmp_path.as_uri(), "local_reads": False},
+        host=None,
+        port=None,
+        login="alice",
+        password=None,
+    )
     assert not config.is_remote_api and config.owner == "alice"
 
 

@@ -51,8 +51,10 @@ def test_a_local_writers_temporary_is_announced_before_it_exists(tmp_path):
     from freestack.storage.objects import AtomicWriter
 
     seen = []
-    with AtomicWriter(join(to_path(tmp_path.as_uri()), "x.bin"),
-                      on_temporary=lambda tmp: seen.append((tmp, os.path.exists(tmp)))) as w:
+    with AtomicWriter(
+        join(to_path(tmp_path.as_uri()), "x.bin"),
+        on_temporary=lambda tmp: seen.append((tmp, os.path.exists(tmp))),
+    ) as w:
         w.write(b"data")
         assert [os.path.exists(tmp) for tmp, _ in seen] == [True]
     assert len(seen) == 1 and seen[0][1] is False and ".freestack-tmp-" in seen[0][0]
@@ -71,7 +73,9 @@ def test_if_absent_is_exclusive(tmp_path):
 def test_kill_9_mid_write_never_exposes_a_partial_object(tmp_path, scheme, monkeypatch, clean_stores):
     monkeypatch.setenv("FREESTACK_DATA_ROOT", (tmp_path / "backing").as_uri())
     uri = (tmp_path / "out.bin").as_uri() if scheme == "file" else "data://.my/coll/out.bin"
-    final = tmp_path / "out.bin" if scheme == "file" else tmp_path / "backing" / "freestack" / "coll" / "out.bin"
+    final = (
+        tmp_path / "out.bin" if scheme == "file" else tmp_path / "backing" / "freestack" / "coll" / "out.bin"
+    )
     write_bytes(to_path(uri), b"previous version")
     (tmp_path / "signals").mkdir()
     marker = tmp_path / "signals" / "started"
@@ -103,7 +107,19 @@ def test_kill_9_mid_write_never_exposes_a_partial_object(tmp_path, scheme, monke
 
 @pytest.mark.parametrize(
     "bad",
-    ["../x", "a/../../x", "/etc/passwd", "a/%2e%2e/b", "%2e%2e%2fx", "a/%252e%252e/b", "a\\..\\b", "a/./b", "~root", "a\x00b", "C:/x"],
+    [
+        "../x",
+        "a/../../x",
+        "/etc/passwd",
+        "a/%2e%2e/b",
+        "%2e%2e%2fx",
+        "a/%252e%252e/b",
+        "a\\..\\b",
+        "a/./b",
+        "~root",
+        "a\x00b",
+        "C:/x",
+    ],
 )
 def test_paths_that_escape_are_rejected(bad):
     with pytest.raises(UnsafePathError):

@@ -25,7 +25,9 @@ def test_the_next_write_into_a_folder_removes_a_killed_writers_temporary_only(tm
         for p in (dead_tmp, live_tmp, deeper):
             age(p, STALE_AFTER_S * 10)
 
-        write_bytes(join(to_path(tmp_path.as_uri()), "lake", "events", "ds=2026-11-03", "_manifest.json"), b"{}")
+        write_bytes(
+            join(to_path(tmp_path.as_uri()), "lake", "events", "ds=2026-11-03", "_manifest.json"), b"{}"
+        )
 
         assert not dead_tmp.exists(), "the killed writer's temporary was left"
         assert live_tmp.exists() and young.exists() and deeper.exists()

@@ -34,7 +34,9 @@ def make_sweep(tmp_path, storage):
     from freestack.sweeps.core import create_sweep
 
     def make(sweep_id: str, run_cap: int = 1):
-        path = write_spec(tmp_path / "specs", {"method": "random", "run_cap": run_cap, "parameters": {"learning_rate": LR}})
+        path = write_spec(
+            tmp_path / "specs", {"method": "random", "run_cap": run_cap, "parameters": {"learning_rate": LR}}
+        )
         spec = load_spec(path)
         create_sweep(spec, sweep_id, {"end_ds": "2026-11-05"}, agents=2)
         return spec, path
@@ -46,7 +48,12 @@ def agent(spec, sweep_id, slot, try_number, run_trial=None, **kw):
     from freestack.sweeps.core import LocalAgent
 
     return LocalAgent(
-        spec, sweep_id, run_trial or objective(), agent_id=f"{slot}/try{try_number}", slot=slot, try_number=try_number,
+        spec,
+        sweep_id,
+        run_trial or objective(),
+        agent_id=f"{slot}/try{try_number}",
+        slot=slot,
+        try_number=try_number,
         **kw,
     )
 
@@ -160,7 +167,10 @@ def test_an_earlier_try_still_running_loses_its_trial_to_the_retry_and_stops(mak
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TrialLease, "__enter__", lambda self: leases.append(self) or enter(self))
         thread, out = in_thread(zombie.run)
-        wait_for(lambda: leases and len(trials_of(spec, "zombie")["t0000"]["history"]) == 2, "try 1 to train two epochs")
+        wait_for(
+            lambda: leases and len(trials_of(spec, "zombie")["t0000"]["history"]) == 2,
+            "try 1 to train two epochs",
+        )
     retry = agent(spec, "zombie", SLOT0, 2, ttl=0.9, poll_seconds=0.1)
     retry_thread, retry_out = in_thread(retry.run)
     wait_for(lambda: trials_of(spec, "zombie")["t0000"]["lease"]["try"] == 2, "the retry to reclaim t0000")
@@ -171,7 +181,9 @@ def test_an_earlier_try_still_running_loses_its_trial_to_the_retry_and_stops(mak
     assert reported == [1, 2, 3]  # epoch 3 was not reported, and no further epoch trained
     assert out["result"].lost == ["t0000"] and out["result"].trials == []  # and took no other trial
     trials = trials_of(spec, "zombie")
-    assert sorted(retry_out["result"].trials) == sorted(trials) and all(d["state"] == "finished" for d in trials.values())
+    assert sorted(retry_out["result"].trials) == sorted(trials) and all(
+        d["state"] == "finished" for d in trials.values()
+    )
     assert epochs(trials["t0000"]) == list(range(1, 9))
 
 
@@ -201,7 +213,10 @@ def test_a_lease_whose_heartbeat_stopped_is_taken_over_after_the_ttl_not_before(
 
     victim = agent(spec, "silent", SLOT0, 1, dies, ttl=ttl)
     thread, out = in_thread(victim.run)
-    wait_for(lambda: len(trials_of(spec, "silent").get("t0000", {}).get("history", [])) == 2, "two epochs of the victim")
+    wait_for(
+        lambda: len(trials_of(spec, "silent").get("t0000", {}).get("history", [])) == 2,
+        "two epochs of the victim",
+    )
     other = agent(spec, "silent", SLOT1, 1, ttl=ttl, poll_seconds=0.1)
     report = other.run()  # waits while the lease is renewed, takes it over once it has gone a TTL silent
     release.set()
@@ -305,10 +320,24 @@ def test_a_taken_over_trial_that_repeats_an_epoch_keeps_one_row_per_epoch(make_s
 
 def agent_proc(spec_path, sweep_id, slot, try_number, ttl, sleep, log_file):
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.unit.sweeps.test_leases", str(spec_path), sweep_id, slot, str(try_number),
-         str(ttl), str(sleep), str(log_file)],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tests.unit.sweeps.test_leases",
+            str(spec_path),
+            sweep_id,
+            slot,
+            str(try_number),
+            str(ttl),
+            str(sleep),
+            str(log_file),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc) -> dict:
@@ -322,8 +351,11 @@ def mid_trial_of(spec, sweep_id, owner: str, proc):
 
     def probe():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        held = [d for d in trials_of(spec, sweep_id).values()
-                if d["state"] == "running" and d["lease"]["owner"] == owner and 2 <= len(d["history"]) < 8]  # fmt: skip
+        held = [
+            d
+            for d in trials_of(spec, sweep_id).values()
+            if d["state"] == "running" and d["lease"]["owner"] == owner and 2 <= len(d["history"]) < 8
+        ]
         return held[0] if held else None
 
     return wait_for(probe, f"{owner} to be mid-trial", 120)
@@ -387,8 +419,13 @@ def main(argv: list[str]) -> None:
 
     spec_path, sweep_id, slot, try_number, ttl, sleep, log_file = argv[:7]
     one = agent(
-        load_spec(spec_path), sweep_id, slot, int(try_number), objective(sleep=float(sleep), log_file=log_file),
-        ttl=float(ttl), poll_seconds=0.2,
+        load_spec(spec_path),
+        sweep_id,
+        slot,
+        int(try_number),
+        objective(sleep=float(sleep), log_file=log_file),
+        ttl=float(ttl),
+        poll_seconds=0.2,
     )
     with open(f"{log_file}.ready", "a") as f:
         f.write(slot + "\n")

@@ -43,20 +43,53 @@ def _run_local(spec, sweep_id, agents=1, **kw):
 @pytest.mark.parametrize(
     "sweep, expected",
     [
-        ({"method": "hill", "parameters": {"learning_rate": LR}}, "method 'hill' is not supported: use grid, random or bayes"),
-        ({"method": "grid", "parameters": {"learning_rate": {"values": [0.1]}}, "metric": {"name": "val_accuracy", "goal": "up"}},
-         "'up' is not one of ['minimize', 'maximize']"),
-        ({"method": "random", "run_cap": 4, "parameters": {"learning_rate": {"min": 0.1, "max": 0.01}}},
-         "learning_rate: min 0.1 is not less than max 0.01"),
-        ({"method": "random", "run_cap": 4, "parameters": {"momentum": {"values": [0.9]}}},
-         "parameters.momentum: 'momentum' is not something the trainer can change; use one of learning_rate"),
+        (
+            {"method": "hill", "parameters": {"learning_rate": LR}},
+            "method 'hill' is not supported: use grid, random or bayes",
+        ),
+        (
+            {
+                "method": "grid",
+                "parameters": {"learning_rate": {"values": [0.1]}},
+                "metric": {"name": "val_accuracy", "goal": "up"},
+            },
+            "'up' is not one of ['minimize', 'maximize']",
+        ),
+        (
+            {"method": "random", "run_cap": 4, "parameters": {"learning_rate": {"min": 0.1, "max": 0.01}}},
+            "learning_rate: min 0.1 is not less than max 0.01",
+        ),
+        (
+            {"method": "random", "run_cap": 4, "parameters": {"momentum": {"values": [0.9]}}},
+            "parameters.momentum: 'momentum' is not something the trainer can change; use one of learning_rate",
+        ),
         ({"method": "random", "parameters": {"learning_rate": LR}}, "set run_cap (the number of trials)"),
-        ({"method": "bayes", "run_cap": 4, "parameters": {"learning_rate": LR}}, "method bayes needs a metric"),
-        ({"method": "random", "run_cap": 4, "metric": {"name": "val_auc", "goal": "maximize"},
-          "parameters": {"learning_rate": LR}}, "metric.name 'val_auc' is not reported by the trainer each epoch"),
-        ({"method": "random", "run_cap": 0, "parameters": {"learning_rate": LR}}, "run_cap must be a positive integer"),
-        ({"method": "random", "run_cap": 4, "parameters": {"learning_rate": LR},
-          "early_terminate": {"type": "hyperband", "min_iter": 2}}, "early_terminate needs a metric"),
+        (
+            {"method": "bayes", "run_cap": 4, "parameters": {"learning_rate": LR}},
+            "method bayes needs a metric",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 4,
+                "metric": {"name": "val_auc", "goal": "maximize"},
+                "parameters": {"learning_rate": LR},
+            },
+            "metric.name 'val_auc' is not reported by the trainer each epoch",
+        ),
+        (
+            {"method": "random", "run_cap": 0, "parameters": {"learning_rate": LR}},
+            "run_cap must be a positive integer",
+        ),
+        (
+            {
+                "method": "random",
+                "run_cap": 4,
+                "parameters": {"learning_rate": LR},
+                "early_terminate": {"type": "hyperband", "min_iter": 2},
+            },
+            "early_terminate needs a metric",
+        ),
         ({"method": "grid", "parameters": {}}, "parameters is missing or empty"),
         ("random", "must be a mapping (W&B's sweep configuration)"),
     ],
@@ -87,16 +120,22 @@ def test_invalid_sweep_spec_is_an_import_error_in_the_dag_bag(tmp_path, monkeypa
 
 
 def test_grid_covers_exactly_the_grid_with_nested_parameters(make_spec):
-    spec = make_spec({
-        "method": "grid",
-        "parameters": {
-            "learning_rate": {"values": [0.1, 0.01, 0.001]},
-            "model": {"parameters": {"dropout": {"values": [0.0, 0.2]}, "hidden": {"values": [[32], [64, 32]]}}},
-        },
-    })
+    spec = make_spec(
+        {
+            "method": "grid",
+            "parameters": {
+                "learning_rate": {"values": [0.1, 0.01, 0.001]},
+                "model": {
+                    "parameters": {"dropout": {"values": [0.0, 0.2]}, "hidden": {"values": [[32], [64, 32]]}}
+                },
+            },
+        }
+    )
     _, trials = _run_local(spec, "grid", epochs=2)
-    seen = sorted((t["params"]["learning_rate"], t["params"]["model.dropout"], tuple(t["params"]["model.hidden"]))
-                  for t in trials)
+    seen = sorted(
+        (t["params"]["learning_rate"], t["params"]["model.dropout"], tuple(t["params"]["model.hidden"]))
+        for t in trials
+    )
     grid = sorted(itertools.product([0.1, 0.01, 0.001], [0.0, 0.2], [(32,), (64, 32)]))
     assert seen == grid  # every point once, nothing else
     assert all(t["state"] == "finished" for t in trials)
@@ -104,24 +143,27 @@ def test_grid_covers_exactly_the_grid_with_nested_parameters(make_spec):
     from freestack.sweeps.config import to_overrides
 
     assert to_overrides(trials[0]["config"]) == {
-        "train": {"learning_rate": 0.1}, "model": {"dropout": 0.0, "hidden": [32]}
+        "train": {"learning_rate": 0.1},
+        "model": {"dropout": 0.0, "hidden": [32]},
     }
 
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
 def test_random_and_bayes_respect_bounds_and_distributions(make_spec, method):
-    spec = make_spec({
-        "method": method,
-        "metric": {"name": "val_accuracy", "goal": "maximize"},
-        "run_cap": 24,
-        "parameters": {
-            "learning_rate": LR,
-            "batch_size": {"distribution": "q_uniform", "min": 16, "max": 256, "q": 16},
-            "epochs": {"distribution": "int_uniform", "min": 2, "max": 5},
-            "weight_decay": {"distribution": "uniform", "min": 0.0, "max": 0.01},
-            "scheduler": {"values": ["cosine", "constant"]},
-        },
-    })
+    spec = make_spec(
+        {
+            "method": method,
+            "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "run_cap": 24,
+            "parameters": {
+                "learning_rate": LR,
+                "batch_size": {"distribution": "q_uniform", "min": 16, "max": 256, "q": 16},
+                "epochs": {"distribution": "int_uniform", "min": 2, "max": 5},
+                "weight_decay": {"distribution": "uniform", "min": 0.0, "max": 0.01},
+                "scheduler": {"values": ["cosine", "constant"]},
+            },
+        }
+    )
     _, trials = _run_local(spec, method, epochs=2)
     assert len(trials) == 24
     ps = [t["params"] for t in trials]
@@ -137,8 +179,14 @@ def test_random_and_bayes_respect_bounds_and_distributions(make_spec, method):
 
 
 def test_bayes_uses_the_finished_trials_to_propose_better_ones(make_spec):
-    spec = make_spec({"method": "bayes", "metric": {"name": "val_accuracy", "goal": "maximize"}, "run_cap": 14,
-                      "parameters": {"learning_rate": LR}})
+    spec = make_spec(
+        {
+            "method": "bayes",
+            "metric": {"name": "val_accuracy", "goal": "maximize"},
+            "run_cap": 14,
+            "parameters": {"learning_rate": LR},
+        }
+    )
     _, trials = _run_local(spec, "bayes-learns", epochs=2)
     q = [quality(t["params"]) for t in trials]
     # once trials have finished, each proposal carries the Gaussian process's prediction for it
@@ -161,16 +209,28 @@ def test_random_proposals_depend_only_on_the_sweep_and_trial_number(make_spec):
 
 
 def test_run_cap_is_honoured_exactly(make_spec):
-    spec = make_spec({"method": "grid", "run_cap": 5, "parameters": {"learning_rate": {"values": [1e-1, 1e-2, 1e-3]},
-                                                                      "batch_size": {"values": [32, 64, 128]}}})
+    spec = make_spec(
+        {
+            "method": "grid",
+            "run_cap": 5,
+            "parameters": {
+                "learning_rate": {"values": [1e-1, 1e-2, 1e-3]},
+                "batch_size": {"values": [32, 64, 128]},
+            },
+        }
+    )
     report, trials = _run_local(spec, "capped", epochs=1)
     assert [t["id"] for t in trials] == ["t0000", "t0001", "t0002", "t0003", "t0004"]
     assert report.trials == [t["id"] for t in trials]
 
 
 def test_hyperband_stops_bad_trials_and_spends_fewer_epochs(make_spec):
-    base = {"method": "random", "run_cap": 16, "metric": {"name": "val_accuracy", "goal": "maximize"},
-            "parameters": {"learning_rate": LR}}
+    base = {
+        "method": "random",
+        "run_cap": 16,
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {"learning_rate": LR},
+    }
     full = make_spec(base)
     _, without = _run_local(full, "hb", epochs=12)
     hyper = make_spec({**base, "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2}})
@@ -193,9 +253,22 @@ def test_hyperband_stops_bad_trials_and_spends_fewer_epochs(make_spec):
 
 def _agent_proc(spec_path, sweep_id, agent_id, sleep, ttl, log_file):
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.sweeps", str(spec_path), sweep_id, agent_id, str(sleep), str(ttl),
-         str(log_file)],
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.sweeps",
+            str(spec_path),
+            sweep_id,
+            agent_id,
+            str(sleep),
+            str(ttl),
+            str(log_file),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -228,7 +301,9 @@ def assert_no_duplicates(reports, trials, starts, cap):
 
 
 def test_two_agent_processes_never_run_the_same_trial_on_local_disk(tmp_path, storage):
-    spec_path = write_spec(tmp_path / "specs", {"method": "random", "run_cap": 12, "parameters": {"learning_rate": LR}})
+    spec_path = write_spec(
+        tmp_path / "specs", {"method": "random", "run_cap": 12, "parameters": {"learning_rate": LR}}
+    )
     reports, trials, starts = run_two_agents(spec_path, "par", tmp_path)
     assert_no_duplicates(reports, trials, starts, 12)
 
@@ -237,7 +312,9 @@ def test_a_killed_agents_trial_is_leased_again_after_the_timeout(tmp_path, stora
     from freestack.spec import load_spec
     from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
 
-    spec_path = write_spec(tmp_path / "specs", {"method": "random", "run_cap": 3, "parameters": {"learning_rate": LR}})
+    spec_path = write_spec(
+        tmp_path / "specs", {"method": "random", "run_cap": 3, "parameters": {"learning_rate": LR}}
+    )
     spec = load_spec(spec_path)
     create_sweep(spec, "dead", {"end_ds": "2026-11-05"}, agents=2)
     ttl = 2.0
@@ -282,7 +359,7 @@ def test_a_stale_lease_holder_cannot_write_after_a_take_over(tmp_path, storage, 
     assert new["lease"]["owner"] == "b"
     with pytest.raises(LeaseLost, match="taken over by 'b'"):
         old.update(lambda d: d["history"].append({"epoch": 1}))
-    (doc_now, _), = load_trials(spec, "fence")
+    ((doc_now, _),) = load_trials(spec, "fence")
     assert doc_now["history"] == [] and doc_now["lease"]["owner"] == "b" and doc_now["id"] == tid(0)
 
 
@@ -293,9 +370,17 @@ def test_without_a_reachable_wandb_server_the_local_controller_runs(monkeypatch,
     monkeypatch.delenv("AIRFLOW_CONN_WANDB_DEFAULT", raising=False)
     assert server_settings(WandbHook().settings()) is None  # no key: local
     # a key, but the server does not answer: local, with a warning saying so
-    monkeypatch.setenv("AIRFLOW_CONN_WANDB_DEFAULT", json.dumps(
-        {"conn_type": "wandb", "password": "x" * 40, "host": "http://127.0.0.1:9", "extra": {"mode": "online"}}
-    ))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WANDB_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "wandb",
+                "password": "x" * 40,
+                "host": "http://127.0.0.1:9",
+                "extra": {"mode": "online"},
+            }
+        ),
+    )
     with caplog.at_level("WARNING"):
         assert server_settings(WandbHook().settings()) is None
     assert "cannot be reached" in caplog.text and "local controller" in caplog.text

@@ -178,7 +178,9 @@ def test_rejected_key_fails_at_once_with_what_to_do(wandb_env, monkeypatch, fake
     with pytest.raises(tw.WandbKeyRejected) as info:
         start_run(settings, project="p", name="n", config={}, tags=None)
     msg = str(info.value)
-    assert msg.startswith(f"the W&B API key in connection 'wandb_default' was rejected by {fake_server} (HTTP 401")
+    assert msg.startswith(
+        f"the W&B API key in connection 'wandb_default' was rejected by {fake_server} (HTTP 401"
+    )
     assert 'set its mode to offline (extra {"mode": "offline"})' in msg
     with pytest.raises(AirflowFailException, match="rejected by"):
         WandbHook().checked_settings()
@@ -249,7 +251,6 @@ def test_console_lines_are_logged_at_their_level(wandb_env, monkeypatch, caplog,
     assert any(level == "INFO" and f"upload it with: wandb sync {run.run_dir}" in m for level, m in ours)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "wandb:" not in capfd.readouterr().err
-
 
 
 def test_unreachable_server_falls_back_offline(wandb_env, monkeypatch, caplog):
@@ -496,8 +497,14 @@ def test_offline_pages_show_summary_config_and_sync(wandb_env):
     from freestack.ui.wandb_pages import wandb_app
 
     settings = WandbSettings(mode="offline")
-    with start_run(settings, project="proj", name="digits-v1", config={"train": {"lr": 0.003}, "rows": 64},
-                   tags=["pipeline:digits"], job_type="train") as run:  # fmt: skip
+    with start_run(
+        settings,
+        project="proj",
+        name="digits-v1",
+        config={"train": {"lr": 0.003}, "rows": 64},
+        tags=["pipeline:digits"],
+        job_type="train",
+    ) as run:
         run.log({"val_accuracy": 0.5}, step=0)
         run.summary_update({"test_accuracy": 0.987654321})
     client = _logged_in(TestClient(wandb_app))
@@ -505,8 +512,8 @@ def test_offline_pages_show_summary_config_and_sync(wandb_env):
     assert page.status_code == 200, page.text
     text = page.text
     assert "<title>W&amp;B offline run digits-v1</title>" in text
-    assert "<td>test_accuracy</td><td class=\"num\">0.987654</td>" in text
-    assert "<td>val_accuracy</td><td class=\"num\">0.5</td>" in text
+    assert '<td>test_accuracy</td><td class="num">0.987654</td>' in text
+    assert '<td>val_accuracy</td><td class="num">0.5</td>' in text
     assert "<td>train.lr</td><td>0.003</td>" in text and "<td>rows</td><td>64</td>" in text
     assert f'<pre id="sync">wandb sync {run.run_dir}</pre>' in text
     assert "pipeline:digits" in text and "finished (exit code 0)" in text

@@ -15,17 +15,28 @@ from tests.unit.ml.test_custom_model import GOOD
 
 SPEC = {
     "name": "houses",
-    "source": {"schema": {"key": "id", "target": "label", "columns": [
-        {"name": "id", "type": "string", "nullable": False},
-        {"name": "a", "type": "float"}, {"name": "b", "type": "float"},
-        {"name": "label", "type": "int", "allowed": [0, 1, 2]},
-    ]}},
+    "source": {
+        "schema": {
+            "key": "id",
+            "target": "label",
+            "columns": [
+                {"name": "id", "type": "string", "nullable": False},
+                {"name": "a", "type": "float"},
+                {"name": "b", "type": "float"},
+                {"name": "label", "type": "int", "allowed": [0, 1, 2]},
+            ],
+        }
+    },
     "model": {"type": "custom", "class": "TinyNet", "init": {"hidden": 8, "dropout": 0.1}},
-    "sweep": {"method": "grid", "metric": {"name": "val_accuracy", "goal": "maximize"}, "parameters": {
-        "learning_rate": {"values": [0.01]},
-        "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [4, 16]}}}}},
-    }},
-}  # fmt: skip
+    "sweep": {
+        "method": "grid",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "parameters": {
+            "learning_rate": {"values": [0.01]},
+            "model": {"parameters": {"init": {"parameters": {"hidden": {"values": [4, 16]}}}}},
+        },
+    },
+}
 
 
 def _spec(tmp_path: Path, source: str = GOOD, **model):
@@ -81,7 +92,10 @@ def test_a_module_that_breaks_the_contract_fails_before_any_data_is_read(tmp_pat
     with pytest.raises(TrainingError) as info:
         check_custom_model(spec)
     message = str(info.value)
-    assert "my_net.py" in message and "forward returned shape [2, 7] for 2 rows; the contract wants [2, 3]" in message
+    assert (
+        "my_net.py" in message
+        and "forward returned shape [2, 7] for 2 rows; the contract wants [2, 3]" in message
+    )
 
 
 def test_validate_runs_the_module(tmp_path, capsys):
@@ -90,7 +104,10 @@ def test_validate_runs_the_module(tmp_path, capsys):
     from freestack.cli.validate import validate
 
     good, bad = tmp_path / "good", tmp_path / "bad"
-    for folder, source in ((good, GOOD), (bad, GOOD.replace("def forward(self, batch):", "def forward(self, batch, mask):"))):
+    for folder, source in (
+        (good, GOOD),
+        (bad, GOOD.replace("def forward(self, batch):", "def forward(self, batch, mask):")),
+    ):
         folder.mkdir()
         (folder / "my_net.py").write_text(source)
         data = copy.deepcopy(SPEC)
@@ -105,13 +122,25 @@ def test_validate_runs_the_module(tmp_path, capsys):
 def test_the_model_card_of_a_custom_model_says_how_to_load_it():
     from freestack.registry.card import CardInfo, render_card
 
-    module = {"class": "TinyNet", "source": "include/models/my_net.py", "sha256": "ab" * 32, "file": "module.py",
-              "init": {"hidden": 8}}  # fmt: skip
-    text = render_card("houses", "v1", CardInfo(), metrics={"task": "classification", "test_accuracy": 0.9},
-                       lineage={"pipeline": "houses", "module": module})  # fmt: skip
+    module = {
+        "class": "TinyNet",
+        "source": "include/models/my_net.py",
+        "sha256": "ab" * 32,
+        "file": "module.py",
+        "init": {"hidden": 8},
+    }
+    text = render_card(
+        "houses",
+        "v1",
+        CardInfo(),
+        metrics={"task": "classification", "test_accuracy": 0.9},
+        lineage={"pipeline": "houses", "module": module},
+    )
     assert "custom model (`TinyNet` from `include/models/my_net.py`" in text and "ab" * 32 in text
     assert "trust_remote_code=True" in text and "FreestackNet.from_pretrained" not in text
-    plain = render_card("houses", "v1", CardInfo(), metrics={"task": "classification"}, lineage={"pipeline": "houses"})
+    plain = render_card(
+        "houses", "v1", CardInfo(), metrics={"task": "classification"}, lineage={"pipeline": "houses"}
+    )
     assert "FreestackNet.from_pretrained" in plain and "module.py" not in plain
 
 
@@ -123,5 +152,7 @@ def test_an_invalid_trial_override_reads_without_pydantics_prefix(tmp_path):
     with pytest.raises(TrainingError) as caught:
         effective_spec(spec, TrainRequest(end_ds="2026-11-05", overrides={"model": {"type": "mlp"}}))
     message = str(caught.value)
-    assert "hyperparameters are invalid" in message and "module, class and init are for type: custom" in message
+    assert (
+        "hyperparameters are invalid" in message and "module, class and init are for type: custom" in message
+    )
     assert "Value error" not in message

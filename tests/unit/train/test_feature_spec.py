@@ -41,7 +41,10 @@ def test_every_kind_of_column_but_strings_is_a_feature_by_default():
     ("model", "words"),
     [
         ({"features": ["price", "note"]}, "model.features ['note'] are ['string'] columns"),
-        ({"type": "cnn", "image_shape": [8, 8]}, "type: cnn and image_shape are for pixels held in numeric columns"),
+        (
+            {"type": "cnn", "image_shape": [8, 8]},
+            "type: cnn and image_shape are for pixels held in numeric columns",
+        ),
         ({"image": {"size": [2, 2]}}, "between 4 and 1024 pixels"),
         ({"text": {"max_length": 0}}, "max_length"),
     ],
@@ -71,7 +74,9 @@ def test_a_custom_module_is_checked_against_the_spec_s_groups_before_any_data(tm
     check_trainable(spec)  # builds MixedNet and passes a batch of every group through it
     module.write_text(MIXED_MODULE.replace('g["image"].shape[0]', 'g["audio"].shape[0]'))
     spec = _spec(type="custom", module=str(module), **{"class": "MixedNet"})
-    with pytest.raises(TrainingError, match=r"mixed_net.py, line \d+: MixedNet\(inputs, \*\*model.init\) failed: KeyError"):
+    with pytest.raises(
+        TrainingError, match=r"mixed_net.py, line \d+: MixedNet\(inputs, \*\*model.init\) failed: KeyError"
+    ):
         check_trainable(spec)
 
 
@@ -95,8 +100,11 @@ def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
         api = HfApi(endpoint=hub.endpoint, token="hf_fake")
         api.create_repo("team/words")
-        commit = api.upload_file(path_or_fileobj=str(tmp_path / "tokenizer.json"), path_in_repo="tokenizer.json",
-                                 repo_id="team/words").oid
+        commit = api.upload_file(
+            path_or_fileobj=str(tmp_path / "tokenizer.json"),
+            path_in_repo="tokenizer.json",
+            repo_id="team/words",
+        ).oid
         spec = _spec(text={"tokenizer": "team/words", "max_length": 4})
         opts = encoder_options(spec)
         assert len(commit) == 40 and opts.tokenizer_source == f"team/words@{commit}"  # the revision, pinned
@@ -106,10 +114,16 @@ def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path
         from freestack.train.core import _tokenizer_lineage
 
         pre = Preprocessing("classification", ["review"], [], [], encoder=enc)
-        assert _tokenizer_lineage(spec, pre) == {"tokenizer": {"repo": "team/words", "revision": "main", "commit": commit}}
-        assert enc.encode({"review": ["great value", "broke broke broke broke broke"]})["text"][:, 0].tolist() == [
-            [2, 3, 0, 0], [4, 4, 4, 4]]
-        with pytest.raises(TrainingError, match=r"model.text.tokenizer 'team/nothing' \(revision main\): its tokenizer.json cannot be fetched"):
+        assert _tokenizer_lineage(spec, pre) == {
+            "tokenizer": {"repo": "team/words", "revision": "main", "commit": commit}
+        }
+        assert enc.encode({"review": ["great value", "broke broke broke broke broke"]})["text"][
+            :, 0
+        ].tolist() == [[2, 3, 0, 0], [4, 4, 4, 4]]
+        with pytest.raises(
+            TrainingError,
+            match=r"model.text.tokenizer 'team/nothing' \(revision main\): its tokenizer.json cannot be fetched",
+        ):
             encoder_options(_spec(text={"tokenizer": "team/nothing"}))
     finally:
         hub.stop()

@@ -12,12 +12,23 @@ from freestack.spec import parse_spec
 
 SPEC = {
     "name": "arith",
-    "source": {"landing": "landing/{pipeline}/{ds}/", "format": "csv", "schema": {"key": "id", "target": "response", "columns": [
-        {"name": "id", "type": "string", "nullable": False}, {"name": "prompt", "type": "text"},
-        {"name": "response", "type": "text"}, {"name": "chat", "type": "text"}]}},
+    "source": {
+        "landing": "landing/{pipeline}/{ds}/",
+        "format": "csv",
+        "schema": {
+            "key": "id",
+            "target": "response",
+            "columns": [
+                {"name": "id", "type": "string", "nullable": False},
+                {"name": "prompt", "type": "text"},
+                {"name": "response", "type": "text"},
+                {"name": "chat", "type": "text"},
+            ],
+        },
+    },
     "model": {"type": "huggingface", "base": "team/tiny-lm", "task": "text-generation", "peft": {"r": 8}},
     "gate": {"metric": "exact_match", "threshold": 0.5, "max_regression": {"perplexity": 0.5}},
-}  # fmt: skip
+}
 
 
 def _spec(**changes):
@@ -45,7 +56,10 @@ def test_a_messages_column_instead():
 @pytest.mark.parametrize(
     ("changes", "says"),
     [
-        ({"model__data": {"prompt": "prompt", "response": "response", "messages": "chat"}}, "either prompt and response"),
+        (
+            {"model__data": {"prompt": "prompt", "response": "response", "messages": "chat"}},
+            "either prompt and response",
+        ),
         ({"model__data": {"prompt": "question", "response": "response"}}, "'question' is not a column"),
         ({"source__schema__target": "prompt"}, "set target: response"),
         ({"gate__metric": "accuracy"}, "not a generation metric"),

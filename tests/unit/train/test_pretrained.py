@@ -61,23 +61,36 @@ def test_what_a_pretrained_model_cannot_take_is_refused_when_the_spec_is_read(mo
 def test_base_and_peft_belong_to_type_huggingface():
     data = copy.deepcopy(SPEC)
     data["model"] = {"base": "team/tiny-bert"}
-    with pytest.raises(SpecError, match="base, peft and the tasks text-classification / image-classification are for type: huggingface"):
+    with pytest.raises(
+        SpecError,
+        match="base, peft and the tasks text-classification / image-classification are for type: huggingface",
+    ):
         parse_spec(data, "reviews.yaml")
 
 
 def test_a_sweep_may_change_lora_settings_of_a_lora_model_only():
-    sweep = {"method": "grid", "metric": {"name": "val_loss", "goal": "minimize"},
-             "parameters": {"peft": {"parameters": {"r": {"values": [2, 4]}}}, "learning_rate": {"values": [0.01]}}}
+    sweep = {
+        "method": "grid",
+        "metric": {"name": "val_loss", "goal": "minimize"},
+        "parameters": {
+            "peft": {"parameters": {"r": {"values": [2, 4]}}},
+            "learning_rate": {"values": [0.01]},
+        },
+    }
     spec = _spec(sweep=sweep, peft={"r": 8})
     from freestack.sweeps.config import to_overrides
 
     assert to_overrides({"peft": {"value": {"r": 2}}, "learning_rate": {"value": 0.01}}) == {
-        "train": {"learning_rate": 0.01}, "model": {"peft": {"r": 2}}}
+        "train": {"learning_rate": 0.01},
+        "model": {"peft": {"r": 2}},
+    }
     from freestack.train.core import TrainRequest, effective_spec
 
     trial = effective_spec(spec, TrainRequest(end_ds="2026-11-03", overrides={"model": {"peft": {"r": 2}}}))
     assert (trial.model.peft.r, trial.model.peft.alpha) == (2, 16)  # merged into the spec's block
-    with pytest.raises(SpecError, match="peft.<setting> parameters are for model.type: huggingface with a peft block"):
+    with pytest.raises(
+        SpecError, match="peft.<setting> parameters are for model.type: huggingface with a peft block"
+    ):
         _spec(sweep=sweep)
     bad = copy.deepcopy(sweep)
     bad["parameters"]["peft"]["parameters"] = {"target_modules": {"values": [["query"]]}}
@@ -120,7 +133,9 @@ def test_a_base_that_cannot_do_the_task_is_named(tmp_path):
     from freestack.ml.pretrained import PretrainedError, check_pretrained, local_base
 
     base = local_base(tiny_text_model(tmp_path / "bert"), "bert")
-    with pytest.raises(PretrainedError, match="'bert' model, which transformers cannot use for image-classification"):
+    with pytest.raises(
+        PretrainedError, match="'bert' model, which transformers cannot use for image-classification"
+    ):
         check_pretrained(base, "image-classification", None)
     with pytest.raises(PretrainedError, match="holds no config.json"):
         local_base(tmp_path, "empty")
@@ -129,7 +144,9 @@ def test_a_base_that_cannot_do_the_task_is_named(tmp_path):
 def _texts(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = ["pos" if rng.random() < 0.5 else "neg" for _ in range(n)]
-    return [review_text(label, rng) for label in labels], np.array([label == "pos" for label in labels], dtype=np.int64)
+    return [review_text(label, rng) for label in labels], np.array(
+        [label == "pos" for label in labels], dtype=np.int64
+    )
 
 
 def _encoded(base, texts):
@@ -153,12 +170,24 @@ def test_merged_lora_weights_answer_as_the_adapter_and_load_with_transformers(tm
     assert ids[0, 0, 0] == 2  # [CLS] first: the base's special tokens are added
     peft = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"], "merge": False}
     net = build_pretrained(base, "text-classification", ["neg", "pos"], pad_id=enc.text.pad_id, peft=peft)
-    fit(net, {"text": ids[:100]}, y[:100], {"text": ids[100:]}, y[100:], TrainConfig(epochs=2, batch_size=16), task="classification")
+    fit(
+        net,
+        {"text": ids[:100]},
+        y[:100],
+        {"text": ids[100:]},
+        y[100:],
+        TrainConfig(epochs=2, batch_size=16),
+        task="classification",
+    )
     want = net.predict_proba({"text": torch.as_tensor(ids[100:])})
     net.save_pretrained(tmp_path / "adapter")
     net.peft = {**peft, "merge": True}
     net.save_pretrained(tmp_path / "merged")
-    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {"config.json", "adapter_config.json", "adapter_model.safetensors"}
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} == {
+        "config.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
     assert {p.name for p in (tmp_path / "merged").iterdir()} == {"config.json", "model.safetensors"}
     for folder in ("adapter", "merged"):
         again = load_pretrained(tmp_path / folder).predict_proba({"text": torch.as_tensor(ids[100:])})
@@ -168,7 +197,9 @@ def test_merged_lora_weights_answer_as_the_adapter_and_load_with_transformers(tm
     logits = plain(input_ids=torch.as_tensor(ids[100:, 0]), attention_mask=mask).logits
     assert torch.allclose(logits.softmax(-1), want, atol=1e-5)
     assert plain.config.id2label == {0: "neg", 1: "pos"}
-    assert json.loads((tmp_path / "merged" / "config.json").read_text())["freestack"]["files"] == ["model.safetensors"]
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["freestack"]["files"] == [
+        "model.safetensors"
+    ]
 
 
 def test_gradient_accumulation_of_two_half_batches_steps_as_one_whole_batch(tmp_path):
@@ -187,9 +218,17 @@ def test_gradient_accumulation_of_two_half_batches_steps_as_one_whole_batch(tmp_
         for m in net.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        fit(net, {"image": x}, y, {"image": x[:8]}, y[:8],
-            TrainConfig(epochs=1, batch_size=batch, grad_accumulation=k, warmup_epochs=0, scheduler="constant"),
-            task="classification")  # fmt: skip
+        fit(
+            net,
+            {"image": x},
+            y,
+            {"image": x[:8]},
+            y[:8],
+            TrainConfig(
+                epochs=1, batch_size=batch, grad_accumulation=k, warmup_epochs=0, scheduler="constant"
+            ),
+            task="classification",
+        )
         weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     # AdamW divides by the gradients' own scale, so float rounding in near-zero gradients shows in the
     # weights: accumulating is the whole batch up to that, 16-row steps are another trajectory
@@ -212,17 +251,35 @@ def test_a_checkpoint_of_another_config_restarts_from_the_pretrained_weights(tmp
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 255, size=(32, 3, 16, 16), dtype=np.uint8), rng.integers(0, 2, size=32)
     store = Store()
-    fit(build_pretrained(base, "image-classification", [0, 1]), {"image": x}, y, {"image": x}, y,
-        TrainConfig(epochs=1, batch_size=8), task="classification", checkpoints=store)  # fmt: skip
+    fit(
+        build_pretrained(base, "image-classification", [0, 1]),
+        {"image": x},
+        y,
+        {"image": x},
+        y,
+        TrainConfig(epochs=1, batch_size=8),
+        task="classification",
+        checkpoints=store,
+    )
     torch.manual_seed(0)
     fresh = build_pretrained(base, "image-classification", [0, 1])
     start = {k: v.clone() for k, v in fresh.state_dict().items()}
-    result = fit(fresh, {"image": x}, y, {"image": x}, y, TrainConfig(epochs=0 + 1, batch_size=4),
-                 task="classification", checkpoints=store)  # fmt: skip
+    result = fit(
+        fresh,
+        {"image": x},
+        y,
+        {"image": x},
+        y,
+        TrainConfig(epochs=0 + 1, batch_size=4),
+        task="classification",
+        checkpoints=store,
+    )
     assert result.resumed_from is None  # another batch size: not resumed
     embeddings = "model.vit.embeddings.patch_embeddings.projection.weight"
     assert not torch.equal(fresh.state_dict()[embeddings], start[embeddings])  # trained one epoch from ...
     torch.manual_seed(0)
     again = build_pretrained(base, "image-classification", [0, 1])
     fit(again, {"image": x}, y, {"image": x}, y, TrainConfig(epochs=1, batch_size=4), task="classification")
-    assert torch.allclose(fresh.state_dict()[embeddings], again.state_dict()[embeddings], atol=1e-6)  # ... the base
+    assert torch.allclose(
+        fresh.state_dict()[embeddings], again.state_dict()[embeddings], atol=1e-6
+    )  # ... the base

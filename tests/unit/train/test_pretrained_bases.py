@@ -35,7 +35,9 @@ def _adapter(tmp_path, bert: Path, repo: str) -> tuple[Path, torch.Tensor, torch
     from freestack.ml.pretrained import build_pretrained, local_base
 
     base = local_base(bert, repo)
-    net = build_pretrained(base, "text-classification", ["neg", "pos"], peft={"r": 2, "alpha": 4, "dropout": 0.0})
+    net = build_pretrained(
+        base, "text-classification", ["neg", "pos"], peft={"r": 2, "alpha": 4, "dropout": 0.0}
+    )
     ids = torch.randint(5, 20, (4, 1, 8))
     want = net.eval().predict_proba({"text": ids})
     net.save_pretrained(tmp_path / "version")

@@ -42,8 +42,14 @@ def make_spec(tmp_path: Path, **distributed):
 
 
 def manifest_for(spec, name: str = "digits-run-1") -> dict:
-    return kube_job.pytorchjob_manifest(spec, name=name, launch_uri="s3://freestack_s3@runs/digits/launch.json",
-                                        run_id="digits-run-1", run_key=RUN_KEY, storage_root="s3://freestack_s3@runs")  # fmt: skip
+    return kube_job.pytorchjob_manifest(
+        spec,
+        name=name,
+        launch_uri="s3://freestack_s3@runs/digits/launch.json",
+        run_id="digits-run-1",
+        run_key=RUN_KEY,
+        storage_root="s3://freestack_s3@runs",
+    )
 
 
 def container_of(manifest: dict, rtype: str = "Master") -> dict:
@@ -65,15 +71,24 @@ def test_the_stored_crd_is_the_operators_v1_pytorchjob():
 @pytest.mark.parametrize("nodes", [1, 3])
 @pytest.mark.parametrize("gpus", [0, 2])
 def test_manifest_validates_for_cpu_and_gpu_one_and_several_nodes(tmp_path, nodes, gpus):
-    spec, _ = make_spec(tmp_path, nodes=nodes, processes_per_node=2, gpus_per_node=gpus, threads_per_process=3,
-                        image="registry.example/freestack/airflow:1.2.3")  # fmt: skip
+    spec, _ = make_spec(
+        tmp_path,
+        nodes=nodes,
+        processes_per_node=2,
+        gpus_per_node=gpus,
+        threads_per_process=3,
+        image="registry.example/freestack/airflow:1.2.3",
+    )
     m = manifest_for(spec)
     kube_job.validate_pytorchjob(m, CRD)
     kube_job.validate_pytorchjob(m)  # the checkout's copy, found by default
     assert (m["apiVersion"], m["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
     assert m["metadata"]["namespace"] == NS
-    assert m["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "freestack", "freestack.io/pipeline": "digits",
-                                       "freestack.io/run": "digits_train-manual__2026-11-10T00-00-00-00-00"}  # fmt: skip
+    assert m["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "freestack",
+        "freestack.io/pipeline": "digits",
+        "freestack.io/run": "digits_train-manual__2026-11-10T00-00-00-00-00",
+    }
     assert m["metadata"]["annotations"]["freestack.io/run"] == RUN_KEY
     job = m["spec"]
     assert job["nprocPerNode"] == "2"
@@ -90,14 +105,24 @@ def test_manifest_validates_for_cpu_and_gpu_one_and_several_nodes(tmp_path, node
     c = container_of(m)
     assert c["name"] == "pytorch" and c["image"] == "registry.example/freestack/airflow:1.2.3"
     assert c["command"] == [
-        "torchrun", f"--nnodes={nodes}", "--nproc-per-node=2", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)", "--rdzv-id=digits-run-1", "--rdzv-conf=join_timeout=300",
-        "--max-restarts=0", "-m", "freestack.train.distributed", "s3://freestack_s3@runs/digits/launch.json",
-    ]  # fmt: skip
+        "torchrun",
+        f"--nnodes={nodes}",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
+        "--rdzv-id=digits-run-1",
+        "--rdzv-conf=join_timeout=300",
+        "--max-restarts=0",
+        "-m",
+        "freestack.train.distributed",
+        "s3://freestack_s3@runs/digits/launch.json",
+    ]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["OMP_NUM_THREADS"] == "3" and env["FREESTACK_STORAGE_ROOT"] == "s3://freestack_s3@runs"
-    assert c["envFrom"] == [{"secretRef": {"name": "freestack-s3", "optional": True}},
-                            {"secretRef": {"name": "freestack-wandb", "optional": True}}]  # fmt: skip
+    assert c["envFrom"] == [
+        {"secretRef": {"name": "freestack-s3", "optional": True}},
+        {"secretRef": {"name": "freestack-wandb", "optional": True}},
+    ]
     assert c["ports"] == [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
     assert c["resources"]["requests"] == {"cpu": "6"}
     assert c["resources"].get("limits") == ({"nvidia.com/gpu": "2"} if gpus else None)
@@ -105,8 +130,15 @@ def test_manifest_validates_for_cpu_and_gpu_one_and_several_nodes(tmp_path, node
 
 def test_manifest_names_other_secrets_and_a_service_account(tmp_path):
     spec, _ = make_spec(tmp_path)
-    m = kube_job.pytorchjob_manifest(spec, name="digits-x", launch_uri="file:///l.json", run_id="r",
-                                     secrets=["team-s3"], service_account="trainer", active_deadline_seconds=600)  # fmt: skip
+    m = kube_job.pytorchjob_manifest(
+        spec,
+        name="digits-x",
+        launch_uri="file:///l.json",
+        run_id="r",
+        secrets=["team-s3"],
+        service_account="trainer",
+        active_deadline_seconds=600,
+    )
     kube_job.validate_pytorchjob(m, CRD)
     assert container_of(m)["envFrom"] == [{"secretRef": {"name": "team-s3", "optional": True}}]
     assert m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["serviceAccountName"] == "trainer"
@@ -145,9 +177,14 @@ MASTER_POD = [*MASTER, "template", "spec"]
         (_set(["spec", "nprocPerNode"], "two"), "$.spec.nprocPerNode"),
         (_drop([*MASTER_POD, "containers"]), "$.spec.pytorchReplicaSpecs.Master.template.spec"),
         (_set([*MASTER_POD, "containers"], []), "$.spec.pytorchReplicaSpecs.Master.template.spec.containers"),
-        (_set([*MASTER_POD, "containers", 0, "name"], "trainer"), "$.spec.pytorchReplicaSpecs.Master.template.spec.containers"),
-        (_set([*MASTER_POD, "containers", 0, "ports", 0, "containerPort"], "23456"),
-         "$.spec.pytorchReplicaSpecs.Master.template.spec.containers[0].ports[0].containerPort"),
+        (
+            _set([*MASTER_POD, "containers", 0, "name"], "trainer"),
+            "$.spec.pytorchReplicaSpecs.Master.template.spec.containers",
+        ),
+        (
+            _set([*MASTER_POD, "containers", 0, "ports", 0, "containerPort"], "23456"),
+            "$.spec.pytorchReplicaSpecs.Master.template.spec.containers[0].ports[0].containerPort",
+        ),
         (_set([*MASTER, "replicas"], 2), "$.spec.pytorchReplicaSpecs.Master.replicas"),
         (_set(["spec", "pytorchReplicaSpecs", "Chief"], {"replicas": 1}), "$.spec.pytorchReplicaSpecs.Chief"),
         (_drop(["spec", "pytorchReplicaSpecs"]), "$.spec"),
@@ -156,7 +193,7 @@ MASTER_POD = [*MASTER, "template", "spec"]
         (_set(["metadata", "name"], "1-digits"), "$.metadata.name"),
         (_set(["metadata", "labels", "freestack.io/run"], "x" * 64), "$.metadata.labels['freestack.io/run']"),
     ],
-)  # fmt: skip
+)
 def test_broken_manifests_are_refused_naming_the_path(tmp_path, change, path):
     spec, _ = make_spec(tmp_path, nodes=2)
     m = copy.deepcopy(manifest_for(spec))
@@ -204,8 +241,10 @@ def test_job_state_reads_the_conditions(conditions, state):
 @pytest.fixture
 def kube(monkeypatch):
     api = FakeTrainingAPI(reconcile_after=0.02, ready_after=0.15).start()
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}",
-                       json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}))  # fmt: skip
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}),
+    )
     yield api
     api.stop()
 
@@ -219,8 +258,14 @@ def run(tmp_path, storage):
 
 
 def outcome_doc(version: str) -> dict:
-    return {"version": version, "version_uri": f"file:///candidates/digits/{version}", "metrics": {"val_accuracy": 0.9},
-            "partitions": [{"ds": "2026-11-10"}], "train": {"epochs": 3}, "wandb": {"run_id": "abc"}}  # fmt: skip
+    return {
+        "version": version,
+        "version_uri": f"file:///candidates/digits/{version}",
+        "metrics": {"val_accuracy": 0.9},
+        "partitions": [{"ds": "2026-11-10"}],
+        "train": {"epochs": 3},
+        "wandb": {"run_id": "abc"},
+    }
 
 
 def rank0_writes(spec, req, version: str = "v20261110-new"):
@@ -375,9 +420,14 @@ def test_an_unreachable_api_server_is_named(run, monkeypatch):
 
     spec, path, req, settings = run
     server = f"http://127.0.0.1:{free_port()}"
-    kubeconfig = {"apiVersion": "v1", "kind": "Config", "clusters": [{"name": "x", "cluster": {"server": server}}],
-                  "users": [{"name": "x", "user": {}}], "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-                  "current-context": "x"}  # fmt: skip
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "x", "cluster": {"server": server}}],
+        "users": [{"name": "x", "user": {}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+        "current-context": "x",
+    }
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{CONN.upper()}",
         json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}),
@@ -386,9 +436,16 @@ def test_an_unreachable_api_server_is_named(run, monkeypatch):
         call(spec, path, req, settings, max_wait_seconds=5)
 
 
-@pytest.mark.parametrize(("setup", "permanent"), [(lambda api: setattr(api, "forbidden", True), True),
-                                                  (lambda api: api.fail_next.extend([503] * 20), False)])  # fmt: skip
-def test_the_train_task_fails_at_once_on_answers_a_retry_cannot_change(kube, tmp_path, storage, setup, permanent):
+@pytest.mark.parametrize(
+    ("setup", "permanent"),
+    [
+        (lambda api: setattr(api, "forbidden", True), True),
+        (lambda api: api.fail_next.extend([503] * 20), False),
+    ],
+)
+def test_the_train_task_fails_at_once_on_answers_a_retry_cannot_change(
+    kube, tmp_path, storage, setup, permanent
+):
     """Through TrainOperator: RBAC refusing the job fails the task for good (no retry would pass); an
     overloaded API server raises an error the task's retries take."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -425,7 +482,9 @@ def run_trigger(trigger) -> dict:
 def job_trigger(name: str, timeout: float = 5.0, poll: float = 0.02, conn: str = CONN):
     from freestack.train.triggers import PyTorchJobFinishedTrigger
 
-    return PyTorchJobFinishedTrigger(name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout, poll_seconds=poll)
+    return PyTorchJobFinishedTrigger(
+        name=name, namespace=NS, conn_id=conn, timeout_seconds=timeout, poll_seconds=poll
+    )
 
 
 def submitted(spec, req) -> str:
@@ -455,14 +514,22 @@ def test_the_job_trigger_sees_a_job_succeed_through_api_hiccups(kube, run):
     name = submitted(spec, req)
     kube.fail_next = [503, 500]
     event = run_trigger(job_trigger(name))
-    assert event == {"status": "succeeded", "message": f"PyTorchJob {NS}/{name} succeeded", "name": name,
-                     "namespace": NS}  # fmt: skip
+    assert event == {
+        "status": "succeeded",
+        "message": f"PyTorchJob {NS}/{name} succeeded",
+        "name": name,
+        "namespace": NS,
+    }
     assert len(kube.calls("GET")) >= 3
 
 
 def test_the_job_trigger_reports_a_failure_with_the_reason_and_the_logs(kube, run):
     spec, _, req, _ = run
-    kube.outcome, kube.failure_reason, kube.failure_message = "Failed", "PyTorchJobFailed", "1 Worker replica(s) failed."
+    kube.outcome, kube.failure_reason, kube.failure_message = (
+        "Failed",
+        "PyTorchJobFailed",
+        "1 Worker replica(s) failed.",
+    )
     name = submitted(spec, req)
     event = run_trigger(job_trigger(name))
     assert event["status"] == "failed"
@@ -531,7 +598,9 @@ def test_finish_deletes_the_job_on_a_timeout_and_keeps_a_failed_one(kube, run):
         k8s.finish_on_kubernetes(spec, req, event, conn_id=CONN)
     assert not err.value.permanent and (NS, name) in kube.objects
     with pytest.raises(k8s.PyTorchJobError, match="did not finish") as err:
-        k8s.finish_on_kubernetes(spec, req, {**event, "status": "timeout", "message": "did not finish"}, conn_id=CONN)
+        k8s.finish_on_kubernetes(
+            spec, req, {**event, "status": "timeout", "message": "did not finish"}, conn_id=CONN
+        )
     assert not err.value.permanent and (NS, name) not in kube.objects
     with pytest.raises(k8s.PyTorchJobError, match="RBAC") as err:
         k8s.finish_on_kubernetes(spec, req, {**event, "status": "error", "message": "RBAC"}, conn_id=CONN)
@@ -580,7 +649,9 @@ def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(defer
     assert isinstance(trigger, PyTorchJobFinishedTrigger) and deferred.value.method_name == "execute_complete"
     assert (trigger.name, trigger.namespace, trigger.conn_id) == (name, NS, CONN)
     assert trigger.timeout_seconds == k8s.MAX_WAIT_SECONDS
-    assert deferred.value.timeout > timedelta(seconds=k8s.MAX_WAIT_SECONDS)  # the trigger's timeout event first
+    assert deferred.value.timeout > timedelta(
+        seconds=k8s.MAX_WAIT_SECONDS
+    )  # the trigger's timeout event first
     (post,) = kube.calls("POST")
     assert post["body"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == k8s.MAX_WAIT_SECONDS
     trigger.poll_seconds = 0.02
@@ -591,10 +662,13 @@ def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(defer
     assert context["ti"].pushed == {"wandb": {"run_id": "abc"}}
 
 
-@pytest.mark.parametrize(("status", "fails_at_once", "deleted"),
-                         [("failed", False, False), ("timeout", False, True), ("error", True, True)])  # fmt: skip
-def test_the_resumed_train_task_retries_a_failed_job_and_fails_on_an_error(deferring, kube, status, fails_at_once,
-                                                                           deleted):  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "fails_at_once", "deleted"),
+    [("failed", False, False), ("timeout", False, True), ("error", True, True)],
+)
+def test_the_resumed_train_task_retries_a_failed_job_and_fails_on_an_error(
+    deferring, kube, status, fails_at_once, deleted
+):
     from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
     op, context, _ = deferring

@@ -57,20 +57,38 @@ def test_a_streamed_window_trains_and_evaluates_like_the_in_memory_one(lake, tmp
     lineage = {m: json.loads((_folder(r.version_uri) / "lineage.json").read_text()) for m, r in runs.items()}
     assert [lineage[m]["data"]["mode"] for m in runs] == ["memory", "stream"]
     assert lineage["stream"]["data"]["reason"] == "train.data.mode is stream"
-    assert lineage["stream"]["data"]["rows"] == lineage["memory"]["data"]["rows"]  # the same key-hashed splits
+    assert (
+        lineage["stream"]["data"]["rows"] == lineage["memory"]["data"]["rows"]
+    )  # the same key-hashed splits
     assert lineage["stream"]["partitions"] == lineage["memory"]["partitions"]  # ds, sha256, bytes, rows
-    pre = {m: json.loads((_folder(r.version_uri) / "preprocessing.json").read_text()) for m, r in runs.items()}
-    assert np.allclose(pre["stream"]["mean"], pre["memory"]["mean"]) and np.allclose(pre["stream"]["std"], pre["memory"]["std"])
+    pre = {
+        m: json.loads((_folder(r.version_uri) / "preprocessing.json").read_text()) for m, r in runs.items()
+    }
+    assert np.allclose(pre["stream"]["mean"], pre["memory"]["mean"]) and np.allclose(
+        pre["stream"]["std"], pre["memory"]["std"]
+    )
     accuracy = {m: r.metrics["test_accuracy"] for m, r in runs.items()}
     assert min(accuracy.values()) > 0.8 and abs(accuracy["stream"] - accuracy["memory"]) < 0.06, accuracy
     assert list((tmp_path / "spool").iterdir()) == []  # the spool went with the run
     # evaluate streams the test split too: the trainer's test rows, the trainer's accuracy, the same smoke rows
-    summary = {m: evaluate(spec, runs["stream"].version_uri if m == "stream" else runs["memory"].version_uri,
-                           tracking_settings=off)
-               for m, spec in (("memory", lake), ("stream", _with_data(lake, **STREAM)))}  # fmt: skip
+    summary = {
+        m: evaluate(
+            spec,
+            runs["stream"].version_uri if m == "stream" else runs["memory"].version_uri,
+            tracking_settings=off,
+        )
+        for m, spec in (("memory", lake), ("stream", _with_data(lake, **STREAM)))
+    }
     assert summary["stream"]["candidate"]["accuracy"] == pytest.approx(accuracy["stream"])
-    assert summary["stream"]["candidate"]["rows"] == summary["memory"]["candidate"]["rows"] == lineage["memory"]["data"]["rows"]["test"]
-    smoke = {m: json.loads((_folder(r.version_uri) / "evaluation" / "smoke.json").read_text()) for m, r in runs.items()}
+    assert (
+        summary["stream"]["candidate"]["rows"]
+        == summary["memory"]["candidate"]["rows"]
+        == lineage["memory"]["data"]["rows"]["test"]
+    )
+    smoke = {
+        m: json.loads((_folder(r.version_uri) / "evaluation" / "smoke.json").read_text())
+        for m, r in runs.items()
+    }
     assert smoke["stream"]["keys"] == smoke["memory"]["keys"] and len(smoke["stream"]["keys"]) == 64
     assert list((tmp_path / "spool").iterdir()) == []
 
@@ -99,12 +117,16 @@ def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool
     spec = _with_data(lake, **STREAM)
     fixed = fix_window(spec, None, 30).as_dict()
     data = load_window(spec, "2026-11-03", 30, fixed)
-    assert data.mode == "stream" and sum(r.rows for r in data.spool.splits.values()) == sum(p["rows"] for p in data.partitions)
+    assert data.mode == "stream" and sum(r.rows for r in data.spool.splits.values()) == sum(
+        p["rows"] for p in data.partitions
+    )
     assert all(len(list(rows.chunks())) >= 1 for rows in data.spool.splits.values())
     data.close()
     path = join(partition_dir(spec, "2026-11-02"), PART)
     path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)
-    with pytest.raises(TrainingError, match=r"ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"):
+    with pytest.raises(
+        TrainingError, match=r"ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"
+    ):
         load_window(spec, "2026-11-03", 30, fixed)
     path.unlink()
     with pytest.raises(TrainingError, match="ds=2026-11-02 of 'digits' was removed"):
@@ -117,7 +139,9 @@ def test_a_partition_without_a_column_the_model_reads_is_named(lake, tmp_path):
     from freestack.train.window import WindowError, fix_window
 
     spec = _with_data(lake, **STREAM)
-    with pytest.raises(WindowError, match=r"ds=2026-11-01 of 'digits' has no column\(s\) \['colour'\], which the model reads"):
+    with pytest.raises(
+        WindowError, match=r"ds=2026-11-01 of 'digits' has no column\(s\) \['colour'\], which the model reads"
+    ):
         spool_window(spec, fix_window(spec, None, 30), 30, ["id", "colour", "label"])
     assert list((tmp_path / "spool").iterdir()) == []
 
@@ -151,8 +175,10 @@ def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, stor
 
     import pyarrow.parquet as pq
 
-    ids = {ds: set(pq.read_table(root / f"lake/digits/ds={ds}/part.parquet").column("id").to_pylist())
-           for ds in ("2026-11-03", "2026-11-04")}  # fmt: skip
+    ids = {
+        ds: set(pq.read_table(root / f"lake/digits/ds={ds}/part.parquet").column("id").to_pylist())
+        for ds in ("2026-11-03", "2026-11-04")
+    }
     both = ids["2026-11-03"] & ids["2026-11-04"]
     assert len(both) > 100  # the 150 rows again, but those the ingest quarantined on either day
     frame, parts = read_window(lake, window)
@@ -166,15 +192,26 @@ def test_a_key_on_several_days_is_read_once_from_its_latest_partition(lake, stor
 
     spool = spool_window(lake, window, 30, ["id", "label"])
     try:
-        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [(p["rows"], p["superseded"]) for p in parts]
+        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [
+            (p["rows"], p["superseded"]) for p in parts
+        ]
         assert sum(s.rows for s in spool.splits.values()) == len(frame)
     finally:
         spool.close()
 
-    per_day = lake.model_copy(update={"source": lake.source.model_copy(
-        update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": "partition"})})})  # fmt: skip
+    per_day = lake.model_copy(
+        update={
+            "source": lake.source.model_copy(
+                update={
+                    "policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": "partition"})
+                }
+            )
+        }
+    )
     frame, parts = read_window(per_day, window)
-    assert [p["superseded"] for p in parts] == [0, 0, 0, 0] and len(frame) == len(set(frame["id"])) + len(both)
+    assert [p["superseded"] for p in parts] == [0, 0, 0, 0] and len(frame) == len(set(frame["id"])) + len(
+        both
+    )
 
 
 def test_unique_key_off_keeps_a_keys_rows_of_every_day_in_the_window(lake, storage):
@@ -188,9 +225,17 @@ def test_unique_key_off_keeps_a_keys_rows_of_every_day_in_the_window(lake, stora
     from freestack.train.stream import spool_window
     from freestack.train.window import fix_window, read_window
 
-    assert IngestPolicy(unique_key=False).unique_key == "off" and IngestPolicy(unique_key=True).unique_key == "window"
-    off = lake.model_copy(update={"source": lake.source.model_copy(
-        update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": False})})})  # fmt: skip
+    assert (
+        IngestPolicy(unique_key=False).unique_key == "off"
+        and IngestPolicy(unique_key=True).unique_key == "window"
+    )
+    off = lake.model_copy(
+        update={
+            "source": lake.source.model_copy(
+                update={"policy": IngestPolicy(**{**lake.source.policy.model_dump(), "unique_key": False})}
+            )
+        }
+    )
     root = _folder(storage)
     _relabelled_next_day(root)
     ingest_partition(off, "2026-11-04")
@@ -211,7 +256,9 @@ def test_unique_key_off_keeps_a_keys_rows_of_every_day_in_the_window(lake, stora
 
     spool = spool_window(off, window, 30, ["id", "label"])
     try:
-        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [(p["rows"], p["superseded"]) for p in parts]
+        assert [(p["rows"], p["superseded"]) for p in spool.partitions] == [
+            (p["rows"], p["superseded"]) for p in parts
+        ]
         assert sum(sp.rows for sp in spool.splits.values()) == len(frame)
     finally:
         spool.close()

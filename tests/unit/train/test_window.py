@@ -55,10 +55,14 @@ def test_readers_hash_what_they_read_and_refuse_a_rewritten_partition(lake):
 
     w = fix_window(lake, None, 30)
     df, parts = read_window(lake, w)
-    assert len(df) == sum(p["rows"] for p in parts) and [p["sha256"] for p in parts] == [p.sha256 for p in w.partitions]
+    assert len(df) == sum(p["rows"] for p in parts) and [p["sha256"] for p in parts] == [
+        p.sha256 for p in w.partitions
+    ]
     path = _part(lake, "2026-11-02")
     path.write_bytes(path.read_bytes()[:-10] + b"x" * 10)  # re-ingested under the run's feet
-    with pytest.raises(WindowError, match=r"lake partition ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"):
+    with pytest.raises(
+        WindowError, match=r"lake partition ds=2026-11-02 of 'digits' was rewritten .*Nothing was registered"
+    ):
         read_window(lake, w)
     path.unlink()
     with pytest.raises(WindowError, match="ds=2026-11-02 of 'digits' was removed"):
@@ -109,9 +113,19 @@ def _event(n: int, partition: str | None, ds: str, sha256: str) -> SimpleNamespa
     """An asset event of the lake asset as Airflow hands it to a task's ``inlet_events`` (what
     IngestOperator's outlet wrote in ``extra``; ``partition`` None: an event of an older release, which
     named no folder)."""
-    extra = {"ds": ds, "part_sha256": sha256, "rows_good": 1, **({"partition": partition} if partition else {})}
-    return SimpleNamespace(id=n, timestamp=datetime(2026, 11, 4, 0, n, tzinfo=UTC), source_dag_id="digits_ingest",
-                           source_run_id=f"run-{n}", extra=extra)  # fmt: skip
+    extra = {
+        "ds": ds,
+        "part_sha256": sha256,
+        "rows_good": 1,
+        **({"partition": partition} if partition else {}),
+    }
+    return SimpleNamespace(
+        id=n,
+        timestamp=datetime(2026, 11, 4, 0, n, tzinfo=UTC),
+        source_dag_id="digits_ingest",
+        source_run_id=f"run-{n}",
+        extra=extra,
+    )
 
 
 def test_lake_events_are_linked_to_a_partition_by_its_folder_ds_and_sha256(lake, storage):
@@ -148,5 +162,9 @@ def test_lake_events_are_linked_to_a_partition_by_its_folder_ds_and_sha256(lake,
     assert [e["id"] for e in events] == [1, 2, 4, 5]  # the one without a folder is dropped here
     linked = {p.ds: [e["id"] for e in p.events] for p in window.with_events(events).partitions}
     assert linked == {"2026-11-01": [1], "2026-11-02": [], "2026-11-03": [5]}
-    assert window.with_events(events).partitions[0].events[0] == {"id": 1, "timestamp": "2026-11-04T00:01:00+00:00",
-                                                                  "dag_id": "digits_ingest", "run_id": "run-1"}  # fmt: skip
+    assert window.with_events(events).partitions[0].events[0] == {
+        "id": 1,
+        "timestamp": "2026-11-04T00:01:00+00:00",
+        "dag_id": "digits_ingest",
+        "run_id": "run-1",
+    }

@@ -24,13 +24,21 @@ def client(storage, monkeypatch):
     from freestack.ui.auth import current_user
 
     digits = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = catalog.Pipeline(name="digits", model="digits", root=storage, train_dag="digits_train",
-                                ingest_dag="digits_ingest", trains=True)  # fmt: skip
+    pipeline = catalog.Pipeline(
+        name="digits",
+        model="digits",
+        root=storage,
+        train_dag="digits_train",
+        ingest_dag="digits_ingest",
+        trains=True,
+    )
     started: list[tuple[str, dict]] = []
 
     async def trigger(dag_id, conf, token, note):
         started.append((dag_id, conf))
-        return actions.Triggered(dag_id=dag_id, run_id=f"manual__{len(started)}", state="queued", url="http://x")
+        return actions.Triggered(
+            dag_id=dag_id, run_id=f"manual__{len(started)}", state="queued", url="http://x"
+        )
 
     async def in_flight(dag_id, token):
         return ["manual__training"]
@@ -62,7 +70,9 @@ def test_a_rollback_carries_the_version_its_button_named_and_the_production_it_r
     page = http.get(f"/models/digits/{production}/rollback", params={"to": previous})
     assert page.status_code == 200
     assert f"production goes back from {production} to {previous}" in page.text
-    assert "in the order asked" not in page.text and "not necessarily in the order they were asked" in page.text
+    assert (
+        "in the order asked" not in page.text and "not necessarily in the order they were asked" in page.text
+    )
     assert f"only while it is still {production}" in page.text and "fails naming that" in page.text
     assert _form(page.text) == {"alias": "production", "expect": production, "to": previous}
 
@@ -90,20 +100,32 @@ def test_a_promotion_carries_what_the_alias_was_and_shows_the_gate_held_for_the_
     reg = ModelRegistry(storage, "digits")
     passed = [v for v in names[:-1] if reg.lineage(v)["gate"]["promote"]]
     blocked, other = passed[0], passed[1]  # the gate passed both when they were registered
-    reg.block(blocked, {
-        "promote": False, "decision": "block", "metric": "accuracy", "candidate_version": blocked,
-        "champion_version": names[-1], "decided_again": True,
-        "reasons": ["accuracy 0.9000 vs production 0.9500: worse by 0.0500 (needed: no worse): block"]})  # fmt: skip
+    reg.block(
+        blocked,
+        {
+            "promote": False,
+            "decision": "block",
+            "metric": "accuracy",
+            "candidate_version": blocked,
+            "champion_version": names[-1],
+            "decided_again": True,
+            "reasons": ["accuracy 0.9000 vs production 0.9500: worse by 0.0500 (needed: no worse): block"],
+        },
+    )
     page = http.get(f"/models/digits/{blocked}/promote", params={"alias": "production"})
-    gate = page.text[page.text.index('id="gate-result"'):]
+    gate = page.text[page.text.index('id="gate-result"') :]
     gate = gate[: gate.index("</div>")]
     assert "gate-blocked" in page.text and "<strong>blocked</strong>" in gate
     assert f"decided again against production {names[-1]} when <code>promote</code> ran" in gate
     assert "worse by 0.0500" in gate and "overrides that decision" in gate
     assert _form(page.text) == {"alias": "production", "expect": names[-1]}
     http.post(f"/models/digits/{blocked}/promote", data={**_form(page.text), "reason": "by hand"})
-    assert started == [("digits_promote", {"version": blocked, "alias": "production", "expect": names[-1],
-                                           "reason": "by hand"})]  # fmt: skip
+    assert started == [
+        (
+            "digits_promote",
+            {"version": blocked, "alias": "production", "expect": names[-1], "reason": "by hand"},
+        )
+    ]
 
     # every page reads the decision that holds, not the gate's first one
     version = http.get(f"/api/models/digits/{blocked}").json()["row"]["gate"]

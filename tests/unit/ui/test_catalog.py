@@ -29,9 +29,13 @@ def test_versions_gate_and_aliases_come_from_storage(storage, digits):
     assert page.aliases == {"production": names[-1], "previous": names[-2], "staging": names[-3]}
     assert page.aliases_of(names[-1]) == ["production"] and page.history[0].version == names[-1]
     for v in page.versions:
-        lineage = json.loads((to_path(storage) / "registry" / "digits" / v.version / "lineage.json").read_text())
+        lineage = json.loads(
+            (to_path(storage) / "registry" / "digits" / v.version / "lineage.json").read_text()
+        )
         assert v.gate.decision == ("promoted" if lineage["gate"]["promote"] else "blocked")
-        assert v.partitions == 5 and v.window_end == lineage["window"]["end_ds"] and "test_accuracy" in v.metrics
+        assert (
+            v.partitions == 5 and v.window_end == lineage["window"]["end_ds"] and "test_accuracy" in v.metrics
+        )
     assert {v.gate.decision for v in page.versions} == {"promoted", "blocked"}
     more = make_registry(storage, "digits", 13)  # a 13th version, committed later, shows up
     assert len(catalog.model_page("digits", digits).versions) == 13 and more[:12] == names
@@ -66,7 +70,9 @@ def test_sweep_page_trials_states_agents_and_best(storage, digits):
     assert all(t.epochs == 3 for t in page.trials if t.state == "early-stopped")
     scatter, lines = json.loads(metric_vs_params(page)), json.loads(metric_over_epochs(page))
     assert len(lines["data"]) == 40 and {d["xaxis"] for d in scatter["data"]} == {"x", "x2", "x3"}
-    assert sum(len(d["x"]) for d in scatter["data"] if d["name"] != "best") == 3 * sum(t.value is not None for t in page.trials)
+    assert sum(len(d["x"]) for d in scatter["data"] if d["name"] != "best") == 3 * sum(
+        t.value is not None for t in page.trials
+    )
 
 
 def test_a_missing_sweep_is_named(storage, digits):
@@ -82,7 +88,10 @@ def test_a_task_links_to_its_version_sweep_deployment_or_lake(storage, digits):
 
     names = make_registry(storage, "digits", 4)
     sweep_id = make_sweep(storage, "digits", 5)
-    assert page_of_task("digits", digits, "train", "scheduled__run-00002", "gate") == f"/models/digits/{names[2]}"
+    assert (
+        page_of_task("digits", digits, "train", "scheduled__run-00002", "gate")
+        == f"/models/digits/{names[2]}"
+    )
     assert page_of_task("digits", digits, "train", "manual__sweep", "agent") == f"/sweeps/digits/{sweep_id}"
     assert page_of_task("digits", digits, "train", "manual__other", "evaluate") == "/models/digits"
     assert page_of_task("digits", digits, "rollback", "r", "deploy") == "/deployments#digits"
@@ -95,14 +104,17 @@ def test_serving_stats_read_the_model_servers_metrics():
 
     from freestack.ui.catalog import serving_stats
 
-    text = "\n".join([
-        'freestack_model_predict_seconds_bucket{le="0.001",worker_id="1"} 5.0',
-        'freestack_model_predict_seconds_bucket{le="0.01",worker_id="1"} 9.0',
-        'freestack_model_predict_seconds_bucket{le="+Inf",worker_id="1"} 10.0',
-        'freestack_model_predict_seconds_count{worker_id="1"} 10.0',
-        'freestack_model_predict_seconds_sum{worker_id="1"} 0.05',
-        'freestack_prediction_rows_total{worker_id="1"} 320.0', "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            'freestack_model_predict_seconds_bucket{le="0.001",worker_id="1"} 5.0',
+            'freestack_model_predict_seconds_bucket{le="0.01",worker_id="1"} 9.0',
+            'freestack_model_predict_seconds_bucket{le="+Inf",worker_id="1"} 10.0',
+            'freestack_model_predict_seconds_count{worker_id="1"} 10.0',
+            'freestack_model_predict_seconds_sum{worker_id="1"} 0.05',
+            'freestack_prediction_rows_total{worker_id="1"} 320.0',
+            "",
+        ]
+    )
 
     class Metrics(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -121,15 +133,31 @@ def test_serving_stats_read_the_model_servers_metrics():
         server.shutdown()
     assert got.requests == 10 and got.rows == 320 and got.mean_latency_ms == pytest.approx(5.0)
     assert got.p95_latency_ms is None  # the 95th percentile lies past the last finite bucket
-    assert serving_stats("http://127.0.0.1:9/metrics").requests is None  # nothing answers: no numbers, no error
+    assert (
+        serving_stats("http://127.0.0.1:9/metrics").requests is None
+    )  # nothing answers: no numbers, no error
 
 
 def test_a_kubernetes_deployment_shows_its_traffic_split(tmp_path):
     from freestack.ui.catalog import _deployment
 
-    rec = {"name": "digits", "model": "digits", "target": "kubernetes", "state": "serving", "version": "v1",
-           "canary_version": "v2", "canary_traffic": 10, "namespace": "models", "message": "SeldonDeployment is Available"}
+    rec = {
+        "name": "digits",
+        "model": "digits",
+        "target": "kubernetes",
+        "state": "serving",
+        "version": "v1",
+        "canary_version": "v2",
+        "canary_traffic": 10,
+        "namespace": "models",
+        "message": "SeldonDeployment is Available",
+    }
     row = _deployment(rec, "digits", tmp_path.as_uri())
-    assert row.traffic == [{"name": "main", "version": "v1", "traffic": 90}, {"name": "canary", "version": "v2", "traffic": 10}]
+    assert row.traffic == [
+        {"name": "main", "version": "v1", "traffic": 90},
+        {"name": "canary", "version": "v2", "traffic": 10},
+    ]
     assert row.address == "SeldonDeployment models/digits" and row.health == "SeldonDeployment is Available"
-    assert _deployment({**rec, "canary_version": None}, "digits", tmp_path.as_uri()).traffic == [{"name": "main", "version": "v1", "traffic": 100}]
+    assert _deployment({**rec, "canary_version": None}, "digits", tmp_path.as_uri()).traffic == [
+        {"name": "main", "version": "v1", "traffic": 100}
+    ]

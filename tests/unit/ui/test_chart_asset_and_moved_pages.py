@@ -26,8 +26,14 @@ def client(storage, monkeypatch):
     from freestack.ui.auth import current_user
 
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = catalog.Pipeline(name="digits", model="digits", root=storage, train_dag="digits_train",
-                                ingest_dag="digits_ingest", trains=True)  # fmt: skip
+    pipeline = catalog.Pipeline(
+        name="digits",
+        model="digits",
+        root=storage,
+        train_dag="digits_train",
+        ingest_dag="digits_ingest",
+        trains=True,
+    )
     monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, spec)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
@@ -83,19 +89,45 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
     make_registry(storage, "digits", 4)
     page = catalog.model_page("digits", spec)
     s = catalog.sweep_page("digits", spec, make_sweep(storage, "digits", 12))
-    figures = [plots.metric_over_versions(page.versions, "test_accuracy"), plots.metric_vs_params(s),
-               plots.metric_over_epochs(s), plots.parallel_coordinates(s), plots.importance_chart(s)]
-    row = catalog.IntervalRow(name="i", start="a", end="b", status="drift", rows=1, labels=0, versions=["v1"],
-                              alerts=[], notes=[], top=[], drift={"px_1": (0.3, 0.01)})  # fmt: skip
-    monitoring = catalog.MonitoringPage(pipeline="digits", model="digits", intervals=[row],
-                                        thresholds={"psi": 0.2}, actions=[])  # fmt: skip
+    figures = [
+        plots.metric_over_versions(page.versions, "test_accuracy"),
+        plots.metric_vs_params(s),
+        plots.metric_over_epochs(s),
+        plots.parallel_coordinates(s),
+        plots.importance_chart(s),
+    ]
+    row = catalog.IntervalRow(
+        name="i",
+        start="a",
+        end="b",
+        status="drift",
+        rows=1,
+        labels=0,
+        versions=["v1"],
+        alerts=[],
+        notes=[],
+        top=[],
+        drift={"px_1": (0.3, 0.01)},
+    )
+    monitoring = catalog.MonitoringPage(
+        pipeline="digits", model="digits", intervals=[row], thresholds={"psi": 0.2}, actions=[]
+    )
     figures.append(plots.drift_over_time(monitoring))
     classes = [catalog.ClassCount(label=str(k), rows=r, share=r / 4) for k, r in ((0, 3), (1, 1))]
     values = catalog.ValueStats(count=4, min=0.0, mean=1.0, max=3.0)
     for day in ({"classes": classes}, {"values": values}):
         scored = catalog.ScoredDay(ds="2026-11-01", folder="f", **day)
-        scores = catalog.ScoresPage(pipeline="digits", model="digits", folder="f", version="production",
-                                    schedule="@daily", total=1, page=1, pages=1, days=[scored])  # fmt: skip
+        scores = catalog.ScoresPage(
+            pipeline="digits",
+            model="digits",
+            folder="f",
+            version="production",
+            schedule="@daily",
+            total=1,
+            page=1,
+            pages=1,
+            days=[scored],
+        )
         figures.append(plots.predictions_over_days(scores))
     types = {trace.get("type", "scatter") for f in figures for trace in json.loads(f)["data"]}
     assert types and types <= TRACES, types
@@ -112,14 +144,20 @@ def _app(root_path: str = "") -> TestClient:
     return TestClient(app, root_path=root_path, follow_redirects=False)
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("/plugin/freestack-models", "/plugin/freestack/models"),
-    ("/plugin/freestack-models/digits?pg=2", "/plugin/freestack/models/digits?pg=2"),
-    ("/plugin/freestack-sweeps/digits/sweep-1", "/plugin/freestack/sweeps/digits/sweep-1"),
-    ("/plugin/freestack-deployments", "/plugin/freestack/deployments"),
-    ("/plugin/freestack-monitoring", "/plugin/freestack/monitoring"),
-    ("/plugin/freestack-data/digits?a=1&b=two%20words", "/plugin/freestack/data/digits?a=1&b=two%20words"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("/plugin/freestack-models", "/plugin/freestack/models"),
+        ("/plugin/freestack-models/digits?pg=2", "/plugin/freestack/models/digits?pg=2"),
+        ("/plugin/freestack-sweeps/digits/sweep-1", "/plugin/freestack/sweeps/digits/sweep-1"),
+        ("/plugin/freestack-deployments", "/plugin/freestack/deployments"),
+        ("/plugin/freestack-monitoring", "/plugin/freestack/monitoring"),
+        (
+            "/plugin/freestack-data/digits?a=1&b=two%20words",
+            "/plugin/freestack/data/digits?a=1&b=two%20words",
+        ),
+    ],
+)
 def test_older_addresses_answer_301_with_the_page_now(old, new):
     got = _app().get(old)
     assert got.status_code == 301 and got.headers["location"] == new
@@ -127,8 +165,14 @@ def test_older_addresses_answer_301_with_the_page_now(old, new):
 
 
 def test_other_addresses_pass_and_the_uis_path_prefix_is_kept():
-    for path in ("/plugin/freestack", "/plugin/freestack/models", "/plugin/freestack-wandb",
-                 "/plugin/freestack-modelsx", "/plugin/freestack-scores", "/freestack/ui/models"):
+    for path in (
+        "/plugin/freestack",
+        "/plugin/freestack/models",
+        "/plugin/freestack-wandb",
+        "/plugin/freestack-modelsx",
+        "/plugin/freestack-scores",
+        "/freestack/ui/models",
+    ):
         got = _app().get(path)
         assert got.status_code == 200 and got.text == f"the UI at {path}", path
     assert _app().post("/plugin/freestack-models").status_code == 200  # only GET and HEAD are pages

@@ -12,8 +12,22 @@ import pytest
 from bench.ui.volume import make_registry
 from tests.support.demo_sandbox import ROOT
 
-ONE_NODE = {"world_size": 2, "nodes": 1, "processes_per_node": 2, "backend": "gloo", "strategy": "ddp", "launcher": "local"}
-MULTI_NODE = {"world_size": 8, "nodes": 2, "processes_per_node": 4, "backend": "nccl", "strategy": "ddp", "launcher": "kubernetes"}
+ONE_NODE = {
+    "world_size": 2,
+    "nodes": 1,
+    "processes_per_node": 2,
+    "backend": "gloo",
+    "strategy": "ddp",
+    "launcher": "local",
+}
+MULTI_NODE = {
+    "world_size": 8,
+    "nodes": 2,
+    "processes_per_node": 4,
+    "backend": "nccl",
+    "strategy": "ddp",
+    "launcher": "kubernetes",
+}
 
 
 @pytest.fixture
@@ -30,8 +44,14 @@ def client(storage, digits, monkeypatch):
     from freestack.ui import app, catalog
     from freestack.ui.auth import current_user
 
-    pipeline = catalog.Pipeline(name="digits", model="digits", root=storage, train_dag="digits_train",
-                                ingest_dag="digits_ingest", trains=True)  # fmt: skip
+    pipeline = catalog.Pipeline(
+        name="digits",
+        model="digits",
+        root=storage,
+        train_dag="digits_train",
+        ingest_dag="digits_ingest",
+        trains=True,
+    )
     monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, digits)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
@@ -60,16 +80,30 @@ def test_trained_on_text():
 
     assert trained_on({}) == "1 process"  # written before distributed training
     assert trained_on({"distributed": {"world_size": 1}}) == "1 process"
-    assert trained_on({"distributed": ONE_NODE}) == "2 ranks (1 node × 2 processes), gloo, DDP, local launcher"
-    assert trained_on({"distributed": MULTI_NODE}) == "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher"
-    assert trained_on({"distributed": {"world_size": 2, "nodes": 2, "processes_per_node": 1}}) == "2 ranks (2 nodes × 1 process)"
+    assert (
+        trained_on({"distributed": ONE_NODE}) == "2 ranks (1 node × 2 processes), gloo, DDP, local launcher"
+    )
+    assert (
+        trained_on({"distributed": MULTI_NODE})
+        == "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher"
+    )
+    assert (
+        trained_on({"distributed": {"world_size": 2, "nodes": 2, "processes_per_node": 1}})
+        == "2 ranks (2 nodes × 1 process)"
+    )
     assert trained_on({"distributed": {"world_size": 3}}) == "3 ranks"
-    assert trained_on({"distributed": None}) == trained_on({"distributed": {"world_size": "2"}}) == "1 process"
+    assert (
+        trained_on({"distributed": None}) == trained_on({"distributed": {"world_size": "2"}}) == "1 process"
+    )
 
 
 def test_version_page_shows_how_each_version_was_trained(client, versions):
-    expected = ["1 process", "1 process", "2 ranks (1 node × 2 processes), gloo, DDP, local launcher",
-                "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher"]  # fmt: skip
+    expected = [
+        "1 process",
+        "1 process",
+        "2 ranks (1 node × 2 processes), gloo, DDP, local launcher",
+        "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher",
+    ]
     for name, text in zip(versions, expected, strict=True):
         r = client.get(f"/models/digits/{name}")
         assert r.status_code == 200, r.text
@@ -85,8 +119,10 @@ def test_compare_page_diffs_how_versions_were_trained(client, versions):
     row = r.text.split('data-key="trained_on">', 1)[1].split("</tr>", 1)[0]
     assert "<strong>differs</strong>" in row
     assert row.count("<td><code>") == 3 and [c.split("</code>")[0] for c in row.split("<td><code>")[1:]] == [
-        "1 process", "2 ranks (1 node × 2 processes), gloo, DDP, local launcher",
-        "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher"]  # fmt: skip
+        "1 process",
+        "2 ranks (1 node × 2 processes), gloo, DDP, local launcher",
+        "8 ranks (2 nodes × 4 processes), nccl, DDP, kubernetes launcher",
+    ]
     same = client.get("/api/compare/digits", params=[("v", old), ("v", one)]).json()
     [facts] = [f for f in same["lineage"] if f["key"] == "trained_on"]
     assert facts["same"] and facts["values"] == ["1 process", "1 process"]
