@@ -139,7 +139,7 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
         post_worker_init,
         worker_exit,
         lane=lane,
-        coalescer=_coalescer(cfg, user_object),
+        batcher=_batcher(cfg, user_object),
     )
     shared = (
         f", and on the deployment's address {cfg.host}:{cfg.address.port}"
@@ -158,20 +158,20 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
     UserModelApplication(app, user_object, False, None, "Model", options=options).run()
 
 
-def _coalescer(cfg: ServerConfig, user_object):
+def _batcher(cfg: ServerConfig, user_object):
     """Adaptive batching for a freestack model served by the freestack worker (None when off): the model
     parks its forward passes with it, and the worker runs the requests that arrived together as one round."""
     if not (cfg.adaptive_batching and cfg.worker_class == "freestack"):
         return None
-    from freestack_server.batching import Coalescer
+    from freestack_server.batching import RequestBatcher
 
     generation = (
         user_object.describe().get("task") == "generation"
     )  # small JSON files only: no torch before the fork
-    user_object.coalescer = Coalescer(
+    user_object.batcher = RequestBatcher(
         user_object.forward_now, user_object.max_batch_rows, 0.005 if generation else 0.0
     )
-    return user_object.coalescer
+    return user_object.batcher
 
 
 @contextlib.contextmanager
@@ -232,7 +232,7 @@ def _gunicorn_options(
     post_worker_init,
     worker_exit,
     lane=None,
-    coalescer=None,
+    batcher=None,
 ) -> dict[str, Any]:
     """gunicorn's options from the server's configuration."""
     from functools import partial
@@ -248,7 +248,7 @@ def _gunicorn_options(
             gate=gate,
             max_body=_max_body(),
             lane=lane,
-            coalescer=coalescer,
+            batcher=batcher,
             max_idle=cfg.max_idle_connections,
         )
     else:

@@ -2,10 +2,10 @@
 Runs in the serving environment.
 
 When one pass of the worker's event loop finds several connections with a request in, it serves each
-in its own greenlet (:class:`Coalescer.run`). A request's code runs as it always does (the prediction
+in its own greenlet (:class:`RequestBatcher.run`). A request's code runs as it always does (the prediction
 lane or Seldon's app, Seldon's ``predict``, the model's checks, metrics and request log) up to the
 model's forward pass (:meth:`freestack_server.core.ServedModel.forward`), where it parks with
-its rows (:meth:`Coalescer.park`). Once every request of the round has parked or finished, one forward
+its rows (:meth:`RequestBatcher.park`). Once every request of the round has parked or finished, one forward
 over their rows stacked answers them all, and each request resumes with its own rows of the result
 and goes on to its answer. Nothing waits for more requests to come (MLServer's ``max_batch_time`` of
 0): a request alone in its round is served as before, with no greenlet.
@@ -36,7 +36,7 @@ import numpy as np
 from greenlet import getcurrent, greenlet
 
 
-class Coalescer:
+class RequestBatcher:
     """Runs a round of jobs, one greenlet each, and their parked forwards as few stacked forwards."""
 
     def __init__(self, forward: Callable[[Any], np.ndarray], max_rows: int, gather_s: float = 0.0):
@@ -149,4 +149,4 @@ def _stackable(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == np.float32
 
 
-__all__ = ["Coalescer"]
+__all__ = ["RequestBatcher"]

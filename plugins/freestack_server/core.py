@@ -334,12 +334,12 @@ class ServedModel:
 
     # -- predict --------------------------------------------------------------------------------------
     #: the worker's adaptive batching (:mod:`freestack_server.batching`), when it is on
-    coalescer: Any = None
+    batcher: Any = None
 
     def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """The model's outputs for ``x``: with adaptive batching, from one forward shared by the requests
         that arrived with this one."""
-        if self.coalescer is not None and (out := self.coalescer.park(x)) is not None:
+        if self.batcher is not None and (out := self.batcher.park(x)) is not None:
             return out
         return self.forward_now(x)
 

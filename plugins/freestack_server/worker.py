@@ -258,7 +258,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     lane: Any = (
         None  # the prediction lane (freestack_server.predict_lane), from install; None: the app answers all
     )
-    coalescer: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
+    batcher: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -308,12 +308,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             for conn in list(self.conns.values()):
                 self._close(conn)
             self.table.release(self.slot, self.pid)
-            if self.coalescer is not None:
+            if self.batcher is not None:
                 self.log.info(
                     "Worker %s: adaptive batching answered %d requests in %d shared forward passes",
                     self.pid,
-                    self.coalescer.batched,
-                    self.coalescer.rounds,
+                    self.batcher.batched,
+                    self.batcher.rounds,
                 )
             self.poller.close()
 
@@ -328,7 +328,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             self._listen(self._may_accept(now))
             wait = max(0.0, next_tick - now)
             ready = self._ready(min(wait, HELD_POLL) if self.held_back else wait)
-            c = self.coalescer
+            c = self.batcher
             if (
                 c is not None
                 and c.gather_s
@@ -341,8 +341,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 ready = self._ready(0.0)
             if c is not None and ready:
                 c.last_round = len(ready)
-            if self.coalescer is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
-                self.coalescer.run([functools.partial(self._serve, conn) for conn in ready])
+            if self.batcher is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
+                self.batcher.run([functools.partial(self._serve, conn) for conn in ready])
             else:
                 for conn in ready:
                     self._serve(conn)
@@ -802,7 +802,7 @@ def install(
     *,
     max_body: int = MAX_BODY,
     lane: Any = None,
-    coalescer: Any = None,
+    batcher: Any = None,
     max_idle: int = MAX_IDLE,
 ):
     """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
@@ -815,7 +815,7 @@ def install(
     FreestackWorker.max_body = max_body
     FreestackWorker.max_idle = max_idle
     FreestackWorker.lane = lane
-    FreestackWorker.coalescer = coalescer
+    FreestackWorker.batcher = batcher
 
     def child_exit(server, worker) -> None:
         table.free(worker.pid)

@@ -806,10 +806,10 @@ def _echo(calls: list, fail_shared: bool = False):
 
 
 def test_the_worker_rounds_share_a_call_among_prompts_of_equal_parameters_up_to_the_limit():
-    from freestack_server.batching import Coalescer
+    from freestack_server.batching import RequestBatcher
 
     calls: list = []
-    coalescer = Coalescer(_echo(calls), max_rows=100)
+    batcher = RequestBatcher(_echo(calls), max_rows=100)
     parked = [
         _prompts(1, "a", limit=2),
         _prompts(1, "b"),
@@ -820,13 +820,13 @@ def test_the_worker_rounds_share_a_call_among_prompts_of_equal_parameters_up_to_
 
     def job(i: int):
         def go():
-            got[i] = [(g.completion.text, g.batch) for g in coalescer.park(parked[i])]
+            got[i] = [(g.completion.text, g.batch) for g in batcher.park(parked[i])]
 
         return go
 
-    coalescer.run([job(i) for i in range(len(parked))])
+    batcher.run([job(i) for i in range(len(parked))])
     assert got == [[("a0", 2)], [("b0", 1)], [("a0", 2)], [("a0", 1)]]  # a: two, then the third alone
-    assert sorted(map(len, calls)) == [1, 1, 2] and coalescer.batched == 2
+    assert sorted(map(len, calls)) == [1, 1, 2] and batcher.batched == 2
 
 
 def test_mlservers_queue_joins_waiting_requests_and_runs_a_failed_shared_call_alone():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from freestack_server.batching import Coalescer
+from freestack_server.batching import RequestBatcher
 
 
 class Net:
@@ -29,7 +29,7 @@ def rows(n: int, value: float, width: int = 3) -> np.ndarray:
     return np.full((n, width), value, dtype=np.float32)
 
 
-def run(coalescer: Coalescer, inputs: list, log: list | None = None) -> list:
+def run(batcher: RequestBatcher, inputs: list, log: list | None = None) -> list:
     """One round of jobs, each parking ``inputs[i]`` (or raising when it is an exception); their outcomes."""
     out: list = [None] * len(inputs)
 
@@ -39,7 +39,7 @@ def run(coalescer: Coalescer, inputs: list, log: list | None = None) -> list:
                 out[i] = inputs[i]
                 return
             try:
-                got = coalescer.park(inputs[i])
+                got = batcher.park(inputs[i])
                 out[i] = got
                 if log is not None:  # what runs after the park runs to its end before the next job resumes
                     log.append(("resumed", i))
@@ -49,13 +49,13 @@ def run(coalescer: Coalescer, inputs: list, log: list | None = None) -> list:
 
         return go
 
-    coalescer.run([job(i) for i in range(len(inputs))])
+    batcher.run([job(i) for i in range(len(inputs))])
     return out
 
 
 def test_a_round_shares_one_forward_and_each_job_gets_its_own_rows():
     net = Net()
-    c = Coalescer(net, max_rows=100)
+    c = RequestBatcher(net, max_rows=100)
     log: list = []
     out = run(c, [rows(1, 1.0), rows(2, 2.0), rows(3, 3.0)], log)
     assert net.calls == [6]
@@ -66,7 +66,7 @@ def test_a_round_shares_one_forward_and_each_job_gets_its_own_rows():
 
 
 def test_outside_a_round_park_leaves_the_forward_to_the_caller():
-    c = Coalescer(Net(), max_rows=10)
+    c = RequestBatcher(Net(), max_rows=10)
     assert c.park(rows(1, 1.0)) is None
     seen = []
     c.run([lambda: seen.append(c.park(rows(1, 1.0)))])  # a round of one job runs it directly
@@ -75,7 +75,7 @@ def test_outside_a_round_park_leaves_the_forward_to_the_caller():
 
 def test_groups_break_at_max_rows_and_width_and_other_inputs_run_alone():
     net = Net()
-    c = Coalescer(net, max_rows=4)
+    c = RequestBatcher(net, max_rows=4)
     out = run(c, [rows(3, 1.0), rows(2, 1.0), rows(1, 1.0), rows(1, 1.0, width=5), {"a": [[1.0]]}])
     assert sorted(net.calls) == [-1, 1, 3, 3]  # 3 | 2+1 | the other width | the dict alone
     assert [o.shape for o in out] == [(3, 3), (2, 3), (1, 3), (1, 5), (1, 1)]
@@ -84,7 +84,7 @@ def test_groups_break_at_max_rows_and_width_and_other_inputs_run_alone():
 def test_a_failing_stacked_forward_runs_each_alone_and_only_the_bad_one_fails():
     net = Net()
     bad = rows(1, np.nan)
-    out = run(Coalescer(net, max_rows=100), [rows(1, 1.0), bad, rows(2, 3.0)])
+    out = run(RequestBatcher(net, max_rows=100), [rows(1, 1.0), bad, rows(2, 3.0)])
     assert net.calls == [4, 1, 1, 2]
     assert isinstance(out[1], ValueError) and "NaN" in str(out[1])
     np.testing.assert_array_equal(out[2], rows(2, 6.0))
@@ -92,13 +92,13 @@ def test_a_failing_stacked_forward_runs_each_alone_and_only_the_bad_one_fails():
 
 def test_jobs_that_finish_before_the_forward_are_not_waited_for():
     net = Net()
-    out = run(Coalescer(net, max_rows=100), [ValueError("refused"), rows(1, 1.0), rows(1, 2.0)])
+    out = run(RequestBatcher(net, max_rows=100), [ValueError("refused"), rows(1, 1.0), rows(1, 2.0)])
     assert isinstance(out[0], ValueError) and net.calls == [2]
 
 
 def test_a_job_that_parks_twice_is_answered_in_the_next_pass():
     net = Net()
-    c = Coalescer(net, max_rows=100)
+    c = RequestBatcher(net, max_rows=100)
     got = []
 
     def twice():
@@ -112,7 +112,7 @@ def test_a_job_that_parks_twice_is_answered_in_the_next_pass():
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_rounds_of_one_or_none_run_without_greenlets(n):
-    c = Coalescer(Net(), max_rows=10)
+    c = RequestBatcher(Net(), max_rows=10)
     done = []
     c.run([lambda: done.append(1)] * n)
     assert done == [1] * n and c.rounds == 0
