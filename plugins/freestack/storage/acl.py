@@ -33,6 +33,7 @@ from typing import Any
 
 from freestack.errors import AccessDenied, FreestackError
 from freestack.settings import settings
+from freestack.storage.objects import write_bytes
 
 ACL_NAME = ".freestack-acl.json"
 PUBLIC = "user://*"
@@ -229,8 +230,6 @@ class AclStore:
             return PRIVATE
 
     def set(self, owner: str, collection: str, acl: Acl) -> None:
-        from freestack.storage.objects import write_bytes
-
         path = self.path(owner, collection)
         data = (json.dumps(acl.to_json(), indent=2, sort_keys=True) + "\n").encode()
         write_bytes(_Target(self.fs, path), data)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError, StorageFull
+from freestack.storage.datafs import DataFileSystem
 from freestack.storage.objects import (
     TMP_MARK,
     _fsync_dir,
@@ -76,8 +77,6 @@ def _s3_target(path: ObjectStoragePath) -> tuple[Any, str, str] | None:
 
 def _http_target(path: ObjectStoragePath) -> tuple[Any, str] | None:
     """data:// served by a Data API service: (its HTTP filesystem, the path there)."""
-    from freestack.storage.datafs import DataFileSystem
-
     fs = path.fs
     if isinstance(fs, DataFileSystem) and fs.is_remote_api:
         return fs.fs, fs._join(path.path)

@@ -23,7 +23,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from freestack.errors import AccessDenied, FreestackError, UnsafePathError
 from freestack.storage.acl import ACL_NAME, READ, WRITE, AclStore, check_access, visible_collections
+from freestack.storage.connection import store_config
+from freestack.storage.httpfs import DataApiHttpFileSystem
+from freestack.storage.objects import write_bytes
 from freestack.storage.paths import check_relative
+from freestack.storage.schemes import to_path
 
 schemes = ["data"]
 MY = ".my"
@@ -53,11 +57,8 @@ class DataFileSystem(DirFileSystem):
     @classmethod
     def from_config(cls, config) -> DataFileSystem:
         if config.is_remote_api:
-            from freestack.storage.httpfs import DataApiHttpFileSystem
-
             http = DataApiHttpFileSystem(config.root, api_key=config.api_key, expect_user=config.owner)
             return cls(path="", fs=http, owner=None, check_acl=False)
-        from freestack.storage.schemes import to_path
 
         backing = to_path(config.root)
         return cls(path=backing.path, fs=backing.fs, owner=config.owner)
@@ -203,8 +204,6 @@ class DataFileSystem(DirFileSystem):
             return self.fs.makedirs(rel, exist_ok=False, acl=acl)
         self.makedirs(rel, exist_ok=True)
         if self.needs_dir_marker:
-            from freestack.storage.objects import write_bytes
-
             write_bytes(_Target(self, f"{rel}/{DIR_MARKER}"), b"")
         if acl is not None:
             self.set_acl(rel, acl)
@@ -449,8 +448,6 @@ def _rebuild(path, fs, owner, check_acl=True):
 
 def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -> DataFileSystem:
     """The provider filesystem contract: ``data://`` through connection ``conn_id`` (or the default)."""
-    from freestack.storage.connection import store_config
-
     return DataFileSystem.from_config(store_config(conn_id))
 
 

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from freestack.errors import AccessDenied, FreestackError, StorageFull
+from freestack.storage.acl import Acl
 from freestack.storage.objects import PublishOnExit
 
 BLOCK = 8 * 1024 * 1024  # read block (one ranged GET)
@@ -369,8 +370,6 @@ class DataApiHttpFileSystem(AbstractFileSystem):
                 dst.write(chunk)
 
     def get_acl(self, path: str):
-        from freestack.storage.acl import Acl
-
         resp = self.request("GET", path, params={"acl": "true"}, what=f"ACL of data://{path}")
         return Acl.parse(resp.json().get("acl"), where=f"ACL of data://{path}")
 
