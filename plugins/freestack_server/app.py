@@ -12,7 +12,7 @@ the child gracefully, as PID 1 in a container too. ``FREESTACK_SERVER_RUNTIME`` 
   gunicorn with freestack's worker (:mod:`freestack_server.worker`, why it exists is written there):
   whole requests only, bounded bodies and heads, slow clients cut, every refusal a 4xx in Seldon's JSON
   format (:mod:`freestack_server.request_checks`), adaptive batching (:mod:`freestack_server.batching`),
-  plain predictions answered without Flask (:mod:`freestack_server.predict_lane`), metrics buffered
+  plain predictions answered without Flask (:mod:`freestack_server.direct_predict`), metrics buffered
   per worker (:mod:`freestack_server.metrics`), ``gc.freeze`` after the model loads;
 - ``mlserver``: MLServer 1.7.1 with freestack's runtime (:mod:`freestack_server.oip_server`).
 
@@ -127,18 +127,18 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
 
     lighter_flask(app)
     faster_json(app)
-    lane = None
+    direct = None
     if cfg.worker_class == "freestack":
-        from freestack_server.predict_lane import PredictLane
+        from freestack_server.direct_predict import DirectPredict
 
-        lane = PredictLane(user_object, seldon_metrics, inputs=inputs, json_dumps=app.json.dumps)
+        direct = DirectPredict(user_object, seldon_metrics, inputs=inputs, json_dumps=app.json.dumps)
     options = _gunicorn_options(
         cfg,
         _binds(cfg, address_fd),
         seldon_metrics,
         post_worker_init,
         worker_exit,
-        lane=lane,
+        direct_predict=direct,
         batcher=_batcher(cfg, user_object),
     )
     shared = (
@@ -231,7 +231,7 @@ def _gunicorn_options(
     seldon_metrics,
     post_worker_init,
     worker_exit,
-    lane=None,
+    direct_predict=None,
     batcher=None,
 ) -> dict[str, Any]:
     """gunicorn's options from the server's configuration."""
@@ -247,7 +247,7 @@ def _gunicorn_options(
             slots=2 * cfg.workers + 2,
             gate=gate,
             max_body=_max_body(),
-            lane=lane,
+            direct_predict=direct_predict,
             batcher=batcher,
             max_idle=cfg.max_idle_connections,
         )

@@ -2,8 +2,8 @@
 Runs in the serving environment.
 
 When one pass of the worker's event loop finds several connections with a request in, it serves each
-in its own greenlet (:class:`RequestBatcher.run`). A request's code runs as it always does (the prediction
-lane or Seldon's app, Seldon's ``predict``, the model's checks, metrics and request log) up to the
+in its own greenlet (:class:`RequestBatcher.run`). A request's code runs as it always does (direct
+prediction or Seldon's app, Seldon's ``predict``, the model's checks, metrics and request log) up to the
 model's forward pass (:meth:`freestack_server.core.ServedModel.forward`), where it parks with
 its rows (:meth:`RequestBatcher.park`). Once every request of the round has parked or finished, one forward
 over their rows stacked answers them all, and each request resumes with its own rows of the result

@@ -9,7 +9,7 @@ Two layers:
   is already in memory, within ``max_body_bytes`` and a read deadline; what they refuse (a bad request
   line, bad headers or framing, a body over the limit, a client too slow to send its request) is
   answered by :func:`error_response` through :class:`JsonErrors` and the connection closed;
-- :class:`Guard`, a WSGI middleware around Seldon's Flask app: unknown paths (404) and methods (405),
+- :class:`RequestChecks`, a WSGI middleware around Seldon's Flask app: unknown paths (404) and methods (405),
   CORS (an allow-list of origins, none by default), ``Content-Encoding`` (refused: 415), and the Seldon
   message of every route that takes one (predictions, feedback, transform-input/output, route,
   aggregate), whether it comes as the JSON body, a form's ``json`` field or ``?json=`` on a GET:
@@ -18,8 +18,8 @@ Two layers:
   a flat list of numbers as many as its shape holds; a prediction's message carries exactly one of
   ``data``, ``jsonData``, ``strData`` and ``binData``, of a kind the model takes (:class:`Inputs`).
 
-These are the only checks of a message's form: the worker's prediction lane asks them too
-(:mod:`freestack_server.predict_lane`), and the model (:mod:`freestack_server.core`) checks only what
+These are the only checks of a message's form: the worker's direct prediction asks them too
+(:mod:`freestack_server.direct_predict`), and the model (:mod:`freestack_server.core`) checks only what
 needs the model, the values against its columns.
 """
 
@@ -54,9 +54,7 @@ MESSAGE_ENDPOINTS = {
     "SendFeedback": "feedback",
 }
 FORM = "application/x-www-form-urlencoded"
-PARSED = (
-    "freestack.json"  # environ key: the JSON body as the guard parsed it (the app does not parse it again)
-)
+PARSED = "freestack.json"  # environ key: the JSON body as the request checks parsed it (the app does not parse it again)
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 KINDS = ("data", "jsonData", "strData", "binData")  # what a Seldon message may carry
@@ -748,7 +746,7 @@ def check_origins(origins: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-class Guard:
+class RequestChecks:
     """WSGI middleware in front of Seldon's Flask app (see the module's docstring)."""
 
     def __init__(
@@ -925,14 +923,16 @@ def _refuse(start_response, status: int, reason: str, info: str, extra: list | N
 
 def install(
     flask_app, *, max_body: int, cors_origins: list[str] | tuple[str, ...] = (), inputs: Inputs = Inputs()
-) -> Guard:
-    """Put the guard in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
-    take flask_cors out of it: the guard answers CORS from ``cors_origins`` alone. The JSON body the
-    guard parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time.
+) -> RequestChecks:
+    """Put the request checks in front of ``flask_app`` (its ``wsgi_app``, so Flask's own ``__call__`` stays) and
+    take flask_cors out of it: they answer CORS from ``cors_origins`` alone. The JSON body they
+    parsed is the request's ``get_json()`` (werkzeug's cache of it), not parsed a second time.
     ``inputs``: what the model takes besides rows of numbers."""
     _drop_flask_cors(flask_app)
-    guard = Guard(flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins, inputs=inputs)
-    flask_app.wsgi_app = guard
+    checks = RequestChecks(
+        flask_app.wsgi_app, flask_app, max_body=max_body, cors_origins=cors_origins, inputs=inputs
+    )
+    flask_app.wsgi_app = checks
     base = flask_app.request_class
     if isinstance(getattr(base, "_cached_json", None), tuple):  # werkzeug 2.x: (normal, silent)
 
@@ -944,7 +944,7 @@ def install(
                     self._cached_json = (parsed, parsed)
 
         flask_app.request_class = Request
-    return guard
+    return checks
 
 
 def _drop_flask_cors(app) -> None:
@@ -963,7 +963,7 @@ __all__ = [
     "HEAD_LIMIT",
     "MAX_DEPTH",
     "Frame",
-    "Guard",
+    "RequestChecks",
     "Inputs",
     "JsonErrors",
     "Refused",

@@ -21,7 +21,7 @@ Payloads: ``{"data": {"ndarray": [[...], ...], "names": [...]}}``, ``{"data": {"
 record). Each answer's ``meta.tags.request_id`` is the request's id (the request's own ``meta.puid`` when
 it has one): ``/send-feedback`` with it in ``response.meta.tags`` (or ``request.meta.puid``) and the
 true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx
-JSON answer in Seldon's status format, never an HTML page or a 500: the server's guard checks each
+JSON answer in Seldon's status format, never an HTML page or a 500: the server's request checks check each
 message's form before Seldon parses it (:mod:`freestack_server.request_checks`, told what this model
 takes by :meth:`Model.inputs`); the model checks the values against its columns.
 A text-generation model (``model.task: text-generation``) takes ``strData`` (a prompt; answered as ``strData``,
@@ -143,7 +143,7 @@ class Model(ServedModel):
         )
 
     def inputs(self) -> Inputs:
-        """What the model takes besides rows of numbers, for the guard's checks of each message: raw values
+        """What the model takes besides rows of numbers, for the request checks of each message: raw values
         for category/text/image columns; strData for one text column, binData for one image column; a
         text-generation model, prompts (strData, jsonData) only."""
         if self.describe()["task"] == "generation":
@@ -350,7 +350,7 @@ class Model(ServedModel):
 
     def _generate(self, X: Any, puid: str | None):
         """A text-generation request: strData (a prompt) or jsonData (prompts or conversations, parameters)."""
-        if isinstance(X, np.ndarray):  # data.ndarray / data.tensor (the guard refuses them first)
+        if isinstance(X, np.ndarray):  # data.ndarray / data.tensor (the request checks refuse them first)
             raise _bad(f"this model generates text: send {SELDON_HINT}")
         try:
             prompts = self.generator.from_seldon(X)

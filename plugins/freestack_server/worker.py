@@ -51,10 +51,11 @@ sibling's accept does not wake it, and taking turns a TICK apart drains a queue 
 over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line,
 headers and body go out in one ``sendall``.
 
-A plain prediction request goes the *prediction lane* (:mod:`freestack_server.predict_lane`, set by
-:func:`install`; not with an access log, which needs the WSGI environ): the worker hands gunicorn's
-parsed request to the lane, which answers it through Seldon's own ``predict`` without building the WSGI
-environ or running Flask; every other request, and one the lane passes on, goes to the app.
+A plain prediction request is answered by *direct prediction* (:mod:`freestack_server.direct_predict`,
+set by :func:`install`; not with an access log, which needs the WSGI environ): the worker hands
+gunicorn's parsed request to ``DirectPredict``, which answers it through Seldon's own ``predict``
+without building the WSGI environ or running Flask; every other request, and one it passes on, goes to
+the app.
 
 The deployment's stable address (:mod:`freestack_server.address`) is a listening socket the
 worker holds from the start but accepts on only once the deploy opened the server's gate (the gate
@@ -255,9 +256,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     max_idle = MAX_IDLE  # the max_idle_connections setting, from install
-    lane: Any = (
-        None  # the prediction lane (freestack_server.predict_lane), from install; None: the app answers all
-    )
+    #: direct prediction (freestack_server.direct_predict), from install; None: the app answers all
+    direct_predict: Any = None
     batcher: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
 
     @classmethod
@@ -623,8 +623,8 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
             request_start = datetime.now() if self.access_log else None
             if any(name == "EXPECT" for name, _ in req.headers):  # the body is here: no 100 Continue now
                 req.headers = [h for h in req.headers if h[0] != "EXPECT"]
-            if self.lane is not None and request_start is None:
-                resp = self._lane(req, conn)
+            if self.direct_predict is not None and request_start is None:
+                resp = self._predict_directly(req, conn)
                 if resp is not None:
                     return not resp.should_close()
             resp, environ = wsgi.create(req, conn.sock, conn.addr, conn.server, self.settings)
@@ -659,10 +659,10 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 self.log.exception("Exception in post_request hook")
         return True
 
-    def _lane(self, req, conn: _Conn):
-        """Answer ``req`` by the prediction lane, if it takes it: gunicorn's response (its status line and
+    def _predict_directly(self, req, conn: _Conn):
+        """Answer ``req`` by direct prediction, if it takes it: gunicorn's response (its status line and
         headers, keep-alive as for the app's answers), or None when the app is to answer."""
-        answer = self.lane.answer(req)
+        answer = self.direct_predict.answer(req)
         if answer is None:
             return None
         status, headers, body = answer
@@ -701,7 +701,7 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 conn.sock.sendall(b"".join(buffered.parts))
 
 
-_NO_FILES = {"wsgi.file_wrapper": wsgi.FileWrapper}  # what _respond needs of an environ for a lane answer
+_NO_FILES = {"wsgi.file_wrapper": wsgi.FileWrapper}  # what _respond needs of an environ for a direct answer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -801,12 +801,12 @@ def install(
     gate: tuple[str, int] | None = None,
     *,
     max_body: int = MAX_BODY,
-    lane: Any = None,
+    direct_predict: Any = None,
     batcher: Any = None,
     max_idle: int = MAX_IDLE,
 ):
     """In the arbiter, before the fork: give the worker class its shared table, the body limit, the
-    prediction lane and adaptive batching (None: off), the most connections without a whole request head
+    direct prediction and adaptive batching (None: off), the most connections without a whole request head
     a worker holds and, for a server behind a deployment's address, its gate (the gate file and the
     address's port). Returns gunicorn's ``worker_class`` (an import path) and its ``child_exit`` hook."""
     table = SharedTable(slots)
@@ -814,7 +814,7 @@ def install(
     FreestackWorker.gate = gate
     FreestackWorker.max_body = max_body
     FreestackWorker.max_idle = max_idle
-    FreestackWorker.lane = lane
+    FreestackWorker.direct_predict = direct_predict
     FreestackWorker.batcher = batcher
 
     def child_exit(server, worker) -> None:

@@ -1,6 +1,6 @@
 """Adaptive batching in the freestack worker (the real server from .venv-serving, started as ``deploy``
 starts it): requests that arrive together share one forward pass, and each still gets its own answer,
-request id and error, through the prediction lane and through Seldon's app alike."""
+request id and error, through direct prediction and through Seldon's app alike."""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ def test_served_predictions_equal_in_process(served):
 
 
 def test_prediction_lane_and_app_answer_alike_over_http(served):
-    """A plain request (answered by the worker's prediction lane) and the same request with a query string
+    """A plain request (answered by the worker's direct prediction) and the same request with a query string
     (which goes through Seldon's app) get the same status, headers and bytes."""
     host, port = served["record"]["url"].split("//", 1)[1].split(":")
     body = json.dumps(

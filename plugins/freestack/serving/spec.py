@@ -47,7 +47,8 @@ from freestack.settings import settings
 from freestack.specbase import SpecModel
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")  # the model server's guard reads them the same way
+#: CORS origins, as the model server's request checks read them
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 #: the defaults of deploy.local.timeout_seconds and start_timeout_seconds per kind of model version
 WORKER_TIMEOUT_S = {"built-in": 30, "huggingface": 120}
 START_TIMEOUT_S = {"built-in": 120.0, "huggingface": 600.0}

@@ -1,6 +1,7 @@
-"""The model server's prediction lane answers the everyday Seldon request exactly as Seldon's app does, and
-passes everything else on to the app. Both run on the same model in the serving environment
-(tests/support/serving_lane_check.py): the lane on a parsed request, the app through Flask's test client."""
+"""The model server's direct prediction answers the everyday Seldon request exactly as Seldon's app
+does, and passes everything else on to the app. Both run on the same model in the serving environment
+(tests/support/serving_direct_predict_check.py): direct prediction on a parsed request, the app through
+Flask's test client."""
 
 from __future__ import annotations
 
@@ -87,14 +88,19 @@ PASSED_ON = [
 
 @pytest.fixture(scope="module")
 def answers(tmp_path_factory) -> dict[str, dict]:
-    work = tmp_path_factory.mktemp("lane")
+    work = tmp_path_factory.mktemp("direct")
     uri = make_version((work / "storage").as_uri(), "m", "v1", work, seed=3, n_features=N_FEATURES)
     cases = work / "cases.json"
     cases.write_text(json.dumps(ANSWERED + PASSED_ON))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
     env["PYTHONPATH"] = os.pathsep.join((str(ROOT / "plugins"), str(ROOT)))
     proc = subprocess.run(
-        [serving_python(), str(ROOT / "tests" / "support" / "serving_lane_check.py"), uri, str(cases)],
+        [
+            serving_python(),
+            str(ROOT / "tests" / "support" / "serving_direct_predict_check.py"),
+            uri,
+            str(cases),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -107,25 +113,25 @@ def answers(tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in ANSWERED])
-def test_lane_answers_what_the_app_answers(answers, name):
+def test_direct_prediction_answers_what_the_app_answers(answers, name):
     got = answers[name]
-    assert "lane" in got, f"the lane passed {name!r} on to the app"
-    lane, app = got["lane"], got["app"]
+    assert "direct" in got, f"direct prediction passed {name!r} on to the app"
+    direct, app = got["direct"], got["app"]
     assert app["status"] == 200, app["body"]
-    assert lane["status"] == "200 OK"
-    assert lane["body"] == app["body"]  # the same bytes: same names, values, tags and request path
-    assert dict(lane["headers"]) == {
+    assert direct["status"] == "200 OK"
+    assert direct["body"] == app["body"]  # the same bytes: same names, values, tags and request path
+    assert dict(direct["headers"]) == {
         "Content-Type": app["content_type"],
-        "Content-Length": str(len(lane["body"])),
+        "Content-Length": str(len(direct["body"])),
     }
-    tags = json.loads(lane["body"])["meta"]["tags"]
+    tags = json.loads(direct["body"])["meta"]["tags"]
     assert tags["model_version"] == "v1" and tags["request_id"].startswith("r")
 
 
 @pytest.mark.parametrize("name", [c["name"] for c in PASSED_ON])
-def test_lane_passes_everything_else_to_the_app(answers, name):
+def test_direct_prediction_passes_everything_else_to_the_app(answers, name):
     got = answers[name]
-    assert "lane" not in got, f"the lane answered {name!r}: {got.get('lane')}"
+    assert "direct" not in got, f"direct prediction answered {name!r}: {got.get('direct')}"
     if name not in ("query string", "browser origin", "GET"):  # those the app serves
         assert 400 <= got["app"]["status"] < 500, got["app"]
         assert json.loads(got["app"]["body"])["status"]["info"]

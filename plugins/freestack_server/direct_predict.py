@@ -1,18 +1,19 @@
-"""The prediction lane: Seldon's predict for the everyday request, answered by the worker without the
+"""Direct prediction: Seldon's predict for the everyday request, answered by the worker without the
 WSGI environ, Flask and its hooks. Runs in the serving environment.
 
-A request takes the lane when it is a ``POST`` to a predict path with no query string, a JSON body
-(``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays the guard's), its
-message passes the guard's checks (:func:`freestack_server.request_checks.predict_problem`, the one
-check of a message's form). The lane then calls what
-Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with the same model and
-metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
+A request is answered directly when it is a ``POST`` to a predict path with no query string, a JSON
+body (``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays with the
+request checks), and its message passes the request checks
+(:func:`freestack_server.request_checks.predict_problem`, the one check of a message's form). The
+worker then calls what Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with
+the same model and metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
 answer as the app's orjson provider does (:func:`freestack_server.lighter_flask.faster_json`).
 
 Anything else, and any request the model refuses (a :class:`SeldonMicroserviceException`, raised before
-the model logs anything), goes the whole way through the guard and Seldon's app, which answers it as
-it always has. The lane keeps one worker's CPU per request near the bare server's (``bench/serve``);
-config ``predict_lane: false`` turns it off.
+the model logs anything), goes the whole way through the request checks and Seldon's app, which
+answers it as it always has. Direct prediction keeps one worker's CPU per request near the bare server's
+(``bench/serve``); the ``freestack`` worker class uses it (not with an access log, which needs the
+WSGI environ).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PREDICT_PATHS = frozenset(("/predict", "/api/v1.0/predictions", "/api/v0.1/predi
 JSON_HEADERS = (("Content-Type", "application/json"),)
 
 
-class PredictLane:
+class DirectPredict:
     """Seldon's predict for ``user_model`` with ``seldon_metrics``, for the requests described above."""
 
     def __init__(self, user_model: Any, seldon_metrics: Any, *, inputs: Inputs, json_dumps):
@@ -84,4 +85,4 @@ class PredictLane:
             return (self.json_dumps(response) + "\n").encode()
 
 
-__all__ = ["PREDICT_PATHS", "PredictLane"]
+__all__ = ["PREDICT_PATHS", "DirectPredict"]

@@ -1,12 +1,12 @@
-"""Run in the serving environment by tests/integration/test_serving_lane.py:
+"""Run in the serving environment by tests/integration/test_serving_direct_predict.py:
 
-    python tests/support/serving_lane_check.py MODEL_URI CASES.json
+    python tests/support/serving_direct_predict_check.py MODEL_URI CASES.json
 
 Builds what the model server builds for a Seldon model (freestack's Model, Seldon's REST app with the
-guard and the orjson provider, the buffered metrics) and the prediction lane over the same objects, then
-asks both each case of CASES.json (``{"name", "path", "query", "headers", "body"}``): the lane through
-``PredictLane.answer`` on a parsed request like gunicorn's, the app through Flask's test client. Prints
-one JSON object a case: the lane's answer (or null: passed on to the app) and the app's.
+request checks and the orjson provider, the buffered metrics) and direct prediction over the same
+objects, then asks both each case of CASES.json (``{"name", "path", "query", "headers", "body"}``):
+direct prediction through ``DirectPredict.answer`` on a parsed request like gunicorn's, the app through Flask's test client. Prints
+one JSON object a case: the direct answer (or null: passed on to the app) and the app's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Request:
-    """What the lane reads of gunicorn's parsed request."""
+    """What direct prediction reads of gunicorn's parsed request."""
 
     def __init__(self, case: dict):
         self.method, self.path, self.query = case.get("method", "POST"), case["path"], case.get("query", "")
@@ -34,9 +34,9 @@ def main(model_uri: str, cases_file: str) -> None:
     from seldon_core import wrapper
 
     from freestack_server import request_checks
+    from freestack_server.direct_predict import DirectPredict
     from freestack_server.lighter_flask import faster_json, lighter_flask
     from freestack_server.metrics import BufferedSeldonMetrics
-    from freestack_server.predict_lane import PredictLane
     from freestack_server.seldon_model import Model
 
     model = Model(model_uri=model_uri)
@@ -46,10 +46,10 @@ def main(model_uri: str, cases_file: str) -> None:
     request_checks.install(app, max_body=1 << 20, inputs=model.inputs())
     lighter_flask(app)
     faster_json(app)
-    lane = PredictLane(model, metrics, inputs=model.inputs(), json_dumps=app.json.dumps)
+    direct = DirectPredict(model, metrics, inputs=model.inputs(), json_dumps=app.json.dumps)
     client = app.test_client()
     for case in json.loads(Path(cases_file).read_text()):
-        answer = lane.answer(Request(case))
+        answer = direct.answer(Request(case))
         url = case["path"] + (f"?{case['query']}" if case.get("query") else "")
         resp = client.open(
             url,
@@ -67,7 +67,7 @@ def main(model_uri: str, cases_file: str) -> None:
         }
         if answer is not None:
             status, headers, body = answer
-            out["lane"] = {"status": status, "headers": headers, "body": body.decode()}
+            out["direct"] = {"status": status, "headers": headers, "body": body.decode()}
         print(json.dumps(out), flush=True)
 
 
