@@ -1,8 +1,8 @@
 """Seldon Core v1 on Kubernetes: apply SeldonDeployments, follow their rollout, move canary traffic.
 
 The deploy stage's Kubernetes target, over the cncf.kubernetes provider's ``KubernetesHook`` (its
-connection says which cluster and which credentials); the manifests themselves are
-:mod:`freestack.serving.manifests`::
+connection says which cluster and which credentials) through :mod:`freestack.kube.api`'s session, as the
+train stage reaches its PyTorchJobs; the manifests themselves are :mod:`freestack.serving.manifests`::
 
     stored = apply(manifest, conn_id)        # create, or replace carrying resourceVersion
     # ... SeldonDeploymentAvailableTrigger waits for status.state == Available ...
@@ -21,11 +21,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
+from freestack.kube.api import (
+    Session,
+    answer_detail,
+    resource_type_missing,
+    status_body,
+    unreachable_text,
+)
+from freestack.kube.api import api_session as kube_session
+from freestack.kube.api import delete as kube_delete
+from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY, label_value
 from freestack.serving.manifests import (
     CANARY,
     CANARY_URI_KEY,
@@ -34,13 +44,10 @@ from freestack.serving.manifests import (
     ENV_URI,
     GROUP,
     MAIN,
-    MANAGED_BY,
-    MANAGED_BY_KEY,
     MODEL_URI_KEY,
     PLURAL,
     VERSION,
     VERSION_KEY,
-    label_value,
     predictor_env,
     predictor_version,
     split_predictors,
@@ -63,36 +70,6 @@ class KubernetesUnavailable(DeployError):
 # talking to the API server
 
 
-def _status_body(body: Any) -> dict[str, Any] | None:
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return None
-    return body if isinstance(body, dict) else None
-
-
-def _resource_type_missing(status: int | None, body: Any) -> bool:
-    """A 404 that is about the resource type (Seldon's CRD not installed), not about one object."""
-    if status != 404:
-        return False
-    doc = _status_body(body)
-    if doc is None:  # "404 page not found": the API group is not served at all
-        return True
-    details = doc.get("details") or {}
-    return not details.get("name") and details.get("kind") != "namespaces"
-
-
-def object_missing(status: int | None, body: Any) -> bool:
-    """A 404 about the object itself (the type and the namespace exist)."""
-    if status != 404:
-        return False
-    details = (_status_body(body) or {}).get("details") or {}
-    return bool(details.get("name")) and details.get("kind") != "namespaces"
-
-
 def api_error(
     status: int | None,
     reason: str | None,
@@ -106,11 +83,7 @@ def api_error(
 ) -> DeployError:
     """The error to raise for an API server answer (sync and async clients alike): what happened, where,
     and what to check."""
-    doc = _status_body(body)
-    detail = (
-        (doc or {}).get("message") or (body.decode() if isinstance(body, bytes) else body) or reason or ""
-    )
-    detail = str(detail).strip()
+    doc, detail = status_body(body), answer_detail(body, reason)
     head = (
         f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
         + f" to {action} SeldonDeployment {namespace}/{name}: {detail}"
@@ -138,7 +111,7 @@ def api_error(
                 f"{namespace}') or set deploy.kubernetes.namespace in the pipeline spec.",
                 status=status,
             )
-        if _resource_type_missing(status, body):
+        if resource_type_missing(status, body):
             return DeployError(
                 head + f". The cluster does not serve {CRD_NAME}: Seldon Core's CRD is not installed "
                 f"('kubectl get crd {CRD_NAME}' finds nothing). Install Seldon Core 1.17 (the "
@@ -177,54 +150,22 @@ def unreachable(
     exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
 ) -> KubernetesUnavailable:
     return KubernetesUnavailable(
-        f"cannot reach the Kubernetes API server {host} (connection {conn_id!r}) to {action} SeldonDeployment "
-        f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
-        f"connection's kube_config points at it ('kubectl cluster-info' with the same kubeconfig)."
+        unreachable_text(
+            exc,
+            kind="SeldonDeployment",
+            host=host,
+            conn_id=conn_id,
+            namespace=namespace,
+            name=name,
+            action=action,
+        )
     )
 
 
-class _Session:
-    """One API client for one object; ``action`` names what is being done, for error messages."""
+class _Session(Session):
+    """A session on one SeldonDeployment, which can also POST through the API server's service proxy."""
 
-    def __init__(self, api_client: Any, conn_id: str, namespace: str, name: str):
-        from kubernetes.client import CustomObjectsApi
-
-        self.api = CustomObjectsApi(api_client)
-        self.host = api_client.configuration.host
-        self.conn_id, self.namespace, self.name = conn_id, namespace, name
-        self.action = "reach"
-
-    def _args(self) -> tuple[str, str, str, str]:
-        return GROUP, VERSION, self.namespace, PLURAL
-
-    def read(self) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        self.action = "read"
-        try:
-            return self.api.get_namespaced_custom_object(*self._args(), self.name)
-        except ApiException as exc:
-            if object_missing(exc.status, exc.body):
-                return None
-            raise
-
-    def create(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        self.action = "create"
-        return self.api.create_namespaced_custom_object(*self._args(), body, **kw)
-
-    def replace(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        self.action = "replace"
-        return self.api.replace_namespaced_custom_object(*self._args(), self.name, body, **kw)
-
-    def merge_patch(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.action = "patch"
-        return self.api.patch_namespaced_custom_object(
-            *self._args(), self.name, body, _content_type="application/merge-patch+json"
-        )
-
-    def delete(self) -> dict[str, Any]:
-        self.action = "delete"
-        return self.api.delete_namespaced_custom_object(*self._args(), self.name)
+    group, version, plural = GROUP, VERSION, PLURAL
 
     def proxy_post(self, url: str, payload: Any, *, timeout: float) -> tuple[int, Any]:
         """POST ``payload`` to ``url`` on this API server (a service proxy path) with the connection's
@@ -254,47 +195,18 @@ class _Session:
             return code, raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
-@contextmanager
-def api_session(
-    conn_id: str,
-    namespace: str,
-    name: str,
-    *,
-    session_class: type[_Session] | None = None,
-    unavailable=None,
-    on_unreachable=None,
-    on_answer=None,
-) -> Iterator[_Session]:
-    """A session on the connection's cluster for one object; every failure inside becomes the error the
-    caller's factories make (default: this module's, about SeldonDeployments; the train stage passes its
-    own for PyTorchJobs)."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
-    unavailable, on_unreachable = unavailable or KubernetesUnavailable, on_unreachable or unreachable
-    on_answer = on_answer or api_error
-    try:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        api_client = KubernetesHook(conn_id=conn_id).get_conn()
-    except Exception as exc:  # connection missing, no kubeconfig, conflicting extras, bad YAML...
-        raise unavailable(
-            f"cannot load the Kubernetes configuration of connection {conn_id!r} ({type(exc).__name__}: {exc}). "
-            "Give the connection (conn_type kubernetes) exactly one of the extras kube_config_path, kube_config "
-            "(the kubeconfig inline) or in_cluster: true."
-        ) from exc
-    session = (session_class or _Session)(api_client, conn_id, namespace, name)
-    where = {"host": session.host, "conn_id": conn_id, "namespace": namespace, "name": name}
-    try:
-        yield session
-    except ApiException as exc:
-        if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
-            raise on_unreachable(exc, action=session.action, **where) from exc
-        raise on_answer(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
-    except (HTTPError, OSError) as exc:
-        raise on_unreachable(exc, action=session.action, **where) from exc
-    finally:
-        api_client.close()
+def api_session(conn_id: str, namespace: str, name: str) -> AbstractContextManager[_Session]:
+    """A session on the connection's cluster for one SeldonDeployment (:func:`freestack.kube.api.api_session`):
+    every failure inside becomes a DeployError naming the API server, the object and what to check."""
+    return kube_session(
+        conn_id,
+        namespace,
+        name,
+        session_class=_Session,
+        unavailable=KubernetesUnavailable,
+        on_unreachable=unreachable,
+        on_answer=api_error,
+    )
 
 
 def _ident(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -360,19 +272,9 @@ def get(name: str, namespace: str, conn_id: str) -> dict[str, Any] | None:
         return s.read()
 
 
-def delete(name: str, namespace: str, conn_id: str, *, session=api_session) -> bool:
-    """Delete the SeldonDeployment (or, through another ``session``, another object); False when there
-    was none."""
-    from kubernetes.client.exceptions import ApiException
-
-    with session(conn_id, namespace, name) as s:
-        try:
-            s.delete()
-        except ApiException as exc:
-            if object_missing(exc.status, exc.body):
-                return False
-            raise
-        return True
+def delete(name: str, namespace: str, conn_id: str) -> bool:
+    """Delete the SeldonDeployment; False when there was none."""
+    return kube_delete(name, namespace, conn_id, session=api_session)
 
 
 def _update(
@@ -649,7 +551,6 @@ __all__ = [
     "delete",
     "finish_rollout",
     "get",
-    "object_missing",
     "promote_canary",
     "rollback_canary",
     "set_traffic",

@@ -20,6 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError, FreestackError
+from freestack.kube.manifests import (
+    DNS1035_LABEL,
+    DNS1123_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+    QUALIFIED_KEY,
+    ManifestInvalid,
+    crd_schema,
+    label_value,
+    listed,
+    named,
+    strict_validator,
+    violations,
+)
 from freestack.settings import checkout_dir, settings
 
 if TYPE_CHECKING:
@@ -39,8 +53,6 @@ HTTP_PORT = 9000
 GRPC_PORT = 9500
 HEALTH_PATH = "/health/ping"
 
-MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "freestack"
 MODEL_KEY = "freestack.io/model"
 VERSION_KEY = "freestack.io/version"
 CANARY_VERSION_KEY = "freestack.io/canary-version"
@@ -55,31 +67,11 @@ ENV_VERSION = "FREESTACK_MODEL_VERSION"
 ENV_NAME = "FREESTACK_MODEL_NAME"
 
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-_QUALIFIED_KEY = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
-)
-
-
-class ManifestInvalid(FreestackError, ValueError):
-    """A manifest does not match the SeldonDeployment CRD. ``violations`` holds (JSON path, message)."""
-
-    def __init__(self, message: str, violations: list[tuple[str, str]]):
-        super().__init__(message)
-        self.violations = violations
+_DNS1123_LABEL = re.compile(DNS1123_LABEL)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # manifests
-
-
-def label_value(value: Any) -> str:
-    """``value`` made a valid Kubernetes label value: at most 63 of ``[A-Za-z0-9_.-]``, alphanumeric at both
-    ends (other characters become ``-``). The exact value goes into an annotation next to it."""
-    v = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(value))[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", v)
 
 
 def _server_env(
@@ -268,7 +260,7 @@ def build_manifest(
         annotations[CANARY_VERSION_KEY] = canary_version
         annotations[CANARY_URI_KEY] = canary_uri
     for key, value in (labels or {}).items():
-        if not re.match(_QUALIFIED_KEY, str(key)) or len(str(key)) > 316:
+        if not re.match(QUALIFIED_KEY, str(key)) or len(str(key)) > 316:
             raise ValueError(
                 f"label key {key!r} is not a valid Kubernetes label key ([prefix/]name; name at most 63 of "
                 "letters, digits, '-', '_', '.')"
@@ -390,110 +382,15 @@ def default_crd_path() -> Path:
     return next((p for p in candidates if p.is_file()), candidates[0])
 
 
-def _convert(node: Any, strict: bool) -> Any:
-    """A Kubernetes structural schema node as plain JSON Schema (draft 7).
-
-    - ``x-kubernetes-int-or-string: true`` accepts an integer or a string (any ``pattern`` applies to strings);
-    - ``nullable: true`` also accepts null;
-    - with ``strict``, objects that list ``properties`` reject unknown fields (as ``kubectl --validate=strict``
-      and ``fieldValidation=Strict`` do) unless they say ``x-kubernetes-preserve-unknown-fields``.
-    """
-    if not isinstance(node, dict):
-        return node
-    out = {k: v for k, v in node.items() if k != "description"}
-    if isinstance(out.get("properties"), dict):
-        out["properties"] = {k: _convert(v, strict) for k, v in out["properties"].items()}
-    if isinstance(out.get("items"), dict):
-        out["items"] = _convert(out["items"], strict)
-    if isinstance(out.get("additionalProperties"), dict):
-        out["additionalProperties"] = _convert(out["additionalProperties"], strict)
-    for kw in ("anyOf", "allOf", "oneOf"):
-        if isinstance(out.get(kw), list):
-            out[kw] = [_convert(s, strict) for s in out[kw]]
-    if isinstance(out.get("not"), dict):
-        out["not"] = _convert(out["not"], strict)
-    if out.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
-    if out.get("nullable") and "type" in out:
-        t = out["type"]
-        out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
-        if isinstance(out.get("enum"), list):
-            out["enum"] = [*out["enum"], None]
-    if (
-        strict
-        and out.get("type") == "object"
-        and "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-def _object_meta_schema() -> dict[str, Any]:
-    # The CRD leaves metadata open (``type: object``): the API server checks it. Check what a deploy sets.
-    return {
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
-            "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern},
-            "labels": {
-                "type": "object",
-                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
-                "additionalProperties": {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE},
-            },
-            "annotations": {
-                "type": "object",
-                "propertyNames": {"pattern": _QUALIFIED_KEY, "maxLength": 316},
-                "additionalProperties": {"type": "string"},
-            },
-            "resourceVersion": {"type": "string"},
-            "generation": {"type": "integer"},
-            "uid": {"type": "string"},
-        },
-    }
-
-
 @lru_cache(maxsize=4)
 def _validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
-    import jsonschema
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            docs = [d for d in yaml.load_all(fh, Loader=loader) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise FreestackError(f"cannot read the SeldonDeployment CRD {path}: {exc}") from None
-    crd = next((d for d in docs if d.get("kind") == "CustomResourceDefinition"), None)
-    versions = ((crd or {}).get("spec") or {}).get("versions") or []
-    version = next((v for v in versions if v.get("name") == VERSION), None)
-    schema = ((version or {}).get("schema") or {}).get("openAPIV3Schema")
-    if not schema:
-        raise FreestackError(
-            f"{path} is not the SeldonDeployment CRD with an openAPIV3Schema for version {VERSION}; "
-            f"point {CRD_ENV} at seldondeployment-crd.yaml from Seldon Core 1.17"
-        )
-    schema = _convert(schema, strict=True)
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-    props = schema.setdefault("properties", {})
-    props["apiVersion"] = {"const": API_VERSION}
-    props["kind"] = {"const": KIND}
-    props["metadata"] = _object_meta_schema()
-    props["status"] = {"type": "object"}  # the controller's to write: accepted as it is on a stored object
-    schema["additionalProperties"] = False
-
-    def _int_range(bits: int):
-        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        return lambda v: not isinstance(v, int) or isinstance(v, bool) or lo <= v <= hi
-
-    checker = jsonschema.FormatChecker(formats=())
-    checker.checks("int32")(_int_range(32))
-    checker.checks("int64")(_int_range(64))
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    return cls(schema, format_checker=checker)
+    schema = crd_schema(
+        path,
+        VERSION,
+        "the SeldonDeployment CRD",
+        f"; point {CRD_ENV} at seldondeployment-crd.yaml from Seldon Core 1.17",
+    )
+    return strict_validator(schema, api_version=API_VERSION, kind=KIND)
 
 
 def _semantic_violations(manifest: dict[str, Any]) -> list[tuple[str, str]]:
@@ -540,34 +437,15 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
             f"the SeldonDeployment CRD is not at {path}: set {CRD_ENV} to the path of seldondeployment-crd.yaml "
             "(Seldon Core 1.17), or restore include/serving/seldondeployment-crd.yaml in the checkout"
         ) from None
-    validator = _validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    violations = sorted(
-        ((e.json_path, e.message) for e in validator.iter_errors(manifest)), key=lambda v: (v[0], v[1])
-    )
-    if not violations:
-        violations = _semantic_violations(manifest)
-    if violations:
+    problems = violations(_validator(str(path.resolve()), st.st_mtime_ns, st.st_size), manifest)
+    problems = problems or _semantic_violations(manifest)
+    if problems:
         raise ManifestInvalid(
-            f"SeldonDeployment {_named(manifest)} does not match the Seldon Core v1 CRD ({path}):\n"
-            + _listed(violations)
+            f"SeldonDeployment {named(manifest)} does not match the Seldon Core v1 CRD ({path}):\n"
+            + listed(problems)
             + "\nFix the deploy: block of the pipeline spec (or the manifest) and deploy again.",
-            violations,
+            problems,
         )
-
-
-def _named(manifest: Any) -> str:
-    """``namespace/name`` of a manifest, ``?`` for what it lacks."""
-    meta = manifest.get("metadata") if isinstance(manifest, dict) else None
-    meta = meta if isinstance(meta, dict) else {}
-    return f"{meta.get('namespace', '?')}/{meta.get('name', '?')}"
-
-
-def _listed(violations: list[tuple[str, str]], limit: int = 25) -> str:
-    """One ``  path: message`` line per violation, the first ``limit`` of them."""
-    shown = [f"  {p}: {m}" for p, m in violations[:limit]]
-    if len(violations) > limit:
-        shown.append(f"  ... and {len(violations) - limit} more")
-    return "\n".join(shown)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -575,8 +453,6 @@ def _listed(violations: list[tuple[str, str]], limit: int = 25) -> str:
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 KSERVE_KIND = "InferenceService"
-#: what KServe's webhook requires of an InferenceService name (it must start with a letter)
-_KSERVE_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 def default_kserve_crd_path() -> Path:
@@ -587,41 +463,11 @@ def default_kserve_crd_path() -> Path:
 @lru_cache(maxsize=2)
 def _kserve_validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
     """The v1beta1 schema as strict JSON Schema, like the SeldonDeployment one: unknown fields refused,
-    metadata checked as the API server and KServe's webhook would (the CRD leaves it open)."""
-    import jsonschema
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            docs = [d for d in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise FreestackError(f"cannot read the InferenceService CRD {path}: {exc}") from None
-    crd_spec = next((d.get("spec") or {} for d in docs if d.get("kind") == "CustomResourceDefinition"), {})
-    version = next((v for v in crd_spec.get("versions") or [] if v.get("name") == "v1beta1"), {})
-    schema = (version.get("schema") or {}).get("openAPIV3Schema")
-    if not schema:
-        raise FreestackError(f"{path} is not KServe's InferenceService CRD with a v1beta1 openAPIV3Schema")
-    schema = _convert(schema, strict=True)
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-    meta = _object_meta_schema()
-    meta["properties"]["name"] = {"type": "string", "maxLength": 63, "pattern": _KSERVE_NAME}
-    schema["properties"].update(
-        apiVersion={"const": KSERVE_API_VERSION},
-        kind={"const": KSERVE_KIND},
-        metadata=meta,
-        status={"type": "object"},
+    metadata checked as the API server and KServe's webhook would (a name starting with a letter)."""
+    schema = crd_schema(path, "v1beta1", "KServe's InferenceService CRD")
+    return strict_validator(
+        schema, api_version=KSERVE_API_VERSION, kind=KSERVE_KIND, name_pattern=DNS1035_LABEL
     )
-    schema["additionalProperties"] = False
-    checker = jsonschema.FormatChecker(formats=())
-    checker.checks("int32")(_fits_bits(32))
-    checker.checks("int64")(_fits_bits(64))
-    return jsonschema.Draft7Validator(schema, format_checker=checker)
-
-
-def _fits_bits(bits: int):
-    """The CRD's ``format: int32`` / ``int64``: an integer the API server can store in that many bits."""
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return lambda v: not isinstance(v, int) or isinstance(v, bool) or lo <= v <= hi
 
 
 def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.PathLike | None = None) -> None:
@@ -635,13 +481,12 @@ def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.Path
         raise FreestackError(
             f"KServe's InferenceService CRD is not at {path}: restore include/serving/kserve-inferenceservice-crd.yaml"
         ) from None
-    validator = _kserve_validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    violations = sorted((e.json_path, e.message) for e in validator.iter_errors(manifest))
-    if violations:
+    problems = violations(_kserve_validator(str(path.resolve()), st.st_mtime_ns, st.st_size), manifest)
+    if problems:
         raise ManifestInvalid(
-            f"InferenceService {_named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n"
-            + _listed(violations),
-            violations,
+            f"InferenceService {named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n"
+            + listed(problems),
+            problems,
         )
 
 

@@ -149,7 +149,7 @@ class CustomObjectTrigger(BaseTrigger):
         import aiohttp
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        from freestack.serving.k8s import object_missing
+        from freestack.kube.api import object_missing
 
         try:
             obj = await self._read(hook)

@@ -10,9 +10,10 @@ follows it to the end, then returns the outcome rank 0 left (as the local launch
                  ->  status.conditions: Created, Running, Succeeded | Failed
                  ->  outcome.json beside launch.json (written by rank 0)
 
-The API is reached as the deploy stage reaches it (:mod:`freestack.serving.k8s`): the cncf.kubernetes
-provider's ``KubernetesHook`` and its connection, the same session class on another resource, and errors
-that name the API server, the connection, the namespace, the job and what to check.
+The API is reached as the deploy stage reaches its SeldonDeployments (:mod:`freestack.serving.k8s`), through
+:mod:`freestack.kube.api`: the cncf.kubernetes provider's ``KubernetesHook`` and its connection, one
+session class per resource, and errors that name the API server, the connection, the namespace, the job
+and what to check. The manifests themselves are :mod:`freestack.train.manifests`.
 
 Light at import: ``kubernetes`` and Airflow are imported inside the functions.
 """
@@ -26,16 +27,18 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from freestack.serving.k8s import (
-    _resource_type_missing,
-    _Session,
-    _status_body,
+from freestack.kube.api import (
+    Session,
+    answer_detail,
     api_session,
     delete,
+    resource_type_missing,
+    status_body,
+    unreachable_text,
 )
-from freestack.serving.manifests import MANAGED_BY, MANAGED_BY_KEY
+from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY
 from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
-from freestack.train.kubernetes import (
+from freestack.train.manifests import (
     CRD_NAME,
     DEFAULT_SECRETS,
     GROUP,
@@ -89,7 +92,7 @@ class PyTorchJobUnavailable(PyTorchJobError):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# talking to the API server (freestack.serving.k8s's session, on pytorchjobs.kubeflow.org)
+# talking to the API server (freestack.kube.api's session, on pytorchjobs.kubeflow.org)
 
 
 def _api_error(
@@ -104,9 +107,7 @@ def _api_error(
     action: str,
 ) -> PyTorchJobError:
     """The error for an API server answer: what happened, where, and what to check."""
-    doc = _status_body(body) or {}
-    raw = body.decode() if isinstance(body, bytes) else body
-    detail = str(doc.get("message") or raw or reason or "").strip()
+    doc, detail = status_body(body) or {}, answer_detail(body, reason)
     head = f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
     head += f" to {action} {KIND} {namespace}/{name}: {detail}"
     cls, hint = _hint(status, body, doc, detail, conn_id=conn_id, namespace=namespace)
@@ -133,7 +134,7 @@ def _hint(
             f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace {namespace}') or set "
             "train.distributed.namespace in the pipeline spec."
         )
-    if _resource_type_missing(status, body):
+    if resource_type_missing(status, body):
         return PyTorchJobError, (
             f". The cluster does not serve {CRD_NAME}: the Kubeflow Training Operator (v1) is not installed "
             f"('kubectl get crd {CRD_NAME}' finds nothing). Install it, or point the connection at a cluster "
@@ -162,17 +163,16 @@ def _unreachable(
     exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
 ) -> PyTorchJobError:
     return PyTorchJobUnavailable(
-        f"cannot reach the Kubernetes API server {host} (connection {conn_id!r}) to {action} {KIND} "
-        f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
-        "connection's kube_config points at it ('kubectl cluster-info' with the same kubeconfig)."
+        unreachable_text(
+            exc, kind=KIND, host=host, conn_id=conn_id, namespace=namespace, name=name, action=action
+        )
     )
 
 
-class _JobSession(_Session):
-    """The deploy stage's session for one object, on ``pytorchjobs.kubeflow.org``."""
+class _JobSession(Session):
+    """A session on one PyTorchJob (``pytorchjobs.kubeflow.org``)."""
 
-    def _args(self) -> tuple[str, str, str, str]:
-        return GROUP, VERSION, self.namespace, PLURAL
+    group, version, plural = GROUP, VERSION, PLURAL
 
     def delete(self) -> dict[str, Any]:
         """Foreground: the job goes only after its pods, so a new job of the same name never meets them."""

@@ -290,7 +290,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def on_kill(self) -> None:
         """A killed task deletes its run's PyTorchJob (best effort) rather than leave its GPUs busy."""
         from freestack.train.k8s import delete_job
-        from freestack.train.kubernetes import job_name
+        from freestack.train.manifests import job_name
 
         run_key = getattr(self, "_run_key", None)  # set by execute: nothing was submitted before
         with contextlib.suppress(Exception):

@@ -21,7 +21,7 @@ from typing import Any
 
 from freestack.serving.triggers import CustomObjectTrigger
 from freestack.train import k8s
-from freestack.train.kubernetes import GROUP, KIND, PLURAL, VERSION
+from freestack.train.manifests import GROUP, KIND, PLURAL, VERSION
 
 
 class PyTorchJobFinishedTrigger(CustomObjectTrigger):

@@ -19,7 +19,7 @@ from freestack.spec import load_spec
 from freestack.storage import join, to_path, write_bytes
 from freestack.tracking.wandb import WandbSettings
 from freestack.train import k8s
-from freestack.train import kubernetes as kube_job
+from freestack.train import manifests as kube_job
 from freestack.train.core import TrainRequest, places
 from freestack.train.distributed import Launch, LaunchError
 from tests.fakes.k8s_api import FakeTrainingAPI

@@ -1,7 +1,8 @@
 """Kubeflow Training Operator ``PyTorchJob`` manifests for ``train.distributed`` with ``launcher: kubernetes``:
 built from the spec, validated against the operator's CRD before they reach a cluster.
 
-Pure functions over plain dicts (no Airflow); creating and following the job is :mod:`freestack.train.k8s`::
+Pure functions over plain dicts (no Airflow), as the deploy stage's :mod:`freestack.serving.manifests`;
+creating and following the job is :mod:`freestack.train.k8s`::
 
     name = job_name(spec.name, req.run_key)        # the same for every attempt of a run
     manifest = pytorchjob_manifest(spec, name=name, launch_uri=str(launch_path), run_id=rendezvous_id(...))
@@ -31,16 +32,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
-from freestack.serving.manifests import (
+from freestack.kube.manifests import (
+    DNS1035_LABEL,
     MANAGED_BY,
     MANAGED_BY_KEY,
     ManifestInvalid,
-    _convert,
-    _fits_bits,
-    _listed,
-    _named,
-    _object_meta_schema,
+    crd_schema,
     label_value,
+    listed,
+    named,
+    strict_validator,
+    violations,
 )
 from freestack.settings import checkout_dir
 
@@ -79,7 +81,6 @@ TTL_AFTER_FINISHED_SECONDS = 24 * 3600
 #: pods are ``<job>-worker-<i>`` (a DNS-1035 label of at most 63): room for 1023 workers
 MAX_JOB_NAME = 63 - len("-worker-1023")
 
-_DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 _NPROC = re.compile(r"^([1-9][0-9]*|auto|cpu|gpu)$")
 
 
@@ -243,43 +244,12 @@ def default_crd_path() -> Path:
     return checkout_dir() / "include" / "training" / "pytorchjob-crd.yaml"
 
 
-def _crd_schema(path: str) -> dict[str, Any]:
-    """The v1 ``openAPIV3Schema`` of the CRD file."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            docs = [d for d in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if d]
-    except (OSError, yaml.YAMLError) as exc:
-        raise FreestackError(f"cannot read the PyTorchJob CRD {path}: {exc}") from None
-    crd = next((d.get("spec") or {} for d in docs if d.get("kind") == "CustomResourceDefinition"), {})
-    version = next((v for v in crd.get("versions") or [] if v.get("name") == VERSION), {})
-    schema = (version.get("schema") or {}).get("openAPIV3Schema")
-    if not schema:
-        raise FreestackError(
-            f"{path} is not the Training Operator's PyTorchJob CRD with a {VERSION} openAPIV3Schema"
-        )
-    return schema
-
-
 @lru_cache(maxsize=2)
 def _validator(path: str, mtime_ns: int, size: int):  # the file's identity keys the cache
-    """The schema as strict JSON Schema, as the serving manifests are checked (unknown fields refused), with
-    metadata checked as the API server and the operator's webhook would (a DNS-1035 name)."""
-    import jsonschema
-
-    schema = _convert(_crd_schema(path), strict=True)
-    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata", "spec"})
-    meta = _object_meta_schema()
-    meta["properties"]["name"] = {"type": "string", "maxLength": 63, "pattern": _DNS1035_LABEL}
-    schema["properties"].update(
-        apiVersion={"const": API_VERSION}, kind={"const": KIND}, metadata=meta, status={"type": "object"}
-    )
-    schema["additionalProperties"] = False
-    checker = jsonschema.FormatChecker(formats=())
-    checker.checks("int32")(_fits_bits(32))
-    checker.checks("int64")(_fits_bits(64))
-    return jsonschema.Draft7Validator(schema, format_checker=checker)
+    """The CRD's v1 schema as strict JSON Schema, as the serving manifests are checked (unknown fields
+    refused), with metadata checked as the API server and the operator's webhook would (a DNS-1035 name)."""
+    schema = crd_schema(path, VERSION, "the Training Operator's PyTorchJob CRD")
+    return strict_validator(schema, api_version=API_VERSION, kind=KIND, name_pattern=DNS1035_LABEL)
 
 
 def _replica_violations(rtype: str, replica: Any) -> list[tuple[str, str]]:
@@ -326,16 +296,14 @@ def validate_pytorchjob(manifest: dict[str, Any], crd_path: str | os.PathLike | 
         raise FreestackError(
             f"the PyTorchJob CRD is not at {path}: restore include/training/pytorchjob-crd.yaml"
         ) from None
-    validator = _validator(str(path.resolve()), st.st_mtime_ns, st.st_size)
-    violations = sorted((e.json_path, e.message) for e in validator.iter_errors(manifest))
-    if not violations:
-        violations = _semantic_violations(manifest)
-    if violations:
+    problems = violations(_validator(str(path.resolve()), st.st_mtime_ns, st.st_size), manifest)
+    problems = problems or _semantic_violations(manifest)
+    if problems:
         raise ManifestInvalid(
-            f"PyTorchJob {_named(manifest)} does not match the Training Operator's {VERSION} CRD ({path}):\n"
-            + _listed(violations)
+            f"PyTorchJob {named(manifest)} does not match the Training Operator's {VERSION} CRD ({path}):\n"
+            + listed(problems)
             + "\nFix the train.distributed block of the pipeline spec (or the manifest).",
-            violations,
+            problems,
         )
 
 

@@ -1,0 +1,12 @@
+"""Kubernetes custom objects, as every stage that runs something on a cluster reaches them: the train
+stage's PyTorchJobs and the deploy stage's SeldonDeployments (and KServe InferenceServices).
+
+- :mod:`freestack.kube.manifests`: pure helpers for manifests (label values, the managed-by label) and
+  for checking them against a CRD before they reach a cluster (strict JSON Schema, violations by path);
+- :mod:`freestack.kube.api`: one session on a custom object through the cncf.kubernetes provider's
+  ``KubernetesHook``, every failure turned into the error its stage words (API server, connection,
+  namespace, object and what to check).
+
+Each stage keeps its own kind's manifests and API calls (``<stage>/manifests.py`` and ``<stage>/k8s.py``);
+this package sits below both, so neither stage imports the other for them.
+"""
