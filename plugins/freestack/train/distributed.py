@@ -106,7 +106,7 @@ def launch(
         config.rdzv_endpoint,
     )
     try:
-        with _rank_environment(spec, tracking_settings, environment or {}, threads):
+        with _launch_environment(spec, tracking_settings, environment or {}, threads):
             elastic_launch(config, sys.executable)("-m", "freestack.train.distributed", str(path))
     except ChildFailedError as exc:
         raise LaunchError(_failure_text(exc, d.timeout_seconds)) from None
@@ -153,10 +153,13 @@ def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
     return d.threads_per_process or share(threads or cores(), d.processes_per_node)
 
 
-def _rank_environment(
+def _launch_environment(
     spec: PipelineSpec, tracking_settings, environment: dict[str, str], threads: int | None
 ):
-    """The ranks' environment: their CPU threads and the W&B key (never written to the launch file)."""
+    """This process's environment while it launches the ranks (they inherit it): ``environment`` (Airflow's
+    settings and connections for them, from
+    :func:`freestack.train.operators.airflow_environment_of_ranks`), their CPU threads and the W&B key (never
+    written to the launch file)."""
     from freestack.settings import environment as with_environment
 
     per_rank = rank_threads(spec, threads)

@@ -235,7 +235,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             req,
             tracking_settings,
             node_rank=self.node_rank,
-            environment=rank_environment(spec),
+            environment=airflow_environment_of_ranks(spec),
             threads=self.threads,
         )
 
@@ -334,7 +334,7 @@ def _permanent_fails() -> Iterator[None]:
         raise
 
 
-def rank_environment(spec) -> dict[str, str]:
+def airflow_environment_of_ranks(spec) -> dict[str, str]:
     """What the ranks, processes of their own beside the task, need of Airflow: a database URL they can
     parse (a task's is blocked on purpose, and the ranks never use one) and the storage root's connection as
     an ``AIRFLOW_CONN_<ID>`` variable (Airflow's own way to give a process a connection)."""
