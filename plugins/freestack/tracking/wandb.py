@@ -33,6 +33,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from freestack.errors import FreestackError
 from freestack.settings import project_home
+from freestack.storage import to_path
+from freestack.tracking.offline import write_card
 
 log = logging.getLogger(__name__)
 #: wandb's own terminal messages, at their level (info, warning, error); see :func:`route_console`
@@ -340,8 +342,6 @@ class TrackingRun:
         try:
             import wandb
 
-            from freestack.storage import to_path
-
             local = Path(self.run_dir or ".") / "freestack" / f"{_artifact_name(key)}.png"
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(to_path(uri).read_bytes())
@@ -568,8 +568,6 @@ def start_run(
     tracking = TrackingRun(run, mode="offline", project=project, entity=settings.entity)
     if tracking.run_dir:  # for the list of offline runs (freestack.ui.wandb_pages)
         from datetime import UTC, datetime
-
-        from freestack.tracking.offline import write_card
 
         card = {k: v for k, v in kwargs.items() if k not in ("config", "run_id")}
         card.update(
