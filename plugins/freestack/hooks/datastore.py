@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk.bases.hook import BaseHook
 
 from freestack.storage.connection import CONN_TYPE, DEFAULT_CONN_ID, DataStoreConfig, store_config
+from freestack.storage.datafs import DataFileSystem
 
 
 class DataStoreHook(BaseHook):
@@ -44,8 +45,6 @@ class DataStoreHook(BaseHook):
         return store_config(self.datastore_conn_id)
 
     def get_conn(self):
-        from freestack.storage.datafs import DataFileSystem
-
         return DataFileSystem.from_config(self.config)
 
     def test_connection(self) -> tuple[bool, str]:

@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk.bases.hook import BaseHook
 
 from freestack.errors import FreestackError
+from freestack.spec import load_spec
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,6 @@ class HubEnvironment:
     ``execute``, a pipeline whose spec uses the Hub gets the connection's settings (one lookup, only then)."""
 
     def pre_execute(self, context: Any) -> None:
-        from freestack.spec import load_spec
-
         super().pre_execute(context)  # type: ignore[misc]
         try:
             uses_hub = load_spec(self.spec_path).uses_hub  # type: ignore[attr-defined]
