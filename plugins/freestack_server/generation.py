@@ -29,6 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
 from freestack_server.errors import PayloadError
 from freestack_server.request_checks import GENERATION_HINT as SELDON_HINT
 
@@ -142,6 +145,111 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _refused(message: str) -> PydanticCustomError:
+    """A parameter's refusal: ``message`` is the 400's text as it stands (no "Value error, " before it)."""
+    return PydanticCustomError("generation_parameter", "{message}", {"message": message})
+
+
+def _bounds(info: ValidationInfo) -> Bounds:
+    return (info.context or {}).get("bounds") or Bounds()
+
+
+class GenerationParameters(BaseModel):
+    """A request's generation parameters, checked against the deployment's :class:`Bounds` (the
+    validation context's ``bounds``). Each field's rule and refusal is its own validator; values are taken
+    as JSON sends them (a number as text, or 1 for true, is refused, never coerced), and the fields are
+    checked in this order, the first refusal being the request's 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    do_sample: bool | None = None  #: ``false`` is greedy decoding (temperature 0), as in transformers
+    max_new_tokens: int  #: default: the bounds' default_max_new_tokens, within max_new_tokens
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
+        """The parameters under their own names (ALIASES), none unknown, and the default max_new_tokens."""
+        params = dict(data)
+        for alias, name in ALIASES.items():
+            if alias in params:
+                if name in params:
+                    raise _refused(f'"{alias}" and "{name}" are the same parameter: send one')
+                params[name] = params.pop(alias)
+        unknown = sorted(k for k in params if k not in PARAMETERS and k not in FLAGS)
+        if unknown:
+            raise _refused(
+                f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)}"
+            )
+        b = _bounds(info)
+        params.setdefault("max_new_tokens", min(b.default_max_new_tokens, b.max_new_tokens))
+        return params
+
+    @field_validator("do_sample", mode="plain")
+    @classmethod
+    def _flag(cls, v: Any, info: ValidationInfo) -> bool:
+        if type(v) is not bool:
+            raise _refused(f'"{info.field_name}" must be true or false, not {_kind(v)}')
+        return v
+
+    @field_validator("max_new_tokens", mode="plain")
+    @classmethod
+    def _max_new_tokens(cls, n: Any, info: ValidationInfo) -> int:
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if type(n) is not int or n < 1:
+            raise _refused(f'"max_new_tokens" must be a whole number of tokens, 1 or more, not {n!r}')
+        bound = _bounds(info).max_new_tokens
+        if n > bound:
+            raise _refused(
+                f"max_new_tokens {n} is over this deployment's bound of {bound} "
+                f"(deploy.generation.max_new_tokens): ask for at most {bound}"
+            )
+        return n
+
+    @field_validator("temperature", mode="plain")
+    @classmethod
+    def _temperature(cls, t: Any, info: ValidationInfo) -> float:
+        if info.data.get("do_sample") is False:
+            return 0.0
+        if not _number(t) or t < 0:
+            raise _refused(f'"temperature" must be a number, 0 (greedy) or more, not {t!r}')
+        if t < MIN_TEMPERATURE:  # dividing the logits by less overflows them: as good as greedy anyway
+            return 0.0
+        bound = _bounds(info).max_temperature
+        if t > bound:
+            raise _refused(
+                f"temperature {t:g} is over this deployment's bound of {bound:g} "
+                "(deploy.generation.max_temperature)"
+            )
+        return float(t)
+
+    @field_validator("top_p", mode="plain")
+    @classmethod
+    def _top_p(cls, p: Any) -> float:
+        if not _number(p) or not 0 < p <= 1:
+            raise _refused(f'"top_p" must be a number above 0 and at most 1, not {p!r}')
+        return float(p)
+
+    @field_validator("stop", mode="plain")
+    @classmethod
+    def _stop(cls, stop: Any, info: ValidationInfo) -> tuple[str, ...]:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise _refused('"stop" must be a string or a list of non-empty strings')
+        bound = _bounds(info).max_stop_strings
+        if len(stop) > bound:
+            raise _refused(
+                f"{len(stop)} stop strings; this deployment takes at most {bound} "
+                "(deploy.generation.max_stop_strings)"
+            )
+        if any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise _refused(f"a stop string is over {MAX_STOP_CHARS} characters: send shorter ones")
+        return tuple(stop)
+
+
 class Generator:
     """A version's causal LM, its tokenizer and chat columns, and the deployment's bounds: checks requests
     and answers them (:meth:`run`)."""
@@ -160,68 +268,21 @@ class Generator:
 
     # -- what a request may ask -------------------------------------------------------------------------
     def settings(self, params: Mapping[str, Any] | None):
-        """The generation settings of a request's ``params`` within the bounds; PayloadError (400) naming
-        the bound a parameter is beyond, or what to send."""
+        """The generation settings of a request's ``params`` within the bounds (:class:`GenerationParameters`);
+        PayloadError (400) naming the parameter, and the bound it is beyond or what to send."""
         from freestack.ml.generation import GenerationSettings
 
-        b = self.bounds
-        params = dict(params or {})
-        for alias, name in ALIASES.items():
-            if alias in params:
-                if name in params:
-                    raise PayloadError(f'"{alias}" and "{name}" are the same parameter: send one')
-                params[name] = params.pop(alias)
-        unknown = sorted(k for k in params if k not in PARAMETERS and k not in FLAGS)
-        if unknown:
-            raise PayloadError(
-                f"unknown generation parameters {unknown}: a request may set {', '.join(PARAMETERS)}"
-            )
-        for flag in FLAGS:
-            if flag in params and type(params[flag]) is not bool:
-                raise PayloadError(f'"{flag}" must be true or false, not {_kind(params[flag])}')
-        n = params.get("max_new_tokens", min(b.default_max_new_tokens, b.max_new_tokens))
-        if isinstance(n, float) and n.is_integer():
-            n = int(n)
-        if type(n) is not int or n < 1:
-            raise PayloadError(f'"max_new_tokens" must be a whole number of tokens, 1 or more, not {n!r}')
-        if n > b.max_new_tokens:
-            raise PayloadError(
-                f"max_new_tokens {n} is over this deployment's bound of {b.max_new_tokens} "
-                f"(deploy.generation.max_new_tokens): ask for at most {b.max_new_tokens}"
-            )
-        t = params.get("temperature", 0.0)
-        if params.get("do_sample") is False:
-            t = 0.0
-        if not _number(t) or t < 0:
-            raise PayloadError(f'"temperature" must be a number, 0 (greedy) or more, not {t!r}')
-        if t < MIN_TEMPERATURE:  # dividing the logits by less overflows them: as good as greedy anyway
-            t = 0.0
-        if t > b.max_temperature:
-            raise PayloadError(
-                f"temperature {t:g} is over this deployment's bound of {b.max_temperature:g} "
-                "(deploy.generation.max_temperature)"
-            )
-        p = params.get("top_p", 1.0)
-        if not _number(p) or not 0 < p <= 1:
-            raise PayloadError(f'"top_p" must be a number above 0 and at most 1, not {p!r}')
-        stop = params.get("stop", [])
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise PayloadError('"stop" must be a string or a list of non-empty strings')
-        if len(stop) > b.max_stop_strings:
-            raise PayloadError(
-                f"{len(stop)} stop strings; this deployment takes at most {b.max_stop_strings} "
-                "(deploy.generation.max_stop_strings)"
-            )
-        if any(len(s) > MAX_STOP_CHARS for s in stop):
-            raise PayloadError(f"a stop string is over {MAX_STOP_CHARS} characters: send shorter ones")
+        try:
+            checked = GenerationParameters.model_validate(dict(params or {}), context={"bounds": self.bounds})
+        except ValidationError as exc:  # the first parameter refused, in the order of the fields
+            raise PayloadError(exc.errors(include_url=False)[0]["msg"]) from None
         return GenerationSettings(
-            max_new_tokens=n,
-            temperature=float(t),
-            top_p=float(p),
-            stop=tuple(stop),
-            max_prompt_tokens=self._prompt_budget(n),
-            truncate=b.truncate,
+            max_new_tokens=checked.max_new_tokens,
+            temperature=checked.temperature,
+            top_p=checked.top_p,
+            stop=checked.stop,
+            max_prompt_tokens=self._prompt_budget(checked.max_new_tokens),
+            truncate=self.bounds.truncate,
         )
 
     def _prompt_budget(self, max_new_tokens: int) -> int:
