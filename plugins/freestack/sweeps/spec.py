@@ -195,20 +195,6 @@ def leaf_parameters(parameters: dict[str, Any], prefix: str = "") -> dict[str, d
     return out
 
 
-def sweep_window_days(sweep: SweepSpec | None) -> int:
-    """The widest window a trial of the sweep can ask for (0 when it does not tune window_days): the
-    training run's window holds every partition such a trial may read."""
-    if sweep is None:
-        return 0
-    widest = 0
-    for path, p in leaf_parameters(sweep.config()["parameters"]).items():
-        if path.rsplit(".", 1)[-1] != "window_days" or not isinstance(p, dict):
-            continue
-        candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
-        widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
-    return widest
-
-
 def grid_size(config: dict[str, Any]) -> int | None:
     """How many points a grid sweep has (None for random/bayes)."""
     if config.get("method") != "grid":
@@ -410,6 +396,17 @@ class SweepSpec(SpecModel):
         """The W&B sweep configuration as a plain mapping (the engine's and the W&B server's input)."""
         return self.model_dump(mode="json", exclude_none=True)
 
+    def widest(self, name: str) -> int:
+        """The largest whole value a trial can give the parameters called ``name`` (0 when the sweep does not
+        tune it): a training run's window is fixed wide enough for every ``window_days`` a trial may ask."""
+        widest = 0
+        for path, p in leaf_parameters(self.config()["parameters"]).items():
+            if path.rsplit(".", 1)[-1] != name or not isinstance(p, dict):
+                continue
+            candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
+            widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
+        return widest
+
 
 __all__ = [
     "ALL_EPOCH_METRICS",
@@ -428,6 +425,5 @@ __all__ = [
     "SweepSpec",
     "grid_size",
     "leaf_parameters",
-    "sweep_window_days",
     "validate",
 ]

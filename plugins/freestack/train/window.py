@@ -124,7 +124,6 @@ def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str
     this run may read, with the sha256 the ingest published for it (hashed here when it recorded none)."""
     from freestack.ingest.core import PART, lake_partitions, partition_dir, read_manifest
     from freestack.storage import join, sha256_of
-    from freestack.sweeps.spec import sweep_window_days
 
     if end_ds is None:
         landed = lake_partitions(spec)
@@ -134,7 +133,7 @@ def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str
                 f"`freestack backfill {spec.name} --start … --end …`) first"
             )
         end_ds, chosen = landed[-1], "newest"
-    bound = max(days, sweep_window_days(spec.sweep))
+    bound = max(days, spec.sweep.widest("window_days") if spec.sweep else 0)  # every window a trial may ask
     start = _minus_days(end_ds, bound)
     parts = []
     for ds in (d for d in lake_partitions(spec, until=end_ds) if d > start):

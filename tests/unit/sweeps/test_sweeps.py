@@ -40,6 +40,20 @@ def _run_local(spec, sweep_id, agents=1, **kw):
 # the sweep block
 
 
+def test_widest_is_the_largest_value_a_trial_can_give_a_parameter():
+    """A training run's window is fixed as wide as the widest window_days any trial may ask for."""
+    from freestack.sweeps.spec import SweepSpec
+
+    def sweep(parameters: dict) -> SweepSpec:
+        return SweepSpec.model_validate({"method": "random", "run_cap": 2, "parameters": parameters})
+
+    assert sweep({"learning_rate": LR}).widest("window_days") == 0
+    assert sweep({"window_days": {"values": [3, 14, 7]}}).widest("window_days") == 14
+    ranged = sweep({"window_days": {"distribution": "int_uniform", "min": 2, "max": 9}, "learning_rate": LR})
+    assert ranged.widest("window_days") == 9
+    assert sweep({"window_days": {"value": 5}}).widest("window_days") == 5
+
+
 @pytest.mark.parametrize(
     "sweep, expected",
     [
