@@ -24,8 +24,11 @@ from typing import Any
 
 from airflow.listeners import hookimpl
 
+from freestack.errors import SpecError
 from freestack.runtime import fits
 from freestack.serving.spec import deploy_pool
+from freestack.settings import pipelines_dir
+from freestack.spec import PipelineSpec, discover_specs, load_spec
 from freestack.sweeps.core import default_pool_slots
 from freestack.sweeps.spec import POOL
 
@@ -74,9 +77,6 @@ def ensure_deploy_pool(model: str, session: Any = None) -> bool:
 
 def spec_models() -> list[str]:
     """The model of every valid spec in the pipelines folder."""
-    from freestack.settings import pipelines_dir
-    from freestack.spec import PipelineSpec, discover_specs
-
     return sorted(
         {s.model_name for s in discover_specs(pipelines_dir()).values() if isinstance(s, PipelineSpec)}
     )
@@ -84,10 +84,6 @@ def spec_models() -> list[str]:
 
 def model_of_dag(dag_id: str) -> str | None:
     """The model whose deploy pool a DAG's tasks use: the spec named by ``<pipeline>_<kind>``."""
-    from freestack.errors import SpecError
-    from freestack.settings import pipelines_dir
-    from freestack.spec import load_spec
-
     stem, _, kind = dag_id.rpartition("_")
     if kind not in ("train", "rollback", "promote"):
         return None

@@ -156,6 +156,8 @@ def _warm_dag_building() -> bool:
     what the first build pays on top of later ones (spec and sweep-config validators, Airflow's operator
     machinery) is then paid here once, not in each task. Touches no connection, database or network,
     like the DAG file itself. False when there was no DAG to build."""
+    # imported here, not at the top: the Airflow plugin loads this module in every Airflow process, and
+    # only the scheduler that preloads should pay for every stage's operators
     from freestack.dags import build_all
 
     return bool(build_all({}))

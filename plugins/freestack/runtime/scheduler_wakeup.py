@@ -47,6 +47,7 @@ from airflow.listeners import hookimpl
 
 from freestack.runtime import fits, speedups_on
 from freestack.runtime.preload import is_scheduler
+from freestack.runtime.sqlite import fractional_now
 from freestack.settings import settings
 
 log = logging.getLogger(__name__)
@@ -210,8 +211,6 @@ class WakeListener:
                 "freestack: the scheduler wakes when a task ends (FREESTACK_SCHEDULER_WAKE=0 turns this off)"
             )
         # a run triggered now is due now, not at the next whole second (SQLite's CURRENT_TIMESTAMP)
-        from freestack.runtime.sqlite import fractional_now
-
         fractional_now()
 
 
