@@ -68,12 +68,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from freestack.dataapi.keys import KeyStore
 from freestack.dataapi.listing import DirectoryIndex
 from freestack.dataapi.listing import page as listing_page
+from freestack.dataapi.temporaries import Journal, Sweeper
+from freestack.dataapi.versions import Versions, VersionStore
 from freestack.errors import AccessDenied, FreestackError, StorageFull, UnsafePathError
 from freestack.settings import settings
 from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
+from freestack.storage.connection import embedded_default, store_config
+from freestack.storage.datafs import DataFileSystem, _Target
+from freestack.storage.objects import AtomicWriter
 from freestack.storage.paths import check_relative
+from freestack.storage.schemes import to_path
 
 log = logging.getLogger("freestack.dataapi")
 
@@ -127,8 +134,6 @@ def resolve_root(explicit: str | None = None) -> str:
     embedded default (the ``data_root`` setting or ``<home>/.freestack/data``)."""
     root = explicit or settings().data_api_root
     if not root:
-        from freestack.storage.connection import embedded_default, store_config
-
         try:
             config = store_config()
             root = None if config.is_remote_api else config.root
@@ -175,10 +180,6 @@ class _Service:
                 return self
             from fsspec.implementations.local import LocalFileSystem
 
-            from freestack.dataapi.keys import KeyStore
-            from freestack.dataapi.versions import Versions, VersionStore
-            from freestack.storage.schemes import to_path
-
             self.root = resolve_root(self.settings.root)
             backing = to_path(self.root)
             self.fs = backing.fs
@@ -197,8 +198,6 @@ class _Service:
         return self
 
     def _start_sweeper(self) -> None:
-        from freestack.dataapi.temporaries import Journal, Sweeper
-
         root = self.fs._strip_protocol(self.base)
         try:
             self.journal = Journal(root)
@@ -227,8 +226,6 @@ class _Service:
         (One per user, kept: building one costs more than most requests.)"""
         fs = self._per_user.get(user)
         if fs is None:
-            from freestack.storage.datafs import DataFileSystem
-
             fs = DataFileSystem(path=self.base, fs=self.fs, owner=user)
             if len(self._per_user) >= 1024:
                 self._per_user.clear()
@@ -786,9 +783,6 @@ def _size_of(f) -> int:
 
 def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent: bool):
     """Who is asking, may they write, is the name free: then the atomic writer (one thread hop)."""
-    from freestack.storage.datafs import _Target
-    from freestack.storage.objects import AtomicWriter
-
     user = _authenticate(svc, key)
     fs = svc.fs_for(user)
     resolved = fs.resolve(rel)

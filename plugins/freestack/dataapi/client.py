@@ -45,6 +45,9 @@ from enum import Enum
 from typing import Any
 
 from freestack.errors import FreestackError, UnsafePathError
+from freestack.storage import to_path
+from freestack.storage.acl import Acl, AclError
+from freestack.storage.objects import atomic_write, write_bytes
 from freestack.storage.paths import check_relative
 
 __all__ = [
@@ -144,8 +147,6 @@ def _to_datetime(info: dict[str, Any]) -> datetime | None:
 def _acl(acl: Any):
     """A freestack Acl from what Algorithmia code passes: an ``Algorithmia.acl.Acl`` (``to_api_param()``),
     a freestack Acl, a ``{"read": [...]}`` dict, or None."""
-    from freestack.storage.acl import Acl, AclError
-
     if acl is None or isinstance(acl, Acl):
         return acl
     if hasattr(acl, "to_api_param"):
@@ -173,8 +174,6 @@ class DataClient:
         return DataDirectory(self, dataUrl)
 
     def _path(self, rel: str):
-        from freestack.storage import to_path
-
         return to_path(SCHEME + rel, conn_id=self.conn_id)
 
     @property
@@ -392,8 +391,6 @@ class DataFile(DataObject):
 
     def put(self, data: str | bytes | bytearray | memoryview) -> DataFile:
         """Write a string (as UTF-8) or bytes, atomically. Returns self."""
-        from freestack.storage.objects import write_bytes
-
         if isinstance(data, str):
             data = data.encode("utf-8")
         elif isinstance(data, bytearray | memoryview):
@@ -413,8 +410,6 @@ class DataFile(DataObject):
 
     def putFile(self, path: str | os.PathLike) -> DataFile:  # noqa: N802
         """Upload a local file (streamed), atomically. Returns self."""
-        from freestack.storage.objects import atomic_write
-
         with open(path, "rb") as src:  # a missing local file raises FileNotFoundError, as in Algorithmia
             self._before_write()
             with self._storage_errors("write"), atomic_write(self.storage_path) as writer:

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from freestack.errors import FreestackError
+from freestack.settings import settings
 from freestack.storage.acl import check_user
 
 KEY_PREFIX = "fsk_"
@@ -52,8 +53,6 @@ class KeyError_(FreestackError):  # noqa: N801  (KeyError is a builtin)
 
 def default_keys_path() -> Path:
     """The ``data_api_keys`` setting, else ``<home>/.freestack/data-api/keys.sqlite``."""
-    from freestack.settings import settings
-
     current = settings()
     if current.data_api_keys:
         return current.data_api_keys.expanduser().resolve()

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from freestack.dataapi.app import DataApiSettings, create_app
+from freestack.dataapi.app import DataApiSettings, create_app, resolve_root
 
 MAX_HEAD_BYTES = 64 * 1024
 log = logging.getLogger("freestack.dataapi")
@@ -102,8 +102,6 @@ def serve(
 ) -> None:
     """Run the service until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     import uvicorn
-
-    from freestack.dataapi.app import resolve_root
 
     settings = settings or DataApiSettings()
     root = resolve_root(settings.root)  # fail now, with the message, rather than on the first request
