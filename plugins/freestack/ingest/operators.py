@@ -12,6 +12,15 @@ from typing import Any
 from airflow.sdk import Asset, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack.errors import (
+    AccessDenied,
+    LandingDataMissing,
+    QuarantineLimitExceeded,
+    SchemaDriftError,
+    SpecError,
+    UnsafePathError,
+)
+from freestack.ingest.triggers import LandingTrigger, _has_files
 from freestack.pipeline_operator import PipelineOperator
 
 
@@ -35,14 +44,7 @@ class IngestOperator(PipelineOperator):
         self.ds = ds
 
     def execute(self, context: Context) -> str:
-        from freestack.errors import (
-            AccessDenied,
-            LandingDataMissing,
-            QuarantineLimitExceeded,
-            SchemaDriftError,
-            SpecError,
-            UnsafePathError,
-        )
+        # ingest.core loads pyarrow: imported when the task runs, not when the DAG file is parsed
         from freestack.ingest.core import ingest_partition
 
         spec = self.pipeline_spec()
@@ -98,13 +100,12 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
         self.deferrable = deferrable
 
     def _uri(self) -> str:
+        # ingest.core loads pyarrow: imported when the task runs, not when the DAG file is parsed
         from freestack.ingest.core import landing_dir
 
         return str(landing_dir(self.pipeline_spec(), self.ds))
 
     def poke(self, context: Context) -> bool:
-        from freestack.ingest.triggers import _has_files
-
         return bool(_has_files(self._uri(), self.spec_path, self.ds))
 
     def execute(self, context: Context) -> Any:
@@ -112,7 +113,6 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
             return super().execute(context)
         if self.poke(context):
             return None
-        from freestack.ingest.triggers import LandingTrigger
 
         self.defer(
             trigger=LandingTrigger(

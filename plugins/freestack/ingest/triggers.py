@@ -8,17 +8,19 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from freestack.spec import load_spec
+from freestack.storage import list_objects, to_path
+
 
 def _has_files(uri: str, spec_path: str | None = None, ds: str | None = None) -> list[str]:
     """The interval's landing files as ingest reads them (the spec's table files, or an image folder's
     images), or, without a spec (a trigger deferred by an older version), any file in ``uri``. A 0-byte
     file has not arrived yet (a writer that creates the file before it writes shows one for a while)."""
     if spec_path and ds:
+        # ingest.core loads pyarrow, which the DAG file (through the operators) must not
         from freestack.ingest.core import landing_files
-        from freestack.spec import load_spec
 
         return [p.name for p in landing_files(load_spec(spec_path), ds) if p.stat().st_size]
-    from freestack.storage import list_objects, to_path
 
     return [p.name for p in list_objects(to_path(uri)) if not p.name.startswith("_")]
 
