@@ -15,8 +15,8 @@ PARAMS = ("learning_rate", "batch_size", "model.dropout")
 
 
 def _commit(folder, files: dict[str, bytes], at: str) -> None:
-    from freestack.registry.names import MARKER
     from freestack.storage import join, write_bytes
+    from freestack.version.files import MARKER
 
     for rel, data in files.items():
         write_bytes(join(folder, rel), data)

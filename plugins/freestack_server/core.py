@@ -11,7 +11,6 @@ format. Runs in the serving environments (no Airflow, no pandas).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from freestack.settings import settings
+from freestack.version.files import MARKER, PREPROCESSING
 from freestack_server.errors import PayloadError
 from freestack_server.requestlog import SMOKE_ID
 
@@ -108,7 +108,8 @@ class ServedModel:
         self.deployment = deployment or os.environ.get("SELDON_DEPLOYMENT_ID", "")
         self.cache_dir = str(config.serving_cache or tempfile.mkdtemp(prefix="freestack-model-"))
         self.net = None
-        self._marker: dict[str, Any] | None = None  # the version's registration manifest, once fetched
+        self.opened = None  # the version's records (freestack.version.folder.ModelVersion), once described
+        self.loaded = None  # the version loaded (freestack.version.loaded.LoadedVersion)
         self.ready = False
         self._described: dict[str, Any] | None = None
         self._local = threading.local()
@@ -121,30 +122,37 @@ class ServedModel:
 
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Model name, version, features and classes from the small JSON files: no torch involved, so it
-        is safe in a server's parent process before its workers fork."""
+        """Model name, version, features and classes from the small JSON files (read by
+        :func:`freestack.version.folder.open`, checked against the registration manifest): no torch involved, so
+        it is safe in a server's parent process before its workers fork."""
         if self._described is None:
-            from freestack_server.fetch import fetch_version, resolve_uri
+            from freestack import version
+            from freestack_server.fetch import FetchError, FetchSource, resolve_uri
 
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
             self.model_uri = resolve_uri(self.model_uri)
-            marker = fetch_version(
-                self.model_uri, self.cache_dir, names=("config.json", "preprocessing.json")
-            )
-            config = json.loads(open(os.path.join(self.cache_dir, "config.json")).read())
-            pre = json.loads(open(os.path.join(self.cache_dir, "preprocessing.json")).read())
+            opened = version.open(self.model_uri, FetchSource(self.model_uri))
+            if opened.manifest is None:
+                raise FetchError(
+                    f"{self.model_uri} is not a registered model version (no {MARKER}); deploy a version "
+                    "the registry committed"
+                )
+            if opened.preprocessing is None:
+                raise FetchError(f"{self.model_uri} has no {PREPROCESSING}; it was not written by freestack")
+            pre, config = opened.preprocessing, opened.config
+            self.opened = opened
             self._described = {
-                "model": marker.get("model") or "model",
-                "version": marker.get("version") or "unknown",
-                "task": pre.get("task") or config.get("task", "classification"),
-                "features": list(pre.get("features") or config.get("features") or []),
-                "classes": list(pre.get("classes") or config.get("classes") or []),
-                "target": pre.get("target") or "",
-                "config": config,
+                "model": opened.manifest.model or "model",
+                "version": opened.manifest.version or "unknown",
+                "task": pre.task or config.task or "classification",
+                "features": list(pre.features or config.features or []),
+                "classes": list(pre.classes or config.classes or []),
+                "target": pre.target or "",
+                "config": config.as_dict(),
                 # category / text / image columns: requests carry raw values (freestack.ml.features)
-                "encoder": pre.get("encoder"),
-                "chat": pre.get("chat"),  # a text-generation model's chat columns (freestack.ml.generation)
+                "encoder": pre.encoder,
+                "chat": pre.chat,  # a text-generation model's chat columns (freestack.ml.generation)
             }
         return self._described
 
@@ -155,24 +163,13 @@ class ServedModel:
     def load(self) -> None:
         import torch
 
-        from freestack.ml.features import TOKENIZER_FILE
-        from freestack.ml.models import load_pretrained
-        from freestack.registry.names import weight_files
-        from freestack_server.fetch import fetch_version, reader
-
         torch.set_num_threads(max(1, self.torch_threads))
         info = self.describe()
-        # the weights (or a fine-tuned model's adapter), and a custom model's own module.py, all checked
-        # against the registration manifest: the server imports that copy of the module
-        text = (TOKENIZER_FILE,) if (info["encoder"] or {}).get("text") else ()
-        self._marker = fetch_version(
-            self.model_uri, self.cache_dir, names=(*weight_files(info["config"]), *text)
-        )
-        net = load_pretrained(
-            self.cache_dir, read_base=lambda uri, name: reader(uri)(uri, name)
-        )  # an adapter's base
-        net.eval()
-        self.net = net
+        # every file of the version, checked against the registration manifest, into the cache (a custom
+        # model's module.py is imported from there), and the model built from it
+        loaded = self.opened.load("cpu", into=self.cache_dir)
+        self.loaded = loaded
+        self.net = loaded.model
         self.version = info["version"]
         self.features = info["features"]
         self.n_features = len(self.features) or int(info["config"].get("n_features", 0))
@@ -248,34 +245,28 @@ class ServedModel:
         )
 
     def _load_generation(self) -> None:
-        """A text-generation model's tokenizer (its chat template) and generation config, fetched with the
-        weights (:func:`freestack.registry.names.weight_files`), and the deployment's bounds."""
-        from freestack.ml.generation import load_tokenizer
-        from freestack_server.fetch import fetch_version
+        """A text-generation model's tokenizer (its chat template) and generation config, loaded with the
+        version (:class:`freestack.version.loaded.LoadedVersion`), and the deployment's bounds."""
         from freestack_server.generation import Bounds, Generator
 
-        marker_files = set((self._marker or {}).get("files") or {})
-        optional = tuple(n for n in ("special_tokens_map.json", "added_tokens.json") if n in marker_files)
-        if optional:
-            fetch_version(self.model_uri, self.cache_dir, names=optional)
-        path = os.path.join(self.cache_dir, "generation_config.json")
-        generation_config = json.loads(open(path).read()) if os.path.exists(path) else {}
         bounds = (
             Bounds.from_mapping(self.generation_bounds)
             if self.generation_bounds is not None
             else Bounds.from_settings()
         )
         self.generator = Generator(
-            self.net, load_tokenizer(self.cache_dir), bounds=bounds, generation_config=generation_config
+            self.net,
+            self.loaded.tokenizer,
+            bounds=bounds,
+            generation_config=self.loaded.generation_config,
         )
         self.generator.warm_up()
 
     def _load_encoder(self) -> None:
-        """The version's encoder, from the fetched preprocessing.json and tokenizer.json (as training saved them)."""
-        from freestack.ml.features import load_encoder
+        """The version's encoder (its preprocessing and tokenizer, as training saved them)."""
         from freestack_server.raw import RawInputs
 
-        self._encoder = load_encoder(self.cache_dir)
+        self._encoder = self.loaded.encoder
         self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
         self.n_features = len(self._encoder.numeric)
 

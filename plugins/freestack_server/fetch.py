@@ -10,8 +10,9 @@ providers), so it speaks to each store with the plainest client there is:
 - ``data://owner/collection/path``: the Data API service over HTTP (``FREESTACK_DATA_API_URL``,
   ``FREESTACK_DATA_API_KEY``).
 
-A folder is a version only when its ``_REGISTERED.json`` commit marker exists; every file used is
-checked against the sha256 the marker records, so a half-copied or altered version never loads.
+:class:`FetchSource` reads a version folder with these clients for :func:`freestack.version.folder.open`: the
+server serves a folder only when its ``_REGISTERED.json`` commit marker exists, and the version package
+checks every file against the sha256 the marker records, so a half-copied or altered version never loads.
 
 A URI may also name an alias instead of a version: ``<root>/registry/<model>@production`` (any alias
 the registry keeps in ``registry/<model>/aliases.json``) is resolved by :func:`resolve_uri` to the
@@ -20,7 +21,6 @@ version the alias points at when it is read; every other URI is used as it is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,18 +31,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from freestack.registry.names import ALIAS_RE, ALIASES, MARKER, MODEL_FILES, VERSION_RE
+from freestack.registry.names import ALIAS_RE, ALIASES, VERSION_RE
 from freestack.settings import settings
-
-NEEDED = (*MODEL_FILES, "preprocessing.json")
 
 
 class FetchError(Exception):
     """The version cannot be fetched or is not a registered, intact version; the message says why."""
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _read_local(uri: str, name: str) -> bytes:
@@ -182,41 +176,22 @@ def resolve_uri(uri: str) -> str:
     return f"{folder}/{version}"
 
 
-def fetch_version(uri: str, dest: str | os.PathLike, names: tuple[str, ...] = NEEDED) -> dict:
-    """Copy a registered version's serving files (``names``) into ``dest`` after checking them against
-    the registration manifest; returns the marker (model, version, files). An alias URI
-    (``.../registry/<model>@production``) is resolved first (:func:`resolve_uri`)."""
-    uri = resolve_uri(uri.rstrip("/"))
-    read = reader(uri)
-    try:
-        marker = json.loads(read(uri, MARKER))
-    except FileNotFoundError:
-        raise FetchError(
-            f"{uri} is not a registered model version (no {MARKER}); deploy a version the registry committed"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise FetchError(f"{uri}/{MARKER} is not valid JSON ({exc})") from None
-    files = marker.get("files") or {}
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        try:
-            data = read(uri, name)
-        except FileNotFoundError:
-            raise FetchError(f"{uri} has no {name}; it was not written by freestack's trainer") from None
-        expected = (files.get(name) or {}).get("sha256")
-        if expected is None:
-            raise FetchError(f"{uri}/{MARKER} records no checksum for {name}; the version is incomplete")
-        if _sha256(data) != expected:
-            raise FetchError(
-                f"{uri}/{name} does not match its registered sha256 ({expected[:12]}...); "
-                "the version was changed after registration"
-            )
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest / name)
-    return marker
+class FetchSource:
+    """A version folder read with the server's plain clients (:func:`reader`): the
+    :class:`freestack.version.sources.Source` the model server opens versions through."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self._read = reader(self.uri)
+
+    def read(self, name: str) -> bytes:
+        return self._read(self.uri, name)
+
+    def local_dir(self) -> str | None:
+        return None  # always copied into the server's cache, where the tokenizer is read again
+
+    def read_base(self, uri: str, name: str) -> bytes:
+        return reader(uri)(uri, name)
 
 
 def clear(dest: str | os.PathLike) -> None:

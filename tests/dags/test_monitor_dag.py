@@ -90,7 +90,7 @@ def _asset_events(uri: str, *runs) -> int:
 def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     from sklearn.datasets import load_digits
 
-    from freestack.evaluate.core import load_model_folder
+    from freestack import version as model_version
     from freestack.registry.core import ModelRegistry
 
     spec_file = lake["specs"] / "digits.yaml"
@@ -117,7 +117,8 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
         ref["source"] == "window" and ref["rows"] > 1500 and len(ref["series"]) == 65
     )  # 64 pixels, the prediction
     assert "reference.json" in json.loads((reg / version / "_REGISTERED.json").read_text())["files"]
-    model, pre, *_ = load_model_folder((reg / version).as_uri())
+    loaded = model_version.open((reg / version).as_uri()).load()
+    model, pre = loaded.model, loaded.preprocessor
     X = load_digits().data
     rng = np.random.default_rng(3)
     root = lake["root"].as_uri()

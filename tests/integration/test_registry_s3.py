@@ -51,8 +51,8 @@ def test_registry_round_trip_and_aliases_on_s3(s3_conn, tmp_path):
     assert json.loads(s3_conn.get("root/registry/digits/aliases.json"))["production"] == "v1"
 
     x = sample_input()
-    assert torch.allclose(reg.load("production").predict_proba(x), source_predictions(src, x))
-    assert torch.allclose(reg.load("v2").predict_proba(x), source_predictions(other, x))
+    assert torch.allclose(reg.load("production").model.predict_proba(x), source_predictions(src, x))
+    assert torch.allclose(reg.load("v2").model.predict_proba(x), source_predictions(other, x))
     card = reg.get("v1")["card"]
     assert "test_accuracy" in card and "a" * 64 in card
 

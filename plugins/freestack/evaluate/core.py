@@ -18,8 +18,6 @@ import html
 import json
 import logging
 import math
-import os
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from freestack.ml.plots import png
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
+    from freestack.version import LoadedVersion
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -39,51 +38,18 @@ class EvaluationError(FreestackError):
     """The candidate cannot be evaluated; the message says why."""
 
 
-def load_model_folder(uri: str):
-    """(model, preprocessing, metrics, lineage, history) of a model folder on any storage backend."""
-    from freestack.ml.features import TOKENIZER_FILE
-    from freestack.ml.models import load_pretrained
-    from freestack.ml.prep import Preprocessing
-    from freestack.storage import join, list_objects, to_path
-    from freestack.storage.objects import local_os_path
-    from freestack.train.pretrained import read_storage_file
+def _load(uri: str) -> LoadedVersion:
+    """A version to evaluate, loaded (:meth:`freestack.version.ModelVersion.load`): the candidate, or a
+    registered one (the champion, a candidate decided again), then verified against its manifest
+    (:class:`~freestack.version.VersionCorrupt` names a file that changed)."""
+    from freestack import version
 
-    folder = to_path(uri)
-    if not join(folder, "config.json").exists():
-        raise EvaluationError(f"{uri} is not a model folder (no config.json); pass a model version URI")
-    local = local_os_path(folder)
-    with tempfile.TemporaryDirectory() as tmp:
-        if local is None:  # object storage: fetch the few files first
-            for obj in list_objects(folder):
-                with open(os.path.join(tmp, obj.name), "wb") as f:
-                    f.write(obj.read_bytes())
-            local = tmp
-        model = load_pretrained(local, read_base=read_storage_file)
-        side = {}
-        for name in ("preprocessing.json", "metrics.json", "lineage.json", "history.json"):
-            path = os.path.join(local, name)
-            side[name] = json.loads(open(path).read()) if os.path.exists(path) else None
-        tokenizer = os.path.join(local, TOKENIZER_FILE)
-        tokenizer_json = open(tokenizer, encoding="utf-8").read() if os.path.exists(tokenizer) else ""
-        if side["preprocessing.json"] is None:
-            raise EvaluationError(
-                f"{uri} has no preprocessing.json; it was not written by freestack's trainer"
-            )
-        if (
-            side["preprocessing.json"].get("task") == "generation"
-        ):  # the version's own tokenizer and chat template
-            from freestack.ml.generation import ChatEncoding
-
-            pre = ChatEncoding.from_dict(side["preprocessing.json"], local)
-        else:
-            pre = Preprocessing.from_dict(side["preprocessing.json"], tokenizer_json)
-    return (
-        model,
-        pre,
-        side["metrics.json"] or {},
-        side["lineage.json"] or {},
-        side["history.json"] or [],
-    )
+    try:
+        loaded = version.open(uri).load()
+        loaded.preprocessor  # noqa: B018  (a version without preprocessing is refused here, not mid-way)
+    except version.NotAVersion as exc:
+        raise EvaluationError(f"{exc}; pass a model version URI") from None
+    return loaded
 
 
 def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, Any] | None = None):
@@ -450,12 +416,14 @@ def evaluate(
     """Score the candidate (and the champion) on the candidate's window's test split; write
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
     from freestack.monitor.core import REFERENCE_FILE
-    from freestack.registry.names import MARKER
     from freestack.storage import join, to_path, write_bytes, write_json
+    from freestack.version.files import MARKER
 
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
-    model, pre, _metrics, lineage, history = load_model_folder(candidate_uri)
+    candidate = _load(candidate_uri)
+    model, pre, history = candidate.model, candidate.preprocessor, candidate.history
+    lineage = candidate.lineage.as_dict()
     window = lineage.get("window") or {}
     end_ds = end_ds or window.get("end_ds")
     days = int(window.get("days") or spec.train.window_days)
@@ -481,8 +449,9 @@ def evaluate(
             )
             champ = None
             if champion_uri:
-                c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
-                champ = score(c_model, c_pre, test, target)
+                champion = _load(champion_uri)
+                c_lineage = champion.lineage.as_dict()
+                champ = score(champion.model, champion.preprocessor, test, target)
             write_json(
                 join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target)
             )
@@ -542,8 +511,9 @@ def _generation(
     cand = gen.answer(model, pre, frame, spec)
     champ, c_lineage = None, {}
     if champion_uri:
-        c_model, c_pre, _, c_lineage, _ = load_model_folder(champion_uri)
-        champ = gen.answer(c_model, c_pre, frame, spec)
+        champion = _load(champion_uri)
+        c_lineage = champion.lineage.as_dict()
+        champ = gen.answer(champion.model, champion.preprocessor, frame, spec)
     chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
     samples = gen.samples_table(
         chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples
@@ -562,7 +532,8 @@ def rescore(
     """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
     partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
     production moved after the evaluation. Writes nothing."""
-    model, pre, _metrics, lineage, _history = load_model_folder(candidate_uri)
+    candidate = _load(candidate_uri)
+    model, pre, lineage = candidate.model, candidate.preprocessor, candidate.lineage.as_dict()
     window = lineage.get("window") or {}
     if not window.get("end_ds"):
         raise EvaluationError(f"{candidate_uri}: lineage.json names no window to score on")
@@ -576,15 +547,18 @@ def rescore(
 
             frame = _frame(test)
             cand = answer(model, pre, frame, spec).metrics
-            champ = (
-                answer(*load_model_folder(champion_uri)[:2], frame, spec).metrics if champion_uri else None
-            )
+            champ = answer(*_model_and_pre(champion_uri), frame, spec).metrics if champion_uri else None
         else:
             cand = score(model, pre, test, target)
-            champ = score(*load_model_folder(champion_uri)[:2], test, target) if champion_uri else None
+            champ = score(*_model_and_pre(champion_uri), test, target) if champion_uri else None
     finally:
         data.close()
     return _shown(cand), (_shown(champ) if champ else None)
+
+
+def _model_and_pre(uri: str) -> tuple[Any, Any]:
+    loaded = _load(uri)
+    return loaded.model, loaded.preprocessor
 
 
 def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -641,7 +615,6 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
 __all__ = [
     "EvaluationError",
     "evaluate",
-    "load_model_folder",
     "outputs",
     "reference_of",
     "report_of",

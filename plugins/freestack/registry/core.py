@@ -16,8 +16,8 @@ marker is the commit point. A registration that fails removes everything it wrot
 no version folder behind; one killed outright (``kill -9``) leaves a folder without the marker, which
 is not a version: listings ignore it and a retry of the registration replaces it. Once the marker
 exists, registering the same version again fails with :class:`VersionExists`. The marker holds a
-manifest (sha256 and size of every file), so :meth:`ModelRegistry.verify` and :meth:`load` notice a
-file changed behind the registry's back.
+manifest (sha256 and size of every file), so :meth:`ModelRegistry.verify` and :meth:`load` (through
+:mod:`freestack.version`) notice a file changed behind the registry's back.
 
 **Aliases move atomically**: ``aliases.json`` is read with its token and replaced with
 compare-and-swap (``If-Match`` on S3, a locked compare on local disk); a lost race reads again and
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,21 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
-from freestack.registry.names import (
-    ALIAS_RE,
-    ALIASES,
-    MARKER,
-    RESERVED,
-    VERSION_RE,
-    missing_model_files,
-    weight_files,
-)
+from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE
+from freestack.version import LoadedVersion, ModelVersion
+from freestack.version import open as open_version
+from freestack.version.files import CARD, LINEAGE, MARKER, METRICS, missing_model_files
+from freestack.version.write import read_lineage, write_lineage
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from freestack.ml.custom import CustomNet
-    from freestack.ml.models import FreestackNet
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -69,10 +62,6 @@ class VersionExists(RegistryError):  # noqa: N818  (reads as the condition)
 
 class VersionNotFound(RegistryError):  # noqa: N818
     """No committed version (or alias) of that name."""
-
-
-class IntegrityError(RegistryError):
-    """A registered file no longer matches the manifest recorded at registration."""
 
 
 class AliasMoved(RegistryError):  # noqa: N818  (reads as the condition)
@@ -247,9 +236,7 @@ class ModelRegistry:
         try:
             lineage = self._copy(src, files, version)
             self._finish(version, lineage, lineage_updates, card)
-            return self._commit(
-                version, source=str(src), expected=(names - {MARKER}) | {"README.md", "lineage.json"}
-            )
+            return self._commit(version, source=str(src), expected=(names - {MARKER}) | {CARD, LINEAGE})
         except BaseException:
             self._discard(version)
             raise
@@ -262,11 +249,11 @@ class ModelRegistry:
 
         dest = self.version_path(version)
         for rel, path in files:
-            if rel == MARKER or rel in ("README.md", "lineage.json"):
+            if rel in (MARKER, CARD, LINEAGE):
                 continue
             write_bytes(join(dest, rel), path.read_bytes())
         names = {rel for rel, _ in files}
-        lineage = json.loads(join(src, "lineage.json").read_text()) if "lineage.json" in names else {}
+        lineage = read_lineage(src).as_dict() if LINEAGE in names else {}
         lineage.setdefault("registered_from", str(src))
         return lineage
 
@@ -297,12 +284,10 @@ class ModelRegistry:
         lineage_updates: dict[str, Any] | None,
         card: CardInfo | dict[str, Any] | None,
     ) -> None:
-        from freestack.storage import join, write_json
-
         lineage = {**lineage, **(lineage_updates or {})}
         lineage["model"] = lineage.get("model") or self.model
         lineage["version"] = version
-        write_json(join(self.version_path(version), "lineage.json"), lineage)
+        write_lineage(self.version_path(version), lineage)
         self.write_card(version, card)  # always ours: replaces the generic card save_pretrained writes
 
     def _commit(self, version: str, *, source: str, expected: set[str]) -> str:
@@ -366,10 +351,10 @@ class ModelRegistry:
 
     def lineage(self, version: str) -> dict[str, Any] | None:
         """A committed version's ``lineage.json`` (None for an unknown version or one without it)."""
-        return self._read_json(check_version(version), "lineage.json")
+        return self._read_json(check_version(version), LINEAGE)
 
     def _summary(self, version: str, marker: dict[str, Any], aliases: dict[str, Any]) -> dict[str, Any]:
-        metrics = self._read_json(version, "metrics.json") or {}
+        metrics = self._read_json(version, METRICS) or {}
         return {
             "version": version,
             "created": marker.get("registered_at"),
@@ -386,10 +371,10 @@ class ModelRegistry:
         marker = self._read_marker(version)
         assert marker is not None
         out = self._summary(version, marker, self.aliases())
-        readme = join(self.version_path(version), "README.md")
+        readme = join(self.version_path(version), CARD)
         out.update(
-            metrics_full=self._read_json(version, "metrics.json") or {},
-            lineage=self._read_json(version, "lineage.json") or {},
+            metrics_full=self._read_json(version, METRICS) or {},
+            lineage=self._read_json(version, LINEAGE) or {},
             files=marker.get("files", {}),
             source=marker.get("source"),
             card=readme.read_text() if readme.exists() else None,
@@ -416,20 +401,18 @@ class ModelRegistry:
             f"aliases: {', '.join(a for a in self.aliases() if a != 'history') or 'none'})"
         )
 
-    def verify(self, version: str) -> None:
-        """Raise :class:`IntegrityError` unless every file matches the registration manifest."""
-        from freestack.storage import join, sha256_of
+    def open(self, version_or_alias: str) -> ModelVersion:
+        """The committed version an alias or a version name means, its records read
+        (:func:`freestack.version.open`)."""
+        return open_version(self.version_uri(self.resolve(version_or_alias)))
 
-        marker = self._read_marker(version)
-        if marker is None:
+    def verify(self, version: str) -> None:
+        """Raise :class:`~freestack.version.VersionCorrupt` unless every file matches the registration
+        manifest (:meth:`freestack.version.ModelVersion.verify`)."""
+        opened = open_version(self.version_uri(version))
+        if not opened.registered:
             raise VersionNotFound(f"version {version!r} of model {self.model!r} is not registered")
-        for rel, info in marker.get("files", {}).items():
-            p = join(self.version_path(version), rel)
-            if not p.exists() or sha256_of(p) != info["sha256"]:
-                raise IntegrityError(
-                    f"{p} does not match what was registered (sha256 {info['sha256'][:12]}...); the version "
-                    "was changed behind the registry's back"
-                )
+        opened.verify()
 
     # -- aliases ------------------------------------------------------------------------------------------
     def aliases(self) -> dict[str, Any]:
@@ -616,62 +599,25 @@ class ModelRegistry:
             self.model,
             version,
             CardInfo.coerce(info),
-            metrics=self._read_json(version, "metrics.json") or {},
-            lineage=self._read_json(version, "lineage.json") or {},
+            metrics=self._read_json(version, METRICS) or {},
+            lineage=self._read_json(version, LINEAGE) or {},
         )
-        write_bytes(join(self.version_path(version), "README.md"), card.encode())
+        write_bytes(join(self.version_path(version), CARD), card.encode())
         return card
 
     # -- loading ----------------------------------------------------------------------------------------------
-    def local_copy(self, version: str, dest: str | os.PathLike, *, verify: bool = True) -> Path:
-        """Download the committed version's files (without the marker) to the local folder ``dest``."""
-        marker = self._read_marker(version)
-        if marker is None:
+    def local_copy(self, version: str, dest: str | os.PathLike) -> Path:
+        """Download the committed version's files (without the marker) to the local folder ``dest``, each
+        checked against the registration manifest."""
+        if self._read_marker(check_version(version)) is None:
             raise VersionNotFound(f"version {version!r} of model {self.model!r} is not registered")
-        import hashlib
+        open_version(self.version_uri(version)).verify(copy_to=dest)
+        return Path(dest)
 
-        from freestack.storage import join
-
-        out = Path(dest)
-        for rel in marker.get("files", {}):
-            data = join(self.version_path(version), rel).read_bytes()
-            if verify and hashlib.sha256(data).hexdigest() != marker["files"][rel]["sha256"]:
-                raise IntegrityError(f"{rel} of {self.model} {version} does not match what was registered")
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        return out
-
-    def load(
-        self, version_or_alias: str = "production", *, map_location: str = "cpu"
-    ) -> FreestackNet | CustomNet:
-        """The registered model (a :class:`FreestackNet`, or a custom model with its own ``module.py``),
-        from local disk or (via a temporary folder) from S3; the model files are checked against the
-        registration manifest."""
-        from freestack.ml.models import load_pretrained
-        from freestack.storage import join
-        from freestack.storage.objects import local_os_path
-        from freestack.train.pretrained import read_storage_file
-
-        version = self.resolve(version_or_alias)
-        path = self.version_path(version)
-        local = local_os_path(path)
-        if local is not None:
-            config = json.loads(join(path, "config.json").read_text())
-            self._verify_files(version, ("config.json", *weight_files(config)))
-            return load_pretrained(local, map_location=map_location, read_base=read_storage_file)
-        with tempfile.TemporaryDirectory(prefix="freestack-model-") as tmp:
-            self.local_copy(version, tmp)
-            return load_pretrained(tmp, map_location=map_location, read_base=read_storage_file)
-
-    def _verify_files(self, version: str, names: tuple[str, ...]) -> None:
-        from freestack.storage import join, sha256_of
-
-        marker = self._read_marker(version) or {}
-        for name in names:
-            want = (marker.get("files") or {}).get(name, {}).get("sha256")
-            if want and sha256_of(join(self.version_path(version), name)) != want:
-                raise IntegrityError(f"{name} of {self.model} {version} does not match what was registered")
+    def load(self, version_or_alias: str = "production", *, device: str = "cpu") -> LoadedVersion:
+        """The registered version, verified and loaded (:meth:`freestack.version.ModelVersion.load`): its
+        model, preprocessing, lineage, metrics, from local disk or (via a temporary folder) from S3."""
+        return self.open(version_or_alias).load(device)
 
 
 #: history events that record a decision, not a move of the alias
@@ -707,7 +653,6 @@ def _event(
 
 __all__ = [
     "AliasMoved",
-    "IntegrityError",
     "ModelRegistry",
     "NOT_MOVES",
     "RegistryError",

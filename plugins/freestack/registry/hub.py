@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from freestack.registry.core import RegistryError
 
 if TYPE_CHECKING:
-    from freestack.ml.custom import CustomNet
-    from freestack.ml.models import FreestackNet
     from freestack.registry.core import ModelRegistry
+    from freestack.version import LoadedVersion
 
 log = logging.getLogger(__name__)
 
@@ -109,37 +108,42 @@ def load_from_hub(
     token: str | None = None,
     endpoint: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    map_location: str = "cpu",
+    device: str = "cpu",
     trust_remote_code: bool = False,
-) -> FreestackNet | CustomNet:
-    """A model from a Hub repo at a revision (a version tag, ``production``, a branch or a commit).
+) -> LoadedVersion:
+    """A version from a Hub repo at a revision (a version tag, ``production``, a branch or a commit),
+    loaded (:meth:`freestack.version.ModelVersion.load`).
 
-    Only ``config.json`` and the files the model loads from are fetched (safetensors weights or a LoRA
-    adapter, never a pickled ``.bin``; :func:`~freestack.registry.names.weight_files`), at the commit the
-    config came from, so a tag moving in between cannot mix two versions. A custom model's version
-    carries its own ``module.py``: running it is running the repo's code, so it is loaded only with
-    ``trust_remote_code=True`` (as in transformers)."""
-    import json
-
+    Only ``config.json``, the files the model loads from (safetensors weights or a LoRA adapter, never a
+    pickled ``.bin``; :func:`~freestack.version.files.weight_files`) and the preprocessing beside them are
+    fetched, at the commit the config came from, so a tag moving in between cannot mix two versions. A
+    custom model's version carries its own ``module.py``: running it is running the repo's code, so it
+    is loaded only with ``trust_remote_code=True`` (as in transformers)."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
 
+    from freestack import version
     from freestack.ml.contract import MODULE_FILE
-    from freestack.ml.models import is_custom, load_pretrained
-    from freestack.registry.names import weight_files
+    from freestack.version import files as F
 
     kw: dict[str, Any] = {"repo_id": repo_id, "token": token, "endpoint": endpoint, "cache_dir": cache_dir}
-    config = Path(hf_hub_download(filename="config.json", revision=revision, **kw))
+    config = Path(hf_hub_download(filename=F.CONFIG, revision=revision, **kw))
     commit = config.parent.name  # .../snapshots/<commit>/config.json
-    settings = json.loads(config.read_text())
-    if is_custom(settings) and not trust_remote_code:
+    snapshot = version.open(str(config.parent))
+    if snapshot.config.custom and not trust_remote_code:
         raise RegistryError(
             f"{repo_id}@{revision} is a custom model whose {MODULE_FILE} would run on loading; "
             "pass trust_remote_code=True if you trust the repo's code"
         )
-    for name in weight_files(settings):
+    for name in snapshot.weight_files():
         if Path(hf_hub_download(filename=name, revision=commit, **kw)).parent != config.parent:
             raise RegistryError(f"{repo_id}@{revision}: config.json and {name} came from different commits")
-    return load_pretrained(str(config.parent), map_location=map_location)
+    for name in (F.PREPROCESSING, F.TOKENIZER):  # the encoding of the inputs, where the version has one
+        try:
+            hf_hub_download(filename=name, revision=commit, **kw)
+        except EntryNotFoundError:
+            pass
+    return version.open(str(config.parent)).load(device)
 
 
 __all__ = ["load_from_hub", "promote_on_hub", "push_to_hub"]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack.errors import FreestackError
+from freestack.version.files import LINEAGE
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -215,22 +216,26 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
 # the version
 
 
-class LoadedVersion:
-    """A registered version ready to predict: its model, preprocessing and lineage."""
+class ScoringModel:
+    """A registered version ready to score: its model on the scoring device, its preprocessing and
+    lineage (:meth:`freestack.version.ModelVersion.load`, which refuses a version whose files changed
+    since registration)."""
 
     def __init__(self, uri: str, device: str = "auto"):
-        from freestack.evaluate.core import EvaluationError, load_model_folder
+        from freestack import version
         from freestack.ml.loop import resolve_device
 
         try:
-            self.model, self.pre, _, self.lineage, _ = load_model_folder(uri)
-        except (EvaluationError, OSError, ValueError, KeyError) as exc:
+            loaded = version.open(uri).load()
+            self.pre = loaded.preprocessor
+        except (version.VersionError, OSError, ValueError, KeyError) as exc:
             raise ScoreError(
                 f"version {uri} cannot be loaded: {exc}. Name another version in score.version, or retrain"
             ) from None
         import pyarrow as pa
 
         self.uri = uri
+        self.model, self.lineage = loaded.model, loaded.lineage.as_dict()
         self.device = resolve_device(device)  # a GPU worker (score.queue) scores on its GPU, as training does
         self.model.to(self.device).eval()
         self.classes = pa.array(self.pre.classes) if self.classification else None
@@ -306,7 +311,7 @@ def _is_float(column: pa.Array) -> bool:
 
 
 def _without_gaps(x: np.ndarray, columns: list[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-    """:meth:`LoadedVersion.encode` of a numbers matrix: the rows with no value (NaN, a null) set apart."""
+    """:meth:`ScoringModel.encode` of a numbers matrix: the rows with no value (NaN, a null) set apart."""
     gaps = np.isnan(x)
     missing = np.flatnonzero(gaps.any(axis=1))
     if not len(missing):
@@ -326,13 +331,13 @@ def _matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
     return x
 
 
-def load_version(uri: str, device: str = "auto") -> LoadedVersion:
-    return LoadedVersion(uri, device)
+def load_version(uri: str, device: str = "auto") -> ScoringModel:
+    return ScoringModel(uri, device)
 
 
 def check_columns(
     spec: PipelineSpec,
-    model: LoadedVersion,
+    model: ScoringModel,
     item: dict[str, Any],
     version: str,
     names: list[str] | None = None,
@@ -386,7 +391,7 @@ def _csv_names(spec: PipelineSpec, f) -> list[str] | None:
 # one day
 
 
-def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataType) -> pa.Schema:
+def _output_schema(spec: PipelineSpec, model: ScoringModel, key_type: pa.DataType) -> pa.Schema:
     import pyarrow as pa
 
     key = spec.source.schema_.key or "row"
@@ -410,7 +415,7 @@ def _output_schema(spec: PipelineSpec, model: LoadedVersion, key_type: pa.DataTy
 
 
 def _scores(
-    model: LoadedVersion,
+    model: ScoringModel,
     out: np.ndarray,
     top: np.ndarray | None,
     keys: pa.Array,
@@ -447,7 +452,7 @@ class _Counts:
         self.sample: list[tuple[datetime, str, Any, np.ndarray]] = []  # for the monitor: a few rows a batch
         self.reasons: Counter[str] = Counter()  # why rows were not scored (the commonest, for a failed day)
 
-    def predictions(self, model: LoadedVersion) -> dict[str, float]:
+    def predictions(self, model: ScoringModel) -> dict[str, float]:
         """The day's distribution of predictions: rows per class, or a regression's count, sum, min, max."""
         if not model.classification:
             return self.values if self.values["count"] else {}
@@ -459,7 +464,7 @@ def score(
     spec: PipelineSpec,
     job: dict[str, Any],
     run: dict[str, str] | None = None,
-    model: LoadedVersion | None = None,
+    model: ScoringModel | None = None,
 ) -> dict[str, Any]:
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
@@ -517,7 +522,7 @@ def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
 
 
 def _write(
-    spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, part_w, quar_w, run: dict[str, str] | None
+    spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, part_w, quar_w, run: dict[str, str] | None
 ) -> tuple[_Counts, dict[str, Any]]:
     """Score every input batch into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest)."""
@@ -557,7 +562,7 @@ def _write(
 def _score_piece(
     spec: PipelineSpec,
     job: dict[str, Any],
-    model: LoadedVersion,
+    model: ScoringModel,
     piece: _Piece,
     writer,
     quar: _Quarantine,
@@ -867,7 +872,7 @@ def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
     return pa.RecordBatch.from_pydict({key: rels, images[0]: [to_path(i["uri"]).read_bytes() for i in unit]})
 
 
-def _tally(counts: _Counts, model: LoadedVersion, out: np.ndarray, top: np.ndarray | None) -> None:
+def _tally(counts: _Counts, model: ScoringModel, out: np.ndarray, top: np.ndarray | None) -> None:
     if model.classification:
         rows = np.bincount(top, minlength=out.shape[1])
         counts.class_rows = rows if counts.class_rows is None else counts.class_rows + rows
@@ -886,7 +891,7 @@ SAMPLE_ROWS = 256
 
 
 def _keep_sample(
-    counts: _Counts, model: LoadedVersion, batch: pa.RecordBatch, inputs: Any, out: np.ndarray, ds: str
+    counts: _Counts, model: ScoringModel, batch: pa.RecordBatch, inputs: Any, out: np.ndarray, ds: str
 ) -> None:
     """Up to SAMPLE_ROWS evenly spaced scored rows of a batch and their outputs, as the model server logs
     a request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
@@ -902,7 +907,7 @@ def _keep_sample(
     counts.sample.append((at, f"score-{ds}-{len(counts.sample)}", sample, out[rows]))
 
 
-def log_sample(spec: PipelineSpec, job: dict[str, Any], model: LoadedVersion, sample: list) -> str:
+def log_sample(spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, sample: list) -> str:
     """Write the day's sample into the model's request log (``monitoring/<model>/requests/``) under one
     name per pipeline and day, so that ``<p>_monitor`` judges batch-scored days as it judges served
     traffic, and a rescore replaces its sample. Returns its URI."""
@@ -932,7 +937,7 @@ def _manifest(
     spec: PipelineSpec,
     job: dict[str, Any],
     counts: _Counts,
-    model: LoadedVersion,
+    model: ScoringModel,
     at: datetime,
     run: dict[str, str] | None,
     quarantine: str | None,
@@ -945,7 +950,7 @@ def _manifest(
         "ds": job["ds"],
         "version": job["version"],
         "version_uri": job["version_uri"],
-        "lineage": str(join(to_path(job["version_uri"]), "lineage.json")),
+        "lineage": str(join(to_path(job["version_uri"]), LINEAGE)),
         "trained_on": [
             {"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])
         ],

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
-from freestack.registry.names import ALIASES, MARKER, VERSION_RE
+from freestack.registry.names import ALIASES, VERSION_RE
+from freestack.version.files import MARKER
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

@@ -118,7 +118,7 @@ def test_load_from_hub_at_a_revision(hub, reg, tmp_path):
         ("production", "c1"),
         ("main", "c2"),
     ):
-        net = load_from_hub("alice/digits", rev, endpoint=hub.endpoint, cache_dir=cache)
+        net = load_from_hub("alice/digits", rev, endpoint=hub.endpoint, cache_dir=cache).model
         assert torch.allclose(net.predict_proba(x), source_predictions(tmp_path / src, x)), rev
     assert not hub.calls(pattern=r"pytorch_model\.bin")  # safetensors only
 
@@ -174,7 +174,7 @@ def test_push_to_the_real_hub(reg, tmp_path):  # pragma: no cover - needs an acc
         files = set(api.list_repo_files(repo_id, revision="v20240102-aaaa1111"))
         assert VERSION_FILES <= files and "_REGISTERED.json" not in files
         x = sample_input()
-        net = load_from_hub(repo_id, "production", token=token, cache_dir=tmp_path / "cache")
+        net = load_from_hub(repo_id, "production", token=token, cache_dir=tmp_path / "cache").model
         assert torch.allclose(net.predict_proba(x), source_predictions(tmp_path / "c1", x))
         assert {t.target_commit for t in refs.tags} == {out["commit"]}
     finally:
@@ -197,7 +197,7 @@ def test_a_custom_model_travels_with_its_module_and_loads_only_when_trusted(hub,
     net.save_pretrained(folder)
     reg = ModelRegistry((tmp_path / "store").as_uri(), "houses")
     reg.register(folder.as_uri(), "v1")
-    assert isinstance(reg.load("v1"), CustomNet)
+    assert isinstance(reg.load("v1").model, CustomNet)
     push_to_hub(reg, "v1", "alice/houses", TOKEN, endpoint=hub.endpoint)
     assert "module.py" in hub.repos["alice/houses"].commits[0].files
     cache = tmp_path / "hf-cache"
@@ -205,6 +205,6 @@ def test_a_custom_model_travels_with_its_module_and_loads_only_when_trusted(hub,
         load_from_hub("alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache)
     loaded = load_from_hub(
         "alice/houses", "v1", endpoint=hub.endpoint, cache_dir=cache, trust_remote_code=True
-    )
+    ).model
     x = torch.rand(4, 6)
     assert isinstance(loaded, CustomNet) and torch.equal(loaded.predict_proba(x), net.predict_proba(x))

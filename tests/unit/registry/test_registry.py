@@ -185,13 +185,13 @@ def test_candidates_live_outside_the_registry_until_registered(reg, tmp_path):
 
 
 def test_a_changed_file_fails_verification_and_load(reg, src, tmp_path):
-    from freestack.registry.core import IntegrityError
+    from freestack.version import VersionCorrupt
 
     reg.register(src.as_uri(), "v1")
     (tmp_path / "store/registry/digits/v1/model.safetensors").write_bytes(b"tampered")
-    with pytest.raises(IntegrityError, match="model.safetensors"):
+    with pytest.raises(VersionCorrupt, match="model.safetensors"):
         reg.verify("v1")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(VersionCorrupt):
         reg.load("v1")
 
 
@@ -399,9 +399,9 @@ def test_load_round_trip_predicts_like_the_source(reg, src):
     reg.register(src.as_uri(), "v1")
     reg.promote("v1")
     for ref in ("v1", "production", "latest"):
-        got = reg.load(ref).predict_proba(x)
+        got = reg.load(ref).model.predict_proba(x)
         assert torch.allclose(got, want)
-    net = reg.load("v1")
+    net = reg.load("v1").model
     assert net.features == [f"f{i}" for i in range(6)] and torch.equal(net.mean, torch.arange(6.0))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from freestack_server.fetch import FetchError, fetch_version, resolve_uri, split_alias
+from freestack_server.fetch import FetchError, FetchSource, resolve_uri, split_alias
 from tests.support.serving import make_version
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -93,10 +93,14 @@ def test_alias_file_cannot_point_outside_the_model(registry, tmp_path):
         resolve_uri(registry["alias"])
 
 
-def test_fetch_version_follows_the_alias_and_checks_the_version(registry, tmp_path):
+def test_the_server_reads_the_version_the_alias_names_and_checks_it(registry, tmp_path):
+    from freestack import version
+
     registry["reg"].promote("v2")
-    marker = fetch_version(registry["alias"], tmp_path / "cache")
-    assert marker["version"] == "v2"
+    uri = resolve_uri(registry["alias"])
+    opened = version.open(uri, FetchSource(uri))
+    assert opened.manifest.version == "v2"
+    opened.verify(copy_to=tmp_path / "cache")
     expected = Path(registry["uris"]["v2"].removeprefix("file://"))
     for name in ("config.json", "model.safetensors", "preprocessing.json"):
         assert (tmp_path / "cache" / name).read_bytes() == (expected / name).read_bytes()

@@ -1,5 +1,5 @@
 """The model server's docstrings, comments and requirements files name modules (and what is in them) that
-exist: a reader who follows ``freestack_server.oip`` or ``freestack.registry.names.weight_files`` finds it."""
+exist: a reader who follows ``freestack_server.oip`` or ``freestack.version.files.weight_files`` finds it."""
 
 from __future__ import annotations
 
