@@ -23,6 +23,10 @@ import numpy as np
 
 from freestack.errors import FreestackError
 from freestack.monitor import stats
+from freestack.monitor.report import render
+from freestack.registry.core import registry_for
+from freestack.storage import join, list_objects, to_path, write_bytes, write_json
+from freestack.tracking.wandb import WandbSettings, start_run
 from freestack_server.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
@@ -89,9 +93,6 @@ def build_reference(
 
 
 def read_reference(spec: PipelineSpec, version: str) -> dict[str, Any] | None:
-    from freestack.registry.core import registry_for
-    from freestack.storage import join, to_path
-
     path = join(to_path(registry_for(spec).version_uri(version)), REFERENCE_FILE)
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -122,8 +123,6 @@ def _read_folders(folders: list) -> Logged:
     """The Parquet and CSV files directly in ``folders``, as one frame; an unreadable one is reported and left out."""
     import pandas as pd
     import pyarrow.parquet as pq
-
-    from freestack.storage import list_objects
 
     frames, files, problems = [], 0, []
     for obj in (o for folder in folders for o in list_objects(folder)):  # list_objects hides dot-files
@@ -163,8 +162,6 @@ def _csv(f):
 def read_requests(root: str, model: str, start: datetime, end: datetime) -> Logged:
     import pandas as pd
 
-    from freestack.storage import join, to_path
-
     base = to_path(monitoring_uri(root, model))
     logged = _read_folders([join(base, "requests", hour) for hour in _hours(start, end)])
     if len(logged.rows):
@@ -177,8 +174,6 @@ def read_labels(root: str, model: str, since: datetime) -> Logged:
     """Every label that arrived on or after ``since``'s day (ground truth comes after the request): the
     feedback's ``ds=<day>/hour=<hh>/`` files, and files users drop anywhere else under ``labels/``."""
     import pandas as pd
-
-    from freestack.storage import join, to_path
 
     logged = _read_folders(
         _label_folders(join(to_path(monitoring_uri(root, model)), "labels"), f"ds={since:%Y-%m-%d}")
@@ -342,9 +337,6 @@ def monitor(
 ) -> dict[str, Any]:
     """Judge the interval [start, end) of the model's request log; write the report and the summary;
     log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``)."""
-    from freestack.monitor.report import render
-    from freestack.storage import join, to_path, write_bytes, write_json
-
     root, model = spec.root, spec.model_name
     folder = join(to_path(monitoring_uri(root, model)), "reports", interval_name(start, end))
     logged = read_requests(root, model, start, end)
@@ -430,8 +422,6 @@ def _log(
     import tempfile
     from pathlib import Path
 
-    from freestack.tracking.wandb import WandbSettings, start_run
-
     if tracking_settings is None:
         tracking_settings = WandbSettings.from_environment()
     start = summary["interval"]["start"][:16]
@@ -466,8 +456,6 @@ def _log(
 
 def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]]:
     """The newest interval summaries of the model, newest first (the views' monitoring page)."""
-    from freestack.storage import join, to_path
-
     folder = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports")
     if not folder.exists():
         return []

@@ -15,6 +15,7 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
+from freestack.storage import join, to_path, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,6 +37,7 @@ class MonitorOperator(PipelineOperator):
     ui_color = "#fdf0c8"
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # monitor.core loads numpy: imported when the task runs, not at DAG parse time
         from freestack.monitor.core import monitor
 
         spec = self.pipeline_spec()
@@ -81,8 +83,8 @@ class AlertOperator(PipelineOperator):
     ui_color = "#f9d0c4"
 
     def execute(self, context: Context) -> list[str]:
+        # monitor.core and the request log load numpy: imported when the task runs, not at DAG parse time
         from freestack.monitor.core import interval_name
-        from freestack.storage import join, to_path, write_json
         from freestack_server.requestlog import monitoring_uri
 
         spec = self.pipeline_spec()
