@@ -486,7 +486,7 @@ async def sweep_live(
 
 def _deployments(user: Any) -> list[catalog.DeploymentRow]:
     readable = {p.name for p, _ in _readable(user)}
-    return [d for d in catalog.deployments() if d.pipeline in readable]
+    return [d for d in catalog.deployments(catalog.pipelines()) if d.pipeline in readable]
 
 
 @views_app.get("/deployments", response_class=HTMLResponse)

@@ -139,7 +139,7 @@ def test_serving_stats_read_the_model_servers_metrics():
 
 
 def test_a_kubernetes_deployment_shows_its_traffic_split(tmp_path):
-    from freestack.ui.catalog import _deployment
+    from freestack.ui.catalog.deployment_pages import _deployment
 
     rec = {
         "name": "digits",

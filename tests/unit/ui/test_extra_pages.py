@@ -1,4 +1,4 @@
-"""Issue 42's pages (freestack.ui.extra_pages): the comparison's diff logic and its read of a registry,
+"""The extra pages (freestack.ui.extra_pages): the comparison's diff logic and its read of a registry,
 the try-it form's inputs and answers, and quarantined rows read a page at a time; the pages render
 through the views app (login stubbed)."""
 
@@ -20,7 +20,7 @@ def digits(storage):
 
 
 def test_metric_rows_mark_the_best_and_the_difference_to_the_first():
-    from freestack.ui.extra_pages import metric_rows
+    from freestack.ui.extra_pages.compare import metric_rows
 
     got = metric_rows(
         [
@@ -47,7 +47,7 @@ def test_metric_rows_mark_the_best_and_the_difference_to_the_first():
 
 
 def test_diff_rows_flatten_differ_first_and_hash_long_values():
-    from freestack.ui.extra_pages import diff_rows
+    from freestack.ui.extra_pages.compare import diff_rows
 
     long = list(range(100))
     rows = diff_rows(
@@ -65,7 +65,7 @@ def test_diff_rows_flatten_differ_first_and_hash_long_values():
 
 
 def test_partition_diff_names_added_removed_and_changed():
-    from freestack.ui.extra_pages import partition_diff
+    from freestack.ui.extra_pages.compare import partition_diff
 
     a = [{"ds": "d1", "sha256": "x"}, {"ds": "d2", "sha256": "y"}, {"ds": "d3", "sha256": "z"}]
     b = [{"ds": "d2", "sha256": "y"}, {"ds": "d3", "sha256": "Z"}, {"ds": "d4", "sha256": "w"}]
@@ -83,7 +83,7 @@ def test_partition_diff_names_added_removed_and_changed():
 
 def test_compare_page_reads_two_versions_and_an_alias(storage, digits):
     from freestack.storage import join, to_path, write_json
-    from freestack.ui.extra_pages import compare_page
+    from freestack.ui.extra_pages.compare import compare_page
 
     names = make_registry(storage, "digits", 3)
     folder = join(to_path(storage), "registry", "digits", names[0])
@@ -105,7 +105,7 @@ def test_compare_page_reads_two_versions_and_an_alias(storage, digits):
 
 
 def test_feature_inputs_kinds_categories_and_prefill():
-    from freestack.ui.extra_pages import feature_inputs, parsed_row
+    from freestack.ui.extra_pages.try_deployment import feature_inputs, parsed_row
 
     lineage = {"features": {"age": "int", "city": "category", "note": "text", "when": "timestamp"}}
     pre = {"encoder": {"category": {"city": ["Oslo", "Rome"]}}}
@@ -132,7 +132,7 @@ def test_feature_inputs_kinds_categories_and_prefill():
 
 
 def test_request_bodies_and_answers_of_both_protocols():
-    from freestack.ui.extra_pages import read_answer, request_body
+    from freestack.ui.extra_pages.try_deployment import read_answer, request_body
 
     seldon = request_body("seldon", ["a", "b"], [1.0, "x"])
     assert seldon["data"] == {"names": ["a", "b"], "ndarray": [[1.0, "x"]]} and seldon["meta"][
@@ -164,7 +164,7 @@ def test_read_rows_reads_only_the_row_groups_of_the_page(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from freestack.ui.extra_pages import read_rows
+    from freestack.ui.extra_pages.quarantine import read_rows
 
     table = pa.table({"_line": list(range(250)), "_reason": [f"r{i % 3}" for i in range(250)]})
     pq.write_table(table, tmp_path / "q.parquet", row_group_size=30)

@@ -111,7 +111,7 @@ def test_version_page_shows_how_each_version_was_trained(client, versions):
 
 
 def test_compare_page_diffs_how_versions_were_trained(client, versions):
-    from freestack.ui.extra_pages import lineage_facts
+    from freestack.ui.extra_pages.compare import lineage_facts
 
     old, one, ddp, multi = versions
     r = client.get("/compare/digits", params=[("v", old), ("v", ddp), ("v", multi)])

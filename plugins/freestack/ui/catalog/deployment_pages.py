@@ -1,0 +1,144 @@
+"""What the Deployments page shows: every deployment record, its traffic split and what its server
+answers now."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from freestack.ui.catalog.common import Pipeline, parallel, pipelines
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+
+class Serving(BaseModel):
+    """What the model server's Prometheus metrics say since it started (its workers summed)."""
+
+    requests: float | None = None
+    rows: float | None = None
+    mean_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+
+
+class DeploymentRow(BaseModel):
+    pipeline: str | None
+    model: str
+    name: str
+    target: str
+    state: str
+    version: str | None
+    address: str | None
+    since: str | None
+    health: str | None
+    smoke: dict[str, Any] | None
+    serving: Serving
+    traffic: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    alias: str | None = None
+    mismatch: str | None = None
+
+
+def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Kubernetes deployment's predictors as its last rollout left them: main and, with a canary, its share."""
+    if record.get("target") != "kubernetes":
+        return []
+    canary = int(record.get("canary_traffic") or 0) if record.get("canary_version") else 0
+    split = [{"name": "main", "version": record.get("version"), "traffic": 100 - canary}]
+    if canary:
+        split.append({"name": "canary", "version": record.get("canary_version"), "traffic": canary})
+    return split
+
+
+def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> DeploymentRow:
+    from freestack.serving.local import describe
+    from freestack.serving.records import alias_drift, served_alias
+
+    serving = record.get("state") == "serving"
+    kubernetes = record.get("target") == "kubernetes"
+    if kubernetes:
+        address, health = (
+            f"SeldonDeployment {record.get('namespace')}/{record.get('name')}",
+            record.get("message"),
+        )
+    else:
+        address, health = (
+            record.get("predict_url") or record.get("url"),
+            describe(record).get("health") if serving else None,
+        )
+    return DeploymentRow(
+        pipeline=pipeline,
+        model=record.get("model", "?"),
+        name=record.get("name", "?"),
+        target=record.get("target", "local"),
+        state=record.get("state", "?"),
+        version=record.get("version"),
+        address=address,
+        health=health,
+        since=record.get("deployed_at") or (record.get("history") or [{}])[-1].get("at"),
+        smoke=record.get("smoke"),
+        serving=serving_stats(record.get("metrics_url")) if serving else Serving(),
+        traffic=traffic_split(record),
+        history=list(record.get("history") or [])[-10:][::-1],
+        alias=served_alias(record),
+        mismatch=alias_drift(root, record),
+    )
+
+
+def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
+    """Predictions, rows and model latency (mean, 95th percentile) so far, from the model server's
+    Prometheus metrics (``freestack_model_predict_seconds``, ``freestack_prediction_rows_total``)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if not metrics_url:
+        return Serving()
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return Serving()
+    sums: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "freestack_model_predict_seconds_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+            else:
+                sums[s.name] = sums.get(s.name, 0.0) + s.value
+    count = sums.get("freestack_model_predict_seconds_count", 0.0)
+    mean = 1000 * sums.get("freestack_model_predict_seconds_sum", 0.0) / count if count else None
+    p95 = next((1000 * le for le, n in sorted(buckets.items()) if count and n >= 0.95 * count), None)
+    return Serving(
+        requests=count,
+        rows=sums.get("freestack_prediction_rows_total"),
+        mean_latency_ms=mean,
+        p95_latency_ms=p95 if p95 is None or p95 != float("inf") else None,
+    )
+
+
+def deployments(found: list[tuple[Pipeline, PipelineSpec]] | None = None) -> list[DeploymentRow]:
+    """Every deployment record under the storage root of every pipeline ``found`` (default: all,
+    :func:`~freestack.ui.catalog.common.pipelines`), with what is true now."""
+    from freestack.serving.records import all_deployments
+
+    by_root: dict[str, dict[str, str]] = {}
+    for p, spec in pipelines() if found is None else found:
+        by_root.setdefault(p.root, {})[spec.model_name] = p.name
+    out = []
+    for root, models in by_root.items():
+        for rec in all_deployments(root):
+            out.append((rec, models.get(rec.get("model", "")), root))
+    return parallel(lambda args: _deployment(*args), out)
+
+
+__all__ = [
+    "DeploymentRow",
+    "Serving",
+    "deployments",
+    "serving_stats",
+    "traffic_split",
+]

@@ -1,0 +1,278 @@
+"""/compare/<p>?v=A&v=B...: versions side by side (metrics, best marked, difference to the first; gate
+decisions; the training config they recorded; what their lineage differs in), and its JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+
+from freestack.ui import catalog
+from freestack.ui.extra_pages.common import app_helpers, page_user
+
+router = APIRouter()
+#: the most versions one comparison shows
+MAX_COMPARED = 8
+#: a config value longer than this (JSON) is shown by its length and hash: a diff, not a dump
+LONG_VALUE = 120
+
+
+class Compared(BaseModel):
+    asked: str
+    version: str
+    aliases: list[str]
+    created: str | None
+    gate: catalog.Gate
+
+
+class MetricRow(BaseModel):
+    name: str
+    values: list[float | None]
+    deltas: list[float | None]
+    goal: Literal["maximize", "minimize"] | None
+    best: list[int]
+
+
+class DiffRow(BaseModel):
+    key: str
+    values: list[str | None]
+    same: bool
+
+
+class PartitionDiff(BaseModel):
+    ds: str
+    sha256: list[str | None]
+    changes: list[Literal["", "same", "added", "removed", "changed"]]
+
+
+class ComparePage(BaseModel):
+    pipeline: str
+    model: str
+    versions: list[Compared]
+    metrics: list[MetricRow]
+    params: list[DiffRow]
+    lineage: list[DiffRow]
+    partitions: list[PartitionDiff]
+    choices: list[catalog.VersionRow]
+    aliases: dict[str, str]
+
+
+_MAXIMIZE = ("accuracy", "f1", "r2", "auc", "precision", "recall", "exact_match", "rouge")
+_MINIMIZE = ("loss", "rmse", "mae", "mse", "error", "seconds", "perplexity")
+
+
+def goal_of(metric: str) -> Literal["maximize", "minimize"] | None:
+    """Whether higher or lower is better for a metric named like ``test_accuracy`` or ``best_val_loss``."""
+    name = metric.lower()
+    if any(w in name for w in _MINIMIZE):
+        return "minimize"
+    if any(w in name for w in _MAXIMIZE):
+        return "maximize"
+    return None
+
+
+def metric_rows(metrics: list[dict[str, float]]) -> list[MetricRow]:
+    """One row per metric any version has: the values, each one's difference to the first version's, and
+    the best (the highest or lowest, where the name says which is better)."""
+    rows = []
+    for name in sorted({k for m in metrics for k in m}):
+        values = [m.get(name) for m in metrics]
+        first = values[0]
+        deltas = [None if v is None or first is None or k == 0 else v - first for k, v in enumerate(values)]
+        goal = goal_of(name)
+        known = [v for v in values if v is not None and not math.isnan(v)]
+        top = (max(known) if goal == "maximize" else min(known)) if goal and len(known) > 1 else None
+        best = [k for k, v in enumerate(values) if top is not None and v == top]
+        rows.append(MetricRow(name=name, values=values, deltas=deltas, goal=goal, best=best))
+    return rows
+
+
+def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists are values."""
+    if not isinstance(doc, dict):
+        return {prefix: doc} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def shown(value: Any) -> str | None:
+    """A config value as text; a long one by its size and hash (two differ exactly when their hashes do)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    if len(text) <= LONG_VALUE:
+        return text
+    size = f"{len(value)} items" if isinstance(value, list | dict) else f"{len(text)} characters"
+    return f"{size}, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def diff_rows(docs: list[dict[str, Any]]) -> list[DiffRow]:
+    """One row per flattened key some document has a value for: its value in each, and whether they are
+    all the same; the rows that differ first."""
+    flat = [flatten(d) for d in docs]
+    rows = []
+    for key in sorted({k for f in flat for k in f}):
+        values = [shown(f.get(key)) for f in flat]
+        if all(v is None for v in values):
+            continue  # recorded by none (a custom module's hash, for a built-in net)
+        rows.append(DiffRow(key=key, values=values, same=len(set(values)) == 1))
+    return sorted(rows, key=lambda r: r.same)
+
+
+def partition_diff(lists: list[list[dict[str, Any]]]) -> list[PartitionDiff]:
+    """Each partition (ds) any version was trained on, its sha256 in each version, and per version how it
+    differs from the first's: same, added (the first had no such partition), removed, or changed bytes."""
+    shas = [{str(p.get("ds")): p.get("sha256") for p in parts if isinstance(p, dict)} for parts in lists]
+    rows = []
+    for ds in sorted({d for s in shas for d in s}):
+        got = [s.get(ds) for s in shas]
+        base = ds in shas[0]
+        changes: list[Any] = [""]
+        for s in shas[1:]:
+            here = ds in s
+            changes.append(
+                "same"
+                if here and base and s[ds] == got[0]
+                else "changed"
+                if here and base
+                else "added"
+                if here
+                else "removed"
+                if base
+                else ""
+            )
+        rows.append(PartitionDiff(ds=ds, sha256=got, changes=changes))
+    return rows
+
+
+def training_config(lineage: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """What a version recorded about how it was trained: the hyperparameters, overrides, split and features
+    (lineage.json), the model's config.json and the preprocessing it fitted (preprocessing.json)."""
+    keep = ("hyperparameters", "overrides", "split", "features", "module", "tokenizer", "pretrained")
+    return {
+        **{k: lineage[k] for k in keep if lineage.get(k) is not None},
+        "config.json": files.get("config.json") or {},
+        "preprocessing.json": files.get("preprocessing.json") or {},
+    }
+
+
+def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
+    """The lineage that says where a version came from, beyond its partitions."""
+    window, af = lineage.get("window") or {}, lineage.get("airflow") or {}
+    return {
+        "spec_hash": lineage.get("spec_hash"),
+        "spec_normalized_hash": lineage.get("spec_normalized_hash"),
+        "code_version": lineage.get("code_version"),
+        "module.sha256": (lineage.get("module") or {}).get("sha256"),
+        "window.end_ds": window.get("end_ds"),
+        "window.days": window.get("days"),
+        "sweep": (lineage.get("sweep") or {}).get("id"),
+        "airflow.run_id": af.get("run_id"),
+        "data.rows": (lineage.get("data") or {}).get("rows"),
+        "trained_on": catalog.trained_on(lineage),
+    }
+
+
+def _extra_files(spec: Any, version: str) -> dict[str, Any]:
+    from freestack.registry.core import registry_for
+
+    return catalog.read_many(
+        registry_for(spec).folder, [f"{version}/config.json", f"{version}/preprocessing.json"]
+    )
+
+
+def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
+    """The versions (or aliases) ``asked``, side by side."""
+    from freestack.registry.core import registry_for
+
+    pages = catalog.parallel(lambda v: catalog.version_page(pipeline, spec, v), asked)
+    extra = catalog.parallel(lambda p: _extra_files(spec, p.row.version), pages)
+    files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
+    versions = [
+        Compared(asked=a, version=p.row.version, aliases=p.aliases, created=p.row.created, gate=p.row.gate)
+        for a, p in zip(asked, pages, strict=True)
+    ]
+    reg = registry_for(spec)
+    return ComparePage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        versions=versions,
+        metrics=metric_rows([p.metrics for p in pages]),
+        params=diff_rows([training_config(p.lineage, f) for p, f in zip(pages, files, strict=True)]),
+        lineage=diff_rows([lineage_facts(p.lineage) for p in pages]),
+        partitions=partition_diff([p.lineage.get("partitions") or [] for p in pages]),
+        choices=catalog.version_rows(reg.folder)[::-1],
+        aliases=catalog.aliases(spec),
+    )
+
+
+def _asked(v: list[str]) -> list[str]:
+    asked = list(dict.fromkeys(x.strip() for x in v if x.strip()))
+    if len(asked) > MAX_COMPARED:
+        raise HTTPException(400, f"{len(asked)} versions asked: compare at most {MAX_COMPARED} at once")
+    return asked
+
+
+def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
+    return app_helpers().found(compare_page, pipeline, spec, asked)
+
+
+def _choices_only(pipeline: str, spec: Any) -> ComparePage:
+    from freestack.registry.core import registry_for
+
+    return ComparePage(
+        pipeline=pipeline,
+        model=spec.model_name,
+        versions=[],
+        metrics=[],
+        params=[],
+        lineage=[],
+        partitions=[],
+        choices=catalog.version_rows(registry_for(spec).folder)[::-1],
+        aliases=catalog.aliases(spec),
+    )
+
+
+@router.get("/compare/{pipeline}", response_class=HTMLResponse)
+async def compare(
+    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(page_user)
+) -> HTMLResponse:
+    ui = app_helpers()
+    _, spec = ui.pipeline(pipeline, user)
+    asked = _asked(v)
+    if len(asked) >= 2:
+        data = await ui.off_loop(_compare, pipeline, spec, asked)
+    else:
+        data = await ui.off_loop(_choices_only, pipeline, spec)
+    title = f"Compare versions of {data.model}"
+    return ui.page(request, "compare.html", title=title, tab="models", c=data, asked=asked)
+
+
+@router.get("/api/compare/{pipeline}")
+async def compare_json(
+    pipeline: str, v: list[str] = Query([]), user: Any = Depends(page_user)
+) -> ComparePage:
+    ui = app_helpers()
+    _, spec = ui.pipeline(pipeline, user)
+    asked = _asked(v)
+    if len(asked) < 2:
+        raise HTTPException(400, "name at least two versions or aliases to compare: ?v=<A>&v=<B>")
+    return await ui.off_loop(_compare, pipeline, spec, asked)
+
+
+__all__ = [
+    "ComparePage",
+    "compare_page",
+    "diff_rows",
+    "lineage_facts",
+    "metric_rows",
+    "partition_diff",
+    "router",
+]
