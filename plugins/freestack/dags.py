@@ -327,8 +327,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
-    from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator
-    from freestack.registry.operators import PromoteOperator
+    from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator, PromoteOperator
     from freestack.serving.spec import MOVE_PRIORITY
 
     evaluate = EvaluateOperator(

@@ -245,7 +245,7 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, cap
     """A rollback or promotion that lands between a run's evaluate and its promote: the gate decides
     again against the production that is there now, on the candidate's test rows; a candidate that still
     passes is promoted over it, one that no longer passes is not (promote and deploy skipped)."""
-    from freestack.registry.operators import PromoteOperator
+    from freestack.evaluate.operators import PromoteOperator
 
     dag = lake["bag"].get_dag("digits_train")
     reg = _registry(lake)

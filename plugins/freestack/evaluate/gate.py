@@ -13,9 +13,12 @@ worsening, whichever way the metric goes. Each reason says so in plain words and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freestack.evaluate.spec import METRICS, GateSpec, better_word, goal_of
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
 
 #: float noise allowed at a bar (0.1 + 0.2 - 0.3 is not 0)
 _EPS = 1e-12
@@ -120,6 +123,16 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     }
 
 
+def decide_again(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> dict[str, Any]:
+    """The gate's decision for a registered candidate against the production there is now (None: none),
+    both scored again on the candidate's own test rows (:func:`freestack.evaluate.core.rescore`): what
+    ``promote`` asks when production moved after ``evaluate``. Raises EvaluationError or ValueError."""
+    from freestack.evaluate.core import rescore
+
+    candidate, champion = rescore(spec, candidate_uri, champion_uri)
+    return decide(spec.gate, candidate, champion)
+
+
 #: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) follows
 NOTE_LIMIT = 860
 
@@ -155,4 +168,4 @@ def _capped(body: str, tail: str) -> str:
     return body + tail
 
 
-__all__ = ["NOTE_LIMIT", "GateSpec", "decide", "decision_note", "direction_of"]
+__all__ = ["NOTE_LIMIT", "GateSpec", "decide", "decide_again", "decision_note", "direction_of"]
