@@ -85,10 +85,12 @@ def _test_inputs(version: Path, name: str):
     version's own probabilities), read as the evaluation read them."""
     import torch
 
-    from freestack.evaluate.core import load_model_folder, test_split
+    from freestack import version as model_version
+    from freestack.evaluate.core import test_split
     from freestack.spec import load_spec
 
-    model, pre, _, lineage, _ = load_model_folder(version.as_uri())
+    loaded = model_version.open(version.as_uri()).load()
+    model, pre, lineage = loaded.model, loaded.preprocessor, loaded.lineage.as_dict()
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / f"{name}.yaml")
     test, data = test_split(spec, END, spec.train.window_days, lineage)
     try:

@@ -417,7 +417,6 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
     import numpy as np
     import pandas as pd
 
-    from freestack.evaluate.core import load_model_folder
     from freestack.ml.loop import to_tensors
     from freestack.serving.local import stop_local
     from freestack.serving.records import Deployments
@@ -472,7 +471,7 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
             shop["predict_url"], {"data": {"names": ["price", "colour", "review", "photo"], "ndarray": data}}
         )
         assert code == 200, body
-        model, pre, *_ = load_model_folder(f"{env['FREESTACK_STORAGE_ROOT']}/registry/shop/{shop['version']}")
+        model, pre = _model_and_pre(f"{env['FREESTACK_STORAGE_ROOT']}/registry/shop/{shop['version']}")
         want = model.predict_proba(to_tensors(pre.inputs(rows))).tolist()
         assert (
             max(
@@ -489,9 +488,7 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
             glyphs["predict_url"], {"binData": base64.b64encode(image.read_bytes()).decode()}
         )
         assert code == 200, body
-        model, pre, *_ = load_model_folder(
-            f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}"
-        )
+        model, pre = _model_and_pre(f"{env['FREESTACK_STORAGE_ROOT']}/registry/glyphs/{glyphs['version']}")
         want = model.predict_proba(
             to_tensors(pre.inputs(pd.DataFrame({"image": [image.read_bytes()]})))
         ).tolist()[0]
@@ -501,9 +498,7 @@ def test_tables_with_text_and_images_and_an_image_folder_are_served_on_raw_value
         for n, rec in (("shop", shop), ("glyphs", glyphs)):
             scored = _score_backfill(stack, n, "2026-11-01", "2026-11-02")
             assert [m["ds"] for _, m in scored] == ["2026-11-01", "2026-11-02"], scored
-            model, pre, *_ = load_model_folder(
-                f"{env['FREESTACK_STORAGE_ROOT']}/registry/{n}/{rec['version']}"
-            )
+            model, pre = _model_and_pre(f"{env['FREESTACK_STORAGE_ROOT']}/registry/{n}/{rec['version']}")
             for table, manifest in scored:
                 lake = pd.read_parquet(manifest["inputs"][0]["uri"].removeprefix("file://"))
                 assert (
@@ -631,3 +626,11 @@ def _train_logs(api) -> str:
         except Exception as exc:  # noqa: BLE001  (a message for the assertion, whatever went wrong)
             got.append(f"{path}: {exc}")
     return "\n".join(got)
+
+
+def _model_and_pre(uri: str):
+    """A registered version's model and preprocessing, loaded as every stage loads it."""
+    from freestack import version
+
+    loaded = version.open(uri).load()
+    return loaded.model, loaded.preprocessor

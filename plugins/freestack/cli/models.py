@@ -135,9 +135,11 @@ def show(
         bool, typer.Option(help="Also all metrics, the lineage, the files and the model card.")
     ] = False,
 ) -> int:
-    """One version on a screen: created, test metrics, gate decision, aliases (--details: the rest)."""
+    """One version on a screen: created, test metrics, gate decision, aliases (--details: the rest); its
+    files are checked against the registration manifest first (a changed one is named, and refused)."""
     reg = registry(model, root)
     info = reg.get(version)
+    reg.verify(info["version"])
     gate = reg.gate_of(info["version"], info["lineage"])  # a decision taken again at promotion holds
     if json:
         print_json({**info, "gate": gate})
@@ -152,6 +154,7 @@ def show(
     style = "bold green" if verdict.startswith("promoted") else "bold red"
     facts.add_row("gate", Text.assemble((verdict, style), "".join(f"\n{r}" for r in reasons)))
     facts.add_row("uri", info["uri"])
+    facts.add_row("files", f"{plural(len(info['files']), 'file')}, each as registered (sha256)")
     emit(facts, console=console)
     metrics = (
         info["metrics"] if details else {k: v for k, v in info["metrics"].items() if k.startswith("test_")}

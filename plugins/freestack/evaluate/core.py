@@ -38,7 +38,7 @@ class EvaluationError(FreestackError):
     """The candidate cannot be evaluated; the message says why."""
 
 
-def _load(uri: str) -> LoadedVersion:
+def load_version(uri: str) -> LoadedVersion:
     """A version to evaluate, loaded (:meth:`freestack.version.ModelVersion.load`): the candidate, or a
     registered one (the champion, a candidate decided again), then verified against its manifest
     (:class:`~freestack.version.VersionCorrupt` names a file that changed)."""
@@ -421,7 +421,7 @@ def evaluate(
 
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
-    candidate = _load(candidate_uri)
+    candidate = load_version(candidate_uri)
     model, pre, history = candidate.model, candidate.preprocessor, candidate.history
     lineage = candidate.lineage.as_dict()
     window = lineage.get("window") or {}
@@ -449,7 +449,7 @@ def evaluate(
             )
             champ = None
             if champion_uri:
-                champion = _load(champion_uri)
+                champion = load_version(champion_uri)
                 c_lineage = champion.lineage.as_dict()
                 champ = score(champion.model, champion.preprocessor, test, target)
             write_json(
@@ -511,7 +511,7 @@ def _generation(
     cand = gen.answer(model, pre, frame, spec)
     champ, c_lineage = None, {}
     if champion_uri:
-        champion = _load(champion_uri)
+        champion = load_version(champion_uri)
         c_lineage = champion.lineage.as_dict()
         champ = gen.answer(champion.model, champion.preprocessor, frame, spec)
     chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
@@ -532,7 +532,7 @@ def rescore(
     """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
     partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
     production moved after the evaluation. Writes nothing."""
-    candidate = _load(candidate_uri)
+    candidate = load_version(candidate_uri)
     model, pre, lineage = candidate.model, candidate.preprocessor, candidate.lineage.as_dict()
     window = lineage.get("window") or {}
     if not window.get("end_ds"):
@@ -557,7 +557,7 @@ def rescore(
 
 
 def _model_and_pre(uri: str) -> tuple[Any, Any]:
-    loaded = _load(uri)
+    loaded = load_version(uri)
     return loaded.model, loaded.preprocessor
 
 
@@ -615,6 +615,7 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
 __all__ = [
     "EvaluationError",
     "evaluate",
+    "load_version",
     "outputs",
     "reference_of",
     "report_of",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.version.sources import read_storage_file
 
 if TYPE_CHECKING:
     from freestack.ml.pretrained import Base
@@ -61,22 +62,6 @@ def _base(base: str, revision: str, endpoint: str | None) -> Base:
     uri = storage_base_uri(base)
     local = local_os_path(to_path(uri))
     return local_base(local if local is not None else copy_base(uri, read_storage_file), uri, revision)
-
-
-def read_storage_file(uri: str, name: str) -> bytes:
-    """One file of a folder in storage (a :data:`~freestack.ml.pretrained.BaseReader`): FileNotFoundError
-    when it has none of that name, FreestackError when storage cannot be read."""
-    from freestack.storage import join, to_path
-
-    try:
-        path = join(to_path(uri), name)
-        if not path.exists():
-            raise FileNotFoundError(f"{uri}/{name}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise FreestackError(f"model.base {uri!r}: {name} cannot be read from storage ({exc})") from None
 
 
 def check_pretrained_model(spec: PipelineSpec) -> None:
@@ -231,6 +216,5 @@ __all__ = [
     "pretrained_base",
     "pretrained_lineage",
     "pretrained_task",
-    "read_storage_file",
     "storage_base_uri",
 ]
