@@ -110,11 +110,12 @@ def _frame(folder: Path, inputs: dict[str, Any]):
 def _evaluate_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -> list:
     import torch
 
-    from freestack.evaluate.core import load_model_folder
+    from freestack import version
     from freestack.ml.generation import GenerationSettings, generate
     from freestack.ml.loop import to_tensors
 
-    model, pre, *_ = load_model_folder(folder.as_uri())
+    loaded = version.open(folder.as_uri()).load()  # what evaluate loads a candidate and its champion with
+    model, pre = loaded.model, loaded.preprocessor
     if pre.task == "generation":
         chats = [pre.columns.with_system([{"role": "user", "content": p}]) for p in inputs["prompts"]]
         settings = GenerationSettings(max_new_tokens=max_new_tokens)
@@ -156,21 +157,21 @@ def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -
 
 
 def _score_answers(folder: Path, inputs: dict[str, Any]) -> list:
-    """What the score stage's ``LoadedVersion`` answers for the rows as an Arrow batch (a version that
-    predicts rows; score does not generate text)."""
+    """What the score stage's model (``load_version``) answers for the rows as an Arrow batch (a version
+    that predicts rows; score does not generate text)."""
     import pyarrow as pa
 
-    from freestack.score.core import LoadedVersion
+    from freestack.score.core import load_version
 
-    version = LoadedVersion(folder.as_uri(), device="cpu")
+    version = load_version(folder.as_uri(), device="cpu")
     encoded, kept, refused = version.encode(pa.RecordBatch.from_pandas(_frame(folder, inputs)))
     assert not refused and len(kept) == len(inputs["rows"]), refused
     return version.forward(encoded).tolist()
 
 
 def _load_and_predict(kind_folder: Path) -> dict[str, list]:
-    """Each of today's load paths' answers to the kind's recorded inputs: evaluate's ``load_model_folder``,
-    the model server's ``ServedModel`` and the score stage's ``LoadedVersion``. The one place a version is loaded in this module."""
+    """Each of today's load paths' answers to the kind's recorded inputs: :func:`freestack.version.open`'s
+    ``load()`` (what evaluate loads with), the model server's ``ServedModel`` and the score stage's model. The one place a version is loaded in this module."""
     expected = json.loads((kind_folder / "expected.json").read_text())
     folder, inputs, tokens = kind_folder / "version", expected["inputs"], expected["max_new_tokens"]
     answers = {
