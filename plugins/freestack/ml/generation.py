@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from freestack.errors import FreestackError
+from freestack.ml.pretrained import ADAPTER_FILES, PretrainedError, adapter_base, add_lora, save_hf_weights
 
 TASK = "generation"
 PIPELINE_TASK = "text-generation"
@@ -385,8 +386,6 @@ class CausalLMNet(nn.Module):
         return self.peft is not None and not self.peft.get("merge")
 
     def weight_files(self) -> list[str]:
-        from freestack.ml.pretrained import ADAPTER_FILES
-
         return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
 
     def config(self) -> dict[str, Any]:
@@ -406,8 +405,6 @@ class CausalLMNet(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """transformers'/peft's own files, ``config.json`` with ``freestack``; the tokenizer is saved beside
         them by :func:`save_tokenizer`."""
-        from freestack.ml.pretrained import save_hf_weights
-
         save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
 
 
@@ -435,8 +432,6 @@ def load_causal_lm(folder: str, *, meta: bool = False):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from freestack.ml.pretrained import PretrainedError
-
     hf_logging.set_verbosity_error()
     try:
         return AutoModelForCausalLM.from_pretrained(
@@ -452,8 +447,6 @@ def load_causal_lm(folder: str, *, meta: bool = False):
 def add_causal_lora(model, peft: dict[str, Any]):
     """LoRA adapters (peft, ``CAUSAL_LM``) on ``peft["target_modules"]`` or peft's default for the
     architecture: :func:`~freestack.ml.pretrained.add_lora` for the text-generation task."""
-    from freestack.ml.pretrained import add_lora
-
     return add_lora(model, PIPELINE_TASK, peft)
 
 
@@ -472,8 +465,6 @@ def load_generation_version(
         model = load_causal_lm(str(folder))
     else:
         from peft import PeftModel
-
-        from freestack.ml.pretrained import adapter_base
 
         base = adapter_base(info["base"], endpoint=endpoint, token=token, read_base=read_base)
         model = PeftModel.from_pretrained(load_causal_lm(base.folder), str(folder))

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, read
-from freestack.ml.distributed import Ranks
+from freestack.ml.distributed import Ranks, full_optimizer_state, full_state, load_full_state
+from freestack.ml.generation import perplexity, token_loss
 from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
 from freestack.ml.schedule import lr_factor
 from freestack.ml.stream import BatchSource, InMemory
@@ -159,8 +160,6 @@ def token_metrics(
 ) -> dict[str, float]:
     """A language model's mean loss per learnt token over a split, and its perplexity (exp of the loss):
     summed batch by batch, never holding more than one batch's logits."""
-    from freestack.ml.generation import perplexity, token_loss
-
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     tokens = 0
@@ -396,7 +395,6 @@ def _load(run: _Run, state: dict, best: dict | None, opt_state: dict) -> None:
         run.opt.load_state_dict(opt_state)
         run.stopping.best = best
         return
-    from freestack.ml.distributed import load_full_state
 
     if best is not None:  # the best weights' shards: loaded, kept, then the checkpoint's own state
         load_full_state(run.model, None, best, None)
@@ -522,7 +520,6 @@ def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
     if run.ranks is None or not run.ranks.sharded:
         checkpoints.save(CHECKPOINT, pack(run.model, run.stopping.best, run.opt, meta))
         return
-    from freestack.ml.distributed import full_optimizer_state, full_state
 
     state, opt_state = full_state(run.model), full_optimizer_state(run.model, run.opt)
     best = {k: _whole(v) for k, v in run.stopping.best.items()} if run.stopping.best else None
@@ -682,8 +679,6 @@ def _finish(run: _Run, start_epoch: int) -> None:
     if run.stopping.best is not None:
         run.model.load_state_dict({k: v.to(run.device) for k, v in run.stopping.best.items()})
     if run.ranks is not None and run.ranks.sharded:
-        from freestack.ml.distributed import full_state
-
         whole = full_state(run.model)  # every rank gathers; rank 0's unsharded copy takes the weights
         if run.plain is not None:
             run.plain.load_state_dict(whole)
