@@ -16,6 +16,7 @@ from freestack.runtime.preload import preload_listener
 from freestack.runtime.scheduler_wakeup import wake_listener
 from freestack.runtime.timings import enabled as timings_enabled
 from freestack.runtime.timings import task_timings
+from freestack.settings import default_storage_root
 from freestack.ui.app import views_app
 from freestack.ui.moved import MovedPages
 from freestack.ui.wandb_pages import wandb_app
@@ -31,8 +32,6 @@ VIEWS_HREF = "freestack/ui/models?fs-shell=1"
 
 def storage_root() -> str:
     """Macro ``{{ macros.freestack.storage_root() }}``: the configured storage root URI."""
-    from freestack.settings import default_storage_root
-
     return default_storage_root()
 
 

@@ -27,9 +27,29 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from freestack.errors import SpecError
+from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator, PromoteOperator
 from freestack.ingest.operators import IngestOperator, LandingSensor, lake_asset
+from freestack.monitor.operators import (
+    AlertOperator,
+    MonitorOperator,
+    RetrainOperator,
+    drift_asset,
+    monitoring_asset,
+)
+from freestack.registry.operators import MoveAliasOperator, RollbackOperator
+from freestack.score.operators import PlanScoreOperator, ScoreOperator, scores_asset
+from freestack.serving.operators import DeployOperator
+from freestack.serving.spec import DEPLOY_PRIORITY, MOVE_PRIORITY, deploy_pool
 from freestack.settings import pipelines_dir
 from freestack.spec import PipelineSpec, discover_specs, load_spec, pipeline_dags
+from freestack.sweeps.operators import (
+    ChooseTrainingOperator,
+    CreateSweepOperator,
+    SelectBestOperator,
+    SweepAgentOperator,
+)
+from freestack.sweeps.spec import POOL
+from freestack.train.operators import TrainOperator, WindowSensor
 
 
 def _combined(errors: list[SpecError]) -> SpecError:
@@ -132,8 +152,6 @@ def form_field(default: Any, **schema: Any) -> Param:
 def train_params(spec: PipelineSpec) -> dict[str, Param]:
     """The Trigger form of ``<p>_train``: the spec's ``train:`` defaults, changeable per run, with the
     spec's own limits (a value the spec would refuse is refused in the form)."""
-    from freestack.sweeps.spec import POOL
-
     t, sweep = spec.train, spec.sweep
     if sweep is None:
         sweep_text = "This spec has no sweep: block, so this must stay off (add one to sweep)"
@@ -259,15 +277,6 @@ def promote_params(spec: PipelineSpec) -> dict[str, Param]:
 def training_tasks(spec: PipelineSpec, spec_path: str):
     """``window`` -> ``choose`` -> ``train`` (and ``train_node`` x nodes-1) | ``create_sweep`` -> ``agent`` x N
     -> ``select_best``; returns the ends a candidate comes from (``train`` and its nodes, ``select_best``)."""
-    from freestack.sweeps.operators import (
-        ChooseTrainingOperator,
-        CreateSweepOperator,
-        SelectBestOperator,
-        SweepAgentOperator,
-    )
-    from freestack.sweeps.spec import POOL
-    from freestack.train.operators import TrainOperator, WindowSensor
-
     # the spec's train.queue (e.g. gpu) for the tasks that train; Airflow's default queue otherwise
     on_queue = {"queue": spec.train.queue} if spec.train.queue else {}
     choose = ChooseTrainingOperator(
@@ -327,9 +336,6 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
-    from freestack.evaluate.operators import BlockedOperator, EvaluateOperator, GateOperator, PromoteOperator
-    from freestack.serving.spec import MOVE_PRIORITY
-
     evaluate = EvaluateOperator(
         task_id="evaluate",
         spec_path=spec_path,
@@ -377,17 +383,12 @@ def serialised(spec: PipelineSpec, priority: int) -> dict[str, Any]:
     """What every alias move and deploy of the spec's model shares: its pool of one slot (one alias move +
     deploy of a model at a time, :mod:`freestack.runtime.pools`), and a fixed priority: deploy outranks a
     move, so a run's deploy follows its own move before another run's move takes the slot."""
-    from freestack.serving.spec import deploy_pool
-
     return {"pool": deploy_pool(spec.model_name), "priority_weight": priority, "weight_rule": "absolute"}
 
 
 def deploy_task(
     spec: PipelineSpec, spec_path: str, doc_md: str | None = None, moved_alias: str | None = None
 ):
-    from freestack.serving.operators import DeployOperator
-    from freestack.serving.spec import DEPLOY_PRIORITY
-
     how = (
         "the model server (python -m freestack_server) on 127.0.0.1, smoke-tested, switched blue/green."
         if spec.deploy.target == "local"
@@ -403,8 +404,6 @@ def deploy_task(
 
 
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.monitor.operators import drift_asset
-
     t = spec.train
     if t.schedule:
         schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC")
@@ -456,9 +455,6 @@ def _manual(
 
 
 def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.registry.operators import RollbackOperator
-    from freestack.serving.spec import MOVE_PRIORITY
-
     with DAG(
         **_manual(
             spec,
@@ -486,9 +482,6 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.registry.operators import MoveAliasOperator
-    from freestack.serving.spec import MOVE_PRIORITY
-
     with DAG(
         **_manual(
             spec,
@@ -526,14 +519,6 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.monitor.operators import (
-        AlertOperator,
-        MonitorOperator,
-        RetrainOperator,
-        drift_asset,
-        monitoring_asset,
-    )
-
     m = spec.monitor
     with DAG(
         dag_id=f"{spec.name}_monitor",
@@ -576,8 +561,6 @@ def monitor_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 def score_dag(spec: PipelineSpec, spec_path: str) -> DAG:
-    from freestack.score.operators import PlanScoreOperator, ScoreOperator, scores_asset
-
     sc = spec.score
     with DAG(
         dag_id=f"{spec.name}_score",

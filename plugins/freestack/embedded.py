@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from freestack.errors import FreestackError
+from freestack.settings import checkout_dir, project_home
 
 #: seconds a SQLite writer waits for the lock before ``database is locked``
 BUSY_TIMEOUT_S = 60.0
@@ -86,8 +87,6 @@ def airflow_env() -> dict[str, str]:
     """Environment for the embedded Airflow: home, dags and plugins inside the project, 127.0.0.1 on the
     port of :func:`stack_address`, and the runtime wing's speed-ups on (``FREESTACK_SPEEDUPS=0`` in the
     environment keeps them off)."""
-    from freestack.settings import checkout_dir, project_home
-
     home = checkout_dir()
     airflow_home = Path(os.environ.get("AIRFLOW_HOME") or home / ".airflow")
     port, url = stack_address(airflow_home)
@@ -128,8 +127,6 @@ def airflow_env() -> dict[str, str]:
 
 def standalone_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` plus the PATH shim that keeps every standalone component on 127.0.0.1."""
-    from freestack.settings import checkout_dir
-
     out = dict(env)
     venv_bin = str(Path(sys.executable).parent)
     out["FREESTACK_AIRFLOW_BIN"] = str(Path(venv_bin) / "airflow")

@@ -11,7 +11,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from freestack.errors import SpecError
+from freestack.ml.threads import cores, share, size_pool
 from freestack.operator_links import FreestackPageLink
+from freestack.settings import settings
 from freestack.spec import PipelineSpec, load_spec
 
 #: a task that pushes an XCom under this key (Markdown, at most 1000 characters) has it set as the
@@ -55,8 +58,6 @@ class PipelineOperator(BaseOperator):
             return None
 
     def pipeline_spec(self) -> PipelineSpec:
-        from freestack.errors import SpecError
-
         try:
             return load_spec(self.spec_path)
         except SpecError as exc:
@@ -71,8 +72,6 @@ class TorchTask:
     threads: int | None = None
 
     def pre_execute(self, context: Any) -> None:
-        from freestack.ml.threads import size_pool
-
         super().pre_execute(context)  # type: ignore[misc]
         threads, why = self.torch_threads()
         if threads:
@@ -88,9 +87,6 @@ class TorchTask:
 def task_threads() -> tuple[int, str]:
     """The CPU threads of a torch task and why: ``FREESTACK_TASK_THREADS``, else this worker's cores shared
     out among the tasks it runs at once (:func:`worker_slots`)."""
-    from freestack.ml.threads import cores, share
-    from freestack.settings import settings
-
     configured = settings().task_threads
     if configured:
         return configured, "FREESTACK_TASK_THREADS"

@@ -37,8 +37,8 @@ from freestack.score.spec import ScoreSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
-from freestack.sweeps.spec import EPOCH_METRICS, SweepSpec
-from freestack.train.spec import ModelSpec, TrainSpec
+from freestack.sweeps.spec import EPOCH_METRICS, INIT, PEFT, SweepSpec, leaf_parameters
+from freestack.train.spec import PRETRAINED_TASKS, ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 TASKS = ("classification", "regression")
@@ -189,8 +189,6 @@ class PipelineSpec(SpecModel):
 
     def _check_pretrained_input(self, kinds: dict[str, str]) -> None:
         """A pretrained model reads one column: a text column (text-classification) or an image column."""
-        from freestack.train.spec import PRETRAINED_TASKS
-
         wanted = PRETRAINED_TASKS.get(self.model.task)
         fits = [f for f, t in kinds.items() if t in ("text", "image") and (wanted is None or t == wanted)]
         if len(kinds) != 1 or len(fits) != 1:
@@ -210,7 +208,6 @@ class PipelineSpec(SpecModel):
         must be custom and give ``name`` a default in ``model.init``."""
         if self.sweep is None:
             return self
-        from freestack.sweeps.spec import INIT, PEFT, leaf_parameters
 
         for path in leaf_parameters(self.sweep.config()["parameters"]):
             *parents, name = path.split(".")
