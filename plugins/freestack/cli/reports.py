@@ -6,6 +6,8 @@ import json
 
 from freestack.cli.output import plural
 from freestack.spec import load_spec, spec_file
+from freestack.version.files import LINEAGE, METRICS
+from freestack.version.write import read_lineage
 
 
 def lake_data(pipeline: str) -> dict:
@@ -135,10 +137,9 @@ def version_of_run(pipeline: str, run_id: str):
     spec = load_spec(spec_file(pipeline))
     models = join(storage_root(spec.storage_root), "registry", spec.model_name)
     for version in sorted(models.iterdir(), key=lambda p: p.name, reverse=True) if models.exists() else []:
-        lineage_path = version / "lineage.json"
-        if not lineage_path.exists():
+        if not (version / LINEAGE).exists():
             continue
-        lineage = json.loads(lineage_path.read_text())
+        lineage = read_lineage(version).as_dict()
         if lineage.get("airflow", {}).get("run_id") == run_id:
             return models, version, lineage
     return models, None, None
@@ -149,7 +150,7 @@ def train_report(pipeline: str, run_id: str) -> str:
     models, version, lineage = version_of_run(pipeline, run_id)
     if version is None:
         return f"no model version of run {run_id} under {models}"
-    metrics = json.loads((version / "metrics.json").read_text())
+    metrics = json.loads((version / METRICS).read_text())
     wb = lineage.get("wandb") or {}
     lines = [f"model version: {version}"]
     lines += [f"  {k:<16} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith("test_")]

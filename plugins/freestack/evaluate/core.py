@@ -25,6 +25,7 @@ import numpy as np
 from freestack.errors import FreestackError
 from freestack.evaluate.generation import samples_html
 from freestack.ml.plots import png
+from freestack.version.files import LINEAGE, MARKER
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -417,7 +418,6 @@ def evaluate(
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
     from freestack.monitor.core import REFERENCE_FILE
     from freestack.storage import join, to_path, write_bytes, write_json
-    from freestack.version.files import MARKER
 
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
@@ -428,7 +428,7 @@ def evaluate(
     end_ds = end_ds or window.get("end_ds")
     days = int(window.get("days") or spec.train.window_days)
     if not end_ds:
-        raise EvaluationError(f"{candidate_uri}: lineage.json names no window; pass end_ds")
+        raise EvaluationError(f"{candidate_uri}: {LINEAGE} names no window; pass end_ds")
     test, data = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
     parts = data.partitions
     target = spec.source.schema_.target
@@ -536,7 +536,7 @@ def rescore(
     model, pre, lineage = candidate.model, candidate.preprocessor, candidate.lineage.as_dict()
     window = lineage.get("window") or {}
     if not window.get("end_ds"):
-        raise EvaluationError(f"{candidate_uri}: lineage.json names no window to score on")
+        raise EvaluationError(f"{candidate_uri}: {LINEAGE} names no window to score on")
     test, data = test_split(
         spec, window["end_ds"], int(window.get("days") or spec.train.window_days), lineage
     )

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from freestack.errors import DeployError
+from freestack.version.files import SMOKE
 from freestack_server.requestlog import SMOKE_ID
 
 
@@ -49,7 +50,7 @@ def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
     by every evaluation): a version without them cannot be smoke-tested, so it is not deployed."""
     from freestack.storage import join, to_path
 
-    path = join(to_path(version_uri), "evaluation", "smoke.json")
+    path = join(to_path(version_uri), *SMOKE.split("/"))
     try:
         sample = json.loads(path.read_text())
     except FileNotFoundError:
@@ -60,10 +61,10 @@ def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
             sample[k] = sample[k][:n]
     if sample.get("task") not in ("classification", "generation") and "target_std" not in sample:
         # the target's name and scale: what a regression answer is named and compared on (smoke_test)
-        try:
-            pre = json.loads(join(to_path(version_uri), "preprocessing.json").read_text())
-        except (FileNotFoundError, ValueError):
-            pre = {}
+        from freestack import version
+
+        opened = version.open(version_uri)
+        pre = opened.preprocessing.as_dict() if opened.preprocessing is not None else {}
         sample.update({k: pre[k] for k in ("target", "target_mean", "target_std") if k in pre})
     return sample
 

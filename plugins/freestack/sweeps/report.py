@@ -127,7 +127,9 @@ def publish_best(
     ``airflow`` is the publishing task's record (:func:`freestack.train.operators.airflow_info`): it
     replaces the trial's, which names the task that created the sweep."""
     from freestack.registry.core import registry_for
-    from freestack.storage import join, list_objects, to_path, write_bytes, write_json
+    from freestack.storage import join, list_objects, to_path, write_bytes
+    from freestack.version.files import LINEAGE
+    from freestack.version.write import read_lineage, write_lineage
 
     src = to_path(best["model_uri"])
     end_ds = sweep["request"]["end_ds"]
@@ -135,10 +137,10 @@ def publish_best(
     version = f"v{end_ds.replace('-', '')}-{digest}"
     dest = registry_for(spec).candidate_path(version)
     for obj in list_objects(src):
-        if obj.name == "lineage.json":
+        if obj.name == LINEAGE:
             continue
         write_bytes(join(dest, obj.name), obj.read_bytes())
-    lineage = json.loads(join(src, "lineage.json").read_text())
+    lineage = read_lineage(src).as_dict()
     lineage["version"] = version
     if airflow:
         lineage["airflow"] = _trained_interval(airflow, lineage.get("window") or {})
@@ -150,7 +152,7 @@ def publish_best(
         "trials_uri": str(sweep_dir(spec, sweep["id"])),
         "selected_on": best["metric"],
     }
-    write_json(join(dest, "lineage.json"), lineage)
+    write_lineage(dest, lineage)
     return str(dest)
 
 

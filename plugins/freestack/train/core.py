@@ -894,7 +894,8 @@ def _write_version(
     run,
 ) -> None:
     """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
-    from freestack.storage import join, write_bytes, write_json
+    from freestack.storage import join, write_bytes
+    from freestack.version.write import write_history, write_lineage, write_metrics, write_preprocessing
 
     t = spec.train
     lineage = {
@@ -936,7 +937,7 @@ def _write_version(
         for name in sorted(os.listdir(tmp)):
             with open(os.path.join(tmp, name), "rb") as f:
                 write_bytes(join(where.version_dir, name), f.read())
-    write_json(join(where.version_dir, "preprocessing.json"), data.pre.as_dict())
+    write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
     elif (
@@ -949,11 +950,9 @@ def _write_version(
         from freestack.ml.features import TOKENIZER_FILE
 
         write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
-    write_json(join(where.version_dir, "history.json"), result.history)
-    write_json(
-        join(where.version_dir, "metrics.json"), {"task": data.task, **metrics, "train": result.summary()}
-    )
-    write_json(join(where.version_dir, "lineage.json"), lineage)
+    write_history(where.version_dir, result.history)
+    write_metrics(where.version_dir, {"task": data.task, **metrics, "train": result.summary()})
+    write_lineage(where.version_dir, lineage)
     run.log_artifact_reference(
         name=f"{spec.model_name}",
         type="model",

@@ -115,6 +115,7 @@ def test_smoke_sample_carries_the_target_scale(tmp_path):
         "target_std": 80_000.0,
     }
     (folder / "preprocessing.json").write_text(json.dumps(pre))
+    (folder / "config.json").write_text(json.dumps({"task": "regression", "n_features": 2}))
     sample = smoke.smoke_sample(folder.as_uri(), 2)
     assert sample["target"] == "price" and sample["target_std"] == 80_000.0 and len(sample["outputs"]) == 2
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.ui.catalog.common import numbers_in, read_many, subfolders
-from freestack.version.files import MARKER
+from freestack.version.files import LINEAGE, MARKER, METRICS
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -146,8 +146,8 @@ def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
     marker = files.get(f"{version}/{MARKER}")
     if marker is None:
         return None  # an unfinished registration: not a version
-    lineage = files.get(f"{version}/lineage.json") or {}
-    metrics = metrics_summary(files.get(f"{version}/metrics.json") or {})
+    lineage = files.get(f"{version}/{LINEAGE}") or {}
+    metrics = metrics_summary(files.get(f"{version}/{METRICS}") or {})
     window, airflow = lineage.get("window") or {}, lineage.get("airflow") or {}
     return VersionRow(
         version=version,
@@ -169,7 +169,7 @@ def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = Non
     names = [n for n in subfolders(folder) if VERSION_RE.match(n)]
     key = str(folder)
     missing = [n for n in names if (key, n) not in _VERSIONS]
-    files = read_many(folder, [f"{n}/{f}" for n in missing for f in (MARKER, "lineage.json", "metrics.json")])
+    files = read_many(folder, [f"{n}/{f}" for n in missing for f in (MARKER, LINEAGE, METRICS)])
     for name in missing:
         row = _version_row(name, files)
         if row is not None:
@@ -287,8 +287,8 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         name,
         {  # what get() read already
             f"{name}/{MARKER}": {"registered_at": info["created"]},
-            f"{name}/lineage.json": info["lineage"],
-            f"{name}/metrics.json": info["metrics_full"],
+            f"{name}/{LINEAGE}": info["lineage"],
+            f"{name}/{METRICS}": info["metrics_full"],
         },
     )
     assert row is not None

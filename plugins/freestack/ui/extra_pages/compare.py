@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
+from freestack.version.files import CONFIG, PREPROCESSING
 
 router = APIRouter()
 #: the most versions one comparison shows
@@ -154,12 +155,12 @@ def partition_diff(lists: list[list[dict[str, Any]]]) -> list[PartitionDiff]:
 
 def training_config(lineage: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
     """What a version recorded about how it was trained: the hyperparameters, overrides, split and features
-    (lineage.json), the model's config.json and the preprocessing it fitted (preprocessing.json)."""
+    (its lineage), the model's config and the preprocessing it fitted (:mod:`freestack.version.files`)."""
     keep = ("hyperparameters", "overrides", "split", "features", "module", "tokenizer", "pretrained")
     return {
         **{k: lineage[k] for k in keep if lineage.get(k) is not None},
-        "config.json": files.get("config.json") or {},
-        "preprocessing.json": files.get("preprocessing.json") or {},
+        CONFIG: files.get(CONFIG) or {},
+        PREPROCESSING: files.get(PREPROCESSING) or {},
     }
 
 
@@ -183,9 +184,7 @@ def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
 def _extra_files(spec: Any, version: str) -> dict[str, Any]:
     from freestack.registry.core import registry_for
 
-    return catalog.read_many(
-        registry_for(spec).folder, [f"{version}/config.json", f"{version}/preprocessing.json"]
-    )
+    return catalog.read_many(registry_for(spec).folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
 
 
 def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:

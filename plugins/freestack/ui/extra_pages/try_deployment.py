@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
+from freestack.version.files import LINEAGE, PREPROCESSING, SMOKE
 
 router = APIRouter()
 
@@ -119,11 +120,7 @@ def try_page(model: str, name: str, user: Any) -> TryPage:
 
     pipeline, _, record = _record(model, name, user)
     folder = to_path(record["version_uri"]) if record.get("version_uri") else None
-    got = (
-        catalog.read_many(folder, ["lineage.json", "preprocessing.json", "evaluation/smoke.json"])
-        if folder
-        else {}
-    )
+    got = catalog.read_many(folder, [LINEAGE, PREPROCESSING, SMOKE]) if folder else {}
     return TryPage(
         pipeline=pipeline,
         model=model,
@@ -132,9 +129,9 @@ def try_page(model: str, name: str, user: Any) -> TryPage:
         runtime=record.get("runtime", "seldon"),
         predict_url=record["predict_url"],
         features=feature_inputs(
-            got.get("lineage.json") or {},
-            got.get("preprocessing.json") or {},
-            got.get("evaluation/smoke.json"),
+            got.get(LINEAGE) or {},
+            got.get(PREPROCESSING) or {},
+            got.get(SMOKE),
         ),
     )
 
