@@ -123,16 +123,16 @@ class ServedModel:
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Model name, version, features and classes from the small JSON files (read by
-        :func:`freestack.version.folder.open`, checked against the registration manifest): no torch involved, so
-        it is safe in a server's parent process before its workers fork."""
+        :func:`freestack.version.folder.open_folder`, checked against the registration manifest): no torch
+        involved, so it is safe in a server's parent process before its workers fork."""
         if self._described is None:
-            from freestack import version
+            from freestack.version.folder import open_folder
             from freestack_server.fetch import FetchError, FetchSource, resolve_uri
 
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
             self.model_uri = resolve_uri(self.model_uri)
-            opened = version.open(self.model_uri, FetchSource(self.model_uri))
+            opened = open_folder(self.model_uri, FetchSource(self.model_uri))
             if opened.manifest is None:
                 raise FetchError(
                     f"{self.model_uri} is not a registered model version (no {MARKER}); deploy a version "

@@ -10,9 +10,10 @@ providers), so it speaks to each store with the plainest client there is:
 - ``data://owner/collection/path``: the Data API service over HTTP (``FREESTACK_DATA_API_URL``,
   ``FREESTACK_DATA_API_KEY``).
 
-:class:`FetchSource` reads a version folder with these clients for :func:`freestack.version.folder.open`: the
-server serves a folder only when its ``_REGISTERED.json`` commit marker exists, and the version package
-checks every file against the sha256 the marker records, so a half-copied or altered version never loads.
+:class:`FetchSource` reads a version folder with these clients for
+:func:`freestack.version.folder.open_folder`: the server serves a folder only when its ``_REGISTERED.json``
+commit marker exists, and the version package checks every file against the sha256 the marker records, so
+a half-copied or altered version never loads.
 
 A URI may also name an alias instead of a version: ``<root>/registry/<model>@production`` (any alias
 the registry keeps in ``registry/<model>/aliases.json``) is resolved by :func:`resolve_uri` to the

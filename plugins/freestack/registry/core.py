@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
 from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE
-from freestack.version import LoadedVersion, ModelVersion
+from freestack.version import LoadedVersion, Manifest, ManifestFile, ModelVersion
 from freestack.version import open as open_version
 from freestack.version.files import CARD, LINEAGE, MARKER, METRICS, missing_model_files
 from freestack.version.write import read_lineage, write_lineage
@@ -294,7 +294,7 @@ class ModelRegistry:
         from freestack.storage import cas, sha256_of
 
         files = {
-            rel: {"sha256": sha256_of(path), "size": path.stat().st_size}
+            rel: ManifestFile(sha256=sha256_of(path), size=path.stat().st_size)
             for rel, path in walk_files(self.version_path(version))
             if rel != MARKER
         }
@@ -304,15 +304,9 @@ class ModelRegistry:
                 f"{sorted(expected - set(files)) or 'none'}; unexpected: {sorted(set(files) - expected) or 'none'}); "
                 "register it again"
             )
-        marker = {
-            "model": self.model,
-            "version": version,
-            "registered_at": _now(),
-            "source": source,
-            "files": files,
-        }
+        marker = Manifest(model=self.model, version=version, registered_at=_now(), source=source, files=files)
         try:
-            cas.create(self._marker(version), _dumps(marker))
+            cas.create(self._marker(version), _dumps(marker.as_dict()))
         except cas.CasConflict:
             raise VersionExists(
                 f"version {version!r} of model {self.model!r} was registered by someone else meanwhile; "

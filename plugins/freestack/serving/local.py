@@ -23,7 +23,6 @@ Python over the registry and storage: the deploy operator and ``freestack serve`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -497,12 +496,11 @@ def deploy_local(
 
 def _pretrained(version_uri: str) -> bool:
     """Whether the version is a fine-tuned transformers model (its timeouts default longer)."""
-    from freestack.ml.models import is_pretrained
-    from freestack.storage import join, to_path
+    from freestack import version
 
     try:
-        return is_pretrained(json.loads(join(to_path(version_uri), "config.json").read_text()))
-    except (OSError, ValueError):
+        return version.open(version_uri).config.pretrained
+    except (OSError, ValueError, version.VersionError):
         return False  # the server's load reports what is wrong with the version
 
 

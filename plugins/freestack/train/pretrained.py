@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
-from freestack.version.sources import read_storage_file
+from freestack.version.stored import read_storage_file
 
 if TYPE_CHECKING:
     from freestack.ml.pretrained import Base

@@ -9,16 +9,18 @@ evaluate, score, the CLI, the views and the model server load.
   gives one :class:`LoadedVersion` for every kind of model freestack registers;
 - :mod:`~freestack.version.write`: the writers of the JSON files.
 
-No Airflow here, and storage only when a version is read from it: the model server imports this package.
+No Airflow here, and storage only when a version is read from it (:mod:`~freestack.version.stored`): the
+model server opens versions with :func:`freestack.version.folder.open_folder` and its own source.
 """
 
 from __future__ import annotations
 
 from freestack.version.errors import NotAVersion, VersionCorrupt, VersionError
-from freestack.version.folder import ModelVersion, open
+from freestack.version.folder import ModelVersion, open_folder
 from freestack.version.loaded import LoadedVersion
 from freestack.version.records import Lineage, Manifest, ManifestFile, Metrics, ModelConfig, Preprocessing
-from freestack.version.sources import LocalSource, Source, StorageSource, read_storage_file
+from freestack.version.sources import LocalSource, Source
+from freestack.version.stored import StorageSource, read_storage_file, source_of
 
 __all__ = [
     "Lineage",
@@ -36,5 +38,14 @@ __all__ = [
     "VersionCorrupt",
     "VersionError",
     "open",
+    "open_folder",
     "read_storage_file",
+    "source_of",
 ]
+
+
+def open(uri: str, source: Source | None = None) -> ModelVersion:  # noqa: A001  (version.open reads as it does)
+    """The version folder at ``uri`` (local, ``s3://``, ``data://``), its small JSON files read (and, when
+    it is registered, checked against the manifest): :func:`~freestack.version.folder.open_folder`
+    through ``source``, by default the one :func:`~freestack.version.stored.source_of` picks."""
+    return open_folder(uri, source or source_of(str(uri).rstrip("/")))

@@ -9,7 +9,6 @@ evaluation, a Hub snapshot) has nothing to check against and verifies trivially.
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import json
 import os
@@ -22,7 +21,7 @@ from pydantic import ValidationError
 from freestack.version import files as F
 from freestack.version.errors import NotAVersion, VersionCorrupt
 from freestack.version.records import Lineage, Manifest, Metrics, ModelConfig, Preprocessing, Record
-from freestack.version.sources import Source, source_of, write_local
+from freestack.version.sources import Source, write_local
 
 if TYPE_CHECKING:
     from freestack.version.loaded import LoadedVersion
@@ -36,7 +35,7 @@ def _sha256(data: bytes) -> str:
 
 def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with builtins.open(path, "rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -157,11 +156,11 @@ def _record(uri: str, name: str, cls: type[R], data: Any) -> R:
         ) from None
 
 
-def open(uri: str, source: Source | None = None) -> ModelVersion:
-    """The version folder at ``uri`` (local, ``s3://``, ``data://``), its small JSON files read (and,
-    when it is registered, checked against the manifest); :class:`NotAVersion` without ``config.json``."""
+def open_folder(uri: str, src: Source) -> ModelVersion:
+    """The version folder at ``uri``, read through ``src``: its small JSON files read (and, when it is
+    registered, checked against the manifest); :class:`NotAVersion` without ``config.json``.
+    :func:`freestack.version.open` picks the source of a URI itself."""
     uri = str(uri).rstrip("/")
-    src = source or source_of(uri)
     try:
         manifest_data = _parse(uri, F.MARKER, src.read(F.MARKER))
     except FileNotFoundError:
@@ -183,4 +182,4 @@ def open(uri: str, source: Source | None = None) -> ModelVersion:
     )
 
 
-__all__ = ["ModelVersion", "open"]
+__all__ = ["ModelVersion", "open_folder"]

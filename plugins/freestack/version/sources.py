@@ -1,10 +1,10 @@
-"""Where a version's files are read from: a local folder, or any storage freestack writes to.
+"""Where a version's files are read from.
 
 A :class:`Source` reads one file of the version folder by its relative name (FileNotFoundError when
 there is none), says whether the folder is on local disk, and reads a file of another folder (the base
-an adapter was trained on). The model server brings its own (its plain clients of S3 and the Data API);
-everything else reads through :mod:`freestack.storage`, imported only when used, so that this module
-loads where fsspec is not installed.
+an adapter was trained on). :class:`LocalSource` reads a local folder; :mod:`freestack.version.stored`
+reads any storage freestack writes to; the model server brings its own (its plain clients of S3 and the
+Data API). This module imports neither storage nor Airflow: the model server imports it.
 """
 
 from __future__ import annotations
@@ -59,43 +59,11 @@ class LocalSource:
     def read_base(self, uri: str, name: str) -> bytes:
         local = local_path_of(uri)
         if local is None:
-            return read_storage_file(uri, name)
+            raise FreestackError(
+                f"{uri}: {name} is not on local disk; open the version with a source that reads "
+                "object storage (freestack.version.stored.source_of)"
+            )
         return (Path(local) / name).read_bytes()
-
-
-class StorageSource:
-    """A folder in freestack's storage (``s3://``, ``data://``, or a local root through fsspec)."""
-
-    def __init__(self, uri: str):
-        self.uri = uri.rstrip("/")
-
-    def read(self, name: str) -> bytes:
-        return read_storage_file(self.uri, name)
-
-    def local_dir(self) -> str | None:
-        from freestack.storage import to_path
-        from freestack.storage.objects import local_os_path
-
-        return local_os_path(to_path(self.uri))
-
-    def read_base(self, uri: str, name: str) -> bytes:
-        return read_storage_file(uri, name)
-
-
-def read_storage_file(uri: str, name: str) -> bytes:
-    """One file of a folder in storage (a :data:`~freestack.ml.pretrained.BaseReader`): FileNotFoundError
-    when it has none of that name, FreestackError when storage cannot be read."""
-    from freestack.storage import join, to_path
-
-    try:
-        path = join(to_path(uri), name)
-        if not path.exists():
-            raise FileNotFoundError(f"{uri}/{name}")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise FreestackError(f"{uri}: {name} cannot be read from storage ({exc})") from None
 
 
 def write_local(path: Path, data: bytes) -> None:
@@ -106,20 +74,4 @@ def write_local(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def source_of(uri: str) -> Source:
-    """The source of a version URI: a local folder read directly, anything else through storage."""
-    local = local_path_of(uri)
-    if local is not None and os.path.isdir(local):
-        return LocalSource(uri)
-    return StorageSource(uri)
-
-
-__all__ = [
-    "LocalSource",
-    "Source",
-    "StorageSource",
-    "local_path_of",
-    "read_storage_file",
-    "source_of",
-    "write_local",
-]
+__all__ = ["LocalSource", "Source", "local_path_of", "write_local"]
