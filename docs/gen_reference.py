@@ -2,7 +2,9 @@
 
 - ``reference/spec.md``: every block of a pipeline spec, from the pydantic models that validate it;
 - ``reference/settings.md``: every ``FREESTACK_*`` setting, from :class:`freestack.settings.Settings`;
-- ``reference/cli.md``: every ``freestack`` command, its arguments and options, from the CLI's command tree.
+- ``reference/cli.md``: every ``freestack`` command, its arguments and options, from the CLI's command tree;
+- ``reference/version.md``: the JSON files of a model version folder, from the records that read them
+  (:mod:`freestack.version.records`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,44 @@ def spec_page() -> str:
         lines += [f"## {model.__name__}", "", f"*{model.__module__}* — {doc}", "", *field_table(model), ""]
         for field in model.model_fields.values():
             queue += [m for m in models_in(field.annotation) if m not in seen]
+    return "\n".join(lines)
+
+
+def version_page() -> str:
+    from freestack.version import files
+    from freestack.version.records import (
+        FineTuned,
+        Lineage,
+        Manifest,
+        ManifestFile,
+        Metrics,
+        ModelConfig,
+        Preprocessing,
+    )
+
+    lines = [
+        "# Model version reference",
+        "",
+        "A model version is one folder (`candidates/<model>/<version>/` while it is evaluated,",
+        "`registry/<model>/<version>/` once registered), read and loaded through `freestack.version`:",
+        "`freestack.version.open(uri)` reads its JSON files into the records below, `.verify()` checks every",
+        f"file against the registration manifest (`{files.MARKER}`), and `.load()` verifies, then gives the",
+        "model with everything it predicts with. Each record keeps the keys it does not name, so a version",
+        "written by earlier code still reads. This page is generated from those records.",
+        "",
+    ]
+    for name, model in (
+        (files.CONFIG, ModelConfig),
+        (f"{files.CONFIG}: freestack", FineTuned),
+        (files.PREPROCESSING, Preprocessing),
+        (files.LINEAGE, Lineage),
+        (files.METRICS, Metrics),
+        (files.MARKER, Manifest),
+        (f"{files.MARKER}: files", ManifestFile),
+    ):
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+        lines += [f"## {model.__name__}", "", f"`{name}` (*{model.__module__}*) — {doc}", ""]
+        lines += [*field_table(model), ""]
     return "\n".join(lines)
 
 
@@ -241,6 +281,7 @@ for target, page in (
     ("reference/spec.md", spec_page),
     ("reference/settings.md", settings_page),
     ("reference/cli.md", cli_page),
+    ("reference/version.md", version_page),
 ):
     with mkdocs_gen_files.open(target, "w") as f:
         f.write(page())

@@ -220,7 +220,7 @@ def _loads_with_plain_transformers(p, version: Path, texts: list[str], want: lis
     from freestack.registry.hub import load_from_hub
 
     batch = load_encoder(version).encode({"review": texts})
-    again = load_from_hub("team/reviews-lora", pushed["tag"], endpoint=p["hub"].endpoint)
+    again = load_from_hub("team/reviews-lora", pushed["tag"], endpoint=p["hub"].endpoint).model
     assert torch.allclose(
         again.predict_proba({g: torch.as_tensor(v) for g, v in batch.items()}), torch.tensor(want), atol=1e-5
     )

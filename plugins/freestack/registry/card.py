@@ -222,7 +222,7 @@ print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=T
 ```
 {% elif custom %}
 From the Hub, once pushed to `<repo>`: `model = freestack.registry.hub.load_from_hub("<repo>",
-revision="{{ version }}", trust_remote_code=True)`, then as above.
+revision="{{ version }}", trust_remote_code=True).model`, then as above.
 {% else %}
 From the Hub, once pushed to `<repo>`: `model = freestack.ml.models.FreestackNet.from_pretrained("<repo>",
 revision="{{ version }}")`, then as above.
