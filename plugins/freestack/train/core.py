@@ -11,6 +11,10 @@ Callable from an Airflow task, a notebook or a script alike.
 
 A retry of a killed training (the same run key) resumes from its checkpoint and records into the same
 W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
+
+Importing this module loads torch, pandas and pyarrow (through ``freestack.ml`` and ingest's reader):
+the operators and the CLI, which the DAG file and the shell load, import it inside the functions that
+train.
 """
 
 from __future__ import annotations
@@ -27,6 +31,33 @@ from typing import TYPE_CHECKING, Any
 
 from freestack import __version__
 from freestack.errors import FreestackError
+from freestack.ingest.core import lake_partitions
+from freestack.ml.checkpoint import CHECKPOINT
+from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
+from freestack.ml.custom import build_custom, check_custom
+from freestack.ml.distributed import backend_for
+from freestack.ml.features import KINDS, TOKENIZER_FILE, EncoderOptions, EncodingError
+from freestack.ml.generation import ChatError, save_tokenizer
+from freestack.ml.loop import TrainConfig, evaluate_source, fit_source, resolve_device, to_tensors
+from freestack.ml.models import FreestackNet
+from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
+from freestack.ml.stream import EncodedSpool, InMemory, Streamed
+from freestack.settings import checkout_dir, settings
+from freestack.specbase import block_problems
+from freestack.storage import join, storage_root, to_path, write_bytes
+from freestack.tracking.wandb import WandbSettings, start_run
+from freestack.train.pretrained import (
+    build_pretrained_model,
+    chat_encoding,
+    check_pretrained_model,
+    encoder_settings,
+    pretrained_base,
+    pretrained_lineage,
+)
+from freestack.train.spec import ModelSpec, TrainSpec
+from freestack.train.stream import FrameRows, WindowData, choose_mode, spool_window
+from freestack.train.window import Window, WindowError, fix_window, read_window
+from freestack.version.write import write_history, write_lineage, write_metrics, write_preprocessing
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -45,13 +76,9 @@ class StoreCheckpoints:
     folder: Any  # ObjectStoragePath
 
     def save(self, name: str, data: bytes) -> None:
-        from freestack.storage import join, write_bytes
-
         write_bytes(join(self.folder, name), data)
 
     def load(self, name: str) -> bytes | None:
-        from freestack.storage import join
-
         p = join(self.folder, name)
         return p.read_bytes() if p.exists() else None
 
@@ -103,8 +130,6 @@ class TrainOutcome:
 
 def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list[str]:
     """The lake partitions of the window (end_ds - window_days, end_ds]: never one after end_ds."""
-    from freestack.ingest.core import lake_partitions
-
     start = (date.fromisoformat(end_ds) - timedelta(days=window_days)).isoformat()
     return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
 
@@ -119,9 +144,6 @@ def load_window(
     """The window ending at ``end_ds`` (:class:`~freestack.train.stream.WindowData`): the run's ``fixed``
     window when it has one (:mod:`freestack.train.window`), else the lake as it is; in memory, or
     spooled into ``splits`` when ``train.data`` says so (:func:`~freestack.train.stream.choose_mode`)."""
-    from freestack.train.stream import WindowData, choose_mode, spool_window
-    from freestack.train.window import Window, WindowError, fix_window, read_window
-
     try:
         window = Window.from_dict(fixed) if fixed else fix_window(spec, end_ds, window_days)
         mode, reason = choose_mode(spec, window.of_days(window_days))
@@ -144,9 +166,6 @@ def window_columns(spec: PipelineSpec) -> list[str]:
 def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     """The spec with the request's form values and overrides applied, validated like the spec itself."""
     from pydantic import ValidationError
-
-    from freestack.specbase import block_problems
-    from freestack.train.spec import ModelSpec, TrainSpec
 
     train_values = spec.train.model_dump()
     for key in ("window_days", "epochs", "learning_rate", "batch_size", "seed"):
@@ -232,8 +251,6 @@ def check_trainable(spec: PipelineSpec) -> None:
 def check_hub_model(spec: PipelineSpec) -> None:
     """A pretrained base is fetched and checked against the task and LoRA settings before any data is
     read (TrainingError naming the base and what to do)."""
-    from freestack.train.pretrained import check_pretrained_model
-
     try:
         check_pretrained_model(spec)
     except FreestackError as exc:
@@ -243,8 +260,6 @@ def check_hub_model(spec: PipelineSpec) -> None:
 def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
     """What a custom model's constructor is told about the data (:class:`~freestack.ml.contract.ModelInputs`):
     from the fitted preprocessing ``pre``, or, before any data is read, from the spec alone."""
-    from freestack.ml.contract import FeatureGroup, ModelInputs
-
     n_outputs = len(classes) if task == "classification" else 1
     sizes = group_sizes(pre.encoder if pre is not None else None, spec)
     groups = {g: FeatureGroup(g, **v) for g, v in sizes.items()}
@@ -261,8 +276,6 @@ def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
 def group_sizes(encoder, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
     """The feature groups' sizes: the fitted ``encoder``'s, else the spec's guess (vocabularies of a
     category's ``allowed`` values or 8, the text settings' vocabulary size) for a check before data."""
-    from freestack.ml.features import KINDS
-
     if encoder is not None:
         return encoder.group_sizes()
     if all(KINDS[t] == "numeric" for t in spec.feature_kinds.values()):
@@ -291,10 +304,6 @@ def check_custom_model(spec: PipelineSpec) -> None:
     """Import the spec's custom model, build it and pass a batch through it before any data is read:
     a module that fails to import, has the wrong signature or answers the wrong shape fails here,
     with the file, the line and the contract (TrainingError)."""
-    from freestack.ml.contract import CustomModelError
-    from freestack.ml.custom import build_custom, check_custom
-    from freestack.settings import checkout_dir
-
     task = spec.task or "classification"
     target = next((c for c in spec.source.schema_.fields if c.name == spec.source.schema_.target), None)
     classes = list(getattr(target, "allowed", None) or [0, 1, 2]) if task == "classification" else []
@@ -310,9 +319,6 @@ def check_custom_model(spec: PipelineSpec) -> None:
 def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] | None = None) -> Prepared:
     """The window (loaded, or ``window``: a ``load_window`` result) split on the row key, with
     preprocessing fitted on the train split (in one streaming pass when the window is spooled)."""
-    from freestack.ml.features import EncodingError
-    from freestack.ml.prep import Preprocessing
-
     schema, t = spec.source.schema_, spec.train
     data = window if window is not None else load_window(spec, end_ds, t.window_days, fixed)
     splits = _splits(spec, data)
@@ -357,10 +363,6 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
     """A text-generation window: the splits' conversations tokenized with the base's chat template (held in
     memory: an instruction set is small next to the model). How many were cut to ``max_length``, or
     dropped for having no answer token left, goes into the version's lineage."""
-    from freestack.ml.generation import ChatError
-    from freestack.train.pretrained import chat_encoding
-    from freestack.train.stream import FrameRows
-
     if not all(isinstance(rows, FrameRows) for rows in splits.values()):
         raise TrainingError(
             f"pipeline {spec.name!r}: a text-generation window is read into memory; set "
@@ -405,9 +407,6 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
 
 def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
     """The train/val/test rows of a loaded window: masks of the frame, or the spooled files."""
-    from freestack.ml.prep import split_of_keys
-    from freestack.train.stream import FrameRows
-
     t = spec.train
     if data.spool is not None:
         if data.spool.fractions != (t.val_fraction, t.test_fraction):
@@ -425,8 +424,6 @@ def _infer_task(spec: PipelineSpec, splits) -> str:
     """The task from the window's target column (only that column is gathered)."""
     import pandas as pd
 
-    from freestack.ml.prep import infer_task
-
     schema = spec.source.schema_
     target_type = next(c.type for c in schema.fields if c.name == schema.target)
     y = pd.concat([rows.values(schema.target) for rows in splits], ignore_index=True)
@@ -436,8 +433,6 @@ def _infer_task(spec: PipelineSpec, splits) -> str:
 def encoder_options(spec: PipelineSpec):
     """The spec's ``model.category``/``text``/``image`` settings for :mod:`freestack.ml.features` (a
     named Hub tokenizer is fetched here)."""
-    from freestack.ml.features import EncoderOptions
-
     m = spec.model
     tokenizer, source = None, m.text.tokenizer
     if (
@@ -459,8 +454,6 @@ def encoder_options(spec: PipelineSpec):
         augment=tuple(m.image.augment),
     )
     if m.type == "huggingface":  # the base's own tokenizer, or its image processor's size
-        from freestack.train.pretrained import encoder_settings
-
         options.update(encoder_settings(spec))
     return EncoderOptions(**options)
 
@@ -500,12 +493,8 @@ def build_model(spec: PipelineSpec, data: Prepared):
     scaled for the data."""
     import torch
 
-    from freestack.ml.models import FreestackNet
-
     torch.manual_seed(spec.train.seed)
     if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
-        from freestack.train.pretrained import build_pretrained_model
-
         return build_pretrained_model(spec, data)
     if spec.model.type == "custom":
         model = _build_custom(spec, data)
@@ -540,10 +529,6 @@ def _group_args(spec: PipelineSpec, pre) -> dict[str, Any]:
 
 
 def _build_custom(spec: PipelineSpec, data: Prepared):
-    from freestack.ml.contract import CustomModelError
-    from freestack.ml.custom import build_custom
-    from freestack.settings import checkout_dir
-
     inputs = model_inputs(spec, data.task, data.pre.classes, data.pre)
     try:
         return build_custom(
@@ -554,8 +539,6 @@ def _build_custom(spec: PipelineSpec, data: Prepared):
 
 
 def loop_config(spec: PipelineSpec):
-    from freestack.ml.loop import TrainConfig
-
     t = spec.train
     return TrainConfig(
         epochs=t.epochs,
@@ -582,8 +565,6 @@ class Places:
 
 
 def places(spec: PipelineSpec, req: TrainRequest) -> Places:
-    from freestack.storage import join, storage_root, to_path
-
     root = storage_root(spec.storage_root)
     run_dir = (
         to_path(req.checkpoint_uri)
@@ -627,8 +608,6 @@ def train(
 def _train(
     spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
 ) -> TrainOutcome | None:
-    from freestack.tracking.wandb import WandbSettings
-
     model = build_model(spec, data)
     cfg = loop_config(spec)
     where = places(spec, req)
@@ -661,8 +640,6 @@ def _train(
 
 def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: Places, cfg, settings):
     """The W&B run of one training: its config, tags and group."""
-    from freestack.tracking.wandb import start_run
-
     config = {
         "pipeline": spec.name,
         "model": spec.model.model_dump(by_alias=True),
@@ -700,10 +677,6 @@ def tracking_id(spec: PipelineSpec, req: TrainRequest) -> str:
 
 def _drop_checkpoint(where: Places) -> None:
     """The model is written: its checkpoint is dead weight (kept with the ``keep_checkpoints`` setting)."""
-    from freestack.ml.checkpoint import CHECKPOINT
-    from freestack.settings import settings
-    from freestack.storage import join
-
     if settings().keep_checkpoints:
         return
     try:
@@ -717,10 +690,6 @@ def prune_checkpoints(spec: PipelineSpec) -> list[str]:
     that were killed and never retried. Best effort (a listing that fails is logged, never raised);
     returns the URIs removed."""
     import time
-
-    from freestack.ml.checkpoint import CHECKPOINT
-    from freestack.settings import settings
-    from freestack.storage import join, storage_root
 
     folder = join(storage_root(spec.storage_root), "runs", spec.name)
     cutoff = time.time() - settings().checkpoint_retention_days * 86400
@@ -756,7 +725,6 @@ def _modified(info: dict[str, Any]) -> float | None:
 def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, ranks=None):
     """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics.
     A rank other than 0 trains on its shard only (``run`` None) and returns None."""
-    from freestack.ml.loop import evaluate_source, fit_source, resolve_device
 
     def epoch_done(row: dict[str, float]) -> bool:
         run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
@@ -796,10 +764,6 @@ def batch_source(data: Prepared, split: str, device, stack: contextlib.ExitStack
 
     import torch
 
-    from freestack.ml.loop import to_tensors
-    from freestack.ml.stream import EncodedSpool, InMemory, Streamed
-    from freestack.train.stream import FrameRows
-
     pre, rows = data.pre, getattr(data, split)
     shard = ranks is not None and split == "train"
     if isinstance(rows, FrameRows):
@@ -836,9 +800,6 @@ def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
 
 
 def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
-    from freestack.storage import join, write_bytes
-    from freestack.train.pretrained import pretrained_base
-
     folder = pretrained_base(spec).folder
     for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json"):
         path = os.path.join(folder, name)
@@ -848,9 +809,6 @@ def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
 
 
 def _save_tokenizer(tokenizer, where: Places) -> None:
-    from freestack.ml.generation import save_tokenizer
-    from freestack.storage import join, write_bytes
-
     with tempfile.TemporaryDirectory() as tmp:
         for name in save_tokenizer(tokenizer, tmp):
             with open(os.path.join(tmp, name), "rb") as f:
@@ -859,8 +817,6 @@ def _save_tokenizer(tokenizer, where: Places) -> None:
 
 def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
     """How the version was trained: ranks, nodes, backend and strategy (one process: world size 1)."""
-    from freestack.ml.distributed import backend_for
-
     d = spec.train.distributed
     if world_size <= 1:
         return {"world_size": 1}
@@ -877,7 +833,6 @@ def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
 def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
     if spec.model.type != "huggingface":
         return {}
-    from freestack.train.pretrained import pretrained_lineage
 
     return pretrained_lineage(spec, model)
 
@@ -894,9 +849,6 @@ def _write_version(
     run,
 ) -> None:
     """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
-    from freestack.storage import join, write_bytes
-    from freestack.version.write import write_history, write_lineage, write_metrics, write_preprocessing
-
     t = spec.train
     lineage = {
         "pipeline": spec.name,
@@ -947,8 +899,6 @@ def _write_version(
     if (
         data.pre.tokenizer_json is not None
     ):  # the text columns' tokenizer, a plain Hugging Face tokenizers file
-        from freestack.ml.features import TOKENIZER_FILE
-
         write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
     write_history(where.version_dir, result.history)
     write_metrics(where.version_dir, {"task": data.task, **metrics, "train": result.summary()})

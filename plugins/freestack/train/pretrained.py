@@ -11,6 +11,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.ml.generation import (
+    CausalLMNet,
+    ChatColumns,
+    ChatEncoding,
+    add_causal_lora,
+    load_causal_lm,
+    load_tokenizer,
+    render,
+)
+from freestack.ml.pretrained import (
+    build_pretrained,
+    check_pretrained,
+    copy_base,
+    fetch_base,
+    image_settings,
+    local_base,
+)
+from freestack.settings import checkout_dir
+from freestack.storage import to_path
+from freestack.storage.objects import local_os_path
 from freestack.version.stored import read_storage_file
 
 if TYPE_CHECKING:
@@ -52,12 +72,8 @@ def storage_base_uri(base: str) -> str:
 
 @lru_cache(maxsize=8)
 def _base(base: str, revision: str, endpoint: str | None) -> Base:
-    from freestack.ml.pretrained import copy_base, fetch_base, local_base
-
     if not is_storage_base(base):
         return fetch_base(base, revision, endpoint=endpoint)  # the token: huggingface_hub's own (HF_TOKEN)
-    from freestack.storage import to_path
-    from freestack.storage.objects import local_os_path
 
     uri = storage_base_uri(base)
     local = local_os_path(to_path(uri))
@@ -67,8 +83,6 @@ def _base(base: str, revision: str, endpoint: str | None) -> Base:
 def check_pretrained_model(spec: PipelineSpec) -> None:
     """The base is reachable, fits the task, and LoRA (when asked for) finds modules to adapt; a
     text-generation base is a causal LM whose tokenizer (or the spec) has a chat template."""
-    from freestack.ml.pretrained import check_pretrained
-
     if spec.model.generative:
         check_causal_base(spec)
         return
@@ -78,8 +92,6 @@ def check_pretrained_model(spec: PipelineSpec) -> None:
 def check_causal_base(spec: PipelineSpec) -> None:
     """On an empty (meta) copy of the base, before any data is read: it loads as a causal LM, LoRA finds its
     modules, and the chat template renders a conversation."""
-    from freestack.ml.generation import add_causal_lora, load_causal_lm, render
-
     base = pretrained_base(spec)
     model = load_causal_lm(base.folder, meta=True)
     if spec.model.peft is not None:
@@ -93,8 +105,6 @@ def chat_template(spec: PipelineSpec) -> str | None:
     """``model.chat_template``: the Jinja text, or a ``.jinja`` file of the project read as it."""
     template = spec.model.chat_template
     if template and template.endswith((".jinja", ".j2")) and "\n" not in template:
-        from freestack.settings import checkout_dir
-
         path = Path(checkout_dir()) / template
         try:
             return path.read_text(encoding="utf-8")
@@ -108,15 +118,11 @@ def chat_template(spec: PipelineSpec) -> str | None:
 
 def chat_tokenizer(spec: PipelineSpec):
     """The base's tokenizer, with the spec's chat template when it gives one."""
-    from freestack.ml.generation import load_tokenizer
-
     return load_tokenizer(pretrained_base(spec).folder, chat_template(spec))
 
 
 def chat_encoding(spec: PipelineSpec):
     """The generation task's preprocessing (:class:`~freestack.ml.generation.ChatEncoding`)."""
-    from freestack.ml.generation import ChatColumns, ChatEncoding
-
     d = spec.model.chat
     columns = ChatColumns(prompt=d.prompt, response=d.response, messages=d.messages, system=d.system)
     return ChatEncoding(chat_tokenizer(spec), columns, spec.model.max_length, spec.model.packing)
@@ -124,8 +130,6 @@ def chat_encoding(spec: PipelineSpec):
 
 def build_causal_model(spec: PipelineSpec, pre) -> Any:
     """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations."""
-    from freestack.ml.generation import CausalLMNet, add_causal_lora, load_causal_lm
-
     model = load_causal_lm(pretrained_base(spec).folder)
     peft = peft_settings(spec)
     if peft is not None:
@@ -147,8 +151,6 @@ def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
 def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
     """What :class:`~freestack.ml.features.EncoderOptions` takes from the base: its tokenizer (with its
     special tokens) and ``model.max_length``, or its image processor's size (RGB)."""
-    from freestack.ml.pretrained import image_settings
-
     base = pretrained_base(spec)
     if pretrained_task(spec) == "text-classification":
         tokenizer = base.tokenizer_json()
@@ -169,8 +171,6 @@ def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
 
 def build_pretrained_model(spec: PipelineSpec, data) -> Any:
     """The base with a head for the data's classes (and LoRA adapters when the spec asks for them)."""
-    from freestack.ml.pretrained import build_pretrained
-
     if spec.model.generative:
         return build_causal_model(spec, data.pre)
     text = data.pre.encoder.text if data.pre.encoder is not None else None

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from freestack.ml.contract import static_check
+from freestack.settings import checkout_dir
 from freestack.specbase import SpecModel as _Model
 
 InitValue = int | float | bool | str | list[int] | list[float] | list[str]
@@ -333,8 +335,6 @@ class ModelSpec(_Model):
                 "type: custom needs module (a .py file of the project, or a dotted import path) "
                 "and class (the torch.nn.Module class in it)"
             )
-        from freestack.ml.contract import static_check
-        from freestack.settings import checkout_dir
 
         problem = static_check(self.module, self.class_, checkout_dir())
         if problem:

@@ -26,6 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from freestack.ml.prep import split_of_keys
+from freestack.settings import settings
+from freestack.storage import to_path
+from freestack.train.window import WindowError, changed_message, superseded, window_unique
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -170,8 +175,6 @@ def uncompressed_bytes(partitions: list[Partition]) -> int:
     """The window's size decoded, from each partition's Parquet footer (a small read per partition)."""
     import pyarrow.parquet as pq
 
-    from freestack.storage import to_path
-
     total = 0
     for p in partitions:
         with to_path(p.uri).open("rb") as f:
@@ -204,9 +207,6 @@ def spool_window(
 ) -> SpooledWindow:
     """The window's ``columns`` split into local Parquet files (``splits`` of them), each partition's
     bytes checked against the fixed sha256 as they are copied (WindowError when one changed)."""
-    from freestack.settings import settings
-    from freestack.train.window import WindowError, superseded, window_unique
-
     t = spec.train
     folder = tempfile.TemporaryDirectory(prefix=f"freestack-{spec.name}-window-", dir=settings().spool_dir)
     try:
@@ -245,9 +245,6 @@ def _keys(spec: PipelineSpec, p: Partition):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from freestack.storage import to_path
-    from freestack.train.window import WindowError, changed_message
-
     try:
         with to_path(p.uri).open("rb") as f:
             return pq.read_table(f, columns=[spec.source.schema_.key]).column(0)
@@ -266,9 +263,6 @@ def _spool_partition(
     marks: a later partition has their key), its copy removed."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from freestack.ml.prep import split_of_keys
-    from freestack.train.window import WindowError, changed_message
 
     copy = os.path.join(folder, "partition.parquet")
     sha, size = _copy_hashed(spec, p, copy)
@@ -307,9 +301,6 @@ def _spool_partition(
 
 
 def _copy_hashed(spec: PipelineSpec, p: Partition, dest: str) -> tuple[str, int]:
-    from freestack.storage import to_path
-    from freestack.train.window import WindowError, changed_message
-
     digest, size = hashlib.sha256(), 0
     try:
         with to_path(p.uri).open("rb") as src, open(dest, "wb") as out:
@@ -339,8 +330,6 @@ class _SplitWriter:
     def add(self, batch, split, ds: str) -> None:
         import numpy as np
         import pyarrow as pa
-
-        from freestack.train.window import WindowError
 
         if self._schema is None:
             self._schema = batch.schema
