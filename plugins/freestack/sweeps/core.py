@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
 from freestack.settings import settings
-from freestack.storage import cas
+from freestack.storage import cas, join, storage_root
 from freestack.sweeps.config import engine_part, engine_run_config, json_safe, plain_values, sweeps_engine
 from freestack.sweeps.spec import grid_size
 
@@ -129,8 +129,6 @@ def sweep_id_for(pipeline: str, key: str, end_ds: str) -> str:
 
 
 def sweep_dir(spec: PipelineSpec, sweep_id: str):
-    from freestack.storage import join, storage_root
-
     return join(storage_root(spec.storage_root), "runs", spec.name, sweep_id)
 
 
@@ -146,8 +144,6 @@ def create_sweep(
     spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int
 ) -> dict[str, Any]:
     """Write ``sweep.json`` (once: a retry finds the same sweep and reuses it)."""
-    from freestack.storage import join
-
     if spec.sweep is None:
         raise SweepError(f"pipeline {spec.name!r} has no sweep: block; add one (W&B sweep configuration)")
     config = spec.sweep.config()
@@ -190,8 +186,6 @@ def create_sweep(
 
 
 def load_sweep(spec: PipelineSpec, sweep_id: str) -> dict[str, Any]:
-    from freestack.storage import join
-
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
     got = cas.read(path)
     if got is None:
@@ -201,8 +195,6 @@ def load_sweep(spec: PipelineSpec, sweep_id: str) -> dict[str, Any]:
 
 def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any], str]]:
     """Every trial document with its version token, by trial number."""
-    from freestack.storage import join
-
     folder = join(sweep_dir(spec, sweep_id), "trials")
     folder.fs.invalidate_cache(folder.path)
     if not folder.exists():
@@ -481,8 +473,6 @@ class LocalAgent:
         return min(self.poll, max(MIN_WATCH_SECONDS, statistics.median(self._trial_seconds) * WATCH_FRACTION))
 
     def _trial_path(self, number_or_id):
-        from freestack.storage import join
-
         tid = number_or_id if isinstance(number_or_id, str) else trial_id(number_or_id)
         return join(sweep_dir(self.spec, self.sweep_id), "trials", tid, TRIAL_FILE)
 

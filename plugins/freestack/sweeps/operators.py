@@ -17,8 +17,17 @@ from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import PipelineOperator, TorchTask
-from freestack.sweeps.core import agent_threads
+from freestack.sweeps.core import (
+    LocalAgent,
+    SweepError,
+    agent_threads,
+    create_sweep,
+    load_sweep,
+    sweep_id_for,
+)
+from freestack.sweeps.report import select_best
 from freestack.sweeps.spec import POOL
+from freestack.sweeps.wandb_sweep import create_server_sweep, run_server_agent, server_settings
 from freestack.train.operators import airflow_info, fixed_window
 
 
@@ -47,8 +56,7 @@ class CreateSweepOperator(PipelineOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """One entry per agent (the ``agent`` task is mapped over them with ``expand_kwargs``)."""
-        from freestack.sweeps.core import SweepError, create_sweep, sweep_id_for
-        from freestack.sweeps.wandb_sweep import server_settings
+        # train.core loads torch: imported when the task runs, not at DAG parse time
         from freestack.train.core import prune_checkpoints
 
         spec = self.pipeline_spec()
@@ -71,8 +79,6 @@ class CreateSweepOperator(PipelineOperator):
         settings = server_settings(WandbHook().checked_settings())
         try:
             if settings is not None:
-                from freestack.sweeps.wandb_sweep import create_server_sweep
-
                 sweep = create_server_sweep(spec, sweep_id, request, agents=agents, settings=settings)
             else:
                 sweep = create_sweep(spec, sweep_id, request, agents=agents)
@@ -119,7 +125,7 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
         return agent_threads(self.agents), why
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.sweeps.core import LocalAgent, SweepError, load_sweep
+        # trials (train.core) loads torch: imported when the task runs, not at DAG parse time
         from freestack.sweeps.trials import make_trial_runner
 
         spec = self.pipeline_spec()
@@ -131,8 +137,6 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
-                from freestack.sweeps.wandb_sweep import run_server_agent
-
                 report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
             else:
                 runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
@@ -156,9 +160,6 @@ class SelectBestOperator(PipelineOperator):
     ui_color = "#fde9c9"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.sweeps.core import SweepError
-        from freestack.sweeps.report import select_best
-
         spec = self.pipeline_spec()
         ti = context["ti"]
         created = ti.xcom_pull(task_ids="create_sweep")

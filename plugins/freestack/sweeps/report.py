@@ -17,7 +17,14 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from freestack.registry.core import registry_for
+from freestack.storage import join, list_objects, to_path, write_bytes, write_json
 from freestack.sweeps.core import SweepError, best_of, load_sweep, load_trials, sweep_dir
+from freestack.sweeps.spec import leaf_parameters
+from freestack.tracking.wandb import WandbSettings, start_run
+from freestack.train.window import window_interval
+from freestack.version.files import LINEAGE
+from freestack.version.write import read_lineage, write_lineage
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -27,6 +34,7 @@ log = logging.getLogger(__name__)
 
 def sweep_metric(config: dict[str, Any], task: str | None) -> tuple[str, str]:
     """The metric trials are compared on: the sweep's, else the trainer's primary validation metric."""
+    # ml.metrics loads numpy; the operators (DAG parse) and the UI import this module
     from freestack.ml.metrics import PRIMARY
 
     metric = config.get("metric")
@@ -80,8 +88,6 @@ def plot_metric_vs_params(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from freestack.sweeps.spec import leaf_parameters
-
     leaves = leaf_parameters(config["parameters"])
     params = [k[len("param.") :] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
     params = params or ["(none)"]
@@ -126,11 +132,6 @@ def publish_best(
     """Copy the best trial's model folder into ``candidates/<model>/<version>``; return its URI.
     ``airflow`` is the publishing task's record (:func:`freestack.train.operators.airflow_info`): it
     replaces the trial's, which names the task that created the sweep."""
-    from freestack.registry.core import registry_for
-    from freestack.storage import join, list_objects, to_path, write_bytes
-    from freestack.version.files import LINEAGE
-    from freestack.version.write import read_lineage, write_lineage
-
     src = to_path(best["model_uri"])
     end_ds = sweep["request"]["end_ds"]
     digest = hashlib.sha256(f"{spec.name}|{sweep['id']}|{best['trial']}".encode()).hexdigest()[:8]
@@ -159,8 +160,6 @@ def publish_best(
 def _trained_interval(airflow: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
     """``airflow`` with, where its data interval is the run's window, the window the trial trained on
     (a sweep may tune ``window_days``)."""
-    from freestack.train.window import window_interval
-
     if airflow.get("data_interval_from") != "window" or not window.get("end_ds") or not window.get("days"):
         return airflow
     start, end = window_interval(window["end_ds"], window["days"])
@@ -172,8 +171,6 @@ def select_best(
 ) -> dict[str, Any]:
     """Write the table and the plot, publish the best trial's model (its lineage naming the Airflow task
     ``airflow`` describes), log both to W&B."""
-    from freestack.storage import join, write_bytes, write_json
-
     sweep, rows, metric, goal = trial_table(spec, sweep_id)
     folder = sweep_dir(spec, sweep_id)
     done = [r for r in rows if r["state"] == "finished" and isinstance(r.get(metric), int | float)]
@@ -232,8 +229,6 @@ def select_best(
 
 
 def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, Any]:
-    from freestack.tracking.wandb import WandbSettings, start_run
-
     if tracking_settings is None:
         tracking_settings = WandbSettings.from_environment()
     columns = list(dict.fromkeys(k for r in rows for k in r))

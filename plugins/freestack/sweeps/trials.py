@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from freestack.ml.loop import warm_up
+from freestack.storage import join
 from freestack.sweeps.config import to_overrides
 from freestack.sweeps.core import TrialRunner, sweep_dir
+from freestack.train.core import TrainingError, TrainRequest, effective_spec, load_window, train
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -20,8 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
-    from freestack.storage import join
-
     return join(sweep_dir(spec, sweep_id), "trials", tid)
 
 
@@ -29,9 +30,6 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
     """The function an agent calls per trial. The lake window is loaded (or spooled) once per agent, window
     size and split; the agent's trials share it. The sweep's window and the trainer's lazy imports load
     now, at agent start-up, so that they are not paid inside the agent's first leased trial."""
-    from freestack.storage import join
-    from freestack.train.core import TrainingError, TrainRequest, effective_spec, load_window, train
-
     request = sweep["request"]
     windows: dict[tuple, Any] = {}
 
@@ -76,8 +74,6 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
             "model_uri": outcome.version_uri,
             "wandb": outcome.tracking,
         }
-
-    from freestack.ml.loop import warm_up
 
     warm_up()
     base = TrainRequest(

@@ -16,9 +16,11 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from freestack.settings import environment
+from freestack.storage import cas, join, write_json
 from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
 from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
-from freestack.tracking.wandb import WandbSettings, route_console
+from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 def server_settings(settings: WandbSettings) -> WandbSettings | None:
     """``settings`` when sweeps should go to their W&B server, else None (the local controller).
     A server that rejects the key raises :class:`~freestack.tracking.wandb.WandbKeyRejected`."""
-    from freestack.tracking.wandb import verify_api_key
-
     if settings.mode != "online" or not settings.api_key:
         return None
     problem = verify_api_key(settings)
@@ -45,8 +45,6 @@ def server_settings(settings: WandbSettings) -> WandbSettings | None:
 
 
 def _wandb_env(settings):
-    from freestack.settings import environment
-
     return environment(
         {"WANDB_API_KEY": settings.api_key, "WANDB_BASE_URL": settings.base_url, "WANDB_MODE": "online"}
     )
@@ -55,8 +53,6 @@ def _wandb_env(settings):
 def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, Any], *, agents: int, settings):
     """``wandb.sweep`` once per DAG run (``sweep.json`` remembers the server's id for retries)."""
     import wandb
-
-    from freestack.storage import cas, join
 
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
     got = cas.read(path)
@@ -95,7 +91,7 @@ def run_server_agent(
     """``wandb.agent`` until the server has no more trials for this sweep."""
     import wandb
 
-    from freestack.storage import join, write_json
+    # train.core loads torch; the operators, which the DAG file loads, import this module
     from freestack.train.core import TrainRequest, train
 
     request = sweep["request"]
