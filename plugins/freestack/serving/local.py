@@ -50,6 +50,8 @@ from freestack.serving.processes import (
 from freestack.serving.records import Deployments
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
+from freestack.version import VersionError
+from freestack.version import open as open_version
 from freestack_server.address import socket_name
 from freestack_server.config import PREFIX as SERVER_PREFIX
 from freestack_server.config import ServerConfig, write_env_file
@@ -496,11 +498,9 @@ def deploy_local(
 
 def _pretrained(version_uri: str) -> bool:
     """Whether the version is a fine-tuned transformers model (its timeouts default longer)."""
-    from freestack import version
-
     try:
-        return version.open(version_uri).config.pretrained
-    except (OSError, ValueError, version.VersionError):
+        return open_version(version_uri).config.pretrained
+    except (OSError, ValueError, VersionError):
         return False  # the server's load reports what is wrong with the version
 
 

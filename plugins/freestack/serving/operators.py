@@ -18,9 +18,14 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack.errors import DeployError
 from freestack.hooks.credentials import model_source
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import PipelineOperator
+from freestack.registry.core import RegistryError, registry_for
+from freestack.serving.k8s import finish_rollout, start_rollout
+from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
+from freestack.storage import storage_root
 
 
 class DeployOperator(HubEnvironment, PipelineOperator):
@@ -49,9 +54,6 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         self.moved_alias = moved_alias
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.errors import DeployError
-        from freestack.registry.core import RegistryError, registry_for
-
         spec = self.pipeline_spec()
         if self.moved_alias and self.moved_alias.strip() != spec.deploy.alias:
             raise AirflowSkipException(
@@ -98,8 +100,8 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             )
 
     def _local(self, spec, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
+        # serving.local loads numpy (its smoke test): imported when the task runs, not at DAG parse time
         from freestack.serving.local import deploy_local
-        from freestack.storage import storage_root
 
         record = deploy_local(
             root_uri=str(storage_root(spec.storage_root)),
@@ -140,9 +142,6 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         return {k: v for k, v in record.items() if k != "history"}
 
     def _kubernetes(self, spec, version: str, uri: str, reason: str) -> None:
-        from freestack.serving.k8s import start_rollout
-        from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
-
         target = spec.deploy.kubernetes
         model_uri, _env = model_source(uri)  # credentials reach the pod through target.env_secret
         record = start_rollout(spec, version, model_uri, reason=reason)
@@ -166,9 +165,6 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        from freestack.errors import DeployError
-        from freestack.serving.k8s import finish_rollout
-
         spec = self.pipeline_spec()
         try:
             record = finish_rollout(spec, event)
@@ -176,8 +172,6 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             raise RuntimeError(str(exc)) from None
         self.log.info("SeldonDeployment %s/%s is Available", event.get("namespace"), event.get("name"))
         if not self.version:
-            from freestack.registry.core import registry_for
-
             # with a canary, the new version is the canary's until `freestack serve canary ... promote`
             self.require_still_set(
                 registry_for(spec),

@@ -9,26 +9,22 @@ import json
 from typing import Any
 
 from freestack.errors import DeployError
+from freestack.registry.core import ModelRegistry
+from freestack.storage import cas, join, list_objects, to_path
 
 
 class Deployments:
     """``deployments/<model>/<name>.json`` under a storage root, replaced by compare-and-swap."""
 
     def __init__(self, root_uri: str, model: str):
-        from freestack.storage import join, to_path
-
         self.root = to_path(root_uri)
         self.model = model
         self.folder = join(self.root, "deployments", model)
 
     def path(self, name: str):
-        from freestack.storage import join
-
         return join(self.folder, f"{name}.json")
 
     def read(self, name: str) -> tuple[dict[str, Any] | None, Any]:
-        from freestack.storage import cas
-
         got = cas.read(self.path(name))
         if got is None:
             return None, None
@@ -38,8 +34,6 @@ class Deployments:
         return self.read(name)[0]
 
     def write(self, name: str, record: dict[str, Any], token: Any) -> None:
-        from freestack.storage import cas
-
         data = json.dumps(record, indent=2, sort_keys=True).encode()
         try:
             if token is None:
@@ -52,8 +46,6 @@ class Deployments:
             ) from None
 
     def names(self) -> list[str]:
-        from freestack.storage import list_objects
-
         try:
             return sorted(
                 p.name[: -len(".json")] for p in list_objects(self.folder) if p.name.endswith(".json")
@@ -64,8 +56,6 @@ class Deployments:
 
 def all_deployments(root_uri: str) -> list[dict[str, Any]]:
     """Every deployment record under the root, with its model and name."""
-    from freestack.storage import join, to_path
-
     folder = join(to_path(root_uri), "deployments")
     out = []
     try:
@@ -98,8 +88,6 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
     """What is wrong when a serving deployment's version is not the one its alias (``production`` unless
     the record names another) points at now, with the fix; None when they agree, when nothing is served
     or when the version was pinned by name."""
-    from freestack.registry.core import ModelRegistry
-
     if record.get("state") != "serving" or not record.get("version"):
         return None
     alias = served_alias(record)

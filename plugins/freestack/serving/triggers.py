@@ -30,7 +30,8 @@ from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from freestack.serving import manifests
+from freestack.kube.api import object_missing
+from freestack.serving import k8s, manifests
 
 NOT_CONNECTED = "(not connected)"
 
@@ -149,8 +150,6 @@ class CustomObjectTrigger(BaseTrigger):
         import aiohttp
         from kubernetes_asyncio.client.exceptions import ApiException
 
-        from freestack.kube.api import object_missing
-
         try:
             obj = await self._read(hook)
         except ApiException as exc:
@@ -195,14 +194,10 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
         return "failed", f"{self.what} no longer exists on {self.host}: it was deleted while being deployed"
 
     def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
-        from freestack.serving import k8s
-
         err = k8s.api_error(status, reason, body, action="read", **self._where())
         return isinstance(err, k8s.KubernetesUnavailable), str(err)
 
     def unreachable(self, exc: BaseException) -> str:
-        from freestack.serving import k8s
-
         return str(k8s.unreachable(exc, action="read", **self._where()))
 
     def timeout_message(self, last: str) -> str:
