@@ -50,7 +50,7 @@ def _change(better_by: float) -> str:
 
 
 def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
-    """The decision and every reason for it, ready for lineage.json and the task log."""
+    """The decision and every reason for it, ready for the version's lineage and the task log."""
     task = candidate.get("task", "classification")
     metric = gate.metric or METRICS[task][0]
     if metric not in candidate:

@@ -2,9 +2,8 @@
 
 Layout under a storage root (``file://``, ``s3://conn@bucket/prefix`` or ``data://``)::
 
-    registry/<model>/<version>/            config.json, model.safetensors, README.md (model card),
-                                           preprocessing.json, metrics.json, history.json,
-                                           lineage.json, evaluation/..., _REGISTERED.json
+    registry/<model>/<version>/            a model version folder in Hugging Face layout (its files:
+                                           freestack.version.files), _REGISTERED.json committing it
     registry/<model>/aliases.json          {"production": v, "staging": v, "previous": v, "history": [...]}
     candidates/<model>/<version>/          a candidate: trained (or published by a sweep) and being
                                            evaluated, not registered yet; outside the registry
@@ -210,7 +209,7 @@ class ModelRegistry:
         and commit it; return the version's URI. :class:`VersionExists` if it is registered already.
         All or nothing: a registration that fails removes what it wrote, and raises.
 
-        ``lineage_updates`` are merged (top-level keys) into the copied ``lineage.json`` (e.g. the
+        ``lineage_updates`` are merged (top-level keys) into the copied lineage (e.g. the
         gate decision); the model card ``README.md`` is rendered from ``card`` plus the version's
         metrics and lineage."""
         from freestack.storage import to_path
@@ -344,7 +343,7 @@ class ModelRegistry:
         return sorted(out, key=lambda v: (v["created"], v["version"]))
 
     def lineage(self, version: str) -> dict[str, Any] | None:
-        """A committed version's ``lineage.json`` (None for an unknown version or one without it)."""
+        """A committed version's lineage (None for an unknown version or one without it)."""
         return self._read_json(check_version(version), LINEAGE)
 
     def _summary(self, version: str, marker: dict[str, Any], aliases: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Glue between storage (ObjectStoragePath), the plain ML code in ``freestack.ml`` and tracking.
 Callable from an Airflow task, a notebook or a script alike.
 
-    candidates/<model>/<version>/config.json, model.safetensors   (Hugging Face layout; registered into
-                                preprocessing.json, metrics.json,  registry/<model>/<version>/ by the
-                                lineage.json, history.json         gate, freestack.registry.core)
+    candidates/<model>/<version>/                                 a model version folder (its files:
+                                                                   freestack.version.files); registered
+                                                                   into registry/<model>/<version>/ by
+                                                                   the gate, freestack.registry.core
     runs/<pipeline>/<run_key>/train/checkpoint.safetensors        (resumable; removed once the model is
                                                                    written, unless keep_checkpoints)
 

@@ -116,7 +116,7 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def trained_on(lineage: dict[str, Any]) -> str:
-    """How a version was trained, from lineage.json's ``distributed``: "1 process", or e.g. "2 ranks (1 node
+    """How a version was trained, from its lineage's ``distributed``: "1 process", or e.g. "2 ranks (1 node
     × 2 processes), gloo, DDP, local launcher". A version written before distributed training has no such
     key: it ran in one process."""
     d = lineage.get("distributed")
