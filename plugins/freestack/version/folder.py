@@ -43,7 +43,7 @@ def _sha256_file(path: str) -> str:
 
 @dataclass
 class ModelVersion:
-    """A version folder's records, read by :func:`open`; its files are read through ``source``."""
+    """A version folder's records, read by :func:`freestack.version.open`; its files are read through ``source``."""
 
     uri: str
     source: Source
