@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-def open(uri: str, source: Source | None = None) -> ModelVersion:  # noqa: A001  (version.open reads as it does)
+def open(uri: str, source: Source | None = None) -> ModelVersion:
     """The version folder at ``uri`` (local, ``s3://``, ``data://``), its small JSON files read (and, when
     it is registered, checked against the manifest): :func:`~freestack.version.folder.open_folder`
     through ``source``, by default the one :func:`~freestack.version.stored.source_of` picks."""
