@@ -14,7 +14,7 @@ from freestack.ml.loop import warm_up
 from freestack.storage import join
 from freestack.sweeps.config import to_overrides
 from freestack.sweeps.core import TrialRunner, sweep_dir
-from freestack.train.core import TrainingError, TrainRequest, effective_spec, load_window, train
+from freestack.train import core as train_core
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -33,17 +33,17 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
     request = sweep["request"]
     windows: dict[tuple, Any] = {}
 
-    def window_for(req: TrainRequest):
-        effective = effective_spec(spec, req)
+    def window_for(req: train_core.TrainRequest):
+        effective = train_core.effective_spec(spec, req)
         t = effective.train
         key = (t.window_days, t.val_fraction, t.test_fraction, t.data.mode)  # what a loaded window depends on
         if key not in windows:
-            windows[key] = load_window(effective, req.end_ds, t.window_days, request.get("window"))
+            windows[key] = train_core.load_window(effective, req.end_ds, t.window_days, request.get("window"))
         return windows[key]
 
     def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
         folder = trial_folder(spec, sweep["id"], doc["id"])
-        req = TrainRequest(
+        req = train_core.TrainRequest(
             end_ds=request["end_ds"],
             window_days=request.get("window_days"),
             epochs=request.get("epochs"),
@@ -64,7 +64,7 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
                 "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
             },
         )
-        outcome = train(
+        outcome = train_core.train(
             spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
         )
         return {
@@ -76,12 +76,13 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
         }
 
     warm_up()
-    base = TrainRequest(
+    base = train_core.TrainRequest(
         end_ds=request["end_ds"], window_days=request.get("window_days"), window=request.get("window")
     )
     try:
         window_for(base)
-    except TrainingError as exc:  # the first trial reads it again, and its trial.json says why it failed
+    except train_core.TrainingError as exc:
+        # the first trial reads it again, and its trial.json says why it failed
         log.warning("the sweep's window could not be read at agent start: %s", exc)
     return run
 
