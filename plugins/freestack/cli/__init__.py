@@ -28,8 +28,10 @@ import typer
 from typer.core import TyperCommand
 
 from freestack.cli import backfill as _backfill
+from freestack.cli import demo as demo_cli
 from freestack.cli import lake as _lake
 from freestack.cli import scores as _scores
+from freestack.cli import stack
 from freestack.cli import validate as _validate
 from freestack.cli.data import register as register_data
 from freestack.cli.errors import report
@@ -67,9 +69,7 @@ def _root(
 @app.command("demo")
 def _demo() -> int:
     """Start Airflow, land the demo data, backfill ingest and train under the real scheduler."""
-    from freestack.cli.demo import demo as run_demo
-
-    return run_demo()
+    return demo_cli.demo()
 
 
 @app.command("up")
@@ -79,9 +79,7 @@ def _up(
     ] = 240,
 ) -> int:
     """Start airflow standalone on 127.0.0.1 in the background."""
-    from freestack.cli.stack import up as start
-
-    return start(timeout)
+    return stack.up(timeout)
 
 
 @app.command("down")
@@ -95,9 +93,7 @@ def _down(
 ) -> int:
     """Stop every process of the airflow standalone started by `up` (orphaned ones too) and the local
     model servers; list each and how it ended."""
-    from freestack.cli.stack import down as stop
-
-    return stop(grace)
+    return stack.down(grace)
 
 
 class _Passthrough(TyperCommand):
@@ -121,8 +117,6 @@ class _Passthrough(TyperCommand):
     "`freestack airflow --help`.",
 )
 def _airflow(ctx: typer.Context) -> int:
-    from freestack.cli import stack
-
     return stack.airflow(list(ctx.args))
 
 

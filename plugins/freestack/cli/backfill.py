@@ -39,6 +39,8 @@ import typer
 from freestack.cli.common import Pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, plural, progress
+from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env, healthy, standalone_files
+from freestack.spec import spec_file
 
 FINISHED = ("success", "failed")
 CLOSE_GRACE_S = 60.0
@@ -68,8 +70,6 @@ class Airflow:
     said on stderr with where to follow the runs meanwhile."""
 
     def __init__(self) -> None:
-        from freestack.embedded import AirflowAPI, airflow_env, healthy, standalone_files
-
         env = airflow_env()
         self.api = AirflowAPI(env)
         self.url = self.api.url
@@ -114,8 +114,6 @@ class Airflow:
         """``send()``; a 503 (on SQLite the API server refuses a backfill while the scheduler holds the
         database lock, and rolls it back) is tried again, after 1, 2, 4, 8 and 15 s (and so are the other
         ``busy`` codes, and a 500 "Database error": the same lock met inside a request)."""
-        from freestack.embedded import AirflowTimeout
-
         for pause in (*BUSY_RETRIES, None):
             try:
                 return send()
@@ -400,8 +398,6 @@ def _show(plan: _Plan, unpause: bool, no_downstream: bool = False) -> None:
 
 def _refuse_due(plan: _Plan, due: _Day) -> NoReturn:
     """Unpausing would make the scheduler start the latest interval, which has no files and would fail."""
-    from freestack.spec import spec_file
-
     raise CliError(
         f"{plan.dag_id} is paused, and Airflow starts a paused DAG's backfill runs only once it is unpaused, which "
         f"also makes the scheduler start the run of {due.ds} (its latest interval, catchup: false): it has no landing "

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from freestack.cli.errors import CliError
+from freestack.settings import pipelines_dir
+from freestack.spec import load_spec, spec_file
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -32,8 +34,6 @@ Pipeline = Annotated[
 
 def pipeline_names() -> list[str]:
     """The pipelines in the pipelines folder (its spec files' names), valid or not."""
-    from freestack.settings import pipelines_dir
-
     folder = pipelines_dir()
     return (
         sorted({p.stem for p in [*folder.glob("*.yaml"), *folder.glob("*.yml")]}) if folder.is_dir() else []
@@ -47,9 +47,6 @@ def has_pipeline(name: str) -> bool:
 def load_pipeline(name: str) -> PipelineSpec:
     """Pipeline ``name``'s spec; :class:`CliError` naming the pipelines there are when there is none
     (an invalid spec raises its :class:`~freestack.errors.SpecError`, which names the file and field)."""
-    from freestack.settings import pipelines_dir
-    from freestack.spec import load_spec, spec_file
-
     if not has_pipeline(name):
         names = pipeline_names()
         hint = (

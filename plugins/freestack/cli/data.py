@@ -20,6 +20,12 @@ import typer
 from freestack.cli.common import Json, Pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, out, print_json, progress, table
+from freestack.dataapi.keys import KeyStore
+from freestack.registry.core import registry_for
+from freestack.storage import atomic_write, to_path
+from freestack.storage.acl import PUBLIC, Acl, check_user
+from freestack.storage.datafs import DataFileSystem
+from freestack.train.window import changed_message, fix_window, lineage_window
 
 keys_app = typer.Typer(help="Data API users and API keys.", no_args_is_help=True)
 acl_app = typer.Typer(help="Show or set a data:// collection's ACL.", no_args_is_help=True)
@@ -82,8 +88,6 @@ def data_api(
 
 
 def _keystore(path: str | None):
-    from freestack.dataapi.keys import KeyStore
-
     return KeyStore(path) if path else KeyStore()
 
 
@@ -167,8 +171,6 @@ def revoke(
 
 def _collection_fs(uri: str, root: str | None):
     from freestack.dataapi.app import resolve_root
-    from freestack.storage.datafs import DataFileSystem
-    from freestack.storage.schemes import to_path
 
     backing = to_path(resolve_root(root))
     text = uri[len("data://") :] if uri.startswith("data://") else uri
@@ -205,8 +207,6 @@ def set_(
     root: AclRoot = None,
 ) -> int:
     """Replace a collection's ACL: exactly one of --public, --private, --team USERS."""
-    from freestack.storage.acl import PUBLIC, Acl, check_user
-
     if [public, private, team is not None].count(True) != 1:
         raise typer.BadParameter(
             "give exactly one of --public, --private, --team USERS", param_hint="--public/--private/--team"
@@ -248,8 +248,6 @@ def put(
     ],
 ) -> int:
     """Upload a file, atomically (readers see the old object or the new one), with a progress bar."""
-    from freestack.storage import atomic_write, to_path
-
     target = to_path(dest + source.name if dest.endswith("/") else dest)
     size = source.stat().st_size
     with source.open("rb") as f, atomic_write(target) as w:
@@ -276,8 +274,6 @@ def get(
     ],
 ) -> int:
     """Download a file, with a progress bar."""
-    from freestack.storage import to_path
-
     src = to_path(source)
     if not src.is_file():
         parent = src.parent
@@ -402,9 +398,6 @@ def split(
 
 def _split_window(spec, version: str | None, end_ds: str | None, days: int | None):
     """(the window, (val_fraction, test_fraction)): a version's recorded ones, else the lake's."""
-    from freestack.registry.core import registry_for
-    from freestack.train.window import fix_window, lineage_window
-
     t = spec.train
     if version is None:
         return fix_window(spec, end_ds, days or t.window_days), (t.val_fraction, t.test_fraction)
@@ -434,8 +427,6 @@ def split_rows(spec, window, fractions: tuple[float, float]):
     import pyarrow.parquet as pq
 
     from freestack.ml.prep import split_of_keys
-    from freestack.storage import to_path
-    from freestack.train.window import changed_message
 
     key = spec.source.schema_.key
     frames = []

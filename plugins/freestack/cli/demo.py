@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from freestack.cli.demo_summary import summary_lines
 from freestack.cli.output import plural
-from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env
-from freestack.settings import checkout_dir, project_home
+from freestack.cli.reports import lake_report
+from freestack.cli.stack import UpError, ensure_up
+from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env, standalone_files
+from freestack.registry.core import ModelRegistry
+from freestack.settings import checkout_dir, default_storage_root, project_home
+from freestack.spec import load_spec, spec_file
+from freestack.storage import storage_root
 
 DEMO_DAYS = 5
 DEMO_AGENTS = 2
@@ -89,8 +95,6 @@ def _rel(path: Path) -> str:
 
 
 def _airflow_up(out: Out) -> tuple[AirflowAPI, str]:
-    from freestack.cli.stack import UpError, ensure_up
-
     try:
         url, password, started = ensure_up(dict(os.environ), timeout=300.0)
     except UpError as exc:
@@ -109,8 +113,6 @@ def _airflow_up(out: Out) -> tuple[AirflowAPI, str]:
 
 
 def _standalone_log() -> Path:
-    from freestack.embedded import standalone_files
-
     return standalone_files(dict(os.environ))[1]
 
 
@@ -140,8 +142,6 @@ def _land(out: Out) -> list[date]:
     sys.path.insert(0, str(checkout_dir() / "include"))
     from demo.landing import make_landing
     from freestack.ingest.core import lake_partitions
-    from freestack.settings import default_storage_root
-    from freestack.spec import load_spec, spec_file
 
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=DEMO_DAYS - k) for k in range(DEMO_DAYS)]
@@ -169,9 +169,6 @@ def round_shift(rounds_done: int) -> int:
 
 
 def _rounds_done(spec) -> int:
-    from freestack.registry.core import ModelRegistry
-    from freestack.storage import storage_root
-
     return len(ModelRegistry(storage_root(spec.storage_root), spec.model_name).versions())
 
 
@@ -191,7 +188,6 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
     )
     runs = _runs(api, INGEST, days)
     bad = [r["dag_run_id"] for r in runs if r["state"] != "success"]
-    from freestack.cli.reports import lake_report
 
     out.detail(lake_report(PIPELINE))
     if bad:
@@ -205,7 +201,6 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
 
 def _lake_line() -> str:
     from freestack.ingest.core import lake_partitions, read_manifest
-    from freestack.spec import load_spec, spec_file
 
     spec = load_spec(spec_file(PIPELINE))
     manifests = [read_manifest(spec, ds) or {} for ds in lake_partitions(spec)]
@@ -279,8 +274,6 @@ def _tis(api: AirflowAPI, run_id: str) -> list[dict]:
 
 
 def _summary(api: AirflowAPI, ui: str, run_id: str, out: Out) -> None:
-    from freestack.cli.demo_summary import summary_lines
-
     for line in summary_lines(PIPELINE, run_id, _tis(api, run_id), out.detail):
         out.say(line)
     out.say(

@@ -9,6 +9,7 @@ from datetime import datetime
 from freestack.cli.output import plural
 from freestack.cli.reports import gate_report, serve_report, sweep_report, train_report, version_of_run
 from freestack.spec import load_spec, spec_file
+from freestack.storage import join, storage_root
 
 
 def summary_lines(pipeline: str, run_id: str, tis: list[dict], detail: Callable[[str], None]) -> list[str]:
@@ -36,8 +37,6 @@ def summary_lines(pipeline: str, run_id: str, tis: list[dict], detail: Callable[
 
 
 def _sweep_lines(pipeline: str, run_id: str, tis: list[dict]) -> list[str]:
-    from freestack.storage import join, storage_root
-
     spec = load_spec(spec_file(pipeline))
     agents = [t for t in tis if t["task_id"] == "agent" and t.get("start_date") and t.get("end_date")]
     if not agents:

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from freestack.errors import FreestackError
+from freestack.specbase import problems
 
 USAGE = 2
 INTERRUPTED = 130
@@ -38,8 +39,6 @@ def validation_line(exc: Any) -> str:
     """A pydantic ``ValidationError`` (a spec block checked outside a spec file) as one line: what was
     invalid, then each field and its message, as spec errors read (:func:`freestack.specbase.problems`:
     without pydantic's "Value error, ", its error types and its links)."""
-    from freestack.specbase import problems
-
     return f"invalid {exc.title}: " + "; ".join(
         m if f == "(top level)" else f"{f}: {m}" for f, m in problems(exc)
     )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from freestack.cli.common import Json, Pipeline, load_pipeline
 from freestack.cli.output import emit, out, print_json, table
+from freestack.cli.reports import lake_data
 
 
 def lake(pipeline: Pipeline, json: Json = False) -> int:
     """A pipeline's lake: partitions, rows, quarantined rows and why."""
-    from freestack.cli.reports import lake_data
-
     load_pipeline(pipeline)  # an unknown pipeline or an invalid spec: one line saying so
     data = lake_data(pipeline)
     if json:

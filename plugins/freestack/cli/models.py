@@ -17,9 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from freestack.cli.common import Json, Root, has_pipeline
+from freestack.cli import actions
+from freestack.cli.common import Json, Root, has_pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, fmt, out, plural, print_json, progress, table
+from freestack.registry.core import ModelRegistry
+from freestack.registry.hub import promote_on_hub, push_to_hub
+from freestack.serving.records import served_alias, serving_records
+from freestack.storage import join, storage_root
 
 if TYPE_CHECKING:
     from freestack.registry.core import ModelRegistry
@@ -45,8 +50,6 @@ Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' hist
 
 def model_names(root) -> list[str]:
     """The models with a folder under ``<root>/registry``."""
-    from freestack.storage import join
-
     folder = join(root, "registry")
     folder.fs.invalidate_cache(folder.path)
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
@@ -55,14 +58,9 @@ def model_names(root) -> list[str]:
 def registry(model: str, root: str | None) -> ModelRegistry:
     """The registry of ``model`` (a pipeline name means its spec's root and model); :class:`CliError`
     naming the models there are when it has none."""
-    from freestack.registry.core import ModelRegistry
-    from freestack.storage import join, storage_root
-
     if root:
         reg = ModelRegistry(root, model)
     elif has_pipeline(model):
-        from freestack.cli.common import load_pipeline
-
         spec = load_pipeline(model)
         reg = ModelRegistry(storage_root(spec.storage_root), spec.model_name)
     else:
@@ -219,10 +217,8 @@ def _move(
     """A pipeline's alias moves as a run of its DAG (audited, serialised, redeployed: freestack.cli.actions);
     a bare model's only while no deployment serves that alias (nothing to redeploy), else refused."""
     if has_pipeline(model) and not root:
-        from freestack.cli.actions import run_and_follow
-
         note = f"freestack models {kind} from the command line" + (f": {reason}" if reason else "")
-        return run_and_follow(
+        return actions.run_and_follow(
             f"{model}_{'rollback' if kind == 'rollback' else 'promote'}", conf, note, timeout
         )
     reg = registry(model, root)
@@ -252,8 +248,6 @@ def _as_asked(model: str, root: str | None, alias: str, say: bool = True) -> dic
 
 def _served_by(reg: ModelRegistry, alias: str) -> str | None:
     """The deployment serving ``alias`` of the model, if any."""
-    from freestack.serving.records import served_alias, serving_records
-
     return next(
         (r["name"] for r in serving_records(str(reg.root), reg.model) if served_alias(r) == alias), None
     )
@@ -358,7 +352,6 @@ def push(
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from freestack.hooks.huggingface import HuggingFaceHook
-    from freestack.registry.hub import promote_on_hub, push_to_hub
 
     reg = registry(model, root)
     name = reg.resolve(version)

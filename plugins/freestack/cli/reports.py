@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 
 from freestack.cli.output import plural
+from freestack.cli.serve import sample_request
+from freestack.registry.core import ModelRegistry
+from freestack.serving.records import Deployments
 from freestack.spec import load_spec, spec_file
+from freestack.storage import join, storage_root
 from freestack.version.files import LINEAGE, METRICS
 from freestack.version.write import read_lineage
 
@@ -40,10 +44,7 @@ def lake_report(pipeline: str) -> str:
 
 def serve_report(pipeline: str) -> str:
     """What is served now: the URL, a curl command with one real test digit, and the running server's answer."""
-    from freestack.cli.serve import sample_request
-    from freestack.serving.records import Deployments
     from freestack.serving.smoke import http_json
-    from freestack.storage import storage_root
 
     spec = load_spec(spec_file(pipeline))
     rec = Deployments(str(storage_root(spec.storage_root)), spec.model_name).get(spec.deployment_name)
@@ -77,8 +78,6 @@ def serve_report(pipeline: str) -> str:
 
 def gate_report(pipeline: str, run_id: str) -> str:
     """Champion vs challenger of ``run_id``: the gate's decision and reasons, the report, the aliases."""
-    from freestack.registry.core import ModelRegistry
-
     models, version, lineage = version_of_run(pipeline, run_id)
     if version is None:
         return f"(no registered version for run {run_id})"
@@ -95,8 +94,6 @@ def gate_report(pipeline: str, run_id: str) -> str:
 
 def sweep_report(pipeline: str, run_id: str) -> str:
     """The sweep of ``run_id``, if it ran one: trials, early stops, epochs, the best, the table and plot."""
-    from freestack.storage import join, storage_root
-
     spec = load_spec(spec_file(pipeline))
     runs = join(storage_root(spec.storage_root), "runs", spec.name)
     for folder in sorted(runs.iterdir(), key=lambda p: p.name) if runs.exists() else []:
@@ -132,8 +129,6 @@ def sweep_report(pipeline: str, run_id: str) -> str:
 
 def version_of_run(pipeline: str, run_id: str):
     """(the registry folder, the model folder, its lineage) of the model Airflow run ``run_id`` made."""
-    from freestack.storage import join, storage_root
-
     spec = load_spec(spec_file(pipeline))
     models = join(storage_root(spec.storage_root), "registry", spec.model_name)
     for version in sorted(models.iterdir(), key=lambda p: p.name, reverse=True) if models.exists() else []:

@@ -18,6 +18,11 @@ import typer
 from freestack.cli.common import Json, Pipeline, Root, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
+from freestack.registry.core import registry_for
+from freestack.serving import k8s, manifests
+from freestack.serving.records import Deployments, alias_drift, all_deployments
+from freestack.settings import default_storage_root
+from freestack.storage import storage_root
 
 app = typer.Typer(
     help="What is served: status, stop, logs, predict, deploy, canary. NAME is a deployment name "
@@ -44,14 +49,10 @@ def _group(ctx: typer.Context, root: Root = None) -> None:
 
 
 def _root(ctx: typer.Context) -> str:
-    from freestack.settings import default_storage_root
-
     return ctx.meta.get(_ROOT) or default_storage_root()
 
 
 def _find(ctx: typer.Context, name: str, model: str | None) -> dict[str, Any]:
-    from freestack.serving.records import all_deployments
-
     records = all_deployments(_root(ctx))
     found = [r for r in records if r.get("name") == name and (not model or r.get("model") == model)]
     if not found:
@@ -76,7 +77,6 @@ def _find(ctx: typer.Context, name: str, model: str | None) -> dict[str, Any]:
 def status(ctx: typer.Context, json: Json = False) -> int:
     """Every deployment: version, URL, process, health."""
     from freestack.serving.local import describe
-    from freestack.serving.records import alias_drift, all_deployments
 
     records = [describe(r) for r in all_deployments(_root(ctx))]
     for r in records:
@@ -299,9 +299,7 @@ def deploy(
 ) -> int:
     """Deploy a pipeline's production version (or --version) locally now, as the DAG's deploy does."""
     from freestack.hooks.credentials import model_source
-    from freestack.registry.core import registry_for
     from freestack.serving.local import deploy_local
-    from freestack.storage import storage_root
 
     spec = load_pipeline(pipeline)
     if spec.deploy.target != "local":
@@ -355,8 +353,6 @@ def canary(
     ] = None,
 ) -> int:
     """Kubernetes: promote or roll back the canary, or set its traffic."""
-    from freestack.serving import k8s, manifests
-
     spec = load_pipeline(pipeline)
     if spec.deploy.target != "kubernetes":
         raise CliError(
@@ -378,9 +374,6 @@ def canary(
 
 
 def _record_canary(ctx: typer.Context, spec, action: CanaryAction, percent: int | None) -> None:
-    from freestack.serving.records import Deployments
-    from freestack.storage import storage_root
-
     name = spec.deployment_name
     deployments = Deployments(ctx.meta.get(_ROOT) or str(storage_root(spec.storage_root)), spec.model_name)
     record, token = deployments.read(name)

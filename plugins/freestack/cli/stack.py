@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from freestack.cli.output import emit, plural, table
 from freestack.embedded import (
     airflow_env,
     ensure_migrated,
@@ -21,6 +22,8 @@ from freestack.embedded import (
     start_standalone,
     warm_execution_api,
 )
+from freestack.runtime.procs import stop_stack
+from freestack.serving.processes import stop_serving
 
 
 class UpError(Exception):
@@ -93,9 +96,7 @@ def down(grace: float = 30.0) -> int:
     parent was killed: orphaned executor workers, unsupervised tasks) and the local model servers.
     SIGTERM first, SIGKILL to what still runs after ``grace`` seconds; prints each process and how it
     ended."""
-    from freestack.runtime.procs import stop_stack
     from freestack.serving.local import serving_dir
-    from freestack.serving.processes import stop_serving
 
     if not grace >= 0:
         print(f"error: the grace period must be 0 or more seconds, not {grace}", file=sys.stderr)
@@ -124,8 +125,6 @@ def _report(
 ) -> None:
     """A table of every stopped process (pid, how it ended: TERM, KILL after the grace, gone, left; what
     it was), then one line for the stack and one per model server."""
-    from freestack.cli.output import emit, plural, table
-
     rows = [(s.pid, s.ended, s.command) for s in stack] + [(pid, ended, what) for pid, what, ended in servers]
     if not rows:
         print("nothing was running")

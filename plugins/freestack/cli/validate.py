@@ -15,12 +15,12 @@ import typer
 
 from freestack.cli.errors import say_error
 from freestack.cli.output import print_json
+from freestack.errors import SpecError
+from freestack.settings import pipelines_dir
+from freestack.spec import load_spec, pipeline_dags, spec_file
 
 
 def _targets(specs: list[str]) -> list[Path]:
-    from freestack.settings import pipelines_dir
-    from freestack.spec import spec_file
-
     if not specs:
         folder = pipelines_dir()
         return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
@@ -29,8 +29,6 @@ def _targets(specs: list[str]) -> list[Path]:
 
 def _check_model(spec, path: Path) -> None:
     """A custom model is imported, built and run on a batch (as the train DAG's first task does)."""
-    from freestack.errors import SpecError
-
     if spec.model.type != "custom":
         return
     from freestack.train.core import TrainingError, check_custom_model
@@ -62,9 +60,6 @@ def validate(
     json: Annotated[bool, typer.Option("--json", help="One JSON object per spec: file, ok, error.")] = False,
 ) -> int:
     """Check pipeline specs (each file, field and fix, as the UI's import error says); exit 1 if any is invalid."""
-    from freestack.errors import SpecError
-    from freestack.spec import load_spec, pipeline_dags
-
     paths = _targets(list(specs or []))
     if not paths:
         say_error("no pipeline specs to check; pass a spec file, or add one to the pipelines folder")
