@@ -40,6 +40,7 @@ from freestack.cli.common import Pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, plural, progress
 from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env, healthy, standalone_files
+from freestack.ingest.lake import landing_dir, landing_files
 from freestack.spec import spec_file
 
 FINISHED = ("success", "failed")
@@ -489,7 +490,6 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
         return _score_day(spec, logical_date, ds)
     if dag is not Dag.ingest:
         return _Day(logical_date, ds, True, True, "run")
-    from freestack.ingest.core import landing_dir, landing_files
 
     files, policy = len(landing_files(spec, ds)), spec.source.policy
     folder = str(landing_dir(spec, ds))

@@ -26,6 +26,7 @@ from freestack.cli.output import plural
 from freestack.cli.reports import lake_report
 from freestack.cli.stack import UpError, ensure_up
 from freestack.embedded import AirflowAPI, AirflowTimeout, airflow_env, standalone_files
+from freestack.ingest.lake import lake_partitions, read_manifest
 from freestack.registry.core import ModelRegistry
 from freestack.settings import checkout_dir, default_storage_root, project_home
 from freestack.spec import load_spec, spec_file
@@ -141,7 +142,6 @@ def _land(out: Out) -> list[date]:
     (a later round), so the backfill reprocesses them and the retrained model meets the current one."""
     sys.path.insert(0, str(checkout_dir() / "include"))
     from demo.landing import make_landing
-    from freestack.ingest.core import lake_partitions
 
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=DEMO_DAYS - k) for k in range(DEMO_DAYS)]
@@ -200,8 +200,6 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
 
 
 def _lake_line() -> str:
-    from freestack.ingest.core import lake_partitions, read_manifest
-
     spec = load_spec(spec_file(PIPELINE))
     manifests = [read_manifest(spec, ds) or {} for ds in lake_partitions(spec)]
     good = sum(m.get("rows_good", 0) for m in manifests)

@@ -20,6 +20,7 @@ from freestack.errors import (
     SpecError,
     UnsafePathError,
 )
+from freestack.ingest.lake import landing_dir
 from freestack.ingest.triggers import LandingTrigger, _has_files
 from freestack.pipeline_operator import PipelineOperator
 
@@ -100,9 +101,6 @@ class LandingSensor(PipelineOperator, BaseSensorOperator):
         self.deferrable = deferrable
 
     def _uri(self) -> str:
-        # ingest.core loads pyarrow: imported when the task runs, not when the DAG file is parsed
-        from freestack.ingest.core import landing_dir
-
         return str(landing_dir(self.pipeline_spec(), self.ds))
 
     def poke(self, context: Context) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from freestack.ingest.lake import landing_files
 from freestack.spec import load_spec
 from freestack.storage import list_objects, to_path
 
@@ -17,9 +18,6 @@ def _has_files(uri: str, spec_path: str | None = None, ds: str | None = None) ->
     images), or, without a spec (a trigger deferred by an older version), any file in ``uri``. A 0-byte
     file has not arrived yet (a writer that creates the file before it writes shows one for a while)."""
     if spec_path and ds:
-        # ingest.core loads pyarrow, which the DAG file (through the operators) must not
-        from freestack.ingest.core import landing_files
-
         return [p.name for p in landing_files(load_spec(spec_path), ds) if p.stat().st_size]
 
     return [p.name for p in list_objects(to_path(uri)) if not p.name.startswith("_")]

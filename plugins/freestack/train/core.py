@@ -13,7 +13,7 @@ Callable from an Airflow task, a notebook or a script alike.
 A retry of a killed training (the same run key) resumes from its checkpoint and records into the same
 W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
 
-Importing this module loads torch, pandas and pyarrow (through ``freestack.ml`` and ingest's reader):
+Importing this module loads torch, pandas and pyarrow (through ``freestack.ml``):
 the operators and the CLI, which the DAG file and the shell load, import it inside the functions that
 train.
 """
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack import __version__
 from freestack.errors import FreestackError
-from freestack.ingest.core import lake_partitions
+from freestack.ingest.lake import lake_partitions
 from freestack.ml.checkpoint import CHECKPOINT
 from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
 from freestack.ml.custom import build_custom, check_custom
