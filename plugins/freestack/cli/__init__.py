@@ -16,6 +16,10 @@ Every failure is one line on stderr (``error: <what was wrong>; <what exists or 
 non-zero exit (1; 2 for a usage error); ``freestack --debug ...`` adds the traceback. List and show
 commands take ``--json``. :func:`command` is the click command tree (the CLI reference in the docs is
 generated from it).
+
+A command imports what loads numpy, pyarrow, torch, Airflow or FastAPI (ingest.core, score.core,
+serving.local and its smoke test, train.core, ml.prep, the hooks, the Data API app) inside its function:
+the rest of the CLI, ``--help`` included, does without them.
 """
 
 from __future__ import annotations
