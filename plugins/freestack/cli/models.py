@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from json import dumps
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -25,9 +25,6 @@ from freestack.registry.core import ModelRegistry
 from freestack.registry.hub import promote_on_hub, push_to_hub
 from freestack.serving.records import served_alias, serving_records
 from freestack.storage import join, storage_root
-
-if TYPE_CHECKING:
-    from freestack.registry.core import ModelRegistry
 
 app = typer.Typer(
     help="The model registry: versions, aliases, promote, rollback, push to the Hub. MODEL is a model name, or a "
