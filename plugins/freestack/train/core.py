@@ -13,15 +13,14 @@ Callable from an Airflow task, a notebook or a script alike.
 A retry of a killed training (the same run key) resumes from its checkpoint and records into the same
 W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
 
-Importing this module loads torch, pandas and pyarrow (through ``freestack.ml``):
-the operators and the CLI, which the DAG file and the shell load, import it inside the functions that
-train.
+Importing this module loads torch, pandas and pyarrow (through ``freestack.ml``): the operators and the
+CLI, which the DAG file and the shell load, import it inside the functions that train. The request, its
+outcome and its places are :mod:`freestack.train.request`'s (named here too), which loads none of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -45,7 +44,7 @@ from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
 from freestack.ml.stream import EncodedSpool, InMemory, Streamed
 from freestack.settings import checkout_dir, settings
 from freestack.specbase import block_problems
-from freestack.storage import join, storage_root, to_path, write_bytes
+from freestack.storage import join, storage_root, write_bytes
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.pretrained import (
     build_pretrained_model,
@@ -54,6 +53,14 @@ from freestack.train.pretrained import (
     encoder_settings,
     pretrained_base,
     pretrained_lineage,
+)
+from freestack.train.request import (
+    Places,
+    TrainingError,
+    TrainOutcome,
+    TrainRequest,
+    places,
+    tracking_id,
 )
 from freestack.train.spec import ModelSpec, TrainSpec
 from freestack.train.stream import FrameRows, WindowData, choose_mode, spool_window
@@ -64,10 +71,6 @@ if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(FreestackError):
-    """The window or the spec cannot produce a model; the message says why."""
 
 
 @dataclass
@@ -82,51 +85,6 @@ class StoreCheckpoints:
     def load(self, name: str) -> bytes | None:
         p = join(self.folder, name)
         return p.read_bytes() if p.exists() else None
-
-
-@dataclass
-class TrainRequest:
-    """What to train on and how; ``None`` fields take the spec's ``train:`` defaults."""
-
-    end_ds: str
-    window_days: int | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    run_key: str = "manual"
-    airflow: dict[str, Any] = field(default_factory=dict)  # dag_id, run_id, data interval
-    #: per-run changes to the spec's ``train:`` and ``model:`` blocks (a sweep trial's parameters);
-    #: they win over the fields above and are validated like the spec itself
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: where the model folder goes (default ``candidates/<model>/<version>``) and the checkpoints
-    #: (default ``runs/<pipeline>/<run_key>/train``)
-    output_uri: str | None = None
-    checkpoint_uri: str | None = None
-    #: W&B run options: name, group, job_type, extra tags, extra config
-    tracking: dict[str, Any] = field(default_factory=dict)
-    #: the partitions the run fixed (``freestack.train.window.Window.as_dict()``); None: fix them now
-    window: dict[str, Any] | None = None
-
-
-@dataclass
-class TrainOutcome:
-    version: str
-    version_uri: str
-    metrics: dict[str, float]
-    partitions: list[dict[str, Any]]
-    summary: dict[str, Any]
-    tracking: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "version_uri": self.version_uri,
-            "metrics": self.metrics,
-            "partitions": self.partitions,
-            "train": self.summary,
-            "wandb": self.tracking,
-        }
 
 
 def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list[str]:
@@ -196,15 +154,6 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
         )
     except ValidationError as exc:
         raise TrainingError(f"the run's hyperparameters are invalid: {block_problems(exc)}") from None
-
-
-def _version_name(spec: PipelineSpec, req: TrainRequest) -> str:
-    digest = hashlib.sha256(f"{spec.name}|{req.run_key}|{req.end_ds}".encode()).hexdigest()[:8]
-    return f"v{req.end_ds.replace('-', '')}-{digest}"
-
-
-def _safe_key(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
 
 
 @dataclass
@@ -556,29 +505,6 @@ def loop_config(spec: PipelineSpec):
     )
 
 
-@dataclass
-class Places:
-    """Where one training writes: its version name, the version folder and the checkpoint folder."""
-
-    version: str
-    version_dir: Any  # ObjectStoragePath
-    run_dir: Any
-
-
-def places(spec: PipelineSpec, req: TrainRequest) -> Places:
-    root = storage_root(spec.storage_root)
-    run_dir = (
-        to_path(req.checkpoint_uri)
-        if req.checkpoint_uri
-        else join(root, "runs", spec.name, _safe_key(req.run_key), "train")
-    )
-    version = _version_name(spec, req)
-    version_dir = (
-        to_path(req.output_uri) if req.output_uri else join(root, "candidates", spec.model_name, version)
-    )
-    return Places(version, version_dir, run_dir)
-
-
 def train(
     spec: PipelineSpec,
     req: TrainRequest,
@@ -668,12 +594,6 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
         existing=req.tracking.get("run"),
         run_id=tracking_id(spec, req),
     )
-
-
-def tracking_id(spec: PipelineSpec, req: TrainRequest) -> str:
-    """The W&B run id of a training: the same for every attempt of one run key, so a retry after a
-    kill resumes the run instead of starting another."""
-    return hashlib.sha256(f"{spec.name}|{req.run_key}".encode()).hexdigest()[:16]
 
 
 def _drop_checkpoint(where: Places) -> None:
