@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from freestack.errors import FreestackError
 from freestack.registry.core import ModelRegistry, RegistryError, VersionExists, registry_for
 from freestack.registry.hub import push_to_hub
+from freestack.storage import join
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -70,8 +71,6 @@ def register_candidate(
     remove its candidate folder; push it to the Hub when the spec names a repo and ``hub`` (token,
     endpoint) has a token. A retry by the same run finds its version committed and takes it as it is;
     another run's version of the same name is refused (versions are immutable)."""
-    from freestack.storage import join
-
     version = ev["candidate_version"]
     reg = registry_for(spec)
     lineage = {

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
 from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE
+from freestack.storage import cas, check_relative, join, sha256_of, storage_root, to_path, write_bytes
+from freestack.storage.objects import TMP_MARK
 from freestack.version import LoadedVersion, Manifest, ManifestFile, ModelVersion
 from freestack.version import open as open_version
 from freestack.version.files import CARD, LINEAGE, MARKER, METRICS, missing_model_files
@@ -103,9 +105,6 @@ def check_alias(alias: str) -> str:
 def walk_files(folder: ObjectStoragePath) -> list[tuple[str, ObjectStoragePath]]:
     """(relative path, path) of every file under ``folder``, recursively, sorted; hides dot-files and
     temporaries at any depth."""
-    from freestack.storage import join
-    from freestack.storage.objects import TMP_MARK
-
     fs = folder.fs
     base = folder.path.rstrip("/")
     fs.invalidate_cache(base)
@@ -146,8 +145,6 @@ class ModelRegistry:
     """Versions and aliases of one model under ``<root>/registry/<model>/``."""
 
     def __init__(self, root_uri: str | ObjectStoragePath, model: str):
-        from freestack.storage import check_relative, join, to_path
-
         self.model = check_relative(model, what="model name")
         if not self.model or "/" in self.model:
             raise RegistryError(f"model name {model!r} must be one plain path segment")
@@ -159,26 +156,18 @@ class ModelRegistry:
 
     # -- paths ----------------------------------------------------------------------------------------
     def version_path(self, version: str) -> ObjectStoragePath:
-        from freestack.storage import join
-
         return join(self.folder, check_version(version))
 
     def version_uri(self, version: str) -> str:
         return str(self.version_path(version))
 
     def _marker(self, version: str) -> ObjectStoragePath:
-        from freestack.storage import join
-
         return join(self.version_path(version), MARKER)
 
     def _aliases_path(self) -> ObjectStoragePath:
-        from freestack.storage import join
-
         return join(self.folder, ALIASES)
 
     def _read_marker(self, version: str) -> dict[str, Any] | None:
-        from freestack.storage import cas
-
         got = cas.read(self._marker(version))
         return json.loads(got.data) if got is not None else None
 
@@ -189,8 +178,6 @@ class ModelRegistry:
     def candidate_path(self, version: str) -> ObjectStoragePath:
         """Where a candidate of ``version`` is written and evaluated before it is registered:
         ``candidates/<model>/<version>/`` beside the registry, never inside it."""
-        from freestack.storage import join
-
         return join(self.root, "candidates", self.model, check_version(version))
 
     def remove_candidate(self, version: str) -> None:
@@ -212,8 +199,6 @@ class ModelRegistry:
         ``lineage_updates`` are merged (top-level keys) into the copied lineage (e.g. the
         gate decision); the model card ``README.md`` is rendered from ``card`` plus the version's
         metrics and lineage."""
-        from freestack.storage import to_path
-
         check_version(version)
         self._refuse_existing(version)
         src = to_path(src_uri)
@@ -244,8 +229,6 @@ class ModelRegistry:
         self, src: ObjectStoragePath, files: list[tuple[str, ObjectStoragePath]], version: str
     ) -> dict[str, Any]:
         """Copy the model files into the version folder; return the source's lineage."""
-        from freestack.storage import join, write_bytes
-
         dest = self.version_path(version)
         for rel, path in files:
             if rel in (MARKER, CARD, LINEAGE):
@@ -290,8 +273,6 @@ class ModelRegistry:
         self.write_card(version, card)  # always ours: replaces the generic card save_pretrained writes
 
     def _commit(self, version: str, *, source: str, expected: set[str]) -> str:
-        from freestack.storage import cas, sha256_of
-
         files = {
             rel: ManifestFile(sha256=sha256_of(path), size=path.stat().st_size)
             for rel, path in walk_files(self.version_path(version))
@@ -318,8 +299,6 @@ class ModelRegistry:
 
     # -- reading ------------------------------------------------------------------------------------------
     def _read_json(self, version: str, name: str) -> Any:
-        from freestack.storage import join
-
         p = join(self.version_path(version), name)
         try:
             return json.loads(p.read_text())
@@ -358,8 +337,6 @@ class ModelRegistry:
 
     def get(self, version_or_alias: str) -> dict[str, Any]:
         """One committed version: the summary plus its full metrics, lineage, files and card text."""
-        from freestack.storage import join
-
         version = self.resolve(version_or_alias)
         marker = self._read_marker(version)
         assert marker is not None
@@ -409,15 +386,11 @@ class ModelRegistry:
 
     # -- aliases ------------------------------------------------------------------------------------------
     def aliases(self) -> dict[str, Any]:
-        from freestack.storage import cas
-
         got = cas.read(self._aliases_path())
         return json.loads(got.data) if got is not None else {}
 
     def _move(self, change, *, attempts: int = 200) -> dict[str, Any]:
         """Apply ``change(aliases) -> aliases`` with compare-and-swap, retrying lost races."""
-        from freestack.storage import cas
-
         path = self._aliases_path()
         for attempt in range(attempts):
             got = cas.read(path)
@@ -585,8 +558,6 @@ class ModelRegistry:
     def write_card(self, version: str, info: CardInfo | dict[str, Any] | None = None) -> str:
         """Render ``README.md`` (a Hugging Face model card) for a version that is not committed yet;
         return its text. Committed versions are immutable: :class:`VersionExists`."""
-        from freestack.storage import join, write_bytes
-
         self._refuse_existing(version)
         card = render_card(
             self.model,
@@ -628,8 +599,6 @@ def redecisions(aliases: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def registry_for(spec: PipelineSpec) -> ModelRegistry:
     """The registry of a pipeline's model, under the pipeline's storage root."""
-    from freestack.storage import storage_root
-
     return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
 
 

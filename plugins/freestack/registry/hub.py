@@ -9,13 +9,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from freestack.registry.core import RegistryError
-
-if TYPE_CHECKING:
-    from freestack.registry.core import ModelRegistry
-    from freestack.version import LoadedVersion
+from freestack import version
+from freestack.ml.contract import MODULE_FILE
+from freestack.registry.core import ModelRegistry, RegistryError
+from freestack.version import LoadedVersion
+from freestack.version import files as F
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,6 @@ def load_from_hub(
     is loaded only with ``trust_remote_code=True`` (as in transformers)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
-
-    from freestack import version
-    from freestack.ml.contract import MODULE_FILE
-    from freestack.version import files as F
 
     kw: dict[str, Any] = {"repo_id": repo_id, "token": token, "endpoint": endpoint, "cache_dir": cache_dir}
     config = Path(hf_hub_download(filename=F.CONFIG, revision=revision, **kw))

@@ -20,6 +20,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from freestack.pipeline_operator import PipelineOperator
+from freestack.registry.core import AliasMoved, RegistryError, registry_for
 
 
 def moved_text(exc: Any, alias: str, asked: str, again: str) -> str:
@@ -55,8 +56,6 @@ class RollbackOperator(PipelineOperator):
         self.version, self.expect_production = version, expect_production
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import AliasMoved, RegistryError, registry_for
-
         spec = self.pipeline_spec()
         reg = registry_for(spec)
         wanted = (self.version or "previous").strip()
@@ -119,8 +118,6 @@ class MoveAliasOperator(PipelineOperator):
         self.version, self.alias, self.reason, self.expect = version, alias, reason, expect
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import AliasMoved, RegistryError, registry_for
-
         spec = self.pipeline_spec()
         reg = registry_for(spec)
         alias, wanted = (self.alias or "production").strip(), (self.version or "").strip()
