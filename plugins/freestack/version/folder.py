@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from freestack.version import files as F
 from freestack.version.errors import NotAVersion, VersionCorrupt
+from freestack.version.loaded import load_version
 from freestack.version.records import Lineage, Manifest, Metrics, ModelConfig, Preprocessing, Record
 from freestack.version.sources import Source, write_local
 
@@ -119,8 +120,6 @@ class ModelVersion:
         after :meth:`verify`. ``into``: a local folder the version's files are copied to and loaded from
         (the model server's cache); by default a local version loads in place, any other through a
         temporary folder."""
-        from freestack.version.loaded import load_version
-
         return load_version(self, device, into)
 
 

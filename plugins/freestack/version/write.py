@@ -3,8 +3,10 @@ place, so each file is written as its record reads it back."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+from freestack.storage import join, to_path, write_json
 from freestack.version import files as F
 from freestack.version.records import Lineage, Metrics, Preprocessing, Record
 
@@ -13,8 +15,6 @@ if TYPE_CHECKING:
 
 
 def _write(folder: str | ObjectStoragePath, name: str, data: Record | dict[str, Any] | list) -> str:
-    from freestack.storage import join, to_path, write_json
-
     content = data.as_dict() if isinstance(data, Record) else data
     path = join(to_path(folder) if isinstance(folder, str) else folder, name)
     write_json(path, content)
@@ -44,10 +44,6 @@ def write_history(folder: str | ObjectStoragePath, history: list[dict[str, Any]]
 def read_lineage(folder: str | ObjectStoragePath) -> Lineage:
     """``lineage.json`` of a folder being written (a candidate, a trial's model), unverified; empty when
     there is none."""
-    import json
-
-    from freestack.storage import join, to_path
-
     path = join(to_path(folder) if isinstance(folder, str) else folder, F.LINEAGE)
     return Lineage.model_validate(json.loads(path.read_text()) if path.exists() else {})
 
