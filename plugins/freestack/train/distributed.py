@@ -25,6 +25,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from freestack.errors import FreestackError
+from freestack.ml.threads import cores, share, size_pool
+from freestack.settings import environment as with_environment
+from freestack.spec import spec_from_text
+from freestack.storage import join, to_path, write_bytes
+from freestack.tracking.wandb import WandbSettings
+from freestack.train.request import TrainOutcome, TrainRequest, places
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -59,8 +65,6 @@ def write_launch(
     spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0
 ) -> Any:
     """The launch file of this node (``launch-<node>.json``; node 0: ``launch.json``) in the run's folder."""
-    from freestack.storage import join, write_bytes
-    from freestack.train.core import places
 
     with open(spec_path, encoding="utf-8") as f:
         text = f.read()
@@ -86,9 +90,6 @@ def launch(
     ``threads``: the CPU threads the ranks share (the train task's own; default the node's cores)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
-
-    from freestack.storage import join
-    from freestack.train.core import places
 
     run_dir = places(spec, req).run_dir
     outcome = join(run_dir, OUTCOME_FILE)
@@ -147,7 +148,6 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
 def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
     """Each rank's CPU threads: ``threads_per_process``, else ``threads`` (default: the node's cores)
     shared out among the node's ranks, at least 1."""
-    from freestack.ml.threads import cores, share
 
     d = spec.train.distributed
     return d.threads_per_process or share(threads or cores(), d.processes_per_node)
@@ -160,7 +160,6 @@ def _launch_environment(
     settings and connections for them, from
     :func:`freestack.train.operators.airflow_environment_of_ranks`), their CPU threads and the W&B key (never
     written to the launch file)."""
-    from freestack.settings import environment as with_environment
 
     per_rank = rank_threads(spec, threads)
     log.info("each rank computes on %d CPU thread(s)", per_rank)
@@ -185,7 +184,6 @@ def _failure_text(exc, timeout: float) -> str:
 
 
 def _read_outcome(path) -> TrainOutcome:
-    from freestack.train.core import TrainOutcome
 
     data = json.loads(path.read_bytes())
     return TrainOutcome(
@@ -205,11 +203,7 @@ def _read_outcome(path) -> TrainOutcome:
 def run_rank(launch_path: str) -> None:
     """One rank's program: join the group, train its shard; rank 0 writes the outcome."""
     from freestack.ml.distributed import backend_for, exit_with_parent, join_group, leave_group
-    from freestack.ml.threads import size_pool
-    from freestack.spec import spec_from_text
-    from freestack.storage import join, to_path, write_bytes
-    from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, places, train
+    from freestack.train.core import train
 
     exit_with_parent()
     threads = os.environ.get("OMP_NUM_THREADS", "")

@@ -37,6 +37,7 @@ from freestack.kube.api import (
     unreachable_text,
 )
 from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY
+from freestack.storage import join, storage_root, uri_of
 from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
 from freestack.train.manifests import (
     CRD_NAME,
@@ -52,6 +53,7 @@ from freestack.train.manifests import (
     rendezvous_id,
     validate_pytorchjob,
 )
+from freestack.train.request import places
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -364,7 +366,6 @@ def job_manifest(
 ) -> dict[str, Any]:
     """The run's PyTorchJob, validated: named after the pipeline and the run, its pods given the storage
     root the worker resolved (so they find the same run folder) and stopped when the task stops waiting."""
-    from freestack.storage import storage_root, uri_of
 
     manifest = pytorchjob_manifest(
         spec,
@@ -396,7 +397,6 @@ def start_on_kubernetes(
     wait so the train task can hand the wait to the triggerer (:mod:`freestack.train.triggers`) instead of
     holding a worker slot for days. A killed attempt's outcome.json is removed first: only this job's
     rank 0 may leave the one :func:`finish_on_kubernetes` reads."""
-    from freestack.storage import uri_of
 
     outcome = _outcome_path(spec, req)
     if outcome.exists():
@@ -433,7 +433,6 @@ def finish_on_kubernetes(
     PyTorchJobError and is kept (its pods hold the logs); on a timeout or an error the job is deleted
     rather than leave GPUs busy for nobody; an error is ``permanent`` (waiting did not fix it, nor will a
     retry). ``conn_id``: default the spec's ``train.distributed.kubernetes_conn_id``."""
-    from freestack.storage import uri_of
 
     status, message = event.get("status"), str(event.get("message") or "")
     name, namespace = str(event.get("name")), str(event.get("namespace"))
@@ -454,8 +453,6 @@ def finish_on_kubernetes(
 
 
 def _outcome_path(spec: PipelineSpec, req: TrainRequest) -> Any:
-    from freestack.storage import join
-    from freestack.train.core import places
 
     return join(places(spec, req).run_dir, OUTCOME_FILE)
 

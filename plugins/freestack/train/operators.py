@@ -10,9 +10,26 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack.errors import SpecError
 from freestack.hooks.huggingface import HubEnvironment
+from freestack.hooks.wandb import WandbHook
+from freestack.ingest.operators import lake_asset
+from freestack.ml.contract import CustomModelError
 from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
+from freestack.storage import storage_root
+from freestack.train.distributed import LaunchError, is_distributed, launch
+from freestack.train.k8s import (
+    MAX_WAIT_SECONDS,
+    PyTorchJobError,
+    delete_job,
+    finish_on_kubernetes,
+    start_on_kubernetes,
+)
+from freestack.train.manifests import job_name
+from freestack.train.request import TrainingError, TrainRequest
+from freestack.train.triggers import PyTorchJobFinishedTrigger
+from freestack.train.window import WindowError, already_trained, fix_window, window_interval
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
@@ -37,7 +54,6 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         self.wait_minutes = wait_minutes
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        from freestack.train.window import WindowError, already_trained, fix_window
 
         spec = self.pipeline_spec()
         _check_model(spec)
@@ -71,7 +87,6 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
 
     def _lake_events(self, context: Context, spec) -> list[dict[str, Any]]:
         """The pipeline's lake asset events (the task's inlet) that carry a partition's folder, ds and sha256."""
-        from freestack.ingest.operators import lake_asset
 
         inlet_events = context.get("inlet_events")
         if inlet_events is None:  # called outside Airflow's task runner (bench/orchestration's plain loop)
@@ -120,7 +135,7 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
 def _check_model(spec) -> None:
     """The user's module (imported, run on a batch) or the pretrained base (fetched, checked against the
     task and LoRA) fails the first task, before any wait or data read."""
-    from freestack.train.core import TrainingError, check_custom_model, check_hub_model
+    from freestack.train.core import check_custom_model, check_hub_model
 
     check = {"custom": check_custom_model, "huggingface": check_hub_model}.get(spec.model.type)
     if check is None:
@@ -157,8 +172,6 @@ def airflow_info(context: Context, window: dict[str, Any] | None = None) -> dict
         else None
     )
     if source is None and window:
-        from freestack.train.window import window_interval
-
         start, end = window_interval(window["end_ds"], window["days"])
         source = "window"
     return {
@@ -192,11 +205,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         self.node_rank = node_rank
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from freestack.errors import SpecError
-        from freestack.hooks.wandb import WandbHook
-        from freestack.ml.contract import CustomModelError
-        from freestack.train.core import TrainingError, prune_checkpoints
-        from freestack.train.distributed import LaunchError
+        from freestack.train.core import prune_checkpoints
 
         spec = self.pipeline_spec()
         if self.node_rank == 0:
@@ -223,7 +232,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         """In this process; or this node's ranks (train.distributed); or a PyTorchJob, awaited in the
         triggerer (the task defers; :meth:`execute_complete` reads the outcome)."""
         from freestack.train.core import train
-        from freestack.train.distributed import is_distributed, launch
 
         if not is_distributed(spec):
             return train(spec, req, tracking_settings=tracking_settings)
@@ -242,8 +250,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def _start_job(self, spec, req, tracking_settings) -> None:
         """Create the run's PyTorchJob and defer to its trigger: the wait (up to the job's own 72 h bound)
         holds no worker slot. Answers a retry cannot change (RBAC, no CRD, a name taken) fail at once."""
-        from freestack.train.k8s import MAX_WAIT_SECONDS, start_on_kubernetes
-        from freestack.train.triggers import PyTorchJobFinishedTrigger
 
         d = spec.train.distributed
         conn_id = d.kubernetes_conn_id
@@ -268,8 +274,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """The PyTorchJob's wait ended: return rank 0's outcome as :meth:`execute` would. The request is
         rebuilt from the run (deterministic: the same run key, so the same run folder and outcome.json)."""
-        from freestack.train.distributed import LaunchError
-        from freestack.train.k8s import finish_on_kubernetes
 
         spec = self.pipeline_spec()
         req = train_request(context)
@@ -289,8 +293,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
 
     def on_kill(self) -> None:
         """A killed task deletes its run's PyTorchJob (best effort) rather than leave its GPUs busy."""
-        from freestack.train.k8s import delete_job
-        from freestack.train.manifests import job_name
 
         run_key = getattr(self, "_run_key", None)  # set by execute: nothing was submitted before
         with contextlib.suppress(Exception):
@@ -303,7 +305,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
 def train_request(context: Context):
     """The run's TrainRequest: the Params form over the fixed window, keyed by the run. Deterministic
     from the run, so a deferred task's resumption rebuilds the request its job was started with."""
-    from freestack.train.core import TrainRequest
 
     params = context.get("params") or {}
     window = fixed_window(context)
@@ -324,7 +325,6 @@ def train_request(context: Context):
 def _permanent_fails() -> Iterator[None]:
     """A PyTorchJobError a retry cannot change (RBAC, a missing CRD, a name taken, an API refusal the
     trigger met) fails the task at once; the others pass, for the task's retries."""
-    from freestack.train.k8s import PyTorchJobError
 
     try:
         yield
@@ -339,8 +339,6 @@ def airflow_environment_of_ranks(spec) -> dict[str, str]:
     parse (a task's is blocked on purpose, and the ranks never use one) and the storage root's connection as
     an ``AIRFLOW_CONN_<ID>`` variable (Airflow's own way to give a process a connection)."""
     from airflow.sdk import BaseHook
-
-    from freestack.storage import storage_root
 
     env = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite://", "AIRFLOW__CORE__SQL_ALCHEMY_CONN": "sqlite://"}
     conn_id = getattr(storage_root(spec.storage_root), "conn_id", None)

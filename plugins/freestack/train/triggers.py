@@ -1,6 +1,6 @@
 """PyTorchJobFinishedTrigger: the train task's wait for its PyTorchJob (``train.distributed`` with
-``launcher: kubernetes``), in the triggerer rather than a worker slot held for up to 72 h. The deploy
-stage's loop (:class:`freestack.serving.triggers.CustomObjectTrigger`) on ``pytorchjobs.kubeflow.org``,
+``launcher: kubernetes``), in the triggerer rather than a worker slot held for up to 72 h. The shared
+loop (:class:`freestack.kube.trigger.CustomObjectTrigger`) on ``pytorchjobs.kubeflow.org``,
 with the train stage's reading of a job and its messages (:mod:`freestack.train.k8s`).
 
 It yields exactly one event, which :func:`freestack.train.k8s.finish_on_kubernetes` turns into the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from freestack.serving.triggers import CustomObjectTrigger
+from freestack.kube.trigger import CustomObjectTrigger
 from freestack.train import k8s
 from freestack.train.manifests import GROUP, KIND, PLURAL, VERSION
 
