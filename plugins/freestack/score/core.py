@@ -29,15 +29,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack.errors import FreestackError
+from freestack import version
+from freestack.errors import FreestackError, SpecError
+from freestack.ingest.images import IMAGE_SUFFIXES, check_images
+from freestack.monitor.core import feature_kinds
+from freestack.registry.core import RegistryError, registry_for
+from freestack.spec import PipelineSpec, load_spec, spec_file
+from freestack.storage import (
+    AtomicWriter,
+    abort_all,
+    join,
+    list_objects,
+    remove_temporaries,
+    sha256_of,
+    storage_root,
+    to_path,
+    write_json,
+)
 from freestack.version.files import LINEAGE
+from freestack_server.requestlog import RequestLog, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
     from freestack.ingest.spec import Column
-    from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 PART, MANIFEST, QUARANTINE = "part.parquet", "_manifest.json", "_quarantine.parquet"
@@ -68,8 +84,6 @@ def days_of(start: datetime, end: datetime) -> list[str]:
 
 def output_dir(spec: PipelineSpec, ds: str) -> str:
     """Where ``ds``'s scores go (a URI)."""
-    from freestack.storage import join, storage_root
-
     rel = spec.score.output.format(pipeline=spec.name, ds=ds, model=spec.model_name)
     return rel if "://" in rel else str(join(storage_root(spec.storage_root), rel))
 
@@ -77,8 +91,6 @@ def output_dir(spec: PipelineSpec, ds: str) -> str:
 def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
     """``ds``'s input files, ``{"uri", "sha256", "size"}`` each ([] when there is none): the lake
     partition's part (the sha256 its manifest recorded), or the Parquet files of the input folder."""
-    from freestack.storage import list_objects, sha256_of, to_path
-
     lake = spec.score.lake_pipeline
     if lake is None:
         folder = to_path(spec.score.input.format(ds=ds, pipeline=spec.name))
@@ -111,16 +123,12 @@ FOLDER_KINDS = {".parquet": "parquet", ".csv": "csv"}
 
 
 def _kind_of(name: str) -> str | None:
-    from freestack.ingest.images import IMAGE_SUFFIXES
-
     suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return FOLDER_KINDS.get(suffix) or ("image" if suffix in IMAGE_SUFFIXES else None)
 
 
 def _images_under(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
     """The image files at any depth under ``folder``, sorted by path (dot-files and temporaries left out)."""
-    from freestack.storage import join
-
     if not folder.exists():
         return []
     folder.fs.invalidate_cache(folder.path)
@@ -135,9 +143,6 @@ def _images_under(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
 
 def lake_spec(spec: PipelineSpec) -> PipelineSpec:
     """The spec whose lake ``score.input`` names (this one, or ``lake:<pipeline>``'s)."""
-    from freestack.errors import SpecError
-    from freestack.spec import load_spec, spec_file
-
     name = spec.score.lake_pipeline
     if not name or name == spec.name:
         return spec
@@ -152,8 +157,6 @@ def lake_spec(spec: PipelineSpec) -> PipelineSpec:
 
 def resolve_version(spec: PipelineSpec) -> dict[str, str]:
     """``{"version", "uri", "asked"}``: the registered version ``score.version`` names now."""
-    from freestack.registry.core import RegistryError, registry_for
-
     reg, asked = registry_for(spec), spec.score.version
     try:
         version = reg.resolve(asked)
@@ -222,7 +225,6 @@ class ScoringModel:
     since registration)."""
 
     def __init__(self, uri: str, device: str = "auto"):
-        from freestack import version
         from freestack.ml.loop import resolve_device
 
         try:
@@ -361,8 +363,6 @@ def _input_names(spec: PipelineSpec, item: dict[str, Any]) -> list[str] | None:
     for an empty file (0 bytes, or a CSV without even a header)."""
     import pyarrow.parquet as pq
 
-    from freestack.storage import to_path
-
     kind = item.get("kind", "parquet")
     if kind == "image":
         return [spec.source.schema_.key or "row", *spec.model_features]
@@ -469,8 +469,6 @@ def score(
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
-    from freestack.storage import AtomicWriter, abort_all, join, remove_temporaries, to_path, write_json
-
     model = model or load_version(job["version_uri"], spec.train.device)
     out_dir = to_path(job["output"])
     part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, STAGING))
@@ -527,8 +525,6 @@ def _write(
     """Score every input batch into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest)."""
     import pyarrow.parquet as pq
-
-    from freestack.storage import join
 
     counts, at = _Counts(), datetime.now(UTC)
     quar = _Quarantine(quar_w, spec, counts)
@@ -723,8 +719,6 @@ def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
     (each sha256 is checked first). A lake partition's rows are as ingest checked them; a folder's table
     files are checked here by ingest's validator (:func:`_checked_pieces`); image files are one row each
     of the model's one image column, their path in the folder the key."""
-    from freestack.storage import sha256_of, to_path
-
     for item in unit:
         if sha256_of(to_path(item["uri"])) != item["sha256"]:
             raise ScoreError(
@@ -754,9 +748,7 @@ def _checked_pieces(spec: PipelineSpec, item: dict[str, Any]):
     or a null in a column that is not nullable, a value outside ``allowed``, ``min`` or ``max``, an image
     that cannot be read (an image column holds paths under the folder, or a Parquet file's bytes); a line
     with too many or too few fields. Those rows are quarantined with the reason; the others are scored."""
-    from freestack.ingest.images import check_images
     from freestack.ingest.validate import malformed_rows, validate_batch
-    from freestack.storage import to_path
 
     path, name, kind = to_path(item["uri"]), item["uri"].rsplit("/", 1)[-1], item["kind"]
     folder, opts = to_path(item["folder"]), spec.source.images
@@ -859,8 +851,6 @@ def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
     """Image files as rows: the model's image column, and each file's path in the folder as the key."""
     import pyarrow as pa
 
-    from freestack.storage import to_path
-
     images = [f for f, t in spec.feature_kinds.items() if t == "image"]
     if len(images) != 1 or len(spec.model_features) != 1:
         raise ScoreError(
@@ -913,10 +903,6 @@ def log_sample(spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, sam
     traffic, and a rescore replaces its sample. Returns its URI."""
     import pyarrow.parquet as pq
 
-    from freestack.monitor.core import feature_kinds
-    from freestack.storage import AtomicWriter, join, to_path
-    from freestack_server.requestlog import RequestLog, hour_folder, monitoring_uri
-
     kinds = feature_kinds(spec)
     request_log = RequestLog(
         monitoring_uri(spec.root, spec.model_name),
@@ -942,8 +928,6 @@ def _manifest(
     run: dict[str, str] | None,
     quarantine: str | None,
 ) -> dict[str, Any]:
-    from freestack.storage import join, to_path
-
     return {
         "pipeline": spec.name,
         "model": spec.model_name,
@@ -980,8 +964,6 @@ class UnreadableScores(ScoreError):
 
 def scores_parent(spec: PipelineSpec) -> tuple[ObjectStoragePath, str, str]:
     """The folder holding the days' folders, and what a day folder's name has before and after its ds."""
-    from freestack.storage import join, storage_root, to_path
-
     before, after = spec.score.output.split("{ds}", 1)
     parent, _, prefix = before.format(pipeline=spec.name, model=spec.model_name).rpartition("/")
     root = (
@@ -1009,8 +991,6 @@ def score_days(spec: PipelineSpec) -> list[str]:
 def read_scores_manifest(folder: str) -> dict[str, Any]:
     """The manifest in the footer of a scored day's part (the record); :class:`UnreadableScores` says why not."""
     import pyarrow.parquet as pq
-
-    from freestack.storage import join, to_path
 
     try:
         with join(to_path(folder), PART).open("rb") as f:
@@ -1057,8 +1037,6 @@ def record_failure(
     """Write why ``ds``'s run failed into the day's folder (``_failed.json``), where the Scores page and
     ``freestack scores`` read it; the next run that publishes the day removes it. A record that cannot be
     written is logged, never raised over the error it records."""
-    from freestack.storage import join, to_path, write_json
-
     record = {
         "ds": ds,
         "error": error,
@@ -1075,8 +1053,6 @@ def record_failure(
 def read_failure(folder: str) -> dict[str, Any] | None:
     """The day's last failure (``error``, ``task``, ``run``, ``failed_at``); None when its last run
     published it."""
-    from freestack.storage import join, to_path
-
     try:
         record = json.loads(join(to_path(folder), FAILED).read_text())
     except FileNotFoundError:
