@@ -9,6 +9,10 @@ Writes ``evaluation/`` into the candidate's folder (``candidates/<model>/<versio
 registry until the gate registers it): ``metrics.json``, PNG plots (confusion matrix or residuals,
 per-class metrics, learning curves from ``history.json``) and ``report.html`` with the plots embedded.
 Paths in ``metrics.json`` are relative to the model folder, so they hold wherever it is copied.
+
+Importing this module loads torch, pandas and pyarrow (the trainer's window reader, the ML core): the
+operators and the gate's :func:`~freestack.evaluate.gate.decide_again` import it inside the functions that
+evaluate, so parsing the DAG file stays light.
 """
 
 from __future__ import annotations
@@ -22,14 +26,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freestack import version
 from freestack.errors import FreestackError
-from freestack.evaluate.generation import samples_html
+from freestack.evaluate import generation as gen
+from freestack.ml.loop import to_tensors
 from freestack.ml.plots import png
+from freestack.ml.prep import split_of_keys
+from freestack.monitor.core import REFERENCE_FILE, build_reference
+from freestack.storage import join, to_path, write_bytes, write_json
+from freestack.tracking.wandb import WandbSettings, start_run
+from freestack.train.core import TrainingError, load_window
+from freestack.train.stream import FrameRows
+from freestack.train.window import lineage_window
+from freestack.version import LoadedVersion
 from freestack.version.files import LINEAGE, MARKER
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
-    from freestack.version import LoadedVersion
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
@@ -43,8 +56,6 @@ def load_version(uri: str) -> LoadedVersion:
     """A version to evaluate, loaded (:meth:`freestack.version.ModelVersion.load`): the candidate, or a
     registered one (the champion, a candidate decided again), then verified against its manifest
     (:class:`~freestack.version.VersionCorrupt` names a file that changed)."""
-    from freestack import version
-
     try:
         loaded = version.open(uri).load()
         loaded.preprocessor  # noqa: B018  (a version without preprocessing is refused here, not mid-way)
@@ -58,11 +69,6 @@ def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, An
     on (its lineage: ds and sha256, checked as they are read), else the lake's. The rows are a frame's
     (:class:`~freestack.train.stream.FrameRows`) or, for a window read as a stream, a spooled file's
     (:class:`~freestack.train.stream.SpoolRows`); close the window when done."""
-    from freestack.ml.prep import split_of_keys
-    from freestack.train.core import TrainingError, load_window
-    from freestack.train.stream import FrameRows
-    from freestack.train.window import lineage_window
-
     fixed = lineage_window(lineage or {})
     try:
         data = load_window(
@@ -90,8 +96,6 @@ def outputs(model, pre, test, target: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels, outputs) of one model on the test rows (a frame, or rows read chunk by chunk): class
     probabilities, or predicted values; only these are kept across chunks."""
     import torch
-
-    from freestack.ml.loop import to_tensors
 
     rows = test.chunks() if hasattr(test, "chunks") else [test]
     ys, outs = [], []
@@ -126,8 +130,6 @@ def reference_of(
     """The version's reference statistics for the monitor: a sample of the window's rows (the test split's
     when the window was read as a stream) and the version's predictions on the test split."""
     import pandas as pd
-
-    from freestack.monitor.core import build_reference
 
     n = spec.monitor.reference_rows
     if getattr(data, "frame", None) is not None:
@@ -168,8 +170,6 @@ def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[s
     """Up to ``n`` test rows (lowest keys first, so the sample is stable) with the model's in-process
     outputs: what the deploy stage sends to a freshly started server, whose answers must equal these."""
     import torch
-
-    from freestack.ml.loop import to_tensors
 
     rows = lowest_keys(test, key, n)
     x = pre.inputs(rows)
@@ -402,7 +402,7 @@ def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -
         + table([("version", summary["version"]), ("test rows", cand["rows"]), ("window", summary["window"])])
         + "<h2>test metrics: candidate vs champion</h2>"
         f"<table><tr><th>metric</th><th>candidate</th><th>champion {html.escape(str(summary.get('champion_version') or '(none)'))}</th></tr>"
-        f"{comparison}</table>{samples_html(summary.get('samples') or [])}<h2>plots</h2>{imgs}</body></html>"
+        f"{comparison}</table>{gen.samples_html(summary.get('samples') or [])}<h2>plots</h2>{imgs}</body></html>"
     )
 
 
@@ -416,9 +416,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the candidate (and the champion) on the candidate's window's test split; write
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
-    from freestack.monitor.core import REFERENCE_FILE
-    from freestack.storage import join, to_path, write_bytes, write_json
-
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
     candidate = load_version(candidate_uri)
@@ -503,10 +500,6 @@ def _generation(
 ):
     """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
     metrics, the sample answers side by side, the monitor's reference and the deploy's smoke sample."""
-    from freestack.evaluate import generation as gen
-    from freestack.monitor.core import REFERENCE_FILE
-    from freestack.storage import join, to_path, write_json
-
     frame = _frame(test)
     cand = gen.answer(model, pre, frame, spec)
     champ, c_lineage = None, {}
@@ -543,11 +536,9 @@ def rescore(
     target = spec.source.schema_.target
     try:
         if pre.task == "generation":
-            from freestack.evaluate.generation import answer
-
             frame = _frame(test)
-            cand = answer(model, pre, frame, spec).metrics
-            champ = answer(*_model_and_pre(champion_uri), frame, spec).metrics if champion_uri else None
+            cand = gen.answer(model, pre, frame, spec).metrics
+            champ = gen.answer(*_model_and_pre(champion_uri), frame, spec).metrics if champion_uri else None
         else:
             cand = score(model, pre, test, target)
             champ = score(*_model_and_pre(champion_uri), test, target) if champion_uri else None
@@ -569,8 +560,6 @@ def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
 def _recorded(candidate_uri: str) -> dict[str, Any]:
     """The evaluation a committed version holds (an evaluate task cleared after its gate registered
     the version): versions are immutable, so nothing is written into it again."""
-    from freestack.storage import join, to_path
-
     folder = join(to_path(candidate_uri), "evaluation")
     summary = json.loads(join(folder, "metrics.json").read_text())
     plots = {
@@ -587,8 +576,6 @@ def _recorded(candidate_uri: str) -> dict[str, Any]:
 
 
 def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str, Any]:
-    from freestack.tracking.wandb import WandbSettings, start_run
-
     if tracking_settings is None:
         tracking_settings = WandbSettings.from_environment()
     trained_in = (lineage.get("wandb") or {}).get("id")

@@ -5,7 +5,8 @@ perplexity on the reference answers (every test row), and ``model.generation.met
 answers (at most ``max_rows`` rows, ``max_new_tokens`` tokens each): exact match (the answer equals the
 reference, whitespace trimmed) and ROUGE-L F1 (Google's ``rouge-score``). The report puts sample prompts
 with the reference and both models' answers side by side; ``smoke.json`` holds the answers the deploy
-stage expects a freshly started server to give, one prompt at a time.
+stage expects a freshly started server to give, one prompt at a time. Importing it loads torch (the ML
+core's generation); :mod:`freestack.evaluate.core` imports it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ import html
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from freestack.ml.generation import GenerationSettings, generate
+from freestack.ml.loop import to_tensors, token_metrics
+from freestack.ml.stream import InMemory
+from freestack.monitor.core import build_reference
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -52,8 +58,6 @@ def exact_match(references: list[str], answers: list[str]) -> float:
 
 
 def settings_for(spec: PipelineSpec):
-    from freestack.ml.generation import GenerationSettings
-
     g = spec.model.generation
     return GenerationSettings(
         max_new_tokens=g.max_new_tokens, max_prompt_tokens=spec.model.max_length, truncate="left"
@@ -63,10 +67,6 @@ def settings_for(spec: PipelineSpec):
 def answer(model, pre, frame, spec: PipelineSpec) -> Answers:
     """One model's loss/perplexity on every test row and its greedy answers to the first ``max_rows``."""
     import torch
-
-    from freestack.ml.generation import generate
-    from freestack.ml.loop import to_tensors, token_metrics
-    from freestack.ml.stream import InMemory
 
     g = spec.model.generation
     enc = pre.encode_rows(frame[pre.columns.columns].to_dict("records"), packing=False)
@@ -92,8 +92,6 @@ def answer(model, pre, frame, spec: PipelineSpec) -> Answers:
 def smoke_sample(model, pre, frame, spec: PipelineSpec, key: str, n: int = 64) -> dict[str, Any]:
     """The lowest-keyed test rows' prompts and the model's greedy answers, one prompt at a time (no
     padding): what a freshly started server must answer to the same requests."""
-    from freestack.ml.generation import generate
-
     rows = frame.sort_values(key, kind="stable").head(n) if key in frame.columns else frame.head(n)
     chats, refs = chats_of(pre, rows)
     lm = model.model if hasattr(model, "model") else model
@@ -146,8 +144,6 @@ def reference_of(
 ) -> dict[str, Any]:
     """The monitor's reference: the window's prompts (text statistics) and the answers' lengths in
     characters (the served answers' lengths are compared with them)."""
-    from freestack.monitor.core import build_reference
-
     n = spec.monitor.reference_rows
     sample = frame.sample(n, random_state=0) if len(frame) > n else frame
     metric = spec.gate.metric if isinstance(metrics.get(spec.gate.metric or ""), float) else None

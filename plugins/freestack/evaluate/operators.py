@@ -17,10 +17,14 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack.evaluate.gate import decide, decide_again, decision_note
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
+from freestack.registry.candidates import PromotionError, register_candidate
+from freestack.registry.core import AliasMoved, RegistryError, registry_for
+from freestack.registry.hub import promote_on_hub
 
 
 def candidate_of(context: Context) -> dict[str, Any]:
@@ -48,7 +52,6 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from freestack.evaluate.core import EvaluationError, evaluate
-        from freestack.registry.core import RegistryError, registry_for
 
         spec = self.pipeline_spec()
         cand = candidate_of(context)
@@ -114,8 +117,6 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         return decision
 
     def decide(self, ev: dict[str, Any]) -> dict[str, Any]:
-        from freestack.evaluate.gate import decide
-
         spec = self.pipeline_spec()
         gate = spec.gate
         try:
@@ -134,14 +135,10 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         return decision
 
     def note(self, decision: dict[str, Any]) -> str:
-        from freestack.evaluate.gate import decision_note
-
         return decision_note(decision, self.pipeline_spec().model_name)
 
     def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Commit the candidate (blocked ones too) with its model card and the decision."""
-        from freestack.registry.candidates import PromotionError, register_candidate
-
         spec = self.pipeline_spec()
         try:
             return register_candidate(spec, ev, decision, run_id=run_id, hub=hub_settings())
@@ -164,9 +161,6 @@ class PromoteOperator(PipelineOperator):
     ui_color = "#c8ecd4"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.registry.core import AliasMoved, registry_for
-        from freestack.registry.hub import promote_on_hub
-
         spec = self.pipeline_spec()
         ti = context["ti"]
         registered = ti.xcom_pull(task_ids="gate", key="registered")
@@ -211,7 +205,6 @@ class PromoteOperator(PipelineOperator):
         """The gate's decision against the production that is there now, on the candidate's test rows
         (:func:`freestack.evaluate.gate.decide_again`); skips this task (and ``deploy``) when it blocks."""
         from freestack.evaluate.core import EvaluationError
-        from freestack.evaluate.gate import decide_again, decision_note
 
         try:
             decision = decide_again(
