@@ -27,8 +27,20 @@ from urllib.parse import urlsplit
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from freestack.ui import catalog
+from freestack.registry.core import RegistryError
+from freestack.sweeps.core import SweepError
+from freestack.ui import actions, catalog
 from freestack.ui.auth import current_user, may_read, may_trigger, request_token, user_name
+from freestack.ui.cards import render_card
+from freestack.ui.plots import (
+    drift_over_time,
+    metric_over_epochs,
+    metric_over_versions,
+    metric_vs_params,
+    predictions_over_days,
+)
+from freestack.ui.sweep_live import sweep_update
+from freestack.ui.tasks import page_of_task
 from freestack.ui.vendor import plotly_js, plotly_js_name
 
 HERE = Path(__file__).parent
@@ -72,12 +84,11 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     """A page from its template; Plotly figures (JSON) are embedded so no "</script>" can close their tag."""
     if context.get("figures"):
         context["figures"] = [f.replace("</", "<\\/") for f in context["figures"]]
-    from freestack.ui.actions import run_url
 
     html = TEMPLATES.get_template(template).render(
         base=str(request.scope.get("root_path", "")) or URL_PREFIX,
         user=user_name(request.state.user),
-        run_url=run_url,
+        run_url=actions.run_url,
         **context,
     )
     return HTMLResponse(html, status_code=status, headers=HEADERS)
@@ -174,8 +185,6 @@ async def models_json(request: Request, user: Any = Depends(user_of)) -> list[ca
 async def model(
     request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
 ) -> HTMLResponse:
-    from freestack.ui.plots import metric_over_versions
-
     _, spec = _pipeline(pipeline, user)
     data = await off_loop(catalog.model_page, pipeline, spec)
     newest = data.versions[::-1]
@@ -215,9 +224,6 @@ async def model_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.Mod
 
 def found(read, *args):
     """``read(*args)``; a version, alias or sweep it does not find is HTTP 404 with the reader's message."""
-    from freestack.registry.core import RegistryError
-    from freestack.sweeps.core import SweepError
-
     try:
         return read(*args)
     except (RegistryError, SweepError) as exc:
@@ -232,9 +238,6 @@ def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
 async def version(
     request: Request, pipeline: str, version: str, user: Any = Depends(user_of)
 ) -> HTMLResponse:
-    from freestack.ui.actions import run_url
-    from freestack.ui.cards import render_card
-
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     af = v.lineage.get("airflow") or {}
@@ -246,7 +249,9 @@ async def version(
         v=v,
         card=render_card(v.card),
         trained_on=catalog.trained_on(v.lineage),
-        run_link=run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None,
+        run_link=(
+            actions.run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None
+        ),
         may_promote=may_trigger(user, f"{pipeline}_promote"),
     )
 
@@ -346,8 +351,6 @@ async def confirm(
     """The confirmation page. A rollback's button names the production it showed (``version``) and the
     version it goes back to (``to``, else previous as it is now); a promotion's form keeps what the alias
     is now. The gate's decision on a version to promote is shown with its reasons."""
-    from freestack.ui.actions import runs_in_flight
-
     _check(kind)
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
@@ -362,7 +365,7 @@ async def confirm(
     moved = kind == "rollback" and current.get("production") != v.row.version
     allowed = may_trigger(user, act["dag_id"])
     training = (
-        await runs_in_flight(f"{pipeline}_train", request_token(request) or "")
+        await actions.runs_in_flight(f"{pipeline}_train", request_token(request) or "")
         if act["alias"] == "production"
         else []
     )
@@ -397,8 +400,6 @@ async def act(
 ) -> HTMLResponse:
     """Start the run the confirmation page showed: its form names the version that page named and what the
     alias was then (``expect``), so the run moves nothing if another move landed first."""
-    from freestack.ui.actions import ActionError, trigger
-
     _same_origin(request)
     _check(kind)
     _, spec = _pipeline(pipeline, user)
@@ -419,8 +420,8 @@ async def act(
         f" ({reason})" if reason else ""
     )
     try:
-        run = await trigger(action["dag_id"], conf, request_token(request) or "", note)
-    except ActionError as exc:
+        run = await actions.trigger(action["dag_id"], conf, request_token(request) or "", note)
+    except actions.ActionError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return page(request, "triggered.html", title=f"{kind}: started", tab="models", v=v, run=run, act=action)
 
@@ -446,8 +447,6 @@ def _sweep(pipeline: str, spec: Any, sweep_id: str) -> catalog.SweepPage:
 
 @views_app.get("/sweeps/{pipeline}/{sweep_id}", response_class=HTMLResponse)
 async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    from freestack.ui.plots import metric_over_epochs, metric_vs_params
-
     s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
     figures = [metric_vs_params(s), metric_over_epochs(s)] if s.trials else []
     counts = {
@@ -474,8 +473,6 @@ async def sweep_live(
 ) -> Any:
     """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
     status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
-    from freestack.ui.sweep_live import sweep_update
-
     s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
     return await off_loop(sweep_update, s, known, TEMPLATES)
 
@@ -528,8 +525,6 @@ async def data_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.Lake
 
 def _monitoring(user: Any, figures: bool = False) -> list[catalog.MonitoringPage]:
     """Each readable model's judged intervals; with ``figures``, its drift-over-time chart too (the page's)."""
-    from freestack.ui.plots import drift_over_time
-
     pages = [catalog.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
     for m in pages if figures else ():
         m.figure = drift_over_time(m)
@@ -595,8 +590,6 @@ def _scores(user: Any, figures: bool = False) -> list[catalog.ScoresPage]:
 
 
 def _with_figure(data: catalog.ScoresPage, figure: bool = True) -> catalog.ScoresPage:
-    from freestack.ui.plots import predictions_over_days
-
     data.figure = predictions_over_days(data) if figure else None
     return data
 
@@ -661,8 +654,6 @@ async def task_page(
 ) -> RedirectResponse:
     """Where a pipeline task's "freestack" extra link goes: the version its run made, its sweep, the
     deployment, the aliases, the lake, or the days its run scored."""
-    from freestack.ui.tasks import page_of_task
-
     pipeline, _, kind = dag_id.rpartition("_")
     _, spec = _pipeline(pipeline, user, kind if kind in ("ingest", "score") else "train")
     target = await off_loop(page_of_task, pipeline, spec, kind, run_id, task_id)

@@ -13,6 +13,8 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from freestack.ui.catalog import LOG_DISTRIBUTIONS
+
 if TYPE_CHECKING:
     from freestack.ui.catalog import MonitoringPage, ScoredDay, ScoresPage, SweepPage, VersionRow
 
@@ -41,8 +43,6 @@ def _log_axis(values: list[Any]) -> bool:
 def is_log(page: SweepPage, name: str, values: list[Any]) -> bool:
     """A parameter drawn on a log axis: log-distributed in the sweep config (W&B's log_uniform_values...),
     or, where the config does not say, positive numbers over more than 50x."""
-    from freestack.ui.catalog import LOG_DISTRIBUTIONS
-
     dist = page.distributions.get(name)
     if dist is None:
         return _log_axis(values)

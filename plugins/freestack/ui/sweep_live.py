@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.ui import plots
+
 if TYPE_CHECKING:
     from freestack.ui.catalog import SweepPage
 
@@ -35,8 +37,6 @@ class SweepUpdate(BaseModel):
 
 def sweep_figures(s: SweepPage) -> dict[str, str]:
     """The sweep page's figures by element id."""
-    from freestack.ui import plots
-
     return {
         "fig-1": plots.metric_vs_params(s),
         "fig-2": plots.metric_over_epochs(s),

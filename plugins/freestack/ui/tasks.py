@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from freestack.registry.core import registry_for
 from freestack.ui import catalog
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
         if sweep is not None:
             return f"/sweeps/{_q(pipeline)}/{_q(sweep.sweep_id)}"
     if kind == "train":
-        from freestack.registry.core import registry_for
-
         rows = catalog.version_rows(registry_for(spec).folder)
         made = next((r for r in reversed(rows) if r.airflow_run == run_id), None)
         if made is not None:

@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from freestack.tracking import offline
+from freestack.tracking.wandb import wandb_root
 from freestack.ui.auth import current_user
 
 wandb_app = FastAPI(
@@ -61,8 +62,6 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def _root() -> Path:
-    from freestack.tracking.wandb import wandb_root
-
     return Path(os.path.realpath(wandb_root()))
 
 

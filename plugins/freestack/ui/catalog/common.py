@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from freestack.errors import SpecError
+from freestack.spec import discover_specs
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
@@ -101,9 +104,6 @@ class Pipeline(BaseModel):
 
 def pipelines() -> list[tuple[Pipeline, PipelineSpec]]:
     """Every valid pipeline spec (an invalid one is the spec-errors DAG file's import error)."""
-    from freestack.errors import SpecError
-    from freestack.spec import discover_specs
-
     out = []
     for name, spec in discover_specs().items():
         if isinstance(spec, SpecError):

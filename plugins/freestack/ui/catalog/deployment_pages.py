@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from freestack.serving.records import alias_drift, all_deployments, served_alias
 from freestack.ui.catalog.common import Pipeline, parallel, pipelines
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> DeploymentRow:
     from freestack.serving.local import describe
-    from freestack.serving.records import alias_drift, served_alias
 
     serving = record.get("state") == "serving"
     kubernetes = record.get("target") == "kubernetes"
@@ -123,8 +123,6 @@ def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
 def deployments(found: list[tuple[Pipeline, PipelineSpec]] | None = None) -> list[DeploymentRow]:
     """Every deployment record under the storage root of every pipeline ``found`` (default: all,
     :func:`~freestack.ui.catalog.common.pipelines`), with what is true now."""
-    from freestack.serving.records import all_deployments
-
     by_root: dict[str, dict[str, str]] = {}
     for p, spec in pipelines() if found is None else found:
         by_root.setdefault(p.root, {})[spec.model_name] = p.name

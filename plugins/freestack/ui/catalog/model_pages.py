@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.registry.card import metrics_summary
+from freestack.registry.core import redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
+from freestack.serving.records import alias_drift, served_alias, serving_records
+from freestack.storage import join
 from freestack.ui.catalog.common import numbers_in, read_many, subfolders
 from freestack.version.files import LINEAGE, MARKER, METRICS
 
@@ -103,8 +107,6 @@ def gate_of(g: dict[str, Any]) -> Gate:
 def decided_again(rows: list[VersionRow], aliases: dict[str, Any]) -> list[VersionRow]:
     """The rows with the decision that holds: a version blocked when ``promote`` decided it again (the
     aliases' history records it) reads blocked, with those reasons, not the gate's first decision."""
-    from freestack.registry.core import redecisions
-
     again = redecisions(aliases)
     return [
         r.model_copy(update={"gate": gate_of(again[r.version])}) if r.version in again else r for r in rows
@@ -141,8 +143,6 @@ def trained_on(lineage: dict[str, Any]) -> str:
 
 def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
     """A version's row from its files (``{name: JSON}``), None when it is not committed."""
-    from freestack.registry.card import metrics_summary
-
     marker = files.get(f"{version}/{MARKER}")
     if marker is None:
         return None  # an unfinished registration: not a version
@@ -183,8 +183,6 @@ def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = Non
 
 def _aliases_in(folder: ObjectStoragePath) -> dict[str, Any]:
     """A model's ``aliases.json`` from its registry folder ({} when it has none)."""
-    from freestack.storage import join
-
     try:
         return json.loads(join(folder, ALIASES).read_text())
     except FileNotFoundError:
@@ -193,8 +191,6 @@ def _aliases_in(folder: ObjectStoragePath) -> dict[str, Any]:
 
 def aliases(spec: PipelineSpec) -> dict[str, str]:
     """The model's aliases (production, staging, previous...) and the versions they point at."""
-    from freestack.registry.core import registry_for
-
     return _named(registry_for(spec).aliases())
 
 
@@ -204,8 +200,6 @@ def _named(raw: dict[str, Any]) -> dict[str, str]:
 
 
 def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
-    from freestack.registry.core import registry_for
-
     reg = registry_for(spec)
     aliases = reg.aliases()
     history = [
@@ -233,8 +227,6 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
 
 def served_by(root: str, model: str, aliases: dict[str, Any]) -> list[Served]:
     """The model's serving deployments, each flagged when its version is not what its alias says."""
-    from freestack.serving.records import alias_drift, served_alias, serving_records
-
     return [
         Served(
             name=r["name"],
@@ -278,8 +270,6 @@ class VersionPage(BaseModel):
 
 def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage:
     """One committed version: its card, metrics, lineage, files and the evaluation's report and plots."""
-    from freestack.registry.core import registry_for
-
     reg = registry_for(spec)
     info = reg.get(version)
     name = info["version"]
@@ -324,9 +314,6 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
 
 def version_file_chunks(spec: PipelineSpec, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
     """A registered file of a committed version (``rel`` as its manifest names it), in pieces."""
-    from freestack.registry.core import registry_for
-    from freestack.storage import join
-
     with join(registry_for(spec).version_path(version), *rel.split("/")).open("rb") as f:
         while piece := f.read(chunk):
             yield piece

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.storage import join, to_path
+
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
@@ -90,7 +92,6 @@ def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | No
 
 def monitoring_report(spec: PipelineSpec, interval: str) -> bytes | None:
     """An interval's HTML report, read through the storage layer."""
-    from freestack.storage import join, to_path
     from freestack_server.requestlog import monitoring_uri
 
     path = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports", interval, "report.html")

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.storage import join, storage_root
+from freestack.sweeps.core import SweepError, best_of, sweep_dir
+from freestack.sweeps.report import sweep_metric
+from freestack.sweeps.spec import leaf_parameters
 from freestack.ui.catalog.common import parallel, read_json, read_many, subfolders
 
 if TYPE_CHECKING:
@@ -76,15 +80,11 @@ class SweepPage(BaseModel):
 
 
 def _runs_folder(spec: PipelineSpec):
-    from freestack.storage import join, storage_root
-
     return join(storage_root(spec.storage_root), "runs", spec.name)
 
 
 def _sweep_doc(folder: ObjectStoragePath) -> dict[str, Any] | None:
     """The sweep's ``sweep.json`` with its ``best.json`` (empty until ``select_best`` ran) under "best"."""
-    from freestack.storage import join
-
     doc = read_json(join(folder, "sweep.json"))
     return None if doc is None else {**doc, "best": read_json(join(folder, "best.json")) or {}}
 
@@ -108,8 +108,6 @@ def _sweep_row(doc: dict[str, Any]) -> SweepRow:
 
 def sweeps(spec: PipelineSpec) -> list[SweepRow]:
     """The pipeline's sweeps, newest first."""
-    from freestack.storage import join
-
     runs = _runs_folder(spec)
     folders = [join(runs, n) for n in subfolders(runs) if n.startswith("sweep-")]
     rows = [_sweep_row(d) for d in parallel(_sweep_doc, folders) if d is not None]
@@ -117,8 +115,6 @@ def sweeps(spec: PipelineSpec) -> list[SweepRow]:
 
 
 def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
-    from freestack.sweeps.core import best_of
-
     hist = doc.get("history") or []
     state = doc.get("state", "running")
     if state == "finished" and doc.get("stopped"):
@@ -137,10 +133,6 @@ def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
 
 
 def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
-    from freestack.storage import join
-    from freestack.sweeps.core import SweepError, sweep_dir
-    from freestack.sweeps.report import sweep_metric
-
     folder = sweep_dir(spec, sweep_id)
     doc = _sweep_doc(folder)
     if doc is None:
@@ -220,8 +212,6 @@ MIN_IMPORTANCE_TRIALS = 5
 def distributions(config: dict[str, Any]) -> dict[str, str]:
     """Each searched parameter's distribution, by its name in the trials' params (``model.dropout``), as W&B
     infers it: ``values`` -> categorical, ``value`` -> constant, bare min/max -> (int_)uniform."""
-    from freestack.sweeps.spec import leaf_parameters
-
     out = {}
     for name, p in leaf_parameters(config.get("parameters") or {}).items():
         if not isinstance(p, dict):

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from freestack.registry.core import registry_for
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
 from freestack.version.files import CONFIG, PREPROCESSING
@@ -182,15 +183,11 @@ def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _extra_files(spec: Any, version: str) -> dict[str, Any]:
-    from freestack.registry.core import registry_for
-
     return catalog.read_many(registry_for(spec).folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
 
 
 def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
     """The versions (or aliases) ``asked``, side by side."""
-    from freestack.registry.core import registry_for
-
     pages = catalog.parallel(lambda v: catalog.version_page(pipeline, spec, v), asked)
     extra = catalog.parallel(lambda p: _extra_files(spec, p.row.version), pages)
     files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
@@ -224,8 +221,6 @@ def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
 
 
 def _choices_only(pipeline: str, spec: Any) -> ComparePage:
-    from freestack.registry.core import registry_for
-
     return ComparePage(
         pipeline=pipeline,
         model=spec.model_name,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from freestack.storage import join, to_path
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
 
@@ -67,7 +68,6 @@ def quarantine_page(
 ) -> QuarantinePage:
     """Page ``page`` (``size`` rows) of the partition's quarantined rows, read from its quarantine file."""
     from freestack.ingest.core import read_manifest
-    from freestack.storage import to_path
 
     _partition(spec, ds)
     q = (read_manifest(spec, ds) or {}).get("quarantine")
@@ -103,7 +103,6 @@ def score_quarantine_page(
 ) -> QuarantinePage:
     """Page ``page`` of the rows of a scored day that were not scored, read from the day's ``_quarantine.parquet``."""
     from freestack.score.core import QUARANTINE
-    from freestack.storage import join, to_path
 
     have = catalog.score_days(spec)
     if ds not in have:

@@ -11,6 +11,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from freestack.serving.records import Deployments
+from freestack.storage import to_path
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
 from freestack.version.files import LINEAGE, PREPROCESSING, SMOKE
@@ -92,8 +94,6 @@ def feature_inputs(
 
 def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]:
     """The pipeline serving ``model``, its spec and the deployment's record, when the user may read it."""
-    from freestack.serving.records import Deployments
-
     specs = [(p, s) for p, s in catalog.pipelines() if s.model_name == model]
     if not specs:
         raise HTTPException(404, f"no pipeline trains a model {model!r}")
@@ -116,8 +116,6 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
 
 
 def try_page(model: str, name: str, user: Any) -> TryPage:
-    from freestack.storage import to_path
-
     pipeline, _, record = _record(model, name, user)
     folder = to_path(record["version_uri"]) if record.get("version_uri") else None
     got = catalog.read_many(folder, [LINEAGE, PREPROCESSING, SMOKE]) if folder else {}
