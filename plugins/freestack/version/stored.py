@@ -3,7 +3,7 @@
 source of a URI (a local folder read directly). The model server does not import this module: it reads
 versions with its own clients (:class:`freestack_server.fetch.FetchSource`). :mod:`freestack.storage` is
 imported inside the functions that read: the package imports this module, and the serving images, which
-import the package, have neither fsspec nor upath.
+import the package, have no universal-pathlib (storage's paths).
 """
 
 from __future__ import annotations
