@@ -37,8 +37,13 @@ import threading
 import time
 from typing import Any
 
-from freestack_server.address import AddressError, receive
+from freestack.settings import settings
+from freestack_server import request_checks
+from freestack_server.address import AddressError, hold, receive
 from freestack_server.config import ADDRESS_ERROR, BOOT_ERROR, ServerConfig, load
+from freestack_server.direct_predict import DirectPredict
+from freestack_server.lighter_flask import faster_json, lighter_flask
+from freestack_server.oip_server import run as run_mlserver
 
 log = logging.getLogger("freestack.serving")
 
@@ -119,18 +124,12 @@ def run(cfg: ServerConfig, address_fd: int | None = None) -> None:
                 daemon=True,
             ).start()
     app = wrapper.get_rest_microservice(user_object, seldon_metrics)
-    from freestack_server import request_checks
-
     inputs = user_object.inputs()  # what the model takes besides rows of numbers
     request_checks.install(app, max_body=_max_body(), cors_origins=cfg.cors_origins, inputs=inputs)
-    from freestack_server.lighter_flask import faster_json, lighter_flask
-
     lighter_flask(app)
     faster_json(app)
     direct = None
     if cfg.worker_class == "freestack":
-        from freestack_server.direct_predict import DirectPredict
-
         direct = DirectPredict(user_object, seldon_metrics, inputs=inputs, json_dumps=app.json.dumps)
     options = _gunicorn_options(
         cfg,
@@ -194,8 +193,6 @@ def _close(fd: int) -> None:
 
 def _max_body() -> int:
     """The largest request body the server takes (the ``max_body_bytes`` setting, 413 above)."""
-    from freestack.settings import settings
-
     return int(settings().max_body_bytes)
 
 
@@ -358,14 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         return supervise(args.env_file)
     if args.command == "hold":
-        from freestack_server.address import hold
-
         return hold(args.home, args.host, args.port)
     cfg = load(args.run_env_file or args.env_file)
     if cfg.runtime == "mlserver":
         import asyncio
-
-        from freestack_server.oip_server import run as run_mlserver
 
         asyncio.run(run_mlserver(cfg, args.address_fd))
     else:

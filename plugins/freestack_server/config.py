@@ -18,6 +18,9 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from freestack.settings import settings
+from freestack_server.fetch import model_name_of
+
 PREFIX = "FREESTACK_SERVER_"
 #: the exit code of a server that could not load its model: a broken version, which no restart mends
 BOOT_ERROR = 3
@@ -37,9 +40,6 @@ class Address(BaseModel):
 
 def _model_of_uri() -> str:
     """The model's name when none is set: the one its ``FREESTACK_MODEL_URI`` names."""
-    from freestack.settings import settings
-    from freestack_server.fetch import model_name_of
-
     uri = settings().model_uri
     return (model_name_of(uri) if uri else None) or "model"
 

@@ -22,10 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from freestack.ml.contract import ModelInputs
+from freestack.ml.features import EncodingError
 from freestack.settings import settings
 from freestack.version.files import MARKER, PREPROCESSING
+from freestack.version.folder import open_folder
 from freestack_server.errors import PayloadError
-from freestack_server.requestlog import SMOKE_ID
+from freestack_server.fetch import FetchError, FetchSource, resolve_uri
+from freestack_server.generation import Bounds, Generator
+from freestack_server.raw import RawInputError, RawInputs
+from freestack_server.requestlog import SMOKE_ID, RequestLog
 
 log = logging.getLogger("freestack.serving")
 
@@ -126,9 +132,6 @@ class ServedModel:
         :func:`freestack.version.folder.open_folder`, checked against the registration manifest): no torch
         involved, so it is safe in a server's parent process before its workers fork."""
         if self._described is None:
-            from freestack.version.folder import open_folder
-            from freestack_server.fetch import FetchError, FetchSource, resolve_uri
-
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
             self.model_uri = resolve_uri(self.model_uri)
@@ -223,8 +226,6 @@ class ServedModel:
         return f"{len(columns)} columns: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
     def _request_log(self, info: dict[str, Any]):
-        from freestack_server.requestlog import RequestLog
-
         config = settings()
         if self.generator is not None:  # the prompt (or the chat, as JSON) is one text column
             columns = [(self.generator.columns.input_column, "text")]
@@ -247,8 +248,6 @@ class ServedModel:
     def _load_generation(self) -> None:
         """A text-generation model's tokenizer (its chat template) and generation config, loaded with the
         version (:class:`freestack.version.loaded.LoadedVersion`), and the deployment's bounds."""
-        from freestack_server.generation import Bounds, Generator
-
         bounds = (
             Bounds.from_mapping(self.generation_bounds)
             if self.generation_bounds is not None
@@ -264,8 +263,6 @@ class ServedModel:
 
     def _load_encoder(self) -> None:
         """The version's encoder (its preprocessing and tokenizer, as training saved them)."""
-        from freestack_server.raw import RawInputs
-
         self._encoder = self.loaded.encoder
         self._raw = RawInputs(self._encoder.columns, self.max_batch_rows)
         self.n_features = len(self._encoder.numeric)
@@ -278,7 +275,6 @@ class ServedModel:
         """One row of zeros (numbers), unknown categories, empty text and a black image."""
         if self._encoder is None:
             return np.zeros((1, self.n_features), dtype=np.float32)
-        from freestack.ml.contract import ModelInputs
         from freestack.ml.custom import zero_batch
 
         sizes = self._encoder.group_sizes()
@@ -407,9 +403,6 @@ class ServedModel:
     def encoded(self, X: Any, names: list[str] | None) -> tuple[dict[str, list], dict[str, np.ndarray]]:
         """A request of raw values (category, text, base64 images): its columns, and them encoded as the
         training split was."""
-        from freestack.ml.features import EncodingError
-        from freestack_server.raw import RawInputError
-
         try:
             columns = self._raw.from_any(X, names)
             return columns, self._encoder.encode(columns)

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from freestack.settings import settings
 from freestack_server.errors import PayloadError
 from freestack_server.request_checks import GENERATION_HINT as SELDON_HINT
 
@@ -63,8 +64,6 @@ class Bounds:
     @classmethod
     def from_settings(cls) -> Bounds:
         """The ``FREESTACK_GENERATION_*`` settings (:mod:`freestack.settings`)."""
-        from freestack.settings import settings
-
         config = settings()
         return cls(**{f.name: getattr(config, f"generation_{f.name}") for f in fields(cls)})
 

@@ -36,7 +36,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from freestack.settings import settings
 from freestack_server.config import BOOT_ERROR, ServerConfig
+from freestack_server.generation import Bounds
 
 log = logging.getLogger("freestack.serving")
 
@@ -379,11 +381,7 @@ def _grpc_model_ready_not_found() -> None:
 
 def folder_of(cfg: ServerConfig) -> Path:
     """MLServer's folder for this server, in ``FREESTACK_SERVER_WORKDIR``, named after the predictor."""
-    from freestack.settings import settings
-
     config = settings()
-    from freestack_server.generation import Bounds
-
     extra = {
         "max_batch_rows": config.max_batch_rows,
         "request_log_uri": config.request_log_uri or "",
@@ -413,8 +411,6 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     connections on the deployment's address and answers what they hold, then stops MLServer."""
     from mlserver.cli.serve import load_settings
     from mlserver.server import MLServer
-
-    from freestack.settings import settings
 
     if not extend(settings().max_body_bytes) and address_fd is not None:
         raise SystemExit(

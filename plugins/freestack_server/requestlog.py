@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from freestack_server.fetch import put_bytes
+
 log = logging.getLogger(__name__)
 
 #: the request log's fixed columns (the inputs follow as ``input.<feature>``)
@@ -175,8 +177,6 @@ class RequestLog:
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
-
-        from freestack_server.fetch import put_bytes
 
         now = datetime.now(UTC)
         stem = self.version if kind == "requests" else "feedback"
