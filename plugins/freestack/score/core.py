@@ -32,6 +32,7 @@ import numpy as np
 from freestack import version
 from freestack.errors import FreestackError, SpecError
 from freestack.ingest.images import IMAGE_SUFFIXES, check_images
+from freestack.ingest.lake import read_manifest
 from freestack.monitor.core import feature_kinds
 from freestack.registry.core import RegistryError, registry_for
 from freestack.spec import PipelineSpec, load_spec, spec_file
@@ -109,8 +110,6 @@ def input_files(spec: PipelineSpec, ds: str) -> list[dict[str, Any]]:
             }
             for p in files
         ]
-    from freestack.ingest.core import read_manifest
-
     manifest = read_manifest(lake_spec(spec), ds)
     if not manifest or not manifest.get("part"):
         return []
