@@ -36,6 +36,7 @@ from freestack.kube.api import (
 from freestack.kube.api import api_session as kube_session
 from freestack.kube.api import delete as kube_delete
 from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY, label_value
+from freestack.registry.core import registry_for
 from freestack.serving.manifests import (
     CANARY,
     CANARY_URI_KEY,
@@ -48,10 +49,15 @@ from freestack.serving.manifests import (
     PLURAL,
     VERSION,
     VERSION_KEY,
+    build_manifest,
     predictor_env,
     predictor_version,
+    served_version,
     split_predictors,
+    validate_manifest,
 )
+from freestack.serving.records import Deployments
+from freestack.storage import storage_root
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -421,10 +427,7 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     """Apply the SeldonDeployment that serves ``version`` (from ``model_uri``, as the pod reads it) and
     record the rollout; the caller then waits for Available. With a canary in the spec and another
     version serving, the new one becomes the canary predictor; otherwise it replaces the main one."""
-    from freestack.serving.manifests import build_manifest, served_version, validate_manifest
-    from freestack.serving.records import Deployments
     from freestack.serving.smoke import smoke_sample
-    from freestack.storage import storage_root
     from freestack_server.requestlog import monitoring_uri
 
     target = spec.deploy.kubernetes
@@ -480,8 +483,6 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
 def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
     """Record what the wait for Available ended with, once the new version answers the smoke test
     (:func:`smoke_rollout`); DeployError when it did not become Available or answers otherwise."""
-    from freestack.serving.records import Deployments
-    from freestack.storage import storage_root
 
     if event.get("status") != "available":
         raise DeployError(
@@ -502,7 +503,6 @@ def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _version_uri(spec: PipelineSpec, version: str) -> str:
-    from freestack.registry.core import registry_for
 
     return registry_for(spec).version_uri(version)
 

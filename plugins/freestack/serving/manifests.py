@@ -34,7 +34,9 @@ from freestack.kube.manifests import (
     strict_validator,
     violations,
 )
+from freestack.serving.spec import KubernetesTarget
 from freestack.settings import checkout_dir, settings
+from freestack_server.config import ServerConfig
 
 if TYPE_CHECKING:
     from freestack.serving.spec import KubernetesTarget
@@ -85,7 +87,6 @@ def _server_env(
 ) -> list[dict[str, str]]:
     """The model server's variables (:mod:`freestack_server.config`), as the local deploy sets them; the
     interface and ports are the image's ``ENV`` and Seldon's operator's ``PREDICTIVE_UNIT_*``."""
-    from freestack_server.config import ServerConfig
 
     cfg = ServerConfig.model_validate(
         {
@@ -229,7 +230,6 @@ def build_manifest(
 
     One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
     predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
-    from freestack.serving.spec import KubernetesTarget
 
     if isinstance(target, dict):
         target = KubernetesTarget.model_validate(target)

@@ -20,6 +20,9 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.ingest.lake import PART, lake_partitions, partition_dir, read_manifest
+from freestack.registry.core import registry_for
+from freestack.storage import join, sha256_of, to_path
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -122,9 +125,6 @@ def window_interval(end_ds: str, days: int) -> tuple[str, str]:
 def fix_window(spec: PipelineSpec, end_ds: str | None, days: int, *, chosen: str = "form") -> Window:
     """The run's window: ``end_ds`` (None: the newest landed partition) and every partition a training of
     this run may read, with the sha256 the ingest published for it (hashed here when it recorded none)."""
-    from freestack.ingest.core import PART, lake_partitions, partition_dir, read_manifest
-    from freestack.storage import join, sha256_of
-
     if end_ds is None:
         landed = lake_partitions(spec)
         if not landed:
@@ -158,8 +158,6 @@ def read_window(spec: PipelineSpec, window: Window, days: int | None = None):
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from freestack.storage import to_path
 
     tables, parts = [], []
     for p in window.of_days(days or window.days):
@@ -200,7 +198,7 @@ def superseded(spec: PipelineSpec, keys: list | None, n: int) -> list:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from freestack.ingest.keyset import KeySet, hash_keys
+    from freestack.ingest.keyset import KeySet, hash_keys  # pyarrow
 
     seen, masks = KeySet(), []
     for col in reversed(keys):
@@ -242,7 +240,6 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
     """``(version, why)`` when a registered version makes this window's training pointless: one was
     trained on exactly these partitions (same ds and sha256), or on a window ending later (an automatic
     run never trains an older window after a newer one). None: train."""
-    from freestack.registry.core import registry_for
 
     wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
     reg = registry_for(spec)

@@ -222,7 +222,7 @@ def test_quarantine_page_pages_and_names_partitions(client, digits, monkeypatch,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from freestack.ingest import core
+    from freestack.ingest import lake
 
     path = tmp_path / "_quarantine-x.parquet"
     pq.write_table(
@@ -236,9 +236,9 @@ def test_quarantine_page_pages_and_names_partitions(client, digits, monkeypatch,
         ),
         path,
     )
-    monkeypatch.setattr(core, "lake_partitions", lambda spec: ["2024-01-01", "2024-01-02"])
+    monkeypatch.setattr(lake, "lake_partitions", lambda spec: ["2024-01-01", "2024-01-02"])
     monkeypatch.setattr(
-        core,
+        lake,
         "read_manifest",
         lambda spec, ds: {"quarantine": {"uri": path.as_uri()}} if ds == "2024-01-02" else {},
     )
@@ -278,12 +278,12 @@ def test_quarantine_pages_of_another_size_keep_it_in_their_links(client, monkeyp
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from freestack.ingest import core
+    from freestack.ingest import lake
 
     path = tmp_path / "_quarantine-y.parquet"
     pq.write_table(pa.table({"_line": list(range(12)), "_reason": ["bad"] * 12}), path)
-    monkeypatch.setattr(core, "lake_partitions", lambda spec: ["2024-01-01"])
-    monkeypatch.setattr(core, "read_manifest", lambda spec, ds: {"quarantine": {"uri": path.as_uri()}})
+    monkeypatch.setattr(lake, "lake_partitions", lambda spec: ["2024-01-01"])
+    monkeypatch.setattr(lake, "read_manifest", lambda spec, ds: {"quarantine": {"uri": path.as_uri()}})
     r = client.get("/data/digits/2024-01-01/quarantine", params={"page": 2, "size": 5})
     assert (
         r.text.count("<tr data-line=") == 5

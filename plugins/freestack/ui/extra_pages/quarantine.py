@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from freestack.ingest import lake
 from freestack.storage import join, to_path
 from freestack.ui import catalog
 from freestack.ui.extra_pages.common import app_helpers, page_user
@@ -31,9 +32,7 @@ class QuarantinePage(BaseModel):
 
 
 def _partition(spec: Any, ds: str) -> None:
-    from freestack.ingest.core import lake_partitions
-
-    have = lake_partitions(spec)
+    have = lake.lake_partitions(spec)
     if ds not in have:
         shown_days = ", ".join(have[-10:]) or "none"
         raise HTTPException(
@@ -67,10 +66,8 @@ def quarantine_page(
     pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE
 ) -> QuarantinePage:
     """Page ``page`` (``size`` rows) of the partition's quarantined rows, read from its quarantine file."""
-    from freestack.ingest.core import read_manifest
-
     _partition(spec, ds)
-    q = (read_manifest(spec, ds) or {}).get("quarantine")
+    q = (lake.read_manifest(spec, ds) or {}).get("quarantine")
     if not q:
         return QuarantinePage(
             pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[]
