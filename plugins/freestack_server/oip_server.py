@@ -48,6 +48,7 @@ WRITTEN_FOR = ("1.7.",)
 #: requests uvicorn's parser cannot read get its own plain-text 400, and the launcher says so once)
 UVICORN_WRITTEN_FOR = ("0.54.",)
 #: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
+ACCEPTED_S = 0.2  # seconds a connection accepted before the drain has to reach uvicorn's count
 KEEP_ALIVE_S = 5.0
 #: the most header bytes (names and values) a request may carry; past it, 431 (uvicorn's httptools parser
 #: has no limit of its own, so the headers are read before they are refused)
@@ -500,6 +501,10 @@ class AddressServer:
         self.draining = True
         for listener in self.uvicorn.servers:
             listener.close()
+        # a connection accepted just before the close is registered with uvicorn a few loop turns later
+        # (asyncio builds its transport in a task): wait for those before judging that none is open, or
+        # the stop below would reset them
+        await asyncio.sleep(ACCEPTED_S)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KEEP_ALIVE_S + 1.0
         while self.uvicorn.server_state.connections and loop.time() < deadline:
