@@ -79,6 +79,10 @@ def _confirm(page, what: str) -> str:
     with page.expect_navigation(timeout=180_000):
         page.locator("#confirm").click(no_wait_after=True)
     link = page.locator("#run-link")
+    if not link.count():  # an error page: say what it says
+        pytest.fail(
+            f"confirming {what} started no run; the page says: {page.locator('body').inner_text()[:2000]}"
+        )
     assert what in link.inner_text()
     return link.inner_text().split(" / ", 1)[1].strip()
 
