@@ -12,7 +12,6 @@ Every load goes through :func:`_load_and_predict`.
 
 from __future__ import annotations
 
-import base64
 import filecmp
 import json
 import shutil
@@ -22,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.versions.make_versions import answered, frame_of
+
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "versions"
 KINDS = sorted(p.parent.name for p in FIXTURES.glob("*/expected.json"))
 TOLERANCE = 2e-5  # probabilities are recorded rounded to 5 decimals
 LOGIT_TOLERANCE = 2e-3  # a causal LM's next-token logits to 4 (and larger than probabilities)
-LOGIT_DIGITS = 4
 
 
 def _expected(kind: str) -> dict[str, Any]:
@@ -75,38 +75,6 @@ def bases(tmp_path_factory):
     hub.stop()
 
 
-def _next_token_top(lm, tokenizer, chat: list[dict[str, str]], k: int = 5) -> list[list]:
-    """The ``k`` likeliest first tokens of the answer to ``chat``: [token id, logit rounded], likeliest first."""
-    import torch
-
-    from freestack.ml.generation import render
-
-    text = render(tokenizer, chat, generation_prompt=True)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        top = torch.topk(lm(input_ids=ids).logits[0, -1].float(), k)
-    return [[int(i), round(float(v), LOGIT_DIGITS)] for v, i in zip(top.values, top.indices, strict=True)]
-
-
-def _answered(lm, tokenizer, chat: list[dict[str, str]], text: str) -> dict[str, Any]:
-    return {"text": text, "top": _next_token_top(lm, tokenizer, chat)}
-
-
-def _frame(folder: Path, inputs: dict[str, Any]):
-    """The input rows as a frame of raw values (image columns as bytes), as the lake holds them."""
-    import pandas as pd
-
-    pre = json.loads((folder / "preprocessing.json").read_text())
-    kinds = dict((pre.get("encoder") or {}).get("columns") or [])
-    frame = pd.DataFrame(inputs["rows"], columns=inputs["features"])
-    for c in frame.columns:
-        if kinds.get(c) == "image":
-            frame[c] = [base64.b64decode(v) for v in frame[c]]
-        elif kinds.get(c) == "numeric":
-            frame[c] = frame[c].astype("float64")
-    return frame
-
-
 def _evaluate_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -> list:
     import torch
 
@@ -120,13 +88,13 @@ def _evaluate_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int)
         chats = [pre.columns.with_system([{"role": "user", "content": p}]) for p in inputs["prompts"]]
         settings = GenerationSettings(max_new_tokens=max_new_tokens)
         return [
-            _answered(
+            answered(
                 model.model, pre.tokenizer, c, generate(model.model, pre.tokenizer, [c], settings)[0].text
             )
             for c in chats
         ]
     with torch.no_grad():
-        return model.predict_proba(to_tensors(pre.inputs(_frame(folder, inputs)))).tolist()
+        return model.predict_proba(to_tensors(pre.inputs(frame_of(folder, inputs)))).tolist()
 
 
 def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -> list:
@@ -143,7 +111,7 @@ def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -
                 chat, text = gen.chat(p, "prompt", messages=False)
                 prompts = gen.prompts([chat], [text], {"max_new_tokens": max_new_tokens})
                 texts += [
-                    _answered(gen.lm, gen.tokenizer, chat, a.completion.text)
+                    answered(gen.lm, gen.tokenizer, chat, a.completion.text)
                     for a in served.generate(prompts).answers
                 ]
             return texts
@@ -164,7 +132,7 @@ def _score_answers(folder: Path, inputs: dict[str, Any]) -> list:
     from freestack.score.core import load_version
 
     version = load_version(folder.as_uri(), device="cpu")
-    encoded, kept, refused = version.encode(pa.RecordBatch.from_pandas(_frame(folder, inputs)))
+    encoded, kept, refused = version.encode(pa.RecordBatch.from_pandas(frame_of(folder, inputs)))
     assert not refused and len(kept) == len(inputs["rows"]), refused
     return version.forward(encoded).tolist()
 
