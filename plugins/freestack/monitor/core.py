@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack.errors import FreestackError
 from freestack.monitor import stats
 from freestack.monitor.report import render
 from freestack.registry.core import registry_for
@@ -42,10 +41,6 @@ _KIND = {
     "text": "text",
     "image": "image",
 }
-
-
-class MonitorError(FreestackError):
-    """The interval cannot be judged; the message says why and what to do."""
 
 
 def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
@@ -469,7 +464,6 @@ def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]
 
 
 __all__ = [
-    "MonitorError",
     "REFERENCE_FILE",
     "build_reference",
     "feature_kinds",

@@ -153,12 +153,6 @@ class _ServesGeneration(SpecModel):
     def generation(self) -> GenerationBounds:
         return self._generation or GenerationBounds()
 
-    def with_generation(self, bounds: GenerationBounds):
-        """These settings, serving a text-generation model within ``bounds``."""
-        out = self.model_copy()
-        out._generation = bounds
-        return out
-
 
 class LocalTarget(_ServesGeneration):
     host: str = Field(default="127.0.0.1", description="bind address; loopback unless you mean to expose it")
