@@ -12,6 +12,8 @@ came first (runs of the model's moves take its deploy pool one at a time, not in
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -46,26 +48,47 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"{api_base_url()}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: str) -> Triggered:
-    """``POST /api/v2/dags/{dag_id}/dagRuns`` as the user whose token this is."""
-    import httpx
+#: seconds the API server may take to answer the trigger before the try counts as unanswered
+TRIGGER_TIMEOUT_S = 30.0
+#: tries of a trigger left unanswered or refused as busy (a 503, or a 500 "Database error": on SQLite the
+#: API server meets the scheduler's lock under load), 2, 4, then 8 s apart
+TRIGGER_TRIES = 4
 
+
+class _Busy(Exception):
+    """Airflow left the try unanswered or answered that it is busy: worth another try."""
+
+
+async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: str) -> Triggered:
+    """``POST /api/v2/dags/{dag_id}/dagRuns`` as the user whose token this is, under a run id chosen here:
+    a try left unanswered or refused as busy is tried again, after looking up whether it made the run (one
+    run, never two), as ``freestack``'s CLI does."""
+    import httpx
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    run_id = f"manual__{datetime.now(UTC).isoformat()}"
     url = f"{api_base_url()}/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
-    body = {"logical_date": None, "conf": conf, "note": note[:1000]}
+    body = {"dag_run_id": run_id, "logical_date": None, "conf": conf, "note": note[:1000]}
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_Busy),
+        stop=stop_after_attempt(TRIGGER_TRIES),
+        wait=wait_exponential(multiplier=2, max=8),
+        reraise=True,
+    )
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            got = await client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
+        async with httpx.AsyncClient(timeout=TRIGGER_TIMEOUT_S, headers=headers) as client:
+            async for attempt in retrying:
+                with attempt:
+                    got = await _post_or_find(client, url, body, attempt.retry_state.attempt_number > 1)
+    except (httpx.HTTPError, _Busy) as exc:
         raise ActionError(
-            f"Airflow's API at {url} did not answer ({exc}); is [api] base_url this server?"
+            f"Airflow's API at {url} did not answer ({exc or type(exc).__name__}) in {TRIGGER_TRIES} tries; "
+            "is [api] base_url this server? If it is only busy, the run may still start: see the DAG's runs"
         ) from None
     if got.status_code >= 400:
-        try:
-            detail = got.json().get("detail")
-        except ValueError:
-            detail = got.text[:300]
         raise ActionError(
-            f"Airflow refused to start {dag_id} (HTTP {got.status_code}): {detail}", got.status_code
+            f"Airflow refused to start {dag_id} (HTTP {got.status_code}): {_detail(got)}", got.status_code
         )
     run = got.json()
     return Triggered(
@@ -74,6 +97,31 @@ async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: st
         state=run.get("state") or "queued",
         url=run_url(dag_id, run["dag_run_id"]),
     )
+
+
+async def _post_or_find(client: Any, url: str, body: dict[str, Any], again: bool) -> Any:
+    """POST the run; ``again``: first look up the run an earlier, unanswered try may have made."""
+    import httpx
+
+    run_url_api = f"{url}/{quote(body['dag_run_id'], safe='')}"
+    try:
+        if again and (found := await client.get(run_url_api)).status_code == 200:
+            return found
+        got = await client.post(url, json=body)
+        if got.status_code == 409:  # an earlier try made it after all
+            got = await client.get(run_url_api)
+    except (httpx.TimeoutException, httpx.NetworkError) as exc:
+        raise _Busy(str(exc) or type(exc).__name__) from None
+    if got.status_code == 503 or (got.status_code == 500 and "database" in _detail(got).lower()):
+        raise _Busy(f"HTTP {got.status_code} {_detail(got)}")
+    return got
+
+
+def _detail(got: Any) -> str:
+    try:
+        return str(got.json().get("detail"))
+    except (ValueError, AttributeError):
+        return got.text[:300]
 
 
 async def runs_in_flight(dag_id: str, token: str) -> list[str] | None:
