@@ -163,7 +163,8 @@ def land_and_ingest(work: Path, model: str, ds: str, rows: int) -> dict[str, Any
     """``rows`` rows landed as Parquet (written in chunks) and ingested into the lake; the lake part's size."""
     import pyarrow.parquet as pq
 
-    from freestack.ingest.core import ingest_partition, read_manifest
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.lake import read_manifest
     from freestack.spec import load_spec
 
     name = PIPELINES[model]

@@ -31,7 +31,7 @@ def _day(root, ds: str):
 
 
 def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  # noqa: F811
-    from freestack.ingest.core import read_manifest
+    from freestack.ingest.lake import read_manifest
     from freestack.registry.core import ModelRegistry
     from freestack.spec import load_spec
 

@@ -64,7 +64,8 @@ def _land(landing: Path, rows: int) -> None:
 
 
 def test_an_ingest_that_fills_the_disk_leaves_nothing_and_the_next_run_succeeds(small_fs, tmp_path):
-    from freestack.ingest.core import ingest_partition, read_manifest
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.lake import read_manifest
 
     landing = tmp_path / "landing"
     _land(landing, rows=50_000)
@@ -151,7 +152,8 @@ def test_a_compare_and_swap_write_on_a_full_disk_leaves_no_temporary(small_fs):
 def test_a_killed_ingests_temporary_does_not_keep_the_disk_full(small_fs, tmp_path):
     """A killed writer cannot remove its temporary; the next write into its folder does (the next ingest
     of the interval), so the disk does not stay full."""
-    from freestack.ingest.core import ingest_partition, read_manifest
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.lake import read_manifest
     from tests.support.writers import age, kill, writing
 
     landing = tmp_path / "landing"

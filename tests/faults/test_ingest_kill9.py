@@ -25,7 +25,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from freestack.ingest.core import ingest_partition, read_manifest
+from freestack.ingest.core import ingest_partition
+from freestack.ingest.lake import read_manifest
 from freestack.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from freestack.errors import LandingDataMissing, SchemaDriftError
-from freestack.ingest.core import ingest_partition, lake_partitions
+from freestack.ingest.core import ingest_partition
+from freestack.ingest.lake import lake_partitions
 from freestack.spec import parse_spec
 
 DS = "2026-11-03"

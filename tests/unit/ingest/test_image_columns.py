@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from freestack.errors import LandingDataMissing, SpecError
-from freestack.ingest.core import ingest_partition, landing_files
+from freestack.ingest.core import ingest_partition
+from freestack.ingest.lake import landing_files
 from freestack.spec import parse_spec
 
 DS = "2026-11-03"

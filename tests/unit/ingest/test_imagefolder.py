@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from freestack.errors import LandingDataMissing, SpecError
-from freestack.ingest.core import ingest_partition, landing_files, read_manifest
+from freestack.ingest.core import ingest_partition
+from freestack.ingest.lake import landing_files, read_manifest
 from freestack.spec import parse_spec
 
 DS = "2026-11-05"

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from freestack.errors import QuarantineLimitExceeded, SpecError
-from freestack.ingest.core import ingest_partition, landing_files, read_manifest
+from freestack.ingest.core import ingest_partition
 from freestack.ingest.images import image_problem, image_rows, relative_path
+from freestack.ingest.lake import landing_files, read_manifest
 from freestack.ingest.spec import ImageOptions
 from freestack.spec import parse_spec
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import freestack.ingest.core as core
-from freestack.ingest.core import ingest_partition, read_manifest
+from freestack.ingest.core import ingest_partition
+from freestack.ingest.lake import read_manifest
 from freestack.spec import parse_spec
 from freestack.storage import objects
 

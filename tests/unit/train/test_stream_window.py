@@ -109,7 +109,7 @@ def test_auto_streams_a_window_over_the_memory_limit(lake, monkeypatch):
 
 
 def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool(lake, tmp_path):
-    from freestack.ingest.core import PART, partition_dir
+    from freestack.ingest.lake import PART, partition_dir
     from freestack.storage import join
     from freestack.train.core import TrainingError, load_window
     from freestack.train.window import fix_window

@@ -32,7 +32,7 @@ def lake(storage):
 
 
 def _part(spec, ds):
-    from freestack.ingest.core import PART, partition_dir
+    from freestack.ingest.lake import PART, partition_dir
     from freestack.storage import join
 
     return join(partition_dir(spec, ds), PART)
@@ -132,7 +132,8 @@ def test_lake_events_are_linked_to_a_partition_by_its_folder_ds_and_sha256(lake,
     """697197d: identical bytes in another lake publish the same ds and sha256, so an event is linked only
     to the partition of the folder it names; an event that names no folder is linked to none; a day
     ingested again with other bytes is linked to the event of the bytes the window reads, not the old one."""
-    from freestack.ingest.core import ingest_partition, partition_dir
+    from freestack.ingest.core import ingest_partition
+    from freestack.ingest.lake import partition_dir
     from freestack.ingest.operators import lake_asset
     from freestack.train.operators import WindowSensor
     from freestack.train.window import fix_window
