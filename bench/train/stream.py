@@ -91,7 +91,8 @@ def child(work: Path, mode: str, days: int, end_ds: str) -> dict[str, Any]:
     """One training in this process: the numbers the report keeps."""
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     spec = load_spec(work / "streambench.yaml")
     req = TrainRequest(

@@ -74,7 +74,7 @@ def _launch_child(spec_path: Path, run_key: str, node_rank: int = 0) -> str:
         "import json, sys\n"
         "from freestack.spec import load_spec\n"
         "from freestack.tracking.wandb import WandbSettings\n"
-        "from freestack.train.core import TrainRequest\n"
+        "from freestack.train.request import TrainRequest\n"
         "from freestack.train.distributed import launch\n"
         f"spec = load_spec({str(spec_path)!r})\n"
         f"out = launch(spec, {str(spec_path)!r}, TrainRequest(end_ds='2026-11-05', run_key={run_key!r}),"
@@ -97,7 +97,8 @@ def test_two_ranks_under_dag_test_gate_register_and_serve(lake):
     from freestack.serving.records import Deployments
     from freestack.serving.smoke import http_json
     from freestack.spec import load_spec
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     path = _spec_file(lake, epochs=8, distributed={"processes_per_node": 2})
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")
@@ -135,8 +136,9 @@ def test_two_ranks_take_the_steps_of_one_process_with_the_same_global_batch(lake
 
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
     from freestack.train.distributed import launch
+    from freestack.train.request import TrainRequest
 
     kw = {"epochs": 4, "patience": 100, "model": {"type": "mlp", "dropout": 0.0, "image_shape": None}}
     path = _spec_file(lake, **kw)
@@ -299,8 +301,8 @@ def test_a_custom_module_trains_on_two_ranks_from_a_streamed_window(lake, tmp_pa
     from freestack.ml.models import load_pretrained
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest
     from freestack.train.distributed import launch
+    from freestack.train.request import TrainRequest
     from tests.dags.test_custom_model_dag import DIGITS_NET
 
     module = tmp_path / "digits_net.py"
@@ -340,8 +342,9 @@ def test_fsdp_shards_the_model_takes_the_same_steps_and_resumes(lake, monkeypatc
 
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
     from freestack.train.distributed import launch
+    from freestack.train.request import TrainRequest
 
     kw = {"epochs": 4, "patience": 100, "model": {"type": "mlp", "dropout": 0.0, "image_shape": None}}
     one = train(load_spec(_spec_file(lake, **kw)), TrainRequest(end_ds="2026-11-05", run_key="fsdp-one"))
@@ -373,7 +376,8 @@ def test_fsdp_shards_the_model_takes_the_same_steps_and_resumes(lake, monkeypatc
 
 def test_fsdp_with_lora_is_refused_before_any_data_is_read():
     from freestack.spec import parse_spec
-    from freestack.train.core import TrainingError, check_trainable
+    from freestack.train.core import check_trainable
+    from freestack.train.request import TrainingError
     from tests.support.landing_finetune import REVIEWS_SPEC
 
     data = {

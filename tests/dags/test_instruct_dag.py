@@ -269,7 +269,8 @@ def _second_version_is_gated_against_production(p, first: str) -> None:
 
 def test_a_base_without_a_chat_template_is_refused_before_any_data_is_read(pipelines):
     from freestack.spec import load_spec
-    from freestack.train.core import TrainingError, check_trainable
+    from freestack.train.core import check_trainable
+    from freestack.train.request import TrainingError
 
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "plain.yaml")
     with pytest.raises(TrainingError, match="no chat template.*model.chat_template"):

@@ -185,12 +185,14 @@ def test_training_killed_mid_run_resumes_at_its_checkpoint(lake, tmp_path):
     import time
 
     from freestack.spec import load_spec
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     ckpt = lake["root"] / "runs" / "digits" / "digits_train_retry-1" / "train" / "checkpoint.safetensors"
     child = (
         "from freestack.spec import load_spec\n"
-        "from freestack.train.core import TrainRequest, train\n"
+        "from freestack.train.core import train\n"
+        "from freestack.train.request import TrainRequest\n"
         "from freestack.hooks.wandb import WandbHook\n"
         f"spec = load_spec({str(lake['specs'] / 'digits.yaml')!r})\n"
         "train(spec, TrainRequest(end_ds='2026-11-05', epochs=60, run_key='digits_train/retry-1'),"

@@ -100,7 +100,8 @@ def build_version(kind: str, root: Path, specs: Path, epochs: int = 3) -> Path:
     from freestack.registry.candidates import register_candidate
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     data = {**spec_of(kind, specs), "storage_root": root.as_uri()}
     path = specs / f"{data['name']}.yaml"

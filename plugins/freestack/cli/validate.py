@@ -18,6 +18,7 @@ from freestack.cli.output import print_json
 from freestack.errors import SpecError
 from freestack.settings import pipelines_dir
 from freestack.spec import load_spec, pipeline_dags, spec_file
+from freestack.train.request import TrainingError
 
 
 def _targets(specs: list[str]) -> list[Path]:
@@ -31,7 +32,7 @@ def _check_model(spec, path: Path) -> None:
     """A custom model is imported, built and run on a batch (as the train DAG's first task does)."""
     if spec.model.type != "custom":
         return
-    from freestack.train.core import TrainingError, check_custom_model
+    from freestack.train.core import check_custom_model
 
     try:
         check_custom_model(spec)

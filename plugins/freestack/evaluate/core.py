@@ -35,7 +35,8 @@ from freestack.ml.prep import split_of_keys
 from freestack.monitor.core import REFERENCE_FILE, build_reference
 from freestack.storage import join, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
-from freestack.train.core import TrainingError, load_window
+from freestack.train.core import load_window
+from freestack.train.request import TrainingError
 from freestack.train.stream import FrameRows
 from freestack.train.window import lineage_window
 from freestack.version import LoadedVersion

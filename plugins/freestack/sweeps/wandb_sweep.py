@@ -21,6 +21,7 @@ from freestack.storage import cas, join, write_json
 from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
 from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
 from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
+from freestack.train.request import TrainRequest
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -92,7 +93,7 @@ def run_server_agent(
     import wandb
 
     # train.core loads torch; the operators, which the DAG file loads, import this module
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
 
     request = sweep["request"]
     names = set(engine_part(sweep["config"])["parameters"])

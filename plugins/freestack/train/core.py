@@ -15,7 +15,7 @@ W&B run (its id is made from the pipeline and the run key; ``resume="allow"``).
 
 Importing this module loads torch, pandas and pyarrow (through ``freestack.ml``): the operators and the
 CLI, which the DAG file and the shell load, import it inside the functions that train. The request, its
-outcome and its places are :mod:`freestack.train.request`'s (named here too), which loads none of them.
+outcome and its places are :mod:`freestack.train.request`'s, which loads none of them.
 """
 
 from __future__ import annotations
@@ -833,17 +833,12 @@ def _write_version(
 
 
 __all__ = [
-    "Places",
     "Prepared",
-    "TrainOutcome",
-    "TrainRequest",
-    "TrainingError",
     "build_model",
     "check_trainable",
     "effective_spec",
     "load_window",
     "loop_config",
-    "places",
     "prepare",
     "train",
     "window_partitions",

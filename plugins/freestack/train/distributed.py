@@ -34,7 +34,6 @@ from freestack.train.request import TrainOutcome, TrainRequest, places
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
-    from freestack.train.core import TrainOutcome, TrainRequest
 
 log = logging.getLogger(__name__)
 

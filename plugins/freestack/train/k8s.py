@@ -53,11 +53,10 @@ from freestack.train.manifests import (
     rendezvous_id,
     validate_pytorchjob,
 )
-from freestack.train.request import places
+from freestack.train.request import TrainOutcome, TrainRequest, places
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
-    from freestack.train.core import TrainOutcome, TrainRequest
 
 log = logging.getLogger(__name__)
 

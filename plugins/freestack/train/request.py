@@ -1,8 +1,7 @@
 """What a training is asked and where it writes: the request, its outcome, and the places of its
 model version and checkpoints.
 
-Without torch, pandas or pyarrow at import (unlike :mod:`freestack.train.core`, which trains and names
-these again): the code that starts a training elsewhere, in a Kubernetes job or in ranks of its own,
+Without torch, pandas or pyarrow at import (unlike :mod:`freestack.train.core`, which trains): the code that starts a training elsewhere, in a Kubernetes job or in ranks of its own,
 and reads its outcome imports this module at the top.
 """
 

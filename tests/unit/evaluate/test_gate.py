@@ -206,7 +206,8 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
     from freestack.ingest.core import ingest_partition
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
     from tests.support.sweeps import ROOT
 
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")

@@ -49,7 +49,8 @@ def _spec(tmp_path: Path, source: str = GOOD, **model):
 
 def test_a_custom_spec_loads_and_its_sweep_reaches_the_constructor(tmp_path):
     from freestack.sweeps.config import to_overrides
-    from freestack.train.core import TrainRequest, check_custom_model, effective_spec
+    from freestack.train.core import check_custom_model, effective_spec
+    from freestack.train.request import TrainRequest
 
     spec = _spec(tmp_path)
     assert spec.model.class_ == "TinyNet" and spec.model.init == {"hidden": 8, "dropout": 0.1}
@@ -86,7 +87,8 @@ def test_bad_custom_specs_name_the_field(tmp_path, model, words):
 
 
 def test_a_module_that_breaks_the_contract_fails_before_any_data_is_read(tmp_path):
-    from freestack.train.core import TrainingError, check_custom_model
+    from freestack.train.core import check_custom_model
+    from freestack.train.request import TrainingError
 
     spec = _spec(tmp_path, GOOD.replace("inputs.n_outputs", "7"))
     with pytest.raises(TrainingError) as info:
@@ -146,7 +148,8 @@ def test_the_model_card_of_a_custom_model_says_how_to_load_it():
 
 def test_an_invalid_trial_override_reads_without_pydantics_prefix(tmp_path):
     """A trial's model override that breaks a model rule names the field and the rule, in plain words."""
-    from freestack.train.core import TrainingError, TrainRequest, effective_spec
+    from freestack.train.core import effective_spec
+    from freestack.train.request import TrainingError, TrainRequest
 
     spec = _spec(tmp_path)
     with pytest.raises(TrainingError) as caught:

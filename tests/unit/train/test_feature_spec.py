@@ -63,7 +63,8 @@ def test_two_image_columns_are_refused():
 
 
 def test_a_custom_module_is_checked_against_the_spec_s_groups_before_any_data(tmp_path):
-    from freestack.train.core import TrainingError, check_trainable, group_sizes
+    from freestack.train.core import check_trainable, group_sizes
+    from freestack.train.request import TrainingError
 
     module = tmp_path / "mixed_net.py"
     module.write_text(MIXED_MODULE)
@@ -87,7 +88,8 @@ def test_a_named_hub_tokenizer_is_fetched_and_used_for_the_text_columns(tmp_path
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from freestack.ml.features import FeatureEncoder
-    from freestack.train.core import TrainingError, encoder_options
+    from freestack.train.core import encoder_options
+    from freestack.train.request import TrainingError
     from tests.fakes.hub import FakeHub
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "great": 2, "value": 3, "broke": 4}

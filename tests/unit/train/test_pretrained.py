@@ -84,7 +84,8 @@ def test_a_sweep_may_change_lora_settings_of_a_lora_model_only():
         "train": {"learning_rate": 0.01},
         "model": {"peft": {"r": 2}},
     }
-    from freestack.train.core import TrainRequest, effective_spec
+    from freestack.train.core import effective_spec
+    from freestack.train.request import TrainRequest
 
     trial = effective_spec(spec, TrainRequest(end_ds="2026-11-03", overrides={"model": {"peft": {"r": 2}}}))
     assert (trial.model.peft.r, trial.model.peft.alpha) == (2, 16)  # merged into the spec's block
@@ -111,8 +112,9 @@ def hub(tmp_path_factory):
 
 
 def test_the_first_task_fetches_the_base_at_a_commit_and_checks_it(hub, monkeypatch):
-    from freestack.train.core import TrainingError, check_trainable
+    from freestack.train.core import check_trainable
     from freestack.train.pretrained import _base, pretrained_base
+    from freestack.train.request import TrainingError
 
     server, commit, _ = hub
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)

@@ -20,8 +20,8 @@ from freestack.storage import join, to_path, write_bytes
 from freestack.tracking.wandb import WandbSettings
 from freestack.train import k8s
 from freestack.train import manifests as kube_job
-from freestack.train.core import TrainRequest, places
 from freestack.train.distributed import Launch, LaunchError
+from freestack.train.request import TrainRequest, places
 from tests.fakes.k8s_api import FakeTrainingAPI
 
 REPO = Path(__file__).resolve().parents[3]
