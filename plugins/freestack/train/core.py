@@ -26,12 +26,10 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from freestack import __version__
 from freestack.errors import FreestackError
-from freestack.ingest.lake import lake_partitions
 from freestack.ml.checkpoint import CHECKPOINT
 from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
 from freestack.ml.custom import build_custom, check_custom
@@ -85,12 +83,6 @@ class StoreCheckpoints:
     def load(self, name: str) -> bytes | None:
         p = join(self.folder, name)
         return p.read_bytes() if p.exists() else None
-
-
-def window_partitions(spec: PipelineSpec, end_ds: str, window_days: int) -> list[str]:
-    """The lake partitions of the window (end_ds - window_days, end_ds]: never one after end_ds."""
-    start = (date.fromisoformat(end_ds) - timedelta(days=window_days)).isoformat()
-    return [ds for ds in lake_partitions(spec, until=end_ds) if ds > start]
 
 
 def load_window(
@@ -841,5 +833,4 @@ __all__ = [
     "loop_config",
     "prepare",
     "train",
-    "window_partitions",
 ]
