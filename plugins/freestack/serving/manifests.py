@@ -17,7 +17,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from freestack.errors import DeployError, FreestackError
 from freestack.kube.manifests import (
@@ -38,15 +38,14 @@ from freestack.serving.spec import KubernetesTarget
 from freestack.settings import checkout_dir, settings
 from freestack_server.config import ServerConfig
 
-if TYPE_CHECKING:
-    from freestack.serving.spec import KubernetesTarget
-
 GROUP = "machinelearning.seldon.io"
 VERSION = "v1"
 PLURAL = "seldondeployments"
 KIND = "SeldonDeployment"
 API_VERSION = f"{GROUP}/{VERSION}"
 CRD_NAME = f"{PLURAL}.{GROUP}"
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+KSERVE_KIND = "InferenceService"
 
 MAIN = "main"
 CANARY = "canary"
@@ -76,18 +75,20 @@ _DNS1123_LABEL = re.compile(DNS1123_LABEL)
 # manifests
 
 
-def _server_env(
+def _container(
     target: KubernetesTarget,
     *,
     model: str,
     version: str,
     model_uri: str,
-    request_log_uri: str | None,
-    runtime: str,
-) -> list[dict[str, str]]:
-    """The model server's variables (:mod:`freestack_server.config`), as the local deploy sets them; the
-    interface and ports are the image's ``ENV`` and Seldon's operator's ``PREDICTIVE_UNIT_*``."""
-
+    request_log_uri: str | None = None,
+    runtime: str = "seldon",
+) -> dict[str, Any]:
+    """The model container of either runtime, started by its image's own command (``python -m
+    freestack_server``): Seldon's protocol, or (``mlserver``) the Open Inference Protocol, with a gRPC port
+    and probes on the V2 paths. Its variables are the model server's (:mod:`freestack_server.config`), as
+    the local deploy sets them; the interface and ports are the image's ``ENV`` and Seldon's operator's
+    ``PREDICTIVE_UNIT_*``."""
     cfg = ServerConfig.model_validate(
         {
             "runtime": runtime,
@@ -114,29 +115,6 @@ def _server_env(
         ]
     # deploy.generation's bounds that differ from the server's defaults (a text-generation model's requests)
     env += [{"name": k, "value": v} for k, v in target.generation.env(defaults=False).items()]
-    return env
-
-
-def _container(
-    target: KubernetesTarget,
-    *,
-    model: str,
-    version: str,
-    model_uri: str,
-    request_log_uri: str | None = None,
-    runtime: str = "seldon",
-) -> dict[str, Any]:
-    """The model container of either runtime, started by its image's own command (``python -m
-    freestack_server``): Seldon's protocol, or (``mlserver``) the Open Inference Protocol, with a gRPC port
-    and probes on the V2 paths."""
-    env = _server_env(
-        target,
-        model=model,
-        version=version,
-        model_uri=model_uri,
-        request_log_uri=request_log_uri,
-        runtime=runtime,
-    )
     if runtime == "mlserver":
         container = _base_container(
             target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live"
@@ -174,6 +152,15 @@ def _base_container(
     return container
 
 
+def _containers(pred: dict[str, Any]) -> list[dict[str, Any]]:
+    """The containers of a predictor's component specs (any of them may be missing or null)."""
+    return [
+        c
+        for cs in pred.get("componentSpecs") or []
+        for c in ((cs or {}).get("spec") or {}).get("containers") or []
+    ]
+
+
 def _check_name(name: str) -> None:
     if not _DNS1123_LABEL.match(name) or len(name) > 63:
         raise ValueError(
@@ -208,6 +195,23 @@ def _predictor(
         "progressDeadlineSeconds": int(target.timeout_minutes * 60),
         "componentSpecs": [{"spec": pod}],
         "graph": {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}, "children": []},
+    }
+
+
+def _metadata(
+    name: str, target: KubernetesTarget, *, model: str, version: str, model_uri: str
+) -> dict[str, Any]:
+    """The object's name and namespace, and the labels and annotations that say it is freestack's and
+    which version it serves (SeldonDeployment and InferenceService alike)."""
+    return {
+        "name": name,
+        "namespace": target.namespace,
+        "labels": {
+            MANAGED_BY_KEY: MANAGED_BY,
+            MODEL_KEY: label_value(model),
+            VERSION_KEY: label_value(version),
+        },
+        "annotations": {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri},
     }
 
 
@@ -249,12 +253,8 @@ def build_manifest(
             "'canary: {traffic: 10, replicas: 1}' to the deploy block, or deploy without a canary"
         )
 
-    meta_labels = {
-        MANAGED_BY_KEY: MANAGED_BY,
-        MODEL_KEY: label_value(model),
-        VERSION_KEY: label_value(version),
-    }
-    annotations = {MODEL_KEY: model, VERSION_KEY: version, MODEL_URI_KEY: model_uri}
+    metadata = _metadata(name, target, model=model, version=version, model_uri=model_uri)
+    meta_labels, annotations = metadata["labels"], metadata["annotations"]
     if canary:
         meta_labels[CANARY_VERSION_KEY] = label_value(canary_version)
         annotations[CANARY_VERSION_KEY] = canary_version
@@ -267,43 +267,27 @@ def build_manifest(
             )
         meta_labels.setdefault(str(key), label_value(value))
 
-    main_traffic = 100 - target.canary.traffic if canary else 100
+    roles = [(MAIN, target.replicas, 100 - target.canary.traffic if canary else 100, version, model_uri)]
+    if canary:
+        roles.append((CANARY, target.canary.replicas, target.canary.traffic, canary_version, canary_uri))
     predictors = [
         _predictor(
-            MAIN,
+            role,
             target,
-            replicas=target.replicas,
-            traffic=main_traffic,
+            replicas=replicas,
+            traffic=traffic,
             model=model,
-            version=version,
-            uri=model_uri,
+            version=served,
+            uri=uri,
             request_log_uri=request_log_uri,
             runtime=runtime,
         )
+        for role, replicas, traffic, served, uri in roles
     ]
-    if canary:
-        predictors.append(
-            _predictor(
-                CANARY,
-                target,
-                replicas=target.canary.replicas,
-                traffic=target.canary.traffic,
-                model=model,
-                version=canary_version,
-                uri=canary_uri,
-                request_log_uri=request_log_uri,
-                runtime=runtime,
-            )
-        )
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {
-            "name": name,
-            "namespace": target.namespace,
-            "labels": meta_labels,
-            "annotations": annotations,
-        },
+        "metadata": metadata,
         "spec": {
             "name": name,
             "protocol": "v2" if runtime == "mlserver" else "seldon",
@@ -342,24 +326,12 @@ def build_inference_service(
     }
     if target.service_account:
         predictor["serviceAccountName"] = target.service_account
+    metadata = _metadata(name, target, model=model, version=version, model_uri=model_uri)
+    metadata["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     return {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": name,
-            "namespace": target.namespace,
-            "labels": {
-                MANAGED_BY_KEY: MANAGED_BY,
-                MODEL_KEY: label_value(model),
-                VERSION_KEY: label_value(version),
-            },
-            "annotations": {
-                MODEL_KEY: model,
-                VERSION_KEY: version,
-                MODEL_URI_KEY: model_uri,
-                "serving.kserve.io/deploymentMode": "RawDeployment",
-            },
-        },
+        "apiVersion": KSERVE_API_VERSION,
+        "kind": KSERVE_KIND,
+        "metadata": metadata,
         "spec": {"predictor": predictor},
     }
 
@@ -380,6 +352,16 @@ def default_crd_path() -> Path:
         root.parent / "shared" / "seldon" / "seldondeployment-crd.yaml",
     ]
     return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def _file_identity(path: Path, missing: str) -> tuple[str, int, int]:
+    """(resolved path, mtime, size) of a CRD file, what keys its cached validator; ``missing``: the
+    FreestackError's message when there is no such file."""
+    try:
+        st = path.stat()
+    except OSError:
+        raise FreestackError(missing) from None
+    return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
 @lru_cache(maxsize=4)
@@ -407,11 +389,7 @@ def _semantic_violations(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         if not p.get("shadow"):
             total += p.get("traffic") or 0
             counted += 1
-        containers = {
-            c.get("name")
-            for cs in p.get("componentSpecs") or []
-            for c in ((cs or {}).get("spec") or {}).get("containers") or []
-        }
+        containers = {c.get("name") for c in _containers(p)}
         graph = p.get("graph") or {}
         if not graph.get("implementation") and graph.get("name") not in containers:
             out.append(
@@ -430,14 +408,11 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
     """Check ``manifest`` against the SeldonDeployment CRD's ``openAPIV3Schema`` (version v1) and the rules
     Seldon's admission webhook adds; raise ``ManifestInvalid`` listing each violation's JSON path."""
     path = Path(crd_path) if crd_path is not None else default_crd_path()
-    try:
-        st = path.stat()
-    except OSError:
-        raise FreestackError(
-            f"the SeldonDeployment CRD is not at {path}: set {CRD_ENV} to the path of seldondeployment-crd.yaml "
-            "(Seldon Core 1.17), or restore include/serving/seldondeployment-crd.yaml in the checkout"
-        ) from None
-    problems = violations(_validator(str(path.resolve()), st.st_mtime_ns, st.st_size), manifest)
+    missing = (
+        f"the SeldonDeployment CRD is not at {path}: set {CRD_ENV} to the path of seldondeployment-crd.yaml "
+        "(Seldon Core 1.17), or restore include/serving/seldondeployment-crd.yaml in the checkout"
+    )
+    problems = violations(_validator(*_file_identity(path, missing)), manifest)
     problems = problems or _semantic_violations(manifest)
     if problems:
         raise ManifestInvalid(
@@ -450,9 +425,6 @@ def validate_manifest(manifest: dict[str, Any], crd_path: str | os.PathLike | No
 
 # ---------------------------------------------------------------------------------------------------------
 # KServe: an InferenceService against KServe's CRD
-
-KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
-KSERVE_KIND = "InferenceService"
 
 
 def default_kserve_crd_path() -> Path:
@@ -475,13 +447,8 @@ def validate_inference_service(manifest: dict[str, Any], crd_path: str | os.Path
     :func:`validate_manifest` does for a SeldonDeployment: a cluster would otherwise refuse it (or drop
     unknown fields) only at apply time. Raises ``ManifestInvalid`` listing each violation's JSON path."""
     path = Path(crd_path) if crd_path is not None else default_kserve_crd_path()
-    try:
-        st = path.stat()
-    except OSError:
-        raise FreestackError(
-            f"KServe's InferenceService CRD is not at {path}: restore include/serving/kserve-inferenceservice-crd.yaml"
-        ) from None
-    problems = violations(_kserve_validator(str(path.resolve()), st.st_mtime_ns, st.st_size), manifest)
+    missing = f"KServe's InferenceService CRD is not at {path}: restore include/serving/kserve-inferenceservice-crd.yaml"
+    problems = violations(_kserve_validator(*_file_identity(path, missing)), manifest)
     if problems:
         raise ManifestInvalid(
             f"InferenceService {named(manifest)} does not match KServe's v1beta1 CRD ({path}):\n"
@@ -503,13 +470,9 @@ def split_predictors(obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 
 def predictor_env(pred: dict[str, Any], key: str) -> str | None:
-    for cs in pred.get("componentSpecs") or []:
-        for c in ((cs or {}).get("spec") or {}).get("containers") or []:
-            if c.get("name") == CONTAINER:
-                for e in c.get("env") or []:
-                    if e.get("name") == key:
-                        return e.get("value")
-    return None
+    """The value of variable ``key`` in a predictor's model container (None: not set there)."""
+    models = [c for c in _containers(pred) if c.get("name") == CONTAINER]
+    return next((e.get("value") for c in models for e in c.get("env") or [] if e.get("name") == key), None)
 
 
 def predictor_version(pred: dict[str, Any]) -> str | None:
@@ -569,15 +532,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
     preds = []
     for p in (obj.get("spec") or {}).get("predictors") or []:
-        image = next(
-            (
-                c.get("image")
-                for cs in p.get("componentSpecs") or []
-                for c in ((cs or {}).get("spec") or {}).get("containers") or []
-                if c.get("name") == CONTAINER
-            ),
-            None,
-        )
+        image = next((c.get("image") for c in _containers(p) if c.get("name") == CONTAINER), None)
         preds.append(
             {
                 "name": p.get("name"),
@@ -607,11 +562,10 @@ def served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
     for pred in (obj.get("spec") or {}).get("predictors", []):
         if pred.get("name") != "main":
             continue
-        for comp in pred.get("componentSpecs") or []:
-            for c in (comp.get("spec") or {}).get("containers", []):
-                env = {e.get("name"): e.get("value") for e in c.get("env", [])}
-                if env.get("FREESTACK_MODEL_VERSION") and env.get("FREESTACK_MODEL_URI"):
-                    return env["FREESTACK_MODEL_VERSION"], env["FREESTACK_MODEL_URI"]
+        for c in _containers(pred):
+            env = {e.get("name"): e.get("value") for e in c.get("env", [])}
+            if env.get(ENV_VERSION) and env.get(ENV_URI):
+                return env[ENV_VERSION], env[ENV_URI]
     return None
 
 
