@@ -364,7 +364,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run(cfg, args.address_fd)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

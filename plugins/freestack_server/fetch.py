@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -193,10 +192,6 @@ class FetchSource:
 
     def read_base(self, uri: str, name: str) -> bytes:
         return reader(uri)(uri, name)
-
-
-def clear(dest: str | os.PathLike) -> None:
-    shutil.rmtree(dest, ignore_errors=True)
 
 
 def put_bytes(uri: str, data: bytes) -> None:

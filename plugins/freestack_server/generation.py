@@ -263,7 +263,6 @@ class Generator:
         self.max_length = int(net.max_length)
         self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
         self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
-        self.calls = self.batched_calls = 0  # generate calls, and those that answered more than one prompt
 
     # -- what a request may ask -------------------------------------------------------------------------
     def settings(self, params: Mapping[str, Any] | None):
@@ -377,8 +376,6 @@ class Generator:
         for i in range(0, len(prompts.chats), step):
             chats = prompts.chats[i : i + step]
             completions = generate(self.lm, self.tokenizer, chats, prompts.settings, self.generation_config)
-            self.calls += 1
-            self.batched_calls += len(chats) > 1
             out += [Generated(c, len(chats)) for c in completions]
         return out
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -183,8 +182,4 @@ def image_bytes(v: Any, row: int, name: str) -> bytes:
         ) from None
 
 
-def rows_of(columns: dict[str, Sequence]) -> int:
-    return len(next(iter(columns.values()))) if columns else 0
-
-
-__all__ = ["RawInputError", "RawInputs", "image_bytes", "rows_of"]
+__all__ = ["RawInputError", "RawInputs", "image_bytes"]

@@ -39,18 +39,6 @@ from freestack_server.fetch import put_bytes
 
 log = logging.getLogger(__name__)
 
-#: the request log's fixed columns (the inputs follow as ``input.<feature>``)
-REQUEST_COLUMNS = ("request_id", "row", "ts", "model", "version", "deployment", "prediction", "outputs")
-#: a text-generation model's columns besides the inputs and ``prediction`` (the completion's text)
-GENERATION_COLUMNS = (
-    "prompt_chars",
-    "prompt_tokens",
-    "completion_chars",
-    "completion_tokens",
-    "finish_reason",
-    "truncated",
-)
-LABEL_COLUMNS = ("request_id", "row", "label", "reward", "ts")
 INPUT_PREFIX = "input."
 #: the start of the deploy's smoke-test request ids: not traffic, so not written to the request log
 SMOKE_ID = "freestack-smoke"
@@ -315,12 +303,4 @@ def _label_table(entries: list):
     )
 
 
-__all__ = [
-    "GENERATION_COLUMNS",
-    "INPUT_PREFIX",
-    "LABEL_COLUMNS",
-    "REQUEST_COLUMNS",
-    "RequestLog",
-    "hour_folder",
-    "monitoring_uri",
-]
+__all__ = ["INPUT_PREFIX", "RequestLog", "hour_folder", "monitoring_uri"]
