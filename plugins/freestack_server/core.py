@@ -499,4 +499,4 @@ class ServedModel:
         return self.answer(raw, self.forward(x), request_id, started)
 
 
-__all__ = ["Generation", "PayloadError", "Prediction", "ServedModel", "label_text", "new_request_id"]
+__all__ = ["Generation", "Prediction", "ServedModel", "label_text", "new_request_id"]

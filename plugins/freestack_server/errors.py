@@ -1,4 +1,4 @@
-"""The model server's refusal of a request, shared by every part of it (:mod:`.core` re-exports it)."""
+"""The model server's refusal of a request, shared by every part of it."""
 
 from __future__ import annotations
 

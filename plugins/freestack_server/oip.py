@@ -62,7 +62,8 @@ from mlserver.types import (
     ResponseOutput,
 )
 
-from freestack_server.core import PayloadError, ServedModel
+from freestack_server.core import ServedModel
+from freestack_server.errors import PayloadError
 from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, PromptQueue, Prompts
 from freestack_server.generation import describe as describe_generation
 

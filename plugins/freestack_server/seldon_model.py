@@ -45,7 +45,8 @@ from flask import Blueprint, jsonify
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
-from freestack_server.core import PayloadError, ServedModel
+from freestack_server.core import ServedModel
+from freestack_server.errors import PayloadError
 from freestack_server.generation import SELDON_HINT, Bounds
 from freestack_server.generation import describe as describe_generation
 from freestack_server.request_checks import Inputs
