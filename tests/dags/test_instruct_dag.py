@@ -258,7 +258,7 @@ def _second_version_is_gated_against_production(p, first: str) -> None:
     )
     # the ML views read both versions: their perplexity and exact match, the report with the answers
     from freestack.spec import load_spec
-    from freestack.ui.catalog import model_page, version_page
+    from freestack.ui.catalog.model_pages import model_page, version_page
 
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "arith.yaml")
     rows = {r.version: r for r in model_page("arith", spec).versions}

@@ -316,7 +316,7 @@ def _blocked_everywhere(lake, reg, version: str, production: str, capsys) -> Non
     gate decision shows: the registry, the Models and version pages' data, `freestack models show`."""
     from freestack.cli import main
     from freestack.spec import load_spec
-    from freestack.ui import catalog
+    from freestack.ui.catalog import model_pages
 
     assert reg.lineage(version)["gate"]["promote"]  # what the gate registered: passed against no production
     held = reg.gate_of(version)
@@ -325,9 +325,9 @@ def _blocked_everywhere(lake, reg, version: str, production: str, capsys) -> Non
     blocked = [e for e in reg.aliases()["history"] if e["action"] == "blocked"]
     assert [(e["version"], e["from"], e["by"]) for e in blocked] == [(version, production, "gate")]
     spec = load_spec(lake["specs"] / "digits.yaml")
-    row = next(r for r in catalog.model_page("digits", spec).versions if r.version == version)
+    row = next(r for r in model_pages.model_page("digits", spec).versions if r.version == version)
     assert row.gate.decision == "blocked" and row.gate.decided_again and row.gate.reasons == held["reasons"]
-    assert catalog.version_page("digits", spec, version).row.gate.decision == "blocked"
+    assert model_pages.version_page("digits", spec, version).row.gate.decision == "blocked"
     capsys.readouterr()
     assert main(["models", "show", "digits", version, "--root", lake["root"].as_uri()]) == 0
     shown = " ".join(capsys.readouterr().out.split())  # as wide as the terminal: the cell may wrap

@@ -25,20 +25,20 @@ def _spec(tmp_path, root: str):
 
 def _check(spec, root: str) -> None:
     from freestack.storage import join, to_path, write_bytes
-    from freestack.ui import catalog
+    from freestack.ui.catalog import model_pages, sweep_pages
 
     names = make_registry(root, "digits", 25)
     write_bytes(join(to_path(root), "registry", "digits", "v-unfinished", "config.json"), b"{}")  # no marker
     sweep_id = make_sweep(root, "digits", 30, epochs=4)
-    page = catalog.model_page("digits", spec)
+    page = model_pages.model_page("digits", spec)
     assert [v.version for v in page.versions] == names and page.aliases["production"] == names[-1]
     assert all(v.gate.decision in ("promoted", "blocked") and v.partitions == 5 for v in page.versions)
-    version = catalog.version_page("digits", spec, "staging")
+    version = model_pages.version_page("digits", spec, "staging")
     assert version.row.version == names[-3] and "README.md" in version.files
-    assert b"".join(catalog.version_file_chunks(spec, names[-3], "README.md")).startswith(b"---")
-    sweep = catalog.sweep_page("digits", spec, sweep_id)
+    assert b"".join(model_pages.version_file_chunks(spec, names[-3], "README.md")).startswith(b"---")
+    sweep = sweep_pages.sweep_page("digits", spec, sweep_id)
     assert len(sweep.trials) == 30 and sweep.best is not None and all(t.history for t in sweep.trials)
-    assert [s.sweep_id for s in catalog.sweeps(spec)] == [sweep_id]
+    assert [s.sweep_id for s in sweep_pages.sweeps(spec)] == [sweep_id]
 
 
 def test_views_read_a_registry_and_a_sweep_on_s3(s3_conn, tmp_path):

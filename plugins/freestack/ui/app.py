@@ -29,9 +29,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from freestack.registry.core import RegistryError
 from freestack.sweeps.core import SweepError
-from freestack.ui import actions, catalog
+from freestack.ui import actions
 from freestack.ui.auth import current_user, may_read, may_trigger, request_token, user_name
 from freestack.ui.cards import render_card
+from freestack.ui.catalog import (
+    common,
+    deployment_pages,
+    lake_pages,
+    model_pages,
+    monitoring_pages,
+    score_pages,
+    sweep_pages,
+)
 from freestack.ui.plots import (
     drift_over_time,
     metric_over_epochs,
@@ -141,9 +150,9 @@ async def user_of(request: Request, user: Any = Depends(current_user)) -> Any:
     return user
 
 
-def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[catalog.Pipeline, Any]:
+def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[common.Pipeline, Any]:
     """The pipeline ``name`` and its spec, when the user may read its ``<name>_<dag>`` DAG."""
-    found = {p.name: (p, s) for p, s in catalog.pipelines()}
+    found = {p.name: (p, s) for p, s in common.pipelines()}
     if name not in found:
         raise HTTPException(404, f"no pipeline {name!r} (pipelines: {', '.join(sorted(found)) or 'none'})")
     if not may_read(user, f"{name}_{dag}"):
@@ -151,8 +160,8 @@ def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[catalog.Pipelin
     return found[name]
 
 
-def _readable(user: Any, dag: str = "train") -> list[tuple[catalog.Pipeline, Any]]:
-    return [(p, s) for p, s in catalog.pipelines() if may_read(user, f"{p.name}_{dag}")]
+def _readable(user: Any, dag: str = "train") -> list[tuple[common.Pipeline, Any]]:
+    return [(p, s) for p, s in common.pipelines() if may_read(user, f"{p.name}_{dag}")]
 
 
 async def off_loop(fn, *args):
@@ -164,8 +173,8 @@ async def off_loop(fn, *args):
 # models
 
 
-def _models_overview(user: Any) -> list[catalog.ModelPage]:
-    return [catalog.model_page(p.name, s) for p, s in _readable(user) if p.trains]
+def _models_overview(user: Any) -> list[model_pages.ModelPage]:
+    return [model_pages.model_page(p.name, s) for p, s in _readable(user) if p.trains]
 
 
 @views_app.get("/", response_class=HTMLResponse)
@@ -177,7 +186,7 @@ async def models(request: Request, user: Any = Depends(user_of)) -> HTMLResponse
 
 
 @views_app.get("/api/models")
-async def models_json(request: Request, user: Any = Depends(user_of)) -> list[catalog.ModelPage]:
+async def models_json(request: Request, user: Any = Depends(user_of)) -> list[model_pages.ModelPage]:
     return await off_loop(_models_overview, user)
 
 
@@ -186,7 +195,7 @@ async def model(
     request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
 ) -> HTMLResponse:
     _, spec = _pipeline(pipeline, user)
-    data = await off_loop(catalog.model_page, pipeline, spec)
+    data = await off_loop(model_pages.model_page, pipeline, spec)
     newest = data.versions[::-1]
     pages = max(1, -(-len(newest) // PAGE_SIZE))
     shown = newest[(pg - 1) * PAGE_SIZE : pg * PAGE_SIZE]
@@ -209,7 +218,7 @@ async def model(
     )
 
 
-def _plotted_metric(spec: Any, newest: list[catalog.VersionRow]) -> str | None:
+def _plotted_metric(spec: Any, newest: list[model_pages.VersionRow]) -> str | None:
     """The test metric the gate decides on, else the newest version's first test metric."""
     gated = f"test_{spec.gate.metric}"
     if any(gated in v.metrics for v in newest):
@@ -218,8 +227,8 @@ def _plotted_metric(spec: Any, newest: list[catalog.VersionRow]) -> str | None:
 
 
 @views_app.get("/api/models/{pipeline}")
-async def model_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.ModelPage:
-    return await off_loop(catalog.model_page, pipeline, _pipeline(pipeline, user)[1])
+async def model_json(pipeline: str, user: Any = Depends(user_of)) -> model_pages.ModelPage:
+    return await off_loop(model_pages.model_page, pipeline, _pipeline(pipeline, user)[1])
 
 
 def found(read, *args):
@@ -230,8 +239,8 @@ def found(read, *args):
         raise HTTPException(404, str(exc)) from None
 
 
-def _version(pipeline: str, spec: Any, version: str) -> catalog.VersionPage:
-    return found(catalog.version_page, pipeline, spec, version)
+def _version(pipeline: str, spec: Any, version: str) -> model_pages.VersionPage:
+    return found(model_pages.version_page, pipeline, spec, version)
 
 
 @views_app.get("/models/{pipeline}/{version}", response_class=HTMLResponse)
@@ -248,7 +257,7 @@ async def version(
         tab="models",
         v=v,
         card=render_card(v.card),
-        trained_on=catalog.trained_on(v.lineage),
+        trained_on=model_pages.trained_on(v.lineage),
         run_link=(
             actions.run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None
         ),
@@ -257,7 +266,7 @@ async def version(
 
 
 @views_app.get("/api/models/{pipeline}/{version}")
-async def version_json(pipeline: str, version: str, user: Any = Depends(user_of)) -> catalog.VersionPage:
+async def version_json(pipeline: str, version: str, user: Any = Depends(user_of)) -> model_pages.VersionPage:
     return await off_loop(_version, pipeline, _pipeline(pipeline, user)[1], version)
 
 
@@ -289,7 +298,7 @@ async def version_file(pipeline: str, version: str, rel: str, user: Any = Depend
             f'attachment; filename="{Path(rel).name}"',
         )
     return StreamingResponse(
-        catalog.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers
+        model_pages.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers
     )
 
 
@@ -354,7 +363,7 @@ async def confirm(
     _check(kind)
     _, spec = _pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
-    current = await off_loop(catalog.aliases, spec)
+    current = await off_loop(model_pages.aliases, spec)
     if kind == "rollback":
         to = (
             await off_loop(_version, pipeline, spec, to or current.get("previous") or "previous")
@@ -430,8 +439,8 @@ async def act(
 # sweeps
 
 
-def _sweeps_overview(user: Any) -> list[tuple[str, list[catalog.SweepRow]]]:
-    return [(p.name, catalog.sweeps(s)) for p, s in _readable(user) if p.trains]
+def _sweeps_overview(user: Any) -> list[tuple[str, list[sweep_pages.SweepRow]]]:
+    return [(p.name, sweep_pages.sweeps(s)) for p, s in _readable(user) if p.trains]
 
 
 @views_app.get("/sweeps", response_class=HTMLResponse)
@@ -441,8 +450,8 @@ async def sweeps(request: Request, user: Any = Depends(user_of)) -> HTMLResponse
     )
 
 
-def _sweep(pipeline: str, spec: Any, sweep_id: str) -> catalog.SweepPage:
-    return found(catalog.sweep_page, pipeline, spec, sweep_id)
+def _sweep(pipeline: str, spec: Any, sweep_id: str) -> sweep_pages.SweepPage:
+    return found(sweep_pages.sweep_page, pipeline, spec, sweep_id)
 
 
 @views_app.get("/sweeps/{pipeline}/{sweep_id}", response_class=HTMLResponse)
@@ -458,12 +467,12 @@ async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depe
 
 
 @views_app.get("/api/sweeps/{pipeline}")
-async def sweeps_json(pipeline: str, user: Any = Depends(user_of)) -> list[catalog.SweepRow]:
-    return await off_loop(catalog.sweeps, _pipeline(pipeline, user)[1])
+async def sweeps_json(pipeline: str, user: Any = Depends(user_of)) -> list[sweep_pages.SweepRow]:
+    return await off_loop(sweep_pages.sweeps, _pipeline(pipeline, user)[1])
 
 
 @views_app.get("/api/sweeps/{pipeline}/{sweep_id}")
-async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> catalog.SweepPage:
+async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> sweep_pages.SweepPage:
     return await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
 
 
@@ -481,9 +490,9 @@ async def sweep_live(
 # deployments and data
 
 
-def _deployments(user: Any) -> list[catalog.DeploymentRow]:
+def _deployments(user: Any) -> list[deployment_pages.DeploymentRow]:
     readable = {p.name for p, _ in _readable(user)}
-    return [d for d in catalog.deployments(catalog.pipelines()) if d.pipeline in readable]
+    return [d for d in deployment_pages.deployments(common.pipelines()) if d.pipeline in readable]
 
 
 @views_app.get("/deployments", response_class=HTMLResponse)
@@ -498,34 +507,34 @@ async def deployments(request: Request, user: Any = Depends(user_of)) -> HTMLRes
 
 
 @views_app.get("/api/deployments")
-async def deployments_json(user: Any = Depends(user_of)) -> list[catalog.DeploymentRow]:
+async def deployments_json(user: Any = Depends(user_of)) -> list[deployment_pages.DeploymentRow]:
     return await off_loop(_deployments, user)
 
 
 @views_app.get("/data", response_class=HTMLResponse)
 async def data(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    lakes = await off_loop(lambda: [catalog.lake_page(p.name, s) for p, s in _readable(user, "ingest")])
+    lakes = await off_loop(lambda: [lake_pages.lake_page(p.name, s) for p, s in _readable(user, "ingest")])
     return page(request, "data.html", title="Data", tab="data", lakes=lakes)
 
 
 @views_app.get("/data/{pipeline}", response_class=HTMLResponse)
 async def data_one(request: Request, pipeline: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    lake = await off_loop(catalog.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+    lake = await off_loop(lake_pages.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
     return page(request, "data.html", title=f"Data: {pipeline}", tab="data", lakes=[lake])
 
 
 @views_app.get("/api/data/{pipeline}")
-async def data_json(pipeline: str, user: Any = Depends(user_of)) -> catalog.LakePage:
-    return await off_loop(catalog.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+async def data_json(pipeline: str, user: Any = Depends(user_of)) -> lake_pages.LakePage:
+    return await off_loop(lake_pages.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
 # monitoring
 
 
-def _monitoring(user: Any, figures: bool = False) -> list[catalog.MonitoringPage]:
+def _monitoring(user: Any, figures: bool = False) -> list[monitoring_pages.MonitoringPage]:
     """Each readable model's judged intervals; with ``figures``, its drift-over-time chart too (the page's)."""
-    pages = [catalog.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
+    pages = [monitoring_pages.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
     for m in pages if figures else ():
         m.figure = drift_over_time(m)
     return pages
@@ -543,7 +552,7 @@ async def monitoring(request: Request, user: Any = Depends(user_of)) -> HTMLResp
 
 
 @views_app.get("/api/monitoring")
-async def monitoring_json(user: Any = Depends(user_of)) -> list[catalog.MonitoringPage]:
+async def monitoring_json(user: Any = Depends(user_of)) -> list[monitoring_pages.MonitoringPage]:
     return await off_loop(_monitoring, user)
 
 
@@ -553,7 +562,7 @@ async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(us
     _, spec = _pipeline(pipeline, user)
     if "/" in interval or interval.startswith("."):
         raise HTTPException(404, f"no interval {interval!r}")
-    data = await off_loop(catalog.monitoring_report, spec, interval)
+    data = await off_loop(monitoring_pages.monitoring_report, spec, interval)
     if data is None:
         raise HTTPException(404, f"{pipeline} has no monitoring report for {interval}")
     return Response(
@@ -569,7 +578,7 @@ async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(us
 
 def _scoring(name: str, user: Any) -> Any:
     """The spec of pipeline ``name``, when it has a ``score:`` block and the user may read its ``<name>_score`` DAG."""
-    spec = next((s for p, s in catalog.pipelines() if p.name == name), None)
+    spec = next((s for p, s in common.pipelines() if p.name == name), None)
     if spec is not None and spec.score is None:
         raise HTTPException(
             404,
@@ -579,23 +588,24 @@ def _scoring(name: str, user: Any) -> Any:
     return _pipeline(name, user, "score")[1]
 
 
-def _scores(user: Any, figures: bool = False) -> list[catalog.ScoresPage]:
+def _scores(user: Any, figures: bool = False) -> list[score_pages.ScoresPage]:
     """The newest scored days of each readable pipeline with a ``score:`` block; with ``figures``, the page's charts."""
     specs = [
-        (p, s) for p, s in catalog.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")
+        (p, s) for p, s in common.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")
     ]
     return [
-        _with_figure(catalog.scores_page(p.name, s, 1, catalog.SCORES_OVERVIEW), figures) for p, s in specs
+        _with_figure(score_pages.scores_page(p.name, s, 1, score_pages.SCORES_OVERVIEW), figures)
+        for p, s in specs
     ]
 
 
-def _with_figure(data: catalog.ScoresPage, figure: bool = True) -> catalog.ScoresPage:
+def _with_figure(data: score_pages.ScoresPage, figure: bool = True) -> score_pages.ScoresPage:
     data.figure = predictions_over_days(data) if figure else None
     return data
 
 
-def _scores_of(pipeline: str, spec: Any, pg: int, figure: bool = False) -> catalog.ScoresPage:
-    data = catalog.scores_page(pipeline, spec, pg)
+def _scores_of(pipeline: str, spec: Any, pg: int, figure: bool = False) -> score_pages.ScoresPage:
+    data = score_pages.scores_page(pipeline, spec, pg)
     if pg > data.pages:
         raise HTTPException(404, f"{pipeline} has {data.total} scored days: pages 1 to {data.pages}")
     return _with_figure(data, figure)
@@ -628,14 +638,14 @@ async def scores_one(
 
 
 @views_app.get("/api/scores")
-async def scores_json(user: Any = Depends(user_of)) -> list[catalog.ScoresPage]:
+async def scores_json(user: Any = Depends(user_of)) -> list[score_pages.ScoresPage]:
     return await off_loop(_scores, user)
 
 
 @views_app.get("/api/scores/{pipeline}")
 async def scores_one_json(
     pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
-) -> catalog.ScoresPage:
+) -> score_pages.ScoresPage:
     return await off_loop(_scores_of, pipeline, _scoring(pipeline, user), pg)
 
 

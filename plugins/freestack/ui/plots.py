@@ -13,10 +13,13 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from freestack.ui.catalog import LOG_DISTRIBUTIONS
+from freestack.ui.catalog.sweep_pages import LOG_DISTRIBUTIONS
 
 if TYPE_CHECKING:
-    from freestack.ui.catalog import MonitoringPage, ScoredDay, ScoresPage, SweepPage, VersionRow
+    from freestack.ui.catalog.model_pages import VersionRow
+    from freestack.ui.catalog.monitoring_pages import MonitoringPage
+    from freestack.ui.catalog.score_pages import ScoredDay, ScoresPage
+    from freestack.ui.catalog.sweep_pages import SweepPage
 
 COLORS = {
     "finished": "#1f77b4",

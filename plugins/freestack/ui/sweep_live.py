@@ -4,8 +4,8 @@
 The answer is the page's own parts rendered again (the summary, each trial's row, the importance table;
 the templates' ``sweep_parts.html`` macros) and its figures built again (:mod:`freestack.ui.plots`), or just
 the status when nothing changed since the signature the page has (:attr:`SweepPage.signature`). A sweep
-is running, finished or stopped as :func:`freestack.ui.catalog.sweep_status` reads it from storage; the
-script stops asking once it is not running.
+is running, finished or stopped as :func:`freestack.ui.catalog.sweep_pages.sweep_status` reads it from
+storage; the script stops asking once it is not running.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from freestack.ui import plots
 
 if TYPE_CHECKING:
-    from freestack.ui.catalog import SweepPage
+    from freestack.ui.catalog.sweep_pages import SweepPage
 
 #: how often the page asks while the sweep runs
 POLL_SECONDS = 3.0

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from freestack.registry.core import registry_for
-from freestack.ui import catalog
+from freestack.ui.catalog import common, model_pages, score_pages, sweep_pages
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -33,11 +33,11 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
     if task_id == "deploy":
         return f"/deployments#{_q(pipeline)}"
     if kind == "train" and task_id in SWEEP_TASKS:
-        sweep = next((s for s in catalog.sweeps(spec) if s.airflow_run == run_id), None)
+        sweep = next((s for s in sweep_pages.sweeps(spec) if s.airflow_run == run_id), None)
         if sweep is not None:
             return f"/sweeps/{_q(pipeline)}/{_q(sweep.sweep_id)}"
     if kind == "train":
-        rows = catalog.version_rows(registry_for(spec).folder)
+        rows = model_pages.version_rows(registry_for(spec).folder)
         made = next((r for r in reversed(rows) if r.airflow_run == run_id), None)
         if made is not None:
             return f"/models/{_q(pipeline)}/{_q(made.version)}"
@@ -47,10 +47,10 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
 def scores_of_run(pipeline: str, spec: PipelineSpec, run_id: str) -> str:
     """The Scores page of the pipeline at the newest day that run ``run_id`` scored (its manifests record the
     run), read a page of days at a time; the first page while the run has scored none."""
-    days = catalog.score_days(spec)
-    size = catalog.SCORES_PAGE
+    days = score_pages.score_days(spec)
+    size = score_pages.SCORES_PAGE
     for start in range(0, len(days), size):
-        got = catalog.parallel(lambda ds: catalog.scored_day(spec, ds), days[start : start + size])
+        got = common.parallel(lambda ds: score_pages.scored_day(spec, ds), days[start : start + size])
         day = next((d for d in got if d.run_id == run_id), None)
         if day is not None:
             pg = "" if start == 0 else f"&pg={start // size + 1}"

@@ -20,11 +20,12 @@ def client(storage, monkeypatch):
     from fastapi.testclient import TestClient
 
     from freestack.spec import load_spec
-    from freestack.ui import actions, app, catalog
+    from freestack.ui import actions, app
     from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
 
     digits = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = catalog.Pipeline(
+    pipeline = common.Pipeline(
         name="digits",
         model="digits",
         root=storage,
@@ -43,7 +44,7 @@ def client(storage, monkeypatch):
     async def in_flight(dag_id, token):
         return ["manual__training"]
 
-    monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, digits)])
+    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: True)
     monkeypatch.setattr(app, "user_name", lambda user: "tester")

@@ -20,11 +20,11 @@ def digits(storage):
 
 def test_versions_gate_and_aliases_come_from_storage(storage, digits):
     from freestack.storage import join, to_path, write_json
-    from freestack.ui import catalog
+    from freestack.ui.catalog import model_pages
 
     names = make_registry(storage, "digits", 12)
     write_json(join(to_path(storage), "registry", "digits", "v-unfinished", "lineage.json"), {})  # no marker
-    page = catalog.model_page("digits", digits)
+    page = model_pages.model_page("digits", digits)
     assert [v.version for v in page.versions] == names  # oldest first; the unfinished folder is no version
     assert page.aliases == {"production": names[-1], "previous": names[-2], "staging": names[-3]}
     assert page.aliases_of(names[-1]) == ["production"] and page.history[0].version == names[-1]
@@ -38,31 +38,31 @@ def test_versions_gate_and_aliases_come_from_storage(storage, digits):
         )
     assert {v.gate.decision for v in page.versions} == {"promoted", "blocked"}
     more = make_registry(storage, "digits", 13)  # a 13th version, committed later, shows up
-    assert len(catalog.model_page("digits", digits).versions) == 13 and more[:12] == names
+    assert len(model_pages.model_page("digits", digits).versions) == 13 and more[:12] == names
 
 
 def test_version_page_card_and_files(storage, digits):
-    from freestack.ui import catalog
     from freestack.ui.cards import render_card
+    from freestack.ui.catalog import model_pages
 
     names = make_registry(storage, "digits", 3)
-    v = catalog.version_page("digits", digits, "production")
+    v = model_pages.version_page("digits", digits, "production")
     assert v.row.version == names[-1] and v.aliases == ["production"] and len(v.partitions) == 5
     assert set(v.files) >= {"config.json", "model.safetensors", "README.md"}
-    body = b"".join(catalog.version_file_chunks(digits, names[-1], "README.md", chunk=7))
+    body = b"".join(model_pages.version_file_chunks(digits, names[-1], "README.md", chunk=7))
     assert body.startswith(b"---\nlibrary_name: pytorch")
     card = render_card(body.decode() + "\n<script>alert(1)</script>\n")
     assert card.metadata == "library_name: pytorch" and "<h1>" in card.html and "<script>" not in card.html
 
 
 def test_sweep_page_trials_states_agents_and_best(storage, digits):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import sweep_pages
     from freestack.ui.plots import metric_over_epochs, metric_vs_params
 
     sweep_id = make_sweep(storage, "digits", 40, epochs=6)
-    [row] = catalog.sweeps(digits)
+    [row] = sweep_pages.sweeps(digits)
     assert row.sweep_id == sweep_id and row.metric == "val_accuracy" and row.trials == 40
-    page = catalog.sweep_page("digits", digits, sweep_id)
+    page = sweep_pages.sweep_page("digits", digits, sweep_id)
     states = {t.state for t in page.trials}
     assert len(page.trials) == 40 and {"finished", "early-stopped"} <= states
     assert {t.agent for t in page.trials} == {"agent 0", "agent 1"}
@@ -77,10 +77,10 @@ def test_sweep_page_trials_states_agents_and_best(storage, digits):
 
 def test_a_missing_sweep_is_named(storage, digits):
     from freestack.sweeps.core import SweepError
-    from freestack.ui import catalog
+    from freestack.ui.catalog import sweep_pages
 
     with pytest.raises(SweepError, match="no sweep 'sweep-x'"):
-        catalog.sweep_page("digits", digits, "sweep-x")
+        sweep_pages.sweep_page("digits", digits, "sweep-x")
 
 
 def test_a_task_links_to_its_version_sweep_deployment_or_lake(storage, digits):
@@ -102,7 +102,7 @@ def test_serving_stats_read_the_model_servers_metrics():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from freestack.ui.catalog import serving_stats
+    from freestack.ui.catalog.deployment_pages import serving_stats
 
     text = "\n".join(
         [

@@ -22,11 +22,12 @@ from tests.support.demo_sandbox import ROOT
 @pytest.fixture
 def client(storage, monkeypatch):
     from freestack.spec import load_spec
-    from freestack.ui import app, catalog
+    from freestack.ui import app
     from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
 
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = catalog.Pipeline(
+    pipeline = common.Pipeline(
         name="digits",
         model="digits",
         root=storage,
@@ -34,7 +35,7 @@ def client(storage, monkeypatch):
         ingest_dag="digits_ingest",
         trains=True,
     )
-    monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, spec)])
+    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, spec)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
     monkeypatch.setattr(app, "user_name", lambda user: "tester")
@@ -79,7 +80,8 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
     from plotly.offline._plotlyjs_version import __plotlyjs_version__
 
     from freestack.spec import load_spec
-    from freestack.ui import catalog, plots
+    from freestack.ui import plots
+    from freestack.ui.catalog import model_pages, monitoring_pages, score_pages, sweep_pages
     from freestack.ui.vendor import BUNDLE, TRACES, bundle_version
 
     assert BUNDLE.read_bytes()[:200].decode().count("plotly.js (basic - minified) v") == 1
@@ -87,8 +89,8 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
     assert (BUNDLE.parent / "LICENSE.plotly.js").read_text().startswith("MIT License")
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
     make_registry(storage, "digits", 4)
-    page = catalog.model_page("digits", spec)
-    s = catalog.sweep_page("digits", spec, make_sweep(storage, "digits", 12))
+    page = model_pages.model_page("digits", spec)
+    s = sweep_pages.sweep_page("digits", spec, make_sweep(storage, "digits", 12))
     figures = [
         plots.metric_over_versions(page.versions, "test_accuracy"),
         plots.metric_vs_params(s),
@@ -96,7 +98,7 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
         plots.parallel_coordinates(s),
         plots.importance_chart(s),
     ]
-    row = catalog.IntervalRow(
+    row = monitoring_pages.IntervalRow(
         name="i",
         start="a",
         end="b",
@@ -109,15 +111,15 @@ def test_the_bundle_is_plotlys_basic_build_and_draws_every_trace_the_views_make(
         top=[],
         drift={"px_1": (0.3, 0.01)},
     )
-    monitoring = catalog.MonitoringPage(
+    monitoring = monitoring_pages.MonitoringPage(
         pipeline="digits", model="digits", intervals=[row], thresholds={"psi": 0.2}, actions=[]
     )
     figures.append(plots.drift_over_time(monitoring))
-    classes = [catalog.ClassCount(label=str(k), rows=r, share=r / 4) for k, r in ((0, 3), (1, 1))]
-    values = catalog.ValueStats(count=4, min=0.0, mean=1.0, max=3.0)
+    classes = [score_pages.ClassCount(label=str(k), rows=r, share=r / 4) for k, r in ((0, 3), (1, 1))]
+    values = score_pages.ValueStats(count=4, min=0.0, mean=1.0, max=3.0)
     for day in ({"classes": classes}, {"values": values}):
-        scored = catalog.ScoredDay(ds="2026-11-01", folder="f", **day)
-        scores = catalog.ScoresPage(
+        scored = score_pages.ScoredDay(ds="2026-11-01", folder="f", **day)
+        scores = score_pages.ScoresPage(
             pipeline="digits",
             model="digits",
             folder="f",

@@ -180,10 +180,11 @@ def test_read_rows_reads_only_the_row_groups_of_the_page(tmp_path):
 def client(storage, digits, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from freestack.ui import app, catalog
+    from freestack.ui import app
     from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
 
-    pipeline = catalog.Pipeline(
+    pipeline = common.Pipeline(
         name="digits",
         model="digits",
         root=storage,
@@ -191,7 +192,7 @@ def client(storage, digits, monkeypatch):
         ingest_dag="digits_ingest",
         trains=True,
     )
-    monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, digits)])
+    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
     monkeypatch.setattr(app, "user_name", lambda user: "tester")

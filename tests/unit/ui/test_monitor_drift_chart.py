@@ -1,5 +1,6 @@
 """The Monitoring page's drift over time: each feature's PSI across the judged intervals, the threshold,
-from the monitor's stored summaries (freestack.ui.catalog.monitoring_page, freestack.ui.plots.drift_over_time)."""
+from the monitor's stored summaries (freestack.ui.catalog.monitoring_pages.monitoring_page,
+freestack.ui.plots.drift_over_time)."""
 
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ def digits(storage):
 
 
 def test_drift_over_time_has_a_line_per_feature_and_the_threshold(digits):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import monitoring_pages
     from freestack.ui.plots import drift_over_time
 
-    page = catalog.monitoring_page("digits", digits)
+    page = monitoring_pages.monitoring_page("digits", digits)
     page.figure = drift_over_time(page)
     assert [r.end[:10] for r in page.intervals] == ["2026-11-03", "2026-11-02", "2026-11-01"]  # newest first
     assert page.intervals[0].drift["px_2"] == (0.5, 0.001)
@@ -71,7 +72,7 @@ def test_drift_over_time_has_a_line_per_feature_and_the_threshold(digits):
 
 
 def test_only_the_most_drifted_features_are_drawn_at_first():
-    from freestack.ui.catalog import IntervalRow, MonitoringPage
+    from freestack.ui.catalog.monitoring_pages import IntervalRow, MonitoringPage
     from freestack.ui.plots import SHOWN_SERIES, drift_over_time
 
     row = IntervalRow(
@@ -96,11 +97,11 @@ def test_only_the_most_drifted_features_are_drawn_at_first():
 
 
 def test_the_monitoring_page_embeds_the_chart(digits):
-    from freestack.ui import catalog
     from freestack.ui.app import TEMPLATES
+    from freestack.ui.catalog import monitoring_pages
     from freestack.ui.plots import drift_over_time
 
-    pages = [catalog.monitoring_page("digits", digits)]
+    pages = [monitoring_pages.monitoring_page("digits", digits)]
     pages[0].figure = drift_over_time(pages[0])
     html = TEMPLATES.get_template("monitoring.html").render(
         base="/b", user="u", run_url=lambda *a: "", title="t", pages=pages

@@ -1,7 +1,7 @@
-"""The Scores section of the views (freestack.ui.catalog.scores_page, plots.predictions_over_days, the
-/scores pages and their JSON, a scored day's quarantined rows, the score tasks' link): scored days written
-straight with pyarrow as the score task lays them out (part.parquet with the manifest in its footer,
-_manifest.json, _quarantine.parquet), so nothing is trained."""
+"""The Scores section of the views (freestack.ui.catalog.score_pages.scores_page,
+plots.predictions_over_days, the /scores pages and their JSON, a scored day's quarantined rows, the score
+tasks' link): scored days written straight with pyarrow as the score task lays them out (part.parquet
+with the manifest in its footer, _manifest.json, _quarantine.parquet), so nothing is trained."""
 
 from __future__ import annotations
 
@@ -115,9 +115,9 @@ def scored(storage):
 
 
 def test_scored_days_newest_first_with_what_each_predicted(scored):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
 
-    page = catalog.scores_page("digits", scored["digits"])
+    page = score_pages.scores_page("digits", scored["digits"])
     assert (
         page.total == 5
         and page.pages == 1
@@ -134,15 +134,15 @@ def test_scored_days_newest_first_with_what_each_predicted(scored):
         "rows"
     ] == 43
     assert page.version == "production" and page.folder.endswith("/scores/digits")
-    prices = catalog.scores_page("prices", scored["prices"]).days[0]
+    prices = score_pages.scores_page("prices", scored["prices"]).days[0]
     assert prices.task == "regression" and prices.classes == []
     assert prices.values.model_dump() == {"count": 4, "min": 1.0, "mean": 2.5, "max": 4.0}
 
 
 def test_a_day_that_cannot_be_read_says_why_instead_of_failing(scored, storage):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
 
-    days = {d.ds: d for d in catalog.scores_page("digits", scored["digits"]).days}
+    days = {d.ds: d for d in score_pages.scores_page("digits", scored["digits"]).days}
     assert "part.parquet cannot be read as Parquet" in days["2026-11-04"].problem
     assert "no part.parquet: the day was never published" in days["2026-11-05"].problem
     assert (
@@ -153,28 +153,31 @@ def test_a_day_that_cannot_be_read_says_why_instead_of_failing(scored, storage):
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"id": [1]}), folder / "part.parquet")
     assert (
-        "has no scores manifest in its footer" in catalog.scored_day(scored["digits"], "2026-11-06").problem
+        "has no scores manifest in its footer"
+        in score_pages.scored_day(scored["digits"], "2026-11-06").problem
     )
     _write_day(storage, {"pipeline": "digits", "ds": "2026-11-07", "rows_scored": 1, "version": None})
     assert (
         "the manifest in the footer has no version."
-        in catalog.scored_day(scored["digits"], "2026-11-07").problem
+        in score_pages.scored_day(scored["digits"], "2026-11-07").problem
     )
     _write_day(storage, _manifest("digits", "2026-11-08", V1, {"0": 1}) | {"predictions": {"0": "many"}})
-    assert "not a scores manifest (ValueError" in catalog.scored_day(scored["digits"], "2026-11-08").problem
+    assert (
+        "not a scores manifest (ValueError" in score_pages.scored_day(scored["digits"], "2026-11-08").problem
+    )
     regression = _manifest(
         "prices", "2026-11-09", V1, {"count": 2, "min": 1.0, "max": 4.0}, task="regression"
     )  # no sum
     _write_day(storage, regression)
-    assert "not a scores manifest (KeyError" in catalog.scored_day(scored["prices"], "2026-11-09").problem
+    assert "not a scores manifest (KeyError" in score_pages.scored_day(scored["prices"], "2026-11-09").problem
 
 
 def test_pages_read_only_their_days(scored):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
 
-    second = catalog.scores_page("digits", scored["digits"], page=2, size=2)
+    second = score_pages.scores_page("digits", scored["digits"], page=2, size=2)
     assert second.pages == 3 and [d.ds for d in second.days] == ["2026-11-03", "2026-11-02"]
-    assert catalog.scores_page("nobody", _spec("nobody")).model_dump(exclude={"folder"}) == {
+    assert score_pages.scores_page("nobody", _spec("nobody")).model_dump(exclude={"folder"}) == {
         "pipeline": "nobody",
         "model": "nobody",
         "version": "production",
@@ -187,13 +190,13 @@ def test_pages_read_only_their_days(scored):
 
 
 def test_many_classes_show_the_most_predicted_and_the_chart_stacks_shares(storage):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
     from freestack.ui.plots import SHOWN_CLASSES, predictions_over_days
 
     counts = {str(k): k + 1 for k in range(20)}
     _write_day(storage, _manifest("digits", "2026-11-01", V1, counts))
     _write_day(storage, _manifest("digits", "2026-11-02", V1, {"0": 10, "19": 30}))
-    page = catalog.scores_page("digits", _spec())
+    page = score_pages.scores_page("digits", _spec())
     shown = page.days[1].shown_classes()
     assert [c.label for c in shown] == [
         str(k) for k in range(8, 20)
@@ -212,16 +215,16 @@ def test_many_classes_show_the_most_predicted_and_the_chart_stacks_shares(storag
 
 
 def test_a_regression_is_drawn_as_its_mean_between_min_and_max(scored):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
     from freestack.ui.plots import predictions_over_days
 
-    [trace] = json.loads(predictions_over_days(catalog.scores_page("prices", scored["prices"])))["data"]
+    [trace] = json.loads(predictions_over_days(score_pages.scores_page("prices", scored["prices"])))["data"]
     assert (
         trace["y"] == [2.5] and trace["error_y"]["array"] == [1.5] and trace["error_y"]["arrayminus"] == [1.5]
     )
     assert (
         predictions_over_days(
-            catalog.ScoresPage(
+            score_pages.ScoresPage(
                 pipeline="p",
                 model="p",
                 folder="f",
@@ -241,13 +244,14 @@ def test_a_regression_is_drawn_as_its_mean_between_min_and_max(scored):
 def client(storage, scored, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from freestack.ui import actions, app, catalog
+    from freestack.ui import actions, app
     from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
 
     plain = _spec("plain").model_copy(update={"score": None})
     found = [
         (
-            catalog.Pipeline(
+            common.Pipeline(
                 name=n,
                 model=s.model_name,
                 root=storage,
@@ -259,7 +263,7 @@ def client(storage, scored, monkeypatch):
         )
         for n, s in [*scored.items(), ("plain", plain)]
     ]
-    monkeypatch.setattr(catalog, "pipelines", lambda: found)
+    monkeypatch.setattr(common, "pipelines", lambda: found)
     monkeypatch.setattr(app, "may_read", lambda user, dag: dag != "prices_score")
     monkeypatch.setattr(app, "user_name", lambda user: "tester")
     monkeypatch.setattr(actions, "api_base_url", lambda: "http://af")
@@ -326,7 +330,7 @@ def test_a_scored_days_quarantined_rows(client):
 
 
 def test_a_score_task_links_to_the_days_its_run_scored(client, scored, monkeypatch):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import score_pages
     from freestack.ui.tasks import page_of_task
 
     assert (
@@ -334,7 +338,7 @@ def test_a_score_task_links_to_the_days_its_run_scored(client, scored, monkeypat
         == "/scores/digits?run=manual__a#ds-2026-11-03"
     )
     assert page_of_task("digits", scored["digits"], "score", "manual__none", "plan") == "/scores/digits"
-    monkeypatch.setattr(catalog, "SCORES_PAGE", 2)
+    monkeypatch.setattr(score_pages, "SCORES_PAGE", 2)
     assert (
         page_of_task("digits", scored["digits"], "score", "scheduled__2026-11-01", "score")
         == "/scores/digits?run=scheduled__2026-11-01&pg=3#ds-2026-11-01"

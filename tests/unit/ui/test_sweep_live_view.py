@@ -44,9 +44,9 @@ def _sweep(spec, sweep_id: str, run: bool = True):
 
 
 def _page(spec, sweep_id: str):
-    from freestack.ui import catalog
+    from freestack.ui.catalog import sweep_pages
 
-    return catalog.sweep_page("digits", spec, sweep_id)
+    return sweep_pages.sweep_page("digits", spec, sweep_id)
 
 
 def test_a_finished_sweep_has_log_axes_parallel_coordinates_and_importance(spec):
@@ -125,7 +125,7 @@ def test_a_running_sweep_is_live_and_too_few_trials_say_so(spec):
 
 
 def test_sweep_status_reads_leases_run_cap_and_best():
-    from freestack.ui.catalog import sweep_status
+    from freestack.ui.catalog.sweep_pages import sweep_status
 
     now = time.time()
     old = "2020-01-01T00:00:00+00:00"
@@ -172,7 +172,7 @@ def test_the_live_update_sends_rows_and_figures_only_when_something_changed(spec
 
 def test_a_running_trial_shows_its_state_and_epoch(spec):
     from freestack.ui.app import TEMPLATES
-    from freestack.ui.catalog import Trial
+    from freestack.ui.catalog.sweep_pages import Trial
 
     parts = TEMPLATES.get_template("sweep_parts.html").module
     _sweep(spec, "sweep-rows", run=False)

@@ -1,7 +1,7 @@
 """How a version was trained (lineage.json's ``distributed``) on the ML views: the text of
-freestack.ui.catalog.trained_on, the version page's "Trained on" row and the comparison's per-version row,
-for a version written before distributed training (no key), one process, and data-parallel ranks on one
-node and on several; the pages render through the views app (login stubbed)."""
+freestack.ui.catalog.model_pages.trained_on, the version page's "Trained on" row and the comparison's
+per-version row, for a version written before distributed training (no key), one process, and
+data-parallel ranks on one node and on several; the pages render through the views app (login stubbed)."""
 
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def digits(storage):
 def client(storage, digits, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from freestack.ui import app, catalog
+    from freestack.ui import app
     from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
 
-    pipeline = catalog.Pipeline(
+    pipeline = common.Pipeline(
         name="digits",
         model="digits",
         root=storage,
@@ -52,7 +53,7 @@ def client(storage, digits, monkeypatch):
         ingest_dag="digits_ingest",
         trains=True,
     )
-    monkeypatch.setattr(catalog, "pipelines", lambda: [(pipeline, digits)])
+    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
     monkeypatch.setattr(app, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
     monkeypatch.setattr(app, "user_name", lambda user: "tester")
@@ -76,7 +77,7 @@ def versions(storage):
 
 
 def test_trained_on_text():
-    from freestack.ui.catalog import trained_on
+    from freestack.ui.catalog.model_pages import trained_on
 
     assert trained_on({}) == "1 process"  # written before distributed training
     assert trained_on({"distributed": {"world_size": 1}}) == "1 process"

@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from freestack.registry.core import registry_for
-from freestack.ui import catalog
+from freestack.ui.catalog import common, model_pages
 from freestack.ui.extra_pages.common import app_helpers, page_user
 from freestack.version.files import CONFIG, PREPROCESSING
 
@@ -29,7 +29,7 @@ class Compared(BaseModel):
     version: str
     aliases: list[str]
     created: str | None
-    gate: catalog.Gate
+    gate: model_pages.Gate
 
 
 class MetricRow(BaseModel):
@@ -60,7 +60,7 @@ class ComparePage(BaseModel):
     params: list[DiffRow]
     lineage: list[DiffRow]
     partitions: list[PartitionDiff]
-    choices: list[catalog.VersionRow]
+    choices: list[model_pages.VersionRow]
     aliases: dict[str, str]
 
 
@@ -178,18 +178,18 @@ def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
         "sweep": (lineage.get("sweep") or {}).get("id"),
         "airflow.run_id": af.get("run_id"),
         "data.rows": (lineage.get("data") or {}).get("rows"),
-        "trained_on": catalog.trained_on(lineage),
+        "trained_on": model_pages.trained_on(lineage),
     }
 
 
 def _extra_files(spec: Any, version: str) -> dict[str, Any]:
-    return catalog.read_many(registry_for(spec).folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
+    return common.read_many(registry_for(spec).folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
 
 
 def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
     """The versions (or aliases) ``asked``, side by side."""
-    pages = catalog.parallel(lambda v: catalog.version_page(pipeline, spec, v), asked)
-    extra = catalog.parallel(lambda p: _extra_files(spec, p.row.version), pages)
+    pages = common.parallel(lambda v: model_pages.version_page(pipeline, spec, v), asked)
+    extra = common.parallel(lambda p: _extra_files(spec, p.row.version), pages)
     files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
     versions = [
         Compared(asked=a, version=p.row.version, aliases=p.aliases, created=p.row.created, gate=p.row.gate)
@@ -204,8 +204,8 @@ def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
         params=diff_rows([training_config(p.lineage, f) for p, f in zip(pages, files, strict=True)]),
         lineage=diff_rows([lineage_facts(p.lineage) for p in pages]),
         partitions=partition_diff([p.lineage.get("partitions") or [] for p in pages]),
-        choices=catalog.version_rows(reg.folder)[::-1],
-        aliases=catalog.aliases(spec),
+        choices=model_pages.version_rows(reg.folder)[::-1],
+        aliases=model_pages.aliases(spec),
     )
 
 
@@ -229,8 +229,8 @@ def _choices_only(pipeline: str, spec: Any) -> ComparePage:
         params=[],
         lineage=[],
         partitions=[],
-        choices=catalog.version_rows(registry_for(spec).folder)[::-1],
-        aliases=catalog.aliases(spec),
+        choices=model_pages.version_rows(registry_for(spec).folder)[::-1],
+        aliases=model_pages.aliases(spec),
     )
 
 

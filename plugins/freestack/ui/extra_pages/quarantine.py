@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from freestack.ingest import lake
 from freestack.storage import join, to_path
-from freestack.ui import catalog
+from freestack.ui.catalog import score_pages
 from freestack.ui.extra_pages.common import app_helpers, page_user
 
 router = APIRouter()
@@ -101,14 +101,14 @@ def score_quarantine_page(
     """Page ``page`` of the rows of a scored day that were not scored, read from the day's ``_quarantine.parquet``."""
     from freestack.score.core import QUARANTINE
 
-    have = catalog.score_days(spec)
+    have = score_pages.score_days(spec)
     if ds not in have:
         raise HTTPException(
             404,
             f"{pipeline} has no scored day {ds!r} (days: {', '.join(have[:10]) or 'none'}"
             f"{f', and {len(have) - 10} older' if len(have) > 10 else ''})",
         )
-    day = catalog.scored_day(spec, ds)
+    day = score_pages.scored_day(spec, ds)
     if day.problem:
         raise HTTPException(404, f"{pipeline} {ds} cannot be read: {day.problem}")
     if not day.rows_quarantined:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from freestack.serving.records import Deployments
 from freestack.storage import to_path
-from freestack.ui import catalog
+from freestack.ui.catalog import common
 from freestack.ui.extra_pages.common import app_helpers, page_user
 from freestack.version.files import LINEAGE, PREPROCESSING, SMOKE
 
@@ -94,7 +94,7 @@ def feature_inputs(
 
 def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]:
     """The pipeline serving ``model``, its spec and the deployment's record, when the user may read it."""
-    specs = [(p, s) for p, s in catalog.pipelines() if s.model_name == model]
+    specs = [(p, s) for p, s in common.pipelines() if s.model_name == model]
     if not specs:
         raise HTTPException(404, f"no pipeline trains a model {model!r}")
     p, spec = app_helpers().pipeline(specs[0][0].name, user)
@@ -118,7 +118,7 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
 def try_page(model: str, name: str, user: Any) -> TryPage:
     pipeline, _, record = _record(model, name, user)
     folder = to_path(record["version_uri"]) if record.get("version_uri") else None
-    got = catalog.read_many(folder, [LINEAGE, PREPROCESSING, SMOKE]) if folder else {}
+    got = common.read_many(folder, [LINEAGE, PREPROCESSING, SMOKE]) if folder else {}
     return TryPage(
         pipeline=pipeline,
         model=model,
