@@ -39,15 +39,13 @@ from typing import Any
 
 from freestack.settings import settings
 from freestack_server import request_checks
-from freestack_server.address import AddressError, hold, receive
+from freestack_server.address import BACKLOG, AddressError, hold, receive
 from freestack_server.config import ADDRESS_ERROR, BOOT_ERROR, ServerConfig, load
 from freestack_server.direct_predict import DirectPredict
 from freestack_server.lighter_flask import faster_json, lighter_flask
 from freestack_server.oip_server import run as run_mlserver
 
 log = logging.getLogger("freestack.serving")
-
-BACKLOG = 2048  # gunicorn's default listen backlog, for the socket this process binds itself
 
 
 def _labels_env(cfg: ServerConfig) -> None:

@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 from freestack.settings import settings
 from freestack_server.errors import PayloadError
 from freestack_server.request_checks import GENERATION_HINT as SELDON_HINT
+from freestack_server.request_checks import kind_of
 
 log = logging.getLogger("freestack.serving")
 
@@ -134,12 +135,6 @@ class Generated:
         }
 
 
-def _kind(v: Any) -> str:
-    return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
-        type(v), type(v).__name__
-    )
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -190,7 +185,7 @@ class GenerationParameters(BaseModel):
     @classmethod
     def _flag(cls, v: Any, info: ValidationInfo) -> bool:
         if type(v) is not bool:
-            raise _refused(f'"{info.field_name}" must be true or false, not {_kind(v)}')
+            raise _refused(f'"{info.field_name}" must be true or false, not {kind_of(v)}')
         return v
 
     @field_validator("max_new_tokens", mode="plain")
@@ -322,7 +317,7 @@ class Generator:
             text = json.dumps(chat, ensure_ascii=False)
         else:
             if not isinstance(value, str):
-                raise PayloadError(f"{where}: a prompt is text, not {_kind(value)}")
+                raise PayloadError(f"{where}: a prompt is text, not {kind_of(value)}")
             _check_text(value, where)
             chat, text = [{"role": "user", "content": value}], value
         for m in chat:
@@ -409,7 +404,7 @@ class Generator:
         params = X.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise PayloadError(
-                f'"parameters" must be an object of {", ".join(PARAMETERS)}, not {_kind(params)}'
+                f'"parameters" must be an object of {", ".join(PARAMETERS)}, not {kind_of(params)}'
             )
         if "instances" in X:
             records = X["instances"]
@@ -438,7 +433,7 @@ class Generator:
         if isinstance(rec, str):
             return self.chat(rec, where, messages=False)
         if not isinstance(rec, dict):
-            raise PayloadError(f'{where} is {_kind(rec)}: send {{"prompt": ...}} or {{"messages": [...]}}')
+            raise PayloadError(f'{where} is {kind_of(rec)}: send {{"prompt": ...}} or {{"messages": [...]}}')
         keys = [k for k in rec if k in self._record_keys()]
         extra = sorted(set(rec) - self._record_keys())
         if len(keys) != 1 or extra:

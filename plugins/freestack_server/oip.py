@@ -66,23 +66,11 @@ from freestack_server.core import ServedModel
 from freestack_server.errors import PayloadError
 from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, PromptQueue, Prompts
 from freestack_server.generation import describe as describe_generation
+from freestack_server.oip_binary import DTYPES
 
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"
-NUMERIC = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "FP32",
-    "FP64",
-)
+NUMERIC = tuple(DTYPES)  # the V2 numeric datatypes
 
 
 def _error(exc: PayloadError) -> MLServerError:

@@ -513,7 +513,8 @@ def numbers_only(msg: dict, raw: bytes | str) -> bool:
     return rest.count(b"[") + rest.count(b"{") == containers + inside and rest.count(b'"') == 2 * strings
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a JSON value is, in words, for a refusal ("a string", "true/false", ...)."""
     return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
         type(value), type(value).__name__
     )
@@ -528,7 +529,7 @@ def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str |
     ``numbers``: the rows are known to hold numbers only (:func:`numbers_only`); ``raw``: the model takes
     raw values (text, true/false, null besides numbers; the model checks them per column)."""
     if type(arr) is not list:
-        return f'"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...], not {_kind(arr)}'
+        return f'"data.ndarray" must be a list of rows, e.g. [[0.0, 1.5, ...], ...], not {kind_of(arr)}'
     kinds = set(map(type, arr))
     if kinds <= (RAW_VALUES if raw else NUMBER):
         return None
@@ -538,7 +539,7 @@ def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str |
                 '"data.ndarray" mixes numbers and rows: send a list of rows, [[...], ...], or one row, [...]'
             )
         i, v = next((i, v) for i, v in enumerate(arr) if type(v) not in NUMBER and type(v) is not list)
-        return f'"data.ndarray" item {i} is {_kind(v)}: each row must be a list of numbers'
+        return f'"data.ndarray" item {i} is {kind_of(v)}: each row must be a list of numbers'
     widths = set(map(len, arr))
     if len(widths) > 1:
         i = next(i for i, row in enumerate(arr) if len(row) != len(arr[0]))
@@ -548,25 +549,25 @@ def ndarray_problem(arr: Any, numbers: bool = False, raw: bool = False) -> str |
     i, j, v = next((i, j, v) for i, row in enumerate(arr) for j, v in enumerate(row) if type(v) not in NUMBER)
     if type(v) in CONTAINERS:
         return (
-            f'"data.ndarray" row {i}, value {j} is {_kind(v)}: rows are nested deeper than [rows, features]'
+            f'"data.ndarray" row {i}, value {j} is {kind_of(v)}: rows are nested deeper than [rows, features]'
         )
     hint = " (send true/false as 1 or 0)" if type(v) is bool else ""
-    return f'"data.ndarray" row {i}, value {j} is {_kind(v)}: features must be numbers{hint}'
+    return f'"data.ndarray" row {i}, value {j} is {kind_of(v)}: features must be numbers{hint}'
 
 
 def tensor_problem(t: Any, numbers: bool = False) -> str | None:
     """``data.tensor``: ``shape``, a list of non-negative integers, and ``values``, a flat list of numbers
     (``numbers``: known to be, :func:`numbers_only`)."""
     if type(t) is not dict:
-        return f'"data.tensor" must be an object with "shape" and "values", not {_kind(t)}'
+        return f'"data.tensor" must be an object with "shape" and "values", not {kind_of(t)}'
     shape, values = t.get("shape"), t.get("values")
     if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
         return '"data.tensor.shape" must be a list of non-negative integers, e.g. [rows, features]'
     if type(values) is not list:
-        return f'"data.tensor.values" must be a flat list of numbers, not {_kind(values)}'
+        return f'"data.tensor.values" must be a flat list of numbers, not {kind_of(values)}'
     if not numbers and not set(map(type, values)) <= NUMBER:
         i, v = next((i, v) for i, v in enumerate(values) if type(v) not in NUMBER)
-        return f'"data.tensor.values" item {i} is {_kind(v)}: values must be a flat list of numbers'
+        return f'"data.tensor.values" item {i} is {kind_of(v)}: values must be a flat list of numbers'
     if math.prod(shape) != len(values):
         return f'"data.tensor.shape" {shape} holds {math.prod(shape)} values but "values" has {len(values)}'
     return None
@@ -575,14 +576,14 @@ def tensor_problem(t: Any, numbers: bool = False) -> str | None:
 def meta_problem(meta: Any) -> str | None:
     """``meta``: the fields of Seldon's protocol, each of its type."""
     if type(meta) is not dict:
-        return f'"meta" must be an object, not {_kind(meta)}'
+        return f'"meta" must be an object, not {kind_of(meta)}'
     unknown = sorted(set(meta) - META_KEYS)
     if unknown:
         return f'"meta" holds {unknown}: a Seldon message\'s meta has only {sorted(META_KEYS)}'
     if "puid" in meta and type(meta["puid"]) is not str:
         return '"meta.puid" must be a string'
     if "tags" in meta and type(meta["tags"]) is not dict:
-        return f'"meta.tags" must be an object of name: value, not {_kind(meta["tags"])}'
+        return f'"meta.tags" must be an object of name: value, not {kind_of(meta["tags"])}'
     for key, kind, what in (("routing", int, "an integer"), ("requestPath", str, "a string")):
         if key in meta and (
             type(meta[key]) is not dict or not all(type(v) is kind for v in meta[key].values())
@@ -614,7 +615,7 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     ``raw``: the JSON text it was parsed from, which can spare looking at every value of its rows;
     ``raw_values``: the model takes text and null values in ``data.ndarray`` rows too."""
     if type(msg) is not dict:
-        return f"the body must be a JSON object (a Seldon message), not {_kind(msg)}"
+        return f"the body must be a JSON object (a Seldon message), not {kind_of(msg)}"
     if "meta" in msg and (problem := meta_problem(msg["meta"])):
         return problem
     data = msg.get("data")
@@ -626,12 +627,12 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     if type(data) is not dict:
         return (
             '"data" must be an object holding "ndarray" or "tensor", e.g. {"data": {"ndarray": [[...]]}}, '
-            f"not {_kind(data)}"
+            f"not {kind_of(data)}"
         )
     names = data.get("names", [])
     if type(names) is not list:
         return (
-            f'"data.names" must be a list of feature names (strings), not {_kind(names)}: leave it out to '
+            f'"data.names" must be a list of feature names (strings), not {kind_of(names)}: leave it out to '
             "send none"
         )
     if not all(type(n) is str for n in names):
@@ -655,7 +656,7 @@ def predict_problem(msg: Any, raw: bytes | str | None = None, inputs: Inputs = I
     """What is wrong with a message to predict on: it carries exactly one of :data:`KINDS`, of a kind the
     model takes (``inputs``), then what :func:`message_problem` checks."""
     if type(msg) is not dict:
-        return f"the body must be a JSON object (a Seldon message), not {_kind(msg)}"
+        return f"the body must be a JSON object (a Seldon message), not {kind_of(msg)}"
     kinds = [k for k in KINDS if k in msg]
     if not kinds:
         return 'the message has no "data" or "jsonData": send {"data": {"ndarray": [[...], ...]}}'
@@ -681,7 +682,7 @@ def raw_problem(kind: str, value: Any, inputs: Inputs) -> str | None:
             '"jsonData" records'
         )
     if kind == "strData":  # any text, the empty one too: the model reads it as training read empty text
-        return None if type(value) is str else f'"strData" must be a string (the text), not {_kind(value)}'
+        return None if type(value) is str else f'"strData" must be a string (the text), not {kind_of(value)}'
     if type(value) is not str or not value:
         return '"binData" must be a non-empty string (the image file\'s bytes, base64)'
     import base64
@@ -705,7 +706,7 @@ def body_problem(
     if kind == "message":
         return message_problem(body, raw, inputs.raw_values)
     if type(body) is not dict:
-        return f"the body must be a JSON object, not {_kind(body)}"
+        return f"the body must be a JSON object, not {kind_of(body)}"
     if kind == "aggregate":
         msgs = body.get("seldonMessages")
         if type(msgs) is not list or set(body) != {"seldonMessages"}:
@@ -977,6 +978,7 @@ __all__ = [
     "framing",
     "head_framing",
     "install",
+    "kind_of",
     "message_problem",
     "numbers_only",
     "parse_json",
