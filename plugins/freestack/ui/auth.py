@@ -51,7 +51,6 @@ async def current_user(request: Request) -> Any:
         raise HTTPException(401, f"the login expired: {LOGIN_HINT}") from None
     except InvalidTokenError:
         raise HTTPException(403, f"the token is not valid here: {LOGIN_HINT}") from None
-    request.state.freestack_token = token
     return user
 
 

@@ -96,7 +96,7 @@ def _without_sections(body: str, titles: tuple[str, ...]) -> str:
     return "".join(kept)
 
 
-def render_card(text: str | None, page_sections: tuple[str, ...] = PAGE_SECTIONS) -> RenderedCard | None:
+def render_card(text: str | None) -> RenderedCard | None:
     from markdown_it import MarkdownIt
 
     if not text:
@@ -104,7 +104,7 @@ def render_card(text: str | None, page_sections: tuple[str, ...] = PAGE_SECTIONS
     metadata, body = split_front_matter(text)
     md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
     return RenderedCard(
-        metadata=metadata, html=md.render(_without_sections(body, page_sections)), facts=card_facts(metadata)
+        metadata=metadata, html=md.render(_without_sections(body, PAGE_SECTIONS)), facts=card_facts(metadata)
     )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from freestack.serving.records import alias_drift, all_deployments, served_alias
-from freestack.ui.catalog.common import Pipeline, parallel, pipelines
+from freestack.ui.catalog.common import Pipeline, parallel
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -120,11 +120,10 @@ def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
     )
 
 
-def deployments(found: list[tuple[Pipeline, PipelineSpec]] | None = None) -> list[DeploymentRow]:
-    """Every deployment record under the storage root of every pipeline ``found`` (default: all,
-    :func:`~freestack.ui.catalog.common.pipelines`), with what is true now."""
+def deployments(found: list[tuple[Pipeline, PipelineSpec]]) -> list[DeploymentRow]:
+    """Every deployment record under the storage root of every pipeline ``found``, with what is true now."""
     by_root: dict[str, dict[str, str]] = {}
-    for p, spec in pipelines() if found is None else found:
+    for p, spec in found:
         by_root.setdefault(p.root, {})[spec.model_name] = p.name
     out = []
     for root, models in by_root.items():

@@ -37,4 +37,4 @@ def routes(**helpers: Any) -> APIRouter:
     return router
 
 
-__all__ = ["Helpers", "routes"]
+__all__ = ["routes"]
