@@ -125,10 +125,8 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     train_values.update(req.overrides.get("train") or {})
     model_over = dict(req.overrides.get("model") or {})
     model_values = spec.model.model_dump(by_alias=True)
-    for node in (
-        "init",
-        "peft",
-    ):  # a trial's init / LoRA values are merged into the spec's, not put in their place
+    # a trial's init / LoRA values are merged into the spec's, not put in their place
+    for node in ("init", "peft"):
         if node in model_over and isinstance(model_values.get(node), dict):
             model_over[node] = {**model_values[node], **model_over[node]}
     model_values.update(model_over)
@@ -249,11 +247,9 @@ def check_custom_model(spec: PipelineSpec) -> None:
     task = spec.task or "classification"
     target = next((c for c in spec.source.schema_.fields if c.name == spec.source.schema_.target), None)
     classes = list(getattr(target, "allowed", None) or [0, 1, 2]) if task == "classification" else []
-    inputs = model_inputs(spec, task, classes)
+    model = _build_custom(spec, model_inputs(spec, task, classes))
     try:
-        check_custom(
-            build_custom(spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir())
-        )
+        check_custom(model)
     except CustomModelError as exc:
         raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
@@ -439,7 +435,7 @@ def build_model(spec: PipelineSpec, data: Prepared):
     if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
         return build_pretrained_model(spec, data)
     if spec.model.type == "custom":
-        model = _build_custom(spec, data)
+        model = _build_custom(spec, model_inputs(spec, data.task, data.pre.classes, data.pre))
     else:
         model = FreestackNet(
             kind=model_kind(spec),
@@ -470,8 +466,8 @@ def _group_args(spec: PipelineSpec, pre) -> dict[str, Any]:
     return {"inputs": pre.encoder.group_sizes(), "augment": list(spec.model.image.augment)}
 
 
-def _build_custom(spec: PipelineSpec, data: Prepared):
-    inputs = model_inputs(spec, data.task, data.pre.classes, data.pre)
+def _build_custom(spec: PipelineSpec, inputs: ModelInputs):
+    """The spec's custom module built for ``inputs`` (TrainingError naming the file and the contract)."""
     try:
         return build_custom(
             spec.model.module, spec.model.class_, dict(spec.model.init), inputs, checkout_dir()
@@ -592,10 +588,8 @@ def _drop_checkpoint(where: Places) -> None:
     """The model is written: its checkpoint is dead weight (kept with the ``keep_checkpoints`` setting)."""
     if settings().keep_checkpoints:
         return
-    try:
+    with contextlib.suppress(FileNotFoundError):
         join(where.run_dir, CHECKPOINT).unlink()
-    except FileNotFoundError:
-        pass
 
 
 def prune_checkpoints(spec: PipelineSpec) -> list[str]:
@@ -712,20 +706,22 @@ def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
     }
 
 
+def _upload(folder: str, names, where: Places) -> None:
+    """The files ``names`` of the local ``folder`` written into the version folder."""
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            write_bytes(join(where.version_dir, name), f.read())
+
+
 def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
     folder = pretrained_base(spec).folder
-    for name in ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json"):
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                write_bytes(join(where.version_dir, name), f.read())
+    names = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "preprocessor_config.json")
+    _upload(folder, [n for n in names if os.path.exists(os.path.join(folder, n))], where)
 
 
 def _save_tokenizer(tokenizer, where: Places) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for name in save_tokenizer(tokenizer, tmp):
-            with open(os.path.join(tmp, name), "rb") as f:
-                write_bytes(join(where.version_dir, name), f.read())
+        _upload(tmp, save_tokenizer(tokenizer, tmp), where)
 
 
 def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
@@ -741,13 +737,6 @@ def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
         "strategy": d.strategy,
         "launcher": d.launcher,
     }
-
-
-def _pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
-    if spec.model.type != "huggingface":
-        return {}
-
-    return pretrained_lineage(spec, model)
 
 
 def _write_version(
@@ -794,24 +783,20 @@ def _write_version(
         **({"sweep": req.tracking["sweep"]} if req.tracking.get("sweep") else {}),
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
         **_tokenizer_lineage(spec, data.pre),
-        **_pretrained_lineage(spec, model),
+        **(pretrained_lineage(spec, model) if spec.model.type == "huggingface" else {}),
         "distributed": distributed_lineage(spec, result.world_size),
     }
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                write_bytes(join(where.version_dir, name), f.read())
+        _upload(tmp, sorted(os.listdir(tmp)), where)
     write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
-    elif (
-        spec.model.type == "huggingface"
-    ):  # the base's tokenizer or image processor files, as transformers reads them
+    elif spec.model.type == "huggingface":
+        # the base's tokenizer or image processor files, as transformers reads them
         _copy_base_files(spec, where)
-    if (
-        data.pre.tokenizer_json is not None
-    ):  # the text columns' tokenizer, a plain Hugging Face tokenizers file
+    if data.pre.tokenizer_json is not None:
+        # the text columns' tokenizer, a plain Hugging Face tokenizers file
         write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
     write_history(where.version_dir, result.history)
     write_metrics(where.version_dir, {"task": data.task, **metrics, "train": result.summary()})
