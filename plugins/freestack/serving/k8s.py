@@ -432,32 +432,22 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
 
     target = spec.deploy.kubernetes
     name = spec.deployment_name
-    smoke_sample(_version_uri(spec, version), SMOKE_ROWS)  # no stored test rows: not rolled out
+    smoke_sample(registry_for(spec).version_uri(version), SMOKE_ROWS)  # no stored test rows: not rolled out
     serving = served_version(get(name, target.namespace, target.conn_id))
     canary = target.canary is not None and serving is not None and serving[0] != version
     logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
-    if canary:
-        manifest = build_manifest(
-            name,
-            model=spec.model_name,
-            version=serving[0],
-            model_uri=serving[1],
-            target=target,
-            canary_version=version,
-            canary_uri=model_uri,
-            request_log_uri=logs,
-            runtime=spec.deploy.runtime,
-        )
-    else:
-        manifest = build_manifest(
-            name,
-            model=spec.model_name,
-            version=version,
-            model_uri=model_uri,
-            target=target,
-            request_log_uri=logs,
-            runtime=spec.deploy.runtime,
-        )
+    main_version, main_uri = serving if canary else (version, model_uri)
+    manifest = build_manifest(
+        name,
+        model=spec.model_name,
+        version=main_version,
+        model_uri=main_uri,
+        target=target,
+        canary_version=version if canary else None,
+        canary_uri=model_uri if canary else None,
+        request_log_uri=logs,
+        runtime=spec.deploy.runtime,
+    )
     validate_manifest(manifest)
     stored = apply(manifest, target.conn_id)
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
@@ -502,11 +492,6 @@ def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _version_uri(spec: PipelineSpec, version: str) -> str:
-
-    return registry_for(spec).version_uri(version)
-
-
 def predictor_service(name: str, predictor: str) -> str:
     """The Service Seldon Core 1.17 gives a predictor, in front of its executor (port ``http``):
     ``<name>-<predictor>``, or past 63 characters ``seldon-`` and the md5 of that, as its operator names it."""
@@ -526,7 +511,7 @@ def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
     version = record.get("canary_version" if canary else "version")
     if not version:
         raise DeployError(f"no rollout of {name} is recorded: nothing to smoke-test; deploy again")
-    sample = smoke_sample(_version_uri(spec, version), SMOKE_ROWS)
+    sample = smoke_sample(registry_for(spec).version_uri(version), SMOKE_ROWS)
     service = predictor_service(name, CANARY if canary else MAIN)
     path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
     try:

@@ -123,11 +123,6 @@ def _home(name: str) -> Path:
     return serving_dir() / name
 
 
-def _strays(name: str) -> list[int]:
-    """Supervisors started for deployment ``name`` from this serving dir (left by a killed deploy task)."""
-    return supervisors(str(_home(name)) + "/")
-
-
 def _server_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a process of the serving environment: ours, its own PYTHONPATH, ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", SERVER_PREFIX))}
@@ -528,12 +523,17 @@ def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
 
 
 def _start_checked(
-    launch: ServerLaunch, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]
+    launch: ServerLaunch,
+    local: LocalTarget,
+    sample: dict[str, Any],
+    model_env: dict[str, str],
+    *,
+    gate_open: bool = False,
 ):
     """Start the server on its own port, wait for health and require the evaluation's answers; returns
     (server, what the smoke test compared, timings). A server that fails is stopped."""
     t0 = time.monotonic()
-    server = start_server(launch, model_env=model_env)
+    server = start_server(launch, model_env=model_env, gate_open=gate_open)
     try:
         server.wait_ready(local.start_timeout)
         _check_metrics(server, local)
@@ -564,15 +564,7 @@ def _join(
         server.wait_joined(local.start_timeout)
         return server
     server.stop()
-    again = start_server(server.launch, model_env=model_env, gate_open=True)
-    try:
-        again.wait_ready(local.start_timeout)
-        _check_metrics(again, local)
-        _smoke(again, sample)
-    except BaseException:
-        again.stop()
-        raise
-    return again
+    return _start_checked(server.launch, local, sample, model_env, gate_open=True)[0]
 
 
 def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:
@@ -598,7 +590,7 @@ def _healthy(url: str, runtime: str = "seldon", model: str = "") -> bool:
 def _stop_strays(name: str, live: dict[str, Any] | None, local: LocalTarget) -> None:
     """Stop servers left behind by an interrupted deploy of this deployment (never the live one), and
     address holders of this deployment that neither the live server nor this deploy uses."""
-    for pid in _strays(name):
+    for pid in supervisors(str(_home(name)) + "/"):  # started from this serving dir, by a killed deploy task
         if not (live and pid == live.get("pid")):
             log.warning("stopping a model server left by an interrupted deploy (pid %d)", pid)
             stop_server(pid)
@@ -737,9 +729,8 @@ def _record(
         *(prior or {}).get("history", []),
         {"version": cfg.version, "at": _now(), "color": slot.color, "reason": reason},
     ]
-    previous = None
-    if prior:
-        previous = {k: prior.get(k) for k in ("version", "version_uri", "url", "pid", "color", "deployed_at")}
+    kept = ("version", "version_uri", "url", "pid", "color", "deployed_at")
+    previous = {k: prior.get(k) for k in kept} if prior else None
     return {
         "name": cfg.name,
         "model": cfg.model,

@@ -32,10 +32,7 @@ SUPERVISOR = "freestack_server --env-file"
 
 def cmdline(pid: int) -> str:
     """The command line of ``pid`` as one string ('' when it is gone or not ours to read)."""
-    try:
-        return " ".join(psutil.Process(pid).cmdline())
-    except (psutil.Error, ValueError):
-        return ""
+    return " ".join(_args(pid))
 
 
 def is_ours(pid: int | None, config_path: str | None = None) -> bool:
@@ -164,10 +161,8 @@ def stop_servers(pids: list[int], *, grace_seconds: float = 15.0) -> dict[int, s
     deadline = time.monotonic() + grace_seconds
     while time.monotonic() < deadline and any(_running(pid) for pid in leaders):
         time.sleep(0.05)
-    ended = {}
-    for pid in leaders:  # what is left of the group (the leader was checked above)
-        ended[pid] = "KILL" if _stop_group(pid, grace_seconds=2.0) == "KILL" else "TERM"
-    return ended
+    # what is left of each group (its leader was checked above)
+    return {pid: "KILL" if _stop_group(pid, grace_seconds=2.0) == "KILL" else "TERM" for pid in leaders}
 
 
 def _leader(pid: int) -> bool:
@@ -275,10 +270,7 @@ def port_listener(host: str, port: int) -> int | None:
     except (psutil.Error, OSError):
         return None
     listening = [c for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
-    for c in listening:
-        if c.laddr.ip in (host, "0.0.0.0", "::"):
-            return c.pid or None
-    return None
+    return next((c.pid or None for c in listening if c.laddr.ip in (host, "0.0.0.0", "::")), None)
 
 
 def port_owner(host: str, port: int) -> str:
