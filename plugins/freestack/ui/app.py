@@ -41,6 +41,7 @@ from freestack.ui.catalog import (
     score_pages,
     sweep_pages,
 )
+from freestack.ui.extra_pages.common import user_of
 from freestack.ui.plots import (
     drift_over_time,
     metric_over_epochs,
@@ -143,11 +144,6 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
     return page(
         request, "error.html", status=exc.status_code, title=f"HTTP {exc.status_code}", message=exc.detail
     )
-
-
-async def user_of(request: Request, user: Any = Depends(current_user)) -> Any:
-    request.state.user = user
-    return user
 
 
 def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[common.Pipeline, Any]:
@@ -590,9 +586,7 @@ def _scoring(name: str, user: Any) -> Any:
 
 def _scores(user: Any, figures: bool = False) -> list[score_pages.ScoresPage]:
     """The newest scored days of each readable pipeline with a ``score:`` block; with ``figures``, the page's charts."""
-    specs = [
-        (p, s) for p, s in common.pipelines() if s.score is not None and may_read(user, f"{p.name}_score")
-    ]
+    specs = [(p, s) for p, s in _readable(user, "score") if s.score is not None]
     return [
         _with_figure(score_pages.scores_page(p.name, s, 1, score_pages.SCORES_OVERVIEW), figures)
         for p, s in specs

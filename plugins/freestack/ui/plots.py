@@ -13,6 +13,7 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from freestack.ui.catalog.score_pages import SHOWN_CLASSES
 from freestack.ui.catalog.sweep_pages import LOG_DISTRIBUTIONS
 
 if TYPE_CHECKING:
@@ -415,8 +416,6 @@ def importance_chart(page: SweepPage) -> str:
 
 #: drift lines shown at first (the largest PSI); the others are a click on their legend entry away
 SHOWN_SERIES = 8
-#: classes the predictions-over-days chart draws one by one (the rest as "other"), as the Scores table does
-SHOWN_CLASSES = 12
 
 
 def drift_over_time(page: MonitoringPage) -> str | None:

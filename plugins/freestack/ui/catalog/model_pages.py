@@ -3,7 +3,6 @@ deployments serving it, and one version's page and files."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from freestack.registry.core import redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.serving.records import alias_drift, served_alias, serving_records
 from freestack.storage import join
-from freestack.ui.catalog.common import numbers_in, read_many, subfolders
+from freestack.ui.catalog.common import numbers_in, read_json, read_many, subfolders
 from freestack.version.files import LINEAGE, MARKER, METRICS
 
 if TYPE_CHECKING:
@@ -177,16 +176,8 @@ def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = Non
                 _VERSIONS[(key, name)] = row
     rows = [_VERSIONS[(key, n)] for n in names if (key, n) in _VERSIONS]
     if aliases is None:
-        aliases = _aliases_in(folder)
+        aliases = read_json(join(folder, ALIASES)) or {}
     return decided_again(sorted(rows, key=lambda r: (r.created or "", r.version)), aliases)
-
-
-def _aliases_in(folder: ObjectStoragePath) -> dict[str, Any]:
-    """A model's ``aliases.json`` from its registry folder ({} when it has none)."""
-    try:
-        return json.loads(join(folder, ALIASES).read_text())
-    except FileNotFoundError:
-        return {}
 
 
 def aliases(spec: PipelineSpec) -> dict[str, str]:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 #: days a scores page lists (the overview lists :data:`SCORES_OVERVIEW` per pipeline, linking to the rest)
 SCORES_PAGE, SCORES_OVERVIEW = 100, 30
-#: the most predicted classes a day's row draws (the JSON has every class)
+#: the most predicted classes a day's row and the predictions chart draw one by one (the JSON has every class)
 SHOWN_CLASSES = 12
 
 

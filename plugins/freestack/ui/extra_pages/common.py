@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse
 from freestack.ui.auth import current_user
 
 
-async def page_user(request: Request, user: Any = Depends(current_user)) -> Any:
-    """The logged-in user, kept on the request for the error page (as :func:`freestack.ui.app.user_of`)."""
+async def user_of(request: Request, user: Any = Depends(current_user)) -> Any:
+    """The logged-in user, kept on the request for the error page (every page's dependency, the app's too)."""
     request.state.user = user
     return user
 
@@ -47,4 +47,4 @@ def app_helpers() -> Helpers:
     return _helpers[0]
 
 
-__all__ = ["Helpers", "app_helpers", "page_user", "use"]
+__all__ = ["Helpers", "app_helpers", "use", "user_of"]

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from freestack.registry.core import registry_for
 from freestack.ui.catalog import common, model_pages
-from freestack.ui.extra_pages.common import app_helpers, page_user
+from freestack.ui.extra_pages.common import app_helpers, user_of
 from freestack.version.files import CONFIG, PREPROCESSING
 
 router = APIRouter()
@@ -236,7 +236,7 @@ def _choices_only(pipeline: str, spec: Any) -> ComparePage:
 
 @router.get("/compare/{pipeline}", response_class=HTMLResponse)
 async def compare(
-    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(page_user)
+    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(user_of)
 ) -> HTMLResponse:
     ui = app_helpers()
     _, spec = ui.pipeline(pipeline, user)
@@ -250,9 +250,7 @@ async def compare(
 
 
 @router.get("/api/compare/{pipeline}")
-async def compare_json(
-    pipeline: str, v: list[str] = Query([]), user: Any = Depends(page_user)
-) -> ComparePage:
+async def compare_json(pipeline: str, v: list[str] = Query([]), user: Any = Depends(user_of)) -> ComparePage:
     ui = app_helpers()
     _, spec = ui.pipeline(pipeline, user)
     asked = _asked(v)

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from freestack.ingest import lake
 from freestack.storage import join, to_path
 from freestack.ui.catalog import score_pages
-from freestack.ui.extra_pages.common import app_helpers, page_user
+from freestack.ui.extra_pages.common import app_helpers, user_of
 
 router = APIRouter()
 #: rows a quarantine page shows
@@ -138,7 +138,7 @@ async def quarantine(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(page_user),
+    user: Any = Depends(user_of),
 ) -> HTMLResponse:
     ui = app_helpers()
     data = await ui.off_loop(
@@ -153,7 +153,7 @@ async def quarantine_json(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(page_user),
+    user: Any = Depends(user_of),
 ) -> QuarantinePage:
     ui = app_helpers()
     return await ui.off_loop(
@@ -175,7 +175,7 @@ async def score_quarantine(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(page_user),
+    user: Any = Depends(user_of),
 ) -> HTMLResponse:
     ui = app_helpers()
     data = await ui.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
@@ -197,7 +197,7 @@ async def score_quarantine_json(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(page_user),
+    user: Any = Depends(user_of),
 ) -> QuarantinePage:
     return await app_helpers().off_loop(
         score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from freestack.serving.records import Deployments
 from freestack.storage import to_path
 from freestack.ui.catalog import common
-from freestack.ui.extra_pages.common import app_helpers, page_user
+from freestack.ui.extra_pages.common import app_helpers, user_of
 from freestack.version.files import LINEAGE, PREPROCESSING, SMOKE
 
 router = APIRouter()
@@ -212,14 +212,14 @@ def _filled(page: TryPage, form: dict[str, str]) -> TryPage:
 
 
 @router.get("/deployments/{model}/{name}/try", response_class=HTMLResponse)
-async def try_form(request: Request, model: str, name: str, user: Any = Depends(page_user)) -> HTMLResponse:
+async def try_form(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> HTMLResponse:
     ui = app_helpers()
     data = await ui.off_loop(try_page, model, name, user)
     return ui.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
 
 
 @router.post("/deployments/{model}/{name}/try", response_class=HTMLResponse)
-async def try_send(request: Request, model: str, name: str, user: Any = Depends(page_user)) -> HTMLResponse:
+async def try_send(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> HTMLResponse:
     ui = app_helpers()
     ui.same_origin(request)
     data = await ui.off_loop(try_page, model, name, user)
@@ -230,12 +230,12 @@ async def try_send(request: Request, model: str, name: str, user: Any = Depends(
 
 
 @router.get("/api/deployments/{model}/{name}/try")
-async def try_json(model: str, name: str, user: Any = Depends(page_user)) -> TryPage:
+async def try_json(model: str, name: str, user: Any = Depends(user_of)) -> TryPage:
     return await app_helpers().off_loop(try_page, model, name, user)
 
 
 @router.post("/api/deployments/{model}/{name}/try")
-async def try_send_json(request: Request, model: str, name: str, user: Any = Depends(page_user)) -> TryAnswer:
+async def try_send_json(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> TryAnswer:
     """Body: ``{"<feature>": value, ...}`` (raw values, as the form sends them)."""
     ui = app_helpers()
     ui.same_origin(request)
