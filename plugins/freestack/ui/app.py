@@ -104,10 +104,6 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
-def _wants_json(request: Request) -> bool:
-    return "/api/" in request.url.path
-
-
 @views_app.get("/static/{name}")
 def static(name: str) -> Response:
     """The pages' own style sheet, script and icon (a route, not a mount: a mount skips the login)."""
@@ -135,7 +131,7 @@ def vendor(name: str, request: Request) -> Response:
 @views_app.exception_handler(HTTPException)
 async def _refused(request: Request, exc: HTTPException) -> Response:
     """JSON for the API; before the login is known (it failed), the page that says to log in; else an error page."""
-    if _wants_json(request):
+    if "/api/" in request.url.path:
         return JSONResponse({"detail": exc.detail}, exc.status_code, headers={"Cache-Control": "no-store"})
     if not hasattr(request.state, "user"):
         return HTMLResponse(

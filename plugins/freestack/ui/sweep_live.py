@@ -35,16 +35,6 @@ class SweepUpdate(BaseModel):
     figures: dict[str, str] = Field({}, description="element id -> the Plotly figure (JSON) to draw there")
 
 
-def sweep_figures(s: SweepPage) -> dict[str, str]:
-    """The sweep page's figures by element id."""
-    return {
-        "fig-1": plots.metric_vs_params(s),
-        "fig-2": plots.metric_over_epochs(s),
-        "fig-3": plots.parallel_coordinates(s),
-        "fig-4": plots.importance_chart(s),
-    }
-
-
 def sweep_update(s: SweepPage, known: str, templates: Any) -> SweepUpdate:
     """What the page at signature ``known`` must redraw (nothing when it is current)."""
     if known == s.signature:
@@ -58,8 +48,13 @@ def sweep_update(s: SweepPage, known: str, templates: Any) -> SweepUpdate:
         header=str(parts.header(s)),
         rows=[(t.trial, str(parts.trial_row(s, t))) for t in s.trials],
         importance=str(parts.importance(s)),
-        figures=sweep_figures(s),
+        figures={
+            "fig-1": plots.metric_vs_params(s),
+            "fig-2": plots.metric_over_epochs(s),
+            "fig-3": plots.parallel_coordinates(s),
+            "fig-4": plots.importance_chart(s),
+        },
     )
 
 
-__all__ = ["POLL_SECONDS", "SweepUpdate", "sweep_figures", "sweep_update"]
+__all__ = ["POLL_SECONDS", "SweepUpdate", "sweep_update"]

@@ -104,25 +104,22 @@ class Pipeline(BaseModel):
 
 def pipelines() -> list[tuple[Pipeline, PipelineSpec]]:
     """Every valid pipeline spec (an invalid one is the spec-errors DAG file's import error)."""
-    out = []
-    for name, spec in discover_specs().items():
-        if isinstance(spec, SpecError):
-            continue
-        out.append(
-            (
-                Pipeline(
-                    name=name,
-                    model=spec.model_name,
-                    root=str(spec.root),
-                    description=spec.description or "",
-                    train_dag=f"{name}_train",
-                    ingest_dag=f"{name}_ingest",
-                    trains=spec.source.schema_.target is not None,
-                ),
-                spec,
-            )
+    return [
+        (
+            Pipeline(
+                name=name,
+                model=spec.model_name,
+                root=str(spec.root),
+                description=spec.description or "",
+                train_dag=f"{name}_train",
+                ingest_dag=f"{name}_ingest",
+                trains=spec.source.schema_.target is not None,
+            ),
+            spec,
         )
-    return out
+        for name, spec in discover_specs().items()
+        if not isinstance(spec, SpecError)
+    ]
 
 
 __all__ = [

@@ -56,17 +56,12 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
     from freestack.serving.local import describe
 
     serving = record.get("state") == "serving"
-    kubernetes = record.get("target") == "kubernetes"
-    if kubernetes:
-        address, health = (
-            f"SeldonDeployment {record.get('namespace')}/{record.get('name')}",
-            record.get("message"),
-        )
+    if record.get("target") == "kubernetes":
+        address = f"SeldonDeployment {record.get('namespace')}/{record.get('name')}"
+        health = record.get("message")
     else:
-        address, health = (
-            record.get("predict_url") or record.get("url"),
-            describe(record).get("health") if serving else None,
-        )
+        address = record.get("predict_url") or record.get("url")
+        health = describe(record).get("health") if serving else None
     return DeploymentRow(
         pipeline=pipeline,
         model=record.get("model", "?"),

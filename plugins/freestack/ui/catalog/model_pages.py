@@ -84,10 +84,6 @@ _VERSIONS: dict[tuple[str, str], VersionRow] = {}
 _LOCK = threading.Lock()
 
 
-def _gate(lineage: dict[str, Any]) -> Gate:
-    return gate_of(lineage.get("gate") or {})
-
-
 def gate_of(g: dict[str, Any]) -> Gate:
     """A gate decision (the registered one, or one recorded when ``promote`` decided again) as shown."""
     if not g:
@@ -155,7 +151,7 @@ def _version_row(version: str, files: dict[str, Any]) -> VersionRow | None:
         window_days=window.get("days"),
         partitions=len(lineage.get("partitions") or []),
         metrics={k: v for k, v in numbers_in(metrics).items() if k.startswith("test_")},
-        gate=_gate(lineage),
+        gate=gate_of(lineage.get("gate") or {}),
         airflow_run=airflow.get("run_id"),
         airflow_dag=airflow.get("dag_id"),
         sweep=(lineage.get("sweep") or {}).get("id"),

@@ -79,10 +79,6 @@ class SweepPage(BaseModel):
     )
 
 
-def _runs_folder(spec: PipelineSpec):
-    return join(storage_root(spec.storage_root), "runs", spec.name)
-
-
 def _sweep_doc(folder: ObjectStoragePath) -> dict[str, Any] | None:
     """The sweep's ``sweep.json`` with its ``best.json`` (empty until ``select_best`` ran) under "best"."""
     doc = read_json(join(folder, "sweep.json"))
@@ -108,7 +104,7 @@ def _sweep_row(doc: dict[str, Any]) -> SweepRow:
 
 def sweeps(spec: PipelineSpec) -> list[SweepRow]:
     """The pipeline's sweeps, newest first."""
-    runs = _runs_folder(spec)
+    runs = join(storage_root(spec.storage_root), "runs", spec.name)
     folders = [join(runs, n) for n in subfolders(runs) if n.startswith("sweep-")]
     rows = [_sweep_row(d) for d in parallel(_sweep_doc, folders) if d is not None]
     return sorted(rows, key=lambda r: r.created or "", reverse=True)

@@ -187,7 +187,7 @@ def _extra_files(spec: Any, version: str) -> dict[str, Any]:
 
 
 def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
-    """The versions (or aliases) ``asked``, side by side."""
+    """The versions (or aliases) ``asked``, side by side; none asked, only the versions to choose from."""
     pages = common.parallel(lambda v: model_pages.version_page(pipeline, spec, v), asked)
     extra = common.parallel(lambda p: _extra_files(spec, p.row.version), pages)
     files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
@@ -220,20 +220,6 @@ def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
     return app_helpers().found(compare_page, pipeline, spec, asked)
 
 
-def _choices_only(pipeline: str, spec: Any) -> ComparePage:
-    return ComparePage(
-        pipeline=pipeline,
-        model=spec.model_name,
-        versions=[],
-        metrics=[],
-        params=[],
-        lineage=[],
-        partitions=[],
-        choices=model_pages.version_rows(registry_for(spec).folder)[::-1],
-        aliases=model_pages.aliases(spec),
-    )
-
-
 @router.get("/compare/{pipeline}", response_class=HTMLResponse)
 async def compare(
     request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(user_of)
@@ -241,10 +227,7 @@ async def compare(
     ui = app_helpers()
     _, spec = ui.pipeline(pipeline, user)
     asked = _asked(v)
-    if len(asked) >= 2:
-        data = await ui.off_loop(_compare, pipeline, spec, asked)
-    else:
-        data = await ui.off_loop(_choices_only, pipeline, spec)
+    data = await ui.off_loop(_compare, pipeline, spec, asked if len(asked) >= 2 else [])
     title = f"Compare versions of {data.model}"
     return ui.page(request, "compare.html", title=title, tab="models", c=data, asked=asked)
 

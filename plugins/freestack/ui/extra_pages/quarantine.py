@@ -22,13 +22,13 @@ QUARANTINE_PAGE = 100
 class QuarantinePage(BaseModel):
     pipeline: str
     ds: str
-    file: str | None
-    total: int
-    page: int
-    pages: int
+    file: str | None = None
+    total: int = 0
+    page: int = 1
+    pages: int = 1
     size: int
-    columns: list[str]
-    rows: list[dict[str, Any]]
+    columns: list[str] = []
+    rows: list[dict[str, Any]] = []
 
 
 def _partition(spec: Any, ds: str) -> None:
@@ -69,9 +69,7 @@ def quarantine_page(
     _partition(spec, ds)
     q = (lake.read_manifest(spec, ds) or {}).get("quarantine")
     if not q:
-        return QuarantinePage(
-            pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[]
-        )
+        return QuarantinePage(pipeline=pipeline, ds=ds, size=size)
     return _rows_page(pipeline, ds, to_path(q["uri"]), page, size)
 
 
@@ -112,9 +110,7 @@ def score_quarantine_page(
     if day.problem:
         raise HTTPException(404, f"{pipeline} {ds} cannot be read: {day.problem}")
     if not day.rows_quarantined:
-        return QuarantinePage(
-            pipeline=pipeline, ds=ds, file=None, total=0, page=1, pages=1, size=size, columns=[], rows=[]
-        )
+        return QuarantinePage(pipeline=pipeline, ds=ds, size=size)
     path = join(to_path(day.folder), QUARANTINE)
     if not path.exists():
         raise HTTPException(

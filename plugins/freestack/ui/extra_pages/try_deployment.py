@@ -205,12 +205,6 @@ def send_row(page: TryPage, row: list[Any]) -> TryAnswer:
     )
 
 
-def _filled(page: TryPage, form: dict[str, str]) -> TryPage:
-    for f in page.features:
-        f.value = str(form.get(f.name, f.value))
-    return page
-
-
 @router.get("/deployments/{model}/{name}/try", response_class=HTMLResponse)
 async def try_form(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> HTMLResponse:
     ui = app_helpers()
@@ -224,7 +218,8 @@ async def try_send(request: Request, model: str, name: str, user: Any = Depends(
     ui.same_origin(request)
     data = await ui.off_loop(try_page, model, name, user)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    data = _filled(data, form)
+    for f in data.features:
+        f.value = str(form.get(f.name, f.value))
     data.answer = await ui.off_loop(send_row, data, parsed_row(data.features, form))
     return ui.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
 
