@@ -139,65 +139,23 @@ class FreestackRuntime(MLModel):
             generation=extra.get("generation"),
         )
         self.core.load()
+        wait_s, rows = float(extra.get("batch_wait_ms", 0)) / 1000, int(extra.get("batch_rows", 32))
+        self.batcher = None
         if self.core.generator is not None:  # one generate call at a time, off the event loop
             from freestack.ml.generation import load_tokenizer
 
             self.core.generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the loop's own
-            self.queue = PromptQueue(self.core.forward_now, float(extra.get("batch_wait_ms", 0)) / 1000)
-            self.batcher = None
-            return True
-        rows = int(extra.get("batch_rows", 32))
-        self.batcher = (
-            Batcher(self.core.forward, rows, float(extra.get("batch_wait_ms", 0)) / 1000)
-            if rows > 1
-            else None
-        )
+            self.queue = PromptQueue(self.core.forward_now, wait_s)
+        elif rows > 1:
+            self.batcher = Batcher(self.core.forward, rows, wait_s)
         return True
 
     # -- metadata -------------------------------------------------------------------------------------
     async def metadata(self) -> MetadataModelResponse:
         core, info = self.core, self.core.describe()
-        if core.generator is not None:
-            return self._generation_metadata(info)
-        columns = core.raw_columns()
-        if columns is None:
-            inputs = [
-                MetadataTensor(
-                    name="input",
-                    datatype="FP32",
-                    shape=[-1, core.n_features],
-                    parameters=Parameters(features=core.features),
-                )
-            ]
-        else:
-            inputs = [
-                MetadataTensor(
-                    name=name,
-                    datatype="FP32" if kind == "numeric" else "BYTES",
-                    shape=[-1],
-                    parameters=Parameters(kind=kind),
-                )
-                for name, kind in columns
-            ]
-        if core.task == "classification":
-            outputs = [
-                MetadataTensor(
-                    name="probabilities",
-                    datatype="FP32",
-                    shape=[-1, len(core.output_names)],
-                    parameters=Parameters(classes=core.output_names),
-                ),
-                MetadataTensor(name="label", datatype="BYTES", shape=[-1]),
-            ]
-        else:
-            outputs = [
-                MetadataTensor(
-                    name="prediction",
-                    datatype="FP32",
-                    shape=[-1],
-                    parameters=Parameters(target=core.output_names[0]),
-                )
-            ]
+        generation = core.generator is not None  # the task is "generation"; its bounds are parameters too
+        inputs, outputs = _generation_metadata_tensors() if generation else _metadata_tensors(core)
+        extra = describe_generation(core.generator.bounds, info) if generation else {}
         return MetadataModelResponse(
             name=self.name,
             versions=[core.version],
@@ -209,6 +167,7 @@ class FreestackRuntime(MLModel):
                 model_uri=core.model_uri,
                 model=info["model"],
                 max_batch_rows=core.max_batch_rows,
+                **extra,
             ),
         )
 
@@ -281,24 +240,6 @@ class FreestackRuntime(MLModel):
         return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
 
     # -- text generation ------------------------------------------------------------------------------
-    def _generation_metadata(self, info: dict[str, Any]) -> MetadataModelResponse:
-        inputs, outputs = _generation_metadata_tensors()
-        bounds = describe_generation(self.core.generator.bounds, info)
-        return MetadataModelResponse(
-            name=self.name,
-            versions=[self.core.version],
-            platform="freestack",
-            inputs=inputs,
-            outputs=outputs,
-            parameters=Parameters(
-                task="generation",
-                model_uri=self.core.model_uri,
-                model=info["model"],
-                max_batch_rows=self.core.max_batch_rows,
-                **bounds,
-            ),
-        )
-
     def _generation_request(self, payload: InferenceRequest) -> tuple[Prompts, list[Any], bool]:
         prompt_inputs = [i for i in payload.inputs if i.name in PROMPT_INPUTS]
         if len(prompt_inputs) != 1:
@@ -321,11 +262,8 @@ class FreestackRuntime(MLModel):
         if type(full_text) is not bool:
             raise PayloadError('"return_full_text" must be true or false')
         chats, texts, sent = _prompts_of(self.core, prompt_inputs[0])
-        return (
-            self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}),
-            sent,
-            full_text,
-        )
+        prompts = self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name})
+        return prompts, sent, full_text
 
     async def _generate(self, payload: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
@@ -416,6 +354,40 @@ def _generation_metadata_tensors() -> tuple[list[MetadataTensor], list[MetadataT
         )
     ]
     return inputs, outputs
+
+
+def _metadata_tensors(core: ServedModel) -> tuple[list[MetadataTensor], list[MetadataTensor]]:
+    """A model of rows' inputs (one matrix, or a tensor per raw column) and outputs (by its task)."""
+    columns = core.raw_columns()
+    if columns is None:
+        inputs = [
+            MetadataTensor(
+                name="input",
+                datatype="FP32",
+                shape=[-1, core.n_features],
+                parameters=Parameters(features=core.features),
+            )
+        ]
+    else:
+        inputs = [
+            MetadataTensor(
+                name=name,
+                datatype="FP32" if kind == "numeric" else "BYTES",
+                shape=[-1],
+                parameters=Parameters(kind=kind),
+            )
+            for name, kind in columns
+        ]
+    if core.task != "classification":
+        target = Parameters(target=core.output_names[0])
+        return inputs, [MetadataTensor(name="prediction", datatype="FP32", shape=[-1], parameters=target)]
+    classes = Parameters(classes=core.output_names)
+    return inputs, [
+        MetadataTensor(
+            name="probabilities", datatype="FP32", shape=[-1, len(core.output_names)], parameters=classes
+        ),
+        MetadataTensor(name="label", datatype="BYTES", shape=[-1]),
+    ]
 
 
 def _values(inp: RequestInput) -> list:
@@ -596,12 +568,12 @@ def _column(inp: RequestInput, *, numeric: bool, image: bool = False) -> list:
         raise PayloadError(f"input {inp.name!r} is {inp.datatype}: send BYTES (strings)")
     data = inp.data.root if hasattr(inp.data, "root") else inp.data
     values = data if isinstance(data, list) else [data]
-    out = []
-    for v in values:
-        if isinstance(v, bytes):
-            out.append(base64.b64encode(v).decode("ascii") if image else v.decode("utf-8", "replace"))
-        else:
-            out.append(v)
+    out = [
+        (base64.b64encode(v).decode("ascii") if image else v.decode("utf-8", "replace"))
+        if isinstance(v, bytes)
+        else v
+        for v in values
+    ]
     rows = int(np.prod(inp.shape)) if inp.shape else len(out)
     if rows != len(out):
         raise PayloadError(f"input {inp.name!r}: shape {inp.shape} holds {rows} values but it has {len(out)}")
