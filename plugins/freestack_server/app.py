@@ -162,9 +162,8 @@ def _batcher(cfg: ServerConfig, user_object):
         return None
     from freestack_server.batching import RequestBatcher
 
-    generation = (
-        user_object.describe().get("task") == "generation"
-    )  # small JSON files only: no torch before the fork
+    # small JSON files only: no torch before the fork
+    generation = user_object.describe().get("task") == "generation"
     user_object.batcher = RequestBatcher(
         user_object.forward_now, user_object.max_batch_rows, 0.005 if generation else 0.0
     )
@@ -270,12 +269,10 @@ def _gunicorn_options(
 
 def _die_with_parent() -> None:
     """In the child: receive SIGTERM if the supervisor dies, even by SIGKILL (Linux prctl)."""
-    try:
-        import ctypes
+    import ctypes
 
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def supervise(env_file: str | None, *, max_restarts: int = 5, window_seconds: float = 60.0) -> int:

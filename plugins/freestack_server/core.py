@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,13 +52,7 @@ def new_request_id() -> str:
 
 def label_text(v: Any) -> str:
     """A label as the request log keeps it: a class name (3.0 -> "3"), or a value as text."""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 @dataclass
@@ -122,9 +117,8 @@ class ServedModel:
         self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
         #: a text-generation model's bounds as given (MLServer's model settings); None: the FREESTACK_GENERATION_* settings
         self.generation_bounds = generation
-        self.generator = (
-            None  # a text-generation model's (freestack_server.generation.Generator), once loaded
-        )
+        #: a text-generation model's (freestack_server.generation.Generator), once loaded
+        self.generator = None
 
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -179,7 +173,8 @@ class ServedModel:
         self._feature_index = {f: i for i, f in enumerate(self.features)}
         self.task = info["task"]
         self.classes = info["classes"]
-        self._class_names = (
+        #: the output columns: class names, or the regression target
+        self.output_names = (
             [str(c) for c in self.classes]
             if self.task == "classification"
             else [info["target"] or "prediction"]
@@ -220,9 +215,7 @@ class ServedModel:
             return f"{self.n_features} numeric feature{'s' if self.n_features != 1 else ''}"
         if len(columns) == 1:
             return f"1 column: {columns[0][0]} ({columns[0][1]})"
-        counts: dict[str, int] = {}
-        for _, kind in columns:
-            counts[kind] = counts.get(kind, 0) + 1
+        counts = Counter(kind for _, kind in columns)
         return f"{len(columns)} columns: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
     def _request_log(self, info: dict[str, Any]):
@@ -240,7 +233,7 @@ class ServedModel:
             version=self.version,
             deployment=self.deployment,
             columns=columns,
-            classes=self._class_names if self.task == "classification" else [],
+            classes=self.output_names if self.task == "classification" else [],
             flush_seconds=config.request_log_flush_seconds,
             max_rows_per_request=config.request_log_max_rows,
         )
@@ -283,11 +276,6 @@ class ServedModel:
         )
         return {k: v.numpy() for k, v in zero_batch(inputs, 1).items()}
 
-    @property
-    def output_names(self) -> list[str]:
-        """The output columns: class names, or the regression target."""
-        return self._class_names
-
     # -- ground truth, later ------------------------------------------------------------------------------
     def add_feedback(self, request_id: str, truth: np.ndarray, reward: float = 0.0) -> int:
         """The true labels of an earlier request, kept in the request log beside it; returns how many."""
@@ -311,8 +299,8 @@ class ServedModel:
         truth = np.asarray(truth)
         if truth.size == 0:
             raise PayloadError('"truth" holds no labels: send one label per row of the request')
-        if self.task == "classification" and truth.ndim == 2 and truth.shape[1] == len(self._class_names) > 1:
-            return [self._class_names[i] for i in truth.astype(np.float64).argmax(axis=1).tolist()]
+        if self.task == "classification" and truth.ndim == 2 and truth.shape[1] == len(self.output_names) > 1:
+            return [self.output_names[i] for i in truth.astype(np.float64).argmax(axis=1).tolist()]
         if truth.ndim > 2 or (truth.ndim == 2 and truth.shape[1] != 1):
             raise PayloadError(
                 f'"truth" has shape {list(truth.shape)}: send one label per row, [[label], ...] or [label, ...]'
@@ -439,7 +427,7 @@ class ServedModel:
                 raise PayloadError(f"jsonData record {i} lacks features {missing[:10]}")
             for j, f in enumerate(self.features):
                 v = rec[f]
-                if not _is_number(v):
+                if isinstance(v, bool) or not isinstance(v, int | float):
                     raise PayloadError(
                         f"jsonData record {i}, feature {f}: expected a number, got {type(v).__name__}"
                     )
@@ -462,10 +450,10 @@ class ServedModel:
         if self.task == "classification":
             idx = out.argmax(axis=1)
             if len(idx) == 1:
-                per_class = [(self._class_names[int(idx[0])], 1)]
+                per_class = [(self.output_names[int(idx[0])], 1)]
             else:
-                counts = np.bincount(idx, minlength=len(self._class_names)).tolist()
-                per_class = [(self._class_names[i], n) for i, n in enumerate(counts) if n]
+                counts = np.bincount(idx, minlength=len(self.output_names)).tolist()
+                per_class = [(self.output_names[i], n) for i, n in enumerate(counts) if n]
         ms = (time.perf_counter() - started) * 1000.0
         request_id = request_id or new_request_id()
         if self._log is not None and self._log.sampled() and not request_id.startswith(SMOKE_ID):

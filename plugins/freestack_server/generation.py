@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
@@ -71,11 +71,8 @@ class Bounds:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> Bounds:
         """From ``model-settings.json``'s ``parameters.extra.generation`` (MLServer); missing keys: the settings'."""
-        base = cls.from_settings()
-        if not values:
-            return base
         known = {f.name for f in fields(cls)}
-        return cls(**{**asdict(base), **{k: v for k, v in values.items() if k in known}})
+        return replace(cls.from_settings(), **{k: v for k, v in (values or {}).items() if k in known})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +87,7 @@ class Prompts:
     chats: list[list[dict[str, str]]]
     texts: list[str]
     settings: Any  # freestack.ml.generation.GenerationSettings (frozen: hashable)
-    limit: int = 8  # the most prompts of one generate call (Bounds.batch_prompts)
+    batch_limit: int = 8  # the most prompts of one generate call (Bounds.batch_prompts)
     form: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -101,10 +98,6 @@ class Prompts:
         """Requests with equal keys may share a ``generate`` call (the batching rounds group by it)."""
         return ("generate", self.settings)
 
-    @property
-    def batch_limit(self) -> int:
-        return self.limit
-
     @classmethod
     def join(cls, parts: Sequence[Prompts]) -> Prompts:
         if len(parts) == 1:
@@ -113,7 +106,7 @@ class Prompts:
             [c for p in parts for c in p.chats],
             [t for p in parts for t in p.texts],
             parts[0].settings,
-            parts[0].limit,
+            parts[0].batch_limit,
         )
 
 
@@ -125,14 +118,8 @@ class Generated:
     batch: int
 
     def as_dict(self) -> dict[str, Any]:
-        c = self.completion
-        return {
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "truncated": c.truncated,
-        }
+        keys = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "truncated")
+        return {k: getattr(self.completion, k) for k in keys}
 
 
 def _number(v: Any) -> bool:
@@ -342,15 +329,12 @@ class Generator:
         try:
             prompt_ids(self.check_tokenizer, chats, settings)
         except PromptTooLong as exc:
-            limit = (
-                f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens"
-                + (
-                    f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
-                    if self.context is not None and exc.limit < self.max_prompt_tokens
-                    else ""
-                )
-                + ")"
+            within = (
+                f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
+                if self.context is not None and exc.limit < self.max_prompt_tokens
+                else ""
             )
+            limit = f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens{within})"
             raise PayloadError(
                 f"prompt {exc.index} is {exc.tokens} tokens with the chat template, over {limit}: "
                 "shorten it, or deploy with generation.truncate: left to keep its last tokens",
@@ -419,12 +403,11 @@ class Generator:
             self.check_count(len(records))
         else:
             records = [{k: v for k, v in X.items() if k != "parameters"}]
-        chats, texts = [], []
-        for i, rec in enumerate(records):
-            chat, text = self._record(rec, f"instance {i}" if "instances" in X else "jsonData")
-            chats.append(chat)
-            texts.append(text)
-        return self.prompts(chats, texts, params, {"kind": "jsonData"})
+        pairs = [
+            self._record(rec, f"instance {i}" if "instances" in X else "jsonData")
+            for i, rec in enumerate(records)
+        ]
+        return self.prompts([c for c, _ in pairs], [t for _, t in pairs], params, {"kind": "jsonData"})
 
     def _record_keys(self) -> set[str]:
         return {"prompt", "messages", self.columns.input_column}

@@ -50,8 +50,6 @@ def lighter_flask(app) -> None:
     if type(app.session_interface) is SecureCookieSessionInterface:
 
         class Sessions(SecureCookieSessionInterface):
-            # without a secret key (Seldon sets none) every request gets a fresh, empty, read-only
-            # NullSession that is never saved: hand out one instead of building one per request
             null = SecureCookieSessionInterface.null_session_class()
 
             def open_session(self, app_, request_):

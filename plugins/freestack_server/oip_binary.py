@@ -229,9 +229,8 @@ class BinaryTensors:
         if body is None:  # the client left
             return None
         if header_length is None and (b"binary_data" not in body or not _is_json(body)):
-            return await self.app(
-                scope, replayed(body, receive), send
-            )  # a JSON request, as MLServer reads it
+            # a JSON request, as MLServer reads it
+            return await self.app(scope, replayed(body, receive), send)
         try:
             request, named, others = to_json_request(body, header_length)
             new = json.dumps(request, allow_nan=False).encode()

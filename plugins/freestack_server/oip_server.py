@@ -47,8 +47,8 @@ WRITTEN_FOR = ("1.7.",)
 #: the uvicorn releases whose HTTP protocols' ``send_400_response`` this launcher overrides (on another,
 #: requests uvicorn's parser cannot read get its own plain-text 400, and the launcher says so once)
 UVICORN_WRITTEN_FOR = ("0.54.",)
-#: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 ACCEPTED_S = 0.2  # seconds a connection accepted before the drain has to reach uvicorn's count
+#: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 KEEP_ALIVE_S = 5.0
 #: the most header bytes (names and values) a request may carry; past it, 431 (uvicorn's httptools parser
 #: has no limit of its own, so the headers are read before they are refused)
@@ -389,8 +389,8 @@ def folder_of(cfg: ServerConfig) -> Path:
         "request_log_rate": config.request_log_rate,
         "deployment": cfg.name,
         "batch_rows": cfg.batch_rows,
-        "generation": Bounds.from_settings().as_dict(),
-    }  # a text-generation model's bounds
+        "generation": Bounds.from_settings().as_dict(),  # a text-generation model's bounds
+    }
     if not config.model_uri:
         raise SystemExit("no model to serve: set FREESTACK_MODEL_URI")
     return write_folder(

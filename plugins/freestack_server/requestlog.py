@@ -272,9 +272,7 @@ def _input_column(ins: list, n, name: str, kind: str):
     """One feature's raw values across the buffered requests (raw columns, name -> values), typed by its kind."""
     import pyarrow as pa
 
-    values: list = []
-    for inputs, k in zip(ins, n.tolist(), strict=True):
-        values.extend(_typed(v, kind) for v in inputs[name][:k])
+    values = [_typed(v, kind) for inputs, k in zip(ins, n.tolist(), strict=True) for v in inputs[name][:k]]
     return pa.array(values, getattr(pa, _ARROW_KIND[kind])())
 
 

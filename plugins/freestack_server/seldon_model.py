@@ -58,12 +58,6 @@ def _bad(message: str, status: int = 400, reason: str = "BAD_PAYLOAD") -> Seldon
     return SeldonMicroserviceException(message, status_code=status, reason=reason)
 
 
-def _error_response(message: str, status: int, reason: str):
-    resp = jsonify({"status": {"status": 1, "info": message, "code": -1, "reason": reason}})
-    resp.status_code = status
-    return resp
-
-
 # ------------------------------------------------------------------------------------------------------
 # the form of every message is checked once, before Seldon's app sees it (freestack_server.request_checks)
 
@@ -73,7 +67,9 @@ model_error_handler = Blueprint("freestack_errors", __name__)
 @model_error_handler.app_errorhandler(HTTPException)
 def _http_error(exc: HTTPException):
     # without this, Seldon's catch-all handler turns a 404/405/413 into a 500
-    return _error_response(exc.description or exc.name, exc.code or 400, exc.name.upper().replace(" ", "_"))
+    reason = exc.name.upper().replace(" ", "_")
+    status = {"status": 1, "info": exc.description or exc.name, "code": -1, "reason": reason}
+    return jsonify({"status": status}), exc.code or 400
 
 
 def _input_metadata(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -147,9 +143,10 @@ class Model(ServedModel):
         """What the model takes besides rows of numbers, for the request checks of each message: raw values
         for category/text/image columns; strData for one text column, binData for one image column; a
         text-generation model, prompts (strData, jsonData) only."""
-        if self.describe()["task"] == "generation":
+        info = self.describe()
+        if info["task"] == "generation":
             return Inputs(raw_kinds=frozenset({"strData"}), generation=True)
-        groups = [g for _, g in (self.describe().get("encoder") or {}).get("columns", [])]
+        groups = [g for _, g in (info.get("encoder") or {}).get("columns", [])]
         kinds = {"strData"} if groups == ["text"] else {"binData"} if groups == ["image"] else set()
         return Inputs(raw_values=self.takes_raw_values(), raw_kinds=frozenset(kinds))
 
@@ -256,19 +253,13 @@ class Model(ServedModel):
             {"type": "COUNTER", "key": "freestack_prediction_rows_total", "value": rows},
             {"type": "TIMER", "key": "freestack_model_predict_seconds", "value": ms},
         ]
-        for label, n in counts:
-            out.append(
-                {
-                    "type": "COUNTER",
-                    "key": "freestack_predictions_total",
-                    "value": n,
-                    "tags": {"class": label},
-                }
-            )
+        out += [
+            {"type": "COUNTER", "key": "freestack_predictions_total", "value": n, "tags": {"class": label}}
+            for label, n in counts
+        ]
+        # a text-generation request's tokens, and whether it shared its generate call
         generated = getattr(self._local, "generated", None)
-        if (
-            generated is not None
-        ):  # a text-generation request's tokens, and whether it shared its generate call
+        if generated is not None:
             self._local.generated = None
             prompt, completion, batched = generated
             out += [
@@ -319,30 +310,27 @@ class Model(ServedModel):
     # -- predict --------------------------------------------------------------------------------------
     def predict(self, X: Any, features_names: list[str] | None = None, meta: dict | None = None):
         puid = meta.get("puid") if isinstance(meta, dict) else None
+        puid = puid if isinstance(puid, str) and puid else None
         if self.generator is not None:
-            return self._generate(X, puid if isinstance(puid, str) and puid else None)
+            return self._generate(X, puid)
         try:
-            p = self.predict_rows(X, features_names, puid if isinstance(puid, str) and puid else None)
+            p = self.predict_rows(X, features_names, puid)
         except PayloadError as exc:
             raise _bad(exc.message, exc.status, exc.reason) from None
         self._local.last = (len(p.out), p.ms, p.per_class)
         self._local.request_id = p.request_id
         if isinstance(X, dict):  # jsonData
             if self.task == "classification":
-                return {
-                    "predictions": [
-                        {
-                            "label": self.classes[i],
-                            "probabilities": dict(zip(self.output_names, row.tolist(), strict=True)),
-                        }
-                        for i, row in zip(p.idx.tolist(), p.out, strict=True)
-                    ],
-                    "model_version": self.version,
-                }
-            return {
-                "predictions": [{"value": float(v)} for v in p.out.tolist()],
-                "model_version": self.version,
-            }
+                predictions = [
+                    {
+                        "label": self.classes[i],
+                        "probabilities": dict(zip(self.output_names, row.tolist(), strict=True)),
+                    }
+                    for i, row in zip(p.idx.tolist(), p.out, strict=True)
+                ]
+            else:
+                predictions = [{"value": float(v)} for v in p.out.tolist()]
+            return {"predictions": predictions, "model_version": self.version}
         if self.task != "classification":
             # one value per row, as a column: Seldon names the columns of a 2-D answer by class_names()
             # (the target), while a flat array would go out with no names at all

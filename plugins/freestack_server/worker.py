@@ -175,10 +175,10 @@ class SharedTable:
 
     def may_accept(self, slot: int, mine: int, now: float) -> bool:
         """No live sibling holds fewer connections than ``mine``."""
-        for i in range(self.slots):
-            if i != slot and self.pids[i] and self.conns[i] < mine and now - self.beats[i] < STALE_AFTER:
-                return False
-        return True
+        return not any(
+            i != slot and self.pids[i] and self.conns[i] < mine and now - self.beats[i] < STALE_AFTER
+            for i in range(self.slots)
+        )
 
     def release(self, slot: int, pid: int) -> None:
         if self.pids[slot] == pid:
@@ -335,14 +335,13 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 and 0 < len(ready) < len(self.conns)
                 and max(len(ready), c.last_round) > 1
             ):
-                time.sleep(
-                    c.gather_s
-                )  # concurrent clients on the other open connections are likely sending too
+                # concurrent clients on the other open connections are likely sending too
+                time.sleep(c.gather_s)
                 ready = self._ready(0.0)
             if c is not None and ready:
                 c.last_round = len(ready)
-            if self.batcher is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
-                self.batcher.run([functools.partial(self._serve, conn) for conn in ready])
+            if c is not None and len(ready) > 1:  # their forwards as one (adaptive batching)
+                c.run([functools.partial(self._serve, conn) for conn in ready])
             else:
                 for conn in ready:
                     self._serve(conn)
@@ -602,16 +601,12 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
                 keepalive = self._handle_request(req, conn)
         except http.errors.NoMoreData as exc:
             self.log.debug("Ignored premature client disconnection. %s", exc)
-            keepalive = False
         except StopIteration as exc:
             self.log.debug("Closing connection. %s", exc)
-            keepalive = False
         except OSError as exc:
-            keepalive = False
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
         except Exception as exc:
-            keepalive = False
             self.handle_error(req, conn.sock, conn.addr, exc)
         return keepalive
 
