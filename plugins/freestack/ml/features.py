@@ -107,10 +107,6 @@ class FeatureEncoder:
     def groups(self) -> list[str]:
         return [g for g in ("numeric", "category", "text", "image") if self.names(g)]
 
-    @property
-    def only_numeric(self) -> bool:
-        return self.groups in (["numeric"], [])
-
     @classmethod
     def fit(
         cls, columns: Mapping[str, Sequence], kinds: Mapping[str, str], options: EncoderOptions
@@ -417,12 +413,6 @@ def image_encoding(name: str, pixels: RunningMoments, options: EncoderOptions) -
         mean, std = np.full(channels, 0.5), np.full(channels, 0.25)
     std = np.where(std < 1e-6, 1.0, std)
     return ImageEncoding(name, channels, height, width, mean.tolist(), std.tolist(), list(options.augment))
-
-
-def fit_image(name: str, values: Sequence, options: EncoderOptions) -> ImageEncoding:
-    moments = RunningMoments()
-    moments.add(image_pixels(name, values, options), axes=(0, 2, 3))
-    return image_encoding(name, moments, options)
 
 
 __all__ = [

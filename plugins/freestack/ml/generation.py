@@ -39,12 +39,6 @@ TASK = "generation"
 PIPELINE_TASK = "text-generation"
 IGNORE = -100  # the label transformers' loss skips
 ROLES = ("system", "user", "assistant")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 
 class ChatError(FreestackError):

@@ -184,11 +184,6 @@ def load_pretrained(folder, map_location: str = "cpu", *, read_base=None):
     return FreestackNet.from_pretrained(str(folder), map_location=map_location)
 
 
-def is_custom(config: dict) -> bool:
-    """Whether a version's ``config.json`` describes a custom model (its folder holds ``module.py``)."""
-    return config.get("freestack_model") == "custom"
-
-
 def is_pretrained(config: dict) -> bool:
     """Whether a version's ``config.json`` describes a fine-tuned transformers model (settings under ``freestack``)."""
     return (config.get("freestack") or {}).get("freestack_model") == "huggingface"

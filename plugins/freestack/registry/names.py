@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 ALIASES = "aliases.json"
-KNOWN_ALIASES = ("production", "staging", "previous")
 #: a version is one path segment, so an alias file can never point outside its model's folder
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -20,20 +19,4 @@ ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 RESERVED = frozenset({"history", "latest"})
 
 
-def valid_version(name: object) -> bool:
-    return isinstance(name, str) and bool(VERSION_RE.match(name))
-
-
-def valid_alias(name: object) -> bool:
-    return isinstance(name, str) and bool(ALIAS_RE.match(name)) and name not in RESERVED
-
-
-__all__ = [
-    "ALIASES",
-    "ALIAS_RE",
-    "KNOWN_ALIASES",
-    "RESERVED",
-    "VERSION_RE",
-    "valid_alias",
-    "valid_version",
-]
+__all__ = ["ALIASES", "ALIAS_RE", "RESERVED", "VERSION_RE"]

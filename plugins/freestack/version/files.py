@@ -29,7 +29,6 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 LINEAGE = "lineage.json"
 CARD = "README.md"
-EVALUATION = "evaluation"
 SMOKE = "evaluation/smoke.json"
 MARKER = "_REGISTERED.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -68,7 +67,6 @@ __all__ = [
     "ADAPTER_FILES",
     "CARD",
     "CONFIG",
-    "EVALUATION",
     "GENERATION_CONFIG",
     "GENERATION_FILES",
     "HISTORY",
