@@ -280,10 +280,6 @@ class Settings(BaseSettings):
 
     # -- derived ------------------------------------------------------------------------------------------
     @property
-    def checkout(self) -> Path:
-        return checkout_dir()
-
-    @property
     def project_home(self) -> Path:
         return self.home.expanduser().resolve() if self.home else checkout_dir()
 

@@ -299,11 +299,6 @@ class PipelineSpec(SpecModel):
         return f"model.task is auto and {self.source.schema_.target!r} is {kind}{extra}"
 
     @property
-    def possible_tasks(self) -> tuple[str, ...]:
-        """The tasks this pipeline can be: :attr:`task` when the spec decides it, else both."""
-        return (self.task,) if self.task is not None else TASKS
-
-    @property
     def model_features(self) -> list[str]:
         """The feature columns: ``model.features``, else every int/float/bool/category/text/image column
         but key and target (string, date and timestamp columns are never features)."""

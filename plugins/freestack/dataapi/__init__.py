@@ -14,8 +14,6 @@ key (:mod:`freestack.storage.httpfs`).
 
 from __future__ import annotations
 
-from freestack.storage.httpfs import API_PREFIX
-
 PLUGIN_URL_PREFIX = "/freestack/data"
 
-__all__ = ["API_PREFIX", "PLUGIN_URL_PREFIX"]
+__all__ = ["PLUGIN_URL_PREFIX"]

@@ -225,11 +225,8 @@ def _json_safe(value: Any) -> Any:
 def _s3_reference(uri: str) -> tuple[str, str | None]:
     """``s3://conn@bucket/key`` (freestack's form) as ``s3://bucket/key`` and the connection id."""
     parts = urlsplit(uri)
-    conn_id = None
-    netloc = parts.netloc
-    if "@" in netloc:
-        conn_id, netloc = netloc.rsplit("@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), conn_id
+    conn_id, _, netloc = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), conn_id or None
 
 
 class TrackingRun:
@@ -243,11 +240,6 @@ class TrackingRun:
         self._finished = False
 
     # properties ------------------------------------------------------------------------------------------
-    @property
-    def wandb_run(self) -> Any:
-        """The underlying ``wandb`` run object."""
-        return self._run
-
     @property
     def mode(self) -> Mode:
         return self._mode
