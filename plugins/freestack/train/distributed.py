@@ -64,7 +64,6 @@ def write_launch(
     spec: PipelineSpec, spec_path: str, req: TrainRequest, tracking_settings, node_rank: int = 0
 ) -> Any:
     """The launch file of this node (``launch-<node>.json``; node 0: ``launch.json``) in the run's folder."""
-
     with open(spec_path, encoding="utf-8") as f:
         text = f.read()
     tracking = {k: v for k, v in asdict(tracking_settings).items() if k not in ("api_key", "source")}
@@ -147,7 +146,6 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
 def rank_threads(spec: PipelineSpec, threads: int | None = None) -> int:
     """Each rank's CPU threads: ``threads_per_process``, else ``threads`` (default: the node's cores)
     shared out among the node's ranks, at least 1."""
-
     d = spec.train.distributed
     return d.threads_per_process or share(threads or cores(), d.processes_per_node)
 
@@ -159,7 +157,6 @@ def _launch_environment(
     settings and connections for them, from
     :func:`freestack.train.operators.airflow_environment_of_ranks`), their CPU threads and the W&B key (never
     written to the launch file)."""
-
     per_rank = rank_threads(spec, threads)
     log.info("each rank computes on %d CPU thread(s)", per_rank)
     extra = {**environment, "OMP_NUM_THREADS": str(per_rank)}  # torch sizes its pool by it, as under torchrun
@@ -183,7 +180,6 @@ def _failure_text(exc, timeout: float) -> str:
 
 
 def _read_outcome(path) -> TrainOutcome:
-
     data = json.loads(path.read_bytes())
     return TrainOutcome(
         version=data["version"],

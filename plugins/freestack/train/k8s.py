@@ -365,7 +365,6 @@ def job_manifest(
 ) -> dict[str, Any]:
     """The run's PyTorchJob, validated: named after the pipeline and the run, its pods given the storage
     root the worker resolved (so they find the same run folder) and stopped when the task stops waiting."""
-
     manifest = pytorchjob_manifest(
         spec,
         name=job_name(spec.name, req.run_key),
@@ -396,7 +395,6 @@ def start_on_kubernetes(
     wait so the train task can hand the wait to the triggerer (:mod:`freestack.train.triggers`) instead of
     holding a worker slot for days. A killed attempt's outcome.json is removed first: only this job's
     rank 0 may leave the one :func:`finish_on_kubernetes` reads."""
-
     outcome = _outcome_path(spec, req)
     if outcome.exists():
         outcome.unlink()  # a killed attempt's
@@ -432,7 +430,6 @@ def finish_on_kubernetes(
     PyTorchJobError and is kept (its pods hold the logs); on a timeout or an error the job is deleted
     rather than leave GPUs busy for nobody; an error is ``permanent`` (waiting did not fix it, nor will a
     retry). ``conn_id``: default the spec's ``train.distributed.kubernetes_conn_id``."""
-
     status, message = event.get("status"), str(event.get("message") or "")
     name, namespace = str(event.get("name")), str(event.get("namespace"))
     if status in ("timeout", "error"):

@@ -54,15 +54,12 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         self.wait_minutes = wait_minutes
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-
         spec = self.pipeline_spec()
         _check_model(spec)
         if self._ingest_running(context, spec):
             return False
         params = context.get("params") or {}
-        dag_run = context.get("dag_run")
-        kind = getattr(dag_run, "run_type", None)
-        run_type = str(getattr(kind, "value", kind) or "")  # the Task SDK's DagRunType: its value
+        run_type = _run_type(context.get("dag_run")) or ""
         end_ds, chosen = params.get("end_ds") or None, "form"
         if end_ds is None and run_type == "scheduled" and context.get("ds"):
             end_ds, chosen = str(context["ds"]), "interval"
@@ -87,26 +84,21 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
 
     def _lake_events(self, context: Context, spec) -> list[dict[str, Any]]:
         """The pipeline's lake asset events (the task's inlet) that carry a partition's folder, ds and sha256."""
-
         inlet_events = context.get("inlet_events")
         if inlet_events is None:  # called outside Airflow's task runner (bench/orchestration's plain loop)
             return []
-        found = []
-        for e in inlet_events[lake_asset(spec.name)]:
-            extra = e.extra or {}
-            if extra.get("ds") and extra.get("part_sha256") and extra.get("partition"):
-                found.append(
-                    {
-                        "id": e.id,
-                        "timestamp": e.timestamp.isoformat(),
-                        "dag_id": e.source_dag_id,
-                        "run_id": e.source_run_id,
-                        "ds": extra["ds"],
-                        "part_sha256": extra["part_sha256"],
-                        "partition": extra["partition"],
-                    }
-                )
-        return found
+        keys = ("ds", "part_sha256", "partition")
+        return [
+            {
+                "id": e.id,
+                "timestamp": e.timestamp.isoformat(),
+                "dag_id": e.source_dag_id,
+                "run_id": e.source_run_id,
+                **{k: e.extra[k] for k in keys},
+            }
+            for e in inlet_events[lake_asset(spec.name)]
+            if all((e.extra or {}).get(k) for k in keys)
+        ]
 
     def _ingest_running(self, context: Context, spec) -> bool:
         """Whether ``<p>_ingest`` has queued or running runs and this run has waited less than
@@ -163,8 +155,7 @@ def airflow_info(context: Context, window: dict[str, Any] | None = None) -> dict
     ``window``, or None when neither is known)."""
     ti = context["ti"]
     dag_run = context.get("dag_run")
-    kind = getattr(dag_run, "run_type", None)
-    run_type = str(getattr(kind, "value", kind) or "") or None
+    run_type = _run_type(dag_run)
     start, end = getattr(dag_run, "data_interval_start", None), getattr(dag_run, "data_interval_end", None)
     source = (
         "airflow"
@@ -186,6 +177,12 @@ def airflow_info(context: Context, window: dict[str, Any] | None = None) -> dict
         "data_interval_end": _iso(end) if source else None,
         "data_interval_from": source,
     }
+
+
+def _run_type(dag_run) -> str | None:
+    """The run's type: the value of the Task SDK's DagRunType (None without a run)."""
+    kind = getattr(dag_run, "run_type", None)
+    return str(getattr(kind, "value", kind) or "") or None
 
 
 def _iso(value: Any) -> str | None:
@@ -250,7 +247,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def _start_job(self, spec, req, tracking_settings) -> None:
         """Create the run's PyTorchJob and defer to its trigger: the wait (up to the job's own 72 h bound)
         holds no worker slot. Answers a retry cannot change (RBAC, no CRD, a name taken) fail at once."""
-
         d = spec.train.distributed
         conn_id = d.kubernetes_conn_id
         with _permanent_fails():
@@ -274,7 +270,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """The PyTorchJob's wait ended: return rank 0's outcome as :meth:`execute` would. The request is
         rebuilt from the run (deterministic: the same run key, so the same run folder and outcome.json)."""
-
         spec = self.pipeline_spec()
         req = train_request(context)
         self._run_key = req.run_key
@@ -293,7 +288,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
 
     def on_kill(self) -> None:
         """A killed task deletes its run's PyTorchJob (best effort) rather than leave its GPUs busy."""
-
         run_key = getattr(self, "_run_key", None)  # set by execute: nothing was submitted before
         with contextlib.suppress(Exception):
             spec = self.pipeline_spec()
@@ -305,7 +299,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
 def train_request(context: Context):
     """The run's TrainRequest: the Params form over the fixed window, keyed by the run. Deterministic
     from the run, so a deferred task's resumption rebuilds the request its job was started with."""
-
     params = context.get("params") or {}
     window = fixed_window(context)
     ti = context["ti"]
@@ -325,7 +318,6 @@ def train_request(context: Context):
 def _permanent_fails() -> Iterator[None]:
     """A PyTorchJobError a retry cannot change (RBAC, a missing CRD, a name taken, an API refusal the
     trigger met) fails the task at once; the others pass, for the task's retries."""
-
     try:
         yield
     except PyTorchJobError as exc:

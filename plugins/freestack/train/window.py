@@ -240,7 +240,6 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
     """``(version, why)`` when a registered version makes this window's training pointless: one was
     trained on exactly these partitions (same ds and sha256), or on a window ending later (an automatic
     run never trains an older window after a newer one). None: train."""
-
     wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
     reg = registry_for(spec)
     newest: tuple[str, str] | None = None
