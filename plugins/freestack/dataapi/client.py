@@ -144,6 +144,18 @@ def _to_datetime(info: dict[str, Any]) -> datetime | None:
     return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
+@contextmanager
+def _as_api_error(prefix: str = "") -> Iterator[None]:
+    """A FreestackError of the store becomes a DataApiError (its message after ``prefix``), as
+    Algorithmia's API errors were; a DataApiError passes unchanged."""
+    try:
+        yield
+    except DataApiError:
+        raise
+    except FreestackError as exc:
+        raise DataApiError(f"{prefix}{exc}") from exc
+
+
 def _acl(acl: Any):
     """A freestack Acl from what Algorithmia code passes: an ``Algorithmia.acl.Acl`` (``to_api_param()``),
     a freestack Acl, a ``{"read": [...]}`` dict, or None."""
@@ -460,37 +472,22 @@ class DataDirectory(DataObject):
                 f"unable to create {self._where()}: a {kind} with that name already exists"
                 + ("; check dir.exists() before create()" if kind == "directory" else "")
             )
-        with self._storage_errors("create"):
-            try:
-                self._fs.create_dir(self.path, acl=parsed)
-            except FreestackError as exc:
-                if isinstance(exc, DataApiError):
-                    raise
-                raise DataApiError(f"unable to create {self._where()}: {exc}") from exc
+        with self._storage_errors("create"), _as_api_error(f"unable to create {self._where()}: "):
+            self._fs.create_dir(self.path, acl=parsed)
         return self
 
     def get_permissions(self):
         """The collection's ACL (a freestack ``Acl``: ``.read``, ``.write``, ``.kind``)."""
-        with self._storage_errors("read the ACL of"):
-            try:
-                return self._fs.get_acl(self.path)
-            except FreestackError as exc:
-                if isinstance(exc, DataApiError):
-                    raise
-                raise DataApiError(str(exc)) from exc
+        with self._storage_errors("read the ACL of"), _as_api_error():
+            return self._fs.get_acl(self.path)
 
     def update_permissions(self, acl: Any) -> bool:
         """Replace the collection's ACL (the owner only), like Algorithmia's ``update_permissions``."""
         parsed = _acl(acl)
         if parsed is None:
             raise DataApiError("update_permissions needs an ACL, e.g. ReadAcl.public or {'read': []}")
-        with self._storage_errors("change the ACL of"):
-            try:
-                self._fs.set_acl(self.path, parsed)
-            except FreestackError as exc:
-                if isinstance(exc, DataApiError):
-                    raise
-                raise DataApiError(str(exc)) from exc
+        with self._storage_errors("change the ACL of"), _as_api_error():
+            self._fs.set_acl(self.path, parsed)
         return True
 
     def delete(self, force: bool = False) -> bool:

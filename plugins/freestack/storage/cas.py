@@ -140,6 +140,14 @@ def read(path: ObjectStoragePath) -> Versioned | None:
     return Versioned(data, resp["ETag"])
 
 
+def _http_put(target: Any, data: bytes, what: str, condition: dict[str, str]) -> bool:
+    """PUT ``data`` through the Data API under ``condition`` (``If-None-Match`` or ``If-Match``):
+    whether the condition held (the service answers 412 when it does not)."""
+    fs, full = target
+    headers = {**condition, "Content-Type": "application/octet-stream"}
+    return fs.request("PUT", full, ok=(200, 412), data=data, what=what, headers=headers).status_code != 412
+
+
 def create(path: ObjectStoragePath, data: bytes) -> str:
     """Create ``path`` with ``data`` if it does not exist; return the token. CasConflict if it does."""
     kind, target = _backend(path, write=True)
@@ -156,16 +164,7 @@ def create(path: ObjectStoragePath, data: bytes) -> str:
         _fsync_dir(folder)
         return _sha(data)
     if kind == "http":
-        fs, full = target
-        resp = fs.request(
-            "PUT",
-            full,
-            ok=(200, 412),
-            data=data,
-            what=f"create of {path}",
-            headers={"If-None-Match": "*", "Content-Type": "application/octet-stream"},
-        )
-        if resp.status_code == 412:
+        if not _http_put(target, data, f"create of {path}", {"If-None-Match": "*"}):
             raise CasConflict(f"{path} already exists")
         return _sha(data)
     fs, bucket, key = target
@@ -196,16 +195,7 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
             _fsync_dir(os.path.dirname(target))
         return _sha(data)
     if kind == "http":
-        fs, full = target
-        resp = fs.request(
-            "PUT",
-            full,
-            ok=(200, 412),
-            data=data,
-            what=f"replace of {path}",
-            headers={"If-Match": f'"{token}"', "Content-Type": "application/octet-stream"},
-        )
-        if resp.status_code == 412:
+        if not _http_put(target, data, f"replace of {path}", {"If-Match": f'"{token}"'}):
             raise CasConflict(
                 f"{path} {'no longer exists' if read(path) is None else 'changed since it was read'}"
             )
