@@ -7,7 +7,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from freestack.storage import join
 from freestack.sweeps.spec import INIT, PEFT, SERVER_KEYS, TUNABLE_MODEL, TUNABLE_TRAIN, SweepConfigError
+from freestack.train.request import TrainRequest
 
 
 def sweeps_engine():
@@ -38,9 +40,8 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 value = value["value"]
             if isinstance(value, dict):
                 walk(value, node or (name if name in (INIT, PEFT) else None))
-            elif (
-                node is not None
-            ):  # a custom model's constructor argument (model.init.<name>), a LoRA setting
+            # a custom model's constructor argument (model.init.<name>), a LoRA setting
+            elif node is not None:
                 out["model"].setdefault(node, {})[name] = value
             elif name in TUNABLE_TRAIN:
                 out["train"][name] = value
@@ -53,6 +54,27 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     walk(run_config)
     return out
+
+
+def trial_request(
+    request: dict[str, Any], config: dict[str, Any], folder, run_key: str, tracking: dict[str, Any]
+) -> TrainRequest:
+    """A trial's training: the sweep's ``request`` with the trial's ``config`` as overrides, its model and
+    checkpoints in the trial's ``folder``."""
+    return TrainRequest(
+        end_ds=request["end_ds"],
+        window_days=request.get("window_days"),
+        epochs=request.get("epochs"),
+        learning_rate=request.get("learning_rate"),
+        batch_size=request.get("batch_size"),
+        run_key=run_key,
+        airflow=request.get("airflow") or {},
+        window=request.get("window"),
+        overrides=to_overrides(config),
+        output_uri=str(join(folder, "model")),
+        checkpoint_uri=str(join(folder, "train")),
+        tracking=tracking,
+    )
 
 
 def plain_values(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -107,4 +129,12 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-__all__ = ["engine_part", "engine_run_config", "json_safe", "plain_values", "sweeps_engine", "to_overrides"]
+__all__ = [
+    "engine_part",
+    "engine_run_config",
+    "json_safe",
+    "plain_values",
+    "sweeps_engine",
+    "to_overrides",
+    "trial_request",
+]

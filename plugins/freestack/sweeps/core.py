@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import threading
@@ -110,10 +111,6 @@ class LeaseLost(FreestackError):  # noqa: N818
     """Another agent took this trial over (our lease expired); this agent must drop it."""
 
 
-def _now() -> float:
-    return time.time()
-
-
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -134,6 +131,10 @@ def sweep_dir(spec: PipelineSpec, sweep_id: str):
 
 def trial_id(number: int) -> str:
     return f"t{number:04d}"
+
+
+def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
+    return join(sweep_dir(spec, sweep_id), "trials", tid)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ def create_sweep(
         "request": request,
         "agents": agents,
         "spec_hash": spec.spec_hash(),
-        "created_at": _iso(_now()),
+        "created_at": _iso(time.time()),
         "uri": str(sweep_dir(spec, sweep_id)),
     }
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
@@ -211,9 +212,7 @@ def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any],
 
 def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
     values = [r[metric] for r in history if isinstance(r.get(metric), int | float)]
-    if not values:
-        return None
-    return max(values) if goal == "maximize" else min(values)
+    return (max if goal == "maximize" else min)(values, default=None)
 
 
 def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[Any]:
@@ -270,7 +269,7 @@ class TrialLease:
                 raise LeaseLost(f"trial {self.doc['id']} was taken over by another agent")
             doc = json.loads(json.dumps(self.doc))
             mutate(doc)
-            started, now = time.monotonic(), _now()
+            started, now = time.monotonic(), time.time()
             doc["lease"].update(expires_at=now + self.ttl, renewed_at=now, ttl=self.ttl)
             doc["updated_at"] = _iso(now)
             try:
@@ -425,7 +424,7 @@ class LocalAgent:
                 running = [d for d, _ in trials if d["state"] == "running"]
                 if not running:
                     break
-                soonest = min(d["lease"]["expires_at"] for d in running) - _now()
+                soonest = min(d["lease"]["expires_at"] for d in running) - time.time()
                 self._await_running(trials, max(0.2, min(self.poll, soonest + 0.2)))
                 continue
             started = time.monotonic()
@@ -474,7 +473,7 @@ class LocalAgent:
 
     def _trial_path(self, number_or_id):
         tid = number_or_id if isinstance(number_or_id, str) else trial_id(number_or_id)
-        return join(sweep_dir(self.spec, self.sweep_id), "trials", tid, TRIAL_FILE)
+        return join(trial_folder(self.spec, self.sweep_id, tid), TRIAL_FILE)
 
     def _lease(self, now: float, attempt: int) -> dict[str, Any]:
         return {
@@ -530,14 +529,14 @@ class LocalAgent:
         return None
 
     def _take_over_expired(self, trials):
-        now = _now()
+        now = time.time()
         for doc, token in trials:
             if doc["state"] == "running" and self._silent(doc, now):
                 return self._take_over(doc, token, "expired")
         return None
 
     def _take_over(self, doc: dict[str, Any], token: str, reason: str):
-        now = _now()
+        now = time.time()
         prev = doc["lease"]
         new = json.loads(json.dumps(doc))
         new["lease"] = self._lease(now, prev["attempt"] + 1)
@@ -580,8 +579,6 @@ class LocalAgent:
         engine = sweeps_engine()
         docs = [d for d, _ in trials]
         # the same trial number gets the same random draw, whichever agent proposes it
-        import random
-
         import numpy as np
 
         seed = int(hashlib.sha256(f"{self.sweep_id}|{n}".encode()).hexdigest()[:8], 16)
@@ -596,7 +593,7 @@ class LocalAgent:
         if suggestion is None:  # the grid is exhausted
             return None
         config = json_safe(suggestion.config)
-        now = _now()
+        now = time.time()
         doc = {
             "id": trial_id(n),
             "number": n,
@@ -687,5 +684,6 @@ __all__ = [
     "load_trials",
     "sweep_dir",
     "sweep_id_for",
+    "trial_folder",
     "trial_id",
 ]

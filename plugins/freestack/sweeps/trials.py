@@ -11,19 +11,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from freestack.ml.loop import warm_up
-from freestack.storage import join
-from freestack.sweeps.config import to_overrides
-from freestack.sweeps.core import TrialRunner, sweep_dir
+from freestack.sweeps.config import trial_request
+from freestack.sweeps.core import TrialRunner, trial_folder
 from freestack.train import core as train_core
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
-
-
-def trial_folder(spec: PipelineSpec, sweep_id: str, tid: str):
-    return join(sweep_dir(spec, sweep_id), "trials", tid)
 
 
 def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_settings=None) -> TrialRunner:
@@ -43,27 +38,15 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
 
     def run(doc: dict[str, Any], report_epoch) -> dict[str, Any]:
         folder = trial_folder(spec, sweep["id"], doc["id"])
-        req = train_core.TrainRequest(
-            end_ds=request["end_ds"],
-            window_days=request.get("window_days"),
-            epochs=request.get("epochs"),
-            learning_rate=request.get("learning_rate"),
-            batch_size=request.get("batch_size"),
-            run_key=f"{sweep['id']}/{doc['id']}",
-            airflow=request.get("airflow") or {},
-            window=request.get("window"),
-            overrides=to_overrides(doc["config"]),
-            output_uri=str(join(folder, "model")),
-            checkpoint_uri=str(join(folder, "train")),
-            tracking={
-                "name": f"{sweep['id']}-{doc['id']}",
-                "group": sweep["id"],
-                "job_type": "sweep-trial",
-                "tags": [f"sweep:{sweep['id']}"[:64], f"trial:{doc['id']}"],
-                "config": {"sweep_id": sweep["id"], "trial": doc["id"], "sweep_params": doc["params"]},
-                "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
-            },
-        )
+        tracking = {
+            "name": f"{sweep['id']}-{doc['id']}",
+            "group": sweep["id"],
+            "job_type": "sweep-trial",
+            "tags": [f"sweep:{sweep['id']}"[:64], f"trial:{doc['id']}"],
+            "config": {"sweep_id": sweep["id"], "trial": doc["id"], "sweep_params": doc["params"]},
+            "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
+        }
+        req = trial_request(request, doc["config"], folder, f"{sweep['id']}/{doc['id']}", tracking)
         outcome = train_core.train(
             spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
         )
@@ -87,4 +70,4 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
     return run
 
 
-__all__ = ["make_trial_runner", "trial_folder"]
+__all__ = ["make_trial_runner"]

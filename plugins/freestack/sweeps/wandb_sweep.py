@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.settings import environment
 from freestack.storage import cas, join, write_json
-from freestack.sweeps.config import engine_part, json_safe, plain_values, to_overrides
-from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir
+from freestack.sweeps.config import engine_part, json_safe, plain_values, trial_request
+from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir, trial_folder
 from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
-from freestack.train.request import TrainRequest
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -102,7 +101,7 @@ def run_server_agent(
     def one_trial() -> None:
         run = wandb.init(group=sweep["id"], job_type="sweep-trial", tags=[f"sweep:{sweep['id']}"[:64]])
         config = {k: v for k, v in dict(run.config).items() if k in names}
-        folder = join(sweep_dir(spec, sweep["id"]), "trials", f"w-{run.id}")
+        folder = trial_folder(spec, sweep["id"], f"w-{run.id}")
         history: list[dict[str, Any]] = []
         doc = {
             "id": f"w-{run.id}",
@@ -122,28 +121,12 @@ def run_server_agent(
             return False  # the server stops runs itself: wandb.agent interrupts this thread
 
         try:
-            outcome = train(
-                spec,
-                TrainRequest(
-                    end_ds=request["end_ds"],
-                    window_days=request.get("window_days"),
-                    epochs=request.get("epochs"),
-                    learning_rate=request.get("learning_rate"),
-                    batch_size=request.get("batch_size"),
-                    run_key=f"{sweep['id']}/{run.id}",
-                    airflow=request.get("airflow") or {},
-                    window=request.get("window"),
-                    overrides=to_overrides(config),
-                    output_uri=str(join(folder, "model")),
-                    checkpoint_uri=str(join(folder, "train")),
-                    tracking={
-                        "run": run,
-                        "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id},
-                    },
-                ),
-                tracking_settings=settings,
-                on_epoch=report,
-            )
+            tracking = {
+                "run": run,
+                "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id},
+            }
+            req = trial_request(request, config, folder, f"{sweep['id']}/{run.id}", tracking)
+            outcome = train(spec, req, tracking_settings=settings, on_epoch=report)
             doc.update(
                 state="finished",
                 summary={**outcome.metrics, "task": outcome.summary.get("task")},
