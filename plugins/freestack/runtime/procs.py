@@ -222,9 +222,8 @@ def command(proc: psutil.Process, width: int = 100) -> str:
         return "?"
     interpreter = os.path.basename(args[0])
     if len(args) > 1 and "/" in args[1] and interpreter.startswith(("python", "bash", "sh")):
-        script = os.path.basename(
-            args[1]
-        )  # a shell script keeps its shell: `bash airflow scheduler`, the shim
+        # a shell script keeps its shell: `bash airflow scheduler`, the shim
+        script = os.path.basename(args[1])
         args = [script, *args[2:]] if interpreter.startswith("python") else [interpreter, script, *args[2:]]
     text = " ".join(args).strip()
     return text if len(text) <= width else text[: width - 3] + "..."

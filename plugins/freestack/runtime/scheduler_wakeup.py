@@ -63,16 +63,9 @@ def enabled() -> bool:
 
 def result_readers(runner: Any) -> list[Any]:
     """The read ends of the result pipes of ``runner``'s executors (LocalExecutor's ``result_queue``)."""
-    readers = []
-    for executor in getattr(runner, "executors", None) or ():
-        reader = getattr(getattr(executor, "result_queue", None), "_reader", None)
-        if (
-            reader is not None
-            and callable(getattr(reader, "fileno", None))
-            and not getattr(reader, "closed", False)
-        ):
-            readers.append(reader)
-    return readers
+    executors = getattr(runner, "executors", None) or ()
+    readers = [getattr(getattr(e, "result_queue", None), "_reader", None) for e in executors]
+    return [r for r in readers if callable(getattr(r, "fileno", None)) and not getattr(r, "closed", False)]
 
 
 #: how often the idle sleep looks for new runs, scheduled tasks and asset events
