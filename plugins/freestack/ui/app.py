@@ -19,18 +19,14 @@ scripts are ``static/views.js`` (the shell: theme, deep links, tables, the Plotl
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from freestack.registry.core import RegistryError
-from freestack.sweeps.core import SweepError
-from freestack.ui import actions
-from freestack.ui.auth import current_user, may_read, may_trigger, request_token, user_name
+from freestack.ui import actions, extra_pages
+from freestack.ui.auth import current_user, may_trigger, request_token, user_name
 from freestack.ui.cards import render_card
 from freestack.ui.catalog import (
     common,
@@ -41,7 +37,6 @@ from freestack.ui.catalog import (
     score_pages,
     sweep_pages,
 )
-from freestack.ui.extra_pages.common import user_of
 from freestack.ui.plots import (
     drift_over_time,
     metric_over_epochs,
@@ -49,18 +44,23 @@ from freestack.ui.plots import (
     metric_vs_params,
     predictions_over_days,
 )
+from freestack.ui.shared import (
+    HEADERS,
+    TEMPLATES,
+    URL_PREFIX,
+    found,
+    off_loop,
+    page,
+    pipeline_of,
+    readable,
+    same_origin,
+    user_of,
+)
 from freestack.ui.sweep_live import sweep_update
 from freestack.ui.tasks import page_of_task
 from freestack.ui.vendor import plotly_js, plotly_js_name
 
 HERE = Path(__file__).parent
-URL_PREFIX = "/freestack/ui"
-HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-}
 #: a registered file's own page (the evaluation report inlines its plots): shown sandboxed, scripts off
 FILE_CSP = "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 PAGE_SIZE = 100
@@ -73,35 +73,6 @@ views_app = FastAPI(
     dependencies=[Depends(current_user)],
 )
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.suffix in (".css", ".js", ".svg")}
-
-
-def _templates():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-    env.filters["num"] = lambda v, digits=4: (
-        "" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v))
-    )
-    env.filters["short"] = lambda v, n=12: "" if not v else str(v)[:n]
-    env.globals["plotly_js"] = plotly_js_name  # the versioned name, read when a chart page is first drawn
-    return env
-
-
-TEMPLATES = _templates()
-
-
-def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A page from its template; Plotly figures (JSON) are embedded so no "</script>" can close their tag."""
-    if context.get("figures"):
-        context["figures"] = [f.replace("</", "<\\/") for f in context["figures"]]
-
-    html = TEMPLATES.get_template(template).render(
-        base=str(request.scope.get("root_path", "")) or URL_PREFIX,
-        user=user_name(request.state.user),
-        run_url=actions.run_url,
-        **context,
-    )
-    return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
 @views_app.get("/static/{name}")
@@ -142,31 +113,12 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
     )
 
 
-def _pipeline(name: str, user: Any, dag: str = "train") -> tuple[common.Pipeline, Any]:
-    """The pipeline ``name`` and its spec, when the user may read its ``<name>_<dag>`` DAG."""
-    found = {p.name: (p, s) for p, s in common.pipelines()}
-    if name not in found:
-        raise HTTPException(404, f"no pipeline {name!r} (pipelines: {', '.join(sorted(found)) or 'none'})")
-    if not may_read(user, f"{name}_{dag}"):
-        raise HTTPException(403, f"you may not read the DAG {name}_{dag}, so not its pipeline's pages")
-    return found[name]
-
-
-def _readable(user: Any, dag: str = "train") -> list[tuple[common.Pipeline, Any]]:
-    return [(p, s) for p, s in common.pipelines() if may_read(user, f"{p.name}_{dag}")]
-
-
-async def off_loop(fn, *args):
-    """Run a storage-reading function in a thread: the API server's event loop keeps serving."""
-    return await asyncio.to_thread(fn, *args)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # models
 
 
 def _models_overview(user: Any) -> list[model_pages.ModelPage]:
-    return [model_pages.model_page(p.name, s) for p, s in _readable(user) if p.trains]
+    return [model_pages.model_page(p.name, s) for p, s in readable(user) if p.trains]
 
 
 @views_app.get("/", response_class=HTMLResponse)
@@ -186,7 +138,7 @@ async def models_json(request: Request, user: Any = Depends(user_of)) -> list[mo
 async def model(
     request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
 ) -> HTMLResponse:
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     data = await off_loop(model_pages.model_page, pipeline, spec)
     newest = data.versions[::-1]
     pages = max(1, -(-len(newest) // PAGE_SIZE))
@@ -220,15 +172,7 @@ def _plotted_metric(spec: Any, newest: list[model_pages.VersionRow]) -> str | No
 
 @views_app.get("/api/models/{pipeline}")
 async def model_json(pipeline: str, user: Any = Depends(user_of)) -> model_pages.ModelPage:
-    return await off_loop(model_pages.model_page, pipeline, _pipeline(pipeline, user)[1])
-
-
-def found(read, *args):
-    """``read(*args)``; a version, alias or sweep it does not find is HTTP 404 with the reader's message."""
-    try:
-        return read(*args)
-    except (RegistryError, SweepError) as exc:
-        raise HTTPException(404, str(exc)) from None
+    return await off_loop(model_pages.model_page, pipeline, pipeline_of(pipeline, user)[1])
 
 
 def _version(pipeline: str, spec: Any, version: str) -> model_pages.VersionPage:
@@ -239,7 +183,7 @@ def _version(pipeline: str, spec: Any, version: str) -> model_pages.VersionPage:
 async def version(
     request: Request, pipeline: str, version: str, user: Any = Depends(user_of)
 ) -> HTMLResponse:
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     af = v.lineage.get("airflow") or {}
     return page(
@@ -259,14 +203,14 @@ async def version(
 
 @views_app.get("/api/models/{pipeline}/{version}")
 async def version_json(pipeline: str, version: str, user: Any = Depends(user_of)) -> model_pages.VersionPage:
-    return await off_loop(_version, pipeline, _pipeline(pipeline, user)[1], version)
+    return await off_loop(_version, pipeline, pipeline_of(pipeline, user)[1], version)
 
 
 @views_app.get("/models/{pipeline}/{version}/files/{rel:path}")
 async def version_file(pipeline: str, version: str, rel: str, user: Any = Depends(user_of)) -> Response:
     """A registered file of the version (the evaluation report, its plots, the card...), read through the
     storage layer; only files the registration's manifest lists."""
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     if rel not in v.files:
         raise HTTPException(404, f"{v.model} {v.row.version} has no registered file {rel!r}")
@@ -296,13 +240,6 @@ async def version_file(pipeline: str, version: str, rel: str, user: Any = Depend
 
 # ---------------------------------------------------------------------------------------------------------
 # actions: each runs a DAG through Airflow, as the user, after a confirmation page
-
-
-def _same_origin(request: Request) -> None:
-    """A state-changing form must come from this server's own pages (the cookie is SameSite=Lax too)."""
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if origin and urlsplit(origin).netloc != request.url.netloc:
-        raise HTTPException(403, f"the form was sent from {urlsplit(origin).netloc}, not from this server")
 
 
 def _action(
@@ -353,7 +290,7 @@ async def confirm(
     version it goes back to (``to``, else previous as it is now); a promotion's form keeps what the alias
     is now. The gate's decision on a version to promote is shown with its reasons."""
     _check(kind)
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     current = await off_loop(model_pages.aliases, spec)
     if kind == "rollback":
@@ -401,9 +338,9 @@ async def act(
 ) -> HTMLResponse:
     """Start the run the confirmation page showed: its form names the version that page named and what the
     alias was then (``expect``), so the run moves nothing if another move landed first."""
-    _same_origin(request)
+    same_origin(request)
     _check(kind)
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     if kind == "rollback" and not (to and expect):
         raise HTTPException(
@@ -432,7 +369,7 @@ async def act(
 
 
 def _sweeps_overview(user: Any) -> list[tuple[str, list[sweep_pages.SweepRow]]]:
-    return [(p.name, sweep_pages.sweeps(s)) for p, s in _readable(user) if p.trains]
+    return [(p.name, sweep_pages.sweeps(s)) for p, s in readable(user) if p.trains]
 
 
 @views_app.get("/sweeps", response_class=HTMLResponse)
@@ -448,7 +385,7 @@ def _sweep(pipeline: str, spec: Any, sweep_id: str) -> sweep_pages.SweepPage:
 
 @views_app.get("/sweeps/{pipeline}/{sweep_id}", response_class=HTMLResponse)
 async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    s = await off_loop(_sweep, pipeline, pipeline_of(pipeline, user)[1], sweep_id)
     figures = [metric_vs_params(s), metric_over_epochs(s)] if s.trials else []
     counts = {
         state: sum(t.state == state for t in s.trials) for state in dict.fromkeys(t.state for t in s.trials)
@@ -460,12 +397,12 @@ async def sweep(request: Request, pipeline: str, sweep_id: str, user: Any = Depe
 
 @views_app.get("/api/sweeps/{pipeline}")
 async def sweeps_json(pipeline: str, user: Any = Depends(user_of)) -> list[sweep_pages.SweepRow]:
-    return await off_loop(sweep_pages.sweeps, _pipeline(pipeline, user)[1])
+    return await off_loop(sweep_pages.sweeps, pipeline_of(pipeline, user)[1])
 
 
 @views_app.get("/api/sweeps/{pipeline}/{sweep_id}")
 async def sweep_json(pipeline: str, sweep_id: str, user: Any = Depends(user_of)) -> sweep_pages.SweepPage:
-    return await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    return await off_loop(_sweep, pipeline, pipeline_of(pipeline, user)[1], sweep_id)
 
 
 @views_app.get("/api/sweeps/{pipeline}/{sweep_id}/live")
@@ -474,7 +411,7 @@ async def sweep_live(
 ) -> Any:
     """What the sweep page redraws while the sweep runs (``static/sweep_live.js`` polls it): only the
     status when nothing changed since the signature ``known`` the page has (:mod:`freestack.ui.sweep_live`)."""
-    s = await off_loop(_sweep, pipeline, _pipeline(pipeline, user)[1], sweep_id)
+    s = await off_loop(_sweep, pipeline, pipeline_of(pipeline, user)[1], sweep_id)
     return await off_loop(sweep_update, s, known, TEMPLATES)
 
 
@@ -483,8 +420,8 @@ async def sweep_live(
 
 
 def _deployments(user: Any) -> list[deployment_pages.DeploymentRow]:
-    readable = {p.name for p, _ in _readable(user)}
-    return [d for d in deployment_pages.deployments(common.pipelines()) if d.pipeline in readable]
+    names = {p.name for p, _ in readable(user)}
+    return [d for d in deployment_pages.deployments(common.pipelines()) if d.pipeline in names]
 
 
 @views_app.get("/deployments", response_class=HTMLResponse)
@@ -505,19 +442,19 @@ async def deployments_json(user: Any = Depends(user_of)) -> list[deployment_page
 
 @views_app.get("/data", response_class=HTMLResponse)
 async def data(request: Request, user: Any = Depends(user_of)) -> HTMLResponse:
-    lakes = await off_loop(lambda: [lake_pages.lake_page(p.name, s) for p, s in _readable(user, "ingest")])
+    lakes = await off_loop(lambda: [lake_pages.lake_page(p.name, s) for p, s in readable(user, "ingest")])
     return page(request, "data.html", title="Data", tab="data", lakes=lakes)
 
 
 @views_app.get("/data/{pipeline}", response_class=HTMLResponse)
 async def data_one(request: Request, pipeline: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    lake = await off_loop(lake_pages.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+    lake = await off_loop(lake_pages.lake_page, pipeline, pipeline_of(pipeline, user, "ingest")[1])
     return page(request, "data.html", title=f"Data: {pipeline}", tab="data", lakes=[lake])
 
 
 @views_app.get("/api/data/{pipeline}")
 async def data_json(pipeline: str, user: Any = Depends(user_of)) -> lake_pages.LakePage:
-    return await off_loop(lake_pages.lake_page, pipeline, _pipeline(pipeline, user, "ingest")[1])
+    return await off_loop(lake_pages.lake_page, pipeline, pipeline_of(pipeline, user, "ingest")[1])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -526,7 +463,7 @@ async def data_json(pipeline: str, user: Any = Depends(user_of)) -> lake_pages.L
 
 def _monitoring(user: Any, figures: bool = False) -> list[monitoring_pages.MonitoringPage]:
     """Each readable model's judged intervals; with ``figures``, its drift-over-time chart too (the page's)."""
-    pages = [monitoring_pages.monitoring_page(p.name, s) for p, s in _readable(user) if p.trains]
+    pages = [monitoring_pages.monitoring_page(p.name, s) for p, s in readable(user) if p.trains]
     for m in pages if figures else ():
         m.figure = drift_over_time(m)
     return pages
@@ -551,7 +488,7 @@ async def monitoring_json(user: Any = Depends(user_of)) -> list[monitoring_pages
 @views_app.get("/monitoring/{pipeline}/{interval}/report")
 async def monitoring_report(pipeline: str, interval: str, user: Any = Depends(user_of)) -> Response:
     """An interval's report (HTML, plots inline), sandboxed like a version's files."""
-    _, spec = _pipeline(pipeline, user)
+    _, spec = pipeline_of(pipeline, user)
     if "/" in interval or interval.startswith("."):
         raise HTTPException(404, f"no interval {interval!r}")
     data = await off_loop(monitoring_pages.monitoring_report, spec, interval)
@@ -577,12 +514,12 @@ def _scoring(name: str, user: Any) -> Any:
             f"pipeline {name!r} has no score: block, so no {name}_score DAG and no scores: add "
             "one to its spec to score its lake day by day",
         )
-    return _pipeline(name, user, "score")[1]
+    return pipeline_of(name, user, "score")[1]
 
 
 def _scores(user: Any, figures: bool = False) -> list[score_pages.ScoresPage]:
     """The newest scored days of each readable pipeline with a ``score:`` block; with ``figures``, the page's charts."""
-    specs = [(p, s) for p, s in _readable(user, "score") if s.score is not None]
+    specs = [(p, s) for p, s in readable(user, "score") if s.score is not None]
     return [
         _with_figure(score_pages.scores_page(p.name, s, 1, score_pages.SCORES_OVERVIEW), figures)
         for p, s in specs
@@ -655,17 +592,11 @@ async def task_page(
     """Where a pipeline task's "freestack" extra link goes: the version its run made, its sweep, the
     deployment, the aliases, the lake, or the days its run scored."""
     pipeline, _, kind = dag_id.rpartition("_")
-    _, spec = _pipeline(pipeline, user, kind if kind in ("ingest", "score") else "train")
+    _, spec = pipeline_of(pipeline, user, kind if kind in ("ingest", "score") else "train")
     target = await off_loop(page_of_task, pipeline, spec, kind, run_id, task_id)
     return RedirectResponse(f"{URL_PREFIX}{target}", status_code=303)
 
 
+views_app.include_router(extra_pages.router)  # compare, try a deployment, quarantined rows: on this login
+
 __all__ = ["URL_PREFIX", "views_app"]
-
-from freestack.ui import extra_pages  # noqa: E402  (compare, try a deployment, quarantined rows: on this app's login)
-
-views_app.include_router(
-    extra_pages.routes(
-        page=page, pipeline=_pipeline, off_loop=off_loop, found=found, same_origin=_same_origin
-    )
-)

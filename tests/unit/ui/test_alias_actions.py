@@ -20,7 +20,7 @@ def client(storage, monkeypatch):
     from fastapi.testclient import TestClient
 
     from freestack.spec import load_spec
-    from freestack.ui import actions, app
+    from freestack.ui import actions, app, shared
     from freestack.ui.auth import current_user
     from freestack.ui.catalog import common
 
@@ -45,9 +45,9 @@ def client(storage, monkeypatch):
         return ["manual__training"]
 
     monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
-    monkeypatch.setattr(app, "may_read", lambda user, dag: True)
+    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: True)
-    monkeypatch.setattr(app, "user_name", lambda user: "tester")
+    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     monkeypatch.setattr(actions, "trigger", trigger)
     monkeypatch.setattr(actions, "runs_in_flight", in_flight)
     app.views_app.dependency_overrides[current_user] = lambda: "tester"

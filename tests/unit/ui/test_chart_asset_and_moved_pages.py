@@ -22,7 +22,7 @@ from tests.support.demo_sandbox import ROOT
 @pytest.fixture
 def client(storage, monkeypatch):
     from freestack.spec import load_spec
-    from freestack.ui import app
+    from freestack.ui import app, shared
     from freestack.ui.auth import current_user
     from freestack.ui.catalog import common
 
@@ -36,9 +36,9 @@ def client(storage, monkeypatch):
         trains=True,
     )
     monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, spec)])
-    monkeypatch.setattr(app, "may_read", lambda user, dag: True)
+    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(app, "user_name", lambda user: "tester")
+    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     app.views_app.dependency_overrides[current_user] = lambda: "tester"
     yield TestClient(app.views_app)
     app.views_app.dependency_overrides.clear()

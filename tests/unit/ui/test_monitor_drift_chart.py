@@ -97,9 +97,9 @@ def test_only_the_most_drifted_features_are_drawn_at_first():
 
 
 def test_the_monitoring_page_embeds_the_chart(digits):
-    from freestack.ui.app import TEMPLATES
     from freestack.ui.catalog import monitoring_pages
     from freestack.ui.plots import drift_over_time
+    from freestack.ui.shared import TEMPLATES
 
     pages = [monitoring_pages.monitoring_page("digits", digits)]
     pages[0].figure = drift_over_time(pages[0])

@@ -244,7 +244,7 @@ def test_a_regression_is_drawn_as_its_mean_between_min_and_max(scored):
 def client(storage, scored, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from freestack.ui import actions, app
+    from freestack.ui import actions, app, shared
     from freestack.ui.auth import current_user
     from freestack.ui.catalog import common
 
@@ -264,8 +264,8 @@ def client(storage, scored, monkeypatch):
         for n, s in [*scored.items(), ("plain", plain)]
     ]
     monkeypatch.setattr(common, "pipelines", lambda: found)
-    monkeypatch.setattr(app, "may_read", lambda user, dag: dag != "prices_score")
-    monkeypatch.setattr(app, "user_name", lambda user: "tester")
+    monkeypatch.setattr(shared, "may_read", lambda user, dag: dag != "prices_score")
+    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     monkeypatch.setattr(actions, "api_base_url", lambda: "http://af")
     app.views_app.dependency_overrides[current_user] = lambda: "tester"
     yield TestClient(app.views_app)
@@ -294,7 +294,7 @@ def test_the_scores_page_lists_each_pipelines_days(client):
 
 
 def test_one_pipelines_scores_page_its_json_and_refusals(client, monkeypatch):
-    from freestack.ui import app
+    from freestack.ui import shared
 
     one = client.get("/scores/digits", params={"run": "manual__a"})
     assert one.status_code == 200 and one.text.count('linked"') == 2  # the run's days are marked
@@ -305,7 +305,7 @@ def test_one_pipelines_scores_page_its_json_and_refusals(client, monkeypatch):
     api = client.get("/api/scores").json()
     assert [p["pipeline"] for p in api] == ["digits"] and "figure" not in api[0]
     assert api[0]["days"][1]["problem"].startswith("part.parquet cannot be read as Parquet")
-    monkeypatch.setattr(app, "may_read", lambda user, dag: True)
+    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
     prices = client.get("/api/scores/prices").json()
     assert prices["days"][0]["values"] == {"count": 4, "min": 1.0, "mean": 2.5, "max": 4.0}
 

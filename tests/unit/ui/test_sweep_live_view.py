@@ -147,7 +147,7 @@ def test_sweep_status_reads_leases_run_cap_and_best():
 
 def test_the_live_update_sends_rows_and_figures_only_when_something_changed(spec):
     from freestack.sweeps.core import LocalAgent
-    from freestack.ui.app import TEMPLATES
+    from freestack.ui.shared import TEMPLATES
     from freestack.ui.sweep_live import sweep_update
 
     _sweep(spec, "sweep-poll", run=False)
@@ -171,8 +171,8 @@ def test_the_live_update_sends_rows_and_figures_only_when_something_changed(spec
 
 
 def test_a_running_trial_shows_its_state_and_epoch(spec):
-    from freestack.ui.app import TEMPLATES
     from freestack.ui.catalog.sweep_pages import Trial
+    from freestack.ui.shared import TEMPLATES
 
     parts = TEMPLATES.get_template("sweep_parts.html").module
     _sweep(spec, "sweep-rows", run=False)

@@ -41,7 +41,7 @@ def digits(storage):
 def client(storage, digits, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from freestack.ui import app
+    from freestack.ui import app, shared
     from freestack.ui.auth import current_user
     from freestack.ui.catalog import common
 
@@ -54,9 +54,9 @@ def client(storage, digits, monkeypatch):
         trains=True,
     )
     monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
-    monkeypatch.setattr(app, "may_read", lambda user, dag: True)
+    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
     monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(app, "user_name", lambda user: "tester")
+    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     app.views_app.dependency_overrides[current_user] = lambda: "tester"
     yield TestClient(app.views_app)
     app.views_app.dependency_overrides.clear()

@@ -13,28 +13,19 @@ page family:
                                              (:mod:`.quarantine`)
     /api/...                                 the same as JSON
 
-An :class:`~fastapi.APIRouter` that :mod:`freestack.ui.app` includes into its ``views_app`` (not mounted: a
-mounted app skips the login), handing over its helpers (:func:`routes`, kept in :mod:`.common`): no module
-here imports the app, so no import cycle.
+:data:`router` is an :class:`~fastapi.APIRouter` that :mod:`freestack.ui.app` includes into its
+``views_app`` (not mounted: a mounted app skips the login); the pages draw with :mod:`freestack.ui.shared`,
+as the app does, and no module here imports the app.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from freestack.ui.extra_pages import compare, quarantine, try_deployment
-from freestack.ui.extra_pages.common import Helpers, use
 
+router = APIRouter()
+for family in (compare, try_deployment, quarantine):
+    router.include_router(family.router)
 
-def routes(**helpers: Any) -> APIRouter:
-    """Every extra page's route, drawn with the app's ``helpers`` (the fields of :class:`Helpers`)."""
-    use(Helpers(**helpers))
-    router = APIRouter()
-    for family in (compare, try_deployment, quarantine):
-        router.include_router(family.router)
-    return router
-
-
-__all__ = ["routes"]
+__all__ = ["router"]

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from freestack.registry.core import registry_for
+from freestack.ui import shared
 from freestack.ui.catalog import common, model_pages
-from freestack.ui.extra_pages.common import app_helpers, user_of
 from freestack.version.files import CONFIG, PREPROCESSING
 
 router = APIRouter()
@@ -217,29 +217,29 @@ def _asked(v: list[str]) -> list[str]:
 
 
 def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
-    return app_helpers().found(compare_page, pipeline, spec, asked)
+    return shared.found(compare_page, pipeline, spec, asked)
 
 
 @router.get("/compare/{pipeline}", response_class=HTMLResponse)
 async def compare(
-    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(user_of)
+    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
 ) -> HTMLResponse:
-    ui = app_helpers()
-    _, spec = ui.pipeline(pipeline, user)
+    _, spec = shared.pipeline_of(pipeline, user)
     asked = _asked(v)
-    data = await ui.off_loop(_compare, pipeline, spec, asked if len(asked) >= 2 else [])
+    data = await shared.off_loop(_compare, pipeline, spec, asked if len(asked) >= 2 else [])
     title = f"Compare versions of {data.model}"
-    return ui.page(request, "compare.html", title=title, tab="models", c=data, asked=asked)
+    return shared.page(request, "compare.html", title=title, tab="models", c=data, asked=asked)
 
 
 @router.get("/api/compare/{pipeline}")
-async def compare_json(pipeline: str, v: list[str] = Query([]), user: Any = Depends(user_of)) -> ComparePage:
-    ui = app_helpers()
-    _, spec = ui.pipeline(pipeline, user)
+async def compare_json(
+    pipeline: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
+) -> ComparePage:
+    _, spec = shared.pipeline_of(pipeline, user)
     asked = _asked(v)
     if len(asked) < 2:
         raise HTTPException(400, "name at least two versions or aliases to compare: ?v=<A>&v=<B>")
-    return await ui.off_loop(_compare, pipeline, spec, asked)
+    return await shared.off_loop(_compare, pipeline, spec, asked)
 
 
 __all__ = [

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from freestack.ingest import lake
 from freestack.storage import join, to_path
+from freestack.ui import shared
 from freestack.ui.catalog import score_pages
-from freestack.ui.extra_pages.common import app_helpers, user_of
 
 router = APIRouter()
 #: rows a quarantine page shows
@@ -134,13 +134,14 @@ async def quarantine(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(user_of),
+    user: Any = Depends(shared.user_of),
 ) -> HTMLResponse:
-    ui = app_helpers()
-    data = await ui.off_loop(
-        quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size
+    data = await shared.off_loop(
+        quarantine_page, pipeline, shared.pipeline_of(pipeline, user, "ingest")[1], ds, page, size
     )
-    return ui.page(request, "quarantine.html", title=f"Quarantined rows: {pipeline} {ds}", tab="data", q=data)
+    return shared.page(
+        request, "quarantine.html", title=f"Quarantined rows: {pipeline} {ds}", tab="data", q=data
+    )
 
 
 @router.get("/api/data/{pipeline}/{ds}/quarantine")
@@ -149,16 +150,15 @@ async def quarantine_json(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(user_of),
+    user: Any = Depends(shared.user_of),
 ) -> QuarantinePage:
-    ui = app_helpers()
-    return await ui.off_loop(
-        quarantine_page, pipeline, ui.pipeline(pipeline, user, "ingest")[1], ds, page, size
+    return await shared.off_loop(
+        quarantine_page, pipeline, shared.pipeline_of(pipeline, user, "ingest")[1], ds, page, size
     )
 
 
 def _score_spec(pipeline: str, user: Any) -> Any:
-    _, spec = app_helpers().pipeline(pipeline, user, "score")
+    _, spec = shared.pipeline_of(pipeline, user, "score")
     if spec.score is None:
         raise HTTPException(404, f"pipeline {pipeline!r} has no score: block, so no scores")
     return spec
@@ -171,11 +171,10 @@ async def score_quarantine(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(user_of),
+    user: Any = Depends(shared.user_of),
 ) -> HTMLResponse:
-    ui = app_helpers()
-    data = await ui.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
-    return ui.page(
+    data = await shared.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
+    return shared.page(
         request,
         "quarantine.html",
         title=f"Rows not scored: {pipeline} {ds}",
@@ -193,11 +192,9 @@ async def score_quarantine_json(
     ds: str,
     page: int = Query(1, ge=1),
     size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(user_of),
+    user: Any = Depends(shared.user_of),
 ) -> QuarantinePage:
-    return await app_helpers().off_loop(
-        score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size
-    )
+    return await shared.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
 
 
 __all__ = [

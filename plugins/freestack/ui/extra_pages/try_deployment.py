@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from freestack.serving.records import Deployments
 from freestack.storage import to_path
+from freestack.ui import shared
 from freestack.ui.catalog import common
-from freestack.ui.extra_pages.common import app_helpers, user_of
 from freestack.version.files import LINEAGE, PREPROCESSING, SMOKE
 
 router = APIRouter()
@@ -97,7 +97,7 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
     specs = [(p, s) for p, s in common.pipelines() if s.model_name == model]
     if not specs:
         raise HTTPException(404, f"no pipeline trains a model {model!r}")
-    p, spec = app_helpers().pipeline(specs[0][0].name, user)
+    p, spec = shared.pipeline_of(specs[0][0].name, user)
     record = Deployments(spec.root, model).get(name)
     if record is None:
         names = ", ".join(Deployments(spec.root, model).names()) or "none"
@@ -206,35 +206,38 @@ def send_row(page: TryPage, row: list[Any]) -> TryAnswer:
 
 
 @router.get("/deployments/{model}/{name}/try", response_class=HTMLResponse)
-async def try_form(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    ui = app_helpers()
-    data = await ui.off_loop(try_page, model, name, user)
-    return ui.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
+async def try_form(
+    request: Request, model: str, name: str, user: Any = Depends(shared.user_of)
+) -> HTMLResponse:
+    data = await shared.off_loop(try_page, model, name, user)
+    return shared.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
 
 
 @router.post("/deployments/{model}/{name}/try", response_class=HTMLResponse)
-async def try_send(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> HTMLResponse:
-    ui = app_helpers()
-    ui.same_origin(request)
-    data = await ui.off_loop(try_page, model, name, user)
+async def try_send(
+    request: Request, model: str, name: str, user: Any = Depends(shared.user_of)
+) -> HTMLResponse:
+    shared.same_origin(request)
+    data = await shared.off_loop(try_page, model, name, user)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     for f in data.features:
         f.value = str(form.get(f.name, f.value))
-    data.answer = await ui.off_loop(send_row, data, parsed_row(data.features, form))
-    return ui.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
+    data.answer = await shared.off_loop(send_row, data, parsed_row(data.features, form))
+    return shared.page(request, "try.html", title=f"Try {model} / {name}", tab="deployments", t=data)
 
 
 @router.get("/api/deployments/{model}/{name}/try")
-async def try_json(model: str, name: str, user: Any = Depends(user_of)) -> TryPage:
-    return await app_helpers().off_loop(try_page, model, name, user)
+async def try_json(model: str, name: str, user: Any = Depends(shared.user_of)) -> TryPage:
+    return await shared.off_loop(try_page, model, name, user)
 
 
 @router.post("/api/deployments/{model}/{name}/try")
-async def try_send_json(request: Request, model: str, name: str, user: Any = Depends(user_of)) -> TryAnswer:
+async def try_send_json(
+    request: Request, model: str, name: str, user: Any = Depends(shared.user_of)
+) -> TryAnswer:
     """Body: ``{"<feature>": value, ...}`` (raw values, as the form sends them)."""
-    ui = app_helpers()
-    ui.same_origin(request)
-    data = await ui.off_loop(try_page, model, name, user)
+    shared.same_origin(request)
+    data = await shared.off_loop(try_page, model, name, user)
     try:
         given = await request.json()
     except ValueError:
@@ -242,7 +245,7 @@ async def try_send_json(request: Request, model: str, name: str, user: Any = Dep
     if not isinstance(given, dict):
         raise HTTPException(400, 'send one row as a JSON object: {"<feature>": value, ...}')
     form = {k: "" if v is None else str(v) for k, v in given.items()}
-    return await ui.off_loop(send_row, data, parsed_row(data.features, form))
+    return await shared.off_loop(send_row, data, parsed_row(data.features, form))
 
 
 __all__ = [
