@@ -22,7 +22,6 @@ Errors keep their meaning: 404 is FileNotFoundError, 401/403 AccessDenied, 409/4
 from __future__ import annotations
 
 import errno
-import json
 import queue
 import threading
 from datetime import UTC, datetime
@@ -205,24 +204,21 @@ class DataApiHttpFileSystem(AbstractFileSystem):
             out["size"] = 0
         return out
 
-    def exists(self, path, **kwargs) -> bool:
+    def _type(self, path) -> str | None:
+        """``file`` or ``directory``; None when nothing is at ``path``."""
         try:
-            self.info(path)
-            return True
+            return self.info(path)["type"]
         except FileNotFoundError:
-            return False
+            return None
+
+    def exists(self, path, **kwargs) -> bool:
+        return self._type(path) is not None
 
     def isfile(self, path) -> bool:
-        try:
-            return self.info(path)["type"] == "file"
-        except FileNotFoundError:
-            return False
+        return self._type(path) == "file"
 
     def isdir(self, path) -> bool:
-        try:
-            return self.info(path)["type"] == "directory"
-        except FileNotFoundError:
-            return False
+        return self._type(path) == "directory"
 
     def ls(self, path, detail=True, **kwargs):
         path = self._strip_protocol(path)
@@ -341,13 +337,7 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         body: dict[str, Any] = {"name": name}
         if acl is not None:
             body["acl"] = acl.to_json()
-        self.request(
-            "POST",
-            parent,
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            what=f"create data://{path}",
-        )
+        self.request("POST", parent, json=body, what=f"create data://{path}")
 
     def rm_file(self, path, **kwargs) -> None:
         path = self._strip_protocol(path)
@@ -374,13 +364,7 @@ class DataApiHttpFileSystem(AbstractFileSystem):
         return Acl.parse(resp.json().get("acl"), where=f"ACL of data://{path}")
 
     def set_acl(self, path: str, acl) -> None:
-        self.request(
-            "PATCH",
-            path,
-            data=json.dumps({"acl": acl.to_json()}),
-            headers={"Content-Type": "application/json"},
-            what=f"ACL update of data://{path}",
-        )
+        self.request("PATCH", path, json={"acl": acl.to_json()}, what=f"ACL update of data://{path}")
 
     def __repr__(self) -> str:
         return f"DataApiHttpFileSystem({self.url!r}, api_key={'***' if self.api_key else None})"
