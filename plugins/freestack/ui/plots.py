@@ -39,18 +39,13 @@ def _axis_value(v: Any) -> Any:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
-def _log_axis(values: list[Any]) -> bool:
-    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    return len(nums) == len(values) and bool(nums) and min(nums) > 0 and max(nums) / min(nums) > 50
-
-
 def is_log(page: SweepPage, name: str, values: list[Any]) -> bool:
     """A parameter drawn on a log axis: log-distributed in the sweep config (W&B's log_uniform_values...),
     or, where the config does not say, positive numbers over more than 50x."""
     dist = page.distributions.get(name)
-    if dist is None:
-        return _log_axis(values)
     nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if dist is None:
+        return len(nums) == len(values) and bool(nums) and min(nums) > 0 and max(nums) / min(nums) > 50
     return dist in LOG_DISTRIBUTIONS and all(v > 0 for v in nums)
 
 
@@ -109,9 +104,9 @@ def metric_vs_params(page: SweepPage) -> str:
                 }
             )
         if is_log(page, name, [t.params.get(name) for t in scored]):
-            layout[f"xaxis{k + 1 if k else ''}"]["type"] = "log"
+            layout[_axis_ref("xaxis", k)]["type"] = "log"
         if k % cols == 0:
-            layout[f"yaxis{k + 1 if k else ''}"]["title"] = {"text": page.sweep.metric}
+            layout[_axis_ref("yaxis", k)]["title"] = {"text": page.sweep.metric}
     layout.update(
         LAYOUT,
         height=300 * rows + 80,
@@ -233,27 +228,16 @@ def _dimension(name: str, values: list[Any], log: bool, choices: bool = False) -
     }
 
 
-#: colours of the parallel coordinates' lines, worst to best (Viridis)
-VIRIDIS = [
-    "#440154",
-    "#482878",
-    "#3e4989",
-    "#31688e",
-    "#26828e",
-    "#1f9e89",
-    "#35b779",
-    "#6ece58",
-    "#b5de2b",
-    "#fde725",
-]
-
-
 def _lines(dims: list[dict[str, Any]], scored: list[Any], rank: list[float]) -> list[dict[str, Any]]:
-    """One trace per colour band (the trials' lines, separated by gaps) from the worst band to the best."""
+    """One trace per colour band (the trials' lines, separated by gaps) from the worst band to the best:
+    Plotly's Viridis colours, as the colour bar's scale."""
+    from plotly.colors import sequential
+
+    bands = sequential.Viridis
     xs = list(range(len(dims)))
     out = []
-    for band, color in enumerate(VIRIDIS):
-        group = [k for k, r in enumerate(rank) if min(int(r * len(VIRIDIS)), len(VIRIDIS) - 1) == band]
+    for band, color in enumerate(bands):
+        group = [k for k, r in enumerate(rank) if min(int(r * len(bands)), len(bands) - 1) == band]
         if not group:
             continue
         x, y, text = [], [], []
