@@ -203,13 +203,8 @@ def _read_csv(
     _check_drift(path, names, declared, spec)
 
     def on_invalid(row) -> str:
-        sink.append(
-            (
-                row.number,
-                f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}",
-                row.text,
-            )
-        )
+        reason = f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}"
+        sink.append((row.number, reason, row.text))
         return "skip"
 
     read_opts = pacsv.ReadOptions(
@@ -293,18 +288,13 @@ def _read_jsonl(
                 continue
             try:
                 obj = json.loads(line)
+                problem = None if isinstance(obj, dict) else "a JSON object is expected"
             except UnicodeDecodeError:
-                sink.append((lineno, "malformed row: not valid UTF-8 text", line.decode("utf-8", "replace")))
-                continue
+                problem = "not valid UTF-8 text"
             except json.JSONDecodeError as exc:
-                sink.append(
-                    (lineno, f"malformed row: invalid JSON ({exc.msg})", line.decode("utf-8", "replace"))
-                )
-                continue
-            if not isinstance(obj, dict):
-                sink.append(
-                    (lineno, "malformed row: a JSON object is expected", line.decode("utf-8", "replace"))
-                )
+                problem = f"invalid JSON ({exc.msg})"
+            if problem:
+                sink.append((lineno, f"malformed row: {problem}", line.decode("utf-8", "replace")))
                 continue
             if not checked:
                 seen_keys.update(obj)
