@@ -3,6 +3,7 @@ answers now."""
 
 from __future__ import annotations
 
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -84,8 +85,6 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
 def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
     """Predictions, rows and model latency (mean, 95th percentile) so far, from the model server's
     Prometheus metrics (``freestack_model_predict_seconds``, ``freestack_prediction_rows_total``)."""
-    import urllib.request
-
     from prometheus_client.parser import text_string_to_metric_families
 
     if not metrics_url:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -28,8 +29,6 @@ class LakePage(BaseModel):
 
 
 def lake_page(pipeline: str, spec: PipelineSpec) -> LakePage:
-    from datetime import date, timedelta
-
     from freestack.ingest.core import lake_summary
 
     rows = [PartitionRow(**p) for p in lake_summary(spec)]

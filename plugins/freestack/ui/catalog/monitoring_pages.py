@@ -3,6 +3,7 @@ interval's report."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -45,8 +46,6 @@ class MonitoringPage(BaseModel):
 
 def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> MonitoringPage:
     """The model's judged intervals, newest first (freestack.monitor's summaries)."""
-    from datetime import datetime
-
     from freestack.monitor.core import interval_name, recent_summaries
 
     rows = []

@@ -3,8 +3,12 @@ importance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import threading
+import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -227,8 +231,6 @@ def distributions(config: dict[str, Any]) -> dict[str, str]:
 
 
 def _seconds(iso: Any) -> float:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(str(iso)).timestamp()
     except ValueError:
@@ -239,8 +241,6 @@ def sweep_status(doc: dict[str, Any], trials: list[dict[str, Any]], now: float |
     """running, finished or stopped, from what storage holds: ``best.json`` (select_best ran) or every trial
     in and ended -> finished; a trial whose lease is alive, or anything written in the last
     :data:`STALE_SECONDS` (agents starting, between trials) -> running; else stopped (the agents are gone)."""
-    import time
-
     now = time.time() if now is None else now
     running = [d for d in trials if d.get("state") == "running"]
     cap = doc.get("max_trials")
@@ -253,8 +253,6 @@ def sweep_status(doc: dict[str, Any], trials: list[dict[str, Any]], now: float |
 
 
 def _signature(status: str, row: SweepRow, trials: list[Trial]) -> str:
-    import hashlib
-
     seen = [
         status,
         row.best_trial,
@@ -267,8 +265,6 @@ def _signature(status: str, row: SweepRow, trials: list[Trial]) -> str:
 def _encoded(values: list[Any], distribution: str | None) -> tuple[list[float], bool] | None:
     """A parameter's values as numbers for the forest, and whether they are numbers (not category codes):
     log10 for a log-distributed one. None when a trial lacks it."""
-    import math
-
     if any(v is None for v in values):
         return None
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
