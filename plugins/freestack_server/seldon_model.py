@@ -156,14 +156,14 @@ class Model(ServedModel):
 
     def init_metadata(self) -> dict[str, Any]:
         info = self.describe()
+        model = {"name": info["model"], "versions": [info["version"]], "platform": "freestack"}
         if info["task"] == "generation":
-            return self._generation_metadata(info)
+            return {**model, **self._generation_metadata(info)}
         n = len(info["features"])
         outputs = info["classes"] if info["task"] == "classification" else [info["target"] or "prediction"]
+        module = info["config"].get("custom")
         return {
-            "name": info["model"],
-            "versions": [info["version"]],
-            "platform": "freestack",
+            **model,
             "inputs": _input_metadata(info, n),
             "outputs": _output_metadata(info, [str(c) for c in outputs]),
             "custom": {
@@ -173,26 +173,17 @@ class Model(ServedModel):
                 "answers": ANSWERS,
                 "max_batch_rows": str(self.max_batch_rows),
                 # a custom model runs the version's own module.py: which one, by its sha256
-                **(
-                    {
-                        "module_sha256": info["config"]["custom"]["sha256"],
-                        "module_class": info["config"]["custom"]["class"],
-                    }
-                    if "custom" in info["config"]
-                    else {}
-                ),
+                **({"module_sha256": module["sha256"], "module_class": module["class"]} if module else {}),
                 **({"requested_uri": self.requested_uri} if self.requested_uri != self.model_uri else {}),
             },
         }
 
     def _generation_metadata(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A text-generation model's inputs, outputs and custom fields (its bounds among them)."""
         bounds = describe_generation(
             self.generator.bounds if self.generator else Bounds.from_settings(), info
         )
         return {
-            "name": info["model"],
-            "versions": [info["version"]],
-            "platform": "freestack",
             "inputs": [
                 {"messagetype": "strData"},
                 {
