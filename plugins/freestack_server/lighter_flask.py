@@ -39,9 +39,7 @@ def lighter_flask(app) -> None:
     class Request(app.request_class):
         @property
         def want_form_data_parsed(self) -> bool:
-            if self.mimetype == "application/json":
-                return False
-            return super().want_form_data_parsed
+            return self.mimetype != "application/json" and super().want_form_data_parsed
 
     app.request_class = Request
 

@@ -45,8 +45,7 @@ class BufferedSeldonMetrics(SeldonMetrics):
         if not custom_metrics:
             return
         with self._mutex:
-            if self._pid != os.getpid():
-                self._ensure_worker()
+            self._ensure_worker()
             data, keys = self._local, self._keys
             for m in custom_metrics:
                 mtype = m.get("type", "COUNTER")

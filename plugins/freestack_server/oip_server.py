@@ -106,11 +106,8 @@ def write_folder(
 
 def v2_error(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     body = json.dumps({"error": message}).encode()
-    return (
-        status,
-        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        body,
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return status, headers, body
 
 
 def validation_message(errors: list[dict[str, Any]]) -> str:

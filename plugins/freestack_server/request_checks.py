@@ -111,9 +111,8 @@ def error_body(info: str, reason: str) -> bytes:
 def error_response(status: int, reason: str, info: str) -> bytes:
     """A whole HTTP/1.1 answer for a worker to send before it closes the connection."""
     body = error_body(info, reason)
-    phrase = reason_phrase(status)
     return (
-        f"HTTP/1.1 {status} {phrase}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason_phrase(status)}\r\nServer: gunicorn\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
@@ -794,7 +793,7 @@ class RequestChecks:
                 f"{method} is not allowed on {environ.get('PATH_INFO')}: use {allowed}",
                 [("Allow", allowed)],
             )
-        if kind is not None and method not in ("OPTIONS",):
+        if kind is not None and method != "OPTIONS":
             refusal = self._check_message(environ, kind)
             if refusal is not None:
                 return _refuse(start_response, *refusal)
