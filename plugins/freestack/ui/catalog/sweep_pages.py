@@ -217,16 +217,8 @@ def distributions(config: dict[str, Any]) -> dict[str, str]:
         if not isinstance(p, dict):
             continue
         ints = isinstance(p.get("min"), int) and isinstance(p.get("max"), int)
-        inferred = (
-            "categorical"
-            if "values" in p
-            else "constant"
-            if "value" in p
-            else "int_uniform"
-            if ints
-            else "uniform"
-        )
-        out[name] = p.get("distribution") or inferred
+        listed = "categorical" if "values" in p else "constant" if "value" in p else None
+        out[name] = p.get("distribution") or listed or ("int_uniform" if ints else "uniform")
     return out
 
 

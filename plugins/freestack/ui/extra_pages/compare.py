@@ -139,17 +139,10 @@ def partition_diff(lists: list[list[dict[str, Any]]]) -> list[PartitionDiff]:
         changes: list[Any] = [""]
         for s in shas[1:]:
             here = ds in s
-            changes.append(
-                "same"
-                if here and base and s[ds] == got[0]
-                else "changed"
-                if here and base
-                else "added"
-                if here
-                else "removed"
-                if base
-                else ""
-            )
+            if here and base:
+                changes.append("same" if s[ds] == got[0] else "changed")
+            else:
+                changes.append("added" if here else "removed" if base else "")
         rows.append(PartitionDiff(ds=ds, sha256=got, changes=changes))
     return rows
 
