@@ -191,7 +191,8 @@ def train_version(work: Path, model: str) -> dict[str, Any]:
     from freestack.registry.core import registry_for
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     spec = load_spec(work / f"{PIPELINES[model]}.yaml")
     t0 = time.perf_counter()

@@ -47,7 +47,8 @@ def _folder(uri: str) -> Path:
 def test_a_streamed_window_trains_and_evaluates_like_the_in_memory_one(lake, tmp_path):
     from freestack.evaluate.core import evaluate
     from freestack.tracking.wandb import WandbSettings
-    from freestack.train.core import TrainRequest, train
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
 
     off = WandbSettings(mode="disabled")
     runs = {}
@@ -111,7 +112,8 @@ def test_auto_streams_a_window_over_the_memory_limit(lake, monkeypatch):
 def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool(lake, tmp_path):
     from freestack.ingest.lake import PART, partition_dir
     from freestack.storage import join
-    from freestack.train.core import TrainingError, load_window
+    from freestack.train.core import load_window
+    from freestack.train.request import TrainingError
     from freestack.train.window import fix_window
 
     spec = _with_data(lake, **STREAM)
