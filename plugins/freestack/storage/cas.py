@@ -38,6 +38,7 @@ from freestack.storage.objects import (
     _precondition_failed,
     local_os_path,
     no_space_message,
+    s3_answered,
 )
 
 if TYPE_CHECKING:
@@ -218,13 +219,7 @@ def replace(path: ObjectStoragePath, data: bytes, token: str) -> str:
 
 def _conflict(exc: BaseException) -> bool:
     """409 ConditionalRequestConflict: S3's answer when two conditional writes race each other."""
-    for err in (exc, exc.__cause__, exc.__context__):
-        resp = getattr(err, "response", None) or {}
-        if resp.get("Error", {}).get("Code") == "ConditionalRequestConflict":
-            return True
-        if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 409:
-            return True
-    return False
+    return s3_answered(exc, "ConditionalRequestConflict", 409)
 
 
 def _write_tmp(target: str, data: bytes, uri: str) -> str:

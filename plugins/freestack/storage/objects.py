@@ -444,17 +444,21 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def _precondition_failed(exc: BaseException) -> bool:
-    """An S3 conditional write (If-None-Match) lost: 412 PreconditionFailed, however the client wraps it."""
-    if isinstance(exc, FileExistsError):
-        return True
+def s3_answered(exc: BaseException, code: str, status: int) -> bool:
+    """Whether S3 answered with error ``code`` or HTTP ``status``, however the client wraps it."""
     for err in (exc, exc.__cause__, exc.__context__):
         resp = getattr(err, "response", None) or {}
-        if resp.get("Error", {}).get("Code") == "PreconditionFailed":
-            return True
-        if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+        if (
+            resp.get("Error", {}).get("Code") == code
+            or resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == status
+        ):
             return True
     return False
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """An S3 conditional write (If-None-Match) lost: 412 PreconditionFailed, however the client wraps it."""
+    return isinstance(exc, FileExistsError) or s3_answered(exc, "PreconditionFailed", 412)
 
 
 def _makedirs(folder: str) -> list[str]:
