@@ -97,15 +97,11 @@ def model_of_dag(dag_id: str) -> str | None:
 
 
 def _commands(models: list[str]) -> str:
-    return "; ".join(
-        [
-            f"airflow pools set {POOL} {default_pool_slots()} 'freestack sweep agents'",
-            *(
-                f"airflow pools set {deploy_pool(m)} 1 'freestack deploys of {m}' --include-deferred"
-                for m in models
-            ),
-        ]
+    sweep = f"airflow pools set {POOL} {default_pool_slots()} 'freestack sweep agents'"
+    deploys = (
+        f"airflow pools set {deploy_pool(m)} 1 'freestack deploys of {m}' --include-deferred" for m in models
     )
+    return "; ".join([sweep, *deploys])
 
 
 class PoolListener:
