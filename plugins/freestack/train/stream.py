@@ -213,11 +213,9 @@ def spool_window(
         writer = _SplitWriter(folder.name, splits, t.data.chunk_rows)
         partitions = window.of_days(days)
         keys = [_keys(spec, p) for p in partitions] if window_unique(spec) else None
-        drops = superseded(spec, keys, len(partitions))
-        parts = [
-            _spool_partition(spec, p, folder.name, columns, writer, drop)
-            for p, drop in zip(partitions, drops, strict=True)
-        ]
+        parts = []
+        for p, drop in zip(partitions, superseded(spec, keys, len(partitions)), strict=True):
+            parts.append(_spool_partition(spec, p, folder.name, columns, writer, drop))
         writer.close()
         if not parts:
             raise WindowError(f"the fixed window up to {window.end_ds} holds no partitions of {spec.name!r}")
