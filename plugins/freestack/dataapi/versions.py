@@ -11,7 +11,7 @@ version of the stored object:
   so a racing writer's version is never credited with this write's hash.
 
 A record whose stamp no longer matches the object (written beside the service, or replaced meanwhile) is
-not trusted: the object is then hashed once, streamed in 1 MiB blocks (memory stays flat), and the result
+not trusted: the object is then hashed once, streamed (memory stays flat), and the result
 recorded. The records live in a small SQLite file beside the keys file (``versions.sqlite``), keyed by
 the backing store's root and the object's path, so they never appear among the data.
 """
@@ -30,7 +30,7 @@ from typing import Any
 
 log = logging.getLogger("freestack.dataapi")
 
-BLOCK = 1024 * 1024  # hashing an object without a usable record: read this much at a time
+BLOCK = 1024 * 1024  # hashing an object without a usable record: an object store is read this much at a time
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -152,10 +152,7 @@ class Versions:
             return None
         with f:
             opened = os.fstat(f.fileno())  # the version read: a rename meanwhile does not change it
-            h = hashlib.sha256()
-            while block := f.read(BLOCK):
-                h.update(block)
-        sha = h.hexdigest()
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
         self.store.put(rel, sha, opened.st_size, local_stamp(opened))
         return sha
 
@@ -171,11 +168,8 @@ class Versions:
         record = self.store.get(rel)
         if record is not None and etag and record[1] == etag:
             return record[0]
-        h = hashlib.sha256()
         with self.fs.open(full, "rb", block_size=BLOCK) as f:
-            while block := f.read(BLOCK):
-                h.update(block)
-        sha = h.hexdigest()
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
         try:
             still = _etag(self.fs.info(full))
         except FileNotFoundError:

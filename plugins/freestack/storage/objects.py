@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".freestack-tmp-"
-CHUNK = 8 * 1024 * 1024
 #: an unlocked temporary younger than this may belong to a writer between creating and locking it
 STALE_AFTER_S = 30.0
 #: this process's temporaries being written: a lock does not keep out its own process on every filesystem
@@ -511,11 +510,8 @@ def write_json(path: ObjectStoragePath, obj: Any, *, if_absent: bool = False) ->
 
 
 def sha256_of(path: ObjectStoragePath) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def remove_temporaries(folder: ObjectStoragePath) -> list[str]:
