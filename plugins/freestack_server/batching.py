@@ -82,9 +82,7 @@ class RequestBatcher:
 
     def _answer(self, parked: list[tuple[greenlet, Any]]) -> list[tuple[greenlet, Any]]:
         """Answer every parked job (its forward's result, or the error it raised alone); the jobs parked again."""
-        results: list[tuple[greenlet, Any, BaseException | None]] = []
-        for group in self._groups(parked):
-            results.extend(self._forward_group(group))
+        results = [r for group in self._groups(parked) for r in self._forward_group(group)]
         again = []
         for g, out, err in results:
             x = g.throw(err) if err is not None else g.switch(out)

@@ -224,14 +224,12 @@ class Model(ServedModel):
 
     def tags(self) -> dict[str, Any]:
         tags = {"model": self._described["model"] if self._described else "", "model_version": self.version}
-        request_id = getattr(self._local, "request_id", None)
-        if request_id is not None:
-            self._local.request_id = None
-            tags["request_id"] = request_id
-        batch = getattr(self._local, "generate_batch", None)
-        if batch is not None:  # the prompts of the generate call that answered this request
-            self._local.generate_batch = None
-            tags["generate_batch"] = batch
+        # the request's id and the prompts of the generate call that answered it, each taken once
+        for name in ("request_id", "generate_batch"):
+            value = getattr(self._local, name, None)
+            if value is not None:
+                setattr(self._local, name, None)
+                tags[name] = value
         return tags
 
     def metrics(self) -> list[dict[str, Any]]:

@@ -475,14 +475,11 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
         the worker is crowded (over half of max_waiting connections without a whole head), a head must be
         in within CROWDED_HEAD_S: a client that holds a connection by sending its head slowly gets less."""
         crowded = len(self.waiting) > self.max_waiting // 2
+        head_s = min(CROWDED_HEAD_S, self.io_timeout)
         for conn in list(self.conns.values()):
             if conn.pending and not conn.closing:
-                if (
-                    crowded
-                    and conn in self.waiting
-                    and now > conn.started + min(CROWDED_HEAD_S, self.io_timeout)
-                ):
-                    self._refuse(conn, RequestTimeout(min(CROWDED_HEAD_S, self.io_timeout)))
+                if crowded and conn in self.waiting and now > conn.started + head_s:
+                    self._refuse(conn, RequestTimeout(head_s))
                 elif now > conn.started + self.io_timeout + len(conn.pending) / MIN_RATE:
                     self._refuse(conn, RequestTimeout(self.io_timeout))
             elif conn.idle_until < now:
