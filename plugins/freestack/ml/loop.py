@@ -83,12 +83,6 @@ def warm_up() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # inputs: one array of numeric features, or a dict of arrays per feature group (freestack.ml.features)
 
@@ -256,9 +250,8 @@ class EarlyStopping:
     def __init__(self, task: str, patience: int, on_cpu: bool = True):
         self.task, self.patience, self.on_cpu = task, patience, on_cpu
         self.bad_epochs = 0
-        self.best: dict[str, torch.Tensor] | None = (
-            None  # the best epoch's weights (a sharded model's: its shards)
-        )
+        # the best epoch's weights (a sharded model's: its shards)
+        self.best: dict[str, torch.Tensor] | None = None
 
     def update(self, result: TrainResult, model: nn.Module, epoch: int, value: float) -> None:
         if is_better(self.task, value, result.best_metric):
@@ -310,7 +303,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
     device = resolve_device(config.device)
     if ranks is not None and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
-    _seed_all(config.seed)
+    torch.manual_seed(config.seed)  # every device's generator, CUDA's included
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
@@ -331,13 +324,12 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
         except (RuntimeError, TypeError):  # a device or dtype without the fused kernel
             return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    amp = str(precision.amp_dtype) if precision.amp_dtype else None
     result = TrainResult(
         model=model,
         task=task,
         metric=PRIMARY[task][0],
         device=str(device),
-        amp=amp,
+        amp=str(precision.amp_dtype) if precision.amp_dtype else None,
         world_size=ranks.world if ranks is not None else 1,
         threads=torch.get_num_threads(),
     )
@@ -652,7 +644,7 @@ def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None
     """The epoch's validation metrics into ``row`` and the history, and whether to stop (patience, or
     ``on_epoch``'s request)."""
     result, config, epoch = run.result, run.config, int(row["epoch"])
-    val_metrics = _validate(run, val)
+    val_metrics = evaluate_source(run.model, val, run.task, run.device, run.precision.amp_dtype)
     row.update({f"val_{k}": v for k, v in val_metrics.items()})
     value = val_metrics[result.metric]
     if run.ranks is not None and run.ranks.sharded:  # every rank keeps the same best epoch: rank 0's view
@@ -663,10 +655,6 @@ def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None
         result.stopped_early, result.stop_reason = True, "patience"
     if on_epoch is not None and on_epoch(row) and epoch < config.epochs:
         result.stopped_early, result.stop_reason = True, "requested"
-
-
-def _validate(run: _Run, val: BatchSource) -> dict[str, float]:
-    return evaluate_source(run.model, val, run.task, run.device, run.precision.amp_dtype)
 
 
 def _finish(run: _Run, start_epoch: int) -> None:
@@ -692,8 +680,6 @@ def _fmt_eta(seconds: float) -> str:
 
 
 __all__ = [
-    "CHECKPOINT",
-    "CheckpointStore",
     "EarlyStopping",
     "FlatGradients",
     "Precision",
@@ -704,7 +690,6 @@ __all__ = [
     "token_metrics",
     "fit",
     "fit_source",
-    "lr_factor",
     "outputs_metrics",
     "predict_outputs",
     "resolve_device",

@@ -99,9 +99,8 @@ class InMemory:
         for i in range(0, self.n, batch_size):
             idx = perm[i : i + batch_size]
             if self.world > 1:
-                if (
-                    len(idx) < self.world
-                ):  # a last batch too small to give every rank a row: every rank skips it
+                # a last batch too small to give every rank a row: every rank skips it
+                if len(idx) < self.world:
                     break
                 idx = idx[self.rank :: self.world]
             yield _take(self.x, idx), self.y[idx]
