@@ -26,7 +26,6 @@ from freestack.sweeps.core import (
     sweep_id_for,
 )
 from freestack.sweeps.report import select_best
-from freestack.sweeps.spec import POOL
 from freestack.sweeps.wandb_sweep import create_server_sweep, run_server_agent, server_settings
 from freestack.train.operators import airflow_info, fixed_window
 
@@ -137,19 +136,14 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
-                report = run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
-            else:
-                runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
-                report = (
-                    LocalAgent(
-                        spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
-                    )
-                    .run()
-                    .as_dict()
-                )
+                return run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking)
+            runner = make_trial_runner(spec, sweep, tracking_settings=tracking)
+            agent = LocalAgent(
+                spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
+            )
+            return agent.run().as_dict()
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
-        return report
 
 
 class SelectBestOperator(PipelineOperator):
@@ -179,7 +173,6 @@ class SelectBestOperator(PipelineOperator):
 
 
 __all__ = [
-    "POOL",
     "ChooseTrainingOperator",
     "CreateSweepOperator",
     "SelectBestOperator",

@@ -234,11 +234,9 @@ def validate(block: Any) -> dict[str, Any]:
 
     leaves = leaf_parameters(config["parameters"])
     tunable = TUNABLE_TRAIN + TUNABLE_MODEL
-    for path, _spec in leaves.items():
+    for path in leaves:
         *parents, name = path.split(".")
-        if (
-            INIT in parents
-        ):  # a custom model's constructor argument: the spec checks it names one of model.init
+        if INIT in parents:  # a custom model's constructor argument: the spec checks it against model.init
             continue
         if PEFT in parents:  # a fine-tuned model's LoRA setting
             if name not in TUNABLE_PEFT:
