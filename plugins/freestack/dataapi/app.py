@@ -69,7 +69,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.dataapi.keys import KeyStore
-from freestack.dataapi.listing import DirectoryIndex
+from freestack.dataapi.listing import DirectoryIndex, modified_at
 from freestack.dataapi.listing import page as listing_page
 from freestack.dataapi.temporaries import Journal, Sweeper
 from freestack.dataapi.versions import Versions, VersionStore
@@ -456,21 +456,6 @@ def _exception_response(exc: BaseException, display: str, *, head: bool) -> Resp
     return error_response(err.status, err.message, head=head, headers=err.headers)
 
 
-def _mtime(info: dict[str, Any]) -> datetime | None:
-    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _listing_time(dt: datetime | None) -> str:
     dt = dt or datetime(1970, 1, 1, tzinfo=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
@@ -645,7 +630,11 @@ def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, 
     body: dict[str, Any] = {
         "folders": [{"name": k[2]} for k, e in page if k[0] == 0],
         "files": [
-            {"filename": k[2], "size": int(e.get("size") or 0), "last_modified": _listing_time(_mtime(e))}
+            {
+                "filename": k[2],
+                "size": int(e.get("size") or 0),
+                "last_modified": _listing_time(modified_at(e)),
+            }
             for k, e in page
             if k[0] == 1
         ],
@@ -744,7 +733,7 @@ def _open_file(fs, rel: str, info: dict[str, Any], head: bool, range_header: str
         "Content-Encoding": "identity",
         "Cache-Control": "no-store",
     }
-    mtime = _mtime(info)
+    mtime = modified_at(info)
     if mtime is not None:
         headers["Last-Modified"] = formatdate(mtime.timestamp(), usegmt=True)
     if head:

@@ -40,10 +40,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from freestack.dataapi.listing import modified_at
 from freestack.errors import FreestackError, UnsafePathError
 from freestack.storage import to_path
 from freestack.storage.acl import Acl, AclError
@@ -128,20 +129,8 @@ def _normalize(data_url: Any, *, what: str) -> str:
 
 def _to_datetime(info: dict[str, Any]) -> datetime | None:
     """Last-modified time as a naive UTC datetime, like Algorithmia's ``last_modified``."""
-    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC).replace(tzinfo=None)
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    modified = modified_at(info)
+    return modified.replace(tzinfo=None) if modified else None
 
 
 @contextmanager

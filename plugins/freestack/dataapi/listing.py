@@ -21,6 +21,8 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 #: a listing read this soon after the directory's last change is used once, then read again
 RACY_NS = 2_000_000_000
@@ -107,4 +109,21 @@ def page(
     return out, i < len(keys)
 
 
-__all__ = ["DirectoryIndex", "Key", "page", "scan"]
+def modified_at(info: dict[str, Any]) -> datetime | None:
+    """An fsspec info dict's modification time (``mtime``, S3's ``LastModified`` or ``last_modified``) in
+    UTC; a time without a zone is UTC. None when it has none, or none that reads as a time."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+__all__ = ["DirectoryIndex", "Key", "modified_at", "page", "scan"]
