@@ -439,17 +439,15 @@ def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
     """The bounds a version is served within and its chat columns, for the metadata: from the small JSON
     files (``info``: :meth:`freestack_server.core.ServedModel.describe`), before the model is loaded."""
     chat = info.get("chat") or {}
-    config = info.get("config") or {}
-    columns = chat.get("columns") or {}
     out = {
         **bounds.as_dict(),
+        "default_max_new_tokens": min(bounds.default_max_new_tokens, bounds.max_new_tokens),
         "max_prompt_tokens": bounds.max_prompt_tokens or chat.get("max_length"),
-        "context": context_of(config),
+        "context": context_of(info.get("config") or {}),
         "max_length": chat.get("max_length"),
         "input": (info.get("features") or ["prompt"])[0],
-        "system_prompt": bool(columns.get("system")),
+        "system_prompt": bool((chat.get("columns") or {}).get("system")),
     }
-    out["default_max_new_tokens"] = min(bounds.default_max_new_tokens, bounds.max_new_tokens)
     return {k: v for k, v in out.items() if v is not None}
 
 
