@@ -30,16 +30,9 @@ if TYPE_CHECKING:
 R = TypeVar("R", bound=Record)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -89,7 +82,7 @@ class ModelVersion:
 
     def _check(self, name: str, data: bytes) -> None:
         entry = self.manifest.files.get(name) if self.manifest is not None else None
-        if entry is not None and _sha256(data) != entry.sha256:
+        if entry is not None and hashlib.sha256(data).hexdigest() != entry.sha256:
             raise VersionCorrupt(_changed(self.uri, name, entry.sha256))
 
     def verify(self, copy_to: str | os.PathLike | None = None) -> None:

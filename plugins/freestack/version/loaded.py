@@ -53,18 +53,15 @@ class LoadedVersion:
     tokenizer_json: str = ""
     generation_config: dict[str, Any] = field(default_factory=dict)
 
-    def _require_preprocessing(self) -> Preprocessing:
-        if self.preprocessing is None:
-            raise NotAVersion(
-                f"{self.uri} has no {F.PREPROCESSING}; it was not written by freestack's trainer"
-            )
-        return self.preprocessing
-
     @cached_property
     def preprocessor(self) -> Any:
         """:class:`freestack.ml.prep.Preprocessing` (rows to inputs, labels), or a text-generation
         version's :class:`freestack.ml.generation.ChatEncoding`."""
-        pre = self._require_preprocessing().as_dict()
+        if self.preprocessing is None:
+            raise NotAVersion(
+                f"{self.uri} has no {F.PREPROCESSING}; it was not written by freestack's trainer"
+            )
+        pre = self.preprocessing.as_dict()
         if pre.get("task") == "generation":
             from freestack.ml.generation import ChatColumns, ChatEncoding
 
@@ -143,11 +140,8 @@ def _build(version: ModelVersion, folder: str, device: Any) -> LoadedVersion:
 
 
 def _text_file(folder: str, name: str) -> str:
-    path = os.path.join(folder, name)
-    if not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    path = Path(folder) / name
+    return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
 def _json_file(folder: str, name: str) -> Any:
