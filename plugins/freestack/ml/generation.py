@@ -96,11 +96,8 @@ class ChatColumns:
 
 
 def _kind(v: Any) -> str:
-    return (
-        "nothing (a missing value)"
-        if v is None or (isinstance(v, float) and math.isnan(v))
-        else type(v).__name__
-    )
+    missing = v is None or (isinstance(v, float) and math.isnan(v))
+    return "nothing (a missing value)" if missing else type(v).__name__
 
 
 def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
@@ -172,13 +169,11 @@ def encode_chat(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], list[
     starts where the chat before it, rendered with the generation prompt, ends), then mapped to tokens by
     their offsets, so tokenization across a boundary cannot shift them."""
     text = render(tokenizer, chat)
-    spans = []
-    for i, m in enumerate(chat):
-        if m["role"] != "assistant":
-            continue
-        start = len(render(tokenizer, chat[:i], generation_prompt=True))
-        end = len(render(tokenizer, chat[: i + 1]))
-        spans.append((start, end))
+    spans = [
+        (len(render(tokenizer, chat[:i], generation_prompt=True)), len(render(tokenizer, chat[: i + 1])))
+        for i, m in enumerate(chat)
+        if m["role"] == "assistant"
+    ]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = list(enc["input_ids"]), []
     for tok_id, (a, _b) in zip(ids, enc["offset_mapping"], strict=True):
