@@ -42,11 +42,7 @@ _SCHEMES = ("file://", "s3://", "data://")
 
 def is_storage_base(base: str) -> bool:
     """Whether ``model.base`` names a folder (a path or a storage URI) rather than a Hub repo id."""
-    return (
-        base.startswith(_SCHEMES)
-        or base.startswith(("/", "./", "~"))
-        or os.path.isdir(os.path.expanduser(base))
-    )
+    return base.startswith((*_SCHEMES, "/", "./", "~")) or os.path.isdir(os.path.expanduser(base))
 
 
 def pretrained_task(spec: PipelineSpec) -> str:
@@ -74,7 +70,6 @@ def storage_base_uri(base: str) -> str:
 def _base(base: str, revision: str, endpoint: str | None) -> Base:
     if not is_storage_base(base):
         return fetch_base(base, revision, endpoint=endpoint)  # the token: huggingface_hub's own (HF_TOKEN)
-
     uri = storage_base_uri(base)
     local = local_os_path(to_path(uri))
     return local_base(local if local is not None else copy_base(uri, read_storage_file), uri, revision)

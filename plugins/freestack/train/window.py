@@ -27,7 +27,6 @@ from freestack.storage import join, sha256_of, to_path
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
-
 log = logging.getLogger(__name__)
 
 
@@ -248,9 +247,8 @@ def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | Non
         if seen is None:
             continue
         if {(p.ds, p.sha256) for p in seen.partitions} == wanted:
-            return v[
-                "version"
-            ], f"version {v['version']} was trained on these {len(wanted)} partitions, unchanged since"
+            why = f"version {v['version']} was trained on these {len(wanted)} partitions, unchanged since"
+            return v["version"], why
         if seen.end_ds > window.end_ds and (newest is None or seen.end_ds > newest[1]):
             newest = (v["version"], seen.end_ds)
     if newest is not None:
