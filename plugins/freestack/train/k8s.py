@@ -449,7 +449,6 @@ def finish_on_kubernetes(
 
 
 def _outcome_path(spec: PipelineSpec, req: TrainRequest) -> Any:
-
     return join(places(spec, req).run_dir, OUTCOME_FILE)
 
 
