@@ -14,7 +14,7 @@
 
 The block is checked twice when the spec is read: field by field by the models below, then as a whole by
 the rules W&B's own sweep server applies (the open-source ``sweeps`` engine's schema) and by what
-freestack needs to run it (:func:`freestack.sweeps.config.validate`): every parameter names something
+freestack needs to run it (:func:`validate`): every parameter names something
 the trainer can change, the metric is one the trainer reports each epoch, and random and bayes sweeps
 have a ``run_cap``. :meth:`SweepSpec.config` gives the W&B configuration back as a plain mapping, the
 form the engine and the W&B server take.
