@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from datetime import date, timedelta
@@ -134,9 +135,7 @@ class PipelineSpec(SpecModel):
         self._check_feature_kinds()
         if self.model.image_shape is not None:
             n = len(self.model_features)
-            size = 1
-            for d in self.model.image_shape:
-                size *= d
+            size = math.prod(self.model.image_shape)
             if size != n:
                 raise ValueError(
                     f"model.image_shape {self.model.image_shape} holds {size} values but there are {n} "
@@ -199,7 +198,7 @@ class PipelineSpec(SpecModel):
             )
             raise ValueError(
                 f"type: huggingface reads {need} as its feature, but the features are "
-                f"{ {f: t for f, t in kinds.items()} or 'none' }; list it in model.features"
+                f"{kinds or 'none'}; list it in model.features"
             )
 
     @model_validator(mode="after")

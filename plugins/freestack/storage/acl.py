@@ -120,13 +120,11 @@ class Acl:
 
     def describe(self) -> str:
         if self.kind == "public":
-            text = "public (anyone may read)"
-        elif self.kind == "team":
-            text = "team: readers " + (", ".join(self.readers() + self.writers()) or "none")
-            text += "; writers " + (", ".join(self.writers()) or "none")
-        else:
-            text = "private (the owner only)"
-        return text
+            return "public (anyone may read)"
+        if self.kind == "team":
+            readers, writers = self.readers() + self.writers(), self.writers()
+            return f"team: readers {', '.join(readers) or 'none'}; writers {', '.join(writers) or 'none'}"
+        return "private (the owner only)"
 
 
 PRIVATE = Acl()
