@@ -24,6 +24,7 @@ import json
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,7 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime) -> dict[str, Any]:
     of ``[start, end)`` that has input; ``skipped`` names the days without. An empty file (0 bytes, or no
     header) is left out of its day with a line naming it (``job["empty"]``)."""
     resolved = resolve_version(spec)
-    model = load_version(resolved["uri"], "cpu")  # only to check it loads and what it takes
+    model = ScoringModel(resolved["uri"], "cpu")  # only to check it loads and what it takes
     jobs, skipped = [], []
     for ds in days_of(start, end):
         files, empty = [], []
@@ -256,11 +257,7 @@ class ScoringModel:
             except (TypeError, ValueError):  # not numbers (a text in a number column): tried row by row below
                 pass
         bad = _missing_numbers(self.pre.numeric, batch)
-        good = (
-            np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad)))
-            if bad
-            else np.arange(batch.num_rows)
-        )
+        good = np.setdiff1d(np.arange(batch.num_rows), np.fromiter(bad, int, len(bad)))
         frame = (batch.take(good) if bad else batch).to_pandas()
         try:
             return self.pre.inputs(frame), good, bad
@@ -291,10 +288,13 @@ class ScoringModel:
 
 def _missing_numbers(numeric: list[str], batch: pa.RecordBatch) -> dict[int, str]:
     """Rows (by position) with no value (null, NaN) in a numeric feature, and which."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     cols = [c for c in numeric if c in batch.schema.names]
-    if not cols or not any(batch.column(c).null_count or _is_float(batch.column(c)) for c in cols):
+    if not cols or not any(
+        batch.column(c).null_count or pa.types.is_floating(batch.column(c).type) for c in cols
+    ):
         return {}
     missing = np.column_stack(
         [pc.is_null(batch.column(c), nan_is_null=True).to_numpy(zero_copy_only=False) for c in cols]
@@ -303,12 +303,6 @@ def _missing_numbers(numeric: list[str], batch: pa.RecordBatch) -> dict[int, str
         int(i): f"no value in {[c for c, m in zip(cols, missing[i], strict=True) if m][:5]}"
         for i in np.flatnonzero(missing.any(axis=1))
     }
-
-
-def _is_float(column: pa.Array) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_floating(column.type)
 
 
 def _without_gaps(x: np.ndarray, columns: list[str]) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -330,10 +324,6 @@ def _matrix(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
     for j, c in enumerate(columns):
         x[:, j] = batch.column(c).to_numpy(zero_copy_only=False)
     return x
-
-
-def load_version(uri: str, device: str = "auto") -> ScoringModel:
-    return ScoringModel(uri, device)
 
 
 def check_columns(
@@ -395,9 +385,10 @@ def _output_schema(spec: PipelineSpec, model: ScoringModel, key_type: pa.DataTyp
 
     key = spec.source.schema_.key or "row"
     fields = [pa.field(key, key_type), pa.field("ds", pa.string())]
-    wanted = spec.score.columns
+    wanted, meta = spec.score.columns, None
     if model.classification:
         classes = pa.array(model.pre.classes)
+        meta = {b"freestack.classes": json.dumps(model.pre.classes, default=str).encode()}
         if "prediction" in wanted:
             fields.append(pa.field("prediction", classes.type))
         if "probabilities" in wanted:
@@ -405,11 +396,6 @@ def _output_schema(spec: PipelineSpec, model: ScoringModel, key_type: pa.DataTyp
     else:
         fields.append(pa.field("prediction", pa.float64()))
     fields += [pa.field("version", pa.string()), pa.field("scored_at", pa.timestamp("us", tz="UTC"))]
-    meta = (
-        {b"freestack.classes": json.dumps(model.pre.classes, default=str).encode()}
-        if model.classification
-        else None
-    )
     return pa.schema(fields, metadata=meta)
 
 
@@ -468,7 +454,7 @@ def score(
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
-    model = model or load_version(job["version_uri"], spec.train.device)
+    model = model or ScoringModel(job["version_uri"], spec.train.device)
     out_dir = to_path(job["output"])
     part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, STAGING))
     try:
@@ -574,18 +560,8 @@ def _score_piece(
         return
     out = model.forward(inputs)
     top = out.argmax(axis=1) if model.classification else None
-    writer.write_batch(
-        _scores(
-            model,
-            out,
-            top,
-            piece.keys.take(good) if bad else piece.keys,
-            job["ds"],
-            job["version"],
-            at,
-            writer.schema,
-        )
-    )
+    keys = piece.keys.take(good) if bad else piece.keys
+    writer.write_batch(_scores(model, out, top, keys, job["ds"], job["version"], at, writer.schema))
     counts.rows_scored += len(good)
     _tally(counts, model, out, top)
     if spec.score.monitor:
@@ -613,22 +589,18 @@ def _units(inputs: list[dict[str, Any]], batch_rows: int) -> list[list[dict[str,
     return tables + [images[k : k + batch_rows] for k in range(0, len(images), batch_rows)]
 
 
+@dataclass
 class _Piece:
     """Rows read from one input: ``batch`` the rows to score (typed as the lake types them) and their
     ``keys``; ``rejected`` the rows the schema refused (in the quarantine's layout); ``texts`` the
     batch's rows as text as they came (a folder's), for the rows the version's preprocessing refuses."""
 
-    def __init__(
-        self,
-        batch: pa.RecordBatch | None,
-        keys: pa.Array | None,
-        source: str | pa.Array,
-        rows_in: int,
-        rejected: pa.Table | None = None,
-        texts: pa.Table | None = None,
-    ):
-        self.batch, self.keys, self.source, self.rows_in = batch, keys, source, rows_in
-        self.rejected, self.texts = rejected, texts
+    batch: pa.RecordBatch | None
+    keys: pa.Array | None
+    source: str | pa.Array
+    rows_in: int
+    rejected: pa.Table | None = None
+    texts: pa.Table | None = None
 
     def refused(self, bad: dict[int, str]) -> pa.Table:
         """The rows of ``batch`` at the positions of ``bad``, with their reasons, as quarantined rows."""

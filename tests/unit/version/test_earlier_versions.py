@@ -125,13 +125,13 @@ def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -
 
 
 def _score_answers(folder: Path, inputs: dict[str, Any]) -> list:
-    """What the score stage's model (``load_version``) answers for the rows as an Arrow batch (a version
+    """What the score stage's model (``ScoringModel``) answers for the rows as an Arrow batch (a version
     that predicts rows; score does not generate text)."""
     import pyarrow as pa
 
-    from freestack.score.core import load_version
+    from freestack.score.core import ScoringModel
 
-    version = load_version(folder.as_uri(), device="cpu")
+    version = ScoringModel(folder.as_uri(), device="cpu")
     encoded, kept, refused = version.encode(pa.RecordBatch.from_pandas(frame_of(folder, inputs)))
     assert not refused and len(kept) == len(inputs["rows"]), refused
     return version.forward(encoded).tolist()

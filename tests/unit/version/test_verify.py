@@ -43,9 +43,9 @@ def alter_one_byte(path: Path, at: int = -1) -> None:
 
 
 def _score(uri: str) -> None:
-    from freestack.score.core import load_version
+    from freestack.score.core import ScoringModel
 
-    load_version(uri, "cpu")
+    ScoringModel(uri, "cpu")
 
 
 def _evaluate(uri: str) -> None:
