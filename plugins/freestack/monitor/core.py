@@ -64,9 +64,7 @@ def build_reference(
     vocab = {f: stats.vocabulary(v[::2]) for f, v in columns.items() if kinds[f] == "text"}
     cols = {f: (v[1::2] if kinds[f] == "text" else v) for f, v in columns.items()}
     sets = {f: set(w) for f, w in vocab.items()}
-    series = {}
-    for f, kind in kinds.items():  # a text feature's proxies from its own half of the rows
-        series.update(stats.series_of({f: cols[f]}, {f: kind}, sets))
+    series = stats.series_of(cols, kinds, sets)  # a text feature's proxies from its own half of the rows
     task = "classification" if predicted and isinstance(predicted[0], str) else "regression"
     series["prediction"] = (
         ("category", stats.category_values(predicted))
@@ -126,9 +124,10 @@ def _read_folders(folders: list) -> Logged:
         files += 1
         try:
             with obj.open("rb") as f:
-                frames.append(
-                    _plain(pq.read_table(f)).to_pandas() if obj.name.endswith(".parquet") else _csv(f)
-                )
+                if obj.name.endswith(".parquet"):
+                    frames.append(_plain(pq.read_table(f)).to_pandas())
+                else:
+                    frames.append(pd.read_csv(f, dtype={"request_id": str, "label": str}))
         except Exception as exc:  # a truncated or foreign file: reported, the rest still judged
             problems.append(f"{obj}: unreadable ({type(exc).__name__}: {str(exc)[:160]}); it was left out")
     return Logged(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), files, problems)
@@ -138,20 +137,10 @@ def _plain(table):
     """The table with dictionary-encoded columns (the request ids, the version) as plain values."""
     import pyarrow as pa
 
-    return table.cast(
-        pa.schema(
-            [
-                pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f
-                for f in table.schema
-            ]
-        )
-    )
-
-
-def _csv(f):
-    import pandas as pd
-
-    return pd.read_csv(f, dtype={"request_id": str, "label": str})
+    fields = [
+        pa.field(f.name, f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
 
 
 def read_requests(root: str, model: str, start: datetime, end: datetime) -> Logged:
@@ -206,8 +195,7 @@ def _logged_columns(rows, kinds: dict[str, str]) -> dict[str, list]:
 
 def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict[str, Any]:
     """One version's rows of the interval against its reference: every series, and the metric where labelled."""
-    m = spec.monitor
-    t = m.thresholds
+    t = spec.monitor.thresholds
     kinds = ref["features"]
     vocab = {f: set(w) for f, w in (ref.get("vocabulary") or {}).items()}
     series = stats.series_of(_logged_columns(rows, kinds), kinds, vocab)
@@ -223,12 +211,11 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
         if ref["task"] == "classification"
         else ("numeric", pred.to_numpy(np.float64))
     )
-    judged = []
-    for name, (kind, values) in series.items():
-        if name not in ref["series"]:
-            continue
-        got = stats.drift(ref["series"][name], kind, values, t.psi, t.p_value)
-        judged.append({"name": name, **got})
+    judged = [
+        {"name": name, **stats.drift(ref["series"][name], kind, values, t.psi, t.p_value)}
+        for name, (kind, values) in series.items()
+        if name in ref["series"]
+    ]
     judged.sort(key=lambda s: -s["psi"])
     out = {
         "version": ref["version"],
@@ -455,12 +442,8 @@ def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]
     if not folder.exists():
         return []
     names = sorted((p.name for p in folder.iterdir()), reverse=True)[:limit]
-    out = []
-    for name in names:
-        path = join(folder, name, "summary.json")
-        if path.exists():
-            out.append(json.loads(path.read_text()))
-    return out
+    paths = [join(folder, name, "summary.json") for name in names]
+    return [json.loads(path.read_text()) for path in paths if path.exists()]
 
 
 __all__ = [

@@ -97,14 +97,8 @@ class AlertOperator(PipelineOperator):
             "alerts": got["alerts"],
             "run_id": context["run_id"],
         }
-        write_json(
-            join(
-                to_path(monitoring_uri(spec.root, spec.model_name)),
-                "alerts",
-                f"{interval_name(start, end)}.json",
-            ),
-            alert,
-        )
+        alerts = join(to_path(monitoring_uri(spec.root, spec.model_name)), "alerts")
+        write_json(join(alerts, f"{interval_name(start, end)}.json"), alert)
         for line in got["alerts"]:
             self.log.error("DRIFT %s", line)
         subject = f"freestack: {spec.model_name} drifted ({len(got['alerts'])} alert(s), {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M})"

@@ -69,21 +69,17 @@ def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
 
     matplotlib.use("Agg")
     images: dict[str, bytes] = {}
+    overview = [
+        summary["status"],
+        summary["rows"],
+        summary["files"],
+        summary["labels"],
+        len(summary["alerts"]),
+    ]
     parts = [
         f"<h1>{html.escape(summary['model'])}: monitoring {html.escape(summary['interval']['start'])} to "
         f"{html.escape(summary['interval']['end'])}</h1>",
-        _table(
-            ["status", "logged rows", "log files", "labels", "alerts"],
-            [
-                [
-                    summary["status"],
-                    summary["rows"],
-                    summary["files"],
-                    summary["labels"],
-                    len(summary["alerts"]),
-                ]
-            ],
-        ),
+        _table(["status", "logged rows", "log files", "labels", "alerts"], [overview]),
     ]
     if summary["alerts"]:
         parts.append(
@@ -109,50 +105,18 @@ def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
             parts.append(
                 f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
             )
-        lab = v.get("labels")
-        if lab:
-            parts.append(
-                "<h3>labelled rows</h3>"
-                + _table(
-                    [
-                        "rows",
-                        "metric",
-                        "this interval",
-                        "at registration",
-                        "worse by",
-                        "threshold",
-                        "drifted",
-                    ],
-                    [
-                        [
-                            lab["rows"],
-                            lab["metric"],
-                            lab.get("value") if lab.get("value") is not None else lab.get("note", ""),
-                            lab["reference"],
-                            lab.get("drop", ""),
-                            t["metric_drop"],
-                            lab["drifted"],
-                        ]
-                    ],
-                )
-            )
+        if lab := v.get("labels"):
+            value = lab.get("value") if lab.get("value") is not None else lab.get("note", "")
+            head = ["rows", "metric", "this interval", "at registration", "worse by", "threshold", "drifted"]
+            row = [lab["rows"], lab["metric"], value, lab["reference"], lab.get("drop", "")]
+            row += [t["metric_drop"], lab["drifted"]]
+            parts.append("<h3>labelled rows</h3>" + _table(head, [row]))
+        head = ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"]
+        keys = ("name", "kind", "rows", "psi", "test", "p_value")
+        rows = [[*(s[k] for k in keys), "yes" if s["drifted"] else ""] for s in v["series"]]
         parts.append(
             f"<h3>columns (PSI threshold {t['psi']:g}, p-value threshold {t['p_value']:g})</h3>"
-            + _table(
-                ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"],
-                [
-                    [
-                        s["name"],
-                        s["kind"],
-                        s["rows"],
-                        s["psi"],
-                        s["test"],
-                        s["p_value"],
-                        "yes" if s["drifted"] else "",
-                    ]
-                    for s in v["series"]
-                ],
-            )
+            + _table(head, rows)
         )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"

@@ -94,12 +94,8 @@ def series_of(
         elif kind == "category":
             out[name] = ("category", category_values(values))
         elif kind == "text":
-            out.update(
-                {
-                    k: ("numeric", v)
-                    for k, v in text_series(name, list(values), vocab.get(name, set())).items()
-                }
-            )
+            proxies = text_series(name, list(values), vocab.get(name, set()))
+            out.update({k: ("numeric", v) for k, v in proxies.items()})
         elif kind == "image":
             out.update({k: ("numeric", v) for k, v in image_series(name, list(values)).items()})
     return out
@@ -117,22 +113,14 @@ def vocabulary(values: list) -> list[str]:
 def numeric_reference(values: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
     finite = values[np.isfinite(values)]
     missing = float(1 - len(finite) / len(values)) if len(values) else 0.0
+    shared = {"kind": "numeric", "rows": int(len(values)), "missing": missing}
     if not len(finite):
-        return {
-            "kind": "numeric",
-            "rows": int(len(values)),
-            "missing": missing,
-            "edges": [],
-            "proportions": [1.0],
-            "sample": [],
-        }
+        return {**shared, "edges": [], "proportions": [1.0], "sample": []}
     edges = np.unique(np.quantile(finite, np.linspace(0.1, 0.9, 9)))
     props = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=len(edges) + 1) / len(finite)
     sample = finite if len(finite) <= KS_SAMPLE else rng.choice(finite, KS_SAMPLE, replace=False)
     return {
-        "kind": "numeric",
-        "rows": int(len(values)),
-        "missing": missing,
+        **shared,
         "edges": edges.tolist(),
         "proportions": props.tolist(),
         "sample": np.sort(sample).tolist(),
