@@ -432,11 +432,12 @@ def evaluate(
     target = spec.source.schema_.target
     folder = join(to_path(candidate_uri), "evaluation")
     version = lineage.get("version") or to_path(candidate_uri).name
-    samples, c_lineage = None, {}
+    samples = None
     try:
+        champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
-            cand, champ, samples, c_lineage = _generation(
-                spec, model, pre, test, version, champion_uri, candidate_uri, folder
+            cand, champ, samples = _generation(
+                spec, model, pre, test, version, champion, candidate_uri, folder
             )
         else:
             y, out = outputs(model, pre, test, target)
@@ -445,11 +446,7 @@ def evaluate(
                 join(to_path(candidate_uri), REFERENCE_FILE),
                 reference_of(spec, pre, data, test, out, version, cand),
             )
-            champ = None
-            if champion_uri:
-                champion = load_version(champion_uri)
-                c_lineage = champion.lineage.as_dict()
-                champ = score(champion.model, champion.preprocessor, test, target)
+            champ = score(champion.model, champion.preprocessor, test, target) if champion else None
             write_json(
                 join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target)
             )
@@ -462,7 +459,7 @@ def evaluate(
         "version": version,
         "candidate_uri": str(candidate_uri),
         "champion_uri": champion_uri,
-        "champion_version": (c_lineage.get("version") if champion_uri else None),
+        "champion_version": champion.lineage.as_dict().get("version") if champion else None,
         **({"samples": samples} if samples is not None else {}),
         "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
         "candidate": _shown(cand),
@@ -497,17 +494,20 @@ def _frame(test):
 
 
 def _generation(
-    spec: PipelineSpec, model, pre, test, version: str, champion_uri: str | None, candidate_uri: str, folder
+    spec: PipelineSpec,
+    model,
+    pre,
+    test,
+    version: str,
+    champion: LoadedVersion | None,
+    candidate_uri: str,
+    folder,
 ):
     """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
     metrics, the sample answers side by side, the monitor's reference and the deploy's smoke sample."""
     frame = _frame(test)
     cand = gen.answer(model, pre, frame, spec)
-    champ, c_lineage = None, {}
-    if champion_uri:
-        champion = load_version(champion_uri)
-        c_lineage = champion.lineage.as_dict()
-        champ = gen.answer(champion.model, champion.preprocessor, frame, spec)
+    champ = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
     chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
     samples = gen.samples_table(
         chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples
@@ -517,7 +517,7 @@ def _generation(
         gen.reference_of(spec, frame, cand.texts, version, cand.metrics),
     )
     write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
-    return cand.metrics, (champ.metrics if champ else None), samples, c_lineage
+    return cand.metrics, (champ.metrics if champ else None), samples
 
 
 def rescore(
@@ -536,21 +536,19 @@ def rescore(
     )
     target = spec.source.schema_.target
     try:
+        champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
             frame = _frame(test)
             cand = gen.answer(model, pre, frame, spec).metrics
-            champ = gen.answer(*_model_and_pre(champion_uri), frame, spec).metrics if champion_uri else None
+            champ = (
+                gen.answer(champion.model, champion.preprocessor, frame, spec).metrics if champion else None
+            )
         else:
             cand = score(model, pre, test, target)
-            champ = score(*_model_and_pre(champion_uri), test, target) if champion_uri else None
+            champ = score(champion.model, champion.preprocessor, test, target) if champion else None
     finally:
         data.close()
     return _shown(cand), (_shown(champ) if champ else None)
-
-
-def _model_and_pre(uri: str) -> tuple[Any, Any]:
-    loaded = load_version(uri)
-    return loaded.model, loaded.preprocessor
 
 
 def _shown(metrics: dict[str, Any]) -> dict[str, Any]:

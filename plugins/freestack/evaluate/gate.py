@@ -66,10 +66,7 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         bar = float(gate.threshold)
         ok = sign * (value - bar) >= -_EPS
         passed &= ok
-        if goal == "maximize":
-            op = "≥" if ok else "<"
-        else:
-            op = "≤" if ok else ">"
+        op = ("≥" if ok else "<") if goal == "maximize" else ("≤" if ok else ">")
         shown, bar_shown = _pair(value, bar)
         reasons.append(f"{metric} {shown} {op} {bar_shown} (threshold, {better_word(goal)}): {_verdict(ok)}")
     delta = None

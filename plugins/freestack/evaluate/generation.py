@@ -111,18 +111,15 @@ def samples_table(
     chats, refs: list[str], cand: list[str], champ: list[str] | None, n: int
 ) -> list[dict[str, str]]:
     """The first ``n`` test prompts with the reference and both models' answers."""
-    out = []
-    for i in range(min(n, len(cand))):
-        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in chats[i])
-        out.append(
-            {
-                "prompt": prompt,
-                "reference": refs[i],
-                "candidate": cand[i],
-                **({"champion": champ[i]} if champ else {}),
-            }
-        )
-    return out
+    return [
+        {
+            "prompt": "\n".join(f"{m['role']}: {m['content']}" for m in chats[i]),
+            "reference": refs[i],
+            "candidate": cand[i],
+            **({"champion": champ[i]} if champ else {}),
+        }
+        for i in range(min(n, len(cand)))
+    ]
 
 
 def samples_html(samples: list[dict[str, str]]) -> str:

@@ -77,9 +77,9 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key="wandb", value=summary.get("wandb"))
-        summary["candidate_version"] = cand["version"]
-        summary["champion_version"] = champion_version
-        summary["sweep"] = cand["sweep"]
+        summary.update(
+            candidate_version=cand["version"], champion_version=champion_version, sweep=cand["sweep"]
+        )
         return summary
 
 
@@ -109,7 +109,7 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         decision = self.decide(ev)
         registered = self.register(ev, decision, ti.run_id)
         ti.xcom_push(key="registered", value=registered)
-        ti.xcom_push(key=RUN_NOTE_XCOM, value=self.note(decision))
+        ti.xcom_push(key=RUN_NOTE_XCOM, value=decision_note(decision, self.pipeline_spec().model_name))
         # skipping the branches not taken ends the task by an exception (Airflow 3's task runner then
         # pushes no return value), so the decision is pushed first, under the return value's key
         ti.xcom_push(key="return_value", value=decision)
@@ -133,9 +133,6 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         for reason in decision["reasons"]:
             self.log.info("  - %s", reason)
         return decision
-
-    def note(self, decision: dict[str, Any]) -> str:
-        return decision_note(decision, self.pipeline_spec().model_name)
 
     def register(self, ev: dict[str, Any], decision: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Commit the candidate (blocked ones too) with its model card and the decision."""
