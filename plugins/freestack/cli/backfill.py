@@ -428,9 +428,8 @@ def _run(
             # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
             backfill = af.create_backfill(part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
             created, af.api.follow = backfill["id"], f"{af.url}/dags/{dag_id}"
-            if (
-                plan.paused and not unpaused
-            ):  # after the first backfill's runs exist: the latest interval may be one
+            # after the first backfill's runs exist: the latest interval may be one
+            if plan.paused and not unpaused:
                 _set_paused(af, dag_id, False, f"unpausing {dag_id}")
                 unpaused = True
                 console.print(
@@ -603,9 +602,8 @@ def _follow(
             completed = af.call("GET", f"/backfills/{backfill['id']}", what=f"backfill {backfill['id']}").get(
                 "completed_at"
             )
-            runs = _runs(
-                af, dag_id, backfill["from_date"], backfill["to_date"]
-            )  # read after: as fresh as `completed`
+            # read after: as fresh as `completed`
+            runs = _runs(af, dag_id, backfill["from_date"], backfill["to_date"])
             done = [
                 r
                 for r in runs

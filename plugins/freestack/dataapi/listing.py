@@ -101,9 +101,8 @@ def page(
             st = os.stat(os.path.join(folder, key[2]))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if stat.S_ISDIR(
-            st.st_mode
-        ):  # replaced by a folder meanwhile: the next read of the directory shows it
+        # replaced by a folder meanwhile: the next read of the directory shows it
+        if stat.S_ISDIR(st.st_mode):
             continue
         out.append((key, {"size": st.st_size, "mtime": st.st_mtime}))
     return out, i < len(keys)
