@@ -203,14 +203,8 @@ def model_inputs(spec: PipelineSpec, task: str, classes: list, pre=None):
     n_outputs = len(classes) if task == "classification" else 1
     sizes = group_sizes(pre.encoder if pre is not None else None, spec)
     groups = {g: FeatureGroup(g, **v) for g, v in sizes.items()}
-    return ModelInputs(
-        task,
-        n_outputs,
-        groups,
-        list(classes),
-        spec.source.schema_.target or "",
-        list(spec.model.image.augment),
-    )
+    target = spec.source.schema_.target or ""
+    return ModelInputs(task, n_outputs, groups, list(classes), target, list(spec.model.image.augment))
 
 
 def group_sizes(encoder, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
@@ -697,13 +691,8 @@ def _tokenizer_lineage(spec: PipelineSpec, pre) -> dict[str, Any]:
     if text is None or spec.model.text.tokenizer == "train":
         return {}
     commit = text.source.rpartition("@")[2] if "@" in text.source else None
-    return {
-        "tokenizer": {
-            "repo": spec.model.text.tokenizer,
-            "revision": spec.model.text.revision,
-            "commit": commit,
-        }
-    }
+    asked = spec.model.text
+    return {"tokenizer": {"repo": asked.tokenizer, "revision": asked.revision, "commit": commit}}
 
 
 def _upload(folder: str, names, where: Places) -> None:
