@@ -186,11 +186,12 @@ class FreestackRuntime(MLModel):
         batched = self.batcher is not None and isinstance(x, np.ndarray)
         out = await self.batcher(x) if batched else self.core.forward(x)
         p = self.core.answer(raw, out, payload.id or None, started)
+        return self._response(p.request_id, self._outputs(p.out, p.idx))
+
+    def _response(self, request_id: str, outputs: list[ResponseOutput], **kwargs: Any) -> InferenceResponse:
+        """The answer to request ``request_id``, from this model's name and version."""
         return InferenceResponse(
-            id=p.request_id,
-            model_name=self.name,
-            model_version=self.core.version,
-            outputs=self._outputs(p.out, p.idx),
+            id=request_id, model_name=self.name, model_version=self.core.version, outputs=outputs, **kwargs
         )
 
     def _outputs(self, out: np.ndarray, idx: np.ndarray | None) -> list[ResponseOutput]:
@@ -273,13 +274,8 @@ class FreestackRuntime(MLModel):
             raise _error(exc) from None
         answers = await self.queue(prompts)
         g = self.core.answer_generated(prompts, answers, payload.id or None, started)
-        return InferenceResponse(
-            id=g.request_id,
-            model_name=self.name,
-            model_version=self.core.version,
-            parameters=Parameters(generate_batch=g.batch),
-            outputs=[_generated_output(sent, answers, full_text)],
-        )
+        outputs = [_generated_output(sent, answers, full_text)]
+        return self._response(g.request_id, outputs, parameters=Parameters(generate_batch=g.batch))
 
     # -- ground truth ---------------------------------------------------------------------------------
     def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:
@@ -290,11 +286,8 @@ class FreestackRuntime(MLModel):
             n = self.core.add_feedback(request_id, np.asarray(_column(truth[0], numeric=False), dtype=object))
         except PayloadError as exc:
             raise _error(exc) from None
-        return InferenceResponse(
-            id=request_id,
-            model_name=self.name,
-            model_version=self.core.version,
-            outputs=[ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])],
+        return self._response(
+            request_id, [ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])]
         )
 
 
