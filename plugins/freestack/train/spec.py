@@ -335,7 +335,6 @@ class ModelSpec(_Model):
                 "type: custom needs module (a .py file of the project, or a dotted import path) "
                 "and class (the torch.nn.Module class in it)"
             )
-
         problem = static_check(self.module, self.class_, checkout_dir())
         if problem:
             raise ValueError(problem)
