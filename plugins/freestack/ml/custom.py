@@ -161,12 +161,8 @@ class CustomNet(ScaledModel):
         self.net, self.inputs = net, inputs
         self.task, self.classes = inputs.task, list(inputs.classes)
         self.features = inputs.feature_names
-        self.class_name, self.init, self.source, self.source_path = (
-            class_name,
-            dict(init),
-            source,
-            source_path,
-        )
+        self.class_name, self.init = class_name, dict(init)
+        self.source, self.source_path = source, source_path
         self.origin = origin or source_path  # model.module as the spec gave it
         self.add_scaling(inputs.groups["numeric"].size if "numeric" in inputs.groups else 0)
         if "image" in inputs.groups:
@@ -176,8 +172,7 @@ class CustomNet(ScaledModel):
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
         batch = self.scaled_inputs(x)
-        out = self.net(batch)
-        return self.checked(out, len(next(iter(batch.values()))))
+        return self.checked(self.net(batch), len(next(iter(batch.values()))))
 
     def checked(self, out: Any, rows: int) -> torch.Tensor:
         """The module's answer if it keeps the contract (regression squeezed to ``[batch]``)."""

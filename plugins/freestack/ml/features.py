@@ -168,11 +168,7 @@ class FeatureEncoder:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able; the tokenizer is left out (it is saved as its own ``tokenizer.json``)."""
-        text = (
-            None
-            if self.text is None
-            else {k: v for k, v in asdict(self.text).items() if k != "tokenizer_json"}
-        )
+        text = {k: v for k, v in asdict(self.text).items() if k != "tokenizer_json"} if self.text else None
         return {
             "columns": [list(c) for c in self.columns],
             "category": self.category,

@@ -61,10 +61,9 @@ class FreestackNet(
             if len(shape) != 3 or math.prod(shape) != n_features:
                 raise ValueError(f"image_shape {image_shape} does not hold {n_features} features")
             self.shape = tuple(shape)
-            chans = list(channels or [16, 32])
             layers: list[nn.Module] = []
             c_in = shape[0]
-            for c in chans:
+            for c in channels or [16, 32]:
                 layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
                 c_in = c
             layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Dropout(dropout)]
