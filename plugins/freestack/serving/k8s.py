@@ -90,6 +90,7 @@ def api_error(
     """The error to raise for an API server answer (sync and async clients alike): what happened, where,
     and what to check."""
     doc, detail = status_body(body), answer_detail(body, reason)
+    details = (doc or {}).get("details") or {}
     head = (
         f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
         + f" to {action} SeldonDeployment {namespace}/{name}: {detail}"
@@ -110,7 +111,6 @@ def api_error(
             status=status,
         )
     if status == 404:
-        details = (doc or {}).get("details") or {}
         if details.get("kind") == "namespaces":
             return DeployError(
                 head + f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace "
@@ -132,7 +132,7 @@ def api_error(
             head + ". It changed while we were updating it; run the deploy again.", status=status
         )
     if status == 422:
-        causes = ((doc or {}).get("details") or {}).get("causes") or []
+        causes = details.get("causes") or []
         listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
         return DeployError(
             head + listed + "\nThe API server (or Seldon's admission webhook) rejected the manifest; fix the "

@@ -76,8 +76,7 @@ def _now() -> str:
 
 def serving_python() -> str:
     """The serving environment's interpreter: the ``serving_python`` setting or ``<checkout>/.venv-serving``."""
-    configured = settings().serving_python
-    py = configured or checkout_dir() / ".venv-serving" / "bin" / "python"
+    py = settings().serving_python or checkout_dir() / ".venv-serving" / "bin" / "python"
     if not py.exists():
         raise DeployError(
             f"the serving environment is missing ({py}): run `make serving-venv` (seldon-core 1.17.1 needs its "
@@ -225,10 +224,6 @@ class LocalServer:
         assert self.cfg.address is not None, "a server without a deployment's address has no gate"
         return Path(self.cfg.address.gate)
 
-    @property
-    def health_url(self) -> str:
-        return health_url(self.url, self.cfg.runtime, self.cfg.model)
-
     def _exited(self, what: str) -> DeployError | None:
         rc = self.proc.poll()
         if rc is None:
@@ -246,7 +241,7 @@ class LocalServer:
             if exited := self._exited("before it was healthy"):
                 raise exited
             try:
-                code, body = http_json(self.health_url, timeout=2.0)
+                code, body = http_json(health_url(self.url, self.cfg.runtime, self.cfg.model), timeout=2.0)
                 if code == 200:
                     return
                 last = f"HTTP {code}: {str(body)[:300]}"

@@ -139,9 +139,7 @@ def stop_serving(
 def stop_holder(pid: int, *, grace_seconds: float = 5.0) -> str:
     """Stop an address holder (checked to be one): it closes its copy of the deployment's socket.
     Returns how it ended (``TERM``, ``KILL``; ``gone`` when it was not running)."""
-    if is_holder(pid):
-        return stop_process(pid, grace_seconds=grace_seconds)
-    return "gone"
+    return stop_process(pid, grace_seconds=grace_seconds) if is_holder(pid) else "gone"
 
 
 def stop_server(pid: int, *, grace_seconds: float = 15.0) -> None:

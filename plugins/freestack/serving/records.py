@@ -57,17 +57,14 @@ class Deployments:
 def all_deployments(root_uri: str) -> list[dict[str, Any]]:
     """Every deployment record under the root, with its model and name."""
     folder = join(to_path(root_uri), "deployments")
-    out = []
     try:
         models = sorted(p.name for p in folder.iterdir() if p.is_dir())
     except (FileNotFoundError, NotADirectoryError):
-        return out
+        return []
+    out = []
     for model in models:
         d = Deployments(root_uri, model)
-        for name in d.names():
-            rec = d.get(name)
-            if rec:
-                out.append(rec)
+        out += [rec for rec in map(d.get, d.names()) if rec]
     return out
 
 
@@ -99,10 +96,7 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
         except (OSError, ValueError):
             return None
     wanted = aliases.get(alias)
-    if wanted is None or wanted in (
-        record["version"],
-        record.get("canary_version"),
-    ):  # a canary serves it too
+    if wanted is None or wanted in (record["version"], record.get("canary_version")):  # a canary serves it
         return None
     return (
         f"serves {record['version']} but {alias} is {wanted}: the alias moved without a deploy; redeploy with "

@@ -31,8 +31,7 @@ def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (our own local server)
-            body = resp.read()
-            code = resp.status
+            body, code = resp.read(), resp.status
     except urllib.error.HTTPError as exc:
         body, code = exc.read(), exc.code
     try:
@@ -126,14 +125,9 @@ def smoke_test(
         t = body["data"]["tensor"]
         width = t["shape"][1] if len(t["shape"]) > 1 else 1
         got = [t["values"][i : i + width] for i in range(0, len(t["values"]), width)]
-    worst, tol = _compare(got, sample, atol, rtol)
+    checked = _checked(got, sample, atol, rtol, body.get("meta", {}))
     _check_names(body["data"].get("names"), sample)
-    return {
-        "rows": len(sample["outputs"]),
-        "max_abs_diff": worst,
-        "tolerance": tol,
-        "meta": body.get("meta", {}),
-    }
+    return checked
 
 
 def seldon_request(sample: dict[str, Any]) -> dict[str, Any]:
@@ -187,13 +181,7 @@ def smoke_test_v2(
     width = out["shape"][1] if len(out["shape"]) > 1 else 1
     data = out["data"]
     got = [data[i : i + width] for i in range(0, len(data), width)]
-    worst, tol = _compare(got, sample, atol, rtol)
-    return {
-        "rows": len(sample["outputs"]),
-        "max_abs_diff": worst,
-        "tolerance": tol,
-        "meta": {"id": body.get("id")},
-    }
+    return _checked(got, sample, atol, rtol, {"id": body.get("id")})
 
 
 #: how long one smoke prompt may take to answer (a CPU generates some tokens a second for a large model)
@@ -269,6 +257,13 @@ def _generated_text(answer: Any, v2: bool) -> str | None:
         return answer["jsonData"]["completions"][0]["text"]
     except (KeyError, IndexError, TypeError, StopIteration, ValueError):
         return None
+
+
+def _checked(got: Any, sample: dict[str, Any], atol: float, rtol: float, meta: Any) -> dict[str, Any]:
+    """What a smoke test compared (:func:`_compare`): rows, the largest difference, the tolerance, and
+    the answer's ``meta``."""
+    worst, tol = _compare(got, sample, atol, rtol)
+    return {"rows": len(sample["outputs"]), "max_abs_diff": worst, "tolerance": tol, "meta": meta}
 
 
 def _compare(got: Any, sample: dict[str, Any], atol: float, rtol: float) -> tuple[float, dict[str, Any]]:
