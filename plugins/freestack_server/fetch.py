@@ -40,8 +40,7 @@ class FetchError(Exception):
 
 
 def _read_local(uri: str, name: str) -> bytes:
-    base = uri[len("file://") :] if uri.startswith("file://") else uri
-    path = Path(base) / name
+    path = Path(uri.removeprefix("file://")) / name
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -64,8 +63,7 @@ def _s3_client():
 def _read_s3(uri: str, name: str) -> bytes:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    rest = uri[len("s3://") :]
-    bucket_part, _, prefix = rest.partition("/")
+    bucket_part, _, prefix = uri.removeprefix("s3://").partition("/")
     bucket = bucket_part.rsplit("@", 1)[-1]
     key = f"{prefix.rstrip('/')}/{name}" if prefix else name
     try:
@@ -197,8 +195,7 @@ class FetchSource:
 def put_bytes(uri: str, data: bytes) -> None:
     """Write one whole object (local files appear by rename, so never half-written)."""
     if uri.startswith("s3://"):
-        rest = uri[len("s3://") :]
-        bucket_part, _, key = rest.partition("/")
+        bucket_part, _, key = uri.removeprefix("s3://").partition("/")
         _s3_client().put_object(Bucket=bucket_part.rsplit("@", 1)[-1], Key=key, Body=data)
         return
     if uri.startswith("data://"):
@@ -214,7 +211,7 @@ def put_bytes(uri: str, data: bytes) -> None:
         with urllib.request.urlopen(req, timeout=60):  # noqa: S310 (the configured service)
             return
     if uri.startswith("file://") or "://" not in uri:
-        path = Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+        path = Path(uri.removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:

@@ -867,9 +867,7 @@ class RequestChecks:
                 "UNSUPPORTED_MEDIA_TYPE",
                 "multipart/form-data is not supported: send the Seldon message as application/json",
             )
-        raw = None
-        if mimetype == FORM:
-            raw = _first(urllib.parse.parse_qs(body))
+        raw = _first(urllib.parse.parse_qs(body)) if mimetype == FORM else None
         query = environ.get("QUERY_STRING", "")
         if not raw and ("json" in query or "%" in query):  # j%73on is json too
             raw = _first(urllib.parse.parse_qs(query.encode("latin-1")))
