@@ -39,7 +39,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -251,10 +251,8 @@ class DataObject:
         """``data://.my/c/x`` plus where ``.my`` points, for error messages."""
         text = SCHEME + self.path
         if self.path.split("/", 1)[0] == MY:
-            try:
+            with suppress(Exception):  # the connection itself is broken: the message still names the path
                 text += f" (owner {self._fs.owner!r})"
-            except Exception:  # the connection itself is broken: the message below still names the path
-                pass
         return text
 
     @contextmanager

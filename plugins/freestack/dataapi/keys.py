@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,10 +95,8 @@ class KeyStore:
     def _create(self) -> None:
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
-        try:
+        with suppress(OSError):
             os.chmod(folder, 0o700)
-        except OSError:
-            pass
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
 
@@ -109,10 +107,8 @@ class KeyStore:
                 self._create()
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
-            try:
+            with suppress(sqlite3.OperationalError):  # a read-only file: readers still work
                 conn.execute("PRAGMA journal_mode = WAL")
-            except sqlite3.OperationalError:  # a read-only file: readers still work
-                pass
             conn.executescript(_SCHEMA)
             self._local.conn = conn
         return conn

@@ -27,6 +27,7 @@ object.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -99,10 +100,8 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._fh.close()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 def _listed(text: str) -> dict[str, str]:

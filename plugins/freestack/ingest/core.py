@@ -19,6 +19,7 @@ hash. A failure at any step leaves the partition as it was before or as it is af
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -503,10 +504,8 @@ def _write_partition(
         part_pq.close(metadata={FOOTER_KEY: result.footer_record(held)})
     except BaseException:
         for w in writers:  # stop their threads; the temporaries are thrown away by the caller
-            try:
+            with contextlib.suppress(Exception):
                 w.close()
-            except Exception:
-                pass
         raise
 
 
@@ -742,10 +741,8 @@ def _remove_other_quarantines(out_dir: ObjectStoragePath, keep: str | None) -> N
     (a partition has one writer at a time, its ingest task, and this one's are committed)."""
     for p in list_objects(out_dir):
         if p.name.startswith(QUARANTINE_PREFIX) and str(p) != keep:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-            except FileNotFoundError:
-                pass
     remove_temporaries(out_dir)
 
 

@@ -21,6 +21,7 @@ Errors keep their meaning: 404 is FileNotFoundError, 401/403 AccessDenied, 409/4
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import queue
 import threading
@@ -517,10 +518,8 @@ class StreamingUpload(PublishOnExit):
                 self._q.put(_ABORT, timeout=0.5)
                 break
             except queue.Full:
-                try:
+                with contextlib.suppress(queue.Empty):
                     self._q.get_nowait()
-                except queue.Empty:
-                    pass
         self._thread.join(timeout=60)
 
     def discard(self) -> None:

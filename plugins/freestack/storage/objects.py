@@ -282,10 +282,8 @@ class AtomicWriter(PublishOnExit):
         return StorageFull(exc.errno, message, self._local)
 
     def _release(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # a full disk fails the flush of bytes being thrown away
             self._fh.close()
-        except OSError:  # a full disk fails the flush of bytes being thrown away
-            pass
         with _LIVE_LOCK:
             _LIVE.discard(self._tmp)
 
@@ -310,10 +308,8 @@ class AtomicWriter(PublishOnExit):
             if callable(discard):
                 discard()
             # mark closed so neither close() nor __del__ uploads what was buffered
-            try:
+            with contextlib.suppress(AttributeError):
                 self._fh.closed = True
-            except AttributeError:
-                pass
 
     def _publish(self) -> None:
         self.commit()
@@ -337,10 +333,9 @@ def abort_all(*writers: AtomicWriter | None) -> None:
 def _open_locked(tmp: str):
     """Create the temporary ``tmp`` and hold it locked, so sweeps know its writer lives."""
     fh = open(tmp, "xb")  # noqa: SIM115  (closed in commit/abort)
-    try:
+    # a filesystem without locks: the age rule of remove_stale_temporaries still holds
+    with contextlib.suppress(OSError):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-    except OSError:  # a filesystem without locks: the age rule of remove_stale_temporaries still holds
-        pass
     with _LIVE_LOCK:
         _LIVE.add(tmp)
     return fh
@@ -416,11 +411,9 @@ def no_space_message(exc: OSError, uri: str, local: str | None, written: int) ->
     if local is not None:
         mount = _mount_point(os.path.dirname(local))
         where = f" on the filesystem at {mount}"
-        try:
+        with contextlib.suppress(OSError):
             vfs = os.statvfs(mount)
             where += f" ({_mib(vfs.f_bavail * vfs.f_frsize)} free of {_mib(vfs.f_blocks * vfs.f_frsize)})"
-        except OSError:
-            pass
     root = default_storage_root().rstrip("/")
     under = f"storage root {root}; " if uri.startswith(root + "/") else ""
     return (
@@ -526,10 +519,8 @@ def remove_temporaries(folder: ObjectStoragePath) -> list[str]:
         return []
     stale = [str(p) for p in found if TMP_MARK in str(p).rsplit("/", 1)[-1]]
     for path in stale:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             fs.rm_file(path)
-        except FileNotFoundError:
-            pass
     return stale
 
 
