@@ -381,9 +381,8 @@ def model_settings(hyper: dict[str, Any], kind: str, kinds: dict[str, str]) -> d
         return hyper
     inputs = set(kinds.values())
     own = ["type", "task", "name", "features", "hub_repo", *MODEL_SETTINGS.get(kind, MODEL_SETTINGS["mlp"])]
-    if (
-        kind == "huggingface"
-    ):  # the base's tokenizer or image processor: only its length and the augmentations
+    # a fine-tuned model has the base's tokenizer or image processor: only its length and the augmentations
+    if kind == "huggingface":
         own += ["max_length"] if "text" in inputs else []
         if "image" in inputs and isinstance(model.get("image"), dict):
             model["image"] = {"augment": model["image"].get("augment") or []}
@@ -472,9 +471,7 @@ def _gate_text(gate: dict[str, Any] | None) -> str:
         return "No gate decision recorded for this version."
     decision = gate.get("decision") or ("promote" if gate.get("promote") or gate.get("passed") else None)
     head = f"**{decision}**" if decision else "recorded"
-    reasons = gate.get("reasons") or []
-    lines = [head] + [f"- {r}" for r in reasons]
-    return "\n".join(lines)
+    return "\n".join([head] + [f"- {r}" for r in gate.get("reasons") or []])
 
 
 #: where a version's recorded data interval comes from (lineage's ``airflow.data_interval_from``)

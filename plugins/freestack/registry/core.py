@@ -234,8 +234,7 @@ class ModelRegistry:
             if rel in (MARKER, CARD, LINEAGE):
                 continue
             write_bytes(join(dest, rel), path.read_bytes())
-        names = {rel for rel, _ in files}
-        lineage = read_lineage(src).as_dict() if LINEAGE in names else {}
+        lineage = read_lineage(src).as_dict() if any(rel == LINEAGE for rel, _ in files) else {}
         lineage.setdefault("registered_from", str(src))
         return lineage
 
@@ -326,12 +325,11 @@ class ModelRegistry:
         return self._read_json(check_version(version), LINEAGE)
 
     def _summary(self, version: str, marker: dict[str, Any], aliases: dict[str, Any]) -> dict[str, Any]:
-        metrics = self._read_json(version, METRICS) or {}
         return {
             "version": version,
             "created": marker.get("registered_at"),
             "uri": self.version_uri(version),
-            "metrics": metrics_summary(metrics),
+            "metrics": metrics_summary(self._read_json(version, METRICS) or {}),
             "aliases": sorted(a for a, v in aliases.items() if a != "history" and v == version),
         }
 

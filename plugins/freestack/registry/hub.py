@@ -5,6 +5,7 @@ A missing token is not an error: the registry stays local, and the log says why 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -135,10 +136,8 @@ def load_from_hub(
         if Path(hf_hub_download(filename=name, revision=commit, **kw)).parent != config.parent:
             raise RegistryError(f"{repo_id}@{revision}: config.json and {name} came from different commits")
     for name in (F.PREPROCESSING, F.TOKENIZER):  # the encoding of the inputs, where the version has one
-        try:
+        with contextlib.suppress(EntryNotFoundError):
             hf_hub_download(filename=name, revision=commit, **kw)
-        except EntryNotFoundError:
-            pass
     return version.open(str(config.parent)).load(device)
 
 

@@ -60,7 +60,6 @@ class RollbackOperator(PipelineOperator):
         reg = registry_for(spec)
         wanted = (self.version or "previous").strip()
         expect = (self.expect_production or "").strip() or None
-        reason = f"manual rollback ({context['run_id']})"
         before = reg.aliases().get("production")
         if expect is None:
             self.log.info(
@@ -73,7 +72,7 @@ class RollbackOperator(PipelineOperator):
         try:
             aliases = reg.rollback(
                 to=None if wanted == "previous" else wanted,
-                reason=reason,
+                reason=f"manual rollback ({context['run_id']})",
                 by=triggered_by(context),
                 expect=expect if expect else False,
             )
