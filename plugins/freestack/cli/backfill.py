@@ -497,28 +497,17 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
         "skip": "be skipped (on_missing: skip)",
         "wait": f"wait up to {policy.wait_timeout_minutes:g} min for them (on_missing: wait)",
     }[policy.on_missing]
+    waits = policy.on_missing == "wait"
     if files:
-        return _Day(
-            logical_date,
-            ds,
-            True,
-            True,
-            f"run: {plural(files, 'landing file')}",
-            folder,
-            missing,
-        )
-    if policy.on_missing == "wait":
-        return _Day(
-            logical_date,
-            ds,
-            True,
-            False,
+        note = f"run: {plural(files, 'landing file')}"
+    elif waits:
+        note = (
             f"run: no landing files yet, it waits up to {policy.wait_timeout_minutes:g} min "
-            f"for them in {folder} (on_missing: wait)",
-            folder,
-            missing,
+            f"for them in {folder} (on_missing: wait)"
         )
-    return _Day(logical_date, ds, False, False, f"left out: no landing files in {folder}", folder, missing)
+    else:
+        note = f"left out: no landing files in {folder}"
+    return _Day(logical_date, ds, bool(files) or waits, bool(files), note, folder, missing)
 
 
 def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
