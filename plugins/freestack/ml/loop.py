@@ -24,7 +24,7 @@ from freestack.ml.distributed import Ranks, full_optimizer_state, full_state, lo
 from freestack.ml.generation import perplexity, token_loss
 from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
 from freestack.ml.schedule import lr_factor
-from freestack.ml.stream import BatchSource, InMemory
+from freestack.ml.stream import BatchSource, InMemory, take
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,6 @@ def to_tensors(x: Inputs, device: torch.device | None = None) -> Tensors:
 
 def rows_of(x: Inputs | Tensors) -> int:
     return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-
-
-def take(x: Tensors, index) -> Tensors:
-    """Rows ``index`` (a slice or an index tensor) of every group."""
-    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -694,7 +689,6 @@ __all__ = [
     "predict_outputs",
     "resolve_device",
     "rows_of",
-    "take",
     "to_tensors",
     "warm_up",
 ]

@@ -39,11 +39,8 @@ class BatchSource(Protocol):
     def ordered(self, batch_size: int, device: torch.device) -> Iterator[Batch]: ...
 
 
-def _rows(x: Tensors) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-
-
-def _take(x: Tensors, index) -> Tensors:
+def take(x: Tensors, index) -> Tensors:
+    """Rows ``index`` (a slice or an index tensor) of every group."""
     return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
 
 
@@ -103,11 +100,11 @@ class InMemory:
                 if len(idx) < self.world:
                     break
                 idx = idx[self.rank :: self.world]
-            yield _take(self.x, idx), self.y[idx]
+            yield take(self.x, idx), self.y[idx]
 
     def ordered(self, batch_size: int, device: torch.device) -> Iterator[Batch]:
         for i in range(0, self.n, batch_size):
-            yield _take(self.x, slice(i, i + batch_size)), self.y[i : i + batch_size]
+            yield take(self.x, slice(i, i + batch_size)), self.y[i : i + batch_size]
 
 
 #: the chunks of a split, as ``(inputs, target)`` arrays; ``order_seed`` None: in storage order
@@ -168,9 +165,8 @@ class EncodedSpool:
     and encoding the same rows again. ``chunks`` gives the ranges in a seeded order."""
 
     folder: str
-    groups: dict[
-        str, tuple[str, tuple[int, ...]]
-    ]  # group ("" for a numeric-only matrix) -> (dtype, row shape)
+    #: group ("" for a numeric-only matrix) -> (dtype, row shape)
+    groups: dict[str, tuple[str, tuple[int, ...]]]
     target: tuple[str, tuple[int, ...]]
     n: int
     chunk_rows: int
@@ -258,7 +254,7 @@ class ShuffleBuffer:
         while start < len(y):
             c = min(self.capacity, len(y) - start)
             pos = torch.randperm(self.capacity, generator=self.gen)[:c]
-            out = _take(self.x, pos), self.y[pos]
+            out = take(self.x, pos), self.y[pos]
             self._put(pos, x, y, slice(start, start + c))
             start += c
             yield out
@@ -267,7 +263,7 @@ class ShuffleBuffer:
         """What the buffer holds, shuffled (the end of the epoch)."""
         assert self.x is not None and self.y is not None
         perm = torch.randperm(self.filled, generator=self.gen)
-        return _take(self.x, perm), self.y[perm]
+        return take(self.x, perm), self.y[perm]
 
     def _put(self, where, x: Tensors, y: torch.Tensor, rows: slice) -> None:
         assert self.x is not None and self.y is not None
@@ -298,13 +294,13 @@ def _rebatch(
             if len(y) < need:
                 carry = _cat([carry[0], x]), torch.cat([carry[1], y])
                 continue
-            head = _cat([carry[0], _take(x, slice(0, need))]), torch.cat([carry[1], y[:need]])
+            head = _cat([carry[0], take(x, slice(0, need))]), torch.cat([carry[1], y[:need]])
             yield _to(head[0], device), head[1].to(device, non_blocking=True)
             start, carry = need, None
         stop = start + (len(y) - start) // batch_size * batch_size
         yield from _batches(x, y, start, stop, batch_size, device)
         if stop < len(y):
-            carry = _take(x, slice(stop, None)), y[stop:]
+            carry = take(x, slice(stop, None)), y[stop:]
     if carry is not None and len(carry[1]):
         yield _to(carry[0], device), carry[1].to(device, non_blocking=True)
 
@@ -314,7 +310,7 @@ def _batches(
 ) -> Iterator[Batch]:
     for i in range(start, stop, batch_size):
         j = min(i + batch_size, stop)
-        yield _to(_take(x, slice(i, j)), device), y[i:j].to(device, non_blocking=True)
+        yield _to(take(x, slice(i, j)), device), y[i:j].to(device, non_blocking=True)
 
 
 __all__ = [
@@ -325,4 +321,5 @@ __all__ = [
     "ShuffleBuffer",
     "Streamed",
     "epoch_generator",
+    "take",
 ]
