@@ -225,10 +225,10 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
     while True:
         try:
             return api.create_backfill(body)
-        except urllib.error.HTTPError as exc:  # 409: the previous backfill is still being closed; 503, or 500
-            answer = exc.read()[
-                :300
-            ]  # "Database error": SQLite locked by the scheduler, the request rolled back
+        except urllib.error.HTTPError as exc:
+            answer = exc.read()[:300]
+            # 409: the previous backfill is still being closed; 503, or 500 "Database error": SQLite locked
+            # by the scheduler, the request rolled back
             busy = exc.code in (409, 503) or (exc.code == 500 and b"Database error" in answer)
             if not busy or time.monotonic() > deadline:
                 raise DemoError(
