@@ -528,15 +528,8 @@ def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
     )
     if files:
         return _Day(logical_date, ds, True, True, f"run: {plural(len(files), 'input file')} ({where})", where)
-    return _Day(
-        logical_date,
-        ds,
-        False,
-        False,
-        f"left out: no input for {ds} ({where})",
-        where,
-        "be skipped, its plan task saying there was nothing to score",
-    )
+    skipped = "be skipped, its plan task saying there was nothing to score"
+    return _Day(logical_date, ds, False, False, f"left out: no input for {ds} ({where})", where, skipped)
 
 
 def _segments(days: list[_Day], due: str | None) -> list[list[_Day]]:
