@@ -649,11 +649,8 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
     for stem, spec in discover_specs(folder).items():
         if isinstance(spec, SpecError):
             continue  # dags/freestack_spec_errors.py reports it; the other pipelines stay live
-        path = (
-            str(folder / f"{stem}.yaml")
-            if (folder / f"{stem}.yaml").exists()
-            else str(folder / f"{stem}.yml")
-        )
+        yaml_file = folder / f"{stem}.yaml"
+        path = str(yaml_file if yaml_file.exists() else folder / f"{stem}.yml")
         for _, kind, _ in pipeline_dags(spec):
             dag = _BUILDERS[kind](spec, path)
             namespace[dag.dag_id] = dag
