@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from freestack.errors import FreestackError
-from freestack.ml.pretrained import ADAPTER_FILES, PretrainedError, adapter_base, add_lora, save_hf_weights
+from freestack.ml.pretrained import HubWeights, PretrainedError, adapter_base, add_lora
 
 TASK = "generation"
 PIPELINE_TASK = "text-generation"
@@ -331,8 +331,9 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mea
     return nn.functional.cross_entropy(shifted, labels.reshape(-1), ignore_index=IGNORE, reduction=reduction)
 
 
-class CausalLMNet(nn.Module):
-    """A transformers causal LM (``model``, maybe a peft model) taking freestack's batches."""
+class CausalLMNet(HubWeights, nn.Module):
+    """A transformers causal LM (``model``, maybe a peft model) taking freestack's batches; its tokenizer is
+    saved beside its weights by :func:`save_tokenizer`."""
 
     task = TASK
 
@@ -366,17 +367,6 @@ class CausalLMNet(nn.Module):
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_loss(logits, labels)
 
-    def trainable_parameters(self) -> tuple[int, int]:
-        params = list(self.model.parameters())
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-    @property
-    def adapter(self) -> bool:
-        return self.peft is not None and not self.peft.get("merge")
-
-    def weight_files(self) -> list[str]:
-        return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
-
     def config(self) -> dict[str, Any]:
         return {
             "freestack_model": "huggingface",
@@ -390,11 +380,6 @@ class CausalLMNet(nn.Module):
             "chat": asdict(self.columns),
             "packing": self.packing,
         }
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """transformers'/peft's own files, ``config.json`` with ``freestack``; the tokenizer is saved beside
-        them by :func:`save_tokenizer`."""
-        save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
 
 
 def save_tokenizer(

@@ -300,7 +300,35 @@ def add_lora(model, task: str, peft: dict[str, Any], new: list[str] = ()):
         ) from None
 
 
-class PretrainedNet(ScaledModel):
+class HubWeights:
+    """What freestack's wrappers of a transformers model share: ``model`` (maybe a peft model) fine-tuned
+    from ``base``, with LoRA when ``peft`` is set; its parameter counts, weight files and saving (with the
+    wrapper's own ``config()``)."""
+
+    model: Any
+    base: dict[str, str]
+    peft: dict[str, Any] | None
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    @property
+    def adapter(self) -> bool:
+        """Whether a version holds LoRA adapters (rather than full weights, merged or fine-tuned)."""
+        return self.peft is not None and not self.peft.get("merge")
+
+    def weight_files(self) -> list[str]:
+        return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """transformers'/peft's own files: config.json (with ``freestack``) and the weights (the adapter, or
+        full weights; LoRA merged into them with ``peft.merge``)."""
+        save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
+
+
+class PretrainedNet(HubWeights, ScaledModel):
     """A transformers classifier (``model``, maybe a peft model) taking freestack's batches."""
 
     task = "classification"
@@ -333,11 +361,6 @@ class PretrainedNet(ScaledModel):
         pixels = self.scaled_inputs(x)["image"]
         return self.model(pixel_values=pixels).logits
 
-    def trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, all) parameter counts."""
-        params = list(self.model.parameters())
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
     def config(self) -> dict[str, Any]:
         """freestack's settings of the version (``config.json["freestack"]``)."""
         return {
@@ -359,19 +382,6 @@ class PretrainedNet(ScaledModel):
         if not self.adapter:
             return None
         return sorted(self.model.peft_config["default"].modules_to_save or [])
-
-    @property
-    def adapter(self) -> bool:
-        """Whether a version holds LoRA adapters (rather than full weights, merged or fine-tuned)."""
-        return self.peft is not None and not self.peft.get("merge")
-
-    def weight_files(self) -> list[str]:
-        return list(ADAPTER_FILES) if self.adapter else ["model.safetensors"]
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """transformers'/peft's own files: config.json (with ``freestack``) and the weights (the adapter, or
-        full weights; LoRA merged into them with ``peft.merge``)."""
-        save_hf_weights(self.model, folder, self.base, self.adapter, self.peft is not None, self.config())
 
 
 def save_hf_weights(
@@ -562,6 +572,7 @@ __all__ = [
     "TASKS",
     "Base",
     "BaseReader",
+    "HubWeights",
     "PretrainedError",
     "PretrainedNet",
     "adapter_base",
