@@ -29,13 +29,10 @@ def pack(
 ) -> bytes:
     """The checkpoint's bytes: ``model.*``, ``best.*`` and ``opt.<param>.<state>`` tensors, ``meta`` as JSON.
     ``model`` and ``opt`` may be given as their state dicts (a sharded model's, gathered whole)."""
-    tensors: dict[str, torch.Tensor] = {}
     state_dict = model if isinstance(model, dict) else model.state_dict()
     seen: set[int] = set()  # tied weights (a language model's embeddings and head) are saved as copies
-    for k, v in state_dict.items():
-        tensors[f"model.{k}"] = _own(v, seen)
-    for k, v in (best or {}).items():
-        tensors[f"best.{k}"] = _own(v, seen)
+    tensors = {f"model.{k}": _own(v, seen) for k, v in state_dict.items()}
+    tensors |= {f"best.{k}": _own(v, seen) for k, v in (best or {}).items()}
     state = opt if isinstance(opt, dict) else opt.state_dict()
     for pid, st in state["state"].items():
         for k, v in st.items():

@@ -44,7 +44,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
 
 
 def is_better(task: str, new: float, best: float | None) -> bool:
-    _, higher = PRIMARY[task]
     if best is None:
         return True
-    return new > best if higher else new < best
+    return new > best if PRIMARY[task][1] else new < best
