@@ -251,12 +251,7 @@ def render_card(
     freestack = {
         "model": model,
         "version": version,
-        "metrics": facts["metrics"],
-        "window": facts["window"],
-        "partitions": facts["partitions"],
-        "train_config": facts["train_config"],
-        "sweep": facts["sweep"],
-        "gate": facts["gate"],
+        **{k: facts[k] for k in ("metrics", "window", "partitions", "train_config", "sweep", "gate")},
         "spec_hash": lineage.get("spec_hash"),
         "code_version": lineage.get("code_version"),
         "airflow": lineage.get("airflow") or None,
