@@ -282,12 +282,11 @@ def fit_text(
         texts = (_text(v) for chunk in chunks() for n in names for v in chunk[n])
         tok.train_from_iterator(texts, trainer=trainer)
         tok = _ordered_vocabulary(tok)
-    pad_id = _pad_id(tok)
     return TextEncoding(
         names,
         options.text_max_length,
         tok.get_vocab_size(),
-        pad_id,
+        _pad_id(tok),
         options.tokenizer_source,
         tok.to_str(),
         options.text_special_tokens,
@@ -343,18 +342,10 @@ def _tokenizer(text: TextEncoding):
 
 def encode_text(text: TextEncoding, columns: Mapping[str, Sequence]) -> np.ndarray:
     tok = _tokenizer(text)
-    out = [
-        np.asarray(
-            [
-                e.ids
-                for e in tok.encode_batch(
-                    [_text(v) for v in columns[n]], add_special_tokens=text.special_tokens
-                )
-            ],
-            dtype=np.int64,
-        ).reshape(-1, text.max_length)
-        for n in text.columns
-    ]
+    out = []
+    for n in text.columns:
+        encoded = tok.encode_batch([_text(v) for v in columns[n]], add_special_tokens=text.special_tokens)
+        out.append(np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(-1, text.max_length))
     return np.stack(out, 1)
 
 
