@@ -77,14 +77,8 @@ class RollbackOperator(PipelineOperator):
                 expect=expect if expect else False,
             )
         except AliasMoved as exc:
-            raise AirflowFailException(
-                moved_text(
-                    exc,
-                    "production",
-                    "rollback",
-                    f"the Models page, or freestack models rollback {spec.name}",
-                )
-            ) from None
+            again = f"the Models page, or freestack models rollback {spec.name}"
+            raise AirflowFailException(moved_text(exc, "production", "rollback", again)) from None
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {spec.model_name}: {exc}") from None
         self.log.info("%s production: %s -> %s", spec.model_name, before, aliases.get("production"))
@@ -132,11 +126,7 @@ class MoveAliasOperator(PipelineOperator):
                 expect=expect if expect else False,
             )
         except AliasMoved as exc:
-            command = (
-                f"freestack models promote {spec.name}"
-                if alias == "production"
-                else f"freestack models alias {spec.name}"
-            )
+            command = f"freestack models {'promote' if alias == 'production' else 'alias'} {spec.name}"
             raise AirflowFailException(
                 moved_text(exc, alias, "promotion", f"the Models page, or {command}")
             ) from None
