@@ -495,15 +495,12 @@ def prompt_ids(
     ``max_prompt_tokens``), and whether it was cut."""
     out = []
     for i, chat in enumerate(chats):
-        ids = tokenizer(render(tokenizer, chat, generation_prompt=True), add_special_tokens=False)[
-            "input_ids"
-        ]
-        if len(ids) > settings.max_prompt_tokens:
-            if settings.truncate != "left":
-                raise PromptTooLong(i, len(ids), settings.max_prompt_tokens)
-            out.append((ids[-settings.max_prompt_tokens :], True))
-        else:
-            out.append((ids, False))
+        text = render(tokenizer, chat, generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cut = len(ids) > settings.max_prompt_tokens
+        if cut and settings.truncate != "left":
+            raise PromptTooLong(i, len(ids), settings.max_prompt_tokens)
+        out.append((ids[-settings.max_prompt_tokens :] if cut else ids, cut))
     return out
 
 
