@@ -225,15 +225,16 @@ def build_custom(
 ) -> CustomNet:
     """A fresh :class:`CustomNet` of the user's class (read from the project or the Python path)."""
     source, path = read_module(module, base)
-    cls = import_source(source, path, class_name)
+    return _wrapped(source, path, class_name, init, inputs, module)
+
+
+def _wrapped(
+    source: bytes, path: str, class_name: str, init: dict[str, Any], inputs: ModelInputs, origin: str | None
+) -> CustomNet:
+    """The class ``class_name`` of the module ``source`` (read from ``path``), built and wrapped."""
+    net = construct(import_source(source, path, class_name), inputs, init, path)
     return CustomNet(
-        construct(cls, inputs, init, path),
-        inputs,
-        class_name=class_name,
-        init=init,
-        source=source,
-        source_path=path,
-        origin=module,
+        net, inputs, class_name=class_name, init=init, source=source, source_path=path, origin=origin
     )
 
 
@@ -286,16 +287,7 @@ def load_custom(folder: str | os.PathLike, config: dict[str, Any], map_location:
         )
     path = str(folder / MODULE_FILE)
     inputs = ModelInputs.from_dict(config["inputs"])
-    cls = import_source(source, path, info["class"])
-    net = CustomNet(
-        construct(cls, inputs, dict(info.get("init") or {}), path),
-        inputs,
-        class_name=info["class"],
-        init=dict(info.get("init") or {}),
-        source=source,
-        source_path=path,
-        origin=info.get("source"),
-    )
+    net = _wrapped(source, path, info["class"], dict(info.get("init") or {}), inputs, info.get("source"))
     load_model(net, str(folder / WEIGHTS), device=str(map_location))
     return net
 
