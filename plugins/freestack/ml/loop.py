@@ -68,12 +68,13 @@ class TrainResult:
         return {k: v for k, v in asdict(self).items() if k not in ("model", "history")}
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, ranks: Ranks | None = None) -> torch.device:
+    """The device ``requested`` (auto, cpu or cuda) means here; on CUDA, a data-parallel rank's own GPU."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device: cuda was requested but no CUDA device is visible; use auto or cpu")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", ranks.local_rank) if ranks is not None else torch.device("cuda")
 
 
 def warm_up() -> None:
@@ -295,9 +296,7 @@ def _loss_fn(model: nn.Module, task: str):
 
 
 def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Ranks | None = None) -> _Run:
-    device = resolve_device(config.device)
-    if ranks is not None and device.type == "cuda":
-        device = torch.device("cuda", ranks.local_rank)
+    device = resolve_device(config.device, ranks)
     torch.manual_seed(config.seed)  # every device's generator, CUDA's included
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -571,9 +570,7 @@ def fit(
     """Train ``model`` in place on arrays held in memory (:func:`fit_source` with :class:`InMemory`)."""
     if rows_of(x_train) == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
-    device = resolve_device(config.device)
-    if ranks is not None and device.type == "cuda":
-        device = torch.device("cuda", ranks.local_rank)
+    device = resolve_device(config.device, ranks)
     train = InMemory(to_tensors(x_train, device), torch.tensor(y_train, device=device))
     if ranks is not None:
         train = train.shard(ranks.rank, ranks.world)
