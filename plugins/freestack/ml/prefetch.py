@@ -4,6 +4,7 @@ batches while the model steps). Plain Python: ingest imports it without PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -46,10 +47,8 @@ def prefetched(items: Iterator, depth: int = 1, *, name: str = "freestack-prefet
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
+            with contextlib.suppress(queue.Empty):
                 q.get(timeout=0.05)
-            except queue.Empty:
-                pass
         thread.join()
     if error:
         raise error[0]

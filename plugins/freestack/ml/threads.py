@@ -9,6 +9,7 @@ with a pool of one thread. A task therefore sizes its pool to its share of the c
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -32,10 +33,9 @@ def size_pool(threads: int) -> int:
 
     torch.set_num_threads(threads)
     if torch.get_num_interop_threads() != threads:
-        try:
+        # the inter-op pool may have started already (RuntimeError); it then sits idle in a training's loop
+        with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(threads)
-        except RuntimeError:  # the inter-op pool started already; it sits idle in a training's loop
-            pass
     return torch.get_num_threads()
 
 

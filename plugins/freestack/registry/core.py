@@ -27,6 +27,7 @@ No Airflow import happens at module level: the registry is plain Python usable f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -133,11 +134,9 @@ def remove_tree(folder: ObjectStoragePath) -> None:
     """Remove ``folder`` and everything under it, on any backend (nothing there is fine)."""
     fs = folder.fs
     fs.invalidate_cache(folder.path)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         if fs.exists(folder.path):
             fs.rm(folder.path, recursive=True)
-    except FileNotFoundError:
-        pass
     fs.invalidate_cache(folder.path)
 
 
