@@ -36,10 +36,8 @@ def split_of_keys(keys: pd.Series, val_fraction: float, test_fraction: float, sa
     outside freestack: ``split_of_keys(frame[key_column], spec.train.val_fraction,
     spec.train.test_fraction, salt=spec.name)``, or ``freestack split PIPELINE``.
     """
-    out = np.empty(len(keys), dtype=object)
-    for i, k in enumerate(keys.astype(str)):
-        out[i] = split_of_key(k, val_fraction, test_fraction, salt)
-    return out
+    splits = [split_of_key(k, val_fraction, test_fraction, salt) for k in keys.astype(str)]
+    return np.array(splits, dtype=object)
 
 
 @dataclass
