@@ -391,8 +391,7 @@ class ModelRegistry:
         path = self._aliases_path()
         for attempt in range(attempts):
             got = cas.read(path)
-            current = json.loads(got.data) if got is not None else {}
-            new = change(json.loads(json.dumps(current)))
+            new = change(json.loads(got.data) if got is not None else {})  # a fresh copy to change
             try:
                 if got is None:
                     cas.create(path, _dumps(new))
