@@ -134,7 +134,7 @@ def load_data(folder: Path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# checkpoint stores (freestack.ml.loop.CheckpointStore)
+# checkpoint stores (freestack.ml.checkpoint.CheckpointStore)
 
 
 class FileCheckpoints:
