@@ -6,7 +6,7 @@ metrics and lineage and what the registering stage adds (:class:`CardInfo`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -30,9 +30,6 @@ class CardInfo:
     library_name: str = "freestack"
     dataset_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def coerce(cls, info: CardInfo | dict[str, Any] | None) -> CardInfo:
