@@ -190,10 +190,10 @@ def test_approval_required_waits_for_a_human_then_promotes(lake):  # noqa: F811
 
 
 def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_registers(lake):  # noqa: F811
-    """The candidate is trained and evaluated outside the registry: an evaluate that fails half-way
-    (production's folder lost its preprocessing.json after the candidate's reference statistics were
-    written) leaves no registry/<model>/<version>/ folder; the run's retry evaluates the same candidate
-    and the gate registers it."""
+    """The candidate is trained and evaluated outside the registry: an evaluate that fails (production's
+    folder lost its preprocessing.json, found when the champion is loaded, before the candidate is scored)
+    leaves no registry/<model>/<version>/ folder; the run's retry evaluates the same candidate and the gate
+    registers it."""
     from airflow.dag_processing.dagbag import DagBag
 
     from freestack.evaluate.core import evaluate
@@ -222,7 +222,7 @@ def test_a_failed_evaluate_leaves_nothing_in_the_registry_and_its_retry_register
     assert s["train"] == ["success"] and s["evaluate"] == ["failed"] and s["gate"] == ["upstream_failed"]
     assert sorted(p.name for p in registry.iterdir()) == sorted([v1, "aliases.json"])
     [candidate] = (lake["root"] / "candidates" / "digits").iterdir()
-    assert (candidate / REFERENCE_FILE).is_file()  # evaluate got that far before the champion failed it
+    assert (candidate / "model.safetensors").is_file() and not (candidate / REFERENCE_FILE).exists()
     assert [v["version"] for v in reg.versions()] == [v1]
 
     damaged.write_bytes(kept)  # the retry of evaluate and gate, as Airflow runs them for the same run
