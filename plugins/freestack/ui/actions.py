@@ -81,10 +81,14 @@ async def trigger(dag_id: str, conf: dict[str, str | None], token: str, note: st
             async for attempt in retrying:
                 with attempt:
                     got = await _post_or_find(client, url, body, attempt.retry_state.attempt_number > 1)
-    except (httpx.HTTPError, _Busy) as exc:
+    except _Busy as exc:
         raise ActionError(
-            f"Airflow's API at {url} did not answer ({exc or type(exc).__name__}) in {TRIGGER_TRIES} tries; "
+            f"Airflow's API at {url} did not answer ({exc}) in {TRIGGER_TRIES} tries; "
             "is [api] base_url this server? If it is only busy, the run may still start: see the DAG's runs"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise ActionError(
+            f"Airflow's API at {url} did not answer ({exc}); is [api] base_url this server?"
         ) from None
     if got.status_code >= 400:
         raise ActionError(
@@ -110,10 +114,11 @@ async def _post_or_find(client: Any, url: str, body: dict[str, Any], again: bool
         got = await client.post(url, json=body)
         if got.status_code == 409:  # an earlier try made it after all
             got = await client.get(run_url_api)
-    except (httpx.TimeoutException, httpx.NetworkError) as exc:
+    except httpx.TransportError as exc:  # unanswered, or the connection lost: the next try looks first
         raise _Busy(str(exc) or type(exc).__name__) from None
-    if got.status_code == 503 or (got.status_code == 500 and "database" in _detail(got).lower()):
-        raise _Busy(f"HTTP {got.status_code} {_detail(got)}")
+    detail = _detail(got) if got.status_code in (500, 503) else ""
+    if got.status_code == 503 or "database" in detail.lower():
+        raise _Busy(f"HTTP {got.status_code} {detail}")
     return got
 
 
