@@ -233,6 +233,23 @@ class Settings(BaseSettings):
         ge=1,
         description="Model server, text generation: the most prompts one request may carry (413 above).",
     )
+    generation_kv_cache_tokens: int = Field(
+        default=16384,
+        ge=256,
+        description="Model server, text generation: the tokens the continuous batch's KV cache holds "
+        "(requests past it wait their turn).",
+    )
+    generation_max_batch_tokens: int = Field(
+        default=1024,
+        ge=16,
+        description="Model server, text generation: the most tokens of one forward step of the continuous batch.",
+    )
+    generation_max_requests: int = Field(
+        default=256,
+        ge=1,
+        description="Model server, text generation: the most requests generating at once on the OpenAI API "
+        "(429 above).",
+    )
     serving_cache: Path | None = Field(
         default=None, description="Model server: the folder the version's files are copied to."
     )

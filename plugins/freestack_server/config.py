@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from freestack.settings import settings
@@ -143,6 +143,12 @@ class ServerConfig(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list,
         description='Model server: the origins CORS answers (JSON list; `["*"]` for any).',
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Model server, text generation: the key the OpenAI API (`/v1/...`) asks for, as "
+        "`Authorization: Bearer <key>` (401 without it); unset: no key. From a Kubernetes Secret or "
+        "the deploy's connection, never written in a spec.",
     )
     address: Address | None = Field(
         default=None,

@@ -9,11 +9,13 @@ bound, a prompt over ``max_prompt_tokens`` is cut from the left or refused (413)
 never a 500. Every request is checked alone (:meth:`Generator.prompts`) before it joins a batch, so a
 bad one is refused alone.
 
-A request's prompts travel as :class:`Prompts`: the chats, the text the request log keeps, and the
-generation settings. Concurrent requests with the same settings share one ``generate`` call of at most
-``batch_prompts`` prompts: the Seldon worker's adaptive batching (:mod:`freestack_server.batching`, whose
-rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`) and MLServer's :class:`PromptQueue`.
-Each answer (:class:`Generated`) says how many prompts its ``generate`` call answered.
+A request's prompts travel as :class:`Prompts`: the chats, their token ids, the text the request log
+keeps, and the generation settings. On the ``seldon`` runtime concurrent requests with the same settings
+share one ``generate`` call of at most ``batch_prompts`` prompts (the worker's adaptive batching,
+:mod:`freestack_server.batching`, whose rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`);
+on ``mlserver`` every prompt joins the continuous batch of :mod:`freestack.ml.engine`, which also
+answers the OpenAI API (:mod:`freestack_server.openai_api`). Each answer (:class:`Generated`) says how
+many prompts answered with it.
 
 The payloads (Seldon's ``strData`` / ``jsonData``; the Open Inference Protocol's tensors, named as
 MLServer's own ``mlserver-huggingface`` runtime names them) are in ``docs/stages/serving.md``.
@@ -21,11 +23,10 @@ MLServer's own ``mlserver-huggingface`` runtime names them) are in ``docs/stages
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -61,6 +62,9 @@ class Bounds:
     max_stop_strings: int = 4
     batch_prompts: int = 8
     max_prompts_per_request: int = 16
+    max_requests: int = 256
+    kv_cache_tokens: int = 16384
+    max_batch_tokens: int = 1024
 
     @classmethod
     def from_settings(cls) -> Bounds:
@@ -89,6 +93,8 @@ class Prompts:
     settings: Any  # freestack.ml.generation.GenerationSettings (frozen: hashable)
     batch_limit: int = 8  # the most prompts of one generate call (Bounds.batch_prompts)
     form: dict[str, Any] = field(default_factory=dict)
+    #: each prompt's token ids as the model reads them, and whether it was cut from the left
+    ids: list[tuple[list[int], bool]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.chats)
@@ -327,7 +333,7 @@ class Generator:
         self.check_count(len(chats))
         settings = self.settings(params)
         try:
-            prompt_ids(self.check_tokenizer, chats, settings)
+            ids = prompt_ids(self.check_tokenizer, chats, settings)
         except PromptTooLong as exc:
             within = (
                 f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
@@ -343,7 +349,29 @@ class Generator:
             ) from None
         except ChatError as exc:
             raise PayloadError(str(exc)) from None
-        return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}))
+        return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}), ids)
+
+    def text_prompts(self, texts: list[str], params: Mapping[str, Any] | None) -> Prompts:
+        """Prompts continued as text (no chat template: the OpenAI API's completions), checked as
+        :meth:`prompts` checks chats."""
+        self.check_count(len(texts))
+        settings = self.settings(params)
+        ids = []
+        for i, text in enumerate(texts):
+            _check_text(text, f"prompt {i}")
+            tokens = self.check_tokenizer(text)["input_ids"]
+            cut = len(tokens) > settings.max_prompt_tokens
+            if cut and settings.truncate != "left":
+                raise PayloadError(
+                    f"prompt {i} is {len(tokens)} tokens, over this deployment's limit of "
+                    f"{settings.max_prompt_tokens} (deploy.generation.max_prompt_tokens): shorten it, or "
+                    "deploy with generation.truncate: left to keep its last tokens",
+                    413,
+                    "PROMPT_TOO_LONG",
+                )
+            ids.append((tokens[-settings.max_prompt_tokens :] if cut else tokens, cut))
+        chats = [[{"role": "user", "content": t}] for t in texts]
+        return Prompts(chats, list(texts), settings, self.bounds.batch_prompts, {"kind": "openai-text"}, ids)
 
     # -- answering --------------------------------------------------------------------------------------
     def run(self, prompts: Prompts) -> list[Generated]:
@@ -474,83 +502,6 @@ def context_of(config: Any) -> int | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# MLServer: one generate call at a time, off the event loop
-
-
-class PromptQueue:
-    """MLServer's batching of generation requests: one ``generate`` call at a time, in a worker thread (the
-    event loop keeps answering health checks and reading requests meanwhile). Requests that wait with
-    equal settings join the next call, up to ``batch_prompts`` prompts (a request of more is answered in
-    calls of that many). The first request waits ``wait_s`` (default 0: the end of the loop's turn) for
-    others; later ones gather while a call runs. When the last call answered several requests and fewer
-    are waiting now, their clients are likely sending again: the call waits ``gather_s`` for them, so
-    that concurrent clients keep sharing one call instead of splitting into a call of one and the rest.
-    If a shared call fails, each of its requests is run alone, so each gets its own answer or error."""
-
-    def __init__(
-        self, run: Callable[[Prompts], list[Generated]], wait_s: float = 0.0, gather_s: float = 0.005
-    ):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.run, self.wait_s, self.gather_s = run, wait_s, gather_s
-        self.last_group = 1  # requests the last call answered
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="freestack-generate")
-        self.waiting: list[tuple[Prompts, asyncio.Future, bool]] = []  # (prompts, future, run alone)
-        self.busy = False
-
-    async def __call__(self, prompts: Prompts) -> list[Generated]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.waiting.append((prompts, future, False))
-        self._kick(loop)
-        return await future
-
-    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.busy or not self.waiting:
-            return
-        self.busy = True
-        wait = self.gather_s if len(self.waiting) < self.last_group else self.wait_s
-        if wait > 0:
-            loop.call_later(wait, self._start, loop)
-        else:
-            loop.call_soon(self._start, loop)
-
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.waiting = [w for w in self.waiting if not w[1].done()]  # a client that left is not answered
-        if not self.waiting:
-            self.busy = False
-            return
-        first, _, alone = self.waiting[0]
-        group, rest, n = [], [], 0
-        for w in self.waiting:
-            p, _, solo = w
-            fits = not group or (
-                not alone and not solo and p.batch_key == first.batch_key and n + len(p) <= p.batch_limit
-            )
-            (group if fits else rest).append(w)
-            n += len(p) if fits else 0
-        self.waiting, self.last_group = rest, len(group)
-        job = loop.run_in_executor(self.executor, self.run, Prompts.join([p for p, _, _ in group]))
-        job.add_done_callback(lambda done: self._done(loop, group, done))
-
-    def _done(self, loop: asyncio.AbstractEventLoop, group: list, done: asyncio.Future) -> None:
-        self.busy = False
-        exc = done.exception()
-        if exc is not None and len(group) > 1:  # each alone: its own answer or error
-            self.waiting = [(p, f, True) for p, f, _ in group] + self.waiting
-        elif exc is not None:
-            if not group[0][1].done():
-                group[0][1].set_exception(exc)
-        else:
-            out, start = done.result(), 0
-            for p, f, _ in group:
-                if not f.done():
-                    f.set_result(out[start : start + len(p)])
-                start += len(p)
-        self._kick(loop)
-
-
 __all__ = [
     "ALIASES",
     "PARAMETERS",
@@ -558,7 +509,6 @@ __all__ = [
     "Bounds",
     "Generated",
     "Generator",
-    "PromptQueue",
     "Prompts",
     "context_of",
     "describe",

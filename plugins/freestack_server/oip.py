@@ -37,7 +37,9 @@ work; this class maps the protocol onto it:
   ``temperature``, ``top_p``, ``stop``; content type ``raw``) or in the request's ``parameters``; the
   answer one ``BYTES`` output ``output`` ``[prompts, 1]`` of content type ``hg_jsonlist``, a JSON object a
   prompt: ``{"generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "truncated"}``.
-  Requests with equal parameters share a ``generate`` call (:class:`freestack_server.generation.PromptQueue`).
+  Requests are answered by continuous batching (:mod:`freestack.ml.engine`): each prompt joins the
+  running batch between two decoding steps. The same version answers the OpenAI API on the same port
+  (:mod:`freestack_server.openai_api`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import asyncio
 import base64
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -62,11 +65,15 @@ from mlserver.types import (
     ResponseOutput,
 )
 
+from freestack.ml.engine import Busy, Engine, EngineError
+from freestack.ml.generation import eos_ids, load_tokenizer
+from freestack_server.config import ServerConfig
 from freestack_server.core import ServedModel
 from freestack_server.errors import PayloadError
-from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, PromptQueue, Prompts
+from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, Generated, Prompts
 from freestack_server.generation import describe as describe_generation
 from freestack_server.oip_binary import DTYPES
+from freestack_server.openai_api import SERVED, Served
 
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"
@@ -141,13 +148,36 @@ class FreestackRuntime(MLModel):
         self.core.load()
         wait_s, rows = float(extra.get("batch_wait_ms", 0)) / 1000, int(extra.get("batch_rows", 32))
         self.batcher = None
-        if self.core.generator is not None:  # one generate call at a time, off the event loop
-            from freestack.ml.generation import load_tokenizer
-
-            self.core.generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the loop's own
-            self.queue = PromptQueue(self.core.forward_now, wait_s)
+        if self.core.generator is not None:  # continuous batching, in the engine's thread
+            self._start_engine()
         elif rows > 1:
             self.batcher = Batcher(self.core.forward, rows, wait_s)
+        return True
+
+    def _start_engine(self) -> None:
+        """The version's generation engine (:mod:`freestack.ml.engine`), and the OpenAI API on it."""
+
+        generator = self.core.generator
+        generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the event loop's own
+        eos = eos_ids(generator.check_tokenizer, generator.generation_config)
+        bounds = generator.bounds
+        self.engine = Engine(
+            generator.lm,
+            generator.check_tokenizer,
+            eos=eos,
+            max_requests=bounds.max_requests,
+            kv_cache_tokens=bounds.kv_cache_tokens,
+            max_batch_tokens=bounds.max_batch_tokens,
+        )
+        self.engine.start()
+        key = ServerConfig().api_key
+        SERVED[self.name] = Served(self.name, self.core, self.engine, key.get_secret_value() if key else None)
+
+    async def unload(self) -> bool:
+        SERVED.pop(self.name, None)
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop()
         return True
 
     # -- metadata -------------------------------------------------------------------------------------
@@ -272,7 +302,13 @@ class FreestackRuntime(MLModel):
             prompts, sent, full_text = self._generation_request(payload)
         except PayloadError as exc:
             raise _error(exc) from None
-        answers = await self.queue(prompts)
+        try:
+            done = await asyncio.gather(
+                *(self.engine.complete(ids, prompts.settings, truncated=cut) for ids, cut in prompts.ids)
+            )
+        except (Busy, EngineError) as exc:
+            raise MLServerError(str(exc), status_code=429 if isinstance(exc, Busy) else 503) from None
+        answers = [Generated(replace(c, text=c.text.strip()), len(done)) for c in done]
         g = self.core.answer_generated(prompts, answers, payload.id or None, started)
         outputs = [_generated_output(sent, answers, full_text)]
         return self._response(g.request_id, outputs, parameters=Parameters(generate_batch=g.batch))

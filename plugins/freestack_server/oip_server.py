@@ -104,10 +104,19 @@ def write_folder(
     return folder
 
 
-def v2_error(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"error": message}).encode()
+def v2_error(status: int, message: str, path: str = "") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A refusal in the V2 format, or in OpenAI's for the OpenAI API's paths (``/v1/...``)."""
+    body = json.dumps(_error_body(message, status, path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return status, headers, body
+
+
+def _error_body(message: str, status: int, path: str) -> dict[str, Any]:
+    if path.startswith("/v1/"):
+        from freestack_server.openai_api import error_body
+
+        return error_body(message, status)
+    return {"error": message}
 
 
 def validation_message(errors: list[dict[str, Any]]) -> str:
@@ -141,7 +150,7 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             if int(length) <= DRAIN_BYTES:
                 await _drain(receive, 0)
-            return await self._refuse(send, int(length))
+            return await self._refuse(send, int(length), scope["path"])
         if length is not None:
             return await self.app(scope, receive, send)
         # no length (chunked): read the body here, up to the limit, and hand it on whole
@@ -156,16 +165,17 @@ class BodyLimit:
             if seen > self.limit:
                 if more:
                     await _drain(receive, seen)
-                return await self._refuse(send, seen)
+                return await self._refuse(send, seen, scope["path"])
         from freestack_server.oip_binary import replayed
 
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
-    async def _refuse(self, send, size: int) -> None:
+    async def _refuse(self, send, size: int, path: str) -> None:
         status, headers, body = v2_error(
             413,
             f"the request body is {size} bytes or more; at most {self.limit} "
-            "are accepted: send fewer rows per request",
+            "are accepted: send fewer rows (or shorter prompts) per request",
+            path,
         )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -198,6 +208,7 @@ class Refusals:
                 431,
                 f"the request's headers are {size} bytes; at most "
                 f"{MAX_HEADER_BYTES} are accepted: send smaller headers",
+                scope["path"],
             )
         else:
             return await self.app(scope, receive, send)
@@ -208,6 +219,11 @@ class Refusals:
 def http_error_message(request: Any, exc: Any) -> str:
     """A routing refusal (Starlette's 404 and 405) as one sentence saying what to send instead."""
     where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+        return (
+            f"{where}: no such OpenAI API endpoint; this server answers POST /v1/chat/completions, "
+            "POST /v1/completions and GET /v1/models"
+        )
     if exc.status_code == 404:
         return (
             f"{where}: no such V2 endpoint; the model answers POST /v2/models/<name>/infer, GET "
@@ -252,16 +268,18 @@ def _extend_rest(max_body_bytes: int) -> None:
         return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
 
     async def refused(request, exc: HTTPException):
-        return JSONResponse(
-            {"error": http_error_message(request, exc)}, status_code=exc.status_code, headers=exc.headers
-        )
+        body = _error_body(http_error_message(request, exc), exc.status_code, request.url.path)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     rest_app._EXCEPTION_HANDLERS[RequestValidationError] = invalid
     rest_app._EXCEPTION_HANDLERS[HTTPException] = refused
     create_app = rest_server.create_app
 
     def extended_app(*args, **kwargs):
+        from freestack_server.openai_api import router
+
         app = create_app(*args, **kwargs)
+        app.include_router(router)  # the OpenAI API of a text-generation version
         app.add_middleware(BinaryTensors)  # the last added runs first: Refusals, BodyLimit, BinaryTensors
         app.add_middleware(BodyLimit, limit=max_body_bytes)
         app.add_middleware(Refusals)

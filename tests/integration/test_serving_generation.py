@@ -550,7 +550,7 @@ def test_concurrent_seldon_requests_share_a_generate_call_and_each_gets_its_own_
     assert lines and sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= len(PROMPTS), lines
 
 
-def test_concurrent_v2_requests_share_a_generate_call_and_each_gets_its_own_answer(servers, version):
+def test_concurrent_v2_requests_join_one_continuous_batch_and_each_gets_its_own_answer(servers, version):
     want = version.alone([version.chat(p) for p in PROMPTS], max_new_tokens=10)
     start = threading.Barrier(len(PROMPTS))
 
@@ -558,15 +558,11 @@ def test_concurrent_v2_requests_share_a_generate_call_and_each_gets_its_own_answ
         start.wait()
         return v2(servers, {"id": f"c{i}", **args(PROMPTS[i], max_new_tokens=10)})
 
-    batches = []
-    for _ in range(3):
-        with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
-            results = list(pool.map(one, range(len(PROMPTS))))
-        for i, (code, body) in enumerate(results):
-            assert code == 200 and body["id"] == f"c{i}", body
-            assert generated(body)[0]["generated_text"] == want[i]
-            batches.append(body["parameters"]["generate_batch"])
-    assert max(batches) > 1, batches  # requests waiting while a call runs join the next one
+    with cf.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        results = list(pool.map(one, range(len(PROMPTS))))
+    for i, (code, body) in enumerate(results):
+        assert code == 200 and body["id"] == f"c{i}", body
+        assert generated(body)[0]["generated_text"] == want[i]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -827,29 +823,3 @@ def test_the_worker_rounds_share_a_call_among_prompts_of_equal_parameters_up_to_
     batcher.run([job(i) for i in range(len(parked))])
     assert got == [[("a0", 2)], [("b0", 1)], [("a0", 2)], [("a0", 1)]]  # a: two, then the third alone
     assert sorted(map(len, calls)) == [1, 1, 2] and batcher.batched == 2
-
-
-def test_mlservers_queue_joins_waiting_requests_and_runs_a_failed_shared_call_alone():
-    import asyncio
-
-    from freestack_server.generation import PromptQueue
-
-    async def ask(queue, prompts):
-        return [(g.completion.text, g.batch) for g in await queue(prompts)]
-
-    async def main(fail_shared: bool):
-        calls: list = []
-        queue = PromptQueue(_echo(calls, fail_shared))
-        requests = [_prompts(1, "x"), _prompts(2, "y"), _prompts(1, "x"), _prompts(1, "x")]
-        requests[2].chats[0][0]["content"] = "x1"
-        requests[3].chats[0][0]["content"] = "x2"
-        return await asyncio.gather(*(ask(queue, p) for p in requests)), calls
-
-    got, calls = asyncio.run(main(False))
-    assert got == [[("x0", 3)], [("y0", 2), ("y1", 2)], [("x1", 3)], [("x2", 3)]]
-    assert calls == [["x0", "x1", "x2"], ["y0", "y1"]]  # equal parameters first, the other next
-    got, calls = asyncio.run(main(True))  # the shared x call fails: each x request is run alone
-    assert [g[0][0] for g in (got[0], got[2], got[3])] == ["x0", "x1", "x2"] and all(
-        g[0][1] == 1 for g in (got[0], got[2], got[3])
-    )
-    assert calls[0] == ["x0", "x1", "x2"] and ["x1"] in calls and ["x2"] in calls

@@ -32,6 +32,9 @@
         max_stop_strings: 4
         batch_prompts: 8            # prompts of concurrent requests answered by one generate call
         max_prompts_per_request: 16 # the most prompts one request may carry (413 above)
+        max_requests: 256           # the most requests generating at once (OpenAI API; 429 above)
+        kv_cache_tokens: 16384      # the continuous batch's KV cache, in tokens (more requests wait)
+        max_batch_tokens: 1024      # the most tokens of one forward step
 
 No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
@@ -111,6 +114,13 @@ class GenerationBounds(SpecModel):
         description="The most prompts (or conversations) one request may carry; a request of more is refused "
         "(413) before any is read, so that one client cannot hold the server for minutes (a text-generation "
         "model's requests are bounded by this, not by `deploy.local.max_batch_rows`)",
+    )
+    max_requests: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="The most requests generating at once on the OpenAI API (continuous batching); one "
+        "more is answered 429 with Retry-After, so a flood of streams cannot exhaust the server",
     )
 
     @model_validator(mode="before")
@@ -362,7 +372,7 @@ class DeploySpec(SpecModel):
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
-        "max_prompts_per_request",
+        "max_prompts_per_request, max_requests, kv_cache_tokens, max_batch_tokens",
     )
 
     @field_validator("name")

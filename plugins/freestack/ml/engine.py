@@ -1,0 +1,250 @@
+"""Continuous batching for a text-generation version: transformers' own ``ContinuousBatchingManager``
+(``model.init_continuous_batching``, what ``transformers serve`` builds on), kept running for the life of
+the model server, or of a scoring task (the same answers in both). No Airflow here.
+
+A request joins the running batch between two decoding steps, so a long answer no longer holds a short
+one back: the manager schedules every request's tokens itself (paged attention, one KV cache). What
+this module adds around the library is what a server needs and the manager does not do:
+
+- **Greedy and sampled requests in one batch.** The manager samples or not for all its requests
+  (``do_sample`` is one setting), so it samples, with per-request processors
+  (``ContinuousBatchingConfig(per_request_processors=True)``): a request at temperature 0 sends
+  ``top_p`` :data:`GREEDY_TOP_P`, which keeps the most likely token alone, so its answer is the greedy
+  one (equal to plain ``generate``'s at temperature 0, as the tests check).
+- **Stop strings.** The manager stops at end-of-turn tokens and ``max_new_tokens`` only: the answer's
+  text is decoded as tokens come (:class:`StopText`), cut at the first stop string, and the request
+  is cancelled there. Streamed text never shows part of a stop string or half a character.
+- **Bounds.** At most ``max_requests`` requests at once (:class:`Busy` past it: the server's 429 that says
+  the limit); a caller that leaves has its request cancelled and its slot freed. The KV cache holds
+  ``kv_cache_tokens`` (the manager would size it from the device's free memory: on a CPU, most of the
+  machine's); requests past it wait in the manager's queue.
+
+:meth:`Engine.stream` gives a request's text as it is generated; :meth:`Engine.complete`, the whole
+answer (a :class:`freestack.ml.generation.Completion`). Each call runs on the caller's event loop (one
+loop for the engine's life); the manager's thread runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger("freestack.serving")
+
+#: the ``top_p`` of a greedy request: only the most likely token is left to sample
+GREEDY_TOP_P = 1e-9
+#: the tokens of one page of the KV cache (transformers' default)
+PAGE_TOKENS = 256
+#: the sampling settings the manager is built with (a processor exists only for a setting away from its
+#: neutral value); each request sends its own
+_BUILT_WITH = {"temperature": 0.5, "top_p": 0.5}
+
+
+class Busy(Exception):
+    """The engine holds its most requests: the client should try again (429)."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the server is generating for {limit} requests, its limit (deploy.generation.max_requests): "
+            "try again shortly"
+        )
+        self.limit = limit
+
+
+class EngineError(Exception):
+    """The manager failed a request (its thread died, or the request failed in it): a 503."""
+
+
+@dataclass
+class Piece:
+    """Text to send as it comes (``text``), and at the end of an answer why it ended and its token counts."""
+
+    text: str
+    finish_reason: str | None = None  # stop | length, on the last piece
+    completion_tokens: int = 0
+
+
+class StopText:
+    """An answer's text as its tokens come: decoded whole each time (a token can end half a character),
+    cut at the first stop string. :meth:`add` gives the text that is safe to send: never a tail that could
+    still become a stop string, never a half character."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], eos: Sequence[int]):
+        self.tokenizer, self.stop, self.eos = tokenizer, tuple(s for s in stop if s), set(eos)
+        self.text, self.sent, self.stopped = "", 0, False
+
+    def add(self, tokens: list[int]) -> str:
+        """The new text to send, given every token generated so far."""
+        self.text = self.tokenizer.decode(self._answer(tokens), skip_special_tokens=True)
+        at = min((i for i in (self.text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if at >= 0:
+            self.text, self.stopped = self.text[:at], True
+            return self._send(len(self.text))
+        safe = len(self.text) - self._held()
+        return self._send(safe)
+
+    def rest(self) -> str:
+        """The text held back, at the end of the answer."""
+        return self._send(len(self.text))
+
+    def count(self, tokens: list[int]) -> int:
+        return len(self._answer(tokens))
+
+    def _answer(self, tokens: list[int]) -> list[int]:
+        """The answer's tokens: up to its end-of-turn token."""
+        end = next((i for i, t in enumerate(tokens) if t in self.eos), None)
+        return tokens if end is None else tokens[:end]
+
+    def _held(self) -> int:
+        """How many characters at the end to hold back: a half character, or the start of a stop string."""
+        if self.text.endswith("\ufffd"):
+            return len(self.text) - self.sent
+        longest = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(s[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def _send(self, end: int) -> str:
+        end = max(end, self.sent)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+
+class Engine:
+    """One causal LM's continuous batching: started at load, stopped at shutdown."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        eos: Sequence[int],
+        max_requests: int = 256,
+        kv_cache_tokens: int = 16384,
+        max_batch_tokens: int = 1024,
+    ):
+        self.model, self.tokenizer, self.eos = model, tokenizer, list(eos)
+        self.max_requests, self.active = max(1, int(max_requests)), 0
+        #: the KV cache in pages of PAGE_TOKENS (the manager sizes it from the device's free memory otherwise:
+        #: on a CPU, most of the machine's)
+        self.pages = max(1, -(-int(kv_cache_tokens) // PAGE_TOKENS))
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.manager = None
+
+    def start(self) -> None:
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        config = GenerationConfig(
+            do_sample=True,
+            eos_token_id=self.eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+            max_new_tokens=16,
+            **_BUILT_WITH,
+        )
+        self.manager = self.model.init_continuous_batching(
+            generation_config=config,
+            continuous_batching_config=ContinuousBatchingConfig(
+                per_request_processors=True,
+                page_size=PAGE_TOKENS,
+                num_blocks=self.pages,
+                max_batch_tokens=self.max_batch_tokens,
+            ),
+        )
+        self.manager.start()
+
+    def stop(self) -> None:
+        if self.manager is not None:
+            self.manager.stop(block=True)
+            self.manager = None
+
+    def admit(self, n: int) -> None:
+        """Hold ``n`` of the limit's slots for requests about to start (:meth:`stream` with ``admitted``
+        frees one each as it ends; :meth:`release` frees those that never started); Busy past the limit."""
+        if self.active + n > self.max_requests:
+            raise Busy(self.max_requests)
+        self.active += n
+
+    def release(self, n: int) -> None:
+        self.active -= n
+
+    def alive(self) -> bool:
+        m = self.manager
+        return m is not None and m.is_running() and m.background_thread_status.fatal_error is None
+
+    async def stream(
+        self,
+        ids: list[int],
+        settings,
+        request_id: str | None = None,
+        *,
+        live: bool = True,
+        admitted: bool = False,
+    ) -> AsyncIterator[Piece]:
+        """The answer to one prompt's token ids (``settings``: :class:`freestack.ml.generation.
+        GenerationSettings`) as it is generated; the last piece says why it ended. A caller that stops
+        iterating (a client that left) cancels the request. ``live`` false: the manager hands over the
+        whole answer only (stop strings still need every token). ``admitted``: its slot is held already."""
+        if not admitted:
+            self.admit(1)
+        rid = request_id or uuid.uuid4().hex
+        outputs: asyncio.Queue = asyncio.Queue()
+        text, tokens = StopText(self.tokenizer, settings.stop, self.eos), []
+        finished = done = False
+        delta = ""
+        try:
+            if not self.alive():
+                raise EngineError("the generation engine is not running: the server is stopping or failed")
+            self.manager.register_result_handler(rid, outputs.put_nowait)
+            self.manager.add_request(
+                list(ids),
+                request_id=rid,
+                max_new_tokens=settings.max_new_tokens,
+                streaming=live or bool(settings.stop),
+                eos_token_id=self.eos,
+                **_sampling(settings),
+            )
+            while not finished:
+                out = await outputs.get()
+                if out.error is not None:
+                    raise EngineError(f"generation failed: {out.error}")
+                tokens, finished = out.generated_tokens, out.is_finished()
+                delta = text.add(tokens)
+                if text.stopped or finished:
+                    break
+                if delta:
+                    yield Piece(delta)
+            ended = text.stopped or text.count(tokens) < len(tokens)  # a stop string or end of turn
+            done = True
+            yield Piece(delta + text.rest(), "stop" if ended else "length", text.count(tokens))
+        finally:
+            self.active -= 1
+            if not finished and self.manager is not None:  # a stop string, or a client that left
+                self.manager.cancel_request(rid)
+                if not done:
+                    log.info("generation %s stopped after %d tokens: its client left", rid, len(tokens))
+
+    async def complete(self, ids: list[int], settings, *, truncated: bool = False, admitted: bool = False):
+        """One prompt's whole answer, as :func:`freestack.ml.generation.generate` gives it."""
+        from freestack.ml.generation import Completion
+
+        parts, last = [], None
+        async for piece in self.stream(ids, settings, live=False, admitted=admitted):
+            parts.append(piece.text)
+            last = piece
+        return Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)
+
+
+def _sampling(settings) -> dict[str, float]:
+    """The per-request sampling settings: greedy at temperature 0."""
+    if settings.temperature <= 0:
+        return {"temperature": 1.0, "top_p": GREEDY_TOP_P}
+    return {"temperature": float(settings.temperature), "top_p": float(settings.top_p)}
+
+
+__all__ = ["GREEDY_TOP_P", "Busy", "Engine", "EngineError", "Piece", "StopText"]

@@ -1,0 +1,324 @@
+"""The OpenAI API of a text-generation version, through the official ``openai`` client (sync, async and
+streaming) and plain HTTP, against the model server started exactly as its MLServer image starts it
+(tests/support/images.py), with an API key. Greedy answers equal what the version answers in this
+process; the request log keeps each request under the version that answered; every bad request is a 4xx
+in OpenAI's error format; a client that leaves mid-stream frees its slot; a flood of streams past the
+deployment's limit gets 429s, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import httpx
+import openai
+import pyarrow.parquet as pq
+import pytest
+
+from freestack.serving.spec import GenerationBounds
+from tests.support.generation_serving import SMOKE_PROMPTS, GenerationVersion, make_generation_version
+from tests.support.images import ImageServer, start_like_image
+
+ROOT = Path(__file__).resolve().parents[2]
+KEEP_MODEL_SERVERS = True  # the module's server answers every test (see tests/conftest.py)
+pytestmark = pytest.mark.skipif(
+    not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+    reason="the MLServer environment is missing: run `make mlserver-venv`",
+)
+
+MODEL, KEY = "chat", "sk-test-freestack"
+MAX_NEW, MAX_PROMPT, MAX_REQUESTS = 24, 64, 10
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("openai")
+
+
+@pytest.fixture(scope="module")
+def version(work) -> GenerationVersion:
+    return make_generation_version((work / "storage").as_uri(), MODEL, "v1", work)
+
+
+@pytest.fixture(scope="module")
+def server(work, version) -> ImageServer:
+    bounds = GenerationBounds(
+        max_new_tokens=MAX_NEW,
+        default_max_new_tokens=8,
+        max_prompt_tokens=MAX_PROMPT,
+        truncate="refuse",
+        max_requests=MAX_REQUESTS,
+    )
+    env = {
+        "FREESTACK_MODEL_NAME": MODEL,
+        "FREESTACK_HOME": str(work),
+        "FREESTACK_SERVER_API_KEY": KEY,
+        "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
+        "FREESTACK_REQUEST_LOG_RATE": "1.0",
+        "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
+        **bounds.env(),
+    }
+    s = start_like_image(
+        "mlserver",
+        version.uri,
+        work / "mlserver",
+        env=env,
+        ready_path=f"/v2/models/{MODEL}/ready",
+        timeout=180,
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def _expected(version: GenerationVersion, prompt: str, n: int = 8) -> str:
+    return version.alone([version.chat(prompt)], max_new_tokens=n)[0]
+
+
+def test_the_sync_client_gets_the_versions_greedy_answer_with_usage(client, version):
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": SMOKE_PROMPTS[0]}], max_tokens=8, temperature=0
+    )
+    (choice,) = answer.choices
+    assert choice.message.content.strip() == _expected(version, SMOKE_PROMPTS[0])
+    assert choice.finish_reason in ("stop", "length") and choice.message.role == "assistant"
+    one = version.answer([version.chat(SMOKE_PROMPTS[0])], max_new_tokens=8)[0]
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
+        one.prompt_tokens,
+        one.completion_tokens,
+    )
+    assert answer.usage.total_tokens == one.prompt_tokens + one.completion_tokens
+    assert answer.model == f"{MODEL}:v1" and answer.object == "chat.completion"
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"{MODEL}:v1", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=2
+    )
+    assert raw.headers["x-freestack-version"] == f"{MODEL}:v1"
+    assert [m.id for m in client.models.list().data] == [MODEL, f"{MODEL}:v1"]
+
+
+def test_the_async_client_gets_every_concurrent_answer_right(server, version):
+    async def ask_all():
+        aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+        async with aclient:
+            jobs = [
+                aclient.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=8, temperature=0
+                )
+                for p in SMOKE_PROMPTS * 2
+            ]
+            return await asyncio.gather(*jobs)
+
+    answers = asyncio.run(ask_all())
+    want = version.alone([version.chat(p) for p in SMOKE_PROMPTS * 2], max_new_tokens=8)
+    assert [a.choices[0].message.content.strip() for a in answers] == want
+
+
+def test_a_stream_sends_the_same_answer_in_pieces_then_its_usage(client):
+    messages = [{"role": "user", "content": SMOKE_PROMPTS[1]}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # pieces, not one block
+
+
+def test_completions_continue_text_prompts_and_stop_at_a_stop_string(client):
+    answer = client.completions.create(model=MODEL, prompt=["Once upon", "The digits"], max_tokens=10)
+    assert [c.index for c in answer.choices] == [0, 1] and answer.object == "text_completion"
+    text = answer.choices[0].text
+    assert len(text) > 3
+    stop = text[2:4]
+    cut = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=10, stop=[stop])
+    assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=10, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+def test_the_request_log_names_the_version_that_answered(client, work):
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "log me"}], max_tokens=3
+    )
+    rows = _logged(work, answer.id)
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["model"], r["version"], r["prediction"]) == (MODEL, "v1", answer.choices[0].message.content)
+    assert r["completion_tokens"] == answer.usage.completion_tokens
+    assert json.loads(r["input.prompt"])[-1] == {"role": "user", "content": "log me"}
+
+
+def _logged(work: Path, request_id: str, timeout: float = 20.0) -> list[dict]:
+    folder = work / "storage" / "monitoring" / MODEL / "requests"
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            r
+            for f in folder.rglob("*.parquet")
+            for r in pq.read_table(f).to_pylist()
+            if r["request_id"] == request_id
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _post(server: ImageServer, path: str, body, key: str | None = KEY) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(server.url + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"model": "other", "messages": HI}, 404, "does not exist here"),
+        ({"model": f"{MODEL}:v9", "messages": HI}, 404, "GET /v1/models"),
+        ({"messages": HI}, 400, '"model" is required'),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400, "unknown role"),
+        ({"model": MODEL, "messages": [{"role": "user"}]}, 400, "no text content"),
+        (
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+            },
+            400,
+            "text only",
+        ),
+        (
+            {"model": MODEL, "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            400,
+            "'tools' is not supported",
+        ),
+        (
+            {"model": MODEL, "messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+            400,
+            "tools and function calls",
+        ),
+        ({"model": MODEL, "messages": HI, "max_tokens": MAX_NEW + 1}, 400, f"bound of {MAX_NEW}"),
+        ({"model": MODEL, "messages": HI, "max_tokens": -1}, 400, "1 or more"),
+        ({"model": MODEL, "messages": HI, "max_tokens": "5"}, 400, "whole number"),
+        ({"model": MODEL, "messages": HI, "temperature": 9}, 400, "max_temperature"),
+        ({"model": MODEL, "messages": HI, "top_p": 0}, 400, "top_p"),
+        ({"model": MODEL, "messages": HI, "n": 2}, 400, '"n" must be 1'),
+        ({"model": MODEL, "messages": HI, "seed": 3, "temperature": 0.7}, 400, "temperature 0"),
+        ({"model": MODEL, "messages": HI, "logprobs": True}, 400, "'logprobs' is not supported"),
+        ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
+        ({"model": MODEL, "prompt": [1, 2, 3]}, 400, "token ids are not taken"),
+    ],
+)
+def test_a_bad_request_is_a_4xx_in_openais_error_format(server, body, status, says):
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    code, answer = _post(server, path, body)
+    assert code == status, answer
+    error = answer["error"]
+    assert says in error["message"], error
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_nan_and_broken_json_and_unknown_routes_get_openai_errors(server):
+    code, answer = _post(
+        server,
+        "/v1/chat/completions",
+        b'{"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+    )
+    assert code == 400 and "temperature" in answer["error"]["message"]
+    code, answer = _post(server, "/v1/chat/completions", b"{not json")
+    assert code == 400 and "not valid JSON" in answer["error"]["message"]
+    code, answer = _post(server, "/v1/embeddings", {"model": MODEL, "input": "x"})
+    assert code == 404 and "/v1/chat/completions" in answer["error"]["message"]
+
+
+def test_a_missing_or_wrong_key_is_a_401(server):
+    for key in (None, "sk-wrong"):
+        code, answer = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": HI}, key=key)
+        assert code == 401 and answer["error"]["code"] == "invalid_api_key"
+    bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_an_over_long_prompt_is_a_413_naming_the_limit(server):
+    long = "one two three four five " * 40_000  # about 1 MB
+    code, answer = _post(
+        server, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": long}]}
+    )
+    assert code == 413 and answer["error"]["code"] == "context_length_exceeded"
+    assert f"limit of {MAX_PROMPT}" in answer["error"]["message"]
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot(server, client):
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count to ten."}],
+        "max_tokens": MAX_NEW,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+    deadline = time.monotonic() + 20
+    while "its client left" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "its client left" in server.log()
+    answer = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=2)
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_flood_of_streams_past_the_limit_gets_429s_and_the_rest_are_answered(server):
+    async def flood(n: int):
+        limits = httpx.Limits(max_connections=n)
+        async with httpx.AsyncClient(
+            timeout=120, limits=limits, headers={"Authorization": f"Bearer {KEY}"}
+        ) as c:
+
+            async def one(i):
+                body = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": f"n {i}"}],
+                    "max_tokens": MAX_NEW,
+                    "stream": True,
+                }
+                async with c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
+                    text = (await r.aread()).decode()
+                    return r.status_code, text, r.headers.get("retry-after")
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    results = asyncio.run(flood(200))
+    ok = [t for code, t, _ in results if code == 200]
+    refused = [(t, after) for code, t, after in results if code == 429]
+    assert ok and refused and len(ok) + len(refused) == 200
+    assert all(t.rstrip().endswith("data: [DONE]") for t in ok)
+    assert all("rate_limit" not in t for t in ok)
+    for text, after in refused:
+        error = json.loads(text)["error"]
+        assert "deploy.generation.max_requests" in error["message"] and error["code"] == "rate_limit_exceeded"
+        assert after == "1"

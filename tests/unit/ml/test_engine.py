@@ -1,0 +1,153 @@
+"""The model server's generation engine (freestack.ml.engine) on transformers' continuous batching,
+with a registered tiny generation version (tests.support.generation_serving): greedy answers equal plain
+``generate``'s, requests with other settings share the running batch, stop strings cut the answer and its
+stream, a short request is answered while a long one runs, a client that leaves frees its slot, and the
+limit refuses the request past it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+import torch
+
+from freestack.ml.engine import Busy, Engine, StopText
+from freestack.ml.generation import GenerationSettings, eos_ids, prompt_ids
+from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
+
+PROMPTS = [*SMOKE_PROMPTS, "Name a colour.", "Count to three.", "What is 9 - 4?", "Spell cat."]
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory):
+    work = tmp_path_factory.mktemp("engine")
+    return make_generation_version((work / "storage").as_uri(), "chat", "v1", work)
+
+
+@pytest.fixture(scope="module")
+def run():
+    """One event loop for the module, as a server has (the manager's thread answers on it until it stops)."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(version, run):
+    torch.set_num_threads(1)
+    e = Engine(version.model, version.tokenizer, eos=eos_ids(version.tokenizer), max_requests=64)
+    e.start()
+    yield e
+    e.stop()  # before the loop closes
+
+
+def _ids(version, prompt: str, settings: GenerationSettings) -> list[int]:
+    return prompt_ids(version.tokenizer, [version.chat(prompt)], settings)[0][0]
+
+
+def _settings(**kw) -> GenerationSettings:
+    return GenerationSettings(max_prompt_tokens=96, **kw)
+
+
+async def _all(engine, version, settings_of):
+    jobs = [engine.complete(_ids(version, p, settings_of(i)), settings_of(i)) for i, p in enumerate(PROMPTS)]
+    return await asyncio.gather(*jobs)
+
+
+def test_greedy_answers_equal_plain_generate_while_sampled_requests_share_the_batch(engine, version, run):
+    greedy = _settings(max_new_tokens=12)
+    sampled = _settings(max_new_tokens=12, temperature=1.5, top_p=0.9)
+    answers = run(_all(engine, version, lambda i: greedy if i % 2 == 0 else sampled))
+    expected = version.alone([version.chat(p) for p in PROMPTS], max_new_tokens=12)
+    plain = version.answer([version.chat(p) for p in PROMPTS], max_new_tokens=12)
+    for i, (got, want, one) in enumerate(zip(answers, expected, plain, strict=True)):
+        if i % 2 == 0:  # greedy, in a batch with sampled requests
+            assert got.text.strip() == want
+            assert (got.completion_tokens, got.finish_reason) == (one.completion_tokens, one.finish_reason)
+        assert got.prompt_tokens == one.prompt_tokens
+
+
+def test_a_stop_string_ends_the_answer_and_the_stream_never_shows_part_of_it(engine, version, run):
+    full = run(engine.complete(_ids(version, PROMPTS[0], _settings()), _settings(max_new_tokens=16)))
+    assert len(full.text) > 4
+    stop = full.text[3:5]
+    settings = _settings(max_new_tokens=16, stop=(stop,))
+
+    async def pieces():
+        return [p async for p in engine.stream(_ids(version, PROMPTS[0], settings), settings)]
+
+    got = run(pieces())
+    text = "".join(p.text for p in got)
+    assert text == full.text[: full.text.index(stop)]
+    assert got[-1].finish_reason == "stop" and all(p.finish_reason is None for p in got[:-1])
+    assert engine.active == 0
+
+
+def test_a_short_request_is_answered_while_a_long_one_runs(engine, version, run):
+    long, short = _settings(max_new_tokens=60), _settings(max_new_tokens=2)
+
+    async def race():
+        ends = {}
+
+        async def run(name, settings):
+            await engine.complete(_ids(version, PROMPTS[1], settings), settings)
+            ends[name] = time.perf_counter()
+
+        task = asyncio.create_task(run("long", long))
+        await asyncio.sleep(0.05)
+        await run("short", short)
+        await task
+        return ends
+
+    ends = run(race())
+    assert ends["short"] < ends["long"]
+
+
+def test_a_client_that_leaves_frees_its_slot_and_the_log_says_so(engine, version, run, caplog):
+    settings = _settings(max_new_tokens=60)
+
+    async def leave():
+        stream = engine.stream(_ids(version, PROMPTS[2], settings), settings)
+        await anext(stream)
+        assert engine.active == 1
+        await stream.aclose()
+
+    with caplog.at_level(logging.INFO, logger="freestack.serving"):
+        run(leave())
+    assert engine.active == 0
+    assert "its client left" in caplog.text
+    answer = run(engine.complete(_ids(version, PROMPTS[0], _settings()), _settings(max_new_tokens=4)))
+    assert answer.completion_tokens >= 1  # the engine goes on serving
+
+
+def test_the_request_past_the_limit_is_refused_with_the_limit(version, run):
+    e = Engine(version.model, version.tokenizer, eos=eos_ids(version.tokenizer), max_requests=2)
+    e.start()
+    settings = _settings(max_new_tokens=40)
+
+    async def crowd():
+        streams = [e.stream(_ids(version, p, settings), settings) for p in PROMPTS[:3]]
+        await anext(streams[0])
+        await anext(streams[1])
+        with pytest.raises(Busy, match="limit"):
+            await anext(streams[2])
+        for s in streams[:2]:
+            await s.aclose()
+
+    try:
+        run(crowd())
+        assert e.active == 0
+    finally:
+        e.stop()
+
+
+def test_stop_text_holds_back_what_could_become_a_stop_string(version):
+    tok = version.tokenizer
+    text = StopText(tok, ["END"], eos=[])
+    ids = tok("abc EN", add_special_tokens=False)["input_ids"]
+    sent = text.add(ids)
+    assert sent == "abc " and not text.stopped
+    more = tok("abc END tail", add_special_tokens=False)["input_ids"]
+    assert sent + text.add(more) == "abc " and text.stopped
