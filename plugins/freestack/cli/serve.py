@@ -298,7 +298,7 @@ def deploy(
     ] = None,
 ) -> int:
     """Deploy a pipeline's production version (or --version) locally now, as the DAG's deploy does."""
-    from freestack.hooks.credentials import model_source
+    from freestack.hooks.credentials import model_source, server_api_key
     from freestack.serving.local import deploy_local
 
     spec = load_pipeline(pipeline)
@@ -322,6 +322,7 @@ def deploy(
         source=model_source(uri),
         runtime=spec.deploy.runtime,
         alias=spec.deploy.alias if by_alias else None,
+        api_key=server_api_key(spec.deploy),
     )
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0

@@ -6,8 +6,15 @@ the connection behind a model URI into plain environment variables for it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
 from freestack.errors import DeployError
 from freestack.hooks.datastore import DataStoreHook
+
+if TYPE_CHECKING:
+    from freestack.serving.spec import DeploySpec
 
 
 def model_source(uri: str) -> tuple[str, dict[str, str]]:
@@ -64,4 +71,31 @@ def _aws_env(conn_id: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-__all__ = ["model_source"]
+def server_api_key(deploy: DeploySpec) -> SecretStr | None:
+    """The OpenAI API's key of a local deploy: the password of the connection ``deploy.api_key.conn_id``
+    names, read when the deploy runs (never at DAG parse time); None when the spec names none."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    conn_id = deploy.api_key.conn_id if deploy.api_key else None
+    if conn_id is None:
+        return None
+    add = f"airflow connections add {conn_id} --conn-type generic --conn-password '<the key>'"
+    try:
+        password = Connection.get(conn_id).password
+    except AirflowNotFoundException:
+        raise DeployError(
+            f"the OpenAI API key's connection {conn_id!r} (deploy.api_key.conn_id) does not exist: add it "
+            f"with `{add}` (or set AIRFLOW_CONN_{conn_id.upper()}), then deploy again"
+        ) from None
+    except Exception as exc:  # the API server or secrets backend did not answer
+        raise DeployError(f"cannot read the OpenAI API key's connection {conn_id!r}: {exc}") from exc
+    if not password:
+        raise DeployError(
+            f"connection {conn_id!r} (deploy.api_key.conn_id) has no password, which is the OpenAI API's "
+            f"key: set one (`airflow connections delete {conn_id}`, then `{add}`)"
+        )
+    return SecretStr(password)
+
+
+__all__ = ["model_source", "server_api_key"]

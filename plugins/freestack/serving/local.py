@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from freestack.errors import DeployError
 from freestack.serving.processes import (
     free_port,
@@ -56,6 +58,9 @@ from freestack_server.address import socket_name
 from freestack_server.config import PREFIX as SERVER_PREFIX
 from freestack_server.config import ServerConfig, write_env_file
 from freestack_server.requestlog import monitoring_uri
+
+#: the model server's OpenAI API key (``ServerConfig.api_key``): in the server's env file, never in a record
+API_KEY_VARIABLE = f"{SERVER_PREFIX}API_KEY"
 
 if TYPE_CHECKING:
     from freestack.serving.spec import LocalTarget
@@ -316,13 +321,17 @@ class Slot:
 @dataclass(frozen=True)
 class ServerLaunch:
     """One server to start with ``python -m freestack_server --env-file F``: the server's configuration
-    and its model's ``FREESTACK_*`` settings, all written to F (the images set the same variables)."""
+    and its model's ``FREESTACK_*`` settings, all written to F (the images set the same variables), and
+    the OpenAI API's key (``deploy.api_key``), written to F too but shown nowhere (a SecretStr)."""
 
     config: ServerConfig
     model: dict[str, str]
+    api_key: SecretStr | None = None
 
     def variables(self) -> dict[str, str]:
-        return {**self.model, **self.config.env()}
+        """The file's variables, the key's value among them: for the 0600 env file only."""
+        key = {API_KEY_VARIABLE: self.api_key.get_secret_value()} if self.api_key else {}
+        return {**self.model, **self.config.env(), **key}
 
 
 def server_config(
@@ -336,10 +345,12 @@ def server_config(
     request_log_uri: str | None,
     address: Address | None = None,
     runtime: str = "seldon",
+    api_key: SecretStr | None = None,
 ) -> ServerLaunch:
     """What one server of deployment ``name`` runs with: on the slot's port; with ``address``, it also
     serves the deployment's address once its gate is open. ``runtime: mlserver``: MLServer, one process,
-    gRPC on the slot's gRPC port (a free one when the slot has none)."""
+    gRPC on the slot's gRPC port (a free one when the slot has none). ``api_key``: the key its OpenAI API
+    asks for."""
     mlserver = runtime == "mlserver"
     gate = str(_home(name) / f"{slot.color}.gate")
     cfg = ServerConfig.model_validate(
@@ -381,7 +392,7 @@ def server_config(
         "FREESTACK_REQUEST_LOG_RATE": str(rate),
         **local.generation.env(),
     }
-    return ServerLaunch(cfg, settings_env)
+    return ServerLaunch(cfg, settings_env, api_key)
 
 
 def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: bool = False) -> LocalServer:
@@ -396,7 +407,7 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
     cache.mkdir(parents=True)
     env_file = home / f"{cfg.predictor}.env"
     variables = {**launch.variables(), "FREESTACK_SERVING_CACHE": str(cache)}
-    write_env_file(env_file, variables)
+    _write_private(env_file, variables)
     env = {k: v for k, v in _server_env(model_env).items() if k not in variables}  # the file's values hold
     if cfg.address and not gate_open:
         Path(cfg.address.gate).unlink(missing_ok=True)
@@ -418,6 +429,45 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
     return LocalServer(proc, launch, env_file, log_path)
 
 
+def _write_private(path: Path, variables: dict[str, str]) -> None:
+    """The server's env file, readable by its owner alone (mode 0600): it may hold the OpenAI API's key.
+    The file is created with that mode before anything is written to it."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    write_env_file(path, variables)
+
+
+def _checked_key(api_key: SecretStr | None, local: LocalTarget) -> SecretStr | None:
+    """The OpenAI API's key for the server, checked against ``deploy.api_key`` (the caller reads it from
+    the connection :attr:`LocalTarget.api_key` names): a spec that names a connection gets its key, and a
+    key the env file cannot hold is refused without showing it."""
+    source = local.api_key.conn_id if local.api_key else None
+    if source and api_key is None:
+        raise DeployError(
+            f"deploy.api_key.conn_id names connection {source!r}, but this deploy was given no key: read it "
+            "with freestack.hooks.credentials.server_api_key and pass it as api_key"
+        )
+    if api_key is not None:
+        value = api_key.get_secret_value()
+        if not value or "'" in value or "\n" in value or "\r" in value:
+            raise DeployError(
+                f"the OpenAI API key (the password of connection {source or '?'}) is empty or holds a quote "
+                "or a line break, which the server's env file cannot carry: choose a key without them"
+            )
+    return api_key
+
+
+def _same_key(live: dict[str, Any], api_key: SecretStr | None) -> bool:
+    """Whether the live server's env file holds ``api_key`` (a changed key needs a new server)."""
+    from dotenv import dotenv_values
+
+    try:
+        held = dotenv_values(live["config"]).get(API_KEY_VARIABLE) if live.get("config") else None
+    except OSError:
+        return False
+    return held == (api_key.get_secret_value() if api_key else None)
+
+
 # ------------------------------------------------------------------------------------------------------
 # deploy / stop
 
@@ -434,6 +484,7 @@ def deploy_local(
     source: tuple[str, dict[str, str]] | None = None,
     runtime: str = "seldon",
     alias: str | None = None,
+    api_key: SecretStr | None = None,
 ) -> dict[str, Any]:
     """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server
     (``runtime``: ``seldon`` or ``mlserver``, the Open Inference Protocol).
@@ -441,11 +492,19 @@ def deploy_local(
     ``source`` is the URI the server reads the version from and the environment it needs for it
     (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
     address from a live, healthy server, nothing changes. ``alias`` (what the version was chosen by, e.g.
-    production) is kept in the record, so a status can flag a deployment whose alias moved on."""
+    production) is kept in the record, so a status can flag a deployment whose alias moved on.
+    ``api_key``: the key the OpenAI API (``/v1``) asks for, read from the connection ``deploy.api_key``
+    names (:func:`freestack.hooks.credentials.server_api_key`); in the server's env file, never the record."""
+    api_key = _checked_key(api_key, local)
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
-    if live and _unchanged(live, version, local) and live.get("runtime", "seldon") == runtime:
+    if (
+        live
+        and _unchanged(live, version, local)
+        and live.get("runtime", "seldon") == runtime
+        and _same_key(live, api_key)
+    ):
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}
     _stop_strays(name, live, local)
@@ -466,6 +525,7 @@ def deploy_local(
         request_log_uri=request_log,
         address=address,
         runtime=runtime,
+        api_key=api_key,
     )
     server = None
     try:
@@ -475,6 +535,7 @@ def deploy_local(
         timings["join_s"] = round(time.monotonic() - t0, 3)
         record = _record(prior, server, slot, local, address, version_uri, checked, reason, timings)
         record["alias"] = alias
+        record["api_key_conn_id"] = local.api_key.conn_id if api_key and local.api_key else None
         deployments.write(name, record, token)
     except BaseException:
         if server is not None:

@@ -36,6 +36,7 @@ from freestack.kube.manifests import (
 )
 from freestack.serving.spec import KubernetesTarget
 from freestack.settings import checkout_dir, settings
+from freestack_server.config import PREFIX as SERVER_PREFIX
 from freestack_server.config import ServerConfig
 
 GROUP = "machinelearning.seldon.io"
@@ -66,6 +67,8 @@ CRD_ENV = "FREESTACK_SELDON_CRD"
 ENV_URI = "FREESTACK_MODEL_URI"
 ENV_VERSION = "FREESTACK_MODEL_VERSION"
 ENV_NAME = "FREESTACK_MODEL_NAME"
+#: the model server's OpenAI API key (:class:`freestack_server.config.ServerConfig`'s ``api_key``)
+API_KEY_ENV = f"{SERVER_PREFIX}API_KEY"
 
 
 _DNS1123_LABEL = re.compile(DNS1123_LABEL)
@@ -115,6 +118,7 @@ def _container(
         ]
     # deploy.generation's bounds that differ from the server's defaults (a text-generation model's requests)
     env += [{"name": k, "value": v} for k, v in target.generation.env(defaults=False).items()]
+    env += _api_key_env(target)
     if runtime == "mlserver":
         container = _base_container(
             target, target.mlserver_image, env, ready=f"/v2/models/{model}/ready", live="/v2/health/live"
@@ -124,8 +128,19 @@ def _container(
     return _base_container(target, target.image, env, ready=HEALTH_PATH, live=HEALTH_PATH)
 
 
+def _api_key_env(target: KubernetesTarget) -> list[dict[str, Any]]:
+    """The OpenAI API's key (``deploy.api_key.secret``): the server's ``FREESTACK_SERVER_API_KEY`` read from
+    the Secret by the kubelet (``valueFrom.secretKeyRef``), so the key itself is in no manifest. The /v1 routes
+    need nothing else: they are served on the same HTTP port as the other protocols."""
+    source = target.api_key
+    if source is None or source.secret is None:
+        return []
+    ref = {"name": source.secret, "key": source.secret_key}
+    return [{"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": ref}}]
+
+
 def _base_container(
-    target: KubernetesTarget, image: str, env: list[dict[str, str]], *, ready: str, live: str
+    target: KubernetesTarget, image: str, env: list[dict[str, Any]], *, ready: str, live: str
 ) -> dict[str, Any]:
     """The container both runtimes share: the HTTP port, resources, the secret's environment and the probes."""
 
@@ -570,6 +585,7 @@ def served_version(obj: dict[str, Any] | None) -> tuple[str, str] | None:
 
 
 __all__ = [
+    "API_KEY_ENV",
     "API_VERSION",
     "CANARY",
     "CONTAINER",

@@ -19,7 +19,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.errors import DeployError
-from freestack.hooks.credentials import model_source
+from freestack.hooks.credentials import model_source, server_api_key
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import PipelineOperator
 from freestack.registry.core import RegistryError, registry_for
@@ -114,6 +114,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             source=model_source(uri),
             runtime=spec.deploy.runtime,
             alias=alias,
+            api_key=server_api_key(spec.deploy),
         )
         body = (
             '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'

@@ -35,6 +35,10 @@
         max_requests: 256           # the most requests generating at once (OpenAI API; 429 above)
         kv_cache_tokens: 16384      # the continuous batch's KV cache, in tokens (more requests wait)
         max_batch_tokens: 1024      # the most tokens of one forward step
+      api_key:                      # the OpenAI API's (/v1) key: where it comes from, never the key itself
+        conn_id: llm_api_key        # target local: the Airflow connection whose password is the key
+        secret: llm-api-key         # target kubernetes: the Secret that holds it (in deploy.kubernetes.namespace)
+        secret_key: api-key         # the Secret's key holding it
 
 No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
@@ -50,6 +54,10 @@ from freestack.settings import settings
 from freestack.specbase import SpecModel
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: a Secret's name (a DNS-1123 subdomain), a key in a Secret's data, an Airflow connection id
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_CONN_ID = re.compile(r"^[\w.-]+$")
 #: CORS origins, as the model server's request checks read them
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 #: the defaults of deploy.local.timeout_seconds and start_timeout_seconds per kind of model version
@@ -154,14 +162,100 @@ class GenerationBounds(SpecModel):
         }
 
 
+class ApiKeySource(SpecModel):
+    """Where the model server's OpenAI API key comes from, never the key itself: an Airflow connection for
+    the local target, a Kubernetes Secret for the Kubernetes target. The server then answers ``/v1/...``
+    only with ``Authorization: Bearer <key>`` (401 without it); only the OpenAI API checks the key, the
+    other protocols (Seldon's, the Open Inference Protocol) answer without it."""
+
+    conn_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=250,
+        description="target local: the Airflow connection whose password is the key (e.g. `airflow connections "
+        "add llm_api_key --conn-type generic --conn-password <key>`), read by the deploy task when it runs, "
+        "never at DAG parse time; it reaches the server in its env file (mode 0600), never a deployment record",
+    )
+    secret: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="target kubernetes: the Secret, in deploy.kubernetes.namespace, that holds the key "
+        "(`kubectl create secret generic <secret> --from-literal=api-key=<key>`); the serving container reads "
+        "it as FREESTACK_SERVER_API_KEY (valueFrom.secretKeyRef), so the key is in no manifest",
+    )
+    secret_key: str = Field(
+        default="api-key",
+        min_length=1,
+        max_length=253,
+        description="The key in that Secret whose value is the API key.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_source_not_a_key(cls, data: Any) -> Any:
+        """``api_key: sk-...`` is a key written in the spec: refused without repeating it."""
+        if not isinstance(data, dict):
+            raise ValueError(
+                "deploy.api_key says where the key comes from, never the key itself: {conn_id: <an Airflow "
+                "connection whose password is the key>} for target local, {secret: <a Kubernetes Secret>} "
+                "for target kubernetes"
+            )
+        return data
+
+    @field_validator("conn_id")
+    @classmethod
+    def _conn_id(cls, v: str | None) -> str | None:
+        if v is not None and not _CONN_ID.match(v):
+            raise ValueError(
+                f"conn_id {v!r} is not an Airflow connection id (letters, digits, '_', '.', '-')"
+            )
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and not _SUBDOMAIN.match(v):
+            raise ValueError(
+                f"secret {v!r} is not a Kubernetes Secret name (lowercase letters, digits, '-' and '.')"
+            )
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, v: str) -> str:
+        if not _SECRET_KEY.match(v):
+            raise ValueError(
+                f"secret_key {v!r} is not a key of a Secret's data (letters, digits, '-', '_' and '.')"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _names_a_source(self) -> ApiKeySource:
+        if self.conn_id is None and self.secret is None:
+            raise ValueError(
+                "deploy.api_key names no source: set conn_id (target local: an Airflow connection whose "
+                "password is the key) or secret (target kubernetes: a Secret holding it), or drop api_key "
+                "for an OpenAI API without a key"
+            )
+        return self
+
+
 class _ServesGeneration(SpecModel):
-    """A target's copy of ``deploy.generation`` (set by :class:`DeploySpec`), for the code that starts its servers."""
+    """A target's copy of ``deploy.generation`` and ``deploy.api_key`` (set by :class:`DeploySpec`), for
+    the code that starts its servers."""
 
     _generation: GenerationBounds | None = PrivateAttr(default=None)
+    _api_key: ApiKeySource | None = PrivateAttr(default=None)
 
     @property
     def generation(self) -> GenerationBounds:
         return self._generation or GenerationBounds()
+
+    @property
+    def api_key(self) -> ApiKeySource | None:
+        """Where the server's OpenAI API key comes from; None: the OpenAI API asks for no key."""
+        return self._api_key
 
 
 class LocalTarget(_ServesGeneration):
@@ -374,6 +468,12 @@ class DeploySpec(SpecModel):
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
         "max_prompts_per_request, max_requests, kv_cache_tokens, max_batch_tokens",
     )
+    api_key: ApiKeySource | None = Field(
+        default=None,
+        description="Where the OpenAI API's key comes from (conn_id: an Airflow connection, target local; "
+        "secret and secret_key: a Kubernetes Secret, target kubernetes), never the key itself. Only the OpenAI "
+        "API (/v1/..., text-generation versions) checks it. Default (null): /v1 asks for no key",
+    )
 
     @field_validator("name")
     @classmethod
@@ -389,6 +489,23 @@ class DeploySpec(SpecModel):
         # the targets start the servers: each carries the bounds to them (local.generation, kubernetes.generation)
         self.local._generation = self.generation
         self.kubernetes._generation = self.generation
+        self.local._api_key = self.kubernetes._api_key = self.api_key
+        return self
+
+    @model_validator(mode="after")
+    def _api_key_for_the_target(self) -> DeploySpec:
+        key = self.api_key
+        if key is not None and self.target == "local" and key.conn_id is None:
+            raise ValueError(
+                "deploy.api_key.conn_id is needed for target local: the Airflow connection whose password is "
+                "the key (secret names a Kubernetes Secret, which only target kubernetes reads)"
+            )
+        if key is not None and self.target == "kubernetes" and key.secret is None:
+            raise ValueError(
+                "deploy.api_key.secret is needed for target kubernetes: the Secret that holds the key, in "
+                f"namespace {self.kubernetes.namespace} (conn_id names an Airflow connection, which only "
+                "target local reads)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -431,6 +548,7 @@ def deploy_name(spec_deploy: DeploySpec, model_name: str) -> str:
 
 
 __all__ = [
+    "ApiKeySource",
     "DEPLOY_POOL_PREFIX",
     "DEPLOY_PRIORITY",
     "MOVE_PRIORITY",

@@ -20,7 +20,7 @@ import pytest
 
 from freestack.errors import FreestackError
 from freestack.serving import k8s, manifests
-from freestack.serving.spec import KubernetesTarget
+from freestack.serving.spec import DeploySpec, KubernetesTarget
 from freestack_server.requestlog import SMOKE_ID
 from tests.fakes.k8s_api import FakeKubeAPI, ProxyingKubeAPI, json_patch, merge_patch, stored_sample
 from tests.support.ports import free_port
@@ -63,7 +63,25 @@ def manifest(version: str = "3", canary: str | None = None, name: str = "digits"
 
 def env_of(predictor: dict) -> dict[str, str]:
     (container,) = predictor["componentSpecs"][0]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def keyed_target(**kw) -> KubernetesTarget:
+    """``target()`` of a spec whose ``deploy.api_key`` names the Secret ``llm-api-key``."""
+    spec = DeploySpec.model_validate(
+        {
+            "target": "kubernetes",
+            "kubernetes": target(**kw).model_dump(),
+            "api_key": {"secret": "llm-api-key", "secret_key": "openai"},
+        }
+    )
+    return spec.kubernetes
+
+
+SECRET_ENV = {
+    "name": "FREESTACK_SERVER_API_KEY",
+    "valueFrom": {"secretKeyRef": {"name": "llm-api-key", "key": "openai"}},
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,6 +173,42 @@ def test_an_mlserver_manifest_is_protocol_v2_and_validates():
     assert env_of(canary)["FREESTACK_MODEL_URI"] == "s3://models/registry/digits/4"
     assert [p["containerPort"] for p in c["ports"]] == [9000, 9500]
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"  # the model, not the server
+
+
+def test_the_openai_api_key_comes_from_the_secret_in_both_runtimes_manifests(kube):
+    """deploy.api_key.secret: each predictor's container reads FREESTACK_SERVER_API_KEY from the Secret
+    (valueFrom.secretKeyRef; the key is in no manifest), the CRD accepts it, and so does the API server.
+    Nothing else changes: /v1 is served on the container's HTTP port, which Seldon's ingress reaches under
+    /seldon/<namespace>/<name>/ for any path."""
+    for runtime in ("seldon", "mlserver"):
+        m = manifests.build_manifest(
+            "digits",
+            model="digits",
+            version="3",
+            model_uri="s3://models/registry/digits/3",
+            target=keyed_target(),
+            canary_version="4",
+            canary_uri="s3://models/registry/digits/4",
+            runtime=runtime,
+        )
+        manifests.validate_manifest(m, CRD)
+        for pred in m["spec"]["predictors"]:
+            (c,) = pred["componentSpecs"][0]["spec"]["containers"]
+            assert [e for e in c["env"] if e["name"] == "FREESTACK_SERVER_API_KEY"] == [SECRET_ENV]
+            assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]  # env_secret stays as it was
+            assert c["ports"][0] == {"name": "http", "containerPort": 9000, "protocol": "TCP"}
+        plain = manifests.build_manifest(
+            "digits", model="digits", version="3", model_uri="s3://x/3", target=target(), runtime=runtime
+        )
+        (c,) = plain["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
+        assert all("valueFrom" not in e for e in c["env"])  # no deploy.api_key: no key asked for
+    stored = k8s.apply(m, CONN)  # the fake API server validates it against the CRD too
+    (c,) = stored["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
+    assert SECRET_ENV in c["env"] and manifests.served_version(stored) == (
+        "3",
+        "s3://models/registry/digits/3",
+    )
+    assert manifests.summary(stored)["predictors"][0]["version"] == "3"
 
 
 def test_a_kserve_inference_service_runs_the_same_v2_container():

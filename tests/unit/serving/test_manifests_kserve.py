@@ -11,7 +11,7 @@ import yaml
 
 from freestack.errors import FreestackError
 from freestack.serving import manifests
-from tests.unit.serving.test_k8s import target
+from tests.unit.serving.test_k8s import SECRET_ENV, keyed_target, target
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "include/serving/kserve-inferenceservice-crd.yaml"
@@ -47,6 +47,30 @@ def test_the_built_inference_service_validates():
     manifests.validate_inference_service(isvc(), CRD)
     manifests.validate_inference_service(isvc())  # the default: the copy in the checkout
     manifests.validate_inference_service(isvc(env_secret=None, service_account=None), CRD)
+
+
+def test_the_openai_api_key_comes_from_the_secret_and_validates():
+    """deploy.api_key.secret: the kserve-container reads FREESTACK_SERVER_API_KEY from the Secret
+    (valueFrom.secretKeyRef), which KServe's CRD accepts; the /v1 routes need nothing more, since KServe
+    routes http://<name>.<namespace>.<domain>/ (any path) to the container's HTTP port."""
+    keyed = manifests.build_inference_service(
+        "digits",
+        model="digits",
+        version="3",
+        model_uri="s3://models/registry/digits/3",
+        target=keyed_target(),
+    )
+    manifests.validate_inference_service(keyed, CRD)
+    (c,) = keyed["spec"]["predictor"]["containers"]
+    assert [e for e in c["env"] if e["name"] == "FREESTACK_SERVER_API_KEY"] == [SECRET_ENV]
+    assert c["ports"][0] == {"name": "http", "containerPort": 9000, "protocol": "TCP"}
+    assert all("valueFrom" not in e for e in isvc()["spec"]["predictor"]["containers"][0]["env"])
+    broken = manifests.build_inference_service(
+        "digits", model="digits", version="3", model_uri="s3://x", target=keyed_target()
+    )
+    ref = next(e for e in broken["spec"]["predictor"]["containers"][0]["env"] if "valueFrom" in e)
+    ref["valueFrom"]["secretKeyRef"]["key"] = 7
+    assert any("secretKeyRef.key" in path for path in refused(broken))
 
 
 def test_a_wrong_field_type_is_refused_naming_its_path():
