@@ -567,6 +567,65 @@ def _serve_generation(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _serve_openai(r: dict[str, Any], file: str) -> list[Row]:
+    """The model server's OpenAI route (streamed chat) against ``transformers serve`` and against its own
+    direct runtime call (V2): completion tokens/s with time to first token; and 1-prompt latency beside
+    the deployment's largest request."""
+    s, p = r["summary"], r["params"]
+    t = s.get("targets") or {}
+    model = f"{p['parameters'] / 1e6:.1f}M-parameter Llama, cpu, {p['threads']} thread(s), {p['max_new_tokens']} new tokens"
+    rows = []
+    for c in p["concurrency"]:
+        cell = f"c{c}"
+        m, ts, v2 = (
+            s.get(side, {}).get(cell) for side in ("freestack_openai", "transformers_serve", "freestack_v2")
+        )
+        target = t.get(f"vs_transformers_serve_{cell}") or {}
+        if m and ts:
+            rows.append(
+                Row(
+                    "serve_openai",
+                    f"/v1/chat/completions streamed, c={c} ({model}), tokens/s (TTFT p50 / p99)",
+                    f"{_n(m['tokens_per_s'])} ({_n(m['ttft_p50_ms'], 0, 'ms')} / {_n(m['ttft_p99_ms'], 0, 'ms')})",
+                    f"{_n(ts['tokens_per_s'])} ({_n(ts['ttft_p50_ms'], 0, 'ms')} / "
+                    f"{_n(ts['ttft_p99_ms'], 0, 'ms')}; transformers serve --continuous-batching)",
+                    s["vs_transformers_serve"][cell]["ratio"],
+                    target.get("target", "(reported)"),
+                    target.get("met"),
+                )
+            )
+        if m and v2:
+            check = t.get(f"openai_vs_v2_{cell}") or {}
+            rows.append(
+                Row(
+                    "serve_openai",
+                    f"OpenAI route / direct runtime call, c={c}, tokens/s (p50 / p99 to the last token)",
+                    f"{_n(m['tokens_per_s'])} ({_n(m['p50_ms'], 0, 'ms')} / {_n(m['p99_ms'], 0, 'ms')})",
+                    f"{_n(v2['tokens_per_s'])} ({_n(v2['p50_ms'], 0, 'ms')} / {_n(v2['p99_ms'], 0, 'ms')}; "
+                    "V2 infer, same server)",
+                    s["openai_vs_v2"][cell]["ratio"],
+                    check.get("target", "(reported)"),
+                    check.get("met"),
+                )
+            )
+    f = r.get("flood")
+    if f:
+        rows.append(
+            Row(
+                "serve_openai",
+                f"1-prompt chats beside the largest request ({p['flood'].get('request_prompts')} prompts x "
+                f"{p['flood'].get('request_new_tokens')} new tokens, V2), latency p99",
+                _n(f["busy_p99_ms"], 0, "ms"),
+                f"{_n(f['idle_p99_ms'], 0, 'ms')} (the same requests, idle server)",
+                f["p99_ratio"],
+                f["target"],
+                f["met"],
+                better="lower",
+            )
+        )
+    return rows
+
+
 def _dataapi_listing(r: dict[str, Any], file: str) -> list[Row]:
     s = r["summary"]
     listing, anon, kills = s["listing"], s["if_match"]["anonymous"], s["kill_9"]
@@ -796,6 +855,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "serve_address": _serve_address,
     "serve_slow_clients": _serve_slow_clients,
     "serve_generation": _serve_generation,
+    "serve_openai": _serve_openai,
     "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration,
     "ui": _ui,
