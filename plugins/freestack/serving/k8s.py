@@ -447,6 +447,7 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
         canary_uri=model_uri if canary else None,
         request_log_uri=logs,
         runtime=spec.deploy.runtime,
+        openai_api=spec.model.generative,
     )
     validate_manifest(manifest)
     stored = apply(manifest, target.conn_id)

@@ -60,6 +60,8 @@ VERSION_KEY = "freestack.io/version"
 CANARY_VERSION_KEY = "freestack.io/canary-version"
 MODEL_URI_KEY = "freestack.io/model-uri"
 CANARY_URI_KEY = "freestack.io/canary-uri"
+#: a predictor without Seldon's service orchestrator: its Service and ingress reach the model container itself
+NO_ENGINE_KEY = "seldon.io/no-engine"
 
 #: the setting that names the CRD file (``seldon_crd``), as an environment variable
 CRD_ENV = "FREESTACK_SELDON_CRD"
@@ -195,6 +197,7 @@ def _predictor(
     uri: str,
     request_log_uri: str | None = None,
     runtime: str = "seldon",
+    openai_api: bool = False,
 ) -> dict[str, Any]:
     container = _container(
         target, model=model, version=version, model_uri=uri, request_log_uri=request_log_uri, runtime=runtime
@@ -202,7 +205,7 @@ def _predictor(
     pod: dict[str, Any] = {"containers": [container]}
     if target.service_account:
         pod["serviceAccountName"] = target.service_account
-    return {
+    predictor = {
         "name": name,
         "replicas": replicas,
         "traffic": traffic,
@@ -211,6 +214,12 @@ def _predictor(
         "componentSpecs": [{"spec": pod}],
         "graph": {"name": CONTAINER, "type": "MODEL", "endpoint": {"type": "REST"}, "children": []},
     }
+    if openai_api:
+        # Seldon's service orchestrator answers only its protocol's own paths (/api/v1.0/..., /v2/models/...);
+        # without it the predictor's Service, and so the ingress's /seldon/<namespace>/<name>/ prefix, reach
+        # the model server itself, which answers /v1 (the OpenAI API) beside those paths
+        predictor["annotations"] = {NO_ENGINE_KEY: "true"}
+    return predictor
 
 
 def _metadata(
@@ -242,10 +251,14 @@ def build_manifest(
     labels: dict[str, str] | None = None,
     request_log_uri: str | None = None,
     runtime: str = "seldon",
+    openai_api: bool = False,
 ) -> dict[str, Any]:
     """A ``machinelearning.seldon.io/v1`` SeldonDeployment serving ``model`` ``version`` from ``model_uri``
     (with ``request_log_uri``, the model's monitoring folder, its servers keep the request log there).
     ``runtime: mlserver``: ``protocol: v2``, the mlserver image running freestack's V2 runtime.
+    ``openai_api`` (a text-generation model): its predictors run without Seldon's service orchestrator
+    (``seldon.io/no-engine``), whose router knows only its protocol's paths, so that the ingress reaches the
+    server's OpenAI API (``/seldon/<namespace>/<name>/v1/...``) too.
 
     One predictor ``main``; with ``canary_version`` and ``canary_uri`` (and ``target.canary`` set) a second
     predictor ``canary`` that takes ``target.canary.traffic`` percent of the requests."""
@@ -296,6 +309,7 @@ def build_manifest(
             uri=uri,
             request_log_uri=request_log_uri,
             runtime=runtime,
+            openai_api=openai_api,
         )
         for role, replicas, traffic, served, uri in roles
     ]
@@ -597,6 +611,7 @@ __all__ = [
     "GROUP",
     "KIND",
     "MAIN",
+    "NO_ENGINE_KEY",
     "PLURAL",
     "VERSION",
     "ManifestInvalid",

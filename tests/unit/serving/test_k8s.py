@@ -178,8 +178,9 @@ def test_an_mlserver_manifest_is_protocol_v2_and_validates():
 def test_the_openai_api_key_comes_from_the_secret_in_both_runtimes_manifests(kube):
     """deploy.api_key.secret: each predictor's container reads FREESTACK_SERVER_API_KEY from the Secret
     (valueFrom.secretKeyRef; the key is in no manifest), the CRD accepts it, and so does the API server.
-    Nothing else changes: /v1 is served on the container's HTTP port, which Seldon's ingress reaches under
-    /seldon/<namespace>/<name>/ for any path."""
+    /v1 is served on the container's HTTP port; a text-generation model's predictors (openai_api) run
+    without Seldon's service orchestrator, whose router answers only /api/v1.0/... and /v2/..., so that the
+    ingress's /seldon/<namespace>/<name>/ prefix reaches the server's /v1 too."""
     for runtime in ("seldon", "mlserver"):
         m = manifests.build_manifest(
             "digits",
@@ -190,9 +191,11 @@ def test_the_openai_api_key_comes_from_the_secret_in_both_runtimes_manifests(kub
             canary_version="4",
             canary_uri="s3://models/registry/digits/4",
             runtime=runtime,
+            openai_api=True,
         )
         manifests.validate_manifest(m, CRD)
         for pred in m["spec"]["predictors"]:
+            assert pred["annotations"] == {"seldon.io/no-engine": "true"}
             (c,) = pred["componentSpecs"][0]["spec"]["containers"]
             assert [e for e in c["env"] if e["name"] == "FREESTACK_SERVER_API_KEY"] == [SECRET_ENV]
             assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]  # env_secret stays as it was
@@ -202,7 +205,9 @@ def test_the_openai_api_key_comes_from_the_secret_in_both_runtimes_manifests(kub
         )
         (c,) = plain["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
         assert all("valueFrom" not in e for e in c["env"])  # no deploy.api_key: no key asked for
+        assert "annotations" not in plain["spec"]["predictors"][0]  # not generative: the orchestrator stays
     stored = k8s.apply(m, CONN)  # the fake API server validates it against the CRD too
+    assert stored["spec"]["predictors"][0]["annotations"] == {"seldon.io/no-engine": "true"}
     (c,) = stored["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
     assert SECRET_ENV in c["env"] and manifests.served_version(stored) == (
         "3",
