@@ -244,6 +244,12 @@ class Settings(BaseSettings):
         ge=16,
         description="Model server, text generation: the most tokens of one forward step of the continuous batch.",
     )
+    generation_max_adapters: int = Field(
+        default=8,
+        ge=1,
+        description="Model server, text generation: the most LoRA versions of one base loaded at once "
+        "(least recently used unloaded past it).",
+    )
     generation_max_requests: int = Field(
         default=256,
         ge=1,

@@ -115,6 +115,7 @@ class ServedModel:
         self._described: dict[str, Any] | None = None
         self._local = threading.local()
         self._log = None  # the request log (RequestLog), once loaded with request_log_uri and a rate above 0
+        self._logs: dict[str, Any] = {}  # the request logs of other adapter versions served (multi-LoRA)
         #: a text-generation model's bounds as given (MLServer's model settings); None: the FREESTACK_GENERATION_* settings
         self.generation_bounds = generation
         #: a text-generation model's (freestack_server.generation.Generator), once loaded
@@ -468,15 +469,25 @@ class ServedModel:
         return self.answer_generated(prompts, self.forward(prompts), request_id, started)
 
     def answer_generated(
-        self, prompts: Any, answers: list, request_id: str | None, started: float
+        self, prompts: Any, answers: list, request_id: str | None, started: float, version: str | None = None
     ) -> Generation:
         """A text-generation request's answers as a :class:`Generation`, logged (unless it is the deploy's
-        smoke test): each prompt with its completion and token counts."""
+        smoke test): each prompt with its completion and token counts, under the version that answered
+        (``version``: another adapter version of the same base; default: the one deployed)."""
         ms = (time.perf_counter() - started) * 1000.0
         request_id = request_id or new_request_id()
-        if self._log is not None and self._log.sampled() and not request_id.startswith(SMOKE_ID):
-            self._log.add_generated(request_id, prompts.texts, [a.completion for a in answers])
+        log_ = self._log_of(version)
+        if log_ is not None and log_.sampled() and not request_id.startswith(SMOKE_ID):
+            log_.add_generated(request_id, prompts.texts, [a.completion for a in answers])
         return Generation(answers, request_id, ms)
+
+    def _log_of(self, version: str | None):
+        """The request log of ``version`` (one a version: its rows and files are named by it)."""
+        if self._log is None or version is None or version == self.version:
+            return self._log
+        if version not in self._logs:
+            self._logs[version] = self._log.for_version(version)
+        return self._logs[version]
 
     def predict_rows(
         self, X: Any, names: list[str] | None = None, request_id: str | None = None

@@ -65,6 +65,7 @@ class Bounds:
     max_requests: int = 256
     kv_cache_tokens: int = 16384
     max_batch_tokens: int = 1024
+    max_adapters: int = 8
 
     @classmethod
     def from_settings(cls) -> Bounds:

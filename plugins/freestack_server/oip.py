@@ -67,6 +67,7 @@ from mlserver.types import (
 
 from freestack.ml.engine import Busy, Engine, EngineError
 from freestack.ml.generation import eos_ids, load_tokenizer
+from freestack_server.adapters import Adapters
 from freestack_server.config import ServerConfig
 from freestack_server.core import ServedModel
 from freestack_server.errors import PayloadError
@@ -171,7 +172,10 @@ class FreestackRuntime(MLModel):
         )
         self.engine.start()
         key = ServerConfig().api_key
-        SERVED[self.name] = Served(self.name, self.core, self.engine, key.get_secret_value() if key else None)
+        adapters = Adapters(self.core, self.engine, bounds.max_adapters)
+        SERVED[self.name] = Served(
+            self.name, self.core, self.engine, adapters, key.get_secret_value() if key else None
+        )
 
     async def unload(self) -> bool:
         SERVED.pop(self.name, None)

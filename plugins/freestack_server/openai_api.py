@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.ml.engine import Busy, EngineError
 from freestack.ml.generation import Completion
+from freestack_server.adapters import NotServed
 from freestack_server.errors import PayloadError
 from freestack_server.generation import Generated
 
@@ -91,31 +92,23 @@ def error_body(message: str, status: int) -> dict[str, Any]:
 
 @dataclass
 class Served:
-    """The version this server generates with: its runtime (``core``: a ServedModel; ``engine``) and names."""
+    """The deployment this server answers for: its runtime (``core``: a ServedModel; ``engine``), the
+    adapter versions it serves (:class:`freestack_server.adapters.Adapters`) and its key."""
 
     name: str
     core: Any  # freestack_server.core.ServedModel
     engine: Any  # freestack.ml.engine.Engine
+    adapters: Any  # freestack_server.adapters.Adapters
     api_key: str | None = None
 
-    @property
-    def version_id(self) -> str:
-        return f"{self.name}:{self.core.version}"
-
-    def resolve(self, model: Any) -> str:
-        """The version a request's ``model`` names: the deployment's name (its production), ``name:version``
-        or ``name@alias`` (the alias it was deployed from)."""
-        alias = self.core.requested_uri.rsplit("@", 1)[1] if "@" in self.core.requested_uri else None
-        names = {self.name, self.version_id, *([f"{self.name}@{alias}"] if alias else [])}
-        if model not in names:
-            raise OpenAIError(
-                404,
-                f"the model {model!r} does not exist here: this server answers {sorted(names)} "
-                "(GET /v1/models lists them)",
-                "model",
-                "model_not_found",
-            )
-        return self.version_id
+    async def version(self, model: Any) -> tuple[str, str | None]:
+        """The version ``model`` names, and the adapter that answers for it (loaded if need be)."""
+        try:
+            version = self.adapters.version_of(model)
+            return version, await self.adapters.adapter_of(version)
+        except NotServed as exc:
+            code = "model_not_found" if exc.status == 404 else None
+            raise OpenAIError(exc.status, str(exc), "model", code) from None
 
 
 #: the version this process serves, set when its runtime loads (one model a server)
@@ -248,7 +241,7 @@ async def models(request: Request) -> Response:
     from openai.types import Model
 
     created = int(time.time())
-    ids = [served.name, served.version_id]
+    ids = served.adapters.listed()
     data = [Model(id=i, object="model", created=created, owned_by="freestack").model_dump() for i in ids]
     return JSONResponse({"object": "list", "data": data})
 
@@ -268,13 +261,13 @@ async def _answer(request: Request, *, chat: bool) -> Response:
     try:
         served = _served(request)
         body = await _body(request, CHAT if chat else COMPLETION)
-        model = served.resolve(body["model"])
         params = _params(body, chat=chat)
+        version, adapter = await served.version(body["model"])
         prompts = _prompts(served, body, params, chat=chat)
     except OpenAIError as exc:
         return exc.response()
     call_id = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
-    call = Call(served, prompts, model, chat, started, call_id)
+    call = Call(served, prompts, version, adapter, chat, started, call_id)
     try:
         if not body.get("stream"):
             return JSONResponse(await call.whole(), headers=call.headers)
@@ -302,10 +295,20 @@ def _prompts(served: Served, body: dict[str, Any], params: dict[str, Any], *, ch
 class Call:
     """One request's generation: its prompts' answers, whole or as server-sent events, then logged."""
 
-    def __init__(self, served: Served, prompts, model: str, chat: bool, started: float, call_id: str):
-        self.served, self.prompts, self.model, self.chat = served, prompts, model, chat
+    def __init__(
+        self,
+        served: Served,
+        prompts,
+        version: str,
+        adapter: str | None,
+        chat: bool,
+        started: float,
+        call_id: str,
+    ):
+        self.served, self.prompts, self.chat = served, prompts, chat
+        self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
         self.started, self.id, self.created = started, call_id, int(time.time())
-        self.headers = {"x-freestack-version": model}
+        self.headers = {"x-freestack-version": self.model}
 
     def _admit(self) -> None:
         try:
@@ -321,7 +324,7 @@ class Call:
         try:
             answers = await asyncio.gather(
                 *(
-                    engine.complete(ids, settings, truncated=cut, admitted=True)
+                    engine.complete(ids, settings, truncated=cut, admitted=True, adapter=self.adapter)
                     for ids, cut in self.prompts.ids
                 )
             )
@@ -374,7 +377,9 @@ class Call:
             for i, (ids, cut) in enumerate(self.prompts.ids):
                 text = []
                 waiting -= 1
-                async for piece in self.served.engine.stream(ids, self.prompts.settings, admitted=True):
+                async for piece in self.served.engine.stream(
+                    ids, self.prompts.settings, admitted=True, adapter=self.adapter
+                ):
                     text.append(piece.text)
                     if piece.text or piece.finish_reason:
                         delta = {"content": piece.text} if self.chat else piece.text
@@ -418,9 +423,8 @@ class Call:
     def _log(self, answers: list) -> None:
         """The request log's row: the prompts, their answers and the version that answered."""
         core = self.served.core
-        core.answer_generated(
-            self.prompts, [Generated(a, len(answers)) for a in answers], self.id, self.started
-        )
+        answered = [Generated(a, len(answers)) for a in answers]
+        core.answer_generated(self.prompts, answered, self.id, self.started, self.version)
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

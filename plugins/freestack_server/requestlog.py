@@ -85,6 +85,21 @@ class RequestLog:
         self._wake = threading.Event()
         self._pid: int | None = None
 
+    def for_version(self, version: str) -> RequestLog:
+        """The same log for another version of the model (its own rows, files and writer)."""
+        return RequestLog(
+            self.uri,
+            rate=self.rate,
+            model=self.model,
+            version=version,
+            deployment=self.deployment,
+            columns=self.columns,
+            classes=self.classes,
+            flush_seconds=self.flush_seconds,
+            flush_rows=self.flush_rows,
+            max_rows_per_request=self.max_rows,
+        )
+
     # -- the request path -------------------------------------------------------------------------------
     def sampled(self) -> bool:
         return self.rate >= 1.0 or random.random() < self.rate

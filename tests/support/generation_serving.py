@@ -72,6 +72,7 @@ def make_generation_version(
     smoke_tokens: int = 10,
     scale: float = 0.5,
     lora: bool = False,
+    adapter_seed: int | None = None,
 ) -> GenerationVersion:
     """Register ``version`` of ``model`` (a tiny Llama, full weights, ChatML template, system prompt
     :data:`SYSTEM`, prompt/response columns) under ``root``, with ``evaluation/smoke.json`` as the evaluate
@@ -80,7 +81,7 @@ def make_generation_version(
     prompt differently (bytes, mostly), with logits far apart, so greedy answers are the same wherever
     they are computed. ``lora``: the version is a LoRA adapter (its B matrices drawn at random too, so that
     it changes the answers) on that base, saved as a base folder the adapter names, as training on a base
-    folder records it."""
+    folder records it; ``adapter_seed``: the adapter's own draw, so that versions on one base differ."""
     import torch
 
     from freestack.ml.generation import (
@@ -111,6 +112,8 @@ def make_generation_version(
         tok.save_pretrained(drawn)
         lineage, peft = {"repo": str(drawn)}, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
         lm = add_causal_lora(lm, peft).eval()
+        if adapter_seed is not None:
+            draw = torch.Generator().manual_seed(adapter_seed)
         with torch.no_grad():
             for name, p in lm.named_parameters():
                 if "lora_B" in name:

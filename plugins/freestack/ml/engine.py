@@ -14,6 +14,13 @@ this module adds around the library is what a server needs and the manager does 
 - **Stop strings.** The manager stops at end-of-turn tokens and ``max_new_tokens`` only: the answer's
   text is decoded as tokens come (:class:`StopText`), cut at the first stop string, and the request
   is cancelled there. Streamed text never shows part of a stop string or half a character.
+- **Adapters, one at a time.** The model may carry several LoRA adapters (peft's multi-adapter API): the
+  manager runs one forward for all its requests, and peft's active adapter is the model's, not a
+  request's, so requests of one adapter run together. A request for another adapter waits its turn
+  (:meth:`Engine.stream`'s ``adapter``): once other adapters have requests waiting, new requests of the
+  active one wait too; when the running ones are done, the adapter with the oldest waiting request is
+  made active (``activate``, with the manager paused) and its requests start. A deployment that serves
+  one version never waits.
 - **Bounds.** At most ``max_requests`` requests at once (:class:`Busy` past it: the server's 429 that says
   the limit); a caller that leaves has its request cancelled and its slot freed. The KV cache holds
   ``kv_cache_tokens`` (the manager would size it from the device's free memory: on a CPU, most of the
@@ -29,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("freestack.serving")
@@ -136,6 +144,11 @@ class Engine:
         self.pages = max(1, -(-int(kv_cache_tokens) // PAGE_TOKENS))
         self.max_batch_tokens = int(max_batch_tokens)
         self.manager = None
+        #: makes an adapter the model's active one (peft's ``set_adapter``); None: a model of one
+        self.activate: Callable[[str], None] | None = None
+        self.adapter: str | None = None  # the active adapter
+        self.running = 0  # requests of the active adapter in the manager
+        self.waiting: deque[tuple[str, asyncio.Future]] = deque()  # requests of other adapters, oldest first
 
     def start(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -185,19 +198,23 @@ class Engine:
         *,
         live: bool = True,
         admitted: bool = False,
+        adapter: str | None = None,
     ) -> AsyncIterator[Piece]:
         """The answer to one prompt's token ids (``settings``: :class:`freestack.ml.generation.
         GenerationSettings`) as it is generated; the last piece says why it ended. A caller that stops
         iterating (a client that left) cancels the request. ``live`` false: the manager hands over the
-        whole answer only (stop strings still need every token). ``admitted``: its slot is held already."""
+        whole answer only (stop strings still need every token). ``admitted``: its slot is held already.
+        ``adapter``: the LoRA adapter to answer with (None: the active one)."""
         if not admitted:
             self.admit(1)
         rid = request_id or uuid.uuid4().hex
         outputs: asyncio.Queue = asyncio.Queue()
         text, tokens = StopText(self.tokenizer, settings.stop, self.eos), []
-        finished = done = False
+        finished = done = started = False
         delta = ""
         try:
+            await self._turn(adapter)
+            started = True
             if not self.alive():
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
             self.manager.register_result_handler(rid, outputs.put_nowait)
@@ -224,17 +241,65 @@ class Engine:
             yield Piece(delta + text.rest(), "stop" if ended else "length", text.count(tokens))
         finally:
             self.active -= 1
+            if started:
+                self.running -= 1
+                self._next()
             if not finished and self.manager is not None:  # a stop string, or a client that left
                 self.manager.cancel_request(rid)
                 if not done:
                     log.info("generation %s stopped after %d tokens: its client left", rid, len(tokens))
 
-    async def complete(self, ids: list[int], settings, *, truncated: bool = False, admitted: bool = False):
+    async def _turn(self, adapter: str | None) -> None:
+        """Wait until ``adapter`` is the active one (at once when it is and no other waits)."""
+        if adapter is None or self.activate is None:
+            adapter = self.adapter
+        if adapter == self.adapter and not self.waiting:
+            self.running += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append((adapter, turn))
+        self._next()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # its turn came as it left: it ran, and is done
+                self.running -= 1
+                self._next()
+            else:
+                self.waiting = deque(w for w in self.waiting if w[1] is not turn)
+            raise
+
+    def _next(self) -> None:
+        """Once the active adapter's requests are done, the adapter of the oldest waiting request runs."""
+        if self.running or not self.waiting:
+            return
+        adapter = self.waiting[0][0]
+        if adapter != self.adapter:
+            with self.manager.pause():
+                self.activate(adapter)
+            self.adapter = adapter
+            log.info("generation now answers with adapter %s", adapter)
+        ready = [turn for a, turn in self.waiting if a == adapter]
+        self.waiting = deque(w for w in self.waiting if w[0] != adapter)
+        for turn in ready:
+            if not turn.done():
+                self.running += 1
+                turn.set_result(None)
+
+    async def complete(
+        self,
+        ids: list[int],
+        settings,
+        *,
+        truncated: bool = False,
+        admitted: bool = False,
+        adapter: str | None = None,
+    ):
         """One prompt's whole answer, as :func:`freestack.ml.generation.generate` gives it."""
         from freestack.ml.generation import Completion
 
         parts, last = [], None
-        async for piece in self.stream(ids, settings, live=False, admitted=admitted):
+        async for piece in self.stream(ids, settings, live=False, admitted=admitted, adapter=adapter):
             parts.append(piece.text)
             last = piece
         return Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)

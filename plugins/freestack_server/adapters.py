@@ -1,0 +1,214 @@
+"""Many LoRA versions on one base, in one deployment: the version a text-generation deployment was
+started with, and every other registered adapter version of the same model and base that a request names,
+loaded through peft's multi-adapter API (``load_adapter`` / ``set_adapter`` / ``delete_adapter``) into the one
+``PeftModel``, so the base's weights are in memory once. Runs in the serving environment.
+
+A request names its version by ``model`` (the OpenAI API's field):
+
+- ``<model>``: the alias the deployment serves (``deploy.alias``, production by default), read from the
+  registry's ``aliases.json`` when a request comes (at most :data:`ALIAS_TTL_S` old), so a promotion to
+  another adapter of the same base is served without a new deployment or a second copy of the base;
+- ``<model>@<alias>``: any alias, read the same way;
+- ``<model>:<version>``: that version.
+
+At most ``max_adapters`` versions are loaded at once; past it the least recently used is unloaded
+(never the one the deployment started with, nor the active one). Each answer and request-log row names
+the version that produced it. A version that is not a registered adapter on this deployment's base (a
+full-weight version, another base, another model) is refused with what to do instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freestack.registry.names import ALIASES, VERSION_RE
+from freestack.version.errors import NotAVersion
+from freestack.version.files import ADAPTER_FILES
+from freestack.version.folder import open_folder
+from freestack_server.fetch import FetchError, FetchSource, reader, split_alias
+
+log = logging.getLogger("freestack.serving")
+
+#: how long an alias read from the registry is used before it is read again (seconds)
+ALIAS_TTL_S = 5.0
+#: peft's name for the adapter a PeftModel was loaded with: the deployed version's
+DEPLOYED = "default"
+
+
+class NotServed(Exception):
+    """The version a request names cannot be served by this deployment; the message says why and what to do."""
+
+    def __init__(self, message: str, status: int = 404):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Adapters:
+    """The adapter versions of one deployment (``core``: its ServedModel, loaded; ``engine``: its Engine)."""
+
+    core: Any  # freestack_server.core.ServedModel
+    engine: Any  # freestack.ml.engine.Engine
+    max_adapters: int = 8
+    loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
+    _aliases: tuple[float, dict[str, Any]] = (0.0, {})
+    _loading: dict[str, asyncio.Future] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.core.describe()["model"]
+        self.folder = self.core.model_uri.rsplit("/", 1)[0]  # <root>/registry/<model>
+        alias = split_alias(self.core.requested_uri)
+        self.alias = alias[2] if alias else None  # what "<model>" means: None, the version deployed
+        self.deployed = self.core.version
+        self.base = _base_of(self.core.opened)
+        peft = self.core.generator.lm
+        self.peft = peft if hasattr(peft, "load_adapter") and self.base is not None else None
+        self.loaded[self.deployed] = DEPLOYED
+        if self.peft is not None:
+            self.engine.activate = self.peft.set_adapter
+            self.engine.adapter = DEPLOYED
+
+    # -- which version a request names ----------------------------------------------------------------
+    def version_of(self, model: Any) -> str:
+        """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""
+        if not isinstance(model, str):
+            raise NotServed(f'"model" must be text naming a version of {self.name!r}', 400)
+        if model == self.name:
+            return self._alias(self.alias) if self.alias else self.deployed
+        name, sep, rest = model.partition("@") if "@" in model else model.partition(":")
+        if name != self.name or not sep or not rest:
+            raise NotServed(
+                f"the model {model!r} does not exist here: this deployment serves {self.name!r} "
+                f"('{self.name}', '{self.name}@<alias>' or '{self.name}:<version>'; GET /v1/models lists them)"
+            )
+        if "@" in model:
+            return self._alias(rest)
+        if not VERSION_RE.match(rest):
+            raise NotServed(f"{rest!r} is not a version name", 400)
+        return rest
+
+    def _alias(self, alias: str) -> str:
+        aliases = self._table()
+        version = aliases.get(alias)
+        if not isinstance(version, str):
+            known = sorted(a for a, v in aliases.items() if isinstance(v, str))
+            raise NotServed(
+                f"model {self.name!r} has no alias {alias!r} (aliases: {', '.join(known) or 'none'})"
+            )
+        return version
+
+    def _table(self) -> dict[str, Any]:
+        """The registry's aliases of the model, read again once :data:`ALIAS_TTL_S` old."""
+        at, aliases = self._aliases
+        if time.monotonic() - at > ALIAS_TTL_S:
+            try:
+                aliases = json.loads(reader(self.folder)(self.folder, ALIASES))
+            except (FileNotFoundError, FetchError, ValueError) as exc:
+                log.warning(
+                    "cannot read %s/%s (%s): using the aliases read before", self.folder, ALIASES, exc
+                )
+            self._aliases = (time.monotonic(), aliases if isinstance(aliases, dict) else {})
+        return self._aliases[1]
+
+    def listed(self) -> list[str]:
+        """The names a client may send (``/v1/models``): the model, its aliases, the versions loaded."""
+        aliases = sorted(a for a, v in self._table().items() if isinstance(v, str))
+        versions = [f"{self.name}:{v}" for v in self.loaded]
+        return [self.name, *[f"{self.name}@{a}" for a in aliases], *versions]
+
+    # -- loading a version's adapter ------------------------------------------------------------------
+    async def adapter_of(self, version: str) -> str | None:
+        """The peft adapter that answers for ``version``, loaded if need be (None: the model as deployed)."""
+        if version in self.loaded:
+            self.loaded.move_to_end(version)
+            return self.loaded[version] if self.peft is not None else None
+        if self.peft is None:
+            raise NotServed(
+                f"{self.name}:{version} is not served here: this deployment serves {self.name}:{self.deployed}, "
+                "a full-weight version, alone (only LoRA versions of one base share a deployment; "
+                "GET /v1/models lists what it serves)"
+            )
+        if version not in self._loading:
+            self._loading[version] = asyncio.ensure_future(self._load(version))
+        try:
+            return await asyncio.shield(self._loading[version])
+        finally:
+            if self._loading.get(version) is not None and self._loading[version].done():
+                self._loading.pop(version, None)
+
+    async def _load(self, version: str) -> str:
+        uri = f"{self.folder}/{version}"
+        folder = Path(self.core.cache_dir) / "adapters" / version
+        await asyncio.get_running_loop().run_in_executor(None, self._fetch, uri, folder)
+        self._evict()
+        with self.engine.manager.pause():
+            self.peft.load_adapter(str(folder), adapter_name=version)
+        self.loaded[version] = version
+        log.info(
+            "loaded adapter %s:%s on the deployment's base (%d adapters loaded)",
+            self.name,
+            version,
+            len(self.loaded),
+        )
+        return version
+
+    def _fetch(self, uri: str, folder: Path) -> None:
+        """The version's files, checked against its registration, into ``folder``: when it is an adapter on
+        this deployment's base."""
+        try:
+            opened = open_folder(uri, FetchSource(uri))
+        except (FileNotFoundError, NotAVersion):
+            raise NotServed(f"model {self.name!r} has no registered version at {uri}") from None
+        except FetchError as exc:
+            raise NotServed(str(exc), 503) from None
+        version = uri.rsplit("/", 1)[1]
+        if opened.manifest is None:
+            raise NotServed(f"{self.name}:{version} is not registered (no commit marker): register it first")
+        if opened.kind != "generation" or _base_of(opened) is None:
+            raise NotServed(
+                f"{self.name}:{version} is not a LoRA adapter: serve it by its own deployment", 400
+            )
+        if _base_of(opened) != self.base:
+            raise NotServed(
+                f"{self.name}:{version} is an adapter on another base than this deployment's: serve it by its "
+                "own deployment",
+                400,
+            )
+        os.makedirs(folder, exist_ok=True)
+        opened.verify(copy_to=folder)
+
+    def _evict(self) -> None:
+        """Unload the least recently used versions past ``max_adapters``: never the deployed one, nor one
+        with requests running or waiting."""
+        engine = self.engine
+        busy = {a for a, _ in engine.waiting} | ({engine.adapter} if engine.running else set())
+        while len(self.loaded) >= self.max_adapters:
+            victim = next((v for v, a in self.loaded.items() if a != DEPLOYED and a not in busy), None)
+            if victim is None:
+                return
+            adapter = self.loaded.pop(victim)
+            with engine.manager.pause():
+                if engine.adapter == adapter:  # idle, but active: the deployed version's takes its place
+                    engine.activate(DEPLOYED)
+                    engine.adapter = DEPLOYED
+                self.peft.delete_adapter(adapter)
+            log.info("unloaded adapter %s:%s (least recently used)", self.name, victim)
+
+
+def _base_of(opened) -> str | None:
+    """The base an adapter version was trained on (its lineage's record), or None for full weights."""
+    info = opened.config.as_dict().get("freestack") or {}
+    if ADAPTER_FILES[1] not in (info.get("files") or []):
+        return None
+    return json.dumps(info.get("base"), sort_keys=True)
+
+
+__all__ = ["ALIAS_TTL_S", "Adapters", "NotServed"]

@@ -1,0 +1,207 @@
+"""Many LoRA versions on one base in one deployment: a text-generation deployment of an adapter version,
+started as its MLServer image starts it (tests/support/images.py), answers other registered adapter
+versions of the same base by the OpenAI API's ``model`` (``<model>:<version>``, ``<model>@<alias>``),
+loading each through peft's multi-adapter API on the one copy of the base: each answer equals the
+version's own, the request log names the version, the base is loaded once (the log and the RSS say so),
+the least recently used adapter is unloaded past the bound, and a version that cannot share the base is
+refused saying why."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import openai
+import pyarrow.parquet as pq
+import pytest
+
+from freestack.registry.core import ModelRegistry
+from freestack.serving.spec import GenerationBounds
+from tests.support.generation_serving import SMOKE_PROMPTS, GenerationVersion, make_generation_version
+from tests.support.images import ImageServer, start_like_image
+
+ROOT = Path(__file__).resolve().parents[2]
+KEEP_MODEL_SERVERS = True  # the module's server answers every test (see tests/conftest.py)
+pytestmark = pytest.mark.skipif(
+    not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+    reason="the MLServer environment is missing: run `make mlserver-venv`",
+)
+
+MODEL, MAX_ADAPTERS = "chat", 2
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lora")
+
+
+@pytest.fixture(scope="module")
+def versions(work) -> dict[str, GenerationVersion]:
+    """v1, v2, v3: adapters on one base (their own draws); v4: full weights."""
+    root = (work / "storage").as_uri()
+    out = {
+        v: make_generation_version(root, MODEL, v, work, lora=True, adapter_seed=i)
+        for i, v in enumerate(["v1", "v2", "v3"], start=10)
+    }
+    out["v4"] = make_generation_version(root, MODEL, "v4", work, seed=4)
+    registry = ModelRegistry(root, MODEL)
+    registry.promote("v1")
+    registry.set_alias("staging", "v2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(work, versions) -> ImageServer:
+    env = {
+        "FREESTACK_MODEL_NAME": MODEL,
+        "FREESTACK_HOME": str(work),
+        "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
+        "FREESTACK_REQUEST_LOG_RATE": "1.0",
+        "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
+        "FREESTACK_GENERATION_MAX_ADAPTERS": str(MAX_ADAPTERS),
+        **GenerationBounds(max_new_tokens=16).env(),
+    }
+    production = f"{(work / 'storage').as_uri()}/registry/{MODEL}@production"  # as a deploy serves it
+    s = start_like_image(
+        "mlserver",
+        production,
+        work / "mlserver",
+        env=env,
+        ready_path=f"/v2/models/{MODEL}/ready",
+        timeout=180,
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _ask(client, model: str, prompt: str) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0
+    )
+
+
+def _own(version: GenerationVersion, prompt: str) -> str:
+    return version.alone([version.chat(prompt)], max_new_tokens=8)[0]
+
+
+def _base_loads(log: str) -> int:
+    """How many times the server loaded a model's weights (transformers' progress line, once a load)."""
+    return log.count("Loading weights: 100%")
+
+
+def _rss_kib(pid: int) -> int:
+    """The resident memory of the server's process tree (the supervisor and its child)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids = (task / "children").read_text().split()
+        for k in map(int, kids):
+            out += [k, *_children(k)]
+    return out
+
+
+def test_two_adapter_versions_answer_from_one_deployment_with_one_base(client, server, versions):
+    prompt = SMOKE_PROMPTS[0]
+    want = {v: _own(versions[v], prompt) for v in ("v1", "v2")}
+    assert want["v1"] != want["v2"]  # the adapters differ: a wrong routing shows
+    before = _rss_kib(server.proc.pid)
+    first = _ask(client, MODEL, prompt)
+    assert first.choices[0].message.content.strip() == want["v1"] and first.model == f"{MODEL}:v1"
+    second = _ask(client, f"{MODEL}:v2", prompt)
+    assert second.choices[0].message.content.strip() == want["v2"] and second.model == f"{MODEL}:v2"
+    grown = _rss_kib(server.proc.pid) - before
+    log = server.log()
+    assert "loaded adapter chat:v2 on the deployment's base" in log
+    assert _base_loads(log) == 1
+    adapter_kib = (versions["v2"].folder / "adapter_model.safetensors").stat().st_size // 1024
+    assert grown < 0.2 * before + adapter_kib * 4, (before, grown, adapter_kib)
+    assert f"{MODEL}:v2" in [m.id for m in client.models.list().data]
+
+
+def test_concurrent_requests_of_two_versions_each_get_their_versions_answer(server, versions):
+    prompts = SMOKE_PROMPTS * 2
+    asked = [("v1" if i % 2 else "v2", p) for i, p in enumerate(prompts)]
+
+    async def ask_all():
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0) as c:
+            jobs = [
+                c.chat.completions.create(
+                    model=f"{MODEL}:{v}", messages=[{"role": "user", "content": p}], max_tokens=8
+                )
+                for v, p in asked
+            ]
+            return await asyncio.gather(*jobs)
+
+    answers = asyncio.run(ask_all())
+    for (v, p), a in zip(asked, answers, strict=True):
+        assert a.model == f"{MODEL}:{v}"
+        assert a.choices[0].message.content.strip() == _own(versions[v], p)
+
+
+def test_the_request_log_names_each_version(client, work):
+    one = _ask(client, f"{MODEL}:v2", "log v2")
+    folder = work / "storage" / "monitoring" / MODEL / "requests"
+    deadline = time.monotonic() + 20
+    rows: list = []
+    while not rows and time.monotonic() < deadline:
+        rows = [
+            r
+            for f in folder.rglob("*.parquet")
+            for r in pq.read_table(f).to_pylist()
+            if r["request_id"] == one.id
+        ]
+        time.sleep(0.5)
+    assert [r["version"] for r in rows] == ["v2"]
+
+
+def test_past_the_bound_the_least_recently_used_adapter_is_unloaded(client, server, versions):
+    _ask(client, f"{MODEL}:v2", "x")
+    answer = _ask(client, f"{MODEL}:v3", SMOKE_PROMPTS[1])  # v1 (deployed) and v2 are the bound of 2
+    assert answer.choices[0].message.content.strip() == _own(versions["v3"], SMOKE_PROMPTS[1])
+    assert "unloaded adapter chat:v2 (least recently used)" in server.log()
+    again = _ask(client, f"{MODEL}:v2", SMOKE_PROMPTS[1])  # loaded again when asked
+    assert again.choices[0].message.content.strip() == _own(versions["v2"], SMOKE_PROMPTS[1])
+
+
+def test_a_version_that_cannot_share_the_base_is_refused_saying_why(client):
+    with pytest.raises(openai.BadRequestError, match="not a LoRA adapter"):
+        _ask(client, f"{MODEL}:v4", "x")
+    with pytest.raises(openai.NotFoundError, match="no registered version"):
+        _ask(client, f"{MODEL}:v9", "x")
+    with pytest.raises(openai.NotFoundError, match="no alias 'nope'"):
+        _ask(client, f"{MODEL}@nope", "x")
+    with pytest.raises(openai.NotFoundError, match="does not exist here"):
+        _ask(client, "other:v1", "x")
+
+
+def test_an_alias_names_its_version_and_a_promotion_is_served_without_a_new_base(
+    client, server, versions, work
+):
+    prompt = SMOKE_PROMPTS[2]
+    staged = _ask(client, f"{MODEL}@staging", prompt)
+    assert staged.model == f"{MODEL}:v2" and staged.choices[0].message.content.strip() == _own(
+        versions["v2"], prompt
+    )
+    ModelRegistry((work / "storage").as_uri(), MODEL).promote("v2")
+    deadline = time.monotonic() + 15  # the deployment reads the aliases again within ALIAS_TTL_S
+    while _ask(client, MODEL, prompt).model != f"{MODEL}:v2" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    answer = _ask(client, MODEL, prompt)
+    assert answer.model == f"{MODEL}:v2" and answer.choices[0].message.content.strip() == _own(
+        versions["v2"], prompt
+    )
+    assert _base_loads(server.log()) == 1
