@@ -113,10 +113,10 @@ class PipelineSpec(SpecModel):
 
     @model_validator(mode="after")
     def _score_has_a_model(self) -> PipelineSpec:
-        if self.score is not None and self.model.generative:
+        if self.score is not None and self.score.generation is not None and not self.model.generative:
             raise ValueError(
-                "score: batch scoring of a text-generation model is not available: remove the score block; "
-                "the deployed model answers prompts (deploy)"
+                "score.generation is for a text-generation model (model.task: text-generation): "
+                "remove it, this model scores rows"
             )
         if self.score is not None and self.source.schema_.target is None:
             raise ValueError(

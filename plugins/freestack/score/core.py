@@ -52,6 +52,8 @@ from freestack.version.files import LINEAGE
 from freestack_server.requestlog import RequestLog, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
@@ -238,6 +240,8 @@ class ScoringModel:
 
         self.uri = uri
         self.model, self.lineage = loaded.model, loaded.lineage.as_dict()
+        #: a text-generation version's tokenizer (with its chat template) and generation config
+        self.tokenizer, self.generation_config = loaded.tokenizer, loaded.generation_config
         self.device = resolve_device(device)  # a GPU worker (score.queue) scores on its GPU, as training does
         self.model.to(self.device).eval()
         self.classes = pa.array(self.pre.classes) if self.classification else None
@@ -245,6 +249,11 @@ class ScoringModel:
     @property
     def classification(self) -> bool:
         return self.pre.task == "classification"
+
+    @property
+    def generative(self) -> bool:
+        """A text-generation version: it answers prompt rows (:mod:`freestack.score.generation`)."""
+        return self.pre.task == "generation"
 
     def encode(self, batch: pa.RecordBatch) -> tuple[Any, np.ndarray, dict[int, str]]:
         """(the model's inputs for the rows of ``batch`` that encode, those rows' positions, the other
@@ -450,15 +459,23 @@ def score(
     job: dict[str, Any],
     run: dict[str, str] | None = None,
     model: ScoringModel | None = None,
+    *,
+    write: Callable[..., tuple[_Counts, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
-    nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``."""
+    nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``. ``write``
+    fills the temporaries (a text-generation version's: :func:`freestack.score.generation.score`'s)."""
     model = model or ScoringModel(job["version_uri"], spec.train.device)
+    if model.generative and write is None:
+        raise ScoreError(
+            f"{job['version']} is a text-generation version: its days are answered by "
+            "freestack.score.generation.score, not scored"
+        )
     out_dir = to_path(job["output"])
     part_w, quar_w = AtomicWriter(join(out_dir, PART)), AtomicWriter(join(out_dir, STAGING))
     try:
-        counts, manifest = _write(spec, job, model, part_w, quar_w, run)
+        counts, manifest = (write or _write)(spec, job, model, part_w, quar_w, run)
     except BaseException:
         abort_all(quar_w, part_w)  # both temporaries go, whatever aborting the first raises
         raise

@@ -2,7 +2,8 @@
 
 plan   -> resolves score.version once for the run (recorded), checks it loads and that the input has its
           columns, and lists the interval's days with input (skipped, with a note, when none has any)
-score  -> one mapped task per day: the day's scores published whole; outlet: the scores asset
+score  -> one mapped task per day: the day's scores (a text-generation version's answers) published whole;
+          outlet: the scores asset
 """
 
 from __future__ import annotations
@@ -77,19 +78,21 @@ class ScoreOperator(TorchTask, PipelineOperator):
         self.job = job
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.score.core import ScoreError, record_failure, score
+        from freestack.score import core, generation
 
         spec = self.pipeline_spec()
+        # a text-generation version answers the day's prompt rows
+        score = generation.score if spec.model.generative else core.score
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         try:
             manifest = score(spec, self.job, run)
-        except ScoreError as exc:
-            record_failure(spec, self.job["ds"], str(exc), task="score", run=run)
+        except core.ScoreError as exc:
+            core.record_failure(spec, self.job["ds"], str(exc), task="score", run=run)
             raise AirflowFailException(str(exc)) from None
         except Exception as exc:  # listed failed with the try: Airflow retries it, and a success clears it
             tries = f"try {context['ti'].try_number} of {self.retries + 1}"
             error = f"{type(exc).__name__}: {str(exc)[:1000]} ({tries})"
-            record_failure(spec, self.job["ds"], error, task="score", run=run)
+            core.record_failure(spec, self.job["ds"], error, task="score", run=run)
             raise
         brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
         brief["output"] = self.job["output"]

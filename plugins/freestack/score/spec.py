@@ -9,6 +9,8 @@
       batch_rows: 4096              # rows read, encoded and predicted at a time
       max_error_fraction: null      # rows not scored are quarantined; above this fraction: fail
       monitor: true                 # a sample of each day to the request log: <p>_monitor judges it
+      generation:                   # a text-generation version's answers (see GenerationScore)
+        max_new_tokens: 64
 
 A folder ``input`` is a URI template with ``{ds}`` (``s3://bucket/customers/ds={ds}/``, or the pipeline's own
 landing folder): its Parquet and CSV files are the day's rows, with the model's feature columns and the key
@@ -28,6 +30,45 @@ from freestack.specbase import SpecModel
 
 _PIPELINE = re.compile(r"^lake(:[a-z][a-z0-9_]{0,62})?$")
 _URI = re.compile(r"^(file|s3|data)://.+\{ds\}")
+
+
+class GenerationScore(SpecModel):
+    """How ``<p>_score`` answers a text-generation version's prompt rows: greedily (temperature 0), so that
+    a rescore gives the same answers and each equals the model server's at temperature 0."""
+
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="The most tokens of each answer.")
+    temperature: float = Field(
+        default=0.0,
+        description="0: greedy decoding, the one setting batch generation takes (a rescore reproduces the day)",
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="The most tokens of a prompt (null: the version's max_length)."
+    )
+    truncate: Literal["left", "refuse"] = Field(
+        default="left",
+        description="A prompt over max_prompt_tokens: left keeps its last tokens (the row says truncated); "
+        "refuse quarantines the row",
+    )
+    max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="The most prompt rows of a day: a day with more fails before anything is generated",
+    )
+    max_requests: int = Field(
+        default=64, ge=1, le=4096, description="The most prompts generated at once (continuous batching)."
+    )
+    kv_cache_tokens: int = Field(default=16384, ge=256, description="The KV cache's size in tokens.")
+    max_batch_tokens: int = Field(default=1024, ge=16, description="The most tokens of one decoding step.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError(
+                f"temperature {v:g}: batch generation is greedy (temperature 0), so that a rescore "
+                "reproduces a day and answers equal the model server's at temperature 0"
+            )
+        return v
 
 
 class ScoreSpec(SpecModel):
@@ -80,6 +121,11 @@ class ScoreSpec(SpecModel):
         "as it judges served traffic",
     )
 
+    generation: GenerationScore | None = Field(
+        default=None,
+        description="For a text-generation model: how its answers are generated (default: greedy, 64 tokens)",
+    )
+
     @field_validator("input")
     @classmethod
     def _input(cls, v: str) -> str:
@@ -111,4 +157,4 @@ class ScoreSpec(SpecModel):
         return self.input.split(":", 1)[1] if self.input.startswith("lake:") else None
 
 
-__all__ = ["ScoreSpec"]
+__all__ = ["GenerationScore", "ScoreSpec"]

@@ -64,7 +64,7 @@ def test_a_messages_column_instead():
         ({"source__schema__target": "prompt"}, "set target: response"),
         ({"gate__metric": "accuracy"}, "not a generation metric"),
         ({"model__task": "text-classification", "model__packing": True}, "are for task: text-generation"),
-        ({"score": {"schedule": "@daily"}}, "batch scoring of a text-generation model"),
+        ({"score": {"generation": {"temperature": 0.5}}}, "batch generation is greedy"),
     ],
 )
 def test_what_is_refused_names_the_fix(changes, says):

@@ -1,0 +1,312 @@
+"""Batch generation: a text-generation version answers one day's prompt rows into the day's part.
+
+    <output>/part.parquet   key, ds, completion, finish_reason, prompt_tokens, completion_tokens, truncated,
+                            version, scored_at (the manifest in its footer, as :mod:`freestack.score.core`)
+
+The day is read, quarantined, published whole and recorded as :func:`freestack.score.core.score` does for
+every version; this module is what differs for a text-generation one. Each row's prompt is built as the
+model server builds it: the version's chat columns (a prompt column is one user turn; a messages column
+is a JSON chat), its system prompt first (``ChatColumns.with_system``), the chat template's token ids
+(:func:`freestack.ml.generation.prompt_ids`, cut from the left or refused over the prompt budget). The
+answers come from the server's own continuous batching (:class:`freestack.ml.engine.Engine`): one engine
+for the task, started once, every row's ``complete`` awaited on one event loop, at most
+``score.generation.max_requests`` at a time, stopped at the end whatever happens. Decoding is greedy, so
+each answer (its text stripped, as the server answers) equals the served one at temperature 0.
+
+A row with no prompt (null, empty), a messages value that is not a JSON chat, or a prompt over the budget
+when ``truncate`` is ``refuse`` goes to the day's quarantine with the reason; the others are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from freestack.ml.engine import Engine
+from freestack.ml.generation import (
+    ChatError,
+    GenerationSettings,
+    PromptTooLong,
+    eos_ids,
+    parse_messages,
+    prompt_ids,
+)
+from freestack.score.core import (
+    FOOTER_KEY,
+    QUARANTINE,
+    ScoreError,
+    ScoringModel,
+    _Counts,
+    _key_type,
+    _manifest,
+    _Piece,
+    _pieces,
+    _Quarantine,
+    _units,
+)
+from freestack.score.core import score as _publish
+from freestack.score.spec import GenerationScore
+from freestack.storage import join
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from freestack.spec import PipelineSpec
+
+#: what a text-generation version's scores hold beside the key and ds (then version, scored_at)
+COLUMNS = ("completion", "finish_reason", "prompt_tokens", "completion_tokens", "truncated")
+
+
+def generation_of(spec: PipelineSpec) -> GenerationScore:
+    """The spec's ``score.generation`` (its defaults when the block leaves it out)."""
+    return spec.score.generation or GenerationScore()
+
+
+def settings_for(spec: PipelineSpec, model: ScoringModel):
+    """The :class:`freestack.ml.generation.GenerationSettings` of every row: greedy, ``max_new_tokens``, and
+    the prompt budget the model server gives the same request (``max_prompt_tokens``, else the version's
+    max_length, and room for the answer within the model's positions)."""
+    g = generation_of(spec)
+    budget = g.max_prompt_tokens or int(model.model.max_length)
+    context = _context(getattr(model.model.model, "config", None))
+    if context is not None:
+        if context - g.max_new_tokens < 1:
+            raise ScoreError(
+                f"score.generation.max_new_tokens {g.max_new_tokens} leaves no room for a prompt in the "
+                f"model's context of {context} tokens: ask for fewer"
+            )
+        budget = min(budget, context - g.max_new_tokens)
+    return GenerationSettings(
+        max_new_tokens=g.max_new_tokens, temperature=0.0, max_prompt_tokens=budget, truncate=g.truncate
+    )
+
+
+def _context(config: Any) -> int | None:
+    """The model's position limit (``n_positions`` or ``max_position_embeddings``); None: no limit."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class _Tally:
+    """What the manifest says of a day's answers beside the rows: why they ended, their tokens."""
+
+    def __init__(self) -> None:
+        self.finish: Counter[str] = Counter()
+        self.prompt_tokens = self.completion_tokens = self.truncated = 0
+
+    def add(self, completions: list) -> None:
+        for c in completions:
+            self.finish[c.finish_reason] += 1
+            self.prompt_tokens += c.prompt_tokens
+            self.completion_tokens += c.completion_tokens
+            self.truncated += bool(c.truncated)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "finish_reasons": dict(self.finish),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "truncated": self.truncated,
+        }
+
+
+def score(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    run: dict[str, str] | None = None,
+    model: ScoringModel | None = None,
+) -> dict[str, Any]:
+    """Answer ``job``'s day (from :func:`freestack.score.core.plan`) and publish it whole, as
+    :func:`freestack.score.core.score` publishes a scored day; returns the manifest."""
+    return _publish(spec, job, run, model, write=write_answers)
+
+
+def write_answers(
+    spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, part_w, quar_w, run: dict[str, str] | None
+) -> tuple[_Counts, dict[str, Any]]:
+    """Answer every input row into the part's and the quarantine's temporaries (their Parquet writers
+    closed, the part's footer holding the manifest): :func:`freestack.score.core.score`'s writer for a
+    text-generation version. The engine is started once and stopped at the end, also on an error."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    if not model.generative:
+        raise ScoreError(
+            f"{job['version']} is not a text-generation version ({model.pre.task}), but {spec.name}'s model "
+            "is: name a version this pipeline trained in score.version",
+            ds=job["ds"],
+        )
+    g, settings = generation_of(spec), settings_for(spec, model)
+    counts, tally, at = _Counts(), _Tally(), datetime.now(UTC)
+    quar = _Quarantine(quar_w, spec, counts)
+    writer = pq.ParquetWriter(part_w, output_schema(spec, job), compression="zstd")
+    tok = model.tokenizer
+    engine = Engine(
+        model.model.model,
+        tok,
+        eos=eos_ids(tok, model.generation_config),
+        max_requests=g.max_requests,
+        kv_cache_tokens=g.kv_cache_tokens,
+        max_batch_tokens=g.max_batch_tokens,
+    )
+    engine.start()
+    try:
+        with asyncio.Runner() as loop:  # one event loop for the engine's life
+            for unit in _units(job["inputs"], spec.score.batch_rows):
+                before = counts.rows_in
+                for piece in _pieces(spec, unit):
+                    counts.rows_in += piece.rows_in
+                    _check_cap(job["ds"], counts.rows_in, g.max_rows)
+                    quar.write(piece.rejected)
+                    if piece.batch is not None and piece.batch.num_rows:
+                        answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
+                        if answered is not None:
+                            keys, done = answered
+                            writer.write_batch(_answers(keys, done, job, at, writer.schema))
+                            counts.rows_scored += len(done)
+                            tally.add(done)
+                rows = counts.rows_in - before
+                counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
+        if not counts.rows_in:
+            files = [i["uri"] for i in job["inputs"]]
+            raise ScoreError(
+                f"{job['ds']}: the input files hold no rows ({files}): write their rows, or remove them",
+                ds=job["ds"],
+            )
+        quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
+        manifest = _manifest(spec, job, counts, model, at, run, quarantine)
+        manifest.update(
+            columns=list(COLUMNS),
+            generation={**g.model_dump(), "max_prompt_tokens": settings.max_prompt_tokens},
+            answers=tally.as_dict(),
+        )
+        writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
+    finally:
+        engine.stop()
+        writer.close()
+        quar.close()
+    return counts, manifest
+
+
+def _check_cap(ds: str, rows: int, cap: int) -> None:
+    """A day over ``score.generation.max_rows`` fails before its rows past the cap are generated (and
+    nothing of it is published)."""
+    if rows > cap:
+        raise ScoreError(
+            f"{ds}: more than {cap} prompt rows, over score.generation.max_rows: nothing was published. "
+            "Raise the cap, or split the day's input",
+            ds=ds,
+        )
+
+
+def output_schema(spec: PipelineSpec, job: dict[str, Any]) -> pa.Schema:
+    import pyarrow as pa
+
+    key = spec.source.schema_.key or "row"
+    return pa.schema(
+        [
+            pa.field(key, _key_type(spec, job)),
+            pa.field("ds", pa.string()),
+            pa.field("completion", pa.string()),
+            pa.field("finish_reason", pa.string()),
+            pa.field("prompt_tokens", pa.int32()),
+            pa.field("completion_tokens", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+            pa.field("version", pa.string()),
+            pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[dict[int, Any], dict[int, str]]:
+    """Each row's prompt token ids and whether they were cut (by position), and the other rows' reasons:
+    the row's chat as the model server builds a request's (the system prompt first), rendered with the
+    chat template and checked against the prompt budget."""
+    columns = model.model.columns
+    name = columns.input_column
+    good, bad = {}, {}
+    for i, value in enumerate(batch.column(name).to_pylist()):
+        try:
+            if columns.messages:
+                chat = parse_messages(value, f"column {name!r}")
+            elif not isinstance(value, str) or not value.strip():
+                raise ChatError(f"column {name!r}: no prompt (a missing or empty value)")
+            else:
+                chat = [{"role": "user", "content": value}]
+            good[i] = prompt_ids(model.tokenizer, [columns.with_system(chat)], settings)[0]
+        except PromptTooLong as exc:
+            bad[i] = (
+                f"the prompt is {exc.tokens} tokens with the chat template, over the limit of {exc.limit} "
+                "(score.generation.max_prompt_tokens, truncate: refuse)"
+            )
+        except ChatError as exc:
+            bad[i] = str(exc)[:500]
+    return good, bad
+
+
+def _answer_piece(
+    loop: asyncio.Runner, engine, model, settings, piece: _Piece, quar: _Quarantine, limit: int
+):
+    """The answers to a piece's rows (their keys and completions, in row order), the rows refused
+    quarantined; None when no row of it is answered."""
+    import numpy as np
+
+    good, bad = prompts_of(model, settings, piece.batch)
+    if bad:
+        quar.write(piece.refused(bad))
+    if not good:
+        return None
+    rows = sorted(good)
+    done = loop.run(_complete(engine, [good[i] for i in rows], settings, limit))
+    keys = piece.keys.take(np.asarray(rows)) if bad else piece.keys
+    return keys, done
+
+
+async def _complete(engine, prompts: list[tuple[list[int], bool]], settings, limit: int) -> list:
+    """Every prompt's whole answer from the engine, at most ``limit`` generating at once."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(ids: list[int], cut: bool):
+        async with gate:
+            return await engine.complete(ids, settings, truncated=cut)
+
+    return list(await asyncio.gather(*(one(ids, cut) for ids, cut in prompts)))
+
+
+def _answers(
+    keys: pa.Array, done: list, job: dict[str, Any], at: datetime, schema: pa.Schema
+) -> pa.RecordBatch:
+    """The output batch: each answer's text stripped of surrounding whitespace, as the model server
+    answers it."""
+    import pyarrow as pa
+
+    n = len(done)
+    cols = {
+        schema.names[0]: keys,
+        "ds": pa.repeat(job["ds"], n),
+        "completion": pa.array([c.text.strip() for c in done], pa.string()),
+        "finish_reason": pa.array([c.finish_reason for c in done], pa.string()),
+        "prompt_tokens": pa.array([c.prompt_tokens for c in done], pa.int32()),
+        "completion_tokens": pa.array([c.completion_tokens for c in done], pa.int32()),
+        "truncated": pa.array([bool(c.truncated) for c in done], pa.bool_()),
+        "version": pa.repeat(job["version"], n),
+        "scored_at": pa.repeat(pa.scalar(at, pa.timestamp("us", tz="UTC")), n),
+    }
+    return pa.RecordBatch.from_pydict(cols, schema=schema)
+
+
+__all__ = [
+    "COLUMNS",
+    "generation_of",
+    "score",
+    "output_schema",
+    "prompts_of",
+    "settings_for",
+    "write_answers",
+]
