@@ -15,7 +15,8 @@ files left out, by name); :func:`score` scores one day of them. Rows are read in
 ingest's validator against the spec's schema (the lake's rows were, when they were ingested); rows are
 encoded with the version's own preprocessing (what training, evaluation and the model server use),
 predicted, and written as they come into a temporary that is published in one step: a rerun replaces
-the interval whole, and a reader never sees a half-written file.
+the interval whole, and a reader never sees a half-written file. A text-generation version's day is
+answered by :mod:`freestack.score.generation` (its own columns) and published here the same way.
 """
 
 from __future__ import annotations
