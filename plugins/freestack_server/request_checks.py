@@ -768,14 +768,21 @@ class RequestChecks:
             self.routes[rule.rule] = (methods, MESSAGE_ENDPOINTS.get(rule.endpoint))
 
     def __call__(self, environ, start_response):
-        route = self.routes.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        route = self.routes.get(path)
         if route is None:
+            openai = (
+                "; the OpenAI API (/v1/chat/completions, /v1/completions) is served by the mlserver runtime: "
+                "deploy a text-generation version with deploy.runtime: mlserver"
+                if path.startswith("/v1/")
+                else ""
+            )
             return _refuse(
                 start_response,
                 404,
                 "NOT_FOUND",
-                f"no such path {environ.get('PATH_INFO', '')!r}: the "
-                "model answers POST /api/v1.0/predictions (see GET /api/v1.0/metadata)",
+                f"no such path {path!r}: the model answers POST /api/v1.0/predictions (see GET "
+                f"/api/v1.0/metadata){openai}",
             )
         methods, kind = route
         method = environ.get("REQUEST_METHOD", "")

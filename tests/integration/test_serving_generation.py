@@ -823,3 +823,9 @@ def test_the_worker_rounds_share_a_call_among_prompts_of_equal_parameters_up_to_
     batcher.run([job(i) for i in range(len(parked))])
     assert got == [[("a0", 2)], [("b0", 1)], [("a0", 2)], [("a0", 1)]]  # a: two, then the third alone
     assert sorted(map(len, calls)) == [1, 1, 2] and batcher.batched == 2
+
+
+def test_the_openai_api_on_seldons_runtime_is_a_404_naming_the_runtime_that_serves_it(servers):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    code, answer = post(servers["seldon"].url + "/v1/chat/completions", body)
+    assert code == 404 and "deploy.runtime: mlserver" in answer["status"]["info"], answer

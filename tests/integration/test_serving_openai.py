@@ -104,6 +104,18 @@ def test_the_sync_client_gets_the_versions_greedy_answer_with_usage(client, vers
     assert [m.id for m in client.models.list().data] == [MODEL, f"{MODEL}:v1"]
 
 
+def test_prometheus_counts_the_openai_requests_like_any_other(server, client):
+    client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "count me"}], max_tokens=2
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert (
+        'rest_server_requests_total{app_name="mlserver",method="POST",path="/v1/chat/completions",status_code="200"}'
+        in metrics
+    )
+
+
 def test_the_async_client_gets_every_concurrent_answer_right(server, version):
     async def ask_all():
         aclient = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
