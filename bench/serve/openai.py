@@ -2,8 +2,8 @@
 runtime ``mlserver``, transformers' continuous batching) against ``transformers serve`` itself, on the same
 model, machine and prompts, in one run; with the server's direct runtime call and a plain ``generate`` loop.
 
-    python -m bench.serve.openai [--size base|small] [--requests 96] [--max-new-tokens 32] [--repeats 3]
-                                 [--threads 1] [--concurrency 1,8,32] [--floods 3]
+    python -m bench.serve.openai [--size base|small] [--requests 64] [--max-new-tokens 32] [--repeats 3]
+                                 [--threads 1] [--concurrency 1,8,32] [--floods 2]
                                  [--out bench/results/serve_openai.json]
     python -m bench.serve.openai --size small --requests 8 --max-new-tokens 4 --repeats 1 \\
         --concurrency 1,4 --floods 1 --flood-new-tokens 16 --out /tmp/o.json          # smoke run
@@ -29,7 +29,11 @@ Streaming chat asks ``stream_options.include_usage``: completion tokens are the 
 token (TTFT) is the time to the first chunk with content; latency, to the end of the stream. Per side and
 concurrency: completion tokens/s (median over rounds), TTFT and latency p50/p99 (every request of every
 round). Ratios: ``freestack_openai`` / ``transformers_serve`` tokens/s (targets >= 1.0 at c=32, >= 0.9
-at c=1), ``freestack_openai`` / ``freestack_v2`` (target >= 0.95), each side / ``baseline``.
+at c=1), ``freestack_openai`` / ``freestack_v2`` (target >= 0.95), each side / ``baseline``; and the
+share of equal answers (greedy on the same weights; a trailing half character that a streaming decoder
+holds back is not a difference). ``--repeats`` rounds: at each concurrency the three server sides one
+after another (what other work on the machine does, it does to all three), their order alternating
+between rounds; the plain loop first or last.
 
 Flood (``--floods`` times a round): one request of the deployment's largest size on the V2 path (the
 most prompts a request may carry, ``generation.max_prompts_per_request``, each at the bound
@@ -489,7 +493,8 @@ def targets(out: dict[str, Any], concurrency: list[int]) -> dict[str, Any]:
 def measure_round(
     k: int, servers: dict[str, Any], chats: dict[str, Chat], spec: dict[str, Any], args
 ) -> list:
-    """One round: every side at every concurrency, in an order that alternates between rounds."""
+    """One round: at each concurrency the servers' sides one after another, in an order that alternates
+    between rounds; the plain loop first or last."""
     n_new, prompts, warm = args.max_new_tokens, spec["prompts"], spec["warm"]
     askers = {
         "transformers_serve": lambda conn, p, i: stream_chat(conn, chat_body(chats["ts"], p, n_new), i),
@@ -499,17 +504,23 @@ def measure_round(
     server_of = {"transformers_serve": "transformers_serve", "freestack_openai": "freestack"}
     server_of["freestack_v2"] = "freestack"
     cells = []
-    for side in SIDES if k % 2 == 0 else SIDES[::-1]:
-        if side == "baseline":
-            got = measure_inproc(PYTHON, spec["folder"], spec["file"], ["baseline"], args)
-            spec["inproc_env"] = {key: got[key] for key in ("torch", "transformers", "threads")}
-            for c in args.concurrency:
-                cells.append(_shown(k, "baseline", f"c{c}", got["sides"]["baseline"][f"c{c}"]))
-            continue
-        srv = servers[server_of[side]]
-        for c in args.concurrency:
+    order = list(SIDES if k % 2 == 0 else SIDES[::-1])
+    if order[0] == "baseline":
+        cells += _baseline_cells(k, spec, args)
+    for c in args.concurrency:  # the servers' sides one after another at each concurrency: the same load
+        for side in (s for s in order if s != "baseline"):
+            srv = servers[server_of[side]]
             cells.append(_shown(k, side, f"c{c}", measure_http(side, srv, askers[side], prompts, warm, c)))
+    if order[-1] == "baseline":
+        cells += _baseline_cells(k, spec, args)
     return cells
+
+
+def _baseline_cells(k: int, spec: dict[str, Any], args) -> list[dict[str, Any]]:
+    """The plain loop's cells of a round: one fresh process, every concurrency."""
+    got = measure_inproc(PYTHON, spec["folder"], spec["file"], ["baseline"], args)
+    spec["inproc_env"] = {key: got[key] for key in ("torch", "transformers", "threads")}
+    return [_shown(k, "baseline", f"c{c}", got["sides"]["baseline"][f"c{c}"]) for c in args.concurrency]
 
 
 def _shown(k: int, side: str, cell: str, s: dict[str, Any]) -> dict[str, Any]:
@@ -548,12 +559,12 @@ def print_table(report: dict[str, Any]) -> None:
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = parser("bench.serve.openai", __doc__, out="serve_openai.json", workdir=True)
     ap.add_argument("--size", choices=list(SIZES), default="base")
-    ap.add_argument("--requests", type=int, default=96, help="measured requests a cell (at each concurrency)")
+    ap.add_argument("--requests", type=int, default=64, help="measured requests a cell (at each concurrency)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3, help="rounds (the order of the sides alternating)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    ap.add_argument("--floods", type=int, default=3, help="floods a round (0: none)")
+    ap.add_argument("--floods", type=int, default=2, help="floods a round (0: none)")
     ap.add_argument("--flood-new-tokens", type=int, default=MAX_NEW_TOKENS_BOUND)
     ap.add_argument("--flood-probes", type=int, default=16, help="idle 1-prompt requests a flood")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per in-process run")
