@@ -130,6 +130,20 @@ class GenerationBounds(SpecModel):
         description="The most requests generating at once on the OpenAI API (continuous batching); one "
         "more is answered 429 with Retry-After, so a flood of streams cannot exhaust the server",
     )
+    kv_cache_tokens: int = Field(
+        default=16384,
+        ge=256,
+        le=16_777_216,
+        description="The tokens the continuous batch's KV cache holds (the OpenAI API's requests); requests "
+        "past it wait their turn",
+    )
+    max_batch_tokens: int = Field(
+        default=1024,
+        ge=16,
+        le=1_048_576,
+        description="The most tokens of one forward step of the continuous batch (prompts are read in "
+        "steps of at most this many)",
+    )
 
     @model_validator(mode="before")
     @classmethod
