@@ -250,6 +250,17 @@ class Settings(BaseSettings):
         description="Model server, text generation: the most LoRA versions of one base loaded at once "
         "(least recently used unloaded past it).",
     )
+    generation_canary_alias: str | None = Field(
+        default=None,
+        description="Model server, text generation: the alias that answers a share of the requests for the "
+        "model's own name (a canary of another LoRA version of the base), with generation_canary_weight.",
+    )
+    generation_canary_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Model server, text generation: the share of the model's requests the canary alias answers.",
+    )
     generation_max_requests: int = Field(
         default=256,
         ge=1,

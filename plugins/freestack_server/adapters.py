@@ -7,7 +7,9 @@ A request names its version by ``model`` (the OpenAI API's field):
 
 - ``<model>``: the alias the deployment serves (``deploy.alias``, production by default), read from the
   registry's ``aliases.json`` when a request comes (at most :data:`ALIAS_TTL_S` old), so a promotion to
-  another adapter of the same base is served without a new deployment or a second copy of the base;
+  another adapter of the same base is served without a new deployment or a second copy of the base; a
+  canary (``deploy.generation.canary_alias`` and ``canary_weight``) answers that share of these requests
+  with its alias's version instead;
 - ``<model>@<alias>``: any alias, read the same way;
 - ``<model>:<version>``: that version.
 
@@ -23,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,6 +61,9 @@ class Adapters:
     core: Any  # freestack_server.core.ServedModel
     engine: Any  # freestack.ml.engine.Engine
     max_adapters: int = 8
+    #: the alias that answers ``canary_weight`` of the requests for the model's own name
+    canary_alias: str | None = None
+    canary_weight: float = 0.0
     loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
     _aliases: tuple[float, dict[str, Any]] = (0.0, {})
     _loading: dict[str, asyncio.Future] = field(default_factory=dict)
@@ -82,6 +88,8 @@ class Adapters:
         if not isinstance(model, str):
             raise NotServed(f'"model" must be text naming a version of {self.name!r}', 400)
         if model == self.name:
+            if self.canary_alias and random.random() < self.canary_weight:
+                return self._canary()
             return self._alias(self.alias) if self.alias else self.deployed
         name, sep, rest = model.partition("@") if "@" in model else model.partition(":")
         if name != self.name or not sep or not rest:
@@ -94,6 +102,14 @@ class Adapters:
         if not VERSION_RE.match(rest):
             raise NotServed(f"{rest!r} is not a version name", 400)
         return rest
+
+    def _canary(self) -> str:
+        """The canary alias's version; the deployment's own when the alias is gone (logged once a read)."""
+        try:
+            return self._alias(self.canary_alias)
+        except NotServed:
+            log.warning("the canary alias %r is not set: answering with %s", self.canary_alias, self.name)
+            return self._alias(self.alias) if self.alias else self.deployed
 
     def _alias(self, alias: str) -> str:
         aliases = self._table()

@@ -66,6 +66,8 @@ class Bounds:
     kv_cache_tokens: int = 16384
     max_batch_tokens: int = 1024
     max_adapters: int = 8
+    canary_alias: str | None = None
+    canary_weight: float = 0.0
 
     @classmethod
     def from_settings(cls) -> Bounds:

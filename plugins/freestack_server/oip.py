@@ -172,7 +172,13 @@ class FreestackRuntime(MLModel):
         )
         self.engine.start()
         key = ServerConfig().api_key
-        adapters = Adapters(self.core, self.engine, bounds.max_adapters)
+        adapters = Adapters(
+            self.core,
+            self.engine,
+            bounds.max_adapters,
+            canary_alias=bounds.canary_alias,
+            canary_weight=bounds.canary_weight,
+        )
         SERVED[self.name] = Served(
             self.name, self.core, self.engine, adapters, key.get_secret_value() if key else None
         )

@@ -40,6 +40,9 @@ def arith_spec(name: str = "arith", base: str = LM_BASE) -> dict:
     )
     spec["train"] = {"epochs": 20, "learning_rate": 1e-2, "batch_size": 16, "window_days": 30, "patience": 5}
     spec["gate"] = {"metric": "exact_match", "threshold": 0.5, "max_regression": {"perplexity": 5.0}}
+    # Seldon's protocol here (the tutorial deploys on mlserver: its OpenAI API is the docs test's and
+    # tests/integration/test_serving_openai.py's)
+    spec["deploy"]["runtime"] = "seldon"
     return spec
 
 

@@ -60,6 +60,8 @@ def server(work, versions) -> ImageServer:
         "FREESTACK_REQUEST_LOG_RATE": "1.0",
         "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
         "FREESTACK_GENERATION_MAX_ADAPTERS": str(MAX_ADAPTERS),
+        "FREESTACK_GENERATION_CANARY_ALIAS": "staging",  # v2 answers half of the requests for "chat"
+        "FREESTACK_GENERATION_CANARY_WEIGHT": "0.5",
         **GenerationBounds(max_new_tokens=16).env(),
     }
     production = f"{(work / 'storage').as_uri()}/registry/{MODEL}@production"  # as a deploy serves it
@@ -119,7 +121,7 @@ def test_two_adapter_versions_answer_from_one_deployment_with_one_base(client, s
     want = {v: _own(versions[v], prompt) for v in ("v1", "v2")}
     assert want["v1"] != want["v2"]  # the adapters differ: a wrong routing shows
     before = _rss_kib(server.proc.pid)
-    first = _ask(client, MODEL, prompt)
+    first = _ask(client, f"{MODEL}@production", prompt)
     assert first.choices[0].message.content.strip() == want["v1"] and first.model == f"{MODEL}:v1"
     second = _ask(client, f"{MODEL}:v2", prompt)
     assert second.choices[0].message.content.strip() == want["v2"] and second.model == f"{MODEL}:v2"
@@ -186,6 +188,12 @@ def test_a_version_that_cannot_share_the_base_is_refused_saying_why(client):
         _ask(client, f"{MODEL}@nope", "x")
     with pytest.raises(openai.NotFoundError, match="does not exist here"):
         _ask(client, "other:v1", "x")
+
+
+def test_a_canary_alias_answers_its_share_of_the_models_requests(client):
+    models = [_ask(client, MODEL, "canary?").model for _ in range(40)]
+    assert set(models) == {f"{MODEL}:v1", f"{MODEL}:v2"}
+    assert 8 <= models.count(f"{MODEL}:v2") <= 32, models  # 0.5 of 40, well within chance
 
 
 def test_an_alias_names_its_version_and_a_promotion_is_served_without_a_new_base(
