@@ -35,6 +35,9 @@
         max_requests: 256           # the most requests generating at once (OpenAI API; 429 above)
         kv_cache_tokens: 16384      # the continuous batch's KV cache, in tokens (more requests wait)
         max_batch_tokens: 1024      # the most tokens of one forward step
+        max_adapters: 8             # LoRA versions of the base loaded at once (model: <model>:<version>)
+        canary_alias: null          # an alias answering canary_weight of the requests for <model>
+        canary_weight: 0.0
       api_key:                      # the OpenAI API's (/v1) key: where it comes from, never the key itself
         conn_id: llm_api_key        # target local: the Airflow connection whose password is the key
         secret: llm-api-key         # target kubernetes: the Secret that holds it (in deploy.kubernetes.namespace)
@@ -143,6 +146,21 @@ class GenerationBounds(SpecModel):
         le=1_048_576,
         description="The most tokens of one forward step of the continuous batch (prompts are read in "
         "steps of at most this many)",
+    )
+    max_adapters: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="The most LoRA versions of the deployed version's base loaded at once (a request names one "
+        "by model: <model>:<version> or <model>@<alias>); the least recently used is unloaded past it",
+    )
+    canary_alias: str | None = Field(
+        default=None,
+        description="An alias (another LoRA version of the same base) that answers canary_weight of the "
+        "requests for the model's own name; every answer names its version",
+    )
+    canary_weight: float = Field(
+        default=0.0, ge=0, le=1, description="The share of the model's requests the canary alias answers"
     )
 
     @model_validator(mode="before")
@@ -480,7 +498,8 @@ class DeploySpec(SpecModel):
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
-        "max_prompts_per_request, max_requests, kv_cache_tokens, max_batch_tokens",
+        "max_prompts_per_request, max_requests, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
+        "canary_weight",
     )
     api_key: ApiKeySource | None = Field(
         default=None,
