@@ -67,6 +67,7 @@ class Adapters:
     loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
     _aliases: tuple[float, dict[str, Any]] = (0.0, {})
     _loading: dict[str, asyncio.Future] = field(default_factory=dict)
+    _refused: dict[str, NotServed] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.core.describe()["model"]
@@ -140,6 +141,19 @@ class Adapters:
         versions = [f"{self.name}:{v}" for v in self.loaded]
         return [self.name, *[f"{self.name}@{a}" for a in aliases], *versions]
 
+    async def answerer(self, model: Any) -> tuple[str, str | None]:
+        """The version that answers a request for ``model``, and its peft adapter (None: the model as
+        deployed). ``<model>`` whose alias now names a version this deployment cannot serve (a full-weight
+        version, another base: the deploy starts its own server for it) is answered by the one deployed."""
+        version = self.version_of(model)
+        try:
+            return version, await self.adapter_of(version)
+        except NotServed as exc:
+            if model != self.name or version == self.deployed:
+                raise
+            log.warning("%s: %s; answering with %s:%s", model, exc, self.name, self.deployed)
+            return self.deployed, await self.adapter_of(self.deployed)
+
     # -- loading a version's adapter ------------------------------------------------------------------
     async def adapter_of(self, version: str) -> str | None:
         """The peft adapter that answers for ``version``, loaded if need be (None: the model as deployed)."""
@@ -152,6 +166,8 @@ class Adapters:
                 "a full-weight version, alone (only LoRA versions of one base share a deployment; "
                 "GET /v1/models lists what it serves)"
             )
+        if version in self._refused:  # a registered version never changes: refused once, refused again
+            raise self._refused[version]
         if version not in self._loading:
             self._loading[version] = asyncio.ensure_future(self._load(version))
         try:
@@ -163,7 +179,12 @@ class Adapters:
     async def _load(self, version: str) -> str:
         uri = f"{self.folder}/{version}"
         folder = Path(self.core.cache_dir) / "adapters" / version
-        await asyncio.get_running_loop().run_in_executor(None, self._fetch, uri, folder)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._fetch, uri, folder)
+        except NotServed as exc:
+            if exc.status == 400:  # not an adapter on this base: it never will be
+                self._refused[version] = exc
+            raise
         self._evict()
         with self.engine.manager.pause():
             self.peft.load_adapter(str(folder), adapter_name=version)

@@ -104,8 +104,7 @@ class Served:
     async def version(self, model: Any) -> tuple[str, str | None]:
         """The version ``model`` names, and the adapter that answers for it (loaded if need be)."""
         try:
-            version = self.adapters.version_of(model)
-            return version, await self.adapters.adapter_of(version)
+            return await self.adapters.answerer(model)
         except NotServed as exc:
             code = "model_not_found" if exc.status == 404 else None
             raise OpenAIError(exc.status, str(exc), "model", code) from None

@@ -59,10 +59,10 @@ def server(work, versions) -> ImageServer:
         "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
         "FREESTACK_REQUEST_LOG_RATE": "1.0",
         "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
-        "FREESTACK_GENERATION_MAX_ADAPTERS": str(MAX_ADAPTERS),
-        "FREESTACK_GENERATION_CANARY_ALIAS": "staging",  # v2 answers half of the requests for "chat"
-        "FREESTACK_GENERATION_CANARY_WEIGHT": "0.5",
-        **GenerationBounds(max_new_tokens=16).env(),
+        # v2 (staging) answers half of the requests for "chat"
+        **GenerationBounds(
+            max_new_tokens=16, max_adapters=MAX_ADAPTERS, canary_alias="staging", canary_weight=0.5
+        ).env(),
     }
     production = f"{(work / 'storage').as_uri()}/registry/{MODEL}@production"  # as a deploy serves it
     s = start_like_image(

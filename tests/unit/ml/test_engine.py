@@ -151,3 +151,26 @@ def test_stop_text_holds_back_what_could_become_a_stop_string(version):
     assert sent == "abc " and not text.stopped
     more = tok("abc END tail", add_special_tokens=False)["input_ids"]
     assert sent + text.add(more) == "abc " and text.stopped
+
+
+def test_requests_of_other_adapters_take_turns_and_leave_nothing_running(engine, version, run):
+    switched: list[str] = []
+    engine.activate, engine.adapter = switched.append, "a"
+    settings = _settings(max_new_tokens=6)
+
+    async def mixed():
+        jobs = [
+            engine.complete(_ids(version, p, settings), settings, adapter="a" if i % 2 else "b")
+            for i, p in enumerate(PROMPTS)
+        ]
+        return await asyncio.gather(*jobs)
+
+    try:
+        answers = run(mixed())
+        assert all(a.completion_tokens >= 1 for a in answers)
+        assert switched and switched[0] == "b" and len(switched) <= 3, switched  # turns, not a switch a request
+        assert (engine.running, len(engine.waiting), engine.active) == (0, 0, 0)
+        run(engine.complete(_ids(version, PROMPTS[0], settings), settings, adapter="a"))
+        assert engine.running == 0
+    finally:
+        engine.activate, engine.adapter = None, None
