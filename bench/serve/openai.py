@@ -2,8 +2,8 @@
 runtime ``mlserver``, transformers' continuous batching) against ``transformers serve`` itself, on the same
 model, machine and prompts, in one run; with the server's direct runtime call and a plain ``generate`` loop.
 
-    python -m bench.serve.openai [--size base|small] [--requests 64] [--max-new-tokens 32] [--repeats 3]
-                                 [--threads 1] [--concurrency 1,8,32] [--floods 2]
+    python -m bench.serve.openai [--size base|small] [--requests 64] [--max-new-tokens 32] [--repeats 4]
+                                 [--threads 1] [--concurrency 1,8,32] [--floods 1]
                                  [--out bench/results/serve_openai.json]
     python -m bench.serve.openai --size small --requests 8 --max-new-tokens 4 --repeats 1 \\
         --concurrency 1,4 --floods 1 --flood-new-tokens 16 --out /tmp/o.json          # smoke run
@@ -47,6 +47,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -411,9 +412,9 @@ def _cell_summary(ss: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _text(answer: str) -> str:
-    """An answer as compared: without a trailing half character (U+FFFD), which a streaming decoder may
-    hold back for good where the answer's last token ends inside a character (the same tokens)."""
-    return answer.strip().rstrip("\ufffd").strip()
+    """An answer as compared: without a tail of half characters (U+FFFD) and white space, which a streaming
+    decoder may hold back for good where the answer's last tokens end inside a character (same tokens)."""
+    return re.sub(r"[\s\ufffd]+$", "", answer.strip())
 
 
 def _compare(by: dict, side: str, other: str, cell: str, rounds: list[int]) -> dict[str, Any]:
@@ -561,10 +562,10 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", choices=list(SIZES), default="base")
     ap.add_argument("--requests", type=int, default=64, help="measured requests a cell (at each concurrency)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds (the order of the sides alternating)")
+    ap.add_argument("--repeats", type=int, default=4, help="rounds (the order of the sides alternating)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    ap.add_argument("--floods", type=int, default=2, help="floods a round (0: none)")
+    ap.add_argument("--floods", type=int, default=1, help="floods a round (0: none)")
     ap.add_argument("--flood-new-tokens", type=int, default=MAX_NEW_TOKENS_BOUND)
     ap.add_argument("--flood-probes", type=int, default=16, help="idle 1-prompt requests a flood")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per in-process run")
