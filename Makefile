@@ -154,6 +154,7 @@ bench: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m bench.serve.address
 	$(BIN)/python -m bench.serve.slow_clients --repeats 5 --worker-classes freestack,gthread
 	$(BIN)/python -m bench.serve.openai
+	$(BIN)/python -m bench.serve.lora_memory
 	$(BIN)/python -m bench.data_api.listing
 	$(BIN)/python -m bench.orchestration.run
 	$(BIN)/python -m bench.ui.run

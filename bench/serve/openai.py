@@ -18,8 +18,10 @@ Llama whose special tokens never win, so every answer runs to ``max_new_tokens``
   streaming ``POST /v1/chat/completions``.
 - ``freestack_openai``: the model server started as its image starts it (tests/support/images.py), 1
   worker, ``FREESTACK_TORCH_THREADS`` = ``--threads``, request log off; the same streaming route.
-- ``freestack_v2``: the same server's direct runtime call for the same work, ``/v2/models/<m>/infer``
-  with mlserver-huggingface's tensors (one prompt a request, not streamed).
+- ``freestack_openai_whole``: the same route answered whole (``stream: false``): the same work as
+  ``freestack_v2``.
+- ``freestack_v2``: the same server's direct runtime call, ``/v2/models/<m>/infer`` with
+  mlserver-huggingface's tensors (one prompt a request, not streamed).
 - ``baseline``: the plain ``model.generate`` loop in a fresh process (batches of c prompts).
 
 Every request is greedy (temperature 0) with the same ``max_tokens``. Clients are threads, each with its
@@ -29,10 +31,11 @@ Streaming chat asks ``stream_options.include_usage``: completion tokens are the 
 token (TTFT) is the time to the first chunk with content; latency, to the end of the stream. Per side and
 concurrency: completion tokens/s (median over rounds), TTFT and latency p50/p99 (every request of every
 round). Ratios: ``freestack_openai`` / ``transformers_serve`` tokens/s (targets >= 1.0 at c=32, >= 0.9
-at c=1), ``freestack_openai`` / ``freestack_v2`` (target >= 0.95), each side / ``baseline``; and the
+at c=1), ``freestack_openai_whole`` / ``freestack_v2`` (the OpenAI route against the direct call for the
+same work: target >= 0.95; ``openai_stream_vs_v2``, streamed, is reported), each side / ``baseline``; and the
 share of equal answers (greedy on the same weights; a trailing half character that a streaming decoder
-holds back is not a difference). ``--repeats`` rounds: at each concurrency the three server sides one
-after another (what other work on the machine does, it does to all three), their order alternating
+holds back is not a difference). ``--repeats`` rounds: at each concurrency the server sides one
+after another (what other work on the machine does, it does to all of them), their order alternating
 between rounds; the plain loop first or last.
 
 Flood (``--floods`` times a round): one request of the deployment's largest size on the V2 path (the
@@ -77,7 +80,7 @@ from bench.serve.generation import (
     v2_body,
 )
 
-SIDES = ("transformers_serve", "freestack_openai", "freestack_v2", "baseline")
+SIDES = ("transformers_serve", "freestack_openai", "freestack_openai_whole", "freestack_v2", "baseline")
 SERVERS = ("transformers_serve", "freestack")
 CONCURRENCY = (1, 8, 32)
 CHAT_ROUTE = "/v1/chat/completions"
@@ -163,6 +166,20 @@ def stream_chat(conn: http.client.HTTPConnection, body: bytes, index: int = 0) -
     return Answer(
         index, end - start, (first - start) if first else None, "".join(parts).strip(), tokens, finish
     )
+
+
+def whole_chat(conn: http.client.HTTPConnection, body: bytes, index: int = 0) -> Answer:
+    """One chat completion answered whole (``stream: false``): the same work as a V2 call."""
+    start = time.perf_counter()
+    conn.request("POST", CHAT_ROUTE, body=body, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {data[:300]!r}")
+    answer = json.loads(data)
+    choice = answer["choices"][0]
+    text, tokens = choice["message"]["content"].strip(), answer["usage"]["completion_tokens"]
+    return Answer(index, time.perf_counter() - start, None, text, tokens, choice["finish_reason"])
 
 
 def v2_call(conn: http.client.HTTPConnection, body: bytes, index: int = 0) -> Answer:
@@ -449,7 +466,8 @@ def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list
                 out[side][f"c{c}"] = _cell_summary(ss)
     pairs = {
         "vs_transformers_serve": ("freestack_openai", "transformers_serve"),
-        "openai_vs_v2": ("freestack_openai", "freestack_v2"),
+        "openai_vs_v2": ("freestack_openai_whole", "freestack_v2"),
+        "openai_stream_vs_v2": ("freestack_openai", "freestack_v2"),
         **{f"{s}_vs_baseline": (s, "baseline") for s in sides if s != "baseline"},
     }
     for name, (side, other) in pairs.items():
@@ -500,10 +518,13 @@ def measure_round(
     askers = {
         "transformers_serve": lambda conn, p, i: stream_chat(conn, chat_body(chats["ts"], p, n_new), i),
         "freestack_openai": lambda conn, p, i: stream_chat(conn, chat_body(chats["fs"], p, n_new), i),
+        "freestack_openai_whole": lambda conn, p, i: whole_chat(
+            conn, _whole(chat_body(chats["fs"], p, n_new)), i
+        ),
         "freestack_v2": lambda conn, p, i: v2_call(conn, v2_body(p, n_new), i),
     }
     server_of = {"transformers_serve": "transformers_serve", "freestack_openai": "freestack"}
-    server_of["freestack_v2"] = "freestack"
+    server_of["freestack_v2"] = server_of["freestack_openai_whole"] = "freestack"
     cells = []
     order = list(SIDES if k % 2 == 0 else SIDES[::-1])
     if order[0] == "baseline":
@@ -515,6 +536,13 @@ def measure_round(
     if order[-1] == "baseline":
         cells += _baseline_cells(k, spec, args)
     return cells
+
+
+def _whole(body: bytes) -> bytes:
+    """A streaming chat body as one answered whole: the same request otherwise."""
+    d = json.loads(body)
+    d.pop("stream_options", None)
+    return json.dumps({**d, "stream": False}).encode()
 
 
 def _baseline_cells(k: int, spec: dict[str, Any], args) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_BIN = ROOT / ".venv-mlserver" / "bin"
-SIDES = ("transformers_serve", "freestack_openai", "freestack_v2", "baseline")
+SIDES = ("transformers_serve", "freestack_openai", "freestack_openai_whole", "freestack_v2", "baseline")
 
 
 @pytest.mark.skipif(
@@ -64,7 +64,12 @@ def test_openai_serving_benchmark_tiny_run(tmp_path):
         if s["side"] in ("transformers_serve", "freestack_openai"):  # streamed: a first content chunk each
             assert len(s["ttft_ms"]) == 8 and 0 < s["ttft_p50_ms"] <= s["p50_ms"], s
             assert s["finish_reasons"] == ["length"], s
-    for group in ("vs_transformers_serve", "openai_vs_v2", "freestack_openai_vs_baseline"):
+    for group in (
+        "vs_transformers_serve",
+        "openai_vs_v2",
+        "openai_stream_vs_v2",
+        "freestack_openai_vs_baseline",
+    ):
         for cell in ("c1", "c4"):
             r = summary[group][cell]
             assert r["ratio"] > 0 and len(r["by_round"]) == 1, (group, cell, r)
@@ -74,6 +79,6 @@ def test_openai_serving_benchmark_tiny_run(tmp_path):
     assert flood["flood_status"] == [200] and flood["idle_requests"] == 4 and flood["busy_requests"] >= 2
     assert flood["flood_completion_tokens"] == [params["flood"]["request_prompts"] * 8]
     rows = rows_of([("serve_openai", "serve_openai", report)])
-    assert [r.bench for r in rows] == ["serve_openai"] * 5
+    assert [r.bench for r in rows] == ["serve_openai"] * 7
     assert all(r.ratio and r.ratio > 0 for r in rows)
     assert "OpenAI serving" in proc.stdout
