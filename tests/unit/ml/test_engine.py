@@ -168,7 +168,8 @@ def test_requests_of_other_adapters_take_turns_and_leave_nothing_running(engine,
     try:
         answers = run(mixed())
         assert all(a.completion_tokens >= 1 for a in answers)
-        assert switched and switched[0] == "b" and len(switched) <= 3, switched  # turns, not a switch a request
+        # turns, not a switch a request
+        assert switched and switched[0] == "b" and len(switched) <= 3, switched
         assert (engine.running, len(engine.waiting), engine.active) == (0, 0, 0)
         run(engine.complete(_ids(version, PROMPTS[0], settings), settings, adapter="a"))
         assert engine.running == 0
