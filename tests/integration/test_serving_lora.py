@@ -206,9 +206,10 @@ def test_an_alias_names_its_version_and_a_promotion_is_served_without_a_new_base
     )
     ModelRegistry((work / "storage").as_uri(), MODEL).promote("v2")
     deadline = time.monotonic() + 15  # the deployment reads the aliases again within ALIAS_TTL_S
-    while _ask(client, MODEL, prompt).model != f"{MODEL}:v2" and time.monotonic() < deadline:
+    production = f"{MODEL}@production"  # not "chat": half of its requests are the canary's (v2) anyway
+    while _ask(client, production, prompt).model != f"{MODEL}:v2" and time.monotonic() < deadline:
         time.sleep(0.5)
-    answer = _ask(client, MODEL, prompt)
+    answer = _ask(client, MODEL, prompt)  # production and the canary: both v2 now
     assert answer.model == f"{MODEL}:v2" and answer.choices[0].message.content.strip() == _own(
         versions["v2"], prompt
     )
