@@ -522,6 +522,37 @@ def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
     )
 
 
+def _read_day(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    counts: _Counts,
+    quar: _Quarantine,
+    score_piece: Callable[[_Piece], None],
+    check_rows: Callable[[int], None] | None = None,
+) -> None:
+    """Every input batch of the day: its rows counted (``check_rows`` sees the count so far first), the
+    rows the schema refused quarantined, the others handed to ``score_piece``; the rows of each input; a
+    ScoreError for a day of no rows. The day loop of both writers (scores, and answers of a
+    text-generation version)."""
+    for unit in _units(job["inputs"], spec.score.batch_rows):
+        before = counts.rows_in
+        for piece in _pieces(spec, unit):
+            counts.rows_in += piece.rows_in
+            if check_rows is not None:
+                check_rows(counts.rows_in)
+            quar.write(piece.rejected)
+            if piece.batch is not None and piece.batch.num_rows:
+                score_piece(piece)
+        rows = counts.rows_in - before
+        counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
+    if not counts.rows_in:
+        files = [i["uri"] for i in job["inputs"]]
+        raise ScoreError(
+            f"{job['ds']}: the input files hold no rows ({files}): write their rows, or remove them",
+            ds=job["ds"],
+        )
+
+
 def _write(
     spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, part_w, quar_w, run: dict[str, str] | None
 ) -> tuple[_Counts, dict[str, Any]]:
@@ -534,21 +565,13 @@ def _write(
     schema = _output_schema(spec, model, _key_type(spec, job))
     writer = pq.ParquetWriter(part_w, schema, compression="zstd")
     try:
-        for unit in _units(job["inputs"], spec.score.batch_rows):
-            before = counts.rows_in
-            for piece in _pieces(spec, unit):
-                counts.rows_in += piece.rows_in
-                quar.write(piece.rejected)
-                if piece.batch is not None and piece.batch.num_rows:
-                    _score_piece(spec, job, model, piece, writer, quar, counts, at)
-            rows = counts.rows_in - before
-            counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
-        if not counts.rows_in:
-            files = [i["uri"] for i in job["inputs"]]
-            raise ScoreError(
-                f"{job['ds']}: the input files hold no rows ({files}): write their rows, or remove them",
-                ds=job["ds"],
-            )
+        _read_day(
+            spec,
+            job,
+            counts,
+            quar,
+            lambda piece: _score_piece(spec, job, model, piece, writer, quar, counts, at),
+        )
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
         manifest = _manifest(spec, job, counts, model, at, run, quarantine)
         writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})

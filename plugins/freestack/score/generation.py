@@ -42,9 +42,8 @@ from freestack.score.core import (
     _key_type,
     _manifest,
     _Piece,
-    _pieces,
     _Quarantine,
-    _units,
+    _read_day,
 )
 from freestack.score.core import score as _publish
 from freestack.score.spec import GenerationScore
@@ -158,27 +157,16 @@ def write_answers(
     engine.start()
     try:
         with asyncio.Runner() as loop:  # one event loop for the engine's life
-            for unit in _units(job["inputs"], spec.score.batch_rows):
-                before = counts.rows_in
-                for piece in _pieces(spec, unit):
-                    counts.rows_in += piece.rows_in
-                    _check_cap(job["ds"], counts.rows_in, g.max_rows)
-                    quar.write(piece.rejected)
-                    if piece.batch is not None and piece.batch.num_rows:
-                        answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
-                        if answered is not None:
-                            keys, done = answered
-                            writer.write_batch(_answers(keys, done, job, at, writer.schema))
-                            counts.rows_scored += len(done)
-                            tally.add(done)
-                rows = counts.rows_in - before
-                counts.per_input += [{**i, "rows": rows if len(unit) == 1 else 1} for i in unit]
-        if not counts.rows_in:
-            files = [i["uri"] for i in job["inputs"]]
-            raise ScoreError(
-                f"{job['ds']}: the input files hold no rows ({files}): write their rows, or remove them",
-                ds=job["ds"],
-            )
+
+            def answer(piece: _Piece) -> None:
+                answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
+                if answered is not None:
+                    keys, done = answered
+                    writer.write_batch(_answers(keys, done, job, at, writer.schema))
+                    counts.rows_scored += len(done)
+                    tally.add(done)
+
+            _read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
         manifest = _manifest(spec, job, counts, model, at, run, quarantine)
         manifest.update(
