@@ -83,6 +83,11 @@ class Adapters:
             self.engine.activate = self.peft.set_adapter
             self.engine.adapter = DEPLOYED
 
+    @property
+    def deployed_adapter(self) -> str | None:
+        """The peft adapter of the deployed version (None: a model of one version)."""
+        return DEPLOYED if self.peft is not None else None
+
     # -- which version a request names ----------------------------------------------------------------
     def version_of(self, model: Any) -> str:
         """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""

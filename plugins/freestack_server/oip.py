@@ -179,6 +179,7 @@ class FreestackRuntime(MLModel):
             canary_alias=bounds.canary_alias,
             canary_weight=bounds.canary_weight,
         )
+        self.adapter = adapters.deployed_adapter  # what V2 requests are answered with: the deployed version
         SERVED[self.name] = Served(
             self.name, self.core, self.engine, adapters, key.get_secret_value() if key else None
         )
@@ -313,9 +314,7 @@ class FreestackRuntime(MLModel):
         except PayloadError as exc:
             raise _error(exc) from None
         try:
-            done = await asyncio.gather(
-                *(self.engine.complete(ids, prompts.settings, truncated=cut) for ids, cut in prompts.ids)
-            )
+            done = await self.engine.complete_all(prompts.ids, prompts.settings, adapter=self.adapter)
         except (Busy, EngineError) as exc:
             raise MLServerError(str(exc), status_code=429 if isinstance(exc, Busy) else 503) from None
         answers = [Generated(replace(c, text=c.text.strip()), len(done)) for c in done]

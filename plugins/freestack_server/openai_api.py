@@ -316,16 +316,11 @@ class Call:
             raise OpenAIError(429, str(exc), None, "rate_limit_exceeded") from None
 
     async def whole(self) -> dict[str, Any]:
-        import asyncio
-
         engine, settings = self.served.engine, self.prompts.settings
         self._admit()
         try:
-            answers = await asyncio.gather(
-                *(
-                    engine.complete(ids, settings, truncated=cut, admitted=True, adapter=self.adapter)
-                    for ids, cut in self.prompts.ids
-                )
+            answers = await engine.complete_all(
+                self.prompts.ids, settings, admitted=True, adapter=self.adapter
             )
         except EngineError as exc:
             raise OpenAIError(503, str(exc)) from None

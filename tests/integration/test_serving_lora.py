@@ -9,7 +9,9 @@ refused saying why."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -152,6 +154,23 @@ def test_concurrent_requests_of_two_versions_each_get_their_versions_answer(serv
     for (v, p), a in zip(asked, answers, strict=True):
         assert a.model == f"{MODEL}:{v}"
         assert a.choices[0].message.content.strip() == _own(versions[v], p)
+
+
+def test_the_v2_protocol_answers_with_the_deployed_version_whichever_adapter_ran_last(
+    client, server, versions
+):
+    prompt = SMOKE_PROMPTS[3]
+    _ask(client, f"{MODEL}:v2", prompt)  # v2's adapter is the active one now
+    body = {"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": [prompt]}]}
+    body["parameters"] = {"max_new_tokens": 8}
+    req = urllib.request.Request(
+        f"{server.url}/v2/models/{MODEL}/infer",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer = json.loads(json.loads(r.read())["outputs"][0]["data"][0])
+    assert answer["generated_text"] == _own(versions["v1"], prompt) != _own(versions["v2"], prompt)
 
 
 def test_the_request_log_names_each_version(client, work):

@@ -304,6 +304,22 @@ class Engine:
             last = piece
         return Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)
 
+    async def complete_all(
+        self,
+        prompts: Sequence[tuple[list[int], bool]],
+        settings,
+        *,
+        admitted: bool = False,
+        adapter: str | None = None,
+    ) -> list:
+        """Every prompt's whole answer, generated together (``prompts``: token ids, and whether they were
+        cut from the left)."""
+        jobs = (
+            self.complete(ids, settings, truncated=cut, admitted=admitted, adapter=adapter)
+            for ids, cut in prompts
+        )
+        return list(await asyncio.gather(*jobs))
+
 
 def _sampling(settings) -> dict[str, float]:
     """The per-request sampling settings: greedy at temperature 0."""
