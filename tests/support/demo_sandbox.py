@@ -27,19 +27,58 @@ FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
 USERS = "admin:admin,viewer:viewer"
 
 
-def _commands(block: str) -> list[str]:
-    """The block's commands: continuation lines and multi-line quotes joined, comment-only lines dropped."""
+class RefusedBlock(ValueError):
+    """A shell block the documented-commands test cannot split into commands: run as split, it would lose
+    its last commands (left inside an open quote) or join lines a shell runs apart, without a word."""
+
+
+def _commands(block: str, where: str = "a shell block") -> list[str]:
+    """The block's commands: continuation lines and multi-line quotes joined, comment-only lines dropped.
+
+    Refused (:class:`RefusedBlock`, naming ``where``): a trailing comment that opens a quote (the
+    apostrophe of ``# the model's``), which would join the lines after it into its command, and a block
+    whose text ends inside a quote or a continuation, whose last command would never run."""
     out, cur = [], ""
     for line in block.splitlines():
         if not cur and line.strip().startswith("#"):
             continue  # a comment line (its apostrophes are prose, not quotes)
+        if not _open_quote(cur) and _open_quote(_comment(line)):
+            raise RefusedBlock(
+                f"{where}: the comment of {line.strip()!r} opens a quote that joins the lines after it; "
+                "reword the comment without an apostrophe or quote mark, or put it on its own line above"
+            )
         cur = f"{cur}\n{line}" if cur else line
-        if cur.endswith("\\") or (cur.count("'") % 2) or (_unquoted(cur).count('"') % 2):
+        if cur.endswith("\\") or _open_quote(cur):
             continue
         if cur.strip():
             out.append(cur.strip())
         cur = ""
+    if cur.strip():
+        inside = "a quote" if _open_quote(cur) else "a continuation (a trailing backslash)"
+        raise RefusedBlock(f"{where} ends inside {inside}, so this would never run: {cur.strip()!r}")
     return out
+
+
+def _open_quote(text: str) -> bool:
+    """Whether ``text`` leaves a single or double quote open (quote marks counted, as a shell pairs them)."""
+    return bool(text.count("'") % 2 or _unquoted(text).count('"') % 2)
+
+
+def _comment(line: str) -> str:
+    """The line's trailing comment as bash reads it (from a ``#`` that starts a word outside quotes), or ''."""
+    quote, i = "", 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and quote != "'":
+            i += 1  # an escaped character: neither a quote nor a comment
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[i:]
+        i += 1
+    return ""
 
 
 def _unquoted(text: str) -> str:
@@ -104,7 +143,7 @@ class Sandbox:
     def run(self, block_id: str, text: str) -> subprocess.CompletedProcess:
         if block_id not in self.results:
             ports = {"8080": self.port, "9000": int(self.env["FREESTACK_SERVE_PORT"])}
-            script = _script(_commands(text), ports)
+            script = _script(_commands(text, block_id), ports)
             self.results[block_id] = subprocess.run(
                 ["bash", "-c", script], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=1200
             )

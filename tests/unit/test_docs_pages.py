@@ -54,3 +54,37 @@ def test_distributed_training_can_be_tried_on_the_demo():
     blocks = FENCE.findall(section)
     assert blocks and "include/pipelines/digits.yaml" in blocks[0] and "launch(" in blocks[0], section
     assert "docs-test: skip" not in section  # it runs, as printed, on the documented-commands test's demo
+
+
+def test_every_documented_shell_block_splits_into_commands():
+    """Each shell block of README.md and docs/ (the documented-commands test's pages and blocks, skipped ones
+    too) splits into commands as that test splits them: none loses its last commands inside an open quote."""
+    from tests.e2e.test_docs_commands import BLOCKS
+    from tests.support.demo_sandbox import RefusedBlock, _commands
+
+    refused = []
+    for block_id, text, _skipped in BLOCKS:
+        try:
+            _commands(text, block_id)
+        except RefusedBlock as exc:
+            refused.append(str(exc))
+    assert BLOCKS
+    assert not refused, "\n".join(refused)
+
+
+def test_a_block_that_would_lose_or_join_commands_is_refused_by_name():
+    import pytest
+
+    from tests.support.demo_sandbox import RefusedBlock, _commands
+
+    block = "# the model's own comment line\nmake a  # first\necho 'x\ny'\nmake b \\\n  --flag\n"
+    assert _commands(block) == ["make a  # first", "echo 'x\ny'", "make b \\\n  --flag"]
+    assert _commands('echo "a # b" "c#"  # fine\n') == ['echo "a # b" "c#"  # fine']
+    with pytest.raises(
+        RefusedBlock, match=r"page\.md#2: the comment of .make x  # the model's. opens a quote"
+    ):
+        _commands("make x  # the model's\nmake y\n", "page.md#2")
+    with pytest.raises(RefusedBlock, match=r"page\.md#1 ends inside a quote.*echo 'x"):
+        _commands("make a\necho 'x\n", "page.md#1")
+    with pytest.raises(RefusedBlock, match=r"ends inside a continuation.*make b"):
+        _commands("make b \\\n", "page.md#1")
