@@ -390,11 +390,11 @@ def _csv_names(spec: PipelineSpec, f) -> list[str] | None:
 # one day
 
 
-def _output_schema(spec: PipelineSpec, model: ScoringModel, key_type: pa.DataType) -> pa.Schema:
+def _output_schema(spec: PipelineSpec, model: ScoringModel, key_arrow: pa.DataType) -> pa.Schema:
     import pyarrow as pa
 
     key = spec.source.schema_.key or "row"
-    fields = [pa.field(key, key_type), pa.field("ds", pa.string())]
+    fields = [pa.field(key, key_arrow), pa.field("ds", pa.string())]
     wanted, meta = spec.score.columns, None
     if model.classification:
         classes = pa.array(model.pre.classes)
@@ -438,7 +438,11 @@ def _scores(
     return pa.RecordBatch.from_pydict(cols, schema=schema)
 
 
-class _Counts:
+class Counts:
+    """What a day's writer counts as it goes: rows in, scored and quarantined, the rows of each input,
+    the predictions' distribution, the monitor's sample and the commonest reasons rows were refused
+    (the manifest and :func:`score`'s error-fraction check read them)."""
+
     def __init__(self) -> None:
         self.rows_in = self.rows_scored = self.rows_quarantined = 0
         self.per_input: list[dict[str, Any]] = []
@@ -461,12 +465,12 @@ def score(
     run: dict[str, str] | None = None,
     model: ScoringModel | None = None,
     *,
-    write: Callable[..., tuple[_Counts, dict[str, Any]]] | None = None,
+    write: Callable[..., tuple[Counts, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``. ``write``
-    fills the temporaries (a text-generation version's: :func:`freestack.score.generation.score`'s)."""
+    fills the temporaries (a text-generation version's: :func:`freestack.score.generation.write_answers`)."""
     model = model or ScoringModel(job["version_uri"], spec.train.device)
     if model.generative and write is None:
         raise ScoreError(
@@ -512,7 +516,7 @@ def score(
     return manifest
 
 
-def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
+def _over_limit(ds: str, counts: Counts, limit: float, kept: str) -> str:
     common = "; ".join(f"{why} ({n} row{'s' * (n > 1)})" for why, n in counts.reasons.most_common(3))
     share = counts.rows_quarantined / counts.rows_in
     return (
@@ -522,12 +526,12 @@ def _over_limit(ds: str, counts: _Counts, limit: float, kept: str) -> str:
     )
 
 
-def _read_day(
+def read_day(
     spec: PipelineSpec,
     job: dict[str, Any],
-    counts: _Counts,
-    quar: _Quarantine,
-    score_piece: Callable[[_Piece], None],
+    counts: Counts,
+    quar: Quarantine,
+    score_piece: Callable[[Piece], None],
     check_rows: Callable[[int], None] | None = None,
 ) -> None:
     """Every input batch of the day: its rows counted (``check_rows`` sees the count so far first), the
@@ -555,17 +559,17 @@ def _read_day(
 
 def _write(
     spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, part_w, quar_w, run: dict[str, str] | None
-) -> tuple[_Counts, dict[str, Any]]:
+) -> tuple[Counts, dict[str, Any]]:
     """Score every input batch into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest)."""
     import pyarrow.parquet as pq
 
-    counts, at = _Counts(), datetime.now(UTC)
-    quar = _Quarantine(quar_w, spec, counts)
-    schema = _output_schema(spec, model, _key_type(spec, job))
+    counts, at = Counts(), datetime.now(UTC)
+    quar = Quarantine(quar_w, spec, counts)
+    schema = _output_schema(spec, model, key_type(spec, job))
     writer = pq.ParquetWriter(part_w, schema, compression="zstd")
     try:
-        _read_day(
+        read_day(
             spec,
             job,
             counts,
@@ -573,7 +577,7 @@ def _write(
             lambda piece: _score_piece(spec, job, model, piece, writer, quar, counts, at),
         )
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
-        manifest = _manifest(spec, job, counts, model, at, run, quarantine)
+        manifest = manifest_of(spec, job, counts, model, at, run, quarantine)
         writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
     finally:
         writer.close()
@@ -585,10 +589,10 @@ def _score_piece(
     spec: PipelineSpec,
     job: dict[str, Any],
     model: ScoringModel,
-    piece: _Piece,
+    piece: Piece,
     writer,
-    quar: _Quarantine,
-    counts: _Counts,
+    quar: Quarantine,
+    counts: Counts,
     at: datetime,
 ) -> None:
     """Encode, predict and write one piece's rows; the rows the version's preprocessing refuses go to
@@ -609,7 +613,7 @@ def _score_piece(
         _keep_sample(counts, model, batch.take(good) if bad else batch, inputs, out, job["ds"])
 
 
-def _key_type(spec: PipelineSpec, job: dict[str, Any]) -> pa.DataType:
+def key_type(spec: PipelineSpec, job: dict[str, Any]) -> pa.DataType:
     """The key's type in the scores: an image file's path, the declared key's, or a row number."""
     import pyarrow as pa
 
@@ -631,7 +635,7 @@ def _units(inputs: list[dict[str, Any]], batch_rows: int) -> list[list[dict[str,
 
 
 @dataclass
-class _Piece:
+class Piece:
     """Rows read from one input: ``batch`` the rows to score (typed as the lake types them) and their
     ``keys``; ``rejected`` the rows the schema refused (in the quarantine's layout); ``texts`` the
     batch's rows as text as they came (a folder's), for the rows the version's preprocessing refuses."""
@@ -678,20 +682,21 @@ def _as_text(rows: pa.RecordBatch) -> pa.Table:
     return pa.table(cols)
 
 
-class _Quarantine:
+class Quarantine:
     """The day's rows not scored, written as they come in ingest's quarantine layout (``_source``,
     ``_line``, ``_reason``, ``_raw`` and the schema's columns but the target, as text), each counted."""
 
     #: the most distinct reasons counted (a reason holds the value at fault: a bad day may have many)
     REASONS = 1000
 
-    def __init__(self, sink, spec: PipelineSpec, counts: _Counts):
+    def __init__(self, sink, spec: PipelineSpec, counts: Counts):
         from freestack.ingest.validate import quarantine_schema
 
         self.sink, self.counts, self.writer = sink, counts, None
         self.schema = quarantine_schema(_checked_columns(spec, None))
 
     def write(self, rows: pa.Table | None) -> None:
+        """Append quarantined rows (the schema's columns a table lacks are null) and count their reasons."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -715,6 +720,7 @@ class _Quarantine:
                 self.counts.reasons[c["values"]] += c["counts"]
 
     def close(self) -> None:
+        """Close the Parquet writer, if any row was written (an empty day's quarantine has no file)."""
         if self.writer is not None:
             self.writer.close()
 
@@ -727,7 +733,7 @@ def _checked_columns(spec: PipelineSpec, names: list[str] | None) -> list[Column
 
 
 def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
-    """The :class:`_Piece` s of a unit of input (:func:`_units`); the files' bytes must be the ones planned
+    """The :class:`Piece` s of a unit of input (:func:`_units`); the files' bytes must be the ones planned
     (each sha256 is checked first). A lake partition's rows are as ingest checked them; a folder's table
     files are checked here by ingest's validator (:func:`_checked_pieces`); image files are one row each
     of the model's one image column, their path in the folder the key."""
@@ -740,7 +746,7 @@ def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
     kind, item = unit[0].get("kind", "parquet"), unit[0]
     if kind == "image":
         batch = _image_batch(spec, unit)
-        yield _Piece(batch, batch.column(0), batch.column(0), batch.num_rows)
+        yield Piece(batch, batch.column(0), batch.column(0), batch.num_rows)
         return
     if "folder" in item:
         yield from _checked_pieces(spec, item)
@@ -751,7 +757,7 @@ def _pieces(spec: PipelineSpec, unit: list[dict[str, Any]]):
             batch.column(key) if key and key in batch.schema.names else _row_numbers(offset, batch.num_rows)
         )
         offset += batch.num_rows
-        yield _Piece(batch, keys, item["uri"], batch.num_rows)
+        yield Piece(batch, keys, item["uri"], batch.num_rows)
 
 
 def _checked_pieces(spec: PipelineSpec, item: dict[str, Any]):
@@ -777,10 +783,10 @@ def _checked_pieces(spec: PipelineSpec, item: dict[str, Any]):
         kept = checked.kept
         keys = batch.column(key) if key and batch else _row_numbers(offset, text.num_rows).filter(kept)
         offset += text.num_rows
-        yield _Piece(batch, keys, name, text.num_rows, checked.rejected, checked.texts.filter(kept))
+        yield Piece(batch, keys, name, text.num_rows, checked.rejected, checked.texts.filter(kept))
     if malformed:
         rows = malformed_rows(sorted(malformed, key=lambda r: r[0] or 0), _checked_columns(spec, None), name)
-        yield _Piece(None, None, name, len(malformed), rows)
+        yield Piece(None, None, name, len(malformed), rows)
 
 
 def _row_numbers(start: int, n: int):
@@ -874,7 +880,7 @@ def _image_batch(spec: PipelineSpec, unit: list[dict[str, Any]]):
     return pa.RecordBatch.from_pydict({key: rels, images[0]: [to_path(i["uri"]).read_bytes() for i in unit]})
 
 
-def _tally(counts: _Counts, model: ScoringModel, out: np.ndarray, top: np.ndarray | None) -> None:
+def _tally(counts: Counts, model: ScoringModel, out: np.ndarray, top: np.ndarray | None) -> None:
     if model.classification:
         rows = np.bincount(top, minlength=out.shape[1])
         counts.class_rows = rows if counts.class_rows is None else counts.class_rows + rows
@@ -893,7 +899,7 @@ SAMPLE_ROWS = 256
 
 
 def _keep_sample(
-    counts: _Counts, model: ScoringModel, batch: pa.RecordBatch, inputs: Any, out: np.ndarray, ds: str
+    counts: Counts, model: ScoringModel, batch: pa.RecordBatch, inputs: Any, out: np.ndarray, ds: str
 ) -> None:
     """Up to SAMPLE_ROWS evenly spaced scored rows of a batch and their outputs, as the model server logs
     a request (numbers as float32 in feature order, or each feature's raw values), stamped with the day."""
@@ -931,15 +937,17 @@ def log_sample(spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, sam
     return str(path)
 
 
-def _manifest(
+def manifest_of(
     spec: PipelineSpec,
     job: dict[str, Any],
-    counts: _Counts,
+    counts: Counts,
     model: ScoringModel,
     at: datetime,
     run: dict[str, str] | None,
     quarantine: str | None,
 ) -> dict[str, Any]:
+    """The day's manifest (the record in the part's footer, copied to ``_manifest.json``): the version
+    and its lineage, the inputs, the counts and the run; a writer may add its own keys."""
     return {
         "pipeline": spec.name,
         "model": spec.model_name,
@@ -1077,11 +1085,20 @@ def read_failure(folder: str) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "FOOTER_KEY",
+    "QUARANTINE",
+    "Counts",
+    "Piece",
+    "Quarantine",
     "ScoreError",
+    "ScoringModel",
     "UnreadableScores",
     "days_of",
     "input_files",
+    "key_type",
+    "manifest_of",
     "plan",
+    "read_day",
     "read_failure",
     "read_scores_manifest",
     "record_failure",

@@ -33,19 +33,19 @@ from freestack.ml.generation import (
     parse_messages,
     prompt_ids,
 )
+from freestack.score import core
 from freestack.score.core import (
     FOOTER_KEY,
     QUARANTINE,
+    Counts,
+    Piece,
+    Quarantine,
     ScoreError,
     ScoringModel,
-    _Counts,
-    _key_type,
-    _manifest,
-    _Piece,
-    _Quarantine,
-    _read_day,
+    key_type,
+    manifest_of,
+    read_day,
 )
-from freestack.score.core import score as _publish
 from freestack.score.spec import GenerationScore
 from freestack.storage import join
 
@@ -122,12 +122,12 @@ def score(
 ) -> dict[str, Any]:
     """Answer ``job``'s day (from :func:`freestack.score.core.plan`) and publish it whole, as
     :func:`freestack.score.core.score` publishes a scored day; returns the manifest."""
-    return _publish(spec, job, run, model, write=write_answers)
+    return core.score(spec, job, run, model, write=write_answers)
 
 
 def write_answers(
     spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, part_w, quar_w, run: dict[str, str] | None
-) -> tuple[_Counts, dict[str, Any]]:
+) -> tuple[Counts, dict[str, Any]]:
     """Answer every input row into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest): :func:`freestack.score.core.score`'s writer for a
     text-generation version. The engine is started once and stopped at the end, also on an error."""
@@ -142,8 +142,8 @@ def write_answers(
             ds=job["ds"],
         )
     g, settings = generation_of(spec), settings_for(spec, model)
-    counts, tally, at = _Counts(), _Tally(), datetime.now(UTC)
-    quar = _Quarantine(quar_w, spec, counts)
+    counts, tally, at = Counts(), _Tally(), datetime.now(UTC)
+    quar = Quarantine(quar_w, spec, counts)
     writer = pq.ParquetWriter(part_w, output_schema(spec, job), compression="zstd")
     tok = model.tokenizer
     engine = Engine(
@@ -158,7 +158,7 @@ def write_answers(
     try:
         with asyncio.Runner() as loop:  # one event loop for the engine's life
 
-            def answer(piece: _Piece) -> None:
+            def answer(piece: Piece) -> None:
                 answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
                 if answered is not None:
                     keys, done = answered
@@ -166,9 +166,9 @@ def write_answers(
                     counts.rows_scored += len(done)
                     tally.add(done)
 
-            _read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
+            read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
-        manifest = _manifest(spec, job, counts, model, at, run, quarantine)
+        manifest = manifest_of(spec, job, counts, model, at, run, quarantine)
         manifest.update(
             columns=list(COLUMNS),
             generation={**g.model_dump(), "max_prompt_tokens": settings.max_prompt_tokens},
@@ -199,7 +199,7 @@ def output_schema(spec: PipelineSpec, job: dict[str, Any]) -> pa.Schema:
     key = spec.source.schema_.key or "row"
     return pa.schema(
         [
-            pa.field(key, _key_type(spec, job)),
+            pa.field(key, key_type(spec, job)),
             pa.field("ds", pa.string()),
             pa.field("completion", pa.string()),
             pa.field("finish_reason", pa.string()),
@@ -238,9 +238,7 @@ def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[di
     return good, bad
 
 
-def _answer_piece(
-    loop: asyncio.Runner, engine, model, settings, piece: _Piece, quar: _Quarantine, limit: int
-):
+def _answer_piece(loop: asyncio.Runner, engine, model, settings, piece: Piece, quar: Quarantine, limit: int):
     """The answers to a piece's rows (their keys and completions, in row order), the rows refused
     quarantined; None when no row of it is answered."""
     import numpy as np
