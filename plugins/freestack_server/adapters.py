@@ -5,11 +5,14 @@ loaded through peft's multi-adapter API (``load_adapter`` / ``set_adapter`` / ``
 
 A request names its version by ``model`` (the OpenAI API's field):
 
-- ``<model>``: the alias the deployment serves (``deploy.alias``, production by default), read from the
-  registry's ``aliases.json`` when a request comes (at most :data:`ALIAS_TTL_S` old), so a promotion to
-  another adapter of the same base is served without a new deployment or a second copy of the base; a
-  canary (``deploy.generation.canary_alias`` and ``canary_weight``) answers that share of these requests
-  with its alias's version instead;
+- ``<model>``: the version the deployment serves now. A local deploy that promotes another adapter
+  version of the same base does it in place: it smoke-tests that version through this server
+  (``<model>:<version>``), then names it in the server's *serves file* (``serves_file``, read again when it
+  changes), so the promotion is served without a new server or a second copy of the base. A server
+  started from an alias URI (``.../<model>@production``) follows that alias in the registry's
+  ``aliases.json`` instead (read at most every :data:`ALIAS_TTL_S`, in a worker thread). A canary
+  (``deploy.generation.canary_alias`` and ``canary_weight``) answers that share of these requests with
+  its alias's version;
 - ``<model>@<alias>``: any alias, read the same way;
 - ``<model>:<version>``: that version.
 
@@ -34,7 +37,6 @@ from typing import Any
 
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.version.errors import NotAVersion
-from freestack.version.files import ADAPTER_FILES
 from freestack.version.folder import open_folder
 from freestack_server.fetch import FetchError, FetchSource, reader, split_alias
 
@@ -64,10 +66,13 @@ class Adapters:
     #: the alias that answers ``canary_weight`` of the requests for the model's own name
     canary_alias: str | None = None
     canary_weight: float = 0.0
+    #: the file naming the version ``<model>`` answers with (written by an in-place promotion)
+    serves_file: Path | None = None
     loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
     _aliases: tuple[float, dict[str, Any]] = (0.0, {})
     _loading: dict[str, asyncio.Future] = field(default_factory=dict)
     _refused: dict[str, NotServed] = field(default_factory=dict)
+    _serves: tuple[int, str | None] = (0, None)  # the serves file's mtime and version
 
     def __post_init__(self) -> None:
         self.name = self.core.describe()["model"]
@@ -75,18 +80,13 @@ class Adapters:
         alias = split_alias(self.core.requested_uri)
         self.alias = alias[2] if alias else None  # what "<model>" means: None, the version deployed
         self.deployed = self.core.version
-        self.base = _base_of(self.core.opened)
+        self.base = self.core.opened.adapter_base
         peft = self.core.generator.lm
         self.peft = peft if hasattr(peft, "load_adapter") and self.base is not None else None
         self.loaded[self.deployed] = DEPLOYED
         if self.peft is not None:
             self.engine.activate = self.peft.set_adapter
             self.engine.adapter = DEPLOYED
-
-    @property
-    def deployed_adapter(self) -> str | None:
-        """The peft adapter of the deployed version (None: a model of one version)."""
-        return DEPLOYED if self.peft is not None else None
 
     # -- which version a request names ----------------------------------------------------------------
     def version_of(self, model: Any) -> str:
@@ -96,7 +96,7 @@ class Adapters:
         if model == self.name:
             if self.canary_alias and random.random() < self.canary_weight:
                 return self._canary()
-            return self._alias(self.alias) if self.alias else self.deployed
+            return self.serving()
         name, sep, rest = model.partition("@") if "@" in model else model.partition(":")
         if name != self.name or not sep or not rest:
             raise NotServed(
@@ -115,7 +115,31 @@ class Adapters:
             return self._alias(self.canary_alias)
         except NotServed:
             log.warning("the canary alias %r is not set: answering with %s", self.canary_alias, self.name)
-            return self._alias(self.alias) if self.alias else self.deployed
+            return self.serving()
+
+    def serving(self) -> str:
+        """The version the deployment serves now: its alias's, the serves file's, else the one it started with."""
+        if self.alias:
+            return self._alias(self.alias)
+        return self._served_file() or self.deployed
+
+    def _served_file(self) -> str | None:
+        """The version the serves file names, read again when its mtime changes (None: no such file)."""
+        try:
+            mtime = self.serves_file.stat().st_mtime_ns if self.serves_file else 0
+        except FileNotFoundError:
+            mtime = 0
+        if mtime != self._serves[0]:
+            version = self.serves_file.read_text().strip() if mtime else None
+            if version is not None and not VERSION_RE.match(version):
+                log.warning(
+                    "%s names no version (%r): serving %s", self.serves_file, version[:80], self.deployed
+                )
+                version = None
+            elif version is not None and version != self._serves[1]:
+                log.info("%s now answers with %s:%s (%s)", self.name, self.name, version, self.serves_file)
+            self._serves = (mtime, version)
+        return self._serves[1]
 
     def _alias(self, alias: str) -> str:
         aliases = self._table()
@@ -128,17 +152,23 @@ class Adapters:
         return version
 
     def _table(self) -> dict[str, Any]:
-        """The registry's aliases of the model, read again once :data:`ALIAS_TTL_S` old."""
-        at, aliases = self._aliases
-        if time.monotonic() - at > ALIAS_TTL_S:
-            try:
-                aliases = json.loads(reader(self.folder)(self.folder, ALIASES))
-            except (FileNotFoundError, FetchError, ValueError) as exc:
-                log.warning(
-                    "cannot read %s/%s (%s): using the aliases read before", self.folder, ALIASES, exc
-                )
-            self._aliases = (time.monotonic(), aliases if isinstance(aliases, dict) else {})
+        """The registry's aliases of the model, as :meth:`refresh` read them last."""
         return self._aliases[1]
+
+    async def refresh(self) -> None:
+        """Read the registry's aliases again once :data:`ALIAS_TTL_S` old, in a worker thread (a registry on
+        S3 or behind the Data API is a network read, which must not hold the event loop)."""
+        if time.monotonic() - self._aliases[0] > ALIAS_TTL_S:
+            aliases = await asyncio.get_running_loop().run_in_executor(None, self._read_aliases)
+            self._aliases = (time.monotonic(), aliases)
+
+    def _read_aliases(self) -> dict[str, Any]:
+        try:
+            aliases = json.loads(reader(self.folder)(self.folder, ALIASES))
+        except (FileNotFoundError, FetchError, ValueError) as exc:
+            log.warning("cannot read %s/%s (%s): using the aliases read before", self.folder, ALIASES, exc)
+            return self._aliases[1]
+        return aliases if isinstance(aliases, dict) else {}
 
     def listed(self) -> list[str]:
         """The names a client may send (``/v1/models``): the model, its aliases, the versions loaded."""
@@ -150,6 +180,7 @@ class Adapters:
         """The version that answers a request for ``model``, and its peft adapter (None: the model as
         deployed). ``<model>`` whose alias now names a version this deployment cannot serve (a full-weight
         version, another base: the deploy starts its own server for it) is answered by the one deployed."""
+        await self.refresh()
         version = self.version_of(model)
         try:
             return version, await self.adapter_of(version)
@@ -214,11 +245,11 @@ class Adapters:
         version = uri.rsplit("/", 1)[1]
         if opened.manifest is None:
             raise NotServed(f"{self.name}:{version} is not registered (no commit marker): register it first")
-        if opened.kind != "generation" or _base_of(opened) is None:
+        if opened.adapter_base is None:
             raise NotServed(
                 f"{self.name}:{version} is not a LoRA adapter: serve it by its own deployment", 400
             )
-        if _base_of(opened) != self.base:
+        if opened.adapter_base != self.base:
             raise NotServed(
                 f"{self.name}:{version} is an adapter on another base than this deployment's: serve it by its "
                 "own deployment",
@@ -243,14 +274,6 @@ class Adapters:
                     engine.adapter = DEPLOYED
                 self.peft.delete_adapter(adapter)
             log.info("unloaded adapter %s:%s (least recently used)", self.name, victim)
-
-
-def _base_of(opened) -> str | None:
-    """The base an adapter version was trained on (its lineage's record), or None for full weights."""
-    info = opened.config.as_dict().get("freestack") or {}
-    if ADAPTER_FILES[1] not in (info.get("files") or []):
-        return None
-    return json.dumps(info.get("base"), sort_keys=True)
 
 
 __all__ = ["ALIAS_TTL_S", "Adapters", "NotServed"]

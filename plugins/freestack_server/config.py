@@ -155,6 +155,12 @@ class ServerConfig(BaseSettings):
         description="Model server, local deploys: the deployment's stable "
         "address (JSON: host, port, socket, gate), held by the address holder.",
     )
+    serves_file: Path | None = Field(
+        default=None,
+        description="Model server, text generation, local deploys: a file naming the version the model's "
+        "own name answers with, another adapter version of the same base (written by a deploy that "
+        "promotes it in place, after its smoke test); unset or absent: the version the server started with.",
+    )
     workdir: Path | None = Field(
         default=None,
         description="Model server, `mlserver`: the folder MLServer's settings are "

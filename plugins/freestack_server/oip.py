@@ -67,7 +67,7 @@ from mlserver.types import (
 
 from freestack.ml.engine import Busy, Engine, EngineError
 from freestack.ml.generation import eos_ids, load_tokenizer
-from freestack_server.adapters import Adapters
+from freestack_server.adapters import Adapters, NotServed
 from freestack_server.config import ServerConfig
 from freestack_server.core import ServedModel
 from freestack_server.errors import PayloadError
@@ -171,18 +171,17 @@ class FreestackRuntime(MLModel):
             max_batch_tokens=bounds.max_batch_tokens,
         )
         self.engine.start()
-        key = ServerConfig().api_key
-        adapters = Adapters(
+        cfg = ServerConfig()
+        self.adapters = Adapters(
             self.core,
             self.engine,
             bounds.max_adapters,
             canary_alias=bounds.canary_alias,
             canary_weight=bounds.canary_weight,
+            serves_file=cfg.serves_file,
         )
-        self.adapter = adapters.deployed_adapter  # what V2 requests are answered with: the deployed version
-        SERVED[self.name] = Served(
-            self.name, self.core, self.engine, adapters, key.get_secret_value() if key else None
-        )
+        key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        SERVED[self.name] = Served(self.name, self.core, self.engine, self.adapters, key)
 
     async def unload(self) -> bool:
         SERVED.pop(self.name, None)
@@ -230,10 +229,9 @@ class FreestackRuntime(MLModel):
         return self._response(p.request_id, self._outputs(p.out, p.idx))
 
     def _response(self, request_id: str, outputs: list[ResponseOutput], **kwargs: Any) -> InferenceResponse:
-        """The answer to request ``request_id``, from this model's name and version."""
-        return InferenceResponse(
-            id=request_id, model_name=self.name, model_version=self.core.version, outputs=outputs, **kwargs
-        )
+        """The answer to request ``request_id``, from this model's name and (unless given) its version."""
+        kwargs.setdefault("model_version", self.core.version)
+        return InferenceResponse(id=request_id, model_name=self.name, outputs=outputs, **kwargs)
 
     def _outputs(self, out: np.ndarray, idx: np.ndarray | None) -> list[ResponseOutput]:
         if self.core.task != "classification":
@@ -313,14 +311,18 @@ class FreestackRuntime(MLModel):
             prompts, sent, full_text = self._generation_request(payload)
         except PayloadError as exc:
             raise _error(exc) from None
-        try:
-            done = await self.engine.complete_all(prompts.ids, prompts.settings, adapter=self.adapter)
+        try:  # the version the deployment serves now (an in-place promotion, a canary's share)
+            version, adapter = await self.adapters.answerer(self.name)
+            done = await self.engine.complete_all(prompts.ids, prompts.settings, adapter=adapter)
+        except NotServed as exc:
+            raise MLServerError(str(exc), status_code=exc.status) from None
         except (Busy, EngineError) as exc:
             raise MLServerError(str(exc), status_code=429 if isinstance(exc, Busy) else 503) from None
         answers = [Generated(replace(c, text=c.text.strip()), len(done)) for c in done]
-        g = self.core.answer_generated(prompts, answers, payload.id or None, started)
+        g = self.core.answer_generated(prompts, answers, payload.id or None, started, version)
         outputs = [_generated_output(sent, answers, full_text)]
-        return self._response(g.request_id, outputs, parameters=Parameters(generate_batch=g.batch))
+        params = Parameters(generate_batch=g.batch)
+        return self._response(g.request_id, outputs, parameters=params, model_version=version)
 
     # -- ground truth ---------------------------------------------------------------------------------
     def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:

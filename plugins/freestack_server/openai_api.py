@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +45,8 @@ CHAT = COMMON | {"messages", "max_completion_tokens"}
 COMPLETION = COMMON | {"prompt"}
 #: taken and left unused: they change nothing about an answer
 IGNORED = {"user", "metadata", "store", "service_tier"}
+#: a request id a client may give (``X-Request-Id``)
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 #: taken at OpenAI's default only (a value that asks for more is refused, naming it)
 DEFAULTS: dict[str, Any] = {
     "frequency_penalty": 0,
@@ -240,6 +243,7 @@ async def models(request: Request) -> Response:
     from openai.types import Model
 
     created = int(time.time())
+    await served.adapters.refresh()
     ids = served.adapters.listed()
     data = [Model(id=i, object="model", created=created, owned_by="freestack").model_dump() for i in ids]
     return JSONResponse({"object": "list", "data": data})
@@ -265,8 +269,7 @@ async def _answer(request: Request, *, chat: bool) -> Response:
         prompts = _prompts(served, body, params, chat=chat)
     except OpenAIError as exc:
         return exc.response()
-    call_id = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
-    call = Call(served, prompts, version, adapter, chat, started, call_id)
+    call = Call(served, prompts, version, adapter, chat, started, _call_id(request, chat))
     try:
         if not body.get("stream"):
             return JSONResponse(await call.whole(), headers=call.headers)
@@ -276,6 +279,15 @@ async def _answer(request: Request, *, chat: bool) -> Response:
         return StreamingResponse(_chain(first, events), media_type="text/event-stream", headers=call.headers)
     except OpenAIError as exc:
         return exc.response()
+
+
+def _call_id(request: Request, chat: bool) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is a plain name (the deploy's smoke test sends
+    one, so its requests stay out of the request log), else a new one."""
+    given = request.headers.get("x-request-id", "")
+    if REQUEST_ID_RE.match(given):
+        return given
+    return f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
 
 
 def _prompts(served: Served, body: dict[str, Any], params: dict[str, Any], *, chat: bool):
@@ -307,7 +319,7 @@ class Call:
         self.served, self.prompts, self.chat = served, prompts, chat
         self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
         self.started, self.id, self.created = started, call_id, int(time.time())
-        self.headers = {"x-freestack-version": self.model}
+        self.headers = {"x-freestack-version": self.model, "x-request-id": call_id}
 
     def _admit(self) -> None:
         try:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from freestack.errors import DeployError
+from freestack.serving.in_place import promote_in_place
 from freestack.serving.processes import (
     free_port,
     holders,
@@ -371,6 +372,7 @@ def server_config(
             "adaptive_batching": local.adaptive_batching,
             "max_idle_connections": local.max_idle_connections,
             "workdir": str(_home(name)),
+            "serves_file": str(_home(name) / f"{slot.color}.serves") if mlserver else None,
             "grpc_port": (slot.grpc_port or free_port(local.host, exclude=(slot.port, slot.metrics_port)))
             if mlserver
             else 9500,
@@ -411,6 +413,8 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
     env = {k: v for k, v in _server_env(model_env).items() if k not in variables}  # the file's values hold
     if cfg.address and not gate_open:
         Path(cfg.address.gate).unlink(missing_ok=True)
+    if cfg.serves_file:  # left by the slot's last server: this one serves the version it starts with
+        cfg.serves_file.unlink(missing_ok=True)
     log_path = home / f"{cfg.predictor}.log"
     with open(log_path, "ab") as out:
         out.write(
@@ -507,13 +511,37 @@ def deploy_local(
     ):
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}
-    _stop_strays(name, live, local)
-    prior, live = live, _without_address(live)
-    slot = _free_slot(model, name, local, live, runtime=runtime)
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     sample = smoke_sample(version_uri, local.smoke_rows)
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
+    if (
+        live
+        and runtime == live.get("runtime") == "mlserver"
+        and live.get("server_port")
+        and live.get("metrics_port")
+    ):
+        same = server_config(
+            name,
+            model,
+            version,
+            Slot(live["color"], live["server_port"], live["metrics_port"], live.get("grpc_port")),
+            local,
+            model_uri=model_uri,
+            request_log_uri=request_log,
+            address=Address(live["host"], live["port"], live["holder_pid"]),
+            runtime=runtime,
+            api_key=api_key,
+        )
+        if serves_file := _serves_in_place(live, same, version_uri, local):
+            record = promote_in_place(
+                live, serves_file, version, version_uri, sample, api_key=api_key, reason=reason
+            )
+            deployments.write(name, {**record, "alias": alias}, token)
+            return {**record, "alias": alias}
+    _stop_strays(name, live, local)
+    prior, live = live, _without_address(live)
+    slot = _free_slot(model, name, local, live, runtime=runtime)
     address = hold_address(model, name, local, live)
     launch = server_config(
         name,
@@ -547,6 +575,31 @@ def deploy_local(
     return record
 
 
+def _serves_in_place(
+    live: dict[str, Any], same: ServerLaunch, version_uri: str, local: LocalTarget
+) -> Path | None:
+    """The live server's serves file when it can serve ``version_uri`` itself
+    (:mod:`freestack.serving.in_place`): it answers at ``local``'s address, it would be started exactly as
+    ``same`` but for its version, and both versions are LoRA adapters of one base. None: start a new one."""
+    from dotenv import dotenv_values
+
+    try:
+        held = dotenv_values(live["config"]) if live.get("config") else {}
+    except OSError:
+        return None
+    ignored = {"FREESTACK_MODEL_URI", f"{SERVER_PREFIX}VERSION", "FREESTACK_SERVING_CACHE"}
+    wanted = {k: v for k, v in same.variables().items() if k not in ignored}
+    if not held.get(f"{SERVER_PREFIX}SERVES_FILE") or {k: held.get(k) for k in wanted} != wanted:
+        return None
+    try:
+        base = open_version(live["version_uri"]).adapter_base
+        if base is None or open_version(version_uri).adapter_base != base:
+            return None
+    except (OSError, ValueError, VersionError, KeyError):
+        return None
+    return Path(held[f"{SERVER_PREFIX}SERVES_FILE"]) if _same_place(live, local) else None
+
+
 def _pretrained(version_uri: str) -> bool:
     """Whether the version is a fine-tuned transformers model (its timeouts default longer)."""
     try:
@@ -564,9 +617,12 @@ def _release(address: Address) -> None:
 
 def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
     """The live server serves ``version`` at ``local``'s address, and answers."""
-    same = (
-        live.get("version") == version and live.get("port") == local.port and live.get("host") == local.host
-    )
+    return live.get("version") == version and _same_place(live, local)
+
+
+def _same_place(live: dict[str, Any], local: LocalTarget) -> bool:
+    """The live server is at ``local``'s address and ports, and answers."""
+    same = live.get("port") == local.port and live.get("host") == local.host
     if local.metrics_port is not None and live.get("color") in COLORS:
         same = same and _metrics_port(live) == local.metrics_port + COLORS.index(live["color"])
     if local.grpc_port is not None and live.get("runtime") == "mlserver" and live.get("color") in COLORS:

@@ -24,9 +24,13 @@ from freestack.version.files import SMOKE
 from freestack_server.requestlog import SMOKE_ID
 
 
-def http_json(url: str, payload: Any = None, *, timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(
+    url: str, payload: Any = None, *, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -218,6 +222,44 @@ def smoke_generation(
     Seldon's ``/api/v1.0/predictions`` or (``v2_model``) ``/v2/models/<model>/infer``; every answer must
     be the evaluation's text (``outputs``), exactly. DeployError names the first row that differs, what was
     expected and what came back."""
+    path = f"/v2/models/{v2_model}/infer" if v2_model else "/api/v1.0/predictions"
+
+    def ask(chat: list[dict[str, str]], n: int, request_id: str) -> tuple[int, Any, str | None]:
+        body = generation_request(chat, n, request_id, v2=v2_model is not None)
+        code, answer = (post or http_json)(url + path, body, timeout=GENERATION_TIMEOUT_S)
+        return code, answer, _generated_text(answer, v2_model is not None) if code == 200 else None
+
+    return _smoke_chats(url, sample, ask)
+
+
+def smoke_openai(
+    url: str, sample: dict[str, Any], model: str, *, api_key: str | None = None
+) -> dict[str, Any]:
+    """:func:`smoke_generation` through the server's OpenAI API (``/v1/chat/completions``) for ``model``
+    (``<model>:<version>``: a version the server is not serving yet), with the API's key when it has one; the
+    answers must name that version (``x-freestack-version``) as well as equal the evaluation's."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def ask(chat: list[dict[str, str]], n: int, request_id: str) -> tuple[int, Any, str | None]:
+        body = {"model": model, "messages": chat, "max_tokens": n, "temperature": 0}
+        code, answer = http_json(
+            url + "/v1/chat/completions",
+            body,
+            timeout=GENERATION_TIMEOUT_S,
+            headers={**headers, "X-Request-Id": request_id},
+        )
+        try:
+            ok = code == 200 and answer["model"] == model
+            return code, answer, answer["choices"][0]["message"]["content"] if ok else None
+        except (KeyError, IndexError, TypeError):
+            return code, answer, None
+
+    return _smoke_chats(url, sample, ask)
+
+
+def _smoke_chats(url: str, sample: dict[str, Any], ask) -> dict[str, Any]:
+    """The smoke loop: ``ask(chat, max_new_tokens, request_id) -> (status, answer, its text or None)`` for
+    each conversation of the sample, whose text must be the evaluation's."""
     chats, expected = sample.get("chats") or [], sample.get("outputs") or []
     if not chats or len(chats) != len(expected):
         raise DeployError(
@@ -225,12 +267,9 @@ def smoke_generation(
             "the version again to deploy it"
         )
     n, keys = int(sample.get("max_new_tokens") or 64), sample.get("keys") or []
-    path = f"/v2/models/{v2_model}/infer" if v2_model else "/api/v1.0/predictions"
     stamp = time.time_ns()
     for i, (chat, want) in enumerate(zip(chats, expected, strict=True)):
-        body = generation_request(chat, n, f"{SMOKE_ID}-{stamp}-{i}", v2=v2_model is not None)
-        code, answer = (post or http_json)(url + path, body, timeout=GENERATION_TIMEOUT_S)
-        got = _generated_text(answer, v2_model is not None) if code == 200 else None
+        code, answer, got = ask(chat, n, f"{SMOKE_ID}-{stamp}-{i}")
         if got is None:
             raise DeployError(f"the smoke request {i} to {url} answered HTTP {code}: {str(answer)[:500]}")
         if got != want:
@@ -338,6 +377,7 @@ __all__ = [
     "generation_request",
     "http_json",
     "smoke_generation",
+    "smoke_openai",
     "smoke_sample",
     "seldon_request",
     "smoke_test",

@@ -63,6 +63,15 @@ class ModelVersion:
             return "lora" if F.ADAPTER_FILES[1] in files else "huggingface"
         return "encoded" if self.preprocessing is not None and self.preprocessing.encoder else "numeric"
 
+    @property
+    def adapter_base(self) -> str | None:
+        """The base a text-generation LoRA version was trained on (its lineage's record, as sorted JSON, so
+        two versions share a base when these are equal); None for full weights or another kind."""
+        info = self.config.freestack
+        if not self.config.generation or info is None or F.ADAPTER_FILES[1] not in (info.files or []):
+            return None
+        return json.dumps(info.as_dict().get("base"), sort_keys=True)
+
     def weight_files(self) -> tuple[str, ...]:
         """The files beside ``config.json`` the model loads from (:func:`freestack.version.files.weight_files`)."""
         return F.weight_files(self.config.as_dict())
