@@ -121,6 +121,11 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             if spec.deploy.runtime == "mlserver"
             else '{"data": {"ndarray": [[...%d features...]]}}'
         ) % len(spec.model_features)
+        if spec.model.generative and spec.deploy.runtime == "seldon":
+            self.log.info(
+                "the OpenAI API (/v1), continuous batching and LoRA versions by name are served on "
+                "deploy.runtime: mlserver; this deployment answers Seldon's protocol"
+            )
         if spec.model.generative:
             body = (
                 '{"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["your prompt"]}]}'
