@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from freestack.serving.local import deploy_local, stop_local
-from freestack.serving.processes import free_port_block
+from freestack.serving.local import deploy_local, serving_dir, stop_local
+from freestack.serving.processes import free_port_block, serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import DeploySpec
 from tests.support.generation_serving import SMOKE_PROMPTS, GenerationVersion, make_generation_version
@@ -114,6 +114,8 @@ def test_another_adapter_of_the_same_base_is_promoted_on_the_running_server(work
         assert _asked(second["url"]) == (expected("a2"), f"{MODEL}:a2")  # at once, at the address
         assert _v2_version(second["url"]) == "a2"  # the V2 protocol follows too
         assert _rss_kib(first["pid"]) < rss_before * 1.2  # one adapter more, not a second base
+        listed = dict(serving_processes(serving_dir()))[first["pid"]]
+        assert f"{MODEL} a2 (started with a1)" in listed, listed
         record, _ = Deployments(root, MODEL).read(NAME)
         assert record["version"] == "a2" and record["history"][-1]["in_place"]
         assert record["previous"]["version"] == "a1"

@@ -112,7 +112,14 @@ def _describe(args: list[str]) -> str:
     except (OSError, ValueError):
         return f"model server (supervisor) with env file {env_file or '?'}"
     behind = f", behind {cfg.host}:{cfg.address.port}" if cfg.address else ""
-    return f"model server {cfg.model} {cfg.version} ({cfg.predictor} supervisor) on {cfg.host}:{cfg.port}{behind}"
+    version = cfg.version
+    try:  # another adapter of the same base promoted on this server (freestack.serving.in_place)
+        serves = cfg.serves_file.read_text().strip() if cfg.serves_file else version
+    except OSError:
+        serves = version
+    if serves != version:
+        version = f"{serves} (started with {cfg.version})"
+    return f"model server {cfg.model} {version} ({cfg.predictor} supervisor) on {cfg.host}:{cfg.port}{behind}"
 
 
 def stop_serving_processes(serving_dir: str | os.PathLike, *, grace_seconds: float = 15.0) -> list[str]:
