@@ -8,6 +8,13 @@
       improvement: absolute       # relative: min_improvement is a fraction of production's value
       max_regression: {log_loss: 0.05}   # how much worse a secondary metric may get than production's
       approval: none              # required: a human approves in the Airflow UI before promotion
+      judge:                      # text generation: an LLM judge (any OpenAI-compatible endpoint)
+        url: http://127.0.0.1:8090/v1
+        model: judge
+        mode: pointwise           # pairwise: candidate against production, both orders
+      min_judge_score: 3.5        # pointwise: the candidate's mean score (1-5) at least this
+      min_win_rate: 0.5           # pairwise: wins (ties count half) over the prompts judged
+      max_regression: {judge_score: 0.25}   # pointwise: how much lower than production's it may be
 
 ``min_value`` is the old name of ``threshold``. It read as a floor and acted as a ceiling for rmse,
 mae and log_loss, so it is accepted only where the metric is maximized (it means ``threshold`` there)
@@ -16,19 +23,22 @@ and refused, naming the fix, where the metric is minimized or not known.
 
 from __future__ import annotations
 
+import string
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from freestack.specbase import SpecModel
 
-MAXIMIZE = {"accuracy", "macro_f1", "r2", "exact_match", "rouge_l"}
+MAXIMIZE = {"accuracy", "macro_f1", "r2", "exact_match", "rouge_l", "judge_score", "judge_win_rate"}
 MINIMIZE = {"log_loss", "rmse", "mae", "loss", "perplexity"}
 METRICS = {
     "classification": ("accuracy", "macro_f1", "log_loss"),
     "regression": ("rmse", "mae", "r2"),
-    "generation": ("perplexity", "loss", "exact_match", "rouge_l"),
+    "generation": ("perplexity", "loss", "exact_match", "rouge_l", "judge_score", "judge_win_rate"),
 }
+#: the metrics only a judge gives, and the judge mode that gives each
+JUDGE_METRICS = {"judge_score": "pointwise", "judge_win_rate": "pairwise"}
 
 
 def goal_of(metric: str | None, direction: str | None = None) -> str | None:
@@ -42,6 +52,123 @@ def goal_of(metric: str | None, direction: str | None = None) -> str | None:
 
 def better_word(goal: str) -> str:
     return "higher is better" if goal == "maximize" else "lower is better"
+
+
+#: the variables a rubric may use, per mode; the first ones are required
+RUBRIC_VARIABLES = {
+    "pointwise": (("prompt", "answer"), ("reference",)),
+    "pairwise": (("prompt", "answer_a", "answer_b"), ("reference",)),
+}
+
+DEFAULT_RUBRICS = {
+    "pointwise": (
+        "Rate how well the answer responds to the prompt, from 1 (wrong or useless) to 5 (correct and "
+        "complete). A reference answer is given when one is known; an answer that means the same is correct."
+        "\n\nPrompt:\n{prompt}\n\nReference answer:\n{reference}\n\nAnswer to rate:\n{answer}"
+    ),
+    "pairwise": (
+        "Which answer responds better to the prompt: A or B (or tie when neither is better)? A reference "
+        "answer is given when one is known.\n\nPrompt:\n{prompt}\n\nReference answer:\n{reference}"
+        "\n\nAnswer A:\n{answer_a}\n\nAnswer B:\n{answer_b}"
+    ),
+}
+
+
+class JudgeKey(SpecModel):
+    """Where the judge's API key comes from, never the key itself."""
+
+    conn_id: str = Field(
+        min_length=1,
+        max_length=250,
+        description="The Airflow connection whose password is the judge's API key (read when evaluate runs).",
+    )
+
+
+class JudgeSpec(SpecModel):
+    """An LLM judge of a text-generation candidate's answers (``gate.judge``): any OpenAI-compatible chat
+    endpoint, another freestack deployment included. Asked at temperature 0 for a JSON object."""
+
+    url: str = Field(
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="The endpoint's base URL as the openai client takes it (e.g. http://127.0.0.1:8090/v1).",
+    )
+    model: str = Field(min_length=1, max_length=500, description="The judge's model name at that endpoint.")
+    api_key: JudgeKey | None = Field(
+        default=None, description="{conn_id: ...}: the key's connection, if any."
+    )
+    mode: Literal["pointwise", "pairwise"] = Field(
+        default="pointwise",
+        description="pointwise: a score 1-5 per answer (both models'); pairwise: candidate against production "
+        "on each prompt, asked in both orders.",
+    )
+    rubric: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20_000,
+        description="The judge's instructions, with {prompt} and {answer} (pairwise: {answer_a} and {answer_b}) "
+        "and optionally {reference}; literal braces doubled ({{ }}). Default: a generic rubric.",
+    )
+    max_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="The most test prompts judged; default: every answered one.",
+    )
+    max_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens the judge may answer with.")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds a judge request may take.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds to connect to the judge before it counts as down."
+    )
+    retries: int = Field(
+        default=1, ge=0, le=10, description="Retries of a failed request (the openai client's)."
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Judge requests in flight at once.")
+    max_failures: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="The share of prompts whose judging may fail (no answer, or one that does not parse) "
+        "before the evaluation fails.",
+    )
+    on_judge_error: Literal["fail", "pass"] = Field(
+        default="fail",
+        description="A judge that does not answer (an outage): fail the evaluation, or pass its gate rules "
+        "with the outage named in the reasons.",
+    )
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric_fits_mode(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("mode"):
+            check_rubric(v, info.data["mode"])
+        return v
+
+    @property
+    def template(self) -> str:
+        return self.rubric or DEFAULT_RUBRICS[self.mode]
+
+
+def check_rubric(text: str, mode: str) -> set[str]:
+    """The variables of a rubric; ValueError when one is unknown or a required one is missing, or a brace
+    is left open (pydantic names the field, ``gate.judge.rubric``)."""
+    required, optional = RUBRIC_VARIABLES[mode]
+    try:
+        names = {field for _, field, _, _ in string.Formatter().parse(text) if field is not None}
+    except ValueError as exc:
+        raise ValueError(f"{exc} (write literal braces as {{{{ and }}}})") from None
+    unknown = sorted(n for n in names if n not in required + optional)
+    if unknown:
+        raise ValueError(
+            f"unknown variable {', '.join('{' + n + '}' for n in unknown)}; a {mode} rubric "
+            f"takes {', '.join('{' + n + '}' for n in required + optional)} (literal braces: {{{{ }}}})"
+        )
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise ValueError(
+            f"a {mode} rubric needs {', '.join('{' + n + '}' for n in missing)}, which it does not use"
+        )
+    return names
 
 
 class GateSpec(SpecModel):
@@ -76,6 +203,22 @@ class GateSpec(SpecModel):
     )
     approval: Literal["none", "required"] = Field(
         default="none", description="required: a human approves in the Airflow UI before promotion."
+    )
+    judge: JudgeSpec | None = Field(
+        default=None,
+        description="Text generation: an LLM judge of the answers (its figures feed the rules below).",
+    )
+    min_judge_score: float | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="judge mode pointwise: the candidate's mean score (1-5) at least this.",
+    )
+    min_win_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="judge mode pairwise: the candidate's win rate against production (ties count half) at least this.",
     )
 
     @field_validator("direction")
@@ -126,10 +269,40 @@ class GateSpec(SpecModel):
             raise ValueError(
                 "gate.max_regression values are allowed worsenings: give them as non-negative numbers"
             )
+        self._judge_rules_have_a_judge()
         if self.min_value is not None and self.threshold is None:
             # the deprecated name, on a maximized metric: the threshold
             object.__setattr__(self, "threshold", self.min_value)
         return self
 
+    def _judge_rules_have_a_judge(self) -> None:
+        """Every rule on a judge's figure needs ``gate.judge`` in the mode that gives it."""
+        named = [(m, f"gate.metric {m}") for m in [self.metric] if m in JUDGE_METRICS]
+        named += [(m, f"gate.max_regression.{m}") for m in self.max_regression if m in JUDGE_METRICS]
+        if self.min_judge_score is not None:
+            named.append(("judge_score", "gate.min_judge_score"))
+        if self.min_win_rate is not None:
+            named.append(("judge_win_rate", "gate.min_win_rate"))
+        for metric, field in named:
+            mode = JUDGE_METRICS[metric]
+            if self.judge is None:
+                raise ValueError(f"{field} needs a judge: add gate.judge (url, model, mode: {mode})")
+            if self.judge.mode != mode:
+                raise ValueError(
+                    f"{field} reads {metric}, which gate.judge.mode {mode} gives (it is {self.judge.mode})"
+                )
 
-__all__ = ["MAXIMIZE", "METRICS", "MINIMIZE", "GateSpec", "better_word", "goal_of"]
+
+__all__ = [
+    "DEFAULT_RUBRICS",
+    "JUDGE_METRICS",
+    "MAXIMIZE",
+    "METRICS",
+    "MINIMIZE",
+    "GateSpec",
+    "JudgeKey",
+    "JudgeSpec",
+    "better_word",
+    "check_rubric",
+    "goal_of",
+]

@@ -1,0 +1,439 @@
+"""An LLM judge of a text-generation candidate's answers (``gate.judge``, :class:`~freestack.evaluate.spec.JudgeSpec`).
+
+The judge is any OpenAI-compatible chat endpoint (another freestack deployment included), asked through
+the official ``openai`` client at temperature 0. freestack fixes the answer format, one JSON object, in
+the system message; the spec's rubric is the user message, with the test prompt, the answer(s) and the
+reference filled in:
+
+- ``pointwise``: ``{"score": 1-5, "rationale": "..."}`` for each answer, the candidate's and production's;
+  ``judge_score`` is a model's mean score over the prompts judged.
+- ``pairwise``: ``{"winner": "A" | "B" | "tie", "rationale": "..."}`` for the candidate against production,
+  each prompt asked twice with the answers swapped, so a judge that prefers a position cancels out. A
+  prompt scores 1 (the candidate won), 0.5 (tie) or 0 (lost) per order; its mean over both orders above
+  0.5 is a win, below a loss, else a tie. ``judge_win_rate`` is (wins + ties / 2) / prompts judged, with
+  a 95% Wilson interval.
+
+A prompt whose judging failed (no answer, an HTTP error, an answer that does not parse) is counted in
+``judge_failures`` and scored neither way. Past ``max_failures`` (a share of the prompts) the judging
+fails: unparsable or refused answers always (the judge is misconfigured), and a judge that did not
+answer (an outage) unless ``on_judge_error: pass``, which passes the judge's gate rules with the outage
+named. Every answer, score, rationale and raw text goes to ``evaluation/judge.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from freestack.errors import FreestackError
+from freestack.evaluate.spec import JudgeSpec
+
+log = logging.getLogger(__name__)
+
+FORMATS = {
+    "pointwise": 'Answer with one JSON object and nothing else: {"score": <an integer from 1 to 5>, '
+    '"rationale": "<one or two sentences>"}.',
+    "pairwise": 'Answer with one JSON object and nothing else: {"winner": "A" or "B" or "tie", '
+    '"rationale": "<one or two sentences>"}.',
+}
+#: a score at least this reads as "right" when the judge is compared with exact match
+RIGHT_SCORE = 4
+#: the failure kinds: no answer (an outage), a refused request (4xx: a key or model name), prose
+UNREACHABLE, REFUSED, UNPARSABLE = "unreachable", "refused", "unparsable"
+Z95 = 1.959963984540054
+
+
+class JudgeError(FreestackError):
+    """The judging failed past the spec's bounds; the message names the field and the figures."""
+
+
+@dataclass
+class Verdict:
+    """One judge call: what it answered and what was read from it, or why nothing was."""
+
+    raw: str | None = None
+    value: Any = None  # a score (pointwise) or "A" / "B" / "tie" (pairwise)
+    rationale: str | None = None
+    error: str | None = None
+    kind: str | None = None  # None: judged; else UNREACHABLE, REFUSED or UNPARSABLE
+
+
+@dataclass
+class Judged:
+    """The judge's figures for the evaluation: each model's metrics, every item, and the judge's identity."""
+
+    status: str  # judged | unavailable (an outage passed by on_judge_error) | skipped
+    identity: dict[str, Any]
+    candidate: dict[str, Any] = field(default_factory=dict)
+    champion: dict[str, Any] | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None
+
+    def record(self, spec: JudgeSpec) -> dict[str, Any]:
+        """``evaluation/judge.json``: the summary, the rubric and every item."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "judge": self.identity,
+            "rubric": spec.template,
+            "format": FORMATS[spec.mode],
+            "candidate": self.candidate,
+            "champion": self.champion,
+            "items": self.items,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading the judge's answers
+
+
+def _object_in(text: str) -> dict[str, Any]:
+    """The JSON object the judge answered (code fences and text around it tolerated); ValueError if none."""
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object in the answer")
+    try:
+        obj = json.loads(body[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise ValueError("the JSON is not an object")
+    return obj
+
+
+def _rationale(obj: dict[str, Any]) -> str:
+    r = obj.get("rationale", "")
+    return r if isinstance(r, str) else json.dumps(r)
+
+
+def parse_pointwise(text: str) -> tuple[float, str]:
+    """(score 1-5, rationale) from ``{"score": ..., "rationale": ...}``; ValueError naming what is wrong."""
+    obj = _object_in(text)
+    score = obj.get("score")
+    if isinstance(score, str):
+        try:
+            score = float(score.strip())
+        except ValueError:
+            raise ValueError(f"score {score!r} is not a number") from None
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 1 <= score <= 5:
+        raise ValueError(f"score {score!r} is not a number from 1 to 5")
+    return float(score), _rationale(obj)
+
+
+def parse_pairwise(text: str) -> tuple[str, str]:
+    """("A" | "B" | "tie", rationale) from ``{"winner": ..., "rationale": ...}``; ValueError otherwise."""
+    obj = _object_in(text)
+    winner = str(obj.get("winner", "")).strip()
+    norm = {"a": "A", "b": "B", "tie": "tie", "draw": "tie", "none": "tie"}.get(winner.lower())
+    if norm is None:
+        raise ValueError(f"winner {winner!r} is not A, B or tie")
+    return norm, _rationale(obj)
+
+
+def prompt_text(chat: list[dict[str, str]]) -> str:
+    """The test conversation as the rubric shows it: the user's message alone, or every turn by role."""
+    turns = [m for m in chat if m.get("role") != "system"]
+    if len(turns) == 1 and turns[0].get("role") == "user":
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in chat)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# asking
+
+
+class JudgeClient:
+    """The judge endpoint through the ``openai`` client: one chat completion per question, at temperature
+    0, with the format in the system message. Remembers the served identity it answers with."""
+
+    def __init__(self, spec: JudgeSpec, api_key: str | None = None):
+        import httpx
+        import openai
+
+        self.spec = spec
+        self.client = openai.OpenAI(
+            base_url=spec.url,
+            api_key=api_key or "none",
+            max_retries=spec.retries,
+            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
+        )
+        self.served_by: str | None = None
+        self.answered_as: str | None = None
+
+    def ask(self, question: str, parse) -> Verdict:
+        """The judge's verdict on one filled-in rubric (never raises: a failure is a Verdict's kind)."""
+        import openai
+
+        try:
+            raw = self.client.chat.completions.with_raw_response.create(
+                model=self.spec.model,
+                messages=[
+                    {"role": "system", "content": FORMATS[self.spec.mode]},
+                    {"role": "user", "content": question},
+                ],
+                temperature=0,
+                max_tokens=self.spec.max_tokens,
+            )
+            completion = raw.parse()
+        except openai.APIStatusError as exc:
+            kind = UNREACHABLE if exc.status_code in (408, 429) or exc.status_code >= 500 else REFUSED
+            return Verdict(error=f"HTTP {exc.status_code}: {_short(str(exc.message))}", kind=kind)
+        except openai.APIError as exc:  # connection refused, timeout, a broken response
+            return Verdict(error=f"{type(exc).__name__}: {_short(str(exc))}", kind=UNREACHABLE)
+        self.served_by = self.served_by or raw.headers.get("x-freestack-version")
+        self.answered_as = self.answered_as or completion.model
+        text = (completion.choices[0].message.content or "") if completion.choices else ""
+        try:
+            value, rationale = parse(text)
+        except ValueError as exc:
+            return Verdict(raw=text, error=f"unparsable: {exc}", kind=UNPARSABLE)
+        return Verdict(raw=text, value=value, rationale=rationale)
+
+
+def _short(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the two modes
+
+
+def _fill(spec: JudgeSpec, prompt: str, reference: str | None, **answers: str) -> str:
+    return spec.template.format(prompt=prompt, reference=reference or "(none)", **answers)
+
+
+def _pool_map(spec: JudgeSpec, fn, jobs: list) -> list:
+    with ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="judge") as pool:
+        return list(pool.map(fn, jobs))
+
+
+def pointwise(client: JudgeClient, prompts: list[str], refs: list[str], answers: list[str]) -> list[Verdict]:
+    """A score 1-5 per answer."""
+    spec = client.spec
+    return _pool_map(
+        spec,
+        lambda i: client.ask(_fill(spec, prompts[i], refs[i], answer=answers[i]), parse_pointwise),
+        list(range(len(answers))),
+    )
+
+
+def pairwise(
+    client: JudgeClient, prompts: list[str], refs: list[str], cand: list[str], champ: list[str]
+) -> list[tuple[Verdict, Verdict]]:
+    """Per prompt, (candidate as A, production as B) then (production as A, candidate as B)."""
+    spec = client.spec
+
+    def ask(job: tuple[int, bool]) -> Verdict:
+        i, swapped = job
+        a, b = (champ[i], cand[i]) if swapped else (cand[i], champ[i])
+        return client.ask(_fill(spec, prompts[i], refs[i], answer_a=a, answer_b=b), parse_pairwise)
+
+    asked = _pool_map(spec, ask, [(i, s) for i in range(len(cand)) for s in (False, True)])
+    return [(asked[2 * i], asked[2 * i + 1]) for i in range(len(cand))]
+
+
+def outcome(first: Verdict, second: Verdict) -> str:
+    """win, loss or tie of the candidate over both orders (first: candidate as A; second: as B)."""
+    points = {"A": 1.0, "B": 0.0, "tie": 0.5}
+    mine = (points[first.value] + 1.0 - points[second.value]) / 2
+    return "win" if mine > 0.5 else "loss" if mine < 0.5 else "tie"
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (``successes`` may hold halves: ties)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agreement(scores: list[float | None], refs: list[str], answers: list[str]) -> float | None:
+    """The share of judged answers where the judge (score >= RIGHT_SCORE) and exact match agree."""
+    pairs = [
+        (s >= RIGHT_SCORE, r.strip() == a.strip())
+        for s, r, a in zip(scores, refs, answers, strict=True)
+        if s is not None
+    ]
+    return sum(j == e for j, e in pairs) / len(pairs) if pairs else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the evaluation's judging
+
+
+def run(
+    spec: JudgeSpec,
+    chats: list[list[dict[str, str]]],
+    refs: list[str],
+    candidate: list[str],
+    champion: list[str] | None,
+    api_key: str | None = None,
+) -> Judged:
+    """Judge the candidate's answers (and production's, on the same prompts) as ``spec`` says. Raises
+    JudgeError past ``max_failures``, or on an outage unless ``on_judge_error: pass``."""
+    n = min(len(chats), len(candidate), spec.max_rows or len(candidate))
+    prompts, refs, cand = [prompt_text(c) for c in chats[:n]], refs[:n], candidate[:n]
+    champ = champion[:n] if champion is not None else None
+    client = JudgeClient(spec, api_key)
+    identity = {"url": spec.url, "model": spec.model, "mode": spec.mode}
+    if n == 0:
+        return Judged("skipped", identity, reason="no answers to judge")
+    if spec.mode == "pairwise" and champ is None:
+        return Judged("skipped", identity, reason="no production model to compare the candidate with")
+    if spec.mode == "pointwise":
+        mine = pointwise(client, prompts, refs, cand)
+        theirs = pointwise(client, prompts, refs, champ) if champ is not None else None
+        failed = [v for v in mine + (theirs or []) if v.kind]
+        asked = len(mine) + len(theirs or [])
+    else:
+        pairs = pairwise(client, prompts, refs, cand, champ or [])
+        failed = [next(v for v in pair if v.kind) for pair in pairs if any(v.kind for v in pair)]
+        asked = len(pairs)
+    identity.update(served_by=client.served_by, answered_as=client.answered_as)
+    problem = _bounds(spec, failed, asked)
+    if problem:
+        log.warning("judge %s: %s (on_judge_error: pass)", spec.url, problem)
+        return Judged("unavailable", identity, reason=problem)
+    if spec.mode == "pointwise":
+        judged = _pointwise_figures(identity, prompts, refs, cand, mine, champ, theirs)
+    else:
+        judged = _pairwise_figures(identity, prompts, refs, cand, champ or [], pairs)
+    log.info("judge %s (%s, %s): %s", spec.url, spec.model, spec.mode, judged.candidate)
+    return judged
+
+
+def _bounds(spec: JudgeSpec, failed: list[Verdict], asked: int) -> str | None:
+    """None when the failures are within ``max_failures``; the outage's description when they are past it
+    by calls that got no answer and ``on_judge_error: pass``; else raises JudgeError."""
+    kinds = Counter(v.kind for v in failed)
+    limit = spec.max_failures * asked
+    if len(failed) <= limit and len(failed) < asked:
+        return None
+    counts = ", ".join(f"{k} {kinds[k]}" for k in (UNREACHABLE, REFUSED, UNPARSABLE) if kinds[k])
+    share = (
+        f"{len(failed)} of {asked} judgings failed ({counts}; gate.judge.max_failures {spec.max_failures:g})"
+    )
+    unreachable = [v for v in failed if v.kind == UNREACHABLE]
+    if len(failed) - len(unreachable) > limit or len(failed) - len(unreachable) == asked:
+        first = next(v for v in failed if v.kind != UNREACHABLE)
+        raise JudgeError(
+            f"the judge at gate.judge.url {spec.url} (model {spec.model}) answered in a way freestack cannot "
+            f"read: {share}; e.g. {first.error}"
+            + (f"; it answered: {_short(first.raw, 200)!r}" if first.raw else "")
+            + f". The judge must answer one JSON object as asked: {FORMATS[spec.mode]}"
+        )
+    outage = (
+        f"the judge at gate.judge.url {spec.url} (model {spec.model}) did not answer: {share}; "
+        f"e.g. {unreachable[0].error}"
+    )
+    if spec.on_judge_error == "pass":
+        return outage
+    raise JudgeError(
+        f"{outage}. Start the judge (or fix gate.judge.url), then run evaluate again; or set "
+        "gate.judge.on_judge_error: pass to let the gate decide on its other rules during an outage"
+    )
+
+
+def _side(v: Verdict, answer: str) -> dict[str, Any]:
+    return {"answer": answer, **{k: x for k, x in asdict(v).items() if k != "value"}, "score": v.value}
+
+
+def _mean_score(verdicts: list[Verdict]) -> dict[str, Any]:
+    scores = [v.value for v in verdicts if v.kind is None]
+    return {
+        "judge_score": sum(scores) / len(scores),
+        "judge_judged": len(scores),
+        "judge_failures": len(verdicts) - len(scores),
+    }
+
+
+def _pointwise_figures(identity, prompts, refs, cand, mine, champ, theirs) -> Judged:
+    items = [
+        {
+            "index": i,
+            "prompt": prompts[i],
+            "reference": refs[i],
+            "candidate": _side(mine[i], cand[i]),
+            **({"champion": _side(theirs[i], champ[i])} if theirs is not None else {}),
+        }
+        for i in range(len(mine))
+    ]
+    items.sort(key=lambda it: (it["candidate"]["score"] is not None, it["candidate"]["score"] or 0))
+    figures = _mean_score(mine)
+    agree = agreement([v.value if v.kind is None else None for v in mine], refs, cand)
+    if agree is not None:
+        figures["judge_exact_agreement"] = agree
+    return Judged(
+        "judged",
+        identity,
+        candidate=figures,
+        champion=_mean_score(theirs) if theirs is not None else None,
+        items=items,
+    )
+
+
+def _pairwise_figures(identity, prompts, refs, cand, champ, pairs) -> Judged:
+    items, tally = [], Counter()
+    for i, (first, second) in enumerate(pairs):
+        result = outcome(first, second) if first.kind is None and second.kind is None else "failed"
+        tally[result] += 1
+        consistent = result != "failed" and first.value == {"A": "B", "B": "A", "tie": "tie"}[second.value]
+        tally["consistent"] += consistent
+        items.append(
+            {
+                "index": i,
+                "prompt": prompts[i],
+                "reference": refs[i],
+                "candidate": cand[i],
+                "champion": champ[i],
+                "outcome": result,
+                "orders_agree": consistent,
+                "candidate_first": asdict(first),
+                "champion_first": asdict(second),
+            }
+        )
+    judged = tally["win"] + tally["tie"] + tally["loss"]
+    won = tally["win"] + tally["tie"] / 2
+    low, high = wilson(won, judged)
+    order = {"loss": 0, "failed": 1, "tie": 2, "win": 3}
+    items.sort(key=lambda it: order[it["outcome"]])
+    figures = {
+        "judge_win_rate": won / judged,
+        "judge_win_rate_low": low,
+        "judge_win_rate_high": high,
+        "judge_wins": tally["win"],
+        "judge_ties": tally["tie"],
+        "judge_losses": tally["loss"],
+        "judge_judged": judged,
+        "judge_failures": tally["failed"],
+        "judge_orders_agree": tally["consistent"] / judged,
+    }
+    return Judged("judged", identity, candidate=figures, items=items)
+
+
+__all__ = [
+    "FORMATS",
+    "JudgeClient",
+    "JudgeError",
+    "Judged",
+    "Verdict",
+    "agreement",
+    "outcome",
+    "pairwise",
+    "parse_pairwise",
+    "parse_pointwise",
+    "pointwise",
+    "prompt_text",
+    "run",
+    "wilson",
+]
