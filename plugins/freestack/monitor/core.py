@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack.monitor import stats
+from freestack.monitor import stats, text_drift
 from freestack.monitor.report import render
 from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
@@ -224,7 +224,14 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
         "drifted": [s["name"] for s in judged if s["drifted"]],
         "labels": _labelled_metric(ref, rows, labels, spec),
     }
-    out["status"] = "drift" if out["drifted"] or (out["labels"] or {}).get("drifted") else "ok"
+    if "finish_reason" in rows:  # a text-generation model's log: its text signals (monitor.text)
+        out["text"] = text_drift.judge(spec, ref["version"], rows)
+        if out["text"].get("note"):
+            out["note"] = out["text"]["note"]
+    text_drifted = (out.get("text") or {}).get("drifted")
+    out["status"] = (
+        "drift" if out["drifted"] or (out["labels"] or {}).get("drifted") or text_drifted else "ok"
+    )
     return out
 
 
@@ -298,6 +305,7 @@ def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -
                     f"threshold {t.metric_drop:g}); report {report}",
                 }
             )
+        out += text_drift.alert_lines(spec.model_name, v["version"], v.get("text") or {}, report)
     return out
 
 
@@ -415,6 +423,9 @@ def _log(
     for v in summary["versions"]:
         for s in v.get("series", []):
             flat[f"monitor/psi/{s['name']}"] = s["psi"]
+        for s in (v.get("text") or {}).get("signals", []):
+            if s.get("value") is not None:
+                flat[f"monitor/text/{s['name']}"] = s["value"]
         if (v.get("labels") or {}).get("value") is not None:
             flat[f"monitor/labelled/{v['labels']['metric']}"] = v["labels"]["value"]
     with (

@@ -63,6 +63,34 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
 
 
+def _text_section(text: dict[str, Any]) -> str:
+    """A text-generation version's text signals (:mod:`freestack.monitor.text_drift`) as a table."""
+    if not text.get("signals"):
+        return f"<h3>text signals</h3><p>{html.escape(text.get('note', 'none judged'))}</p>"
+    head = ["signal", "statistic", "rows", "this interval", "evaluation", "threshold", "p-value", "drifted"]
+    rows = [
+        [
+            s["name"],
+            s["statistic"],
+            s["rows"],
+            "" if s.get("value") is None else s["value"],
+            "" if s.get("reference") is None else s["reference"],
+            s.get("threshold", ""),
+            "" if s.get("p_value") is None else s["p_value"],
+            ("alert" if s.get("alerts") else "yes (reported only)") if s["drifted"] else s.get("note", ""),
+        ]
+        for s in text["signals"]
+    ]
+    mix = ", ".join(f"{k} {v:.1%}" for k, v in sorted(text.get("finish_reasons", {}).items()))
+    ref = text.get("reference", {})
+    return (
+        f"<h3>text signals (reference: {ref.get('rows', 0)} prompts and answers of {html.escape(ref.get('source', ''))})</h3>"
+        + _table(head, rows)
+        + f"<p>stop reasons: {html.escape(mix or 'none logged')}; prompts cut from the left: "
+        f"{text.get('prompts_cut', 0.0):.1%}</p>"
+    )
+
+
 def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
     """The report page and its plots (name -> PNG)."""
     import matplotlib
@@ -111,6 +139,8 @@ def render(summary: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
             row = [lab["rows"], lab["metric"], value, lab["reference"], lab.get("drop", "")]
             row += [t["metric_drop"], lab["drifted"]]
             parts.append("<h3>labelled rows</h3>" + _table(head, [row]))
+        if v.get("text"):
+            parts.append(_text_section(v["text"]))
         head = ["column", "kind", "rows", "PSI", "test", "p-value", "drifted"]
         keys = ("name", "kind", "rows", "psi", "test", "p_value")
         rows = [[*(s[k] for k in keys), "yes" if s["drifted"] else ""] for s in v["series"]]

@@ -12,6 +12,11 @@
       notify:
         - notifier: airflow.providers.smtp.notifications.smtp.SmtpNotifier
           args: {to: ml-team@example.com, smtp_conn_id: smtp_default}
+      text:                       # a text-generation model's prompts and answers (freestack.monitor.text_drift)
+        encoder: /models/minilm   # a sentence encoder (a folder or a Hub repo id); none: no embedding drift
+        p_value: 0.01             # MMD permutation test of the embeddings against the evaluation's
+        min_mmd: 0.01             # ... and its MMD² at least this
+        rate_increase: 0.1        # empty, refusal, truncation rates this far above the evaluation's
 
 No Airflow, no heavy imports: validated when the spec is read (DAG parse time); a notifier class is only
 imported when an alert is sent.
@@ -78,6 +83,90 @@ class Notify(SpecModel):
         return v
 
 
+#: answers opening with one of these (case ignored) count as refusals, unless monitor.text.refusals says otherwise
+REFUSALS = (
+    "I can't",
+    "I cannot",
+    "I can not",
+    "I'm sorry",
+    "I am sorry",
+    "I won't",
+    "I'm unable",
+    "As an AI",
+)
+#: the text signals that may alert (monitor.text.alert_on)
+TEXT_SIGNALS = ("prompts", "completions", "empty", "refusal", "truncation")
+
+
+class TextDrift(SpecModel):
+    """A text-generation model's prompts and answers against its evaluation's (``monitor.text``)."""
+
+    encoder: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="A small sentence encoder for embedding drift of prompts and completions: a folder "
+        "written by transformers' save_pretrained (a path or a file:// URI) or a Hub repo id; its last hidden "
+        "state is mean-pooled and normalized. None: the rates only",
+    )
+    revision: str = Field(
+        default="main", max_length=200, description="The Hub revision of a repo id encoder."
+    )
+    sample_rows: int = Field(
+        default=256,
+        ge=10,
+        le=10_000,
+        description="Logged rows of an interval (per version) embedded, a seeded sample: the encoder's cost is bounded",
+    )
+    max_tokens: int = Field(default=128, ge=8, le=4096, description="Tokens of each text the encoder reads.")
+    threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="torch threads of the encoder (the machine is shared with the workers).",
+    )
+    permutations: int = Field(
+        default=200,
+        ge=20,
+        le=10_000,
+        description="Permutations of the MMD test (its smallest p-value: 1/(n+1)).",
+    )
+    p_value: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Embeddings drift when the MMD permutation test's p-value is below this ...",
+    )
+    min_mmd: float = Field(
+        default=0.01,
+        ge=0,
+        le=2,
+        description="... and the squared MMD (RBF kernel, median-distance bandwidth) is at least this",
+    )
+    rate_increase: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="A rate (empty answers, refusals, truncated answers) drifts when it is this much above the "
+        "evaluation's and a one-sided Fisher exact test gives a p-value below p_value",
+    )
+    max_truncation_rate: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="The truncation rate's ceiling where the evaluation recorded no finish reasons",
+    )
+    refusals: list[str] = Field(
+        default_factory=lambda: list(REFUSALS),
+        max_length=200,
+        description="Openings (case ignored) that make an answer a refusal.",
+    )
+    alert_on: list[Literal["prompts", "completions", "empty", "refusal", "truncation"]] = Field(
+        default_factory=lambda: list(TEXT_SIGNALS),
+        description="The text signals that raise the monitor's alert (the others are reported only).",
+    )
+
+
 class MonitorSpec(SpecModel):
     schedule: str = Field(
         default="@daily", description="The monitor DAG's schedule: one interval of the request log per run."
@@ -105,6 +194,11 @@ class MonitorSpec(SpecModel):
     notify: list[Notify] = Field(
         default_factory=list, max_length=20, description="Airflow notifiers that receive each alert."
     )
+    text: TextDrift = Field(
+        default_factory=TextDrift,
+        description="A text-generation model's text signals: embedding drift of prompts and completions, and "
+        "the empty, refusal and truncation rates against the evaluation's",
+    )
 
 
-__all__ = ["MonitorSpec", "Notify", "Thresholds"]
+__all__ = ["REFUSALS", "TEXT_SIGNALS", "MonitorSpec", "Notify", "TextDrift", "Thresholds"]

@@ -1,0 +1,196 @@
+"""The text signals of a text-generation model (freestack.monitor.text_drift) on a tiny random encoder built
+here: 20 unshifted days of prompts stay quiet, a day with a new kind of prompt alerts through the monitor's
+alert; the empty, refusal and truncation rates; a missing encoder names its spec field."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from freestack.monitor import text_drift
+from freestack.monitor.core import alerts_of, build_reference, judge_version
+from freestack.monitor.report import render
+from freestack.monitor.spec import TextDrift
+from freestack.registry.core import registry_for
+from freestack.spec import load_spec, spec_file
+from freestack.storage import join, to_path
+
+DAYS, ROWS, REFERENCE = 20, 200, 64
+NUMBERS = [str(i) for i in range(10)]
+WORDS = ["what", "is", "plus", "minus", "times", "add", "and", "to", "write", "a", "poem", "about", "the"]
+TOPICS = ["sea", "moon", "love", "tree", "night", "rain"]
+
+
+def tiny_encoder(folder, seed: int = 0):
+    """A BertModel (2 layers, width 32, random weights) and a WordPiece tokenizer over the tests' words,
+    saved as transformers writes them (tests/support/hf_tiny.py builds its tokenizers the same way)."""
+    import torch
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {t: i for i, t in enumerate(specials + NUMBERS + WORDS + TOPICS)}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    BertModel(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def arithmetic(rng) -> tuple[str, str]:
+    a, b = rng.integers(0, 10, 2)
+    op = rng.choice(["plus", "minus", "times"])
+    return (f"what is {a} {op} {b}", str({"plus": a + b, "minus": a - b, "times": a * b}[op]))
+
+
+def poem(rng) -> tuple[str, str]:
+    return f"write a poem about the {rng.choice(TOPICS)}", str(rng.integers(0, 10))
+
+
+def day(rng, rows: int = ROWS, shifted: float = 0.0) -> pd.DataFrame:
+    """A day's logged rows as the model server writes them (input.prompt, prediction, finish_reason, ...);
+    a ``shifted`` share of the prompts ask for poems instead of arithmetic (the answers stay alike)."""
+    pairs = [poem(rng) if rng.random() < shifted else arithmetic(rng) for _ in range(rows)]
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(rows)],
+            "row": 0,
+            "input.prompt": [p for p, _ in pairs],
+            "prediction": [a for _, a in pairs],
+            "completion_chars": [len(a) for _, a in pairs],
+            "finish_reason": "stop",
+            "truncated": False,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The arith_tiny spec with a storage root of its own, the tiny encoder in monitor.text, and version v1's
+    evaluation sample (64 arithmetic prompts as chats, and their answers) in the registry."""
+    tmp = tmp_path_factory.mktemp("text-drift")
+    base = load_spec(spec_file("arith_tiny"))
+    text = TextDrift(encoder=str(tiny_encoder(tmp / "encoder")))
+    spec = base.model_copy(
+        update={"storage_root": tmp.as_uri(), "monitor": base.monitor.model_copy(update={"text": text})}
+    )
+    ref = day(np.random.default_rng(0), REFERENCE)
+    sample = {
+        "chats": [[{"role": "user", "content": p}] for p in ref["input.prompt"]],
+        "outputs": ref["prediction"].tolist(),
+    }
+    path = join(to_path(registry_for(spec).version_uri("v1")), text_drift.SAMPLE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sample))
+    frame = pd.DataFrame({"prompt": ref["input.prompt"]})
+    reference = build_reference(
+        spec,
+        frame,
+        ref["completion_chars"].astype(float).tolist(),
+        version="v1",
+        metric=None,
+        source="window",
+    )
+    return spec, reference
+
+
+def test_unshifted_days_stay_quiet_and_a_shifted_day_alerts(setup):
+    spec, _ = setup
+    rng = np.random.default_rng(7)
+    quiet = [text_drift.judge(spec, "v1", day(rng)) for _ in range(DAYS)]
+    alarms = sum(bool(v["drifted"]) for v in quiet)
+    prompts = [next(s for s in v["signals"] if s["name"] == "prompts") for v in quiet]
+    shifted = text_drift.judge(spec, "v1", day(np.random.default_rng(8), shifted=0.3))
+    got = next(s for s in shifted["signals"] if s["name"] == "prompts")
+    print(
+        f"\nunshifted: {alarms} alarm(s) in {DAYS} days of {ROWS} prompts; prompts MMD² max "
+        f"{max(s['value'] for s in prompts):.4f}, p-value min {min(s['p_value'] for s in prompts):.3f}; "
+        f"30% poems: MMD² {got['value']:.4f}, p-value {got['p_value']:.3f}, drifted {shifted['drifted']}"
+    )
+    assert alarms <= 1
+    assert got["drifted"] and "prompts" in shifted["drifted"]
+
+
+def test_a_shifted_day_raises_the_monitor_alert_and_reports_it(setup):
+    spec, reference = setup
+    verdict = judge_version(reference, day(np.random.default_rng(9), shifted=0.3), pd.DataFrame(), spec)
+    assert verdict["status"] == "drift"
+    lines = alerts_of([verdict], spec, "report.html")
+    assert any(a["series"] == "text.prompts" and "MMD²" in a["message"] for a in lines)
+    summary = {
+        "model": "arith_tiny",
+        "interval": {"start": "2026-11-01", "end": "2026-11-02"},
+        "status": "drift",
+        "rows": ROWS,
+        "files": 1,
+        "labels": 0,
+        "alerts": lines,
+        "notes": [],
+        "problems": [],
+        "thresholds": spec.monitor.thresholds.model_dump(),
+        "versions": [verdict],
+    }
+    page, _ = render(summary)
+    assert "text signals" in page and "prompts" in page and "stop 100.0%" in page
+    quiet = judge_version(reference, day(np.random.default_rng(10)), pd.DataFrame(), spec)
+    assert not quiet["text"]["drifted"]
+
+
+def test_rates_against_the_evaluation(setup):
+    spec, _ = setup
+    spec = spec.model_copy(
+        update={"monitor": spec.monitor.model_copy(update={"text": TextDrift(alert_on=["refusal", "empty"])})}
+    )
+    rows = day(np.random.default_rng(11))
+    rows.loc[:59, "prediction"] = "I cannot help with that"
+    rows.loc[60:69, "prediction"] = ""
+    rows.loc[70:119, "finish_reason"] = "length"
+    got = {s["name"]: s for s in text_drift.judge(spec, "v1", rows)["signals"]}
+    assert set(got) == {"empty", "refusal", "truncation"}  # no encoder: the rates only
+    assert got["refusal"]["value"] == 0.3 and got["refusal"]["reference"] == 0 and got["refusal"]["alerts"]
+    assert got["empty"]["value"] == 0.05 and not got["empty"]["drifted"]  # under the +0.1 increase
+    # the evaluation kept no finish reasons: the ceiling (0.2) judges; drifted, but not among alert_on
+    assert got["truncation"]["reference"] is None and got["truncation"]["drifted"]
+    assert not got["truncation"]["alerts"]
+
+
+def test_a_missing_encoder_names_the_field(setup, tmp_path):
+    spec, _ = setup
+    cfg = TextDrift(encoder=str(tmp_path / "no-such-encoder"))
+    with pytest.raises(text_drift.TextDriftError, match=r"monitor\.text\.encoder .*does not exist"):
+        text_drift.encoder_folder(cfg)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(text_drift.TextDriftError, match="holds no config.json"):
+        text_drift.encoder_folder(TextDrift(encoder=str(empty)))
+
+
+def test_prompt_text_and_mmd():
+    chat = json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert text_drift.prompt_text(chat) == "hi" and text_drift.prompt_text("[not json") == "[not json"
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), rng.normal(size=(80, 4))
+    same = text_drift.mmd_test(x, y, 200)
+    moved = text_drift.mmd_test(x, y + 1.0, 200)
+    assert same["p_value"] > 0.05 and moved["p_value"] < 0.01 and moved["mmd2"] > same["mmd2"]
