@@ -9,13 +9,21 @@ worsening, whichever way the metric goes. Each reason says so in plain words and
     rmse 47.8000 ≤ 50.0000 (threshold, lower is better): pass
     rmse 47.8000 vs production 49.1000: better by 1.3000 (needed: no worse): pass
     log_loss 0.3100 vs production 0.2900: worse by 0.0200 (allowed: up to 0.0500 worse): pass
+
+With a judge (``gate.judge``), its rules read the evaluation's judge figures and name them::
+
+    judge_score 4.2500 ≥ 3.5000 (min_judge_score, mean 1-5 of 16 prompts judged by judge at http://…/v1, 0 failed): pass
+    judge_win_rate 0.6250 ≥ 0.5000 (min_win_rate; 95% CI 0.3860-0.8141; 7 wins, 6 ties, 3 losses of 16 prompts, …): pass
+
+A judge that did not answer, passed by ``on_judge_error: pass``, makes each of its rules a ``pass`` that
+says so; an evaluation without the judge's figures is an error (ValueError), never a silent pass.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from freestack.evaluate.spec import METRICS, GateSpec, better_word, goal_of
+from freestack.evaluate.spec import JUDGE_METRICS, METRICS, GateSpec, better_word, goal_of
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -93,7 +101,7 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
             f"{metric} {shown} vs production {base_shown}: {_change(delta)} (needed: {need}): {_verdict(ok)}"
         )
         for other, allowed in sorted(gate.max_regression.items()):
-            if other not in candidate or other not in champion:
+            if other in JUDGE_METRICS or other not in candidate or other not in champion:
                 continue
             mine, theirs = float(candidate[other]), float(champion[other])
             s = 1.0 if direction_of(other) == "maximize" else -1.0
@@ -105,6 +113,9 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
                 f"{other} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} (allowed: {allow}): "
                 f"{_verdict(ok)}"
             )
+    judged, ok = judge_reasons(gate, candidate, champion)
+    reasons += judged
+    passed &= ok
     return {
         "promote": bool(passed),
         "decision": "promote" if passed else "block",
@@ -117,7 +128,80 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         "reasons": reasons,
         "approval": gate.approval,
         "gate": gate.model_dump(),
+        **({"judge": candidate.get("judge")} if gate.judge is not None else {}),
     }
+
+
+def _judge_rules(gate: GateSpec) -> list[tuple[str, str, float]]:
+    """(rule, metric, bar) of every rule on a judge figure."""
+    rules = [
+        ("min_judge_score", "judge_score", gate.min_judge_score),
+        ("min_win_rate", "judge_win_rate", gate.min_win_rate),
+    ]
+    rules += [
+        (f"max_regression.{m}", m, v) for m, v in sorted(gate.max_regression.items()) if m in JUDGE_METRICS
+    ]
+    return [r for r in rules if r[2] is not None]
+
+
+def judge_reasons(
+    gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] | None
+) -> tuple[list[str], bool]:
+    """The reasons of the judge's rules (:mod:`freestack.evaluate.judge`), and whether they all pass."""
+    rules = _judge_rules(gate)
+    if gate.judge is None or not rules:
+        return [], True
+    info = candidate.get("judge") or {}
+    status = info.get("status")
+    if status == "unavailable":
+        why = f"{info.get('reason')} (gate.judge.on_judge_error: pass)"
+        return [f"gate.{rule} not checked: {why}: pass" for rule, _, _ in rules], True
+    if status == "skipped":
+        return [f"gate.{rule} not checked: {info.get('reason')}: pass" for rule, _, _ in rules], True
+    if status != "judged":
+        raise ValueError(
+            f"the evaluation holds no judge figures for gate.{rules[0][0]}: run evaluate again with gate.judge"
+        )
+    out, passed = [], True
+    for rule, metric, bar in rules:
+        if rule.startswith("max_regression."):
+            if champion is None:
+                continue  # a first model: no production to drop from
+            reason, ok = _judge_drop(metric, bar, float(candidate[metric]), float(champion[metric]))
+        else:
+            reason, ok = _judge_bar(rule, metric, bar, candidate, info)
+        out.append(reason)
+        passed &= ok
+    return out, passed
+
+
+def _judge_bar(
+    rule: str, metric: str, bar: float, c: dict[str, Any], info: dict[str, Any]
+) -> tuple[str, bool]:
+    value = float(c[metric])
+    ok = value >= bar - _EPS
+    by = f"{info.get('model')} at {info.get('url')}"
+    if metric == "judge_score":
+        detail = f"mean 1-5 of {c['judge_judged']} prompts judged by {by}, {c['judge_failures']} failed"
+    else:
+        detail = (
+            f"95% CI {c['judge_win_rate_low']:.4f}-{c['judge_win_rate_high']:.4f}; {c['judge_wins']} wins, "
+            f"{c['judge_ties']} ties, {c['judge_losses']} losses of {c['judge_judged']} prompts asked in both "
+            f"orders by {by}, {c['judge_failures']} failed"
+        )
+    shown, bar_shown = _pair(value, bar)
+    return f"{metric} {shown} {'≥' if ok else '<'} {bar_shown} ({rule}; {detail}): {_verdict(ok)}", ok
+
+
+def _judge_drop(metric: str, allowed: float, mine: float, theirs: float) -> tuple[str, bool]:
+    better_by = mine - theirs
+    ok = -better_by <= allowed + _EPS
+    allow = f"up to {allowed:.4f} lower" if allowed > 0 else "no lower"
+    return (
+        f"{metric} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} (judge; allowed: {allow}): "
+        f"{_verdict(ok)}",
+        ok,
+    )
 
 
 def decide_again(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> dict[str, Any]:
@@ -165,4 +249,12 @@ def _capped(body: str, tail: str) -> str:
     return body + tail
 
 
-__all__ = ["NOTE_LIMIT", "GateSpec", "decide", "decide_again", "decision_note", "direction_of"]
+__all__ = [
+    "NOTE_LIMIT",
+    "GateSpec",
+    "decide",
+    "decide_again",
+    "decision_note",
+    "direction_of",
+    "judge_reasons",
+]

@@ -277,8 +277,18 @@ class GateSpec(SpecModel):
 
     def _judge_rules_have_a_judge(self) -> None:
         """Every rule on a judge's figure needs ``gate.judge`` in the mode that gives it."""
-        named = [(m, f"gate.metric {m}") for m in [self.metric] if m in JUDGE_METRICS]
-        named += [(m, f"gate.max_regression.{m}") for m in self.max_regression if m in JUDGE_METRICS]
+        if self.metric in JUDGE_METRICS:
+            rule = "min_judge_score" if self.metric == "judge_score" else "min_win_rate"
+            raise ValueError(
+                f"gate.metric {self.metric} is a judge's figure, not a primary metric: keep a metric every "
+                f"evaluation has (perplexity, exact_match, ...) and bound it with gate.{rule}"
+            )
+        if "judge_win_rate" in self.max_regression:
+            raise ValueError(
+                "gate.max_regression.judge_win_rate: the win rate is measured against production already; "
+                "bound it with gate.min_win_rate"
+            )
+        named = [(m, f"gate.max_regression.{m}") for m in self.max_regression if m in JUDGE_METRICS]
         if self.min_judge_score is not None:
             named.append(("judge_score", "gate.min_judge_score"))
         if self.min_win_rate is not None:

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 
-from freestack.evaluate.gate import GateSpec, decide
+from freestack.evaluate.gate import GateSpec, decide, decision_note
 
 CLS = {"task": "classification", "accuracy": 0.95, "macro_f1": 0.94, "log_loss": 0.20}
 
@@ -315,3 +315,105 @@ def test_decision_notes():
         and "every reason is in the gate task's log" in long
         and long.endswith("skipped.")
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the judge's rules (gate.judge, freestack.evaluate.judge)
+
+JUDGE = {"url": "http://127.0.0.1:8090/v1", "model": "judge"}
+GEN = {"task": "generation", "perplexity": 3.0, "loss": 1.1, "exact_match": 0.5, "rouge_l": 0.6}
+WHO = {
+    "status": "judged",
+    "url": JUDGE["url"],
+    "model": "judge",
+    "mode": "pointwise",
+    "served_by": "judge:v3",
+}
+
+
+def _pointwise(score: float) -> dict:
+    return {**GEN, "judge_score": score, "judge_judged": 16, "judge_failures": 1, "judge": WHO}
+
+
+def test_min_judge_score_and_the_drop_from_production_name_the_judges_figures():
+    gate = GateSpec(judge=JUDGE, min_judge_score=3.5, max_regression={"judge_score": 0.25})
+    first = decide(gate, _pointwise(3.75), None)
+    assert (
+        first["promote"] and first["judge"] == WHO
+    )  # the judge's identity goes to lineage with the decision
+    assert first["reasons"][-1] == (
+        "judge_score 3.7500 ≥ 3.5000 (min_judge_score; mean 1-5 of 16 prompts judged by judge at "
+        "http://127.0.0.1:8090/v1, 1 failed): pass"
+    )
+    low = decide(gate, _pointwise(3.25), None)
+    assert not low["promote"] and low["reasons"][-1].startswith(
+        "judge_score 3.2500 < 3.5000 (min_judge_score;"
+    )
+    champ = {**_pointwise(4.25), "perplexity": 3.1}
+    dropped = decide(gate, _pointwise(3.75), champ)
+    assert not dropped["promote"]
+    assert dropped["reasons"] == [
+        "perplexity 3.0000 vs production 3.1000: better by 0.1000 (needed: no worse): pass",
+        "judge_score 3.7500 ≥ 3.5000 (min_judge_score; mean 1-5 of 16 prompts judged by judge at "
+        "http://127.0.0.1:8090/v1, 1 failed): pass",
+        "judge_score 3.7500 vs production 4.2500: worse by 0.5000 (judge; allowed: up to 0.2500 lower): block",
+    ]
+    assert decide(gate, _pointwise(4.125), champ)["promote"]  # 0.125 lower: allowed
+
+
+def test_min_win_rate_names_the_interval_wins_ties_and_losses():
+    gate = GateSpec(judge={**JUDGE, "mode": "pairwise"}, min_win_rate=0.6)
+    cand = {
+        **GEN,
+        "judge_win_rate": 0.5625,
+        "judge_win_rate_low": 0.3318,
+        "judge_win_rate_high": 0.7695,
+        "judge_wins": 7,
+        "judge_ties": 4,
+        "judge_losses": 5,
+        "judge_judged": 16,
+        "judge_failures": 0,
+        "judge": {**WHO, "mode": "pairwise"},
+    }
+    blocked = decide(gate, cand, GEN)
+    assert not blocked["promote"]
+    assert blocked["reasons"][-1] == (
+        "judge_win_rate 0.5625 < 0.6000 (min_win_rate; 95% CI 0.3318-0.7695; 7 wins, 4 ties, 5 losses of 16 "
+        "prompts asked in both orders by judge at http://127.0.0.1:8090/v1, 0 failed): block"
+    )
+    assert "judge_win_rate 0.5625" in decision_note(
+        {**blocked, "candidate_version": "v2", "champion_version": "v1"}, "chat"
+    )
+    first = decide(
+        gate, {**GEN, "judge": {**WHO, "status": "skipped", "reason": "no production model to compare"}}, None
+    )
+    assert first["promote"] and first["reasons"][-1] == (
+        "gate.min_win_rate not checked: no production model to compare: pass"
+    )
+
+
+def test_a_judge_outage_passes_only_by_rule_and_missing_figures_are_an_error():
+    gate = GateSpec(judge={**JUDGE, "on_judge_error": "pass"}, min_judge_score=4)
+    down = {
+        **GEN,
+        "judge": {**WHO, "status": "unavailable", "reason": "the judge at gate.judge.url x did not answer"},
+    }
+    passed = decide(gate, down, None)
+    assert passed["promote"] and passed["reasons"][-1] == (
+        "gate.min_judge_score not checked: the judge at gate.judge.url x did not answer "
+        "(gate.judge.on_judge_error: pass): pass"
+    )
+    with pytest.raises(ValueError, match="no judge figures for gate.min_judge_score"):
+        decide(gate, GEN, None)
+    assert decide(GateSpec(judge=JUDGE), GEN, None)["promote"]  # a judge without rules: figures only
+
+
+def test_judge_rules_without_a_judge_or_in_the_wrong_mode_are_refused():
+    for gate, says in [
+        ({"min_judge_score": 4}, "gate.min_judge_score needs a judge"),
+        ({"judge": JUDGE, "min_win_rate": 0.5}, "gate.min_win_rate reads judge_win_rate"),
+        ({"judge": JUDGE, "metric": "judge_score"}, "gate.metric judge_score is a judge's figure"),
+        ({"judge": JUDGE, "max_regression": {"judge_win_rate": 0.1}}, "measured against production already"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            GateSpec(**gate)
