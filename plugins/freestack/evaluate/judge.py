@@ -326,9 +326,14 @@ def _bounds(spec: JudgeSpec, failed: list[Verdict], asked: int) -> str | None:
     unreachable = [v for v in failed if v.kind == UNREACHABLE]
     if len(failed) - len(unreachable) > limit or len(failed) - len(unreachable) == asked:
         first = next(v for v in failed if v.kind != UNREACHABLE)
+        at = f"the judge at gate.judge.url {spec.url} (model {spec.model})"
+        if first.kind == REFUSED:
+            raise JudgeError(
+                f"{at} refused the requests: {share}; e.g. {first.error}. Check gate.judge.model and "
+                "gate.judge.api_key (the connection's password is the key)"
+            )
         raise JudgeError(
-            f"the judge at gate.judge.url {spec.url} (model {spec.model}) answered in a way freestack cannot "
-            f"read: {share}; e.g. {first.error}"
+            f"{at} answered in a way freestack cannot read: {share}; e.g. {first.error}"
             + (f"; it answered: {_short(first.raw, 200)!r}" if first.raw else "")
             + f". The judge must answer one JSON object as asked: {FORMATS[spec.mode]}"
         )
