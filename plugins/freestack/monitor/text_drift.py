@@ -108,14 +108,18 @@ def encoder_folder(cfg: TextDrift) -> str:
                 + "; point it at a folder written by save_pretrained (config.json, model.safetensors, tokenizer)"
             )
         return str(folder)
+    return _hub(name, cfg.revision)
+
+
+@lru_cache(maxsize=4)
+def _hub(repo: str, revision: str) -> str:
+    """A Hub repo's encoder files (fetched once per process: the monitor judges every version of an interval)."""
     from freestack.ml.pretrained import PretrainedError, fetch_base
 
     try:
-        return fetch_base(name, cfg.revision).folder
+        return fetch_base(repo, revision).folder
     except PretrainedError as exc:
-        raise TextDriftError(
-            f"monitor.text.encoder {name!r}: {str(exc).removeprefix('model.base ')}"
-        ) from None
+        raise TextDriftError(str(exc).replace("model.base", "monitor.text.encoder")) from None
 
 
 @lru_cache(maxsize=2)

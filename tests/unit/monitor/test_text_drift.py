@@ -194,3 +194,55 @@ def test_prompt_text_and_mmd():
     same = text_drift.mmd_test(x, y, 200)
     moved = text_drift.mmd_test(x, y + 1.0, 200)
     assert same["p_value"] > 0.05 and moved["p_value"] < 0.01 and moved["mmd2"] > same["mmd2"]
+
+
+def test_an_unreachable_hub_encoder_names_the_field(monkeypatch):
+    from freestack.ml import pretrained
+
+    def unreachable(repo, revision="main", **_):  # what fetch_base says of a Hub it cannot reach
+        raise pretrained.PretrainedError(
+            f"model.base {repo!r} (revision {revision}) cannot be fetched from the Hub"
+        )
+
+    monkeypatch.setattr(pretrained, "fetch_base", unreachable)
+    with pytest.raises(
+        text_drift.TextDriftError, match=r"^monitor\.text\.encoder 'team/no-encoder' .*cannot be fetched"
+    ):
+        text_drift.encoder_folder(TextDrift(encoder="team/no-encoder"))
+
+
+def test_the_monitor_judges_served_generations_and_keeps_the_signals(setup):
+    """The server's request log (RequestLog.add_generated) through monitor(): summary.json holds the text
+    signals, and the shifted day's alert line names the prompts."""
+    from datetime import UTC, datetime, timedelta
+
+    from freestack.ml.generation import Completion
+    from freestack.monitor.core import REFERENCE_FILE, monitor
+    from freestack.storage import write_json
+    from freestack.tracking.wandb import WandbSettings
+    from freestack_server.requestlog import RequestLog, monitoring_uri
+
+    spec, reference = setup
+    write_json(join(to_path(registry_for(spec).version_uri("v1")), REFERENCE_FILE), reference)
+    log = RequestLog(
+        monitoring_uri(spec.root, spec.model_name),
+        rate=1.0,
+        model=spec.model_name,
+        version="v1",
+        deployment=spec.model_name,
+        columns=[("prompt", "text")],
+        classes=[],
+    )
+    start = datetime(2026, 11, 10, tzinfo=UTC)
+    rows = day(np.random.default_rng(12), shifted=0.3)
+    for i, (p, a) in enumerate(zip(rows["input.prompt"], rows["prediction"], strict=True)):
+        log.add_generated(f"r{i}", [p], [Completion(a, 8, 2, "stop")], ts=start + timedelta(minutes=i))
+    log.flush()
+    summary = monitor(
+        spec, start, start + timedelta(days=1), tracking_settings=WandbSettings(mode="disabled")
+    )
+    (version,) = summary["versions"]
+    assert summary["alert"] and {s["name"] for s in version["text"]["signals"]} >= {"prompts", "refusal"}
+    assert any(a["series"] == "text.prompts" for a in summary["alerts"])
+    kept = json.loads(to_path(summary["report"]).parent.joinpath("summary.json").read_text())
+    assert kept["versions"][0]["text"]["drifted"] == version["text"]["drifted"]
