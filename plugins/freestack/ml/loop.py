@@ -132,6 +132,8 @@ def evaluate_source(
     """The metrics over a split: in memory, or read batch by batch (only outputs and targets are kept)."""
     if task == "generation":
         return token_metrics(model, source, device, amp_dtype, batch=64)
+    if task == "preference":  # a preference-tuned LM scores its pairs itself (freestack.ml.preference)
+        return model.preference_metrics(source, device, amp_dtype)
     if isinstance(source, InMemory):
         return evaluate(model, source.x, source.y, task, amp_dtype)
     model.eval()

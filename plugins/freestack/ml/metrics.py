@@ -9,6 +9,7 @@ PRIMARY = {
     "classification": ("accuracy", True),
     "regression": ("rmse", False),
     "generation": ("perplexity", False),
+    "preference": ("reward_margin", True),
 }
 
 

@@ -38,6 +38,7 @@ from freestack.ml.features import KINDS, TOKENIZER_FILE, EncoderOptions, Encodin
 from freestack.ml.generation import ChatError, save_tokenizer
 from freestack.ml.loop import TrainConfig, evaluate_source, fit_source, resolve_device, to_tensors
 from freestack.ml.models import FreestackNet
+from freestack.ml.preference import score_reference
 from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
 from freestack.ml.stream import EncodedSpool, InMemory, Streamed
 from freestack.settings import checkout_dir, settings
@@ -47,6 +48,7 @@ from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.pretrained import (
     build_pretrained_model,
     chat_encoding,
+    check_objective,
     check_pretrained_model,
     encoder_settings,
     pretrained_base,
@@ -160,9 +162,16 @@ class Prepared:
     data: dict[str, Any] = field(default_factory=dict)  # how the window was read: mode, reason
     shuffle_buffer: int = 65_536
     chunk_rows: int = 16_384
+    objective: str = "sft"  # a language model's: sft, or dpo (preference pairs)
 
     def rows(self) -> dict[str, int]:
         return {"train": self.train.rows, "val": self.val.rows, "test": self.test.rows}
+
+    @property
+    def loop_task(self) -> str:
+        """The task the loop trains and scores: a preference-tuned model's pairs are scored by DPO's
+        rewards (freestack.ml.preference); the version stays a text-generation one (``task``)."""
+        return "preference" if self.objective == "dpo" else self.task
 
 
 def check_trainable(spec: PipelineSpec) -> None:
@@ -184,6 +193,10 @@ def check_trainable(spec: PipelineSpec) -> None:
             f"pipeline {spec.name!r}: train.distributed.strategy fsdp shards a full fine-tune; LoRA "
             "trains a few parameters of a base that fits one device: use strategy ddp"
         )
+    try:
+        check_objective(spec)
+    except FreestackError as exc:
+        raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
     if spec.model.type == "huggingface":
         check_hub_model(spec)
 
@@ -334,6 +347,7 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
         summary,
         spec.train.data.shuffle_buffer,
         spec.train.data.chunk_rows,
+        objective=spec.train.objective,
     )
 
 
@@ -637,19 +651,24 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
     with contextlib.ExitStack() as stack:
         splits = ("train", "val", "test") if ranks is None or ranks.main else ("train", "val")
         sources = {s: batch_source(data, s, device, stack, ranks) for s in splits}
+        if data.objective == "dpo":  # the starting model's log-probabilities: DPO's reference, once
+            for source in sources.values():
+                score_reference(model, source, device)
         result = fit_source(
             model,
             sources["train"],
             sources["val"],
             cfg,
-            task=data.task,
+            task=data.loop_task,
             ranks=ranks,
             checkpoints=StoreCheckpoints(where.run_dir),
             on_epoch=epoch_done if run is not None else None,
         )
         if run is None:
             return None
-        test = evaluate_source(result.model, sources["test"], data.task, device)  # FSDP: rank 0's whole copy
+        test = evaluate_source(
+            result.model, sources["test"], data.loop_task, device
+        )  # FSDP: rank 0's whole copy
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
     run.summary_update(metrics)

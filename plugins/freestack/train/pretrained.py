@@ -20,6 +20,7 @@ from freestack.ml.generation import (
     load_tokenizer,
     render,
 )
+from freestack.ml.preference import PreferenceEncoding, PreferenceNet
 from freestack.ml.pretrained import (
     build_pretrained,
     check_pretrained,
@@ -120,7 +121,39 @@ def chat_encoding(spec: PipelineSpec):
     """The generation task's preprocessing (:class:`~freestack.ml.generation.ChatEncoding`)."""
     d = spec.model.chat
     columns = ChatColumns(prompt=d.prompt, response=d.response, messages=d.messages, system=d.system)
+    if preference_tuned(spec):  # pairs: the chosen answer is the response, the rejected one beside it
+        return PreferenceEncoding(
+            chat_tokenizer(spec), columns, spec.model.max_length, rejected=d.rejected or "rejected"
+        )
     return ChatEncoding(chat_tokenizer(spec), columns, spec.model.max_length, spec.model.packing)
+
+
+def preference_tuned(spec: PipelineSpec) -> bool:
+    """Whether the spec preference-tunes a language model (``train.objective: dpo``)."""
+    return spec.model.generative and spec.train.objective == "dpo"
+
+
+def check_objective(spec: PipelineSpec) -> None:
+    """``train.objective: dpo`` goes with a text-generation model reading preference pairs (``model.data``
+    with chosen and rejected columns), and such pairs with it (FreestackError naming the setting)."""
+    if spec.train.objective == "dpo" and not spec.model.generative:
+        raise FreestackError(
+            "train.objective dpo preference-tunes a language model: it needs model.type huggingface "
+            "and model.task text-generation"
+        )
+    pairs = spec.model.chat.preference
+    if preference_tuned(spec) and not pairs:
+        raise FreestackError(
+            "train.objective dpo reads preference pairs: set model.data: {prompt: <column>, chosen: "
+            "<column of the preferred answer>, rejected: <column of the worse one>}"
+        )
+    if spec.model.generative and pairs and spec.train.objective != "dpo":
+        raise FreestackError(
+            "model.data names chosen and rejected columns (preference pairs), which train.objective "
+            "dpo learns from; set train.objective: dpo, or give prompt and response for sft"
+        )
+    if preference_tuned(spec) and spec.model.packing:
+        raise FreestackError("model.packing is for train.objective sft: a preference pair is not packed")
 
 
 def build_causal_model(spec: PipelineSpec, pre) -> Any:
@@ -129,6 +162,16 @@ def build_causal_model(spec: PipelineSpec, pre) -> Any:
     peft = peft_settings(spec)
     if peft is not None:
         model = add_causal_lora(model, peft)
+    if preference_tuned(spec):
+        return PreferenceNet(
+            model,
+            beta=spec.train.dpo.beta,
+            sft_weight=spec.train.dpo.sft_weight,
+            base=pretrained_base(spec).lineage(),
+            columns=pre.columns,
+            max_length=spec.model.max_length,
+            peft=peft,
+        )
     return CausalLMNet(
         model,
         base=pretrained_base(spec).lineage(),
@@ -194,7 +237,23 @@ def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
             "max_length": spec.model.max_length,
             "packing": spec.model.packing,
         }
+        out["objective"] = objective_lineage(spec)
     return out
+
+
+def objective_lineage(spec: PipelineSpec) -> dict[str, Any]:
+    """What the language model was trained to do: sft, or dpo with its beta and loss (the reference being
+    the starting model, its log-probabilities computed once before training)."""
+    if not preference_tuned(spec):
+        return {"name": "sft"}
+    return {
+        "name": "dpo",
+        "beta": spec.train.dpo.beta,
+        "loss": spec.train.dpo.loss,
+        "sft_weight": spec.train.dpo.sft_weight,
+        "reference": "the starting model (log-probabilities computed once before training)",
+        "rejected": spec.model.chat.rejected,
+    }
 
 
 __all__ = [
@@ -204,10 +263,13 @@ __all__ = [
     "chat_template",
     "chat_tokenizer",
     "check_causal_base",
+    "check_objective",
     "check_pretrained_model",
     "encoder_settings",
     "is_storage_base",
+    "objective_lineage",
     "peft_settings",
+    "preference_tuned",
     "pretrained_base",
     "pretrained_lineage",
     "pretrained_task",

@@ -127,6 +127,33 @@ class ChatDataSpec(_Model):
         max_length=20_000,
         description="A system prompt put first in every conversation, in training and in serving.",
     )
+    chosen: str | None = Field(
+        default=None,
+        description="train.objective dpo: the column of the preferred answer (default chosen); it is the response evaluation compares answers with.",
+    )
+    rejected: str | None = Field(
+        default=None,
+        description="train.objective dpo: the column of the worse answer to the same prompt (default rejected).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preference_form(cls, data):
+        """Preference pairs (``chosen`` or ``rejected`` given): a prompt column and two answers; the
+        chosen one stands as the response (what evaluation compares answers with)."""
+        if not isinstance(data, dict) or (data.get("chosen") is None and data.get("rejected") is None):
+            return data
+        if data.get("messages") is not None:
+            raise ValueError("model.data: chosen and rejected go with a prompt column, not with messages")
+        chosen, rejected = data.get("chosen") or "chosen", data.get("rejected") or "rejected"
+        if data.get("response") not in (None, chosen):
+            raise ValueError(
+                f"model.data: response {data['response']!r} and chosen {chosen!r} both name the preferred "
+                "answer's column; give chosen only"
+            )
+        if chosen == rejected:
+            raise ValueError(f"model.data: chosen and rejected are both {chosen!r}; name two columns")
+        return {**data, "chosen": chosen, "rejected": rejected, "response": chosen}
 
     @model_validator(mode="before")
     @classmethod
@@ -147,7 +174,14 @@ class ChatDataSpec(_Model):
 
     @property
     def columns(self) -> list[str]:
-        return [self.messages] if self.messages else [self.prompt or "", self.response or ""]
+        if self.messages:
+            return [self.messages]
+        return [self.prompt or "", self.response or "", *([self.rejected] if self.rejected else [])]
+
+    @property
+    def preference(self) -> bool:
+        """Whether the rows are preference pairs (a prompt, a chosen and a rejected answer)."""
+        return self.rejected is not None
 
 
 class GenerationEvalSpec(_Model):
@@ -471,6 +505,29 @@ class DistributedSpec(_Model):
         return self
 
 
+class DpoSpec(_Model):
+    """Direct preference optimisation (``train.dpo``, with ``train.objective: dpo``): the policy is pushed
+    to prefer each pair's chosen answer over its rejected one, measured against the starting model (the
+    reference), whose log-probabilities are computed once before training."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=100,
+        description="How far the model may move from the reference: the rewards are beta x the log-probability ratios (TRL's beta).",
+    )
+    loss: Literal["sigmoid"] = Field(
+        default="sigmoid",
+        description="sigmoid: DPO's loss, -log sigmoid(beta x (chosen log-ratio - rejected log-ratio)).",
+    )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Adds this x the chosen answers' mean token loss (TRL's loss_type [sigmoid, sft] with loss_weights [1, sft_weight]; RPO), which keeps the chosen answers likely while the rejected ones are pushed down; 0: DPO alone.",
+    )
+
+
 class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
@@ -523,6 +580,11 @@ class TrainSpec(_Model):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU."
     )
+    objective: Literal["sft", "dpo"] = Field(
+        default="sft",
+        description="model.task text-generation: sft, the next-token loss on the answers (instruction tuning); dpo, preference tuning on model.data's prompt, chosen and rejected columns (train.dpo).",
+    )
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="train.objective dpo: its settings.")
     data: DataSpec = Field(
         default_factory=DataSpec, description="How the window is read: in memory or streamed."
     )
@@ -544,6 +606,7 @@ __all__ = [
     "CategorySpec",
     "DataSpec",
     "DistributedSpec",
+    "DpoSpec",
     "ImageSpec",
     "ModelSpec",
     "PeftSpec",

@@ -1,0 +1,223 @@
+"""Preference tuning of a causal LM (``train.objective: dpo``): direct preference optimisation inside
+freestack's loop, with TRL's loss and metrics.
+
+A lake row is a preference pair: a prompt and two answers to it, the ``chosen`` one (preferred, and the
+response evaluation compares answers with) and the ``rejected`` one. :class:`PreferenceEncoding` renders
+both as conversations with the chat template (:func:`~freestack.ml.generation.encode_chat`, so only the
+answer's tokens count) into ``x = {"input_ids", "attention_mask", "labels"}`` of shape ``[rows, 2, L]``
+(chosen, rejected). The target ``y`` is ``[rows, 2]``: the reference model's summed log-probabilities of
+the two answers, computed once before training by the starting model (:func:`score_reference`, as TRL's
+``precompute_ref_log_probs``), so no second model is held in memory, for LoRA and full weights alike.
+
+:class:`PreferenceNet` answers a batch with the policy's summed log-probabilities ``[rows, 2]`` and its
+``training_loss`` is DPO's sigmoid loss (Rafailov et al. 2023, TRL's ``loss_type="sigmoid"``)::
+
+    loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))
+
+The validation metrics are TRL's: ``reward_chosen`` (``rewards/chosen``: beta x the chosen log-ratio),
+``reward_rejected``, ``reward_margin`` (their difference; the run's metric, higher is better),
+``reward_accuracy`` (the share of pairs whose chosen reward is higher) and ``logps_chosen/rejected``.
+The version is a plain text-generation version (:class:`~freestack.ml.generation.CausalLMNet`'s files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from freestack.ml.generation import IGNORE, CausalLMNet, ChatEncoding, ChatError, Encoded, encode_chat
+from freestack.ml.loop import Precision
+
+#: the loop's task of a preference-tuned model (its metrics: :data:`METRICS`)
+TASK = "preference"
+METRICS = (
+    "loss",
+    "reward_margin",
+    "reward_accuracy",
+    "reward_chosen",
+    "reward_rejected",
+    "logps_chosen",
+    "logps_rejected",
+)
+
+
+def dpo_loss(
+    policy: torch.Tensor, reference: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO's sigmoid loss per pair, and the chosen and rejected rewards (beta x log-ratio), from summed
+    log-probabilities ``[rows, 2]`` (chosen, rejected) of the policy and of the reference."""
+    ratios = policy.float() - reference.float()
+    chosen, rejected = ratios[:, 0], ratios[:, 1]
+    losses = -nn.functional.logsigmoid(beta * (chosen - rejected))
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's summed log-probability of its learnt tokens (labels other than ``IGNORE``)."""
+    labels = labels[:, 1 : logits.shape[1]]
+    nll = nn.functional.cross_entropy(
+        logits[:, :-1, :].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+    )
+    return -nll.sum(dim=1)
+
+
+def preference_loss(outputs: torch.Tensor, reference: torch.Tensor, beta: float, sft_weight: float = 0.0):
+    """The training loss of a batch: DPO's mean sigmoid loss, plus ``sft_weight`` x the chosen answers'
+    mean token loss (TRL's ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sft_weight]``).
+    ``outputs``: :class:`PreferenceNet`'s (log-probabilities, then the answers' token counts)."""
+    loss = dpo_loss(outputs[:, :2], reference, beta)[0].mean()
+    if sft_weight:
+        loss = loss + sft_weight * -outputs[:, 0].sum() / outputs[:, 2].sum().clamp(min=1)
+    return loss
+
+
+@dataclass
+class PreferenceEncoding(ChatEncoding):
+    """The preprocessing of preference pairs: ``columns`` holds the prompt and the chosen answer (as the
+    response), ``rejected`` the other answer's column. It saves as the chat encoding of prompt and
+    chosen answer, which is what evaluation and serving read."""
+
+    rejected: str = "rejected"
+
+    def encode_rows(self, rows: Iterable[dict[str, Any]], *, packing: bool | None = None) -> Encoded:
+        pairs, cut, dropped = [], 0, 0
+        for i, row in enumerate(rows):
+            chats = self.pair(row, i)
+            encoded = [encode_chat(self.tokenizer, chat) for chat in chats]
+            if any(len(ids) > self.max_length for ids, _ in encoded):
+                cut += 1
+                encoded = [(ids[: self.max_length], lab[: self.max_length]) for ids, lab in encoded]
+            if any(all(lab == IGNORE for lab in labels) for _, labels in encoded):
+                dropped += 1
+                continue
+            pairs.append(encoded)
+        out = pad_pairs(pairs, self.tokenizer.pad_token_id)
+        out.conversations, out.cut, out.dropped = len(pairs), cut, dropped
+        out.tokens = int((out.x["labels"] != IGNORE).sum())
+        return out
+
+    def pair(self, row: dict[str, Any], index: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """The row's chosen and rejected conversations; ChatError for an empty answer or two equal ones."""
+        chosen_col = self.columns.response or "chosen"
+        chosen, rejected = row.get(chosen_col), row.get(self.rejected)
+        for name, v in ((chosen_col, chosen), (self.rejected, rejected)):
+            if not isinstance(v, str) or not v.strip():
+                raise ChatError(
+                    f"row {index}, column {name!r}: a preference pair needs two answers, this one is "
+                    f"{'empty' if isinstance(v, str) else 'missing'}; fix the row or leave it out of the lake"
+                )
+        if chosen.strip() == rejected.strip():
+            raise ChatError(
+                f"row {index}: columns {chosen_col!r} and {self.rejected!r} hold the same answer "
+                f"({chosen.strip()[:60]!r}), which teaches no preference; fix the row or leave it out"
+            )
+        chat = self.columns.conversation(row, index)
+        return chat, [*chat[:-1], {"role": "assistant", "content": rejected}]
+
+    def target_array(self, df) -> np.ndarray:
+        """Zeros until :func:`score_reference` puts the reference's log-probabilities there."""
+        return self.encode_frame(df).y
+
+    def encode_frame(self, df) -> Encoded:
+        key = id(df)
+        if self._memo is None or self._memo[0] != key:
+            cols = [*self.columns.columns, self.rejected]
+            self._memo = (key, self.encode_rows(df[cols].to_dict("records")))
+        return self._memo[1]
+
+
+def pad_pairs(pairs: list[list[tuple[list[int], list[int]]]], pad_id: int) -> Encoded:
+    """Pairs right-padded to the longest answer of all: ``[rows, 2, width]`` ids, mask and labels."""
+    width = max((len(ids) for pair in pairs for ids, _ in pair), default=1)
+    ids = np.full((len(pairs), 2, width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(pairs), 2, width), dtype=np.int64)
+    labels = np.full((len(pairs), 2, width), IGNORE, dtype=np.int64)
+    for r, pair in enumerate(pairs):
+        for k, (i, lab) in enumerate(pair):
+            ids[r, k, : len(i)], mask[r, k, : len(i)], labels[r, k, : len(i)] = i, 1, lab
+    x = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return Encoded(x, np.zeros((len(pairs), 2), dtype=np.float32))
+
+
+class PreferenceNet(CausalLMNet):
+    """A causal LM answering preference pairs with its summed answer log-probabilities ``[rows, 2]``;
+    trained with DPO's loss against the reference log-probabilities in the target. It saves as the
+    causal LM it wraps."""
+
+    def __init__(self, model, *, beta: float, sft_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.beta, self.sft_weight = float(beta), float(sft_weight)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[rows, 4]``: the chosen and rejected answers' summed log-probabilities, then their token
+        counts (what the ``sft`` term averages over)."""
+        rows, width = x["input_ids"].shape[0], int(x["attention_mask"].sum(dim=-1).max())
+        flat = {k: x[k][:, :, :width].transpose(0, 1).reshape(2 * rows, width) for k in x}
+        logits = self.model(
+            input_ids=flat["input_ids"], attention_mask=flat["attention_mask"], use_cache=False
+        ).logits
+        logps = sequence_logps(logits, flat["labels"]).view(2, rows).T  # chosen rows, then rejected
+        tokens = (flat["labels"][:, 1:] != IGNORE).sum(dim=1).view(2, rows).T.to(logps.dtype)
+        return torch.cat([logps, tokens], dim=1)
+
+    def training_loss(self, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return preference_loss(outputs, reference, self.beta, self.sft_weight)
+
+    @torch.no_grad()
+    def preference_metrics(self, source, device: torch.device, amp_dtype=None, batch: int = 32):
+        """TRL's DPO metrics over a split (:data:`METRICS`), means over its pairs."""
+        self.eval()
+        sums = dict.fromkeys(METRICS, 0.0)
+        n = 0
+        for xb, ref in source.ordered(batch, device):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                policy = self(xb).float()[:, :2]
+            losses, chosen, rejected = dpo_loss(policy, ref, self.beta)
+            for name, v in (
+                ("loss", losses),
+                ("reward_margin", chosen - rejected),
+                ("reward_accuracy", (chosen > rejected).float()),
+                ("reward_chosen", chosen),
+                ("reward_rejected", rejected),
+                ("logps_chosen", policy[:, 0]),
+                ("logps_rejected", policy[:, 1]),
+            ):
+                sums[name] += float(v.sum())
+            n += len(ref)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def score_reference(model: PreferenceNet, source, device: torch.device, batch: int = 32) -> None:
+    """The reference log-probabilities of an in-memory split's pairs, by ``model`` as it is now (the
+    starting model: fresh LoRA adapters change nothing), put in the split's target: computed once, in
+    the precision the loop trains in, so the policy starts with rewards of zero."""
+    if not hasattr(source, "x"):
+        raise ChatError("preference tuning reads its window into memory; set train.data.mode: memory")
+    was_training = model.training
+    model.to(device).eval()
+    precision = Precision.for_device(device)
+    out = []
+    for xb, _ in source.ordered(batch, device):
+        with precision.autocast():
+            out.append(model(xb).float()[:, :2])
+    source.y = torch.cat(out) if out else source.y
+    model.train(was_training)
+
+
+__all__ = [
+    "METRICS",
+    "TASK",
+    "PreferenceEncoding",
+    "PreferenceNet",
+    "dpo_loss",
+    "pad_pairs",
+    "preference_loss",
+    "score_reference",
+    "sequence_logps",
+]
