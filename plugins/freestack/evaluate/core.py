@@ -8,7 +8,9 @@ computed in label space (a class the champion never saw counts as its error).
 Writes ``evaluation/`` into the candidate's folder (``candidates/<model>/<version>/``, outside the
 registry until the gate registers it): ``metrics.json``, PNG plots (confusion matrix or residuals,
 per-class metrics, learning curves from ``history.json``) and ``report.html`` with the plots embedded.
-Paths in ``metrics.json`` are relative to the model folder, so they hold wherever it is copied.
+Paths in ``metrics.json`` are relative to the model folder, so they hold wherever it is copied. A
+text-generation candidate with a judge (``gate.judge``, :mod:`freestack.evaluate.judge`) also gets
+``judge.json``: every prompt's verdicts, worst first, and the figures the gate reads.
 
 Importing this module loads torch, pandas and pyarrow (the trainer's window reader, the ML core): the
 operators and the gate's :func:`~freestack.evaluate.gate.decide_again` import it inside the functions that
@@ -29,6 +31,7 @@ import numpy as np
 from freestack import version
 from freestack.errors import FreestackError
 from freestack.evaluate import generation as gen
+from freestack.evaluate import judge as llm_judge
 from freestack.ml.loop import to_tensors
 from freestack.ml.plots import png
 from freestack.ml.prep import split_of_keys
@@ -384,7 +387,7 @@ def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -
     champ = summary.get("champion")
     scalar = [k for k, v in cand.items() if isinstance(v, int | float) and not k.startswith("_")]
     comparison = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{cand[k]:.6g}</td><td>{'' if not champ else f'{champ[k]:.6g}'}</td></tr>"
+        f"<tr><th>{html.escape(k)}</th><td>{cand[k]:.6g}</td><td>{'' if not champ or k not in champ else f'{champ[k]:.6g}'}</td></tr>"
         for k in scalar
         if isinstance(cand[k], float)
     )
@@ -414,9 +417,11 @@ def evaluate(
     champion_uri: str | None = None,
     end_ds: str | None = None,
     tracking_settings=None,
+    judge_key: str | None = None,
 ) -> dict[str, Any]:
     """Score the candidate (and the champion) on the candidate's window's test split; write
-    ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary."""
+    ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary.
+    ``judge_key``: the API key of ``gate.judge``, read from its connection by the operator."""
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
     candidate = load_version(candidate_uri)
@@ -427,6 +432,10 @@ def evaluate(
     days = int(window.get("days") or spec.train.window_days)
     if not end_ds:
         raise EvaluationError(f"{candidate_uri}: {LINEAGE} names no window; pass end_ds")
+    if spec.gate.judge is not None and pre.task != "generation":
+        raise EvaluationError(
+            "gate.judge judges generated answers: it is for model.task text-generation only"
+        )
     test, data = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
     parts = data.partitions
     target = spec.source.schema_.target
@@ -437,7 +446,7 @@ def evaluate(
         champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
             cand, champ, samples = _generation(
-                spec, model, pre, test, version, champion, candidate_uri, folder
+                spec, model, pre, test, version, champion, candidate_uri, folder, judge_key
             )
         else:
             y, out = outputs(model, pre, test, target)
@@ -502,9 +511,11 @@ def _generation(
     champion: LoadedVersion | None,
     candidate_uri: str,
     folder,
+    judge_key: str | None = None,
 ):
     """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
-    metrics, the sample answers side by side, the monitor's reference and the deploy's smoke sample."""
+    metrics (with the judge's, and its ``judge.json``), the sample answers side by side, the monitor's
+    reference and the deploy's smoke sample."""
     frame = _frame(test)
     cand = gen.answer(model, pre, frame, spec)
     champ = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
@@ -517,15 +528,37 @@ def _generation(
         gen.reference_of(spec, frame, cand.texts, version, cand.metrics),
     )
     write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
+    judged = judged_by(spec, chats, refs, cand, champ, judge_key)
+    if judged is not None:
+        write_json(join(folder, "judge.json"), judged.record(spec.gate.judge))
     return cand.metrics, (champ.metrics if champ else None), samples
 
 
+def judged_by(spec: PipelineSpec, chats, refs, cand: gen.Answers, champ: gen.Answers | None, judge_key):
+    """The judge's verdicts on both models' answers (None without ``gate.judge``), its figures added to
+    their metrics and its status and identity to the candidate's (``judge``: what lineage keeps)."""
+    if spec.gate.judge is None:
+        return None
+    try:
+        judged = llm_judge.run(
+            spec.gate.judge, chats, refs, cand.texts, champ.texts if champ else None, judge_key
+        )
+    except llm_judge.JudgeError as exc:
+        raise EvaluationError(str(exc)) from None
+    cand.metrics.update(
+        judged.candidate, judge={"status": judged.status, **judged.identity, "reason": judged.reason}
+    )
+    if champ is not None and judged.champion:
+        champ.metrics.update(judged.champion)
+    return judged
+
+
 def rescore(
-    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None
+    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, judge_key: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The metrics of a registered candidate and of a champion on the candidate's own test rows (the
-    partitions its lineage names), as :func:`evaluate` computed them: for the gate deciding again when
-    production moved after the evaluation. Writes nothing."""
+    partitions its lineage names), as :func:`evaluate` computed them (the judge's included): for the
+    gate deciding again when production moved after the evaluation. Writes nothing."""
     candidate = load_version(candidate_uri)
     model, pre, lineage = candidate.model, candidate.preprocessor, candidate.lineage.as_dict()
     window = lineage.get("window") or {}
@@ -539,10 +572,12 @@ def rescore(
         champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
             frame = _frame(test)
-            cand = gen.answer(model, pre, frame, spec).metrics
-            champ = (
-                gen.answer(champion.model, champion.preprocessor, frame, spec).metrics if champion else None
+            mine = gen.answer(model, pre, frame, spec)
+            theirs = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
+            judged_by(
+                spec, *gen.chats_of(pre, frame.head(spec.model.generation.max_rows)), mine, theirs, judge_key
             )
+            cand, champ = mine.metrics, (theirs.metrics if theirs else None)
         else:
             cand = score(model, pre, test, target)
             champ = score(champion.model, champion.preprocessor, test, target) if champion else None

@@ -204,13 +204,16 @@ def _judge_drop(metric: str, allowed: float, mine: float, theirs: float) -> tupl
     )
 
 
-def decide_again(spec: PipelineSpec, candidate_uri: str, champion_uri: str | None) -> dict[str, Any]:
+def decide_again(
+    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, judge_key: str | None = None
+) -> dict[str, Any]:
     """The gate's decision for a registered candidate against the production there is now (None: none),
-    both scored again on the candidate's own test rows (:func:`freestack.evaluate.core.rescore`): what
-    ``promote`` asks when production moved after ``evaluate``. Raises EvaluationError or ValueError."""
+    both scored again on the candidate's own test rows (:func:`freestack.evaluate.core.rescore`, the
+    judge's figures included, ``judge_key`` its API key): what ``promote`` asks when production moved
+    after ``evaluate``. Raises EvaluationError or ValueError."""
     from freestack.evaluate.core import rescore
 
-    candidate, champion = rescore(spec, candidate_uri, champion_uri)
+    candidate, champion = rescore(spec, candidate_uri, champion_uri, judge_key)
     return decide(spec.gate, candidate, champion)
 
 

@@ -266,3 +266,26 @@ def test_judge_rules_need_a_judge():
     }
     with pytest.raises(SpecError, match="gate.max_regression: 'judge_score' is not a regression metric"):
         parse_spec(data, "x.yaml")
+
+
+def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
+    from freestack.evaluate.core import EvaluationError, judged_by, render_html
+    from freestack.evaluate.generation import Answers
+
+    spec = _pipeline(judge={"url": server.url, "model": "freestack", "rubric": RUBRIC})
+    cand, champ = Answers({"task": "generation", "rows": 8}, CAND), Answers({"task": "generation"}, CHAMP)
+    judged = judged_by(spec, CHATS, REFS, cand, champ, None)
+    assert cand.metrics["judge_score"] == 3.0 and champ.metrics["judge_score"] == 2.0
+    assert cand.metrics["judge"] == {"status": "judged", **judged.identity, "reason": None}
+    assert judged.identity["served_by"] == "judge:v3"
+    # a figure only the candidate has (the agreement, a win rate) leaves production's cell empty
+    page = render_html(
+        "t", {"version": "v2", "window": {}, "candidate": cand.metrics, "champion": champ.metrics}, {}
+    )
+    assert "judge_exact_agreement" in page
+    down = _pipeline(judge={"url": "http://127.0.0.1:9/v1", "model": "j", "retries": 0})
+    with pytest.raises(EvaluationError, match="gate.judge.url http://127.0.0.1:9/v1"):
+        judged_by(down, CHATS, REFS, Answers({}, CAND), None, None)
+    without = copy.deepcopy(SPEC)
+    del without["gate"]["judge"]
+    assert judged_by(parse_spec(without, "arith.yaml"), CHATS, REFS, cand, None, None) is None
