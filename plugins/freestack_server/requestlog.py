@@ -177,6 +177,11 @@ class RequestLog:
             [(ts.timestamp(), rid, inputs, outputs) for ts, rid, inputs, outputs in entries]
         )
 
+    def generation_table(self, entries: list[tuple[datetime, str, list[str], list[Any]]]):
+        """``entries`` (when, request id, prompts, completions), as :meth:`add_generated` keeps them, as one
+        table of the request log: for a batch generation job that writes its sample through its own storage."""
+        return self._generation_table([(ts.timestamp(), rid, p, c) for ts, rid, p, c in entries])
+
     def _write(self, kind: str, folder: str, entries: list, build) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -105,6 +105,11 @@ def _expected(version, prompts: list[str]) -> list:
     return [version.answer([version.chat(p)], max_new_tokens=TOKENS)[0] for p in prompts]
 
 
+def _logged_sample(root: Path) -> list[dict]:
+    (logged,) = (root / "monitoring" / NAME / "requests").rglob(f"score-{NAME}.parquet")
+    return pq.read_table(logged).to_pylist()
+
+
 def _run(bag):
     return bag.get_dag(f"{NAME}_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))
 
@@ -140,6 +145,11 @@ def test_prompt_rows_are_answered_as_served_quarantined_and_rescored_with_a_pinn
         )
         assert row["version"] == "v2" and row["ds"] == DS and row["truncated"] is False
     assert any(r["completion"] for r in rows) and {r["finish_reason"] for r in rows} <= {"stop", "length"}
+    sample = _logged_sample(chat["root"])  # the monitor's sample, as the model server logs requests
+    assert [s["prediction"] for s in sample] == [r["completion"] for r in rows]
+    assert [s["input.prompt"] for s in sample] == PROMPTS
+    assert [s["finish_reason"] for s in sample] == [r["finish_reason"] for r in rows]
+    assert {s["version"] for s in sample} == {"v2"} and {s["deployment"] for s in sample} == {f"{NAME}_score"}
 
     quarantined = pq.read_table(folder / "_quarantine.parquet").to_pylist()
     reasons = {q["id"]: q["_reason"] for q in quarantined}
@@ -166,6 +176,7 @@ def test_prompt_rows_are_answered_as_served_quarantined_and_rescored_with_a_pinn
     assert manifest1["version"] == "v1" and set(again.column("version").to_pylist()) == {"v1"}
     want = [a.text for a in _expected(chat["v1"], PROMPTS)]
     assert again.column("completion").to_pylist() == want != table.column("completion").to_pylist()
+    assert [s["prediction"] for s in _logged_sample(chat["root"])] == want  # the rescore's sample replaces it
     assert sorted(p.name for p in folder.iterdir()) == [
         "_manifest.json",
         "_quarantine.parquet",

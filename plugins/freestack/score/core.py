@@ -922,18 +922,23 @@ def log_sample(spec: PipelineSpec, job: dict[str, Any], model: ScoringModel, sam
     import pyarrow.parquet as pq
 
     kinds = feature_kinds(spec)
+    if model.generative:  # the prompt (a chat: its JSON) is one text column, as the model server logs it
+        columns = [(model.model.columns.input_column, "text")]
+    else:
+        columns = [(f, kinds.get(f, "numeric")) for f in model.pre.features]
     request_log = RequestLog(
         monitoring_uri(spec.root, spec.model_name),
         rate=1.0,
         model=spec.model_name,
         version=job["version"],
         deployment=f"{spec.name}_score",
-        columns=[(f, kinds.get(f, "numeric")) for f in model.pre.features],
-        classes=[str(c) for c in model.pre.classes],
+        columns=columns,
+        classes=[] if model.generative else [str(c) for c in model.pre.classes],
     )
+    table = request_log.generation_table(sample) if model.generative else request_log.table(sample)
     path = join(to_path(request_log.uri), "requests", hour_folder(sample[0][0]), f"score-{spec.name}.parquet")
     with AtomicWriter(path) as f:
-        pq.write_table(request_log.table(sample), f, compression="zstd")
+        pq.write_table(table, f, compression="zstd")
     return str(path)
 
 
@@ -1085,6 +1090,7 @@ def read_failure(folder: str) -> dict[str, Any] | None:
 
 
 __all__ = [
+    "SAMPLE_ROWS",
     "FOOTER_KEY",
     "QUARANTINE",
     "Counts",

@@ -20,8 +20,10 @@ when ``truncate`` is ``refuse`` goes to the day's quarantine with the reason; th
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from freestack.ml.engine import Engine
@@ -37,6 +39,7 @@ from freestack.score import core
 from freestack.score.core import (
     FOOTER_KEY,
     QUARANTINE,
+    SAMPLE_ROWS,
     Counts,
     Piece,
     Quarantine,
@@ -131,8 +134,6 @@ def write_answers(
     """Answer every input row into the part's and the quarantine's temporaries (their Parquet writers
     closed, the part's footer holding the manifest): :func:`freestack.score.core.score`'s writer for a
     text-generation version. The engine is started once and stopped at the end, also on an error."""
-    import json
-
     import pyarrow.parquet as pq
 
     if not model.generative:
@@ -161,10 +162,12 @@ def write_answers(
             def answer(piece: Piece) -> None:
                 answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
                 if answered is not None:
-                    keys, done = answered
+                    keys, rows, done = answered
                     writer.write_batch(_answers(keys, done, job, at, writer.schema))
                     counts.rows_scored += len(done)
                     tally.add(done)
+                    if spec.score.monitor:
+                        _keep_sample(counts, model, piece, rows, done, job["ds"])
 
             read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
         quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
@@ -251,7 +254,23 @@ def _answer_piece(loop: asyncio.Runner, engine, model, settings, piece: Piece, q
     rows = sorted(good)
     done = loop.run(_complete(engine, [good[i] for i in rows], settings, limit))
     keys = piece.keys.take(np.asarray(rows)) if bad else piece.keys
-    return keys, done
+    return keys, rows, done
+
+
+def _keep_sample(
+    counts: Counts, model: ScoringModel, piece: Piece, rows: list[int], done: list, ds: str
+) -> None:
+    """Up to :data:`SAMPLE_ROWS` evenly spaced answered rows of a piece, as the model server logs a request
+    (the prompt column's value, its answer stripped as served), stamped with the day: ``<p>_monitor`` judges
+    batch-generated days as it judges served traffic."""
+    import numpy as np
+
+    values = piece.batch.column(model.model.columns.input_column).to_pylist()
+    picked = np.linspace(0, len(rows) - 1, min(len(rows), SAMPLE_ROWS)).astype(int).tolist()
+    prompts = [v if isinstance(v, str) else json.dumps(v) for v in (values[rows[i]] for i in picked)]
+    answers = [replace(done[i], text=done[i].text.strip()) for i in picked]
+    at = datetime.fromisoformat(ds).replace(tzinfo=UTC) + timedelta(seconds=len(counts.sample))
+    counts.sample.append((at, f"score-{ds}-{len(counts.sample)}", prompts, answers))
 
 
 async def _complete(engine, prompts: list[tuple[list[int], bool]], settings, limit: int) -> list:
