@@ -123,3 +123,93 @@ def test_a_bad_pair_is_refused_naming_the_row_and_column(tok, row, match):
     rows = [{"prompt": "What is 1 + 1?", "chosen": "2", "rejected": "3"}, {"prompt": "What is 3 + 4?", **row}]
     with pytest.raises(ChatError, match=match):
         enc.encode_frame(pd.DataFrame(rows))
+
+
+# -- DPO moves a model: chosen the right answer, rejected a wrong one ------------------------------------
+
+
+def wrong_answer(prompt: str, answer: str, rng) -> str:
+    """A plausible wrong answer to one of the tutorial's instructions: a sum off by one or two, the digits
+    not reversed, the date in the other format."""
+    if prompt.startswith("What is"):
+        return str(int(answer) + int(rng.choice([-2, -1, 1, 2])))
+    if prompt.startswith("Reverse"):
+        return prompt.rsplit(" ", 1)[1]
+    day, month, year = answer.split("/")
+    return f"{month}/{day}/{year}"
+
+
+def preference_pairs(n: int, seed: int) -> pd.DataFrame:
+    """``n`` pairs of the tutorial's instructions: prompt, chosen (right), rejected (wrong)."""
+    from demo.instructions import instruction_pair
+
+    rng, rows = np.random.default_rng(seed), []
+    while len(rows) < n:
+        prompt, answer = instruction_pair(rng)
+        wrong = wrong_answer(prompt, answer, rng)
+        if wrong != answer:
+            rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong})
+    return pd.DataFrame(rows)
+
+
+def _exact_match(model, tok, rows: pd.DataFrame) -> float:
+    from freestack.ml.generation import GenerationSettings, generate
+
+    chats = [COLUMNS.prompt_of(r) for r in rows.to_dict("records")]
+    answers = generate(model.eval(), tok, chats, GenerationSettings(max_new_tokens=12))
+    return float(np.mean([a.text == c for a, c in zip(answers, rows["chosen"], strict=True)]))
+
+
+def _source(encoded):
+    from freestack.ml.stream import InMemory
+
+    return InMemory({k: torch.tensor(v) for k, v in encoded.x.items()}, torch.tensor(encoded.y))
+
+
+def _fit(net, train, val, task: str, epochs: int, lr: float):
+    from freestack.ml.loop import TrainConfig, fit_source
+
+    config = TrainConfig(epochs=epochs, learning_rate=lr, batch_size=16, warmup_epochs=0, device="cpu")
+    return fit_source(net, train, val, config, task=task)
+
+
+def test_dpo_raises_the_exact_match_of_an_instruction_tuned_model(tmp_path):
+    """The starting point is the tiny base instruction-tuned (sft) on answers of which 30% are the wrong
+    one (a careless annotator); DPO on pairs of the right and the wrong answer (beta 0.1, with TRL's sft
+    term) raises its exact match on 200 held-out prompts, and the validation reward margin with it."""
+    from freestack.ml.generation import CausalLMNet, ChatEncoding, load_causal_lm
+    from freestack.ml.preference import PreferenceNet, score_reference
+    from tests.support.hf_tiny import tiny_causal_lm
+
+    base = tiny_causal_lm(tmp_path / "lm")
+    tok, model = load_tokenizer(base), load_causal_lm(str(base))
+    pairs = preference_pairs(500, seed=1)
+    train, held_out = pairs.iloc[:300], pairs.iloc[300:]
+    careless = np.random.default_rng(5).random(len(train)) < 0.3
+    sft = _source(
+        ChatEncoding(tok, COLUMNS, 48).encode_frame(
+            train.assign(chosen=np.where(careless, train["rejected"], train["chosen"]))
+        )
+    )
+    _fit(CausalLMNet(model, base={}, columns=COLUMNS, max_length=48), sft, sft, "generation", 6, 3e-3)
+    before = _exact_match(model, tok, held_out)
+
+    net = PreferenceNet(model, beta=0.1, sft_weight=1.0, base={}, columns=COLUMNS, max_length=48)
+    enc = PreferenceEncoding(tok, COLUMNS, 48, rejected="rejected")
+    splits = {
+        name: _source(enc.encode_rows(rows.to_dict("records")))
+        for name, rows in (("train", train), ("val", held_out))
+    }
+    for source in splits.values():
+        score_reference(net, source, torch.device("cpu"))
+    assert float(splits["val"].y.abs().sum()) > 0  # the starting model's log-probabilities
+    start = net.preference_metrics(splits["val"], torch.device("cpu"))
+    result = _fit(net, splits["train"], splits["val"], "preference", 4, 1e-3)
+    after = _exact_match(model, tok, held_out)
+    print(f"exact match on 200 held-out prompts: sft {before:.3f}, after dpo {after:.3f}")
+    assert start["reward_margin"] == pytest.approx(0.0, abs=1e-4) and start["loss"] == pytest.approx(
+        np.log(2)
+    )
+    assert result.metric == "reward_margin" and result.best_metric > 0.5
+    assert {"val_reward_chosen", "val_reward_rejected", "val_reward_accuracy"} <= set(result.history[-1])
+    assert after >= before + 0.1, (before, after)
