@@ -43,6 +43,7 @@ from freestack.ui.plots import (
     metric_over_versions,
     metric_vs_params,
     predictions_over_days,
+    text_signals_over_time,
 )
 from freestack.ui.shared import (
     HEADERS,
@@ -465,7 +466,7 @@ def _monitoring(user: Any, figures: bool = False) -> list[monitoring_pages.Monit
     """Each readable model's judged intervals; with ``figures``, its drift-over-time chart too (the page's)."""
     pages = [monitoring_pages.monitoring_page(p.name, s) for p, s in readable(user) if p.trains]
     for m in pages if figures else ():
-        m.figure = drift_over_time(m)
+        m.figure, m.text_figure = drift_over_time(m), text_signals_over_time(m)
     return pages
 
 

@@ -458,6 +458,64 @@ def drift_over_time(page: MonitoringPage) -> str | None:
     return _figure(data, layout)
 
 
+#: the text signals that are MMD² of embeddings (the others are rates)
+EMBEDDINGS = ("prompts", "completions")
+
+
+def text_signals_over_time(page: MonitoringPage) -> str | None:
+    """A text-generation model's text signals across the judged intervals (oldest first): the embeddings'
+    MMD² with ``monitor.text.min_mmd`` above, the answers' rates (empty, refusal, truncation) below. None when
+    no interval has them."""
+    judged = [r for r in page.intervals[::-1] if r.text]
+    if not judged:
+        return None
+    names = sorted({n for r in judged for n in r.text}, key=lambda n: (n not in EMBEDDINGS, n))
+    ends = [r.end for r in judged]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": name,
+            "x": ends,
+            "y": [r.text.get(name) for r in judged],
+            "yaxis": "y" if name in EMBEDDINGS else "y2",
+            "hovertemplate": f"{name}: {'MMD²' if name in EMBEDDINGS else 'rate'} %{{y:.4f}}<extra>%{{x}}</extra>",
+        }
+        for name in names
+    ]
+    line = {"color": "#d62728", "dash": "dash"}
+    shapes = (
+        [
+            {
+                "type": "line",
+                "xref": "paper",
+                "x0": 0,
+                "x1": 1,
+                "yref": "y",
+                "y0": page.min_mmd,
+                "y1": page.min_mmd,
+                "line": line,
+            }
+        ]
+        if page.min_mmd is not None
+        else []
+    )
+    layout = {
+        **LAYOUT,
+        "height": 420,
+        "shapes": shapes,
+        "xaxis": {"title": {"text": "interval end"}, "anchor": "y2"},
+        "yaxis": {"title": {"text": "MMD²"}, "domain": [0.55, 1.0], "rangemode": "tozero"},
+        "yaxis2": {"title": {"text": "rate"}, "domain": [0.0, 0.45], "rangemode": "tozero"},
+        "title": {
+            "text": f"{page.model}: text signals over time (MMD² of embeddings; dashed: monitor.text.min_mmd "
+            f"{page.min_mmd}; answers' rates below)",
+            "font": {"size": 14},
+        },
+    }
+    return _figure(data, layout)
+
+
 def predictions_over_days(page: ScoresPage) -> str | None:
     """The predictions of the page's days (oldest first): each class's share of a day's rows, stacked (the
     :data:`SHOWN_CLASSES` most predicted classes, the rest as "other"), or a regression's mean with its min
@@ -531,6 +589,7 @@ def _values_trace(days: list[ScoredDay]) -> list[dict[str, Any]]:
 
 __all__ = [
     "drift_over_time",
+    "text_signals_over_time",
     "importance_chart",
     "is_log",
     "metric_over_epochs",

@@ -31,6 +31,11 @@ class IntervalRow(BaseModel):
         {},
         description="every monitored series: (PSI, its test's p-value), the largest PSI of the versions served",
     )
+    text: dict[str, float] = Field(
+        {},
+        description="a text-generation model's text signals (freestack.monitor.text_drift): name -> MMD² of "
+        "prompts or completions, or a rate; the largest of the versions served",
+    )
 
 
 class MonitoringPage(BaseModel):
@@ -39,8 +44,14 @@ class MonitoringPage(BaseModel):
     thresholds: dict[str, float]
     actions: list[str]
     intervals: list[IntervalRow] = Field(description="newest first")
+    min_mmd: float | None = Field(
+        None, description="monitor.text.min_mmd: an embedding drifts from this MMD²"
+    )
     figure: str | None = Field(
         None, exclude=True, description="drift over time (Plotly JSON) for the page; not in the API"
+    )
+    text_figure: str | None = Field(
+        None, exclude=True, description="the text signals over time (Plotly JSON); not in the API"
     )
 
 
@@ -65,6 +76,7 @@ def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> Monit
                 notes=s["notes"] + s["problems"],
                 top=[(x["name"], round(x["psi"], 3)) for x in series[:3]],
                 drift=_drift_of(series),
+                text=_text_of(s["versions"]),
             )
         )
     m = spec.monitor
@@ -74,7 +86,18 @@ def monitoring_page(pipeline: str, spec: PipelineSpec, limit: int = 60) -> Monit
         thresholds=m.thresholds.model_dump(),
         actions=list(m.actions),
         intervals=rows,
+        min_mmd=m.text.min_mmd if spec.model.generative else None,
     )
+
+
+def _text_of(versions: list[dict[str, Any]]) -> dict[str, float]:
+    """``{signal: value}`` of an interval's text signals, the largest of its versions' (none judged: {})."""
+    out: dict[str, float] = {}
+    for v in versions:
+        for sig in (v.get("text") or {}).get("signals", []):
+            if isinstance(sig.get("value"), int | float):
+                out[sig["name"]] = max(round(float(sig["value"]), 4), out.get(sig["name"], 0.0))
+    return out
 
 
 def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | None]]:
