@@ -78,6 +78,7 @@ def test_the_judge_scores_the_candidate_and_its_figures_block_it(judged_pipeline
     )
     assert [it["candidate"]["score"] for it in items] == sorted(it["candidate"]["score"] for it in items)
     assert 0 < metrics["judge_score"] < 5  # some wrong: blocked
+    assert "judge: worst prompts first" in (version / "evaluation" / "report.html").read_text()
     lineage = json.loads((version / "lineage.json").read_text())
     gate = lineage["gate"]
     assert gate["decision"] == "block"

@@ -406,7 +406,8 @@ def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -
         + table([("version", summary["version"]), ("test rows", cand["rows"]), ("window", summary["window"])])
         + "<h2>test metrics: candidate vs champion</h2>"
         f"<table><tr><th>metric</th><th>candidate</th><th>champion {html.escape(str(summary.get('champion_version') or '(none)'))}</th></tr>"
-        f"{comparison}</table>{gen.samples_html(summary.get('samples') or [])}<h2>plots</h2>{imgs}</body></html>"
+        f"{comparison}</table>{gen.samples_html(summary.get('samples') or [])}"
+        f"{llm_judge.table_html(summary.get('judge_items') or [])}<h2>plots</h2>{imgs}</body></html>"
     )
 
 
@@ -441,11 +442,11 @@ def evaluate(
     target = spec.source.schema_.target
     folder = join(to_path(candidate_uri), "evaluation")
     version = lineage.get("version") or to_path(candidate_uri).name
-    samples = None
+    samples, judged = None, None
     try:
         champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
-            cand, champ, samples = _generation(
+            cand, champ, samples, judged = _generation(
                 spec, model, pre, test, version, champion, candidate_uri, folder, judge_key
             )
         else:
@@ -476,7 +477,11 @@ def evaluate(
         "plots": {n: str(join(folder, n)) for n in images},
     }
     write_json(join(folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
-    page = render_html(f"{spec.model_name} {version}: evaluation", summary, images)
+    page = render_html(
+        f"{spec.model_name} {version}: evaluation",
+        {**summary, "judge_items": judged.items if judged else None},
+        images,
+    )
     report = write_bytes(join(folder, "report.html"), page.encode())
     summary["report"] = report.uri
     summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
@@ -531,7 +536,7 @@ def _generation(
     judged = judged_by(spec, chats, refs, cand, champ, judge_key)
     if judged is not None:
         write_json(join(folder, "judge.json"), judged.record(spec.gate.judge))
-    return cand.metrics, (champ.metrics if champ else None), samples
+    return cand.metrics, (champ.metrics if champ else None), samples, judged
 
 
 def judged_by(spec: PipelineSpec, chats, refs, cand: gen.Answers, champ: gen.Answers | None, judge_key):

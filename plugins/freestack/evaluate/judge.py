@@ -22,6 +22,7 @@ named. Every answer, score, rationale and raw text goes to ``evaluation/judge.js
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -284,12 +285,19 @@ def run(
     n = min(len(chats), len(candidate), spec.max_rows or len(candidate))
     prompts, refs, cand = [prompt_text(c) for c in chats[:n]], refs[:n], candidate[:n]
     champ = champion[:n] if champion is not None else None
-    client = JudgeClient(spec, api_key)
     identity = {"url": spec.url, "model": spec.model, "mode": spec.mode}
     if n == 0:
         return Judged("skipped", identity, reason="no answers to judge")
     if spec.mode == "pairwise" and champ is None:
         return Judged("skipped", identity, reason="no production model to compare the candidate with")
+    client = JudgeClient(spec, api_key)
+    try:
+        return _judged(spec, client, identity, prompts, refs, cand, champ)
+    finally:
+        client.client.close()
+
+
+def _judged(spec: JudgeSpec, client: JudgeClient, identity, prompts, refs, cand, champ) -> Judged:
     if spec.mode == "pointwise":
         mine = pointwise(client, prompts, refs, cand)
         theirs = pointwise(client, prompts, refs, champ) if champ is not None else None
@@ -346,6 +354,42 @@ def _bounds(spec: JudgeSpec, failed: list[Verdict], asked: int) -> str | None:
     raise JudgeError(
         f"{outage}. Start the judge (or fix gate.judge.url), then run evaluate again; or set "
         "gate.judge.on_judge_error: pass to let the gate decide on its other rules during an outage"
+    )
+
+
+def table_html(items: list[dict[str, Any]], n: int = 10) -> str:
+    """The report's table of the judge's ``n`` worst prompts (``judge.json``'s first items)."""
+    if not items:
+        return ""
+    rows = []
+    for it in items[:n]:
+        if "outcome" in it:  # pairwise
+            first, second = it["candidate_first"], it["champion_first"]
+            verdict = f"{it['outcome']} (A={first.get('value')}, then A={second.get('value')})"
+            why = first.get("rationale") or first.get("error") or ""
+            cells = [it["prompt"], it["reference"], it["candidate"], it["champion"], verdict, why]
+        else:
+            c = it["candidate"]
+            score = "failed" if c["score"] is None else f"{c['score']:g}"
+            cells = [
+                it["prompt"],
+                it["reference"],
+                c["answer"],
+                score,
+                c.get("rationale") or c.get("error") or "",
+            ]
+        rows.append("<tr>" + "".join(f"<td><pre>{html.escape(str(x))}</pre></td>" for x in cells) + "</tr>")
+    heads = (
+        ["prompt", "reference", "candidate", "production", "verdict", "rationale"]
+        if "outcome" in items[0]
+        else ["prompt", "reference", "answer", "score", "rationale"]
+    )
+    return (
+        "<h2>judge: worst prompts first</h2><table><tr>"
+        + "".join(f"<th>{h}</th>" for h in heads)
+        + "</tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 
@@ -440,5 +484,6 @@ __all__ = [
     "pointwise",
     "prompt_text",
     "run",
+    "table_html",
     "wilson",
 ]

@@ -283,6 +283,14 @@ def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
         "t", {"version": "v2", "window": {}, "candidate": cand.metrics, "champion": champ.metrics}, {}
     )
     assert "judge_exact_agreement" in page
+    page = render_html(
+        "t", {"version": "v2", "window": {}, "candidate": cand.metrics, "judge_items": judged.items}, {}
+    )
+    assert "judge: worst prompts first" in page and "<td><pre>differs</pre></td>" in page
+    pair = judge.run(_spec(server, mode="pairwise"), CHATS, REFS, CAND, CHAMP)
+    assert "<th>verdict</th>" in judge.table_html(pair.items) and "loss (A=B, then A=A)" in judge.table_html(
+        pair.items
+    )
     down = _pipeline(judge={"url": "http://127.0.0.1:9/v1", "model": "j", "retries": 0})
     with pytest.raises(EvaluationError, match="gate.judge.url http://127.0.0.1:9/v1"):
         judged_by(down, CHATS, REFS, Answers({}, CAND), None, None)
