@@ -1,7 +1,7 @@
 """freestack.ml.preference: DPO's loss and metrics equal TRL's DPOTrainer on the same log-probabilities,
 preference pairs are encoded so that only the answers count, bad pairs are refused naming the row and
-the column, and DPO on a checkable task (chosen the right answer, rejected a wrong one) raises a tiny
-instruction-tuned model's exact match."""
+the column, and preference tuning on a checkable task (chosen the right answer, rejected a wrong one)
+raises a tiny instruction-tuned model's exact match."""
 
 from __future__ import annotations
 
@@ -128,30 +128,6 @@ def test_a_bad_pair_is_refused_naming_the_row_and_column(tok, row, match):
 # -- DPO moves a model: chosen the right answer, rejected a wrong one ------------------------------------
 
 
-def wrong_answer(prompt: str, answer: str, rng) -> str:
-    """A plausible wrong answer to one of the tutorial's instructions: a sum off by one or two, the digits
-    not reversed, the date in the other format."""
-    if prompt.startswith("What is"):
-        return str(int(answer) + int(rng.choice([-2, -1, 1, 2])))
-    if prompt.startswith("Reverse"):
-        return prompt.rsplit(" ", 1)[1]
-    day, month, year = answer.split("/")
-    return f"{month}/{day}/{year}"
-
-
-def preference_pairs(n: int, seed: int) -> pd.DataFrame:
-    """``n`` pairs of the tutorial's instructions: prompt, chosen (right), rejected (wrong)."""
-    from demo.instructions import instruction_pair
-
-    rng, rows = np.random.default_rng(seed), []
-    while len(rows) < n:
-        prompt, answer = instruction_pair(rng)
-        wrong = wrong_answer(prompt, answer, rng)
-        if wrong != answer:
-            rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong})
-    return pd.DataFrame(rows)
-
-
 def _exact_match(model, tok, rows: pd.DataFrame) -> float:
     from freestack.ml.generation import GenerationSettings, generate
 
@@ -173,25 +149,21 @@ def _fit(net, train, val, task: str, epochs: int, lr: float):
     return fit_source(net, train, val, config, task=task)
 
 
-def test_dpo_raises_the_exact_match_of_an_instruction_tuned_model(tmp_path):
+def test_preference_tuning_raises_the_exact_match_of_an_instruction_tuned_model(tmp_path):
     """The starting point is the tiny base instruction-tuned (sft) on answers of which 30% are the wrong
-    one (a careless annotator); DPO on pairs of the right and the wrong answer (beta 0.1, with TRL's sft
-    term) raises its exact match on 200 held-out prompts, and the validation reward margin with it."""
-    from freestack.ml.generation import CausalLMNet, ChatEncoding, load_causal_lm
+    one (a careless annotator); preference tuning on pairs of the right and the wrong answer (beta 0.1,
+    with TRL's sft term: DPO alone lowers this small model's exact match, docs/stages/train.md) raises its
+    exact match on 200 held-out prompts, and DPO's validation reward margin and accuracy with it."""
+    from freestack.ml.generation import load_causal_lm
     from freestack.ml.preference import PreferenceNet, score_reference
     from tests.support.hf_tiny import tiny_causal_lm
+    from tests.support.preference import careless_sft, preference_pairs
 
     base = tiny_causal_lm(tmp_path / "lm")
     tok, model = load_tokenizer(base), load_causal_lm(str(base))
     pairs = preference_pairs(500, seed=1)
     train, held_out = pairs.iloc[:300], pairs.iloc[300:]
-    careless = np.random.default_rng(5).random(len(train)) < 0.3
-    sft = _source(
-        ChatEncoding(tok, COLUMNS, 48).encode_frame(
-            train.assign(chosen=np.where(careless, train["rejected"], train["chosen"]))
-        )
-    )
-    _fit(CausalLMNet(model, base={}, columns=COLUMNS, max_length=48), sft, sft, "generation", 6, 3e-3)
+    careless_sft(model, tok, train)
     before = _exact_match(model, tok, held_out)
 
     net = PreferenceNet(model, beta=0.1, sft_weight=1.0, base={}, columns=COLUMNS, max_length=48)
@@ -211,5 +183,6 @@ def test_dpo_raises_the_exact_match_of_an_instruction_tuned_model(tmp_path):
         np.log(2)
     )
     assert result.metric == "reward_margin" and result.best_metric > 0.5
+    assert result.history[-1]["val_reward_accuracy"] > 0.8
     assert {"val_reward_chosen", "val_reward_rejected", "val_reward_accuracy"} <= set(result.history[-1])
     assert after >= before + 0.1, (before, after)

@@ -1,0 +1,89 @@
+"""Preference pairs of the instruction-tuning tutorial's tasks (include/demo/instructions.py) for the DPO
+tests: each prompt with its one right answer (chosen) and a plausible wrong one (rejected), and a
+starting model instruction-tuned on answers of which a share are the wrong one (a careless annotator),
+whose mistakes preference tuning can correct."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from freestack.ml.generation import ChatColumns
+
+COLUMNS = ChatColumns(prompt="prompt", response="chosen")
+
+
+def wrong_answer(prompt: str, answer: str, rng) -> str:
+    """A plausible wrong answer to one of the tutorial's instructions: a sum off by one or two, the digits
+    not reversed, the date in the other format."""
+    if prompt.startswith("What is"):
+        return str(int(answer) + int(rng.choice([-2, -1, 1, 2])))
+    if prompt.startswith("Reverse"):
+        return prompt.rsplit(" ", 1)[1]
+    day, month, year = answer.split("/")
+    return f"{month}/{day}/{year}"
+
+
+def preference_pairs(n: int, seed: int) -> pd.DataFrame:
+    """``n`` pairs: prompt, chosen (the right answer), rejected (a wrong one)."""
+    from demo.instructions import instruction_pair
+
+    rng, rows = np.random.default_rng(seed), []
+    while len(rows) < n:
+        prompt, answer = instruction_pair(rng)
+        wrong = wrong_answer(prompt, answer, rng)
+        if wrong != answer:
+            rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong})
+    return pd.DataFrame(rows)
+
+
+def careless_sft(model, tok, pairs: pd.DataFrame, careless: float = 0.3, epochs: int = 6) -> None:
+    """``model`` (a transformers causal LM) instruction-tuned in place on ``pairs``' prompts, answered by
+    the chosen answer, or by the rejected one for a ``careless`` share of them."""
+    import torch
+
+    from freestack.ml.generation import CausalLMNet, ChatEncoding
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.stream import InMemory
+
+    flip = np.random.default_rng(5).random(len(pairs)) < careless
+    rows = pairs.assign(chosen=np.where(flip, pairs["rejected"], pairs["chosen"]))
+    enc = ChatEncoding(tok, COLUMNS, 48).encode_frame(rows)
+    source = InMemory({k: torch.tensor(v) for k, v in enc.x.items()}, torch.tensor(enc.y))
+    config = TrainConfig(epochs=epochs, learning_rate=3e-3, batch_size=16, warmup_epochs=0, device="cpu")
+    fit_source(
+        CausalLMNet(model, base={}, columns=COLUMNS, max_length=48), source, source, config, task="generation"
+    )
+
+
+def sft_base(base: Path, folder: Path, pairs: pd.DataFrame) -> Path:
+    """The tiny base in ``base`` carelessly instruction-tuned on ``pairs``, saved in ``folder`` as
+    transformers writes a model (with the base's tokenizer and generation config): a DPO starting point."""
+    from freestack.ml.generation import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(str(base)), load_tokenizer(base)
+    careless_sft(model, tok, pairs)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def landing_pairs(root: Path, pipeline: str, start: date, days: int, rows: int) -> None:
+    """``days`` landing drops of ``rows`` pairs each: ``landing/<pipeline>/<ds>/pairs.csv`` with columns
+    id, prompt, chosen, rejected."""
+    for d in range(days):
+        day = start + timedelta(days=d)
+        pairs = preference_pairs(rows, seed=day.toordinal())
+        buf = io.StringIO()
+        out = csv.writer(buf)
+        out.writerow(["id", "prompt", "chosen", "rejected"])
+        for i, r in enumerate(pairs.to_dict("records")):
+            out.writerow([f"{day:%Y%m%d}-{i:04d}", r["prompt"], r["chosen"], r["rejected"]])
+        folder = root / "landing" / pipeline / day.isoformat()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pairs.csv").write_text(buf.getvalue())
