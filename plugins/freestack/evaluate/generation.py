@@ -95,14 +95,17 @@ def smoke_sample(model, pre, frame, spec: PipelineSpec, key: str, n: int = 64) -
     rows = frame.sort_values(key, kind="stable").head(n) if key in frame.columns else frame.head(n)
     chats, refs = chats_of(pre, rows)
     lm = model.model if hasattr(model, "model") else model
-    outputs = [generate(lm, pre.tokenizer, [chat], settings_for(spec))[0].text for chat in chats]
+    done = [generate(lm, pre.tokenizer, [chat], settings_for(spec))[0] for chat in chats]
     return {
         "task": "generation",
         "features": list(pre.features),
         "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
         "chats": chats,
         "labels": refs,
-        "outputs": outputs,
+        "outputs": [c.text for c in done],
+        "finish_reasons": [
+            c.finish_reason for c in done
+        ],  # the monitor's truncation rate is judged against them
         "max_new_tokens": spec.model.generation.max_new_tokens,
     }
 
