@@ -51,6 +51,7 @@ from freestack.train.pretrained import (
     check_objective,
     check_pretrained_model,
     encoder_settings,
+    objective_lineage,
     pretrained_base,
     pretrained_lineage,
 )
@@ -572,6 +573,7 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
         "features": len(data.features),
         "rows": data.rows(),
         "data": data.data,
+        **({"objective": objective_lineage(spec)} if spec.model.generative else {}),
         "end_ds": req.end_ds,
         **(req.tracking.get("config") or {}),
     }
@@ -666,9 +668,8 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
         )
         if run is None:
             return None
-        test = evaluate_source(
-            result.model, sources["test"], data.loop_task, device
-        )  # FSDP: rank 0's whole copy
+        # FSDP: rank 0's whole copy
+        test = evaluate_source(result.model, sources["test"], data.loop_task, device)
     metrics = {f"test_{k}": v for k, v in test.items()}
     metrics.update({f"best_val_{result.metric}": result.best_metric, "best_epoch": result.best_epoch})
     run.summary_update(metrics)

@@ -82,6 +82,16 @@ def test_a_bad_preference_spec_is_refused_naming_the_field(edit, message):
             "train.objective dpo reads preference pairs: set model.data",
         ),
         (lambda d: d["model"].update(packing=True), "model.packing is for train.objective sft"),
+        (
+            lambda d: d.update(
+                sweep={
+                    "method": "grid",
+                    "metric": {"name": "val_perplexity", "goal": "minimize"},
+                    "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}},
+                }
+            ),
+            "sweep: a train.objective dpo run reports val_reward_margin",
+        ),
     ],
 )
 def test_an_objective_that_does_not_fit_the_data_is_refused_before_any_data_is_read(edit, message):
