@@ -76,7 +76,7 @@ def test_a_tiny_deployments_prose_is_counted_as_failures_and_fails_the_judging(s
         assert (
             f"gate.judge.url {server.url}/v1 (model {MODEL}) answered in a way freestack cannot read" in msg
         )
-        assert f"8 of 8 judgings failed (unparsable 8; gate.judge.max_failures {bound:g})" in msg
+        assert f"4 of 4 judgings failed (unparsable 4; gate.judge.max_failures {bound:g})" in msg
         assert "it answered: " in msg and '{"score": <an integer from 1 to 5>' in msg
     # an outage rule does not pass a judge that answers: prose is not an outage
     with pytest.raises(judge.JudgeError, match="cannot read"):

@@ -298,17 +298,18 @@ def run(
 
 
 def _judged(spec: JudgeSpec, client: JudgeClient, identity, prompts, refs, cand, champ) -> Judged:
+    """The judging itself: each model's share of failed prompts is bounded on its own."""
     if spec.mode == "pointwise":
         mine = pointwise(client, prompts, refs, cand)
         theirs = pointwise(client, prompts, refs, champ) if champ is not None else None
-        failed = [v for v in mine + (theirs or []) if v.kind]
-        asked = len(mine) + len(theirs or [])
+        sides = [mine, *([theirs] if theirs is not None else [])]
     else:
         pairs = pairwise(client, prompts, refs, cand, champ or [])
-        failed = [next(v for v in pair if v.kind) for pair in pairs if any(v.kind for v in pair)]
-        asked = len(pairs)
+        sides = [[next((v for v in pair if v.kind), pair[0]) for pair in pairs]]
     identity.update(served_by=client.served_by, answered_as=client.answered_as)
-    problem = _bounds(spec, failed, asked)
+    problem = None
+    for verdicts in sides:
+        problem = problem or _bounds(spec, [v for v in verdicts if v.kind], len(verdicts))
     if problem:
         log.warning("judge %s: %s (on_judge_error: pass)", spec.url, problem)
         return Judged("unavailable", identity, reason=problem)

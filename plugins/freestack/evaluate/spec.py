@@ -128,8 +128,8 @@ class JudgeSpec(SpecModel):
         default=0.1,
         ge=0,
         le=1,
-        description="The share of prompts whose judging may fail (no answer, or one that does not parse) "
-        "before the evaluation fails.",
+        description="The share of a model's prompts whose judging may fail (no answer, or one that does not "
+        "parse) before the evaluation fails.",
     )
     on_judge_error: Literal["fail", "pass"] = Field(
         default="fail",

@@ -7,7 +7,8 @@ an answer equal to the reference and 1 to any other, and pairwise prefers the an
 when both or neither are). The model name picks a behaviour: ``fair`` (the above), ``fenced`` (the JSON
 in a code fence with prose around it), ``prose`` (no JSON at all), ``first`` (always prefers answer A: a
 position bias), ``slow`` (answers after 3 s), ``flaky`` (every third request an HTTP 500), ``freestack``
-(as ``fair``, with freestack's ``x-freestack-version`` header).
+(as ``fair``, with freestack's ``x-freestack-version`` header). Any model answers prose to the
+answer ``UNREADABLE``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _marked(text: str, mark: str) -> str | None:
 def verdict(model: str, system: str, question: str, served: int) -> str:
     """The stand-in's answer text for one question."""
     ref = _marked(question, "REFERENCE")
-    if model == "prose":
+    if model == "prose" or _marked(question, "ANSWER") == "UNREADABLE":
         return "The answer looks quite good to me, I would give it a high mark."
     if "winner" in system:
         a, b = _marked(question, "A"), _marked(question, "B")

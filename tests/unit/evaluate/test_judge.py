@@ -297,3 +297,14 @@ def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
     without = copy.deepcopy(SPEC)
     del without["gate"]["judge"]
     assert judged_by(parse_spec(without, "arith.yaml"), CHATS, REFS, cand, None, None) is None
+
+
+def test_each_models_failures_are_bounded_on_their_own(server):
+    """Production's answers all judged cannot hide that none of the candidate's were."""
+    with pytest.raises(
+        judge.JudgeError, match=r"8 of 8 judgings failed \(unparsable 8; gate.judge.max_failures 0.5"
+    ):
+        judge.run(_spec(server, max_failures=0.5), CHATS, REFS, ["UNREADABLE"] * 8, CHAMP, None)
+    got = judge.run(_spec(server, max_failures=0.5), CHATS, REFS, ["UNREADABLE"] * 4 + CAND[4:], CHAMP, None)
+    assert got.candidate["judge_failures"] == 4 and got.candidate["judge_score"] == 2.0  # 1 right of 4
+    assert got.champion["judge_failures"] == 0
