@@ -334,6 +334,21 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
     return [single, best]
 
 
+#: the approval request's LLM judge figures and sample prompts side by side (an evaluation with gate.judge)
+JUDGE_SAMPLES = (
+    "{% set e = ti.xcom_pull(task_ids='evaluate') %}{% set j = e.candidate if e else {} %}"
+    "{% if j.judge_win_rate is defined %}\nLLM judge: win rate **{{ '%.2f' % j.judge_win_rate }}** against "
+    "production (95% CI {{ '%.2f' % j.judge_win_rate_low }}-{{ '%.2f' % j.judge_win_rate_high }}; "
+    "{{ j.judge_wins }} wins, {{ j.judge_ties }} ties, {{ j.judge_losses }} losses, "
+    "{{ j.judge_failures }} failed).\n"
+    "{% elif j.judge_score is defined %}\nLLM judge: mean score **{{ '%.2f' % j.judge_score }}** of 5 "
+    "({{ j.judge_judged }} prompts, {{ j.judge_failures }} failed).\n{% endif %}"
+    "{% if e and e.judge_samples %}\n| prompt | candidate | production | judge |\n|---|---|---|---|\n"
+    "{% for s in e.judge_samples %}| {{ s.prompt }} | {{ s.candidate }} | {{ s.champion }} | {{ s.verdict }} |\n"
+    "{% endfor %}{% endif %}"
+)
+
+
 def promotion_tasks(spec: PipelineSpec, spec_path: str):
     """``evaluate`` -> ``gate`` -> [``approve``] -> ``promote`` | ``blocked``; returns (evaluate, promote)."""
     evaluate = EvaluateOperator(
@@ -358,7 +373,7 @@ def promotion_tasks(spec: PipelineSpec, spec_path: str):
             "{% set d = ti.xcom_pull(task_ids='gate') %}"
             "Candidate **{{ d.candidate_version }}** vs production **{{ d.champion_version or '(none)' }}**: "
             "{{ d.metric }} {{ '%.4f' % d.candidate }}.\n\n"
-            "{% for r in d.reasons %}- {{ r }}\n{% endfor %}"
+            "{% for r in d.reasons %}- {{ r }}\n{% endfor %}" + JUDGE_SAMPLES
         ),
         doc_md="A human approves the promotion (the spec's gate says approval: required).",
     )

@@ -471,6 +471,7 @@ def evaluate(
         "champion_uri": champion_uri,
         "champion_version": champion.lineage.as_dict().get("version") if champion else None,
         **({"samples": samples} if samples is not None else {}),
+        **({"judge_samples": judged.samples()} if judged is not None else {}),
         "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
         "candidate": _shown(cand),
         "champion": _shown(champ) if champ else None,

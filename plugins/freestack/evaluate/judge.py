@@ -89,6 +89,29 @@ class Judged:
             "items": self.items,
         }
 
+    def samples(self, n: int = 2) -> list[dict[str, str]]:
+        """The ``n`` worst and ``n`` best prompts side by side, one line of text each (for the approval
+        request's table): the prompt, both answers and the judge's verdict."""
+        picked = self.items[:n] + self.items[n:][-n:]
+        return [_sample(it) for it in picked]
+
+
+def _sample(item: dict[str, Any]) -> dict[str, str]:
+    """One judged prompt as a table row: texts on one line, no ``|``, at most 160 characters."""
+    cell = lambda text: _short(str(text or ""), 160).replace("|", "/")  # noqa: E731
+    cand, champ = item.get("candidate"), item.get("champion")
+    if isinstance(cand, dict):  # pointwise: each answer with its score
+        verdict = f"{cand.get('score') or 'failed'} vs {(champ or {}).get('score') or '-'}"
+        cand, champ = cand.get("answer"), (champ or {}).get("answer")
+    else:
+        verdict = str(item.get("outcome"))
+    return {
+        "prompt": cell(item.get("prompt")),
+        "candidate": cell(cand),
+        "champion": cell(champ),
+        "verdict": verdict,
+    }
+
 
 # ---------------------------------------------------------------------------------------------------------
 # reading the judge's answers
