@@ -335,15 +335,15 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
 
 
 #: the approval request's LLM judge figures and sample prompts side by side (an evaluation with gate.judge)
-JUDGE_SAMPLES = (
-    "{% set e = ti.xcom_pull(task_ids='evaluate') %}{% set j = e.candidate if e else {} %}"
-    "{% if j.judge_win_rate is defined %}\nLLM judge: win rate **{{ '%.2f' % j.judge_win_rate }}** against "
-    "production (95% CI {{ '%.2f' % j.judge_win_rate_low }}-{{ '%.2f' % j.judge_win_rate_high }}; "
+JUDGE_SAMPLES = (  # Airflow renders with StrictUndefined: every key read with get
+    "{% set e = ti.xcom_pull(task_ids='evaluate') or {} %}{% set j = e.get('candidate') or {} %}"
+    "{% if j.get('judge_win_rate') is not none %}\nLLM judge: win rate **{{ '%.2f' % j.judge_win_rate }}** "
+    "against production (95% CI {{ '%.2f' % j.judge_win_rate_low }}-{{ '%.2f' % j.judge_win_rate_high }}; "
     "{{ j.judge_wins }} wins, {{ j.judge_ties }} ties, {{ j.judge_losses }} losses, "
     "{{ j.judge_failures }} failed).\n"
-    "{% elif j.judge_score is defined %}\nLLM judge: mean score **{{ '%.2f' % j.judge_score }}** of 5 "
+    "{% elif j.get('judge_score') is not none %}\nLLM judge: mean score **{{ '%.2f' % j.judge_score }}** of 5 "
     "({{ j.judge_judged }} prompts, {{ j.judge_failures }} failed).\n{% endif %}"
-    "{% if e and e.judge_samples %}\n| prompt | candidate | production | judge |\n|---|---|---|---|\n"
+    "{% if e.get('judge_samples') %}\n| prompt | candidate | production | judge |\n|---|---|---|---|\n"
     "{% for s in e.judge_samples %}| {{ s.prompt }} | {{ s.candidate }} | {{ s.champion }} | {{ s.verdict }} |\n"
     "{% endfor %}{% endif %}"
 )

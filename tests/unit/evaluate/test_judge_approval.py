@@ -19,7 +19,11 @@ class _TI:
 
 
 def _render(evaluation) -> str:
-    return jinja2.Environment().from_string(JUDGE_SAMPLES).render(ti=_TI(evaluation))
+    return (
+        jinja2.Environment(undefined=jinja2.StrictUndefined)
+        .from_string(JUDGE_SAMPLES)
+        .render(ti=_TI(evaluation))
+    )
 
 
 def _pair(i: int, outcome: str) -> dict:
