@@ -2,7 +2,7 @@
 TRL's ``DPOTrainer``, on the same base, pairs, batch, LoRA and beta, in one run.
 
     python -m bench.train.dpo [--size base|small] [--rows 96] [--batch-size 8] [--max-length 64]
-                              [--repeats 3] [--device cpu|cuda] [--threads N] [--out bench/results/train_dpo.json]
+                              [--repeats 3] [--device cpu|cuda] [--threads N] [--out bench/results/dpo_train.json]
     python -m bench.train.dpo --size small --rows 64 --repeats 1 --out /tmp/dpo.json   # smoke run
 
 The base is :mod:`bench.train.sft`'s (a random-weight Llama with the tutorial's ChatML tokenizer; ``base``:
@@ -190,7 +190,7 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser("bench.train.dpo", __doc__, out="train_dpo.json", workdir=True)
+    ap = parser("bench.train.dpo", __doc__, out="dpo_train.json", workdir=True)
     ap.add_argument("--size", choices=sorted(SIZES), default="base")
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples[side].append(out)
     median = {s: statistics.median(r["pairs_per_s"] for r in runs) for s, runs in samples.items()}
     report = {
+        "name": "dpo_train",  # not a train_* name: bench.report's table does not read this report
         "base": base,
         "settings": {k: v for k, v in vars(args).items() if k not in ("child", "out", "workdir")},
         "median_pairs_per_s": median,
