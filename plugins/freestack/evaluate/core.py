@@ -534,23 +534,52 @@ def _generation(
         gen.reference_of(spec, frame, cand.texts, version, cand.metrics),
     )
     write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
-    judged = judged_by(spec, chats, refs, cand, champ, judge_key)
+    golden = golden_answers(spec, model, pre, champion)
+    judged = judged_by(spec, chats, refs, cand, champ, judge_key, golden)
     if judged is not None:
         write_json(join(folder, "judge.json"), judged.record(spec.gate.judge))
     return cand.metrics, (champ.metrics if champ else None), samples, judged
 
 
-def judged_by(spec: PipelineSpec, chats, refs, cand: gen.Answers, champ: gen.Answers | None, judge_key):
-    """The judge's verdicts on both models' answers (None without ``gate.judge``), its figures added to
-    their metrics and its status and identity to the candidate's (``judge``: what lineage keeps)."""
-    if spec.gate.judge is None:
+def golden_answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None) -> tuple | None:
+    """The judge's golden set (``gate.judge.golden``) and both models' answers to it: (chats, references,
+    the candidate's answers, production's or None); None without one."""
+    judge = spec.gate.judge
+    if judge is None or judge.golden is None:
         return None
     try:
-        judged = llm_judge.run(
-            spec.gate.judge, chats, refs, cand.texts, champ.texts if champ else None, judge_key
-        )
+        chats, refs = gen.golden_set(judge.golden)
     except llm_judge.JudgeError as exc:
         raise EvaluationError(str(exc)) from None
+    theirs = gen.texts_of(champion.model, champion.preprocessor, chats, spec) if champion else None
+    return chats, refs, gen.texts_of(model, pre, chats, spec), theirs
+
+
+def judged_by(
+    spec: PipelineSpec, chats, refs, cand: gen.Answers, champ: gen.Answers | None, judge_key, golden=None
+):
+    """The judge's verdicts on both models' answers to the test prompts (at most ``max_rows``) and the
+    golden set's (:func:`golden_answers`), each item naming its ``source``; None without ``gate.judge``.
+    Its figures are added to the models' metrics, its status and identity to the candidate's (``judge``:
+    what lineage keeps)."""
+    if spec.gate.judge is None:
+        return None
+    mine, theirs = list(cand.texts), (list(champ.texts) if champ else None)
+    try:
+        judge = llm_judge.with_rubric_file(spec.gate.judge)
+        n = min(len(chats), len(mine), judge.max_rows or len(mine))
+        chats, refs, mine = list(chats[:n]), list(refs[:n]), mine[:n]
+        theirs = theirs[:n] if theirs is not None else None
+        if golden is not None:
+            chats, refs, mine = chats + golden[0], refs + golden[1], mine + golden[2]
+            theirs = theirs + golden[3] if theirs is not None and golden[3] is not None else theirs
+        judge = judge.model_copy(update={"max_rows": None})
+        judged = llm_judge.run(judge, chats, refs, mine, theirs, judge_key)
+    except llm_judge.JudgeError as exc:
+        raise EvaluationError(str(exc)) from None
+    for item in judged.items:
+        item["source"] = "test" if item["index"] < n else "golden"
+    judged.candidate["judge_golden_rows"] = len(golden[0]) if golden is not None else 0
     cand.metrics.update(
         judged.candidate, judge={"status": judged.status, **judged.identity, "reason": judged.reason}
     )
@@ -580,9 +609,9 @@ def rescore(
             frame = _frame(test)
             mine = gen.answer(model, pre, frame, spec)
             theirs = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
-            judged_by(
-                spec, *gen.chats_of(pre, frame.head(spec.model.generation.max_rows)), mine, theirs, judge_key
-            )
+            chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
+            golden = golden_answers(spec, model, pre, champion)
+            judged_by(spec, chats, refs, mine, theirs, judge_key, golden)
             cand, champ = mine.metrics, (theirs.metrics if theirs else None)
         else:
             cand = score(model, pre, test, target)

@@ -12,11 +12,13 @@ core's generation); :mod:`freestack.evaluate.core` imports it.
 from __future__ import annotations
 
 import html
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from freestack.ml.generation import GenerationSettings, generate
+from freestack.evaluate.judge import JudgeError, project_file
+from freestack.ml.generation import ChatError, GenerationSettings, generate, parse_messages
 from freestack.ml.loop import to_tensors, token_metrics
 from freestack.ml.stream import InMemory
 from freestack.monitor.core import build_reference
@@ -41,6 +43,46 @@ def chats_of(pre, frame) -> tuple[list[list[dict[str, str]]], list[str]]:
     return [pre.columns.prompt_of(r, i) for i, r in enumerate(rows)], [
         pre.columns.answer_of(r, i) for i, r in enumerate(rows)
     ]
+
+
+def golden_set(path: str) -> tuple[list[list[dict[str, str]]], list[str | None]]:
+    """The judge's golden set (``gate.judge.golden``): each line's conversation and reference (None without
+    one). A line that is not a JSON object with a prompt, or has a bad chat, fails naming the line."""
+    chats, refs = [], []
+    for n, line in enumerate(project_file(path, "golden").read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"gate.judge.golden ({path}) line {n}"
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or ("prompt" in row) == ("messages" in row):
+                raise ValueError('one JSON object with "prompt" (text) or "messages" (a chat), not both')
+            if "messages" in row:
+                chat = parse_messages(row["messages"], where)
+            elif isinstance(row["prompt"], str) and row["prompt"].strip():
+                chat = [{"role": "user", "content": row["prompt"]}]
+            else:
+                raise ValueError('"prompt" must be non-empty text')
+            ref = row.get("reference")
+            if ref is not None and not isinstance(ref, str):
+                raise ValueError('"reference" must be text')
+        except (ValueError, ChatError) as exc:
+            raise JudgeError(f"{where}: {exc}") from None
+        chats.append(chat)
+        refs.append(ref)
+    if not chats:
+        raise JudgeError(f"gate.judge.golden ({path}) holds no prompts")
+    return chats, refs
+
+
+def texts_of(model, pre, chats: list[list[dict[str, str]]], spec: PipelineSpec) -> list[str]:
+    """A model's greedy answers to ``chats``, ``model.generation.batch_size`` at a time."""
+    lm = model.model if hasattr(model, "model") else model
+    size = spec.model.generation.batch_size
+    out: list[str] = []
+    for i in range(0, len(chats), size):
+        out += [c.text for c in generate(lm, pre.tokenizer, chats[i : i + size], settings_for(spec))]
+    return out
 
 
 def rouge_l(references: list[str], answers: list[str]) -> float:
@@ -77,12 +119,7 @@ def answer(model, pre, frame, spec: PipelineSpec) -> Answers:
         **token_metrics(model, source, torch.device("cpu")),
     }
     chats, refs = chats_of(pre, frame.head(g.max_rows))
-    lm = model.model if hasattr(model, "model") else model
-    texts: list[str] = []
-    for i in range(0, len(chats), g.batch_size):
-        texts += [
-            c.text for c in generate(lm, pre.tokenizer, chats[i : i + g.batch_size], settings_for(spec))
-        ]
+    texts = texts_of(model, pre, chats, spec)
     metrics.update(
         exact_match=exact_match(refs, texts), rouge_l=rouge_l(refs, texts), generated_rows=len(texts)
     )

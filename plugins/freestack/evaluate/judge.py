@@ -30,10 +30,12 @@ import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from freestack.errors import FreestackError
-from freestack.evaluate.spec import JudgeSpec
+from freestack.evaluate.spec import JudgeSpec, check_rubric
+from freestack.settings import checkout_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Judged:
     champion: dict[str, Any] | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
     reason: str | None = None
+    rubric: str | None = None  # the rubric asked (a rubric_file's text)
 
     def record(self, spec: JudgeSpec) -> dict[str, Any]:
         """``evaluation/judge.json``: the summary, the rubric and every item."""
@@ -82,7 +85,7 @@ class Judged:
             "status": self.status,
             "reason": self.reason,
             "judge": self.identity,
-            "rubric": spec.template,
+            "rubric": self.rubric or spec.template,
             "format": FORMATS[spec.mode],
             "candidate": self.candidate,
             "champion": self.champion,
@@ -286,13 +289,38 @@ def agreement(scores: list[float | None], refs: list[str], answers: list[str]) -
     pairs = [
         (s >= RIGHT_SCORE, r.strip() == a.strip())
         for s, r, a in zip(scores, refs, answers, strict=True)
-        if s is not None
+        if s is not None and r is not None  # a golden prompt without a reference has no exact match
     ]
     return sum(j == e for j, e in pairs) / len(pairs) if pairs else None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the evaluation's judging
+
+
+def project_file(path: str, field: str) -> Path:
+    """A file of the project a judge setting names (relative to the checkout, or absolute); JudgeError
+    naming ``gate.judge.<field>`` when it is not there."""
+    found = Path(path) if Path(path).is_absolute() else checkout_dir() / path
+    if not found.is_file():
+        raise JudgeError(
+            f"gate.judge.{field}: {path} is not a file (looked for {found}); give a path relative to the "
+            "project's checkout"
+        )
+    return found
+
+
+def with_rubric_file(spec: JudgeSpec) -> JudgeSpec:
+    """``spec`` with the rubric ``rubric_file`` holds, checked as an inline rubric is (JudgeError naming
+    ``gate.judge.rubric_file``)."""
+    if spec.rubric_file is None:
+        return spec
+    text = project_file(spec.rubric_file, "rubric_file").read_text()
+    try:
+        check_rubric(text, spec.mode)
+    except ValueError as exc:
+        raise JudgeError(f"gate.judge.rubric_file ({spec.rubric_file}): {exc}") from None
+    return spec.model_copy(update={"rubric": text, "rubric_file": None})
 
 
 def run(
@@ -315,9 +343,11 @@ def run(
         return Judged("skipped", identity, reason="no production model to compare the candidate with")
     client = JudgeClient(spec, api_key)
     try:
-        return _judged(spec, client, identity, prompts, refs, cand, champ)
+        judged = _judged(spec, client, identity, prompts, refs, cand, champ)
     finally:
         client.client.close()
+    judged.rubric = spec.template
+    return judged
 
 
 def _judged(spec: JudgeSpec, client: JudgeClient, identity, prompts, refs, cand, champ) -> Judged:

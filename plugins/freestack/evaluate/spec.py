@@ -109,11 +109,23 @@ class JudgeSpec(SpecModel):
         description="The judge's instructions, with {prompt} and {answer} (pairwise: {answer_a} and {answer_b}) "
         "and optionally {reference}; literal braces doubled ({{ }}). Default: a generic rubric.",
     )
+    rubric_file: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="A file of the project holding the rubric (relative to the checkout, e.g. "
+        "include/rubrics/support.txt), instead of rubric; checked as rubric is when evaluate starts.",
+    )
+    golden: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="A golden set judged besides the test split: a JSON Lines file of the project (relative to "
+        'the checkout), one {"prompt": text} or {"messages": chat} a line, with an optional "reference".',
+    )
     max_rows: int | None = Field(
         default=None,
         ge=1,
         le=100_000,
-        description="The most test prompts judged; default: every answered one.",
+        description="The most test prompts judged (the golden set's come on top); default: every answered one.",
     )
     max_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens the judge may answer with.")
     timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds a judge request may take.")
@@ -143,6 +155,12 @@ class JudgeSpec(SpecModel):
         if v is not None and info.data.get("mode"):
             check_rubric(v, info.data["mode"])
         return v
+
+    @model_validator(mode="after")
+    def _one_rubric(self) -> JudgeSpec:
+        if self.rubric is not None and self.rubric_file is not None:
+            raise ValueError("give rubric or rubric_file, not both")
+        return self
 
     @property
     def template(self) -> str:
