@@ -186,3 +186,50 @@ def test_preference_tuning_raises_the_exact_match_of_an_instruction_tuned_model(
     assert result.history[-1]["val_reward_accuracy"] > 0.8
     assert {"val_reward_chosen", "val_reward_rejected", "val_reward_accuracy"} <= set(result.history[-1])
     assert after >= before + 0.1, (before, after)
+
+
+def test_a_retry_scores_the_same_reference_and_resumes_where_the_run_stopped(tmp_path):
+    """A run killed after its first epoch's checkpoint is retried: the fresh starting model scores the same
+    reference log-probabilities, the loop resumes from the checkpoint, and the history and weights equal
+    those of a run never killed."""
+    from freestack.ml.generation import load_causal_lm
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.preference import PreferenceNet, score_reference
+    from tests.support.hf_tiny import tiny_causal_lm
+    from tests.support.preference import preference_pairs
+
+    class Store(dict):
+        def save(self, name, data):
+            self[name] = data
+
+        def load(self, name):
+            return self.get(name)
+
+    base = tiny_causal_lm(tmp_path / "lm", pretrain_steps=0)
+    tok = load_tokenizer(base)
+    enc = PreferenceEncoding(tok, COLUMNS, 48, rejected="rejected").encode_frame(preference_pairs(24, seed=3))
+    config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, warmup_epochs=0, device="cpu")
+
+    def run(store, kill_at=None):
+        net = PreferenceNet(load_causal_lm(str(base)), beta=0.1, base={}, columns=COLUMNS, max_length=48)
+        train, val = _source(enc), _source(enc)
+        for source in (train, val):
+            score_reference(net, source, torch.device("cpu"))
+
+        def killed(row):
+            if row["epoch"] == kill_at:
+                raise RuntimeError("killed")
+
+        return fit_source(
+            net, train, val, config, task="preference", checkpoints=store, on_epoch=killed
+        ), train.y
+
+    whole, reference = run(Store())
+    store = Store()
+    with pytest.raises(RuntimeError, match="killed"):
+        run(store, kill_at=2)
+    again, retried_reference = run(store)
+    assert torch.equal(reference, retried_reference) and again.resumed_from == 1
+    assert [r["val_reward_margin"] for r in again.history] == [r["val_reward_margin"] for r in whole.history]
+    want, got = whole.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
