@@ -20,10 +20,10 @@ pytestmark = [pytest.mark.usefixtures("airflow_db"), needs_serving_env]
 DAYS = 3
 
 
-def dpo_spec(base: Path) -> dict:
+def dpo_spec(base: Path, name: str = "prefs") -> dict:
     """The tutorial's spec (include/pipelines/arith.yaml) on preference pairs, from ``base``."""
     spec = yaml.safe_load((ROOT / "include" / "pipelines" / "arith.yaml").read_text())
-    spec.update(name="prefs", retries=0)
+    spec.update(name=name, retries=0)
     spec["source"]["schema"] = {
         "key": "id",
         "target": "chosen",
@@ -63,14 +63,18 @@ def pipelines(tmp_path, storage, monkeypatch):
     base = sft_base(tiny_causal_lm(tmp_path / "lm"), tmp_path / "sft", preference_pairs(300, seed=1))
     specs = tmp_path / "pipelines"
     specs.mkdir()
-    (specs / "prefs.yaml").write_text(yaml.safe_dump(dpo_spec(base), sort_keys=False))
+    ranks = dpo_spec(base, "ranks")
+    ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    for spec in (dpo_spec(base), ranks):
+        (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb" / var.lower()))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     root = Path(storage.removeprefix("file://"))
-    landing_pairs(root, "prefs", date(2026, 11, 1), DAYS, rows=150)
+    for name in ("prefs", "ranks"):
+        landing_pairs(root, name, date(2026, 11, 1), DAYS, rows=150)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
     return {"bag": bag, "root": root, "base": base}
@@ -86,14 +90,18 @@ def _base_exact_match(folder: Path, smoke: dict) -> float:
     return exact_match(smoke["labels"], [a.text for a in answers])
 
 
+def _ingest(p, name: str) -> None:
+    ingest = p["bag"].get_dag(f"{name}_ingest")
+    for d in range(1, DAYS + 1):
+        assert ingest.test(logical_date=datetime(2026, 11, d, tzinfo=UTC)).state == "success"
+
+
 def test_a_language_model_is_preference_tuned_gated_registered_and_served(pipelines):
     from freestack.serving.local import stop_local
     from freestack.serving.records import Deployments
 
     p = pipelines
-    ingest = p["bag"].get_dag("prefs_ingest")
-    for d in range(1, DAYS + 1):
-        assert ingest.test(logical_date=datetime(2026, 11, d, tzinfo=UTC)).state == "success"
+    _ingest(p, "prefs")
     try:
         run = p["bag"].get_dag("prefs_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
         assert run.state == "success"
@@ -125,3 +133,27 @@ def test_a_language_model_is_preference_tuned_gated_registered_and_served(pipeli
         assert evaluation["candidate"]["exact_match"] >= 0.3 and tuned >= start + 0.1, (start, tuned)
     finally:
         stop_local(p["root"].as_uri(), "prefs", "prefs")
+
+
+def test_two_ranks_preference_tune_one_model(pipelines):
+    """train.distributed with 2 local ranks (DDP, gloo): each rank scores the reference of the pairs and
+    takes its share of every batch; rank 0 validates and writes the version, which gates and serves."""
+    from freestack.evaluate.generation import exact_match
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+
+    p = pipelines
+    _ingest(p, "ranks")
+    try:
+        run = p["bag"].get_dag("ranks_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        assert run.state == "success"
+        rec = Deployments(p["root"].as_uri(), "ranks").get("ranks")
+        version = p["root"] / "registry" / "ranks" / rec["version"]
+        lineage = json.loads((version / "lineage.json").read_text())
+        assert lineage["distributed"]["world_size"] == 2 and lineage["objective"]["name"] == "dpo"
+        smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
+        start, tuned = _base_exact_match(p["base"], smoke), exact_match(smoke["labels"], smoke["outputs"])
+        print(f"2 ranks, exact match on {len(smoke['labels'])} test prompts: {start:.3f} -> {tuned:.3f}")
+        assert tuned >= start + 0.1, (start, tuned)
+    finally:
+        stop_local(p["root"].as_uri(), "ranks", "ranks")
