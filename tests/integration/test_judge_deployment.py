@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from freestack.evaluate import judge
-from freestack.evaluate.spec import JudgeSpec
+from freestack.judging import client as judge
+from freestack.judging.spec import JudgeSpec
 from freestack.serving.spec import GenerationBounds
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
 from tests.support.images import ImageServer, start_like_image

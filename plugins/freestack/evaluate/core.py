@@ -9,7 +9,7 @@ Writes ``evaluation/`` into the candidate's folder (``candidates/<model>/<versio
 registry until the gate registers it): ``metrics.json``, PNG plots (confusion matrix or residuals,
 per-class metrics, learning curves from ``history.json``) and ``report.html`` with the plots embedded.
 Paths in ``metrics.json`` are relative to the model folder, so they hold wherever it is copied. A
-text-generation candidate with a judge (``gate.judge``, :mod:`freestack.evaluate.judge`) also gets
+text-generation candidate with a judge (``gate.judge``, :mod:`freestack.judging.client`) also gets
 ``judge.json``: every prompt's verdicts, worst first, and the figures the gate reads.
 
 Importing this module loads torch, pandas and pyarrow (the trainer's window reader, the ML core): the
@@ -31,7 +31,7 @@ import numpy as np
 from freestack import version
 from freestack.errors import FreestackError
 from freestack.evaluate import generation as gen
-from freestack.evaluate import judge as llm_judge
+from freestack.judging import client as llm_judge
 from freestack.ml.loop import to_tensors
 from freestack.ml.plots import png
 from freestack.ml.prep import split_of_keys

@@ -147,7 +147,7 @@ def _judge_rules(gate: GateSpec) -> list[tuple[str, str, float]]:
 def judge_reasons(
     gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] | None
 ) -> tuple[list[str], bool]:
-    """The reasons of the judge's rules (:mod:`freestack.evaluate.judge`), and whether they all pass."""
+    """The reasons of the judge's rules (:mod:`freestack.judging.client`), and whether they all pass."""
     rules = _judge_rules(gate)
     if gate.judge is None or not rules:
         return [], True

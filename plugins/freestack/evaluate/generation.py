@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from freestack.evaluate.judge import JudgeError, project_file
+from freestack.judging.client import JudgeError, project_file
 from freestack.ml.generation import ChatError, GenerationSettings, generate, parse_messages
 from freestack.ml.loop import to_tensors, token_metrics
 from freestack.ml.stream import InMemory

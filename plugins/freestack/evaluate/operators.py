@@ -18,6 +18,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.evaluate.gate import decide, decide_again, decision_note
+from freestack.hooks.credentials import judge_api_key
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
@@ -42,33 +43,6 @@ def candidate_of(context: Context) -> dict[str, Any]:
                 "sweep": out if task_id == "select_best" else None,
             }
     raise AirflowFailException("neither train nor select_best produced a model version in this run")
-
-
-def judge_api_key(spec) -> str | None:
-    """The API key of ``gate.judge``: the password of the connection ``gate.judge.api_key.conn_id``
-    names, read when the task runs (never at DAG parse time); None when the spec names none."""
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    j = spec.gate.judge
-    conn_id = j.api_key.conn_id if j is not None and j.api_key is not None else None
-    if conn_id is None:
-        return None
-    add = f"airflow connections add {conn_id} --conn-type generic --conn-password '<the key>'"
-    try:
-        password = Connection.get(conn_id).password
-    except AirflowNotFoundException:
-        raise AirflowFailException(
-            f"the judge's API key connection {conn_id!r} (gate.judge.api_key.conn_id) does not exist: add it "
-            f"with `{add}` (or set AIRFLOW_CONN_{conn_id.upper()}), then run evaluate again"
-        ) from None
-    except Exception as exc:  # the API server or secrets backend did not answer
-        raise AirflowFailException(f"cannot read the judge's API key connection {conn_id!r}: {exc}") from exc
-    if not password:
-        raise AirflowFailException(
-            f"connection {conn_id!r} (gate.judge.api_key.conn_id) has no password, which is the judge's key"
-        )
-    return password
 
 
 class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
@@ -100,7 +74,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
                 candidate_uri,
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
                 tracking_settings=WandbHook().checked_settings(),
-                judge_key=judge_api_key(spec),
+                judge_key=judge_api_key(spec.gate.judge),
             )
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
@@ -236,7 +210,7 @@ class PromoteOperator(PipelineOperator):
                 spec,
                 reg.version_uri(version),
                 reg.version_uri(current) if current else None,
-                judge_key=judge_api_key(spec),
+                judge_key=judge_api_key(spec.gate.judge),
             )
         except (EvaluationError, ValueError) as exc:
             raise AirflowFailException(
@@ -320,7 +294,6 @@ __all__ = [
     "GateOperator",
     "PromoteOperator",
     "candidate_of",
-    "judge_api_key",
     "promoted_note",
     "route_for",
 ]

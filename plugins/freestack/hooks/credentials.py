@@ -14,6 +14,7 @@ from freestack.errors import DeployError
 from freestack.hooks.datastore import DataStoreHook
 
 if TYPE_CHECKING:
+    from freestack.judging.spec import JudgeSpec
     from freestack.serving.spec import DeploySpec
 
 
@@ -74,28 +75,48 @@ def _aws_env(conn_id: str) -> dict[str, str]:
 def server_api_key(deploy: DeploySpec) -> SecretStr | None:
     """The OpenAI API's key of a local deploy: the password of the connection ``deploy.api_key.conn_id``
     names, read when the deploy runs (never at DAG parse time); None when the spec names none."""
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
     conn_id = deploy.api_key.conn_id if deploy.api_key else None
     if conn_id is None:
         return None
+    what = ("the OpenAI API's key", "deploy.api_key.conn_id", "deploy again")
+    return SecretStr(connection_password(conn_id, *what, error=DeployError))
+
+
+def judge_api_key(judge: JudgeSpec | None) -> str | None:
+    """The key of the LLM judge (``gate.judge``): the password of the connection ``gate.judge.api_key.conn_id``
+    names, read when the task runs (never at DAG parse time); None when the spec names none. A connection
+    missing or without a password fails the task without a retry: a retry would find the same."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    conn_id = judge.api_key.conn_id if judge is not None and judge.api_key is not None else None
+    if conn_id is None:
+        return None
+    what = ("the judge's API key", "gate.judge.api_key.conn_id", "run the task again")
+    return connection_password(conn_id, *what, error=AirflowFailException)
+
+
+def connection_password(conn_id: str, what: str, field: str, again: str, *, error: type[Exception]) -> str:
+    """The password of Airflow connection ``conn_id``, which is ``what`` (named by the spec's ``field``);
+    ``error`` saying how to add it when the connection is missing, unreadable or has no password."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
     add = f"airflow connections add {conn_id} --conn-type generic --conn-password '<the key>'"
     try:
         password = Connection.get(conn_id).password
     except AirflowNotFoundException:
-        raise DeployError(
-            f"the OpenAI API key's connection {conn_id!r} (deploy.api_key.conn_id) does not exist: add it "
-            f"with `{add}` (or set AIRFLOW_CONN_{conn_id.upper()}), then deploy again"
+        raise error(
+            f"{what}'s connection {conn_id!r} ({field}) does not exist: add it with `{add}` (or set "
+            f"AIRFLOW_CONN_{conn_id.upper()}), then {again}"
         ) from None
     except Exception as exc:  # the API server or secrets backend did not answer
-        raise DeployError(f"cannot read the OpenAI API key's connection {conn_id!r}: {exc}") from exc
+        raise error(f"cannot read {what}'s connection {conn_id!r}: {exc}") from exc
     if not password:
-        raise DeployError(
-            f"connection {conn_id!r} (deploy.api_key.conn_id) has no password, which is the OpenAI API's "
-            f"key: set one (`airflow connections delete {conn_id}`, then `{add}`)"
+        raise error(
+            f"connection {conn_id!r} ({field}) has no password, which is {what}: set one "
+            f"(`airflow connections delete {conn_id}`, then `{add}`)"
         )
-    return SecretStr(password)
+    return password
 
 
-__all__ = ["model_source", "server_api_key"]
+__all__ = ["connection_password", "judge_api_key", "model_source", "server_api_key"]

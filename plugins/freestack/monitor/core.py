@@ -193,7 +193,9 @@ def _logged_columns(rows, kinds: dict[str, str]) -> dict[str, list]:
     }
 
 
-def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict[str, Any]:
+def judge_version(
+    ref: dict[str, Any], rows, labels, spec: PipelineSpec, judge_key: str | None = None
+) -> dict[str, Any]:
     """One version's rows of the interval against its reference: every series, and the metric where labelled."""
     t = spec.monitor.thresholds
     kinds = ref["features"]
@@ -225,7 +227,7 @@ def judge_version(ref: dict[str, Any], rows, labels, spec: PipelineSpec) -> dict
         "labels": _labelled_metric(ref, rows, labels, spec),
     }
     if "finish_reason" in rows:  # a text-generation model's log: its text signals (monitor.text)
-        out["text"] = text_drift.judge(spec, ref["version"], rows)
+        out["text"] = text_drift.judge(spec, ref["version"], rows, judge_key=judge_key)
         if out["text"].get("note"):
             out["note"] = out["text"]["note"]
     text_drifted = (out.get("text") or {}).get("drifted")
@@ -324,14 +326,16 @@ def monitor(
     *,
     tracking_settings=None,
     run: dict[str, Any] | None = None,
+    judge_key: str | None = None,
 ) -> dict[str, Any]:
     """Judge the interval [start, end) of the model's request log; write the report and the summary;
-    log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``)."""
+    log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``).
+    ``judge_key``: the key of ``gate.judge`` (its connection's password), for the judge signal."""
     root, model = spec.root, spec.model_name
     folder = join(to_path(monitoring_uri(root, model)), "reports", interval_name(start, end))
     logged = read_requests(root, model, start, end)
     labels = read_labels(root, model, start)
-    versions, notes = _judge_all(spec, logged, labels)
+    versions, notes = _judge_all(spec, logged, labels, judge_key)
     report_uri = str(join(folder, "report.html"))
     alerts = alerts_of(versions, spec, report_uri)
     summary = {
@@ -372,7 +376,9 @@ def monitor(
     return summary
 
 
-def _judge_all(spec: PipelineSpec, logged: Logged, labels: Logged) -> tuple[list[dict[str, Any]], list[str]]:
+def _judge_all(
+    spec: PipelineSpec, logged: Logged, labels: Logged, judge_key: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Each version's rows judged, or why not (no requests, too few rows, no reference statistics)."""
     rows, notes, out = logged.rows, [], []
     if not len(rows):
@@ -398,7 +404,7 @@ def _judge_all(spec: PipelineSpec, logged: Logged, labels: Logged) -> tuple[list
                 f"monitor.min_rows ({spec.monitor.min_rows}); no verdict for this interval",
             )
         else:
-            entry = judge_version(ref, part, labels.rows, spec)
+            entry = judge_version(ref, part, labels.rows, spec, judge_key)
         if entry.get("note"):
             notes.append(entry["note"])
         out.append(entry)

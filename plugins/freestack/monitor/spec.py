@@ -95,7 +95,7 @@ REFUSALS = (
     "As an AI",
 )
 #: the text signals that may alert (monitor.text.alert_on)
-TEXT_SIGNALS = ("prompts", "completions", "empty", "refusal", "truncation")
+TEXT_SIGNALS = ("prompts", "completions", "empty", "refusal", "truncation", "judge")
 
 
 class TextDrift(SpecModel):
@@ -161,7 +161,21 @@ class TextDrift(SpecModel):
         max_length=200,
         description="Openings (case ignored) that make an answer a refusal.",
     )
-    alert_on: list[Literal["prompts", "completions", "empty", "refusal", "truncation"]] = Field(
+    judge_rows: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="The daily budget of the judge signal: at most this many of an interval's answers (per "
+        "version, a seeded sample) are scored by gate.judge, pointwise; 0: no judge signal",
+    )
+    max_judge_drop: float = Field(
+        default=0.5,
+        gt=0,
+        le=4,
+        description="The judge signal drifts when the answers' mean score (1-5) is this much below the "
+        "evaluation's judge_score",
+    )
+    alert_on: list[Literal["prompts", "completions", "empty", "refusal", "truncation", "judge"]] = Field(
         default_factory=lambda: list(TEXT_SIGNALS),
         description="The text signals that raise the monitor's alert (the others are reported only).",
     )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack.errors import FreestackError
+from freestack.judging import client as llm_judge
 from freestack.registry.core import registry_for
 from freestack.storage import join, to_path
 
@@ -213,7 +214,9 @@ def rate_test(hits: int, rows: int, ref_hits: int, ref_rows: int) -> float:
 # one version's interval
 
 
-def judge(spec: PipelineSpec, version: str, rows, seed: int = 0) -> dict[str, Any]:
+def judge(
+    spec: PipelineSpec, version: str, rows, seed: int = 0, judge_key: str | None = None
+) -> dict[str, Any]:
     """The text signals of one version's logged rows (``input.<prompt>``, ``prediction``, ``finish_reason``,
     ``truncated``) against its evaluation sample: each signal's value, reference, p-value and verdict."""
     cfg = spec.monitor.text
@@ -231,6 +234,10 @@ def judge(spec: PipelineSpec, version: str, rows, seed: int = 0) -> dict[str, An
         prompt = next((c for c in rows.columns if c.startswith("input.")), None)
         prompts = [prompt_text(p) for p in rows[prompt].tolist()] if prompt else []
         signals = _embedded(spec, prompts, answers, ref, seed) + signals
+    if cfg.judge_rows and spec.gate.judge is not None:
+        prompt = next((c for c in rows.columns if c.startswith("input.")), None)
+        prompts = [prompt_text(p) for p in rows[prompt].tolist()] if prompt else [""] * len(answers)
+        signals.append(_judged(spec, version, prompts, answers, seed, judge_key))
     for s in signals:
         s["alerts"] = bool(s["drifted"] and s["name"] in cfg.alert_on)
     reasons = (
@@ -243,6 +250,44 @@ def judge(spec: PipelineSpec, version: str, rows, seed: int = 0) -> dict[str, An
         "finish_reasons": {str(k): round(float(v), 4) for k, v in dict(reasons).items()},
         "prompts_cut": float(rows["truncated"].mean()) if "truncated" in rows and len(rows) else 0.0,
     }
+
+
+def _judged(
+    spec: PipelineSpec, version: str, prompts: list[str], answers: list[str], seed: int, key: str | None
+) -> dict[str, Any]:
+    """The judge signal: ``gate.judge`` scores a seeded sample of the interval's answers (at most
+    ``judge_rows``, pointwise: a pairwise judge is asked with the default pointwise rubric) against the
+    evaluation's ``judge_score``. A judge that fails is a note, never a failed monitor."""
+    cfg = spec.monitor.text
+    rows = [i for i, a in enumerate(answers) if a.strip()]
+    if len(rows) > cfg.judge_rows:
+        rows = sorted(np.random.default_rng(seed).choice(rows, cfg.judge_rows, replace=False).tolist())
+    asked = spec.gate.judge
+    if asked.mode != "pointwise":
+        asked = asked.model_copy(update={"mode": "pointwise", "rubric": None, "rubric_file": None})
+    entry: dict[str, Any] = {"name": "judge", "statistic": "judge_score", "rows": len(rows), "value": None}
+    entry.update(reference=_evaluated_score(spec, version), threshold=cfg.max_judge_drop, drifted=False)
+    try:
+        asked = llm_judge.with_rubric_file(asked)
+        chats = [[{"role": "user", "content": prompts[i]}] for i in rows]
+        got = llm_judge.run(asked, chats, [None] * len(rows), [answers[i] for i in rows], None, key)
+    except llm_judge.JudgeError as exc:
+        return {**entry, "note": f"the judge signal was not measured: {exc}"[:1000]}
+    if got.status != "judged":
+        return {**entry, "note": f"the judge signal was not measured: {got.reason}"}
+    entry.update(value=got.candidate["judge_score"], failures=got.candidate["judge_failures"])
+    if entry["reference"] is not None:
+        entry["drifted"] = entry["reference"] - entry["value"] >= cfg.max_judge_drop
+    return entry
+
+
+def _evaluated_score(spec: PipelineSpec, version: str) -> float | None:
+    """The version's judge_score at evaluation (None: evaluated without a pointwise judge)."""
+    path = join(to_path(registry_for(spec).version_uri(version)), "evaluation", "metrics.json")
+    if not path.exists():
+        return None
+    score = (json.loads(path.read_text()).get("candidate") or {}).get("judge_score")
+    return float(score) if isinstance(score, int | float) else None
 
 
 def _embedded(spec: PipelineSpec, prompts: list[str], answers: list[str], ref: Reference, seed: int) -> list:
@@ -306,7 +351,12 @@ def alert_lines(model: str, version: str, text: dict[str, Any], report: str) -> 
     for s in text.get("signals", []):
         if not s.get("alerts"):
             continue
-        if s["statistic"] == "mmd2":
+        if s["statistic"] == "judge_score":
+            why = (
+                f"judge score {s['value']:.2f} against {s['reference']:.2f} at evaluation ({s['threshold']:g} "
+                f"or more lower; {s['rows']} answers judged by gate.judge)"
+            )
+        elif s["statistic"] == "mmd2":
             why = f"MMD² {s['value']:.4f} >= {s['threshold']:g} and permutation p-value {s['p_value']:.3g}"
         elif s.get("reference") is None:
             why = f"rate {s['value']:.3f} > {s['threshold']:g} (monitor.text.max_truncation_rate)"

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from freestack import version
 from freestack.errors import DeployError
 from freestack.version.files import SMOKE
 from freestack_server.requestlog import SMOKE_ID
@@ -64,8 +65,6 @@ def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
             sample[k] = sample[k][:n]
     if sample.get("task") not in ("classification", "generation") and "target_std" not in sample:
         # the target's name and scale: what a regression answer is named and compared on (smoke_test)
-        from freestack import version
-
         opened = version.open(version_uri)
         pre = opened.preprocessing.as_dict() if opened.preprocessing is not None else {}
         sample.update({k: pre[k] for k in ("target", "target_mean", "target_std") if k in pre})

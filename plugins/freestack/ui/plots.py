@@ -464,56 +464,54 @@ EMBEDDINGS = ("prompts", "completions")
 
 def text_signals_over_time(page: MonitoringPage) -> str | None:
     """A text-generation model's text signals across the judged intervals (oldest first): the embeddings'
-    MMD² with ``monitor.text.min_mmd`` above, the answers' rates (empty, refusal, truncation) below. None when
-    no interval has them."""
+    MMD² with ``monitor.text.min_mmd`` at the top, the answers' rates (empty, refusal, truncation) below,
+    and the judge's mean score (1-5) at the bottom when it is measured. None when no interval has them."""
     judged = [r for r in page.intervals[::-1] if r.text]
     if not judged:
         return None
-    names = sorted({n for r in judged for n in r.text}, key=lambda n: (n not in EMBEDDINGS, n))
-    ends = [r.end for r in judged]
+    names = sorted({n for r in judged for n in r.text}, key=lambda n: (_panel(n), n))
+    panels = {"y": ("MMD²", [0.55, 1.0]), "y2": ("rate", [0.0, 0.45])}
+    if "judge" in names:
+        panels = {"y": ("MMD²", [0.72, 1.0]), "y2": ("rate", [0.38, 0.64]), "y3": ("judge score", [0.0, 0.3])}
     data = [
         {
             "type": "scatter",
             "mode": "lines+markers",
             "name": name,
-            "x": ends,
+            "x": [r.end for r in judged],
             "y": [r.text.get(name) for r in judged],
-            "yaxis": "y" if name in EMBEDDINGS else "y2",
-            "hovertemplate": f"{name}: {'MMD²' if name in EMBEDDINGS else 'rate'} %{{y:.4f}}<extra>%{{x}}</extra>",
+            "yaxis": _panel(name),
+            "hovertemplate": f"{name}: {panels[_panel(name)][0]} %{{y:.4f}}<extra>%{{x}}</extra>",
         }
         for name in names
     ]
     line = {"color": "#d62728", "dash": "dash"}
-    shapes = (
-        [
-            {
-                "type": "line",
-                "xref": "paper",
-                "x0": 0,
-                "x1": 1,
-                "yref": "y",
-                "y0": page.min_mmd,
-                "y1": page.min_mmd,
-                "line": line,
-            }
-        ]
-        if page.min_mmd is not None
-        else []
-    )
+    mmd = page.min_mmd
+    shapes = [
+        {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": mmd, "y1": mmd, "line": line}
+    ]
+    axes = {
+        ("yaxis" if k == "y" else f"yaxis{k[1:]}"): {"title": {"text": t}, "domain": d, "rangemode": "tozero"}
+        for k, (t, d) in panels.items()
+    }
     layout = {
         **LAYOUT,
-        "height": 420,
-        "shapes": shapes,
-        "xaxis": {"title": {"text": "interval end"}, "anchor": "y2"},
-        "yaxis": {"title": {"text": "MMD²"}, "domain": [0.55, 1.0], "rangemode": "tozero"},
-        "yaxis2": {"title": {"text": "rate"}, "domain": [0.0, 0.45], "rangemode": "tozero"},
+        "height": 420 + 120 * ("y3" in panels),
+        "shapes": shapes if mmd is not None else [],
+        "xaxis": {"title": {"text": "interval end"}, "anchor": list(panels)[-1]},
+        **axes,
         "title": {
             "text": f"{page.model}: text signals over time (MMD² of embeddings; dashed: monitor.text.min_mmd "
-            f"{page.min_mmd}; answers' rates below)",
+            f"{mmd}; answers' rates and judge score below)",
             "font": {"size": 14},
         },
     }
     return _figure(data, layout)
+
+
+def _panel(signal: str) -> str:
+    """The y axis a text signal is drawn on: the embeddings', the rates' or the judge's."""
+    return "y" if signal in EMBEDDINGS else ("y3" if signal == "judge" else "y2")
 
 
 def predictions_over_days(page: ScoresPage) -> str | None:

@@ -318,7 +318,7 @@ def test_decision_notes():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the judge's rules (gate.judge, freestack.evaluate.judge)
+# the judge's rules (gate.judge, freestack.judging)
 
 JUDGE = {"url": "http://127.0.0.1:8090/v1", "model": "judge"}
 GEN = {"task": "generation", "perplexity": 3.0, "loss": 1.1, "exact_match": 0.5, "rouge_l": 0.6}

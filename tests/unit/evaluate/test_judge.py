@@ -12,9 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from freestack.errors import SpecError
-from freestack.evaluate import judge
 from freestack.evaluate.generation import exact_match
-from freestack.evaluate.spec import GateSpec, JudgeSpec
+from freestack.evaluate.spec import GateSpec
+from freestack.judging import client as judge
+from freestack.judging.spec import JudgeSpec
 from freestack.spec import parse_spec
 from tests.unit.evaluate.judge_standin import PAIR_RUBRIC, RUBRIC, StandinJudge
 

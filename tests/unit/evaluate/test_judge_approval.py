@@ -1,12 +1,12 @@
 """The approval request of a judged candidate shows the judge's figures and sample prompts side by side
-(freestack.evaluate.judge.Judged.samples, rendered by the approve task's body template)."""
+(freestack.judging.client.Judged.samples, rendered by the approve task's body template)."""
 
 from __future__ import annotations
 
 import jinja2
 
 from freestack.dags import JUDGE_SAMPLES
-from freestack.evaluate.judge import Judged
+from freestack.judging.client import Judged
 
 
 class _TI:

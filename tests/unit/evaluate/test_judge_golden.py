@@ -8,9 +8,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from freestack.evaluate import judge
 from freestack.evaluate.generation import Answers, golden_set
-from freestack.evaluate.spec import JudgeSpec
+from freestack.judging import client as judge
+from freestack.judging.spec import JudgeSpec
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
 from tests.unit.evaluate.test_judge import CAND, CHAMP, CHATS, REFS, _pipeline
 

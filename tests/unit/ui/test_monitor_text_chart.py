@@ -67,6 +67,14 @@ def test_text_signals_over_time_have_the_embeddings_above_and_the_rates_below(ar
     [threshold] = fig["layout"]["shapes"]
     assert threshold["y0"] == arith.monitor.text.min_mmd and threshold["yref"] == "y"
     assert "text_figure" not in page.model_dump(mode="json")
+    # the judge's score, when measured, gets its own panel at the bottom
+    page.intervals[0].text["judge"] = 3.5
+    fig = json.loads(text_signals_over_time(page))
+    judge = next(d for d in fig["data"] if d["name"] == "judge")
+    assert judge["yaxis"] == "y3" and judge["y"] == [None, None, 3.5]
+    assert (
+        fig["layout"]["yaxis3"]["title"]["text"] == "judge score" and fig["layout"]["xaxis"]["anchor"] == "y3"
+    )
 
 
 def test_a_model_without_text_signals_has_no_text_chart(storage):

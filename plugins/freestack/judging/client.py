@@ -1,4 +1,4 @@
-"""An LLM judge of a text-generation candidate's answers (``gate.judge``, :class:`~freestack.evaluate.spec.JudgeSpec`).
+"""An LLM judge of a text-generation model's answers (``gate.judge``, :class:`~freestack.judging.spec.JudgeSpec`).
 
 The judge is any OpenAI-compatible chat endpoint (another freestack deployment included), asked through
 the official ``openai`` client at temperature 0. freestack fixes the answer format, one JSON object, in
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from freestack.errors import FreestackError
-from freestack.evaluate.spec import JudgeSpec, check_rubric
+from freestack.judging.spec import JudgeSpec, check_rubric
 from freestack.settings import checkout_dir
 
 log = logging.getLogger(__name__)
