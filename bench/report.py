@@ -245,6 +245,29 @@ def _train_sft(r: dict[str, Any], file: str) -> list[Row]:
     ]
 
 
+def _dpo_train(r: dict[str, Any], file: str) -> list[Row]:
+    """LoRA preference tuning (DPO) of a causal LM: freestack's loop against TRL's DPOTrainer, pairs/s."""
+    s, base, med = r["settings"], r["base"], r["median_pairs_per_s"]
+    where = (
+        f"cpu, {s['threads']} thread{'s' if s['threads'] > 1 else ''}"
+        if s["device"] == "cpu"
+        else s["device"]
+    )
+    label = f"LoRA DPO, {base['parameters'] / 1e6:.0f}M-parameter Llama ({where}, batch {s['batch_size']}), pairs/s"
+    ratio = r["ratio"]
+    return [
+        Row(
+            "dpo_train",
+            label,
+            _n(med["freestack"], 2),
+            f"{_n(med['trl'], 2)} (TRL DPOTrainer)",
+            ratio,
+            f">= {r['target']}",
+            ratio >= r["target"],
+        )
+    ]
+
+
 def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
     """The training loop beside a load: the pool a task sizes against torch's own (a thread per core)."""
     s, p = r["summary"], r["params"]
@@ -879,6 +902,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "train_finetune": _train_finetune,
     "train_distributed": _train_distributed,
     "train_sft": _train_sft,
+    "dpo_train": _dpo_train,
     "train_loaded": _train_loaded,
     "score": _score,
     "sweep": _sweep,
