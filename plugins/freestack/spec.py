@@ -234,30 +234,46 @@ class PipelineSpec(SpecModel):
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
         """The gate's and the sweep's metrics must be ones the task reports: checked when the spec is read,
-        not when a run reaches the gate."""
-        task = self.task
+        not when a run reaches the gate. A preference-tuned model's sweep is judged on what DPO logs each
+        epoch (the ``preference`` metrics); its gate on the text-generation ones."""
+        task, reason = self.task, self._task_reason()
         named = [
-            ("gate.metric", self.gate.metric, METRICS),
-            *(("gate.max_regression", m, METRICS) for m in self.gate.max_regression),
+            ("gate.metric", self.gate.metric, METRICS, task, reason),
+            *(("gate.max_regression", m, METRICS, task, reason) for m in self.gate.max_regression),
         ]
-        if self.sweep is not None and self.sweep.metric is not None:
-            named.append(("sweep.metric.name", self.sweep.metric.name, EPOCH_METRICS))
-        for field, name, table in named:
+        if self.sweep is not None:
+            named.extend(self._sweep_metric_named())
+        for field, name, table, owner, why in named:
             if name is None:
                 continue
             owners = [t for t in table if name in table[t]]
-            if task is not None and task not in owners:
+            if owner is not None and owner not in owners:
                 raise ValueError(
-                    f"{field}: {name!r} is not a {task} metric ({self._task_reason()}); use one of "
-                    f"{', '.join(table[task])}"
+                    f"{field}: {name!r} is not a {owner} metric ({why}); use one of {', '.join(table[owner])}"
                 )
-            if task is None and len(owners) == 1:
+            if owner is None and len(owners) == 1:
                 raise ValueError(
                     f"{field}: {name!r} is a {owners[0]} metric, but this pipeline's task is decided by the data "
-                    f"({self._task_reason()}); set model.task: {owners[0]} (or list the target's classes in "
+                    f"({why}); set model.task: {owners[0]} (or list the target's classes in "
                     f"its column's allowed:)"
                 )
         return self
+
+    def _sweep_metric_named(self) -> list[tuple[str, str | None, dict, str | None, str]]:
+        """The sweep's metric with the table and task it is checked against. A DPO sweep must name it:
+        with none, trials would be compared on the text-generation task's val_perplexity, which DPO does
+        not log."""
+        metric = self.sweep.metric
+        if not (self.model.generative and self.train.objective == "dpo"):
+            if metric is None:
+                return []
+            return [("sweep.metric.name", metric.name, EPOCH_METRICS, self.task, self._task_reason())]
+        if metric is None:
+            raise ValueError(
+                "sweep.metric: a train.objective dpo sweep compares trials on a metric DPO logs each epoch; "
+                "set sweep.metric: {name: val_reward_margin, goal: maximize}"
+            )
+        return [("sweep.metric.name", metric.name, EPOCH_METRICS, "preference", "train.objective is dpo")]
 
     @property
     def task(self) -> str | None:

@@ -56,6 +56,17 @@ EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
     "regression": ("val_loss", "val_rmse", "val_mae", "val_r2", "train_loss"),
     "generation": ("val_loss", "val_perplexity", "train_loss"),
+    # a preference-tuned language model (train.objective: dpo): DPO's validation metrics (ml.preference)
+    "preference": (
+        "val_reward_margin",
+        "val_reward_accuracy",
+        "val_reward_chosen",
+        "val_reward_rejected",
+        "val_logps_chosen",
+        "val_logps_rejected",
+        "val_loss",
+        "train_loss",
+    ),
 }
 ALL_EPOCH_METRICS = tuple(dict.fromkeys(m for metrics in EPOCH_METRICS.values() for m in metrics))
 

@@ -154,11 +154,6 @@ def check_objective(spec: PipelineSpec) -> None:
         )
     if preference_tuned(spec) and spec.model.packing:
         raise FreestackError("model.packing is for train.objective sft: a preference pair is not packed")
-    if preference_tuned(spec) and spec.sweep is not None:
-        raise FreestackError(
-            "sweep: a train.objective dpo run reports val_reward_margin, not the text-generation metrics a "
-            "sweep is judged on; remove the sweep block to preference-tune"
-        )
 
 
 def build_causal_model(spec: PipelineSpec, pre) -> Any:

@@ -8,7 +8,9 @@ import copy
 import pytest
 
 from freestack.errors import FreestackError, SpecError
+from freestack.ml.preference import METRICS as PREFERENCE_METRICS
 from freestack.spec import parse_spec
+from freestack.sweeps.spec import EPOCH_METRICS
 from freestack.train.pretrained import check_objective, objective_lineage
 
 SPEC = {
@@ -82,18 +84,56 @@ def test_a_bad_preference_spec_is_refused_naming_the_field(edit, message):
             "train.objective dpo reads preference pairs: set model.data",
         ),
         (lambda d: d["model"].update(packing=True), "model.packing is for train.objective sft"),
-        (
-            lambda d: d.update(
-                sweep={
-                    "method": "grid",
-                    "metric": {"name": "val_perplexity", "goal": "minimize"},
-                    "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}},
-                }
-            ),
-            "sweep: a train.objective dpo run reports val_reward_margin",
-        ),
     ],
 )
 def test_an_objective_that_does_not_fit_the_data_is_refused_before_any_data_is_read(edit, message):
     with pytest.raises(FreestackError, match=message):
         check_objective(_spec(edit))
+
+
+def _sweep(metric: str | None, method: str = "grid"):
+    """An edit giving the spec a 2-trial sweep over the learning rate, judged on ``metric``."""
+    sweep = {"method": method, "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}}}
+    if metric is not None:
+        sweep["metric"] = {"name": metric, "goal": "maximize"}
+    return lambda d: d.update(sweep=sweep)
+
+
+@pytest.mark.parametrize("metric", EPOCH_METRICS["preference"])
+def test_a_preference_tuning_is_swept_on_what_dpo_logs_each_epoch(metric):
+    spec = _spec(_sweep(metric))
+    check_objective(spec)
+    assert spec.sweep.metric.name == metric and spec.gate.metric == "exact_match"
+
+
+def test_the_preference_sweep_metrics_are_the_loops_validation_row():
+    """What the loop writes each epoch: ``val_`` and each of DPO's metrics, and the training loss."""
+    assert set(EPOCH_METRICS["preference"]) == {f"val_{m}" for m in PREFERENCE_METRICS} | {"train_loss"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _sweep("val_perplexity"),
+            r"sweep.metric.name: 'val_perplexity' is not a preference metric \(train.objective is dpo\); "
+            "use one of val_reward_margin, val_reward_accuracy",
+        ),
+        (_sweep("val_accuracy"), "'val_accuracy' is not a preference metric"),
+        (_sweep(None), "sweep.metric: a train.objective dpo sweep .* val_reward_margin, goal: maximize"),
+    ],
+)
+def test_a_preference_sweep_on_a_metric_dpo_does_not_log_is_refused_when_the_spec_is_read(edit, message):
+    with pytest.raises(SpecError, match=message):
+        _spec(edit)
+
+
+def test_an_instruction_tuning_sweep_is_not_judged_on_dpo_metrics_nor_a_dpo_gate_on_them():
+    def sft(d):
+        d["train"].pop("objective")
+        d["model"]["data"] = {"prompt": "question", "response": "good"}
+
+    with pytest.raises(SpecError, match="'val_reward_margin' is not a generation metric"):
+        _spec(lambda d: (sft(d), _sweep("val_reward_margin")(d)))
+    with pytest.raises(SpecError, match="gate metric 'reward_margin' is unknown"):
+        _spec(lambda d: d["gate"].update(metric="reward_margin"))
