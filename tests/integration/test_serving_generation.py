@@ -27,6 +27,8 @@ import pytest
 from freestack.errors import DeployError
 from freestack.serving.smoke import smoke_test, smoke_test_v2
 from freestack.serving.spec import GenerationBounds
+from freestack.spec import parse_spec
+from tests.dags.test_score_generation_dag import _spec as chat_pipeline
 from tests.support.generation_serving import GenerationVersion, make_generation_version
 from tests.support.images import ImageServer, start_like_image
 from tests.support.serving import needs_serving_env
@@ -654,9 +656,15 @@ def test_the_request_log_keeps_prompts_completions_and_token_counts(servers, wor
             }
         ),
     }
-    spec = SimpleNamespace(monitor=SimpleNamespace(thresholds=Thresholds()))
+    data = chat_pipeline(
+        None
+    )  # the chat model's pipeline, on this storage: its text signals read v1's sample
+    data.pop("score")
+    spec = parse_spec({**data, "storage_root": (work / "storage").as_uri()}, "chat.yaml")
+    assert spec.monitor.thresholds == Thresholds()
     verdict = judge_version(ref, rows, rows.iloc[0:0], spec)
     assert verdict["rows"] == 3 and {"prompt.length", "prediction"} <= {s["name"] for s in verdict["series"]}
+    assert {"empty", "refusal", "truncation"} <= {s["name"] for s in verdict["text"]["signals"]}
 
 
 # ---------------------------------------------------------------------------------------------------------
