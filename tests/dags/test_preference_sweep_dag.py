@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.dags.test_preference_dag import dpo_spec
 from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,42 +21,17 @@ DAYS = 2
 
 
 def swept_dpo_spec(base: Path) -> dict:
-    """The tutorial's spec (include/pipelines/arith.yaml) on preference pairs from ``base``, with a 2-trial
-    random sweep of the learning rate judged on val_reward_margin; the gate lets any version through."""
-    spec = yaml.safe_load((ROOT / "include" / "pipelines" / "arith.yaml").read_text())
-    spec.update(name="swept", retries=0)
-    spec["source"]["schema"] = {
-        "key": "id",
-        "target": "chosen",
-        "columns": [
-            {"name": "id", "type": "string", "nullable": False},
-            *({"name": c, "type": "text", "nullable": False} for c in ("prompt", "chosen", "rejected")),
-        ],
-    }
-    spec["model"].update(
-        base=str(base),
-        max_length=48,
-        data={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-        generation={"metric": "exact_match", "max_new_tokens": 12, "samples": 4},
-    )
-    spec["model"].pop("peft")
-    spec["train"] = {
-        "objective": "dpo",
-        "dpo": {"beta": 0.1, "sft_weight": 1.0},
-        "epochs": 2,
-        "learning_rate": 1e-3,
-        "batch_size": 16,
-        "warmup_epochs": 0,
-        "window_days": 30,
-    }
+    """The preference-tuning test's spec (:func:`dpo_spec`) with 2 epochs and a 2-trial random sweep of the
+    learning rate judged on val_reward_margin; the gate lets any version through."""
+    spec = dpo_spec(base, "swept")
+    spec["train"]["epochs"] = 2
     spec["sweep"] = {
         "method": "random",
         "run_cap": 2,
         "metric": {"name": "val_reward_margin", "goal": "maximize"},
         "parameters": {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}},
     }
-    spec["gate"] = {"metric": "exact_match", "threshold": 0.0}
-    spec["deploy"]["runtime"] = "seldon"
+    spec["gate"]["threshold"] = 0.0
     return spec
 
 
