@@ -230,14 +230,12 @@ def judge(
         }
     answers = ["" if a is None else str(a) for a in rows["prediction"].tolist()]
     signals = _rates(cfg, answers, rows, ref)
+    judging = bool(cfg.judge_rows and spec.gate.judge is not None)
+    prompts = _logged_prompts(rows) if cfg.encoder or judging else None
     if cfg.encoder:
-        prompt = next((c for c in rows.columns if c.startswith("input.")), None)
-        prompts = [prompt_text(p) for p in rows[prompt].tolist()] if prompt else []
-        signals = _embedded(spec, prompts, answers, ref, seed) + signals
-    if cfg.judge_rows and spec.gate.judge is not None:
-        prompt = next((c for c in rows.columns if c.startswith("input.")), None)
-        prompts = [prompt_text(p) for p in rows[prompt].tolist()] if prompt else [""] * len(answers)
-        signals.append(_judged(spec, version, prompts, answers, seed, judge_key))
+        signals = _embedded(spec, prompts or [], answers, ref, seed) + signals
+    if judging:
+        signals.append(_judged(spec, version, prompts or [""] * len(answers), answers, seed, judge_key))
     for s in signals:
         s["alerts"] = bool(s["drifted"] and s["name"] in cfg.alert_on)
     reasons = (
@@ -250,6 +248,12 @@ def judge(
         "finish_reasons": {str(k): round(float(v), 4) for k, v in dict(reasons).items()},
         "prompts_cut": float(rows["truncated"].mean()) if "truncated" in rows and len(rows) else 0.0,
     }
+
+
+def _logged_prompts(rows) -> list[str] | None:
+    """The logged prompts as text (the request log's ``input.<prompt>`` column); None without one."""
+    prompt = next((c for c in rows.columns if c.startswith("input.")), None)
+    return [prompt_text(p) for p in rows[prompt].tolist()] if prompt else None
 
 
 def _judged(
