@@ -24,18 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
+from freestack.serving.records import now, switched
 from freestack.serving.smoke import smoke_openai
 
 log = logging.getLogger(__name__)
-
-#: how many switches a deployment record keeps (as :mod:`freestack.serving.local`)
-HISTORY = 20
 
 
 def promote_in_place(
@@ -67,19 +64,17 @@ def promote_in_place(
         checked["rows"],
         live["server_url"],
     )
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-    kept = ("version", "version_uri", "url", "pid", "color", "deployed_at")
-    entry = {"version": version, "at": now, "color": live.get("color"), "reason": reason, "in_place": True}
+    at = now()
+    entry = {"version": version, "at": at, "color": live.get("color"), "reason": reason, "in_place": True}
     return {
         **live,
         "version": version,
         "version_uri": version_uri,
-        "deployed_at": now,
+        "deployed_at": at,
         "in_place": True,
         "timings": {"smoke_s": round(t1 - t0, 3), "switch_s": round(time.monotonic() - t1, 3)},
         "smoke": {k: checked[k] for k in ("rows", "max_abs_diff", "tolerance")},
-        "previous": {k: live.get(k) for k in kept},
-        "history": [*live.get("history", []), entry][-HISTORY:],
+        **switched(live, entry),
     }
 
 

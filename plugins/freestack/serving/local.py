@@ -30,7 +30,6 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,7 @@ from freestack.serving.processes import (
     stop_server,
     supervisors,
 )
-from freestack.serving.records import Deployments
+from freestack.serving.records import Deployments, now, switched
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
@@ -68,12 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HISTORY = 20
 COLORS = ("blue", "green")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -184,7 +178,7 @@ def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> in
     ready.unlink(missing_ok=True)  # left by a holder that was killed
     log_path = home / "address.log"
     with open(log_path, "ab") as out:
-        out.write(f"\n=== {_now()} holding {host}:{port} ===\n".encode())
+        out.write(f"\n=== {now()} holding {host}:{port} ===\n".encode())
         proc = subprocess.Popen(
             [serving_python(), "-m", "freestack_server", "hold", str(home), host, str(port)],
             stdout=out,
@@ -418,7 +412,7 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
     log_path = home / f"{cfg.predictor}.log"
     with open(log_path, "ab") as out:
         out.write(
-            f"\n=== {_now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
+            f"\n=== {now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
             f"({cfg.predictor}) ===\n".encode()
         )
         proc = subprocess.Popen(
@@ -837,12 +831,7 @@ def _record(
 ) -> dict[str, Any]:
     """The deployment record once ``server`` serves: where, what, since when, and the switch history."""
     cfg = server.cfg
-    history = [
-        *(prior or {}).get("history", []),
-        {"version": cfg.version, "at": _now(), "color": slot.color, "reason": reason},
-    ]
-    kept = ("version", "version_uri", "url", "pid", "color", "deployed_at")
-    previous = {k: prior.get(k) for k in kept} if prior else None
+    entry = {"version": cfg.version, "at": now(), "color": slot.color, "reason": reason}
     return {
         "name": cfg.name,
         "model": cfg.model,
@@ -875,15 +864,14 @@ def _record(
         "request_log_uri": server.launch.model["FREESTACK_REQUEST_LOG_URI"] or None,
         "workers": cfg.workers,
         "threads": local.threads,
-        "deployed_at": _now(),
+        "deployed_at": now(),
         "timings": timings,
         "smoke": {
             "rows": checked["rows"],
             "max_abs_diff": checked["max_abs_diff"],
             "tolerance": checked.get("tolerance"),
         },
-        "previous": previous,
-        "history": history[-HISTORY:],
+        **switched(prior, entry),
     }
 
 
@@ -922,7 +910,7 @@ def stop_local(root_uri: str, model: str, name: str) -> dict[str, Any]:
     holder = record.get("holder_pid")
     if holder and is_holder(holder, str(_home(name))):
         stop_holder(int(holder))
-    record = {**record, "state": "stopped", "stopped_at": _now()}
+    record = {**record, "state": "stopped", "stopped_at": now()}
     deployments.write(name, record, token)
     return record
 

@@ -6,11 +6,31 @@ deploys of one deployment never both win.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from freestack.errors import DeployError
 from freestack.registry.core import ModelRegistry
 from freestack.storage import cas, join, list_objects, to_path
+
+#: how many switches a deployment record keeps in its history
+HISTORY = 20
+#: what a record keeps of the one it replaced (its ``previous``)
+PREVIOUS = ("version", "version_uri", "url", "pid", "color", "deployed_at")
+
+
+def now() -> str:
+    """A record's time stamp: UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def switched(prior: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any]:
+    """A new record's ``previous`` (what it keeps of ``prior``) and ``history`` (``prior``'s with ``entry``,
+    the switch just made, appended; the newest :data:`HISTORY` kept)."""
+    return {
+        "previous": {k: prior.get(k) for k in PREVIOUS} if prior else None,
+        "history": [*(prior or {}).get("history", []), entry][-HISTORY:],
+    }
 
 
 class Deployments:
@@ -105,4 +125,14 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
     )
 
 
-__all__ = ["Deployments", "alias_drift", "all_deployments", "served_alias", "serving_records"]
+__all__ = [
+    "HISTORY",
+    "PREVIOUS",
+    "Deployments",
+    "alias_drift",
+    "all_deployments",
+    "now",
+    "served_alias",
+    "serving_records",
+    "switched",
+]
