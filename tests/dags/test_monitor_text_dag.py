@@ -15,7 +15,7 @@ import yaml
 
 from tests.dags.test_score_generation_dag import NAME, ROOT, _spec
 from tests.dags.test_sweep_dag import _states
-from tests.unit.monitor.test_text_drift import day, tiny_encoder
+from tests.unit.monitor.test_text_drift import day, evaluated, tiny_encoder
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 ROWS = 200
@@ -25,8 +25,7 @@ ROWS = 200
 def pipeline(tmp_path, storage, monkeypatch):
     """The chat pipeline with monitor.text's tiny encoder, and version v1's monitoring reference and
     evaluation sample (64 arithmetic prompts and answers) in the registry, as evaluate writes them."""
-    from freestack.monitor import text_drift
-    from freestack.monitor.core import REFERENCE_FILE, build_reference
+    from freestack.monitor.core import REFERENCE_FILE
     from freestack.registry.core import registry_for
     from freestack.spec import parse_spec
     from freestack.storage import join, to_path, write_json
@@ -40,25 +39,8 @@ def pipeline(tmp_path, storage, monkeypatch):
     data["monitor"] = {"min_rows": 50, "actions": ["alert"], "text": {"encoder": str(encoder)}}
     (specs / f"{NAME}.yaml").write_text(yaml.safe_dump(data))
     spec = parse_spec(data, f"{NAME}.yaml")
-    ref = day(np.random.default_rng(0), 64)
     folder = to_path(registry_for(spec).version_uri("v1"))
-    write_json(
-        join(folder, text_drift.SAMPLE),
-        {
-            "chats": [[{"role": "user", "content": p}] for p in ref["input.prompt"]],
-            "outputs": list(ref["prediction"]),
-        },
-    )
-    frame = pd.DataFrame({"prompt": ref["input.prompt"]})
-    reference = build_reference(
-        spec,
-        frame,
-        ref["completion_chars"].astype(float).tolist(),
-        version="v1",
-        metric=None,
-        source="window",
-    )
-    write_json(join(folder, REFERENCE_FILE), reference)
+    write_json(join(folder, REFERENCE_FILE), evaluated(spec, "v1"))
     return spec
 
 

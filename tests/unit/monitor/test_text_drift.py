@@ -85,6 +85,22 @@ def day(rng, rows: int = ROWS, shifted: float = 0.0) -> pd.DataFrame:
     )
 
 
+def evaluated(spec, version: str) -> dict:
+    """Write ``version``'s evaluation sample (:data:`REFERENCE` arithmetic prompts as chats, and their
+    answers) into the registry as evaluate does; return its monitoring reference (not written)."""
+    ref = day(np.random.default_rng(0), REFERENCE)
+    sample = {
+        "chats": [[{"role": "user", "content": p}] for p in ref["input.prompt"]],
+        "outputs": ref["prediction"].tolist(),
+    }
+    path = join(to_path(registry_for(spec).version_uri(version)), text_drift.SAMPLE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sample))
+    frame = pd.DataFrame({"prompt": ref["input.prompt"]})
+    predicted = ref["completion_chars"].astype(float).tolist()
+    return build_reference(spec, frame, predicted, version=version, metric=None, source="window")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The arith_tiny spec with a storage root of its own, the tiny encoder in monitor.text, and version v1's
@@ -95,24 +111,7 @@ def setup(tmp_path_factory):
     spec = base.model_copy(
         update={"storage_root": tmp.as_uri(), "monitor": base.monitor.model_copy(update={"text": text})}
     )
-    ref = day(np.random.default_rng(0), REFERENCE)
-    sample = {
-        "chats": [[{"role": "user", "content": p}] for p in ref["input.prompt"]],
-        "outputs": ref["prediction"].tolist(),
-    }
-    path = join(to_path(registry_for(spec).version_uri("v1")), text_drift.SAMPLE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sample))
-    frame = pd.DataFrame({"prompt": ref["input.prompt"]})
-    reference = build_reference(
-        spec,
-        frame,
-        ref["completion_chars"].astype(float).tolist(),
-        version="v1",
-        metric=None,
-        source="window",
-    )
-    return spec, reference
+    return spec, evaluated(spec, "v1")
 
 
 def test_unshifted_days_stay_quiet_and_a_shifted_day_alerts(setup):
