@@ -573,7 +573,6 @@ def judged_by(
         if golden is not None:
             chats, refs, mine = chats + golden[0], refs + golden[1], mine + golden[2]
             theirs = theirs + golden[3] if theirs is not None and golden[3] is not None else theirs
-        judge = judge.model_copy(update={"max_rows": None})
         judged = llm_judge.run(judge, chats, refs, mine, theirs, judge_key)
     except llm_judge.JudgeError as exc:
         raise EvaluationError(str(exc)) from None

@@ -331,9 +331,10 @@ def run(
     champion: list[str] | None,
     api_key: str | None = None,
 ) -> Judged:
-    """Judge the candidate's answers (and production's, on the same prompts) as ``spec`` says. Raises
-    JudgeError past ``max_failures``, or on an outage unless ``on_judge_error: pass``."""
-    n = min(len(chats), len(candidate), spec.max_rows or len(candidate))
+    """Judge the candidate's answers (and production's, on the same prompts) as ``spec`` says: every
+    answer given (the caller picks which: the evaluation its first ``max_rows``, the monitor a sample).
+    Raises JudgeError past ``max_failures``, or on an outage unless ``on_judge_error: pass``."""
+    n = min(len(chats), len(candidate))
     prompts, refs, cand = [prompt_text(c) for c in chats[:n]], refs[:n], candidate[:n]
     champ = champion[:n] if champion is not None else None
     identity = {"url": spec.url, "model": spec.model, "mode": spec.mode}

@@ -279,7 +279,8 @@ def _judged(
         return {**entry, "note": f"the judge signal was not measured: {exc}"[:1000]}
     if got.status != "judged":
         return {**entry, "note": f"the judge signal was not measured: {got.reason}"}
-    entry.update(value=got.candidate["judge_score"], failures=got.candidate["judge_failures"])
+    c = got.candidate
+    entry.update(value=c["judge_score"], judged=c["judge_judged"], failures=c["judge_failures"])
     if entry["reference"] is not None:
         entry["drifted"] = entry["reference"] - entry["value"] >= cfg.max_judge_drop
     return entry

@@ -75,7 +75,7 @@ def test_pointwise_scores_both_models_and_agrees_with_exact_match(server):
 
 def test_a_fenced_answer_parses_and_a_freestack_judge_names_its_version(server):
     assert judge.run(_spec(server, "fenced"), CHATS, REFS, CAND, None).candidate["judge_score"] == 3.0
-    got = judge.run(_spec(server, "freestack", max_rows=3), CHATS, REFS, CAND, None)
+    got = judge.run(_spec(server, "freestack"), CHATS[:3], REFS, CAND, None)
     assert got.identity["served_by"] == "judge:v3" and got.candidate["judge_judged"] == 3
 
 

@@ -25,10 +25,11 @@ RUBRIC = "Question: {prompt}\nREFERENCE<<4>>\nANSWER<<{answer}>>\nScore the answ
 
 @pytest.fixture(scope="module")
 def judged(setup):  # noqa: F811
-    """The spec with the stand-in as gate.judge, a daily budget of 20 answers, and v1 evaluated at 4.8."""
+    """The spec with the stand-in as gate.judge (the evaluation judging its first 5 test prompts), a daily
+    budget of 20 answers, and v1 evaluated at 4.8."""
     spec, _ = setup
     server = StandinJudge()
-    judge = JudgeSpec(url=server.url, model="fair", rubric=RUBRIC)
+    judge = JudgeSpec(url=server.url, model="fair", rubric=RUBRIC, max_rows=5)
     text = TextDrift(judge_rows=20, max_judge_drop=0.5, alert_on=["judge"])
     spec = spec.model_copy(
         update={
@@ -56,6 +57,7 @@ def _signal(spec, rows, key=None) -> dict:
 def test_good_answers_keep_the_judge_signal_quiet_within_the_budget(judged):
     signal, got = _signal(judged, _answers(np.random.default_rng(1), 0.0))
     assert signal["value"] == 5.0 and signal["reference"] == 4.8 and signal["rows"] == 20  # of 200
+    assert signal["judged"] == 20  # the budget, not the evaluation's max_rows, bounds the sample
     assert not signal["drifted"] and "judge" not in got["drifted"]
 
 
