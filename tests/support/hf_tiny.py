@@ -66,9 +66,16 @@ HEADS = {
 }
 
 
-def tiny_text_model(folder: Path, seed: int = 0, *, family: str = "bert", head: str = "classifier") -> Path:
-    """A BERT- or DistilBERT-style model (with the ``head`` of :data:`HEADS`) and its fast tokenizer, saved
-    as transformers writes them."""
+def tiny_text_model(
+    folder: Path,
+    seed: int = 0,
+    *,
+    family: str = "bert",
+    head: str = "classifier",
+    words: list[str] | None = None,
+) -> Path:
+    """A BERT- or DistilBERT-style model (with the ``head`` of :data:`HEADS`) and its fast tokenizer over
+    ``words`` (default: the reviews' words), saved as transformers writes them."""
     import torch
     import transformers
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
@@ -76,7 +83,8 @@ def tiny_text_model(folder: Path, seed: int = 0, *, family: str = "bert", head: 
     from transformers import BertConfig, DistilBertConfig, PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set(GOOD + BAD + FILLER)))}
+    words = words if words is not None else sorted(set(GOOD + BAD + FILLER))
+    vocab = {t: i for i, t in enumerate(specials + words)}
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

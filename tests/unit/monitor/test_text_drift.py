@@ -17,6 +17,7 @@ from freestack.monitor.spec import TextDrift
 from freestack.registry.core import registry_for
 from freestack.spec import load_spec, spec_file
 from freestack.storage import join, to_path
+from tests.support.hf_tiny import tiny_text_model
 
 DAYS, ROWS, REFERENCE = 20, 200, 64
 NUMBERS = [str(i) for i in range(10)]
@@ -25,37 +26,8 @@ TOPICS = ["sea", "moon", "love", "tree", "night", "rain"]
 
 
 def tiny_encoder(folder, seed: int = 0):
-    """A BertModel (2 layers, width 32, random weights) and a WordPiece tokenizer over the tests' words,
-    saved as transformers writes them (tests/support/hf_tiny.py builds its tokenizers the same way)."""
-    import torch
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {t: i for i, t in enumerate(specials + NUMBERS + WORDS + TOPICS)}
-    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    BertModel(config).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    """A bare BERT (2 layers, width 32, random weights) with a WordPiece tokenizer over the tests' words."""
+    return tiny_text_model(folder, seed, head="bare", words=NUMBERS + WORDS + TOPICS)
 
 
 def arithmetic(rng) -> tuple[str, str]:
