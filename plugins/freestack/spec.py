@@ -146,6 +146,11 @@ class PipelineSpec(SpecModel):
     def _check_feature_kinds(self) -> None:
         if self.model.generative:
             self._check_chat_columns()
+            if self.train.data.mode == "stream":
+                raise ValueError(
+                    "train.data.mode stream: a text-generation window is read into memory (its "
+                    "conversations are tokenized whole); set train.data.mode: memory, or auto"
+                )
             return
         kinds = self.feature_kinds
         loose = [f for f, t in kinds.items() if t not in FEATURE_TYPES]

@@ -309,11 +309,6 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
     """A text-generation window: the splits' conversations tokenized with the base's chat template (held in
     memory: an instruction set is small next to the model). How many were cut to ``max_length``, or
     dropped for having no answer token left, goes into the version's lineage."""
-    if not all(isinstance(rows, FrameRows) for rows in splits.values()):
-        raise TrainingError(
-            f"pipeline {spec.name!r}: a text-generation window is read into memory; set "
-            "train.data.mode: memory (or raise train.data.memory_limit_mb)"
-        )
     pre = chat_encoding(spec)
     counts: dict[str, dict[str, int]] = {}
     for name, rows in splits.items():

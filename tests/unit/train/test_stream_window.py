@@ -109,6 +109,29 @@ def test_auto_streams_a_window_over_the_memory_limit(lake, monkeypatch):
     assert stream.memory_limit_bytes(lake) >= 1 << 28  # a quarter of any machine these tests run on
 
 
+def test_a_text_generation_window_is_read_into_memory(lake, monkeypatch):
+    """Its conversations are tokenized whole: auto reads it into memory, over the limit too, and a spec
+    asking to stream it is refused naming the field."""
+    import yaml
+
+    from freestack.spec import PipelineSpec, SpecError, parse_spec
+    from freestack.train import stream
+    from freestack.train.window import fix_window
+
+    text = (ROOT / "include" / "pipelines" / "arith.yaml").read_text()
+    chat: PipelineSpec = parse_spec(yaml.safe_load(text), "arith.yaml")
+    monkeypatch.setattr(stream, "MEMORY_FACTOR", 10_000_000)
+    parts = fix_window(lake, None, 30).partitions
+    mode, why = stream.choose_mode(_with_data(chat, memory_limit_mb=16), parts)
+    assert mode == "memory" and "text-generation window is read into memory" in why
+    data = yaml.safe_load(text)
+    data["train"]["data"] = {"mode": "stream"}
+    with pytest.raises(
+        SpecError, match="train.data.mode stream: a text-generation window is read into memory"
+    ):
+        parse_spec(data, "arith.yaml")
+
+
 def test_a_partition_rewritten_under_a_streamed_run_fails_it_and_leaves_no_spool(lake, tmp_path):
     from freestack.ingest.lake import PART, partition_dir
     from freestack.storage import join
