@@ -1,0 +1,23 @@
+"""freestack's reusable operators, for DAGs of your own (no pipeline spec):
+:class:`~freestack.providers.operators.FreestackScoreOperator`,
+:class:`~freestack.providers.operators.FreestackPromoteOperator` and
+:class:`~freestack.providers.operators.FreestackRollbackOperator`.
+
+    from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator
+"""
+
+from __future__ import annotations
+
+from freestack.providers.operators import (
+    ArgumentError,
+    FreestackPromoteOperator,
+    FreestackRollbackOperator,
+    FreestackScoreOperator,
+)
+
+__all__ = [
+    "ArgumentError",
+    "FreestackPromoteOperator",
+    "FreestackRollbackOperator",
+    "FreestackScoreOperator",
+]

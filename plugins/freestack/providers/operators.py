@@ -1,0 +1,314 @@
+"""freestack's reusable operators: building blocks of a DAG of your own, with no pipeline spec.
+
+- :class:`FreestackScoreOperator`: score a folder or a file of rows with a registered version;
+- :class:`FreestackPromoteOperator`: point an alias (production by default) at a version;
+- :class:`FreestackRollbackOperator`: move production back (to previous, or to a version).
+
+Their arguments are checked when the DAG file is parsed (a pydantic model per operator): one of the
+wrong type fails the import, naming it. Their string arguments are templates (``{{ ds }}``,
+``{{ params.version }}``). A version or alias that does not exist fails the task at its first try,
+without retries (a retry cannot make it exist), naming the argument and listing the versions there are.
+
+Parsing stays light: this module imports the registry and the spec (no torch, pandas or numpy); the
+score operator imports the score stage in ``execute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from freestack.errors import FreestackError
+from freestack.pipeline_operator import permanent_error
+from freestack.providers.versions import registry_of, resolve
+from freestack.registry.core import AliasMoved, RegistryError
+from freestack.registry.operators import moved_text, triggered_by
+from freestack.specbase import block_problems
+
+
+class ArgumentError(TypeError):
+    """An operator's argument has the wrong type or value; raised when the DAG file is parsed."""
+
+
+class _Arguments(BaseModel):
+    """An operator's arguments: strictly typed (a number is not a string), unknown ones refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str = Field(min_length=1, description="The registered model's name (registry/<model>/).")
+    storage: str | None = Field(
+        default=None, description="The storage root holding the registry; default: the storage_root setting."
+    )
+
+
+def _checked(cls: type[BaseOperator], arguments: type[_Arguments], given: dict[str, Any]) -> _Arguments:
+    """``given`` validated by ``arguments``, or :class:`ArgumentError` naming each argument at fault."""
+    try:
+        return arguments.model_validate(given)
+    except ValidationError as exc:
+        raise ArgumentError(f"{cls.__name__}: {block_problems(exc)}") from None
+
+
+class _FreestackOperator(BaseOperator):
+    """What the reusable operators share: their checked arguments as template fields, and failing at
+    once, without retries, on what no retry can fix (a version that does not exist, permission denied)."""
+
+    arguments: ClassVar[type[_Arguments]]
+
+    def __init__(self, *, task_id: str, given: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(task_id=task_id, **kwargs)
+        for name, value in _checked(type(self), self.arguments, given):
+            setattr(self, name, value)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self.run(context)
+        except FreestackError as exc:  # an unknown version, a version that cannot score, bad input
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        except Exception as exc:
+            message = permanent_error(exc)
+            if message is None:
+                raise
+            raise AirflowFailException(message) from exc
+
+    def run(self, context: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ScoreArguments(_Arguments):
+    version: str | None = Field(default=None, min_length=1, description="A registered version's name.")
+    alias: str | None = Field(
+        default=None, min_length=1, description="An alias (production...); neither: production."
+    )
+    input_uri: str = Field(min_length=1, description="The folder or file of rows to score.")
+    output_uri: str = Field(min_length=1, description="The folder the scores are published in.")
+    columns: tuple[Literal["prediction", "probabilities"], ...] = Field(
+        default=("prediction", "probabilities"), min_length=1
+    )
+    batch_rows: int = Field(default=4096, ge=1, le=1_000_000)
+    max_error_fraction: float | None = Field(default=None, ge=0, le=1)
+    monitor: bool = False
+
+    @model_validator(mode="after")
+    def _one_version(self) -> ScoreArguments:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give version or alias, not both")
+        return self
+
+
+class FreestackScoreOperator(_FreestackOperator):
+    """Score a folder or a file of rows with a registered version of a model, and publish the scores whole.
+
+    The score stage's own day (:mod:`freestack.score.core`), with no pipeline spec: the version's records
+    give the columns it reads, their types and the row key. A folder's Parquet and CSV files (or, with no
+    table, its images) are scored; rows the version cannot score are quarantined with their reason. The
+    output folder receives ``part.parquet`` (key, ds, prediction, probabilities, version, scored_at; a
+    text-generation version's answers instead), written to a temporary and published in one step, then
+    ``_manifest.json`` (and ``_quarantine.parquet`` when rows were refused). A rerun replaces it whole.
+
+    :param model: the registered model's name (``registry/<model>/`` under the storage root)
+    :param version: the version to score with (templated); give this or ``alias``
+    :param alias: the alias to score with, resolved when the task runs (templated; default ``production``)
+    :param input_uri: the folder or file of rows: a ``file://``, ``s3://`` or ``data://`` URI, or a path
+        under the storage root (templated)
+    :param output_uri: the folder the scores are published in, a URI or a path under the storage root
+        (templated), e.g. ``scores/churn/ds={{ ds }}/``
+    :param storage: the storage root holding the registry (templated); default: the storage_root setting
+    :param columns: written beside the key: ``prediction``, ``probabilities`` (classification)
+    :param batch_rows: rows read, encoded and predicted at a time
+    :param max_error_fraction: above this fraction of rows not scored, nothing is published and the task
+        fails (None: never)
+    :param monitor: also log a sample of the rows to the model's request log, which its monitor judges
+
+    Returns (and pushes as its XCom) ``{"version", "output", "part", "rows_scored", "rows_quarantined"}``.
+    """
+
+    arguments = ScoreArguments
+    template_fields: Sequence[str] = ("model", "version", "alias", "input_uri", "output_uri", "storage")
+    ui_color = "#d8ccf4"
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        model: str,
+        input_uri: str,
+        output_uri: str,
+        version: str | None = None,
+        alias: str | None = None,
+        storage: str | None = None,
+        columns: Sequence[str] = ("prediction", "probabilities"),
+        batch_rows: int = 4096,
+        max_error_fraction: float | None = None,
+        monitor: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        given = dict(model=model, version=version, alias=alias, input_uri=input_uri, output_uri=output_uri)
+        given.update(storage=storage, batch_rows=batch_rows, max_error_fraction=max_error_fraction)
+        given.update(columns=tuple(columns) if isinstance(columns, list) else columns, monitor=monitor)
+        super().__init__(task_id=task_id, given=given, **kwargs)
+
+    def run(self, context: Context) -> dict[str, Any]:
+        from freestack.providers import scoring  # numpy and the score stage: at run time only
+
+        argument, asked = ("version", self.version) if self.version else ("alias", self.alias or "production")
+        request = scoring.ScoreRequest(
+            model=self.model,
+            asked=asked,
+            argument=argument,
+            input_uri=self.input_uri,
+            output_uri=self.output_uri,
+            ds=context["ds"],
+            storage=self.storage or None,
+            columns=tuple(self.columns),
+            batch_rows=self.batch_rows,
+            max_error_fraction=self.max_error_fraction,
+            monitor=self.monitor,
+        )
+        manifest = scoring.score(request, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
+        output = scoring.where(self.output_uri, request.storage)
+        self.log.info(
+            "%d rows scored with %s %s, %d quarantined -> %s",
+            manifest["rows_scored"],
+            self.model,
+            manifest["version"],
+            manifest["rows_quarantined"],
+            output,
+        )
+        return {
+            "version": manifest["version"],
+            "output": output,
+            "part": f"{output.rstrip('/')}/part.parquet",
+            "rows_scored": manifest["rows_scored"],
+            "rows_quarantined": manifest["rows_quarantined"],
+        }
+
+
+class PromoteArguments(_Arguments):
+    version: str = Field(min_length=1, description="A version, or an alias naming one.")
+    alias: str = Field(default="production", min_length=1)
+    reason: str = ""
+
+
+class FreestackPromoteOperator(_FreestackOperator):
+    """Point an alias of a model at a registered version (production: the old production becomes
+    ``previous``), in one compare-and-swap of the registry's aliases
+    (:meth:`freestack.registry.core.ModelRegistry.set_alias`); the move records who made it (the DAG
+    run's triggering user and run id). Pointing it where it already is changes nothing.
+
+    :param model: the registered model's name
+    :param version: the version to point the alias at, or an alias naming one (templated)
+    :param alias: the alias to move (templated), default ``production``
+    :param storage: the storage root holding the registry (templated); default: the storage_root setting
+    :param reason: recorded in the aliases' history (templated); default: the run id
+
+    Returns ``{"alias", "version", "from", "production"}``.
+    """
+
+    arguments = PromoteArguments
+    template_fields: Sequence[str] = ("model", "version", "alias", "storage", "reason")
+    ui_color = "#e4dcf5"
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        model: str,
+        version: str,
+        alias: str = "production",
+        storage: str | None = None,
+        reason: str = "",
+        **kwargs: Any,
+    ) -> None:
+        given = dict(model=model, version=version, alias=alias, storage=storage, reason=reason)
+        super().__init__(task_id=task_id, given=given, **kwargs)
+
+    def run(self, context: Context) -> dict[str, Any]:
+        reg = registry_of(self.model, self.storage or None)
+        alias = self.alias.strip()
+        version = resolve(reg, self.version, "version")
+        before = reg.aliases().get(alias)
+        reason = (self.reason or "").strip() or f"promoted by {context['dag'].dag_id} ({context['run_id']})"
+        try:
+            aliases = reg.set_alias(alias, version, reason=reason[:500], by=triggered_by(context))
+        except AliasMoved as exc:  # only with an expected value, which this operator does not pass
+            raise AirflowFailException(moved_text(exc, alias, "promotion", "clear this task")) from None
+        except RegistryError as exc:
+            raise AirflowFailException(f"alias={alias!r}: cannot point it at {version}: {exc}") from None
+        self.log.info("%s %s: %s -> %s", self.model, alias, before, aliases.get(alias))
+        return {
+            "alias": alias,
+            "version": aliases.get(alias),
+            "from": before,
+            "production": aliases.get("production"),
+        }
+
+
+class RollbackArguments(_Arguments):
+    to_version: str | None = Field(default=None, min_length=1, description="None: the previous version.")
+    reason: str = ""
+
+
+class FreestackRollbackOperator(_FreestackOperator):
+    """Move a model's production back: to ``previous`` (the version production replaced), or to
+    ``to_version``; the rolled-back version becomes ``previous``
+    (:meth:`freestack.registry.core.ModelRegistry.rollback`), recorded with who made the move.
+
+    :param model: the registered model's name
+    :param to_version: the version (or an alias naming one) to roll back to (templated); None: previous
+    :param storage: the storage root holding the registry (templated); default: the storage_root setting
+    :param reason: recorded in the aliases' history (templated); default: the run id
+
+    Returns ``{"alias": "production", "version", "from", "previous"}``.
+    """
+
+    arguments = RollbackArguments
+    template_fields: Sequence[str] = ("model", "to_version", "storage", "reason")
+    ui_color = "#f5dcd6"
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        model: str,
+        to_version: str | None = None,
+        storage: str | None = None,
+        reason: str = "",
+        **kwargs: Any,
+    ) -> None:
+        given = dict(model=model, to_version=to_version, storage=storage, reason=reason)
+        super().__init__(task_id=task_id, given=given, **kwargs)
+
+    def run(self, context: Context) -> dict[str, Any]:
+        reg = registry_of(self.model, self.storage or None)
+        target = resolve(reg, self.to_version, "to_version") if self.to_version else None
+        before = reg.aliases().get("production")
+        reason = (
+            self.reason or ""
+        ).strip() or f"rolled back by {context['dag'].dag_id} ({context['run_id']})"
+        try:
+            aliases = reg.rollback(to=target, reason=reason[:500], by=triggered_by(context))
+        except RegistryError as exc:
+            raise AirflowFailException(f"cannot roll back {self.model}: {exc}") from None
+        self.log.info("%s production: %s -> %s", self.model, before, aliases.get("production"))
+        return {
+            "alias": "production",
+            "version": aliases.get("production"),
+            "from": before,
+            "previous": aliases.get("previous"),
+        }
+
+
+__all__ = [
+    "ArgumentError",
+    "FreestackPromoteOperator",
+    "FreestackRollbackOperator",
+    "FreestackScoreOperator",
+    "PromoteArguments",
+    "RollbackArguments",
+    "ScoreArguments",
+]

@@ -1,0 +1,125 @@
+"""What the reusable operators know of a registered model without a pipeline spec: its registry under a
+storage root, the version an argument names (or why none, with the versions that exist), and the spec a
+version's own records describe (:func:`version_spec`), which the score stage's core scores with.
+
+A version records what it was trained on, not the spec file whole: its lineage holds the pipeline's name,
+the feature columns and their types, the row key and the model block; its preprocessing the target and
+the classes. :func:`version_spec` assembles those into a :class:`~freestack.spec.PipelineSpec` held in
+memory; the schema's own rules (``nullable``, ``allowed``, ``min``, ``max``) are not recorded, so a row
+is checked for its columns' types only, and the key is read as text.
+
+No Airflow here, and nothing heavy: DAG files import it through :mod:`freestack.providers.operators`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from freestack.errors import FreestackError
+from freestack.registry.core import ModelRegistry, VersionNotFound
+from freestack.spec import PipelineSpec
+from freestack.specbase import problems
+from freestack.storage import storage_root
+from freestack.train.spec import ModelSpec
+from freestack.version import ModelVersion
+
+#: the most versions an error lists (the newest)
+LISTED = 20
+_PIPELINE = re.compile(r"[^a-z0-9_]")
+
+
+class UnknownVersion(FreestackError):
+    """An argument names no registered version or alias of the model; the message lists what exists."""
+
+
+class UnscorableVersion(FreestackError):
+    """A version's records do not describe a model the score stage can score with."""
+
+
+def registry_of(model: str, storage: str | None = None) -> ModelRegistry:
+    """The registry of ``model`` under ``storage`` (default: the storage_root setting)."""
+    return ModelRegistry(storage_root(storage), model)
+
+
+def known(reg: ModelRegistry) -> str:
+    """The model's versions (the newest :data:`LISTED`) and aliases, in words."""
+    names = [v["version"] for v in reg.versions()]
+    shown = ", ".join(names[-LISTED:]) or "none registered"
+    more = f" (and {len(names) - LISTED} older)" if len(names) > LISTED else ""
+    aliases = {a: v for a, v in reg.aliases().items() if a != "history"}
+    named = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+    return f"versions: {shown}{more}; aliases: {named}"
+
+
+def resolve(reg: ModelRegistry, value: str, argument: str) -> str:
+    """The registered version ``value`` (a version, an alias or ``latest``) names; :class:`UnknownVersion`
+    naming ``argument`` and listing the versions that exist when it names none."""
+    try:
+        return reg.resolve(value.strip())
+    except VersionNotFound:
+        raise UnknownVersion(
+            f"{argument}={value!r} is not a registered version or alias of model {reg.model!r} under "
+            f"{reg.root}; {known(reg)}"
+        ) from None
+
+
+def version_spec(
+    opened: ModelVersion, model: str, storage: str | None, score: dict[str, Any]
+) -> PipelineSpec:
+    """The in-memory spec of a registered version (see the module's docstring), with ``score`` as its
+    score block and ``storage`` (None: the storage_root setting) as its root."""
+    lineage, pre = opened.lineage.as_dict(), opened.preprocessing
+    if pre is None:
+        raise UnscorableVersion(f"{opened.uri} has no preprocessing.json: it was not trained by freestack")
+    kinds = lineage.get("features") or {f: "float" for f in pre.features}
+    key = (lineage.get("split") or {}).get("keyed_on")
+    target = pre.target or "target"
+    columns = [{"name": key, "type": "string", "nullable": False}] if key and key not in kinds else []
+    columns += [{"name": f, "type": t} for f, t in kinds.items() if f != target]
+    columns.append(_target(pre.task, pre.classes, target))
+    recorded = ((lineage.get("hyperparameters") or {}).get("model")) or {}
+    fields = {f.alias or n for n, f in ModelSpec.model_fields.items()}
+    data = {
+        "name": _PIPELINE.sub("_", str(lineage.get("pipeline") or model).lower()).lstrip("_0123456789")
+        or "model",
+        "storage_root": storage,
+        "retries": 0,
+        "source": {"schema": {"key": key, "target": target, "columns": columns}},
+        "model": {**{k: v for k, v in recorded.items() if k in fields}, "name": model},
+        "score": score,
+    }
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        found = "; ".join(f"{field}: {msg}" for field, msg in problems(exc)[:3])
+        raise UnscorableVersion(
+            f"{opened.uri}: its records do not describe a model to score ({found})"
+        ) from None
+
+
+def _target(task: str | None, classes: list[Any], name: str) -> dict[str, Any]:
+    """The target column the version's preprocessing describes: its classes (int, bool or text), a
+    regression's number, or a text-generation version's answer."""
+    if task == "generation":
+        return {"name": name, "type": "text"}
+    if task == "regression":
+        return {"name": name, "type": "float"}
+    if classes and all(isinstance(c, bool) for c in classes):
+        return {"name": name, "type": "bool"}
+    if classes and all(isinstance(c, int) for c in classes):
+        return {"name": name, "type": "int", "allowed": classes}
+    return {"name": name, "type": "string"}
+
+
+__all__ = [
+    "LISTED",
+    "UnknownVersion",
+    "UnscorableVersion",
+    "known",
+    "registry_of",
+    "resolve",
+    "version_spec",
+]

@@ -1,0 +1,236 @@
+"""freestack's reusable operators in a DAG of one's own (include/dags/score_with_version.py, no pipeline
+spec) under dag.test(): a folder is scored with a registered version exactly as the score stage scores it
+and published whole, then the version is promoted; promote and rollback move the aliases; an argument of
+the wrong type fails the DAG file's import, naming it; a version or alias that does not exist fails the
+task at its first try, naming the argument and listing the versions there are. Parsing the DAG file
+imports no heavy library."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.dags.test_integrity import HEAVY, PARSE_PROBE
+from tests.dags.test_sweep_dag import _states
+from tests.support.card_versions import build_version
+from tests.support.serving import make_version
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "include" / "dags"
+DS = "2026-11-05"
+
+
+@pytest.fixture
+def registered(tmp_path, storage):
+    """A digits version trained for seconds under the test's storage root (no alias yet), and a folder
+    holding a day of its rows without the label."""
+    root = Path(storage.removeprefix("file://"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    version = build_version("numeric", root, specs, epochs=2).name
+    rows = pq.read_table(root / "lake" / "digits" / "ds=2026-11-02" / "part.parquet").drop(["label"])
+    folder = tmp_path / "incoming" / f"ds={DS}"
+    folder.mkdir(parents=True)
+    pq.write_table(rows, folder / "a.parquet")
+    return {"root": root, "specs": specs, "version": version, "folder": folder, "rows": rows}
+
+
+def _example():
+    """The example DAG, written to the metadata database (dag.test() runs a DAG of a configured bundle;
+    the example is not in the DAGs folder)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    bag = DagBag(dag_folder=str(EXAMPLES / "score_with_version.py"))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    return bag.get_dag("score_with_version")
+
+
+def _stage_scores(registered, out: Path):
+    """The same folder scored by the score stage (the pipeline's spec, its score block on the folder)."""
+    from freestack.score.core import plan, score
+    from freestack.spec import parse_spec
+
+    data = yaml.safe_load((registered["specs"] / "digits.yaml").read_text())
+    incoming = registered["folder"].parent.as_uri()
+    data["score"] = {"input": f"{incoming}/ds={{ds}}/", "output": f"{out.as_uri()}/{{ds}}/", "monitor": False}
+    spec = parse_spec(data, "digits.yaml")
+    day = datetime.fromisoformat(DS).replace(tzinfo=UTC)
+    score(spec, plan(spec, day, day)["jobs"][0])
+    return pq.read_table(out / DS / "part.parquet")
+
+
+def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registered, tmp_path):
+    from freestack.registry.core import ModelRegistry
+
+    dag = _example()
+    conf = {
+        "model": "digits",
+        "version": registered["version"],
+        "input_uri": f"file://{registered['folder']}/",
+    }
+    run = dag.test(logical_date=datetime.fromisoformat(DS).replace(tzinfo=UTC), run_conf=conf)
+    assert _states(run) == {"score": ["success"], "promote": ["success"]}
+
+    out = registered["root"] / "scores" / "digits" / f"ds={DS}"
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part.parquet"]  # no temporary left
+    table = pq.read_table(out / "part.parquet")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    rows = registered["rows"]
+    assert table.column_names == ["id", "ds", "prediction", "probabilities", "version", "scored_at"]
+    assert table.num_rows == rows.num_rows == manifest["rows_scored"] and manifest["rows_quarantined"] == 0
+    assert table.column("id").to_pylist() == rows.column("id").to_pylist()
+    assert set(table.column("version").to_pylist()) == {registered["version"]} and set(
+        table.column("ds").to_pylist()
+    ) == {DS}
+    assert manifest["run"]["dag_id"] == "score_with_version" and manifest["version"] == registered["version"]
+    # the very scores the score stage gives for the same rows with the same version
+    stage = _stage_scores(registered, tmp_path / "stage")
+    assert table.column("prediction").to_pylist() == stage.column("prediction").to_pylist()
+    assert np.array_equal(
+        np.asarray(table.column("probabilities").to_pylist()),
+        np.asarray(stage.column("probabilities").to_pylist()),
+    )
+
+    aliases = ModelRegistry(registered["root"].as_uri(), "digits").aliases()
+    assert aliases["production"] == registered["version"]
+    assert aliases["history"][-1]["by"].endswith(f"({run.run_id})")
+
+    # one file, scored with the alias (now the version): the same scores, in a folder of their own
+    from freestack.providers import FreestackScoreOperator
+
+    one = FreestackScoreOperator(
+        task_id="one",
+        model="digits",
+        alias="production",
+        input_uri=f"file://{registered['folder']}/a.parquet",
+        output_uri=f"file://{tmp_path}/one/",
+    ).execute(_context())
+    assert one["version"] == registered["version"] and one["rows_scored"] == rows.num_rows
+    again = pq.read_table(one["part"].removeprefix("file://"))
+    assert again.column("prediction").to_pylist() == table.column("prediction").to_pylist()
+
+    # a version that does not exist: the score task fails at its first try (retries: 2), nothing promoted
+    failed = dag.test(
+        logical_date=datetime(2026, 11, 6, tzinfo=UTC), run_conf={**conf, "version": "v-missing"}
+    )
+    assert _states(failed) == {"score": ["failed"], "promote": ["upstream_failed"]}
+    assert _tries(failed, "score") == 1
+    assert not (registered["root"] / "scores" / "digits" / "ds=2026-11-06").exists()
+
+
+def _tries(run, task_id: str) -> int:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = (
+            session.query(TaskInstance).filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id).one()
+        )
+        return ti.try_number
+
+
+def _context() -> dict:
+    return {"ds": DS, "run_id": "manual__ops", "dag": SimpleNamespace(dag_id="mine")}
+
+
+def _refusal(operator) -> str:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException) as got:
+        operator.execute(_context())
+    return str(got.value)
+
+
+def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(registered, tmp_path):
+    from freestack.providers import (
+        FreestackPromoteOperator,
+        FreestackRollbackOperator,
+        FreestackScoreOperator,
+    )
+    from freestack.registry.core import ModelRegistry
+
+    storage, first = registered["root"].as_uri(), registered["version"]
+    make_version(storage, "digits", "v2", tmp_path, n_features=64, classes=tuple(range(10)))
+    reg = ModelRegistry(storage, "digits")
+    reg.promote(first)
+
+    got = FreestackPromoteOperator(task_id="p", model="digits", version="v2").execute(_context())
+    assert got == {"alias": "production", "version": "v2", "from": first, "production": "v2"}
+    assert reg.aliases()["previous"] == first
+    staged = FreestackPromoteOperator(task_id="s", model="digits", version="previous", alias="staging")
+    assert staged.execute(_context())["version"] == first and reg.aliases()["staging"] == first
+
+    back = FreestackRollbackOperator(task_id="r", model="digits", storage=storage).execute(_context())
+    assert back == {"alias": "production", "version": first, "from": "v2", "previous": "v2"}
+    assert reg.aliases()["history"][-1]["action"] == "rollback"
+
+    listed = f"versions: {first}, v2; aliases: previous -> v2, production -> {first}, staging -> {first}"
+    said = _refusal(FreestackPromoteOperator(task_id="p", model="digits", version="v9"))
+    assert "version='v9' is not a registered version or alias of model 'digits'" in said and listed in said
+    said = _refusal(FreestackRollbackOperator(task_id="r", model="digits", to_version="v9"))
+    assert "to_version='v9'" in said and listed in said
+    said = _refusal(
+        FreestackScoreOperator(
+            task_id="s", model="digits", alias="canary", input_uri="in/", output_uri="out/"
+        )
+    )
+    assert "alias='canary'" in said and listed in said
+    said = _refusal(FreestackScoreOperator(task_id="s", model="digits", input_uri="in/", output_uri="out/"))
+    assert "input_uri 'in/' holds no rows to score" in said  # production, resolved; the input is missing
+    assert reg.aliases()["production"] == first  # nothing moved
+
+
+BAD_DAG = """
+from datetime import datetime
+from airflow.sdk import DAG
+from freestack.providers import FreestackScoreOperator
+with DAG("bad", schedule=None, start_date=datetime(2026, 1, 1)):
+    FreestackScoreOperator(task_id="score", model="digits", version="v1", input_uri="in/", output_uri="out/",
+                           batch_rows="many")
+"""
+
+
+def test_an_argument_of_the_wrong_type_fails_the_dag_file_naming_it(tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.providers import ArgumentError, FreestackPromoteOperator
+
+    (tmp_path / "bad.py").write_text(BAD_DAG)
+    errors = DagBag(dag_folder=str(tmp_path)).import_errors
+    (message,) = errors.values()
+    assert "FreestackScoreOperator: batch_rows: Input should be a valid integer" in message
+    with pytest.raises(
+        ArgumentError, match=r"FreestackPromoteOperator: version: Input should be a valid string"
+    ):
+        FreestackPromoteOperator(task_id="p", model="digits", version=3)
+    with pytest.raises(ArgumentError, match="give version or alias, not both"):
+        from freestack.providers import FreestackScoreOperator
+
+        FreestackScoreOperator(task_id="s", model="m", version="v1", alias="a", input_uri="i", output_uri="o")
+
+
+def test_parsing_the_example_dag_is_light():
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_PROBE, str(EXAMPLES), ",".join(HEAVY)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {} and result["dags"] == ["score_with_version"]
+    assert result["heavy"] == [], f"parse-time imports of heavy libraries: {result['heavy']}"
+    assert result["calls"] == []
