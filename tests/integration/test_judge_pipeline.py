@@ -90,3 +90,44 @@ def test_the_judge_scores_the_candidate_and_its_figures_block_it(judged_pipeline
     assert reason.endswith(": block")
     note = run_note(run) or ""
     assert "**Gate: blocked.**" in note and f"judge_score {metrics['judge_score']:.4f} < 5.0000" in note
+    _version_page_shows_the_judge(p, version.name, items)
+
+
+def _version_page_shows_the_judge(p, version: str, items: list[dict]) -> None:
+    """The version's page (the real views app) has the judge's worst prompts with their scores and
+    rationales, and links judge.json."""
+    import html
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from freestack.spec import load_spec
+    from freestack.ui import app, shared
+    from freestack.ui.auth import current_user
+    from freestack.ui.catalog import common
+
+    spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "judged.yaml")
+    pipeline = common.Pipeline(
+        name="judged",
+        model=spec.model_name,
+        root=str(spec.root),
+        train_dag="judged_train",
+        ingest_dag="judged_ingest",
+        trains=True,
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setattr(common, "pipelines", lambda: [(pipeline, spec)])
+    mp.setattr(shared, "may_read", lambda user, dag: True)
+    mp.setattr(app, "may_trigger", lambda user, dag: False)
+    mp.setattr(shared, "user_name", lambda user: "tester")
+    app.views_app.dependency_overrides[current_user] = lambda: "tester"
+    try:
+        page = TestClient(app.views_app).get(f"/models/judged/{version}")
+    finally:
+        app.views_app.dependency_overrides.clear()
+        mp.undo()
+    assert page.status_code == 200, page.text[:500]
+    section = page.text[page.text.index('<section id="judge">') :]
+    worst = items[0]["candidate"]
+    assert "judge: worst prompts first" in section and html.escape(worst["rationale"]) in section
+    assert "files/evaluation/judge.json" in section

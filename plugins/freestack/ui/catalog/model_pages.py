@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.judging.client import table_html
 from freestack.registry.card import metrics_summary
 from freestack.registry.core import redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
@@ -253,6 +254,7 @@ class VersionPage(BaseModel):
     files: dict[str, int]
     plots: list[str]
     report: str | None
+    judge: str | None = Field(None, description="the LLM judge's worst prompts, as the report's table (HTML)")
 
 
 def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage:
@@ -296,7 +298,18 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         files=files,
         plots=[f for f in files if f.startswith("evaluation/") and f.endswith(".png")],
         report="evaluation/report.html" if "evaluation/report.html" in files else None,
+        judge=judge_table(reg.version_path(name)) if JUDGED in files else None,
     )
+
+
+#: the LLM judge's verdicts in a version (``gate.judge``): every prompt's scores, rationales, raw answers
+JUDGED = "evaluation/judge.json"
+
+
+def judge_table(folder: ObjectStoragePath) -> str | None:
+    """The judge's 10 worst prompts with their scores and rationales (the evaluation report's table)."""
+    record = read_json(join(folder, *JUDGED.split("/"))) or {}
+    return table_html(record.get("items") or []) or None
 
 
 def version_file_chunks(spec: PipelineSpec, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
