@@ -234,3 +234,29 @@ def test_parsing_the_example_dag_is_light():
     assert result["errors"] == {} and result["dags"] == ["score_with_version"]
     assert result["heavy"] == [], f"parse-time imports of heavy libraries: {result['heavy']}"
     assert result["calls"] == []
+
+
+def test_a_text_generation_version_answers_a_file_of_prompts_as_the_score_stage_does(storage, tmp_path):
+    import pyarrow as pa
+
+    from freestack.providers import FreestackScoreOperator
+    from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
+
+    work = tmp_path / "work"
+    work.mkdir()
+    version = make_generation_version(storage, "chat", "v1", work)
+    prompts = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": SMOKE_PROMPTS}), prompts)
+    got = FreestackScoreOperator(
+        task_id="answer",
+        model="chat",
+        version="v1",
+        input_uri=f"file://{prompts}",
+        output_uri="answers/chat/",
+        max_new_tokens=12,
+    ).execute(_context())
+    assert got["rows_scored"] == len(SMOKE_PROMPTS) and got["output"].startswith(storage)
+    table = pq.read_table(got["part"].removeprefix("file://"))
+    assert table.column_names[:3] == ["row", "ds", "completion"]
+    want = [version.answer([version.chat(p)], max_new_tokens=12)[0].text for p in SMOKE_PROMPTS]
+    assert table.column("completion").to_pylist() == want

@@ -23,7 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from freestack.errors import FreestackError
-from freestack.pipeline_operator import permanent_error
+from freestack.pipeline_operator import TorchTask, permanent_error
 from freestack.providers.versions import registry_of, resolve
 from freestack.registry.core import AliasMoved, RegistryError
 from freestack.registry.operators import moved_text, triggered_by
@@ -92,6 +92,7 @@ class ScoreArguments(_Arguments):
     batch_rows: int = Field(default=4096, ge=1, le=1_000_000)
     max_error_fraction: float | None = Field(default=None, ge=0, le=1)
     monitor: bool = False
+    max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _one_version(self) -> ScoreArguments:
@@ -100,7 +101,7 @@ class ScoreArguments(_Arguments):
         return self
 
 
-class FreestackScoreOperator(_FreestackOperator):
+class FreestackScoreOperator(TorchTask, _FreestackOperator):
     """Score a folder or a file of rows with a registered version of a model, and publish the scores whole.
 
     The score stage's own day (:mod:`freestack.score.core`), with no pipeline spec: the version's records
@@ -109,6 +110,8 @@ class FreestackScoreOperator(_FreestackOperator):
     output folder receives ``part.parquet`` (key, ds, prediction, probabilities, version, scored_at; a
     text-generation version's answers instead), written to a temporary and published in one step, then
     ``_manifest.json`` (and ``_quarantine.parquet`` when rows were refused). A rerun replaces it whole.
+    Torch computes on the task's share of the worker's cores, as the score stage's tasks do
+    (``FREESTACK_TASK_THREADS`` sets it).
 
     :param model: the registered model's name (``registry/<model>/`` under the storage root)
     :param version: the version to score with (templated); give this or ``alias``
@@ -123,6 +126,8 @@ class FreestackScoreOperator(_FreestackOperator):
     :param max_error_fraction: above this fraction of rows not scored, nothing is published and the task
         fails (None: never)
     :param monitor: also log a sample of the rows to the model's request log, which its monitor judges
+    :param max_new_tokens: a text-generation version's longest answer in tokens (None: 64); answers are
+        greedy, so each equals the model server's at temperature 0
 
     Returns (and pushes as its XCom) ``{"version", "output", "part", "rows_scored", "rows_quarantined"}``.
     """
@@ -145,17 +150,22 @@ class FreestackScoreOperator(_FreestackOperator):
         batch_rows: int = 4096,
         max_error_fraction: float | None = None,
         monitor: bool = False,
+        max_new_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         given = dict(model=model, version=version, alias=alias, input_uri=input_uri, output_uri=output_uri)
         given.update(storage=storage, batch_rows=batch_rows, max_error_fraction=max_error_fraction)
         given.update(columns=tuple(columns) if isinstance(columns, list) else columns, monitor=monitor)
+        given.update(max_new_tokens=max_new_tokens)
         super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         from freestack.providers import scoring  # numpy and the score stage: at run time only
 
-        argument, asked = ("version", self.version) if self.version else ("alias", self.alias or "production")
+        if self.version is not None:  # one that renders empty is asked for as it is, not as production
+            argument, asked = "version", self.version
+        else:
+            argument, asked = "alias", "production" if self.alias is None else self.alias
         request = scoring.ScoreRequest(
             model=self.model,
             asked=asked,
@@ -168,6 +178,7 @@ class FreestackScoreOperator(_FreestackOperator):
             batch_rows=self.batch_rows,
             max_error_fraction=self.max_error_fraction,
             monitor=self.monitor,
+            max_new_tokens=self.max_new_tokens,
         )
         manifest = scoring.score(request, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         output = scoring.where(self.output_uri, request.storage)

@@ -39,6 +39,7 @@ class ScoreRequest:
     batch_rows: int = 4096
     max_error_fraction: float | None = None
     monitor: bool = False
+    max_new_tokens: int | None = None  # a text-generation version's; None: the score stage's default
 
 
 def where(uri: str, storage: str | None) -> str:
@@ -58,7 +59,10 @@ def score(req: ScoreRequest, run: dict[str, str]) -> dict[str, Any]:
         "monitor": req.monitor,
         "version": version,
     }
-    spec = version_spec(open_version(uri), req.model, req.storage, block)
+    opened = open_version(uri)
+    if req.max_new_tokens is not None and opened.preprocessing and opened.preprocessing.task == "generation":
+        block["generation"] = {"max_new_tokens": req.max_new_tokens}
+    spec = version_spec(opened, req.model, req.storage, block)
     model = core.ScoringModel(uri, spec.train.device)
     job = plan(spec, model, version, uri, req)
     scorer = generation.score if model.generative else core.score

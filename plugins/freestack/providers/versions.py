@@ -23,7 +23,6 @@ from freestack.registry.core import ModelRegistry, VersionNotFound
 from freestack.spec import PipelineSpec
 from freestack.specbase import problems
 from freestack.storage import storage_root
-from freestack.train.spec import ModelSpec
 from freestack.version import ModelVersion
 
 #: the most versions an error lists (the newest)
@@ -74,21 +73,20 @@ def version_spec(
     lineage, pre = opened.lineage.as_dict(), opened.preprocessing
     if pre is None:
         raise UnscorableVersion(f"{opened.uri} has no preprocessing.json: it was not trained by freestack")
-    kinds = lineage.get("features") or {f: "float" for f in pre.features}
-    key = (lineage.get("split") or {}).get("keyed_on")
-    target = pre.target or "target"
+    generative = pre.task == "generation"
+    kinds = lineage.get("features") or {f: "text" if generative else "float" for f in pre.features}
+    key, target = (lineage.get("split") or {}).get("keyed_on"), pre.target or "target"
     columns = [{"name": key, "type": "string", "nullable": False}] if key and key not in kinds else []
     columns += [{"name": f, "type": t} for f, t in kinds.items() if f != target]
     columns.append(_target(pre.task, pre.classes, target))
-    recorded = ((lineage.get("hyperparameters") or {}).get("model")) or {}
-    fields = {f.alias or n for n, f in ModelSpec.model_fields.items()}
+    features = [f for f in kinds if f != target]
     data = {
         "name": _PIPELINE.sub("_", str(lineage.get("pipeline") or model).lower()).lstrip("_0123456789")
         or "model",
         "storage_root": storage,
         "retries": 0,
         "source": {"schema": {"key": key, "target": target, "columns": columns}},
-        "model": {**{k: v for k, v in recorded.items() if k in fields}, "name": model},
+        "model": {**(_chat_model(opened) if generative else {"features": features}), "name": model},
         "score": score,
     }
     try:
@@ -98,6 +96,16 @@ def version_spec(
         raise UnscorableVersion(
             f"{opened.uri}: its records do not describe a model to score ({found})"
         ) from None
+
+
+def _chat_model(opened: ModelVersion) -> dict[str, Any]:
+    """A text-generation version's model block as scoring reads it: its chat columns (as trained, else
+    as its preprocessing records them). The base is the version itself: what it was fine-tuned from is
+    the version's own to load, and is not looked up where the task runs."""
+    recorded = ((opened.lineage.as_dict().get("hyperparameters") or {}).get("model") or {}).get("data")
+    columns = ((opened.preprocessing.chat if opened.preprocessing else None) or {}).get("columns") or {}
+    chat = recorded or {k: v for k, v in columns.items() if v is not None}
+    return {"type": "huggingface", "task": "text-generation", "base": opened.uri, "data": chat}
 
 
 def _target(task: str | None, classes: list[Any], name: str) -> dict[str, Any]:
