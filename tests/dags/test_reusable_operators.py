@@ -178,6 +178,24 @@ def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(re
     assert back == {"alias": "production", "version": first, "from": "v2", "previous": "v2"}
     assert reg.aliases()["history"][-1]["action"] == "rollback"
 
+    # a landed CSV with production: its malformed line and a value of the wrong type are quarantined with
+    # their reasons, the rest is scored
+    landed = registered["root"] / "landing" / "digits" / "2026-11-01" / "digits.csv"
+    scored = FreestackScoreOperator(
+        task_id="csv",
+        model="digits",
+        input_uri=str(landed.relative_to(registered["root"])),
+        output_uri="csv/",
+    ).execute(_context())
+    out = registered["root"] / "csv"
+    quarantined = pq.read_table(out / "_quarantine.parquet").to_pylist()
+    assert scored["version"] == first and scored["rows_quarantined"] == len(quarantined) == 2
+    assert sorted(q["_reason"] for q in quarantined) == [
+        "malformed row: expected 67 fields, found 10",
+        "px_20: not a number: 'seven'",
+    ]
+    assert pq.read_table(out / "part.parquet").num_rows == scored["rows_scored"] == 602
+
     listed = f"versions: {first}, v2; aliases: previous -> v2, production -> {first}, staging -> {first}"
     said = _refusal(FreestackPromoteOperator(task_id="p", model="digits", version="v9"))
     assert "version='v9' is not a registered version or alias of model 'digits'" in said and listed in said

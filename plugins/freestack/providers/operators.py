@@ -113,7 +113,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
     Torch computes on the task's share of the worker's cores, as the score stage's tasks do
     (``FREESTACK_TASK_THREADS`` sets it).
 
-    :param model: the registered model's name (``registry/<model>/`` under the storage root)
+    :param model: the registered model's name, ``registry/<model>/`` under the storage root (templated)
     :param version: the version to score with (templated); give this or ``alias``
     :param alias: the alias to score with, resolved when the task runs (templated; default ``production``)
     :param input_uri: the folder or file of rows: a ``file://``, ``s3://`` or ``data://`` URI, or a path
@@ -211,7 +211,7 @@ class FreestackPromoteOperator(_FreestackOperator):
     (:meth:`freestack.registry.core.ModelRegistry.set_alias`); the move records who made it (the DAG
     run's triggering user and run id). Pointing it where it already is changes nothing.
 
-    :param model: the registered model's name
+    :param model: the registered model's name (templated)
     :param version: the version to point the alias at, or an alias naming one (templated)
     :param alias: the alias to move (templated), default ``production``
     :param storage: the storage root holding the registry (templated); default: the storage_root setting
@@ -269,7 +269,7 @@ class FreestackRollbackOperator(_FreestackOperator):
     ``to_version``; the rolled-back version becomes ``previous``
     (:meth:`freestack.registry.core.ModelRegistry.rollback`), recorded with who made the move.
 
-    :param model: the registered model's name
+    :param model: the registered model's name (templated)
     :param to_version: the version (or an alias naming one) to roll back to (templated); None: previous
     :param storage: the storage root holding the registry (templated); default: the storage_root setting
     :param reason: recorded in the aliases' history (templated); default: the run id
