@@ -38,7 +38,7 @@ from freestack.score.spec import ScoreSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
-from freestack.sweeps.spec import EPOCH_METRICS, INIT, PEFT, SweepSpec, leaf_parameters
+from freestack.sweeps.spec import DPO, EPOCH_METRICS, INIT, PEFT, SweepSpec, leaf_parameters
 from freestack.train.spec import PRETRAINED_TASKS, ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -184,7 +184,7 @@ class PipelineSpec(SpecModel):
                     f"model.data: {name!r} is {found}; the conversation columns are text columns "
                     "(set model.data.prompt/response or messages to yours)"
                 )
-        answer = data.messages or data.response
+        answer = data.response or data.messages
         if schema.target is not None and schema.target != answer:
             raise ValueError(
                 f"source.schema.target is {schema.target!r}, but a text-generation model learns the "
@@ -217,6 +217,10 @@ class PipelineSpec(SpecModel):
             *parents, name = path.split(".")
             if PEFT in parents:
                 self._check_peft_parameter(path, name)
+            if DPO in parents and self.train.objective != "dpo":
+                raise ValueError(
+                    f"sweep.parameters.{path}: dpo.<setting> parameters are for train.objective: dpo"
+                )
             if INIT not in parents:
                 continue
             if self.model.type != "custom":

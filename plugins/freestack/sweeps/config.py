@@ -8,7 +8,15 @@ import warnings
 from typing import Any
 
 from freestack.storage import join
-from freestack.sweeps.spec import INIT, PEFT, SERVER_KEYS, TUNABLE_MODEL, TUNABLE_TRAIN, SweepConfigError
+from freestack.sweeps.spec import (
+    DPO,
+    NODES,
+    SERVER_KEYS,
+    TUNABLE_DPO,
+    TUNABLE_MODEL,
+    TUNABLE_TRAIN,
+    SweepConfigError,
+)
 from freestack.train.request import TrainRequest
 
 
@@ -31,7 +39,8 @@ def engine_part(config: dict[str, Any]) -> dict[str, Any]:
 
 def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A trial's config (W&B form ``{"lr": {"value": 0.1}, "model": {"value": {"dropout": 0.2}}}`` or
-    plain values) as ``{"train": {...}, "model": {...}}`` for the trainer."""
+    plain values) as ``{"train": {...}, "model": {...}}`` for the trainer: ``dpo.<setting>`` goes to
+    ``train.dpo``, ``init.<argument>`` and ``peft.<setting>`` to the model's blocks."""
     out: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
 
     def walk(d: dict[str, Any], node: str | None = None) -> None:
@@ -39,7 +48,13 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if isinstance(value, dict) and set(value) == {"value"}:
                 value = value["value"]
             if isinstance(value, dict):
-                walk(value, node or (name if name in (INIT, PEFT) else None))
+                walk(value, node or (name if name in NODES else None))
+            elif node == DPO:  # a preference tuning's setting (train.dpo.<name>)
+                if name not in TUNABLE_DPO:
+                    raise SweepConfigError(
+                        f"trial parameter dpo.{name} is not a train.dpo setting a sweep can change"
+                    )
+                out["train"].setdefault(DPO, {})[name] = value
             # a custom model's constructor argument (model.init.<name>), a LoRA setting
             elif node is not None:
                 out["model"].setdefault(node, {})[name] = value

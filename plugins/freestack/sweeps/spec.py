@@ -51,6 +51,11 @@ INIT = "init"
 #: the parameter-tree node of a fine-tuned model's LoRA settings (model.peft), and the ones a sweep can change
 PEFT = "peft"
 TUNABLE_PEFT = ("r", "alpha", "dropout")
+#: the parameter-tree node of a preference tuning's settings (train.dpo), and the ones a sweep can change
+DPO = "dpo"
+TUNABLE_DPO = ("beta", "sft_weight")
+#: the nodes whose leaves are settings of one block, named ``<node>.<name>``
+NODES = (INIT, PEFT, DPO)
 #: what the trainer logs every epoch (and so what a sweep metric can be)
 EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
@@ -72,9 +77,9 @@ ALL_EPOCH_METRICS = tuple(dict.fromkeys(m for metrics in EPOCH_METRICS.values() 
 
 
 def _short_name(path: str) -> str:
-    """A leaf's name (``init.<name>`` and ``peft.<name>`` inside those nodes)."""
+    """A leaf's name (``init.<name>``, ``peft.<name>`` and ``dpo.<name>`` inside those nodes)."""
     *parents, name = path.split(".")
-    node = next((n for n in (INIT, PEFT) if n in parents), None)
+    node = next((n for n in NODES if n in parents), None)
     return f"{node}.{name}" if node else name
 
 
@@ -255,10 +260,17 @@ def validate(block: Any) -> dict[str, Any]:
                     f"parameters.{path}: {name!r} is not a LoRA setting a sweep can change; use one of {', '.join(TUNABLE_PEFT)}"
                 )
             continue
+        if DPO in parents:  # a preference tuning's setting (train.dpo)
+            if name not in TUNABLE_DPO:
+                raise SweepConfigError(
+                    f"parameters.{path}: {name!r} is not a train.dpo setting a sweep can change; use one of {', '.join(TUNABLE_DPO)}"
+                )
+            continue
         if name not in tunable:
             raise SweepConfigError(
                 f"parameters.{path}: {name!r} is not something the trainer can change; "
-                f"use one of {', '.join(tunable)}, or init.<argument> for a custom model's constructor"
+                f"use one of {', '.join(tunable)}, init.<argument> for a custom model's constructor, "
+                f"or dpo.<setting> ({', '.join(TUNABLE_DPO)}) for a preference tuning"
             )
     names = [_short_name(p) for p in leaves]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -371,7 +383,8 @@ class SweepSpec(SpecModel):
     parameters: dict[str, SweepParameter] = Field(
         min_length=1,
         description="The searched parameters, by name: train: fields (learning_rate, batch_size, epochs, ...) "
-        "or model: fields (hidden, channels, dropout, type), nested as you like.",
+        "or model: fields (hidden, channels, dropout, type), nested as you like; dpo.beta and dpo.sft_weight "
+        "for a preference tuning (train.dpo).",
     )
     early_terminate: EarlyTerminate | None = Field(
         default=None, description="Stop weak trials early (hyperband)."
@@ -420,8 +433,11 @@ class SweepSpec(SpecModel):
 __all__ = [
     "ALL_EPOCH_METRICS",
     "EPOCH_METRICS",
+    "DPO",
     "INIT",
+    "NODES",
     "PEFT",
+    "TUNABLE_DPO",
     "TUNABLE_PEFT",
     "POOL",
     "SERVER_KEYS",

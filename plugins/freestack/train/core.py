@@ -125,7 +125,10 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
     for key in ("window_days", "epochs", "learning_rate", "batch_size", "seed"):
         if getattr(req, key) is not None:
             train_values[key] = getattr(req, key)
-    train_values.update(req.overrides.get("train") or {})
+    train_over = dict(req.overrides.get("train") or {})
+    if isinstance(train_over.get("dpo"), dict):  # a trial's dpo.<setting> is merged into train.dpo
+        train_over["dpo"] = {**train_values["dpo"], **train_over["dpo"]}
+    train_values.update(train_over)
     model_over = dict(req.overrides.get("model") or {})
     model_values = spec.model.model_dump(by_alias=True)
     # a trial's init / LoRA values are merged into the spec's, not put in their place
