@@ -49,7 +49,9 @@ class ChatError(FreestackError):
 @dataclass(frozen=True)
 class ChatColumns:
     """Which lake columns hold a conversation (``model.data``): ``prompt`` + ``response``, or ``messages``
-    (JSON); ``system`` is a system prompt put first in every conversation (training and serving)."""
+    (JSON), or ``messages`` with ``response``: the chat so far, ending with a user turn, and its answer
+    (text, or JSON ``[{"role": "assistant", "content": ...}]``); ``system`` is a system prompt put first
+    in every conversation (training and serving)."""
 
     prompt: str | None = "prompt"
     response: str | None = "response"
@@ -58,7 +60,9 @@ class ChatColumns:
 
     @property
     def columns(self) -> list[str]:
-        return [self.messages] if self.messages else [c for c in (self.prompt, self.response) if c]
+        if self.messages:
+            return [self.messages, *([self.response] if self.response else [])]
+        return [c for c in (self.prompt, self.response) if c]
 
     @property
     def input_column(self) -> str:
@@ -69,6 +73,8 @@ class ChatColumns:
         """A row as a chat, with the assistant's answer (the last turn)."""
         if self.messages:
             chat = parse_messages(row.get(self.messages), f"row {index}, column {self.messages!r}")
+            if self.response:
+                chat = [*chat, self._answer(chat, row.get(self.response), index)]
         else:
             prompt, response = row.get(self.prompt), row.get(self.response)
             for name, v in ((self.prompt, prompt), (self.response, response)):
@@ -78,6 +84,15 @@ class ChatColumns:
         if not any(m["role"] == "assistant" for m in chat):
             raise ChatError(f"row {index}: the conversation has no assistant turn to learn from")
         return self.with_system(chat)
+
+    def _answer(self, chat: list[dict[str, str]], value: Any, index: int) -> dict[str, str]:
+        """The answer to a chat that ends with the user's turn (``messages`` with ``response``)."""
+        if chat[-1]["role"] != "user":
+            raise ChatError(
+                f"row {index}, column {self.messages!r}: the chat so far ends with the {chat[-1]['role']}'s "
+                f"turn; its answer is column {self.response!r}, so the chat must end with the user's turn"
+            )
+        return answer_turn(value, f"row {index}, column {self.response!r}")
 
     def with_system(self, chat: list[dict[str, str]]) -> list[dict[str, str]]:
         if self.system and (not chat or chat[0]["role"] != "system"):
@@ -124,6 +139,25 @@ def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
     return chat
 
 
+def answer_turn(value: Any, where: str) -> dict[str, str]:
+    """An answer column's value as the assistant's turn: text, or JSON holding the one assistant message
+    (``[{"role": "assistant", "content": ...}]``, TRL's conversational completion). Text that is JSON
+    but not a list of messages (``[1, 2]``) is an answer as it stands."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
+            turns = parse_messages(parsed, where)
+            if len(turns) != 1 or turns[0]["role"] != "assistant":
+                raise ChatError(f'{where}: expected one {{"role": "assistant", "content": ...}} message')
+            return turns[0]
+    if not isinstance(value, str):
+        raise ChatError(f"{where}: expected text, got {_kind(value)}")
+    return {"role": "assistant", "content": value}
+
+
 # -- the tokenizer and its chat template --------------------------------------------------------------------
 
 
@@ -163,16 +197,19 @@ def render(tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = F
         ) from None
 
 
-def encode_chat(tokenizer, chat: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+def encode_chat(
+    tokenizer, chat: list[dict[str, str]], *, last_turn_only: bool = False
+) -> tuple[list[int], list[int]]:
     """(token ids, labels) of a conversation: labels are the ids on the assistant turns (up to and with the
-    template's end-of-turn), ``IGNORE`` elsewhere. Spans are found on the text (each assistant turn
-    starts where the chat before it, rendered with the generation prompt, ends), then mapped to tokens by
-    their offsets, so tokenization across a boundary cannot shift them."""
+    template's end-of-turn), ``IGNORE`` elsewhere; ``last_turn_only``: on the last assistant turn alone
+    (a preference pair's answer, the turns before it being its prompt). Spans are found on the text (each
+    assistant turn starts where the chat before it, rendered with the generation prompt, ends), then
+    mapped to tokens by their offsets, so tokenization across a boundary cannot shift them."""
     text = render(tokenizer, chat)
+    turns = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     spans = [
         (len(render(tokenizer, chat[:i], generation_prompt=True)), len(render(tokenizer, chat[: i + 1])))
-        for i, m in enumerate(chat)
-        if m["role"] == "assistant"
+        for i in (turns[-1:] if last_turn_only else turns)
     ]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, labels = list(enc["input_ids"]), []
@@ -269,7 +306,7 @@ class ChatEncoding:
 
     @property
     def target(self) -> str:
-        return self.columns.messages or self.columns.response or ""
+        return self.columns.response or self.columns.messages or ""
 
     def encode_rows(self, rows: Iterable[dict[str, Any]], *, packing: bool | None = None) -> Encoded:
         examples, cut, dropped = [], 0, 0
