@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -40,6 +41,62 @@ def preference_pairs(n: int, seed: int) -> pd.DataFrame:
         if wrong != answer:
             rows.append({"prompt": prompt, "chosen": answer, "rejected": wrong})
     return pd.DataFrame(rows)
+
+
+#: the exchange every chat pair opens with, before the prompt: a chat so far of more than one turn
+OPENING = [
+    {"role": "user", "content": "Answer with the result only."},
+    {"role": "assistant", "content": "OK."},
+]
+
+
+def chat_pairs(pairs: pd.DataFrame, *, implicit: bool = False) -> pd.DataFrame:
+    """``pairs`` (prompt, chosen, rejected) as TRL's conversational preference rows (JSON text): messages,
+    the opening exchange then the prompt as the user's turn, with the chosen answer as text and the
+    rejected one as ``[{"role": "assistant", ...}]``; or (``implicit``) chosen and rejected as whole
+    chats sharing every turn but the last."""
+    rows = []
+    for r in pairs.to_dict("records"):
+        chat = [*OPENING, {"role": "user", "content": r["prompt"]}]
+        chosen, rejected = ({"role": "assistant", "content": r[k]} for k in ("chosen", "rejected"))
+        if implicit:
+            rows.append({"chosen": json.dumps([*chat, chosen]), "rejected": json.dumps([*chat, rejected])})
+        else:
+            rows.append(
+                {"messages": json.dumps(chat), "chosen": r["chosen"], "rejected": json.dumps([rejected])}
+            )
+    return pd.DataFrame(rows)
+
+
+def chat_pair_spec(base: str = "team/tiny-lm", *, implicit: bool = False) -> dict:
+    """A ``train.objective: dpo`` spec reading :func:`chat_pairs`' rows: ``model.data`` names the chat so
+    far (messages) and the two answers, or (``implicit``, ``prompt: null``) two whole chats."""
+    if implicit:
+        data, names = {"prompt": None, "chosen": "chosen", "rejected": "rejected"}, ["chosen", "rejected"]
+    else:
+        data = {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}
+        names = ["messages", "chosen", "rejected"]
+    columns = [
+        {"name": "id", "type": "string", "nullable": False},
+        *({"name": c, "type": "text"} for c in names),
+    ]
+    return {
+        "name": "chat_prefs",
+        "source": {
+            "landing": "landing/{pipeline}/{ds}/",
+            "format": "csv",
+            "schema": {"key": "id", "target": "chosen", "columns": columns},
+        },
+        "model": {
+            "type": "huggingface",
+            "base": base,
+            "task": "text-generation",
+            "data": data,
+            "max_length": 96,
+        },
+        "train": {"objective": "dpo", "dpo": {"beta": 0.1}, "data": {"mode": "memory"}},
+        "gate": {"metric": "exact_match", "threshold": 0.5},
+    }
 
 
 def careless_sft(model, tok, pairs: pd.DataFrame, careless: float = 0.3, epochs: int = 6) -> None:

@@ -2,12 +2,14 @@
 freestack's loop, with TRL's loss and metrics.
 
 A lake row is a preference pair: a prompt and two answers to it, the ``chosen`` one (preferred, and the
-response evaluation compares answers with) and the ``rejected`` one. :class:`PreferenceEncoding` renders
-both as conversations with the chat template (:func:`~freestack.ml.generation.encode_chat`, so only the
-answer's tokens count) into ``x = {"input_ids", "attention_mask", "labels"}`` of shape ``[rows, 2, L]``
-(chosen, rejected). The target ``y`` is ``[rows, 2]``: the reference model's summed log-probabilities of
-the two answers, computed once before training by the starting model (:func:`score_reference`, as TRL's
-``precompute_ref_log_probs``), so no second model is held in memory, for LoRA and full weights alike.
+response evaluation compares answers with) and the ``rejected`` one; the prompt is a column of text, a
+chat so far, or implicit in two whole chats (TRL's preference formats). :class:`PreferenceEncoding`
+renders both as conversations with the chat template (:func:`~freestack.ml.generation.encode_chat`, so
+only the answer's tokens count, as TRL's completion mask: not a chat's earlier assistant turns) into
+``x = {"input_ids", "attention_mask", "labels"}`` of shape ``[rows, 2, L]`` (chosen, rejected). The target
+``y`` is ``[rows, 2]``: the reference model's summed log-probabilities of the two answers, computed once
+before training by the starting model (:func:`score_reference`, as TRL's ``precompute_ref_log_probs``),
+so no second model is held in memory, for LoRA and full weights alike.
 
 :class:`PreferenceNet` answers a batch with the policy's summed log-probabilities ``[rows, 2]`` and its
 ``training_loss`` is DPO's sigmoid loss (Rafailov et al. 2023, TRL's ``loss_type="sigmoid"``)::
@@ -23,14 +25,22 @@ The version is a plain text-generation version (:class:`~freestack.ml.generation
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from freestack.ml.generation import IGNORE, CausalLMNet, ChatEncoding, ChatError, Encoded, encode_chat
+from freestack.ml.generation import (
+    IGNORE,
+    CausalLMNet,
+    ChatColumns,
+    ChatEncoding,
+    ChatError,
+    Encoded,
+    encode_chat,
+)
 from freestack.ml.loop import Precision
 
 #: the loop's task of a preference-tuned model (its metrics: :data:`METRICS`)
@@ -69,18 +79,37 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def preference_loss(outputs: torch.Tensor, reference: torch.Tensor, beta: float, sft_weight: float = 0.0):
     """The training loss of a batch: DPO's mean sigmoid loss, plus ``sft_weight`` x the chosen answers'
     mean token loss (TRL's ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, sft_weight]``).
-    ``outputs``: :class:`PreferenceNet`'s (log-probabilities, then the answers' token counts)."""
+    ``outputs``: :class:`PreferenceNet`'s (log-probabilities, then the answers' token counts).
+
+    On data-parallel ranks (DDP, FSDP) the token count is the mean over the ranks' shares of the global
+    batch: the ranks' gradients are averaged, so the sft term is the global batch's token mean, as one
+    process training on the whole batch has it (the DPO term's per-pair mean is already)."""
     loss = dpo_loss(outputs[:, :2], reference, beta)[0].mean()
     if sft_weight:
-        loss = loss + sft_weight * -outputs[:, 0].sum() / outputs[:, 2].sum().clamp(min=1)
+        loss = loss + sft_weight * -outputs[:, 0].sum() / _rank_mean(outputs[:, 2].sum()).clamp(min=1)
     return loss
+
+
+def _rank_mean(value: torch.Tensor) -> torch.Tensor:
+    """``value``'s mean over the data-parallel ranks (itself in one process); no gradient flows through it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value.detach()
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 @dataclass
 class PreferenceEncoding(ChatEncoding):
     """The preprocessing of preference pairs: ``columns`` holds the prompt and the chosen answer (as the
-    response), ``rejected`` the other answer's column. It saves as the chat encoding of prompt and
-    chosen answer, which is what evaluation and serving read."""
+    response), ``rejected`` the other answer's column, in the chosen one's form (TRL's preference
+    formats): text after a ``prompt`` column; the final assistant turn after a ``messages`` column (the
+    chat so far); or, when ``columns.messages`` is the chosen column, a whole chat sharing every turn
+    but the last with the chosen one (an implicit prompt). Both conversations are read by
+    :meth:`~freestack.ml.generation.ChatColumns.conversation`, as instruction tuning reads its rows. It
+    saves as the chat encoding of prompt and chosen answer, which is what evaluation and serving read."""
 
     rejected: str = "rejected"
 
@@ -88,7 +117,7 @@ class PreferenceEncoding(ChatEncoding):
         pairs, cut, dropped = [], 0, 0
         for i, row in enumerate(rows):
             chats = self.pair(row, i)
-            encoded = [encode_chat(self.tokenizer, chat) for chat in chats]
+            encoded = [encode_chat(self.tokenizer, chat, last_turn_only=True) for chat in chats]
             if any(len(ids) > self.max_length for ids, _ in encoded):
                 cut += 1
                 encoded = [(ids[: self.max_length], lab[: self.max_length]) for ids, lab in encoded]
@@ -101,23 +130,44 @@ class PreferenceEncoding(ChatEncoding):
         out.tokens = int((out.x["labels"] != IGNORE).sum())
         return out
 
+    @property
+    def chosen(self) -> str:
+        """The chosen answer's column (the response, or the whole chats' column)."""
+        return self.columns.response or self.columns.messages or "chosen"
+
+    @property
+    def rejected_columns(self) -> ChatColumns:
+        """Where the rejected conversation is: the chosen one's columns, the rejected column in its place."""
+        if self.columns.response:
+            return replace(self.columns, response=self.rejected)
+        return replace(self.columns, messages=self.rejected)
+
     def pair(self, row: dict[str, Any], index: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-        """The row's chosen and rejected conversations; ChatError for an empty answer or two equal ones."""
-        chosen_col = self.columns.response or "chosen"
-        chosen, rejected = row.get(chosen_col), row.get(self.rejected)
-        for name, v in ((chosen_col, chosen), (self.rejected, rejected)):
-            if not isinstance(v, str) or not v.strip():
-                raise ChatError(
-                    f"row {index}, column {name!r}: a preference pair needs two answers, this one is "
-                    f"{'empty' if isinstance(v, str) else 'missing'}; fix the row or leave it out of the lake"
-                )
-        if chosen.strip() == rejected.strip():
-            raise ChatError(
-                f"row {index}: columns {chosen_col!r} and {self.rejected!r} hold the same answer "
-                f"({chosen.strip()[:60]!r}), which teaches no preference; fix the row or leave it out"
+        """The row's chosen and rejected conversations; ChatError naming the row and column for a missing
+        or empty answer, two equal ones, or (whole chats) chats that differ before their last turn."""
+        for name in (self.chosen, self.rejected):
+            _answer_given(row.get(name), name, index)
+        chosen = self.columns.conversation(row, index)
+        rejected = self.rejected_columns.conversation(row, index)
+        for name, chat in ((self.chosen, chosen), (self.rejected, rejected)):
+            _answer_last(chat, name, index)
+        if chosen[:-1] != rejected[:-1]:
+            turn = next(
+                (k for k, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b),
+                min(len(chosen), len(rejected)) - 1,
             )
-        chat = self.columns.conversation(row, index)
-        return chat, [*chat[:-1], {"role": "assistant", "content": rejected}]
+            raise ChatError(
+                f"row {index}: the chats in columns {self.chosen!r} and {self.rejected!r} differ at turn "
+                f"{turn}, before their last one; a pair shares its prompt (every turn but the answer), "
+                "so fix the row or leave it out"
+            )
+        answer = chosen[-1]["content"].strip()
+        if answer == rejected[-1]["content"].strip():
+            raise ChatError(
+                f"row {index}: columns {self.chosen!r} and {self.rejected!r} hold the same answer "
+                f"({answer[:60]!r}), which teaches no preference; fix the row or leave it out"
+            )
+        return chosen, rejected
 
     def target_array(self, df) -> np.ndarray:
         """Zeros until :func:`score_reference` puts the reference's log-probabilities there."""
@@ -129,6 +179,29 @@ class PreferenceEncoding(ChatEncoding):
             cols = [*self.columns.columns, self.rejected]
             self._memo = (key, self.encode_rows(df[cols].to_dict("records")))
         return self._memo[1]
+
+
+def _answer_given(value: Any, name: str, index: int) -> None:
+    """ChatError unless a pair's answer column holds text that is not blank."""
+    if not isinstance(value, str) or not value.strip():
+        raise ChatError(
+            f"row {index}, column {name!r}: a preference pair needs two answers, this one is "
+            f"{'empty' if isinstance(value, str) else 'missing'}; fix the row or leave it out of the lake"
+        )
+
+
+def _answer_last(chat: list[dict[str, str]], name: str, index: int) -> None:
+    """ChatError unless a pair's conversation ends with an assistant turn that says something."""
+    if chat[-1]["role"] != "assistant":
+        raise ChatError(
+            f"row {index}, column {name!r}: a preference pair's chat ends with its answer (the "
+            f"assistant's turn), this one with the {chat[-1]['role']}'s; fix the row or leave it out"
+        )
+    if not chat[-1]["content"].strip():
+        raise ChatError(
+            f"row {index}, column {name!r}: a preference pair needs two answers, this one is empty; fix "
+            "the row or leave it out of the lake"
+        )
 
 
 def pad_pairs(pairs: list[list[tuple[list[int], list[int]]]], pad_id: int) -> Encoded:

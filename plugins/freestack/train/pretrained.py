@@ -145,7 +145,8 @@ def check_objective(spec: PipelineSpec) -> None:
     if preference_tuned(spec) and not pairs:
         raise FreestackError(
             "train.objective dpo reads preference pairs: set model.data: {prompt: <column>, chosen: "
-            "<column of the preferred answer>, rejected: <column of the worse one>}"
+            "<column of the preferred answer>, rejected: <column of the worse one>} (or messages: <column "
+            "of the chat so far> instead of prompt, or prompt: null for whole chats in chosen and rejected)"
         )
     if spec.model.generative and pairs and spec.train.objective != "dpo":
         raise FreestackError(

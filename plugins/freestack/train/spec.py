@@ -110,7 +110,12 @@ class ChatDataSpec(_Model):
     """Where a ``text-generation`` model's conversations are in the lake (``model.data``): a ``prompt`` and a
     ``response`` column (a user turn and the assistant's answer), or one ``messages`` column holding the
     chat as JSON (``[{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]``; every
-    assistant turn is learnt). ``system`` is a system prompt put first in every conversation."""
+    assistant turn is learnt). ``system`` is a system prompt put first in every conversation.
+
+    Preference pairs (``chosen`` and ``rejected``, TRL's preference formats) come as a prompt column and
+    two answers; as ``messages`` (the chat so far, ending with a user turn) and two final assistant
+    turns; or, with ``prompt: null``, as two whole chats sharing every turn but the last (TRL's implicit
+    prompt), held as ``messages`` naming the chosen column. The chosen answer stands as the response."""
 
     prompt: str | None = Field(
         default="prompt", description="The column of the user's instruction (with response)."
@@ -120,7 +125,7 @@ class ChatDataSpec(_Model):
     )
     messages: str | None = Field(
         default=None,
-        description="Instead of prompt/response: the column of whole chats, as JSON lists of {role, content}.",
+        description="Instead of prompt/response: the column of whole chats, as JSON lists of {role, content}; with chosen and rejected, the chat so far (ending with a user turn).",
     )
     system: str | None = Field(
         default=None,
@@ -129,22 +134,27 @@ class ChatDataSpec(_Model):
     )
     chosen: str | None = Field(
         default=None,
-        description="train.objective dpo: the column of the preferred answer (default chosen); it is the response evaluation compares answers with.",
+        description="train.objective dpo: the column of the preferred answer (default chosen): text, a JSON [{role: assistant, content}], or with prompt: null the whole chat; it is the response evaluation compares answers with.",
     )
     rejected: str | None = Field(
         default=None,
-        description="train.objective dpo: the column of the worse answer to the same prompt (default rejected).",
+        description="train.objective dpo: the column of the worse answer to the same prompt (default rejected), in the chosen column's form.",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _preference_form(cls, data):
-        """Preference pairs (``chosen`` or ``rejected`` given): a prompt column and two answers; the
-        chosen one stands as the response (what evaluation compares answers with)."""
-        if not isinstance(data, dict) or (data.get("chosen") is None and data.get("rejected") is None):
+    def _forms(cls, data):
+        """Preference pairs (``chosen`` or ``rejected`` given), or one conversation per row."""
+        if not isinstance(data, dict):
             return data
-        if data.get("messages") is not None:
-            raise ValueError("model.data: chosen and rejected go with a prompt column, not with messages")
+        if data.get("chosen") is None and data.get("rejected") is None:
+            return cls._one_form(data)
+        return cls._preference_form(data)
+
+    @staticmethod
+    def _preference_form(data: dict) -> dict:
+        """The pair's columns: the chosen one stands as the response, or (``prompt: null``, whole chats)
+        as the messages, which is what evaluation compares answers with and serving takes."""
         chosen, rejected = data.get("chosen") or "chosen", data.get("rejected") or "rejected"
         if data.get("response") not in (None, chosen):
             raise ValueError(
@@ -153,12 +163,23 @@ class ChatDataSpec(_Model):
             )
         if chosen == rejected:
             raise ValueError(f"model.data: chosen and rejected are both {chosen!r}; name two columns")
-        return {**data, "chosen": chosen, "rejected": rejected, "response": chosen}
+        pair = {**data, "chosen": chosen, "rejected": rejected}
+        if data.get("messages") is not None:
+            if data.get("prompt") is not None:
+                raise ValueError("model.data takes a prompt column or a messages column, not both")
+            if data["messages"] in (chosen, rejected):
+                raise ValueError(
+                    f"model.data: messages {data['messages']!r} is the chat so far, chosen and rejected its "
+                    "two last turns: name three columns (or prompt: null for whole chats in chosen and rejected)"
+                )
+            return {**pair, "prompt": None, "response": chosen}
+        if "prompt" in data and data["prompt"] is None:  # whole chats: the prompt is implicit in them
+            return {**pair, "messages": chosen, "response": None}
+        return {**pair, "response": chosen}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_form(cls, data):
-        if isinstance(data, dict) and data.get("messages") is not None:
+    @staticmethod
+    def _one_form(data: dict) -> dict:
+        if data.get("messages") is not None:
             if data.get("prompt") is not None or data.get("response") is not None:
                 raise ValueError(
                     "model.data takes either prompt and response columns or a messages column, not both"
@@ -174,14 +195,22 @@ class ChatDataSpec(_Model):
 
     @property
     def columns(self) -> list[str]:
+        """Every column the conversations are read from (the rejected answer's last)."""
         if self.messages:
-            return [self.messages]
-        return [self.prompt or "", self.response or "", *([self.rejected] if self.rejected else [])]
+            own = [self.messages, *([self.response] if self.response else [])]
+        else:
+            own = [self.prompt or "", self.response or ""]
+        return [*own, *([self.rejected] if self.rejected else [])]
 
     @property
     def preference(self) -> bool:
         """Whether the rows are preference pairs (a prompt, a chosen and a rejected answer)."""
         return self.rejected is not None
+
+    @property
+    def implicit_prompt(self) -> bool:
+        """Whether the pairs are two whole chats sharing their prompt (``prompt: null``)."""
+        return self.preference and self.messages == self.chosen
 
 
 class GenerationEvalSpec(_Model):
@@ -582,7 +611,7 @@ class TrainSpec(_Model):
     )
     objective: Literal["sft", "dpo"] = Field(
         default="sft",
-        description="model.task text-generation: sft, the next-token loss on the answers (instruction tuning); dpo, preference tuning on model.data's prompt, chosen and rejected columns (train.dpo).",
+        description="model.task text-generation: sft, the next-token loss on the answers (instruction tuning); dpo, preference tuning on model.data's chosen and rejected answers (train.dpo).",
     )
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="train.objective dpo: its settings.")
     data: DataSpec = Field(

@@ -137,3 +137,61 @@ def test_an_instruction_tuning_sweep_is_not_judged_on_dpo_metrics_nor_a_dpo_gate
         _spec(lambda d: (sft(d), _sweep("val_reward_margin")(d)))
     with pytest.raises(SpecError, match="gate metric 'reward_margin' is unknown"):
         _spec(lambda d: d["gate"].update(metric="reward_margin"))
+
+
+# -- pairs as chats (TRL's conversational preference formats) --------------------------------------------
+
+
+def _chat_spec(implicit: bool = False, edit=None):
+    from tests.support.preference import chat_pair_spec
+
+    data = chat_pair_spec(implicit=implicit)
+    if edit is not None:
+        edit(data)
+    return parse_spec(data, "chat_prefs.yaml")
+
+
+def test_chat_pairs_name_the_chat_so_far_and_its_two_answers():
+    spec = _chat_spec()
+    data = spec.model.chat
+    assert (data.messages, data.prompt, data.response, data.rejected) == (
+        "messages",
+        None,
+        "chosen",
+        "rejected",
+    )
+    assert data.columns == ["messages", "chosen", "rejected"] and not data.implicit_prompt
+    assert spec.model_features == ["messages", "rejected"]  # the target is the chosen answer
+    check_objective(spec)
+
+
+def test_whole_chats_with_no_prompt_column_hold_the_prompt_in_the_chosen_chat():
+    spec = _chat_spec(implicit=True)
+    data = spec.model.chat
+    assert (data.messages, data.prompt, data.response, data.chosen) == ("chosen", None, None, "chosen")
+    assert data.columns == ["chosen", "rejected"] and data.implicit_prompt
+    assert spec.model_features == ["rejected"]
+    check_objective(spec)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["model"]["data"].update(prompt="messages"), "a prompt column or a messages column"),
+        (lambda d: d["model"]["data"].update(messages="chosen"), "messages 'chosen' is the chat so far"),
+        (lambda d: d["model"]["data"].update(response="messages"), "response 'messages' and chosen 'chosen'"),
+        (lambda d: d["model"]["data"].update(messages="nope"), "model.data: 'nope' is not a column"),
+        (
+            lambda d: d["source"]["schema"].update(target="messages"),
+            "target is 'messages', but a text-generation model learns the 'chosen' column",
+        ),
+    ],
+)
+def test_a_bad_chat_pair_spec_is_refused_naming_the_field(edit, message):
+    with pytest.raises(SpecError, match=message):
+        _chat_spec(edit=edit)
+
+
+def test_chat_pairs_without_dpo_are_refused_before_any_data_is_read():
+    with pytest.raises(FreestackError, match="model.data names chosen and rejected columns"):
+        check_objective(_chat_spec(implicit=True, edit=lambda d: d["train"].pop("objective")))
