@@ -1,11 +1,14 @@
-"""A sweep of preference tunings (train.objective: dpo) under dag.test(): two random learning rates for a
-tiny causal LM, instruction-tuned here on answers of which 30% are wrong, preference-tuned on landed
+"""A sweep of preference tunings (train.objective: dpo) under dag.test(): two random draws of DPO's beta
+(train.dpo.beta) and the learning rate for a tiny causal LM, instruction-tuned here on answers of which 30% are wrong, preference-tuned on landed
 prompt/chosen/rejected pairs; select_best keeps the trial with the larger validation reward margin, which
 is evaluated, gated and registered with the sweep in its lineage."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -21,15 +24,18 @@ DAYS = 2
 
 
 def swept_dpo_spec(base: Path) -> dict:
-    """The preference-tuning test's spec (:func:`dpo_spec`) with 2 epochs and a 2-trial random sweep of the
-    learning rate judged on val_reward_margin; the gate lets any version through."""
+    """The preference-tuning test's spec (:func:`dpo_spec`) with 2 epochs and a 2-trial random sweep of
+    DPO's beta and the learning rate judged on val_reward_margin; the gate lets any version through."""
     spec = dpo_spec(base, "swept")
     spec["train"]["epochs"] = 2
     spec["sweep"] = {
         "method": "random",
         "run_cap": 2,
         "metric": {"name": "val_reward_margin", "goal": "maximize"},
-        "parameters": {"learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3}},
+        "parameters": {
+            "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-3},
+            "dpo": {"parameters": {"beta": {"distribution": "log_uniform_values", "min": 0.05, "max": 0.5}}},
+        },
     }
     spec["gate"]["threshold"] = 0.0
     return spec
@@ -58,6 +64,20 @@ def pipelines(tmp_path, storage, monkeypatch):
     return {"bag": bag, "root": root}
 
 
+def _wandb_config(run_dir: str) -> str:
+    """An offline W&B run's records as wandb itself reads them back (its config among them), as text."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", run_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def test_a_sweep_of_preference_tunings_keeps_the_largest_validation_reward_margin(pipelines):
     from freestack.serving.local import stop_local
 
@@ -73,15 +93,28 @@ def test_a_sweep_of_preference_tunings_keeps_the_largest_validation_reward_margi
         best = json.loads((folder / "best.json").read_text())
         margins = {r["trial"]: r["val_reward_margin"] for r in table["trials"]}
         rates = {r["trial"]: r["param.learning_rate"] for r in table["trials"]}
-        print(f"val_reward_margin by trial: {margins}, learning rates: {rates}")
+        betas = {r["trial"]: r["param.dpo.beta"] for r in table["trials"]}
+        print(f"val_reward_margin by trial: {margins}, learning rates: {rates}, betas: {betas}")
         assert table["metric"] == "val_reward_margin" and table["goal"] == "maximize" and len(margins) == 2
         assert len(set(rates.values())) == 2 and all(r["state"] == "finished" for r in table["trials"])
+        assert len(set(betas.values())) == 2 and all(0.05 <= b <= 0.5 for b in betas.values()), betas
+        for (
+            trial,
+            beta,
+        ) in betas.items():  # each trial trained with its own beta (its lineage, its W&B config)
+            trained = json.loads(next((folder / "trials" / trial).rglob("lineage.json")).read_text())
+            assert trained["objective"]["beta"] == beta, (trial, trained["objective"])
+            assert f'"objective":{{"beta":{beta},' in _wandb_config(trained["wandb"]["run_dir"]), (
+                trial,
+                beta,
+            )
         assert best["best_value"] == max(margins.values()) == margins[best["best_trial"]], (best, margins)
         name = best["version_uri"].rstrip("/").rsplit("/", 1)[-1]
         version = p["root"] / "registry" / "swept" / name
         assert (version / "_REGISTERED.json").exists()
         lineage = json.loads((version / "lineage.json").read_text())
         assert lineage["sweep"]["trial"] == best["best_trial"] and lineage["objective"]["name"] == "dpo"
+        assert lineage["objective"]["beta"] == pytest.approx(betas[best["best_trial"]]), lineage["objective"]
         assert lineage["gate"]["decision"] == "promote", lineage["gate"]
         metrics = json.loads((version / "metrics.json").read_text())
         assert metrics["train"]["metric"] == "reward_margin"
