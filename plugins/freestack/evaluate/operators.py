@@ -11,7 +11,7 @@ that run differs from a promoting one; and the run gets a note with the decision
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
@@ -26,6 +26,9 @@ from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTa
 from freestack.registry.candidates import PromotionError, register_candidate
 from freestack.registry.core import AliasMoved, RegistryError, registry_for
 from freestack.registry.hub import promote_on_hub
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 def candidate_of(context: Context) -> dict[str, Any]:
@@ -82,7 +85,22 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         summary.update(
             candidate_version=cand["version"], champion_version=champion_version, sweep=cand["sweep"]
         )
+        self._evaluated = summary  # what get_openlineage_facets_on_complete reports
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the candidate (and production) version folders ->
+        the candidate's ``evaluation/``, with the candidate version and both models' test metrics."""
+        from freestack import lineage_events as ol
+
+        ev = getattr(self, "_evaluated", None)
+        if ev is None:
+            return ol.lineage()
+        uri = ev["candidate_uri"]
+        inputs = [ol.input_dataset(u) for u in (uri, ev.get("champion_uri")) if u]
+        facets = ol.model_version_facet(self.pipeline_spec().model_name, ev["candidate_version"], uri)
+        metrics = ol.metrics_facet(ev.get("candidate"), ev.get("champion"))
+        return ol.lineage(inputs, [ol.output_dataset(f"{uri.rstrip('/')}/evaluation")], {**facets, **metrics})
 
 
 def route_for(decision: dict[str, Any]) -> str:
@@ -115,8 +133,27 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         # skipping the branches not taken ends the task by an exception (Airflow 3's task runner then
         # pushes no return value), so the decision is pushed first, under the return value's key
         ti.xcom_push(key="return_value", value=decision)
+        self._gated = (ev, decision, registered)  # what get_openlineage_facets_on_complete reports
         self.do_branch(context, route_for(decision))
         return decision
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the candidate and its ``evaluation/`` -> the
+        registered version, with the gate's decision, the version (its manifest's sha256) and the metrics."""
+        from freestack import lineage_events as ol
+
+        if getattr(self, "_gated", None) is None:
+            return ol.lineage()
+        ev, decision, registered = self._gated
+        uri = ev["candidate_uri"].rstrip("/")
+        model = self.pipeline_spec().model_name
+        facets = {
+            **ol.model_version_facet(model, registered["version"], registered["version_uri"]),
+            **ol.gate_facet(decision, route_for(decision)),
+            **ol.metrics_facet(ev.get("candidate"), ev.get("champion")),
+        }
+        inputs = [ol.input_dataset(uri), ol.input_dataset(f"{uri}/evaluation")]
+        return ol.lineage(inputs, [ol.output_dataset(registered["version_uri"])], facets)
 
     def decide(self, ev: dict[str, Any]) -> dict[str, Any]:
         spec = self.pipeline_spec()

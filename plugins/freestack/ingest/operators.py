@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseSensorOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -23,6 +23,9 @@ from freestack.errors import (
 from freestack.ingest.lake import landing_dir
 from freestack.ingest.triggers import LandingTrigger, _has_files
 from freestack.pipeline_operator import PipelineOperator
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 def lake_asset(pipeline: str) -> Asset:
@@ -60,6 +63,7 @@ class IngestOperator(PipelineOperator):
             # with the reason
             raise AirflowFailException(str(exc)) from None
         summary = result.as_dict()
+        self._ingested = result  # what get_openlineage_facets_on_complete reports
         self.log.info(
             "partition %s: %d rows in, %d good, %d quarantined (%.2f%%); part sha256 %s",
             result.partition,
@@ -85,6 +89,26 @@ class IngestOperator(PipelineOperator):
         if outlet_events is not None:
             outlet_events[lake_asset(spec.name)].extra = extra
         return summary["partition"]
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the landing files read (an image folder: the
+        folder) -> the partition's part file, with its sha256 and good rows."""
+        from freestack import lineage_events as ol
+
+        result = getattr(self, "_ingested", None)
+        if result is None:
+            return ol.lineage()
+        landing = str(landing_dir(self.pipeline_spec(), self.ds))
+        files = [s for s in result.sources if s.get("format") != "imagefolder"]
+        inputs = [ol.input_dataset(f"{landing}/{s['name']}", sha256=s.get("sha256")) for s in files]
+        part = result.part or {}
+        out = ol.output_dataset(
+            part.get("uri") or result.partition,
+            sha256=part.get("sha256"),
+            rows=result.rows_good,
+            size=part.get("size"),
+        )
+        return ol.lineage(inputs or [ol.input_dataset(landing)], [out])
 
 
 class LandingSensor(PipelineOperator, BaseSensorOperator):

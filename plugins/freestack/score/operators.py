@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 PLAN_XCOM = "plan"
@@ -96,6 +97,7 @@ class ScoreOperator(TorchTask, PipelineOperator):
             raise
         brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
         brief["output"] = self.job["output"]
+        self._scored = manifest  # what get_openlineage_facets_on_complete reports
         context["outlet_events"][scores_asset(spec.name)].extra = brief
         context["ti"].xcom_push(
             key=RUN_NOTE_XCOM,
@@ -105,6 +107,24 @@ class ScoreOperator(TorchTask, PipelineOperator):
             ),
         )
         return brief
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the day's input files and the version folder ->
+        the day's scores folder (its rows scored), with the version as a run facet."""
+        from freestack import lineage_events as ol
+
+        manifest = getattr(self, "_scored", None)
+        if manifest is None:
+            return ol.lineage()
+        files = {i["uri"]: i.get("sha256") for i in manifest["inputs"] if i.get("uri")}
+        inputs = [ol.input_dataset(uri, sha256=sha) for uri, sha in files.items()]
+        inputs.append(ol.input_dataset(manifest["version_uri"]))
+        out = ol.output_dataset(self.job["output"], rows=manifest["rows_scored"])
+        return ol.lineage(
+            inputs,
+            [out],
+            ol.model_version_facet(manifest["model"], manifest["version"], manifest["version_uri"]),
+        )
 
 
 __all__ = ["PLAN_XCOM", "PlanScoreOperator", "ScoreOperator", "scores_asset"]

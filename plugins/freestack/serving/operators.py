@@ -13,7 +13,7 @@ operator over :mod:`freestack.serving` and :mod:`freestack.registry`.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -24,8 +24,12 @@ from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import PipelineOperator
 from freestack.registry.core import RegistryError, registry_for
 from freestack.serving.k8s import finish_rollout, start_rollout
+from freestack.serving.records import Deployments
 from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 from freestack.storage import storage_root
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 class DeployOperator(HubEnvironment, PipelineOperator):
@@ -78,6 +82,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             raise RuntimeError(str(exc)) from None  # retried: a port, the machine or the cluster may be busy
         if alias:
             self.require_still_set(reg, alias, version, "while it was deployed")
+        self._deployed = record  # what get_openlineage_facets_on_complete reports
         return record
 
     def set_by_this_run(self, context: Context, alias: str) -> str | None:
@@ -185,7 +190,26 @@ class DeployOperator(HubEnvironment, PipelineOperator):
                 str(record.get("canary_version") or record.get("version")),
                 "while it rolled out",
             )
+        self._deployed = record  # what get_openlineage_facets_on_complete reports
         return {k: v for k, v in record.items() if k != "history"}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the served version folder -> the deployment's
+        record (``deployments/<model>/<name>.json``), with the version as a run facet."""
+        from freestack import lineage_events as ol
+
+        record = getattr(self, "_deployed", None)
+        if record is None:
+            return ol.lineage()
+        spec = self.pipeline_spec()
+        where = Deployments(str(storage_root(spec.storage_root)), spec.model_name).path(spec.deployment_name)
+        version = record.get("canary_version") or record["version"]  # a canary's: the version it rolled out
+        uri = registry_for(spec).version_uri(version)
+        return ol.lineage(
+            [ol.input_dataset(uri)],
+            [ol.output_dataset(str(where))],
+            ol.model_version_facet(spec.model_name, version, uri),
+        )
 
 
 __all__ = ["DeployOperator"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -30,6 +30,9 @@ from freestack.train.manifests import job_name
 from freestack.train.request import TrainingError, TrainRequest
 from freestack.train.triggers import PyTorchJobFinishedTrigger
 from freestack.train.window import WindowError, already_trained, fix_window, window_interval
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 #: runs the window task decides alone, without a person: they skip when the window holds nothing new
 AUTOMATIC_RUNS = ("asset_triggered", "scheduled")
@@ -223,7 +226,25 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
     def _returned(self, context: Context, outcome) -> dict[str, Any]:
         """What the task returns of an outcome, with its W&B run as the ``wandb`` XCom (the run link's)."""
         context["ti"].xcom_push(key="wandb", value=outcome.tracking)
+        self._outcome = outcome  # what get_openlineage_facets_on_complete reports
         return outcome.as_dict()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """OpenLineage (:mod:`freestack.lineage_events`): the window's lake partitions (their part files and
+        sha256) -> the version folder, with the version and its validation metrics as run facets. The
+        task of another node (``train_node``) reports nothing: node 0's reports the version."""
+        from freestack import lineage_events as ol
+
+        outcome = getattr(self, "_outcome", None)
+        if outcome is None:
+            return ol.lineage()
+        inputs = [
+            ol.input_dataset(p["uri"], sha256=p.get("sha256")) for p in outcome.partitions if p.get("uri")
+        ]
+        facets = ol.model_version_facet(self.pipeline_spec().model_name, outcome.version, outcome.version_uri)
+        return ol.lineage(
+            inputs, [ol.output_dataset(outcome.version_uri)], {**facets, **ol.metrics_facet(outcome.metrics)}
+        )
 
     def _train(self, spec, req, tracking_settings):
         """In this process; or this node's ranks (train.distributed); or a PyTorchJob, awaited in the
