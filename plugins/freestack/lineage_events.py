@@ -10,8 +10,8 @@ Dataset names (https://openlineage.io/docs/spec/naming):
 - ``file:///abs/path``: namespace ``file``, name ``/abs/path``;
 - ``s3://[conn@]bucket/key``: namespace ``s3://bucket``, name ``key`` (the connection id is how the
   workers reach the bucket, not part of the data's name);
-- ``data://owner/collection/key``: namespace ``data://owner``, name ``collection/key`` (one namespace per
-  collection owner, as a bucket is one for S3);
+- ``data://[conn@]owner/collection/key``: namespace ``data://owner``, name ``collection/key`` (one namespace
+  per collection owner, as a bucket is one for S3); ``.my`` is resolved to the connection's user;
 - any other ``scheme://host/path``: namespace ``scheme://host``, name ``path``.
 """
 
@@ -28,6 +28,8 @@ from airflow.providers.openlineage.extractors import OperatorLineage
 from openlineage.client.event_v2 import InputDataset, OutputDataset
 from openlineage.client.facet_v2 import RunFacet, dataset_version_dataset, output_statistics_output_dataset
 
+from freestack.storage import to_path
+from freestack.storage.datafs import MY
 from freestack.version import read_storage_file
 from freestack.version.files import MARKER
 
@@ -49,7 +51,18 @@ def dataset_name(uri: str) -> tuple[str, str]:
     if scheme == "file":
         return (f"file://{host}" if host else FILE_NAMESPACE), unquote(f"/{path}")
     host = host.rsplit("@", 1)[-1]  # s3://conn@bucket: the bucket alone
+    if scheme == "data" and host == MY:
+        host = _data_owner(text)
     return f"{scheme}://{host}", path
+
+
+def _data_owner(uri: str) -> str:
+    """Whom ``data://.my/...`` means: the user of the connection it is read through (``.my`` when that
+    cannot be told: lineage never fails a task)."""
+    try:
+        return to_path(uri).fs.owner or MY
+    except Exception:
+        return MY
 
 
 def input_dataset(uri: str, *, sha256: str | None = None) -> InputDataset:

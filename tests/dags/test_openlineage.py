@@ -214,3 +214,13 @@ def test_dataset_names_follow_openlineage_naming(uri, expected):
     from freestack.lineage_events import dataset_name
 
     assert dataset_name(uri) == expected
+
+
+def test_data_my_is_named_by_its_user(tmp_path, monkeypatch, clean_stores):
+    from freestack.lineage_events import dataset_name
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FREESTACK_DATA_DEFAULT",
+        json.dumps({"conn_type": "freestack_data", "login": "alice", "extra": {"root": tmp_path.as_uri()}}),
+    )
+    assert dataset_name("data://.my/ml/lake/digits") == ("data://alice", "ml/lake/digits")
