@@ -44,8 +44,14 @@ _KIND = {
 
 
 def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
-    """Each feature as the monitor sees it: numeric, category, text or image."""
-    return {f: _KIND.get(t, "numeric") for f, t in spec.feature_kinds.items()}
+    """Each feature as the monitor sees it: numeric, category, text or image. A text-generation model's
+    is what a request carries, its prompt or its chat so far: a preference pair's rejected answer is read
+    by training alone, and a request log never holds it."""
+    kinds = spec.feature_kinds
+    if spec.model.generative:
+        asked = spec.model.chat.messages or spec.model.chat.prompt or ""
+        kinds = {c.name: c.type for c in spec.source.schema_.fields if c.name == asked} or kinds
+    return {f: _KIND.get(t, "numeric") for f, t in kinds.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
