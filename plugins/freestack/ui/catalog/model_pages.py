@@ -255,6 +255,20 @@ class VersionPage(BaseModel):
     plots: list[str]
     report: str | None
     judge: str | None = Field(None, description="the LLM judge's worst prompts, as the report's table (HTML)")
+    notebook_lines: list[str] = Field(
+        [], description="the Python lines that load this version in a notebook (notebook_lines)"
+    )
+
+
+def notebook_lines(root: str, model: str, version: str) -> list[str]:
+    """The three lines that load ``version`` in a notebook (``make notebook``): the registry of ``model``
+    under the storage root the page read (``root``), and the version's model, verified against its
+    registration as every stage loads it."""
+    return [
+        "from freestack.registry.core import ModelRegistry",
+        f"registry = ModelRegistry({root!r}, {model!r})",
+        f"model = registry.load({version!r}).model",
+    ]
 
 
 def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage:
@@ -299,6 +313,7 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         plots=[f for f in files if f.startswith("evaluation/") and f.endswith(".png")],
         report="evaluation/report.html" if "evaluation/report.html" in files else None,
         judge=judge_table(reg.version_path(name)) if JUDGED in files else None,
+        notebook_lines=notebook_lines(str(reg.root), spec.model_name, name),
     )
 
 
