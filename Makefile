@@ -32,7 +32,7 @@ export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export HF_HOME ?= $(CURDIR)/.freestack/huggingface
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv mlserver-venv demo airflow test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
+.PHONY: help venv serving-venv mlserver-venv demo airflow notebook test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
 
 help:
 	@echo "make demo   - start Airflow, land the demo data, backfill ingest and trigger training under the real scheduler"
@@ -40,6 +40,7 @@ help:
 	@echo "make test-scaleout - only the scaled-out stack (Postgres, Celery + Redis, S3) tests"
 	@echo "make up     - start airflow standalone on http://127.0.0.1:$(or $(AIRFLOW_PORT),8080) (make down stops it and the model servers)"
 	@echo "make airflow ARGS=\"dags list\" - any airflow command against this project's instance (= freestack airflow ...)"
+	@echo "make notebook - JupyterLab on http://127.0.0.1:$(NOTEBOOK_PORT) with the project's .venv as its kernel (docs/notebooks/)"
 	@echo "make lint   - ruff, the import contracts (lint-imports) and the docs build"
 	@echo "make docs   - the docs site into .freestack/site (warnings are errors)"
 	@echo "make bench  - run the benchmarks in bench/"
@@ -50,7 +51,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,scaleout]'
+	$(BIN)/pip install -q -e '.[dev,scaleout,notebook]'
 	touch $@
 
 serving-venv: $(SERVING_STAMP)
@@ -130,6 +131,21 @@ down: $(STAMP)
 # any airflow command against the project's instance, e.g. make airflow ARGS="dags list"
 airflow: $(STAMP)
 	$(BIN)/python -m freestack.cli airflow $(ARGS)
+
+# JupyterLab for the project's data and models (docs/notebooks/explore.ipynb), bound to 127.0.0.1: its kernel
+# "freestack (.venv)" is the project's environment, so it sees the same settings as the tasks (AIRFLOW_HOME,
+# FREESTACK_HOME, WANDB_*, HF_HOME above); Jupyter's own settings and runtime files stay inside the project too.
+# Ctrl-C stops it (no confirmation asked)
+NOTEBOOK_PORT ?= 8888
+notebook: export JUPYTER_CONFIG_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/config
+notebook: export JUPYTER_DATA_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/data
+notebook: export JUPYTER_RUNTIME_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/runtime
+notebook: export IPYTHONDIR ?= $(FREESTACK_HOME)/.freestack/ipython
+notebook: $(STAMP)
+	mkdir -p $$JUPYTER_CONFIG_DIR $$JUPYTER_DATA_DIR $$JUPYTER_RUNTIME_DIR $$IPYTHONDIR
+	$(BIN)/python -m ipykernel install --sys-prefix --name freestack --display-name "freestack (.venv)" >/dev/null
+	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --no-browser --ServerApp.answer_yes=True \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=$(CURDIR) docs/notebooks/explore.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check plugins dags tests bench include docs

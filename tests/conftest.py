@@ -66,6 +66,7 @@ DEMO_FILES = (
     "tests/ui/test_views_sweep_live.py",
     "tests/e2e/test_monitor_demo.py",
     "tests/ui/test_views_rollback_race.py",
+    "tests/e2e/test_notebook.py",
     "tests/e2e/test_docs_commands.py",
 )
 

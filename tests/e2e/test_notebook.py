@@ -1,0 +1,100 @@
+"""docs/notebooks/explore.ipynb runs from top to bottom on the state ``make demo`` left (the demo sandbox).
+
+The notebook is executed headless with nbclient, in the kernel ``make notebook`` installs (``freestack
+(.venv)``: the project's environment), with the sandbox's state passed as a user's checkout passes it:
+``FREESTACK_HOME`` and ``FREESTACK_STORAGE_ROOT``, W&B offline. One cell is added at the end to hand what the
+notebook computed back to the test as JSON. The notebook only reads the registry and the lake: they are the
+same afterwards. Its run time is printed and recorded (``notebook_seconds`` in the JUnit properties).
+
+Slow (the real demo under the real scheduler): ``-m slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK = ROOT / "docs" / "notebooks" / "explore.ipynb"
+pytestmark = pytest.mark.slow
+
+#: the cell added at the end: what the notebook computed, as one JSON line
+REPORT = """import json, sys
+print(json.dumps({
+    "executable": sys.executable,
+    "production": production.lineage.version,
+    "accuracy": {name: float(value) for name, value in accuracy.items()},
+    "test_rows": len(test),
+    "disagree": len(disagree),
+    "trial_epochs": trial.summary.get("epochs_run"),
+    "run_dir": trial.tracking.get("run_dir"),
+    "mode": trial.tracking.get("mode"),
+    "scored": len(scores),
+    "scored_by": planned["version"],
+    "reasons": quarantine["_reason"].tolist(),
+    "work": str(WORK),
+}))"""
+
+
+def _kernel(prefix: Path) -> dict[str, str]:
+    """The notebook's kernel as ``make notebook`` installs it, in ``prefix``: the environment to find it."""
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "freestack"],
+        check=True,
+        capture_output=True,
+    )
+    return {"JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+
+
+def _registry_files(storage: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(storage)): p.stat().st_size
+        for p in (storage / "registry").rglob("*")
+        if p.is_file()
+    }
+
+
+def test_the_notebook_runs_on_the_demos_state(demo, sandbox, tmp_path, monkeypatch, record_property):
+    import nbformat
+    from nbclient import NotebookClient
+
+    env = {
+        **_kernel(tmp_path / "kernel"),
+        "FREESTACK_HOME": str(sandbox.base),
+        "FREESTACK_STORAGE_ROOT": sandbox.storage.as_uri(),
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(tmp_path / "wandb"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # the kernel starts with the test's environment
+    before = _registry_files(sandbox.storage)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert nb.metadata.kernelspec.name == "freestack"
+    nb.cells.append(nbformat.v4.new_code_cell(REPORT))
+    started = time.monotonic()
+    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    seconds = time.monotonic() - started
+    record_property("notebook_seconds", round(seconds, 1))
+    print(f"docs/notebooks/explore.ipynb ran in {seconds:.1f} s on the demo's state")
+    report = json.loads(nb.cells[-1].outputs[-1]["text"].strip().splitlines()[-1])
+
+    assert Path(report["executable"]).parent == Path(sys.executable).parent, report  # the project's .venv
+    production = json.loads((sandbox.storage / "registry" / "digits" / "aliases.json").read_text())[
+        "production"
+    ]
+    assert report["production"] == report["scored_by"] == production, report
+    accuracy = report["accuracy"]
+    assert accuracy[f"production {production}"] >= 0.9, accuracy  # the gate's threshold, which it passed
+    assert len(accuracy) == 2 and all(0 <= a <= 1 for a in accuracy.values()), accuracy
+    assert report["test_rows"] > 100 and 0 <= report["disagree"] <= report["test_rows"], report
+    assert report["trial_epochs"] == 2 and report["mode"] == "offline", report
+    assert Path(report["run_dir"]).is_relative_to(tmp_path / "wandb") and Path(report["run_dir"]).is_dir()
+    assert report["scored"] == 19 and report["reasons"] == ["px_0: not a number: 'twelve'"], report
+    assert Path(report["work"]).is_relative_to(sandbox.base / ".freestack" / "notebook"), report
+    assert _registry_files(sandbox.storage) == before  # read only: nothing registered, nothing moved
+    assert seconds < 300, f"the notebook took {seconds:.0f} s"
