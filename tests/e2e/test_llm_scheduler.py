@@ -37,7 +37,7 @@ from tests.support.serving import needs_serving_env
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
 
 pytestmark = [pytest.mark.slow, needs_serving_env]
-KEEP_MODEL_SERVERS = True  # the first test's deployment serves the second's traffic; the fixture stops it
+KEEP_MODEL_SERVERS = True  # the training's deployment serves both tests; the llm fixture stops it
 NAME = "llmprefs"
 DS = "2026-11-01"
 TERMINAL = ("success", "failed")
@@ -96,12 +96,14 @@ def llm(tmp_path_factory):
             FREESTACK_REQUEST_LOG_FLUSH_SECONDS=saved
         )
     builder.join()
-    assert built.get("base") == base / "sft", "the SFT base was not built"
-    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "judge": judge}
-    if Deployments(env["FREESTACK_STORAGE_ROOT"], NAME).get(NAME):
-        stop_local(env["FREESTACK_STORAGE_ROOT"], NAME, NAME)
-    stop_process(proc.pid, grace_seconds=60)
-    judge.stop()
+    try:
+        assert built.get("base") == base / "sft", "the SFT base was not built"
+        yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "judge": judge}
+    finally:
+        if Deployments(env["FREESTACK_STORAGE_ROOT"], NAME).get(NAME):
+            stop_local(env["FREESTACK_STORAGE_ROOT"], NAME, NAME)
+        stop_process(proc.pid, grace_seconds=60)
+        judge.stop()
 
 
 def _unpaused(llm, *kinds: str) -> None:
@@ -124,28 +126,30 @@ def _states(api, dag_id: str, run_id: str) -> dict[str, str]:
     return {t["task_id"]: t["state"] for t in tis}
 
 
-def _trained(llm) -> dict:
-    """The day ingested by ``<p>_ingest``; the ``<p>_train`` run its lake event started, ended."""
+@pytest.fixture(scope="module")
+def trained(llm) -> dict:
+    """The day ingested by ``<p>_ingest``; the ``<p>_train`` run its lake event started, ended, with how long
+    that took (``seconds``)."""
     api, log = llm["api"], llm["log"]
+    started = time.monotonic()
     _unpaused(llm, "ingest", "train")
     body = {"logical_date": f"{DS}T00:00:00Z", "dag_run_id": "day-1"}
     api.call("POST", f"/dags/{NAME}_ingest/dagRuns", body)
     run = _wait("the ingest run", lambda: _ended(api, f"{NAME}_ingest", "day-1"), log, timeout=240)
     assert run["state"] == "success", _states(api, f"{NAME}_ingest", "day-1")
 
-    def trained():
+    def first_ended():
         runs = api.call("GET", f"/dags/{NAME}_train/dagRuns?limit=10")["dag_runs"]
         return next((r for r in runs if r["state"] in TERMINAL), None)
 
-    return _wait(f"{NAME}_train's run", trained, log, timeout=600, every=3)
+    run = _wait(f"{NAME}_train's run", first_ended, log, timeout=600, every=3)
+    return {**run, "seconds": time.monotonic() - started}
 
 
-def test_a_preference_tuned_model_is_judged_gated_registered_and_served_under_the_scheduler(llm):
+def test_a_preference_tuned_model_is_judged_gated_registered_and_served_under_the_scheduler(llm, trained):
     from freestack.serving.records import Deployments
 
-    api, base = llm["api"], llm["base"]
-    started = time.monotonic()
-    run = _trained(llm)
+    api, base, run = llm["api"], llm["base"], trained
     states = _states(api, f"{NAME}_train", run["dag_run_id"])
     assert run["state"] == "success" and run["run_type"] == "asset_triggered", (run, states)
     assert {states[t] for t in ("train", "evaluate", "gate", "promote", "deploy")} == {"success"}, states
@@ -175,7 +179,7 @@ def test_a_preference_tuned_model_is_judged_gated_registered_and_served_under_th
     assert lineage["evaluation"]["candidate"]["judge_score"] == cand["judge_score"]
     print(
         f"\n{NAME} {rec['version']}: exact match {cand['exact_match']:.3f}, judge_score {cand['judge_score']:.3f} "
-        f"on {cand['judge_judged']} prompts; ingest to served in {time.monotonic() - started:.0f} s"
+        f"on {cand['judge_judged']} prompts; ingest to served in {run['seconds']:.0f} s"
     )
 
 
@@ -234,11 +238,12 @@ def _round(llm, url: str, prompts: list[str]) -> tuple[datetime, datetime]:
     return start, _now()
 
 
-def test_the_served_models_text_traffic_is_monitored_and_a_shifted_interval_alerts(llm):
+def test_the_served_models_text_traffic_is_monitored_and_a_shifted_interval_alerts(llm, trained):
     from freestack.monitor.core import interval_name
     from freestack.serving.records import Deployments
 
     api, log = llm["api"], llm["log"]
+    assert trained["state"] == "success", trained
     _unpaused(llm, "monitor")
     url = Deployments(llm["env"]["FREESTACK_STORAGE_ROOT"], NAME).get(NAME)["predict_url"]
     quiet = _round(llm, url, _prompts(120, seed=11))
