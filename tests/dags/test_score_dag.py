@@ -97,6 +97,7 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     again_judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
     assert again_judged["rows"] == 256  # the rescore replaced its sample, it did not add one
     assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == [
+        "_cache.json",
         "_manifest.json",
         "part.parquet",
     ]
@@ -156,6 +157,7 @@ from datetime import UTC, datetime
 from freestack.score.core import plan, score
 from freestack.spec import load_spec
 spec = load_spec(sys.argv[1])
+spec = spec.model_copy(update={"score": spec.score.model_copy(update={"cache": False})})  # scores, not reused
 job = plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0]
 print("scoring", flush=True)
 score(spec, job)
@@ -211,7 +213,11 @@ def test_a_scorer_killed_mid_write_leaves_the_published_day_whole(lake, tmp_path
     assert json.loads((out / "_manifest.json").read_text())["scored_at"] == first["scored_at"]
     assert pq.read_table(out / "part.parquet").num_rows == first["rows_scored"]
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert visible == ["_manifest.json", "part.parquet"]  # the killed run's temporary is hidden ...
+    assert visible == [
+        "_cache.json",
+        "_manifest.json",
+        "part.parquet",
+    ]  # the killed run's temporary is hidden ...
     again = score(
         spec, plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))["jobs"][0]
     )

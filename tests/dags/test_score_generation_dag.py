@@ -178,6 +178,7 @@ def test_prompt_rows_are_answered_as_served_quarantined_and_rescored_with_a_pinn
     assert again.column("completion").to_pylist() == want != table.column("completion").to_pylist()
     assert [s["prediction"] for s in _logged_sample(chat["root"])] == want  # the rescore's sample replaces it
     assert sorted(p.name for p in folder.iterdir()) == [
+        "_cache.json",
         "_manifest.json",
         "_quarantine.parquet",
         "part.parquet",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack import version
+from freestack import cache, version
 from freestack.errors import FreestackError
 from freestack.evaluate import generation as gen
 from freestack.judging import client as llm_judge
@@ -43,7 +43,7 @@ from freestack.train.request import TrainingError
 from freestack.train.stream import FrameRows
 from freestack.train.window import lineage_window
 from freestack.version import LoadedVersion
-from freestack.version.files import LINEAGE, MARKER
+from freestack.version.files import CARD, LINEAGE, MARKER
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -419,12 +419,18 @@ def evaluate(
     end_ds: str | None = None,
     tracking_settings=None,
     judge_key: str | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the candidate (and the champion) on the candidate's window's test split; write
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary.
-    ``judge_key``: the API key of ``gate.judge``, read from its connection by the operator."""
+    ``judge_key``: the API key of ``gate.judge``, read from its connection by the operator. ``run``: the
+    Airflow run (dag_id, run_id) the cache entry names. With ``gate.cache``, an earlier evaluation of the
+    same inputs is returned as it is (:func:`cached`)."""
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
+    found = cached(spec, candidate_uri, champion_uri, end_ds)
+    if found is not None and found.hit and (reused := _reused(candidate_uri, found)) is not None:
+        return reused
     candidate = load_version(candidate_uri)
     model, pre, history = candidate.model, candidate.preprocessor, candidate.history
     lineage = candidate.lineage.as_dict()
@@ -476,6 +482,7 @@ def evaluate(
         "candidate": _shown(cand),
         "champion": _shown(champ) if champ else None,
         "plots": {n: str(join(folder, n)) for n in images},
+        **({"cache": found.record()} if found is not None else {}),
     }
     write_json(join(folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
     page = render_html(
@@ -486,6 +493,15 @@ def evaluate(
     report = write_bytes(join(folder, "report.html"), page.encode())
     summary["report"] = report.uri
     summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
+    if found is not None:
+        written = [
+            "evaluation/metrics.json",
+            "evaluation/report.html",
+            "evaluation/smoke.json",
+            REFERENCE_FILE,
+        ]
+        written += [f"evaluation/{n}" for n in [*images, *(["judge.json"] if judged is not None else [])]]
+        cache.save(found, run, written, {"wandb": summary["wandb"]})
     log.info(
         "evaluated %s on %d test rows up to %s: %s%s; report %s",
         version,
@@ -625,9 +641,73 @@ def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "_points"}
 
 
+#: what evaluate (and registration's card) writes into a candidate's folder: not part of its digest
+WRITTEN_INTO = ("evaluation", REFERENCE_FILE, CARD)
+
+
+def cached(
+    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, end_ds: str | None
+) -> cache.Lookup | None:
+    """The candidate's evaluation cache (:mod:`freestack.cache`), keyed on the candidate's and production's
+    files, the bytes of the partitions its lineage names, the spec blocks evaluate reads and the Hub base's
+    commit; None with ``gate.cache`` off, for a window other than the candidate's own, or a candidate
+    whose lineage cannot be read (the evaluation then says what is wrong). A miss removes the old entry."""
+    try:
+        lineage = json.loads(join(to_path(candidate_uri), LINEAGE).read_text())
+    except (OSError, ValueError):
+        return None
+    window = lineage.get("window") or {}
+    if not spec.gate.cache or (end_ds and end_ds != window.get("end_ds")):
+        return None
+    parts = [
+        [p.get("ds"), cache.file_digest(p["uri"])] for p in lineage.get("partitions") or [] if p.get("uri")
+    ]
+    blocks = {k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor")}
+    found = cache.lookup(
+        "evaluate",
+        candidate_uri,
+        {
+            "candidate": cache.version_digest(candidate_uri, WRITTEN_INTO),
+            "champion": cache.version_digest(champion_uri) if champion_uri else "none",
+            "partitions": cache.digest(parts),
+            "spec": cache.spec_digest({"name": spec.name, **blocks}, {"gate": {"cache"}}),
+            "base": cache.base_commit(candidate_uri),
+        },
+        name=f"evaluation/{cache.ENTRY}",
+    )
+    if not found.hit:
+        log.info("%s", found.line(""))
+        cache.forget(found)
+    return found
+
+
+def _reused(candidate_uri: str, found: cache.Lookup) -> dict[str, Any] | None:
+    """The earlier run's evaluation of the same inputs, as :func:`evaluate` returned it (its W&B run);
+    None, the hit turned into a miss and its entry removed, when its ``metrics.json`` cannot be read."""
+    try:
+        summary = _summary_in(candidate_uri)
+    except (OSError, ValueError) as exc:
+        found.miss = f"the earlier evaluation cannot be read ({type(exc).__name__})"
+        log.warning("%s", found.line(""))
+        cache.forget(found)
+        return None
+    summary.update(wandb=(found.entry.extra.get("wandb") if found.entry else None), cache=found.record())
+    log.info("%s", found.line(f"the evaluation of {summary.get('version')}"))
+    return summary
+
+
 def _recorded(candidate_uri: str) -> dict[str, Any]:
     """The evaluation a committed version holds (an evaluate task cleared after its gate registered
     the version): versions are immutable, so nothing is written into it again."""
+    summary = _summary_in(candidate_uri)
+    log.info(
+        "%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"]
+    )
+    return summary
+
+
+def _summary_in(candidate_uri: str) -> dict[str, Any]:
+    """The summary an evaluation wrote into ``evaluation/metrics.json``, its paths made whole again."""
     folder = join(to_path(candidate_uri), "evaluation")
     summary = json.loads(join(folder, "metrics.json").read_text())
     plots = {
@@ -636,9 +716,6 @@ def _recorded(candidate_uri: str) -> dict[str, Any]:
     }
     summary.update(
         candidate_uri=str(candidate_uri), plots=plots, report=str(join(folder, "report.html")), wandb=None
-    )
-    log.info(
-        "%s is a registered version: its evaluation stands as recorded (%s)", candidate_uri, summary["report"]
     )
     return summary
 

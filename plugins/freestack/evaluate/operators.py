@@ -17,6 +17,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack import cache
 from freestack.evaluate.gate import decide, decide_again, decision_note
 from freestack.hooks.credentials import judge_api_key
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
@@ -78,10 +79,13 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
                 tracking_settings=WandbHook().checked_settings(),
                 judge_key=judge_api_key(spec.gate.judge),
+                run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
             )
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key="wandb", value=summary.get("wandb"))
+        if line := cache.run_note(summary.get("cache"), f"the evaluation of {cand['version']}"):
+            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"evaluate: {line}")
         summary.update(
             candidate_version=cand["version"], champion_version=champion_version, sweep=cand["sweep"]
         )

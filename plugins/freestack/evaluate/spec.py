@@ -15,6 +15,7 @@
       min_judge_score: 3.5        # pointwise: the candidate's mean score (1-5) at least this
       min_win_rate: 0.5           # pairwise: wins (ties count half) over the prompts judged
       max_regression: {judge_score: 0.25}   # pointwise: how much lower than production's it may be
+      cache: true                 # evaluate reuses an earlier run's evaluation when nothing it reads changed
 
 ``min_value`` is the old name of ``threshold``. It read as a floor and acted as a ceiling for rmse,
 mae and log_loss, so it is accepted only where the metric is maximized (it means ``threshold`` there)
@@ -103,6 +104,13 @@ class GateSpec(SpecModel):
         ge=0,
         le=1,
         description="judge mode pairwise: the candidate's win rate against production (ties count half) at least this.",
+    )
+
+    cache: bool = Field(
+        default=True,
+        description="evaluate reuses an earlier run's evaluation of the same candidate when its inputs (the "
+        "candidate and production versions, the test partitions' bytes, these spec blocks, freestack's code) "
+        "did not change (docs/stages/evaluate.md, Caching).",
     )
 
     @field_validator("direction")

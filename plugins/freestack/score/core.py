@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack import version
+from freestack import cache, version
 from freestack.errors import FreestackError, SpecError
 from freestack.ingest.images import IMAGE_SUFFIXES, check_images
 from freestack.ingest.lake import read_manifest
@@ -470,7 +470,12 @@ def score(
     """Score ``job``'s day (from :func:`plan`) and publish it; returns the manifest. The quarantine is
     published first, the part last: the part is the one commit point. Over ``score.max_error_fraction``
     nothing is published and the rows not scored are kept as ``_failed_quarantine.parquet``. ``write``
-    fills the temporaries (a text-generation version's: :func:`freestack.score.generation.write_answers`)."""
+    fills the temporaries (a text-generation version's: :func:`freestack.score.generation.write_answers`).
+    With ``score.cache``, a day published from the same inputs is returned as it is (:func:`cached`)."""
+    found = cached(spec, job)
+    if found is not None and found.hit and (reused := _reused(job, found)) is not None:
+        return reused
+    job = {**job, "cache": found.record()} if found is not None else job  # the manifest records it
     model = model or ScoringModel(job["version_uri"], spec.train.device)
     if model.generative and write is None:
         raise ScoreError(
@@ -501,6 +506,8 @@ def score(
         join(out_dir, name).unlink(missing_ok=True)
     write_json(join(out_dir, MANIFEST), manifest)
     remove_temporaries(out_dir)
+    if found is not None:
+        cache.save(found, run, [PART, MANIFEST, *([QUARANTINE] if counts.rows_quarantined else [])])
     if counts.sample:
         log_sample(spec, job, model, counts.sample)
     for uri in job.get("empty", []):
@@ -514,6 +521,53 @@ def score(
         join(out_dir, PART),
     )
     return manifest
+
+
+def cached(spec: PipelineSpec, job: dict[str, Any]) -> cache.Lookup | None:
+    """The day's scores cache (:mod:`freestack.cache`), keyed on the bytes of the day's input files (read
+    now), the version's files and its Hub base's commit, and the spec blocks scoring reads (not
+    ``score.version``: the version it resolved to is keyed); None with ``score.cache`` off. A miss
+    removes the old entry before the day is scored again."""
+    if not spec.score.cache:
+        return None
+    found = cache.lookup(
+        "score",
+        job["output"],
+        {
+            "inputs": cache.digest([[i["uri"], cache.file_digest(i["uri"])] for i in job["inputs"]]),
+            "empty": cache.digest(job.get("empty") or []),
+            "version": job["version"],
+            "version_files": cache.version_digest(job["version_uri"]),
+            "base": cache.base_commit(job["version_uri"]),
+            "spec": cache.spec_digest(
+                {"name": spec.name, "source": spec.source, "model": spec.model, "score": spec.score},
+                {"score": {"cache", "schedule", "queue", "version"}},
+            ),
+        },
+    )
+    if not found.hit:
+        log.info("%s: %s", job["ds"], found.line(""))
+        cache.forget(found)
+    return found
+
+
+def _reused(job: dict[str, Any], found: cache.Lookup) -> dict[str, Any] | None:
+    """The day's published manifest (its scores kept as they are), with this run's cache record; an
+    earlier failure's files and killed runs' temporaries are removed, as a publishing run removes them.
+    None, the hit turned into a miss and its entry removed, when the part's manifest cannot be read."""
+    out_dir = to_path(job["output"])
+    try:
+        manifest = read_scores_manifest(job["output"])
+    except UnreadableScores as exc:
+        found.miss = f"the published scores cannot be read ({str(exc)[:100]})"
+        log.warning("%s: %s", job["ds"], found.line(""))
+        cache.forget(found)
+        return None
+    for name in (FAILED, FAILED_QUARANTINE, STAGING):
+        join(out_dir, name).unlink(missing_ok=True)
+    remove_temporaries(out_dir)
+    log.info("%s: %s", job["ds"], found.line(f"the scores of {job['ds']}"))
+    return {**manifest, "cache": found.record()}
 
 
 def _over_limit(ds: str, counts: Counts, limit: float, kept: str) -> str:
@@ -974,6 +1028,7 @@ def manifest_of(
         "task": model.pre.task,
         "scored_at": at.isoformat(timespec="seconds"),
         "run": run or {},
+        **({"cache": job["cache"]} if job.get("cache") else {}),
     }
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from freestack import cache
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
@@ -99,11 +100,13 @@ class ScoreOperator(TorchTask, PipelineOperator):
         brief["output"] = self.job["output"]
         self._scored = manifest  # what get_openlineage_facets_on_complete reports
         context["outlet_events"][scores_asset(spec.name)].extra = brief
+        cached = cache.run_note(manifest.get("cache"), f"the scores of {manifest['ds']}")
         context["ti"].xcom_push(
             key=RUN_NOTE_XCOM,
             value=(
                 f"{manifest['ds']}: {manifest['rows_scored']} rows scored with {manifest['version']}, "
                 f"{manifest['rows_quarantined']} quarantined; {self.job['output']}"
+                + (f" ({cached})" if cached else "")
             ),
         )
         return brief

@@ -9,6 +9,7 @@
       batch_rows: 4096              # rows read, encoded and predicted at a time
       max_error_fraction: null      # rows not scored are quarantined; above this fraction: fail
       monitor: true                 # a sample of each day to the request log: <p>_monitor judges it
+      cache: true                   # a day whose input, version and settings did not change is not rescored
       generation:                   # a text-generation version's answers (see GenerationScore)
         max_new_tokens: 64
 
@@ -119,6 +120,11 @@ class ScoreSpec(SpecModel):
         description="Log a sample of each day's inputs and predictions (256 rows "
         "a batch) to the model's request log, so that <p>_monitor judges batch-scored days "
         "as it judges served traffic",
+    )
+    cache: bool = Field(
+        default=True,
+        description="A day whose input files' bytes, resolved version, score settings and freestack's code "
+        "did not change since it was published keeps its scores (docs/stages/score.md, Caching).",
     )
 
     generation: GenerationScore | None = Field(

@@ -1,0 +1,233 @@
+"""Step caching: a stage's task reuses an earlier run's outputs when the inputs that decide them did not change.
+
+A cached step names its inputs, each as a sha256 (the partitions' or files' bytes, the spec blocks it reads as
+canonical JSON, the model versions, freestack's code version); the cache key is the sha256 of that list. When
+a step has run, a small JSON entry is written whole beside its outputs (``_cache.json``): the key, the inputs,
+the run that made it and the outputs' paths (relative to the folder). The next run computes the key first:
+
+* the same key, the entry intact and every output still there: a hit, and the outputs are reused as they are;
+* otherwise a miss, naming which input changed (or that the entry is missing, unreadable, or its outputs
+  gone), and the step does its work; the old entry is removed before it starts (:func:`forget`), so a run
+  that fails half-way leaves no entry pointing at half-replaced outputs.
+
+A corrupt entry is a miss, never a wrong reuse. Used by ``evaluate`` (:mod:`freestack.evaluate.core`) and
+``score`` (:mod:`freestack.score.core`); imports no stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from freestack import __version__
+from freestack.storage import join, sha256_of, to_path, write_json
+from freestack.version.files import LINEAGE, MARKER
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+ENTRY = "_cache.json"
+#: what an input that cannot be read digests to: never equal to a file's sha256, so it is a miss
+MISSING = "missing"
+#: a miss with no entry to compare with: the step's first run in that folder
+FIRST = "no earlier run"
+
+
+class CacheEntry(BaseModel):
+    """``_cache.json``: what one successful run of a step was keyed on and where its outputs are."""
+
+    stage: str = Field(description="the step: evaluate or score")
+    key: str = Field(description="sha256 of the inputs (canonical JSON)")
+    inputs: dict[str, str] = Field(description="each input's sha256 (or value), by name")
+    run: dict[str, Any] = Field(default_factory=dict, description="the run that made the outputs")
+    outputs: list[str] = Field(description="the outputs, relative to the entry's folder")
+    written_at: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict, description="what the step keeps besides its files")
+
+
+def digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (sorted keys, no spaces): equal values, equal digests."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def spec_digest(blocks: dict[str, Any], leave_out: dict[str, set[str]] | None = None) -> str:
+    """The digest of the spec blocks a step reads (pydantic models dumped as JSON, ``leave_out`` naming
+    fields of a block that do not decide the step's outputs, ``cache`` itself among them)."""
+    dumped = {}
+    for name, block in blocks.items():
+        if isinstance(block, BaseModel):
+            block = block.model_dump(mode="json", by_alias=True, exclude=(leave_out or {}).get(name))
+        dumped[name] = block
+    return digest(dumped)
+
+
+def file_digest(uri: str | ObjectStoragePath) -> str:
+    """sha256 of a file's bytes, read now; :data:`MISSING` when it cannot be read."""
+    try:
+        return sha256_of(to_path(uri))
+    except (OSError, ValueError):
+        return MISSING
+
+
+def version_digest(uri: str, leave_out: Iterable[str] = ()) -> str:
+    """A model version folder's digest: its registration manifest's sha256 (it holds every file's), or, for
+    a folder not registered yet (a candidate), the digest of every file's sha256 but those under the names
+    in ``leave_out`` (the files a step writes into it)."""
+    folder = to_path(uri)
+    if join(folder, MARKER).exists():
+        return file_digest(join(folder, MARKER))
+    skip = tuple(leave_out)
+    base = folder.path.rstrip("/")
+    folder.fs.invalidate_cache(folder.path)
+    try:
+        rels = sorted(f[len(base) + 1 :] for f in folder.fs.find(folder.path))
+    except (OSError, ValueError):
+        return MISSING
+    kept = [r for r in rels if not any(r == s or r.startswith(s.rstrip("/") + "/") for s in skip)]
+    return digest({r: file_digest(join(folder, r)) for r in kept}) if kept else MISSING
+
+
+def base_commit(version_uri: str) -> str:
+    """The Hub base's commit a version was fine-tuned from (its lineage's ``base.commit``), or ``none``."""
+    try:
+        lineage = json.loads(join(to_path(version_uri), LINEAGE).read_text())
+    except (OSError, ValueError):
+        return MISSING
+    base = lineage.get("base") if isinstance(lineage, dict) else None
+    return str((base or {}).get("commit") or "none")
+
+
+@dataclass
+class Lookup:
+    """One step's key against its folder's entry: a hit (``miss`` None) or why not."""
+
+    stage: str
+    folder: str
+    name: str
+    key: str
+    inputs: dict[str, str]
+    entry: CacheEntry | None
+    miss: str | None
+
+    @property
+    def hit(self) -> bool:
+        return self.miss is None
+
+    @property
+    def from_run(self) -> str | None:
+        """The run whose outputs a hit reuses."""
+        return (self.entry.run.get("run_id") or "?") if self.hit and self.entry else None
+
+    def record(self) -> dict[str, Any]:
+        """What lineage and the manifests keep: ``{key, hit, from_run}``, and a miss's reason."""
+        return {"key": self.key, "hit": self.hit, "from_run": self.from_run, "miss": self.miss}
+
+    def line(self, what: str) -> str:
+        """The task's log and run-note line (:func:`note`)."""
+        return note(self.record(), what) or ""
+
+
+def note(record: dict[str, Any] | None, what: str) -> str | None:
+    """The line a task logs and adds to its run's note for a :meth:`Lookup.record`: ``cache hit: reused
+    <what> from run <run_id> (key <12 hex>)`` or ``cache miss: <why> (key <12 hex>)``; None without one."""
+    if not record or not record.get("key"):
+        return None
+    key = str(record["key"])[:12]
+    if record.get("hit"):
+        return f"cache hit: reused {what} from run {record.get('from_run')} (key {key})"
+    return f"cache miss: {record.get('miss')} (key {key})"
+
+
+def run_note(record: dict[str, Any] | None, what: str) -> str | None:
+    """:func:`note` for the run's note: a hit, or a miss that names what changed since an earlier run; a
+    first run's miss (:data:`FIRST`) adds nothing there (its log line says it)."""
+    return None if record and record.get("miss") == FIRST else note(record, what)
+
+
+def lookup(stage: str, folder: str, inputs: dict[str, str], name: str = ENTRY) -> Lookup:
+    """``inputs`` (with freestack's code version added) keyed, and compared with the entry ``name`` under
+    ``folder``: a hit only when that entry is readable, is the stage's, holds this key (and its own inputs
+    digest to it) and every output it lists is still there."""
+    inputs = {**inputs, "code_version": __version__}
+    key = digest(inputs)
+    entry, miss = _read(to_path(folder), name)
+    if entry is not None:
+        miss = _why_not(entry, stage, key, inputs, to_path(folder))
+    return Lookup(stage, str(folder), name, key, inputs, entry, miss)
+
+
+def _read(folder: ObjectStoragePath, name: str) -> tuple[CacheEntry | None, str | None]:
+    path = join(folder, name)
+    try:
+        return CacheEntry.model_validate_json(path.read_bytes()), None
+    except FileNotFoundError:
+        return None, FIRST
+    except (OSError, ValueError, ValidationError) as exc:
+        log.warning("the cache entry %s cannot be read: %s", path, str(exc)[:300])
+        return None, f"the cache entry cannot be read ({type(exc).__name__})"
+
+
+def _why_not(
+    entry: CacheEntry, stage: str, key: str, inputs: dict[str, str], folder: ObjectStoragePath
+) -> str | None:
+    """None for a usable entry, else why it is not (the inputs that changed, first)."""
+    if entry.stage != stage or entry.key != digest(entry.inputs):
+        return "the cache entry is not intact"
+    if entry.key != key:
+        changed = sorted(k for k in {*inputs, *entry.inputs} if inputs.get(k) != entry.inputs.get(k))
+        return f"{', '.join(changed) or 'the key'} changed since run {entry.run.get('run_id') or '?'}"
+    gone = [rel for rel in entry.outputs if not join(folder, rel).exists()]
+    if gone or not entry.outputs:
+        return f"outputs gone: {', '.join(gone[:3]) or 'none listed'}"
+    return None
+
+
+def forget(found: Lookup) -> None:
+    """Remove the entry before the step replaces its outputs (a run that fails half-way leaves none)."""
+    join(to_path(found.folder), found.name).unlink(missing_ok=True)
+
+
+def save(
+    found: Lookup, run: dict[str, Any] | None, outputs: list[str], extra: dict[str, Any] | None = None
+) -> CacheEntry:
+    """Write the entry of a run that made ``outputs`` (relative to the folder) under ``found``'s key."""
+    entry = CacheEntry(
+        stage=found.stage,
+        key=found.key,
+        inputs=found.inputs,
+        run=dict(run or {}),
+        outputs=outputs,
+        written_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        extra=extra or {},
+    )
+    write_json(join(to_path(found.folder), found.name), entry.model_dump(mode="json"))
+    return entry
+
+
+__all__ = [
+    "ENTRY",
+    "FIRST",
+    "MISSING",
+    "base_commit",
+    "CacheEntry",
+    "Lookup",
+    "digest",
+    "file_digest",
+    "forget",
+    "lookup",
+    "note",
+    "run_note",
+    "save",
+    "spec_digest",
+    "version_digest",
+]

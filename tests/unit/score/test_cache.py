@@ -1,0 +1,127 @@
+"""score's step cache (freestack.cache through freestack.score.core.cached): a day scored again with the
+same input bytes, version and settings keeps its published scores without loading the version or writing
+a file; a changed partition byte, score setting or version is a miss naming what changed and the day is
+scored again; a corrupt entry or one whose outputs are gone is a miss, never a wrong reuse."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tests.support.sweeps import ROOT
+
+sys.path.insert(0, str(ROOT / "include"))
+DS = "2026-11-02"
+RUN = {"dag_id": "digits_score", "run_id": "scheduled__first"}
+OTHER = ROOT / "tests" / "fixtures" / "versions" / "digits" / "version"
+
+
+@pytest.fixture
+def day(storage):
+    """(the digits spec, the job scoring 2026-11-02's lake partition with a version trained on three days)."""
+    from demo.landing import make_landing
+    from freestack.ingest.core import ingest_partition
+    from freestack.score.core import input_files, output_dir
+    from freestack.spec import load_spec
+    from freestack.tracking.wandb import WandbSettings
+    from freestack.train.core import train
+    from freestack.train.request import TrainRequest
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    make_landing(storage, date(2026, 11, 1), 3)
+    for ds in ("2026-11-01", DS, "2026-11-03"):
+        ingest_partition(spec, ds)
+    out = train(
+        spec, TrainRequest(end_ds="2026-11-03", epochs=1), tracking_settings=WandbSettings(mode="disabled")
+    )
+    job = {
+        "ds": DS,
+        "version": out.version,
+        "version_uri": out.version_uri,
+        "inputs": input_files(spec, DS),
+        "output": output_dir(spec, DS),
+        "empty": [],
+    }
+    return spec, job
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+
+
+def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkeypatch):
+    from freestack.score import core
+
+    spec, job = day
+    folder = Path(job["output"].removeprefix("file://"))
+    started = time.perf_counter()
+    first = core.score(spec, job, RUN)
+    first_s = time.perf_counter() - started
+    assert first["cache"] == {
+        "key": first["cache"]["key"],
+        "hit": False,
+        "from_run": None,
+        "miss": "no earlier run",
+    }
+    assert core.read_scores_manifest(job["output"])["cache"] == first["cache"]  # the footer records it
+    assert sorted(p.name for p in folder.iterdir()) == ["_cache.json", "_manifest.json", "part.parquet"]
+    entry = json.loads((folder / "_cache.json").read_text())
+    assert entry["run"] == RUN and entry["outputs"] == ["part.parquet", "_manifest.json"]
+
+    before = _files(folder)
+    monkeypatch.setattr(core, "ScoringModel", _no_model)  # a hit loads no version
+    started = time.perf_counter()
+    again = core.score(spec, job, {"dag_id": "digits_score", "run_id": "scheduled__second"})
+    hit_s = time.perf_counter() - started
+    print(f"\nscore: first run {first_s:.3f}s, cache hit {hit_s:.3f}s")
+    assert _files(folder) == before  # nothing written
+    assert again["cache"] == {**first["cache"], "hit": True, "from_run": "scheduled__first", "miss": None}
+    assert again["scored_at"] == first["scored_at"] and again["rows_scored"] == first["rows_scored"]
+    assert hit_s < first_s
+
+    saved = (folder / "_cache.json").read_bytes()
+
+    def miss(spec=spec, **changed) -> str:
+        found = core.cached(spec, {**job, **changed})
+        (folder / "_cache.json").write_bytes(saved)  # a miss removed it: put it back
+        assert found is not None and not found.hit
+        return found.miss
+
+    part = Path(job["inputs"][0]["uri"].removeprefix("file://"))
+    data = part.read_bytes()
+    part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one byte of the day's partition
+    assert miss() == "inputs changed since run scheduled__first"
+    part.write_bytes(data)
+    assert miss(version="v-other", version_uri=OTHER.as_uri()) == (
+        "version, version_files changed since run scheduled__first"
+    )
+    assert miss(
+        spec.model_copy(update={"score": spec.score.model_copy(update={"columns": ["prediction"]})})
+    ) == ("spec changed since run scheduled__first")
+    pinned = spec.model_copy(update={"score": spec.score.model_copy(update={"version": job["version"]})})
+    assert core.cached(pinned, job).hit  # the alias is not keyed: the version it resolved to is
+    (folder / "_cache.json").write_text('{"stage": "score"}')
+    assert miss() == "the cache entry cannot be read (ValidationError)"
+    off = spec.model_copy(update={"score": spec.score.model_copy(update={"cache": False})})
+    assert core.cached(off, job) is None
+
+    # a changed setting: the day is scored again, and its new manifest says why
+    monkeypatch.undo()
+    fewer = spec.model_copy(update={"score": spec.score.model_copy(update={"batch_rows": 100})})
+    rescored = core.score(fewer, job, {"dag_id": "digits_score", "run_id": "scheduled__third"})
+    assert rescored["cache"]["miss"] == "spec changed since run scheduled__first"
+    assert (
+        rescored["scored_at"] >= first["scored_at"]
+        and _files(folder)["part.parquet"] != before["part.parquet"]
+    )
+    (folder / "part.parquet").unlink()
+    assert core.cached(fewer, job).miss == "outputs gone: part.parquet"
+
+
+def _no_model(uri, device="auto"):
+    raise AssertionError(f"a cache hit loaded {uri}")
