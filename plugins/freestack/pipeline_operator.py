@@ -63,6 +63,19 @@ class PipelineOperator(BaseOperator):
         except SpecError as exc:
             raise AirflowFailException(str(exc)) from None
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage's hook (apache-airflow-providers-openlineage calls it only where it is enabled):
+        what :meth:`openlineage` reports. :mod:`freestack.lineage_events` is imported here, so DAG files
+        and tasks load no OpenLineage otherwise."""
+        from freestack import lineage_events
+
+        return self.openlineage(lineage_events)
+
+    def openlineage(self, ol: Any) -> Any:
+        """The task's inputs, outputs and run facets, built with ``ol`` (:mod:`freestack.lineage_events`);
+        operators that move data say which, the others report none."""
+        return ol.lineage()
+
 
 class TorchTask:
     """Mixed into the operators whose task computes with torch (train, the sweep agents, evaluate, score):

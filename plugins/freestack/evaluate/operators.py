@@ -92,11 +92,9 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         self._evaluated = summary  # what get_openlineage_facets_on_complete reports
         return summary
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the candidate (and production) version folders ->
         the candidate's ``evaluation/``, with the candidate version and both models' test metrics."""
-        from freestack import lineage_events as ol
-
         ev = getattr(self, "_evaluated", None)
         if ev is None:
             return ol.lineage()
@@ -141,11 +139,9 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         self.do_branch(context, route_for(decision))
         return decision
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the candidate and its ``evaluation/`` -> the
         registered version, with the gate's decision, the version (its manifest's sha256) and the metrics."""
-        from freestack import lineage_events as ol
-
         if getattr(self, "_gated", None) is None:
             return ol.lineage()
         ev, decision, registered = self._gated

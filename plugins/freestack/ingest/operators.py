@@ -90,11 +90,9 @@ class IngestOperator(PipelineOperator):
             outlet_events[lake_asset(spec.name)].extra = extra
         return summary["partition"]
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the landing files read (an image folder: the
         folder) -> the partition's part file, with its sha256 and good rows."""
-        from freestack import lineage_events as ol
-
         result = getattr(self, "_ingested", None)
         if result is None:
             return ol.lineage()

@@ -111,11 +111,9 @@ class ScoreOperator(TorchTask, PipelineOperator):
         )
         return brief
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the day's input files and the version folder ->
         the day's scores folder (its rows scored), with the version as a run facet."""
-        from freestack import lineage_events as ol
-
         manifest = getattr(self, "_scored", None)
         if manifest is None:
             return ol.lineage()

@@ -193,11 +193,9 @@ class DeployOperator(HubEnvironment, PipelineOperator):
         self._deployed = record  # what get_openlineage_facets_on_complete reports
         return {k: v for k, v in record.items() if k != "history"}
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the served version folder -> the deployment's
         record (``deployments/<model>/<name>.json``), with the version as a run facet."""
-        from freestack import lineage_events as ol
-
         record = getattr(self, "_deployed", None)
         if record is None:
             return ol.lineage()

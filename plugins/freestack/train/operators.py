@@ -229,12 +229,10 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         self._outcome = outcome  # what get_openlineage_facets_on_complete reports
         return outcome.as_dict()
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+    def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the window's lake partitions (their part files and
         sha256) -> the version folder, with the version and its validation metrics as run facets. The
         task of another node (``train_node``) reports nothing: node 0's reports the version."""
-        from freestack import lineage_events as ol
-
         outcome = getattr(self, "_outcome", None)
         if outcome is None:
             return ol.lineage()
