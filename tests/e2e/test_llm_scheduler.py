@@ -157,7 +157,8 @@ def test_a_preference_tuned_model_is_judged_gated_registered_and_served_under_th
     version = base / "storage" / "registry" / NAME / rec["version"]
     assert (version / "_REGISTERED.json").exists() and (version / "model.safetensors").exists()
     lineage = json.loads((version / "lineage.json").read_text())
-    assert lineage["objective"]["name"] == "dpo" and [p["ds"] for p in lineage["partitions"]] == [DS]
+    assert (lineage["objective"]["name"], lineage["objective"]["sft_weight"]) == ("dpo", 1.0), lineage
+    assert [p["ds"] for p in lineage["partitions"]] == [DS]
 
     evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
     cand = evaluation["candidate"]
