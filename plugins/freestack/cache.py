@@ -1,7 +1,7 @@
 """Step caching: a stage's task reuses an earlier run's outputs when the inputs that decide them did not change.
 
 A cached step names its inputs, each as a sha256 (the partitions' or files' bytes, the spec blocks it reads as
-canonical JSON, the model versions, freestack's code version); the cache key is the sha256 of that list. When
+canonical JSON, the model versions, freestack's code: its version and a digest of its source files); the cache key is the sha256 of that list. When
 a step has run, a small JSON entry is written whole beside its outputs (``_cache.json``): the key, the inputs,
 the run that made it and the outputs' paths (relative to the folder). The next run computes the key first:
 
@@ -16,11 +16,13 @@ A corrupt entry is a miss, never a wrong reuse. Used by ``evaluate`` (:mod:`free
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -52,6 +54,18 @@ class CacheEntry(BaseModel):
     outputs: list[str] = Field(description="the outputs, relative to the entry's folder")
     written_at: str = ""
     extra: dict[str, Any] = Field(default_factory=dict, description="what the step keeps besides its files")
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of freestack's source files (each ``.py`` of the package, by its relative path): an edit to
+    the code is a miss, whatever version the package says it is."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def digest(value: Any) -> str:
@@ -158,7 +172,7 @@ def lookup(stage: str, folder: str, inputs: dict[str, str], name: str = ENTRY) -
     """``inputs`` (with freestack's code version added) keyed, and compared with the entry ``name`` under
     ``folder``: a hit only when that entry is readable, is the stage's, holds this key (and its own inputs
     digest to it) and every output it lists is still there."""
-    inputs = {**inputs, "code_version": __version__}
+    inputs = {**inputs, "code_version": f"{__version__}+{code_digest()[:16]}"}
     key = digest(inputs)
     entry, miss = _read(to_path(folder), name)
     if entry is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from freestack import cache
 from tests.support.sweeps import ROOT
 
 sys.path.insert(0, str(ROOT / "include"))
@@ -104,6 +105,9 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
     stricter = spec.model_copy(update={"gate": GateSpec(threshold=0.5)})
     assert miss(spec=stricter).startswith("spec changed")
     assert miss(champion=CHAMPION.as_uri()).startswith("champion changed")
+    with monkeypatch.context() as mp:
+        mp.setattr(cache, "code_digest", lambda: "0" * 64)  # an edit to freestack's code
+        assert miss().startswith("code_version changed")
     history = folder / "history.json"
     kept = history.read_bytes()
     history.write_bytes(kept + b" ")
