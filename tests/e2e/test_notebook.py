@@ -101,4 +101,3 @@ def test_the_notebook_runs_on_the_demos_state(demo, sandbox, tmp_path, monkeypat
     assert report["scored"] == 19 and report["reasons"] == ["px_0: not a number: 'twelve'"], report
     assert Path(report["work"]).is_relative_to(sandbox.base / ".freestack" / "notebook"), report
     assert _registry_files(sandbox.storage) == before  # read only: nothing registered, nothing moved
-    assert seconds < 300, f"the notebook took {seconds:.0f} s"
