@@ -162,12 +162,6 @@ def note(record: dict[str, Any] | None, what: str) -> str | None:
     return f"cache miss: {record.get('miss')} (key {key})"
 
 
-def run_note(record: dict[str, Any] | None, what: str) -> str | None:
-    """:func:`note` for the run's note: a hit, or a miss that names what changed since an earlier run; a
-    first run's miss (:data:`FIRST`) adds nothing there (its log line says it)."""
-    return None if record and record.get("miss") == FIRST else note(record, what)
-
-
 def lookup(stage: str, folder: str, inputs: dict[str, str], name: str = ENTRY) -> Lookup:
     """``inputs`` (with freestack's code version added) keyed, and compared with the entry ``name`` under
     ``folder``: a hit only when that entry is readable, is the stage's, holds this key (and its own inputs
@@ -240,7 +234,6 @@ __all__ = [
     "forget",
     "lookup",
     "note",
-    "run_note",
     "save",
     "spec_digest",
     "version_digest",

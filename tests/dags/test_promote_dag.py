@@ -75,7 +75,10 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
         and "end_ds from the form" in window_line
     )
     # the gate says the candidate passed; `promote`, once production moved, that it is production now
-    gate_note, promoted = gate_note.split("\n\n")
+    gate_note, promoted, cached = gate_note.split("\n\n")
+    assert cached.startswith(
+        "evaluate: cache miss: no earlier run (key "
+    )  # the step cache, on the run's page
     assert gate_note.startswith(
         f"**Gate: passed.** Candidate `{v1}` of `digits` goes on to `promote`: accuracy 0."
     )
@@ -116,7 +119,7 @@ def test_first_model_promoted_worse_blocked_better_promoted(lake):  # noqa: F811
         in note
     )
     assert (
-        note.rsplit("\n\n", 1)[0].endswith("`promote` and `deploy` were skipped.") and "\n\nWindow: " in note
+        note.rsplit("\n\n", 2)[0].endswith("`promote` and `deploy` were skipped.") and "\n\nWindow: " in note
     )
     _annotated_in_the_schedulers_session(worse, note)
 

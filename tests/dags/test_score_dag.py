@@ -16,7 +16,7 @@ import pytest
 from tests.dags.test_monitor_dag import _asset_events
 from tests.dags.test_sweep_dag import _states
 from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
-from tests.support.runs import dags_with
+from tests.support.runs import dags_with, run_note
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -45,6 +45,7 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     run = dag.test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))  # a manual run: the day before its date
     assert _states(run) == {"plan": ["success"], "score": ["success"]}
     table, manifest = _day(lake["root"], "2026-11-02")
+    assert "cache miss: no earlier run (key " in (run_note(run) or "")  # the cache key on the run's page
     lake_part = read_manifest(load_spec(lake["specs"] / "digits.yaml"), "2026-11-02")["part"]
     rows = pq.read_table(lake_part["uri"].removeprefix("file://"))
     assert table.num_rows == rows.num_rows == manifest["rows_scored"] and manifest["rows_quarantined"] == 0
@@ -84,18 +85,19 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
     assert _states(empty) == {"plan": ["skipped"], "score": ["skipped"]}
     assert not (lake["root"] / "scores" / "digits" / "ds=2026-11-19").exists()
 
-    # a second version becomes production; the day rescored with the first, pinned: replaced whole
+    # a second version becomes production; the day scored with the first, pinned, is the cached day
     assert train.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 4}).state == "success"
     assert len(reg.versions()) == 2
     bag = _bag(lake, schedule="@daily", version=first)
-    assert _states(bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC)))[
-        "score"
-    ] == ["success"]
+    pinned = bag.get_dag("digits_score").test(logical_date=datetime(2026, 11, 3, tzinfo=UTC))
+    assert _states(pinned)["score"] == ["success"]
+    # the same version and day: the scores are reused, and the run's note says from which run
+    assert f"cache hit: reused the scores of 2026-11-02 from run {run.run_id} (key " in run_note(pinned)
     again, manifest2 = _day(lake["root"], "2026-11-02")
     assert manifest2["version"] == first and again.num_rows == table.num_rows
-    assert manifest2["scored_at"] >= manifest["scored_at"]
+    assert manifest2 == manifest  # nothing rescored
     again_judged = monitor(spec, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC))
-    assert again_judged["rows"] == 256  # the rescore replaced its sample, it did not add one
+    assert again_judged["rows"] == 256  # the reused day added no second sample
     assert sorted(p.name for p in (lake["root"] / "scores/digits/ds=2026-11-02").iterdir()) == [
         "_cache.json",
         "_manifest.json",

@@ -90,6 +90,7 @@ def test_the_judge_scores_the_candidate_and_its_figures_block_it(judged_pipeline
     assert reason.endswith(": block")
     note = run_note(run) or ""
     assert "**Gate: blocked.**" in note and f"judge_score {metrics['judge_score']:.4f} < 5.0000" in note
+    assert "evaluate: cache miss: no earlier run (key " in note  # the step cache's key on the run's page
     _version_page_shows_the_judge(p, version.name, items)
 
 

@@ -84,7 +84,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key="wandb", value=summary.get("wandb"))
-        if line := cache.run_note(summary.get("cache"), f"the evaluation of {cand['version']}"):
+        if line := cache.note(summary.get("cache"), f"the evaluation of {cand['version']}"):
             context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"evaluate: {line}")
         summary.update(
             candidate_version=cand["version"], champion_version=champion_version, sweep=cand["sweep"]

@@ -27,8 +27,9 @@ LIMIT = 1000
 
 
 def notes_of(dag_run: Any, session: Any) -> list[str]:
-    """The ``freestack_run_note`` XComs of ``dag_run``'s tasks, oldest first; the ``window`` task's line
-    (which data the run trained on) after the others, so a run's note starts with its outcome."""
+    """The ``freestack_run_note`` XComs of ``dag_run``'s tasks, oldest first, so a run's note starts with
+    its outcome: ``evaluate``'s line (the step cache's hit or miss) after the others, the ``window``
+    task's line (which data the run trained on) last."""
     from airflow.models.xcom import XComModel
     from sqlalchemy import select
 
@@ -39,7 +40,7 @@ def notes_of(dag_run: Any, session: Any) -> list[str]:
             XComModel.run_id == dag_run.run_id,
             XComModel.key == RUN_NOTE_XCOM,
         )
-        .order_by(XComModel.task_id == "window", XComModel.timestamp)  # the window's line last
+        .order_by(XComModel.task_id == "window", XComModel.task_id == "evaluate", XComModel.timestamp)
     ).all()
     return [v for v in (XComModel.deserialize_value(r) for r in rows) if isinstance(v, str) and v.strip()]
 

@@ -100,7 +100,7 @@ class ScoreOperator(TorchTask, PipelineOperator):
         brief["output"] = self.job["output"]
         self._scored = manifest  # what get_openlineage_facets_on_complete reports
         context["outlet_events"][scores_asset(spec.name)].extra = brief
-        cached = cache.run_note(manifest.get("cache"), f"the scores of {manifest['ds']}")
+        cached = cache.note(manifest.get("cache"), f"the scores of {manifest['ds']}")
         context["ti"].xcom_push(
             key=RUN_NOTE_XCOM,
             value=(
