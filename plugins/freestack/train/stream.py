@@ -189,7 +189,10 @@ def choose_mode(spec: PipelineSpec, partitions: list[Partition]) -> tuple[str, s
     if mode != "auto":
         return mode, f"train.data.mode is {mode}"
     if spec.model.generative:
-        return "memory", "a text-generation window is read into memory (its conversations are tokenized whole)"
+        return (
+            "memory",
+            "a text-generation window is read into memory (its conversations are tokenized whole)",
+        )
     try:
         need = MEMORY_FACTOR * uncompressed_bytes(partitions)
     except FileNotFoundError:
