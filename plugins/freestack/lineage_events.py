@@ -39,6 +39,7 @@ FILE_NAMESPACE = "file"
 MODEL_VERSION_FACET = "freestack_modelVersion"
 GATE_FACET = "freestack_gate"
 METRICS_FACET = "freestack_metrics"
+CACHE_FACET = "freestack_cache"
 
 
 def dataset_name(uri: str) -> tuple[str, str]:
@@ -123,6 +124,30 @@ class MetricsRunFacet(RunFacet):
     champion: dict[str, float] | None = attr.field(default=None)
 
 
+@attr.define
+class CacheRunFacet(RunFacet):
+    """The step cache (:mod:`freestack.cache`): the key of the run's inputs, and whether its outputs were
+    reused from an earlier run (``from_run``) or made, and why (``miss``)."""
+
+    key: str
+    hit: bool
+    from_run: str | None = attr.field(default=None)
+    miss: str | None = attr.field(default=None)
+
+
+def cache_facet(record: Mapping[str, Any] | None) -> dict:
+    """The ``freestack_cache`` run facet of a step's cache record; none when the step was not cached."""
+    if not record or not record.get("key"):
+        return {}
+    facet = CacheRunFacet(
+        key=str(record["key"]),
+        hit=bool(record.get("hit")),
+        from_run=record.get("from_run"),
+        miss=record.get("miss"),
+    )
+    return {CACHE_FACET: facet}
+
+
 def numbers(values: Mapping[str, Any] | None) -> dict[str, float]:
     """The numeric entries of a metrics mapping (booleans and nested records left out)."""
     return {
@@ -176,12 +201,15 @@ def lineage(
 
 __all__ = [
     "FILE_NAMESPACE",
+    "CACHE_FACET",
     "GATE_FACET",
     "METRICS_FACET",
     "MODEL_VERSION_FACET",
+    "CacheRunFacet",
     "GateRunFacet",
     "MetricsRunFacet",
     "ModelVersionRunFacet",
+    "cache_facet",
     "dataset_name",
     "gate_facet",
     "input_dataset",

@@ -136,6 +136,10 @@ def test_ingest_train_and_score_report_their_datasets(ol_file, lake):  # noqa: F
     assert (out["namespace"], out["name"]) == _file(root / "scores" / "digits" / "ds=2026-11-02")
     assert out["outputFacets"]["outputStatistics"]["rowCount"] == manifest["rows_scored"]
     assert scored["run"]["facets"]["freestack_modelVersion"]["sha256"] == sha
+    cached = scored["run"]["facets"]["freestack_cache"]  # the step cache's key and miss, in lineage too
+    assert cached["hit"] is False and cached["miss"] == "no earlier run" and len(cached["key"]) == 64
+    (evaluated,) = done["digits_train.evaluate"]
+    assert evaluated["run"]["facets"]["freestack_cache"]["miss"] == "no earlier run"
 
 
 def _closed_port() -> int:

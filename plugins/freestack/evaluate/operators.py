@@ -94,15 +94,18 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
 
     def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the candidate (and production) version folders ->
-        the candidate's ``evaluation/``, with the candidate version and both models' test metrics."""
+        the candidate's ``evaluation/``, with the candidate version, both models' test metrics and the step
+        cache's key and hit (reused from which run) or miss."""
         ev = getattr(self, "_evaluated", None)
         if ev is None:
             return ol.lineage()
         uri = ev["candidate_uri"]
         inputs = [ol.input_dataset(u) for u in (uri, ev.get("champion_uri")) if u]
         facets = ol.model_version_facet(self.pipeline_spec().model_name, ev["candidate_version"], uri)
-        metrics = ol.metrics_facet(ev.get("candidate"), ev.get("champion"))
-        return ol.lineage(inputs, [ol.output_dataset(f"{uri.rstrip('/')}/evaluation")], {**facets, **metrics})
+        facets.update(
+            ol.metrics_facet(ev.get("candidate"), ev.get("champion")), **ol.cache_facet(ev.get("cache"))
+        )
+        return ol.lineage(inputs, [ol.output_dataset(f"{uri.rstrip('/')}/evaluation")], facets)
 
 
 def route_for(decision: dict[str, Any]) -> str:

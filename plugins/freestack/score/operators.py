@@ -113,7 +113,8 @@ class ScoreOperator(TorchTask, PipelineOperator):
 
     def openlineage(self, ol: Any) -> OperatorLineage:
         """OpenLineage (:mod:`freestack.lineage_events`): the day's input files and the version folder ->
-        the day's scores folder (its rows scored), with the version as a run facet."""
+        the day's scores folder (its rows scored), with the version and the step cache's hit or miss as
+        run facets."""
         manifest = getattr(self, "_scored", None)
         if manifest is None:
             return ol.lineage()
@@ -121,11 +122,8 @@ class ScoreOperator(TorchTask, PipelineOperator):
         inputs = [ol.input_dataset(uri, sha256=sha) for uri, sha in files.items()]
         inputs.append(ol.input_dataset(manifest["version_uri"]))
         out = ol.output_dataset(self.job["output"], rows=manifest["rows_scored"])
-        return ol.lineage(
-            inputs,
-            [out],
-            ol.model_version_facet(manifest["model"], manifest["version"], manifest["version_uri"]),
-        )
+        facets = ol.model_version_facet(manifest["model"], manifest["version"], manifest["version_uri"])
+        return ol.lineage(inputs, [out], {**facets, **ol.cache_facet(manifest.get("cache"))})
 
 
 __all__ = ["PLAN_XCOM", "PlanScoreOperator", "ScoreOperator", "scores_asset"]
