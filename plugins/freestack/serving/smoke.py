@@ -21,6 +21,7 @@ from typing import Any
 
 from freestack import version
 from freestack.errors import DeployError
+from freestack.storage import join, to_path
 from freestack.version.files import SMOKE
 from freestack_server.requestlog import SMOKE_ID
 
@@ -52,8 +53,6 @@ Post = Callable[..., tuple[int, Any]]
 def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
     """The evaluation's test rows and in-process outputs for a version (``evaluation/smoke.json``, written
     by every evaluation): a version without them cannot be smoke-tested, so it is not deployed."""
-    from freestack.storage import join, to_path
-
     path = join(to_path(version_uri), *SMOKE.split("/"))
     try:
         sample = json.loads(path.read_text())
