@@ -3,7 +3,9 @@ spec) under dag.test(): a folder is scored with a registered version exactly as 
 and published whole, then the version is promoted; promote and rollback move the aliases; an argument of
 the wrong type fails the DAG file's import, naming it; a version or alias that does not exist fails the
 task at its first try, naming the argument and listing the versions there are. Parsing the DAG file
-imports no heavy library."""
+imports no heavy library. The deploy operator serves a version locally, answering over HTTP. Each
+reports OpenLineage: score the files and the version -> the output folder, promote and rollback the
+version the alias now points at, deploy the version -> the deployment record."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import pytest
 import yaml
 
 from tests.dags.test_integrity import HEAVY, PARSE_PROBE
+from tests.dags.test_openlineage import _completed, _file, _names, ol_file  # noqa: F401  (its listener)
 from tests.dags.test_sweep_dag import _states
 from tests.support.card_versions import build_version
-from tests.support.serving import make_version
+from tests.support.serving import in_process, make_version, needs_serving_env
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -73,7 +76,7 @@ def _stage_scores(registered, out: Path):
     return pq.read_table(out / DS / "part.parquet")
 
 
-def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registered, tmp_path):
+def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registered, tmp_path, ol_file):  # noqa: F811
     from freestack.registry.core import ModelRegistry
 
     dag = _example()
@@ -86,7 +89,8 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     assert _states(run) == {"score": ["success"], "promote": ["success"]}
 
     out = registered["root"] / "scores" / "digits" / f"ds={DS}"
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part.parquet"]  # no temporary left
+    # no temporary left; the step cache's entry beside the scores
+    assert sorted(p.name for p in out.iterdir()) == ["_cache.json", "_manifest.json", "part.parquet"]
     table = pq.read_table(out / "part.parquet")
     manifest = json.loads((out / "_manifest.json").read_text())
     rows = registered["rows"]
@@ -108,6 +112,7 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     aliases = ModelRegistry(registered["root"].as_uri(), "digits").aliases()
     assert aliases["production"] == registered["version"]
     assert aliases["history"][-1]["by"].endswith(f"({run.run_id})")
+    _lineage_of_the_example(_completed(ol_file), registered, out)
 
     # one file, scored with the alias (now the version): the same scores, in a folder of their own
     from freestack.providers import FreestackScoreOperator
@@ -130,6 +135,23 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     assert _states(failed) == {"score": ["failed"], "promote": ["upstream_failed"]}
     assert _tries(failed, "score") == 1
     assert not (registered["root"] / "scores" / "digits" / "ds=2026-11-06").exists()
+
+
+def _lineage_of_the_example(done: dict[str, list[dict]], registered, out: Path) -> None:
+    """The score task's event: the input file and the version folder -> the scores folder (its rows), with
+    the version; the promote task's: the version production now points at, as a run facet only."""
+    version = registered["version"]
+    folder = registered["root"] / "registry" / "digits" / version
+    (scored,) = done["score_with_version.score"]
+    assert _names(scored["inputs"]) == [_file(registered["folder"] / "a.parquet"), _file(folder)]
+    (output,) = scored["outputs"]
+    assert (output["namespace"], output["name"]) == _file(out)
+    assert output["outputFacets"]["outputStatistics"]["rowCount"] == registered["rows"].num_rows
+    facet = scored["run"]["facets"]["freestack_modelVersion"]
+    assert facet["name"] == "digits" and facet["version"] == version and len(facet["sha256"]) == 64
+    (promoted,) = done["score_with_version.promote"]
+    assert promoted["inputs"] == promoted["outputs"] == []
+    assert promoted["run"]["facets"]["freestack_modelVersion"] == facet
 
 
 def _tries(run, task_id: str) -> int:
@@ -174,9 +196,13 @@ def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(re
     staged = FreestackPromoteOperator(task_id="s", model="digits", version="previous", alias="staging")
     assert staged.execute(_context())["version"] == first and reg.aliases()["staging"] == first
 
-    back = FreestackRollbackOperator(task_id="r", model="digits", storage=storage).execute(_context())
+    rollback = FreestackRollbackOperator(task_id="r", model="digits", storage=storage)
+    back = rollback.execute(_context())
     assert back == {"alias": "production", "version": first, "from": "v2", "previous": "v2"}
     assert reg.aliases()["history"][-1]["action"] == "rollback"
+    lineage = rollback.get_openlineage_facets_on_complete(None)
+    assert lineage.inputs == lineage.outputs == []
+    assert lineage.run_facets["freestack_modelVersion"].version == first
 
     # a landed CSV with production: its malformed line and a value of the wrong type are quarantined with
     # their reasons, the rest is scored
@@ -278,3 +304,38 @@ def test_a_text_generation_version_answers_a_file_of_prompts_as_the_score_stage_
     assert table.column_names[:3] == ["row", "ds", "completion"]
     want = [version.answer([version.chat(p)], max_new_tokens=12)[0].text for p in SMOKE_PROMPTS]
     assert table.column("completion").to_pylist() == want
+
+
+@needs_serving_env
+def test_the_deploy_operator_serves_a_version_locally(storage, tmp_path):
+    from freestack.errors import DeployError
+    from freestack.providers import ArgumentError, FreestackDeployOperator
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    uri = make_version(storage, "digits", "v1", tmp_path, n_features=64, classes=tuple(range(10)))
+    deploy = FreestackDeployOperator(task_id="deploy", model="digits", version="v1", runtime="seldon")
+    try:
+        record = deploy.execute(_context())
+        assert record["version"] == "v1" and record["state"] == "serving" and record["alias"] is None
+        rows = np.random.default_rng(3).normal(size=(5, 64)) * 3
+        code, body = http_json(record["predict_url"], {"data": {"ndarray": rows.tolist()}})
+        assert code == 200, body
+        assert np.abs(np.asarray(body["data"]["ndarray"]) - in_process(uri, rows)).max() < 1e-5
+
+        lineage = deploy.get_openlineage_facets_on_complete(None)
+        assert [(d.namespace, d.name) for d in lineage.inputs] == [_file(uri.removeprefix("file://"))]
+        where = Path(storage.removeprefix("file://")) / "deployments" / "digits" / "digits.json"
+        assert [(d.namespace, d.name) for d in lineage.outputs] == [_file(where)]
+        assert lineage.run_facets["freestack_modelVersion"].version == "v1"
+
+        said = _refusal(FreestackDeployOperator(task_id="d", model="digits", alias="canary"))
+        assert "alias='canary' is not a registered version or alias of model 'digits'" in said
+        assert "versions: v1;" in said
+    finally:
+        try:
+            stop_local(storage, "digits", "digits")
+        except DeployError:
+            pass
+    with pytest.raises(ArgumentError, match="FreestackDeployOperator: where: Input should be 'local'"):
+        FreestackDeployOperator(task_id="d", model="digits", version="v1", where="kubernetes")

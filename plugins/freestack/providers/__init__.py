@@ -1,7 +1,8 @@
 """freestack's reusable operators, for DAGs of your own (no pipeline spec):
 :class:`~freestack.providers.operators.FreestackScoreOperator`,
-:class:`~freestack.providers.operators.FreestackPromoteOperator` and
-:class:`~freestack.providers.operators.FreestackRollbackOperator`.
+:class:`~freestack.providers.operators.FreestackPromoteOperator`,
+:class:`~freestack.providers.operators.FreestackRollbackOperator` and
+:class:`~freestack.providers.operators.FreestackDeployOperator`.
 
     from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from freestack.providers.operators import (
     ArgumentError,
+    FreestackDeployOperator,
     FreestackPromoteOperator,
     FreestackRollbackOperator,
     FreestackScoreOperator,
@@ -17,6 +19,7 @@ from freestack.providers.operators import (
 
 __all__ = [
     "ArgumentError",
+    "FreestackDeployOperator",
     "FreestackPromoteOperator",
     "FreestackRollbackOperator",
     "FreestackScoreOperator",

@@ -2,15 +2,19 @@
 
 - :class:`FreestackScoreOperator`: score a folder or a file of rows with a registered version;
 - :class:`FreestackPromoteOperator`: point an alias (production by default) at a version;
-- :class:`FreestackRollbackOperator`: move production back (to previous, or to a version).
+- :class:`FreestackRollbackOperator`: move production back (to previous, or to a version);
+- :class:`FreestackDeployOperator`: serve a registered version on this machine (the local deploy).
 
 Their arguments are checked when the DAG file is parsed (a pydantic model per operator): one of the
 wrong type fails the import, naming it. Their string arguments are templates (``{{ ds }}``,
 ``{{ params.version }}``). A version or alias that does not exist fails the task at its first try,
 without retries (a retry cannot make it exist), naming the argument and listing the versions there are.
 
+Each reports OpenLineage where the provider is enabled (:mod:`freestack.lineage_events`, loaded only
+then): what it read and wrote, with the version as a run facet.
+
 Parsing stays light: this module imports the registry and the spec (no torch, pandas or numpy); the
-score operator imports the score stage in ``execute``.
+score operator imports the score stage in ``execute``, the deploy operator the local deploy.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from freestack.errors import FreestackError
-from freestack.pipeline_operator import TorchTask, permanent_error
+from freestack.errors import DeployError, FreestackError
+from freestack.hooks.credentials import model_source
+from freestack.pipeline_operator import PipelineOperator, TorchTask, permanent_error
 from freestack.providers.versions import registry_of, resolve
 from freestack.registry.core import AliasMoved, RegistryError
 from freestack.registry.operators import moved_text, triggered_by
+from freestack.serving.records import Deployments
+from freestack.serving.spec import DeploySpec, LocalTarget, deploy_name
 from freestack.specbase import block_problems
+from freestack.storage import storage_root
 
 
 class ArgumentError(TypeError):
@@ -77,6 +85,23 @@ class _FreestackOperator(BaseOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         raise NotImplementedError
+
+    #: OpenLineage's hook, the pipeline operators' own: it imports :mod:`freestack.lineage_events` (only
+    #: where the provider is enabled) and returns what :meth:`openlineage` reports
+    get_openlineage_facets_on_complete = PipelineOperator.get_openlineage_facets_on_complete
+
+    def openlineage(self, ol: Any) -> Any:
+        """The task's inputs, outputs and run facets, built with ``ol`` (:mod:`freestack.lineage_events`)
+        from what :meth:`run` kept; none before it ran."""
+        return ol.lineage()
+
+    def _alias_lineage(self, ol: Any, moved: dict[str, Any] | None) -> Any:
+        """A promote's or rollback's lineage: the version the alias now points at, as a run facet."""
+        if not moved or not moved.get("version"):
+            return ol.lineage()
+        reg = registry_of(self.model, self.storage or None)
+        version = moved["version"]
+        return ol.lineage(run_facets=ol.model_version_facet(self.model, version, reg.version_uri(version)))
 
 
 class ScoreArguments(_Arguments):
@@ -182,6 +207,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
         )
         manifest = scoring.score(request, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         output = scoring.where(self.output_uri, request.storage)
+        self._scored = {**manifest, "output": output}  # what openlineage reports
         self.log.info(
             "%d rows scored with %s %s, %d quarantined -> %s",
             manifest["rows_scored"],
@@ -197,6 +223,21 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
             "rows_scored": manifest["rows_scored"],
             "rows_quarantined": manifest["rows_quarantined"],
         }
+
+    def openlineage(self, ol: Any) -> Any:
+        """The input files and the version folder -> the output folder (its rows scored), with the
+        version as a run facet."""
+        scored = getattr(self, "_scored", None)
+        if scored is None:
+            return ol.lineage()
+        files = {i["uri"]: i.get("sha256") for i in scored.get("inputs") or [] if i.get("uri")}
+        inputs = [ol.input_dataset(uri, sha256=sha) for uri, sha in files.items()]
+        uri = scored.get("version_uri") or registry_of(self.model, self.storage or None).version_uri(
+            scored["version"]
+        )
+        inputs.append(ol.input_dataset(uri))
+        out = ol.output_dataset(scored["output"], rows=scored["rows_scored"])
+        return ol.lineage(inputs, [out], ol.model_version_facet(self.model, scored["version"], uri))
 
 
 class PromoteArguments(_Arguments):
@@ -251,12 +292,17 @@ class FreestackPromoteOperator(_FreestackOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"alias={alias!r}: cannot point it at {version}: {exc}") from None
         self.log.info("%s %s: %s -> %s", self.model, alias, before, aliases.get(alias))
-        return {
+        self._moved = {
             "alias": alias,
             "version": aliases.get(alias),
             "from": before,
             "production": aliases.get("production"),
         }
+        return self._moved
+
+    def openlineage(self, ol: Any) -> Any:
+        """The version the alias now points at, as a run facet (an alias is no dataset)."""
+        return self._alias_lineage(ol, getattr(self, "_moved", None))
 
 
 class RollbackArguments(_Arguments):
@@ -306,16 +352,135 @@ class FreestackRollbackOperator(_FreestackOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {self.model}: {exc}") from None
         self.log.info("%s production: %s -> %s", self.model, before, aliases.get("production"))
-        return {
+        self._moved = {
             "alias": "production",
             "version": aliases.get("production"),
             "from": before,
             "previous": aliases.get("previous"),
         }
+        return self._moved
+
+    def openlineage(self, ol: Any) -> Any:
+        """The version production now points at, as a run facet (an alias is no dataset)."""
+        return self._alias_lineage(ol, getattr(self, "_moved", None))
+
+
+class DeployArguments(_Arguments):
+    version: str | None = Field(default=None, min_length=1, description="A registered version's name.")
+    alias: str | None = Field(
+        default=None, min_length=1, description="An alias (production...); neither: production."
+    )
+    where: Literal["local"] = Field(
+        default="local", description="local only: Kubernetes is deployed through a pipeline spec."
+    )
+    runtime: Literal["seldon", "mlserver"] = "seldon"
+    name: str | None = Field(default=None, min_length=1, description="The deployment; default: the model's.")
+    port: int | None = Field(default=None, ge=1024, le=65533, description="Default: the serve_port setting.")
+    reason: str = ""
+
+    @model_validator(mode="after")
+    def _one_version(self) -> DeployArguments:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give version or alias, not both")
+        return self
+
+
+class FreestackDeployOperator(_FreestackOperator):
+    """Serve a registered version of a model on this machine, as the deploy stage's local target does
+    (:func:`freestack.serving.local.deploy_local`): the version's model server starts beside the one
+    serving now, answers the version's own evaluation rows as it predicted them in-process, and only
+    then takes the deployment's address (blue/green); a version that fails to load or to answer the same
+    is stopped and the old one keeps serving. The deployment record is
+    ``deployments/<model>/<name>.json`` under the storage root. Deploying the version already served
+    changes nothing. A deployment on Kubernetes goes through a pipeline spec's ``deploy`` block.
+
+    :param model: the registered model's name (templated)
+    :param version: the version to serve (templated); give this or ``alias``
+    :param alias: the alias to serve, resolved when the task runs (templated; default ``production``);
+        the record keeps it, so ``freestack serve status`` flags a deployment whose alias moved on
+    :param where: ``local`` (the only target here)
+    :param runtime: ``seldon`` (Seldon's protocol) or ``mlserver`` (the Open Inference Protocol)
+    :param name: the deployment's name (templated); default: the model's name as a Kubernetes name
+    :param port: the deployment's address on 127.0.0.1 (the blue and green servers use the next two
+        ports); default: the serve_port setting (9000)
+    :param storage: the storage root holding the registry (templated); default: the storage_root setting
+    :param reason: recorded in the deployment's history (templated); default: the run id
+
+    A deploy that fails (a port taken, a server slow to start) is retried with the task's retries.
+    Returns the deployment record: ``{"version", "url", "predict_url", "pid", "color", "runtime", ...}``.
+    """
+
+    arguments = DeployArguments
+    template_fields: Sequence[str] = ("model", "version", "alias", "name", "storage", "reason")
+    ui_color = "#d6e4f5"
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        model: str,
+        version: str | None = None,
+        alias: str | None = None,
+        where: str = "local",
+        runtime: str = "seldon",
+        name: str | None = None,
+        port: int | None = None,
+        storage: str | None = None,
+        reason: str = "",
+        **kwargs: Any,
+    ) -> None:
+        given = dict(model=model, version=version, alias=alias, where=where, runtime=runtime, name=name)
+        given.update(port=port, storage=storage, reason=reason)
+        super().__init__(task_id=task_id, given=given, **kwargs)
+
+    def run(self, context: Context) -> dict[str, Any]:
+        from freestack.serving.local import deploy_local  # numpy (its smoke test): at run time only
+
+        reg = registry_of(self.model, self.storage or None)
+        alias = None if self.version is not None else (self.alias or "production").strip()
+        version = resolve(reg, self.version, "version") if alias is None else resolve(reg, alias, "alias")
+        uri, name = reg.version_uri(version), self.deployment()
+        reason = (self.reason or "").strip() or f"{context['dag'].dag_id} run {context['run_id']}"
+        local = LocalTarget() if self.port is None else LocalTarget(port=self.port)
+        try:
+            record = deploy_local(
+                root_uri=str(storage_root(self.storage or None)),
+                model=self.model,
+                name=name,
+                version=version,
+                version_uri=uri,
+                local=local,
+                reason=reason[:500],
+                source=model_source(uri),
+                runtime=self.runtime,
+                alias=alias,
+            )
+        except DeployError as exc:  # retried: a port or the machine may be busy
+            raise RuntimeError(str(exc)) from None
+        self.log.info("%s %s is served at %s (%s)", self.model, version, record["url"], record["predict_url"])
+        self._deployed = {k: v for k, v in record.items() if k != "history"}
+        return self._deployed
+
+    def deployment(self) -> str:
+        """The deployment's name: ``name``, else the model's name as a Kubernetes name."""
+        return (self.name or "").strip() or deploy_name(DeploySpec(), self.model)
+
+    def openlineage(self, ol: Any) -> Any:
+        """The served version folder -> the deployment's record, with the version as a run facet."""
+        record = getattr(self, "_deployed", None)
+        if record is None:
+            return ol.lineage()
+        root = str(storage_root(self.storage or None))
+        where = Deployments(root, self.model).path(self.deployment())
+        uri = registry_of(self.model, self.storage or None).version_uri(record["version"])
+        facets = ol.model_version_facet(self.model, record["version"], uri)
+        return ol.lineage([ol.input_dataset(uri)], [ol.output_dataset(str(where))], facets)
 
 
 __all__ = [
     "ArgumentError",
+    "DeployArguments",
+    "FreestackDeployOperator",
     "FreestackPromoteOperator",
     "FreestackRollbackOperator",
     "FreestackScoreOperator",
