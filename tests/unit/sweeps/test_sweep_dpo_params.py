@@ -15,30 +15,10 @@ from freestack.sweeps.core import engine_runs
 from freestack.sweeps.spec import SweepConfigError, SweepSpec
 from freestack.train.core import TrainingError, effective_spec
 from freestack.train.request import TrainRequest
+from tests.unit.train.test_preference_spec import SPEC as PREFERENCE_SPEC
 
-SPEC = {
-    "name": "prefs",
-    "source": {
-        "landing": "landing/{pipeline}/{ds}/",
-        "format": "csv",
-        "schema": {
-            "key": "id",
-            "target": "good",
-            "columns": [
-                {"name": "id", "type": "string", "nullable": False},
-                *({"name": c, "type": "text"} for c in ("question", "good", "bad")),
-            ],
-        },
-    },
-    "model": {
-        "type": "huggingface",
-        "base": "team/tiny-lm",
-        "task": "text-generation",
-        "data": {"prompt": "question", "chosen": "good", "rejected": "bad"},
-    },
-    "train": {"objective": "dpo", "dpo": {"beta": 0.2, "sft_weight": 0.5}},
-    "gate": {"metric": "exact_match", "threshold": 0.5},
-}
+#: the preference-tuning spec of tests/unit/train/test_preference_spec.py, with an sft term to sweep too
+SPEC = {**PREFERENCE_SPEC, "train": {"objective": "dpo", "dpo": {"beta": 0.2, "sft_weight": 0.5}}}
 BETA = {"dpo": {"parameters": {"beta": {"values": [0.05, 0.5]}}}}
 METRIC = {"name": "val_reward_margin", "goal": "maximize"}
 

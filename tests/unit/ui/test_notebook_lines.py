@@ -13,16 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.demo_sandbox import ROOT
+from tests.unit.ui.test_extra_pages import client, digits  # noqa: F401 (the views app on the digits spec)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "versions" / "digits" / "version"
 VERSION = "v20261103-27eaab20"  # the fixture's own name (its manifest records it)
-
-
-@pytest.fixture
-def digits(storage):
-    from freestack.spec import load_spec
-
-    return load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
 
 
 @pytest.fixture
@@ -34,38 +28,13 @@ def registered(storage) -> str:
     return VERSION
 
 
-@pytest.fixture
-def client(storage, digits, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from freestack.ui import app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
-
-    pipeline = common.Pipeline(
-        name="digits",
-        model="digits",
-        root=storage,
-        train_dag="digits_train",
-        ingest_dag="digits_ingest",
-        trains=True,
-    )
-    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
-    monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app)
-    app.views_app.dependency_overrides.clear()
-
-
 def _lines(page: str) -> list[str]:
     block = re.search(r'<pre id="notebook-lines">(.*?)</pre>', page, re.S)
     assert block, page[:2000]
     return html.unescape(block.group(1)).splitlines()
 
 
-def test_the_version_page_shows_three_lines_that_load_it(client, registered, storage):
+def test_the_version_page_shows_three_lines_that_load_it(client, registered, storage):  # noqa: F811
     r = client.get(f"/models/digits/{registered}")
     assert r.status_code == 200, r.text
     lines = _lines(r.text)
@@ -77,7 +46,7 @@ def test_the_version_page_shows_three_lines_that_load_it(client, registered, sto
     assert client.get(f"/api/models/digits/{registered}").json()["notebook_lines"] == lines  # the JSON too
 
 
-def test_the_lines_run_as_printed_and_load_the_registered_model(client, registered, storage):
+def test_the_lines_run_as_printed_and_load_the_registered_model(client, registered, storage):  # noqa: F811
     import torch
 
     from freestack.registry.core import ModelRegistry
