@@ -494,14 +494,7 @@ def evaluate(
     summary["report"] = report.uri
     summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
     if found is not None:
-        written = [
-            "evaluation/metrics.json",
-            "evaluation/report.html",
-            "evaluation/smoke.json",
-            REFERENCE_FILE,
-        ]
-        written += [f"evaluation/{n}" for n in [*images, *(["judge.json"] if judged is not None else [])]]
-        cache.save(found, run, written, {"wandb": summary["wandb"]})
+        cache.save(found, run, _written(images, judged is not None), {"wandb": summary["wandb"]})
     log.info(
         "evaluated %s on %d test rows up to %s: %s%s; report %s",
         version,
@@ -679,6 +672,12 @@ def cached(
         log.info("%s", found.line(""))
         cache.forget(found)
     return found
+
+
+def _written(images: dict[str, bytes], judged: bool) -> list[str]:
+    """What an evaluation writes into the candidate's folder: the outputs its cache entry lists."""
+    written = ["evaluation/metrics.json", "evaluation/report.html", "evaluation/smoke.json", REFERENCE_FILE]
+    return written + [f"evaluation/{n}" for n in [*images, *(["judge.json"] if judged else [])]]
 
 
 def _reused(candidate_uri: str, found: cache.Lookup) -> dict[str, Any] | None:
