@@ -40,6 +40,7 @@ MODEL_VERSION_FACET = "freestack_modelVersion"
 GATE_FACET = "freestack_gate"
 METRICS_FACET = "freestack_metrics"
 CACHE_FACET = "freestack_cache"
+ALIAS_FACET = "freestack_alias"
 
 
 def dataset_name(uri: str) -> tuple[str, str]:
@@ -135,6 +136,36 @@ class CacheRunFacet(RunFacet):
     miss: str | None = attr.field(default=None)
 
 
+@attr.define
+class AliasRunFacet(RunFacet):
+    """An alias move (a promotion or a rollback): which alias of which model, the version it points at
+    now and the one it pointed at before (None: the alias is new), and the reason and the mover recorded
+    in the aliases' history. An alias is no dataset: the move is a fact about the run."""
+
+    model: str
+    alias: str
+    version: str
+    from_version: str | None = attr.field(default=None)
+    reason: str | None = attr.field(default=None)
+    by: str | None = attr.field(default=None)
+
+
+def alias_facet(model: str, move: Mapping[str, Any] | None) -> dict:
+    """The ``freestack_alias`` run facet of an alias ``move`` (``alias``, ``version``, ``from``,
+    ``reason``, ``by``); none when the alias points at no version."""
+    if not move or not move.get("version"):
+        return {}
+    facet = AliasRunFacet(
+        model=model,
+        alias=str(move["alias"]),
+        version=str(move["version"]),
+        from_version=move.get("from"),
+        reason=move.get("reason") or None,
+        by=move.get("by") or None,
+    )
+    return {ALIAS_FACET: facet}
+
+
 def cache_facet(record: Mapping[str, Any] | None) -> dict:
     """The ``freestack_cache`` run facet of a step's cache record; none when the step was not cached."""
     if not record or not record.get("key"):
@@ -200,15 +231,18 @@ def lineage(
 
 
 __all__ = [
+    "ALIAS_FACET",
     "FILE_NAMESPACE",
     "CACHE_FACET",
     "GATE_FACET",
     "METRICS_FACET",
     "MODEL_VERSION_FACET",
+    "AliasRunFacet",
     "CacheRunFacet",
     "GateRunFacet",
     "MetricsRunFacet",
     "ModelVersionRunFacet",
+    "alias_facet",
     "cache_facet",
     "dataset_name",
     "gate_facet",

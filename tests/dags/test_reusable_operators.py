@@ -49,17 +49,17 @@ def registered(tmp_path, storage):
     return {"root": root, "specs": specs, "version": version, "folder": folder, "rows": rows}
 
 
-def _example():
-    """The example DAG, written to the metadata database (dag.test() runs a DAG of a configured bundle;
-    the example is not in the DAGs folder)."""
+def _example(path: Path = EXAMPLES / "score_with_version.py", dag_id: str = "score_with_version"):
+    """The example DAG (or another DAG file outside the DAGs folder), written to the metadata database:
+    dag.test() runs a DAG of a configured bundle."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
-    bag = DagBag(dag_folder=str(EXAMPLES / "score_with_version.py"))
+    bag = DagBag(dag_folder=str(path))
     assert not bag.import_errors, bag.import_errors
     DagBundlesManager().sync_bundles_to_db()
     sync_bag_to_db(bag, "dags-folder", None)
-    return bag.get_dag("score_with_version")
+    return bag.get_dag(dag_id)
 
 
 def _stage_scores(registered, out: Path):
@@ -112,7 +112,7 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     aliases = ModelRegistry(registered["root"].as_uri(), "digits").aliases()
     assert aliases["production"] == registered["version"]
     assert aliases["history"][-1]["by"].endswith(f"({run.run_id})")
-    _lineage_of_the_example(_completed(ol_file), registered, out)
+    _lineage_of_the_example(_completed(ol_file), registered, out, run.run_id)
 
     # one file, scored with the alias (now the version): the same scores, in a folder of their own
     from freestack.providers import FreestackScoreOperator
@@ -137,9 +137,10 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     assert not (registered["root"] / "scores" / "digits" / "ds=2026-11-06").exists()
 
 
-def _lineage_of_the_example(done: dict[str, list[dict]], registered, out: Path) -> None:
+def _lineage_of_the_example(done: dict[str, list[dict]], registered, out: Path, run_id: str) -> None:
     """The score task's event: the input file and the version folder -> the scores folder (its rows), with
-    the version; the promote task's: the version production now points at, as a run facet only."""
+    the version; the promote task's: the version production now points at and the move, as run facets
+    only."""
     version = registered["version"]
     folder = registered["root"] / "registry" / "digits" / version
     (scored,) = done["score_with_version.score"]
@@ -152,6 +153,10 @@ def _lineage_of_the_example(done: dict[str, list[dict]], registered, out: Path) 
     (promoted,) = done["score_with_version.promote"]
     assert promoted["inputs"] == promoted["outputs"] == []
     assert promoted["run"]["facets"]["freestack_modelVersion"] == facet
+    moved = {k: v for k, v in promoted["run"]["facets"]["freestack_alias"].items() if not k.startswith("_")}
+    assert moved.pop("by").endswith(f"({run_id})")  # a new alias: no from_version
+    reason = f"scored file://{registered['folder']}/ in {run_id}"
+    assert moved == {"model": "digits", "alias": "production", "version": version, "reason": reason}
 
 
 def _tries(run, task_id: str) -> int:
@@ -203,6 +208,16 @@ def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(re
     lineage = rollback.get_openlineage_facets_on_complete(None)
     assert lineage.inputs == lineage.outputs == []
     assert lineage.run_facets["freestack_modelVersion"].version == first
+    moved = lineage.run_facets["freestack_alias"]
+    assert (moved.model, moved.alias, moved.version, moved.from_version) == (
+        "digits",
+        "production",
+        first,
+        "v2",
+    )
+    assert moved.reason == "rolled back by mine (manual__ops)" and moved.by == "? (manual__ops)"
+    staged_moved = staged.get_openlineage_facets_on_complete(None).run_facets["freestack_alias"]
+    assert (staged_moved.alias, staged_moved.version, staged_moved.from_version) == ("staging", first, None)
 
     # a landed CSV with production: its malformed line and a value of the wrong type are quarantined with
     # their reasons, the rest is scored

@@ -11,7 +11,8 @@ wrong type fails the import, naming it. Their string arguments are templates (``
 without retries (a retry cannot make it exist), naming the argument and listing the versions there are.
 
 Each reports OpenLineage where the provider is enabled (:mod:`freestack.lineage_events`, loaded only
-then): what it read and wrote, with the version as a run facet.
+then): what it read and wrote, with the version as a run facet; promote and rollback also the alias move
+(``freestack_alias``: the alias, the version before and after, the reason, by whom).
 
 Parsing stays light: this module imports the registry and the spec (no torch, pandas or numpy); the
 score operator imports the score stage in ``execute``, the deploy operator the local deploy.
@@ -95,13 +96,16 @@ class _FreestackOperator(BaseOperator):
         from what :meth:`run` kept; none before it ran."""
         return ol.lineage()
 
-    def _alias_lineage(self, ol: Any, moved: dict[str, Any] | None) -> Any:
-        """A promote's or rollback's lineage: the version the alias now points at, as a run facet."""
-        if not moved or not moved.get("version"):
+    def _alias_lineage(self, ol: Any) -> Any:
+        """A promote's or rollback's lineage, from the move :meth:`run` kept: the version the alias now
+        points at and the move itself (the alias, from which version, why, by whom) as run facets."""
+        move = getattr(self, "_move", None)
+        if not move or not move.get("version"):
             return ol.lineage()
         reg = registry_of(self.model, self.storage or None)
-        version = moved["version"]
-        return ol.lineage(run_facets=ol.model_version_facet(self.model, version, reg.version_uri(version)))
+        version = move["version"]
+        facets = ol.model_version_facet(self.model, version, reg.version_uri(version))
+        return ol.lineage(run_facets={**facets, **ol.alias_facet(self.model, move)})
 
 
 class ScoreArguments(_Arguments):
@@ -285,8 +289,9 @@ class FreestackPromoteOperator(_FreestackOperator):
         version = resolve(reg, self.version, "version")
         before = reg.aliases().get(alias)
         reason = (self.reason or "").strip() or f"promoted by {context['dag'].dag_id} ({context['run_id']})"
+        by = triggered_by(context)
         try:
-            aliases = reg.set_alias(alias, version, reason=reason[:500], by=triggered_by(context))
+            aliases = reg.set_alias(alias, version, reason=reason[:500], by=by)
         except AliasMoved as exc:  # only with an expected value, which this operator does not pass
             raise AirflowFailException(moved_text(exc, alias, "promotion", "clear this task")) from None
         except RegistryError as exc:
@@ -298,11 +303,12 @@ class FreestackPromoteOperator(_FreestackOperator):
             "from": before,
             "production": aliases.get("production"),
         }
+        self._move = {**self._moved, "reason": reason[:500], "by": by}  # what openlineage reports
         return self._moved
 
     def openlineage(self, ol: Any) -> Any:
-        """The version the alias now points at, as a run facet (an alias is no dataset)."""
-        return self._alias_lineage(ol, getattr(self, "_moved", None))
+        """The version the alias now points at and the move, as run facets (an alias is no dataset)."""
+        return self._alias_lineage(ol)
 
 
 class RollbackArguments(_Arguments):
@@ -347,8 +353,9 @@ class FreestackRollbackOperator(_FreestackOperator):
         reason = (
             self.reason or ""
         ).strip() or f"rolled back by {context['dag'].dag_id} ({context['run_id']})"
+        by = triggered_by(context)
         try:
-            aliases = reg.rollback(to=target, reason=reason[:500], by=triggered_by(context))
+            aliases = reg.rollback(to=target, reason=reason[:500], by=by)
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {self.model}: {exc}") from None
         self.log.info("%s production: %s -> %s", self.model, before, aliases.get("production"))
@@ -358,11 +365,12 @@ class FreestackRollbackOperator(_FreestackOperator):
             "from": before,
             "previous": aliases.get("previous"),
         }
+        self._move = {**self._moved, "reason": reason[:500], "by": by}  # what openlineage reports
         return self._moved
 
     def openlineage(self, ol: Any) -> Any:
-        """The version production now points at, as a run facet (an alias is no dataset)."""
-        return self._alias_lineage(ol, getattr(self, "_moved", None))
+        """The version production now points at and the move, as run facets (an alias is no dataset)."""
+        return self._alias_lineage(ol)
 
 
 class DeployArguments(_Arguments):
