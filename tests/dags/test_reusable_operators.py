@@ -3,9 +3,10 @@ spec) under dag.test(): a folder is scored with a registered version exactly as 
 and published whole, then the version is promoted; promote and rollback move the aliases; an argument of
 the wrong type fails the DAG file's import, naming it; a version or alias that does not exist fails the
 task at its first try, naming the argument and listing the versions there are. Parsing the DAG file
-imports no heavy library. The deploy operator serves a version locally, answering over HTTP. Each
-reports OpenLineage: score the files and the version -> the output folder, promote and rollback the
-version the alias now points at, deploy the version -> the deployment record."""
+imports no heavy library. The deploy operator serves a version locally, answering over HTTP (Seldon's
+protocol; and MLServer's Open Inference Protocol in a DAG run). Each reports OpenLineage: score the files
+and the version -> the output folder, promote and rollback the version the alias now points at and the
+move, deploy the version -> the deployment record."""
 
 from __future__ import annotations
 
@@ -319,6 +320,66 @@ def test_a_text_generation_version_answers_a_file_of_prompts_as_the_score_stage_
     assert table.column_names[:3] == ["row", "ds", "completion"]
     want = [version.answer([version.chat(p)], max_new_tokens=12)[0].text for p in SMOKE_PROMPTS]
     assert table.column("completion").to_pylist() == want
+
+
+DEPLOY_DAG = """
+from airflow.sdk import DAG
+from freestack.providers import FreestackDeployOperator, FreestackPromoteOperator
+with DAG("deploy_mine", schedule=None):
+    promote = FreestackPromoteOperator(task_id="promote", model="digits", version="v1", reason="first")
+    deploy = FreestackDeployOperator(task_id="deploy", model="digits", runtime="mlserver", port={port})
+    promote >> deploy
+"""
+
+
+@needs_serving_env
+@pytest.mark.skipif(
+    not (ROOT / ".venv-mlserver" / "bin" / "python").exists(),
+    reason="the MLServer environment is missing: run `make mlserver-venv`",
+)
+def test_a_dag_deploys_production_on_mlserver_and_reports_it_to_openlineage(storage, tmp_path, ol_file):  # noqa: F811
+    """promote -> deploy (runtime mlserver) under dag.test() and the OpenLineage listener: the version
+    answers the Open Inference Protocol at the deployment's address as it predicts in-process; the
+    events are the move (no datasets) and the version folder -> the deployment record."""
+    from freestack.errors import DeployError
+    from freestack.serving.local import stop_local
+    from freestack.serving.processes import free_port_block
+    from freestack.serving.records import Deployments
+    from freestack.serving.smoke import http_json
+
+    uri = make_version(storage, "digits", "v1", tmp_path, n_features=64, classes=tuple(range(10)))
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "deploy_mine.py").write_text(DEPLOY_DAG.format(port=free_port_block()))
+    try:
+        run = _example(tmp_path / "dags" / "deploy_mine.py", "deploy_mine").test()
+        assert _states(run) == {"promote": ["success"], "deploy": ["success"]}
+        record = Deployments(storage, "digits").get("digits")
+        assert record["runtime"] == "mlserver" and record["alias"] == "production"
+        rows = np.random.default_rng(5).normal(size=(3, 64)).astype(np.float32) * 3
+        tensor = {
+            "name": "input",
+            "datatype": "FP32",
+            "shape": list(rows.shape),
+            "data": rows.ravel().tolist(),
+        }
+        code, body = http_json(record["predict_url"], {"inputs": [tensor]})
+        assert code == 200, body
+        answer = np.reshape(body["outputs"][0]["data"], (3, 10))
+        assert np.abs(answer - in_process(uri, rows)).max() < 1e-5
+    finally:
+        try:
+            stop_local(storage, "digits", "digits")
+        except DeployError:
+            pass
+    done, folder = _completed(ol_file), uri.removeprefix("file://")
+    (promoted,) = done["deploy_mine.promote"]
+    assert promoted["run"]["facets"]["freestack_alias"]["reason"] == "first"
+    (deployed,) = done["deploy_mine.deploy"]
+    assert _names(deployed["inputs"]) == [_file(folder)]
+    where = Path(storage.removeprefix("file://")) / "deployments" / "digits" / "digits.json"
+    assert _names(deployed["outputs"]) == [_file(where)]
+    facet = deployed["run"]["facets"]["freestack_modelVersion"]
+    assert facet["version"] == "v1" and facet == promoted["run"]["facets"]["freestack_modelVersion"]
 
 
 @needs_serving_env
