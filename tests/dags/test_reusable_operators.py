@@ -291,7 +291,7 @@ def test_parsing_the_example_dag_is_light():
         check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["errors"] == {} and result["dags"] == ["score_with_version"]
+    assert result["errors"] == {} and result["dags"] == ["score_with_version", "train_and_score"]
     assert result["heavy"] == [], f"parse-time imports of heavy libraries: {result['heavy']}"
     assert result["calls"] == []
 

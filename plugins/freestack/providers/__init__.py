@@ -1,10 +1,11 @@
-"""freestack's reusable operators, for DAGs of your own (no pipeline spec):
+"""freestack's reusable operators, for DAGs of your own (none needs a pipeline's DAGs):
 :class:`~freestack.providers.operators.FreestackScoreOperator`,
 :class:`~freestack.providers.operators.FreestackPromoteOperator`,
-:class:`~freestack.providers.operators.FreestackRollbackOperator` and
-:class:`~freestack.providers.operators.FreestackDeployOperator`.
+:class:`~freestack.providers.operators.FreestackRollbackOperator`,
+:class:`~freestack.providers.operators.FreestackDeployOperator` and
+:class:`~freestack.providers.training.FreestackTrainOperator`.
 
-    from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator
+    from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator, FreestackTrainOperator
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from freestack.providers.operators import (
     FreestackRollbackOperator,
     FreestackScoreOperator,
 )
+from freestack.providers.training import FreestackTrainOperator
 
 __all__ = [
     "ArgumentError",
@@ -23,4 +25,5 @@ __all__ = [
     "FreestackPromoteOperator",
     "FreestackRollbackOperator",
     "FreestackScoreOperator",
+    "FreestackTrainOperator",
 ]

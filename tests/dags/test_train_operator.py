@@ -1,0 +1,192 @@
+"""freestack's reusable train operator in a DAG of one's own (include/dags/train_and_score.py) under
+dag.test(): a spec given inline trains on the lake window ending on the run's day, the version is
+registered (its files, its lineage naming the partitions and who registered it), promoted and scores a
+lake day; a spec file trains the same way; a wrong argument or a bad inline spec field fails the DAG
+file's import, naming it; a window with no partition fails the task at its first try, naming the window;
+OpenLineage reports the partitions -> the version folder."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.dags.test_openlineage import _completed, _file, _names, ol_file  # noqa: F401  (its listener)
+from tests.dags.test_reusable_operators import _tries
+from tests.dags.test_sweep_dag import _states
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "include" / "dags" / "train_and_score.py"
+DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+MODEL = "digits_own"
+
+
+@pytest.fixture
+def lake(storage):
+    """Three ingested days of the demo digits under the test's storage root."""
+    from demo.landing import make_landing
+    from freestack.ingest.core import ingest_partition
+    from freestack.spec import load_spec
+
+    spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
+    make_landing(storage, date(2026, 11, 1), len(DAYS))
+    for ds in DAYS:
+        ingest_partition(spec, ds)
+    return Path(storage.removeprefix("file://"))
+
+
+def _example():
+    """The example DAG, written to the metadata database (dag.test() runs a DAG of a configured bundle)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    bag = DagBag(dag_folder=str(EXAMPLE))
+    assert not bag.import_errors, bag.import_errors
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    return bag.get_dag("train_and_score")
+
+
+def _day(ds: str) -> datetime:
+    return datetime.fromisoformat(ds).replace(tzinfo=UTC)
+
+
+def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  # noqa: F811
+    from freestack.registry.core import ModelRegistry
+
+    run = _example().test(logical_date=_day(DAYS[-1]), run_conf={"epochs": 1, "window_days": 3})
+    assert _states(run) == {"train": ["success"], "promote": ["success"], "score": ["success"]}
+
+    reg = ModelRegistry(lake.as_uri(), MODEL)
+    (version,) = [v["version"] for v in reg.versions()]
+    folder = lake / "registry" / MODEL / version
+    assert {"model.safetensors", "config.json", "lineage.json", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    lineage = json.loads((folder / "lineage.json").read_text())
+    assert [p["ds"] for p in lineage["partitions"]] == list(DAYS)
+    assert lineage["registered_by"] == {
+        "operator": "FreestackTrainOperator",
+        "dag_id": "train_and_score",
+        "run_id": run.run_id,
+        "task_id": "train",
+        "gate": None,
+    }
+    assert not (lake / "candidates" / MODEL / version).exists()  # registered: the candidate's copy went
+    assert reg.aliases()["production"] == version
+
+    scores = pq.read_table(lake / "scores" / MODEL / f"ds={DAYS[-1]}" / "part.parquet")
+    part = pq.read_table(lake / "lake" / "digits" / f"ds={DAYS[-1]}" / "part.parquet")
+    assert scores.num_rows == part.num_rows and set(scores.column("version").to_pylist()) == {version}
+
+    (trained,) = _completed(ol_file)["train_and_score.train"]
+    assert _names(trained["inputs"]) == [
+        _file(p["uri"].removeprefix("file://")) for p in lineage["partitions"]
+    ]
+    assert _names(trained["outputs"]) == [_file(folder)]
+    facets = trained["run"]["facets"]
+    assert (
+        facets["freestack_modelVersion"]["version"] == version
+        and facets["freestack_modelVersion"]["name"] == MODEL
+    )
+
+    # a window with no partition: the train task fails at its first try (retries: 2), nothing promoted
+    empty = _example().test(logical_date=_day("2026-12-31"), run_conf={"epochs": 1, "window_days": 3})
+    assert _states(empty) == {
+        "train": ["failed"],
+        "promote": ["upstream_failed"],
+        "score": ["upstream_failed"],
+    }
+    assert _tries(empty, "train") == 1 and len(reg.versions()) == 1
+
+
+def _context(task_id: str) -> dict:
+    """What the train operator reads of a task's context, outside a DAG run (XComs kept in ``pushed``)."""
+    pushed: dict = {}
+    ti = SimpleNamespace(
+        dag_id="mine",
+        run_id="manual__train",
+        task_id=task_id,
+        try_number=1,
+        xcom_push=lambda key, value: pushed.update({key: value}),
+        pushed=pushed,
+    )
+    return {"ti": ti, "ds": DAYS[-1], "run_id": ti.run_id, "dag": SimpleNamespace(dag_id="mine")}
+
+
+def test_a_spec_file_trains_as_an_inline_spec_and_an_empty_window_is_named(lake, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from freestack.providers import FreestackTrainOperator
+    from freestack.spec import load_spec
+
+    inline = _example().get_task("train")
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(inline.spec, sort_keys=False))
+    # the same spec, given inline or as a file
+    assert inline.pipeline_spec().normalized_hash() == load_spec(path).normalized_hash()
+
+    context = _context("from_file")
+    train = FreestackTrainOperator(task_id="from_file", spec_path=str(path), end_ds=DAYS[-1], epochs=1)
+    got = train.execute(context)
+    assert set(got) == {"version", "version_uri", "metrics", "partitions", "registered"}
+    assert got["registered"] is False and [p["ds"] for p in got["partitions"]] == list(DAYS[-3:])
+    candidate = lake / "candidates" / MODEL / got["version"]
+    assert got["version_uri"] == candidate.as_uri() and (candidate / "model.safetensors").is_file()
+    assert not (lake / "registry" / MODEL).exists()  # not registered
+    assert "test_accuracy" in got["metrics"] and context["ti"].pushed["wandb"]
+
+    late = FreestackTrainOperator(task_id="late", spec_path=str(path), end_ds="2026-12-31", window_days=3)
+    with pytest.raises(AirflowFailException) as failed:
+        late.execute(_context("late"))
+    assert "the window of 3 days up to 2026-12-31" in str(failed.value)
+    assert "no lake partitions of 'digits' in the 3 days up to 2026-12-31" in str(failed.value)
+
+
+BAD_DAG = """
+from datetime import datetime
+from airflow.sdk import DAG
+from freestack.providers import FreestackTrainOperator
+COLUMNS = [{"name": "id", "type": "string", "nullable": False}, {"name": "label", "type": "int"}]
+SPEC = {"name": "digits", "source": {"landing": "in/{ds}/", "schema": {"key": "id", "target": "label", "columns": COLUMNS}}}
+with DAG("bad", schedule=None, start_date=datetime(2026, 1, 1)):
+    FreestackTrainOperator(task_id="train", %s)
+"""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("spec=SPEC, epochs='many'", "FreestackTrainOperator: epochs: a number, or a template rendering one"),
+        ("spec=SPEC, register='yes'", "FreestackTrainOperator: register: Input should be a valid boolean"),
+        (
+            "spec=SPEC, spec_path='digits.yaml'",
+            "give spec (the pipeline spec inline) or spec_path (a spec file)",
+        ),
+        (
+            "spec=SPEC, window_days=0",
+            "FreestackTrainOperator: window_days: Input should be greater than or equal to 1",
+        ),
+        (
+            "spec={**SPEC, 'train': {'epochs': 'x'}}",
+            "FreestackTrainOperator: spec.train.epochs: Input should be a valid",
+        ),
+        (
+            "spec={**SPEC, 'model': {'type': 'rnn'}}",
+            "FreestackTrainOperator: spec.model.type: Input should be 'auto'",
+        ),
+    ],
+)
+def test_a_wrong_argument_or_spec_field_fails_the_dag_file_naming_it(tmp_path, arguments, message):
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "bad.py").write_text(BAD_DAG % arguments)
+    (error,) = DagBag(dag_folder=str(tmp_path)).import_errors.values()
+    assert message in error
