@@ -7,7 +7,8 @@ site's order, getting-started.md last (it ends with ``make down``), and finally 
 started may be left running. How a block is run:
 
 - ``<!-- docs-test: skip (needs a cluster) -->`` (or another reason that names what the sandbox lacks: a
-  cluster, the Hugging Face Hub) on the line before it: not run (Kubernetes, compose, a Hub download);
+  cluster, the Hugging Face Hub, a GPU) on the line before it: not run (Kubernetes, compose, a Hub
+  download, CUDA);
 - ``make test*``, ``make lint``, ``make docs``, ``make bench``: ``make -n`` only (the target exists and
   resolves): CI runs them itself, and the suite cannot run itself;
 - a command whose comment says ``until Ctrl-C`` starts a server: it must still run after 10 s, then
@@ -32,7 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 KEEP_MODEL_SERVERS = True  # the sandbox's servers are its own; `make down` stops them
-SKIP_MARK = re.compile(r"^<!-- docs-test: skip \(needs (a cluster|the Hugging Face Hub)\) -->$")
+SKIP_MARK = re.compile(r"^<!-- docs-test: skip \(needs (a cluster|the Hugging Face Hub|a GPU)\) -->$")
 FENCE = re.compile(r"^[ ]*```(?:bash|sh|shell)\n(.*?)^[ ]*```", re.S | re.M)
 
 
