@@ -20,7 +20,6 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from tests.dags.test_sweep_dag import _states
 from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -70,6 +69,14 @@ def _completed(path) -> dict[str, list[dict]]:
         if event["eventType"] == "COMPLETE" and "." in event["job"]["name"]:
             by_job.setdefault(event["job"]["name"], []).append(event)
     return by_job
+
+
+def _states(run) -> dict[str, list[str]]:
+    """The states of each task of ``run``: test_sweep_dag's, imported when called (that module imports
+    this one's listener)."""
+    from tests.dags.test_sweep_dag import _states
+
+    return _states(run)
 
 
 def _names(datasets: list[dict]) -> list[tuple[str, str]]:
@@ -191,7 +198,8 @@ def test_the_operators_load_no_openlineage_until_it_asks():
     code = (
         "import sys\n"
         "import freestack.ingest.operators, freestack.train.operators, freestack.evaluate.operators\n"
-        "import freestack.score.operators, freestack.serving.operators\n"
+        "import freestack.score.operators, freestack.serving.operators, freestack.sweeps.operators\n"
+        "import freestack.providers.operators\n"
         "print(sorted(m for m in sys.modules if m.startswith(('openlineage', 'freestack.lineage_events'))))\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT}"}

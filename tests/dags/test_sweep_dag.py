@@ -1,4 +1,5 @@
-"""The sweep step of the train DAG, run for real: create_sweep -> agent x N -> select_best."""
+"""The sweep step of the train DAG, run for real: create_sweep -> agent x N -> select_best, whose OpenLineage
+event links the candidate back to the partitions its best trial trained on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from tests.dags.test_openlineage import _completed, _names, ol_file  # noqa: F401  (its listener)
 from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -39,7 +41,7 @@ def _sweep_folder(root, run_id):
     return found[0].parent
 
 
-def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
+def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake, ol_file):  # noqa: F811
     dag = lake["bag"].get_dag("digits_train")
     assert dag.params["sweep"] is True  # the spec has a sweep: block
     run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep_agents": 2, "epochs": 8})
@@ -104,6 +106,26 @@ def test_sweep_runs_in_the_dag_and_selects_the_best_trial(lake):  # noqa: F811
     media = os.path.join(best["wandb"]["run_dir"], "files", "media")
     assert any(n.endswith(".table.json") for _, _, names in os.walk(media) for n in names)
     assert any(n.endswith(".png") for _, _, names in os.walk(media) for n in names)
+    _select_best_lineage(_completed(ol_file), lineage, best)
+
+
+def _select_best_lineage(done: dict[str, list[dict]], lineage: dict, best: dict) -> None:
+    """select_best's OpenLineage event links the candidate back to the lake, as train's does: the
+    partitions the best trial trained on (with their sha256) -> the candidate folder, with the version and
+    its validation metrics."""
+    (selected,) = done["digits_train.select_best"]
+    parts = lineage["partitions"]
+    assert len(parts) == 5 and _names(selected["inputs"]) == [
+        ("file", p["uri"].removeprefix("file://")) for p in parts
+    ]
+    assert [i["facets"]["version"]["datasetVersion"] for i in selected["inputs"]] == [
+        p["sha256"] for p in parts
+    ]
+    assert _names(selected["outputs"]) == [("file", best["version_uri"].removeprefix("file://"))]
+    facets = selected["run"]["facets"]
+    model = facets["freestack_modelVersion"]
+    assert (model["name"], model["version"]) == ("digits", lineage["version"]) and "sha256" not in model
+    assert facets["freestack_metrics"]["metrics"]["best_val_accuracy"] == best["best_value"]
 
 
 def test_a_retried_agent_continues_the_sweep_without_repeating_trials(lake):  # noqa: F811

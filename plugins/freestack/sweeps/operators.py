@@ -6,6 +6,7 @@ server when the ``wandb`` connection has a key and the server answers.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -17,6 +18,7 @@ from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import PipelineOperator, TorchTask
+from freestack.storage import to_path
 from freestack.sweeps.core import (
     LocalAgent,
     SweepError,
@@ -28,6 +30,8 @@ from freestack.sweeps.core import (
 from freestack.sweeps.report import select_best
 from freestack.sweeps.wandb_sweep import create_server_sweep, run_server_agent, server_settings
 from freestack.train.operators import airflow_info, fixed_window
+from freestack.version.files import METRICS
+from freestack.version.write import read_lineage
 
 
 class ChooseTrainingOperator(PipelineOperator, BaseBranchOperator):
@@ -169,7 +173,25 @@ class SelectBestOperator(PipelineOperator):
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=summary.get("wandb"))
+        self._selected = summary  # what get_openlineage_facets_on_complete reports
         return summary
+
+    def openlineage(self, ol: Any) -> Any:
+        """OpenLineage (:mod:`freestack.lineage_events`), as ``train`` reports one training: the partitions
+        the best trial trained on (their part files and sha256, from the candidate's ``lineage.json``) ->
+        the candidate version folder, with the version and its validation metrics as run facets."""
+        selected = getattr(self, "_selected", None)
+        if selected is None:
+            return ol.lineage()
+        uri = selected["version_uri"]
+        trained = read_lineage(uri)
+        inputs = [
+            ol.input_dataset(p["uri"], sha256=p.get("sha256")) for p in trained.partitions if p.get("uri")
+        ]
+        version = trained.version or uri.rstrip("/").rsplit("/", 1)[-1]
+        facets = ol.model_version_facet(self.pipeline_spec().model_name, version, uri)
+        metrics = json.loads(to_path(uri).joinpath(METRICS).read_text())
+        return ol.lineage(inputs, [ol.output_dataset(uri)], {**facets, **ol.metrics_facet(metrics)})
 
 
 __all__ = [
