@@ -8,7 +8,8 @@ on a lake window, in a DAG of your own, and optionally register the trained vers
 Its arguments are checked when the DAG file is parsed, as the other reusable operators' are
 (:mod:`freestack.providers.operators`); an inline spec is validated there by the pipeline spec's own
 model, so a bad block fails the import naming its field. Parsing stays light: this module imports the
-spec and the registry; torch, pandas and the train stage are imported in ``execute``.
+spec, the registry and the train stage's light modules (its request, window and operators); the training
+itself (:mod:`freestack.train.core`: torch, pandas) is imported in ``execute``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pydantic import (
 )
 
 from freestack.errors import SpecError
+from freestack.hooks.huggingface import export_hub_environment
+from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import WandbRunLink
 from freestack.pipeline_operator import TorchTask
 from freestack.providers.operators import ArgumentError, _Arguments, _FreestackOperator
@@ -38,6 +41,10 @@ from freestack.registry.core import ModelRegistry, RegistryError, VersionExists,
 from freestack.settings import pipelines_dir
 from freestack.spec import PipelineSpec, load_spec, parse_spec
 from freestack.specbase import block_problems, problems
+from freestack.train.distributed import is_distributed
+from freestack.train.operators import airflow_info
+from freestack.train.request import TrainRequest
+from freestack.train.window import WindowError, fix_window
 
 #: what a rendered ``end_ds`` must look like
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -194,10 +201,7 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         return spec.model_copy(update={"storage_root": storage}) if storage else spec
 
     def run(self, context: Context) -> dict[str, Any]:
-        from freestack.hooks.huggingface import export_hub_environment
-        from freestack.hooks.wandb import WandbHook
-        from freestack.train.core import prune_checkpoints, train
-        from freestack.train.distributed import is_distributed
+        from freestack.train.core import prune_checkpoints, train  # torch and pandas: at run time only
 
         spec = self.pipeline_spec()
         if is_distributed(spec):
@@ -220,9 +224,6 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
     def request(self, context: Context, spec: PipelineSpec):
         """The training's TrainRequest: the window fixed now, the overrides, keyed by the DAG run and task
         (a retry trains the same version, resuming its W&B run and checkpoint)."""
-        from freestack.train.operators import airflow_info
-        from freestack.train.request import TrainRequest
-        from freestack.train.window import WindowError, fix_window
 
         end_ds = (self.end_ds or "").strip()
         if not _DAY.match(end_ds):
