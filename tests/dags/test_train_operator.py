@@ -96,6 +96,8 @@ def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  #
         facets["freestack_modelVersion"]["version"] == version
         and facets["freestack_modelVersion"]["name"] == MODEL
     )
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert facets["freestack_metrics"]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
 
     # a window with no partition: the train task fails at its first try (retries: 2), nothing promoted
     empty = _example().test(logical_date=_day("2026-12-31"), run_conf={"epochs": 1, "window_days": 3})
@@ -142,6 +144,17 @@ def test_a_spec_file_trains_as_an_inline_spec_and_an_empty_window_is_named(lake,
     assert got["version_uri"] == candidate.as_uri() and (candidate / "model.safetensors").is_file()
     assert not (lake / "registry" / MODEL).exists()  # not registered
     assert "test_accuracy" in got["metrics"] and context["ti"].pushed["wandb"]
+
+    # registering: the candidate becomes the version; a retry of the task (the same run) takes the
+    # version its first try registered
+    again = FreestackTrainOperator(
+        task_id="from_file", spec_path=str(path), end_ds=DAYS[-1], epochs=1, register=True
+    )
+    registered = again.execute(_context("from_file"))
+    assert registered["version"] == got["version"] and registered["registered"] is True
+    assert registered["version_uri"] == (lake / "registry" / MODEL / got["version"]).as_uri()
+    assert not candidate.exists()
+    assert again.execute(_context("from_file"))["version_uri"] == registered["version_uri"]
 
     late = FreestackTrainOperator(task_id="late", spec_path=str(path), end_ds="2026-12-31", window_days=3)
     with pytest.raises(AirflowFailException) as failed:
