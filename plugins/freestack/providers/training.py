@@ -216,6 +216,7 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         outcome = train(spec, req, tracking_settings=WandbHook().checked_settings())
         context["ti"].xcom_push(key="wandb", value=outcome.tracking)
         uri = self._registered(context, spec, outcome) if self.register_version else outcome.version_uri
+        self._model = spec.model_name  # what openlineage reports, with _trained
         self._trained = {"version": outcome.version, "version_uri": uri, "metrics": outcome.metrics}
         self._trained.update(partitions=outcome.partitions, registered=self.register_version)
         self.log.info("%s %s -> %s", spec.model_name, outcome.version, uri)
@@ -292,7 +293,7 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
             ol.input_dataset(p["uri"], sha256=p.get("sha256")) for p in trained["partitions"] if p.get("uri")
         ]
         uri = trained["version_uri"]
-        facets = ol.model_version_facet(self.pipeline_spec().model_name, trained["version"], uri)
+        facets = ol.model_version_facet(self._model, trained["version"], uri)
         return ol.lineage(
             inputs, [ol.output_dataset(uri)], {**facets, **ol.metrics_facet(trained["metrics"])}
         )
