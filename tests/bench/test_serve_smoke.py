@@ -1,4 +1,5 @@
-"""Smoke test of the serving benchmark (bench/serve/run.py): a --quick run writes a complete report.
+"""Smoke test of the serving benchmark (bench/serve/run.py): a --quick run (0.1 s warm-up and 0.3 s
+measured per cell: enough requests for every figure, none of them meaningful) writes a complete report.
 
 No timing assertions: only that every server answered every cell, without errors, with positive
 throughput, and that the report has its fields. The stock ``seldon-core-microservice`` binds 0.0.0.0,
@@ -38,6 +39,10 @@ def test_serve_benchmark_quick_run(tmp_path):
             "-m",
             "bench.serve.run",
             "--quick",
+            "--warmup",
+            "0.1",
+            "--duration",
+            "0.3",
             "--servers",
             ",".join(servers),
             "--out",
