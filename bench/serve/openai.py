@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,34 @@ def start_freestack(uri: str, work: Path, threads: int):
     }
     ready = f"/v2/models/{MODEL}/ready"
     return start_like_image("mlserver", uri, work / "mlserver", env=env, ready_path=ready, timeout=300), env
+
+
+def start_sides(
+    servers: dict[str, Any], uri: str, folder: Path, work: Path, args
+) -> tuple[list[str], dict[str, str]]:
+    """``transformers serve`` then the model server, each start-up alone on the machine (the times printed),
+    or with ``--start-together`` both at once (a smoke run's shortcut). Every server that came up goes
+    into ``servers`` (the caller stops them), even when the other failed."""
+    starts = {
+        "transformers_serve": lambda: start_transformers_serve(folder, work / "ts", args.threads),
+        "freestack": lambda: start_freestack(uri, work, args.threads),
+    }
+
+    def timed(name: str):
+        started = time.perf_counter()
+        got = starts[name]()
+        print(f"{name.replace('_', ' ')} ready in {time.perf_counter() - started:.1f} s", flush=True)
+        return got
+
+    with ThreadPoolExecutor(max_workers=2 if args.start_together else 1) as pool:
+        futures = {name: pool.submit(timed, name) for name in starts}
+    failed = [f.exception() for f in futures.values() if f.exception() is not None]
+    for name, f in futures.items():
+        if f.exception() is None:
+            servers[name] = f.result()[0]
+    if failed:
+        raise failed[0]
+    return futures["transformers_serve"].result()[1], futures["freestack"].result()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -597,6 +626,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--flood-new-tokens", type=int, default=MAX_NEW_TOKENS_BOUND)
     ap.add_argument("--flood-probes", type=int, default=16, help="idle 1-prompt requests a flood")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per in-process run")
+    ap.add_argument(
+        "--start-together",
+        action="store_true",
+        help="start both servers at once (a smoke run's shortcut; their start-up times then overlap)",
+    )
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if not PYTHON.exists() or not TRANSFORMERS_CLI.exists():
@@ -630,12 +664,7 @@ def main(argv: list[str] | None = None) -> int:
             f"version {uri} ({figures['parameters'] / 1e6:.2f}M parameters); {len(prompts)} prompts",
             flush=True,
         )
-        started = time.perf_counter()
-        servers["transformers_serve"], ts_argv = start_transformers_serve(folder, work / "ts", args.threads)
-        print(f"transformers serve ready in {time.perf_counter() - started:.1f} s", flush=True)
-        started = time.perf_counter()
-        servers["freestack"], fs_env = start_freestack(uri, work, args.threads)
-        print(f"freestack ready in {time.perf_counter() - started:.1f} s", flush=True)
+        ts_argv, fs_env = start_sides(servers, uri, folder, work, args)
         chats = {
             "ts": Chat(servers["transformers_serve"].port, str(folder)),
             "fs": Chat(servers["freestack"].port, MODEL),

@@ -1,7 +1,8 @@
 """Smoke test of the OpenAI serving benchmark (bench/serve/openai.py): a tiny run (a 2-layer Llama, 8 requests
 of 4 new tokens a cell at concurrency 1 and 4, one round, one small flood) against ``transformers serve``, the
 model server's OpenAI route and V2 call, and the plain ``generate`` loop writes a complete report that
-bench.report turns into rows. No timing assertions."""
+bench.report turns into rows. The two servers start together (their start-up is not what is checked). No
+timing assertions."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def test_openai_serving_benchmark_tiny_run(tmp_path):
         "8",
         "--flood-probes",
         "4",
+        "--start-together",
         "--out",
         str(out),
         "--workdir",
