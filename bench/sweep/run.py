@@ -168,9 +168,16 @@ def _wait(proc: subprocess.Popen) -> str:
 # measurements
 
 
+def create(env: dict[str, str], spec: Path, sweep_id: str, end_ds: str, agents: int) -> None:
+    """Write the sweep (as the DAG's create task does) here, in the driver, on the work root of ``env``:
+    not timed, and one interpreter with freestack imported instead of one per sweep."""
+    os.environ.update({k: env[k] for k in ("FREESTACK_STORAGE_ROOT", "FREESTACK_HOME", "WANDB_MODE")})
+    child_create(argparse.Namespace(spec=str(spec), sweep_id=sweep_id, end_ds=end_ds, agents=agents))
+
+
 def run_sweep(env, spec: Path, sweep_id: str, agents: int, threads: int, end_ds: str) -> dict[str, Any]:
     """Create the sweep, start ``agents`` agent processes together; wall time until the last ends."""
-    _wait(_child(env, "_create", str(spec), sweep_id, end_ds, str(agents)))
+    create(env, spec, sweep_id, end_ds, agents)
     go = Path(env["FREESTACK_HOME"]) / f"go-{sweep_id}"
     go.unlink(missing_ok=True)
     launched = time.time()
@@ -229,9 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "_setup":
             ns.spec, ns.days = rest[0], int(rest[1])
             child_setup(ns)
-        elif kind == "_create":
-            ns.spec, ns.sweep_id, ns.end_ds, ns.agents = rest[0], rest[1], rest[2], int(rest[3])
-            child_create(ns)
         elif kind == "_agent":
             ns.spec, ns.sweep_id, ns.agent_id, ns.threads, ns.go = (
                 rest[0],
