@@ -10,8 +10,9 @@ the run that made it and the outputs' paths (relative to the folder). The next r
   gone), and the step does its work; the old entry is removed before it starts (:func:`forget`), so a run
   that fails half-way leaves no entry pointing at half-replaced outputs.
 
-A corrupt entry is a miss, never a wrong reuse. Used by ``evaluate`` (:mod:`freestack.evaluate.core`) and
-``score`` (:mod:`freestack.score.core`); imports no stage.
+A corrupt entry is a miss, never a wrong reuse. Used by ``evaluate`` (:mod:`freestack.evaluate.core`),
+``score`` (:mod:`freestack.score.core`) and, with ``train.cache``, ``train`` (:mod:`freestack.train.reuse`);
+imports no stage.
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ FIRST = "no earlier run"
 class CacheEntry(BaseModel):
     """``_cache.json``: what one successful run of a step was keyed on and where its outputs are."""
 
-    stage: str = Field(description="the step: evaluate or score")
+    stage: str = Field(description="the step: train, evaluate or score")
     key: str = Field(description="sha256 of the inputs (canonical JSON)")
     inputs: dict[str, str] = Field(description="each input's sha256 (or value), by name")
     run: dict[str, Any] = Field(default_factory=dict, description="the run that made the outputs")
-    outputs: list[str] = Field(description="the outputs, relative to the entry's folder")
+    outputs: list[str] = Field(description="the outputs, relative to the entry's folder (or URIs)")
     written_at: str = ""
     extra: dict[str, Any] = Field(default_factory=dict, description="what the step keeps besides its files")
 
@@ -142,6 +143,12 @@ class Lookup:
         """The run whose outputs a hit reuses."""
         return (self.entry.run.get("run_id") or "?") if self.hit and self.entry else None
 
+    @property
+    def same_inputs(self) -> bool:
+        """The entry is intact, the step's, and keyed on these inputs (whether or not its outputs are there)."""
+        e = self.entry
+        return e is not None and e.stage == self.stage and e.key == self.key and e.key == digest(e.inputs)
+
     def record(self) -> dict[str, Any]:
         """What lineage and the manifests keep: ``{key, hit, from_run}``, and a miss's reason."""
         return {"key": self.key, "hit": self.hit, "from_run": self.from_run, "miss": self.miss}
@@ -194,10 +201,15 @@ def _why_not(
     if entry.key != key:
         changed = sorted(k for k in {*inputs, *entry.inputs} if inputs.get(k) != entry.inputs.get(k))
         return f"{', '.join(changed) or 'the key'} changed since run {entry.run.get('run_id') or '?'}"
-    gone = [rel for rel in entry.outputs if not join(folder, rel).exists()]
+    gone = [rel for rel in entry.outputs if not _output(folder, rel).exists()]
     if gone or not entry.outputs:
         return f"outputs gone: {', '.join(gone[:3]) or 'none listed'}"
     return None
+
+
+def _output(folder: ObjectStoragePath, name: str) -> ObjectStoragePath:
+    """An entry's output: a path relative to its folder, or a URI (a step whose output lives elsewhere)."""
+    return to_path(name) if "://" in name else join(folder, name)
 
 
 def forget(found: Lookup) -> None:

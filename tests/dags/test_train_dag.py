@@ -284,3 +284,37 @@ def test_a_rejected_wandb_key_fails_the_first_wandb_task_at_once(lake, monkeypat
     )
     assert not (lake["root"] / "registry" / "digits").exists()
     assert not list((Path(os.environ["WANDB_DIR"]) / "wandb").glob("offline-run-*"))
+
+
+def test_with_train_cache_a_rerun_of_the_same_inputs_reuses_the_registered_version(lake):
+    """train.cache: a manual run asking for the same window and settings again trains nothing; its note
+    and log name the version and the run that trained it; other settings are a miss that trains."""
+    from tests.support.runs import dags_with
+
+    bag = dags_with(lake["specs"], "train", {"cache": True, "epochs": 2}, merge=True)
+    dag = bag.get_dag("digits_train")
+    conf = {"end_ds": "2026-11-03", "sweep": False}
+    first = dag.test(run_conf=conf)
+    assert first.state == "success"
+    folder, lineage = _lineage(lake["root"], first.run_id)
+    assert "train: cache miss: no earlier run" in run_note(first)
+    entries = list((lake["root"] / "runs" / "digits" / "train_cache").glob("*.json"))
+    assert len(entries) == 1
+    entry = json.loads(entries[0].read_text())
+    assert entry["run"]["run_id"] == first.run_id and entry["extra"]["version"] == folder.name
+
+    again = dag.test(run_conf=conf)
+    assert again.state == "success"
+    states = {ti.task_id: ti.state for ti in again.get_task_instances()}
+    assert states["train"] == "skipped" and states["evaluate"] == "skipped", states
+    note = run_note(again)
+    assert note.startswith("**Nothing new to train.** train: cache hit: version " + folder.name), note
+    assert f"in run {first.run_id}" in note
+    assert sorted(p.name for p in (lake["root"] / "registry" / "digits").iterdir() if p.is_dir()) == [
+        folder.name
+    ]
+
+    other = dag.test(run_conf={**conf, "epochs": 1})  # a setting the key holds: trains
+    assert other.state == "success"
+    assert f"train: cache miss: spec changed since run {first.run_id}" in run_note(other)
+    assert _lineage(lake["root"], other.run_id)[0].name != folder.name

@@ -205,13 +205,17 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         self.node_rank = node_rank
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from freestack.train.core import prune_checkpoints
+        from freestack.train import core, reuse  # torch: at run time only
 
         spec = self.pipeline_spec()
         if self.node_rank == 0:
-            prune_checkpoints(spec)
+            core.prune_checkpoints(spec)
         req = train_request(context)
         self._run_key = req.run_key
+        cached = spec.train.cache and self.node_rank == 0
+        earlier = self._reused(context, reuse.lookup, spec, req) if cached else None
+        if earlier is not None and earlier.outcome is not None:
+            return self._returned(context, earlier.outcome)
         self.log.info("training %s on the lake up to %s", spec.name, req.end_ds)
         try:
             outcome = self._train(spec, req, WandbHook().checked_settings())
@@ -221,7 +225,26 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             raise RuntimeError(str(exc)) from None
         if outcome is None:  # another node's ranks: node 0's task returns the version
             return None
+        if earlier is not None:
+            earlier.save(outcome, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         return self._returned(context, outcome)
+
+    def _reused(self, context: Context, lookup, spec, req):
+        """``train.cache``: the run's key looked up (``lookup``: :func:`freestack.train.reuse.lookup`) and
+        said in the log and the run's note. A version registered since ends the run here, as nothing new
+        to train."""
+        try:
+            reuse = lookup(spec, req)
+        except (TrainingError, SpecError, WindowError) as exc:
+            raise AirflowFailException(str(exc)) from None
+        self._cache = reuse.found.record()  # what get_openlineage_facets_on_complete reports
+        line = reuse.line()
+        self.log.info("%s", line)
+        if reuse.registered is not None:
+            context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"**Nothing new to train.** {line}.")
+            raise AirflowSkipException(line)
+        context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=line)
+        return reuse
 
     def _returned(self, context: Context, outcome) -> dict[str, Any]:
         """What the task returns of an outcome, with its W&B run as the ``wandb`` XCom (the run link's)."""
@@ -240,9 +263,8 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             ol.input_dataset(p["uri"], sha256=p.get("sha256")) for p in outcome.partitions if p.get("uri")
         ]
         facets = ol.model_version_facet(self.pipeline_spec().model_name, outcome.version, outcome.version_uri)
-        return ol.lineage(
-            inputs, [ol.output_dataset(outcome.version_uri)], {**facets, **ol.metrics_facet(outcome.metrics)}
-        )
+        facets.update(ol.metrics_facet(outcome.metrics), **ol.cache_facet(getattr(self, "_cache", None)))
+        return ol.lineage(inputs, [ol.output_dataset(outcome.version_uri)], facets)
 
     def _train(self, spec, req, tracking_settings):
         """In this process; or this node's ranks (train.distributed); or a PyTorchJob, awaited in the

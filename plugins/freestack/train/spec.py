@@ -628,6 +628,11 @@ class TrainSpec(_Model):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="The executor queue of train and the sweep's agents (gpu: GPU workers).",
     )
+    cache: bool = Field(
+        default=False,
+        description="Reuse the version an earlier run trained on the same partitions, settings, base and code "
+        "(freestack.train.reuse); off: every run asked for trains.",
+    )
 
 
 __all__ = [

@@ -1,0 +1,118 @@
+"""``train.cache``: a training whose inputs are those of an earlier successful one reuses its version.
+
+Off by default: asking for a training usually means wanting one, and an automatic run already skips a
+window a registered version was trained on (:func:`freestack.train.window.already_trained`). With
+``train.cache: true`` a run of the train task keys on what decides the trained weights
+(:mod:`freestack.cache`):
+
+* ``partitions``: the window's partitions, each ds with the sha256 the run fixed;
+* ``spec``: the spec's ``source``, ``model`` and ``train`` blocks with the run's form values and
+  overrides applied (:func:`freestack.train.core.effective_spec`), less the fields that only say when or
+  where it runs (``cache``, ``schedule``, the ingest wait, ``queue``);
+* ``base``: the commit of a fine-tuned model's base (a Hub repo's revision, resolved now);
+* ``code_version``: freestack's version and a digest of its sources.
+
+The entry is ``runs/<pipeline>/train_cache/<partitions digest>.json`` under the storage root (one per
+window's data, so a miss names the input that changed), naming the version the training made and its
+outcome. A hit with the version still a candidate returns that outcome (the
+evaluation that follows hits its own cache); a hit whose version was registered since ends the run as an
+automatic run with nothing new to train does: the version went through the gate already. A miss, or a
+version since deleted, trains."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from freestack import cache
+from freestack.registry.core import registry_for
+from freestack.storage import join, storage_root
+from freestack.train.core import effective_spec
+from freestack.train.pretrained import pretrained_base
+from freestack.train.request import TrainOutcome, TrainRequest
+from freestack.train.window import Window
+
+if TYPE_CHECKING:
+    from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
+STAGE = "train"
+#: train fields that say when or where a training runs, not what it learns
+NOT_INPUTS = {"cache", "schedule", "ingest_wait_minutes", "ingest_poke_seconds", "queue"}
+
+
+@dataclass
+class Reuse:
+    """One training's lookup: ``found`` (its key and hit or miss), and on a hit the earlier outcome, or
+    the registered version it became."""
+
+    found: cache.Lookup
+    outcome: TrainOutcome | None = None
+    registered: str | None = None
+
+    def line(self) -> str:
+        """The log and run-note line: a hit names the version and the run that trained it."""
+        if self.registered is not None:
+            return (
+                f"train: cache hit: version {self.registered}, registered since, was trained on these inputs "
+                f"in run {self.found.entry.run.get('run_id') if self.found.entry else '?'} "
+                f"(key {self.found.key[:12]})"
+            )
+        what = f"version {self.outcome.version}" if self.outcome else "the version"
+        return f"train: {self.found.line(what)}"
+
+    def save(self, outcome: TrainOutcome, run: dict[str, Any]) -> None:
+        """Record a finished training under this key: the version folder it wrote is the entry's output."""
+        kept = {
+            "version": outcome.version,
+            "version_uri": outcome.version_uri,
+            "metrics": outcome.metrics,
+            "partitions": outcome.partitions,
+            "summary": outcome.summary,
+            "tracking": outcome.tracking,
+        }
+        cache.save(self.found, run, [outcome.version_uri], {"version": outcome.version, "outcome": kept})
+
+
+def inputs(spec: PipelineSpec, req: TrainRequest) -> dict[str, str]:
+    """The digests a training's key is made of (``code_version`` is added by :func:`freestack.cache.lookup`)."""
+    run_spec = effective_spec(spec, req)
+    window = Window.from_dict(req.window or {})
+    parts = [[p.ds, p.sha256] for p in window.of_days(run_spec.train.window_days)]
+    blocks = {"source": run_spec.source, "model": run_spec.model, "train": run_spec.train}
+    return {
+        "partitions": cache.digest(parts),
+        "spec": cache.spec_digest({"name": spec.name, **blocks}, {"train": NOT_INPUTS}),
+        "base": _base_commit(run_spec),
+    }
+
+
+def _base_commit(spec: PipelineSpec) -> str:
+    """The fine-tuned model's base commit (fetched as the training would), or ``none``."""
+    if not spec.model.base:
+        return "none"
+    return str(pretrained_base(spec).commit)
+
+
+def folder(spec: PipelineSpec) -> str:
+    return str(join(storage_root(spec.storage_root), "runs", spec.name, "train_cache"))
+
+
+def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
+    """The run's key against its entry: the candidate to reuse, the registered version it became, or a
+    miss (which trains)."""
+    given = inputs(spec, req)
+    # one entry per window's data: a retraining of the same partitions with other settings names them
+    found = cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
+    entry = found.entry
+    if found.same_inputs and entry is not None:
+        version = str(entry.extra.get("version") or "")
+        if version and registry_for(spec).is_registered(version):
+            return Reuse(found, registered=version)
+    if found.hit and entry is not None:
+        return Reuse(found, outcome=TrainOutcome(**entry.extra["outcome"]))
+    return Reuse(found)
+
+
+__all__ = ["NOT_INPUTS", "Reuse", "folder", "inputs", "lookup"]
