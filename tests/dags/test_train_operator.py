@@ -163,6 +163,37 @@ def test_a_spec_file_trains_as_an_inline_spec_and_an_empty_window_is_named(lake,
     assert "no lake partitions of 'digits' in the 3 days up to 2026-12-31" in str(failed.value)
 
 
+def test_with_train_cache_the_operator_reuses_an_earlier_training(lake):
+    """train.cache in the spec: a second task with the same inputs returns the first's version without
+    training (and registers it); once registered, a third names it; another setting trains."""
+    from freestack.providers import FreestackTrainOperator
+
+    inline = _example().get_task("train").spec
+    spec = {**inline, "train": {**(inline.get("train") or {}), "cache": True}}
+    first = FreestackTrainOperator(task_id="first", spec=spec, end_ds=DAYS[-1], epochs=1)
+    trained = first.execute(_context("first"))
+    assert first._cache["hit"] is False and first._cache["miss"] == "no earlier run"
+    candidate = lake / "candidates" / MODEL / trained["version"]
+    files = {p: p.stat().st_mtime_ns for p in candidate.rglob("*")}
+
+    again = FreestackTrainOperator(task_id="again", spec=spec, end_ds=DAYS[-1], epochs=1, register=True)
+    reused = again.execute(_context("again"))
+    assert again._cache["hit"] is True and again._cache["from_run"] == "manual__train"
+    assert reused["version"] == trained["version"] and reused["metrics"] == trained["metrics"]
+    assert reused["registered"] is True and not candidate.exists()  # the candidate became the version
+    version = lake / "registry" / MODEL / trained["version"]
+    assert {p.name for p in files} <= {p.name for p in version.rglob("*")}
+
+    third = FreestackTrainOperator(task_id="third", spec=spec, end_ds=DAYS[-1], epochs=1)
+    named = third.execute(_context("third"))
+    assert named["version"] == trained["version"] and named["version_uri"] == version.as_uri()
+    assert named["registered"] is True and third._cache == {**again._cache, "hit": True}
+
+    other = FreestackTrainOperator(task_id="other", spec=spec, end_ds=DAYS[-1], epochs=2)
+    assert other.execute(_context("other"))["version"] != trained["version"]
+    assert other._cache["miss"] == "spec changed since run manual__train"
+
+
 BAD_DAG = """
 from datetime import datetime
 from airflow.sdk import DAG

@@ -201,24 +201,35 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         return spec.model_copy(update={"storage_root": storage}) if storage else spec
 
     def run(self, context: Context) -> dict[str, Any]:
-        from freestack.train.core import prune_checkpoints, train  # torch and pandas: at run time only
+        from freestack.train import core, reuse  # torch and pandas: at run time only
 
         spec = self.pipeline_spec()
         if is_distributed(spec):
             raise AirflowFailException(f"{self.task_id}: train.distributed is trained by the pipeline's DAGs")
         if spec.uses_hub:
             export_hub_environment()
-        prune_checkpoints(spec)
+        core.prune_checkpoints(spec)
         req = self.request(context, spec)
-        self.log.info(
-            "training %s on the %d days of its lake up to %s", spec.name, req.window_days, req.end_ds
-        )
-        outcome = train(spec, req, tracking_settings=WandbHook().checked_settings())
+        earlier = reuse.lookup(spec, req) if spec.train.cache else None
+        if earlier is not None:  # train.cache: the key's hit or miss, in the log and in lineage
+            self.log.info("%s", earlier.line())
+            self._cache = earlier.record()
+        outcome = earlier.outcome if earlier is not None and earlier.outcome is not None else None
+        if outcome is None:
+            self.log.info(
+                "training %s on the %d days of its lake up to %s", spec.name, req.window_days, req.end_ds
+            )
+            outcome = core.train(spec, req, tracking_settings=WandbHook().checked_settings())
+            if earlier is not None:
+                earlier.save(outcome, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
         context["ti"].xcom_push(key="wandb", value=outcome.tracking)
-        uri = self._registered(context, spec, outcome) if self.register_version else outcome.version_uri
+        registered = earlier is not None and earlier.registered is not None
+        uri = outcome.version_uri
+        if self.register_version and not registered:
+            uri = self._registered(context, spec, outcome)
         self._model = spec.model_name  # what openlineage reports, with _trained
         self._trained = {"version": outcome.version, "version_uri": uri, "metrics": outcome.metrics}
-        self._trained.update(partitions=outcome.partitions, registered=self.register_version)
+        self._trained.update(partitions=outcome.partitions, registered=registered or self.register_version)
         self.log.info("%s %s -> %s", spec.model_name, outcome.version, uri)
         return self._trained
 
@@ -294,9 +305,8 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         ]
         uri = trained["version_uri"]
         facets = ol.model_version_facet(self._model, trained["version"], uri)
-        return ol.lineage(
-            inputs, [ol.output_dataset(uri)], {**facets, **ol.metrics_facet(trained["metrics"])}
-        )
+        facets.update(ol.metrics_facet(trained["metrics"]), **ol.cache_facet(getattr(self, "_cache", None)))
+        return ol.lineage(inputs, [ol.output_dataset(uri)], facets)
 
 
 def _ours(reg: ModelRegistry, version: str, by: dict[str, Any]) -> str:

@@ -237,7 +237,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             reuse = lookup(spec, req)
         except (TrainingError, SpecError, WindowError) as exc:
             raise AirflowFailException(str(exc)) from None
-        self._cache = reuse.found.record()  # what get_openlineage_facets_on_complete reports
+        self._cache = reuse.record()  # what get_openlineage_facets_on_complete reports
         line = reuse.line()
         self.log.info("%s", line)
         if reuse.registered is not None:

@@ -44,12 +44,19 @@ NOT_INPUTS = {"cache", "schedule", "ingest_wait_minutes", "ingest_poke_seconds",
 
 @dataclass
 class Reuse:
-    """One training's lookup: ``found`` (its key and hit or miss), and on a hit the earlier outcome, or
-    the registered version it became."""
+    """One training's lookup: ``found`` (its key and hit or miss), and on a hit the earlier outcome (its
+    ``version_uri`` the registered version's when ``registered`` names the version it became)."""
 
     found: cache.Lookup
     outcome: TrainOutcome | None = None
     registered: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What lineage keeps (:meth:`freestack.cache.Lookup.record`): a registered version is a hit too."""
+        if self.registered is None:
+            return self.found.record()
+        run = self.found.entry.run.get("run_id") if self.found.entry else None
+        return {"key": self.found.key, "hit": True, "from_run": run or "?", "miss": None}
 
     def line(self) -> str:
         """The log and run-note line: a hit names the version and the run that trained it."""
@@ -109,7 +116,8 @@ def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     if found.same_inputs and entry is not None:
         version = str(entry.extra.get("version") or "")
         if version and registry_for(spec).is_registered(version):
-            return Reuse(found, registered=version)
+            earlier = {**entry.extra["outcome"], "version_uri": registry_for(spec).version_uri(version)}
+            return Reuse(found, outcome=TrainOutcome(**earlier), registered=version)
     if found.hit and entry is not None:
         return Reuse(found, outcome=TrainOutcome(**entry.extra["outcome"]))
     return Reuse(found)

@@ -133,5 +133,6 @@ def test_a_version_registered_since_is_named_not_trained_again(trained):
     spec, req, _, outcome, _ = trained
     registry_for(spec).register(outcome.version_uri, outcome.version)
     found = reuse.lookup(spec, req)
-    assert found.registered == outcome.version and found.outcome is None
+    assert found.registered == outcome.version and found.record()["hit"] is True
+    assert found.outcome.version_uri == registry_for(spec).version_uri(outcome.version)
     assert found.line().startswith(f"train: cache hit: version {outcome.version}, registered since")
