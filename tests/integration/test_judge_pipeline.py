@@ -16,6 +16,7 @@ import yaml
 
 from tests.dags.test_instruct_dag import arith_spec, hub  # noqa: F401 (hub: the Hub stand-in fixture)
 from tests.support.runs import run_note
+from tests.support.views import views_client
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,33 +101,11 @@ def _version_page_shows_the_judge(p, version: str, items: list[dict]) -> None:
     import html
     import os
 
-    from fastapi.testclient import TestClient
-
     from freestack.spec import load_spec
-    from freestack.ui import app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
 
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "judged.yaml")
-    pipeline = common.Pipeline(
-        name="judged",
-        model=spec.model_name,
-        root=str(spec.root),
-        train_dag="judged_train",
-        ingest_dag="judged_ingest",
-        trains=True,
-    )
-    mp = pytest.MonkeyPatch()
-    mp.setattr(common, "pipelines", lambda: [(pipeline, spec)])
-    mp.setattr(shared, "may_read", lambda user, dag: True)
-    mp.setattr(app, "may_trigger", lambda user, dag: False)
-    mp.setattr(shared, "user_name", lambda user: "tester")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    try:
-        page = TestClient(app.views_app).get(f"/models/judged/{version}")
-    finally:
-        app.views_app.dependency_overrides.clear()
-        mp.undo()
+    with pytest.MonkeyPatch.context() as mp, views_client(mp, str(spec.root), spec) as client:
+        page = client.get(f"/models/judged/{version}")
     assert page.status_code == 200, page.text[:500]
     section = page.text[page.text.index('<section id="judge">') :]
     worst = items[0]["candidate"]

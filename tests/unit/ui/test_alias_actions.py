@@ -13,26 +13,15 @@ import pytest
 
 from bench.ui.volume import make_registry
 from tests.support.demo_sandbox import ROOT
+from tests.support.views import views_client
 
 
 @pytest.fixture
 def client(storage, monkeypatch):
-    from fastapi.testclient import TestClient
-
     from freestack.spec import load_spec
-    from freestack.ui import actions, app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
+    from freestack.ui import actions
 
     digits = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = common.Pipeline(
-        name="digits",
-        model="digits",
-        root=storage,
-        train_dag="digits_train",
-        ingest_dag="digits_ingest",
-        trains=True,
-    )
     started: list[tuple[str, dict]] = []
 
     async def trigger(dag_id, conf, token, note):
@@ -44,15 +33,10 @@ def client(storage, monkeypatch):
     async def in_flight(dag_id, token):
         return ["manual__training"]
 
-    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
-    monkeypatch.setattr(app, "may_trigger", lambda user, dag: True)
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     monkeypatch.setattr(actions, "trigger", trigger)
     monkeypatch.setattr(actions, "runs_in_flight", in_flight)
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app), started
-    app.views_app.dependency_overrides.clear()
+    with views_client(monkeypatch, storage, digits, may_trigger=True) as client:
+        yield client, started
 
 
 def _form(html: str) -> dict[str, str]:

@@ -17,31 +17,16 @@ from starlette.testclient import TestClient
 
 from bench.ui.volume import make_registry, make_sweep
 from tests.support.demo_sandbox import ROOT
+from tests.support.views import views_client
 
 
 @pytest.fixture
 def client(storage, monkeypatch):
     from freestack.spec import load_spec
-    from freestack.ui import app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
 
     spec = load_spec(ROOT / "include" / "pipelines" / "digits.yaml")
-    pipeline = common.Pipeline(
-        name="digits",
-        model="digits",
-        root=storage,
-        train_dag="digits_train",
-        ingest_dag="digits_ingest",
-        trains=True,
-    )
-    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, spec)])
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
-    monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app)
-    app.views_app.dependency_overrides.clear()
+    with views_client(monkeypatch, storage, spec) as client:
+        yield client
 
 
 def test_chart_pages_load_the_versioned_bundle_gzipped_and_cached_for_a_year(client, storage):

@@ -9,9 +9,9 @@ import json
 import re
 
 import pytest
-from starlette.testclient import TestClient
 
 from tests.support.demo_sandbox import ROOT
+from tests.support.views import views_client
 
 
 def _summary(day: str, mmd: float, empty: float) -> dict:
@@ -89,25 +89,8 @@ def test_a_model_without_text_signals_has_no_text_chart(storage):
 
 @pytest.fixture
 def client(arith, storage, monkeypatch):
-    from freestack.ui import app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
-
-    pipeline = common.Pipeline(
-        name="arith_tiny",
-        model=arith.model_name,
-        root=storage,
-        train_dag="arith_tiny_train",
-        ingest_dag="arith_tiny_ingest",
-        trains=True,
-    )
-    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, arith)])
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
-    monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app)
-    app.views_app.dependency_overrides.clear()
+    with views_client(monkeypatch, storage, arith) as client:
+        yield client
 
 
 def test_the_page_draws_the_drift_chart_and_the_text_chart(client):

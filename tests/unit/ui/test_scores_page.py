@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.demo_sandbox import ROOT
+from tests.support.views import views_client
 
 V1, V2 = "v20261101-000000-aaaaaaaa", "v20261103-000000-bbbbbbbb"
 
@@ -242,34 +243,14 @@ def test_a_regression_is_drawn_as_its_mean_between_min_and_max(scored):
 
 @pytest.fixture
 def client(storage, scored, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from freestack.ui import actions, app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
+    from freestack.ui import actions
 
     plain = _spec("plain").model_copy(update={"score": None})
-    found = [
-        (
-            common.Pipeline(
-                name=n,
-                model=s.model_name,
-                root=storage,
-                train_dag=f"{n}_train",
-                ingest_dag=f"{n}_ingest",
-                trains=True,
-            ),
-            s,
-        )
-        for n, s in [*scored.items(), ("plain", plain)]
-    ]
-    monkeypatch.setattr(common, "pipelines", lambda: found)
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: dag != "prices_score")
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
     monkeypatch.setattr(actions, "api_base_url", lambda: "http://af")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app)
-    app.views_app.dependency_overrides.clear()
+    with views_client(
+        monkeypatch, storage, *scored.values(), plain, may_read=lambda user, dag: dag != "prices_score"
+    ) as client:
+        yield client
 
 
 def test_the_scores_page_lists_each_pipelines_days(client):

@@ -11,6 +11,7 @@ import pytest
 
 from bench.ui.volume import make_registry
 from tests.support.demo_sandbox import ROOT
+from tests.support.views import views_client
 
 ONE_NODE = {
     "world_size": 2,
@@ -39,27 +40,8 @@ def digits(storage):
 
 @pytest.fixture
 def client(storage, digits, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from freestack.ui import app, shared
-    from freestack.ui.auth import current_user
-    from freestack.ui.catalog import common
-
-    pipeline = common.Pipeline(
-        name="digits",
-        model="digits",
-        root=storage,
-        train_dag="digits_train",
-        ingest_dag="digits_ingest",
-        trains=True,
-    )
-    monkeypatch.setattr(common, "pipelines", lambda: [(pipeline, digits)])
-    monkeypatch.setattr(shared, "may_read", lambda user, dag: True)
-    monkeypatch.setattr(app, "may_trigger", lambda user, dag: False)
-    monkeypatch.setattr(shared, "user_name", lambda user: "tester")
-    app.views_app.dependency_overrides[current_user] = lambda: "tester"
-    yield TestClient(app.views_app)
-    app.views_app.dependency_overrides.clear()
+    with views_client(monkeypatch, storage, digits) as client:
+        yield client
 
 
 @pytest.fixture
