@@ -77,6 +77,9 @@ CONCURRENCY = (1, 8)
 INPROC = ("baseline", "inproc_generate")
 MAX_LENGTH = 256  # the version's max_length: the prompts are far shorter
 CONTENDED = 0.1  # a cell went beside other work when this share of the cores was busy with it
+#: seconds a server has to exit after SIGTERM before it is killed: nothing is measured at shutdown, and the
+#: mlserver runtime serving a generation version stays up after its shutdown until it is killed
+STOP_GRACE_S = 5.0
 SIZES = {
     "base": {
         "hidden_size": 256,
@@ -711,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         counters = {r: scrape_counters(servers[r]) for r in runtimes if r == "seldon"}
     finally:
         for srv in servers.values():
-            srv.stop()
+            srv.stop(timeout=STOP_GRACE_S)
     summary = summarise(samples, [*runtimes, *INPROC], args.concurrency)
     for s in samples:  # compared in the summary (answers_equal): random weights answer bytes, not words
         del s["texts"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import host, parser, write_report
+from bench.serve.generation import STOP_GRACE_S
 
 MODEL = "benchlora"
 SIZES = {
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 rss.append(steady_rss(server.proc.pid))
             loads = server.log().count("Loading weights: 100%")
         finally:
-            server.stop()
+            server.stop(timeout=STOP_GRACE_S)
     one, many = rss[0] * 1024, rss[-1] * 1024
     own = figures["adapter_bytes_each"] * (args.adapters - 1)
     report = {

@@ -68,6 +68,7 @@ from bench.serve.generation import (
     MODEL,
     PYTHONS,
     SIZES,
+    STOP_GRACE_S,
     V2_ROUTE,
     VERSION,
     _others,
@@ -675,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
                 floods.append(measure_flood(servers["freestack"], chats["fs"], all_prompts, args))
     finally:
         for srv in servers.values():
-            srv.stop()
+            srv.stop(timeout=STOP_GRACE_S)
     summary = summarise(samples, list(SIDES), args.concurrency)
     for s in samples:  # compared in the summary (answers_equal)
         del s["texts"]
