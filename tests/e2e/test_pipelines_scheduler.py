@@ -20,6 +20,7 @@ Slow (it starts the whole of Airflow): `-m slow`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -114,15 +115,42 @@ def stack(tmp_path_factory):
     (specs / "broken.yaml").write_text(
         _digits_text("broken", train_schedule=None).replace("format: csv", "format: xml")
     )
-    saved = os.environ.get("HF_ENDPOINT")
-    os.environ["HF_ENDPOINT"] = hub["hub"].endpoint  # what the tasks fetch the base from
-    try:
+    # what the tasks fetch the base from, and OpenLineage's file transport for every process of the stack
+    lineage = base / "openlineage.json"
+    with _environ(HF_ENDPOINT=hub["hub"].endpoint, **_lineage_env(lineage)):
         env, proc, log = start_airflow(base, specs, parallelism=6)
-    finally:
-        os.environ.pop("HF_ENDPOINT") if saved is None else os.environ.update(HF_ENDPOINT=saved)
-    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub}
+    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
     stop_process(proc.pid, grace_seconds=60)
     hub["hub"].stop()
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """``values`` in this process's environment (which ``start_airflow`` copies), restored after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+
+
+#: the jobs' namespace in the stack's OpenLineage events
+OL_NAMESPACE = "freestack-scheduler"
+
+
+def _lineage_env(path: Path) -> dict[str, str]:
+    """OpenLineage's file transport, one JSON a line appended to ``path``, for the scheduler and the
+    task processes its LocalExecutor starts (they read it from the environment as they start). The events
+    are sent from a thread of the task's process, as ``tests/dags/test_openlineage.py`` sends them, not
+    from a fork of it (torch's threads run in the training tasks)."""
+    transport = {"type": "file", "log_file_path": str(path), "append": True}
+    return {
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": OL_NAMESPACE,
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+    }
 
 
 def _ranks_text(port: int) -> str:
@@ -323,6 +351,51 @@ def test_a_parallel_backfill_is_trained_on_whole(stack):
     notes = [r.get("note") or "" for r in train]
     assert sum("Nothing new to train" in n for n in notes) == len(train) - 1, notes
     assert all(f"Window: 5 partitions ({DAYS[0]} … {DAYS[-1]})" in n for n in notes), notes
+    _assert_lineage_events(stack, lake, versions[0])
+
+
+def _task_events(path: Path, dag_ids: tuple[str, ...]) -> dict[tuple[str, str], list[dict]]:
+    """The OpenLineage events of the tasks of ``dag_ids`` (jobs ``<dag_id>.<task_id>``) in ``path``, by
+    job and task run, in the order they were written."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for line in path.read_text().splitlines():
+        event = json.loads(line)  # whole lines: each event is one append by one process
+        assert event["job"]["namespace"] == OL_NAMESPACE, event["job"]
+        if event["job"]["name"].startswith(tuple(f"{d}." for d in dag_ids)):
+            runs.setdefault((event["job"]["name"], event["run"]["runId"]), []).append(event)
+    return runs
+
+
+def _assert_lineage_events(stack, lake: dict[str, str], version: Path) -> None:
+    """The events the scheduler's task processes wrote: a START then a COMPLETE per task run; the
+    ingests report landing file -> lake partition (with its sha256), the one training the 5 partitions
+    -> its version folder, with the model version facet."""
+    storage = stack["base"] / "storage"
+    runs = _task_events(stack["lineage"], ("digits_ingest", "digits_train"))
+    kinds = {key: [e["eventType"] for e in events] for key, events in runs.items()}
+    # the window sensor (mode reschedule) starts once per poke while the backfill runs, and completes once
+    pokes = {k: v for k, v in kinds.items() if k[0] == "digits_train.window"}
+    assert all(v[-1] == "COMPLETE" and set(v[:-1]) == {"START"} for v in pokes.values()), pokes
+    assert all(v == ["START", "COMPLETE"] for k, v in kinds.items() if k not in pokes), kinds
+    done: dict[str, list[dict]] = {}
+    for (job, _), events in runs.items():
+        done.setdefault(job, []).append(events[-1])
+    ingested = sorted(
+        (e for e in done["digits_ingest.ingest"] if e["outputs"]), key=lambda e: e["outputs"][0]["name"]
+    )
+    parts = [("file", str(storage / "lake" / "digits" / f"ds={ds}" / "part.parquet")) for ds in DAYS]
+    assert [(o["namespace"], o["name"]) for e in ingested for o in e["outputs"]] == parts
+    for event, ds in zip(ingested, DAYS, strict=True):
+        landing = [(d["namespace"], d["name"]) for d in event["inputs"]]
+        assert landing == [("file", str(storage / "landing" / "digits" / ds / "digits.csv"))], landing
+        assert event["outputs"][0]["facets"]["version"]["datasetVersion"] == lake[ds]
+    (trained,) = done["digits_train.train"]  # the runs that found the window trained skip at the window
+    assert [(d["namespace"], d["name"]) for d in trained["inputs"]] == parts
+    assert [d["facets"]["version"]["datasetVersion"] for d in trained["inputs"]] == [lake[d] for d in DAYS]
+    outputs = [(d["namespace"], d["name"]) for d in trained["outputs"]]
+    assert outputs == [("file", str(storage / "candidates" / "digits" / version.name))], outputs
+    model = trained["run"]["facets"]["freestack_modelVersion"]
+    assert (model["name"], model["version"]) == ("digits", version.name)
 
 
 def _wait_quiet(api) -> bool:
