@@ -95,7 +95,7 @@ source:
       - {{name: label, type: int, nullable: false, allowed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}}
 model: {{type: mlp, task: classification}}
 train: {{window_days: 1, epochs: {epochs}, learning_rate: 0.003}}
-score: {{input: lake, version: production, batch_rows: {batch_rows}}}
+score: {{input: lake, version: production, batch_rows: {batch_rows}, cache: false}}
 """
 TEXT_SPEC = """\
 name: scoretext
@@ -111,7 +111,7 @@ source:
       - {{name: sentiment, type: string, nullable: false, allowed: [neg, pos]}}
 model: {{task: classification}}
 train: {{window_days: 1, epochs: {epochs}, learning_rate: 0.003}}
-score: {{input: lake, version: production, batch_rows: {batch_rows}}}
+score: {{input: lake, version: production, batch_rows: {batch_rows}, cache: false}}
 """
 SPECS = {"digits": DIGITS_SPEC, "text": TEXT_SPEC}
 
@@ -301,6 +301,16 @@ def plain_loop(
     return rows
 
 
+def scored(manifest: dict[str, Any]) -> int:
+    """The rows the score stage scored. A day it returned from its cache is an error: every measure here
+    times scoring (the specs set ``score.cache: false``), and a reused day takes no time at all."""
+    if (manifest.get("cache") or {}).get("hit"):
+        raise RuntimeError(
+            f"the score stage reused the cached scores of {manifest.get('ds')}: nothing scored"
+        )
+    return manifest["rows_scored"]
+
+
 def _arms(work: Path, model: str, ds: str):
     """``{"freestack": fn, "plain": fn}`` scoring ``ds``: each returns the rows it scored."""
     from freestack.score.core import score
@@ -310,7 +320,7 @@ def _arms(work: Path, model: str, ds: str):
     plain_out = work / "plain" / PIPELINES[model] / f"ds={ds}" / "part.parquet"
 
     def freestack() -> int:
-        return score(spec, job)["rows_scored"]
+        return scored(score(spec, job))
 
     def plain() -> int:
         return plain_loop(
@@ -429,7 +439,7 @@ def child_worker(work: Path, model: str, folder: Path, index: int, threads: int)
         except FileExistsError:
             continue
         t0 = time.perf_counter()
-        rows = score(spec, job)["rows_scored"]
+        rows = scored(score(spec, job))
         days.append({"ds": job["ds"], "rows": rows, "s": round(time.perf_counter() - t0, 3)})
     return {
         "index": index,
