@@ -4,7 +4,8 @@
    broken one shows as an import error naming its file and field;
 2. a 5-day ingest backfill, run 5 days at once, while lake updates trigger training: the training waits
    for the backfill and trains once on all 5 partitions (lineage: the sha256 of the bytes read); the
-   runs the other lake events start find nothing new and are skipped, saying so;
+   runs the other lake events start find nothing new and are skipped, saying so; the OpenLineage events
+   the task processes wrote (the stack's file transport) report the same datasets;
 3. a team's own model (``model.type: custom``): swept, gated, registered and served;
 4. tables with text and images, and an image folder, served on raw values;
 5. a pretrained Hub model (the local Hub stand-in's tiny BERT) fine-tuned with LoRA: a hyperband sweep
