@@ -74,6 +74,7 @@ from freestack_server.errors import PayloadError
 from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, Generated, Prompts
 from freestack_server.generation import describe as describe_generation
 from freestack_server.oip_binary import DTYPES
+from freestack_server.oip_server import AT_STOP
 from freestack_server.openai_api import SERVED, Served
 
 #: the name of a model of numbers' one tensor [rows, features]
@@ -171,6 +172,7 @@ class FreestackRuntime(MLModel):
             max_batch_tokens=bounds.max_batch_tokens,
         )
         self.engine.start()
+        AT_STOP.append(self.engine.stop)  # its loop thread ends with the server
         cfg = ServerConfig()
         self.adapters = Adapters(
             self.core,

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +422,12 @@ def folder_of(cfg: ServerConfig) -> Path:
     )
 
 
+#: what must stop with the server besides MLServer's own servers: each generation engine's loop thread
+#: (:class:`freestack_server.oip.FreestackRuntime` adds its engine's ``stop``). MLServer's stop unloads no
+#: model, and that thread would keep the process alive after SIGTERM
+AT_STOP: list[Callable[[], None]] = []
+
+
 async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     """MLServer on the server's own ports; with ``address_fd`` (the deployment's listening socket), once
     the deploy opens the gate it also answers there (:class:`AddressServer`). SIGTERM first stops taking
@@ -464,6 +471,8 @@ async def _stop(server, address: AddressServer | None, sig: int) -> None:
     if address is not None:
         await address.drain()
     await server.stop(sig=sig)
+    for stop_one in AT_STOP:
+        await asyncio.to_thread(stop_one)
 
 
 class AddressServer:

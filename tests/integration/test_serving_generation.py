@@ -837,3 +837,14 @@ def test_the_openai_api_on_seldons_runtime_is_a_404_naming_the_runtime_that_serv
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     code, answer = post(servers["seldon"].url + "/v1/chat/completions", body)
     assert code == 404 and "deploy.runtime: mlserver" in answer["status"]["info"], answer
+
+
+def test_both_runtimes_exit_on_sigterm_with_their_generation_engine_running(servers):
+    """SIGTERM ends each server by itself, as the kubelet expects, with no kill after the grace period:
+    on MLServer the version's generation engine (a thread of transformers' continuous batching) stops
+    with the server. Last in the module: it stops the module's servers."""
+    for runtime, server in servers.items():
+        started = time.monotonic()
+        code = server.stop(timeout=15)
+        assert code is not None, f"{runtime} was killed after 15 s: {server.log()[-2000:]}"
+        assert time.monotonic() - started < 15
