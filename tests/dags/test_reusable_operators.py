@@ -413,5 +413,5 @@ def test_the_deploy_operator_serves_a_version_locally(storage, tmp_path):
             stop_local(storage, "digits", "digits")
         except DeployError:
             pass
-    with pytest.raises(ArgumentError, match="FreestackDeployOperator: where: Input should be 'local'"):
-        FreestackDeployOperator(task_id="d", model="digits", version="v1", where="kubernetes")
+    with pytest.raises(ArgumentError, match="FreestackDeployOperator: port: only where='local' reads it"):
+        FreestackDeployOperator(task_id="d", model="digits", version="v1", where="kubernetes", port=9100)

@@ -3,7 +3,8 @@
 - :class:`FreestackScoreOperator`: score a folder or a file of rows with a registered version;
 - :class:`FreestackPromoteOperator`: point an alias (production by default) at a version;
 - :class:`FreestackRollbackOperator`: move production back (to previous, or to a version);
-- :class:`FreestackDeployOperator`: serve a registered version on this machine (the local deploy).
+- :class:`FreestackDeployOperator`: serve a registered version on this machine (the local deploy) or on
+  Kubernetes (a SeldonDeployment, waited for in the triggerer).
 
 Their arguments are checked when the DAG file is parsed (a pydantic model per operator): one of the
 wrong type fails the import, naming it. Their string arguments are templates (``{{ ds }}``,
@@ -15,13 +16,16 @@ then): what it read and wrote, with the version as a run facet; promote and roll
 (``freestack_alias``: the alias, the version before and after, the reason, by whom).
 
 Parsing stays light: this module imports the registry and the spec (no torch, pandas or numpy); the
-score operator imports the score stage in ``execute``, the deploy operator the local deploy.
+score operator imports the score stage in ``execute``, the deploy operator the local deploy; the
+Kubernetes rollout and its trigger import ``kubernetes`` only when they run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, Literal, NoReturn
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException
@@ -30,13 +34,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from freestack.errors import DeployError, FreestackError
 from freestack.hooks.credentials import model_source
 from freestack.pipeline_operator import PipelineOperator, TorchTask, permanent_error
-from freestack.providers.versions import registry_of, resolve
+from freestack.providers.versions import registry_of, resolve, version_spec
 from freestack.registry.core import AliasMoved, RegistryError
 from freestack.registry.operators import moved_text, triggered_by
+from freestack.serving.k8s import KubernetesUnavailable, finish_rollout, start_rollout
 from freestack.serving.records import Deployments
 from freestack.serving.spec import DeploySpec, LocalTarget, deploy_name
+from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
+from freestack.spec import PipelineSpec
 from freestack.specbase import block_problems
 from freestack.storage import storage_root
+from freestack.version import open as open_version
 
 
 class ArgumentError(TypeError):
@@ -74,9 +82,17 @@ class _FreestackOperator(BaseOperator):
             setattr(self, name, value)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
+        with self.failing_at_once():
             return self.run(context)
-        except FreestackError as exc:  # an unknown version, a version that cannot score, bad input
+
+    @contextlib.contextmanager
+    def failing_at_once(self) -> Iterator[None]:
+        """Fail the task without its retries on what no retry can fix: a FreestackError (an unknown
+        version, a version that cannot score, bad input) and :func:`permanent_error`'s (permission
+        denied, a read-only file system); the rest passes, for the retries."""
+        try:
+            yield
+        except FreestackError as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
         except Exception as exc:
             message = permanent_error(exc)
@@ -373,17 +389,35 @@ class FreestackRollbackOperator(_FreestackOperator):
         return self._alias_lineage(ol)
 
 
+#: the deploy operator's arguments that only ``where="kubernetes"`` reads
+KUBERNETES_ARGUMENTS = ("namespace", "conn_id")
+#: answers of the API server a retry cannot change: a refused manifest, RBAC, no namespace or CRD
+PERMANENT_STATUSES = frozenset({400, 403, 404, 422})
+
+
 class DeployArguments(_Arguments):
     version: str | None = Field(default=None, min_length=1, description="A registered version's name.")
     alias: str | None = Field(
         default=None, min_length=1, description="An alias (production...); neither: production."
     )
-    where: Literal["local"] = Field(
-        default="local", description="local only: Kubernetes is deployed through a pipeline spec."
+    where: Literal["local", "kubernetes"] = Field(
+        default="local", description="local: a model server on this machine; kubernetes: a SeldonDeployment."
     )
     runtime: Literal["seldon", "mlserver"] = "seldon"
     name: str | None = Field(default=None, min_length=1, description="The deployment; default: the model's.")
-    port: int | None = Field(default=None, ge=1024, le=65533, description="Default: the serve_port setting.")
+    port: int | None = Field(
+        default=None, ge=1024, le=65533, description="local: default the serve_port setting."
+    )
+    namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="kubernetes: the SeldonDeployment's namespace; default: default.",
+    )
+    conn_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="kubernetes: the cncf.kubernetes connection (kubernetes_default).",
+    )
     reason: str = ""
 
     @model_validator(mode="after")
@@ -392,34 +426,107 @@ class DeployArguments(_Arguments):
             raise ValueError("give version or alias, not both")
         return self
 
+    @model_validator(mode="after")
+    def _arguments_of_the_target(self) -> DeployArguments:
+        if self.where == "local":
+            given = [n for n in KUBERNETES_ARGUMENTS if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only where='kubernetes' reads it, not where='local'")
+            return self
+        if self.port is not None:
+            raise ValueError("port: only where='local' reads it; a SeldonDeployment's address is its Service")
+        name, namespace = (v if v and "{{" not in v else None for v in (self.name, self.namespace))
+        try:  # a template is checked once rendered (rollout_spec)
+            DeploySpec.model_validate(kubernetes_block(self.runtime, name, namespace, self.conn_id))
+        except ValidationError as exc:
+            raise ValueError(f"where='kubernetes': {block_problems(exc)}") from None
+        return self
+
+
+def kubernetes_block(
+    runtime: str, name: str | None, namespace: str | None, conn_id: str | None
+) -> dict[str, Any]:
+    """A spec's ``deploy`` block for the deploy operator's Kubernetes arguments; those not given keep
+    :class:`~freestack.serving.spec.KubernetesTarget`'s defaults."""
+    given = {"namespace": namespace, "conn_id": conn_id}
+    return {
+        "target": "kubernetes",
+        "runtime": runtime,
+        "name": name,
+        "kubernetes": {k: v for k, v in given.items() if v is not None},
+    }
+
+
+@contextlib.contextmanager
+def rollout_errors() -> Iterator[None]:
+    """A rollout's DeployError as the deploy stage's task meets it: an API server's answer a retry cannot
+    change (:data:`PERMANENT_STATUSES`: RBAC, no namespace, no CRD, a refused manifest) fails the task at
+    once; the rest (a cluster out of reach, not Available in time, a smoke test answered otherwise) is
+    retried with the task's retries, with the stage's message."""
+    try:
+        yield
+    except DeployError as exc:
+        if exc.status in PERMANENT_STATUSES and not isinstance(exc, KubernetesUnavailable):
+            raise AirflowFailException(
+                f"{exc}\nA retry cannot change this answer: the task failed at once."
+            ) from None
+        raise RuntimeError(str(exc)) from None
+
 
 class FreestackDeployOperator(_FreestackOperator):
-    """Serve a registered version of a model on this machine, as the deploy stage's local target does
+    """Serve a registered version of a model, on this machine or on Kubernetes.
+
+    ``where="local"`` deploys as the deploy stage's local target does
     (:func:`freestack.serving.local.deploy_local`): the version's model server starts beside the one
     serving now, answers the version's own evaluation rows as it predicted them in-process, and only
     then takes the deployment's address (blue/green); a version that fails to load or to answer the same
-    is stopped and the old one keeps serving. The deployment record is
-    ``deployments/<model>/<name>.json`` under the storage root. Deploying the version already served
-    changes nothing. A deployment on Kubernetes goes through a pipeline spec's ``deploy`` block.
+    is stopped and the old one keeps serving. Deploying the version already served changes nothing.
+
+    ``where="kubernetes"`` rolls out as the deploy stage's Kubernetes target does
+    (:func:`freestack.serving.k8s.start_rollout`): a SeldonDeployment named ``name``, validated against
+    Seldon Core's CRD, is applied through the ``conn_id`` connection; the task defers to
+    :class:`~freestack.serving.triggers.SeldonDeploymentAvailableTrigger` (it waits in the triggerer,
+    holding no worker slot) until Seldon reports it Available, then sends the version's stored test rows
+    through the API server's service proxy and requires the evaluation's answers
+    (:func:`~freestack.serving.k8s.finish_rollout`). The spec it rolls out with is the one the version's
+    records describe (:func:`freestack.providers.versions.version_spec`).
+
+    Either way the deployment record is ``deployments/<model>/<name>.json`` under the storage root.
 
     :param model: the registered model's name (templated)
     :param version: the version to serve (templated); give this or ``alias``
     :param alias: the alias to serve, resolved when the task runs (templated; default ``production``);
-        the record keeps it, so ``freestack serve status`` flags a deployment whose alias moved on
-    :param where: ``local`` (the only target here)
+        a local record keeps it, so ``freestack serve status`` flags a deployment whose alias moved on
+    :param where: ``local`` (a model server on this machine) or ``kubernetes`` (a SeldonDeployment)
     :param runtime: ``seldon`` (Seldon's protocol) or ``mlserver`` (the Open Inference Protocol)
-    :param name: the deployment's name (templated); default: the model's name as a Kubernetes name
-    :param port: the deployment's address on 127.0.0.1 (the blue and green servers use the next two
-        ports); default: the serve_port setting (9000)
+    :param name: the deployment's name (templated), the SeldonDeployment's on Kubernetes; default: the
+        model's name as a Kubernetes name
+    :param port: local only: the deployment's address on 127.0.0.1 (the blue and green servers use the
+        next two ports); default: the serve_port setting (9000)
+    :param namespace: kubernetes only: the SeldonDeployment's namespace (templated); default ``default``
+    :param conn_id: kubernetes only: the cncf.kubernetes connection, its cluster and credentials
+        (templated); default ``kubernetes_default``
     :param storage: the storage root holding the registry (templated); default: the storage_root setting
     :param reason: recorded in the deployment's history (templated); default: the run id
 
-    A deploy that fails (a port taken, a server slow to start) is retried with the task's retries.
-    Returns the deployment record: ``{"version", "url", "predict_url", "pid", "color", "runtime", ...}``.
+    A deploy that fails (a port taken, a server slow to start; a cluster out of reach, a rollout not
+    Available in time or answering its test rows otherwise) is retried with the task's retries; an API
+    server's answer a retry cannot change (RBAC, no namespace, no Seldon CRD) fails it at once.
+    Returns the deployment record: ``{"version", "url", "predict_url", "pid", "color", "runtime", ...}``
+    locally; ``{"version", "name", "namespace", "state": "serving", "smoke", ...}`` on Kubernetes.
     """
 
     arguments = DeployArguments
-    template_fields: Sequence[str] = ("model", "version", "alias", "name", "storage", "reason")
+    template_fields: Sequence[str] = (
+        "model",
+        "version",
+        "alias",
+        "name",
+        "namespace",
+        "conn_id",
+        "storage",
+        "reason",
+    )
     ui_color = "#d6e4f5"
 
     def __init__(
@@ -433,32 +540,39 @@ class FreestackDeployOperator(_FreestackOperator):
         runtime: str = "seldon",
         name: str | None = None,
         port: int | None = None,
+        namespace: str | None = None,
+        conn_id: str | None = None,
         storage: str | None = None,
         reason: str = "",
         **kwargs: Any,
     ) -> None:
         given = dict(model=model, version=version, alias=alias, where=where, runtime=runtime, name=name)
-        given.update(port=port, storage=storage, reason=reason)
+        given.update(port=port, namespace=namespace, conn_id=conn_id, storage=storage, reason=reason)
         super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
-        from freestack.serving.local import deploy_local  # numpy (its smoke test): at run time only
-
         reg = registry_of(self.model, self.storage or None)
         alias = None if self.version is not None else (self.alias or "production").strip()
         version = resolve(reg, self.version, "version") if alias is None else resolve(reg, alias, "alias")
-        uri, name = reg.version_uri(version), self.deployment()
         reason = (self.reason or "").strip() or f"{context['dag'].dag_id} run {context['run_id']}"
+        if self.where == "kubernetes":
+            self.roll_out(version, reg.version_uri(version), reason[:500])  # defers: see execute_complete
+        return self.serve_here(version, reg.version_uri(version), reason[:500], alias)
+
+    def serve_here(self, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
+        """Serve ``version`` on this machine (the local deploy); the record."""
+        from freestack.serving.local import deploy_local  # numpy (its smoke test): at run time only
+
         local = LocalTarget() if self.port is None else LocalTarget(port=self.port)
         try:
             record = deploy_local(
                 root_uri=str(storage_root(self.storage or None)),
                 model=self.model,
-                name=name,
+                name=self.deployment(),
                 version=version,
                 version_uri=uri,
                 local=local,
-                reason=reason[:500],
+                reason=reason,
                 source=model_source(uri),
                 runtime=self.runtime,
                 alias=alias,
@@ -468,6 +582,59 @@ class FreestackDeployOperator(_FreestackOperator):
         self.log.info("%s %s is served at %s (%s)", self.model, version, record["url"], record["predict_url"])
         self._deployed = {k: v for k, v in record.items() if k != "history"}
         return self._deployed
+
+    def roll_out(self, version: str, uri: str, reason: str) -> NoReturn:
+        """Apply the SeldonDeployment serving ``version`` and defer until Seldon reports it Available."""
+        spec = self.rollout_spec(uri)
+        target = spec.deploy.kubernetes
+        model_uri, _env = model_source(uri)  # credentials reach the pod through its env_secret
+        with rollout_errors():
+            record = start_rollout(spec, version, model_uri, reason=reason)
+        self.log.info(
+            "applied SeldonDeployment %s/%s (%s); waiting in the triggerer for Available",
+            target.namespace,
+            record["name"],
+            version,
+        )
+        self.defer(
+            trigger=SeldonDeploymentAvailableTrigger(
+                name=record["name"],
+                namespace=target.namespace,
+                conn_id=target.conn_id,
+                timeout_seconds=target.timeout_minutes * 60,
+                poll_seconds=target.poll_seconds,
+            ),
+            method_name="execute_complete",
+            kwargs={"version": version},
+            timeout=timedelta(minutes=target.timeout_minutes + 5),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any], version: str) -> dict[str, Any]:
+        """Once the trigger reported: smoke-test the rollout and return its record (the task fails, with
+        the stage's message, when it is not Available or answers its test rows otherwise)."""
+        with self.failing_at_once():
+            spec = self.rollout_spec(registry_of(self.model, self.storage or None).version_uri(version))
+            with rollout_errors():
+                record = finish_rollout(spec, event)
+        self.log.info(
+            "SeldonDeployment %s/%s is Available and answers as evaluated",
+            event.get("namespace"),
+            event.get("name"),
+        )
+        self._deployed = {k: v for k, v in record.items() if k != "history"}
+        return self._deployed
+
+    def rollout_spec(self, uri: str) -> PipelineSpec:
+        """The spec the version at ``uri`` describes, its deploy block this operator's arguments."""
+        name, namespace, conn_id = (
+            (v or "").strip() or None for v in (self.name, self.namespace, self.conn_id)
+        )
+        block = kubernetes_block(self.runtime, name, namespace, conn_id)
+        try:
+            DeploySpec.model_validate(block)
+        except ValidationError as exc:  # a template that renders to no Kubernetes name
+            raise AirflowFailException(f"{self.task_id}: {block_problems(exc)}") from None
+        return version_spec(open_version(uri), self.model, self.storage or None, deploy=block)
 
     def deployment(self) -> str:
         """The deployment's name: ``name``, else the model's name as a Kubernetes name."""
@@ -480,12 +647,15 @@ class FreestackDeployOperator(_FreestackOperator):
             return ol.lineage()
         root = str(storage_root(self.storage or None))
         where = Deployments(root, self.model).path(self.deployment())
-        uri = registry_of(self.model, self.storage or None).version_uri(record["version"])
-        facets = ol.model_version_facet(self.model, record["version"], uri)
+        version = record.get("canary_version") or record["version"]
+        uri = registry_of(self.model, self.storage or None).version_uri(version)
+        facets = ol.model_version_facet(self.model, version, uri)
         return ol.lineage([ol.input_dataset(uri)], [ol.output_dataset(str(where))], facets)
 
 
 __all__ = [
+    "KUBERNETES_ARGUMENTS",
+    "PERMANENT_STATUSES",
     "ArgumentError",
     "DeployArguments",
     "FreestackDeployOperator",
@@ -495,4 +665,6 @@ __all__ = [
     "PromoteArguments",
     "RollbackArguments",
     "ScoreArguments",
+    "kubernetes_block",
+    "rollout_errors",
 ]

@@ -1,11 +1,13 @@
 """What the reusable operators know of a registered model without a pipeline spec: its registry under a
 storage root, the version an argument names (or why none, with the versions that exist), and the spec a
-version's own records describe (:func:`version_spec`), which the score stage's core scores with.
+version's own records describe (:func:`version_spec`), which the score stage's core scores with and the
+deploy stage rolls out to Kubernetes with.
 
 A version records what it was trained on, not the spec file whole: its lineage holds the pipeline's name,
 the feature columns and their types, the row key and the model block; its preprocessing the target and
 the classes. :func:`version_spec` assembles those into a :class:`~freestack.spec.PipelineSpec` held in
-memory; the schema's own rules (``nullable``, ``allowed``, ``min``, ``max``) are not recorded, so a row
+memory, with the block a stage reads set from an operator's arguments (``score``: the score stage's
+core; ``deploy``: the deploy stage's Kubernetes rollout); the schema's own rules (``nullable``, ``allowed``, ``min``, ``max``) are not recorded, so a row
 is checked for its columns' types only, and the key is read as text.
 
 No Airflow here, and nothing heavy: DAG files import it through :mod:`freestack.providers.operators`.
@@ -35,7 +37,8 @@ class UnknownVersion(FreestackError):
 
 
 class UnscorableVersion(FreestackError):
-    """A version's records do not describe a model the score stage can score with."""
+    """A version's records do not describe a model the score stage can score with (or, given a deploy
+    block, one the deploy stage can serve)."""
 
 
 def registry_of(model: str, storage: str | None = None) -> ModelRegistry:
@@ -66,10 +69,16 @@ def resolve(reg: ModelRegistry, value: str, argument: str) -> str:
 
 
 def version_spec(
-    opened: ModelVersion, model: str, storage: str | None, score: dict[str, Any]
+    opened: ModelVersion,
+    model: str,
+    storage: str | None,
+    score: dict[str, Any] | None = None,
+    *,
+    deploy: dict[str, Any] | None = None,
 ) -> PipelineSpec:
     """The in-memory spec of a registered version (see the module's docstring), with ``score`` as its
-    score block and ``storage`` (None: the storage_root setting) as its root."""
+    score block, ``deploy`` as its deploy block (each None: the spec's default) and ``storage`` (None:
+    the storage_root setting) as its root."""
     lineage, pre = opened.lineage.as_dict(), opened.preprocessing
     if pre is None:
         raise UnscorableVersion(f"{opened.uri} has no preprocessing.json: it was not trained by freestack")
@@ -87,14 +96,15 @@ def version_spec(
         "retries": 0,
         "source": {"schema": {"key": key, "target": target, "columns": columns}},
         "model": {**(_chat_model(opened) if generative else {"features": features}), "name": model},
-        "score": score,
     }
+    data.update({k: v for k, v in (("score", score), ("deploy", deploy)) if v is not None})
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
         found = "; ".join(f"{field}: {msg}" for field, msg in problems(exc)[:3])
+        purpose = "serve" if deploy is not None else "score"
         raise UnscorableVersion(
-            f"{opened.uri}: its records do not describe a model to score ({found})"
+            f"{opened.uri}: its records do not describe a model to {purpose} ({found})"
         ) from None
 
 
