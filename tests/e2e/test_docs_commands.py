@@ -233,7 +233,7 @@ AFTER = [
 @pytest.mark.parametrize("block_id,text,skipped", BLOCKS, ids=[b[0] for b in BLOCKS])
 def test_every_documented_command_runs_as_printed(block_id, text, skipped, demo, sandbox):
     if skipped:
-        pytest.skip("marked as needing a cluster")
+        pytest.skip("marked as needing what the sandbox lacks (a cluster, the Hugging Face Hub, a GPU)")
     out = sandbox.run(block_id, text)
     assert out.returncode == 0, f"{block_id} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     for needle, check in AFTER:
