@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 from typing import Any, ClassVar, Literal, NoReturn
 
 from airflow.sdk import BaseOperator, Context
@@ -596,17 +595,12 @@ class FreestackDeployOperator(_FreestackOperator):
             record["name"],
             version,
         )
+        trigger = SeldonDeploymentAvailableTrigger.of(record["name"], target)
         self.defer(
-            trigger=SeldonDeploymentAvailableTrigger(
-                name=record["name"],
-                namespace=target.namespace,
-                conn_id=target.conn_id,
-                timeout_seconds=target.timeout_minutes * 60,
-                poll_seconds=target.poll_seconds,
-            ),
+            trigger=trigger,
             method_name="execute_complete",
             kwargs={"version": version},
-            timeout=timedelta(minutes=target.timeout_minutes + 5),
+            timeout=trigger.deferral_timeout(),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any], version: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ operator over :mod:`freestack.serving` and :mod:`freestack.registry`.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Context
@@ -163,16 +162,11 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             record["role"],
             version,
         )
+        trigger = SeldonDeploymentAvailableTrigger.of(record["name"], target)
         self.defer(
-            trigger=SeldonDeploymentAvailableTrigger(
-                name=record["name"],
-                namespace=target.namespace,
-                conn_id=target.conn_id,
-                timeout_seconds=target.timeout_minutes * 60,
-                poll_seconds=target.poll_seconds,
-            ),
+            trigger=trigger,
             method_name="execute_complete",
-            timeout=timedelta(minutes=target.timeout_minutes + 5),
+            timeout=trigger.deferral_timeout(),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

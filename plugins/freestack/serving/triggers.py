@@ -7,10 +7,14 @@ generation does not count). The train stage's PyTorchJob trigger is :mod:`freest
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from freestack.kube.trigger import CustomObjectTrigger
 from freestack.serving import k8s, manifests
+
+if TYPE_CHECKING:
+    from freestack.serving.spec import KubernetesTarget
 
 
 class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
@@ -18,6 +22,22 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
 
     group, version, plural, kind = manifests.GROUP, manifests.VERSION, manifests.PLURAL, "SeldonDeployment"
     terminal = frozenset({"available", "failed"})
+
+    @classmethod
+    def of(cls, name: str, target: KubernetesTarget) -> SeldonDeploymentAvailableTrigger:
+        """The wait for the SeldonDeployment ``name`` of a deploy target: its namespace and connection,
+        within its ``timeout_minutes``, polling every ``poll_seconds``."""
+        return cls(
+            name=name,
+            namespace=target.namespace,
+            conn_id=target.conn_id,
+            timeout_seconds=target.timeout_minutes * 60,
+            poll_seconds=target.poll_seconds,
+        )
+
+    def deferral_timeout(self) -> timedelta:
+        """The deferred task's own bound: past the trigger's, so its timeout event comes first."""
+        return timedelta(seconds=self.timeout_seconds + 300)
 
     def state_of(self, obj: dict[str, Any]) -> tuple[str, str]:
         return manifests.availability(obj)
