@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.dags.test_openlineage import _completed, _file, _names, ol_file  # noqa: F401  (its listener)
+from tests.dags.test_reusable_operators import _example as example_dag
 from tests.dags.test_reusable_operators import _tries
 from tests.dags.test_sweep_dag import _states
 
@@ -44,14 +45,7 @@ def lake(storage):
 
 def _example():
     """The example DAG, written to the metadata database (dag.test() runs a DAG of a configured bundle)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    bag = DagBag(dag_folder=str(EXAMPLE))
-    assert not bag.import_errors, bag.import_errors
-    DagBundlesManager().sync_bundles_to_db()
-    sync_bag_to_db(bag, "dags-folder", None)
-    return bag.get_dag("train_and_score")
+    return example_dag(EXAMPLE, "train_and_score")
 
 
 def _day(ds: str) -> datetime:

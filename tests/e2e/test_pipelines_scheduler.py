@@ -21,7 +21,6 @@ Slow (it starts the whole of Airflow): `-m slow`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from freestack.settings import environment
 from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
 from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
@@ -118,23 +118,11 @@ def stack(tmp_path_factory):
     )
     # what the tasks fetch the base from, and OpenLineage's file transport for every process of the stack
     lineage = base / "openlineage.json"
-    with _environ(HF_ENDPOINT=hub["hub"].endpoint, **_lineage_env(lineage)):
+    with environment({"HF_ENDPOINT": hub["hub"].endpoint, **_lineage_env(lineage)}):
         env, proc, log = start_airflow(base, specs, parallelism=6)
     yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
     stop_process(proc.pid, grace_seconds=60)
     hub["hub"].stop()
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    """``values`` in this process's environment (which ``start_airflow`` copies), restored after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
 
 
 #: the jobs' namespace in the stack's OpenLineage events
