@@ -114,9 +114,9 @@ def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     found = cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
     entry = found.entry
     if found.same_inputs and entry is not None:
-        version = str(entry.extra.get("version") or "")
-        if version and registry_for(spec).is_registered(version):
-            earlier = {**entry.extra["outcome"], "version_uri": registry_for(spec).version_uri(version)}
+        version, reg = str(entry.extra.get("version") or ""), registry_for(spec)
+        if version and reg.is_registered(version):
+            earlier = {**entry.extra["outcome"], "version_uri": reg.version_uri(version)}
             return Reuse(found, outcome=TrainOutcome(**earlier), registered=version)
     if found.hit and entry is not None:
         return Reuse(found, outcome=TrainOutcome(**entry.extra["outcome"]))
