@@ -56,8 +56,9 @@ if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 
 
-#: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session
-pytest_plugins = ["tests.support.demo_sandbox"]
+#: the demo sandbox's fixtures (``sandbox``, ``demo``): one real ``make demo`` per session; the suite's
+#: time kept down (a budget per test, no skip for want of an install, the heaviest files first)
+pytest_plugins = ["tests.support.demo_sandbox", "tests.support.timing", "pytester"]
 #: the test files that share the demo sandbox: one worker runs them all, the browser tests first
 DEMO_FILES = (
     "tests/ui/test_views_browser.py",
@@ -69,16 +70,18 @@ DEMO_FILES = (
     "tests/e2e/test_notebook.py",
     "tests/e2e/test_docs_commands.py",
 )
+DEMO_GROUP = dict.fromkeys(DEMO_FILES, "demo-sandbox")
 
 
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile``, with the demo sandbox's files as one unit (its session fixture is built once)."""
     from xdist.scheduler import LoadFileScheduling
 
+    from tests.support.timing import scope_of
+
     class DemoFilesTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return "demo-sandbox" if scope in DEMO_FILES else scope
+            return scope_of(nodeid, DEMO_GROUP)
 
     if config.getoption("dist") == "loadfile":
         return DemoFilesTogether(config, log)
@@ -87,7 +90,15 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     """The browser tests read the state ``make demo`` left, then the monitor's test adds a retrained version:
-    both run before the documented commands (which end with ``make down``)."""
+    both run before the documented commands (which end with ``make down``). Then the costliest file (or
+    the demo sandbox's files together) goes first, to the worker that is free first."""
+    from tests.support.timing import order_by_cost
+
+    _demo_order(items)
+    order_by_cost(items, DEMO_GROUP)
+
+
+def _demo_order(items) -> None:
     first = [i for f in DEMO_FILES[:-1] for i in items if i.nodeid.startswith(f)]
     if not first:
         return

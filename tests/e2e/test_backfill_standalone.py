@@ -39,7 +39,7 @@ def standalone(tmp_path_factory):
     env, proc, log = start_airflow(base, specs, parallelism=4)
     _LOG[:] = [log]
     yield {"env": env, "base": base, "proc": proc, "log": log}
-    stop_process(proc.pid, grace_seconds=60)  # its process group, as `freestack down` stops it
+    stop_process(proc.pid, grace_seconds=15)  # its process group, as `freestack down` stops it
 
 
 def start_airflow(base: Path, specs: Path, *, parallelism: int) -> tuple[dict, subprocess.Popen, Path]:

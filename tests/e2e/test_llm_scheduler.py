@@ -102,7 +102,7 @@ def llm(tmp_path_factory):
     finally:
         if Deployments(env["FREESTACK_STORAGE_ROOT"], NAME).get(NAME):
             stop_local(env["FREESTACK_STORAGE_ROOT"], NAME, NAME)
-        stop_process(proc.pid, grace_seconds=60)
+        stop_process(proc.pid, grace_seconds=15)
         judge.stop()
 
 

@@ -121,7 +121,7 @@ def stack(tmp_path_factory):
     with environment({"HF_ENDPOINT": hub["hub"].endpoint, **_lineage_env(lineage)}):
         env, proc, log = start_airflow(base, specs, parallelism=6)
     yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
-    stop_process(proc.pid, grace_seconds=60)
+    stop_process(proc.pid, grace_seconds=15)
     hub["hub"].stop()
 
 
