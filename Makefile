@@ -12,6 +12,12 @@ SERVING_STAMP := $(SERVING_VENV)/.freestack-installed
 # the MLServer runtime's environment (Open Inference Protocol): its pins cannot live beside seldon-core's
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.freestack-installed
+# JupyterLab's environment (`make notebook`; its kernel is .venv's ipykernel): beside Airflow, its event
+# schemas' format checks (jupyter_events needs jsonschema's format-nongpl extra, rfc3987-syntax) would load
+# in every process that imports Airflow, about 1.5 s of CPU each (half of `import airflow.sdk`)
+NOTEBOOK_VENV := .venv-notebook
+NOTEBOOK_STAMP := $(NOTEBOOK_VENV)/.freestack-installed
+JUPYTERLAB := jupyterlab>=4.2,<5
 
 # the embedded default: everything lives inside the project, git-ignored
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -32,7 +38,7 @@ export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 export HF_HOME ?= $(CURDIR)/.freestack/huggingface
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv serving-venv mlserver-venv demo airflow notebook test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
+.PHONY: help venv serving-venv mlserver-venv notebook-venv demo airflow notebook test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
 
 help:
 	@echo "make demo   - start Airflow, land the demo data, backfill ingest and trigger training under the real scheduler"
@@ -72,6 +78,14 @@ $(MLSERVER_STAMP): plugins/freestack_server/requirements-mlserver.txt
 	$(MLSERVER_VENV)/bin/pip install -q -r plugins/freestack_server/requirements-mlserver.txt
 	touch $@
 
+notebook-venv: $(NOTEBOOK_STAMP)
+
+$(NOTEBOOK_STAMP):
+	test -x $(NOTEBOOK_VENV)/bin/python || $(PYTHON) -m venv $(NOTEBOOK_VENV)
+	$(NOTEBOOK_VENV)/bin/pip install -q --upgrade pip
+	$(NOTEBOOK_VENV)/bin/pip install -q '$(JUPYTERLAB)'
+	touch $@
+
 $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 	mkdir -p $(AIRFLOW_HOME)
 	$(BIN)/airflow db migrate >/dev/null
@@ -83,11 +97,12 @@ demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 # the docs sandbox's demo say, are built once), the costliest first (tests/durations.json, in place of
 # xdist's order by test count); TEST_WORKERS=0 runs them in this process. Every test phase has a 150 s
 # budget, and no test may be skipped for want of something `make test` installs (tests/support/timing.py)
-# Three workers on two cores: the end-to-end tests spend most of their time waiting on the servers they started
-TEST_WORKERS ?= 3
+# Two on two cores: the suite keeps both busy (with three, tests were a third slower each and an Airflow API
+# server left a request unanswered for 60 s)
+TEST_WORKERS ?= 2
 PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --forbid-skips
 
-test: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP) scaleout-deps browser-deps
+test: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP) $(NOTEBOOK_STAMP) scaleout-deps browser-deps
 	$(PYTEST) --durations=25 tests
 	$(MAKE) --no-print-directory test-stock
 
@@ -145,10 +160,11 @@ notebook: export JUPYTER_CONFIG_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/conf
 notebook: export JUPYTER_DATA_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/data
 notebook: export JUPYTER_RUNTIME_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/runtime
 notebook: export IPYTHONDIR ?= $(FREESTACK_HOME)/.freestack/ipython
-notebook: $(STAMP)
+notebook: export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+notebook: $(STAMP) $(NOTEBOOK_STAMP)
 	mkdir -p $$JUPYTER_CONFIG_DIR $$JUPYTER_DATA_DIR $$JUPYTER_RUNTIME_DIR $$IPYTHONDIR
 	$(BIN)/python -m ipykernel install --sys-prefix --name freestack --display-name "freestack (.venv)" >/dev/null
-	$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --no-browser --ServerApp.answer_yes=True \
+	$(NOTEBOOK_VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --no-browser --ServerApp.answer_yes=True \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=$(CURDIR) docs/notebooks/explore.ipynb
 
 lint: $(STAMP)
