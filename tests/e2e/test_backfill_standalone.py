@@ -116,13 +116,30 @@ def _backfill(env, *extra: str) -> None:
 
 
 def _runs(env) -> list[dict]:
-    out = _airflow(env, "dags", "list-runs", "digits_ingest", "-o", "json", check=False)
-    if out.returncode != 0:
+    """digits_ingest's runs, as the REST API lists them (polled: an `airflow` command is seconds of CPU)."""
+    from urllib.error import HTTPError
+
+    from freestack.embedded import AirflowAPI
+
+    try:
+        runs = AirflowAPI(env).call("GET", "/dags/digits_ingest/dagRuns?limit=100")["dag_runs"]
+    except HTTPError as exc:  # 404: not parsed yet
+        assert exc.code == 404, exc
         return []
-    for line in out.stdout.splitlines():  # the JSON is one line; log lines may surround it
-        if line.startswith(("[{", "[]")):
-            return json.loads(line)
-    return []
+    return [{**r, "run_id": r["dag_run_id"]} for r in runs]
+
+
+def _serialized(env, dag_id: str) -> bool:
+    from urllib.error import HTTPError
+
+    from freestack.embedded import AirflowAPI
+
+    try:
+        AirflowAPI(env).call("GET", f"/dags/{dag_id}/details")
+    except HTTPError as exc:
+        assert exc.code == 404, exc
+        return False
+    return True
 
 
 def _wait_backfill(env, since: float, timeout: float = 420) -> list[dict]:
@@ -170,22 +187,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
 
     # wait until the dag processor has serialized the DAG
     deadline = time.monotonic() + 180
-    while (
-        _airflow(
-            env,
-            "backfill",
-            "create",
-            "--dag-id",
-            "digits_ingest",
-            "--from-date",
-            DAYS[0],
-            "--to-date",
-            DAYS[-1],
-            "--dry-run",
-            check=False,
-        ).returncode
-        != 0
-    ):
+    while not _serialized(env, "digits_ingest"):
         assert time.monotonic() < deadline, standalone["log"].read_text()[-4000:]
         time.sleep(3)
 
