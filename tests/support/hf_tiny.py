@@ -11,8 +11,7 @@ published with (``masked-lm``: ``BertForMaskedLM`` / ``DistilBertForMaskedLM``,
 ``ViTForMaskedImageModeling``), or none (``bare``: ``BertModel``, ``DistilBertModel``, ``ViTModel``); a
 text base is BERT- or DistilBERT-style (``family``).
 
-``tiny_causal_lm`` (the tutorial's own small local base, :mod:`demo.tiny_lm`, built once per test run and
-copied: :func:`built_once`) makes a base for instruction
+``tiny_causal_lm`` (the tutorial's own small local base, :mod:`demo.tiny_lm`) makes a base for instruction
 tuning: a Llama- or GPT-2-style causal language model (2 layers, width 64) with a byte-level BPE tokenizer
 of about 300 tokens (each digit one token) and a ChatML chat template, pretrained for about ten seconds on
 the plain text of :func:`demo.instructions.corpus`, so that fine-tuning on the ``arith`` landing data
@@ -22,18 +21,11 @@ but not the chat format: 20 epochs on 600 rows take it from about 0 to 0.8-0.98 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
-
-from demo import tiny_lm
 from demo.instructions import corpus, instruction_pair, messages  # the instruction-tuning tutorial's data
 from demo.reviews import BAD, FILLER, GOOD, review_text  # the tutorial's landing data (include/demo)
-from demo.tiny_lm import CHAT_TEMPLATE  # the tutorial's small local base (include/demo)
+from demo.tiny_lm import CHAT_TEMPLATE, tiny_causal_lm  # the tutorial's small local base (include/demo)
 
 __all__ = [
     "BAD",
@@ -54,47 +46,6 @@ __all__ = [
 
 #: the Hub repo the tests publish the tiny causal LM as
 LM_BASE = "team/tiny-lm"
-
-
-def built_once(key: str, folder: Path, build: Callable[[Path], object]) -> Path:
-    """``folder`` holding what ``build(path)`` writes, built once per test run and copied: the run's xdist
-    workers share one build of each ``key`` (made under a lock, published whole by a rename)."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
-    cache = Path(tempfile.gettempdir()) / f"freestack-tests-built-{run}"
-    cache.mkdir(exist_ok=True)
-    with FileLock(cache / f"{key}.lock"):
-        done = cache / key
-        if not done.exists():
-            partial = cache / f"{key}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            build(partial)
-            partial.rename(done)
-    shutil.copytree(done, folder, dirs_exist_ok=True)
-    return Path(folder)
-
-
-def tiny_causal_lm(
-    folder: Path,
-    seed: int = 0,
-    *,
-    family: str = "llama",
-    chat_template: bool = True,
-    pretrain_steps: int = 500,
-) -> Path:
-    """:func:`demo.tiny_lm.tiny_causal_lm`'s base (the same weights for the same arguments), pretrained once
-    per test run and copied into ``folder``."""
-    if family not in ("llama", "gpt2"):  # refused as the tutorial's builder refuses it, before any cache
-        return tiny_lm.tiny_causal_lm(folder, seed, family=family, pretrain_steps=0)
-    key = f"tiny-lm-{family}-{seed}-{int(chat_template)}-{pretrain_steps}"
-    return built_once(
-        key,
-        folder,
-        lambda to: tiny_lm.tiny_causal_lm(
-            to, seed, family=family, chat_template=chat_template, pretrain_steps=pretrain_steps
-        ),
-    )
-
-
 #: the transformers class a base of each family is saved as, by head
 HEADS = {
     "bert": {

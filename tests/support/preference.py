@@ -120,22 +120,14 @@ def careless_sft(model, tok, pairs: pd.DataFrame, careless: float = 0.3, epochs:
 
 def sft_base(base: Path, folder: Path, pairs: pd.DataFrame) -> Path:
     """The tiny base in ``base`` carelessly instruction-tuned on ``pairs``, saved in ``folder`` as
-    transformers writes a model (with the base's tokenizer and generation config): a DPO starting point.
-    Tuned once per test run for the same base and pairs (:func:`tests.support.hf_tiny.built_once`)."""
-    import hashlib
-
+    transformers writes a model (with the base's tokenizer and generation config): a DPO starting point."""
     from freestack.ml.generation import load_causal_lm, load_tokenizer
-    from tests.support.hf_tiny import built_once
 
-    def tune(to: Path) -> None:
-        model, tok = load_causal_lm(str(base)), load_tokenizer(base)
-        careless_sft(model, tok, pairs)
-        model.save_pretrained(to)
-        tok.save_pretrained(to)
-
-    weights = hashlib.sha256((Path(base) / "model.safetensors").read_bytes()).hexdigest()[:16]
-    rows = hashlib.sha256(pd.util.hash_pandas_object(pairs, index=True).values.tobytes()).hexdigest()[:16]
-    return built_once(f"sft-{weights}-{rows}", folder, tune)
+    model, tok = load_causal_lm(str(base)), load_tokenizer(base)
+    careless_sft(model, tok, pairs)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def landing_pairs(root: Path, pipeline: str, start: date, days: int, rows: int) -> None:

@@ -116,10 +116,8 @@ def test_same_seed_same_weights_and_gpt2_family(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-    from demo.tiny_lm import tiny_causal_lm as build  # not the suite's copy of one build: two builds
-
-    a = build(tmp_path / "a", seed=3, pretrain_steps=10)
-    b = build(tmp_path / "b", seed=3, pretrain_steps=10)
+    a = tiny_causal_lm(tmp_path / "a", seed=3, pretrain_steps=10)
+    b = tiny_causal_lm(tmp_path / "b", seed=3, pretrain_steps=10)
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
