@@ -27,6 +27,7 @@ DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
+    from freestack.embedded import AirflowAPI
     from freestack.serving.processes import stop_process
 
     base = tmp_path_factory.mktemp("standalone")
@@ -38,7 +39,7 @@ def standalone(tmp_path_factory):
     (specs / "digits.yaml").write_text(text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1))
     env, proc, log = start_airflow(base, specs, parallelism=4)
     _LOG[:] = [log]
-    yield {"env": env, "base": base, "proc": proc, "log": log}
+    yield {"env": env, "base": base, "proc": proc, "log": log, "api": AirflowAPI(env)}
     stop_process(proc.pid, grace_seconds=15)  # its process group, as `freestack down` stops it
 
 
@@ -115,43 +116,33 @@ def _backfill(env, *extra: str) -> None:
         time.sleep(3)
 
 
-def _runs(env) -> list[dict]:
-    """digits_ingest's runs, as the REST API lists them (polled: an `airflow` command is seconds of CPU)."""
+def _found(api, path: str) -> dict | None:
+    """``GET path`` through the REST API (polled: an `airflow` command is seconds of CPU), or None on 404."""
     from urllib.error import HTTPError
 
-    from freestack.embedded import AirflowAPI
-
     try:
-        runs = AirflowAPI(env).call("GET", "/dags/digits_ingest/dagRuns?limit=100")["dag_runs"]
-    except HTTPError as exc:  # 404: not parsed yet
+        return api.call("GET", path)
+    except HTTPError as exc:  # 404: the DAG is not parsed yet
         assert exc.code == 404, exc
-        return []
-    return [{**r, "run_id": r["dag_run_id"]} for r in runs]
+        return None
 
 
-def _serialized(env, dag_id: str) -> bool:
-    from urllib.error import HTTPError
-
-    from freestack.embedded import AirflowAPI
-
-    try:
-        AirflowAPI(env).call("GET", f"/dags/{dag_id}/details")
-    except HTTPError as exc:
-        assert exc.code == 404, exc
-        return False
-    return True
+def _runs(api) -> list[dict]:
+    """digits_ingest's runs, as the REST API lists them."""
+    got = _found(api, "/dags/digits_ingest/dagRuns?limit=100")
+    return [{**r, "run_id": r["dag_run_id"]} for r in (got or {}).get("dag_runs", [])]
 
 
-def _wait_backfill(env, since: float, timeout: float = 420) -> list[dict]:
+def _wait_backfill(api, since: float, timeout: float = 420) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [r for r in _runs(env) if r["run_id"].startswith("backfill__")]
+        runs = [r for r in _runs(api) if r["run_id"].startswith("backfill__")]
         finished = [r for r in runs if r["state"] in ("success", "failed") and r.get("end_date")]
         fresh = [r for r in finished if _ts(r["end_date"]) >= since]
         if len(fresh) >= len(DAYS):
             return runs
         time.sleep(5)
-    raise AssertionError(f"backfill did not finish: {_runs(env)}\n{_log_tail()}")
+    raise AssertionError(f"backfill did not finish: {_runs(api)}\n{_log_tail()}")
 
 
 _LOG: list[Path] = []
@@ -187,14 +178,14 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
 
     # wait until the dag processor has serialized the DAG
     deadline = time.monotonic() + 180
-    while not _serialized(env, "digits_ingest"):
+    while _found(standalone["api"], "/dags/digits_ingest/details") is None:
         assert time.monotonic() < deadline, standalone["log"].read_text()[-4000:]
         time.sleep(3)
 
     _airflow(env, "dags", "unpause", "digits_ingest")  # new DAGs start paused; a paused DAG's runs wait
     started = time.time()
     _backfill(env)
-    runs = _wait_backfill(env, started - 1)
+    runs = _wait_backfill(standalone["api"], started - 1)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert all(r["state"] == "success" for r in runs), runs
     first = _hashes(base)
@@ -211,7 +202,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
     # the scheduler marks a backfill complete shortly after its last run; only one may run per DAG
     started = time.time()
     _backfill(env, "--reprocess-behavior", "completed")
-    runs = _wait_backfill(env, started - 1)
+    runs = _wait_backfill(standalone["api"], started - 1)
     assert all(r["state"] == "success" for r in runs), runs
     assert _hashes(base) == first, "reprocessing the same landing data must give byte-identical partitions"
     rewritten = [p for p, t in mtimes.items() if p.stat().st_mtime > t]
@@ -349,7 +340,7 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
     )
     deadline = time.monotonic() + 240
     while True:
-        states = {r["run_id"]: r["state"] for r in _runs(env)}
+        states = {r["run_id"]: r["state"] for r in _runs(standalone["api"])}
         if states.get("after-crash") in ("success", "failed"):
             break
         assert time.monotonic() < deadline, f"{states}\n{_log_tail()}"
