@@ -104,17 +104,12 @@ PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-
 
 test: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP) $(NOTEBOOK_STAMP) scaleout-deps browser-deps
 	$(PYTEST) --durations=25 tests
-	$(MAKE) --no-print-directory test-stock
 
-# the scheduler's tests again on stock Airflow: the runtime wing's speed-ups off. The speed-ups live in
-# the scheduler only, so dag.test() (tests/dags) runs the same either way; the documented commands, the UI
-# pages, `make down`, the monitor, the notebook and the kinds of model and data (which the speed-ups do
-# not touch) are checked once, with them on
-STOCK_SKIP := kinds or text_and_images or custom_model or hub_model or two_nodes or llm
+# only the scheduler's tests on stock Airflow (the runtime wing's speed-ups off), which `make test` runs
+# beside the same tests with them on (tests/e2e/test_backfill_standalone.py's both_modes). The speed-ups
+# live in the scheduler only, so dag.test() (tests/dags) runs the same either way
 test-stock: $(STAMP) $(SERVING_STAMP)
-	FREESTACK_SPEEDUPS=0 $(PYTEST) tests/e2e --ignore tests/e2e/test_docs_commands.py --ignore tests/e2e/test_wandb_ui.py \
-	  --ignore tests/e2e/test_stack_down.py --ignore tests/e2e/test_monitor_demo.py --ignore tests/e2e/test_notebook.py \
-	  -k "not ($(STOCK_SKIP))"
+	$(PYTEST) tests/e2e -k stock
 
 # the scaled-out stack's servers, natively (tests/scaleout): PostgreSQL and Redis from Debian packages
 # (SeaweedFS comes from PyPI with the dev extra); installed only when missing

@@ -1,7 +1,7 @@
 """Smoke test of the orchestration benchmark (bench/orchestration/run.py) at its smallest size: a real
 `airflow standalone` runs one ingest day and the train DAG (2-trial sweep through deploy), the same
 stage code runs in one plain process, and three specs are parsed. The Airflow run is made with the
-runtime speed-ups on (stock Airflow behaviour is run by `make test-stock`; the full benchmark runs
+runtime speed-ups on (the scheduler's end-to-end tests run on stock Airflow too; the full benchmark runs
 both). No timing assertions: only that the report is complete and the measured things happened (the
 scheduler preloaded the libraries, every task was timed, no heavy import at parse time)."""
 

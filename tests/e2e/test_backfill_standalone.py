@@ -1,7 +1,10 @@
 """A real backfill through `airflow standalone`'s scheduler (LocalExecutor, SQLite).
 
 Five days of landing data -> `airflow backfill create` -> five lake partitions. A second backfill
-with reprocessing rewrites them byte for byte. Slow (it starts the whole of Airflow): `-m slow`.
+with reprocessing rewrites them byte for byte. Then a sweep's agents as mapped tasks, a crashed
+scheduler restarted, and ``freestack backfill`` on a second pipeline whose ingest DAG is paused (issue 23,
+point 9). Every test runs twice: on a stack with the runtime wing's speed-ups (the embedded default) and
+on one without them (stock Airflow), one after the other. Slow (it starts the whole of Airflow): `-m slow`.
 """
 
 from __future__ import annotations
@@ -25,27 +28,44 @@ pytestmark = pytest.mark.slow
 DAYS = [f"2026-11-0{d}" for d in range(1, 6)]
 
 
+#: the two ways Airflow runs here: with the runtime wing's speed-ups (``freestack up``'s default) and stock
+#: (``FREESTACK_SPEEDUPS=0``); a module's stack fixture takes one as its param, and a test marked
+#: ``both_modes(fixture)`` runs on a stack of each, started one after the other
+MODES = ("speedups", "stock")
+
+
+def both_modes(fixture: str):
+    return pytest.mark.parametrize(fixture, MODES, indirect=True)
+
+
 @pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
+def standalone(request, tmp_path_factory):
     from freestack.embedded import AirflowAPI
     from freestack.serving.processes import stop_process
 
-    base = tmp_path_factory.mktemp("standalone")
+    mode = getattr(request, "param", "speedups")
+    base = tmp_path_factory.mktemp(f"standalone-{mode}")
     specs = base / "pipelines"
     specs.mkdir()
     # train on demand only (a yearly cron): the lake updates of the backfill must not start sweeps
     text = (ROOT / "include" / "pipelines" / "digits.yaml").read_text()
     assert "\ntrain:\n" in text
-    (specs / "digits.yaml").write_text(text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1))
-    env, proc, log = start_airflow(base, specs, parallelism=4)
+    text = text.replace("\ntrain:\n", '\ntrain:\n  schedule: "0 0 1 1 *"\n', 1)
+    (specs / "digits.yaml").write_text(text)
+    # the same pipeline under another name, left paused as its DAGs are created (the paused backfill test)
+    (specs / "nightly.yaml").write_text(text.replace("name: digits\n", "name: nightly\n", 1))
+    env, proc, log = start_airflow(base, specs, parallelism=4, speedups=mode == "speedups")
     _LOG[:] = [log]
     yield {"env": env, "base": base, "proc": proc, "log": log, "api": AirflowAPI(env)}
     stop_process(proc.pid, grace_seconds=15)  # its process group, as `freestack down` stops it
 
 
-def start_airflow(base: Path, specs: Path, *, parallelism: int) -> tuple[dict, subprocess.Popen, Path]:
+def start_airflow(
+    base: Path, specs: Path, *, parallelism: int, speedups: bool = True
+) -> tuple[dict, subprocess.Popen, Path]:
     """`airflow standalone` on a free 127.0.0.1 port with its home, storage and pipelines under ``base``,
-    once its API answers: (environment, process, log file). Stop it with ``stop_process(proc.pid)``."""
+    the runtime wing's speed-ups on or off, once its API answers: (environment, process, log file). Stop it
+    with ``stop_process(proc.pid)``."""
     import urllib.request
 
     from freestack.embedded import airflow_env, start_standalone
@@ -54,6 +74,7 @@ def start_airflow(base: Path, specs: Path, *, parallelism: int) -> tuple[dict, s
     env = airflow_env()
     env.update(
         {
+            "FREESTACK_SPEEDUPS": "1" if speedups else "0",
             "AIRFLOW_HOME": str(base / "airflow"),
             "FREESTACK_HOME": str(base),
             "FREESTACK_STORAGE_ROOT": (base / "storage").as_uri(),
@@ -127,9 +148,9 @@ def _found(api, path: str) -> dict | None:
         return None
 
 
-def _runs(api) -> list[dict]:
-    """digits_ingest's runs, as the REST API lists them."""
-    got = _found(api, "/dags/digits_ingest/dagRuns?limit=100")
+def _runs(api, dag_id: str = "digits_ingest") -> list[dict]:
+    """The DAG's runs, as the REST API lists them."""
+    got = _found(api, f"/dags/{dag_id}/dagRuns?limit=100")
     return [{**r, "run_id": r["dag_run_id"]} for r in (got or {}).get("dag_runs", [])]
 
 
@@ -169,6 +190,7 @@ def _hashes(base: Path) -> dict[str, str]:
     }
 
 
+@both_modes("standalone")
 def test_backfill_five_days_then_reprocess_byte_identical(standalone):
     sys.path.insert(0, str(ROOT / "include"))
     from demo.landing import make_landing
@@ -223,6 +245,7 @@ def _conns(proc: psutil.Process):
         return []
 
 
+@both_modes("standalone")
 def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     """After the backfill filled the lake: a sweep with two agents under the LocalExecutor."""
     import sqlite3
@@ -286,6 +309,7 @@ def _schedulers(shim) -> list:
     return out
 
 
+@both_modes("standalone")
 def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
     """The scheduler dies (SIGKILL); freestack's component supervisor starts it again and a new run
     succeeds, instead of every later run staying queued."""
@@ -347,3 +371,76 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
         time.sleep(3)
     assert states["after-crash"] == "success", _log_tail()
     assert (standalone["base"] / "storage/lake/digits/ds=2026-11-06/part.parquet").exists()
+
+
+def _paused(env, dag_id: str) -> bool | None:
+    import sqlite3
+
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as c:
+        row = c.execute("select is_paused from dag where dag_id=?", (dag_id,)).fetchone()
+    return None if row is None else bool(row[0])
+
+
+@both_modes("standalone")
+def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(standalone):
+    """``freestack backfill`` on a PAUSED ingest DAG (nightly's, as the DAG processor created it). Airflow
+    3.3 leaves a paused DAG's backfill runs queued, and unpausing a ``catchup: false`` DAG makes the
+    scheduler start its latest interval. The command unpauses the DAG only for the backfill (after creating
+    the runs, so the latest interval, which it covers, gets no scheduled run), pauses it again, prints its
+    plan first, and leaves out the day with no landing files."""
+    from datetime import UTC, datetime, timedelta
+
+    sys.path.insert(0, str(ROOT / "include"))
+    from demo.landing import make_landing
+
+    env, base, api = standalone["env"], standalone["base"], standalone["api"]
+    yesterday = datetime.now(UTC).date() - timedelta(
+        days=1
+    )  # the latest interval: what unpausing would start
+    days = [(yesterday - timedelta(days=k)).isoformat() for k in (3, 2, 1, 0)]
+    gap = days[2]  # no landing files: no run may be created for it
+    make_landing(env["FREESTACK_STORAGE_ROOT"], yesterday - timedelta(days=3), 2, pipeline="nightly")
+    make_landing(env["FREESTACK_STORAGE_ROOT"], yesterday, 1, pipeline="nightly")
+
+    deadline = time.monotonic() + 180  # the DAG processor parses the new DAG (which starts paused)
+    while _paused(env, "nightly_ingest") is None:
+        assert time.monotonic() < deadline, _log_tail()
+        time.sleep(2)
+    assert _paused(env, "nightly_ingest") is True
+
+    freestack = [str(Path(sys.executable).with_name("freestack")), "backfill", "nightly"]
+    started = time.monotonic()
+    while True:
+        got = subprocess.run(
+            [*freestack, "--start", days[0], "--end", days[-1], "--timeout", "420"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=540,
+        )
+        if "has no DAG" not in got.stderr or time.monotonic() - started > 120:  # not serialized yet
+            break
+        time.sleep(3)
+    took = time.monotonic() - started
+    assert got.returncode == 0, f"{got.stdout}\n{got.stderr}\n{_log_tail()}"
+    lines = got.stdout.splitlines()
+    # the plan, before anything runs: the DAG, every day, which have data and which are left out
+    assert "nightly_ingest" in lines[0] and "paused" in lines[0], got.stdout
+    for d in (days[0], days[1], days[3]):
+        assert any(d in ln and "landing file" in ln for ln in lines), got.stdout
+    assert any(gap in ln and "left out" in ln and "no landing files" in ln for ln in lines), got.stdout
+    assert "paused again" in got.stdout, got.stdout
+
+    runs = _runs(api, "nightly_ingest")
+    assert sorted(r["logical_date"][:10] for r in runs) == [days[0], days[1], days[3]], runs
+    assert all(r["state"] == "success" and r["run_id"].startswith("backfill__") for r in runs), runs
+    assert _paused(env, "nightly_ingest") is True, "the DAG must be paused again, as the backfill found it"
+    lake = base / "storage" / "lake" / "nightly"
+    assert sorted(p.name for p in lake.glob("ds=*")) == [f"ds={d}" for d in (days[0], days[1], days[3])]
+
+    # unpausing now starts nothing: the latest interval has its (backfill) run
+    api.call("PATCH", "/dags/nightly_ingest", {"is_paused": False})
+    time.sleep(15)  # several scheduler loops (heartbeat 1 s)
+    after = _runs(api, "nightly_ingest")
+    assert sorted(r["run_id"] for r in after) == sorted(r["run_id"] for r in runs), after
+    print(f"backfill of a paused DAG, 3 days in 2 backfills: {took:.0f} s")

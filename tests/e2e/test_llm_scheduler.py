@@ -14,7 +14,8 @@ scheduler, LocalExecutor), where tests/dags runs the same flows under dag.test()
    answer); an interval where half the prompts ask for poems raises the alert on the prompts' MMD².
 
 Slow (it starts the whole of Airflow and a model server): `-m slow`. The DPO and judge flows do not touch the
-scheduler's speed-ups: `make test-stock` leaves this module out (the keyword ``llm`` in its STOCK_SKIP).
+scheduler's speed-ups: this module runs on a stack with them only (test_backfill_standalone.py and
+test_pipelines_scheduler.py run the scheduling paths on stock Airflow too).
 """
 
 from __future__ import annotations

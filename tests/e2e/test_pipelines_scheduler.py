@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -34,7 +33,7 @@ import pytest
 
 from freestack.settings import environment
 from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
-from tests.e2e.test_backfill_standalone import DAYS, _backfill, start_airflow
+from tests.e2e.test_backfill_standalone import DAYS, _backfill, both_modes, start_airflow
 from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
 from tests.support.serving import needs_serving_env
 
@@ -76,17 +75,39 @@ def _own_text(module: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    import yaml
-
+def stack(request, tmp_path_factory):
+    """The stack of every test here (the runtime wing's speed-ups on), or of the scheduling tests 1 and 2
+    on stock Airflow (param ``stock``: their pipelines only)."""
     from freestack.embedded import AirflowAPI
-    from freestack.serving.processes import free_port_block, stop_process
+    from freestack.serving.processes import stop_process
 
-    base = tmp_path_factory.mktemp("pipelines")
+    mode = getattr(request, "param", "speedups")
+    base = tmp_path_factory.mktemp(f"pipelines-{mode}")
     specs = base / "pipelines"
     specs.mkdir()
     (specs / "digits.yaml").write_text(_digits_text("digits", train_schedule=None))
     (specs / "other.yaml").write_text(_digits_text("other", train_schedule="0 0 1 1 *"))
+    # a user's new pipeline with one wrong field: the spec is read, and refused
+    (specs / "broken.yaml").write_text(
+        _digits_text("broken", train_schedule=None).replace("format: csv", "format: xml")
+    )
+    hub = _more_pipelines(base, specs) if mode == "speedups" else None
+    # what the tasks fetch the base from, and OpenLineage's file transport for every process of the stack
+    lineage = base / "openlineage.json"
+    with environment({**({"HF_ENDPOINT": hub["hub"].endpoint} if hub else {}), **_lineage_env(lineage)}):
+        env, proc, log = start_airflow(base, specs, parallelism=6, speedups=mode == "speedups")
+    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
+    stop_process(proc.pid, grace_seconds=15)
+    if hub:
+        hub["hub"].stop()
+
+
+def _more_pipelines(base: Path, specs: Path) -> dict:
+    """The pipelines of tests 3 to 7, written to ``specs``: the Hub stand-in they fetch from (started)."""
+    import yaml
+
+    from freestack.serving.processes import free_port_block
+
     # a team's own model (model.type: custom), swept, gated and served (its own test below)
     (base / "digits_net.py").write_text(DIGITS_NET)
     (specs / "own.yaml").write_text(_own_text(base / "digits_net.py"))
@@ -112,17 +133,7 @@ def stack(tmp_path_factory):
     (specs / "reviews.yaml").write_text(yaml.safe_dump(reviews, sort_keys=False))
     # a training across 2 "nodes" on loopback: train and train_node meet at the rendezvous (test 7)
     (specs / "ranks.yaml").write_text(_ranks_text(free_port_block()))
-    # a user's new pipeline with one wrong field: the spec is read, and refused
-    (specs / "broken.yaml").write_text(
-        _digits_text("broken", train_schedule=None).replace("format: csv", "format: xml")
-    )
-    # what the tasks fetch the base from, and OpenLineage's file transport for every process of the stack
-    lineage = base / "openlineage.json"
-    with environment({"HF_ENDPOINT": hub["hub"].endpoint, **_lineage_env(lineage)}):
-        env, proc, log = start_airflow(base, specs, parallelism=6)
-    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
-    stop_process(proc.pid, grace_seconds=15)
-    hub["hub"].stop()
+    return hub
 
 
 #: the jobs' namespace in the stack's OpenLineage events
@@ -237,6 +248,7 @@ def _runs(api, dag_id: str) -> list[dict]:
     return api.call("GET", f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
 
 
+@both_modes("stack")
 def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
     api, log = stack["api"], stack["log"]
 
@@ -282,6 +294,7 @@ def test_a_broken_spec_leaves_the_other_pipelines_live_and_running(stack):
     assert (stack["base"] / "storage" / "lake" / "other" / "ds=2026-11-01" / "part.parquet").exists()
 
 
+@both_modes("stack")
 def test_a_parallel_backfill_is_trained_on_whole(stack):
     """5 days ingested 5 at once; every lake event is an asset event for digits_train."""
     sys.path.insert(0, str(ROOT / "include"))
@@ -394,9 +407,9 @@ def _wait_quiet(api) -> bool:
     return all(r["state"] in ("success", "failed") for r in _runs(api, "digits_train"))
 
 
-#: the kinds of model and data are the same with the runtime wing's speed-ups on or off: `make test-stock`
-#: runs this module for the scheduling paths above, not for these
-ONCE = pytest.mark.skipif(os.environ.get("FREESTACK_SPEEDUPS") == "0", reason="checked in the main run")
+#: the kinds of model and data are the same with the runtime wing's speed-ups on or off: the scheduling
+#: paths above run on both stacks, these on the one with the speed-ups
+ONCE = pytest.mark.parametrize("stack", ["speedups"], indirect=True)
 
 
 def _swept_and_deployed(stack, name: str, conf: dict, *, timeout: float) -> tuple[Path, dict]:
