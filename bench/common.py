@@ -11,7 +11,6 @@ import platform
 import pstats
 import resource
 import runpy
-import socket
 import statistics
 import subprocess
 import sys
@@ -75,10 +74,12 @@ def host() -> dict[str, Any]:
 
 
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, as deploys choose theirs
+    (``free_port_block``): a port from that range may be taken as a client connection's source port
+    before the server started on it binds it (a load generator opens thousands)."""
+    from freestack.serving.processes import free_port_block
+
+    return free_port_block()
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, indent: int = 2) -> Path:

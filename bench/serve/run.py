@@ -384,10 +384,15 @@ def start_servers(
                 settings={"workers": BARE_WORKERS},
                 description="uvicorn + starlette (bench/serve/bare.py)",
             )
-    for s in servers.values():
-        body = bodies["row_v2" if s.v2 else "row"].read_bytes()
-        s.first_answer = s.wait_ready(body)
-        check_answer(s.name, s.first_answer, expected_probs(folder, body))
+    try:
+        for s in servers.values():
+            body = bodies["row_v2" if s.v2 else "row"].read_bytes()
+            s.first_answer = s.wait_ready(body)
+            check_answer(s.name, s.first_answer, expected_probs(folder, body))
+    except BaseException:  # one did not come up: the others are stopped too, not left running
+        for s in servers.values():
+            s.stop()
+        raise
     wait_idle(list(servers.values()))
     return servers
 
