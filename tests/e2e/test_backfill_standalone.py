@@ -137,6 +137,11 @@ def _backfill(env, *extra: str) -> None:
         time.sleep(3)
 
 
+def _unpause(api, dag_id: str) -> None:
+    """Unpause through the REST API, as the UI's toggle does (an `airflow` command is seconds of CPU)."""
+    api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+
+
 def _found(api, path: str) -> dict | None:
     """``GET path`` through the REST API (polled: an `airflow` command is seconds of CPU), or None on 404."""
     from urllib.error import HTTPError
@@ -204,7 +209,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
         assert time.monotonic() < deadline, standalone["log"].read_text()[-4000:]
         time.sleep(3)
 
-    _airflow(env, "dags", "unpause", "digits_ingest")  # new DAGs start paused; a paused DAG's runs wait
+    _unpause(standalone["api"], "digits_ingest")  # new DAGs start paused; a paused DAG's runs wait
     started = time.time()
     _backfill(env)
     runs = _wait_backfill(standalone["api"], started - 1)
@@ -262,7 +267,7 @@ def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     ):
         assert time.monotonic() < deadline, "digits_train could not be triggered"
         time.sleep(3)
-    _airflow(env, "dags", "unpause", "digits_train")
+    _unpause(standalone["api"], "digits_train")
     deadline = time.monotonic() + 480
     state = None
     while time.monotonic() < deadline:
@@ -351,16 +356,11 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
     from demo.landing import make_landing
 
     make_landing(env["FREESTACK_STORAGE_ROOT"], date(2026, 11, 6), 1)  # a day no earlier test ingested
-    _airflow(env, "dags", "unpause", "digits_ingest")  # (already, when the backfill test ran first)
-    _airflow(
-        env,
-        "dags",
-        "trigger",
-        "digits_ingest",
-        "--run-id",
-        "after-crash",
-        "--logical-date",
-        "2026-11-06T00:00:00+00:00",
+    _unpause(standalone["api"], "digits_ingest")  # (already, when the backfill test ran first)
+    standalone["api"].call(
+        "POST",
+        "/dags/digits_ingest/dagRuns",
+        {"dag_run_id": "after-crash", "logical_date": "2026-11-06T00:00:00Z"},
     )
     deadline = time.monotonic() + 240
     while True:
@@ -439,7 +439,7 @@ def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(s
     assert sorted(p.name for p in lake.glob("ds=*")) == [f"ds={d}" for d in (days[0], days[1], days[3])]
 
     # unpausing now starts nothing: the latest interval has its (backfill) run
-    api.call("PATCH", "/dags/nightly_ingest", {"is_paused": False})
+    _unpause(api, "nightly_ingest")
     time.sleep(15)  # several scheduler loops (heartbeat 1 s)
     after = _runs(api, "nightly_ingest")
     assert sorted(r["run_id"] for r in after) == sorted(r["run_id"] for r in runs), after
