@@ -18,9 +18,6 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.freestack-installed
 NOTEBOOK_VENV := .venv-notebook
 NOTEBOOK_STAMP := $(NOTEBOOK_VENV)/.freestack-installed
 JUPYTERLAB := jupyterlab>=4.2,<5
-# pip byte-compiles every file it installs (torch alone: 13 of its 20 s of CPU); --no-compile leaves that to
-# the first import of each module, so only what runs is compiled, once (the environments are writable)
-PIP_INSTALL := pip install -q --no-compile
 
 # the embedded default: everything lives inside the project, git-ignored
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -59,8 +56,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/$(PIP_INSTALL) torch==2.13.0
-	$(BIN)/$(PIP_INSTALL) -e '.[dev,scaleout,notebook]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,scaleout,notebook]'
 	touch $@
 
 serving-venv: $(SERVING_STAMP)
@@ -68,8 +65,8 @@ serving-venv: $(SERVING_STAMP)
 $(SERVING_STAMP): plugins/freestack_server/requirements-seldon.txt
 	test -x $(SERVING_VENV)/bin/python || $(PYTHON) -m venv $(SERVING_VENV)
 	$(SERVING_VENV)/bin/pip install -q --upgrade pip
-	$(SERVING_VENV)/bin/$(PIP_INSTALL) torch==2.13.0
-	$(SERVING_VENV)/bin/$(PIP_INSTALL) -r plugins/freestack_server/requirements-seldon.txt
+	$(SERVING_VENV)/bin/pip install -q torch==2.13.0
+	$(SERVING_VENV)/bin/pip install -q -r plugins/freestack_server/requirements-seldon.txt
 	touch $@
 
 mlserver-venv: $(MLSERVER_STAMP)
@@ -77,8 +74,8 @@ mlserver-venv: $(MLSERVER_STAMP)
 $(MLSERVER_STAMP): plugins/freestack_server/requirements-mlserver.txt
 	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install -q --upgrade pip
-	$(MLSERVER_VENV)/bin/$(PIP_INSTALL) torch==2.13.0
-	$(MLSERVER_VENV)/bin/$(PIP_INSTALL) -r plugins/freestack_server/requirements-mlserver.txt
+	$(MLSERVER_VENV)/bin/pip install -q torch==2.13.0
+	$(MLSERVER_VENV)/bin/pip install -q -r plugins/freestack_server/requirements-mlserver.txt
 	touch $@
 
 notebook-venv: $(NOTEBOOK_STAMP)
@@ -86,7 +83,7 @@ notebook-venv: $(NOTEBOOK_STAMP)
 $(NOTEBOOK_STAMP):
 	test -x $(NOTEBOOK_VENV)/bin/python || $(PYTHON) -m venv $(NOTEBOOK_VENV)
 	$(NOTEBOOK_VENV)/bin/pip install -q --upgrade pip
-	$(NOTEBOOK_VENV)/bin/$(PIP_INSTALL) '$(JUPYTERLAB)'
+	$(NOTEBOOK_VENV)/bin/pip install -q '$(JUPYTERLAB)'
 	touch $@
 
 $(AIRFLOW_HOME)/airflow.db: $(STAMP)
