@@ -102,7 +102,10 @@ demo: $(STAMP) $(SERVING_STAMP) $(AIRFLOW_HOME)/airflow.db
 TEST_WORKERS ?= 2
 PYTEST = $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --forbid-skips
 
+# the project's own modules byte-compiled first (pip does it for what it installs): where
+# PYTHONDONTWRITEBYTECODE is set, as in CI, each of the suite's processes would compile them again
 test: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP) $(NOTEBOOK_STAMP) scaleout-deps browser-deps
+	$(BIN)/python -m compileall -q plugins dags include bench >/dev/null
 	$(PYTEST) --durations=25 tests
 
 # only the scheduler's tests on stock Airflow (the runtime wing's speed-ups off), which `make test` runs
