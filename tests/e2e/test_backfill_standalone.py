@@ -373,12 +373,10 @@ def test_a_crashed_scheduler_is_restarted_and_runs_go_on(standalone):
     assert (standalone["base"] / "storage/lake/digits/ds=2026-11-06/part.parquet").exists()
 
 
-def _paused(env, dag_id: str) -> bool | None:
-    import sqlite3
-
-    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db", timeout=30) as c:
-        row = c.execute("select is_paused from dag where dag_id=?", (dag_id,)).fetchone()
-    return None if row is None else bool(row[0])
+def _paused(api, dag_id: str) -> bool | None:
+    """Whether the DAG is paused, or None while the DAG processor has not created it."""
+    dag = _found(api, f"/dags/{dag_id}")
+    return None if dag is None else dag["is_paused"]
 
 
 @both_modes("standalone")
@@ -394,19 +392,18 @@ def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(s
     from demo.landing import make_landing
 
     env, base, api = standalone["env"], standalone["base"], standalone["api"]
-    yesterday = datetime.now(UTC).date() - timedelta(
-        days=1
-    )  # the latest interval: what unpausing would start
+    # the latest interval: what unpausing would start
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
     days = [(yesterday - timedelta(days=k)).isoformat() for k in (3, 2, 1, 0)]
     gap = days[2]  # no landing files: no run may be created for it
     make_landing(env["FREESTACK_STORAGE_ROOT"], yesterday - timedelta(days=3), 2, pipeline="nightly")
     make_landing(env["FREESTACK_STORAGE_ROOT"], yesterday, 1, pipeline="nightly")
 
     deadline = time.monotonic() + 180  # the DAG processor parses the new DAG (which starts paused)
-    while _paused(env, "nightly_ingest") is None:
+    while _paused(api, "nightly_ingest") is None:
         assert time.monotonic() < deadline, _log_tail()
         time.sleep(2)
-    assert _paused(env, "nightly_ingest") is True
+    assert _paused(api, "nightly_ingest") is True
 
     freestack = [str(Path(sys.executable).with_name("freestack")), "backfill", "nightly"]
     started = time.monotonic()
@@ -434,7 +431,7 @@ def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(s
     runs = _runs(api, "nightly_ingest")
     assert sorted(r["logical_date"][:10] for r in runs) == [days[0], days[1], days[3]], runs
     assert all(r["state"] == "success" and r["run_id"].startswith("backfill__") for r in runs), runs
-    assert _paused(env, "nightly_ingest") is True, "the DAG must be paused again, as the backfill found it"
+    assert _paused(api, "nightly_ingest") is True, "the DAG must be paused again, as the backfill found it"
     lake = base / "storage" / "lake" / "nightly"
     assert sorted(p.name for p in lake.glob("ds=*")) == [f"ds={d}" for d in (days[0], days[1], days[3])]
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 BUCKET = "freestack"
@@ -42,27 +44,6 @@ ADMIN_PASSWORD = "freestack-scaleout-admin"
 
 class StackError(RuntimeError):
     pass
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports below the ephemeral range (client sockets never take them)."""
-    import random
-
-    from freestack.serving.processes import ephemeral_port_floor
-
-    low = ephemeral_port_floor()
-    out: list[int] = []
-    while len(out) < n:
-        p = random.randint(12000, low - 300)
-        if p in out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, p))
-            except OSError:
-                continue
-        out.append(p)
-    return out
 
 
 def _which(name: str, *extra_dirs: str) -> str | None:
