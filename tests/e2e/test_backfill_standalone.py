@@ -111,10 +111,14 @@ def _airflow(env, *args: str, check: bool = True) -> subprocess.CompletedProcess
     return out
 
 
-def _backfill(env, *extra: str) -> None:
-    """``airflow backfill create`` over DAYS, retried while the previous backfill is still being
-    closed by the scheduler or SQLite is briefly locked by it."""
+def _backfill(env, api, *extra: str) -> None:
+    """``airflow backfill create`` over DAYS once the previous backfill is closed (the scheduler closes one
+    every 30 s; watched through the REST API, an `airflow` command is seconds of CPU), retried while
+    SQLite is briefly locked by the scheduler."""
     deadline = time.monotonic() + 180
+    while any(not b["completed_at"] for b in api.call("GET", "/backfills?dag_id=digits_ingest")["backfills"]):
+        assert time.monotonic() < deadline, _log_tail()
+        time.sleep(2)
     while True:
         out = _airflow(
             env,
@@ -167,7 +171,7 @@ def _wait_backfill(api, since: float, timeout: float = 420) -> list[dict]:
         fresh = [r for r in finished if _ts(r["end_date"]) >= since]
         if len(fresh) >= len(DAYS):
             return runs
-        time.sleep(5)
+        time.sleep(2)
     raise AssertionError(f"backfill did not finish: {_runs(api)}\n{_log_tail()}")
 
 
@@ -211,7 +215,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
 
     _unpause(standalone["api"], "digits_ingest")  # new DAGs start paused; a paused DAG's runs wait
     started = time.time()
-    _backfill(env)
+    _backfill(env, standalone["api"])
     runs = _wait_backfill(standalone["api"], started - 1)
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert all(r["state"] == "success" for r in runs), runs
@@ -228,7 +232,7 @@ def test_backfill_five_days_then_reprocess_byte_identical(standalone):
 
     # the scheduler marks a backfill complete shortly after its last run; only one may run per DAG
     started = time.time()
-    _backfill(env, "--reprocess-behavior", "completed")
+    _backfill(env, standalone["api"], "--reprocess-behavior", "completed")
     runs = _wait_backfill(standalone["api"], started - 1)
     assert all(r["state"] == "success" for r in runs), runs
     assert _hashes(base) == first, "reprocessing the same landing data must give byte-identical partitions"
@@ -437,7 +441,7 @@ def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(s
 
     # unpausing now starts nothing: the latest interval has its (backfill) run
     _unpause(api, "nightly_ingest")
-    time.sleep(15)  # several scheduler loops (heartbeat 1 s)
+    time.sleep(10)  # several scheduler loops (heartbeat 1 s)
     after = _runs(api, "nightly_ingest")
     assert sorted(r["run_id"] for r in after) == sorted(r["run_id"] for r in runs), after
     print(f"backfill of a paused DAG, 3 days in 2 backfills: {took:.0f} s")

@@ -309,7 +309,7 @@ def test_a_parallel_backfill_is_trained_on_whole(stack):
     )
     for dag_id in ("digits_train", "digits_ingest"):
         api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-    _backfill(env, "--max-active-runs", "5")  # retried while SQLite is briefly locked by the scheduler
+    _backfill(env, api, "--max-active-runs", "5")  # retried while SQLite is briefly locked by the scheduler
 
     def ingested():
         runs = [r for r in _runs(api, "digits_ingest") if r["run_type"] == "backfill"]

@@ -39,7 +39,7 @@ from tests.support.serving_hostile import (
 N_FEATURES = 8
 MAX_ROWS = 50
 MAX_BODY = 4 * 1024 * 1024
-TIMEOUT_S = 20  # gunicorn's worker timeout: a worker blocked longer is killed (the read deadline is half)
+TIMEOUT_S = 10  # gunicorn's worker timeout: a worker blocked longer is killed (the read deadline is half)
 ORIGIN = "https://app.example"
 KEEP_MODEL_SERVERS = True  # the module's servers are shared by its tests and stopped by the fixture
 

@@ -44,6 +44,8 @@ from freestack.ingest.lake import landing_dir, landing_files
 from freestack.spec import spec_file
 
 FINISHED = ("success", "failed")
+#: Airflow takes one backfill of a DAG at a time, and its scheduler marks a backfill completed every 30 s:
+#: how long a new backfill waits for the previous one, its runs all ended, to be closed
 CLOSE_GRACE_S = 60.0
 POLL_SECONDS = 2.0
 BUSY_RETRIES = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between tries while Airflow answers 503 (SQLite locked)
@@ -99,10 +101,10 @@ class Airflow:
         send = functools.partial(self.api.call, method, path, body, safe=safe)
         return self._busy(send, f"{method} {path}", what, not_found, busy)
 
-    def create_backfill(self, body: dict[str, Any], what: str, busy: tuple[int, ...] = (503,)) -> Any:
+    def create_backfill(self, body: dict[str, Any], what: str) -> Any:
         """``POST /backfills``, never twice for one backfill however late Airflow answers."""
         send = functools.partial(self.api.create_backfill, body)
-        return self._busy(send, "POST /backfills", what, None, busy)
+        return self._busy(send, "POST /backfills", what, None, (503,))
 
     def trigger(self, dag_id: str, conf: dict[str, Any], note: str, not_found: CliError) -> dict[str, Any]:
         """A manual run of ``dag_id``, never two however late Airflow answers."""
@@ -424,9 +426,9 @@ def _run(
             _set_paused(af, d.dag_id, True, f"pausing {d.dag_id}")
             held.append(d.dag_id)
             console.print(f"paused {d.dag_id} for the backfill (--no-downstream)")
-        for k, (seg, part) in enumerate(zip(plan.segments, plan.bodies, strict=True)):
-            # a later part waits while the scheduler closes the previous backfill (409: one per DAG)
-            backfill = af.create_backfill(part, f"the backfill of {dag_id}", busy=(503, 409) if k else (503,))
+        for seg, part in zip(plan.segments, plan.bodies, strict=True):
+            _wait_closed(af, dag_id)  # the previous part's, or an earlier command's
+            backfill = af.create_backfill(part, f"the backfill of {dag_id}")
             created, af.api.follow = backfill["id"], f"{af.url}/dags/{dag_id}"
             # after the first backfill's runs exist: the latest interval may be one
             if plan.paused and not unpaused:
@@ -576,7 +578,6 @@ def _follow(
 ) -> list[dict[str, Any]]:
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
     since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
-    all_done: float | None = None
     console = out()
     with progress(console=console) as bar:
         task = bar.add_task(f"{dag_id} runs", total=total)
@@ -597,10 +598,8 @@ def _follow(
                     f"{dag_id} {str(r['logical_date'])[:10]}: {r['state']} ({r.get('duration') or 0:.1f} s)"
                 )
             bar.update(task, completed=len(done))
-            # the scheduler closes the backfill a loop or two after its last run, and refuses another
-            # backfill of the DAG until then: wait for that (a little), so the next command may start one
-            all_done = all_done or (time.monotonic() if len(done) >= total else None)
-            if completed or (all_done and time.monotonic() - all_done > CLOSE_GRACE_S):
+            # done once its runs ended: the scheduler closes the backfill itself later (_wait_closed)
+            if completed or len(done) >= total:
                 return done
             if time.monotonic() > deadline:
                 rest = (
@@ -614,6 +613,36 @@ def _follow(
                     rest,
                 )
             time.sleep(POLL_SECONDS)
+
+
+def _wait_closed(af: Airflow, dag_id: str) -> None:
+    """Return once ``dag_id`` has no open backfill. One whose runs all ended is waited for (the scheduler
+    closes it within half a minute, and Airflow refuses another backfill of the DAG until then); one with
+    runs still queued or running is a :class:`CliError` at once."""
+    deadline, said = time.monotonic() + CLOSE_GRACE_S, False
+    while (open_ := _open_backfill(af, dag_id)) is not None:
+        query = urlencode({"run_type": "backfill", "state": ["queued", "running"], "limit": 1}, doseq=True)
+        left = af.call("GET", f"/dags/{dag_id}/dagRuns?{query}", what=f"the runs of {dag_id}")
+        if left.get("total_entries"):
+            raise CliError(
+                f"backfill {open_['id']} of {dag_id} is still running ({plural(left['total_entries'], 'run')} to go)",
+                f"one backfill per DAG at a time: wait for it ({af.url}/dags/{dag_id}), or cancel it in the UI",
+            )
+        if time.monotonic() > deadline:
+            raise CliError(
+                f"backfill {open_['id']} of {dag_id}: its runs ended, and Airflow did not close it in {CLOSE_GRACE_S:.0f} s",
+                "is its scheduler running? `freestack up` starts the stack",
+            )
+        if not said:
+            out().print(f"waiting for Airflow to close backfill {open_['id']} of {dag_id} (its runs ended)")
+            said = True
+        time.sleep(POLL_SECONDS)
+
+
+def _open_backfill(af: Airflow, dag_id: str) -> dict[str, Any] | None:
+    query = urlencode({"dag_id": dag_id, "order_by": "-id", "limit": 10})
+    found = af.call("GET", f"/backfills?{query}", what=f"the backfills of {dag_id}").get("backfills", [])
+    return next((b for b in found if not b.get("completed_at")), None)
 
 
 def _runs(af: Airflow, dag_id: str, first: str, last: str) -> list[dict[str, Any]]:

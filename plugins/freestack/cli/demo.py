@@ -181,7 +181,7 @@ def _ingest(api: AirflowAPI, days: list[date], out: Out) -> None:
     api.follow = f"{api.url}/dags/{INGEST}"
     _pause(api, INGEST, False)
     _wait(
-        lambda: api.call("GET", f"/backfills/{backfill['id']}").get("completed_at"),
+        lambda: _backfilled(api, backfill, days),
         900,
         f"the {INGEST} backfill",
         f"open {api.url}/dags/{INGEST}",
@@ -235,6 +235,24 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
                     f"could not create the {INGEST} backfill: HTTP {exc.code} {answer!r}"
                 ) from None
             time.sleep(2.0)
+
+
+def _backfilled(api: AirflowAPI, backfill: dict, days: list[date]) -> bool:
+    """Every day's run ended since the backfill was created (the scheduler closes the backfill itself up to
+    half a minute later: a later round's backfill waits for that), or the backfill is closed."""
+    since = _ts(backfill["created_at"])
+    ended = [
+        r
+        for r in _runs(api, INGEST, days)
+        if r["state"] in ("success", "failed") and r.get("end_date") and _ts(r["end_date"]) >= since
+    ]
+    return len(ended) >= len(days) or bool(
+        api.call("GET", f"/backfills/{backfill['id']}").get("completed_at")
+    )
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
 def _runs(api: AirflowAPI, dag_id: str, days: list[date]) -> list[dict]:

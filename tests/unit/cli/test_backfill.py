@@ -38,6 +38,7 @@ class FakeAirflow:
         next_run: str | None = None,
         slow_health: float = 0.0,
         train_paused: bool | None = None,
+        close_polls: int = 0,
     ):
         self.days, self.paused, self.fail = days, paused, fail
         # digits_train, scheduled on the lake asset digits_ingest updates: paused or not (None: no such DAG)
@@ -50,6 +51,8 @@ class FakeAirflow:
         self.locked = locked  # creates answered 503 (SQLite locked by the scheduler) before one succeeds
         self.existing = existing  # days that already have a run (the dry run leaves them out)
         self.backfill: dict | None = None  # the latest one
+        # the scheduler's lag: the DAG's backfill list shows a backfill whose runs ended still open this often
+        self.close_lag, self.close_polls = close_polls, 0
         self.created: list[dict] = []  # every backfill created
         self.runs: list[dict] = []
         self.calls: list[tuple[str, str, dict | None]] = []
@@ -116,12 +119,20 @@ class FakeAirflow:
             return self._create(body)
         if path == "/backfills" and method == "GET":  # the DAG's backfills, the latest first (order_by=-id)
             assert query["dag_id"] == ["digits_ingest"] and query["order_by"] == ["-id"]
+            listed = self._backfill() if self.backfill else None
+            if listed and listed["completed_at"] and self.close_polls:
+                self.close_polls -= 1
+                listed["completed_at"] = None
             return 200, {
-                "backfills": [self.backfill] if self.backfill else [],
+                "backfills": [listed] if listed else [],
                 "total_entries": len(self.created),
             }
         if self.backfill and path == f"/backfills/{self.backfill['id']}":
-            return 200, {**self.backfill, "completed_at": _now() if self._done() else None}
+            return 200, self._backfill()
+        if path == "/dags/digits_ingest/dagRuns" and "state" in query:  # the runs a backfill has to go
+            assert query["run_type"] == ["backfill"]
+            left = [r for r in self.runs if r["state"] in query["state"]]
+            return 200, {"dag_runs": left[:1], "total_entries": len(left)}
         if path == "/dags/digits_ingest/dagRuns":
             self._advance()
             first, last = query["logical_date_gte"][0], query["logical_date_lte"][0]
@@ -141,7 +152,7 @@ class FakeAirflow:
             return 503, {
                 "detail": "Database is locked. Backfill creation is not supported on SQLite under concurrent access."
             }
-        if self.backfill is not None and not self._done():
+        if self.backfill is not None and (not self._done() or self.close_polls):
             return 409, {"detail": "There is already a running backfill for dag digits_ingest"}
         self.backfill = {
             "id": len(self.created) + 1,
@@ -153,6 +164,7 @@ class FakeAirflow:
             "reprocess_behavior": body["reprocess_behavior"],
         }
         self.created.append(body)
+        self.close_polls = self.close_lag
         self.runs += [
             {
                 "dag_run_id": f"backfill__{d}T00:00:00+00:00",
@@ -165,6 +177,10 @@ class FakeAirflow:
             if body["from_date"][:10] <= d <= body["to_date"][:10]
         ]
         return 200, self.backfill
+
+    def _backfill(self) -> dict:
+        """The latest backfill, completed once its runs are (no scheduler loop to wait for here)."""
+        return {**self.backfill, "completed_at": _now() if self._done() else None}
 
     def _done(self) -> bool:
         return all(r["state"] in ("success", "failed") for r in self.runs)
@@ -353,6 +369,13 @@ def test_days_without_landing_files_get_no_run(fake_airflow, capsys):
     ]
     assert sorted(r["logical_date"][:10] for r in api.runs) == [d for d in DAYS if d != "2026-11-03"]
     assert out.splitlines()[-1] == "backfill of digits_ingest: 4 runs succeeded"
+    # the first part's runs ended: the second waits while Airflow closes the first (one per DAG at a time)
+    assert out.count("waiting for Airflow to close") == 0
+    api = fake_airflow(DAYS, landed=[d for d in DAYS if d != "2026-11-03"], close_polls=3)
+    assert main(ARGV) == 0
+    out = capsys.readouterr().out
+    assert "waiting for Airflow to close backfill 1 of digits_ingest (its runs ended)" in out
+    assert len(api.created) == 2 and out.splitlines()[-1] == "backfill of digits_ingest: 4 runs succeeded"
     # paused, with its latest interval among them: that part first, so that it has its run when unpaused
     api = fake_airflow(DAYS, paused=True, next_run="2026-11-05", landed=[])
     assert main(ARGV) == 0 and api.paused is True
@@ -392,11 +415,8 @@ def test_nothing_to_do_and_refusals_are_one_line(fake_airflow, capsys):
     )  # another backfill is running
     assert main(ARGV) == 1
     err = capsys.readouterr().err
-    assert (
-        err.count("\n") == 1
-        and "HTTP 409 There is already a running backfill" in err
-        and "one backfill per DAG" in err
-    )
+    assert err.count("\n") == 1 and "backfill 9 of digits_ingest is still running (1 run to go)" in err
+    assert "one backfill per DAG at a time" in err and "/dags/digits_ingest" in err
     assert main([*ARGV, "--dag", "train"]) == 1
     assert "no DAG 'digits_train'" in capsys.readouterr().err
 

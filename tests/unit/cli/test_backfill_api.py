@@ -86,7 +86,6 @@ def _finish_backfill_runs(dag_id: str, stop: threading.Event) -> None:
 def test_backfill_through_the_real_api(api_server, monkeypatch, capsys, storage):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", api_server)
     monkeypatch.setattr(backfill_cli, "POLL_SECONDS", 0.2)
-    monkeypatch.setattr(backfill_cli, "CLOSE_GRACE_S", 1.0)  # no scheduler here to close the backfill
     assert os.path.exists(
         os.path.join(os.environ["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
     )
