@@ -15,6 +15,10 @@
    `freestack backfill --dag score`;
 7. a distributed training across 2 "nodes" of one rank each: ``train`` and ``train_node`` run at once on the
    LocalExecutor and meet at the c10d rendezvous; the version gates, registers and serves.
+8. a language model preference-tuned (DPO) on landed pairs, judged by the stand-in LLM judge, gated on
+   its score, registered and served (tests/support/llm_pipeline.py);
+9. its request log monitored on text: a quiet interval, and one where half the prompts ask for poems
+   alerts on the prompts' MMD².
 
 Slow (it starts the whole of Airflow): `-m slow`.
 """
@@ -34,6 +38,7 @@ import pytest
 from freestack.settings import environment
 from tests.dags.test_custom_model_dag import DIGITS_NET, use_custom_model
 from tests.e2e.test_backfill_standalone import DAYS, _backfill, both_modes, start_airflow
+from tests.support import llm_pipeline
 from tests.support.landing_kinds import GLYPHS_SPEC, SHOP_SPEC, glyphs_landing, shop_landing
 from tests.support.serving import needs_serving_env
 
@@ -92,11 +97,26 @@ def stack(request, tmp_path_factory):
         _digits_text("broken", train_schedule=None).replace("format: csv", "format: xml")
     )
     hub = _more_pipelines(base, specs) if mode == "speedups" else None
-    # what the tasks fetch the base from, and OpenLineage's file transport for every process of the stack
+    llm = llm_pipeline.prepare(base, specs) if mode == "speedups" else None
+    # what the tasks fetch the base from, the model servers' request log written soon (the LLM's
+    # monitor), and OpenLineage's file transport for every process of the stack
     lineage = base / "openlineage.json"
-    with environment({**({"HF_ENDPOINT": hub["hub"].endpoint} if hub else {}), **_lineage_env(lineage)}):
+    more = {"HF_ENDPOINT": hub["hub"].endpoint, **llm_pipeline.ENV} if hub else {}
+    with environment({**more, **_lineage_env(lineage)}):
         env, proc, log = start_airflow(base, specs, parallelism=6, speedups=mode == "speedups")
-    yield {"env": env, "base": base, "api": AirflowAPI(env), "log": log, "hub": hub, "lineage": lineage}
+    if llm:
+        llm.ready()
+    yield {
+        "env": env,
+        "base": base,
+        "api": AirflowAPI(env),
+        "log": log,
+        "hub": hub,
+        "lineage": lineage,
+        "llm": llm,
+    }
+    if llm:
+        llm.stop(env["FREESTACK_STORAGE_ROOT"])
     stop_process(proc.pid, grace_seconds=15)
     if hub:
         hub["hub"].stop()
@@ -709,3 +729,148 @@ def _model_and_pre(uri: str):
 
     loaded = version.open(uri).load()
     return loaded.model, loaded.preprocessor
+
+
+@pytest.fixture(scope="module")
+def llm_trained(stack) -> dict:
+    """The language model's day ingested by ``<p>_ingest``; the ``<p>_train`` run its lake event started,
+    ended, with how long that took (``seconds``)."""
+    from tests.support.llm_pipeline import NAME, TERMINAL, ended, states
+
+    api, log, name = stack["api"], stack["log"], NAME
+    started = time.monotonic()
+    _unpaused(stack, "ingest", "train")
+    body = {"logical_date": f"{llm_pipeline.DS}T00:00:00Z", "dag_run_id": "day-1"}
+    api.call("POST", f"/dags/{name}_ingest/dagRuns", body)
+    run = _wait("the ingest run", lambda: ended(api, f"{name}_ingest", "day-1"), log, timeout=240)
+    assert run["state"] == "success", states(api, f"{name}_ingest", "day-1")
+
+    def first_ended():
+        runs = api.call("GET", f"/dags/{name}_train/dagRuns?limit=10")["dag_runs"]
+        return next((r for r in runs if r["state"] in TERMINAL), None)
+
+    run = _wait(f"{name}_train's run", first_ended, log, timeout=600, every=3)
+    return {**run, "seconds": time.monotonic() - started}
+
+
+def _unpaused(stack, *kinds: str) -> None:
+    api, wanted = stack["api"], {f"{llm_pipeline.NAME}_{k}" for k in kinds}
+    listed = lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/dags?limit=100")["dags"]}  # noqa: E731
+    _wait("the DAGs", listed, stack["log"])
+    for dag_id in sorted(wanted):
+        api.call("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+
+
+@ONCE
+@needs_serving_env
+def test_a_preference_tuned_model_is_judged_gated_registered_and_served_under_the_scheduler(
+    stack, llm_trained
+):
+    """8. A day of landed prompt/chosen/rejected pairs is ingested; the lake event starts ``<p>_train``,
+    which preference-tunes (train.objective dpo, with the SFT term) the tiny causal LM instruction-tuned
+    here (tests/support/preference.py), evaluates it with ``gate.judge`` = the stand-in LLM judge
+    (tests/unit/evaluate/judge_standin.py, pointwise: a first model has no production to be compared
+    with), gates it on ``min_judge_score``, registers and serves it: its evaluation holds the judge's
+    figures and ``judge.json``, its lineage names the judge (tests/support/llm_pipeline.py)."""
+    from freestack.serving.records import Deployments
+    from tests.support.llm_pipeline import DS, NAME, states
+
+    api, base, run, judge = stack["api"], stack["base"], llm_trained, stack["llm"].judge
+    got = states(api, f"{NAME}_train", run["dag_run_id"])
+    assert run["state"] == "success" and run["run_type"] == "asset_triggered", (run, got)
+    assert {got[t] for t in ("train", "evaluate", "gate", "promote", "deploy")} == {"success"}, got
+    rec = Deployments(stack["env"]["FREESTACK_STORAGE_ROOT"], NAME).get(NAME)
+    version = base / "storage" / "registry" / NAME / rec["version"]
+    assert (version / "_REGISTERED.json").exists() and (version / "model.safetensors").exists()
+    lineage = json.loads((version / "lineage.json").read_text())
+    assert (lineage["objective"]["name"], lineage["objective"]["sft_weight"]) == ("dpo", 1.0), lineage
+    assert [p["ds"] for p in lineage["partitions"]] == [DS]
+
+    evaluation = json.loads((version / "evaluation" / "metrics.json").read_text())
+    cand = evaluation["candidate"]
+    record = json.loads((version / "evaluation" / "judge.json").read_text())
+    assert record["status"] == "judged" and len(record["items"]) == cand["judge_judged"] > 0
+    right = [it["candidate"]["answer"].strip() == it["reference"].strip() for it in record["items"]]
+    assert cand["judge_score"] == pytest.approx((5 * sum(right) + len(right) - sum(right)) / len(right))
+    assert cand["judge_exact_agreement"] == 1.0 and cand["judge_failures"] == 0
+    assert len(judge.requests) == cand["judge_judged"]  # every verdict came from the judge's server
+    # the gate read the judge's figure, and lineage names the judge and its figures
+    gate = lineage["gate"]
+    named = {"status": "judged", "url": judge.url, "model": "fair", "mode": "pointwise"}
+    assert gate["decision"] == "promote" and named.items() <= gate["judge"].items(), gate
+    assert {k: record["judge"][k] for k in ("url", "model", "mode")} == {
+        k: named[k] for k in ("url", "model", "mode")
+    }
+    reason = next(r for r in gate["reasons"] if r.startswith("judge_score"))
+    assert "min_judge_score" in reason and reason.endswith(": pass"), reason
+    assert lineage["evaluation"]["candidate"]["judge_score"] == cand["judge_score"]
+    print(
+        f"\n{NAME} {rec['version']}: exact match {cand['exact_match']:.3f}, judge_score {cand['judge_score']:.3f} "
+        f"on {cand['judge_judged']} prompts; ingest to served in {run['seconds']:.0f} s"
+    )
+
+
+def _served_round(stack, url: str, asked: list[str]) -> tuple:
+    """The prompts served, and their interval [start, end) once the server's request log holds them all."""
+    from tests.support.llm_pipeline import logged_since, now, send
+
+    start = now()
+    send(url, asked)
+    storage = stack["base"] / "storage"
+    _wait("the request log", lambda: logged_since(storage, start) >= len(asked), stack["log"], timeout=60)
+    return start, now()
+
+
+@ONCE
+@needs_serving_env
+def test_the_served_models_text_traffic_is_monitored_and_a_shifted_interval_alerts(stack, llm_trained):
+    """9. ``<p>_monitor`` with ``monitor.text`` (the tiny sentence encoder of
+    tests/unit/monitor/test_text_drift.py) judges intervals of the served model's request log: the
+    tutorial's prompts stay quiet, with the text signals (MMD² of prompts and answers, the empty, refusal
+    and truncation rates) in the summary, and the prompt's own statistics (no feature drift: a request
+    carries the prompt, never the pair's rejected answer); an interval where half the prompts ask for
+    poems raises the alert on the prompts' MMD². (The deployment, started while ``llm_trained`` was made,
+    serves both tests: the suite stops only the model servers a test itself started.)"""
+    from freestack.monitor.core import interval_name
+    from freestack.serving.records import Deployments
+    from tests.support.llm_pipeline import NAME, ended, monitor_run, prompts, states
+
+    api, log = stack["api"], stack["log"]
+    assert llm_trained["state"] == "success", llm_trained
+    _unpaused(stack, "monitor")
+    url = Deployments(stack["env"]["FREESTACK_STORAGE_ROOT"], NAME).get(NAME)["predict_url"]
+    quiet = _served_round(stack, url, prompts(120, seed=11))
+    quiet_run = monitor_run(api, *quiet)  # judged while the shifted round is served
+    shifted = _served_round(stack, url, prompts(120, seed=12, poems=0.5))
+    shifted_run = monitor_run(api, *shifted)
+    dag_id = f"{NAME}_monitor"
+    for run_id in (quiet_run, shifted_run):
+        _wait(f"{dag_id} {run_id}", lambda run_id=run_id: ended(api, dag_id, run_id), log, timeout=240)
+    reports = stack["base"] / "storage" / "monitoring" / NAME / "reports"
+    calm, drifted = (
+        json.loads((reports / interval_name(*i) / "summary.json").read_text()) for i in (quiet, shifted)
+    )
+
+    assert states(api, dag_id, quiet_run) == {"monitor": "success", "alert": "skipped", "retrain": "skipped"}
+    assert calm["status"] == "ok" and calm["rows"] == 120 and not calm["alerts"], calm
+    (judged,) = calm["versions"]
+    series = {s["name"] for s in judged["series"]}  # what a request carries: the prompt alone
+    assert "prompt.length" in series and not any(n.startswith("rejected") for n in series), series
+    signals = {s["name"]: s for s in judged["text"]["signals"]}
+    assert {"prompts", "completions", "empty", "refusal", "truncation"} <= set(signals), signals
+    assert signals["prompts"]["value"] is not None and not signals["prompts"]["drifted"], signals["prompts"]
+    assert all(signals[r]["value"] is not None for r in ("empty", "refusal", "truncation")), signals
+
+    assert states(api, dag_id, shifted_run) == {
+        "monitor": "success",
+        "alert": "success",
+        "retrain": "skipped",
+    }
+    assert drifted["status"] == "drift" and drifted["rows"] == 120, drifted
+    (alert,) = [a for a in drifted["alerts"] if a["series"] == "text.prompts"]
+    assert "MMD²" in alert["message"] and "report.html" in alert["message"], alert
+    got = {s["name"]: s for s in drifted["versions"][0]["text"]["signals"]}["prompts"]
+    print(
+        f"\nprompts MMD²: quiet {signals['prompts']['value']:.4f} (p {signals['prompts']['p_value']:.3f}), "
+        f"half poems {got['value']:.4f} (p {got['p_value']:.3f})"
+    )

@@ -191,7 +191,7 @@ def test_down_stops_orphans_and_sigterm_ignorers_and_reports_them(tmp_path):
         orphans = [w.pid for w in workers if w.pid != supervisor.pid]
         assert orphans and all(_alive(pid) for pid in orphans + [task, child])
 
-        down = _freestack(env, "down", "--grace", "10", timeout=300)
+        down = _freestack(env, "down", "--grace", "5", timeout=300)
         report = down.stdout
         assert down.returncode == 0, report + down.stderr
         left = [(p.pid, " ".join(p.cmdline())) for p in _session(sid) if p.is_running()]
