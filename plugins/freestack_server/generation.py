@@ -329,7 +329,7 @@ class Generator:
     ) -> Prompts:
         """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
         the left, or refused with 413, by ``truncate``)."""
-        from freestack.ml.generation import ChatError, PromptTooLong, prompt_ids
+        from freestack.ml.generation import ChatError, EmptyPrompt, PromptTooLong, prompt_ids
 
         if not chats:
             raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
@@ -350,6 +350,8 @@ class Generator:
                 413,
                 "PROMPT_TOO_LONG",
             ) from None
+        except EmptyPrompt as exc:
+            raise PayloadError(str(exc), param="messages") from None
         except ChatError as exc:
             raise PayloadError(str(exc)) from None
         return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}), ids)
@@ -363,6 +365,10 @@ class Generator:
         for i, text in enumerate(texts):
             _check_text(text, f"prompt {i}")
             tokens = self.check_tokenizer(text)["input_ids"]
+            if not tokens:  # nothing to continue (and the engine's batch cannot hold an empty prompt)
+                raise PayloadError(
+                    f"prompt {i} is empty: it has no tokens to continue; send text", param="prompt"
+                )
             cut = len(tokens) > settings.max_prompt_tokens
             if cut and settings.truncate != "left":
                 raise PayloadError(

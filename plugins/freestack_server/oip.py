@@ -47,6 +47,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import os
+import signal
 import time
 from dataclasses import replace
 from typing import Any
@@ -74,9 +77,10 @@ from freestack_server.errors import PayloadError
 from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, Generated, Prompts
 from freestack_server.generation import describe as describe_generation
 from freestack_server.oip_binary import DTYPES
-from freestack_server.oip_server import AT_STOP
+from freestack_server.oip_server import AT_STOP, ENGINE_DIED
 from freestack_server.openai_api import SERVED, Served
 
+log = logging.getLogger("freestack.serving")
 #: the name of a model of numbers' one tensor [rows, features]
 MATRIX = "input"
 NUMERIC = tuple(DTYPES)  # the V2 numeric datatypes
@@ -173,6 +177,7 @@ class FreestackRuntime(MLModel):
         )
         self.engine.start()
         AT_STOP.append(self.engine.stop)  # its loop thread ends with the server
+        self._watch = asyncio.ensure_future(self.engine.watch(self._engine_died))
         cfg = ServerConfig()
         self.adapters = Adapters(
             self.core,
@@ -184,6 +189,17 @@ class FreestackRuntime(MLModel):
         )
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         SERVED[self.name] = Served(self.name, self.core, self.engine, self.adapters, key)
+
+    def _engine_died(self, why: str) -> None:
+        """The engine's loop died (its requests were failed with the error): not ready from now on, so
+        readiness and ``serve status`` say so, and the server stops, as on SIGTERM, to be started again
+        with a new engine by its supervisor (or Kubernetes)."""
+        self.ready = False
+        log.error(
+            "%s is not ready: its generation engine died (%s); the server stops to restart", self.name, why
+        )
+        ENGINE_DIED.append(why)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def unload(self) -> bool:
         SERVED.pop(self.name, None)

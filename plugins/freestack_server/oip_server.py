@@ -426,6 +426,9 @@ def folder_of(cfg: ServerConfig) -> Path:
 #: (:class:`freestack_server.oip.FreestackRuntime` adds its engine's ``stop``). MLServer's stop unloads no
 #: model, and that thread would keep the process alive after SIGTERM
 AT_STOP: list[Callable[[], None]] = []
+#: why a generation engine died, once one did (:meth:`freestack_server.oip.FreestackRuntime._engine_died`):
+#: the server stops as on SIGTERM, then exits 1 so that its supervisor (or Kubernetes) starts it again
+ENGINE_DIED: list[str] = []
 
 
 async def run(cfg: ServerConfig, address_fd: int | None) -> None:
@@ -465,6 +468,10 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     if not asked:  # MLServer logs a model that fails to load and stops by itself: the same broken version
         log.error("MLServer stopped without being asked: %s did not load (its log is above)", cfg.model)
         raise SystemExit(BOOT_ERROR)
+    if ENGINE_DIED:
+        raise SystemExit(
+            f"the generation engine of {cfg.model} died ({ENGINE_DIED[0]}): start the server again"
+        )
 
 
 async def _stop(server, address: AddressServer | None, sig: int) -> None:

@@ -231,7 +231,7 @@ def _checked(call, *args):
         return call(*args)
     except PayloadError as exc:
         code = "context_length_exceeded" if exc.status == 413 else None
-        raise OpenAIError(exc.status, exc.message, None, code) from None
+        raise OpenAIError(exc.status, exc.message, exc.param, code) from None
 
 
 @router.get("/models")

@@ -181,6 +181,21 @@ def test_holder_gone_while_serving_then_after_a_restart(dep):
     assert code == 200 and body["meta"]["tags"]["model_version"] == "v2"
 
 
+def test_a_deploy_of_what_is_recorded_checks_that_the_live_server_still_answers_it(dep):
+    """Deploying the version the record names, from a live server, changes nothing while that server
+    answers the version's smoke test; when it does not (here the record names v1 while v2 answers), the
+    version is deployed again rather than reported as served."""
+    deployments = Deployments(dep["root"], "addr")
+    current, token = deployments.read("addr")
+    assert current["version"] == "v2"
+    assert _deploy(dep, "v2").get("unchanged") is True
+    deployments.write("addr", {**current, "version": "v1", "version_uri": dep["uris"]["v1"]}, token)
+    rec = _deploy(dep, "v1", "the record's version does not answer")
+    assert not rec.get("unchanged") and rec["version"] == "v1" and rec["url"] == current["url"]
+    code, body = http_json(rec["predict_url"], {"data": {"ndarray": [[0.1] * N_FEATURES]}})
+    assert code == 200 and body["meta"]["tags"]["model_version"] == "v1"
+
+
 def test_a_stop_logs_no_traceback(dep):
     """`freestack serve stop` stops the server gracefully, then its holder; neither logs a traceback."""
     rec = Deployments(dep["root"], "addr").get("addr")

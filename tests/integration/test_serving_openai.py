@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(
 
 MODEL, KEY = "chat", "sk-test-freestack"
 MAX_NEW, MAX_PROMPT, MAX_REQUESTS = 24, 64, 10
+#: a request for this many new tokens makes the server's generation loop raise (tests/support/engine_fault)
+FAULT = 13
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,7 @@ def server(work, version) -> ImageServer:
         "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
         "FREESTACK_REQUEST_LOG_RATE": "1.0",
         "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
+        "FREESTACK_TEST_ENGINE_FAULT": str(FAULT),
         **bounds.env(),
     }
     s = start_like_image(
@@ -69,6 +72,7 @@ def server(work, version) -> ImageServer:
         env=env,
         ready_path=f"/v2/models/{MODEL}/ready",
         timeout=180,
+        first_on_path=(ROOT / "tests" / "support" / "engine_fault",),
     )
     yield s
     s.stop()
@@ -283,6 +287,22 @@ def test_an_over_long_prompt_is_a_413_naming_the_limit(server):
     assert f"limit of {MAX_PROMPT}" in answer["error"]["message"]
 
 
+def test_a_prompt_of_no_tokens_is_a_400_and_generation_goes_on(server, client, version):
+    """A prompt that tokenizes to nothing is refused naming the field, on its own or in a list; the engine
+    never sees it, so the next request is answered as before and the server stays ready."""
+    for prompt, index in (("", 0), ([""], 0), (["hi", ""], 1)):
+        code, answer = _post(server, "/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": 4})
+        error = answer["error"]
+        assert code == 400 and error["param"] == "prompt", answer
+        assert error["message"].startswith(f"prompt {index} is empty"), error
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": SMOKE_PROMPTS[0]}], max_tokens=8, temperature=0
+    )
+    assert answer.choices[0].message.content.strip() == _expected(version, SMOKE_PROMPTS[0])
+    with urllib.request.urlopen(f"{server.url}/v2/models/{MODEL}/ready", timeout=10) as r:
+        assert r.status == 200
+
+
 def test_a_client_that_leaves_mid_stream_frees_its_slot(server, client):
     body = {
         "model": MODEL,
@@ -334,3 +354,37 @@ def test_a_flood_of_streams_past_the_limit_gets_429s_and_the_rest_are_answered(s
         error = json.loads(text)["error"]
         assert "deploy.generation.max_requests" in error["message"] and error["code"] == "rate_limit_exceeded"
         assert after == "1"
+
+
+def _ready(server: ImageServer) -> bool:
+    try:
+        with urllib.request.urlopen(f"{server.url}/v2/models/{MODEL}/ready", timeout=5) as r:
+            return r.status == 200
+    except OSError:  # not ready (400), or no server at the port while it restarts
+        return False
+
+
+def test_an_engine_whose_loop_dies_is_not_ready_and_the_server_is_started_again(server, client, version):
+    """The generation loop raises (tests/support/engine_fault, on the request for FAULT tokens): that
+    request is told the engine failed, readiness turns false, the server stops and its supervisor starts it
+    again, which answers as before. Its log says why; no request is logged as its client leaving."""
+    before = len(server.log())
+    code, answer = _post(
+        server, "/v1/chat/completions", {"model": MODEL, "messages": HI, "max_tokens": FAULT}
+    )
+    assert code == 503 and "generation failed in the engine" in answer["error"]["message"], answer
+    deadline = time.monotonic() + 10
+    while _ready(server):
+        assert time.monotonic() < deadline, "still ready with a dead engine"
+        time.sleep(0.1)
+    deadline = time.monotonic() + 180
+    while not _ready(server):
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.log()[-3000:]
+        time.sleep(0.5)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": SMOKE_PROMPTS[0]}], max_tokens=8, temperature=0
+    )
+    assert answer.choices[0].message.content.strip() == _expected(version, SMOKE_PROMPTS[0])
+    log = server.log()[before:]
+    assert "its generation engine died (RuntimeError: an injected fault in the generation loop)" in log
+    assert "the model server exited with 1; restarting" in log and "its client left" not in log

@@ -95,10 +95,17 @@ class ImageServer:
 
 
 def image_launch(
-    runtime: str, model_uri: str, workdir: Path, port: int, *, env: dict[str, str] | None = None
+    runtime: str,
+    model_uri: str,
+    workdir: Path,
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    first_on_path: tuple[Path, ...] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of the ``runtime``'s image command on ``port`` (gRPC ``port + 1``, metrics
-    ``port + 2``); ``env``: what a manifest adds (it wins over the image's, as a container's env does)."""
+    ``port + 2``); ``env``: what a manifest adds (it wins over the image's, as a container's env does);
+    ``first_on_path``: folders put before the project's on ``PYTHONPATH`` (a test's fault, say)."""
     dockerfile = DOCKERFILES[runtime]
     variables = {k: v for k, v in image_env(dockerfile).items() if not k.startswith(IMAGE_ONLY)}
     variables.update(
@@ -120,7 +127,7 @@ def image_launch(
         **inherited,
         **variables,
         **(env or {}),
-        "PYTHONPATH": str(ROOT / "plugins"),
+        "PYTHONPATH": os.pathsep.join([*map(str, first_on_path), str(ROOT / "plugins")]),
     }
 
 
@@ -132,13 +139,14 @@ def start_like_image(
     env: dict[str, str] | None = None,
     ready_path: str | None = None,
     timeout: float = 120.0,
+    first_on_path: tuple[Path, ...] = (),
 ) -> ImageServer:
     """Start the ``runtime``'s image command with its image's environment (:func:`image_launch`) on free
     ports; waits until ``ready_path`` answers 200."""
     from freestack.serving.processes import free_port_block
 
     port = free_port_block()
-    argv, full = image_launch(runtime, model_uri, workdir, port, env=env)
+    argv, full = image_launch(runtime, model_uri, workdir, port, env=env, first_on_path=first_on_path)
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{runtime}-{port}.log"
     with open(log_path, "ab") as out:

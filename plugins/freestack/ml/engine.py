@@ -21,6 +21,9 @@ this module adds around the library is what a server needs and the manager does 
   active one wait too; when the running ones are done, the adapter with the oldest waiting request is
   made active (``activate``, with the manager paused) and its requests start. A deployment that serves
   one version never waits.
+- **A dead loop is told, not hidden.** An error in transformers' generation thread ends its loop and fails
+  every request in it: each caller gets an :class:`EngineError` that says the engine failed, and
+  :meth:`Engine.watch` tells the server at once (which stops being ready and restarts).
 - **Bounds.** At most ``max_requests`` requests at once (:class:`Busy` past it: the server's 429 that says
   the limit); a caller that leaves has its request cancelled and its slot freed. The KV cache holds
   ``kv_cache_tokens`` (the manager would size it from the device's free memory: on a CPU, most of the
@@ -190,6 +193,27 @@ class Engine:
         m = self.manager
         return m is not None and m.is_running() and m.background_thread_status.fatal_error is None
 
+    def failure(self) -> str | None:
+        """Why the engine stopped generating while it should run; None while it runs (or once stopped)."""
+        m = self.manager
+        if m is None:
+            return None
+        fatal = m.background_thread_status.fatal_error
+        if fatal is not None:
+            return f"{type(fatal).__name__}: {fatal}"
+        return None if m.is_running() else "its generation thread ended"
+
+    async def watch(self, on_failure: Callable[[str], None], every: float = 0.5) -> None:
+        """Call ``on_failure(why)`` once, as soon as the engine's loop has died while it should run (every
+        request in it has then been failed); return when the engine is stopped."""
+        while self.manager is not None:
+            why = self.failure()
+            if why is not None:
+                log.error("the generation engine died: %s", why)
+                on_failure(why)
+                return
+            await asyncio.sleep(every)
+
     async def stream(
         self,
         ids: list[int],
@@ -205,17 +229,20 @@ class Engine:
         iterating (a client that left) cancels the request. ``live`` false: the manager hands over the
         whole answer only (stop strings still need every token). ``admitted``: its slot is held already.
         ``adapter``: the LoRA adapter to answer with (None: the active one)."""
+        if not ids:  # the server refuses such a prompt first (400): one in the manager's batch ends its loop
+            raise ValueError("a prompt of 0 tokens: there is nothing to generate from")
         if not admitted:
             self.admit(1)
         rid = request_id or uuid.uuid4().hex
         outputs: asyncio.Queue = asyncio.Queue()
         text, tokens = StopText(self.tokenizer, settings.stop, self.eos), []
-        finished = done = started = False
+        finished = done = started = failed = False
         delta = ""
         try:
             await self._turn(adapter)
             started = True
             if not self.alive():
+                failed = True
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
             self.manager.register_result_handler(rid, outputs.put_nowait)
             self.manager.add_request(
@@ -229,7 +256,8 @@ class Engine:
             while not finished:
                 out = await outputs.get()
                 if out.error is not None:
-                    raise EngineError(f"generation failed: {out.error}")
+                    failed = True
+                    raise EngineError(f"generation failed in the engine: {out.error}")
                 tokens, finished = out.generated_tokens, out.is_finished()
                 delta = text.add(tokens)
                 if text.stopped or finished:
@@ -246,7 +274,9 @@ class Engine:
                 self._next()
             if not finished and self.manager is not None:  # a stop string, or a client that left
                 self.manager.cancel_request(rid)
-                if not done:
+                if failed:
+                    log.warning("generation %s failed after %d tokens in the engine", rid, len(tokens))
+                elif not done:
                     log.info("generation %s stopped after %d tokens: its client left", rid, len(tokens))
 
     async def _turn(self, adapter: str | None) -> None:

@@ -525,6 +525,14 @@ class PromptTooLong(ChatError):
         self.index, self.tokens, self.limit = index, tokens, limit
 
 
+class EmptyPrompt(ChatError):
+    def __init__(self, index: int):
+        super().__init__(
+            f"prompt {index} is empty: it has no tokens to answer, even with the chat template; send text"
+        )
+        self.index = index
+
+
 def prompt_ids(
     tokenizer, chats: Sequence[list[dict[str, str]]], settings: GenerationSettings
 ) -> list[tuple[list[int], bool]]:
@@ -534,6 +542,8 @@ def prompt_ids(
     for i, chat in enumerate(chats):
         text = render(tokenizer, chat, generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:  # nothing to generate from (and the engine's batch cannot hold an empty prompt)
+            raise EmptyPrompt(i)
         cut = len(ids) > settings.max_prompt_tokens
         if cut and settings.truncate != "left":
             raise PromptTooLong(i, len(ids), settings.max_prompt_tokens)
@@ -617,6 +627,7 @@ __all__ = [
     "ChatEncoding",
     "ChatError",
     "Completion",
+    "EmptyPrompt",
     "Encoded",
     "GenerationSettings",
     "PromptTooLong",

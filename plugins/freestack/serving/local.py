@@ -489,7 +489,8 @@ def deploy_local(
 
     ``source`` is the URI the server reads the version from and the environment it needs for it
     (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
-    address from a live, healthy server, nothing changes. ``alias`` (what the version was chosen by, e.g.
+    address from a live server that still answers its smoke test, nothing changes (one that does not is
+    replaced by a new server). ``alias`` (what the version was chosen by, e.g.
     production) is kept in the record, so a status can flag a deployment whose alias moved on.
     ``api_key``: the key the OpenAI API (``/v1``) asks for, read from the connection ``deploy.api_key``
     names (:func:`freestack.hooks.credentials.server_api_key`); in the server's env file, never the record."""
@@ -497,16 +498,21 @@ def deploy_local(
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
+    sample = smoke_sample(version_uri, local.smoke_rows)
     if (
         live
         and _unchanged(live, version, local)
         and live.get("runtime", "seldon") == runtime
         and _same_key(live, api_key)
     ):
-        log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
-        return {**live, "unchanged": True}
+        failing = _fails_smoke(live, sample)
+        if failing is None:
+            log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
+            return {**live, "unchanged": True}
+        log.warning(
+            "%s/%s serves %s but fails its smoke test (%s): deploying it again", model, name, version, failing
+        )
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
-    sample = smoke_sample(version_uri, local.smoke_rows)
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     if (
@@ -671,6 +677,19 @@ def _join(
         return server
     server.stop()
     return _start_checked(server.launch, local, sample, model_env, gate_open=True)[0]
+
+
+def _fails_smoke(live: dict[str, Any], sample: dict[str, Any]) -> str | None:
+    """Why the recorded server does not answer its version's smoke test at the deployment's address (a
+    live process whose model cannot answer any more); None when it does."""
+    try:
+        if live.get("runtime", "seldon") == "mlserver":
+            smoke_test_v2(live["url"], live["model"], sample)
+        else:
+            smoke_test(live["url"], sample)
+    except (DeployError, OSError) as exc:  # a wrong answer, or none (refused, timed out)
+        return str(exc)
+    return None
 
 
 def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:

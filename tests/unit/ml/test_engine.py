@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from freestack.ml.engine import Busy, Engine, StopText
+from freestack.ml.engine import Busy, Engine, EngineError, StopText
 from freestack.ml.generation import GenerationSettings, eos_ids, prompt_ids
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
 
@@ -138,6 +138,51 @@ def test_the_request_past_the_limit_is_refused_with_the_limit(version, run):
 
     try:
         run(crowd())
+        assert e.active == 0
+    finally:
+        e.stop()
+
+
+def test_a_prompt_of_no_tokens_never_reaches_the_manager(engine, version, run):
+    """The server refuses it first (a 400); the engine too, and goes on answering."""
+    with pytest.raises(ValueError, match="0 tokens"):
+        run(engine.complete([], _settings(max_new_tokens=4)))
+    assert engine.active == 0 and engine.alive() and engine.failure() is None
+    assert run(engine.complete(_ids(version, PROMPTS[0], _settings()), _settings(max_new_tokens=4))).text
+
+
+def test_a_dead_loop_fails_its_requests_as_the_engine_and_the_watch_says_so_at_once(version, run, caplog):
+    """An error in transformers' generation thread (a library bug, memory run out) ends its loop: the
+    requests in it get an EngineError that says the engine failed (not that their client left), the
+    watch calls back once with why, and a later request is refused as the engine not running."""
+    e = Engine(version.model, version.tokenizer, eos=eos_ids(version.tokenizer), max_requests=4)
+    e.start()
+    settings = _settings(max_new_tokens=40)
+    died: list[str] = []
+
+    def broken_step() -> None:
+        raise RuntimeError("a fault in the generation loop")
+
+    async def fault():
+        watch = asyncio.ensure_future(e.watch(died.append, every=0.05))
+        stream = e.stream(_ids(version, PROMPTS[1], settings), settings)
+        await anext(stream)  # it runs in the loop
+        e.manager._generation_step = broken_step  # the loop's next step raises
+        with pytest.raises(
+            EngineError, match="generation failed in the engine: a fault in the generation loop"
+        ):
+            async for _ in stream:
+                pass
+        await asyncio.wait_for(watch, timeout=10)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="freestack.serving"):
+            run(fault())
+        assert died == ["RuntimeError: a fault in the generation loop"] and not e.alive()
+        assert "failed after" in caplog.text and "client left" not in caplog.text
+        assert "the generation engine died: RuntimeError" in caplog.text
+        with pytest.raises(EngineError, match="not running"):
+            run(e.complete(_ids(version, PROMPTS[0], settings), settings))
         assert e.active == 0
     finally:
         e.stop()
