@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freestack.registry.names import ALIASES, VERSION_RE
+from freestack.registry.names import ALIASES, VERSION_RE, is_version_name
 from freestack.version.errors import NotAVersion
 from freestack.version.folder import open_folder
 from freestack_server.fetch import FetchError, FetchSource, reader, split_alias
@@ -105,8 +105,11 @@ class Adapters:
             )
         if "@" in model:
             return self._alias(rest)
-        if not VERSION_RE.match(rest):
-            raise NotServed(f"{rest!r} is not a version name", 400)
+        if not is_version_name(rest):
+            raise NotServed(
+                f"{rest!r} is not a version name: letters, digits, '.', '_' and '-' (GET /v1/models lists them)",
+                400,
+            )
         return rest
 
     def _canary(self) -> str:
@@ -239,7 +242,8 @@ class Adapters:
         try:
             opened = open_folder(uri, FetchSource(uri))
         except (FileNotFoundError, NotAVersion):
-            raise NotServed(f"model {self.name!r} has no registered version at {uri}") from None
+            version = uri.rstrip("/").rsplit("/", 1)[-1]  # the registry's place is the server's own business
+            raise NotServed(f"model {self.name!r} has no registered version {version!r}") from None
         except FetchError as exc:
             raise NotServed(str(exc), 503) from None
         version = uri.rsplit("/", 1)[1]

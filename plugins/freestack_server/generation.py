@@ -314,10 +314,10 @@ class Generator:
         else:
             if not isinstance(value, str):
                 raise PayloadError(f"{where}: a prompt is text, not {kind_of(value)}")
-            _check_text(value, where)
+            check_text(value, where)
             chat, text = [{"role": "user", "content": value}], value
         for m in chat:
-            _check_text(m["content"], where)
+            check_text(m["content"], where)
         return self.columns.with_system(chat), text
 
     def prompts(
@@ -334,6 +334,9 @@ class Generator:
         if not chats:
             raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
         self.check_count(len(chats))
+        for i, chat in enumerate(chats):  # whichever route built them: the tokenizer takes Unicode text only
+            for m in chat:
+                check_text(m["content"], f"prompt {i}")
         settings = self.settings(params)
         try:
             ids = prompt_ids(self.check_tokenizer, chats, settings)
@@ -363,7 +366,7 @@ class Generator:
         settings = self.settings(params)
         ids = []
         for i, text in enumerate(texts):
-            _check_text(text, f"prompt {i}")
+            check_text(text, f"prompt {i}")
             tokens = self.check_tokenizer(text)["input_ids"]
             if not tokens:  # nothing to continue (and the engine's batch cannot hold an empty prompt)
                 raise PayloadError(
@@ -488,7 +491,7 @@ def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _check_text(value: str, where: str) -> None:
+def check_text(value: str, where: str) -> None:
     """A lone surrogate (the JSON escape \\ud800 without its pair) is not Unicode text: the tokenizer cannot
     encode it."""
     try:
@@ -519,6 +522,7 @@ __all__ = [
     "Generated",
     "Generator",
     "Prompts",
+    "check_text",
     "context_of",
     "describe",
 ]

@@ -33,7 +33,7 @@ from freestack.ml.engine import Busy, EngineError
 from freestack.ml.generation import Completion
 from freestack_server.adapters import NotServed
 from freestack_server.errors import PayloadError
-from freestack_server.generation import Generated
+from freestack_server.generation import Generated, check_text
 
 log = logging.getLogger("freestack.serving")
 
@@ -138,6 +138,10 @@ async def _body(request: Request, known: set[str]) -> dict[str, Any]:
         body = json.loads(await request.body())
     except ValueError as exc:
         raise OpenAIError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise OpenAIError(
+            400, "the request body's JSON is nested too deep to read: send a flatter body"
+        ) from None
     if not isinstance(body, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     for key, value in body.items():
@@ -203,7 +207,12 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise OpenAIError(
                 400, f"{where}: unknown role {role!r}: send system, developer, user or assistant", "messages"
             )
-        chat.append({"role": ROLES[role], "content": _content(m.get("content"), where)})
+        content = _content(m.get("content"), where)
+        try:
+            check_text(content, where)
+        except PayloadError as exc:
+            raise OpenAIError(400, exc.message, "messages") from None
+        chat.append({"role": ROLES[role], "content": content})
     return chat
 
 

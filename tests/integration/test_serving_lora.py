@@ -209,8 +209,11 @@ def test_past_the_bound_the_least_recently_used_adapter_is_unloaded(client, serv
 def test_a_version_that_cannot_share_the_base_is_refused_saying_why(client):
     with pytest.raises(openai.BadRequestError, match="not a LoRA adapter"):
         _ask(client, f"{MODEL}:v4", "x")
-    with pytest.raises(openai.NotFoundError, match="no registered version"):
+    with pytest.raises(openai.NotFoundError, match="no registered version 'v9'") as refused:
         _ask(client, f"{MODEL}:v9", "x")
+    assert "registry" not in str(refused.value) and "file:" not in str(refused.value)  # no path is told
+    with pytest.raises(openai.BadRequestError, match="'aliases.json' is not a version name"):
+        _ask(client, f"{MODEL}:aliases.json", "x")  # the registry's own file, not a version
     with pytest.raises(openai.NotFoundError, match="no alias 'nope'"):
         _ask(client, f"{MODEL}@nope", "x")
     with pytest.raises(openai.NotFoundError, match="does not exist here"):

@@ -245,6 +245,9 @@ HI = [{"role": "user", "content": "hi"}]
         ({"model": MODEL, "messages": HI, "logprobs": True}, 400, "'logprobs' is not supported"),
         ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
         ({"model": MODEL, "prompt": [1, 2, 3]}, 400, "token ids are not taken"),
+        ({"model": f"{MODEL}:aliases.json", "messages": HI}, 400, "'aliases.json' is not a version name"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "a\ud800b"}]}, 400, "lone surrogate"),
+        ({"model": MODEL, "prompt": "a\ud800b"}, 400, "lone surrogate"),
     ],
 )
 def test_a_bad_request_is_a_4xx_in_openais_error_format(server, body, status, says):
@@ -254,6 +257,12 @@ def test_a_bad_request_is_a_4xx_in_openais_error_format(server, body, status, sa
     error = answer["error"]
     assert says in error["message"], error
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_json_nested_too_deep_is_a_400(server):
+    deep = b'{"model": "chat", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    code, answer = _post(server, "/v1/chat/completions", deep)
+    assert code == 400 and "nested too deep" in answer["error"]["message"], answer
 
 
 def test_nan_and_broken_json_and_unknown_routes_get_openai_errors(server):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
-from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE
+from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE, is_version_name
 from freestack.storage import cas, check_relative, join, sha256_of, storage_root, to_path, write_bytes
 from freestack.storage.objects import TMP_MARK
 from freestack.version import LoadedVersion, Manifest, ManifestFile, ModelVersion
@@ -86,7 +86,7 @@ def _dumps(obj: Any) -> bytes:
 
 
 def check_version(version: str) -> str:
-    if not isinstance(version, str) or not VERSION_RE.match(version) or version in RESERVED:
+    if not is_version_name(version):
         raise RegistryError(
             f"version {version!r} is not a valid version name: use letters, digits, '.', '_' or '-' "
             "(at most 128, starting with a letter or digit), e.g. v20240105-1a2b3c4d"
@@ -359,7 +359,7 @@ class ModelRegistry:
             target = self.aliases().get(version_or_alias)
             if isinstance(target, str):
                 return target
-        if VERSION_RE.match(version_or_alias) and self.is_registered(version_or_alias):
+        if is_version_name(version_or_alias) and self.is_registered(version_or_alias):
             return version_or_alias
         known = ", ".join(v["version"] for v in self.versions()[-5:]) or "none"
         raise VersionNotFound(

@@ -19,4 +19,10 @@ ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 RESERVED = frozenset({"history", "latest"})
 
 
-__all__ = ["ALIASES", "ALIAS_RE", "RESERVED", "VERSION_RE"]
+def is_version_name(name: object) -> bool:
+    """The registry's rule for a version's name, in one place: one path segment of letters, digits, '.',
+    '_' and '-', not a name the registry keeps for itself (the alias file, an alias word)."""
+    return isinstance(name, str) and bool(VERSION_RE.match(name)) and name not in RESERVED and name != ALIASES
+
+
+__all__ = ["ALIASES", "ALIAS_RE", "RESERVED", "VERSION_RE", "is_version_name"]
