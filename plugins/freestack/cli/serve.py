@@ -104,16 +104,10 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
             f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})",
             *drift,
         ]
-    state = r.get("state")
-    if state == "serving" and not r.get("alive"):
-        state = "DOWN (the recorded process is gone: redeploy, e.g. `freestack serve deploy <pipeline>`)"
-    elif state == "serving" and str(r.get("health") or "").startswith("HTTP "):
-        # the server answered that its model is not ready (an unloaded model's 404); a health check that
-        # timed out on a busy machine shows as such below, not as DOWN
-        state = (
-            f"DOWN (the process runs but its model does not answer: health {r['health']}; see its log, "
-            "and redeploy, e.g. `freestack serve deploy <pipeline>`)"
-        )
+    from freestack.serving.local import live_state
+
+    state, why = live_state(r)
+    state = f"{state} ({why})" if why else state
     lines = [
         f"{r['model']}/{r['name']}: {r.get('version')} {state}",
         f"  url       {r.get('predict_url')}  (health: {r.get('health') or '-'})",

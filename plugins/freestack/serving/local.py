@@ -935,7 +935,8 @@ def stop_local(root_uri: str, model: str, name: str) -> dict[str, Any]:
 
 
 def describe(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with what is true now: process alive, address holder alive, health answer."""
+    """The record with what is true now: process alive, address holder alive, health answer, and what that
+    makes it (``live_state``: serving or DOWN, with a ``hint`` saying why and what to do)."""
     out = dict(record)
     if record.get("target", "local") == "local":
         alive = process_alive(record)
@@ -952,15 +953,42 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
             except OSError as exc:
                 health = f"unreachable ({exc})"
         out["health"] = health
+        out["live_state"], out["hint"] = live_state(out)
     return out
+
+
+#: what to do about a local deployment that is DOWN
+REDEPLOY = "redeploy, e.g. `freestack serve deploy <pipeline>`"
+
+
+def live_state(described: dict[str, Any]) -> tuple[str, str | None]:
+    """What a deployment, as :func:`describe` gives it, is now, and what to do about it: ``serving`` only
+    while its process lives and its model answers, ``DOWN`` with why otherwise (a record says ``serving``
+    until the next deploy or stop, even after its server died). The one truth of ``serve status`` and the
+    UI."""
+    state = str(described.get("state") or "?")
+    if state != "serving" or described.get("target", "local") != "local":
+        return state, None
+    if not described.get("alive"):
+        return "DOWN", f"the recorded process is gone: {REDEPLOY}"
+    if str(described.get("health") or "").startswith("HTTP "):
+        # its model does not answer (an unloaded model's 404); a health check that timed out on a busy
+        # machine is shown as such, not as DOWN
+        return (
+            "DOWN",
+            f"the process runs but its model does not answer: health {described['health']}; see its log, and {REDEPLOY}",
+        )
+    return "serving", None
 
 
 __all__ = [
     "Address",
     "LocalServer",
+    "REDEPLOY",
     "Slot",
     "deploy_local",
     "describe",
+    "live_state",
     "hold_address",
     "log_tail",
     "ServerLaunch",

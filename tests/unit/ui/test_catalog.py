@@ -161,3 +161,32 @@ def test_a_kubernetes_deployment_shows_its_traffic_split(tmp_path):
     assert _deployment({**rec, "canary_version": None}, "digits", tmp_path.as_uri()).traffic == [
         {"name": "main", "version": "v1", "traffic": 100}
     ]
+
+
+def test_a_local_deployment_whose_server_is_gone_reads_down_as_serve_status_says(tmp_path):
+    """After `make down`, or a server that gave up, the record still says serving: the page and its JSON
+    read what `freestack serve status` reads (one function), DOWN with the same hint, and no numbers."""
+    import subprocess
+
+    from freestack.cli.serve import _status_lines
+    from freestack.serving.local import describe
+    from freestack.ui.catalog.deployment_pages import _deployment
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    rec = {
+        "name": "digits",
+        "model": "digits",
+        "target": "local",
+        "state": "serving",
+        "version": "v1",
+        "pid": gone.pid,
+        "url": "http://127.0.0.1:9",
+        "predict_url": "http://127.0.0.1:9/api/v1.0/predictions",
+        "metrics_url": "http://127.0.0.1:9/metrics",
+    }
+    row = _deployment(rec, "digits", tmp_path.as_uri())
+    assert row.state == "DOWN" and row.hint.startswith("the recorded process is gone: redeploy"), row
+    assert row.serving.requests is None
+    assert _status_lines(describe(rec))[0] == f"digits/digits: v1 DOWN ({row.hint})"
+    assert row.model_dump()["hint"] == row.hint  # the JSON the page's API answers

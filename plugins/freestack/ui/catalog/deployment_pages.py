@@ -29,7 +29,8 @@ class DeploymentRow(BaseModel):
     model: str
     name: str
     target: str
-    state: str
+    state: str  # a local deployment's as `freestack serve status` tells it: serving, or DOWN
+    hint: str | None = None  # why it is DOWN, and what to do
     version: str | None
     address: str | None
     since: str | None
@@ -56,19 +57,23 @@ def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
 def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> DeploymentRow:
     from freestack.serving.local import describe
 
-    serving = record.get("state") == "serving"
+    state, hint = record.get("state", "?"), None
     if record.get("target") == "kubernetes":
         address = f"SeldonDeployment {record.get('namespace')}/{record.get('name')}"
         health = record.get("message")
-    else:
+    else:  # what `freestack serve status` says: serving only while its process lives and its model answers
         address = record.get("predict_url") or record.get("url")
-        health = describe(record).get("health") if serving else None
+        now = describe(record) if state == "serving" else {}
+        state, hint = now.get("live_state", state), now.get("hint")
+        health = now.get("health")
+    serving = state == "serving"
     return DeploymentRow(
         pipeline=pipeline,
         model=record.get("model", "?"),
         name=record.get("name", "?"),
         target=record.get("target", "local"),
-        state=record.get("state", "?"),
+        state=state,
+        hint=hint,
         version=record.get("version"),
         address=address,
         health=health,
