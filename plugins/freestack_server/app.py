@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from freestack.settings import settings
+from freestack.version.errors import VersionError
 from freestack_server import request_checks
 from freestack_server.address import BACKLOG, AddressError, hold, receive
 from freestack_server.config import ADDRESS_ERROR, BOOT_ERROR, ServerConfig, load
@@ -352,10 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hold":
         return hold(args.home, args.host, args.port)
     cfg = load(args.run_env_file or args.env_file)
-    if cfg.runtime == "mlserver":
-        import asyncio
+    try:
+        if cfg.runtime == "mlserver":
+            import asyncio
 
-        asyncio.run(run_mlserver(cfg, args.address_fd))
-    else:
-        run(cfg, args.address_fd)
+            asyncio.run(run_mlserver(cfg, args.address_fd))
+        else:
+            run(cfg, args.address_fd)
+    except VersionError:  # logged as CANNOT_SERVE where it was met (freestack_server.core.cannot_serve)
+        return BOOT_ERROR
     return 0

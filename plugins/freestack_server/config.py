@@ -24,6 +24,9 @@ from freestack_server.fetch import model_name_of
 PREFIX = "FREESTACK_SERVER_"
 #: the exit code of a server that could not load its model: a broken version, which no restart mends
 BOOT_ERROR = 3
+#: how the server's log line starts that says why it cannot serve its version (a file changed or missing
+#: since registration): the deploy quotes it in the first line of its error
+CANNOT_SERVE = "cannot serve this version: "
 #: the exit code of a supervisor that could not get the deployment's listening socket from its holder
 ADDRESS_ERROR = 4
 
@@ -215,6 +218,7 @@ def load(env_file: str | None = None) -> ServerConfig:
 __all__ = [
     "ADDRESS_ERROR",
     "BOOT_ERROR",
+    "CANNOT_SERVE",
     "PREFIX",
     "Address",
     "ServerConfig",

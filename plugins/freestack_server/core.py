@@ -10,6 +10,7 @@ format. Runs in the serving environments (no Airflow, no pandas).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -26,8 +27,10 @@ import numpy as np
 from freestack.ml.contract import ModelInputs
 from freestack.ml.features import EncodingError
 from freestack.settings import settings
+from freestack.version.errors import VersionError
 from freestack.version.files import MARKER, PREPROCESSING
 from freestack.version.folder import open_folder
+from freestack_server.config import CANNOT_SERVE
 from freestack_server.errors import PayloadError
 from freestack_server.fetch import FetchError, FetchSource, resolve_uri
 from freestack_server.generation import Bounds, Generator
@@ -35,6 +38,18 @@ from freestack_server.raw import RawInputError, RawInputs
 from freestack_server.requestlog import SMOKE_ID, RequestLog
 
 log = logging.getLogger("freestack.serving")
+
+
+@contextlib.contextmanager
+def cannot_serve():
+    """A version whose files are not what was registered (VersionError names the file) is logged on a line
+    of its own (:data:`CANNOT_SERVE`, quoted by the deploy), then raised: the server exits BOOT_ERROR, and
+    is not restarted, since no restart mends it."""
+    try:
+        yield
+    except VersionError as exc:
+        log.error("%s%s", CANNOT_SERVE, exc)
+        raise
 
 
 _ids: tuple[int, str, Any] = (0, "", None)  # (pid, the process's random prefix, its counter)
@@ -126,6 +141,10 @@ class ServedModel:
         """Model name, version, features and classes from the small JSON files (read by
         :func:`freestack.version.folder.open_folder`, checked against the registration manifest): no torch
         involved, so it is safe in a server's parent process before its workers fork."""
+        with cannot_serve():
+            return self._describe()
+
+    def _describe(self) -> dict[str, Any]:
         if self._described is None:
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
@@ -159,6 +178,10 @@ class ServedModel:
         return bool(self.describe().get("encoder"))
 
     def load(self) -> None:
+        with cannot_serve():
+            self._load()
+
+    def _load(self) -> None:
         import torch
 
         torch.set_num_threads(max(1, self.torch_threads))

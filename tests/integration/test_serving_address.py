@@ -212,13 +212,28 @@ def test_a_stop_logs_no_traceback(dep):
         assert "Traceback" not in text and "Exception during" not in text, f"{name}:\n{text[-3000:]}"
 
 
-def test_a_failed_first_deploy_leaves_no_holder(dep):
-    """No server behind a held address would keep clients waiting: the holder goes with the failed deploy."""
+def test_a_failed_first_deploy_leaves_no_holder(dep, tmp_path):
+    """No server behind a held address would keep clients waiting: the holder goes with the failed deploy.
+    A version whose preprocessing.json changed after registration is not restarted (no restart mends it):
+    the deploy's first line names the file."""
     local = dep["local"].model_copy(update={"port": free_port_block()})
     with pytest.raises(DeployError, match="exited with code|not healthy"):
         _deploy(dep, "vbad", name="addr-bad", local=local)
     assert not serving_processes(serving_dir() / "addr-bad")
     assert port_free("127.0.0.1", local.port)
+
+    dep["uris"]["vtampered"] = make_version(dep["root"], "addr", "vtampered", tmp_path, seed=5)
+    changed = (
+        Path(dep["root"].removeprefix("file://")) / "registry" / "addr" / "vtampered" / "preprocessing.json"
+    )
+    changed.write_text(changed.read_text().replace("]", " ]", 1))  # one byte more, still valid JSON
+    with pytest.raises(DeployError) as refused:
+        _deploy(dep, "vtampered", name="addr-bad", local=local)
+    first = str(refused.value).splitlines()[0]
+    assert "exited with code 3 before it was healthy: " in first, first
+    assert "vtampered/preprocessing.json does not match what was registered" in first, first
+    assert "not restarting" in str(refused.value) and "restarting (1/" not in str(refused.value)
+    assert not serving_processes(serving_dir() / "addr-bad")
 
 
 def test_port_taken_by_another_program(dep, tmp_path):

@@ -65,6 +65,8 @@ def load_version(uri: str) -> LoadedVersion:
         loaded.preprocessor  # noqa: B018  (a version without preprocessing is refused here, not mid-way)
     except version.NotAVersion as exc:
         raise EvaluationError(f"{exc}; pass a model version URI") from None
+    except version.VersionCorrupt as exc:  # a file changed since registration: no retry mends it
+        raise EvaluationError(str(exc)) from None
     return loaded
 
 

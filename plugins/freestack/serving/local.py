@@ -55,8 +55,8 @@ from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
 from freestack.version import open as open_version
 from freestack_server.address import socket_name
+from freestack_server.config import CANNOT_SERVE, ServerConfig, write_env_file
 from freestack_server.config import PREFIX as SERVER_PREFIX
-from freestack_server.config import ServerConfig, write_env_file
 from freestack_server.requestlog import monitoring_uri
 
 #: the model server's OpenAI API key (``ServerConfig.api_key``): in the server's env file, never in a record
@@ -107,6 +107,16 @@ def serving_dir() -> Path:
     path = current.serving_dir or current.project_home / ".freestack" / "serving"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _cannot_serve(path: str | os.PathLike) -> str | None:
+    """Why the server could not serve its version, as its log says (the last :data:`CANNOT_SERVE` line)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    found = [ln.split(CANNOT_SERVE, 1)[1].strip() for ln in text.splitlines() if CANNOT_SERVE in ln]
+    return found[-1] if found else None
 
 
 def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
@@ -228,9 +238,10 @@ class LocalServer:
         rc = self.proc.poll()
         if rc is None:
             return None
+        why = f": {reason}" if (reason := _cannot_serve(self.log_path)) else ""
         return DeployError(
             f"the model server for {self.cfg.model} {self.cfg.version} exited with code {rc} "
-            f"{what}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            f"{what}{why}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
     def wait_ready(self, timeout: float) -> None:

@@ -96,6 +96,10 @@ def test_one_changed_byte_is_refused_naming_the_file(registered, reader, name, c
         with pytest.raises(Exception) as raised:  # noqa: PT011  (each reader's own error; the text matters)
             READERS[reader](uri)
         said = str(raised.value)
+        if reader == "evaluate":  # its task fails without a retry (AirflowFailException): none would mend it
+            from freestack.evaluate.core import EvaluationError
+
+            assert isinstance(raised.value, EvaluationError), type(raised.value)
     assert f"{name} does not match what was registered" in said, said
     assert "register the candidate again under a new version, or retrain" in said, said
 
