@@ -6,7 +6,7 @@ the connection behind a model URI into plain environment variables for it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -95,15 +95,35 @@ def judge_api_key(judge: JudgeSpec | None) -> str | None:
     return connection_password(conn_id, *what, error=AirflowFailException)
 
 
+def _connection(conn_id: str) -> Any:
+    """Connection ``conn_id`` as Airflow reads it: in a task, through the task SDK (the secrets backends,
+    then the API server); outside one (the CLI, a deploy from a shell), where the SDK sees the secrets
+    backends only, from the metadata database too, as ``airflow connections get`` reads it."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get(conn_id)
+    except AirflowNotFoundException as missing:
+        try:
+            from airflow.secrets.metastore import MetastoreBackend
+
+            stored = MetastoreBackend().get_connection(conn_id)
+        except Exception:  # noqa: BLE001  (no database to read here, as in a task)
+            stored = None
+        if stored is None:
+            raise missing from None
+        return stored
+
+
 def connection_password(conn_id: str, what: str, field: str, again: str, *, error: type[Exception]) -> str:
     """The password of Airflow connection ``conn_id``, which is ``what`` (named by the spec's ``field``);
     ``error`` saying how to add it when the connection is missing, unreadable or has no password."""
-    from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     add = f"airflow connections add {conn_id} --conn-type generic --conn-password '<the key>'"
     try:
-        password = Connection.get(conn_id).password
+        password = _connection(conn_id).password
     except AirflowNotFoundException:
         raise error(
             f"{what}'s connection {conn_id!r} ({field}) does not exist: add it with `{add}` (or set "

@@ -86,6 +86,30 @@ def test_the_key_is_the_connections_password(monkeypatch):
     assert server_api_key(deploy()) is None
 
 
+def test_a_connection_added_with_the_cli_is_read_outside_a_task(airflow_db, monkeypatch):
+    """`airflow connections add` stores it in the metadata database, which a deploy from a shell reads too
+    (the command the missing-connection error prints then works)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from airflow.configuration import conf
+
+    monkeypatch.delenv("AIRFLOW_CONN_STORED_KEY", raising=False)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    # the command's Fernet key is this process's (read before the session's airflow.cfg was written)
+    env = {**os.environ, "AIRFLOW__CORE__FERNET_KEY": conf.get("core", "fernet_key", fallback="")}
+    add = [airflow, "connections", "add", "stored_key", "--conn-type", "generic", "--conn-password", KEY]
+    subprocess.run(add, check=True, capture_output=True, env=env)
+    try:
+        assert server_api_key(deploy(api_key={"conn_id": "stored_key"})).get_secret_value() == KEY
+    finally:
+        subprocess.run(
+            [airflow, "connections", "delete", "stored_key"], check=True, capture_output=True, env=env
+        )
+
+
 def test_a_missing_connection_says_how_to_add_it(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_KEY", raising=False)
     with pytest.raises(DeployError) as info:
