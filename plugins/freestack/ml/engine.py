@@ -45,6 +45,9 @@ from dataclasses import dataclass
 
 log = logging.getLogger("freestack.serving")
 
+#: transformers' continuous-batching logger, which prints to stderr through a handler of its own (and a
+#: task's log shows whatever reaches stderr as an error): routed through ``logging`` instead, at its levels
+LIBRARY_LOGGER = "ContinuousBatchingLogger"
 #: the ``top_p`` of a greedy request: only the most likely token is left to sample
 GREEDY_TOP_P = 1e-9
 #: the tokens of one page of the KV cache (transformers' default)
@@ -155,6 +158,8 @@ class Engine:
 
     def start(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
+
+        _route_library_logs()
 
         config = GenerationConfig(
             do_sample=True,
@@ -349,6 +354,15 @@ class Engine:
             for ids, cut in prompts
         )
         return list(await asyncio.gather(*jobs))
+
+
+def _route_library_logs() -> None:
+    """The library's records reach this process's logging (a task's log, the server's) at their own
+    level: its stderr handler goes, and they propagate."""
+    library = logging.getLogger(LIBRARY_LOGGER)
+    for handler in list(library.handlers):
+        library.removeHandler(handler)
+    library.propagate = True
 
 
 def _sampling(settings) -> dict[str, float]:

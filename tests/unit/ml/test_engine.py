@@ -188,6 +188,19 @@ def test_a_dead_loop_fails_its_requests_as_the_engine_and_the_watch_says_so_at_o
         e.stop()
 
 
+def test_the_librarys_log_lines_keep_their_level(engine, caplog):
+    """transformers' continuous-batching logger prints to stderr by itself (a task's log shows that as
+    errors): a started engine routes it through logging, where its INFO lines stay INFO."""
+    from freestack.ml.engine import LIBRARY_LOGGER
+
+    library = logging.getLogger(LIBRARY_LOGGER)
+    assert library.propagate and not library.handlers
+    with caplog.at_level(logging.INFO, logger=LIBRARY_LOGGER):
+        library.info("a line of the library")
+    (record,) = [r for r in caplog.records if r.name == LIBRARY_LOGGER]
+    assert record.levelname == "INFO"
+
+
 def test_stop_text_holds_back_what_could_become_a_stop_string(version):
     tok = version.tokenizer
     text = StopText(tok, ["END"], eos=[])
