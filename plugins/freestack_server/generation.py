@@ -264,7 +264,9 @@ class Generator:
         try:
             checked = GenerationParameters.model_validate(dict(params or {}), context={"bounds": self.bounds})
         except ValidationError as exc:  # the first parameter refused, in the order of the fields
-            raise PayloadError(exc.errors(include_url=False)[0]["msg"]) from None
+            first = exc.errors(include_url=False)[0]
+            name = str(first["loc"][0]) if first.get("loc") else None
+            raise PayloadError(first["msg"], param=name) from None
         return GenerationSettings(
             max_new_tokens=checked.max_new_tokens,
             temperature=checked.temperature,
@@ -283,7 +285,8 @@ class Generator:
             if room < 1:
                 raise PayloadError(
                     f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                    f"context of {self.context} tokens: ask for fewer"
+                    f"context of {self.context} tokens: ask for fewer",
+                    param="max_new_tokens",
                 )
             budget = min(budget, room)
         return budget

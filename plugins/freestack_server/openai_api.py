@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
     "logprobs": False,
     "top_logprobs": None,
-    "logit_bias": None,
+    "logit_bias": {},  # no bias (null too)
     "echo": False,
     "best_of": 1,
     "suffix": None,
@@ -161,8 +161,10 @@ async def _body(request: Request, known: set[str]) -> dict[str, Any]:
 
 def _params(body: dict[str, Any], *, chat: bool) -> dict[str, Any]:
     """The generation parameters under the names the deployment's bounds check."""
-    if body.get("n", 1) != 1:
-        raise OpenAIError(400, f'"n" must be 1 here, not {body["n"]!r}: send {body["n"]!r} requests', "n")
+    n = body.get("n", 1)
+    if n != 1:
+        several = f": send {n} requests" if type(n) is int and n > 1 else ""
+        raise OpenAIError(400, f'"n" must be 1 here, not {n!r}{several}', "n")
     limit = body.get("max_tokens")
     if chat and body.get("max_completion_tokens") is not None:
         if limit is not None and limit != body["max_completion_tokens"]:
@@ -234,13 +236,27 @@ def _content(content: Any, where: str) -> str:
     raise OpenAIError(400, f'{where} has no text content: send "content": "..."', "messages")
 
 
+#: the deployment's names of generation parameters, as OpenAI's API names them
+OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
+
+
 def _checked(call, *args):
-    """The generator's check, its refusal in OpenAI's format (413 for an over-long prompt)."""
+    """The generator's check, its refusal in OpenAI's format, naming the parameter as the client sent it
+    (``context_length_exceeded`` for an over-long prompt)."""
     try:
         return call(*args)
     except PayloadError as exc:
-        code = "context_length_exceeded" if exc.status == 413 else None
-        raise OpenAIError(exc.status, exc.message, exc.param, code) from None
+        code = "context_length_exceeded" if exc.reason == "PROMPT_TOO_LONG" else None
+        param, message = OPENAI_NAMES.get(exc.param or "", exc.param), exc.message
+        if param != exc.param and message.startswith(f"{exc.param} "):
+            message = f"{param}{message[len(exc.param or '') :]}"
+        raise OpenAIError(exc.status, message, param, code) from None
+
+
+def _model(model_id: str):
+    from openai.types import Model
+
+    return Model(id=model_id, object="model", created=int(time.time()), owned_by="freestack")
 
 
 @router.get("/models")
@@ -249,13 +265,27 @@ async def models(request: Request) -> Response:
         served = _served(request)
     except OpenAIError as exc:
         return exc.response()
-    from openai.types import Model
-
-    created = int(time.time())
     await served.adapters.refresh()
-    ids = served.adapters.listed()
-    data = [Model(id=i, object="model", created=created, owned_by="freestack").model_dump() for i in ids]
+    data = [_model(i).model_dump() for i in served.adapters.listed()]
     return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> Response:
+    """One of :func:`models` (the SDK's ``models.retrieve``); 404 for a name this deployment does not list."""
+    try:
+        served = _served(request)
+        await served.adapters.refresh()
+        if model_id not in served.adapters.listed():
+            raise OpenAIError(
+                404,
+                f"the model {model_id!r} does not exist here: GET /v1/models lists what this deployment serves",
+                "model",
+                "model_not_found",
+            )
+    except OpenAIError as exc:
+        return exc.response()
+    return JSONResponse(_model(model_id).model_dump())
 
 
 @router.post("/chat/completions")

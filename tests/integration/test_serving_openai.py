@@ -240,7 +240,8 @@ HI = [{"role": "user", "content": "hi"}]
         ({"model": MODEL, "messages": HI, "max_tokens": "5"}, 400, "whole number"),
         ({"model": MODEL, "messages": HI, "temperature": 9}, 400, "max_temperature"),
         ({"model": MODEL, "messages": HI, "top_p": 0}, 400, "top_p"),
-        ({"model": MODEL, "messages": HI, "n": 2}, 400, '"n" must be 1'),
+        ({"model": MODEL, "messages": HI, "n": 2}, 400, '"n" must be 1 here, not 2: send 2 requests'),
+        ({"model": MODEL, "messages": HI, "n": 0}, 400, '"n" must be 1 here, not 0'),
         ({"model": MODEL, "messages": HI, "seed": 3, "temperature": 0.7}, 400, "temperature 0"),
         ({"model": MODEL, "messages": HI, "logprobs": True}, 400, "'logprobs' is not supported"),
         ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
@@ -257,6 +258,26 @@ def test_a_bad_request_is_a_4xx_in_openais_error_format(server, body, status, sa
     error = answer["error"]
     assert says in error["message"], error
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_what_openai_clients_send_is_named_as_they_sent_it(server, client):
+    """A bound names max_tokens (the client's name for it), an empty logit_bias is no bias, the SDK's
+    models.retrieve answers, and too many prompts is not a context length error."""
+    code, answer = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": HI, "max_tokens": 99})
+    error = answer["error"]
+    assert code == 400 and error["param"] == "max_tokens", error
+    assert error["message"].startswith(f"max_tokens 99 is over this deployment's bound of {MAX_NEW}"), error
+    code, answer = _post(
+        server, "/v1/chat/completions", {"model": MODEL, "messages": HI, "max_tokens": 2, "logit_bias": {}}
+    )
+    assert code == 200 and answer["choices"], answer
+    assert client.models.retrieve(f"{MODEL}:v1").id == f"{MODEL}:v1"
+    with pytest.raises(openai.NotFoundError, match="GET /v1/models lists"):
+        client.models.retrieve(f"{MODEL}:v9")
+    code, answer = _post(server, "/v1/completions", {"model": MODEL, "prompt": ["x"] * 17, "max_tokens": 1})
+    assert code == 413 and answer["error"]["code"] is None and "17 prompts" in answer["error"]["message"], (
+        answer
+    )
 
 
 def test_json_nested_too_deep_is_a_400(server):
