@@ -70,6 +70,7 @@ from mlserver.types import (
 
 from freestack.ml.engine import Busy, Engine, EngineError
 from freestack.ml.generation import eos_ids, load_tokenizer
+from freestack_server import oip_metrics
 from freestack_server.adapters import Adapters, NotServed
 from freestack_server.config import ServerConfig
 from freestack_server.core import ServedModel
@@ -244,6 +245,7 @@ class FreestackRuntime(MLModel):
         batched = self.batcher is not None and isinstance(x, np.ndarray)
         out = await self.batcher(x) if batched else self.core.forward(x)
         p = self.core.answer(raw, out, payload.id or None, started)
+        oip_metrics.record(self.core.version, "v2", time.perf_counter() - started, len(p.out))
         return self._response(p.request_id, self._outputs(p.out, p.idx))
 
     def _response(self, request_id: str, outputs: list[ResponseOutput], **kwargs: Any) -> InferenceResponse:
@@ -338,6 +340,7 @@ class FreestackRuntime(MLModel):
             raise MLServerError(str(exc), status_code=429 if isinstance(exc, Busy) else 503) from None
         answers = [Generated(replace(c, text=c.text.strip()), len(done)) for c in done]
         g = self.core.answer_generated(prompts, answers, payload.id or None, started, version)
+        oip_metrics.record(version, "v2", time.perf_counter() - started, len(answers))
         outputs = [_generated_output(sent, answers, full_text)]
         params = Parameters(generate_batch=g.batch)
         return self._response(g.request_id, outputs, parameters=params, model_version=version)

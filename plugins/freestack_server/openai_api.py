@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.ml.engine import Busy, EngineError
 from freestack.ml.generation import Completion
+from freestack_server import oip_metrics
 from freestack_server.adapters import NotServed
 from freestack_server.errors import PayloadError
 from freestack_server.generation import Generated, check_text
@@ -470,6 +471,7 @@ class Call:
         core = self.served.core
         answered = [Generated(a, len(answers)) for a in answers]
         core.answer_generated(self.prompts, answered, self.id, self.started, self.version)
+        oip_metrics.record(self.version, "openai", time.perf_counter() - self.started, len(answers))
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -118,6 +118,20 @@ def test_prometheus_counts_the_openai_requests_like_any_other(server, client):
         'rest_server_requests_total{app_name="mlserver",method="POST",path="/v1/chat/completions",status_code="200"}'
         in metrics
     )
+    # and per version, by protocol, under the names the Deployments page reads for either runtime
+    v2 = {"inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["count me"]}]}
+    assert _post(server, f"/v2/models/{MODEL}/infer", v2)[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for protocol in ("openai", "v2"):
+        assert f'freestack_model_predict_seconds_count{{protocol="{protocol}",version="v1"}}' in metrics, (
+            protocol
+        )
+        assert f'freestack_prediction_rows_total{{protocol="{protocol}",version="v1"}}' in metrics, protocol
+    from freestack.ui.catalog.deployment_pages import serving_stats
+
+    seen = serving_stats(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    assert seen.requests >= 2 and seen.rows >= 2 and seen.mean_latency_ms > 0, seen
 
 
 def test_the_async_client_gets_every_concurrent_answer_right(server, version):

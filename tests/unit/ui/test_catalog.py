@@ -190,3 +190,31 @@ def test_a_local_deployment_whose_server_is_gone_reads_down_as_serve_status_says
     assert row.serving.requests is None
     assert _status_lines(describe(rec))[0] == f"digits/digits: v1 DOWN ({row.hint})"
     assert row.model_dump()["hint"] == row.hint  # the JSON the page's API answers
+
+
+def test_a_text_generation_deployment_shows_its_openai_api(tmp_path):
+    """An LLM served on mlserver: the page gives its OpenAI base URL and the openai client's first call,
+    naming the key's connection, never the key."""
+    import json
+
+    from freestack.ui.catalog.deployment_pages import _openai
+
+    version = tmp_path / "v1"
+    version.mkdir()
+    (version / "preprocessing.json").write_text(json.dumps({"task": "generation"}))
+    rec = {
+        "name": "arith",
+        "runtime": "mlserver",
+        "url": "http://127.0.0.1:9010",
+        "version_uri": version.as_uri(),
+    }
+    got = _openai({**rec, "api_key_conn_id": "llm_api_key"})
+    assert got["openai_url"] == "http://127.0.0.1:9010/v1"
+    assert (
+        'OpenAI(base_url="http://127.0.0.1:9010/v1", api_key="<the password of connection llm_api_key>")'
+        in (got["openai_snippet"])
+    )
+    assert 'model="arith"' in got["openai_snippet"]
+    assert _openai({**rec, "runtime": "seldon"}) == {}
+    (version / "preprocessing.json").write_text(json.dumps({"task": "classification"}))
+    assert _openai(rec) == {}

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from freestack.serving.records import alias_drift, all_deployments, served_alias
-from freestack.ui.catalog.common import Pipeline, parallel
+from freestack.storage import to_path
+from freestack.ui.catalog.common import Pipeline, parallel, read_many
+from freestack.version.files import PREPROCESSING
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -41,6 +43,9 @@ class DeploymentRow(BaseModel):
     history: list[dict[str, Any]] = []
     alias: str | None = None
     mismatch: str | None = None
+    #: a text-generation version served on ``mlserver``: its OpenAI API's base URL, and a client's first call
+    openai_url: str | None = None
+    openai_snippet: str | None = None
 
 
 def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -84,7 +89,36 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
         history=list(record.get("history") or [])[-10:][::-1],
         alias=served_alias(record),
         mismatch=alias_drift(root, record),
+        **_openai(record),
     )
+
+
+def _openai(record: dict[str, Any]) -> dict[str, str]:
+    """Where a local ``mlserver`` deployment of a text-generation version speaks the OpenAI API, and the
+    ``openai`` client's first call to it (the key named by its connection, never shown)."""
+    if (
+        record.get("target", "local") != "local"
+        or record.get("runtime") != "mlserver"
+        or not record.get("url")
+    ):
+        return {}
+    if not record.get("version_uri"):
+        return {}
+    pre = read_many(to_path(record["version_uri"]), [PREPROCESSING]).get(PREPROCESSING) or {}
+    if pre.get("task") != "generation":
+        return {}
+    url = f"{record['url']}/v1"
+    conn = record.get("api_key_conn_id")
+    key = f'"<the password of connection {conn}>"' if conn else '"none"  # the deployment asks for no key'
+    snippet = (
+        "from openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{url}", api_key={key})\n'
+        "answer = client.chat.completions.create(\n"
+        f'    model="{record.get("name")}", messages=[{{"role": "user", "content": "Hello"}}], max_tokens=32\n'
+        ")\n"
+        "print(answer.choices[0].message.content)"
+    )
+    return {"openai_url": url, "openai_snippet": snippet}
 
 
 def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
