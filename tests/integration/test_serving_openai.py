@@ -13,11 +13,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from freestack.serving.spec import GenerationBounds
 from tests.support.generation_serving import SMOKE_PROMPTS, GenerationVersion, make_generation_version
@@ -398,6 +401,126 @@ def test_a_flood_of_streams_past_the_limit_gets_429s_and_the_rest_are_answered(s
         error = json.loads(text)["error"]
         assert "deploy.generation.max_requests" in error["message"] and error["code"] == "rate_limit_exceeded"
         assert after == "1"
+
+
+# -- fuzzing: any request, then a valid one answered as before ---------------------------------------------
+
+#: text a client may send: any, and what broke servers (empty, lone surrogate escapes, a NUL)
+TEXT = st.text(max_size=40) | st.sampled_from(["", " ", "a\ud800b", "\udfff", "\x00", "é" * 50])
+#: any JSON value, small
+ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "developer", "tool", "robot"]) | ANY},
+    optional={"content": TEXT | st.lists(ANY, max_size=2) | ANY, "name": ANY},
+)
+#: the fields the OpenAI routes take, each from values near the valid ones or from any JSON at all
+FIELDS = {
+    "model": st.sampled_from([MODEL, f"{MODEL}:v1", f"{MODEL}@production", f"{MODEL}:..", "other", ""]) | ANY,
+    "messages": st.lists(MESSAGE, max_size=3) | ANY,
+    "prompt": TEXT | st.lists(TEXT, max_size=3) | ANY,
+    "max_tokens": st.integers(-2, MAX_NEW + 2) | ANY,
+    "temperature": st.floats(-1, 3) | ANY,
+    "top_p": st.floats(-0.5, 1.5) | ANY,
+    "stop": st.text(max_size=4) | st.lists(st.text(max_size=4), max_size=5) | ANY,
+    "stream": st.booleans() | ANY,
+    "n": st.integers(-1, 3) | ANY,
+    "seed": st.integers(-5, 5) | ANY,
+    "logit_bias": ANY,
+    "stream_options": ANY,
+    "tools": ANY,
+}
+V2_INPUT = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["args", "text_inputs", "x"]) | ANY,
+        "datatype": st.sampled_from(["BYTES", "FP32", "INT64", "BOOL"]) | ANY,
+        "shape": st.lists(st.integers(-1, 3), max_size=3) | ANY,
+        "data": st.lists(TEXT | st.integers(), max_size=3) | ANY,
+    }
+)
+#: a valid request per route: each fuzzed request changes one or two of its fields (an early refusal of
+#: another field would hide what a field does), or replaces the whole body
+VALID = {
+    "/v1/chat/completions": {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+    },
+    "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 2},
+    f"/v2/models/{MODEL}/infer": {
+        "inputs": [{"name": "args", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]
+    },
+}
+
+
+@st.composite
+def _changed(draw) -> tuple[str, Any]:
+    path = draw(st.sampled_from(sorted(VALID)))
+    if path.startswith("/v2/"):
+        return path, {"inputs": draw(st.lists(V2_INPUT, min_size=1, max_size=2) | ANY)}
+    keys = draw(st.lists(st.sampled_from(sorted(FIELDS)), min_size=1, max_size=2, unique=True))
+    return path, {**VALID[path], **{k: draw(FIELDS[k]) for k in keys}}
+
+
+REQUESTS = _changed() | st.tuples(st.sampled_from(sorted(VALID)), ANY)
+
+
+def _send(server: ImageServer, path: str, body: Any) -> tuple[int, str, str]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body, allow_nan=True).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers.get("content-type", ""), r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type", ""), exc.read().decode()
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=REQUESTS)
+def test_no_request_gets_a_5xx_or_keeps_the_next_from_its_right_answer(server, reference, request):
+    """Any request to the OpenAI or V2 routes, of fields near the valid ones or of any JSON: never a 5xx,
+    never an error that is not JSON in the route's error shape; and the next valid request is answered
+    exactly as the version answers it."""
+    path, body = request
+    code, kind, text = _send(server, path, body)
+    assert code < 500, (path, body, code, text[:500])
+    if code >= 400:
+        error = json.loads(text)["error"]
+        if path.startswith("/v1/"):
+            assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+        else:
+            assert isinstance(error, str) and error, error
+    elif "text/event-stream" in kind:
+        assert text.rstrip().endswith("data: [DONE]"), text[-300:]
+    assert _checked_answer(server) == reference
+
+
+#: the valid request sent after each fuzzed one (greedy: the same answer each time)
+CHECK = ("/v1/completions", {"model": MODEL, "prompt": "Spell cat.", "max_tokens": 4, "temperature": 0})
+
+
+def _checked_answer(server: ImageServer) -> tuple[int, Any, Any]:
+    code, answer = _post(server, *CHECK)
+    return code, answer.get("choices"), answer.get("usage")
+
+
+@pytest.fixture(scope="module")
+def reference(server) -> tuple[int, Any, Any]:
+    """CHECK's answer before any fuzzing: its choices and usage (its id and time change)."""
+    got = _checked_answer(server)
+    assert got[0] == 200 and got[1], got
+    return got
 
 
 def _ready(server: ImageServer) -> bool:
