@@ -141,7 +141,8 @@ def test_quarantined_rows_page_by_page(demo, sandbox, browser):
     total = manifest["rows_quarantined"]
     assert 3 <= total <= 100
     row.locator("a.quarantine").click()
-    assert page.url.endswith(f"/data/digits/{ds}/quarantine")
+    page.wait_for_url(f"**/data/digits/{ds}/quarantine")  # the page has loaded (count() does not wait)
+    page.locator("#quarantine-count").wait_for()
     assert page.locator("#quarantine tr[data-line]").count() == total
     assert all(r.strip() for r in page.locator("#quarantine td.reason").all_inner_texts())
     assert page.locator("a.next").count() == 0
@@ -149,6 +150,7 @@ def test_quarantined_rows_page_by_page(demo, sandbox, browser):
     page.goto(f"{sandbox.url}/freestack/ui/data/digits/{ds}/quarantine?size=2")
     first = page.locator("#quarantine tr[data-line]").first.get_attribute("data-line")
     page.locator("a.next").first.click()
+    page.wait_for_url(lambda url: "page=2" in url)
     assert f"page 2 of {-(-total // 2)}" in page.locator("#quarantine-count").inner_text()
     assert page.locator("#quarantine tr[data-line]").count() == 2
     assert (
