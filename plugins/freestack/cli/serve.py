@@ -20,7 +20,7 @@ from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
 from freestack.registry.core import registry_for
 from freestack.serving import k8s, manifests
-from freestack.serving.records import Deployments, alias_drift, all_deployments
+from freestack.serving.records import Deployments, alias_drift, all_deployments, live_state
 from freestack.settings import default_storage_root
 from freestack.storage import storage_root
 
@@ -104,8 +104,6 @@ def _status_lines(r: dict[str, Any]) -> list[str]:
             f"{r['model']}/{r['name']}: {r.get('version')} on Kubernetes {r.get('namespace')} ({r.get('state')}{canary})",
             *drift,
         ]
-    from freestack.serving.local import live_state
-
     state, why = live_state(r)
     state = f"{state} ({why})" if why else state
     lines = [

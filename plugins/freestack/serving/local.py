@@ -49,7 +49,7 @@ from freestack.serving.processes import (
     stop_server,
     supervisors,
 )
-from freestack.serving.records import Deployments, now, switched
+from freestack.serving.records import Deployments, live_state, now, switched
 from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
@@ -968,38 +968,12 @@ def describe(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: what to do about a local deployment that is DOWN
-REDEPLOY = "redeploy, e.g. `freestack serve deploy <pipeline>`"
-
-
-def live_state(described: dict[str, Any]) -> tuple[str, str | None]:
-    """What a deployment, as :func:`describe` gives it, is now, and what to do about it: ``serving`` only
-    while its process lives and its model answers, ``DOWN`` with why otherwise (a record says ``serving``
-    until the next deploy or stop, even after its server died). The one truth of ``serve status`` and the
-    UI."""
-    state = str(described.get("state") or "?")
-    if state != "serving" or described.get("target", "local") != "local":
-        return state, None
-    if not described.get("alive"):
-        return "DOWN", f"the recorded process is gone: {REDEPLOY}"
-    if str(described.get("health") or "").startswith("HTTP "):
-        # its model does not answer (an unloaded model's 404); a health check that timed out on a busy
-        # machine is shown as such, not as DOWN
-        return (
-            "DOWN",
-            f"the process runs but its model does not answer: health {described['health']}; see its log, and {REDEPLOY}",
-        )
-    return "serving", None
-
-
 __all__ = [
     "Address",
     "LocalServer",
-    "REDEPLOY",
     "Slot",
     "deploy_local",
     "describe",
-    "live_state",
     "hold_address",
     "log_tail",
     "ServerLaunch",

@@ -125,12 +125,38 @@ def alias_drift(root_uri: str, record: dict[str, Any], aliases: dict[str, Any] |
     )
 
 
+#: what to do about a local deployment that is DOWN
+REDEPLOY = "redeploy, e.g. `freestack serve deploy <pipeline>`"
+
+
+def live_state(described: dict[str, Any]) -> tuple[str, str | None]:
+    """What a local deployment, as :func:`freestack.serving.local.describe` gives it, is now, and what to do
+    about it: ``serving`` only while its process lives and its model answers, ``DOWN`` with why otherwise
+    (a record says ``serving`` until the next deploy or stop, even after its server died). The one truth
+    of ``serve status`` and the UI."""
+    state = str(described.get("state") or "?")
+    if state != "serving" or described.get("target", "local") != "local":
+        return state, None
+    if not described.get("alive"):
+        return "DOWN", f"the recorded process is gone: {REDEPLOY}"
+    if str(described.get("health") or "").startswith("HTTP "):
+        # its model does not answer (an unloaded model's 404); a health check that timed out on a busy
+        # machine is shown as such, not as DOWN
+        return (
+            "DOWN",
+            f"the process runs but its model does not answer: health {described['health']}; see its log, and {REDEPLOY}",
+        )
+    return "serving", None
+
+
 __all__ = [
     "HISTORY",
     "PREVIOUS",
+    "REDEPLOY",
     "Deployments",
     "alias_drift",
     "all_deployments",
+    "live_state",
     "now",
     "served_alias",
     "serving_records",
