@@ -239,14 +239,13 @@ class Adapters:
     def _fetch(self, uri: str, folder: Path) -> None:
         """The version's files, checked against its registration, into ``folder``: when it is an adapter on
         this deployment's base."""
+        version = uri.rsplit("/", 1)[1]
         try:
             opened = open_folder(uri, FetchSource(uri))
-        except (FileNotFoundError, NotAVersion):
-            version = uri.rstrip("/").rsplit("/", 1)[-1]  # the registry's place is the server's own business
+        except (FileNotFoundError, NotAVersion):  # named, not where: the registry's place is the server's own
             raise NotServed(f"model {self.name!r} has no registered version {version!r}") from None
         except FetchError as exc:
             raise NotServed(str(exc), 503) from None
-        version = uri.rsplit("/", 1)[1]
         if opened.manifest is None:
             raise NotServed(f"{self.name}:{version} is not registered (no commit marker): register it first")
         if opened.adapter_base is None:

@@ -577,7 +577,7 @@ def _follow(
     af: Airflow, dag_id: str, backfill: dict[str, Any], total: int, timeout: float, *, repause: bool = False
 ) -> list[dict[str, Any]]:
     """Poll the backfill's runs until ``total`` finished (or the backfill completed); report each one."""
-    since, deadline, reported = _ts(backfill["created_at"]), time.monotonic() + timeout, set()
+    since, deadline, reported = backfill["created_at"], time.monotonic() + timeout, set()
     console = out()
     with progress(console=console) as bar:
         task = bar.add_task(f"{dag_id} runs", total=total)
@@ -586,12 +586,7 @@ def _follow(
                 "completed_at"
             )
             # read after: as fresh as `completed`
-            runs = _runs(af, dag_id, backfill["from_date"], backfill["to_date"])
-            done = [
-                r
-                for r in runs
-                if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since
-            ]
+            done = ended_since(_runs(af, dag_id, backfill["from_date"], backfill["to_date"]), since)
             for r in (r for r in done if r["dag_run_id"] not in reported):
                 reported.add(r["dag_run_id"])  # a line per run: above the bar on a terminal, alone otherwise
                 console.print(
@@ -613,6 +608,12 @@ def _follow(
                     rest,
                 )
             time.sleep(POLL_SECONDS)
+
+
+def ended_since(runs: list[dict[str, Any]], created_at: str) -> list[dict[str, Any]]:
+    """The runs that finished (succeeded or failed) since ``created_at`` (a backfill's, say)."""
+    since = _ts(created_at)
+    return [r for r in runs if r["state"] in FINISHED and r.get("end_date") and _ts(r["end_date"]) >= since]
 
 
 def _wait_closed(af: Airflow, dag_id: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from freestack.cli.backfill import ended_since
 from freestack.cli.demo_summary import summary_lines
 from freestack.cli.output import plural
 from freestack.cli.reports import lake_report
@@ -240,19 +241,10 @@ def _create_backfill(api: AirflowAPI, days: list[date]) -> dict:
 def _backfilled(api: AirflowAPI, backfill: dict, days: list[date]) -> bool:
     """Every day's run ended since the backfill was created (the scheduler closes the backfill itself up to
     half a minute later: a later round's backfill waits for that), or the backfill is closed."""
-    since = _ts(backfill["created_at"])
-    ended = [
-        r
-        for r in _runs(api, INGEST, days)
-        if r["state"] in ("success", "failed") and r.get("end_date") and _ts(r["end_date"]) >= since
-    ]
+    ended = ended_since(_runs(api, INGEST, days), backfill["created_at"])
     return len(ended) >= len(days) or bool(
         api.call("GET", f"/backfills/{backfill['id']}").get("completed_at")
     )
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
 
 
 def _runs(api: AirflowAPI, dag_id: str, days: list[date]) -> list[dict]:

@@ -510,19 +510,9 @@ def deploy_local(
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
     sample = smoke_sample(version_uri, local.smoke_rows)
-    if (
-        live
-        and _unchanged(live, version, local)
-        and live.get("runtime", "seldon") == runtime
-        and _same_key(live, api_key)
-    ):
-        failing = _fails_smoke(live, sample)
-        if failing is None:
-            log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
-            return {**live, "unchanged": True}
-        log.warning(
-            "%s/%s serves %s but fails its smoke test (%s): deploying it again", model, name, version, failing
-        )
+    if live and _still_serves(live, version, local, runtime, api_key, sample):
+        log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
+        return {**live, "unchanged": True}
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
@@ -690,23 +680,39 @@ def _join(
     return _start_checked(server.launch, local, sample, model_env, gate_open=True)[0]
 
 
-def _fails_smoke(live: dict[str, Any], sample: dict[str, Any]) -> str | None:
-    """Why the recorded server does not answer its version's smoke test at the deployment's address (a
-    live process whose model cannot answer any more); None when it does."""
+def _still_serves(
+    live: dict[str, Any],
+    version: str,
+    local: LocalTarget,
+    runtime: str,
+    api_key: SecretStr | None,
+    sample: dict[str, Any],
+) -> bool:
+    """The live server is the deploy asked for (version, place, runtime, key) and still answers the
+    version's smoke test at the deployment's address (a live process whose model cannot answer any more
+    is deployed again, saying why)."""
+    if not (_unchanged(live, version, local) and live.get("runtime", "seldon") == runtime):
+        return False
+    if not _same_key(live, api_key):
+        return False
     try:
-        if live.get("runtime", "seldon") == "mlserver":
-            smoke_test_v2(live["url"], live["model"], sample)
-        else:
-            smoke_test(live["url"], sample)
+        _smoke_at(live["url"], runtime, live["model"], sample)
     except (DeployError, OSError) as exc:  # a wrong answer, or none (refused, timed out)
-        return str(exc)
-    return None
+        log.warning(
+            "%s serves %s but fails its smoke test (%s): deploying it again", live["url"], version, exc
+        )
+        return False
+    return True
 
 
 def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:
-    if server.cfg.runtime == "mlserver":
-        return smoke_test_v2(server.url, server.cfg.model, sample)
-    return smoke_test(server.url, sample)
+    return _smoke_at(server.url, server.cfg.runtime, server.cfg.model, sample)
+
+
+def _smoke_at(url: str, runtime: str, model: str, sample: dict[str, Any]) -> dict[str, Any]:
+    if runtime == "mlserver":
+        return smoke_test_v2(url, model, sample)
+    return smoke_test(url, sample)
 
 
 def health_url(url: str, runtime: str, model: str) -> str:
