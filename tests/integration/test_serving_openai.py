@@ -323,6 +323,15 @@ def test_a_missing_or_wrong_key_is_a_401(server):
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.retrieve(MODEL)
+
+
+def test_a_model_path_of_any_bytes_is_a_404_in_openais_format(client):
+    for name in ("%ff%fe", "x" * 5000, f"{MODEL}/../../etc", "%00"):
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.models.retrieve(name)
+        assert missing.value.body["code"] == "model_not_found", missing.value.body
 
 
 def test_an_over_long_prompt_is_a_413_naming_the_limit(server):
