@@ -289,11 +289,12 @@ def supervise(env_file: str | None, *, max_restarts: int = 5, window_seconds: fl
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     cfg = load(env_file)
-    try:  # once for every child: a restart does not need the holder
-        address_fd = receive(cfg.address.socket, cfg.address.host, cfg.address.port) if cfg.address else None
+    try:  # once for every child: a restart does not need the holder. The lease is held while this lives
+        handed = receive(cfg.address.socket, cfg.address.host, cfg.address.port) if cfg.address else None
     except AddressError as exc:
         log.error("%s", exc)
         return ADDRESS_ERROR
+    address_fd = handed.fd if handed is not None else None
     cmd = [sys.executable, "-m", "freestack_server", "run", *(["--env-file", env_file] if env_file else [])]
     if address_fd is not None:
         cmd += ["--address-fd", str(address_fd)]

@@ -5,6 +5,7 @@ stops holders; deploy.local's ports may not collide."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -56,8 +57,8 @@ def holder(tmp_path):
 def test_the_holder_hands_its_listening_socket_and_never_accepts(holder):
     home, port, proc = holder
     assert os.stat(home / socket_name(port)).st_mode & 0o777 == 0o600
-    fds = [receive(str(home / socket_name(port)), "127.0.0.1", port) for _ in range(2)]
-    listeners = [socket.socket(fileno=fd) for fd in fds]
+    handed = [receive(str(home / socket_name(port)), "127.0.0.1", port) for _ in range(2)]
+    listeners = [socket.socket(fileno=h.fd) for h in handed]
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
             listeners[1].settimeout(5)
@@ -72,6 +73,32 @@ def test_the_holder_hands_its_listening_socket_and_never_accepts(holder):
     assert proc.wait(timeout=10) == 0
     assert not (home / socket_name(port)).exists()
     assert "listening on 127.0.0.1:" in proc.stdout.read()
+
+
+def _asked(port: int, path: str, timeout: float) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as client:
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return client.recv(65536)
+
+
+def test_with_no_server_holding_the_socket_the_holder_answers_503_at_once(holder):
+    """No lease (no supervisor holds the socket: stopped, killed or given up): the holder answers each
+    connection 503 with Retry-After, in OpenAI's error format on /v1; while a lease is held, a connection
+    waits for the server as before; once it is closed (its process died), the waiting one gets the 503."""
+    home, port, _ = holder
+    head, _, body = _asked(port, "/v1/models", 5).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in head, head
+    assert json.loads(body)["error"]["message"].startswith(f"no model server serves 127.0.0.1:{port} now")
+    assert json.loads(_asked(port, "/v2/health/ready", 5).partition(b"\r\n\r\n")[2])["error"]
+    handed = receive(str(home / socket_name(port)), "127.0.0.1", port)
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            client.recv(1)  # queued for the server that holds the lease
+        handed.lease.close()
+        os.close(handed.fd)
+        client.settimeout(5)
+        assert client.recv(65536).startswith(b"HTTP/1.1 503 ")
 
 
 def test_a_second_holder_on_a_taken_port_says_so(holder, tmp_path):
