@@ -105,11 +105,17 @@ class StopText:
         return self._send(len(self.text))
 
     def count(self, tokens: list[int]) -> int:
-        return len(self._answer(tokens))
+        """The answer's tokens, its end-of-turn token included (as ``generate`` and OpenAI count them)."""
+        end = self.end(tokens)
+        return len(tokens) if end is None else end + 1
+
+    def end(self, tokens: list[int]) -> int | None:
+        """Where the answer's end-of-turn token is, if it came."""
+        return next((i for i, t in enumerate(tokens) if t in self.eos), None)
 
     def _answer(self, tokens: list[int]) -> list[int]:
-        """The answer's tokens: up to its end-of-turn token."""
-        end = next((i for i, t in enumerate(tokens) if t in self.eos), None)
+        """The answer's text tokens: up to its end-of-turn token."""
+        end = self.end(tokens)
         return tokens if end is None else tokens[:end]
 
     def _held(self) -> int:
@@ -269,7 +275,7 @@ class Engine:
                     break
                 if delta:
                     yield Piece(delta)
-            ended = text.stopped or text.count(tokens) < len(tokens)  # a stop string or end of turn
+            ended = text.stopped or text.end(tokens) is not None  # a stop string or end of turn
             done = True
             yield Piece(delta + text.rest(), "stop" if ended else "length", text.count(tokens))
         finally:

@@ -611,7 +611,8 @@ def _completion(
     for s in settings.stop:
         if s and s in text:
             text, reason = text[: text.index(s)], "stop"
-    return Completion(text.strip(), prompt_tokens, len(tokens), reason, cut)
+    # its end-of-turn token counts, as generate and OpenAI's usage count it
+    return Completion(text.strip(), prompt_tokens, len(tokens) + (end is not None), reason, cut)
 
 
 def perplexity(loss: float) -> float:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from freestack.ml.engine import Busy, Engine, EngineError, StopText
-from freestack.ml.generation import GenerationSettings, eos_ids, prompt_ids
+from freestack.ml.generation import GenerationSettings, _completion, eos_ids, prompt_ids
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
 
 PROMPTS = [*SMOKE_PROMPTS, "Name a colour.", "Count to three.", "What is 9 - 4?", "Spell cat."]
@@ -67,6 +67,19 @@ def test_greedy_answers_equal_plain_generate_while_sampled_requests_share_the_ba
             assert got.text.strip() == want
             assert (got.completion_tokens, got.finish_reason) == (one.completion_tokens, one.finish_reason)
         assert got.prompt_tokens == one.prompt_tokens
+
+
+def test_the_end_of_turn_token_counts_as_generate_counts_it(version):
+    """completion_tokens counts the end-of-turn token the model produced, as ``generate`` (whose output holds
+    it) and OpenAI's usage count it, in the engine and in the batch path alike; the text ends before it."""
+    tok, eos = version.tokenizer, eos_ids(version.tokenizer)[0]
+    word = tok.encode("cat", add_special_tokens=False)
+    said = tok.decode(word, skip_special_tokens=True).strip()
+    text = StopText(tok, (), [eos])
+    assert (text.count([*word, eos, eos]), text.count(word)) == (len(word) + 1, len(word))
+    assert text.add([*word, eos]).strip() == said
+    done = _completion(tok, [*word, eos, eos], [eos], eos, 3, False, _settings())
+    assert (done.completion_tokens, done.finish_reason, done.text) == (len(word) + 1, "stop", said)
 
 
 def test_a_stop_string_ends_the_answer_and_the_stream_never_shows_part_of_it(engine, version, run):
