@@ -80,8 +80,21 @@ def _shown(aliases: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.command("list")
-def list_(model: Model, root: Root = None, json: Json = False) -> int:
-    """Versions (created, test metrics, aliases) and the aliases."""
+def list_(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODEL]",
+            help="Model name (or pipeline name); leave it out to list every model under the root.",
+            show_default=False,
+        ),
+    ] = None,
+    root: Root = None,
+    json: Json = False,
+) -> int:
+    """A model's versions (created, test metrics, aliases) and aliases; without MODEL, every model."""
+    if model is None:
+        return _list_models(storage_root(root), json)
     reg = registry(model, root)
     versions, aliases = reg.versions(), _shown(reg.aliases())
     if json:
@@ -100,6 +113,30 @@ def list_(model: Model, root: Root = None, json: Json = False) -> int:
     emit(t, console=console)
     console.print("aliases: " + (", ".join(f"{k} -> {v}" for k, v in aliases.items()) or "none"))
     console.print(f"registry: {reg.folder}")
+    return 0
+
+
+def _list_models(root: Any, json: bool) -> int:
+    """Every model registered under ``root``: its number of versions, latest and production versions."""
+    rows = []
+    for name in model_names(root):
+        reg = ModelRegistry(root, name)
+        versions = reg.versions()
+        latest = max(versions, key=lambda v: v["created"] or "", default={}).get("version")
+        production = reg.aliases().get("production")
+        rows.append({"model": name, "versions": len(versions), "latest": latest, "production": production})
+    if json:
+        print_json({"registry": str(join(root, "registry")), "models": rows})
+        return 0
+    console = out()
+    if not rows:
+        console.print(f"no model is registered under {join(root, 'registry')} yet (--root picks another)")
+        return 0
+    t = table("model", "versions", "latest", "production", right=("versions",))
+    for r in rows:
+        t.add_row(r["model"], str(r["versions"]), r["latest"] or "-", r["production"] or "-")
+    emit(t, console=console)
+    console.print(f"registry: {join(root, 'registry')}")
     return 0
 
 

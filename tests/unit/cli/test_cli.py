@@ -60,6 +60,16 @@ def test_unknown_model_names_the_models(capsys, store):
     one_error_line(err, "no model 'nosuch' under", "/store/registry", "models: digits")
 
 
+def test_models_list_without_a_model_lists_every_model_under_the_root(capsys, store):
+    code, out, _ = run(capsys, "models", "list", "--root", store, "--json")
+    assert code == 0
+    assert json.loads(out)["models"] == [
+        {"model": "digits", "versions": 2, "latest": "v2", "production": "v1"}
+    ]
+    code, out, _ = run(capsys, "models", "list", "--root", store)
+    assert code == 0 and "digits" in out and "registry: " in out
+
+
 def test_unknown_version_names_versions_and_aliases(capsys, store):
     code, _, err = run(capsys, "models", "show", "digits", "v9", "--root", store)
     assert code == 1
@@ -188,7 +198,6 @@ def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monk
     ("argv", "needle"),
     [
         (["nosuch"], "No such command 'nosuch'"),
-        (["models", "list"], "Missing argument"),
         (["lake", "digits", "--jsn"], "--jsn"),
         (["backfill", "digits", "--start", "2026-13-01", "--end", "2026-11-02"], "2026-13-01"),
         (["backfill", "digits", "--start", "2026-11-05", "--end", "2026-11-01"], "before --start"),
