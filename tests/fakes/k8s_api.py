@@ -117,6 +117,7 @@ class FakeKubeAPI:
         self.forbidden = False
         self.fail_next: list[int] = []  # answer the next requests with these statuses (e.g. 503)
         self.before_write: list[Any] = []  # callables run (once each) before the next writes
+        self.sent = threading.local()  # .headers: the request being handled's headers (lower-case names)
         self._rv = 100
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
@@ -485,6 +486,7 @@ class FakeKubeAPI:
             def _serve(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else b""
+                api.sent.headers = {k.lower(): v for k, v in self.headers.items()}
                 code, ctype, data = api.handle(
                     self.command, self.path, self.headers.get("Content-Type") or "", body
                 )
@@ -503,32 +505,63 @@ class FakeKubeAPI:
 
 
 _PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):http/proxy(/.*)$")
+_SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets/([^/]+)$")
 
 
 class ProxyingKubeAPI(FakeKubeAPI):
     """The fake API server plus the core API's service proxy: a POST to ``services/<svc>:http/proxy/<path>``
-    is answered by the version ``pods[svc]`` names, predicting in this process as its pods would."""
+    is answered by the version ``pods[svc]`` names, predicting in this process as its pods would (Seldon's
+    protocol, or V2 on ``/v2/...``); a service in ``keys`` answers 401 without ``api-key: <its key>``, since the
+    proxy passes the pod no ``Authorization`` (the API server's own credential). ``secrets[(namespace,
+    name)]`` are the Secrets it serves (their values in clear: it answers them base64-encoded)."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
         self.pods: dict[str, str] = {}  # service -> the version URI its pods serve
+        self.keys: dict[str, str] = {}  # service -> the key its pods ask for
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
 
     def handle(self, method, raw_path, content_type, body):
-        m = _PROXY.match(raw_path.split("?")[0])
+        path = raw_path.split("?")[0]
+        if (secret := _SECRET.match(path)) is not None:
+            return self._secret(secret.group(1), secret.group(2))
+        m = _PROXY.match(path)
         if m is None:
             return super().handle(method, raw_path, content_type, body)
-        doc = json.loads(body)
+        doc, service = json.loads(body), m.group(2)
         with self.lock:
-            self.requests.append({"method": method, "path": m.group(0), "service": m.group(2), "body": doc})
-        if m.group(2) not in self.pods:
-            return self._err(503, "ServiceUnavailable", f'no endpoints available for service "{m.group(2)}"')
+            self.requests.append({"method": method, "path": m.group(0), "service": service, "body": doc})
+        if service not in self.pods:
+            return self._err(503, "ServiceUnavailable", f'no endpoints available for service "{service}"')
+        if service in self.keys and self.sent.headers.get("api-key") != self.keys[service]:
+            return 401, "application/json", json.dumps({"error": "a missing or wrong API key"}).encode()
+        return self._ok(200, self._predicted(self.pods[service], doc, m.group(3).startswith("/v2/")))
+
+    def _secret(self, namespace: str, name: str):
+        import base64
+
+        if (namespace, name) not in self.secrets:
+            return self._err(
+                404, "NotFound", f'secrets "{name}" not found', {"name": name, "kind": "secrets"}
+            )
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in self.secrets[namespace, name].items()}
+        return self._ok(200, {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": name}, "data": data})
+
+    @staticmethod
+    def _predicted(uri: str, doc: dict, v2: bool) -> dict:
         import numpy as np
 
         from tests.support.serving import in_process
 
-        uri, rows = self.pods[m.group(2)], np.asarray(doc["data"]["ndarray"], dtype=np.float32)
-        answer = {"names": stored_sample(uri)["classes"], "ndarray": in_process(uri, rows).tolist()}
-        return self._ok(200, {"data": answer})
+        if not v2:
+            rows = np.asarray(doc["data"]["ndarray"], dtype=np.float32)
+            return {
+                "data": {"names": stored_sample(uri)["classes"], "ndarray": in_process(uri, rows).tolist()}
+            }
+        rows = np.asarray([t["data"] for t in doc["inputs"]], dtype=np.float32).T
+        out = in_process(uri, rows)
+        probabilities = {"name": "probabilities", "datatype": "FP32", "shape": list(out.shape)}
+        return {"id": doc.get("id"), "outputs": [{**probabilities, "data": out.reshape(-1).tolist()}]}
 
 
 def stored_sample(version_uri: str) -> dict:

@@ -18,7 +18,9 @@ Light at import: ``kubernetes`` and Airflow are imported inside the functions.
 
 from __future__ import annotations
 
+import base64
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -173,19 +175,38 @@ class _Session(Session):
 
     group, version, plural = GROUP, VERSION, PLURAL
 
-    def proxy_post(self, url: str, payload: Any, *, timeout: float) -> tuple[int, Any]:
+    def secret_value(self, secret: str, key: str) -> str:
+        """Value ``key`` of Secret ``secret`` in the deployment's namespace (``deploy.api_key``: the key the
+        smoke test sends, as the clients do; the worker's account needs ``get`` on that Secret)."""
+        from kubernetes.client import CoreV1Api
+
+        self.action = f"read Secret {secret} (deploy.api_key) for"
+        data = CoreV1Api(self.api.api_client).read_namespaced_secret(secret, self.namespace).data or {}
+        if key not in data:
+            raise DeployError(
+                f"Secret {self.namespace}/{secret} has no key {key!r} (deploy.api_key.secret_key); it has "
+                f"{', '.join(sorted(data)) or 'none'}: add it (`kubectl create secret generic {secret} "
+                f"--from-literal={key}=<the key>`) or name the one that holds the key"
+            )
+        return base64.b64decode(data[key]).decode()
+
+    def proxy_post(
+        self, url: str, payload: Any, *, timeout: float, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
         """POST ``payload`` to ``url`` on this API server (a service proxy path) with the connection's
-        credentials; answers as :func:`freestack.serving.smoke.http_json` does: (status, JSON body)."""
+        credentials (and ``headers`` for the pod: the proxy drops ``Authorization``, its own credential);
+        answers as :func:`freestack.serving.smoke.http_json` does: (status, JSON body)."""
         from kubernetes.client.exceptions import ApiException
 
         self.action = "smoke-test"
+        sent = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
         try:
             resp = self.api.api_client.call_api(
                 url.removeprefix(self.host),
                 "POST",
                 body=payload,
                 auth_settings=["BearerToken"],
-                header_params={"Content-Type": "application/json", "Accept": "application/json"},
+                header_params=sent,
                 _preload_content=False,
                 _return_http_data_only=True,
                 _request_timeout=timeout,
@@ -515,10 +536,13 @@ def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
     sample = smoke_sample(registry_for(spec).version_uri(version), SMOKE_ROWS)
     service = predictor_service(name, CANARY if canary else MAIN)
     path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
+    key = spec.deploy.api_key
     try:
         with api_session(target.conn_id, target.namespace, name) as s:
-            if spec.deploy.runtime == "mlserver":
-                return smoke_test_v2(s.host + path, spec.model_name, sample, post=s.proxy_post)
+            if spec.deploy.runtime == "mlserver":  # a key travels as api-key: the proxy drops Authorization
+                sent = {"api-key": s.secret_value(key.secret, key.secret_key)} if key and key.secret else {}
+                post = functools.partial(s.proxy_post, headers=sent)
+                return smoke_test_v2(s.host + path, spec.model_name, sample, post=post)
             return smoke_test(s.host + path, sample, post=s.proxy_post)
     except DeployError as exc:
         if not canary or isinstance(exc, KubernetesUnavailable):

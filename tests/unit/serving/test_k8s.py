@@ -72,6 +72,7 @@ def keyed_target(**kw) -> KubernetesTarget:
         {
             "target": "kubernetes",
             "kubernetes": target(**kw).model_dump(),
+            "runtime": "mlserver",
             "api_key": {"secret": "llm-api-key", "secret_key": "openai"},
         }
     )
@@ -616,25 +617,32 @@ def test_unreachable_server_and_missing_connection(monkeypatch):
 @pytest.fixture
 def rollout(tmp_path, storage, monkeypatch):
     """A kubernetes deploy of ``digits`` (canary 10%) with versions v1, v2 registered, against the proxying fake."""
-    import yaml
-
-    from freestack.spec import parse_spec
 
     api = ProxyingKubeAPI().start()
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{CONN.upper()}",
         json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": api.kubeconfig()}}),
     )
+    uris = {
+        v: make_version(storage, "digits", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)
+    }
+    yield api, digits_spec(), uris
+    api.stop()
+
+
+def digits_spec(**deploy):
+    """digits.yaml deployed to the fake cluster (a canary at 10%), with ``deploy``'s other fields."""
+    import yaml
+
+    from freestack.spec import parse_spec
+
     data = yaml.safe_load((REPO / "include" / "pipelines" / "digits.yaml").read_text())
     data["deploy"] = {
         "target": "kubernetes",
         "kubernetes": {"conn_id": CONN, "namespace": NS, "canary": {"traffic": 10, "replicas": 1}},
+        **deploy,
     }
-    uris = {
-        v: make_version(storage, "digits", v, tmp_path, seed=i) for i, v in enumerate(("v1", "v2"), start=1)
-    }
-    yield api, parse_spec(data, "digits.yaml"), uris
-    api.stop()
+    return parse_spec(data, "digits.yaml")
 
 
 def roll_out(spec, version: str, uri: str) -> dict:
@@ -656,6 +664,24 @@ def test_a_rollout_sends_the_versions_rows_and_compares_the_answers(rollout):
     assert sent["body"]["meta"]["puid"].startswith(SMOKE_ID)
     assert record["state"] == "serving" and record["smoke"]["rows"] == len(sample["rows"])
     assert record["smoke"]["max_abs_diff"] < 1e-5
+
+
+def test_a_keyed_rollout_sends_the_secrets_key_as_api_key_through_the_proxy(rollout):
+    """deploy.api_key.secret (runtime mlserver): the smoke test reads the key from the Secret and sends it as
+    ``api-key``, since the service proxy passes no ``Authorization``; a Secret without it fails naming it."""
+    api, _, uris = rollout
+    spec = digits_spec(runtime="mlserver", api_key={"secret": "llm-key", "secret_key": "openai"})
+    api.pods["digits-main"], api.keys["digits-main"] = uris["v1"], "sk-cluster-key"
+    with pytest.raises(k8s.DeployError, match=r"answered 404 .* to read Secret llm-key \(deploy.api_key\)"):
+        roll_out(spec, "v1", uris["v1"])
+    api.secrets[NS, "llm-key"] = {"api-key": "sk-cluster-key"}
+    with pytest.raises(k8s.DeployError, match=rf"Secret {NS}/llm-key has no key 'openai' .* it has api-key"):
+        roll_out(spec, "v1", uris["v1"])
+    api.secrets[NS, "llm-key"] = {"openai": "sk-cluster-key"}
+    record = roll_out(spec, "v1", uris["v1"])
+    assert record["state"] == "serving" and record["smoke"]["max_abs_diff"] < 1e-5
+    sent = [r for r in api.requests if "service" in r][-1]
+    assert sent["path"].endswith("/proxy/v2/models/digits/infer")
 
 
 def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
