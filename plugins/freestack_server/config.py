@@ -149,9 +149,10 @@ class ServerConfig(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Model server, text generation: the key the OpenAI API (`/v1/...`) asks for, as "
-        "`Authorization: Bearer <key>` (401 without it); unset: no key. From a Kubernetes Secret or "
-        "the deploy's connection, never written in a spec.",
+        description="Model server, `mlserver`: the key every route but the health probes asks for (the "
+        "OpenAI API, V2 inference and metadata over REST and gRPC, the API docs), as `Authorization: Bearer "
+        "<key>` or `api-key: <key>` (401 without it); unset: no key. From a Kubernetes Secret or the "
+        "deploy's connection, never written in a spec.",
     )
     address: Address | None = Field(
         default=None,

@@ -188,8 +188,7 @@ class FreestackRuntime(MLModel):
             canary_weight=bounds.canary_weight,
             serves_file=cfg.serves_file,
         )
-        key = cfg.api_key.get_secret_value() if cfg.api_key else None
-        SERVED[self.name] = Served(self.name, self.core, self.engine, self.adapters, key)
+        SERVED[self.name] = Served(self.name, self.core, self.engine, self.adapters)
 
     def _engine_died(self, why: str) -> None:
         """The engine's loop died (its requests were failed with the error): not ready from now on, so

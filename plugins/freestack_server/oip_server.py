@@ -40,6 +40,7 @@ from typing import Any
 from freestack.settings import settings
 from freestack_server.config import BOOT_ERROR, ServerConfig
 from freestack_server.generation import Bounds
+from freestack_server.keys import KeyGuard, Refusal, guard_grpc
 
 log = logging.getLogger("freestack.serving")
 
@@ -60,6 +61,9 @@ REPOSITORY_DISABLED = (
     "deploy, roll back or stop a model through freestack (`freestack serve deploy`, "
     "`freestack serve stop`)"
 )
+#: how long ``freestack serve stop`` (and a deploy replacing a server) waits for a stopped server to end
+#: (:func:`freestack.serving.processes.stop_servers`' default), said in the stop's log line
+STOP_GRACE_S = 15.0
 #: MLServer's dotted path of freestack's runtime
 IMPLEMENTATION = "freestack_server.oip.FreestackRuntime"
 
@@ -105,15 +109,20 @@ def write_folder(
     return folder
 
 
-def v2_error(status: int, message: str, path: str = "") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def v2_error(status: int, message: str, path: str = "") -> Refusal:
     """A refusal in the V2 format, or in OpenAI's for the OpenAI API's paths (``/v1/...``)."""
     body = json.dumps(_error_body(message, status, path)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return status, headers, body
 
 
+def openai_path(path: str) -> bool:
+    """Whether ``path`` is the OpenAI API's: ``/v1/...``, or ``//v1/...`` (a base URL ending in a slash)."""
+    return path.lstrip("/").startswith("v1/")
+
+
 def _error_body(message: str, status: int, path: str) -> dict[str, Any]:
-    if path.startswith("/v1/"):
+    if openai_path(path):
         from freestack_server.openai_api import error_body
 
         return error_body(message, status)
@@ -220,10 +229,13 @@ class Refusals:
 def http_error_message(request: Any, exc: Any) -> str:
     """A routing refusal (Starlette's 404 and 405) as one sentence saying what to send instead."""
     where = f"{request.method} {request.url.path}"
-    if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+    if exc.status_code == 404 and openai_path(request.url.path):
+        slashes = (
+            " (with one slash: check the client's base URL)" if request.url.path.startswith("//") else ""
+        )
         return (
             f"{where}: no such OpenAI API endpoint; this server answers POST /v1/chat/completions, "
-            "POST /v1/completions and GET /v1/models"
+            f"POST /v1/completions, GET /v1/models and GET /v1/models/<name>{slashes}"
         )
     if exc.status_code == 404:
         return (
@@ -236,9 +248,9 @@ def http_error_message(request: Any, exc: Any) -> str:
     return f"{where}: {exc.detail}"
 
 
-def extend(max_body_bytes: int) -> bool:
-    """Give MLServer's servers freestack's refusals (see the module); False (and a warning) on a release
-    this was not written for."""
+def extend(max_body_bytes: int, api_key: str | None = None) -> bool:
+    """Give MLServer's servers freestack's refusals (see the module), and with ``api_key`` the key on every
+    route but the probes (:mod:`.keys`); False (and a warning) on a release this was not written for."""
     import mlserver
 
     if not any(mlserver.__version__.startswith(v) for v in WRITTEN_FOR):
@@ -249,14 +261,16 @@ def extend(max_body_bytes: int) -> bool:
             ", ".join(WRITTEN_FOR),
         )
         return False
-    _extend_rest(max_body_bytes)
+    _extend_rest(max_body_bytes, api_key)
+    if api_key:
+        guard_grpc(api_key)
     _json_400_everywhere()
     _close_grpc_repository()
     _grpc_model_ready_not_found()
     return True
 
 
-def _extend_rest(max_body_bytes: int) -> None:
+def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
     import mlserver.rest.app as rest_app
     import mlserver.rest.server as rest_server
     from fastapi.exceptions import RequestValidationError
@@ -281,8 +295,11 @@ def _extend_rest(max_body_bytes: int) -> None:
 
         app = create_app(*args, **kwargs)
         app.include_router(router)  # the OpenAI API of a text-generation version
-        app.add_middleware(BinaryTensors)  # the last added runs first: Refusals, BodyLimit, BinaryTensors
+        # the last added runs first: Refusals, KeyGuard, BodyLimit, BinaryTensors
+        app.add_middleware(BinaryTensors)
         app.add_middleware(BodyLimit, limit=max_body_bytes)
+        if api_key:  # the key is asked for before the body is read
+            app.add_middleware(KeyGuard, key=api_key, refusal=v2_error)
         app.add_middleware(Refusals)
         return app
 
@@ -438,10 +455,11 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     from mlserver.cli.serve import load_settings
     from mlserver.server import MLServer
 
-    if not extend(settings().max_body_bytes) and address_fd is not None:
+    key = cfg.api_key.get_secret_value() if cfg.api_key else None
+    if not extend(settings().max_body_bytes, key) and (address_fd is not None or key):
         raise SystemExit(
-            "this MLServer release cannot serve a deployment's address: install the one in "
-            "plugins/freestack_server/requirements-mlserver.txt (`make mlserver-venv`)"
+            "this MLServer release cannot serve a deployment's address or ask for its key: install the one "
+            "in plugins/freestack_server/requirements-mlserver.txt (`make mlserver-venv`)"
         )
     server_settings, models = await load_settings(str(folder_of(cfg)))
     server = MLServer(server_settings)  # installs its signal handlers: ours replace them below
@@ -451,6 +469,14 @@ async def run(cfg: ServerConfig, address_fd: int | None) -> None:
     asked: list[int] = []  # the stop signal, once one came
 
     def stop(sig: int) -> None:
+        if not asked:
+            log.info(
+                "%s: stopping; the requests in flight are answered first (a stream to its end, at most "
+                "max_new_tokens), for as long as the stopper waits: %.0f s for `freestack serve stop`, the "
+                "pod's terminationGracePeriodSeconds (30 s by default) on Kubernetes; then it is killed",
+                signal.Signals(sig).name,
+                STOP_GRACE_S,
+            )
         asked.append(sig)
         asyncio.ensure_future(_stop(server, address, sig))
 

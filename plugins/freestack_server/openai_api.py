@@ -66,6 +66,11 @@ DEFAULTS: dict[str, Any] = {
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
+#: the answer's header naming the prompts (their indices, comma-separated) cut from the left to fit the
+#: context (``generation.truncate: left``); absent when none was
+TRUNCATED_HEADER = "x-freestack-truncated-prompts"
+
+
 class OpenAIError(Exception):
     """A refusal in OpenAI's error format."""
 
@@ -90,20 +95,21 @@ class OpenAIError(Exception):
 
 
 def error_body(message: str, status: int) -> dict[str, Any]:
-    """A refusal made before the app (body or header limits, an unknown route) in OpenAI's format."""
-    return json.loads(OpenAIError(status, message).response().body)
+    """A refusal made before the app (a missing key, body or header limits, an unknown route) in OpenAI's
+    format."""
+    code = "invalid_api_key" if status == 401 else None
+    return json.loads(OpenAIError(status, message, None, code).response().body)
 
 
 @dataclass
 class Served:
     """The deployment this server answers for: its runtime (``core``: a ServedModel; ``engine``), the
-    adapter versions it serves (:class:`freestack_server.adapters.Adapters`) and its key."""
+    adapter versions it serves (:class:`freestack_server.adapters.Adapters`)."""
 
     name: str
     core: Any  # freestack_server.core.ServedModel
     engine: Any  # freestack.ml.engine.Engine
     adapters: Any  # freestack_server.adapters.Adapters
-    api_key: str | None = None
 
     async def version(self, model: Any) -> tuple[str, str | None]:
         """The version ``model`` names, and the adapter that answers for it (loaded if need be)."""
@@ -118,20 +124,10 @@ class Served:
 SERVED: dict[str, Served] = {}
 
 
-def _served(request: Request) -> Served:
+def _served() -> Served:
     if not SERVED:
         raise OpenAIError(503, "the model is loading: try again shortly")
-    served = next(iter(SERVED.values()))
-    if served.api_key:
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {served.api_key}".encode()):
-            raise OpenAIError(
-                401,
-                "a missing or wrong API key: send 'Authorization: Bearer <key>' with the deployment's key",
-                None,
-                "invalid_api_key",
-            )
-    return served
+    return next(iter(SERVED.values()))  # the key, if any, was asked for first (freestack_server.keys)
 
 
 async def _body(request: Request, known: set[str]) -> dict[str, Any]:
@@ -206,7 +202,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
             raise OpenAIError(
                 400, f"{where}: tools and function calls are not supported: send text turns", "messages"
             )
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise OpenAIError(
                 400, f"{where}: unknown role {role!r}: send system, developer, user or assistant", "messages"
             )
@@ -263,7 +259,7 @@ def _model(model_id: str):
 @router.get("/models")
 async def models(request: Request) -> Response:
     try:
-        served = _served(request)
+        served = _served()
     except OpenAIError as exc:
         return exc.response()
     await served.adapters.refresh()
@@ -275,7 +271,7 @@ async def models(request: Request) -> Response:
 async def model(model_id: str, request: Request) -> Response:
     """One of :func:`models` (the SDK's ``models.retrieve``); 404 for a name this deployment does not list."""
     try:
-        served = _served(request)
+        served = _served()
         await served.adapters.refresh()
         if model_id not in served.adapters.listed():
             raise OpenAIError(
@@ -302,7 +298,7 @@ async def completions(request: Request) -> Response:
 async def _answer(request: Request, *, chat: bool) -> Response:
     started = time.perf_counter()
     try:
-        served = _served(request)
+        served = _served()
         body = await _body(request, CHAT if chat else COMPLETION)
         params = _params(body, chat=chat)
         version, adapter = await served.version(body["model"])
@@ -360,6 +356,11 @@ class Call:
         self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
         self.started, self.id, self.created = started, call_id, int(time.time())
         self.headers = {"x-freestack-version": self.model, "x-request-id": call_id}
+        cut = [str(i) for i, (_, truncated) in enumerate(prompts.ids) if truncated]
+        if (
+            cut
+        ):  # generation.truncate: left cut these prompts to fit the context (the request log says so too)
+            self.headers[TRUNCATED_HEADER] = ",".join(cut)
 
     def _admit(self) -> None:
         try:

@@ -94,3 +94,17 @@ def test_a_wrong_key_is_a_refusal_naming_the_key_field(server):
     msg = str(err.value)
     assert "refused the requests: 4 of 4 judgings failed (refused 4" in msg and "HTTP 401" in msg
     assert "gate.judge.api_key" in msg
+
+
+def test_a_prompt_cut_to_fit_the_context_is_flagged_in_the_answer(server):
+    """generation.truncate: left cuts an over-long prompt from the left: the answer names it in its
+    x-freestack-truncated-prompts header (a prompt that fits is not named)."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    raw = client.completions.with_raw_response.create(
+        model=MODEL, prompt=["hi", "one two three " * 60], max_tokens=2
+    )
+    assert raw.headers["x-freestack-truncated-prompts"] == "1"
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt="hi", max_tokens=2)
+    assert "x-freestack-truncated-prompts" not in raw.headers

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pyarrow.parquet as pq
 import pytest
@@ -314,17 +315,67 @@ def test_nan_and_broken_json_and_unknown_routes_get_openai_errors(server):
     assert code == 400 and "not valid JSON" in answer["error"]["message"]
     code, answer = _post(server, "/v1/embeddings", {"model": MODEL, "input": "x"})
     assert code == 404 and "/v1/chat/completions" in answer["error"]["message"]
+    code, answer = _post(server, "//v1/chat/completions", {"model": MODEL, "messages": HI})
+    assert code == 404 and "with one slash" in answer["error"]["message"], answer  # OpenAI's format
 
 
-def test_a_missing_or_wrong_key_is_a_401(server):
+def _documented_routes() -> list[tuple[str, str, str]]:
+    """(method, path, key: yes/no/refused) of each row of docs/stages/serving.md's table of routes."""
+    text = (ROOT / "docs" / "stages" / "serving.md").read_text()
+    table = text.split("| route | key | statuses |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    routes = [(route.strip(" `").split(" ", 1), key.strip()) for route, key in rows]
+    return [(method, path.replace("<name>", MODEL), key) for (method, path), key in routes]
+
+
+def _ask(server: ImageServer, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
+    headers = {"Content-Type": "application/json", **headers}
+    req = urllib.request.Request(server.url + path, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_key_guards_every_route_but_the_probes(server):
+    """Without the key, or with another, every route that reads or runs the model is a 401 in its error
+    format (the OpenAI API, V2 infer and metadata, the API docs; gRPC UNAUTHENTICATED); the probes answer;
+    ``api-key: <key>`` (Azure OpenAI's header, which the Kubernetes service proxy passes) opens them too."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
     for key in (None, "sk-wrong"):
         code, answer = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": HI}, key=key)
         assert code == 401 and answer["error"]["code"] == "invalid_api_key"
+        code, answer = _post(server, f"/v2/models/{MODEL}/infer", VALID[f"/v2/models/{MODEL}/infer"], key=key)
+        assert code == 401 and "API key" in answer["error"], answer  # the V2 error format
     bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     with pytest.raises(openai.AuthenticationError):
         bad.models.retrieve(MODEL)
+    routes = _documented_routes()
+    assert len(routes) >= 12, routes
+    for method, path, key in routes:  # the serving page's table of routes, each asked as it says
+        body = json.dumps(VALID.get(path, {})).encode() if method == "POST" else None
+        without = _ask(server, method, path, body, {})
+        assert without == {"yes": 401, "no": 200, "refused": 403}[key], (method, path, key, without)
+        if key == "yes":
+            assert _ask(server, method, path, body, {"api-key": KEY}) == 200, (method, path)
+        if key == "yes" and path.startswith("/v2/models/"):  # a model it does not serve: 401 first
+            assert _ask(server, method, path.replace(MODEL, "nope"), body, {}) == 401
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    assert client.is_model_ready(MODEL)  # the probes stay open over gRPC too
+    prompt = grpcclient.InferInput("args", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"hi"], dtype=object))
+    for headers in ({}, {"authorization": "Bearer sk-wrong"}):
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.infer(MODEL, [prompt], headers=headers)
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.get_model_metadata(MODEL, headers=headers)
+    answer = client.infer(MODEL, [prompt], headers={"authorization": f"Bearer {KEY}"})
+    assert json.loads(answer.as_numpy("output")[0][0])["generated_text"]
 
 
 def test_a_model_path_of_any_bytes_is_a_404_in_openais_format(client):

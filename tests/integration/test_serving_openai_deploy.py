@@ -137,5 +137,8 @@ def test_a_local_deploy_serves_the_openai_api_with_the_connections_key(work, ver
         assert not rotated.get("unchanged") and rotated["color"] != rec["color"]
         assert ask(rotated["url"], ROTATED) == expected
         refused(rotated["url"], KEY)
+        capsys.readouterr()  # serve predict sends the key the record's connection holds, over V2
+        assert main(["serve", "--root", root, "predict", "chat-keyed", "--model", MODEL]) == 0
+        assert "generated_text" in capsys.readouterr().out
     finally:
         stop_local(root, MODEL, "chat-keyed")

@@ -18,6 +18,7 @@ import typer
 from freestack.cli.common import Json, Pipeline, Root, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
+from freestack.hooks.credentials import deployment_key, model_source, server_api_key
 from freestack.registry.core import registry_for
 from freestack.serving import k8s, manifests
 from freestack.serving.records import Deployments, alias_drift, all_deployments, live_state
@@ -231,14 +232,14 @@ def predict(
     model: Model = None,
 ) -> int:
     """Send a prediction request and print the answer."""
-    from freestack.serving.smoke import http_json
+    from freestack.serving.smoke import http_json, keyed_post
 
     body, _ = _payload(payload)  # a bad payload is reported before anything else is looked up
     rec = _find(ctx, name, model)
     labels: list[Any] = []
     if body is None:
         body, labels = sample_request(rec)
-    code, answer = http_json(rec["predict_url"], body, timeout=30)
+    code, answer = (keyed_post(deployment_key(rec)) or http_json)(rec["predict_url"], body, timeout=30)
     print(json.dumps(answer, indent=2) if isinstance(answer, dict) else answer, flush=True)
     if (
         code == 200
@@ -290,7 +291,6 @@ def deploy(
     ] = None,
 ) -> int:
     """Deploy a pipeline's production version (or --version) locally now, as the DAG's deploy does."""
-    from freestack.hooks.credentials import model_source, server_api_key
     from freestack.serving.local import deploy_local
 
     spec = load_pipeline(pipeline)

@@ -82,6 +82,16 @@ def server_api_key(deploy: DeploySpec) -> SecretStr | None:
     return SecretStr(connection_password(conn_id, *what, error=DeployError))
 
 
+def deployment_key(record: dict[str, Any]) -> SecretStr | None:
+    """The key a local deployment asks for, as its clients (``freestack serve predict``, the Try page) send
+    it: the password of the connection its record names (``api_key_conn_id``); None when it asks for none."""
+    conn_id = record.get("api_key_conn_id")
+    if not conn_id:
+        return None
+    what = (f"deployment {record.get('name')!r}'s key", "deploy.api_key.conn_id", "try again")
+    return SecretStr(connection_password(conn_id, *what, error=DeployError))
+
+
 def judge_api_key(judge: JudgeSpec | None) -> str | None:
     """The key of the LLM judge (``gate.judge``): the password of the connection ``gate.judge.api_key.conn_id``
     names, read when the task runs (never at DAG parse time); None when the spec names none. A connection
@@ -139,4 +149,4 @@ def connection_password(conn_id: str, what: str, field: str, again: str, *, erro
     return password
 
 
-__all__ = ["connection_password", "judge_api_key", "model_source", "server_api_key"]
+__all__ = ["connection_password", "deployment_key", "judge_api_key", "model_source", "server_api_key"]

@@ -50,7 +50,7 @@ from freestack.serving.processes import (
     supervisors,
 )
 from freestack.serving.records import Deployments, live_state, now, switched
-from freestack.serving.smoke import http_json, smoke_sample, smoke_test, smoke_test_v2
+from freestack.serving.smoke import http_json, keyed_post, smoke_sample, smoke_test, smoke_test_v2
 from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
 from freestack.version import open as open_version
@@ -696,7 +696,7 @@ def _still_serves(
     if not _same_key(live, api_key):
         return False
     try:
-        _smoke_at(live["url"], runtime, live["model"], sample)
+        _smoke_at(live["url"], runtime, live["model"], sample, api_key)
     except (DeployError, OSError) as exc:  # a wrong answer, or none (refused, timed out)
         log.warning(
             "%s serves %s but fails its smoke test (%s): deploying it again", live["url"], version, exc
@@ -706,12 +706,15 @@ def _still_serves(
 
 
 def _smoke(server: LocalServer, sample: dict[str, Any]) -> dict[str, Any]:
-    return _smoke_at(server.url, server.cfg.runtime, server.cfg.model, sample)
+    return _smoke_at(server.url, server.cfg.runtime, server.cfg.model, sample, server.launch.api_key)
 
 
-def _smoke_at(url: str, runtime: str, model: str, sample: dict[str, Any]) -> dict[str, Any]:
+def _smoke_at(
+    url: str, runtime: str, model: str, sample: dict[str, Any], api_key: SecretStr | None = None
+) -> dict[str, Any]:
+    """The smoke test at ``url`` in the runtime's protocol, with the deployment's key when it has one."""
     if runtime == "mlserver":
-        return smoke_test_v2(url, model, sample)
+        return smoke_test_v2(url, model, sample, post=keyed_post(api_key))
     return smoke_test(url, sample)
 
 

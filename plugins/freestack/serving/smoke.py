@@ -10,6 +10,7 @@ alone: :func:`smoke_generation` sends them one request at a time (``temperature:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -18,6 +19,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+
+from pydantic import SecretStr
 
 from freestack import version
 from freestack.errors import DeployError
@@ -48,6 +51,16 @@ def http_json(
 
 #: how a smoke request is sent: ``post(url, payload, timeout=...)`` answers (HTTP status, parsed JSON body)
 Post = Callable[..., tuple[int, Any]]
+
+
+def keyed_post(api_key: SecretStr | str | None, header: str = "Authorization") -> Post | None:
+    """:func:`http_json` sending a deployment's key (``Authorization: Bearer <key>``, or ``api-key: <key>``
+    with ``header="api-key"``); None without a key (the plain :func:`http_json`)."""
+    if api_key is None:
+        return None
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    sent = {header: f"Bearer {key}" if header == "Authorization" else key}
+    return functools.partial(http_json, headers=sent)
 
 
 def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
@@ -370,6 +383,7 @@ def _explain(tol: dict[str, Any], atol: float) -> str:
 
 
 __all__ = [
+    "keyed_post",
     "ATOL",
     "RTOL",
     "generation_request",

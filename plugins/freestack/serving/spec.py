@@ -195,10 +195,11 @@ class GenerationBounds(SpecModel):
 
 
 class ApiKeySource(SpecModel):
-    """Where the model server's OpenAI API key comes from, never the key itself: an Airflow connection for
-    the local target, a Kubernetes Secret for the Kubernetes target. The server then answers ``/v1/...``
-    only with ``Authorization: Bearer <key>`` (401 without it); only the OpenAI API checks the key, the
-    other protocols (Seldon's, the Open Inference Protocol) answer without it."""
+    """Where the model server's key comes from, never the key itself: an Airflow connection for the local
+    target, a Kubernetes Secret for the Kubernetes target. The server (``runtime: mlserver``) then answers
+    every route but its health probes only with ``Authorization: Bearer <key>`` or ``api-key: <key>`` (401
+    without it): the OpenAI API, V2 inference and metadata (REST and gRPC), the API docs
+    (:mod:`freestack_server.keys`)."""
 
     conn_id: str | None = Field(
         default=None,
@@ -503,9 +504,10 @@ class DeploySpec(SpecModel):
     )
     api_key: ApiKeySource | None = Field(
         default=None,
-        description="Where the OpenAI API's key comes from (conn_id: an Airflow connection, target local; "
-        "secret and secret_key: a Kubernetes Secret, target kubernetes), never the key itself. Only the OpenAI "
-        "API (/v1/..., text-generation versions) checks it. Default (null): /v1 asks for no key",
+        description="Where the model server's key comes from (conn_id: an Airflow connection, target local; "
+        "secret and secret_key: a Kubernetes Secret, target kubernetes), never the key itself. Runtime mlserver: "
+        "every route but the health probes asks for it (the OpenAI API, V2 inference and metadata over REST "
+        "and gRPC, the API docs). Default (null): no key",
     )
 
     @field_validator("name")
@@ -528,6 +530,11 @@ class DeploySpec(SpecModel):
     @model_validator(mode="after")
     def _api_key_for_the_target(self) -> DeploySpec:
         key = self.api_key
+        if key is not None and self.runtime != "mlserver":
+            raise ValueError(
+                "deploy.api_key needs runtime: mlserver, whose server asks for the key on every route but its "
+                "health probes; Seldon's runtime takes no key: set runtime: mlserver or drop api_key"
+            )
         if key is not None and self.target == "local" and key.conn_id is None:
             raise ValueError(
                 "deploy.api_key.conn_id is needed for target local: the Airflow connection whose password is "

@@ -22,7 +22,7 @@ KEY = "sk-freestack-unit-0123456789"
 
 
 def deploy(**kw) -> DeploySpec:
-    return DeploySpec.model_validate(kw)
+    return DeploySpec.model_validate({"runtime": "mlserver", **kw})
 
 
 def refused(**kw) -> str:
@@ -55,6 +55,7 @@ def test_a_key_written_in_the_spec_is_refused_without_repeating_it():
     "kw, says",
     [
         ({"api_key": {}}, "names no source: set conn_id"),
+        ({"runtime": "seldon", "api_key": {"conn_id": "k"}}, "deploy.api_key needs runtime: mlserver"),
         ({"api_key": {"secret": "llm-key"}}, "deploy.api_key.conn_id is needed for target local"),
         (
             {"target": "kubernetes", "kubernetes": {"namespace": "llm"}, "api_key": {"conn_id": "k"}},

@@ -255,6 +255,10 @@ def test_try_refuses_unknown_and_non_local_deployments(client, storage):
     assert json.loads(client.get("/api/deployments/nope/x/try").text)["detail"].startswith(
         "no pipeline trains"
     )
+    keyed = {"name": "keyed", "model": "digits", "state": "serving", "predict_url": "http://127.0.0.1:1/x"}
+    write_json(join(to_path(storage), "deployments", "digits", "keyed.json"), {**keyed, "api_key_conn_id": "k"})
+    r = client.get("/deployments/digits/keyed/try")  # the page holds no key: it says where one is used
+    assert r.status_code == 409 and "freestack serve predict keyed --model digits" in r.text
 
 
 def test_quarantine_pages_of_another_size_keep_it_in_their_links(client, monkeypatch, tmp_path):

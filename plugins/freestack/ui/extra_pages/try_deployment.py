@@ -112,6 +112,12 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
             f"{model}/{name} is {record.get('state')} on {record.get('target', 'local')}: "
             "only a serving local deployment can be tried here",
         )
+    if record.get("api_key_conn_id"):  # the page holds no key, and sends none
+        raise HTTPException(
+            409,
+            f"{model}/{name} asks for a key (the password of connection {record['api_key_conn_id']!r}): try "
+            f"it with `freestack serve predict {name} --model {model}`, which reads the key from the connection",
+        )
     return p.name, spec, record
 
 
