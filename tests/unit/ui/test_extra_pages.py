@@ -256,7 +256,9 @@ def test_try_refuses_unknown_and_non_local_deployments(client, storage):
         "no pipeline trains"
     )
     keyed = {"name": "keyed", "model": "digits", "state": "serving", "predict_url": "http://127.0.0.1:1/x"}
-    write_json(join(to_path(storage), "deployments", "digits", "keyed.json"), {**keyed, "api_key_conn_id": "k"})
+    write_json(
+        join(to_path(storage), "deployments", "digits", "keyed.json"), {**keyed, "api_key_conn_id": "k"}
+    )
     r = client.get("/deployments/digits/keyed/try")  # the page holds no key: it says where one is used
     assert r.status_code == 409 and "freestack serve predict keyed --model digits" in r.text
 
