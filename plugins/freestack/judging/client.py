@@ -121,18 +121,22 @@ def _sample(item: dict[str, Any]) -> dict[str, str]:
 
 
 def _object_in(text: str) -> dict[str, Any]:
-    """The JSON object the judge answered (code fences and text around it tolerated); ValueError if none."""
+    """The JSON object the judge answered: the first ``{`` from which a JSON object reads, so that code
+    fences, prose around it and a brace in that prose are tolerated; ValueError if there is none."""
     body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
     start, end = body.find("{"), body.rfind("}")
     if start < 0 or end <= start:
         raise ValueError("no JSON object in the answer")
-    try:
-        obj = json.loads(body[start : end + 1])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not JSON: {exc.msg}") from None
-    if not isinstance(obj, dict):
-        raise ValueError("the JSON is not an object")
-    return obj
+    decoder, first_error = json.JSONDecoder(), None
+    for at in (i for i, c in enumerate(body) if c == "{"):
+        try:
+            obj, _ = decoder.raw_decode(body, at)
+        except json.JSONDecodeError as exc:
+            first_error = first_error or exc.msg
+            continue
+        if isinstance(obj, dict):
+            return obj
+    raise ValueError(f"not JSON: {first_error}" if first_error else "the JSON is not an object")
 
 
 def _rationale(obj: dict[str, Any]) -> str:
@@ -140,13 +144,25 @@ def _rationale(obj: dict[str, Any]) -> str:
     return r if isinstance(r, str) else json.dumps(r)
 
 
+#: a score written as a fraction of 5 ("4/5", "4 out of 5")
+OUT_OF_FIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/|out of)\s*5\s*$", re.IGNORECASE)
+#: the words around a pairwise winner ("Answer A", "response b.", "(B)")
+WINNER_WORDS = re.compile(
+    r"^(?:answer|response|assistant|model|candidate|option)\s+|[\s.()\"']", re.IGNORECASE
+)
+#: the winners a judge writes, each as A, B or tie
+WINNERS = {"a": "A", "b": "B", "tie": "tie", "draw": "tie", "none": "tie", "both": "tie", "neither": "tie"}
+
+
 def parse_pointwise(text: str) -> tuple[float, str]:
-    """(score 1-5, rationale) from ``{"score": ..., "rationale": ...}``; ValueError naming what is wrong."""
+    """(score 1-5, rationale) from ``{"score": ..., "rationale": ...}`` (a score may be written ``"4"``,
+    ``"4/5"`` or ``"4 out of 5"``); ValueError naming what is wrong."""
     obj = _object_in(text)
     score = obj.get("score")
     if isinstance(score, str):
+        fraction = OUT_OF_FIVE.match(score)
         try:
-            score = float(score.strip())
+            score = float(fraction.group(1) if fraction else score.strip())
         except ValueError:
             raise ValueError(f"score {score!r} is not a number") from None
     if isinstance(score, bool) or not isinstance(score, int | float) or not 1 <= score <= 5:
@@ -155,10 +171,11 @@ def parse_pointwise(text: str) -> tuple[float, str]:
 
 
 def parse_pairwise(text: str) -> tuple[str, str]:
-    """("A" | "B" | "tie", rationale) from ``{"winner": ..., "rationale": ...}``; ValueError otherwise."""
+    """("A" | "B" | "tie", rationale) from ``{"winner": ..., "rationale": ...}`` (``"Answer A"``, ``"both"``
+    and ``"neither"`` read as A and tie); ValueError otherwise."""
     obj = _object_in(text)
     winner = str(obj.get("winner", "")).strip()
-    norm = {"a": "A", "b": "B", "tie": "tie", "draw": "tie", "none": "tie"}.get(winner.lower())
+    norm = WINNERS.get(WINNER_WORDS.sub("", winner).lower())
     if norm is None:
         raise ValueError(f"winner {winner!r} is not A, B or tie")
     return norm, _rationale(obj)

@@ -176,6 +176,27 @@ def test_parsing():
         judge.parse_pairwise('{"winner": "C"}')
 
 
+def test_the_common_wordings_of_judges_are_read():
+    """Wordings judges write that are not the format's exact words: a named answer, both, a fraction of 5,
+    and prose with a brace of its own before the JSON."""
+    for winner, want in (
+        ("Answer A", "A"),
+        ("response b.", "B"),
+        ("(B)", "B"),
+        ("both", "tie"),
+        ("Neither", "tie"),
+    ):
+        assert judge.parse_pairwise(json.dumps({"winner": winner}))[0] == want, winner
+    assert judge.parse_pointwise('{"score": "4/5"}')[0] == 4.0
+    assert judge.parse_pointwise('{"score": "3 out of 5", "rationale": "fine"}') == (3.0, "fine")
+    prose = 'Looking at {the answer}, it is right. {"score": 5, "rationale": "exact"} Hope that helps {:'
+    assert judge.parse_pointwise(prose) == (5.0, "exact")
+    with pytest.raises(ValueError, match="not a number from 1 to 5"):
+        judge.parse_pointwise('{"score": "9/5"}')
+    with pytest.raises(ValueError, match="not JSON"):
+        judge.parse_pointwise("{score: 4}")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the spec
 
