@@ -222,10 +222,12 @@ def backfill(
         out().print("dry run: nothing was created")
         return 0
     runs, created = _run(af, plan, unpause, timeout, no_downstream)
-    failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
-    if failed:
+    failed = [r for r in runs if r["state"] != "success"]
+    if failed:  # by the ds the plan printed (a run's id is named after its run_after, the day after)
+        days = ", ".join(str(r.get("logical_date") or "")[:10] or r["dag_run_id"] for r in failed)
+        ids = ", ".join(r["dag_run_id"] for r in failed)
         raise CliError(
-            f"{len(failed)} of {plural(len(runs), f'{dag_id} run')} failed: {', '.join(failed)}",
+            f"{len(failed)} of {plural(len(runs), f'{dag_id} run')} failed: {days} (runs {ids})",
             f"their task logs: {af.url}/dags/{dag_id}",
         )
     done = f"{plural(len(runs), 'run')} succeeded"

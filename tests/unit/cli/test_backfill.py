@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -167,7 +167,8 @@ class FakeAirflow:
         self.close_polls = self.close_lag
         self.runs += [
             {
-                "dag_run_id": f"backfill__{d}T00:00:00+00:00",
+                # as Airflow 3 names a run: after its run_after, the end of its daily interval
+                "dag_run_id": f"backfill__{date.fromisoformat(d) + timedelta(days=1)}T00:00:00+00:00",
                 "logical_date": f"{d}T00:00:00Z",
                 "state": "queued",
                 "end_date": None,
@@ -325,7 +326,7 @@ def test_failed_runs_are_one_error_line(fake_airflow, capsys):
     assert main(ARGV) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
-        "error: 1 of 5 digits_ingest runs failed: backfill__2026-11-03"
+        "error: 1 of 5 digits_ingest runs failed: 2026-11-03 (runs backfill__2026-11-04T00:00:00+00:00)"
     )
     assert "task logs" in err
 
