@@ -28,6 +28,7 @@ from airflow.providers.openlineage.extractors import OperatorLineage
 from openlineage.client.event_v2 import InputDataset, OutputDataset
 from openlineage.client.facet_v2 import RunFacet, dataset_version_dataset, output_statistics_output_dataset
 
+from freestack import __version__
 from freestack.storage import to_path
 from freestack.storage.datafs import MY
 from freestack.version import read_storage_file
@@ -93,8 +94,23 @@ def _version(sha256: str | None) -> dict[str, Any]:
     return {"version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=sha256)}
 
 
+#: who made freestack's run facets (each facet's ``_producer``): freestack and its version, not the provider
+PRODUCER = f"urn:freestack:{__version__}"
+
+
 @attr.define
-class ModelVersionRunFacet(RunFacet):
+class FreestackRunFacet(RunFacet):
+    """A run facet of freestack's own: its ``_producer`` is :data:`PRODUCER` (OpenLineage's default is the
+    client's, which the Airflow provider sets to its own)."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self._producer:
+            self._producer = PRODUCER
+        super().__attrs_post_init__()
+
+
+@attr.define
+class ModelVersionRunFacet(FreestackRunFacet):
     """The model version a run wrote or read: the model's name, the version, and the sha256 of its
     registration manifest (``_REGISTERED.json``, which lists every file's sha256: one digest pins the
     whole version); None for a candidate the gate has not registered yet."""
@@ -105,7 +121,7 @@ class ModelVersionRunFacet(RunFacet):
 
 
 @attr.define
-class GateRunFacet(RunFacet):
+class GateRunFacet(FreestackRunFacet):
     """The gate's decision on a candidate: promote or not, the route taken, the metric it compared and the
     reasons, against which production version."""
 
@@ -117,7 +133,7 @@ class GateRunFacet(RunFacet):
 
 
 @attr.define
-class MetricsRunFacet(RunFacet):
+class MetricsRunFacet(FreestackRunFacet):
     """A model's metrics from this run (training's validation metrics, or the evaluation's on the test
     split), and the production model's on the same rows when there was one."""
 
@@ -126,7 +142,7 @@ class MetricsRunFacet(RunFacet):
 
 
 @attr.define
-class CacheRunFacet(RunFacet):
+class CacheRunFacet(FreestackRunFacet):
     """The step cache (:mod:`freestack.cache`): the key of the run's inputs, and whether its outputs were
     reused from an earlier run (``from_run``) or made, and why (``miss``)."""
 
@@ -137,7 +153,7 @@ class CacheRunFacet(RunFacet):
 
 
 @attr.define
-class AliasRunFacet(RunFacet):
+class AliasRunFacet(FreestackRunFacet):
     """An alias move (a promotion or a rollback): which alias of which model, the version it points at
     now and the one it pointed at before (None: the alias is new), and the reason and the mover recorded
     in the aliases' history. An alias is no dataset: the move is a fact about the run."""

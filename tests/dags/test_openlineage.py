@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+import freestack
 from tests.dags.test_train_dag import ROOT, lake  # noqa: F401  (the five-day digits lake fixture)
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -118,6 +119,9 @@ def test_ingest_train_and_score_report_their_datasets(ol_file, lake):  # noqa: F
 
     (trained,) = done["digits_train.train"]
     model = trained["run"]["facets"]["freestack_modelVersion"]
+    assert (
+        model["_producer"] == f"urn:freestack:{freestack.__version__}"
+    )  # freestack's facet, not the provider's
     version = model["version"]
     assert model["name"] == "digits" and "sha256" not in model  # a candidate: registered by the gate
     assert _names(trained["inputs"]) == parts
