@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -52,6 +53,7 @@ from freestack.ingest.lake import (
 )
 from freestack.ingest.spec import Column
 from freestack.ingest.validate import (
+    LINE,
     Validated,
     arrow_schema,
     malformed_rows,
@@ -208,9 +210,11 @@ def _read_csv(
         sink.append((row.number, reason, row.text))
         return "skip"
 
+    # one thread: the reader then numbers its rows (row.number, a malformed row's line), and the
+    # rows of a batch are numbered in order around them (its LINE column); tasks share the workers' cores
     read_opts = pacsv.ReadOptions(
         block_size=policy.block_size_mb << 20,
-        use_threads=True,
+        use_threads=False,
         column_names=names,
         skip_rows=1 if opts.header else 0,
         encoding="utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding,
@@ -234,11 +238,24 @@ def _read_csv(
             if "Empty CSV file" in str(exc):
                 return
             raise
+        first = 2 if opts.header else 1  # the first row's number in the file (the header is line 1)
         for batch in reader:
-            yield batch
+            numbered = _numbered(batch, first, {r[0] for r in sink if r[0] is not None})
+            if numbered.num_rows:
+                first = numbered.column(LINE)[-1].as_py() + 1
+            yield numbered
             throttled.taken()
     finally:
         throttled.release()
+
+
+def _numbered(batch: pa.RecordBatch, first: int, malformed: set[int]) -> pa.RecordBatch:
+    """The batch with its rows' numbers in the file (:data:`LINE`): from ``first`` on, in order, past the
+    numbers of the malformed rows the reader left out."""
+    skipped = np.array(sorted(n for n in malformed if n >= first), dtype=np.int64)
+    numbers = np.arange(first, first + batch.num_rows + len(skipped), dtype=np.int64)
+    kept = numbers[~np.isin(numbers, skipped)][: batch.num_rows]
+    return batch.append_column(LINE, pa.array(kept, pa.int64()))
 
 
 def _read_parquet(
@@ -250,8 +267,10 @@ def _read_parquet(
         names = pf.schema_arrow.names
         _check_drift(path, names, declared, spec)
         wanted = [c.name for c in declared if c.name in names]
+        first = 1  # a Parquet file's "line" is its row's number
         for batch in pf.iter_batches(batch_size=rows, columns=wanted):
-            cols = {}
+            cols = {LINE: pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))}
+            first += batch.num_rows
             for name in batch.schema.names:
                 col = batch.column(name)
                 if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
@@ -282,7 +301,7 @@ def _read_jsonl(
     batch_rows = 50_000
     seen_keys: set[str] = set()
     checked = False
-    buf: dict[str, list] = {n: [] for n in names}
+    buf: dict[str, list] = {n: [] for n in [*names, LINE]}
     with io.BufferedReader(stream, buffer_size=1 << 20) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -301,16 +320,23 @@ def _read_jsonl(
                 seen_keys.update(obj)
             for n in names:
                 buf[n].append(_json_text(obj.get(n)))
-            if len(buf[names[0]]) >= batch_rows:
+            buf[LINE].append(lineno)
+            if len(buf[LINE]) >= batch_rows:
                 if not checked:
                     _check_drift(path, sorted(seen_keys), declared, spec)
                     checked = True
-                yield pa.RecordBatch.from_pydict({n: pa.array(buf[n], pa.string()) for n in names})
-                buf = {n: [] for n in names}
+                yield _json_batch(buf, names)
+                buf = {n: [] for n in [*names, LINE]}
     if not checked and seen_keys:
         _check_drift(path, sorted(seen_keys), declared, spec)
-    if buf[names[0]]:
-        yield pa.RecordBatch.from_pydict({n: pa.array(buf[n], pa.string()) for n in names})
+    if buf[LINE]:
+        yield _json_batch(buf, names)
+
+
+def _json_batch(buf: dict[str, list], names: list[str]) -> pa.RecordBatch:
+    """The buffered rows as text columns, with each row's line in the file (:data:`LINE`)."""
+    cols = {n: pa.array(buf[n], pa.string()) for n in names}
+    return pa.RecordBatch.from_pydict({**cols, LINE: pa.array(buf[LINE], pa.int64())})
 
 
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "jsonl": _read_jsonl}

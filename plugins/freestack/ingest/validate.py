@@ -32,6 +32,10 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 #: reads and checks an image column's values: (column name, raw values) -> freestack.ingest.images.Checked
 ImageChecker = Callable[[str, list], Any]
 
+#: the column a reader adds to its batches: each row's number in its file (a line of CSV and JSON lines, whose
+#: header is line 1; a row of Parquet), which a quarantined row keeps as ``_line``
+LINE = "__freestack_line__"
+
 QUARANTINE_META = [
     ("_source", pa.string()),
     ("_line", pa.int64()),
@@ -261,7 +265,7 @@ def validate_batch(
     if pc.any(bad).as_py():
         rej = {
             "_source": pa.array([source] * n, pa.string()),
-            "_line": pa.nulls(n, pa.int64()),
+            "_line": batch.column(LINE) if LINE in names else pa.nulls(n, pa.int64()),
             "_reason": reasons.reason,
             "_raw": pa.nulls(n, pa.string()),
         }

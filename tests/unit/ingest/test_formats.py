@@ -82,8 +82,24 @@ def test_json_lines(storage):
             "malformed row: a JSON object is expected",
         ]
     )
-    lines_of_malformed = sorted(r["_line"] for r in _read(storage, "quarantine") if r["_line"])
-    assert lines_of_malformed == [7, 8]
+    assert sorted(r["_line"] for r in _read(storage, "quarantine")) == [3, 4, 5, 6, 7, 8]  # each its line
+
+
+def test_every_quarantined_csv_row_names_its_line(storage):
+    """``_line``: a quarantined row's line in its file (the header is line 1), a malformed row (too few
+    fields) and a row a check refused alike, the lines after a malformed one counted right."""
+    (_landing(storage) / "day.csv").write_text(
+        "id,when,ok,kind,y\n1,2026-11-03,true,a,0.5\n2,2026-11-03\n3,2026-11-03,maybe,a,0.5\n"
+        "4,2026-11-03,true,a,0.25\n5,2026-11-03,true,zz,0.1\n"
+    )
+    result = ingest_partition(_spec("csv"), DS)
+    assert (result.rows_good, result.rows_quarantined) == (2, 3)
+    got = {r["_line"]: r["_reason"] for r in _read(storage, "quarantine")}
+    assert sorted(got) == [3, 4, 6], got
+    assert got[3].startswith("malformed row: expected 5 fields, found 2") and got[4].startswith(
+        "ok: not a boolean"
+    )
+    assert got[6].startswith("kind: not one of the allowed values")
 
 
 def test_parquet_with_typed_columns_and_drift(storage):
