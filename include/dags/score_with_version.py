@@ -18,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 
-from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator
+from freestack.providers import RUN_DAY, FreestackPromoteOperator, FreestackScoreOperator
 
 with DAG(
     dag_id="score_with_version",
@@ -40,7 +40,7 @@ with DAG(
         model="{{ params.model }}",
         version="{{ params.version }}",
         input_uri="{{ params.input_uri }}",
-        output_uri="scores/{{ params.model }}/ds={{ ds }}/",
+        output_uri=f"scores/{{{{ params.model }}}}/ds={RUN_DAY}/",  # the run's day, with a logical date or not
     )
     promote = FreestackPromoteOperator(
         task_id="promote",

@@ -8,9 +8,10 @@ pipeline's own model and its production are left alone. Copy it into your DAGs f
 
     airflow dags trigger train_and_score --logical-date 2026-11-05T00:00:00+00:00 --conf '{"epochs": 2}'
 
-A run trains on the ``window_days`` days up to its ``ds``, registers the version (no gate: this DAG is
-the gate), promotes it, and scores ``input_uri`` (default: the lake's part file of ``ds``) into
-``scores/digits_own/ds=<ds>/``. To train from a spec file instead, give the train task
+A run trains on the ``window_days`` days up to its day (``RUN_DAY``: its logical date's, or for a run
+triggered without ``--logical-date`` the day it ran), registers the version (no gate: this DAG is the
+gate), promotes it, and scores ``input_uri`` (default: the lake's part file of that day) into
+``scores/digits_own/ds=<day>/``. To train from a spec file instead, give the train task
 ``spec_path="digits.yaml"`` (a file in the pipelines folder) in place of ``spec``.
 """
 
@@ -20,7 +21,12 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 
-from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator, FreestackTrainOperator
+from freestack.providers import (
+    RUN_DAY,
+    FreestackPromoteOperator,
+    FreestackScoreOperator,
+    FreestackTrainOperator,
+)
 
 MODEL = "digits_own"
 
@@ -62,7 +68,7 @@ with DAG(
     train = FreestackTrainOperator(
         task_id="train",
         spec=SPEC,
-        end_ds="{{ ds }}",
+        end_ds=RUN_DAY,  # the run's day: its logical date's, or the day it ran for a run with none
         window_days="{{ params.window_days }}",
         epochs="{{ params.epochs }}",
         register=True,
@@ -71,13 +77,14 @@ with DAG(
         task_id="promote",
         model=MODEL,
         version="{{ ti.xcom_pull(task_ids='train')['version'] }}",
-        reason="trained on the window up to {{ ds }} in {{ run_id }}",
+        reason=f"trained on the window up to {RUN_DAY} in {{{{ run_id }}}}",
     )
     score = FreestackScoreOperator(
         task_id="score",
         model=MODEL,
         alias="production",
-        input_uri="{{ params.input_uri or 'lake/digits/ds=' ~ ds ~ '/part.parquet' }}",
-        output_uri=f"scores/{MODEL}/ds={{{{ ds }}}}/",
+        input_uri="{{ params.input_uri or 'lake/digits/ds=' ~ ((dag_run.logical_date or dag_run.run_after) | ds) "
+        "~ '/part.parquet' }}",
+        output_uri=f"scores/{MODEL}/ds={RUN_DAY}/",
     )
     train >> promote >> score

@@ -169,3 +169,8 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
         and summary["status"] == "no_data"
         and "no requests were logged" in summary["notes"][0]
     )
+    # a run triggered without a logical date has no interval to judge: it fails at once, saying so
+    from tests.dags.test_reusable_operators import _tries
+
+    none = dag.test(logical_date=None)
+    assert _states(none)["monitor"] == ["failed"] and _tries(none, "monitor") == 1

@@ -129,13 +129,14 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     again = pq.read_table(one["part"].removeprefix("file://"))
     assert again.column("prediction").to_pylist() == table.column("prediction").to_pylist()
 
-    # a version that does not exist: the score task fails at its first try (retries: 2), nothing promoted
-    failed = dag.test(
-        logical_date=datetime(2026, 11, 6, tzinfo=UTC), run_conf={**conf, "version": "v-missing"}
-    )
+    # a version that does not exist, in a run without a logical date (`airflow dags trigger` without
+    # --logical-date; its templates name the run's day, not the undefined ds): the score task fails at its
+    # first try (retries: 2), nothing promoted
+    failed = dag.test(logical_date=None, run_conf={**conf, "version": "v-missing"})
+    assert failed.logical_date is None
     assert _states(failed) == {"score": ["failed"], "promote": ["upstream_failed"]}
     assert _tries(failed, "score") == 1
-    assert not (registered["root"] / "scores" / "digits" / "ds=2026-11-06").exists()
+    assert not (registered["root"] / "scores" / "digits" / f"ds={failed.run_after:%Y-%m-%d}").exists()
 
 
 def _lineage_of_the_example(done: dict[str, list[dict]], registered, out: Path, run_id: str) -> None:

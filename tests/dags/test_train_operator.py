@@ -93,8 +93,10 @@ def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  #
     metrics = json.loads((folder / "metrics.json").read_text())
     assert facets["freestack_metrics"]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
 
-    # a window with no partition: the train task fails at its first try (retries: 2), nothing promoted
-    empty = _example().test(logical_date=_day("2026-12-31"), run_conf={"epochs": 1, "window_days": 3})
+    # a run without a logical date trains up to the day it ran (RUN_DAY; its ds is undefined), today, whose
+    # window holds no partition: the train task fails at its first try (retries: 2), nothing promoted
+    empty = _example().test(logical_date=None, run_conf={"epochs": 1, "window_days": 3})
+    assert empty.logical_date is None and empty.run_after.date() > _day(DAYS[-1]).date()
     assert _states(empty) == {
         "train": ["failed"],
         "promote": ["upstream_failed"],

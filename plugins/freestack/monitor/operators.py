@@ -42,7 +42,7 @@ class MonitorOperator(PipelineOperator):
         from freestack.monitor.core import monitor
 
         spec = self.pipeline_spec()
-        start, end = context["data_interval_start"], context["data_interval_end"]
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is None or end is None or start >= end:
             raise AirflowFailException(
                 f"this run has no data interval ({start} to {end}): trigger it with one, or "
@@ -91,7 +91,7 @@ class AlertOperator(PipelineOperator):
 
         spec = self.pipeline_spec()
         got = _drifted(context, "alert", spec)
-        start, end = context["data_interval_start"], context["data_interval_end"]
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
         alert = {
             "model": spec.model_name,
             "interval": {"start": start.isoformat(), "end": end.isoformat()},

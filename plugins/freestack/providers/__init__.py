@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from freestack.providers.operators import (
+    RUN_DAY,
     ArgumentError,
     FreestackDeployOperator,
     FreestackPromoteOperator,
@@ -20,6 +21,7 @@ from freestack.providers.operators import (
 from freestack.providers.training import FreestackTrainOperator
 
 __all__ = [
+    "RUN_DAY",
     "ArgumentError",
     "FreestackDeployOperator",
     "FreestackPromoteOperator",

@@ -7,8 +7,8 @@
   Kubernetes (a SeldonDeployment, waited for in the triggerer).
 
 Their arguments are checked when the DAG file is parsed (a pydantic model per operator): one of the
-wrong type fails the import, naming it. Their string arguments are templates (``{{ ds }}``,
-``{{ params.version }}``). A version or alias that does not exist fails the task at its first try,
+wrong type fails the import, naming it. Their string arguments are templates (``{{ params.version }}``;
+:data:`RUN_DAY` for the run's day, which ``{{ ds }}`` is not in a run without a logical date). A version or alias that does not exist fails the task at its first try,
 without retries (a retry cannot make it exist), naming the argument and listing the versions there are.
 
 Each reports OpenLineage where the provider is enabled (:mod:`freestack.lineage_events`, loaded only
@@ -44,6 +44,15 @@ from freestack.spec import PipelineSpec
 from freestack.specbase import block_problems
 from freestack.storage import storage_root
 from freestack.version import open as open_version
+
+#: the run's day as a template: its logical date's, or for a run with none (Airflow 3 runs a DAG triggered
+#: without ``--logical-date`` with none, and ``{{ ds }}`` is then undefined) the day it was to run after
+RUN_DAY = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+
+
+def run_day(context: Context) -> str:
+    """:data:`RUN_DAY` of a running task: ``ds``, else its run's ``run_after`` day."""
+    return str(context.get("ds") or context["dag_run"].run_after.strftime("%Y-%m-%d"))
 
 
 class ArgumentError(TypeError):
@@ -163,7 +172,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
     :param input_uri: the folder or file of rows: a ``file://``, ``s3://`` or ``data://`` URI, or a path
         under the storage root (templated)
     :param output_uri: the folder the scores are published in, a URI or a path under the storage root
-        (templated), e.g. ``scores/churn/ds={{ ds }}/``
+        (templated), e.g. ``f"scores/churn/ds={RUN_DAY}/"``
     :param storage: the storage root holding the registry (templated); default: the storage_root setting
     :param columns: written beside the key: ``prediction``, ``probabilities`` (classification)
     :param batch_rows: rows read, encoded and predicted at a time
@@ -216,7 +225,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
             argument=argument,
             input_uri=self.input_uri,
             output_uri=self.output_uri,
-            ds=context["ds"],
+            ds=run_day(context),
             storage=self.storage or None,
             columns=tuple(self.columns),
             batch_rows=self.batch_rows,

@@ -38,7 +38,7 @@ class PlanScoreOperator(PipelineOperator):
         from freestack.score.core import ScoreError, days_of, plan, record_failure
 
         spec = self.pipeline_spec()
-        start, end = context["data_interval_start"], context["data_interval_end"]
+        start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is None or end is None:
             raise AirflowFailException(
                 "this run has no data interval: let the schedule or a backfill create it "
