@@ -42,6 +42,10 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     grad_accumulation: int = 1  # batches per optimizer step
+    #: the validation metric the kept epoch is best on (without ``val_``), and whether higher is better;
+    #: None: the task's own (freestack.ml.metrics.PRIMARY). A sweep keeps each trial on its own metric
+    keep_metric: str | None = None
+    keep_higher: bool | None = None
 
 
 @dataclass
@@ -243,16 +247,17 @@ class ShardedGradients:
 
 
 class EarlyStopping:
-    """Tracks the best validation metric; ``bad_epochs`` counts the epochs since it last improved."""
+    """Tracks the best validation metric (the task's, or ``higher`` saying which way a kept metric of
+    another name is better); ``bad_epochs`` counts the epochs since it last improved."""
 
-    def __init__(self, task: str, patience: int, on_cpu: bool = True):
-        self.task, self.patience, self.on_cpu = task, patience, on_cpu
+    def __init__(self, task: str, patience: int, on_cpu: bool = True, higher: bool | None = None):
+        self.task, self.patience, self.on_cpu, self.higher = task, patience, on_cpu, higher
         self.bad_epochs = 0
         # the best epoch's weights (a sharded model's: its shards)
         self.best: dict[str, torch.Tensor] | None = None
 
     def update(self, result: TrainResult, model: nn.Module, epoch: int, value: float) -> None:
-        if is_better(self.task, value, result.best_metric):
+        if is_better(self.task, value, result.best_metric, higher=self.higher):
             result.best_metric, result.best_epoch, self.bad_epochs = value, epoch, 0
             self.best = {
                 k: (v.detach().cpu() if self.on_cpu else v.detach()).clone()
@@ -323,7 +328,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
     result = TrainResult(
         model=model,
         task=task,
-        metric=PRIMARY[task][0],
+        metric=config.keep_metric or PRIMARY[task][0],
         device=str(device),
         amp=str(precision.amp_dtype) if precision.amp_dtype else None,
         world_size=ranks.world if ranks is not None else 1,
@@ -344,7 +349,12 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
         loss_fn=_loss_fn(model, task),
         n=n,
         steps_per_epoch=math.ceil(n / config.batch_size),
-        stopping=EarlyStopping(task, config.patience, on_cpu=not sharded),
+        stopping=EarlyStopping(
+            task,
+            config.patience,
+            on_cpu=not sharded,
+            higher=config.keep_higher if config.keep_metric else None,
+        ),
         result=result,
     )
 
@@ -395,6 +405,8 @@ def _config_record(config: TrainConfig) -> dict[str, Any]:
     record = asdict(config)
     if record["grad_accumulation"] == 1:
         del record["grad_accumulation"]
+    if record["keep_metric"] is None:
+        del record["keep_metric"], record["keep_higher"]
     return record
 
 

@@ -44,7 +44,9 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def is_better(task: str, new: float, best: float | None) -> bool:
+def is_better(task: str, new: float, best: float | None, *, higher: bool | None = None) -> bool:
+    """Whether ``new`` beats ``best`` on the task's metric (``higher``: whether higher is better, for a
+    metric other than the task's)."""
     if best is None:
         return True
-    return new > best if PRIMARY[task][1] else new < best
+    return new > best if (PRIMARY[task][1] if higher is None else higher) else new < best

@@ -71,12 +71,29 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def kept_metric(config: dict[str, Any]) -> tuple[str, str] | None:
+    """The sweep's metric (name, goal) its trials keep their best epoch on; None when it names none (the
+    trainer's own metric, which the sweep then compares on too)."""
+    metric = config.get("metric") or {}
+    return (metric["name"], metric.get("goal", "minimize")) if metric.get("name") else None
+
+
 def trial_request(
-    request: dict[str, Any], config: dict[str, Any], folder, run_key: str, tracking: dict[str, Any]
+    request: dict[str, Any],
+    config: dict[str, Any],
+    folder,
+    run_key: str,
+    tracking: dict[str, Any],
+    metric: tuple[str, str] | None = None,
 ) -> TrainRequest:
     """A trial's training: the sweep's ``request`` with the trial's ``config`` as overrides, its model and
-    checkpoints in the trial's ``folder``."""
+    checkpoints in the trial's ``folder``; ``metric`` (the sweep's name and goal): a validation metric is the
+    one the trial keeps its best epoch on, so that the model it saves is the one the sweep scores it by."""
+    name, goal = metric or ("", "")
+    kept = name.startswith("val_")
     return TrainRequest(
+        keep_metric=name.removeprefix("val_") if kept else None,
+        keep_higher=goal == "maximize" if kept else None,
         end_ds=request["end_ds"],
         window_days=request.get("window_days"),
         epochs=request.get("epochs"),
@@ -148,6 +165,7 @@ __all__ = [
     "engine_part",
     "engine_run_config",
     "json_safe",
+    "kept_metric",
     "plain_values",
     "sweeps_engine",
     "to_overrides",

@@ -215,6 +215,17 @@ def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | No
     return (max if goal == "maximize" else min)(values, default=None)
 
 
+def kept_value(trial: dict[str, Any], metric: str, goal: str) -> float | None:
+    """A trial's figure on ``metric``: its kept epoch's (``summary.best_epoch``: the model it saved, which the
+    sweep publishes if it wins), else, for a trial that has not finished, the best over its epochs."""
+    history = trial.get("history") or []
+    kept = (trial.get("summary") or {}).get("best_epoch")
+    row = next((r for r in history if kept is not None and r.get("epoch") == kept), None)
+    if row is not None and isinstance(row.get(metric), int | float):
+        return row[metric]
+    return best_of(history, metric, goal)
+
+
 def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[Any]:
     """The trials as the engine's SweepRun objects."""
     engine = sweeps_engine()
@@ -223,7 +234,7 @@ def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[An
     runs = []
     for t in trials:
         summary = dict(t.get("summary") or {})
-        if metric and (b := best_of(t.get("history") or [], metric, goal)) is not None:
+        if metric and (b := kept_value(t, metric, goal)) is not None:
             summary[metric] = b
         # by alias: the engine's pydantic-v1 model config does not let v2 fill these by field name
         fields = {
@@ -674,6 +685,7 @@ __all__ = [
     "TrialLease",
     "agent_threads",
     "best_of",
+    "kept_value",
     "create_sweep",
     "default_pool_slots",
     "engine_runs",

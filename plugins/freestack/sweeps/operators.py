@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
-from freestack.pipeline_operator import PipelineOperator, TorchTask
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 from freestack.storage import to_path
 from freestack.sweeps.core import (
     LocalAgent,
@@ -150,6 +150,17 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
             raise AirflowFailException(str(exc)) from None
 
 
+def selected_note(summary: dict[str, Any]) -> str:
+    """The run note of a sweep's choice: the trial, its figure on the sweep's metric (its kept model's),
+    its parameters, and how many trials it was chosen among."""
+    params = ", ".join(f"{k}={v}" for k, v in summary["best_params"].items()) or "no parameters"
+    return (
+        f"sweep {summary['sweep_id']}: trial {summary['best_trial']} chosen on {summary['metric']} "
+        f"({summary['goal']}) = {summary['best_value']:.4g}, its kept model's, among {summary['finished']} "
+        f"finished of {summary['trials']} trials; its parameters: {params}"
+    )[:1000]
+
+
 class SelectBestOperator(PipelineOperator):
     """The table of trials (CSV, JSON, W&B table), the metric-against-parameter plot, and the best
     trial's model published as a version; returns its URI like ``train`` does."""
@@ -173,6 +184,7 @@ class SelectBestOperator(PipelineOperator):
         except SweepError as exc:
             raise AirflowFailException(str(exc)) from None
         ti.xcom_push(key="wandb", value=summary.get("wandb"))
+        ti.xcom_push(key=RUN_NOTE_XCOM, value=selected_note(summary))
         self._selected = summary  # what get_openlineage_facets_on_complete reports
         return summary
 

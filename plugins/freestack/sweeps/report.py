@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
-from freestack.sweeps.core import SweepError, best_of, load_sweep, load_trials, sweep_dir
+from freestack.sweeps.core import SweepError, kept_value, load_sweep, load_trials, sweep_dir
 from freestack.sweeps.spec import leaf_parameters
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.window import window_interval
@@ -57,7 +57,7 @@ def trial_table(spec: PipelineSpec, sweep_id: str) -> tuple[dict[str, Any], list
             "state": t["state"],
             "stopped_early": bool(t.get("stopped")),
             "epochs": len(hist),
-            metric: best_of(hist, metric, goal),
+            metric: kept_value(t, metric, goal),
             **{f"param.{k}": v for k, v in sorted(t["params"].items())},
             **{k: v for k, v in sorted((t.get("summary") or {}).items()) if k.startswith("test_")},
             "attempts": len(t.get("attempts") or []),

@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from freestack.ml.loop import warm_up
-from freestack.sweeps.config import trial_request
+from freestack.sweeps.config import kept_metric, trial_request
 from freestack.sweeps.core import TrialRunner, trial_folder
 from freestack.train import core as train_core
 
@@ -46,7 +46,8 @@ def make_trial_runner(spec: PipelineSpec, sweep: dict[str, Any], *, tracking_set
             "config": {"sweep_id": sweep["id"], "trial": doc["id"], "sweep_params": doc["params"]},
             "sweep": {"id": sweep["id"], "trial": doc["id"], "params": doc["params"]},
         }
-        req = trial_request(request, doc["config"], folder, f"{sweep['id']}/{doc['id']}", tracking)
+        run_key = f"{sweep['id']}/{doc['id']}"
+        req = trial_request(request, doc["config"], folder, run_key, tracking, kept_metric(sweep["config"]))
         outcome = train_core.train(
             spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
         )

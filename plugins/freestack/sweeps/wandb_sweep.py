@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.settings import environment
 from freestack.storage import cas, join, write_json
-from freestack.sweeps.config import engine_part, json_safe, plain_values, trial_request
+from freestack.sweeps.config import engine_part, json_safe, kept_metric, plain_values, trial_request
 from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir, trial_folder
 from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
 
@@ -125,7 +125,8 @@ def run_server_agent(
                 "run": run,
                 "sweep": {"id": sweep["id"], "server_id": sweep["server_id"], "trial": run.id},
             }
-            req = trial_request(request, config, folder, f"{sweep['id']}/{run.id}", tracking)
+            run_key = f"{sweep['id']}/{run.id}"
+            req = trial_request(request, config, folder, run_key, tracking, kept_metric(sweep["config"]))
             outcome = train(spec, req, tracking_settings=settings, on_epoch=report)
             doc.update(
                 state="finished",

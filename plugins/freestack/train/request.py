@@ -46,6 +46,10 @@ class TrainRequest:
     tracking: dict[str, Any] = field(default_factory=dict)
     #: the partitions the run fixed (``freestack.train.window.Window.as_dict()``); None: fix them now
     window: dict[str, Any] | None = None
+    #: the validation metric the kept epoch is best on (without ``val_``) and whether higher is better;
+    #: None: the task's. A sweep trial keeps the epoch best on the sweep's metric
+    keep_metric: str | None = None
+    keep_higher: bool | None = None
 
 
 @dataclass

@@ -72,6 +72,27 @@ def test_same_seed_same_metrics_and_early_stopping():
     assert results[0].best_metric > 0.9
 
 
+def test_a_kept_metric_other_than_the_tasks_picks_the_epoch_best_on_it():
+    """keep_metric (a sweep's metric): the kept epoch, and the weights the model ends with, are the best on
+    that metric (val_loss, lower is better), not on the task's (accuracy), where the two disagree."""
+    x, y = _blobs()
+    noisy = np.where(np.random.default_rng(1).random(len(y)) < 0.3, (y + 1) % 3, y)  # accuracy and loss part
+    runs = {}
+    for keep in (None, "loss"):
+        m = _net(seed=3)
+        m.set_scaling(x[:400].mean(0), x[:400].std(0))
+        cfg = TrainConfig(epochs=8, batch_size=32, seed=3, patience=8, keep_metric=keep, keep_higher=False)
+        runs[keep] = fit(m, x[:400], noisy[:400], x[400:], noisy[400:], cfg, task="classification")
+    history = runs["loss"].history
+    by_loss = min(history, key=lambda r: r["val_loss"])["epoch"]
+    by_accuracy = max(history, key=lambda r: r["val_accuracy"])["epoch"]
+    assert (runs["loss"].metric, runs["loss"].best_epoch) == ("loss", by_loss)
+    assert (runs[None].metric, runs[None].best_epoch) == ("accuracy", by_accuracy)
+    assert by_loss != by_accuracy, history  # the data makes the two metrics disagree
+    kept = evaluate(runs["loss"].model, torch.tensor(x[400:]), torch.tensor(noisy[400:]), "classification")
+    assert kept["loss"] == pytest.approx(history[by_loss - 1]["val_loss"], rel=1e-5)
+
+
 def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_results():
     x, y = _blobs(seed=1)
     cfg = TrainConfig(epochs=6, batch_size=32, seed=3, patience=100)

@@ -133,6 +133,42 @@ def test_invalid_sweep_spec_is_an_import_error_in_the_dag_bag(tmp_path, monkeypa
 # search semantics
 
 
+def test_a_trial_keeps_and_reports_the_epoch_best_on_the_sweeps_metric():
+    """Where the sweep's metric and the trainer's own disagree (a DPO sweep on val_reward_accuracy; the
+    trainer keeps on reward margin by itself), a trial keeps the epoch best on the sweep's metric, and
+    the table credits it with that kept model's figure, not the best of every epoch; the run note names the
+    chosen trial, its parameters and the metric."""
+    from freestack.storage import to_path
+    from freestack.sweeps.config import kept_metric, trial_request
+    from freestack.sweeps.core import kept_value
+    from freestack.sweeps.operators import selected_note
+
+    config, folder = {"metric": {"name": "val_reward_accuracy", "goal": "maximize"}}, to_path("file:///tmp/t")
+    req = trial_request({"end_ds": "2026-11-05"}, {}, folder, "s/t0001", {}, kept_metric(config))
+    assert (req.keep_metric, req.keep_higher) == ("reward_accuracy", True)
+    loss = trial_request({"end_ds": "2026-11-05"}, {}, folder, "s/t1", {}, ("train_loss", "minimize"))
+    assert (loss.keep_metric, loss.keep_higher) == (None, None)  # not a validation metric: the trainer's
+    assert kept_metric({}) is None
+    history = [{"epoch": e, "val_reward_accuracy": a} for e, a in ((1, 0.70), (2, 0.8889), (3, 0.8586))]
+    trial = {"history": history, "summary": {"best_epoch": 3}}
+    assert kept_value(trial, "val_reward_accuracy", "maximize") == 0.8586  # the model it saved
+    assert kept_value({"history": history}, "val_reward_accuracy", "maximize") == 0.8889  # still running
+    note = selected_note(
+        {
+            "sweep_id": "s1",
+            "best_trial": "t0001",
+            "metric": "val_reward_accuracy",
+            "goal": "maximize",
+            "best_value": 0.8586,
+            "best_params": {"dpo.beta": 0.1, "learning_rate": 0.0003},
+            "finished": 4,
+            "trials": 5,
+        }
+    )
+    assert "trial t0001 chosen on val_reward_accuracy (maximize) = 0.8586" in note
+    assert "dpo.beta=0.1, learning_rate=0.0003" in note
+
+
 def test_grid_covers_exactly_the_grid_with_nested_parameters(make_spec):
     spec = make_spec(
         {

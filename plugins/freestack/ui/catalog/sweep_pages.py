@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from freestack.storage import join, storage_root
-from freestack.sweeps.core import SweepError, best_of, sweep_dir
+from freestack.sweeps.core import SweepError, kept_value, sweep_dir
 from freestack.sweeps.report import sweep_metric
 from freestack.sweeps.spec import leaf_parameters
 from freestack.ui.catalog.common import parallel, read_json, read_many, subfolders
@@ -125,7 +125,7 @@ def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
         state=state,
         agent=f"agent {slot.rsplit('/', 1)[-1]}" if slot else None,
         params=doc.get("params") or {},
-        value=best_of(hist, metric, goal),
+        value=kept_value(doc, metric, goal),  # its kept model's, as the results table
         epochs=len(hist),
         history=[r.get(metric) if isinstance(r.get(metric), int | float) else None for r in hist],
         error=doc.get("error"),
