@@ -483,9 +483,12 @@ def _build_custom(spec: PipelineSpec, inputs: ModelInputs):
         raise TrainingError(f"pipeline {spec.name!r}: {exc}") from None
 
 
-def loop_config(spec: PipelineSpec):
+def loop_config(spec: PipelineSpec, req: TrainRequest | None = None):
+    """The training loop's settings: the spec's ``train:`` block, and the request's kept metric."""
     t = spec.train
     return TrainConfig(
+        keep_metric=req.keep_metric if req is not None else None,
+        keep_higher=req.keep_higher if req is not None else None,
         epochs=t.epochs,
         learning_rate=t.learning_rate,
         batch_size=t.batch_size,
@@ -531,7 +534,7 @@ def _train(
     spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
 ) -> TrainOutcome | None:
     model = build_model(spec, data)
-    cfg = loop_config(spec)
+    cfg = loop_config(spec, req)
     where = places(spec, req)
     if ranks is not None and not ranks.main:  # its share of the steps; rank 0 validates, reports and writes
         _fit_and_test(model, data, cfg, None, where, None, ranks)
