@@ -36,7 +36,7 @@ from freestack.hooks.huggingface import export_hub_environment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import WandbRunLink
 from freestack.pipeline_operator import TorchTask
-from freestack.providers.operators import ArgumentError, _Arguments, _FreestackOperator
+from freestack.providers.operators import RUN_DAY, ArgumentError, _Arguments, _FreestackOperator
 from freestack.registry.core import ModelRegistry, RegistryError, VersionExists, registry_for
 from freestack.settings import pipelines_dir
 from freestack.spec import PipelineSpec, load_spec, parse_spec
@@ -78,7 +78,7 @@ class TrainArguments(_Arguments):
         default=None, description="The pipeline spec inline, as YAML holds it."
     )
     spec_path: str | None = Field(default=None, min_length=1, description="A pipeline spec file.")
-    end_ds: str = Field(default="{{ ds }}", min_length=1, description="The window's last day (YYYY-MM-DD).")
+    end_ds: str = Field(default=RUN_DAY, min_length=1, description="The window's last day (YYYY-MM-DD).")
     window_days: int | str | None = Field(default=None, description="None: train.window_days.")
     epochs: int | str | None = None
     learning_rate: float | str | None = None
@@ -147,7 +147,8 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         ``model``, ``train``...), validated when the DAG file is parsed; give this or ``spec_path``
     :param spec_path: a pipeline spec file (templated): an absolute path, or one under the pipelines
         folder (``digits.yaml``); read when the task runs
-    :param end_ds: the window's last day, ``YYYY-MM-DD`` (templated); default ``{{ ds }}``
+    :param end_ds: the window's last day, ``YYYY-MM-DD`` (templated); default the run's day (:data:`RUN_DAY`:
+        its logical date's, or the day it was to run after when it has none)
     :param window_days: the window's length in days; None: the spec's ``train.window_days``
     :param epochs: the spec's ``train.epochs`` for this training (None: the spec's)
     :param learning_rate: the spec's ``train.learning_rate`` for this training (None: the spec's)
@@ -178,7 +179,7 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
         task_id: str,
         spec: dict[str, Any] | None = None,
         spec_path: str | None = None,
-        end_ds: str = "{{ ds }}",
+        end_ds: str = RUN_DAY,
         window_days: int | str | None = None,
         epochs: int | str | None = None,
         learning_rate: float | str | None = None,
@@ -210,18 +211,19 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
             export_hub_environment()
         core.prune_checkpoints(spec)
         req = self.request(context, spec)
-        earlier = reuse.lookup(spec, req) if spec.train.cache else None
-        if earlier is not None:  # train.cache: the key's hit or miss, in the log and in lineage
-            self.log.info("%s", earlier.line())
-            self._cache = earlier.record()
-        outcome = earlier.outcome if earlier is not None and earlier.outcome is not None else None
-        if outcome is None:
+
+        def train_now():
             self.log.info(
                 "training %s on the %d days of its lake up to %s", spec.name, req.window_days, req.end_ds
             )
-            outcome = core.train(spec, req, tracking_settings=WandbHook().checked_settings())
-            if earlier is not None:
-                earlier.save(outcome, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
+            return core.train(spec, req, tracking_settings=WandbHook().checked_settings())
+
+        def said(found) -> None:  # train.cache: the key's hit or miss, in the log and in lineage
+            self.log.info("%s", found.line())
+            self._cache = found.record()
+
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        earlier, outcome = reuse.cached(spec, req, run, train_now, said)
         context["ti"].xcom_push(key="wandb", value=outcome.tracking)
         registered = earlier is not None and earlier.registered is not None
         uri = outcome.version_uri

@@ -212,31 +212,26 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             core.prune_checkpoints(spec)
         req = train_request(context)
         self._run_key = req.run_key
-        cached = spec.train.cache and self.node_rank == 0
-        earlier = self._reused(context, reuse.lookup, spec, req) if cached else None
-        if earlier is not None and earlier.outcome is not None:
-            return self._returned(context, earlier.outcome)
-        self.log.info("training %s on the lake up to %s", spec.name, req.end_ds)
+        if self.node_rank != 0:  # another node's ranks: node 0's task keys, keeps and returns the version
+            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"cache": False})})
+
+        def train_now():
+            self.log.info("training %s on the lake up to %s", spec.name, req.end_ds)
+            return self._train(spec, req, WandbHook().checked_settings())
+
         try:
-            outcome = self._train(spec, req, WandbHook().checked_settings())
-        except (TrainingError, SpecError, CustomModelError) as exc:  # a retry would fail the same way
+            _, outcome = reuse.cached(
+                spec, req, _run(context), train_now, lambda found: self._said(context, found)
+            )
+        except (TrainingError, SpecError, CustomModelError, WindowError) as exc:  # a retry fails the same
             raise AirflowFailException(str(exc)) from None
         except LaunchError as exc:  # a rank died or failed: the retry resumes from the checkpoint
             raise RuntimeError(str(exc)) from None
-        if outcome is None:  # another node's ranks: node 0's task returns the version
-            return None
-        if earlier is not None:
-            earlier.save(outcome, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
-        return self._returned(context, outcome)
+        return None if outcome is None else self._returned(context, outcome)
 
-    def _reused(self, context: Context, lookup, spec, req):
-        """``train.cache``: the run's key looked up (``lookup``: :func:`freestack.train.reuse.lookup`) and
-        said in the log and the run's note. A version registered since ends the run here, as nothing new
-        to train."""
-        try:
-            reuse = lookup(spec, req)
-        except (TrainingError, SpecError, WindowError) as exc:
-            raise AirflowFailException(str(exc)) from None
+    def _said(self, context: Context, reuse) -> None:
+        """``train.cache``: the run's key, hit or miss, in the log and the run's note. A version registered
+        since ends the run here, as nothing new to train."""
         self._cache = reuse.record()  # what get_openlineage_facets_on_complete reports
         line = reuse.line()
         self.log.info("%s", line)
@@ -244,7 +239,6 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"**Nothing new to train.** {line}.")
             raise AirflowSkipException(line)
         context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=line)
-        return reuse
 
     def _returned(self, context: Context, outcome) -> dict[str, Any]:
         """What the task returns of an outcome, with its W&B run as the ``wandb`` XCom (the run link's)."""
@@ -325,6 +319,10 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             event.get("name"),
             outcome.version,
         )
+        from freestack.train import reuse  # torch: at run time only
+
+        # train.cache: the entry execute would have written had the training not deferred
+        reuse.save_finished(spec, req, outcome, _run(context))
         return self._returned(context, outcome)
 
     def on_kill(self) -> None:
@@ -335,6 +333,11 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             d = spec.train.distributed
             if run_key and d is not None and d.launcher == "kubernetes" and self.node_rank == 0:
                 delete_job(job_name(spec.name, run_key), d.namespace, d.kubernetes_conn_id)
+
+
+def _run(context: Context) -> dict[str, Any]:
+    """The Airflow run a training's cache entry names."""
+    return {"dag_id": getattr(context.get("dag"), "dag_id", None), "run_id": context.get("run_id")}
 
 
 def train_request(context: Context):

@@ -17,21 +17,25 @@ window's data, so a miss names the input that changed), naming the version the t
 outcome. A hit with the version still a candidate returns that outcome (the
 evaluation that follows hits its own cache); a hit whose version was registered since ends the run as an
 automatic run with nothing new to train does: the version went through the gate already. A miss, or a
-version since deleted, trains."""
+version since deleted, trains. A hit is checked against the version it names: a version whose lineage names
+other partitions (an entry edited or copied) is a miss saying so; and changed data, which finds no entry of
+its own, names the days that changed since the newest entry."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from freestack import cache
 from freestack.registry.core import registry_for
-from freestack.storage import join, storage_root
+from freestack.storage import join, storage_root, to_path
 from freestack.train.core import effective_spec
 from freestack.train.pretrained import pretrained_base
 from freestack.train.request import TrainOutcome, TrainRequest
 from freestack.train.window import Window
+from freestack.version.write import read_lineage
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -82,14 +86,18 @@ class Reuse:
         cache.save(self.found, run, [outcome.version_uri], {"version": outcome.version, "outcome": kept})
 
 
+def partitions(spec: PipelineSpec, req: TrainRequest) -> list[list[str]]:
+    """The window's partitions the training reads: ``[ds, sha256]`` each."""
+    window = Window.from_dict(req.window or {})
+    return [[p.ds, p.sha256] for p in window.of_days(effective_spec(spec, req).train.window_days)]
+
+
 def inputs(spec: PipelineSpec, req: TrainRequest) -> dict[str, str]:
     """The digests a training's key is made of (``code_version`` is added by :func:`freestack.cache.lookup`)."""
     run_spec = effective_spec(spec, req)
-    window = Window.from_dict(req.window or {})
-    parts = [[p.ds, p.sha256] for p in window.of_days(run_spec.train.window_days)]
     blocks = {"source": run_spec.source, "model": run_spec.model, "train": run_spec.train}
     return {
-        "partitions": cache.digest(parts),
+        "partitions": cache.digest(partitions(spec, req)),
         "spec": cache.spec_digest({"name": spec.name, **blocks}, {"train": NOT_INPUTS}),
         "base": _base_commit(run_spec),
     }
@@ -108,19 +116,93 @@ def folder(spec: PipelineSpec) -> str:
 
 def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     """The run's key against its entry: the candidate to reuse, the registered version it became, or a
-    miss (which trains)."""
+    miss (which trains). A hit is checked against the version it names: one whose lineage names other
+    partitions (an entry edited, or copied from elsewhere) is a miss saying so. A first run of a window's
+    data names what changed since the newest earlier entry."""
     given = inputs(spec, req)
     # one entry per window's data: a retraining of the same partitions with other settings names them
     found = cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
-    entry = found.entry
+    entry, reg = found.entry, registry_for(spec)
     if found.same_inputs and entry is not None:
-        version, reg = str(entry.extra.get("version") or ""), registry_for(spec)
+        version = str(entry.extra.get("version") or "")
         if version and reg.is_registered(version):
+            why = _trained_on_others(reg.lineage(version) or {}, version, spec, req)
+            if why is not None:
+                return Reuse(replace(found, miss=why))
             earlier = {**entry.extra["outcome"], "version_uri": reg.version_uri(version)}
             return Reuse(found, outcome=TrainOutcome(**earlier), registered=version)
     if found.hit and entry is not None:
-        return Reuse(found, outcome=TrainOutcome(**entry.extra["outcome"]))
+        outcome = TrainOutcome(**entry.extra["outcome"])
+        lineage = read_lineage(outcome.version_uri).model_dump(mode="json")
+        why = _trained_on_others(lineage, outcome.version, spec, req)
+        return Reuse(replace(found, miss=why)) if why else Reuse(found, outcome=outcome)
+    if found.miss == cache.FIRST:
+        return Reuse(replace(found, miss=_changed_since(spec, req) or cache.FIRST))
     return Reuse(found)
 
 
-__all__ = ["NOT_INPUTS", "Reuse", "folder", "inputs", "lookup"]
+def cached(
+    spec: PipelineSpec,
+    req: TrainRequest,
+    run: dict[str, Any],
+    train: Callable[[], TrainOutcome | None],
+    said: Callable[[Reuse], None] = lambda reuse: None,
+) -> tuple[Reuse | None, TrainOutcome | None]:
+    """A training with ``train.cache`` (both train operators'): the key looked up and ``said`` (logged,
+    noted; it may end the task), the earlier outcome on a hit, else ``train()``'s, recorded under the key
+    for ``run`` (the Airflow run). Without ``train.cache``: ``train()``'s, nothing looked up."""
+    earlier = lookup(spec, req) if spec.train.cache else None
+    if earlier is not None:
+        said(earlier)
+        if earlier.outcome is not None:
+            return earlier, earlier.outcome
+    outcome = train()
+    if earlier is not None and outcome is not None:
+        earlier.save(outcome, run)
+    return earlier, outcome
+
+
+def save_finished(spec: PipelineSpec, req: TrainRequest, outcome: TrainOutcome, run: dict[str, Any]) -> None:
+    """Record a training that ended after its task deferred (a PyTorchJob): what :func:`cached` records
+    when the training runs in the task."""
+    if spec.train.cache:
+        lookup(spec, req).save(outcome, run)
+
+
+def _trained_on_others(
+    lineage: dict[str, Any], version: str, spec: PipelineSpec, req: TrainRequest
+) -> str | None:
+    """Why the version an entry names cannot be this training's (its lineage's partitions are not the
+    window's); None when they are."""
+    seen = sorted([str(p.get("ds")), str(p.get("sha256"))] for p in lineage.get("partitions") or [])
+    if seen == sorted(partitions(spec, req)):
+        return None
+    return (
+        f"the cache entry names version {version}, whose lineage names other partitions than these "
+        f"{len(partitions(spec, req))} (the entry was edited or copied): training again"
+    )
+
+
+def _changed_since(spec: PipelineSpec, req: TrainRequest) -> str | None:
+    """What changed in the window's data since the newest entry of this pipeline (entries are filed by
+    their partitions, so changed data finds none of its own): ``partitions changed since run R: ...``."""
+    newest: tuple[str, list] | None = None
+    for path in to_path(folder(spec)).glob("*.json"):
+        try:
+            entry = cache.CacheEntry.model_validate_json(path.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if newest is None or entry.written_at > newest[0]:
+            newest = (entry.written_at, [entry.run.get("run_id") or "?", entry.extra.get("outcome") or {}])
+    if newest is None:
+        return None
+    run, outcome = newest[1]
+    before = {str(p.get("ds")): str(p.get("sha256")) for p in outcome.get("partitions") or []}
+    now = {ds: sha for ds, sha in partitions(spec, req)}
+    changed = [f"{ds} (other bytes)" for ds in sorted(now) if ds in before and before[ds] != now[ds]]
+    changed += [f"{ds} (new)" for ds in sorted(now) if ds not in before]
+    changed += [f"{ds} (left the window)" for ds in sorted(before) if ds not in now]
+    return f"partitions changed since run {run}: {', '.join(changed[:5]) or 'the same days'}"
+
+
+__all__ = ["NOT_INPUTS", "Reuse", "cached", "folder", "inputs", "lookup", "partitions", "save_finished"]

@@ -32,10 +32,12 @@ RUN_KEY = "digits_train/manual__2026-11-10T00:00:00+00:00"
 SECRET_KEY = "wandb-key-that-must-not-travel-0123456789"
 
 
-def make_spec(tmp_path: Path, **distributed):
-    """digits.yaml with a train.distributed block for the kubernetes launcher, as a file (the launch reads it)."""
+def make_spec(tmp_path: Path, train: dict | None = None, **distributed):
+    """digits.yaml with a train.distributed block for the kubernetes launcher (and ``train``'s other
+    fields), as a file (the launch reads it)."""
     data = yaml.safe_load((REPO / "include/pipelines/digits.yaml").read_text())
     data["train"]["distributed"] = {"launcher": "kubernetes", "namespace": NS, **distributed}
+    data["train"].update(train or {})
     path = tmp_path / "digits.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_spec(path), str(path)
@@ -629,8 +631,8 @@ def deferring(kube, tmp_path, storage, monkeypatch):
     from freestack.train.operators import TrainOperator
 
     monkeypatch.setattr(WandbHook, "checked_settings", lambda self: WandbSettings(mode="disabled"))
-    spec, path = make_spec(tmp_path, nodes=2, kubernetes_conn_id=CONN)
-    context = {"ti": FakeTI(), "params": {}, "dag_run": None}
+    spec, path = make_spec(tmp_path, {"cache": True, "window_days": 1}, nodes=2, kubernetes_conn_id=CONN)
+    context = {"ti": FakeTI(), "params": {}, "dag_run": None, "run_id": "manual__deferred"}
     return TrainOperator(task_id="train", spec_path=path), context, spec
 
 
@@ -659,7 +661,15 @@ def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(defer
     assert event["status"] == "succeeded"
     result = getattr(op, deferred.value.method_name)(context, event)
     assert result["version"] == "v20261110-new" and result["metrics"] == {"val_accuracy": 0.9}
-    assert context["ti"].pushed == {"wandb": {"run_id": "abc"}}
+    assert context["ti"].pushed["wandb"] == {"run_id": "abc"}
+    # train.cache: the entry the deferred task could not write in execute, written when it resumed
+    from freestack.train import reuse
+
+    found = reuse.lookup(
+        spec, TrainRequest(end_ds="2026-11-10", run_key=RUN_KEY, window=FakeTI().xcom_pull("window"))
+    )
+    assert found.found.entry.run["run_id"] == "manual__deferred"
+    assert found.found.entry.extra["version"] == "v20261110-new"
 
 
 @pytest.mark.parametrize(

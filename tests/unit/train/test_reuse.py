@@ -99,8 +99,35 @@ def test_a_day_ingested_again_with_other_bytes_is_a_miss(trained, storage):
     ingest_partition(spec, "2026-11-02")
     window = fix_window(spec, "2026-11-03", spec.train.window_days).as_dict()
     assert window != req.window
-    changed = reuse.lookup(spec, _request(window))
-    assert changed.outcome is None and changed.found.miss == "no earlier run"  # another window's data
+    changed = reuse.lookup(spec, _request(window))  # another window's data: its miss names the day
+    assert changed.outcome is None
+    assert changed.found.miss == "partitions changed since run manual__first: 2026-11-02 (other bytes)"
+
+
+def test_an_entry_naming_a_version_trained_on_other_partitions_is_a_miss(trained, tmp_path):
+    """A hand-edited entry (its key intact) naming another registered version, whose lineage names other
+    partitions: a miss saying so, never "trained on these inputs"."""
+    import shutil
+
+    from freestack.registry.core import registry_for
+    from freestack.train import reuse
+
+    spec, req, _, outcome, _ = trained
+    other = tmp_path / "other"
+    shutil.copytree(outcome.version_uri.removeprefix("file://"), other)
+    lineage = json.loads((other / "lineage.json").read_text())
+    lineage["partitions"][0]["sha256"] = "0" * 64
+    (other / "lineage.json").write_text(json.dumps(lineage))
+    registry_for(spec).register(other.as_uri(), "v20261103-other")
+    entry = _entry(spec)
+    doc = json.loads(entry.read_text())
+    doc["extra"]["version"] = "v20261103-other"
+    entry.write_text(json.dumps(doc))
+    found = reuse.lookup(spec, req)
+    assert found.registered is None and found.outcome is None
+    assert found.found.miss.startswith(
+        "the cache entry names version v20261103-other, whose lineage names other partitions than these 3"
+    )
 
 
 def test_a_corrupt_entry_or_a_deleted_candidate_is_a_miss(trained, caplog):
