@@ -315,6 +315,7 @@ def training_tasks(spec: PipelineSpec, spec_path: str):
         wait_minutes=spec.train.ingest_wait_minutes,
         poke_interval=spec.train.ingest_poke_seconds,
         inlets=[lake_asset(spec.name)],
+        drift=drift_asset(spec.name),
         doc_md="Wait for running ingest runs, then fix the partitions (ds, sha256) every training of this run reads.",
     )
     window >> choose

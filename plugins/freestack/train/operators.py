@@ -50,11 +50,12 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
 
     ui_color = "#e4d8f7"
 
-    def __init__(self, *, spec_path: str, wait_minutes: float, **kwargs: Any) -> None:
+    def __init__(self, *, spec_path: str, wait_minutes: float, drift: Any = None, **kwargs: Any) -> None:
         super().__init__(
             spec_path=spec_path, mode="reschedule", timeout=max(60.0, wait_minutes * 60 + 600), **kwargs
         )
         self.wait_minutes = wait_minutes
+        self.drift = drift  # the monitor's drift asset: a run it starts retrains (its note says which alert)
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         spec = self.pipeline_spec()
@@ -73,10 +74,11 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
         except WindowError as exc:
             raise AirflowFailException(str(exc)) from None
         window = window.with_events(self._lake_events(context, spec))
-        note = window.text()
+        alert = self._drift_alert(context)
+        note = f"{alert} {window.text()}" if alert else window.text()
         self.log.info("%s: %s", spec.name, note)
         if run_type in AUTOMATIC_RUNS and params.get("end_ds") is None:
-            seen = already_trained(spec, window)
+            seen = already_trained(spec, window, drift=alert is not None)
             if seen is not None:
                 context["ti"].xcom_push(
                     key=RUN_NOTE_XCOM, value=f"**Nothing new to train.** {note} {seen[1]}."
@@ -84,6 +86,25 @@ class WindowSensor(HubEnvironment, PipelineOperator, BaseSensorOperator):
                 raise AirflowSkipException(f"nothing new to train: {seen[1]}")
         context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
         return PokeReturnValue(is_done=True, xcom_value=window.as_dict())
+
+    def _drift_alert(self, context: Context) -> str | None:
+        """The drift alert that started this run (the drift asset's newest event among the run's
+        triggering ones), in words: the monitor run, its first alert (the signal and its figure), the
+        report; None for a run the drift asset did not start."""
+        events = context.get("triggering_asset_events")
+        got = list(events.get(self.drift) or []) if self.drift is not None and events else []
+        if not got:
+            return None
+        event = got[-1]
+        extra = event.extra or {}
+        alerts = [
+            a.get("message", str(a)) if isinstance(a, dict) else str(a) for a in extra.get("alerts") or []
+        ]
+        more = f" (and {len(alerts) - 1} more)" if len(alerts) > 1 else ""
+        return (
+            f"**Retraining on drift:** {event.source_dag_id} run {event.source_run_id} alerted: "
+            f"{alerts[0] if alerts else 'drift'}{more}; report {extra.get('report', '?')}."
+        )
 
     def _lake_events(self, context: Context, spec) -> list[dict[str, Any]]:
         """The pipeline's lake asset events (the task's inlet) that carry a partition's folder, ds and sha256."""

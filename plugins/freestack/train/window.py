@@ -235,28 +235,48 @@ def lineage_window(lineage: dict[str, Any]) -> Window | None:
     return Window(w["end_ds"], days, days, fixed, "form")
 
 
-def already_trained(spec: PipelineSpec, window: Window) -> tuple[str, str] | None:
+def already_trained(spec: PipelineSpec, window: Window, *, drift: bool = False) -> tuple[str, str] | None:
     """``(version, why)`` when a registered version makes this window's training pointless: one was
     trained on exactly these partitions (same ds and sha256), or on a window ending later (an automatic
-    run never trains an older window after a newer one). None: train."""
+    run never trains an older window after a newer one). A version the gate blocked never does (training
+    again is what it asks for). A run a drift alert started (``drift``) trains even on those partitions,
+    unless the version trained on them was trained from the same spec and is production or a candidate
+    still waiting. None: train."""
     wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
     reg = registry_for(spec)
+    aliases = reg.aliases()
     newest: tuple[str, str] | None = None
     for v in reversed(reg.versions()):
-        seen = lineage_window(reg.lineage(v["version"]) or {})
-        if seen is None:
+        name, lineage = v["version"], reg.lineage(v["version"]) or {}
+        seen = lineage_window(lineage)
+        if seen is None or reg.gate_of(name, lineage, aliases).get("promote") is False:
             continue
         if {(p.ds, p.sha256) for p in seen.partitions} == wanted:
-            why = f"version {v['version']} was trained on these {len(wanted)} partitions, unchanged since"
-            return v["version"], why
+            if drift and not _serving_this_spec(spec, name, lineage, aliases):
+                continue
+            why = f"version {name} was trained on these {len(wanted)} partitions, unchanged since"
+            return name, why + (f" ({_standing(name, aliases)}, from this spec)" if drift else "")
         if seen.end_ds > window.end_ds and (newest is None or seen.end_ds > newest[1]):
-            newest = (v["version"], seen.end_ds)
+            newest = (name, seen.end_ds)
     if newest is not None:
         return newest[0], (
             f"version {newest[0]} was trained on a newer window (up to {newest[1]}) than the lake's newest "
             f"partition {window.end_ds}; trigger with end_ds to train an older window on purpose"
         )
     return None
+
+
+def _serving_this_spec(spec: PipelineSpec, version: str, lineage: dict, aliases: dict) -> bool:
+    """Whether ``version`` was trained from this very spec and is production or a candidate not yet
+    promoted or blocked (which retraining on the same data could only repeat)."""
+    if lineage.get("spec_normalized_hash") != spec.normalized_hash():
+        return False
+    moved = {ev.get("version") for ev in aliases.get("history") or [] if ev.get("alias") == "production"}
+    return aliases.get("production") == version or version not in moved
+
+
+def _standing(version: str, aliases: dict) -> str:
+    return "production" if aliases.get("production") == version else "a candidate still waiting"
 
 
 __all__ = [

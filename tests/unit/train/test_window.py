@@ -109,6 +109,67 @@ def test_a_window_trained_already_or_older_than_a_trained_one_is_nothing_new(lak
     assert [p.ds for p in other.partitions] == ["2026-11-01"]
 
 
+def test_a_blocked_version_is_never_nothing_new_and_a_drift_alert_retrains(lake):
+    """A version the gate blocked never makes a training pointless; a drift alert retrains on the same
+    partitions unless their version is production (or waiting) and was trained from this very spec."""
+    from freestack.registry.core import registry_for
+    from freestack.train.window import already_trained, fix_window
+    from tests.support.registry import make_model_folder
+
+    w, reg = fix_window(lake, None, 30), registry_for(lake)
+    parts = [{"ds": p.ds, "uri": p.uri, "sha256": p.sha256, "bytes": p.size} for p in w.partitions]
+
+    def register(version: str, promote: bool, spec_hash: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = make_model_folder(Path(tmp) / version, seed=0)
+            lineage = json.loads((folder / "lineage.json").read_text())
+            lineage.update(
+                partitions=parts, window={"end_ds": w.end_ds, "days": 30}, spec_normalized_hash=spec_hash
+            )
+            (folder / "lineage.json").write_text(json.dumps(lineage))
+            gate = {"promote": promote, "reasons": ["test"]}
+            reg.register(folder.as_uri(), version, lineage_updates={"gate": gate})
+
+    register("v1", False, lake.normalized_hash())  # blocked: neither nothing new nor a reason not to retrain
+    assert already_trained(lake, w) is None and already_trained(lake, w, drift=True) is None
+    register("v2", True, "another spec")
+    reg.promote("v2")
+    assert already_trained(lake, w)[0] == "v2"  # an automatic run with nothing new: as before
+    assert already_trained(lake, w, drift=True) is None  # production came from another spec: retrain
+    register("v3", True, lake.normalized_hash())
+    version, why = already_trained(lake, w, drift=True)  # v3 waits for promotion, from this spec
+    assert version == "v3" and why.endswith("(a candidate still waiting, from this spec)")
+    reg.promote("v3")
+    assert already_trained(lake, w, drift=True)[1].endswith("(production, from this spec)")
+
+
+def test_the_window_note_names_the_drift_alert_that_started_the_run(lake):
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from freestack.monitor.operators import drift_asset
+    from freestack.train.operators import WindowSensor
+
+    event = SimpleNamespace(
+        asset=SimpleNamespace(name="digits_drift", uri="freestack://drift/digits"),
+        source_aliases=[],
+        source_dag_id="digits_monitor",
+        source_run_id="scheduled__2026-11-12T00:00:00+00:00",
+        extra={
+            "report": "file:///r/report.html",
+            "alerts": [{"message": "px_3: PSI 0.41 > 0.2"}, {"message": "b"}],
+        },
+    )
+    sensor = WindowSensor(
+        task_id="window", spec_path="digits.yaml", wait_minutes=0, drift=drift_asset("digits")
+    )
+    said = sensor._drift_alert({"triggering_asset_events": TriggeringAssetEventsAccessor.build([event])})
+    assert said == (
+        "**Retraining on drift:** digits_monitor run scheduled__2026-11-12T00:00:00+00:00 alerted: "
+        "px_3: PSI 0.41 > 0.2 (and 1 more); report file:///r/report.html."
+    )
+    assert sensor._drift_alert({"triggering_asset_events": TriggeringAssetEventsAccessor.build([])}) is None
+
+
 def _event(n: int, partition: str | None, ds: str, sha256: str) -> SimpleNamespace:
     """An asset event of the lake asset as Airflow hands it to a task's ``inlet_events`` (what
     IngestOperator's outlet wrote in ``extra``; ``partition`` None: an event of an older release, which
