@@ -58,6 +58,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,scaleout,notebook]'
+	# the notebook's kernel, "freestack (.venv)", in .venv itself: `.venv/bin/jupyter execute` and `make notebook` find it
+	$(BIN)/python -m ipykernel install --sys-prefix --name freestack --display-name "freestack (.venv)" >/dev/null
 	touch $@
 
 serving-venv: $(SERVING_STAMP)
@@ -161,7 +163,6 @@ notebook: export IPYTHONDIR ?= $(FREESTACK_HOME)/.freestack/ipython
 notebook: export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 notebook: $(STAMP) $(NOTEBOOK_STAMP)
 	mkdir -p $$JUPYTER_CONFIG_DIR $$JUPYTER_DATA_DIR $$JUPYTER_RUNTIME_DIR $$IPYTHONDIR
-	$(BIN)/python -m ipykernel install --sys-prefix --name freestack --display-name "freestack (.venv)" >/dev/null
 	$(NOTEBOOK_VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --no-browser --ServerApp.answer_yes=True \
 	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=$(CURDIR) docs/notebooks/explore.ipynb
 
