@@ -282,6 +282,31 @@ def test_an_argument_of_the_wrong_type_fails_the_dag_file_naming_it(tmp_path):
         from freestack.providers import FreestackScoreOperator
 
         FreestackScoreOperator(task_id="s", model="m", version="v1", alias="a", input_uri="i", output_uri="o")
+    # a misspelt argument is named as the typo it is, not as the argument it leaves missing
+    with pytest.raises(ArgumentError, match=r"unknown argument 'versoin': did you mean 'version'\?"):
+        FreestackPromoteOperator(task_id="p", model="digits", versoin="v1")
+    with pytest.raises(ArgumentError, match="FreestackPromoteOperator: version: Field required"):
+        FreestackPromoteOperator(task_id="p", model="digits")
+
+
+def test_a_version_from_an_upstream_xcom_is_taken_and_checked_once_rendered():
+    """An XComArg (``train.output["version"]``) where a version, alias or URI goes: taken at parse time,
+    the task set downstream of the one it reads, and checked once rendered (a wrong XCom fails the task at
+    once, naming the argument)."""
+    from airflow.sdk import DAG
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator
+
+    with DAG("xcom_args", schedule=None):
+        score = FreestackScoreOperator(task_id="score", model="digits", input_uri="in/", output_uri="out/")
+        promote = FreestackPromoteOperator(task_id="promote", model="digits", version=score.output["version"])
+    assert promote.upstream_task_ids == {"score"} and "version" in promote.template_fields
+    promote.version = 7  # what a rendered XCom holding a number gives
+    with pytest.raises(
+        AirflowFailException, match="promote: as rendered, version: Input should be a valid string"
+    ):
+        promote.execute(_context())
 
 
 def test_parsing_the_example_dag_is_light():

@@ -23,12 +23,14 @@ Kubernetes rollout and its trigger import ``kubernetes`` only when they run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import difflib
+import inspect
+from collections.abc import Iterator
 from typing import Any, ClassVar, Literal, NoReturn
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import BaseOperator, Context, XComArg
 from airflow.sdk.exceptions import AirflowFailException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from freestack.errors import DeployError, FreestackError
 from freestack.hooks.credentials import model_source
@@ -59,15 +61,38 @@ class ArgumentError(TypeError):
     """An operator's argument has the wrong type or value; raised when the DAG file is parsed."""
 
 
+#: marks an argument Airflow renders when the task runs: a template (``{{ params.version }}``), or an
+#: XComArg (``train.output["version"]``), resolved then and checked again once rendered
+TEMPLATED: dict[str, Any] = {"templated": True}
+#: what an XComArg stands for while the arguments are checked at parse time (a template's shape)
+_LATER = "{{ the upstream task's XCom }}"
+
+
 class _Arguments(BaseModel):
-    """An operator's arguments: strictly typed (a number is not a string), unknown ones refused."""
+    """An operator's arguments, declared once here: strictly typed (a number is not a string), unknown
+    ones refused; those marked :data:`TEMPLATED` are the operator's template fields."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    model: str = Field(min_length=1, description="The registered model's name (registry/<model>/).")
-    storage: str | None = Field(
-        default=None, description="The storage root holding the registry; default: the storage_root setting."
+    model: str = Field(
+        min_length=1,
+        description="The registered model's name (registry/<model>/).",
+        json_schema_extra=TEMPLATED,
     )
+    storage: str | None = Field(
+        default=None,
+        description="The storage root holding the registry; default: the storage_root setting.",
+        json_schema_extra=TEMPLATED,
+    )
+
+    @classmethod
+    def names(cls) -> dict[str, str]:
+        """Each argument's name as an operator takes it (a field's alias) -> its field's name."""
+        return {(f.alias or n): n for n, f in cls.model_fields.items()}
+
+    @classmethod
+    def templated(cls) -> tuple[str, ...]:
+        return tuple(n for n, f in cls.model_fields.items() if (f.json_schema_extra or {}) == TEMPLATED)
 
 
 def _checked(cls: type[BaseOperator], arguments: type[_Arguments], given: dict[str, Any]) -> _Arguments:
@@ -78,20 +103,59 @@ def _checked(cls: type[BaseOperator], arguments: type[_Arguments], given: dict[s
         raise ArgumentError(f"{cls.__name__}: {block_problems(exc)}") from None
 
 
+def _no_typo(cls: type[BaseOperator], others: dict[str, Any], names: dict[str, str]) -> None:
+    """:class:`ArgumentError` for an argument that is neither the operator's nor Airflow's but close to one
+    of the operator's (a typo, named as such, before the argument it misses is)."""
+    airflow = set(inspect.signature(BaseOperator.__init__).parameters)
+    for name in others:
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+        if name not in airflow and close:
+            raise ArgumentError(f"{cls.__name__}: unknown argument {name!r}: did you mean {close[0]!r}?")
+
+
 class _FreestackOperator(BaseOperator):
     """What the reusable operators share: their checked arguments as template fields, and failing at
     once, without retries, on what no retry can fix (a version that does not exist, permission denied)."""
 
     arguments: ClassVar[type[_Arguments]]
 
-    def __init__(self, *, task_id: str, given: dict[str, Any], **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "arguments" in cls.__dict__:  # the template fields are the arguments marked so, in one place
+            cls.template_fields = cls.arguments.templated()
+
+    def __init__(self, *, task_id: str, **kwargs: Any) -> None:
+        names = self.arguments.names()
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        defaults = kwargs.get("default_args") or {}
+        given.update({k: defaults[k] for k in names if k not in given and k in defaults})
+        _no_typo(type(self), kwargs, names)
         super().__init__(task_id=task_id, **kwargs)
-        for name, value in _checked(type(self), self.arguments, given):
-            setattr(self, name, value)
+        later = {names[k]: v for k, v in given.items() if isinstance(v, XComArg)}
+        if set(later) - set(self.template_fields):
+            raise ArgumentError(
+                f"{type(self).__name__}: {', '.join(sorted(set(later) - set(self.template_fields)))}: an "
+                "XComArg is taken only by a templated argument"
+            )
+        checked = _checked(
+            type(self), self.arguments, {k: _LATER if names[k] in later else v for k, v in given.items()}
+        )
+        for name, value in checked:
+            setattr(self, name, later.get(name, value))  # an XComArg stays one: Airflow resolves it at render
 
     def execute(self, context: Context) -> dict[str, Any]:
         with self.failing_at_once():
+            self._check_rendered()
             return self.run(context)
+
+    def _check_rendered(self) -> None:
+        """The templated arguments as rendered (a template's text, an XCom's value), checked as the parse
+        checked the rest: a wrong one fails the task at once, without retries, naming it."""
+        values = {f.alias or n: getattr(self, n) for n, f in self.arguments.model_fields.items()}
+        try:
+            self.arguments.model_validate(values)
+        except ValidationError as exc:
+            raise AirflowFailException(f"{self.task_id}: as rendered, {block_problems(exc)}") from None
 
     @contextlib.contextmanager
     def failing_at_once(self) -> Iterator[None]:
@@ -133,12 +197,21 @@ class _FreestackOperator(BaseOperator):
 
 
 class ScoreArguments(_Arguments):
-    version: str | None = Field(default=None, min_length=1, description="A registered version's name.")
-    alias: str | None = Field(
-        default=None, min_length=1, description="An alias (production...); neither: production."
+    version: str | None = Field(
+        default=None, min_length=1, description="A registered version's name.", json_schema_extra=TEMPLATED
     )
-    input_uri: str = Field(min_length=1, description="The folder or file of rows to score.")
-    output_uri: str = Field(min_length=1, description="The folder the scores are published in.")
+    alias: str | None = Field(
+        default=None,
+        min_length=1,
+        description="An alias (production...); neither: production.",
+        json_schema_extra=TEMPLATED,
+    )
+    input_uri: str = Field(
+        min_length=1, description="The folder or file of rows to score.", json_schema_extra=TEMPLATED
+    )
+    output_uri: str = Field(
+        min_length=1, description="The folder the scores are published in.", json_schema_extra=TEMPLATED
+    )
     columns: tuple[Literal["prediction", "probabilities"], ...] = Field(
         default=("prediction", "probabilities"), min_length=1
     )
@@ -146,6 +219,11 @@ class ScoreArguments(_Arguments):
     max_error_fraction: float | None = Field(default=None, ge=0, le=1)
     monitor: bool = False
     max_new_tokens: int | None = Field(default=None, ge=1, le=4096)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # a list, as Python code writes it
 
     @model_validator(mode="after")
     def _one_version(self) -> ScoreArguments:
@@ -186,31 +264,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
     """
 
     arguments = ScoreArguments
-    template_fields: Sequence[str] = ("model", "version", "alias", "input_uri", "output_uri", "storage")
     ui_color = "#d8ccf4"
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        model: str,
-        input_uri: str,
-        output_uri: str,
-        version: str | None = None,
-        alias: str | None = None,
-        storage: str | None = None,
-        columns: Sequence[str] = ("prediction", "probabilities"),
-        batch_rows: int = 4096,
-        max_error_fraction: float | None = None,
-        monitor: bool = False,
-        max_new_tokens: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        given = dict(model=model, version=version, alias=alias, input_uri=input_uri, output_uri=output_uri)
-        given.update(storage=storage, batch_rows=batch_rows, max_error_fraction=max_error_fraction)
-        given.update(columns=tuple(columns) if isinstance(columns, list) else columns, monitor=monitor)
-        given.update(max_new_tokens=max_new_tokens)
-        super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         from freestack.providers import scoring  # numpy and the score stage: at run time only
@@ -269,9 +323,11 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
 
 
 class PromoteArguments(_Arguments):
-    version: str = Field(min_length=1, description="A version, or an alias naming one.")
-    alias: str = Field(default="production", min_length=1)
-    reason: str = ""
+    version: str = Field(
+        min_length=1, description="A version, or an alias naming one.", json_schema_extra=TEMPLATED
+    )
+    alias: str = Field(default="production", min_length=1, json_schema_extra=TEMPLATED)
+    reason: str = Field(default="", json_schema_extra=TEMPLATED)
 
 
 class FreestackPromoteOperator(_FreestackOperator):
@@ -290,22 +346,7 @@ class FreestackPromoteOperator(_FreestackOperator):
     """
 
     arguments = PromoteArguments
-    template_fields: Sequence[str] = ("model", "version", "alias", "storage", "reason")
     ui_color = "#e4dcf5"
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        model: str,
-        version: str,
-        alias: str = "production",
-        storage: str | None = None,
-        reason: str = "",
-        **kwargs: Any,
-    ) -> None:
-        given = dict(model=model, version=version, alias=alias, storage=storage, reason=reason)
-        super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         reg = registry_of(self.model, self.storage or None)
@@ -336,8 +377,10 @@ class FreestackPromoteOperator(_FreestackOperator):
 
 
 class RollbackArguments(_Arguments):
-    to_version: str | None = Field(default=None, min_length=1, description="None: the previous version.")
-    reason: str = ""
+    to_version: str | None = Field(
+        default=None, min_length=1, description="None: the previous version.", json_schema_extra=TEMPLATED
+    )
+    reason: str = Field(default="", json_schema_extra=TEMPLATED)
 
 
 class FreestackRollbackOperator(_FreestackOperator):
@@ -354,21 +397,7 @@ class FreestackRollbackOperator(_FreestackOperator):
     """
 
     arguments = RollbackArguments
-    template_fields: Sequence[str] = ("model", "to_version", "storage", "reason")
     ui_color = "#f5dcd6"
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        model: str,
-        to_version: str | None = None,
-        storage: str | None = None,
-        reason: str = "",
-        **kwargs: Any,
-    ) -> None:
-        given = dict(model=model, to_version=to_version, storage=storage, reason=reason)
-        super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         reg = registry_of(self.model, self.storage or None)
@@ -404,15 +433,25 @@ PERMANENT_STATUSES = frozenset({400, 403, 404, 422})
 
 
 class DeployArguments(_Arguments):
-    version: str | None = Field(default=None, min_length=1, description="A registered version's name.")
+    version: str | None = Field(
+        default=None, min_length=1, description="A registered version's name.", json_schema_extra=TEMPLATED
+    )
     alias: str | None = Field(
-        default=None, min_length=1, description="An alias (production...); neither: production."
+        default=None,
+        min_length=1,
+        description="An alias (production...); neither: production.",
+        json_schema_extra=TEMPLATED,
     )
     where: Literal["local", "kubernetes"] = Field(
         default="local", description="local: a model server on this machine; kubernetes: a SeldonDeployment."
     )
     runtime: Literal["seldon", "mlserver"] = "seldon"
-    name: str | None = Field(default=None, min_length=1, description="The deployment; default: the model's.")
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The deployment; default: the model's.",
+        json_schema_extra=TEMPLATED,
+    )
     port: int | None = Field(
         default=None, ge=1024, le=65533, description="local: default the serve_port setting."
     )
@@ -420,13 +459,15 @@ class DeployArguments(_Arguments):
         default=None,
         min_length=1,
         description="kubernetes: the SeldonDeployment's namespace; default: default.",
+        json_schema_extra=TEMPLATED,
     )
     conn_id: str | None = Field(
         default=None,
         min_length=1,
         description="kubernetes: the cncf.kubernetes connection (kubernetes_default).",
+        json_schema_extra=TEMPLATED,
     )
-    reason: str = ""
+    reason: str = Field(default="", json_schema_extra=TEMPLATED)
 
     @model_validator(mode="after")
     def _one_version(self) -> DeployArguments:
@@ -525,38 +566,7 @@ class FreestackDeployOperator(_FreestackOperator):
     """
 
     arguments = DeployArguments
-    template_fields: Sequence[str] = (
-        "model",
-        "version",
-        "alias",
-        "name",
-        "namespace",
-        "conn_id",
-        "storage",
-        "reason",
-    )
     ui_color = "#d6e4f5"
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        model: str,
-        version: str | None = None,
-        alias: str | None = None,
-        where: str = "local",
-        runtime: str = "seldon",
-        name: str | None = None,
-        port: int | None = None,
-        namespace: str | None = None,
-        conn_id: str | None = None,
-        storage: str | None = None,
-        reason: str = "",
-        **kwargs: Any,
-    ) -> None:
-        given = dict(model=model, version=version, alias=alias, where=where, runtime=runtime, name=name)
-        given.update(port=port, namespace=namespace, conn_id=conn_id, storage=storage, reason=reason)
-        super().__init__(task_id=task_id, given=given, **kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         reg = registry_of(self.model, self.storage or None)

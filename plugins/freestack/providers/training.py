@@ -15,7 +15,6 @@ itself (:mod:`freestack.train.core`: torch, pandas) is imported in ``execute``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -36,7 +35,7 @@ from freestack.hooks.huggingface import export_hub_environment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import WandbRunLink
 from freestack.pipeline_operator import TorchTask
-from freestack.providers.operators import RUN_DAY, ArgumentError, _Arguments, _FreestackOperator
+from freestack.providers.operators import RUN_DAY, TEMPLATED, ArgumentError, _Arguments, _FreestackOperator
 from freestack.registry.core import ModelRegistry, RegistryError, VersionExists, registry_for
 from freestack.settings import pipelines_dir
 from freestack.spec import PipelineSpec, load_spec, parse_spec
@@ -77,13 +76,22 @@ class TrainArguments(_Arguments):
     spec: dict[str, Any] | None = Field(
         default=None, description="The pipeline spec inline, as YAML holds it."
     )
-    spec_path: str | None = Field(default=None, min_length=1, description="A pipeline spec file.")
-    end_ds: str = Field(default=RUN_DAY, min_length=1, description="The window's last day (YYYY-MM-DD).")
-    window_days: int | str | None = Field(default=None, description="None: train.window_days.")
-    epochs: int | str | None = None
-    learning_rate: float | str | None = None
-    batch_size: int | str | None = None
-    seed: int | str | None = None
+    spec_path: str | None = Field(
+        default=None, min_length=1, description="A pipeline spec file.", json_schema_extra=TEMPLATED
+    )
+    end_ds: str = Field(
+        default=RUN_DAY,
+        min_length=1,
+        description="The window's last day (YYYY-MM-DD).",
+        json_schema_extra=TEMPLATED,
+    )
+    window_days: int | str | None = Field(
+        default=None, description="None: train.window_days.", json_schema_extra=TEMPLATED
+    )
+    epochs: int | str | None = Field(default=None, json_schema_extra=TEMPLATED)
+    learning_rate: float | str | None = Field(default=None, json_schema_extra=TEMPLATED)
+    batch_size: int | str | None = Field(default=None, json_schema_extra=TEMPLATED)
+    seed: int | str | None = Field(default=None, json_schema_extra=TEMPLATED)
     register_version: bool = Field(default=False, alias="register")
 
     @field_validator(*OVERRIDES)
@@ -169,31 +177,16 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
     """
 
     arguments: ClassVar[type[_Arguments]] = TrainArguments
-    template_fields: Sequence[str] = ("spec_path", "end_ds", "storage", *OVERRIDES)
     operator_extra_links = (WandbRunLink(),)
     ui_color = "#e4d8f7"
 
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        spec: dict[str, Any] | None = None,
-        spec_path: str | None = None,
-        end_ds: str = RUN_DAY,
-        window_days: int | str | None = None,
-        epochs: int | str | None = None,
-        learning_rate: float | str | None = None,
-        batch_size: int | str | None = None,
-        seed: int | str | None = None,
-        register: bool = False,
-        storage: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        given = dict(spec=spec, spec_path=spec_path, end_ds=end_ds, window_days=window_days, epochs=epochs)
-        given.update(learning_rate=learning_rate, batch_size=batch_size, seed=seed, register=register)
-        given.update(storage=storage)
-        super().__init__(task_id=task_id, given=given, **kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._inline = inline_spec(type(self), self.spec) if self.spec is not None else None
+
+    def _check_rendered(self) -> None:
+        """The rendered overrides and ``end_ds`` are checked where they are read (:meth:`request`: numbers
+        within their bounds, a day), each naming the argument."""
 
     def pipeline_spec(self) -> PipelineSpec:
         """The spec to train with: the inline one, or the file read now; with ``storage`` as its root."""
