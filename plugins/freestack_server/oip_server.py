@@ -49,7 +49,9 @@ WRITTEN_FOR = ("1.7.",)
 #: the uvicorn releases whose HTTP protocols' ``send_400_response`` this launcher overrides (on another,
 #: requests uvicorn's parser cannot read get its own plain-text 400, and the launcher says so once)
 UVICORN_WRITTEN_FOR = ("0.54.",)
-ACCEPTED_S = 0.2  # seconds a connection accepted before the drain has to reach uvicorn's count
+#: seconds a connection accepted before the drain has to reach uvicorn's count (asyncio builds its transport in a
+#: task: on a loaded machine 0.2 s was once too short, and the stop reset one fresh connection)
+ACCEPTED_S = 0.5
 #: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 KEEP_ALIVE_S = 5.0
 #: the most header bytes (names and values) a request may carry; past it, 431 (uvicorn's httptools parser
