@@ -49,8 +49,8 @@ WRITTEN_FOR = ("1.7.",)
 #: the uvicorn releases whose HTTP protocols' ``send_400_response`` this launcher overrides (on another,
 #: requests uvicorn's parser cannot read get its own plain-text 400, and the launcher says so once)
 UVICORN_WRITTEN_FOR = ("0.54.",)
-#: seconds a connection accepted before the drain has to reach uvicorn's count (asyncio builds its transport in a
-#: task: on a loaded machine 0.2 s was once too short, and the stop reset one fresh connection)
+#: seconds without an open connection the drain waits for before it stops: a connection accepted just before
+#: the close reaches uvicorn's count a few loop turns later (on a loaded machine, later than 0.2 s once)
 ACCEPTED_S = 0.5
 #: seconds an idle keep-alive connection stays open on a deployment's address (uvicorn's default)
 KEEP_ALIVE_S = 5.0
@@ -561,12 +561,14 @@ class AddressServer:
         for listener in self.uvicorn.servers:
             listener.close()
         # a connection accepted just before the close is registered with uvicorn a few loop turns later
-        # (asyncio builds its transport in a task): wait for those before judging that none is open, or
-        # the stop below would reset them
-        await asyncio.sleep(ACCEPTED_S)
+        # (asyncio builds its transport in a task), and the stop below would reset it as idle: stop only
+        # once no connection has been open for ACCEPTED_S on end (or their keep-alive time is up)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + KEEP_ALIVE_S + 1.0
-        while self.uvicorn.server_state.connections and loop.time() < deadline:
+        deadline = loop.time() + ACCEPTED_S + KEEP_ALIVE_S + 1.0
+        quiet_since = loop.time()
+        while loop.time() < deadline and loop.time() - quiet_since < ACCEPTED_S:
+            if self.uvicorn.server_state.connections:
+                quiet_since = loop.time()
             await asyncio.sleep(0.05)
         self.uvicorn.should_exit = True
         with contextlib.suppress(Exception):

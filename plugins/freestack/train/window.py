@@ -238,10 +238,11 @@ def lineage_window(lineage: dict[str, Any]) -> Window | None:
 def already_trained(spec: PipelineSpec, window: Window, *, drift: bool = False) -> tuple[str, str] | None:
     """``(version, why)`` when a registered version makes this window's training pointless: one was
     trained on exactly these partitions (same ds and sha256), or on a window ending later (an automatic
-    run never trains an older window after a newer one). A version the gate blocked never does (training
-    again is what it asks for). A run a drift alert started (``drift``) trains even on those partitions,
-    unless the version trained on them was trained from the same spec and is production or a candidate
-    still waiting. None: train."""
+    run never trains an older window after a newer one). A version the gate blocked does only when it was
+    trained from this very spec (the same data and spec would train it again), and the reason says it was
+    blocked. A run a drift alert started (``drift``) trains even on those partitions, unless the version
+    trained on them was trained from the same spec and is production or a candidate still waiting; a
+    blocked version never stops it. None: train."""
     wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
     reg = registry_for(spec)
     aliases = reg.aliases()
@@ -249,12 +250,19 @@ def already_trained(spec: PipelineSpec, window: Window, *, drift: bool = False) 
     for v in reversed(reg.versions()):
         name, lineage = v["version"], reg.lineage(v["version"]) or {}
         seen = lineage_window(lineage)
-        if seen is None or reg.gate_of(name, lineage, aliases).get("promote") is False:
+        blocked = reg.gate_of(name, lineage, aliases).get("promote") is False
+        same_spec = lineage.get("spec_normalized_hash") == spec.normalized_hash()
+        if seen is None or (blocked and (drift or not same_spec)):
             continue
         if {(p.ds, p.sha256) for p in seen.partitions} == wanted:
             if drift and not _serving_this_spec(spec, name, lineage, aliases):
                 continue
             why = f"version {name} was trained on these {len(wanted)} partitions, unchanged since"
+            if blocked:
+                return name, why + (
+                    " from this very spec, and the gate blocked it: the same data and spec would train it "
+                    "again; change the spec or the data, or trigger with end_ds to train anyway"
+                )
             return name, why + (f" ({_standing(name, aliases)}, from this spec)" if drift else "")
         if seen.end_ds > window.end_ds and (newest is None or seen.end_ds > newest[1]):
             newest = (name, seen.end_ds)

@@ -110,8 +110,9 @@ def test_a_window_trained_already_or_older_than_a_trained_one_is_nothing_new(lak
 
 
 def test_a_blocked_version_is_never_nothing_new_and_a_drift_alert_retrains(lake):
-    """A version the gate blocked never makes a training pointless; a drift alert retrains on the same
-    partitions unless their version is production (or waiting) and was trained from this very spec."""
+    """A version the gate blocked makes a lake event's training pointless only when it came from this very
+    spec (and the reason says it was blocked); a drift alert retrains on the same partitions unless their
+    version is production (or waiting) and was trained from this very spec."""
     from freestack.registry.core import registry_for
     from freestack.train.window import already_trained, fix_window
     from tests.support.registry import make_model_folder
@@ -130,8 +131,12 @@ def test_a_blocked_version_is_never_nothing_new_and_a_drift_alert_retrains(lake)
             gate = {"promote": promote, "reasons": ["test"]}
             reg.register(folder.as_uri(), version, lineage_updates={"gate": gate})
 
-    register("v1", False, lake.normalized_hash())  # blocked: neither nothing new nor a reason not to retrain
+    register("v0", False, "another spec")  # blocked, from another spec: the spec changed, so train
     assert already_trained(lake, w) is None and already_trained(lake, w, drift=True) is None
+    register("v1", False, lake.normalized_hash())  # blocked, from this spec: a lake event has nothing new
+    version, why = already_trained(lake, w)
+    assert version == "v1" and "from this very spec, and the gate blocked it" in why
+    assert already_trained(lake, w, drift=True) is None  # a drift alert retrains all the same
     register("v2", True, "another spec")
     reg.promote("v2")
     assert already_trained(lake, w)[0] == "v2"  # an automatic run with nothing new: as before
