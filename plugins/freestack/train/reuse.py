@@ -175,28 +175,29 @@ def _trained_on_others(
     """Why the version an entry names cannot be this training's (its lineage's partitions are not the
     window's); None when they are."""
     seen = sorted([str(p.get("ds")), str(p.get("sha256"))] for p in lineage.get("partitions") or [])
-    if seen == sorted(partitions(spec, req)):
+    wanted = sorted(partitions(spec, req))
+    if seen == wanted:
         return None
     return (
         f"the cache entry names version {version}, whose lineage names other partitions than these "
-        f"{len(partitions(spec, req))} (the entry was edited or copied): training again"
+        f"{len(wanted)} (the entry was edited or copied): training again"
     )
 
 
 def _changed_since(spec: PipelineSpec, req: TrainRequest) -> str | None:
     """What changed in the window's data since the newest entry of this pipeline (entries are filed by
     their partitions, so changed data finds none of its own): ``partitions changed since run R: ...``."""
-    newest: tuple[str, list] | None = None
+    newest: cache.CacheEntry | None = None
     for path in to_path(folder(spec)).glob("*.json"):
         try:
             entry = cache.CacheEntry.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
             continue
-        if newest is None or entry.written_at > newest[0]:
-            newest = (entry.written_at, [entry.run.get("run_id") or "?", entry.extra.get("outcome") or {}])
+        if newest is None or entry.written_at > newest.written_at:
+            newest = entry
     if newest is None:
         return None
-    run, outcome = newest[1]
+    run, outcome = newest.run.get("run_id") or "?", newest.extra.get("outcome") or {}
     before = {str(p.get("ds")): str(p.get("sha256")) for p in outcome.get("partitions") or []}
     now = {ds: sha for ds, sha in partitions(spec, req)}
     changed = [f"{ds} (other bytes)" for ds in sorted(now) if ds in before and before[ds] != now[ds]]

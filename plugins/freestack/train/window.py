@@ -245,17 +245,17 @@ def already_trained(spec: PipelineSpec, window: Window, *, drift: bool = False) 
     blocked version never stops it. None: train."""
     wanted = {(p.ds, p.sha256) for p in window.of_days(window.days)}
     reg = registry_for(spec)
-    aliases = reg.aliases()
+    aliases, this_spec = reg.aliases(), spec.normalized_hash()
     newest: tuple[str, str] | None = None
     for v in reversed(reg.versions()):
         name, lineage = v["version"], reg.lineage(v["version"]) or {}
         seen = lineage_window(lineage)
         blocked = reg.gate_of(name, lineage, aliases).get("promote") is False
-        same_spec = lineage.get("spec_normalized_hash") == spec.normalized_hash()
+        same_spec = lineage.get("spec_normalized_hash") == this_spec
         if seen is None or (blocked and (drift or not same_spec)):
             continue
         if {(p.ds, p.sha256) for p in seen.partitions} == wanted:
-            if drift and not _serving_this_spec(spec, name, lineage, aliases):
+            if drift and not (same_spec and _production_or_waiting(name, aliases)):
                 continue
             why = f"version {name} was trained on these {len(wanted)} partitions, unchanged since"
             if blocked:
@@ -274,11 +274,9 @@ def already_trained(spec: PipelineSpec, window: Window, *, drift: bool = False) 
     return None
 
 
-def _serving_this_spec(spec: PipelineSpec, version: str, lineage: dict, aliases: dict) -> bool:
-    """Whether ``version`` was trained from this very spec and is production or a candidate not yet
-    promoted or blocked (which retraining on the same data could only repeat)."""
-    if lineage.get("spec_normalized_hash") != spec.normalized_hash():
-        return False
+def _production_or_waiting(version: str, aliases: dict) -> bool:
+    """Whether ``version`` is production or a candidate never promoted (which retraining on the same data
+    and spec could only repeat)."""
     moved = {ev.get("version") for ev in aliases.get("history") or [] if ev.get("alias") == "production"}
     return aliases.get("production") == version or version not in moved
 
