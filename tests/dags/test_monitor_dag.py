@@ -1,22 +1,30 @@
 """<p>_monitor under dag.test(): a quiet day, a drifted day (an e-mail through Airflow's SmtpNotifier to a real
-SMTP server, the drift asset for retraining), and a day of bad logs (no verdict, no alert)."""
+SMTP server, the drift asset, whose event starts a ``<p>_train`` run that retrains on the latest window and is
+gated), and a day of bad logs (no verdict, no alert)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import numpy as np
 import pytest
 import yaml
 
 from tests.dags.test_sweep_dag import _states
-from tests.dags.test_train_dag import lake  # noqa: F401  (the five-day digits lake fixture)
+from tests.dags.test_train_dag import (
+    ROOT,
+    lake,  # noqa: F401  (the five-day digits lake fixture)
+)
+from tests.support.runs import run_note
 from tests.unit.monitor.test_drift import shifted
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 ROWS = 300
+DRIFT = "freestack://drift/digits"
 
 
 @pytest.fixture
@@ -76,15 +84,38 @@ def _log_day(root: str, version: str, model, pre, X: np.ndarray, day: datetime) 
     log.flush()
 
 
-def _asset_events(uri: str, *runs) -> int:
-    """The events on ``uri`` that ``runs`` emitted (other tests on this worker's Airflow emit their own)."""
+def _asset_events(uri: str, *runs) -> list[int]:
+    """The ids of the events on ``uri`` that ``runs`` emitted (other tests on this worker's Airflow emit
+    their own)."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         query = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
         query = query.filter(AssetModel.uri == uri, AssetEvent.source_run_id.in_([r.run_id for r in runs]))
-        return query.count()
+        return [e.id for e in query]
+
+
+@contextlib.contextmanager
+def _started_by(event_ids: list):
+    """dag.test() makes a manual run; the scheduler makes an asset-triggered one that consumed the events
+    (what a drift alert's run is): the run dag.test() makes is turned into that."""
+    from airflow.models import dagrun
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.types import DagRunType
+
+    made = dagrun.get_or_create_dagrun
+
+    def create(**kwargs):
+        run = made(**kwargs)
+        session = kwargs["session"]
+        run.run_type = DagRunType.ASSET_TRIGGERED
+        run.consumed_asset_events.extend(session.query(AssetEvent).filter(AssetEvent.id.in_(event_ids)))
+        session.commit()
+        return run
+
+    with mock.patch.object(dagrun, "get_or_create_dagrun", create):
+        yield
 
 
 def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
@@ -101,20 +132,20 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
             "args": {"to": "ml-team@example.com"},
         }
     ]
+    spec.pop("sweep")  # a drift alert's run trains with the spec's defaults: one training, 6 epochs
+    spec["train"]["epochs"] = 6
     spec_file.write_text(yaml.safe_dump(spec))
     from airflow.dag_processing.dagbag import DagBag
-
-    from tests.dags.test_train_dag import ROOT
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     train = bag.get_dag("digits_train")
     assert "freestack://drift/digits" in repr(train.timetable.asset_condition)  # retraining on drift
-    assert train.test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 6}).state == "success"
+    assert train.test(run_conf={"end_ds": "2026-11-04"}).state == "success"  # a day lands after it
     reg = lake["root"] / "registry" / "digits"
     version = ModelRegistry(lake["root"].as_uri(), "digits").resolve("production")
     ref = json.loads((reg / version / "reference.json").read_text())
     assert (
-        ref["source"] == "window" and ref["rows"] > 1500 and len(ref["series"]) == 65
+        ref["source"] == "window" and ref["rows"] > 1400 and len(ref["series"]) == 65
     )  # 64 pixels, the prediction
     assert "reference.json" in json.loads((reg / version / "_REGISTERED.json").read_text())["files"]
     loaded = model_version.open((reg / version).as_uri()).load()
@@ -146,8 +177,10 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
     assert (
         lake["root"] / "monitoring" / "digits" / "alerts" / "2026-11-11T000000--2026-11-12T000000.json"
     ).exists()
-    assert _asset_events("freestack://drift/digits", quiet, drifted) == 1
-    assert _asset_events("freestack://monitoring/digits", quiet, drifted) == 2
+    assert not _asset_events(DRIFT, quiet)  # a quiet interval starts no training
+    assert len(_asset_events(DRIFT, drifted)) == 1
+    _retrains_on_drift(lake, drifted, version)
+    assert len(_asset_events("freestack://monitoring/digits", quiet, drifted)) == 2
 
     # a day with a truncated file and a version that has no reference statistics: a report, no alert
     day = lake["root"] / "monitoring" / "digits" / "requests" / "ds=2026-11-12" / "hour=03"
@@ -174,3 +207,34 @@ def test_quiet_day_drifted_day_and_bad_logs(lake, smtp):  # noqa: F811
 
     none = dag.test(logical_date=None)
     assert _states(none)["monitor"] == ["failed"] and _tries(none, "monitor") == 1
+
+
+def _retrains_on_drift(lake, drifted, production: str) -> None:  # noqa: F811
+    """The drift event starts ``digits_train`` (as the scheduler does): it trains on the latest window (the
+    day that landed after production's), is gated, and its note names the alert that started it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.registry.core import ModelRegistry
+
+    train = DagBag(dag_folder=str(ROOT / "dags")).get_dag("digits_train")  # the form's earlier values go
+    with _started_by(_asset_events(DRIFT, drifted)):
+        run = train.test(logical_date=None)
+    states = _states(run)
+    assert run.run_type == "asset_triggered" and states["train"] == ["success"], states
+    assert states["gate"] == ["success"] and states["evaluate"] == ["success"], states
+    reg = ModelRegistry(lake["root"].as_uri(), "digits")
+    (new,) = [v["version"] for v in reg.versions() if v["version"] != production]
+    lineage = reg.lineage(new)
+    assert [p["ds"] for p in lineage["partitions"]][-1] == "2026-11-05", (
+        run_note(run),
+        lineage["window"],
+        production,
+        new,
+    )
+    assert (
+        lineage["gate"]["decision"] in ("promote", "block")
+        and lineage["gate"]["champion_version"] == production
+    )
+    note = run_note(run) or ""
+    assert f"**Retraining on drift:** digits_monitor run {drifted.run_id} alerted: " in note, note
+    assert "PSI" in note and "report.html" in note, note
