@@ -93,10 +93,32 @@ class Judged:
         }
 
     def samples(self, n: int = 2) -> list[dict[str, str]]:
-        """The ``n`` worst and ``n`` best prompts side by side, one line of text each (for the approval
+        """The prompts the judge failed on (at most ``n``, each shown as failed with its error), the ``n``
+        worst and the ``n`` best judged prompts side by side, one line of text each (for the approval
         request's table): the prompt, both answers and the judge's verdict."""
-        picked = self.items[:n] + self.items[n:][-n:]
-        return [_sample(it) for it in picked]
+        judged = [it for it in self.items if not judging_failed(it)]
+        return [_sample(it) for it in worst(self.items, n) + judged[n:][-n:]]
+
+
+def judging_failed(item: dict[str, Any]) -> bool:
+    """Whether the judging of a ``judge.json`` item failed (pairwise: either order; pointwise: the
+    candidate's answer)."""
+    if "outcome" in item:
+        return item["outcome"] == "failed"
+    cand = item.get("candidate")
+    return isinstance(cand, dict) and cand.get("score") is None
+
+
+def worst(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The worst prompts of ``judge.json``'s items (worst first): those whose judging failed (at most
+    ``n``), then the ``n`` worst judged, so that neither hides the other."""
+    return [it for it in items if judging_failed(it)][:n] + [it for it in items if not judging_failed(it)][:n]
+
+
+def _error(item: dict[str, Any]) -> str:
+    """Why a judging failed: its (first) failed call's error."""
+    calls = [item.get("candidate_first"), item.get("champion_first"), item.get("candidate")]
+    return next((c["error"] for c in calls if isinstance(c, dict) and c.get("error")), "no verdict")
 
 
 def _sample(item: dict[str, Any]) -> dict[str, str]:
@@ -104,7 +126,8 @@ def _sample(item: dict[str, Any]) -> dict[str, str]:
     cell = lambda text: _short(str(text or ""), 160).replace("|", "/")  # noqa: E731
     cand, champ = item.get("candidate"), item.get("champion")
     if isinstance(cand, dict):  # pointwise: each answer with its score
-        verdict = f"{cand.get('score') or 'failed'} vs {(champ or {}).get('score') or '-'}"
+        theirs = "-" if not isinstance(champ, dict) else champ.get("score") or "failed"
+        verdict = f"{cand.get('score') or 'failed'} vs {theirs}"
         cand, champ = cand.get("answer"), (champ or {}).get("answer")
     else:
         verdict = str(item.get("outcome"))
@@ -112,7 +135,7 @@ def _sample(item: dict[str, Any]) -> dict[str, str]:
         "prompt": cell(item.get("prompt")),
         "candidate": cell(cand),
         "champion": cell(champ),
-        "verdict": verdict,
+        "verdict": cell(f"{verdict}: {_error(item)}" if judging_failed(item) else verdict),
     }
 
 
@@ -430,15 +453,16 @@ def _bounds(spec: JudgeSpec, failed: list[Verdict], asked: int) -> str | None:
 
 
 def table_html(items: list[dict[str, Any]], n: int = 10) -> str:
-    """The report's table of the judge's ``n`` worst prompts (``judge.json``'s first items)."""
+    """The report's table of the judge's worst prompts (:func:`worst`): those it failed on (at most ``n``,
+    with the error), then the ``n`` worst judged."""
     if not items:
         return ""
     rows = []
-    for it in items[:n]:
+    for it in worst(items, n):
         if "outcome" in it:  # pairwise
             first, second = it["candidate_first"], it["champion_first"]
             verdict = f"{it['outcome']} (A={first.get('value')}, then A={second.get('value')})"
-            why = first.get("rationale") or first.get("error") or ""
+            why = _error(it) if judging_failed(it) else first.get("rationale") or ""
             cells = [it["prompt"], it["reference"], it["candidate"], it["champion"], verdict, why]
         else:
             c = it["candidate"]
@@ -457,7 +481,7 @@ def table_html(items: list[dict[str, Any]], n: int = 10) -> str:
         else ["prompt", "reference", "answer", "score", "rationale"]
     )
     return (
-        "<h2>judge: worst prompts first</h2><table><tr>"
+        "<h2>judge: worst prompts first (any it failed on, then the worst judged)</h2><table><tr>"
         + "".join(f"<th>{h}</th>" for h in heads)
         + "</tr>"
         + "".join(rows)
@@ -549,6 +573,7 @@ __all__ = [
     "Judged",
     "Verdict",
     "agreement",
+    "judging_failed",
     "outcome",
     "pairwise",
     "parse_pairwise",
@@ -558,4 +583,5 @@ __all__ = [
     "run",
     "table_html",
     "wilson",
+    "worst",
 ]

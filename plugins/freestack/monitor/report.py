@@ -63,6 +63,16 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>"
 
 
+def _verdict(signal: dict[str, Any]) -> str:
+    """A text signal's last cell: whether it drifted, or that it is off or was not measured (its note,
+    below the table, says why)."""
+    if signal["drifted"]:
+        return "alert" if signal.get("alerts") else "yes (reported only)"
+    if signal.get("off"):
+        return "off (see the note below)"
+    return "not measured (see the note below)" if signal.get("note") else "no"
+
+
 def _text_section(text: dict[str, Any]) -> str:
     """A text-generation version's text signals (:mod:`freestack.monitor.text_drift`) as a table."""
     if not text.get("signals"):
@@ -77,15 +87,21 @@ def _text_section(text: dict[str, Any]) -> str:
             "" if s.get("reference") is None else s["reference"],
             s.get("threshold", ""),
             "" if s.get("p_value") is None else s["p_value"],
-            ("alert" if s.get("alerts") else "yes (reported only)") if s["drifted"] else s.get("note", ""),
+            _verdict(s),
         ]
         for s in text["signals"]
     ]
     mix = ", ".join(f"{k} {v:.1%}" for k, v in sorted(text.get("finish_reasons", {}).items()))
     ref = text.get("reference", {})
+    notes = "".join(
+        f"<li>{html.escape(s['name'])}: {html.escape(s['note'])}</li>"
+        for s in text["signals"]
+        if s.get("note")
+    )
     return (
         f"<h3>text signals (reference: {ref.get('rows', 0)} prompts and answers of {html.escape(ref.get('source', ''))})</h3>"
         + _table(head, rows)
+        + (f"<ul>{notes}</ul>" if notes else "")
         + f"<p>stop reasons: {html.escape(mix or 'none logged')}; prompts cut from the left: "
         f"{text.get('prompts_cut', 0.0):.1%}</p>"
     )

@@ -13,7 +13,10 @@ to 64 test prompts and the version's own greedy answers to them. Against it, per
   (``finish_reason: length``), each against the evaluation's answers with a one-sided Fisher exact test;
   the stop-reason mix and the prompts cut from the left are reported beside them. The evaluation records
   no finish reasons (its answers stop at its own ``model.generation.max_new_tokens``), so the truncation
-  rate is judged against ``max_truncation_rate`` unless the sample names them (``finish_reasons``).
+  rate is judged against ``max_truncation_rate`` unless the sample names them (``finish_reasons``);
+- **judge** (``judge_rows``): ``gate.judge`` scores a seeded sample of the answers pointwise against the
+  version's ``judge_score`` at evaluation. A version without one (evaluated pairwise, without a judge or
+  while it was down) has the signal off, and its note (the monitor's notes, the report) says why.
 
 Importing this module is light; torch and transformers load when an encoder first embeds.
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from freestack.errors import FreestackError
 from freestack.judging import client as llm_judge
@@ -236,6 +240,7 @@ def judge(
         signals = _embedded(spec, prompts or [], answers, ref, seed) + signals
     if judging:
         signals.append(_judged(spec, version, prompts or [""] * len(answers), answers, seed, judge_key))
+    off = [s["note"] for s in signals if s.get("off")]
     for s in signals:
         s["alerts"] = bool(s["drifted"] and s["name"] in cfg.alert_on)
     reasons = (
@@ -247,6 +252,7 @@ def judge(
         "drifted": [s["name"] for s in signals if s["alerts"]],
         "finish_reasons": {str(k): round(float(v), 4) for k, v in dict(reasons).items()},
         "prompts_cut": float(rows["truncated"].mean()) if "truncated" in rows and len(rows) else 0.0,
+        **({"note": "; ".join(off)} if off else {}),  # the monitor's notes: a signal that is off
     }
 
 
@@ -261,16 +267,21 @@ def _judged(
 ) -> dict[str, Any]:
     """The judge signal: ``gate.judge`` scores a seeded sample of the interval's answers (at most
     ``judge_rows``, pointwise: a pairwise judge is asked with the default pointwise rubric) against the
-    evaluation's ``judge_score``. A judge that fails is a note, never a failed monitor."""
+    evaluation's ``judge_score``. Without that score (:func:`evaluated_judge`) the signal is off, its note
+    saying why, and the judge is not asked. A judge that fails is a note, never a failed monitor."""
     cfg = spec.monitor.text
+    evaluated = evaluated_judge(spec, version)
+    entry: dict[str, Any] = {"name": "judge", "statistic": "judge_score", "rows": 0, "value": None}
+    entry.update(reference=evaluated.score, threshold=cfg.max_judge_drop, drifted=False)
+    if evaluated.off is not None:
+        return {**entry, "off": True, "note": evaluated.off}
     rows = [i for i, a in enumerate(answers) if a.strip()]
     if len(rows) > cfg.judge_rows:
         rows = sorted(np.random.default_rng(seed).choice(rows, cfg.judge_rows, replace=False).tolist())
+    entry["rows"] = len(rows)
     asked = spec.gate.judge
     if asked.mode != "pointwise":
         asked = asked.model_copy(update={"mode": "pointwise", "rubric": None, "rubric_file": None})
-    entry: dict[str, Any] = {"name": "judge", "statistic": "judge_score", "rows": len(rows), "value": None}
-    entry.update(reference=_evaluated_score(spec, version), threshold=cfg.max_judge_drop, drifted=False)
     try:
         asked = llm_judge.with_rubric_file(asked)
         chats = [[{"role": "user", "content": prompts[i]}] for i in rows]
@@ -281,18 +292,59 @@ def _judged(
         return {**entry, "note": f"the judge signal was not measured: {got.reason}"}
     c = got.candidate
     entry.update(value=c["judge_score"], judged=c["judge_judged"], failures=c["judge_failures"])
-    if entry["reference"] is not None:
-        entry["drifted"] = entry["reference"] - entry["value"] >= cfg.max_judge_drop
+    entry["drifted"] = entry["reference"] - entry["value"] >= cfg.max_judge_drop
     return entry
 
 
-def _evaluated_score(spec: PipelineSpec, version: str) -> float | None:
-    """The version's judge_score at evaluation (None: evaluated without a pointwise judge)."""
+class EvaluatedJudge(BaseModel):
+    """What the judge signal compares with: the version's ``judge_score`` at evaluation, or why it has none
+    (``off``: the signal's note)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    score: float | None = None
+    off: str | None = None
+
+
+def evaluated_judge(spec: PipelineSpec, version: str) -> EvaluatedJudge:
+    """The version's ``judge_score`` at evaluation (``evaluation/metrics.json``), or why the judge signal
+    is off without one: the version was evaluated without a judge, while it was down, or pairwise (a win
+    rate against production; judging the served answers pairwise would need production's answers to the
+    same prompts, which the request log does not hold, so the monitor scores them pointwise)."""
     path = join(to_path(registry_for(spec).version_uri(version)), "evaluation", "metrics.json")
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    cand = summary.get("candidate") or {}
+    score = cand.get("judge_score")
+    if isinstance(score, int | float) and not isinstance(score, bool):
+        return EvaluatedJudge(score=float(score))
+    judge = cand.get("judge") if isinstance(cand.get("judge"), dict) else {}
+    status, reason = judge.get("status"), judge.get("reason") or judge.get("status")
+    again = f"Evaluate {version} again with gate.judge answering to record one"
     if not path.exists():
-        return None
-    score = (json.loads(path.read_text()).get("candidate") or {}).get("judge_score")
-    return float(score) if isinstance(score, int | float) else None
+        why, fix = "it has no evaluation/metrics.json", f"Evaluate {version} again"
+    elif not judge:
+        why, fix = "it was evaluated without gate.judge", again
+    elif status == "unavailable":
+        why, fix = f"the judge did not answer when it was evaluated ({reason})", again
+    elif judge.get("mode") == "pairwise":
+        won = cand.get("judge_win_rate")
+        why = "the gate judged it pairwise" + (
+            f" (win rate {won:.2f} against {summary.get('champion_version') or 'production'})"
+            if isinstance(won, int | float)
+            else f" and judged nothing ({reason})"
+        )
+        why += (
+            ", and judging the served answers so would need production's answers to the same prompts, "
+            "which the request log does not hold"
+        )
+        fix = "With gate.judge.mode: pointwise each evaluation records one"
+    else:
+        why, fix = f"its evaluation by gate.judge recorded none ({reason})", again
+    return EvaluatedJudge(
+        off=f"version {version}: the judge signal is off: it compares the served answers' mean score "
+        f"(pointwise) with the version's judge_score at evaluation, and {version} has none: {why}. {fix}, "
+        "or set monitor.text.judge_rows: 0 to stop asking"
+    )
 
 
 def _embedded(spec: PipelineSpec, prompts: list[str], answers: list[str], ref: Reference, seed: int) -> list:
@@ -386,11 +438,13 @@ def alert_lines(model: str, version: str, text: dict[str, Any], report: str) -> 
 
 __all__ = [
     "SAMPLE",
+    "EvaluatedJudge",
     "Reference",
     "TextDriftError",
     "alert_lines",
     "embed",
     "encoder_folder",
+    "evaluated_judge",
     "is_refusal",
     "judge",
     "mmd_test",

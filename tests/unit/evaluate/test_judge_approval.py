@@ -88,3 +88,44 @@ def test_a_pointwise_judgement_shows_both_scores():
 def test_without_a_judge_the_request_says_nothing_of_one():
     assert _render({"candidate": {"accuracy": 0.9}}).strip() == ""
     assert _render(None).strip() == ""
+
+
+def test_the_prompts_the_judge_failed_on_are_among_the_worst_with_their_error():
+    """Pairwise items are losses, failures, ties, wins: the failed prompts used to fall between the two
+    worst losses and the two best, out of the approval table and of the report's first rows."""
+    from freestack.judging.client import Verdict, _pairwise_figures, table_html
+
+    won, lost = Verdict(value="A"), Verdict(value="B")
+    down = Verdict(error="HTTP 500: the judge is overloaded", kind="unreachable")
+    pairs = [(lost, won)] * 3 + [(won, down)] + [(won, lost)] * 2
+    judged = _pairwise_figures({}, [f"p{i}" for i in range(6)], [None] * 6, ["c"] * 6, ["x"] * 6, pairs)
+    samples = judged.samples()
+    assert [s["verdict"] for s in samples] == [
+        "failed: HTTP 500: the judge is overloaded",
+        "loss",
+        "loss",
+        "win",
+        "win",
+    ]
+    assert samples[0]["prompt"] == "p3"
+    body = _render({"candidate": judged.candidate, "judge_samples": samples})
+    assert "| p3 | c | x | failed: HTTP 500: the judge is overloaded |" in body
+    page = table_html(judged.items, n=2)
+    assert page.count("<tr><td>") == 3 and "the judge is overloaded" in page
+    # pointwise: the failures (worst first already) no longer crowd the worst judged answers out
+    item = lambda i, score, error=None: {  # noqa: E731
+        "prompt": f"q{i}",
+        "candidate": {"answer": "a", "score": score, "error": error},
+        "champion": {"answer": "b", "score": None if error else 3},
+    }
+    items = [item(0, None, "unparsable: no JSON object"), item(1, None, "HTTP 429: slow down")]
+    items += [item(2, 1), item(3, 2), item(4, 4), item(5, 5)]
+    verdicts = [s["verdict"] for s in Judged("judged", {}, items=items).samples()]
+    assert verdicts == [
+        "failed vs failed: unparsable: no JSON object",
+        "failed vs failed: HTTP 429: slow down",
+        "1 vs 3",
+        "2 vs 3",
+        "4 vs 3",
+        "5 vs 3",
+    ]
