@@ -10,6 +10,12 @@ the run that made it and the outputs' paths (relative to the folder). The next r
   gone), and the step does its work; the old entry is removed before it starts (:func:`forget`), so a run
   that fails half-way leaves no entry pointing at half-replaced outputs.
 
+A step may also show its inputs in words (:class:`Shown`: a version's name, the digest of each partition,
+file or spec block), kept in the entry: a miss then says what changed (``champion v0001 -> v0002``,
+``partitions 2026-11-02 (other bytes)``), and a hit is checked against what the outputs it would reuse
+record of their own inputs (:func:`not_of`), so an entry edited by hand, or outputs a step left uncached
+wrote over, is a miss saying so, never a wrong reuse.
+
 A corrupt entry is a miss, never a wrong reuse. Used by ``evaluate`` (:mod:`freestack.evaluate.core`),
 ``score`` (:mod:`freestack.score.core`) and, with ``train.cache``, ``train`` (:mod:`freestack.train.reuse`);
 imports no stage.
@@ -21,7 +27,7 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +51,18 @@ MISSING = "missing"
 FIRST = "no earlier run"
 
 
+class Shown(BaseModel):
+    """An input in the words a miss names it by: a ``value`` (a version's name) shown as it was and is, and
+    named ``items`` (partitions by ds, files by name, spec blocks) with their digests, of which a miss names
+    those that changed (``changed``), came (``new``) or went (``gone``). An item's empty digest is not
+    known (an output that records names only): it is compared by name."""
+
+    value: str | None = None
+    items: dict[str, str] = Field(default_factory=dict)
+    changed: str = Field("other bytes", description="what an item whose digest changed is said to have")
+    gone: str = Field("gone", description="what an item no longer among them is said to be")
+
+
 class CacheEntry(BaseModel):
     """``_cache.json``: what one successful run of a step was keyed on and where its outputs are."""
 
@@ -55,6 +73,7 @@ class CacheEntry(BaseModel):
     outputs: list[str] = Field(description="the outputs, relative to the entry's folder (or URIs)")
     written_at: str = ""
     extra: dict[str, Any] = Field(default_factory=dict, description="what the step keeps besides its files")
+    shown: dict[str, Shown] = Field(default_factory=dict, description="inputs in words, by input name")
 
 
 @functools.cache
@@ -112,6 +131,14 @@ def version_digest(uri: str, leave_out: Iterable[str] = ()) -> str:
     return digest({r: file_digest(join(folder, r)) for r in kept}) if kept else MISSING
 
 
+def spec_shown(blocks: dict[str, Any], leave_out: dict[str, set[str]] | None = None) -> Shown:
+    """The spec blocks of :func:`spec_digest`, each digested on its own: a miss names the blocks that changed."""
+    return Shown(
+        items={name: spec_digest({name: block}, leave_out) for name, block in blocks.items()},
+        changed="other settings",
+    )
+
+
 def base_commit(version_uri: str) -> str:
     """The Hub base's commit a version was fine-tuned from (its lineage's ``base.commit``), or ``none``."""
     try:
@@ -133,6 +160,7 @@ class Lookup:
     inputs: dict[str, str]
     entry: CacheEntry | None
     miss: str | None
+    shown: dict[str, Shown] = field(default_factory=dict)
 
     @property
     def hit(self) -> bool:
@@ -169,16 +197,23 @@ def note(record: dict[str, Any] | None, what: str) -> str | None:
     return f"cache miss: {record.get('miss')} (key {key})"
 
 
-def lookup(stage: str, folder: str, inputs: dict[str, str], name: str = ENTRY) -> Lookup:
+def lookup(
+    stage: str,
+    folder: str,
+    inputs: dict[str, str],
+    name: str = ENTRY,
+    shown: dict[str, Shown] | None = None,
+) -> Lookup:
     """``inputs`` (with freestack's code version added) keyed, and compared with the entry ``name`` under
     ``folder``: a hit only when that entry is readable, is the stage's, holds this key (and its own inputs
-    digest to it) and every output it lists is still there."""
+    digest to it) and every output it lists is still there. ``shown``: inputs in words (by input name),
+    kept in the entry, so that a later miss says what changed in them."""
     inputs = {**inputs, "code_version": f"{__version__}+{code_digest()[:16]}"}
     key = digest(inputs)
     entry, miss = _read(to_path(folder), name)
     if entry is not None:
-        miss = _why_not(entry, stage, key, inputs, to_path(folder))
-    return Lookup(stage, str(folder), name, key, inputs, entry, miss)
+        miss = _why_not(entry, stage, key, inputs, to_path(folder), shown or {})
+    return Lookup(stage, str(folder), name, key, inputs, entry, miss, shown or {})
 
 
 def _read(folder: ObjectStoragePath, name: str) -> tuple[CacheEntry | None, str | None]:
@@ -193,17 +228,69 @@ def _read(folder: ObjectStoragePath, name: str) -> tuple[CacheEntry | None, str 
 
 
 def _why_not(
-    entry: CacheEntry, stage: str, key: str, inputs: dict[str, str], folder: ObjectStoragePath
+    entry: CacheEntry,
+    stage: str,
+    key: str,
+    inputs: dict[str, str],
+    folder: ObjectStoragePath,
+    shown: dict[str, Shown],
 ) -> str | None:
-    """None for a usable entry, else why it is not (the inputs that changed, first)."""
+    """None for a usable entry, else why it is not (the inputs that changed, first: those shown in words
+    on both sides say how, ``spec changed since run R: gate (other settings)``)."""
     if entry.stage != stage or entry.key != digest(entry.inputs):
         return "the cache entry is not intact"
     if entry.key != key:
         changed = sorted(k for k in {*inputs, *entry.inputs} if inputs.get(k) != entry.inputs.get(k))
-        return f"{', '.join(changed) or 'the key'} changed since run {entry.run.get('run_id') or '?'}"
+        said = f"{', '.join(changed) or 'the key'} changed since run {entry.run.get('run_id') or '?'}"
+        how = _differing({k: v for k, v in entry.shown.items() if k in changed}, shown)
+        if not how:
+            return said
+        if len(changed) == 1 and changed[0] in how:  # one input, named already
+            return f"{said}: {how[changed[0]]}"
+        return f"{said}: {'; '.join(f'{name} {words}' for name, words in how.items())}"
     gone = [rel for rel in entry.outputs if not _output(folder, rel).exists()]
     if gone or not entry.outputs:
         return f"outputs gone: {', '.join(gone[:3]) or 'none listed'}"
+    return None
+
+
+def differences(was: dict[str, Shown], now: dict[str, Shown]) -> list[str]:
+    """How each input shown on both sides differs, in words, ``was`` to ``now``: ``champion v0001 ->
+    v0002``, ``partitions 2026-11-02 (other bytes), 2026-11-06 (new), 2026-10-30 (gone)``; [] when alike."""
+    return [f"{name} {how}" for name, how in _differing(was, now).items()]
+
+
+def _differing(was: dict[str, Shown], now: dict[str, Shown]) -> dict[str, str]:
+    """:func:`differences` by input name, each without its name."""
+    said = {}
+    for name in sorted(was.keys() & now.keys()):
+        before, after = was[name], now[name]
+        old, new = before.items, after.items
+        both = sorted(old.keys() & new.keys())
+        items = [f"{k} ({after.changed})" for k in both if old[k] and new[k] and old[k] != new[k]]
+        items += [f"{k} (new)" for k in sorted(new.keys() - old.keys())]
+        items += [f"{k} ({after.gone})" for k in sorted(old.keys() - new.keys())]
+        more = f", and {len(items) - 5} more" if len(items) > 5 else ""
+        words = (
+            [f"{before.value or 'none'} -> {after.value or 'none'}"] if before.value != after.value else []
+        )
+        words += [", ".join(items[:5]) + more] if items else []
+        if words:
+            said[name] = "; ".join(words)
+    return said
+
+
+def not_of(found: Lookup, recorded: dict[str, Shown], recorded_key: str | None, what: str) -> str | None:
+    """Why the outputs a hit would reuse are not of ``found``'s inputs, None when they are: ``what`` (the
+    file naming them) records other inputs than the key shows (``recorded``, in the key's names), or was
+    written under another key (the key its run recorded: ``recorded_key``), that is by a run the entry does
+    not name (an entry edited or copied by hand, or the step run since with its cache off)."""
+    how = differences(recorded, found.shown)
+    if how:
+        return f"{what} records other inputs than these (recorded -> now: {'; '.join(how)})"
+    if recorded_key != found.key:
+        written = f"key {recorded_key[:12]}" if recorded_key else "no key"
+        return f"{what} was written under {written}, not by the run the cache entry names"
     return None
 
 
@@ -229,6 +316,7 @@ def save(
         outputs=outputs,
         written_at=datetime.now(UTC).isoformat(timespec="seconds"),
         extra=extra or {},
+        shown=found.shown,
     )
     write_json(join(to_path(found.folder), found.name), entry.model_dump(mode="json"))
     return entry
@@ -241,12 +329,16 @@ __all__ = [
     "base_commit",
     "CacheEntry",
     "Lookup",
+    "Shown",
+    "differences",
     "digest",
     "file_digest",
     "forget",
     "lookup",
+    "not_of",
     "note",
     "save",
     "spec_digest",
+    "spec_shown",
     "version_digest",
 ]

@@ -66,7 +66,7 @@ def test_lake_days_are_scored_whole_and_rescored_with_a_pinned_version(lake):  #
         ]
     )
     assert footer == manifest and manifest["lineage"].endswith(f"{first}/lineage.json")
-    assert _asset_events("freestack://scores/digits", run) == 1  # the run's own event
+    assert len(_asset_events("freestack://scores/digits", run)) == 1  # the run's own event
     # the monitor judges the batch-scored day as it judges served traffic (a sample of 256 rows a batch)
     from freestack.monitor.core import monitor
 

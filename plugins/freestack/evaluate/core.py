@@ -646,7 +646,9 @@ def cached(
     """The candidate's evaluation cache (:mod:`freestack.cache`), keyed on the candidate's and production's
     files, the bytes of the partitions its lineage names, the spec blocks evaluate reads and the Hub base's
     commit; None with ``gate.cache`` off, for a window other than the candidate's own, or a candidate
-    whose lineage cannot be read (the evaluation then says what is wrong). A miss removes the old entry."""
+    whose lineage cannot be read (the evaluation then says what is wrong). The versions' names, each
+    partition's digest and each block's are kept in words: a miss says what changed in them, and a hit
+    is checked against them (:func:`_reused`). A miss removes the old entry."""
     try:
         lineage = json.loads(join(to_path(candidate_uri), LINEAGE).read_text())
     except (OSError, ValueError):
@@ -657,7 +659,18 @@ def cached(
     parts = [
         [p.get("ds"), cache.file_digest(p["uri"])] for p in lineage.get("partitions") or [] if p.get("uri")
     ]
-    blocks = {k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor")}
+    blocks = {
+        "name": spec.name,
+        **{k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor")},
+    }
+    champion = "none"
+    if champion_uri:
+        try:
+            champion = str(
+                json.loads(join(to_path(champion_uri), LINEAGE).read_text()).get("version") or "none"
+            )
+        except (OSError, ValueError, AttributeError):
+            champion = cache.MISSING
     found = cache.lookup(
         "evaluate",
         candidate_uri,
@@ -665,10 +678,16 @@ def cached(
             "candidate": cache.version_digest(candidate_uri, WRITTEN_INTO),
             "champion": cache.version_digest(champion_uri) if champion_uri else "none",
             "partitions": cache.digest(parts),
-            "spec": cache.spec_digest({"name": spec.name, **blocks}, {"gate": {"cache"}}),
+            "spec": cache.spec_digest(blocks, {"gate": {"cache"}}),
             "base": cache.base_commit(candidate_uri),
         },
         name=f"evaluation/{cache.ENTRY}",
+        shown={
+            "candidate": cache.Shown(value=str(lineage.get("version") or to_path(candidate_uri).name)),
+            "champion": cache.Shown(value=champion),
+            "partitions": cache.Shown(items={str(ds): sha for ds, sha in parts}, gone="left the window"),
+            "spec": cache.spec_shown(blocks, {"gate": {"cache"}}),
+        },
     )
     if not found.hit:
         log.info("%s", found.line(""))
@@ -684,11 +703,24 @@ def _written(images: dict[str, bytes], judged: bool) -> list[str]:
 
 def _reused(candidate_uri: str, found: cache.Lookup) -> dict[str, Any] | None:
     """The earlier run's evaluation of the same inputs, as :func:`evaluate` returned it (its W&B run);
-    None, the hit turned into a miss and its entry removed, when its ``metrics.json`` cannot be read."""
+    None, the hit turned into a miss and its entry removed, when its ``metrics.json`` cannot be read, or
+    is not this evaluation of these inputs: it names another candidate or champion version, other window
+    partitions, or it was written under another key (the entry edited, or evaluate run since uncached)."""
     try:
         summary = _summary_in(candidate_uri)
     except (OSError, ValueError) as exc:
         found.miss = f"the earlier evaluation cannot be read ({type(exc).__name__})"
+    else:
+        recorded = {
+            "candidate": cache.Shown(value=str(summary.get("version"))),
+            "champion": cache.Shown(value=str(summary.get("champion_version") or "none")),
+            "partitions": cache.Shown(
+                items=dict.fromkeys((summary.get("window") or {}).get("partitions") or [], "")
+            ),
+        }
+        key = (summary.get("cache") or {}).get("key")
+        found.miss = cache.not_of(found, recorded, key, "evaluation/metrics.json")
+    if found.miss is not None:
         log.warning("%s", found.line(""))
         cache.forget(found)
         return None

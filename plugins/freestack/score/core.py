@@ -526,23 +526,30 @@ def score(
 def cached(spec: PipelineSpec, job: dict[str, Any]) -> cache.Lookup | None:
     """The day's scores cache (:mod:`freestack.cache`), keyed on the bytes of the day's input files (read
     now), the version's files and its Hub base's commit, and the spec blocks scoring reads (not
-    ``score.version``: the version it resolved to is keyed); None with ``score.cache`` off. A miss
-    removes the old entry before the day is scored again."""
+    ``score.version``: the version it resolved to is keyed); None with ``score.cache`` off. The version's
+    name, each input file's sha256 and each block's digest are kept in words: a miss says what changed in
+    them, and a hit is checked against the published manifest (:func:`_reused`). A miss removes the old
+    entry before the day is scored again."""
     if not spec.score.cache:
         return None
+    files = [[i["uri"], cache.file_digest(i["uri"])] for i in job["inputs"]]
+    blocks = {"name": spec.name, "source": spec.source, "model": spec.model, "score": spec.score}
+    leave_out = {"score": {"cache", "schedule", "queue", "version"}}
     found = cache.lookup(
         "score",
         job["output"],
         {
-            "inputs": cache.digest([[i["uri"], cache.file_digest(i["uri"])] for i in job["inputs"]]),
+            "inputs": cache.digest(files),
             "empty": cache.digest(job.get("empty") or []),
             "version": job["version"],
             "version_files": cache.version_digest(job["version_uri"]),
             "base": cache.base_commit(job["version_uri"]),
-            "spec": cache.spec_digest(
-                {"name": spec.name, "source": spec.source, "model": spec.model, "score": spec.score},
-                {"score": {"cache", "schedule", "queue", "version"}},
-            ),
+            "spec": cache.spec_digest(blocks, leave_out),
+        },
+        shown={
+            "inputs": _input_shown(job["inputs"], [sha for _, sha in files]),
+            "version": cache.Shown(value=job["version"]),
+            "spec": cache.spec_shown(blocks, leave_out),
         },
     )
     if not found.hit:
@@ -551,15 +558,39 @@ def cached(spec: PipelineSpec, job: dict[str, Any]) -> cache.Lookup | None:
     return found
 
 
+def _input_shown(inputs: list[dict[str, Any]], digests: list[str]) -> cache.Shown:
+    """A day's input files in words, each with its sha256: a folder's files by their path under it, a
+    lake partition's part by its last two (``ds=2026-11-02/part.parquet``)."""
+
+    def name(item: dict[str, Any]) -> str:
+        folder, uri = str(item.get("folder") or "").rstrip("/") + "/", str(item.get("uri") or "")
+        if folder != "/" and uri.startswith(folder):
+            return uri[len(folder) :]
+        return "/".join(uri.split("/")[-2:])
+
+    return cache.Shown(items={name(i): sha for i, sha in zip(inputs, digests, strict=True)})
+
+
 def _reused(job: dict[str, Any], found: cache.Lookup) -> dict[str, Any] | None:
     """The day's published manifest (its scores kept as they are), with this run's cache record; an
     earlier failure's files and killed runs' temporaries are removed, as a publishing run removes them.
-    None, the hit turned into a miss and its entry removed, when the part's manifest cannot be read."""
+    None, the hit turned into a miss and its entry removed, when the part's manifest cannot be read, or
+    is not of these inputs: it names another version or other input files (sha256), or was written under
+    another key (the entry edited, or the day scored since uncached)."""
     out_dir = to_path(job["output"])
     try:
         manifest = read_scores_manifest(job["output"])
     except UnreadableScores as exc:
         found.miss = f"the published scores cannot be read ({str(exc)[:100]})"
+    else:
+        items = [i for i in manifest.get("inputs") or [] if isinstance(i, dict)]
+        recorded = {
+            "inputs": _input_shown(items, [str(i.get("sha256") or "") for i in items]),
+            "version": cache.Shown(value=str(manifest.get("version"))),
+        }
+        key = (manifest.get("cache") or {}).get("key")
+        found.miss = cache.not_of(found, recorded, key, f"the manifest of {PART}")
+    if found.miss is not None:
         log.warning("%s: %s", job["ds"], found.line(""))
         cache.forget(found)
         return None

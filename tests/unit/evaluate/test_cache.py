@@ -1,7 +1,8 @@
 """evaluate's step cache (freestack.cache through freestack.evaluate.core.cached): a second evaluation of
 the same candidate with nothing changed reuses the first's ``evaluation/`` without loading a model or
 writing a file; a changed partition byte, spec block, candidate file or production version is a miss
-naming what changed; a corrupt entry or one whose outputs are gone is a miss, never a wrong reuse."""
+naming what changed (the partition's day, the block, the versions); a corrupt entry, one whose outputs are
+gone, or one whose ``metrics.json`` is another evaluation's is a miss, never a wrong reuse."""
 
 from __future__ import annotations
 
@@ -95,30 +96,76 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
         assert found is not None and not found.hit
         return found.miss
 
-    part = Path(
-        json.loads((folder / "lineage.json").read_text())["partitions"][0]["uri"].removeprefix("file://")
-    )
+    first_part = json.loads((folder / "lineage.json").read_text())["partitions"][0]
+    part = Path(first_part["uri"].removeprefix("file://"))
     data = part.read_bytes()
     part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one byte of one test partition
-    assert miss().startswith("partitions changed since run manual__first")
+    # the miss says what changed in the input, not only which input (the entry keeps each in words)
+    assert miss() == f"partitions changed since run manual__first: {first_part['ds']} (other bytes)"
     part.write_bytes(data)
     stricter = spec.model_copy(update={"gate": GateSpec(threshold=0.5)})
-    assert miss(spec=stricter).startswith("spec changed")
-    assert miss(champion=CHAMPION.as_uri()).startswith("champion changed")
+    assert miss(spec=stricter) == "spec changed since run manual__first: gate (other settings)"
+    production = json.loads((CHAMPION / "lineage.json").read_text())["version"]
+    assert (
+        miss(champion=CHAMPION.as_uri()) == f"champion changed since run manual__first: none -> {production}"
+    )
+    assert miss(spec=stricter, champion=CHAMPION.as_uri()) == (
+        f"champion, spec changed since run manual__first: champion none -> {production}; "
+        "spec gate (other settings)"
+    )
     with monkeypatch.context() as mp:
         mp.setattr(cache, "code_digest", lambda: "0" * 64)  # an edit to freestack's code
         assert miss().startswith("code_version changed")
     history = folder / "history.json"
     kept = history.read_bytes()
     history.write_bytes(kept + b" ")
-    assert miss().startswith("candidate changed")
+    assert miss() == "candidate changed since run manual__first"  # the same version, other files
     history.write_bytes(kept)
+    _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder)
     (folder / "evaluation" / "_cache.json").write_text("{not json")
     assert miss() == "the cache entry cannot be read (ValidationError)"
     (folder / "evaluation" / "report.html").unlink()
     assert miss() == "outputs gone: evaluation/report.html"
     off = spec.model_copy(update={"gate": spec.gate.model_copy(update={"cache": False})})
     assert core.cached(off, uri, None, None) is None
+
+
+def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
+    """The entry holds this key and its files are there, but ``evaluation/metrics.json`` is another
+    evaluation's (evaluate run since with its cache off, or the entry edited): a miss saying so, the
+    entry removed, never the other evaluation reused."""
+    from freestack.evaluate import core
+
+    entry, metrics = folder / "evaluation" / "_cache.json", folder / "evaluation" / "metrics.json"
+    saved, written = entry.read_bytes(), json.loads(metrics.read_text())
+    days = written["window"]["partitions"]
+
+    def reused(**recorded) -> str:
+        metrics.write_text(json.dumps({**written, **recorded}))
+        found = core.cached(spec, uri, None, None)
+        assert found is not None and found.hit  # the entry alone would be reused
+        assert core._reused(uri, found) is None and not found.hit and not entry.exists()
+        entry.write_bytes(saved)
+        return found.miss
+
+    assert reused(champion_version="v0007") == (
+        "evaluation/metrics.json records other inputs than these (recorded -> now: champion v0007 -> none)"
+    )
+    assert reused(window={**written["window"], "partitions": days[1:]}) == (
+        "evaluation/metrics.json records other inputs than these "
+        f"(recorded -> now: partitions {days[0]} (new))"
+    )
+    assert reused(version="v-other") == (
+        "evaluation/metrics.json records other inputs than these (recorded -> now: candidate v-other -> "
+        f"{written['version']})"
+    )
+    assert (
+        reused(cache=None)
+        == "evaluation/metrics.json was written under no key, not by the run the cache entry names"
+    )
+    metrics.write_text(json.dumps(written))
+    found = core.cached(spec, uri, None, None)
+    assert core._reused(uri, found)["cache"]["hit"] is True  # its own evaluation is reused
 
 
 def _no_model(uri):

@@ -1,7 +1,8 @@
 """score's step cache (freestack.cache through freestack.score.core.cached): a day scored again with the
 same input bytes, version and settings keeps its published scores without loading the version or writing
 a file; a changed partition byte, score setting or version is a miss naming what changed and the day is
-scored again; a corrupt entry or one whose outputs are gone is a miss, never a wrong reuse."""
+scored again; a corrupt entry, one whose outputs are gone, or one whose published scores are another
+run's (the day scored since with the cache off) is a miss, never a wrong reuse."""
 
 from __future__ import annotations
 
@@ -95,14 +96,15 @@ def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkey
     part = Path(job["inputs"][0]["uri"].removeprefix("file://"))
     data = part.read_bytes()
     part.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one byte of the day's partition
-    assert miss() == "inputs changed since run scheduled__first"
+    # the miss says what changed in the input, not only which input (the entry keeps each in words)
+    assert miss() == f"inputs changed since run scheduled__first: ds={DS}/part.parquet (other bytes)"
     part.write_bytes(data)
     assert miss(version="v-other", version_uri=OTHER.as_uri()) == (
-        "version, version_files changed since run scheduled__first"
+        f"version, version_files changed since run scheduled__first: version {job['version']} -> v-other"
     )
     assert miss(
         spec.model_copy(update={"score": spec.score.model_copy(update={"columns": ["prediction"]})})
-    ) == ("spec changed since run scheduled__first")
+    ) == ("spec changed since run scheduled__first: score (other settings)")
     pinned = spec.model_copy(update={"score": spec.score.model_copy(update={"version": job["version"]})})
     assert core.cached(pinned, job).hit  # the alias is not keyed: the version it resolved to is
     (folder / "_cache.json").write_text('{"stage": "score"}')
@@ -114,13 +116,33 @@ def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkey
     monkeypatch.undo()
     fewer = spec.model_copy(update={"score": spec.score.model_copy(update={"batch_rows": 100})})
     rescored = core.score(fewer, job, {"dag_id": "digits_score", "run_id": "scheduled__third"})
-    assert rescored["cache"]["miss"] == "spec changed since run scheduled__first"
+    assert rescored["cache"]["miss"] == "spec changed since run scheduled__first: score (other settings)"
     assert (
         rescored["scored_at"] >= first["scored_at"]
         and _files(folder)["part.parquet"] != before["part.parquet"]
     )
+    _a_hit_checks_the_scores_it_reuses(fewer, job, folder)
     (folder / "part.parquet").unlink()
     assert core.cached(fewer, job).miss == "outputs gone: part.parquet"
+
+
+def _a_hit_checks_the_scores_it_reuses(spec, job, folder: Path) -> None:
+    """The day scored since with ``score.cache`` off (another version's scores published, the entry left as
+    it was): the entry holds this key and its files are there, but the part's manifest is of another
+    version: a miss saying so, the entry removed, never the other version's scores reused."""
+    from freestack.score import core
+
+    saved = (folder / "_cache.json").read_bytes()
+    off = spec.model_copy(update={"score": spec.score.model_copy(update={"cache": False})})
+    core.score(off, {**job, "version": "v-other", "version_uri": OTHER.as_uri()}, RUN)
+    found = core.cached(spec, job)
+    assert found is not None and found.hit  # the entry alone would be reused
+    assert core._reused(job, found) is None and not (folder / "_cache.json").exists()
+    assert found.miss == (
+        "the manifest of part.parquet records other inputs than these "
+        f"(recorded -> now: version v-other -> {job['version']})"
+    )
+    (folder / "_cache.json").write_bytes(saved)
 
 
 def _no_model(uri, device="auto"):
