@@ -62,6 +62,10 @@ class AccessDenied(FreestackError, PermissionError):
         self.anonymous = anonymous
 
 
+class EvaluationError(FreestackError):
+    """A candidate cannot be evaluated (or decided again); the message says why."""
+
+
 class DeployError(FreestackError):
     """A deployment could not be made or changed; the message says why and what to do. ``status`` is the
     HTTP status an API server answered (Kubernetes), when there was one."""

@@ -416,10 +416,21 @@ def test_the_deploy_operator_serves_a_version_locally(storage, tmp_path):
     from freestack.serving.smoke import http_json
 
     uri = make_version(storage, "digits", "v1", tmp_path, n_features=64, classes=tuple(range(10)))
-    deploy = FreestackDeployOperator(task_id="deploy", model="digits", version="v1", runtime="seldon")
+    given = tmp_path / "smoke.csv"  # rows to smoke-test with, in place of the evaluation's
+    np.savetxt(
+        given,
+        np.random.default_rng(5).normal(size=(6, 64)),
+        delimiter=",",
+        comments="",
+        header=",".join(f"f{i}" for i in range(64)),
+    )
+    deploy = FreestackDeployOperator(
+        task_id="deploy", model="digits", version="v1", runtime="seldon", smoke_input=given.as_uri()
+    )
     try:
         record = deploy.execute(_context())
         assert record["version"] == "v1" and record["state"] == "serving" and record["alias"] is None
+        assert record["smoke_source"] == f"the given rows {given.as_uri()}" and record["smoke"]["rows"] == 6
         rows = np.random.default_rng(3).normal(size=(5, 64)) * 3
         code, body = http_json(record["predict_url"], {"data": {"ndarray": rows.tolist()}})
         assert code == 200, body

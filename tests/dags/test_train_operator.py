@@ -8,6 +8,7 @@ OpenLineage reports the partitions -> the version folder."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,8 @@ from tests.dags.test_openlineage import _completed, _file, _names, ol_file  # no
 from tests.dags.test_reusable_operators import _example as example_dag
 from tests.dags.test_reusable_operators import _tries
 from tests.dags.test_sweep_dag import _states
+from tests.support.runs import run_note
+from tests.support.serving import needs_serving_env
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -103,6 +106,67 @@ def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  #
         "score": ["upstream_failed"],
     }
     assert _tries(empty, "train") == 1 and len(reg.versions()) == 1
+
+
+#: operators.md's DAG of the five operators, from landing files to a served and scored version
+TO_SERVING = re.compile(r'```\{\.python title="dags/train_to_serving.py"\}\n(.*?)```', re.S)
+
+
+@needs_serving_env
+def test_the_documented_dag_trains_evaluates_gates_promotes_serves_and_scores(lake, tmp_path):
+    """The DAG operators.md prints, as a DAG file of one's own: train -> evaluate (the gate registers the
+    candidate with its decision) -> promote -> deploy (a local server answering as the evaluation did)
+    -> score the day's rows. Then a version registered with no evaluation is served too, smoke-tested on
+    rows of its own test split."""
+    from freestack.providers import FreestackDeployOperator, FreestackTrainOperator
+    from freestack.registry.core import ModelRegistry
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    docs = (ROOT / "docs" / "stages" / "operators.md").read_text()
+    path = tmp_path / "own" / "train_to_serving.py"
+    path.parent.mkdir()
+    path.write_text(TO_SERVING.search(docs).group(1))
+    reg = ModelRegistry(lake.as_uri(), "digits")
+    dag = example_dag(path, "train_to_serving")
+    try:
+        run = dag.test(logical_date=_day(DAYS[-1]), run_conf={"epochs": 8, "window_days": 3})
+        steps = ("train", "evaluate", "promote", "deploy", "score")
+        assert _states(run) == {t: ["success"] for t in steps}, _states(run)
+        (version,) = [v["version"] for v in reg.versions()]
+        lineage = reg.lineage(version)
+        assert lineage["gate"]["decision"] == "promote" and lineage["gate"]["champion_version"] is None
+        assert (lake / "registry" / "digits" / version / "evaluation" / "smoke.json").is_file()
+        assert reg.aliases()["production"] == version
+        record = json.loads((lake / "deployments" / "digits" / "digits.json").read_text())
+        assert record["version"] == version and record["smoke"]["rows"] == 32
+        scores = pq.read_table(lake / "scores" / "digits" / f"ds={DAYS[-1]}" / "part.parquet")
+        assert set(scores.column("version").to_pylist()) == {version}
+
+        # a candidate of one epoch on one day: the gate blocks it (registered so), the rest is skipped
+        blocked = dag.test(logical_date=_day(DAYS[-2]), run_conf={"epochs": 1, "window_days": 1})
+        assert _states(blocked) == {
+            "train": ["success"],
+            "evaluate": ["success"],
+            **{t: ["skipped"] for t in ("promote", "deploy", "score")},
+        }
+        (weak,) = [v["version"] for v in reg.versions() if v["version"] != version]
+        gate = reg.lineage(weak)["gate"]
+        assert gate["decision"] == "block" and gate["champion_version"] == version
+        assert reg.aliases()["production"] == version and "blocked" in (run_note(blocked) or "").lower()
+
+        # a version registered with no gate: its own test split's rows, answered in-process, smoke it
+        trained = FreestackTrainOperator(
+            task_id="unevaluated", spec_path="digits.yaml", end_ds=DAYS[-1], epochs=1, register=True
+        ).execute(_context("unevaluated"))
+        deploy = FreestackDeployOperator(task_id="deploy", model="digits", version=trained["version"])
+        served = deploy.execute(_context("deploy"))
+        assert served["version"] == trained["version"] and served["smoke"]["rows"] == 32
+        assert served["smoke_source"] == f"its own test split (the 30 days up to {DAYS[-1]})"
+        code, body = http_json(served["predict_url"], {"data": {"ndarray": [[0.0] * 64]}})
+        assert code == 200 and len(body["data"]["ndarray"][0]) == 10
+    finally:
+        stop_local(lake.as_uri(), "digits", "digits")
 
 
 def _context(task_id: str) -> dict:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack import cache, version
-from freestack.errors import FreestackError
+from freestack.errors import EvaluationError
 from freestack.evaluate import generation as gen
 from freestack.judging import client as llm_judge
 from freestack.ml.loop import to_tensors
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EPS = 1e-12
-
-
-class EvaluationError(FreestackError):
-    """The candidate cannot be evaluated; the message says why."""
 
 
 def load_version(uri: str) -> LoadedVersion:
@@ -188,13 +184,61 @@ def smoke_sample(model, pre, test, key: str, target: str, n: int = 64) -> dict[s
         "keys": rows[key].astype(str).tolist() if key in rows.columns else [],
         # what a client sends: the numbers, or each row's raw values (images as base64) for other inputs
         "rows": x.tolist() if pre.encoder is None else raw_rows(rows, pre),
-        "labels": rows[target].tolist(),
+        "labels": rows[target].tolist() if target in rows.columns else [],
         "outputs": out.numpy().tolist(),
     }
     if pre.task == "classification":
         sample["classes"] = [str(c) for c in pre.classes]
         sample["predicted"] = [pre.classes[i] for i in out.argmax(dim=-1).tolist()]
     return sample
+
+
+def unevaluated_smoke_sample(
+    spec: PipelineSpec, version_uri: str, rows_uri: str | None = None, n: int = 64
+) -> tuple[dict[str, Any], str]:
+    """The smoke sample of a version no evaluation wrote one for (registered with no gate), and where its
+    rows came from, in words: up to ``n`` rows with the version's in-process outputs, as
+    :func:`smoke_sample` keeps them, from ``rows_uri`` (a Parquet or CSV file holding the version's
+    feature columns), else from the version's own test split (the partitions its lineage names, read from
+    ``spec``'s lake: :func:`freestack.providers.versions.version_spec` describes it)."""
+    loaded = load_version(version_uri)
+    model, pre = loaded.model, loaded.preprocessor
+    key, target = spec.source.schema_.key, spec.source.schema_.target
+    if rows_uri:
+        frame, source = given_rows(rows_uri, pre), f"the given rows {rows_uri}"
+    else:
+        window = loaded.lineage.as_dict().get("window") or {}
+        if not window.get("end_ds"):
+            raise EvaluationError(f"{version_uri}: {LINEAGE} names no window: give rows to smoke-test with")
+        days = int(window.get("days") or spec.train.window_days)
+        test, data = test_split(spec, window["end_ds"], days, loaded.lineage.as_dict())
+        try:
+            frame = lowest_keys(test, key, n)
+        finally:
+            data.close()
+        source = f"its own test split (the {days} days up to {window['end_ds']})"
+    if pre.task == "generation":
+        return gen.smoke_sample(model, pre, frame, spec, key, n), source
+    return smoke_sample(model, pre, frame, key, target, n), source
+
+
+def given_rows(rows_uri: str, pre):
+    """The rows of a Parquet or CSV file (by its suffix) to smoke-test with; EvaluationError naming the
+    version's feature columns the file lacks."""
+    import pandas as pd
+
+    path = to_path(rows_uri)
+    try:
+        with path.open("rb") as f:
+            frame = pd.read_csv(f) if path.name.lower().endswith(".csv") else pd.read_parquet(f)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{rows_uri}: cannot read rows to smoke-test with: {exc}") from None
+    needed = list(pre.columns.columns) if pre.task == "generation" else list(pre.features)
+    lacking = [c for c in needed if c not in frame.columns]
+    if lacking or frame.empty:
+        what = f"lacks the version's columns {', '.join(lacking)}" if lacking else "holds no rows"
+        raise EvaluationError(f"{rows_uri} {what}: give a file of rows the version scores")
+    return frame
 
 
 def raw_rows(rows, pre) -> list[list[Any]]:

@@ -18,6 +18,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack import cache
+from freestack.errors import EvaluationError
 from freestack.evaluate.gate import decide, decide_again, decision_note
 from freestack.hooks.credentials import judge_api_key
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
@@ -56,7 +57,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
     ui_color = "#d8f0e4"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.evaluate.core import EvaluationError, evaluate
+        from freestack.evaluate.core import evaluate
 
         spec = self.pipeline_spec()
         cand = candidate_of(context)
@@ -243,8 +244,6 @@ class PromoteOperator(PipelineOperator):
     def decide_again(self, spec, reg, version: str, current: str | None, context: Context) -> dict[str, Any]:
         """The gate's decision against the production that is there now, on the candidate's test rows
         (:func:`freestack.evaluate.gate.decide_again`); skips this task (and ``deploy``) when it blocks."""
-        from freestack.evaluate.core import EvaluationError
-
         try:
             decision = decide_again(
                 spec,

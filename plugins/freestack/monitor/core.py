@@ -23,6 +23,7 @@ import numpy as np
 
 from freestack.monitor import stats, text_drift
 from freestack.monitor.report import render
+from freestack.monitor.spec import interval_name
 from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
@@ -319,10 +320,6 @@ def alerts_of(versions: list[dict[str, Any]], spec: PipelineSpec, report: str) -
 
 # ---------------------------------------------------------------------------------------------------------
 # one interval
-
-
-def interval_name(start: datetime, end: datetime) -> str:
-    return f"{start:%Y-%m-%dT%H%M%S}--{end:%Y-%m-%dT%H%M%S}"
 
 
 def monitor(

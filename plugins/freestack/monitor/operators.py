@@ -15,6 +15,7 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.hooks.credentials import judge_api_key
+from freestack.monitor.spec import interval_name
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.storage import join, to_path, write_json
 
@@ -86,7 +87,6 @@ class AlertOperator(PipelineOperator):
 
     def execute(self, context: Context) -> list[str]:
         # monitor.core and the request log load numpy: imported when the task runs, not at DAG parse time
-        from freestack.monitor.core import interval_name
         from freestack_server.requestlog import monitoring_uri
 
         spec = self.pipeline_spec()

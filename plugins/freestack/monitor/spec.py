@@ -25,6 +25,7 @@ imported when an alert is sent.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -215,4 +216,9 @@ class MonitorSpec(SpecModel):
     )
 
 
-__all__ = ["REFUSALS", "TEXT_SIGNALS", "MonitorSpec", "Notify", "TextDrift", "Thresholds"]
+def interval_name(start: datetime, end: datetime) -> str:
+    """A judged interval's name, its report's folder and its alert's file: ``<start>--<end>``."""
+    return f"{start:%Y-%m-%dT%H%M%S}--{end:%Y-%m-%dT%H%M%S}"
+
+
+__all__ = ["interval_name", "REFUSALS", "TEXT_SIGNALS", "MonitorSpec", "Notify", "TextDrift", "Thresholds"]

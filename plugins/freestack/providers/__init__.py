@@ -2,14 +2,16 @@
 :class:`~freestack.providers.operators.FreestackScoreOperator`,
 :class:`~freestack.providers.operators.FreestackPromoteOperator`,
 :class:`~freestack.providers.operators.FreestackRollbackOperator`,
-:class:`~freestack.providers.operators.FreestackDeployOperator` and
-:class:`~freestack.providers.training.FreestackTrainOperator`.
+:class:`~freestack.providers.operators.FreestackDeployOperator`,
+:class:`~freestack.providers.training.FreestackTrainOperator` and
+:class:`~freestack.providers.evaluation.FreestackEvaluateOperator`.
 
     from freestack.providers import FreestackPromoteOperator, FreestackScoreOperator, FreestackTrainOperator
 """
 
 from __future__ import annotations
 
+from freestack.providers.evaluation import FreestackEvaluateOperator
 from freestack.providers.operators import (
     RUN_DAY,
     ArgumentError,
@@ -24,6 +26,7 @@ __all__ = [
     "RUN_DAY",
     "ArgumentError",
     "FreestackDeployOperator",
+    "FreestackEvaluateOperator",
     "FreestackPromoteOperator",
     "FreestackRollbackOperator",
     "FreestackScoreOperator",

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from freestack.errors import DeployError, FreestackError
 from freestack.hooks.credentials import model_source
 from freestack.pipeline_operator import PipelineOperator, TorchTask, permanent_error
-from freestack.providers.versions import registry_of, resolve, version_spec
+from freestack.providers.versions import registry_of, resolve, version_spec, where
 from freestack.registry.core import AliasMoved, RegistryError
 from freestack.registry.operators import moved_text, triggered_by
 from freestack.serving.k8s import KubernetesUnavailable, finish_rollout, start_rollout
@@ -44,8 +44,9 @@ from freestack.serving.spec import DeploySpec, LocalTarget, deploy_name
 from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 from freestack.spec import PipelineSpec
 from freestack.specbase import block_problems
-from freestack.storage import storage_root
+from freestack.storage import join, storage_root, to_path
 from freestack.version import open as open_version
+from freestack.version.files import SMOKE
 
 #: the run's day as a template: its logical date's, or for a run with none (Airflow 3 runs a DAG triggered
 #: without ``--logical-date`` with none, and ``{{ ds }}`` is then undefined) the day it was to run after
@@ -130,6 +131,7 @@ class _FreestackOperator(BaseOperator):
         defaults = kwargs.get("default_args") or {}
         given.update({k: defaults[k] for k in names if k not in given and k in defaults})
         _no_typo(type(self), kwargs, names)
+        kwargs.setdefault("multiple_outputs", True)  # each key of the result is an XCom: op.output["version"]
         super().__init__(task_id=task_id, **kwargs)
         later = {names[k]: v for k, v in given.items() if isinstance(v, XComArg)}
         if set(later) - set(self.template_fields):
@@ -288,7 +290,7 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
             max_new_tokens=self.max_new_tokens,
         )
         manifest = scoring.score(request, {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]})
-        output = scoring.where(self.output_uri, request.storage)
+        output = where(self.output_uri, request.storage)
         self._scored = {**manifest, "output": output}  # what openlineage reports
         self.log.info(
             "%d rows scored with %s %s, %d quarantined -> %s",
@@ -468,6 +470,13 @@ class DeployArguments(_Arguments):
         json_schema_extra=TEMPLATED,
     )
     reason: str = Field(default="", json_schema_extra=TEMPLATED)
+    smoke_input: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A Parquet or CSV file of rows to smoke-test with; default: the evaluation's sample, "
+        "else the version's own test split.",
+        json_schema_extra=TEMPLATED,
+    )
 
     @model_validator(mode="after")
     def _one_version(self) -> DeployArguments:
@@ -577,10 +586,31 @@ class FreestackDeployOperator(_FreestackOperator):
             self.roll_out(version, reg.version_uri(version), reason[:500])  # defers: see execute_complete
         return self.serve_here(version, reg.version_uri(version), reason[:500], alias)
 
+    def smoke_sample(self, uri: str) -> dict[str, Any] | None:
+        """The smoke test's rows and expected answers: from ``smoke_input`` when given, else the ones the
+        version's evaluation recorded (None: the deploy reads them), else, for a version never evaluated
+        (registered with no gate), its own test split's, computed now; which one is logged and kept in
+        the XCom (``smoke_source``)."""
+        if not self.smoke_input and join(to_path(uri), *SMOKE.split("/")).exists():
+            self._smoke_source = f"the rows and answers its evaluation recorded ({SMOKE})"
+            self.log.info("smoke test: %s", self._smoke_source)
+            return None
+        from freestack.evaluate.core import unevaluated_smoke_sample  # torch: only to answer rows here
+
+        spec = version_spec(open_version(uri), self.model, self.storage or None)
+        given = (self.smoke_input or "").strip()
+        rows = where(given, self.storage or None) if given else None
+        sample, self._smoke_source = unevaluated_smoke_sample(spec, uri, rows)
+        self.log.info(
+            "smoke test: %d rows of %s, answered in-process now", len(sample["outputs"]), self._smoke_source
+        )
+        return sample
+
     def serve_here(self, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
         """Serve ``version`` on this machine (the local deploy); the record."""
         from freestack.serving.local import deploy_local  # numpy (its smoke test): at run time only
 
+        sample = self.smoke_sample(uri)
         local = LocalTarget() if self.port is None else LocalTarget(port=self.port)
         try:
             record = deploy_local(
@@ -594,12 +624,13 @@ class FreestackDeployOperator(_FreestackOperator):
                 source=model_source(uri),
                 runtime=self.runtime,
                 alias=alias,
+                sample=sample,
             )
         except DeployError as exc:  # retried: a port or the machine may be busy
             raise RuntimeError(str(exc)) from None
         self.log.info("%s %s is served at %s (%s)", self.model, version, record["url"], record["predict_url"])
         self._deployed = {k: v for k, v in record.items() if k != "history"}
-        return self._deployed
+        return {**self._deployed, "smoke_source": self._smoke_source}
 
     def roll_out(self, version: str, uri: str, reason: str) -> NoReturn:
         """Apply the SeldonDeployment serving ``version`` and defer until Seldon reports it Available."""
@@ -626,16 +657,17 @@ class FreestackDeployOperator(_FreestackOperator):
         """Once the trigger reported: smoke-test the rollout and return its record (the task fails, with
         the stage's message, when it is not Available or answers its test rows otherwise)."""
         with self.failing_at_once():
-            spec = self.rollout_spec(registry_of(self.model, self.storage or None).version_uri(version))
+            uri = registry_of(self.model, self.storage or None).version_uri(version)
+            spec, sample = self.rollout_spec(uri), self.smoke_sample(uri)
             with rollout_errors():
-                record = finish_rollout(spec, event)
+                record = finish_rollout(spec, event, sample)
         self.log.info(
             "SeldonDeployment %s/%s is Available and answers as evaluated",
             event.get("namespace"),
             event.get("name"),
         )
         self._deployed = {k: v for k, v in record.items() if k != "history"}
-        return self._deployed
+        return {**self._deployed, "smoke_source": self._smoke_source}
 
     def rollout_spec(self, uri: str) -> PipelineSpec:
         """The spec the version at ``uri`` describes, its deploy block this operator's arguments."""

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from freestack.ingest.images import IMAGE_SUFFIXES
-from freestack.providers.versions import registry_of, resolve, version_spec
+from freestack.providers.versions import registry_of, resolve, version_spec, where
 from freestack.score import core, generation
 from freestack.spec import PipelineSpec
-from freestack.storage import join, sha256_of, storage_root, to_path
+from freestack.storage import sha256_of, to_path
 from freestack.version import open as open_version
 
 
@@ -40,11 +40,6 @@ class ScoreRequest:
     max_error_fraction: float | None = None
     monitor: bool = False
     max_new_tokens: int | None = None  # a text-generation version's; None: the score stage's default
-
-
-def where(uri: str, storage: str | None) -> str:
-    """A URI as given, or a path under the storage root as a URI."""
-    return uri if "://" in uri else str(join(storage_root(storage), uri.strip("/")))
 
 
 def score(req: ScoreRequest, run: dict[str, str]) -> dict[str, Any]:

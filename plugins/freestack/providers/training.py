@@ -69,8 +69,9 @@ class Overrides(BaseModel):
     seed: Seed | None = None
 
 
-class TrainArguments(_Arguments):
-    """The train operator's arguments; the model's name is the spec's (``model.name``, else ``name``)."""
+class SpecArguments(_Arguments):
+    """The arguments of an operator that works from a pipeline spec, inline or a file; the model's name is
+    the spec's (``model.name``, else ``name``)."""
 
     model: str | None = Field(default=None, description="Not an argument: the spec names the model.")
     spec: dict[str, Any] | None = Field(
@@ -79,6 +80,19 @@ class TrainArguments(_Arguments):
     spec_path: str | None = Field(
         default=None, min_length=1, description="A pipeline spec file.", json_schema_extra=TEMPLATED
     )
+
+    @model_validator(mode="after")
+    def _one_spec(self) -> SpecArguments:
+        if (self.spec is None) == (self.spec_path is None):
+            raise ValueError(
+                "give spec (the pipeline spec inline) or spec_path (a spec file), one of the two"
+            )
+        return self
+
+
+class TrainArguments(SpecArguments):
+    """The train operator's arguments."""
+
     end_ds: str = Field(
         default=RUN_DAY,
         min_length=1,
@@ -110,14 +124,6 @@ class TrainArguments(_Arguments):
             raise ValueError(problems(exc)[0][1]) from None
         return value
 
-    @model_validator(mode="after")
-    def _one_spec(self) -> TrainArguments:
-        if (self.spec is None) == (self.spec_path is None):
-            raise ValueError(
-                "give spec (the pipeline spec inline) or spec_path (a spec file), one of the two"
-            )
-        return self
-
 
 def inline_spec(cls: type, data: dict[str, Any]) -> PipelineSpec:
     """``data`` validated as a pipeline spec, or :class:`ArgumentError` naming ``spec.<field>``."""
@@ -135,7 +141,22 @@ def spec_file(path: str) -> Path:
     return p if p.is_absolute() else pipelines_dir() / p
 
 
-class FreestackTrainOperator(TorchTask, _FreestackOperator):
+class SpecOperator(_FreestackOperator):
+    """An operator working from a pipeline spec: the inline one, validated when the DAG file is parsed, or
+    a spec file read when the task runs (:class:`SpecArguments`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._inline = inline_spec(type(self), self.spec) if self.spec is not None else None
+
+    def pipeline_spec(self) -> PipelineSpec:
+        """The spec: the inline one, or the file read now; with ``storage`` as its root."""
+        spec = self._inline if self._inline is not None else load_spec(spec_file(self.spec_path))
+        storage = (self.storage or "").strip()
+        return spec.model_copy(update={"storage_root": storage}) if storage else spec
+
+
+class FreestackTrainOperator(TorchTask, SpecOperator):
     """Train a model on a lake window, as the pipeline's train task does, from a spec given inline or
     in a file; optionally register the trained version in the model's registry.
 
@@ -180,19 +201,9 @@ class FreestackTrainOperator(TorchTask, _FreestackOperator):
     operator_extra_links = (WandbRunLink(),)
     ui_color = "#e4d8f7"
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._inline = inline_spec(type(self), self.spec) if self.spec is not None else None
-
     def _check_rendered(self) -> None:
         """The rendered overrides and ``end_ds`` are checked where they are read (:meth:`request`: numbers
         within their bounds, a day), each naming the argument."""
-
-    def pipeline_spec(self) -> PipelineSpec:
-        """The spec to train with: the inline one, or the file read now; with ``storage`` as its root."""
-        spec = self._inline if self._inline is not None else load_spec(spec_file(self.spec_path))
-        storage = (self.storage or "").strip()
-        return spec.model_copy(update={"storage_root": storage}) if storage else spec
 
     def run(self, context: Context) -> dict[str, Any]:
         from freestack.train import core, reuse  # torch and pandas: at run time only
@@ -315,4 +326,4 @@ def _ours(reg: ModelRegistry, version: str, by: dict[str, Any]) -> str:
     return reg.version_uri(version)
 
 
-__all__ = ["FreestackTrainOperator", "TrainArguments"]
+__all__ = ["FreestackTrainOperator", "SpecArguments", "SpecOperator", "TrainArguments"]

@@ -24,7 +24,7 @@ from freestack.errors import FreestackError
 from freestack.registry.core import ModelRegistry, VersionNotFound
 from freestack.spec import PipelineSpec
 from freestack.specbase import problems
-from freestack.storage import storage_root
+from freestack.storage import join, storage_root
 from freestack.version import ModelVersion
 
 #: the most versions an error lists (the newest)
@@ -44,6 +44,11 @@ class UnscorableVersion(FreestackError):
 def registry_of(model: str, storage: str | None = None) -> ModelRegistry:
     """The registry of ``model`` under ``storage`` (default: the storage_root setting)."""
     return ModelRegistry(storage_root(storage), model)
+
+
+def where(uri: str, storage: str | None) -> str:
+    """A URI as given, or a path under the storage root as a URI."""
+    return uri if "://" in uri else str(join(storage_root(storage), uri.strip("/")))
 
 
 def known(reg: ModelRegistry) -> str:
@@ -140,4 +145,5 @@ __all__ = [
     "registry_of",
     "resolve",
     "version_spec",
+    "where",
 ]

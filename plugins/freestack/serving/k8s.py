@@ -492,9 +492,12 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     return record
 
 
-def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
+def finish_rollout(
+    spec: PipelineSpec, event: dict[str, Any], sample: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Record what the wait for Available ended with, once the new version answers the smoke test
-    (:func:`smoke_rollout`); DeployError when it did not become Available or answers otherwise."""
+    (:func:`smoke_rollout`, with ``sample`` for a version no evaluation wrote one for); DeployError when
+    it did not become Available or answers otherwise."""
 
     if event.get("status") != "available":
         raise DeployError(
@@ -503,7 +506,7 @@ def finish_rollout(spec: PipelineSpec, event: dict[str, Any]) -> dict[str, Any]:
         )
     deployments = Deployments(str(storage_root(spec.storage_root)), spec.model_name)
     record, token = deployments.read(spec.deployment_name)
-    checked = smoke_rollout(spec, record or {})
+    checked = smoke_rollout(spec, record or {}, sample)
     record = {
         **(record or {}),
         "state": "serving",
@@ -521,19 +524,22 @@ def predictor_service(name: str, predictor: str) -> str:
     return key if len(key) <= 63 else "seldon-" + hashlib.md5(key.encode(), usedforsecurity=False).hexdigest()
 
 
-def smoke_rollout(spec: PipelineSpec, record: dict[str, Any]) -> dict[str, Any]:
+def smoke_rollout(
+    spec: PipelineSpec, record: dict[str, Any], sample: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Send the rolled-out version's stored test rows (``evaluation/smoke.json``) to its predictor and
     require the evaluation's answers, with the local deploy's smoke test: Available only says the pods are
     ready, not that they serve the evaluated model. The request goes through the API server's service
     proxy, so the worker needs no route into the cluster. A canary that fails is removed again."""
-    from freestack.serving.smoke import smoke_sample, smoke_test, smoke_test_v2
+    from freestack.serving.smoke import smoke_sample, smoke_test, smoke_test_v2, truncated
 
     target, name = spec.deploy.kubernetes, spec.deployment_name
     canary = record.get("role") == CANARY
     version = record.get("canary_version" if canary else "version")
     if not version:
         raise DeployError(f"no rollout of {name} is recorded: nothing to smoke-test; deploy again")
-    sample = smoke_sample(registry_for(spec).version_uri(version), SMOKE_ROWS)
+    uri = registry_for(spec).version_uri(version)
+    sample = smoke_sample(uri, SMOKE_ROWS) if sample is None else truncated(sample, SMOKE_ROWS)
     service = predictor_service(name, CANARY if canary else MAIN)
     path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
     key = spec.deploy.api_key

@@ -50,7 +50,14 @@ from freestack.serving.processes import (
     supervisors,
 )
 from freestack.serving.records import Deployments, live_state, now, switched
-from freestack.serving.smoke import http_json, keyed_post, smoke_sample, smoke_test, smoke_test_v2
+from freestack.serving.smoke import (
+    http_json,
+    keyed_post,
+    smoke_sample,
+    smoke_test,
+    smoke_test_v2,
+    truncated,
+)
 from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
 from freestack.version import open as open_version
@@ -494,6 +501,7 @@ def deploy_local(
     runtime: str = "seldon",
     alias: str | None = None,
     api_key: SecretStr | None = None,
+    sample: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Serve ``version`` as deployment ``name`` at its address: start, check, switch, stop the old server
     (``runtime``: ``seldon`` or ``mlserver``, the Open Inference Protocol).
@@ -504,12 +512,16 @@ def deploy_local(
     replaced by a new server). ``alias`` (what the version was chosen by, e.g.
     production) is kept in the record, so a status can flag a deployment whose alias moved on.
     ``api_key``: the key the OpenAI API (``/v1``) asks for, read from the connection ``deploy.api_key``
-    names (:func:`freestack.hooks.credentials.server_api_key`); in the server's env file, never the record."""
+    names (:func:`freestack.hooks.credentials.server_api_key`); in the server's env file, never the record.
+    ``sample``: the smoke test's rows and outputs for a version with no evaluation (default: the
+    evaluation's, :func:`~freestack.serving.smoke.smoke_sample`)."""
     api_key = _checked_key(api_key, local)
     deployments = Deployments(root_uri, model)
     current, token = deployments.read(name)
     live = current if process_alive(current) else None
-    sample = smoke_sample(version_uri, local.smoke_rows)
+    sample = (
+        smoke_sample(version_uri, local.smoke_rows) if sample is None else truncated(sample, local.smoke_rows)
+    )
     if live and _still_serves(live, version, local, runtime, api_key, sample):
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}

@@ -72,15 +72,19 @@ def smoke_sample(version_uri: str, n: int) -> dict[str, Any]:
     except FileNotFoundError:
         msg = f"{version_uri} has no evaluation/smoke.json: evaluate the version again to deploy it"
         raise DeployError(msg) from None
-    for k in ("rows", "outputs", "labels", "keys", "predicted", "chats"):
-        if k in sample:
-            sample[k] = sample[k][:n]
+    sample = truncated(sample, n)
     if sample.get("task") not in ("classification", "generation") and "target_std" not in sample:
         # the target's name and scale: what a regression answer is named and compared on (smoke_test)
         opened = version.open(version_uri)
         pre = opened.preprocessing.as_dict() if opened.preprocessing is not None else {}
         sample.update({k: pre[k] for k in ("target", "target_mean", "target_std") if k in pre})
     return sample
+
+
+def truncated(sample: dict[str, Any], n: int) -> dict[str, Any]:
+    """The sample's first ``n`` rows (and their outputs, labels, keys)."""
+    rows = ("rows", "outputs", "labels", "keys", "predicted", "chats", "finish_reasons")
+    return {k: v[:n] if k in rows else v for k, v in sample.items()}
 
 
 #: how far a served answer may be from the evaluation's: probabilities within ATOL; a regression value
