@@ -55,7 +55,10 @@ def _day(ds: str) -> datetime:
     return datetime.fromisoformat(ds).replace(tzinfo=UTC)
 
 
-def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  # noqa: F811
+@needs_serving_env
+def test_the_example_dag_trains_registers_promotes_and_scores(lake, tmp_path, ol_file):  # noqa: F811
+    """The example DAG; its version, registered with no gate, served (smoke-tested on rows of its own test
+    split); then the DAG operators.md prints, as a DAG file of one's own (:func:`_to_serving`)."""
     from freestack.registry.core import ModelRegistry
 
     run = _example().test(logical_date=_day(DAYS[-1]), run_conf={"epochs": 1, "window_days": 3})
@@ -106,22 +109,38 @@ def test_the_example_dag_trains_registers_promotes_and_scores(lake, ol_file):  #
         "score": ["upstream_failed"],
     }
     assert _tries(empty, "train") == 1 and len(reg.versions()) == 1
+    _served_unevaluated(lake, version)
+    _to_serving(lake, tmp_path, ol_file)
+
+
+def _served_unevaluated(lake: Path, version: str) -> None:
+    """A version registered with no evaluation is served: rows of its own test split, answered
+    in-process, smoke-test the new server, and the deploy says so."""
+    from freestack.providers import FreestackDeployOperator
+    from freestack.serving.local import stop_local
+    from freestack.serving.smoke import http_json
+
+    deploy = FreestackDeployOperator(task_id="deploy", model=MODEL, alias="production")
+    try:
+        served = deploy.execute(_context("deploy"))
+        assert served["version"] == version and served["smoke"]["rows"] == 32
+        assert served["smoke_source"] == f"its own test split (the 3 days up to {DAYS[-1]})"
+        code, body = http_json(served["predict_url"], {"data": {"ndarray": [[0.0] * 64]}})
+        assert code == 200 and len(body["data"]["ndarray"][0]) == 10
+    finally:
+        stop_local(lake.as_uri(), MODEL, deploy.deployment())
 
 
 #: operators.md's DAG of the five operators, from landing files to a served and scored version
 TO_SERVING = re.compile(r'```\{\.python title="dags/train_to_serving.py"\}\n(.*?)```', re.S)
 
 
-@needs_serving_env
-def test_the_documented_dag_trains_evaluates_gates_promotes_serves_and_scores(lake, tmp_path):
+def _to_serving(lake: Path, tmp_path: Path, ol_file: Path) -> None:  # noqa: F811
     """The DAG operators.md prints, as a DAG file of one's own: train -> evaluate (the gate registers the
     candidate with its decision) -> promote -> deploy (a local server answering as the evaluation did)
-    -> score the day's rows. Then a version registered with no evaluation is served too, smoke-tested on
-    rows of its own test split."""
-    from freestack.providers import FreestackDeployOperator, FreestackTrainOperator
+    -> score the day's rows; a candidate the gate blocks skips promote, deploy and score."""
     from freestack.registry.core import ModelRegistry
     from freestack.serving.local import stop_local
-    from freestack.serving.smoke import http_json
 
     docs = (ROOT / "docs" / "stages" / "operators.md").read_text()
     path = tmp_path / "own" / "train_to_serving.py"
@@ -142,6 +161,9 @@ def test_the_documented_dag_trains_evaluates_gates_promotes_serves_and_scores(la
         assert record["version"] == version and record["smoke"]["rows"] == 32
         scores = pq.read_table(lake / "scores" / "digits" / f"ds={DAYS[-1]}" / "part.parquet")
         assert set(scores.column("version").to_pylist()) == {version}
+        (evaluated,) = _completed(ol_file)["train_to_serving.evaluate"]
+        assert _names(evaluated["outputs"]) == [_file(lake / "registry" / "digits" / version)]
+        assert evaluated["run"]["facets"]["freestack_gate"]["promote"] is True
 
         # a candidate of one epoch on one day: the gate blocks it (registered so), the rest is skipped
         blocked = dag.test(logical_date=_day(DAYS[-2]), run_conf={"epochs": 1, "window_days": 1})
@@ -154,17 +176,6 @@ def test_the_documented_dag_trains_evaluates_gates_promotes_serves_and_scores(la
         gate = reg.lineage(weak)["gate"]
         assert gate["decision"] == "block" and gate["champion_version"] == version
         assert reg.aliases()["production"] == version and "blocked" in (run_note(blocked) or "").lower()
-
-        # a version registered with no gate: its own test split's rows, answered in-process, smoke it
-        trained = FreestackTrainOperator(
-            task_id="unevaluated", spec_path="digits.yaml", end_ds=DAYS[-1], epochs=1, register=True
-        ).execute(_context("unevaluated"))
-        deploy = FreestackDeployOperator(task_id="deploy", model="digits", version=trained["version"])
-        served = deploy.execute(_context("deploy"))
-        assert served["version"] == trained["version"] and served["smoke"]["rows"] == 32
-        assert served["smoke_source"] == f"its own test split (the 30 days up to {DAYS[-1]})"
-        code, body = http_json(served["predict_url"], {"data": {"ndarray": [[0.0] * 64]}})
-        assert code == 200 and len(body["data"]["ndarray"][0]) == 10
     finally:
         stop_local(lake.as_uri(), "digits", "digits")
 
