@@ -162,9 +162,11 @@ notebook: export JUPYTER_RUNTIME_DIR ?= $(FREESTACK_HOME)/.freestack/jupyter/run
 notebook: export IPYTHONDIR ?= $(FREESTACK_HOME)/.freestack/ipython
 notebook: export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 notebook: $(STAMP) $(NOTEBOOK_STAMP)
-	mkdir -p $$JUPYTER_CONFIG_DIR $$JUPYTER_DATA_DIR $$JUPYTER_RUNTIME_DIR $$IPYTHONDIR
+	mkdir -p $$JUPYTER_CONFIG_DIR $$JUPYTER_DATA_DIR $$JUPYTER_RUNTIME_DIR $$IPYTHONDIR .freestack/notebooks
+	# a working copy (made once, kept with your edits): saving it leaves the tracked notebook as it is
+	cp -n docs/notebooks/explore.ipynb .freestack/notebooks/explore.ipynb
 	$(NOTEBOOK_VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --no-browser --ServerApp.answer_yes=True \
-	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=$(CURDIR) docs/notebooks/explore.ipynb
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=$(CURDIR) .freestack/notebooks/explore.ipynb
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check plugins dags tests bench include docs

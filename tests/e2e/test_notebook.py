@@ -1,20 +1,25 @@
 """docs/notebooks/explore.ipynb runs from top to bottom on the state ``make demo`` left (the demo sandbox).
 
-The notebook is executed headless with nbclient, in the kernel ``make notebook`` installs (``freestack
+The notebook is executed headless with nbclient, in the kernel ``make venv`` installs (``freestack
 (.venv)``: the project's environment), with the sandbox's state passed as a user's checkout passes it:
-``FREESTACK_HOME`` and ``FREESTACK_STORAGE_ROOT``, W&B offline. One cell is added at the end to hand what the
-notebook computed back to the test as JSON. The notebook only reads the registry and the lake: they are the
-same afterwards. Its run time is printed and recorded (``notebook_seconds`` in the JUnit properties).
+``FREESTACK_HOME`` and ``FREESTACK_STORAGE_ROOT``, the stack's ``AIRFLOW_HOME`` and port, W&B offline. One
+cell is added at the end to hand what the notebook computed back to the test as JSON; the figures (the
+window's distributions, production's evaluation plots) and the two links (production's page in freestack,
+the Airflow run that trained it) are read off the cells' outputs, as a reader sees them. The notebook only
+reads the registry and the lake: they are the same afterwards. Its run time is printed and recorded
+(``notebook_seconds`` in the JUnit properties).
 
 Slow (the real demo under the real scheduler): ``-m slow``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -36,6 +41,7 @@ print(json.dumps({
     "scored": len(scores),
     "scored_by": planned["version"],
     "reasons": quarantine["_reason"].tolist(),
+    "figures": sorted(figures),
     "work": str(WORK),
 }))"""
 
@@ -47,6 +53,30 @@ def _kernel() -> None:
 
     found = KernelSpecManager().find_kernel_specs().get("freestack")
     assert found and Path(found).is_relative_to(Path(sys.prefix)), found
+
+
+def _shown(nb) -> tuple[list[bytes], str]:
+    """(every PNG the cells show, decoded; the HTML they show, joined)."""
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    data = [o.get("data", {}) for o in outputs]
+    return [base64.b64decode(d["image/png"]) for d in data if "image/png" in d], "\n".join(
+        d["text/html"] for d in data if "text/html" in d
+    )
+
+
+def _check_figures_and_links(nb, report: dict, sandbox, production: str) -> None:
+    """The window's distributions and production's evaluation plots are drawn (PNG outputs, headless);
+    production's page and the Airflow run its lineage records are links on the sandbox's stack."""
+    images, shown = _shown(nb)
+    assert report["figures"] == ["confusion_matrix.png", "learning_curves.png", "per_class.png"], report
+    assert len(images) == 1 + len(report["figures"]), [len(i) for i in images]
+    assert all(i.startswith(b"\x89PNG\r\n\x1a\n") and len(i) > 5000 for i in images)
+    lineage = json.loads((sandbox.storage / "registry" / "digits" / production / "lineage.json").read_text())
+    run = lineage["airflow"]
+    assert run["dag_id"] == "digits_train" and run["run_id"], run
+    page = f"{sandbox.url}/plugin/freestack/models/digits/{production}"
+    trained = f"{sandbox.url}/dags/digits_train/runs/{quote(run['run_id'], safe='')}"
+    assert f'href="{page}"' in shown and f'href="{trained}"' in shown, shown[-2000:]
 
 
 def _registry_files(storage: Path) -> dict[str, int]:
@@ -65,14 +95,22 @@ def test_the_notebook_runs_on_the_demos_state(demo, sandbox, tmp_path, monkeypat
     env = {
         "FREESTACK_HOME": str(sandbox.base),
         "FREESTACK_STORAGE_ROOT": sandbox.storage.as_uri(),
+        "AIRFLOW_HOME": sandbox.env["AIRFLOW_HOME"],
+        "AIRFLOW_PORT": sandbox.env["AIRFLOW_PORT"],  # as `make notebook AIRFLOW_PORT=...` passes it
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(tmp_path / "wandb"),
     }
+    for name in ("AIRFLOW__API__BASE_URL", "AIRFLOW__API__PORT"):
+        monkeypatch.delenv(name, raising=False)  # the stack's address comes from the variables above
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # the kernel starts with the test's environment
     before = _registry_files(sandbox.storage)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert nb.metadata.kernelspec.name == "freestack"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any(c.outputs or c.execution_count for c in code), (
+        "commit the notebook with its outputs cleared"
+    )
     nb.cells.append(nbformat.v4.new_code_cell(REPORT))
     started = time.monotonic()
     NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
@@ -98,4 +136,5 @@ def test_the_notebook_runs_on_the_demos_state(demo, sandbox, tmp_path, monkeypat
     assert Path(report["run_dir"]).is_relative_to(tmp_path / "wandb") and Path(report["run_dir"]).is_dir()
     assert report["scored"] == 19 and report["reasons"] == ["px_0: not a number: 'twelve'"], report
     assert Path(report["work"]).is_relative_to(sandbox.base / ".freestack" / "notebook"), report
+    _check_figures_and_links(nb, report, sandbox, production)
     assert _registry_files(sandbox.storage) == before  # read only: nothing registered, nothing moved
