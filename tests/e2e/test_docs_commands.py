@@ -223,12 +223,21 @@ def _check_second_demo(out, sandbox) -> None:
     assert said and abs(last["champion"]["accuracy"] - float(said.group(1))) < 0.15, (said, last["champion"])
 
 
+def _check_notebook_untouched(out, sandbox) -> None:
+    """`jupyter execute` writes nothing back: the tracked notebook holds no outputs, and no checkpoints."""
+    folder = ROOT / "docs" / "notebooks"
+    cells = json.loads((folder / "explore.ipynb").read_text())["cells"]
+    assert not [c for c in cells if c.get("outputs") or c.get("execution_count")], "outputs written back"
+    assert not (folder / ".ipynb_checkpoints").exists()
+
+
 #: checks of what a block did, run right after it (while the stack it ran on is up): (a text in the block, check)
 AFTER = [
     ("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo),
     ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
     ("dags trigger arith_tiny_train", _check_llm_trained_offline),
     ("make demo", _check_second_demo),
+    ("jupyter execute docs/notebooks/explore.ipynb", _check_notebook_untouched),
 ]
 
 
