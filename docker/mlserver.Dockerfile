@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # freestack's Open Inference Protocol server: MLServer 1.7.1 (Apache-2.0) running freestack's runtime
-# (freestack_server.oip), which loads the registry version named by FREESTACK_MODEL_URI. This is
+# (freestack_server.mlserver.runtime), which loads the registry version named by FREESTACK_MODEL_URI. This is
 # the image a SeldonDeployment with protocol: v2 or a KServe InferenceService made by freestack runs
 # (deploy.runtime: mlserver; deploy.kubernetes.mlserver_image).
 #

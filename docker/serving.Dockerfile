@@ -2,7 +2,7 @@
 #
 # freestack's model server, `python -m freestack_server` (Seldon's protocol: seldon-core 1.17.1's REST app
 # under freestack's gunicorn worker), serving the registry version named by FREESTACK_MODEL_URI. This is the
-# image a SeldonDeployment made by freestack.serving.k8s runs (deploy.kubernetes.image), and the same
+# image a SeldonDeployment made by freestack.serving.seldon_deployments runs (deploy.kubernetes.image), and the same
 # program and command the local deploy and the tests run.
 #
 # Build from the repository root (see docker/README.md):

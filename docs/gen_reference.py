@@ -181,15 +181,15 @@ def variable_rows(settings_class: Any, prefix: str) -> list[str]:
 
 
 def server_settings_table() -> str:
-    """The model server's own variables (:class:`freestack_server.config.ServerConfig`)."""
-    from freestack_server.config import PREFIX as SERVER
-    from freestack_server.config import ServerConfig
+    """The model server's own variables (:class:`freestack_server.core.config.ServerConfig`)."""
+    from freestack_server.core.config import PREFIX as SERVER
+    from freestack_server.core.config import ServerConfig
 
     lines = [
         "## The model server (`FREESTACK_SERVER_*`)",
         "",
         "`python -m freestack_server`, the one command that starts a model server locally, in both images and",
-        "in the manifests, reads these (`freestack_server.config.ServerConfig`) besides the model settings above;",
+        "in the manifests, reads these (`freestack_server.core.config.ServerConfig`) besides the model settings above;",
         "the images set them with `ENV`, the manifests in the container's `env`, a local deploy in the file it",
         "passes with `--env-file`. Where Seldon's operator has its own name for a setting, that name works too.",
         "",

@@ -43,7 +43,7 @@ TARGET = 0.95
 def _config(workdir: Path, name: str, uri: str, port: int, address: dict[str, Any] | None) -> Path:
     """The server's variables in an env file, as the local deploy writes them (the image's defaults:
     2 workers of the freestack worker)."""
-    from freestack_server.config import ServerConfig, write_env_file
+    from freestack_server.core.config import ServerConfig, write_env_file
 
     cfg = ServerConfig.model_validate(
         {
@@ -64,7 +64,7 @@ def start(
     workdir: Path, uri: str, folder: Path, body: bytes
 ) -> tuple[dict[str, base.Server], subprocess.Popen]:
     """The direct server, the address holder and the stable server; each answered the same probabilities."""
-    from freestack_server.address import socket_name
+    from freestack_server.core.address import socket_name
 
     env = base._env(PYTHONPATH=str(base.REPO / "plugins"))
     cmd = [str(base.SERVING_PY), "-m", "freestack_server"]

@@ -9,7 +9,7 @@ loop, no HTTP. Stdlib, numpy and torch only, so it runs in either environment.
   ``inference_mode`` (1 thread), ``json.dumps`` of the answer.
 - ``seldon`` (``.venv-serving``, diagnostic): what one request costs in Seldon's wrapper without
   Flask, gunicorn or HTTP: ``json.loads``, our envelope check, ``seldon_core.seldon_methods.predict``
-  on ``plugins/freestack_server/seldon_model.py`` with the launcher's buffered metrics, ``json.dumps`` of the answer.
+  on ``plugins/freestack_server/seldon/model.py`` with the launcher's buffered metrics, ``json.dumps`` of the answer.
 
 Prints one JSON line shaped like ``bench.serve.load``'s (requests/s, latency percentiles and
 histogram, CPU seconds in the window).
@@ -52,9 +52,9 @@ def _seldon(model_uri: str, model_dir: str):
     os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
     from seldon_core import seldon_methods
 
-    from freestack_server.metrics import BufferedSeldonMetrics
-    from freestack_server.request_checks import predict_problem
-    from freestack_server.seldon_model import Model
+    from freestack_server.seldon.metrics import BufferedSeldonMetrics
+    from freestack_server.seldon.model import Model
+    from freestack_server.seldon.request_checks import predict_problem
 
     model = Model(model_uri=model_uri)
     model.load()

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import numpy as np
 
-    from freestack_server.seldon_model import Model
+    from freestack_server.seldon.model import Model
 
     work = tempfile.mkdtemp(prefix="freestack-bench-requestlog-")
     os.environ["FREESTACK_REQUEST_LOG_FLUSH_SECONDS"] = (

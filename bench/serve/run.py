@@ -15,11 +15,11 @@ and in-process predict, same model, same payloads, same load generator, in the s
      Parquet under the scratch folder, as the monitor reads it): ``logging_ratio`` = its requests/s ÷
      ``seldon``'s at concurrency 8 and on the batch cell, same round (target >= 0.95);
    - ``seldon_sync``: the image with ``FREESTACK_SERVER_WORKER_CLASS=sync`` (gunicorn's sync worker, 2 x 1);
-   - ``seldon_stock``: ``seldon-core-microservice freestack_server.seldon_model.Model --service-type MODEL``
+   - ``seldon_stock``: ``seldon-core-microservice freestack_server.seldon.model.Model --service-type MODEL``
      with 2 gunicorn workers: the serving image's program before it ran ``freestack_server`` (stock
      metrics); it binds 0.0.0.0, so it is started once, measured, and stopped;
    - ``mlserver``: ``python -m freestack_server`` as ``docker/mlserver.Dockerfile`` starts it: MLServer
-     1.7.1 (``.venv-mlserver``) with freestack's runtime (``freestack_server.oip``), the same version, asked
+     1.7.1 (``.venv-mlserver``) with freestack's runtime (``freestack_server.mlserver.runtime``), the same version, asked
      over the Open Inference Protocol (V2: ``/v2/models/bench/infer``, the rows as one FP32 tensor):
      the model in the server's own process (``parallel_workers: 0``), concurrent requests batched;
    - ``bare``: ``bench/serve/bare.py``, uvicorn + starlette, 2 processes on SO_REUSEPORT sockets (the
@@ -341,7 +341,7 @@ def start_servers(
         elif name == "seldon_stock":
             cmd = [
                 str(STOCK_BIN),
-                "freestack_server.seldon_model.Model",
+                "freestack_server.seldon.model.Model",
                 "--service-type",
                 "MODEL",
                 "--http-port",
@@ -436,7 +436,7 @@ def _local_server(workdir: Path, uri: str) -> Server:
     """The local deploy's launch of the same program: its variables in an env file (``--env-file``)."""
     from freestack.serving.local import Slot, server_config
     from freestack.serving.spec import LocalTarget
-    from freestack_server.config import write_env_file
+    from freestack_server.core.config import write_env_file
 
     port = free_port()
     launch = server_config(
@@ -475,7 +475,7 @@ def _mlserver(workdir: Path, uri: str) -> Server:
         workdir,
         variables,
         "python -m freestack_server as docker/mlserver.Dockerfile starts it: MLServer 1.7.1 + "
-        "freestack_server.oip (Open Inference Protocol, V2) on 127.0.0.1",
+        "freestack_server.mlserver.runtime (Open Inference Protocol, V2) on 127.0.0.1",
         route=V2_ROUTE,
         v2=True,
     )

@@ -66,6 +66,15 @@ class EvaluationError(FreestackError):
     """A candidate cannot be evaluated (or decided again); the message says why."""
 
 
+class ScoreError(FreestackError):
+    """An interval cannot be scored; the message names what is wrong and what to do. ``ds``: the day at
+    fault, when it is one day's."""
+
+    def __init__(self, message: str, *, ds: str | None = None):
+        super().__init__(message)
+        self.ds = ds
+
+
 class DeployError(FreestackError):
     """A deployment could not be made or changed; the message says why and what to do. ``status`` is the
     HTTP status an API server answered (Kubernetes), when there was one."""

@@ -143,7 +143,7 @@ class MetricsRunFacet(FreestackRunFacet):
 
 @attr.define
 class CacheRunFacet(FreestackRunFacet):
-    """The step cache (:mod:`freestack.cache`): the key of the run's inputs, and whether its outputs were
+    """The step cache (:mod:`freestack.step_cache`): the key of the run's inputs, and whether its outputs were
     reused from an earlier run (``from_run``) or made, and why (``miss``)."""
 
     key: str

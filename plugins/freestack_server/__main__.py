@@ -1,5 +1,5 @@
 """``python -m freestack_server [--env-file FILE]``: the model server, the same command in every target
-(see :mod:`freestack_server.app` and :mod:`freestack_server.config`)."""
+(see :mod:`freestack_server.app` and :mod:`freestack_server.core.config`)."""
 
 import sys
 

@@ -104,7 +104,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     from airflow.dag_processing.dagbag import DagBag
 
     from freestack.registry.core import ModelRegistry
-    from freestack.serving import k8s, manifests
+    from freestack.serving import manifests, seldon_deployments
     from freestack.serving.records import Deployments
     from tests.fakes.k8s_api import ProxyingKubeAPI
 
@@ -144,7 +144,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         deploy = bag.get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
         assert deploy.test().state == "success"
-        obj = k8s.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get("digits", "models", "kube_test")
         assert manifests.summary(obj)["predictors"][0]["version"] == "v1"
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
         manifests.validate_manifest(
@@ -162,7 +162,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
 
         reg.promote("v2")  # the next production version goes out as a canary beside v1
         assert deploy.test().state == "success"
-        obj = k8s.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get("digits", "models", "kube_test")
         traffic = {p["name"]: p["traffic"] for p in obj["spec"]["predictors"]}
         assert traffic == {"main": 90, "canary": 10}
         rec = Deployments(storage, "digits").get("digits")
@@ -171,7 +171,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         from freestack.cli import main
 
         assert main(["serve", "--root", storage, "canary", "digits", "promote"]) == 0
-        obj = k8s.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get("digits", "models", "kube_test")
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
         assert Deployments(storage, "digits").get("digits")["version"] == "v2"
     finally:

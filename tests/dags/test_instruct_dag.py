@@ -108,7 +108,7 @@ def _ingest(p, name: str) -> None:
 
 def _base_exact_match(folder: Path, smoke: dict) -> float:
     """The pretrained base's exact match on the evaluation's smoke prompts (greedy, same budget)."""
-    from freestack.evaluate.generation import exact_match
+    from freestack.evaluate.text_generation import exact_match
     from freestack.ml.generation import GenerationSettings, generate, load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(folder)).eval(), load_tokenizer(folder)

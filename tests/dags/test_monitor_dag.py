@@ -64,7 +64,7 @@ def _log_day(root: str, version: str, model, pre, X: np.ndarray, day: datetime) 
     """One day of requests of ``X`` (30 rows each) with the version's in-process answers, as the server logs them."""
     import torch
 
-    from freestack_server.requestlog import RequestLog, monitoring_uri
+    from freestack_server.core.requestlog import RequestLog, monitoring_uri
 
     log = RequestLog(
         monitoring_uri(root, "digits"),

@@ -82,7 +82,7 @@ def pipelines(tmp_path, storage, monkeypatch):
 
 def _base_exact_match(folder: Path, smoke: dict) -> float:
     """The starting model's exact match on the evaluation's smoke prompts (greedy, same budget)."""
-    from freestack.evaluate.generation import exact_match
+    from freestack.evaluate.text_generation import exact_match
     from freestack.ml.generation import GenerationSettings, generate, load_causal_lm, load_tokenizer
 
     model, tok = load_causal_lm(str(folder)).eval(), load_tokenizer(folder)
@@ -122,7 +122,7 @@ def test_a_language_model_is_preference_tuned_gated_registered_and_served(pipeli
             "val_reward_rejected",
             "val_reward_accuracy",
         } <= set(rows[-1])
-        from freestack.evaluate.generation import exact_match
+        from freestack.evaluate.text_generation import exact_match
 
         smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
         start, tuned = _base_exact_match(p["base"], smoke), exact_match(smoke["labels"], smoke["outputs"])
@@ -138,7 +138,7 @@ def test_a_language_model_is_preference_tuned_gated_registered_and_served(pipeli
 def test_two_ranks_preference_tune_one_model(pipelines):
     """train.distributed with 2 local ranks (DDP, gloo): each rank scores the reference of the pairs and
     takes its share of every batch; rank 0 validates and writes the version, which gates and serves."""
-    from freestack.evaluate.generation import exact_match
+    from freestack.evaluate.text_generation import exact_match
     from freestack.serving.local import stop_local
     from freestack.serving.records import Deployments
 

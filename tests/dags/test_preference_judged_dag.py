@@ -104,7 +104,7 @@ def _first_model_judged_pointwise(p: dict) -> Path:
 
 
 def test_the_judge_promotes_a_preference_tuned_model_over_its_starting_model(judged):
-    from freestack.evaluate.generation import exact_match
+    from freestack.evaluate.text_generation import exact_match
     from freestack.serving.local import stop_local
 
     p = judged

@@ -147,7 +147,7 @@ def test_a_folder_input_quarantines_rows_that_do_not_encode(lake, tmp_path):  # 
         pa.Table.from_pandas(pixels.drop(columns=["px_0"]), preserve_index=False),
         folder / "ds=2026-11-04" / "a.parquet",
     )
-    from freestack.score.core import ScoreError
+    from freestack.errors import ScoreError
 
     with pytest.raises(ScoreError, match=r"no column\(s\) \['px_0'\]"):
         plan(spec, datetime(2026, 11, 4, tzinfo=UTC), datetime(2026, 11, 5, tzinfo=UTC))

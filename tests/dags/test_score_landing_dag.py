@@ -133,7 +133,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_a_landing_folder_is_scored_with_ingests_row_rules(landed, case, caplog):
-    from freestack.score.core import output_dir, read_failure
+    from freestack.score.published import output_dir, read_failure
     from freestack.spec import load_spec
 
     files, failed_task, reasons, named = CASES[case]

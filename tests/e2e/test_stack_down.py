@@ -278,7 +278,7 @@ def test_down_lists_the_model_servers_it_stopped(tmp_path):
     serving = Path(env["FREESTACK_SERVING_DIR"])
     (serving / "digits").mkdir(parents=True)
     from freestack.serving.processes import free_port_block, is_holder
-    from freestack_server.address import socket_name
+    from freestack_server.core.address import socket_name
 
     port = free_port_block()
     holder = subprocess.Popen(

@@ -768,7 +768,7 @@ def test_a_local_deploy_of_an_adapter_carries_deploy_generation_to_the_server(wo
 
 def test_the_bounds_defaults_are_the_same_in_the_spec_the_settings_and_the_server():
     from freestack.settings import Settings
-    from freestack_server.generation import Bounds
+    from freestack_server.core.generation import Bounds
 
     spec, server = GenerationBounds(), Bounds()
     for name in GenerationBounds.model_fields:
@@ -785,7 +785,7 @@ def test_the_bounds_defaults_are_the_same_in_the_spec_the_settings_and_the_serve
 
 
 def _prompts(n: int, key: str, limit: int = 8):
-    from freestack_server.generation import Prompts
+    from freestack_server.core.generation import Prompts
 
     return Prompts(
         [[{"role": "user", "content": f"{key}{i}"}] for i in range(n)],
@@ -796,7 +796,7 @@ def _prompts(n: int, key: str, limit: int = 8):
 
 
 def _echo(calls: list, fail_shared: bool = False):
-    from freestack_server.generation import Generated
+    from freestack_server.core.generation import Generated
 
     def run(prompts):
         calls.append([c[0]["content"] for c in prompts.chats])
@@ -810,7 +810,7 @@ def _echo(calls: list, fail_shared: bool = False):
 
 
 def test_the_worker_rounds_share_a_call_among_prompts_of_equal_parameters_up_to_the_limit():
-    from freestack_server.batching import RequestBatcher
+    from freestack_server.seldon.batching import RequestBatcher
 
     calls: list = []
     batcher = RequestBatcher(_echo(calls), max_rows=100)

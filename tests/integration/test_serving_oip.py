@@ -1,4 +1,4 @@
-"""The MLServer runtime (freestack_server.oip) serves registry versions over the Open Inference
+"""The MLServer runtime (freestack_server.mlserver.runtime) serves registry versions over the Open Inference
 Protocol: real MLServer 1.7.1 processes in .venv-mlserver, spoken to with Triton's official OIP client
 (tritonclient, HTTP and gRPC) and with plain HTTP for the payloads a client library would not send."""
 

@@ -515,7 +515,7 @@ _UVICORN_CHECK = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
 import mlserver.rest.server as rest_server, uvicorn
-from freestack_server import oip_server
+from freestack_server.mlserver import server as oip_server
 written_for = oip_server.json_400_protocol()
 print("WRITTEN-FOR", uvicorn.__version__, [c.__name__ for c in written_for.__mro__[:3]])
 oip_server.json_400_protocol.cache_clear()

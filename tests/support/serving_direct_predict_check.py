@@ -33,11 +33,11 @@ def main(model_uri: str, cases_file: str) -> None:
     os.environ.setdefault("INCLUDE_METRICS_IN_CLIENT_RESPONSE", "false")
     from seldon_core import wrapper
 
-    from freestack_server import request_checks
-    from freestack_server.direct_predict import DirectPredict
-    from freestack_server.lighter_flask import faster_json, lighter_flask
-    from freestack_server.metrics import BufferedSeldonMetrics
-    from freestack_server.seldon_model import Model
+    from freestack_server.seldon import request_checks
+    from freestack_server.seldon.direct_predict import DirectPredict
+    from freestack_server.seldon.lighter_flask import faster_json, lighter_flask
+    from freestack_server.seldon.metrics import BufferedSeldonMetrics
+    from freestack_server.seldon.model import Model
 
     model = Model(model_uri=model_uri)
     model.load()

@@ -19,7 +19,7 @@ OWN = ("freestack", "freestack_server")
 
 #: the most function-level imports of freestack's own modules that plugins/ may hold. It only goes down:
 #: when a change takes the count lower, lower this to the new count (print it with the command above)
-CEILING = 93
+CEILING = 86
 
 
 def is_own(node: ast.AST) -> bool:

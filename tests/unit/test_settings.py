@@ -58,7 +58,7 @@ def test_no_freestack_variable_is_read_outside_the_settings():
     )
     found = [
         f"{p.relative_to(root)}:{n}"
-        for p in [*(root / "plugins").rglob("*.py"), root / "plugins/freestack_server/seldon_model.py"]
+        for p in [*(root / "plugins").rglob("*.py"), root / "plugins/freestack_server/seldon/model.py"]
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if reads.search(line)
     ]

@@ -1,25 +1,25 @@
-"""freestack.cache's words for a miss and its check of a hit, as evaluate and score use them: an entry keeps
-its inputs in words (:class:`freestack.cache.Shown`), so a later miss says what changed in them, and the
+"""freestack.step_cache's words for a miss and its check of a hit, as evaluate and score use them: an entry keeps
+its inputs in words (:class:`freestack.step_cache.Shown`), so a later miss says what changed in them, and the
 outputs a hit would reuse are checked against what they record of their own inputs (no model, no files but
 the entry's)."""
 
 from __future__ import annotations
 
-from freestack import cache
+from freestack import step_cache
 
 RUN = {"run_id": "manual__first"}
 
 
-def _shown(version: str, days: dict[str, str], blocks: dict[str, str]) -> dict[str, cache.Shown]:
+def _shown(version: str, days: dict[str, str], blocks: dict[str, str]) -> dict[str, step_cache.Shown]:
     return {
-        "champion": cache.Shown(value=version),
-        "partitions": cache.Shown(items=days, gone="left the window"),
-        "spec": cache.Shown(items=blocks, changed="other settings"),
+        "champion": step_cache.Shown(value=version),
+        "partitions": step_cache.Shown(items=days, gone="left the window"),
+        "spec": step_cache.Shown(items=blocks, changed="other settings"),
     }
 
 
-def _inputs(shown: dict[str, cache.Shown]) -> dict[str, str]:
-    return {name: cache.digest(s.model_dump()) for name, s in shown.items()}
+def _inputs(shown: dict[str, step_cache.Shown]) -> dict[str, str]:
+    return {name: step_cache.digest(s.model_dump()) for name, s in shown.items()}
 
 
 def test_a_miss_says_what_changed_in_the_inputs_the_entry_keeps_in_words(tmp_path):
@@ -27,13 +27,13 @@ def test_a_miss_says_what_changed_in_the_inputs_the_entry_keeps_in_words(tmp_pat
     (tmp_path / "out.json").write_text("{}")
     days = {f"2026-11-0{d}": f"sha{d}" for d in range(1, 4)}
     before = _shown("v1", days, {"gate": "g1", "train": "t1"})
-    first = cache.lookup("evaluate", folder, _inputs(before), shown=before)
-    assert first.miss == cache.FIRST
-    cache.save(first, RUN, ["out.json"])
-    assert cache.lookup("evaluate", folder, _inputs(before), shown=before).hit
+    first = step_cache.lookup("evaluate", folder, _inputs(before), shown=before)
+    assert first.miss == step_cache.FIRST
+    step_cache.save(first, RUN, ["out.json"])
+    assert step_cache.lookup("evaluate", folder, _inputs(before), shown=before).hit
 
-    def miss(now: dict[str, cache.Shown]) -> str | None:
-        return cache.lookup("evaluate", folder, _inputs(now), shown=now).miss
+    def miss(now: dict[str, step_cache.Shown]) -> str | None:
+        return step_cache.lookup("evaluate", folder, _inputs(now), shown=now).miss
 
     assert (
         miss(_shown("v2", days, before["spec"].items)) == "champion changed since run manual__first: v1 -> v2"
@@ -51,18 +51,18 @@ def test_a_miss_says_what_changed_in_the_inputs_the_entry_keeps_in_words(tmp_pat
         "partitions changed since run manual__first: 2026-12-01 (new), 2026-12-02 (new), 2026-12-03 (new), "
         "2026-12-04 (new), 2026-12-05 (new), and 5 more"
     )
-    assert miss({**before, "base": cache.Shown(value="b")}) == "base changed since run manual__first"
+    assert miss({**before, "base": step_cache.Shown(value="b")}) == "base changed since run manual__first"
 
 
 def test_a_hit_is_checked_against_what_its_outputs_record():
     shown = _shown("v1", {"2026-11-01": "sha1", "2026-11-02": "sha2"}, {})
-    found = cache.Lookup("evaluate", "file:///x", cache.ENTRY, "k" * 64, {}, None, None, shown)
-    names_only = cache.Shown(items={"2026-11-01": "", "2026-11-02": ""})  # what metrics.json records
-    recorded = {"champion": cache.Shown(value="v1"), "partitions": names_only}
-    assert cache.not_of(found, recorded, "k" * 64, "metrics.json") is None
-    assert cache.not_of(
-        found, {**recorded, "champion": cache.Shown(value="v0")}, "k" * 64, "metrics.json"
+    found = step_cache.Lookup("evaluate", "file:///x", step_cache.ENTRY, "k" * 64, {}, None, None, shown)
+    names_only = step_cache.Shown(items={"2026-11-01": "", "2026-11-02": ""})  # what metrics.json records
+    recorded = {"champion": step_cache.Shown(value="v1"), "partitions": names_only}
+    assert step_cache.not_of(found, recorded, "k" * 64, "metrics.json") is None
+    assert step_cache.not_of(
+        found, {**recorded, "champion": step_cache.Shown(value="v0")}, "k" * 64, "metrics.json"
     ) == ("metrics.json records other inputs than these (recorded -> now: champion v0 -> v1)")
-    assert cache.not_of(found, recorded, "0" * 64, "metrics.json") == (
+    assert step_cache.not_of(found, recorded, "0" * 64, "metrics.json") == (
         "metrics.json was written under key 000000000000, not by the run the cache entry names"
     )

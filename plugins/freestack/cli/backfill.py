@@ -517,7 +517,7 @@ def _day(spec: Any, dag: Dag, logical_date: str) -> _Day:
 def _score_day(spec: Any, logical_date: str, ds: str) -> _Day:
     """A day of the score DAG: run when its input (a lake partition, or the input folder's files) is
     there, else left out: a day without input is never an empty success that looks like data."""
-    from freestack.score.core import input_files
+    from freestack.score.day import input_files
 
     if spec.score is None:
         raise CliError(

@@ -5,12 +5,11 @@ from __future__ import annotations
 from freestack.cli.common import Json, Pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, out, print_json, table
+from freestack.score.published import scored_days
 
 
 def scores(pipeline: Pipeline, json: Json = False) -> int:
     """The scored days: rows scored and quarantined, the version, the distribution of predictions."""
-    from freestack.score.core import scored_days
-
     spec = load_pipeline(pipeline)
     if spec.score is None:
         raise CliError(

@@ -20,7 +20,7 @@ from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
 from freestack.hooks.credentials import deployment_key, model_source, server_api_key
 from freestack.registry.core import registry_for
-from freestack.serving import k8s, manifests
+from freestack.serving import manifests, seldon_deployments
 from freestack.serving.records import Deployments, alias_drift, all_deployments, live_state
 from freestack.settings import default_storage_root
 from freestack.storage import storage_root
@@ -356,11 +356,11 @@ def canary(
         raise typer.BadParameter("traffic needs --percent N (0-100)", param_hint="--percent")
     t, name = spec.deploy.kubernetes, spec.deployment_name
     if action is CanaryAction.promote:
-        obj = k8s.promote_canary(name, t.namespace, t.conn_id)
+        obj = seldon_deployments.promote_canary(name, t.namespace, t.conn_id)
     elif action is CanaryAction.rollback:
-        obj = k8s.rollback_canary(name, t.namespace, t.conn_id)
+        obj = seldon_deployments.rollback_canary(name, t.namespace, t.conn_id)
     else:
-        obj = k8s.set_traffic(name, t.namespace, t.conn_id, canary_traffic=percent)
+        obj = seldon_deployments.set_traffic(name, t.namespace, t.conn_id, canary_traffic=percent)
     _record_canary(ctx, spec, action, percent)
     print_json(manifests.summary(obj))
     return 0

@@ -24,13 +24,14 @@ import html
 import json
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from freestack import cache, version
+from freestack import step_cache, version
 from freestack.errors import EvaluationError
-from freestack.evaluate import generation as gen
+from freestack.evaluate import text_generation as gen
 from freestack.judging import client as llm_judge
 from freestack.ml.loop import to_tensors
 from freestack.ml.plots import png
@@ -360,20 +361,12 @@ def plots(
         im = ax.imshow(m, cmap="Blues")
         ax.set_xticks(range(len(cm["labels"])), cm["labels"])
         ax.set_yticks(range(len(cm["labels"])), cm["labels"])
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set(xlabel="predicted", ylabel="true")
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if m[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(m[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if m[i, j] > m.max() / 2 else "black",
-                    )
+                    color = "white" if m[i, j] > m.max() / 2 else "black"
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color=color)
         fig.colorbar(im, ax=ax)
         ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.4f})")
         out["confusion_matrix.png"] = png(fig)
@@ -381,12 +374,8 @@ def plots(
         fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names)), 3.6))
         w = 0.27
         for k, metric in enumerate(("precision", "recall", "f1")):
-            ax.bar(
-                np.arange(len(names)) + (k - 1) * w,
-                [report["per_class"][n][metric] for n in names],
-                w,
-                label=metric,
-            )
+            values = [report["per_class"][n][metric] for n in names]
+            ax.bar(np.arange(len(names)) + (k - 1) * w, values, w, label=metric)
         ax.set_xticks(range(len(names)), names)
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
@@ -398,8 +387,7 @@ def plots(
         axes[0].scatter(pts["y"], pts["pred"], s=6, alpha=0.5)
         lo, hi = min(pts["y"] + pts["pred"]), max(pts["y"] + pts["pred"])
         axes[0].plot([lo, hi], [lo, hi], "r--", lw=1)
-        axes[0].set_xlabel("true")
-        axes[0].set_ylabel("predicted")
+        axes[0].set(xlabel="true", ylabel="predicted")
         axes[1].hist(np.array(pts["pred"]) - np.array(pts["y"]), bins=40)
         axes[1].set_xlabel("residual (predicted - true)")
         fig.suptitle(f"residuals (RMSE {report['rmse']:.4g}, R² {report['r2']:.4f})")
@@ -457,6 +445,35 @@ def render_html(title: str, summary: dict[str, Any], images: dict[str, bytes]) -
     )
 
 
+@dataclass
+class Candidate:
+    """A candidate loaded to evaluate (:func:`_load`): the version, its name and lineage, the window it is
+    evaluated on, that window's test rows (``data``: the window read, closed once they are measured) and
+    the folder its evaluation is written into."""
+
+    loaded: LoadedVersion
+    uri: str
+    version: str
+    lineage: dict[str, Any]
+    end_ds: str
+    days: int
+    test: Any
+    data: Any
+    folder: Any
+
+
+@dataclass
+class Measured:
+    """Both models' metrics on the test rows (the champion's None without one), the champion, and a
+    text-generation candidate's sample answers and the judge's verdicts (:func:`_generation`)."""
+
+    cand: dict[str, Any]
+    champ: dict[str, Any] | None
+    champion: LoadedVersion | None
+    samples: list[dict[str, str]] | None = None
+    judged: llm_judge.Judged | None = None
+
+
 def evaluate(
     spec: PipelineSpec,
     candidate_uri: str,
@@ -471,90 +488,109 @@ def evaluate(
     ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary.
     ``judge_key``: the API key of ``gate.judge``, read from its connection by the operator. ``run``: the
     Airflow run (dag_id, run_id) the cache entry names. With ``gate.cache``, an earlier evaluation of the
-    same inputs is returned as it is (:func:`cached`)."""
+    same inputs is returned as it is (:func:`cached`). The steps: :func:`_load` the candidate and its test
+    rows; answer and measure both models there (:func:`_measure`; :func:`_generation` also judges a
+    text-generation candidate's answers); :func:`_report` what was measured."""
     if join(to_path(candidate_uri), MARKER).exists():
         return _recorded(candidate_uri)
     found = cached(spec, candidate_uri, champion_uri, end_ds)
     if found is not None and found.hit and (reused := _reused(candidate_uri, found)) is not None:
         return reused
-    candidate = load_version(candidate_uri)
-    model, pre, history = candidate.model, candidate.preprocessor, candidate.history
-    lineage = candidate.lineage.as_dict()
+    cand = _load(spec, candidate_uri, end_ds)
+    try:
+        champion = load_version(champion_uri) if champion_uri else None
+        if cand.loaded.preprocessor.task == "generation":
+            measured = _generation(spec, cand, champion, judge_key)
+        else:
+            measured = _measure(spec, cand, champion)
+    finally:
+        cand.data.close()
+    summary = _report(spec, cand, measured, champion_uri, found, tracking_settings)
+    if found is not None:
+        written = _written([*summary["plots"]], measured.judged is not None)
+        step_cache.save(found, run, written, {"wandb": summary["wandb"]})
+    champ = f" (champion: {_figures(summary['champion'])})" if measured.champ else ""
+    log.info(
+        "evaluated %s on %d test rows up to %s: %s%s; report %s",
+        cand.version,
+        measured.cand["rows"],
+        cand.end_ds,
+        _figures(summary["candidate"]),
+        champ,
+        summary["report"],
+    )
+    return summary
+
+
+def _load(spec: PipelineSpec, candidate_uri: str, end_ds: str | None) -> Candidate:
+    """Load: the candidate (verified against its manifest), the window it is evaluated on (``end_ds``, else
+    its lineage's) and that window's held-out test rows (the very partitions it was trained on, when the
+    window is its lineage's)."""
+    loaded = load_version(candidate_uri)
+    lineage = loaded.lineage.as_dict()
     window = lineage.get("window") or {}
     end_ds = end_ds or window.get("end_ds")
     days = int(window.get("days") or spec.train.window_days)
     if not end_ds:
         raise EvaluationError(f"{candidate_uri}: {LINEAGE} names no window; pass end_ds")
-    if spec.gate.judge is not None and pre.task != "generation":
+    if spec.gate.judge is not None and loaded.preprocessor.task != "generation":
         raise EvaluationError(
             "gate.judge judges generated answers: it is for model.task text-generation only"
         )
     test, data = test_split(spec, end_ds, days, lineage if end_ds == window.get("end_ds") else None)
-    parts = data.partitions
-    target = spec.source.schema_.target
-    folder = join(to_path(candidate_uri), "evaluation")
     version = lineage.get("version") or to_path(candidate_uri).name
-    samples, judged = None, None
-    try:
-        champion = load_version(champion_uri) if champion_uri else None
-        if pre.task == "generation":
-            cand, champ, samples, judged = _generation(
-                spec, model, pre, test, version, champion, candidate_uri, folder, judge_key
-            )
-        else:
-            y, out = outputs(model, pre, test, target)
-            cand = report_of(pre, y, out)
-            write_json(
-                join(to_path(candidate_uri), REFERENCE_FILE),
-                reference_of(spec, pre, data, test, out, version, cand),
-            )
-            champ = score(champion.model, champion.preprocessor, test, target) if champion else None
-            write_json(
-                join(folder, "smoke.json"), smoke_sample(model, pre, test, spec.source.schema_.key, target)
-            )
-    finally:
-        data.close()
-    images = plots(cand, history, champ)
-    for name, data in images.items():
-        write_bytes(join(folder, name), data)
+    folder = join(to_path(candidate_uri), "evaluation")
+    return Candidate(loaded, candidate_uri, version, lineage, end_ds, days, test, data, folder)
+
+
+def _measure(spec: PipelineSpec, c: Candidate, champion: LoadedVersion | None) -> Measured:
+    """Answer and measure a classifier's or a regressor's test rows, and the champion's; from the
+    candidate's outputs, the monitor's reference statistics and the deploy's smoke sample."""
+    model, pre, target = c.loaded.model, c.loaded.preprocessor, spec.source.schema_.target
+    y, out = outputs(model, pre, c.test, target)
+    cand = report_of(pre, y, out)
+    reference = reference_of(spec, pre, c.data, c.test, out, c.version, cand)
+    write_json(join(to_path(c.uri), REFERENCE_FILE), reference)
+    champ = score(champion.model, champion.preprocessor, c.test, target) if champion else None
+    smoke = smoke_sample(model, pre, c.test, spec.source.schema_.key, target)
+    write_json(join(c.folder, "smoke.json"), smoke)
+    return Measured(cand, champ, champion)
+
+
+def _report(
+    spec: PipelineSpec, c: Candidate, m: Measured, champion_uri: str | None, found, tracking_settings
+) -> dict[str, Any]:
+    """Report: the plots, ``metrics.json`` (its paths relative to the model folder) and ``report.html``
+    written into ``evaluation/``, the metrics and plots logged to W&B; returns the summary."""
+    images = plots(m.cand, c.loaded.history, m.champ)
+    for name, image in images.items():
+        write_bytes(join(c.folder, name), image)
     summary = {
-        "version": version,
-        "candidate_uri": str(candidate_uri),
+        "version": c.version,
+        "candidate_uri": str(c.uri),
         "champion_uri": champion_uri,
-        "champion_version": champion.lineage.as_dict().get("version") if champion else None,
-        **({"samples": samples} if samples is not None else {}),
-        **({"judge_samples": judged.samples()} if judged is not None else {}),
-        "window": {"end_ds": end_ds, "days": days, "partitions": [p["ds"] for p in parts]},
-        "candidate": _shown(cand),
-        "champion": _shown(champ) if champ else None,
-        "plots": {n: str(join(folder, n)) for n in images},
+        "champion_version": m.champion.lineage.as_dict().get("version") if m.champion else None,
+        **({"samples": m.samples} if m.samples is not None else {}),
+        **({"judge_samples": m.judged.samples()} if m.judged is not None else {}),
+        "window": {"end_ds": c.end_ds, "days": c.days, "partitions": [p["ds"] for p in c.data.partitions]},
+        "candidate": _shown(m.cand),
+        "champion": _shown(m.champ) if m.champ else None,
+        "plots": {n: str(join(c.folder, n)) for n in images},
         **({"cache": found.record()} if found is not None else {}),
     }
-    write_json(join(folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
+    write_json(join(c.folder, "metrics.json"), {**summary, "plots": {n: f"evaluation/{n}" for n in images}})
     page = render_html(
-        f"{spec.model_name} {version}: evaluation",
-        {**summary, "judge_items": judged.items if judged else None},
+        f"{spec.model_name} {c.version}: evaluation",
+        {**summary, "judge_items": m.judged.items if m.judged else None},
         images,
     )
-    report = write_bytes(join(folder, "report.html"), page.encode())
-    summary["report"] = report.uri
-    summary["wandb"] = _log(spec, version, lineage, summary, images, tracking_settings)
-    if found is not None:
-        cache.save(found, run, _written(images, judged is not None), {"wandb": summary["wandb"]})
-    log.info(
-        "evaluated %s on %d test rows up to %s: %s%s; report %s",
-        version,
-        cand["rows"],
-        end_ds,
-        ", ".join(f"{k} {v:.4f}" for k, v in summary["candidate"].items() if isinstance(v, float)),
-        ""
-        if not champ
-        else " (champion: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in summary["champion"].items() if isinstance(v, float))
-        + ")",
-        report.uri,
-    )
+    summary["report"] = write_bytes(join(c.folder, "report.html"), page.encode()).uri
+    summary["wandb"] = _log(spec, c.version, c.lineage, summary, images, tracking_settings)
     return summary
+
+
+def _figures(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
 
 
 def _frame(test):
@@ -564,36 +600,34 @@ def _frame(test):
 
 
 def _generation(
-    spec: PipelineSpec,
-    model,
-    pre,
-    test,
-    version: str,
-    champion: LoadedVersion | None,
-    candidate_uri: str,
-    folder,
-    judge_key: str | None = None,
-):
-    """A text-generation candidate and champion answering the same test rows (:mod:`.generation`): their
-    metrics (with the judge's, and its ``judge.json``), the sample answers side by side, the monitor's
-    reference and the deploy's smoke sample."""
-    frame = _frame(test)
-    cand = gen.answer(model, pre, frame, spec)
-    champ = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
-    chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
+    spec: PipelineSpec, c: Candidate, champion: LoadedVersion | None, judge_key: str | None
+) -> Measured:
+    """Answer, measure and judge: a text-generation candidate and champion answering the same test rows
+    (:mod:`.text_generation`): their metrics (with the judge's, and its ``judge.json``), the sample answers
+    side by side, the monitor's reference and the deploy's smoke sample."""
+    model, pre = c.loaded.model, c.loaded.preprocessor
+    frame = _frame(c.test)
+    cand, champ, chats, refs = _answers(spec, model, pre, champion, frame)
     samples = gen.samples_table(
         chats, refs, cand.texts, champ.texts if champ else None, spec.model.generation.samples
     )
+    reference = gen.reference_of(spec, frame, cand.texts, c.version, cand.metrics)
+    write_json(join(to_path(c.uri), REFERENCE_FILE), reference)
     write_json(
-        join(to_path(candidate_uri), REFERENCE_FILE),
-        gen.reference_of(spec, frame, cand.texts, version, cand.metrics),
+        join(c.folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key)
     )
-    write_json(join(folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key))
-    golden = golden_answers(spec, model, pre, champion)
-    judged = judged_by(spec, chats, refs, cand, champ, judge_key, golden)
+    judged = judged_by(spec, chats, refs, cand, champ, judge_key, golden_answers(spec, model, pre, champion))
     if judged is not None:
-        write_json(join(folder, "judge.json"), judged.record(spec.gate.judge))
-    return cand.metrics, (champ.metrics if champ else None), samples, judged
+        write_json(join(c.folder, "judge.json"), judged.record(spec.gate.judge))
+    return Measured(cand.metrics, champ.metrics if champ else None, champion, samples, judged)
+
+
+def _answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None, frame) -> tuple:
+    """(the candidate's :class:`~.text_generation.Answers` to the test rows, the champion's or None, the
+    prompts as chats and their references, at most ``max_rows`` of each)."""
+    mine = gen.answer(model, pre, frame, spec)
+    theirs = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
+    return mine, theirs, *gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
 
 
 def golden_answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None) -> tuple | None:
@@ -660,12 +694,8 @@ def rescore(
     try:
         champion = load_version(champion_uri) if champion_uri else None
         if pre.task == "generation":
-            frame = _frame(test)
-            mine = gen.answer(model, pre, frame, spec)
-            theirs = gen.answer(champion.model, champion.preprocessor, frame, spec) if champion else None
-            chats, refs = gen.chats_of(pre, frame.head(spec.model.generation.max_rows))
-            golden = golden_answers(spec, model, pre, champion)
-            judged_by(spec, chats, refs, mine, theirs, judge_key, golden)
+            mine, theirs, chats, refs = _answers(spec, model, pre, champion, _frame(test))
+            judged_by(spec, chats, refs, mine, theirs, judge_key, golden_answers(spec, model, pre, champion))
             cand, champ = mine.metrics, (theirs.metrics if theirs else None)
         else:
             cand = score(model, pre, test, target)
@@ -686,8 +716,8 @@ WRITTEN_INTO = ("evaluation", REFERENCE_FILE, CARD)
 
 def cached(
     spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, end_ds: str | None
-) -> cache.Lookup | None:
-    """The candidate's evaluation cache (:mod:`freestack.cache`), keyed on the candidate's and production's
+) -> step_cache.Lookup | None:
+    """The candidate's evaluation cache (:mod:`freestack.step_cache`), keyed on the candidate's and production's
     files, the bytes of the partitions its lineage names, the spec blocks evaluate reads and the Hub base's
     commit; None with ``gate.cache`` off, for a window other than the candidate's own, or a candidate
     whose lineage cannot be read (the evaluation then says what is wrong). The versions' names, each
@@ -700,9 +730,8 @@ def cached(
     window = lineage.get("window") or {}
     if not spec.gate.cache or (end_ds and end_ds != window.get("end_ds")):
         return None
-    parts = [
-        [p.get("ds"), cache.file_digest(p["uri"])] for p in lineage.get("partitions") or [] if p.get("uri")
-    ]
+    partitions = [p for p in lineage.get("partitions") or [] if p.get("uri")]
+    parts = [[p.get("ds"), step_cache.file_digest(p["uri"])] for p in partitions]
     blocks = {
         "name": spec.name,
         **{k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor")},
@@ -714,38 +743,38 @@ def cached(
                 json.loads(join(to_path(champion_uri), LINEAGE).read_text()).get("version") or "none"
             )
         except (OSError, ValueError, AttributeError):
-            champion = cache.MISSING
-    found = cache.lookup(
+            champion = step_cache.MISSING
+    found = step_cache.lookup(
         "evaluate",
         candidate_uri,
         {
-            "candidate": cache.version_digest(candidate_uri, WRITTEN_INTO),
-            "champion": cache.version_digest(champion_uri) if champion_uri else "none",
-            "partitions": cache.digest(parts),
-            "spec": cache.spec_digest(blocks, {"gate": {"cache"}}),
-            "base": cache.base_commit(candidate_uri),
+            "candidate": step_cache.version_digest(candidate_uri, WRITTEN_INTO),
+            "champion": step_cache.version_digest(champion_uri) if champion_uri else "none",
+            "partitions": step_cache.digest(parts),
+            "spec": step_cache.spec_digest(blocks, {"gate": {"cache"}}),
+            "base": step_cache.base_commit(candidate_uri),
         },
-        name=f"evaluation/{cache.ENTRY}",
+        name=f"evaluation/{step_cache.ENTRY}",
         shown={
-            "candidate": cache.Shown(value=str(lineage.get("version") or to_path(candidate_uri).name)),
-            "champion": cache.Shown(value=champion),
-            "partitions": cache.Shown(items={str(ds): sha for ds, sha in parts}, gone="left the window"),
-            "spec": cache.spec_shown(blocks, {"gate": {"cache"}}),
+            "candidate": step_cache.Shown(value=str(lineage.get("version") or to_path(candidate_uri).name)),
+            "champion": step_cache.Shown(value=champion),
+            "partitions": step_cache.Shown(items={str(ds): sha for ds, sha in parts}, gone="left the window"),
+            "spec": step_cache.spec_shown(blocks, {"gate": {"cache"}}),
         },
     )
     if not found.hit:
         log.info("%s", found.line(""))
-        cache.forget(found)
+        step_cache.forget(found)
     return found
 
 
-def _written(images: dict[str, bytes], judged: bool) -> list[str]:
+def _written(images: list[str], judged: bool) -> list[str]:
     """What an evaluation writes into the candidate's folder: the outputs its cache entry lists."""
     written = ["evaluation/metrics.json", "evaluation/report.html", "evaluation/smoke.json", REFERENCE_FILE]
     return written + [f"evaluation/{n}" for n in [*images, *(["judge.json"] if judged else [])]]
 
 
-def _reused(candidate_uri: str, found: cache.Lookup) -> dict[str, Any] | None:
+def _reused(candidate_uri: str, found: step_cache.Lookup) -> dict[str, Any] | None:
     """The earlier run's evaluation of the same inputs, as :func:`evaluate` returned it (its W&B run);
     None, the hit turned into a miss and its entry removed, when its ``metrics.json`` cannot be read, or
     is not this evaluation of these inputs: it names another candidate or champion version, other window
@@ -756,17 +785,17 @@ def _reused(candidate_uri: str, found: cache.Lookup) -> dict[str, Any] | None:
         found.miss = f"the earlier evaluation cannot be read ({type(exc).__name__})"
     else:
         recorded = {
-            "candidate": cache.Shown(value=str(summary.get("version"))),
-            "champion": cache.Shown(value=str(summary.get("champion_version") or "none")),
-            "partitions": cache.Shown(
+            "candidate": step_cache.Shown(value=str(summary.get("version"))),
+            "champion": step_cache.Shown(value=str(summary.get("champion_version") or "none")),
+            "partitions": step_cache.Shown(
                 items=dict.fromkeys((summary.get("window") or {}).get("partitions") or [], "")
             ),
         }
         key = (summary.get("cache") or {}).get("key")
-        found.miss = cache.not_of(found, recorded, key, "evaluation/metrics.json")
+        found.miss = step_cache.not_of(found, recorded, key, "evaluation/metrics.json")
     if found.miss is not None:
         log.warning("%s", found.line(""))
-        cache.forget(found)
+        step_cache.forget(found)
         return None
     summary.update(wandb=(found.entry.extra.get("wandb") if found.entry else None), cache=found.record())
     log.info("%s", found.line(f"the evaluation of {summary.get('version')}"))

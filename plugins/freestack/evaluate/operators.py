@@ -17,7 +17,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack import cache
+from freestack import step_cache
 from freestack.errors import EvaluationError
 from freestack.evaluate.gate import decide, decide_again, decision_note
 from freestack.hooks.credentials import judge_api_key
@@ -85,7 +85,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(key="wandb", value=summary.get("wandb"))
-        if line := cache.note(summary.get("cache"), f"the evaluation of {cand['version']}"):
+        if line := step_cache.note(summary.get("cache"), f"the evaluation of {cand['version']}"):
             context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=f"evaluate: {line}")
         summary.update(
             candidate_version=cand["version"], champion_version=champion_version, sweep=cand["sweep"]

@@ -7,6 +7,6 @@ stage's PyTorchJobs and the deploy stage's SeldonDeployments (and KServe Inferen
   ``KubernetesHook``, every failure turned into the error its stage words (API server, connection,
   namespace, object and what to check).
 
-Each stage keeps its own kind's manifests and API calls (``<stage>/manifests.py`` and ``<stage>/k8s.py``);
-this package sits below both, so neither stage imports the other for them.
+Each stage keeps its own kind's manifests and API calls (``<stage>/manifests.py``; ``serving/seldon_deployments.py``,
+``train/pytorchjobs.py``); this package sits below both, so neither stage imports the other for them.
 """

@@ -42,6 +42,10 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from freestack.ml.generation import Completion, GenerationSettings
 
 log = logging.getLogger("freestack.serving")
 
@@ -228,7 +232,7 @@ class Engine:
     async def stream(
         self,
         ids: list[int],
-        settings,
+        settings: GenerationSettings,
         request_id: str | None = None,
         *,
         live: bool = True,
@@ -330,12 +334,12 @@ class Engine:
     async def complete(
         self,
         ids: list[int],
-        settings,
+        settings: GenerationSettings,
         *,
         truncated: bool = False,
         admitted: bool = False,
         adapter: str | None = None,
-    ):
+    ) -> Completion:
         """One prompt's whole answer, as :func:`freestack.ml.generation.generate` gives it."""
         from freestack.ml.generation import Completion
 
@@ -348,11 +352,11 @@ class Engine:
     async def complete_all(
         self,
         prompts: Sequence[tuple[list[int], bool]],
-        settings,
+        settings: GenerationSettings,
         *,
         admitted: bool = False,
         adapter: str | None = None,
-    ) -> list:
+    ) -> list[Completion]:
         """Every prompt's whole answer, generated together (``prompts``: token ids, and whether they were
         cut from the left)."""
         jobs = (

@@ -26,10 +26,12 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from freestack.errors import FreestackError
@@ -38,7 +40,8 @@ from freestack.ml.pretrained import HubWeights, PretrainedError, adapter_base, a
 TASK = "generation"
 PIPELINE_TASK = "text-generation"
 IGNORE = -100  # the label transformers' loss skips
-ROLES = ("system", "user", "assistant")
+#: the roles a chat turn may have, and the chat template's role for each (OpenAI's developer turn is a system turn)
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class ChatError(FreestackError):
@@ -110,14 +113,84 @@ class ChatColumns:
         return next(m["content"] for m in reversed(chat) if m["role"] == "assistant")
 
 
-def _kind(v: Any) -> str:
+def _kind(v: object) -> str:
     missing = v is None or (isinstance(v, float) and math.isnan(v))
     return "nothing (a missing value)" if missing else type(v).__name__
 
 
-def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
-    """A chat as JSON text (or already a list): a list of ``{"role", "content"}`` with known roles."""
-    if isinstance(value, str):
+def refusal(message: str, param: str | None = None) -> PydanticCustomError:
+    """A validation error whose text is ``message`` as it stands (no "Value error, " before it); ``param``:
+    the field it names, where its place (``loc``) does not (a check across fields)."""
+    return PydanticCustomError("freestack", "{message}", {"message": message, "param": param})
+
+
+def unicode_text(value: str) -> str:
+    """``value``, refused unless it is Unicode text: a lone surrogate (the JSON escape \\ud800 without its
+    pair) is not, and no tokenizer can encode it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise refusal(
+            "the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): send valid Unicode text"
+        ) from None
+    return value
+
+
+class Message(BaseModel):
+    """One chat turn, wherever a chat comes from (a lake's messages column, a golden set, a request to either
+    runtime, the OpenAI API): a role (:data:`ROLES`) and text, or a list of OpenAI's text parts (joined).
+    Tool and function turns are refused, as is text that is not Unicode; other keys (``name``) are dropped.
+    The one parser of chat turns: :func:`parse_messages` and the OpenAI API's request models use it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _turn(cls, m: object) -> dict[str, object]:
+        if not isinstance(m, dict):
+            raise refusal(f'a message is an object {{"role", "content"}}, not {_kind(m)}')
+        if m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
+            raise refusal("tools and function calls are not supported: send text turns")
+        return {"role": m.get("role"), "content": m.get("content")}
+
+    @field_validator("role", mode="plain")
+    @classmethod
+    def _role(cls, role: object) -> str:
+        if not isinstance(role, str) or role not in ROLES:
+            raise refusal(
+                f"unknown role {role!r}: each message needs a role (system, developer, user or assistant) "
+                "and text content"
+            )
+        return ROLES[role]
+
+    @field_validator("content", mode="plain")
+    @classmethod
+    def _content(cls, content: object) -> str:
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text" or not isinstance(part.get("text"), str):
+                    raise refusal(f"a part of type {kind!r}: this model takes text only (parts of type text)")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise refusal('no text content: send "content": "..." (text, or a list of text parts)')
+        return unicode_text(content)
+
+
+MESSAGES = TypeAdapter(list[Message])
+
+
+def parse_messages(value: object, where: str, *, prompt: bool = False) -> list[dict[str, str]]:
+    """A chat as JSON text (or already a list) of :class:`Message` turns; with ``prompt``, ``value`` is a
+    prompt, the chat's one user turn. ChatError naming ``where`` (and the message) and what to send."""
+    if prompt:
+        if not isinstance(value, str):
+            raise ChatError(f"{where}: a prompt is text, not {_kind(value)}")
+        value = [{"role": "user", "content": value}]
+    elif isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError as exc:
@@ -129,14 +202,12 @@ def parse_messages(value: Any, where: str) -> list[dict[str, str]]:
         raise ChatError(
             f'{where}: expected a non-empty list of {{"role": ..., "content": ...}}, got {_kind(value)}'
         )
-    chat = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ChatError(
-                f"{where}, message {i}: each message needs a role ({', '.join(ROLES)}) and text content"
-            )
-        chat.append({"role": m["role"], "content": m["content"]})
-    return chat
+    try:
+        return [m.model_dump() for m in MESSAGES.validate_python(value)]
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        at = "" if prompt else f", message {first['loc'][0]}"
+        raise ChatError(f"{where}{at}: {first['msg']}") from None
 
 
 def answer_turn(value: Any, where: str) -> dict[str, str]:
@@ -517,36 +588,43 @@ class Completion:
 
 
 class PromptTooLong(ChatError):
-    def __init__(self, index: int, tokens: int, limit: int):
+    def __init__(self, index: int, tokens: int, limit: int, chat: bool = True):
         super().__init__(
             f"prompt {index} is {tokens} tokens, over the limit of {limit}: shorten it, or deploy with "
             "generation.truncate: left to keep its last tokens"
         )
-        self.index, self.tokens, self.limit = index, tokens, limit
+        self.index, self.tokens, self.limit, self.chat = index, tokens, limit, chat
 
 
 class EmptyPrompt(ChatError):
-    def __init__(self, index: int):
+    def __init__(self, index: int, chat: bool = True):
         super().__init__(
-            f"prompt {index} is empty: it has no tokens to answer, even with the chat template; send text"
+            f"prompt {index} is empty: it has no tokens to "
+            f"{'answer, even with the chat template' if chat else 'continue'}; send text"
         )
-        self.index = index
+        self.index, self.chat = index, chat
 
 
 def prompt_ids(
-    tokenizer, chats: Sequence[list[dict[str, str]]], settings: GenerationSettings
+    tokenizer, prompts: Sequence[list[dict[str, str]] | str], settings: GenerationSettings
 ) -> list[tuple[list[int], bool]]:
-    """Each chat rendered with the generation prompt, as token ids (cut from the left, or refused, when over
-    ``max_prompt_tokens``), and whether it was cut."""
+    """Each prompt as the model reads it, in token ids, and whether it was cut: a chat rendered with the
+    generation prompt, or a text continued as it stands (no chat template: the OpenAI API's completions);
+    cut from the left, or refused, when over ``max_prompt_tokens``. The one place prompts are built and
+    cut: the model server's routes, ``generate``, the score stage and the evaluation use it."""
     out = []
-    for i, chat in enumerate(chats):
-        text = render(tokenizer, chat, generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for i, prompt in enumerate(prompts):
+        chat = not isinstance(prompt, str)
+        if chat:
+            ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)
+        else:
+            ids = tokenizer(prompt)
+        ids = ids["input_ids"]
         if not ids:  # nothing to generate from (and the engine's batch cannot hold an empty prompt)
-            raise EmptyPrompt(i)
+            raise EmptyPrompt(i, chat)
         cut = len(ids) > settings.max_prompt_tokens
         if cut and settings.truncate != "left":
-            raise PromptTooLong(i, len(ids), settings.max_prompt_tokens)
+            raise PromptTooLong(i, len(ids), settings.max_prompt_tokens, chat)
         out.append((ids[-settings.max_prompt_tokens :] if cut else ids, cut))
     return out
 
@@ -621,7 +699,9 @@ def perplexity(loss: float) -> float:
 
 __all__ = [
     "IGNORE",
+    "MESSAGES",
     "PIPELINE_TASK",
+    "ROLES",
     "TASK",
     "CausalLMNet",
     "ChatColumns",
@@ -631,6 +711,7 @@ __all__ = [
     "EmptyPrompt",
     "Encoded",
     "GenerationSettings",
+    "Message",
     "PromptTooLong",
     "add_causal_lora",
     "encode_chat",
@@ -643,7 +724,10 @@ __all__ = [
     "pad_rows",
     "parse_messages",
     "perplexity",
+    "prompt_ids",
+    "refusal",
     "render",
     "save_tokenizer",
     "token_loss",
+    "unicode_text",
 ]

@@ -1,6 +1,6 @@
 """The monitor: one interval of a model's request log judged against each served version's reference.
 
-    monitoring/<model>/requests/ds=D/hour=H/*.parquet    the model server's request log (freestack_server.requestlog)
+    monitoring/<model>/requests/ds=D/hour=H/*.parquet    the model server's request log (freestack_server.core.requestlog)
     monitoring/<model>/labels/ds=D/hour=H/*.parquet      ground truth: /send-feedback, or files users drop here
     registry/<model>/<version>/reference.json            the version's reference statistics (written at evaluation)
     monitoring/<model>/reports/<start>--<end>/           report.html (plots inline) and summary.json per interval
@@ -27,7 +27,7 @@ from freestack.monitor.spec import interval_name
 from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
-from freestack_server.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
+from freestack_server.core.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -209,7 +209,7 @@ def judge_version(
     vocab = {f: set(w) for f, w in (ref.get("vocabulary") or {}).items()}
     series = stats.series_of(_logged_columns(rows, kinds), kinds, vocab)
     # a text-generation model's log holds its answers' texts and their lengths: its reference holds those
-    # lengths in characters (freestack.evaluate.generation.reference_of)
+    # lengths in characters (freestack.evaluate.text_generation.reference_of)
     pred = (
         rows["completion_chars"]
         if "completion_chars" in rows and ref["task"] != "classification"

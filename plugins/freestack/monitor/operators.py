@@ -87,7 +87,7 @@ class AlertOperator(PipelineOperator):
 
     def execute(self, context: Context) -> list[str]:
         # monitor.core and the request log load numpy: imported when the task runs, not at DAG parse time
-        from freestack_server.requestlog import monitoring_uri
+        from freestack_server.core.requestlog import monitoring_uri
 
         spec = self.pipeline_spec()
         got = _drifted(context, "alert", spec)

@@ -38,8 +38,8 @@ from freestack.pipeline_operator import PipelineOperator, TorchTask, permanent_e
 from freestack.providers.versions import registry_of, resolve, version_spec, where
 from freestack.registry.core import AliasMoved, RegistryError
 from freestack.registry.operators import moved_text, triggered_by
-from freestack.serving.k8s import KubernetesUnavailable, finish_rollout, start_rollout
 from freestack.serving.records import Deployments
+from freestack.serving.seldon_deployments import KubernetesUnavailable, finish_rollout, start_rollout
 from freestack.serving.spec import DeploySpec, LocalTarget, deploy_name
 from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 from freestack.spec import PipelineSpec
@@ -541,12 +541,12 @@ class FreestackDeployOperator(_FreestackOperator):
     is stopped and the old one keeps serving. Deploying the version already served changes nothing.
 
     ``where="kubernetes"`` rolls out as the deploy stage's Kubernetes target does
-    (:func:`freestack.serving.k8s.start_rollout`): a SeldonDeployment named ``name``, validated against
+    (:func:`freestack.serving.seldon_deployments.start_rollout`): a SeldonDeployment named ``name``, validated against
     Seldon Core's CRD, is applied through the ``conn_id`` connection; the task defers to
     :class:`~freestack.serving.triggers.SeldonDeploymentAvailableTrigger` (it waits in the triggerer,
     holding no worker slot) until Seldon reports it Available, then sends the version's stored test rows
     through the API server's service proxy and requires the evaluation's answers
-    (:func:`~freestack.serving.k8s.finish_rollout`). The spec it rolls out with is the one the version's
+    (:func:`~freestack.serving.seldon_deployments.finish_rollout`). The spec it rolls out with is the one the version's
     records describe (:func:`freestack.providers.versions.version_spec`).
 
     Either way the deployment record is ``deployments/<model>/<name>.json`` under the storage root.

@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from freestack.ingest.images import IMAGE_SUFFIXES
+from freestack.errors import ScoreError
 from freestack.providers.versions import registry_of, resolve, version_spec, where
-from freestack.score import core, generation
+from freestack.score import answers_writer, core
+from freestack.score.day import input_files
+from freestack.score.folder_input import file_item, kind_of
 from freestack.spec import PipelineSpec
-from freestack.storage import sha256_of, to_path
+from freestack.storage import to_path
 from freestack.version import open as open_version
 
 
@@ -60,7 +62,7 @@ def score(req: ScoreRequest, run: dict[str, str]) -> dict[str, Any]:
     spec = version_spec(opened, req.model, req.storage, block)
     model = core.ScoringModel(uri, spec.train.device)
     job = plan(spec, model, version, uri, req)
-    scorer = generation.score if model.generative else core.score
+    scorer = answers_writer.score if model.generative else core.score
     return scorer(spec, job, run, model)
 
 
@@ -76,10 +78,10 @@ def plan(
     else:  # the folder as the score stage lists a folder input (its braces kept as they are)
         folder = source.replace("{", "{{").replace("}", "}}")
         spec = spec.model_copy(update={"score": spec.score.model_copy(update={"input": folder})})
-        items = core.input_files(spec, req.ds)
+        items = input_files(spec, req.ds)
     files = [i for i in items if i["size"]]
     if not files:
-        raise core.ScoreError(
+        raise ScoreError(
             f"input_uri {req.input_uri!r} holds no rows to score: a Parquet or CSV file (or images), "
             f"not empty, {'is expected there' if items else 'was not found'} ({source})",
             ds=req.ds,
@@ -98,19 +100,11 @@ def plan(
 
 def _file_item(path) -> dict[str, Any]:
     """One input file as the score stage lists it (its folder is the file's own)."""
-    suffix = "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
-    kind = core.FOLDER_KINDS.get(suffix) or ("image" if suffix in IMAGE_SUFFIXES else None)
-    if kind is None:
-        raise core.ScoreError(
+    if kind_of(path.name) is None:
+        raise ScoreError(
             f"input_uri {str(path)!r} is not a Parquet, CSV or image file: name a folder, or one of those"
         )
-    return {
-        "uri": str(path),
-        "sha256": sha256_of(path),
-        "size": path.stat().st_size,
-        "kind": kind,
-        "folder": str(path.parent),
-    }
+    return file_item(path, path.parent)
 
 
 __all__ = ["ScoreRequest", "plan", "score", "where"]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import psutil
 
 from freestack.serving.processes import SUPERVISOR
-from freestack_server.address import HOLDER
+from freestack_server.core.address import HOLDER
 
 #: set by ``freestack.embedded.standalone_env`` in the environment of the stack's processes
 STACK_MARKER = "FREESTACK_AIRFLOW_BIN"

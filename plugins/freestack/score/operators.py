@@ -1,4 +1,4 @@
-"""The score DAG's operators. Thin over freestack.score.core.
+"""The score DAG's operators. Thin over freestack.score.core (and its writers).
 
 plan   -> resolves score.version once for the run (recorded), checks it loads and that the input has its
           columns, and lists the interval's days with input (skipped, with a note, when none has any)
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack import cache
+from freestack import step_cache
+from freestack.errors import ScoreError
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class PlanScoreOperator(PipelineOperator):
     ui_color = "#e8e0f8"
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from freestack.score.core import ScoreError, days_of, plan, record_failure
+        from freestack.score import core, published
 
         spec = self.pipeline_spec()
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
@@ -45,11 +46,11 @@ class PlanScoreOperator(PipelineOperator):
                 f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)"
             )
         try:
-            got = plan(spec, start, end)
+            got = core.plan(spec, start, end)
         except ScoreError as exc:  # the day at fault, or every day of the run, is listed failed with why
             run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
-            for ds in [exc.ds] if exc.ds else days_of(start, end):
-                record_failure(spec, ds, str(exc), task="plan", run=run)
+            for ds in [exc.ds] if exc.ds else core.days_of(start, end):
+                published.record_failure(spec, ds, str(exc), task="plan", run=run)
             raise AirflowFailException(str(exc)) from None
         context["ti"].xcom_push(
             key=PLAN_XCOM, value={k: got[k] for k in ("version", "uri", "asked", "skipped")}
@@ -80,27 +81,27 @@ class ScoreOperator(TorchTask, PipelineOperator):
         self.job = job
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.score import core, generation
+        from freestack.score import answers_writer, core, published
 
         spec = self.pipeline_spec()
         # a text-generation version answers the day's prompt rows
-        score = generation.score if spec.model.generative else core.score
+        score = answers_writer.score if spec.model.generative else core.score
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         try:
             manifest = score(spec, self.job, run)
-        except core.ScoreError as exc:
-            core.record_failure(spec, self.job["ds"], str(exc), task="score", run=run)
+        except ScoreError as exc:
+            published.record_failure(spec, self.job["ds"], str(exc), task="score", run=run)
             raise AirflowFailException(str(exc)) from None
         except Exception as exc:  # listed failed with the try: Airflow retries it, and a success clears it
             tries = f"try {context['ti'].try_number} of {self.retries + 1}"
             error = f"{type(exc).__name__}: {str(exc)[:1000]} ({tries})"
-            core.record_failure(spec, self.job["ds"], error, task="score", run=run)
+            published.record_failure(spec, self.job["ds"], error, task="score", run=run)
             raise
         brief = {k: manifest[k] for k in ("ds", "version", "rows_scored", "rows_quarantined")}
         brief["output"] = self.job["output"]
         self._scored = manifest  # what get_openlineage_facets_on_complete reports
         context["outlet_events"][scores_asset(spec.name)].extra = brief
-        cached = cache.note(manifest.get("cache"), f"the scores of {manifest['ds']}")
+        cached = step_cache.note(manifest.get("cache"), f"the scores of {manifest['ds']}")
         context["ti"].xcom_push(
             key=RUN_NOTE_XCOM,
             value=(

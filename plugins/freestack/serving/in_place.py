@@ -2,7 +2,7 @@
 the base.
 
 A local text-generation deployment on ``runtime: mlserver`` answers any registered adapter version of its
-base by name (``<model>:<version>``, :mod:`freestack_server.adapters`). When the deploy is asked to serve
+base by name (``<model>:<version>``, :mod:`freestack_server.mlserver.adapters`). When the deploy is asked to serve
 such a version, and the server would otherwise be started exactly as the running one (same address, ports,
 settings and key), :func:`promote_in_place`:
 

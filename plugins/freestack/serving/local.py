@@ -2,7 +2,7 @@
 command with the deploy's variables in F) on 127.0.0.1, switched blue/green behind one stable address.
 
 A deployment's address is ``deploy.local.port`` (P) for its whole life: an *address holder* process
-listens there and hands the listening socket to each server (:mod:`freestack_server.address`),
+listens there and hands the listening socket to each server (:mod:`freestack_server.core.address`),
 so the kernel gives connections straight to the servers' gunicorn workers, with no proxy. Blue and
 green are two slots behind it, each server also on its own port (blue P+1, green P+2).
 
@@ -61,10 +61,10 @@ from freestack.serving.smoke import (
 from freestack.settings import checkout_dir, settings
 from freestack.version import VersionError
 from freestack.version import open as open_version
-from freestack_server.address import socket_name
-from freestack_server.config import CANNOT_SERVE, ServerConfig, write_env_file
-from freestack_server.config import PREFIX as SERVER_PREFIX
-from freestack_server.requestlog import monitoring_uri
+from freestack_server.core.address import socket_name
+from freestack_server.core.config import CANNOT_SERVE, ServerConfig, write_env_file
+from freestack_server.core.config import PREFIX as SERVER_PREFIX
+from freestack_server.core.requestlog import monitoring_uri
 
 #: the model server's OpenAI API key (``ServerConfig.api_key``): in the server's env file, never in a record
 API_KEY_VARIABLE = f"{SERVER_PREFIX}API_KEY"
@@ -682,7 +682,7 @@ def _join(
     server: LocalServer, local: LocalTarget, sample: dict[str, Any], model_env: dict[str, str]
 ) -> LocalServer:
     """Open the checked server's gate and wait until it accepts on the deployment's address. The freestack
-    worker and MLServer (:class:`freestack_server.oip_server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
+    worker and MLServer (:class:`freestack_server.mlserver.server.AddressServer`) join in place; gunicorn's sync and gthread workers cannot wait for a gate, so that server is
     started again with the gate open (same version and config) and checked again on its own port."""
     server.gate.write_text("")
     if server.cfg.worker_class == "freestack" or server.cfg.runtime == "mlserver":

@@ -1,7 +1,7 @@
 """Seldon Core v1 SeldonDeployment manifests: built from a spec's ``deploy.kubernetes`` block, validated
 against the CRD, and read back (which version each predictor serves, whether it is Available).
 
-Pure functions over plain dicts; talking to a cluster is :mod:`freestack.serving.k8s`::
+Pure functions over plain dicts; talking to a cluster is :mod:`freestack.serving.seldon_deployments`::
 
     manifest = build_manifest("digits", model="digits", version="3", model_uri="s3://.../3",
                               target=spec.deploy.kubernetes, canary_version=..., canary_uri=...)
@@ -36,8 +36,8 @@ from freestack.kube.manifests import (
 )
 from freestack.serving.spec import KubernetesTarget
 from freestack.settings import checkout_dir, settings
-from freestack_server.config import PREFIX as SERVER_PREFIX
-from freestack_server.config import ServerConfig
+from freestack_server.core.config import PREFIX as SERVER_PREFIX
+from freestack_server.core.config import ServerConfig
 
 GROUP = "machinelearning.seldon.io"
 VERSION = "v1"
@@ -69,7 +69,7 @@ CRD_ENV = "FREESTACK_SELDON_CRD"
 ENV_URI = "FREESTACK_MODEL_URI"
 ENV_VERSION = "FREESTACK_MODEL_VERSION"
 ENV_NAME = "FREESTACK_MODEL_NAME"
-#: the model server's OpenAI API key (:class:`freestack_server.config.ServerConfig`'s ``api_key``)
+#: the model server's OpenAI API key (:class:`freestack_server.core.config.ServerConfig`'s ``api_key``)
 API_KEY_ENV = f"{SERVER_PREFIX}API_KEY"
 
 
@@ -91,7 +91,7 @@ def _container(
 ) -> dict[str, Any]:
     """The model container of either runtime, started by its image's own command (``python -m
     freestack_server``): Seldon's protocol, or (``mlserver``) the Open Inference Protocol, with a gRPC port
-    and probes on the V2 paths. Its variables are the model server's (:mod:`freestack_server.config`), as
+    and probes on the V2 paths. Its variables are the model server's (:mod:`freestack_server.core.config`), as
     the local deploy sets them; the interface and ports are the image's ``ENV`` and Seldon's operator's
     ``PREDICTIVE_UNIT_*``."""
     cfg = ServerConfig.model_validate(

@@ -5,7 +5,7 @@ operator over :mod:`freestack.serving` and :mod:`freestack.registry`.
   (``python -m freestack_server``) on 127.0.0.1, smoke-tests it against the evaluation's own predictions and
   switches the deployment record blue/green; a failure leaves the old version serving.
 - kubernetes: a ``SeldonDeployment`` (validated against the CRD) is applied through the ``kubernetes``
-  connection (:func:`freestack.serving.k8s.start_rollout`), and the task defers to a trigger until
+  connection (:func:`freestack.serving.seldon_deployments.start_rollout`), and the task defers to a trigger until
   Seldon reports it ``Available``. With a canary in the spec, a new version first takes the canary
   predictor's share of the traffic.
 """
@@ -22,8 +22,8 @@ from freestack.hooks.credentials import model_source, server_api_key
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.pipeline_operator import PipelineOperator
 from freestack.registry.core import RegistryError, registry_for
-from freestack.serving.k8s import finish_rollout, start_rollout
 from freestack.serving.records import Deployments
+from freestack.serving.seldon_deployments import finish_rollout, start_rollout
 from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 from freestack.storage import storage_root
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from freestack_server.address import HOLDER
-from freestack_server.config import read_env_file
+from freestack_server.core.address import HOLDER
+from freestack_server.core.config import read_env_file
 
 #: what every model-server supervisor's command line holds
 SUPERVISOR = "freestack_server --env-file"

@@ -26,7 +26,7 @@ from freestack import version
 from freestack.errors import DeployError
 from freestack.storage import join, to_path
 from freestack.version.files import SMOKE
-from freestack_server.requestlog import SMOKE_ID
+from freestack_server.core.requestlog import SMOKE_ID
 
 
 def http_json(

@@ -199,7 +199,7 @@ class ApiKeySource(SpecModel):
     target, a Kubernetes Secret for the Kubernetes target. The server (``runtime: mlserver``) then answers
     every route but its health probes only with ``Authorization: Bearer <key>`` or ``api-key: <key>`` (401
     without it): the OpenAI API, V2 inference and metadata (REST and gRPC), the API docs
-    (:mod:`freestack_server.keys`)."""
+    (:mod:`freestack_server.mlserver.keys`)."""
 
     conn_id: str | None = Field(
         default=None,

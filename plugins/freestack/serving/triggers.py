@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from freestack.kube.trigger import CustomObjectTrigger
-from freestack.serving import k8s, manifests
+from freestack.serving import manifests, seldon_deployments
 
 if TYPE_CHECKING:
     from freestack.serving.spec import KubernetesTarget
@@ -46,11 +46,11 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
         return "failed", f"{self.what} no longer exists on {self.host}: it was deleted while being deployed"
 
     def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
-        err = k8s.api_error(status, reason, body, action="read", **self._where())
-        return isinstance(err, k8s.KubernetesUnavailable), str(err)
+        err = seldon_deployments.api_error(status, reason, body, action="read", **self._where())
+        return isinstance(err, seldon_deployments.KubernetesUnavailable), str(err)
 
     def unreachable(self, exc: BaseException) -> str:
-        return str(k8s.unreachable(exc, action="read", **self._where()))
+        return str(seldon_deployments.unreachable(exc, action="read", **self._where()))
 
     def timeout_message(self, last: str) -> str:
         return (

@@ -2,7 +2,7 @@
 built from the spec, validated against the operator's CRD before they reach a cluster.
 
 Pure functions over plain dicts (no Airflow), as the deploy stage's :mod:`freestack.serving.manifests`;
-creating and following the job is :mod:`freestack.train.k8s`::
+creating and following the job is :mod:`freestack.train.pytorchjobs`::
 
     name = job_name(spec.name, req.run_key)        # the same for every attempt of a run
     manifest = pytorchjob_manifest(spec, name=name, launch_uri=str(launch_path), run_id=rendezvous_id(...))

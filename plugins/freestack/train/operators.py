@@ -19,14 +19,14 @@ from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 from freestack.storage import storage_root
 from freestack.train.distributed import LaunchError, is_distributed, launch
-from freestack.train.k8s import (
+from freestack.train.manifests import job_name
+from freestack.train.pytorchjobs import (
     MAX_WAIT_SECONDS,
     PyTorchJobError,
     delete_job,
     finish_on_kubernetes,
     start_on_kubernetes,
 )
-from freestack.train.manifests import job_name
 from freestack.train.request import TrainingError, TrainRequest
 from freestack.train.triggers import PyTorchJobFinishedTrigger
 from freestack.train.window import WindowError, already_trained, fix_window, window_interval

@@ -3,7 +3,7 @@
 Off by default: asking for a training usually means wanting one, and an automatic run already skips a
 window a registered version was trained on (:func:`freestack.train.window.already_trained`). With
 ``train.cache: true`` a run of the train task keys on what decides the trained weights
-(:mod:`freestack.cache`):
+(:mod:`freestack.step_cache`):
 
 * ``partitions``: the window's partitions, each ds with the sha256 the run fixed;
 * ``spec``: the spec's ``source``, ``model`` and ``train`` blocks with the run's form values and
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from freestack import cache
+from freestack import step_cache
 from freestack.registry.core import registry_for
 from freestack.storage import join, storage_root, to_path
 from freestack.train.core import effective_spec
@@ -51,12 +51,12 @@ class Reuse:
     """One training's lookup: ``found`` (its key and hit or miss), and on a hit the earlier outcome (its
     ``version_uri`` the registered version's when ``registered`` names the version it became)."""
 
-    found: cache.Lookup
+    found: step_cache.Lookup
     outcome: TrainOutcome | None = None
     registered: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """What lineage keeps (:meth:`freestack.cache.Lookup.record`): a registered version is a hit too."""
+        """What lineage keeps (:meth:`freestack.step_cache.Lookup.record`): a registered version is a hit too."""
         if self.registered is None:
             return self.found.record()
         run = self.found.entry.run.get("run_id") if self.found.entry else None
@@ -83,7 +83,7 @@ class Reuse:
             "summary": outcome.summary,
             "tracking": outcome.tracking,
         }
-        cache.save(self.found, run, [outcome.version_uri], {"version": outcome.version, "outcome": kept})
+        step_cache.save(self.found, run, [outcome.version_uri], {"version": outcome.version, "outcome": kept})
 
 
 def partitions(spec: PipelineSpec, req: TrainRequest) -> list[list[str]]:
@@ -93,12 +93,12 @@ def partitions(spec: PipelineSpec, req: TrainRequest) -> list[list[str]]:
 
 
 def inputs(spec: PipelineSpec, req: TrainRequest) -> dict[str, str]:
-    """The digests a training's key is made of (``code_version`` is added by :func:`freestack.cache.lookup`)."""
+    """The digests a training's key is made of (``code_version`` is added by :func:`freestack.step_cache.lookup`)."""
     run_spec = effective_spec(spec, req)
     blocks = {"source": run_spec.source, "model": run_spec.model, "train": run_spec.train}
     return {
-        "partitions": cache.digest(partitions(spec, req)),
-        "spec": cache.spec_digest({"name": spec.name, **blocks}, {"train": NOT_INPUTS}),
+        "partitions": step_cache.digest(partitions(spec, req)),
+        "spec": step_cache.spec_digest({"name": spec.name, **blocks}, {"train": NOT_INPUTS}),
         "base": _base_commit(run_spec),
     }
 
@@ -121,7 +121,7 @@ def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     data names what changed since the newest earlier entry."""
     given = inputs(spec, req)
     # one entry per window's data: a retraining of the same partitions with other settings names them
-    found = cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
+    found = step_cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
     entry, reg = found.entry, registry_for(spec)
     if found.same_inputs and entry is not None:
         version = str(entry.extra.get("version") or "")
@@ -136,8 +136,8 @@ def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
         lineage = read_lineage(outcome.version_uri).model_dump(mode="json")
         why = _trained_on_others(lineage, outcome.version, spec, req)
         return Reuse(replace(found, miss=why)) if why else Reuse(found, outcome=outcome)
-    if found.miss == cache.FIRST:
-        return Reuse(replace(found, miss=_changed_since(spec, req) or cache.FIRST))
+    if found.miss == step_cache.FIRST:
+        return Reuse(replace(found, miss=_changed_since(spec, req) or step_cache.FIRST))
     return Reuse(found)
 
 
@@ -187,10 +187,10 @@ def _trained_on_others(
 def _changed_since(spec: PipelineSpec, req: TrainRequest) -> str | None:
     """What changed in the window's data since the newest entry of this pipeline (entries are filed by
     their partitions, so changed data finds none of its own): ``partitions changed since run R: ...``."""
-    newest: cache.CacheEntry | None = None
+    newest: step_cache.CacheEntry | None = None
     for path in to_path(folder(spec)).glob("*.json"):
         try:
-            entry = cache.CacheEntry.model_validate_json(path.read_bytes())
+            entry = step_cache.CacheEntry.model_validate_json(path.read_bytes())
         except (OSError, ValueError):
             continue
         if newest is None or entry.written_at > newest.written_at:

@@ -1,9 +1,9 @@
 """PyTorchJobFinishedTrigger: the train task's wait for its PyTorchJob (``train.distributed`` with
 ``launcher: kubernetes``), in the triggerer rather than a worker slot held for up to 72 h. The shared
 loop (:class:`freestack.kube.trigger.CustomObjectTrigger`) on ``pytorchjobs.kubeflow.org``,
-with the train stage's reading of a job and its messages (:mod:`freestack.train.k8s`).
+with the train stage's reading of a job and its messages (:mod:`freestack.train.pytorchjobs`).
 
-It yields exactly one event, which :func:`freestack.train.k8s.finish_on_kubernetes` turns into the
+It yields exactly one event, which :func:`freestack.train.pytorchjobs.finish_on_kubernetes` turns into the
 outcome or the error::
 
     {"status": "succeeded" | "failed" | "timeout" | "error", "message": ..., "name": ..., "namespace": ...}
@@ -20,12 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 from freestack.kube.trigger import CustomObjectTrigger
-from freestack.train import k8s
+from freestack.train import pytorchjobs
 from freestack.train.manifests import GROUP, KIND, PLURAL, VERSION
 
 
 class PyTorchJobFinishedTrigger(CustomObjectTrigger):
-    """Waits for a PyTorchJob to be Succeeded or Failed (:func:`freestack.train.k8s.job_progress`)."""
+    """Waits for a PyTorchJob to be Succeeded or Failed (:func:`freestack.train.pytorchjobs.job_progress`)."""
 
     group, version, plural, kind = GROUP, VERSION, PLURAL, KIND
     terminal = frozenset({"succeeded", "failed"})
@@ -34,15 +34,15 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
         self,
         name: str,
         namespace: str,
-        conn_id: str = k8s.DEFAULT_CONN_ID,
-        timeout_seconds: float = k8s.MAX_WAIT_SECONDS,
-        poll_seconds: float = k8s.POLL_SECONDS,
+        conn_id: str = pytorchjobs.DEFAULT_CONN_ID,
+        timeout_seconds: float = pytorchjobs.MAX_WAIT_SECONDS,
+        poll_seconds: float = pytorchjobs.POLL_SECONDS,
         deadline: float | None = None,
     ):
         super().__init__(name, namespace, conn_id, timeout_seconds, poll_seconds, deadline)
 
     def state_of(self, obj: dict[str, Any]) -> tuple[str, str]:
-        return k8s.job_progress(obj)
+        return pytorchjobs.job_progress(obj)
 
     def missing(self) -> tuple[str, str]:
         return "failed", (
@@ -51,19 +51,19 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
         )
 
     def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
-        err = k8s._api_error(status, reason, body, action="read", **self._where())
-        return isinstance(err, k8s.PyTorchJobUnavailable), str(err)
+        err = pytorchjobs._api_error(status, reason, body, action="read", **self._where())
+        return isinstance(err, pytorchjobs.PyTorchJobUnavailable), str(err)
 
     def unreachable(self, exc: BaseException) -> str:
-        return str(k8s._unreachable(exc, action="read", **self._where()))
+        return str(pytorchjobs._unreachable(exc, action="read", **self._where()))
 
     def timeout_message(self, last: str) -> str:
-        return k8s.timeout_text(self.name, self.namespace, self.timeout_seconds, last)
+        return pytorchjobs.timeout_text(self.name, self.namespace, self.timeout_seconds, last)
 
     async def on_kill(self) -> None:
         """A person marked the deferred task failed or succeeded, or cleared it: delete the job and its pods
         (foreground) rather than leave its GPUs busy for nobody. Not called on a triggerer restart, nor on
-        the deadline (:func:`freestack.train.k8s.finish_on_kubernetes` deletes the job then)."""
+        the deadline (:func:`freestack.train.pytorchjobs.finish_on_kubernetes` deletes the job then)."""
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
         from kubernetes_asyncio.client import CustomObjectsApi
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from freestack.registry.core import registry_for
+from freestack.score import published
 from freestack.ui.catalog import common, model_pages, score_pages, sweep_pages
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def page_of_task(pipeline: str, spec: PipelineSpec, kind: str, run_id: str, task
 def scores_of_run(pipeline: str, spec: PipelineSpec, run_id: str) -> str:
     """The Scores page of the pipeline at the newest day that run ``run_id`` scored (its manifests record the
     run), read a page of days at a time; the first page while the run has scored none."""
-    days = score_pages.score_days(spec)
+    days = published.score_days(spec)
     size = score_pages.SCORES_PAGE
     for start in range(0, len(days), size):
         got = common.parallel(lambda ds: score_pages.scored_day(spec, ds), days[start : start + size])

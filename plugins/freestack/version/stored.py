@@ -1,7 +1,7 @@
 """Versions in freestack's storage: :class:`StorageSource` reads a version folder on any backend
 (``file://``, ``s3://``, ``data://``) through :mod:`freestack.storage`, and :func:`source_of` picks the
 source of a URI (a local folder read directly). The model server does not read through this module: it reads
-versions with its own clients (:class:`freestack_server.fetch.FetchSource`). :mod:`freestack.storage` is
+versions with its own clients (:class:`freestack_server.core.fetch.FetchSource`). :mod:`freestack.storage` is
 imported inside the functions that read: the package imports this module, and the serving images, which
 import the package, have no universal-pathlib (storage's paths).
 """

@@ -1,4 +1,4 @@
-"""evaluate's step cache (freestack.cache through freestack.evaluate.core.cached): a second evaluation of
+"""evaluate's step cache (freestack.step_cache through freestack.evaluate.core.cached): a second evaluation of
 the same candidate with nothing changed reuses the first's ``evaluation/`` without loading a model or
 writing a file; a changed partition byte, spec block, candidate file or production version is a miss
 naming what changed (the partition's day, the block, the versions); a corrupt entry, one whose outputs are
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from freestack import cache
+from freestack import step_cache
 from tests.support.sweeps import ROOT
 
 sys.path.insert(0, str(ROOT / "include"))
@@ -114,7 +114,7 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
         "spec gate (other settings)"
     )
     with monkeypatch.context() as mp:
-        mp.setattr(cache, "code_digest", lambda: "0" * 64)  # an edit to freestack's code
+        mp.setattr(step_cache, "code_digest", lambda: "0" * 64)  # an edit to freestack's code
         assert miss().startswith("code_version changed")
     history = folder / "history.json"
     kept = history.read_bytes()

@@ -237,7 +237,7 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
         "per_class.png",
         "learning_curves.png",
         "smoke.json",
-        "_cache.json",  # the step cache's entry (freestack.cache)
+        "_cache.json",  # the step cache's entry (freestack.step_cache)
     }
     smoke = json.loads((folder / "smoke.json").read_text())  # the rows deploy's smoke test sends
     assert len(smoke["rows"]) == len(smoke["outputs"]) == len(smoke["labels"]) > 0

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from freestack.errors import SpecError
-from freestack.evaluate.generation import exact_match
 from freestack.evaluate.spec import GateSpec
+from freestack.evaluate.text_generation import exact_match
 from freestack.judging import client as judge
 from freestack.judging.spec import JudgeSpec
 from freestack.spec import parse_spec
@@ -292,7 +292,7 @@ def test_judge_rules_need_a_judge():
 
 def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
     from freestack.evaluate.core import EvaluationError, judged_by, render_html
-    from freestack.evaluate.generation import Answers
+    from freestack.evaluate.text_generation import Answers
 
     spec = _pipeline(judge={"url": server.url, "model": "freestack", "rubric": RUBRIC})
     cand, champ = Answers({"task": "generation", "rows": 8}, CAND), Answers({"task": "generation"}, CHAMP)

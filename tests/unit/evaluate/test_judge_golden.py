@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from freestack.evaluate.generation import Answers, golden_set
+from freestack.evaluate.text_generation import Answers, golden_set
 from freestack.judging import client as judge
 from freestack.judging.spec import JudgeSpec
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge

@@ -103,6 +103,7 @@ def test_over_long_conversations_are_cut_and_answerless_ones_dropped(tok):
     [
         ({"chat": "[{'role': 'user'}]"}, "not JSON"),
         ({"chat": json.dumps([{"role": "robot", "content": "hi"}])}, "needs a role"),
+        ({"chat": json.dumps([{"role": "tool", "content": "4"}])}, "message 0: tools and function calls"),
         ({"chat": json.dumps([{"role": "user", "content": "hi"}])}, "no assistant turn"),
         ({"chat": None}, "non-empty list"),
     ],

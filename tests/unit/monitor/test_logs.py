@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from freestack.monitor.core import read_labels, read_requests
-from freestack_server.requestlog import RequestLog, monitoring_uri
+from freestack_server.core.requestlog import RequestLog, monitoring_uri
 
 
 def test_requests_and_labels_from_the_server_and_from_dropped_files(tmp_path):

@@ -191,7 +191,7 @@ def test_the_monitor_judges_served_generations_and_keeps_the_signals(setup):
     from freestack.monitor.core import REFERENCE_FILE, monitor
     from freestack.storage import write_json
     from freestack.tracking.wandb import WandbSettings
-    from freestack_server.requestlog import RequestLog, monitoring_uri
+    from freestack_server.core.requestlog import RequestLog, monitoring_uri
 
     spec, reference = setup
     write_json(join(to_path(registry_for(spec).version_uri("v1")), REFERENCE_FILE), reference)

@@ -1,4 +1,4 @@
-"""score's step cache (freestack.cache through freestack.score.core.cached): a day scored again with the
+"""score's step cache (freestack.step_cache through freestack.score.core.cached): a day scored again with the
 same input bytes, version and settings keeps its published scores without loading the version or writing
 a file; a changed partition byte, score setting or version is a miss naming what changed and the day is
 scored again; a corrupt entry, one whose outputs are gone, or one whose published scores are another
@@ -27,7 +27,8 @@ def day(storage):
     """(the digits spec, the job scoring 2026-11-02's lake partition with a version trained on three days)."""
     from demo.landing import make_landing
     from freestack.ingest.core import ingest_partition
-    from freestack.score.core import input_files, output_dir
+    from freestack.score.day import input_files
+    from freestack.score.published import output_dir
     from freestack.spec import load_spec
     from freestack.tracking.wandb import WandbSettings
     from freestack.train.core import train
@@ -57,6 +58,7 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 
 def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkeypatch):
     from freestack.score import core
+    from freestack.score.published import read_scores_manifest
 
     spec, job = day
     folder = Path(job["output"].removeprefix("file://"))
@@ -69,7 +71,7 @@ def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkey
         "from_run": None,
         "miss": "no earlier run",
     }
-    assert core.read_scores_manifest(job["output"])["cache"] == first["cache"]  # the footer records it
+    assert read_scores_manifest(job["output"])["cache"] == first["cache"]  # the footer records it
     assert sorted(p.name for p in folder.iterdir()) == ["_cache.json", "_manifest.json", "part.parquet"]
     entry = json.loads((folder / "_cache.json").read_text())
     assert entry["run"] == RUN and entry["outputs"] == ["part.parquet", "_manifest.json"]

@@ -1,4 +1,4 @@
-"""How the score stage turns a text-generation version's rows into prompts (freestack.score.generation):
+"""How the score stage turns a text-generation version's rows into prompts (freestack.score.answers_writer):
 as the model server builds a request's (the system prompt first, the chat template, the prompt budget);
 a messages column is a JSON chat, and a value that is not one is a row's reason, never a failed day;
 a prompt over the budget is cut from the left or refused; batch generation takes no temperature."""
@@ -32,7 +32,7 @@ def _spec(**generation):
 
 
 def test_a_prompt_is_built_as_the_server_builds_it_and_the_budget_is_the_versions(model):
-    from freestack.score.generation import prompts_of, settings_for
+    from freestack.score.answers_writer import prompts_of, settings_for
 
     settings = settings_for(_spec(max_new_tokens=8), model)
     assert (settings.max_new_tokens, settings.temperature, settings.max_prompt_tokens) == (8, 0.0, 96)
@@ -50,7 +50,7 @@ def test_a_prompt_is_built_as_the_server_builds_it_and_the_budget_is_the_version
 
 
 def test_a_messages_column_is_a_json_chat_and_what_is_not_one_is_the_rows_reason(model):
-    from freestack.score.generation import prompts_of
+    from freestack.score.answers_writer import prompts_of
 
     columns = model.model.columns
     model.model.columns = ChatColumns(prompt=None, response=None, messages="messages", system=SYSTEM)

@@ -1,4 +1,4 @@
-"""A deployment's address holder (freestack_server.address), as a real process: it hands its
+"""A deployment's address holder (freestack_server.core.address), as a real process: it hands its
 listening socket over a Unix socket and never accepts itself; a second holder on a taken port exits
 with a message naming it; a missing holder is a clear error; processes.serving_processes finds and
 stops holders; deploy.local's ports may not collide."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from freestack.serving.processes import free_port_block, is_holder, serving_processes, stop_serving_processes
-from freestack_server.address import TAKEN, AddressError, receive, socket_name
+from freestack_server.core.address import TAKEN, AddressError, receive, socket_name
 
 PLUGINS = Path(__file__).resolve().parents[3] / "plugins"
 

@@ -1,6 +1,6 @@
 """A model server may be given an alias instead of a version: ``<root>/registry/<model>@production`` is
-resolved through ``registry/<model>/aliases.json`` when the model loads (freestack_server.fetch and
-plugins/freestack_server/seldon_model.py), so the scaled-out stack's model server serves whatever is in production."""
+resolved through ``registry/<model>/aliases.json`` when the model loads (freestack_server.core.fetch and
+plugins/freestack_server/seldon/model.py), so the scaled-out stack's model server serves whatever is in production."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from freestack_server.fetch import FetchError, FetchSource, resolve_uri, split_alias
+from freestack_server.core.fetch import FetchError, FetchSource, resolve_uri, split_alias
 from tests.support.serving import make_version
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -116,13 +116,13 @@ def _serving_python() -> str | None:
     _serving_python() is None, reason="the serving environment is missing: run `make serving-venv`"
 )
 def test_seldon_model_class_serves_the_production_version_it_resolved(registry, tmp_path):
-    """plugins/freestack_server/seldon_model.py in the serving environment (seldon-core 1.17.1, no Airflow): the alias is
+    """plugins/freestack_server/seldon/model.py in the serving environment (seldon-core 1.17.1, no Airflow): the alias is
     read once, and the version it named is the one described, loaded and reported, even when production
     moves on between Seldon's describe (in gunicorn's master) and the load (in each worker)."""
     registry["reg"].promote("v1")
     script = f"""
 import json, sys
-from freestack_server.seldon_model import Model
+from freestack_server.seldon.model import Model
 m = Model(model_uri={registry["alias"]!r})
 first = m.init_metadata()
 print("described", flush=True)

@@ -1,4 +1,4 @@
-"""The worker's adaptive batching (freestack_server.batching): jobs of one round park their forwards,
+"""The worker's adaptive batching (freestack_server.seldon.batching): jobs of one round park their forwards,
 one stacked forward answers them, and each job goes on with its own rows or its own error."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from freestack_server.batching import RequestBatcher
+from freestack_server.seldon.batching import RequestBatcher
 
 
 class Net:

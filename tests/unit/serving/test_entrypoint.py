@@ -11,8 +11,8 @@ import pytest
 from freestack.serving import local, manifests
 from freestack.serving.spec import KubernetesTarget, LocalTarget
 from freestack.settings import PREFIX, Settings
-from freestack_server.config import PREFIX as SERVER
-from freestack_server.config import ServerConfig
+from freestack_server.core.config import PREFIX as SERVER
+from freestack_server.core.config import ServerConfig
 from tests.support.images import DOCKERFILES, image_cmd, image_env
 
 COMMAND = ["python", "-m", "freestack_server"]
@@ -124,7 +124,7 @@ def test_the_manifests_use_the_images_command_and_known_variables():
 
 
 def test_the_server_reads_an_env_file_and_the_environment_wins(tmp_path, monkeypatch):
-    from freestack_server.config import load, write_env_file
+    from freestack_server.core.config import load, write_env_file
 
     for key in [k for k in os.environ if k.startswith((SERVER, "PREDICTIVE_UNIT_"))]:
         monkeypatch.delenv(key)
@@ -176,7 +176,7 @@ def test_the_deploy_specs_defaults_are_the_servers():
 def test_the_model_name_defaults_to_the_model_the_uri_names(uri, name, monkeypatch):
     """Without FREESTACK_MODEL_NAME the server (MLServer's /v2/models/<name>, metric labels) is named after the
     model of FREESTACK_MODEL_URI, not "model"; a name that is set wins."""
-    from freestack_server.fetch import model_name_of
+    from freestack_server.core.fetch import model_name_of
 
     assert model_name_of(uri) == name
     assert _config_from({"FREESTACK_MODEL_URI": uri}).model == (name or "model")

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from freestack.errors import FreestackError
-from freestack.serving import k8s, manifests
+from freestack.serving import manifests, seldon_deployments
 from freestack.serving.spec import DeploySpec, KubernetesTarget
-from freestack_server.requestlog import SMOKE_ID
+from freestack_server.core.requestlog import SMOKE_ID
 from tests.fakes.k8s_api import FakeKubeAPI, ProxyingKubeAPI, json_patch, merge_patch, stored_sample
 from tests.support.ports import free_port
 from tests.support.serving import make_version
@@ -207,7 +207,7 @@ def test_the_openai_api_key_comes_from_the_secret_in_both_runtimes_manifests(kub
         (c,) = plain["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
         assert all("valueFrom" not in e for e in c["env"])  # no deploy.api_key: no key asked for
         assert "annotations" not in plain["spec"]["predictors"][0]  # not generative: the orchestrator stays
-    stored = k8s.apply(m, CONN)  # the fake API server validates it against the CRD too
+    stored = seldon_deployments.apply(m, CONN)  # the fake API server validates it against the CRD too
     assert stored["spec"]["predictors"][0]["annotations"] == {"seldon.io/no-engine": "true"}
     (c,) = stored["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"]
     assert SECRET_ENV in c["env"] and manifests.served_version(stored) == (
@@ -416,7 +416,7 @@ def kube(monkeypatch):
 def wait_available(name: str = "digits", timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        obj = k8s.get(name, NS, CONN)
+        obj = seldon_deployments.get(name, NS, CONN)
         state, msg = manifests.availability(obj)
         if state == "available":
             return obj
@@ -425,14 +425,14 @@ def wait_available(name: str = "digits", timeout: float = 5.0) -> dict:
 
 
 def test_apply_creates_then_replaces_with_resource_version(kube):
-    stored = k8s.apply(manifest("3"), CONN)
+    stored = seldon_deployments.apply(manifest("3"), CONN)
     assert stored["metadata"]["generation"] == 1 and stored["metadata"]["resourceVersion"]
     assert [c["method"] for c in kube.calls()] == ["POST"]
     obj = wait_available()
     assert obj["status"]["observedGeneration"] == 1
 
     kube.requests.clear()
-    stored = k8s.apply(manifest("4"), CONN)
+    stored = seldon_deployments.apply(manifest("4"), CONN)
     assert [c["method"] for c in kube.calls()] == ["POST", "GET", "PUT"]  # 409 AlreadyExists -> replace
     put = kube.calls("PUT")[0]["body"]
     assert put["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
@@ -442,22 +442,22 @@ def test_apply_creates_then_replaces_with_resource_version(kube):
     assert manifests.availability(stored)[0] == "progressing"
     obj = wait_available()
     assert obj["status"]["observedGeneration"] == 2
-    assert k8s.get("digits", NS, CONN)["metadata"]["labels"]["freestack.io/version"] == "4"
+    assert seldon_deployments.get("digits", NS, CONN)["metadata"]["labels"]["freestack.io/version"] == "4"
 
-    again = k8s.apply(manifest("4"), CONN)  # the same spec: no new generation
+    again = seldon_deployments.apply(manifest("4"), CONN)  # the same spec: no new generation
     assert again["metadata"]["generation"] == 2
-    assert k8s.get("missing", NS, CONN) is None
-    assert k8s.delete("digits", NS, CONN) is True
-    assert k8s.delete("digits", NS, CONN) is False
-    assert k8s.get("digits", NS, CONN) is None
+    assert seldon_deployments.get("missing", NS, CONN) is None
+    assert seldon_deployments.delete("digits", NS, CONN) is True
+    assert seldon_deployments.delete("digits", NS, CONN) is False
+    assert seldon_deployments.get("digits", NS, CONN) is None
 
 
 def test_apply_retries_when_another_writer_wins_the_race(kube):
-    k8s.apply(manifest("3"), CONN)
+    seldon_deployments.apply(manifest("3"), CONN)
     wait_available()  # the fake controller is done writing status
     kube.before_write.append(lambda: kube.touch(NS, "digits"))  # lands between our read and our write
     kube.requests.clear()
-    stored = k8s.apply(manifest("4"), CONN)
+    stored = seldon_deployments.apply(manifest("4"), CONN)
     assert [c["method"] for c in kube.calls()] == ["POST", "GET", "PUT", "GET", "PUT"]
     assert kube.calls("PUT")[1]["body"]["metadata"]["resourceVersion"] == str(
         int(kube.calls("PUT")[0]["body"]["metadata"]["resourceVersion"]) + 1
@@ -468,28 +468,28 @@ def test_apply_retries_when_another_writer_wins_the_race(kube):
 def test_apply_leaves_objects_freestack_does_not_manage(kube):
     foreign = manifest("3")
     foreign["metadata"]["labels"] = {"team": "other"}
-    k8s.apply(foreign, CONN)
-    with pytest.raises(k8s.DeployError, match="not managed by freestack"):
-        k8s.apply(manifest("4"), CONN)
-    stored = k8s.apply(manifest("4"), CONN, force=True)
+    seldon_deployments.apply(foreign, CONN)
+    with pytest.raises(seldon_deployments.DeployError, match="not managed by freestack"):
+        seldon_deployments.apply(manifest("4"), CONN)
+    stored = seldon_deployments.apply(manifest("4"), CONN, force=True)
     assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "freestack"
 
 
 def test_dry_run_stores_nothing(kube):
-    k8s.apply(manifest("3"), CONN, dry_run=True)
+    seldon_deployments.apply(manifest("3"), CONN, dry_run=True)
     assert kube.calls("POST")[0]["query"] == {"dryRun": ["All"]}
-    assert k8s.get("digits", NS, CONN) is None
+    assert seldon_deployments.get("digits", NS, CONN) is None
 
 
 def test_set_traffic_promote_and_rollback(kube):
-    k8s.apply(manifest("3", canary="4"), CONN)
+    seldon_deployments.apply(manifest("3", canary="4"), CONN)
     with pytest.raises(ValueError, match="0..100"):
-        k8s.set_traffic("digits", NS, CONN, canary_traffic=101)
+        seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=101)
     wait_available()  # the fake controller's status writes are done: `before` stays current
 
     kube.requests.clear()
-    before = k8s.get("digits", NS, CONN)
-    obj = k8s.set_traffic("digits", NS, CONN, canary_traffic=50)
+    before = seldon_deployments.get("digits", NS, CONN)
+    obj = seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=50)
     patch = kube.calls("PATCH")[0]
     assert patch["content_type"] == "application/merge-patch+json"
     assert patch["body"]["metadata"] == {"resourceVersion": before["metadata"]["resourceVersion"]}
@@ -497,11 +497,11 @@ def test_set_traffic_promote_and_rollback(kube):
     assert obj["metadata"]["generation"] == 2
     # a patch that races another writer is retried on a fresh read
     kube.before_write.append(lambda: kube.touch(NS, "digits"))
-    obj = k8s.set_traffic("digits", NS, CONN, canary_traffic=25)
+    obj = seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=25)
     assert [p["traffic"] for p in obj["spec"]["predictors"]] == [75, 25]
     assert obj["metadata"]["annotations"]["fake/touched"]  # the other writer's change survived
 
-    obj = k8s.promote_canary("digits", NS, CONN, version="4")
+    obj = seldon_deployments.promote_canary("digits", NS, CONN, version="4")
     (main,) = obj["spec"]["predictors"]
     assert (main["name"], main["traffic"], main["replicas"]) == ("main", 100, 2)
     assert env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
@@ -512,22 +512,25 @@ def test_set_traffic_promote_and_rollback(kube):
     manifests.validate_manifest(obj, CRD)  # the stored object (status, uid, ...) still matches the CRD
     # a retried promote is harmless; promoting another version is refused
     assert (
-        k8s.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"]
+        seldon_deployments.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"]
         == obj["metadata"]["generation"]
     )
-    with pytest.raises(k8s.DeployError, match="no 'canary' predictor to promote"):
-        k8s.promote_canary("digits", NS, CONN, version="5")
-    with pytest.raises(k8s.DeployError, match="no 'canary' predictor to send traffic to"):
-        k8s.set_traffic("digits", NS, CONN, canary_traffic=10)
+    with pytest.raises(seldon_deployments.DeployError, match="no 'canary' predictor to promote"):
+        seldon_deployments.promote_canary("digits", NS, CONN, version="5")
+    with pytest.raises(seldon_deployments.DeployError, match="no 'canary' predictor to send traffic to"):
+        seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=10)
 
-    k8s.apply(manifest("4", canary="5"), CONN)
-    with pytest.raises(k8s.DeployError, match="serves version '5', not '6'"):
-        k8s.promote_canary("digits", NS, CONN, version="6")
-    obj = k8s.rollback_canary("digits", NS, CONN)
+    seldon_deployments.apply(manifest("4", canary="5"), CONN)
+    with pytest.raises(seldon_deployments.DeployError, match="serves version '5', not '6'"):
+        seldon_deployments.promote_canary("digits", NS, CONN, version="6")
+    obj = seldon_deployments.rollback_canary("digits", NS, CONN)
     (main,) = obj["spec"]["predictors"]
     assert main["traffic"] == 100 and env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
     assert "freestack.io/canary-version" not in obj["metadata"]["labels"]
-    assert k8s.rollback_canary("digits", NS, CONN)["metadata"]["generation"] == obj["metadata"]["generation"]
+    assert (
+        seldon_deployments.rollback_canary("digits", NS, CONN)["metadata"]["generation"]
+        == obj["metadata"]["generation"]
+    )
     assert manifests.summary(obj)["predictors"] == [
         {
             "name": "main",
@@ -538,42 +541,44 @@ def test_set_traffic_promote_and_rollback(kube):
             "image": "freestack/serving:0.1.0",
         }
     ]
-    with pytest.raises(k8s.DeployError, match="does not exist"):
-        k8s.rollback_canary("other", NS, CONN)
+    with pytest.raises(seldon_deployments.DeployError, match="does not exist"):
+        seldon_deployments.rollback_canary("other", NS, CONN)
 
 
 def test_crd_not_installed_says_so(kube):
     kube.crd_installed = False
-    with pytest.raises(k8s.DeployError) as info:
-        k8s.apply(manifest("3"), CONN)
+    with pytest.raises(seldon_deployments.DeployError) as info:
+        seldon_deployments.apply(manifest("3"), CONN)
     msg = str(info.value)
     assert (
         "Seldon Core's CRD is not installed" in msg and "seldondeployments.machinelearning.seldon.io" in msg
     )
     assert kube.url in msg and "seldon/digits" in msg and "404" in msg
-    with pytest.raises(k8s.DeployError, match="CRD is not installed"):
-        k8s.get("digits", NS, CONN)  # not "absent": the type itself is missing
+    with pytest.raises(seldon_deployments.DeployError, match="CRD is not installed"):
+        seldon_deployments.get("digits", NS, CONN)  # not "absent": the type itself is missing
 
 
 def test_rbac_namespace_and_server_side_validation_errors(kube):
     kube.forbidden = True
-    with pytest.raises(k8s.DeployError, match=r"403 .*RBAC.*kubectl auth can-i create seldondeployments"):
-        k8s.apply(manifest("3"), CONN)
+    with pytest.raises(
+        seldon_deployments.DeployError, match=r"403 .*RBAC.*kubectl auth can-i create seldondeployments"
+    ):
+        seldon_deployments.apply(manifest("3"), CONN)
     kube.forbidden = False
     kube.namespaces = {"default"}
-    with pytest.raises(k8s.DeployError, match="Namespace 'seldon' does not exist: create it"):
-        k8s.apply(manifest("3"), CONN)
+    with pytest.raises(seldon_deployments.DeployError, match="Namespace 'seldon' does not exist: create it"):
+        seldon_deployments.apply(manifest("3"), CONN)
     kube.namespaces = None
     bad = manifest("3")
     bad["spec"]["predictors"][0]["traffic"] = "all"
     with pytest.raises(
-        k8s.DeployError, match=r"422.*\n  spec\.predictors\[0\]\.traffic: Invalid value"
+        seldon_deployments.DeployError, match=r"422.*\n  spec\.predictors\[0\]\.traffic: Invalid value"
     ) as info:
-        k8s.apply(bad, CONN)
-    assert info.value.status == 422 and not isinstance(info.value, k8s.KubernetesUnavailable)
+        seldon_deployments.apply(bad, CONN)
+    assert info.value.status == 422 and not isinstance(info.value, seldon_deployments.KubernetesUnavailable)
     kube.fail_next = [503]
-    with pytest.raises(k8s.KubernetesUnavailable, match="503.*retry later"):
-        k8s.get("digits", NS, CONN)
+    with pytest.raises(seldon_deployments.KubernetesUnavailable, match="503.*retry later"):
+        seldon_deployments.get("digits", NS, CONN)
 
 
 def unreachable_conn(monkeypatch) -> tuple[str, str]:
@@ -598,16 +603,16 @@ def unreachable_conn(monkeypatch) -> tuple[str, str]:
 
 def test_unreachable_server_and_missing_connection(monkeypatch):
     conn, url = unreachable_conn(monkeypatch)
-    with pytest.raises(k8s.KubernetesUnavailable) as info:
-        k8s.apply(manifest("3"), conn)
+    with pytest.raises(seldon_deployments.KubernetesUnavailable) as info:
+        seldon_deployments.apply(manifest("3"), conn)
     msg = str(info.value)
     assert f"cannot reach the Kubernetes API server {url}" in msg and "'k8s_down'" in msg
     assert "seldon/digits" in msg and "kubectl cluster-info" in msg
     with pytest.raises(
-        k8s.KubernetesUnavailable,
+        seldon_deployments.KubernetesUnavailable,
         match="cannot load the Kubernetes configuration of connection 'no_such_conn'",
     ):
-        k8s.get("digits", NS, "no_such_conn")
+        seldon_deployments.get("digits", NS, "no_such_conn")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -646,9 +651,9 @@ def digits_spec(**deploy):
 
 
 def roll_out(spec, version: str, uri: str) -> dict:
-    k8s.start_rollout(spec, version, uri, reason="test")
+    seldon_deployments.start_rollout(spec, version, uri, reason="test")
     wait_available()
-    return k8s.finish_rollout(
+    return seldon_deployments.finish_rollout(
         spec, {"status": "available", "name": "digits", "namespace": NS, "message": "ok"}
     )
 
@@ -672,10 +677,14 @@ def test_a_keyed_rollout_sends_the_secrets_key_as_api_key_through_the_proxy(roll
     api, _, uris = rollout
     spec = digits_spec(runtime="mlserver", api_key={"secret": "llm-key", "secret_key": "openai"})
     api.pods["digits-main"], api.keys["digits-main"] = uris["v1"], "sk-cluster-key"
-    with pytest.raises(k8s.DeployError, match=r"answered 404 .* to read Secret llm-key \(deploy.api_key\)"):
+    with pytest.raises(
+        seldon_deployments.DeployError, match=r"answered 404 .* to read Secret llm-key \(deploy.api_key\)"
+    ):
         roll_out(spec, "v1", uris["v1"])
     api.secrets[NS, "llm-key"] = {"api-key": "sk-cluster-key"}
-    with pytest.raises(k8s.DeployError, match=rf"Secret {NS}/llm-key has no key 'openai' .* it has api-key"):
+    with pytest.raises(
+        seldon_deployments.DeployError, match=rf"Secret {NS}/llm-key has no key 'openai' .* it has api-key"
+    ):
         roll_out(spec, "v1", uris["v1"])
     api.secrets[NS, "llm-key"] = {"openai": "sk-cluster-key"}
     record = roll_out(spec, "v1", uris["v1"])
@@ -690,10 +699,11 @@ def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
     roll_out(spec, "v1", uris["v1"])
     api.pods["digits-canary"] = uris["v1"]  # the canary's pods do not serve v2's model
     with pytest.raises(
-        k8s.DeployError, match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed"
+        seldon_deployments.DeployError,
+        match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed",
     ):
         roll_out(spec, "v2", uris["v2"])
-    assert [p["name"] for p in k8s.get("digits", NS, CONN)["spec"]["predictors"]] == ["main"]
+    assert [p["name"] for p in seldon_deployments.get("digits", NS, CONN)["spec"]["predictors"]] == ["main"]
     api.pods["digits-canary"] = uris["v2"]
     record = roll_out(spec, "v2", uris["v2"])
     assert (record["version"], record["canary_version"], record["state"]) == ("v1", "v2", "serving")
@@ -702,7 +712,8 @@ def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
 def test_a_rollout_the_model_cannot_answer_says_where_it_asked(rollout):
     api, spec, uris = rollout  # no pods behind the service: the API server answers 503
     with pytest.raises(
-        k8s.DeployError, match=r"smoke request to .*services/digits-main:http/proxy answered HTTP 503"
+        seldon_deployments.DeployError,
+        match=r"smoke request to .*services/digits-main:http/proxy answered HTTP 503",
     ):
         roll_out(spec, "v1", uris["v1"])
 
@@ -710,14 +721,14 @@ def test_a_rollout_the_model_cannot_answer_says_where_it_asked(rollout):
 def test_a_version_without_test_rows_is_not_rolled_out(rollout):
     api, spec, uris = rollout
     Path(uris["v2"].removeprefix("file://"), "evaluation", "smoke.json").unlink()
-    with pytest.raises(k8s.DeployError, match="has no evaluation/smoke.json"):
-        k8s.start_rollout(spec, "v2", uris["v2"], reason="test")
-    assert not api.calls("POST") and k8s.get("digits", NS, CONN) is None
+    with pytest.raises(seldon_deployments.DeployError, match="has no evaluation/smoke.json"):
+        seldon_deployments.start_rollout(spec, "v2", uris["v2"], reason="test")
+    assert not api.calls("POST") and seldon_deployments.get("digits", NS, CONN) is None
 
 
 def test_predictor_service_names_follow_seldon():
-    assert k8s.predictor_service("digits", "canary") == "digits-canary"
-    long = k8s.predictor_service("d" * 60, "canary")
+    assert seldon_deployments.predictor_service("digits", "canary") == "digits-canary"
+    long = seldon_deployments.predictor_service("d" * 60, "canary")
     assert long.startswith("seldon-") and len(long) == len("seldon-") + 32
 
 
@@ -765,7 +776,7 @@ def test_trigger_serializes_round_trip():
 
 
 def test_trigger_available_after_transient_errors(kube):
-    k8s.apply(manifest("3"), CONN)
+    seldon_deployments.apply(manifest("3"), CONN)
     kube.fail_next = [503, 500]
     event = run_trigger(make_trigger())
     assert event["status"] == "available", event
@@ -774,10 +785,10 @@ def test_trigger_available_after_transient_errors(kube):
 
 
 def test_trigger_does_not_take_the_previous_specs_available_as_success(kube):
-    k8s.apply(manifest("3"), CONN)
+    seldon_deployments.apply(manifest("3"), CONN)
     wait_available()
     kube.reconcile_after = 30  # the controller has not looked at the new spec yet
-    k8s.apply(manifest("4"), CONN)
+    seldon_deployments.apply(manifest("4"), CONN)
     event = run_trigger(make_trigger(timeout=0.4))
     assert event["status"] == "timeout"
     assert (
@@ -790,12 +801,12 @@ def test_trigger_does_not_take_the_previous_specs_available_as_success(kube):
 
 def test_trigger_failed_and_timeout(kube):
     kube.outcome = "Failed"
-    k8s.apply(manifest("3"), CONN)
+    seldon_deployments.apply(manifest("3"), CONN)
     event = run_trigger(make_trigger())
     assert event["status"] == "failed" and "ImagePullBackOff" in event["message"]
 
     kube.ready_after = None  # stays Creating
-    k8s.apply(manifest("3", name="slow"), CONN)
+    seldon_deployments.apply(manifest("3", name="slow"), CONN)
     started = time.monotonic()
     event = run_trigger(make_trigger(name="slow", timeout=0.3))
     assert event["status"] == "timeout" and time.monotonic() - started < 3
@@ -859,18 +870,20 @@ def test_real_cluster(monkeypatch):
     )
     manifests.validate_manifest(m, CRD)
     try:
-        k8s.get(name, namespace, "k8s_real")
-    except k8s.DeployError as exc:
+        seldon_deployments.get(name, namespace, "k8s_real")
+    except seldon_deployments.DeployError as exc:
         if "CRD is not installed" in str(exc):
             pytest.skip(f"Seldon Core's CRD is not installed on the cluster of {path}: {exc}")
         raise
     try:
-        k8s.apply(m, "k8s_real", dry_run=True)  # the API server and Seldon's webhook validate it
-        stored = k8s.apply(m, "k8s_real")
+        seldon_deployments.apply(
+            m, "k8s_real", dry_run=True
+        )  # the API server and Seldon's webhook validate it
+        stored = seldon_deployments.apply(m, "k8s_real")
         assert stored["metadata"]["generation"] >= 1
-        assert k8s.get(name, namespace, "k8s_real")["spec"]["predictors"][0]["traffic"] == 100
-        replaced = k8s.apply(copy.deepcopy(m), "k8s_real")
+        assert seldon_deployments.get(name, namespace, "k8s_real")["spec"]["predictors"][0]["traffic"] == 100
+        replaced = seldon_deployments.apply(copy.deepcopy(m), "k8s_real")
         assert replaced["metadata"]["uid"] == stored["metadata"]["uid"]
         assert manifests.availability(replaced)[0] in ("progressing", "available", "failed")
     finally:
-        k8s.delete(name, namespace, "k8s_real")
+        seldon_deployments.delete(name, namespace, "k8s_real")

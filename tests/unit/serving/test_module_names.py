@@ -1,5 +1,5 @@
 """The model server's docstrings, comments and requirements files name modules (and what is in them) that
-exist: a reader who follows ``freestack_server.oip`` or ``freestack.version.files.weight_files`` finds it."""
+exist: a reader who follows ``freestack_server.mlserver.runtime`` or ``freestack.version.files.weight_files`` finds it."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def _defines(source: str, name: str) -> bool:
 def missing_names(path: Path) -> list[str]:
     text = path.read_text()
     names = DOTTED.findall(text)
-    names += [f"freestack_server{rel}" for rel in RELATIVE.findall(text)]
+    inside = path.is_relative_to(PLUGINS)  # a relative name is its package's
+    package = ".".join(path.relative_to(PLUGINS).parent.parts) if inside else "freestack_server"
+    names += [f"{package}{rel}" for rel in RELATIVE.findall(text)]
     out = []
     for name in sorted(set(names)):
         found = _module(name.split("."))
@@ -45,7 +47,7 @@ def missing_names(path: Path) -> list[str]:
 
 
 def test_the_model_servers_words_name_modules_that_exist():
-    files = sorted([*SERVER.glob("*.py"), *SERVER.glob("requirements-*.txt")])
+    files = sorted([*SERVER.rglob("*.py"), *SERVER.glob("requirements-*.txt")])
     assert len(files) > 10
     missing = [m for f in files for m in missing_names(f)]
     assert not missing, "\n".join(missing)
@@ -55,9 +57,9 @@ def test_a_stale_name_is_caught(tmp_path):
     stale = tmp_path / "stale.py"
     stale.write_text(
         '"""Wrapped by :mod:`freestack.serving.mlserver` and '
-        'freestack_server.oip.NoSuchThing."""\nlog = "freestack.serving"\n'
+        'freestack_server.mlserver.runtime.NoSuchThing."""\nlog = "freestack.serving"\n'
     )
     assert missing_names(stale) == [
         "stale.py: freestack.serving.mlserver (freestack/serving/__init__.py has no mlserver)",
-        "stale.py: freestack_server.oip.NoSuchThing (freestack_server/oip.py has no NoSuchThing)",
+        "stale.py: freestack_server.mlserver.runtime.NoSuchThing (freestack_server/mlserver/runtime.py has no NoSuchThing)",
     ]

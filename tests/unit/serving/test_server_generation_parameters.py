@@ -1,13 +1,13 @@
 """A generation request's parameters are checked against the deployment's bounds
-(freestack_server.generation.GenerationParameters): what is taken becomes the generation settings, and
+(freestack_server.core.generation.GenerationParameters): what is taken becomes the generation settings, and
 what is refused is a 400 whose message names the parameter and the bound or what to send."""
 
 from __future__ import annotations
 
 import pytest
 
-from freestack_server.errors import PayloadError
-from freestack_server.generation import Bounds, Generator
+from freestack_server.core.errors import PayloadError
+from freestack_server.core.generation import Bounds, Generator
 
 BOUNDS = Bounds(max_new_tokens=50, default_max_new_tokens=64, max_temperature=1.5, max_stop_strings=2)
 

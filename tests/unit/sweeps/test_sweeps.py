@@ -119,6 +119,66 @@ def test_invalid_sweep_configs_fail_clearly(tmp_path, sweep, expected):
     assert msg.startswith(f"{path}: sweep: ") and expected in msg, msg
 
 
+def test_a_parameter_is_checked_only_against_the_kinds_that_may_take_it(monkeypatch):
+    """A parameter is of the first of about twenty kinds that accepts it, in the engine's order: the
+    kinds whose schema plainly refuses it (another distribution, a key it requires missing) are passed
+    over, and a valid config never needs jsonschema's own ``anyOf``. The verdicts and messages are
+    jsonschema's (Draft 7 over the engine's schema), valid and invalid configs alike."""
+    import jsonschema
+
+    from freestack.sweeps.spec import _engine_schema
+
+    engine = _engine_schema()
+    tried: list[str] = []
+
+    class Counting:
+        def __init__(self, name, validator):
+            self.name, self.validator = name, validator
+
+        def is_valid(self, parameter):
+            tried.append(self.name)
+            return self.validator.is_valid(parameter)
+
+    monkeypatch.setattr(engine, "kinds", {n: Counting(n, v) for n, v in engine.kinds.items()})
+    assert engine.kind(LR) == "param_loguniform_v2" and tried == ["param_loguniform_v2"]
+    tried.clear()
+    assert engine.kind({"values": [32, 64]}) == "param_categorical" and tried == ["param_categorical"]
+
+    stock = jsonschema.Draft7Validator(
+        engine.validator.schema, format_checker=engine.validator.format_checker
+    )
+    nested = {"parameters": {"dropout": {"min": 0.0, "max": 0.4}, "w": {"value": 2}}}
+    parameters = [
+        LR,
+        nested,
+        {"distribution": "q_beta", "a": 1, "b": 2, "q": 0.1},
+        {"values": [1, 2], "probabilities": [0.5, 0.5]},
+        {"distribution": "int_uniform", "min": 1, "max": 4},
+        {"distribution": "normal", "mu": 0, "sigma": 1},
+    ]
+    invalid = [
+        {**LR, "min": -1},
+        {"distribution": "log_uniform_values", "min": 0.1},
+        {"distribution": "bogus", "min": 0, "max": 1},
+        {"distribution": ["uniform"], "min": 0, "max": 1},
+        {"parameters": {"dropout": {"min": "a", "max": 1}}},
+        {"valuez": [1]},
+        3,
+    ]
+    for parameter in parameters + invalid:
+        config = {"method": "random", "parameters": {"p": parameter}}
+        ours = [e.message for e in engine.validator.iter_errors(config)]
+        assert ours == [e.message for e in stock.iter_errors(config)], parameter
+        assert bool(ours) == (parameter in invalid), (parameter, ours)
+
+    def stock_any_of(*args):
+        raise AssertionError("a valid config reached jsonschema's own anyOf")
+
+    monkeypatch.setattr(engine, "_stock_any_of", stock_any_of)
+    valid = {"method": "grid", "parameters": {f"p{i}": p for i, p in enumerate(parameters)}}
+    assert not list(engine.validator.iter_errors(valid))
+
+
 def test_invalid_sweep_spec_is_an_import_error_in_the_dag_bag(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 

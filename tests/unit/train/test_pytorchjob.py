@@ -18,8 +18,8 @@ from freestack.errors import FreestackError
 from freestack.spec import load_spec
 from freestack.storage import join, to_path, write_bytes
 from freestack.tracking.wandb import WandbSettings
-from freestack.train import k8s
 from freestack.train import manifests as kube_job
+from freestack.train import pytorchjobs
 from freestack.train.distributed import Launch, LaunchError
 from freestack.train.request import TrainRequest, places
 from tests.fakes.k8s_api import FakeTrainingAPI
@@ -285,7 +285,7 @@ def rank0_writes(spec, req, version: str = "v20261110-new"):
 
 
 def call(spec, path, req, settings, **kw):
-    return k8s.run_on_kubernetes(spec, path, req, settings, conn_id=CONN, poll_seconds=0.02, **kw)
+    return pytorchjobs.run_on_kubernetes(spec, path, req, settings, conn_id=CONN, poll_seconds=0.02, **kw)
 
 
 def test_a_job_runs_to_succeeded_and_returns_rank_0s_outcome(kube, run, storage):
@@ -315,7 +315,7 @@ def test_a_failed_job_raises_with_the_reason_and_how_to_read_the_logs(kube, run)
     kube.outcome = "Failed"
     kube.failure_reason = "PyTorchJobFailed"
     kube.failure_message = "PyTorchJob training/x is failed because 1 Worker replica(s) failed."
-    with pytest.raises(k8s.PyTorchJobError) as err:
+    with pytest.raises(pytorchjobs.PyTorchJobError) as err:
         call(spec, path, req, settings, max_wait_seconds=20)
     name = kube_job.job_name("digits", RUN_KEY)
     text = str(err.value)
@@ -329,9 +329,9 @@ def test_a_failed_job_raises_with_the_reason_and_how_to_read_the_logs(kube, run)
 def test_a_job_left_by_a_killed_attempt_is_deleted_and_created_again(kube, run):
     spec, path, req, settings = run
     name = kube_job.job_name("digits", RUN_KEY)
-    old = k8s.job_manifest(spec, req, "file:///old/launch.json")
+    old = pytorchjobs.job_manifest(spec, req, "file:///old/launch.json")
     kube.ready_after = None  # the old job runs on, as a killed task left it
-    k8s.submit_job(old, CONN)
+    pytorchjobs.submit_job(old, CONN)
     old_uid = kube.objects[(NS, name)]["metadata"]["uid"]
     kube.requests.clear()
     kube.ready_after, kube.delete_after = 0.15, 0.2  # its pods take a while to go
@@ -349,11 +349,11 @@ def test_a_job_left_by_a_killed_attempt_is_deleted_and_created_again(kube, run):
 
 def test_a_job_of_the_same_name_that_freestack_did_not_make_is_left_alone(kube, run):
     spec, path, req, settings = run
-    foreign = k8s.job_manifest(spec, req, "file:///other/launch.json")
+    foreign = pytorchjobs.job_manifest(spec, req, "file:///other/launch.json")
     foreign["metadata"]["labels"] = {"team": "vision"}
     kube.ready_after = None
-    k8s.submit_job(foreign, CONN)
-    with pytest.raises(k8s.PyTorchJobError, match="not managed by freestack"):
+    pytorchjobs.submit_job(foreign, CONN)
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="not managed by freestack"):
         call(spec, path, req, settings, max_wait_seconds=5)
     assert not kube.calls("DELETE")
 
@@ -361,21 +361,21 @@ def test_a_job_of_the_same_name_that_freestack_did_not_make_is_left_alone(kube, 
 def test_a_job_that_does_not_finish_in_time_is_deleted(kube, run):
     spec, path, req, settings = run
     kube.ready_after = None  # stays Running
-    with pytest.raises(k8s.PyTorchJobError, match="did not finish within 0.3 s"):
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="did not finish within 0.3 s"):
         call(spec, path, req, settings, max_wait_seconds=0.3)
     assert kube.calls("DELETE") and not kube.objects
 
 
 def test_a_succeeded_job_without_an_outcome_says_where_it_looked(kube, run):
     spec, path, req, settings = run
-    with pytest.raises(k8s.PyTorchJobError, match="left no outcome.json"):
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="left no outcome.json"):
         call(spec, path, req, settings, max_wait_seconds=20)
 
 
 def test_a_cluster_without_the_training_operator_is_named(kube, run):
     spec, path, req, settings = run
     kube.crd_installed = False
-    with pytest.raises(k8s.PyTorchJobError, match="Training Operator .v1. is not installed") as err:
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="Training Operator .v1. is not installed") as err:
         call(spec, path, req, settings, max_wait_seconds=5)
     assert f"connection {CONN!r}" in str(err.value) and "pytorchjobs.kubeflow.org" in str(err.value)
 
@@ -412,7 +412,7 @@ def test_a_short_api_outage_while_following_is_tolerated(kube, run):
 def test_api_answers_name_what_to_check(kube, run, setup, expected):
     spec, path, req, settings = run
     setup(kube)
-    with pytest.raises(k8s.PyTorchJobError, match=re.escape(expected)) as err:
+    with pytest.raises(pytorchjobs.PyTorchJobError, match=re.escape(expected)) as err:
         call(spec, path, req, settings, max_wait_seconds=5)
     assert f"PyTorchJob {NS}/{kube_job.job_name('digits', RUN_KEY)}" in str(err.value)
 
@@ -434,7 +434,9 @@ def test_an_unreachable_api_server_is_named(run, monkeypatch):
         f"AIRFLOW_CONN_{CONN.upper()}",
         json.dumps({"conn_type": "kubernetes", "extra": {"kube_config": kubeconfig}}),
     )
-    with pytest.raises(k8s.PyTorchJobUnavailable, match=f"cannot reach the Kubernetes API server {server}"):
+    with pytest.raises(
+        pytorchjobs.PyTorchJobUnavailable, match=f"cannot reach the Kubernetes API server {server}"
+    ):
         call(spec, path, req, settings, max_wait_seconds=5)
 
 
@@ -458,7 +460,7 @@ def test_the_train_task_fails_at_once_on_answers_a_retry_cannot_change(
     req = TrainRequest(end_ds="2026-11-10", run_key=RUN_KEY)
     setup(kube)
     op = TrainOperator(task_id="train", spec_path=path)
-    with pytest.raises(AirflowFailException if permanent else k8s.PyTorchJobError) as err:
+    with pytest.raises(AirflowFailException if permanent else pytorchjobs.PyTorchJobError) as err:
         op._train(spec, req, WandbSettings(mode="disabled"))
     assert ("kubectl auth can-i" in str(err.value)) == permanent
 
@@ -491,7 +493,7 @@ def job_trigger(name: str, timeout: float = 5.0, poll: float = 0.02, conn: str =
 
 def submitted(spec, req) -> str:
     """Create the run's job as the train task does; its name."""
-    k8s.submit_job(k8s.job_manifest(spec, req, "file:///l.json"), CONN)
+    pytorchjobs.submit_job(pytorchjobs.job_manifest(spec, req, "file:///l.json"), CONN)
     return kube_job.job_name("digits", RUN_KEY)
 
 
@@ -506,9 +508,12 @@ def test_the_job_trigger_serializes_round_trip_with_an_absolute_deadline():
     module, cls = path.rsplit(".", 1)
     again = getattr(importlib.import_module(module), cls)(**kwargs)
     assert again.serialize() == (path, kwargs)
-    assert kwargs["timeout_seconds"] == k8s.MAX_WAIT_SECONDS and kwargs["poll_seconds"] == k8s.POLL_SECONDS
-    assert kwargs["deadline"] == pytest.approx(time.time() + k8s.MAX_WAIT_SECONDS, abs=5)
-    assert kwargs["conn_id"] == k8s.DEFAULT_CONN_ID
+    assert (
+        kwargs["timeout_seconds"] == pytorchjobs.MAX_WAIT_SECONDS
+        and kwargs["poll_seconds"] == pytorchjobs.POLL_SECONDS
+    )
+    assert kwargs["deadline"] == pytest.approx(time.time() + pytorchjobs.MAX_WAIT_SECONDS, abs=5)
+    assert kwargs["conn_id"] == pytorchjobs.DEFAULT_CONN_ID
 
 
 def test_the_job_trigger_sees_a_job_succeed_through_api_hiccups(kube, run):
@@ -545,7 +550,7 @@ def test_the_job_trigger_reports_a_job_deleted_meanwhile(kube, run):
     spec, _, req, _ = run
     kube.ready_after = None
     name = submitted(spec, req)
-    threading.Timer(0.1, k8s.delete_job, (name, NS, CONN)).start()
+    threading.Timer(0.1, pytorchjobs.delete_job, (name, NS, CONN)).start()
     event = run_trigger(job_trigger(name))
     assert event["status"] == "failed" and "was deleted on http://127.0.0.1:" in event["message"]
 
@@ -596,16 +601,18 @@ def test_finish_deletes_the_job_on_a_timeout_and_keeps_a_failed_one(kube, run):
     kube.ready_after = None
     name = submitted(spec, req)
     event = {"status": "failed", "message": "PyTorchJob x failed", "name": name, "namespace": NS}
-    with pytest.raises(k8s.PyTorchJobError, match="PyTorchJob x failed") as err:
-        k8s.finish_on_kubernetes(spec, req, event, conn_id=CONN)
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="PyTorchJob x failed") as err:
+        pytorchjobs.finish_on_kubernetes(spec, req, event, conn_id=CONN)
     assert not err.value.permanent and (NS, name) in kube.objects
-    with pytest.raises(k8s.PyTorchJobError, match="did not finish") as err:
-        k8s.finish_on_kubernetes(
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="did not finish") as err:
+        pytorchjobs.finish_on_kubernetes(
             spec, req, {**event, "status": "timeout", "message": "did not finish"}, conn_id=CONN
         )
     assert not err.value.permanent and (NS, name) not in kube.objects
-    with pytest.raises(k8s.PyTorchJobError, match="RBAC") as err:
-        k8s.finish_on_kubernetes(spec, req, {**event, "status": "error", "message": "RBAC"}, conn_id=CONN)
+    with pytest.raises(pytorchjobs.PyTorchJobError, match="RBAC") as err:
+        pytorchjobs.finish_on_kubernetes(
+            spec, req, {**event, "status": "error", "message": "RBAC"}, conn_id=CONN
+        )
     assert err.value.permanent
 
 
@@ -650,12 +657,12 @@ def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(defer
     trigger, name = deferred.value.trigger, kube_job.job_name("digits", RUN_KEY)
     assert isinstance(trigger, PyTorchJobFinishedTrigger) and deferred.value.method_name == "execute_complete"
     assert (trigger.name, trigger.namespace, trigger.conn_id) == (name, NS, CONN)
-    assert trigger.timeout_seconds == k8s.MAX_WAIT_SECONDS
+    assert trigger.timeout_seconds == pytorchjobs.MAX_WAIT_SECONDS
     assert deferred.value.timeout > timedelta(
-        seconds=k8s.MAX_WAIT_SECONDS
+        seconds=pytorchjobs.MAX_WAIT_SECONDS
     )  # the trigger's timeout event first
     (post,) = kube.calls("POST")
-    assert post["body"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == k8s.MAX_WAIT_SECONDS
+    assert post["body"]["spec"]["runPolicy"]["activeDeadlineSeconds"] == pytorchjobs.MAX_WAIT_SECONDS
     trigger.poll_seconds = 0.02
     event = run_trigger(trigger)
     assert event["status"] == "succeeded"

@@ -60,11 +60,11 @@ def _entry(spec) -> Path:
 
 
 def test_the_same_inputs_reuse_the_candidate_and_each_change_is_a_miss(trained, monkeypatch):
-    from freestack import cache
+    from freestack import step_cache
     from freestack.train import reuse
 
     spec, req, first, outcome, seconds = trained
-    assert first.found.miss == cache.FIRST
+    assert first.found.miss == step_cache.FIRST
     started = time.perf_counter()
     again = reuse.lookup(spec, req)
     hit_seconds = time.perf_counter() - started
@@ -82,7 +82,7 @@ def test_the_same_inputs_reuse_the_candidate_and_each_change_is_a_miss(trained, 
         m.setattr(reuse, "_base_commit", lambda spec: "0" * 40)
         assert reuse.lookup(spec, req).found.miss == "base changed since run manual__first"
     with monkeypatch.context() as m:
-        m.setattr(cache, "code_digest", lambda: "f" * 64)
+        m.setattr(step_cache, "code_digest", lambda: "f" * 64)
         assert reuse.lookup(spec, req).found.miss == "code_version changed since run manual__first"
     not_an_input = spec.model_copy(update={"train": spec.train.model_copy(update={"queue": "gpu"})})
     assert reuse.lookup(not_an_input, req).found.hit  # where it runs is not what it learns

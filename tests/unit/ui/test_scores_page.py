@@ -65,7 +65,7 @@ def _manifest(
 
 def _write_day(storage: str, manifest: dict, quarantine: list[dict] | None = None) -> Path:
     """A day's folder as ``freestack.score.core.score`` publishes it."""
-    from freestack.score.core import FOOTER_KEY
+    from freestack.score.published import FOOTER_KEY
 
     folder = _folder(storage, manifest["pipeline"], manifest["ds"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -358,8 +358,8 @@ def test_the_score_dags_tasks_carry_the_freestack_link():
 
 def test_failed_days_are_listed_with_their_error(client, scored):
     """A day whose run failed (never published, or failed after the scores shown) is listed with the error
-    its task recorded (freestack.score.core.record_failure), linked to the run; a publish clears it."""
-    from freestack.score.core import record_failure, scored_days
+    its task recorded (freestack.score.published.record_failure), linked to the run; a publish clears it."""
+    from freestack.score.published import record_failure, scored_days
 
     spec, run = scored["digits"], {"dag_id": "digits_score", "run_id": "manual__b"}
     over = "2026-11-05: 30 of 40 rows were not scored (75.0%), over score.max_error_fraction 50.0%"

@@ -100,7 +100,7 @@ def _evaluate_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int)
 def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -> list:
     import numpy as np
 
-    from freestack_server.core import ServedModel
+    from freestack_server.core.model import ServedModel
 
     served = ServedModel(folder.as_uri(), max_batch_rows=64, torch_threads=1)
     try:

@@ -57,7 +57,7 @@ def _evaluate(uri: str) -> None:
 def _server(uri: str) -> None:
     import shutil
 
-    from freestack_server.core import ServedModel
+    from freestack_server.core.model import ServedModel
 
     served = ServedModel(uri, max_batch_rows=16, torch_threads=1)
     try:

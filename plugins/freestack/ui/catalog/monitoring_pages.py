@@ -114,7 +114,7 @@ def _drift_of(series: list[dict[str, Any]]) -> dict[str, tuple[float, float | No
 
 def monitoring_report(spec: PipelineSpec, interval: str) -> bytes | None:
     """An interval's HTML report, read through the storage layer."""
-    from freestack_server.requestlog import monitoring_uri
+    from freestack_server.core.requestlog import monitoring_uri
 
     path = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports", interval, "report.html")
     return path.read_bytes() if path.exists() else None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from freestack.score import published
 from freestack.ui.catalog.common import parallel
 
 if TYPE_CHECKING:
@@ -87,13 +88,6 @@ class ScoresPage(BaseModel):
     )
 
 
-def score_days(spec: PipelineSpec) -> list[str]:
-    """The days (ds) with a folder under the spec's score output, newest first (:mod:`freestack.score.core`)."""
-    from freestack.score.core import score_days as days
-
-    return days(spec)
-
-
 def _label_order(label: str) -> tuple[int, float, str]:
     """Numbers in their order ("2" before "10"), then the other labels as text."""
     try:
@@ -125,9 +119,7 @@ def _day_of(ds: str, folder: str, m: dict[str, Any]) -> ScoredDay:
     """A day's row from its manifest (KeyError, TypeError... when it is not a scores manifest)."""
     missing = [k for k in ("version", "rows_scored") if m.get(k) is None]
     if missing:
-        from freestack.score.core import UnreadableScores
-
-        raise UnreadableScores(f"the manifest in the footer has no {' and no '.join(missing)}")
+        raise published.UnreadableScores(f"the manifest in the footer has no {' and no '.join(missing)}")
     run, preds, regression = m.get("run") or {}, m.get("predictions") or {}, m.get("task") == "regression"
     return ScoredDay(
         ds=ds,
@@ -150,13 +142,13 @@ def _day_of(ds: str, folder: str, m: dict[str, Any]) -> ScoredDay:
 def scored_day(spec: PipelineSpec, ds: str) -> ScoredDay:
     """One scored day from the footer of its part; a day that cannot be read says why (``problem``) and
     how to repair it, instead of failing the page."""
-    from freestack.score.core import UnreadableScores, output_dir, read_failure, read_scores_manifest
-
-    folder = output_dir(spec, ds)
-    failed = _failure(read_failure(folder))
+    folder = published.output_dir(spec, ds)
+    failed = _failure(published.read_failure(folder))
     try:
-        return _day_of(ds, folder, read_scores_manifest(folder)).model_copy(update={"failed": failed})
-    except UnreadableScores as exc:
+        return _day_of(ds, folder, published.read_scores_manifest(folder)).model_copy(
+            update={"failed": failed}
+        )
+    except published.UnreadableScores as exc:
         problem = str(exc)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         problem = (
@@ -181,15 +173,13 @@ def _failure(record: dict[str, Any] | None) -> ScoreFailure | None:
 
 def scores_page(pipeline: str, spec: PipelineSpec, page: int = 1, size: int = SCORES_PAGE) -> ScoresPage:
     """Page ``page`` of the pipeline's scored days, newest first: only that page's footers are read."""
-    from freestack.score.core import scores_parent
-
-    days = score_days(spec)
+    days = published.score_days(spec)
     shown = parallel(lambda ds: scored_day(spec, ds), days[(page - 1) * size : page * size])
     sc = spec.score
     return ScoresPage(
         pipeline=pipeline,
         model=spec.model_name,
-        folder=str(scores_parent(spec)[0]),
+        folder=str(published.scores_parent(spec)[0]),
         version=sc.version,
         schedule=sc.schedule,
         total=len(days),
@@ -208,7 +198,6 @@ __all__ = [
     "ScoredDay",
     "ScoresPage",
     "ValueStats",
-    "score_days",
     "scored_day",
     "scores_page",
 ]

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from freestack.ingest import lake
+from freestack.score import published
 from freestack.storage import join, to_path
 from freestack.ui import shared
 from freestack.ui.catalog import score_pages
@@ -97,9 +98,7 @@ def score_quarantine_page(
     pipeline: str, spec: Any, ds: str, page: int, size: int = QUARANTINE_PAGE
 ) -> QuarantinePage:
     """Page ``page`` of the rows of a scored day that were not scored, read from the day's ``_quarantine.parquet``."""
-    from freestack.score.core import QUARANTINE
-
-    have = score_pages.score_days(spec)
+    have = published.score_days(spec)
     if ds not in have:
         raise HTTPException(
             404,
@@ -111,7 +110,7 @@ def score_quarantine_page(
         raise HTTPException(404, f"{pipeline} {ds} cannot be read: {day.problem}")
     if not day.rows_quarantined:
         return QuarantinePage(pipeline=pipeline, ds=ds, size=size)
-    path = join(to_path(day.folder), QUARANTINE)
+    path = join(to_path(day.folder), published.QUARANTINE)
     if not path.exists():
         raise HTTPException(
             404,

@@ -159,7 +159,7 @@ def parsed_row(features: list[FeatureInput], form: dict[str, str]) -> list[Any]:
 def request_body(runtime: str, names: list[str], row: list[Any]) -> dict[str, Any]:
     """One row as the deployment's protocol wants it, marked as not traffic (the request log skips it)."""
     from freestack.serving.smoke import seldon_request, v2_request
-    from freestack_server.requestlog import SMOKE_ID
+    from freestack_server.core.requestlog import SMOKE_ID
 
     tag, sample = f"{SMOKE_ID}-try-{time.time_ns()}", {"features": names, "rows": [row]}
     if runtime == "mlserver":

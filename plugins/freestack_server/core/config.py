@@ -19,7 +19,7 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from freestack.settings import settings
-from freestack_server.fetch import model_name_of
+from freestack_server.core.fetch import model_name_of
 
 PREFIX = "FREESTACK_SERVER_"
 #: the exit code of a server that could not load its model: a broken version, which no restart mends

@@ -12,9 +12,9 @@ bad one is refused alone.
 A request's prompts travel as :class:`Prompts`: the chats, their token ids, the text the request log
 keeps, and the generation settings. On the ``seldon`` runtime concurrent requests with the same settings
 share one ``generate`` call of at most ``batch_prompts`` prompts (the worker's adaptive batching,
-:mod:`freestack_server.batching`, whose rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`);
+:mod:`freestack_server.seldon.batching`, whose rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`);
 on ``mlserver`` every prompt joins the continuous batch of :mod:`freestack.ml.engine`, which also
-answers the OpenAI API (:mod:`freestack_server.openai_api`). Each answer (:class:`Generated`) says how
+answers the OpenAI API (:mod:`freestack_server.mlserver.openai`). Each answer (:class:`Generated`) says how
 many prompts answered with it.
 
 The payloads (Seldon's ``strData`` / ``jsonData``; the Open Inference Protocol's tensors, named as
@@ -28,15 +28,16 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from freestack.settings import settings
-from freestack_server.errors import PayloadError
-from freestack_server.request_checks import GENERATION_HINT as SELDON_HINT
-from freestack_server.request_checks import kind_of
+from freestack_server.core.errors import PayloadError, kind_of
+
+if TYPE_CHECKING:  # the ML core loads torch: the runtimes import it when a model generates
+    from freestack.ml.generation import Completion, GenerationSettings
 
 log = logging.getLogger("freestack.serving")
 
@@ -93,9 +94,9 @@ class Prompts:
 
     chats: list[list[dict[str, str]]]
     texts: list[str]
-    settings: Any  # freestack.ml.generation.GenerationSettings (frozen: hashable)
+    settings: GenerationSettings  # frozen: hashable
     batch_limit: int = 8  # the most prompts of one generate call (Bounds.batch_prompts)
-    form: dict[str, Any] = field(default_factory=dict)
+    form: dict[str, str] = field(default_factory=dict)
     #: each prompt's token ids as the model reads them, and whether it was cut from the left
     ids: list[tuple[list[int], bool]] = field(default_factory=list)
 
@@ -103,7 +104,7 @@ class Prompts:
         return len(self.chats)
 
     @property
-    def batch_key(self) -> Any:
+    def batch_key(self) -> tuple[str, GenerationSettings]:
         """Requests with equal keys may share a ``generate`` call (the batching rounds group by it)."""
         return ("generate", self.settings)
 
@@ -123,7 +124,7 @@ class Prompts:
 class Generated:
     """One prompt's answer, and how many prompts the ``generate`` call that answered it held."""
 
-    completion: Any  # freestack.ml.generation.Completion
+    completion: Completion
     batch: int
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class Generated:
         return {k: getattr(self.completion, k) for k in keys}
 
 
-def _number(v: Any) -> bool:
+def _number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -160,7 +161,7 @@ class GenerationParameters(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _names(cls, data: Any, info: ValidationInfo) -> dict[str, Any]:
+    def _names(cls, data: Mapping[str, object], info: ValidationInfo) -> dict[str, object]:
         """The parameters under their own names (ALIASES), none unknown, and the default max_new_tokens."""
         params = dict(data)
         for alias, name in ALIASES.items():
@@ -179,14 +180,14 @@ class GenerationParameters(BaseModel):
 
     @field_validator("do_sample", mode="plain")
     @classmethod
-    def _flag(cls, v: Any, info: ValidationInfo) -> bool:
+    def _flag(cls, v: object, info: ValidationInfo) -> bool:
         if type(v) is not bool:
             raise _refused(f'"{info.field_name}" must be true or false, not {kind_of(v)}')
         return v
 
     @field_validator("max_new_tokens", mode="plain")
     @classmethod
-    def _max_new_tokens(cls, n: Any, info: ValidationInfo) -> int:
+    def _max_new_tokens(cls, n: object, info: ValidationInfo) -> int:
         if isinstance(n, float) and n.is_integer():
             n = int(n)
         if type(n) is not int or n < 1:
@@ -201,7 +202,7 @@ class GenerationParameters(BaseModel):
 
     @field_validator("temperature", mode="plain")
     @classmethod
-    def _temperature(cls, t: Any, info: ValidationInfo) -> float:
+    def _temperature(cls, t: object, info: ValidationInfo) -> float:
         if info.data.get("do_sample") is False:
             return 0.0
         if not _number(t) or t < 0:
@@ -218,14 +219,14 @@ class GenerationParameters(BaseModel):
 
     @field_validator("top_p", mode="plain")
     @classmethod
-    def _top_p(cls, p: Any) -> float:
+    def _top_p(cls, p: object) -> float:
         if not _number(p) or not 0 < p <= 1:
             raise _refused(f'"top_p" must be a number above 0 and at most 1, not {p!r}')
         return float(p)
 
     @field_validator("stop", mode="plain")
     @classmethod
-    def _stop(cls, stop: Any, info: ValidationInfo) -> tuple[str, ...]:
+    def _stop(cls, stop: object, info: ValidationInfo) -> tuple[str, ...]:
         stop = [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise _refused('"stop" must be a string or a list of non-empty strings')
@@ -256,7 +257,7 @@ class Generator:
         self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
 
     # -- what a request may ask -------------------------------------------------------------------------
-    def settings(self, params: Mapping[str, Any] | None):
+    def settings(self, params: Mapping[str, object] | None) -> GenerationSettings:
         """The generation settings of a request's ``params`` within the bounds (:class:`GenerationParameters`);
         PayloadError (400) naming the parameter, and the bound it is beyond or what to send."""
         from freestack.ml.generation import GenerationSettings
@@ -303,90 +304,57 @@ class Generator:
                 "PAYLOAD_TOO_LARGE",
             )
 
-    def chat(self, value: Any, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
+    def chat(self, value: object, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
         """A prompt (text: one user turn) or a conversation (``messages``: a list of {"role", "content"}, or
-        its JSON), with the model's system prompt first; and the text the request log keeps."""
+        its JSON), parsed by the ML core's one parser (:func:`freestack.ml.generation.parse_messages`),
+        with the model's system prompt first; and the text the request log keeps."""
         from freestack.ml.generation import ChatError, parse_messages
 
-        if messages:
-            try:
-                chat = parse_messages(value, where)
-            except ChatError as exc:
-                raise PayloadError(str(exc)) from None
-            text = json.dumps(chat, ensure_ascii=False)
-        else:
-            if not isinstance(value, str):
-                raise PayloadError(f"{where}: a prompt is text, not {kind_of(value)}")
-            check_text(value, where)
-            chat, text = [{"role": "user", "content": value}], value
-        for m in chat:
-            check_text(m["content"], where)
+        try:
+            chat = parse_messages(value, where, prompt=not messages)
+        except ChatError as exc:
+            raise PayloadError(str(exc)) from None
+        text = json.dumps(chat, ensure_ascii=False) if messages else chat[0]["content"]
         return self.columns.with_system(chat), text
 
     def prompts(
         self,
         chats: list[list[dict[str, str]]],
         texts: list[str],
-        params: Mapping[str, Any] | None,
-        form: dict[str, Any] | None = None,
+        params: Mapping[str, object] | None,
+        form: dict[str, str] | None = None,
+        *,
+        continued: bool = False,
     ) -> Prompts:
         """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
-        the left, or refused with 413, by ``truncate``)."""
+        the left, or refused with 413, by ``truncate``). ``continued``: the texts are continued as they
+        stand, with no chat template (the OpenAI API's completions)."""
         from freestack.ml.generation import ChatError, EmptyPrompt, PromptTooLong, prompt_ids
 
         if not chats:
             raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
         self.check_count(len(chats))
-        for i, chat in enumerate(chats):  # whichever route built them: the tokenizer takes Unicode text only
-            for m in chat:
-                check_text(m["content"], f"prompt {i}")
         settings = self.settings(params)
         try:
-            ids = prompt_ids(self.check_tokenizer, chats, settings)
+            ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings)
         except PromptTooLong as exc:
             within = (
                 f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
                 if self.context is not None and exc.limit < self.max_prompt_tokens
                 else ""
             )
-            limit = f"this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens{within})"
             raise PayloadError(
-                f"prompt {exc.index} is {exc.tokens} tokens with the chat template, over {limit}: "
+                f"prompt {exc.index} is {exc.tokens} tokens{' with the chat template' if exc.chat else ''}, "
+                f"over this deployment's limit of {exc.limit} (deploy.generation.max_prompt_tokens{within}): "
                 "shorten it, or deploy with generation.truncate: left to keep its last tokens",
                 413,
                 "PROMPT_TOO_LONG",
             ) from None
         except EmptyPrompt as exc:
-            raise PayloadError(str(exc), param="messages") from None
+            raise PayloadError(str(exc), param="messages" if exc.chat else "prompt") from None
         except ChatError as exc:
             raise PayloadError(str(exc)) from None
         return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}), ids)
-
-    def text_prompts(self, texts: list[str], params: Mapping[str, Any] | None) -> Prompts:
-        """Prompts continued as text (no chat template: the OpenAI API's completions), checked as
-        :meth:`prompts` checks chats."""
-        self.check_count(len(texts))
-        settings = self.settings(params)
-        ids = []
-        for i, text in enumerate(texts):
-            check_text(text, f"prompt {i}")
-            tokens = self.check_tokenizer(text)["input_ids"]
-            if not tokens:  # nothing to continue (and the engine's batch cannot hold an empty prompt)
-                raise PayloadError(
-                    f"prompt {i} is empty: it has no tokens to continue; send text", param="prompt"
-                )
-            cut = len(tokens) > settings.max_prompt_tokens
-            if cut and settings.truncate != "left":
-                raise PayloadError(
-                    f"prompt {i} is {len(tokens)} tokens, over this deployment's limit of "
-                    f"{settings.max_prompt_tokens} (deploy.generation.max_prompt_tokens): shorten it, or "
-                    "deploy with generation.truncate: left to keep its last tokens",
-                    413,
-                    "PROMPT_TOO_LONG",
-                )
-            ids.append((tokens[-settings.max_prompt_tokens :] if cut else tokens, cut))
-        chats = [[{"role": "user", "content": t}] for t in texts]
-        return Prompts(chats, list(texts), settings, self.bounds.batch_prompts, {"kind": "openai-text"}, ids)
 
     # -- answering --------------------------------------------------------------------------------------
     def run(self, prompts: Prompts) -> list[Generated]:
@@ -414,73 +382,10 @@ class Generator:
             self.generation_config,
         )
 
-    # -- Seldon's messages --------------------------------------------------------------------------------
-    def from_seldon(self, X: Any) -> Prompts:
-        """``strData`` (``X`` a string: one prompt, default parameters) or ``jsonData``: ``{"prompt": ...}``,
-        ``{"messages": [...]}`` or ``{"instances": [{"prompt"|"messages": ...}, ...]}`` (a string instance is
-        a prompt), with ``"parameters": {...}``. The model's own input column names a prompt or a
-        conversation too."""
-        if isinstance(X, str):
-            chat, text = self.chat(X, "strData", messages=False)
-            return self.prompts([chat], [text], None, {"kind": "strData"})
-        if not isinstance(X, dict):
-            raise PayloadError(f"this model generates text: send {SELDON_HINT}")
-        unknown = sorted(set(X) - {"prompt", "messages", "instances", "parameters", *self._record_keys()})
-        if unknown:
-            raise PayloadError(f"jsonData holds {unknown}: send {SELDON_HINT}")
-        params = X.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise PayloadError(
-                f'"parameters" must be an object of {", ".join(PARAMETERS)}, not {kind_of(params)}'
-            )
-        if "instances" in X:
-            records = X["instances"]
-            if any(k in X for k in self._record_keys()):
-                raise PayloadError(
-                    'jsonData holds "instances" and a prompt beside them: send one or the other'
-                )
-            if not isinstance(records, list) or not records:
-                raise PayloadError(
-                    '"instances" must be a non-empty list of {"prompt": ...} or {"messages": [...]}'
-                )
-            self.check_count(len(records))
-        else:
-            records = [{k: v for k, v in X.items() if k != "parameters"}]
-        pairs = [
-            self._record(rec, f"instance {i}" if "instances" in X else "jsonData")
-            for i, rec in enumerate(records)
-        ]
-        return self.prompts([c for c, _ in pairs], [t for _, t in pairs], params, {"kind": "jsonData"})
-
-    def _record_keys(self) -> set[str]:
-        return {"prompt", "messages", self.columns.input_column}
-
-    def _record(self, rec: Any, where: str) -> tuple[list[dict[str, str]], str]:
-        if isinstance(rec, str):
-            return self.chat(rec, where, messages=False)
-        if not isinstance(rec, dict):
-            raise PayloadError(f'{where} is {kind_of(rec)}: send {{"prompt": ...}} or {{"messages": [...]}}')
-        keys = [k for k in rec if k in self._record_keys()]
-        extra = sorted(set(rec) - self._record_keys())
-        if len(keys) != 1 or extra:
-            raise PayloadError(
-                f'{where} must hold one of "prompt" and "messages" (and nothing else), got {sorted(rec)}'
-            )
-        key = keys[0]
-        messages = key == "messages" or (key == self.columns.messages and key != "prompt")
-        return self.chat(rec[key], f"{where}, {key!r}", messages=messages)
-
-    def seldon_answer(self, prompts: Prompts, answers: list[Generated], version: str) -> str | dict[str, Any]:
-        """A strData request's answer is its completion (strData); a jsonData request's, ``{"completions":
-        [...], "model_version": ...}``."""
-        if prompts.form.get("kind") == "strData":
-            return answers[0].completion.text
-        return {"completions": [a.as_dict() for a in answers], "model_version": version}
-
 
 def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
     """The bounds a version is served within and its chat columns, for the metadata: from the small JSON
-    files (``info``: :meth:`freestack_server.core.ServedModel.describe`), before the model is loaded."""
+    files (``info``: :meth:`freestack_server.core.model.ServedModel.describe`), before the model is loaded."""
     chat = info.get("chat") or {}
     out = {
         **bounds.as_dict(),
@@ -492,18 +397,6 @@ def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:
         "system_prompt": bool((chat.get("columns") or {}).get("system")),
     }
     return {k: v for k, v in out.items() if v is not None}
-
-
-def check_text(value: str, where: str) -> None:
-    """A lone surrogate (the JSON escape \\ud800 without its pair) is not Unicode text: the tokenizer cannot
-    encode it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PayloadError(
-            f"{where}: the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): send "
-            "valid Unicode text"
-        ) from None
 
 
 def context_of(config: Any) -> int | None:
@@ -520,12 +413,10 @@ def context_of(config: Any) -> int | None:
 __all__ = [
     "ALIASES",
     "PARAMETERS",
-    "SELDON_HINT",
     "Bounds",
     "Generated",
     "Generator",
     "Prompts",
-    "check_text",
     "context_of",
     "describe",
 ]

@@ -4,7 +4,7 @@ Runs in the serving environment.
 When one pass of the worker's event loop finds several connections with a request in, it serves each
 in its own greenlet (:class:`RequestBatcher.run`). A request's code runs as it always does (direct
 prediction or Seldon's app, Seldon's ``predict``, the model's checks, metrics and request log) up to the
-model's forward pass (:meth:`freestack_server.core.ServedModel.forward`), where it parks with
+model's forward pass (:meth:`freestack_server.core.model.ServedModel.forward`), where it parks with
 its rows (:meth:`RequestBatcher.park`). Once every request of the round has parked or finished, one forward
 over their rows stacked answers them all, and each request resumes with its own rows of the result
 and goes on to its answer. Nothing waits for more requests to come (MLServer's ``max_batch_time`` of
@@ -19,7 +19,7 @@ answer or the error it would have got alone. A row's probabilities can differ fr
 in the last float32 digit (a different matrix-multiply blocking), as with any batching server;
 config ``adaptive_batching: false`` turns it off.
 
-A text-generation model parks its checked prompts instead (:class:`freestack_server.generation.Prompts`):
+A text-generation model parks its checked prompts instead (:class:`freestack_server.core.generation.Prompts`):
 those of a round with the same generation parameters (``batch_key``) share one ``generate`` call of at
 most ``batch_limit`` prompts (``deploy.generation.batch_prompts``), left-padded, and each request gets its
 own prompts' completions back. Its requests take long enough that the worker waits ``gather_s`` (5 ms)

@@ -33,12 +33,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from freestack.registry.names import ALIASES, VERSION_RE, is_version_name
 from freestack.version.errors import NotAVersion
 from freestack.version.folder import open_folder
-from freestack_server.fetch import FetchError, FetchSource, reader, split_alias
+from freestack_server.core.fetch import FetchError, FetchSource, reader, split_alias
+
+if TYPE_CHECKING:
+    from freestack.ml.engine import Engine
+    from freestack_server.core.model import ServedModel
 
 log = logging.getLogger("freestack.serving")
 
@@ -60,8 +64,8 @@ class NotServed(Exception):
 class Adapters:
     """The adapter versions of one deployment (``core``: its ServedModel, loaded; ``engine``: its Engine)."""
 
-    core: Any  # freestack_server.core.ServedModel
-    engine: Any  # freestack.ml.engine.Engine
+    core: ServedModel
+    engine: Engine
     max_adapters: int = 8
     #: the alias that answers ``canary_weight`` of the requests for the model's own name
     canary_alias: str | None = None
@@ -69,7 +73,7 @@ class Adapters:
     #: the file naming the version ``<model>`` answers with (written by an in-place promotion)
     serves_file: Path | None = None
     loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
-    _aliases: tuple[float, dict[str, Any]] = (0.0, {})
+    _aliases: tuple[float, dict[str, object]] = (0.0, {})  # aliases.json as read
     _loading: dict[str, asyncio.Future] = field(default_factory=dict)
     _refused: dict[str, NotServed] = field(default_factory=dict)
     _serves: tuple[int, str | None] = (0, None)  # the serves file's mtime and version
@@ -89,10 +93,8 @@ class Adapters:
             self.engine.adapter = DEPLOYED
 
     # -- which version a request names ----------------------------------------------------------------
-    def version_of(self, model: Any) -> str:
+    def version_of(self, model: str) -> str:
         """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""
-        if not isinstance(model, str):
-            raise NotServed(f'"model" must be text naming a version of {self.name!r}', 400)
         if model == self.name:
             if self.canary_alias and random.random() < self.canary_weight:
                 return self._canary()
@@ -154,7 +156,7 @@ class Adapters:
             )
         return version
 
-    def _table(self) -> dict[str, Any]:
+    def _table(self) -> dict[str, object]:
         """The registry's aliases of the model, as :meth:`refresh` read them last."""
         return self._aliases[1]
 
@@ -165,7 +167,7 @@ class Adapters:
             aliases = await asyncio.get_running_loop().run_in_executor(None, self._read_aliases)
             self._aliases = (time.monotonic(), aliases)
 
-    def _read_aliases(self) -> dict[str, Any]:
+    def _read_aliases(self) -> dict[str, object]:
         try:
             aliases = json.loads(reader(self.folder)(self.folder, ALIASES))
         except (FileNotFoundError, FetchError, ValueError) as exc:
@@ -179,7 +181,7 @@ class Adapters:
         versions = [f"{self.name}:{v}" for v in self.loaded]
         return [self.name, *[f"{self.name}@{a}" for a in aliases], *versions]
 
-    async def answerer(self, model: Any) -> tuple[str, str | None]:
+    async def answerer(self, model: str) -> tuple[str, str | None]:
         """The version that answers a request for ``model``, and its peft adapter (None: the model as
         deployed). ``<model>`` whose alias now names a version this deployment cannot serve (a full-weight
         version, another base: the deploy starts its own server for it) is answered by the one deployed."""

@@ -1,7 +1,7 @@
 """freestack's Seldon Core model: serves one registered model version.
 
 A Seldon Python model class (seldon-core 1.17.1), which ``python -m freestack_server`` (runtime
-``seldon``) serves in every target; ``seldon-core-microservice freestack_server.seldon_model.Model``
+``seldon``) serves in every target; ``seldon-core-microservice freestack_server.seldon.model.Model``
 would run it too. Parameters come from its constructor or the environment:
 
 - ``model_uri`` / ``FREESTACK_MODEL_URI``: the registry version (``file://``, ``s3://`` or ``data://``),
@@ -12,7 +12,7 @@ would run it too. Parameters come from its constructor or the environment:
 - ``request_log_uri`` / ``FREESTACK_REQUEST_LOG_URI`` and ``request_log_rate`` /
   ``FREESTACK_REQUEST_LOG_RATE``: the model's monitoring folder (``<root>/monitoring/<model>``) and the
   fraction of requests (0 to 1) whose inputs and predictions go to its request log, in Parquet, for the
-  monitor (:mod:`freestack_server.requestlog`); ``deployment`` names the deployment in it;
+  monitor (:mod:`freestack_server.core.requestlog`); ``deployment`` names the deployment in it;
 - ``torch_threads`` / ``FREESTACK_TORCH_THREADS``: intra-op threads per worker (default 1: gunicorn's
   workers already use the cores).
 
@@ -22,13 +22,13 @@ record). Each answer's ``meta.tags.request_id`` is the request's id (the request
 it has one): ``/send-feedback`` with it in ``response.meta.tags`` (or ``request.meta.puid``) and the
 true labels in ``truth`` records the ground truth beside the logged request. Every bad payload gets a 4xx
 JSON answer in Seldon's status format, never an HTML page or a 500: the server's request checks check each
-message's form before Seldon parses it (:mod:`freestack_server.request_checks`, told what this model
+message's form before Seldon parses it (:mod:`freestack_server.seldon.request_checks`, told what this model
 takes by :meth:`Model.inputs`); the model checks the values against its columns.
 A text-generation model (``model.task: text-generation``) takes ``strData`` (a prompt; answered as ``strData``,
 the completion) or ``jsonData`` ``{"prompt": ...}``, ``{"messages": [...]}`` or ``{"instances": [...]}`` with
 ``"parameters": {"max_new_tokens", "temperature", "top_p", "stop"}`` (answered as ``{"completions": [{"text",
 "finish_reason", "prompt_tokens", "completion_tokens", "truncated"}], "model_version"}``; ``meta.tags`` adds
-``generate_batch``, the prompts of the ``generate`` call that answered it): :mod:`freestack_server.generation`.
+``generate_batch``, the prompts of the ``generate`` call that answered it): :mod:`freestack_server.core.generation`.
 Classification answers are class probabilities named by class; regression answers one value per row,
 ``[[v], ...]`` named ``[target]`` (``{"value": v}`` per record for jsonData). An answer comes in its
 request's form (``ndarray``, ``tensor``, ``jsonData``; ``tensor`` for strData and binData): the
@@ -45,11 +45,11 @@ from flask import Blueprint, jsonify
 from seldon_core.flask_utils import SeldonMicroserviceException
 from werkzeug.exceptions import HTTPException
 
-from freestack_server.core import ServedModel
-from freestack_server.errors import PayloadError
-from freestack_server.generation import SELDON_HINT, Bounds
-from freestack_server.generation import describe as describe_generation
-from freestack_server.request_checks import Inputs
+from freestack_server.core.errors import PayloadError, kind_of
+from freestack_server.core.generation import PARAMETERS, Bounds, Generated, Generator, Prompts
+from freestack_server.core.generation import describe as describe_generation
+from freestack_server.core.model import ServedModel
+from freestack_server.seldon.request_checks import GENERATION_HINT, Inputs
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def _bad(message: str, status: int = 400, reason: str = "BAD_PAYLOAD") -> Seldon
 
 
 # ------------------------------------------------------------------------------------------------------
-# the form of every message is checked once, before Seldon's app sees it (freestack_server.request_checks)
+# the form of every message is checked once, before Seldon's app sees it (freestack_server.seldon.request_checks)
 
 model_error_handler = Blueprint("freestack_errors", __name__)
 
@@ -329,9 +329,9 @@ class Model(ServedModel):
     def _generate(self, X: Any, puid: str | None):
         """A text-generation request: strData (a prompt) or jsonData (prompts or conversations, parameters)."""
         if isinstance(X, np.ndarray):  # data.ndarray / data.tensor (the request checks refuse them first)
-            raise _bad(f"this model generates text: send {SELDON_HINT}")
+            raise _bad(f"this model generates text: send {GENERATION_HINT}")
         try:
-            prompts = self.generator.from_seldon(X)
+            prompts = prompts_of(self.generator, X)
             g = self.generate(prompts, puid)
         except PayloadError as exc:
             raise _bad(exc.message, exc.status, exc.reason) from None
@@ -344,4 +344,69 @@ class Model(ServedModel):
         )
         self._local.request_id = g.request_id
         self._local.generate_batch = g.batch
-        return self.generator.seldon_answer(prompts, g.answers, self.version)
+        return answer_of(prompts, g.answers, self.version)
+
+
+# -- a generating model's Seldon messages -----------------------------------------------------------------
+def prompts_of(gen: Generator, X: Any) -> Prompts:
+    """``strData`` (``X`` a string: one prompt, default parameters) or ``jsonData``: ``{"prompt": ...}``,
+    ``{"messages": [...]}`` or ``{"instances": [{"prompt"|"messages": ...}, ...]}`` (a string instance is
+    a prompt), with ``"parameters": {...}``. The model's own input column names a prompt or a
+    conversation too."""
+    if isinstance(X, str):
+        chat, text = gen.chat(X, "strData", messages=False)
+        return gen.prompts([chat], [text], None, {"kind": "strData"})
+    if not isinstance(X, dict):
+        raise PayloadError(f"this model generates text: send {GENERATION_HINT}")
+    unknown = sorted(set(X) - {"prompt", "messages", "instances", "parameters", *_record_keys(gen)})
+    if unknown:
+        raise PayloadError(f"jsonData holds {unknown}: send {GENERATION_HINT}")
+    params = X.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise PayloadError(
+            f'"parameters" must be an object of {", ".join(PARAMETERS)}, not {kind_of(params)}'
+        )
+    if "instances" in X:
+        records = X["instances"]
+        if any(k in X for k in _record_keys(gen)):
+            raise PayloadError('jsonData holds "instances" and a prompt beside them: send one or the other')
+        if not isinstance(records, list) or not records:
+            raise PayloadError(
+                '"instances" must be a non-empty list of {"prompt": ...} or {"messages": [...]}'
+            )
+        gen.check_count(len(records))
+    else:
+        records = [{k: v for k, v in X.items() if k != "parameters"}]
+    pairs = [
+        _record(gen, rec, f"instance {i}" if "instances" in X else "jsonData")
+        for i, rec in enumerate(records)
+    ]
+    return gen.prompts([c for c, _ in pairs], [t for _, t in pairs], params, {"kind": "jsonData"})
+
+
+def _record_keys(gen: Generator) -> set[str]:
+    return {"prompt", "messages", gen.columns.input_column}
+
+
+def _record(gen: Generator, rec: Any, where: str) -> tuple[list[dict[str, str]], str]:
+    if isinstance(rec, str):
+        return gen.chat(rec, where, messages=False)
+    if not isinstance(rec, dict):
+        raise PayloadError(f'{where} is {kind_of(rec)}: send {{"prompt": ...}} or {{"messages": [...]}}')
+    keys = [k for k in rec if k in _record_keys(gen)]
+    extra = sorted(set(rec) - _record_keys(gen))
+    if len(keys) != 1 or extra:
+        raise PayloadError(
+            f'{where} must hold one of "prompt" and "messages" (and nothing else), got {sorted(rec)}'
+        )
+    key = keys[0]
+    messages = key == "messages" or (key == gen.columns.messages and key != "prompt")
+    return gen.chat(rec[key], f"{where}, {key!r}", messages=messages)
+
+
+def answer_of(prompts: Prompts, answers: list[Generated], version: str) -> str | dict[str, Any]:
+    """A strData request's answer is its completion (strData); a jsonData request's, ``{"completions":
+    [...], "model_version": ...}``."""
+    if prompts.form.get("kind") == "strData":
+        return answers[0].completion.text
+    return {"completions": [a.as_dict() for a in answers], "model_version": version}

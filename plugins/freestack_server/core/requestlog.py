@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from freestack_server.fetch import put_bytes
+from freestack_server.core.fetch import put_bytes
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 :class:`ServedModel` fetches a registry version (or the version an alias names), loads it with torch,
 checks and encodes a request's rows (numbers, or the raw category/text/image values a model with an
 encoder takes), runs the forward pass, and keeps the request log (:mod:`.requestlog`). It knows no wire
-protocol: Seldon's (:mod:`freestack_server.seldon_model`) and the Open Inference Protocol's (MLServer,
-:mod:`freestack_server.oip`) wrap it, and each turns a :class:`PayloadError` into its own error
+protocol: Seldon's (:mod:`freestack_server.seldon.model`) and the Open Inference Protocol's (MLServer,
+:mod:`freestack_server.mlserver.runtime`) wrap it, and each turns a :class:`PayloadError` into its own error
 format. Runs in the serving environments (no Airflow, no pandas).
 """
 
@@ -30,12 +30,12 @@ from freestack.settings import settings
 from freestack.version.errors import VersionError
 from freestack.version.files import MARKER, PREPROCESSING
 from freestack.version.folder import open_folder
-from freestack_server.config import CANNOT_SERVE
-from freestack_server.errors import PayloadError
-from freestack_server.fetch import FetchError, FetchSource, resolve_uri
-from freestack_server.generation import Bounds, Generator
-from freestack_server.raw import RawInputError, RawInputs
-from freestack_server.requestlog import SMOKE_ID, RequestLog
+from freestack_server.core.config import CANNOT_SERVE
+from freestack_server.core.errors import PayloadError
+from freestack_server.core.fetch import FetchError, FetchSource, resolve_uri
+from freestack_server.core.generation import Bounds, Generated, Generator, Prompts
+from freestack_server.core.raw import RawInputError, RawInputs
+from freestack_server.core.requestlog import SMOKE_ID, RequestLog
 
 log = logging.getLogger("freestack.serving")
 
@@ -84,10 +84,10 @@ class Prediction:
 
 @dataclass
 class Generation:
-    """One text-generation request's answers (:class:`freestack_server.generation.Generated`, one a
+    """One text-generation request's answers (:class:`freestack_server.core.generation.Generated`, one a
     prompt), its id and how long it took."""
 
-    answers: list
+    answers: list[Generated]
     request_id: str
     ms: float
 
@@ -133,8 +133,8 @@ class ServedModel:
         self._logs: dict[str, Any] = {}  # the request logs of other adapter versions served (multi-LoRA)
         #: a text-generation model's bounds as given (MLServer's model settings); None: the FREESTACK_GENERATION_* settings
         self.generation_bounds = generation
-        #: a text-generation model's (freestack_server.generation.Generator), once loaded
-        self.generator = None
+        #: a text-generation model's, once loaded
+        self.generator: Generator | None = None
 
     # -- loading --------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -332,7 +332,7 @@ class ServedModel:
         return [label_text(v) for v in truth.reshape(-1).tolist()]
 
     # -- predict --------------------------------------------------------------------------------------
-    #: the worker's adaptive batching (:mod:`freestack_server.batching`), when it is on
+    #: the worker's adaptive batching (:mod:`freestack_server.seldon.batching`), when it is on
     batcher: Any = None
 
     def forward(self, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
@@ -485,14 +485,19 @@ class ServedModel:
         return Prediction(out, idx, per_class, request_id, ms)
 
     # -- text generation ----------------------------------------------------------------------------------
-    def generate(self, prompts: Any, request_id: str | None = None) -> Generation:
-        """Answer a text-generation request's checked prompts (:class:`freestack_server.generation.Prompts`;
+    def generate(self, prompts: Prompts, request_id: str | None = None) -> Generation:
+        """Answer a text-generation request's checked prompts (:class:`freestack_server.core.generation.Prompts`;
         with adaptive batching in one ``generate`` call with the requests that arrived with it) and log them."""
         started = time.perf_counter()
         return self.answer_generated(prompts, self.forward(prompts), request_id, started)
 
     def answer_generated(
-        self, prompts: Any, answers: list, request_id: str | None, started: float, version: str | None = None
+        self,
+        prompts: Prompts,
+        answers: list[Generated],
+        request_id: str | None,
+        started: float,
+        version: str | None = None,
     ) -> Generation:
         """A text-generation request's answers as a :class:`Generation`, logged (unless it is the deploy's
         smoke test): each prompt with its completion and token counts, under the version that answered

@@ -1,7 +1,7 @@
 """Per-request costs of Seldon's Flask app that the model server skips, through Flask's own extension
 points; what a request gets back keeps its meaning (``bench/serve`` measures each). Config
 ``lighter_app: false`` turns them off. Runs in the serving environment. (flask_cors, whose hook ran on
-every response, is gone: the request checks answer CORS, :mod:`freestack_server.request_checks`.)
+every response, is gone: the request checks answer CORS, :mod:`freestack_server.seldon.request_checks`.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Batch generation: a text-generation version answers one day's prompt rows into the day's part.
 
     <output>/part.parquet   key, ds, completion, finish_reason, prompt_tokens, completion_tokens, truncated,
-                            version, scored_at (the manifest in its footer, as :mod:`freestack.score.core`)
+                            version, scored_at (the manifest in its footer, as :mod:`freestack.score.published`)
 
 The day is read, quarantined, published whole and recorded as :func:`freestack.score.core.score` does for
 every version; this module is what differs for a text-generation one. Each row's prompt is built as the
@@ -26,6 +26,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from freestack.errors import ScoreError
 from freestack.ml.engine import Engine
 from freestack.ml.generation import (
     ChatError,
@@ -36,25 +37,16 @@ from freestack.ml.generation import (
     prompt_ids,
 )
 from freestack.score import core
-from freestack.score.core import (
-    FOOTER_KEY,
-    QUARANTINE,
-    SAMPLE_ROWS,
-    Counts,
-    Piece,
-    Quarantine,
-    ScoreError,
-    ScoringModel,
-    key_type,
-    manifest_of,
-    read_day,
-)
+from freestack.score.day import SAMPLE_ROWS, key_type, manifest_of, read_day
+from freestack.score.published import FOOTER_KEY
+from freestack.score.rows import Counts, Quarantine
 from freestack.score.spec import GenerationScore
-from freestack.storage import join
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from freestack.score.core import ScoringModel
+    from freestack.score.rows import Piece
     from freestack.spec import PipelineSpec
 
 #: what a text-generation version's scores hold beside the key and ds (then version, scored_at)
@@ -170,8 +162,7 @@ def write_answers(
                         _keep_sample(counts, model, piece, rows, done, job["ds"])
 
             read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
-        quarantine = str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
-        manifest = manifest_of(spec, job, counts, model, at, run, quarantine)
+        manifest = manifest_of(spec, job, counts, model, at, run, part_w.path.parent)
         manifest.update(
             columns=list(COLUMNS),
             generation={**g.model_dump(), "max_prompt_tokens": settings.max_prompt_tokens},

@@ -3,7 +3,7 @@
 MLServer (1.7.1, Apache-2.0, in ``.venv-mlserver``) loads :class:`FreestackRuntime` from a
 ``model-settings.json`` whose ``parameters.uri`` is the registry version (or an alias of it) and whose
 ``parameters.extra`` holds ``max_batch_rows``, ``batch_rows``, ``batch_wait_ms``, ``request_log_uri``,
-``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack_server.oip_server.write_folder`
+``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack_server.mlserver.server.write_folder`
 writes it). :class:`ServedModel` does the
 work; this class maps the protocol onto it:
 
@@ -39,7 +39,7 @@ work; this class maps the protocol onto it:
   prompt: ``{"generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "truncated"}``.
   Requests are answered by continuous batching (:mod:`freestack.ml.engine`): each prompt joins the
   running batch between two decoding steps. The same version answers the OpenAI API on the same port
-  (:mod:`freestack_server.openai_api`).
+  (:mod:`freestack_server.mlserver.openai`).
 """
 
 from __future__ import annotations
@@ -70,16 +70,16 @@ from mlserver.types import (
 
 from freestack.ml.engine import Busy, Engine, EngineError
 from freestack.ml.generation import eos_ids, load_tokenizer
-from freestack_server import oip_metrics
-from freestack_server.adapters import Adapters, NotServed
-from freestack_server.config import ServerConfig
-from freestack_server.core import ServedModel
-from freestack_server.errors import PayloadError
-from freestack_server.generation import ALIASES, FLAGS, PARAMETERS, Generated, Prompts
-from freestack_server.generation import describe as describe_generation
-from freestack_server.oip_binary import DTYPES
-from freestack_server.oip_server import AT_STOP, ENGINE_DIED
-from freestack_server.openai_api import SERVED, Served
+from freestack_server.core.config import ServerConfig
+from freestack_server.core.errors import PayloadError
+from freestack_server.core.generation import ALIASES, FLAGS, PARAMETERS, Generated, Generator, Prompts
+from freestack_server.core.generation import describe as describe_generation
+from freestack_server.core.model import ServedModel
+from freestack_server.mlserver import metrics as oip_metrics
+from freestack_server.mlserver.adapters import Adapters, NotServed
+from freestack_server.mlserver.binary import DTYPES
+from freestack_server.mlserver.openai import OpenAIRoutes, Served
+from freestack_server.mlserver.server import AT_STOP, ENGINE_DIED
 
 log = logging.getLogger("freestack.serving")
 #: the name of a model of numbers' one tensor [rows, features]
@@ -136,8 +136,11 @@ class Batcher:
             start += len(x)
 
 
-class FreestackRuntime(MLModel):
-    """A registry version served over V2 by MLServer."""
+class FreestackRuntime(OpenAIRoutes, MLModel):
+    """A registry version served over V2 by MLServer (and a text-generation one over the OpenAI API too:
+    :class:`OpenAIRoutes`, its custom handlers)."""
+
+    core: ServedModel
 
     async def load(self) -> bool:
         params = self.settings.parameters
@@ -156,19 +159,17 @@ class FreestackRuntime(MLModel):
         wait_s, rows = float(extra.get("batch_wait_ms", 0)) / 1000, int(extra.get("batch_rows", 32))
         self.batcher = None
         if self.core.generator is not None:  # continuous batching, in the engine's thread
-            self._start_engine()
+            self.served = self._start_engine(self.core.generator)
         elif rows > 1:
             self.batcher = Batcher(self.core.forward, rows, wait_s)
         return True
 
-    def _start_engine(self) -> None:
-        """The version's generation engine (:mod:`freestack.ml.engine`), and the OpenAI API on it."""
-
-        generator = self.core.generator
+    def _start_engine(self, generator: Generator) -> Served:
+        """The version's generation engine (:mod:`freestack.ml.engine`), which V2 and the OpenAI API use."""
         generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the event loop's own
         eos = eos_ids(generator.check_tokenizer, generator.generation_config)
         bounds = generator.bounds
-        self.engine = Engine(
+        engine = Engine(
             generator.lm,
             generator.check_tokenizer,
             eos=eos,
@@ -176,19 +177,18 @@ class FreestackRuntime(MLModel):
             kv_cache_tokens=bounds.kv_cache_tokens,
             max_batch_tokens=bounds.max_batch_tokens,
         )
-        self.engine.start()
-        AT_STOP.append(self.engine.stop)  # its loop thread ends with the server
-        self._watch = asyncio.ensure_future(self.engine.watch(self._engine_died))
-        cfg = ServerConfig()
-        self.adapters = Adapters(
+        engine.start()
+        AT_STOP.append(engine.stop)  # its loop thread ends with the server
+        self._watch = asyncio.ensure_future(engine.watch(self._engine_died))
+        adapters = Adapters(
             self.core,
-            self.engine,
+            engine,
             bounds.max_adapters,
             canary_alias=bounds.canary_alias,
             canary_weight=bounds.canary_weight,
-            serves_file=cfg.serves_file,
+            serves_file=ServerConfig().serves_file,
         )
-        SERVED[self.name] = Served(self.name, self.core, self.engine, self.adapters)
+        return Served(self.name, self.core, generator, engine, adapters)
 
     def _engine_died(self, why: str) -> None:
         """The engine's loop died (its requests were failed with the error): not ready from now on, so
@@ -202,10 +202,9 @@ class FreestackRuntime(MLModel):
         os.kill(os.getpid(), signal.SIGTERM)
 
     async def unload(self) -> bool:
-        SERVED.pop(self.name, None)
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.stop()
+        if self.served is not None:
+            self.served.engine.stop()
+        self.served = None
         return True
 
     # -- metadata -------------------------------------------------------------------------------------
@@ -234,8 +233,8 @@ class FreestackRuntime(MLModel):
         feedback_for = payload.parameters and getattr(payload.parameters, "feedback_for", None)
         if feedback_for:
             return self._feedback(str(feedback_for), payload)
-        if self.core.generator is not None:
-            return await self._generate(payload)
+        if self.served is not None:
+            return await self._generate(self.served, payload)
         started = time.perf_counter()
         try:
             raw, x = self.core.prepare(*self._rows(payload.inputs))
@@ -299,7 +298,9 @@ class FreestackRuntime(MLModel):
         return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
 
     # -- text generation ------------------------------------------------------------------------------
-    def _generation_request(self, payload: InferenceRequest) -> tuple[Prompts, list[Any], bool]:
+    def _generation_request(
+        self, gen: Generator, payload: InferenceRequest
+    ) -> tuple[Prompts, list[object], bool]:
         prompt_inputs = [i for i in payload.inputs if i.name in PROMPT_INPUTS]
         if len(prompt_inputs) != 1:
             found = [i.name for i in payload.inputs]
@@ -320,19 +321,19 @@ class FreestackRuntime(MLModel):
         full_text = params.pop("return_full_text", False)
         if type(full_text) is not bool:
             raise PayloadError('"return_full_text" must be true or false')
-        chats, texts, sent = _prompts_of(self.core, prompt_inputs[0])
-        prompts = self.core.generator.prompts(chats, texts, params, {"kind": prompt_inputs[0].name})
+        chats, texts, sent = _prompts_of(gen, prompt_inputs[0])
+        prompts = gen.prompts(chats, texts, params, {"kind": prompt_inputs[0].name})
         return prompts, sent, full_text
 
-    async def _generate(self, payload: InferenceRequest) -> InferenceResponse:
+    async def _generate(self, served: Served, payload: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
         try:
-            prompts, sent, full_text = self._generation_request(payload)
+            prompts, sent, full_text = self._generation_request(served.generator, payload)
         except PayloadError as exc:
             raise _error(exc) from None
         try:  # the version the deployment serves now (an in-place promotion, a canary's share)
-            version, adapter = await self.adapters.answerer(self.name)
-            done = await self.engine.complete_all(prompts.ids, prompts.settings, adapter=adapter)
+            version, adapter = await served.adapters.answerer(self.name)
+            done = await served.engine.complete_all(prompts.ids, prompts.settings, adapter=adapter)
         except NotServed as exc:
             raise MLServerError(str(exc), status_code=exc.status) from None
         except (Busy, EngineError) as exc:
@@ -458,7 +459,7 @@ def _values(inp: RequestInput) -> list:
     return values
 
 
-def _text(v: Any, where: str) -> str:
+def _text(v: object, where: str) -> str:
     if isinstance(v, bytes | bytearray):
         try:
             return bytes(v).decode("utf-8")
@@ -473,7 +474,7 @@ def _content_type(inp: RequestInput) -> str | None:
     return getattr(inp.parameters, "content_type", None) if inp.parameters is not None else None
 
 
-def _kwarg(inp: RequestInput) -> Any:
+def _kwarg(inp: RequestInput) -> object:
     """A generation parameter sent as an input: its one value (content type ``raw``, or a number or BYTES
     holding one), or for ``stop`` its strings."""
     _check_shape(inp, "[1] (one value)")
@@ -494,7 +495,7 @@ def _kwarg(inp: RequestInput) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _parameters(payload: InferenceRequest) -> dict[str, Any]:
+def _parameters(payload: InferenceRequest) -> dict[str, object]:
     """The generation parameters of the request's ``parameters`` (an extension: mlserver-huggingface reads
     only inputs)."""
     if payload.parameters is None:
@@ -509,9 +510,8 @@ def _parameters(payload: InferenceRequest) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in _KWARGS}
 
 
-def _prompts_of(core: ServedModel, inp: RequestInput) -> tuple[list, list[str], list[Any]]:
+def _prompts_of(gen: Generator, inp: RequestInput) -> tuple[list, list[str], list[object]]:
     """(chats, logged texts, what the client sent per prompt) of the prompt input."""
-    gen = core.generator
     if inp.datatype != "BYTES":
         raise PayloadError(f"input {inp.name!r} is {inp.datatype}: prompts are BYTES (text); {V2_HINT}")
     _check_shape(inp, "[prompts]")
@@ -539,7 +539,7 @@ def _prompts_of(core: ServedModel, inp: RequestInput) -> tuple[list, list[str], 
     return [c for c, _ in pairs], [t for _, t in pairs], texts
 
 
-def _generated_output(sent: list[Any], answers: list, full_text: bool) -> ResponseOutput:
+def _generated_output(sent: list[object], answers: list[Generated], full_text: bool) -> ResponseOutput:
     items = []
     for given, a in zip(sent, answers, strict=True):
         text = a.completion.text

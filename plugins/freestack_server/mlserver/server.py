@@ -1,5 +1,5 @@
 """The ``mlserver`` runtime of ``python -m freestack_server``: MLServer serving one model with freestack's
-runtime (:mod:`.oip`), as ``mlserver start FOLDER`` does for the folder :func:`folder_of` writes, with
+runtime (:mod:`.runtime`), as ``mlserver start FOLDER`` does for the folder :func:`folder_of` writes, with
 every refusal in the V2 error format. Runs in ``.venv-mlserver`` and ``docker/mlserver.Dockerfile``.
 
 MLServer answers its own errors as ``{"error": "..."}``, but a body its request model cannot parse
@@ -13,7 +13,7 @@ model (REST ``/v2/repository/...``, gRPC ``Repository*``). For the MLServer rele
   naming the field; 404 (no such route) and 405 (wrong method) as ``{"error": "..."}`` too;
 - its REST app (``create_app``), three ASGI middlewares: the repository API refused 403 and headers over
   :data:`MAX_HEADER_BYTES` 431 (:class:`Refusals`); a body limit (``max_body_bytes``, 413, before the body
-  is read, :class:`BodyLimit`); the binary tensor extension (:mod:`.oip_binary`);
+  is read, :class:`BodyLimit`); the binary tensor extension (:mod:`.binary`);
 - its gRPC servicers: the repository methods answer ``PERMISSION_DENIED``; ``ModelReady`` of an unknown
   model ``NOT_FOUND`` (MLServer's own answers ``UNKNOWN`` with a traceback);
 - uvicorn's HTTP protocol (:func:`json_400_protocol`, for the uvicorn release of :data:`UVICORN_WRITTEN_FOR`):
@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from freestack.settings import settings
-from freestack_server.config import BOOT_ERROR, ServerConfig
-from freestack_server.generation import Bounds
-from freestack_server.keys import KeyGuard, Refusal, guard_grpc
+from freestack_server.core.config import BOOT_ERROR, ServerConfig
+from freestack_server.core.generation import Bounds
+from freestack_server.mlserver.keys import KeyGuard, Refusal, guard_grpc
 
 log = logging.getLogger("freestack.serving")
 
@@ -67,7 +67,7 @@ REPOSITORY_DISABLED = (
 #: (:func:`freestack.serving.processes.stop_servers`' default), said in the stop's log line
 STOP_GRACE_S = 15.0
 #: MLServer's dotted path of freestack's runtime
-IMPLEMENTATION = "freestack_server.oip.FreestackRuntime"
+IMPLEMENTATION = "freestack_server.mlserver.runtime.FreestackRuntime"
 
 
 def write_folder(
@@ -84,7 +84,7 @@ def write_folder(
 ) -> Path:
     """The folder MLServer serves: ``settings.json`` (every listener on ``host``; ``workers`` 0 runs
     the model in the server's own process, n > 0 in n worker processes) and ``<name>/model-settings.json``
-    (:class:`freestack_server.oip.FreestackRuntime` loading ``model_uri``; ``extra``: its
+    (:class:`freestack_server.mlserver.runtime.FreestackRuntime` loading ``model_uri``; ``extra``: its
     batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
     folder.mkdir(parents=True, exist_ok=True)
     server = {
@@ -125,7 +125,7 @@ def openai_path(path: str) -> bool:
 
 def _error_body(message: str, status: int, path: str) -> dict[str, Any]:
     if openai_path(path):
-        from freestack_server.openai_api import error_body
+        from freestack_server.mlserver.protocol import error_body
 
         return error_body(message, status)
     return {"error": message}
@@ -178,7 +178,7 @@ class BodyLimit:
                 if more:
                     await _drain(receive, seen)
                 return await self._refuse(send, seen, scope["path"])
-        from freestack_server.oip_binary import replayed
+        from freestack_server.mlserver.binary import replayed
 
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
@@ -279,7 +279,7 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
 
-    from freestack_server.oip_binary import BinaryTensors
+    from freestack_server.mlserver.binary import BinaryTensors
 
     async def invalid(request, exc: RequestValidationError):
         return JSONResponse({"error": validation_message(exc.errors())}, status_code=400)
@@ -293,11 +293,9 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
     create_app = rest_server.create_app
 
     def extended_app(*args, **kwargs):
-        from freestack_server.openai_api import router
-
         app = create_app(*args, **kwargs)
-        app.include_router(router)  # the OpenAI API of a text-generation version
-        # the last added runs first: Refusals, KeyGuard, BodyLimit, BinaryTensors
+        # the runtime's own routes (the OpenAI API of a text-generation version: custom handlers) run behind
+        # these too. The last added runs first: Refusals, KeyGuard, BodyLimit, BinaryTensors
         app.add_middleware(BinaryTensors)
         app.add_middleware(BodyLimit, limit=max_body_bytes)
         if api_key:  # the key is asked for before the body is read
@@ -442,10 +440,10 @@ def folder_of(cfg: ServerConfig) -> Path:
 
 
 #: what must stop with the server besides MLServer's own servers: each generation engine's loop thread
-#: (:class:`freestack_server.oip.FreestackRuntime` adds its engine's ``stop``). MLServer's stop unloads no
+#: (:class:`freestack_server.mlserver.runtime.FreestackRuntime` adds its engine's ``stop``). MLServer's stop unloads no
 #: model, and that thread would keep the process alive after SIGTERM
 AT_STOP: list[Callable[[], None]] = []
-#: why a generation engine died, once one did (:meth:`freestack_server.oip.FreestackRuntime._engine_died`):
+#: why a generation engine died, once one did (:meth:`freestack_server.mlserver.runtime.FreestackRuntime._engine_died`):
 #: the server stops as on SIGTERM, then exits 1 so that its supervisor (or Kubernetes) starts it again
 ENGINE_DIED: list[str] = []
 

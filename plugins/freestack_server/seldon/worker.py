@@ -2,7 +2,7 @@
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
 connection it accepted and reads what each sends without blocking; once a request is whole (its
-headers and all of its body, found by :func:`freestack_server.request_checks.request_end`), it parses
+headers and all of its body, found by :func:`freestack_server.seldon.request_checks.request_end`), it parses
 it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
 back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
 response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
@@ -25,7 +25,7 @@ a head is in, else a plain close, as at the end of its keep-alive time), and whi
 connections stay below ``worker_connections``, so it keeps accepting: a good request waits only for
 the connections queued before it.
 
-Why the worker finds where a request ends itself (:func:`freestack_server.request_checks.request_end`)
+Why the worker finds where a request ends itself (:func:`freestack_server.seldon.request_checks.request_end`)
 rather than leaving it to gunicorn: gunicorn's parser reads from a blocking socket, so it cannot tell an
 event loop whether a request is whole; and the gunicorn that seldon-core 1.17.1 pins (``<20.2``, frozen
 with the last Apache-2.0 release) frames bodies laxly: with both ``Content-Length`` and
@@ -51,13 +51,13 @@ sibling's accept does not wake it, and taking turns a TICK apart drains a queue 
 over FLOOD_QUEUE queued every worker accepts, whatever its siblings hold. The response's status line,
 headers and body go out in one ``sendall``.
 
-A plain prediction request is answered by *direct prediction* (:mod:`freestack_server.direct_predict`,
+A plain prediction request is answered by *direct prediction* (:mod:`freestack_server.seldon.direct_predict`,
 set by :func:`install`; not with an access log, which needs the WSGI environ): the worker hands
 gunicorn's parsed request to ``DirectPredict``, which answers it through Seldon's own ``predict``
 without building the WSGI environ or running Flask; every other request, and one it passes on, goes to
 the app.
 
-The deployment's stable address (:mod:`freestack_server.address`) is a listening socket the
+The deployment's stable address (:mod:`freestack_server.core.address`) is a listening socket the
 worker holds from the start but accepts on only once the deploy opened the server's gate (the gate
 file exists; checked every TICK): then it writes its pid into that file, which is how the deploy
 knows the new server takes connections before it stops the old one.
@@ -93,7 +93,7 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base, gthread, sync
 
-from freestack_server.request_checks import (
+from freestack_server.seldon.request_checks import (
     Frame,
     JsonErrors,
     Refused,
@@ -256,9 +256,9 @@ class FreestackWorker(LoadBeats, JsonErrors, base.Worker):
     gate: tuple[str, int] | None = None  # (gate file, port of the deployment's address), from install
     max_body = MAX_BODY  # the max_body_bytes setting, from install
     max_idle = MAX_IDLE  # the max_idle_connections setting, from install
-    #: direct prediction (freestack_server.direct_predict), from install; None: the app answers all
+    #: direct prediction (freestack_server.seldon.direct_predict), from install; None: the app answers all
     direct_predict: Any = None
-    batcher: Any = None  # adaptive batching (freestack_server.batching), from install; None: off
+    batcher: Any = None  # adaptive batching (freestack_server.seldon.batching), from install; None: off
 
     @classmethod
     def check_config(cls, cfg, log):

@@ -4,10 +4,10 @@ WSGI environ, Flask and its hooks. Runs in the serving environment.
 A request is answered directly when it is a ``POST`` to a predict path with no query string, a JSON
 body (``Content-Type: application/json``, not compressed) and no ``Origin`` (CORS stays with the
 request checks), and its message passes the request checks
-(:func:`freestack_server.request_checks.predict_problem`, the one check of a message's form). The
+(:func:`freestack_server.seldon.request_checks.predict_problem`, the one check of a message's form). The
 worker then calls what Seldon's ``Predict`` view calls, ``seldon_core.seldon_methods.predict`` with
 the same model and metrics, so the answer, the custom metrics and the request log are those of the app, and writes the
-answer as the app's orjson provider does (:func:`freestack_server.lighter_flask.faster_json`).
+answer as the app's orjson provider does (:func:`freestack_server.seldon.lighter_flask.faster_json`).
 
 Anything else, and any request the model refuses (a :class:`SeldonMicroserviceException`, raised before
 the model logs anything), goes the whole way through the request checks and Seldon's app, which
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from freestack_server.request_checks import Inputs, parse_json, predict_problem, reason_phrase
+from freestack_server.seldon.request_checks import Inputs, parse_json, predict_problem, reason_phrase
 
 log = logging.getLogger("freestack.serving")
 

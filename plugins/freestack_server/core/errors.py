@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PayloadError(ValueError):
     """A request the model cannot answer: the message says what is wrong and what to send."""
@@ -14,4 +16,11 @@ class PayloadError(ValueError):
         self.param = param  # the request's field at fault, where one is (OpenAI's error names it)
 
 
-__all__ = ["PayloadError"]
+def kind_of(value: Any) -> str:
+    """What a JSON value is, in words, for a refusal ("a string", "true/false", ...)."""
+    return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+__all__ = ["PayloadError", "kind_of"]

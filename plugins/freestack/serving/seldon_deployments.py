@@ -449,7 +449,7 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     record the rollout; the caller then waits for Available. With a canary in the spec and another
     version serving, the new one becomes the canary predictor; otherwise it replaces the main one."""
     from freestack.serving.smoke import smoke_sample
-    from freestack_server.requestlog import monitoring_uri
+    from freestack_server.core.requestlog import monitoring_uri
 
     target = spec.deploy.kubernetes
     name = spec.deployment_name

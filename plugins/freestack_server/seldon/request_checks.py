@@ -5,7 +5,7 @@ serving environment.
 
 Two layers:
 
-- the workers (:mod:`freestack_server.worker`) hand the app only whole requests whose body
+- the workers (:mod:`freestack_server.seldon.worker`) hand the app only whole requests whose body
   is already in memory, within ``max_body_bytes`` and a read deadline; what they refuse (a bad request
   line, bad headers or framing, a body over the limit, a client too slow to send its request) is
   answered by :func:`error_response` through :class:`JsonErrors` and the connection closed;
@@ -19,7 +19,7 @@ Two layers:
   ``data``, ``jsonData``, ``strData`` and ``binData``, of a kind the model takes (:class:`Inputs`).
 
 These are the only checks of a message's form: the worker's direct prediction asks them too
-(:mod:`freestack_server.direct_predict`), and the model (:mod:`freestack_server.core`) checks only what
+(:mod:`freestack_server.seldon.direct_predict`), and the model (:mod:`freestack_server.core.model`) checks only what
 needs the model, the values against its columns.
 """
 
@@ -34,6 +34,8 @@ import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from freestack_server.core.errors import kind_of
 
 try:
     import orjson
@@ -512,13 +514,6 @@ def numbers_only(msg: dict, raw: bytes | str) -> bool:
     return rest.count(b"[") + rest.count(b"{") == containers + inside and rest.count(b'"') == 2 * strings
 
 
-def kind_of(value: Any) -> str:
-    """What a JSON value is, in words, for a refusal ("a string", "true/false", ...)."""
-    return {bool: "true/false", type(None): "null", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )
-
-
 #: the values a row may hold for a model of category, text or image columns (images as base64 text)
 RAW_VALUES = NUMBER | {str, bool, type(None)}
 
@@ -982,7 +977,6 @@ __all__ = [
     "framing",
     "head_framing",
     "install",
-    "kind_of",
     "message_problem",
     "numbers_only",
     "parse_json",

@@ -10,7 +10,7 @@ follows it to the end, then returns the outcome rank 0 left (as the local launch
                  ->  status.conditions: Created, Running, Succeeded | Failed
                  ->  outcome.json beside launch.json (written by rank 0)
 
-The API is reached as the deploy stage reaches its SeldonDeployments (:mod:`freestack.serving.k8s`), through
+The API is reached as the deploy stage reaches its SeldonDeployments (:mod:`freestack.serving.seldon_deployments`), through
 :mod:`freestack.kube.api`: the cncf.kubernetes provider's ``KubernetesHook`` and its connection, one
 session class per resource, and errors that name the API server, the connection, the namespace, the job
 and what to check. The manifests themselves are :mod:`freestack.train.manifests`.
