@@ -33,20 +33,6 @@ def test_demo_spec_loads_and_expands_repeated_columns():
     assert len(spec.spec_hash()) == 64
 
 
-def test_a_schemas_columns_are_expanded_once(monkeypatch):
-    """Validating a spec reads its columns a dozen times (every DAG parse validates every spec): each
-    declared column is expanded (``px_{i}`` x 64) once per schema, and each read gets a list of its own."""
-    from freestack.ingest.spec import ColumnSpec
-
-    expanded = []
-    expand = ColumnSpec.expand
-    monkeypatch.setattr(ColumnSpec, "expand", lambda self: expanded.append(self.name) or expand(self))
-    schema = load_spec(DIGITS).source.schema_
-    first, second = schema.fields, schema.fields
-    assert expanded == ["id", "captured_at", "px_{i}", "label"]
-    assert first == second and first is not second and len(first) == 67
-
-
 @pytest.mark.parametrize(
     "mutate, field, words",
     [
