@@ -40,6 +40,10 @@ def both_modes(fixture: str):
     return pytest.mark.parametrize(fixture, MODES, indirect=True)
 
 
+#: a test on the speed-ups' stack only: the same stack (and state) as the both_modes tests' first
+SPEEDUPS_ONLY = pytest.mark.parametrize("standalone", ["speedups"], indirect=True)
+
+
 @pytest.fixture(scope="module")
 def standalone(request, tmp_path_factory):
     from freestack.embedded import AirflowAPI
@@ -256,6 +260,7 @@ def _conns(proc: psutil.Process):
         return []
 
 
+@SPEEDUPS_ONLY
 def test_sweep_agents_run_in_parallel_as_mapped_tasks_in_their_pool(standalone):
     """After the backfill filled the lake: a sweep with two agents under the LocalExecutor."""
     import sqlite3
@@ -384,6 +389,7 @@ def _paused(api, dag_id: str) -> bool | None:
     return None if dag is None else dag["is_paused"]
 
 
+@SPEEDUPS_ONLY
 def test_backfill_of_a_paused_dag_runs_the_days_with_data_and_leaves_it_paused(standalone):
     """``freestack backfill`` on a PAUSED ingest DAG (nightly's, as the DAG processor created it). Airflow
     3.3 leaves a paused DAG's backfill runs queued, and unpausing a ``catchup: false`` DAG makes the

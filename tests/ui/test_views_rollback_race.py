@@ -163,9 +163,8 @@ def test_a_rollback_and_a_promotion_racing_a_training_deploy_land_as_named_or_fa
 
     page.goto(f"{sandbox.url}/freestack/ui/models/digits/{promoted}")
     page.locator("#promote-production").click()
-    assert (
-        "gate-result" in page.content() and "only while it is still" in page.locator("#expect").inner_text()
-    )
+    page.locator("#gate-result").wait_for()  # the click navigates: the form's page, once it has loaded
+    assert "only while it is still" in page.locator("#expect").inner_text()
     promote = _confirm(page, "digits_promote")
 
     outcomes = {
