@@ -37,6 +37,8 @@ export WANDB_CONFIG_DIR ?= $(CURDIR)/.freestack/wandb/config
 # Hugging Face's cache (pretrained bases, Hub tokenizers) in the project, not the home folder
 export HF_HOME ?= $(CURDIR)/.freestack/huggingface
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# no wheel cache beside the four environments: on a fresh machine it only doubles the disk they take
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: help venv serving-venv mlserver-venv notebook-venv demo airflow notebook test test-stock test-fast test-slow test-scaleout scaleout-deps browser-deps up down lint docs bench clean
 
@@ -172,6 +174,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check plugins dags tests bench include docs
 	$(BIN)/ruff check plugins dags tests bench include docs
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/xenon --max-absolute C plugins dags
 	$(MAKE) --no-print-directory docs
 
 docs: $(STAMP)
@@ -192,6 +195,7 @@ bench: $(STAMP) $(SERVING_STAMP) $(MLSERVER_STAMP)
 	$(BIN)/python -m bench.serve.slow_clients --repeats 5 --worker-classes freestack,gthread
 	$(BIN)/python -m bench.serve.openai
 	$(BIN)/python -m bench.serve.lora_memory
+	$(BIN)/python -m bench.serve.lora_batches
 	$(BIN)/python -m bench.data_api.listing
 	$(BIN)/python -m bench.orchestration.run
 	$(BIN)/python -m bench.ui.run
