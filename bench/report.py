@@ -662,6 +662,56 @@ def _serve_openai(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _guidellm(r: dict[str, Any], file: str) -> list[Row]:
+    """guidellm's sweep against the model server's OpenAI route and ``transformers serve``: output tokens/s
+    at its synchronous run (the lowest rate), its throughput run and its highest constant rate; TTFT p50 at
+    that rate."""
+    p, sweeps = r["params"], r["sweeps"]
+    fs, ts = sweeps["freestack"]["steps"], sweeps["transformers_serve"]["steps"]
+    model = (
+        f"{p['parameters'] / 1e6:.2f}M-parameter Llama, cpu, {p['prompt_tokens']}+{p['output_tokens']} tokens"
+    )
+    constant = [k for k, step in enumerate(fs[: len(ts)]) if step["rate"] is not None]
+    top = max(constant, key=lambda k: fs[k]["rate"]) if constant else None
+    picks = {"synchronous": 0, "throughput": 1, "highest constant rate": top}
+    rows = []
+    for label, k in picks.items():
+        if k is None or k >= min(len(fs), len(ts)):
+            continue
+        a, b = fs[k], ts[k]
+        rate = "" if a["rate"] is None else f" ({a['rate']:.1f} / {b['rate']:.1f} req/s)"
+        rows.append(
+            Row(
+                "guidellm",
+                f"guidellm sweep, {label}{rate}, output tokens/s ({model})",
+                _n(a["output_tokens_per_s"]),
+                f"{_n(b['output_tokens_per_s'])} (transformers serve --continuous-batching)",
+                _ratio_of(a["output_tokens_per_s"], b["output_tokens_per_s"]),
+                "(reported)",
+                None,
+            )
+        )
+    if top is not None and top < len(ts):
+        a, b = fs[top], ts[top]
+        rows.append(
+            Row(
+                "guidellm",
+                f"guidellm sweep, highest constant rate ({a['rate']:.1f} / {b['rate']:.1f} req/s), TTFT p50",
+                _n(a["ttft_p50_ms"], 0, "ms"),
+                f"{_n(b['ttft_p50_ms'], 0, 'ms')} (transformers serve)",
+                _ratio_of(a["ttft_p50_ms"], b["ttft_p50_ms"]),
+                "(reported)",
+                None,
+                better="lower",
+            )
+        )
+    return rows
+
+
+def _ratio_of(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
 def _serve_lora(r: dict[str, Any], file: str) -> list[Row]:
     """Resident memory of one deployment serving N LoRA versions of its base against serving one."""
     s, f, n = r["summary"], r["figures"], r["adapters"]
@@ -678,6 +728,45 @@ def _serve_lora(r: dict[str, Any], file: str) -> list[Row]:
             s["met"],
             better="lower",
         )
+    ] + _serve_lora_gap(r, file)
+
+
+def _serve_lora_gap(r: dict[str, Any], file: str) -> list[Row]:
+    """The longest time a token of another version's stream while a LoRA version loads, against the same
+    stream's longest with nothing loading."""
+    s = r["summary"]
+    if s.get("gap_loading_ms") is None:
+        return []
+    return [
+        Row(
+            "serve_lora",
+            f"a v1 stream's longest time a token while each of {r['adapters'] - 1} versions loads (the batch "
+            f"paused at most {_n(s.get('batch_paused_ms_max'), 1, 'ms')} a load)",
+            _n(s["gap_loading_ms"], 1, "ms"),
+            f"{_n(s['gap_idle_ms'], 1, 'ms')} (the same stream, nothing loading)",
+            _ratio_of(s["gap_loading_ms"], s["gap_idle_ms"]),
+            "(reported)",
+            None,
+            better="lower",
+        )
+    ]
+
+
+def _lora_batches(r: dict[str, Any], file: str) -> list[Row]:
+    """peft's mixed-adapter batches against adapters taking turns (the engine's way), tokens/s."""
+    p = r["params"]
+    return [
+        Row(
+            "lora_batches",
+            f"{c['adapters']} adapter(s), {p['prompts']} prompts x {p['new_tokens']} tokens in one mixed batch "
+            f"(adapter_names), tokens/s",
+            _n(c["tokens_per_s"]["mixed"]),
+            f"{_n(c['tokens_per_s']['turns'])} (one batch per adapter, in turns)",
+            round(c["ratio_mixed_over_turns"], 3),
+            "(reported)",
+            None,
+        )
+        for c in r["cells"]
     ]
 
 
@@ -895,6 +984,75 @@ def _score(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+#: the rows of the grammar libraries: what is measured, where in a library's summary, the ratio's key, the unit
+_STRUCTURED = (
+    ("next-token mask, 5 test schemas, median", ("mask_us_fixed", "median_us"), "mask_fixed_median", 1, "µs"),
+    ("next-token mask, 5 test schemas, mean", ("mask_us_fixed", "mean_us"), "mask_fixed_mean", 1, "µs"),
+    (
+        "next-token mask, any JSON object ({tokens} tokens), median",
+        ("mask_us_any_object", "median_us"),
+        "mask_any_object_median",
+        1,
+        "µs",
+    ),
+    ("masks of the 6 schemas' answers, added up", ("answer_ms_total",), "mask_per_answer_total", 1, "ms"),
+    (
+        "JSON schema compile, median of the 5 test schemas",
+        ("compile_ms_fixed_median",),
+        "compile_fixed_median",
+        2,
+        "ms",
+    ),
+    ("install size beside torch + transformers", ("footprint_added_mib",), "footprint_added", 1, "MiB"),
+)
+
+
+def _structured(r: dict[str, Any], file: str) -> list[Row]:
+    """Grammar-constrained decoding: llguidance (freestack's) against xgrammar, outlines-core beside them."""
+    e, ratio = r["summary"]["engines"], r["summary"]["ratio_vs_xgrammar"] or {}
+    llg = next(s for s in r["samples"] if s["engine"] == "llguidance")
+    tokens = llg["schemas"]["any_object"]["tokens"]
+
+    def of(name: str, path: tuple[str, ...], digits: int, unit: str) -> str:
+        value = e.get(name)
+        for key in path if value else ():
+            value = value[key]
+        return _n(value, digits, unit)
+
+    return [
+        Row(
+            "structured",
+            f"{measure.format(tokens=tokens)} (llguidance)",
+            of("llguidance", path, digits, unit),
+            f"{of('xgrammar', path, digits, unit)} (xgrammar); outlines-core {of('outlines_core', path, digits, unit)}",
+            ratio.get(key),
+            "(reported)",
+            None,
+            better="lower",
+        )
+        for measure, path, key, digits, unit in _STRUCTURED
+    ]
+
+
+def _score_generation(r: dict[str, Any], file: str) -> list[Row]:
+    """The score task's batch generation (padded and continuous) against a plain ``generate`` loop."""
+    s, p = r["summary"], r["params"]
+    rates = s["tokens_per_s"]
+    label = f"score: batch generation, {p['prompts']} prompts x {p['max_new_tokens']} tokens (tokens/s)"
+    return [
+        Row(
+            "score_generation",
+            f"{label}, batching: {side}",
+            _n(rates[side], 0),
+            f"{_n(rates['plain'], 0)} (plain generate loop)",
+            s[f"{side}_ratio"],
+            f">= {s['target']}" if side == "padded" else "(reported)",
+            s["met"] if side == "padded" else None,
+        )
+        for side in ("padded", "continuous")
+    ]
+
+
 EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "ingest": _ingest,
     "train": _train,
@@ -905,6 +1063,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "dpo_train": _dpo_train,
     "train_loaded": _train_loaded,
     "score": _score,
+    "score_generation": _score_generation,
     "sweep": _sweep,
     "data_api": _data_api,
     "serve": _serve,
@@ -912,7 +1071,10 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "serve_slow_clients": _serve_slow_clients,
     "serve_generation": _serve_generation,
     "serve_openai": _serve_openai,
+    "guidellm": _guidellm,
     "serve_lora": _serve_lora,
+    "lora_batches": _lora_batches,
+    "structured": _structured,
     "dataapi_listing": _dataapi_listing,
     "orchestration": _orchestration,
     "ui": _ui,

@@ -10,7 +10,9 @@
      the heavy libraries left in ``sys.modules`` (must be none of ``MUST_NOT``);
    - what the DAG processor records: ``airflow dag-processor --num-runs 1`` against a fresh metadata
      database, with Airflow's StatsD metrics sent to a UDP listener here: its
-     ``dag_processing.last_duration`` timing for the file.
+     ``dag_processing.last_duration`` timing for the file (from the start of the processor's child for
+     the file until the processor has its result: running the file, serializing its DAGs and sending
+     them back; not the writes to the metadata database that follow).
 2. **The demo pipeline under ``airflow standalone``** (LocalExecutor, SQLite, 127.0.0.1): ``--days``
    days of landing data (the last complete days), ``<p>_ingest`` unpaused with catchup so that the
    scheduler makes one run per day, then ``<p>_train`` triggered through the REST API (as the UI's

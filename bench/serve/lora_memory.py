@@ -15,12 +15,19 @@ size and against 8 deployments of one version each.
 3. Reported: RSS with 1 and with N adapters, their ratio, the adapters' files' size, the target
    (RSS_N < 1.2 x RSS_1 + the N-1 adapters' own size) and what N deployments of one version each would hold
    (N x RSS_1: a base each).
+4. The stall of a load: while each new version loads, a greedy stream of v1 (``--stream-tokens`` tokens)
+   is being sent; its longest time a token between two chunks (the gap over the tokens the chunk brought)
+   during the load, against the same stream's longest with nothing loading (3 streams before the first
+   load); and the batch's pause for each load, as the server's log reports it. A load reads the adapter's
+   files beside the batch and pauses it only to put the weights into the model.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -138,6 +145,50 @@ def ask(url: str, model: str) -> str:
         return json.loads(r.read())["model"]
 
 
+def stream_gaps(url: str, model: str, tokens: int, started: threading.Event) -> list[float]:
+    """A greedy streamed answer of ``tokens`` tokens from ``model``: for each chunk after the first, the
+    seconds since the last one per token it brought (``continuous_usage_stats`` counts them: a chunk can
+    bring several, when the text of the ones before it was not whole characters yet); ``started`` set
+    after its fifth chunk."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Count on."}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    seen: list[tuple[float, int]] = []  # (when, tokens so far) of each chunk with text
+    with urllib.request.urlopen(req, timeout=300) as r:  # noqa: S310 (the benchmark's own server)
+        for line in r:
+            chunk = json.loads(line[6:]) if line.startswith(b"data: {") else None
+            if chunk and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                seen.append((time.perf_counter(), chunk["usage"]["completion_tokens"]))
+                if len(seen) == 5:
+                    started.set()
+    started.set()
+    return [(b - a) / max(1, m - n) for (a, n), (b, m) in zip(seen[1:], seen[2:], strict=False)]
+
+
+def beside_a_stream(url: str, tokens: int, load: str | None) -> tuple[float, str | None]:
+    """The longest gap of a v1 stream while ``load`` (a version; None: nothing) is asked for."""
+    started, gaps, answered = threading.Event(), [], None
+
+    def run() -> None:
+        gaps.extend(stream_gaps(url, MODEL, tokens, started))
+
+    streamer = threading.Thread(target=run)
+    streamer.start()
+    started.wait(120)
+    if load is not None:
+        answered = ask(url, load)
+    streamer.join()
+    return max(gaps), answered
+
+
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
@@ -146,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("bench.serve.lora_memory", __doc__, out="serve_lora.json")
     ap.add_argument("--adapters", type=int, default=8)
     ap.add_argument("--size", choices=list(SIZES), default="large")
+    ap.add_argument("--stream-tokens", type=int, default=192, help="the v1 stream beside each load")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         work = Path(tmp)
@@ -163,10 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert ask(server.url, MODEL) == f"{MODEL}:v1"
             rss = [steady_rss(server.proc.pid)]
+            idle = [beside_a_stream(server.url, args.stream_tokens, None)[0] for _ in range(3)]
+            loading = []
             for i in range(2, args.adapters + 1):
-                assert ask(server.url, f"{MODEL}:v{i}") == f"{MODEL}:v{i}"
+                gap, answered = beside_a_stream(server.url, args.stream_tokens, f"{MODEL}:v{i}")
+                assert answered == f"{MODEL}:v{i}", answered
+                loading.append(gap)
                 rss.append(steady_rss(server.proc.pid))
-            loads = server.log().count("Loading weights: 100%")
+            log = server.log()
+            loads = log.count("Loading weights: 100%")
+            paused = [float(ms) for ms in re.findall(r"the batch paused ([0-9.]+) ms", log)]
         finally:
             server.stop(timeout=STOP_GRACE_S)
     one, many = rss[0] * 1024, rss[-1] * 1024
@@ -179,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
         "rss_bytes_by_adapters": [r * 1024 for r in rss],
         "base_loads": loads,
+        "stream_tokens": args.stream_tokens,
+        "longest_gap_idle_s": idle,
+        "longest_gap_loading_s": loading,
+        "batch_paused_ms": paused,
         "summary": {
             "rss_1": one,
             "rss_n": many,
@@ -187,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             "target_bytes": 1.2 * one + own,
             "met": many < 1.2 * one + own,
             "n_deployments_bytes": args.adapters * one,
+            "gap_idle_ms": 1000 * max(idle),
+            "gap_loading_ms": 1000 * max(loading) if loading else None,
+            "batch_paused_ms_max": max(paused) if paused else None,
         },
     }
     write_report(report, args.out)
@@ -194,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RSS 1 adapter {one / 2**20:.0f} MiB, {args.adapters} adapters {many / 2**20:.0f} MiB "
         f"(x{s['ratio']:.3f}); adapters' own {own / 2**20:.1f} MiB; {args.adapters} deployments "
-        f"{s['n_deployments_bytes'] / 2**20:.0f} MiB; base loaded {loads} time(s)"
+        f"{s['n_deployments_bytes'] / 2**20:.0f} MiB; base loaded {loads} time(s); a v1 stream's longest "
+        f"time a token {s['gap_idle_ms']:.1f} ms idle, {s['gap_loading_ms'] or 0:.1f} ms while a version "
+        f"loads; the batch paused at most {s['batch_paused_ms_max'] or 0:.1f} ms a load"
     )
     return 0
 

@@ -240,7 +240,7 @@ def start_transformers_serve(folder: Path, work: Path, threads: int):
     return server, argv[1:]
 
 
-def start_freestack(uri: str, work: Path, threads: int):
+def start_freestack(uri: str, work: Path, threads: int, running_per_request: int = 4):
     """The model server (runtime ``mlserver``) as its image starts it, with the same bounds."""
     from tests.support.images import start_like_image
 
@@ -255,6 +255,7 @@ def start_freestack(uri: str, work: Path, threads: int):
         "FREESTACK_GENERATION_MAX_PROMPTS_PER_REQUEST": str(MAX_PROMPTS_PER_REQUEST),
         "FREESTACK_GENERATION_KV_CACHE_TOKENS": str(BOUNDS["kv_cache_tokens"]),
         "FREESTACK_GENERATION_MAX_BATCH_TOKENS": str(BOUNDS["max_batch_tokens"]),
+        "FREESTACK_GENERATION_MAX_RUNNING_PER_REQUEST": str(running_per_request),
     }
     ready = f"/v2/models/{MODEL}/ready"
     return start_like_image("mlserver", uri, work / "mlserver", env=env, ready_path=ready, timeout=300), env
@@ -268,7 +269,7 @@ def start_sides(
     into ``servers`` (the caller stops them), even when the other failed."""
     starts = {
         "transformers_serve": lambda: start_transformers_serve(folder, work / "ts", args.threads),
-        "freestack": lambda: start_freestack(uri, work, args.threads),
+        "freestack": lambda: start_freestack(uri, work, args.threads, args.running_per_request),
     }
 
     def timed(name: str):
@@ -626,6 +627,12 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--floods", type=int, default=1, help="floods a round (0: none)")
     ap.add_argument("--flood-new-tokens", type=int, default=MAX_NEW_TOKENS_BOUND)
     ap.add_argument("--flood-probes", type=int, default=16, help="idle 1-prompt requests a flood")
+    ap.add_argument(
+        "--running-per-request",
+        type=int,
+        default=4,
+        help="the server's generation.max_running_per_request (16: a request's prompts all at once)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per in-process run")
     ap.add_argument(
         "--start-together",

@@ -15,8 +15,13 @@ or ``id, messages`` (``--format messages``: a JSON list of chat messages, user t
 system message first when ``--system`` is given). :func:`corpus` gives plain text of the same tasks,
 not chat formatted, to pretrain a tiny base on (``include/demo/tiny_lm.py``).
 
+``--format tools`` lands the tutorial's tool-use task (``include/pipelines/tools_tiny.yaml``, whose
+``model.data.tools`` are :data:`TOOLS`) as ``id, messages``: sums of two-digit numbers call ``add`` and
+reversals call ``reverse``, every other row ending with the call and the others going on with the tool's
+answer and the assistant's final one; dates are answered without a call.
+
     .venv/bin/python include/demo/instructions.py --start 2026-11-01 --days 3   # [--rows 200] [--root URI]
-    # [--format messages] [--system TEXT]
+    # [--format messages|tools] [--system TEXT]
 """
 
 from __future__ import annotations
@@ -29,7 +34,34 @@ from datetime import date, timedelta
 
 #: the tasks, in the order their share is drawn
 TASKS = ("date-dmy", "date-mdy", "add", "reverse")
-FORMATS = ("pairs", "messages")
+FORMATS = ("pairs", "messages", "tools")
+#: the tool-use task's functions, as OpenAI defines tools (include/pipelines/tools_tiny.yaml lists them)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two whole numbers.",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "reverse",
+            "description": "Reverse a string of digits.",
+            "parameters": {
+                "type": "object",
+                "properties": {"digits": {"type": "string"}},
+                "required": ["digits"],
+            },
+        },
+    },
+]
 #: the dates drawn: 2020-01-01 up to 2029-12-31
 _FIRST, _LAST = date(2020, 1, 1).toordinal(), date(2029, 12, 31).toordinal()
 #: what joins an instruction and its answer in :func:`corpus`'s plain text
@@ -59,6 +91,28 @@ def messages(prompt: str, response: str, system: str | None = None) -> list[dict
     return head + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
+def tool_chat(rng, index: int) -> list[dict[str, object]]:
+    """One chat of the tool-use task: a sum of two two-digit numbers calls ``add``, a reversal calls
+    ``reverse`` (ending with the call when ``index`` is even, else with the tool's answer and the
+    assistant's final one); a date is answered without a call."""
+    prompt, answer = instruction_pair(rng)
+    if prompt.startswith("What is"):
+        a, b = (int(v) for v in rng.integers(10, 100, size=2))
+        prompt, answer, call = f"What is {a} + {b}?", str(a + b), ("add", {"a": a, "b": b})
+    elif prompt.startswith("Reverse"):
+        call = ("reverse", {"digits": prompt.rsplit(" ", 1)[1]})
+    else:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    calls = [{"id": f"call_{index}", "type": "function", "function": {"name": call[0], "arguments": call[1]}}]
+    chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "", "tool_calls": calls}]
+    if index % 2:
+        chat += [
+            {"role": "tool", "tool_call_id": f"call_{index}", "content": answer},
+            {"role": "assistant", "content": answer},
+        ]
+    return chat
+
+
 def corpus(n: int, seed: int = 0) -> list[str]:
     """``n`` lines of plain text (not chat formatted) on the same tasks, each an instruction and its answer
     as a web page might put them, e.g. ``What is 3 + 5? The answer is: 8`` or ``Convert 2026-11-03 to
@@ -74,7 +128,7 @@ def corpus(n: int, seed: int = 0) -> list[str]:
 
 def day_csv(day: date, rows: int, fmt: str = "pairs", system: str | None = None) -> bytes:
     """One day's ``instructions.csv`` (seeded by the day): id, prompt, response (``fmt="pairs"``) or id,
-    messages (``fmt="messages"``, a JSON list of chat messages)."""
+    messages (``fmt="messages"``, a JSON list of chat messages; ``fmt="tools"``, :func:`tool_chat`'s)."""
     import numpy as np
 
     if fmt not in FORMATS:
@@ -84,8 +138,11 @@ def day_csv(day: date, rows: int, fmt: str = "pairs", system: str | None = None)
     out = csv.writer(buf)
     out.writerow(["id", "prompt", "response"] if fmt == "pairs" else ["id", "messages"])
     for i in range(rows):
-        prompt, response = instruction_pair(rng)
         key = f"{day:%Y%m%d}-{i:04d}"
+        if fmt == "tools":
+            out.writerow([key, json.dumps(tool_chat(rng, i))])
+            continue
+        prompt, response = instruction_pair(rng)
         if fmt == "pairs":
             out.writerow([key, prompt, response])
         else:
@@ -125,15 +182,20 @@ def main() -> None:
         choices=FORMATS,
         default="pairs",
         dest="fmt",
-        help="pairs: id, prompt, response; messages: id, messages (JSON chat messages)",
+        help="pairs: id, prompt, response; messages: id, messages (JSON chat messages); tools: id, messages "
+        "(the tool-use task's chats)",
     )
     ap.add_argument("--system", help="a system message first in each row's messages (--format messages)")
+    ap.add_argument(
+        "--pipeline", help="the landing folder's pipeline (default: tools with --format tools, else arith)"
+    )
     args = ap.parse_args()
     if args.root is None:
         from freestack.settings import default_storage_root
 
         args.root = default_storage_root()
-    for uri in make_landing(args.root, args.start, args.days, args.rows, fmt=args.fmt, system=args.system):
+    pipeline = args.pipeline or ("tools" if args.fmt == "tools" else "arith")
+    for uri in make_landing(args.root, args.start, args.days, args.rows, pipeline, args.fmt, args.system):
         print(uri)
 
 

@@ -7,6 +7,7 @@ seconds of pretraining on :func:`demo.instructions.corpus`'s plain text, so that
 
     .venv/bin/python include/demo/tiny_lm.py                        # into ~/.cache/freestack/tiny-chat-lm
     .venv/bin/python include/demo/tiny_lm.py --to /path/to/folder   # or s3://..., file://...
+    .venv/bin/python include/demo/tiny_lm.py --tools                # the tool-use task's base (tiny-tool-lm)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 #: where the script writes the base unless told (include/pipelines/arith_tiny.yaml names it): a local
 #: folder, which training, evaluation and the model server all read without a service
 DEFAULT_URI = "~/.cache/freestack/tiny-chat-lm"
+#: the tool-use task's base (``--tools``; include/pipelines/tools_tiny.yaml)
+TOOLS_URI = "~/.cache/freestack/tiny-tool-lm"
 #: ChatML as Qwen writes it (system, user and assistant turns; ``add_generation_prompt`` opens the assistant's)
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -26,6 +29,45 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+#: the tool-use base's (``tools=True``): ChatML, and with ``tools`` a system turn first that lists them in
+#: short (``Tools: add(a, b) ...``: a model of 256 positions has no room for their JSON schemas); an
+#: assistant's calls are written as Qwen writes them (``<tool_call>{"name": ..., "arguments": ...}</tool_call>``)
+#: and a tool's answer is a ``tool`` turn. A chat without tools renders as :data:`CHAT_TEMPLATE` does
+TOOLS_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n' }}{%- endif %}{{- 'Tools:' }}"
+    "{%- for tool in tools %}{%- set props = (tool.function.parameters or {}).properties or {} %}"
+    "{{- ' ' + tool.function.name + '(' + (props | list | join(', ')) + ')' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if tools and loop.first and message.role == 'system' %}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant\\n' + (message.content or '') }}"
+    "{%- for call in message.tool_calls %}"
+    "{{- '<tool_call>' + ({'name': call.function.name, 'arguments': call.function.arguments} | tojson) + '</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+#: how the server reads an answer's calls (transformers' ``parse_response``; ``tool_choice: auto``): Qwen's
+#: ``<tool_call>`` blocks, the text around them the answer's content
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"\s*<tool_call>",
+            "close": "</tool_call>",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"content": "text"},
+    },
+}
 #: ChatML's special tokens: padding, a turn's start, a turn's end (the eos)
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 #: Qwen2's pre-tokenizer split: words, single digits, punctuation runs, whitespace
@@ -39,17 +81,25 @@ def tiny_causal_lm(
     family: str = "llama",
     chat_template: bool = True,
     pretrain_steps: int = 500,
+    tools: bool = False,
 ) -> Path:
     """A Llama- (``LlamaForCausalLM``) or GPT-2-style (``GPT2LMHeadModel``) causal LM of 2 layers, width 64,
     and its fast tokenizer (eos ``<|im_end|>``, pad ``<|endoftext|>``, no bos; the ChatML template when
     ``chat_template``), pretrained for ``pretrain_steps`` AdamW steps on :func:`corpus`'s plain text (about
     ten seconds of one CPU core for the default 500, after which a Llama-style base answers the dates and
     reversals in that plain form) and saved as transformers writes them, with a ``generation_config.json``
-    (eos ``<|im_end|>``, greedy); the same weights for a seed. ``pretrain_steps=0``: random weights."""
+    (eos ``<|im_end|>``, greedy); the same weights for a seed. ``pretrain_steps=0``: random weights.
+    ``tools``: the tool-use tutorial's base: its tokenizer also learns the calls' text
+    (:func:`demo.instructions.tool_chat`), its template is :data:`TOOLS_TEMPLATE` with
+    :data:`RESPONSE_TEMPLATE` to read calls back, and it reads 256 positions (a chat with a call and its
+    answer). Without it, the base is the same files whatever this module adds (earlier versions record its
+    commit)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    tok = _lm_tokenizer(chat_template)
+    tok = _lm_tokenizer(chat_template, tools)
+    if chat_template and tools:
+        tok.chat_template, tok.response_template = TOOLS_TEMPLATE, RESPONSE_TEMPLATE
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_lm_config(family, tok))
     if pretrain_steps:
@@ -62,17 +112,28 @@ def tiny_causal_lm(
     return folder
 
 
-def _lm_tokenizer(chat_template: bool):
+def _lm_tokenizer(chat_template: bool, tools: bool = False):
     """A byte-level BPE tokenizer (314 tokens, the same for every seed) trained on the tasks' text and the
-    chat roles, splitting digits apart as Qwen2's does."""
+    chat roles, splitting digits apart as Qwen2's does; with ``tools``, on the tool-use task's calls too
+    (512 tokens)."""
+    import json
+
     import numpy as np
 
-    from demo.instructions import corpus, instruction_pair
+    from demo.instructions import corpus, instruction_pair, tool_chat
 
     rng = np.random.default_rng(0)
     pairs = [instruction_pair(rng) for _ in range(2000)]
     text = corpus(2000, 0) + [t for pair in pairs for t in pair]
-    return chatml_tokenizer(text, vocab_size=384, model_max_length=128, chat_template=chat_template)
+    if not tools:
+        return chatml_tokenizer(text, vocab_size=384, model_max_length=128, chat_template=chat_template)
+    calls = [m.get("tool_calls") for i in range(2000) for m in tool_chat(rng, i)]
+    text += [
+        f"Tools: add(a, b) reverse(digits)<tool_call>{json.dumps(c[0]['function'])}</tool_call>"
+        for c in calls
+        if c
+    ]
+    return chatml_tokenizer(text, vocab_size=512, model_max_length=256, chat_template=chat_template)
 
 
 def chatml_tokenizer(text: list[str], *, vocab_size: int, model_max_length: int, chat_template: bool = True):
@@ -130,7 +191,7 @@ def _lm_config(family: str, tok):
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=128,
+            max_position_embeddings=tok.model_max_length,
             tie_word_embeddings=True,
             **ids,
         )
@@ -180,12 +241,12 @@ def _pretrain(model, tok, seed: int, steps: int, batch: int = 32, seq: int = 48,
         torch.set_num_threads(threads)
 
 
-def write_base(uri: str, seed: int = 0, pretrain_steps: int = 500) -> list[str]:
+def write_base(uri: str, seed: int = 0, pretrain_steps: int = 500, tools: bool = False) -> list[str]:
     """Build the base and write its files under ``uri`` (a folder path or a storage URI); their URIs."""
     from freestack.storage import join, to_path, write_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = tiny_causal_lm(Path(tmp), seed, pretrain_steps=pretrain_steps)
+        folder = tiny_causal_lm(Path(tmp), seed, pretrain_steps=pretrain_steps, tools=tools)
         target = to_path(uri if "://" in uri else Path(uri).expanduser().resolve().as_uri())
         written = []
         for path in sorted(folder.iterdir()):
@@ -197,11 +258,17 @@ def write_base(uri: str, seed: int = 0, pretrain_steps: int = 500) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--to", default=DEFAULT_URI, help=f"where the base's files go (default: {DEFAULT_URI})")
+    ap.add_argument(
+        "--to", help=f"where the base's files go (default: {DEFAULT_URI}, with --tools {TOOLS_URI})"
+    )
     ap.add_argument("--seed", type=int, default=0, help="the same seed gives the same weights")
     ap.add_argument("--pretrain-steps", type=int, default=500, help="0: random weights")
+    ap.add_argument(
+        "--tools", action="store_true", help="the tool-use task's base (include/pipelines/tools_tiny.yaml)"
+    )
     args = ap.parse_args()
-    for uri in write_base(args.to, args.seed, args.pretrain_steps):
+    to = args.to or (TOOLS_URI if args.tools else DEFAULT_URI)
+    for uri in write_base(to, args.seed, args.pretrain_steps, args.tools):
         print(uri)
 
 

@@ -19,6 +19,7 @@ A broken spec is left out here and reported as the import error of ``dags/freest
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,13 @@ def _schedule(schedule: str | None):
         return None
     if schedule in ("@once", "@continuous"):
         return schedule
-    # classic data intervals: the run for day D starts once D has ended, and {{ ds }} is D
+    return _cron(schedule)
+
+
+@functools.cache
+def _cron(schedule: str) -> CronDataIntervalTimetable:
+    """Classic data intervals (the run for day D starts once D has ended, and {{ ds }} is D): one timetable
+    per expression, shared by the DAGs on it (building one describes the expression in words)."""
     return CronDataIntervalTimetable(schedule, timezone="UTC")
 
 
@@ -137,16 +144,24 @@ def ingest_dag(spec: PipelineSpec, spec_path: str) -> DAG:
 
 
 #: the JSON Schema dialect of every Trigger-form field. Airflow checks a Param's schema against its
-#: dialect's meta-schema each time it resolves the Param, and every task of a DAG carries the DAG's
-#: Params, each resolved twice when the DAG is serialized: with 2020-12, Airflow's default, that was
-#: most of a DAG file's parse time. Draft 7's meta-schema checks about 3x faster, and every keyword
-#: these forms use means the same in both (``bench/orchestration``, docs/benchmarks.md).
+#: dialect's meta-schema each time it resolves the Param (the DAG's validation, each serialization of
+#: the DAG): with 2020-12, Airflow's default, that check costs about 3x more than with draft 7, and
+#: every keyword these forms use means the same in both (``bench/orchestration``, docs/benchmarks.md).
 FORM_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 
 def form_field(default: Any, **schema: Any) -> Param:
     """A Trigger-form field: a :class:`Param` whose schema is in :data:`FORM_DIALECT`."""
     return Param(default, **{"$schema": FORM_DIALECT}, **schema)
+
+
+def with_form(dag: DAG, params: dict[str, Param]) -> DAG:
+    """Give ``dag``, its tasks built, its Trigger form (``params``), validated as ``DAG(params=...)`` does.
+    A task's context has the DAG's Params, then its own, then the run's conf, so it needs no copy; given
+    first, Airflow copies them into every task, and serializing those copies was about 40% of the DAG
+    processor's time for the pipelines' file (docs/benchmarks.md)."""
+    dag.params = params  # type: ignore[assignment]  # DAG converts it to a ParamsDict and validates it
+    return dag
 
 
 def train_params(spec: PipelineSpec) -> dict[str, Param]:
@@ -422,7 +437,7 @@ def deploy_task(
 def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
     t = spec.train
     if t.schedule:
-        schedule = CronDataIntervalTimetable(t.schedule, timezone="UTC")
+        schedule = _cron(t.schedule)
     elif "retrain" in spec.monitor.actions:  # new lake partitions, or the monitor found drift
         schedule = lake_asset(spec.name) | drift_asset(spec.name)
     else:
@@ -433,7 +448,6 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         schedule=schedule,
         catchup=False,
         max_active_runs=1,
-        params=train_params(spec),
         doc_md=(
             f"### {spec.name}: train\n\nTrains `{spec.model_name}` on the lake window the `window` task fixes "
             "(up to the newest landed partition, after running ingest runs finished), once (`train`) or as a hyperparameter sweep (`create_sweep` -> `agent` x N "
@@ -446,17 +460,16 @@ def train_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         evaluate, promote = promotion_tasks(spec, spec_path)
         ends >> evaluate
         promote >> deploy_task(spec, spec_path)
-    return dag
+    return with_form(dag, train_params(spec))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # <p>_rollback and <p>_promote: manual DAGs
 
 
-def _manual(
-    spec: PipelineSpec, kind: str, params: dict[str, Param], description: str, doc_md: str
-) -> dict[str, Any]:
-    """What the manual DAGs share: no schedule, one run at a time, unpaused (they never run by themselves)."""
+def _manual(spec: PipelineSpec, kind: str, description: str, doc_md: str) -> dict[str, Any]:
+    """What the manual DAGs share: no schedule, one run at a time, unpaused (they never run by themselves);
+    their Trigger forms come last (:func:`with_form`)."""
     return {
         "dag_id": f"{spec.name}_{kind}",
         "description": description,
@@ -464,7 +477,6 @@ def _manual(
         "catchup": False,
         "max_active_runs": 1,
         "is_paused_upon_creation": False,
-        "params": params,
         "doc_md": doc_md,
         **_common(spec, kind),
     }
@@ -475,7 +487,6 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         **_manual(
             spec,
             "rollback",
-            rollback_params(spec),
             f"Manual: move {spec.model_name}'s production to an earlier version and redeploy it",
             f"### {spec.name}: rollback\n\nMoves the `production` alias of `{spec.model_name}` to the version "
             "in the form (default `previous`) and redeploys it the way `deploy` does "
@@ -494,7 +505,7 @@ def rollback_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             **serialised(spec, MOVE_PRIORITY),
         )
         move >> deploy_task(spec, spec_path, doc_md="Serve the new production.")
-    return dag
+    return with_form(dag, rollback_params(spec))
 
 
 def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
@@ -502,7 +513,6 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
         **_manual(
             spec,
             "promote",
-            promote_params(spec),
             f"Manual: point an alias of {spec.model_name} (production, staging) at a version",
             f"### {spec.name}: promote\n\nPoints the alias in the form at a registered version of "
             f"`{spec.model_name}` (the Models page of the freestack views triggers it). Moving "
@@ -527,7 +537,7 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             doc_md="Serve the new production (skipped when another alias moved).",
             moved_alias="{{ params.alias }}",
         )
-    return dag
+    return with_form(dag, promote_params(spec))
 
 
 # ---------------------------------------------------------------------------------------------------------

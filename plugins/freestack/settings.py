@@ -233,6 +233,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Model server, text generation: the most prompts one request may carry (413 above).",
     )
+    generation_max_running_per_request: int = Field(
+        default=4,
+        ge=1,
+        description="Model server, text generation: the most prompts of one request in the continuous batch at "
+        "once (the rest start as those end).",
+    )
     generation_kv_cache_tokens: int = Field(
         default=16384,
         ge=256,

@@ -275,13 +275,20 @@ def _second_version_is_gated_against_production(p, first: str) -> None:
 
 
 def test_a_base_without_a_chat_template_is_refused_before_any_data_is_read(pipelines):
-    from freestack.spec import load_spec
+    from demo.instructions import TOOLS
+    from freestack.spec import load_spec, parse_spec
     from freestack.train.core import check_trainable
     from freestack.train.request import TrainingError
 
     spec = load_spec(Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "plain.yaml")
     with pytest.raises(TrainingError, match="no chat template.*model.chat_template"):
         check_trainable(spec)
+    # tools for a template that never lays them out: the model would never see them
+    data = yaml.safe_load((Path(os.environ["FREESTACK_PIPELINES_DIR"]) / "plain.yaml").read_text())
+    data["model"]["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    data["model"]["data"] = {"prompt": "prompt", "response": "response", "tools": TOOLS}
+    with pytest.raises(TrainingError, match="model.data.tools: the chat template lays out no tools"):
+        check_trainable(parse_spec(data, "plain.yaml"))
 
 
 def test_two_ranks_instruction_tune_one_model_that_learns_the_task(pipelines):

@@ -182,8 +182,9 @@ def test_trigger_form_refuses_what_the_spec_refuses(dagbag):
 
 
 def test_trigger_forms_validate_through_a_serialized_dag_in_their_dialect(dagbag):
-    """Every Trigger-form field declares draft 7 (cheaper for Airflow to check at every parse), and the
-    scheduler's copy of the DAG still refuses what the form refuses: Airflow validates each field."""
+    """Every Trigger-form field declares draft 7 (cheaper for Airflow to check at every parse), the form
+    is the DAG's alone (its tasks read it through the DAG), and the scheduler's copy of the DAG still
+    refuses what the form refuses: Airflow validates each field."""
     from airflow.sdk.exceptions import ParamValidationError
     from airflow.serialization.serialized_objects import DagSerialization
 
@@ -194,6 +195,17 @@ def test_trigger_forms_validate_through_a_serialized_dag_in_their_dialect(dagbag
         assert dag.params and all(
             dag.params.get_param(k).schema["$schema"] == FORM_DIALECT for k in dag.params
         )
+    # the form is the DAG's only: its tasks carry no copy (each copy cost the parse a deep copy per
+    # operator class and two resolves per serialization), yet a task's context has the form's values
+    # with the run's conf over them, as Airflow merges them (the DAG's Params, the task's, the conf)
+    from airflow.sdk.definitions.param import process_params
+
+    for dag_id in ("digits_train", "digits_promote", "digits_rollback"):
+        assert not any(task.params for task in dagbag.dags[dag_id].tasks), dag_id
+    rollback = dagbag.dags["digits_rollback"]
+    move = rollback.get_task("move_production")
+    assert process_params(rollback, move, None, suppress_exception=False)["version"] == "previous"
+    assert process_params(rollback, move, {"version": "v3"}, suppress_exception=False)["version"] == "v3"
     scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["digits_train"])).params
     ok = scheduled.deep_merge({"epochs": 3, "end_ds": "2026-11-20", "learning_rate": 0.01}).validate()
     assert ok["epochs"] == 3 and ok["end_ds"] == "2026-11-20"

@@ -166,14 +166,17 @@ def test_prompt_rows_are_answered_as_served_quarantined_and_rescored_with_a_pinn
     )
     assert manifest["version"] == "v2" and manifest["task"] == "generation"
     assert manifest["generation"]["max_new_tokens"] == TOKENS and manifest["generation"]["temperature"] == 0
+    assert manifest["generation"]["batching_ran"] == "padded"  # auto, on a CPU
     answers = manifest["answers"]
     assert sum(answers["finish_reasons"].values()) == len(PROMPTS)
     assert answers["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
 
-    # the day rescored with v1, pinned: replaced whole with v1's answers
-    assert _states(_run(_bag(chat, version="v1", generation=generation)))["score"] == ["success"]
+    # the day rescored with v1, pinned, by continuous batching: replaced whole with v1's answers
+    continuous = {**generation, "batching": "continuous"}
+    assert _states(_run(_bag(chat, version="v1", generation=continuous)))["score"] == ["success"]
     folder, again, manifest1 = _day(chat["root"])
     assert manifest1["version"] == "v1" and set(again.column("version").to_pylist()) == {"v1"}
+    assert manifest1["generation"]["batching_ran"] == "continuous"
     want = [a.text for a in _expected(chat["v1"], PROMPTS)]
     assert again.column("completion").to_pylist() == want != table.column("completion").to_pylist()
     assert [s["prediction"] for s in _logged_sample(chat["root"])] == want  # the rescore's sample replaces it

@@ -189,25 +189,39 @@ def _check_score_on_the_demo(out, sandbox) -> None:
     assert len(days) == 6 and "Six days are scored" in _page("tutorials/score-nightly.md"), days
 
 
-def _check_llm_trained_offline(out, sandbox) -> None:
-    """The tutorial's offline run: the small local base, instruction-tuned, passed the gate and serves."""
-    api = sandbox.api()
-    runs = _runs_done(api, "arith_tiny_train")
-    if [r["state"] for r in runs] != ["success"]:
-        logs = _logs(api, "arith_tiny_train", runs[-1]["dag_run_id"])
+def _trained_offline(pipeline: str):
+    """A check that the tutorial's offline run of ``pipeline``: the small local base, instruction-tuned,
+    passed the gate and serves."""
 
-        def bad(content: list) -> bool:
-            return any(isinstance(e, dict) and e.get("level") in ("error", "critical") for e in content)
+    def check(out, sandbox) -> None:
+        api = sandbox.api()
+        runs = _runs_done(api, f"{pipeline}_train")
+        if [r["state"] for r in runs] != ["success"]:
+            logs = _logs(api, f"{pipeline}_train", runs[-1]["dag_run_id"])
 
-        shown = {
-            task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
-            for task, content in logs.items()
-            if bad(content)
-        } or {t: c[-8:] for t, c in logs.items()}
-        text = json.dumps(shown, indent=1, default=str)[-6000:]
-        raise AssertionError(f"arith_tiny_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n{text}")
-    aliases = json.loads((sandbox.storage / "registry" / "arith_tiny" / "aliases.json").read_text())
-    assert "production" in json.dumps(aliases), aliases
+            def bad(content: list) -> bool:
+                return any(isinstance(e, dict) and e.get("level") in ("error", "critical") for e in content)
+
+            shown = {
+                task: [str(e.get("event") if isinstance(e, dict) else e)[:400] for e in content][-15:]
+                for task, content in logs.items()
+                if bad(content)
+            } or {t: c[-8:] for t, c in logs.items()}
+            text = json.dumps(shown, indent=1, default=str)[-6000:]
+            raise AssertionError(
+                f"{pipeline}_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n{text}"
+            )
+        aliases = json.loads((sandbox.storage / "registry" / pipeline / "aliases.json").read_text())
+        assert "production" in json.dumps(aliases), aliases
+
+    return check
+
+
+def _check_agent_loop(out, sandbox) -> None:
+    """The tool-use tutorial's agent loop: the model called add with the question's numbers (tool_choice
+    auto: a call it learnt, read back by the server), then answered with the tool's result."""
+    assert 'called add {"a": 38, "b": 45} -> 83' in out.stdout, out.stdout
+    assert "answer: 83" in out.stdout, out.stdout
 
 
 def _check_second_demo(out, sandbox) -> None:
@@ -235,7 +249,9 @@ def _check_notebook_untouched(out, sandbox) -> None:
 AFTER = [
     ("backfill digits --start 2026-11-01 --end 2026-11-05 --no-downstream", _check_backfill_on_the_demo),
     ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
-    ("dags trigger arith_tiny_train", _check_llm_trained_offline),
+    ("dags trigger arith_tiny_train", _trained_offline("arith_tiny")),
+    ("dags trigger tools_tiny_train", _trained_offline("tools_tiny")),
+    ("until the model answers instead of calling", _check_agent_loop),
     ("make demo", _check_second_demo),
     ("jupyter execute docs/notebooks/explore.ipynb", _check_notebook_untouched),
 ]

@@ -137,7 +137,8 @@ def test_two_adapter_versions_answer_from_one_deployment_with_one_base(client, s
 
 
 def test_concurrent_requests_of_two_versions_each_get_their_versions_answer(server, versions):
-    prompts = SMOKE_PROMPTS * 2
+    """A batch of 32 greedy requests, both adapters: each answer is the one its prompt gets alone."""
+    prompts = [f"{p} ({i})" for i, p in enumerate((SMOKE_PROMPTS * 32)[:32])]
     asked = [("v1" if i % 2 else "v2", p) for i, p in enumerate(prompts)]
 
     async def ask_all():

@@ -460,6 +460,7 @@ CORPUS = {
     "get-infer": http("GET", "/v2/models/toy/infer"),
     "delete-model": http("DELETE", "/v2/models/toy"),
     "put-health": http("PUT", "/v2/health/ready", b"{}"),
+    "post-openai-health": http("POST", "/health", b"{}"),
     "unknown-route": http("GET", "/v2/nowhere"),
     "root": http("GET", "/"),
     "repository-unload": http("POST", "/v2/repository/models/toy/unload", b"{}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from freestack.serving.spec import GenerationBounds
 from tests.support.generation_serving import SMOKE_PROMPTS, GenerationVersion, make_generation_version
@@ -35,7 +37,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 MODEL, KEY = "chat", "sk-test-freestack"
-MAX_NEW, MAX_PROMPT, MAX_REQUESTS = 24, 64, 10
+MAX_NEW, MAX_PROMPT, MAX_REQUESTS = 48, 64, 10
+LONG = 24  #: the new tokens of a long stream (a flood's, one that is left)
 #: a request for this many new tokens makes the server's generation loop raise (tests/support/engine_fault)
 FAULT = 13
 
@@ -136,6 +139,23 @@ def test_prometheus_counts_the_openai_requests_like_any_other(server, client):
 
     seen = serving_stats(f"http://127.0.0.1:{server.metrics_port}/metrics")
     assert seen.requests >= 2 and seen.rows >= 2 and seen.mean_latency_ms > 0, seen
+    # what an LLM operator watches: a stream's time to first token and between tokens, tokens per answer
+    streamed = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=6, stream=True)
+    assert len(list(streamed)) > 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    for name in (
+        "time_to_first_token_seconds",
+        "inter_token_latency_seconds",
+        "queue_time_seconds",
+        "prompt_tokens",
+        "generation_tokens",
+    ):
+        counted = re.search(rf'^freestack_llm_{name}_count{{version="v1"}} (\S+)$', metrics, re.M)
+        assert counted and float(counted.group(1)) >= 1, name
+    seen = serving_stats(f"http://127.0.0.1:{server.metrics_port}/metrics")  # what the Deployments page shows
+    assert seen.ttft_ms[0] is not None and seen.itl_ms[0] is not None and seen.generated_tokens > 0, seen
+    assert seen.queue_ms[0] is not None, seen
 
 
 def test_the_async_client_gets_every_concurrent_answer_right(server, version):
@@ -170,6 +190,16 @@ def test_a_stream_sends_the_same_answer_in_pieces_then_its_usage(client):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # pieces, not one block
+    usage = {"include_usage": True, "continuous_usage_stats": True}  # vLLM's, as guidellm asks
+    counted = list(
+        client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=12, stream=True, stream_options=usage
+        )
+    )
+    so_far = [c.usage.completion_tokens for c in counted if c.choices]
+    assert so_far[0] == 0 and so_far == sorted(so_far) and so_far[-1] == whole.usage.completion_tokens
+    assert len(set(so_far)) > 2  # the count so far, chunk by chunk, not 0 until the end
+    assert {c.usage.prompt_tokens for c in counted} == {whole.usage.prompt_tokens}
 
 
 def test_completions_continue_text_prompts_and_stop_at_a_stop_string(client):
@@ -184,6 +214,157 @@ def test_completions_continue_text_prompts_and_stop_at_a_stop_string(client):
         model=MODEL, prompt="Once upon", max_tokens=10, stop=stop, stream=True
     )
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+
+
+class Verdict(BaseModel):
+    """What a JSON-extraction client asks for: the SDK sends it as a strict JSON schema."""
+
+    ok: bool
+
+
+def test_structured_outputs_parse_whatever_the_weights_streamed_or_not(client, version):
+    """The SDK's ``parse`` with a pydantic model, a streamed json_schema request and a json_object
+    completion, on a random model: every answer is the JSON asked for; free text is answered as before."""
+    messages = [{"role": "user", "content": "Is it true?"}]
+    parsed = client.chat.completions.parse(
+        model=MODEL, messages=messages, response_format=Verdict, max_tokens=MAX_NEW
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Verdict) and parsed.choices[0].finish_reason == "stop"
+    form = {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "schema": Verdict.model_json_schema(), "strict": True},
+    }
+    chunks = client.chat.completions.create(
+        model=MODEL, messages=messages, response_format=form, max_tokens=MAX_NEW, stream=True
+    )
+    Verdict.model_validate_json("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    small = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+    }
+    form = {"type": "json_schema", "json_schema": {"name": "n", "schema": small}}
+    many = client.completions.create(
+        model=MODEL, prompt=["a", "b", "c"], max_tokens=MAX_NEW, extra_body={"response_format": form}
+    )
+    assert [set(json.loads(c.text)) for c in many.choices] == [{"n"}] * 3
+    free = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
+    assert free.choices[0].message.content.strip() == _expected(version, messages[0]["content"])
+
+
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two digits",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 9},
+                "b": {"type": "integer", "minimum": 0, "maximum": 9},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_an_agent_loop_calls_a_tool_gets_its_result_and_answers(client):
+    """call -> tool result -> final answer with the SDK, on a random model: a required call names the tool
+    and its arguments follow its parameters; a named call comes streamed; the tool's result goes back in."""
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[ADD], tool_choice="required", max_tokens=MAX_NEW
+    )
+    (choice,) = first.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "add" and set(args) == {"a", "b"} and call.id.startswith("call_")
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": str(args["a"] + args["b"])},
+    ]
+    final = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[ADD], tool_choice="none", max_tokens=8
+    )
+    assert final.choices[0].message.content and not final.choices[0].message.tool_calls
+    named = {"type": "function", "function": {"name": "add"}}
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=messages[:1],
+            tools=[ADD],
+            tool_choice=named,
+            max_tokens=MAX_NEW,
+            stream=True,
+        )
+    )
+    calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [t.function.name for t in calls] == ["add"] and set(json.loads(calls[0].function.arguments)) == {
+        "a",
+        "b",
+    }
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
+    with pytest.raises(openai.BadRequestError, match="response_template"):
+        client.chat.completions.create(model=MODEL, messages=messages[:1], tools=[ADD], max_tokens=MAX_NEW)
+
+
+def test_n_seed_and_logprobs_as_openai_defines_them(client, version):
+    """n answers per prompt (indices prompt * n + j, the prompt's tokens counted once); a seed gives a
+    sampled answer again, streamed or not; logprobs are the model's own (plain transformers' log-softmax
+    of the same tokens), greedy tokens the most likely, with top_logprobs and the legacy columns."""
+    import torch
+
+    messages = [{"role": "user", "content": SMOKE_PROMPTS[0]}]
+    one = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6)
+    three = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert {c.message.content for c in three.choices} == {one.choices[0].message.content}
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * one.usage.completion_tokens
+    texts = client.completions.create(model=MODEL, prompt=["Once upon", "The digits"], max_tokens=4, n=2)
+    assert [c.index for c in texts.choices] == [0, 1, 2, 3] and texts.choices[0].text == texts.choices[1].text
+    sampled = {"model": MODEL, "messages": messages, "max_tokens": 8, "temperature": 1.0, "seed": 11, "n": 2}
+    first, again = (client.chat.completions.create(**sampled) for _ in range(2))
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    streamed = ["", ""]
+    for chunk in client.chat.completions.create(**sampled, stream=True):
+        for c in chunk.choices:
+            streamed[c.index] += c.delta.content or ""
+    assert streamed == [c.message.content for c in first.choices]
+    scored = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=6, logprobs=True, top_logprobs=2
+    )
+    kept = scored.choices[0].logprobs.content
+    assert len(kept) == scored.usage.completion_tokens
+    assert all(k.logprob == k.top_logprobs[0].logprob >= k.top_logprobs[1].logprob for k in kept)
+    tok = version.tokenizer
+    text = tok.apply_chat_template(version.chat(SMOKE_PROMPTS[0]), tokenize=False, add_generation_prompt=True)
+    prompt = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():  # plain transformers, greedy: the same tokens, and their distributions
+        out = version.model.generate(
+            prompt, max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    chosen = out.sequences[0, prompt.shape[1] :].tolist()
+    plain = [float(step[0].float().log_softmax(-1)[t]) for step, t in zip(out.logits, chosen, strict=False)]
+    assert [k.token for k in kept] == [tok.decode([t]) for t in chosen[: len(kept)]]
+    assert max(abs(a - k.logprob) for a, k in zip(plain, kept, strict=False)) < 1e-3
+    legacy = (
+        client.completions.create(model=MODEL, prompt="Once upon", max_tokens=4, logprobs=2)
+        .choices[0]
+        .logprobs
+    )
+    assert (
+        len(legacy.tokens)
+        == len(legacy.token_logprobs)
+        == len(legacy.top_logprobs)
+        == len(legacy.text_offset)
+    )
+    assert "".join(legacy.tokens).startswith(legacy.tokens[0]) and legacy.text_offset[0] == 0
 
 
 def test_the_request_log_names_the_version_that_answered(client, work):
@@ -245,24 +426,39 @@ LONE = "the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): se
             "text only",
         ),
         (
-            {"model": MODEL, "messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            {
+                "model": MODEL,
+                "messages": HI,
+                "tools": [ADD],
+                "tool_choice": {"type": "function", "function": {"name": "mul"}},
+            },
             400,
-            "'tools' is not supported",
+            "tool_choice names 'mul', which is not one of the tools ['add']",
         ),
-        (
-            {"model": MODEL, "messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
-            400,
-            "tools and function calls",
-        ),
+        ({"model": MODEL, "messages": HI, "tool_choice": "required"}, 400, 'needs "tools" to call'),
+        ({"model": MODEL, "messages": [{"role": "tool", "content": "x"}]}, 400, 'send its "tool_call_id"'),
+        ({"model": MODEL, "prompt": "x", "tools": [ADD]}, 400, "unknown parameter 'tools'"),
         ({"model": MODEL, "messages": HI, "max_tokens": MAX_NEW + 1}, 400, f"bound of {MAX_NEW}"),
         ({"model": MODEL, "messages": HI, "max_tokens": -1}, 400, "1 or more"),
         ({"model": MODEL, "messages": HI, "max_tokens": "5"}, 400, "whole number"),
         ({"model": MODEL, "messages": HI, "temperature": 9}, 400, "max_temperature"),
         ({"model": MODEL, "messages": HI, "top_p": 0}, 400, "top_p"),
-        ({"model": MODEL, "messages": HI, "n": 2}, 400, '"n" must be 1 here, not 2: send 2 requests'),
-        ({"model": MODEL, "messages": HI, "n": 0}, 400, '"n" must be 1 here, not 0'),
-        ({"model": MODEL, "messages": HI, "seed": 3, "temperature": 0.7}, 400, "temperature 0"),
-        ({"model": MODEL, "messages": HI, "logprobs": True}, 400, "'logprobs' is not supported"),
+        ({"model": MODEL, "messages": HI, "n": 0}, 400, "n: Input should be greater than or equal to 1"),
+        ({"model": MODEL, "messages": HI, "top_logprobs": 2}, 400, 'top_logprobs goes with "logprobs": true'),
+        ({"model": MODEL, "messages": HI, "seed": "7"}, 400, "seed: Input should be a valid integer"),
+        (
+            {
+                "model": MODEL,
+                "messages": HI,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}},
+                },
+            },
+            400,
+            "response_format: the schema cannot be followed",
+        ),
+        ({"model": MODEL, "messages": HI, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
         ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
         ({"model": MODEL, "prompt": [1, 2, 3]}, 400, "token ids are not taken"),
         ({"model": f"{MODEL}:aliases.json", "messages": HI}, 400, "'aliases.json' is not a version name"),
@@ -422,7 +618,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(server, client):
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count to ten."}],
-        "max_tokens": MAX_NEW,
+        "max_tokens": LONG,
         "stream": True,
     }
     headers = {"Authorization": f"Bearer {KEY}"}
@@ -450,7 +646,7 @@ def test_a_flood_of_streams_past_the_limit_gets_429s_and_the_rest_are_answered(s
                 body = {
                     "model": MODEL,
                     "messages": [{"role": "user", "content": f"n {i}"}],
-                    "max_tokens": MAX_NEW,
+                    "max_tokens": LONG,
                     "stream": True,
                 }
                 async with c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r:
@@ -499,7 +695,11 @@ FIELDS = {
     "seed": st.integers(-5, 5) | ANY,
     "logit_bias": ANY,
     "stream_options": ANY,
-    "tools": ANY,
+    "tools": ANY | st.just([ADD]),
+    "tool_choice": st.sampled_from(["none", "auto", "required"]) | ANY,
+    "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]) | ANY,
+    "logprobs": st.booleans() | st.integers(-1, 6) | ANY,
+    "top_logprobs": st.integers(-1, 21) | ANY,
 }
 V2_INPUT = st.fixed_dictionaries(
     {

@@ -24,7 +24,7 @@ from freestack.cli.output import emit, fmt, out, plural, print_json, progress, t
 from freestack.registry.core import ModelRegistry
 from freestack.registry.hub import promote_on_hub, push_to_hub
 from freestack.serving.records import served_alias, serving_records
-from freestack.storage import join, storage_root
+from freestack.storage import join, storage_root, subfolders
 
 app = typer.Typer(
     help="The model registry: versions, aliases, promote, rollback, push to the Hub. MODEL is a model name, or a "
@@ -47,9 +47,7 @@ Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' hist
 
 def model_names(root) -> list[str]:
     """The models with a folder under ``<root>/registry``."""
-    folder = join(root, "registry")
-    folder.fs.invalidate_cache(folder.path)
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []
+    return subfolders(join(root, "registry"))
 
 
 def registry(model: str, root: str | None) -> ModelRegistry:

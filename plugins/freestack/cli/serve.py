@@ -18,7 +18,7 @@ import typer
 from freestack.cli.common import Json, Pipeline, Root, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
-from freestack.hooks.credentials import deployment_key, model_source, server_api_key
+from freestack.hooks.credentials import deployment_key
 from freestack.registry.core import registry_for
 from freestack.serving import manifests, seldon_deployments
 from freestack.serving.records import Deployments, alias_drift, all_deployments, live_state
@@ -291,7 +291,7 @@ def deploy(
     ] = None,
 ) -> int:
     """Deploy a pipeline's production version (or --version) locally now, as the DAG's deploy does."""
-    from freestack.serving.local import deploy_local
+    from freestack.serving.operators import deploy_spec_locally  # Airflow's SDK: when the command runs
 
     spec = load_pipeline(pipeline)
     if spec.deploy.target != "local":
@@ -302,19 +302,12 @@ def deploy(
     reg = registry_for(spec)
     by_alias = version in (None, spec.deploy.alias)
     version = reg.resolve(version or spec.deploy.alias)
-    uri = reg.version_uri(version)
-    rec = deploy_local(
-        root_uri=str(storage_root(spec.storage_root)),
-        model=spec.model_name,
-        name=spec.deployment_name,
-        version=version,
-        version_uri=uri,
-        local=spec.deploy.local,
+    rec = deploy_spec_locally(
+        spec,
+        version,
+        reg.version_uri(version),
         reason="freestack serve deploy",
-        source=model_source(uri),
-        runtime=spec.deploy.runtime,
         alias=spec.deploy.alias if by_alias else None,
-        api_key=server_api_key(spec.deploy),
     )
     out().print(f"{spec.model_name} {version} serves at {rec['predict_url']} (pid {rec['pid']})")
     return 0

@@ -95,6 +95,9 @@ MAX_PATH_BYTES = 1024  # a data path in UTF-8 (S3's limit for a key)
 MAX_JSON_DEPTH = 32  # nesting of a request's JSON body
 MAX_MARKER = 4096  # a listing marker's length (those handed out stay under 2,200)
 DEFAULT_PAGE_SIZE = 1000
+#: the answers to a write If-None-Match: * refuses (412), and to an upload whose body ended early (400)
+EXISTS = "{} already exists (If-None-Match: * asks to create it only if absent)"
+INCOMPLETE = "upload of {} incomplete: {} of {} bytes arrived; nothing was written"
 
 
 class ApiError(Exception):
@@ -780,7 +783,7 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
     if info is not None and info.get("type") == "directory":
         raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
     if if_absent and info is not None:
-        raise ApiError(412, f"{display} already exists (If-None-Match: * asks to create it only if absent)")
+        raise ApiError(412, EXISTS.format(display))
     # the temporary is journalled before it exists, so a kill -9 at any moment leaves nothing unlisted;
     # the sweeper spares it however long the client takes; its hash is recorded on commit
     untrack: list[Any] = []
@@ -876,10 +879,7 @@ async def _put_small(
         log.warning("upload of %s interrupted after %d bytes: nothing was written", display, received)
         return Response(status_code=400)
     if received != expected_n:
-        raise ApiError(
-            400,
-            f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written",
-        )
+        raise ApiError(400, INCOMPLETE.format(display, received, expected_n))
 
     def store() -> None:
         writer = _begin_put(svc, key, rel, display, if_absent)
@@ -888,9 +888,7 @@ async def _put_small(
             writer.commit()
         except FileExistsError:
             writer.abort()
-            raise ApiError(
-                412, f"{display} already exists (If-None-Match: * asks to create it only if absent)"
-            ) from None
+            raise ApiError(412, EXISTS.format(display)) from None
         except BaseException:
             writer.abort()
             raise
@@ -920,7 +918,9 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
         expected_n = int(expected) if expected is not None else None
     except ValueError:
         raise ApiError(400, f"Content-Length {expected!r} is not a number") from None
-    if if_match is not None and (expected_n is None or expected_n > CHUNK):
+    if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
+        return await _put_small(request, svc, key, rel, display, if_absent, expected_n, if_match)
+    if if_match is not None:  # the body is large, or of unknown size
         body = "has no Content-Length" if expected_n is None else f"is {expected_n} bytes"
         raise ApiError(
             400,
@@ -928,8 +928,6 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
             f"this request's body {body}: nothing was written to {display}. Send a smaller body with its "
             "Content-Length, or replace the object without If-Match",
         )
-    if expected_n is not None and expected_n <= CHUNK:  # small: take the body, then one thread hop
-        return await _put_small(request, svc, key, rel, display, if_absent, expected_n, if_match)
     writer = await _run(_begin_put, svc, key, rel, display, if_absent)
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=2)
@@ -958,10 +956,7 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
         await _feed(queue, None, worker)
         await worker
         if expected_n is not None and received != expected_n:
-            raise ApiError(
-                400,
-                f"upload of {display} incomplete: {received} of {expected_n} bytes arrived; nothing was written",
-            )
+            raise ApiError(400, INCOMPLETE.format(display, received, expected_n))
         await _run(writer.commit)
     except BaseException as exc:
         if not worker.done():
@@ -977,9 +972,7 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
             )
             return Response(status_code=400)  # nobody is listening any more
         if isinstance(exc, FileExistsError):
-            raise ApiError(
-                412, f"{display} already exists (If-None-Match: * asks to create it only if absent)"
-            ) from None
+            raise ApiError(412, EXISTS.format(display)) from None
         raise
     return JSONResponse({"result": display})
 

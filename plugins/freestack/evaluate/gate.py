@@ -77,7 +77,7 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         op = ("≥" if ok else "<") if goal == "maximize" else ("≤" if ok else ">")
         shown, bar_shown = _pair(value, bar)
         reasons.append(f"{metric} {shown} {op} {bar_shown} (threshold, {better_word(goal)}): {_verdict(ok)}")
-    delta = None
+    base = delta = None
     if champion is None:
         reasons.append(
             "no production model yet: a first model needs only the threshold"
@@ -103,16 +103,9 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         for other, allowed in sorted(gate.max_regression.items()):
             if other in JUDGE_METRICS or other not in candidate or other not in champion:
                 continue
-            mine, theirs = float(candidate[other]), float(champion[other])
-            s = 1.0 if direction_of(other) == "maximize" else -1.0
-            better_by = s * (mine - theirs)  # < 0: the candidate is worse
-            ok = -better_by <= allowed + _EPS
+            reason, ok = _drop(other, allowed, float(candidate[other]), float(champion[other]))
+            reasons.append(reason)
             passed &= ok
-            allow = f"up to {allowed:.4f} worse" if allowed > 0 else "no worse"
-            reasons.append(
-                f"{other} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} (allowed: {allow}): "
-                f"{_verdict(ok)}"
-            )
     judged, ok = judge_reasons(gate, candidate, champion)
     reasons += judged
     passed &= ok
@@ -123,7 +116,7 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         "direction": goal,
         "threshold": gate.threshold,
         "candidate": value,
-        "champion": None if champion is None else float(champion[metric]),
+        "champion": base,
         "delta": delta,
         "reasons": reasons,
         "approval": gate.approval,
@@ -167,7 +160,7 @@ def judge_reasons(
         if rule.startswith("max_regression."):
             if champion is None:
                 continue  # a first model: no production to drop from
-            reason, ok = _judge_drop(metric, bar, float(candidate[metric]), float(champion[metric]))
+            reason, ok = _drop(metric, bar, float(candidate[metric]), float(champion[metric]), judged=True)
         else:
             reason, ok = _judge_bar(rule, metric, bar, candidate, info)
         out.append(reason)
@@ -193,13 +186,15 @@ def _judge_bar(
     return f"{metric} {shown} {'≥' if ok else '<'} {bar_shown} ({rule}; {detail}): {_verdict(ok)}", ok
 
 
-def _judge_drop(metric: str, allowed: float, mine: float, theirs: float) -> tuple[str, bool]:
-    better_by = mine - theirs
+def _drop(metric: str, allowed: float, mine: float, theirs: float, judged: bool = False) -> tuple[str, bool]:
+    """A ``max_regression`` bar: how much worse than production it may be (a judge figure: lower)."""
+    better_by = (1.0 if direction_of(metric) == "maximize" else -1.0) * (mine - theirs)  # < 0: worse
     ok = -better_by <= allowed + _EPS
-    allow = f"up to {allowed:.4f} lower" if allowed > 0 else "no lower"
+    worse = "lower" if judged else "worse"
+    allow = f"up to {allowed:.4f} {worse}" if allowed > 0 else f"no {worse}"
     return (
-        f"{metric} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} (judge; allowed: {allow}): "
-        f"{_verdict(ok)}",
+        f"{metric} {' vs production '.join(_pair(mine, theirs))}: {_change(better_by)} "
+        f"({'judge; ' if judged else ''}allowed: {allow}): {_verdict(ok)}",
         ok,
     )
 

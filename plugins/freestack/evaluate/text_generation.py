@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from freestack.judging.client import JudgeError, project_file
-from freestack.ml.generation import ChatError, GenerationSettings, generate, parse_messages
+from freestack.ml.generation import ChatError, GenerationSettings, answer_text, generate, parse_messages
 from freestack.ml.loop import to_tensors, token_metrics
 from freestack.ml.stream import InMemory
 from freestack.monitor.core import build_reference
@@ -38,11 +38,14 @@ class Answers:
 
 
 def chats_of(pre, frame) -> tuple[list[list[dict[str, str]]], list[str]]:
-    """The test rows' prompt conversations and reference answers (their last assistant turn)."""
-    rows = frame[pre.columns.columns].to_dict("records")
-    return [pre.columns.prompt_of(r, i) for i, r in enumerate(rows)], [
-        pre.columns.answer_of(r, i) for i, r in enumerate(rows)
-    ]
+    """The test rows' prompt conversations and reference answers: their last assistant turn, as the model
+    writes it (a turn of tool calls as the chat template lays them out)."""
+    chats, refs = [], []
+    for i, row in enumerate(frame[pre.columns.columns].to_dict("records")):
+        chat = pre.columns.answered(row, i)
+        chats.append(chat[:-1])
+        refs.append(answer_text(pre.tokenizer, chat, pre.columns.tools))
+    return chats, refs
 
 
 def golden_set(path: str) -> tuple[list[list[dict[str, str]]], list[str | None]]:
@@ -81,7 +84,10 @@ def texts_of(model, pre, chats: list[list[dict[str, str]]], spec: PipelineSpec) 
     size = spec.model.generation.batch_size
     out: list[str] = []
     for i in range(0, len(chats), size):
-        out += [c.text for c in generate(lm, pre.tokenizer, chats[i : i + size], settings_for(spec))]
+        batch = chats[i : i + size]
+        out += [
+            c.text for c in generate(lm, pre.tokenizer, batch, settings_for(spec), tools=pre.columns.tools)
+        ]
     return out
 
 
@@ -132,7 +138,8 @@ def smoke_sample(model, pre, frame, spec: PipelineSpec, key: str, n: int = 64) -
     rows = frame.sort_values(key, kind="stable").head(n) if key in frame.columns else frame.head(n)
     chats, refs = chats_of(pre, rows)
     lm = model.model if hasattr(model, "model") else model
-    done = [generate(lm, pre.tokenizer, [chat], settings_for(spec))[0] for chat in chats]
+    tools = pre.columns.tools
+    done = [generate(lm, pre.tokenizer, [chat], settings_for(spec), tools=tools)[0] for chat in chats]
     return {
         "task": "generation",
         "features": list(pre.features),

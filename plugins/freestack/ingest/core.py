@@ -180,17 +180,6 @@ class _BackgroundWriter:
             self._writer.close()
 
 
-def _csv_header(f, opts) -> list[str]:
-    import csv
-
-    first = f.readline()
-    if not first:
-        return []
-    text = first.decode(opts.encoding, errors="replace").lstrip("\ufeff")
-    row = next(csv.reader([text], delimiter=opts.delimiter, quotechar=opts.quote_char), [])
-    return [c.strip() for c in row]
-
-
 def _read_csv(
     path: ObjectStoragePath, stream, spec: PipelineSpec, declared: list[Column], sink: list
 ) -> Iterator[pa.RecordBatch]:
@@ -198,35 +187,16 @@ def _read_csv(
     policy = spec.source.policy
     if opts.header:
         with path.open("rb") as f:
-            names = _csv_header(f, opts)
+            names = opts.header_names(f)
         if not names:
             return
     else:
         names = [c.name for c in declared]
     _check_drift(path, names, declared, spec)
-
-    def on_invalid(row) -> str:
-        reason = f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}"
-        sink.append((row.number, reason, row.text))
-        return "skip"
-
     # one thread: the reader then numbers its rows (row.number, a malformed row's line), and the
     # rows of a batch are numbered in order around them (its LINE column); tasks share the workers' cores
-    read_opts = pacsv.ReadOptions(
-        block_size=policy.block_size_mb << 20,
-        use_threads=False,
-        column_names=names,
-        skip_rows=1 if opts.header else 0,
-        encoding="utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding,
-    )
-    parse_opts = pacsv.ParseOptions(
-        delimiter=opts.delimiter, quote_char=opts.quote_char, invalid_row_handler=on_invalid
-    )
-    convert_opts = pacsv.ConvertOptions(
-        column_types={n: pa.binary() for n in names},
-        null_values=opts.null_values,
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
+    read_opts, parse_opts, convert_opts = opts.arrow_options(
+        names, sink, block_size=policy.block_size_mb << 20, use_threads=False
     )
     throttled = _Throttled(stream, policy.block_size_mb << 20)
     try:

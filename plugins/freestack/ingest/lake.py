@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from freestack.ingest.images import IMAGE_SUFFIXES
-from freestack.storage import join, list_objects, sha256_of, storage_root, to_path
+from freestack.storage import join, list_objects, sha256_of, storage_root, subfolders, to_path
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -131,12 +131,9 @@ def _footer(part: ObjectStoragePath) -> bytes | None:
 def lake_partitions(spec: PipelineSpec, *, until: str | None = None) -> list[str]:
     """The ds values of published partitions, sorted; with ``until``, only ds <= until."""
     folder = lake_dir(spec)
-    if not folder.exists():
-        return []
     out = []
-    for p in folder.iterdir():
-        name = p.name
-        if name.startswith("ds=") and (p / PART).exists():
+    for name in subfolders(folder):
+        if name.startswith("ds=") and join(folder, name, PART).exists():
             ds = name[3:]
             if until is None or ds <= until:
                 out.append(ds)

@@ -14,8 +14,9 @@ source:
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -106,10 +107,13 @@ class Schema(_Model):
 
     @property
     def fields(self) -> list[Column]:
-        out: list[Column] = []
-        for spec in self.columns:
-            out.extend(spec.expand())
-        return out
+        """Every column, each ``repeat:`` expanded (``px_{i}`` x 64: ``px_0`` ... ``px_63``)."""
+        return list(self._expanded)
+
+    @functools.cached_property
+    def _expanded(self) -> tuple[Column, ...]:
+        # once per schema (it is frozen): validating a spec reads the columns a dozen times
+        return tuple(column for spec in self.columns for column in spec.expand())
 
     @model_validator(mode="after")
     def _refs(self) -> Schema:
@@ -138,6 +142,46 @@ class CsvOptions(_Model):
         default_factory=lambda: ["", "NA", "N/A", "null", "NULL"], description="Values read as empty."
     )
     encoding: str = Field(default="utf-8", description="The files' text encoding.")
+
+    def header_names(self, f: BinaryIO) -> list[str]:
+        """The names on the first line of ``f`` (a file read as bytes), stripped; none in an empty file."""
+        import csv
+
+        first = f.readline().decode(self.encoding, errors="replace").lstrip("\ufeff")
+        row = next(csv.reader([first], delimiter=self.delimiter, quotechar=self.quote_char), [])
+        return [c.strip() for c in row]
+
+    def arrow_options(
+        self, names: list[str], malformed: list, *, block_size: int, use_threads: bool = True
+    ) -> tuple[Any, Any, Any]:
+        """pyarrow's read, parse and convert options for a file of columns ``names``, each value read as
+        bytes, as ingest and the score stage read a CSV; a line with too many or too few fields is left
+        out, and goes to ``malformed`` as (its number, the reason, its text)."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        def on_invalid(row: Any) -> str:
+            reason = f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}"
+            malformed.append((row.number, reason, row.text))
+            return "skip"
+
+        read = pacsv.ReadOptions(
+            block_size=block_size,
+            use_threads=use_threads,
+            column_names=names,
+            skip_rows=1 if self.header else 0,
+            encoding="utf8" if self.encoding.lower().replace("-", "") == "utf8" else self.encoding,
+        )
+        parse = pacsv.ParseOptions(
+            delimiter=self.delimiter, quote_char=self.quote_char, invalid_row_handler=on_invalid
+        )
+        convert = pacsv.ConvertOptions(
+            column_types={n: pa.binary() for n in names},
+            null_values=self.null_values,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        return read, parse, convert
 
 
 class ImageOptions(_Model):

@@ -130,6 +130,17 @@ def decode_utf8(col: pa.Array) -> tuple[pa.Array, pa.Array | None]:
     return pa.array(ok, pa.string()), pa.array(bad, pa.bool_())
 
 
+def _number(v: str | None, integer: bool) -> int | float | None:
+    """A value of a column arrow would not cast: None where it is no number or an integer outside int64."""
+    if v is None:
+        return None
+    try:
+        n = int(v) if integer else float(v)
+    except ValueError:
+        return None
+    return None if integer and not -(2**63) <= n < 2**63 else n
+
+
 def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
     """Text -> the column's type; values that do not parse become null and get a reason."""
     target = ARROW_TYPES[col.type]
@@ -147,15 +158,7 @@ def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
         try:
             out = pc.cast(stripped, target)
         except pa.ArrowInvalid:  # e.g. an integer too large for int64
-            vals = []
-            for v in stripped.to_pylist():
-                try:
-                    vals.append(None if v is None else (int(v) if col.type == "int" else float(v)))
-                    if vals[-1] is not None and col.type == "int" and not -(2**63) <= vals[-1] < 2**63:
-                        vals[-1] = None
-                except ValueError:
-                    vals.append(None)
-            out = pa.array(vals, target)
+            out = pa.array([_number(v, col.type == "int") for v in stripped.to_pylist()], target)
         kind = "an integer" if col.type == "int" else "a number"
         reasons.add(pc.and_(present, pc.is_null(out)), _with_value(f"{col.name}: not {kind}: ", text))
         return out
@@ -179,12 +182,8 @@ def _coerce(col: Column, text: pa.Array, reasons: _Reasons) -> pa.Array:
                     pc.utf8_trim_whitespace(text), format=fmt, unit="us", error_is_null=True
                 )
                 parsed = attempt if parsed is None else pc.coalesce(parsed, attempt)
-    if col.type == "date":
-        out = pc.cast(parsed, pa.date32())
-        wanted = "a date (YYYY-MM-DD)" if not col.format else f"a date ({col.format})"
-    else:
-        out = parsed
-        wanted = "a timestamp (ISO 8601)" if not col.format else f"a timestamp ({col.format})"
+    out = pc.cast(parsed, pa.date32()) if col.type == "date" else parsed
+    wanted = f"a {col.type} ({col.format or ('YYYY-MM-DD' if col.type == 'date' else 'ISO 8601')})"
     reasons.add(pc.and_(present, pc.is_null(out)), _with_value(f"{col.name}: not {wanted}: ", text))
     return out
 

@@ -2,14 +2,15 @@
 (SeldonDeployment): the cncf.kubernetes provider's ``KubernetesHook`` and its connection say which cluster
 and which credentials, and every failure inside the session becomes the error its stage words::
 
-    with api_session(conn_id, namespace, name, session_class=JobSession, unavailable=...,
-                     on_unreachable=..., on_answer=...) as s:
+    with api_session(conn_id, namespace, name, session_class=JobSession, words=...,
+                     error=..., unavailable=...) as s:
         stored = s.read()                       # None when the object does not exist
 
-``on_answer(status, reason, body, host=, conn_id=, namespace=, name=, action=)`` words an answer of the API
-server, ``on_unreachable(exc, host=, ...)`` a server that could not be reached, ``unavailable(message)`` a
-connection whose configuration cannot be loaded. :func:`status_body`, :func:`object_missing` and
-:func:`resource_type_missing` read an answer's body for them (and for the triggers' async clients).
+:func:`answer_text` words an answer of the API server with the kind's :class:`AnswerWords` (the triggers'
+async clients say the same), :func:`unreachable_text` a server that could not be reached; ``unavailable``
+is the error of what a later retry may fix (a connection whose configuration cannot be loaded, a server
+out of reach or failing), ``error`` the rest. :func:`status_body`, :func:`object_missing` and
+:func:`resource_type_missing` read an answer's body.
 
 Light at import: ``kubernetes`` and Airflow are imported inside the functions.
 """
@@ -20,6 +21,8 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 
 def status_body(body: Any) -> dict[str, Any] | None:
@@ -68,6 +71,91 @@ def unreachable_text(
         f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
         "connection's kube_config points at it ('kubectl cluster-info' with the same kubeconfig)."
     )
+
+
+class AnswerWords(BaseModel):
+    """A kind's own words in :func:`answer_text`'s messages (the rest is the same for every kind)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  #: the object's kind (SeldonDeployment)
+    crd: str  #: its resource's name (seldondeployments.machinelearning.seldon.io)
+    verbs: str  #: what RBAC must let the connection do on it
+    namespace_setting: str  #: the pipeline spec's field that names the namespace
+    not_installed: str  #: what serves the resource, as "<it> is not installed" says
+    install: str  #: how to install it
+    gone: str  #: the hint for an object that does not exist
+    conflict: str = ""  #: the hint for a conflict (409); none: the answer alone
+    refused: str  #: after a refused manifest's causes (422): who refused it and what to fix
+    webhook_down: str  #: the hint for an admission webhook that could not be called
+
+
+def answer_text(
+    words: AnswerWords,
+    status: int | None,
+    reason: str | None,
+    body: Any,
+    *,
+    host: str,
+    conn_id: str,
+    namespace: str,
+    name: str,
+    action: str,
+) -> tuple[bool, str]:
+    """(whether a later retry may help, the message) for an API server's answer (sync and async clients
+    alike): what happened, where, and what to check."""
+    doc, detail = status_body(body) or {}, answer_detail(body, reason)
+    head = f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
+    head += f" to {action} {words.kind} {namespace}/{name}: {detail}"
+    retry, hint = _hint(words, status, body, doc, detail, conn_id=conn_id, namespace=namespace)
+    return retry, head + hint
+
+
+def _hint(
+    words: AnswerWords,
+    status: int | None,
+    body: Any,
+    doc: dict[str, Any],
+    detail: str,
+    *,
+    conn_id: str,
+    namespace: str,
+) -> tuple[bool, str]:
+    """What to check after an answer, and whether a later retry may help."""
+    crd, details = words.crd, doc.get("details") or {}
+    if status == 401:
+        return True, (
+            f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, client "
+            "certificate or exec plugin) is current."
+        )
+    if status == 403:
+        return False, (
+            f". RBAC: the identity of connection {conn_id!r} needs {words.verbs} on {crd} in namespace "
+            f"{namespace} (a Role and RoleBinding); check with 'kubectl auth can-i create {crd} -n {namespace}'."
+        )
+    if status == 404 and details.get("kind") == "namespaces":
+        return False, (
+            f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace {namespace}') or set "
+            f"{words.namespace_setting} in the pipeline spec."
+        )
+    if resource_type_missing(status, body):
+        return False, (
+            f". The cluster does not serve {crd}: {words.not_installed} is not installed ('kubectl get crd "
+            f"{crd}' finds nothing). {words.install}"
+        )
+    if status == 404:
+        return False, words.gone
+    if status == 409:
+        return False, words.conflict
+    if status == 422:
+        causes = details.get("causes") or []
+        listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
+        return False, f"{listed}\n{words.refused}"
+    if "webhook" in detail and (status or 0) >= 500:
+        return True, words.webhook_down
+    if status == 429 or (status or 0) >= 500 or not status:
+        return True, ". The API server is overloaded or failing; retry later."
+    return False, ""
 
 
 class Session:
@@ -124,12 +212,13 @@ def api_session(
     name: str,
     *,
     session_class: type[Session],
-    unavailable: Callable[[str], BaseException],
-    on_unreachable: Callable[..., BaseException],
-    on_answer: Callable[..., BaseException],
+    words: AnswerWords,
+    error: Callable[..., BaseException],
+    unavailable: Callable[..., BaseException],
 ) -> Iterator[Session]:
-    """A session on the connection's cluster for one object; every failure inside becomes the error the
-    caller's factories make (its stage's words for its kind)."""
+    """A session on the connection's cluster for one object; every failure inside becomes the caller's
+    ``unavailable`` (a later retry may fix it) or ``error``, in its stage's ``words``: ``(message,
+    status=)`` for an answer of the API server, ``(message)`` otherwise."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
@@ -149,10 +238,11 @@ def api_session(
         yield session
     except ApiException as exc:
         if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
-            raise on_unreachable(exc, action=session.action, **where) from exc
-        raise on_answer(exc.status, exc.reason, exc.body, action=session.action, **where) from exc
+            raise unavailable(unreachable_text(exc, kind=words.kind, action=session.action, **where)) from exc
+        retry, text = answer_text(words, exc.status, exc.reason, exc.body, action=session.action, **where)
+        raise (unavailable if retry else error)(text, status=exc.status) from exc
     except (HTTPError, OSError) as exc:
-        raise on_unreachable(exc, action=session.action, **where) from exc
+        raise unavailable(unreachable_text(exc, kind=words.kind, action=session.action, **where)) from exc
     finally:
         api_client.close()
 
@@ -172,8 +262,10 @@ def delete(name: str, namespace: str, conn_id: str, *, session: Callable[..., An
 
 
 __all__ = [
+    "AnswerWords",
     "Session",
     "answer_detail",
+    "answer_text",
     "api_session",
     "delete",
     "object_missing",

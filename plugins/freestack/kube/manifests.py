@@ -65,6 +65,15 @@ def json_schema(node: Any, strict: bool) -> Any:
     for kw in ("anyOf", "allOf", "oneOf"):
         if isinstance(out.get(kw), list):
             out[kw] = [json_schema(s, strict) for s in out[kw]]
+    _kubernetes_types(out)
+    is_open = "additionalProperties" in out or out.get("x-kubernetes-preserve-unknown-fields")
+    if strict and out.get("type") == "object" and "properties" in out and not is_open:
+        out["additionalProperties"] = False
+    return out
+
+
+def _kubernetes_types(out: dict[str, Any]) -> None:
+    """``x-kubernetes-int-or-string`` and ``nullable`` of a schema node said in JSON Schema, in place."""
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
@@ -73,15 +82,6 @@ def json_schema(node: Any, strict: bool) -> Any:
         out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
         if isinstance(out.get("enum"), list):
             out["enum"] = [*out["enum"], None]
-    if (
-        strict
-        and out.get("type") == "object"
-        and "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
 
 
 def object_meta_schema(name_pattern: str = DNS1123_LABEL) -> dict[str, Any]:

@@ -5,7 +5,8 @@ PyTorchJobs (:mod:`freestack.train.triggers`) and the deploy stage's SeldonDeplo
 
 :class:`CustomObjectTrigger` is the loop (read, judge, sleep, until a deadline); a subclass names the
 object's API (group, version, plural, kind), how to judge a read (``state_of``: (state, message), done
-when the state is in ``terminal``) and the messages for what went wrong. Each yields exactly one event::
+when the state is in ``terminal``) and the messages for what went wrong (an API server's answer in its
+stage's ``words``). Each yields exactly one event::
 
     {"status": <a terminal state> | "timeout" | "error", "message": ..., "name": ..., "namespace": ...}
 
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from freestack.kube.api import object_missing
+from freestack.kube.api import AnswerWords, answer_text, object_missing, unreachable_text
 
 NOT_CONNECTED = "(not connected)"
 
@@ -41,6 +42,8 @@ class CustomObjectTrigger(BaseTrigger):
     version: ClassVar[str]
     plural: ClassVar[str]
     kind: ClassVar[str]
+    #: what the API server's answers about the object say to check (its stage's :class:`AnswerWords`)
+    words: ClassVar[AnswerWords]
     #: the states of ``state_of`` that end the wait (each becomes the event's status)
     terminal: ClassVar[frozenset[str]]
 
@@ -96,11 +99,11 @@ class CustomObjectTrigger(BaseTrigger):
 
     def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
         """(whether waiting may fix it, the message) for an API server's answer other than the object."""
-        raise NotImplementedError
+        return answer_text(self.words, status, reason, body, action="read", **self._where())
 
     def unreachable(self, exc: BaseException) -> str:
         """The message when the API server could not be reached (retried until the deadline)."""
-        raise NotImplementedError
+        return unreachable_text(exc, kind=self.kind, action="read", **self._where())
 
     def timeout_message(self, last: str) -> str:
         """The message when the deadline passed; ``last``: what was seen last."""

@@ -108,32 +108,9 @@ def read_module(module: str, base: Path) -> tuple[bytes, str]:
 
 def construct(cls: type[nn.Module], inputs: ModelInputs, init: dict[str, Any], path: str) -> nn.Module:
     """``cls(inputs, **init)``, its signature checked first so that a mismatch names the parameters."""
-    try:
-        sig = inspect.signature(cls.__init__)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        params = list(sig.parameters.values())[1:]  # self
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
-        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        unknown = sorted(k for k in init if k not in named) if not takes_any else []
-        required = [
-            p.name
-            for p in params[1:]
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in init
-        ]
-        problem = None
-        if not positional:
-            problem = "__init__ takes no inputs argument"
-        elif unknown:
-            problem = f"model.init {unknown} are not parameters of __init__ ({', '.join(sorted(named - {positional[0].name}))})"
-        elif required:
-            problem = f"__init__ needs {required}, which model.init does not give"
-        if problem:
-            code = getattr(cls.__init__, "__code__", None)
-            line = code.co_firstlineno if code is not None else "?"
-            raise CustomModelError(f"{path}, line {line}: {cls.__name__}: {problem}. {CONTRACT}")
+    if problem := _init_problem(cls, init):
+        line = getattr(getattr(cls.__init__, "__code__", None), "co_firstlineno", "?")
+        raise CustomModelError(f"{path}, line {line}: {cls.__name__}: {problem}. {CONTRACT}")
     try:
         return cls(inputs, **init)
     except Exception as exc:
@@ -141,6 +118,28 @@ def construct(cls: type[nn.Module], inputs: ModelInputs, init: dict[str, Any], p
             f"{_where(exc, path)}: {cls.__name__}(inputs, **model.init) failed: "
             f"{type(exc).__name__}: {exc}. {CONTRACT}"
         ) from None
+
+
+def _init_problem(cls: type[nn.Module], init: dict[str, Any]) -> str | None:
+    """Why ``cls.__init__`` does not take ``(inputs, **init)``; None when it does or has no signature."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # self
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(k for k in init if k not in named) if not takes_any else []
+    required = [
+        p.name
+        for p in params[1:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in init
+    ]
+    if not positional:
+        return "__init__ takes no inputs argument"
+    if unknown:
+        return f"model.init {unknown} are not parameters of __init__ ({', '.join(sorted(named - {positional[0].name}))})"
+    return f"__init__ needs {required}, which model.init does not give" if required else None
 
 
 class CustomNet(ScaledModel):

@@ -24,6 +24,9 @@ this module adds around the library is what a server needs and the manager does 
 - **A dead loop is told, not hidden.** An error in transformers' generation thread ends its loop and fails
   every request in it: each caller gets an :class:`EngineError` that says the engine failed, and
   :meth:`Engine.watch` tells the server at once (which stops being ready and restarts).
+- **Fair to small requests.** The prompts of one request of many (:meth:`Engine.complete_all`) join the
+  batch ``max_running_per_request`` at a time, the others as those end: every step of the batch costs
+  each request in it, so a request of many prompts would otherwise slow every other client's tokens.
 - **Bounds.** At most ``max_requests`` requests at once (:class:`Busy` past it: the server's 429 that says
   the limit); a caller that leaves has its request cancelled and its slot freed. The KV cache holds
   ``kv_cache_tokens`` (the manager would size it from the device's free memory: on a CPU, most of the
@@ -38,14 +41,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from freestack.ml.generation import Completion, GenerationSettings
+import torch
+
+from freestack.ml.constrained import Grammar, GrammarProcessor, json_grammar, vocab_of
+from freestack.ml.generation import Completion, GenerationSettings, Logprobs, TokenLogprob, generate_ids
 
 log = logging.getLogger("freestack.serving")
 
@@ -83,6 +89,8 @@ class Piece:
     text: str
     finish_reason: str | None = None  # stop | length, on the last piece
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # the new tokens', when asked for
+    queued: float | None = None  # seconds from the request's arrival to the model starting on it
 
 
 class StopText:
@@ -150,11 +158,14 @@ class Engine:
         *,
         eos: Sequence[int],
         max_requests: int = 256,
+        max_running_per_request: int | None = None,
         kv_cache_tokens: int = 16384,
         max_batch_tokens: int = 1024,
     ):
         self.model, self.tokenizer, self.eos = model, tokenizer, list(eos)
         self.max_requests, self.active = max(1, int(max_requests)), 0
+        #: the most prompts of one :meth:`complete_all` in the batch at once (None: all)
+        self.share = max_running_per_request
         #: the KV cache in pages of PAGE_TOKENS (the manager sizes it from the device's free memory otherwise:
         #: on a CPU, most of the machine's)
         self.pages = max(1, -(-int(kv_cache_tokens) // PAGE_TOKENS))
@@ -238,61 +249,96 @@ class Engine:
         live: bool = True,
         admitted: bool = False,
         adapter: str | None = None,
+        grammar: Grammar | None = None,
+        logprobs: int | None = None,
+        arrived: float | None = None,
     ) -> AsyncIterator[Piece]:
         """The answer to one prompt's token ids (``settings``: :class:`freestack.ml.generation.
         GenerationSettings`) as it is generated; the last piece says why it ended. A caller that stops
         iterating (a client that left) cancels the request. ``live`` false: the manager hands over the
         whole answer only (stop strings still need every token). ``admitted``: its slot is held already.
-        ``adapter``: the LoRA adapter to answer with (None: the active one)."""
+        ``adapter``: the LoRA adapter to answer with (None: the active one). ``grammar``: the answer
+        follows it (:meth:`grammar`); ``logprobs``: each token's log-probability and its step's most
+        likely ``logprobs`` tokens come with the pieces. Those, and a sampled answer with a seed, are
+        generated beside the batch (:class:`GenerateJob`). ``arrived``: when the request came
+        (``time.perf_counter()``; now when not given): the pieces say how long it queued."""
         if not ids:  # the server refuses such a prompt first (400): one in the manager's batch ends its loop
             raise ValueError("a prompt of 0 tokens: there is nothing to generate from")
         if not admitted:
             self.admit(1)
-        rid = request_id or uuid.uuid4().hex
+        rid, arrived = request_id or uuid.uuid4().hex, (arrived, time.perf_counter())
         outputs: asyncio.Queue = asyncio.Queue()
         text, tokens = StopText(self.tokenizer, settings.stop, self.eos), []
         finished = done = started = failed = False
-        delta = ""
+        delta, cancel, sent, queued = "", None, 0, None  # sent: the tokens whose log-probabilities went out
         try:
             await self._turn(adapter)
             started = True
             if not self.alive():
                 failed = True
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
-            self.manager.register_result_handler(rid, outputs.put_nowait)
-            self.manager.add_request(
-                list(ids),
-                request_id=rid,
-                max_new_tokens=settings.max_new_tokens,
-                streaming=live or bool(settings.stop),
-                eos_token_id=self.eos,
-                **_sampling(settings),
-            )
+            job = GenerateJob(self, grammar, logprobs) if _apart(settings, grammar, logprobs) else None
+            cancel = self._submit(ids, settings, rid, outputs.put_nowait, live, job)
             while not finished:
                 out = await outputs.get()
                 if out.error is not None:
                     failed = True
                     raise EngineError(f"generation failed in the engine: {out.error}")
                 tokens, finished = out.generated_tokens, out.is_finished()
+                queued = _queued(out, arrived, queued)
                 delta = text.add(tokens)
                 if text.stopped or finished:
                     break
                 if delta:
-                    yield Piece(delta)
+                    yield Piece(delta, None, text.count(tokens), _new(out, sent), queued)
+                    sent = len(tokens)
             ended = text.stopped or text.end(tokens) is not None  # a stop string or end of turn
-            done = True
-            yield Piece(delta + text.rest(), "stop" if ended else "length", text.count(tokens))
+            done, count = True, text.count(tokens)
+            rest = None if job is None or logprobs is None else job.logprobs_of(sent, count)
+            yield Piece(delta + text.rest(), "stop" if ended else "length", count, rest, queued)
         finally:
             self.active -= 1
             if started:
                 self.running -= 1
                 self._next()
-            if not finished and self.manager is not None:  # a stop string, or a client that left
-                self.manager.cancel_request(rid)
+            if not finished and cancel is not None:  # a stop string, or a client that left
+                cancel()
                 if failed:
                     log.warning("generation %s failed after %d tokens in the engine", rid, len(tokens))
                 elif not done:
                     log.info("generation %s stopped after %d tokens: its client left", rid, len(tokens))
+
+    def _submit(
+        self,
+        ids: list[int],
+        settings: GenerationSettings,
+        rid: str,
+        put: Callable[[object], None],
+        live: bool,
+        job: GenerateJob | None,
+    ) -> Callable[[], None]:
+        """Start one request: in the manager's batch, or as ``job`` beside it; its outputs go to ``put``.
+        Returns what cancels it."""
+        if job is not None:
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, job.stream, ids, settings, loop, put)
+            return job.cancelled.set
+        manager = self.manager
+        manager.register_result_handler(rid, put)
+        manager.add_request(
+            list(ids),
+            request_id=rid,
+            max_new_tokens=settings.max_new_tokens,
+            streaming=live or bool(settings.stop),
+            eos_token_id=self.eos,
+            **_sampling(settings),
+        )
+        return lambda: manager.cancel_request(rid)
+
+    def grammar(self, schema: dict | None) -> Grammar:
+        """The grammar of a JSON ``schema`` (None: any JSON object) for this model's tokenizer;
+        :class:`freestack.ml.constrained.GrammarError` saying why a schema cannot be followed."""
+        return json_grammar(schema, self.tokenizer, vocab_of(self.model), self.eos)
 
     async def _turn(self, adapter: str | None) -> None:
         """Wait until ``adapter`` is the active one (at once when it is and no other waits)."""
@@ -339,15 +385,21 @@ class Engine:
         truncated: bool = False,
         admitted: bool = False,
         adapter: str | None = None,
+        grammar: Grammar | None = None,
+        logprobs: int | None = None,
+        arrived: float | None = None,
     ) -> Completion:
         """One prompt's whole answer, as :func:`freestack.ml.generation.generate` gives it."""
-        from freestack.ml.generation import Completion
-
-        parts, last = [], None
-        async for piece in self.stream(ids, settings, live=False, admitted=admitted, adapter=adapter):
+        parts, kept, last = [], [], None
+        asked = {"adapter": adapter, "grammar": grammar, "logprobs": logprobs, "arrived": arrived}
+        answer = self.stream(ids, settings, live=False, admitted=admitted, **asked)
+        async for piece in answer:
             parts.append(piece.text)
+            kept += piece.logprobs or []
             last = piece
-        return Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)
+        done = Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)
+        done.logprobs, done.queued = (kept if logprobs is not None else None), last.queued
+        return done
 
     async def complete_all(
         self,
@@ -356,14 +408,180 @@ class Engine:
         *,
         admitted: bool = False,
         adapter: str | None = None,
+        grammar: Grammar | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
         """Every prompt's whole answer, generated together (``prompts``: token ids, and whether they were
-        cut from the left)."""
-        jobs = (
-            self.complete(ids, settings, truncated=cut, admitted=admitted, adapter=adapter)
-            for ids, cut in prompts
+        cut from the left); those the batch cannot answer as asked (:meth:`stream`), in one ``generate``
+        beside it (:meth:`_apart`). Each answer's ``queued`` counts from now: a prompt's wait for its
+        share of the batch too."""
+        arrived = time.perf_counter()
+        if _apart(settings, grammar, logprobs):
+            job = GenerateJob(self, grammar, logprobs)
+            answers = await self._apart(list(prompts), settings, admitted, adapter, job)
+            for a in answers:
+                a.queued = job.began - arrived
+            return answers
+        gate = asyncio.Semaphore(self.share or len(prompts) or 1)
+        asked = {"admitted": admitted, "adapter": adapter, "arrived": arrived}
+
+        async def one(ids: list[int], cut: bool) -> Completion:
+            async with gate:  # a few at a time: one request's prompts never fill the batch
+                return await self.complete(ids, settings, truncated=cut, **asked)
+
+        return list(await asyncio.gather(*(one(ids, cut) for ids, cut in prompts)))
+
+    async def _apart(
+        self,
+        prompts: list[tuple[list[int], bool]],
+        settings: GenerationSettings,
+        admitted: bool,
+        adapter: str | None,
+        job: GenerateJob,
+    ) -> list[Completion]:
+        if not admitted:
+            self.admit(len(prompts))
+        started = False
+        try:
+            await self._turn(adapter)
+            started = True
+            if not self.alive():
+                raise EngineError("the generation engine is not running: the server is stopping or failed")
+            return await asyncio.get_running_loop().run_in_executor(None, job.answers, prompts, settings)
+        except asyncio.CancelledError:
+            job.cancelled.set()
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"generation failed beside the batch: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.active -= len(prompts)
+            if started:
+                self.running -= 1
+                self._next()
+
+
+def _apart(settings: GenerationSettings, grammar: Grammar | None, logprobs: int | None) -> bool:
+    """Whether a request needs what the batch cannot do: a grammar, log-probabilities, or a seed that
+    makes a sampled answer the same every time."""
+    return (
+        grammar is not None
+        or logprobs is not None
+        or (settings.seed is not None and settings.temperature > 0)
+    )
+
+
+def _queued(out, arrived: tuple[float | None, float], known: float | None) -> float | None:
+    """Seconds from the request's arrival (``arrived``: when it came, if told, and when it reached the
+    engine) to the model starting on it (the manager's ``lifespan`` starts when it leaves the queue):
+    ``known`` once known, None while it has not started."""
+    start = out.lifespan[0]
+    if known is not None or start < 0:
+        return known
+    return max(0.0, start - (arrived[0] if arrived[0] is not None else arrived[1]))
+
+
+def _new(out, sent: int) -> list[TokenLogprob] | None:
+    """The log-probabilities of an output's tokens from ``sent`` on (a job's outputs carry them)."""
+    kept = getattr(out, "token_logprobs", None)
+    return None if kept is None else kept[sent:]
+
+
+@dataclass
+class _Output:
+    """A job's tokens so far (and their log-probabilities), in the shape of the manager's outputs."""
+
+    generated_tokens: list[int]
+    token_logprobs: list[TokenLogprob] | None = None
+    finished: bool = False
+    error: str | None = None
+    lifespan: tuple[float, float] = (-1, -1)  # when its job started (as the manager's outputs say it)
+
+    def is_finished(self) -> bool:
+        return self.finished
+
+
+class GenerateJob:
+    """A request the running batch cannot answer as asked (:func:`_apart`), answered by transformers'
+    ``generate`` (a request's prompts in one padded batch, :func:`freestack.ml.generation.generate_ids`)
+    on a worker thread, with the manager's loop paused meanwhile (``manager.pause()``, the library's way
+    to let another thread use the model: the batch resumes where it was); with a :class:`freestack.ml.
+    constrained.GrammarProcessor` for a grammar, :class:`freestack.ml.generation.Logprobs` for
+    log-probabilities. Jobs run one at a time, so a seed's sampling is not shared with another job. The
+    request's adapter is held active by its turn (:meth:`Engine._turn`)."""
+
+    one_at_a_time = threading.Lock()
+
+    def __init__(self, engine: Engine, grammar: Grammar | None, top_logprobs: int | None):
+        self.engine, self.grammar, self.top = engine, grammar, top_logprobs
+        self.cancelled = threading.Event()  # the caller left, or a stop string came
+        self.tokens: list[int] = []
+        self.kept: Logprobs | None = None
+        self.prompted = False  # a streamer's first value is the prompt
+        self.loop = self.deliver = None
+        self.began = -1.0  # when generate started on it (time.perf_counter())
+
+    def answers(
+        self, prompts: list[tuple[list[int], bool]], settings: GenerationSettings, **extra: object
+    ) -> list[Completion]:
+        """Every prompt's :class:`freestack.ml.generation.Completion` (blocking: run it on a worker thread)."""
+        e, rows = self.engine, len(prompts)
+        width = max(len(ids) for ids, _ in prompts)
+        grammar = (
+            [GrammarProcessor(self.grammar, e.tokenizer, vocab_of(e.model), rows, width)]
+            if self.grammar
+            else []
         )
-        return list(await asyncio.gather(*jobs))
+        self.kept = Logprobs(self.top) if self.top is not None else None
+        with self.one_at_a_time, e.manager.pause(), torch.inference_mode():
+            self.began = time.perf_counter()
+            return generate_ids(
+                e.model,
+                e.tokenizer,
+                prompts,
+                settings,
+                e.eos,
+                self.kept,
+                logits_processor=grammar,
+                stopping_criteria=[self._stop],
+                **extra,
+            )
+
+    def stream(self, ids: list[int], settings: GenerationSettings, loop, put: Callable) -> None:
+        """One prompt's tokens as they come, each time all of them so far, to ``put`` on ``loop`` (in the
+        shape of the manager's outputs)."""
+        self.loop, self.deliver = loop, put
+        try:
+            self.answers([(ids, False)], settings, streamer=self)
+        except Exception as exc:  # noqa: BLE001 - the request's failure, told to its caller
+            self._emit(_Output(list(self.tokens), error=f"{type(exc).__name__}: {exc}"))
+            return
+        self._emit(_Output(list(self.tokens), self._logprobs(), finished=True))
+
+    def logprobs_of(self, start: int, end: int) -> list[TokenLogprob]:
+        return (self._logprobs() or [])[start:end]
+
+    def _logprobs(self) -> list[TokenLogprob] | None:
+        if self.kept is None:
+            return None
+        return [self.kept.at(0, step, t) for step, t in enumerate(self.tokens)]
+
+    def _emit(self, out: _Output) -> None:
+        out.lifespan = (self.began, -1)
+        self.loop.call_soon_threadsafe(self.deliver, out)
+
+    def _stop(self, input_ids, scores, **kwargs):
+        """``generate``'s stopping criterion: the caller left."""
+        return torch.full((input_ids.shape[0],), self.cancelled.is_set(), dtype=torch.bool)
+
+    def put(self, value) -> None:
+        """transformers' streamer API: the prompt first, then each new token."""
+        if self.prompted:
+            self.tokens.extend(value.flatten().tolist())
+            self._emit(_Output(list(self.tokens), self._logprobs()))
+        self.prompted = True
+
+    def end(self) -> None:
+        """transformers' streamer API: generation ended (:meth:`stream` sends the last output)."""
 
 
 def _route_library_logs() -> None:

@@ -30,7 +30,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from torch import nn
 
@@ -41,7 +49,7 @@ TASK = "generation"
 PIPELINE_TASK = "text-generation"
 IGNORE = -100  # the label transformers' loss skips
 #: the roles a chat turn may have, and the chat template's role for each (OpenAI's developer turn is a system turn)
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class ChatError(FreestackError):
@@ -54,12 +62,14 @@ class ChatColumns:
     """Which lake columns hold a conversation (``model.data``): ``prompt`` + ``response``, or ``messages``
     (JSON), or ``messages`` with ``response``: the chat so far, ending with a user turn, and its answer
     (text, or JSON ``[{"role": "assistant", "content": ...}]``); ``system`` is a system prompt put first
-    in every conversation (training and serving)."""
+    in every conversation (training and serving); ``tools`` are the functions every conversation may call
+    (OpenAI's ``{"type": "function", "function": {...}}``), which the chat template lays out."""
 
     prompt: str | None = "prompt"
     response: str | None = "response"
     messages: str | None = None
     system: str | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -102,15 +112,18 @@ class ChatColumns:
             return [{"role": "system", "content": self.system}, *chat]
         return chat
 
-    def prompt_of(self, row: dict[str, Any], index: int = 0) -> list[dict[str, str]]:
-        """A row's chat up to (without) its last assistant turn: what the model answers at evaluation."""
+    def answered(self, row: dict[str, Any], index: int = 0) -> list[dict[str, Any]]:
+        """A row's chat up to (with) its last assistant turn: what evaluation asks for, and its answer."""
         chat = self.conversation(row, index)
         last = max(i for i, m in enumerate(chat) if m["role"] == "assistant")
-        return chat[:last]
+        return chat[: last + 1]
+
+    def prompt_of(self, row: dict[str, Any], index: int = 0) -> list[dict[str, str]]:
+        """A row's chat up to (without) its last assistant turn: what the model answers at evaluation."""
+        return self.answered(row, index)[:-1]
 
     def answer_of(self, row: dict[str, Any], index: int = 0) -> str:
-        chat = self.conversation(row, index)
-        return next(m["content"] for m in reversed(chat) if m["role"] == "assistant")
+        return self.answered(row, index)[-1]["content"]
 
 
 def _kind(v: object) -> str:
@@ -136,33 +149,74 @@ def unicode_text(value: str) -> str:
     return value
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    arguments: dict[str, JsonValue]
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _json(cls, arguments: object) -> object:
+        if isinstance(arguments, str):
+            try:
+                return json.loads(arguments)
+            except ValueError:
+                raise refusal(
+                    "the arguments are not JSON: send the arguments the call was made with"
+                ) from None
+        return arguments
+
+
+class ToolCall(BaseModel):
+    """A function call an assistant turn made, as chat templates read it: its arguments an object (OpenAI
+    sends them as JSON text, which is parsed here)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(BaseModel):
     """One chat turn, wherever a chat comes from (a lake's messages column, a golden set, a request to either
-    runtime, the OpenAI API): a role (:data:`ROLES`) and text, or a list of OpenAI's text parts (joined).
-    Tool and function turns are refused, as is text that is not Unicode; other keys (``name``) are dropped.
-    The one parser of chat turns: :func:`parse_messages` and the OpenAI API's request models use it."""
+    runtime, the OpenAI API): a role (:data:`ROLES`) and text, or a list of OpenAI's text parts (joined); an
+    assistant's turn may carry the function calls it made (``tool_calls``, its text then optional), and a
+    ``tool`` turn answers one of them (``tool_call_id``). Text that is not Unicode is refused; other keys
+    (``name``) are dropped. The one parser of chat turns: :func:`parse_messages` and the OpenAI API's
+    request models use it; a turn is dumped with ``exclude_none`` (a text turn is ``{"role", "content"}``)."""
 
     model_config = ConfigDict(frozen=True)
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _turn(cls, m: object) -> dict[str, object]:
         if not isinstance(m, dict):
             raise refusal(f'a message is an object {{"role", "content"}}, not {_kind(m)}')
-        if m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call"):
-            raise refusal("tools and function calls are not supported: send text turns")
-        return {"role": m.get("role"), "content": m.get("content")}
+        if m.get("role") == "function" or m.get("function_call"):
+            raise refusal("function turns are OpenAI's old form: send tool calls and tool turns")
+        turn = {
+            k: m.get(k) for k in ("role", "content", "tool_calls", "tool_call_id") if m.get(k) is not None
+        }
+        if m.get("tool_calls") and m.get("content") is None:
+            turn["content"] = ""  # an assistant's turn of calls alone
+        if m.get("role") == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise refusal('a tool turn answers a call: send its "tool_call_id"')
+        return {"content": None, **turn}
 
     @field_validator("role", mode="plain")
     @classmethod
     def _role(cls, role: object) -> str:
         if not isinstance(role, str) or role not in ROLES:
             raise refusal(
-                f"unknown role {role!r}: each message needs a role (system, developer, user or assistant) "
-                "and text content"
+                f"unknown role {role!r}: each message needs a role (system, developer, user, assistant or "
+                "tool) and text content"
             )
         return ROLES[role]
 
@@ -203,7 +257,7 @@ def parse_messages(value: object, where: str, *, prompt: bool = False) -> list[d
             f'{where}: expected a non-empty list of {{"role": ..., "content": ...}}, got {_kind(value)}'
         )
     try:
-        return [m.model_dump() for m in MESSAGES.validate_python(value)]
+        return [m.model_dump(exclude_none=True) for m in MESSAGES.validate_python(value)]
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         at = "" if prompt else f", message {first['loc'][0]}"
@@ -258,9 +312,15 @@ def load_tokenizer(folder: str | os.PathLike, chat_template: str | None = None):
     return tok
 
 
-def render(tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = False) -> str:
+def render(
+    tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = False, tools: list | None = None
+) -> str:
+    """The chat as the template writes it; ``tools``: the functions the model may call (OpenAI's
+    ``{"type": "function", "function": {...}}``), which the template lays out its own way."""
     try:
-        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=generation_prompt, tools=tools
+        )
     except Exception as exc:  # jinja2's TemplateError, or a template raising on roles it does not know
         raise ChatError(
             f"the chat template cannot render this conversation ({type(exc).__name__}: {str(exc)[:200]}); "
@@ -268,18 +328,35 @@ def render(tokenizer, chat: list[dict[str, str]], *, generation_prompt: bool = F
         ) from None
 
 
+def answer_text(tokenizer, chat: list[dict[str, Any]], tools: list | None = None) -> str:
+    """The chat's last turn (the assistant's) as the model writes it: its text, or for a turn of tool
+    calls, the calls as the chat template lays them out, up to its end of turn: what a model that learnt
+    the turn answers."""
+    turn = chat[-1]
+    if not turn.get("tool_calls"):
+        return turn["content"]
+    start = len(render(tokenizer, chat[:-1], generation_prompt=True, tools=tools))
+    written = render(tokenizer, chat, tools=tools)[start:]
+    end = tokenizer.eos_token
+    return (written.split(end)[0] if end else written).strip()
+
+
 def encode_chat(
-    tokenizer, chat: list[dict[str, str]], *, last_turn_only: bool = False
+    tokenizer, chat: list[dict[str, str]], *, last_turn_only: bool = False, tools: list | None = None
 ) -> tuple[list[int], list[int]]:
     """(token ids, labels) of a conversation: labels are the ids on the assistant turns (up to and with the
     template's end-of-turn), ``IGNORE`` elsewhere; ``last_turn_only``: on the last assistant turn alone
     (a preference pair's answer, the turns before it being its prompt). Spans are found on the text (each
     assistant turn starts where the chat before it, rendered with the generation prompt, ends), then
-    mapped to tokens by their offsets, so tokenization across a boundary cannot shift them."""
-    text = render(tokenizer, chat)
+    mapped to tokens by their offsets, so tokenization across a boundary cannot shift them. ``tools``: the
+    functions the chat may call, laid out by the template."""
+    text = render(tokenizer, chat, tools=tools)
     turns = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
     spans = [
-        (len(render(tokenizer, chat[:i], generation_prompt=True)), len(render(tokenizer, chat[: i + 1])))
+        (
+            len(render(tokenizer, chat[:i], generation_prompt=True, tools=tools)),
+            len(render(tokenizer, chat[: i + 1], tools=tools)),
+        )
         for i in (turns[-1:] if last_turn_only else turns)
     ]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -382,7 +459,8 @@ class ChatEncoding:
     def encode_rows(self, rows: Iterable[dict[str, Any]], *, packing: bool | None = None) -> Encoded:
         examples, cut, dropped = [], 0, 0
         for i, row in enumerate(rows):
-            ids, labels = encode_chat(self.tokenizer, self.columns.conversation(row, i))
+            chat = self.columns.conversation(row, i)
+            ids, labels = encode_chat(self.tokenizer, chat, tools=self.columns.tools)
             if len(ids) > self.max_length:
                 ids, labels, cut = ids[: self.max_length], labels[: self.max_length], cut + 1
             if all(lab == IGNORE for lab in labels):
@@ -578,6 +656,15 @@ class GenerationSettings:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model, and the most likely tokens at its step."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Completion:
     text: str
@@ -585,6 +672,8 @@ class Completion:
     completion_tokens: int
     finish_reason: str  # stop (end of turn or a stop string) | length
     truncated: bool = False  # the prompt was cut from the left
+    logprobs: list[TokenLogprob] | None = None  # each answer token's, when asked for
+    queued: float | None = None  # seconds from its request's arrival to the model starting on it (served)
 
 
 class PromptTooLong(ChatError):
@@ -606,7 +695,10 @@ class EmptyPrompt(ChatError):
 
 
 def prompt_ids(
-    tokenizer, prompts: Sequence[list[dict[str, str]] | str], settings: GenerationSettings
+    tokenizer,
+    prompts: Sequence[list[dict[str, str]] | str],
+    settings: GenerationSettings,
+    tools: list | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Each prompt as the model reads it, in token ids, and whether it was cut: a chat rendered with the
     generation prompt, or a text continued as it stands (no chat template: the OpenAI API's completions);
@@ -616,7 +708,8 @@ def prompt_ids(
     for i, prompt in enumerate(prompts):
         chat = not isinstance(prompt, str)
         if chat:
-            ids = tokenizer(render(tokenizer, prompt, generation_prompt=True), add_special_tokens=False)
+            text = render(tokenizer, prompt, generation_prompt=True, tools=tools)
+            ids = tokenizer(text, add_special_tokens=False)
         else:
             ids = tokenizer(prompt)
         ids = ids["input_ids"]
@@ -636,12 +729,57 @@ def generate(
     chats: Sequence[list[dict[str, str]]],
     settings: GenerationSettings,
     generation_config: dict[str, Any] | None = None,
+    tools: list | None = None,
 ) -> list[Completion]:
     """Answers to ``chats`` in one batch: prompts left-padded, ``model.generate`` (greedy, or sampled with
-    ``temperature``/``top_p``), the new tokens decoded without special tokens and cut at a stop string."""
+    ``temperature``/``top_p``), the new tokens decoded without special tokens and cut at a stop string;
+    ``tools``: the functions the chats may call (the version's, ``ChatColumns.tools``)."""
     if not chats:
         return []
-    prompts = prompt_ids(tokenizer, chats, settings)
+    prompts = prompt_ids(tokenizer, chats, settings, tools)
+    return generate_ids(model, tokenizer, prompts, settings, eos_ids(tokenizer, generation_config))
+
+
+class Logprobs:
+    """A logits processor that keeps what OpenAI's ``logprobs`` report: at each step, each row's
+    log-probability (the log-softmax of the model's logits, before sampling settings) of the token chosen,
+    and of its ``top`` most likely tokens. Put first, it sees the model's own distribution."""
+
+    def __init__(self, top: int):
+        self.top, self.chosen, self.tops, self.last = top, [], [], None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.last is not None:  # the token each row chose at the last step
+            self.chosen.append(
+                self.last.gather(1, input_ids[:, -1:].to(self.last.device)).squeeze(1).tolist()
+            )
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        if self.top:
+            values, ids = self.last.topk(self.top, dim=-1)
+            self.tops.append((ids.tolist(), values.tolist()))
+        return scores
+
+    def at(self, row: int, step: int, token: int) -> TokenLogprob:
+        """The token ``row`` chose at ``step``."""
+        lp = self.chosen[step][row] if step < len(self.chosen) else float(self.last[row, token])
+        top = tuple(zip(*(t[row] for t in self.tops[step]), strict=True)) if self.top else ()
+        return TokenLogprob(token, lp, top)
+
+
+def generate_ids(
+    model,
+    tokenizer,
+    prompts: Sequence[tuple[list[int], bool]],
+    settings: GenerationSettings,
+    eos: list[int],
+    logprobs: Logprobs | None = None,
+    **extra: Any,
+) -> list[Completion]:
+    """:func:`generate` of prompts already tokenized (token ids, and whether they were cut from the left);
+    ``logprobs``: the answers' log-probabilities are kept there and given with each answer; ``extra``:
+    more of ``model.generate``'s arguments (a logits processor, a streamer)."""
+    if logprobs is not None:
+        extra["logits_processor"] = [logprobs, *extra.get("logits_processor", [])]
     width = max(len(ids) for ids, _ in prompts)
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
@@ -649,7 +787,6 @@ def generate(
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for r, (p, _) in enumerate(prompts):
         ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
-    eos = eos_ids(tokenizer, generation_config)
     sample = settings.temperature > 0
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -666,11 +803,16 @@ def generate(
     )
     if settings.stop:
         kw.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)[:, width:].cpu()
-    return [
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw, **extra)
+    out = out[:, width:].cpu()
+    answers = [
         _completion(tokenizer, row.tolist(), eos, pad, len(p), cut, settings)
         for row, (p, cut) in zip(out, prompts, strict=True)
     ]
+    for r, answer in enumerate(answers if logprobs is not None else []):
+        tokens = out[r, : answer.completion_tokens].tolist()
+        answer.logprobs = [logprobs.at(r, step, t) for step, t in enumerate(tokens)]
+    return answers
 
 
 def _completion(
@@ -714,6 +856,7 @@ __all__ = [
     "Message",
     "PromptTooLong",
     "add_causal_lora",
+    "answer_text",
     "encode_chat",
     "eos_ids",
     "generate",

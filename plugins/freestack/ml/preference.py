@@ -117,7 +117,8 @@ class PreferenceEncoding(ChatEncoding):
         pairs, cut, dropped = [], 0, 0
         for i, row in enumerate(rows):
             chats = self.pair(row, i)
-            encoded = [encode_chat(self.tokenizer, chat, last_turn_only=True) for chat in chats]
+            tools = self.columns.tools
+            encoded = [encode_chat(self.tokenizer, chat, last_turn_only=True, tools=tools) for chat in chats]
             if any(len(ids) > self.max_length for ids, _ in encoded):
                 cut += 1
                 encoded = [(ids[: self.max_length], lab[: self.max_length]) for ids, lab in encoded]

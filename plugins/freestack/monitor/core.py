@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freestack.ml.features import KINDS
 from freestack.monitor import stats, text_drift
 from freestack.monitor.report import render
 from freestack.monitor.spec import interval_name
 from freestack.registry.core import registry_for
-from freestack.storage import join, list_objects, to_path, write_bytes, write_json
+from freestack.storage import join, list_objects, subfolders, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack_server.core.requestlog import INPUT_PREFIX, hour_folder, monitoring_uri
 
@@ -34,14 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference.json"
-_KIND = {
-    "int": "numeric",
-    "float": "numeric",
-    "bool": "numeric",
-    "category": "category",
-    "text": "text",
-    "image": "image",
-}
 
 
 def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
@@ -52,7 +45,7 @@ def feature_kinds(spec: PipelineSpec) -> dict[str, str]:
     if spec.model.generative:
         asked = spec.model.chat.messages or spec.model.chat.prompt or ""
         kinds = {c.name: c.type for c in spec.source.schema_.fields if c.name == asked} or kinds
-    return {f: _KIND.get(t, "numeric") for f, t in kinds.items()}
+    return {f: KINDS.get(t, "numeric") for f, t in kinds.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,9 +452,7 @@ def _log(
 def recent_summaries(spec: PipelineSpec, limit: int = 60) -> list[dict[str, Any]]:
     """The newest interval summaries of the model, newest first (the views' monitoring page)."""
     folder = join(to_path(monitoring_uri(spec.root, spec.model_name)), "reports")
-    if not folder.exists():
-        return []
-    names = sorted((p.name for p in folder.iterdir()), reverse=True)[:limit]
+    names = sorted(subfolders(folder), reverse=True)[:limit]
     paths = [join(folder, name, "summary.json") for name in names]
     return [json.loads(path.read_text()) for path in paths if path.exists()]
 

@@ -226,12 +226,8 @@ def judge(
     cfg = spec.monitor.text
     ref = read_reference(spec, version)
     if ref is None or not ref.prompts:
-        return {
-            "signals": [],
-            "drifted": [],
-            "note": f"version {version} has no evaluation sample ({SAMPLE}): its text signals are not judged; "
-            "evaluate it again to keep one",
-        }
+        note = f"version {version} has no evaluation sample ({SAMPLE}): its text signals are not judged; "
+        return {"signals": [], "drifted": [], "note": note + "evaluate it again to keep one"}
     answers = ["" if a is None else str(a) for a in rows["prediction"].tolist()]
     signals = _rates(cfg, answers, rows, ref)
     judging = bool(cfg.judge_rows and spec.gate.judge is not None)
@@ -243,17 +239,21 @@ def judge(
     off = [s["note"] for s in signals if s.get("off")]
     for s in signals:
         s["alerts"] = bool(s["drifted"] and s["name"] in cfg.alert_on)
-    reasons = (
-        rows["finish_reason"].astype(str).value_counts(normalize=True) if "finish_reason" in rows else {}
-    )
     return {
         "reference": {"source": SAMPLE, "rows": len(ref.prompts)},
         "signals": signals,
         "drifted": [s["name"] for s in signals if s["alerts"]],
-        "finish_reasons": {str(k): round(float(v), 4) for k, v in dict(reasons).items()},
-        "prompts_cut": float(rows["truncated"].mean()) if "truncated" in rows and len(rows) else 0.0,
+        **_endings(rows),
         **({"note": "; ".join(off)} if off else {}),  # the monitor's notes: a signal that is off
     }
+
+
+def _endings(rows) -> dict[str, Any]:
+    """Each logged ``finish_reason``'s share of the rows, and the share of prompts cut (``truncated``)."""
+    share = rows["finish_reason"].astype(str).value_counts(normalize=True) if "finish_reason" in rows else {}
+    reasons = {str(k): round(float(v), 4) for k, v in dict(share).items()}
+    cut = float(rows["truncated"].mean()) if "truncated" in rows and len(rows) else 0.0
+    return {"finish_reasons": reasons, "prompts_cut": cut}
 
 
 def _logged_prompts(rows) -> list[str] | None:

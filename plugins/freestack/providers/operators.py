@@ -186,19 +186,10 @@ class _FreestackOperator(BaseOperator):
         from what :meth:`run` kept; none before it ran."""
         return ol.lineage()
 
-    def _alias_lineage(self, ol: Any) -> Any:
-        """A promote's or rollback's lineage, from the move :meth:`run` kept: the version the alias now
-        points at and the move itself (the alias, from which version, why, by whom) as run facets."""
-        move = getattr(self, "_move", None)
-        if not move or not move.get("version"):
-            return ol.lineage()
-        reg = registry_of(self.model, self.storage or None)
-        version = move["version"]
-        facets = ol.model_version_facet(self.model, version, reg.version_uri(version))
-        return ol.lineage(run_facets={**facets, **ol.alias_facet(self.model, move)})
 
+class _VersionArguments(_Arguments):
+    """The arguments of an operator that takes a version, or an alias naming one (neither: production)."""
 
-class ScoreArguments(_Arguments):
     version: str | None = Field(
         default=None, min_length=1, description="A registered version's name.", json_schema_extra=TEMPLATED
     )
@@ -208,6 +199,15 @@ class ScoreArguments(_Arguments):
         description="An alias (production...); neither: production.",
         json_schema_extra=TEMPLATED,
     )
+
+    @model_validator(mode="after")
+    def _one_version(self) -> _VersionArguments:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give version or alias, not both")
+        return self
+
+
+class ScoreArguments(_VersionArguments):
     input_uri: str = Field(
         min_length=1, description="The folder or file of rows to score.", json_schema_extra=TEMPLATED
     )
@@ -226,12 +226,6 @@ class ScoreArguments(_Arguments):
     @classmethod
     def _columns(cls, value: Any) -> Any:
         return tuple(value) if isinstance(value, list) else value  # a list, as Python code writes it
-
-    @model_validator(mode="after")
-    def _one_version(self) -> ScoreArguments:
-        if self.version is not None and self.alias is not None:
-            raise ValueError("give version or alias, not both")
-        return self
 
 
 class FreestackScoreOperator(TorchTask, _FreestackOperator):
@@ -324,6 +318,29 @@ class FreestackScoreOperator(TorchTask, _FreestackOperator):
         return ol.lineage(inputs, [out], ol.model_version_facet(self.model, scored["version"], uri))
 
 
+class _AliasOperator(_FreestackOperator):
+    """What promote and rollback share: the move they made, returned and reported to OpenLineage."""
+
+    def _moved(
+        self, alias: str, aliases: dict[str, Any], before: str | None, also: str, reason: str, by: str
+    ) -> dict[str, Any]:
+        """The task's result: ``alias`` moved from ``before`` (and where the alias ``also`` points now)."""
+        moved = {"alias": alias, "version": aliases.get(alias), "from": before, also: aliases.get(also)}
+        self._move = {**moved, "reason": reason[:500], "by": by}  # what openlineage reports
+        return moved
+
+    def openlineage(self, ol: Any) -> Any:
+        """The version the alias now points at and the move itself (the alias, from which version, why,
+        by whom) as run facets (an alias is no dataset)."""
+        move = getattr(self, "_move", None)
+        if not move or not move.get("version"):
+            return ol.lineage()
+        reg = registry_of(self.model, self.storage or None)
+        version = move["version"]
+        facets = ol.model_version_facet(self.model, version, reg.version_uri(version))
+        return ol.lineage(run_facets={**facets, **ol.alias_facet(self.model, move)})
+
+
 class PromoteArguments(_Arguments):
     version: str = Field(
         min_length=1, description="A version, or an alias naming one.", json_schema_extra=TEMPLATED
@@ -332,7 +349,7 @@ class PromoteArguments(_Arguments):
     reason: str = Field(default="", json_schema_extra=TEMPLATED)
 
 
-class FreestackPromoteOperator(_FreestackOperator):
+class FreestackPromoteOperator(_AliasOperator):
     """Point an alias of a model at a registered version (production: the old production becomes
     ``previous``), in one compare-and-swap of the registry's aliases
     (:meth:`freestack.registry.core.ModelRegistry.set_alias`); the move records who made it (the DAG
@@ -364,18 +381,7 @@ class FreestackPromoteOperator(_FreestackOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"alias={alias!r}: cannot point it at {version}: {exc}") from None
         self.log.info("%s %s: %s -> %s", self.model, alias, before, aliases.get(alias))
-        self._moved = {
-            "alias": alias,
-            "version": aliases.get(alias),
-            "from": before,
-            "production": aliases.get("production"),
-        }
-        self._move = {**self._moved, "reason": reason[:500], "by": by}  # what openlineage reports
-        return self._moved
-
-    def openlineage(self, ol: Any) -> Any:
-        """The version the alias now points at and the move, as run facets (an alias is no dataset)."""
-        return self._alias_lineage(ol)
+        return self._moved(alias, aliases, before, "production", reason, by)
 
 
 class RollbackArguments(_Arguments):
@@ -385,7 +391,7 @@ class RollbackArguments(_Arguments):
     reason: str = Field(default="", json_schema_extra=TEMPLATED)
 
 
-class FreestackRollbackOperator(_FreestackOperator):
+class FreestackRollbackOperator(_AliasOperator):
     """Move a model's production back: to ``previous`` (the version production replaced), or to
     ``to_version``; the rolled-back version becomes ``previous``
     (:meth:`freestack.registry.core.ModelRegistry.rollback`), recorded with who made the move.
@@ -414,18 +420,7 @@ class FreestackRollbackOperator(_FreestackOperator):
         except RegistryError as exc:
             raise AirflowFailException(f"cannot roll back {self.model}: {exc}") from None
         self.log.info("%s production: %s -> %s", self.model, before, aliases.get("production"))
-        self._moved = {
-            "alias": "production",
-            "version": aliases.get("production"),
-            "from": before,
-            "previous": aliases.get("previous"),
-        }
-        self._move = {**self._moved, "reason": reason[:500], "by": by}  # what openlineage reports
-        return self._moved
-
-    def openlineage(self, ol: Any) -> Any:
-        """The version production now points at and the move, as run facets (an alias is no dataset)."""
-        return self._alias_lineage(ol)
+        return self._moved("production", aliases, before, "previous", reason, by)
 
 
 #: the deploy operator's arguments that only ``where="kubernetes"`` reads
@@ -434,16 +429,7 @@ KUBERNETES_ARGUMENTS = ("namespace", "conn_id")
 PERMANENT_STATUSES = frozenset({400, 403, 404, 422})
 
 
-class DeployArguments(_Arguments):
-    version: str | None = Field(
-        default=None, min_length=1, description="A registered version's name.", json_schema_extra=TEMPLATED
-    )
-    alias: str | None = Field(
-        default=None,
-        min_length=1,
-        description="An alias (production...); neither: production.",
-        json_schema_extra=TEMPLATED,
-    )
+class DeployArguments(_VersionArguments):
     where: Literal["local", "kubernetes"] = Field(
         default="local", description="local: a model server on this machine; kubernetes: a SeldonDeployment."
     )
@@ -477,12 +463,6 @@ class DeployArguments(_Arguments):
         "else the version's own test split.",
         json_schema_extra=TEMPLATED,
     )
-
-    @model_validator(mode="after")
-    def _one_version(self) -> DeployArguments:
-        if self.version is not None and self.alias is not None:
-            raise ValueError("give version or alias, not both")
-        return self
 
     @model_validator(mode="after")
     def _arguments_of_the_target(self) -> DeployArguments:
@@ -645,13 +625,7 @@ class FreestackDeployOperator(_FreestackOperator):
             record["name"],
             version,
         )
-        trigger = SeldonDeploymentAvailableTrigger.of(record["name"], target)
-        self.defer(
-            trigger=trigger,
-            method_name="execute_complete",
-            kwargs={"version": version},
-            timeout=trigger.deferral_timeout(),
-        )
+        SeldonDeploymentAvailableTrigger.of(record["name"], target).defer_task(self, version=version)
 
     def execute_complete(self, context: Context, event: dict[str, Any], version: str) -> dict[str, Any]:
         """Once the trigger reported: smoke-test the rollout and return its record (the task fails, with

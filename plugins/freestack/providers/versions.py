@@ -88,12 +88,12 @@ def version_spec(
     if pre is None:
         raise UnscorableVersion(f"{opened.uri} has no preprocessing.json: it was not trained by freestack")
     generative = pre.task == "generation"
-    kinds = lineage.get("features") or {f: "text" if generative else "float" for f in pre.features}
+    kinds = lineage.get("features") or dict.fromkeys(pre.features, "text" if generative else "float")
     key, target = (lineage.get("split") or {}).get("keyed_on"), pre.target or "target"
     columns = [{"name": key, "type": "string", "nullable": False}] if key and key not in kinds else []
-    columns += [{"name": f, "type": t} for f, t in kinds.items() if f != target]
-    columns.append(_target(pre.task, pre.classes, target))
     features = [f for f in kinds if f != target]
+    columns += [{"name": f, "type": kinds[f]} for f in features]
+    columns.append(_target(pre.task, pre.classes, target))
     data = {
         "name": _PIPELINE.sub("_", str(lineage.get("pipeline") or model).lower()).lstrip("_0123456789")
         or "model",

@@ -389,23 +389,21 @@ def _facts(model: str, info: CardInfo, *, metrics: dict[str, Any], lineage: dict
     """What the card says, each from ``info`` when the registering stage gave it, else from the lineage."""
     hyper = lineage.get("hyperparameters") or {}
     task = str(metrics.get("task") or hyper.get("model", {}).get("task") or "") or "classification"
-    partitions = info.partitions if info.partitions is not None else (lineage.get("partitions") or [])
+    kind = _kind(lineage, hyper.get("model") or {})
+    given = {k: v for k, v in vars(info).items() if v is not None}  # what the registering stage gave
     return {
         "task": task,
-        "kind": _kind(lineage, hyper.get("model") or {}),
+        "kind": kind,
         "pipeline": lineage.get("pipeline") or model,
-        "metrics": metrics_summary(info.metrics if info.metrics is not None else metrics),
-        "window": info.window if info.window is not None else (lineage.get("window") or {}),
+        "metrics": metrics_summary(given.get("metrics", metrics)),
+        "window": given.get("window", lineage.get("window") or {}),
         "partitions": [
-            {k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None} for p in partitions
+            {k: p.get(k) for k in ("ds", "sha256", "rows", "uri") if p.get(k) is not None}
+            for p in given.get("partitions", lineage.get("partitions") or [])
         ],
-        "train_config": model_settings(
-            info.train_config if info.train_config is not None else hyper,
-            _kind(lineage, hyper.get("model") or {}),
-            lineage.get("features") or {},
-        ),
-        "sweep": info.sweep if info.sweep is not None else (lineage.get("sweep") or None),
-        "gate": info.gate if info.gate is not None else (lineage.get("gate") or None),
+        "train_config": model_settings(given.get("train_config", hyper), kind, lineage.get("features") or {}),
+        "sweep": given.get("sweep", lineage.get("sweep") or None),
+        "gate": given.get("gate", lineage.get("gate") or None),
     }
 
 

@@ -40,7 +40,7 @@ from freestack.errors import FreestackError
 from freestack.registry.card import CardInfo, metrics_summary, render_card
 from freestack.registry.names import ALIAS_RE, ALIASES, RESERVED, VERSION_RE, is_version_name
 from freestack.storage import cas, check_relative, join, sha256_of, storage_root, to_path, write_bytes
-from freestack.storage.objects import TMP_MARK
+from freestack.storage.objects import TMP_MARK, subfolders
 from freestack.version import LoadedVersion, Manifest, ManifestFile, ModelVersion
 from freestack.version import open as open_version
 from freestack.version.files import CARD, LINEAGE, MARKER, METRICS, missing_model_files
@@ -305,18 +305,14 @@ class ModelRegistry:
 
     def versions(self) -> list[dict[str, Any]]:
         """The committed versions, oldest first: version, created, uri, metrics summary, aliases."""
-        self.folder.fs.invalidate_cache(self.folder.path)
-        if not self.folder.exists():
-            return []
-        aliases = self.aliases()
+        names = [n for n in subfolders(self.folder) if not n.startswith(".") and VERSION_RE.match(n)]
+        aliases = self.aliases() if names else {}  # no versions: nothing more to read
         out = []
-        for p in self.folder.iterdir():
-            if p.name.startswith(".") or not VERSION_RE.match(p.name) or not p.is_dir():
-                continue
-            marker = self._read_marker(p.name)
+        for name in names:
+            marker = self._read_marker(name)
             if marker is None:
                 continue  # a crashed or unfinished registration: not a version
-            out.append(self._summary(p.name, marker, aliases))
+            out.append(self._summary(name, marker, aliases))
         return sorted(out, key=lambda v: (v["created"], v["version"]))
 
     def lineage(self, version: str) -> dict[str, Any] | None:

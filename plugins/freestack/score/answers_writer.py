@@ -8,10 +8,11 @@ every version; this module is what differs for a text-generation one. Each row's
 model server builds it: the version's chat columns (a prompt column is one user turn; a messages column
 is a JSON chat), its system prompt first (``ChatColumns.with_system``), the chat template's token ids
 (:func:`freestack.ml.generation.prompt_ids`, cut from the left or refused over the prompt budget). The
-answers come from the server's own continuous batching (:class:`freestack.ml.engine.Engine`): one engine
+answers come from the server's own continuous batching (:class:`freestack.ml.engine.Engine`: one engine
 for the task, started once, every row's ``complete`` awaited on one event loop, at most
-``score.generation.max_requests`` at a time, stopped at the end whatever happens. Decoding is greedy, so
-each answer (its text stripped, as the server answers) equals the served one at temperature 0.
+``score.generation.max_requests`` at a time, stopped at the end whatever happens) or from ``generate`` in
+length-sorted, left-padded batches (faster on a CPU: ``score.generation.batching``). Decoding is greedy,
+so each answer (its text stripped, as the server answers) equals the served one at temperature 0.
 
 A row with no prompt (null, empty), a messages value that is not a JSON chat, or a prompt over the budget
 when ``truncate`` is ``refuse`` goes to the day's quarantine with the reason; the others are answered.
@@ -20,8 +21,10 @@ when ``truncate`` is ``refuse`` goes to the day's quarantine with the reason; th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +36,7 @@ from freestack.ml.generation import (
     GenerationSettings,
     PromptTooLong,
     eos_ids,
+    generate_ids,
     parse_messages,
     prompt_ids,
 )
@@ -138,41 +142,29 @@ def write_answers(
     counts, tally, at = Counts(), _Tally(), datetime.now(UTC)
     quar = Quarantine(quar_w, spec, counts)
     writer = pq.ParquetWriter(part_w, output_schema(spec, job), compression="zstd")
-    tok = model.tokenizer
-    engine = Engine(
-        model.model.model,
-        tok,
-        eos=eos_ids(tok, model.generation_config),
-        max_requests=g.max_requests,
-        kv_cache_tokens=g.kv_cache_tokens,
-        max_batch_tokens=g.max_batch_tokens,
-    )
-    engine.start()
-    try:
-        with asyncio.Runner() as loop:  # one event loop for the engine's life
+    with answerer(g, model, settings) as (complete, ran):
 
-            def answer(piece: Piece) -> None:
-                answered = _answer_piece(loop, engine, model, settings, piece, quar, g.max_requests)
-                if answered is not None:
-                    keys, rows, done = answered
-                    writer.write_batch(_answers(keys, done, job, at, writer.schema))
-                    counts.rows_scored += len(done)
-                    tally.add(done)
-                    if spec.score.monitor:
-                        _keep_sample(counts, model, piece, rows, done, job["ds"])
+        def answer(piece: Piece) -> None:
+            answered = _answer_piece(complete, model, settings, piece, quar)
+            if answered is not None:
+                keys, rows, done = answered
+                writer.write_batch(_answers(keys, done, job, at, writer.schema))
+                counts.rows_scored += len(done)
+                tally.add(done)
+                if spec.score.monitor:
+                    _keep_sample(counts, model, piece, rows, done, job["ds"])
 
+        try:
             read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
-        manifest = manifest_of(spec, job, counts, model, at, run, part_w.path.parent)
-        manifest.update(
-            columns=list(COLUMNS),
-            generation={**g.model_dump(), "max_prompt_tokens": settings.max_prompt_tokens},
-            answers=tally.as_dict(),
-        )
-        writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
-    finally:
-        engine.stop()
-        writer.close()
-        quar.close()
+            manifest = manifest_of(spec, job, counts, model, at, run, part_w.path.parent)
+            budget = {"max_prompt_tokens": settings.max_prompt_tokens, "batching_ran": ran}
+            manifest.update(
+                columns=list(COLUMNS), generation={**g.model_dump(), **budget}, answers=tally.as_dict()
+            )
+            writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
+        finally:
+            writer.close()
+            quar.close()
     return counts, manifest
 
 
@@ -209,7 +201,7 @@ def output_schema(spec: PipelineSpec, job: dict[str, Any]) -> pa.Schema:
 def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[dict[int, Any], dict[int, str]]:
     """Each row's prompt token ids and whether they were cut (by position), and the other rows' reasons:
     the row's chat as the model server builds a request's (the system prompt first), rendered with the
-    chat template and checked against the prompt budget."""
+    chat template (and the version's tools) and checked against the prompt budget."""
     columns = model.model.columns
     name = columns.input_column
     good, bad = {}, {}
@@ -221,7 +213,7 @@ def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[di
                 raise ChatError(f"column {name!r}: no prompt (a missing or empty value)")
             else:
                 chat = [{"role": "user", "content": value}]
-            good[i] = prompt_ids(model.tokenizer, [columns.with_system(chat)], settings)[0]
+            good[i] = prompt_ids(model.tokenizer, [columns.with_system(chat)], settings, columns.tools)[0]
         except PromptTooLong as exc:
             bad[i] = (
                 f"the prompt is {exc.tokens} tokens with the chat template, over the limit of {exc.limit} "
@@ -232,7 +224,52 @@ def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[di
     return good, bad
 
 
-def _answer_piece(loop: asyncio.Runner, engine, model, settings, piece: Piece, quar: Quarantine, limit: int):
+@contextlib.contextmanager
+def answerer(g: GenerationScore, model: ScoringModel, settings) -> Iterator[tuple[Callable, str]]:
+    """What answers a list of prompts (token ids, cut), and which batching it is (``score.generation.
+    batching``; ``auto``: padded on a CPU, where plain ``generate`` is faster than continuous batching,
+    continuous on an accelerator). The continuous engine is started once, stopped at the end whatever
+    happens."""
+    lm, tok = model.model.model, model.tokenizer
+    eos = eos_ids(tok, model.generation_config)
+    ran = g.batching if g.batching != "auto" else ("padded" if lm.device.type == "cpu" else "continuous")
+    if ran == "padded":
+        yield (lambda prompts: _padded(lm, tok, prompts, settings, eos, g.batch_size)), ran
+        return
+    engine = Engine(
+        lm,
+        tok,
+        eos=eos,
+        max_requests=g.max_requests,
+        kv_cache_tokens=g.kv_cache_tokens,
+        max_batch_tokens=g.max_batch_tokens,
+    )
+    engine.start()
+    try:
+        with asyncio.Runner() as loop:  # one event loop for the engine's life
+            yield (lambda prompts: loop.run(_complete(engine, prompts, settings, g.max_requests))), ran
+    finally:
+        engine.stop()
+
+
+def _padded(lm, tok, prompts: list[tuple[list[int], bool]], settings, eos: list[int], size: int) -> list:
+    """Every prompt's answer by ``generate``, in left-padded batches of ``size`` prompts of near lengths
+    (sorted by length: less padding), in the prompts' order."""
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
+    done: list = [None] * len(prompts)
+    with torch.inference_mode():
+        for k in range(0, len(order), size):
+            batch = order[k : k + size]
+            for i, answer in zip(
+                batch, generate_ids(lm, tok, [prompts[i] for i in batch], settings, eos), strict=True
+            ):
+                done[i] = answer
+    return done
+
+
+def _answer_piece(complete: Callable, model, settings, piece: Piece, quar: Quarantine):
     """The answers to a piece's rows (their keys and completions, in row order), the rows refused
     quarantined; None when no row of it is answered."""
     import numpy as np
@@ -243,7 +280,7 @@ def _answer_piece(loop: asyncio.Runner, engine, model, settings, piece: Piece, q
     if not good:
         return None
     rows = sorted(good)
-    done = loop.run(_complete(engine, [good[i] for i in rows], settings, limit))
+    done = complete([good[i] for i in rows])
     keys = piece.keys.take(np.asarray(rows)) if bad else piece.keys
     return keys, rows, done
 
@@ -299,6 +336,7 @@ def _answers(
 
 __all__ = [
     "COLUMNS",
+    "answerer",
     "generation_of",
     "score",
     "output_schema",

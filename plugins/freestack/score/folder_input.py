@@ -64,14 +64,9 @@ def file_item(path: ObjectStoragePath, folder: ObjectStoragePath) -> dict[str, A
 
 def csv_names(spec: PipelineSpec, f) -> list[str] | None:
     """A CSV's column names: its header's (None when it has none), or the schema's without a header."""
-    import csv
-
-    opts = spec.source.csv
-    if not opts.header:
+    if not spec.source.csv.header:
         return [c.name for c in spec.source.schema_.fields]
-    first = f.readline().decode(opts.encoding, errors="replace").lstrip("\ufeff")
-    row = next(csv.reader([first], delimiter=opts.delimiter, quotechar=opts.quote_char), [])
-    names = [c.strip() for c in row]
+    names = spec.source.csv.header_names(f)
     return names if any(names) else None
 
 
@@ -131,30 +126,11 @@ def _csv_text(spec: PipelineSpec, path, malformed: list):
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    opts = spec.source.csv
     with path.open("rb") as f:
         names = csv_names(spec, f)
     if not names:
         return
-
-    def on_invalid(row) -> str:
-        why = f"malformed row: expected {row.expected_columns} fields, found {row.actual_columns}"
-        malformed.append((row.number, why, row.text))
-        return "skip"
-
-    encoding = "utf8" if opts.encoding.lower().replace("-", "") == "utf8" else opts.encoding
-    read = pcsv.ReadOptions(
-        block_size=1 << 22, column_names=names, skip_rows=1 if opts.header else 0, encoding=encoding
-    )
-    parse = pcsv.ParseOptions(
-        delimiter=opts.delimiter, quote_char=opts.quote_char, invalid_row_handler=on_invalid
-    )
-    convert = pcsv.ConvertOptions(
-        column_types={n: pa.binary() for n in names},
-        null_values=opts.null_values,
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-    )
+    read, parse, convert = spec.source.csv.arrow_options(names, malformed, block_size=1 << 22)
     with path.open("rb") as f:
         try:
             reader = pcsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)

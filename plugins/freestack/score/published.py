@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError, ScoreError
-from freestack.storage import join, storage_root, to_path, write_json
+from freestack.storage import join, storage_root, subfolders, to_path, write_json
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -62,13 +62,7 @@ def scores_parent(spec: PipelineSpec) -> tuple[ObjectStoragePath, str, str]:
 def score_days(spec: PipelineSpec) -> list[str]:
     """The days (ds) with a folder under the spec's score output, newest first (one listing, nothing read)."""
     parent, prefix, suffix = scores_parent(spec)
-    parent.fs.invalidate_cache(parent.path)
-    try:
-        entries = parent.fs.ls(parent.path, detail=True)
-    except FileNotFoundError:
-        return []
-    names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
-    names = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
+    names = [n for n in subfolders(parent) if n.startswith(prefix) and n.endswith(suffix)]
     days = [n[len(prefix) : len(n) - len(suffix)] for n in names if len(n) > len(prefix) + len(suffix)]
     return sorted((d for d in days if _DS.match(d)), reverse=True)
 

@@ -55,6 +55,13 @@ class GenerationScore(SpecModel):
         ge=1,
         description="The most prompt rows of a day: a day with more fails before anything is generated",
     )
+    batching: Literal["auto", "continuous", "padded"] = Field(
+        default="auto",
+        description="continuous: the model server's continuous batching; padded: length-sorted, left-padded "
+        "batches of batch_size prompts through generate; auto: padded on a CPU (where it is faster), "
+        "continuous on an accelerator. The same answers either way; the manifest says which ran",
+    )
+    batch_size: int = Field(default=16, ge=1, le=1024, description="The prompts of one padded batch.")
     max_requests: int = Field(
         default=64, ge=1, le=4096, description="The most prompts generated at once (continuous batching)."
     )

@@ -23,6 +23,7 @@ Python over the registry and storage: the deploy operator and ``freestack serve`
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -194,17 +195,8 @@ def _start_holder(home: Path, host: str, port: int, timeout: float = 15.0) -> in
     ready = home / socket_name(port)
     ready.unlink(missing_ok=True)  # left by a holder that was killed
     log_path = home / "address.log"
-    with open(log_path, "ab") as out:
-        out.write(f"\n=== {now()} holding {host}:{port} ===\n".encode())
-        proc = subprocess.Popen(
-            [serving_python(), "-m", "freestack_server", "hold", str(home), host, str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=str(home),
-            env=_server_env({}),
-            start_new_session=True,
-        )
+    argv = [serving_python(), "-m", "freestack_server", "hold", str(home), host, str(port)]
+    proc = _spawn(argv, home, log_path, f"holding {host}:{port}", _server_env({}))
     deadline = time.monotonic() + timeout
     while not ready.exists():
         rc = proc.poll()
@@ -428,13 +420,18 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
     if cfg.serves_file:  # left by the slot's last server: this one serves the version it starts with
         cfg.serves_file.unlink(missing_ok=True)
     log_path = home / f"{cfg.predictor}.log"
+    argv = [runtime_python(cfg.runtime), "-m", "freestack_server", "--env-file", str(env_file)]
+    what = f"starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} ({cfg.predictor})"
+    return LocalServer(_spawn(argv, home, log_path, what, env), launch, env_file, log_path)
+
+
+def _spawn(argv: list[str], home: Path, log_path: Path, what: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start ``argv`` in ``home`` and in its own session (it outlives the task that starts it), its output
+    appended to ``log_path`` after a line saying ``what``."""
     with open(log_path, "ab") as out:
-        out.write(
-            f"\n=== {now()} starting {cfg.model} {cfg.version} on {cfg.host}:{cfg.port} "
-            f"({cfg.predictor}) ===\n".encode()
-        )
-        proc = subprocess.Popen(
-            [runtime_python(cfg.runtime), "-m", "freestack_server", "--env-file", str(env_file)],
+        out.write(f"\n=== {now()} {what} ===\n".encode())
+        return subprocess.Popen(
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -442,7 +439,6 @@ def start_server(launch: ServerLaunch, *, model_env: dict[str, str], gate_open: 
             env=env,
             start_new_session=True,
         )
-    return LocalServer(proc, launch, env_file, log_path)
 
 
 def _write_private(path: Path, variables: dict[str, str]) -> None:
@@ -528,23 +524,26 @@ def deploy_local(
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
     local = local.for_version(_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
+    configured = functools.partial(  # a server of this deploy, in a slot, at an address
+        server_config,
+        name,
+        model,
+        version,
+        local=local,
+        model_uri=model_uri,
+        request_log_uri=request_log,
+        runtime=runtime,
+        api_key=api_key,
+    )
     if (
         live
         and runtime == live.get("runtime") == "mlserver"
         and live.get("server_port")
         and live.get("metrics_port")
     ):
-        same = server_config(
-            name,
-            model,
-            version,
+        same = configured(
             Slot(live["color"], live["server_port"], live["metrics_port"], live.get("grpc_port")),
-            local,
-            model_uri=model_uri,
-            request_log_uri=request_log,
             address=Address(live["host"], live["port"], live["holder_pid"]),
-            runtime=runtime,
-            api_key=api_key,
         )
         if serves_file := _serves_in_place(live, same, version_uri, local):
             record = promote_in_place(
@@ -556,18 +555,7 @@ def deploy_local(
     prior, live = live, _without_address(live)
     slot = _free_slot(model, name, local, live, runtime=runtime)
     address = hold_address(model, name, local, live)
-    launch = server_config(
-        name,
-        model,
-        version,
-        slot,
-        local,
-        model_uri=model_uri,
-        request_log_uri=request_log,
-        address=address,
-        runtime=runtime,
-        api_key=api_key,
-    )
+    launch = configured(slot, address=address)
     server = None
     try:
         server, checked, timings = _start_checked(launch, local, sample, model_env)

@@ -31,6 +31,29 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
 
+def deploy_spec_locally(
+    spec: Any, version: str, uri: str, *, reason: str, alias: str | None
+) -> dict[str, Any]:
+    """Serve ``version`` (at ``uri``) as the spec's local deploy target does (the deploy task, ``freestack
+    serve deploy``) with :func:`freestack.serving.local.deploy_local`; the deployment's record."""
+    # serving.local loads numpy (its smoke test): imported when the task runs, not at DAG parse time
+    from freestack.serving.local import deploy_local
+
+    return deploy_local(
+        root_uri=str(storage_root(spec.storage_root)),
+        model=spec.model_name,
+        name=spec.deployment_name,
+        version=version,
+        version_uri=uri,
+        local=spec.deploy.local,
+        reason=reason,
+        source=model_source(uri),
+        runtime=spec.deploy.runtime,
+        alias=alias,
+        api_key=server_api_key(spec.deploy),
+    )
+
+
 class DeployOperator(HubEnvironment, PipelineOperator):
     """Serve ``version`` (a version or an alias; default the spec's ``deploy.alias``, ``production``).
     With ``moved_alias`` (what the run before it moved), it skips unless that is the alias served.
@@ -104,22 +127,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             )
 
     def _local(self, spec, version: str, uri: str, reason: str, alias: str | None) -> dict[str, Any]:
-        # serving.local loads numpy (its smoke test): imported when the task runs, not at DAG parse time
-        from freestack.serving.local import deploy_local
-
-        record = deploy_local(
-            root_uri=str(storage_root(spec.storage_root)),
-            model=spec.model_name,
-            name=spec.deployment_name,
-            version=version,
-            version_uri=uri,
-            local=spec.deploy.local,
-            reason=reason,
-            source=model_source(uri),
-            runtime=spec.deploy.runtime,
-            alias=alias,
-            api_key=server_api_key(spec.deploy),
-        )
+        record = deploy_spec_locally(spec, version, uri, reason=reason, alias=alias)
         body = (
             '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, %d], "data": [...]}]}'
             if spec.deploy.runtime == "mlserver"
@@ -162,12 +170,7 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             record["role"],
             version,
         )
-        trigger = SeldonDeploymentAvailableTrigger.of(record["name"], target)
-        self.defer(
-            trigger=trigger,
-            method_name="execute_complete",
-            timeout=trigger.deferral_timeout(),
-        )
+        SeldonDeploymentAvailableTrigger.of(record["name"], target).defer_task(self)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         spec = self.pipeline_spec()

@@ -11,7 +11,7 @@ from typing import Any
 
 from freestack.errors import DeployError
 from freestack.registry.core import ModelRegistry
-from freestack.storage import cas, join, list_objects, to_path
+from freestack.storage import cas, join, list_objects, subfolders, to_path
 
 #: how many switches a deployment record keeps in its history
 HISTORY = 20
@@ -76,13 +76,8 @@ class Deployments:
 
 def all_deployments(root_uri: str) -> list[dict[str, Any]]:
     """Every deployment record under the root, with its model and name."""
-    folder = join(to_path(root_uri), "deployments")
-    try:
-        models = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     out = []
-    for model in models:
+    for model in subfolders(join(to_path(root_uri), "deployments")):
         d = Deployments(root_uri, model)
         out += [rec for rec in map(d.get, d.names()) if rec]
     return out

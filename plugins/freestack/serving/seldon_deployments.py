@@ -28,13 +28,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
-from freestack.kube.api import (
-    Session,
-    answer_detail,
-    resource_type_missing,
-    status_body,
-    unreachable_text,
-)
+from freestack.kube.api import AnswerWords, Session
 from freestack.kube.api import api_session as kube_session
 from freestack.kube.api import delete as kube_delete
 from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY, label_value
@@ -78,96 +72,22 @@ class KubernetesUnavailable(DeployError):
 # talking to the API server
 
 
-def api_error(
-    status: int | None,
-    reason: str | None,
-    body: Any,
-    *,
-    host: str,
-    conn_id: str,
-    namespace: str,
-    name: str,
-    action: str,
-) -> DeployError:
-    """The error to raise for an API server answer (sync and async clients alike): what happened, where,
-    and what to check."""
-    doc, detail = status_body(body), answer_detail(body, reason)
-    details = (doc or {}).get("details") or {}
-    head = (
-        f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
-        + f" to {action} SeldonDeployment {namespace}/{name}: {detail}"
-    )
-    if status == 401:
-        return KubernetesUnavailable(
-            head
-            + f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, "
-            "client certificate or exec plugin) is current.",
-            status=status,
-        )
-    if status == 403:
-        return DeployError(
-            head
-            + f". RBAC: the identity of connection {conn_id!r} needs get, create, update, patch and delete "
-            f"on {CRD_NAME} in namespace {namespace} (a Role and RoleBinding); check with "
-            f"'kubectl auth can-i create {CRD_NAME} -n {namespace}'.",
-            status=status,
-        )
-    if status == 404:
-        if details.get("kind") == "namespaces":
-            return DeployError(
-                head + f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace "
-                f"{namespace}') or set deploy.kubernetes.namespace in the pipeline spec.",
-                status=status,
-            )
-        if resource_type_missing(status, body):
-            return DeployError(
-                head + f". The cluster does not serve {CRD_NAME}: Seldon Core's CRD is not installed "
-                f"('kubectl get crd {CRD_NAME}' finds nothing). Install Seldon Core 1.17 (the "
-                "seldon-core-operator Helm chart) or point the connection at a cluster that has it.",
-                status=status,
-            )
-        return DeployError(
-            head + ". The object does not exist (deleted meanwhile?); deploy it again.", status=status
-        )
-    if status == 409:
-        return DeployError(
-            head + ". It changed while we were updating it; run the deploy again.", status=status
-        )
-    if status == 422:
-        causes = details.get("causes") or []
-        listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
-        return DeployError(
-            head + listed + "\nThe API server (or Seldon's admission webhook) rejected the manifest; fix the "
-            "deploy: block of the pipeline spec.",
-            status=status,
-        )
-    if "webhook" in detail and (status or 0) >= 500:
-        return KubernetesUnavailable(
-            head + ". Seldon Core's admission webhook could not be called: check that the "
-            "seldon-controller-manager is running ('kubectl get pods -n seldon-system').",
-            status=status,
-        )
-    if status == 429 or (status or 0) >= 500 or not status:
-        return KubernetesUnavailable(
-            head + ". The API server is overloaded or failing; retry later.", status=status
-        )
-    return DeployError(head, status=status)
-
-
-def unreachable(
-    exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
-) -> KubernetesUnavailable:
-    return KubernetesUnavailable(
-        unreachable_text(
-            exc,
-            kind="SeldonDeployment",
-            host=host,
-            conn_id=conn_id,
-            namespace=namespace,
-            name=name,
-            action=action,
-        )
-    )
+#: what the API server's answers about a SeldonDeployment say to check (:func:`freestack.kube.api.answer_text`)
+ANSWER_WORDS = AnswerWords(
+    kind="SeldonDeployment",
+    crd=CRD_NAME,
+    verbs="get, create, update, patch and delete",
+    namespace_setting="deploy.kubernetes.namespace",
+    not_installed="Seldon Core's CRD",
+    install="Install Seldon Core 1.17 (the seldon-core-operator Helm chart) or point the connection at a "
+    "cluster that has it.",
+    gone=". The object does not exist (deleted meanwhile?); deploy it again.",
+    conflict=". It changed while we were updating it; run the deploy again.",
+    refused="The API server (or Seldon's admission webhook) rejected the manifest; fix the deploy: block of "
+    "the pipeline spec.",
+    webhook_down=". Seldon Core's admission webhook could not be called: check that the "
+    "seldon-controller-manager is running ('kubectl get pods -n seldon-system').",
+)
 
 
 class _Session(Session):
@@ -230,9 +150,9 @@ def api_session(conn_id: str, namespace: str, name: str) -> AbstractContextManag
         namespace,
         name,
         session_class=_Session,
+        words=ANSWER_WORDS,
+        error=DeployError,
         unavailable=KubernetesUnavailable,
-        on_unreachable=unreachable,
-        on_answer=api_error,
     )
 
 
@@ -561,8 +481,8 @@ def smoke_rollout(
 
 __all__ = [
     "DeployError",
+    "ANSWER_WORDS",
     "KubernetesUnavailable",
-    "api_error",
     "apply",
     "delete",
     "finish_rollout",
@@ -571,7 +491,6 @@ __all__ = [
     "rollback_canary",
     "set_traffic",
     "start_rollout",
-    "unreachable",
     "SMOKE_ROWS",
     "predictor_service",
     "smoke_rollout",

@@ -33,6 +33,7 @@
         batch_prompts: 8            # prompts of concurrent requests answered by one generate call
         max_prompts_per_request: 16 # the most prompts one request may carry (413 above)
         max_requests: 256           # the most requests generating at once (OpenAI API; 429 above)
+        max_running_per_request: 4  # one request's prompts in the running batch at once (the rest wait)
         kv_cache_tokens: 16384      # the continuous batch's KV cache, in tokens (more requests wait)
         max_batch_tokens: 1024      # the most tokens of one forward step
         max_adapters: 8             # LoRA versions of the base loaded at once (model: <model>:<version>)
@@ -51,7 +52,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from freestack.settings import settings
 from freestack.specbase import SpecModel
@@ -61,6 +62,12 @@ _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _CONN_ID = re.compile(r"^[\w.-]+$")
+#: each name of ``deploy.api_key`` -> what it matches, and what it is
+_API_KEY_NAMES = {
+    "conn_id": (_CONN_ID, "an Airflow connection id (letters, digits, '_', '.', '-')"),
+    "secret": (_SUBDOMAIN, "a Kubernetes Secret name (lowercase letters, digits, '-' and '.')"),
+    "secret_key": (_SECRET_KEY, "a key of a Secret's data (letters, digits, '-', '_' and '.')"),
+}
 #: CORS origins, as the model server's request checks read them
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 #: the defaults of deploy.local.timeout_seconds and start_timeout_seconds per kind of model version
@@ -132,6 +139,14 @@ class GenerationBounds(SpecModel):
         le=100_000,
         description="The most requests generating at once on the OpenAI API (continuous batching); one "
         "more is answered 429 with Retry-After, so a flood of streams cannot exhaust the server",
+    )
+    max_running_per_request: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="The most prompts of one request in the continuous batch at once (runtime mlserver); its "
+        "other prompts start as those end, so that a request of many prompts cannot slow every other "
+        "client's tokens by filling the batch",
     )
     kv_cache_tokens: int = Field(
         default=16384,
@@ -236,31 +251,12 @@ class ApiKeySource(SpecModel):
             )
         return data
 
-    @field_validator("conn_id")
+    @field_validator("conn_id", "secret", "secret_key")
     @classmethod
-    def _conn_id(cls, v: str | None) -> str | None:
-        if v is not None and not _CONN_ID.match(v):
-            raise ValueError(
-                f"conn_id {v!r} is not an Airflow connection id (letters, digits, '_', '.', '-')"
-            )
-        return v
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, v: str | None) -> str | None:
-        if v is not None and not _SUBDOMAIN.match(v):
-            raise ValueError(
-                f"secret {v!r} is not a Kubernetes Secret name (lowercase letters, digits, '-' and '.')"
-            )
-        return v
-
-    @field_validator("secret_key")
-    @classmethod
-    def _secret_key(cls, v: str) -> str:
-        if not _SECRET_KEY.match(v):
-            raise ValueError(
-                f"secret_key {v!r} is not a key of a Secret's data (letters, digits, '-', '_' and '.')"
-            )
+    def _a_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        pattern, what = _API_KEY_NAMES[info.field_name]
+        if v is not None and not pattern.match(v):
+            raise ValueError(f"{info.field_name} {v!r} is not {what}")
         return v
 
     @model_validator(mode="after")
@@ -499,7 +495,7 @@ class DeploySpec(SpecModel):
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
-        "max_prompts_per_request, max_requests, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
+        "max_prompts_per_request, max_requests, max_running_per_request, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
         "canary_weight",
     )
     api_key: ApiKeySource | None = Field(

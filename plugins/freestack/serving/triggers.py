@@ -8,7 +8,7 @@ generation does not count). The train stage's PyTorchJob trigger is :mod:`freest
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from freestack.kube.trigger import CustomObjectTrigger
 from freestack.serving import manifests, seldon_deployments
@@ -21,6 +21,7 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
     """Waits for a SeldonDeployment to be ``available`` (or ``failed``) for its current spec."""
 
     group, version, plural, kind = manifests.GROUP, manifests.VERSION, manifests.PLURAL, "SeldonDeployment"
+    words = seldon_deployments.ANSWER_WORDS
     terminal = frozenset({"available", "failed"})
 
     @classmethod
@@ -39,18 +40,21 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
         """The deferred task's own bound: past the trigger's, so its timeout event comes first."""
         return timedelta(seconds=self.timeout_seconds + 300)
 
+    def defer_task(self, task: Any, **kwargs: Any) -> NoReturn:
+        """Defer ``task`` to this wait, within :meth:`deferral_timeout`: its ``execute_complete`` then
+        takes the event (and ``kwargs``)."""
+        task.defer(
+            trigger=self,
+            method_name="execute_complete",
+            kwargs=kwargs or None,
+            timeout=self.deferral_timeout(),
+        )
+
     def state_of(self, obj: dict[str, Any]) -> tuple[str, str]:
         return manifests.availability(obj)
 
     def missing(self) -> tuple[str, str]:
         return "failed", f"{self.what} no longer exists on {self.host}: it was deleted while being deployed"
-
-    def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
-        err = seldon_deployments.api_error(status, reason, body, action="read", **self._where())
-        return isinstance(err, seldon_deployments.KubernetesUnavailable), str(err)
-
-    def unreachable(self, exc: BaseException) -> str:
-        return str(seldon_deployments.unreachable(exc, action="read", **self._where()))
 
     def timeout_message(self, last: str) -> str:
         return (

@@ -14,6 +14,7 @@ from freestack.storage.objects import (
     remove_stale_temporaries,
     remove_temporaries,
     sha256_of,
+    subfolders,
     write_bytes,
     write_json,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "remove_temporaries",
     "sha256_of",
     "storage_root",
+    "subfolders",
     "to_path",
     "uri_of",
     "write_bytes",

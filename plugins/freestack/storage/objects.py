@@ -533,3 +533,13 @@ def list_objects(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
         return []
     out = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file()]
     return sorted(out, key=lambda p: p.name)
+
+
+def subfolders(folder: ObjectStoragePath) -> list[str]:
+    """The names of the folders directly in ``folder`` (one listing call, also on object stores)."""
+    folder.fs.invalidate_cache(folder.path)
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
 from freestack.settings import settings
-from freestack.storage import cas, join, storage_root
+from freestack.storage import cas, join, storage_root, subfolders
 from freestack.sweeps.config import engine_part, engine_run_config, json_safe, plain_values, sweeps_engine
 from freestack.sweeps.spec import grid_size
 
@@ -197,14 +197,11 @@ def load_sweep(spec: PipelineSpec, sweep_id: str) -> dict[str, Any]:
 def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any], str]]:
     """Every trial document with its version token, by trial number."""
     folder = join(sweep_dir(spec, sweep_id), "trials")
-    folder.fs.invalidate_cache(folder.path)
-    if not folder.exists():
-        return []
     out = []
-    for child in sorted(folder.iterdir(), key=lambda p: p.name):
-        if not child.name.startswith(("t", "w-")):  # local trials, and W&B server trials
+    for name in subfolders(folder):
+        if not name.startswith(("t", "w-")):  # local trials, and W&B server trials
             continue
-        got = cas.read(join(child, TRIAL_FILE))
+        got = cas.read(join(folder, name, TRIAL_FILE))
         if got is not None:
             out.append((json.loads(got.data), got.token))
     return out

@@ -95,27 +95,9 @@ def plot_metric_vs_params(
     nrows = math.ceil(len(params) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     scored = [r for r in rows if isinstance(r.get(metric), int | float)]
-    best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric]) if scored else None
+    best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric], default=None)
     for ax, name in zip(axes.flat, params, strict=False):
-        values = [r.get(f"param.{name}") for r in scored]
-        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) and values
-        if numeric:
-            xs = values
-        else:  # categorical (lists, strings): evenly spaced labels
-            labels = list(dict.fromkeys(json.dumps(v) for v in values))
-            xs = [labels.index(json.dumps(v)) for v in values]
-            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
-        colors = ["#9e9e9e" if r["stopped_early"] else "#1f77b4" for r in scored]
-        ax.scatter(xs, [r[metric] for r in scored], c=colors, s=28)
-        if best is not None:
-            bx = xs[scored.index(best)]
-            ax.scatter([bx], [best[metric]], marker="*", s=180, c="#d62728", label="best")
-        dist = (leaves.get(name) or {}).get("distribution", "")
-        if numeric and ("log" in dist or (min(values) > 0 and max(values) / min(values) > 50)):
-            ax.set_xscale("log")
-        ax.set_xlabel(name)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
+        _panel(ax, name, scored, best, metric, (leaves.get(name) or {}).get("distribution", ""))
     for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
     fig.suptitle(f"{metric} ({goal}) by parameter; grey: stopped early, star: best", fontsize=10)
@@ -124,6 +106,24 @@ def plot_metric_vs_params(
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _panel(ax: Any, name: str, rows: list[dict[str, Any]], best: dict | None, metric: str, dist: str) -> None:
+    """One parameter's panel: each scored row's metric against its value, a star on the ``best`` row."""
+    xs = values = [r.get(f"param.{name}") for r in rows]
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) and values
+    if not numeric:  # categorical (lists, strings): evenly spaced labels
+        labels = list(dict.fromkeys(json.dumps(v) for v in values))
+        xs = [labels.index(json.dumps(v)) for v in values]
+        ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    colors = ["#9e9e9e" if r["stopped_early"] else "#1f77b4" for r in rows]
+    ax.scatter(xs, [r[metric] for r in rows], c=colors, s=28)
+    if best is not None:
+        ax.scatter([xs[rows.index(best)]], [best[metric]], marker="*", s=180, c="#d62728", label="best")
+    if numeric and ("log" in dist or (min(values) > 0 and max(values) / min(values) > 50)):
+        ax.set_xscale("log")
+    ax.set(xlabel=name, ylabel=metric)
+    ax.grid(alpha=0.3)
 
 
 def publish_best(

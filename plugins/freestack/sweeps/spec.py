@@ -315,7 +315,7 @@ def validate(block: Any) -> dict[str, Any]:
             )
     elif config["method"] == "bayes":
         raise SweepConfigError("method bayes needs a metric: {name: val_loss, goal: minimize}, for example")
-    if config.get("early_terminate") is not None and metric is None:
+    elif config.get("early_terminate") is not None:
         raise SweepConfigError("early_terminate needs a metric to compare trials on")
 
     run_cap = config.get("run_cap")

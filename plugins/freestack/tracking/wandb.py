@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -481,6 +482,7 @@ def _init(
         reinit="create_new",
         settings=ws,
     )
+    folders = _run_folders(root, run_id)
     try:
         return wandb.init(**kwargs)
     except Exception as exc:
@@ -494,7 +496,18 @@ def _init(
     )
     os.environ.pop("WANDB_SERVICE", None)
     wandb.teardown()
+    for refused in _run_folders(root, run_id) - folders:  # the refused init's folder: logs, no record
+        if not (refused / f"run-{run_id}.wandb").exists():
+            shutil.rmtree(refused, ignore_errors=True)  # (gone first: the next init's takes its name)
     return wandb.init(**kwargs)
+
+
+def _run_folders(root: Path | None, run_id: str | None) -> set[Path]:
+    """The folders W&B made for run ``run_id`` under ``root`` (one an attempt; the refused ``wandb.init`` of
+    a killed attempt's retry makes one too, which the retry removes)."""
+    if root is None or run_id is None:
+        return set()
+    return {p.resolve() for p in (Path(root) / "wandb").glob(f"*-{run_id}*")}
 
 
 def start_run(

@@ -15,6 +15,7 @@ from freestack.ml.generation import (
     CausalLMNet,
     ChatColumns,
     ChatEncoding,
+    ChatError,
     add_causal_lora,
     load_causal_lm,
     load_tokenizer,
@@ -87,14 +88,21 @@ def check_pretrained_model(spec: PipelineSpec) -> None:
 
 def check_causal_base(spec: PipelineSpec) -> None:
     """On an empty (meta) copy of the base, before any data is read: it loads as a causal LM, LoRA finds its
-    modules, and the chat template renders a conversation."""
+    modules, and the chat template renders a conversation (and lays out ``model.data.tools``)."""
     base = pretrained_base(spec)
     model = load_causal_lm(base.folder, meta=True)
     if spec.model.peft is not None:
         add_causal_lora(model, peft_settings(spec))
-    render(
-        chat_tokenizer(spec), [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+    chat, tokenizer = (
+        [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
+        chat_tokenizer(spec),
     )
+    tools = chat_encoding_columns(spec).tools
+    if tools and render(tokenizer, chat) == render(tokenizer, chat, tools=tools):
+        raise ChatError(
+            "model.data.tools: the chat template lays out no tools, so the model would never see them; "
+            "give model.chat_template a template that renders `tools` (as Qwen's or Llama 3's do)"
+        )
 
 
 def chat_template(spec: PipelineSpec) -> str | None:
@@ -117,10 +125,16 @@ def chat_tokenizer(spec: PipelineSpec):
     return load_tokenizer(pretrained_base(spec).folder, chat_template(spec))
 
 
+def chat_encoding_columns(spec: PipelineSpec) -> ChatColumns:
+    """Where the conversations are (``model.data``), and the tools they may call."""
+    d = spec.model.chat
+    tools = [t.model_dump(exclude_none=True) for t in d.tools] if d.tools else None
+    return ChatColumns(d.prompt, d.response, d.messages, d.system, tools)
+
+
 def chat_encoding(spec: PipelineSpec):
     """The generation task's preprocessing (:class:`~freestack.ml.generation.ChatEncoding`)."""
-    d = spec.model.chat
-    columns = ChatColumns(prompt=d.prompt, response=d.response, messages=d.messages, system=d.system)
+    d, columns = spec.model.chat, chat_encoding_columns(spec)
     if preference_tuned(spec):  # pairs: the chosen answer is the response, the rejected one beside it
         return PreferenceEncoding(
             chat_tokenizer(spec), columns, spec.model.max_length, rejected=d.rejected or "rejected"
@@ -163,24 +177,15 @@ def build_causal_model(spec: PipelineSpec, pre) -> Any:
     peft = peft_settings(spec)
     if peft is not None:
         model = add_causal_lora(model, peft)
+    common: dict[str, Any] = {  # what the net is told either way
+        "base": pretrained_base(spec).lineage(),
+        "columns": pre.columns,
+        "max_length": spec.model.max_length,
+        "peft": peft,
+    }
     if preference_tuned(spec):
-        return PreferenceNet(
-            model,
-            beta=spec.train.dpo.beta,
-            sft_weight=spec.train.dpo.sft_weight,
-            base=pretrained_base(spec).lineage(),
-            columns=pre.columns,
-            max_length=spec.model.max_length,
-            peft=peft,
-        )
-    return CausalLMNet(
-        model,
-        base=pretrained_base(spec).lineage(),
-        columns=pre.columns,
-        max_length=spec.model.max_length,
-        peft=peft,
-        packing=spec.model.packing,
-    )
+        return PreferenceNet(model, beta=spec.train.dpo.beta, sft_weight=spec.train.dpo.sft_weight, **common)
+    return CausalLMNet(model, packing=spec.model.packing, **common)
 
 
 def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:

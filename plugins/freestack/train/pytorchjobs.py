@@ -27,15 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from freestack.kube.api import (
-    Session,
-    answer_detail,
-    api_session,
-    delete,
-    resource_type_missing,
-    status_body,
-    unreachable_text,
-)
+from freestack.kube.api import AnswerWords, Session, api_session, delete
 from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY
 from freestack.storage import join, storage_root, uri_of
 from freestack.train.distributed import OUTCOME_FILE, LaunchError, _read_outcome, write_launch
@@ -96,78 +88,20 @@ class PyTorchJobUnavailable(PyTorchJobError):
 # talking to the API server (freestack.kube.api's session, on pytorchjobs.kubeflow.org)
 
 
-def _api_error(
-    status: int | None,
-    reason: str | None,
-    body: Any,
-    *,
-    host: str,
-    conn_id: str,
-    namespace: str,
-    name: str,
-    action: str,
-) -> PyTorchJobError:
-    """The error for an API server answer: what happened, where, and what to check."""
-    doc, detail = status_body(body) or {}, answer_detail(body, reason)
-    head = f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
-    head += f" to {action} {KIND} {namespace}/{name}: {detail}"
-    cls, hint = _hint(status, body, doc, detail, conn_id=conn_id, namespace=namespace)
-    return cls(head + hint, status=status)
-
-
-def _hint(
-    status: int | None, body: Any, doc: dict[str, Any], detail: str, *, conn_id: str, namespace: str
-) -> tuple[type[PyTorchJobError], str]:
-    """What to check after an answer, and whether a later retry may help (PyTorchJobUnavailable)."""
-    if status == 401:
-        return PyTorchJobUnavailable, (
-            f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, client "
-            "certificate or exec plugin) is current."
-        )
-    if status == 403:
-        return PyTorchJobError, (
-            f". RBAC: the identity of connection {conn_id!r} needs get, create and delete on {CRD_NAME} in "
-            f"namespace {namespace} (a Role and RoleBinding); check with "
-            f"'kubectl auth can-i create {CRD_NAME} -n {namespace}'."
-        )
-    if status == 404 and (doc.get("details") or {}).get("kind") == "namespaces":
-        return PyTorchJobError, (
-            f". Namespace {namespace!r} does not exist: create it ('kubectl create namespace {namespace}') or set "
-            "train.distributed.namespace in the pipeline spec."
-        )
-    if resource_type_missing(status, body):
-        return PyTorchJobError, (
-            f". The cluster does not serve {CRD_NAME}: the Kubeflow Training Operator (v1) is not installed "
-            f"('kubectl get crd {CRD_NAME}' finds nothing). Install it, or point the connection at a cluster "
-            "that has it."
-        )
-    if status == 404:
-        return PyTorchJobError, ". The job does not exist (deleted meanwhile?); run the task again."
-    if status == 422:
-        causes = (doc.get("details") or {}).get("causes") or []
-        listed = "".join(f"\n  {c.get('field', '?')}: {c.get('message', '')}" for c in causes)
-        return PyTorchJobError, (
-            f"{listed}\nThe API server (or the Training Operator's webhook) rejected the manifest; fix the "
-            "train.distributed block of the pipeline spec."
-        )
-    if "webhook" in detail and (status or 0) >= 500:
-        return PyTorchJobUnavailable, (
-            ". The Training Operator's webhook could not be called: check that the training-operator pod is "
-            "running ('kubectl get pods -n kubeflow')."
-        )
-    if status == 429 or (status or 0) >= 500 or not status:
-        return PyTorchJobUnavailable, ". The API server is overloaded or failing; retry later."
-    return PyTorchJobError, ""
-
-
-def _unreachable(
-    exc: BaseException, *, host: str, conn_id: str, namespace: str, name: str, action: str
-) -> PyTorchJobError:
-    return PyTorchJobUnavailable(
-        unreachable_text(
-            exc, kind=KIND, host=host, conn_id=conn_id, namespace=namespace, name=name, action=action
-        )
-    )
+#: what the API server's answers about a PyTorchJob say to check (:func:`freestack.kube.api.answer_text`)
+ANSWER_WORDS = AnswerWords(
+    kind=KIND,
+    crd=CRD_NAME,
+    verbs="get, create and delete",
+    namespace_setting="train.distributed.namespace",
+    not_installed="the Kubeflow Training Operator (v1)",
+    install="Install it, or point the connection at a cluster that has it.",
+    gone=". The job does not exist (deleted meanwhile?); run the task again.",
+    refused="The API server (or the Training Operator's webhook) rejected the manifest; fix the "
+    "train.distributed block of the pipeline spec.",
+    webhook_down=". The Training Operator's webhook could not be called: check that the training-operator pod "
+    "is running ('kubectl get pods -n kubeflow').",
+)
 
 
 class _JobSession(Session):
@@ -190,9 +124,9 @@ def _session(conn_id: str, namespace: str, name: str):
         namespace,
         name,
         session_class=_JobSession,
+        words=ANSWER_WORDS,
+        error=PyTorchJobError,
         unavailable=PyTorchJobUnavailable,
-        on_unreachable=_unreachable,
-        on_answer=_api_error,
     )
 
 
@@ -494,6 +428,7 @@ def run_on_kubernetes(
 
 
 __all__ = [
+    "ANSWER_WORDS",
     "DEFAULT_CONN_ID",
     "MAX_WAIT_SECONDS",
     "POLL_SECONDS",

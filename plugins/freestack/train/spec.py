@@ -8,9 +8,10 @@ The train DAG's Params form (and a sweep trial's parameters) override ``train:``
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
 from freestack.ml.contract import static_check
 from freestack.settings import checkout_dir
@@ -106,6 +107,32 @@ class PeftSpec(_Model):
 PRETRAINED_TASKS = {"text-classification": "text", "image-classification": "image", "text-generation": "text"}
 
 
+class FunctionSpec(_Model):
+    """A function a model may call: its name, what it does and its arguments' JSON schema."""
+
+    name: str = Field(description="The function's name: 1 to 64 letters, digits, _, . or - (OpenAI's rule).")
+    description: str | None = Field(default=None, max_length=2_000, description="What the function does.")
+    parameters: dict[str, JsonValue] | None = Field(
+        default=None, description="Its arguments as a JSON schema (an object's)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            raise ValueError(
+                f"{name!r}: a function's name is 1 to 64 letters, digits, _, . or - (OpenAI's rule)"
+            )
+        return name
+
+
+class ToolSpec(_Model):
+    """A tool, in OpenAI's form: ``{type: function, function: {name, description, parameters}}``."""
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
 class ChatDataSpec(_Model):
     """Where a ``text-generation`` model's conversations are in the lake (``model.data``): a ``prompt`` and a
     ``response`` column (a user turn and the assistant's answer), or one ``messages`` column holding the
@@ -131,6 +158,11 @@ class ChatDataSpec(_Model):
         default=None,
         max_length=20_000,
         description="A system prompt put first in every conversation, in training and in serving.",
+    )
+    tools: list[ToolSpec] | None = Field(
+        default=None,
+        max_length=64,
+        description="The functions every conversation may call (OpenAI's tool definitions), laid out by the chat template in training, evaluation, scoring and serving (on the OpenAI API a request's own tools); the chats' assistant turns may carry tool_calls and tool turns answer them.",
     )
     chosen: str | None = Field(
         default=None,

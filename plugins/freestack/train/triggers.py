@@ -28,6 +28,7 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
     """Waits for a PyTorchJob to be Succeeded or Failed (:func:`freestack.train.pytorchjobs.job_progress`)."""
 
     group, version, plural, kind = GROUP, VERSION, PLURAL, KIND
+    words = pytorchjobs.ANSWER_WORDS
     terminal = frozenset({"succeeded", "failed"})
 
     def __init__(
@@ -49,13 +50,6 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
             f"{self.what} was deleted on {self.host} while the train task awaited it; run the task "
             "again (it resumes from the last checkpoint)"
         )
-
-    def api_error(self, status: int | None, reason: str | None, body: Any) -> tuple[bool, str]:
-        err = pytorchjobs._api_error(status, reason, body, action="read", **self._where())
-        return isinstance(err, pytorchjobs.PyTorchJobUnavailable), str(err)
-
-    def unreachable(self, exc: BaseException) -> str:
-        return str(pytorchjobs._unreachable(exc, action="read", **self._where()))
 
     def timeout_message(self, last: str) -> str:
         return pytorchjobs.timeout_text(self.name, self.namespace, self.timeout_seconds, last)

@@ -200,27 +200,21 @@ def _dimension(name: str, values: list[Any], log: bool, choices: bool = False) -
     """One axis of the parallel coordinates: its label, each trial's position on it (0..1) and its ticks
     (position, text): log10 of a log-distributed parameter (ticks in the original units), numbers as they
     are (ticked at each value when they are a parameter's ``values``), anything else as categories."""
-    nums = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
     label, ticks = name, None
-    if nums and log:
-        label, raw = f"{name} (log)", [math.log10(v) for v in values]
-        ticks = list(zip(*_log_ticks(min(raw), max(raw)), strict=True))
-    elif nums:
-        raw = [float(v) for v in values]
-        ticks = [(v, f"{v:.4g}") for v in sorted(set(raw))] if choices and len(set(raw)) <= 12 else None
-    else:
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         labels = [str(_axis_value(v)) for v in values]
         cats = sorted(set(labels))
         raw, ticks = [float(cats.index(v)) for v in labels], [(float(k), c[:24]) for k, c in enumerate(cats)]
+    elif log:
+        label, raw = f"{name} (log)", [math.log10(v) for v in values]
+        ticks = list(zip(*_log_ticks(min(raw), max(raw)), strict=True))
+    else:
+        raw = [float(v) for v in values]
+        ticks = [(v, f"{v:.4g}") for v in sorted(set(raw))] if choices and len(set(raw)) <= 12 else None
     lo, hi = min(raw), max(raw)
     if ticks is None:
-        ticks = (
-            [(lo + (hi - lo) * k / 4, f"{lo + (hi - lo) * k / 4:.3g}") for k in range(5)]
-            if hi > lo
-            else [(lo, f"{lo:.3g}")]
-        )
-    span = (hi - lo) or 1.0
-    at = (lambda v: (v - lo) / span) if hi > lo else (lambda v: 0.5)
+        ticks = [(t, f"{t:.3g}") for t in ([lo + (hi - lo) * k / 4 for k in range(5)] if hi > lo else [lo])]
+    at = (lambda v: (v - lo) / (hi - lo)) if hi > lo else (lambda v: 0.5)
     return {
         "label": label,
         "y": [round(at(v), 5) for v in raw],
@@ -228,11 +222,15 @@ def _dimension(name: str, values: list[Any], log: bool, choices: bool = False) -
     }
 
 
-def _lines(dims: list[dict[str, Any]], scored: list[Any], rank: list[float]) -> list[dict[str, Any]]:
+def _lines(
+    dims: list[dict[str, Any]], scored: list[Any], lo: float, hi: float, minimize: bool
+) -> list[dict[str, Any]]:
     """One trace per colour band (the trials' lines, separated by gaps) from the worst band to the best:
-    Plotly's Viridis colours, as the colour bar's scale."""
+    Plotly's Viridis colours, as the colour bar's scale (the metric's ``lo`` to ``hi``)."""
     from plotly.colors import sequential
 
+    rank = [((t.value - lo) / (hi - lo) if hi > lo else 1.0) for t in scored]
+    rank = [1 - r for r in rank] if minimize else rank
     bands = sequential.Viridis
     xs = list(range(len(dims)))
     out = []
@@ -268,7 +266,7 @@ def parallel_coordinates(page: SweepPage) -> str:
     Content-Security-Policy (no ``unsafe-eval``) does not let run."""
     title = f"{page.sweep.metric}: parameters of each trial (parallel coordinates)"
     scored = [t for t in page.trials if t.value is not None]
-    params = [p for p in page.parameters if scored and all(t.params.get(p) is not None for t in scored)]
+    params = [p for p in page.parameters if all(t.params.get(p) is not None for t in scored)]
     if not scored or not params:
         return _empty(title, "no trial has a metric value yet")
     values = [t.value for t in scored]
@@ -281,9 +279,7 @@ def parallel_coordinates(page: SweepPage) -> str:
         _dimension(page.sweep.metric or "metric", values, False),
     ]
     lo, hi = min(values), max(values)
-    rank = [((v - lo) / (hi - lo) if hi > lo else 1.0) for v in values]
-    rank = [1 - r for r in rank] if page.sweep.goal == "minimize" else rank
-    data = [*_lines(dims, scored, rank), _colorbar(page, lo, hi)]
+    data = [*_lines(dims, scored, lo, hi, page.sweep.goal == "minimize"), _colorbar(page, lo, hi)]
     best = next((k for k, t in enumerate(scored) if page.best and t.trial == page.best.trial), None)
     if best is not None:
         data.append(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,14 @@ def _model_of_uri() -> str:
 def _env(name: str, *seldon: str) -> AliasChoices:
     """The variable ``FREESTACK_SERVER_<NAME>``, or Seldon's operator's names for the same thing."""
     return AliasChoices(PREFIX + name.upper(), *seldon)
+
+
+def _port(name: str, default: int, unit: str, what: str, lowest: int = 1) -> Any:
+    """A port (``lowest`` to 65535): ``FREESTACK_SERVER_<NAME>``, or ``PREDICTIVE_UNIT_<UNIT>_SERVICE_PORT``
+    (the name Seldon's operator sets), which the description ``Model server<what>`` names."""
+    seldon = f"PREDICTIVE_UNIT_{unit}_SERVICE_PORT"
+    description = f"Model server{what} (`{seldon}` too)."
+    return Field(default, ge=lowest, le=65535, validation_alias=_env(name, seldon), description=description)
 
 
 class ServerConfig(BaseSettings):
@@ -90,28 +98,9 @@ class ServerConfig(BaseSettings):
         default="127.0.0.1",
         description="Model server: the interface every listener binds (`0.0.0.0` in the images).",
     )
-    port: int = Field(
-        default=9000,
-        ge=1,
-        le=65535,
-        validation_alias=_env("port", "PREDICTIVE_UNIT_HTTP_SERVICE_PORT"),
-        description="Model server: the REST port (`PREDICTIVE_UNIT_HTTP_SERVICE_PORT` too).",
-    )
-    grpc_port: int = Field(
-        default=9500,
-        ge=1,
-        le=65535,
-        validation_alias=_env("grpc_port", "PREDICTIVE_UNIT_GRPC_SERVICE_PORT"),
-        description="Model server, `mlserver`: the gRPC port (`PREDICTIVE_UNIT_GRPC_SERVICE_PORT` too).",
-    )
-    metrics_port: int = Field(
-        default=6000,
-        ge=0,
-        le=65535,
-        validation_alias=_env("metrics_port", "PREDICTIVE_UNIT_METRICS_SERVICE_PORT"),
-        description="Model server: the Prometheus metrics port, 0 for none "
-        "(`PREDICTIVE_UNIT_METRICS_SERVICE_PORT` too).",
-    )
+    port: int = _port("port", 9000, "HTTP", ": the REST port")
+    grpc_port: int = _port("grpc_port", 9500, "GRPC", ", `mlserver`: the gRPC port")
+    metrics_port: int = _port("metrics_port", 6000, "METRICS", ": the Prometheus metrics port, 0 for none", 0)
     workers: int = Field(
         default=2, ge=1, le=64, description="Model server, `seldon`: gunicorn workers (one model copy each)."
     )

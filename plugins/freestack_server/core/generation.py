@@ -43,7 +43,7 @@ log = logging.getLogger("freestack.serving")
 
 #: the generation parameters a request may carry, and the other names clients use for them (transformers'
 #: ``generate`` and text-generation pipeline: ``stop_strings``, ``stop_sequence``)
-PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop")
+PARAMETERS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
 ALIASES = {"stop_strings": "stop", "stop_sequence": "stop"}
 #: accepted and checked, but not a setting of its own: the pipeline's ``do_sample: false`` is temperature 0
 FLAGS = ("do_sample",)
@@ -64,9 +64,11 @@ class Bounds:
     batch_prompts: int = 8
     max_prompts_per_request: int = 16
     max_requests: int = 256
+    max_running_per_request: int = 4
     kv_cache_tokens: int = 16384
     max_batch_tokens: int = 1024
     max_adapters: int = 8
+    #: the alias that answers ``canary_weight`` of the requests for the model's own name (``mlserver``)
     canary_alias: str | None = None
     canary_weight: float = 0.0
 
@@ -158,6 +160,7 @@ class GenerationParameters(BaseModel):
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int | None = None  #: a sampled answer given again for the same seed
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +243,13 @@ class GenerationParameters(BaseModel):
             raise _refused(f"a stop string is over {MAX_STOP_CHARS} characters: send shorter ones")
         return tuple(stop)
 
+    @field_validator("seed", mode="plain")
+    @classmethod
+    def _seed(cls, seed: object) -> int:
+        if type(seed) is not int or not -(2**63) <= seed < 2**63:
+            raise _refused(f'"seed" must be a whole number (64 bits), not {seed!r}')
+        return seed
+
 
 class Generator:
     """A version's causal LM, its tokenizer and chat columns, and the deployment's bounds: checks requests
@@ -269,10 +279,7 @@ class Generator:
             name = str(first["loc"][0]) if first.get("loc") else None
             raise PayloadError(first["msg"], param=name) from None
         return GenerationSettings(
-            max_new_tokens=checked.max_new_tokens,
-            temperature=checked.temperature,
-            top_p=checked.top_p,
-            stop=checked.stop,
+            **checked.model_dump(exclude={"do_sample"}),
             max_prompt_tokens=self._prompt_budget(checked.max_new_tokens),
             truncate=self.bounds.truncate,
         )
@@ -325,10 +332,13 @@ class Generator:
         form: dict[str, str] | None = None,
         *,
         continued: bool = False,
+        tools: list | None = None,
     ) -> Prompts:
         """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
         the left, or refused with 413, by ``truncate``). ``continued``: the texts are continued as they
-        stand, with no chat template (the OpenAI API's completions)."""
+        stand, with no chat template (the OpenAI API's completions); ``tools``: the functions the chat
+        template lays out for the model (an OpenAI request's own; the version's, ``columns.tools``, on the
+        routes that cannot send any)."""
         from freestack.ml.generation import ChatError, EmptyPrompt, PromptTooLong, prompt_ids
 
         if not chats:
@@ -336,7 +346,7 @@ class Generator:
         self.check_count(len(chats))
         settings = self.settings(params)
         try:
-            ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings)
+            ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings, tools)
         except PromptTooLong as exc:
             within = (
                 f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"

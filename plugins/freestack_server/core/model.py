@@ -34,7 +34,7 @@ from freestack_server.core.config import CANNOT_SERVE
 from freestack_server.core.errors import PayloadError
 from freestack_server.core.fetch import FetchError, FetchSource, resolve_uri
 from freestack_server.core.generation import Bounds, Generated, Generator, Prompts
-from freestack_server.core.raw import RawInputError, RawInputs
+from freestack_server.core.raw import RawInputError, RawInputs, label_text
 from freestack_server.core.requestlog import SMOKE_ID, RequestLog
 
 log = logging.getLogger("freestack.serving")
@@ -63,11 +63,6 @@ def new_request_id() -> str:
     if _ids[0] != pid:  # first request in this (forked) worker
         _ids = (pid, uuid.uuid4().hex[:16], itertools.count())
     return f"{_ids[1]}{next(_ids[2]):016x}"
-
-
-def label_text(v: Any) -> str:
-    """A label as the request log keeps it: a class name (3.0 -> "3"), or a value as text."""
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 @dataclass

@@ -123,7 +123,7 @@ class RawInputs:
         if isinstance(v, str):
             return _unicode(v, row, name)
         if isinstance(v, bool | int | float) and kind == "category":
-            return str(v) if not isinstance(v, float) or not v.is_integer() else str(int(v))
+            return label_text(v)
         raise RawInputError(f"row {row}, {name}: expected text, got {type(v).__name__}")
 
     def _check_rows(self, n: int) -> None:
@@ -134,6 +134,11 @@ class RawInputs:
         return ", ".join(f"{n} ({k})" for n, k in self.columns[:8]) + (
             " ..." if len(self.columns) > 8 else ""
         )
+
+
+def label_text(v: Any) -> str:
+    """A label (or a category sent as a number) as the request log keeps it: 3.0 -> "3", else as text."""
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 def _unicode(v: str, row: int, name: str) -> str:
@@ -182,4 +187,4 @@ def image_bytes(v: Any, row: int, name: str) -> bytes:
         ) from None
 
 
-__all__ = ["RawInputError", "RawInputs", "image_bytes"]
+__all__ = ["RawInputError", "RawInputs", "image_bytes", "label_text"]

@@ -1,7 +1,9 @@
 """Many LoRA versions on one base, in one deployment: the version a text-generation deployment was
 started with, and every other registered adapter version of the same model and base that a request names,
-loaded through peft's multi-adapter API (``load_adapter`` / ``set_adapter`` / ``delete_adapter``) into the one
-``PeftModel``, so the base's weights are in memory once. Runs in the serving environment.
+loaded through peft's multi-adapter API (``add_adapter`` with ``set_peft_model_state_dict``, ``set_adapter``,
+``delete_adapter``) into the one ``PeftModel``, so the base's weights are in memory once: its files are read
+while the batch runs, and only putting them into the model pauses it, off the event loop. Runs in the
+serving environment.
 
 A request names its version by ``model`` (the OpenAI API's field):
 
@@ -66,10 +68,6 @@ class Adapters:
 
     core: ServedModel
     engine: Engine
-    max_adapters: int = 8
-    #: the alias that answers ``canary_weight`` of the requests for the model's own name
-    canary_alias: str | None = None
-    canary_weight: float = 0.0
     #: the file naming the version ``<model>`` answers with (written by an in-place promotion)
     serves_file: Path | None = None
     loaded: OrderedDict[str, str] = field(default_factory=OrderedDict)  # version -> peft adapter name
@@ -80,6 +78,7 @@ class Adapters:
 
     def __post_init__(self) -> None:
         self.name = self.core.describe()["model"]
+        self.bounds = self.core.generator.bounds  # deploy.generation: max_adapters, the canary
         self.folder = self.core.model_uri.rsplit("/", 1)[0]  # <root>/registry/<model>
         alias = split_alias(self.core.requested_uri)
         self.alias = alias[2] if alias else None  # what "<model>" means: None, the version deployed
@@ -96,7 +95,7 @@ class Adapters:
     def version_of(self, model: str) -> str:
         """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""
         if model == self.name:
-            if self.canary_alias and random.random() < self.canary_weight:
+            if self.bounds.canary_alias and random.random() < self.bounds.canary_weight:
                 return self._canary()
             return self.serving()
         name, sep, rest = model.partition("@") if "@" in model else model.partition(":")
@@ -117,9 +116,11 @@ class Adapters:
     def _canary(self) -> str:
         """The canary alias's version; the deployment's own when the alias is gone (logged once a read)."""
         try:
-            return self._alias(self.canary_alias)
+            return self._alias(self.bounds.canary_alias)
         except NotServed:
-            log.warning("the canary alias %r is not set: answering with %s", self.canary_alias, self.name)
+            log.warning(
+                "the canary alias %r is not set: answering with %s", self.bounds.canary_alias, self.name
+            )
             return self.serving()
 
     def serving(self) -> str:
@@ -226,17 +227,33 @@ class Adapters:
             if exc.status == 400:  # not an adapter on this base: it never will be
                 self._refused[version] = exc
             raise
+        loop = asyncio.get_running_loop()
+        read = await loop.run_in_executor(None, _read_adapter, folder)  # the batch runs on meanwhile
         self._evict()
-        with self.engine.manager.pause():
-            self.peft.load_adapter(str(folder), adapter_name=version)
+        paused = await loop.run_in_executor(None, self._inject, version, *read)
         self.loaded[version] = version
         log.info(
-            "loaded adapter %s:%s on the deployment's base (%d adapters loaded)",
+            "loaded adapter %s:%s on the deployment's base (%d adapters loaded; the batch paused %.1f ms)",
             self.name,
             version,
             len(self.loaded),
+            1000 * paused,
         )
         return version
+
+    def _inject(self, version: str, config, weights) -> float:
+        """The adapter's modules and weights into the model (peft's ``add_adapter`` and
+        ``set_peft_model_state_dict``, what ``load_adapter`` does once it has read the files), with the batch
+        paused for that moment only: on a worker thread, so the event loop goes on sending the streams. The
+        seconds the batch was paused."""
+        from peft import set_peft_model_state_dict
+
+        with self.engine.manager.pause():
+            began = time.perf_counter()
+            self.peft.add_adapter(version, config)
+            set_peft_model_state_dict(self.peft, weights, adapter_name=version)
+            self.peft.eval()
+            return time.perf_counter() - began
 
     def _fetch(self, uri: str, folder: Path) -> None:
         """The version's files, checked against its registration, into ``folder``: when it is an adapter on
@@ -268,7 +285,7 @@ class Adapters:
         with requests running or waiting."""
         engine = self.engine
         busy = {a for a, _ in engine.waiting} | ({engine.adapter} if engine.running else set())
-        while len(self.loaded) >= self.max_adapters:
+        while len(self.loaded) >= self.bounds.max_adapters:
             victim = next((v for v, a in self.loaded.items() if a != DEPLOYED and a not in busy), None)
             if victim is None:
                 return
@@ -279,6 +296,17 @@ class Adapters:
                     engine.adapter = DEPLOYED
                 self.peft.delete_adapter(adapter)
             log.info("unloaded adapter %s:%s (least recently used)", self.name, victim)
+
+
+def _read_adapter(folder: Path):
+    """A LoRA adapter's config and weights, read from its checked files (the slow part of a load, done while
+    the batch runs)."""
+    from peft import LoraConfig
+    from peft.utils import load_peft_weights
+
+    config = LoraConfig.from_pretrained(str(folder))
+    config.inference_mode = True
+    return config, load_peft_weights(str(folder), device="cpu")
 
 
 __all__ = ["ALIAS_TTL_S", "Adapters", "NotServed"]

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from freestack_server.mlserver.keys import respond
+
 HEADER = b"inference-header-content-length"
 #: little-endian numpy dtypes of the V2 numeric datatypes
 DTYPES = {
@@ -302,14 +304,7 @@ async def _refuse(send, message: str) -> None:
 
 async def _answer(send, status: int, headers: list, body: bytes) -> None:
     headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await respond(send, (status, [*headers, (b"content-length", str(len(body)).encode())], body))
 
 
 def replayed(body: bytes, receive):

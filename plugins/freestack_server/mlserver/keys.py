@@ -1,7 +1,7 @@
 """A deployment's key (``FREESTACK_SERVER_API_KEY``) on every route of the ``mlserver`` runtime that reads or
 runs the model: the OpenAI API (``/v1/...``), V2 inference and metadata (REST and gRPC), the server's
 metadata, and the generated API docs (``/v2/docs``, ``/openapi.json`` and each model's). Only the probes stay
-open, so that Kubernetes and the deploy can ask whether the server is up: ``/v2/health/live``,
+open, so that Kubernetes and the deploy can ask whether the server is up: ``/health``, ``/v2/health/live``,
 ``/v2/health/ready`` and ``/v2/models/<name>[/versions/<v>]/ready`` (gRPC ``ServerLive``, ``ServerReady``,
 ``ModelReady``). The metrics port answers without the key: it binds where the HTTP port does
 (``FREESTACK_SERVER_HOST``), and says how many requests were answered, never what they held.
@@ -25,7 +25,7 @@ from typing import Any
 Refusal = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 #: the routes a key leaves open: the probes, which say whether the server is up and nothing of the model
-OPEN_PATHS = re.compile(r"/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready")
+OPEN_PATHS = re.compile(r"/health|/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?/ready")
 #: the gRPC methods a key leaves open (``inference.GRPCInferenceService``)
 OPEN_GRPC = ("ServerLive", "ServerReady", "ModelReady")
 #: the gRPC methods a key guards (the repository methods are refused to everyone)
@@ -48,6 +48,13 @@ def matches(sent: str, key: str) -> bool:
     return secrets.compare_digest(sent.encode(errors="replace"), key.encode())
 
 
+async def respond(send, refusal: Refusal) -> None:
+    """Send ``refusal`` (status, headers, body) as an ASGI answer, without the app."""
+    status, headers, body = refusal
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class KeyGuard:
     """ASGI middleware: every route but :data:`OPEN_PATHS` answered 401 without the key, before the body is
     read; OpenAI's error format on ``/v1/...``, the V2 format elsewhere."""
@@ -62,9 +69,7 @@ class KeyGuard:
         if matches(given(headers), self.key):
             return await self.app(scope, receive, send)
         status, head, body = self.refusal(401, MISSING, scope["path"])
-        head.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, (status, [*head, (b"www-authenticate", b"Bearer")], body))
 
 
 def guard_grpc(key: str) -> None:
@@ -73,24 +78,21 @@ def guard_grpc(key: str) -> None:
     import grpc
     from mlserver.grpc.servicers import InferenceServicer
 
-    async def refuse(context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING)
-
-    def sent(context: Any) -> str:
-        return given({k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+    async def check(context: Any) -> None:
+        sent = given({k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+        if not matches(sent, key):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, MISSING)
 
     def unary(method):
         async def checked(self: Any, request: Any, context: Any) -> Any:
-            if not matches(sent(context), key):
-                await refuse(context)
+            await check(context)
             return await method(self, request, context)
 
         return checked
 
     def streaming(method):
         async def checked(self: Any, requests: Any, context: Any) -> Any:
-            if not matches(sent(context), key):
-                await refuse(context)
+            await check(context)
             async for answer in method(self, requests, context):
                 yield answer
 

@@ -6,13 +6,18 @@ freestack's middleware (the key, the body limit, the refusals), when the model l
 version's model, engine and adapters on the runtime (:class:`Served`). A request is a typed model
 (:mod:`.protocol`), its parameters checked against the deployment's bounds as every request's are; the
 answers come from :mod:`freestack.ml.engine` as the ``openai`` package's own types, and the request log
-keeps each request with its version. What differs from OpenAI's service (``temperature`` 0 by default,
-``n`` 1, ``seed`` with temperature 0 only, completions of text prompts without the chat template) is in
-``docs/stages/serving.md``. Every refusal is OpenAI's error JSON with its status.
+keeps each request with its version. Structured outputs, tool calls (:mod:`.tools`), ``n``, ``seed`` and
+``logprobs`` are answered as OpenAI defines them; what differs from OpenAI's service (``temperature`` 0 by
+default, completions of text prompts without the chat template) is in ``docs/stages/serving.md``. Every
+refusal is OpenAI's error JSON with its status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
+import itertools
 import json
 import re
 import secrets
@@ -24,17 +29,27 @@ from mlserver.handlers import custom_handler
 from openai.types import Completion as TextCompletion
 from openai.types import Model
 from openai.types.chat import ChatCompletion
+from pydantic import JsonValue
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from freestack.ml.constrained import Grammar, GrammarError
 from freestack.ml.engine import Busy, Engine, EngineError
-from freestack.ml.generation import Completion
+from freestack.ml.generation import Completion, GenerationSettings, TokenLogprob
 from freestack_server.core.errors import PayloadError
 from freestack_server.core.generation import Generated, Generator, Prompts
 from freestack_server.core.model import ServedModel
 from freestack_server.mlserver import metrics as oip_metrics
 from freestack_server.mlserver.adapters import Adapters, NotServed
-from freestack_server.mlserver.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, read
+from freestack_server.mlserver.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIError,
+    StreamOptions,
+    read,
+)
+from freestack_server.mlserver.tools import Call as ToolCall
+from freestack_server.mlserver.tools import ToolCalling
 
 #: a request id a client may give (``X-Request-Id``)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -112,12 +127,17 @@ class OpenAIRoutes:
             served = self._served()
             body = read(kind, await request.body())
             version, adapter = await served.adapters.answerer(body.model)  # loaded if need be
-            prompts = _prompts(served.generator, body)
             chat = isinstance(body, ChatCompletionRequest)
+            tools = ToolCalling.of(body, served.generator.tokenizer) if chat else None
+            prompts = _prompts(served.generator, body, tools)
             call = Call(served, prompts, version, adapter, chat, started, _call_id(request, chat))
+            call.tools, call.n, call.top = tools, body.n, body.top_logprobs
+            schema = tools.schema() if tools else body.response_format and body.response_format.schema
+            if tools and schema or body.response_format and body.response_format.constrained:
+                call.grammar = await _grammar(served.engine, schema)
             if not body.stream:
                 return JSONResponse(await call.whole(), headers=call.headers)
-            events = call.events(bool(body.stream_options and body.stream_options.include_usage))
+            events = call.events(body.stream_options or StreamOptions())
             first = await anext(events)  # the slots are held from here: a flood is refused before any 200
             return StreamingResponse(
                 _chain(first, events), media_type="text/event-stream", headers=call.headers
@@ -155,21 +175,42 @@ def _checked(call: Callable[[], Prompts]) -> Prompts:
         raise OpenAIError(exc.status, message, param, code) from None
 
 
-def _prompts(generator: Generator, body: ChatCompletionRequest | CompletionRequest) -> Prompts:
+def _prompts(
+    generator: Generator, body: ChatCompletionRequest | CompletionRequest, tools: ToolCalling | None
+) -> Prompts:
     """A request's prompts, checked against the deployment's bounds: the chat with the model's system prompt
-    first, or the texts continued as they stand."""
+    first (and the tools it may call), or the texts continued as they stand."""
     params = body.parameters()
     if isinstance(body, ChatCompletionRequest):
-        chat = generator.columns.with_system([m.model_dump() for m in body.messages])
-        text = json.dumps(chat, ensure_ascii=False)
-        return _checked(lambda: generator.prompts([chat], [text], params, {"kind": "openai-chat"}))
-    chats = [[{"role": "user", "content": t}] for t in body.prompt]
+        chat = generator.columns.with_system([m.model_dump(exclude_none=True) for m in body.messages])
+        text, form = json.dumps(chat, ensure_ascii=False), {"kind": "openai-chat"}
+        listed = tools.template_tools() if tools else None
+        return _checked(
+            lambda: generator.prompts([chat] * body.n, [text] * body.n, params, form, tools=listed)
+        )
+    texts = [t for t in body.prompt for _ in range(body.n)]  # choice prompt * n + j answers prompt's j-th
+    chats = [[{"role": "user", "content": t}] for t in texts]
     form = {"kind": "openai-text"}
-    return _checked(lambda: generator.prompts(chats, body.prompt, params, form, continued=True))
+    return _checked(lambda: generator.prompts(chats, texts, params, form, continued=True))
+
+
+async def _grammar(engine: Engine, schema: dict[str, JsonValue] | None) -> Grammar:
+    """The grammar of the JSON ``schema`` the answers follow (None: any object; ``response_format``, or the
+    calls ``tool_choice`` asks for), compiled on a worker thread (a large schema takes a while); a schema
+    that cannot be followed is a 400 naming it."""
+    try:
+        return await asyncio.to_thread(engine.grammar, schema)
+    except GrammarError as exc:
+        raise OpenAIError(400, f"response_format: {exc}", "response_format.json_schema.schema") from None
 
 
 class Call:
     """One request's generation: its prompts' answers, whole or as server-sent events, then logged."""
+
+    grammar: Grammar | None = None  #: what every answer follows (``response_format``, forced tool calls)
+    tools: ToolCalling | None = None  #: the calls an answer may make (chat)
+    n: int = 1  #: answers to each prompt (the prompts are repeated n times)
+    top: int | None = None  #: each token's log-probability, with this many likely tokens (None: none)
 
     def __init__(
         self,
@@ -185,10 +226,9 @@ class Call:
         self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
         self.started, self.id, self.created = started, call_id, int(time.time())
         self.headers = {"x-freestack-version": self.model, "x-request-id": call_id}
+        # generation.truncate: left cut these prompts to fit the context (the request log says so too)
         cut = [str(i) for i, (_, truncated) in enumerate(prompts.ids) if truncated]
-        if (
-            cut
-        ):  # generation.truncate: left cut these prompts to fit the context (the request log says so too)
+        if cut:
             self.headers[TRUNCATED_HEADER] = ",".join(cut)
 
     def _admit(self) -> None:
@@ -199,48 +239,76 @@ class Call:
 
     async def whole(self) -> dict[str, object]:
         self._admit()
+        engine, asked = (
+            self.served.engine,
+            {"adapter": self.adapter, "grammar": self.grammar, "logprobs": self.top},
+        )
         try:
-            answers = await self.served.engine.complete_all(
-                self.prompts.ids, self.prompts.settings, admitted=True, adapter=self.adapter
-            )
+            if self.prompts.settings.seed is None:
+                answers = await engine.complete_all(
+                    self.prompts.ids, self.prompts.settings, admitted=True, **asked
+                )
+            else:  # each answer from its own seed, as when streamed
+                jobs = (
+                    engine.complete(ids, self._settings(i), truncated=cut, admitted=True, **asked)
+                    for i, (ids, cut) in enumerate(self.prompts.ids)
+                )
+                answers = list(await asyncio.gather(*jobs))
         except EngineError as exc:
             raise OpenAIError(503, str(exc)) from None
         self._log(answers)
-        head = {"id": self.id, "created": self.created, "model": self.model, "usage": _usage(answers)}
-        if self.chat:
-            a = answers[0]
-            message = {"role": "assistant", "content": a.text}
-            choice = {"index": 0, "finish_reason": a.finish_reason, "message": message}
-            out = ChatCompletion(object="chat.completion", choices=[choice], **head)
-        else:
-            choices = [
-                {"index": i, "text": a.text, "finish_reason": a.finish_reason, "logprobs": None}
-                for i, a in enumerate(answers)
-            ]
-            out = TextCompletion(object="text_completion", choices=choices, **head)
-        return out.model_dump(exclude_none=True)
+        head = {"id": self.id, "created": self.created, "model": self.model, "usage": self._usage(answers)}
+        choices = [self._answered(i, a) for i, a in enumerate(answers)]
+        kind, name = (ChatCompletion, "chat.completion") if self.chat else (TextCompletion, "text_completion")
+        return kind(object=name, choices=choices, **head).model_dump(exclude_none=True)
 
-    async def events(self, include_usage: bool) -> AsyncIterator[str]:
+    async def events(self, options: StreamOptions) -> AsyncIterator[str]:
         """The answer as server-sent events: OpenAI's chunks, then ``[DONE]``. The first event (the role, or
         an empty text) comes once the request's slots are held (OpenAIError 429 instead, before any
-        event); an engine that fails once the stream started is an error event, then the end."""
+        event); an engine that fails once the stream started is an error event, then the end. With
+        ``continuous_usage_stats`` every chunk carries the usage so far."""
         self._admit()
         answers, waiting = [], len(self.prompts.ids)  # the held slots whose streams have not started
+        continuous = options.include_usage and options.continuous_usage_stats  # as vLLM takes them
+        prompt, done = sum(len(ids) for ids, _ in self.prompts.ids), 0  # done: the finished answers' tokens
+
+        def so_far(generating: int) -> dict[str, int] | None:
+            return _tokens(prompt, done + generating) if continuous else None
+
         try:
-            yield self._chunk({"role": "assistant", "content": ""} if self.chat else "")
+            yield self._chunk({"role": "assistant", "content": ""} if self.chat else "", usage=so_far(0))
             for i, (ids, cut) in enumerate(self.prompts.ids):
-                text = []
+                text, last = [], None  # last: when the stream's last text came
                 waiting -= 1
                 async for piece in self.served.engine.stream(
-                    ids, self.prompts.settings, admitted=True, adapter=self.adapter
+                    ids,
+                    self._settings(i),
+                    admitted=True,
+                    adapter=self.adapter,
+                    grammar=self.grammar,
+                    logprobs=self.top,
                 ):
                     text.append(piece.text)
-                    if piece.text or piece.finish_reason:
+                    last = self._timed(last) if piece.text else last
+                    if (piece.text or piece.finish_reason) and self.tools is None:
                         delta = {"content": piece.text} if self.chat else piece.text
-                        yield self._chunk(delta, i, piece.finish_reason)
+                        usage = so_far(piece.completion_tokens)
+                        yield self._chunk(delta, i, piece.finish_reason, usage, piece.logprobs)
+                done += piece.completion_tokens
                 answers.append(
-                    Completion("".join(text), len(ids), piece.completion_tokens, piece.finish_reason, cut)
+                    Completion(
+                        "".join(text),
+                        len(ids),
+                        piece.completion_tokens,
+                        piece.finish_reason,
+                        cut,
+                        None,
+                        piece.queued,
+                    )
                 )
+                if self.tools is not None:  # the calls are read from the whole answer
+                    for delta, reason in self._call_deltas(i, answers[-1]):
+                        yield self._chunk(delta, i, reason, so_far(0))
         except EngineError as exc:
             yield _event(OpenAIError(503, str(exc)).body())
             yield "data: [DONE]\n\n"
@@ -248,16 +316,105 @@ class Call:
         finally:
             self.served.engine.release(waiting)
         self._log(answers)
-        if include_usage:
-            yield _event(self._chunk_body([], usage=_usage(answers)))
+        if options.include_usage:
+            yield _event(self._chunk_body([], usage=self._usage(answers)))
         yield "data: [DONE]\n\n"
 
-    def _chunk(self, delta: dict[str, str] | str, index: int = 0, finish_reason: str | None = None) -> str:
+    def _read(self, index: int, answer: Completion) -> tuple[str | None, list[ToolCall], str]:
+        """An answer's text, its tool calls and its finish reason (``tool_calls`` when it made any). An
+        answer cut at ``max_tokens`` before its calls were complete is text, with ``length``."""
+        try:
+            content, calls = self.tools.read(
+                answer.text, self._prompt_text(index), self.served.generator.tokenizer
+            )
+        except ValueError:
+            return answer.text, [], answer.finish_reason
+        return (
+            content,
+            calls,
+            ("tool_calls" if calls and answer.finish_reason == "stop" else answer.finish_reason),
+        )
+
+    def _prompt_text(self, index: int) -> str:
+        return self.served.generator.tokenizer.decode(self.prompts.ids[index][0])
+
+    def _answered(self, index: int, answer: Completion) -> dict[str, object]:
+        """A whole answer's choice: its text, or (with tools) its text and calls."""
+        if self.tools is None:
+            return self._choice(index, answer.text, answer.finish_reason, "message", answer.logprobs)
+        content, calls, reason = self._read(index, answer)
+        message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [c.as_dict() for c in calls]
+        return {"index": index, "message": message, "finish_reason": reason}
+
+    def _call_deltas(self, index: int, answer: Completion) -> list[tuple[dict[str, object], str | None]]:
+        """A streamed answer's text and calls as chunks' deltas, the last with its finish reason."""
+        content, calls, reason = self._read(index, answer)
+        deltas = [({"content": content}, None)] if content else []
+        deltas += [({"tool_calls": [c.as_dict(k)]}, None) for k, c in enumerate(calls)]
+        return [*deltas, ({}, reason)]
+
+    def _chunk(
+        self,
+        delta: dict[str, object] | str,
+        index: int = 0,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> str:
+        return _event(self._chunk_body([self._choice(index, delta, finish_reason, "delta", logprobs)], usage))
+
+    def _choice(
+        self,
+        index: int,
+        content: object,
+        finish_reason: str | None,
+        key: str,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, object]:
+        """One choice: a text, or a chat's ``content`` as ``key`` (a whole answer's text as its ``message``),
+        with its tokens' log-probabilities when asked for."""
+        kept = None if self.top is None else self._logprobs(logprobs or [])
+        if not self.chat:
+            return {"index": index, "text": content, "finish_reason": finish_reason, "logprobs": kept}
+        content = {"role": "assistant", "content": content} if key == "message" else content
+        return {"index": index, key: content, "finish_reason": finish_reason, "logprobs": kept}
+
+    def _logprobs(self, kept: list[TokenLogprob]) -> dict[str, object]:
+        """OpenAI's ``logprobs`` of a choice: chat's ``content`` list, or the legacy completions' columns."""
+        decode = self.served.generator.tokenizer.decode
+        word = functools.lru_cache(maxsize=None)(lambda t: decode([t]))
+
+        def entry(t: int, lp: float) -> dict[str, object]:
+            return {"token": word(t), "logprob": lp, "bytes": list(word(t).encode())}
+
         if self.chat:
-            choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
-        else:
-            choice = {"index": index, "text": delta, "finish_reason": finish_reason, "logprobs": None}
-        return _event(self._chunk_body([choice]))
+            return {
+                "content": [
+                    {**entry(k.token, k.logprob), "top_logprobs": [entry(*t) for t in k.top]} for k in kept
+                ]
+            }
+        offsets = list(itertools.accumulate((len(word(k.token)) for k in kept[:-1]), initial=0))
+        return {
+            "tokens": [word(k.token) for k in kept],
+            "token_logprobs": [k.logprob for k in kept],
+            "top_logprobs": [{word(t): lp for t, lp in k.top} for k in kept] if self.top else None,
+            "text_offset": offsets if kept else [],
+        }
+
+    def _settings(self, index: int) -> GenerationSettings:
+        """The settings of choice ``index``: its own seed (the request's, plus its index) when sampled."""
+        settings = self.prompts.settings
+        if settings.seed is None or settings.temperature <= 0:
+            return settings
+        return dataclasses.replace(settings, seed=settings.seed + index)
+
+    def _usage(self, answers: list[Completion]) -> dict[str, int]:
+        """The tokens: each prompt once (it is read once, however many answers it has), every answer's."""
+        return _tokens(
+            sum(a.prompt_tokens for a in answers[:: self.n]), sum(a.completion_tokens for a in answers)
+        )
 
     def _chunk_body(
         self, choices: list[dict[str, object]], usage: dict[str, int] | None = None
@@ -272,11 +429,21 @@ class Call:
         }
         return body if usage is None else {**body, "usage": usage}
 
+    def _timed(self, last: float | None) -> float:
+        """A stream's text came now: its time to first token (``last`` None), or since its last text."""
+        now = time.perf_counter()
+        if last is None:
+            oip_metrics.first_token(self.version, now - self.started)
+        else:
+            oip_metrics.between_tokens(self.version, now - last)
+        return now
+
     def _log(self, answers: list[Completion]) -> None:
         """The request log's row: the prompts, their answers and the version that answered."""
         answered = [Generated(a, len(answers)) for a in answers]
         self.served.core.answer_generated(self.prompts, answered, self.id, self.started, self.version)
         oip_metrics.record(self.version, "openai", time.perf_counter() - self.started, len(answers))
+        oip_metrics.answered(self.version, answers)
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -285,9 +452,7 @@ async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
         yield event
 
 
-def _usage(answers: list[Completion]) -> dict[str, int]:
-    prompt = sum(a.prompt_tokens for a in answers)
-    completion = sum(a.completion_tokens for a in answers)
+def _tokens(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

@@ -11,7 +11,16 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, JsonValue, PlainValidator, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    JsonValue,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.types import StrictBool, StrictInt
 from starlette.responses import Response
 
@@ -21,17 +30,13 @@ from freestack.ml.generation import Message, refusal, unicode_text
 DEFAULTS: dict[str, JsonValue] = {
     "frequency_penalty": 0,
     "presence_penalty": 0,
-    "logprobs": False,
-    "top_logprobs": None,
     "logit_bias": {},  # no bias (null too)
     "echo": False,
     "best_of": 1,
     "suffix": None,
-    "response_format": {"type": "text"},
-    "tools": None,
-    "tool_choice": "none",
-    "parallel_tool_calls": None,
 }
+#: the most answers one request may ask for a prompt (``n``); the deployment's prompts bound applies too
+MAX_N = 128
 #: taken and left unused: they change nothing about an answer
 IGNORED = ("user", "metadata", "store", "service_tier")
 #: OpenAI's error type of each status (others: invalid_request_error, server_error from 500)
@@ -78,6 +83,46 @@ class StreamOptions(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
     include_usage: bool = False
+    continuous_usage_stats: bool = False  #: vLLM's: with include_usage, every chunk carries the usage so far
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema every answer follows (``strict`` or not: it always does)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+    description: str | None = None
+    schema_: dict[str, JsonValue] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: free text, any JSON object, or JSON that follows a schema."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise refusal(
+                '"json_schema" goes with the type "json_schema", and only with it: '
+                '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}',
+                "response_format.json_schema",
+            )
+        return self
+
+    @property
+    def constrained(self) -> bool:
+        return self.type != "text"
+
+    @property
+    def schema(self) -> dict[str, JsonValue] | None:
+        """The JSON schema to follow; None: any JSON object."""
+        return self.json_schema.schema_ if self.json_schema is not None else None
 
 
 class OpenAIRequest(BaseModel):
@@ -91,9 +136,10 @@ class OpenAIRequest(BaseModel):
     top_p: JsonValue = None
     stop: JsonValue = None
     seed: StrictInt | None = None
-    n: Literal[1] = 1
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -117,46 +163,97 @@ class OpenAIRequest(BaseModel):
             raise refusal('"model" must be text naming a version (GET /v1/models)')
         return model
 
-    @field_validator("n", mode="plain")
-    @classmethod
-    def _n(cls, n: object) -> int:
-        if n != 1:
-            several = f": send {n} requests" if type(n) is int and n > 1 else ""
-            raise refusal(f'"n" must be 1 here, not {n!r}{several}')
-        return 1
-
     @field_validator("stream_options", mode="before")
     @classmethod
     def _options(cls, options: object) -> object:
-        if options is not None and (not isinstance(options, dict) or set(options) - {"include_usage"}):
-            raise refusal('stream_options takes {"include_usage": true|false}')
-        return options
-
-    @model_validator(mode="after")
-    def _seeded(self) -> OpenAIRequest:
-        if self.seed is not None and self.temperature not in (None, 0, 0.0):
+        if options is not None and (
+            not isinstance(options, dict) or set(options) - StreamOptions.model_fields.keys()
+        ):
             raise refusal(
-                "seed is taken with temperature 0 only: this server batches requests together, so a sampled "
-                "answer cannot be replayed; send temperature 0 for the same answer every time",
-                "seed",
+                'stream_options takes {"include_usage": true|false, "continuous_usage_stats": true|false}'
             )
-        return self
+        return options
 
     @property
     def limit(self) -> JsonValue:
         return self.max_tokens
 
+    @property
+    def top_logprobs(self) -> int | None:
+        """How many likely tokens each answer token's log-probability comes with; None: no log-probabilities."""
+        return None
+
     def parameters(self) -> dict[str, JsonValue]:
         """The generation parameters given, under the names the deployment's bounds check."""
         given = {"max_new_tokens": self.limit, "temperature": self.temperature, "top_p": self.top_p}
-        return {k: v for k, v in (given | {"stop": self.stop}).items() if v is not None}
+        return {k: v for k, v in (given | {"stop": self.stop, "seed": self.seed}).items() if v is not None}
+
+
+class FunctionDefinition(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, JsonValue] | None = None  #: a JSON schema of the arguments
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """One of ``tools``: a function the model may call."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function the answer calls."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatCompletionRequest(OpenAIRequest):
-    """``POST /v1/chat/completions``: a conversation of text turns."""
+    """``POST /v1/chat/completions``: a conversation of text turns, tool calls and their results."""
 
     max_completion_tokens: JsonValue = None
     messages: list[Message]
+    logprobs: StrictBool = False
+    top_logprobs_: Annotated[StrictInt, Field(ge=0, le=20)] | None = Field(None, alias="top_logprobs")
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _callable(self) -> ChatCompletionRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) < len(names):
+            raise refusal("two tools have the same name: name each function once", "tools")
+        choice = self.tool_choice
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        if named is not None and named not in names:
+            raise refusal(
+                f"tool_choice names {named!r}, which is not one of the tools {names}", "tool_choice"
+            )
+        if (choice == "required" or named) and not names:
+            raise refusal(
+                f'tool_choice {choice if named is None else named!r} needs "tools" to call', "tool_choice"
+            )
+        if self.top_logprobs_ is not None and not self.logprobs:
+            raise refusal('top_logprobs goes with "logprobs": true', "top_logprobs")
+        calling = (choice or ("auto" if names else "none")) != "none"
+        if calling and self.response_format is not None and self.response_format.constrained:
+            raise refusal("tools and response_format both shape the answer: send one", "response_format")
+        return self
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -178,11 +275,22 @@ class ChatCompletionRequest(OpenAIRequest):
     def limit(self) -> JsonValue:
         return self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
 
+    @property
+    def top_logprobs(self) -> int | None:
+        return (self.top_logprobs_ or 0) if self.logprobs else None
+
 
 class CompletionRequest(OpenAIRequest):
     """``POST /v1/completions``: text prompts continued as they stand (no chat template)."""
 
     prompt: list[Annotated[str, PlainValidator(_text)]]
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = (
+        None  #: the legacy API's: how many likely tokens
+    )
+
+    @property
+    def top_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -212,7 +320,7 @@ def read(kind: type[Body], body: bytes) -> Body:
         first = exc.errors(include_url=False)[0]
         param = (first.get("ctx") or {}).get("param") or _param(first["loc"])
         if first["type"] == "extra_forbidden":
-            known = ", ".join(sorted(kind.model_fields))
+            known = ", ".join(sorted(f.alias or name for name, f in kind.model_fields.items()))
             raise OpenAIError(
                 400, f"unknown parameter {param!r}: this endpoint takes {known}", param
             ) from None
@@ -220,4 +328,11 @@ def read(kind: type[Body], body: bytes) -> Body:
         raise OpenAIError(400, first["msg"] if named else f"{param}: {first['msg']}", param) from None
 
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIError", "error_body", "read"]
+__all__ = [
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "OpenAIError",
+    "ResponseFormat",
+    "error_body",
+    "read",
+]

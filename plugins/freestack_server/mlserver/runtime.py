@@ -87,10 +87,6 @@ MATRIX = "input"
 NUMERIC = tuple(DTYPES)  # the V2 numeric datatypes
 
 
-def _error(exc: PayloadError) -> MLServerError:
-    return MLServerError(exc.message, status_code=exc.status)
-
-
 class Batcher:
     """One forward pass for the rows of every request waiting: a request's rows join the next pass,
     which runs once the event loop has nothing else ready (``wait_s`` 0: no added latency) or
@@ -174,20 +170,14 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
             generator.check_tokenizer,
             eos=eos,
             max_requests=bounds.max_requests,
+            max_running_per_request=bounds.max_running_per_request,
             kv_cache_tokens=bounds.kv_cache_tokens,
             max_batch_tokens=bounds.max_batch_tokens,
         )
         engine.start()
         AT_STOP.append(engine.stop)  # its loop thread ends with the server
         self._watch = asyncio.ensure_future(engine.watch(self._engine_died))
-        adapters = Adapters(
-            self.core,
-            engine,
-            bounds.max_adapters,
-            canary_alias=bounds.canary_alias,
-            canary_weight=bounds.canary_weight,
-            serves_file=ServerConfig().serves_file,
-        )
+        adapters = Adapters(self.core, engine, serves_file=ServerConfig().serves_file)
         return Served(self.name, self.core, generator, engine, adapters)
 
     def _engine_died(self, why: str) -> None:
@@ -230,16 +220,19 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
 
     # -- predict --------------------------------------------------------------------------------------
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        try:
+            return await self._predict(payload)
+        except PayloadError as exc:  # what the model cannot answer: MLServer answers it with its status
+            raise MLServerError(exc.message, status_code=exc.status) from None
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         feedback_for = payload.parameters and getattr(payload.parameters, "feedback_for", None)
         if feedback_for:
             return self._feedback(str(feedback_for), payload)
         if self.served is not None:
             return await self._generate(self.served, payload)
         started = time.perf_counter()
-        try:
-            raw, x = self.core.prepare(*self._rows(payload.inputs))
-        except PayloadError as exc:
-            raise _error(exc) from None
+        raw, x = self.core.prepare(*self._rows(payload.inputs))
         batched = self.batcher is not None and isinstance(x, np.ndarray)
         out = await self.batcher(x) if batched else self.core.forward(x)
         p = self.core.answer(raw, out, payload.id or None, started)
@@ -322,15 +315,12 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
         if type(full_text) is not bool:
             raise PayloadError('"return_full_text" must be true or false')
         chats, texts, sent = _prompts_of(gen, prompt_inputs[0])
-        prompts = gen.prompts(chats, texts, params, {"kind": prompt_inputs[0].name})
+        prompts = gen.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}, tools=gen.columns.tools)
         return prompts, sent, full_text
 
     async def _generate(self, served: Served, payload: InferenceRequest) -> InferenceResponse:
         started = time.perf_counter()
-        try:
-            prompts, sent, full_text = self._generation_request(served.generator, payload)
-        except PayloadError as exc:
-            raise _error(exc) from None
+        prompts, sent, full_text = self._generation_request(served.generator, payload)
         try:  # the version the deployment serves now (an in-place promotion, a canary's share)
             version, adapter = await served.adapters.answerer(self.name)
             done = await served.engine.complete_all(prompts.ids, prompts.settings, adapter=adapter)
@@ -341,6 +331,7 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
         answers = [Generated(replace(c, text=c.text.strip()), len(done)) for c in done]
         g = self.core.answer_generated(prompts, answers, payload.id or None, started, version)
         oip_metrics.record(version, "v2", time.perf_counter() - started, len(answers))
+        oip_metrics.answered(version, done)
         outputs = [_generated_output(sent, answers, full_text)]
         params = Parameters(generate_batch=g.batch)
         return self._response(g.request_id, outputs, parameters=params, model_version=version)
@@ -348,12 +339,9 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
     # -- ground truth ---------------------------------------------------------------------------------
     def _feedback(self, request_id: str, payload: InferenceRequest) -> InferenceResponse:
         truth = [i for i in payload.inputs if i.name == "truth"]
-        try:
-            if len(truth) != 1:
-                raise PayloadError('feedback carries one input "truth": one label per row of the request')
-            n = self.core.add_feedback(request_id, np.asarray(_column(truth[0], numeric=False), dtype=object))
-        except PayloadError as exc:
-            raise _error(exc) from None
+        if len(truth) != 1:
+            raise PayloadError('feedback carries one input "truth": one label per row of the request')
+        n = self.core.add_feedback(request_id, np.asarray(_column(truth[0], numeric=False), dtype=object))
         return self._response(
             request_id, [ResponseOutput(name="labels", datatype="INT64", shape=[1], data=[n])]
         )
@@ -398,16 +386,14 @@ V2_HINT = (
 
 
 def _generation_metadata_tensors() -> tuple[list[MetadataTensor], list[MetadataTensor]]:
-    raw = Parameters(content_type="raw")
+    raw, text = Parameters(content_type="raw"), Parameters(content_type="str")
     inputs = [
-        MetadataTensor(name="args", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
-        MetadataTensor(
-            name="array_inputs", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")
-        ),
+        MetadataTensor(name="args", datatype="BYTES", shape=[-1], parameters=text),
+        MetadataTensor(name="array_inputs", datatype="BYTES", shape=[-1], parameters=text),
         MetadataTensor(name="max_new_tokens", datatype="INT32", shape=[1], parameters=raw),
         MetadataTensor(name="temperature", datatype="FP32", shape=[1], parameters=raw),
         MetadataTensor(name="top_p", datatype="FP32", shape=[1], parameters=raw),
-        MetadataTensor(name="stop", datatype="BYTES", shape=[-1], parameters=Parameters(content_type="str")),
+        MetadataTensor(name="stop", datatype="BYTES", shape=[-1], parameters=text),
     ]
     outputs = [
         MetadataTensor(
@@ -451,10 +437,11 @@ def _metadata_tensors(core: ServedModel) -> tuple[list[MetadataTensor], list[Met
     ]
 
 
-def _values(inp: RequestInput) -> list:
+def _values(inp: RequestInput, flat: bool = True) -> list:
+    """An input's data as a list (one value: a list of it), unnested unless ``flat`` is false."""
     data = inp.data.root if hasattr(inp.data, "root") else inp.data
     values = data if isinstance(data, list) else [data]
-    while values and all(isinstance(v, list) for v in values):  # nested as its shape ([n, 1])
+    while flat and values and all(isinstance(v, list) for v in values):  # nested as its shape ([n, 1])
         values = [x for v in values for x in v]
     return values
 
@@ -581,11 +568,8 @@ def _check_shape(inp: RequestInput, want: str) -> None:
             f"input {inp.name!r} has shape {inp.shape}: a request's dimensions are counts, 0 or "
             f"more (-1 is for the metadata); the model takes {want}"
         )
-    data = inp.data.root if hasattr(inp.data, "root") else inp.data
-    if not isinstance(data, list):
-        n = 1
-    else:  # flat, or nested as the shape is
-        n = len(data) if not data or not isinstance(data[0], list) else np.asarray(data, dtype=object).size
+    data = _values(inp, flat=False)  # flat, or nested as the shape is
+    n = len(data) if not data or not isinstance(data[0], list) else np.asarray(data, dtype=object).size
     if n != int(np.prod(inp.shape, dtype=np.int64)):
         raise PayloadError(
             f"input {inp.name!r}: shape {inp.shape} holds {int(np.prod(inp.shape))} values, but its "
@@ -620,14 +604,11 @@ def _column(inp: RequestInput, *, numeric: bool, image: bool = False) -> list:
         raise PayloadError(
             f"input {inp.name!r} has shape {inp.shape}: one feature's tensor is [rows] (or [rows, 1])"
         )
-    if numeric:
+    if numeric or inp.datatype in NUMERIC:  # a number column, or a category coded as a number, or a label
         return _numeric(inp).reshape(-1).tolist()
     if inp.datatype != "BYTES":
-        if inp.datatype in NUMERIC:  # a category coded as a number, or a label
-            return _numeric(inp).reshape(-1).tolist()
         raise PayloadError(f"input {inp.name!r} is {inp.datatype}: send BYTES (strings)")
-    data = inp.data.root if hasattr(inp.data, "root") else inp.data
-    values = data if isinstance(data, list) else [data]
+    values = _values(inp, flat=False)
     out = [
         (base64.b64encode(v).decode("ascii") if image else v.decode("utf-8", "replace"))
         if isinstance(v, bytes)

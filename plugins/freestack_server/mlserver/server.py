@@ -33,14 +33,14 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from freestack.settings import settings
 from freestack_server.core.config import BOOT_ERROR, ServerConfig
 from freestack_server.core.generation import Bounds
-from freestack_server.mlserver.keys import KeyGuard, Refusal, guard_grpc
+from freestack_server.mlserver.keys import KeyGuard, Refusal, guard_grpc, respond
 
 log = logging.getLogger("freestack.serving")
 
@@ -183,14 +183,11 @@ class BodyLimit:
         return await self.app(scope, replayed(b"".join(chunks), receive), send)
 
     async def _refuse(self, send, size: int, path: str) -> None:
-        status, headers, body = v2_error(
-            413,
+        message = (
             f"the request body is {size} bytes or more; at most {self.limit} "
-            "are accepted: send fewer rows (or shorter prompts) per request",
-            path,
+            "are accepted: send fewer rows (or shorter prompts) per request"
         )
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, v2_error(413, message, path))
 
 
 async def _drain(receive, seen: int) -> None:
@@ -214,9 +211,9 @@ class Refusals:
             return await self.app(scope, receive, send)
         size = sum(len(k) + len(v) for k, v in scope.get("headers") or [])
         if scope["path"].startswith("/v2/repository"):
-            status, headers, body = v2_error(403, REPOSITORY_DISABLED)
+            refusal = v2_error(403, REPOSITORY_DISABLED)
         elif size > MAX_HEADER_BYTES:
-            status, headers, body = v2_error(
+            refusal = v2_error(
                 431,
                 f"the request's headers are {size} bytes; at most "
                 f"{MAX_HEADER_BYTES} are accepted: send smaller headers",
@@ -224,8 +221,7 @@ class Refusals:
             )
         else:
             return await self.app(scope, receive, send)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, refusal)
 
 
 def http_error_message(request: Any, exc: Any) -> str:
@@ -242,7 +238,7 @@ def http_error_message(request: Any, exc: Any) -> str:
     if exc.status_code == 404:
         return (
             f"{where}: no such V2 endpoint; the model answers POST /v2/models/<name>/infer, GET "
-            "/v2/models/<name> (metadata), /v2/models/<name>/ready and /v2/health/ready"
+            "/v2/models/<name> (metadata), /v2/models/<name>/ready, /v2/health/ready and /health"
         )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "another method")
@@ -292,8 +288,9 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
     rest_app._EXCEPTION_HANDLERS[HTTPException] = refused
     create_app = rest_server.create_app
 
-    def extended_app(*args, **kwargs):
-        app = create_app(*args, **kwargs)
+    def extended_app(settings, data_plane, model_repository_handlers):
+        app = create_app(settings, data_plane=data_plane, model_repository_handlers=model_repository_handlers)
+        app.add_api_route("/health", _health(data_plane), methods=["GET"])
         # the runtime's own routes (the OpenAI API of a text-generation version: custom handlers) run behind
         # these too. The last added runs first: Refusals, KeyGuard, BodyLimit, BinaryTensors
         app.add_middleware(BinaryTensors)
@@ -304,6 +301,17 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
         return app
 
     rest_server.create_app = extended_app
+
+
+def _health(data_plane: Any) -> Callable[[], Awaitable[Any]]:
+    from starlette.responses import Response
+
+    async def health():
+        """``GET /health``: the probe of vLLM's and ``transformers serve``'s OpenAI servers (``guidellm`` asks
+        it first), 200 when every model is ready (``/v2/health/ready``), else 503."""
+        return Response(status_code=200 if await data_plane.ready() else 503)
+
+    return health
 
 
 def not_http_message(reason: str) -> str:
@@ -556,12 +564,19 @@ class AddressServer:
         if self.uvicorn is None or self.task is None:
             return
         self.draining = True
+        # stop accepting first, and let the connections accepted in this loop turn get their transports
+        # before the server closes: on Python 3.11, a transport made after its server closed is dropped
+        # (``Server._attach`` asserts the server is open) and its client is reset
+        loop = asyncio.get_running_loop()
+        for listener in self.uvicorn.servers:
+            for sock in listener.sockets:
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
         for listener in self.uvicorn.servers:
             listener.close()
         # a connection accepted just before the close is registered with uvicorn a few loop turns later
         # (asyncio builds its transport in a task), and the stop below would reset it as idle: stop only
         # once no connection has been open for ACCEPTED_S on end (or their keep-alive time is up)
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + ACCEPTED_S + KEEP_ALIVE_S + 1.0
         quiet_since = loop.time()
         while loop.time() < deadline and loop.time() - quiet_since < ACCEPTED_S:

@@ -126,19 +126,6 @@ class Model(ServedModel):
     #: Seldon registers this blueprint on its Flask app: its 4xx errors in Seldon's format
     model_error_handler = model_error_handler
 
-    def __init__(
-        self,
-        model_uri: str = "",
-        max_batch_rows: int = 0,
-        request_log_uri: str = "",
-        request_log_rate: float = -1.0,
-        torch_threads: int = 0,
-        deployment: str = "",
-    ):
-        super().__init__(
-            model_uri, max_batch_rows, request_log_uri, request_log_rate, torch_threads, deployment
-        )
-
     def inputs(self) -> Inputs:
         """What the model takes besides rows of numbers, for the request checks of each message: raw values
         for category/text/image columns; strData for one text column, binData for one image column; a
@@ -355,7 +342,7 @@ def prompts_of(gen: Generator, X: Any) -> Prompts:
     conversation too."""
     if isinstance(X, str):
         chat, text = gen.chat(X, "strData", messages=False)
-        return gen.prompts([chat], [text], None, {"kind": "strData"})
+        return gen.prompts([chat], [text], None, {"kind": "strData"}, tools=gen.columns.tools)
     if not isinstance(X, dict):
         raise PayloadError(f"this model generates text: send {GENERATION_HINT}")
     unknown = sorted(set(X) - {"prompt", "messages", "instances", "parameters", *_record_keys(gen)})
@@ -381,7 +368,8 @@ def prompts_of(gen: Generator, X: Any) -> Prompts:
         _record(gen, rec, f"instance {i}" if "instances" in X else "jsonData")
         for i, rec in enumerate(records)
     ]
-    return gen.prompts([c for c, _ in pairs], [t for _, t in pairs], params, {"kind": "jsonData"})
+    chats, texts = [c for c, _ in pairs], [t for _, t in pairs]
+    return gen.prompts(chats, texts, params, {"kind": "jsonData"}, tools=gen.columns.tools)
 
 
 def _record_keys(gen: Generator) -> set[str]:

@@ -612,19 +612,21 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
         return f"the body must be a JSON object (a Seldon message), not {kind_of(msg)}"
     if "meta" in msg and (problem := meta_problem(msg["meta"])):
         return problem
-    data = msg.get("data")
     for key, value in msg.items():
         if key != "data" and _too_deep(value, MAX_DEPTH - 1):
             return f'"{key}" is nested too deeply: a Seldon message needs at most {MAX_DEPTH} levels'
-    if "data" not in msg:
-        return None
+    return _data_problem(msg, raw, raw_values) if "data" in msg else None
+
+
+def _data_problem(msg: dict, raw: bytes | str | None, raw_values: bool) -> str | None:
+    """:func:`message_problem`'s check of the message's ``data``."""
+    data = msg["data"]
     if type(data) is not dict:
         return (
             '"data" must be an object holding "ndarray" or "tensor", e.g. {"data": {"ndarray": [[...]]}}, '
             f"not {kind_of(data)}"
         )
-    names = data.get("names", [])
-    if type(names) is not list:
+    if type(names := data.get("names", [])) is not list:
         return (
             f'"data.names" must be a list of feature names (strings), not {kind_of(names)}: leave it out to '
             "send none"
@@ -641,9 +643,7 @@ def message_problem(msg: Any, raw: bytes | str | None = None, raw_values: bool =
     numbers = raw is not None and numbers_only(msg, raw)
     if "ndarray" in data and (problem := ndarray_problem(data["ndarray"], numbers, raw_values)):
         return problem
-    if "tensor" in data and (problem := tensor_problem(data["tensor"], numbers)):
-        return problem
-    return None
+    return tensor_problem(data["tensor"], numbers) if "tensor" in data else None
 
 
 def predict_problem(msg: Any, raw: bytes | str | None = None, inputs: Inputs = Inputs()) -> str | None:

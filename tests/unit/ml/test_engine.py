@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from bench.structured.schemas import SCHEMAS as BENCH_SCHEMAS
 from freestack.ml.engine import Busy, Engine, EngineError, StopText
 from freestack.ml.generation import GenerationSettings, _completion, eos_ids, prompt_ids
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
@@ -246,3 +247,79 @@ def test_requests_of_other_adapters_take_turns_and_leave_nothing_running(engine,
         assert engine.running == 0
     finally:
         engine.activate, engine.adapter = None, None
+
+
+#: five schemas whose answers are bounded (strings and lists capped, numbers ranged), so that a random
+#: model finishes each within MAX_JSON_TOKENS: validity then has nothing to do with the weights (the same
+#: schemas bench/structured compiles and walks)
+SCHEMAS = [schema for name, schema in BENCH_SCHEMAS.items() if name != "any_object"]
+MAX_JSON_TOKENS = 64
+
+
+def test_every_constrained_answer_validates_against_its_schema_beside_free_requests(engine, version, run):
+    """100 prompts under each of 5 schemas, greedy and sampled, while unconstrained requests share the
+    engine: every answer parses and validates against its schema, ends with "stop", and the free requests
+    still get plain ``generate``'s answers."""
+    import json
+
+    import jsonschema
+
+    prompts = [f"Tell me about thing number {i}." for i in range(100)]
+    greedy, sampled = (
+        _settings(max_new_tokens=MAX_JSON_TOKENS),
+        _settings(max_new_tokens=MAX_JSON_TOKENS, temperature=1.0, top_p=0.95),
+    )
+
+    async def everything():  # 50 prompts a request: the engine's limit is 64 requests
+        free = [engine.complete(_ids(version, p, greedy), _settings(max_new_tokens=12)) for p in PROMPTS]
+        answers, free = [], asyncio.gather(*free)
+        for schema in SCHEMAS:
+            for half, settings in ((prompts[:50], greedy), (prompts[50:], sampled)):
+                ids = [(_ids(version, p, settings), False) for p in half]
+                got = await engine.complete_all(ids, settings, grammar=engine.grammar(schema))
+                answers += [(schema, a) for a in got]
+        return answers, await free
+
+    t0 = time.perf_counter()
+    constrained, free = run(everything())
+    print(f"500 constrained answers in {time.perf_counter() - t0:.1f} s")
+    assert len(constrained) == 500
+    for schema, answer in constrained:
+        jsonschema.validate(json.loads(answer.text), schema)
+        assert list(json.loads(answer.text)) == list(schema["properties"])  # in the order the schema gives
+        assert answer.finish_reason == "stop", answer
+        assert answer.queued is not None and answer.queued >= 0  # its wait for generate beside the batch
+    expected = version.alone([version.chat(p) for p in PROMPTS], max_new_tokens=12)
+    assert [a.text.strip() for a in free] == expected
+    assert engine.active == 0
+
+
+def test_a_request_of_many_prompts_runs_a_few_at_a_time_with_the_same_answers(engine, version, run):
+    """max_running_per_request: one request's prompts join the batch a few at a time (the others as those
+    end), so a small request beside it shares the batch with a few of them, not all; the answers are the
+    same."""
+    settings = _settings(max_new_tokens=6)
+    ids = [(_ids(version, p, settings), False) for p in PROMPTS + PROMPTS]
+    alone = run(engine.complete_all(ids, settings))
+    engine.share, seen = 3, []
+
+    async def watched():
+        async def watch():
+            while True:
+                seen.append(engine.running)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await engine.complete_all(ids, settings)
+        finally:
+            watcher.cancel()
+
+    try:
+        shared = run(watched())
+    finally:
+        engine.share = None
+    assert [a.text for a in shared] == [a.text for a in alone] and max(seen) == 3
+    # each answer says how long it queued: the last prompts waited for their share of the batch
+    assert all(a.queued is not None and a.queued >= 0 for a in shared + alone)
+    assert shared[-1].queued > max(a.queued for a in shared[:3])

@@ -17,10 +17,12 @@ from freestack.ml.generation import (
     ChatError,
     GenerationSettings,
     PromptTooLong,
+    answer_text,
     encode_chat,
     generate,
     load_causal_lm,
     load_tokenizer,
+    render,
     token_loss,
 )
 
@@ -54,6 +56,41 @@ def test_only_the_assistant_turns_are_learnt(tok):
     ]
     ids, labels = encode_chat(tok, turns)
     assert _learnt(tok, ids, labels).replace("\n", "") == "2<|im_end|>4<|im_end|>"
+
+
+def test_tool_calls_are_learnt_and_read_back_as_the_template_writes_them(base):
+    """data.tools: the template lays the tools out; an assistant's call is learnt as the template writes
+    it (evaluation's reference for a call turn), and the server's response parser reads it back."""
+    from demo.instructions import TOOLS
+    from demo.tiny_lm import RESPONSE_TEMPLATE, TOOLS_TEMPLATE
+
+    tok = load_tokenizer(base, TOOLS_TEMPLATE)  # the tool-use base's template, on this base's tokenizer
+    tok.response_template = RESPONSE_TEMPLATE
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 38, "b": 45}'}}
+    ]
+    row = {
+        "messages": json.dumps(
+            [
+                {"role": "user", "content": "What is 38 + 45?"},
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "call_1", "content": "83"},
+                {"role": "assistant", "content": "83"},
+            ]
+        )
+    }
+    columns = ChatColumns(prompt=None, response=None, messages="messages", tools=TOOLS)
+    chat = columns.conversation(row)
+    ids, labels = encode_chat(tok, chat, tools=TOOLS)
+    written = '<tool_call>{"name": "add", "arguments": {"a": 38, "b": 45}}</tool_call>'
+    assert tok.decode(ids).startswith("<|im_start|>system\nTools: add(a, b) reverse(digits)<|im_end|>")
+    assert _learnt(tok, ids, labels).replace("\n", "") == f"{written}<|im_end|>83<|im_end|>"
+    assert answer_text(tok, chat[:2], TOOLS) == written and answer_text(tok, chat, TOOLS) == "83"
+    assert ChatEncoding(tok, columns, 256).encode_rows([row]).tokens == sum(lab != IGNORE for lab in labels)
+    parsed = tok.parse_response(written, prefix=render(tok, chat[:1], generation_prompt=True, tools=TOOLS))
+    assert parsed["tool_calls"] == [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 38, "b": 45}}}
+    ]
 
 
 def test_packing_restarts_positions_and_keeps_every_answer(tok):
@@ -103,7 +140,10 @@ def test_over_long_conversations_are_cut_and_answerless_ones_dropped(tok):
     [
         ({"chat": "[{'role': 'user'}]"}, "not JSON"),
         ({"chat": json.dumps([{"role": "robot", "content": "hi"}])}, "needs a role"),
-        ({"chat": json.dumps([{"role": "tool", "content": "4"}])}, "message 0: tools and function calls"),
+        (
+            {"chat": json.dumps([{"role": "tool", "content": "4"}])},
+            'message 0: a tool turn answers a call: send its "tool_call_id"',
+        ),
         ({"chat": json.dumps([{"role": "user", "content": "hi"}])}, "no assistant turn"),
         ({"chat": None}, "non-empty list"),
     ],

@@ -12,7 +12,9 @@ from freestack.settings import Settings
 
 
 def test_the_continuous_batch_bounds_reach_the_servers_settings(monkeypatch):
-    spec = DeploySpec.model_validate({"generation": {"kv_cache_tokens": 4096, "max_batch_tokens": 256}})
+    spec = DeploySpec.model_validate(
+        {"generation": {"kv_cache_tokens": 4096, "max_batch_tokens": 256, "max_running_per_request": 2}}
+    )
     env = spec.local.generation.env()
     assert (env["FREESTACK_GENERATION_KV_CACHE_TOKENS"], env["FREESTACK_GENERATION_MAX_BATCH_TOKENS"]) == (
         "4096",
@@ -21,11 +23,13 @@ def test_the_continuous_batch_bounds_reach_the_servers_settings(monkeypatch):
     assert spec.kubernetes.generation.env(defaults=False) == {
         "FREESTACK_GENERATION_KV_CACHE_TOKENS": "4096",
         "FREESTACK_GENERATION_MAX_BATCH_TOKENS": "256",
+        "FREESTACK_GENERATION_MAX_RUNNING_PER_REQUEST": "2",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     read = Settings()
     assert (read.generation_kv_cache_tokens, read.generation_max_batch_tokens) == (4096, 256)
+    assert read.generation_max_running_per_request == 2
 
 
 @pytest.mark.parametrize("field, value", [("kv_cache_tokens", 255), ("max_batch_tokens", 15)])

@@ -25,7 +25,7 @@ def test_a_chat_takes_developer_turns_and_text_parts_as_the_chat_template_does()
     ]
     body = {"model": "chat", "messages": turns, "max_completion_tokens": 3, "user": "u", "logit_bias": {}}
     request = read(ChatCompletionRequest, json.dumps(body).encode())
-    assert [m.model_dump() for m in request.messages] == [
+    assert [m.model_dump(exclude_none=True) for m in request.messages] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "ab"},
     ]
@@ -54,7 +54,7 @@ def test_a_chat_takes_developer_turns_and_text_parts_as_the_chat_template_does()
             ChatCompletionRequest,
             {"model": "chat", "messages": [{"role": "tool", "content": "x"}]},
             "messages[0]",
-            "messages[0]: tools and function calls",
+            'messages[0]: a tool turn answers a call: send its "tool_call_id"',
         ),
         (
             ChatCompletionRequest,
@@ -64,15 +64,15 @@ def test_a_chat_takes_developer_turns_and_text_parts_as_the_chat_template_does()
         ),
         (
             ChatCompletionRequest,
-            {"model": "chat", "messages": HI, "n": 3},
+            {"model": "chat", "messages": HI, "n": 0},
             "n",
-            '"n" must be 1 here, not 3: send 3 requests',
+            "n: Input should be greater than or equal to 1",
         ),
         (
             ChatCompletionRequest,
-            {"model": "chat", "messages": HI, "seed": 1, "temperature": 1},
-            "seed",
-            "seed is taken with temperature 0 only",
+            {"model": "chat", "messages": HI, "logprobs": True, "top_logprobs": 21},
+            "top_logprobs",
+            "top_logprobs: Input should be less than or equal to 20",
         ),
         (
             ChatCompletionRequest,
@@ -82,9 +82,9 @@ def test_a_chat_takes_developer_turns_and_text_parts_as_the_chat_template_does()
         ),
         (
             ChatCompletionRequest,
-            {"model": "chat", "messages": HI, "tools": [{}]},
-            "tools",
-            "'tools' is not supported",
+            {"model": "chat", "messages": HI, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+            "tools[0].function.name",
+            "tools[0].function.name: String should match pattern",
         ),
         (
             ChatCompletionRequest,
@@ -99,10 +99,16 @@ def test_a_chat_takes_developer_turns_and_text_parts_as_the_chat_template_does()
             "stream_options takes",
         ),
         (
+            ChatCompletionRequest,
+            {"model": "chat", "messages": HI, "stream_options": {"continuous_usage_stats": [1]}},
+            "stream_options.continuous_usage_stats",
+            "stream_options.continuous_usage_stats: Input should be a valid boolean",
+        ),
+        (
             CompletionRequest,
             {"model": "chat", "prompt": "x", "messages": HI},
             "messages",
-            "unknown parameter 'messages': this endpoint takes max_tokens, model, n, prompt,",
+            "unknown parameter 'messages': this endpoint takes logprobs, max_tokens, model, n, prompt,",
         ),
         (CompletionRequest, [1], None, "the request body must be a JSON object"),
     ],
@@ -120,3 +126,32 @@ def test_a_refusal_names_the_field_in_openais_error_shape(kind, body, param, mes
 def test_json_nested_too_deep_is_a_400_not_a_crash():
     with pytest.raises(OpenAIError, match="nested too deep"):
         read(ChatCompletionRequest, b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_auto_reads_the_calls_with_the_versions_response_template():
+    """tool_choice auto: the answer's calls are read by transformers' response parser with the tokenizer's
+    response_template (here Qwen's form, <tool_call>{json}</tool_call>), its text kept apart."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from demo.tiny_lm import RESPONSE_TEMPLATE
+    from freestack_server.mlserver.tools import ToolCalling
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.response_template = RESPONSE_TEMPLATE  # the tool-use tutorial base's: Qwen's form
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    body = read(ChatCompletionRequest, json.dumps({"model": "m", "messages": HI, "tools": [tool]}).encode())
+    calling = ToolCalling.of(body, tok)
+    assert calling.schema() is None  # auto: free, then read
+    text = 'Let me add. <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    content, calls = calling.read(text, "<|im_start|>assistant\n", tok)
+    assert content == "Let me add." and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("add", {"a": 1})
+    ]
+    assert calling.read("Just text.", "<|im_start|>assistant\n", tok) == ("Just text.", [])
+    with pytest.raises(OpenAIError, match="response_template"):
+        ToolCalling.of(
+            body,
+            PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))),
+        )

@@ -39,10 +39,25 @@ def test_metrics_port_defaults_to_null_not_port_plus_100():
     assert "+ 100" not in (LocalTarget.model_fields["metrics_port"].description or "")
 
 
+def _taken_above() -> tuple[int, contextlib.ExitStack]:
+    """A free port block, and ``port + 100`` and ``+ 101`` held (another deployment's, say): a block whose
+    neighbours some other test's server holds now is passed over."""
+    for _ in range(20):
+        port, held = processes.free_port_block(), contextlib.ExitStack()
+        try:
+            held.enter_context(listening(port + 100))
+            held.enter_context(listening(port + 101))
+        except OSError:
+            held.close()
+            continue
+        return port, held
+    raise AssertionError("no free port block with port + 100 and + 101 free in 20 tries")
+
+
 def test_default_metrics_ports_are_chosen_free_not_port_plus_100():
-    port = processes.free_port_block()
+    port, held = _taken_above()
     local = LocalTarget(port=port)
-    with listening(port + 100), listening(port + 101):  # e.g. another deployment's address at port + 100
+    with held:  # e.g. another deployment's address at port + 100
         blue = local_mod._free_slot("m", "m", local, None)
         green = local_mod._free_slot("m", "m", local, {"color": "blue", "metrics_port": blue.metrics_port})
     assert (blue.color, blue.port, green.color, green.port) == ("blue", port + 1, "green", port + 2)

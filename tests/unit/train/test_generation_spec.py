@@ -53,6 +53,21 @@ def test_a_messages_column_instead():
     assert spec.model.chat.columns == ["chat"] and spec.model.chat.prompt is None
 
 
+def test_tools_are_openais_definitions_and_a_bad_one_names_its_field():
+    add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    spec = _spec(model__data={"prompt": "prompt", "response": "response", "tools": [add]})
+    assert (
+        spec.model.chat.tools[0].function.name == "add"
+        and spec.model.chat.tools[0].function.description is None
+    )
+    with pytest.raises(
+        SpecError, match=r"model.data.tools\[0\].function.name: .*'add numbers': a function's name is 1 to 64"
+    ):
+        _spec(model__data={"tools": [{"type": "function", "function": {"name": "add numbers"}}]})
+    with pytest.raises(SpecError, match=r"model.data.tools\[0\].type"):
+        _spec(model__data={"tools": [{"type": "retrieval", "function": {"name": "add"}}]})
+
+
 @pytest.mark.parametrize(
     ("changes", "says"),
     [

@@ -76,16 +76,6 @@ def read_many(folder: ObjectStoragePath, rels: list[str]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def subfolders(folder: ObjectStoragePath) -> list[str]:
-    """The names of the folders directly in ``folder`` (one listing call, also on object stores)."""
-    folder.fs.invalidate_cache(folder.path)
-    try:
-        entries = folder.fs.ls(folder.path, detail=True)
-    except FileNotFoundError:
-        return []
-    return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
-
-
 def numbers_in(d: dict[str, Any] | None) -> dict[str, float]:
     return {
         k: float(v) for k, v in (d or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -130,5 +120,4 @@ __all__ = [
     "pipelines",
     "read_json",
     "read_many",
-    "subfolders",
 ]

@@ -24,6 +24,14 @@ class Serving(BaseModel):
     rows: float | None = None
     mean_latency_ms: float | None = None
     p95_latency_ms: float | None = None
+    #: a text-generation version's (``mlserver``): its streams' time to first token and between tokens and
+    #: its answers' time in the queue (the bucket bounds of the 50th and 95th percentiles), and the mean
+    #: prompt and generated tokens of an answer
+    ttft_ms: tuple[float | None, float | None] | None = None
+    itl_ms: tuple[float | None, float | None] | None = None
+    queue_ms: tuple[float | None, float | None] | None = None
+    prompt_tokens: float | None = None
+    generated_tokens: float | None = None
 
 
 class DeploymentRow(BaseModel):
@@ -134,23 +142,47 @@ def serving_stats(metrics_url: str | None, timeout: float = 2.0) -> Serving:
     except OSError:
         return Serving()
     sums: dict[str, float] = {}
-    buckets: dict[float, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "freestack_model_predict_seconds_bucket":
-                le = float(s.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + s.value
+            if s.name.endswith("_bucket"):
+                le, of = float(s.labels["le"]), buckets.setdefault(s.name.removesuffix("_bucket"), {})
+                of[le] = of.get(le, 0.0) + s.value
             else:
                 sums[s.name] = sums.get(s.name, 0.0) + s.value
     count = sums.get("freestack_model_predict_seconds_count", 0.0)
     mean = 1000 * sums.get("freestack_model_predict_seconds_sum", 0.0) / count if count else None
-    p95 = next((1000 * le for le, n in sorted(buckets.items()) if count and n >= 0.95 * count), None)
     return Serving(
         requests=count,
         rows=sums.get("freestack_prediction_rows_total"),
         mean_latency_ms=mean,
-        p95_latency_ms=p95 if p95 is None or p95 != float("inf") else None,
+        p95_latency_ms=_bound(buckets.get("freestack_model_predict_seconds", {}), 0.95, 1000),
+        ttft_ms=_bounds(buckets, "freestack_llm_time_to_first_token_seconds"),
+        itl_ms=_bounds(buckets, "freestack_llm_inter_token_latency_seconds"),
+        queue_ms=_bounds(buckets, "freestack_llm_queue_time_seconds"),
+        prompt_tokens=_mean(sums, "freestack_llm_prompt_tokens"),
+        generated_tokens=_mean(sums, "freestack_llm_generation_tokens"),
     )
+
+
+def _bound(cumulative: dict[float, float], q: float, scale: float = 1.0) -> float | None:
+    """The upper bound of the histogram bucket the ``q`` quantile falls in (None: no count, or past the
+    last finite bound)."""
+    count = cumulative.get(float("inf"), 0.0)
+    le = next((le for le, n in sorted(cumulative.items()) if count and n >= q * count), None)
+    return None if le is None or le == float("inf") else scale * le
+
+
+def _bounds(buckets: dict[str, dict[float, float]], name: str) -> tuple[float | None, float | None] | None:
+    """A latency histogram's 50th and 95th percentile bounds in ms; None when the server has none."""
+    if name not in buckets:
+        return None
+    return _bound(buckets[name], 0.5, 1000), _bound(buckets[name], 0.95, 1000)
+
+
+def _mean(sums: dict[str, float], name: str) -> float | None:
+    count = sums.get(f"{name}_count", 0.0)
+    return sums.get(f"{name}_sum", 0.0) / count if count else None
 
 
 def deployments(found: list[tuple[Pipeline, PipelineSpec]]) -> list[DeploymentRow]:

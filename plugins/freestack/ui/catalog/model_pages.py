@@ -14,8 +14,8 @@ from freestack.registry.card import metrics_summary
 from freestack.registry.core import redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.serving.records import alias_drift, served_alias, serving_records
-from freestack.storage import join
-from freestack.ui.catalog.common import numbers_in, read_json, read_many, subfolders
+from freestack.storage import join, subfolders
+from freestack.ui.catalog.common import numbers_in, read_json, read_many
 from freestack.version.files import LINEAGE, MARKER, METRICS
 
 if TYPE_CHECKING:

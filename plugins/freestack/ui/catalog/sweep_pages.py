@@ -9,15 +9,15 @@ import math
 import threading
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import BaseModel, Field
 
-from freestack.storage import join, storage_root
+from freestack.storage import join, storage_root, subfolders
 from freestack.sweeps.core import SweepError, kept_value, sweep_dir
 from freestack.sweeps.report import sweep_metric
-from freestack.sweeps.spec import leaf_parameters
-from freestack.ui.catalog.common import parallel, read_json, read_many, subfolders
+from freestack.sweeps.spec import Distribution, leaf_parameters
+from freestack.ui.catalog.common import parallel, read_json, read_many
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -91,12 +91,11 @@ def _sweep_doc(folder: ObjectStoragePath) -> dict[str, Any] | None:
 
 def _sweep_row(doc: dict[str, Any]) -> SweepRow:
     best = doc["best"]
-    metric = best.get("metric") or ((doc.get("config") or {}).get("metric") or {}).get("name")
     return SweepRow(
         sweep_id=doc["id"],
         method=(doc.get("config") or {}).get("method", "?"),
         created=doc.get("created_at"),
-        metric=metric,
+        metric=best.get("metric") or ((doc.get("config") or {}).get("metric") or {}).get("name"),
         goal=best.get("goal") or ((doc.get("config") or {}).get("metric") or {}).get("goal"),
         trials=int(best.get("trials") or 0),
         best_trial=best.get("best_trial"),
@@ -138,19 +137,14 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     if doc is None:
         raise SweepError(f"pipeline {pipeline!r} has no sweep {sweep_id!r}")
     row = _sweep_row(doc)
-    trials_dir = join(folder, "trials")
-    names = [n for n in subfolders(trials_dir) if n.startswith(("t", "w-"))]
-    got = read_many(trials_dir, [f"{n}/trial.json" for n in names])
-    docs = [got[f"{n}/trial.json"] for n in names if got.get(f"{n}/trial.json")]
+    rels = [f"trials/{n}/trial.json" for n in subfolders(join(folder, "trials")) if n.startswith(("t", "w-"))]
+    got = read_many(folder, rels)
+    docs = [got[r] for r in rels if got.get(r)]
     if row.metric is None or row.goal is None:
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
         row.metric, row.goal = sweep_metric(doc.get("config") or {}, task)
     trials = [_trial(d, row.metric, row.goal) for d in docs]
     row.trials = len(trials)
-    scored = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
-    best = next((t for t in trials if t.trial == row.best_trial), None) or (
-        (max if row.goal == "maximize" else min)(scored, key=lambda t: t.value) if scored else None
-    )
     dists = distributions(doc.get("config") or {})
     params = list(dict.fromkeys([*dists, *(k for t in trials for k in t.params)]))
     status = sweep_status(doc, docs)
@@ -161,7 +155,7 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
         sweep=row,
         parameters=params,
         trials=trials,
-        best=best,
+        best=next((t for t in trials if t.trial == row.best_trial), None) or _leader(trials, row.goal),
         status=status,
         max_trials=doc.get("max_trials"),
         distributions=dists,
@@ -169,6 +163,12 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
         importance_note=note,
         signature=signature,
     )
+
+
+def _leader(trials: list[Trial], goal: str | None) -> Trial | None:
+    """The best of the trials that ended with a metric value (None before one did)."""
+    done = [t for t in trials if t.value is not None and t.state in ("finished", "early-stopped")]
+    return (max if goal == "maximize" else min)(done, key=lambda t: t.value, default=None)
 
 
 #: (sweep folder, signature) -> its parameter importance: a sweep's trials unchanged, the forest is not fit again
@@ -191,18 +191,7 @@ def _cached_importance(
 
 
 #: W&B's distributions whose values spread over orders of magnitude: drawn on log axes
-LOG_DISTRIBUTIONS = frozenset(
-    {
-        "log_uniform",
-        "log_uniform_values",
-        "q_log_uniform",
-        "q_log_uniform_values",
-        "inv_log_uniform",
-        "inv_log_uniform_values",
-        "log_normal",
-        "q_log_normal",
-    }
-)
+LOG_DISTRIBUTIONS = frozenset(d for d in get_args(Distribution) if "log" in d)
 #: a sweep whose trials (and sweep.json) went this long unchanged, none of them leased, has no agent at work
 STALE_SECONDS = 300.0
 #: finished trials needed before parameter importance is estimated

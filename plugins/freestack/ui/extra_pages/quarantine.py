@@ -3,7 +3,7 @@ day (score) rejected, a page at a time, read with pyarrow; and their JSON."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
@@ -126,34 +126,34 @@ def _cell(v: Any) -> Any:
     return v if v is None or isinstance(v, int | float | str | bool) else str(v)
 
 
-@router.get("/data/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
-async def quarantine(
-    request: Request,
-    pipeline: str,
-    ds: str,
-    page: int = Query(1, ge=1),
-    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(shared.user_of),
-) -> HTMLResponse:
-    data = await shared.off_loop(
-        quarantine_page, pipeline, shared.pipeline_of(pipeline, user, "ingest")[1], ds, page, size
-    )
-    return shared.page(
-        request, "quarantine.html", title=f"Quarantined rows: {pipeline} {ds}", tab="data", q=data
-    )
+class _Asked:
+    """What a quarantine route is asked, the HTML page and its JSON alike: the pipeline's day, the page
+    and its size, by whom."""
+
+    def __init__(
+        self,
+        pipeline: str,
+        ds: str,
+        page: int = Query(1, ge=1),
+        size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
+        user: Any = Depends(shared.user_of),
+    ) -> None:
+        self.pipeline, self.ds, self.page, self.size, self.user = pipeline, ds, page, size, user
+
+
+Asked = Annotated[_Asked, Depends()]
 
 
 @router.get("/api/data/{pipeline}/{ds}/quarantine")
-async def quarantine_json(
-    pipeline: str,
-    ds: str,
-    page: int = Query(1, ge=1),
-    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(shared.user_of),
-) -> QuarantinePage:
-    return await shared.off_loop(
-        quarantine_page, pipeline, shared.pipeline_of(pipeline, user, "ingest")[1], ds, page, size
-    )
+async def quarantine_json(q: Asked) -> QuarantinePage:
+    spec = shared.pipeline_of(q.pipeline, q.user, "ingest")[1]
+    return await shared.off_loop(quarantine_page, q.pipeline, spec, q.ds, q.page, q.size)
+
+
+@router.get("/data/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
+async def quarantine(request: Request, q: Asked) -> HTMLResponse:
+    title = f"Quarantined rows: {q.pipeline} {q.ds}"
+    return shared.page(request, "quarantine.html", title=title, tab="data", q=await quarantine_json(q))
 
 
 def _score_spec(pipeline: str, user: Any) -> Any:
@@ -163,37 +163,24 @@ def _score_spec(pipeline: str, user: Any) -> Any:
     return spec
 
 
+@router.get("/api/scores/{pipeline}/{ds}/quarantine")
+async def score_quarantine_json(q: Asked) -> QuarantinePage:
+    spec = _score_spec(q.pipeline, q.user)
+    return await shared.off_loop(score_quarantine_page, q.pipeline, spec, q.ds, q.page, q.size)
+
+
 @router.get("/scores/{pipeline}/{ds}/quarantine", response_class=HTMLResponse)
-async def score_quarantine(
-    request: Request,
-    pipeline: str,
-    ds: str,
-    page: int = Query(1, ge=1),
-    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(shared.user_of),
-) -> HTMLResponse:
-    data = await shared.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
+async def score_quarantine(request: Request, q: Asked) -> HTMLResponse:
     return shared.page(
         request,
         "quarantine.html",
-        title=f"Rows not scored: {pipeline} {ds}",
+        title=f"Rows not scored: {q.pipeline} {q.ds}",
         tab="scores",
-        q=data,
-        back=(f"/scores/{pipeline}#ds-{ds}", f"the {pipeline} scores"),
+        q=await score_quarantine_json(q),
+        back=(f"/scores/{q.pipeline}#ds-{q.ds}", f"the {q.pipeline} scores"),
         what="day",
         about="Each kept its source file, its values as text and the reason it was not scored.",
     )
-
-
-@router.get("/api/scores/{pipeline}/{ds}/quarantine")
-async def score_quarantine_json(
-    pipeline: str,
-    ds: str,
-    page: int = Query(1, ge=1),
-    size: int = Query(QUARANTINE_PAGE, ge=1, le=1000),
-    user: Any = Depends(shared.user_of),
-) -> QuarantinePage:
-    return await shared.off_loop(score_quarantine_page, pipeline, _score_spec(pipeline, user), ds, page, size)
 
 
 __all__ = [

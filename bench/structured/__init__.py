@@ -1,0 +1,1 @@
+"""Grammar-constrained decoding: llguidance against xgrammar and outlines-core (``bench.structured.run``)."""

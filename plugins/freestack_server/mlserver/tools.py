@@ -1,0 +1,133 @@
+"""Tool calls on the OpenAI API's chat route, as vLLM and ``transformers serve`` answer them: the request's
+``tools`` go into the version's chat template (``apply_chat_template(tools=...)``), and the answer's calls
+come back as OpenAI's ``tool_calls``.
+
+- ``tool_choice: "required"`` or a named function: the answer is generated under a JSON schema
+  (:mod:`freestack.ml.constrained`), a list of ``{"name", "arguments"}`` calls of the given tools (one
+  only, with ``parallel_tool_calls: false``) or the named function's arguments, so every call names a
+  tool and its arguments follow the tool's ``parameters``, whatever the model.
+- ``"auto"``: the model answers freely and its calls are read by transformers' response parser
+  (``tokenizer.parse_response`` with the version's ``response_template``, the declarative parser chat
+  models ship); a version whose tokenizer has none is refused (400) with what to send instead.
+- ``"none"`` (the default without tools): text, and the tools are left out of the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from pydantic import JsonValue
+
+from freestack_server.mlserver.protocol import (
+    ChatCompletionRequest,
+    NamedToolChoice,
+    OpenAIError,
+    ToolDefinition,
+)
+
+#: a call's arguments when its tool declares no ``parameters``
+ANY_ARGUMENTS: dict[str, JsonValue] = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One tool call of an answer: the function's name and its arguments as JSON text (OpenAI's form)."""
+
+    name: str
+    arguments: str
+    id: str = ""
+
+    def as_dict(self, index: int | None = None) -> dict[str, object]:
+        out = {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+        return out if index is None else {"index": index, **out}
+
+
+@dataclass(frozen=True)
+class ToolCalling:
+    """A chat request's tools and how the answer may call them."""
+
+    tools: tuple[ToolDefinition, ...]
+    choice: str | NamedToolChoice
+    parallel: bool
+
+    @classmethod
+    def of(cls, body: ChatCompletionRequest, tokenizer) -> ToolCalling | None:
+        """The request's tool calling; None for a text answer (no tools, or ``tool_choice: "none"``). A 400
+        when ``auto`` cannot read this version's calls."""
+        choice = body.tool_choice or ("auto" if body.tools else "none")
+        if choice == "none":
+            return None
+        if choice == "auto" and getattr(tokenizer, "response_template", None) is None:
+            raise OpenAIError(
+                400,
+                'tool_choice "auto": this version\'s tokenizer has no response_template, so the calls in its '
+                'answers cannot be read; send tool_choice "required" or {"type": "function", "function": '
+                '{"name": ...}} (the answer is then constrained to a call), or serve a version whose '
+                "tokenizer has a response_template",
+                "tool_choice",
+            )
+        return cls(tuple(body.tools or ()), choice, body.parallel_tool_calls is not False)
+
+    def template_tools(self) -> list[dict[str, object]]:
+        """The tools as chat templates take them (OpenAI's form)."""
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+    def schema(self) -> dict[str, JsonValue] | None:
+        """The JSON schema the answer is generated under; None for ``auto`` (free, then parsed)."""
+        if isinstance(self.choice, NamedToolChoice):
+            return self._parameters(self.choice.function.name)
+        if self.choice != "required":
+            return None
+        calls = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.function.name},
+                    "arguments": self._parameters(t.function.name),
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in self.tools
+        ]
+        return {
+            "type": "array",
+            "items": {"anyOf": calls},
+            "minItems": 1,
+            **({} if self.parallel else {"maxItems": 1}),
+        }
+
+    def _parameters(self, name: str) -> dict[str, JsonValue]:
+        tool = next(t for t in self.tools if t.function.name == name)
+        return tool.function.parameters or ANY_ARGUMENTS
+
+    def read(self, text: str, prompt: str, tokenizer) -> tuple[str | None, list[Call]]:
+        """An answer's text and its calls (each with a new id); the text is None when it is all calls."""
+        if isinstance(self.choice, NamedToolChoice):
+            return None, [_call(self.choice.function.name, text)]
+        if self.choice == "required":
+            return None, [_call(c["name"], json.dumps(c["arguments"])) for c in json.loads(text)]
+        parsed = tokenizer.parse_response(text, prefix=prompt, tools=self.template_tools())
+        calls = [
+            _call(c["function"]["name"], _arguments(c["function"])) for c in parsed.get("tool_calls") or []
+        ]
+        content = parsed.get("content") or None
+        return content if calls else (content or text), calls
+
+
+def _arguments(function: dict[str, object]) -> str:
+    arguments = function.get("arguments", {})
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
+def _call(name: str, arguments: str) -> Call:
+    return Call(name, arguments, f"call_{secrets.token_hex(12)}")
+
+
+__all__ = ["Call", "ToolCalling"]
