@@ -100,23 +100,29 @@ def test_a_stop_string_ends_the_answer_and_the_stream_never_shows_part_of_it(eng
 
 
 def test_a_short_request_is_answered_while_a_long_one_runs(engine, version, run):
+    """The short request is sent once the long one has its first token (not after a fixed sleep, which a
+    fast machine outran: the long answer was done before the short one was sent); it ends before the
+    long one's last token arrives."""
     long, short = _settings(max_new_tokens=60), _settings(max_new_tokens=2)
 
     async def race():
-        ends = {}
+        started, arrivals = asyncio.Event(), []
 
-        async def run(name, settings):
-            await engine.complete(_ids(version, PROMPTS[1], settings), settings)
-            ends[name] = time.perf_counter()
+        async def read_long():
+            async for piece in engine.stream(_ids(version, PROMPTS[1], long), long):
+                arrivals.append((time.perf_counter(), piece.finish_reason))
+                started.set()
 
-        task = asyncio.create_task(run("long", long))
-        await asyncio.sleep(0.05)
-        await run("short", short)
+        task = asyncio.create_task(read_long())
+        await started.wait()
+        await engine.complete(_ids(version, PROMPTS[1], short), short)
+        short_end = time.perf_counter()
         await task
-        return ends
+        return short_end, arrivals
 
-    ends = run(race())
-    assert ends["short"] < ends["long"]
+    short_end, arrivals = run(race())
+    assert arrivals[-1][1] == "length"  # the long answer ran its 60 tokens
+    assert short_end < arrivals[-1][0]
 
 
 def test_a_client_that_leaves_frees_its_slot_and_the_log_says_so(engine, version, run, caplog):
