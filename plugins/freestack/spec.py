@@ -38,7 +38,7 @@ from freestack.score.spec import ScoreSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
-from freestack.sweeps.spec import DPO, EPOCH_METRICS, INIT, PEFT, SweepSpec, leaf_parameters
+from freestack.sweeps.spec import DPO, EPOCH_METRICS, GRPO, INIT, PEFT, SweepSpec, leaf_parameters
 from freestack.train.spec import PRETRAINED_TASKS, ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -217,10 +217,11 @@ class PipelineSpec(SpecModel):
             *parents, name = path.split(".")
             if PEFT in parents:
                 self._check_peft_parameter(path, name)
-            if DPO in parents and self.train.objective != "dpo":
-                raise ValueError(
-                    f"sweep.parameters.{path}: dpo.<setting> parameters are for train.objective: dpo"
-                )
+            for node in (DPO, GRPO):
+                if node in parents and self.train.objective != node:
+                    raise ValueError(
+                        f"sweep.parameters.{path}: {node}.<setting> parameters are for train.objective: {node}"
+                    )
             if INIT not in parents:
                 continue
             if self.model.type != "custom":
@@ -269,20 +270,25 @@ class PipelineSpec(SpecModel):
         return self
 
     def _sweep_metric_named(self) -> list[tuple[str, str | None, dict, str | None, str]]:
-        """The sweep's metric with the table and task it is checked against. A DPO sweep must name it:
-        with none, trials would be compared on the text-generation task's val_perplexity, which DPO does
-        not log."""
-        metric = self.sweep.metric
-        if not (self.model.generative and self.train.objective == "dpo"):
+        """The sweep's metric with the table and task it is checked against. A DPO or GRPO sweep must name
+        it: with none, trials would be compared on the text-generation task's val_perplexity, which
+        neither logs."""
+        metric, objective = self.sweep.metric, self.train.objective
+        if not (self.model.generative and objective in ("dpo", "grpo")):
             if metric is None:
                 return []
             return [("sweep.metric.name", metric.name, EPOCH_METRICS, self.task, self._task_reason())]
         if metric is None:
+            best = "val_reward_margin" if objective == "dpo" else "val_reward"
             raise ValueError(
-                "sweep.metric: a train.objective dpo sweep compares trials on a metric DPO logs each epoch; "
-                "set sweep.metric: {name: val_reward_margin, goal: maximize}"
+                f"sweep.metric: a train.objective {objective} sweep compares trials on a metric it logs each "
+                f"epoch; set sweep.metric: {{name: {best}, goal: maximize}}"
             )
-        return [("sweep.metric.name", metric.name, EPOCH_METRICS, "preference", "train.objective is dpo")]
+        loop_task = "preference" if objective == "dpo" else "grpo"
+        table = dict(EPOCH_METRICS)
+        if objective == "grpo" and self.train.grpo is not None:  # each reward's own: val_reward_<name>
+            table["grpo"] = (*table["grpo"], *(f"val_reward_{n}" for n in self.train.grpo.reward_labels))
+        return [("sweep.metric.name", metric.name, table, loop_task, f"train.objective is {objective}")]
 
     @property
     def task(self) -> str | None:

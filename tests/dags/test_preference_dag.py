@@ -53,6 +53,22 @@ def dpo_spec(base: Path, name: str = "prefs") -> dict:
     return spec
 
 
+def grpo_spec(base: Path, name: str = "rewarded") -> dict:
+    """The same pairs' prompts, trained on rewards: the chosen answer is the reference the exact-match reward
+    (and the evaluation) compares sampled answers with; a format reward keeps the answers one line."""
+    spec = dpo_spec(base, name)
+    spec["model"]["data"] = {"prompt": "prompt", "response": "chosen"}
+    rewards = [{"function": "exact_match"}, {"function": "regex", "pattern": "[^\\n]+", "weight": 0.1}]
+    spec["train"].update(
+        objective="grpo",
+        epochs=4,
+        learning_rate=5e-4,
+        grpo={"rewards": rewards, "num_generations": 8, "max_completion_length": 12, "beta": 0.04},
+    )
+    spec["train"].pop("dpo")
+    return spec
+
+
 @pytest.fixture
 def pipelines(tmp_path, storage, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
@@ -65,7 +81,7 @@ def pipelines(tmp_path, storage, monkeypatch):
     specs.mkdir()
     ranks = dpo_spec(base, "ranks")
     ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
-    for spec in (dpo_spec(base), ranks):
+    for spec in (dpo_spec(base), ranks, grpo_spec(base)):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
@@ -73,7 +89,7 @@ def pipelines(tmp_path, storage, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     root = Path(storage.removeprefix("file://"))
-    for name in ("prefs", "ranks"):
+    for name in ("prefs", "ranks", "rewarded"):
         landing_pairs(root, name, date(2026, 11, 1), DAYS, rows=150)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
@@ -157,3 +173,41 @@ def test_two_ranks_preference_tune_one_model(pipelines):
         assert tuned >= start + 0.1, (start, tuned)
     finally:
         stop_local(p["root"].as_uri(), "ranks", "ranks")
+
+
+def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipelines):
+    """train.objective grpo on the same landed prompts: the careless start samples 8 answers a prompt, the
+    exact-match reward (weight 1) and a format reward (0.1) score them, and GRPO raises the exact match of
+    the evaluation's greedy answers; lineage names the rewards, the history their means."""
+    from freestack.evaluate.text_generation import exact_match
+    from freestack.serving.local import stop_local
+    from freestack.serving.records import Deployments
+
+    p = pipelines
+    _ingest(p, "rewarded")
+    try:
+        run = p["bag"].get_dag("rewarded_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        assert run.state == "success"
+        rec = Deployments(p["root"].as_uri(), "rewarded").get("rewarded")
+        version = p["root"] / "registry" / "rewarded" / rec["version"]
+        objective = json.loads((version / "lineage.json").read_text())["objective"]
+        assert objective["name"] == "grpo" and objective["num_generations"] == 8, objective
+        assert objective["reference"].startswith("the starting model"), objective  # beta 0.04: a frozen copy
+        assert [r["name"] for r in objective["rewards"]] == ["exact_match", "regex"]
+        metrics = json.loads((version / "metrics.json").read_text())
+        assert metrics["train"]["metric"] == "reward" and metrics["test_reward_exact_match"] > 0.3, metrics
+        history = json.loads((version / "history.json").read_text())
+        rows = history if isinstance(history, list) else history["epochs"]
+        assert {
+            "val_reward",
+            "val_reward_exact_match",
+            "train_reward",
+            "train_kl",
+            "train_reward_std",
+        } <= set(rows[-1])
+        smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
+        start, tuned = _base_exact_match(p["base"], smoke), exact_match(smoke["labels"], smoke["outputs"])
+        print(f"grpo, exact match on {len(smoke['labels'])} test prompts: {start:.3f} -> {tuned:.3f}")
+        assert tuned >= start + 0.05, (start, tuned)  # 0.344 -> 0.406 on 64 prompts here
+    finally:
+        stop_local(p["root"].as_uri(), "rewarded", "rewarded")

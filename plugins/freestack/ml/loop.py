@@ -138,6 +138,8 @@ def evaluate_source(
         return token_metrics(model, source, device, amp_dtype, batch=64)
     if task == "preference":  # a preference-tuned LM scores its pairs itself (freestack.ml.preference)
         return model.preference_metrics(source, device, amp_dtype)
+    if task == "grpo":  # a GRPO-trained LM scores greedy answers with its rewards (freestack.ml.grpo)
+        return model.grpo_metrics(source, device, amp_dtype)
     if isinstance(source, InMemory):
         return evaluate(model, source.x, source.y, task, amp_dtype)
     model.eval()
@@ -632,6 +634,7 @@ def fit_source(
             "train_loss": train_loss,
             "lr": lr,
             "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0,
+            **_epoch_stats(run.model),
         }
         if ranks is None or ranks.main or ranks.sharded:  # a sharded model's forward needs every rank
             _judge(run, val, row, on_epoch if ranks is None or ranks.main else None)
@@ -644,6 +647,12 @@ def fit_source(
         _log_epoch(run, row, epoch, (config.epochs - epoch) * (sum(epoch_seconds) / len(epoch_seconds)))
     _finish(run, start_epoch)
     return result
+
+
+def _epoch_stats(model: nn.Module) -> dict[str, float]:
+    """What the model kept of the epoch's steps, when it keeps something (a GRPO rollout's rewards)."""
+    stats = getattr(model, "epoch_stats", None)
+    return stats() if callable(stats) else {}
 
 
 def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None:

@@ -10,6 +10,7 @@ PRIMARY = {
     "regression": ("rmse", False),
     "generation": ("perplexity", False),
     "preference": ("reward_margin", True),
+    "grpo": ("reward", True),
 }
 
 

@@ -9,10 +9,9 @@ from typing import Any
 
 from freestack.storage import join
 from freestack.sweeps.spec import (
-    DPO,
     NODES,
     SERVER_KEYS,
-    TUNABLE_DPO,
+    TRAIN_NODES,
     TUNABLE_MODEL,
     TUNABLE_TRAIN,
     SweepConfigError,
@@ -40,7 +39,7 @@ def engine_part(config: dict[str, Any]) -> dict[str, Any]:
 def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A trial's config (W&B form ``{"lr": {"value": 0.1}, "model": {"value": {"dropout": 0.2}}}`` or
     plain values) as ``{"train": {...}, "model": {...}}`` for the trainer: ``dpo.<setting>`` goes to
-    ``train.dpo``, ``init.<argument>`` and ``peft.<setting>`` to the model's blocks."""
+    ``train.dpo`` (``grpo.<setting>`` to ``train.grpo``), ``init.<argument>`` and ``peft.<setting>`` to the model's blocks."""
     out: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
 
     def walk(d: dict[str, Any], node: str | None = None) -> None:
@@ -49,12 +48,12 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 value = value["value"]
             if isinstance(value, dict):
                 walk(value, node or (name if name in NODES else None))
-            elif node == DPO:  # a preference tuning's setting (train.dpo.<name>)
-                if name not in TUNABLE_DPO:
+            elif node in TRAIN_NODES:  # a preference or GRPO tuning's setting (train.dpo/grpo.<name>)
+                if name not in TRAIN_NODES[node]:
                     raise SweepConfigError(
-                        f"trial parameter dpo.{name} is not a train.dpo setting a sweep can change"
+                        f"trial parameter {node}.{name} is not a train.{node} setting a sweep can change"
                     )
-                out["train"].setdefault(DPO, {})[name] = value
+                out["train"].setdefault(node, {})[name] = value
             # a custom model's constructor argument (model.init.<name>), a LoRA setting
             elif node is not None:
                 out["model"].setdefault(node, {})[name] = value

@@ -54,10 +54,19 @@ TUNABLE_PEFT = ("r", "alpha", "dropout")
 #: the parameter-tree node of a preference tuning's settings (train.dpo), and the ones a sweep can change
 DPO = "dpo"
 TUNABLE_DPO = ("beta", "sft_weight")
+#: the node of a GRPO training's settings (train.grpo), and the ones a sweep can change
+GRPO = "grpo"
+TUNABLE_GRPO = ("beta", "num_generations", "epsilon", "temperature", "max_completion_length")
 #: the nodes whose leaves are settings of one block, named ``<node>.<name>``
-NODES = (INIT, PEFT, DPO)
+NODES = (INIT, PEFT, DPO, GRPO)
 #: the nodes whose leaves a sweep may change only among their block's own settings: (node, what, which)
-CHOSEN = ((PEFT, "a LoRA setting", TUNABLE_PEFT), (DPO, "a train.dpo setting", TUNABLE_DPO))
+CHOSEN = (
+    (PEFT, "a LoRA setting", TUNABLE_PEFT),
+    (DPO, "a train.dpo setting", TUNABLE_DPO),
+    (GRPO, "a train.grpo setting", TUNABLE_GRPO),
+)
+#: the train blocks a trial's settings go to (``dpo.<name>`` to train.dpo, ``grpo.<name>`` to train.grpo)
+TRAIN_NODES = {DPO: TUNABLE_DPO, GRPO: TUNABLE_GRPO}
 #: what the trainer logs every epoch (and so what a sweep metric can be)
 EPOCH_METRICS = {
     "classification": ("val_loss", "val_accuracy", "val_macro_f1", "val_log_loss", "train_loss"),
@@ -72,6 +81,17 @@ EPOCH_METRICS = {
         "val_logps_chosen",
         "val_logps_rejected",
         "val_loss",
+        "train_loss",
+    ),
+    # a language model trained on rewards (train.objective: grpo): its rewards (ml.grpo); a reward of its
+    # own is val_reward_<name>
+    "grpo": (
+        "val_reward",
+        "val_completion_length",
+        "val_loss",
+        "train_reward",
+        "train_reward_std",
+        "train_kl",
         "train_loss",
     ),
 }
@@ -346,7 +366,8 @@ def _check_parameters(parameters: dict[str, Any]) -> None:
             raise SweepConfigError(
                 f"parameters.{path}: {name!r} is not something the trainer can change; "
                 f"use one of {', '.join(tunable)}, init.<argument> for a custom model's constructor, "
-                f"or dpo.<setting> ({', '.join(TUNABLE_DPO)}) for a preference tuning"
+                f"or dpo.<setting> ({', '.join(TUNABLE_DPO)}) for a preference tuning, "
+                f"grpo.<setting> ({', '.join(TUNABLE_GRPO)}) for a GRPO training"
             )
     names = [_short_name(p) for p in leaves]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -439,7 +460,7 @@ class SweepSpec(SpecModel):
         min_length=1,
         description="The searched parameters, by name: train: fields (learning_rate, batch_size, epochs, ...) "
         "or model: fields (hidden, channels, dropout, type), nested as you like; dpo.beta and dpo.sft_weight "
-        "for a preference tuning (train.dpo).",
+        "for a preference tuning (train.dpo); grpo.beta, grpo.num_generations, ... for a GRPO training (train.grpo).",
     )
     early_terminate: EarlyTerminate | None = Field(
         default=None, description="Stop weak trials early (hyperband)."
@@ -489,6 +510,9 @@ __all__ = [
     "ALL_EPOCH_METRICS",
     "EPOCH_METRICS",
     "DPO",
+    "GRPO",
+    "TRAIN_NODES",
+    "TUNABLE_GRPO",
     "INIT",
     "NODES",
     "PEFT",

@@ -35,7 +35,7 @@ from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
 from freestack.ml.custom import build_custom, check_custom
 from freestack.ml.distributed import backend_for
 from freestack.ml.features import KINDS, TOKENIZER_FILE, EncoderOptions, EncodingError
-from freestack.ml.generation import ChatError, save_tokenizer
+from freestack.ml.generation import ChatError, eos_ids, save_tokenizer
 from freestack.ml.loop import TrainConfig, evaluate_source, fit_source, resolve_device, to_tensors
 from freestack.ml.models import FreestackNet
 from freestack.ml.preference import score_reference
@@ -114,6 +114,10 @@ def load_window(
 def window_columns(spec: PipelineSpec) -> list[str]:
     """The columns a training reads: the key, the features and the target."""
     schema = spec.source.schema_
+    if spec.model.generative and spec.train.objective == "grpo":  # the rewards see every column of a row
+        return list(
+            dict.fromkeys([schema.key, *spec.model_features, schema.target, *(c.name for c in schema.fields)])
+        )
     return list(dict.fromkeys([schema.key, *spec.model_features, schema.target]))
 
 
@@ -126,8 +130,9 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
         if getattr(req, key) is not None:
             train_values[key] = getattr(req, key)
     train_over = dict(req.overrides.get("train") or {})
-    if isinstance(train_over.get("dpo"), dict):  # a trial's dpo.<setting> is merged into train.dpo
-        train_over["dpo"] = {**train_values["dpo"], **train_over["dpo"]}
+    for node in ("dpo", "grpo"):  # a trial's dpo.<setting> is merged into train.dpo (grpo: train.grpo)
+        if isinstance(train_over.get(node), dict) and isinstance(train_values.get(node), dict):
+            train_over[node] = {**train_values[node], **train_over[node]}
     train_values.update(train_over)
     model_over = dict(req.overrides.get("model") or {})
     model_values = spec.model.model_dump(by_alias=True)
@@ -166,7 +171,7 @@ class Prepared:
     data: dict[str, Any] = field(default_factory=dict)  # how the window was read: mode, reason
     shuffle_buffer: int = 65_536
     chunk_rows: int = 16_384
-    objective: str = "sft"  # a language model's: sft, or dpo (preference pairs)
+    objective: str = "sft"  # a language model's: sft, dpo (preference pairs) or grpo (rewards)
 
     def rows(self) -> dict[str, int]:
         return {"train": self.train.rows, "val": self.val.rows, "test": self.test.rows}
@@ -174,8 +179,9 @@ class Prepared:
     @property
     def loop_task(self) -> str:
         """The task the loop trains and scores: a preference-tuned model's pairs are scored by DPO's
-        rewards (freestack.ml.preference); the version stays a text-generation one (``task``)."""
-        return "preference" if self.objective == "dpo" else self.task
+        rewards (freestack.ml.preference), a GRPO-trained one's prompts by its reward functions
+        (freestack.ml.grpo); the version stays a text-generation one (``task``)."""
+        return {"dpo": "preference", "grpo": "grpo"}.get(self.objective, self.task)
 
 
 def check_trainable(spec: PipelineSpec) -> None:
@@ -657,6 +663,8 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
         if data.objective == "dpo":  # the starting model's log-probabilities: DPO's reference, once
             for source in sources.values():
                 score_reference(model, source, device)
+        if data.objective == "grpo":  # the rollouts' prompts, rows and end of turn (and a reference copy)
+            model.attach(data.pre, eos_ids(data.pre.tokenizer, model.model.generation_config.to_dict()))
         result = fit_source(
             model,
             sources["train"],

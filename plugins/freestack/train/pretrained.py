@@ -21,6 +21,7 @@ from freestack.ml.generation import (
     load_tokenizer,
     render,
 )
+from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
 from freestack.ml.preference import PreferenceEncoding, PreferenceNet
 from freestack.ml.pretrained import (
     build_pretrained,
@@ -29,6 +30,16 @@ from freestack.ml.pretrained import (
     fetch_base,
     image_settings,
     local_base,
+)
+from freestack.ml.rewards import (
+    Reward,
+    RewardSet,
+    call_user,
+    exact_match,
+    json_schema,
+    length,
+    regex,
+    user_function,
 )
 from freestack.settings import checkout_dir
 from freestack.storage import to_path
@@ -139,12 +150,54 @@ def chat_encoding(spec: PipelineSpec):
         return PreferenceEncoding(
             chat_tokenizer(spec), columns, spec.model.max_length, rejected=d.rejected or "rejected"
         )
+    if reward_tuned(spec):  # prompts: the rollouts are sampled from them
+        return GrpoEncoding(chat_tokenizer(spec), columns, spec.model.max_length)
     return ChatEncoding(chat_tokenizer(spec), columns, spec.model.max_length, spec.model.packing)
 
 
 def preference_tuned(spec: PipelineSpec) -> bool:
     """Whether the spec preference-tunes a language model (``train.objective: dpo``)."""
     return spec.model.generative and spec.train.objective == "dpo"
+
+
+def reward_tuned(spec: PipelineSpec) -> bool:
+    """Whether the spec trains a language model on rewards (``train.objective: grpo``)."""
+    return spec.model.generative and spec.train.objective == "grpo"
+
+
+def reward_set(spec: PipelineSpec) -> RewardSet:
+    """``train.grpo.rewards`` as functions: the built-ins with their settings, a user's own loaded from
+    the project (FreestackError naming the reward when it cannot be)."""
+    out = []
+    for r in spec.train.grpo.rewards:
+        source: dict[str, Any] = {"function": r.function}
+        if r.function == "exact_match":
+            score = exact_match(r.column or spec.model.chat.response or "response")
+        elif r.function == "regex":
+            score = regex(r.pattern)
+        elif r.function == "json_schema":
+            score = json_schema(dict(r.schema_))
+        elif r.function == "length":
+            score = length(r.max_tokens)
+        else:
+            fn, source = user_function(r.function, Path(checkout_dir()))
+            score = call_user(fn, r.function)
+        out.append(Reward(r.label, r.weight, score, source))
+    return RewardSet(tuple(out))
+
+
+def grpo_settings(spec: PipelineSpec) -> GrpoSettings:
+    g = spec.train.grpo
+    return GrpoSettings(
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        beta=g.beta,
+        epsilon=g.epsilon,
+        loss=g.loss,
+        scale_rewards=g.scale_rewards,
+    )
 
 
 def check_objective(spec: PipelineSpec) -> None:
@@ -169,6 +222,29 @@ def check_objective(spec: PipelineSpec) -> None:
         )
     if preference_tuned(spec) and spec.model.packing:
         raise FreestackError("model.packing is for train.objective sft: a preference pair is not packed")
+    check_grpo(spec)
+
+
+def check_grpo(spec: PipelineSpec) -> None:
+    """``train.objective: grpo`` goes with a language model, ``train.grpo``'s rewards, prompts (not pairs,
+    not packed) read into memory, in one process (FreestackError naming the setting)."""
+    if spec.train.objective != "grpo":
+        return
+    problems = {
+        "train.objective grpo trains a language model on rewards: it needs model.type huggingface and "
+        "model.task text-generation": not spec.model.generative,
+        "train.objective grpo needs train.grpo.rewards: the functions that score the sampled answers, e.g. "
+        "[{function: exact_match}]": spec.train.grpo is None,
+        "train.objective grpo samples answers to prompts: give model.data prompt and response (the "
+        "reference) columns, not chosen and rejected": spec.model.chat.preference,
+        "model.packing is for train.objective sft: GRPO's prompts are not packed": spec.model.packing,
+        "train.objective grpo trains in one process for now: remove train.distributed": (
+            spec.train.distributed.world_size > 1
+        ),
+    }
+    for message, wrong in problems.items():
+        if wrong:
+            raise FreestackError(message)
 
 
 def build_causal_model(spec: PipelineSpec, pre) -> Any:
@@ -185,6 +261,8 @@ def build_causal_model(spec: PipelineSpec, pre) -> Any:
     }
     if preference_tuned(spec):
         return PreferenceNet(model, beta=spec.train.dpo.beta, sft_weight=spec.train.dpo.sft_weight, **common)
+    if reward_tuned(spec):
+        return GrpoNet(model, grpo=grpo_settings(spec), rewards=reward_set(spec), **common)
     return CausalLMNet(model, packing=spec.model.packing, **common)
 
 
@@ -250,6 +328,15 @@ def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
 def objective_lineage(spec: PipelineSpec) -> dict[str, Any]:
     """What the language model was trained to do: sft, or dpo with its beta and loss (the reference being
     the starting model, its log-probabilities computed once before training)."""
+    if reward_tuned(spec):
+        return {
+            "name": "grpo",
+            **spec.train.grpo.model_dump(exclude={"rewards"}),
+            "rewards": reward_set(spec).lineage(),
+            "reference": "the starting model (its LoRA adapters disabled, or a frozen copy)"
+            if spec.train.grpo.beta
+            else "none (beta 0)",
+        }
     if not preference_tuned(spec):
         return {"name": "sft"}
     return {
@@ -276,6 +363,8 @@ __all__ = [
     "objective_lineage",
     "peft_settings",
     "preference_tuned",
+    "reward_set",
+    "reward_tuned",
     "pretrained_base",
     "pretrained_lineage",
     "pretrained_task",

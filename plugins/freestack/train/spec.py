@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from freestack.ml.contract import static_check
 from freestack.settings import checkout_dir
@@ -589,6 +589,111 @@ class DpoSpec(_Model):
     )
 
 
+class RewardSpec(_Model):
+    """One reward function of a GRPO training (``train.grpo.rewards[]``), with its weight."""
+
+    # ``schema`` is written as is; a dumped spec (a run's effective spec) holds it as ``schema_``
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    function: str = Field(
+        description="exact_match (against column), regex (pattern), json_schema (schema), length (max_tokens), or a function of your own: path/to/file.py:function or package.module:function, called as function(prompt=, completion=, **row) and returning a number.",
+    )
+    weight: float = Field(default=1.0, description="Its weight in the completion's reward (a weighted sum).")
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_]{1,40}$",
+        description="What its metrics are called (reward_<name>); default: the function's name.",
+    )
+    column: str | None = Field(
+        default=None, description="exact_match: the reference answer's column (default model.data.response)."
+    )
+    pattern: str | None = Field(
+        default=None, description="regex: the pattern the whole completion must match (re.fullmatch, DOTALL)."
+    )
+    schema_: dict[str, JsonValue] | None = Field(
+        default=None,
+        alias="schema",
+        description="json_schema: the JSON schema the completion must validate against.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="length: completions longer than this many tokens are penalised."
+    )
+
+    @model_validator(mode="after")
+    def _settings(self) -> RewardSpec:
+        needs = {"regex": "pattern", "json_schema": "schema_", "length": "max_tokens"}
+        if self.function in needs and getattr(self, needs[self.function]) is None:
+            raise ValueError(f"reward {self.function} needs {needs[self.function].rstrip('_')}")
+        if self.function not in ("exact_match", *needs) and not re.fullmatch(
+            r"[^:\s]+:[A-Za-z_]\w*", self.function
+        ):
+            raise ValueError(
+                f"{self.function!r} is not a reward function: give exact_match, regex, json_schema, length, "
+                "or path/to/file.py:function (or package.module:function) for one of your own"
+            )
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """The name its metrics carry."""
+        return self.name or re.sub(r"\W", "_", self.function.rpartition(":")[2])
+
+
+class GrpoSpec(_Model):
+    """Group relative policy optimisation (``train.grpo``, with ``train.objective: grpo``), as TRL's
+    ``GRPOTrainer`` defines it: ``num_generations`` completions are sampled per prompt, scored by the
+    rewards, and each one's advantage is its reward against its group's; the policy is pushed towards the
+    better ones by the clipped objective, with a KL term to the starting model (``beta``)."""
+
+    rewards: list[RewardSpec] = Field(
+        min_length=1, max_length=16, description="The reward functions, each with its weight."
+    )
+    num_generations: int = Field(
+        default=4,
+        ge=2,
+        le=64,
+        description="Completions sampled per prompt (the group; TRL's num_generations).",
+    )
+    max_completion_length: int = Field(
+        default=64, ge=1, le=8192, description="The most tokens a sampled completion has."
+    )
+    temperature: float = Field(
+        default=1.0, gt=0, le=4, description="The sampling temperature of the rollouts."
+    )
+    top_p: float = Field(default=1.0, gt=0, le=1, description="The rollouts' nucleus sampling.")
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="The KL term's weight (TRL's beta); 0 (TRL's default): no reference model is needed.",
+    )
+    epsilon: float = Field(default=0.2, gt=0, lt=1, description="The ratio's clipping range (TRL's epsilon).")
+    loss: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        default="dapo",
+        description="How token losses are averaged (TRL's loss_type): grpo per completion then over them; bnpo and dapo over the batch's tokens; dr_grpo over completions x max_completion_length.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="Advantages divided by the standard deviation of the group's rewards, of the batch's, or not at all (TRL's scale_rewards).",
+    )
+
+    @property
+    def reward_labels(self) -> list[str]:
+        return [r.label for r in self.rewards]
+
+    @model_validator(mode="after")
+    def _names(self) -> GrpoSpec:
+        labels = self.reward_labels
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"two rewards are called the same ({labels}); give each a name")
+        return self
+
+
 class TrainSpec(_Model):
     """Training defaults (``train:``); the train DAG's Params form overrides them per run."""
 
@@ -641,11 +746,12 @@ class TrainSpec(_Model):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA (with mixed precision) when present, else the CPU."
     )
-    objective: Literal["sft", "dpo"] = Field(
+    objective: Literal["sft", "dpo", "grpo"] = Field(
         default="sft",
-        description="model.task text-generation: sft, the next-token loss on the answers (instruction tuning); dpo, preference tuning on model.data's chosen and rejected answers (train.dpo).",
+        description="model.task text-generation: sft, the next-token loss on the answers (instruction tuning); dpo, preference tuning on model.data's chosen and rejected answers (train.dpo); grpo, reinforcement on rewards of sampled answers (train.grpo).",
     )
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="train.objective dpo: its settings.")
+    grpo: GrpoSpec | None = Field(default=None, description="train.objective grpo: its rewards and settings.")
     data: DataSpec = Field(
         default_factory=DataSpec, description="How the window is read: in memory or streamed."
     )
@@ -673,9 +779,11 @@ __all__ = [
     "DataSpec",
     "DistributedSpec",
     "DpoSpec",
+    "GrpoSpec",
     "ImageSpec",
     "ModelSpec",
     "PeftSpec",
+    "RewardSpec",
     "TextSpec",
     "TrainSpec",
 ]

@@ -1,0 +1,191 @@
+"""GRPO (freestack.ml.grpo, train.objective: grpo): its advantages and loss as TRL's GRPOTrainer defines
+them, the rewards (freestack.ml.rewards), and a careless instruction-tuned tiny model whose exact match the
+exact-match reward raises."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from freestack.ml.generation import ChatColumns, load_tokenizer
+from freestack.ml.grpo import GrpoEncoding, GrpoSettings, group_advantages, grpo_loss
+from freestack.ml.rewards import (
+    RewardError,
+    Sample,
+    call_user,
+    exact_match,
+    json_schema,
+    length,
+    regex,
+    user_function,
+)
+
+COLUMNS = ChatColumns(prompt="prompt", response="chosen")
+
+
+def test_advantages_are_the_rewards_against_their_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(rewards, 4)
+    first = torch.tensor([0.75, -0.25, -0.25, -0.25]) / (torch.tensor([1.0, 0, 0, 0]).std() + 1e-4)
+    assert torch.allclose(adv[:4], first) and torch.equal(adv[4:], torch.zeros(4))  # an even group: nothing
+    assert torch.allclose(group_advantages(rewards, 4, "none")[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert torch.allclose(
+        group_advantages(rewards, 4, "batch"),
+        (rewards - rewards.view(2, 4).mean(1).repeat_interleave(4)) / (rewards.std() + 1e-4),
+    )
+
+
+def _by_hand(logps, old, ref, adv, mask, s: GrpoSettings) -> float:
+    """TRL's GRPOTrainer._compute_loss, written out token by token."""
+    per = []
+    for i in range(logps.shape[0]):
+        row = []
+        for t in range(logps.shape[1]):
+            ratio = math.exp(logps[i, t] - old[i, t])
+            clip = min(max(ratio, 1 - s.epsilon), 1 + s.epsilon)
+            loss = -min(ratio * adv[i], clip * adv[i])
+            d = ref[i, t] - logps[i, t]
+            row.append(loss + s.beta * (math.exp(d) - d - 1))
+        per.append(row)
+    per, mask = np.array(per), mask.numpy().astype(float)
+    if s.loss == "grpo":
+        return float(np.mean((per * mask).sum(1) / mask.sum(1)))
+    if s.loss == "dr_grpo":
+        return float((per * mask).sum() / (logps.shape[0] * s.max_completion_length))
+    return float((per * mask).sum() / mask.sum())
+
+
+@pytest.mark.parametrize("loss", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_the_clipped_loss_with_its_kl_term_is_trls(loss):
+    g = torch.Generator().manual_seed(0)
+    logps = -torch.rand(4, 5, generator=g) * 3
+    old = logps + (torch.rand(4, 5, generator=g) - 0.5)  # a ratio away from 1: some tokens clipped
+    ref = logps + (torch.rand(4, 5, generator=g) - 0.5)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    s = GrpoSettings(beta=0.04, epsilon=0.2, loss=loss, max_completion_length=5)
+    got, stats = grpo_loss(logps, old, ref, adv, mask, s)
+    assert float(got) == pytest.approx(_by_hand(logps, old, ref, adv, mask, s), rel=1e-5)
+    assert 0 < stats["clip_ratio"] < 1 and stats["kl"] > 0
+    same, stats = grpo_loss(logps, logps, None, adv, mask, GrpoSettings(loss=loss))  # one step a rollout
+    assert stats == {"kl": 0.0, "clip_ratio": 0.0}
+    # -A on every token: rows of 3, 5, 1 and 2 tokens summing -3 + 5 - 0.5 + 1
+    want = {"grpo": (-1 + 1 - 0.5 + 0.5) / 4, "dr_grpo": 2.5 / (4 * 64)}.get(loss, 2.5 / 11)
+    assert float(same) == pytest.approx(want)
+
+
+def test_the_built_in_rewards_and_a_users_own(tmp_path):
+    s = Sample("What is 3 + 4?", " 7 ", 2, {"chosen": "7", "other": 3})
+    assert exact_match("chosen")(s) == 1.0 and exact_match("other")(s) == 0.0
+    assert regex(r"\d+")(s) == 1.0 and regex(r"<answer>\d+</answer>")(s) == 0.0
+    schema = {"type": "object", "required": ["a"]}
+    assert json_schema(schema)(Sample("p", '{"a": 1}', 5, {})) == 1.0
+    assert json_schema(schema)(Sample("p", '{"b": 1}', 5, {})) == json_schema(schema)(s) == 0.0
+    assert length(4)(Sample("p", "x", 6, {})) == -0.5 and length(4)(s) == 0.0
+    (tmp_path / "rewards.py").write_text(
+        "def closeness(prompt, completion, chosen, **row):\n"
+        "    return -abs(int(completion) - int(chosen)) if completion.strip().isdigit() else -10\n"
+        "def broken(prompt, completion, **row):\n    return 'high'\n"
+    )
+    fn, lineage = user_function("rewards.py:closeness", tmp_path)
+    assert call_user(fn, "rewards.py:closeness")(Sample("p", "9", 1, {"chosen": "7"})) == -2.0
+    assert lineage["function"] == "rewards.py:closeness" and len(lineage["sha256"]) == 64
+    broken, _ = user_function("rewards.py:broken", tmp_path)
+    with pytest.raises(RewardError, match="returned 'high' .* a reward is a finite number"):
+        call_user(broken, "rewards.py:broken")(s)
+    with pytest.raises(RewardError, match="defines no function 'missing'"):
+        user_function("rewards.py:missing", tmp_path)
+    with pytest.raises(RewardError, match="is not a file"):
+        user_function("nowhere.py:f", tmp_path)
+
+
+def test_the_spec_names_what_a_reward_lacks():
+    from pydantic import ValidationError
+
+    from freestack.train.spec import GrpoSpec
+
+    with pytest.raises(ValidationError, match="reward regex needs pattern"):
+        GrpoSpec(rewards=[{"function": "regex"}])
+    with pytest.raises(ValidationError, match="'mystery' is not a reward function"):
+        GrpoSpec(rewards=[{"function": "mystery"}])
+    with pytest.raises(ValidationError, match="two rewards are called the same"):
+        GrpoSpec(rewards=[{"function": "exact_match"}, {"function": "exact_match", "weight": 2}])
+    spec = GrpoSpec(
+        rewards=[{"function": "json_schema", "schema": {"type": "object"}}, {"function": "include/r.py:ok"}]
+    )
+    assert spec.reward_labels == ["json_schema", "ok"] and spec.rewards[0].schema_ == {"type": "object"}
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from tests.support.hf_tiny import tiny_causal_lm
+
+    return load_tokenizer(tiny_causal_lm(tmp_path_factory.mktemp("lm"), pretrain_steps=0))
+
+
+def test_prompts_are_left_padded_with_their_rows(tok):
+    enc = GrpoEncoding(tok, COLUMNS, 48)
+    rows = pd.DataFrame(
+        [{"prompt": "What is 3 + 4?", "chosen": "7", "day": 1}, {"prompt": "Hi", "chosen": "x", "day": 2}]
+    )
+    out = enc.encode_frame(rows)
+    ids, mask = out.x["input_ids"], out.x["attention_mask"]
+    assert mask[1, 0] == 0 and mask[0].all() and mask[1, -1] == 1  # the shorter prompt padded on the left
+    assert tok.decode(ids[0]).endswith("<|im_start|>assistant\n")
+    assert [enc.table[i]["day"] for i in out.x["row"]] == [1, 2] and enc.table[0][
+        "_prompt"
+    ] == "What is 3 + 4?"
+    assert enc.as_dict()["chat"]["columns"]["response"] == "chosen"  # what evaluation compares with
+
+
+def test_grpo_with_the_exact_match_reward_raises_a_careless_models_exact_match(tmp_path):
+    """The starting point is the tiny base instruction-tuned on answers of which 30% are wrong (as the DPO
+    test's); GRPO samples 4 answers a prompt, rewards the right ones, and raises the held-out exact match,
+    with the reward on validation (the run's metric) rising with it."""
+    from freestack.ml.generation import eos_ids, load_causal_lm
+    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.rewards import Reward, RewardSet
+    from freestack.ml.stream import InMemory
+    from tests.support.hf_tiny import tiny_causal_lm
+    from tests.support.preference import careless_sft, preference_pairs
+    from tests.unit.ml.test_preference import _exact_match
+
+    base = tiny_causal_lm(tmp_path / "lm")
+    tok, model = load_tokenizer(base), load_causal_lm(str(base))
+    pairs = preference_pairs(400, seed=1)
+    train, held_out = pairs.iloc[:240], pairs.iloc[240:]
+    careless_sft(model, tok, train)
+    before = _exact_match(model, tok, held_out)
+
+    rewards = RewardSet((Reward("exact_match", 1.0, exact_match("chosen")),))
+    settings = GrpoSettings(num_generations=4, max_completion_length=12, beta=0.0)
+    net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+    enc = GrpoEncoding(tok, COLUMNS, 48)
+    splits = {name: enc.encode_frame(rows) for name, rows in (("train", train), ("val", held_out))}
+    sources = {
+        k: InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
+        for k, e in splits.items()
+    }
+    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    start = net.grpo_metrics(sources["val"], torch.device("cpu"))
+    config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
+    result = fit_source(net, sources["train"], sources["val"], config, task="grpo")
+    after = _exact_match(model, tok, held_out)
+    print(f"exact match on 160 held-out prompts: sft {before:.3f}, after grpo {after:.3f}")
+    assert start["reward"] == pytest.approx(before, abs=0.02)  # greedy answers, scored by exact match
+    assert result.metric == "reward" and result.best_metric > start["reward"]
+    row = result.history[-1]
+    assert {
+        "train_reward",
+        "train_reward_std",
+        "train_reward_exact_match",
+        "train_kl",
+        "train_clip_ratio",
+    } <= set(row)
+    assert 0 < row["train_reward"] < 1 and row["train_completion_length"] > 1
+    assert after >= before + 0.05, (before, after)
