@@ -268,6 +268,35 @@ def _dpo_train(r: dict[str, Any], file: str) -> list[Row]:
     ]
 
 
+def _grpo_train(r: dict[str, Any], file: str) -> list[Row]:
+    """GRPO of a tiny causal LM on an exact-match reward: freestack's loop against TRL's GRPOTrainer, the
+    tokens/s, and the exact match each reached after the same steps (higher is better on both)."""
+    s, med, exact = r["settings"], r["median_tokens_per_s"], r["median_exact_match"]
+    where = f"cpu, {s['threads']} thread{'s' if s['threads'] > 1 else ''}"
+    steps = f"{s['prompts']} prompts x {s['epochs']} epochs, {s['num_generations']} samples each"
+    ratio = r["ratio"]
+    return [
+        Row(
+            "grpo_train",
+            f"GRPO, tiny Llama ({where}; {steps}), tokens/s",
+            _n(med["freestack"], 0),
+            f"{_n(med['trl'], 0)} (TRL GRPOTrainer)",
+            ratio,
+            f">= {r['target']}",
+            ratio >= r["target"],
+        ),
+        Row(
+            "grpo_train",
+            f"GRPO, the same run: exact match on 200 held-out prompts (start {r['exact_match_start']:.3f})",
+            f"{exact['freestack']:.3f}",
+            f"{exact['trl']:.3f} (TRL GRPOTrainer)",
+            exact["freestack"] / exact["trl"] if exact["trl"] else None,
+            ">= 1",
+            exact["freestack"] >= exact["trl"],
+        ),
+    ]
+
+
 def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
     """The training loop beside a load: the pool a task sizes against torch's own (a thread per core)."""
     s, p = r["summary"], r["params"]
@@ -1061,6 +1090,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "train_distributed": _train_distributed,
     "train_sft": _train_sft,
     "dpo_train": _dpo_train,
+    "grpo_train": _grpo_train,
     "train_loaded": _train_loaded,
     "score": _score,
     "score_generation": _score_generation,
