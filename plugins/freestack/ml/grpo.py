@@ -91,9 +91,17 @@ def completion_logps(
     left-padded to ``prompt_width``, the completions after them; positions counted from each row's first
     token (as ``generate`` counts them), logits divided by the sampling temperature."""
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    logits = logits[:, prompt_width - 1 : -1, :].float() / temperature
     tokens = ids[:, prompt_width:]
+    # the logits of the completion's positions only (transformers' logits_to_keep): a prompt's would
+    # take rows x prompt tokens x vocabulary of memory for nothing
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=False,
+        logits_to_keep=tokens.shape[1] + 1,
+    ).logits
+    logits = logits[:, :-1, :].float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
