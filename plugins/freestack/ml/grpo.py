@@ -145,10 +145,10 @@ def grpo_loss(
 class GrpoEncoding(ChatEncoding):
     """The prompts of a GRPO training: each row's chat up to its answer (the reference, which the rewards
     and the evaluation compare with), rendered with the generation prompt and left-padded; ``x["row"]``
-    is the row's place in ``table`` (every column of it, for the rewards). It saves as the chat encoding,
+    is the row's place in ``table`` (its prompt's text and every column of it, for the rewards). It saves as the chat encoding,
     which is what evaluation and serving read."""
 
-    table: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    table: list[tuple[str, dict[str, Any]]] = field(default_factory=list, repr=False)
 
     def encode_rows(self, rows: Iterable[dict[str, Any]], *, packing: bool | None = None) -> Encoded:
         rows = list(rows)
@@ -161,9 +161,7 @@ class GrpoEncoding(ChatEncoding):
         for r, (p, _) in enumerate(prompts):
             ids[r, width - len(p) :], mask[r, width - len(p) :] = p, 1
         start = len(self.table)
-        self.table.extend(
-            {**row, "_prompt": chat[-1]["content"]} for row, chat in zip(rows, chats, strict=True)
-        )
+        self.table.extend((chat[-1]["content"], row) for row, chat in zip(rows, chats, strict=True))
         place = np.arange(start, start + len(rows), dtype=np.int64)
         out = Encoded(
             {"input_ids": ids, "attention_mask": mask, "row": place}, np.zeros(len(rows), np.float32)
@@ -203,9 +201,8 @@ class GrpoNet(CausalLMNet):
         self.encoding: GrpoEncoding | None = None
         self.eos: list[int] = []
         self.steps: list[dict[str, float]] = []
-        self._frozen: list[
-            Any
-        ] = []  # full weights with beta > 0: the starting model, outside the module tree
+        # full weights with beta > 0: the starting model, outside the module tree
+        self._frozen: list[Any] = []
 
     def attach(self, encoding: GrpoEncoding, eos: list[int]) -> None:
         """The prompts' encoding (its tokenizer and table of rows) and the tokens that end an answer; with
@@ -238,25 +235,9 @@ class GrpoNet(CausalLMNet):
         width = int(x["attention_mask"].sum(dim=1).max())
         prompt = x["input_ids"][:, -width:].repeat_interleave(g.num_generations, dim=0)
         pmask = x["attention_mask"][:, -width:].repeat_interleave(g.num_generations, dim=0)
-        out = self.model.generate(
-            input_ids=prompt,
-            attention_mask=pmask,
-            do_sample=True,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            top_k=0,
-            max_new_tokens=g.max_completion_length,
-            eos_token_id=self.eos,
-            pad_token_id=self.encoding.tokenizer.pad_token_id,
-        )
-        new = out[:, width:]
-        cmask = _up_to_end(new, self.eos)
-        rows = x["row"].repeat_interleave(g.num_generations).tolist()
-        texts = self._texts(new, cmask)
-        scores = self.score(rows, texts, cmask.sum(dim=1).tolist())
-        rewards = torch.tensor(scores, dtype=torch.float32, device=prompt.device)
-        weights = torch.tensor([r.weight for r in self.rewards.rewards], device=prompt.device)
-        total = (rewards * weights).sum(dim=1)
+        rows = x["row"].repeat_interleave(g.num_generations)
+        sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p, "top_k": 0}
+        new, cmask, rewards, total = self.answered(prompt, pmask, rows, **sampling)
         return Rollouts(
             ids=torch.cat([prompt, new], dim=1),
             mask=torch.cat([pmask, cmask], dim=1),
@@ -267,11 +248,29 @@ class GrpoNet(CausalLMNet):
             advantages=group_advantages(total, g.num_generations, g.scale_rewards),
         )
 
+    def answered(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, **sampling: Any):
+        """Completions of left-padded prompts (``rows``: their places in the table), scored: the new
+        tokens, their mask up to and with the end of turn, each function's rewards ``[n, functions]`` and
+        the weighted sum ``[n]``."""
+        new = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=self.grpo.max_completion_length,
+            eos_token_id=self.eos,
+            pad_token_id=self.encoding.tokenizer.pad_token_id,
+            **sampling,
+        )[:, ids.shape[1] :]
+        cmask = _up_to_end(new, self.eos)
+        scores = self.score(rows.tolist(), self._texts(new, cmask), cmask.sum(dim=1).tolist())
+        rewards = torch.tensor(scores, dtype=torch.float32, device=ids.device)
+        weights = torch.tensor([r.weight for r in self.rewards.rewards], device=ids.device)
+        return new, cmask, rewards, (rewards * weights).sum(dim=1)
+
     def score(self, rows: list[int], texts: list[str], tokens: list[int]) -> list[list[float]]:
         """Each completion's reward by each function (``rows``: their prompts' places in the table)."""
         table = self.encoding.table
         samples = [
-            Sample(table[r]["_prompt"], text, int(n), {k: v for k, v in table[r].items() if k != "_prompt"})
+            Sample(table[r][0], text, int(n), table[r][1])
             for r, text, n in zip(rows, texts, tokens, strict=True)
         ]
         return self.rewards.score(samples)
@@ -323,24 +322,14 @@ class GrpoNet(CausalLMNet):
         for xb, _ in source.ordered(batch, device):
             width = int(xb["attention_mask"].sum(dim=1).max())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = self.model.generate(
-                    input_ids=xb["input_ids"][:, -width:],
-                    attention_mask=xb["attention_mask"][:, -width:],
-                    do_sample=False,
-                    max_new_tokens=self.grpo.max_completion_length,
-                    eos_token_id=self.eos,
-                    pad_token_id=self.encoding.tokenizer.pad_token_id,
+                _, cmask, rewards, total = self.answered(
+                    xb["input_ids"][:, -width:], xb["attention_mask"][:, -width:], xb["row"], do_sample=False
                 )
-            new = out[:, width:]
-            cmask = _up_to_end(new, self.eos)
-            scores = self.score(xb["row"].tolist(), self._texts(new, cmask), cmask.sum(dim=1).tolist())
-            values = {"reward": [self.rewards.total(s) for s in scores]}
-            for k, name in enumerate(self.rewards.names):
-                values[f"reward_{name}"] = [s[k] for s in scores]
-            values["completion_length"] = cmask.sum(dim=1).tolist()
+            values = {"reward": total, "completion_length": cmask.sum(dim=1)}
+            values.update({f"reward_{name}": rewards[:, k] for k, name in enumerate(self.rewards.names)})
             for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + float(sum(v))
-            n += len(scores)
+                sums[k] = sums.get(k, 0.0) + float(v.float().sum())
+            n += len(total)
         means = {k: v / max(n, 1) for k, v in sums.items()}
         return {"loss": -means.get("reward", 0.0), **means}
 

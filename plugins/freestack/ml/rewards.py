@@ -173,9 +173,6 @@ class RewardSet:
         """Each sample's reward by each function, in ``names``' order."""
         return [[r.score(s) for r in self.rewards] for s in samples]
 
-    def total(self, values: Sequence[float]) -> float:
-        return sum(r.weight * v for r, v in zip(self.rewards, values, strict=True))
-
     def lineage(self) -> list[dict[str, Any]]:
         return [{"name": r.name, "weight": r.weight, **r.source} for r in self.rewards]
 

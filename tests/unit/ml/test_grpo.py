@@ -136,9 +136,7 @@ def test_prompts_are_left_padded_with_their_rows(tok):
     ids, mask = out.x["input_ids"], out.x["attention_mask"]
     assert mask[1, 0] == 0 and mask[0].all() and mask[1, -1] == 1  # the shorter prompt padded on the left
     assert tok.decode(ids[0]).endswith("<|im_start|>assistant\n")
-    assert [enc.table[i]["day"] for i in out.x["row"]] == [1, 2] and enc.table[0][
-        "_prompt"
-    ] == "What is 3 + 4?"
+    assert [enc.table[i][1]["day"] for i in out.x["row"]] == [1, 2] and enc.table[0][0] == "What is 3 + 4?"
     assert enc.as_dict()["chat"]["columns"]["response"] == "chosen"  # what evaluation compares with
 
 
