@@ -185,6 +185,21 @@ def profiled(enabled: bool, label: str, *, dump: Path | None = None) -> Iterator
         stats.sort_stats("tottime").print_stats(30)
 
 
+def alternating(
+    module: str, argv: list[str], repeats: int, sides: tuple[str, str] = ("freestack", "trl"), **kw: Any
+) -> dict[str, list[dict[str, Any]]]:
+    """``repeats`` rounds of ``module``'s two sides, each a :func:`run_child` with ``--child <side>``, the
+    order swapped every round (what runs first on a warm machine alternates); each sample echoed to
+    stderr. Returns the samples by side."""
+    samples: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for i in range(repeats):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            out = run_child(module, [*argv, "--child", side], **kw)
+            print(side, json.dumps(out), file=sys.stderr)
+            samples[side].append(out)
+    return samples
+
+
 def run_child(
     module: str,
     argv: list[str],

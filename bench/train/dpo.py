@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_child_options, parser, run_child, write_report
+from bench.common import add_child_options, alternating, parser, write_report
 from bench.train.sft import LORA, SEED, SIZES, Clocked, _demo, _sync, make_base
 
 TARGET = 0.95
@@ -210,12 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = ["--size", args.size, "--rows", str(args.rows), "--batch-size", str(args.batch_size)]
         keep += ["--max-length", str(args.max_length), "--lr", str(args.lr), "--device", args.device]
         keep += ["--threads", str(args.threads), "--workdir", str(work)]
-        samples: dict[str, list[dict[str, Any]]] = {"freestack": [], "trl": []}
-        for i in range(args.repeats):
-            for side in ("freestack", "trl") if i % 2 == 0 else ("trl", "freestack"):
-                out = run_child("bench.train.dpo", [*keep, "--child", side], timeout=args.timeout)
-                print(side, json.dumps(out), file=sys.stderr)
-                samples[side].append(out)
+        samples = alternating("bench.train.dpo", keep, args.repeats, timeout=args.timeout)
     median = {s: statistics.median(r["pairs_per_s"] for r in runs) for s, runs in samples.items()}
     report = {
         "name": "dpo_train",  # not a train_* name: bench.report's table does not read this report

@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_child_options, parser, run_child, write_report
+from bench.common import add_child_options, alternating, parser, write_report
 from bench.train.dpo import preference_rows
 from bench.train.sft import SEED, _demo
 
@@ -237,12 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             "--workdir",
             str(work),
         ]
-        samples: dict[str, list[dict[str, Any]]] = {"freestack": [], "trl": []}
-        for i in range(args.repeats):
-            for side in ("freestack", "trl") if i % 2 == 0 else ("trl", "freestack"):
-                out = run_child("bench.train.grpo", [*keep, "--child", side], timeout=args.timeout)
-                print(side, json.dumps(out), file=sys.stderr)
-                samples[side].append(out)
+        samples = alternating("bench.train.grpo", keep, args.repeats, timeout=args.timeout)
     median = {s: statistics.median(r["tokens_per_s"] for r in runs) for s, runs in samples.items()}
     exact = {s: statistics.median(r["exact_match"] for r in runs) for s, runs in samples.items()}
     report = {
