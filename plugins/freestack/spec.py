@@ -118,7 +118,18 @@ class PipelineSpec(SpecModel):
                 "score.generation is for a text-generation model (model.task: text-generation): "
                 "remove it, this model scores rows"
             )
-        if self.score is not None and self.source.schema_.target is None:
+        teacher = self.score.teacher if self.score is not None else None
+        if teacher is not None and not self.model.generative:
+            raise ValueError(
+                "score.teacher answers prompts: it is for a text-generation pipeline (model.task: "
+                "text-generation, model.data naming the prompt or messages column)"
+            )
+        if teacher is not None and teacher.land is not None and teacher.land.pipeline == self.name:
+            raise ValueError(
+                f"score.teacher.land.pipeline {self.name!r} is this pipeline: land the answers into the "
+                "student's pipeline, whose landing folder holds prompt and answer rows"
+            )
+        if self.score is not None and teacher is None and self.source.schema_.target is None:
             raise ValueError(
                 "score: needs a model to score with: declare source.schema.target, so that the "
                 "pipeline trains one, or remove the score block"

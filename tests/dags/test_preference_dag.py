@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from freestack.serving.records import Deployments
 from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +70,33 @@ def grpo_spec(base: Path, name: str = "rewarded") -> dict:
     return spec
 
 
+def distil_specs(base: Path, student_base: Path, url: str) -> list[dict]:
+    """The asking pipeline (the landed pairs' prompts, answered by the teacher at ``url``, landed as the
+    student's data) and the student pipeline (instruction-tuned from ``student_base`` on what lands)."""
+    asks = grpo_spec(base, "asks")
+    asks["score"] = {
+        "input": "lake",
+        "teacher": {
+            "url": url,
+            "model": "teacher",
+            "api_key": {"conn_id": "teacher_key"},
+            "max_tokens": 12,
+            "land": {"pipeline": "student"},
+        },
+    }
+    student = dpo_spec(student_base, "student")
+    student["source"]["schema"]["target"] = "response"
+    student["source"]["schema"]["columns"] = [
+        {"name": "id", "type": "string", "nullable": False},
+        *({"name": c, "type": "text", "nullable": False} for c in ("prompt", "response")),
+    ]
+    student["model"]["data"] = {"prompt": "prompt", "response": "response"}
+    student["train"] = {**student["train"], "epochs": 6, "learning_rate": 3e-3}
+    student["train"].pop("objective"), student["train"].pop("dpo")
+    student["gate"] = {"metric": "exact_match", "threshold": 0.1}
+    return [asks, student]
+
+
 @pytest.fixture
 def pipelines(tmp_path, storage, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
@@ -93,7 +121,7 @@ def pipelines(tmp_path, storage, monkeypatch):
         landing_pairs(root, name, date(2026, 11, 1), DAYS, rows=150)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return {"bag": bag, "root": root, "base": base}
+    return {"bag": bag, "root": root, "base": base, "lm": tmp_path / "lm", "specs": specs}
 
 
 def _base_exact_match(folder: Path, smoke: dict) -> float:
@@ -211,3 +239,76 @@ def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipe
         assert tuned >= start + 0.05, (start, tuned)  # 0.344 -> 0.406 on 64 prompts here
     finally:
         stop_local(p["root"].as_uri(), "rewarded", "rewarded")
+
+
+def test_a_teacher_deployment_is_distilled_into_a_student(pipelines, tmp_path, monkeypatch):
+    """score.teacher: the careless start, registered and served by freestack's model server (the MLServer
+    runtime, started as its image starts it, with a key), answers the asks pipeline's prompts day by day
+    through the OpenAI API; the answers land as the student pipeline's data, and the student (the tiny
+    base before any instruction tuning) trained on them answers the test prompts about as well as its
+    teacher, both measured against the right answers."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.evaluate.text_generation import exact_match
+    from freestack.serving.local import stop_local
+    from freestack.serving.spec import GenerationBounds
+    from tests.support.images import start_like_image
+    from tests.support.preference import landing_pairs, teacher_version
+
+    p, key = pipelines, "sk-teacher-freestack"
+    uri = teacher_version(p["root"].as_uri(), p["base"], tmp_path)
+    bounds = GenerationBounds(max_new_tokens=16, default_max_new_tokens=12, max_prompt_tokens=40)
+    env = {
+        "FREESTACK_MODEL_NAME": "teacher",
+        "FREESTACK_SERVER_API_KEY": key,
+        "FREESTACK_HOME": str(tmp_path),
+    }
+    env.update(bounds.env())
+    server = start_like_image(
+        "mlserver", uri, tmp_path / "mlserver", env=env, ready_path="/v2/models/teacher/ready", timeout=180
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_TEACHER_KEY", json.dumps({"conn_type": "generic", "password": key}))
+    try:
+        for spec in distil_specs(p["base"], p["lm"], f"{server.url}/v1"):
+            (p["specs"] / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        landing_pairs(p["root"], "asks", date(2026, 11, 1), DAYS, rows=150)
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        p = {**p, "bag": bag}
+        _ingest(p, "asks")
+        for d in range(1, DAYS + 1):
+            run = bag.get_dag("asks_score").test(logical_date=datetime(2026, 11, d, tzinfo=UTC))
+            assert run.state == "success"
+        day = p["root"] / "scores" / "asks" / "ds=2026-11-01"
+        manifest = json.loads((day / "_manifest.json").read_text())
+        assert manifest["teacher"]["answered_as"] == ["teacher:v1"] and manifest["rows_scored"] == 150
+        assert manifest["requests"]["asked"] == 150 and manifest["land"]["pipeline"] == "student"
+        assert (p["root"] / "landing" / "student" / "2026-11-01" / "asks-teacher.csv").exists()
+    finally:
+        server.stop()
+    try:
+        _ingest(p, "student")
+        run = bag.get_dag("student_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+        assert run.state == "success"
+        rec = Deployments(p["root"].as_uri(), "student").get("student")
+        version = p["root"] / "registry" / "student" / rec["version"]
+        smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
+        truth = _right_answers(p["root"], "asks")
+        right = [truth[chat[-1]["content"]] for chat in smoke["chats"]]
+        teacher = _base_exact_match(p["base"], {**smoke, "labels": right})
+        start = _base_exact_match(p["lm"], {**smoke, "labels": right})
+        student = exact_match(right, smoke["outputs"])
+        print(
+            f"distilled, exact match on {len(right)} test prompts: {start:.3f} -> {student:.3f}, teacher {teacher:.3f}"
+        )
+        assert student >= start + 0.1 and student >= teacher - 0.1, (start, student, teacher)
+    finally:
+        stop_local(p["root"].as_uri(), "student", "student")
+
+
+def _right_answers(root: Path, pipeline: str) -> dict[str, str]:
+    """Each landed prompt's right answer (the pairs' chosen column)."""
+    import pandas as pd
+
+    files = sorted((root / "landing" / pipeline).glob("*/pairs.csv"))
+    frame = pd.concat([pd.read_csv(f, dtype=str) for f in files])
+    return dict(zip(frame["prompt"], frame["chosen"], strict=True))

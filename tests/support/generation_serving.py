@@ -85,12 +85,10 @@ def make_generation_version(
     import torch
 
     from freestack.ml.generation import (
-        CausalLMNet,
         ChatColumns,
         add_causal_lora,
         load_causal_lm,
         load_tokenizer,
-        save_tokenizer,
     )
     from freestack.registry.core import ModelRegistry
     from tests.support.hf_tiny import LM_BASE, tiny_causal_lm
@@ -118,22 +116,7 @@ def make_generation_version(
             for name, p in lm.named_parameters():
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=draw) * scale)
-    net = CausalLMNet(lm, base=lineage, columns=columns, max_length=max_length, peft=peft)
-    net.save_pretrained(folder)
-    save_tokenizer(tok, folder)
-    pre = {
-        "task": "generation",
-        "features": [columns.input_column],
-        "target": "response",
-        "classes": [],
-        "chat": {
-            "columns": {"prompt": "prompt", "response": "response", "messages": None, "system": SYSTEM},
-            "max_length": max_length,
-            "packing": False,
-        },
-    }
-    (folder / "preprocessing.json").write_text(json.dumps(pre))
-    (folder / "lineage.json").write_text(json.dumps({"pipeline": model, "model": model}))
+    save_generation(folder, lm, tok, columns, max_length, lineage, peft, pipeline=model)
     out = GenerationVersion("", folder, lm, tok, columns, max_length, {})
     chats = [out.chat(p) for p in SMOKE_PROMPTS]
     answers = out.alone(chats, max_new_tokens=smoke_tokens)
@@ -152,4 +135,40 @@ def make_generation_version(
     return out
 
 
-__all__ = ["SMOKE_PROMPTS", "SYSTEM", "GenerationVersion", "make_generation_version"]
+def save_generation(
+    folder: Path,
+    lm,
+    tok,
+    columns,
+    max_length: int,
+    base: dict[str, str],
+    peft: dict | None = None,
+    *,
+    pipeline: str,
+) -> None:
+    """``lm`` (a transformers causal LM) and ``tok`` saved in ``folder`` as the trainer saves an
+    instruction-tuned version of ``pipeline``: the weights (``CausalLMNet.save_pretrained``), the
+    tokenizer, ``preprocessing.json`` (the chat columns) and ``lineage.json``, ready to register."""
+    from freestack.ml.generation import CausalLMNet, save_tokenizer
+
+    net = CausalLMNet(lm, base=base, columns=columns, max_length=max_length, peft=peft)
+    net.save_pretrained(folder)
+    save_tokenizer(tok, folder)
+    chat = {
+        "prompt": columns.prompt,
+        "response": columns.response,
+        "messages": None,
+        "system": columns.system,
+    }
+    pre = {
+        "task": "generation",
+        "features": [columns.input_column],
+        "target": columns.response,
+        "classes": [],
+        "chat": {"columns": chat, "max_length": max_length, "packing": False},
+    }
+    (folder / "preprocessing.json").write_text(json.dumps(pre))
+    (folder / "lineage.json").write_text(json.dumps({"pipeline": pipeline, "model": pipeline}))
+
+
+__all__ = ["SMOKE_PROMPTS", "SYSTEM", "GenerationVersion", "make_generation_version", "save_generation"]

@@ -130,6 +130,19 @@ def sft_base(base: Path, folder: Path, pairs: pd.DataFrame) -> Path:
     return folder
 
 
+def teacher_version(root: str, base: Path, work: Path) -> str:
+    """``base`` (a saved causal LM, such as :func:`sft_base`'s) registered as version v1 of model ``teacher``,
+    saved as training saves an instruction-tuned version (prompt/chosen columns, 48 tokens); its URI."""
+    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    from freestack.registry.core import ModelRegistry
+    from tests.support.generation_serving import save_generation
+
+    folder = work / "teacher-v1"
+    lm, tok = load_causal_lm(str(base)).eval(), load_tokenizer(base)
+    save_generation(folder, lm, tok, COLUMNS, 48, {"folder": str(base)}, pipeline="teacher")
+    return ModelRegistry(root, "teacher").register(folder.as_uri(), "v1")
+
+
 def landing_pairs(root: Path, pipeline: str, start: date, days: int, rows: int) -> None:
     """``days`` landing drops of ``rows`` pairs each: ``landing/<pipeline>/<ds>/pairs.csv`` with columns
     id, prompt, chosen, rejected."""

@@ -14,7 +14,8 @@ from freestack.errors import DeployError
 from freestack.hooks.datastore import DataStoreHook
 
 if TYPE_CHECKING:
-    from freestack.judging.spec import JudgeSpec
+    from freestack.judging.spec import JudgeKey, JudgeSpec
+    from freestack.score.spec import TeacherSpec
     from freestack.serving.spec import DeploySpec
 
 
@@ -94,15 +95,25 @@ def deployment_key(record: dict[str, Any]) -> SecretStr | None:
 
 def judge_api_key(judge: JudgeSpec | None) -> str | None:
     """The key of the LLM judge (``gate.judge``): the password of the connection ``gate.judge.api_key.conn_id``
-    names, read when the task runs (never at DAG parse time); None when the spec names none. A connection
-    missing or without a password fails the task without a retry: a retry would find the same."""
+    names, read when the task runs (never at DAG parse time); None when the spec names none."""
+    key = judge.api_key if judge is not None else None
+    return _task_key(key, "the judge's API key", "gate.judge.api_key.conn_id")
+
+
+def teacher_api_key(teacher: TeacherSpec | None) -> str | None:
+    """The key of a teacher endpoint (``score.teacher``), read as :func:`judge_api_key` reads the judge's."""
+    key = teacher.api_key if teacher is not None else None
+    return _task_key(key, "the teacher's API key", "score.teacher.api_key.conn_id")
+
+
+def _task_key(key: JudgeKey | None, what: str, field: str) -> str | None:
+    """The password of the connection ``key`` names, in a task; a connection missing or without a password
+    fails the task without a retry: a retry would find the same."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    conn_id = judge.api_key.conn_id if judge is not None and judge.api_key is not None else None
-    if conn_id is None:
+    if key is None:
         return None
-    what = ("the judge's API key", "gate.judge.api_key.conn_id", "run the task again")
-    return connection_password(conn_id, *what, error=AirflowFailException)
+    return connection_password(key.conn_id, what, field, "run the task again", error=AirflowFailException)
 
 
 def _connection(conn_id: str) -> Any:
@@ -149,4 +160,11 @@ def connection_password(conn_id: str, what: str, field: str, again: str, *, erro
     return password
 
 
-__all__ = ["connection_password", "deployment_key", "judge_api_key", "model_source", "server_api_key"]
+__all__ = [
+    "connection_password",
+    "deployment_key",
+    "judge_api_key",
+    "model_source",
+    "server_api_key",
+    "teacher_api_key",
+]

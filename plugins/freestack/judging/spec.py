@@ -30,12 +30,12 @@ DEFAULT_RUBRICS = {
 
 
 class JudgeKey(SpecModel):
-    """Where the judge's API key comes from, never the key itself."""
+    """Where an endpoint's API key comes from (the judge's, a teacher's), never the key itself."""
 
     conn_id: str = Field(
         min_length=1,
         max_length=250,
-        description="The Airflow connection whose password is the judge's API key (read when evaluate runs).",
+        description="The Airflow connection whose password is the endpoint's API key (read when the task runs).",
     )
 
 

@@ -148,7 +148,7 @@ def write_answers(
             answered = _answer_piece(complete, model, settings, piece, quar)
             if answered is not None:
                 keys, rows, done = answered
-                writer.write_batch(_answers(keys, done, job, at, writer.schema))
+                writer.write_batch(answers_batch(keys, done, job, at, writer.schema))
                 counts.rows_scored += len(done)
                 tally.add(done)
                 if spec.score.monitor:
@@ -312,7 +312,7 @@ async def _complete(engine, prompts: list[tuple[list[int], bool]], settings, lim
     return list(await asyncio.gather(*(one(ids, cut) for ids, cut in prompts)))
 
 
-def _answers(
+def answers_batch(
     keys: pa.Array, done: list, job: dict[str, Any], at: datetime, schema: pa.Schema
 ) -> pa.RecordBatch:
     """The output batch: each answer's text stripped of surrounding whitespace, as the model server
@@ -337,6 +337,7 @@ def _answers(
 __all__ = [
     "COLUMNS",
     "answerer",
+    "answers_batch",
     "generation_of",
     "score",
     "output_schema",

@@ -316,8 +316,9 @@ def cached(spec: PipelineSpec, job: dict[str, Any]) -> step_cache.Lookup | None:
     ``score.version``: the version it resolved to is keyed); None with ``score.cache`` off. The version's
     name, each input file's sha256 and each block's digest are kept in words: a miss says what changed in
     them, and a hit is checked against the published manifest (:func:`_reused`). A miss removes the old
-    entry before the day is scored again."""
-    if not spec.score.cache:
+    entry before the day is scored again. A teacher's days (``score.teacher``) are not cached: the endpoint
+    may answer otherwise tomorrow."""
+    if not spec.score.cache or spec.score.teacher is not None:
         return None
     files = [[i["uri"], step_cache.file_digest(i["uri"])] for i in job["inputs"]]
     blocks = {"name": spec.name, "source": spec.source, "model": spec.model, "score": spec.score}

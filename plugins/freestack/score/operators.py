@@ -8,6 +8,7 @@ score  -> one mapped task per day: the day's scores (a text-generation version's
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
@@ -15,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack import step_cache
 from freestack.errors import ScoreError
+from freestack.hooks.credentials import teacher_api_key
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ class PlanScoreOperator(PipelineOperator):
     ui_color = "#e8e0f8"
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        from freestack.score import core, published
+        from freestack.score import core, published, teacher
 
         spec = self.pipeline_spec()
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
@@ -46,7 +48,10 @@ class PlanScoreOperator(PipelineOperator):
                 f"(`freestack backfill {spec.name} --dag score --start ... --end ...`)"
             )
         try:
-            got = core.plan(spec, start, end)
+            if spec.score.teacher is not None:  # a teacher endpoint answers instead of a version
+                got = teacher.plan(spec, start, end, teacher_api_key(spec.score.teacher))
+            else:
+                got = core.plan(spec, start, end)
         except ScoreError as exc:  # the day at fault, or every day of the run, is listed failed with why
             run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
             for ds in [exc.ds] if exc.ds else core.days_of(start, end):
@@ -81,11 +86,13 @@ class ScoreOperator(TorchTask, PipelineOperator):
         self.job = job
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from freestack.score import answers_writer, core, published
+        from freestack.score import answers_writer, core, published, teacher
 
         spec = self.pipeline_spec()
-        # a text-generation version answers the day's prompt rows
+        # a text-generation version answers the day's prompt rows; a teacher endpoint, with score.teacher
         score = answers_writer.score if spec.model.generative else core.score
+        if spec.score.teacher is not None:
+            score = functools.partial(teacher.score, api_key=teacher_api_key(spec.score.teacher))
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         try:
             manifest = score(spec, self.job, run)

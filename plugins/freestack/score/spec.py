@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from freestack.judging.spec import JudgeKey
 from freestack.specbase import SpecModel
 
 _PIPELINE = re.compile(r"^lake(:[a-z][a-z0-9_]{0,62})?$")
@@ -77,6 +78,64 @@ class GenerationScore(SpecModel):
                 "reproduces a day and answers equal the model server's at temperature 0"
             )
         return v
+
+
+class LandSpec(SpecModel):
+    """Where a teacher's answers land as another pipeline's instruction-tuning data (``score.teacher.land``)."""
+
+    pipeline: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,62}$",
+        description="The student pipeline: each day's answers are written into its landing folder for the "
+        "day, in its source format (csv or parquet), as its key and its model.data columns (prompt and "
+        "response, or messages with the answer as the last turn); its ingest takes them as any landed file.",
+    )
+    finished_only: bool = Field(
+        default=True,
+        description="Land only the answers the teacher ended itself (finish_reason stop): an answer cut at "
+        "max_tokens is not one to learn. The manifest counts those left out.",
+    )
+
+
+class TeacherSpec(SpecModel):
+    """A teacher that answers the day's prompts instead of a registered version (``score.teacher``): any
+    OpenAI-compatible chat endpoint (a freestack deployment, a hosted API), asked through the ``openai``
+    client, one chat completion per row; the answers are the day's scores, and, with ``land``, the next
+    pipeline's instruction-tuning data (distillation)."""
+
+    url: str = Field(
+        pattern=r"^https?://\S+$",
+        max_length=2000,
+        description="The endpoint's base URL as the openai client takes it (e.g. http://127.0.0.1:9000/v1).",
+    )
+    model: str = Field(min_length=1, max_length=500, description="The teacher's model name at that endpoint.")
+    api_key: JudgeKey | None = Field(
+        default=None, description="{conn_id: ...}: the key's connection, if any."
+    )
+    max_tokens: int = Field(default=256, ge=1, le=32_768, description="The most tokens of each answer.")
+    temperature: float = Field(
+        default=0.0, ge=0, le=2, description="The teacher's sampling temperature (0: its greedy answer)."
+    )
+    seed: int | None = Field(default=None, description="Sent with every request, for endpoints that take it.")
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds one request may take.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds to connect before the attempt counts as failed."
+    )
+    retries: int = Field(
+        default=4,
+        ge=0,
+        le=10,
+        description="Retries of a request answered 408, 409, 429 or 5xx, or not answered, with exponential "
+        "backoff (honouring Retry-After): the openai client's. A row still failing is quarantined with why.",
+    )
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight at once.")
+    max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="The most prompt rows of a day: a day with more fails before anything is asked.",
+    )
+    land: LandSpec | None = Field(
+        default=None, description="{pipeline: <student>}: land the answers as that pipeline's SFT data."
+    )
 
 
 class ScoreSpec(SpecModel):
@@ -138,6 +197,11 @@ class ScoreSpec(SpecModel):
         default=None,
         description="For a text-generation model: how its answers are generated (default: greedy, 64 tokens)",
     )
+    teacher: TeacherSpec | None = Field(
+        default=None,
+        description="A text-generation pipeline's prompts answered by an OpenAI-compatible endpoint instead of "
+        "a registered version (version, columns, generation and cache are not read): distillation's data",
+    )
 
     @field_validator("input")
     @classmethod
@@ -170,4 +234,4 @@ class ScoreSpec(SpecModel):
         return self.input.split(":", 1)[1] if self.input.startswith("lake:") else None
 
 
-__all__ = ["GenerationScore", "ScoreSpec"]
+__all__ = ["GenerationScore", "LandSpec", "ScoreSpec", "TeacherSpec"]
