@@ -218,6 +218,21 @@ class PipelineSpec(SpecModel):
             )
 
     @model_validator(mode="after")
+    def _judge_reward_has_a_judge(self) -> PipelineSpec:
+        if self.judge_rewarded and self.gate.judge is None:
+            raise ValueError(
+                "train.grpo.rewards: the judge reward asks gate.judge's endpoint: add a gate.judge block "
+                "(url, model, api_key, rubric), or remove the reward"
+            )
+        return self
+
+    @property
+    def judge_rewarded(self) -> bool:
+        """Whether a GRPO training asks the judge for a reward (its key is read by the task that trains)."""
+        grpo = self.train.grpo if self.train.objective == "grpo" else None
+        return grpo is not None and any(r.function == "judge" for r in grpo.rewards)
+
+    @model_validator(mode="after")
     def _sweep_init_is_the_models(self) -> PipelineSpec:
         """A sweep's ``init.<name>`` parameters are a custom model's constructor arguments: the model
         must be custom and give ``name`` a default in ``model.init``."""

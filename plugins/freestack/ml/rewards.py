@@ -11,6 +11,9 @@ Built in, the checks a user needs first:
 - ``json_schema``: 1 when the completion is JSON that validates against ``schema``; else 0.
 - ``length``: a penalty of ``-(tokens - max_tokens) / max_tokens`` for a completion longer than
   ``max_tokens`` tokens (0 up to it): it keeps answers short without rewarding empty ones.
+- ``judge``: the LLM judge of ``gate.judge`` (its endpoint, key and rubric), asked for a pointwise score
+  of each completion, 1-5 read as ``(score - 1) / 4``; built by the train stage, which holds the judge's
+  settings and key, as a batch scorer (the judge is asked ``concurrency`` completions at a time).
 
 And a user's own: ``module:function``, a function in a file of the project (``include/rewards.py:correct``)
 or an importable module (``mypkg.rewards:correct``), called per completion as
@@ -34,7 +37,7 @@ from freestack.errors import FreestackError
 from freestack.ml.contract import is_dotted, module_path, sha256_of
 
 #: the reward functions freestack has (``train.grpo.rewards[].function``)
-BUILT_IN = ("exact_match", "regex", "json_schema", "length")
+BUILT_IN = ("exact_match", "regex", "json_schema", "length", "judge")
 
 
 class RewardError(FreestackError):
@@ -60,6 +63,11 @@ class Reward:
     weight: float
     score: Callable[[Sample], float]
     source: dict[str, Any] = field(default_factory=dict)  # lineage: the function, its file and sha256
+    #: scores a batch of samples at once (a judge asked concurrently); None: ``score`` one by one
+    batch: Callable[[Sequence[Sample]], list[float]] | None = None
+
+    def scores(self, samples: Sequence[Sample]) -> list[float]:
+        return self.batch(samples) if self.batch is not None else [self.score(s) for s in samples]
 
 
 def exact_match(column: str) -> Callable[[Sample], float]:
@@ -171,7 +179,8 @@ class RewardSet:
 
     def score(self, samples: Sequence[Sample]) -> list[list[float]]:
         """Each sample's reward by each function, in ``names``' order."""
-        return [[r.score(s) for r in self.rewards] for s in samples]
+        columns = [r.scores(samples) for r in self.rewards]
+        return [list(row) for row in zip(*columns, strict=True)] if columns else [[] for _ in samples]
 
     def lineage(self) -> list[dict[str, Any]]:
         return [{"name": r.name, "weight": r.weight, **r.source} for r in self.rewards]

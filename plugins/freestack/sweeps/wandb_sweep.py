@@ -86,9 +86,15 @@ def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, An
 
 
 def run_server_agent(
-    spec: PipelineSpec, sweep: dict[str, Any], *, agent_id: str, settings: WandbSettings
+    spec: PipelineSpec,
+    sweep: dict[str, Any],
+    *,
+    agent_id: str,
+    settings: WandbSettings,
+    judge_key: str | None = None,
 ) -> dict[str, Any]:
-    """``wandb.agent`` until the server has no more trials for this sweep."""
+    """``wandb.agent`` until the server has no more trials for this sweep (``judge_key``: the judge's, for
+    trials the judge rewards)."""
     import wandb
 
     # train.core loads torch; the operators, which the DAG file loads, import this module
@@ -127,6 +133,7 @@ def run_server_agent(
             }
             run_key = f"{sweep['id']}/{run.id}"
             req = trial_request(request, config, folder, run_key, tracking, kept_metric(sweep["config"]))
+            req.judge_key = judge_key
             outcome = train(spec, req, tracking_settings=settings, on_epoch=report)
             doc.update(
                 state="finished",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.judging import client as judging
 from freestack.ml.generation import (
     CausalLMNet,
     ChatColumns,
@@ -165,12 +166,16 @@ def reward_tuned(spec: PipelineSpec) -> bool:
     return spec.model.generative and spec.train.objective == "grpo"
 
 
-def reward_set(spec: PipelineSpec) -> RewardSet:
-    """``train.grpo.rewards`` as functions: the built-ins with their settings, a user's own loaded from
-    the project (FreestackError naming the reward when it cannot be)."""
+def reward_set(spec: PipelineSpec, judge_key: str | None = None) -> RewardSet:
+    """``train.grpo.rewards`` as functions: the built-ins with their settings, the judge (asked with
+    ``judge_key``), a user's own loaded from the project (FreestackError naming the reward when it cannot
+    be)."""
     out = []
     for r in spec.train.grpo.rewards:
         source: dict[str, Any] = {"function": r.function}
+        if r.function == "judge":
+            out.append(judge_reward(spec, r, judge_key))
+            continue
         if r.function == "exact_match":
             score = exact_match(r.column or spec.model.chat.response or "response")
         elif r.function == "regex":
@@ -184,6 +189,38 @@ def reward_set(spec: PipelineSpec) -> RewardSet:
             score = call_user(fn, r.function)
         out.append(Reward(r.label, r.weight, score, source))
     return RewardSet(tuple(out))
+
+
+def judge_reward(spec: PipelineSpec, r, api_key: str | None) -> Reward:
+    """The judge of ``gate.judge`` as a reward (:class:`~freestack.judging.client.JudgeClient`, pointwise
+    whatever the gate's mode, its rubric when the gate's is pointwise): each completion's score 1-5 read
+    as ``(score - 1) / 4``, the reference from ``column`` (default the response column). A judging that
+    failed scores 0; a batch with more failed than ``gate.judge.max_failures`` allows fails the training
+    with the judge's error."""
+    judge = judging.with_rubric_file(spec.gate.judge)
+    if judge.mode != "pointwise":
+        judge = judge.model_copy(update={"mode": "pointwise", "rubric": None})
+    column = r.column or spec.model.chat.response or "response"
+    client: list[judging.JudgeClient] = []  # made when first asked: lineage reads the reward keyless
+
+    def batch(samples) -> list[float]:
+        if not client:
+            client.append(judging.JudgeClient(judge, api_key))
+        refs = [str(s.row.get(column) or "") for s in samples]
+        verdicts = judging.pointwise(
+            client[0], [s.prompt for s in samples], refs, [s.completion for s in samples]
+        )
+        failed = [v for v in verdicts if v.value is None]
+        if failed and len(failed) > judge.max_failures * len(samples):
+            raise FreestackError(
+                f"train.grpo.rewards {r.label}: {len(failed)} of {len(samples)} judgings failed, over "
+                f"gate.judge.max_failures {judge.max_failures:g} (gate.judge.url {judge.url}, model "
+                f"{judge.model}): {failed[0].error}. Fix the judge (or its key), then clear the task"
+            )
+        return [0.0 if v.value is None else (float(v.value) - 1) / 4 for v in verdicts]
+
+    source = {"function": "judge", "url": judge.url, "model": judge.model, "rubric": judge.template}
+    return Reward(r.label, r.weight, lambda s: batch([s])[0], source, batch=batch)
 
 
 def grpo_settings(spec: PipelineSpec) -> GrpoSettings:
@@ -247,8 +284,9 @@ def check_grpo(spec: PipelineSpec) -> None:
             raise FreestackError(message)
 
 
-def build_causal_model(spec: PipelineSpec, pre) -> Any:
-    """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations."""
+def build_causal_model(spec: PipelineSpec, pre, judge_key: str | None = None) -> Any:
+    """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations;
+    ``judge_key``: the judge's key, for a GRPO training the judge rewards."""
     model = load_causal_lm(pretrained_base(spec).folder)
     peft = peft_settings(spec)
     if peft is not None:
@@ -262,7 +300,7 @@ def build_causal_model(spec: PipelineSpec, pre) -> Any:
     if preference_tuned(spec):
         return PreferenceNet(model, beta=spec.train.dpo.beta, sft_weight=spec.train.dpo.sft_weight, **common)
     if reward_tuned(spec):
-        return GrpoNet(model, grpo=grpo_settings(spec), rewards=reward_set(spec), **common)
+        return GrpoNet(model, grpo=grpo_settings(spec), rewards=reward_set(spec, judge_key), **common)
     return CausalLMNet(model, packing=spec.model.packing, **common)
 
 
@@ -291,10 +329,11 @@ def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
     return {"image_size": (height, width), "image_channels": 3}
 
 
-def build_pretrained_model(spec: PipelineSpec, data) -> Any:
-    """The base with a head for the data's classes (and LoRA adapters when the spec asks for them)."""
+def build_pretrained_model(spec: PipelineSpec, data, judge_key: str | None = None) -> Any:
+    """The base with a head for the data's classes (and LoRA adapters when the spec asks for them); a
+    causal LM for a text-generation spec (``judge_key``: as :func:`build_causal_model` takes it)."""
     if spec.model.generative:
-        return build_causal_model(spec, data.pre)
+        return build_causal_model(spec, data.pre, judge_key)
     text = data.pre.encoder.text if data.pre.encoder is not None else None
     return build_pretrained(
         pretrained_base(spec),

@@ -50,6 +50,9 @@ class TrainRequest:
     #: None: the task's. A sweep trial keeps the epoch best on the sweep's metric
     keep_metric: str | None = None
     keep_higher: bool | None = None
+    #: the judge's API key, for a GRPO training rewarded by the judge: read from its connection by the
+    #: task that trains, never written down (left out of a launch's request and of every repr)
+    judge_key: str | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -596,7 +596,7 @@ class RewardSpec(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     function: str = Field(
-        description="exact_match (against column), regex (pattern), json_schema (schema), length (max_tokens), or a function of your own: path/to/file.py:function or package.module:function, called as function(prompt=, completion=, **row) and returning a number.",
+        description="exact_match (against column), regex (pattern), json_schema (schema), length (max_tokens), judge (gate.judge's endpoint, a pointwise score 1-5 read as 0-1, column its reference), or a function of your own: path/to/file.py:function or package.module:function, called as function(prompt=, completion=, **row) and returning a number.",
     )
     weight: float = Field(default=1.0, description="Its weight in the completion's reward (a weighted sum).")
     name: str | None = Field(
@@ -605,7 +605,8 @@ class RewardSpec(_Model):
         description="What its metrics are called (reward_<name>); default: the function's name.",
     )
     column: str | None = Field(
-        default=None, description="exact_match: the reference answer's column (default model.data.response)."
+        default=None,
+        description="exact_match, judge: the reference answer's column (default model.data.response).",
     )
     pattern: str | None = Field(
         default=None, description="regex: the pattern the whole completion must match (re.fullmatch, DOTALL)."
@@ -624,12 +625,12 @@ class RewardSpec(_Model):
         needs = {"regex": "pattern", "json_schema": "schema_", "length": "max_tokens"}
         if self.function in needs and getattr(self, needs[self.function]) is None:
             raise ValueError(f"reward {self.function} needs {needs[self.function].rstrip('_')}")
-        if self.function not in ("exact_match", *needs) and not re.fullmatch(
+        if self.function not in ("exact_match", "judge", *needs) and not re.fullmatch(
             r"[^:\s]+:[A-Za-z_]\w*", self.function
         ):
             raise ValueError(
                 f"{self.function!r} is not a reward function: give exact_match, regex, json_schema, length, "
-                "or path/to/file.py:function (or package.module:function) for one of your own"
+                "judge, or path/to/file.py:function (or package.module:function) for one of your own"
             )
         if self.pattern is not None:
             try:

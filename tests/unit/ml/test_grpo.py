@@ -140,18 +140,22 @@ def test_prompts_are_left_padded_with_their_rows(tok):
     assert enc.as_dict()["chat"]["columns"]["response"] == "chosen"  # what evaluation compares with
 
 
-def test_grpo_with_the_exact_match_reward_raises_a_careless_models_exact_match(tmp_path):
+def test_grpo_rewarded_by_the_judge_raises_a_careless_models_exact_match(tmp_path):
     """The starting point is the tiny base instruction-tuned on answers of which 30% are wrong (as the DPO
-    test's); GRPO samples 4 answers a prompt, rewards the right ones, and raises the held-out exact match,
-    with the reward on validation (the run's metric) rising with it."""
+    test's); GRPO samples 4 answers a prompt, the LLM judge rewards them (``function: judge``: the stand-in
+    judge on 127.0.0.1 scores 5 an answer equal to the reference, 1 another, over HTTP, each completion a
+    request), and the held-out exact match rises, with the reward on validation (the run's metric)."""
     from freestack.ml.generation import eos_ids, load_causal_lm
     from freestack.ml.grpo import GrpoNet
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.rewards import Reward, RewardSet
+    from freestack.ml.rewards import RewardSet
     from freestack.ml.stream import InMemory
+    from freestack.train.pretrained import judge_reward
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import careless_sft, preference_pairs
+    from tests.unit.evaluate.judge_standin import StandinJudge
     from tests.unit.ml.test_preference import _exact_match
+    from tests.unit.train.test_judge_reward import _spec
 
     base = tiny_causal_lm(tmp_path / "lm")
     tok, model = load_tokenizer(base), load_causal_lm(str(base))
@@ -160,7 +164,9 @@ def test_grpo_with_the_exact_match_reward_raises_a_careless_models_exact_match(t
     careless_sft(model, tok, train)
     before = _exact_match(model, tok, held_out)
 
-    rewards = RewardSet((Reward("exact_match", 1.0, exact_match("chosen")),))
+    judge = StandinJudge()
+    spec = _spec(judge.url)
+    rewards = RewardSet((judge_reward(spec, spec.train.grpo.rewards[0], "sk-judge"),))
     settings = GrpoSettings(num_generations=4, max_completion_length=12, beta=0.0)
     net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
     enc = GrpoEncoding(tok, COLUMNS, 48)
@@ -172,16 +178,19 @@ def test_grpo_with_the_exact_match_reward_raises_a_careless_models_exact_match(t
     net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
     start = net.grpo_metrics(sources["val"], torch.device("cpu"))
     config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
-    result = fit_source(net, sources["train"], sources["val"], config, task="grpo")
+    try:
+        result = fit_source(net, sources["train"], sources["val"], config, task="grpo")
+    finally:
+        judge.stop()
     after = _exact_match(model, tok, held_out)
     print(f"exact match on 160 held-out prompts: sft {before:.3f}, after grpo {after:.3f}")
-    assert start["reward"] == pytest.approx(before, abs=0.02)  # greedy answers, scored by exact match
+    assert start["reward_judge"] == pytest.approx(before, abs=0.02), start  # greedy answers, judged
     assert result.metric == "reward" and result.best_metric > start["reward"]
     row = result.history[-1]
     assert {
         "train_reward",
         "train_reward_std",
-        "train_reward_exact_match",
+        "train_reward_judge",
         "train_kl",
         "train_clip_ratio",
     } <= set(row)

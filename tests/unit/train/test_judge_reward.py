@@ -1,0 +1,75 @@
+"""The LLM judge as a GRPO reward (``train.grpo.rewards: [{function: judge}]``): gate.judge's endpoint (the
+stand-in judge on 127.0.0.1, tests/unit/evaluate/judge_standin.py: 5 for an answer equal to the reference,
+1 otherwise) scores each completion, read as (score - 1) / 4; the samples of a batch are asked
+concurrently, one request each; a judge that answers nothing readable fails the training naming it; the
+spec refuses the reward without a gate.judge; the key is never written down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from freestack.errors import FreestackError
+from freestack.ml.rewards import Sample
+from tests.dags.test_preference_dag import grpo_spec
+from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
+
+
+@pytest.fixture(scope="module")
+def judge():
+    server = StandinJudge()
+    yield server
+    server.stop()
+
+
+def _spec(judge_url: str | None, model: str = "fair"):
+    from freestack.spec import PipelineSpec
+
+    spec = grpo_spec(Path("/tmp/base"), "judged")
+    spec["train"]["grpo"]["rewards"] = [{"function": "judge", "weight": 2.0}, {"function": "exact_match"}]
+    if judge_url is not None:
+        spec["gate"]["judge"] = {"url": judge_url, "model": model, "rubric": RUBRIC, "retries": 0}
+    return PipelineSpec.model_validate(spec)
+
+
+def _samples() -> list[Sample]:
+    rows = [{"chosen": "12"}, {"chosen": "321"}, {"chosen": "03/11/2026"}]
+    answers = ["12", "123", "03/11/2026"]
+    prompts = ["What is 7 + 5?", "Reverse the digits: 123", "Convert 2026-11-03 to DD/MM/YYYY."]
+    return [Sample(p, a, 2, r) for p, a, r in zip(prompts, answers, rows, strict=True)]
+
+
+def test_the_judge_scores_each_completion_against_its_reference(judge):
+    from freestack.train.pretrained import reward_set
+
+    before = len(judge.requests)
+    rewards = reward_set(_spec(judge.url), judge_key="sk-judge")
+    assert rewards.names == ["judge", "exact_match"]
+    assert rewards.score(_samples()) == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    asked = judge.requests[before:]
+    assert len(asked) == 3 and {r["model"] for r in asked} == {"fair"}
+    assert any("REFERENCE<<321>>\nANSWER<<123>>" in r["messages"][-1]["content"] for r in asked)
+    judged = rewards.lineage()[0]
+    assert judged["function"] == "judge" and judged["weight"] == 2.0 and judged["url"] == judge.url
+    assert judged["model"] == "fair" and judged["rubric"] == RUBRIC
+
+
+def test_a_judge_that_answers_nothing_readable_fails_the_training_naming_it(judge):
+    from freestack.train.pretrained import reward_set
+
+    rewards = reward_set(_spec(judge.url, model="prose"))
+    with pytest.raises(
+        FreestackError, match="train.grpo.rewards judge: 3 of 3 judgings failed, over gate.judge"
+    ):
+        rewards.score(_samples())
+
+
+def test_the_judge_reward_needs_a_judge_and_its_key_is_never_written_down():
+    from freestack.train.request import TrainRequest
+
+    with pytest.raises(ValidationError, match="the judge reward asks gate.judge's endpoint"):
+        _spec(None)
+    req = TrainRequest(end_ds="2026-11-03", judge_key="sk-secret")
+    assert "sk-secret" not in repr(req)
