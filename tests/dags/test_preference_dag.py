@@ -233,6 +233,12 @@ def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipe
             "train_kl",
             "train_reward_std",
         } <= set(rows[-1])
+        # every optimiser step's figures: in steps.json, and each epoch as W&B's train_steps table
+        steps = json.loads((version / "steps.json").read_text())
+        assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and steps[-1]["epoch"] == 4
+        assert {"reward", "reward_std", "reward_exact_match", "kl", "clip_ratio"} <= set(steps[0])
+        media = Path(json.loads((version / "lineage.json").read_text())["wandb"]["run_dir"]) / "files"
+        assert any(f.name.startswith("train_steps_") for f in media.rglob("*.table.json")), media
         smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
         start, tuned = _base_exact_match(p["base"], smoke), exact_match(smoke["labels"], smoke["outputs"])
         print(f"grpo, exact match on {len(smoke['labels'])} test prompts: {start:.3f} -> {tuned:.3f}")

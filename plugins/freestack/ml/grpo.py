@@ -27,7 +27,8 @@ A training step of :class:`GrpoNet`, on a batch of prompts:
 The reference's log-probabilities (``beta`` > 0) come from the same model with its LoRA adapters
 disabled (no second copy); with full weights, from a frozen copy of the starting model, as TRL keeps
 one. Each step's statistics (each reward's mean, the reward's mean and standard deviation, the KL, the
-clipped share, completion lengths) are kept; the epoch's means go to the run's metrics as ``train_*``.
+clipped share, completion lengths) are kept: the loop numbers them (``TrainResult.steps``, checkpointed,
+W&B's ``train_steps`` table, the version's ``steps.json``), and their epoch's means are ``train_*``.
 
 Validation scores one greedy completion per prompt with the same rewards: ``reward`` (the weighted sum's
 mean, the run's metric, higher is better), ``reward_<name>`` per function, ``completion_length``, and
@@ -306,12 +307,10 @@ class GrpoNet(CausalLMNet):
             stats[f"reward_{name}"] = float(column.mean())
         return stats
 
-    def epoch_stats(self) -> dict[str, float]:
-        """The means of the steps since the last call (the loop's ``train_*`` metrics of an epoch)."""
+    def take_steps(self) -> list[dict[str, float]]:
+        """Each step's figures since the last call (the loop numbers them and averages an epoch's)."""
         steps, self.steps = self.steps, []
-        if not steps:
-            return {}
-        return {f"train_{k}": float(np.mean([s[k] for s in steps])) for k in steps[0]}
+        return steps
 
     @torch.no_grad()
     def grpo_metrics(self, source, device: torch.device, amp_dtype=None, batch: int = 32) -> dict[str, float]:

@@ -53,6 +53,9 @@ class TrainResult:
     model: nn.Module
     task: str
     history: list[dict[str, float]] = field(default_factory=list)
+    #: what the model kept of each optimiser step (a GRPO rollout's rewards, KL, ...), numbered: ``step``,
+    #: ``epoch`` and its figures; checkpointed with the history, so a resumed run keeps the earlier ones
+    steps: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_metric: float | None = None
     metric: str = ""
@@ -68,8 +71,8 @@ class TrainResult:
     threads: int = 0  # torch's CPU threads (its intra-op pool) in the process that trained (rank 0's)
 
     def summary(self) -> dict[str, Any]:
-        """Everything but the model and the per-epoch history (which is saved on its own)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("model", "history")}
+        """Everything but the model, the per-epoch history and the steps (which are saved on their own)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("model", "history", "steps")}
 
 
 def resolve_device(requested: str, ranks: Ranks | None = None) -> torch.device:
@@ -375,6 +378,7 @@ def _resume(run: _Run, checkpoints: CheckpointStore) -> int:
     _load(run, state, best, opt_state)
     run.stopping.bad_epochs = meta["bad_epochs"]
     result.history = meta["history"]
+    result.steps = meta.get("steps", [])
     result.best_epoch, result.best_metric = meta["best_epoch"], meta["best_metric"]
     result.resumed_from = meta["epoch"]
     result.stopped_early = meta.get("stopped", False)
@@ -512,6 +516,7 @@ def _checkpoint(run: _Run, checkpoints: CheckpointStore, epoch: int) -> None:
         "epoch": epoch,
         "bad_epochs": run.stopping.bad_epochs,
         "history": result.history,
+        "steps": result.steps,
         "best_epoch": result.best_epoch,
         "best_metric": result.best_metric,
         "stopped": result.stopped_early,
@@ -606,12 +611,15 @@ def fit_source(
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[dict[str, float]], bool | None] | None = None,
     ranks: Ranks | None = None,
+    on_steps: Callable[[list[dict[str, float]]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; return it with the best validation weights loaded. ``train`` and ``val``
     are in memory or streamed (:mod:`freestack.ml.stream`).
 
     ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
     sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
+    ``on_steps(steps)``, for a model that keeps figures of its steps (``take_steps``), sees every step
+    so far (``TrainResult.steps``) after each epoch.
 
     ``ranks``: this process is one rank of a data-parallel training (:mod:`freestack.ml.distributed`);
     ``train`` is its shard (``InMemory.shard``, ``Streamed.shard``). Rank 0 alone validates, checkpoints
@@ -634,12 +642,14 @@ def fit_source(
             "train_loss": train_loss,
             "lr": lr,
             "samples_per_s": run.n / train_seconds if train_seconds > 0 else 0.0,
-            **_epoch_stats(run.model),
+            **_epoch_stats(run, epoch),
         }
         if ranks is None or ranks.main or ranks.sharded:  # a sharded model's forward needs every rank
             _judge(run, val, row, on_epoch if ranks is None or ranks.main else None)
             if checkpoints is not None:
                 _checkpoint(run, checkpoints, epoch)
+        if on_steps is not None and result.steps and (ranks is None or ranks.main):
+            on_steps(result.steps)  # after on_epoch: W&B's table joins the epoch's row
         if ranks is not None:
             result.stopped_early = ranks.decide(result.stopped_early, run.device)
         epoch_seconds.append(time.perf_counter() - t0)
@@ -649,10 +659,16 @@ def fit_source(
     return result
 
 
-def _epoch_stats(model: nn.Module) -> dict[str, float]:
-    """What the model kept of the epoch's steps, when it keeps something (a GRPO rollout's rewards)."""
-    stats = getattr(model, "epoch_stats", None)
-    return stats() if callable(stats) else {}
+def _epoch_stats(run: _Run, epoch: int) -> dict[str, float]:
+    """What the model kept of the epoch's steps, when it keeps something (a GRPO rollout's rewards):
+    each step numbered into the run's ``steps``, and their means, the epoch's ``train_*``."""
+    take = getattr(run.model, "take_steps", None)
+    steps = take() if callable(take) else []
+    if not steps:
+        return {}
+    first = len(run.result.steps) + 1
+    run.result.steps.extend({"step": first + i, "epoch": epoch, **s} for i, s in enumerate(steps))
+    return {f"train_{k}": float(np.mean([s[k] for s in steps])) for k in steps[0]}
 
 
 def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None:

@@ -66,7 +66,13 @@ from freestack.train.request import (
 from freestack.train.spec import ModelSpec, TrainSpec
 from freestack.train.stream import FrameRows, WindowData, choose_mode, spool_window
 from freestack.train.window import Window, WindowError, fix_window, read_window
-from freestack.version.write import write_history, write_lineage, write_metrics, write_preprocessing
+from freestack.version.write import (
+    write_history,
+    write_lineage,
+    write_metrics,
+    write_preprocessing,
+    write_steps,
+)
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -654,6 +660,10 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
         run.log({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         return bool(on_epoch(row)) if on_epoch is not None else False
 
+    def steps_done(steps: list[dict[str, float]]) -> None:  # every step so far, as one W&B table
+        columns = list(steps[-1])
+        run.log_table("train_steps", columns, [[s.get(c) for c in columns] for s in steps])
+
     device = resolve_device(cfg.device)
     if ranks is not None and device.type == "cuda":
         device = ranks.device()
@@ -674,6 +684,7 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
             ranks=ranks,
             checkpoints=StoreCheckpoints(where.run_dir),
             on_epoch=epoch_done if run is not None else None,
+            on_steps=steps_done if run is not None else None,
         )
         if run is None:
             return None
@@ -817,6 +828,8 @@ def _write_version(
         # the text columns' tokenizer, a plain Hugging Face tokenizers file
         write_bytes(join(where.version_dir, TOKENIZER_FILE), data.pre.tokenizer_json.encode())
     write_history(where.version_dir, result.history)
+    if result.steps:
+        write_steps(where.version_dir, result.steps)
     write_metrics(where.version_dir, {"task": data.task, **metrics, "train": result.summary()})
     write_lineage(where.version_dir, lineage)
     run.log_artifact_reference(

@@ -7,6 +7,7 @@
     preprocessing.json          how rows are encoded (scaling, encoders, label coding, or the chat columns)
     tokenizer.json              the text columns' tokenizer (and a causal LM's tokenizer files)
     metrics.json, history.json  the training (and evaluation) metrics, the learning curves
+    steps.json                  each optimiser step's figures, for a training that keeps them (GRPO)
     lineage.json                what the version was trained on and how
     README.md                   the model card
     evaluation/                 the evaluation's plots, report and smoke sample
@@ -27,6 +28,7 @@ PREPROCESSING = "preprocessing.json"
 TOKENIZER = "tokenizer.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
+STEPS = "steps.json"
 LINEAGE = "lineage.json"
 CARD = "README.md"
 SMOKE = "evaluation/smoke.json"
@@ -73,6 +75,7 @@ __all__ = [
     "LINEAGE",
     "MARKER",
     "METRICS",
+    "STEPS",
     "MODEL_FILES",
     "MODULE",
     "OPTIONAL_TOKENIZER_FILES",

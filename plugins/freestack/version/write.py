@@ -41,6 +41,11 @@ def write_history(folder: str | ObjectStoragePath, history: list[dict[str, Any]]
     return _write(folder, F.HISTORY, history)
 
 
+def write_steps(folder: str | ObjectStoragePath, steps: list[dict[str, Any]]) -> str:
+    """``steps.json``: one entry an optimiser step (``step``, ``epoch`` and the step's figures)."""
+    return _write(folder, F.STEPS, steps)
+
+
 def read_lineage(folder: str | ObjectStoragePath) -> Lineage:
     """``lineage.json`` of a folder being written (a candidate, a trial's model), unverified; empty when
     there is none."""
@@ -48,4 +53,11 @@ def read_lineage(folder: str | ObjectStoragePath) -> Lineage:
     return Lineage.model_validate(json.loads(path.read_text()) if path.exists() else {})
 
 
-__all__ = ["read_lineage", "write_history", "write_lineage", "write_metrics", "write_preprocessing"]
+__all__ = [
+    "read_lineage",
+    "write_history",
+    "write_lineage",
+    "write_metrics",
+    "write_preprocessing",
+    "write_steps",
+]

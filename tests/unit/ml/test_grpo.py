@@ -196,3 +196,55 @@ def test_grpo_rewarded_by_the_judge_raises_a_careless_models_exact_match(tmp_pat
     } <= set(row)
     assert 0 < row["train_reward"] < 1 and row["train_completion_length"] > 1
     assert after >= before + 0.05, (before, after)
+
+
+def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_path):
+    """A run killed after its first epoch's checkpoint is retried: the loop resumes from the checkpoint
+    with the steps it had kept, samples the same rollouts (every epoch is seeded), and ends with the
+    steps, history and weights of a run never killed."""
+    from freestack.ml.generation import eos_ids, load_causal_lm
+    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.rewards import Reward, RewardSet
+    from freestack.ml.stream import InMemory
+    from tests.support.hf_tiny import tiny_causal_lm
+    from tests.support.preference import preference_pairs
+
+    class Store(dict):
+        def save(self, name, data):
+            self[name] = data
+
+        def load(self, name):
+            return self.get(name)
+
+    base = tiny_causal_lm(tmp_path / "lm", pretrain_steps=0)
+    tok = load_tokenizer(base)
+    pairs = preference_pairs(24, seed=3)
+    config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, warmup_epochs=0, device="cpu")
+    settings = GrpoSettings(num_generations=4, max_completion_length=6, beta=0.04)
+    rewards = RewardSet((Reward("exact_match", 1.0, exact_match("chosen")), Reward("short", 0.1, length(3))))
+
+    def run(store, kill_at=None):
+        model = load_causal_lm(str(base))
+        net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+        enc = GrpoEncoding(tok, COLUMNS, 48)
+        e = enc.encode_frame(pairs)
+        train, val = (InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y)) for _ in "tv")
+        net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+
+        def killed(row):
+            if row["epoch"] == kill_at:
+                raise RuntimeError("killed")
+
+        return fit_source(net, train, val, config, task="grpo", checkpoints=store, on_epoch=killed)
+
+    whole = run(Store())
+    store = Store()
+    with pytest.raises(RuntimeError, match="killed"):
+        run(store, kill_at=2)
+    again = run(store)
+    assert again.resumed_from == 1 and len(whole.steps) == 9 and whole.steps[-1]["epoch"] == 3
+    timeless = lambda h: [{k: v for k, v in r.items() if k != "samples_per_s"} for r in h]  # noqa: E731
+    assert again.steps == whole.steps and timeless(again.history) == timeless(whole.history)
+    want, got = whole.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
