@@ -661,11 +661,17 @@ def fit_source(
 
 def _epoch_stats(run: _Run, epoch: int) -> dict[str, float]:
     """What the model kept of the epoch's steps, when it keeps something (a GRPO rollout's rewards):
-    each step numbered into the run's ``steps``, and their means, the epoch's ``train_*``."""
+    each step numbered into the run's ``steps``, and their means, the epoch's ``train_*``. On
+    data-parallel ranks (each its share of every batch), a step's figures are the ranks' mean."""
     take = getattr(run.model, "take_steps", None)
     steps = take() if callable(take) else []
     if not steps:
         return {}
+    if run.ranks is not None:
+        keys = list(steps[0])
+        summed = run.ranks.all_sum([s[k] for s in steps for k in keys], run.device)
+        means = iter(v / run.ranks.world for v in summed)
+        steps = [{k: next(means) for k in keys} for _ in steps]
     first = len(run.result.steps) + 1
     run.result.steps.extend({"step": first + i, "epoch": epoch, **s} for i, s in enumerate(steps))
     return {f"train_{k}": float(np.mean([s[k] for s in steps])) for k in steps[0]}

@@ -264,7 +264,8 @@ def check_objective(spec: PipelineSpec) -> None:
 
 def check_grpo(spec: PipelineSpec) -> None:
     """``train.objective: grpo`` goes with a language model, ``train.grpo``'s rewards, prompts (not pairs,
-    not packed) read into memory, in one process (FreestackError naming the setting)."""
+    not packed) read into memory, in one process or data-parallel ranks (FreestackError naming the
+    setting)."""
     if spec.train.objective != "grpo":
         return
     problems = {
@@ -275,8 +276,9 @@ def check_grpo(spec: PipelineSpec) -> None:
         "train.objective grpo samples answers to prompts: give model.data prompt and response (the "
         "reference) columns, not chosen and rejected": spec.model.chat.preference,
         "model.packing is for train.objective sft: GRPO's prompts are not packed": spec.model.packing,
-        "train.objective grpo trains in one process for now: remove train.distributed": (
-            spec.train.distributed.world_size > 1
+        "train.objective grpo samples answers on each rank alone, which FSDP's sharded forward cannot "
+        "(every rank must run each forward): use train.distributed.strategy ddp": (
+            spec.train.distributed.world_size > 1 and spec.train.distributed.strategy == "fsdp"
         ),
     }
     for message, wrong in problems.items():

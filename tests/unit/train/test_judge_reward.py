@@ -2,7 +2,8 @@
 stand-in judge on 127.0.0.1, tests/unit/evaluate/judge_standin.py: 5 for an answer equal to the reference,
 1 otherwise) scores each completion, read as (score - 1) / 4; the samples of a batch are asked
 concurrently, one request each; a judge that answers nothing readable fails the training naming it; the
-spec refuses the reward without a gate.judge; the key is never written down."""
+spec refuses the reward without a gate.judge; the key is never written down. GRPO takes DDP ranks, not
+FSDP."""
 
 from __future__ import annotations
 
@@ -73,3 +74,16 @@ def test_the_judge_reward_needs_a_judge_and_its_key_is_never_written_down():
         _spec(None)
     req = TrainRequest(end_ds="2026-11-03", judge_key="sk-secret")
     assert "sk-secret" not in repr(req)
+
+
+def test_grpo_trains_on_ddp_ranks_and_refuses_fsdp():
+    from freestack.spec import PipelineSpec
+    from freestack.train.pretrained import check_grpo
+
+    spec = grpo_spec(Path("/tmp/base"), "ranked")
+    spec["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    check_grpo(PipelineSpec.model_validate(spec))
+    spec["train"]["distributed"]["strategy"] = "fsdp"
+    spec["model"]["peft"] = None
+    with pytest.raises(FreestackError, match="samples answers on each rank alone.*strategy ddp"):
+        check_grpo(PipelineSpec.model_validate(spec))
