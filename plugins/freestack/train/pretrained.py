@@ -280,6 +280,10 @@ def check_grpo(spec: PipelineSpec) -> None:
         "(every rank must run each forward): use train.distributed.strategy ddp": (
             spec.train.distributed.world_size > 1 and spec.train.distributed.strategy == "fsdp"
         ),
+        "the judge reward trains in one process: its key is read by the task and never handed to ranks "
+        "(remove train.distributed, or the judge reward)": (
+            spec.train.distributed.world_size > 1 and spec.judge_rewarded
+        ),
     }
     for message, wrong in problems.items():
         if wrong:

@@ -82,8 +82,15 @@ def test_grpo_trains_on_ddp_ranks_and_refuses_fsdp():
 
     spec = grpo_spec(Path("/tmp/base"), "ranked")
     spec["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
-    check_grpo(PipelineSpec.model_validate(spec))
+    ddp = PipelineSpec.model_validate(spec)
+    check_grpo(ddp)
     spec["train"]["distributed"]["strategy"] = "fsdp"
     spec["model"]["peft"] = None
     with pytest.raises(FreestackError, match="samples answers on each rank alone.*strategy ddp"):
         check_grpo(PipelineSpec.model_validate(spec))
+    judged = _spec("http://127.0.0.1:9/v1")
+    ranked = judged.train.model_copy(
+        update={"distributed": PipelineSpec.model_validate(spec).train.distributed}
+    )
+    with pytest.raises(FreestackError, match="the judge reward trains in one process"):
+        check_grpo(judged.model_copy(update={"train": ranked}))
