@@ -89,8 +89,6 @@ def test_grpo_trains_on_ddp_ranks_and_refuses_fsdp():
     with pytest.raises(FreestackError, match="samples answers on each rank alone.*strategy ddp"):
         check_grpo(PipelineSpec.model_validate(spec))
     judged = _spec("http://127.0.0.1:9/v1")
-    ranked = judged.train.model_copy(
-        update={"distributed": PipelineSpec.model_validate(spec).train.distributed}
-    )
+    ranked = judged.train.model_copy(update={"distributed": ddp.train.distributed})
     with pytest.raises(FreestackError, match="the judge reward trains in one process"):
         check_grpo(judged.model_copy(update={"train": ranked}))
