@@ -5,6 +5,7 @@ folder in storage), the checks before any data is read, and what the feature enc
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -42,9 +43,11 @@ from freestack.ml.rewards import (
     regex,
     user_function,
 )
+from freestack.registry.core import ModelRegistry, RegistryError
 from freestack.settings import checkout_dir
-from freestack.storage import to_path
+from freestack.storage import storage_root, to_path
 from freestack.storage.objects import local_os_path
+from freestack.version.files import MARKER
 from freestack.version.stored import read_storage_file
 
 if TYPE_CHECKING:
@@ -67,9 +70,70 @@ def pretrained_task(spec: PipelineSpec) -> str:
     return "image-classification" if "image" in kinds else "text-classification"
 
 
+#: ``model.base: registry:<model>@<alias>`` or ``registry:<model>:<version>``: a registered version
+REGISTERED = "registry:"
+
+
 def pretrained_base(spec: PipelineSpec) -> Base:
     """The spec's base as a local folder (fetched once per process and revision)."""
+    if spec.model.base.startswith(REGISTERED):
+        return registered_base(spec)
     return _base(spec.model.base, spec.model.revision, os.environ.get("HF_ENDPOINT"))
+
+
+def registered_base(spec: PipelineSpec) -> Base:
+    """``model.base: registry:<model>@<alias>`` (or ``:<version>``): a registered text-generation version
+    of this storage root as the base, the alias resolved now (lineage records the version in
+    ``revision`` and its registration's sha256 in ``commit``): an instruction-tuned version trained on by
+    GRPO or DPO, as TRL starts from an SFT model."""
+    ref = spec.model.base.removeprefix(REGISTERED)
+    model, sep, asked = ref.partition("@") if "@" in ref else ref.partition(":")
+    if not sep or not model or not asked:
+        raise FreestackError(
+            f"model.base {spec.model.base!r}: name a registered version as registry:<model>@<alias> "
+            "(registry:arith_tiny@production) or registry:<model>:<version>"
+        )
+    if spec.model.peft is not None:
+        raise FreestackError(
+            f"model.base {spec.model.base!r} trains full weights: remove model.peft (an adapter would name "
+            "the merged copy of the version that only this machine holds)"
+        )
+    registry = ModelRegistry(storage_root(spec.storage_root), model)
+    try:
+        version = registry.resolve(asked)
+    except RegistryError as exc:
+        raise FreestackError(f"model.base {spec.model.base!r}: {exc}") from None
+    return _version_base(registry.version_uri(version), spec.model.base, version)
+
+
+@lru_cache(maxsize=4)
+def _version_base(uri: str, given: str, version: str) -> Base:
+    """A registered text-generation version written once as a plain transformers folder (its files
+    checked against the registration; LoRA adapters merged into their base) with its tokenizer and chat
+    template, in the temporary folder named after its registration's sha256."""
+    import tempfile
+
+    from freestack import version as versions
+    from freestack.ml.pretrained import Base
+
+    try:
+        stored = versions.open(uri)
+        if stored.kind != "generation":
+            raise FreestackError(f"model.base {given!r}: {uri} is not a text-generation version")
+        digest = "sha256:" + hashlib.sha256(stored.source.read(MARKER)).hexdigest()
+        folder = Path(tempfile.gettempdir()) / f"freestack-base-{digest[7:23]}"
+        if (folder / "model.safetensors").is_file():
+            return Base(str(folder), given, version, digest)
+        loaded = stored.load()
+    except (versions.VersionError, OSError, ValueError, KeyError) as exc:
+        raise FreestackError(f"model.base {given!r}: {uri} cannot be loaded ({exc})") from None
+    lm = loaded.model.model
+    lm = lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
+    part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
+    lm.save_pretrained(part)
+    loaded.tokenizer.save_pretrained(part)
+    os.replace(part, folder)
+    return Base(str(folder), given, version, digest)
 
 
 def storage_base_uri(base: str) -> str:

@@ -309,7 +309,7 @@ class ModelSpec(_Model):
         default=None,
         min_length=1,
         max_length=500,
-        description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights.",
+        description="type huggingface: the pretrained model, a Hub repo id (org/name) or a folder of a saved model: a path (read as the file:// URI of its folder), or a file://, s3:// or data:// URI; lineage records the URI and the sha256 of its config and weights. A text-generation model may start from a registered version of this storage root: registry:<model>@<alias> or registry:<model>:<version> (full weights; a LoRA version merged).",
     )
     revision: str = Field(
         default="main",
