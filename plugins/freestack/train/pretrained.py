@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from freestack import version as versions
 from freestack.errors import FreestackError
 from freestack.judging import client as judging
 from freestack.ml.generation import (
@@ -26,6 +28,7 @@ from freestack.ml.generation import (
 from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
 from freestack.ml.preference import PreferenceEncoding, PreferenceNet
 from freestack.ml.pretrained import (
+    Base,
     build_pretrained,
     check_pretrained,
     copy_base,
@@ -51,7 +54,6 @@ from freestack.version.files import MARKER
 from freestack.version.stored import read_storage_file
 
 if TYPE_CHECKING:
-    from freestack.ml.pretrained import Base
     from freestack.spec import PipelineSpec
 
 _SCHEMES = ("file://", "s3://", "data://")
@@ -111,10 +113,6 @@ def _version_base(uri: str, given: str, version: str) -> Base:
     """A registered text-generation version written once as a plain transformers folder (its files
     checked against the registration; LoRA adapters merged into their base) with its tokenizer and chat
     template, in the temporary folder named after its registration's sha256."""
-    import tempfile
-
-    from freestack import version as versions
-    from freestack.ml.pretrained import Base
 
     try:
         stored = versions.open(uri)
