@@ -242,16 +242,21 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime, api_key: str | None
     name, key = spec.model.chat.messages or spec.model.chat.prompt, spec.source.schema_.key
     jobs, skipped = [], []
     for ds in core.days_of(start, end):
-        files = [f for f in input_files(spec, ds) if f.get("size", 1)]
-        for item in files:
-            missing = [c for c in (name, key) if c and c not in (input_names(spec, item) or [c])]
+        files, empty = [], []
+        for item in input_files(spec, ds):
+            names = input_names(spec, item)
+            if names is None:  # 0 bytes, or a CSV without even a header: left out, as core.plan does
+                empty.append(item["uri"])
+                continue
+            missing = [c for c in (name, key) if c and c not in names]
             if missing:
                 raise ScoreError(f"{item['uri']} has no column(s) {missing}: the teacher reads them", ds=ds)
+            files.append(item)
         if not files:
             skipped.append(ds)
             continue
         job = {"ds": ds, "version": teacher.model, "version_uri": teacher.url, "inputs": files}
-        jobs.append({**job, "output": output_dir(spec, ds), "empty": []})
+        jobs.append({**job, "output": output_dir(spec, ds), "empty": empty})
     return {
         "version": teacher.model,
         "uri": teacher.url,

@@ -194,6 +194,14 @@ def test_a_teacher_that_is_down_refuses_the_key_or_lacks_the_model_fails_the_pla
         taught.plan(_with(spec, model="small"), day, end, KEY)
     with pytest.raises(ScoreError, match="does not answer \\(APIConnectionError"):
         taught.plan(_with(spec, url="http://127.0.0.1:9/v1"), day, end, KEY)
+    lacking = root / "prompts" / "2026-11-03"
+    lacking.mkdir()
+    pq.write_table(pa.table({"id": ["x"], "question": ["What is 1 + 1?"]}), lacking / "part.parquet")
+    (lacking / "empty.csv").write_bytes(b"")
+    with pytest.raises(
+        ScoreError, match="part.parquet has no column\\(s\\) \\['prompt'\\]: the teacher reads"
+    ):
+        taught.plan(spec, day, datetime(2026, 11, 4, tzinfo=UTC), KEY)
     (specs / "student.yaml").unlink()
     with pytest.raises(ScoreError, match="score.teacher.land.pipeline 'student' cannot be read"):
         taught.plan(spec, day, end, KEY)
