@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from freestack.errors import FreestackError
-from freestack.judging.spec import JudgeSpec, check_rubric
+from freestack.judging.spec import Endpoint, JudgeSpec, check_rubric
 from freestack.settings import checkout_dir
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def _error(item: dict[str, Any]) -> str:
 
 def _sample(item: dict[str, Any]) -> dict[str, str]:
     """One judged prompt as a table row: texts on one line, no ``|``, at most 160 characters."""
-    cell = lambda text: _short(str(text or ""), 160).replace("|", "/")  # noqa: E731
+    cell = lambda text: short(str(text or ""), 160).replace("|", "/")  # noqa: E731
     cand, champ = item.get("candidate"), item.get("champion")
     if isinstance(cand, dict):  # pointwise: each answer with its score
         theirs = "-" if not isinstance(champ, dict) else champ.get("score") or "failed"
@@ -216,21 +216,29 @@ def prompt_text(chat: list[dict[str, str]]) -> str:
 # asking
 
 
+def openai_client(endpoint: Endpoint, api_key: str | None = None, *, event_hooks: dict | None = None):
+    """The ``openai`` client of an endpoint: its URL, key, timeouts and retries (the client's own, with
+    exponential backoff honouring ``Retry-After``); ``event_hooks``: httpx's, on its HTTP client."""
+    import httpx
+    import openai
+
+    extra = {"http_client": openai.DefaultHttpxClient(event_hooks=event_hooks)} if event_hooks else {}
+    return openai.OpenAI(
+        base_url=endpoint.url,
+        api_key=api_key or "none",
+        max_retries=endpoint.retries,
+        timeout=httpx.Timeout(endpoint.timeout_s, connect=endpoint.connect_timeout_s),
+        **extra,
+    )
+
+
 class JudgeClient:
     """The judge endpoint through the ``openai`` client: one chat completion per question, at temperature
     0, with the format in the system message. Remembers the served identity it answers with."""
 
     def __init__(self, spec: JudgeSpec, api_key: str | None = None):
-        import httpx
-        import openai
-
         self.spec = spec
-        self.client = openai.OpenAI(
-            base_url=spec.url,
-            api_key=api_key or "none",
-            max_retries=spec.retries,
-            timeout=httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s),
-        )
+        self.client = openai_client(spec, api_key)
         self.served_by: str | None = None
         self.answered_as: str | None = None
 
@@ -251,9 +259,9 @@ class JudgeClient:
             completion = raw.parse()
         except openai.APIStatusError as exc:
             kind = UNREACHABLE if exc.status_code in (408, 429) or exc.status_code >= 500 else REFUSED
-            return Verdict(error=f"HTTP {exc.status_code}: {_short(str(exc.message))}", kind=kind)
+            return Verdict(error=f"HTTP {exc.status_code}: {short(str(exc.message))}", kind=kind)
         except openai.APIError as exc:  # connection refused, timeout, a broken response
-            return Verdict(error=f"{type(exc).__name__}: {_short(str(exc))}", kind=UNREACHABLE)
+            return Verdict(error=f"{type(exc).__name__}: {short(str(exc))}", kind=UNREACHABLE)
         self.served_by = self.served_by or raw.headers.get("x-freestack-version")
         self.answered_as = self.answered_as or completion.model
         text = (completion.choices[0].message.content or "") if completion.choices else ""
@@ -264,7 +272,8 @@ class JudgeClient:
         return Verdict(raw=text, value=value, rationale=rationale)
 
 
-def _short(text: str, n: int = 300) -> str:
+def short(text: str, n: int = 300) -> str:
+    """``text`` on one line, cut to ``n`` characters (an endpoint's error, quoted in a message)."""
     text = " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -437,7 +446,7 @@ def _bounds(spec: JudgeSpec, failed: list[Verdict], asked: int) -> str | None:
             )
         raise JudgeError(
             f"{at} answered in a way freestack cannot read: {share}; e.g. {first.error}"
-            + (f"; it answered: {_short(first.raw, 200)!r}" if first.raw else "")
+            + (f"; it answered: {short(first.raw, 200)!r}" if first.raw else "")
             + f". The judge must answer one JSON object as asked: {FORMATS[spec.mode]}"
         )
     outage = (
@@ -574,6 +583,7 @@ __all__ = [
     "Verdict",
     "agreement",
     "judging_failed",
+    "openai_client",
     "outcome",
     "pairwise",
     "parse_pairwise",
@@ -581,6 +591,7 @@ __all__ = [
     "pointwise",
     "prompt_text",
     "run",
+    "short",
     "table_html",
     "wilson",
     "worst",

@@ -39,19 +39,33 @@ class JudgeKey(SpecModel):
     )
 
 
-class JudgeSpec(SpecModel):
-    """An LLM judge of a text-generation candidate's answers (``gate.judge``): any OpenAI-compatible chat
-    endpoint, another freestack deployment included. Asked at temperature 0 for a JSON object."""
+class Endpoint(SpecModel):
+    """An OpenAI-compatible chat endpoint that freestack asks (the judge, a teacher), another freestack
+    deployment included, through the ``openai`` client (:func:`freestack.judging.client.openai_client`)."""
 
     url: str = Field(
         pattern=r"^https?://\S+$",
         max_length=2000,
         description="The endpoint's base URL as the openai client takes it (e.g. http://127.0.0.1:8090/v1).",
     )
-    model: str = Field(min_length=1, max_length=500, description="The judge's model name at that endpoint.")
+    model: str = Field(min_length=1, max_length=500, description="The model's name at that endpoint.")
     api_key: JudgeKey | None = Field(
         default=None, description="{conn_id: ...}: the key's connection, if any."
     )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds one request may take.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="Seconds to connect before the attempt counts as failed."
+    )
+    retries: int = Field(
+        default=1, ge=0, le=10, description="Retries of a failed request (the openai client's)."
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Requests in flight at once.")
+
+
+class JudgeSpec(Endpoint):
+    """An LLM judge of a text-generation candidate's answers (``gate.judge``): any OpenAI-compatible chat
+    endpoint, another freestack deployment included. Asked at temperature 0 for a JSON object."""
+
     mode: Literal["pointwise", "pairwise"] = Field(
         default="pointwise",
         description="pointwise: a score 1-5 per answer (both models'); pairwise: candidate against production "
@@ -83,14 +97,6 @@ class JudgeSpec(SpecModel):
         description="The most test prompts judged (the golden set's come on top); default: every answered one.",
     )
     max_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens the judge may answer with.")
-    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds a judge request may take.")
-    connect_timeout_s: float = Field(
-        default=5.0, gt=0, le=600, description="Seconds to connect to the judge before it counts as down."
-    )
-    retries: int = Field(
-        default=1, ge=0, le=10, description="Retries of a failed request (the openai client's)."
-    )
-    concurrency: int = Field(default=4, ge=1, le=64, description="Judge requests in flight at once.")
     max_failures: float = Field(
         default=0.1,
         ge=0,
@@ -144,4 +150,4 @@ def check_rubric(text: str, mode: str) -> set[str]:
     return names
 
 
-__all__ = ["DEFAULT_RUBRICS", "RUBRIC_VARIABLES", "JudgeKey", "JudgeSpec", "check_rubric"]
+__all__ = ["DEFAULT_RUBRICS", "RUBRIC_VARIABLES", "Endpoint", "JudgeKey", "JudgeSpec", "check_rubric"]

@@ -155,7 +155,8 @@ def write_answers(
                     _keep_sample(counts, model, piece, rows, done, job["ds"])
 
         try:
-            read_day(spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, g.max_rows))
+            cap = lambda n: check_cap(job["ds"], n, g.max_rows, "score.generation.max_rows")  # noqa: E731
+            read_day(spec, job, counts, quar, answer, cap)
             manifest = manifest_of(spec, job, counts, model, at, run, part_w.path.parent)
             budget = {"max_prompt_tokens": settings.max_prompt_tokens, "batching_ran": ran}
             manifest.update(
@@ -168,15 +169,26 @@ def write_answers(
     return counts, manifest
 
 
-def _check_cap(ds: str, rows: int, cap: int) -> None:
-    """A day over ``score.generation.max_rows`` fails before its rows past the cap are generated (and
-    nothing of it is published)."""
+def check_cap(ds: str, rows: int, cap: int, field: str) -> None:
+    """A day over its cap of prompt rows (the spec's ``field``) fails before its rows past the cap are
+    answered (and nothing of it is published)."""
     if rows > cap:
         raise ScoreError(
-            f"{ds}: more than {cap} prompt rows, over score.generation.max_rows: nothing was published. "
+            f"{ds}: more than {cap} prompt rows, over {field}: nothing was published. "
             "Raise the cap, or split the day's input",
             ds=ds,
         )
+
+
+def row_chat(columns, value: Any) -> list[dict[str, str]]:
+    """A row's chat as the model server builds a request's: its ``messages`` column's JSON chat, or its
+    prompt as one user turn, the system prompt first; ChatError for a value that is neither."""
+    name = columns.input_column
+    if columns.messages:
+        return columns.with_system(parse_messages(value, f"column {name!r}"))
+    if not isinstance(value, str) or not value.strip():
+        raise ChatError(f"column {name!r}: no prompt (a missing or empty value)")
+    return columns.with_system([{"role": "user", "content": value}])
 
 
 def output_schema(spec: PipelineSpec, job: dict[str, Any]) -> pa.Schema:
@@ -203,17 +215,10 @@ def prompts_of(model: ScoringModel, settings, batch: pa.RecordBatch) -> tuple[di
     the row's chat as the model server builds a request's (the system prompt first), rendered with the
     chat template (and the version's tools) and checked against the prompt budget."""
     columns = model.model.columns
-    name = columns.input_column
     good, bad = {}, {}
-    for i, value in enumerate(batch.column(name).to_pylist()):
+    for i, value in enumerate(batch.column(columns.input_column).to_pylist()):
         try:
-            if columns.messages:
-                chat = parse_messages(value, f"column {name!r}")
-            elif not isinstance(value, str) or not value.strip():
-                raise ChatError(f"column {name!r}: no prompt (a missing or empty value)")
-            else:
-                chat = [{"role": "user", "content": value}]
-            good[i] = prompt_ids(model.tokenizer, [columns.with_system(chat)], settings, columns.tools)[0]
+            good[i] = prompt_ids(model.tokenizer, [row_chat(columns, value)], settings, columns.tools)[0]
         except PromptTooLong as exc:
             bad[i] = (
                 f"the prompt is {exc.tokens} tokens with the chat template, over the limit of {exc.limit} "
@@ -338,10 +343,12 @@ __all__ = [
     "COLUMNS",
     "answerer",
     "answers_batch",
+    "check_cap",
     "generation_of",
     "score",
     "output_schema",
     "prompts_of",
+    "row_chat",
     "settings_for",
     "write_answers",
 ]

@@ -160,28 +160,44 @@ def manifest_of(
     run: dict[str, str] | None,
     folder: ObjectStoragePath,
 ) -> dict[str, Any]:
-    """The day's manifest (the record in the part's footer, copied to ``_manifest.json``): the version
-    and its lineage, the inputs, the counts (the quarantine's place in the day's ``folder``, when rows
-    were not scored) and the run; a writer may add its own keys."""
+    """The day's manifest (the record in the part's footer, copied to ``_manifest.json``): the
+    :func:`day_record`, the version's lineage and the partitions it was trained on, and the predictions;
+    a writer may add its own keys."""
+    return {
+        **day_record(spec, job, counts, at, run, folder),
+        "lineage": str(join(to_path(job["version_uri"]), LINEAGE)),
+        "trained_on": [
+            {"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])
+        ],
+        "predictions": counts.predictions(model),
+        "columns": list(spec.score.columns),
+        "task": model.pre.task,
+    }
+
+
+def day_record(
+    spec: PipelineSpec,
+    job: dict[str, Any],
+    counts: Counts,
+    at: datetime,
+    run: dict[str, str] | None,
+    folder: ObjectStoragePath,
+) -> dict[str, Any]:
+    """What every day's manifest holds, whoever answered it (a version, a teacher): what answered, the
+    inputs, the counts (the quarantine's place in the day's ``folder``, when rows were not scored), when
+    and the run."""
     return {
         "pipeline": spec.name,
         "model": spec.model_name,
         "ds": job["ds"],
         "version": job["version"],
         "version_uri": job["version_uri"],
-        "lineage": str(join(to_path(job["version_uri"]), LINEAGE)),
-        "trained_on": [
-            {"ds": p.get("ds"), "sha256": p.get("sha256")} for p in model.lineage.get("partitions", [])
-        ],
         "inputs": counts.per_input,
         "rows_in": counts.rows_in,
         "rows_scored": counts.rows_scored,
         "rows_quarantined": counts.rows_quarantined,
         "quarantine": str(join(folder, QUARANTINE)) if counts.rows_quarantined else None,
         "empty": job.get("empty", []),
-        "predictions": counts.predictions(model),
-        "columns": list(spec.score.columns),
-        "task": model.pre.task,
         "scored_at": at.isoformat(timespec="seconds"),
         "run": run or {},
         **({"cache": job["cache"]} if job.get("cache") else {}),

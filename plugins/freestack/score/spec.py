@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from freestack.judging.spec import JudgeKey
+from freestack.judging.spec import Endpoint
 from freestack.specbase import SpecModel
 
 _PIPELINE = re.compile(r"^lake(:[a-z][a-z0-9_]{0,62})?$")
@@ -96,30 +96,17 @@ class LandSpec(SpecModel):
     )
 
 
-class TeacherSpec(SpecModel):
+class TeacherSpec(Endpoint):
     """A teacher that answers the day's prompts instead of a registered version (``score.teacher``): any
     OpenAI-compatible chat endpoint (a freestack deployment, a hosted API), asked through the ``openai``
     client, one chat completion per row; the answers are the day's scores, and, with ``land``, the next
     pipeline's instruction-tuning data (distillation)."""
 
-    url: str = Field(
-        pattern=r"^https?://\S+$",
-        max_length=2000,
-        description="The endpoint's base URL as the openai client takes it (e.g. http://127.0.0.1:9000/v1).",
-    )
-    model: str = Field(min_length=1, max_length=500, description="The teacher's model name at that endpoint.")
-    api_key: JudgeKey | None = Field(
-        default=None, description="{conn_id: ...}: the key's connection, if any."
-    )
     max_tokens: int = Field(default=256, ge=1, le=32_768, description="The most tokens of each answer.")
     temperature: float = Field(
         default=0.0, ge=0, le=2, description="The teacher's sampling temperature (0: its greedy answer)."
     )
     seed: int | None = Field(default=None, description="Sent with every request, for endpoints that take it.")
-    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds one request may take.")
-    connect_timeout_s: float = Field(
-        default=5.0, gt=0, le=600, description="Seconds to connect before the attempt counts as failed."
-    )
     retries: int = Field(
         default=4,
         ge=0,

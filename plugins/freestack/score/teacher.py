@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.errors import ScoreError, SpecError
 from freestack.ingest.lake import landing_dir
+from freestack.judging.client import openai_client, short
 from freestack.ml.generation import ChatColumns, ChatError, parse_messages
 from freestack.score import core
-from freestack.score.answers_writer import COLUMNS, answers_batch, output_schema
-from freestack.score.day import input_files, input_names, read_day
-from freestack.score.published import FOOTER_KEY, QUARANTINE, output_dir
+from freestack.score.answers_writer import COLUMNS, answers_batch, check_cap, output_schema, row_chat
+from freestack.score.day import day_record, input_files, input_names, read_day
+from freestack.score.published import FOOTER_KEY, output_dir
 from freestack.score.rows import Counts, Quarantine
 from freestack.spec import load_spec, spec_file
 from freestack.storage import AtomicWriter, join
@@ -66,18 +67,12 @@ class TeacherClient:
     retries and backoff, every attempt and HTTP status counted (an ``httpx`` event hook)."""
 
     def __init__(self, teacher: TeacherSpec, api_key: str | None = None):
-        import httpx
-        import openai
-
         self.teacher = teacher
         self.lock = threading.Lock()
         self.asked, self.attempts, self.statuses = 0, 0, Counter()
         self.answered_as: set[str] = set()
-        timeout = httpx.Timeout(teacher.timeout_s, connect=teacher.connect_timeout_s)
-        http = httpx.Client(timeout=timeout, event_hooks={"request": [self._sent], "response": [self._got]})
-        self.client = openai.OpenAI(
-            base_url=teacher.url, api_key=api_key or "none", max_retries=teacher.retries, http_client=http
-        )
+        hooks = {"request": [self._sent], "response": [self._got]}
+        self.client = openai_client(teacher, api_key, event_hooks=hooks)
 
     def _sent(self, _request) -> None:
         with self.lock:
@@ -125,9 +120,9 @@ class TeacherClient:
                 model=t.model, messages=chat, max_tokens=t.max_tokens, temperature=t.temperature, **extra
             )
         except openai.APIStatusError as exc:
-            return f"the teacher answered HTTP {exc.status_code}: {_short(str(exc.message))}"
+            return f"the teacher answered HTTP {exc.status_code}: {short(str(exc.message))}"
         except openai.APIError as exc:  # no answer: refused connection, timeout, a broken response
-            return f"the teacher did not answer ({type(exc).__name__}: {_short(str(exc))})"
+            return f"the teacher did not answer ({type(exc).__name__}: {short(str(exc))})"
         if not done.choices:
             return "the teacher answered no choice"
         usage, choice = done.usage, done.choices[0]
@@ -172,16 +167,10 @@ class Teacher:
     def ask(self, values: list[Any], bad: dict[int, str]) -> dict[int, Answer]:
         """The answers to a piece's rows by position; the rows whose prompt cannot be read or that the
         teacher did not answer go into ``bad`` with why."""
-        name, chats = self.columns.input_column, {}
+        chats = {}
         for i, value in enumerate(values):
             try:
-                if self.columns.messages:
-                    chat = parse_messages(value, f"column {name!r}")
-                elif not isinstance(value, str) or not value.strip():
-                    raise ChatError(f"column {name!r}: no prompt (a missing or empty value)")
-                else:
-                    chat = [{"role": "user", "content": value}]
-                chats[i] = self.columns.with_system(chat)
+                chats[i] = row_chat(self.columns, value)
             except ChatError as exc:
                 bad[i] = str(exc)[:500]
         rows = sorted(chats)
@@ -306,9 +295,8 @@ def write_teacher_answers(
         teacher.keep(keys.to_pylist(), [values[i] for i in rows], done)
 
     try:
-        read_day(
-            spec, job, counts, quar, answer, lambda n: _check_cap(job["ds"], n, teacher.settings.max_rows)
-        )
+        cap = lambda n: check_cap(job["ds"], n, teacher.settings.max_rows, "score.teacher.max_rows")  # noqa: E731
+        read_day(spec, job, counts, quar, answer, cap)
         if not counts.rows_scored:
             common = "; ".join(f"{why} ({n} rows)" for why, n in counts.reasons.most_common(3))
             raise ScoreError(
@@ -316,24 +304,12 @@ def write_teacher_answers(
                 "Nothing was published; fix the teacher or the rows, then clear this task",
                 ds=job["ds"],
             )
-        manifest = manifest_of(spec, job, teacher, counts, at, run)
-        manifest["quarantine"] = (
-            str(join(part_w.path.parent, QUARANTINE)) if counts.rows_quarantined else None
-        )
+        manifest = manifest_of(spec, job, teacher, counts, at, run, part_w.path.parent)
         writer.add_key_value_metadata({FOOTER_KEY: json.dumps(manifest).encode()})
     finally:
         writer.close()
         quar.close()
     return counts, manifest
-
-
-def _check_cap(ds: str, rows: int, cap: int) -> None:
-    if rows > cap:
-        raise ScoreError(
-            f"{ds}: more than {cap} prompt rows, over score.teacher.max_rows: nothing was asked or published. "
-            "Raise the cap, or split the day's input",
-            ds=ds,
-        )
 
 
 def manifest_of(
@@ -343,9 +319,11 @@ def manifest_of(
     counts: Counts,
     at: datetime,
     run: dict[str, str] | None,
+    folder,
 ) -> dict[str, Any]:
-    """A teacher's day: the teacher (URL, model asked, models that answered, settings), the inputs and
-    counts, the answers' finish reasons and tokens, the requests and the failures by reason."""
+    """A teacher's day: the :func:`~freestack.score.day.day_record`, the teacher (URL, model asked, models
+    that answered, settings), the answers' finish reasons and tokens, the requests and the failures by
+    reason."""
     t, tally = teacher.settings, teacher.tally
     finish = {k.removeprefix("finish_"): n for k, n in tally.items() if k.startswith("finish_")}
     land = None
@@ -353,11 +331,7 @@ def manifest_of(
         land = {"pipeline": t.land.pipeline, "rows": len(teacher.landed)}
         land["left_out_unfinished"] = tally["left_out_unfinished"]
     return {
-        "pipeline": spec.name,
-        "model": spec.model_name,
-        "ds": job["ds"],
-        "version": job["version"],
-        "version_uri": job["version_uri"],
+        **day_record(spec, job, counts, at, run, folder),
         "lineage": None,
         "trained_on": [],
         "teacher": {
@@ -366,12 +340,7 @@ def manifest_of(
             "answered_as": sorted(teacher.client.answered_as),
             "settings": {k: getattr(t, k) for k in SETTINGS},
         },
-        "inputs": counts.per_input,
-        "rows_in": counts.rows_in,
-        "rows_scored": counts.rows_scored,
-        "rows_quarantined": counts.rows_quarantined,
         "failures": dict(counts.reasons.most_common(10)),
-        "empty": job.get("empty", []),
         "predictions": {},
         "columns": list(COLUMNS),
         "task": "generation",
@@ -383,8 +352,6 @@ def manifest_of(
         },
         "requests": teacher.client.record(),
         "land": land,
-        "scored_at": at.isoformat(timespec="seconds"),
-        "run": run or {},
     }
 
 
@@ -401,7 +368,10 @@ def land_answers(spec: PipelineSpec, student: PipelineSpec, ds: str, teacher: Te
         return None
     keys, values, texts = zip(*teacher.landed, strict=True)
     if d.messages:  # the chat so far and the teacher's turn, as one JSON chat
-        chats = [[*_chat(v), {"role": "assistant", "content": t}] for v, t in zip(values, texts, strict=True)]
+        chats = [
+            [*parse_messages(v, "the messages column"), {"role": "assistant", "content": t}]
+            for v, t in zip(values, texts, strict=True)
+        ]
         columns = {d.messages: [json.dumps(c) for c in chats]}
     else:
         columns = {d.prompt: list(values), d.response: list(texts)}
@@ -416,15 +386,6 @@ def land_answers(spec: PipelineSpec, student: PipelineSpec, ds: str, teacher: Te
 
             pacsv.write_csv(table, f)
     return str(path)
-
-
-def _chat(value: Any) -> list[dict[str, str]]:
-    return parse_messages(value, "the messages column")
-
-
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 __all__ = ["Answer", "Teacher", "TeacherClient", "land_answers", "plan", "score", "student_of"]
