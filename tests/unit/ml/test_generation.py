@@ -25,6 +25,7 @@ from freestack.ml.generation import (
     render,
     token_loss,
 )
+from tests.support.checkpoints import MemoryCheckpoints
 
 
 @pytest.fixture(scope="module")
@@ -202,13 +203,6 @@ def test_a_retry_resumes_a_tied_language_model_from_its_checkpoint(base, tok):
     from freestack.ml.generation import CausalLMNet
     from freestack.ml.loop import TrainConfig, fit
 
-    class Store(dict):
-        def save(self, name, data):
-            self[name] = data
-
-        def load(self, name):
-            return self.get(name)
-
     enc = ChatEncoding(tok, ChatColumns(), max_length=48).encode_rows(
         [{"prompt": f"What is {a} + 2?", "response": str(a + 2)} for a in range(8)]
     )
@@ -218,7 +212,10 @@ def test_a_retry_resumes_a_tied_language_model_from_its_checkpoint(base, tok):
         assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
         return CausalLMNet(model, base={"repo": "x"}, columns=ChatColumns(), max_length=48)
 
-    store, config = Store(), TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, warmup_epochs=0)
+    store, config = (
+        MemoryCheckpoints(),
+        TrainConfig(epochs=2, batch_size=4, learning_rate=1e-3, warmup_epochs=0),
+    )
     first = fit(net(), enc.x, enc.y, enc.x, enc.y, config, task="generation", checkpoints=store)
     again = fit(net(), enc.x, enc.y, enc.x, enc.y, config, task="generation", checkpoints=store)
     assert again.resumed_from == 2 and again.history == first.history

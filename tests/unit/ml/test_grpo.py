@@ -23,6 +23,7 @@ from freestack.ml.rewards import (
     regex,
     user_function,
 )
+from tests.support.checkpoints import MemoryCheckpoints
 
 COLUMNS = ChatColumns(prompt="prompt", response="chosen")
 
@@ -210,13 +211,6 @@ def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_pat
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import preference_pairs
 
-    class Store(dict):
-        def save(self, name, data):
-            self[name] = data
-
-        def load(self, name):
-            return self.get(name)
-
     base = tiny_causal_lm(tmp_path / "lm", pretrain_steps=0)
     tok = load_tokenizer(base)
     pairs = preference_pairs(24, seed=3)
@@ -238,8 +232,8 @@ def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_pat
 
         return fit_source(net, train, val, config, task="grpo", checkpoints=store, on_epoch=killed)
 
-    whole = run(Store())
-    store = Store()
+    whole = run(MemoryCheckpoints())
+    store = MemoryCheckpoints()
     with pytest.raises(RuntimeError, match="killed"):
         run(store, kill_at=2)
     again = run(store)

@@ -10,6 +10,7 @@ import torch
 from freestack.ml.loop import TrainConfig, evaluate, fit
 from freestack.ml.models import FreestackNet
 from freestack.ml.prep import Preprocessing, split_of_keys
+from tests.support.checkpoints import MemoryCheckpoints
 
 
 def _blobs(n=600, d=8, k=3, seed=0):
@@ -18,19 +19,6 @@ def _blobs(n=600, d=8, k=3, seed=0):
     y = rng.integers(0, k, n)
     x = centers[y] + rng.normal(0, 1, (n, d))
     return x.astype(np.float32) * 10 + 5, y.astype(np.int64)
-
-
-class DictStore:
-    def __init__(self):
-        self.blobs: dict[str, bytes] = {}
-        self.saves = 0
-
-    def save(self, name, data):
-        self.blobs[name] = data
-        self.saves += 1
-
-    def load(self, name):
-        return self.blobs.get(name)
 
 
 def _net(d=8, k=3, seed=0, kind="mlp", **kw):
@@ -100,7 +88,7 @@ def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_result
     whole.set_scaling(x.mean(0), x.std(0))
     full = fit(whole, x[:400], y[:400], x[400:], y[400:], cfg, task="classification")
 
-    store = DictStore()
+    store = MemoryCheckpoints()
 
     def die_after_3(row):  # killed while epoch 4 is being reported: its checkpoint was not written
         if row["epoch"] == 4:
@@ -134,7 +122,7 @@ def test_killed_training_resumes_at_the_checkpointed_epoch_with_identical_result
 
 def test_checkpoint_is_safetensors_with_no_pickle():
     x, y = _blobs()
-    store = DictStore()
+    store = MemoryCheckpoints()
     fit(
         _net(),
         x[:400],
@@ -193,7 +181,7 @@ def test_regression_metrics():
 def test_a_requested_stop_ends_training_and_survives_a_resume():
     x, y = _blobs(seed=2)
     cfg = TrainConfig(epochs=10, batch_size=32, seed=5, patience=100)
-    store = DictStore()
+    store = MemoryCheckpoints()
     m = _net(seed=5)
     m.set_scaling(x.mean(0), x.std(0))
     res = fit(

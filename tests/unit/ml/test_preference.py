@@ -15,6 +15,7 @@ import torch
 
 from freestack.ml.generation import IGNORE, ChatColumns, ChatError, load_tokenizer
 from freestack.ml.preference import PreferenceEncoding, dpo_loss, preference_loss, sequence_logps
+from tests.support.checkpoints import MemoryCheckpoints
 
 COLUMNS = ChatColumns(prompt="prompt", response="chosen")
 
@@ -210,13 +211,6 @@ def test_a_retry_scores_the_same_reference_and_resumes_where_the_run_stopped(tmp
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import preference_pairs
 
-    class Store(dict):
-        def save(self, name, data):
-            self[name] = data
-
-        def load(self, name):
-            return self.get(name)
-
     base = tiny_causal_lm(tmp_path / "lm", pretrain_steps=0)
     tok = load_tokenizer(base)
     enc = PreferenceEncoding(tok, COLUMNS, 48, rejected="rejected").encode_frame(preference_pairs(24, seed=3))
@@ -236,8 +230,8 @@ def test_a_retry_scores_the_same_reference_and_resumes_where_the_run_stopped(tmp
             net, train, val, config, task="preference", checkpoints=store, on_epoch=killed
         ), train.y
 
-    whole, reference = run(Store())
-    store = Store()
+    whole, reference = run(MemoryCheckpoints())
+    store = MemoryCheckpoints()
     with pytest.raises(RuntimeError, match="killed"):
         run(store, kill_at=2)
     again, retried_reference = run(store)

@@ -15,6 +15,7 @@ import torch
 
 from freestack.errors import SpecError
 from freestack.spec import parse_spec
+from tests.support.checkpoints import MemoryCheckpoints
 from tests.support.hf_tiny import review_text, tiny_image_model, tiny_text_model
 
 COLUMNS = [
@@ -242,17 +243,10 @@ def test_a_checkpoint_of_another_config_restarts_from_the_pretrained_weights(tmp
     from freestack.ml.loop import TrainConfig, fit
     from freestack.ml.pretrained import build_pretrained, local_base
 
-    class Store(dict):
-        def save(self, name, data):
-            self[name] = data
-
-        def load(self, name):
-            return self.get(name)
-
     base = local_base(tiny_image_model(tmp_path / "vit"), "vit")
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 255, size=(32, 3, 16, 16), dtype=np.uint8), rng.integers(0, 2, size=32)
-    store = Store()
+    store = MemoryCheckpoints()
     fit(
         build_pretrained(base, "image-classification", [0, 1]),
         {"image": x},
