@@ -270,26 +270,30 @@ def _dpo_train(r: dict[str, Any], file: str) -> list[Row]:
 
 def _grpo_train(r: dict[str, Any], file: str) -> list[Row]:
     """GRPO of a tiny causal LM on an exact-match reward: freestack's loop against TRL's GRPOTrainer, the
-    tokens/s, and the exact match each reached after the same steps (higher is better on both)."""
+    tokens/s, and the exact match each reached after the same steps (higher is better on both); the
+    rollouts by ``generate`` (``grpo_train``) or by continuous batching (``grpo_train_continuous``)."""
     s, med, exact = r["settings"], r["median_tokens_per_s"], r["median_exact_match"]
     where = f"cpu, {s['threads']} thread{'s' if s['threads'] > 1 else ''}"
     steps = f"{s['prompts']} prompts x {s['epochs']} epochs, {s['num_generations']} samples each"
+    continuous = s.get("rollouts") == "continuous"
+    what = "GRPO, continuous-batching rollouts" if continuous else "GRPO"
+    trl = "TRL GRPOTrainer, its continuous batching" if continuous else "TRL GRPOTrainer"
     ratio = r["ratio"]
     return [
         Row(
-            "grpo_train",
-            f"GRPO, tiny Llama ({where}; {steps}), tokens/s",
+            r["name"],
+            f"{what}, tiny Llama ({where}; {steps}), tokens/s",
             _n(med["freestack"], 0),
-            f"{_n(med['trl'], 0)} (TRL GRPOTrainer)",
+            f"{_n(med['trl'], 0)} ({trl})",
             ratio,
             f">= {r['target']}",
             ratio >= r["target"],
         ),
         Row(
-            "grpo_train",
-            f"GRPO, the same run: exact match on 200 held-out prompts (start {r['exact_match_start']:.3f})",
+            r["name"],
+            f"{what}, the same run: exact match on 200 held-out prompts (start {r['exact_match_start']:.3f})",
             f"{exact['freestack']:.3f}",
-            f"{exact['trl']:.3f} (TRL GRPOTrainer)",
+            f"{exact['trl']:.3f} ({trl})",
             exact["freestack"] / exact["trl"] if exact["trl"] else None,
             ">= 1",
             exact["freestack"] >= exact["trl"],
@@ -1091,6 +1095,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "train_sft": _train_sft,
     "dpo_train": _dpo_train,
     "grpo_train": _grpo_train,
+    "grpo_train_continuous": _grpo_train,
     "train_loaded": _train_loaded,
     "score": _score,
     "score_generation": _score_generation,

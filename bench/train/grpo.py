@@ -4,6 +4,7 @@ steps, and the tokens each puts through per second.
 
     python -m bench.train.grpo [--prompts 256] [--epochs 2] [--num-generations 8] [--repeats 3]
                                [--threads 1] [--out bench/results/grpo_train.json]
+    python -m bench.train.grpo --rollouts continuous --out bench/results/grpo_train_continuous.json
     python -m bench.train.grpo --prompts 32 --epochs 1 --repeats 1 --out /tmp/grpo.json   # smoke run
 
 The task is the instruction-tuning tutorial's (sums, reversed digits, dates: one right answer each), the
@@ -13,12 +14,18 @@ as the DPO tests' start), so that there is something for the reward to correct. 
 full weights with ``num_generations`` answers sampled per prompt at temperature 1 (``top_k`` 0), at most
 12 tokens, 16 prompts per step (one optimiser step per batch of samples), beta 0.04 (the reference: a
 frozen copy of the start on both sides), epsilon 0.2, TRL's ``dapo`` loss and group-scaled rewards,
-AdamW at 5e-4 with a cosine schedule, no weight decay, gradients clipped to 1. Each side runs in a fresh
+AdamW at 5e-4 with a cosine schedule, no weight decay, gradients clipped to 1, in float32 without
+activation checkpointing (TRL's ``bf16`` and ``gradient_checkpointing`` defaults turned off). Each side runs in a fresh
 process, alternating, ``--repeats`` times, with the same torch threads:
 
 - ``freestack``: ``GrpoEncoding`` + ``GrpoNet`` in ``fit_source(task="grpo")``;
 - ``trl``: ``GRPOTrainer`` with the same settings (``per_device_train_batch_size`` = 16 x
   ``num_generations`` completions, ``steps_per_generation`` 1).
+
+``--rollouts`` says what samples the answers on both sides: ``padded`` (default), ``generate`` on the
+left-padded batch (freestack's ``train.grpo.rollouts: padded``, TRL's default); ``continuous``, transformers'
+continuous batching (freestack's engine, ``rollouts: continuous``; TRL's
+``use_transformers_continuous_batching``). The report is ``grpo_train`` or ``grpo_train_continuous``.
 
 exact match = greedy answers (freestack's ``generate``, the same call for both) to 200 held-out prompts
 equal to the right answer, before and after; tokens/s = prompt and completion tokens put through (TRL's
@@ -94,7 +101,7 @@ def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict])
     start = str(Path(args.workdir) / "start")
     tok, model = load_tokenizer(start), load_causal_lm(start)
     columns = ChatColumns(prompt="prompt", response="chosen")
-    settings = GrpoSettings(num_generations=args.num_generations, **SETTINGS)
+    settings = GrpoSettings(num_generations=args.num_generations, rollouts=args.rollouts, **SETTINGS)
     rewards = RewardSet((Reward("exact_match", 1.0, exact("chosen")),))
     net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=columns, max_length=48)
     enc = GrpoEncoding(tok, columns, 48)
@@ -179,6 +186,15 @@ def run_trl(args: argparse.Namespace, train: list[dict], test: list[dict]) -> di
         disable_tqdm=True,
         seed=SEED,
         dataloader_num_workers=0,
+        use_transformers_continuous_batching=args.rollouts == "continuous",
+        # the KV cache freestack's engine takes (a page of 256 tokens for each answer of a step): TRL's
+        # default sizes it from the machine's memory (half of it on a CPU), allocated again every step
+        transformers_continuous_batching_config={
+            "num_blocks": BATCH * args.num_generations,
+            "max_batch_tokens": max(1024, BATCH * args.num_generations),
+        },
+        bf16=False,  # TRL's defaults (bf16 autocast, activation checkpointing) on a CPU: freestack runs neither
+        gradient_checkpointing=False,
     )
     clock = Clock()
     trainer = GRPOTrainer(
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-generations", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rollouts", choices=("padded", "continuous"), default="padded")
     add_child_options(ap, experiments=False)
     args = ap.parse_args(argv)
     if args.child:
@@ -233,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.num_generations),
             "--threads",
             str(args.threads),
+            "--rollouts",
+            args.rollouts,
             "--workdir",
             str(work),
         ]
@@ -240,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     median = {s: statistics.median(r["tokens_per_s"] for r in runs) for s, runs in samples.items()}
     exact = {s: statistics.median(r["exact_match"] for r in runs) for s, runs in samples.items()}
     report = {
-        "name": "grpo_train",  # not a train_* name: bench.report's table does not read this report
+        # not a train_* name: bench.report's table does not read this report
+        "name": "grpo_train" if args.rollouts == "padded" else "grpo_train_continuous",
         "settings": {k: v for k, v in vars(args).items() if k not in ("child", "out", "workdir")},
         "grpo": {**SETTINGS, "learning_rate": LR, "prompts_per_step": BATCH},
         "exact_match_start": before,

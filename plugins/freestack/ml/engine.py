@@ -91,6 +91,7 @@ class Piece:
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None  # the new tokens', when asked for
     queued: float | None = None  # seconds from the request's arrival to the model starting on it
+    tokens: list[int] | None = None  # on the last piece: the answer's tokens, its end of turn included
 
 
 class StopText:
@@ -161,6 +162,7 @@ class Engine:
         max_running_per_request: int | None = None,
         kv_cache_tokens: int = 16384,
         max_batch_tokens: int = 1024,
+        top_k: int | None = None,
     ):
         self.model, self.tokenizer, self.eos = model, tokenizer, list(eos)
         self.max_requests, self.active = max(1, int(max_requests)), 0
@@ -170,7 +172,11 @@ class Engine:
         #: on a CPU, most of the machine's)
         self.pages = max(1, -(-int(kv_cache_tokens) // PAGE_TOKENS))
         self.max_batch_tokens = int(max_batch_tokens)
+        #: sampled requests' top-k (None: the generation config's default, as ``generate``'s; 0: none)
+        self.top_k = top_k
         self.manager = None
+        #: the attention the manager switched the model to (its GRPO rollouts set it while they run)
+        self.attention: str | None = None
         #: makes an adapter the model's active one (peft's ``set_adapter``); None: a model of one
         self.activate: Callable[[str], None] | None = None
         self.adapter: str | None = None  # the active adapter
@@ -188,6 +194,7 @@ class Engine:
             pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=16,
             **_BUILT_WITH,
+            **({} if self.top_k is None else {"top_k": self.top_k}),
         )
         self.manager = self.model.init_continuous_batching(
             generation_config=config,
@@ -295,7 +302,9 @@ class Engine:
             ended = text.stopped or text.end(tokens) is not None  # a stop string or end of turn
             done, count = True, text.count(tokens)
             rest = None if job is None or logprobs is None else job.logprobs_of(sent, count)
-            yield Piece(delta + text.rest(), "stop" if ended else "length", count, rest, queued)
+            end = Piece(delta + text.rest(), "stop" if ended else "length", count, rest, queued)
+            end.tokens = list(tokens[:count])
+            yield end
         finally:
             self.active -= 1
             if started:
@@ -399,6 +408,7 @@ class Engine:
             last = piece
         done = Completion("".join(parts), len(ids), last.completion_tokens, last.finish_reason, truncated)
         done.logprobs, done.queued = (kept if logprobs is not None else None), last.queued
+        done.token_ids = last.tokens
         return done
 
     async def complete_all(

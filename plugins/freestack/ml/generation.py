@@ -674,6 +674,7 @@ class Completion:
     truncated: bool = False  # the prompt was cut from the left
     logprobs: list[TokenLogprob] | None = None  # each answer token's, when asked for
     queued: float | None = None  # seconds from its request's arrival to the model starting on it (served)
+    token_ids: list[int] | None = None  # the answer's tokens, its end of turn included (the engine's)
 
 
 class PromptTooLong(ChatError):

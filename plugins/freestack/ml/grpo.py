@@ -8,9 +8,13 @@ with the row's place in its table of rows, so the rewards see every column of it
 
 A training step of :class:`GrpoNet`, on a batch of prompts:
 
-1. **Rollouts.** ``num_generations`` completions per prompt, sampled by the policy as it is now
-   (``model.generate`` at ``temperature``/``top_p``, at most ``max_completion_length`` tokens, up to and
-   with the end of turn).
+1. **Rollouts.** ``num_generations`` completions per prompt, sampled by the policy as it is now (at
+   ``temperature``/``top_p``, at most ``max_completion_length`` tokens, up to and with the end of turn):
+   by ``model.generate`` on the left-padded batch (``rollouts: padded``), or by freestack's
+   continuous-batching engine (:class:`freestack.ml.engine.Engine`, ``rollouts: continuous``), kept
+   running for the training (:meth:`GrpoNet.close` stops it). transformers switches the model to a paged
+   attention while its batching runs; the model's own is set back around each rollout, so the training
+   forward never runs the paged kernel without its cache.
 2. **Rewards and advantages.** Each completion is scored by every reward function
    (:mod:`freestack.ml.rewards`); its reward is their weighted sum, and its advantage is that reward less
    its group's mean, divided by the group's standard deviation (``scale_rewards: group``; ``batch``: the
@@ -37,6 +41,7 @@ mean, the run's metric, higher is better), ``reward_<name>`` per function, ``com
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from freestack.ml.engine import PAGE_TOKENS, Engine
 from freestack.ml.generation import (
     CausalLMNet,
     ChatEncoding,
@@ -70,6 +76,7 @@ class GrpoSettings:
     epsilon: float = 0.2
     loss: str = "dapo"
     scale_rewards: str = "group"
+    rollouts: str = "auto"  # padded: model.generate; continuous: the engine; auto: padded on a CPU
 
 
 def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
@@ -204,6 +211,7 @@ class GrpoNet(CausalLMNet):
         self.steps: list[dict[str, float]] = []
         # full weights with beta > 0: the starting model, outside the module tree
         self._frozen: list[Any] = []
+        self._rollouts: list[Any] = []  # rollouts: continuous: the engine and its event loop
 
     def attach(self, encoding: GrpoEncoding, eos: list[int]) -> None:
         """The prompts' encoding (its tokenizer and table of rows) and the tokens that end an answer; with
@@ -253,19 +261,83 @@ class GrpoNet(CausalLMNet):
         """Completions of left-padded prompts (``rows``: their places in the table), scored: the new
         tokens, their mask up to and with the end of turn, each function's rewards ``[n, functions]`` and
         the weighted sum ``[n]``."""
-        new = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=self.grpo.max_completion_length,
-            eos_token_id=self.eos,
-            pad_token_id=self.encoding.tokenizer.pad_token_id,
-            **sampling,
-        )[:, ids.shape[1] :]
+        if self.continuous(ids.device):
+            new = self._batched(ids, mask, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
+        else:
+            new = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=self.grpo.max_completion_length,
+                eos_token_id=self.eos,
+                pad_token_id=self.encoding.tokenizer.pad_token_id,
+                **sampling,
+            )[:, ids.shape[1] :]
         cmask = _up_to_end(new, self.eos)
         scores = self.score(rows.tolist(), self._texts(new, cmask), cmask.sum(dim=1).tolist())
         rewards = torch.tensor(scores, dtype=torch.float32, device=ids.device)
         weights = torch.tensor([r.weight for r in self.rewards.rewards], device=ids.device)
         return new, cmask, rewards, (rewards * weights).sum(dim=1)
+
+    def continuous(self, device: torch.device) -> bool:
+        """Whether the rollouts come from the continuous-batching engine (``rollouts``; ``auto``: on an
+        accelerator, as the score stage picks; on a CPU padded ``generate`` is the faster)."""
+        mode = self.grpo.rollouts
+        return mode == "continuous" or (mode == "auto" and device.type != "cpu")
+
+    def _batched(self, ids: torch.Tensor, mask: torch.Tensor, temperature: float, top_p: float):
+        """The new tokens of every prompt (left-padded ``ids``), generated together by the continuous-batching
+        engine on the model as it is now, right-padded."""
+        prompts = [(row[m.bool()].tolist(), False) for row, m in zip(ids, mask, strict=True)]
+        settings = GenerationSettings(
+            max_new_tokens=self.grpo.max_completion_length, temperature=temperature, top_p=top_p
+        )
+        engine, loop = self._engine(len(prompts), ids.shape[1])
+        trained = self.model.config._attn_implementation
+        if engine.attention is not None:
+            self.model.set_attn_implementation(engine.attention)
+        try:
+            done = loop.run(engine.complete_all(prompts, settings))
+        finally:
+            self.model.set_attn_implementation(trained)  # the training forward's own attention
+        width = max(1, *(len(d.token_ids) for d in done))
+        new = torch.full((len(done), width), self.encoding.tokenizer.pad_token_id, dtype=ids.dtype)
+        for row, d in zip(new, done, strict=True):
+            row[: len(d.token_ids)] = torch.tensor(d.token_ids, dtype=ids.dtype)
+        return new.to(ids.device)
+
+    def _engine(self, prompts: int, width: int) -> tuple[Engine, asyncio.Runner]:
+        """The rollouts' engine, started at the first rollout and kept until :meth:`close` (its KV cache
+        holds the largest rollout's answers at once; a larger one starts it again)."""
+        need = prompts * -(-(width + self.grpo.max_completion_length) // PAGE_TOKENS)
+        if self._rollouts and self._rollouts[0].pages < need:
+            self.close()
+        if not self._rollouts:
+            trained = self.model.config._attn_implementation
+            engine = Engine(
+                self.model,
+                self.encoding.tokenizer,
+                eos=self.eos,
+                max_requests=prompts,
+                kv_cache_tokens=need * PAGE_TOKENS,
+                max_batch_tokens=max(1024, prompts),
+                top_k=0,  # as the padded rollouts sample: the whole distribution at the temperature
+            )
+            engine.start()  # transformers may switch the model to an attention its batching runs
+            now = self.model.config._attn_implementation
+            engine.attention = now if now != trained else None
+            self.model.set_attn_implementation(trained)  # until a rollout runs
+            self._rollouts[:] = [engine, asyncio.Runner()]
+        return self._rollouts[0], self._rollouts[1]
+
+    def close(self) -> None:
+        """Stop the rollouts' engine, if one runs (the loop calls this when the run ends)."""
+        if self._rollouts:
+            engine, loop = self._rollouts
+            self._rollouts.clear()
+            trained = self.model.config._attn_implementation
+            engine.stop()
+            loop.close()
+            self.model.set_attn_implementation(trained)
 
     def score(self, rows: list[int], texts: list[str], tokens: list[int]) -> list[list[float]]:
         """Each completion's reward by each function (``rows``: their prompts' places in the table)."""

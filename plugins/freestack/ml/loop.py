@@ -627,6 +627,16 @@ def fit_source(
     """
     if train.n == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
+    close = getattr(model, "close", None)  # what a model holds for the run (GRPO's rollout engine)
+    try:
+        result = _fit(model, train, val, config, task, checkpoints, on_epoch, ranks, on_steps)
+    finally:
+        if callable(close):
+            close()
+    return result
+
+
+def _fit(model, train, val, config, task, checkpoints, on_epoch, ranks, on_steps) -> TrainResult:
     run = _setup(model, train.n, config, task, ranks)
     result = run.result
     start_epoch = _resume(run, checkpoints) if checkpoints is not None else 1

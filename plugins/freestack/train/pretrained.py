@@ -296,6 +296,7 @@ def grpo_settings(spec: PipelineSpec) -> GrpoSettings:
         epsilon=g.epsilon,
         loss=g.loss,
         scale_rewards=g.scale_rewards,
+        rollouts=g.rollouts,
     )
 
 

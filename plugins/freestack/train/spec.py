@@ -682,6 +682,10 @@ class GrpoSpec(_Model):
         default="group",
         description="Advantages divided by the standard deviation of the group's rewards, of the batch's, or not at all (TRL's scale_rewards).",
     )
+    rollouts: Literal["auto", "continuous", "padded"] = Field(
+        default="auto",
+        description="What samples the completions, in the training process, on the model as it is at each step: continuous: freestack's continuous-batching engine (transformers' paged attention, every prompt's answers scheduled together; TRL's use_transformers_paged); padded: generate on the left-padded batch; auto: padded on a CPU (where it is faster), continuous on an accelerator.",
+    )
 
     @property
     def reward_labels(self) -> list[str]:

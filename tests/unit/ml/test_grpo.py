@@ -242,3 +242,53 @@ def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_pat
     assert again.steps == whole.steps and timeless(again.history) == timeless(whole.history)
     want, got = whole.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_rollouts_from_the_continuous_batching_engine(tmp_path):
+    """``rollouts: continuous``: the completions come from freestack's engine on the model as it is at each
+    step. Its greedy answers score as ``generate``'s; a run's sampled reward rises; the attention the
+    batching switched the model to (paged, for an eager model) is the rollouts' only, never the training
+    forward's; the engine is stopped when the run ends."""
+    import threading
+
+    from freestack.ml.generation import eos_ids, load_causal_lm
+    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.rewards import Reward, RewardSet
+    from freestack.ml.stream import InMemory
+    from tests.support.hf_tiny import tiny_causal_lm
+    from tests.support.preference import careless_sft, preference_pairs
+
+    base = tiny_causal_lm(tmp_path / "lm")
+    tok, model = load_tokenizer(base), load_causal_lm(str(base))
+    pairs = preference_pairs(400, seed=1)
+    careless_sft(model, tok, pairs.iloc[:240])
+    model.set_attn_implementation("eager")
+    rewards = RewardSet((Reward("exact_match", 1.0, exact_match("chosen")),))
+    enc = GrpoEncoding(tok, COLUMNS, 48)
+    train, val = (
+        InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
+        for e in (enc.encode_frame(pairs.iloc[:240]), enc.encode_frame(pairs.iloc[240:]))
+    )
+    nets = {}
+    for mode in ("padded", "continuous"):
+        settings = GrpoSettings(num_generations=4, max_completion_length=12, rollouts=mode)
+        nets[mode] = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+        nets[mode].attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    net = nets["continuous"]
+    greedy = {mode: n.grpo_metrics(val, torch.device("cpu")) for mode, n in nets.items()}
+    assert greedy["continuous"] == greedy["padded"] and model.config._attn_implementation == "eager"
+    engine = net._rollouts[0]
+    assert engine.attention == "paged|eager" and engine.alive()
+
+    config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
+    result = fit_source(net, train, val, config, task="grpo")
+    first, last = (r["train_reward"] for r in (result.history[0], result.history[-1]))
+    print(
+        f"sampled reward by epoch: {first:.3f} -> {last:.3f}; greedy before {greedy['padded']['reward']:.3f}"
+    )
+    assert last > first and len(result.steps) == 45
+    assert not net._rollouts and not engine.alive() and model.config._attn_implementation == "eager"
+    assert not any(
+        t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+    )
