@@ -44,6 +44,7 @@ def _version_files(
         "spec_hash": hashlib.sha256(b"spec").hexdigest(),
         "code_version": "0.1.0",
         "airflow": {"dag_id": f"{model}_train", "run_id": f"scheduled__run-{k:05d}", "task_id": "train"},
+        "costs": {"model_mb": 0.21, "train": _train_costs(rng)},
         "gate": {
             "promote": promoted,
             "decision": "promote" if promoted else "block",
@@ -65,6 +66,25 @@ def _version_files(
         "metrics.json": json.dumps(metrics).encode(),
         "lineage.json": json.dumps(lineage).encode(),
         "README.md": f"---\nlibrary_name: pytorch\n---\n# {model} {version}\n\naccuracy {acc:.4f}\n".encode(),
+    }
+
+
+def _train_costs(rng: random.Random) -> dict[str, Any]:
+    """A training's costs as freestack.train.costs.TrainCosts records them (a CPU run, priced)."""
+    wall = 20 + 10 * rng.random()
+    return {
+        "wall_s": round(wall, 3),
+        "cpu_s": round(wall * 1.8, 3),
+        "gpu_s": 0.0,
+        "peak_memory_mb": round(900 + 100 * rng.random(), 1),
+        "peak_gpu_memory_mb": None,
+        "samples": 12_000,
+        "epochs": 12,
+        "resumed_from": None,
+        "ranks": 1,
+        "device": "cpu",
+        "cost": round(wall * 1.8 / 3600 * 0.05, 6),
+        "currency": "USD",
     }
 
 

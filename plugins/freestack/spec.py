@@ -47,6 +47,15 @@ TASKS = ("classification", "regression")
 FEATURE_TYPES = ("int", "float", "bool", "category", "text", "image")
 
 
+class PricesSpec(SpecModel):
+    """What an hour of compute costs (``prices:``): a version's training (and serving) seconds times these
+    are its cost. 0 by default: the stack is free, and a machine you own costs what you say it does."""
+
+    cpu_hour: float = Field(default=0.0, ge=0, description="The price of one CPU core for an hour.")
+    gpu_hour: float = Field(default=0.0, ge=0, description="The price of one GPU for an hour.")
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the prices.")
+
+
 class PipelineSpec(SpecModel):
     """One pipeline: where its data lands, what it trains, how it is gated and served."""
 
@@ -83,6 +92,10 @@ class PipelineSpec(SpecModel):
         default=None, description="A hyperparameter sweep (W&B sweep configuration)."
     )
     gate: GateSpec = Field(default_factory=GateSpec, description="When a candidate may replace production.")
+    prices: PricesSpec = Field(
+        default_factory=PricesSpec,
+        description="What compute costs, to turn a version's measured seconds into money (0: free).",
+    )
     deploy: DeploySpec = Field(default_factory=DeploySpec, description="Where and how production is served.")
     monitor: MonitorSpec = Field(
         default_factory=MonitorSpec,

@@ -68,6 +68,18 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.9, metrics
     assert metrics["train"]["train_seconds"] > 0  # recorded; its speed is measured in bench/train
+    # what it cost, in the version's metrics and lineage (no prices in the spec: free)
+    costs, train = metrics["costs"], metrics["costs"]["train"]
+    assert costs == lineage["costs"] and 0 < costs["model_mb"] < 5, costs
+    assert train["wall_s"] > metrics["train"]["train_seconds"] > 0 and train["cpu_s"] > 0, train
+    assert train["peak_memory_mb"] > 50 and train["gpu_s"] == 0 and train["ranks"] == 1
+    assert train["samples"] == lineage["data"]["rows"]["train"] * train["epochs"] > 0, (
+        train,
+        lineage["data"],
+    )
+    assert (train["cost"], train["currency"], train["device"]) == (0, "USD", "cpu")
+    card = (version / "README.md").read_text()
+    assert "## Costs" in card and "| training cost | 0.0000 USD at the spec's prices |" in card, card
     assert {p.name for p in version.iterdir()} >= {
         "config.json",
         "model.safetensors",
@@ -120,6 +132,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     text = proc.stdout
     assert '"pipeline"' in text and "digits" in text, kinds
     assert "val_accuracy" in text and "train_loss" in text
+    assert "costs/train_cpu_s" in text and "costs/model_mb" in text
     assert "pipeline:digits" in text and "interval:2026-11-05" in text
 
     # an evaluate cleared after the gate registered the version writes nothing into it: versions are immutable
@@ -131,6 +144,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     before = {p: p.stat().st_mtime_ns for p in version.rglob("*")}
     summary = evaluate(spec, version.as_uri())
     assert summary["report"].endswith("evaluation/report.html") and summary["candidate"]["accuracy"] > 0.9
+    assert summary["costs"] == {"candidate": lineage["costs"], "champion": None}
     assert {p: p.stat().st_mtime_ns for p in version.rglob("*")} == before
     registry_for(spec).verify(version.name)
 

@@ -575,6 +575,10 @@ def _report(
         "window": {"end_ds": c.end_ds, "days": c.days, "partitions": [p["ds"] for p in c.data.partitions]},
         "candidate": _shown(m.cand),
         "champion": _shown(m.champ) if m.champ else None,
+        "costs": {  # what each version's training recorded (freestack.train.costs)
+            "candidate": c.lineage.get("costs"),
+            "champion": m.champion.lineage.as_dict().get("costs") if m.champion else None,
+        },
         "plots": {n: str(join(c.folder, n)) for n in images},
         **({"cache": found.record()} if found is not None else {}),
     }

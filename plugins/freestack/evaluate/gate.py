@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from freestack import version
 from freestack.evaluate.spec import JUDGE_METRICS, METRICS, GateSpec, better_word, goal_of
 
 if TYPE_CHECKING:
@@ -57,8 +58,14 @@ def _change(better_by: float) -> str:
     return f"{'better' if better_by > 0 else 'worse'} by {f'{size:.4f}' if size >= 5e-5 else f'{size:.1e}'}"
 
 
-def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] | None) -> dict[str, Any]:
-    """The decision and every reason for it, ready for the version's lineage and the task log."""
+def decide(
+    gate: GateSpec,
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    costs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The decision and every reason for it, ready for the version's lineage and the task log.
+    ``costs``: the candidate's, as its lineage records them (``max_model_mb``, ``max_train_cost``)."""
     task = candidate.get("task", "classification")
     metric = gate.metric or METRICS[task][0]
     if metric not in candidate:
@@ -109,6 +116,9 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
     judged, ok = judge_reasons(gate, candidate, champion)
     reasons += judged
     passed &= ok
+    for reason, ok in cost_reasons(gate, costs):
+        reasons.append(reason)
+        passed &= ok
     return {
         "promote": bool(passed),
         "decision": "promote" if passed else "block",
@@ -123,6 +133,32 @@ def decide(gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any] |
         "gate": gate.model_dump(),
         **({"judge": candidate.get("judge")} if gate.judge is not None else {}),
     }
+
+
+def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str, bool]]:
+    """The rules on the candidate's costs (lineage's ``costs``), each with its figure: a candidate that
+    recorded none (trained before freestack measured them) is blocked by the rule, never passed unseen."""
+    train = (costs or {}).get("train") or {}
+    rules = [
+        ("max_model_mb", "model_mb", (costs or {}).get("model_mb"), gate.max_model_mb, "MB"),
+        ("max_train_cost", "train cost", train.get("cost"), gate.max_train_cost, train.get("currency", "")),
+    ]
+    out = []
+    for rule, name, value, bar, unit in rules:
+        if bar is None:
+            continue
+        if value is None:
+            out.append(
+                (
+                    f"{name}: not recorded by this version ({rule} {bar:g}): retrain it to measure it: block",
+                    False,
+                )
+            )
+            continue
+        ok = float(value) <= bar + _EPS
+        shown, bar_shown = _pair(float(value), float(bar))
+        out.append((f"{name} {shown} {'≤' if ok else '>'} {bar_shown} {unit} ({rule}): {_verdict(ok)}", ok))
+    return out
 
 
 def _judge_rules(gate: GateSpec) -> list[tuple[str, str, float]]:
@@ -209,7 +245,7 @@ def decide_again(
     from freestack.evaluate.core import rescore
 
     candidate, champion = rescore(spec, candidate_uri, champion_uri, judge_key)
-    return decide(spec.gate, candidate, champion)
+    return decide(spec.gate, candidate, champion, version.open(candidate_uri).lineage.costs)
 
 
 #: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) follows
@@ -249,6 +285,7 @@ def _capped(body: str, tail: str) -> str:
 
 __all__ = [
     "NOTE_LIMIT",
+    "cost_reasons",
     "GateSpec",
     "decide",
     "decide_again",

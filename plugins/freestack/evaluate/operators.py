@@ -163,7 +163,9 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         spec = self.pipeline_spec()
         gate = spec.gate
         try:
-            decision = decide(gate, ev["candidate"], ev.get("champion"))
+            decision = decide(
+                gate, ev["candidate"], ev.get("champion"), (ev.get("costs") or {}).get("candidate")
+            )
         except ValueError as exc:
             raise AirflowFailException(f"{self.spec_path}: gate: {exc}") from None
         decision.update(

@@ -105,6 +105,16 @@ class GateSpec(SpecModel):
         le=1,
         description="judge mode pairwise: the candidate's win rate against production (ties count half) at least this.",
     )
+    max_model_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="The candidate's saved model files at most this many MB (its costs.model_mb).",
+    )
+    max_train_cost: float | None = Field(
+        default=None,
+        ge=0,
+        description="The candidate's training at most this cost, at the spec's prices (its costs.train.cost).",
+    )
 
     cache: bool = Field(
         default=True,

@@ -102,7 +102,9 @@ class FreestackEvaluateOperator(TorchTask, SpecOperator, SkipMixin):
                 run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
             )
             ev.update(candidate_version=version, champion_version=champion)
-            decision = decide(spec.gate, ev["candidate"], ev.get("champion"))
+            decision = decide(
+                spec.gate, ev["candidate"], ev.get("champion"), (ev.get("costs") or {}).get("candidate")
+            )
             decision.update(candidate_version=version, champion_version=champion)
             registered = register_candidate(spec, ev, decision, run_id=context["run_id"], hub=hub_settings())
         except (EvaluationError, PromotionError, ValueError) as exc:

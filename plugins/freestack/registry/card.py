@@ -89,6 +89,15 @@ A freestack model ({{ kind }} {{ task }}) in Hugging Face layout: `config.json` 
 {% for k, v in metrics.items() -%}
 | {{ k }} | {{ "%.6g"|format(v) }} |
 {% endfor %}
+{% if costs -%}
+## Costs
+
+| what | measured |
+|---|---|
+{% for k, v in costs -%}
+| {{ k }} | {{ v }} |
+{% endfor %}
+{% endif -%}
 ## Training data
 
 Window: {{ window_text }}.
@@ -253,6 +262,7 @@ def render_card(
         "code_version": lineage.get("code_version"),
         "airflow": lineage.get("airflow") or None,
         "wandb": _wandb_ref(lineage.get("wandb")),
+        **({"costs": lineage["costs"]} if lineage.get("costs") else {}),
         **info.extra,
     }
     hub = _pretrained_facts(lineage)
@@ -298,8 +308,55 @@ def render_card(
         auto_class=hub.get("auto_class"),
         base_folder=hub.get("base_folder"),
         system_literal=_system_literal(lineage),
+        costs=cost_rows(lineage.get("costs") or {}),
     )
     return str(card)
+
+
+#: the figures of a version's costs (lineage's ``costs``) that are better lower, as pages compare them
+COST_FIGURES = (
+    "model_mb",
+    "train.wall_s",
+    "train.cpu_s",
+    "train.gpu_s",
+    "train.peak_memory_mb",
+    "train.cost",
+)
+
+
+def cost_figures(costs: dict[str, Any]) -> dict[str, float]:
+    """``costs.model_mb``, ``costs.train.wall_s``, ...: the numbers of a version's costs, by name."""
+    out = {}
+    for name in COST_FIGURES:
+        value: Any = costs
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            out[f"costs.{name}"] = float(value)
+    return out
+
+
+def cost_rows(costs: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's costs table: the model's size, and what its training took and cost
+    (:class:`freestack.train.costs.TrainCosts`)."""
+    rows = [("model files", f"{costs['model_mb']:,.3f} MB")] if "model_mb" in costs else []
+    t = costs.get("train")
+    if t:
+        ranks = f" on {t['ranks']} ranks" if t["ranks"] > 1 else ""
+        rows += [
+            (
+                "training time",
+                f"{t['wall_s']:,.1f} s wall, {t['cpu_s']:,.1f} CPU-s, {t['gpu_s']:,.1f} GPU-s{ranks}",
+            ),
+            (
+                "training memory",
+                f"{t['peak_memory_mb']:,.0f} MB peak resident"
+                + (f", {t['peak_gpu_memory_mb']:,.0f} MB GPU" if t.get("peak_gpu_memory_mb") else ""),
+            ),
+            ("training samples", f"{t['samples']:,} ({t['epochs']} epochs on {t['device']})"),
+            ("training cost", f"{t['cost']:,.4f} {t['currency']} at the spec's prices"),
+        ]
+    return rows
 
 
 def _system_literal(lineage: dict[str, Any]) -> str | None:

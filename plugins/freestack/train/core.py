@@ -45,6 +45,7 @@ from freestack.settings import checkout_dir, settings
 from freestack.specbase import block_problems
 from freestack.storage import join, storage_root, write_bytes
 from freestack.tracking.wandb import WandbSettings, start_run
+from freestack.train.costs import Meter, TrainCosts
 from freestack.train.pretrained import (
     build_pretrained_model,
     chat_encoding,
@@ -545,6 +546,7 @@ def train(
 def _train(
     spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
 ) -> TrainOutcome | None:
+    meter = Meter.start()
     model = build_model(spec, data, req.judge_key)
     cfg = loop_config(spec, req)
     where = places(spec, req)
@@ -554,7 +556,10 @@ def _train(
     settings = tracking_settings if tracking_settings is not None else WandbSettings.from_environment()
     with _tracking_run(spec, req, data, where, cfg, settings) as run:
         result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
-        _write_version(spec, req, data, where, cfg, result.model, result, metrics, run)
+        p = spec.prices
+        costs = meter.read(result, p.cpu_hour, p.gpu_hour, p.currency)
+        run.summary_update({f"costs/train_{k}": v for k, v in costs.model_dump().items() if _figure(v)})
+        _write_version(spec, req, data, where, cfg, result, metrics, run, costs)
         tracking = run.as_dict()
     _drop_checkpoint(where)
     log.info(
@@ -605,6 +610,11 @@ def _tracking_run(spec: PipelineSpec, req: TrainRequest, data: Prepared, where: 
         existing=req.tracking.get("run"),
         run_id=tracking_id(spec, req),
     )
+
+
+def _figure(value: Any) -> bool:
+    """A number W&B's summary can chart (not a flag, not text, not None)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _drop_checkpoint(where: Places) -> None:
@@ -774,13 +784,14 @@ def _write_version(
     data: Prepared,
     where: Places,
     cfg,
-    model,
     result,
     metrics: dict[str, Any],
     run,
+    costs: TrainCosts,
 ) -> None:
-    """The model folder: Hugging Face files, preprocessing, history, metrics and lineage."""
-    t = spec.train
+    """The model folder: Hugging Face files, preprocessing, history, metrics (with the training's costs)
+    and lineage."""
+    t, model = spec.train, result.model
     lineage = {
         "pipeline": spec.name,
         "model": spec.model_name,
@@ -817,7 +828,11 @@ def _write_version(
     }
     with tempfile.TemporaryDirectory() as tmp:
         model.to("cpu").save_pretrained(tmp)
-        _upload(tmp, sorted(os.listdir(tmp)), where)
+        files = sorted(os.listdir(tmp))
+        _upload(tmp, files, where)
+        size = sum(os.path.getsize(os.path.join(tmp, f)) for f in files)
+    lineage["costs"] = recorded = {"model_mb": round(size / 2**20, 3), "train": costs.model_dump()}
+    run.summary_update({"costs/model_mb": recorded["model_mb"]})
     write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
@@ -830,7 +845,8 @@ def _write_version(
     write_history(where.version_dir, result.history)
     if result.steps:
         write_steps(where.version_dir, result.steps)
-    write_metrics(where.version_dir, {"task": data.task, **metrics, "train": result.summary()})
+    summary = {"task": data.task, **metrics, "train": result.summary()}
+    write_metrics(where.version_dir, {**summary, "costs": recorded})
     write_lineage(where.version_dir, lineage)
     run.log_artifact_reference(
         name=f"{spec.model_name}",

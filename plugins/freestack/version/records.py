@@ -86,6 +86,9 @@ class Lineage(Record):
     code_version: str | None = None
     hyperparameters: dict[str, Any] | None = None
     gate: dict[str, Any] | None = Field(None, description="the gate's decision, added at registration")
+    costs: dict[str, Any] | None = Field(
+        None, description="model_mb (the saved model's files) and train: freestack.train.costs.TrainCosts"
+    )
     registered_from: str | None = Field(None, description="the candidate folder it was registered from")
 
 
@@ -95,6 +98,7 @@ class Metrics(Record):
 
     task: str | None = None
     train: dict[str, Any] | None = None
+    costs: dict[str, Any] | None = Field(None, description="as lineage's costs")
     plots: dict[str, str] | None = None
 
 

@@ -20,6 +20,22 @@ def test_a_first_model_is_promoted_if_it_meets_the_threshold():
     assert "no production model yet" in blocked["reasons"][1]
 
 
+def test_rules_on_the_candidates_costs_give_their_figures():
+    costs = {"model_mb": 0.21, "train": {"cost": 0.0125, "currency": "EUR"}}
+    gate = GateSpec(threshold=0.9, max_model_mb=0.25, max_train_cost=0.01)
+    blocked = decide(gate, CLS, None, costs)
+    assert not blocked["promote"] and blocked["reasons"][-2:] == [
+        "model_mb 0.2100 ≤ 0.2500 MB (max_model_mb): pass",
+        "train cost 0.0125 > 0.0100 EUR (max_train_cost): block",
+    ]
+    assert decide(gate.model_copy(update={"max_train_cost": 0.02}), CLS, None, costs)["promote"]
+    unmeasured = decide(gate, CLS, None, None)  # a version trained before freestack measured costs
+    assert not unmeasured["promote"] and unmeasured["reasons"][-1] == (
+        "train cost: not recorded by this version (max_train_cost 0.01): retrain it to measure it: block"
+    )
+    assert decide(GateSpec(threshold=0.9), CLS, None, None)["promote"]  # no rule on costs: none needed
+
+
 def test_better_is_promoted_and_worse_is_blocked_with_reasons():
     champ = {**CLS, "accuracy": 0.94}
     ok = decide(GateSpec(min_improvement=0.005), CLS, champ)

@@ -49,6 +49,8 @@ def test_version_page_card_and_files(storage, digits):
     v = model_pages.version_page("digits", digits, "production")
     assert v.row.version == names[-1] and v.aliases == ["production"] and len(v.partitions) == 5
     assert set(v.files) >= {"config.json", "model.safetensors", "README.md"}
+    costs = dict(v.costs)  # the version's costs, as its card's table says them
+    assert costs["model files"] == "0.210 MB" and costs["training cost"].endswith(" USD at the spec's prices")
     body = b"".join(model_pages.version_file_chunks(digits, names[-1], "README.md", chunk=7))
     assert body.startswith(b"---\nlibrary_name: pytorch")
     card = render_card(body.decode() + "\n<script>alert(1)</script>\n")

@@ -94,7 +94,9 @@ def test_compare_page_reads_two_versions_and_an_alias(storage, digits):
         "production"
     ]
     assert {c.gate.decision for c in page.versions} <= {"promoted", "blocked"}
-    assert "test_accuracy" in {m.name for m in page.metrics}
+    metrics = {m.name: m for m in page.metrics}
+    assert "test_accuracy" in metrics and len(metrics["costs.train.wall_s"].values) == 2
+    assert metrics["costs.train.cost"].goal == "minimize" and metrics["costs.model_mb"].values == [0.21, 0.21]
     params = {r.key: r for r in page.params}
     assert params["config.json.freestack_model"].same and not params["preprocessing.json.mean"].same
     assert {p.changes[1] for p in page.partitions} >= {

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from freestack.judging.client import table_html
-from freestack.registry.card import metrics_summary
+from freestack.registry.card import cost_rows, metrics_summary
 from freestack.registry.core import redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.serving.records import alias_drift, served_alias, serving_records
@@ -258,6 +258,9 @@ class VersionPage(BaseModel):
     notebook_lines: list[str] = Field(
         [], description="the Python lines that load this version in a notebook (notebook_lines)"
     )
+    costs: list[tuple[str, str]] = Field(
+        [], description="what its training took and cost, and its size (freestack.registry.card.cost_rows)"
+    )
 
 
 def notebook_lines(root: str, model: str, version: str) -> list[str]:
@@ -314,6 +317,7 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         report="evaluation/report.html" if "evaluation/report.html" in files else None,
         judge=judge_table(reg.version_path(name)) if JUDGED in files else None,
         notebook_lines=notebook_lines(str(reg.root), spec.model_name, name),
+        costs=cost_rows(lineage.get("costs") or {}),
     )
 
 

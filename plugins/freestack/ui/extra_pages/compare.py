@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from freestack.registry.card import cost_figures
 from freestack.registry.core import registry_for
 from freestack.ui import shared
 from freestack.ui.catalog import common, model_pages
@@ -69,8 +70,11 @@ _MINIMIZE = ("loss", "rmse", "mae", "mse", "error", "seconds", "perplexity")
 
 
 def goal_of(metric: str) -> Literal["maximize", "minimize"] | None:
-    """Whether higher or lower is better for a metric named like ``test_accuracy`` or ``best_val_loss``."""
+    """Whether higher or lower is better for a metric named like ``test_accuracy`` or ``best_val_loss``
+    (a version's costs, ``costs.*``: lower)."""
     name = metric.lower()
+    if name.startswith("costs."):
+        return "minimize"
     if any(w in name for w in _MINIMIZE):
         return "minimize"
     if any(w in name for w in _MAXIMIZE):
@@ -193,7 +197,7 @@ def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
         pipeline=pipeline,
         model=spec.model_name,
         versions=versions,
-        metrics=metric_rows([p.metrics for p in pages]),
+        metrics=metric_rows([{**p.metrics, **cost_figures(p.lineage.get("costs") or {})} for p in pages]),
         params=diff_rows([training_config(p.lineage, f) for p, f in zip(pages, files, strict=True)]),
         lineage=diff_rows([lineage_facts(p.lineage) for p in pages]),
         partitions=partition_diff([p.lineage.get("partitions") or [] for p in pages]),
