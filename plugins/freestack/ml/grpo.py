@@ -246,7 +246,7 @@ class GrpoNet(CausalLMNet):
         pmask = x["attention_mask"][:, -width:].repeat_interleave(g.num_generations, dim=0)
         rows = x["row"].repeat_interleave(g.num_generations)
         sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p, "top_k": 0}
-        new, cmask, rewards, total = self.answered(prompt, pmask, rows, **sampling)
+        new, cmask, rewards, total = self.answered(prompt, pmask, rows, rollout=True, **sampling)
         return Rollouts(
             ids=torch.cat([prompt, new], dim=1),
             mask=torch.cat([pmask, cmask], dim=1),
@@ -257,11 +257,20 @@ class GrpoNet(CausalLMNet):
             advantages=group_advantages(total, g.num_generations, g.scale_rewards),
         )
 
-    def answered(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, **sampling: Any):
+    def answered(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        rows: torch.Tensor,
+        rollout: bool = False,
+        **sampling: Any,
+    ):
         """Completions of left-padded prompts (``rows``: their places in the table), scored: the new
         tokens, their mask up to and with the end of turn, each function's rewards ``[n, functions]`` and
-        the weighted sum ``[n]``."""
-        if self.continuous(ids.device):
+        the weighted sum ``[n]``. A training step's rollouts (``rollout``) come from the engine with
+        ``rollouts: continuous``; validation and test answers always from ``generate``, so the engine only
+        runs inside the loop, which stops it."""
+        if rollout and self.continuous(ids.device):
             new = self._batched(ids, mask, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
         else:
             new = self.model.generate(

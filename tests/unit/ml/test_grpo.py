@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from freestack.ml.generation import ChatColumns, load_tokenizer
-from freestack.ml.grpo import GrpoEncoding, GrpoSettings, group_advantages, grpo_loss
+from freestack.ml.grpo import GrpoEncoding, GrpoSettings, _up_to_end, group_advantages, grpo_loss
 from freestack.ml.rewards import (
     RewardError,
     Sample,
@@ -119,6 +119,9 @@ def test_the_spec_names_what_a_reward_lacks():
         rewards=[{"function": "json_schema", "schema": {"type": "object"}}, {"function": "include/r.py:ok"}]
     )
     assert spec.reward_labels == ["json_schema", "ok"] and spec.rewards[0].schema_ == {"type": "object"}
+    assert spec.rollouts == "auto"  # padded on a CPU, the engine on an accelerator
+    with pytest.raises(ValidationError, match="'auto', 'continuous' or 'padded'"):
+        GrpoSpec(rewards=[{"function": "exact_match"}], rollouts="server")
 
 
 @pytest.fixture(scope="module")
@@ -270,25 +273,32 @@ def test_rollouts_from_the_continuous_batching_engine(tmp_path):
         InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
         for e in (enc.encode_frame(pairs.iloc[:240]), enc.encode_frame(pairs.iloc[240:]))
     )
-    nets = {}
-    for mode in ("padded", "continuous"):
-        settings = GrpoSettings(num_generations=4, max_completion_length=12, rollouts=mode)
-        nets[mode] = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
-        nets[mode].attach(enc, eos_ids(tok, model.generation_config.to_dict()))
-    net = nets["continuous"]
-    greedy = {mode: n.grpo_metrics(val, torch.device("cpu")) for mode, n in nets.items()}
-    assert greedy["continuous"] == greedy["padded"] and model.config._attn_implementation == "eager"
+    settings = GrpoSettings(num_generations=4, max_completion_length=12, rollouts="continuous")
+    net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    xb, _ = next(iter(val.ordered(32, torch.device("cpu"))))  # greedy: the engine's tokens are generate's
+    width = int(xb["attention_mask"].sum(dim=1).max())
+    ids, mask = xb["input_ids"][:, -width:], xb["attention_mask"][:, -width:]
+    batched = net._batched(ids, mask, 0.0, 1.0)
+    pad = tok.pad_token_id
+    plain = model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=pad
+    )
+    ends = lambda rows: zip(rows, _up_to_end(rows, net.eos).sum(dim=1), strict=True)  # noqa: E731
+    cut = lambda rows: [r[: int(n)].tolist() for r, n in ends(rows)]  # noqa: E731
+    assert cut(batched) == cut(plain[:, width:]) and model.config._attn_implementation == "eager"
     engine = net._rollouts[0]
     assert engine.attention == "paged|eager" and engine.alive()
+    start = net.grpo_metrics(val, torch.device("cpu"))  # validation answers by generate, the engine idle
 
     config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
     result = fit_source(net, train, val, config, task="grpo")
     first, last = (r["train_reward"] for r in (result.history[0], result.history[-1]))
-    print(
-        f"sampled reward by epoch: {first:.3f} -> {last:.3f}; greedy before {greedy['padded']['reward']:.3f}"
-    )
+    print(f"sampled reward by epoch: {first:.3f} -> {last:.3f}; greedy before {start['reward']:.3f}")
     assert last > first and len(result.steps) == 45
     assert not net._rollouts and not engine.alive() and model.config._attn_implementation == "eager"
+    net.grpo_metrics(val, torch.device("cpu"))  # the test split's answers, after the loop: no engine again
+    assert not net._rollouts
     assert not any(
         t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
     )
