@@ -92,7 +92,9 @@ def test_compare_two_versions(sandbox, browser, second):
     assert page.locator("#compare-lineage tr[data-key='spec_hash']").get_attribute("class") == "same"
     assert page.locator("#compare-partitions tr[data-ds]").count() == len(s["lineage"]["partitions"])
     _shot(page, "20-compare-two-versions")
-    page.locator("#compare-submit").click()  # the form keeps the two versions ticked
+    with page.expect_navigation():  # the form keeps the two versions ticked
+        page.locator("#compare-submit").click()
+    page.locator("#compare-versions th[data-version]").nth(1).wait_for()  # read once the new page loaded
     assert page.locator("#compare-versions th[data-version]").count() == 2 and f"v={second}" in page.url
     api = page.request.get(f"{sandbox.url}/freestack/ui/api/compare/digits?v={second}&v=production").json()
     assert [v["version"] for v in api["versions"]] == [second, s["version"]]
