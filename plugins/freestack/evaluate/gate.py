@@ -138,9 +138,10 @@ def decide(
 def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str, bool]]:
     """The rules on the candidate's costs (lineage's ``costs``), each with its figure: a candidate that
     recorded none (trained before freestack measured them) is blocked by the rule, never passed unseen."""
-    train = (costs or {}).get("train") or {}
+    costs = costs or {}
+    train = costs.get("train") or {}
     rules = [
-        ("max_model_mb", "model_mb", (costs or {}).get("model_mb"), gate.max_model_mb, "MB"),
+        ("max_model_mb", "model_mb", costs.get("model_mb"), gate.max_model_mb, "MB"),
         ("max_train_cost", "train cost", train.get("cost"), gate.max_train_cost, train.get("currency", "")),
     ]
     out = []

@@ -558,7 +558,6 @@ def _train(
         result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
         p = spec.prices
         costs = meter.read(result, p.cpu_hour, p.gpu_hour, p.currency)
-        run.summary_update({f"costs/train_{k}": v for k, v in costs.model_dump().items() if _figure(v)})
         _write_version(spec, req, data, where, cfg, result, metrics, run, costs)
         tracking = run.as_dict()
     _drop_checkpoint(where)
@@ -832,7 +831,8 @@ def _write_version(
         _upload(tmp, files, where)
         size = sum(os.path.getsize(os.path.join(tmp, f)) for f in files)
     lineage["costs"] = recorded = {"model_mb": round(size / 2**20, 3), "train": costs.model_dump()}
-    run.summary_update({"costs/model_mb": recorded["model_mb"]})
+    figures = {f"costs/train_{k}": v for k, v in recorded["train"].items() if _figure(v)}
+    run.summary_update({**figures, "costs/model_mb": recorded["model_mb"]})
     write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
