@@ -472,7 +472,7 @@ def _seldon_batch(s: dict[str, Any]) -> list[Row]:
 def _serve(r: dict[str, Any], file: str) -> list[Row]:
     s = r["summary"]
     if file != "serve":  # a run of some servers only (serve_requestlog.json: seldon, seldon_logged, bare)
-        return _request_log(s)
+        return _request_log(s) + _recorded(s)
     c = s.get("checks") or {}
     seldon, bare = s["seldon"]["c8"], s["bare"]["c8"]
     return [
@@ -545,6 +545,25 @@ def _request_log(s: dict[str, Any]) -> list[Row]:
         )
         for cell in ("c8", "batch32_c8")
         if cell in lg and cell in on
+    ]
+
+
+def _recorded(s: dict[str, Any]) -> list[Row]:
+    """The latency a version records (evaluate's serving costs) against this benchmark's concurrency-1 cell
+    of the same runtime's server, same version, same run."""
+    return [
+        Row(
+            "serve",
+            f"recorded serving latency {q} ({runtime}, median of {len(r.get('measurements') or [1])}), ms",
+            _n(r["recorded"][f"latency_{q}_ms"], 3),
+            f"{_n(r['bench_c1'][q], 3)} (c=1 cell)",
+            r["ratio"][q],
+            "0.75-1.25",
+            r["ratio"][q] is not None and 0.75 <= r["ratio"][q] <= 1.25,
+            better="lower",
+        )
+        for runtime, r in (s.get("recorded") or {}).items()
+        for q in ("p50", "p99")
     ]
 
 

@@ -826,6 +826,53 @@ def _request_log_in_process(names: list[str], uri: str, duration: float, repeats
     }
 
 
+def _recorded(
+    names: list[str],
+    uri: str,
+    summary: dict[str, Any],
+    warmup: float,
+    duration: float,
+    workdir: Path,
+    repeats: int,
+) -> dict[str, Any]:
+    """What a version records as its serving costs (``freestack.serving.costs``, as evaluate measures it:
+    the deploy's own server started, one row a request, one at a time), ``repeats`` times, against this
+    run's concurrency-1 cell of the same runtime's server (its median over rounds), same version, same
+    machine: ``ratio`` = recorded / benchmark per latency quantile, each time (``ratios``) and their median
+    (``ratio``); the target is agreement within 25% (0.75 to 1.25)."""
+    from freestack.serving.costs import measure_serving
+    from freestack.serving.spec import DeploySpec
+
+    os.environ["FREESTACK_SERVING_DIR"] = str(workdir / "serving")
+    rows = json.loads((workdir / "body-batch.json").read_text())["data"]["ndarray"]
+    sample = {"task": "classification", "features": [f"px_{i}" for i in range(N_FEATURES)], "rows": rows}
+    out: dict[str, Any] = {}
+    for runtime in ("seldon", "mlserver"):
+        bench = (summary.get(runtime) or {}).get("c1")
+        if runtime not in names or not bench:
+            continue
+        measure = {"seconds": duration, "warmup_seconds": warmup, "batch_rows": BATCH_ROWS, "concurrency": 8}
+        deploy = DeploySpec(runtime=runtime, measure=measure)
+        got = [
+            measure_serving(uri, model="bench", version="v1", deploy=deploy, sample=sample).model_dump()
+            for _ in range(repeats)
+        ]
+        ratios = {q: [round(g[f"latency_{q}_ms"] / bench[f"{q}_ms"], 3) for g in got] for q in ("p50", "p99")}
+        ratio = {q: statistics.median(r) for q, r in ratios.items()}
+        out[runtime] = {
+            "recorded": {
+                k: statistics.median(g[k] for g in got) for k in ("latency_p50_ms", "latency_p99_ms")
+            },
+            "measurements": got,
+            "bench_c1": {q: bench.get(f"{q}_ms") for q in ("p50", "p99")},
+            "ratios": ratios,
+            "ratio": ratio,
+            "agree": all(0.75 <= r <= 1.25 for r in ratio.values()),
+        }
+        print(f"  recorded {runtime}: vs the bench's c=1 cell {ratios}", flush=True)
+    return {"recorded": out} if out else {}
+
+
 def machine() -> dict[str, Any]:
     import starlette
     import torch
@@ -1013,7 +1060,11 @@ def main(argv: list[str] | None = None) -> int:
             },
             "first_answers": answers,
             "samples": samples,
-            "summary": {**summarise(samples), **_request_log_in_process(names, uri, duration, repeats)},
+            "summary": {
+                **(summary := summarise(samples)),
+                **_request_log_in_process(names, uri, duration, repeats),
+                **_recorded(names, uri, summary, warmup, duration, workdir, repeats),
+            },
         }
     finally:
         for srv in servers.values():

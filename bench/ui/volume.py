@@ -44,7 +44,7 @@ def _version_files(
         "spec_hash": hashlib.sha256(b"spec").hexdigest(),
         "code_version": "0.1.0",
         "airflow": {"dag_id": f"{model}_train", "run_id": f"scheduled__run-{k:05d}", "task_id": "train"},
-        "costs": {"model_mb": 0.21, "train": _train_costs(rng)},
+        "costs": {"model_mb": 0.21, "train": _train_costs(rng), "serving": _serving_costs(rng)},
         "gate": {
             "promote": promoted,
             "decision": "promote" if promoted else "block",
@@ -84,6 +84,27 @@ def _train_costs(rng: random.Random) -> dict[str, Any]:
         "ranks": 1,
         "device": "cpu",
         "cost": round(wall * 1.8 / 3600 * 0.05, 6),
+        "currency": "USD",
+    }
+
+
+def _serving_costs(rng: random.Random) -> dict[str, Any]:
+    """What serving it costs as freestack.serving.costs.ServingCosts records them (Seldon, 2 workers)."""
+    p50 = 0.2 + 0.1 * rng.random()
+    return {
+        "runtime": "seldon",
+        "workers": 2,
+        "start_s": round(1.5 + rng.random(), 3),
+        "requests": 2_000,
+        "errors": 0,
+        "latency_p50_ms": round(p50, 3),
+        "latency_p99_ms": round(p50 * 1.6, 3),
+        "batch_rows": 32,
+        "concurrency": 4,
+        "rows_per_s": round(120_000 + 40_000 * rng.random(), 1),
+        "peak_memory_mb": round(800 + 50 * rng.random(), 1),
+        "cpu_ms_per_request": round(p50 * 1.1, 3),
+        "cost_per_1k_requests": round(p50 * 1.1 / 3600 * 0.05, 6),
         "currency": "USD",
     }
 

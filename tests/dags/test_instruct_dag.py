@@ -157,6 +157,15 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
         assert cand["exact_match"] >= 0.5 and cand["exact_match"] >= base_em + 0.4, (cand, base_em)
         assert cand["perplexity"] < 3 and len(evaluation["samples"]) == 6
         assert "sample answers" in (version / "evaluation" / "report.html").read_text()
+        # what serving it costs, measured by evaluate in the deploy's server: whole answers on Seldon's runtime
+        serving = lineage["costs"]["serving"]
+        assert serving["runtime"] == "seldon" and serving["errors"] == 0 and serving["batch_rows"] == 1, (
+            serving
+        )
+        assert 0 < serving["latency_p50_ms"] <= serving["latency_p99_ms"] and serving["tokens_per_s"] > 0, (
+            serving
+        )
+        assert serving["ttft_p50_ms"] is None and evaluation["costs"]["candidate"]["serving"] == serving
         card = (version / "README.md").read_text()
         assert (
             f"base_model: {LM_BASE}" in card

@@ -70,7 +70,15 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     assert metrics["train"]["train_seconds"] > 0  # recorded; its speed is measured in bench/train
     # what it cost, in the version's metrics and lineage (no prices in the spec: free)
     costs, train = metrics["costs"], metrics["costs"]["train"]
+    serving = lineage["costs"].pop("serving")
     assert costs == lineage["costs"] and 0 < costs["model_mb"] < 5, costs
+    # what serving it costs: measured by evaluate in the deploy's own server (2 Seldon workers here)
+    assert (serving["runtime"], serving["workers"], serving["errors"]) == ("seldon", 2, 0), serving
+    assert 0 < serving["latency_p50_ms"] <= serving["latency_p99_ms"] < 1000, serving
+    assert serving["requests"] > 10 and serving["rows_per_s"] > serving["batch_rows"] == 32, serving
+    assert serving["peak_memory_mb"] > 100 and serving["cpu_ms_per_request"] > 0, serving
+    left = list(Path(os.environ["FREESTACK_SERVING_DIR"]).glob(f"costs-digits-{version.name}"))
+    assert not left, "the measurement's folder is left behind"
     assert train["wall_s"] > metrics["train"]["train_seconds"] > 0 and train["cpu_s"] > 0, train
     assert train["peak_memory_mb"] > 50 and train["gpu_s"] == 0 and train["ranks"] == 1
     assert train["samples"] == lineage["data"]["rows"]["train"] * train["epochs"] > 0, (
@@ -80,6 +88,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     assert (train["cost"], train["currency"], train["device"]) == (0, "USD", "cpu")
     card = (version / "README.md").read_text()
     assert "## Costs" in card and "| training cost | 0.0000 USD at the spec's prices |" in card, card
+    assert f"| serving latency | p50 {serving['latency_p50_ms']:,.3f} ms" in card, card
     assert {p.name for p in version.iterdir()} >= {
         "config.json",
         "model.safetensors",
@@ -144,7 +153,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
     before = {p: p.stat().st_mtime_ns for p in version.rglob("*")}
     summary = evaluate(spec, version.as_uri())
     assert summary["report"].endswith("evaluation/report.html") and summary["candidate"]["accuracy"] > 0.9
-    assert summary["costs"] == {"candidate": lineage["costs"], "champion": None}
+    assert summary["costs"] == {"candidate": {**lineage["costs"], "serving": serving}, "champion": None}
     assert {p: p.stat().st_mtime_ns for p in version.rglob("*")} == before
     registry_for(spec).verify(version.name)
 

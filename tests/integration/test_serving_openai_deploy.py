@@ -142,3 +142,26 @@ def test_a_local_deploy_serves_the_openai_api_with_the_connections_key(work, ver
         assert "generated_text" in capsys.readouterr().out
     finally:
         stop_local(root, MODEL, "chat-keyed")
+
+
+def test_what_serving_a_version_costs_through_its_openai_api(version, work, monkeypatch):
+    """evaluate's serving costs (freestack.serving.costs) on runtime mlserver: the version started as a deploy
+    starts it, behind a one-time key, asked through its OpenAI API, streamed: time to first token, the gap
+    between tokens, tokens a second, the server's memory; then stopped, its folder gone. A folder that holds
+    no model is refused, saying so."""
+    from freestack.errors import DeployError
+    from freestack.serving.costs import measure_serving
+
+    monkeypatch.setenv("FREESTACK_SERVING_DIR", str(work / "serving-costs"))
+    deploy = DeploySpec(runtime="mlserver", measure={"seconds": 0.5, "warmup_seconds": 0.2, "concurrency": 2})
+    costs = measure_serving(version.uri, model=MODEL, version="v1", deploy=deploy, sample=version.sample)
+    assert (costs.runtime, costs.workers, costs.errors, costs.batch_rows) == ("mlserver", 1, 0, 1), costs
+    assert 0 < costs.ttft_p50_ms <= costs.ttft_p99_ms <= costs.latency_p99_ms, costs
+    assert 0 < costs.itl_ms < costs.latency_p50_ms and costs.tokens_per_s > 0 and costs.requests > 0, costs
+    assert costs.peak_memory_mb > 100 and costs.cpu_ms_per_request > 0 and costs.start_s > 0, costs
+    assert not list((work / "serving-costs").glob("costs-*")), "the measurement's folder is left behind"
+    empty = work / "not-a-model"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no model here")
+    with pytest.raises(DeployError, match="cannot be served to measure it"):
+        measure_serving(empty.as_uri(), model=MODEL, version="v2", deploy=deploy, sample=version.sample)

@@ -30,13 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from freestack import step_cache, version
-from freestack.errors import EvaluationError
+from freestack.errors import DeployError, EvaluationError
 from freestack.evaluate import text_generation as gen
+from freestack.evaluate.spec import SERVING_FIGURES
 from freestack.judging import client as llm_judge
 from freestack.ml.loop import to_tensors
 from freestack.ml.plots import png
 from freestack.ml.prep import split_of_keys
 from freestack.monitor.core import REFERENCE_FILE, build_reference
+from freestack.serving.costs import measure_serving
 from freestack.storage import join, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.core import load_window
@@ -47,6 +49,8 @@ from freestack.version import LoadedVersion
 from freestack.version.files import CARD, LINEAGE, MARKER
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -470,8 +474,11 @@ class Measured:
     cand: dict[str, Any]
     champ: dict[str, Any] | None
     champion: LoadedVersion | None
+    smoke: dict[str, Any]
     samples: list[dict[str, str]] | None = None
     judged: llm_judge.Judged | None = None
+    serving: dict[str, Any] | None = None
+    champion_serving: dict[str, Any] | None = None
 
 
 def evaluate(
@@ -483,11 +490,14 @@ def evaluate(
     tracking_settings=None,
     judge_key: str | None = None,
     run: dict[str, Any] | None = None,
+    source: Callable[[str], tuple[str, dict[str, str]]] | None = None,
 ) -> dict[str, Any]:
-    """Score the candidate (and the champion) on the candidate's window's test split; write
-    ``evaluation/`` into the candidate folder; log the metrics and plots to W&B. Returns the summary.
+    """Score the candidate (and the champion) on the candidate's window's test split; measure what
+    serving it costs (``deploy.measure``); write ``evaluation/`` into the candidate folder; log the
+    metrics and plots to W&B. Returns the summary.
     ``judge_key``: the API key of ``gate.judge``, read from its connection by the operator. ``run``: the
-    Airflow run (dag_id, run_id) the cache entry names. With ``gate.cache``, an earlier evaluation of the
+    Airflow run (dag_id, run_id) the cache entry names. ``source(uri)``: the URI a model server reads a
+    version from and the environment it needs for it (credentials; default: the URI as it is). With ``gate.cache``, an earlier evaluation of the
     same inputs is returned as it is (:func:`cached`). The steps: :func:`_load` the candidate and its test
     rows; answer and measure both models there (:func:`_measure`; :func:`_generation` also judges a
     text-generation candidate's answers); :func:`_report` what was measured."""
@@ -505,6 +515,7 @@ def evaluate(
             measured = _measure(spec, cand, champion)
     finally:
         cand.data.close()
+    _serving(spec, cand, measured, champion_uri, source)
     summary = _report(spec, cand, measured, champion_uri, found, tracking_settings)
     if found is not None:
         written = _written([*summary["plots"]], measured.judged is not None)
@@ -554,7 +565,7 @@ def _measure(spec: PipelineSpec, c: Candidate, champion: LoadedVersion | None) -
     champ = score(champion.model, champion.preprocessor, c.test, target) if champion else None
     smoke = smoke_sample(model, pre, c.test, spec.source.schema_.key, target)
     write_json(join(c.folder, "smoke.json"), smoke)
-    return Measured(cand, champ, champion)
+    return Measured(cand, champ, champion, smoke)
 
 
 def _report(
@@ -575,10 +586,7 @@ def _report(
         "window": {"end_ds": c.end_ds, "days": c.days, "partitions": [p["ds"] for p in c.data.partitions]},
         "candidate": _shown(m.cand),
         "champion": _shown(m.champ) if m.champ else None,
-        "costs": {  # what each version's training recorded (freestack.train.costs)
-            "candidate": c.lineage.get("costs"),
-            "champion": m.champion.lineage.as_dict().get("costs") if m.champion else None,
-        },
+        "costs": _costs(c, m),
         "plots": {n: str(join(c.folder, n)) for n in images},
         **({"cache": found.record()} if found is not None else {}),
     }
@@ -591,6 +599,52 @@ def _report(
     summary["report"] = write_bytes(join(c.folder, "report.html"), page.encode()).uri
     summary["wandb"] = _log(spec, c.version, c.lineage, summary, images, tracking_settings)
     return summary
+
+
+def _serving(spec: PipelineSpec, c: Candidate, m: Measured, champion_uri: str | None, source) -> None:
+    """What serving the candidate costs, measured as ``deploy`` serves it (:mod:`freestack.serving.costs`),
+    and production's too, in the same way and here, when the gate bounds the candidate's worsening on a
+    serving figure (``max_regression.latency_p99``, ...). A server that cannot be measured is recorded as
+    such (``{"error": ...}``), for a gate rule on its figures to say so."""
+    if not spec.deploy.measure.enabled:
+        return
+    m.serving = _measured(spec, c.uri, c.version, m.smoke, source)
+    if m.champion is not None and champion_uri and set(spec.gate.max_regression) & set(SERVING_FIGURES):
+        name = str(m.champion.lineage.as_dict().get("version") or to_path(champion_uri).name)
+        m.champion_serving = _measured(spec, champion_uri, name, m.smoke, source)
+
+
+def _measured(spec: PipelineSpec, uri: str, name: str, sample: dict[str, Any], source) -> dict[str, Any]:
+    prices = spec.prices
+    try:
+        costs = measure_serving(
+            str(uri),
+            model=spec.model_name,
+            version=name,
+            deploy=spec.deploy,
+            sample=sample,
+            cpu_hour=prices.cpu_hour,
+            currency=prices.currency,
+            source=source(str(uri)) if source else None,
+        )
+    except DeployError as exc:
+        log.warning("the serving costs of %s could not be measured: %s", name, exc)
+        return {"error": str(exc)}
+    log.info("serving %s costs: %s", name, _figures(costs.model_dump()))
+    return costs.model_dump()
+
+
+def _costs(c: Candidate, m: Measured) -> dict[str, Any]:
+    """Each version's costs: its training's as its lineage recorded them (:mod:`freestack.train.costs`) and
+    its serving's as measured here (production's as its own evaluation recorded them, unless measured
+    again here for a rule comparing the two)."""
+    cand = {**(c.lineage.get("costs") or {}), **({"serving": m.serving} if m.serving else {})}
+    if m.champion is None:
+        return {"candidate": cand or None, "champion": None}
+    champ = dict(m.champion.lineage.as_dict().get("costs") or {})
+    if m.champion_serving:
+        champ["serving"] = {**m.champion_serving, "measured_with": c.version}
+    return {"candidate": cand or None, "champion": champ or None}
 
 
 def _figures(metrics: dict[str, Any]) -> str:
@@ -617,13 +671,12 @@ def _generation(
     )
     reference = gen.reference_of(spec, frame, cand.texts, c.version, cand.metrics)
     write_json(join(to_path(c.uri), REFERENCE_FILE), reference)
-    write_json(
-        join(c.folder, "smoke.json"), gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key)
-    )
+    smoke = gen.smoke_sample(model, pre, frame, spec, spec.source.schema_.key)
+    write_json(join(c.folder, "smoke.json"), smoke)
     judged = judged_by(spec, chats, refs, cand, champ, judge_key, golden_answers(spec, model, pre, champion))
     if judged is not None:
         write_json(join(c.folder, "judge.json"), judged.record(spec.gate.judge))
-    return Measured(cand.metrics, champ.metrics if champ else None, champion, samples, judged)
+    return Measured(cand.metrics, champ.metrics if champ else None, champion, smoke, samples, judged)
 
 
 def _answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None, frame) -> tuple:
@@ -738,7 +791,7 @@ def cached(
     parts = [[p.get("ds"), step_cache.file_digest(p["uri"])] for p in partitions]
     blocks = {
         "name": spec.name,
-        **{k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor")},
+        **{k: getattr(spec, k) for k in ("source", "train", "model", "gate", "monitor", "deploy")},
     }
     champion = "none"
     if champion_uri:
@@ -848,6 +901,8 @@ def _log(spec, version, lineage, summary, images, tracking_settings) -> dict[str
             flat.update(
                 {f"champion/{k}": v for k, v in summary["champion"].items() if isinstance(v, int | float)}
             )
+        serving = ((summary.get("costs") or {}).get("candidate") or {}).get("serving") or {}
+        flat.update({f"costs/serving_{k}": v for k, v in serving.items() if isinstance(v, int | float)})
         run.summary_update(flat)
         for name in images:
             run.log_image(f"eval/{name.removesuffix('.png')}", summary["plots"][name])

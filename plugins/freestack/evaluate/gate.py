@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from freestack import version
-from freestack.evaluate.spec import JUDGE_METRICS, METRICS, GateSpec, better_word, goal_of
+from freestack.evaluate.spec import JUDGE_METRICS, METRICS, SERVING_FIGURES, GateSpec, better_word, goal_of
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -63,9 +63,12 @@ def decide(
     candidate: dict[str, Any],
     champion: dict[str, Any] | None,
     costs: dict[str, Any] | None = None,
+    champion_costs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The decision and every reason for it, ready for the version's lineage and the task log.
-    ``costs``: the candidate's, as its lineage records them (``max_model_mb``, ``max_train_cost``)."""
+    ``costs``: the candidate's, as its lineage and evaluation record them (``max_model_mb``,
+    ``max_train_cost``, ``max_latency_p99_ms``, ``max_peak_memory_mb``); ``champion_costs``:
+    production's (``max_regression`` on a serving figure)."""
     task = candidate.get("task", "classification")
     metric = gate.metric or METRICS[task][0]
     if metric not in candidate:
@@ -107,16 +110,13 @@ def decide(
         reasons.append(
             f"{metric} {shown} vs production {base_shown}: {_change(delta)} (needed: {need}): {_verdict(ok)}"
         )
-        for other, allowed in sorted(gate.max_regression.items()):
-            if other in JUDGE_METRICS or other not in candidate or other not in champion:
-                continue
-            reason, ok = _drop(other, allowed, float(candidate[other]), float(champion[other]))
+        for reason, ok in _regressions(gate, candidate, champion):
             reasons.append(reason)
             passed &= ok
     judged, ok = judge_reasons(gate, candidate, champion)
     reasons += judged
     passed &= ok
-    for reason, ok in cost_reasons(gate, costs):
+    for reason, ok in [*cost_reasons(gate, costs), *serving_reasons(gate, costs, champion_costs, champion)]:
         reasons.append(reason)
         passed &= ok
     return {
@@ -135,30 +135,110 @@ def decide(
     }
 
 
+def _regressions(
+    gate: GateSpec, candidate: dict[str, Any], champion: dict[str, Any]
+) -> list[tuple[str, bool]]:
+    """``max_regression`` on the test metrics both versions have (the judge's and serving's have their own)."""
+    return [
+        _drop(other, allowed, float(candidate[other]), float(champion[other]))
+        for other, allowed in sorted(gate.max_regression.items())
+        if other not in JUDGE_METRICS
+        and other not in SERVING_FIGURES
+        and other in candidate
+        and other in champion
+    ]
+
+
+def costs_of(evaluation: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The candidate's and production's costs as an evaluation's summary holds them: :func:`decide`'s."""
+    costs = evaluation.get("costs") or {}
+    return costs.get("candidate"), costs.get("champion")
+
+
 def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str, bool]]:
     """The rules on the candidate's costs (lineage's ``costs``), each with its figure: a candidate that
     recorded none (trained before freestack measured them) is blocked by the rule, never passed unseen."""
     costs = costs or {}
-    train = costs.get("train") or {}
+    train, serving = costs.get("train") or {}, costs.get("serving") or {}
+    unserved = f"not measured ({serving['error']})" if "error" in serving else "not measured"
     rules = [
-        ("max_model_mb", "model_mb", costs.get("model_mb"), gate.max_model_mb, "MB"),
-        ("max_train_cost", "train cost", train.get("cost"), gate.max_train_cost, train.get("currency", "")),
+        (
+            "max_model_mb",
+            "model_mb",
+            costs.get("model_mb"),
+            gate.max_model_mb,
+            "MB",
+            "retrain it to measure it",
+        ),
+        (
+            "max_train_cost",
+            "train cost",
+            train.get("cost"),
+            gate.max_train_cost,
+            train.get("currency", ""),
+            "retrain it to measure it",
+        ),
+        (
+            "max_latency_p99_ms",
+            "latency_p99",
+            serving.get("latency_p99_ms"),
+            gate.max_latency_p99_ms,
+            "ms",
+            f"{unserved}: evaluate it with deploy.measure.enabled",
+        ),
+        (
+            "max_peak_memory_mb",
+            "serving peak memory",
+            serving.get("peak_memory_mb"),
+            gate.max_peak_memory_mb,
+            "MB",
+            f"{unserved}: evaluate it with deploy.measure.enabled",
+        ),
     ]
     out = []
-    for rule, name, value, bar, unit in rules:
+    for rule, name, value, bar, unit, fix in rules:
         if bar is None:
             continue
         if value is None:
-            out.append(
-                (
-                    f"{name}: not recorded by this version ({rule} {bar:g}): retrain it to measure it: block",
-                    False,
-                )
-            )
+            out.append((f"{name}: not recorded by this version ({rule} {bar:g}): {fix}: block", False))
             continue
         ok = float(value) <= bar + _EPS
         shown, bar_shown = _pair(float(value), float(bar))
         out.append((f"{name} {shown} {'≤' if ok else '>'} {bar_shown} {unit} ({rule}): {_verdict(ok)}", ok))
+    return out
+
+
+def serving_reasons(
+    gate: GateSpec, costs: dict[str, Any] | None, champion_costs: dict[str, Any] | None, champion: Any
+) -> list[tuple[str, bool]]:
+    """``max_regression`` on serving figures: the candidate's against production's, as a fraction of
+    production's (``latency_p99: 0.2``: up to 20% slower). No production: nothing to compare; a figure
+    either version lacks blocks, saying which."""
+    rules = [(name, bar) for name, bar in sorted(gate.max_regression.items()) if name in SERVING_FIGURES]
+    if champion is None or not rules:
+        return []
+    mine = (costs or {}).get("serving") or {}
+    theirs = (champion_costs or {}).get("serving") or {}
+    out = []
+    for name, allowed in rules:
+        field = SERVING_FIGURES[name]
+        value, base = mine.get(field), theirs.get(field)
+        if value is None or base is None:
+            who = "the candidate" if value is None else "production"
+            out.append((f"{name}: {who} has no {field} to compare (max_regression.{name}): block", False))
+            continue
+        worse = (float(value) - float(base)) / float(base) if base else 0.0
+        ok = worse <= allowed + _EPS
+        change = (
+            f"{abs(worse) * 100:.1f}% {'more' if worse > 0 else 'less'}" if abs(worse) > _EPS else "unchanged"
+        )
+        out.append(
+            (
+                f"{field} {float(value):.4g} vs production {float(base):.4g}: {change} (allowed: up to "
+                f"{allowed * 100:g}% more, max_regression.{name}): {_verdict(ok)}",
+                ok,
+            )
+        )
     return out
 
 
@@ -242,11 +322,13 @@ def decide_again(
     """The gate's decision for a registered candidate against the production there is now (None: none),
     both scored again on the candidate's own test rows (:func:`freestack.evaluate.core.rescore`, the
     judge's figures included, ``judge_key`` its API key): what ``promote`` asks when production moved
-    after ``evaluate``. Raises EvaluationError or ValueError."""
+    after ``evaluate``. Serving figures are compared as each version's evaluation recorded them. Raises
+    EvaluationError or ValueError."""
     from freestack.evaluate.core import rescore
 
     candidate, champion = rescore(spec, candidate_uri, champion_uri, judge_key)
-    return decide(spec.gate, candidate, champion, version.open(candidate_uri).lineage.costs)
+    champion_costs = version.open(champion_uri).lineage.costs if champion_uri else None
+    return decide(spec.gate, candidate, champion, version.open(candidate_uri).lineage.costs, champion_costs)
 
 
 #: Airflow keeps a DAG-run note in 1000 characters; the window task's line (about 120) follows
@@ -287,6 +369,8 @@ def _capped(body: str, tail: str) -> str:
 __all__ = [
     "NOTE_LIMIT",
     "cost_reasons",
+    "costs_of",
+    "serving_reasons",
     "GateSpec",
     "decide",
     "decide_again",

@@ -19,8 +19,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack import step_cache
 from freestack.errors import EvaluationError
-from freestack.evaluate.gate import decide, decide_again, decision_note
-from freestack.hooks.credentials import judge_api_key
+from freestack.evaluate.gate import costs_of, decide, decide_again, decision_note
+from freestack.hooks.credentials import judge_api_key, model_source
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
@@ -81,6 +81,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
                 tracking_settings=WandbHook().checked_settings(),
                 judge_key=judge_api_key(spec.gate.judge),
                 run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+                source=model_source,
             )
         except EvaluationError as exc:
             raise AirflowFailException(str(exc)) from None
@@ -163,9 +164,7 @@ class GateOperator(PipelineOperator, BaseBranchOperator):
         spec = self.pipeline_spec()
         gate = spec.gate
         try:
-            decision = decide(
-                gate, ev["candidate"], ev.get("champion"), (ev.get("costs") or {}).get("candidate")
-            )
+            decision = decide(gate, ev["candidate"], ev.get("champion"), *costs_of(ev))
         except ValueError as exc:
             raise AirflowFailException(f"{self.spec_path}: gate: {exc}") from None
         decision.update(

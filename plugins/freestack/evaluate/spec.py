@@ -6,7 +6,9 @@
       threshold: 0.9              # at least this for a maximized metric, at most this for a minimized one
       min_improvement: 0.002      # better than production by this, in the metric's good direction
       improvement: absolute       # relative: min_improvement is a fraction of production's value
-      max_regression: {log_loss: 0.05}   # how much worse a secondary metric may get than production's
+      max_regression: {log_loss: 0.05, latency_p99: 0.2}  # how much worse than production's (serving: a fraction)
+      max_latency_p99_ms: 5       # serving costs (deploy.measure): the candidate's latency p99 at most this
+      max_peak_memory_mb: 2048    # ... and its model server's memory at most this
       approval: none              # required: a human approves in the Airflow UI before promotion
       judge:                      # text generation: an LLM judge (any OpenAI-compatible endpoint)
         url: http://127.0.0.1:8090/v1
@@ -37,6 +39,17 @@ METRICS = {
     "classification": ("accuracy", "macro_f1", "log_loss"),
     "regression": ("rmse", "mae", "r2"),
     "generation": ("perplexity", "loss", "exact_match", "rouge_l", "judge_score", "judge_win_rate"),
+}
+#: the serving figures the gate bounds against production's (``max_regression``, as a fraction of
+#: production's), each the field of the versions' ``costs.serving`` it reads; all are better lower
+SERVING_FIGURES = {
+    "latency_p50": "latency_p50_ms",
+    "latency_p99": "latency_p99_ms",
+    "peak_memory": "peak_memory_mb",
+    "cpu_per_request": "cpu_ms_per_request",
+    "ttft_p50": "ttft_p50_ms",
+    "ttft_p99": "ttft_p99_ms",
+    "itl": "itl_ms",
 }
 #: the metrics only a judge gives, and the judge mode that gives each
 JUDGE_METRICS = {"judge_score": "pointwise", "judge_win_rate": "pairwise"}
@@ -84,7 +97,10 @@ class GateSpec(SpecModel):
         description="Whether min_improvement is absolute or a fraction of production's value.",
     )
     max_regression: dict[str, float] = Field(
-        default_factory=dict, description="How much worse a secondary metric may get than production's."
+        default_factory=dict,
+        description="How much worse a secondary metric may get than production's, in its own units; a serving "
+        "figure (latency_p50, latency_p99, peak_memory, cpu_per_request, ttft_p50, ttft_p99, itl): as a fraction "
+        "of production's, measured in the same evaluation (0.2: up to 20% more)",
     )
     approval: Literal["none", "required"] = Field(
         default="none", description="required: a human approves in the Airflow UI before promotion."
@@ -114,6 +130,16 @@ class GateSpec(SpecModel):
         default=None,
         ge=0,
         description="The candidate's training at most this cost, at the spec's prices (its costs.train.cost).",
+    )
+    max_latency_p99_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="The candidate's serving latency p99 (one row a request, deploy.measure) at most this.",
+    )
+    max_peak_memory_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="The candidate's model server (all its processes, deploy.measure) at most this much memory.",
     )
 
     cache: bool = Field(
@@ -164,9 +190,12 @@ class GateSpec(SpecModel):
     @model_validator(mode="after")
     def _known(self) -> GateSpec:
         known = MAXIMIZE | MINIMIZE
-        for name in [self.metric, *self.max_regression] if self.metric else list(self.max_regression):
-            if name not in known:
-                raise ValueError(f"gate metric {name!r} is unknown; use one of {', '.join(sorted(known))}")
+        if self.metric is not None and self.metric not in known:
+            raise ValueError(f"gate metric {self.metric!r} is unknown; use one of {', '.join(sorted(known))}")
+        for name in self.max_regression:
+            if name not in known | set(SERVING_FIGURES):
+                names = ", ".join([*sorted(known), *SERVING_FIGURES])
+                raise ValueError(f"gate.max_regression names {name!r}, which is unknown; use one of {names}")
         if any(v < 0 for v in self.max_regression.values()):
             raise ValueError(
                 "gate.max_regression values are allowed worsenings: give them as non-negative numbers"
@@ -210,6 +239,7 @@ __all__ = [
     "MAXIMIZE",
     "METRICS",
     "MINIMIZE",
+    "SERVING_FIGURES",
     "GateSpec",
     "better_word",
     "goal_of",

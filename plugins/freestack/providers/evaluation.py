@@ -20,8 +20,8 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import Field
 
 from freestack.errors import EvaluationError
-from freestack.evaluate.gate import decide, decision_note
-from freestack.hooks.credentials import judge_api_key
+from freestack.evaluate.gate import costs_of, decide, decision_note
+from freestack.hooks.credentials import judge_api_key, model_source
 from freestack.hooks.huggingface import export_hub_environment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import WandbRunLink
@@ -100,11 +100,10 @@ class FreestackEvaluateOperator(TorchTask, SpecOperator, SkipMixin):
                 tracking_settings=WandbHook().checked_settings(),
                 judge_key=judge_api_key(spec.gate.judge),
                 run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+                source=model_source,
             )
             ev.update(candidate_version=version, champion_version=champion)
-            decision = decide(
-                spec.gate, ev["candidate"], ev.get("champion"), (ev.get("costs") or {}).get("candidate")
-            )
+            decision = decide(spec.gate, ev["candidate"], ev.get("champion"), *costs_of(ev))
             decision.update(candidate_version=version, champion_version=champion)
             registered = register_candidate(spec, ev, decision, run_id=context["run_id"], hub=hub_settings())
         except (EvaluationError, PromotionError, ValueError) as exc:

@@ -81,6 +81,9 @@ def register_candidate(
             "candidate": _numbers(ev["candidate"]),
         },
     }
+    costs = (ev.get("costs") or {}).get("candidate")
+    if costs:  # the training's, as its lineage had them, and the serving's the evaluation measured
+        lineage["costs"] = costs
     try:
         uri = reg.register(
             ev["candidate_uri"], version, lineage_updates=lineage, card=candidate_card(spec, ev, decision)

@@ -313,7 +313,8 @@ def render_card(
     return str(card)
 
 
-#: the figures of a version's costs (lineage's ``costs``) that are better lower, as pages compare them
+#: the figures of a version's costs (lineage's ``costs``), as pages compare them: better lower, but for
+#: the throughputs (``*_per_s``)
 COST_FIGURES = (
     "model_mb",
     "train.wall_s",
@@ -321,6 +322,16 @@ COST_FIGURES = (
     "train.gpu_s",
     "train.peak_memory_mb",
     "train.cost",
+    "serving.latency_p50_ms",
+    "serving.latency_p99_ms",
+    "serving.rows_per_s",
+    "serving.ttft_p50_ms",
+    "serving.ttft_p99_ms",
+    "serving.itl_ms",
+    "serving.tokens_per_s",
+    "serving.peak_memory_mb",
+    "serving.cpu_ms_per_request",
+    "serving.cost_per_1k_requests",
 )
 
 
@@ -337,10 +348,15 @@ def cost_figures(costs: dict[str, Any]) -> dict[str, float]:
 
 
 def cost_rows(costs: dict[str, Any]) -> list[tuple[str, str]]:
-    """The card's costs table: the model's size, and what its training took and cost
-    (:class:`freestack.train.costs.TrainCosts`)."""
+    """The card's costs table: the model's size, what its training took and cost
+    (:class:`freestack.train.costs.TrainCosts`) and what serving it takes
+    (:class:`freestack.serving.costs.ServingCosts`)."""
     rows = [("model files", f"{costs['model_mb']:,.3f} MB")] if "model_mb" in costs else []
-    t = costs.get("train")
+    return rows + _train_rows(costs.get("train")) + serving_rows(costs.get("serving"))
+
+
+def _train_rows(t: dict[str, Any] | None) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
     if t:
         ranks = f" on {t['ranks']} ranks" if t["ranks"] > 1 else ""
         rows += [
@@ -357,6 +373,49 @@ def cost_rows(costs: dict[str, Any]) -> list[tuple[str, str]]:
             ("training cost", f"{t['cost']:,.4f} {t['currency']} at the spec's prices"),
         ]
     return rows
+
+
+def serving_rows(s: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What serving the version takes, as its evaluation measured it (``costs.serving``)."""
+    if not s:
+        return []
+    if "error" in s:
+        return [("serving", f"not measured: {s['error']}")]
+    how = f"{s['runtime']}, {s['workers']} worker{'s' if s['workers'] > 1 else ''}"
+    rows = [
+        (
+            "serving latency",
+            f"p50 {s['latency_p50_ms']:,.3f} ms, p99 {s['latency_p99_ms']:,.3f} ms ({how}, one request at a time)",
+        )
+    ]
+    if s.get("ttft_p50_ms") is not None:
+        rows.append(
+            ("time to first token", f"p50 {s['ttft_p50_ms']:,.1f} ms, p99 {s['ttft_p99_ms']:,.1f} ms")
+        )
+    if s.get("itl_ms") is not None:
+        rows.append(("inter-token latency", f"{s['itl_ms']:,.2f} ms"))
+    if s.get("tokens_per_s") is not None:
+        rows.append(
+            (
+                "generation throughput",
+                f"{s['tokens_per_s']:,.1f} tokens/s ({s['concurrency']} requests at once)",
+            )
+        )
+    else:
+        rows.append(
+            (
+                "serving throughput",
+                f"{s['rows_per_s']:,.0f} rows/s ({s['batch_rows']} rows a request, {s['concurrency']} at once)",
+            )
+        )
+    return rows + [
+        ("serving memory", f"{s['peak_memory_mb']:,.0f} MB peak, the server's processes together"),
+        (
+            "serving cost",
+            f"{s['cpu_ms_per_request']:,.3f} CPU-ms a request; {s['cost_per_1k_requests']:,.6f} {s['currency']} per 1,000 requests",
+        ),
+        ("server start", f"{s['start_s']:,.1f} s to healthy"),
+    ]
 
 
 def _system_literal(lineage: dict[str, Any]) -> str | None:

@@ -522,7 +522,7 @@ def deploy_local(
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
-    local = local.for_version(_pretrained(version_uri))
+    local = local.for_version(is_pretrained(version_uri))
     model_uri, model_env = source or (version_uri, {})
     configured = functools.partial(  # a server of this deploy, in a slot, at an address
         server_config,
@@ -601,7 +601,7 @@ def _serves_in_place(
     return Path(held[f"{SERVER_PREFIX}SERVES_FILE"]) if _same_place(live, local) else None
 
 
-def _pretrained(version_uri: str) -> bool:
+def is_pretrained(version_uri: str) -> bool:
     """Whether the version is a fine-tuned transformers model (its timeouts default longer)."""
     try:
         return open_version(version_uri).config.pretrained

@@ -43,6 +43,12 @@
         conn_id: llm_api_key        # target local: the Airflow connection whose password is the key
         secret: llm-api-key         # target kubernetes: the Secret that holds it (in deploy.kubernetes.namespace)
         secret_key: api-key         # the Secret's key holding it
+      measure:                      # evaluate measures the candidate's serving costs, served as this block says
+        enabled: true
+        seconds: 2.0                # each figure's window (latency one request at a time; throughput)
+        warmup_seconds: 0.5
+        batch_rows: 32              # rows a request for the throughput figure
+        concurrency: 4              # requests at once for the throughput figure
 
 No Airflow, no heavy imports: the spec loader validates it when the spec is read (DAG parse time).
 """
@@ -475,6 +481,30 @@ class KubernetesTarget(_ServesGeneration):
         return {k: {r: str(q) for r, q in d.items()} for k, d in v.items()}
 
 
+class MeasureSpec(SpecModel):
+    """How evaluate measures what serving a candidate costs (``deploy.measure``): the candidate started as
+    this block serves it, on this machine, asked with its test rows (:mod:`freestack.serving.costs`)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Measure the candidate's serving latency, throughput and memory during evaluate; false: "
+        "none is recorded (a gate rule on them then blocks, saying so)",
+    )
+    seconds: float = Field(default=2.0, gt=0, le=600, description="How long each figure is measured.")
+    warmup_seconds: float = Field(
+        default=0.5, ge=0, le=600, description="Requests before each figure's window, not counted."
+    )
+    batch_rows: int = Field(
+        default=32, ge=1, le=1_000_000, description="Rows a request for the throughput figure (rows_per_s)."
+    )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Requests at once for the throughput figure (rows or tokens a second).",
+    )
+
+
 class DeploySpec(SpecModel):
     target: Literal["local", "kubernetes"] = Field(
         default="local",
@@ -497,6 +527,11 @@ class DeploySpec(SpecModel):
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
         "max_prompts_per_request, max_requests, max_running_per_request, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
         "canary_weight",
+    )
+    measure: MeasureSpec = Field(
+        default_factory=MeasureSpec,
+        description="How evaluate measures the candidate's serving costs: enabled, seconds, warmup_seconds, "
+        "batch_rows, concurrency",
     )
     api_key: ApiKeySource | None = Field(
         default=None,
@@ -596,5 +631,6 @@ __all__ = [
     "GenerationBounds",
     "KubernetesTarget",
     "LocalTarget",
+    "MeasureSpec",
     "deploy_name",
 ]

@@ -36,6 +36,39 @@ def test_rules_on_the_candidates_costs_give_their_figures():
     assert decide(GateSpec(threshold=0.9), CLS, None, None)["promote"]  # no rule on costs: none needed
 
 
+def test_rules_on_serving_costs_give_the_figures_and_compare_with_production_as_a_fraction():
+    serving = {"latency_p99_ms": 1.8, "peak_memory_mb": 900.0}
+    costs = {"model_mb": 0.2, "serving": serving}
+    gate = GateSpec(threshold=0.9, max_latency_p99_ms=2, max_peak_memory_mb=800)
+    blocked = decide(gate, CLS, None, costs)
+    assert not blocked["promote"] and blocked["reasons"][-2:] == [
+        "latency_p99 1.8000 ≤ 2.0000 ms (max_latency_p99_ms): pass",
+        "serving peak memory 900.0000 > 800.0000 MB (max_peak_memory_mb): block",
+    ]
+    # max_regression on a serving figure: a fraction of production's, measured in the same evaluation
+    slower = GateSpec(threshold=0.9, max_regression={"latency_p99": 0.2, "log_loss": 0.05})
+    champion = {"serving": {"latency_p99_ms": 1.6}}
+    ok = decide(slower, CLS, CLS, costs, champion)
+    assert ok["promote"] and ok["reasons"][-1] == (
+        "latency_p99_ms 1.8 vs production 1.6: 12.5% more (allowed: up to 20% more, max_regression.latency_p99): pass"
+    ), ok["reasons"]
+    too_slow = decide(slower, CLS, CLS, costs, {"serving": {"latency_p99_ms": 1.4}})
+    assert not too_slow["promote"] and "28.6% more" in too_slow["reasons"][-1]
+    assert decide(slower, CLS, None, costs)["promote"]  # a first model: nothing to compare with
+    # a candidate whose server could not be measured is blocked by a rule on it, saying why
+    failed = {"serving": {"error": "the model server exited with code 1"}}
+    unmeasured = decide(gate, CLS, None, failed)
+    assert unmeasured["reasons"][-2] == (
+        "latency_p99: not recorded by this version (max_latency_p99_ms 2): not measured (the model server "
+        "exited with code 1): evaluate it with deploy.measure.enabled: block"
+    )
+    missing = decide(slower, CLS, CLS, costs, {"serving": {"error": "x"}})
+    assert (
+        missing["reasons"][-1]
+        == "latency_p99: production has no latency_p99_ms to compare (max_regression.latency_p99): block"
+    )
+
+
 def test_better_is_promoted_and_worse_is_blocked_with_reasons():
     champ = {**CLS, "accuracy": 0.94}
     ok = decide(GateSpec(min_improvement=0.005), CLS, champ)
@@ -189,6 +222,8 @@ def test_min_value_on_a_maximized_metric_is_the_threshold():
         ({"min_improvement": -1}, "min_improvement: Input should be greater than or equal to 0"),
         ({"approval": "maybe"}, "approval: Input should be 'none' or 'required'"),
         ({"max_regression": {"log_loss": -0.1}}, "non-negative"),
+        ({"max_regression": {"latency": 0.1}}, "gate.max_regression names 'latency', which is unknown"),
+        ({"max_latency_p99_ms": 0}, "max_latency_p99_ms: Input should be greater than 0"),
         ({"threshold": "high"}, "threshold: Input should be a valid number"),
         (
             {"metric": "accuracy", "threshold": 0.9, "min_value": 0.8},

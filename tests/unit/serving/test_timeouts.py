@@ -73,7 +73,7 @@ def test_the_server_config_carries_the_worker_timeout():
 def test_the_deploy_reads_the_versions_kind_from_its_config(tmp_path, config, pretrained):
     if config is not None:
         (tmp_path / "config.json").write_text(json.dumps(config))
-    assert local_mod._pretrained(tmp_path.as_uri()) is pretrained
+    assert local_mod.is_pretrained(tmp_path.as_uri()) is pretrained
 
 
 def _server(tmp_path, log: str, timeout: int) -> LocalServer:

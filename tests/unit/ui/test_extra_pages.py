@@ -97,6 +97,15 @@ def test_compare_page_reads_two_versions_and_an_alias(storage, digits):
     metrics = {m.name: m for m in page.metrics}
     assert "test_accuracy" in metrics and len(metrics["costs.train.wall_s"].values) == 2
     assert metrics["costs.train.cost"].goal == "minimize" and metrics["costs.model_mb"].values == [0.21, 0.21]
+    # serving's figures: latency and memory better lower, throughput better higher
+    assert (
+        metrics["costs.serving.latency_p99_ms"].goal == "minimize"
+        and len(metrics["costs.serving.latency_p99_ms"].values) == 2
+    )
+    assert (
+        metrics["costs.serving.rows_per_s"].goal == "maximize"
+        and metrics["costs.serving.peak_memory_mb"].goal == "minimize"
+    )
     params = {r.key: r for r in page.params}
     assert params["config.json.freestack_model"].same and not params["preprocessing.json.mean"].same
     assert {p.changes[1] for p in page.partitions} >= {

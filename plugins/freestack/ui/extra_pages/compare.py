@@ -71,10 +71,10 @@ _MINIMIZE = ("loss", "rmse", "mae", "mse", "error", "seconds", "perplexity")
 
 def goal_of(metric: str) -> Literal["maximize", "minimize"] | None:
     """Whether higher or lower is better for a metric named like ``test_accuracy`` or ``best_val_loss``
-    (a version's costs, ``costs.*``: lower)."""
+    (a version's costs, ``costs.*``: lower, but for a throughput, ``*_per_s``)."""
     name = metric.lower()
     if name.startswith("costs."):
-        return "minimize"
+        return "maximize" if name.endswith("_per_s") else "minimize"
     if any(w in name for w in _MINIMIZE):
         return "minimize"
     if any(w in name for w in _MAXIMIZE):
