@@ -167,24 +167,46 @@ def test_the_form_can_ask_for_one_training_instead(lake):  # noqa: F811
     assert states["select_best"] == ["skipped"]
 
 
-def test_an_agent_reads_the_window_once_at_start_and_its_trials_share_it(lake, monkeypatch):  # noqa: F811
-    """The window (and the trainer's lazy imports) load when the agent starts, not in its first leased trial."""
+def test_an_agent_reads_the_window_once_and_a_sweep_on_two_objectives_keeps_their_front(lake, monkeypatch):  # noqa: F811
+    """The window (and the trainer's lazy imports) load when the agent starts, not in its first leased trial.
+    The sweep is NSGA-II's on accuracy against the model's trainable parameters (the trainer records them):
+    select_best keeps the Pareto front and publishes the trial the candidate rule picks, saying why."""
     import freestack.train.core as train_core
     from freestack.spec import load_spec
     from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
+    from freestack.sweeps.report import select_best
     from freestack.sweeps.trials import make_trial_runner
+    from freestack.version.write import read_lineage
 
     reads = []
     real = train_core.load_window
     monkeypatch.setattr(train_core, "load_window", lambda *a, **k: reads.append(a[1]) or real(*a, **k))
     spec = load_spec(lake["specs"] / "digits.yaml")
-    spec = spec.model_copy(update={"sweep": spec.sweep.model_copy(update={"run_cap": 2})})
+    objectives = [
+        {"name": "val_accuracy", "goal": "maximize"},
+        {"name": "trainable_params", "goal": "minimize"},
+    ]
+    block = {**spec.sweep.config(), "method": "nsga2", "run_cap": 3, "metrics": objectives}
+    block.pop("metric"), block.pop("early_terminate")
+    block["candidate"] = {"best": "val_accuracy", "limits": {"trainable_params": {"max": 10**6}}}
+    spec = spec.model_copy(update={"sweep": type(spec.sweep).model_validate(block)})
     sweep = create_sweep(spec, "sweep-warm", {"end_ds": "2026-11-05", "epochs": 1}, agents=1)
     runner = make_trial_runner(spec, sweep)
     assert reads == ["2026-11-05"]  # read at start-up, before any trial is leased
     LocalAgent(spec, "sweep-warm", runner, ttl=30).run()
     assert reads == ["2026-11-05"]  # and the trials used that copy
-    assert [d["state"] for d, _ in load_trials(spec, "sweep-warm")] == ["finished", "finished"]
+    trials = [d for d, _ in load_trials(spec, "sweep-warm")]
+    assert [d["state"] for d in trials] == ["finished"] * 3
+    sizes = {d["id"]: d["costs"]["trainable_params"] for d in trials}
+    assert all(n > 1000 for n in sizes.values()), sizes  # the CNN's own count, recorded by the trainer
+    best = select_best(spec, "sweep-warm")
+    front = {f["trial"]: f for f in best["front"]}
+    assert front and set(front) <= set(sizes) and best["best_trial"] in front, best
+    assert best["candidate_reason"].startswith(f"{best['best_trial']}: the best val_accuracy"), best
+    assert best["best_value"] == max(f["val_accuracy"] for f in front.values())
+    lineage = read_lineage(best["version_uri"]).as_dict()
+    assert lineage["sweep"]["candidate"] == best["candidate_reason"]
+    assert lineage["sweep"]["method"] == "nsga2"
 
 
 def test_a_window_that_cannot_be_read_at_start_fails_the_trials_with_the_reason(lake):  # noqa: F811

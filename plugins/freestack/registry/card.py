@@ -317,6 +317,7 @@ def render_card(
 #: the throughputs (``*_per_s``)
 COST_FIGURES = (
     "model_mb",
+    "trainable_params",
     "train.wall_s",
     "train.cpu_s",
     "train.gpu_s",
@@ -352,6 +353,8 @@ def cost_rows(costs: dict[str, Any]) -> list[tuple[str, str]]:
     (:class:`freestack.train.costs.TrainCosts`) and what serving it takes
     (:class:`freestack.serving.costs.ServingCosts`)."""
     rows = [("model files", f"{costs['model_mb']:,.3f} MB")] if "model_mb" in costs else []
+    if costs.get("trainable_params") is not None:
+        rows.append(("trainable parameters", f"{costs['trainable_params']:,}"))
     return rows + _train_rows(costs.get("train")) + serving_rows(costs.get("serving"))
 
 

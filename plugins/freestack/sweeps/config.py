@@ -10,11 +10,12 @@ from typing import Any
 from freestack.storage import join
 from freestack.sweeps.spec import (
     NODES,
-    SERVER_KEYS,
     TRAIN_NODES,
     TUNABLE_MODEL,
     TUNABLE_TRAIN,
     SweepConfigError,
+    objectives,
+    wandb_part,
 )
 from freestack.train.request import TrainRequest
 
@@ -32,8 +33,9 @@ def sweeps_engine():
 
 
 def engine_part(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the server-side keys: what the search engine validates and reads."""
-    return {k: v for k, v in config.items() if k not in SERVER_KEYS}
+    """The config without the server-side keys and freestack's own (several objectives, the candidate rule):
+    what the search engine validates and reads."""
+    return wandb_part(config)
 
 
 def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -73,8 +75,8 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def kept_metric(config: dict[str, Any]) -> tuple[str, str] | None:
     """The sweep's metric (name, goal) its trials keep their best epoch on; None when it names none (the
     trainer's own metric, which the sweep then compares on too)."""
-    metric = config.get("metric") or {}
-    return (metric["name"], metric.get("goal", "minimize")) if metric.get("name") else None
+    found = objectives(config)  # several: the first, an epoch metric
+    return found[0] if found else None
 
 
 def trial_request(

@@ -49,8 +49,10 @@ from typing import TYPE_CHECKING, Any
 from freestack.errors import FreestackError
 from freestack.settings import settings
 from freestack.storage import cas, join, storage_root, subfolders
+from freestack.sweeps import pareto
 from freestack.sweeps.config import engine_part, engine_run_config, json_safe, plain_values, sweeps_engine
-from freestack.sweeps.spec import grid_size
+from freestack.sweeps.spec import OPTUNA_METHODS, grid_size
+from freestack.sweeps.values import best_of, kept_value
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -205,22 +207,6 @@ def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any],
         if got is not None:
             out.append((json.loads(got.data), got.token))
     return out
-
-
-def best_of(history: list[dict[str, Any]], metric: str, goal: str) -> float | None:
-    values = [r[metric] for r in history if isinstance(r.get(metric), int | float)]
-    return (max if goal == "maximize" else min)(values, default=None)
-
-
-def kept_value(trial: dict[str, Any], metric: str, goal: str) -> float | None:
-    """A trial's figure on ``metric``: its kept epoch's (``summary.best_epoch``: the model it saved, which the
-    sweep publishes if it wins), else, for a trial that has not finished, the best over its epochs."""
-    history = trial.get("history") or []
-    kept = (trial.get("summary") or {}).get("best_epoch")
-    row = next((r for r in history if kept is not None and r.get("epoch") == kept), None)
-    if row is not None and isinstance(row.get(metric), int | float):
-        return row[metric]
-    return best_of(history, metric, goal)
 
 
 def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[Any]:
@@ -594,13 +580,16 @@ class LocalAgent:
         random.seed(seed)  # the engine samples distributions with the random module
         np.random.seed(seed)  # and bayes with numpy
         try:
-            suggestion = engine.next_run(engine_part(self.config), engine_runs(self.config, docs))
+            if self.config["method"] in OPTUNA_METHODS:  # Optuna's sampler, seeded the same way
+                config, info = json_safe(pareto.suggest(self.config, docs, seed)), None
+            else:
+                suggestion = engine.next_run(engine_part(self.config), engine_runs(self.config, docs))
+                if suggestion is None:  # the grid is exhausted
+                    return None
+                config, info = json_safe(suggestion.config), suggestion.search_info
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
-        if suggestion is None:  # the grid is exhausted
-            return None
-        config = json_safe(suggestion.config)
         now = time.time()
         doc = {
             "id": trial_id(n),
@@ -608,7 +597,7 @@ class LocalAgent:
             "sweep_id": self.sweep_id,
             "config": config,
             "params": plain_values(config),
-            "search_info": json_safe(suggestion.search_info) if suggestion.search_info else None,
+            "search_info": json_safe(info) if info else None,
             "state": "running",
             "stopped": False,
             "history": [],

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
+from freestack.sweeps import pareto
 from freestack.sweeps.core import SweepError, kept_value, load_sweep, load_trials, sweep_dir
-from freestack.sweeps.spec import leaf_parameters
+from freestack.sweeps.spec import leaf_parameters, objectives
+from freestack.sweeps.values import objective_value
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.window import window_interval
 from freestack.version.files import LINEAGE
@@ -37,9 +39,9 @@ def sweep_metric(config: dict[str, Any], task: str | None) -> tuple[str, str]:
     # ml.metrics loads numpy; the operators (DAG parse) and the UI import this module
     from freestack.ml.metrics import PRIMARY
 
-    metric = config.get("metric")
-    if metric:
-        return metric["name"], metric.get("goal", "minimize")
+    found = objectives(config)  # several: the first (an epoch metric, the one trials keep their epoch on)
+    if found:
+        return found[0]
     name, higher = PRIMARY[task or "classification"]
     return f"val_{name}", "maximize" if higher else "minimize"
 
@@ -49,6 +51,8 @@ def trial_table(spec: PipelineSpec, sweep_id: str) -> tuple[dict[str, Any], list
     trials = [d for d, _ in load_trials(spec, sweep_id)]
     task = next((t["summary"].get("task") for t in trials if t.get("summary", {}).get("task")), None)
     metric, goal = sweep_metric(sweep["config"], task)
+    several = objectives(sweep["config"])[1:]
+    on_front = set(pareto.front(sweep["config"], trials)) if several else set()
     rows = []
     for t in trials:
         hist = t.get("history") or []
@@ -58,6 +62,8 @@ def trial_table(spec: PipelineSpec, sweep_id: str) -> tuple[dict[str, Any], list
             "stopped_early": bool(t.get("stopped")),
             "epochs": len(hist),
             metric: kept_value(t, metric, goal),
+            **{name: objective_value(t, name, g) for name, g in several},
+            **({"front": t["id"] in on_front} if several else {}),
             **{f"param.{k}": v for k, v in sorted(t["params"].items())},
             **{k: v for k, v in sorted((t.get("summary") or {}).items()) if k.startswith("test_")},
             "attempts": len(t.get("attempts") or []),
@@ -152,6 +158,7 @@ def publish_best(
         "method": sweep["config"]["method"],
         "trials_uri": str(sweep_dir(spec, sweep["id"])),
         "selected_on": best["metric"],
+        **({"candidate": best["candidate"]} if best.get("candidate") else {}),
     }
     write_lineage(dest, lineage)
     return str(dest)
@@ -180,7 +187,7 @@ def select_best(
             f"sweep {sweep_id} has no finished trial to select from (trials: {states or 'none'}); "
             "see the agents' logs and each trial.json's 'error'"
         )
-    best = (max if goal == "maximize" else min)(done, key=lambda r: r[metric])
+    best, reason = _candidate(sweep["config"], done, metric, goal)
     table = write_json(join(folder, "results.json"), {"metric": metric, "goal": goal, "trials": rows})
     table_csv = write_bytes(join(folder, "results.csv"), _csv(rows))
     plot = write_bytes(
@@ -189,7 +196,7 @@ def select_best(
     version_uri = publish_best(
         spec,
         sweep,
-        {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}},
+        {**best, "metric": {"name": metric, "goal": goal, "value": best[metric]}, "candidate": reason},
         airflow=airflow,
     )
     epochs_total = sum(r["epochs"] for r in rows)
@@ -201,6 +208,7 @@ def select_best(
         "best_trial": best["trial"],
         "best_value": best[metric],
         "best_params": {k[len("param.") :]: v for k, v in best.items() if k.startswith("param.")},
+        **_front_summary(sweep["config"], rows, reason),
         "version_uri": version_uri,
         "trials": len(rows),
         "finished": sum(r["state"] == "finished" for r in rows),
@@ -212,6 +220,8 @@ def select_best(
         "results_json": table.uri,
         "plot": plot.uri,
     }
+    if reason:
+        log.info("sweep %s: the candidate is %s", sweep_id, reason)
     summary["wandb"] = _log_to_wandb(spec, sweep, rows, summary, tracking_settings)
     write_json(join(folder, "best.json"), summary)
     log.info(
@@ -226,6 +236,35 @@ def select_best(
         version_uri,
     )
     return summary
+
+
+def _candidate(
+    config: dict[str, Any], done: list[dict[str, Any]], metric: str, goal: str
+) -> tuple[dict[str, Any], str | None]:
+    """The trial the sweep publishes: with several objectives, the one its ``candidate`` rule picks from the
+    Pareto front, and why (:func:`freestack.sweeps.pareto.choose`); else the best on its metric."""
+    if len(objectives(config)) < 2:
+        return (max if goal == "maximize" else min)(done, key=lambda r: r[metric]), None
+    names = [n for n, _ in objectives(config)]
+    on_front = [r for r in done if r.get("front") and all(isinstance(r.get(n), int | float) for n in names)]
+    try:
+        return pareto.choose(config, on_front)
+    except ValueError as exc:
+        raise SweepError(f"the sweep's candidate rule picks no trial: {exc}") from None
+
+
+def _front_summary(config: dict[str, Any], rows: list[dict[str, Any]], reason: str | None) -> dict[str, Any]:
+    """With several objectives: them, the front's trials with their values, and why the candidate won."""
+    found = objectives(config)
+    if len(found) < 2:
+        return {}
+    names = [n for n, _ in found]
+    return {
+        "objectives": [{"name": n, "goal": g} for n, g in found],
+        "front": [{"trial": r["trial"], **{n: r.get(n) for n in names}} for r in rows if r.get("front")],
+        "candidate_rule": config.get("candidate") or {"best": names[0]},
+        "candidate_reason": reason,
+    }
 
 
 def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, Any]:

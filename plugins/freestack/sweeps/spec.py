@@ -1,7 +1,7 @@
 """The ``sweep:`` block of a pipeline spec: W&B's sweep configuration, typed.
 
     sweep:
-      method: bayes                       # grid | random | bayes
+      method: bayes                       # grid | random | bayes | tpe | nsga2 (Optuna's samplers)
       metric: {name: val_accuracy, goal: maximize}
       run_cap: 8
       early_terminate: {type: hyperband, min_iter: 2, eta: 2}
@@ -11,6 +11,12 @@
         model:                            # nested parameters, as in W&B
           parameters:
             dropout: {distribution: uniform, min: 0.0, max: 0.5}
+
+Several objectives (``metrics:``, a list of ``{name, goal}``, in place of ``metric``) make the sweep keep the
+Pareto front of its trials, and ``candidate:`` says which trial of the front becomes the candidate
+(:mod:`freestack.sweeps.pareto`); ``tpe`` and ``nsga2`` propose trials with Optuna's multi-objective
+samplers. An objective is an epoch metric or a figure of the trial's costs (:data:`TRIAL_FIGURES`); the
+first must be an epoch metric: trials keep their best epoch on it.
 
 The block is checked twice when the spec is read: field by field by the models below, then as a whole by
 the rules W&B's own sweep server applies (the open-source ``sweeps`` engine's schema) and by what
@@ -96,6 +102,21 @@ EPOCH_METRICS = {
     ),
 }
 ALL_EPOCH_METRICS = tuple(dict.fromkeys(m for metrics in EPOCH_METRICS.values() for m in metrics))
+#: the methods Optuna's samplers run (TPE, NSGA-II), beside W&B's grid, random and bayes
+OPTUNA_METHODS = ("tpe", "nsga2")
+METHODS = ("grid", "random", "bayes", *OPTUNA_METHODS)
+#: a trial's figures beside its epoch metrics that an objective may name: its costs as training recorded
+#: them (freestack.train.costs), each the path in the costs it reads
+TRIAL_FIGURES = {
+    "trainable_params": "trainable_params",
+    "model_mb": "model_mb",
+    "train_wall_s": "train.wall_s",
+    "train_cpu_s": "train.cpu_s",
+    "train_peak_memory_mb": "train.peak_memory_mb",
+    "train_cost": "train.cost",
+}
+#: the distributions Optuna's samplers take (as W&B names them); values and a fixed value always
+OPTUNA_DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values", "q_uniform", "categorical")
 
 
 def _short_name(path: str) -> str:
@@ -311,13 +332,13 @@ def validate(block: Any) -> dict[str, Any]:
         raise SweepConfigError(f"must be a mapping (W&B's sweep configuration), got {type(block).__name__}")
     config = copy.deepcopy(block)
     if "method" not in config:
-        raise SweepConfigError("method is missing: use grid, random or bayes")
-    if config["method"] not in ("grid", "random", "bayes"):
-        raise SweepConfigError(f"method {config['method']!r} is not supported: use grid, random or bayes")
+        raise SweepConfigError(f"method is missing: use {', '.join(METHODS)}")
+    if config["method"] not in METHODS:
+        raise SweepConfigError(f"method {config['method']!r} is not supported: use {', '.join(METHODS)}")
     if not isinstance(config.get("parameters"), dict) or not config["parameters"]:
         raise SweepConfigError("parameters is missing or empty: name at least one hyperparameter to search")
     try:
-        problems = schema_violations({k: v for k, v in config.items() if k not in SERVER_KEYS})
+        problems = schema_violations(wandb_part(config))
     except ValueError as exc:  # the engine raises for shapes it cannot even walk
         problems = [str(exc)]
     if problems:
@@ -326,6 +347,7 @@ def validate(block: Any) -> dict[str, Any]:
         )
 
     _check_parameters(config["parameters"])
+    _check_objectives(config)
     metric = config.get("metric")
     if metric is not None:
         if metric.get("name") not in ALL_EPOCH_METRICS:
@@ -333,19 +355,115 @@ def validate(block: Any) -> dict[str, Any]:
                 f"metric.name {metric.get('name')!r} is not reported by the trainer each epoch; "
                 f"use one of {', '.join(ALL_EPOCH_METRICS)}"
             )
-    elif config["method"] == "bayes":
-        raise SweepConfigError("method bayes needs a metric: {name: val_loss, goal: minimize}, for example")
+    elif config.get("metrics") is not None:
+        pass  # several objectives: _check_objectives read them
+    elif config["method"] in ("bayes", *OPTUNA_METHODS):
+        raise SweepConfigError(
+            f"method {config['method']} needs a metric: {{name: val_loss, goal: minimize}}, for example, or "
+            "metrics: [...] (several objectives)"
+        )
     elif config.get("early_terminate") is not None:
         raise SweepConfigError("early_terminate needs a metric to compare trials on")
 
     run_cap = config.get("run_cap")
     if run_cap is not None and (isinstance(run_cap, bool) or not isinstance(run_cap, int) or run_cap < 1):
         raise SweepConfigError(f"run_cap must be a positive integer, got {run_cap!r}")
-    if config["method"] in ("random", "bayes") and run_cap is None:
+    if config["method"] in ("random", "bayes", *OPTUNA_METHODS) and run_cap is None:
         raise SweepConfigError(
             f"method {config['method']} never runs out of suggestions: set run_cap (the number of trials)"
         )
     return config
+
+
+def wandb_part(config: dict[str, Any]) -> dict[str, Any]:
+    """What W&B's sweep rules check: the config less the server's keys and freestack's own (several
+    objectives, the candidate rule), an Optuna method checked as random (the same parameters)."""
+    out = {k: v for k, v in config.items() if k not in (*SERVER_KEYS, "metrics", "candidate")}
+    if out.get("method") in OPTUNA_METHODS:
+        out["method"] = "random"
+    return out
+
+
+def objectives(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The sweep's objectives, (name, goal) each: ``metrics``, else its one ``metric`` (none: [])."""
+    if config.get("metrics"):
+        return [(m["name"], m.get("goal", "minimize")) for m in config["metrics"]]
+    metric = config.get("metric") or {}
+    return [(metric["name"], metric.get("goal", "minimize"))] if metric.get("name") else []
+
+
+def _check_objectives(config: dict[str, Any]) -> None:
+    """``metrics`` (several objectives) and ``candidate`` (which trial of the front), and what an Optuna
+    method can search."""
+    if config.get("metrics") is not None:
+        _check_metrics(config)
+    if config.get("candidate") is not None:
+        _check_candidate(config["candidate"], [n for n, _ in objectives(config)])
+    if config["method"] in OPTUNA_METHODS:
+        for path, p in leaf_parameters(config["parameters"]).items():
+            dist = p.get("distribution") if isinstance(p, dict) else None
+            if dist is not None and dist not in OPTUNA_DISTRIBUTIONS:
+                raise SweepConfigError(
+                    f"parameters.{path}: method {config['method']} (Optuna) draws from "
+                    f"{', '.join(OPTUNA_DISTRIBUTIONS)} or a list of values, not {dist}"
+                )
+
+
+def _check_metrics(config: dict[str, Any]) -> None:
+    metrics = config["metrics"]
+    if config.get("metric") is not None:
+        raise SweepConfigError("metric and metrics both name objectives: keep metrics (a list) only")
+    if (
+        not isinstance(metrics, list)
+        or not metrics
+        or not all(isinstance(m, dict) and m.get("name") for m in metrics)
+    ):
+        raise SweepConfigError(
+            "metrics must be a list of {name, goal}: [{name: val_accuracy, goal: maximize}, ...]"
+        )
+    names = [m["name"] for m in metrics]
+    unknown = [n for n in names if n not in ALL_EPOCH_METRICS and n not in TRIAL_FIGURES]
+    if unknown:
+        raise SweepConfigError(
+            f"metrics: {unknown} are neither epoch metrics ({', '.join(ALL_EPOCH_METRICS)}) nor a trial's "
+            f"figures ({', '.join(TRIAL_FIGURES)})"
+        )
+    if names[0] not in ALL_EPOCH_METRICS:
+        raise SweepConfigError(
+            f"metrics: the first objective, {names[0]}, must be an epoch metric: trials keep their best "
+            "epoch on it; put a trial's figure after it"
+        )
+    if len(set(names)) < len(names):
+        raise SweepConfigError(f"metrics: {names} name an objective twice")
+    if len(names) > 1 and config["method"] == "bayes":
+        raise SweepConfigError("method bayes optimises one metric: use tpe or nsga2 for several objectives")
+    if len(names) > 1 and config.get("early_terminate") is not None:
+        raise SweepConfigError(
+            "early_terminate compares trials on one metric: drop it, or keep one objective"
+        )
+
+
+def _check_candidate(rule: Any, names: list[str]) -> None:
+    """``candidate``: ``{best: <objective>, limits: {<objective>: {max: x} | {min: x}}}`` or ``{weights:
+    {<objective>: w}}``, every name one of the sweep's objectives."""
+    if (
+        not isinstance(rule, dict)
+        or not ({"best", "weights"} & rule.keys())
+        or set(rule) - {"best", "limits", "weights"}
+    ):
+        raise SweepConfigError(
+            "candidate must be {best: <objective>, limits: {<objective>: {max: x}}} or {weights: {<objective>: w}}"
+        )
+    if "best" in rule and "weights" in rule:
+        raise SweepConfigError("candidate: best and weights are two rules; keep one")
+    named = [rule.get("best")] if "best" in rule else list(rule.get("weights") or {})
+    named += list(rule.get("limits") or {})
+    stray = [n for n in named if n not in names]
+    if stray:
+        raise SweepConfigError(f"candidate names {stray}, which are not among the sweep's objectives {names}")
+    for name, bound in (rule.get("limits") or {}).items():
+        if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+            raise SweepConfigError(f"candidate.limits.{name} must be {{max: x}} and/or {{min: x}}")
 
 
 def _check_parameters(parameters: dict[str, Any]) -> None:
@@ -417,6 +535,39 @@ class SweepMetric(SpecModel):
     )
 
 
+class SweepObjective(SpecModel):
+    """One of several objectives (``metrics``): an epoch metric or a figure of the trial's costs."""
+
+    name: str = Field(
+        description="An epoch metric (val_accuracy, ...) or a trial's figure (trainable_params, model_mb, train_wall_s, ...)."
+    )
+    goal: Literal["minimize", "maximize"] = Field(
+        default="minimize", description="Whether lower or higher is better."
+    )
+
+
+class CandidateLimit(SpecModel):
+    """Bounds on one objective for the candidate rule."""
+
+    min: float | None = Field(default=None, description="At least this.")
+    max: float | None = Field(default=None, description="At most this.")
+
+
+class CandidateRule(SpecModel):
+    """Which trial of the Pareto front becomes the candidate: the best on one objective within limits on
+    the others, or the highest weighted score."""
+
+    best: str | None = Field(default=None, description="The objective the candidate is the best on.")
+    limits: dict[str, CandidateLimit] = Field(
+        default_factory=dict, description="Bounds the candidate must keep."
+    )
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="A weight per objective: the candidate has the highest sum of weight x its value scaled to "
+        "0 (the front's worst) .. 1 (its best)",
+    )
+
+
 class EarlyTerminate(SpecModel):
     """Hyperband early termination: trials behind the others at a bracket are stopped."""
 
@@ -452,9 +603,20 @@ class SweepParameter(SpecModel):
 class SweepSpec(SpecModel):
     """A W&B sweep configuration for the pipeline's trainer."""
 
-    method: Literal["grid", "random", "bayes"] = Field(description="How trials are proposed.")
+    method: Literal["grid", "random", "bayes", "tpe", "nsga2"] = Field(
+        description="How trials are proposed: W&B's grid, random, bayes; Optuna's TPE and NSGA-II samplers."
+    )
     metric: SweepMetric | None = Field(
         default=None, description="What to optimise; bayes and early_terminate need it."
+    )
+    metrics: list[SweepObjective] | None = Field(
+        default=None,
+        description="Several objectives in place of metric: the sweep keeps their Pareto front; the first must "
+        "be an epoch metric",
+    )
+    candidate: CandidateRule | None = Field(
+        default=None,
+        description="Which trial of the front becomes the candidate (default: the best on the first objective).",
     )
     parameters: dict[str, SweepParameter] = Field(
         min_length=1,
@@ -509,6 +671,13 @@ class SweepSpec(SpecModel):
 __all__ = [
     "ALL_EPOCH_METRICS",
     "EPOCH_METRICS",
+    "METHODS",
+    "OPTUNA_METHODS",
+    "TRIAL_FIGURES",
+    "CandidateRule",
+    "SweepObjective",
+    "objectives",
+    "wandb_part",
     "DPO",
     "GRPO",
     "TRAIN_NODES",

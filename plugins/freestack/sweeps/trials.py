@@ -60,6 +60,7 @@ def make_trial_runner(
             "stop_reason": outcome.summary.get("stop_reason"),
             "model_uri": outcome.version_uri,
             "wandb": outcome.tracking,
+            "costs": outcome.costs,
         }
 
     warm_up()

@@ -558,7 +558,7 @@ def _train(
         result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
         p = spec.prices
         costs = meter.read(result, p.cpu_hour, p.gpu_hour, p.currency)
-        _write_version(spec, req, data, where, cfg, result, metrics, run, costs)
+        recorded = _write_version(spec, req, data, where, cfg, result, metrics, run, costs)
         tracking = run.as_dict()
     _drop_checkpoint(where)
     log.info(
@@ -576,6 +576,7 @@ def _train(
         partitions=data.partitions,
         summary=result.summary(),
         tracking=tracking,
+        costs=recorded,
     )
 
 
@@ -787,9 +788,9 @@ def _write_version(
     metrics: dict[str, Any],
     run,
     costs: TrainCosts,
-) -> None:
+) -> dict[str, Any]:
     """The model folder: Hugging Face files, preprocessing, history, metrics (with the training's costs)
-    and lineage."""
+    and lineage; returns the costs recorded."""
     t, model = spec.train, result.model
     lineage = {
         "pipeline": spec.name,
@@ -830,9 +831,16 @@ def _write_version(
         files = sorted(os.listdir(tmp))
         _upload(tmp, files, where)
         size = sum(os.path.getsize(os.path.join(tmp, f)) for f in files)
-    lineage["costs"] = recorded = {"model_mb": round(size / 2**20, 3), "train": costs.model_dump()}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lineage["costs"] = recorded = {
+        "model_mb": round(size / 2**20, 3),
+        "trainable_params": trainable,
+        "train": costs.model_dump(),
+    }
     figures = {f"costs/train_{k}": v for k, v in recorded["train"].items() if _figure(v)}
-    run.summary_update({**figures, "costs/model_mb": recorded["model_mb"]})
+    run.summary_update(
+        {**figures, "costs/model_mb": recorded["model_mb"], "costs/trainable_params": trainable}
+    )
     write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
         _save_tokenizer(data.pre.tokenizer, where)
@@ -854,6 +862,7 @@ def _write_version(
         uri=str(where.version_dir),
         metadata={"version": where.version, **metrics},
     )
+    return recorded
 
 
 __all__ = [

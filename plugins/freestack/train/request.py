@@ -63,6 +63,7 @@ class TrainOutcome:
     partitions: list[dict[str, Any]]
     summary: dict[str, Any]
     tracking: dict[str, Any]
+    costs: dict[str, Any] | None = None  # what the training cost and the model's size (lineage's costs)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -296,6 +296,84 @@ def parallel_coordinates(page: SweepPage) -> str:
     return _figure(data, _parallel_layout(dims, title))
 
 
+def pareto_front(page: SweepPage) -> str:
+    """A sweep on several objectives: two as a scatter of every scored trial (the second objective across,
+    the first up), the Pareto front's trials joined and the candidate starred; more as parallel coordinates
+    over the objectives, the front's trials in red."""
+    names = [n for n, _ in page.objectives]
+    title = "Pareto front: " + " vs ".join(f"{n} ({g})" for n, g in page.objectives)
+    scored = [t for t in page.trials if all(t.objectives.get(n) is not None for n in names)]
+    if not scored:
+        return _empty(title, "no trial has a value on every objective yet")
+    if len(names) > 2:
+        dims = [
+            _dimension(f"{n} ({g})", [t.objectives[n] for t in scored], False) for n, g in page.objectives
+        ]
+        data = [_objective_line(dims, k, t, t.trial in page.front) for k, t in enumerate(scored)]
+        return _figure(data, _parallel_layout(dims, title))
+    y, x = names
+    on = sorted((t for t in scored if t.trial in page.front), key=lambda t: t.objectives[x])
+    off = [t for t in scored if t.trial not in page.front]
+    best = next((t for t in scored if t.trial == page.sweep.best_trial), None)
+    data = [
+        _points("other trials", off, x, y, {"color": "#9ca3af", "size": 8}, "markers"),
+        _points("Pareto front", on, x, y, {"color": "#d62728", "size": 10}, "lines+markers"),
+        *(
+            [
+                _points(
+                    f"candidate ({best.trial})",
+                    [best],
+                    x,
+                    y,
+                    {"color": "#d62728", "size": 18, "symbol": "star"},
+                    "markers",
+                )
+            ]
+            if best
+            else []
+        ),
+    ]
+    goals = dict(page.objectives)
+    layout = {
+        **LAYOUT,
+        "height": 380,
+        "title": {"text": title, "font": {"size": 14}},
+        "xaxis": {"title": {"text": f"{x} ({'lower' if goals[x] == 'minimize' else 'higher'} is better)"}},
+        "yaxis": {"title": {"text": f"{y} ({'lower' if goals[y] == 'minimize' else 'higher'} is better)"}},
+        "legend": {"orientation": "h", "y": -0.2},
+    }
+    return _figure(data, layout)
+
+
+def _points(
+    name: str, trials: list[Any], x: str, y: str, marker: dict[str, Any], mode: str
+) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": mode,
+        "name": name,
+        "x": [t.objectives[x] for t in trials],
+        "y": [t.objectives[y] for t in trials],
+        "text": [t.trial for t in trials],
+        "marker": marker,
+        "line": {"color": marker["color"], "shape": "hv"},
+        "hovertemplate": f"%{{text}}<br>{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<extra></extra>",
+    }
+
+
+def _objective_line(dims: list[dict[str, Any]], k: int, trial: Any, front: bool) -> dict[str, Any]:
+    return {
+        "type": "scatter",
+        "mode": "lines",
+        "name": trial.trial + (" (front)" if front else ""),
+        "x": list(range(len(dims))),
+        "y": [d["y"][k] for d in dims],
+        "showlegend": False,
+        "line": {"color": "#d62728" if front else "#9ca3af", "width": 2.5 if front else 1},
+        "hovertemplate": f"{trial.trial}{' (front)' if front else ''}<extra></extra>",
+    }
+
+
 def _colorbar(page: SweepPage, lo: float, hi: float) -> dict[str, Any]:
     """An invisible trace whose colour bar says what the lines' colours mean."""
     return {
@@ -590,5 +668,6 @@ __all__ = [
     "metric_over_versions",
     "metric_vs_params",
     "parallel_coordinates",
+    "pareto_front",
     "predictions_over_days",
 ]

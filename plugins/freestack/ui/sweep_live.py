@@ -49,6 +49,7 @@ def sweep_update(s: SweepPage, known: str, templates: Any) -> SweepUpdate:
         rows=[(t.trial, str(parts.trial_row(s, t))) for t in s.trials],
         importance=str(parts.importance(s)),
         figures={
+            **({"fig-0": plots.pareto_front(s)} if s.objectives else {}),
             "fig-1": plots.metric_vs_params(s),
             "fig-2": plots.metric_over_epochs(s),
             "fig-3": plots.parallel_coordinates(s),

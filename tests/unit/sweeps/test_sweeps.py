@@ -59,7 +59,7 @@ def test_widest_is_the_largest_value_a_trial_can_give_a_parameter():
     [
         (
             {"method": "hill", "parameters": {"learning_rate": LR}},
-            "method 'hill' is not supported: use grid, random or bayes",
+            "method 'hill' is not supported: use grid, random, bayes, tpe, nsga2",
         ),
         (
             {

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, get_args
 from pydantic import BaseModel, Field
 
 from freestack.storage import join, storage_root, subfolders
+from freestack.sweeps import pareto
 from freestack.sweeps.core import SweepError, kept_value, sweep_dir
 from freestack.sweeps.report import sweep_metric
-from freestack.sweeps.spec import Distribution, leaf_parameters
+from freestack.sweeps.spec import Distribution, leaf_parameters, objectives
+from freestack.sweeps.values import objective_value
 from freestack.ui.catalog.common import parallel, read_json, read_many
 
 if TYPE_CHECKING:
@@ -47,6 +49,9 @@ class Trial(BaseModel):
     epochs: int
     history: list[float | None]
     error: str | None = None
+    objectives: dict[str, float | None] = Field(
+        {}, description="a sweep on several objectives: the trial's value on each"
+    )
 
 
 class Importance(BaseModel):
@@ -78,6 +83,10 @@ class SweepPage(BaseModel):
         [], description="most important first; empty while too few trials finished"
     )
     importance_note: str | None = None
+    objectives: list[tuple[str, str]] = Field(
+        [], description="a sweep on several objectives: (name, goal) each, in the sweep's order"
+    )
+    front: list[str] = Field([], description="the trials on the objectives' Pareto front")
     signature: str = Field(
         "", description="changes whenever a trial or the status does (the live view's poll)"
     )
@@ -113,7 +122,7 @@ def sweeps(spec: PipelineSpec) -> list[SweepRow]:
     return sorted(rows, key=lambda r: r.created or "", reverse=True)
 
 
-def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
+def _trial(doc: dict[str, Any], metric: str, goal: str, several: list[tuple[str, str]]) -> Trial:
     hist = doc.get("history") or []
     state = doc.get("state", "running")
     if state == "finished" and doc.get("stopped"):
@@ -128,6 +137,7 @@ def _trial(doc: dict[str, Any], metric: str, goal: str) -> Trial:
         epochs=len(hist),
         history=[r.get(metric) if isinstance(r.get(metric), int | float) else None for r in hist],
         error=doc.get("error"),
+        objectives={name: objective_value(doc, name, g) for name, g in several} if len(several) > 1 else {},
     )
 
 
@@ -143,7 +153,9 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     if row.metric is None or row.goal is None:
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
         row.metric, row.goal = sweep_metric(doc.get("config") or {}, task)
-    trials = [_trial(d, row.metric, row.goal) for d in docs]
+    config = doc.get("config") or {}
+    several = objectives(config)
+    trials = [_trial(d, row.metric, row.goal, several) for d in docs]
     row.trials = len(trials)
     dists = distributions(doc.get("config") or {})
     params = list(dict.fromkeys([*dists, *(k for t in trials for k in t.params)]))
@@ -162,7 +174,17 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
         importance=importance,
         importance_note=note,
         signature=signature,
+        **_front(config, several, docs),
     )
+
+
+def _front(
+    config: dict[str, Any], several: list[tuple[str, str]], docs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A sweep on several objectives: them and the trials on their Pareto front."""
+    if len(several) < 2:
+        return {}
+    return {"objectives": several, "front": pareto.front(config, docs)}
 
 
 def _leader(trials: list[Trial], goal: str | None) -> Trial | None:

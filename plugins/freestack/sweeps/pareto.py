@@ -1,0 +1,202 @@
+"""Sweeps on several objectives: Optuna's samplers propose the trials (``method: tpe | nsga2``), the Pareto
+front of the finished trials is kept, and a rule the user writes picks the candidate (``candidate:``).
+
+The agents keep no state of their own (:mod:`freestack.sweeps.core`): each proposal rebuilds an in-memory
+Optuna study from the trials' files (finished ones with their objective values, running ones as running,
+so that TPE's constant liar keeps agents apart, failed ones as failed) and asks it for the next point,
+the sampler seeded by the trial's number, as W&B's engine is. A trial's objective is its kept epoch's
+metric (:func:`freestack.sweeps.values.kept_value`) or a figure of its training's costs
+(:data:`freestack.sweeps.spec.TRIAL_FIGURES`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from freestack.sweeps.spec import leaf_parameters, objectives
+from freestack.sweeps.values import objective_value
+
+log = logging.getLogger(__name__)
+
+
+def values_of(trial: dict[str, Any], config: dict[str, Any]) -> list[float] | None:
+    """The trial's values on every objective, in order; None when one is missing."""
+    out = [objective_value(trial, name, goal) for name, goal in objectives(config)]
+    return None if any(v is None for v in out) else out  # type: ignore[return-value]
+
+
+def distributions(config: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's searched leaves (dotted paths) as Optuna distributions; fixed values are left out."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for path, p in leaf_parameters(config["parameters"]).items():
+        dist = p.get("distribution")
+        if "values" in p:  # with a list or mapping among them (channels: [8, 16]), every one as JSON text
+            encode = not all(_is_scalar(v) for v in p["values"])
+            out[path] = CategoricalDistribution(
+                [json.dumps(v, sort_keys=True) if encode else v for v in p["values"]]
+            )
+        elif dist == "int_uniform":
+            out[path] = IntDistribution(int(p["min"]), int(p["max"]))
+        elif dist in ("uniform", "q_uniform", "log_uniform_values"):
+            step = p.get("q") if dist == "q_uniform" else None
+            log_scale = dist == "log_uniform_values"
+            out[path] = FloatDistribution(float(p["min"]), float(p["max"]), log=log_scale, step=step)
+    return out
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _encoded(config: dict[str, Any]) -> set[str]:
+    """The leaves whose values Optuna keeps as JSON text (a list or mapping among them)."""
+    return {
+        path
+        for path, p in leaf_parameters(config["parameters"]).items()
+        if not all(_is_scalar(v) for v in p.get("values") or [])
+    }
+
+
+def _fixed(config: dict[str, Any]) -> dict[str, Any]:
+    return {path: p["value"] for path, p in leaf_parameters(config["parameters"]).items() if "value" in p}
+
+
+def study_of(config: dict[str, Any], trials: list[dict[str, Any]], seed: int | None = None):
+    """An in-memory Optuna study holding the sweep's trials, with the method's sampler."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    goals = [goal for _, goal in objectives(config)]
+    if config["method"] == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(config))
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=_startup(config))
+    study = optuna.create_study(directions=goals, sampler=sampler)
+    dists = distributions(config)
+    encoded = _encoded(config)
+    for t in trials:
+        params = {
+            k: json.dumps(v, sort_keys=True) if k in encoded else v
+            for k, v in (t.get("params") or {}).items()
+            if k in dists
+        }
+        if set(params) != set(dists):
+            continue  # a trial of another parameter tree (an edited spec): nothing to learn from
+        values = values_of(t, config) if t["state"] == "finished" else None
+        state = {"running": TrialState.RUNNING, "finished": TrialState.COMPLETE}.get(
+            t["state"], TrialState.FAIL
+        )
+        if state == TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL  # finished without a figure on every objective
+        try:
+            made = create_trial(
+                params=params, distributions=dists, values=values, state=state, user_attrs={"id": t["id"]}
+            )
+        except ValueError:  # a value outside today's distributions (an edited spec): nothing to learn from
+            continue
+        study.add_trial(made)
+    return study
+
+
+def _population(config: dict[str, Any]) -> int:
+    """NSGA-II's generation: a quarter of the trials, at least 2 and at most Optuna's default 50."""
+    return max(2, min(50, int(config.get("run_cap") or 8) // 4))
+
+
+def _startup(config: dict[str, Any]) -> int:
+    """TPE's random trials before it models: a third of the trials, at least 2 and at most its default 10."""
+    return max(2, min(10, int(config.get("run_cap") or 8) // 3))
+
+
+def suggest(config: dict[str, Any], trials: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The next trial's config, in the W&B engine's form (``{"lr": {"value": 0.1}, "model": {"value":
+    {"dropout": 0.2}}}``): the method's sampler on the trials so far, seeded for the trial's number."""
+    dists = distributions(config)
+    asked = study_of(config, trials, seed).ask(dists).params
+    encoded = _encoded(config)
+    chosen = {**_fixed(config), **{k: json.loads(v) if k in encoded else v for k, v in asked.items()}}
+    out: dict[str, Any] = {}
+    for path, value in chosen.items():
+        head, *rest = path.split(".")
+        if not rest:
+            out[head] = {"value": value}
+            continue
+        node = out.setdefault(head, {"value": {}})["value"]
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+    return out
+
+
+def front(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[str]:
+    """The ids of the finished trials on the Pareto front of the objectives (none better on every one)."""
+    return [t.user_attrs["id"] for t in study_of(config, trials).best_trials]
+
+
+def choose(config: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The candidate among the front's ``rows`` (each with every objective's value by name) by the sweep's
+    ``candidate`` rule, and the reason in words. No rule: the best on the first objective."""
+    goals = dict(objectives(config))
+    rule = config.get("candidate") or {"best": next(iter(goals))}
+    kept, dropped = _within(rows, rule.get("limits") or {})
+    if not kept:
+        raise ValueError(f"no trial of the front keeps candidate.limits: {'; '.join(dropped)}")
+    if rule.get("weights"):
+        scores = _scores(kept, rule["weights"], goals)
+        best = max(kept, key=lambda r: scores[r["trial"]])
+        why = f"the highest weighted score {scores[best['trial']]:.4f} ({_weights(rule['weights'])})"
+    else:
+        name = rule["best"]
+        pick = max if goals[name] == "maximize" else min
+        best = pick(kept, key=lambda r: r[name])
+        why = f"the best {name} ({best[name]:.6g}, {goals[name]})"
+    limits = f" within {_limits(rule['limits'])}" if rule.get("limits") else ""
+    out = f"; left out: {'; '.join(dropped)}" if dropped else ""
+    return best, f"{best['trial']}: {why} of {len(kept)} front trials{limits}{out}"
+
+
+def _within(rows: list[dict[str, Any]], limits: dict[str, dict[str, float]]) -> tuple[list, list[str]]:
+    kept, dropped = [], []
+    for r in rows:
+        broken = [
+            f"{name} {r[name]:.6g} {'<' if 'min' in b and r[name] < b['min'] else '>'} "
+            f"{b['min'] if 'min' in b and r[name] < b['min'] else b['max']:g}"
+            for name, b in limits.items()
+            if ("min" in b and b["min"] is not None and r[name] < b["min"])
+            or ("max" in b and b["max"] is not None and r[name] > b["max"])
+        ]
+        (dropped.append(f"{r['trial']} ({', '.join(broken)})") if broken else kept.append(r))
+    return kept, dropped
+
+
+def _scores(rows: list[dict[str, Any]], weights: dict[str, float], goals: dict[str, str]) -> dict[str, float]:
+    """Each row's sum of weight x its value scaled to 0 (the worst of ``rows``) .. 1 (the best)."""
+    scores = dict.fromkeys((r["trial"] for r in rows), 0.0)
+    for name, w in weights.items():
+        lo, hi = min(r[name] for r in rows), max(r[name] for r in rows)
+        for r in rows:
+            scaled = 0.5 if hi == lo else (r[name] - lo) / (hi - lo)
+            scores[r["trial"]] += w * (scaled if goals[name] == "maximize" else 1 - scaled)
+    return scores
+
+
+def _weights(weights: dict[str, float]) -> str:
+    return ", ".join(f"{w:g} x {name}" for name, w in weights.items())
+
+
+def _limits(limits: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for name, b in limits.items():
+        if b.get("min") is not None:
+            parts.append(f"{name} ≥ {b['min']:g}")
+        if b.get("max") is not None:
+            parts.append(f"{name} ≤ {b['max']:g}")
+    return ", ".join(parts)
+
+
+__all__ = ["choose", "distributions", "front", "study_of", "suggest", "values_of"]
