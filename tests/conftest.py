@@ -34,6 +34,10 @@ os.environ.update(
         # Hugging Face's cache (bases fetched from the Hub stand-in) in the session's folder, not the home
         "HF_HOME": str(_BASE / "huggingface"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
+        # evaluate's serving measurement (a model server started per evaluation) off for the session: the
+        # tests about it turn it on (tests/dags/test_train_dag.py, test_instruct_dag.py); the rest evaluate
+        # for other reasons, and a server each would cost the suite minutes
+        "FREESTACK_MEASURE_SERVING": "false",
     }
 )
 

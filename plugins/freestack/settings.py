@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         default=None,
         description="Where local model servers keep their config, logs and model cache. Default: `<home>/.freestack/serving`.",
     )
+    measure_serving: bool = Field(
+        default=True,
+        description="Evaluate measures what serving each candidate costs on this machine (the spec's `deploy.measure`: "
+        "the candidate started as the deploy serves it, latency, throughput, memory). false: on a worker that should "
+        "not start model servers during evaluate (one without the serving environment, a shared runner), nothing "
+        "is measured, as with `deploy.measure.enabled: false`, and a gate rule on serving figures blocks, saying so.",
+    )
     serving_python: Path | None = Field(
         default=None,
         description="The interpreter of the serving environment (seldon-core 1.17.1). Default: `<checkout>/.venv-serving/bin/python`.",

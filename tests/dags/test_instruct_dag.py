@@ -116,7 +116,9 @@ def _base_exact_match(folder: Path, smoke: dict) -> float:
     return exact_match(smoke["labels"], [a.text for a in answers])
 
 
-def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_freestack(pipelines):
+def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_freestack(
+    pipelines, monkeypatch
+):
     from freestack.cli.serve import sample_request
     from freestack.serving.local import stop_local
     from freestack.serving.records import Deployments
@@ -124,6 +126,7 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
 
     p = pipelines
     _ingest(p, "arith")
+    monkeypatch.setenv("FREESTACK_MEASURE_SERVING", "true")  # off for the rest of the session
     try:
         run = p["bag"].get_dag("arith_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
         assert run.state == "success"
@@ -166,6 +169,7 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
             serving
         )
         assert serving["ttft_p50_ms"] is None and evaluation["costs"]["candidate"]["serving"] == serving
+        monkeypatch.setenv("FREESTACK_MEASURE_SERVING", "false")  # the retraining below need not be measured
         card = (version / "README.md").read_text()
         assert (
             f"base_model: {LM_BASE}" in card

@@ -50,7 +50,7 @@ def _lineage(root: Path, run_id: str) -> tuple[Path, dict]:
     raise AssertionError(f"no version for {run_id}")
 
 
-def test_train_dag_reaches_accuracy_and_records_everything(lake):
+def test_train_dag_reaches_accuracy_and_records_everything(lake, monkeypatch):
     dag = lake["bag"].get_dag("digits_train")
     assert "freestack://lake/digits" in repr(dag.timetable.asset_condition)  # scheduled on the lake
     assert set(dag.params.keys()) == {
@@ -62,6 +62,7 @@ def test_train_dag_reaches_accuracy_and_records_everything(lake):
         "sweep",
         "sweep_agents",
     }
+    monkeypatch.setenv("FREESTACK_MEASURE_SERVING", "true")  # off for the rest of the session
     run = dag.test(run_conf={"end_ds": "2026-11-05", "sweep": False})
     assert run.state == "success"
     version, lineage = _lineage(lake["root"], run.run_id)

@@ -135,6 +135,7 @@ class Sandbox:
                 "FREESTACK_HOME": str(base),
                 "AIRFLOW_PORT": str(self.port),
                 "FREESTACK_SERVE_PORT": str(free_port_block()),
+                "FREESTACK_MEASURE_SERVING": "false",  # as in the whole session (tests/conftest.py)
                 "WANDB_MODE": "offline",
                 "WANDB_DIR": str(wandb),
                 "WANDB_DATA_DIR": str(wandb / "data"),

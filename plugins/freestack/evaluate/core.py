@@ -39,6 +39,7 @@ from freestack.ml.plots import png
 from freestack.ml.prep import split_of_keys
 from freestack.monitor.core import REFERENCE_FILE, build_reference
 from freestack.serving.costs import measure_serving
+from freestack.settings import settings
 from freestack.storage import join, to_path, write_bytes, write_json
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.core import load_window
@@ -606,7 +607,7 @@ def _serving(spec: PipelineSpec, c: Candidate, m: Measured, champion_uri: str | 
     and production's too, in the same way and here, when the gate bounds the candidate's worsening on a
     serving figure (``max_regression.latency_p99``, ...). A server that cannot be measured is recorded as
     such (``{"error": ...}``), for a gate rule on its figures to say so."""
-    if not spec.deploy.measure.enabled:
+    if not (spec.deploy.measure.enabled and settings().measure_serving):
         return
     m.serving = _measured(spec, c.uri, c.version, m.smoke, source)
     if m.champion is not None and champion_uri and set(spec.gate.max_regression) & set(SERVING_FIGURES):

@@ -184,7 +184,7 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
             serving.get("latency_p99_ms"),
             gate.max_latency_p99_ms,
             "ms",
-            f"{unserved}: evaluate it with deploy.measure.enabled",
+            f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)",
         ),
         (
             "max_peak_memory_mb",
@@ -192,7 +192,7 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
             serving.get("peak_memory_mb"),
             gate.max_peak_memory_mb,
             "MB",
-            f"{unserved}: evaluate it with deploy.measure.enabled",
+            f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)",
         ),
     ]
     out = []

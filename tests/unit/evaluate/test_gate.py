@@ -60,7 +60,7 @@ def test_rules_on_serving_costs_give_the_figures_and_compare_with_production_as_
     unmeasured = decide(gate, CLS, None, failed)
     assert unmeasured["reasons"][-2] == (
         "latency_p99: not recorded by this version (max_latency_p99_ms 2): not measured (the model server "
-        "exited with code 1): evaluate it with deploy.measure.enabled: block"
+        "exited with code 1): evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on): block"
     )
     missing = decide(slower, CLS, CLS, costs, {"serving": {"error": "x"}})
     assert (
