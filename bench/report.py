@@ -333,7 +333,44 @@ def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
     return rows
 
 
+def _sweep_objectives(r: dict[str, Any]) -> list[Row]:
+    """Optuna's multi-objective methods against bayes at equal trial-epochs: the hypervolume of the front
+    (accuracy against trainable parameters) and the best accuracy, per task."""
+    rows = []
+    for task, t in r["tasks"].items():
+        base = t["methods"]["bayes"]
+        for method in ("tpe", "nsga2"):
+            m = t["methods"].get(method)
+            if not m:
+                continue
+            rows += [
+                Row(
+                    "sweep_objectives",
+                    f"{task}: hypervolume, accuracy vs parameters ({method} vs bayes)",
+                    _n(m["hypervolume"], 3),
+                    f"{_n(base['hypervolume'], 3)} (bayes)",
+                    round(m["hypervolume"] / base["hypervolume"], 3) if base["hypervolume"] else None,
+                    "reported",
+                    None,
+                ),
+                Row(
+                    "sweep_objectives",
+                    f"{task}: best val_accuracy ({method} vs bayes)",
+                    _n(m["best_val_accuracy"], 3),
+                    f"{_n(base['best_val_accuracy'], 3)} (bayes)",
+                    round(m["best_val_accuracy"] / base["best_val_accuracy"], 3)
+                    if base["best_val_accuracy"]
+                    else None,
+                    "reported",
+                    None,
+                ),
+            ]
+    return rows
+
+
 def _sweep(r: dict[str, Any], file: str) -> list[Row]:
+    if r.get("name") == "sweep_objectives":
+        return _sweep_objectives(r)
     rows = []
     par = r.get("parallel")
     if par:

@@ -60,3 +60,21 @@ def test_sweep_benchmark_tiny_run(tmp_path):
     assert hb["without"]["epochs"] == 9 and hb["with"]["epochs"] <= 9
     assert 0 < hb["without"]["best_val_accuracy"] <= 1
     assert report["machine"]["cores"] >= 1
+    # the multi-objective comparison (bench/sweep/objectives.py): bayes, tpe and nsga2 at equal trial-epochs
+    # on the generated reviews (a text task), each with its front and hypervolume
+    out = tmp_path / "sweep_objectives.json"
+    args = ["--trials", "3", "--epochs", "1", "--repeats", "1", "--tasks", "reviews", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.sweep.objectives", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    methods = json.loads(out.read_text())["tasks"]["reviews"]["methods"]
+    assert set(methods) == {"bayes", "tpe", "nsga2"}
+    for m in methods.values():
+        assert m["trial_epochs"] == 3 and 0 < m["hypervolume"] <= 1 and 0 < m["best_val_accuracy"] <= 1, m
+        assert m["runs"][0]["front"], m
