@@ -29,7 +29,12 @@ from freestack.sweeps.core import (
     sweep_id_for,
 )
 from freestack.sweeps.report import select_best
-from freestack.sweeps.wandb_sweep import create_server_sweep, run_server_agent, server_settings
+from freestack.sweeps.wandb_sweep import (
+    create_server_sweep,
+    run_server_agent,
+    server_can_run,
+    server_settings,
+)
 from freestack.train.operators import airflow_info, fixed_window
 from freestack.version.files import METRICS
 from freestack.version.write import read_lineage
@@ -80,7 +85,16 @@ class CreateSweepOperator(PipelineOperator):
             "airflow": airflow_info(context, window),
             "window": window,
         }
-        settings = server_settings(WandbHook().checked_settings())
+        settings = None
+        if server_can_run(spec.sweep.config()):
+            settings = server_settings(WandbHook().checked_settings())
+        else:
+            self.log.info(
+                "sweep method %s%s runs on the local controller: W&B's sweep server runs grid, random and bayes "
+                "on one metric; every trial is still its own W&B run",
+                spec.sweep.method,
+                " on several objectives" if spec.sweep.metrics else "",
+            )
         try:
             if settings is not None:
                 sweep = create_server_sweep(spec, sweep_id, request, agents=agents, settings=settings)

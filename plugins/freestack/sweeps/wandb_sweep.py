@@ -20,12 +20,19 @@ from freestack.settings import environment
 from freestack.storage import cas, join, write_json
 from freestack.sweeps.config import engine_part, json_safe, kept_metric, plain_values, trial_request
 from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir, trial_folder
+from freestack.sweeps.spec import OPTUNA_METHODS
 from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
+
+
+def server_can_run(config: dict[str, Any]) -> bool:
+    """Whether W&B's sweep server runs this sweep: its methods (grid, random, bayes) on one metric. Optuna's
+    methods and several objectives are freestack's and run on the local controller."""
+    return config.get("method") not in OPTUNA_METHODS and not config.get("metrics")
 
 
 def server_settings(settings: WandbSettings) -> WandbSettings | None:
@@ -159,4 +166,4 @@ def run_server_agent(
     return {"agent": agent_id, "trials": done, "server_id": sweep["server_id"]}
 
 
-__all__ = ["create_server_sweep", "run_server_agent", "server_settings"]
+__all__ = ["server_can_run", "create_server_sweep", "run_server_agent", "server_settings"]

@@ -143,3 +143,13 @@ def test_invalid_multi_objective_sweeps_fail_clearly(tmp_path, sweep, expected):
     with pytest.raises(SpecError) as info:
         load_spec(write_spec(tmp_path, block))
     assert expected in str(info.value), str(info.value)
+
+
+def test_optuna_methods_and_several_objectives_run_on_the_local_controller():
+    """W&B's sweep server runs grid, random and bayes on one metric: the create task keeps the others local."""
+    from freestack.sweeps.wandb_sweep import server_can_run
+
+    base = {"run_cap": 4, "parameters": {"learning_rate": LR}}
+    assert server_can_run({**base, "method": "bayes", "metric": OBJECTIVES[0]})
+    assert not server_can_run({**base, "method": "tpe", "metric": OBJECTIVES[0]})
+    assert not server_can_run({**base, "method": "random", "metrics": OBJECTIVES})
