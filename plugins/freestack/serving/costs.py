@@ -261,7 +261,7 @@ def _closed_loop(ask: Callable[[Timings], None], clients: int, warmup: float, se
         while time.monotonic() < window[1]:
             got = Timings()
             ask(got)
-            if time.monotonic() >= window[0]:
+            if window[0] <= time.monotonic() <= window[1]:
                 _merge(out, got)
 
     with ThreadPoolExecutor(clients, thread_name_prefix="serving-load") as pool:
