@@ -518,6 +518,10 @@ def scrape_counters(server) -> dict[str, float]:
 # the report
 
 
+def _median_or_none(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
 def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "statistic": "tokens/s: median over rounds; p50/p99: over every request of every round; "
@@ -535,8 +539,9 @@ def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list
                 "tokens_per_s": round(statistics.median(s["tokens_per_s"] for s in ss), 2),
                 "tokens_per_s_by_round": [s["tokens_per_s"] for s in ss],
                 **_quantiles(lat),
-                "tokens_per_cpu_s": round(
-                    statistics.median(s["tokens_per_cpu_s"] for s in ss if s["tokens_per_cpu_s"]), 2
+                # None where no round measured any CPU time (a cell of a few ms: /proc counts 10 ms ticks)
+                "tokens_per_cpu_s": _median_or_none(
+                    [s["tokens_per_cpu_s"] for s in ss if s["tokens_per_cpu_s"]]
                 ),
                 "completion_tokens_per_request": round(
                     sum(s["completion_tokens"] for s in ss) / sum(s["requests"] for s in ss), 2
@@ -569,7 +574,8 @@ def summarise(samples: list[dict[str, Any]], sides: list[str], concurrency: list
             ]
             r["ratio_by_round"] = per
             r["ratio_same_round_median"] = round(statistics.median(per), 3) if per else None
-            r["ratio_cpu"] = round(r["tokens_per_cpu_s"] / b["tokens_per_cpu_s"], 3)
+            cpu_pair = (r["tokens_per_cpu_s"], b["tokens_per_cpu_s"])
+            r["ratio_cpu"] = round(cpu_pair[0] / cpu_pair[1], 3) if all(cpu_pair) else None
             r["p50_ratio"] = round(r["p50_ms"] / b["p50_ms"], 3) if b["p50_ms"] else None
             r["p99_ratio"] = round(r["p99_ms"] / b["p99_ms"], 3) if b["p99_ms"] else None
             texts = [
@@ -612,7 +618,7 @@ def print_table(report: dict[str, Any]) -> None:
         for cell, r in s[side].items():
             print(
                 f"{side:<16} {cell:<5} {r['tokens_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-                f"{r['tokens_per_cpu_s']:>9.1f} {r.get('ratio', ''):>6} {json.dumps(r.get('generate_batch', '')):>20}"
+                f"{r['tokens_per_cpu_s'] or 0:>9.1f} {r.get('ratio', ''):>6} {json.dumps(r.get('generate_batch', '')):>20}"
             )
     print(f"contended cells: {s['contended_samples'] or 'none'}")
 
