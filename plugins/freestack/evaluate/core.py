@@ -631,8 +631,9 @@ def _measured(spec: PipelineSpec, uri: str, name: str, sample: dict[str, Any], s
     except DeployError as exc:
         log.warning("the serving costs of %s could not be measured: %s", name, exc)
         return {"error": str(exc)}
-    log.info("serving %s costs: %s", name, _figures(costs.model_dump()))
-    return costs.model_dump()
+    figures = costs.model_dump()
+    log.info("serving %s costs: %s", name, _figures(figures))
+    return figures
 
 
 def _costs(c: Candidate, m: Measured) -> dict[str, Any]:

@@ -161,6 +161,7 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
     costs = costs or {}
     train, serving = costs.get("train") or {}, costs.get("serving") or {}
     unserved = f"not measured ({serving['error']})" if "error" in serving else "not measured"
+    remeasure = f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)"
     rules = [
         (
             "max_model_mb",
@@ -184,7 +185,7 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
             serving.get("latency_p99_ms"),
             gate.max_latency_p99_ms,
             "ms",
-            f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)",
+            remeasure,
         ),
         (
             "max_peak_memory_mb",
@@ -192,7 +193,7 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
             serving.get("peak_memory_mb"),
             gate.max_peak_memory_mb,
             "MB",
-            f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)",
+            remeasure,
         ),
     ]
     out = []

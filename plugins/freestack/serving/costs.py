@@ -86,7 +86,6 @@ class Timings:
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
     tokens: int = 0
-    wall: float = 0.0
 
 
 def measure_serving(
@@ -134,12 +133,12 @@ def measure_serving(
         latency_p99_ms=_ms(_quantile(one.seconds, 0.99)),
         batch_rows=client.rows,
         concurrency=deploy.measure.concurrency,
-        rows_per_s=round(len(many.seconds) * client.rows / many.wall, 1),
+        rows_per_s=round(len(many.seconds) * client.rows / deploy.measure.seconds, 1),
         peak_memory_mb=round(max(memory, default=0) / 2**20, 1),
         cpu_ms_per_request=round(per_request * 1000, 3),
         cost_per_1k_requests=round(per_request * 1000 / 3600 * cpu_hour, 6),
         currency=currency,
-        **_generation_figures(one, many),
+        **_generation_figures(one, many, deploy.measure.seconds),
     )
 
 
@@ -267,7 +266,6 @@ def _closed_loop(ask: Callable[[Timings], None], clients: int, warmup: float, se
     with ThreadPoolExecutor(clients, thread_name_prefix="serving-load") as pool:
         for f in [pool.submit(loop) for _ in range(clients)]:
             f.result()
-    out.wall = seconds
     return out
 
 
@@ -283,9 +281,10 @@ def _merge(into: Timings, got: Timings) -> None:
         into.tokens += got.tokens
 
 
-def _generation_figures(one: Timings, many: Timings) -> dict[str, Any]:
-    """Streamed answers: time to first token and between tokens; any answers: tokens a second."""
-    out: dict[str, Any] = {"tokens_per_s": round(many.tokens / many.wall, 1)} if many.tokens else {}
+def _generation_figures(one: Timings, many: Timings, seconds: float) -> dict[str, Any]:
+    """Streamed answers: time to first token and between tokens; any answers: tokens a second (``many``'s,
+    over its ``seconds``)."""
+    out: dict[str, Any] = {"tokens_per_s": round(many.tokens / seconds, 1)} if many.tokens else {}
     if one.ttft:
         out.update(ttft_p50_ms=_ms(_quantile(one.ttft, 0.5)), ttft_p99_ms=_ms(_quantile(one.ttft, 0.99)))
     if one.itl:

@@ -12,13 +12,10 @@ metric (:func:`freestack.sweeps.values.kept_value`) or a figure of its training'
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from freestack.sweeps.spec import leaf_parameters, objectives
 from freestack.sweeps.values import objective_value
-
-log = logging.getLogger(__name__)
 
 
 def values_of(trial: dict[str, Any], config: dict[str, Any]) -> list[float] | None:
@@ -32,12 +29,12 @@ def distributions(config: dict[str, Any]) -> dict[str, Any]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out: dict[str, Any] = {}
+    encoded = _encoded(config)
     for path, p in leaf_parameters(config["parameters"]).items():
         dist = p.get("distribution")
         if "values" in p:  # with a list or mapping among them (channels: [8, 16]), every one as JSON text
-            encode = not all(_is_scalar(v) for v in p["values"])
             out[path] = CategoricalDistribution(
-                [json.dumps(v, sort_keys=True) if encode else v for v in p["values"]]
+                [json.dumps(v, sort_keys=True) if path in encoded else v for v in p["values"]]
             )
         elif dist == "int_uniform":
             out[path] = IntDistribution(int(p["min"]), int(p["max"]))

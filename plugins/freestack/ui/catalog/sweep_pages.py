@@ -150,14 +150,14 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     rels = [f"trials/{n}/trial.json" for n in subfolders(join(folder, "trials")) if n.startswith(("t", "w-"))]
     got = read_many(folder, rels)
     docs = [got[r] for r in rels if got.get(r)]
+    config = doc.get("config") or {}
     if row.metric is None or row.goal is None:
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
-        row.metric, row.goal = sweep_metric(doc.get("config") or {}, task)
-    config = doc.get("config") or {}
+        row.metric, row.goal = sweep_metric(config, task)
     several = objectives(config)
     trials = [_trial(d, row.metric, row.goal, several) for d in docs]
     row.trials = len(trials)
-    dists = distributions(doc.get("config") or {})
+    dists = distributions(config)
     params = list(dict.fromkeys([*dists, *(k for t in trials for k in t.params)]))
     status = sweep_status(doc, docs)
     signature = _signature(status, row, trials)
