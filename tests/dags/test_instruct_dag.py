@@ -169,8 +169,11 @@ def test_an_llm_is_instruction_tuned_with_lora_gated_served_and_loads_without_fr
             serving
         )
         assert serving["ttft_p50_ms"] is None and evaluation["costs"]["candidate"]["serving"] == serving
+        trained = lineage["costs"]["train"]  # a language model's training counts its tokens
+        assert trained["tokens"] > 2 * trained["samples"] > 0, trained
         monkeypatch.setenv("FREESTACK_MEASURE_SERVING", "false")  # the retraining below need not be measured
         card = (version / "README.md").read_text()
+        assert f"| training tokens | {trained['tokens']:,} |" in card
         assert (
             f"base_model: {LM_BASE}" in card
             and "library_name: peft" in card

@@ -224,6 +224,8 @@ def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipe
         lineage = json.loads((version / "lineage.json").read_text())
         objective = lineage["objective"]
         assert lineage["distributed"]["world_size"] == 2, lineage["distributed"]
+        trained = lineage["costs"]["train"]  # both ranks' prompts and sampled completions, summed
+        assert trained["ranks"] == 2 and trained["tokens"] > 8 * trained["samples"], trained
         assert objective["name"] == "grpo" and objective["num_generations"] == 8, objective
         assert objective["reference"].startswith("the starting model"), objective  # beta 0.04: a frozen copy
         assert [r["name"] for r in objective["rewards"]] == ["exact_match", "regex"]

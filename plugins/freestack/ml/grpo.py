@@ -212,6 +212,7 @@ class GrpoNet(CausalLMNet):
         # full weights with beta > 0: the starting model, outside the module tree
         self._frozen: list[Any] = []
         self._rollouts: list[Any] = []  # rollouts: continuous: the engine and its event loop
+        self._tokens = 0  # the last step's prompts and completions: what it put through the model
 
     def attach(self, encoding: GrpoEncoding, eos: list[int]) -> None:
         """The prompts' encoding (its tokenizer and table of rows) and the tokens that end an answer; with
@@ -224,10 +225,15 @@ class GrpoNet(CausalLMNet):
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, Any]:
         rollouts = self.rollout(x)
+        self._tokens = int(rollouts.mask.sum())
         logps = completion_logps(
             self.model, rollouts.ids, rollouts.mask, rollouts.prompt_width, self.grpo.temperature
         )
         return {"logps": logps, "ref": self.reference_logps(rollouts), "rollouts": rollouts}
+
+    def seen_tokens(self, _x: dict[str, torch.Tensor]) -> int:
+        """The last step's tokens: its prompts, once per generation, and their sampled completions."""
+        return self._tokens
 
     def training_loss(self, out: dict[str, Any], _target: torch.Tensor) -> torch.Tensor:
         r = out["rollouts"]

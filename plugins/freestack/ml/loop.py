@@ -67,6 +67,9 @@ class TrainResult:
     amp: str | None = None
     train_seconds: float = 0.0
     samples_per_s: float = 0.0
+    #: tokens put through training in this attempt, every epoch counted, for a model that counts them
+    #: (``seen_tokens``: a language model's batches; GRPO's prompts and sampled completions); else 0
+    tokens: int = 0
     world_size: int = 1  # data-parallel ranks (freestack.ml.distributed)
     threads: int = 0  # torch's CPU threads (its intra-op pool) in the process that trained (rank 0's)
 
@@ -432,6 +435,8 @@ def _train_epoch(run: _Run, source: BatchSource, epoch: int) -> tuple[float, flo
     step = (epoch - 1) * run.steps_per_epoch
     k = max(1, config.grad_accumulation)
     lr = config.learning_rate
+    count = getattr(model, "seen_tokens", None)  # a language model counts its batches' tokens
+    tokens = 0
     for i, (xb, yb) in enumerate(_batches(run, source, epoch)):
         if i % k == 0:
             run.grads.zero_()
@@ -446,10 +451,13 @@ def _train_epoch(run: _Run, source: BatchSource, epoch: int) -> tuple[float, flo
             _step(run, lr)
         running += loss.detach() * len(yb)
         rows += len(yb)
+        tokens += count(xb) if callable(count) else 0
         step += 1
     if run.ranks is not None:
-        total, rows = run.ranks.all_sum([float(running), float(rows)], run.device)
+        total, rows, tokens = run.ranks.all_sum([float(running), float(rows), float(tokens)], run.device)
+        run.result.tokens += int(tokens)
         return total / max(rows, 1), lr
+    run.result.tokens += tokens
     return float(running) / run.n, lr
 
 

@@ -323,6 +323,7 @@ COST_FIGURES = (
     "train.gpu_s",
     "train.peak_memory_mb",
     "train.cost",
+    "train.tokens",
     "serving.latency_p50_ms",
     "serving.latency_p99_ms",
     "serving.rows_per_s",
@@ -373,6 +374,7 @@ def _train_rows(t: dict[str, Any] | None) -> list[tuple[str, str]]:
                 + (f", {t['peak_gpu_memory_mb']:,.0f} MB GPU" if t.get("peak_gpu_memory_mb") else ""),
             ),
             ("training samples", f"{t['samples']:,} ({t['epochs']} epochs on {t['device']})"),
+            *([("training tokens", f"{t['tokens']:,}")] if t.get("tokens") else []),
             ("training cost", f"{t['cost']:,.4f} {t['currency']} at the spec's prices"),
         ]
     return rows

@@ -9,6 +9,9 @@ split's metrics. No Airflow here.
 - ``peak_memory_mb``: the process's peak resident memory (``ru_maxrss``); on a GPU, also
   ``peak_gpu_memory_mb``, torch's peak allocation.
 - ``samples``: the rows put through training, every epoch counted.
+- ``tokens``: a language model's tokens put through training, every epoch counted (each batch's
+  attention mask; GRPO: its prompts once per generation and their sampled completions); None for
+  other models.
 - ``cost``: with ``prices`` (``cpu_hour``, ``gpu_hour``; 0 by default, since the stack is free),
   ``cpu_s x ranks / 3600 x cpu_hour + gpu_s / 3600 x gpu_hour``, in ``currency``.
 
@@ -37,6 +40,7 @@ class TrainCosts(BaseModel):
     peak_memory_mb: float = Field(description="the training process's peak resident memory")
     peak_gpu_memory_mb: float | None = Field(default=None, description="torch's peak GPU allocation")
     samples: int = Field(description="rows put through training, every epoch counted")
+    tokens: int | None = Field(default=None, description="a language model's tokens, every epoch counted")
     epochs: int = Field(description="epochs trained in this attempt")
     resumed_from: int | None = Field(default=None, description="the checkpoint's epoch it resumed from")
     ranks: int = Field(description="data-parallel processes")
@@ -72,6 +76,7 @@ class Meter:
             peak_memory_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             peak_gpu_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None,
             samples=round(result.samples_per_s * result.train_seconds),
+            tokens=result.tokens or None,
             epochs=trained,
             resumed_from=result.resumed_from,
             ranks=result.world_size,

@@ -296,6 +296,11 @@ def test_rollouts_from_the_continuous_batching_engine(tmp_path):
     first, last = (r["train_reward"] for r in (result.history[0], result.history[-1]))
     print(f"sampled reward by epoch: {first:.3f} -> {last:.3f}; greedy before {start['reward']:.3f}")
     assert last > first and len(result.steps) == 45
+    # its tokens: every step's prompts, once per generation, and their sampled completions
+    g = settings.num_generations  # 240 rows in batches of 16: every step's 16 prompts, g completions each
+    prompts = int(train.x["attention_mask"].sum()) * g * config.epochs
+    completions = sum(s["completion_length"] for s in result.steps) * 16 * g
+    assert result.tokens == pytest.approx(prompts + completions, abs=1), (result.tokens, prompts, completions)
     assert not net._rollouts and not engine.alive() and model.config._attn_implementation == "eager"
     net.grpo_metrics(val, torch.device("cpu"))  # the test split's answers, after the loop: no engine again
     assert not net._rollouts
