@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -167,10 +168,11 @@ def test_the_form_can_ask_for_one_training_instead(lake):  # noqa: F811
     assert states["select_best"] == ["skipped"]
 
 
-def test_an_agent_reads_the_window_once_and_a_sweep_on_two_objectives_keeps_their_front(lake, monkeypatch):  # noqa: F811
+def test_an_agent_reads_the_window_once_and_a_sweep_on_three_objectives_keeps_their_front(lake, monkeypatch):  # noqa: F811
     """The window (and the trainer's lazy imports) load when the agent starts, not in its first leased trial.
-    The sweep is NSGA-II's on accuracy against the model's trainable parameters (the trainer records them):
-    select_best keeps the Pareto front and publishes the trial the candidate rule picks, saying why."""
+    The sweep is NSGA-II's on accuracy against the model's trainable parameters (the trainer records them)
+    and its serving latency (each trial's model served as deploy serves it, and measured): select_best
+    keeps the Pareto front and publishes the trial the candidate rule picks, saying why."""
     import freestack.train.core as train_core
     from freestack.spec import load_spec
     from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
@@ -185,10 +187,13 @@ def test_an_agent_reads_the_window_once_and_a_sweep_on_two_objectives_keeps_thei
     objectives = [
         {"name": "val_accuracy", "goal": "maximize"},
         {"name": "trainable_params", "goal": "minimize"},
+        {"name": "serving_latency_p99_ms", "goal": "minimize"},
     ]
     block = {**spec.sweep.config(), "method": "nsga2", "run_cap": 3, "metrics": objectives}
     block.pop("metric"), block.pop("early_terminate")
-    block["candidate"] = {"best": "val_accuracy", "limits": {"trainable_params": {"max": 10**6}}}
+    limits = {"trainable_params": {"max": 10**6}, "serving_latency_p99_ms": {"max": 10**4}}
+    block["candidate"] = {"best": "val_accuracy", "limits": limits}
+    monkeypatch.setenv("FREESTACK_MEASURE_SERVING", "true")
     spec = spec.model_copy(update={"sweep": type(spec.sweep).model_validate(block)})
     sweep = create_sweep(spec, "sweep-warm", {"end_ds": "2026-11-05", "epochs": 1}, agents=1)
     runner = make_trial_runner(spec, sweep)
@@ -199,11 +204,18 @@ def test_an_agent_reads_the_window_once_and_a_sweep_on_two_objectives_keeps_thei
     assert [d["state"] for d in trials] == ["finished"] * 3
     sizes = {d["id"]: d["costs"]["trainable_params"] for d in trials}
     assert all(n > 1000 for n in sizes.values()), sizes  # the CNN's own count, recorded by the trainer
+    served = [d["costs"]["serving"] for d in trials]  # each trial's model, served on Seldon's runtime
+    assert all(s["runtime"] == "seldon" and s["errors"] == 0 for s in served), served
+    assert all(0 < s["latency_p50_ms"] <= s["latency_p99_ms"] for s in served), served
+    left = list(Path(os.environ["FREESTACK_SERVING_DIR"]).glob("costs-digits-sweep-warm-*"))
+    assert not left, "a measurement's folder was left behind"
     best = select_best(spec, "sweep-warm")
     front = {f["trial"]: f for f in best["front"]}
     assert front and set(front) <= set(sizes) and best["best_trial"] in front, best
     assert best["candidate_reason"].startswith(f"{best['best_trial']}: the best val_accuracy"), best
     assert best["best_value"] == max(f["val_accuracy"] for f in front.values())
+    latency = {d["id"]: d["costs"]["serving"]["latency_p99_ms"] for d in trials}
+    assert all(f["serving_latency_p99_ms"] == latency[t] for t, f in front.items()), (front, latency)
     lineage = read_lineage(best["version_uri"]).as_dict()
     assert lineage["sweep"]["candidate"] == best["candidate_reason"]
     assert lineage["sweep"]["method"] == "nsga2"

@@ -636,6 +636,19 @@ def _measured(spec: PipelineSpec, uri: str, name: str, sample: dict[str, Any], s
     return figures
 
 
+def served_costs(spec: PipelineSpec, version_uri: str, name: str) -> dict[str, Any]:
+    """What serving a version no evaluation has measured costs (a sweep's trial, whose objectives name a
+    serving figure): measured as evaluate measures a candidate, with its own test split's rows; a version
+    that cannot be measured, or a worker that measures nothing, is recorded as such (``{"error": ...}``)."""
+    if not (spec.deploy.measure.enabled and settings().measure_serving):
+        return {"error": "not measured: deploy.measure.enabled and FREESTACK_MEASURE_SERVING must be on"}
+    try:
+        sample, _ = unevaluated_smoke_sample(spec, version_uri)
+    except EvaluationError as exc:
+        return {"error": f"not measured: {exc}"}
+    return _measured(spec, version_uri, name, sample, None)
+
+
 def _costs(c: Candidate, m: Measured) -> dict[str, Any]:
     """Each version's costs: its training's as its lineage recorded them (:mod:`freestack.train.costs`) and
     its serving's as measured here (production's as its own evaluation recorded them, unless measured

@@ -105,8 +105,24 @@ ALL_EPOCH_METRICS = tuple(dict.fromkeys(m for metrics in EPOCH_METRICS.values() 
 #: the methods Optuna's samplers run (TPE, NSGA-II), beside W&B's grid, random and bayes
 OPTUNA_METHODS = ("tpe", "nsga2")
 METHODS = ("grid", "random", "bayes", *OPTUNA_METHODS)
+#: a trial's serving figures: its model served as the spec's ``deploy`` block serves it and measured as
+#: evaluate measures a candidate (freestack.serving.costs), each the path in the trial's costs it reads
+SERVED_FIGURES = {
+    f"serving_{name}": f"serving.{name}"
+    for name in (
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "rows_per_s",
+        "peak_memory_mb",
+        "cpu_ms_per_request",
+        "ttft_p50_ms",
+        "ttft_p99_ms",
+        "itl_ms",
+        "tokens_per_s",
+    )
+}
 #: a trial's figures beside its epoch metrics that an objective may name: its costs as training recorded
-#: them (freestack.train.costs), each the path in the costs it reads
+#: them (freestack.train.costs), or as serving its model measured them, each the path in the costs it reads
 TRIAL_FIGURES = {
     "trainable_params": "trainable_params",
     "model_mb": "model_mb",
@@ -114,6 +130,8 @@ TRIAL_FIGURES = {
     "train_cpu_s": "train.cpu_s",
     "train_peak_memory_mb": "train.peak_memory_mb",
     "train_cost": "train.cost",
+    "train_tokens": "train.tokens",
+    **SERVED_FIGURES,
 }
 #: the distributions Optuna's samplers take (as W&B names them); values and a fixed value always
 OPTUNA_DISTRIBUTIONS = ("uniform", "int_uniform", "log_uniform_values", "q_uniform", "categorical")
@@ -390,6 +408,11 @@ def objectives(config: dict[str, Any]) -> list[tuple[str, str]]:
         return [(m["name"], m.get("goal", "minimize")) for m in config["metrics"]]
     metric = config.get("metric") or {}
     return [(metric["name"], metric.get("goal", "minimize"))] if metric.get("name") else []
+
+
+def served(config: dict[str, Any]) -> bool:
+    """Whether an objective is a serving figure: each trial's model is then served and measured."""
+    return any(name in SERVED_FIGURES for name, _ in objectives(config))
 
 
 def _check_objectives(config: dict[str, Any]) -> None:
@@ -673,10 +696,12 @@ __all__ = [
     "EPOCH_METRICS",
     "METHODS",
     "OPTUNA_METHODS",
+    "SERVED_FIGURES",
     "TRIAL_FIGURES",
     "CandidateRule",
     "SweepObjective",
     "objectives",
+    "served",
     "wandb_part",
     "DPO",
     "GRPO",

@@ -2,7 +2,9 @@
 
 Each trial is its own W&B run (grouped by sweep id, job type ``sweep-trial``), checkpoints under the
 trial's folder (so a taken-over trial resumes) and writes its model into the trial's folder; only
-the selected trial becomes a model version in the registry (``report.select_best``).
+the selected trial becomes a model version in the registry (``report.select_best``). When an objective
+is a serving figure (``serving_latency_p99_ms``, ...), the trial's model is then served as the spec's
+``deploy`` block serves it and measured as evaluate measures a candidate (its costs' ``serving``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from freestack.evaluate.core import served_costs
 from freestack.ml.loop import warm_up
 from freestack.sweeps.config import kept_metric, trial_request
 from freestack.sweeps.core import TrialRunner, trial_folder
+from freestack.sweeps.spec import served
 from freestack.train import core as train_core
 
 if TYPE_CHECKING:
@@ -54,13 +58,16 @@ def make_trial_runner(
         outcome = train_core.train(
             spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
         )
+        costs = dict(outcome.costs or {})
+        if served(sweep["config"]):  # an objective is a serving figure: the trial's model served, measured
+            costs["serving"] = served_costs(spec, outcome.version_uri, f"{sweep['id']}-{doc['id']}")
         return {
             "summary": {**outcome.metrics, "task": outcome.summary.get("task")},
             "epochs_run": outcome.summary.get("epochs_run"),
             "stop_reason": outcome.summary.get("stop_reason"),
             "model_uri": outcome.version_uri,
             "wandb": outcome.tracking,
-            "costs": outcome.costs,
+            "costs": costs,
         }
 
     warm_up()
