@@ -61,6 +61,19 @@ def objective(epochs: int = 8, sleep: float = 0.0, log_file: str | None = None):
     return run
 
 
+#: accuracy against the model's size: past lr 10^-2.5 both get worse, below it each trades against the other
+OBJECTIVES = [{"name": "val_accuracy", "goal": "maximize"}, {"name": "trainable_params", "goal": "minimize"}]
+
+
+def sized(doc: dict[str, Any], report) -> dict[str, Any]:
+    """A trial runner on OBJECTIVES: accuracy as :func:`quality`, and trainable parameters rising with lr."""
+    q = quality(doc["params"])
+    for epoch in (1, 2):
+        report({"epoch": epoch, "val_accuracy": q * (1 - 0.5**epoch), "val_loss": 1 - q})
+    params = round(1e6 * doc["params"]["learning_rate"])
+    return {"summary": {"task": "classification"}, "epochs_run": 2, "costs": {"trainable_params": params}}
+
+
 def main(argv: list[str]) -> None:
     from freestack.spec import load_spec
     from freestack.sweeps.core import LocalAgent

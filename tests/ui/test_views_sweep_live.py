@@ -8,6 +8,7 @@ sandbox (the real ``make demo`` of tests/support/demo_sandbox.py):
 - the learning rate (log_uniform_values) is drawn on a log axis (and as log10 in the parallel coordinates,
   labelled in its own units); the parallel coordinates and the parameter importance are drawn; the trials
   table's filter finds a trial;
+- a sweep on two objectives (NSGA-II's) draws its Pareto front: the front's trials joined, the others apart;
 - the Monitoring page draws each model's drift over time where the monitor judged intervals with series.
 
 Screenshots go under ``.freestack/test-artifacts/ui/`` (30-... onwards). Slow: ``-m slow``.
@@ -20,7 +21,7 @@ import uuid
 
 import pytest
 
-from tests.support.sweeps import objective, write_spec
+from tests.support.sweeps import OBJECTIVES, objective, sized, write_spec
 from tests.ui.test_views_browser import _login, _shot, browser  # noqa: F401  (the browser fixture)
 
 pytestmark = pytest.mark.slow
@@ -159,6 +160,44 @@ def test_the_demo_sweep_draws_its_learning_rate_on_a_log_axis(demo, sandbox, bro
     assert _log_axis_of(page, "learning_rate") == "log"
     assert "learning_rate (log)" in _figure(page, "fig-3", "gd.layout.xaxis.ticktext")
     assert page.locator("#importance tr[data-parameter]").count() >= 2  # the demo's 8 trials are enough
+
+
+def test_a_sweep_on_two_objectives_draws_its_pareto_front(demo, sandbox, browser, tmp_path):  # noqa: F811
+    from freestack.spec import load_spec
+    from freestack.sweeps import pareto
+    from freestack.sweeps.core import LocalAgent, create_sweep, load_trials
+
+    lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
+    sweep = {"method": "nsga2", "metrics": OBJECTIVES, "run_cap": 8, "parameters": {"learning_rate": lr}}
+    spec = load_spec(write_spec(tmp_path / "specs", sweep, storage_root=sandbox.storage.as_uri()))
+    sweep_id = f"sweep-front-{uuid.uuid4().hex[:8]}"
+    create_sweep(
+        spec, sweep_id, {"end_ds": "2026-11-05", "airflow": {"run_id": f"manual__{sweep_id}"}}, agents=1
+    )
+    LocalAgent(spec, sweep_id, sized, ttl=30).run()
+    front = pareto.front(spec.sweep.config(), [d for d, _ in load_trials(spec, sweep_id)])
+    page = _login(browser, sandbox, "admin")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{sandbox.url}/freestack/ui/sweeps/digits/{sweep_id}")
+    drawn = _figure(
+        page,
+        "fig-0",
+        "({title: gd.layout.title.text, x: gd.layout.xaxis.title.text, traces: gd.data.map((d) => "
+        "({name: d.name, trials: d.text, mode: d.mode})), points: gd.querySelectorAll('.scatterlayer .point').length})",
+    )
+    assert drawn["title"] == "Pareto front: val_accuracy (maximize) vs trainable_params (minimize)", drawn
+    assert drawn["x"] == "trainable_params (lower is better)"
+    traces = {t["name"]: t for t in drawn["traces"]}
+    assert sorted(traces["Pareto front"]["trials"]) == sorted(front) and len(front) >= 2, (drawn, front)
+    assert traces["Pareto front"]["mode"] == "lines+markers"
+    assert len(traces["other trials"]["trials"]) + len(front) == 8 and drawn["points"] == 8, drawn
+    header = page.locator("#trials thead th").all_inner_texts()
+    assert "trainable_params minimize" in [h.replace("\n", " ").strip() for h in header], header
+    marked = [r.get_attribute("data-trial") for r in page.locator("#trials tr[data-front=true]").all()]
+    assert sorted(marked) == sorted(front), (marked, front)
+    _shot(page, "33-sweep-pareto-front")
+    assert not errors, errors
 
 
 def test_monitoring_draws_drift_over_time(demo, sandbox, browser):  # noqa: F811

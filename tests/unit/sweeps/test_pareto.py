@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.sweeps import quality, write_spec
+from tests.support.sweeps import OBJECTIVES, sized, write_spec
 
 LR = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}
-#: accuracy against the model's size: past lr 10^-2.5 both get worse, below it each trades against the other
-OBJECTIVES = [{"name": "val_accuracy", "goal": "maximize"}, {"name": "trainable_params", "goal": "minimize"}]
-
-
-def sized(doc, report):
-    """A trial runner: accuracy as tests.support.sweeps.quality, and trainable parameters rising with lr."""
-    q = quality(doc["params"])
-    for epoch in (1, 2):
-        report({"epoch": epoch, "val_accuracy": q * (1 - 0.5**epoch), "val_loss": 1 - q})
-    params = round(1e6 * doc["params"]["learning_rate"])
-    return {"summary": {"task": "classification"}, "epochs_run": 2, "costs": {"trainable_params": params}}
 
 
 @pytest.fixture
