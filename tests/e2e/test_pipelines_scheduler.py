@@ -44,6 +44,8 @@ from tests.support.serving import needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
+#: the stack's pipelines but one measure no serving costs in evaluate (a model server each: minutes)
+UNMEASURED = "{enabled: false}"
 
 
 def _digits_text(name: str, *, train_schedule: str | None) -> str:
@@ -54,6 +56,7 @@ def _digits_text(name: str, *, train_schedule: str | None) -> str:
     text = text.replace("name: digits\n", f"name: {name}\n", 1)
     text = text.replace("on_missing: fail ", "on_missing: skip ", 1)
     text = text[: text.index("\nsweep:\n")] + "\n" + text[text.index("\ngate:\n") :]
+    text = text.replace("  measure: {seconds: 0.5, warmup_seconds: 0.2}\n", f"  measure: {UNMEASURED}\n", 1)
     text = re.sub(r"\n  threshold: [0-9.]+\n", "\n  threshold: 0.999\n", text, count=1)
     extra = "  epochs: 2\n  ingest_poke_seconds: 2\n" + (
         f'  schedule: "{train_schedule}"\n' if train_schedule else ""
@@ -64,6 +67,7 @@ def _digits_text(name: str, *, train_schedule: str | None) -> str:
         and "  epochs: 2\n" in text
         and "\nsweep:" not in text
         and "threshold: 0.999" in text
+        and "measure: {enabled: false}" in text
     )
     return text
 
@@ -76,6 +80,7 @@ def _own_text(module: Path) -> str:
     data = use_custom_model(
         yaml.safe_load(_digits_text("own", train_schedule="0 0 1 1 *")), module, threshold=0.7
     )
+    data["deploy"]["measure"] = {"seconds": 0.5, "warmup_seconds": 0.2}  # the stack's one measured pipeline
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -100,7 +105,8 @@ def stack(request, tmp_path_factory):
     # what the tasks fetch the base from, the model servers' request log written soon (the LLM's
     # monitor), and OpenLineage's file transport for every process of the stack
     lineage = base / "openlineage.json"
-    more = {"HF_ENDPOINT": hub["hub"].endpoint, **llm_pipeline.ENV}
+    # evaluate's serving measurement on in the stack's workers, as by default; only own's spec asks for it
+    more = {"HF_ENDPOINT": hub["hub"].endpoint, **llm_pipeline.ENV, "FREESTACK_MEASURE_SERVING": "true"}
     with environment({**more, **_lineage_env(lineage)}):
         env, proc, log = start_airflow(base, specs, parallelism=6, speedups=True)
     llm.ready()
@@ -136,7 +142,7 @@ def _more_pipelines(base: Path, specs: Path) -> dict:
                     **spec,
                     "schedule": None,
                     "train": {**spec["train"], "schedule": "0 0 1 1 *"},
-                    "deploy": {"local": {"port": free_port_block()}},
+                    "deploy": {"local": {"port": free_port_block()}, "measure": {"enabled": False}},
                     "score": {"schedule": "@daily", "batch_rows": 16},
                 },
                 sort_keys=False,
@@ -184,7 +190,7 @@ def _ranks_text(port: int) -> str:
         "timeout_seconds": 120,
         "pool": "default_pool",
     }
-    data["deploy"] = {"local": {"port": port}}
+    data["deploy"] = {"local": {"port": port}, "measure": {"enabled": False}}
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -215,7 +221,7 @@ def _reviews_spec(port: int) -> dict:
         **REVIEWS_SPEC,
         "train": {**REVIEWS_SPEC["train"], "schedule": "0 0 1 1 *"},
         "sweep": sweep,
-        "deploy": {"local": {"port": port}},
+        "deploy": {"local": {"port": port}, "measure": {"enabled": False}},
         "score": {"schedule": "@daily"},
     }
 
@@ -494,6 +500,11 @@ def test_a_custom_model_is_swept_gated_and_served_under_the_scheduler(stack):
         assert lineage["module"]["sha256"] == hashlib.sha256(DIGITS_NET.encode()).hexdigest()
         assert lineage["module"]["init"]["hidden"] in (16, 48) and lineage["sweep"]["trial"]
         assert [p["ds"] for p in lineage["partitions"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+        # evaluate, a task process of the LocalExecutor, served the candidate as deploy does and measured it
+        serving = lineage["costs"]["serving"]
+        assert serving["runtime"] == "seldon" and serving["errors"] == 0, serving
+        assert 0 < serving["latency_p50_ms"] <= serving["latency_p99_ms"] and serving["rows_per_s"] > 0
+        assert not list((Path(env["FREESTACK_SERVING_DIR"])).glob("costs-own-*")), "a measurement is left"
         rows = np.random.default_rng(2).uniform(0, 16, size=(3, 64))
         code, body = http_json(rec["predict_url"], {"data": {"ndarray": rows.tolist()}})
         assert code == 200, body

@@ -40,6 +40,7 @@ def llm_spec(sft: Path, judge_url: str, encoder: Path, port: int) -> dict:
     judge = {"url": judge_url, "model": "fair", "mode": "pointwise", "rubric": RUBRIC}
     spec["gate"] = {"metric": "exact_match", "threshold": 0.05, "judge": judge, "min_judge_score": 1.2}
     spec["deploy"]["local"] = {"port": port}
+    spec["deploy"]["measure"] = {"enabled": False}  # the stack measures one pipeline's serving: own's
     spec["monitor"] = {"min_rows": 50, "actions": ["alert"], "text": {"encoder": str(encoder)}}
     return spec
 
