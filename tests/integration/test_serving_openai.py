@@ -214,6 +214,17 @@ def test_completions_continue_text_prompts_and_stop_at_a_stop_string(client):
         model=MODEL, prompt="Once upon", max_tokens=10, stop=stop, stream=True
     )
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
+    # token ids in and out (OpenAI's array of tokens; vLLM's return_token_ids): what a trainer learns from
+    extra = {"return_token_ids": True}
+    ids = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=10, extra_body=extra)
+    first = ids.choices[0].model_dump()
+    assert ids.choices[0].text == text and first["token_ids"], first
+    again = client.completions.create(
+        model=MODEL, prompt=first["prompt_token_ids"], max_tokens=10, extra_body=extra
+    )
+    assert again.choices[0].model_dump()["token_ids"] == first["token_ids"] and again.choices[0].text == text
+    both = client.completions.create(model=MODEL, prompt=[first["prompt_token_ids"]] * 2, max_tokens=10)
+    assert [c.text for c in both.choices] == [text, text]
 
 
 class Verdict(BaseModel):
@@ -460,7 +471,9 @@ LONE = "the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): se
         ),
         ({"model": MODEL, "messages": HI, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
         ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
-        ({"model": MODEL, "prompt": [1, 2, 3]}, 400, "token ids are not taken"),
+        ({"model": MODEL, "prompt": [1, 10**9]}, 400, "the token id 1000000000, outside the vocabulary"),
+        ({"model": MODEL, "prompt": [[1, 2], [1.5]]}, 400, "token ids or a list of token-id lists"),
+        ({"model": MODEL, "prompt": "x", "return_token_ids": True, "stream": True}, 400, "leave out stream"),
         ({"model": f"{MODEL}:aliases.json", "messages": HI}, 400, "'aliases.json' is not a version name"),
         # the same refusal on both routes (one check of text), naming the field
         (

@@ -701,23 +701,25 @@ class EmptyPrompt(ChatError):
 
 def prompt_ids(
     tokenizer,
-    prompts: Sequence[list[dict[str, str]] | str],
+    prompts: Sequence[list[dict[str, str]] | str | tuple[int, ...]],
     settings: GenerationSettings,
     tools: list | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Each prompt as the model reads it, in token ids, and whether it was cut: a chat rendered with the
-    generation prompt, or a text continued as it stands (no chat template: the OpenAI API's completions);
+    generation prompt, a text continued as it stands (no chat template: the OpenAI API's completions), or
+    token ids (a tuple: the completions' array of tokens) as given, each checked against the vocabulary;
     cut from the left, or refused, when over ``max_prompt_tokens``. The one place prompts are built and
     cut: the model server's routes, ``generate``, the score stage and the evaluation use it."""
     out = []
     for i, prompt in enumerate(prompts):
-        chat = not isinstance(prompt, str)
+        chat = isinstance(prompt, list)
         if chat:
             text = render(tokenizer, prompt, generation_prompt=True, tools=tools)
-            ids = tokenizer(text, add_special_tokens=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        elif isinstance(prompt, tuple):
+            ids = _in_vocabulary(i, list(prompt), len(tokenizer))
         else:
-            ids = tokenizer(prompt)
-        ids = ids["input_ids"]
+            ids = tokenizer(prompt)["input_ids"]
         if not ids:  # nothing to generate from (and the engine's batch cannot hold an empty prompt)
             raise EmptyPrompt(i, chat)
         cut = len(ids) > settings.max_prompt_tokens
@@ -725,6 +727,15 @@ def prompt_ids(
             raise PromptTooLong(i, len(ids), settings.max_prompt_tokens, chat)
         out.append((ids[-settings.max_prompt_tokens :] if cut else ids, cut))
     return out
+
+
+def _in_vocabulary(index: int, ids: list[int], size: int) -> list[int]:
+    wrong = next((t for t in ids if not 0 <= t < size), None)
+    if wrong is not None:
+        raise ChatError(
+            f"prompt {index} holds the token id {wrong}, outside the vocabulary (0 to {size - 1})"
+        )
+    return ids
 
 
 @torch.inference_mode()

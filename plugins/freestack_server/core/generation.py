@@ -327,7 +327,7 @@ class Generator:
     def prompts(
         self,
         chats: list[list[dict[str, str]]],
-        texts: list[str],
+        texts: list[str | tuple[int, ...]],
         params: Mapping[str, object] | None,
         form: dict[str, str] | None = None,
         *,
@@ -336,7 +336,8 @@ class Generator:
     ) -> Prompts:
         """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
         the left, or refused with 413, by ``truncate``). ``continued``: the texts are continued as they
-        stand, with no chat template (the OpenAI API's completions); ``tools``: the functions the chat
+        stand, with no chat template (the OpenAI API's completions; a tuple is token ids, kept as its
+        decoded text); ``tools``: the functions the chat
         template lays out for the model (an OpenAI request's own; the version's, ``columns.tools``, on the
         routes that cannot send any)."""
         from freestack.ml.generation import ChatError, EmptyPrompt, PromptTooLong, prompt_ids
@@ -364,7 +365,8 @@ class Generator:
             raise PayloadError(str(exc), param="messages" if exc.chat else "prompt") from None
         except ChatError as exc:
             raise PayloadError(str(exc)) from None
-        return Prompts(chats, texts, settings, self.bounds.batch_prompts, dict(form or {}), ids)
+        shown = [t if isinstance(t, str) else self.tokenizer.decode(list(t)) for t in texts]
+        return Prompts(chats, shown, settings, self.bounds.batch_prompts, dict(form or {}), ids)
 
     # -- answering --------------------------------------------------------------------------------------
     def run(self, prompts: Prompts) -> list[Generated]:

@@ -132,6 +132,7 @@ class OpenAIRoutes:
             prompts = _prompts(served.generator, body, tools)
             call = Call(served, prompts, version, adapter, chat, started, _call_id(request, chat))
             call.tools, call.n, call.top = tools, body.n, body.top_logprobs
+            call.token_ids = body.return_token_ids
             schema = tools.schema() if tools else body.response_format and body.response_format.schema
             if tools and schema or body.response_format and body.response_format.constrained:
                 call.grammar = await _grammar(served.engine, schema)
@@ -189,7 +190,8 @@ def _prompts(
             lambda: generator.prompts([chat] * body.n, [text] * body.n, params, form, tools=listed)
         )
     texts = [t for t in body.prompt for _ in range(body.n)]  # choice prompt * n + j answers prompt's j-th
-    chats = [[{"role": "user", "content": t}] for t in texts]
+    decode = generator.tokenizer.decode
+    chats = [[{"role": "user", "content": t if isinstance(t, str) else decode(list(t))}] for t in texts]
     form = {"kind": "openai-text"}
     return _checked(lambda: generator.prompts(chats, texts, params, form, continued=True))
 
@@ -211,6 +213,7 @@ class Call:
     tools: ToolCalling | None = None  #: the calls an answer may make (chat)
     n: int = 1  #: answers to each prompt (the prompts are repeated n times)
     top: int | None = None  #: each token's log-probability, with this many likely tokens (None: none)
+    token_ids: bool = False  #: each choice with its prompt's and its answer's token ids
 
     def __init__(
         self,
@@ -259,6 +262,9 @@ class Call:
         self._log(answers)
         head = {"id": self.id, "created": self.created, "model": self.model, "usage": self._usage(answers)}
         choices = [self._answered(i, a) for i, a in enumerate(answers)]
+        if self.token_ids:  # vLLM's return_token_ids
+            for i, (choice, answer) in enumerate(zip(choices, answers, strict=True)):
+                choice.update(prompt_token_ids=self.prompts.ids[i][0], token_ids=answer.token_ids or [])
         kind, name = (ChatCompletion, "chat.completion") if self.chat else (TextCompletion, "text_completion")
         return kind(object=name, choices=choices, **head).model_dump(exclude_none=True)
 

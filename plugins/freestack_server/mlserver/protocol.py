@@ -73,10 +73,24 @@ def _param(loc: Sequence[int | str]) -> str | None:
     return out or None
 
 
-def _text(value: object) -> str:
+PROMPT_FORMS = '"prompt" must be text, a list of texts, token ids or a list of token-id lists'
+
+
+def _prompt(value: object) -> str | tuple[int, ...]:
+    """One prompt: a text (checked), or token ids (kept as a tuple)."""
+    if isinstance(value, tuple):
+        return value
     if not isinstance(value, str):
-        raise refusal('"prompt" must be text or a list of texts (token ids are not taken)')
+        raise refusal(PROMPT_FORMS)
     return unicode_text(value)
+
+
+def _token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
 
 
 class StreamOptions(BaseModel):
@@ -140,6 +154,9 @@ class OpenAIRequest(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    #: vLLM's extension: each choice with its answer's token ids (``token_ids``, the end of turn included)
+    #: and its prompt's (``prompt_token_ids``), for a trainer that learns from exactly these tokens
+    return_token_ids: StrictBool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +179,12 @@ class OpenAIRequest(BaseModel):
         if not isinstance(model, str):
             raise refusal('"model" must be text naming a version (GET /v1/models)')
         return model
+
+    @model_validator(mode="after")
+    def _whole(self) -> OpenAIRequest:
+        if self.return_token_ids and self.stream:
+            raise refusal("return_token_ids comes with whole answers: leave out stream", "return_token_ids")
+        return self
 
     @field_validator("stream_options", mode="before")
     @classmethod
@@ -281,9 +304,10 @@ class ChatCompletionRequest(OpenAIRequest):
 
 
 class CompletionRequest(OpenAIRequest):
-    """``POST /v1/completions``: text prompts continued as they stand (no chat template)."""
+    """``POST /v1/completions``: prompts continued as they stand (no chat template): texts, or token ids
+    (an array of tokens, or of token arrays, as OpenAI's API takes them)."""
 
-    prompt: list[Annotated[str, PlainValidator(_text)]]
+    prompt: list[Annotated[str | tuple[int, ...], PlainValidator(_prompt)]]
     logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = (
         None  #: the legacy API's: how many likely tokens
     )
@@ -295,10 +319,12 @@ class CompletionRequest(OpenAIRequest):
     @field_validator("prompt", mode="before")
     @classmethod
     def _listed(cls, prompt: object) -> object:
+        if _token_ids(prompt):
+            return [tuple(prompt)]  # one prompt's tokens
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(texts, list) or not texts:
-            raise refusal('"prompt" must be text or a list of texts (token ids are not taken)')
-        return texts
+            raise refusal(PROMPT_FORMS)
+        return [tuple(t) if _token_ids(t) else t for t in texts]
 
 
 Body = TypeVar("Body", bound=OpenAIRequest)
