@@ -274,6 +274,11 @@ class Settings(BaseSettings):
         le=1,
         description="Model server, text generation: the share of the model's requests the canary alias answers.",
     )
+    generation_runtime_adapters: bool = Field(
+        default=False,
+        description="Model server, text generation: key holders may load LoRA adapters that are not registered "
+        "versions (POST /v1/load_lora_adapter; safetensors only).",
+    )
     generation_max_requests: int = Field(
         default=256,
         ge=1,

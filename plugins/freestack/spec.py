@@ -239,6 +239,23 @@ class PipelineSpec(SpecModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _server_rollouts_push_an_adapter(self) -> PipelineSpec:
+        grpo = self.train.grpo if self.train.objective == "grpo" else None
+        if grpo is None or grpo.rollouts != "server":
+            return self
+        if self.model.peft is None:
+            raise ValueError(
+                "train.grpo.rollouts: server pushes the LoRA adapter being trained to the deployment: add "
+                "model.peft, or sample in the training process (rollouts: auto) to train full weights"
+            )
+        if self.train.distributed.world_size > 1:
+            raise ValueError(
+                "train.grpo.rollouts: server samples for one training process: drop train.distributed, or "
+                "sample on the ranks (rollouts: auto)"
+            )
+        return self
+
     @property
     def judge_rewarded(self) -> bool:
         """Whether a GRPO training asks the judge for a reward (its key is read by the task that trains)."""

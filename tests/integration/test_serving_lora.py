@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 MODEL, MAX_ADAPTERS = "chat", 2
+KEY = "lora-deployment-key"  # runtime adapters (POST /v1/load_lora_adapter) are for the key's holders
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,14 @@ def server(work, versions) -> ImageServer:
         "FREESTACK_REQUEST_LOG_URI": f"{(work / 'storage').as_uri()}/monitoring/{MODEL}",
         "FREESTACK_REQUEST_LOG_RATE": "1.0",
         "FREESTACK_REQUEST_LOG_FLUSH_SECONDS": "1",
-        # v2 (staging) answers half of the requests for "chat"
+        "FREESTACK_SERVER_API_KEY": KEY,
+        # v2 (staging) answers half of the requests for "chat"; a trainer may push the adapter it trains
         **GenerationBounds(
-            max_new_tokens=16, max_adapters=MAX_ADAPTERS, canary_alias="staging", canary_weight=0.5
+            max_new_tokens=16,
+            max_adapters=MAX_ADAPTERS,
+            canary_alias="staging",
+            canary_weight=0.5,
+            runtime_adapters=True,
         ).env(),
     }
     production = f"{(work / 'storage').as_uri()}/registry/{MODEL}@production"  # the server follows the alias
@@ -81,7 +87,7 @@ def server(work, versions) -> ImageServer:
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 
 def _ask(client, model: str, prompt: str) -> openai.types.chat.ChatCompletion:
@@ -142,7 +148,7 @@ def test_concurrent_requests_of_two_versions_each_get_their_versions_answer(serv
     asked = [("v1" if i % 2 else "v2", p) for i, p in enumerate(prompts)]
 
     async def ask_all():
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0) as c:
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0) as c:
             jobs = [
                 c.chat.completions.create(
                     model=f"{MODEL}:{v}", messages=[{"role": "user", "content": p}], max_tokens=8
@@ -172,7 +178,7 @@ def test_the_v2_protocol_answers_with_the_version_it_names_whichever_adapter_ran
         req = urllib.request.Request(
             f"{server.url}/v2/models/{MODEL}/infer",
             json.dumps(body).encode(),
-            {"Content-Type": "application/json"},
+            {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
         )
         with urllib.request.urlopen(req, timeout=60) as r:
             got = json.loads(r.read())
@@ -245,3 +251,89 @@ def test_an_alias_names_its_version_and_a_promotion_is_served_without_a_new_base
         versions["v2"], prompt
     )
     assert _base_loads(server.log()) == 1
+
+
+def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, server, versions, work, tmp_path):
+    """``train.grpo.rollouts: server``: each step the adapter being trained is written (safetensors) and
+    loaded by name (vLLM's /v1/load_lora_adapter, behind the key), the prompts go as token ids to
+    /v1/completions and the server's token ids come back: greedy, they are the local model's own. A GRPO
+    run samples every step there, and leaves no adapter loaded nor folder behind."""
+    import httpx
+    import pandas as pd
+    import torch
+    from safetensors.torch import save_file
+
+    from freestack.ml.generation import ChatColumns, add_causal_lora, eos_ids, load_causal_lm, load_tokenizer
+    from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.rewards import Reward, RewardSet, exact_match
+    from freestack.ml.rollouts import RolloutError, RolloutServer
+    from freestack.ml.stream import InMemory
+
+    url = f"{server.url}/v1"
+    refused = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": "x", "lora_path": str(tmp_path)})
+    assert refused.status_code == 401, refused.text  # no key: refused before anything is read
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "adapter_config.json").write_text("{}")
+    (tmp_path / "pickled" / "adapter_model.bin").write_bytes(b"not read")
+    guarded = {"Authorization": f"Bearer {KEY}"}
+    bad = httpx.post(
+        f"{url}/load_lora_adapter",
+        json={"lora_name": "x", "lora_path": str(tmp_path / "pickled")},
+        headers=guarded,
+    )
+    assert bad.status_code == 400 and "holds no adapter_model.safetensors" in bad.text, bad.text
+    (tmp_path / "pickled" / "adapter_model.safetensors").write_bytes(b"")
+    save_file({"w": torch.zeros(2)}, tmp_path / "pickled" / "adapter_model.safetensors")
+    alien = httpx.post(
+        f"{url}/load_lora_adapter",
+        json={"lora_name": "x", "lora_path": str(tmp_path / "pickled")},
+        headers=guarded,
+    )
+    assert alien.status_code == 400, alien.text  # not a LoRA adapter of this base
+
+    base = work / "base-0-drawn"  # the deployed versions' base
+    tok = load_tokenizer(base)
+    model = add_causal_lora(
+        load_causal_lm(str(base)), {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+    )
+    with torch.no_grad():  # an adapter of its own, which answers otherwise than the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    rollouts = RolloutServer(url, MODEL, KEY, adapter_dir=str(tmp_path / "adapters"))
+    prompt = tok(versions["v1"].chat(SMOKE_PROMPTS[0])[-1]["content"])["input_ids"]
+    served = rollouts.sample(model, [prompt], 2, max_tokens=8, temperature=0.0, top_p=1.0)
+    local = (
+        model.eval()
+        .generate(
+            input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id
+        )[0, len(prompt) :]
+        .tolist()
+    )
+    assert served == [local[: len(served[0])]] * 2 and served[0], (served, local)
+    rollouts.close()
+
+    columns = ChatColumns(prompt="prompt", response="response", system=versions["v1"].columns.system)
+    frame = pd.DataFrame({"prompt": [f"say {i}" for i in range(8)], "response": [str(i) for i in range(8)]})
+    enc = GrpoEncoding(tok, columns, 64)
+    e = enc.encode_frame(frame)
+    train = InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
+    settings = GrpoSettings(num_generations=2, max_completion_length=6, rollouts="server")
+    rewards = RewardSet((Reward("exact_match", 1.0, exact_match("response")),))
+    pushed = RolloutServer(url, MODEL, KEY, adapter_dir=str(tmp_path / "run"))
+    net = GrpoNet(
+        model, grpo=settings, rewards=rewards, server=pushed, base={}, columns=columns, max_length=64
+    )
+    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, warmup_epochs=0, device="cpu")
+    result = fit_source(net, train, train, config, task="grpo")
+    assert len(result.steps) == 2 and all(s["completion_length"] > 0 for s in result.steps), result.steps
+    log = server.log()
+    assert log.count(f"from {tmp_path / 'run'}") == 2, log[-2000:]  # each step's adapter, loaded by name
+    assert not [m.id for m in client.models.list() if "grpo-" in m.id]  # the last one unloaded at the end
+    assert not list((tmp_path / "run").iterdir())
+    with pytest.raises(RolloutError, match="refused load_lora_adapter"):
+        RolloutServer(url, MODEL, "wrong-key").sample(
+            model, [prompt], 2, max_tokens=4, temperature=1.0, top_p=1.0
+        )

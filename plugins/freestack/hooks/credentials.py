@@ -100,6 +100,14 @@ def judge_api_key(judge: JudgeSpec | None) -> str | None:
     return _task_key(key, "the judge's API key", "gate.judge.api_key.conn_id")
 
 
+def rollout_api_key(spec) -> str | None:
+    """The key of the deployment that samples a GRPO training's rollouts (``train.grpo.server``), read as
+    :func:`judge_api_key` reads the judge's; None without one."""
+    grpo = spec.train.grpo if spec.train.objective == "grpo" else None
+    key = grpo.server.api_key if grpo is not None and grpo.server is not None else None
+    return _task_key(key, "the rollout server's API key", "train.grpo.server.api_key.conn_id")
+
+
 def teacher_api_key(teacher: TeacherSpec | None) -> str | None:
     """The key of a teacher endpoint (``score.teacher``), read as :func:`judge_api_key` reads the judge's."""
     key = teacher.api_key if teacher is not None else None

@@ -12,7 +12,8 @@ A training step of :class:`GrpoNet`, on a batch of prompts:
    ``temperature``/``top_p``, at most ``max_completion_length`` tokens, up to and with the end of turn):
    by ``model.generate`` on the left-padded batch (``rollouts: padded``), or by freestack's
    continuous-batching engine (:class:`freestack.ml.engine.Engine`, ``rollouts: continuous``), kept
-   running for the training (:meth:`GrpoNet.close` stops it). transformers switches the model to a paged
+   running for the training (:meth:`GrpoNet.close` stops it), or by a deployed server that loads the
+   LoRA adapter as it is now each step (``rollouts: server``, :mod:`freestack.ml.rollouts`). transformers switches the model to a paged
    attention while its batching runs; the model's own is set back around each rollout, so the training
    forward never runs the paged kernel without its cache.
 2. **Rewards and advantages.** Each completion is scored by every reward function
@@ -59,6 +60,7 @@ from freestack.ml.generation import (
     prompt_ids,
 )
 from freestack.ml.rewards import RewardSet, Sample
+from freestack.ml.rollouts import RolloutServer, right_padded
 
 #: the loop's task of a GRPO-trained model (its metric: ``reward``, higher is better)
 TASK = "grpo"
@@ -76,7 +78,7 @@ class GrpoSettings:
     epsilon: float = 0.2
     loss: str = "dapo"
     scale_rewards: str = "group"
-    rollouts: str = "auto"  # padded: model.generate; continuous: the engine; auto: padded on a CPU
+    rollouts: str = "auto"  # padded: model.generate; continuous: the engine; auto: padded on a CPU; server
 
 
 def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> torch.Tensor:
@@ -203,9 +205,18 @@ class GrpoNet(CausalLMNet):
     answers with their log-probabilities (:meth:`training_loss` is the clipped objective); it is validated
     by :meth:`grpo_metrics`. It saves as the causal LM it wraps."""
 
-    def __init__(self, model, *, grpo: GrpoSettings, rewards: RewardSet, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        grpo: GrpoSettings,
+        rewards: RewardSet,
+        server: RolloutServer | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model, **kwargs)
         self.grpo, self.rewards = grpo, rewards
+        self.server = server  # rollouts: server: the deployment that samples from the adapter pushed to it
         self.encoding: GrpoEncoding | None = None
         self.eos: list[int] = []
         self.steps: list[dict[str, float]] = []
@@ -276,7 +287,9 @@ class GrpoNet(CausalLMNet):
         the weighted sum ``[n]``. A training step's rollouts (``rollout``) come from the engine with
         ``rollouts: continuous``; validation and test answers always from ``generate``, so the engine only
         runs inside the loop, which stops it."""
-        if rollout and self.continuous(ids.device):
+        if rollout and self.server is not None:
+            new = self._served(ids, mask, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
+        elif rollout and self.continuous(ids.device):
             new = self._batched(ids, mask, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
         else:
             new = self.model.generate(
@@ -320,6 +333,23 @@ class GrpoNet(CausalLMNet):
             row[: len(d.token_ids)] = torch.tensor(d.token_ids, dtype=ids.dtype)
         return new.to(ids.device)
 
+    def _served(
+        self, ids: torch.Tensor, mask: torch.Tensor, temperature: float, top_p: float
+    ) -> torch.Tensor:
+        """The new tokens of every prompt (left-padded ``ids``, each repeated ``num_generations`` times in a
+        row), sampled by the rollout server from the adapter as it is now, right-padded."""
+        g = self.grpo.num_generations
+        prompts = [row[m.bool()].tolist() for row, m in zip(ids[::g], mask[::g], strict=True)]
+        done = self.server.sample(
+            self.model,
+            prompts,
+            g,
+            max_tokens=self.grpo.max_completion_length,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        return right_padded(done, self.encoding.tokenizer.pad_token_id, ids)
+
     def _engine(self, prompts: int, width: int) -> tuple[Engine, asyncio.Runner]:
         """The rollouts' engine, started at the first rollout and kept until :meth:`close` (its KV cache
         holds the largest rollout's answers at once; a larger one starts it again)."""
@@ -345,7 +375,10 @@ class GrpoNet(CausalLMNet):
         return self._rollouts[0], self._rollouts[1]
 
     def close(self) -> None:
-        """Stop the rollouts' engine, if one runs (the loop calls this when the run ends)."""
+        """Stop the rollouts' engine, if one runs, and unload the adapter pushed to the rollout server (the
+        loop calls this when the run ends)."""
+        if self.server is not None:
+            self.server.close()
         if self._rollouts:
             engine, loop = self._rollouts
             self._rollouts.clear()

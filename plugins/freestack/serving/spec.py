@@ -39,6 +39,7 @@
         max_adapters: 8             # LoRA versions of the base loaded at once (model: <model>:<version>)
         canary_alias: null          # an alias answering canary_weight of the requests for <model>
         canary_weight: 0.0
+        runtime_adapters: false     # key holders may load unregistered LoRA adapters (a trainer's rollouts)
       api_key:                      # the OpenAI API's (/v1) key: where it comes from, never the key itself
         conn_id: llm_api_key        # target local: the Airflow connection whose password is the key
         secret: llm-api-key         # target kubernetes: the Secret that holds it (in deploy.kubernetes.namespace)
@@ -182,6 +183,12 @@ class GenerationBounds(SpecModel):
     )
     canary_weight: float = Field(
         default=0.0, ge=0, le=1, description="The share of the model's requests the canary alias answers"
+    )
+    runtime_adapters: bool = Field(
+        default=False,
+        description="Runtime mlserver: key holders may load a LoRA adapter that is not a registered version "
+        "from a folder or URI (vLLM's POST /v1/load_lora_adapter, /v1/unload_lora_adapter; safetensors only), "
+        "as a trainer pushes the adapter it is training to sample from it; needs deploy.api_key",
     )
 
     @model_validator(mode="before")
@@ -526,7 +533,7 @@ class DeploySpec(SpecModel):
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
         "max_prompts_per_request, max_requests, max_running_per_request, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
-        "canary_weight",
+        "canary_weight, runtime_adapters",
     )
     measure: MeasureSpec = Field(
         default_factory=MeasureSpec,
@@ -565,6 +572,11 @@ class DeploySpec(SpecModel):
             raise ValueError(
                 "deploy.api_key needs runtime: mlserver, whose server asks for the key on every route but its "
                 "health probes; Seldon's runtime takes no key: set runtime: mlserver or drop api_key"
+            )
+        if self.generation.runtime_adapters and (key is None or self.runtime != "mlserver"):
+            raise ValueError(
+                "deploy.generation.runtime_adapters loads adapters from paths a client names: it needs runtime: "
+                "mlserver and deploy.api_key, so that only the key's holders can"
             )
         if key is not None and self.target == "local" and key.conn_id is None:
             raise ValueError(

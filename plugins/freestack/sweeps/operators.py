@@ -14,7 +14,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.hooks.credentials import judge_api_key
+from freestack.hooks.credentials import judge_api_key, rollout_api_key
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
@@ -152,12 +152,15 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
         slot = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', self.agent_index)}"
         agent_id = f"{slot}/try{ti.try_number}/pid{os.getpid()}"
         tracking = WandbHook().checked_settings()
-        key = judge_api_key(spec.gate.judge) if spec.judge_rewarded else None
+        keys = {
+            "judge_key": judge_api_key(spec.gate.judge) if spec.judge_rewarded else None,
+            "rollout_key": rollout_api_key(spec),
+        }
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
-                return run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking, judge_key=key)
-            runner = make_trial_runner(spec, sweep, tracking_settings=tracking, judge_key=key)
+                return run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking, **keys)
+            runner = make_trial_runner(spec, sweep, tracking_settings=tracking, **keys)
             agent = LocalAgent(
                 spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
             )

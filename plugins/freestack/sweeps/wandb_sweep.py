@@ -99,6 +99,7 @@ def run_server_agent(
     agent_id: str,
     settings: WandbSettings,
     judge_key: str | None = None,
+    rollout_key: str | None = None,
 ) -> dict[str, Any]:
     """``wandb.agent`` until the server has no more trials for this sweep (``judge_key``: the judge's, for
     trials the judge rewards)."""
@@ -140,7 +141,7 @@ def run_server_agent(
             }
             run_key = f"{sweep['id']}/{run.id}"
             req = trial_request(request, config, folder, run_key, tracking, kept_metric(sweep["config"]))
-            req.judge_key = judge_key
+            req.judge_key, req.rollout_key = judge_key, rollout_key
             outcome = train(spec, req, tracking_settings=settings, on_epoch=report)
             doc.update(
                 state="finished",

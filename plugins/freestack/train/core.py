@@ -446,14 +446,17 @@ def model_kind(spec: PipelineSpec) -> str:
     return "cnn" if spec.model.image_shape else "mlp"
 
 
-def build_model(spec: PipelineSpec, data: Prepared, judge_key: str | None = None):
+def build_model(
+    spec: PipelineSpec, data: Prepared, judge_key: str | None = None, rollout_key: str | None = None
+):
     """The spec's network (an MLP, a CNN when the features form an image, or the user's own module),
-    scaled for the data; ``judge_key``: the judge's key, for a GRPO training the judge rewards."""
+    scaled for the data; ``judge_key``: the judge's key, for a GRPO training the judge rewards;
+    ``rollout_key``: the rollout server's, for one that server samples."""
     import torch
 
     torch.manual_seed(spec.train.seed)
     if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
-        return build_pretrained_model(spec, data, judge_key)
+        return build_pretrained_model(spec, data, judge_key, rollout_key)
     if spec.model.type == "custom":
         model = _build_custom(spec, model_inputs(spec, data.task, data.pre.classes, data.pre))
     else:
@@ -547,7 +550,7 @@ def _train(
     spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
 ) -> TrainOutcome | None:
     meter = Meter.start()
-    model = build_model(spec, data, req.judge_key)
+    model = build_model(spec, data, req.judge_key, req.rollout_key)
     cfg = loop_config(spec, req)
     where = places(spec, req)
     if ranks is not None and not ranks.main:  # its share of the steps; rank 0 validates, reports and writes

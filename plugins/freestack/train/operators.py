@@ -11,7 +11,7 @@ from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.errors import SpecError
-from freestack.hooks.credentials import judge_api_key
+from freestack.hooks.credentials import judge_api_key, rollout_api_key
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.ingest.operators import lake_asset
@@ -234,6 +234,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             core.prune_checkpoints(spec)
         req = train_request(context)
         req.judge_key = judge_api_key(spec.gate.judge) if spec.judge_rewarded else None
+        req.rollout_key = rollout_api_key(spec)
         self._run_key = req.run_key
         if self.node_rank != 0:  # another node's ranks: node 0's task keys, keeps and returns the version
             spec = spec.model_copy(update={"train": spec.train.model_copy(update={"cache": False})})

@@ -46,6 +46,7 @@ from freestack.ml.rewards import (
     regex,
     user_function,
 )
+from freestack.ml.rollouts import RolloutServer
 from freestack.registry.core import ModelRegistry, RegistryError
 from freestack.settings import checkout_dir
 from freestack.storage import storage_root, to_path
@@ -353,9 +354,12 @@ def check_grpo(spec: PipelineSpec) -> None:
             raise FreestackError(message)
 
 
-def build_causal_model(spec: PipelineSpec, pre, judge_key: str | None = None) -> Any:
+def build_causal_model(
+    spec: PipelineSpec, pre, judge_key: str | None = None, rollout_key: str | None = None
+) -> Any:
     """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations;
-    ``judge_key``: the judge's key, for a GRPO training the judge rewards."""
+    ``judge_key``: the judge's key, for a GRPO training the judge rewards; ``rollout_key``: the rollout
+    server's, for one that server samples (``train.grpo.rollouts: server``)."""
     model = load_causal_lm(pretrained_base(spec).folder)
     peft = peft_settings(spec)
     if peft is not None:
@@ -369,8 +373,24 @@ def build_causal_model(spec: PipelineSpec, pre, judge_key: str | None = None) ->
     if preference_tuned(spec):
         return PreferenceNet(model, beta=spec.train.dpo.beta, sft_weight=spec.train.dpo.sft_weight, **common)
     if reward_tuned(spec):
-        return GrpoNet(model, grpo=grpo_settings(spec), rewards=reward_set(spec, judge_key), **common)
+        return GrpoNet(
+            model,
+            grpo=grpo_settings(spec),
+            rewards=reward_set(spec, judge_key),
+            server=rollout_server(spec, rollout_key),
+            **common,
+        )
     return CausalLMNet(model, packing=spec.model.packing, **common)
+
+
+def rollout_server(spec: PipelineSpec, key: str | None) -> RolloutServer | None:
+    """The deployment that samples a GRPO training's rollouts (``train.grpo.rollouts: server``), or None."""
+    s = spec.train.grpo.server
+    if s is None:
+        return None
+    return RolloutServer(
+        s.url, s.model, key, adapter_dir=s.adapter_dir, concurrency=s.concurrency, timeout=s.timeout_s
+    )
 
 
 def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
@@ -398,11 +418,13 @@ def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
     return {"image_size": (height, width), "image_channels": 3}
 
 
-def build_pretrained_model(spec: PipelineSpec, data, judge_key: str | None = None) -> Any:
+def build_pretrained_model(
+    spec: PipelineSpec, data, judge_key: str | None = None, rollout_key: str | None = None
+) -> Any:
     """The base with a head for the data's classes (and LoRA adapters when the spec asks for them); a
-    causal LM for a text-generation spec (``judge_key``: as :func:`build_causal_model` takes it)."""
+    causal LM for a text-generation spec (the keys: as :func:`build_causal_model` takes them)."""
     if spec.model.generative:
-        return build_causal_model(spec, data.pre, judge_key)
+        return build_causal_model(spec, data.pre, judge_key, rollout_key)
     text = data.pre.encoder.text if data.pre.encoder is not None else None
     return build_pretrained(
         pretrained_base(spec),

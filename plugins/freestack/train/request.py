@@ -53,6 +53,8 @@ class TrainRequest:
     #: the judge's API key, for a GRPO training rewarded by the judge: read from its connection by the
     #: task that trains, never written down (left out of a launch's request and of every repr)
     judge_key: str | None = field(default=None, repr=False)
+    #: the rollout server's API key (``train.grpo.server.api_key``), read and kept as the judge's
+    rollout_key: str | None = field(default=None, repr=False)
 
 
 @dataclass

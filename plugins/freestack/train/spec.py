@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from freestack.judging.spec import Endpoint
 from freestack.ml.contract import static_check
 from freestack.settings import checkout_dir
 from freestack.specbase import SpecModel as _Model
@@ -645,6 +646,20 @@ class RewardSpec(_Model):
         return self.name or re.sub(r"\W", "_", self.function.rpartition(":")[2])
 
 
+class RolloutServerSpec(Endpoint):
+    """``train.grpo.server``: the deployment that samples the rollouts (``rollouts: server``): a freestack
+    deployment of the model's base on the mlserver runtime with ``deploy.generation.runtime_adapters`` (or a
+    vLLM server with runtime LoRA updating). Each step the LoRA adapter being trained is written to
+    ``adapter_dir`` and loaded there by name; the prompts are sent as token ids to its ``/v1/completions``."""
+
+    adapter_dir: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="A folder both the trainer and the server read (the same machine, or a shared mount); "
+        "default: a temporary folder of the trainer's machine, for a server on the same machine.",
+    )
+
+
 class GrpoSpec(_Model):
     """Group relative policy optimisation (``train.grpo``, with ``train.objective: grpo``), as TRL's
     ``GRPOTrainer`` defines it: ``num_generations`` completions are sampled per prompt, scored by the
@@ -682,9 +697,13 @@ class GrpoSpec(_Model):
         default="group",
         description="Advantages divided by the standard deviation of the group's rewards, of the batch's, or not at all (TRL's scale_rewards).",
     )
-    rollouts: Literal["auto", "continuous", "padded"] = Field(
+    rollouts: Literal["auto", "continuous", "padded", "server"] = Field(
         default="auto",
-        description="What samples the completions, in the training process, on the model as it is at each step: continuous: freestack's continuous-batching engine (transformers' paged attention, every prompt's answers scheduled together; TRL's use_transformers_paged); padded: generate on the left-padded batch; auto: padded on a CPU (where it is faster), continuous on an accelerator.",
+        description="What samples the completions, on the model as it is at each step: continuous: freestack's continuous-batching engine in the training process (transformers' paged attention, every prompt's answers scheduled together; TRL's use_transformers_paged); padded: generate on the left-padded batch; auto: padded on a CPU (where it is faster), continuous on an accelerator; server: the deployment train.grpo.server names, the LoRA adapter pushed to it each step.",
+    )
+    server: RolloutServerSpec | None = Field(
+        default=None,
+        description="rollouts: server: the deployment that samples (url, model, api_key, adapter_dir).",
     )
 
     @property
@@ -696,6 +715,10 @@ class GrpoSpec(_Model):
         labels = self.reward_labels
         if len(set(labels)) != len(labels):
             raise ValueError(f"two rewards are called the same ({labels}); give each a name")
+        if (self.rollouts == "server") != (self.server is not None):
+            raise ValueError(
+                "train.grpo.server names the deployment that samples, and goes with rollouts: server only"
+            )
         return self
 
 
@@ -785,6 +808,7 @@ __all__ = [
     "DistributedSpec",
     "DpoSpec",
     "GrpoSpec",
+    "RolloutServerSpec",
     "ImageSpec",
     "ModelSpec",
     "PeftSpec",

@@ -71,6 +71,8 @@ class Bounds:
     #: the alias that answers ``canary_weight`` of the requests for the model's own name (``mlserver``)
     canary_alias: str | None = None
     canary_weight: float = 0.0
+    #: POST /v1/load_lora_adapter loads an adapter that is not a registered version (``mlserver``)
+    runtime_adapters: bool = False
 
     @classmethod
     def from_settings(cls) -> Bounds:

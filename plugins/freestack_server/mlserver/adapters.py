@@ -18,6 +18,12 @@ A request names its version by ``model`` (the OpenAI API's field):
 - ``<model>@<alias>``: any alias, read the same way;
 - ``<model>:<version>``: that version.
 
+With ``runtime_adapters`` on (and the deployment's key), a client also loads an adapter that is not a
+registered version, from a folder or URI, under a name of its own (vLLM's ``POST /v1/load_lora_adapter``
+and ``/v1/unload_lora_adapter``): a trainer sampling from the adapter it is training. Only its
+``adapter_config.json`` and ``adapter_model.safetensors`` are read, and a request names it as
+``<model>:<name>``.
+
 At most ``max_adapters`` versions are loaded at once; past it the least recently used is unloaded
 (never the one the deployment started with, nor the active one). Each answer and request-log row names
 the version that produced it. A version that is not a registered adapter on this deployment's base (a
@@ -75,6 +81,8 @@ class Adapters:
     _loading: dict[str, asyncio.Future] = field(default_factory=dict)
     _refused: dict[str, NotServed] = field(default_factory=dict)
     _serves: tuple[int, str | None] = (0, None)  # the serves file's mtime and version
+    runtime: set[str] = field(default_factory=set)  # loaded by name from a path, not registered versions
+    _fitted: object = None  # peft's load result of the last adapter put into the model
 
     def __post_init__(self) -> None:
         self.name = self.core.describe()["model"]
@@ -94,6 +102,8 @@ class Adapters:
     # -- which version a request names ----------------------------------------------------------------
     def version_of(self, model: str) -> str:
         """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""
+        if model in self.runtime:  # an adapter loaded by name, called by it as vLLM's clients do
+            return model
         if model == self.name:
             if self.bounds.canary_alias and random.random() < self.bounds.canary_weight:
                 return self._canary()
@@ -251,8 +261,9 @@ class Adapters:
         with self.engine.manager.pause():
             began = time.perf_counter()
             self.peft.add_adapter(version, config)
-            set_peft_model_state_dict(self.peft, weights, adapter_name=version)
+            loaded = set_peft_model_state_dict(self.peft, weights, adapter_name=version)
             self.peft.eval()
+            self._fitted = loaded
             return time.perf_counter() - began
 
     def _fetch(self, uri: str, folder: Path) -> None:
@@ -280,6 +291,66 @@ class Adapters:
         os.makedirs(folder, exist_ok=True)
         opened.verify(copy_to=folder)
 
+    # -- adapters a client loads by name (runtime_adapters) ------------------------------------------
+    async def load_named(self, name: str, path: str) -> None:
+        """Load the LoRA adapter at ``path`` (a folder or URI this server reads) as ``<model>:<name>``."""
+        if not self.bounds.runtime_adapters:
+            raise NotServed(
+                "loading adapters at runtime is off: deploy with generation.runtime_adapters: true (and a key)"
+            )
+        if self.peft is None:
+            raise NotServed(
+                f"{self.name}:{self.deployed} is a full-weight version: no adapter loads on it", 400
+            )
+        if not is_version_name(name) or name == self.deployed:
+            raise NotServed(
+                f"lora_name {name!r}: letters, digits, '.', '_' and '-', not the deployed version", 400
+            )
+        if name in self.loaded:
+            raise NotServed(
+                f"an adapter named {name!r} is loaded already: unload it first, or load another name", 400
+            )
+        loop = asyncio.get_running_loop()
+        config, weights = await loop.run_in_executor(None, _read_named, path)
+        self._evict()
+        try:
+            paused = await loop.run_in_executor(None, self._inject, name, config, weights)
+            _all_taken(name, self._fitted)
+        except (RuntimeError, ValueError, KeyError) as exc:  # peft: modules or shapes of another base
+            if name in getattr(self.peft, "peft_config", {}):
+                self._drop(name)
+            raise NotServed(f"{path} does not fit this deployment's base: {exc}", 400) from None
+        self.loaded[name] = name
+        self.runtime.add(name)
+        log.info(
+            "loaded adapter %s:%s from %s (the batch paused %.1f ms)", self.name, name, path, 1000 * paused
+        )
+
+    async def unload_named(self, name: str) -> None:
+        """Unload an adapter :meth:`load_named` loaded (waiting for none of its requests to run)."""
+        if not self.bounds.runtime_adapters:
+            raise NotServed(
+                "loading adapters at runtime is off: deploy with generation.runtime_adapters: true"
+            )
+        if name not in self.runtime:
+            raise NotServed(f"no adapter named {name!r} was loaded at runtime (GET /v1/models lists them)")
+        engine = self.engine
+        if {a for a, _ in engine.waiting} & {name} or (engine.running and engine.adapter == name):
+            raise NotServed(
+                f"{name!r} has requests running or waiting: unload it once they are answered", 409
+            )
+        self.runtime.discard(name)
+        self._drop(self.loaded.pop(name))
+        log.info("unloaded adapter %s:%s (asked for)", self.name, name)
+
+    def _drop(self, adapter: str) -> None:
+        engine = self.engine
+        with engine.manager.pause():
+            if engine.adapter == adapter:  # idle, but active: the deployed version's takes its place
+                engine.activate(DEPLOYED)
+                engine.adapter = DEPLOYED
+            self.peft.delete_adapter(adapter)
+
     def _evict(self) -> None:
         """Unload the least recently used versions past ``max_adapters``: never the deployed one, nor one
         with requests running or waiting."""
@@ -289,12 +360,8 @@ class Adapters:
             victim = next((v for v, a in self.loaded.items() if a != DEPLOYED and a not in busy), None)
             if victim is None:
                 return
-            adapter = self.loaded.pop(victim)
-            with engine.manager.pause():
-                if engine.adapter == adapter:  # idle, but active: the deployed version's takes its place
-                    engine.activate(DEPLOYED)
-                    engine.adapter = DEPLOYED
-                self.peft.delete_adapter(adapter)
+            self.runtime.discard(victim)
+            self._drop(self.loaded.pop(victim))
             log.info("unloaded adapter %s:%s (least recently used)", self.name, victim)
 
 
@@ -307,6 +374,51 @@ def _read_adapter(folder: Path):
     config = LoraConfig.from_pretrained(str(folder))
     config.inference_mode = True
     return config, load_peft_weights(str(folder), device="cpu")
+
+
+def _all_taken(name: str, loaded) -> None:
+    """ValueError unless the adapter's weights were every one of its modules' and nothing else (peft loads
+    with ``strict=False``: an adapter of other modules would load as untrained zeros)."""
+    unexpected = list(loaded.unexpected_keys)
+    missing = [k for k in loaded.missing_keys if f".{name}." in k]
+    if unexpected or missing:
+        sample = (unexpected or missing)[:3]
+        raise ValueError(
+            f"{len(unexpected)} of its weights name no module of this base, and {len(missing)} of its modules "
+            f"have no weights (e.g. {sample}): save the adapter of a model on this deployment's base"
+        )
+
+
+#: the files of an adapter loaded by name: its config and its weights as safetensors, nothing else
+NAMED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def _read_named(path: str):
+    """The config and weights of the adapter at ``path`` (a folder, or a URI the server's storage reads):
+    only its JSON config and its safetensors, never a pickle; NotServed naming what is missing."""
+    from peft import LoraConfig
+    from safetensors.torch import load as load_safetensors
+
+    files = {}
+    for name in NAMED_FILES:
+        try:
+            files[name] = reader(path)(path, name)
+        except FileNotFoundError:
+            raise NotServed(
+                f"{path} holds no {name}: an adapter is loaded from its adapter_config.json and "
+                "adapter_model.safetensors (save it with peft's save_pretrained)",
+                400,
+            ) from None
+        except FetchError as exc:
+            raise NotServed(f"{path}: {exc}", 400) from None
+    try:
+        fields = json.loads(files["adapter_config.json"])
+        config = LoraConfig(**{k: v for k, v in fields.items() if k in LoraConfig.__dataclass_fields__})
+        weights = load_safetensors(files["adapter_model.safetensors"])
+    except (ValueError, TypeError) as exc:  # a config peft does not take, safetensors that do not parse
+        raise NotServed(f"{path} is not a LoRA adapter peft reads: {exc}", 400) from None
+    config.inference_mode = True
+    return config, weights
 
 
 __all__ = ["ALIAS_TTL_S", "Adapters", "NotServed"]

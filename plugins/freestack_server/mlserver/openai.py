@@ -44,8 +44,10 @@ from freestack_server.mlserver.adapters import Adapters, NotServed
 from freestack_server.mlserver.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    LoadLoraAdapterRequest,
     OpenAIError,
     StreamOptions,
+    UnloadLoraAdapterRequest,
     read,
 )
 from freestack_server.mlserver.tools import Call as ToolCall
@@ -110,6 +112,30 @@ class OpenAIRoutes:
         except OpenAIError as exc:
             return exc.response()
         return JSONResponse(_model(model_id).model_dump())
+
+    @custom_handler(rest_path="/v1/load_lora_adapter")
+    async def load_lora_adapter(self, request: Request) -> Response:
+        """vLLM's: an adapter that is not a registered version, loaded from a path as ``<model>:<lora_name>``
+        (``deploy.generation.runtime_adapters``; the deployment's key guards it as every route)."""
+        try:
+            body = read(LoadLoraAdapterRequest, await request.body())
+            await self._served().adapters.load_named(body.lora_name, body.lora_path)
+        except OpenAIError as exc:
+            return exc.response()
+        except NotServed as exc:
+            return OpenAIError(exc.status, str(exc), "lora_path" if exc.status == 400 else None).response()
+        return JSONResponse({"message": f"Success: LoRA adapter {body.lora_name!r} added successfully."})
+
+    @custom_handler(rest_path="/v1/unload_lora_adapter")
+    async def unload_lora_adapter(self, request: Request) -> Response:
+        try:
+            body = read(UnloadLoraAdapterRequest, await request.body())
+            await self._served().adapters.unload_named(body.lora_name)
+        except OpenAIError as exc:
+            return exc.response()
+        except NotServed as exc:
+            return OpenAIError(exc.status, str(exc), "lora_name").response()
+        return JSONResponse({"message": f"Success: LoRA adapter {body.lora_name!r} removed successfully."})
 
     @custom_handler(rest_path="/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:

@@ -327,7 +327,24 @@ class CompletionRequest(OpenAIRequest):
         return [tuple(t) if _token_ids(t) else t for t in texts]
 
 
-Body = TypeVar("Body", bound=OpenAIRequest)
+class LoadLoraAdapterRequest(BaseModel):
+    """vLLM's ``POST /v1/load_lora_adapter``: an adapter's folder or URI, and the name requests call it by."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    lora_name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    lora_path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    """vLLM's ``POST /v1/unload_lora_adapter``."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    lora_name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def read(kind: type[Body], body: bytes) -> Body:

@@ -120,8 +120,32 @@ def test_the_spec_names_what_a_reward_lacks():
     )
     assert spec.reward_labels == ["json_schema", "ok"] and spec.rewards[0].schema_ == {"type": "object"}
     assert spec.rollouts == "auto"  # padded on a CPU, the engine on an accelerator
-    with pytest.raises(ValidationError, match="'auto', 'continuous' or 'padded'"):
+    with pytest.raises(ValidationError, match="'auto', 'continuous', 'padded' or 'server'"):
+        GrpoSpec(rewards=[{"function": "exact_match"}], rollouts="remote")
+    with pytest.raises(ValidationError, match="train.grpo.server names the deployment that samples"):
         GrpoSpec(rewards=[{"function": "exact_match"}], rollouts="server")
+
+
+def test_rollouts_from_a_server_push_an_adapter_of_one_process(tmp_path):
+    """``rollouts: server`` pushes the LoRA adapter being trained: full weights, or ranks, are refused."""
+    from pydantic import ValidationError
+
+    from freestack.spec import PipelineSpec
+    from tests.dags.test_preference_dag import grpo_spec
+
+    data = grpo_spec(tmp_path)
+    server = {"url": "http://127.0.0.1:9010/v1", "model": "arith_tiny", "api_key": {"conn_id": "rollouts"}}
+    data["train"]["grpo"].update(rollouts="server", server=server)
+    with pytest.raises(ValidationError, match="rollouts: server pushes the LoRA adapter being trained"):
+        PipelineSpec.model_validate(data)
+    data["model"]["peft"] = {"r": 4, "alpha": 8}
+    spec = PipelineSpec.model_validate(data)
+    assert (
+        spec.train.grpo.server.model == "arith_tiny" and spec.train.grpo.server.api_key.conn_id == "rollouts"
+    )
+    data["train"]["distributed"] = {"processes_per_node": 2}
+    with pytest.raises(ValidationError, match="samples for one training process"):
+        PipelineSpec.model_validate(data)
 
 
 @pytest.fixture(scope="module")

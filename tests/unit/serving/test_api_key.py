@@ -68,6 +68,11 @@ def test_a_key_written_in_the_spec_is_refused_without_repeating_it():
         ({"api_key": {"conn_id": "k", "secret": "LLM_Key"}}, "api_key.secret: secret 'LLM_Key' is not a"),
         ({"api_key": {"conn_id": "k", "secret_key": "a/b"}}, "api_key.secret_key: secret_key 'a/b' is not"),
         ({"api_key": {"conn_id": "k", "key": KEY}}, "api_key.key: Extra inputs are not permitted"),
+        (
+            {"runtime": "mlserver", "generation": {"runtime_adapters": True}},
+            "deploy.generation.runtime_adapters loads adapters from paths a client names: it needs runtime: "
+            "mlserver and deploy.api_key",
+        ),
     ],
 )
 def test_a_bad_source_is_refused_naming_the_field(kw, says):
