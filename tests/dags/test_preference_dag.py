@@ -126,6 +126,44 @@ def pipelines(tmp_path, storage, monkeypatch):
     return {"bag": bag, "root": root, "base": base, "lm": tmp_path / "lm", "specs": specs}
 
 
+def _pushed_rollouts(p: dict, url: str, server) -> None:
+    """A GRPO pipeline on the teacher's base whose rollouts the teacher's deployment samples, through every
+    stage under dag.test(): each step's LoRA adapter loaded there by name, none left loaded at the end."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from freestack.serving.local import stop_local
+    from tests.support.preference import TEACHER_PEFT, landing_pairs
+
+    spec = grpo_spec(p["base"], "pushed")
+    spec["model"]["peft"] = TEACHER_PEFT
+    spec["train"].update(epochs=1, batch_size=32)
+    spec["train"]["grpo"].update(
+        num_generations=4,
+        rollouts="server",
+        server={"url": url, "model": "teacher", "api_key": {"conn_id": "teacher_key"}},
+    )
+    spec["gate"] = {"metric": "exact_match", "threshold": 0.0}
+    spec["deploy"]["measure"] = {"enabled": False}
+    (p["specs"] / "pushed.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    landing_pairs(p["root"], "pushed", date(2026, 11, 1), DAYS, rows=60)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))  # with the new pipeline's DAGs
+    _ingest({**p, "bag": bag}, "pushed")
+    try:
+        run = bag.get_dag("pushed_train").test(run_conf={"end_ds": "2026-11-03", "sweep": False})
+    finally:
+        stop_local(p["root"].as_uri(), "pushed", "pushed")  # its port is the student's to come
+    assert run.state == "success"
+    version = max((p["root"] / "registry" / "pushed").glob("v*"))
+    steps = json.loads((version / "steps.json").read_text())
+    loaded = server.log().count(" loaded adapter teacher:grpo-")  # not the unloaded ones
+    assert len(steps) == loaded > 0 and all(s["completion_length"] > 0 for s in steps), (len(steps), loaded)
+    assert (
+        server.log().count("unloaded adapter teacher:grpo-") == loaded
+    )  # each, the last when training ended
+    lineage = json.loads((version / "lineage.json").read_text())
+    assert lineage["objective"]["rollouts"] == "server", lineage["objective"]
+
+
 def _base_exact_match(folder: Path, smoke: dict) -> float:
     """The starting model's exact match on the evaluation's smoke prompts (greedy, same budget)."""
     from freestack.evaluate.text_generation import exact_match
@@ -259,7 +297,8 @@ def test_a_teacher_deployment_is_distilled_into_a_student(pipelines, tmp_path, m
     runtime, started as its image starts it, with a key), answers the asks pipeline's prompts day by day
     through the OpenAI API; the answers land as the student pipeline's data, and the student (the tiny
     base before any instruction tuning) trained on them answers the test prompts about as well as its
-    teacher, both measured against the right answers."""
+    teacher, both measured against the right answers. The same deployment samples the rollouts of a GRPO
+    pipeline on its base (train.grpo.rollouts: server): each step's adapter pushed to it by name."""
     from airflow.dag_processing.dagbag import DagBag
 
     from freestack.evaluate.text_generation import exact_match
@@ -270,7 +309,10 @@ def test_a_teacher_deployment_is_distilled_into_a_student(pipelines, tmp_path, m
 
     p, key = pipelines, "sk-teacher-freestack"
     uri = teacher_version(p["root"].as_uri(), p["base"], tmp_path)
-    bounds = GenerationBounds(max_new_tokens=16, default_max_new_tokens=12, max_prompt_tokens=40)
+    # runtime_adapters: a GRPO training pushes its adapter to this deployment (_pushed_rollouts)
+    bounds = GenerationBounds(
+        max_new_tokens=16, default_max_new_tokens=12, max_prompt_tokens=40, runtime_adapters=True
+    )
     env = {
         "FREESTACK_MODEL_NAME": "teacher",
         "FREESTACK_SERVER_API_KEY": key,
@@ -296,6 +338,7 @@ def test_a_teacher_deployment_is_distilled_into_a_student(pipelines, tmp_path, m
         assert manifest["teacher"]["answered_as"] == ["teacher:v1"] and manifest["rows_scored"] == 150
         assert manifest["requests"]["asked"] == 150 and manifest["land"]["pipeline"] == "student"
         assert (p["root"] / "landing" / "student" / "2026-11-01" / "asks-teacher.csv").exists()
+        _pushed_rollouts(p, f"{server.url}/v1", server)
     finally:
         server.stop()
     try:

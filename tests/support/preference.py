@@ -130,16 +130,22 @@ def sft_base(base: Path, folder: Path, pairs: pd.DataFrame) -> Path:
     return folder
 
 
+#: the LoRA settings of :func:`teacher_version`'s adapter (a trainer pushing its own must use the same)
+TEACHER_PEFT = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": None}
+
+
 def teacher_version(root: str, base: Path, work: Path) -> str:
     """``base`` (a saved causal LM, such as :func:`sft_base`'s) registered as version v1 of model ``teacher``,
-    saved as training saves an instruction-tuned version (prompt/chosen columns, 48 tokens); its URI."""
-    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    saved as training saves an instruction-tuned LoRA version (prompt/chosen columns, 48 tokens): its
+    adapter is peft's fresh one (B = 0), so it answers as ``base`` does, and its deployment can load other
+    adapters on ``base`` (a GRPO training's, pushed to it); its URI."""
+    from freestack.ml.generation import add_causal_lora, load_causal_lm, load_tokenizer
     from freestack.registry.core import ModelRegistry
     from tests.support.generation_serving import save_generation
 
     folder = work / "teacher-v1"
-    lm, tok = load_causal_lm(str(base)).eval(), load_tokenizer(base)
-    save_generation(folder, lm, tok, COLUMNS, 48, {"folder": str(base)}, pipeline="teacher")
+    lm, tok = add_causal_lora(load_causal_lm(str(base)), TEACHER_PEFT).eval(), load_tokenizer(base)
+    save_generation(folder, lm, tok, COLUMNS, 48, {"repo": str(base)}, TEACHER_PEFT, pipeline="teacher")
     return ModelRegistry(root, "teacher").register(folder.as_uri(), "v1")
 
 

@@ -63,7 +63,14 @@ class RolloutServer:
                 )
             except Exception as exc:  # noqa: BLE001 (openai's errors, a lost connection: named, not hidden)
                 raise RolloutError(f"the rollout server {self.url} did not sample: {exc}") from None
-            return [c.model_dump()["token_ids"] for c in sorted(answer.choices, key=lambda c: c.index)]
+            choices = [c.model_dump() for c in sorted(answer.choices, key=lambda c: c.index)]
+            if any(c.get("prompt_token_ids") != prompt for c in choices):
+                raise RolloutError(
+                    f"the rollout server {self.url} did not sample from the prompt as sent ({len(prompt)} "
+                    "tokens; cut to its deploy.generation.max_prompt_tokens?): raise that bound to the "
+                    "model's max_length"
+                )
+            return [c["token_ids"] for c in choices]
 
         with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
             return [ids for group in pool.map(ask, prompts) for ids in group]
