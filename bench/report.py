@@ -301,6 +301,34 @@ def _grpo_train(r: dict[str, Any], file: str) -> list[Row]:
     ]
 
 
+def _grpo_server(r: dict[str, Any], file: str) -> list[Row]:
+    """GRPO of the same tiny causal LM's LoRA adapter, its rollouts sampled by a deployed server (the adapter
+    pushed to it each step) against sampled in the training process; no target."""
+    s, med, exact = r["settings"], r["median_tokens_per_s"], r["median_exact_match"]
+    steps = f"{s['prompts']} prompts x {s['epochs']} epochs, {s['num_generations']} samples each"
+    return [
+        Row(
+            r["name"],
+            f"GRPO rollouts from a deployed server (mlserver, adapter pushed each step), LoRA of a tiny Llama "
+            f"(cpu, {s['threads']} thread each; {steps}), tokens/s",
+            _n(med["server"], 0),
+            f"{_n(med['padded'], 0)} (rollouts padded, in the training process)",
+            r["ratio"],
+            "-",
+            None,
+        ),
+        Row(
+            r["name"],
+            "GRPO rollouts from a deployed server, the same run: exact match on 200 held-out prompts",
+            f"{exact['server']:.3f}",
+            f"{exact['padded']:.3f} (rollouts padded)",
+            exact["server"] / exact["padded"] if exact["padded"] else None,
+            "-",
+            None,
+        ),
+    ]
+
+
 def _train_loaded(r: dict[str, Any], file: str) -> list[Row]:
     """The training loop beside a load: the pool a task sizes against torch's own (a thread per core)."""
     s, p = r["summary"], r["params"]
@@ -1152,6 +1180,7 @@ EXTRACT: dict[str, Callable[[dict[str, Any], str], list[Row]]] = {
     "dpo_train": _dpo_train,
     "grpo_train": _grpo_train,
     "grpo_train_continuous": _grpo_train,
+    "grpo_server": _grpo_server,
     "train_loaded": _train_loaded,
     "score": _score,
     "score_generation": _score_generation,
