@@ -93,7 +93,7 @@ def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict])
 
     from freestack.ml.generation import ChatColumns, eos_ids, load_causal_lm, load_tokenizer
     from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
-    from freestack.ml.loop import TrainConfig, fit_source, warm_up
+    from freestack.ml.loop import fit_source, warm_up
     from freestack.ml.rewards import Reward, RewardSet
     from freestack.ml.rewards import exact_match as exact
     from freestack.ml.stream import InMemory
@@ -110,7 +110,22 @@ def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict])
     net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
     warm_up()
     torch.manual_seed(SEED)
-    config = TrainConfig(
+    result = fit_source(net, source, source, train_config(args), task="grpo")
+    completions = len(train) * args.num_generations
+    prompt_tokens = int(encoded.x["attention_mask"].sum()) * args.num_generations * args.epochs
+    sampled = sum(h["train_completion_length"] * completions for h in result.history)
+    return {
+        "train_seconds": result.train_seconds,
+        "tokens": prompt_tokens + round(sampled),
+        "exact_match": exact_match(model, tok, test),
+    }
+
+
+def train_config(args: argparse.Namespace):
+    """freestack's loop settings of the bench: AdamW at LR, no decay, clipped at 1, every epoch trained."""
+    from freestack.ml.loop import TrainConfig
+
+    return TrainConfig(
         epochs=args.epochs,
         learning_rate=LR,
         batch_size=BATCH,
@@ -121,15 +136,6 @@ def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict])
         device="cpu",
         patience=args.epochs,
     )
-    result = fit_source(net, source, source, config, task="grpo")
-    completions = len(train) * args.num_generations
-    prompt_tokens = int(encoded.x["attention_mask"].sum()) * args.num_generations * args.epochs
-    sampled = sum(h["train_completion_length"] * completions for h in result.history)
-    return {
-        "train_seconds": result.train_seconds,
-        "tokens": prompt_tokens + round(sampled),
-        "exact_match": exact_match(model, tok, test),
-    }
 
 
 def run_trl(args: argparse.Namespace, train: list[dict], test: list[dict]) -> dict[str, Any]:

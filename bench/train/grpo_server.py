@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import parser, write_report
 from bench.train.dpo import preference_rows
-from bench.train.grpo import BATCH, LR, SETTINGS, exact_match, make_start
+from bench.train.grpo import BATCH, LR, SETTINGS, exact_match, make_start, train_config
 from bench.train.sft import SEED
 
 KEY = "bench-rollouts"
@@ -43,7 +43,7 @@ def run(mode: str, start: Path, args, train: list[dict], test: list[dict], url: 
 
     from freestack.ml.generation import ChatColumns, add_causal_lora, eos_ids, load_causal_lm, load_tokenizer
     from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
-    from freestack.ml.loop import TrainConfig, fit_source
+    from freestack.ml.loop import fit_source
     from freestack.ml.rewards import Reward, RewardSet
     from freestack.ml.rewards import exact_match as exact
     from freestack.ml.rollouts import RolloutServer
@@ -64,18 +64,7 @@ def run(mode: str, start: Path, args, train: list[dict], test: list[dict], url: 
     encoded = enc.encode_rows(train)
     source = InMemory({k: torch.tensor(v) for k, v in encoded.x.items()}, torch.tensor(encoded.y))
     net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
-    config = TrainConfig(
-        epochs=args.epochs,
-        learning_rate=LR,
-        batch_size=BATCH,
-        weight_decay=0.0,
-        grad_clip=1.0,
-        warmup_epochs=0,
-        seed=SEED,
-        device="cpu",
-        patience=args.epochs,
-    )
-    result = fit_source(net, source, source, config, task="grpo")
+    result = fit_source(net, source, source, train_config(args), task="grpo")
     return {
         "mode": mode,
         "train_seconds": result.train_seconds,
