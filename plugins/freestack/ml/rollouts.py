@@ -42,6 +42,7 @@ class RolloutServer:
     _loaded: str | None = field(default=None, repr=False)
     _run: str = field(default_factory=lambda: uuid.uuid4().hex[:8], repr=False)
     _step: int = field(default=0, repr=False)
+    _openai: Any = field(default=None, repr=False)
 
     def sample(self, model, prompts: list[list[int]], n: int, **sampling: Any) -> list[list[int]]:
         """Each prompt's ``n`` completions (token ids, the end of turn included), prompt by prompt, from
@@ -128,9 +129,14 @@ class RolloutServer:
             )
 
     def _client(self):
-        from openai import OpenAI
+        """The openai client of the server's completions, made once (its connections kept alive)."""
+        if self._openai is None:
+            from openai import OpenAI
 
-        return OpenAI(base_url=self.url, api_key=self.api_key or "none", max_retries=2, timeout=self.timeout)
+            self._openai = OpenAI(
+                base_url=self.url, api_key=self.api_key or "none", max_retries=2, timeout=self.timeout
+            )
+        return self._openai
 
 
 def right_padded(rows: list[list[int]], pad: int, like: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,6 @@ class Adapters:
     _refused: dict[str, NotServed] = field(default_factory=dict)
     _serves: tuple[int, str | None] = (0, None)  # the serves file's mtime and version
     runtime: set[str] = field(default_factory=set)  # loaded by name from a path, not registered versions
-    _fitted: object = None  # peft's load result of the last adapter put into the model
 
     def __post_init__(self) -> None:
         self.name = self.core.describe()["model"]
@@ -240,7 +239,7 @@ class Adapters:
         loop = asyncio.get_running_loop()
         read = await loop.run_in_executor(None, _read_adapter, folder)  # the batch runs on meanwhile
         self._evict()
-        paused = await loop.run_in_executor(None, self._inject, version, *read)
+        paused, _ = await loop.run_in_executor(None, self._inject, version, *read)
         self.loaded[version] = version
         log.info(
             "loaded adapter %s:%s on the deployment's base (%d adapters loaded; the batch paused %.1f ms)",
@@ -251,11 +250,11 @@ class Adapters:
         )
         return version
 
-    def _inject(self, version: str, config, weights) -> float:
+    def _inject(self, version: str, config, weights) -> tuple[float, object]:
         """The adapter's modules and weights into the model (peft's ``add_adapter`` and
         ``set_peft_model_state_dict``, what ``load_adapter`` does once it has read the files), with the batch
         paused for that moment only: on a worker thread, so the event loop goes on sending the streams. The
-        seconds the batch was paused."""
+        seconds the batch was paused, and peft's load result (the weights it took and left)."""
         from peft import set_peft_model_state_dict
 
         with self.engine.manager.pause():
@@ -263,8 +262,7 @@ class Adapters:
             self.peft.add_adapter(version, config)
             loaded = set_peft_model_state_dict(self.peft, weights, adapter_name=version)
             self.peft.eval()
-            self._fitted = loaded
-            return time.perf_counter() - began
+            return time.perf_counter() - began, loaded
 
     def _fetch(self, uri: str, folder: Path) -> None:
         """The version's files, checked against its registration, into ``folder``: when it is an adapter on
@@ -314,8 +312,8 @@ class Adapters:
         config, weights = await loop.run_in_executor(None, _read_named, path)
         self._evict()
         try:
-            paused = await loop.run_in_executor(None, self._inject, name, config, weights)
-            _all_taken(name, self._fitted)
+            paused, loaded = await loop.run_in_executor(None, self._inject, name, config, weights)
+            _all_taken(name, loaded)
         except (RuntimeError, ValueError, KeyError) as exc:  # peft: modules or shapes of another base
             if name in getattr(self.peft, "peft_config", {}):
                 self._drop(name)
