@@ -42,7 +42,6 @@ class RolloutServer:
     _loaded: str | None = field(default=None, repr=False)
     _run: str = field(default_factory=lambda: uuid.uuid4().hex[:8], repr=False)
     _step: int = field(default=0, repr=False)
-    _openai: Any = field(default=None, repr=False)
 
     def sample(self, model, prompts: list[list[int]], n: int, **sampling: Any) -> list[list[int]]:
         """Each prompt's ``n`` completions (token ids, the end of turn included), prompt by prompt, from
@@ -129,14 +128,11 @@ class RolloutServer:
             )
 
     def _client(self):
-        """The openai client of the server's completions, made once (its connections kept alive)."""
-        if self._openai is None:
-            from openai import OpenAI
+        """An openai client of the server's completions, one a step: the training copies the net that holds
+        this server (a dag.test() training failed so), and a kept client's locks cannot be copied."""
+        from openai import OpenAI
 
-            self._openai = OpenAI(
-                base_url=self.url, api_key=self.api_key or "none", max_retries=2, timeout=self.timeout
-            )
-        return self._openai
+        return OpenAI(base_url=self.url, api_key=self.api_key or "none", max_retries=2, timeout=self.timeout)
 
 
 def right_padded(rows: list[list[int]], pad: int, like: torch.Tensor) -> torch.Tensor:
