@@ -291,6 +291,23 @@ def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, serve
         headers=guarded,
     )
     assert alien.status_code == 400, alien.text  # not a LoRA adapter of this base
+    hostile = [  # each a 400 naming what is wrong, in OpenAI's error format; the server answers on
+        (b"", "not valid JSON"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deep"),
+        (b'{"lora_name": "x"}', "lora_path"),
+        (b'{"lora_name": 7, "lora_path": "/tmp"}', "lora_name"),
+        (b'{"lora_name": "x", "lora_path": "/tmp", "extra": 1}', "unknown parameter 'extra'"),
+        (b'{"lora_name": "x", "lora_path": "\\ud800"}', "lora_path: Input should be a valid string"),
+        (b'{"lora_name": "x", "lora_path": "/tmp/a\\u0000b"}', "cannot be read"),
+        (json.dumps({"lora_name": "x" * 129, "lora_path": "/tmp"}).encode(), "lora_name"),
+        (json.dumps({"lora_name": "../x", "lora_path": "/tmp"}).encode(), "letters, digits"),
+    ]
+    for body, says in hostile:
+        got = httpx.post(f"{url}/load_lora_adapter", content=body, headers=guarded)
+        assert got.status_code == 400 and says in got.json()["error"]["message"], (body[:60], got.text[:300])
+    gone = httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": "never"}, headers=guarded)
+    assert gone.status_code == 404 and "no adapter named 'never'" in gone.text, gone.text
+    assert httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": "x"}).status_code == 401
 
     base = work / "base-0-drawn"  # the deployed versions' base
     tok = load_tokenizer(base)

@@ -407,8 +407,8 @@ def _read_named(path: str):
                 "adapter_model.safetensors (save it with peft's save_pretrained)",
                 400,
             ) from None
-        except FetchError as exc:
-            raise NotServed(f"{path}: {exc}", 400) from None
+        except (FetchError, OSError, ValueError) as exc:  # a folder, no permission, a NUL byte in the path
+            raise NotServed(f"{path!r} cannot be read: {exc}", 400) from None
     try:
         fields = json.loads(files["adapter_config.json"])
         config = LoraConfig(**{k: v for k, v in fields.items() if k in LoraConfig.__dataclass_fields__})

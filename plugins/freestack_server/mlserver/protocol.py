@@ -327,13 +327,18 @@ class CompletionRequest(OpenAIRequest):
         return [tuple(t) if _token_ids(t) else t for t in texts]
 
 
+#: an adapter's name, and where it is (text with a lone surrogate is refused by pydantic's own str)
+LoraName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+LoraPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
 class LoadLoraAdapterRequest(BaseModel):
     """vLLM's ``POST /v1/load_lora_adapter``: an adapter's folder or URI, and the name requests call it by."""
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    lora_name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    lora_path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    lora_name: LoraName
+    lora_path: LoraPath
 
 
 class UnloadLoraAdapterRequest(BaseModel):
@@ -341,7 +346,7 @@ class UnloadLoraAdapterRequest(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    lora_name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    lora_name: LoraName
 
 
 Body = TypeVar("Body", bound=BaseModel)
