@@ -374,7 +374,7 @@ def split(
         "key": spec.source.schema_.key,
         "val_fraction": fractions[0],
         "test_fraction": fractions[1],
-        "salt": spec.name,
+        "salt": spec.model_name,
         "rows": counts,
         "out": str(out_file) if out_file is not None else None,
     }
@@ -441,7 +441,9 @@ def split_rows(spec, window, fractions: tuple[float, float]):
             raise CliError(changed_message(spec, p, "was rewritten"), "pick another window or version")
         keys = pq.read_table(pa.BufferReader(data), columns=[key]).column(key).to_pandas()
         frames.append(
-            pd.DataFrame({key: keys, "ds": p.ds, "split": split_of_keys(keys, *fractions, salt=spec.name)})
+            pd.DataFrame(
+                {key: keys, "ds": p.ds, "split": split_of_keys(keys, *fractions, salt=spec.model_name)}
+            )
         )
     return pd.concat(frames, ignore_index=True)
 

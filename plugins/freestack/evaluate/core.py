@@ -1,7 +1,7 @@
 """Evaluate a candidate model (and the current champion) on the same held-out test split.
 
 The test split is the one the trainer holds out: rows of the lake window ``(end_ds - days, end_ds]``
-whose key hashes into ``test`` (``freestack.ml.prep.split_of_keys``, salted with the pipeline name).
+whose key hashes into ``test`` (``freestack.ml.prep.split_of_keys``, salted with the model name).
 Both models are scored on exactly those rows, each through its own preprocessing, with metrics
 computed in label space (a class the champion never saw counts as its error).
 
@@ -90,7 +90,9 @@ def test_split(spec: PipelineSpec, end_ds: str, days: int, lineage: dict[str, An
         t, df = spec.train, data.frame
         test = FrameRows(
             df[
-                split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name)
+                split_of_keys(
+                    df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.model_name
+                )
                 == "test"
             ]
         )

@@ -17,10 +17,10 @@ Split = Literal["train", "val", "test"]
 
 
 def split_of_key(key: Any, val_fraction: float, test_fraction: float, salt: str = "") -> Split:
-    """'train', 'val' or 'test' for one row key: the rule every training and evaluation of a pipeline uses.
+    """'train', 'val' or 'test' for one row key: the rule every training and evaluation of a model uses.
 
     ``u = int.from_bytes(blake2b(f"{salt}{key}".encode(), digest_size=8).digest(), "big") / 2**64``
-    (the key as text, ``salt`` the pipeline's name), then ``test`` when ``u < test_fraction``, ``val``
+    (the key as text, ``salt`` the model's name: ``model.name``, by default the pipeline's), then ``test`` when ``u < test_fraction``, ``val``
     when ``u < test_fraction + val_fraction``, else ``train`` (the fractions are the spec's
     ``train.test_fraction`` and ``train.val_fraction``, 0.15 each by default)."""
     h = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
@@ -34,7 +34,7 @@ def split_of_keys(keys: pd.Series, val_fraction: float, test_fraction: float, sa
     A row keeps its split forever, whatever else arrives: new days never move old rows between
     train and test, so a test score stays honest as the window grows. To rebuild a pipeline's split
     outside freestack: ``split_of_keys(frame[key_column], spec.train.val_fraction,
-    spec.train.test_fraction, salt=spec.name)``, or ``freestack split PIPELINE``.
+    spec.train.test_fraction, salt=spec.model_name)``, or ``freestack split PIPELINE``.
     """
     splits = [split_of_key(k, val_fraction, test_fraction, salt) for k in keys.astype(str)]
     return np.array(splits, dtype=object)

@@ -374,7 +374,7 @@ def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
             )
         return dict(data.spool.splits)
     df = data.frame
-    split = split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.name)
+    split = split_of_keys(df[spec.source.schema_.key], t.val_fraction, t.test_fraction, salt=spec.model_name)
     return {s: FrameRows(df[split == s]) for s in ("train", "val", "test")}
 
 

@@ -289,7 +289,7 @@ def _spool_partition(
             if drop is not None:
                 batch = batch.filter(pa.array(~drop[start - batch.num_rows : start]))
             frame_keys = batch.column(key).to_pandas()
-            split = split_of_keys(frame_keys, t.val_fraction, t.test_fraction, salt=spec.name)
+            split = split_of_keys(frame_keys, t.val_fraction, t.test_fraction, salt=spec.model_name)
             writer.add(batch, split, p.ds)
             rows += batch.num_rows
     os.remove(copy)

@@ -89,3 +89,23 @@ def test_bad_requests_say_what_to_do(digits, capsys, tmp_path):
     assert code == 1 and "write a .parquet or a .csv file" in err
     code, _, err = cli(capsys, "split", "nosuch")
     assert code == 1 and "no pipeline 'nosuch'" in err
+
+
+def test_the_split_is_the_models(digits, capsys, tmp_path):
+    """The salt is the model's name (model.name, by default the pipeline's): a spec registering its versions
+    as model ``other`` splits the same lake rows as every pipeline training ``other`` does."""
+    import yaml
+
+    spec_file = digits["base"] / "specs" / "digits.yaml"
+    text = spec_file.read_text()
+    spec = yaml.safe_load(text)
+    spec["model"]["name"] = "other"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        code, stdout, err = cli(capsys, "split", "digits", "--json", "--out", str(tmp_path / "rows.csv"))
+    finally:
+        spec_file.write_text(text)
+    assert code == 0 and json.loads(stdout)["salt"] == "other", err
+    rows = pd.read_csv(tmp_path / "rows.csv", dtype={"id": str})
+    assert all(documented_split(k, "other") == s for k, s in zip(rows["id"], rows["split"], strict=True))
+    assert any(documented_split(k, "digits") != s for k, s in zip(rows["id"], rows["split"], strict=True))
