@@ -21,7 +21,7 @@ reversals call ``reverse``, every other row ending with the call and the others 
 answer and the assistant's final one; dates are answered without a call.
 
     .venv/bin/python include/demo/instructions.py --start 2026-11-01 --days 3   # [--rows 200] [--root URI]
-    # [--format messages|tools] [--system TEXT]
+    # [--format messages|tools] [--system TEXT] [--tasks add,reverse]
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ _FIRST, _LAST = date(2020, 1, 1).toordinal(), date(2029, 12, 31).toordinal()
 ANSWER = "The answer is:"
 
 
-def instruction_pair(rng) -> tuple[str, str]:
-    """One (prompt, response) drawn by ``rng`` (a numpy ``Generator``): a date conversion, a sum or
-    reversed digits, the response the one right answer."""
-    kind = TASKS[int(rng.integers(len(TASKS)))]
+def instruction_pair(rng, tasks: tuple[str, ...] = TASKS) -> tuple[str, str]:
+    """One (prompt, response) drawn by ``rng`` (a numpy ``Generator``) from ``tasks``: a date conversion, a
+    sum or reversed digits, the response the one right answer."""
+    kind = tasks[int(rng.integers(len(tasks)))]
     if kind == "add":
         a, b = (int(v) for v in rng.integers(0, 10, size=2))
         return f"What is {a} + {b}?", str(a + b)
@@ -126,8 +126,11 @@ def corpus(n: int, seed: int = 0) -> list[str]:
     return [f"{prompt} {ANSWER} {response}" for prompt, response in (instruction_pair(rng) for _ in range(n))]
 
 
-def day_csv(day: date, rows: int, fmt: str = "pairs", system: str | None = None) -> bytes:
-    """One day's ``instructions.csv`` (seeded by the day): id, prompt, response (``fmt="pairs"``) or id,
+def day_csv(
+    day: date, rows: int, fmt: str = "pairs", system: str | None = None, tasks: tuple[str, ...] = TASKS
+) -> bytes:
+    """One day's ``instructions.csv`` (seeded by the day; ``tasks``, pairs and messages only, the tasks
+    drawn from): id, prompt, response (``fmt="pairs"``) or id,
     messages (``fmt="messages"``, a JSON list of chat messages; ``fmt="tools"``, :func:`tool_chat`'s)."""
     import numpy as np
 
@@ -142,7 +145,7 @@ def day_csv(day: date, rows: int, fmt: str = "pairs", system: str | None = None)
         if fmt == "tools":
             out.writerow([key, json.dumps(tool_chat(rng, i))])
             continue
-        prompt, response = instruction_pair(rng)
+        prompt, response = instruction_pair(rng, tasks)
         if fmt == "pairs":
             out.writerow([key, prompt, response])
         else:
@@ -158,6 +161,7 @@ def make_landing(
     pipeline: str = "arith",
     fmt: str = "pairs",
     system: str | None = None,
+    tasks: tuple[str, ...] = TASKS,
 ) -> list[str]:
     """``days`` drops from ``start`` under ``<root>/landing/<pipeline>/<ds>/instructions.csv``; their URIs."""
     from freestack.storage import join, to_path, write_bytes
@@ -166,7 +170,7 @@ def make_landing(
     for d in range(days):
         day = start + timedelta(days=d)
         path = join(to_path(root), "landing", pipeline, day.isoformat(), "instructions.csv")
-        write_bytes(path, day_csv(day, rows, fmt, system))
+        write_bytes(path, day_csv(day, rows, fmt, system, tasks))
         uris.append(str(path))
     return uris
 
@@ -187,6 +191,12 @@ def main() -> None:
     )
     ap.add_argument("--system", help="a system message first in each row's messages (--format messages)")
     ap.add_argument(
+        "--tasks",
+        type=lambda text: tuple(text.split(",")),
+        default=TASKS,
+        help=f"the tasks drawn from, comma-separated (default: all of {','.join(TASKS)}; pairs and messages)",
+    )
+    ap.add_argument(
         "--pipeline", help="the landing folder's pipeline (default: tools with --format tools, else arith)"
     )
     args = ap.parse_args()
@@ -195,7 +205,15 @@ def main() -> None:
 
         args.root = default_storage_root()
     pipeline = args.pipeline or ("tools" if args.fmt == "tools" else "arith")
-    for uri in make_landing(args.root, args.start, args.days, args.rows, pipeline, args.fmt, args.system):
+    unknown = sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        ap.error(f"--tasks {','.join(unknown)}: no such task; choose among {','.join(TASKS)}")
+    if args.fmt == "tools" and args.tasks != TASKS:
+        ap.error("--tasks chooses the tasks of pairs and messages; --format tools lands its own mix")
+    drops = make_landing(
+        args.root, args.start, args.days, args.rows, pipeline, args.fmt, args.system, args.tasks
+    )
+    for uri in drops:
         print(uri)
 
 

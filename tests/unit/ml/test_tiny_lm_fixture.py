@@ -173,6 +173,11 @@ def test_day_csv_is_deterministic_with_right_answers():
     assert rows[0]["id"] == "20261101-0000" and len({r["id"] for r in rows}) == 120
     assert all(_right(r["prompt"], r["response"]) for r in rows)
     assert {_kind(r["prompt"]) for r in rows} == set(instructions.TASKS)
+    assert instructions.day_csv(day, 120, tasks=instructions.TASKS) == data  # all tasks: the same drop
+    hard = _rows(instructions.day_csv(day, 60, tasks=("add", "reverse")))  # --tasks add,reverse
+    assert {_kind(r["prompt"]) for r in hard} == {"add", "reverse"} and all(
+        _right(r["prompt"], r["response"]) for r in hard
+    )
 
 
 def test_messages_format_is_json_chat():
