@@ -176,6 +176,9 @@ def _runs_done(api, dag_id: str, at_least: int = 1, timeout: float = 1800) -> li
         time.sleep(5)
 
 
+PAGE = "tutorials/instruction-tune.md"
+
+
 def _page(name: str) -> str:
     return " ".join((ROOT / "docs" / name).read_text().split())
 
@@ -189,9 +192,9 @@ def _check_score_on_the_demo(out, sandbox) -> None:
     assert len(days) == 6 and "Six days are scored" in _page("tutorials/score-nightly.md"), days
 
 
-def _trained_offline(pipeline: str):
+def _trained_offline(pipeline: str, model: str | None = None):
     """A check that the tutorial's offline run of ``pipeline``: the small local base, instruction-tuned,
-    passed the gate and serves."""
+    passed the gate and serves (as ``model``, by default the pipeline's name)."""
 
     def check(out, sandbox) -> None:
         api = sandbox.api()
@@ -211,10 +214,33 @@ def _trained_offline(pipeline: str):
             raise AssertionError(
                 f"{pipeline}_train: {[r['state'] for r in runs]}; tasks: {sorted(logs)}\n{text}"
             )
-        aliases = json.loads((sandbox.storage / "registry" / pipeline / "aliases.json").read_text())
+        aliases = json.loads(
+            (sandbox.storage / "registry" / (model or pipeline) / "aliases.json").read_text()
+        )
         assert "production" in json.dumps(aliases), aliases
 
     return check
+
+
+def _check_rewarded(out, sandbox) -> None:
+    """The tutorial's GRPO step: its run succeeded, and arith_tiny's production is now the GRPO version,
+    promoted by the gate over the instruction-tuned version it started from, on the same test prompts, by
+    the figures the page gives (within 0.1: another CPU's arithmetic samples other answers), and by a visible
+    margin (the gate itself asks 0.02)."""
+    _trained_offline("arith_tiny_grpo", model="arith_tiny")(out, sandbox)
+    registry = sandbox.storage / "registry" / "arith_tiny"
+    version = json.loads((registry / "aliases.json").read_text())["production"]
+    lineage = json.loads((registry / version / "lineage.json").read_text())
+    metrics = json.loads((registry / version / "evaluation" / "metrics.json").read_text())
+    tuned, start = metrics["candidate"]["exact_match"], metrics["champion"]["exact_match"]
+    said = re.search(r"answered (0\.\d+) of the (\d+) test prompts exactly.*?answered (0\.\d+)", _page(PAGE))
+    assert said, "the tutorial gives the GRPO step's figures"
+    assert (
+        lineage["objective"]["name"] == "grpo" and lineage["base"]["repo"] == "registry:arith_tiny@production"
+    )
+    assert metrics["candidate"]["rows"] == int(said.group(2)), (metrics["candidate"], said.groups())
+    assert abs(tuned - float(said.group(1))) < 0.1 and abs(start - float(said.group(3))) < 0.1, (tuned, start)
+    assert tuned >= start + 0.1, (tuned, start)
 
 
 def _check_agent_loop(out, sandbox) -> None:
@@ -251,6 +277,7 @@ AFTER = [
     ("backfill digits --dag score --start 2026-11-01 --end 2026-11-05", _check_score_on_the_demo),
     ("dags trigger arith_tiny_train", _trained_offline("arith_tiny")),
     ("dags trigger tools_tiny_train", _trained_offline("tools_tiny")),
+    ("dags trigger arith_tiny_grpo_train", _check_rewarded),
     ("until the model answers instead of calling", _check_agent_loop),
     ("make demo", _check_second_demo),
     ("jupyter execute docs/notebooks/explore.ipynb", _check_notebook_untouched),
@@ -277,8 +304,7 @@ def test_the_backfill_on_the_demos_stack_is_documented_and_checked():
 def test_the_tutorials_offline_llm_run_is_documented_and_checked():
     """The instruction-tuning tutorial trains on a local base as printed: its blocks run (none marked as
     needing the Hub) and the run they start is checked."""
-    page = "docs/tutorials/instruction-tune.md"
-    blocks = [(b, text) for b, text, skipped in BLOCKS if b.startswith(page) and not skipped]
+    blocks = [(b, text) for b, text, skipped in BLOCKS if b.startswith(f"docs/{PAGE}") and not skipped]
     assert any("include/demo/tiny_lm.py" in text for _, text in blocks), blocks
     assert any(AFTER[2][0] in text for _, text in blocks), blocks
 

@@ -51,7 +51,11 @@ def store(tmp_path):
 def test_unknown_pipeline_names_the_pipelines(capsys):
     code, out, err = run(capsys, "lake", "nosuch")
     assert code == 1 and out == ""
-    one_error_line(err, "no pipeline 'nosuch'", "pipelines: arith, arith_tiny, digits, reviews, tools_tiny")
+    one_error_line(
+        err,
+        "no pipeline 'nosuch'",
+        "pipelines: arith, arith_tiny, arith_tiny_grpo, digits, reviews, tools_tiny",
+    )
 
 
 def test_unknown_model_names_the_models(capsys, store):
