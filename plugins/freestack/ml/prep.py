@@ -20,8 +20,9 @@ def split_of_key(key: Any, val_fraction: float, test_fraction: float, salt: str 
     """'train', 'val' or 'test' for one row key: the rule every training and evaluation of a model uses.
 
     ``u = int.from_bytes(blake2b(f"{salt}{key}".encode(), digest_size=8).digest(), "big") / 2**64``
-    (the key as text, ``salt`` the model's name: ``model.name``, by default the pipeline's), then ``test`` when ``u < test_fraction``, ``val``
-    when ``u < test_fraction + val_fraction``, else ``train`` (the fractions are the spec's
+    (the key as text, ``salt`` the model's name: ``model.name``, by default the pipeline's), then
+    ``test`` when ``u < test_fraction``, ``val`` when ``u < test_fraction + val_fraction``, else
+    ``train`` (the fractions are the spec's
     ``train.test_fraction`` and ``train.val_fraction``, 0.15 each by default)."""
     h = hashlib.blake2b(f"{salt}{key}".encode(), digest_size=8).digest()
     u = int.from_bytes(h, "big") / 2**64
