@@ -21,10 +21,10 @@ from freestack.cli import actions
 from freestack.cli.common import Json, Root, has_pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, fmt, out, plural, print_json, progress, table
-from freestack.registry.core import ModelRegistry
+from freestack.registry.core import ModelRegistry, registered_models
 from freestack.registry.hub import promote_on_hub, push_to_hub
 from freestack.serving.records import served_alias, serving_records
-from freestack.storage import join, storage_root, subfolders
+from freestack.storage import join, storage_root
 
 app = typer.Typer(
     help="The model registry: versions, aliases, promote, rollback, push to the Hub. MODEL is a model name, or a "
@@ -46,8 +46,8 @@ Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' hist
 
 
 def model_names(root) -> list[str]:
-    """The models with a folder under ``<root>/registry``."""
-    return subfolders(join(root, "registry"))
+    """The models with a folder under ``<root>/registry`` (:func:`freestack.registry.core.registered_models`)."""
+    return registered_models(root)
 
 
 def registry(model: str, root: str | None) -> ModelRegistry:

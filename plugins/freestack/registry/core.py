@@ -594,6 +594,12 @@ def registry_for(spec: PipelineSpec) -> ModelRegistry:
     return ModelRegistry(storage_root(spec.storage_root), spec.model_name)
 
 
+def registered_models(root_uri: str | ObjectStoragePath) -> list[str]:
+    """The models with a folder under ``<root>/registry``, whoever registered them (a pipeline, a reusable
+    operator, a notebook); ``freestack models list`` and the ML views list these."""
+    return subfolders(join(to_path(root_uri), "registry"))
+
+
 def _event(
     action: str, alias: str, version: str, old: str | None, reason: str | None, by: str | None = None
 ) -> dict[str, Any]:
@@ -615,6 +621,7 @@ __all__ = [
     "check_alias",
     "check_version",
     "redecisions",
+    "registered_models",
     "registry_for",
     "remove_tree",
     "walk_files",

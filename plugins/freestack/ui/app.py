@@ -50,11 +50,14 @@ from freestack.ui.shared import (
     TEMPLATES,
     URL_PREFIX,
     found,
+    model_of,
     off_loop,
     page,
     pipeline_of,
     readable,
+    reads_every_dag,
     same_origin,
+    unpiped_readable,
     user_of,
 )
 from freestack.ui.sweep_live import sweep_update
@@ -115,11 +118,13 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# models
+# models: a pipeline's (``/models/<pipeline>``) and each model no pipeline trains (``/models/<model>``)
 
 
 def _models_overview(user: Any) -> list[model_pages.ModelPage]:
-    return [model_pages.model_page(p.name, s) for p, s in readable(user) if p.trains]
+    """Every model the registry holds that the user may read: each training pipeline's, then the others."""
+    piped = [model_pages.model_page(p.name, s) for p, s in readable(user) if p.trains]
+    return piped + [model_pages.model_page(None, reg) for reg in unpiped_readable(user)]
 
 
 @views_app.get("/", response_class=HTMLResponse)
@@ -135,16 +140,16 @@ async def models_json(request: Request, user: Any = Depends(user_of)) -> list[mo
     return await off_loop(_models_overview, user)
 
 
-@views_app.get("/models/{pipeline}", response_class=HTMLResponse)
+@views_app.get("/models/{name}", response_class=HTMLResponse)
 async def model(
-    request: Request, pipeline: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
+    request: Request, name: str, pg: int = Query(1, ge=1), user: Any = Depends(user_of)
 ) -> HTMLResponse:
-    _, spec = pipeline_of(pipeline, user)
-    data = await off_loop(model_pages.model_page, pipeline, spec)
+    pipeline, source = model_of(name, user)
+    data = await off_loop(model_pages.model_page, pipeline, source)
     newest = data.versions[::-1]
     pages = max(1, -(-len(newest) // PAGE_SIZE))
     shown = newest[(pg - 1) * PAGE_SIZE : pg * PAGE_SIZE]
-    metric = _plotted_metric(spec, newest)
+    metric = _plotted_metric(source.gate.metric if pipeline else None, newest)
     figure = metric_over_versions(data.versions, metric) if metric and len(data.versions) > 1 else None
     columns = list(dict.fromkeys(k for r in shown for k in r.metrics))  # a sortable column per test metric
     return page(
@@ -158,34 +163,33 @@ async def model(
         pages=pages,
         metric_columns=columns,
         figures=[figure] if figure else [],
-        may_promote=may_trigger(user, f"{pipeline}_promote"),
-        may_rollback=may_trigger(user, f"{pipeline}_rollback"),
+        may_promote=bool(pipeline) and may_trigger(user, f"{pipeline}_promote"),
+        may_rollback=bool(pipeline) and may_trigger(user, f"{pipeline}_rollback"),
     )
 
 
-def _plotted_metric(spec: Any, newest: list[model_pages.VersionRow]) -> str | None:
-    """The test metric the gate decides on, else the newest version's first test metric."""
-    gated = f"test_{spec.gate.metric}"
-    if any(gated in v.metrics for v in newest):
-        return gated
+def _plotted_metric(gate_metric: str | None, newest: list[model_pages.VersionRow]) -> str | None:
+    """The test metric the gate decides on (the pipeline's, else the one the newest gated version
+    recorded), else the newest version's first test metric."""
+    gated = gate_metric or next((v.gate.metric for v in newest if v.gate.metric), None)
+    if gated and any(f"test_{gated}" in v.metrics for v in newest):
+        return f"test_{gated}"
     return next(iter(newest[0].metrics), None) if newest else None
 
 
-@views_app.get("/api/models/{pipeline}")
-async def model_json(pipeline: str, user: Any = Depends(user_of)) -> model_pages.ModelPage:
-    return await off_loop(model_pages.model_page, pipeline, pipeline_of(pipeline, user)[1])
+@views_app.get("/api/models/{name}")
+async def model_json(name: str, user: Any = Depends(user_of)) -> model_pages.ModelPage:
+    return await off_loop(model_pages.model_page, *model_of(name, user))
 
 
-def _version(pipeline: str, spec: Any, version: str) -> model_pages.VersionPage:
-    return found(model_pages.version_page, pipeline, spec, version)
+def _version(pipeline: str | None, source: Any, version: str) -> model_pages.VersionPage:
+    return found(model_pages.version_page, pipeline, source, version)
 
 
-@views_app.get("/models/{pipeline}/{version}", response_class=HTMLResponse)
-async def version(
-    request: Request, pipeline: str, version: str, user: Any = Depends(user_of)
-) -> HTMLResponse:
-    _, spec = pipeline_of(pipeline, user)
-    v = await off_loop(_version, pipeline, spec, version)
+@views_app.get("/models/{name}/{version}", response_class=HTMLResponse)
+async def version(request: Request, name: str, version: str, user: Any = Depends(user_of)) -> HTMLResponse:
+    pipeline, source = model_of(name, user)
+    v = await off_loop(_version, pipeline, source, version)
     af = v.lineage.get("airflow") or {}
     return page(
         request,
@@ -198,21 +202,21 @@ async def version(
         run_link=(
             actions.run_url(af["dag_id"], af["run_id"]) if af.get("dag_id") and af.get("run_id") else None
         ),
-        may_promote=may_trigger(user, f"{pipeline}_promote"),
+        may_promote=bool(pipeline) and may_trigger(user, f"{pipeline}_promote"),
     )
 
 
-@views_app.get("/api/models/{pipeline}/{version}")
-async def version_json(pipeline: str, version: str, user: Any = Depends(user_of)) -> model_pages.VersionPage:
-    return await off_loop(_version, pipeline, pipeline_of(pipeline, user)[1], version)
+@views_app.get("/api/models/{name}/{version}")
+async def version_json(name: str, version: str, user: Any = Depends(user_of)) -> model_pages.VersionPage:
+    return await off_loop(_version, *model_of(name, user), version)
 
 
-@views_app.get("/models/{pipeline}/{version}/files/{rel:path}")
-async def version_file(pipeline: str, version: str, rel: str, user: Any = Depends(user_of)) -> Response:
+@views_app.get("/models/{name}/{version}/files/{rel:path}")
+async def version_file(name: str, version: str, rel: str, user: Any = Depends(user_of)) -> Response:
     """A registered file of the version (the evaluation report, its plots, the card...), read through the
     storage layer; only files the registration's manifest lists."""
-    _, spec = pipeline_of(pipeline, user)
-    v = await off_loop(_version, pipeline, spec, version)
+    pipeline, source = model_of(name, user)
+    v = await off_loop(_version, pipeline, source, version)
     if rel not in v.files:
         raise HTTPException(404, f"{v.model} {v.row.version} has no registered file {rel!r}")
     kinds = {
@@ -235,7 +239,7 @@ async def version_file(pipeline: str, version: str, rel: str, user: Any = Depend
             f'attachment; filename="{Path(rel).name}"',
         )
     return StreamingResponse(
-        model_pages.version_file_chunks(spec, v.row.version, rel), media_type=kind, headers=headers
+        model_pages.version_file_chunks(source, v.row.version, rel), media_type=kind, headers=headers
     )
 
 
@@ -277,6 +281,19 @@ def _check(kind: str) -> None:
         raise HTTPException(404, f"no action {kind!r}: promote or rollback")
 
 
+def _moved_by_pipeline(name: str, user: Any) -> Any:
+    """The spec of the pipeline ``name``, whose ``<name>_promote`` and ``<name>_rollback`` DAGs the buttons
+    run; 409 for a model no pipeline trains: no DAG the views know of moves its aliases."""
+    pipeline, source = model_of(name, user)
+    if pipeline is None:
+        raise HTTPException(
+            409,
+            f"no pipeline trains {name!r}, so there is no {name}_promote or {name}_rollback DAG to run: move "
+            "its aliases in a DAG of your own (FreestackPromoteOperator, FreestackRollbackOperator)",
+        )
+    return source
+
+
 @views_app.get("/models/{pipeline}/{version}/{kind}", response_class=HTMLResponse)
 async def confirm(
     request: Request,
@@ -291,7 +308,7 @@ async def confirm(
     version it goes back to (``to``, else previous as it is now); a promotion's form keeps what the alias
     is now. The gate's decision on a version to promote is shown with its reasons."""
     _check(kind)
-    _, spec = pipeline_of(pipeline, user)
+    spec = _moved_by_pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     current = await off_loop(model_pages.aliases, spec)
     if kind == "rollback":
@@ -341,7 +358,7 @@ async def act(
     alias was then (``expect``), so the run moves nothing if another move landed first."""
     same_origin(request)
     _check(kind)
-    _, spec = pipeline_of(pipeline, user)
+    spec = _moved_by_pipeline(pipeline, user)
     v = await off_loop(_version, pipeline, spec, version)
     if kind == "rollback" and not (to and expect):
         raise HTTPException(
@@ -421,8 +438,13 @@ async def sweep_live(
 
 
 def _deployments(user: Any) -> list[deployment_pages.DeploymentRow]:
+    """Every deployment record the user may read: a pipeline's model's with read access to its
+    ``<p>_train``, any other (a reusable operator's, ``freestack serve deploy``'s) with read access to
+    every DAG."""
     names = {p.name for p, _ in readable(user)}
-    return [d for d in deployment_pages.deployments(common.pipelines()) if d.pipeline in names]
+    every = reads_every_dag(user)
+    rows = deployment_pages.deployments(common.pipelines())
+    return [d for d in rows if d.pipeline in names or (d.pipeline is None and every)]
 
 
 @views_app.get("/deployments", response_class=HTMLResponse)

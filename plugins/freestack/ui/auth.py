@@ -7,7 +7,8 @@ reads the token the way Airflow's core API does (``Authorization: Bearer <jwt>``
 who that is. No token, or one the auth manager refuses, is HTTP 401 (an expired one) or 403.
 
 What a user may see and do is the auth manager's answer too: a pipeline's pages need read access to its
-DAGs, and an action needs the right to trigger the DAG it runs (:func:`may_trigger`). Only the auth
+DAGs, a model no pipeline trains (a reusable operator's) read access to every DAG (no one DAG owns it),
+and an action needs the right to trigger the DAG it runs (:func:`may_trigger`). Only the auth
 manager's documented interface is used (``get_auth_manager()``, ``get_user_from_token``,
 ``is_authorized_dag``), so any auth manager (simple, FAB, Keycloak...) works unchanged.
 """
@@ -54,21 +55,22 @@ async def current_user(request: Request) -> Any:
     return user
 
 
-def _dag_check(user: Any, dag_id: str, method: str, run: bool) -> bool:
+def _dag_check(user: Any, dag_id: str | None, method: str, run: bool) -> bool:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 
     return bool(
         auth_manager().is_authorized_dag(
             method=method,
             access_entity=DagAccessEntity.RUN if run else None,
-            details=DagDetails(id=dag_id),
+            details=DagDetails(id=dag_id) if dag_id else None,  # no details: every DAG
             user=user,
         )
     )
 
 
-def may_read(user: Any, dag_id: str) -> bool:
-    """Whether ``user`` may read the DAG ``dag_id`` (and so the pipeline's pages)."""
+def may_read(user: Any, dag_id: str | None) -> bool:
+    """Whether ``user`` may read the DAG ``dag_id`` (and so the pipeline's pages); ``None``: every DAG (and
+    so the pages of a model no pipeline trains)."""
     return _dag_check(user, dag_id, "GET", run=False)
 
 

@@ -1,7 +1,7 @@
 """What every route of the views app draws with, its own (:mod:`freestack.ui.app`) and the extra pages'
 (:mod:`freestack.ui.extra_pages`): the page renderer and its templates, the logged-in user, the pipelines
-the user may read, storage reads off the event loop, 404 for an unknown version, and the same-origin
-check of forms."""
+and models the user may read, storage reads off the event loop, 404 for an unknown version, and the
+same-origin check of forms."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from freestack.registry.core import RegistryError
+from freestack.registry.core import ModelRegistry, RegistryError
 from freestack.sweeps.core import SweepError
 from freestack.ui import actions
 from freestack.ui.auth import current_user, may_read, user_name
@@ -80,6 +80,40 @@ def readable(user: Any, dag: str = "train") -> list[tuple[common.Pipeline, Any]]
     return [(p, s) for p, s in common.pipelines() if may_read(user, f"{p.name}_{dag}")]
 
 
+def reads_every_dag(user: Any) -> bool:
+    """Whether the user may read every DAG: what a model no pipeline trains needs (no one DAG owns it)."""
+    return may_read(user, None)
+
+
+def unpiped_readable(user: Any) -> list[ModelRegistry]:
+    """The registries of the models no pipeline trains (:func:`~freestack.ui.catalog.common.unpiped_models`),
+    when the user may read every DAG; else none."""
+    return common.unpiped_models(common.pipelines()) if reads_every_dag(user) else []
+
+
+def model_of(name: str, user: Any) -> tuple[str | None, Any]:
+    """What the pages of the model at ``/models/<name>`` read: the pipeline ``name`` and its spec, when
+    the user may read ``<name>_train``; else ``None`` and the registry of the model ``name`` that no
+    pipeline trains, when the user may read every DAG. 404 when there is neither."""
+    found = common.pipelines()
+    if any(p.name == name for p, _ in found):
+        return name, pipeline_of(name, user)[1]
+    models = common.unpiped_models(found)
+    reg = next((r for r in models if r.model == name), None)
+    if reg is None:
+        pipes, others = sorted(p.name for p, _ in found), sorted({r.model for r in models})
+        raise HTTPException(
+            404,
+            f"no pipeline or registered model {name!r} (pipelines: {', '.join(pipes) or 'none'}; "
+            f"models no pipeline trains: {', '.join(others) or 'none'})",
+        )
+    if not reads_every_dag(user):
+        raise HTTPException(
+            403, f"no pipeline trains {name!r}, so its pages need read access to every DAG, which you lack"
+        )
+    return None, reg
+
+
 async def off_loop(fn, *args):
     """Run a storage-reading function in a thread: the API server's event loop keeps serving."""
     return await asyncio.to_thread(fn, *args)
@@ -105,10 +139,13 @@ __all__ = [
     "TEMPLATES",
     "URL_PREFIX",
     "found",
+    "model_of",
     "off_loop",
     "page",
     "pipeline_of",
     "readable",
+    "reads_every_dag",
     "same_origin",
+    "unpiped_readable",
     "user_of",
 ]

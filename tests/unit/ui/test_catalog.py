@@ -206,6 +206,7 @@ def test_a_text_generation_deployment_shows_its_openai_api(tmp_path):
     (version / "preprocessing.json").write_text(json.dumps({"task": "generation"}))
     rec = {
         "name": "arith",
+        "model": "arith",
         "runtime": "mlserver",
         "url": "http://127.0.0.1:9010",
         "version_uri": version.as_uri(),

@@ -1,5 +1,6 @@
 """What every page family of the catalog reads with: the storage reads (one JSON file, many side by
-side, a folder's subfolders) and the pipelines the pages show."""
+side, a folder's subfolders), the pipelines the pages show, and the storage roots and registered models
+they show whoever made them (a pipeline, a reusable operator, a notebook)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from freestack.errors import SpecError
+from freestack.registry.core import ModelRegistry, registered_models
+from freestack.settings import default_storage_root
 from freestack.spec import discover_specs
 
 if TYPE_CHECKING:
@@ -112,6 +115,24 @@ def pipelines() -> list[tuple[Pipeline, PipelineSpec]]:
     ]
 
 
+def storage_roots(found: list[tuple[Pipeline, PipelineSpec]]) -> list[str]:
+    """The storage roots the pages read, each once: the storage_root setting's (where the reusable
+    operators and ``freestack serve`` read and write unless told otherwise) and every pipeline's of ``found``."""
+    return list(dict.fromkeys(r.rstrip("/") for r in [default_storage_root(), *(p.root for p, _ in found)]))
+
+
+def unpiped_models(found: list[tuple[Pipeline, PipelineSpec]]) -> list[ModelRegistry]:
+    """The registry of every model registered under :func:`storage_roots` that no training pipeline of
+    ``found`` trains there: a reusable operator's, a notebook's (the pages show what the registry holds)."""
+    piped = {(p.root.rstrip("/"), p.model) for p, _ in found if p.trains}
+    return [
+        ModelRegistry(root, name)
+        for root in storage_roots(found)
+        for name in registered_models(root)
+        if (root, name) not in piped
+    ]
+
+
 __all__ = [
     "Pipeline",
     "READERS",
@@ -120,4 +141,6 @@ __all__ = [
     "pipelines",
     "read_json",
     "read_many",
+    "storage_roots",
+    "unpiped_models",
 ]

@@ -1,16 +1,18 @@
-"""What the Deployments page shows: every deployment record, its traffic split and what its server
-answers now."""
+"""What the Deployments page shows: every deployment record under the storage roots the pages read
+(:func:`freestack.ui.catalog.common.storage_roots`), whoever made it (a pipeline's ``deploy``, a reusable
+operator, ``freestack serve deploy``), read as ``freestack serve status`` reads them
+(:func:`freestack.serving.records.all_deployments`), its traffic split and what its server answers now."""
 
 from __future__ import annotations
 
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, computed_field
 
 from freestack.serving.records import alias_drift, all_deployments, served_alias
 from freestack.storage import to_path
-from freestack.ui.catalog.common import Pipeline, parallel, read_many
+from freestack.ui.catalog.common import Pipeline, parallel, read_many, storage_roots
 from freestack.version.files import PREPROCESSING
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ class Serving(BaseModel):
 
 
 class DeploymentRow(BaseModel):
-    pipeline: str | None
+    pipeline: str | None = Field(description="the pipeline that trains its model; None: no pipeline does")
     model: str
     name: str
     target: str
@@ -54,6 +56,12 @@ class DeploymentRow(BaseModel):
     #: a text-generation version served on ``mlserver``: its OpenAI API's base URL, and a client's first call
     openai_url: str | None = None
     openai_snippet: str | None = None
+
+    @computed_field
+    @property
+    def key(self) -> str:
+        """The name in its model's page addresses (``/models/<key>``): its pipeline's, else its model's."""
+        return self.pipeline or self.model
 
 
 def traffic_split(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -103,7 +111,9 @@ def _deployment(record: dict[str, Any], pipeline: str | None, root: str) -> Depl
 
 def _openai(record: dict[str, Any]) -> dict[str, str]:
     """Where a local ``mlserver`` deployment of a text-generation version speaks the OpenAI API, and the
-    ``openai`` client's first call to it (the key named by its connection, never shown)."""
+    ``openai`` client's first call to it (the key named by its connection, never shown). The call names
+    the registered model the record holds, as the server does (its ``model`` answers; the deployment's
+    name, ``arith-tiny`` for ``arith_tiny``, would be a 404)."""
     if (
         record.get("target", "local") != "local"
         or record.get("runtime") != "mlserver"
@@ -122,7 +132,7 @@ def _openai(record: dict[str, Any]) -> dict[str, str]:
         "from openai import OpenAI\n\n"
         f'client = OpenAI(base_url="{url}", api_key={key})\n'
         "answer = client.chat.completions.create(\n"
-        f'    model="{record.get("name")}", messages=[{{"role": "user", "content": "Hello"}}], max_tokens=32\n'
+        f'    model="{record.get("model")}", messages=[{{"role": "user", "content": "Hello"}}], max_tokens=32\n'
         ")\n"
         "print(answer.choices[0].message.content)"
     )
@@ -186,14 +196,14 @@ def _mean(sums: dict[str, float], name: str) -> float | None:
 
 
 def deployments(found: list[tuple[Pipeline, PipelineSpec]]) -> list[DeploymentRow]:
-    """Every deployment record under the storage root of every pipeline ``found``, with what is true now."""
-    by_root: dict[str, dict[str, str]] = {}
-    for p, spec in found:
-        by_root.setdefault(p.root, {})[spec.model_name] = p.name
-    out = []
-    for root, models in by_root.items():
-        for rec in all_deployments(root):
-            out.append((rec, models.get(rec.get("model", "")), root))
+    """Every deployment record under the storage roots of ``found`` and the storage_root setting's, with
+    what is true now; each names the pipeline of ``found`` that trains its model there, if one does."""
+    trained_by = {(p.root.rstrip("/"), spec.model_name): p.name for p, spec in found}
+    out = [
+        (rec, trained_by.get((root, rec.get("model", ""))), root)
+        for root in storage_roots(found)
+        for rec in all_deployments(root)
+    ]
     return parallel(lambda args: _deployment(*args), out)
 
 

@@ -1,17 +1,19 @@
 """What the Models pages show: a model's versions, their gate decisions, aliases and their history, the
-deployments serving it, and one version's page and files."""
+deployments serving it, and one version's page and files. Each reads a model's registry: a pipeline's
+(its spec names the model and the storage root) or, for a model no pipeline trains (a reusable operator's,
+a notebook's), the registry itself (:data:`Source`)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from freestack.judging.client import table_html
 from freestack.registry.card import cost_rows, metrics_summary
-from freestack.registry.core import redecisions, registry_for
+from freestack.registry.core import ModelRegistry, redecisions, registry_for
 from freestack.registry.names import ALIASES, VERSION_RE
 from freestack.serving.records import alias_drift, served_alias, serving_records
 from freestack.storage import join, subfolders
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from freestack.spec import PipelineSpec
+
+    #: what a model's pages read: its pipeline's spec, or the registry of a model no pipeline trains
+    Source: TypeAlias = PipelineSpec | ModelRegistry
 
 
 class Gate(BaseModel):
@@ -68,7 +73,7 @@ class Served(BaseModel):
 
 
 class ModelPage(BaseModel):
-    pipeline: str
+    pipeline: str | None = Field(description="the pipeline that trains it; None: no pipeline does")
     model: str
     root: str
     versions: list[VersionRow]
@@ -78,6 +83,12 @@ class ModelPage(BaseModel):
 
     def aliases_of(self, version: str) -> list[str]:
         return sorted(a for a, v in self.aliases.items() if v == version)
+
+    @computed_field
+    @property
+    def key(self) -> str:
+        """The name in its pages' addresses (``/models/<key>``): its pipeline's, else its model's."""
+        return self.pipeline or self.model
 
 
 #: (registry folder, version) -> its row: a committed version never changes
@@ -177,9 +188,14 @@ def version_rows(folder: ObjectStoragePath, aliases: dict[str, Any] | None = Non
     return decided_again(sorted(rows, key=lambda r: (r.created or "", r.version)), aliases)
 
 
-def aliases(spec: PipelineSpec) -> dict[str, str]:
+def registry_of(source: Source) -> ModelRegistry:
+    """The registry a model's pages read: a pipeline's model's under its storage root, or the one given."""
+    return source if isinstance(source, ModelRegistry) else registry_for(source)
+
+
+def aliases(source: Source) -> dict[str, str]:
     """The model's aliases (production, staging, previous...) and the versions they point at."""
-    return _named(registry_for(spec).aliases())
+    return _named(registry_of(source).aliases())
 
 
 def _named(raw: dict[str, Any]) -> dict[str, str]:
@@ -187,8 +203,10 @@ def _named(raw: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in raw.items() if k != "history" and isinstance(v, str)}
 
 
-def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
-    reg = registry_for(spec)
+def model_page(pipeline: str | None, source: Source) -> ModelPage:
+    """A model's versions, aliases and their history, and the deployments serving it (``pipeline``: the
+    pipeline that trains it, None for a model no pipeline trains)."""
+    reg = registry_of(source)
     aliases = reg.aliases()
     history = [
         AliasMove(
@@ -204,12 +222,12 @@ def model_page(pipeline: str, spec: PipelineSpec) -> ModelPage:
     ]
     return ModelPage(
         pipeline=pipeline,
-        model=spec.model_name,
+        model=reg.model,
         root=str(reg.root),
         versions=version_rows(reg.folder, aliases),
         aliases=_named(aliases),
         history=history[::-1],
-        served=served_by(str(reg.root), spec.model_name, aliases),
+        served=served_by(str(reg.root), reg.model, aliases),
     )
 
 
@@ -242,7 +260,7 @@ class Partition(BaseModel):
 
 
 class VersionPage(BaseModel):
-    pipeline: str
+    pipeline: str | None = Field(description="the pipeline that trains it; None: no pipeline does")
     model: str
     row: VersionRow
     aliases: list[str]
@@ -262,6 +280,12 @@ class VersionPage(BaseModel):
         [], description="what its training took and cost, and its size (freestack.registry.card.cost_rows)"
     )
 
+    @computed_field
+    @property
+    def key(self) -> str:
+        """The name in its pages' addresses (``/models/<key>/<version>``): its pipeline's, else its model's."""
+        return self.pipeline or self.model
+
 
 def notebook_lines(root: str, model: str, version: str) -> list[str]:
     """The three lines that load ``version`` in a notebook (``make notebook``): the registry of ``model``
@@ -274,9 +298,9 @@ def notebook_lines(root: str, model: str, version: str) -> list[str]:
     ]
 
 
-def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage:
+def version_page(pipeline: str | None, source: Source, version: str) -> VersionPage:
     """One committed version: its card, metrics, lineage, files and the evaluation's report and plots."""
-    reg = registry_for(spec)
+    reg = registry_of(source)
     info = reg.get(version)
     name = info["version"]
     row = _VERSIONS.get((str(reg.folder), name)) or _version_row(
@@ -304,7 +328,7 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
     ]
     return VersionPage(
         pipeline=pipeline,
-        model=spec.model_name,
+        model=reg.model,
         row=row,
         aliases=info["aliases"],
         uri=info["uri"],
@@ -316,7 +340,7 @@ def version_page(pipeline: str, spec: PipelineSpec, version: str) -> VersionPage
         plots=[f for f in files if f.startswith("evaluation/") and f.endswith(".png")],
         report="evaluation/report.html" if "evaluation/report.html" in files else None,
         judge=judge_table(reg.version_path(name)) if JUDGED in files else None,
-        notebook_lines=notebook_lines(str(reg.root), spec.model_name, name),
+        notebook_lines=notebook_lines(str(reg.root), reg.model, name),
         costs=cost_rows(lineage.get("costs") or {}),
     )
 
@@ -331,9 +355,9 @@ def judge_table(folder: ObjectStoragePath) -> str | None:
     return table_html(record.get("items") or []) or None
 
 
-def version_file_chunks(spec: PipelineSpec, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+def version_file_chunks(source: Source, version: str, rel: str, chunk: int = 1 << 20) -> Iterator[bytes]:
     """A registered file of a committed version (``rel`` as its manifest names it), in pieces."""
-    with join(registry_for(spec).version_path(version), *rel.split("/")).open("rb") as f:
+    with join(registry_of(source).version_path(version), *rel.split("/")).open("rb") as f:
         while piece := f.read(chunk):
             yield piece
 
@@ -351,6 +375,7 @@ __all__ = [
     "decided_again",
     "gate_of",
     "model_page",
+    "registry_of",
     "served_by",
     "trained_on",
     "version_file_chunks",

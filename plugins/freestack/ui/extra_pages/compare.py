@@ -1,5 +1,6 @@
 """/compare/<p>?v=A&v=B...: versions side by side (metrics, best marked, difference to the first; gate
-decisions; the training config they recorded; what their lineage differs in), and its JSON."""
+decisions; the training config they recorded; what their lineage differs in), and its JSON. ``<p>`` is
+a pipeline, or a model no pipeline trains, as on the Models pages (:func:`freestack.ui.shared.model_of`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, computed_field
 
 from freestack.registry.card import cost_figures
-from freestack.registry.core import registry_for
 from freestack.ui import shared
 from freestack.ui.catalog import common, model_pages
 from freestack.version.files import CONFIG, PREPROCESSING
@@ -54,7 +54,7 @@ class PartitionDiff(BaseModel):
 
 
 class ComparePage(BaseModel):
-    pipeline: str
+    pipeline: str | None = Field(description="the pipeline that trains it; None: no pipeline does")
     model: str
     versions: list[Compared]
     metrics: list[MetricRow]
@@ -63,6 +63,12 @@ class ComparePage(BaseModel):
     partitions: list[PartitionDiff]
     choices: list[model_pages.VersionRow]
     aliases: dict[str, str]
+
+    @computed_field
+    @property
+    def key(self) -> str:
+        """The name in its model's page addresses (``/models/<key>``): its pipeline's, else its model's."""
+        return self.pipeline or self.model
 
 
 _MAXIMIZE = ("accuracy", "f1", "r2", "auc", "precision", "recall", "exact_match", "rouge")
@@ -179,30 +185,32 @@ def lineage_facts(lineage: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _extra_files(spec: Any, version: str) -> dict[str, Any]:
-    return common.read_many(registry_for(spec).folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
+def _extra_files(source: Any, version: str) -> dict[str, Any]:
+    folder = model_pages.registry_of(source).folder
+    return common.read_many(folder, [f"{version}/{CONFIG}", f"{version}/{PREPROCESSING}"])
 
 
-def compare_page(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
-    """The versions (or aliases) ``asked``, side by side; none asked, only the versions to choose from."""
-    pages = common.parallel(lambda v: model_pages.version_page(pipeline, spec, v), asked)
-    extra = common.parallel(lambda p: _extra_files(spec, p.row.version), pages)
+def compare_page(pipeline: str | None, source: Any, asked: list[str]) -> ComparePage:
+    """The versions (or aliases) ``asked``, side by side; none asked, only the versions to choose from
+    (``source``: the pipeline's spec, or the registry of a model no pipeline trains)."""
+    pages = common.parallel(lambda v: model_pages.version_page(pipeline, source, v), asked)
+    extra = common.parallel(lambda p: _extra_files(source, p.row.version), pages)
     files = [{k.split("/", 1)[1]: v for k, v in e.items()} for e in extra]
     versions = [
         Compared(asked=a, version=p.row.version, aliases=p.aliases, created=p.row.created, gate=p.row.gate)
         for a, p in zip(asked, pages, strict=True)
     ]
-    reg = registry_for(spec)
+    reg = model_pages.registry_of(source)
     return ComparePage(
         pipeline=pipeline,
-        model=spec.model_name,
+        model=reg.model,
         versions=versions,
         metrics=metric_rows([{**p.metrics, **cost_figures(p.lineage.get("costs") or {})} for p in pages]),
         params=diff_rows([training_config(p.lineage, f) for p, f in zip(pages, files, strict=True)]),
         lineage=diff_rows([lineage_facts(p.lineage) for p in pages]),
         partitions=partition_diff([p.lineage.get("partitions") or [] for p in pages]),
         choices=model_pages.version_rows(reg.folder)[::-1],
-        aliases=model_pages.aliases(spec),
+        aliases=model_pages.aliases(source),
     )
 
 
@@ -213,30 +221,30 @@ def _asked(v: list[str]) -> list[str]:
     return asked
 
 
-def _compare(pipeline: str, spec: Any, asked: list[str]) -> ComparePage:
-    return shared.found(compare_page, pipeline, spec, asked)
+def _compare(pipeline: str | None, source: Any, asked: list[str]) -> ComparePage:
+    return shared.found(compare_page, pipeline, source, asked)
 
 
-@router.get("/compare/{pipeline}", response_class=HTMLResponse)
+@router.get("/compare/{name}", response_class=HTMLResponse)
 async def compare(
-    request: Request, pipeline: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
+    request: Request, name: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
 ) -> HTMLResponse:
-    _, spec = shared.pipeline_of(pipeline, user)
+    pipeline, source = shared.model_of(name, user)
     asked = _asked(v)
-    data = await shared.off_loop(_compare, pipeline, spec, asked if len(asked) >= 2 else [])
+    data = await shared.off_loop(_compare, pipeline, source, asked if len(asked) >= 2 else [])
     title = f"Compare versions of {data.model}"
     return shared.page(request, "compare.html", title=title, tab="models", c=data, asked=asked)
 
 
-@router.get("/api/compare/{pipeline}")
+@router.get("/api/compare/{name}")
 async def compare_json(
-    pipeline: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
+    name: str, v: list[str] = Query([]), user: Any = Depends(shared.user_of)
 ) -> ComparePage:
-    _, spec = shared.pipeline_of(pipeline, user)
+    pipeline, source = shared.model_of(name, user)
     asked = _asked(v)
     if len(asked) < 2:
         raise HTTPException(400, "name at least two versions or aliases to compare: ?v=<A>&v=<B>")
-    return await shared.off_loop(_compare, pipeline, spec, asked)
+    return await shared.off_loop(_compare, pipeline, source, asked)
 
 
 __all__ = [

@@ -37,7 +37,7 @@ class TryAnswer(BaseModel):
 
 
 class TryPage(BaseModel):
-    pipeline: str
+    pipeline: str | None
     model: str
     name: str
     version: str | None
@@ -92,15 +92,27 @@ def feature_inputs(
     return out
 
 
-def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]:
-    """The pipeline serving ``model``, its spec and the deployment's record, when the user may read it."""
-    specs = [(p, s) for p, s in common.pipelines() if s.model_name == model]
-    if not specs:
-        raise HTTPException(404, f"no pipeline trains a model {model!r}")
-    p, spec = shared.pipeline_of(specs[0][0].name, user)
-    record = Deployments(spec.root, model).get(name)
+def _roots(model: str, user: Any) -> tuple[str | None, list[str]]:
+    """The pipeline that trains ``model`` and its storage root, when the user may read it; for a model no
+    pipeline trains, None and every storage root the pages read, when the user may read every DAG."""
+    found = common.pipelines()
+    piped = [p.name for p, s in found if s.model_name == model]
+    if piped:
+        return piped[0], [shared.pipeline_of(piped[0], user)[1].root]
+    if not shared.reads_every_dag(user):
+        raise HTTPException(
+            403, f"no pipeline trains {model!r}: its deployments need read access to every DAG"
+        )
+    return None, common.storage_roots(found)
+
+
+def _record(model: str, name: str, user: Any) -> tuple[str | None, dict[str, Any]]:
+    """The pipeline that trains ``model`` (None: none does) and the deployment's record, when the user
+    may read it."""
+    pipeline, roots = _roots(model, user)
+    record = next((r for root in roots if (r := Deployments(root, model).get(name)) is not None), None)
     if record is None:
-        names = ", ".join(Deployments(spec.root, model).names()) or "none"
+        names = ", ".join(n for root in roots for n in Deployments(root, model).names()) or "none"
         raise HTTPException(404, f"model {model!r} has no deployment {name!r} (deployments: {names})")
     if (
         record.get("target", "local") != "local"
@@ -118,11 +130,11 @@ def _record(model: str, name: str, user: Any) -> tuple[str, Any, dict[str, Any]]
             f"{model}/{name} asks for a key (the password of connection {record['api_key_conn_id']!r}): try "
             f"it with `freestack serve predict {name} --model {model}`, which reads the key from the connection",
         )
-    return p.name, spec, record
+    return pipeline, record
 
 
 def try_page(model: str, name: str, user: Any) -> TryPage:
-    pipeline, _, record = _record(model, name, user)
+    pipeline, record = _record(model, name, user)
     folder = to_path(record["version_uri"]) if record.get("version_uri") else None
     got = common.read_many(folder, [LINEAGE, PREPROCESSING, SMOKE]) if folder else {}
     return TryPage(
