@@ -3,12 +3,15 @@
 A cached step names its inputs, each as a sha256 (the partitions' or files' bytes, the spec blocks it reads as
 canonical JSON, the model versions, freestack's code: its version and a digest of its source files); the cache key is the sha256 of that list. When
 a step has run, a small JSON entry is written whole beside its outputs (``_cache.json``): the key, the inputs,
-the run that made it and the outputs' paths (relative to the folder). The next run computes the key first:
+the run that made it, the outputs' paths (relative to the folder) and each output's sha256 as that run wrote
+it (a folder's: each of its files'). The next run computes the key first:
 
-* the same key, the entry intact and every output still there: a hit, and the outputs are reused as they are;
-* otherwise a miss, naming which input changed (or that the entry is missing, unreadable, or its outputs
-  gone), and the step does its work; the old entry is removed before it starts (:func:`forget`), so a run
-  that fails half-way leaves no entry pointing at half-replaced outputs.
+* the same key, the entry intact, every output still there and each with the bytes its recorded sha256
+  says (hashed again now): a hit, and the outputs are reused as they are;
+* otherwise a miss, naming which input changed (or that the entry is missing, unreadable, records no
+  digest of an output, or an output is gone or holds other bytes than its run wrote), and the step does
+  its work; the old entry is removed before it starts (:func:`forget`), so a run that fails half-way leaves
+  no entry pointing at half-replaced outputs.
 
 A step may also show its inputs in words (:class:`Shown`: a version's name, the digest of each partition,
 file or spec block), kept in the entry: a miss then says what changed (``champion v0001 -> v0002``,
@@ -73,6 +76,11 @@ class CacheEntry(BaseModel):
     outputs: list[str] = Field(description="the outputs, relative to the entry's folder (or URIs)")
     written_at: str = ""
     extra: dict[str, Any] = Field(default_factory=dict, description="what the step keeps besides its files")
+    digests: dict[str, str] = Field(
+        default_factory=dict,
+        description="each output's sha256 as its run wrote it, by output name; a folder's files each by "
+        "<output>/<path under it>",
+    )
     shown: dict[str, Shown] = Field(default_factory=dict, description="inputs in words, by input name")
 
 
@@ -121,14 +129,22 @@ def version_digest(uri: str, leave_out: Iterable[str] = ()) -> str:
     if join(folder, MARKER).exists():
         return file_digest(join(folder, MARKER))
     skip = tuple(leave_out)
-    base = folder.path.rstrip("/")
-    folder.fs.invalidate_cache(folder.path)
-    try:
-        rels = sorted(f[len(base) + 1 :] for f in folder.fs.find(folder.path))
-    except (OSError, ValueError):
+    rels = _files_in(folder)
+    if rels is None:
         return MISSING
     kept = [r for r in rels if not any(r == s or r.startswith(s.rstrip("/") + "/") for s in skip)]
     return digest({r: file_digest(join(folder, r)) for r in kept}) if kept else MISSING
+
+
+def _files_in(folder: ObjectStoragePath) -> list[str] | None:
+    """The files under ``folder`` (its subfolders' too), by their paths under it, listed now; None when it
+    cannot be listed."""
+    base = folder.path.rstrip("/")
+    folder.fs.invalidate_cache(folder.path)
+    try:
+        return sorted(f[len(base) + 1 :] for f in folder.fs.find(folder.path))
+    except (OSError, ValueError):
+        return None
 
 
 def spec_shown(blocks: dict[str, Any], leave_out: dict[str, set[str]] | None = None) -> Shown:
@@ -206,8 +222,9 @@ def lookup(
 ) -> Lookup:
     """``inputs`` (with freestack's code version added) keyed, and compared with the entry ``name`` under
     ``folder``: a hit only when that entry is readable, is the stage's, holds this key (and its own inputs
-    digest to it) and every output it lists is still there. ``shown``: inputs in words (by input name),
-    kept in the entry, so that a later miss says what changed in them."""
+    digest to it) and every output it lists is still there with the sha256 recorded when it was written
+    (hashed again now). ``shown``: inputs in words (by input name), kept in the entry, so that a later miss
+    says what changed in them."""
     inputs = {**inputs, "code_version": f"{__version__}+{code_digest()[:16]}"}
     key = digest(inputs)
     entry, miss = _read(to_path(folder), name)
@@ -251,7 +268,40 @@ def _why_not(
     gone = [rel for rel in entry.outputs if not _output(folder, rel).exists()]
     if gone or not entry.outputs:
         return f"outputs gone: {', '.join(gone[:3]) or 'none listed'}"
+    return _rewritten(entry, folder)
+
+
+def _rewritten(entry: CacheEntry, folder: ObjectStoragePath) -> str | None:
+    """Why the outputs are not those the entry's run wrote, None when they are: an output the entry
+    records no sha256 of (an entry from before digests were kept, or edited), or a file whose bytes
+    differ now from the sha256 recorded when it was written (rewritten since, or removed from a folder)."""
+    run = entry.run.get("run_id") or "?"
+    for name in entry.outputs:
+        under = name.rstrip("/") + "/"
+        recorded = {k: v for k, v in entry.digests.items() if k == name or k.startswith(under)}
+        if not recorded:
+            return f"the cache entry records no sha256 of {name}: its outputs cannot be checked"
+        for path, sha in sorted(recorded.items()):
+            now = file_digest(_output(folder, path))
+            if now != sha:
+                said = "it is gone" if now == MISSING else f"sha256 {now[:12]} now"
+                return f"{path} is not what run {run} wrote (sha256 {sha[:12]} then, {said})"
     return None
+
+
+def output_digests(folder: str | ObjectStoragePath, outputs: list[str]) -> dict[str, str]:
+    """Each output's sha256 read now, by its name (an output relative to ``folder``, or a URI); a folder's
+    files each by ``<output>/<path under it>``: what :func:`save` records and a hit is checked against."""
+    root, digests = to_path(folder), {}
+    for name in outputs:
+        path = _output(root, name)
+        files = _files_in(path) if path.is_dir() else None
+        if not files:
+            digests[name] = file_digest(path)
+            continue
+        for rel in files:
+            digests[f"{name.rstrip('/')}/{rel}"] = file_digest(join(path, rel))
+    return digests
 
 
 def differences(was: dict[str, Shown], now: dict[str, Shown]) -> list[str]:
@@ -307,7 +357,8 @@ def forget(found: Lookup) -> None:
 def save(
     found: Lookup, run: dict[str, Any] | None, outputs: list[str], extra: dict[str, Any] | None = None
 ) -> CacheEntry:
-    """Write the entry of a run that made ``outputs`` (relative to the folder) under ``found``'s key."""
+    """Write the entry of a run that made ``outputs`` (relative to the folder, or URIs) under ``found``'s
+    key, with each output's sha256 as it is now (:func:`output_digests`): call it once they are written."""
     entry = CacheEntry(
         stage=found.stage,
         key=found.key,
@@ -317,6 +368,7 @@ def save(
         written_at=datetime.now(UTC).isoformat(timespec="seconds"),
         extra=extra or {},
         shown=found.shown,
+        digests=output_digests(found.folder, outputs),
     )
     write_json(join(to_path(found.folder), found.name), entry.model_dump(mode="json"))
     return entry
@@ -337,6 +389,7 @@ __all__ = [
     "lookup",
     "not_of",
     "note",
+    "output_digests",
     "save",
     "spec_digest",
     "spec_shown",

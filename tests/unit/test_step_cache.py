@@ -1,7 +1,7 @@
 """freestack.step_cache's words for a miss and its check of a hit, as evaluate and score use them: an entry keeps
 its inputs in words (:class:`freestack.step_cache.Shown`), so a later miss says what changed in them, and the
-outputs a hit would reuse are checked against what they record of their own inputs (no model, no files but
-the entry's)."""
+outputs a hit would reuse are checked against the sha256 each was written with and against what they record
+of their own inputs (no model, no files but the entry's and its outputs)."""
 
 from __future__ import annotations
 
@@ -65,4 +65,43 @@ def test_a_hit_is_checked_against_what_its_outputs_record():
     ) == ("metrics.json records other inputs than these (recorded -> now: champion v0 -> v1)")
     assert step_cache.not_of(found, recorded, "0" * 64, "metrics.json") == (
         "metrics.json was written under key 000000000000, not by the run the cache entry names"
+    )
+
+
+def test_a_hit_needs_each_output_to_hold_the_bytes_recorded_when_it_was_written(tmp_path):
+    """An entry records each output's sha256 as its run wrote it (a folder's: each file's); an output
+    rewritten since (the entry left as it was), a file of a folder output removed, or an entry that
+    records no digest of an output is a miss naming it, never a reuse of bytes its run did not write."""
+    import json
+
+    folder = tmp_path.as_uri()
+    (tmp_path / "out.json").write_text('{"answer": 1}')
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_bytes(b"\x00\x01")
+    inputs = {"spec": "s1"}
+    first = step_cache.lookup("score", folder, inputs)
+    entry = step_cache.save(first, RUN, ["out.json", "model"])
+    assert set(entry.digests) == {"out.json", "model/weights.bin"}
+    assert step_cache.lookup("score", folder, inputs).hit
+    (tmp_path / "model" / "card.md").write_text("written into the folder later: not the run's")
+    assert step_cache.lookup("score", folder, inputs).hit
+
+    recorded = entry.digests["out.json"]
+    (tmp_path / "out.json").write_text('{"answer": 2}')  # rewritten: same name, other bytes
+    rewritten = step_cache.file_digest((tmp_path / "out.json").as_uri())
+    assert step_cache.lookup("score", folder, inputs).miss == (
+        f"out.json is not what run manual__first wrote (sha256 {recorded[:12]} then, sha256 {rewritten[:12]} now)"
+    )
+    (tmp_path / "out.json").write_text('{"answer": 1}')
+    (tmp_path / "model" / "weights.bin").unlink()
+    assert step_cache.lookup("score", folder, inputs).miss == (
+        f"model/weights.bin is not what run manual__first wrote (sha256 "
+        f"{entry.digests['model/weights.bin'][:12]} then, it is gone)"
+    )
+    (tmp_path / "model" / "weights.bin").write_bytes(b"\x00\x01")
+    doc = json.loads((tmp_path / step_cache.ENTRY).read_text())
+    del doc["digests"]["out.json"]  # an entry edited (its key intact) to drop what it would be checked by
+    (tmp_path / step_cache.ENTRY).write_text(json.dumps(doc))
+    assert step_cache.lookup("score", folder, inputs).miss == (
+        "the cache entry records no sha256 of out.json: its outputs cannot be checked"
     )

@@ -315,7 +315,9 @@ def cached(spec: PipelineSpec, job: dict[str, Any]) -> step_cache.Lookup | None:
     now), the version's files and its Hub base's commit, and the spec blocks scoring reads (not
     ``score.version``: the version it resolved to is keyed); None with ``score.cache`` off. The version's
     name, each input file's sha256 and each block's digest are kept in words: a miss says what changed in
-    them, and a hit is checked against the published manifest (:func:`_reused`). A miss removes the old
+    them. A hit needs the published files to hold the bytes the entry recorded when they were written (the
+    part, its manifest and quarantine, hashed again: scores rewritten since, even with their footer kept, are
+    a miss), and is checked against the published manifest (:func:`_reused`). A miss removes the old
     entry before the day is scored again. A teacher's days (``score.teacher``) are not cached: the endpoint
     may answer otherwise tomorrow."""
     if not spec.score.cache or spec.score.teacher is not None:
@@ -369,7 +371,7 @@ def _reused(job: dict[str, Any], found: step_cache.Lookup) -> dict[str, Any] | N
     try:
         manifest = read_scores_manifest(job["output"])
     except UnreadableScores as exc:
-        found.miss = f"the published scores cannot be read ({str(exc)[:100]})"
+        found.miss = f"the published scores cannot be read: {exc}"  # bounded: its own words, whole
     else:
         items = [i for i in manifest.get("inputs") or [] if isinstance(i, dict)]
         recorded = {

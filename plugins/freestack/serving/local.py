@@ -60,7 +60,7 @@ from freestack.serving.smoke import (
     truncated,
 )
 from freestack.settings import checkout_dir, settings
-from freestack.version import VersionError
+from freestack.version import VersionCorrupt, VersionError
 from freestack.version import open as open_version
 from freestack_server.core.address import socket_name
 from freestack_server.core.config import CANNOT_SERVE, ServerConfig, write_env_file
@@ -505,7 +505,9 @@ def deploy_local(
     ``source`` is the URI the server reads the version from and the environment it needs for it
     (default: ``version_uri`` as it is). Idempotent: if the record already serves this version at this
     address from a live server that still answers its smoke test, nothing changes (one that does not is
-    replaced by a new server). ``alias`` (what the version was chosen by, e.g.
+    replaced by a new server), once the version's files are checked as every load checks them
+    (:func:`check_files`: a version changed since registration fails the deploy, the server left as it is;
+    a new server's load checks them itself). ``alias`` (what the version was chosen by, e.g.
     production) is kept in the record, so a status can flag a deployment whose alias moved on.
     ``api_key``: the key the OpenAI API (``/v1``) asks for, read from the connection ``deploy.api_key``
     names (:func:`freestack.hooks.credentials.server_api_key`); in the server's env file, never the record.
@@ -519,6 +521,8 @@ def deploy_local(
         smoke_sample(version_uri, local.smoke_rows) if sample is None else truncated(sample, local.smoke_rows)
     )
     if live and _still_serves(live, version, local, runtime, api_key, sample):
+        # the running server is current only while its version's files are those registered
+        check_files(model, version, version_uri)
         log.info("%s/%s already serves %s at %s", model, name, version, live["url"])
         return {**live, "unchanged": True}
     request_log = monitoring_uri(root_uri, model) if local.log_sample_rate else None
@@ -574,6 +578,20 @@ def deploy_local(
     if live:
         _retire(live, address)
     return record
+
+
+def check_files(model: str, version: str, version_uri: str) -> None:
+    """The version's files against its registration manifest, as every load checks them
+    (:meth:`freestack.version.ModelVersion.verify`): a file changed or removed since registration is
+    :class:`~freestack.version.VersionCorrupt` naming it and what to do. Nothing is started or stopped."""
+    try:
+        open_version(version_uri).verify()
+    except VersionError as exc:
+        raise VersionCorrupt(
+            f"{model} {version} was not deployed: {exc}. The running server was left as it is; roll back "
+            f"(`freestack models rollback {model}`) or deploy another version "
+            "(`freestack serve deploy PIPELINE --version V`)"
+        ) from None
 
 
 def _serves_in_place(
@@ -981,6 +999,7 @@ __all__ = [
     "Address",
     "LocalServer",
     "Slot",
+    "check_files",
     "deploy_local",
     "describe",
     "hold_address",

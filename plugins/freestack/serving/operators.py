@@ -26,6 +26,7 @@ from freestack.serving.records import Deployments
 from freestack.serving.seldon_deployments import finish_rollout, start_rollout
 from freestack.serving.triggers import SeldonDeploymentAvailableTrigger
 from freestack.storage import storage_root
+from freestack.version import VersionError
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -102,6 +103,8 @@ class DeployOperator(HubEnvironment, PipelineOperator):
             record = self._local(spec, version, uri, reason, alias)  # serves `version`, or raises
         except DeployError as exc:
             raise RuntimeError(str(exc)) from None  # retried: a port, the machine or the cluster may be busy
+        except VersionError as exc:  # the version's files changed since registration: a retry reads the same
+            raise AirflowFailException(str(exc)) from None
         if alias:
             self.require_still_set(reg, alias, version, "while it was deployed")
         self._deployed = record  # what get_openlineage_facets_on_complete reports

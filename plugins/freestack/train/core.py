@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from freestack import __version__
+from freestack import __version__, step_cache
 from freestack.errors import FreestackError
 from freestack.ml.checkpoint import CHECKPOINT
 from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
@@ -162,6 +162,19 @@ def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
         )
     except ValidationError as exc:
         raise TrainingError(f"the run's hyperparameters are invalid: {block_problems(exc)}") from None
+
+
+#: train fields that say when or where a training runs, not what it learns: not in :func:`keyed_spec`
+NOT_INPUTS = {"cache", "schedule", "ingest_wait_minutes", "ingest_poke_seconds", "queue"}
+
+
+def keyed_spec(run_spec: PipelineSpec) -> str:
+    """The digest of what in a run's spec (:func:`effective_spec`) decides the trained weights: its name,
+    ``source``, ``model`` and ``train`` blocks less :data:`NOT_INPUTS`. ``train.cache`` keys on it
+    (:mod:`freestack.train.reuse`), and lineage records it (``keyed_spec``), so that a cache entry naming a
+    version can be checked against what the version was trained with."""
+    blocks = {"source": run_spec.source, "model": run_spec.model, "train": run_spec.train}
+    return step_cache.spec_digest({"name": run_spec.name, **blocks}, {"train": NOT_INPUTS})
 
 
 @dataclass
@@ -808,6 +821,7 @@ def _write_version(
         "spec_hash": spec.spec_hash(),
         "spec_file_sha256": spec.file_sha256,
         "spec_normalized_hash": spec.normalized_hash(),
+        "keyed_spec": keyed_spec(spec),
         "code_version": __version__,
         "wandb": run.as_dict(),
         "airflow": req.airflow,
@@ -869,10 +883,12 @@ def _write_version(
 
 
 __all__ = [
+    "NOT_INPUTS",
     "Prepared",
     "build_model",
     "check_trainable",
     "effective_spec",
+    "keyed_spec",
     "load_window",
     "loop_config",
     "prepare",

@@ -17,9 +17,18 @@ window's data, so a miss names the input that changed), naming the version the t
 outcome. A hit with the version still a candidate returns that outcome (the
 evaluation that follows hits its own cache); a hit whose version was registered since ends the run as an
 automatic run with nothing new to train does: the version went through the gate already. A miss, or a
-version since deleted, trains. A hit is checked against the version it names: a version whose lineage names
-other partitions (an entry edited or copied) is a miss saying so; and changed data, which finds no entry of
-its own, names the days that changed since the newest entry."""
+version since deleted, trains. A hit is checked, never taken on the entry's word (an entry edited or
+copied is a miss saying why):
+
+* against the sha256 of each file the training wrote into the version's folder, recorded in the entry
+  (:func:`freestack.step_cache.save`): a candidate's files are hashed again, a registered version's are
+  those its registration manifest lists (but ``lineage.json`` and ``README.md``, which registration
+  rewrites), its lineage read as checked against that manifest;
+* against the lineage of the version it names: its partitions (each ds and sha256), the digest of its
+  settings (``keyed_spec``, :func:`freestack.train.core.keyed_spec`) and its base's commit must be this
+  key's.
+
+Changed data, which finds no entry of its own, names the days that changed since the newest entry."""
 
 from __future__ import annotations
 
@@ -29,12 +38,15 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from freestack import step_cache
-from freestack.registry.core import registry_for
+from freestack.registry.core import ModelRegistry, registry_for
 from freestack.storage import join, storage_root, to_path
-from freestack.train.core import effective_spec
+from freestack.train.core import NOT_INPUTS, effective_spec, keyed_spec
 from freestack.train.pretrained import pretrained_base
 from freestack.train.request import TrainOutcome, TrainRequest
 from freestack.train.window import Window
+from freestack.version import Manifest, VersionError
+from freestack.version import open as open_version
+from freestack.version.files import CARD, LINEAGE
 from freestack.version.write import read_lineage
 
 if TYPE_CHECKING:
@@ -42,8 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STAGE = "train"
-#: train fields that say when or where a training runs, not what it learns
-NOT_INPUTS = {"cache", "schedule", "ingest_wait_minutes", "ingest_poke_seconds", "queue"}
+#: what registration writes anew into a version: not the files the training wrote
+REWRITTEN = (LINEAGE, CARD)
 
 
 @dataclass
@@ -95,10 +107,9 @@ def partitions(spec: PipelineSpec, req: TrainRequest) -> list[list[str]]:
 def inputs(spec: PipelineSpec, req: TrainRequest) -> dict[str, str]:
     """The digests a training's key is made of (``code_version`` is added by :func:`freestack.step_cache.lookup`)."""
     run_spec = effective_spec(spec, req)
-    blocks = {"source": run_spec.source, "model": run_spec.model, "train": run_spec.train}
     return {
         "partitions": step_cache.digest(partitions(spec, req)),
-        "spec": step_cache.spec_digest({"name": spec.name, **blocks}, {"train": NOT_INPUTS}),
+        "spec": keyed_spec(run_spec),
         "base": _base_commit(run_spec),
     }
 
@@ -116,9 +127,9 @@ def folder(spec: PipelineSpec) -> str:
 
 def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     """The run's key against its entry: the candidate to reuse, the registered version it became, or a
-    miss (which trains). A hit is checked against the version it names: one whose lineage names other
-    partitions (an entry edited, or copied from elsewhere) is a miss saying so. A first run of a window's
-    data names what changed since the newest earlier entry."""
+    miss (which trains). A hit is checked against the files the training wrote and the lineage of the
+    version it names (:func:`_registered`, :func:`_candidate`): an entry edited, or copied from elsewhere,
+    is a miss saying why. A first run of a window's data names what changed since the newest earlier entry."""
     given = inputs(spec, req)
     # one entry per window's data: a retraining of the same partitions with other settings names them
     found = step_cache.lookup(STAGE, folder(spec), given, name=f"{given['partitions'][:24]}.json")
@@ -126,19 +137,50 @@ def lookup(spec: PipelineSpec, req: TrainRequest) -> Reuse:
     if found.same_inputs and entry is not None:
         version = str(entry.extra.get("version") or "")
         if version and reg.is_registered(version):
-            why = _trained_on_others(reg.lineage(version) or {}, version, spec, req)
-            if why is not None:
-                return Reuse(replace(found, miss=why))
-            earlier = {**entry.extra["outcome"], "version_uri": reg.version_uri(version)}
-            return Reuse(found, outcome=TrainOutcome(**earlier), registered=version)
+            return _registered(found, reg, version, spec, req)
     if found.hit and entry is not None:
-        outcome = TrainOutcome(**entry.extra["outcome"])
-        lineage = read_lineage(outcome.version_uri).model_dump(mode="json")
-        why = _trained_on_others(lineage, outcome.version, spec, req)
-        return Reuse(replace(found, miss=why)) if why else Reuse(found, outcome=outcome)
+        return _candidate(found, spec, req)
     if found.miss == step_cache.FIRST:
         return Reuse(replace(found, miss=_changed_since(spec, req) or step_cache.FIRST))
     return Reuse(found)
+
+
+def _registered(
+    found: step_cache.Lookup, reg: ModelRegistry, version: str, spec: PipelineSpec, req: TrainRequest
+) -> Reuse:
+    """An entry (keyed on these inputs) naming a version registered since: that version, when its
+    lineage (read as checked against its registration manifest) is of these inputs and its manifest lists
+    the files the entry's run trained; else a miss saying which is not."""
+    entry = found.entry
+    assert entry is not None
+    try:
+        opened = open_version(reg.version_uri(version))
+    except VersionError as exc:
+        return Reuse(
+            replace(found, miss=f"the cache entry names version {version}, which cannot be read: {exc}")
+        )
+    lineage = opened.lineage.model_dump(mode="json")
+    why = _trained_on_others(lineage, version, found.inputs, spec, req) or _not_trained_by(
+        entry, opened.manifest, version
+    )
+    if why is not None:
+        return Reuse(replace(found, miss=why))
+    earlier = {**entry.extra["outcome"], "version_uri": reg.version_uri(version)}
+    return Reuse(found, outcome=TrainOutcome(**earlier), registered=version)
+
+
+def _candidate(found: step_cache.Lookup, spec: PipelineSpec, req: TrainRequest) -> Reuse:
+    """A hit on a candidate (its files hashed again by the lookup): its outcome, when it is the folder the
+    entry's run wrote and its lineage is of these inputs; else a miss saying which is not."""
+    entry = found.entry
+    assert entry is not None
+    outcome = TrainOutcome(**entry.extra["outcome"])
+    if outcome.version_uri not in entry.outputs:
+        why = f"the cache entry's outcome names {outcome.version_uri}, not the folder its run wrote"
+        return Reuse(replace(found, miss=why))
+    lineage = read_lineage(outcome.version_uri).model_dump(mode="json")
+    why = _trained_on_others(lineage, outcome.version, found.inputs, spec, req)
+    return Reuse(replace(found, miss=why)) if why else Reuse(found, outcome=outcome)
 
 
 def cached(
@@ -170,17 +212,61 @@ def save_finished(spec: PipelineSpec, req: TrainRequest, outcome: TrainOutcome, 
 
 
 def _trained_on_others(
-    lineage: dict[str, Any], version: str, spec: PipelineSpec, req: TrainRequest
+    lineage: dict[str, Any], version: str, given: dict[str, str], spec: PipelineSpec, req: TrainRequest
 ) -> str | None:
-    """Why the version an entry names cannot be this training's (its lineage's partitions are not the
-    window's); None when they are."""
-    seen = sorted([str(p.get("ds")), str(p.get("sha256"))] for p in lineage.get("partitions") or [])
-    wanted = sorted(partitions(spec, req))
-    if seen == wanted:
+    """Why the version an entry names cannot be this training's (:func:`_lineage_differs` from ``given``,
+    the key's inputs); None when it is."""
+    why = _lineage_differs(lineage, given, sorted(partitions(spec, req)))
+    if why is None:
         return None
     return (
-        f"the cache entry names version {version}, whose lineage names other partitions than these "
-        f"{len(wanted)} (the entry was edited or copied): training again"
+        f"the cache entry names version {version}, whose lineage {why} (the entry was edited or copied): "
+        "training again"
+    )
+
+
+def _lineage_differs(lineage: dict[str, Any], given: dict[str, str], wanted: list[list[str]]) -> str | None:
+    """How a version's lineage is not of a key's inputs: it names other partitions than the window's
+    (``wanted``, ``[ds, sha256]`` each), records other settings (or none) than the key's ``spec``, or
+    another base commit than its ``base``; None when it is of them."""
+    seen = sorted([str(p.get("ds")), str(p.get("sha256"))] for p in lineage.get("partitions") or [])
+    settings, base = lineage.get("keyed_spec"), str((lineage.get("base") or {}).get("commit") or "none")
+    if seen != wanted:
+        return f"names other partitions than these {len(wanted)}"
+    if not settings:
+        return "records no digest of the settings it was trained with (keyed_spec)"
+    if settings != given["spec"]:
+        return (
+            f"records other settings than these (keyed_spec {str(settings)[:12]}, now {given['spec'][:12]})"
+        )
+    if base != given["base"]:
+        return f"names another base commit ({base[:12]}, now {given['base'][:12]})"
+    return None
+
+
+def _not_trained_by(entry: step_cache.CacheEntry, manifest: Manifest | None, version: str) -> str | None:
+    """Why registered ``version`` does not hold the files the entry's run trained (their sha256 as recorded
+    in the entry, but those registration rewrites, against its registration manifest); None when it does."""
+    under = (entry.outputs[0] if entry.outputs else "").rstrip("/") + "/"
+    trained = {
+        k[len(under) :]: sha
+        for k, sha in entry.digests.items()
+        if k.startswith(under) and k[len(under) :] not in REWRITTEN
+    }
+    if not trained:
+        return (
+            f"the cache entry records no sha256 of the files its run trained: version {version} cannot be "
+            "checked against them"
+        )
+    files = manifest.files if manifest is not None else {}
+    other = sorted(rel for rel, sha in trained.items() if rel not in files or files[rel].sha256 != sha)
+    if not other:
+        return None
+    run = entry.run.get("run_id") or "?"
+    named = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+    return (
+        f"the cache entry names version {version}, whose registered files are not those run {run} trained "
+        f"({named}; the entry was edited or copied): training again"
     )
 
 

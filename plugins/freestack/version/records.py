@@ -83,6 +83,9 @@ class Lineage(Record):
     partitions: list[dict[str, Any]] = Field([], description="ds, uri, sha256 and bytes of each partition")
     window: dict[str, Any] | None = Field(None, description="end_ds and days of the training window")
     spec_hash: str | None = None
+    keyed_spec: str | None = Field(
+        None, description="the digest of the spec blocks that decide the weights (train.cache's spec input)"
+    )
     code_version: str | None = None
     hyperparameters: dict[str, Any] | None = None
     gate: dict[str, Any] | None = Field(None, description="the gate's decision, added at registration")

@@ -133,15 +133,27 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
 def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
     """The entry holds this key and its files are there, but ``evaluation/metrics.json`` is another
     evaluation's (evaluate run since with its cache off, or the entry edited): a miss saying so, the
-    entry removed, never the other evaluation reused."""
+    entry removed, never the other evaluation reused. The file's bytes are not those the entry recorded:
+    the lookup says so; an entry edited to record them too is caught by what the file itself records."""
+    import hashlib
+
     from freestack.evaluate import core
 
     entry, metrics = folder / "evaluation" / "_cache.json", folder / "evaluation" / "metrics.json"
-    saved, written = entry.read_bytes(), json.loads(metrics.read_text())
+    saved, original = entry.read_bytes(), metrics.read_bytes()
+    written, sha = json.loads(original), json.loads(saved)["digests"]["evaluation/metrics.json"]
     days = written["window"]["partitions"]
 
     def reused(**recorded) -> str:
         metrics.write_text(json.dumps({**written, **recorded}))
+        found = core.cached(spec, uri, None, None)
+        assert found is not None and found.miss == (
+            f"evaluation/metrics.json is not what run manual__first wrote (sha256 {sha[:12]} then, "
+            f"sha256 {hashlib.sha256(metrics.read_bytes()).hexdigest()[:12]} now)"
+        )
+        edited = json.loads(saved)  # the entry edited to record the rewritten file's sha256 as well
+        edited["digests"]["evaluation/metrics.json"] = hashlib.sha256(metrics.read_bytes()).hexdigest()
+        entry.write_text(json.dumps(edited))
         found = core.cached(spec, uri, None, None)
         assert found is not None and found.hit  # the entry alone would be reused
         assert core._reused(uri, found) is None and not found.hit and not entry.exists()
@@ -163,9 +175,9 @@ def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
         reused(cache=None)
         == "evaluation/metrics.json was written under no key, not by the run the cache entry names"
     )
-    metrics.write_text(json.dumps(written))
+    metrics.write_bytes(original)
     found = core.cached(spec, uri, None, None)
-    assert core._reused(uri, found)["cache"]["hit"] is True  # its own evaluation is reused
+    assert found.hit and core._reused(uri, found)["cache"]["hit"] is True  # its own evaluation is reused
 
 
 def _no_model(uri):

@@ -123,28 +123,98 @@ def test_an_unchanged_day_keeps_its_scores_and_each_change_is_a_miss(day, monkey
         rescored["scored_at"] >= first["scored_at"]
         and _files(folder)["part.parquet"] != before["part.parquet"]
     )
+    _rewritten_scores_are_a_miss(fewer, job, folder)
     _a_hit_checks_the_scores_it_reuses(fewer, job, folder)
     (folder / "part.parquet").unlink()
     assert core.cached(fewer, job).miss == "outputs gone: part.parquet"
 
 
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rewritten_scores_are_a_miss(spec, job, folder: Path) -> None:
+    """The published part rewritten with other predictions, its footer (the manifest) kept as it was: the
+    entry recorded the part's sha256 when it was written, so the lookup is a miss naming the part, and the
+    day is scored again, never the other predictions reused. The entry and the part are put back after."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from freestack.score import core
+    from freestack.score.published import FOOTER_KEY, read_scores_manifest
+
+    entry, part = folder / "_cache.json", folder / "part.parquet"
+    kept = {p.name: p.read_bytes() for p in folder.iterdir()}
+    saved, published, manifest = kept[entry.name], kept[part.name], read_scores_manifest(job["output"])
+    table = pq.read_table(part)
+    column = table.schema.get_field_index("prediction")
+    predicted = table.column(column).to_pylist()
+    other = table.set_column(
+        column, "prediction", pc.cast([predicted[-1], *predicted[:-1]], table.field(column).type)
+    )
+    assert other.column("prediction").to_pylist() != predicted
+    with pq.ParquetWriter(part, other.schema) as writer:  # the footer kept as the score task wrote it
+        writer.write_table(other)
+        writer.add_key_value_metadata(
+            {FOOTER_KEY: pq.read_metadata(pa.BufferReader(published)).metadata[FOOTER_KEY]}
+        )
+    assert read_scores_manifest(job["output"]) == manifest  # the footer alone says it is the same day
+    recorded, rewritten = json.loads(saved)["digests"]["part.parquet"], _sha(part)
+    again = core.score(spec, job, {"dag_id": "digits_score", "run_id": "scheduled__fourth"})
+    assert again["cache"]["hit"] is False and again["cache"]["miss"] == (
+        f"part.parquet is not what run scheduled__third wrote (sha256 {recorded[:12]} then, "
+        f"sha256 {rewritten[:12]} now)"
+    )
+    assert pq.read_table(part).column("prediction").to_pylist() == predicted  # scored again
+    for name, data in kept.items():
+        (folder / name).write_bytes(data)
+    assert core.cached(spec, job).hit
+
+
 def _a_hit_checks_the_scores_it_reuses(spec, job, folder: Path) -> None:
     """The day scored since with ``score.cache`` off (another version's scores published, the entry left as
-    it was): the entry holds this key and its files are there, but the part's manifest is of another
-    version: a miss saying so, the entry removed, never the other version's scores reused."""
+    it was): the entry holds this key and its files are there, but the part is not what the entry's run
+    wrote: a miss saying so. An entry edited to record the new part's sha256 as well is checked against
+    the part's manifest, which is of another version: a miss saying so, the entry removed, never the other
+    version's scores reused. A part with no manifest in its footer is a miss saying so, whole."""
+    import pyarrow.parquet as pq
+
+    from freestack import step_cache
     from freestack.score import core
 
-    saved = (folder / "_cache.json").read_bytes()
+    entry, part = folder / "_cache.json", folder / "part.parquet"
+    saved = entry.read_bytes()
     off = spec.model_copy(update={"score": spec.score.model_copy(update={"cache": False})})
     core.score(off, {**job, "version": "v-other", "version_uri": OTHER.as_uri()}, RUN)
     found = core.cached(spec, job)
-    assert found is not None and found.hit  # the entry alone would be reused
-    assert core._reused(job, found) is None and not (folder / "_cache.json").exists()
+    assert found is not None and found.miss.startswith("part.parquet is not what run scheduled__third wrote")
+
+    def edited(**digests: str) -> step_cache.Lookup:
+        """The lookup of the entry edited to record these digests."""
+        doc = json.loads(saved)
+        doc["digests"].update(digests)
+        entry.write_text(json.dumps(doc))
+        found = core.cached(spec, job)
+        assert found is not None and found.hit  # the entry alone would be reused
+        return found
+
+    found = edited(**{"part.parquet": _sha(part), "_manifest.json": _sha(folder / "_manifest.json")})
+    assert core._reused(job, found) is None and not entry.exists()
     assert found.miss == (
         "the manifest of part.parquet records other inputs than these "
         f"(recorded -> now: version v-other -> {job['version']})"
     )
-    (folder / "_cache.json").write_bytes(saved)
+    pq.write_table(pq.read_table(part).replace_schema_metadata(None), part)  # no manifest in its footer
+    found = edited(**{"part.parquet": _sha(part), "_manifest.json": _sha(folder / "_manifest.json")})
+    assert core._reused(job, found) is None
+    assert found.miss == (
+        "the published scores cannot be read: part.parquet has no scores manifest in its footer "
+        "(key freestack.scores): it was not written by the score task"
+    )
+    entry.write_bytes(saved)
 
 
 def _no_model(uri, device="auto"):

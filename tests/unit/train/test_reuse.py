@@ -4,6 +4,7 @@ entry or a candidate deleted since is a miss, never a wrong reuse; a registered 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import date
@@ -127,6 +128,93 @@ def test_an_entry_naming_a_version_trained_on_other_partitions_is_a_miss(trained
     assert found.registered is None and found.outcome is None
     assert found.found.miss.startswith(
         "the cache entry names version v20261103-other, whose lineage names other partitions than these 3"
+    )
+
+
+def _register_copy(spec, outcome, folder: Path, version: str, edit) -> None:
+    """Register a copy of the trained candidate as ``version``, ``edit(folder)`` applied to the copy first."""
+    import shutil
+
+    from freestack.registry.core import registry_for
+
+    shutil.copytree(outcome.version_uri.removeprefix("file://"), folder)
+    edit(folder)
+    registry_for(spec).register(folder.as_uri(), version)
+
+
+def _name_in_entry(spec, version: str) -> None:
+    """The entry edited by hand to name ``version`` (its key left intact)."""
+    entry = _entry(spec)
+    doc = json.loads(entry.read_text())
+    doc["extra"]["version"] = version
+    entry.write_text(json.dumps(doc))
+
+
+def test_an_entry_naming_another_registered_version_of_the_window_is_a_miss(trained, tmp_path):
+    """A hand-edited entry naming another registered version of the same window's partitions: one whose
+    lineage records other settings, or one whose files are not those the entry's run trained (other
+    weights), is a miss saying so, never "was trained on these inputs"."""
+    from freestack.train import reuse
+
+    spec, req, _, outcome, _ = trained
+
+    def other_settings(folder: Path) -> None:
+        lineage = json.loads((folder / "lineage.json").read_text())
+        assert lineage["keyed_spec"] == reuse.inputs(spec, req)["spec"]  # the training recorded its own
+        lineage["keyed_spec"] = "0" * 64  # as a training with another learning rate records it
+        (folder / "lineage.json").write_text(json.dumps(lineage))
+
+    _register_copy(spec, outcome, tmp_path / "settings", "v20261103-settings", other_settings)
+    _name_in_entry(spec, "v20261103-settings")
+    found = reuse.lookup(spec, req)
+    assert found.registered is None and found.outcome is None
+    assert found.found.miss == (
+        "the cache entry names version v20261103-settings, whose lineage records other settings than these "
+        f"(keyed_spec 000000000000, now {found.found.inputs['spec'][:12]}) (the entry was edited or copied): "
+        "training again"
+    )
+    assert found.line().startswith("train: cache miss: the cache entry names version v20261103-settings")
+
+    def other_weights(folder: Path) -> None:
+        weights = folder / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+    _register_copy(spec, outcome, tmp_path / "weights", "v20261103-weights", other_weights)
+    _name_in_entry(spec, "v20261103-weights")
+    found = reuse.lookup(spec, req)
+    assert found.registered is None and found.outcome is None
+    assert found.found.miss == (
+        "the cache entry names version v20261103-weights, whose registered files are not those run "
+        "manual__first trained (model.safetensors; the entry was edited or copied): training again"
+    )
+
+
+def test_a_candidate_changed_since_its_training_is_a_miss(trained):
+    """The candidate's weights changed since the entry's run wrote them (the entry recorded each file's
+    sha256), or the entry's outcome edited to name another folder: a miss saying so."""
+    from freestack.train import reuse
+
+    spec, req, _, outcome, _ = trained
+    entry = _entry(spec)
+    doc = json.loads(entry.read_text())
+    weights_uri = f"{outcome.version_uri}/model.safetensors"
+    recorded = doc["digests"][weights_uri]
+    weights = Path(weights_uri.removeprefix("file://"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    changed = reuse.lookup(spec, req)
+    assert changed.outcome is None and changed.found.miss == (
+        f"{weights_uri} is not what run manual__first wrote (sha256 {recorded[:12]} then, "
+        f"sha256 {hashlib.sha256(weights.read_bytes()).hexdigest()[:12]} now)"
+    )
+    weights.write_bytes(data)
+    assert reuse.lookup(spec, req).found.hit
+    doc["extra"]["outcome"]["version_uri"] = "file:///elsewhere/v1"
+    entry.write_text(json.dumps(doc))
+    moved = reuse.lookup(spec, req)
+    assert moved.outcome is None and moved.found.miss == (
+        "the cache entry's outcome names file:///elsewhere/v1, not the folder its run wrote"
     )
 
 
