@@ -9,7 +9,9 @@ Copy it into your DAGs folder and trigger it with the form's values (or ``--conf
 
 The scores of a run go to ``scores/<model>/ds=<ds>/`` under the storage root; the promotion moves the
 alias to exactly the version the scores were made with (the score task's XCom), so an alias given as
-``version`` is resolved once.
+``version`` is resolved once. ``latest`` is the newest version the gate did not block. A version the gate
+blocked (named as ``version``) is scored with, but the promotion refuses it unless ``allow_blocked`` says
+why; the run's note then records that override with the gate's reasons.
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ with DAG(
     tags=["freestack", "example"],
     params={
         "model": Param("digits", type="string", description="The registered model's name."),
-        "version": Param("latest", type="string", description="A version, an alias, or latest."),
+        "version": Param(
+            "latest",
+            type="string",
+            description="A version, an alias, or latest (the newest version the gate did not block).",
+        ),
         "input_uri": Param(type="string", description="The folder or file of rows to score."),
         "alias": Param("production", type="string", description="The alias pointed at the version."),
+        "allow_blocked": Param(
+            "",
+            type="string",
+            description="Why a version the gate blocked may take the alias anyway; empty: it is refused.",
+        ),
     },
     default_args={"retries": 2},
 ) as dag:
@@ -48,5 +59,6 @@ with DAG(
         version="{{ ti.xcom_pull(task_ids='score')['version'] }}",
         alias="{{ params.alias }}",
         reason="scored {{ params.input_uri }} in {{ run_id }}",
+        allow_blocked="{{ params.allow_blocked }}",
     )
     score >> promote

@@ -266,7 +266,7 @@ def promote_params(spec: PipelineSpec) -> dict[str, Param]:
             minLength=1,
             title="Version",
             description=f"A registered {spec.model_name} version (`freestack models list`), an alias, or "
-            "latest (the newest version)",
+            "latest (the newest version the gate did not block)",
         ),
         "alias": form_field(
             spec.deploy.alias,
@@ -277,6 +277,14 @@ def promote_params(spec: PipelineSpec) -> dict[str, Param]:
         ),
         "reason": form_field(
             "", type="string", maxLength=500, title="Reason", description="Kept in the aliases' history"
+        ),
+        "allow_blocked": form_field(
+            "",
+            type="string",
+            maxLength=500,
+            title="Override the gate",
+            description="Why a version the gate blocked may take the alias anyway (kept in the history and "
+            "the run's note with the gate's reasons). Empty: a blocked version is refused",
         ),
         "expect": form_field(
             None,
@@ -527,6 +535,7 @@ def promote_dag(spec: PipelineSpec, spec_path: str) -> DAG:
             alias="{{ params.alias }}",
             reason="{{ params.reason }}",
             expect="{{ params.expect or '' }}",
+            allow_blocked="{{ params.allow_blocked or '' }}",
             doc_md="The alias <- the chosen version (who triggered it is recorded), only while the alias is still "
             "`expect` when the form names it.",
             **serialised(spec, MOVE_PRIORITY),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.runs import run_note
 from tests.support.serving import in_process, make_version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +181,8 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
 
 def test_promote_dag_moves_staging_alone_and_production_with_its_server(pipeline):
     """``<p>_promote`` (what the Models page's buttons trigger): staging only moves; production moves,
-    keeps previous, and is redeployed; each move records the run's triggering user."""
+    keeps previous, and is redeployed; each move records the run's triggering user, and the run's note
+    says where the alias went."""
     from freestack.registry.core import ModelRegistry
     from freestack.serving.local import stop_local
     from tests.dags.test_sweep_dag import _states
@@ -215,9 +217,12 @@ def test_promote_dag_moves_staging_alone_and_production_with_its_server(pipeline
             and run.run_id in move["by"]
         )
 
+        assert run_note(run) == "**Promoted.** `v2` of `digits` is staging now."
+
         run = promote.test(run_conf={"version": "v2", "alias": "production"})
         assert run.state == "success" and _states(run)["deploy"] == ["success"]
         assert reg.aliases()["production"] == "v2" and reg.aliases()["previous"] == "v1"
+        assert run_note(run) == "**Promoted.** `v2` of `digits` is production now (previous: `v1`)."
         rec, now = _served(root)
         assert rec["version"] == "v2" and now["health"] == "ok"
 

@@ -262,7 +262,11 @@ def test_production_moved_during_the_run_is_decided_again(lake, monkeypatch, cap
 
     def moved_first(to):
         def execute(self, context):
-            reg.promote(to, reason="a rollback meanwhile", by="someone (manual__meanwhile)")
+            # the bad v2 was blocked by its gate: a person moving production to it overrides that
+            why = "forced in by hand meanwhile"
+            reg.promote(
+                to, reason="a rollback meanwhile", by="someone (manual__meanwhile)", allow_blocked=why
+            )
             return original(self, context)
 
         return execute

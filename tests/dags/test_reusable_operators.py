@@ -1,6 +1,8 @@
 """freestack's reusable operators in a DAG of one's own (include/dags/score_with_version.py, no pipeline
 spec) under dag.test(): a folder is scored with a registered version exactly as the score stage scores it
-and published whole, then the version is promoted; promote and rollback move the aliases; an argument of
+and published whole, then the version is promoted, the run's note saying so; promote and rollback move the
+aliases, and a version the gate blocked is neither ``latest`` nor promoted without an override, which the
+note records with the gate's reasons; an argument of
 the wrong type fails the DAG file's import, naming it; a version or alias that does not exist fails the
 task at its first try, naming the argument and listing the versions there are. Parsing the DAG file
 imports no heavy library. The deploy operator serves a version locally, answering over HTTP (Seldon's
@@ -26,6 +28,7 @@ from tests.dags.test_integrity import HEAVY, PARSE_PROBE
 from tests.dags.test_openlineage import _completed, _file, _names, ol_file  # noqa: F401  (its listener)
 from tests.dags.test_sweep_dag import _states
 from tests.support.card_versions import build_version
+from tests.support.runs import run_note
 from tests.support.serving import in_process, make_version, needs_serving_env
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -113,6 +116,7 @@ def test_the_example_dag_scores_a_folder_with_a_version_then_promotes_it(registe
     aliases = ModelRegistry(registered["root"].as_uri(), "digits").aliases()
     assert aliases["production"] == registered["version"]
     assert aliases["history"][-1]["by"].endswith(f"({run.run_id})")
+    assert run_note(run) == f"**Promoted.** `{registered['version']}` of `digits` is production now."
     _lineage_of_the_example(_completed(ol_file), registered, out, run.run_id)
 
     # one file, scored with the alias (now the version): the same scores, in a folder of their own
@@ -172,8 +176,18 @@ def _tries(run, task_id: str) -> int:
         return ti.try_number
 
 
-def _context() -> dict:
-    return {"ds": DS, "run_id": "manual__ops", "dag": SimpleNamespace(dag_id="mine")}
+class _Ti:
+    """What the operators here push to their task instance: key -> value."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
+
+
+def _context(ti: _Ti | None = None) -> dict:
+    return {"ds": DS, "run_id": "manual__ops", "dag": SimpleNamespace(dag_id="mine"), "ti": ti or _Ti()}
 
 
 def _refusal(operator) -> str:
@@ -197,9 +211,12 @@ def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(re
     reg = ModelRegistry(storage, "digits")
     reg.promote(first)
 
-    got = FreestackPromoteOperator(task_id="p", model="digits", version="v2").execute(_context())
+    ti = _Ti()
+    got = FreestackPromoteOperator(task_id="p", model="digits", version="v2").execute(_context(ti))
     assert got == {"alias": "production", "version": "v2", "from": first, "production": "v2"}
     assert reg.aliases()["previous"] == first
+    note = f"**Promoted.** `v2` of `digits` is production now (previous: `{first}`)."
+    assert ti.pushed["freestack_run_note"] == note
     staged = FreestackPromoteOperator(task_id="s", model="digits", version="previous", alias="staging")
     assert staged.execute(_context())["version"] == first and reg.aliases()["staging"] == first
 
@@ -253,6 +270,32 @@ def test_promote_and_rollback_move_the_aliases_and_unknown_versions_are_named(re
     said = _refusal(FreestackScoreOperator(task_id="s", model="digits", input_uri="in/", output_uri="out/"))
     assert "input_uri 'in/' holds no rows to score" in said  # production, resolved; the input is missing
     assert reg.aliases()["production"] == first  # nothing moved
+    _a_blocked_version_is_promoted_only_overridden(reg, tmp_path, first)
+
+
+def _a_blocked_version_is_promoted_only_overridden(reg, tmp_path: Path, production: str) -> None:
+    """v3, registered as the gate registers a candidate it blocked: ``latest`` is v2 (the newest the gate did
+    not block); promoting v3 fails at once naming the gate's reasons and the override, then lands with it,
+    the note and the history recording why and the gate's reasons."""
+    from freestack.providers import FreestackPromoteOperator
+
+    reasons = ["rmse 168.8000 > maximum 60.0000: block", "r2 0.1000 < minimum 0.5000: block"]
+    gate = {"promote": False, "decision": "block", "metric": "rmse", "reasons": reasons}
+    reg.register(reg.local_copy("v2", tmp_path / "v3").as_uri(), "v3", lineage_updates={"gate": gate})
+    staged = FreestackPromoteOperator(task_id="s", model="digits", version="latest", alias="staging")
+    assert staged.execute(_context())["version"] == "v2"  # not v3, the newest registered
+    said = _refusal(FreestackPromoteOperator(task_id="p", model="digits", version="v3"))
+    assert said.startswith("alias='production': cannot point it at v3: version 'v3' of model 'digits' was ")
+    assert "; ".join(reasons) in said and "allow_blocked='<why>'" in said
+    assert reg.aliases()["production"] == production
+    ti, why = _Ti(), "the gate's thresholds predate the new units"
+    forced = FreestackPromoteOperator(task_id="p", model="digits", version="v3", allow_blocked=why)
+    assert forced.execute(_context(ti))["version"] == "v3" == reg.aliases()["production"]
+    assert reg.aliases()["history"][-1]["override"] == {"why": why, "gate_reasons": reasons}
+    assert ti.pushed["freestack_run_note"] == (
+        f"**Promoted.** `v3` of `digits` is production now (previous: `{production}`).\n\n"
+        f"**Gate overridden.** The gate blocked `v3` ({'; '.join(reasons)}); moved anyway: {why}"
+    )
 
 
 BAD_DAG = """

@@ -5,7 +5,9 @@ MODEL is a model name, or a pipeline name (then its spec's storage root and mode
 (:mod:`freestack.cli.actions`): audited, serialised with the model's other deploys, redeployed. On a bare
 model (``--root``) they move the alias directly, and only while no deployment serves it.
 ``--root`` picks the storage root (default: ``FREESTACK_STORAGE_ROOT``, else the project's). VERSION is a
-version name, an alias (``production``, ``previous``, ``staging``...) or ``latest``.
+version name, an alias (``production``, ``previous``, ``staging``...) or ``latest`` (the newest version the
+gate did not block). ``promote`` and ``alias`` refuse a version the gate blocked unless ``--allow-blocked``
+says why (kept in the aliases' history with the gate's reasons).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from freestack.cli import actions
 from freestack.cli.common import Json, Root, has_pipeline, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import emit, fmt, out, plural, print_json, progress, table
-from freestack.registry.core import ModelRegistry, registered_models
+from freestack.registry.core import ModelRegistry, VersionNotFound, registered_models
 from freestack.registry.hub import promote_on_hub, push_to_hub
 from freestack.serving.records import served_alias, serving_records
 from freestack.storage import join, storage_root
@@ -43,6 +45,16 @@ Version = Annotated[
     ),
 ]
 Reason = Annotated[str | None, typer.Option(help="Why (kept in the aliases' history).", show_default=False)]
+AllowBlocked = Annotated[
+    str | None,
+    typer.Option(
+        "--allow-blocked",
+        metavar="WHY",
+        help="Why a version the gate blocked may take the alias anyway (kept in the history with the gate's "
+        "reasons); without it such a version is refused.",
+        show_default=False,
+    ),
+]
 
 
 def model_names(root) -> list[str]:
@@ -120,7 +132,7 @@ def _list_models(root: Any, json: bool) -> int:
     for name in model_names(root):
         reg = ModelRegistry(root, name)
         versions = reg.versions()
-        latest = max(versions, key=lambda v: v["created"] or "", default={}).get("version")
+        latest = _latest(reg) if versions else None
         production = reg.aliases().get("production")
         rows.append({"model": name, "versions": len(versions), "latest": latest, "production": production})
     if json:
@@ -136,6 +148,14 @@ def _list_models(root: Any, json: bool) -> int:
     emit(t, console=console)
     console.print(f"registry: {join(root, 'registry')}")
     return 0
+
+
+def _latest(reg: ModelRegistry) -> str | None:
+    """What ``latest`` names (the newest version the gate did not block); None when it blocked them all."""
+    try:
+        return reg.latest()
+    except VersionNotFound:
+        return None
 
 
 def gate_lines(gate: dict[str, Any], limit: int = 4) -> list[str]:
@@ -293,20 +313,31 @@ def _by() -> str:
 
 @app.command()
 def promote(
-    model: Model, version: Version, root: Root = None, reason: Reason = None, timeout: Timeout = 900
+    model: Model,
+    version: Version,
+    root: Root = None,
+    reason: Reason = None,
+    timeout: Timeout = 900,
+    allow_blocked: AllowBlocked = None,
 ) -> int:
     """production <- VERSION, previous <- the old production; redeployed by a <p>_promote run (which fails,
-    changing nothing, if another move lands first)."""
+    changing nothing, if another move lands first). A version the gate blocked takes --allow-blocked WHY."""
     now = _as_asked(model, root, "production")
+    conf = {
+        "version": version,
+        "alias": "production",
+        "reason": reason or "",
+        "expect": now.get("production"),
+    }
     return _move(
         model,
         root,
         "production",
         "promote",
-        {"version": version, "alias": "production", "reason": reason or "", "expect": now.get("production")},
+        {**conf, **({"allow_blocked": allow_blocked} if allow_blocked else {})},
         reason,
         timeout,
-        lambda reg: reg.promote(version, reason=reason, by=_by()),
+        lambda reg: reg.promote(version, reason=reason, by=_by(), allow_blocked=allow_blocked),
     )
 
 
@@ -352,18 +383,21 @@ def alias(
     root: Root = None,
     reason: Reason = None,
     timeout: Timeout = 900,
+    allow_blocked: AllowBlocked = None,
 ) -> int:
-    """Point ALIAS (e.g. staging) at a version, through a <p>_promote run."""
+    """Point ALIAS (e.g. staging) at a version, through a <p>_promote run. A version the gate blocked takes
+    --allow-blocked WHY."""
     now = _as_asked(model, root, alias)
+    conf = {"version": version, "alias": alias, "reason": reason or "", "expect": now.get(alias)}
     return _move(
         model,
         root,
         alias,
         "alias",
-        {"version": version, "alias": alias, "reason": reason or "", "expect": now.get(alias)},
+        {**conf, **({"allow_blocked": allow_blocked} if allow_blocked else {})},
         reason,
         timeout,
-        lambda reg: reg.set_alias(alias, version, reason=reason, by=_by()),
+        lambda reg: reg.set_alias(alias, version, reason=reason, by=_by(), allow_blocked=allow_blocked),
     )
 
 

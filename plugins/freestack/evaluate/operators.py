@@ -216,6 +216,7 @@ class PromoteOperator(PipelineOperator):
                     reason=f"gate: {'; '.join(decision['reasons'])}"[:500],
                     by=_approver(context),
                     expect=judged,
+                    allow_blocked=_passed_again(decision),
                 )
                 break
             except AliasMoved as exc:
@@ -295,6 +296,14 @@ def promoted_note(model: str, version: str, aliases: dict[str, Any], decision: d
             "deciding again against it, passed it too"
         )
     return note + "."
+
+
+def _passed_again(decision: dict[str, Any]) -> str | None:
+    """The override ``promote`` records when the gate, deciding again, passed a candidate an earlier try of
+    this task had found blocked (that block is still the registry's word on it); None otherwise."""
+    if not decision.get("decided_again"):
+        return None
+    return f"the gate decided again against production {decision.get('champion_version') or '(none)'} and passed it"
 
 
 def _approver(context: Context) -> str:

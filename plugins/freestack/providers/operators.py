@@ -37,7 +37,7 @@ from freestack.hooks.credentials import model_source
 from freestack.pipeline_operator import PipelineOperator, TorchTask, permanent_error
 from freestack.providers.versions import registry_of, resolve, version_spec, where
 from freestack.registry.core import AliasMoved, RegistryError
-from freestack.registry.operators import moved_text, triggered_by
+from freestack.registry.operators import moved_note, moved_text, push_note, triggered_by
 from freestack.serving.records import Deployments
 from freestack.serving.seldon_deployments import KubernetesUnavailable, finish_rollout, start_rollout
 from freestack.serving.spec import DeploySpec, LocalTarget, deploy_name
@@ -347,19 +347,30 @@ class PromoteArguments(_Arguments):
     )
     alias: str = Field(default="production", min_length=1, json_schema_extra=TEMPLATED)
     reason: str = Field(default="", json_schema_extra=TEMPLATED)
+    allow_blocked: str = Field(
+        default="",
+        description="Why a version the gate blocked may take the alias anyway; empty: it is refused.",
+        json_schema_extra=TEMPLATED,
+    )
 
 
 class FreestackPromoteOperator(_AliasOperator):
     """Point an alias of a model at a registered version (production: the old production becomes
     ``previous``), in one compare-and-swap of the registry's aliases
     (:meth:`freestack.registry.core.ModelRegistry.set_alias`); the move records who made it (the DAG
-    run's triggering user and run id). Pointing it where it already is changes nothing.
+    run's triggering user and run id). Pointing it where it already is changes nothing. A version the gate
+    blocked is refused, the task failing at once with the gate's reasons, unless ``allow_blocked`` says why
+    it may anyway: the history and the run's note then record that override with the gate's reasons. The
+    run's note says "**Promoted.**", with the version and where the alias came from.
 
     :param model: the registered model's name (templated)
-    :param version: the version to point the alias at, or an alias naming one (templated)
+    :param version: the version to point the alias at, or an alias naming one, or ``latest`` (the newest
+        version the gate did not block) (templated)
     :param alias: the alias to move (templated), default ``production``
     :param storage: the storage root holding the registry (templated); default: the storage_root setting
     :param reason: recorded in the aliases' history (templated); default: the run id
+    :param allow_blocked: why a version the gate blocked may take the alias anyway (templated); empty (the
+        default): such a version is refused
 
     Returns ``{"alias", "version", "from", "production"}``.
     """
@@ -374,13 +385,15 @@ class FreestackPromoteOperator(_AliasOperator):
         before = reg.aliases().get(alias)
         reason = (self.reason or "").strip() or f"promoted by {context['dag'].dag_id} ({context['run_id']})"
         by = triggered_by(context)
+        allow = (self.allow_blocked or "").strip() or None
         try:
-            aliases = reg.set_alias(alias, version, reason=reason[:500], by=by)
+            aliases = reg.set_alias(alias, version, reason=reason[:500], by=by, allow_blocked=allow)
         except AliasMoved as exc:  # only with an expected value, which this operator does not pass
             raise AirflowFailException(moved_text(exc, alias, "promotion", "clear this task")) from None
         except RegistryError as exc:
             raise AirflowFailException(f"alias={alias!r}: cannot point it at {version}: {exc}") from None
         self.log.info("%s %s: %s -> %s", self.model, alias, before, aliases.get(alias))
+        push_note(context, moved_note(self.model, alias, before, aliases))
         return self._moved(alias, aliases, before, "production", reason, by)
 
 

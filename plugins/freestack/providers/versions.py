@@ -62,11 +62,14 @@ def known(reg: ModelRegistry) -> str:
 
 
 def resolve(reg: ModelRegistry, value: str, argument: str) -> str:
-    """The registered version ``value`` (a version, an alias or ``latest``) names; :class:`UnknownVersion`
-    naming ``argument`` and listing the versions that exist when it names none."""
+    """The registered version ``value`` (a version, an alias or ``latest``: the newest version the gate did
+    not block) names; :class:`UnknownVersion` naming ``argument`` and listing the versions that exist when
+    it names none (for ``latest``, with the registry's word on why)."""
     try:
         return reg.resolve(value.strip())
-    except VersionNotFound:
+    except VersionNotFound as exc:
+        if value.strip() == "latest":
+            raise UnknownVersion(f"{argument}='latest': {exc}; {known(reg)}") from None
         raise UnknownVersion(
             f"{argument}={value!r} is not a registered version or alias of model {reg.model!r} under "
             f"{reg.root}; {known(reg)}"

@@ -22,6 +22,12 @@ manifest (sha256 and size of every file), so :meth:`ModelRegistry.verify` and :m
 compare-and-swap (``If-Match`` on S3, a locked compare on local disk); a lost race reads again and
 retries, so concurrent promotions serialise and the history keeps every move.
 
+**The gate's decision holds**: ``latest`` is the newest version the gate did not block, and an alias moves
+to a version the gate blocked only with an override that says why (``allow_blocked``), which the move's
+history event records with the gate's reasons (:class:`VersionBlocked` otherwise). A version registered
+with no gate decision (by hand, or trained with ``register=True``) was blocked by nothing. A rollback to a
+version that was production before needs no override: it served already.
+
 No Airflow import happens at module level: the registry is plain Python usable from a notebook.
 """
 
@@ -64,6 +70,15 @@ class VersionExists(RegistryError):  # noqa: N818  (reads as the condition)
 
 class VersionNotFound(RegistryError):  # noqa: N818
     """No committed version (or alias) of that name."""
+
+
+class VersionBlocked(RegistryError):  # noqa: N818  (reads as the condition)
+    """The gate blocked the version an alias was to point at, and no override said why it may anyway:
+    ``version`` and the gate's ``reasons`` name it."""
+
+    def __init__(self, message: str, version: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.version, self.reasons = version, reasons
 
 
 class AliasMoved(RegistryError):  # noqa: N818  (reads as the condition)
@@ -347,10 +362,7 @@ class ModelRegistry:
     def resolve(self, version_or_alias: str) -> str:
         """The committed version an alias (``production``...), ``latest`` or a version name means."""
         if version_or_alias == "latest":
-            vs = self.versions()
-            if not vs:
-                raise VersionNotFound(f"model {self.model!r} has no registered version yet")
-            return vs[-1]["version"]
+            return self.latest()
         if ALIAS_RE.match(version_or_alias) and version_or_alias not in RESERVED:
             target = self.aliases().get(version_or_alias)
             if isinstance(target, str):
@@ -362,6 +374,24 @@ class ModelRegistry:
             f"{version_or_alias!r} is not registered as a version or alias of model {self.model!r} (recent "
             f"versions: {known}; "
             f"aliases: {', '.join(a for a in self.aliases() if a != 'history') or 'none'})"
+        )
+
+    def latest(self) -> str:
+        """What ``latest`` means: the newest committed version the gate did not block (one it passed, or one
+        registered with no gate decision); :class:`VersionNotFound` saying so when it blocked every one."""
+        versions = self.versions()
+        if not versions:
+            raise VersionNotFound(f"model {self.model!r} has no registered version yet")
+        aliases = self.aliases()
+        for v in reversed(versions):
+            if not is_blocked(self.gate_of(v["version"], aliases=aliases)):
+                return v["version"]
+        newest = versions[-1]["version"]
+        raise VersionNotFound(
+            f"model {self.model!r} has no version its gate passed: 'latest' is the newest one the gate did not "
+            f"block, and it blocked all {len(versions)} registered (the newest: {newest}). Name a version to use "
+            "a blocked one (pointing an alias at it takes an override, allow_blocked), or train a candidate "
+            "that passes the gate"
         )
 
     def open(self, version_or_alias: str) -> ModelVersion:
@@ -429,22 +459,28 @@ class ModelRegistry:
         reason: str | None = None,
         by: str | None = None,
         expect: str | None | bool = False,
+        allow_blocked: str | None = None,
     ) -> dict[str, Any]:
         """production ← version and previous ← the old production, atomically; return the aliases.
         ``by`` (who or what moved it: the gate, an approver, a user's DAG run) goes into the history.
         With ``expect`` (a version, or None for "no production yet"), the move happens only while
-        production is still that version, in the same compare-and-swap: else :class:`AliasMoved`."""
+        production is still that version, in the same compare-and-swap: else :class:`AliasMoved`.
+        A version the gate blocked moves only with ``allow_blocked`` saying why (:meth:`_override`)."""
         version = self._require_committed(self.resolve(version_or_alias))
+        lineage = self.lineage(version)
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
             self._still("production", a, expect, version)
             old = a.get("production")
             if old == version:
                 return a
+            override = self._override("production", version, a, lineage, allow_blocked)
             if old:
                 a["previous"] = old
             a["production"] = version
-            a.setdefault("history", []).append(_event("promote", "production", version, old, reason, by))
+            a.setdefault("history", []).append(
+                _event("promote", "production", version, old, reason, by, override)
+            )
             return a
 
         out = self._move(change)
@@ -459,21 +495,27 @@ class ModelRegistry:
         reason: str | None = None,
         by: str | None = None,
         expect: str | None | bool = False,
+        allow_blocked: str | None = None,
     ) -> dict[str, Any]:
         """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`); with
-        ``expect``, only while the alias is still that version (else :class:`AliasMoved`)."""
+        ``expect``, only while the alias is still that version (else :class:`AliasMoved`). A version the
+        gate blocked takes it only with ``allow_blocked`` saying why (:meth:`_override`)."""
         check_alias(alias)
         if alias == "production":
-            return self.promote(version_or_alias, reason=reason, by=by, expect=expect)
+            return self.promote(
+                version_or_alias, reason=reason, by=by, expect=expect, allow_blocked=allow_blocked
+            )
         version = self._require_committed(self.resolve(version_or_alias))
+        lineage = self.lineage(version)
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
             self._still(alias, a, expect, version)
             old = a.get(alias)
             if old == version:
                 return a
+            override = self._override(alias, version, a, lineage, allow_blocked)
             a[alias] = version
-            a.setdefault("history", []).append(_event("set", alias, version, old, reason, by))
+            a.setdefault("history", []).append(_event("set", alias, version, old, reason, by, override))
             return a
 
         return self._move(change)
@@ -485,10 +527,13 @@ class ModelRegistry:
         reason: str | None = None,
         by: str | None = None,
         expect: str | None | bool = False,
+        allow_blocked: str | None = None,
     ) -> dict[str, Any]:
         """production ← ``to`` (default: previous) and previous ← the rolled-back version; return the
         aliases. With ``expect``, only while production is still that version, in the same
-        compare-and-swap (else :class:`AliasMoved`, and nothing changes)."""
+        compare-and-swap (else :class:`AliasMoved`, and nothing changes). A version that was production
+        before goes back whatever its gate decided; one the gate blocked that never was takes
+        ``allow_blocked`` saying why, as :meth:`promote` does."""
         target = self._require_committed(self.resolve(to)) if to else None
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
@@ -501,13 +546,45 @@ class ModelRegistry:
                 )
             if prev == cur:
                 return a  # there already (a retry of this rollback)
+            override = None if served(a, prev) else self._override("production", prev, a, None, allow_blocked)
             a["production"], a["previous"] = prev, cur
-            a.setdefault("history", []).append(_event("rollback", "production", prev, cur, reason, by))
+            a.setdefault("history", []).append(
+                _event("rollback", "production", prev, cur, reason, by, override)
+            )
             return a
 
         out = self._move(change)
         log.info("model %s: rolled back production to %s", self.model, out["production"])
         return out
+
+    def _override(
+        self,
+        alias: str,
+        version: str,
+        aliases: dict[str, Any],
+        lineage: dict[str, Any] | None,
+        allow_blocked: str | None,
+    ) -> dict[str, Any] | None:
+        """None when the gate did not block ``version`` (:meth:`gate_of`, against ``aliases``); when it did,
+        the override the move's history event records (``allow_blocked``'s why and the gate's reasons), or
+        :class:`VersionBlocked` when ``allow_blocked`` is empty."""
+        decision = self.gate_of(version, lineage, aliases)
+        if not is_blocked(decision):
+            return None
+        reasons = [str(r) for r in decision.get("reasons") or []]
+        why = (allow_blocked or "").strip()
+        if why:
+            return {"why": why[:500], "gate_reasons": reasons}
+        again = " when promote decided it again" if decision.get("decided_again") else ""
+        raise VersionBlocked(
+            f"version {version!r} of model {self.model!r} was blocked by its gate{again} "
+            f"({'; '.join(reasons) or 'no reason recorded'}), so {alias} was not moved to it. A blocked "
+            "version takes an alias only with an override that says why: allow_blocked='<why>' (the promote "
+            "operators' argument, the <pipeline>_promote form's field, freestack models promote "
+            "--allow-blocked '<why>'); the move's history then records it with the gate's reasons",
+            version,
+            reasons,
+        )
 
     def block(self, version: str, decision: dict[str, Any], *, by: str | None = "gate") -> dict[str, Any]:
         """Record that the gate, deciding again at promotion time, blocked ``version``: a ``blocked`` event
@@ -580,6 +657,23 @@ class ModelRegistry:
 NOT_MOVES = frozenset({"blocked"})
 
 
+def is_blocked(decision: dict[str, Any]) -> bool:
+    """Whether a gate decision (:meth:`ModelRegistry.gate_of`) blocked its version; no decision at all (a
+    version registered by hand, or trained with ``register=True``) blocks nothing."""
+    return bool(decision) and not decision.get("promote", decision.get("decision") == "promote")
+
+
+def served(aliases: dict[str, Any], version: str) -> bool:
+    """Whether ``version`` is or was production (or is ``previous``) in ``aliases``: any gate override it
+    needed was recorded when it first got there."""
+    if version in (aliases.get("production"), aliases.get("previous")):
+        return True
+    return any(
+        ev.get("alias") == "production" and ev.get("version") == version and ev.get("action") not in NOT_MOVES
+        for ev in aliases.get("history") or []
+    )
+
+
 def redecisions(aliases: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """version -> the newest gate decision recorded when it was decided again (:meth:`ModelRegistry.block`)."""
     return {
@@ -601,13 +695,22 @@ def registered_models(root_uri: str | ObjectStoragePath) -> list[str]:
 
 
 def _event(
-    action: str, alias: str, version: str, old: str | None, reason: str | None, by: str | None = None
+    action: str,
+    alias: str,
+    version: str,
+    old: str | None,
+    reason: str | None,
+    by: str | None = None,
+    override: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A history event; ``override``: why a version the gate blocked moved anyway, and the gate's reasons."""
     ev = {"at": _now(), "action": action, "alias": alias, "version": version, "from": old, "pid": os.getpid()}
     if reason:
         ev["reason"] = reason
     if by:
         ev["by"] = by
+    if override:
+        ev["override"] = override
     return ev
 
 
@@ -616,13 +719,16 @@ __all__ = [
     "ModelRegistry",
     "NOT_MOVES",
     "RegistryError",
+    "VersionBlocked",
     "VersionExists",
     "VersionNotFound",
     "check_alias",
     "check_version",
+    "is_blocked",
     "redecisions",
     "registered_models",
     "registry_for",
     "remove_tree",
+    "served",
     "walk_files",
 ]

@@ -9,7 +9,9 @@ slot (:mod:`freestack.runtime.pools`).
 
 Every move records who made it (``by`` in the aliases' history): the user who triggered the rollback or
 promotion (the DAG run's triggering user: the Airflow UI's freestack pages trigger these DAGs with the
-user's own login).
+user's own login). A version the gate blocked takes an alias only with ``allow_blocked`` saying why
+(:meth:`~freestack.registry.core.ModelRegistry.set_alias`); a promotion's run note (:func:`moved_note`) says
+where the alias went and, when it was overridden, the gate's reasons and why.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.pipeline_operator import PipelineOperator
+from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.registry.core import AliasMoved, RegistryError, registry_for
+
+#: the most characters of the gate's reasons a run note repeats (the task's log and the history hold all)
+NOTE_REASONS = 300
 
 
 def moved_text(exc: Any, alias: str, asked: str, again: str) -> str:
@@ -29,6 +34,33 @@ def moved_text(exc: Any, alias: str, asked: str, again: str) -> str:
         f"{alias} moved from {exc.expected or '(none)'} to {exc.current or '(none)'} ({exc.move or 'by someone'}) "
         f"after this {asked} was asked; nothing was changed: ask again if it is still wanted ({again})"
     )
+
+
+def moved_note(model: str, alias: str, before: str | None, aliases: dict[str, Any]) -> str:
+    """The run's note (Markdown) once ``alias`` of ``model`` was pointed at a version: "**Promoted.**", where
+    it came from and, when the gate had blocked the version, "**Gate overridden.**" with the gate's reasons
+    and the override's why, as the move's history event records them."""
+    version = aliases.get(alias)
+    if before == version:
+        return f"**Promoted.** `{version}` of `{model}` was {alias} already: nothing moved."
+    was = f" (previous: `{before}`)" if alias == "production" else f" (was `{before}`)"
+    note = f"**Promoted.** `{version}` of `{model}` is {alias} now{was if before else ''}."
+    override = ((aliases.get("history") or [{}])[-1]).get("override")
+    if not override:
+        return note
+    reasons = "; ".join(override.get("gate_reasons") or []) or "no reason recorded"
+    if len(reasons) > NOTE_REASONS:
+        reasons = reasons[: NOTE_REASONS - 1].rstrip() + "…"
+    return (
+        f"{note}\n\n**Gate overridden.** The gate blocked `{version}` ({reasons}); moved anyway: "
+        f"{override.get('why')}"
+    )
+
+
+def push_note(context: Context, note: str) -> None:
+    """Push ``note`` as the task's ``freestack_run_note``: the run's note once it ends
+    (:mod:`freestack.runtime.notes`)."""
+    context["ti"].xcom_push(key=RUN_NOTE_XCOM, value=note)
 
 
 def triggered_by(context: Context) -> str:
@@ -93,9 +125,11 @@ class RollbackOperator(PipelineOperator):
 
 class MoveAliasOperator(PipelineOperator):
     """Point ``alias`` (production, staging...) at ``version``; production moves previous along. With
-    ``expect`` (what the alias was when the user asked), only while it still is (as :class:`RollbackOperator`)."""
+    ``expect`` (what the alias was when the user asked), only while it still is (as :class:`RollbackOperator`).
+    A version the gate blocked moves only with ``allow_blocked`` saying why; the run's note says where the
+    alias went (and the override, with the gate's reasons)."""
 
-    template_fields = ("version", "alias", "reason", "expect")
+    template_fields = ("version", "alias", "reason", "expect", "allow_blocked")
     ui_color = "#e4dcf5"
 
     def __init__(
@@ -105,10 +139,12 @@ class MoveAliasOperator(PipelineOperator):
         alias: str = "production",
         reason: str = "",
         expect: str | None = None,
+        allow_blocked: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.version, self.alias, self.reason, self.expect = version, alias, reason, expect
+        self.allow_blocked = allow_blocked
 
     def execute(self, context: Context) -> dict[str, Any]:
         spec = self.pipeline_spec()
@@ -124,6 +160,7 @@ class MoveAliasOperator(PipelineOperator):
                 reason=reason[:500],
                 by=triggered_by(context),
                 expect=expect if expect else False,
+                allow_blocked=(self.allow_blocked or "").strip() or None,
             )
         except AliasMoved as exc:
             command = f"freestack models {'promote' if alias == 'production' else 'alias'} {spec.name}"
@@ -135,6 +172,7 @@ class MoveAliasOperator(PipelineOperator):
                 f"cannot point {spec.model_name}'s {alias} at {wanted!r}: {exc}"
             ) from None
         self.log.info("%s %s: %s -> %s", spec.model_name, alias, before, aliases.get(alias))
+        push_note(context, moved_note(spec.model_name, alias, before, aliases))
         return {
             "alias": alias,
             "version": aliases.get(alias),
@@ -144,4 +182,4 @@ class MoveAliasOperator(PipelineOperator):
         }
 
 
-__all__ = ["MoveAliasOperator", "RollbackOperator", "moved_text", "triggered_by"]
+__all__ = ["MoveAliasOperator", "RollbackOperator", "moved_note", "moved_text", "push_note", "triggered_by"]

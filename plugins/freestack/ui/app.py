@@ -276,6 +276,17 @@ def _action(
     }
 
 
+def _override(version: str, reason: str) -> str:
+    """Why a version the gate blocked is promoted anyway: the form's reason, which must say it."""
+    if not reason.strip():
+        raise HTTPException(
+            400,
+            f"the gate blocked {version}: promoting it overrides that decision, and takes a reason saying why "
+            "(kept in the aliases' history and the run's note with the gate's reasons)",
+        )
+    return reason
+
+
 def _check(kind: str) -> None:
     if kind not in ("promote", "rollback"):
         raise HTTPException(404, f"no action {kind!r}: promote or rollback")
@@ -355,7 +366,8 @@ async def act(
     user: Any = Depends(user_of),
 ) -> HTMLResponse:
     """Start the run the confirmation page showed: its form names the version that page named and what the
-    alias was then (``expect``), so the run moves nothing if another move landed first."""
+    alias was then (``expect``), so the run moves nothing if another move landed first. Promoting a version
+    the gate blocked overrides the gate: the reason is required, and is the run's ``allow_blocked``."""
     same_origin(request)
     _check(kind)
     spec = _moved_by_pipeline(pipeline, user)
@@ -372,6 +384,8 @@ async def act(
     if not may_trigger(user, action["dag_id"]):
         raise HTTPException(403, f"you may not trigger {action['dag_id']}, so not {kind} {v.model}")
     conf = {**action["conf"], **({"reason": reason} if kind == "promote" and reason else {})}
+    if kind == "promote" and v.row.gate.decision == "blocked":
+        conf["allow_blocked"] = _override(v.row.version, reason)
     note = f"{kind} from the freestack Models page by {user_name(user)}: {action['what']}" + (
         f" ({reason})" if reason else ""
     )

@@ -1,12 +1,24 @@
 """Alias moves that carry what the user saw: a rollback to the version its button named, only while
-production is still the version it replaced (one compare-and-swap); the same for ``set_alias``; and a
-candidate blocked when ``promote`` decided it again reads blocked, with those reasons, from then on."""
+production is still the version it replaced (one compare-and-swap); the same for ``set_alias``; a
+candidate blocked when ``promote`` decided it again reads blocked, with those reasons, from then on; and
+the gate's word holds: ``latest`` is the newest version it did not block, and a blocked version takes an
+alias only with an override saying why, which the history records with the gate's reasons."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tests.support.registry import make_model_folder
+
+#: a gate decision as the gate registers a candidate it blocked (freestack.evaluate.gate.decide)
+BLOCKED = {
+    "promote": False,
+    "decision": "block",
+    "metric": "accuracy",
+    "reasons": ["accuracy 0.7000 < minimum 0.8000: block"],
+}
 
 
 @pytest.fixture
@@ -75,7 +87,7 @@ def test_setting_an_alias_expecting_a_version_is_refused_once_it_moved(reg):
 
 
 def test_a_candidate_blocked_when_decided_again_reads_blocked(reg):
-    from freestack.registry.core import redecisions
+    from freestack.registry.core import VersionBlocked, redecisions
 
     reg.promote("v1")
     assert reg.gate_of("v2")["promote"] is True  # what the gate registered with it
@@ -102,5 +114,61 @@ def test_a_candidate_blocked_when_decided_again_reads_blocked(reg):
     assert held["promote"] is False and held["decided_again"] and held["reasons"] == decision["reasons"]
     assert "gate" not in held and redecisions(reg.aliases()) == {"v2": held}
     assert reg.gate_of("v1")["promote"] is True  # the others keep theirs
+    with pytest.raises(VersionBlocked, match="'v2' of model 'digits' was blocked by its gate when promote"):
+        reg.set_alias("staging", "v2")  # the decision that holds is the one taken again
     # a recorded decision is not a move: the last move of production is still bob's
     assert reg.last_move("production").startswith("promote to v3 by bob")
+
+
+def test_latest_skips_blocked_versions_and_a_blocked_one_takes_an_alias_only_overridden(
+    reg, tmp_path, capsys
+):
+    from freestack.cli import main
+    from freestack.registry.core import ModelRegistry, VersionBlocked, VersionNotFound
+
+    reg.register(make_model_folder(tmp_path / "v4").as_uri(), "v4", lineage_updates={"gate": BLOCKED})
+    assert reg.versions()[-1]["version"] == "v4" and reg.resolve("latest") == "v3"
+    reg.promote("latest")
+    for move in (
+        lambda: reg.promote("v4"),
+        lambda: reg.set_alias("staging", "v4"),
+        lambda: reg.rollback(to="v4"),  # never production: a rollback is no way round the gate
+    ):
+        with pytest.raises(VersionBlocked) as got:
+            move()
+        said = str(got.value)
+        assert (
+            "'v4' of model 'digits' was blocked by its gate (accuracy 0.7000 < minimum 0.8000: block)" in said
+        )
+        assert "allow_blocked='<why>'" in said and "--allow-blocked" in said
+    assert got.value.version == "v4" and got.value.reasons == BLOCKED["reasons"]
+    assert {k: v for k, v in reg.aliases().items() if k != "history"} == {"production": "v3"}
+
+    # the CLI on a bare model: refused, then overridden, the why kept with the gate's reasons
+    root = (tmp_path / "store").as_uri()
+    assert main(["models", "promote", "digits", "v4", "--root", root]) == 1
+    assert "was blocked by its gate" in capsys.readouterr().err
+    assert (
+        main(["models", "promote", "digits", "v4", "--root", root, "--allow-blocked", "stale threshold"]) == 0
+    )
+    assert "production -> v4" in capsys.readouterr().out
+    a = reg.aliases()
+    assert (a["production"], a["previous"]) == ("v4", "v3")
+    ev = a["history"][-1]
+    assert (ev["action"], ev["version"], ev["by"].startswith("freestack CLI")) == ("promote", "v4", True)
+    assert ev["override"] == {"why": "stale threshold", "gate_reasons": BLOCKED["reasons"]}
+    assert main(["models", "list", "--root", root, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"][0]["latest"] == "v3"  # latest still skips it
+
+    # back and forth: v4 served already, so a rollback to it needs no override
+    reg.rollback()
+    reg.promote("v2")
+    a = reg.rollback(to="v4")
+    assert a["production"] == "v4" and "override" not in a["history"][-1]
+
+    # a model whose gate blocked every version has no latest, and says what to do
+    other = ModelRegistry(root, "other")
+    other.register(make_model_folder(tmp_path / "o1").as_uri(), "o1", lineage_updates={"gate": BLOCKED})
+    with pytest.raises(VersionNotFound, match="no version its gate passed") as got:
+        other.resolve("latest")
+    assert "the newest: o1" in str(got.value) and "train a candidate that passes the gate" in str(got.value)

@@ -104,11 +104,21 @@ def test_a_promotion_carries_what_the_alias_was_and_shows_the_gate_held_for_the_
     assert f"decided again against production {names[-1]} when <code>promote</code> ran" in gate
     assert "worse by 0.0500" in gate and "overrides that decision" in gate
     assert _form(page.text) == {"alias": "production", "expect": names[-1]}
+    assert 'name="reason" maxlength="500" size="60" required' in page.text
+    # overriding the gate takes a reason: without one nothing starts
+    refused = http.post(f"/models/digits/{blocked}/promote", data=_form(page.text))
+    assert refused.status_code == 400 and f"the gate blocked {blocked}" in refused.text and not started
     http.post(f"/models/digits/{blocked}/promote", data={**_form(page.text), "reason": "by hand"})
     assert started == [
         (
             "digits_promote",
-            {"version": blocked, "alias": "production", "expect": names[-1], "reason": "by hand"},
+            {
+                "version": blocked,
+                "alias": "production",
+                "expect": names[-1],
+                "reason": "by hand",
+                "allow_blocked": "by hand",
+            },
         )
     ]
 
