@@ -474,6 +474,36 @@ def pipeline_dags(spec: PipelineSpec) -> list[tuple[str, str, bool]]:
     ]
 
 
+#: a local deployment's ports from ``deploy.local.port``: its address, then its blue and green servers
+DEPLOYMENT_PORTS = 3
+_ANY_HOST = ("0.0.0.0", "::", "")
+
+
+def port_overlap(spec: PipelineSpec, other: PipelineSpec, other_file: str) -> str | None:
+    """Why ``spec``'s local deployment cannot live beside ``other``'s (from ``other_file``), or None. A
+    deployment takes ``port``, ``port + 1`` and ``port + 2``, so one whose address is another's blue or
+    green port (or whose servers take the other's address) makes a deploy of one fail while the other
+    serves, on some deploys only (as the live colour alternates). Two deployments at one address are not
+    refused: they take turns there (the demo's pipelines all default to 9000), and the second deploy
+    says the address is taken."""
+    mine, theirs = spec.deploy.local, other.deploy.local
+    if (
+        "kubernetes" in (spec.deploy.target, other.deploy.target)
+        or spec.deployment_name == other.deployment_name
+        or (mine.host != theirs.host and mine.host not in _ANY_HOST and theirs.host not in _ANY_HOST)
+        or mine.port == theirs.port
+        or abs(mine.port - theirs.port) >= DEPLOYMENT_PORTS
+    ):
+        return None
+    a, b = mine.port, theirs.port
+    return (
+        f"{a} (this deployment {spec.deployment_name!r} takes {a}-{a + 2}: its address, then its blue and "
+        f"green servers) overlaps the ports of deployment {other.deployment_name!r} of {other_file} "
+        f"(deploy.local.port {b}: {b}-{b + 2}); choose a port at least {DEPLOYMENT_PORTS} away from {b}, "
+        f"such as {max(a, b) + DEPLOYMENT_PORTS}"
+    )
+
+
 def _named(field: str, msg: str) -> tuple[str, str]:
     """A check across blocks reports at the top level; its message starts with the field it is about."""
     m = _FIELD_FIRST.match(msg) if field == "(top level)" else None
@@ -509,13 +539,78 @@ def load_spec(path: str | os.PathLike) -> PipelineSpec:
     return spec_from_text(text, p)
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key written twice in one mapping of a spec: where (``field``) and on which lines."""
+
+    def __init__(self, field: str, key: object, lines: tuple[int, int]):
+        self.field, self.key, self.lines = field, key, lines
+        super().__init__(f"{field}: {key!r} is written twice (lines {lines[0]} and {lines[1]})")
+
+
+#: libyaml's parser where PyYAML was built with it: far faster, and a DAG parse loads every spec
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class SpecLoader(_SAFE_LOADER):
+    """PyYAML's safe loader that refuses a key written twice in one mapping, at any depth. YAML forbids
+    it, but PyYAML keeps the last value without a word, so a second ``deploy:`` block would replace the
+    first unseen. The composed document is walked before it is built, so the error can name the field's
+    path; a merge (``<<: *base``) may still be overridden by the mapping's own keys."""
+
+    def construct_document(self, node: yaml.Node) -> object:
+        self._check_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _check_keys(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already walked (or a recursive one)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_keys(item, f"{path}[{i}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[object, int] = {}
+            for key_node, value in node.value:
+                key = self._scalar_key(key_node)
+                field = f"{path}.{key}" if path else str(key)
+                if key is not None and key in lines:
+                    raise DuplicateKey(field, key, (lines[key], key_node.start_mark.line + 1))
+                if key is not None:
+                    lines[key] = key_node.start_mark.line + 1
+                self._check_keys(value, field, seen)
+
+    def _scalar_key(self, node: yaml.Node) -> object:
+        """A plain key as it loads (``yes`` and ``true`` are one key); None for a merge or a complex key."""
+        if not isinstance(node, yaml.ScalarNode) or node.tag == _MERGE_TAG:
+            return None
+        key = self.construct_object(node)
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
+
+
+def load_yaml(text: str) -> object:
+    """A spec's YAML document, loaded safely; :class:`DuplicateKey` for a key written twice."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a safe loader)
+
+
 def spec_from_text(text: str, path: str | os.PathLike) -> PipelineSpec:
     """The spec whose file ``path`` holds ``text`` (a process that got the text, not the file: a rank of a
     distributed training on another machine)."""
     p = Path(path)
     try:
-        # libyaml's parser where PyYAML was built with it: far faster, and a DAG parse loads every spec
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
+        data = load_yaml(text)
+    except DuplicateKey as exc:
+        raise SpecError(
+            str(p),
+            exc.field,
+            f"{exc.key!r} is written twice in one mapping (lines {exc.lines[0]} and {exc.lines[1]}); "
+            "YAML keeps only the last, so the first would be dropped without a word: write it once (merge "
+            "the two)",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -548,12 +643,17 @@ def discover_specs(directory: str | os.PathLike | None = None) -> dict[str, Pipe
 
 
 __all__ = [
+    "DEPLOYMENT_PORTS",
     "PIPELINE_DAGS",
     "TASKS",
     "PipelineSpec",
+    "DuplicateKey",
+    "SpecLoader",
     "discover_specs",
     "load_spec",
+    "load_yaml",
     "parse_spec",
     "pipeline_dags",
+    "port_overlap",
     "spec_file",
 ]

@@ -281,3 +281,69 @@ def test_a_copied_wandb_config_keeps_its_program_and_command_but_unknown_keys_fa
         SpecError, match=r"sweep: Additional properties are not allowed \('tries' was unexpected\)"
     ):
         parse_spec({**_base(), "sweep": {**sweep, "tries": 3}}, "p.yaml")
+
+
+def test_a_key_written_twice_is_an_error_naming_it_and_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: a second ``deploy:`` block would replace
+    the first. The spec loader refuses it at any depth, naming the field and both lines; a merge
+    (``<<:``) may still be overridden, and the broken spec fails alone."""
+    text = DIGITS.read_text()
+    two = tmp_path / "digits.yaml"
+    two.write_text(text + "deploy:\n  local: {port: 9300}\n")
+    first = 1 + text.splitlines().index("deploy:")
+    second = 1 + len(text.splitlines())
+    with pytest.raises(SpecError) as info:
+        load_spec(two)
+    assert str(info.value).startswith(f"{two}: deploy: 'deploy' is written twice in one mapping ")
+    assert f"(lines {first} and {second})" in str(info.value)
+    nested = tmp_path / "p.yaml"
+    nested.write_text(
+        "name: p\nsource:\n  schema:\n    key: id\n    columns:\n      - {name: id, nullable: false}\n"
+        "      - name: x\n        type: float\n        type: int\n"
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"p.yaml: source.schema.columns\[1\].type: 'type' is written twice .*"
+        r"\(lines 8 and 9\)",
+    ):
+        load_spec(nested)
+    merged = tmp_path / "q.yaml"
+    merged.write_text(
+        "name: q\nsource:\n  schema:\n    key: id\n    columns:\n      - &id {name: id, nullable: false}\n"
+        "      - {<<: *id, name: x, type: float}\n"
+    )
+    assert [c.name for c in load_spec(merged).source.schema_.fields] == ["id", "x"]
+    found = discover_specs(tmp_path)
+    assert isinstance(found["digits"], SpecError) and isinstance(found["p"], SpecError)
+    assert not isinstance(found["q"], SpecError)
+
+
+def test_a_local_deployment_takes_its_port_and_the_next_two():
+    """``port_overlap``: a deployment's address within another's three ports (or theirs within its own)
+    is named; the same address (taking turns), another host, a Kubernetes target or the same deployment
+    is not an overlap."""
+    from freestack.spec import port_overlap
+
+    def spec(pipeline: str, port: int, **deploy) -> object:
+        local = {"port": port, **deploy.pop("local", {})}
+        data = {**_base(), "name": pipeline, "deploy": {"local": local, **deploy}}
+        return parse_spec(data, f"{pipeline}.yaml")
+
+    a = spec("a", 9000)
+    problem = port_overlap(spec("b", 9002), a, "include/pipelines/a.yaml")
+    assert problem == (
+        "9002 (this deployment 'b' takes 9002-9004: its address, then its blue and green servers) overlaps "
+        "the ports of deployment 'a' of include/pipelines/a.yaml (deploy.local.port 9000: 9000-9002); "
+        "choose a port at least 3 away from 9000, such as 9005"
+    )
+    assert "deployment 'b'" in port_overlap(a, spec("b", 8998), "b.yaml")
+    assert port_overlap(spec("b", 9001, local={"host": "0.0.0.0"}), a, "a.yaml")  # every address
+    for other in (
+        spec("b", 9003),
+        spec("b", 8997),
+        spec("b", 9000),
+        spec("b", 9001, local={"host": "10.0.0.5"}),
+        spec("b", 9001, target="kubernetes"),
+        spec("b", 9001, name="a"),
+    ):
+        assert port_overlap(other, a, "a.yaml") is None

@@ -3,7 +3,8 @@
 With no argument, every spec in the pipelines folder; an argument is a spec file or a pipeline name.
 A valid spec prints one line (every DAG the DAG factory builds for it, which of them start paused, and
 its task); an invalid one prints the same message the UI's import
-error shows (the file, the field, the fix) on stderr, and the command exits 1.
+error shows (the file, the field, the fix) on stderr, and the command exits 1. Across files, a local
+deployment whose three ports (port, port + 1, port + 2) overlap another spec's is refused too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from freestack.cli.errors import say_error
 from freestack.cli.output import print_json
 from freestack.errors import SpecError
 from freestack.settings import pipelines_dir
-from freestack.spec import load_spec, pipeline_dags, spec_file
+from freestack.spec import PipelineSpec, load_spec, pipeline_dags, port_overlap, spec_file
 from freestack.train.request import TrainingError
 
 
@@ -38,6 +39,29 @@ def _check_model(spec, path: Path) -> None:
         check_custom_model(spec)
     except TrainingError as exc:
         raise SpecError(str(path), "model", str(exc).removeprefix(f"pipeline {spec.name!r}: ")) from None
+
+
+def _read(paths: list[Path]) -> dict[Path, PipelineSpec | SpecError]:
+    """Each spec checked and every spec of the pipelines folder (whose deployments' ports the checked
+    ones must not overlap), read once: a spec or the error that broke it."""
+    read: dict[Path, PipelineSpec | SpecError] = {}
+    for path in [*paths, *_targets([])]:
+        if path not in read:
+            try:
+                read[path] = load_spec(path)
+            except SpecError as exc:
+                read[path] = exc
+    return read
+
+
+def _check_ports(spec: PipelineSpec, path: Path, read: dict[Path, PipelineSpec | SpecError]) -> None:
+    """A local deployment's ports overlap no other spec's deployment (SpecError naming both)."""
+    for other_path, other in read.items():
+        if isinstance(other, SpecError) or other_path.resolve() == path.resolve():
+            continue
+        problem = port_overlap(spec, other, str(other_path))
+        if problem:
+            raise SpecError(str(path), "deploy.local.port", problem)
 
 
 def _task(spec) -> str | None:
@@ -66,10 +90,14 @@ def validate(
         say_error("no pipeline specs to check; pass a spec file, or add one to the pipelines folder")
         return 1
     results, bad = [], 0
+    read = _read(paths)
     for path in paths:
         try:
-            spec = load_spec(path)
+            spec = read[path]
+            if isinstance(spec, SpecError):
+                raise spec
             _check_model(spec, path)
+            _check_ports(spec, path, read)
         except SpecError as exc:
             bad += 1
             results.append({"file": str(path), "ok": False, "error": str(exc)})

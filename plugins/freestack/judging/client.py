@@ -272,6 +272,18 @@ class JudgeClient:
         return Verdict(raw=text, value=value, rationale=rationale)
 
 
+def failure_kinds(failed: list[Verdict]) -> str:
+    """Failed judgings counted by the kind of their error (the exception's class, ``HTTP <status>``,
+    ``unparsable``), most first, each with its first error: ``85 APITimeoutError (first: Request timed
+    out), 8 HTTP 500 (first: the judge is overloaded)``, so that no kind hides behind another."""
+    kinds: dict[str, list[str]] = {}
+    for v in failed:
+        kind, _, detail = (v.error or "no error given").partition(": ")
+        kinds.setdefault(kind, []).append(detail.rstrip(". "))
+    ordered = sorted(kinds.items(), key=lambda item: -len(item[1]))  # stable: ties in the order seen
+    return ", ".join(f"{len(d)} {k}" + (f" (first: {d[0]})" if d[0] else "") for k, d in ordered)
+
+
 def short(text: str, n: int = 300) -> str:
     """``text`` on one line, cut to ``n`` characters (an endpoint's error, quoted in a message)."""
     text = " ".join(text.split())
@@ -582,6 +594,7 @@ __all__ = [
     "Judged",
     "Verdict",
     "agreement",
+    "failure_kinds",
     "judging_failed",
     "openai_client",
     "outcome",

@@ -17,12 +17,16 @@ Built in, the checks a user needs first:
 
 And a user's own: ``module:function``, a function in a file of the project (``include/rewards.py:correct``)
 or an importable module (``mypkg.rewards:correct``), called per completion as
-``function(prompt=..., completion=..., **row)`` (the row's other columns by name) and returning a
-number. Its file's sha256 goes into the version's lineage.
+``function(prompt=..., completion=..., **row)`` and returning a number: ``prompt`` is the prompt's text
+and ``completion`` the completion's, and the row's other columns come by name (a column called
+``prompt`` or ``completion``, as in ``model.data: {prompt: prompt}``, is given as the keyword, not a
+second time). A file's reference is checked when the spec is read (:func:`reference_problem`). Its
+file's sha256 goes into the version's lineage.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -127,6 +131,53 @@ def user_function(ref: str, base: Path) -> tuple[Callable[..., Any], dict[str, A
     return fn, {"function": ref, "file": str(path), "sha256": digest}
 
 
+def reference_problem(ref: str, base: Path) -> str | None:
+    """What is wrong with a user's reward ``path/to/file.py:function`` that can be seen without running
+    the file: no such regular file, not a .py file, not Python, or no top-level ``function``; None when
+    nothing is. The file is parsed, never imported: a spec is read at every DAG parse, and an import
+    would run the module's own code (and its imports, torch and the like) there. A module's reference
+    (``pkg.rewards:correct``) is checked when the train task imports it: finding it would import its
+    package."""
+    module, _, name = ref.partition(":")
+    if is_dotted(module):
+        return None
+    path = module_path(module, base)
+    if path.suffix != ".py":
+        return f"{ref!r}: {module!r} must be a .py file of the project or a dotted import path (pkg.rewards)"
+    if not path.is_file():
+        what = "not a regular file" if path.exists() else "no such file"
+        return f"{ref!r}: {what} ({path}); paths are relative to the project ({base})"
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        return f"{ref!r}: {path}, line {exc.lineno}: {exc.msg} (the file does not parse)"
+    names = _module_names(tree)
+    if names is not None and name not in names:
+        defined = ", ".join(sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef)))
+        return f"{ref!r}: {path} defines no {name!r} at its top level (its functions: {defined or 'none'})"
+    return None
+
+
+def _module_names(tree: ast.Module) -> set[str] | None:
+    """The names a module binds outside its functions and classes (a def, a class, an assignment, an
+    import, in if/try/with blocks too); None when a star import may bind any."""
+    names: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            return None
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
 def _module_file(module: str, base: Path, ref: str) -> Path:
     if is_dotted(module):
         found = importlib.util.find_spec(module)
@@ -146,16 +197,17 @@ def _module_file(module: str, base: Path, ref: str) -> Path:
 
 
 def call_user(fn: Callable[..., Any], ref: str) -> Callable[[Sample], float]:
-    """A user's function as a reward: called with the prompt, the completion and the row's columns."""
+    """A user's function as a reward: called with the prompt, the completion and the row's other columns
+    (a ``prompt`` or ``completion`` column is given as the keyword, the prompt's and completion's text)."""
 
     def score(s: Sample) -> float:
         try:
-            value = fn(prompt=s.prompt, completion=s.completion, **s.row)
+            value = fn(**{**s.row, "prompt": s.prompt, "completion": s.completion})
         except Exception as exc:
             raise RewardError(
                 f"train.grpo.rewards {ref!r} failed on a completion of {s.prompt[:60]!r} "
                 f"({type(exc).__name__}: {exc}); fix the function (it is called with prompt=, "
-                "completion= and the row's columns by name)"
+                "completion= and the row's other columns by name)"
             ) from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RewardError(
@@ -196,6 +248,7 @@ __all__ = [
     "exact_match",
     "json_schema",
     "length",
+    "reference_problem",
     "regex",
     "user_function",
 ]

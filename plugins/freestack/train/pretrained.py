@@ -278,7 +278,8 @@ def judge_reward(spec: PipelineSpec, r, api_key: str | None) -> Reward:
             raise FreestackError(
                 f"train.grpo.rewards {r.label}: {len(failed)} of {len(samples)} judgings failed, over "
                 f"gate.judge.max_failures {judge.max_failures:g} (gate.judge.url {judge.url}, model "
-                f"{judge.model}): {failed[0].error}. Fix the judge (or its key), then clear the task"
+                f"{judge.model}): {judging.failure_kinds(failed)}. Fix the judge (or its key), then clear "
+                "the task"
             )
         return [0.0 if v.value is None else (float(v.value) - 1) / 4 for v in verdicts]
 

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from freestack.judging.spec import Endpoint
 from freestack.ml.contract import static_check
+from freestack.ml.rewards import reference_problem
 from freestack.settings import checkout_dir
 from freestack.specbase import SpecModel as _Model
 
@@ -626,13 +627,15 @@ class RewardSpec(_Model):
         needs = {"regex": "pattern", "json_schema": "schema_", "length": "max_tokens"}
         if self.function in needs and getattr(self, needs[self.function]) is None:
             raise ValueError(f"reward {self.function} needs {needs[self.function].rstrip('_')}")
-        if self.function not in ("exact_match", "judge", *needs) and not re.fullmatch(
-            r"[^:\s]+:[A-Za-z_]\w*", self.function
-        ):
+        own = self.function not in ("exact_match", "judge", *needs)
+        if own and not re.fullmatch(r"[^:\s]+:[A-Za-z_]\w*", self.function):
             raise ValueError(
                 f"{self.function!r} is not a reward function: give exact_match, regex, json_schema, length, "
                 "judge, or path/to/file.py:function (or package.module:function) for one of your own"
             )
+        problem = reference_problem(self.function, checkout_dir()) if own else None
+        if problem:
+            raise ValueError(problem)
         if self.pattern is not None:
             try:
                 re.compile(self.pattern)

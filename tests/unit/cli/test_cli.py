@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import airflow  # noqa: F401  (Airflow sets up logging when imported: here, not on a test's captured output)
 import pytest
@@ -109,6 +110,36 @@ def test_validate_names_each_broken_spec_and_exits_1(capsys, tmp_path, monkeypat
     code, out, _ = run(capsys, "validate", "--json", str(tmp_path / "counts.yaml"))
     (result,) = json.loads(out)
     assert code == 1 and result["ok"] is False and "gate.metric" in result["error"]
+
+
+def test_validate_refuses_a_deployment_on_another_ones_blue_or_green_port(capsys, tmp_path, monkeypatch):
+    """A local deployment takes port, port + 1 and port + 2: a second spec whose address is digits's
+    blue server (9001) is refused naming both specs and ports; one at digits's own address (taking turns
+    there, as the demo's pipelines do) or 3 ports away is not. (The ports are written out: the suite's
+    serve_port setting, the default, is not 9000.)"""
+    from tests.unit.test_spec import DIGITS
+
+    for name, port in (("digits", 9000), ("blue", 9001), ("turns", 9000), ("next", 9003)):
+        text = DIGITS.read_text().replace("name: digits", f"name: {name}", 1)
+        (tmp_path / f"{name}.yaml").write_text(
+            text.replace("deploy:\n", f"deploy:\n  local: {{port: {port}}}\n")
+        )
+    monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(tmp_path))
+    code, out, err = run(capsys, "validate", "blue")
+    assert code == 1 and out == ""
+    one_error_line(
+        err,
+        f"{tmp_path / 'blue.yaml'}: deploy.local.port: 9001 (this deployment 'blue' takes 9001-9003",
+        f"deployment 'digits' of {tmp_path / 'digits.yaml'} (deploy.local.port 9000: 9000-9002)",
+        "choose a port at least 3 away from 9000",
+    )
+    code, out, err = run(capsys, "validate", "--json")
+    results = {Path(r["file"]).stem: r for r in json.loads(out)}
+    assert code == 1 and not any(r["ok"] for r in results.values())  # each overlaps blue's 9001-9003
+    assert all("deployment 'blue' of" in results[n]["error"] for n in ("digits", "turns", "next"))
+    (tmp_path / "blue.yaml").unlink()
+    code, _, err = run(capsys, "validate")
+    assert code == 0 and err == ""
 
 
 def test_unreachable_data_api(capsys, tmp_path, monkeypatch, clean_stores):

@@ -6,7 +6,8 @@ The rubric :data:`RUBRIC` / :data:`PAIR_RUBRIC` marks the answers and the refere
 an answer equal to the reference and 1 to any other, and pairwise prefers the answer equal to it (a tie
 when both or neither are). The model name picks a behaviour: ``fair`` (the above), ``fenced`` (the JSON
 in a code fence with prose around it), ``prose`` (no JSON at all), ``first`` (always prefers answer A: a
-position bias), ``slow`` (answers after 3 s), ``flaky`` (every third request an HTTP 500), ``freestack``
+position bias), ``slow`` (answers after 3 s), ``flaky`` (every third request an HTTP 500), ``overloaded``
+(every third request an HTTP 500, the others after 3 s), ``freestack``
 (as ``fair``, with freestack's ``x-freestack-version`` header). Any model answers prose to the
 answer ``UNREADABLE``.
 """
@@ -64,9 +65,9 @@ class _Handler(BaseHTTPRequestHandler):
         model = body["model"]
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": "not found"}})
-        if model == "flaky" and served % 3 == 0:
+        if model in ("flaky", "overloaded") and served % 3 == 0:
             return self._send(500, {"error": {"message": "the judge is overloaded"}})
-        if model == "slow":
+        if model in ("slow", "overloaded"):
             time.sleep(3)
         messages = body["messages"]
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
@@ -93,7 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and left (slow, overloaded): nothing to answer
 
 
 class StandinJudge(ThreadingHTTPServer):

@@ -104,10 +104,45 @@ def test_the_built_in_rewards_and_a_users_own(tmp_path):
         user_function("nowhere.py:f", tmp_path)
 
 
-def test_the_spec_names_what_a_reward_lacks():
+def test_a_users_reward_takes_a_prompt_column_named_prompt(tmp_path):
+    """train.md's example: ``model.data: {prompt: prompt, response: answer}`` and its own
+    ``include/rewards.py:close_enough`` (the page's code). The row holds the ``prompt`` column; the
+    function gets it once, as the ``prompt=`` keyword, and the row's other columns by name."""
+    import textwrap
+
+    from tests.unit.test_docs_pages import DOCS
+
+    page = (DOCS / "stages" / "train.md").read_text()
+    code = (
+        page.split("The example's `include/rewards.py`:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    )
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "rewards.py").write_text(textwrap.dedent(code))
+    fn, _ = user_function("include/rewards.py:close_enough", tmp_path)
+    reward = call_user(fn, "include/rewards.py:close_enough")
+    row = {"id": "r1", "prompt": "What is 3 + 4?", "answer": "7"}
+    assert reward(Sample("What is 3 + 4?", " 7 ", 2, row)) == 1.0
+    assert reward(Sample("What is 3 + 4?", "9", 1, row)) == pytest.approx(1 / 3)
+    assert reward(Sample("What is 3 + 4?", "seven", 1, row)) == -1.0
+    seen: list[dict] = []
+
+    def echo(**given) -> float:
+        seen.append(given)
+        return 0.0
+
+    call_user(echo, "echo.py:echo")(Sample("p", "c", 1, {**row, "completion": "a column"}))
+    assert seen == [{"id": "r1", "prompt": "p", "answer": "7", "completion": "c"}]
+
+
+def test_the_spec_names_what_a_reward_lacks(tmp_path):
     from pydantic import ValidationError
 
     from freestack.train.spec import GrpoSpec
+
+    own = tmp_path / "r.py"
+    own.write_text(
+        "import math\nfrom functools import partial\ndef ok(**kw):\n    return 1.0\nhalf = partial(ok)\n"
+    )
 
     with pytest.raises(ValidationError, match="reward regex needs pattern"):
         GrpoSpec(rewards=[{"function": "regex"}])
@@ -116,9 +151,22 @@ def test_the_spec_names_what_a_reward_lacks():
     with pytest.raises(ValidationError, match="two rewards are called the same"):
         GrpoSpec(rewards=[{"function": "exact_match"}, {"function": "exact_match", "weight": 2}])
     spec = GrpoSpec(
-        rewards=[{"function": "json_schema", "schema": {"type": "object"}}, {"function": "include/r.py:ok"}]
+        rewards=[{"function": "json_schema", "schema": {"type": "object"}}, {"function": f"{own}:ok"}]
     )
     assert spec.reward_labels == ["json_schema", "ok"] and spec.rewards[0].schema_ == {"type": "object"}
+    # a file's reference is checked when the spec is read (the file parsed, not run); a module's at import
+    assert GrpoSpec(rewards=[{"function": f"{own}:half"}, {"function": "no_such_pkg.rewards:f"}])
+    with pytest.raises(
+        ValidationError, match=r"r.py defines no 'nosuch' at its top level \(its functions: ok\)"
+    ):
+        GrpoSpec(rewards=[{"function": f"{own}:nosuch"}])
+    with pytest.raises(ValidationError, match="'include/nowhere.py:f': no such file"):
+        GrpoSpec(rewards=[{"function": "include/nowhere.py:f"}])
+    with pytest.raises(ValidationError, match="must be a .py file"):
+        GrpoSpec(rewards=[{"function": f"{tmp_path}:ok"}])
+    own.write_text("def ok(:\n")
+    with pytest.raises(ValidationError, match="r.py, line 1: .*the file does not parse"):
+        GrpoSpec(rewards=[{"function": f"{own}:ok"}])
     assert spec.rollouts == "auto"  # padded on a CPU, the engine on an accelerator
     with pytest.raises(ValidationError, match="'auto', 'continuous', 'padded' or 'server'"):
         GrpoSpec(rewards=[{"function": "exact_match"}], rollouts="remote")

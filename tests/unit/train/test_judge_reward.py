@@ -25,13 +25,13 @@ def judge():
     server.stop()
 
 
-def _spec(judge_url: str | None, model: str = "fair"):
+def _spec(judge_url: str | None, model: str = "fair", **judge):
     from freestack.spec import PipelineSpec
 
     spec = grpo_spec(Path("/tmp/base"), "judged")
     spec["train"]["grpo"]["rewards"] = [{"function": "judge", "weight": 2.0}, {"function": "exact_match"}]
     if judge_url is not None:
-        spec["gate"]["judge"] = {"url": judge_url, "model": model, "rubric": RUBRIC, "retries": 0}
+        spec["gate"]["judge"] = {"url": judge_url, "model": model, "rubric": RUBRIC, "retries": 0, **judge}
     return PipelineSpec.model_validate(spec)
 
 
@@ -65,6 +65,21 @@ def test_a_judge_that_answers_nothing_readable_fails_the_training_naming_it(judg
         FreestackError, match="train.grpo.rewards judge: 3 of 3 judgings failed, over gate.judge"
     ):
         rewards.score(_samples())
+
+
+def test_a_failed_judging_counts_every_kind_of_error(judge):
+    """Two requests timed out and one answered HTTP 500: the message counts both kinds, each with its
+    first error, and ends with one period (openai's "Request timed out." quoted before it)."""
+    from freestack.train.pretrained import reward_set
+
+    rewards = reward_set(_spec(judge.url, model="overloaded", timeout_s=0.5))
+    with pytest.raises(FreestackError) as info:
+        rewards.score(_samples())
+    msg = str(info.value)
+    assert "3 of 3 judgings failed" in msg, msg
+    timeouts = "2 APITimeoutError (first: Request timed out)"
+    assert f"{timeouts}, 1 HTTP 500 (first: Error code: 500 - the judge is overloaded)" in msg, msg
+    assert ".." not in msg and msg.endswith("Fix the judge (or its key), then clear the task")
 
 
 def test_the_judge_reward_needs_a_judge_and_its_key_is_never_written_down():
