@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import openai
 import pyarrow.parquet as pq
 import pytest
@@ -258,7 +259,6 @@ def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, serve
     loaded by name (vLLM's /v1/load_lora_adapter, behind the key), the prompts go as token ids to
     /v1/completions and the server's token ids come back: greedy, they are the local model's own. A GRPO
     run samples every step there, and leaves no adapter loaded nor folder behind."""
-    import httpx
     import pandas as pd
     import torch
     from safetensors.torch import save_file
@@ -354,3 +354,103 @@ def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, serve
         RolloutServer(url, MODEL, "wrong-key").sample(
             model, [prompt], 2, max_tokens=4, temperature=1.0, top_p=1.0
         )
+
+
+def _load(server, name: str, path: Path | str) -> httpx.Response:
+    body = {"lora_name": name, "lora_path": str(path)}
+    return httpx.post(
+        f"{server.url}/v1/load_lora_adapter",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+
+
+def _adapter(tmp_path: Path, name: str, source: Path, weights: bytes | None = None) -> Path:
+    """A folder with ``source``'s adapter config, and its weights (or ``weights`` in their place)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
+    data = (source / "adapter_model.safetensors").read_bytes() if weights is None else weights
+    (folder / "adapter_model.safetensors").write_bytes(data)
+    return folder
+
+
+def test_a_runtime_adapter_is_read_only_from_bounded_regular_files_and_never_breaks_the_engine(
+    client, server, versions, tmp_path
+):
+    """POST /v1/load_lora_adapter as a hostile key holder: a config that is a symlink to a device, a FIFO,
+    too large, or an outside file; weights that are a pickle, truncated, with a huge header length, offsets
+    past the end, or NaN; a name the model, an alias or a registered version already has. Each is a 400 in
+    OpenAI's format naming what is wrong, at once (no read hangs or grows), and after each the server is
+    ready and answers a valid request exactly as before."""
+    import os
+    import struct
+
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import save as save_safetensors
+
+    source = versions["v2"].folder
+    before = _ask(client, f"{MODEL}:v1", SMOKE_PROMPTS[0]).choices[0].message.content
+    weights = load_safetensors((source / "adapter_model.safetensors").read_bytes())
+    poisoned = dict(weights)
+    first = sorted(poisoned)[0]
+    poisoned[first] = poisoned[first].clone()
+    poisoned[first].view(-1)[0] = float("nan")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    cases: dict[str, tuple[Path, str]] = {}
+    for kind in ("device", "fifo", "huge", "outside"):
+        folder = _adapter(tmp_path, kind, source)
+        config = folder / "adapter_config.json"
+        config.unlink()
+        if kind == "device":
+            config.symlink_to("/dev/zero")
+        elif kind == "fifo":
+            os.mkfifo(config)
+        elif kind == "huge":
+            with open(config, "wb") as f:
+                f.truncate(10 * 1024 * 1024)  # sparse: 10 MiB of nothing
+        else:
+            config.symlink_to("/etc/hostname")  # followed: a regular file, but no adapter's config
+        cases[kind] = (folder, {"outside": "not a LoRA config"}.get(kind, "cannot be read"))
+    raw = (source / "adapter_model.safetensors").read_bytes()
+    for kind, data in {
+        "pickle": b"\x80\x04\x95" + b"\x00" * 64,
+        "truncated": raw[: len(raw) // 2],
+        "header": struct.pack("<Q", 2**62) + b"{}",
+        "offsets": struct.pack("<Q", len(header)) + header + b"\x00" * 16,
+        "nan": save_safetensors(poisoned),
+    }.items():
+        says = "holds NaN or infinite values" if kind == "nan" else "not an adapter's safetensors"
+        cases[kind] = (_adapter(tmp_path, kind, source, data), says)
+    for kind, (folder, says) in cases.items():
+        began = time.perf_counter()
+        got = _load(server, f"hostile-{kind}", folder)
+        assert got.status_code == 400 and says in got.json()["error"]["message"], (kind, got.text[:400])
+        assert got.json()["error"]["param"] == "lora_path" and time.perf_counter() - began < 10, kind
+    good = _adapter(tmp_path, "good", source)
+    for name, says in {
+        MODEL: "the model's own name",
+        "production": "an alias's name",
+        "staging": "an alias's name",
+        "v3": f"a registered version of {MODEL!r}",
+    }.items():
+        got = _load(server, name, good)
+        assert got.status_code == 400 and says in got.json()["error"]["message"], (name, got.text[:400])
+    for ids in ([-1], [4294967296], [2**63 - 1]):  # token ids no vocabulary has: 400 naming the prompt
+        got = httpx.post(
+            f"{server.url}/v1/completions",
+            json={"model": MODEL, "prompt": ids, "max_tokens": 2},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert got.status_code == 400 and got.json()["error"]["param"].startswith("prompt"), (
+            ids,
+            got.text[:300],
+        )
+        assert "is not one any vocabulary has" in got.json()["error"]["message"]
+    ready = httpx.get(f"{server.url}/v2/models/{MODEL}/ready", timeout=10)
+    assert ready.status_code == 200
+    assert _ask(client, f"{MODEL}:v1", SMOKE_PROMPTS[0]).choices[0].message.content == before
+    answered = _ask(client, MODEL, SMOKE_PROMPTS[0])  # the model's own name is still its own
+    assert answered.model in (f"{MODEL}:v1", f"{MODEL}:v2"), answered.model
+    assert "Traceback" not in server.log()[-20000:]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -47,6 +48,43 @@ def _read_local(uri: str, name: str) -> bytes:
         raise FileNotFoundError(str(path)) from None
 
 
+class TooLarge(FetchError):
+    """A file over the size its reader allows (:func:`read_bounded`)."""
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. A symlink is followed (a
+    Hugging Face cache's snapshot folder is symlinks to its blobs), and what it ends at must be a regular
+    file too: opened without waiting (``O_NONBLOCK``: a FIFO's open would wait for a writer), then checked
+    on the open file itself, so a device, FIFO or socket is never read and nothing is swapped in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(str(path)) from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchError(f"{path} is not a regular file (a device, FIFO, socket or folder is never read)")
+        if info.st_size > limit:
+            raise TooLarge(f"{path} is {info.st_size} bytes, over the {limit} bytes it may hold")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while read
+        raise TooLarge(f"{path} is over the {limit} bytes it may hold")
+    return data
+
+
+def read_bounded(uri: str, name: str, limit: int) -> bytes:
+    """File ``name`` of the folder ``uri`` (local, ``s3://`` or ``data://``), refused (:class:`TooLarge`)
+    past ``limit`` bytes; a local one only when it is a regular file (:func:`_read_regular`). For a file
+    a client names: a remote read has its client's timeouts, a local regular file its bounded size."""
+    if reader(uri) is _read_local:
+        return _read_regular(Path(uri.removeprefix("file://")) / name, limit)
+    data = reader(uri)(uri, name, limit)
+    if len(data) > limit:
+        raise TooLarge(f"{uri.rstrip('/')}/{name} is {len(data)} bytes, over the {limit} bytes it may hold")
+    return data
+
+
 def _s3_client():
     import boto3
     from botocore.config import Config
@@ -60,16 +98,19 @@ def _s3_client():
     )
 
 
-def _read_s3(uri: str, name: str) -> bytes:
+def _read_s3(uri: str, name: str, limit: int | None = None) -> bytes:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket_part, _, prefix = uri.removeprefix("s3://").partition("/")
     bucket = bucket_part.rsplit("@", 1)[-1]
     key = f"{prefix.rstrip('/')}/{name}" if prefix else name
     try:
-        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        ranged = {} if limit is None else {"Range": f"bytes=0-{limit}"}  # one byte past: too large
+        return _s3_client().get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
+        if code == "InvalidRange" and limit is not None:  # an empty object has no byte 0
+            return b""
         if code in ("NoSuchKey", "404", "NotFound"):
             raise FileNotFoundError(f"s3://{bucket}/{key}") from None
         raise FetchError(
@@ -80,7 +121,7 @@ def _read_s3(uri: str, name: str) -> bytes:
         raise FetchError(f"s3://{bucket}/{key}: cannot reach {endpoint} ({exc})") from exc
 
 
-def _read_data_api(uri: str, name: str) -> bytes:
+def _read_data_api(uri: str, name: str, limit: int | None = None) -> bytes:
     base = settings().data_api_url
     if not base:
         raise FetchError(
@@ -94,7 +135,7 @@ def _read_data_api(uri: str, name: str) -> bytes:
         req.add_header("Authorization", f"Simple {key}")
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (the configured service)
-            return resp.read()
+            return resp.read(-1 if limit is None else limit + 1)
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise FileNotFoundError(f"data://{path}") from None

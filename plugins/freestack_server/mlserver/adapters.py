@@ -21,8 +21,12 @@ A request names its version by ``model`` (the OpenAI API's field):
 With ``runtime_adapters`` on (and the deployment's key), a client also loads an adapter that is not a
 registered version, from a folder or URI, under a name of its own (vLLM's ``POST /v1/load_lora_adapter``
 and ``/v1/unload_lora_adapter``): a trainer sampling from the adapter it is training. Only its
-``adapter_config.json`` and ``adapter_model.safetensors`` are read, and a request names it as
-``<model>:<name>``.
+``adapter_config.json`` and ``adapter_model.safetensors`` are read, each only when it is a regular file
+(a symlink is followed to one) within its size bound, the read within :data:`READ_TIMEOUT_S`; a request
+names it as ``<model>:<name>``, a name no registered version, alias or the model itself has.
+
+Every adapter's weights, registered or named, must be finite: one NaN would make every answer of a
+request for it fail in the engine's batch.
 
 At most ``max_adapters`` versions are loaded at once; past it the least recently used is unloaded
 (never the one the deployment started with, nor the active one). Each answer and request-log row names
@@ -45,8 +49,9 @@ from typing import TYPE_CHECKING
 
 from freestack.registry.names import ALIASES, VERSION_RE, is_version_name
 from freestack.version.errors import NotAVersion
+from freestack.version.files import MARKER
 from freestack.version.folder import open_folder
-from freestack_server.core.fetch import FetchError, FetchSource, reader, split_alias
+from freestack_server.core.fetch import FetchError, FetchSource, read_bounded, reader, split_alias
 
 if TYPE_CHECKING:
     from freestack.ml.engine import Engine
@@ -58,6 +63,12 @@ log = logging.getLogger("freestack.serving")
 ALIAS_TTL_S = 5.0
 #: peft's name for the adapter a PeftModel was loaded with: the deployed version's
 DEPLOYED = "default"
+#: the most bytes a named adapter's ``adapter_config.json`` may hold (peft writes a few hundred)
+CONFIG_BYTES = 64 * 1024
+#: how long reading a named adapter's two files may take (seconds), wherever they are
+READ_TIMEOUT_S = 60.0
+#: the alias names a runtime adapter may never take, set or not yet (the registry's own words)
+KNOWN_ALIASES = frozenset({"production", "staging", "previous", "champion", "challenger"})
 
 
 class NotServed(Exception):
@@ -94,6 +105,10 @@ class Adapters:
         peft = self.core.generator.lm
         self.peft = peft if hasattr(peft, "load_adapter") and self.base is not None else None
         self.loaded[self.deployed] = DEPLOYED
+        #: the most bytes a named adapter's weights may hold: a LoRA of full rank on every module of the
+        #: base, in float32, is at most twice the base's parameters; 1 MiB more for the header
+        base_numel = sum(p.numel() for p in self.core.generator.lm.parameters())
+        self.weights_limit = 8 * base_numel + (1 << 20)
         if self.peft is not None:
             self.engine.activate = self.peft.set_adapter
             self.engine.adapter = DEPLOYED
@@ -101,12 +116,12 @@ class Adapters:
     # -- which version a request names ----------------------------------------------------------------
     def version_of(self, model: str) -> str:
         """The version ``model`` names now (NotServed, 404, for another model or an unknown alias)."""
-        if model in self.runtime:  # an adapter loaded by name, called by it as vLLM's clients do
-            return model
         if model == self.name:
             if self.bounds.canary_alias and random.random() < self.bounds.canary_weight:
                 return self._canary()
             return self.serving()
+        if model in self.runtime:  # an adapter loaded by name, called by it as vLLM's clients do
+            return model
         name, sep, rest = model.partition("@") if "@" in model else model.partition(":")
         if name != self.name or not sep or not rest:
             raise NotServed(
@@ -257,7 +272,7 @@ class Adapters:
         seconds the batch was paused, and peft's load result (the weights it took and left)."""
         from peft import set_peft_model_state_dict
 
-        with self.engine.manager.pause():
+        with self.engine.paused():
             began = time.perf_counter()
             self.peft.add_adapter(version, config)
             loaded = set_peft_model_state_dict(self.peft, weights, adapter_name=version)
@@ -300,16 +315,17 @@ class Adapters:
             raise NotServed(
                 f"{self.name}:{self.deployed} is a full-weight version: no adapter loads on it", 400
             )
-        if not is_version_name(name) or name == self.deployed:
-            raise NotServed(
-                f"lora_name {name!r}: letters, digits, '.', '_' and '-', not the deployed version", 400
-            )
-        if name in self.loaded:
-            raise NotServed(
-                f"an adapter named {name!r} is loaded already: unload it first, or load another name", 400
-            )
+        if not is_version_name(name):
+            raise NotServed(f"lora_name {name!r}: letters, digits, '.', '_' and '-'", 400)
         loop = asyncio.get_running_loop()
-        config, weights = await loop.run_in_executor(None, _read_named, path)
+        taken = await loop.run_in_executor(None, self._taken, name)
+        if taken:
+            raise NotServed(f"lora_name {name!r} {taken}: give the adapter a name of its own", 400)
+        try:
+            read = loop.run_in_executor(None, _read_named, path, self.weights_limit)
+            config, weights = await asyncio.wait_for(read, READ_TIMEOUT_S)
+        except TimeoutError:
+            raise NotServed(f"{path}: reading the adapter took over {READ_TIMEOUT_S:.0f} s", 400) from None
         self._evict()
         try:
             paused, loaded = await loop.run_in_executor(None, self._inject, name, config, weights)
@@ -323,6 +339,21 @@ class Adapters:
         log.info(
             "loaded adapter %s:%s from %s (the batch paused %.1f ms)", self.name, name, path, 1000 * paused
         )
+
+    def _taken(self, name: str) -> str | None:
+        """Why ``name`` cannot name a runtime adapter (None: it can): a name a request already means
+        something by, the model's, an alias's, a version's (registered or loaded), is never taken over."""
+        if name == self.name:
+            return "is the model's own name"
+        if name in self.loaded:
+            return "is loaded already (unload it first)"
+        if name in KNOWN_ALIASES or name in self._table():
+            return "is an alias's name"
+        try:
+            reader(self.folder)(self.folder, f"{name}/{MARKER}")
+        except (FileNotFoundError, FetchError, OSError):
+            return None
+        return f"is a registered version of {self.name!r}"
 
     async def unload_named(self, name: str) -> None:
         """Unload an adapter :meth:`load_named` loaded (waiting for none of its requests to run)."""
@@ -343,7 +374,7 @@ class Adapters:
 
     def _drop(self, adapter: str) -> None:
         engine = self.engine
-        with engine.manager.pause():
+        with engine.paused():
             if engine.adapter == adapter:  # idle, but active: the deployed version's takes its place
                 engine.activate(DEPLOYED)
                 engine.adapter = DEPLOYED
@@ -371,7 +402,26 @@ def _read_adapter(folder: Path):
 
     config = LoraConfig.from_pretrained(str(folder))
     config.inference_mode = True
-    return config, load_peft_weights(str(folder), device="cpu")
+    weights = load_peft_weights(str(folder), device="cpu")
+    try:
+        _finite(weights)
+    except ValueError as exc:
+        raise NotServed(f"{folder.name}: {exc}", 400) from None
+    return config, weights
+
+
+def _finite(weights) -> None:
+    """ValueError naming the first weight that is not floating point or holds a NaN or an infinity."""
+    import torch
+
+    for key, tensor in weights.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"the weight {key!r} is {tensor.dtype}, not floating point")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"the weight {key!r} holds NaN or infinite values: an adapter that would fail every "
+                "answer is not loaded (train it again, or save it from a finite checkpoint)"
+            )
 
 
 def _all_taken(name: str, loaded) -> None:
@@ -391,32 +441,55 @@ def _all_taken(name: str, loaded) -> None:
 NAMED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def _read_named(path: str):
+def _read_named(path: str, weights_limit: int):
     """The config and weights of the adapter at ``path`` (a folder, or a URI the server's storage reads):
-    only its JSON config and its safetensors, never a pickle; NotServed naming what is missing."""
+    only its JSON config and its safetensors, never a pickle, each a regular file within its bound
+    (:func:`freestack_server.core.fetch.read_bounded`); NotServed (400) naming what is wrong."""
     from peft import LoraConfig
-    from safetensors.torch import load as load_safetensors
 
     files = {}
-    for name in NAMED_FILES:
+    for name, limit in zip(NAMED_FILES, (CONFIG_BYTES, weights_limit), strict=True):
         try:
-            files[name] = reader(path)(path, name)
+            files[name] = read_bounded(path, name, limit)
         except FileNotFoundError:
             raise NotServed(
                 f"{path} holds no {name}: an adapter is loaded from its adapter_config.json and "
                 "adapter_model.safetensors (save it with peft's save_pretrained)",
                 400,
             ) from None
-        except (FetchError, OSError, ValueError) as exc:  # a folder, no permission, a NUL byte in the path
-            raise NotServed(f"{path!r} cannot be read: {exc}", 400) from None
+        except (
+            FetchError,
+            OSError,
+            ValueError,
+        ) as exc:  # a folder, a FIFO, too large, a NUL byte in the path
+            raise NotServed(f"{path!r} cannot be read: {name}: {exc}", 400) from None
     try:
         fields = json.loads(files["adapter_config.json"])
+        if not isinstance(fields, dict):
+            raise ValueError("it is not a JSON object")
         config = LoraConfig(**{k: v for k, v in fields.items() if k in LoraConfig.__dataclass_fields__})
-        weights = load_safetensors(files["adapter_model.safetensors"])
-    except (ValueError, TypeError) as exc:  # a config peft does not take, safetensors that do not parse
-        raise NotServed(f"{path} is not a LoRA adapter peft reads: {exc}", 400) from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a config peft does not take
+        raise NotServed(f"{path}: adapter_config.json is not a LoRA config peft reads: {exc}", 400) from None
+    weights = _safetensors(path, files["adapter_model.safetensors"])
     config.inference_mode = True
     return config, weights
+
+
+def _safetensors(path: str, data: bytes):
+    """The tensors of a safetensors file's bytes, finite (:func:`_finite`); NotServed (400) naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        weights = load_safetensors(data)
+        _finite(weights)
+    except (SafetensorError, ValueError, TypeError, OverflowError) as exc:  # a pickle, truncated, bad offsets
+        raise NotServed(
+            f"{path}: adapter_model.safetensors is not an adapter's safetensors ({exc}): save it with "
+            "peft's save_pretrained",
+            400,
+        ) from None
+    return weights
 
 
 __all__ = ["ALIAS_TTL_S", "Adapters", "NotServed"]

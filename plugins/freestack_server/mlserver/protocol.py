@@ -76,9 +76,17 @@ def _param(loc: Sequence[int | str]) -> str | None:
 PROMPT_FORMS = '"prompt" must be text, a list of texts, token ids or a list of token-id lists'
 
 
+#: the largest token id a request may send: no tokenizer's table is larger, and past it ids do not fit the
+#: 32-bit integers tokenizers decode (the model's own table is checked when the prompt is read)
+MAX_TOKEN_ID = 2**31 - 1
+
+
 def _prompt(value: object) -> str | tuple[int, ...]:
-    """One prompt: a text (checked), or token ids (kept as a tuple)."""
+    """One prompt: a text (checked), or token ids (kept as a tuple, each a non-negative 32-bit id)."""
     if isinstance(value, tuple):
+        wrong = next((t for t in value if not 0 <= t <= MAX_TOKEN_ID), None)
+        if wrong is not None:
+            raise refusal(f"the token id {wrong} is not one any vocabulary has (0 to {MAX_TOKEN_ID})")
         return value
     if not isinstance(value, str):
         raise refusal(PROMPT_FORMS)
