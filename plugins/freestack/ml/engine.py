@@ -21,9 +21,11 @@ this module adds around the library is what a server needs and the manager does 
   active one wait too; when the running ones are done, the adapter with the oldest waiting request is
   made active (``activate``, with the manager paused) and its requests start. A deployment that serves
   one version never waits.
-- **A dead loop is told, not hidden.** An error in transformers' generation thread ends its loop and fails
-  every request in it: each caller gets an :class:`EngineError` that says the engine failed, and
-  :meth:`Engine.watch` tells the server at once (which stops being ready and restarts).
+- **A dead loop is started again, not hidden.** An error in transformers' generation thread ends its loop
+  and fails the requests in it: each caller gets an :class:`EngineError` that says so (a 503), and
+  :meth:`Engine.watch` starts a new loop on the same model at once (the model's weights are untouched),
+  so the requests that come next are answered. Only a loop that keeps dying (:data:`RESTARTS` times in
+  :data:`RESTART_WINDOW_S`) is told to the server, which stops being ready and restarts.
 - **Fair to small requests.** The prompts of one request of many (:meth:`Engine.complete_all`) join the
   batch ``max_running_per_request`` at a time, the others as those end: every step of the batch costs
   each request in it, so a request of many prompts would otherwise slow every other client's tokens.
@@ -40,6 +42,7 @@ loop for the engine's life); the manager's thread runs the model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -62,6 +65,9 @@ LIBRARY_LOGGER = "ContinuousBatchingLogger"
 GREEDY_TOP_P = 1e-9
 #: the tokens of one page of the KV cache (transformers' default)
 PAGE_TOKENS = 256
+#: how many times a dying generation loop is started again within RESTART_WINDOW_S seconds before the engine
+#: gives up (and the server restarts)
+RESTARTS, RESTART_WINDOW_S = 3, 60.0
 #: the sampling settings the manager is built with (a processor exists only for a setting away from its
 #: neutral value); each request sends its own
 _BUILT_WITH = {"temperature": 0.5, "top_p": 0.5}
@@ -182,6 +188,7 @@ class Engine:
         self.adapter: str | None = None  # the active adapter
         self.running = 0  # requests of the active adapter in the manager
         self.waiting: deque[tuple[str, asyncio.Future]] = deque()  # requests of other adapters, oldest first
+        self.restarts: deque[float] = deque(maxlen=RESTARTS)  # when the loop was last started again
 
     def start(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -212,6 +219,11 @@ class Engine:
             self.manager.stop(block=True)
             self.manager = None
 
+    def paused(self) -> contextlib.AbstractContextManager:
+        """The generation loop paused while the model is used or changed on another thread (the library's
+        ``manager.pause()``); nothing to pause while no loop runs (a dead one is being started again)."""
+        return self.manager.pause() if self.alive() else contextlib.nullcontext()
+
     def admit(self, n: int) -> None:
         """Hold ``n`` of the limit's slots for requests about to start (:meth:`stream` with ``admitted``
         frees one each as it ends; :meth:`release` frees those that never started); Busy past the limit."""
@@ -236,16 +248,34 @@ class Engine:
             return f"{type(fatal).__name__}: {fatal}"
         return None if m.is_running() else "its generation thread ended"
 
-    async def watch(self, on_failure: Callable[[str], None], every: float = 0.5) -> None:
-        """Call ``on_failure(why)`` once, as soon as the engine's loop has died while it should run (every
-        request in it has then been failed); return when the engine is stopped."""
+    async def watch(self, on_failure: Callable[[str], None], every: float = 0.1) -> None:
+        """Start the engine's loop again as soon as it has died while it should run (the requests in it
+        have then been failed); call ``on_failure(why)`` once instead when it died :data:`RESTARTS` times
+        within :data:`RESTART_WINDOW_S`. Return when the engine is stopped."""
         while self.manager is not None:
             why = self.failure()
-            if why is not None:
-                log.error("the generation engine died: %s", why)
+            if why is None:
+                await asyncio.sleep(every)
+                continue
+            now = time.monotonic()
+            if len(self.restarts) == RESTARTS and now - self.restarts[0] < RESTART_WINDOW_S:
+                log.error(
+                    "the generation engine died %d times in %.0f s: %s", RESTARTS + 1, RESTART_WINDOW_S, why
+                )
                 on_failure(why)
                 return
-            await asyncio.sleep(every)
+            log.error("the generation loop died (%s): its requests failed; starting it again", why)
+            self.restarts.append(now)
+            self.restart()
+
+    def restart(self) -> None:
+        """A new generation loop on the same model, in place of a dead one."""
+        dead, self.manager = self.manager, None
+        try:
+            dead.stop(block=True, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - a dead loop's own stop may fail: it is dropped all the same
+            log.warning("stopping the dead generation loop: %s: %s", type(exc).__name__, exc)
+        self.start()
 
     async def stream(
         self,
@@ -375,7 +405,7 @@ class Engine:
             return
         adapter = self.waiting[0][0]
         if adapter != self.adapter:
-            with self.manager.pause():
+            with self.paused():
                 self.activate(adapter)
             self.adapter = adapter
             log.info("generation now answers with adapter %s", adapter)
@@ -542,7 +572,7 @@ class GenerateJob:
             else []
         )
         self.kept = Logprobs(self.top) if self.top is not None else None
-        with self.one_at_a_time, e.manager.pause(), torch.inference_mode():
+        with self.one_at_a_time, e.paused(), torch.inference_mode():
             self.began = time.perf_counter()
             return generate_ids(
                 e.model,

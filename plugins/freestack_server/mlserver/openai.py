@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import re
 import secrets
 import time
@@ -52,6 +53,8 @@ from freestack_server.mlserver.protocol import (
 )
 from freestack_server.mlserver.tools import Call as ToolCall
 from freestack_server.mlserver.tools import ToolCalling
+
+log = logging.getLogger("freestack.serving")
 
 #: a request id a client may give (``X-Request-Id``)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -124,6 +127,8 @@ class OpenAIRoutes:
             return exc.response()
         except NotServed as exc:
             return OpenAIError(exc.status, str(exc), "lora_path" if exc.status == 400 else None).response()
+        except Exception as exc:  # noqa: BLE001 - this request fails alone, in OpenAI's format, and is logged
+            return _failed(exc)
         return JSONResponse({"message": f"Success: LoRA adapter {body.lora_name!r} added successfully."})
 
     @custom_handler(rest_path="/v1/unload_lora_adapter")
@@ -174,6 +179,19 @@ class OpenAIRoutes:
         except NotServed as exc:  # the version ``model`` names
             code = "model_not_found" if exc.status == 404 else None
             return OpenAIError(exc.status, str(exc), "model", code).response()
+        except Exception as exc:  # noqa: BLE001 - this request fails alone, in OpenAI's format, and is logged
+            return _failed(exc)
+
+
+def _failed(exc: Exception) -> Response:
+    """A request that failed on what no check foresaw: a 500 in OpenAI's format (a 503 when the engine
+    failed it), the error in the server's log; the server and the other requests go on."""
+    log.error("a request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    if isinstance(exc, EngineError):
+        return OpenAIError(503, str(exc)).response()
+    return OpenAIError(
+        500, f"the server failed on this request ({type(exc).__name__}); its log says why"
+    ).response()
 
 
 def _model(model_id: str) -> Model:
@@ -261,6 +279,15 @@ class Call:
             self.headers[TRUNCATED_HEADER] = ",".join(cut)
 
     def _admit(self) -> None:
+        engine, n = self.served.engine, len(self.prompts.ids)
+        if n > engine.max_requests:  # it would never fit: waiting cannot help
+            raise OpenAIError(
+                413,
+                f"{n} prompts (answers, with n) in one request: the server generates for at most "
+                f"{engine.max_requests} at once (deploy.generation.max_requests, which bounds "
+                "deploy.generation.max_prompts_per_request), so it could never be answered: send fewer a request",
+                "n" if self.n > 1 else "prompt",
+            )
         try:
             self.served.engine.admit(len(self.prompts.ids))
         except Busy as exc:
