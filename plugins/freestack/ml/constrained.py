@@ -44,10 +44,17 @@ class Grammar:
 @functools.cache
 def _tokenizer(tokenizer, n_vocab: int, eos: tuple[int, ...]):
     """llguidance's token table of a fast tokenizer (about a second to build: once per model); ``eos``:
-    the tokens that end an answer, the only ones left once the text is complete."""
+    the tokens that end an answer, the only ones left once the text is complete. The table spans the
+    tokenizer's tokens even where the model has fewer rows (``n_vocab``): :class:`GrammarProcessor` rules
+    out every token past the model's width, so an answer only holds tokens the model has."""
     from llguidance.hf import from_tokenizer
 
-    return from_tokenizer(tokenizer, n_vocab=n_vocab, eos_token=list(eos))
+    return from_tokenizer(tokenizer, n_vocab=_width(tokenizer, n_vocab), eos_token=list(eos))
+
+
+def _width(tokenizer, n_vocab: int) -> int:
+    """The token table's width: the model's output, or the tokenizer's tokens when it knows more."""
+    return max(n_vocab, len(tokenizer))
 
 
 def json_grammar(schema: dict | None, tokenizer, n_vocab: int, eos: Sequence[int]) -> Grammar:
@@ -81,7 +88,7 @@ class GrammarProcessor(LogitsProcessor):
 
         table = _tokenizer(tokenizer, n_vocab, grammar.eos)
         self.matchers = [LLMatcher(table, grammar.text) for _ in range(rows)]
-        self.mask = allocate_token_bitmask(rows, n_vocab)
+        self.mask = allocate_token_bitmask(rows, _width(tokenizer, n_vocab))
         self.width = prompt_width
         self.bits = torch.arange(32, dtype=torch.int32)
 
@@ -98,7 +105,8 @@ class GrammarProcessor(LogitsProcessor):
         # on a CPU machine needs a C++ compiler at its first call)
         allowed = ((self.mask.unsqueeze(-1) >> self.bits) & 1).flatten(1)
         n = min(allowed.shape[-1], scores.shape[-1])
-        scores[:, n:] = float("-inf")  # rows of the output past the tokenizer's table
+        scores[:, n:] = float("-inf")  # the output's tokens past the tokenizer's table (the model's width
+        # past the table's: the mask's columns past the scores' are never looked at)
         scores[:, :n].masked_fill_(allowed[:, :n] == 0, float("-inf"))
         return scores
 

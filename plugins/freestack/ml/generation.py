@@ -608,6 +608,28 @@ def load_causal_lm(folder: str, *, meta: bool = False):
         ) from None
 
 
+def fit_vocabulary(model, tokenizer, *, lora: bool, resize: bool = True) -> str | None:
+    """Give ``model`` a row for every token ``tokenizer`` knows, when it knows more (a token added to the
+    tokenizer after the model was saved): its embeddings resized (transformers' ``resize_token_embeddings``,
+    the new rows drawn around the old ones' mean), and what was done, for the log. A LoRA adapter cannot
+    add rows to its base: PretrainedError saying what to do. ``resize`` false: check only (a meta model).
+    None when every token has its row."""
+    rows, known = token_rows(model), len(tokenizer)
+    if known <= rows:
+        return None
+    added = tokenizer.convert_ids_to_tokens(list(range(rows, min(known, rows + 3))))
+    where = f"the base's tokenizer knows {known} tokens but its model has rows for {rows} (ids {rows} and up: {added})"
+    if lora:
+        raise PretrainedError(
+            f"{where}: an id past the rows would fail training and serving, and a LoRA adapter cannot add rows "
+            "to its base; train full weights (leave out model.peft), which gives each token a row, or use a "
+            "base whose tokenizer fits its model"
+        )
+    if resize:
+        model.resize_token_embeddings(known)
+    return f"{where}: the embeddings were resized to {known} rows, the new ones trained from their mean"
+
+
 def add_causal_lora(model, peft: dict[str, Any]):
     """LoRA adapters (peft, ``CAUSAL_LM``) on ``peft["target_modules"]`` or peft's default for the
     architecture: :func:`~freestack.ml.pretrained.add_lora` for the text-generation task."""
@@ -704,22 +726,25 @@ def prompt_ids(
     prompts: Sequence[list[dict[str, str]] | str | tuple[int, ...]],
     settings: GenerationSettings,
     tools: list | None = None,
+    rows: int | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Each prompt as the model reads it, in token ids, and whether it was cut: a chat rendered with the
     generation prompt, a text continued as it stands (no chat template: the OpenAI API's completions), or
-    token ids (a tuple: the completions' array of tokens) as given, each checked against the vocabulary;
-    cut from the left, or refused, when over ``max_prompt_tokens``. The one place prompts are built and
-    cut: the model server's routes, ``generate``, the score stage and the evaluation use it."""
-    out = []
+    token ids (a tuple: the completions' array of tokens) as given; every id checked against the
+    vocabulary (``rows``: the ids the model has rows for, :func:`token_rows`, when fewer than the
+    tokenizer's); cut from the left, or refused, when over ``max_prompt_tokens``. The one place prompts are
+    built and cut: the model server's routes, ``generate``, the score stage and the evaluation use it."""
+    out, size = [], min(len(tokenizer), rows or len(tokenizer))
     for i, prompt in enumerate(prompts):
         chat = isinstance(prompt, list)
         if chat:
             text = render(tokenizer, prompt, generation_prompt=True, tools=tools)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         elif isinstance(prompt, tuple):
-            ids = _in_vocabulary(i, list(prompt), len(tokenizer))
+            ids = list(prompt)
         else:
             ids = tokenizer(prompt)["input_ids"]
+        _in_vocabulary(i, ids, size, len(tokenizer))
         if not ids:  # nothing to generate from (and the engine's batch cannot hold an empty prompt)
             raise EmptyPrompt(i, chat)
         cut = len(ids) > settings.max_prompt_tokens
@@ -729,13 +754,27 @@ def prompt_ids(
     return out
 
 
-def _in_vocabulary(index: int, ids: list[int], size: int) -> list[int]:
+class OutOfVocabulary(ChatError):
+    """A prompt's token id the model has no row for (an id the tokenizer knows past the model's rows too:
+    embedding it would fail the whole batch)."""
+
+
+def _in_vocabulary(index: int, ids: list[int], size: int, known: int) -> None:
     wrong = next((t for t in ids if not 0 <= t < size), None)
-    if wrong is not None:
-        raise ChatError(
-            f"prompt {index} holds the token id {wrong}, outside the vocabulary (0 to {size - 1})"
-        )
-    return ids
+    if wrong is None:
+        return
+    beyond = f" (the tokenizer knows {known} tokens, the model has rows for {size})" if known > size else ""
+    raise OutOfVocabulary(
+        f"prompt {index} holds the token id {wrong}, outside the model's vocabulary (0 to {size - 1}){beyond}"
+    )
+
+
+def token_rows(model) -> int:
+    """How many token ids ``model`` can read and write: its input embeddings' rows and its output's width,
+    the fewer (a tokenizer may know more tokens than a model has rows, after tokens were added)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    out = model.get_output_embeddings()
+    return int(min(rows, out.weight.shape[0]) if out is not None else rows)
 
 
 @torch.inference_mode()
@@ -752,7 +791,7 @@ def generate(
     ``tools``: the functions the chats may call (the version's, ``ChatColumns.tools``)."""
     if not chats:
         return []
-    prompts = prompt_ids(tokenizer, chats, settings, tools)
+    prompts = prompt_ids(tokenizer, chats, settings, tools, token_rows(model))
     return generate_ids(model, tokenizer, prompts, settings, eos_ids(tokenizer, generation_config))
 
 
@@ -876,7 +915,10 @@ __all__ = [
     "encode_chat",
     "eos_ids",
     "generate",
+    "fit_vocabulary",
     "load_causal_lm",
+    "token_rows",
+    "OutOfVocabulary",
     "load_generation_version",
     "load_tokenizer",
     "pack_rows",

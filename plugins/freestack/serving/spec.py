@@ -210,6 +210,12 @@ class GenerationBounds(SpecModel):
                 f"default_max_new_tokens {self.default_max_new_tokens} is over max_new_tokens "
                 f"{self.max_new_tokens}: lower it, or raise max_new_tokens"
             )
+        if self.max_prompts_per_request > self.max_requests:  # such a request could never be answered
+            raise ValueError(
+                f"max_prompts_per_request {self.max_prompts_per_request} is over max_requests "
+                f"{self.max_requests}: a request of that many prompts could never be generated for at once; "
+                "lower max_prompts_per_request, or raise max_requests"
+            )
         return self
 
     def env(self, *, defaults: bool = True) -> dict[str, str]:

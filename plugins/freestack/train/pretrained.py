@@ -6,6 +6,7 @@ folder in storage), the checks before any data is read, and what the feature enc
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from functools import lru_cache
@@ -21,6 +22,7 @@ from freestack.ml.generation import (
     ChatEncoding,
     ChatError,
     add_causal_lora,
+    fit_vocabulary,
     load_causal_lm,
     load_tokenizer,
     render,
@@ -56,6 +58,8 @@ from freestack.version.stored import read_storage_file
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
+
+log = logging.getLogger(__name__)
 
 _SCHEMES = ("file://", "s3://", "data://")
 
@@ -166,12 +170,13 @@ def check_causal_base(spec: PipelineSpec) -> None:
     modules, and the chat template renders a conversation (and lays out ``model.data.tools``)."""
     base = pretrained_base(spec)
     model = load_causal_lm(base.folder, meta=True)
-    if spec.model.peft is not None:
-        add_causal_lora(model, peft_settings(spec))
     chat, tokenizer = (
         [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
         chat_tokenizer(spec),
     )
+    fit_vocabulary(model, tokenizer, lora=spec.model.peft is not None, resize=False)
+    if spec.model.peft is not None:
+        add_causal_lora(model, peft_settings(spec))
     tools = chat_encoding_columns(spec).tools
     if tools and render(tokenizer, chat) == render(tokenizer, chat, tools=tools):
         raise ChatError(
@@ -363,6 +368,9 @@ def build_causal_model(
     server's, for one that server samples (``train.grpo.rollouts: server``)."""
     model = load_causal_lm(pretrained_base(spec).folder)
     peft = peft_settings(spec)
+    resized = fit_vocabulary(model, chat_tokenizer(spec), lora=peft is not None)
+    if resized:
+        log.warning("model.base: %s", resized)
     if peft is not None:
         model = add_causal_lora(model, peft)
     common: dict[str, Any] = {  # what the net is told either way

@@ -267,6 +267,7 @@ class Generator:
         self.max_length = int(net.max_length)
         self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
         self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
+        self.rows = _rows(self.lm, tokenizer)  # the token ids the model has rows for
 
     # -- what a request may ask -------------------------------------------------------------------------
     def settings(self, params: Mapping[str, object] | None) -> GenerationSettings:
@@ -349,7 +350,7 @@ class Generator:
         self.check_count(len(chats))
         settings = self.settings(params)
         try:
-            ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings, tools)
+            ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings, tools, self.rows)
         except PromptTooLong as exc:
             within = (
                 f", less max_new_tokens {settings.max_new_tokens} within the model's context of {self.context}"
@@ -365,8 +366,8 @@ class Generator:
             ) from None
         except EmptyPrompt as exc:
             raise PayloadError(str(exc), param="messages" if exc.chat else "prompt") from None
-        except ChatError as exc:
-            raise PayloadError(str(exc)) from None
+        except ChatError as exc:  # a token id past the model's rows, a template that fails
+            raise PayloadError(str(exc), param="prompt" if continued else "messages") from None
         shown = [t if isinstance(t, str) else self.tokenizer.decode(list(t)) for t in texts]
         return Prompts(chats, shown, settings, self.bounds.batch_prompts, dict(form or {}), ids)
 
@@ -395,6 +396,23 @@ class Generator:
             GenerationSettings(max_new_tokens=1, max_prompt_tokens=self.max_prompt_tokens),
             self.generation_config,
         )
+
+
+def _rows(lm, tokenizer) -> int:
+    """The token ids ``lm`` has rows for, logged when its tokenizer knows more (ids past the rows are
+    refused with a 400: embedding one would fail every request in the batch)."""
+    from freestack.ml.generation import token_rows
+
+    rows = token_rows(lm)
+    if len(tokenizer) > rows:
+        log.warning(
+            "the tokenizer knows %d tokens but the model has rows for %d: prompts holding ids %d and up are "
+            "refused (train the version with its embeddings resized to the tokenizer)",
+            len(tokenizer),
+            rows,
+            rows,
+        )
+    return rows
 
 
 def describe(bounds: Bounds, info: dict[str, Any]) -> dict[str, Any]:

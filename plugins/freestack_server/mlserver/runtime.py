@@ -163,7 +163,9 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
     def _start_engine(self, generator: Generator) -> Served:
         """The version's generation engine (:mod:`freestack.ml.engine`), which V2 and the OpenAI API use."""
         generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the event loop's own
-        eos = eos_ids(generator.check_tokenizer, generator.generation_config)
+        # the end-of-turn tokens the model can write (one the tokenizer added past its rows never comes)
+        known = eos_ids(generator.check_tokenizer, generator.generation_config)
+        eos = [t for t in known if t < generator.rows] or known
         bounds = generator.bounds
         engine = Engine(
             generator.lm,

@@ -221,3 +221,38 @@ def test_a_retry_resumes_a_tied_language_model_from_its_checkpoint(base, tok):
     assert again.resumed_from == 2 and again.history == first.history
     want, got = first.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_tokenizer_that_knows_more_tokens_than_the_model_has_rows_is_fitted_or_refused(base, tmp_path):
+    """A token added to the tokenizer past the model's rows (transformers' ``<|endoftext|>`` as id N on an
+    N-row model): a prompt holding it is refused naming the id and both sizes (embedding it would fail
+    the batch); a grammar is built over the model's width and never allows it; training full weights
+    resizes the embeddings, a LoRA adapter (which cannot add rows to its base) is refused saying what to do."""
+    from freestack.ml.constrained import GrammarProcessor, json_grammar, vocab_of
+    from freestack.ml.generation import OutOfVocabulary, fit_vocabulary, prompt_ids, token_rows
+    from freestack.ml.pretrained import PretrainedError
+
+    tok = load_tokenizer(base)
+    tok.add_special_tokens({"additional_special_tokens": ["<|added|>"]})
+    model = load_causal_lm(str(base))
+    rows = token_rows(model)
+    assert len(tok) == rows + 1
+    settings = GenerationSettings(max_prompt_tokens=64)
+    with pytest.raises(
+        OutOfVocabulary, match=f"token id {rows}, outside the model's vocabulary .*knows {rows + 1}"
+    ):
+        prompt_ids(tok, [(1, rows)], settings, rows=rows)
+    with pytest.raises(OutOfVocabulary, match=f"token id {rows}"):  # in a text, as the tokenizer reads it
+        prompt_ids(tok, ["hello <|added|>"], settings, rows=rows)
+    assert prompt_ids(tok, [(1, rows - 1)], settings, rows=rows) == [([1, rows - 1], False)]
+
+    grammar = json_grammar({"type": "object"}, tok, vocab_of(model), [tok.eos_token_id])
+    processor = GrammarProcessor(grammar, tok, vocab_of(model), 1, 1)
+    scores = processor(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, vocab_of(model)))
+    assert scores.shape == (1, rows) and torch.isfinite(scores).any()
+
+    with pytest.raises(PretrainedError, match="a LoRA adapter cannot add rows to its base"):
+        fit_vocabulary(model, tok, lora=True)
+    said = fit_vocabulary(model, tok, lora=False)
+    assert said and f"resized to {rows + 1} rows" in said and token_rows(model) == rows + 1
+    assert fit_vocabulary(model, tok, lora=False) is None

@@ -36,3 +36,11 @@ def test_the_continuous_batch_bounds_reach_the_servers_settings(monkeypatch):
 def test_a_bound_below_the_servers_minimum_is_refused(field, value):
     with pytest.raises(ValidationError, match=f"generation.{field}"):
         DeploySpec.model_validate({"generation": {field: value}})
+
+
+def test_a_prompt_bound_the_request_bound_could_never_hold_is_refused():
+    """``max_prompts_per_request`` over ``max_requests``: a request that large would be a 429 on an idle
+    server, for ever; the spec says so, naming both settings."""
+    with pytest.raises(ValidationError, match="max_prompts_per_request 300 is over max_requests 256"):
+        DeploySpec.model_validate({"generation": {"max_prompts_per_request": 300}})
+    DeploySpec.model_validate({"generation": {"max_prompts_per_request": 300, "max_requests": 300}})
