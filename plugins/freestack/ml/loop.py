@@ -22,7 +22,13 @@ from torch import nn
 from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, read
 from freestack.ml.distributed import Ranks, full_optimizer_state, full_state, load_full_state
 from freestack.ml.generation import perplexity, token_loss
-from freestack.ml.metrics import PRIMARY, classification_metrics, is_better, regression_metrics
+from freestack.ml.metrics import (
+    PRIMARY,
+    check_kept,
+    classification_metrics,
+    is_better,
+    regression_metrics,
+)
 from freestack.ml.schedule import lr_factor
 from freestack.ml.stream import BatchSource, InMemory, take
 
@@ -311,6 +317,8 @@ def _loss_fn(model: nn.Module, task: str):
 
 
 def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Ranks | None = None) -> _Run:
+    if config.keep_metric:  # refused before any epoch where the task's metrics are known
+        check_kept(task, config.keep_metric)
     device = resolve_device(config.device, ranks)
     torch.manual_seed(config.seed)  # every device's generator, CUDA's included
     if device.type == "cuda":
@@ -701,6 +709,7 @@ def _judge(run: _Run, val: BatchSource, row: dict[str, float], on_epoch) -> None
     result, config, epoch = run.result, run.config, int(row["epoch"])
     val_metrics = evaluate_source(run.model, val, run.task, run.device, run.precision.amp_dtype)
     row.update({f"val_{k}": v for k, v in val_metrics.items()})
+    check_kept(run.task, result.metric, list(val_metrics))  # a model that scores itself: known only now
     value = val_metrics[result.metric]
     if run.ranks is not None and run.ranks.sharded:  # every rank keeps the same best epoch: rank 0's view
         value = run.ranks.share(value, run.device)

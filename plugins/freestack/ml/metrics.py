@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from freestack.errors import FreestackError
+
 # the metric each task early-stops on, and whether higher is better
 PRIMARY = {
     "classification": ("accuracy", True),
@@ -12,6 +14,41 @@ PRIMARY = {
     "preference": ("reward_margin", True),
     "grpo": ("reward", True),
 }
+
+# the validation metrics a training of each task records (``val_`` + each); a preference or GRPO model
+# scores itself, so its metrics are known only once it has
+RECORDED = {
+    "classification": ("loss", "accuracy", "macro_f1", "log_loss"),
+    "regression": ("loss", "rmse", "mae", "r2"),
+    "generation": ("loss", "perplexity", "tokens"),
+}
+
+
+class UnknownMetric(FreestackError, KeyError):
+    """A kept metric the training does not record; the message names it, the ones it records and what
+    to pass instead. A KeyError too, for code that caught the bare one."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def check_kept(task: str, metric: str, recorded: list[str] | tuple[str, ...] | None = None) -> None:
+    """Refuse a kept metric (``keep_metric``) that a training of ``task`` does not record: against
+    ``recorded`` (the metrics an epoch produced), else the task's known ones (nothing to check for a task
+    whose model scores itself)."""
+    known = list(recorded) if recorded is not None else list(RECORDED.get(task, ()))
+    if not known or metric in known:
+        return
+    bare = metric.removeprefix("val_")
+    hint = (
+        f"pass keep_metric={bare!r}: the name without the val_ prefix"
+        if bare in known
+        else "pass one of these (without the val_ prefix the history adds), or None for the task's own"
+    )
+    raise UnknownMetric(
+        f"keep_metric {metric!r} is not a metric a {task} training records; it records "
+        f"{', '.join(known)} (val_<name> in its history): {hint}"
+    )
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

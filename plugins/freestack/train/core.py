@@ -37,6 +37,7 @@ from freestack.ml.distributed import backend_for
 from freestack.ml.features import KINDS, TOKENIZER_FILE, EncoderOptions, EncodingError
 from freestack.ml.generation import ChatError, eos_ids, save_tokenizer
 from freestack.ml.loop import TrainConfig, evaluate_source, fit_source, resolve_device, to_tensors
+from freestack.ml.metrics import check_kept
 from freestack.ml.models import FreestackNet
 from freestack.ml.preference import score_reference
 from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
@@ -549,6 +550,7 @@ def train(
     starts them); rank 0 returns the outcome, the others None."""
     check_trainable(spec)
     spec = effective_spec(spec, req)
+    _check_kept_metric(spec, req)
     loaded = (
         window if window is not None else load_window(spec, req.end_ds, spec.train.window_days, req.window)
     )
@@ -557,6 +559,13 @@ def train(
     finally:
         if window is None:  # a window loaded here (a spool folder) goes; a caller's stays for its next trial
             loaded.close()
+
+
+def _check_kept_metric(spec: PipelineSpec, req: TrainRequest) -> None:
+    """Refuse, before the window is read, a ``keep_metric`` the spec's task does not record (UnknownMetric).
+    A task the data decides, or a DPO or GRPO model that scores itself, is checked at the first epoch."""
+    if req.keep_metric and spec.task and spec.train.objective not in ("dpo", "grpo"):
+        check_kept(spec.task, req.keep_metric)
 
 
 def _train(

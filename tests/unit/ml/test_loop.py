@@ -200,3 +200,39 @@ def test_a_requested_stop_ends_training_and_survives_a_resume():
         _net(seed=5), x[:400], y[:400], x[400:], y[400:], cfg, task="classification", checkpoints=store
     )
     assert again.epochs_run == 2 and again.stop_reason == "requested" and again.resumed_from == 2
+
+
+def test_a_kept_metric_the_training_does_not_record_is_refused_before_any_epoch():
+    """keep_metric="val_rmse" (the history's name, not the metric's): refused before an epoch trains, naming
+    the metric, the ones a regression records and the name to pass, not a bare KeyError mid-training."""
+    from freestack.errors import FreestackError
+
+    x, y = _blobs()
+    torch.manual_seed(0)
+    m = FreestackNet(kind="mlp", task="regression", n_features=8, n_outputs=1, hidden=[8])
+    epochs = []
+    cfg = TrainConfig(epochs=2, batch_size=32, keep_metric="val_rmse", keep_higher=False)
+    with pytest.raises(FreestackError) as err:
+        fit(
+            m,
+            x[:400],
+            y[:400].astype(np.float32),
+            x[400:],
+            y[400:].astype(np.float32),
+            cfg,
+            task="regression",
+            on_epoch=epochs.append,
+        )
+    text = str(err.value)
+    assert "'val_rmse'" in text and "loss, rmse, mae, r2" in text and "keep_metric='rmse'" in text
+    assert epochs == []
+
+
+def test_a_kept_metric_a_self_scoring_model_lacks_is_named_at_the_first_epoch():
+    """A task whose model scores itself (GRPO) is checked against what its epoch recorded."""
+    from freestack.ml.metrics import UnknownMetric, check_kept
+
+    check_kept("grpo", "reward", ["reward", "reward_len"])
+    check_kept("grpo", "anything")  # nothing known before the model has scored
+    with pytest.raises(UnknownMetric, match=r"'rewrd'.*reward, reward_len.*or None for the task's own"):
+        check_kept("grpo", "rewrd", ["reward", "reward_len"])
