@@ -275,7 +275,7 @@ def _plan(af: Airflow, spec: Any, dag: Dag, body: dict[str, Any]) -> _Plan:
     if not dates:
         raise CliError(
             f"nothing to backfill: every day of {dag_id} {span} has a run",
-            "pass --reprocess completed to run them again",
+            _reprocess_advice(_runs(af, dag_id, body["from_date"], body["to_date"]), body),
         )
     days = [_day(spec, dag, d) for d in dates]
     chosen = [d for d in days if d.runs]
@@ -665,6 +665,27 @@ def _runs(af: Airflow, dag_id: str, first: str, last: str) -> list[dict[str, Any
         runs += page["dag_runs"]
         if not page["dag_runs"] or len(runs) >= page.get("total_entries", 0):
             return runs
+
+
+def _reprocess_advice(runs: list[dict[str, Any]], body: dict[str, Any]) -> str:
+    """What to pass to run again the days the dry run left out, by their runs' states: ``failed`` for
+    failed runs only, ``completed`` for succeeded ones too; a queued or running run is never run again."""
+    states = [str(r.get("state")) for r in runs]
+    if not states:  # none listed: the dry run left the days out for another reason
+        return "pass --reprocess failed (failed runs) or --reprocess completed (every finished run) to run them again"
+    failed, done = states.count("failed"), states.count("success")
+    busy = len(states) - failed - done
+    asked = body.get("reprocess_behavior", Reprocess.none.value)
+    ways = []
+    if failed and asked == Reprocess.none.value:
+        ways.append(f"pass --reprocess failed to run the {plural(failed, 'failed run')} again")
+    if done:
+        ways.append(f"--reprocess completed to run the {plural(done, 'succeeded run')} again too")
+    if not ways:
+        return f"{plural(busy, 'run')} still queued or running: wait for them, then backfill again"
+    advice = ", or ".join(ways)
+    advice = advice if advice.startswith("pass") else f"pass {advice.removesuffix(' too')}"
+    return advice + (f" (not the {plural(busy, 'run')} still queued or running)" if busy else "")
 
 
 def _ts(text: str) -> float:

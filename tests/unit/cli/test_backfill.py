@@ -405,8 +405,44 @@ def test_a_paused_dag_whose_latest_interval_has_no_data_is_left_paused(fake_airf
     assert main([*ARGV, "--unpause"]) == 0 and api.pauses == [False] and api.paused is False
 
 
+def _existing(api, states: list[str]) -> None:
+    """Runs of the first days, in ``states``, that the dry run leaves out."""
+    api.runs = [
+        {"dag_run_id": f"r{i}", "logical_date": f"{d}T00:00:00Z", "state": st}
+        for i, (d, st) in enumerate(zip(DAYS, states, strict=True))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("states", "flags", "advice"),
+    [
+        (["failed"] * 5, [], "pass --reprocess failed to run the 5 failed runs again"),
+        (
+            ["failed", "success", "success", "success", "success"],
+            [],
+            "pass --reprocess failed to run the 1 failed run again, or --reprocess completed to run the 4 succeeded runs again too",
+        ),
+        (["success"] * 5, [], "pass --reprocess completed to run the 5 succeeded runs again"),
+        (
+            ["success"] * 4 + ["running"],
+            ["--reprocess", "failed"],
+            "pass --reprocess completed to run the 4 succeeded runs again (not the 1 run still queued or running)",
+        ),
+        (["running"] * 5, ["--reprocess", "completed"], "5 runs still queued or running: wait for them"),
+    ],
+)
+def test_nothing_to_backfill_advises_the_reprocess_behaviour_the_runs_states_need(
+    fake_airflow, capsys, states, flags, advice
+):
+    """Days whose runs failed need --reprocess failed, not completed (which would rerun the good ones too)."""
+    _existing(fake_airflow(DAYS, existing=5), states)
+    assert main([*ARGV, *flags]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to backfill" in err and advice in err, err
+
+
 def test_nothing_to_do_and_refusals_are_one_line(fake_airflow, capsys):
-    fake_airflow(DAYS, existing=5)
+    _existing(fake_airflow(DAYS, existing=5), ["success"] * 5)
     assert main(ARGV) == 1
     assert "nothing to backfill" in (err := capsys.readouterr().err) and "--reprocess completed" in err
     api = fake_airflow(DAYS)

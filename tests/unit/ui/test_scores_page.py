@@ -360,6 +360,7 @@ def test_failed_days_are_listed_with_their_error(client, scored):
     """A day whose run failed (never published, or failed after the scores shown) is listed with the error
     its task recorded (freestack.score.published.record_failure), linked to the run; a publish clears it."""
     from freestack.score.published import record_failure, scored_days
+    from freestack.ui.catalog import score_pages
 
     spec, run = scored["digits"], {"dag_id": "digits_score", "run_id": "manual__b"}
     over = "2026-11-05: 30 of 40 rows were not scored (75.0%), over score.max_error_fraction 50.0%"
@@ -389,3 +390,5 @@ def test_failed_days_are_listed_with_their_error(client, scored):
     assert days["2026-11-03"]["failed"]["task"] == "plan" and days["2026-11-01"]["failed"] is None
     cli = {d["ds"]: d for d in scored_days(spec)}  # what `freestack scores` lists
     assert cli["2026-11-05"]["failed"]["error"] == over and cli["2026-11-03"]["rows_scored"] == 24
+    problem = score_pages.scored_day(spec, "2026-11-05").problem  # its run failed: `failed` reruns it
+    assert "--dag score --reprocess failed` over it" in problem

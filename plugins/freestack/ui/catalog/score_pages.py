@@ -154,7 +154,10 @@ def scored_day(spec: PipelineSpec, ds: str) -> ScoredDay:
         problem = (
             f"the manifest in the footer is not a scores manifest ({type(exc).__name__}: {str(exc)[:200]})"
         )
-    fix = f"Rescore the day: clear its score task, or `freestack backfill {spec.name} --dag score --reprocess completed` over it"
+    again = (
+        "failed" if failed else "completed"
+    )  # a failed run is rerun by `failed`, a succeeded one by `completed`
+    fix = f"Rescore the day: clear its score task, or `freestack backfill {spec.name} --dag score --reprocess {again}` over it"
     return ScoredDay(ds=ds, folder=folder, problem=f"{problem}. {fix}", failed=failed)
 
 
