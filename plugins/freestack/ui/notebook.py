@@ -45,6 +45,67 @@ def airflow_url() -> str:
     return airflow_env()["AIRFLOW__API__BASE_URL"].rstrip("/")
 
 
+def registered_versions(spec: PipelineSpec, registry: Any) -> pd.DataFrame:
+    """The pipeline's registered versions as a table: version, created, aliases and test accuracy (None for
+    a regression). NotebookError naming the model and ``make demo`` when there is none, or none is
+    ``production`` (the version the notebook compares and scores with)."""
+    import pandas as pd
+
+    versions = registry.versions()
+    where = f"under {registry.root}"
+    if not versions:
+        raise NotebookError(
+            f"model {spec.model_name!r} (pipeline {spec.name!r}) has no registered version {where}: run "
+            "`make demo` (it lands the days, trains and registers one), or set FREESTACK_STORAGE_ROOT to a "
+            "state that has one before starting Jupyter"
+        )
+    if not any("production" in v["aliases"] for v in versions):
+        raise NotebookError(
+            f"model {spec.model_name!r} has {len(versions)} registered version(s) {where} but none is "
+            f"production: run `make demo`, or promote one (`freestack models promote {spec.name} <version>`)"
+        )
+    table = pd.DataFrame(versions)
+    table["test_accuracy"] = [(m or {}).get("test_accuracy") for m in table["metrics"]]
+    return table[["version", "created", "aliases", "test_accuracy"]]
+
+
+def predict(version: LoadedVersion, rows: pd.DataFrame) -> list:
+    """A loaded version's predictions for ``rows``: class labels of a classifier, values of a regression.
+    Every feature column goes through the version's own preprocessing (category, text and image columns
+    encoded as the model server encodes them); NotebookError naming a missing column or a numeric one
+    holding other values."""
+    import torch
+
+    from freestack.ml.loop import to_tensors
+
+    pre = version.preprocessor
+    if pre.task == "generation":
+        raise NotebookError(f"{version.uri} generates text: it answers prompts, not rows")
+    _check_columns(version.uri, pre, rows)
+    with torch.no_grad():
+        x = to_tensors(pre.inputs(rows))
+        if pre.task == "classification":
+            return [pre.classes[i] for i in version.model.predict_proba(x).argmax(dim=-1).tolist()]
+        return version.model.predict(x).reshape(-1).tolist()
+
+
+def _check_columns(uri: str, pre: Any, rows: pd.DataFrame) -> None:
+    """NotebookError unless ``rows`` has every feature column, its numeric ones holding numbers."""
+    import pandas as pd
+
+    missing = [f for f in pre.features if f not in rows.columns]
+    if missing:
+        raise NotebookError(f"{uri} takes feature column(s) {missing}, which the rows lack")
+    for column in pre.numeric:
+        values = rows[column]
+        bad = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        if len(bad):
+            raise NotebookError(
+                f"feature column {column!r} is numeric for {uri} but holds {bad.iloc[0]!r}: pass numbers "
+                "(the score stage quarantines such rows)"
+            )
+
+
 class VersionLinks(BaseModel):
     """A registered version's pages; ``airflow_run`` is None when its lineage names no Airflow run (a
     version trained outside Airflow, from a notebook or a script). A notebook shows them as links."""
@@ -198,6 +259,8 @@ __all__ = [
     "VersionLinks",
     "airflow_url",
     "distribution_panels",
+    "predict",
+    "registered_versions",
     "version_links",
     "window_distributions",
 ]

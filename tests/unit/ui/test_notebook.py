@@ -137,3 +137,52 @@ def test_the_window_figure_is_a_png_and_a_text_only_window_has_none():
     text = pd.DataFrame({"id": ["a", "b"], "prompt": ["1+1", "2+2"], "response": ["2", "4"]})
     with pytest.raises(NotebookError, match="has a text target and no numeric feature"):
         window_distributions(_spec("arith_tiny"), text, np.array(["train", "test"]))
+
+
+def test_the_registry_table_says_to_run_make_demo_when_the_model_has_no_production_version(
+    storage,
+    digits,  # noqa: F811
+):
+    """A clone without the demo's state: not a bare KeyError: 'metrics' but the model it needs and
+    `make demo`; then a version but no production; then the table."""
+    import shutil
+    from pathlib import Path
+
+    from freestack.registry.core import registry_for
+    from freestack.storage import to_path
+    from freestack.ui.notebook import NotebookError, registered_versions
+    from tests.unit.ui.test_notebook_lines import VERSION
+
+    registry = registry_for(digits)
+    with pytest.raises(
+        NotebookError, match=r"model 'digits' \(pipeline 'digits'\) has no registered version.*make demo"
+    ):
+        registered_versions(digits, registry)
+    shutil.copytree(FIXTURE, Path(to_path(storage).path) / "registry" / "digits" / VERSION)
+    with pytest.raises(NotebookError, match="none is production: run `make demo`, or promote one"):
+        registered_versions(digits, registry)
+    registry.set_alias("production", VERSION)
+    table = registered_versions(digits, registry)
+    assert table.to_dict("records")[0]["version"] == VERSION and table["aliases"][0] == ["production"]
+    assert list(table.columns) == ["version", "created", "aliases", "test_accuracy"]
+
+
+def test_predict_encodes_a_versions_category_text_and_image_columns_as_the_server_does():
+    """The notebook's predict on a version of numeric, category, text and image columns (the shop fixture)
+    answers the labels of its recorded outputs; a numeric column holding a word is named."""
+    import json
+
+    import freestack.version
+    from freestack.ui.notebook import NotebookError, predict
+    from tests.fixtures.versions.make_versions import frame_of
+
+    kind = ROOT / "tests" / "fixtures" / "versions" / "shop"
+    expected = json.loads((kind / "expected.json").read_text())
+    loaded = freestack.version.open((kind / "version").as_uri()).load()
+    rows = frame_of(kind / "version", expected["inputs"])
+    want = [loaded.preprocessor.classes[int(np.argmax(p))] for p in expected["outputs"]]
+    assert predict(loaded, rows) == want == ["yes", "no", "no", "yes"]
+    with pytest.raises(NotebookError, match=r"feature column 'price' is numeric .* holds 'twelve'"):
+        predict(loaded, rows.astype({"price": object}).assign(price=["twelve", 1.0, 2.0, 3.0]))
+    with pytest.raises(NotebookError, match=r"takes feature column\(s\) \['colour'\], which the rows lack"):
+        predict(loaded, rows.drop(columns=["colour"]))
