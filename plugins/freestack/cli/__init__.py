@@ -79,10 +79,16 @@ def _demo() -> int:
 @app.command("up")
 def _up(
     timeout: Annotated[
-        float, typer.Option(metavar="SECONDS", help="How long to wait for it to answer.")
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="How long to wait for it to answer while it shows no progress (its log does not grow, its port does not open); 30 minutes at most in all.",
+        ),
     ] = 240,
 ) -> int:
-    """Start airflow standalone on 127.0.0.1 in the background."""
+    """Start airflow standalone on 127.0.0.1 in the background.
+
+    Exit code 0 once it answers, 3 when it still starts after the wait (it goes on in the background), 1 when it cannot start."""
     return stack.up(timeout)
 
 

@@ -5,9 +5,13 @@ and any ``airflow`` command against it. ``down`` stops every process of the stac
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from freestack.cli.output import emit, plural, table
 from freestack.embedded import (
@@ -25,13 +29,26 @@ from freestack.embedded import (
 from freestack.runtime.procs import stop_stack
 from freestack.serving.processes import stop_serving
 
+#: how long ``up`` waits for an answer while nothing moves (the log does not grow, the port does not open)
+STALL_S = 240.0
+#: how long ``up`` waits in all, however the stack progresses
+MOST_S = 1800.0
+#: ``up``'s exit code when it stopped waiting but the stack still starts (1: it did not start)
+STILL_STARTING = 3
+
 
 class UpError(Exception):
     """The embedded Airflow did not start; the message says why and where its log is."""
 
 
-def ensure_up(env: dict[str, str], timeout: float = 240.0) -> tuple[str, str, bool]:
-    """Start ``airflow standalone`` unless it already runs; wait until it answers. Returns its URL, the
+class StillStarting(UpError):
+    """The embedded Airflow had not answered when ``up`` stopped waiting, but still runs; the message
+    names its pid, its log and how to check on it."""
+
+
+def ensure_up(env: dict[str, str], timeout: float = STALL_S) -> tuple[str, str, bool]:
+    """Start ``airflow standalone`` unless it already runs; wait until it answers, for as long as it makes
+    progress (``timeout``: the most seconds without any, :data:`MOST_S` in all). Returns its URL, the
     admin password and whether it was started now. The stack's address is recorded
     (:func:`~freestack.embedded.record_stack`): later commands find it there, whatever its port."""
     pid_file, log_file, pw_file = standalone_files(env)
@@ -39,18 +56,14 @@ def ensure_up(env: dict[str, str], timeout: float = 240.0) -> tuple[str, str, bo
     started = not (pid_file.exists() and _alive(int(pid_file.read_text())))
     if not started:
         _check_address(env, url)
+        if not healthy(url):  # started by an earlier `up` that stopped waiting: wait for it here
+            _wait_answering(url, _Stack(int(pid_file.read_text()), None), log_file, timeout)
     if started:
         ensure_migrated(env)
         proc = start_standalone(env, log_file)
         pid_file.write_text(str(proc.pid))
         record_stack(env, proc.pid)
-        deadline = time.monotonic() + timeout
-        while not healthy(url):
-            if proc.poll() is not None:
-                raise UpError(f"airflow standalone exited with {proc.returncode}; see {log_file}")
-            if time.monotonic() > deadline:
-                raise UpError(f"airflow did not answer at {url} within {timeout:.0f} s; see {log_file}")
-            time.sleep(1)
+        _wait_answering(url, _Stack(proc.pid, proc), log_file, timeout)
         warm_execution_api(url)
     password = "(see the log)"
     for _ in range(30):
@@ -61,10 +74,82 @@ def ensure_up(env: dict[str, str], timeout: float = 240.0) -> tuple[str, str, bo
     return url, password, started
 
 
-def up(timeout: float = 240.0) -> int:
+@dataclass
+class _Stack:
+    """``airflow standalone``: its pid, and its process when this ``up`` started it."""
+
+    pid: int
+    proc: subprocess.Popen | None
+
+    def ended(self) -> str | None:
+        """How it ended (``exited with <code>``, ``is gone``), None while it runs."""
+        if self.proc is not None:
+            code = self.proc.poll()
+            return None if code is None else f"exited with {code}"
+        return None if _alive(self.pid) else "is gone"
+
+
+@dataclass
+class _Progress:
+    """The signs that a starting stack moves: its log's size and whether its port listens."""
+
+    url: str
+    log_file: Path
+    seen: tuple[int, bool] = (-1, False)
+    last: float = field(default_factory=time.monotonic)
+
+    def quiet_for(self) -> float:
+        """Seconds since the log last grew or the port began (or stopped) listening."""
+        now = (self.log_file.stat().st_size if self.log_file.exists() else 0, _listening(self.url))
+        if now != self.seen:
+            self.seen, self.last = now, time.monotonic()
+        return time.monotonic() - self.last
+
+
+def _wait_answering(url: str, stack: _Stack, log_file: Path, stall: float) -> None:
+    """Wait until Airflow answers at ``url``: UpError if it ends first, StillStarting once it has shown no
+    progress for ``stall`` seconds or :data:`MOST_S` have passed (it keeps starting in the background)."""
+    t0, progress = time.monotonic(), _Progress(url, log_file)
+    while not healthy(url):
+        ended = stack.ended()
+        if ended is not None:
+            raise UpError(f"airflow standalone {ended}; see {log_file}")
+        quiet, waited = progress.quiet_for(), time.monotonic() - t0
+        if quiet > stall or waited > max(MOST_S, stall):
+            why = (
+                f"nothing moved for {quiet:.0f} s"
+                if quiet > stall
+                else f"the most `up` waits, {MOST_S:.0f} s"
+            )
+            raise StillStarting(
+                f"airflow standalone (pid {stack.pid}) is still starting: no answer at {url} after "
+                f"{waited:.0f} s ({why}; its log {log_file} last grew {quiet:.0f} s ago). It goes on in "
+                f"the background: `make up` again waits for it, `tail -f {log_file}` shows it, "
+                "`make down` stops it"
+            )
+        time.sleep(1)
+
+
+def _listening(url: str) -> bool:
+    """Whether something accepts connections at ``url``'s host and port (a server that listens but does
+    not answer yet is starting)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def up(timeout: float = STALL_S) -> int:
+    """``freestack up``: 0 once Airflow answers, :data:`STILL_STARTING` when it still starts after the
+    wait, 1 when it cannot start."""
     env = airflow_env()
     try:
         url, password, started = ensure_up(env, timeout)
+    except StillStarting as exc:
+        print(f"still starting: {exc}", file=sys.stderr)
+        return STILL_STARTING
     except UpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

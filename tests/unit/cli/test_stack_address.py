@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -128,3 +129,48 @@ def test_an_error_names_the_url_it_used(fake_airflow, capsys):  # noqa: F811
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: Airflow at {url} refused ") and "HTTP 401" in err
     assert "another stack" in err and "AIRFLOW_PORT" in err
+
+
+def test_up_waits_while_the_stack_makes_progress_then_says_it_is_still_starting(
+    tmp_path, monkeypatch, capsys
+):
+    """A stack that starts slowly (its log grows for 3 s, nothing answers) is waited for past the quiet
+    limit of 1.5 s; once nothing moves for that long, `up` says it is still starting (pid, log, how to
+    check) and exits 3, leaving it running: not a bare failure at a fixed time."""
+    started: list[subprocess.Popen] = []
+
+    def start(env, log_file):
+        script = (
+            "import time\nfor i in range(10):\n    print(i, flush=True)\n    time.sleep(0.3)\ntime.sleep(300)"
+        )
+        with open(log_file, "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", script],
+                stdout=log,
+                env=embedded.standalone_env(env),
+                start_new_session=True,
+            )
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(stack_cli, "start_standalone", start)
+    monkeypatch.setattr(stack_cli, "ensure_migrated", lambda env: None)
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
+    (tmp_path / "airflow").mkdir()
+    _no_address(monkeypatch)
+    monkeypatch.setenv("AIRFLOW_PORT", str(free_port()))  # nothing answers there
+    try:
+        t0 = time.monotonic()
+        assert main(["up", "--timeout", "1.5"]) == stack_cli.STILL_STARTING
+        waited = time.monotonic() - t0
+        err = capsys.readouterr().err
+        assert waited >= 3.5, waited  # the 3 s of a growing log, then 1.5 s of nothing
+        assert f"airflow standalone (pid {started[0].pid}) is still starting" in err, err
+        assert (
+            "nothing moved for" in err and "standalone.log" in err and "`make up` again waits for it" in err
+        )
+        assert started[0].poll() is None  # left starting
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
