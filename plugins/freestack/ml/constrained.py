@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,16 @@ ANY_OBJECT = {"type": "object"}
 #: the JSON as OpenAI writes it, with no whitespace between tokens (whitespace anywhere would let a model
 #: spend its tokens on blanks); a schema's own ``x-guidance`` options win
 COMPACT = {"whitespace_flexible": False}
+#: the most symbols a schema's grammar may hold (llguidance's ``max_grammar_size``)
+MAX_GRAMMAR_SIZE = 200_000
+#: the lexer's work (llguidance's fuel, about 50 a microsecond) to build a grammar's regular expressions,
+#: and at each token
+INITIAL_LEXER_FUEL, STEP_LEXER_FUEL = 1_000_000, 200_000
+#: the seconds a schema may take to compile and to take its first tokens (:data:`PROBE_STEPS`)
+MAX_COMPILE_SECONDS = 5.0
+#: the tokens a new grammar is led through when compiled: a schema that fails there (no finite instance,
+#: a pattern past the lexer's bounds) fails every answer, so it is refused before any is generated
+PROBE_STEPS = 8
 
 
 class GrammarError(ValueError):
@@ -60,6 +71,11 @@ def _width(tokenizer, n_vocab: int) -> int:
 def json_grammar(schema: dict | None, tokenizer, n_vocab: int, eos: Sequence[int]) -> Grammar:
     """The grammar of the JSON ``schema`` (None: any object); GrammarError saying what is wrong. The
     last schemas compiled are kept (a client sends the same one again and again)."""
+    if schema is not None and not _Finite(schema).of(schema):
+        raise GrammarError(
+            "the schema has no finite instance: a value it requires (a required property, an array's "
+            "minimum items, every branch of an anyOf) holds itself again, with no way to end"
+        )
     given = json.dumps(ANY_OBJECT if schema is None else schema)  # its keys in the client's order
     return _compiled(given, tokenizer, n_vocab, tuple(eos))
 
@@ -68,14 +84,121 @@ def json_grammar(schema: dict | None, tokenizer, n_vocab: int, eos: Sequence[int
 def _compiled(given: str, tokenizer, n_vocab: int, eos: tuple[int, ...]) -> Grammar:
     from llguidance import LLMatcher
 
+    began = time.perf_counter()
     try:
         text = LLMatcher.grammar_from_json_schema(given, defaults=COMPACT)
     except ValueError as exc:
         raise GrammarError(f"the schema is not a JSON object ({exc})") from None
-    error = LLMatcher.validate_grammar(text, _tokenizer(tokenizer, n_vocab, tuple(eos)))
+    table = _tokenizer(tokenizer, n_vocab, tuple(eos))
+    error = LLMatcher.validate_grammar(text, table, limits=limits()) or _probe(text, table, n_vocab)
     if error:
         raise GrammarError(f"the schema cannot be followed: {error.splitlines()[0]}")
+    if (took := time.perf_counter() - began) > MAX_COMPILE_SECONDS:
+        raise GrammarError(
+            f"the schema's grammar took {took:.1f} s to compile, over the bound of {MAX_COMPILE_SECONDS:g} s"
+        )
     return Grammar(text, tuple(eos))
+
+
+class _Finite:
+    """Which parts of a JSON schema have a finite instance: the least fixed point over its local ``$ref``
+    targets (each starts without one, and gets one once its required parts have). What a value requires:
+    its ``required`` properties, an array's first ``minItems`` items, one ``anyOf``/``oneOf`` branch and
+    every ``allOf`` one; other keywords (types, patterns, bounds) are left to the grammar."""
+
+    def __init__(self, root: dict):
+        self.root, self.known = root, {}  # a $ref's target -> whether it has a finite instance
+        self.seen: set[str] = set()
+        while True:  # each round finds the targets reached so far, and gives one a finite instance, or ends
+            before, reached = dict(self.known), len(self.seen)
+            self.of(root)
+            for ref in sorted(self.seen):
+                self.known[ref] = self.of(self._target(ref))
+            if self.known == before and len(self.seen) == reached:
+                return
+
+    def of(self, node: object) -> bool:
+        """Whether ``node`` (a schema) has a finite instance, with its ``$ref`` targets as known so far."""
+        if not isinstance(node, dict):
+            return node is not False
+        if isinstance(ref := node.get("$ref"), str) and ref.startswith("#"):
+            self.seen.add(ref)
+            if not self.known.get(ref, False):
+                return False
+        branches = [node.get(k) for k in ("anyOf", "oneOf") if isinstance(node.get(k), list)]
+        return (
+            all(any(self.of(b) for b in bs) for bs in branches)
+            and all(self.of(b) for b in (node["allOf"] if isinstance(node.get("allOf"), list) else []))
+            and all(self.of(part) for part in self._required(node))
+        )
+
+    @staticmethod
+    def _required(node: dict) -> list[object]:
+        """The schemas of what a value of ``node`` must hold: its required properties, its first items."""
+        props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        other = node.get("additionalProperties", True)
+        names = node.get("required") if isinstance(node.get("required"), list) else []
+        parts = [props.get(n, other) for n in names if isinstance(n, str)]
+        least = node.get("minItems", 0)
+        if isinstance(least, int) and least > 0:
+            first = node.get("prefixItems") if isinstance(node.get("prefixItems"), list) else []
+            parts += first[:least] + ([node.get("items", True)] if least > len(first) else [])
+        return parts
+
+    def _target(self, ref: str) -> object:
+        """The schema a local ``$ref`` points to (True, as anything, where it points nowhere)."""
+        node: object = self.root
+        for key in [k.replace("~1", "/").replace("~0", "~") for k in ref[1:].split("/") if k]:
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                return True
+        return node
+
+
+def limits():
+    """llguidance's bounds on a grammar (:data:`MAX_GRAMMAR_SIZE`, the lexer's fuel)."""
+    from llguidance import LLParserLimits
+
+    return LLParserLimits(
+        max_grammar_size=MAX_GRAMMAR_SIZE,
+        initial_lexer_fuel=INITIAL_LEXER_FUEL,
+        step_lexer_fuel=STEP_LEXER_FUEL,
+        verbose_errors=False,
+    )
+
+
+def _probe(text: str, table, n_vocab: int) -> str:
+    """What goes wrong (empty: nothing) when a matcher of grammar ``text`` takes, :data:`PROBE_STEPS`
+    times, the first token it allows that does not end the answer: a value that can never end (a required
+    property that holds itself) or a pattern past the lexer's bounds fails at its first tokens. It stops
+    where only the end is left."""
+    from llguidance import LLMatcher
+    from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+
+    matcher, mask = (
+        LLMatcher(table, text, log_level=0, limits=limits()),
+        allocate_token_bitmask(1, table.vocab_size),
+    )
+    ends = set(table.eos_tokens)
+    for _ in range(PROBE_STEPS):
+        fill_next_token_bitmask(matcher, mask, 0)
+        step = next((t for t in _allowed(mask[0]) if t not in ends), None)
+        if matcher.is_error() or step is None:
+            break
+        matcher.consume_token(step)
+    return matcher.get_error() if matcher.is_error() else ""
+
+
+def _allowed(row: torch.Tensor) -> list[int]:
+    """The tokens a bitmask's row allows, in order."""
+    return (
+        (((row.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten() != 0)
+        .nonzero()[:, 0]
+        .tolist()
+    )
 
 
 class GrammarProcessor(LogitsProcessor):
@@ -87,7 +210,7 @@ class GrammarProcessor(LogitsProcessor):
         from llguidance.torch import allocate_token_bitmask
 
         table = _tokenizer(tokenizer, n_vocab, grammar.eos)
-        self.matchers = [LLMatcher(table, grammar.text) for _ in range(rows)]
+        self.matchers = [LLMatcher(table, grammar.text, limits=limits()) for _ in range(rows)]
         self.mask = allocate_token_bitmask(rows, _width(tokenizer, n_vocab))
         self.width = prompt_width
         self.bits = torch.arange(32, dtype=torch.int32)
@@ -109,6 +232,11 @@ class GrammarProcessor(LogitsProcessor):
         # past the table's: the mask's columns past the scores' are never looked at)
         scores[:, :n].masked_fill_(allowed[:, :n] == 0, float("-inf"))
         return scores
+
+    def accepted(self) -> list[bool]:
+        """Whether each row's text is a whole value of the grammar (its matcher accepts and never failed):
+        an answer that ended otherwise did not complete its value."""
+        return [m.is_accepting() and not m.is_error() for m in self.matchers]
 
     def errors(self) -> list[str]:
         """What went wrong in a matcher (none, when the model only chose allowed tokens)."""

@@ -329,7 +329,7 @@ class Engine:
                 if delta:
                     yield Piece(delta, None, text.count(tokens), _new(out, sent), queued)
                     sent = len(tokens)
-            ended = text.stopped or text.end(tokens) is not None  # a stop string or end of turn
+            ended = text.stopped or _turn_ended(text, tokens, job)  # a stop string or end of turn
             done, count = True, text.count(tokens)
             rest = None if job is None or logprobs is None else job.logprobs_of(sent, count)
             end = Piece(delta + text.rest(), "stop" if ended else "length", count, rest, queued)
@@ -510,6 +510,12 @@ def _apart(settings: GenerationSettings, grammar: Grammar | None, logprobs: int 
     )
 
 
+def _turn_ended(text: StopText, tokens: list[int], job: GenerateJob | None) -> bool:
+    """Whether an answer ended at its end-of-turn token with its grammar's value whole (a value cut off
+    there is ``length``, never ``stop``); read once its job is done."""
+    return text.end(tokens) is not None and (job is None or job.completed(0))
+
+
 def _queued(out, arrived: tuple[float | None, float], known: float | None) -> float | None:
     """Seconds from the request's arrival (``arrived``: when it came, if told, and when it reached the
     engine) to the model starting on it (the manager's ``lifespan`` starts when it leaves the queue):
@@ -559,6 +565,7 @@ class GenerateJob:
         self.prompted = False  # a streamer's first value is the prompt
         self.loop = self.deliver = None
         self.began = -1.0  # when generate started on it (time.perf_counter())
+        self.processor: GrammarProcessor | None = None  # the grammar's matchers, once generate started
 
     def answers(
         self, prompts: list[tuple[list[int], bool]], settings: GenerationSettings, **extra: object
@@ -572,9 +579,10 @@ class GenerateJob:
             else []
         )
         self.kept = Logprobs(self.top) if self.top is not None else None
+        self.processor = grammar[0] if grammar else None
         with self.one_at_a_time, e.paused(), torch.inference_mode():
             self.began = time.perf_counter()
-            return generate_ids(
+            done = generate_ids(
                 e.model,
                 e.tokenizer,
                 prompts,
@@ -585,6 +593,15 @@ class GenerateJob:
                 stopping_criteria=[self._stop],
                 **extra,
             )
+        for row, answer in enumerate(done):
+            if answer.finish_reason == "stop" and not self.completed(row):
+                answer.finish_reason = "length"
+        return done
+
+    def completed(self, row: int) -> bool:
+        """Whether prompt ``row``'s answer completed its grammar's value (True without a grammar): one that
+        ended before it did reports ``length``, never ``stop``."""
+        return self.processor is None or self.processor.accepted()[row]
 
     def stream(self, ids: list[int], settings: GenerationSettings, loop, put: Callable) -> None:
         """One prompt's tokens as they come, each time all of them so far, to ``put`` on ``loop`` (in the

@@ -166,7 +166,7 @@ class OpenAIRoutes:
             call.token_ids = body.return_token_ids
             schema = tools.schema() if tools else body.response_format and body.response_format.schema
             if tools and schema or body.response_format and body.response_format.constrained:
-                call.grammar = await _grammar(served.engine, schema)
+                call.grammar = await _grammar(served.engine, schema, tools)
             if not body.stream:
                 return JSONResponse(await call.whole(), headers=call.headers)
             events = call.events(body.stream_options or StreamOptions())
@@ -240,14 +240,21 @@ def _prompts(
     return _checked(lambda: generator.prompts(chats, texts, params, form, continued=True))
 
 
-async def _grammar(engine: Engine, schema: dict[str, JsonValue] | None) -> Grammar:
+async def _grammar(
+    engine: Engine, schema: dict[str, JsonValue] | None, tools: ToolCalling | None = None
+) -> Grammar:
     """The grammar of the JSON ``schema`` the answers follow (None: any object; ``response_format``, or the
     calls ``tool_choice`` asks for), compiled on a worker thread (a large schema takes a while); a schema
-    that cannot be followed is a 400 naming it."""
-    try:
-        return await asyncio.to_thread(engine.grammar, schema)
-    except GrammarError as exc:
-        raise OpenAIError(400, f"response_format: {exc}", "response_format.json_schema.schema") from None
+    that cannot be followed is a 400 naming the field it came in (each tool's parameters are compiled
+    alone first, so the refusal names the tool at fault)."""
+    fields = tools.schemas() if tools else []
+    whole = [("tools" if fields else "response_format.json_schema.schema", schema)]
+    for field, parameters in [*fields, *whole]:
+        try:
+            grammar = await asyncio.to_thread(engine.grammar, parameters)
+        except GrammarError as exc:
+            raise OpenAIError(400, f"{field}: {exc}", field) from None
+    return grammar
 
 
 class Call:

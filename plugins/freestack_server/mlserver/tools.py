@@ -84,24 +84,42 @@ class ToolCalling:
             return self._parameters(self.choice.function.name)
         if self.choice != "required":
             return None
+        defs: dict[str, JsonValue] = {}
         calls = [
             {
                 "type": "object",
                 "properties": {
                     "name": {"const": t.function.name},
-                    "arguments": self._parameters(t.function.name),
+                    "arguments": _hoisted(self.parameters(i), f"tool{i}_", defs),
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for t in self.tools
+            for i, t in enumerate(self.tools)
         ]
         return {
             "type": "array",
             "items": {"anyOf": calls},
             "minItems": 1,
             **({} if self.parallel else {"maxItems": 1}),
+            **({"$defs": defs} if defs else {}),
         }
+
+    def parameters(self, index: int) -> dict[str, JsonValue]:
+        """The arguments' schema of tool ``index`` (``tools[index].function.parameters``)."""
+        return self.tools[index].function.parameters or ANY_ARGUMENTS
+
+    def schemas(self) -> list[tuple[str, dict[str, JsonValue]]]:
+        """Each schema the answer's grammar holds, with the field the client sent it in: the named tool's
+        parameters, or every tool's under ``required`` (none for ``auto``)."""
+        if self.choice != "required" and not isinstance(self.choice, NamedToolChoice):
+            return []
+        named = self.choice.function.name if isinstance(self.choice, NamedToolChoice) else None
+        return [
+            (f"tools[{i}].function.parameters", self.parameters(i))
+            for i, t in enumerate(self.tools)
+            if named in (None, t.function.name)
+        ]
 
     def _parameters(self, name: str) -> dict[str, JsonValue]:
         tool = next(t for t in self.tools if t.function.name == name)
@@ -119,6 +137,49 @@ class ToolCalling:
         ]
         content = parsed.get("content") or None
         return content if calls else (content or text), calls
+
+
+def _hoisted(schema: dict[str, JsonValue], prefix: str, defs: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """A tool's ``schema`` to nest inside the calls' schema: its definitions (``$defs``, ``definitions``)
+    move to ``defs`` (the root's ``$defs``) under ``prefix``-ed names, and its own pointers (``#...``) are
+    rewritten to where they now are, so each ``$ref`` resolves (llguidance resolves them from the root)."""
+    home = f"#/$defs/{prefix}root"
+    moved = {
+        f"#/{key}/{name}": f"#/$defs/{prefix}{name}"
+        for key in ("$defs", "definitions")
+        for name in schema.get(key) or {}
+        if isinstance(schema.get(key), dict)
+    }
+    rewritten = _pointed(schema, moved, home)
+    for key in ("$defs", "definitions"):
+        for name, sub in (rewritten.pop(key, None) or {}).items():
+            defs[f"{prefix}{name}"] = sub
+    if any(isinstance(r, str) and r.startswith("#") for r in _refs(schema)):
+        defs[f"{prefix}root"] = rewritten  # a pointer to the tool's root ("#") goes to its copy
+    return rewritten
+
+
+def _pointed(node: JsonValue, moved: dict[str, str], home: str) -> JsonValue:
+    """``node`` with each local ``$ref`` rewritten: into a moved definition, or relative to ``home``."""
+    if isinstance(node, list):
+        return [_pointed(v, moved, home) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _pointed(v, moved, home) for k, v in node.items()}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        hit = next((m for m in moved if ref == m or ref.startswith(f"{m}/")), None)
+        out["$ref"] = moved[hit] + ref[len(hit) :] if hit else home + ref[1:]
+    return out
+
+
+def _refs(node: JsonValue) -> list[JsonValue]:
+    """Every ``$ref`` in ``node``."""
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    if not isinstance(node, dict):
+        return []
+    return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in _refs(v)]
 
 
 def _arguments(function: dict[str, object]) -> str:

@@ -155,3 +155,60 @@ def test_auto_reads_the_calls_with_the_versions_response_template():
             body,
             PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))),
         )
+
+
+def _tools_body(tools: list[dict], choice: object) -> ChatCompletionRequest:
+    given = {"model": "m", "messages": HI, "tools": tools, "tool_choice": choice}
+    return read(ChatCompletionRequest, json.dumps(given).encode())
+
+
+def test_tool_parameters_with_defs_hold_under_every_tool_choice_and_a_bad_one_is_named():
+    """Tools with ``$defs``/``$ref`` (as openai.pydantic_function_tool writes a nested model) compile under
+    ``required`` as under a named choice, their pointers resolved in the calls' schema (jsonschema checks a
+    call against it); a tool schema that cannot be followed is found by the field it came in."""
+    import jsonschema
+    import openai
+    import pydantic
+
+    from demo.tiny_lm import _lm_tokenizer
+    from freestack.ml.constrained import json_grammar
+    from freestack_server.mlserver.tools import ToolCalling
+
+    class P(pydantic.BaseModel):
+        x: int
+
+    class Outer(pydantic.BaseModel):
+        p: P
+        ps: list[P]
+
+    class Other(pydantic.BaseModel):
+        p: P  # the same definition's name in a second tool
+
+    tok = _lm_tokenizer(True)
+    eos = [tok.convert_tokens_to_ids("<|im_end|>")]
+    compiled = lambda schema: json_grammar(schema, tok, len(tok), eos)  # noqa: E731
+    tools = [openai.pydantic_function_tool(Outer), openai.pydantic_function_tool(Other)]
+    assert "$defs" in tools[0]["function"]["parameters"]
+    for choice in ("required", {"type": "function", "function": {"name": "Other"}}):
+        calling = ToolCalling.of(_tools_body(tools, choice), tok)
+        assert compiled(calling.schema()).text
+    schema = ToolCalling.of(_tools_body(tools, "required"), tok).schema()
+    good = [{"name": "Outer", "arguments": {"p": {"x": 1}, "ps": [{"x": 2}]}}]
+    jsonschema.validate(good, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "Outer", "arguments": {"p": {"x": "no"}, "ps": []}}], schema)
+    endless = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
+    bad = [*tools, {"type": "function", "function": {"name": "loop", "parameters": endless}}]
+    calling = ToolCalling.of(_tools_body(bad, "required"), tok)
+    fields = [f for f, schema in calling.schemas() if not _compiles(compiled, schema)]
+    assert fields == ["tools[2].function.parameters"]
+
+
+def _compiles(compiled, schema) -> bool:
+    from freestack.ml.constrained import GrammarError
+
+    try:
+        compiled(schema)
+    except GrammarError:
+        return False
+    return True
