@@ -240,6 +240,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Model server, text generation: the most prompts one request may carry (413 above).",
     )
+    generation_max_unbatched_requests: int = Field(
+        default=8,
+        ge=1,
+        description="Model server, text generation: the most requests waiting for or running beside the "
+        "continuous batch (constrained, logprobs, seeded); 429 above.",
+    )
+    generation_max_unbatched_per_client: int = Field(
+        default=2,
+        ge=1,
+        description="Model server, text generation: the most of those requests of one client address; 429 above.",
+    )
     generation_max_running_per_request: int = Field(
         default=4,
         ge=1,

@@ -61,6 +61,7 @@ def server(work, version) -> ImageServer:
         max_prompt_tokens=MAX_PROMPT,
         truncate="refuse",
         max_requests=MAX_REQUESTS,
+        max_prompts_per_request=MAX_REQUESTS,  # a request of more could never be generated for at once
     )
     env = {
         "FREESTACK_MODEL_NAME": MODEL,
@@ -225,6 +226,21 @@ def test_completions_continue_text_prompts_and_stop_at_a_stop_string(client):
     assert again.choices[0].model_dump()["token_ids"] == first["token_ids"] and again.choices[0].text == text
     both = client.completions.create(model=MODEL, prompt=[first["prompt_token_ids"]] * 2, max_tokens=10)
     assert [c.text for c in both.choices] == [text, text]
+    # with logprobs (answered beside the batch): the same text, its leading space kept, and the same ids
+    logged = client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=10, logprobs=1, extra_body=extra
+    )
+    kept = logged.choices[0].model_dump()
+    assert logged.choices[0].text == text and kept["token_ids"] == first["token_ids"], kept
+    assert (
+        "".join(logged.choices[0].logprobs.tokens) == text[: len("".join(logged.choices[0].logprobs.tokens))]
+    )
+    chat = [{"role": "user", "content": "Once upon"}]
+    plain, scored = (
+        client.chat.completions.create(model=MODEL, messages=chat, max_tokens=6, extra_body=extra, **more)
+        for more in ({}, {"logprobs": True})
+    )
+    assert scored.choices[0].model_dump()["token_ids"] == plain.choices[0].model_dump()["token_ids"] != []
 
 
 class Verdict(BaseModel):
@@ -471,7 +487,7 @@ LONE = "the text holds a lone surrogate (an unpaired \\ud800-\\udfff escape): se
         ),
         ({"model": MODEL, "messages": HI, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
         ({"model": MODEL, "messages": HI, "frobnicate": 1}, 400, "unknown parameter 'frobnicate'"),
-        ({"model": MODEL, "prompt": [1, 10**9]}, 400, "the token id 1000000000, outside the vocabulary"),
+        ({"model": MODEL, "prompt": [1, 10**9]}, 400, "the token id 1000000000, outside the model's vocabulary"),
         ({"model": MODEL, "prompt": [[1, 2], [1.5]]}, 400, "token ids or a list of token-id lists"),
         ({"model": MODEL, "prompt": "x", "return_token_ids": True, "stream": True}, 400, "leave out stream"),
         ({"model": f"{MODEL}:aliases.json", "messages": HI}, 400, "'aliases.json' is not a version name"),
@@ -817,15 +833,29 @@ def _ready(server: ImageServer) -> bool:
         return False
 
 
-def test_an_engine_whose_loop_dies_is_not_ready_and_the_server_is_started_again(server, client, version):
+def test_an_engine_whose_loop_dies_fails_that_request_alone_and_a_loop_that_keeps_dying_restarts_the_server(
+    server, client, version
+):
     """The generation loop raises (tests/support/engine_fault, on the request for FAULT tokens): that
-    request is told the engine failed, readiness turns false, the server stops and its supervisor starts it
-    again, which answers as before. Its log says why; no request is logged as its client leaving."""
-    before = len(server.log())
-    code, answer = _post(
-        server, "/v1/chat/completions", {"model": MODEL, "messages": HI, "max_tokens": FAULT}
-    )
+    request is told the engine failed it (503), the engine starts a new loop at once and the next request is
+    answered as before, on the same server. A loop that dies again and again (4 times within a minute)
+    turns readiness false, and the server stops and is started again by its supervisor, which answers as
+    before. Its log says why; no request is logged as its client leaving."""
+    from freestack.ml.engine import RESTARTS
+
+    before, ask = len(server.log()), {"model": MODEL, "messages": HI, "max_tokens": FAULT}
+    code, answer = _post(server, "/v1/chat/completions", ask)
     assert code == 503 and "generation failed in the engine" in answer["error"]["message"], answer
+    expected = _expected(version, SMOKE_PROMPTS[0])
+    chat = [{"role": "user", "content": SMOKE_PROMPTS[0]}]
+    answer = client.chat.completions.create(model=MODEL, messages=chat, max_tokens=8, temperature=0)
+    assert answer.choices[0].message.content.strip() == expected and _ready(server)
+    log = server.log()[before:]
+    assert "starting it again" in log and "the model server exited" not in log  # the same server answered
+    for _ in range(RESTARTS):
+        code, answer = _post(server, "/v1/chat/completions", ask)
+        assert code == 503, answer
+        time.sleep(0.3)
     deadline = time.monotonic() + 10
     while _ready(server):
         assert time.monotonic() < deadline, "still ready with a dead engine"
@@ -834,10 +864,8 @@ def test_an_engine_whose_loop_dies_is_not_ready_and_the_server_is_started_again(
     while not _ready(server):
         assert time.monotonic() < deadline and server.proc.poll() is None, server.log()[-3000:]
         time.sleep(0.5)
-    answer = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": SMOKE_PROMPTS[0]}], max_tokens=8, temperature=0
-    )
-    assert answer.choices[0].message.content.strip() == _expected(version, SMOKE_PROMPTS[0])
+    answer = client.chat.completions.create(model=MODEL, messages=chat, max_tokens=8, temperature=0)
+    assert answer.choices[0].message.content.strip() == expected
     log = server.log()[before:]
     assert "its generation engine died (RuntimeError: an injected fault in the generation loop)" in log
     assert "the model server exited with 1; restarting" in log and "its client left" not in log

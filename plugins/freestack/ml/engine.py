@@ -314,7 +314,7 @@ class Engine:
             if not self.alive():
                 failed = True
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
-            job = GenerateJob(self, grammar, logprobs) if _apart(settings, grammar, logprobs) else None
+            job = GenerateJob(self, grammar, logprobs) if needs_apart(settings, grammar, logprobs) else None
             cancel = self._submit(ids, settings, rid, outputs.put_nowait, live, job)
             while not finished:
                 out = await outputs.get()
@@ -456,7 +456,7 @@ class Engine:
         beside it (:meth:`_apart`). Each answer's ``queued`` counts from now: a prompt's wait for its
         share of the batch too."""
         arrived = time.perf_counter()
-        if _apart(settings, grammar, logprobs):
+        if needs_apart(settings, grammar, logprobs):
             job = GenerateJob(self, grammar, logprobs)
             answers = await self._apart(list(prompts), settings, admitted, adapter, job)
             for a in answers:
@@ -500,7 +500,7 @@ class Engine:
                 self._next()
 
 
-def _apart(settings: GenerationSettings, grammar: Grammar | None, logprobs: int | None) -> bool:
+def needs_apart(settings: GenerationSettings, grammar: Grammar | None, logprobs: int | None) -> bool:
     """Whether a request needs what the batch cannot do: a grammar, log-probabilities, or a seed that
     makes a sampled answer the same every time."""
     return (
@@ -547,7 +547,7 @@ class _Output:
 
 
 class GenerateJob:
-    """A request the running batch cannot answer as asked (:func:`_apart`), answered by transformers'
+    """A request the running batch cannot answer as asked (:func:`needs_apart`), answered by transformers'
     ``generate`` (a request's prompts in one padded batch, :func:`freestack.ml.generation.generate_ids`)
     on a worker thread, with the manager's loop paused meanwhile (``manager.pause()``, the library's way
     to let another thread use the model: the batch resumes where it was); with a :class:`freestack.ml.
@@ -591,6 +591,7 @@ class GenerateJob:
                 self.kept,
                 logits_processor=grammar,
                 stopping_criteria=[self._stop],
+                strip=False,  # as the batch answers: a continued text keeps its leading space
                 **extra,
             )
         for row, answer in enumerate(done):
@@ -657,4 +658,4 @@ def _sampling(settings) -> dict[str, float]:
     return {"temperature": float(settings.temperature), "top_p": float(settings.top_p)}
 
 
-__all__ = ["GREEDY_TOP_P", "Busy", "Engine", "EngineError", "Piece", "StopText"]
+__all__ = ["GREEDY_TOP_P", "Busy", "Engine", "EngineError", "Piece", "StopText", "needs_apart"]

@@ -828,11 +828,16 @@ def generate_ids(
     settings: GenerationSettings,
     eos: list[int],
     logprobs: Logprobs | None = None,
+    *,
+    strip: bool = True,
     **extra: Any,
 ) -> list[Completion]:
     """:func:`generate` of prompts already tokenized (token ids, and whether they were cut from the left);
-    ``logprobs``: the answers' log-probabilities are kept there and given with each answer; ``extra``:
-    more of ``model.generate``'s arguments (a logits processor, a streamer)."""
+    ``logprobs``: the answers' log-probabilities are kept there and given with each answer; ``strip``:
+    each answer's text without its surrounding whitespace (false: as the tokens read, as the engine's batch
+    answers, so a continued text keeps its leading space); ``extra``: more of ``model.generate``'s
+    arguments (a logits processor, a streamer). Each answer carries its token ids (its end of turn
+    included)."""
     if logprobs is not None:
         extra["logits_processor"] = [logprobs, *extra.get("logits_processor", [])]
     width = max(len(ids) for ids, _ in prompts)
@@ -861,12 +866,13 @@ def generate_ids(
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw, **extra)
     out = out[:, width:].cpu()
     answers = [
-        _completion(tokenizer, row.tolist(), eos, pad, len(p), cut, settings)
+        _completion(tokenizer, row.tolist(), eos, pad, len(p), cut, settings, strip)
         for row, (p, cut) in zip(out, prompts, strict=True)
     ]
-    for r, answer in enumerate(answers if logprobs is not None else []):
-        tokens = out[r, : answer.completion_tokens].tolist()
-        answer.logprobs = [logprobs.at(r, step, t) for step, t in enumerate(tokens)]
+    for r, answer in enumerate(answers):
+        answer.token_ids = out[r, : answer.completion_tokens].tolist()
+        if logprobs is not None:
+            answer.logprobs = [logprobs.at(r, step, t) for step, t in enumerate(answer.token_ids)]
     return answers
 
 
@@ -878,6 +884,7 @@ def _completion(
     prompt_tokens: int,
     cut: bool,
     settings: GenerationSettings,
+    strip: bool = True,
 ) -> Completion:
     end = next((i for i, t in enumerate(new) if t in eos), None)
     tokens = new[:end] if end is not None else [t for t in new if t != pad] if pad not in eos else new
@@ -887,7 +894,9 @@ def _completion(
         if s and s in text:
             text, reason = text[: text.index(s)], "stop"
     # its end-of-turn token counts, as generate and OpenAI's usage count it
-    return Completion(text.strip(), prompt_tokens, len(tokens) + (end is not None), reason, cut)
+    return Completion(
+        text.strip() if strip else text, prompt_tokens, len(tokens) + (end is not None), reason, cut
+    )
 
 
 def perplexity(loss: float) -> float:

@@ -147,6 +147,22 @@ class GenerationBounds(SpecModel):
         description="The most requests generating at once on the OpenAI API (continuous batching); one "
         "more is answered 429 with Retry-After, so a flood of streams cannot exhaust the server",
     )
+    max_unbatched_requests: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="The most requests waiting for or running on the path beside the continuous batch "
+        "(runtime mlserver: `response_format`, `tool_choice` required, `logprobs`, a seeded sample), which "
+        "pauses the batch while it runs; one more is answered 429 with Retry-After",
+    )
+    max_unbatched_per_client: int = Field(
+        default=2,
+        ge=1,
+        le=1024,
+        description="The most of those requests one client (its address) may have waiting or running at once; "
+        "one more is answered 429 with Retry-After, so one client's constrained requests cannot hold the "
+        "others' back",
+    )
     max_running_per_request: int = Field(
         default=4,
         ge=1,
@@ -538,7 +554,8 @@ class DeploySpec(SpecModel):
         default_factory=GenerationBounds,
         description="A text-generation model's request bounds, on either target: max_new_tokens, "
         "default_max_new_tokens, max_temperature, max_prompt_tokens, truncate, max_stop_strings, batch_prompts, "
-        "max_prompts_per_request, max_requests, max_running_per_request, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
+        "max_prompts_per_request, max_requests, max_unbatched_requests, max_unbatched_per_client, "
+        "max_running_per_request, kv_cache_tokens, max_batch_tokens, max_adapters, canary_alias, "
         "canary_weight, runtime_adapters",
     )
     measure: MeasureSpec = Field(

@@ -64,6 +64,8 @@ class Bounds:
     batch_prompts: int = 8
     max_prompts_per_request: int = 16
     max_requests: int = 256
+    max_unbatched_requests: int = 8
+    max_unbatched_per_client: int = 2
     max_running_per_request: int = 4
     kv_cache_tokens: int = 16384
     max_batch_tokens: int = 1024

@@ -15,6 +15,7 @@ refusal is OpenAI's error JSON with its status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -35,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from freestack.ml.constrained import Grammar, GrammarError
-from freestack.ml.engine import Busy, Engine, EngineError
+from freestack.ml.engine import Busy, Engine, EngineError, needs_apart
 from freestack.ml.generation import Completion, GenerationSettings, TokenLogprob
 from freestack_server.core.errors import PayloadError
 from freestack_server.core.generation import Generated, Generator, Prompts
@@ -53,6 +54,7 @@ from freestack_server.mlserver.protocol import (
 )
 from freestack_server.mlserver.tools import Call as ToolCall
 from freestack_server.mlserver.tools import ToolCalling
+from freestack_server.mlserver.unbatched import UnbatchedBound
 
 log = logging.getLogger("freestack.serving")
 
@@ -74,6 +76,7 @@ class Served:
     generator: Generator
     engine: Engine
     adapters: Adapters
+    unbatched: UnbatchedBound  #: the requests beside the batch, bounded in all and by client
 
 
 class OpenAIRoutes:
@@ -164,6 +167,7 @@ class OpenAIRoutes:
             call = Call(served, prompts, version, adapter, chat, started, _call_id(request, chat))
             call.tools, call.n, call.top = tools, body.n, body.top_logprobs
             call.token_ids = body.return_token_ids
+            call.client = request.client.host if request.client else "unknown"
             schema = tools.schema() if tools else body.response_format and body.response_format.schema
             if tools and schema or body.response_format and body.response_format.constrained:
                 call.grammar = await _grammar(served.engine, schema, tools)
@@ -265,6 +269,7 @@ class Call:
     n: int = 1  #: answers to each prompt (the prompts are repeated n times)
     top: int | None = None  #: each token's log-probability, with this many likely tokens (None: none)
     token_ids: bool = False  #: each choice with its prompt's and its answer's token ids
+    client: str = "unknown"  #: the client's address (the bound on requests beside the batch is per client)
 
     def __init__(
         self,
@@ -300,7 +305,18 @@ class Call:
         except Busy as exc:
             raise OpenAIError(429, str(exc), None, "rate_limit_exceeded") from None
 
+    def _unbatched(self) -> contextlib.AbstractContextManager:
+        """A place beside the batch for a request that needs one (:func:`freestack.ml.engine.needs_apart`):
+        OpenAIError 429 past the deployment's or the client's bound."""
+        if needs_apart(self.prompts.settings, self.grammar, self.top):
+            return self.served.unbatched.hold(self.client)
+        return contextlib.nullcontext()
+
     async def whole(self) -> dict[str, object]:
+        with self._unbatched():
+            return await self._whole()
+
+    async def _whole(self) -> dict[str, object]:
         self._admit()
         engine, asked = (
             self.served.engine,
@@ -333,6 +349,11 @@ class Call:
         an empty text) comes once the request's slots are held (OpenAIError 429 instead, before any
         event); an engine that fails once the stream started is an error event, then the end. With
         ``continuous_usage_stats`` every chunk carries the usage so far."""
+        with self._unbatched():  # held until the stream ends (or its client leaves)
+            async for event in self._events(options):
+                yield event
+
+    async def _events(self, options: StreamOptions) -> AsyncIterator[str]:
         self._admit()
         answers, waiting = [], len(self.prompts.ids)  # the held slots whose streams have not started
         continuous = options.include_usage and options.continuous_usage_stats  # as vLLM takes them

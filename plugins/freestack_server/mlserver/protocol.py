@@ -65,12 +65,17 @@ def error_body(message: str, status: int) -> dict[str, dict[str, str | None]]:
     return OpenAIError(status, message, None, "invalid_api_key" if status == 401 else None).body()
 
 
+#: the most path parts a refusal's ``param`` names (a body nested thousands deep would name them all)
+PARAM_PARTS = 8
+
+
 def _param(loc: Sequence[int | str]) -> str | None:
-    """A field's place as OpenAI names it: ``messages[0].content``."""
+    """A field's place as OpenAI names it: ``messages[0].content`` (its first :data:`PARAM_PARTS` parts,
+    then ``...``)."""
     out = ""
-    for part in loc:
+    for part in loc[:PARAM_PARTS]:
         out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out or None
+    return (out + ("..." if len(loc) > PARAM_PARTS else "")) or None
 
 
 PROMPT_FORMS = '"prompt" must be text, a list of texts, token ids or a list of token-id lists'

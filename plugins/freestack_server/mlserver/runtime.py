@@ -80,6 +80,7 @@ from freestack_server.mlserver.adapters import Adapters, NotServed
 from freestack_server.mlserver.binary import DTYPES
 from freestack_server.mlserver.openai import OpenAIRoutes, Served
 from freestack_server.mlserver.server import AT_STOP, ENGINE_DIED
+from freestack_server.mlserver.unbatched import UnbatchedBound
 
 log = logging.getLogger("freestack.serving")
 #: the name of a model of numbers' one tensor [rows, features]
@@ -180,7 +181,8 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
         AT_STOP.append(engine.stop)  # its loop thread ends with the server
         self._watch = asyncio.ensure_future(engine.watch(self._engine_died))
         adapters = Adapters(self.core, engine, serves_file=ServerConfig().serves_file)
-        return Served(self.name, self.core, generator, engine, adapters)
+        unbatched = UnbatchedBound(bounds.max_unbatched_requests, bounds.max_unbatched_per_client)
+        return Served(self.name, self.core, generator, engine, adapters, unbatched)
 
     def _engine_died(self, why: str) -> None:
         """The engine's loop died (its requests were failed with the error): not ready from now on, so

@@ -157,6 +157,27 @@ def test_auto_reads_the_calls_with_the_versions_response_template():
         )
 
 
+def test_requests_beside_the_batch_are_bounded_per_deployment_and_per_client():
+    """Constrained, logprob and seeded requests run one at a time beside the batch: past the client's bound
+    or the deployment's, a 429 (Retry-After) names the setting; a place is freed as its request ends."""
+    from freestack_server.mlserver.unbatched import UnbatchedBound
+
+    bound = UnbatchedBound(most=3, per_client=2)
+    with bound.hold("10.0.0.1"), bound.hold("10.0.0.1"):
+        with pytest.raises(OpenAIError) as one:
+            with bound.hold("10.0.0.1"):
+                pass
+        assert one.value.status == 429 and "max_unbatched_per_client" in one.value.message
+        assert one.value.response().headers["retry-after"] == "1"
+        with bound.hold("10.0.0.2"):
+            with pytest.raises(OpenAIError, match="max_unbatched_requests"):
+                with bound.hold("10.0.0.3"):
+                    pass
+    assert not bound.held
+    with bound.hold("10.0.0.1"):
+        assert bound.held == {"10.0.0.1": 1}
+
+
 def _tools_body(tools: list[dict], choice: object) -> ChatCompletionRequest:
     given = {"model": "m", "messages": HI, "tools": tools, "tool_choice": choice}
     return read(ChatCompletionRequest, json.dumps(given).encode())
@@ -212,3 +233,11 @@ def _compiles(compiled, schema) -> bool:
     except GrammarError:
         return False
     return True
+
+
+def test_a_refusal_deep_in_nested_arrays_names_a_short_param():
+    """A body of arrays nested a thousand deep where text belongs: the 400 names the place by its first parts."""
+    body = json.dumps({"model": "m", "prompt": [[[[[[[[[[[[["x"]]]]]]]]]]]]] * 2}).encode()
+    with pytest.raises(OpenAIError) as refused:
+        read(CompletionRequest, body)
+    assert refused.value.status == 400 and len(refused.value.param or "") < 80, refused.value.param
