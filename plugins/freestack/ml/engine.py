@@ -189,6 +189,7 @@ class Engine:
         self.running = 0  # requests of the active adapter in the manager
         self.waiting: deque[tuple[str, asyncio.Future]] = deque()  # requests of other adapters, oldest first
         self.restarts: deque[float] = deque(maxlen=RESTARTS)  # when the loop was last started again
+        self.watching = False  # a watch starts a dead loop again (requests wait for it a moment)
 
     def start(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
@@ -252,6 +253,13 @@ class Engine:
         """Start the engine's loop again as soon as it has died while it should run (the requests in it
         have then been failed); call ``on_failure(why)`` once instead when it died :data:`RESTARTS` times
         within :data:`RESTART_WINDOW_S`. Return when the engine is stopped."""
+        self.watching = True
+        try:
+            await self._watch(on_failure, every)
+        finally:
+            self.watching = False
+
+    async def _watch(self, on_failure: Callable[[str], None], every: float) -> None:
         while self.manager is not None:
             why = self.failure()
             if why is None:
@@ -267,6 +275,13 @@ class Engine:
             log.error("the generation loop died (%s): its requests failed; starting it again", why)
             self.restarts.append(now)
             self.restart()
+
+    async def _running(self, wait: float = 2.0) -> bool:
+        """Whether the loop runs; while a watch is starting a dead one again, waited for (``wait`` s at most)."""
+        deadline = time.monotonic() + wait
+        while not self.alive() and self.watching and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return self.alive()
 
     def restart(self) -> None:
         """A new generation loop on the same model, in place of a dead one."""
@@ -311,7 +326,7 @@ class Engine:
         try:
             await self._turn(adapter)
             started = True
-            if not self.alive():
+            if not await self._running():
                 failed = True
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
             job = GenerateJob(self, grammar, logprobs) if needs_apart(settings, grammar, logprobs) else None
@@ -485,7 +500,7 @@ class Engine:
         try:
             await self._turn(adapter)
             started = True
-            if not self.alive():
+            if not await self._running():
                 raise EngineError("the generation engine is not running: the server is stopping or failed")
             return await asyncio.get_running_loop().run_in_executor(None, job.answers, prompts, settings)
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.structured.schemas import SCHEMAS as BENCH_SCHEMAS
-from freestack.ml.engine import Busy, Engine, EngineError, StopText
+from freestack.ml.engine import Busy, Engine, StopText
 from freestack.ml.generation import GenerationSettings, _completion, eos_ids, prompt_ids
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
 
@@ -169,62 +169,6 @@ def test_a_prompt_of_no_tokens_never_reaches_the_manager(engine, version, run):
         run(engine.complete([], _settings(max_new_tokens=4)))
     assert engine.active == 0 and engine.alive() and engine.failure() is None
     assert run(engine.complete(_ids(version, PROMPTS[0], _settings()), _settings(max_new_tokens=4))).text
-
-
-def test_a_dead_loop_fails_its_requests_alone_and_starts_again_until_it_keeps_dying(version, run, caplog):
-    """An error in transformers' generation thread (a library bug, a poisoned step) ends its loop: the
-    request in it gets an EngineError that says the engine failed it (not that its client left), the watch
-    starts a new loop on the same model at once, and the next request is answered exactly as before. Only
-    a loop that keeps dying (RESTARTS times within the window) is told to the server, once, with why."""
-    from freestack.ml.engine import RESTARTS
-
-    e = Engine(version.model, version.tokenizer, eos=eos_ids(version.tokenizer), max_requests=4)
-    e.start()
-    settings = _settings(max_new_tokens=40)
-    ids = _ids(version, PROMPTS[0], settings)
-    died: list[str] = []
-
-    def broken_step() -> None:
-        raise RuntimeError("a fault in the generation loop")
-
-    async def poisoned() -> None:
-        """One request whose loop's next step raises: it fails as the engine's failure."""
-        stream = e.stream(_ids(version, PROMPTS[1], settings), settings)
-        await anext(stream)  # it runs in the loop
-        e.manager._generation_step = broken_step
-        with pytest.raises(
-            EngineError, match="generation failed in the engine: a fault in the generation loop"
-        ):
-            async for _ in stream:
-                pass
-
-    async def fault():
-        watch = asyncio.ensure_future(e.watch(died.append, every=0.05))
-        before = await e.complete(ids, settings)
-        await poisoned()
-        for _ in range(200):  # the watch starts a new loop within a step of its own
-            if e.alive():
-                break
-            await asyncio.sleep(0.02)
-        after = await e.complete(ids, settings)
-        assert (after.text, after.token_ids) == (before.text, before.token_ids) and not died
-        for _ in range(RESTARTS):  # a loop that keeps dying: the server is told once
-            await asyncio.sleep(0.2)
-            await poisoned()
-        await asyncio.wait_for(watch, timeout=10)
-
-    try:
-        with caplog.at_level(logging.INFO, logger="freestack.serving"):
-            run(fault())
-        assert died == ["RuntimeError: a fault in the generation loop"] and not e.alive()
-        assert "failed after" in caplog.text and "client left" not in caplog.text
-        assert caplog.text.count("starting it again") == RESTARTS
-        assert "the generation engine died 4 times" in caplog.text
-        with pytest.raises(EngineError, match="not running"):
-            run(e.complete(ids, settings))
-        assert e.active == 0
-    finally:
-        e.stop()
 
 
 def test_the_librarys_log_lines_keep_their_level(engine, caplog):
