@@ -37,6 +37,7 @@ def landed(tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
 
     from demo.landing import make_landing
+    from freestack.registry.core import ModelRegistry
 
     tmp = tmp_path_factory.mktemp("score-landing")
     specs, storage = tmp / "pipelines", (tmp / "storage").as_uri()
@@ -56,7 +57,8 @@ def landed(tmp_path_factory):
         spec["source"]["schema"]["columns"] += EXTRA
         spec["model"]["features"] = [f"px_{i}" for i in range(64)]  # what the version takes
         folder = f"file://{tmp}/landing/ds={{ds}}/"
-        spec["score"] = {"input": folder, "version": "latest", "max_error_fraction": 0.5}
+        trained = ModelRegistry(storage, "digits").versions()[-1]["version"]  # named: the gate may block it
+        spec["score"] = {"input": folder, "version": trained, "max_error_fraction": 0.5}
         (specs / "digits.yaml").write_text(yaml.safe_dump(spec))
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         assert not bag.import_errors, bag.import_errors

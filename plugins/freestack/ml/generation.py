@@ -553,6 +553,10 @@ class CausalLMNet(HubWeights, nn.Module):
     def training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_loss(logits, labels)
 
+    def token_rows(self) -> int:
+        """The token ids the model has rows for (:func:`token_rows`)."""
+        return token_rows(self.model)
+
     def seen_tokens(self, x: dict[str, torch.Tensor]) -> int:
         """The tokens a training batch put through the model (its mask's; packed rows: all of them)."""
         return int(x["attention_mask"].sum()) if "attention_mask" in x else x["input_ids"].numel()

@@ -269,7 +269,7 @@ class Generator:
         self.max_length = int(net.max_length)
         self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
         self.context = context_of(getattr(self.lm, "config", None))  # the model's positions (None: no limit)
-        self.rows = _rows(self.lm, tokenizer)  # the token ids the model has rows for
+        self.rows = _rows(net, tokenizer)  # the token ids the model has rows for
 
     # -- what a request may ask -------------------------------------------------------------------------
     def settings(self, params: Mapping[str, object] | None) -> GenerationSettings:
@@ -400,12 +400,10 @@ class Generator:
         )
 
 
-def _rows(lm, tokenizer) -> int:
-    """The token ids ``lm`` has rows for, logged when its tokenizer knows more (ids past the rows are
-    refused with a 400: embedding one would fail every request in the batch)."""
-    from freestack.ml.generation import token_rows
-
-    rows = token_rows(lm)
+def _rows(net, tokenizer) -> int:
+    """The token ids ``net``'s model has rows for, logged when its tokenizer knows more (ids past the rows
+    are refused with a 400: embedding one would fail every request in the batch)."""
+    rows = net.token_rows()
     if len(tokenizer) > rows:
         log.warning(
             "the tokenizer knows %d tokens but the model has rows for %d: prompts holding ids %d and up are "
