@@ -184,7 +184,8 @@ def test_a_scorer_killed_mid_write_leaves_the_published_day_whole(lake, tmp_path
         bag.get_dag("digits_train").test(run_conf={"end_ds": "2026-11-05", "sweep": False, "epochs": 2}).state
         == "success"
     )
-    trained = ModelRegistry(lake["root"].as_uri(), "digits").versions()[-1]["version"]  # blocked or not: named
+    # blocked by the gate or not: the version is named
+    trained = ModelRegistry(lake["root"].as_uri(), "digits").versions()[-1]["version"]
     _bag(lake, input=f"file://{folder}/ds={{ds}}/", batch_rows=2048, version=trained)
     day = pq.read_table(lake["root"] / "lake" / "digits" / "ds=2026-11-04" / "part.parquet").drop(["label"])
     (folder / "ds=2026-11-04").mkdir(parents=True)
